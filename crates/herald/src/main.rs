@@ -1,0 +1,45 @@
+//! `herald`: the push-notification MTA daemon and its command-line tools.
+//!
+//! The binary is a thin edge: each subcommand lives in `cli/` and calls into the library crates. Errors are turned
+//! into context-rich messages here and nowhere else.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// herald: accept push notifications once, never lose them, deliver them to APNs.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file and report every error in it.
+    Check(cli::check::CheckArgs),
+    /// Inspect a configuration: evaluate an option with fallback, or print the parsed tree.
+    #[command(subcommand)]
+    Config(cli::config::ConfigCommand),
+    /// Run the APNs simulator, or write a test PKI for it (`herald sim pki DIR`).
+    Sim(cli::sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => cli::check::run(args),
+        Command::Config(cmd) => cli::config::run(cmd),
+        Command::Sim(args) => cli::sim::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("herald: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
