@@ -1,0 +1,1435 @@
+//! The legacy binary provider API: notification commands 0, 1 and 2, the 6-byte error-response packet and
+//! feedback-service tuples (apns.md §1, §2).
+//!
+//! Encoders append to a caller's `BytesMut`. Decoders are incremental: call `decode` with the bytes received
+//! so far; it returns `Ok(None)` until a whole item is present, then removes exactly that item from the
+//! buffer. Malformed input gives a [`DecodeError`] carrying the status APNs would answer with; no input
+//! makes them panic. A decoder re-reads item headers from the start of the buffer on each call (at most a
+//! handful per notification), so it keeps no state between calls besides its limits.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::push::BINARY_PAYLOAD_LIMIT;
+use crate::token_hex::BINARY_TOKEN_LEN;
+
+/// Which notification command carries a binary notification (apns.md §1.2-§1.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BinaryFormat {
+    /// Command 0: no identifier, no expiry, priority 10 implied.
+    Simple,
+    /// Command 1: identifier and expiry.
+    Enhanced,
+    /// Command 2: a frame of items (token, payload, identifier, expiry, priority).
+    Frame,
+}
+
+impl BinaryFormat {
+    pub fn command(self) -> u8 {
+        match self {
+            BinaryFormat::Simple => 0,
+            BinaryFormat::Enhanced => 1,
+            BinaryFormat::Frame => 2,
+        }
+    }
+
+    pub fn from_command(command: u8) -> Option<BinaryFormat> {
+        match command {
+            0 => Some(BinaryFormat::Simple),
+            1 => Some(BinaryFormat::Enhanced),
+            2 => Some(BinaryFormat::Frame),
+            _ => None,
+        }
+    }
+
+    /// APNs answers errors in commands 1 and 2 with an error packet; for command 0 it only closes the
+    /// connection (apns.md §1.2, §1.5).
+    pub fn sends_error_packet(self) -> bool {
+        self != BinaryFormat::Simple
+    }
+}
+
+/// Status byte of an error-response packet (apns.md §1.5). There is no status 9.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    NoErrors,
+    ProcessingError,
+    MissingDeviceToken,
+    MissingTopic,
+    MissingPayload,
+    InvalidTokenSize,
+    InvalidTopicSize,
+    InvalidPayloadSize,
+    InvalidToken,
+    Shutdown,
+    ProtocolError,
+    Unknown,
+}
+
+impl Status {
+    /// Every status of apns.md §1.5, in code order.
+    pub const ALL: [Status; 12] = [
+        Status::NoErrors,
+        Status::ProcessingError,
+        Status::MissingDeviceToken,
+        Status::MissingTopic,
+        Status::MissingPayload,
+        Status::InvalidTokenSize,
+        Status::InvalidTopicSize,
+        Status::InvalidPayloadSize,
+        Status::InvalidToken,
+        Status::Shutdown,
+        Status::ProtocolError,
+        Status::Unknown,
+    ];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Status::NoErrors => 0,
+            Status::ProcessingError => 1,
+            Status::MissingDeviceToken => 2,
+            Status::MissingTopic => 3,
+            Status::MissingPayload => 4,
+            Status::InvalidTokenSize => 5,
+            Status::InvalidTopicSize => 6,
+            Status::InvalidPayloadSize => 7,
+            Status::InvalidToken => 8,
+            Status::Shutdown => 10,
+            Status::ProtocolError => 128,
+            Status::Unknown => 255,
+        }
+    }
+
+    /// `None` for codes APNs never defined (9, 11..127, 129..254).
+    pub fn from_code(code: u8) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// What the status means, in a few words.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Status::NoErrors => "no errors encountered",
+            Status::ProcessingError => "processing error",
+            Status::MissingDeviceToken => "missing device token",
+            Status::MissingTopic => "missing topic",
+            Status::MissingPayload => "missing payload",
+            Status::InvalidTokenSize => "invalid token size",
+            Status::InvalidTopicSize => "invalid topic size",
+            Status::InvalidPayloadSize => "invalid payload size",
+            Status::InvalidToken => "invalid token",
+            Status::Shutdown => {
+                "shutdown: the server closed the connection; the identifier is the last notification it accepted"
+            }
+            Status::ProtocolError => "protocol error: the notification could not be parsed",
+            Status::Unknown => "none (unknown)",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.code(), self.meaning())
+    }
+}
+
+/// One notification on the binary protocol. Fields a format lacks are ignored when encoding and take their
+/// implied values when decoding (identifier 0, expiry 0, priority 10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryNotification {
+    pub identifier: u32,
+    /// Seconds since the epoch; 0 = try once, don't store.
+    pub expiry: u32,
+    /// 10 or 5 (apns.md §1.4 item 5).
+    pub priority: u8,
+    pub token: Vec<u8>,
+    pub payload: Bytes,
+}
+
+impl BinaryNotification {
+    /// Encoded size in bytes for a format (37+N, 45+N, or 61+N for a 32-byte token, apns.md §1.2-§1.4).
+    pub fn encoded_len(&self, format: BinaryFormat) -> usize {
+        let (t, p) = (self.token.len(), self.payload.len());
+        match format {
+            BinaryFormat::Simple => 1 + 2 + t + 2 + p,
+            BinaryFormat::Enhanced => 1 + 4 + 4 + 2 + t + 2 + p,
+            BinaryFormat::Frame => 5 + frame_data_len(t, p),
+        }
+    }
+}
+
+fn frame_data_len(token: usize, payload: usize) -> usize {
+    (3 + token) + (3 + payload) + (3 + 4) + (3 + 4) + (3 + 1)
+}
+
+/// Why a notification could not be encoded (it does not fit the wire format's length fields).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("device token of {len} bytes does not fit a 16-bit length field")]
+    TokenTooLong { len: usize },
+    #[error("payload of {len} bytes does not fit a 16-bit length field")]
+    PayloadTooLong { len: usize },
+}
+
+const ITEM_TOKEN: u8 = 1;
+const ITEM_PAYLOAD: u8 = 2;
+const ITEM_IDENTIFIER: u8 = 3;
+const ITEM_EXPIRY: u8 = 4;
+const ITEM_PRIORITY: u8 = 5;
+
+/// Appends `n` in `format` to `out`. Nothing is written on error. The encoder does not apply APNs limits
+/// (32-byte token, 2048-byte payload): validate first (see [`crate::payload`]); it refuses only what the
+/// length fields cannot represent.
+pub fn encode(
+    n: &BinaryNotification,
+    format: BinaryFormat,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let token_len = u16::try_from(n.token.len())
+        .map_err(|_| EncodeError::TokenTooLong { len: n.token.len() })?;
+    let payload_len = u16::try_from(n.payload.len()).map_err(|_| EncodeError::PayloadTooLong {
+        len: n.payload.len(),
+    })?;
+    out.reserve(n.encoded_len(format));
+    match format {
+        BinaryFormat::Simple | BinaryFormat::Enhanced => {
+            out.put_u8(format.command());
+            if format == BinaryFormat::Enhanced {
+                out.put_u32(n.identifier);
+                out.put_u32(n.expiry);
+            }
+            out.put_u16(token_len);
+            out.put_slice(&n.token);
+            out.put_u16(payload_len);
+            out.put_slice(&n.payload);
+        }
+        BinaryFormat::Frame => {
+            // Both lengths fit u16, so the frame length fits u32.
+            let frame_len = frame_data_len(n.token.len(), n.payload.len()) as u32;
+            out.put_u8(format.command());
+            out.put_u32(frame_len);
+            out.put_u8(ITEM_TOKEN);
+            out.put_u16(token_len);
+            out.put_slice(&n.token);
+            out.put_u8(ITEM_PAYLOAD);
+            out.put_u16(payload_len);
+            out.put_slice(&n.payload);
+            out.put_u8(ITEM_IDENTIFIER);
+            out.put_u16(4);
+            out.put_u32(n.identifier);
+            out.put_u8(ITEM_EXPIRY);
+            out.put_u16(4);
+            out.put_u32(n.expiry);
+            out.put_u8(ITEM_PRIORITY);
+            out.put_u16(1);
+            out.put_u8(n.priority);
+        }
+    }
+    Ok(())
+}
+
+/// What exactly was malformed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeErrorKind {
+    UnknownCommand(u8),
+    MissingToken,
+    BadTokenLength {
+        len: usize,
+        min: usize,
+        max: usize,
+    },
+    MissingPayload,
+    PayloadTooLarge {
+        len: usize,
+        max: usize,
+    },
+    DuplicateItem {
+        item: u8,
+    },
+    UnknownItem {
+        item: u8,
+    },
+    BadItemLength {
+        item: u8,
+        len: usize,
+    },
+    /// An item header or its data runs past the frame length.
+    ItemOverrunsFrame {
+        item: u8,
+    },
+    /// Priority other than 10 or 5.
+    BadPriority(u8),
+    /// An error-response packet that is not exactly 6 bytes.
+    ErrorPacketLength(usize),
+    /// An error-response packet whose first byte is not 8.
+    NotAnErrorPacket {
+        command: u8,
+    },
+}
+
+impl fmt::Display for DecodeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeErrorKind::UnknownCommand(c) => write!(f, "unknown command byte {c}"),
+            DecodeErrorKind::MissingToken => f.write_str("missing device token"),
+            DecodeErrorKind::BadTokenLength { len, min, max } if min == max => {
+                write!(f, "device token is {len} bytes, expected {min}")
+            }
+            DecodeErrorKind::BadTokenLength { len, min, max } => {
+                write!(f, "device token is {len} bytes, expected {min} to {max}")
+            }
+            DecodeErrorKind::MissingPayload => f.write_str("missing payload"),
+            DecodeErrorKind::PayloadTooLarge { len, max } => {
+                write!(f, "payload is {len} bytes, limit {max}")
+            }
+            DecodeErrorKind::DuplicateItem { item } => write!(f, "frame item {item} appears twice"),
+            DecodeErrorKind::UnknownItem { item } => write!(f, "unknown frame item id {item}"),
+            DecodeErrorKind::BadItemLength { item, len } => {
+                write!(f, "frame item {item} has length {len}")
+            }
+            DecodeErrorKind::ItemOverrunsFrame { item } => {
+                write!(f, "frame item {item} runs past the frame end")
+            }
+            DecodeErrorKind::BadPriority(p) => write!(f, "priority {p} is neither 10 nor 5"),
+            DecodeErrorKind::ErrorPacketLength(n) => {
+                write!(f, "error packet is {n} bytes, expected 6")
+            }
+            DecodeErrorKind::NotAnErrorPacket { command } => {
+                write!(f, "error packet starts with command {command}, expected 8")
+            }
+        }
+    }
+}
+
+/// A malformed binary notification, error packet or feedback tuple.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    kind: DecodeErrorKind,
+    format: Option<BinaryFormat>,
+    identifier: Option<u32>,
+}
+
+impl DecodeError {
+    fn new(
+        kind: DecodeErrorKind,
+        format: Option<BinaryFormat>,
+        identifier: Option<u32>,
+    ) -> DecodeError {
+        DecodeError {
+            kind,
+            format,
+            identifier,
+        }
+    }
+
+    pub fn kind(&self) -> &DecodeErrorKind {
+        &self.kind
+    }
+
+    /// The command of the notification, when the command byte was a known one.
+    pub fn format(&self) -> Option<BinaryFormat> {
+        self.format
+    }
+
+    /// The notification's identifier, when its format has one and it had been read.
+    pub fn identifier(&self) -> Option<u32> {
+        self.identifier
+    }
+
+    /// The status APNs would put in its error packet for this fault (apns.md §1.5).
+    pub fn status(&self) -> Status {
+        match self.kind {
+            DecodeErrorKind::MissingToken => Status::MissingDeviceToken,
+            DecodeErrorKind::BadTokenLength { .. } => Status::InvalidTokenSize,
+            DecodeErrorKind::MissingPayload => Status::MissingPayload,
+            DecodeErrorKind::PayloadTooLarge { .. } => Status::InvalidPayloadSize,
+            _ => Status::ProtocolError,
+        }
+    }
+
+    /// The error packet a server should answer with: `None` for command 0, whose errors APNs answers only by
+    /// closing (apns.md §1.2). The identifier is 0 when it was not known.
+    pub fn error_packet(&self) -> Option<ErrorPacket> {
+        match self.format {
+            Some(BinaryFormat::Simple) => None,
+            _ => Some(ErrorPacket {
+                status: self.status(),
+                identifier: self.identifier.unwrap_or(0),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed binary APNs data: {}", self.kind)?;
+        if let Some(format) = self.format {
+            write!(f, " (command {}", format.command())?;
+            if let Some(id) = self.identifier {
+                write!(f, ", identifier {id}")?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Limits a [`NotificationDecoder`] enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderLimits {
+    pub min_token_len: usize,
+    pub max_token_len: usize,
+    pub max_payload_len: usize,
+}
+
+impl Default for DecoderLimits {
+    /// Exactly 32-byte tokens and payloads up to 2048 bytes (apns.md §1.6).
+    fn default() -> Self {
+        DecoderLimits {
+            min_token_len: BINARY_TOKEN_LEN,
+            max_token_len: BINARY_TOKEN_LEN,
+            max_payload_len: BINARY_PAYLOAD_LIMIT,
+        }
+    }
+}
+
+/// A notification read by the server side, with the command it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedNotification {
+    pub format: BinaryFormat,
+    pub notification: BinaryNotification,
+}
+
+/// Incremental server-side decoder of commands 0, 1 and 2.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationDecoder {
+    limits: DecoderLimits,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<usize> {
+    Some(usize::from(u16::from_be_bytes([
+        *b.get(at)?,
+        *b.get(at + 1)?,
+    ])))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at + 4)?;
+    Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+impl NotificationDecoder {
+    pub fn new(limits: DecoderLimits) -> NotificationDecoder {
+        NotificationDecoder { limits }
+    }
+
+    pub fn limits(&self) -> DecoderLimits {
+        self.limits
+    }
+
+    /// Takes one whole notification off the front of `buf`, or returns `Ok(None)` (leaving `buf` untouched)
+    /// when more bytes are needed. After an error the stream cannot be resynchronised: answer and close.
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<DecodedNotification>, DecodeError> {
+        let Some(&command) = buf.first() else {
+            return Ok(None);
+        };
+        match BinaryFormat::from_command(command) {
+            Some(BinaryFormat::Simple) => self.decode_legacy(buf, BinaryFormat::Simple),
+            Some(BinaryFormat::Enhanced) => self.decode_legacy(buf, BinaryFormat::Enhanced),
+            Some(BinaryFormat::Frame) => self.decode_frame(buf),
+            None => Err(DecodeError::new(
+                DecodeErrorKind::UnknownCommand(command),
+                None,
+                None,
+            )),
+        }
+    }
+
+    fn check_token_len(&self, len: usize) -> Result<(), DecodeErrorKind> {
+        if len == 0 {
+            Err(DecodeErrorKind::MissingToken)
+        } else if len < self.limits.min_token_len || len > self.limits.max_token_len {
+            Err(DecodeErrorKind::BadTokenLength {
+                len,
+                min: self.limits.min_token_len,
+                max: self.limits.max_token_len,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_payload_len(&self, len: usize) -> Result<(), DecodeErrorKind> {
+        if len == 0 {
+            Err(DecodeErrorKind::MissingPayload)
+        } else if len > self.limits.max_payload_len {
+            Err(DecodeErrorKind::PayloadTooLarge {
+                len,
+                max: self.limits.max_payload_len,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Commands 0 and 1 (apns.md §1.2, §1.3).
+    fn decode_legacy(
+        &self,
+        buf: &mut BytesMut,
+        format: BinaryFormat,
+    ) -> Result<Option<DecodedNotification>, DecodeError> {
+        let b = &buf[..];
+        let (identifier, expiry, tl_at) = if format == BinaryFormat::Enhanced {
+            let (Some(id), Some(exp)) = (be32(b, 1), be32(b, 5)) else {
+                return Ok(None);
+            };
+            (Some(id), exp, 9)
+        } else {
+            (None, 0, 1)
+        };
+        let err = |kind| DecodeError::new(kind, Some(format), identifier);
+        let Some(token_len) = be16(b, tl_at) else {
+            return Ok(None);
+        };
+        self.check_token_len(token_len).map_err(err)?;
+        let token_at = tl_at + 2;
+        let pl_at = token_at + token_len;
+        let Some(payload_len) = be16(b, pl_at) else {
+            return Ok(None);
+        };
+        self.check_payload_len(payload_len).map_err(err)?;
+        let payload_at = pl_at + 2;
+        let total = payload_at + payload_len;
+        if b.len() < total {
+            return Ok(None);
+        }
+        let bytes = buf.split_to(total).freeze();
+        Ok(Some(DecodedNotification {
+            format,
+            notification: BinaryNotification {
+                identifier: identifier.unwrap_or(0),
+                expiry,
+                priority: 10,
+                token: bytes[token_at..pl_at].to_vec(),
+                payload: bytes.slice(payload_at..total),
+            },
+        }))
+    }
+
+    /// Command 2 (apns.md §1.4). Item headers are checked as soon as they arrive, so a bad length is reported
+    /// without waiting for the bytes it announces; since each item may appear once, a valid frame is bounded
+    /// and so is what this decoder waits for.
+    fn decode_frame(&self, buf: &mut BytesMut) -> Result<Option<DecodedNotification>, DecodeError> {
+        let format = Some(BinaryFormat::Frame);
+        let b = &buf[..];
+        let Some(frame_len) = be32(b, 1) else {
+            return Ok(None);
+        };
+        let frame_end = 5usize.saturating_add(frame_len as usize);
+        let mut at = 5usize;
+        let mut seen = 0u8;
+        let mut identifier: Option<u32> = None;
+        let mut expiry = 0u32;
+        let mut priority = 10u8;
+        let mut token: Option<(usize, usize)> = None;
+        let mut payload: Option<(usize, usize)> = None;
+        while at < frame_end {
+            let Some(&item) = b.get(at) else {
+                return Ok(None);
+            };
+            let err = |kind| DecodeError::new(kind, format, identifier);
+            if frame_end - at < 3 {
+                return Err(err(DecodeErrorKind::ItemOverrunsFrame { item }));
+            }
+            let Some(len) = be16(b, at + 1) else {
+                return Ok(None);
+            };
+            let data_at = at + 3;
+            let data_end = data_at + len;
+            if data_end > frame_end {
+                return Err(err(DecodeErrorKind::ItemOverrunsFrame { item }));
+            }
+            if !(ITEM_TOKEN..=ITEM_PRIORITY).contains(&item) {
+                return Err(err(DecodeErrorKind::UnknownItem { item }));
+            }
+            let bit = 1u8 << item;
+            if seen & bit != 0 {
+                return Err(err(DecodeErrorKind::DuplicateItem { item }));
+            }
+            seen |= bit;
+            match item {
+                ITEM_TOKEN => {
+                    self.check_token_len(len).map_err(err)?;
+                    token = Some((data_at, data_end));
+                }
+                ITEM_PAYLOAD => {
+                    self.check_payload_len(len).map_err(err)?;
+                    payload = Some((data_at, data_end));
+                }
+                _ => {
+                    let want = if item == ITEM_PRIORITY { 1 } else { 4 };
+                    if len != want {
+                        return Err(err(DecodeErrorKind::BadItemLength { item, len }));
+                    }
+                    if b.len() < data_end {
+                        return Ok(None);
+                    }
+                    match item {
+                        ITEM_IDENTIFIER => identifier = be32(b, data_at),
+                        ITEM_EXPIRY => expiry = be32(b, data_at).unwrap_or(0),
+                        _ => {
+                            priority = b[data_at];
+                            if priority != 10 && priority != 5 {
+                                return Err(err(DecodeErrorKind::BadPriority(priority)));
+                            }
+                        }
+                    }
+                }
+            }
+            at = data_end;
+        }
+        let err = |kind| DecodeError::new(kind, format, identifier);
+        if b.len() < frame_end {
+            return Ok(None);
+        }
+        let (token_at, token_end) = token.ok_or_else(|| err(DecodeErrorKind::MissingToken))?;
+        let (payload_at, payload_end) =
+            payload.ok_or_else(|| err(DecodeErrorKind::MissingPayload))?;
+        let bytes = buf.split_to(frame_end).freeze();
+        Ok(Some(DecodedNotification {
+            format: BinaryFormat::Frame,
+            notification: BinaryNotification {
+                identifier: identifier.unwrap_or(0),
+                expiry,
+                priority,
+                token: bytes[token_at..token_end].to_vec(),
+                payload: bytes.slice(payload_at..payload_end),
+            },
+        }))
+    }
+}
+
+/// Command byte of the error-response packet.
+pub const ERROR_PACKET_COMMAND: u8 = 8;
+/// Size of the error-response packet.
+pub const ERROR_PACKET_LEN: usize = 6;
+
+/// The 6-byte error response (apns.md §1.5): command 8, status, identifier of the failed notification (for
+/// status 10: of the last one accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorPacket {
+    pub status: Status,
+    pub identifier: u32,
+}
+
+impl ErrorPacket {
+    pub fn encode(&self) -> [u8; ERROR_PACKET_LEN] {
+        let id = self.identifier.to_be_bytes();
+        [
+            ERROR_PACKET_COMMAND,
+            self.status.code(),
+            id[0],
+            id[1],
+            id[2],
+            id[3],
+        ]
+    }
+
+    /// Reads exactly 6 bytes starting with command 8. A status code APNs never defined is read as
+    /// [`Status::Unknown`] so the identifier is not lost.
+    pub fn decode(bytes: &[u8]) -> Result<ErrorPacket, DecodeError> {
+        if bytes.len() != ERROR_PACKET_LEN {
+            return Err(DecodeError::new(
+                DecodeErrorKind::ErrorPacketLength(bytes.len()),
+                None,
+                None,
+            ));
+        }
+        if bytes[0] != ERROR_PACKET_COMMAND {
+            return Err(DecodeError::new(
+                DecodeErrorKind::NotAnErrorPacket { command: bytes[0] },
+                None,
+                None,
+            ));
+        }
+        let status = Status::from_code(bytes[1]).unwrap_or(Status::Unknown);
+        let identifier = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+        Ok(ErrorPacket { status, identifier })
+    }
+}
+
+/// One feedback-service record (apns.md §2): when APNs learnt the app was gone, and the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackTuple {
+    /// Seconds since the epoch.
+    pub timestamp: u32,
+    pub token: Vec<u8>,
+}
+
+impl FeedbackTuple {
+    /// Encoded size: 6 + token length (38 for a 32-byte token).
+    pub fn encoded_len(&self) -> usize {
+        6 + self.token.len()
+    }
+
+    /// Appends the tuple to `out`. Fails only when the token does not fit the 16-bit length field.
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let len = u16::try_from(self.token.len()).map_err(|_| EncodeError::TokenTooLong {
+            len: self.token.len(),
+        })?;
+        out.reserve(self.encoded_len());
+        out.put_u32(self.timestamp);
+        out.put_u16(len);
+        out.put_slice(&self.token);
+        Ok(())
+    }
+}
+
+/// Incremental client-side decoder of feedback tuples. Tokens of 1..=100 bytes are accepted by default
+/// (the archived documentation allowed up to 100).
+#[derive(Debug, Clone)]
+pub struct FeedbackDecoder {
+    min_token_len: usize,
+    max_token_len: usize,
+}
+
+impl Default for FeedbackDecoder {
+    fn default() -> Self {
+        FeedbackDecoder {
+            min_token_len: 1,
+            max_token_len: 100,
+        }
+    }
+}
+
+impl FeedbackDecoder {
+    pub fn new() -> FeedbackDecoder {
+        FeedbackDecoder::default()
+    }
+
+    /// Accepts only tokens whose length lies in `min..=max` (use 32..=32 to be strict).
+    pub fn with_token_len(min: usize, max: usize) -> FeedbackDecoder {
+        FeedbackDecoder {
+            min_token_len: min.max(1),
+            max_token_len: max,
+        }
+    }
+
+    /// Takes one tuple off the front of `buf`, or returns `Ok(None)` when more bytes are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<FeedbackTuple>, DecodeError> {
+        let b = &buf[..];
+        let (Some(timestamp), Some(len)) = (be32(b, 0), be16(b, 4)) else {
+            return Ok(None);
+        };
+        if len == 0 {
+            return Err(DecodeError::new(DecodeErrorKind::MissingToken, None, None));
+        }
+        if len < self.min_token_len || len > self.max_token_len {
+            let kind = DecodeErrorKind::BadTokenLength {
+                len,
+                min: self.min_token_len,
+                max: self.max_token_len,
+            };
+            return Err(DecodeError::new(kind, None, None));
+        }
+        if b.len() < 6 + len {
+            return Ok(None);
+        }
+        buf.advance(6);
+        let token = buf.split_to(len).to_vec();
+        Ok(Some(FeedbackTuple { timestamp, token }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type LegacyCase<'a> = (u16, Vec<u8>, u16, &'a [u8], DecodeErrorKind);
+    type FrameCase = (Vec<(u8, Vec<u8>)>, DecodeErrorKind, Option<u32>, u8);
+
+    fn token() -> Vec<u8> {
+        (0u8..32).collect()
+    }
+
+    fn note(payload: &[u8]) -> BinaryNotification {
+        BinaryNotification {
+            identifier: 0x0102_0304,
+            expiry: 0x0a0b_0c0d,
+            priority: 10,
+            token: token(),
+            payload: Bytes::copy_from_slice(payload),
+        }
+    }
+
+    fn encoded(n: &BinaryNotification, f: BinaryFormat) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode(n, f, &mut out).unwrap();
+        out.to_vec()
+    }
+
+    const P: &[u8] = br#"{"aps":{"alert":"hi"}}"#;
+
+    #[test]
+    fn simple_format_layout() {
+        // apns.md §1.2: |0|len=32|token|len|payload|, total 37+N.
+        let n = note(P);
+        let b = encoded(&n, BinaryFormat::Simple);
+        assert_eq!(b.len(), 37 + P.len());
+        assert_eq!(b.len(), n.encoded_len(BinaryFormat::Simple));
+        assert_eq!(&b[..3], &[0, 0, 32]);
+        assert_eq!(&b[3..35], &token()[..]);
+        assert_eq!(&b[35..37], &(P.len() as u16).to_be_bytes());
+        assert_eq!(&b[37..], P);
+    }
+
+    #[test]
+    fn enhanced_format_layout() {
+        // apns.md §1.3: |1|id|expiry|len=32|token|len|payload|, total 45+N.
+        let n = note(P);
+        let b = encoded(&n, BinaryFormat::Enhanced);
+        assert_eq!(b.len(), 45 + P.len());
+        assert_eq!(&b[..11], &[1, 1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d, 0, 32]);
+        assert_eq!(&b[11..43], &token()[..]);
+        assert_eq!(&b[43..45], &(P.len() as u16).to_be_bytes());
+        assert_eq!(&b[45..], P);
+    }
+
+    #[test]
+    fn frame_format_layout() {
+        // apns.md §1.4: frame length 56+N, packet 61+N for a 32-byte token.
+        let mut n = note(P);
+        n.priority = 5;
+        let b = encoded(&n, BinaryFormat::Frame);
+        let len = P.len();
+        assert_eq!(b.len(), 61 + len);
+        assert_eq!(b[0], 2);
+        assert_eq!(&b[1..5], &((56 + len) as u32).to_be_bytes());
+        assert_eq!(&b[5..8], &[1, 0, 32]);
+        assert_eq!(&b[8..40], &token()[..]);
+        assert_eq!(b[40], 2);
+        assert_eq!(&b[41..43], &(len as u16).to_be_bytes());
+        assert_eq!(&b[43..43 + len], P);
+        let rest = &b[43 + len..];
+        assert_eq!(
+            rest,
+            &[
+                3, 0, 4, 1, 2, 3, 4, 4, 0, 4, 0x0a, 0x0b, 0x0c, 0x0d, 5, 0, 1, 5
+            ]
+        );
+    }
+
+    #[test]
+    fn encoder_refuses_unrepresentable_lengths_and_writes_nothing() {
+        let mut out = BytesMut::from(&b"keep"[..]);
+        let mut n = note(P);
+        n.payload = Bytes::from(vec![b'x'; 70_000]);
+        for f in [
+            BinaryFormat::Simple,
+            BinaryFormat::Enhanced,
+            BinaryFormat::Frame,
+        ] {
+            assert_eq!(
+                encode(&n, f, &mut out),
+                Err(EncodeError::PayloadTooLong { len: 70_000 })
+            );
+        }
+        let mut n = note(P);
+        n.token = vec![0; 65_536];
+        assert_eq!(
+            encode(&n, BinaryFormat::Frame, &mut out),
+            Err(EncodeError::TokenTooLong { len: 65_536 })
+        );
+        assert_eq!(&out[..], b"keep");
+    }
+
+    /// Feeds `bytes` split at every point and checks the decoder waits, then yields `want`.
+    fn check_every_split(bytes: &[u8], want: &DecodedNotification) {
+        for split in 0..=bytes.len() {
+            let mut dec = NotificationDecoder::default();
+            let mut buf = BytesMut::from(&bytes[..split]);
+            if split < bytes.len() {
+                assert_eq!(dec.decode(&mut buf).unwrap(), None, "split {split}");
+                assert_eq!(
+                    buf.len(),
+                    split,
+                    "a partial notification must stay in the buffer"
+                );
+                buf.extend_from_slice(&bytes[split..]);
+            }
+            assert_eq!(
+                dec.decode(&mut buf).unwrap().as_ref(),
+                Some(want),
+                "split {split}"
+            );
+            assert!(buf.is_empty());
+            assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn every_format_round_trips_at_every_split_point() {
+        let n = note(P);
+        for f in [
+            BinaryFormat::Simple,
+            BinaryFormat::Enhanced,
+            BinaryFormat::Frame,
+        ] {
+            let mut want = n.clone();
+            if f == BinaryFormat::Simple {
+                want.identifier = 0;
+                want.expiry = 0;
+            }
+            check_every_split(
+                &encoded(&n, f),
+                &DecodedNotification {
+                    format: f,
+                    notification: want,
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_stream_of_several_notifications() {
+        let mut stream = Vec::new();
+        let mut wants = Vec::new();
+        for (i, f) in [
+            BinaryFormat::Frame,
+            BinaryFormat::Enhanced,
+            BinaryFormat::Simple,
+            BinaryFormat::Frame,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut n = note(P);
+            n.identifier = i as u32;
+            stream.extend(encoded(&n, f));
+            if f == BinaryFormat::Simple {
+                n.identifier = 0;
+                n.expiry = 0;
+            }
+            wants.push(n);
+        }
+        let mut dec = NotificationDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &byte in &stream {
+            buf.put_u8(byte);
+            while let Some(d) = dec.decode(&mut buf).unwrap() {
+                got.push(d.notification);
+            }
+        }
+        assert_eq!(got, wants);
+    }
+
+    #[test]
+    fn frame_defaults_when_optional_items_are_missing() {
+        // apns.md §1.4: identifier, expiry and priority items are optional.
+        let mut b = vec![2u8];
+        let items_len = 3 + 32 + 3 + P.len();
+        b.extend((items_len as u32).to_be_bytes());
+        b.extend([2u8]);
+        b.extend((P.len() as u16).to_be_bytes());
+        b.extend(P);
+        b.extend([1u8, 0, 32]);
+        b.extend(token());
+        let want = DecodedNotification {
+            format: BinaryFormat::Frame,
+            notification: BinaryNotification {
+                identifier: 0,
+                expiry: 0,
+                priority: 10,
+                token: token(),
+                payload: Bytes::from_static(P),
+            },
+        };
+        check_every_split(&b, &want);
+    }
+
+    /// Feeds `bytes` at every split point; the result must be "need more" or exactly `want`, and the whole
+    /// input must give `want`.
+    fn check_error_at_every_split(bytes: &[u8], want: &DecodeError) {
+        for split in 0..=bytes.len() {
+            let mut dec = NotificationDecoder::default();
+            let mut buf = BytesMut::from(&bytes[..split]);
+            match dec.decode(&mut buf) {
+                Ok(None) => {}
+                Ok(Some(n)) => panic!("split {split}: decoded {n:?}"),
+                Err(e) => assert_eq!(&e, want, "split {split}"),
+            }
+        }
+        let mut buf = BytesMut::from(bytes);
+        assert_eq!(
+            NotificationDecoder::default().decode(&mut buf).unwrap_err(),
+            *want
+        );
+    }
+
+    fn legacy(
+        f: BinaryFormat,
+        token_len: u16,
+        token: &[u8],
+        payload_len: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut b = vec![f.command()];
+        if f == BinaryFormat::Enhanced {
+            b.extend(7u32.to_be_bytes());
+            b.extend(0u32.to_be_bytes());
+        }
+        b.extend(token_len.to_be_bytes());
+        b.extend(token);
+        b.extend(payload_len.to_be_bytes());
+        b.extend(payload);
+        b
+    }
+
+    #[test]
+    fn legacy_errors_carry_status_and_identifier() {
+        // apns.md §1.5 statuses 2, 4, 5, 7.
+        let big = vec![b'x'; 2049];
+        let cases: [LegacyCase; 4] = [
+            (0, vec![], 2, b"{}", DecodeErrorKind::MissingToken),
+            (
+                31,
+                vec![0; 31],
+                2,
+                b"{}",
+                DecodeErrorKind::BadTokenLength {
+                    len: 31,
+                    min: 32,
+                    max: 32,
+                },
+            ),
+            (32, token(), 0, b"", DecodeErrorKind::MissingPayload),
+            (
+                32,
+                token(),
+                2049,
+                &big,
+                DecodeErrorKind::PayloadTooLarge {
+                    len: 2049,
+                    max: 2048,
+                },
+            ),
+        ];
+        let statuses = [2u8, 5, 4, 7];
+        for ((tl, t, pl, p, kind), status) in cases.into_iter().zip(statuses) {
+            for f in [BinaryFormat::Simple, BinaryFormat::Enhanced] {
+                let id = (f == BinaryFormat::Enhanced).then_some(7);
+                let want = DecodeError::new(kind.clone(), Some(f), id);
+                assert_eq!(want.status().code(), status);
+                check_error_at_every_split(&legacy(f, tl, &t, pl, p), &want);
+                let packet = want.error_packet();
+                if f == BinaryFormat::Simple {
+                    // apns.md §1.2: command 0 errors only close the connection.
+                    assert_eq!(packet, None);
+                } else {
+                    assert_eq!(
+                        packet,
+                        Some(ErrorPacket {
+                            status: want.status(),
+                            identifier: 7
+                        })
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_lengths_fail_before_their_bytes_arrive() {
+        // A 65535-byte payload announcement is refused as soon as its length field is read.
+        let mut buf = BytesMut::from(&legacy(BinaryFormat::Enhanced, 32, &token(), 65535, b"")[..]);
+        let e = NotificationDecoder::default().decode(&mut buf).unwrap_err();
+        assert_eq!(e.status(), Status::InvalidPayloadSize);
+        let mut frame = vec![2u8];
+        frame.extend(u32::MAX.to_be_bytes());
+        frame.extend([2u8, 0xff, 0xff]);
+        let mut buf = BytesMut::from(&frame[..]);
+        let e = NotificationDecoder::default().decode(&mut buf).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            &DecodeErrorKind::PayloadTooLarge {
+                len: 65535,
+                max: 2048
+            }
+        );
+    }
+
+    fn frame_of(items: &[(u8, Vec<u8>)]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (id, d) in items {
+            data.push(*id);
+            data.extend((d.len() as u16).to_be_bytes());
+            data.extend(d);
+        }
+        let mut b = vec![2u8];
+        b.extend((data.len() as u32).to_be_bytes());
+        b.extend(data);
+        b
+    }
+
+    #[test]
+    fn frame_errors() {
+        let id = (3u8, 9u32.to_be_bytes().to_vec());
+        let tok = (1u8, token());
+        let pay = (2u8, P.to_vec());
+        let fr = Some(BinaryFormat::Frame);
+        let cases: Vec<FrameCase> = vec![
+            (
+                vec![id.clone(), pay.clone()],
+                DecodeErrorKind::MissingToken,
+                Some(9),
+                2,
+            ),
+            (
+                vec![id.clone(), tok.clone()],
+                DecodeErrorKind::MissingPayload,
+                Some(9),
+                4,
+            ),
+            (
+                vec![id.clone(), (1, vec![])],
+                DecodeErrorKind::MissingToken,
+                Some(9),
+                2,
+            ),
+            (
+                vec![id.clone(), (1, vec![1; 33])],
+                DecodeErrorKind::BadTokenLength {
+                    len: 33,
+                    min: 32,
+                    max: 32,
+                },
+                Some(9),
+                5,
+            ),
+            (
+                vec![id.clone(), tok.clone(), (2, vec![])],
+                DecodeErrorKind::MissingPayload,
+                Some(9),
+                4,
+            ),
+            (
+                vec![id.clone(), tok.clone(), (2, vec![b' '; 2049])],
+                DecodeErrorKind::PayloadTooLarge {
+                    len: 2049,
+                    max: 2048,
+                },
+                Some(9),
+                7,
+            ),
+            (
+                vec![tok.clone(), tok.clone(), pay.clone()],
+                DecodeErrorKind::DuplicateItem { item: 1 },
+                None,
+                128,
+            ),
+            (
+                vec![tok.clone(), (6, vec![0]), pay.clone()],
+                DecodeErrorKind::UnknownItem { item: 6 },
+                None,
+                128,
+            ),
+            (
+                vec![tok.clone(), (0, vec![0]), pay.clone()],
+                DecodeErrorKind::UnknownItem { item: 0 },
+                None,
+                128,
+            ),
+            (
+                vec![tok.clone(), (3, vec![0; 3]), pay.clone()],
+                DecodeErrorKind::BadItemLength { item: 3, len: 3 },
+                None,
+                128,
+            ),
+            (
+                vec![tok.clone(), (4, vec![0; 5]), pay.clone()],
+                DecodeErrorKind::BadItemLength { item: 4, len: 5 },
+                None,
+                128,
+            ),
+            (
+                vec![tok.clone(), (5, vec![10, 10]), pay.clone()],
+                DecodeErrorKind::BadItemLength { item: 5, len: 2 },
+                None,
+                128,
+            ),
+            (
+                vec![id.clone(), tok.clone(), (5, vec![7]), pay.clone()],
+                DecodeErrorKind::BadPriority(7),
+                Some(9),
+                128,
+            ),
+        ];
+        for (items, kind, ident, status) in cases {
+            let want = DecodeError::new(kind, fr, ident);
+            assert_eq!(want.status().code(), status, "{want}");
+            check_error_at_every_split(&frame_of(&items), &want);
+        }
+    }
+
+    #[test]
+    fn frame_items_must_fit_the_frame() {
+        // Frame length says 10 but the token item announces 32 bytes.
+        let mut b = vec![2u8, 0, 0, 0, 10, 1, 0, 32];
+        b.extend(token());
+        let want = DecodeError::new(
+            DecodeErrorKind::ItemOverrunsFrame { item: 1 },
+            Some(BinaryFormat::Frame),
+            None,
+        );
+        check_error_at_every_split(&b, &want);
+        // Two stray bytes at the end of a frame cannot hold an item header.
+        let mut b = frame_of(&[(1, token()), (2, P.to_vec())]);
+        let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) + 2;
+        b[1..5].copy_from_slice(&len.to_be_bytes());
+        b.extend([5, 0]);
+        let want = DecodeError::new(
+            DecodeErrorKind::ItemOverrunsFrame { item: 5 },
+            Some(BinaryFormat::Frame),
+            None,
+        );
+        check_error_at_every_split(&b, &want);
+    }
+
+    #[test]
+    fn unknown_command_is_a_protocol_error() {
+        // apns.md §1.5 status 128.
+        for c in [3u8, 8, 0x7f, 0xff] {
+            let mut buf = BytesMut::from(&[c, 0, 0][..]);
+            let e = NotificationDecoder::default().decode(&mut buf).unwrap_err();
+            assert_eq!(e.status(), Status::ProtocolError);
+            assert_eq!(e.kind(), &DecodeErrorKind::UnknownCommand(c));
+            assert_eq!(e.identifier(), None);
+            assert_eq!(
+                e.error_packet(),
+                Some(ErrorPacket {
+                    status: Status::ProtocolError,
+                    identifier: 0
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn custom_limits() {
+        let limits = DecoderLimits {
+            min_token_len: 8,
+            max_token_len: 100,
+            max_payload_len: 256,
+        };
+        let mut n = note(P);
+        n.token = vec![7; 100];
+        let mut buf = BytesMut::new();
+        encode(&n, BinaryFormat::Frame, &mut buf).unwrap();
+        let got = NotificationDecoder::new(limits)
+            .decode(&mut buf)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.notification, n);
+        n.payload = Bytes::from(vec![b'x'; 257]);
+        encode(&n, BinaryFormat::Frame, &mut buf).unwrap();
+        let e = NotificationDecoder::new(limits)
+            .decode(&mut buf)
+            .unwrap_err();
+        assert_eq!(
+            e.kind(),
+            &DecodeErrorKind::PayloadTooLarge { len: 257, max: 256 }
+        );
+    }
+
+    #[test]
+    fn every_status_code_and_meaning() {
+        // apns.md §1.5 table.
+        let table: [(u8, &str); 12] = [
+            (0, "no errors"),
+            (1, "processing error"),
+            (2, "missing device token"),
+            (3, "missing topic"),
+            (4, "missing payload"),
+            (5, "invalid token size"),
+            (6, "invalid topic size"),
+            (7, "invalid payload size"),
+            (8, "invalid token"),
+            (10, "shutdown"),
+            (128, "protocol error"),
+            (255, "unknown"),
+        ];
+        for ((code, words), s) in table.into_iter().zip(Status::ALL) {
+            assert_eq!(s.code(), code);
+            assert_eq!(Status::from_code(code), Some(s));
+            assert!(s.meaning().contains(words), "{code}: {}", s.meaning());
+        }
+        for code in (0..=255u8).filter(|c| !table.iter().any(|(t, _)| t == c)) {
+            assert_eq!(Status::from_code(code), None, "{code}");
+        }
+        assert_eq!(Status::from_code(9), None);
+    }
+
+    #[test]
+    fn error_packet_layout() {
+        // apns.md §1.5: |8|status|identifier|, 6 bytes.
+        for s in Status::ALL {
+            let p = ErrorPacket {
+                status: s,
+                identifier: 0xdead_beef,
+            };
+            let b = p.encode();
+            assert_eq!(b, [8, s.code(), 0xde, 0xad, 0xbe, 0xef]);
+            assert_eq!(ErrorPacket::decode(&b).unwrap(), p);
+        }
+        assert_eq!(
+            ErrorPacket::decode(&[8, 9, 0, 0, 0, 1]).unwrap(),
+            ErrorPacket {
+                status: Status::Unknown,
+                identifier: 1
+            }
+        );
+        assert_eq!(
+            ErrorPacket::decode(&[8, 8, 0, 0, 0]).unwrap_err().kind(),
+            &DecodeErrorKind::ErrorPacketLength(5)
+        );
+        assert_eq!(
+            ErrorPacket::decode(&[8, 8, 0, 0, 0, 0, 0])
+                .unwrap_err()
+                .kind(),
+            &DecodeErrorKind::ErrorPacketLength(7)
+        );
+        assert_eq!(
+            ErrorPacket::decode(&[2, 8, 0, 0, 0, 0]).unwrap_err().kind(),
+            &DecodeErrorKind::NotAnErrorPacket { command: 2 }
+        );
+    }
+
+    #[test]
+    fn feedback_tuple_layout_and_every_split() {
+        // apns.md §2: |timestamp u32|len u16|token|, 38 bytes for a 32-byte token.
+        let t = FeedbackTuple {
+            timestamp: 1_300_000_000,
+            token: token(),
+        };
+        let mut out = BytesMut::new();
+        t.encode(&mut out).unwrap();
+        assert_eq!(out.len(), 38);
+        assert_eq!(&out[..6], &[0x4d, 0x7c, 0x6d, 0x00, 0, 32]);
+        assert_eq!(&out[6..], &token()[..]);
+        let mut stream = out.to_vec();
+        let t2 = FeedbackTuple {
+            timestamp: 7,
+            token: vec![0xaa; 32],
+        };
+        let mut more = BytesMut::new();
+        t2.encode(&mut more).unwrap();
+        stream.extend_from_slice(&more);
+        for split in 0..=stream.len() {
+            let mut dec = FeedbackDecoder::new();
+            let mut buf = BytesMut::from(&stream[..split]);
+            let mut got = Vec::new();
+            while let Some(x) = dec.decode(&mut buf).unwrap() {
+                got.push(x);
+            }
+            buf.extend_from_slice(&stream[split..]);
+            while let Some(x) = dec.decode(&mut buf).unwrap() {
+                got.push(x);
+            }
+            assert_eq!(got, vec![t.clone(), t2.clone()], "split {split}");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn feedback_errors() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 1, 0, 0][..]);
+        assert_eq!(
+            FeedbackDecoder::new().decode(&mut buf).unwrap_err().kind(),
+            &DecodeErrorKind::MissingToken
+        );
+        let mut buf = BytesMut::from(&[0, 0, 0, 1, 0, 101][..]);
+        assert!(FeedbackDecoder::new().decode(&mut buf).is_err());
+        let mut buf = BytesMut::from(&[0, 0, 0, 1, 0, 31][..]);
+        assert_eq!(
+            FeedbackDecoder::with_token_len(32, 32)
+                .decode(&mut buf)
+                .unwrap_err()
+                .kind(),
+            &DecodeErrorKind::BadTokenLength {
+                len: 31,
+                min: 32,
+                max: 32
+            }
+        );
+        let t = FeedbackTuple {
+            timestamp: 0,
+            token: vec![0; 70_000],
+        };
+        assert!(t.encode(&mut BytesMut::new()).is_err());
+    }
+
+    #[test]
+    fn display_names_the_fault_and_identifier() {
+        let e = DecodeError::new(
+            DecodeErrorKind::PayloadTooLarge {
+                len: 3000,
+                max: 2048,
+            },
+            Some(BinaryFormat::Frame),
+            Some(42),
+        );
+        assert_eq!(
+            e.to_string(),
+            "malformed binary APNs data: payload is 3000 bytes, limit 2048 (command 2, identifier 42)"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn notification_decoder_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let mut buf = BytesMut::from(&data[..]);
+            let mut dec = NotificationDecoder::default();
+            while let Ok(Some(_)) = dec.decode(&mut buf) {}
+        }
+
+        #[test]
+        fn structured_frames_never_panic(
+            items in proptest::collection::vec((0u8..8, proptest::collection::vec(proptest::num::u8::ANY, 0..40)), 0..8),
+            cut in 0usize..400,
+        ) {
+            let b = frame_of(&items);
+            let b = &b[..cut.min(b.len())];
+            let mut buf = BytesMut::from(b);
+            let _ = NotificationDecoder::new(DecoderLimits { min_token_len: 1, max_token_len: 40, max_payload_len: 40 })
+                .decode(&mut buf);
+        }
+
+        #[test]
+        fn feedback_decoder_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let mut buf = BytesMut::from(&data[..]);
+            let mut dec = FeedbackDecoder::new();
+            while let Ok(Some(_)) = dec.decode(&mut buf) {}
+            let _ = ErrorPacket::decode(&data);
+        }
+
+        #[test]
+        fn encode_decode_round_trip(
+            id in proptest::num::u32::ANY,
+            expiry in proptest::num::u32::ANY,
+            prio in proptest::sample::select(vec![5u8, 10]),
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 1..2049),
+        ) {
+            let n = BinaryNotification { identifier: id, expiry, priority: prio, token: token(), payload: Bytes::from(payload) };
+            let mut buf = BytesMut::new();
+            encode(&n, BinaryFormat::Frame, &mut buf).unwrap();
+            let got = NotificationDecoder::default().decode(&mut buf).unwrap().unwrap();
+            proptest::prop_assert_eq!(got.notification, n);
+        }
+    }
+}

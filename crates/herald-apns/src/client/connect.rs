@@ -1,0 +1,87 @@
+//! Opening the TLS connection under either protocol: a fresh DNS lookup per connection (Apple asks for
+//! uncached lookups, apns.md §3.7), TCP with Nagle off, then TLS with the caller's rustls configuration.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::ConnectionError;
+
+/// Where to connect: a host name or address and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Endpoint { host: host.into(), port }
+    }
+
+    /// `host:port`, with IPv6 literals bracketed: the HTTP/2 `:authority`.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.authority())
+    }
+}
+
+/// Resolves `endpoint`, connects over TCP and completes the TLS handshake, all within `timeout`.
+pub async fn connect_tls(
+    endpoint: &Endpoint,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<(TlsStream<TcpStream>, SocketAddr), ConnectionError> {
+    let fut = async {
+        let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, endpoint.port))
+            .await
+            .map_err(|source| ConnectionError::Resolve { host: endpoint.host.clone(), source })?
+            .collect();
+        let mut last_err = None;
+        let mut stream = None;
+        for addr in &addrs {
+            match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    stream = Some((s, *addr));
+                    break;
+                }
+                Err(e) => last_err = Some((addr, e)),
+            }
+        }
+        let (tcp, remote) = match (stream, last_err) {
+            (Some(s), _) => s,
+            (None, Some((addr, source))) => {
+                return Err(ConnectionError::Connect { addr: addr.to_string(), source });
+            }
+            (None, None) => return Err(ConnectionError::NoAddress { host: endpoint.host.clone() }),
+        };
+        // Nagle would hold small frames back; both protocols batch their own writes.
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|_| ConnectionError::ServerName(endpoint.host.clone()))?;
+        let tls_stream = TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ConnectionError::Tls { host: endpoint.host.clone(), source })?;
+        Ok((tls_stream, remote))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectionError::Timeout { host: endpoint.host.clone(), secs: timeout.as_secs() }),
+    }
+}

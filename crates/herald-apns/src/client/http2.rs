@@ -1,0 +1,348 @@
+//! One HTTP/2 connection to APNs (apns.md §3).
+//!
+//! One stream per notification. The server's `SETTINGS_MAX_CONCURRENT_STREAMS` is obeyed as it changes (it starts
+//! at 1 until the connection is treated as not yet authorised, apns.md §3.7): a job is taken from the shared queue
+//! only once `h2` says another stream may open, so work above the limit waits in the queue, where another
+//! connection of the pool can take it. Answers are matched by stream, never by `apns-id`. After a GOAWAY no
+//! stream opens; streams the server did not process come back as [`PushResult::NotSent`]. An idle connection
+//! is checked with PING, so a peer that vanished is found before a notification is trusted to it, and it closes
+//! after `idle_timeout`.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use h2::client::{ResponseFuture, SendRequest};
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Uri};
+
+use super::connect::{Endpoint, connect_tls};
+use super::{
+    ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver, NotSentReason, OutcomeSink, PushRequest,
+    PushResult, Rejection,
+};
+use crate::provider_token::ProviderTokenCache;
+use crate::reason::parse_error_body;
+
+static APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+static APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+static APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+static APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+static APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+static APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+
+/// Largest error body read from APNs; real ones are a few dozen bytes.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// Settings of an HTTP/2 connection.
+#[derive(Clone)]
+pub struct Http2Options {
+    pub endpoint: Endpoint,
+    /// rustls configuration with ALPN `h2` (and the client certificate for certificate auth).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Provider-token auth; `None` for certificate auth.
+    pub auth: Option<ProviderTokenCache>,
+    pub connect_timeout: Duration,
+    /// How long to wait for the answer to one notification.
+    pub response_timeout: Duration,
+    /// Close after this long with nothing in flight and nothing taken; `None` keeps the connection open.
+    pub idle_timeout: Option<Duration>,
+    /// Send a PING after this long without traffic; no PONG within `response_timeout` closes the connection.
+    pub keepalive: Duration,
+}
+
+impl std::fmt::Debug for Http2Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http2Options")
+            .field("endpoint", &self.endpoint)
+            .field("token_auth", &self.auth.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("keepalive", &self.keepalive)
+            .finish()
+    }
+}
+
+/// Opens a connection and starts its task, which pulls from `jobs` until it closes. Returns its live state.
+pub async fn open<T: Send + 'static>(
+    opts: Arc<Http2Options>,
+    id: u64,
+    jobs: JobReceiver<T>,
+    sink: Arc<dyn OutcomeSink<T>>,
+) -> Result<Arc<ConnectionState>, ConnectionError> {
+    let (tls, remote) = connect_tls(&opts.endpoint, opts.tls.clone(), opts.connect_timeout).await?;
+    let handshake = h2::client::Builder::new()
+        // Until the server's SETTINGS arrive assume the strictest limit: token connections start at 1 stream.
+        .initial_max_send_streams(1)
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_streams(0)
+        .enable_push(false)
+        .handshake::<_, Bytes>(tls);
+    let (send, mut connection) = tokio::time::timeout(opts.connect_timeout, handshake)
+        .await
+        .map_err(|_| ConnectionError::Timeout {
+            host: opts.endpoint.host.clone(),
+            secs: opts.connect_timeout.as_secs(),
+        })?
+        .map_err(|source| ConnectionError::Handshake { host: opts.endpoint.host.clone(), source })?;
+    let ping = connection.ping_pong();
+    let driver = tokio::spawn(async move { connection.await });
+    let authority: Authority = opts
+        .endpoint
+        .authority()
+        .parse()
+        .map_err(|_| ConnectionError::ServerName(opts.endpoint.host.clone()))?;
+    let state = ConnectionState::new(1);
+    let info = ConnectionInfo { remote, id };
+    let task = Dispatcher { opts, authority, send, ping, driver, jobs, sink, state: state.clone(), info };
+    tokio::spawn(task.run());
+    Ok(state)
+}
+
+struct Dispatcher<T> {
+    opts: Arc<Http2Options>,
+    authority: Authority,
+    send: SendRequest<Bytes>,
+    ping: Option<h2::PingPong>,
+    driver: tokio::task::JoinHandle<Result<(), h2::Error>>,
+    jobs: JobReceiver<T>,
+    sink: Arc<dyn OutcomeSink<T>>,
+    state: Arc<ConnectionState>,
+    info: ConnectionInfo,
+}
+
+/// The provider token a request carried, so an `ExpiredProviderToken` answer retires exactly that one.
+type TokenUsed = Option<Arc<str>>;
+
+impl<T: Send + 'static> Dispatcher<T> {
+    async fn run(mut self) {
+        let mut in_flight = FuturesUnordered::new();
+        let tick_every = self.opts.keepalive.min(self.opts.idle_timeout.unwrap_or(Duration::MAX)) / 4;
+        let mut tick = tokio::time::interval(tick_every.clamp(Duration::from_millis(50), Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_activity = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        let mut taking = true;
+        let mut auth_cache: Option<(Arc<str>, HeaderValue)> = None;
+
+        loop {
+            self.state.set_in_flight(in_flight.len());
+            self.state.set_capacity(self.send.current_max_send_streams());
+            if !taking && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some((tag, result, token_used)) = in_flight.next(), if !in_flight.is_empty() => {
+                    last_activity = Instant::now();
+                    if self.on_answer(&result, token_used) {
+                        taking = false;
+                    }
+                    self.sink.report(tag, result, &self.info);
+                }
+                ready = async {
+                    poll_fn(|cx| self.send.poll_ready(cx)).await?;
+                    Ok::<_, h2::Error>(self.jobs.recv().await)
+                }, if taking => match ready {
+                    Ok(Ok(job)) => {
+                        last_activity = Instant::now();
+                        let (token_used, auth) = self.authorization(&mut auth_cache);
+                        match self.start(job.request, auth) {
+                            Ok(response) => in_flight.push(await_answer(
+                                response, job.tag, token_used, self.opts.response_timeout)),
+                            Err(e) => {
+                                tracing::debug!(conn = self.info.id, error = %e, "stream could not open");
+                                self.sink.report(job.tag, PushResult::NotSent(not_sent_reason(&e)), &self.info);
+                                taking = false;
+                            }
+                        }
+                    }
+                    // The pool closed the queue: finish what is in flight.
+                    Ok(Err(_)) => taking = false,
+                    Err(e) => {
+                        tracing::debug!(conn = self.info.id, error = %e, "connection no longer accepts streams");
+                        taking = false;
+                    }
+                },
+                pong = poll_fn(|cx| match self.ping.as_mut() {
+                    Some(p) => p.poll_pong(cx).map(Some),
+                    None => std::task::Poll::Pending,
+                }), if ping_sent.is_some() => {
+                    if let Some(Err(e)) = pong {
+                        tracing::debug!(conn = self.info.id, error = %e, "PING failed");
+                        taking = false;
+                    }
+                    ping_sent = None;
+                    last_activity = Instant::now();
+                }
+                _ = tick.tick() => {
+                    if self.driver.is_finished() {
+                        taking = false;
+                    }
+                    if self.state.is_draining() {
+                        taking = false;
+                    }
+                    let idle_for = last_activity.elapsed();
+                    if let Some(sent) = ping_sent {
+                        if sent.elapsed() > self.opts.response_timeout {
+                            tracing::info!(conn = self.info.id, remote = %self.info.remote,
+                                "no PING answer within {:?}; closing the connection", self.opts.response_timeout);
+                            break;
+                        }
+                    } else if in_flight.is_empty() {
+                        if self.opts.idle_timeout.is_some_and(|idle| idle_for >= idle) {
+                            tracing::debug!(conn = self.info.id, "idle timeout");
+                            taking = false;
+                        } else if idle_for >= self.opts.keepalive {
+                            if let Some(ping) = self.ping.as_mut() {
+                                if ping.send_ping(h2::Ping::opaque()).is_ok() {
+                                    ping_sent = Some(Instant::now());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Anything still in flight (only after a PING timeout) never got an answer: hand it back.
+        while let Some((tag, _, _)) = futures_util::future::FutureExt::now_or_never(in_flight.next()).flatten() {
+            self.sink.report(tag, PushResult::NotSent(NotSentReason::ConnectionLost), &self.info);
+        }
+        drop(in_flight);
+        self.state.set_in_flight(0);
+        self.state.set_closed();
+        // Dropping the last SendRequest lets h2 close the connection with GOAWAY(NO_ERROR).
+        drop(self.send);
+        if !self.driver.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.driver).await;
+            self.driver.abort();
+        }
+    }
+
+    /// Handles what an answer means for the connection itself. Returns true when it should stop taking work.
+    fn on_answer(&self, result: &PushResult, token_used: TokenUsed) -> bool {
+        match result {
+            PushResult::Rejected(Rejection::Http { reason, .. }) if reason == "ExpiredProviderToken" => {
+                if let (Some(cache), Some(token)) = (&self.opts.auth, token_used) {
+                    cache.expired(&token);
+                }
+                // APNs wedges a connection after this answer (apns.md §3.7); a fresh one gets the new token
+                // without tripping TooManyProviderTokenUpdates.
+                true
+            }
+            PushResult::NotSent(NotSentReason::ConnectionLost) => true,
+            _ => false,
+        }
+    }
+
+    fn authorization(&self, cached: &mut Option<(Arc<str>, HeaderValue)>) -> (TokenUsed, Option<HeaderValue>) {
+        let Some(cache) = &self.opts.auth else { return (None, None) };
+        let token = cache.current();
+        match cached {
+            Some((t, v)) if Arc::ptr_eq(t, &token) => (Some(token), Some(v.clone())),
+            _ => {
+                let value = HeaderValue::try_from(format!("bearer {token}")).ok();
+                if let Some(v) = &value {
+                    *cached = Some((token.clone(), v.clone()));
+                }
+                (Some(token), value)
+            }
+        }
+    }
+
+    fn start(&mut self, req: PushRequest, auth: Option<HeaderValue>) -> Result<ResponseFuture, h2::Error> {
+        let request = build_request(&self.authority, &req, auth);
+        let (response, mut stream) = self.send.send_request(request, false)?;
+        stream.send_data(req.payload, true)?;
+        Ok(response)
+    }
+}
+
+/// Builds the request headers in a stable order, so HPACK indexes the values that repeat (apns.md §3.3).
+fn build_request(authority: &Authority, req: &PushRequest, auth: Option<HeaderValue>) -> Request<()> {
+    let mut path = String::with_capacity(10 + 2 * req.token.len());
+    path.push_str("/3/device/");
+    req.token.write_hex(&mut path);
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = PathAndQuery::try_from(path).ok();
+    let uri = Uri::from_parts(parts).unwrap_or_default();
+    let mut request = Request::new(());
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    if let Some(auth) = auth {
+        headers.insert(AUTHORIZATION, auth);
+    }
+    if let Some(topic) = req.topic.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert(APNS_TOPIC.clone(), topic);
+    }
+    if let Some(push_type) = req.push_type {
+        headers.insert(APNS_PUSH_TYPE.clone(), HeaderValue::from_static(push_type.as_str()));
+    }
+    if let Some(priority) = req.priority {
+        headers.insert(APNS_PRIORITY.clone(), HeaderValue::from(priority.as_u8()));
+    }
+    if let Some(expiration) = req.expiration {
+        headers.insert(APNS_EXPIRATION.clone(), HeaderValue::from(expiration));
+    }
+    if let Some(collapse) = req.collapse_id.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+        headers.insert(APNS_COLLAPSE_ID.clone(), collapse);
+    }
+    if let Some(id) = req.apns_id.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+        headers.insert(APNS_ID.clone(), id);
+    }
+    request
+}
+
+fn not_sent_reason(e: &h2::Error) -> NotSentReason {
+    if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        NotSentReason::Refused
+    } else {
+        NotSentReason::ConnectionLost
+    }
+}
+
+async fn await_answer<T>(
+    response: ResponseFuture,
+    tag: T,
+    token_used: TokenUsed,
+    timeout: Duration,
+) -> (T, PushResult, TokenUsed) {
+    let answer = async {
+        let response = response.await?;
+        let status = response.status().as_u16();
+        let apns_id = response.headers().get(&APNS_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if status == 200 {
+            return Ok(PushResult::Delivered { apns_id });
+        }
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if bytes.len() + chunk.len() > MAX_ERROR_BODY {
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let (reason, timestamp_ms) = match parse_error_body(&bytes) {
+            Ok(b) => (b.reason, b.timestamp),
+            Err(_) => (String::from_utf8_lossy(&bytes).trim().to_owned(), None),
+        };
+        Ok::<_, h2::Error>(PushResult::Rejected(Rejection::Http { status, reason, timestamp_ms }))
+    };
+    let result = match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => PushResult::NotSent(not_sent_reason(&e)),
+        Err(_) => PushResult::TimedOut,
+    };
+    (tag, result, token_used)
+}

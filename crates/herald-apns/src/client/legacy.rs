@@ -1,0 +1,244 @@
+//! One connection to the legacy binary provider API (apns.md §1).
+//!
+//! Notifications are written back to back (frame format by default, enhanced selectable) and APNs answers only
+//! failures, so a window remembers what was written in the last `response_timeout`: a notification leaves the
+//! window as delivered when that time passes with no error packet. An error packet names one notification: the
+//! ones written before it were processed and are delivered, it gets its status, and every one written after it
+//! was discarded by APNs and comes back unsent (apns.md §1.5). Status 10 (shutdown) names the last notification
+//! processed instead. A connection lost with no error packet hands the whole window back unsent.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::connect::{Endpoint, connect_tls};
+use super::{
+    ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver, NotSentReason, OutcomeSink, PushResult,
+    Rejection,
+};
+use crate::binary::{BinaryFormat, BinaryNotification, ErrorPacket, Status, encode};
+use crate::push::Priority;
+
+/// How many bytes to gather before one write.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Settings of a binary connection.
+#[derive(Clone)]
+pub struct BinaryOptions {
+    pub endpoint: Endpoint,
+    /// rustls configuration carrying the client certificate (no ALPN).
+    pub tls: Arc<rustls::ClientConfig>,
+    pub format: BinaryFormat,
+    pub connect_timeout: Duration,
+    /// `delivery_response_timeout`: silence this long after a write means delivered.
+    pub response_timeout: Duration,
+    /// Close after this long with an empty window and nothing taken; `None` keeps the connection open.
+    pub idle_timeout: Option<Duration>,
+    /// Most notifications inside the response window; above it the connection takes no more work, which bounds
+    /// memory when APNs is slow.
+    pub max_window: usize,
+}
+
+impl std::fmt::Debug for BinaryOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BinaryOptions")
+            .field("endpoint", &self.endpoint)
+            .field("format", &self.format)
+            .field("response_timeout", &self.response_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_window", &self.max_window)
+            .finish()
+    }
+}
+
+struct Written<T> {
+    identifier: u32,
+    at: Instant,
+    tag: T,
+}
+
+/// What the reader half saw.
+enum ReadEnd {
+    Packet(ErrorPacket),
+    /// EOF or an I/O error with no (complete, valid) error packet.
+    Lost(String),
+}
+
+/// Opens a connection and starts its task, which pulls from `jobs` until it closes. Returns its live state.
+pub async fn open<T: Send + 'static>(
+    opts: Arc<BinaryOptions>,
+    id: u64,
+    jobs: JobReceiver<T>,
+    sink: Arc<dyn OutcomeSink<T>>,
+) -> Result<Arc<ConnectionState>, ConnectionError> {
+    let (tls, remote) = connect_tls(&opts.endpoint, opts.tls.clone(), opts.connect_timeout).await?;
+    let state = ConnectionState::new(opts.max_window);
+    let info = ConnectionInfo { remote, id };
+    tokio::spawn(run(opts, tls, jobs, sink, state.clone(), info));
+    Ok(state)
+}
+
+async fn run<T: Send + 'static, S>(
+    opts: Arc<BinaryOptions>,
+    stream: S,
+    jobs: JobReceiver<T>,
+    sink: Arc<dyn OutcomeSink<T>>,
+    state: Arc<ConnectionState>,
+    info: ConnectionInfo,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (read_tx, mut read_rx) = tokio::sync::oneshot::channel();
+    let reader_task = tokio::spawn(async move {
+        let mut buf = [0u8; 6];
+        let end = match reader.read_exact(&mut buf).await {
+            Ok(_) => match ErrorPacket::decode(&buf) {
+                Ok(p) => ReadEnd::Packet(p),
+                Err(e) => ReadEnd::Lost(format!("unreadable error packet: {e}")),
+            },
+            Err(e) => ReadEnd::Lost(e.to_string()),
+        };
+        let _ = read_tx.send(end);
+    });
+
+    let mut window: VecDeque<Written<T>> = VecDeque::new();
+    let mut next_id: u32 = 1;
+    let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES + 4096);
+    let tick_every = (opts.response_timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_activity = Instant::now();
+    let mut taking = true;
+    let mut end: Option<ReadEnd> = None;
+
+    loop {
+        state.set_in_flight(window.len());
+        tokio::select! {
+            biased;
+            got = &mut read_rx => {
+                end = Some(got.unwrap_or_else(|_| ReadEnd::Lost("reader stopped".into())));
+                break;
+            }
+            job = jobs.recv(), if taking && window.len() < opts.max_window => {
+                let Ok(job) = job else { taking = false; continue };
+                last_activity = Instant::now();
+                let mut job = Some(job);
+                // Gather what is already queued into one write.
+                while let Some(j) = job.take() {
+                    match encode_job(&opts, &mut buf, next_id, &j) {
+                        Ok(()) => {
+                            window.push_back(Written { identifier: next_id, at: last_activity, tag: j.tag });
+                            next_id = next_id.wrapping_add(1);
+                        }
+                        Err(e) => {
+                            tracing::warn!(conn = info.id, error = %e, "notification cannot be encoded");
+                            sink.report(
+                                j.tag,
+                                PushResult::Rejected(Rejection::Binary { status: Status::ProcessingError }),
+                                &info,
+                            );
+                        }
+                    }
+                    if next_id == u32::MAX {
+                        // Identifiers would wrap; a fresh connection starts over.
+                        taking = false;
+                        break;
+                    }
+                    if buf.len() < WRITE_BATCH_BYTES && window.len() < opts.max_window {
+                        job = jobs.try_recv().ok();
+                    }
+                }
+                if let Err(e) = writer.write_all(&buf).await {
+                    tracing::debug!(conn = info.id, error = %e, "write failed");
+                    taking = false;
+                    // The server may have written an error packet before closing: give the reader a moment.
+                    end = Some(match tokio::time::timeout(opts.response_timeout, &mut read_rx).await {
+                        Ok(Ok(got)) => got,
+                        _ => ReadEnd::Lost(e.to_string()),
+                    });
+                    break;
+                }
+                buf.clear();
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                while window.front().is_some_and(|w| now.duration_since(w.at) >= opts.response_timeout) {
+                    if let Some(w) = window.pop_front() {
+                        sink.report(w.tag, PushResult::Delivered { apns_id: None }, &info);
+                    }
+                }
+                if state.is_draining() {
+                    taking = false;
+                }
+                if window.is_empty() {
+                    let idle = opts.idle_timeout.is_some_and(|idle| now.duration_since(last_activity) >= idle);
+                    if !taking || idle {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    match end {
+        Some(ReadEnd::Packet(packet)) => settle_error_packet(packet, &mut window, &*sink, &info),
+        Some(ReadEnd::Lost(why)) => {
+            if !window.is_empty() {
+                tracing::info!(conn = info.id, remote = %info.remote, in_window = window.len(),
+                    "connection lost without an error packet ({why}); requeueing the window");
+            }
+        }
+        None => {}
+    }
+    for w in window.drain(..) {
+        sink.report(w.tag, PushResult::NotSent(NotSentReason::ConnectionLost), &info);
+    }
+    state.set_in_flight(0);
+    state.set_closed();
+    let _ = writer.shutdown().await;
+    reader_task.abort();
+}
+
+fn encode_job<T>(opts: &BinaryOptions, buf: &mut BytesMut, identifier: u32, job: &Job<T>) -> Result<(), String> {
+    let r = &job.request;
+    let notification = BinaryNotification {
+        identifier,
+        expiry: r.expiration.unwrap_or(0),
+        priority: r.priority.unwrap_or(Priority::Immediate).as_u8(),
+        token: r.token.as_bytes().to_vec(),
+        payload: r.payload.clone(),
+    };
+    encode(&notification, opts.format, buf).map_err(|e| e.to_string())
+}
+
+/// Applies apns.md §1.5 to the window: before the named notification delivered, it failed, after it unsent.
+fn settle_error_packet<T>(
+    packet: ErrorPacket,
+    window: &mut VecDeque<Written<T>>,
+    sink: &dyn OutcomeSink<T>,
+    info: &ConnectionInfo,
+) {
+    let shutdown = packet.status == Status::Shutdown;
+    let Some(pos) = window.iter().position(|w| w.identifier == packet.identifier) else {
+        tracing::warn!(conn = info.id, identifier = packet.identifier, status = packet.status.code(),
+            "error packet names a notification outside the response window; requeueing the window");
+        return;
+    };
+    // With status 10 the identifier is the last notification APNs processed (apns.md §1.5).
+    let delivered = if shutdown { pos + 1 } else { pos };
+    for w in window.drain(..delivered) {
+        sink.report(w.tag, PushResult::Delivered { apns_id: None }, info);
+    }
+    if !shutdown {
+        if let Some(w) = window.pop_front() {
+            sink.report(w.tag, PushResult::Rejected(Rejection::Binary { status: packet.status }), info);
+        }
+    }
+    for w in window.drain(..) {
+        sink.report(w.tag, PushResult::NotSent(NotSentReason::AfterRejected), info);
+    }
+}

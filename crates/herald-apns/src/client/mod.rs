@@ -1,0 +1,190 @@
+//! Provider-side APNs connections: one TLS connection speaking either HTTP/2 ([`http2`]) or the legacy binary
+//! protocol ([`legacy`]).
+//!
+//! A connection pulls [`Job`]s from a queue shared by every connection of its pool (so work spreads by itself
+//! across connections that have room), sends them, and reports each one's [`PushResult`] exactly once to an
+//! [`OutcomeSink`]. A job the connection could not get accepted or refused by APNs (stream refused, GOAWAY,
+//! connection lost before an answer) comes back as [`PushResult::NotSent`] so the caller can requeue it without
+//! counting an attempt. The caller's tag `T` travels with the job and comes back untouched.
+
+pub mod connect;
+pub mod http2;
+pub mod legacy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+
+use crate::binary::Status;
+use crate::outcome::{FailureClass, classify_binary, classify_http};
+use crate::push::{PushType, Priority};
+use crate::token_hex::DeviceToken;
+
+/// Everything a connection needs to send one notification.
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    pub token: DeviceToken,
+    /// `apns-topic`; `None` lets a single-topic certificate supply it.
+    pub topic: Option<Arc<str>>,
+    pub push_type: Option<PushType>,
+    pub priority: Option<Priority>,
+    /// `apns-expiration` (epoch seconds; 0 = deliver once or drop). `None` leaves it to APNs' storage policy.
+    pub expiration: Option<u32>,
+    pub collapse_id: Option<Arc<str>>,
+    /// `apns-id`, a canonical lowercase UUID.
+    pub apns_id: Option<Arc<str>>,
+    pub payload: Bytes,
+}
+
+/// A request and the caller's tag, which comes back with the result.
+#[derive(Debug)]
+pub struct Job<T> {
+    pub request: PushRequest,
+    pub tag: T,
+}
+
+/// The shared queue connections pull from.
+pub type JobReceiver<T> = async_channel::Receiver<Job<T>>;
+/// The sending side of [`JobReceiver`].
+pub type JobSender<T> = async_channel::Sender<Job<T>>;
+
+/// How one notification ended on one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushResult {
+    /// HTTP/2: a 200 answer. Binary: no error packet within the response window.
+    Delivered { apns_id: Option<String> },
+    /// APNs refused this notification.
+    Rejected(Rejection),
+    /// APNs did not process it (refused stream, GOAWAY, connection lost, or a binary notification written after
+    /// a failed one): send it again without counting an attempt.
+    NotSent(NotSentReason),
+    /// Sent, but no answer came within the response timeout: whether it arrived is unknown.
+    TimedOut,
+}
+
+/// A refusal by APNs, in either protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    Http { status: u16, reason: String, timestamp_ms: Option<u64> },
+    Binary { status: Status },
+}
+
+impl Rejection {
+    /// What the delivery engine should do about it (one table: [`crate::outcome`]).
+    pub fn class(&self) -> FailureClass {
+        match self {
+            Rejection::Http { status, reason, .. } => classify_http(*status, Some(reason.as_str())),
+            Rejection::Binary { status } => classify_binary(*status),
+        }
+    }
+
+    /// The status code as logged: the HTTP status or the binary status byte.
+    pub fn code(&self) -> u16 {
+        match self {
+            Rejection::Http { status, .. } => *status,
+            Rejection::Binary { status } => u16::from(status.code()),
+        }
+    }
+
+    /// The reason text as logged.
+    pub fn text(&self) -> &str {
+        match self {
+            Rejection::Http { reason, .. } => reason,
+            Rejection::Binary { status } => status.meaning(),
+        }
+    }
+}
+
+/// Why a job was handed back unsent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotSentReason {
+    /// The server refused the stream (RST_STREAM REFUSED_STREAM) or announced GOAWAY before processing it.
+    Refused,
+    /// The connection failed or closed before an answer.
+    ConnectionLost,
+    /// Binary protocol: written after a notification APNs rejected, so APNs discarded it.
+    AfterRejected,
+    /// The connection is closing (idle, error, reload) and did not send it.
+    Closing,
+}
+
+/// Where a connection reports results. Called once per job, from the connection's task: keep it cheap.
+pub trait OutcomeSink<T>: Send + Sync + 'static {
+    fn report(&self, tag: T, result: PushResult, conn: &ConnectionInfo);
+}
+
+/// Facts about the connection a result came from, for logs.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub remote: SocketAddr,
+    pub id: u64,
+}
+
+/// Live state of one connection, shared with its pool.
+#[derive(Debug, Default)]
+pub struct ConnectionState {
+    in_flight: AtomicUsize,
+    capacity: AtomicUsize,
+    closed: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl ConnectionState {
+    pub fn new(initial_capacity: usize) -> Arc<Self> {
+        let state = ConnectionState::default();
+        state.capacity.store(initial_capacity, Ordering::Relaxed);
+        Arc::new(state)
+    }
+    /// Notifications sent and not yet answered (HTTP/2) or still inside the response window (binary).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    /// How many may be in flight: the server's stream limit (HTTP/2) or the window size (binary).
+    pub fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
+    }
+    /// True when the connection has room for no more work.
+    pub fn is_saturated(&self) -> bool {
+        self.in_flight() >= self.capacity().max(1)
+    }
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+    /// Ask the connection to finish what it carries and close (configuration reload, pool shrink).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+    pub(crate) fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n, Ordering::Relaxed);
+    }
+    pub(crate) fn set_capacity(&self, n: usize) {
+        self.capacity.store(n, Ordering::Relaxed);
+    }
+    pub(crate) fn set_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("resolving {host}: {source}")]
+    Resolve { host: String, source: std::io::Error },
+    #[error("{host} resolved to no address")]
+    NoAddress { host: String },
+    #[error("TLS handshake with {host}: {source}")]
+    Tls { host: String, source: std::io::Error },
+    #[error("invalid server name {0:?}")]
+    ServerName(String),
+    #[error("HTTP/2 handshake with {host}: {source}")]
+    Handshake { host: String, source: h2::Error },
+    #[error("connection to {host} timed out after {secs} s")]
+    Timeout { host: String, secs: u64 },
+}

@@ -1,0 +1,435 @@
+//! Request attributes of a push: push type, protocol, priority, topic, collapse id, apns-id and expiration,
+//! with the checks APNs applies to each header (apns.md §3.2, §3.4, §5.3).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Which APNs wire protocol carries a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// The legacy binary provider API (apns.md §1).
+    Binary,
+    /// The HTTP/2 provider API (apns.md §3).
+    Http2,
+}
+
+/// Payload limit of the binary protocol from iOS 8 on (apns.md §1.6).
+pub const BINARY_PAYLOAD_LIMIT: usize = 2048;
+/// Payload limit of HTTP/2 pushes other than VoIP (apns.md §3.4).
+pub const HTTP2_PAYLOAD_LIMIT: usize = 4096;
+/// Payload limit of HTTP/2 VoIP pushes (apns.md §3.4).
+pub const VOIP_PAYLOAD_LIMIT: usize = 5120;
+/// Longest `apns-collapse-id`, in bytes (apns.md §3.2).
+pub const MAX_COLLAPSE_ID_BYTES: usize = 64;
+
+/// Why a request attribute was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error("unknown apns-push-type {0:?}")]
+    UnknownPushType(String),
+    #[error("apns-priority must be 10, 5 or 1, not {0:?}")]
+    BadPriority(String),
+    #[error("apns-collapse-id is {len} bytes; at most {MAX_COLLAPSE_ID_BYTES} are allowed")]
+    CollapseIdTooLong { len: usize },
+    #[error("apns-id {0:?} is not a canonical 8-4-4-4-12 UUID")]
+    BadApnsId(String),
+    #[error("apns-expiration {0:?} is not a decimal count of seconds since the epoch")]
+    BadExpiration(String),
+    #[error("apns-topic is empty")]
+    EmptyTopic,
+    #[error("apns-topic {topic:?} has characters outside printable ASCII")]
+    BadTopicCharacters { topic: String },
+    #[error("apns-topic {topic:?} does not end in {suffix:?}, which push type {push_type} needs")]
+    TopicSuffixMismatch {
+        topic: String,
+        push_type: PushType,
+        suffix: &'static str,
+    },
+}
+
+/// Value of the `apns-push-type` header (apns.md §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PushType {
+    Alert,
+    Background,
+    Complication,
+    Controls,
+    FileProvider,
+    LiveActivity,
+    Location,
+    Mdm,
+    PushToTalk,
+    Voip,
+    Widgets,
+}
+
+impl PushType {
+    /// Every push type, in the order of the table in apns.md §3.2.
+    pub const ALL: [PushType; 11] = [
+        PushType::Alert,
+        PushType::Background,
+        PushType::Complication,
+        PushType::Controls,
+        PushType::FileProvider,
+        PushType::LiveActivity,
+        PushType::Location,
+        PushType::Mdm,
+        PushType::PushToTalk,
+        PushType::Voip,
+        PushType::Widgets,
+    ];
+
+    /// The header value (lowercase).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushType::Alert => "alert",
+            PushType::Background => "background",
+            PushType::Complication => "complication",
+            PushType::Controls => "controls",
+            PushType::FileProvider => "fileprovider",
+            PushType::LiveActivity => "liveactivity",
+            PushType::Location => "location",
+            PushType::Mdm => "mdm",
+            PushType::PushToTalk => "pushtotalk",
+            PushType::Voip => "voip",
+            PushType::Widgets => "widgets",
+        }
+    }
+
+    /// What must follow the bundle id in `apns-topic` for this push type; `None` when the topic is the bare
+    /// bundle id (alert, background) or comes from the certificate's UID (mdm).
+    pub fn topic_suffix(self) -> Option<&'static str> {
+        match self {
+            PushType::Alert | PushType::Background | PushType::Mdm => None,
+            PushType::Complication => Some(".complication"),
+            PushType::Controls => Some(".push-type.controls"),
+            PushType::FileProvider => Some(".pushkit.fileprovider"),
+            PushType::LiveActivity => Some(".push-type.liveactivity"),
+            PushType::Location => Some(".location-query"),
+            PushType::PushToTalk => Some(".voip-ptt"),
+            PushType::Voip => Some(".voip"),
+            PushType::Widgets => Some(".push-type.widgets"),
+        }
+    }
+
+    /// Largest payload in bytes: 2048 on the binary protocol; on HTTP/2 5120 for VoIP and 4096 otherwise
+    /// (apns.md §1.6, §3.4).
+    pub fn payload_limit(self, protocol: Protocol) -> usize {
+        match (protocol, self) {
+            (Protocol::Binary, _) => BINARY_PAYLOAD_LIMIT,
+            (Protocol::Http2, PushType::Voip) => VOIP_PAYLOAD_LIMIT,
+            (Protocol::Http2, _) => HTTP2_PAYLOAD_LIMIT,
+        }
+    }
+
+    /// Location pushes are accepted only on token-authenticated connections (apns.md §3.2, §5.3 rule 10).
+    pub fn requires_token_auth(self) -> bool {
+        self == PushType::Location
+    }
+}
+
+impl fmt::Display for PushType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PushType {
+    type Err = PushError;
+    /// Exact lowercase header values only; anything else is what APNs answers with `InvalidPushType`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PushType::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| PushError::UnknownPushType(s.to_owned()))
+    }
+}
+
+/// Value of the `apns-priority` header (apns.md §3.2). Absent means [`Priority::Immediate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[repr(u8)]
+pub enum Priority {
+    /// Power-first: never wakes the device.
+    Low = 1,
+    /// Power-conserving delivery; may be grouped or throttled.
+    Conserve = 5,
+    /// Send at once.
+    #[default]
+    Immediate = 10,
+}
+
+impl Priority {
+    pub fn from_u8(v: u8) -> Result<Priority, PushError> {
+        match v {
+            10 => Ok(Priority::Immediate),
+            5 => Ok(Priority::Conserve),
+            1 => Ok(Priority::Low),
+            other => Err(PushError::BadPriority(other.to_string())),
+        }
+    }
+
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+impl FromStr for Priority {
+    type Err = PushError;
+    /// The header text: exactly "10", "5" or "1".
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "10" => Ok(Priority::Immediate),
+            "5" => Ok(Priority::Conserve),
+            "1" => Ok(Priority::Low),
+            other => Err(PushError::BadPriority(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_u8())
+    }
+}
+
+/// `apns-collapse-id` may be at most 64 bytes (apns.md §3.2, §5.3 rule 5).
+pub fn validate_collapse_id(id: &str) -> Result<(), PushError> {
+    if id.len() > MAX_COLLAPSE_ID_BYTES {
+        return Err(PushError::CollapseIdTooLong { len: id.len() });
+    }
+    Ok(())
+}
+
+/// `apns-id` must be a canonical UUID: 8-4-4-4-12 hex digits with hyphens (apns.md §3.2, §5.3 rule 6).
+///
+/// Decision: hex digits of either case are accepted, as UUID parsers conventionally do (and as pushy's mock
+/// does); herald itself always generates lowercase ids. Braces, URNs and the unhyphenated form are refused.
+pub fn validate_apns_id(id: &str) -> Result<(), PushError> {
+    let b = id.as_bytes();
+    let ok = b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(PushError::BadApnsId(id.to_owned()))
+    }
+}
+
+/// Parses `apns-expiration`: decimal digits only, seconds since the Unix epoch; 0 means "try once, don't
+/// store" (apns.md §3.2).
+pub fn parse_expiration(value: &str) -> Result<u64, PushError> {
+    if value.is_empty() || !value.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(PushError::BadExpiration(value.to_owned()));
+    }
+    value
+        .parse::<u64>()
+        .map_err(|_| PushError::BadExpiration(value.to_owned()))
+}
+
+/// The `apns-topic` for a bundle id and push type: the bundle id plus the type's suffix (apns.md §3.2).
+pub fn topic_for(bundle: &str, push_type: PushType) -> String {
+    match push_type.topic_suffix() {
+        Some(suffix) => {
+            let mut t = String::with_capacity(bundle.len() + suffix.len());
+            t.push_str(bundle);
+            t.push_str(suffix);
+            t
+        }
+        None => bundle.to_owned(),
+    }
+}
+
+/// Checks that `topic` fits `push_type`: non-empty printable ASCII, and for push types that have a suffix it
+/// must end with it after a non-empty bundle id (apns.md §3.2, §5.3 rule 3). Returns the bundle id.
+///
+/// Decision: alert, background and mdm topics are not checked against the other types' suffixes, because a
+/// bundle id may legitimately end in a word such as `.voip`.
+pub fn validate_topic(topic: &str, push_type: PushType) -> Result<&str, PushError> {
+    if topic.is_empty() {
+        return Err(PushError::EmptyTopic);
+    }
+    if !topic.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(PushError::BadTopicCharacters {
+            topic: topic.to_owned(),
+        });
+    }
+    match push_type.topic_suffix() {
+        None => Ok(topic),
+        Some(suffix) => match topic.strip_suffix(suffix) {
+            Some(bundle) if !bundle.is_empty() => Ok(bundle),
+            _ => Err(PushError::TopicSuffixMismatch {
+                topic: topic.to_owned(),
+                push_type,
+                suffix,
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_type_strings_round_trip() {
+        // apns.md §3.2: all 11 values must be accepted.
+        let names = [
+            "alert",
+            "background",
+            "complication",
+            "controls",
+            "fileprovider",
+            "liveactivity",
+            "location",
+            "mdm",
+            "pushtotalk",
+            "voip",
+            "widgets",
+        ];
+        for (p, name) in PushType::ALL.iter().zip(names) {
+            assert_eq!(p.as_str(), name);
+            assert_eq!(name.parse::<PushType>().unwrap(), *p);
+        }
+        assert_eq!(
+            "Alert".parse::<PushType>(),
+            Err(PushError::UnknownPushType("Alert".into()))
+        );
+        assert!("".parse::<PushType>().is_err());
+    }
+
+    #[test]
+    fn topic_suffixes_follow_the_table() {
+        // apns.md §3.2 push-type/topic table.
+        let b = "com.example.app";
+        assert_eq!(topic_for(b, PushType::Alert), b);
+        assert_eq!(topic_for(b, PushType::Background), b);
+        assert_eq!(topic_for(b, PushType::Mdm), b);
+        assert_eq!(topic_for(b, PushType::Voip), "com.example.app.voip");
+        assert_eq!(
+            topic_for(b, PushType::Complication),
+            "com.example.app.complication"
+        );
+        assert_eq!(
+            topic_for(b, PushType::Controls),
+            "com.example.app.push-type.controls"
+        );
+        assert_eq!(
+            topic_for(b, PushType::FileProvider),
+            "com.example.app.pushkit.fileprovider"
+        );
+        assert_eq!(
+            topic_for(b, PushType::LiveActivity),
+            "com.example.app.push-type.liveactivity"
+        );
+        assert_eq!(
+            topic_for(b, PushType::Location),
+            "com.example.app.location-query"
+        );
+        assert_eq!(
+            topic_for(b, PushType::PushToTalk),
+            "com.example.app.voip-ptt"
+        );
+        assert_eq!(
+            topic_for(b, PushType::Widgets),
+            "com.example.app.push-type.widgets"
+        );
+        for p in PushType::ALL {
+            assert_eq!(validate_topic(&topic_for(b, p), p), Ok(b));
+        }
+    }
+
+    #[test]
+    fn topic_validation_rejects_mismatches() {
+        assert_eq!(
+            validate_topic("com.example.app", PushType::Voip),
+            Err(PushError::TopicSuffixMismatch {
+                topic: "com.example.app".into(),
+                push_type: PushType::Voip,
+                suffix: ".voip"
+            })
+        );
+        assert!(validate_topic(".voip", PushType::Voip).is_err());
+        assert_eq!(
+            validate_topic("", PushType::Alert),
+            Err(PushError::EmptyTopic)
+        );
+        assert!(validate_topic("com.example app", PushType::Alert).is_err());
+        // A voip-ptt topic is not a voip topic.
+        assert!(validate_topic("com.example.app.voip-ptt", PushType::Voip).is_err());
+    }
+
+    #[test]
+    fn payload_limits_by_protocol_and_type() {
+        // apns.md §1.6 (binary 2048), §3.4 (HTTP/2 4096, VoIP 5120).
+        for p in PushType::ALL {
+            assert_eq!(p.payload_limit(Protocol::Binary), 2048);
+            let want = if p == PushType::Voip { 5120 } else { 4096 };
+            assert_eq!(p.payload_limit(Protocol::Http2), want);
+        }
+        assert!(PushType::Location.requires_token_auth());
+        assert!(!PushType::Alert.requires_token_auth());
+    }
+
+    #[test]
+    fn priorities() {
+        // apns.md §3.2: 10, 5, 1; anything else is BadPriority.
+        for (v, p) in [
+            (10, Priority::Immediate),
+            (5, Priority::Conserve),
+            (1, Priority::Low),
+        ] {
+            assert_eq!(Priority::from_u8(v).unwrap(), p);
+            assert_eq!(p.as_u8(), v);
+            assert_eq!(v.to_string().parse::<Priority>().unwrap(), p);
+        }
+        for v in [0u8, 2, 4, 6, 9, 11, 255] {
+            assert!(Priority::from_u8(v).is_err());
+        }
+        assert!("010".parse::<Priority>().is_err());
+        assert!(" 10".parse::<Priority>().is_err());
+        assert_eq!(Priority::default(), Priority::Immediate);
+    }
+
+    #[test]
+    fn collapse_id_limit_is_64_bytes() {
+        // apns.md §3.2: at most 64 bytes (bytes, not characters).
+        assert!(validate_collapse_id(&"a".repeat(64)).is_ok());
+        assert_eq!(
+            validate_collapse_id(&"a".repeat(65)),
+            Err(PushError::CollapseIdTooLong { len: 65 })
+        );
+        // 22 three-byte characters = 66 bytes.
+        assert!(validate_collapse_id(&"\u{20ac}".repeat(22)).is_err());
+        assert!(validate_collapse_id("").is_ok());
+    }
+
+    #[test]
+    fn apns_id_must_be_canonical_uuid() {
+        // apns.md §3.2.
+        assert!(validate_apns_id("123e4567-e89b-12d3-a456-426614174000").is_ok());
+        assert!(validate_apns_id("123E4567-E89B-12D3-A456-426614174000").is_ok());
+        for bad in [
+            "",
+            "123e4567e89b12d3a456426614174000",
+            "{123e4567-e89b-12d3-a456-426614174000}",
+            "123e4567-e89b-12d3-a456-42661417400",
+            "123e4567-e89b-12d3-a456-4266141740000",
+            "123e4567-e89b-12d3-a456_426614174000",
+            "g23e4567-e89b-12d3-a456-426614174000",
+        ] {
+            assert!(validate_apns_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn expiration_parsing() {
+        assert_eq!(parse_expiration("0"), Ok(0));
+        assert_eq!(parse_expiration("1700000000"), Ok(1_700_000_000));
+        for bad in ["", "-1", "1.5", " 1", "abc", "99999999999999999999999"] {
+            assert!(parse_expiration(bad).is_err(), "{bad}");
+        }
+    }
+}
