@@ -1,4 +1,315 @@
-//! herald-conf: Momentum's `ecelerity.conf` configuration language.
+//! herald-conf: Momentum's `ecelerity.conf` configuration language, as herald reads it.
 //!
-//! Owns the lexer, parser, the syntax tree with source spans, `include` handling, the scope tree with Momentum's
-//! fallback rules, the typed option table, and validation. Every diagnostic carries `file:line:col`.
+//! Owns the lexer ([`lexer`]), the parser ([`parser`], syntax tree in [`ast`]), `include` handling ([`loader`]), the
+//! scope tree ([`tree`]) with Momentum's fallback rules ([`eval`]), the typed option table ([`options`]), typed
+//! views for the rest of herald ([`settings`]) and diagnostics ([`diag`]). Every diagnostic reads
+//! `FILE:LINE:COL: error: …` (or `warning:`), and one load reports every error, not just the first.
+//!
+//! # Using it
+//!
+//! ```
+//! use herald_conf::{Config, ScopePath, Value};
+//!
+//! let config = Config::parse_str("inline.conf", r#"
+//!     max_outbound_connections = 30
+//!     binding_group "group1" {
+//!       max_outbound_connections = 5
+//!       binding "example" { max_outbound_connections = 15  domain "example.com" { } }
+//!     }
+//!     domain "apn.example" { delivery_method = apn  routes = ( "https://api.push.apple.com" ) }
+//! "#).expect("valid configuration");
+//!
+//! // Evaluate one option along a scope path, with fallback (what `herald config eval` prints).
+//! let path = ScopePath::parse_scope_words(&["binding_group", "group1", "binding", "example", "domain", "example.com"])?;
+//! assert_eq!(config.eval(&path, "max_outbound_connections")?, Value::Int(15));
+//!
+//! // Or get every delivery option of a (binding, domain) at once, resolved and cached.
+//! let d = config.domain_settings(None, None, "apn.example");
+//! assert_eq!(d.max_outbound_connections, 30);
+//! assert_eq!(d.routes[0].port, 443);
+//! # Ok::<(), herald_conf::EvalError>(())
+//! ```
+//!
+//! - [`Config::load`] / [`Config::parse_str`]: read and validate; `Err(Diagnostics)` holds every error (and the
+//!   warnings), `Ok` keeps the warnings in [`Config::warnings`].
+//! - [`Config::eval`] (by path and option name) and [`Config::eval_words`] (Momentum's `config eval` word order).
+//! - Typed views: [`Config::domain_settings`] (cached per (binding group, binding, domain): resolve once, then a
+//!   hash lookup), [`Config::domains`], [`Config::bindings`], [`Config::listeners`], [`Config::apn_module`],
+//!   [`Config::apn_loggers`], [`Config::ec_loggers`], [`Config::spool`].
+//! - [`Config::render`] / [`Config::show`]: the tree written back in the language (includes expanded, repeated
+//!   stanzas merged); the output parses to the same tree.
+//!
+//! # Language decisions
+//!
+//! Where Momentum's documentation is silent (reference/momentum.md §8), herald decides: single-quoted strings are
+//! accepted and taken literally; in double-quoted strings `\"` and `\\` are escapes and any other backslash is kept
+//! as written (so regexes need no doubling); a string ends on its line; `yes`/`no` are booleans too; file modes are
+//! always octal; an option set twice in one scope keeps the last value; domain and host names are case-insensitive.
+
+pub mod ast;
+pub mod diag;
+pub mod eval;
+pub mod lexer;
+mod loader;
+pub mod net;
+pub mod options;
+pub mod parser;
+pub mod scopes;
+pub mod settings;
+mod suggest;
+pub mod tree;
+pub mod value;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+pub use diag::{Diagnostic, Diagnostics, Location, Severity};
+pub use eval::{EvalError, ScopePath};
+pub use net::{Cidr, ListenAddr};
+pub use options::{OPTIONS, OptId, OptionDef};
+pub use scopes::ScopeKind;
+pub use settings::{
+    Acl, ApnBinaryFormat, ApnLoggerSettings, DeliveryMethod, DomainSettings, EcLoggerSettings,
+    ListenerKind, ListenerSettings, McmtReception, ModuleSettings, PeerSettings, RetryPolicy,
+    SpoolBackend, SpoolSettings, TlsMode, TlsVerify,
+};
+pub use tree::Node;
+pub use value::{Kind, MaxRetries, Route, RouteProtocol, Value};
+
+/// Resolved domain settings kept at most this many; past it they are resolved on each call.
+const CACHE_LIMIT: usize = 100_000;
+
+/// A loaded, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    root: Node,
+    warnings: Vec<Diagnostic>,
+    cache: RwLock<HashMap<String, Arc<DomainSettings>>>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, following its includes.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, Diagnostics> {
+        let mut loader = loader::Loader::new();
+        let mut root = Node::root();
+        loader.load_path(path.as_ref(), &mut root);
+        Self::finish(loader.diags, root)
+    }
+
+    /// Reads configuration text. `name` is used in diagnostics; relative includes resolve against the directory
+    /// part of `name`, then the working directory.
+    pub fn parse_str(name: &str, text: &str) -> Result<Config, Diagnostics> {
+        Self::parse_bytes(name, text.as_bytes())
+    }
+
+    /// Like [`Config::parse_str`] for bytes that may not be UTF-8 (reported as an error, never a panic).
+    pub fn parse_bytes(name: &str, bytes: &[u8]) -> Result<Config, Diagnostics> {
+        let mut loader = loader::Loader::new();
+        let mut root = Node::root();
+        let dir = match Path::new(name).parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        loader.load_bytes(Arc::from(name), dir, bytes, &mut root);
+        Self::finish(loader.diags, root)
+    }
+
+    fn finish(diags: Diagnostics, root: Node) -> Result<Config, Diagnostics> {
+        if diags.has_errors() {
+            return Err(diags);
+        }
+        Ok(Config {
+            root,
+            warnings: diags.into_warnings(),
+            cache: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Warnings found while loading (options without effect in herald, verification turned off, …).
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+
+    /// The scope tree (global scope at the root).
+    pub fn tree(&self) -> &Node {
+        &self.root
+    }
+
+    /// Evaluates `option` at `path` with Momentum's fallback; the default when nothing sets it. Scopes on the path
+    /// that the configuration does not declare are simply skipped.
+    pub fn eval(&self, path: &ScopePath, option: &str) -> Result<Value, EvalError> {
+        let id = eval::resolve_option(option, path.kind())?;
+        Ok(self.eval_id(path, id).clone())
+    }
+
+    /// [`Config::eval`] for an option id, without the name lookup or a copy.
+    pub fn eval_id(&self, path: &ScopePath, id: OptId) -> &Value {
+        let c = eval::candidates(&self.root, path);
+        eval::first_value(&c, id)
+    }
+
+    /// Evaluates Momentum's `config eval` words, `[SCOPE [NAME]]… OPTION`; returns the option's canonical name and
+    /// its value.
+    pub fn eval_words<S: AsRef<str>>(
+        &self,
+        words: &[S],
+    ) -> Result<(&'static str, Value), EvalError> {
+        let (path, option) = ScopePath::parse_words(words)?;
+        let id = eval::resolve_option(&option, path.kind())?;
+        Ok((id.def().name, self.eval_id(&path, id).clone()))
+    }
+
+    /// Every delivery option for mail from (`binding_group`, `binding`) to `domain`, resolved with fallback. A
+    /// binding given without its group is looked up in the group that declares it. Resolved once per key, then
+    /// served from a cache.
+    pub fn domain_settings(
+        &self,
+        binding_group: Option<&str>,
+        binding: Option<&str>,
+        domain: &str,
+    ) -> Arc<DomainSettings> {
+        let group = binding_group.or_else(|| binding.and_then(|b| eval::group_of(&self.root, b)));
+        let domain_lc = domain.to_ascii_lowercase();
+        let key = format!(
+            "{}\0{}\0{}",
+            group.unwrap_or(""),
+            binding.unwrap_or(""),
+            domain_lc
+        );
+        if let Ok(cache) = self.cache.read()
+            && let Some(hit) = cache.get(&key)
+        {
+            return hit.clone();
+        }
+        let nodes = eval::delivery_nodes(&self.root, group, binding, Some(&domain_lc));
+        let settings = Arc::new(DomainSettings::resolve(nodes, group, binding, &domain_lc));
+        if let Ok(mut cache) = self.cache.write()
+            && cache.len() < CACHE_LIMIT
+        {
+            cache.insert(key, settings.clone());
+        }
+        settings
+    }
+
+    /// The names of every `domain` stanza, anywhere (global, binding group, binding), each once, in order of first
+    /// appearance; regex domains as written (`/…/`).
+    pub fn domains(&self) -> Vec<&str> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        collect_domains(&self.root, &mut seen, &mut out);
+        out
+    }
+
+    /// Every declared binding as (group, binding); `default` always exists and comes first.
+    pub fn bindings(&self) -> Vec<(Option<&str>, &str)> {
+        let mut out = vec![(None, "default")];
+        for c in self.root.children() {
+            match c.kind {
+                ScopeKind::Binding => {
+                    if let Some(n) = c.name.as_deref().filter(|n| *n != "default") {
+                        out.push((None, n));
+                    }
+                }
+                ScopeKind::BindingGroup => {
+                    for b in c.children_of(ScopeKind::Binding) {
+                        if let Some(n) = b.name.as_deref() {
+                            out.push((c.name.as_deref(), n));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Every `listen` stanza of every listener, resolved (listen → listener → default).
+    pub fn listeners(&self) -> Vec<ListenerSettings> {
+        settings::listeners(&self.root)
+    }
+
+    /// The `apn {}` module, if declared.
+    pub fn apn_module(&self) -> Option<ModuleSettings> {
+        settings::module(&self.root, ScopeKind::Apn)
+    }
+
+    /// Any singleton module (`apn`, `httpsrv`, `restinjector`), if declared.
+    pub fn module(&self, kind: ScopeKind) -> Option<ModuleSettings> {
+        settings::module(&self.root, kind)
+    }
+
+    pub fn apn_loggers(&self) -> Vec<ApnLoggerSettings> {
+        settings::apn_loggers(&self.root)
+    }
+
+    pub fn ec_loggers(&self) -> Vec<EcLoggerSettings> {
+        settings::ec_loggers(&self.root)
+    }
+
+    pub fn spool(&self) -> SpoolSettings {
+        settings::spool(&self.root)
+    }
+
+    /// The whole configuration written in the language.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.root.render(0, &mut out);
+        out
+    }
+
+    /// The scope at `path` exactly as configured (no fallback), wrapped in its enclosing scopes so that the output
+    /// is itself a valid configuration.
+    pub fn show(&self, path: &ScopePath) -> Result<String, EvalError> {
+        let mut chain = vec![&self.root];
+        for seg in path.segments() {
+            let parent = chain[chain.len() - 1];
+            let child = parent
+                .child(seg.kind, seg.name.as_deref())
+                .ok_or_else(|| EvalError::NotFound(path.to_string()))?;
+            chain.push(child);
+        }
+        let mut out = String::new();
+        let depth = chain.len() - 1;
+        if depth == 0 {
+            return Ok(self.render());
+        }
+        for (i, n) in chain[1..depth].iter().enumerate() {
+            out.push_str(&"  ".repeat(i));
+            out.push_str(n.kind.keyword());
+            if let Some(name) = &n.name {
+                out.push(' ');
+                out.push_str(&lexer::render_value(name, true));
+            }
+            out.push_str(" {\n");
+        }
+        chain[depth].render(depth - 1, &mut out);
+        for i in (0..depth - 1).rev() {
+            out.push_str(&"  ".repeat(i));
+            out.push_str("}\n");
+        }
+        Ok(out)
+    }
+}
+
+fn collect_domains<'a>(
+    n: &'a Node,
+    seen: &mut std::collections::HashSet<&'a str>,
+    out: &mut Vec<&'a str>,
+) {
+    for c in n.children() {
+        match c.kind {
+            ScopeKind::Domain => {
+                if let Some(name) = c.name.as_deref()
+                    && seen.insert(name)
+                {
+                    out.push(name);
+                }
+            }
+            ScopeKind::Binding | ScopeKind::BindingGroup => collect_domains(c, seen, out),
+            _ => {}
+        }
+    }
+}

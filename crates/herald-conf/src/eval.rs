@@ -1,0 +1,305 @@
+//! Scope paths and fallback: which scopes are consulted, most specific first, when an option is evaluated at a
+//! path (reference/momentum.md §4.3, design §4):
+//!
+//! - delivery: binding_group::binding::domain > binding::domain > binding_group::domain > binding > binding_group >
+//!   global domain > global > default; a binding named without its group is looked up in the group that declares it;
+//! - host: only the host stanzas (binding_group::binding::host > binding::host > binding_group::host > host); unset
+//!   `max_outbound_connections` is -1 there, other options take their default;
+//! - listeners: listener::listen::peer > listener::listen > listener::peer > listener > default; a peer given as
+//!   an IP address selects the most specific CIDR stanza containing it;
+//! - modules: the module stanza > default.
+
+use std::fmt;
+
+use crate::{
+    options::{self, OptId},
+    scopes::{SCOPES, ScopeKind},
+    suggest,
+    tree::Node,
+    value::Value,
+};
+
+/// One step of a scope path: a scope kind and, for named kinds, its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Segment {
+    pub kind: ScopeKind,
+    pub name: Option<String>,
+}
+
+/// A path from the global scope down to a scope, e.g. `binding_group g binding b domain example.com`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ScopePath {
+    segments: Vec<Segment>,
+}
+
+/// Why a scope path or option could not be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("unknown option `{name}`{}", did_you_mean(.suggestion))]
+    UnknownOption {
+        name: String,
+        suggestion: Option<&'static str>,
+    },
+    #[error("option `{option}` is not valid in a {scope} scope; it is valid in: {valid}")]
+    NotInScope {
+        option: &'static str,
+        scope: ScopeKind,
+        valid: String,
+    },
+    #[error("unknown scope `{word}`{}", did_you_mean(.suggestion))]
+    UnknownScope {
+        word: String,
+        suggestion: Option<&'static str>,
+    },
+    #[error("scope `{0}` needs a name")]
+    MissingName(ScopeKind),
+    #[error("a `{scope}` scope is not valid inside {parent}")]
+    Misplaced { scope: ScopeKind, parent: String },
+    #[error("no option given: the last word must be an option name")]
+    NoOption,
+    #[error("no such scope in the configuration: {0}")]
+    NotFound(String),
+}
+
+fn did_you_mean(s: &Option<&'static str>) -> String {
+    s.map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default()
+}
+
+impl ScopePath {
+    /// The global scope.
+    pub fn global() -> Self {
+        Self::default()
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// The kind of the innermost scope (`Global` for the empty path).
+    pub fn kind(&self) -> ScopeKind {
+        self.segments
+            .last()
+            .map(|s| s.kind)
+            .unwrap_or(ScopeKind::Global)
+    }
+
+    /// Appends a scope, checking that it may appear there and has a name if it needs one.
+    pub fn push(mut self, kind: ScopeKind, name: Option<&str>) -> Result<Self, EvalError> {
+        let parent = self.kind();
+        if !kind.may_appear_in(parent) {
+            let parent = if parent == ScopeKind::Global {
+                "the global scope".to_string()
+            } else {
+                format!("`{parent}`")
+            };
+            return Err(EvalError::Misplaced {
+                scope: kind,
+                parent,
+            });
+        }
+        let name = match (kind.is_named(), name) {
+            (true, None) => return Err(EvalError::MissingName(kind)),
+            (true, Some(n)) => Some(kind.normalize_name(n)),
+            (false, _) => None,
+        };
+        self.segments.push(Segment { kind, name });
+        Ok(self)
+    }
+
+    /// Reads Momentum's `config eval` word order: `[SCOPE [NAME]]… OPTION`. Returns the path and the option word.
+    pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<(ScopePath, String), EvalError> {
+        let (option, scopes) = words.split_last().ok_or(EvalError::NoOption)?;
+        Ok((
+            Self::parse_scope_words(scopes)?,
+            option.as_ref().to_string(),
+        ))
+    }
+
+    /// Reads `[SCOPE [NAME]]…` (no option at the end), as `config show` takes it.
+    pub fn parse_scope_words<S: AsRef<str>>(words: &[S]) -> Result<ScopePath, EvalError> {
+        let mut path = ScopePath::global();
+        let mut i = 0;
+        while i < words.len() {
+            let w = words[i].as_ref();
+            let kind = ScopeKind::from_keyword(w).ok_or_else(|| EvalError::UnknownScope {
+                word: w.to_string(),
+                suggestion: suggest::closest(w, SCOPES.iter().map(|d| d.keyword)),
+            })?;
+            i += 1;
+            let name = if kind.is_named() {
+                let n = words.get(i).ok_or(EvalError::MissingName(kind))?;
+                i += 1;
+                Some(n.as_ref())
+            } else {
+                None
+            };
+            path = path.push(kind, name)?;
+        }
+        Ok(path)
+    }
+
+    fn name_of(&self, kind: ScopeKind) -> Option<&str> {
+        self.segments
+            .iter()
+            .find(|s| s.kind == kind)
+            .and_then(|s| s.name.as_deref())
+    }
+
+    fn has(&self, kind: ScopeKind) -> bool {
+        self.segments.iter().any(|s| s.kind == kind)
+    }
+}
+
+impl fmt::Display for ScopePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.segments.is_empty() {
+            return f.write_str("global");
+        }
+        for (i, s) in self.segments.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(s.kind.keyword())?;
+            if let Some(n) = &s.name {
+                write!(f, " {n}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The scopes consulted for `path`, most specific first, and whether the path ends in a host stanza.
+pub(crate) struct Candidates<'a> {
+    pub nodes: Vec<&'a Node>,
+    pub host: bool,
+}
+
+/// The group that declares binding `name`, if any.
+pub(crate) fn group_of<'a>(root: &'a Node, binding: &str) -> Option<&'a str> {
+    root.children_of(ScopeKind::BindingGroup)
+        .find(|g| g.child(ScopeKind::Binding, Some(binding)).is_some())
+        .and_then(|g| g.name.as_deref())
+}
+
+/// Delivery candidates for (group, binding, domain), in precedence order.
+pub(crate) fn delivery_nodes<'a>(
+    root: &'a Node,
+    group: Option<&str>,
+    binding: Option<&str>,
+    domain: Option<&str>,
+) -> Vec<&'a Node> {
+    let group = group.or_else(|| binding.and_then(|b| group_of(root, b)));
+    let g = group.and_then(|g| root.child(ScopeKind::BindingGroup, Some(g)));
+    let gb = g
+        .zip(binding)
+        .and_then(|(g, b)| g.child(ScopeKind::Binding, Some(b)));
+    let b = binding.and_then(|b| root.child(ScopeKind::Binding, Some(b)));
+    let dom = |n: Option<&'a Node>| {
+        n.zip(domain)
+            .and_then(|(n, d)| n.find_named(ScopeKind::Domain, d))
+    };
+    [
+        dom(gb),
+        dom(b),
+        dom(g),
+        gb,
+        b,
+        g,
+        dom(Some(root)),
+        Some(root),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+pub(crate) fn candidates<'a>(root: &'a Node, path: &ScopePath) -> Candidates<'a> {
+    let first = path
+        .segments
+        .first()
+        .map(|s| s.kind)
+        .unwrap_or(ScopeKind::Global);
+    match first {
+        ScopeKind::Global => Candidates {
+            nodes: vec![root],
+            host: false,
+        },
+        ScopeKind::BindingGroup | ScopeKind::Binding | ScopeKind::Domain | ScopeKind::Host => {
+            let group = path.name_of(ScopeKind::BindingGroup);
+            let binding = path.name_of(ScopeKind::Binding);
+            if path.has(ScopeKind::Host) {
+                let host = path.name_of(ScopeKind::Host).unwrap_or_default();
+                let group = group.or_else(|| binding.and_then(|b| group_of(root, b)));
+                let g = group.and_then(|g| root.child(ScopeKind::BindingGroup, Some(g)));
+                let gb = g
+                    .zip(binding)
+                    .and_then(|(g, b)| g.child(ScopeKind::Binding, Some(b)));
+                let b = binding.and_then(|b| root.child(ScopeKind::Binding, Some(b)));
+                let h = |n: Option<&'a Node>| n.and_then(|n| n.find_named(ScopeKind::Host, host));
+                let nodes = [h(gb), h(b), h(g), h(Some(root))]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                return Candidates { nodes, host: true };
+            }
+            let domain = path.name_of(ScopeKind::Domain);
+            Candidates {
+                nodes: delivery_nodes(root, group, binding, domain),
+                host: false,
+            }
+        }
+        listener if listener.is_listener() => {
+            let l = root.child(listener, None);
+            let a = path.name_of(ScopeKind::Listen);
+            let la = l
+                .zip(a)
+                .and_then(|(l, a)| l.child(ScopeKind::Listen, Some(a)));
+            let p = path.name_of(ScopeKind::Peer);
+            let lap = la.zip(p).and_then(|(la, p)| la.find_peer(p));
+            let lp = l.zip(p).and_then(|(l, p)| l.find_peer(p));
+            Candidates {
+                nodes: [lap, la, lp, l].into_iter().flatten().collect(),
+                host: false,
+            }
+        }
+        module => {
+            let m = root.child(module, path.name_of(module));
+            Candidates {
+                nodes: m.into_iter().collect(),
+                host: false,
+            }
+        }
+    }
+}
+
+/// Looks an option name up for evaluation at a scope of kind `scope`.
+pub(crate) fn resolve_option(name: &str, scope: ScopeKind) -> Result<OptId, EvalError> {
+    let id = options::lookup(name).ok_or_else(|| EvalError::UnknownOption {
+        name: name.to_string(),
+        suggestion: options::suggest_option(name),
+    })?;
+    let def = id.def();
+    if !def.scopes.contains(scope) {
+        return Err(EvalError::NotInScope {
+            option: def.name,
+            scope,
+            valid: def.scopes.describe(),
+        });
+    }
+    Ok(id)
+}
+
+/// The first value of `id` along `c`, else the default (or -1 for `max_outbound_connections` in a host stanza).
+pub(crate) fn first_value<'a>(c: &Candidates<'a>, id: OptId) -> &'a Value {
+    static UNLIMITED: Value = Value::Int(-1);
+    for n in &c.nodes {
+        if let Some(s) = n.get(id) {
+            return &s.value;
+        }
+    }
+    if c.host && id.def().name == "max_outbound_connections" {
+        return &UNLIMITED;
+    }
+    options::default_value(id)
+}

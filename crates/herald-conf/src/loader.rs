@@ -1,0 +1,459 @@
+//! The loader: reads a file, expands `include` / `readonly_include` (files and directories, relative to the
+//! including file first, cycles refused), and builds the scope tree while checking every statement against the
+//! scope and option tables. Every problem becomes a diagnostic and loading goes on, so one run reports them all.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use regex::RegexBuilder;
+
+use crate::{
+    ast::{Pos, RawValue, Scalar, Stmt},
+    diag::{Diagnostics, Location, quote},
+    net::{Cidr, ListenAddr},
+    options::{self, OptId},
+    parser,
+    scopes::{SCOPES, ScopeKind, is_regex_name},
+    suggest,
+    tree::{Node, Setting},
+    value::{Value, parse_value},
+};
+
+/// The most files one load reads (guards against include fan-out).
+const MAX_FILES: usize = 10_000;
+/// The largest compiled regex accepted for a regex domain.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+pub(crate) struct Loader {
+    pub diags: Diagnostics,
+    /// Canonical paths of the files being read, outermost first (for cycle detection).
+    stack: Vec<PathBuf>,
+    files: usize,
+}
+
+struct FileCtx {
+    name: Arc<str>,
+    dir: PathBuf,
+}
+
+impl FileCtx {
+    fn loc(&self, p: Pos) -> Location {
+        Location {
+            file: self.name.clone(),
+            line: p.line,
+            col: p.col,
+        }
+    }
+}
+
+impl Loader {
+    pub fn new() -> Self {
+        Loader {
+            diags: Diagnostics::new(),
+            stack: Vec::new(),
+            files: 0,
+        }
+    }
+
+    /// Loads the file at `path` into `root`.
+    pub fn load_path(&mut self, path: &Path, root: &mut Node) {
+        let name: Arc<str> = Arc::from(path.display().to_string());
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+                self.stack.push(canonical);
+                self.load_bytes(name, dir_of(path), &bytes, root);
+                self.stack.pop();
+            }
+            Err(e) => self.diags.error(
+                Location {
+                    file: name,
+                    line: 1,
+                    col: 1,
+                },
+                format!("cannot read the file: {e}"),
+            ),
+        }
+    }
+
+    /// Loads text that did not come from a file (its includes resolve against `dir`, then the working directory).
+    pub fn load_bytes(&mut self, name: Arc<str>, dir: PathBuf, bytes: &[u8], root: &mut Node) {
+        self.files += 1;
+        let ctx = FileCtx { name, dir };
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(e) => {
+                let good = &bytes[..e.valid_up_to()];
+                let line = good.iter().filter(|b| **b == b'\n').count() as u32 + 1;
+                let last = good
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map(|i| i + 1)
+                    .unwrap_or(0);
+                let col = String::from_utf8_lossy(&good[last..]).chars().count() as u32 + 1;
+                self.diags
+                    .error(ctx.loc(Pos { line, col }), "the file is not valid UTF-8");
+                String::from_utf8_lossy(bytes)
+            }
+        };
+        let (stmts, errors) = parser::parse(&text);
+        for e in errors {
+            self.diags.error(ctx.loc(e.pos), e.message);
+        }
+        self.apply(&stmts, root, &ctx, false);
+    }
+
+    fn apply(&mut self, stmts: &[Stmt], node: &mut Node, ctx: &FileCtx, discard: bool) {
+        for stmt in stmts {
+            if self.diags.is_full() {
+                return;
+            }
+            match stmt {
+                Stmt::Option {
+                    name,
+                    name_pos,
+                    value,
+                    value_pos,
+                } => {
+                    if !discard {
+                        self.option(node, name, *name_pos, value, *value_pos, ctx);
+                    }
+                }
+                Stmt::Scope {
+                    kind,
+                    kind_pos,
+                    name,
+                    body,
+                } => self.scope(node, kind, *kind_pos, name, body, ctx, discard),
+                Stmt::Include { path, pos, .. } => {
+                    if !discard {
+                        self.include(node, path, *pos, ctx);
+                    }
+                }
+            }
+        }
+    }
+
+    fn option(
+        &mut self,
+        node: &mut Node,
+        name: &str,
+        at: Pos,
+        raw: &RawValue,
+        value_pos: Pos,
+        ctx: &FileCtx,
+    ) {
+        let Some(id) = options::lookup(name) else {
+            let mut msg = format!("unknown option {}", quote(name));
+            if ScopeKind::from_keyword(name).is_some() {
+                msg.push_str(&format!(
+                    "; {} is a scope: write `{} NAME {{ … }}`",
+                    quote(name),
+                    name.to_ascii_lowercase()
+                ));
+            } else if let Some(s) = options::suggest_option(name) {
+                msg.push_str(&format!("; did you mean `{s}`?"));
+            }
+            self.diags.error(ctx.loc(at), msg);
+            return;
+        };
+        let def = id.def();
+        if !def.scopes.contains(node.kind) {
+            self.diags.error(
+                ctx.loc(at),
+                format!(
+                    "option `{}` is not valid in a {} scope; it is valid in: {}",
+                    def.name,
+                    node.kind,
+                    def.scopes.describe()
+                ),
+            );
+            return;
+        }
+        let value = match parse_value(def.kind, raw) {
+            Ok(v) => v,
+            Err(e) => {
+                self.diags.error(
+                    ctx.loc(if e.at == Pos::default() {
+                        value_pos
+                    } else {
+                        e.at
+                    }),
+                    format!(
+                        "invalid value {} for `{}`: {}",
+                        quote(&e.text),
+                        def.name,
+                        e.reason
+                    ),
+                );
+                return;
+            }
+        };
+        if let Some(why) = def.inert {
+            self.diags.warning(
+                ctx.loc(at),
+                format!(
+                    "`{}` is accepted but has no effect in herald: {why}",
+                    def.name
+                ),
+            );
+        }
+        if def.name == "tls_verify" && value == Value::Str("no".into()) {
+            self.diags.warning(
+                ctx.loc(value_pos),
+                "`tls_verify = no` turns off verification of the server's certificate: herald will not notice an \
+                 impostor APNs server (use `host`, herald's default, or `ca` with `tls_ca`)",
+            );
+        }
+        node.set(Setting {
+            id,
+            value,
+            raw: raw.clone(),
+            at: ctx.loc(at),
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scope(
+        &mut self,
+        node: &mut Node,
+        kind_word: &str,
+        at: Pos,
+        name: &Option<Scalar>,
+        body: &[Stmt],
+        ctx: &FileCtx,
+        discard: bool,
+    ) {
+        if discard {
+            return self.apply(body, node, ctx, true);
+        }
+        let Some(kind) = ScopeKind::from_keyword(kind_word) else {
+            let mut msg = format!("unknown scope {}", quote(kind_word));
+            if options::lookup(kind_word).is_some() {
+                msg.push_str(&format!(
+                    "; {} is an option: write `{} = value`",
+                    quote(kind_word),
+                    kind_word
+                ));
+            } else if let Some(s) = suggest::closest(kind_word, SCOPES.iter().map(|d| d.keyword)) {
+                msg.push_str(&format!("; did you mean `{s}`?"));
+            }
+            self.diags.error(ctx.loc(at), msg);
+            return self.apply(body, node, ctx, true);
+        };
+        if !kind.may_appear_in(node.kind) {
+            let valid = kind.def().map(|d| {
+                d.parents
+                    .iter()
+                    .map(|p| p.keyword())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            self.diags.error(
+                ctx.loc(at),
+                format!(
+                    "a `{kind}` scope is not valid inside {}; it is valid inside: {}",
+                    if node.kind == ScopeKind::Global {
+                        "the global scope".to_string()
+                    } else {
+                        format!("`{}`", node.kind)
+                    },
+                    valid.unwrap_or_default()
+                ),
+            );
+            return self.apply(body, node, ctx, true);
+        }
+        match (kind.is_named(), name) {
+            (true, None) => {
+                self.diags.error(
+                    ctx.loc(at),
+                    format!("a `{kind}` scope needs a name: `{kind} NAME {{ … }}`"),
+                );
+                return self.apply(body, node, ctx, true);
+            }
+            (false, Some(n)) => {
+                self.diags.error(
+                    ctx.loc(n.pos),
+                    format!("a `{kind}` scope takes no name, found {}", quote(&n.text)),
+                );
+                return self.apply(body, node, ctx, true);
+            }
+            _ => {}
+        }
+        let mut regex = None;
+        if let Some(n) = name {
+            match check_name(kind, &n.text) {
+                Ok(re) => regex = re,
+                Err(why) => {
+                    self.diags.error(
+                        ctx.loc(n.pos),
+                        format!("bad {kind} name {}: {why}", quote(&n.text)),
+                    );
+                    return self.apply(body, node, ctx, true);
+                }
+            }
+        }
+        let norm = name.as_ref().map(|n| kind.normalize_name(&n.text));
+        let child = node.child_mut(kind, norm, regex, ctx.loc(at));
+        self.apply(body, child, ctx, false);
+    }
+
+    fn include(&mut self, node: &mut Node, path: &Scalar, at: Pos, ctx: &FileCtx) {
+        let wanted = Path::new(&path.text);
+        let mut tried = Vec::new();
+        let found = if wanted.is_absolute() {
+            tried.push(wanted.to_path_buf());
+            wanted.exists().then(|| wanted.to_path_buf())
+        } else {
+            let mut candidates = vec![ctx.dir.join(wanted)];
+            if let Ok(cwd) = std::env::current_dir() {
+                let c = cwd.join(wanted);
+                if !candidates.contains(&c) {
+                    candidates.push(c);
+                }
+            }
+            tried.clone_from(&candidates);
+            candidates.into_iter().find(|c| c.exists())
+        };
+        let Some(found) = found else {
+            let looked: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+            self.diags.error(
+                ctx.loc(at),
+                format!(
+                    "cannot include {}: no such file or directory (looked for {})",
+                    quote(&path.text),
+                    looked.join(", ")
+                ),
+            );
+            return;
+        };
+        if found.is_dir() {
+            let entries = match std::fs::read_dir(&found) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.diags.error(
+                        ctx.loc(at),
+                        format!("cannot read directory {}: {e}", quote(&path.text)),
+                    );
+                    return;
+                }
+            };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .filter(|p| !p.is_dir())
+                .collect();
+            files.sort();
+            for f in files {
+                self.include_file(node, &f, at, ctx);
+            }
+        } else {
+            self.include_file(node, &found, at, ctx);
+        }
+    }
+
+    fn include_file(&mut self, node: &mut Node, path: &Path, at: Pos, ctx: &FileCtx) {
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some(i) = self.stack.iter().position(|p| *p == canonical) {
+            let chain: Vec<String> = self.stack[i..]
+                .iter()
+                .chain(std::iter::once(&canonical))
+                .map(|p| p.display().to_string())
+                .collect();
+            self.diags.error(
+                ctx.loc(at),
+                format!("include cycle: {}", chain.join(" includes ")),
+            );
+            return;
+        }
+        if self.files >= MAX_FILES {
+            self.diags.error(
+                ctx.loc(at),
+                format!("more than {MAX_FILES} files included; stopping"),
+            );
+            return;
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                self.diags.error(
+                    ctx.loc(at),
+                    format!("cannot include {}: {e}", quote(&path.display().to_string())),
+                );
+                return;
+            }
+        };
+        self.stack.push(canonical);
+        self.load_bytes(
+            Arc::from(path.display().to_string()),
+            dir_of(path),
+            &bytes,
+            node,
+        );
+        self.stack.pop();
+    }
+}
+
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Checks a scope name; returns the compiled regex of a `/…/` domain or host name.
+fn check_name(kind: ScopeKind, name: &str) -> Result<Option<regex::Regex>, String> {
+    match kind {
+        ScopeKind::Domain | ScopeKind::Host if is_regex_name(name) => {
+            RegexBuilder::new(&name[1..name.len() - 1])
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map(Some)
+                .map_err(|e| {
+                    format!(
+                        "not a valid regular expression: {}",
+                        first_line(&e.to_string())
+                    )
+                })
+        }
+        ScopeKind::Domain | ScopeKind::Host => {
+            if name.is_empty() || name.chars().any(char::is_whitespace) {
+                Err("a domain name cannot be empty or contain spaces".into())
+            } else {
+                Ok(None)
+            }
+        }
+        ScopeKind::Binding | ScopeKind::BindingGroup => {
+            if name.is_empty() || name.contains([' ', '\t', ':']) {
+                Err(
+                    "binding and binding group names cannot be empty or contain spaces or colons"
+                        .into(),
+                )
+            } else {
+                Ok(None)
+            }
+        }
+        ScopeKind::Listen => name
+            .parse::<ListenAddr>()
+            .map(|_| None)
+            .map_err(|e| e.to_string()),
+        ScopeKind::Peer => name
+            .parse::<Cidr>()
+            .map(|_| None)
+            .map_err(|e| e.to_string()),
+        _ => Ok(None),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let line = s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s);
+    quote(line.trim()).trim_matches('`').to_string()
+}
+
+/// An option id by name; only called with names from the option table.
+pub(crate) fn id(name: &str) -> OptId {
+    options::lookup(name).unwrap_or(OptId(0))
+}

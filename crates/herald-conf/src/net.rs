@@ -1,0 +1,162 @@
+//! Network-shaped values: CIDR blocks for peer scopes and access lists, and listen addresses (`":25"`,
+//! `"127.0.0.1:25"`, `"[::]:25"`, `"/tmp/2025"`) as Momentum writes them (reference/momentum.md §4.1).
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+};
+
+/// An address block: `10.0.0.0/8`, `::1/128`, or a single address (`127.0.0.1`, a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+/// Why a CIDR or listen address was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    #[error("not an IP address or CIDR block (expected e.g. 10.0.0.0/8 or ::1)")]
+    BadCidr,
+    #[error("prefix length {0} is too long for this address family")]
+    PrefixTooLong(u8),
+    #[error(
+        "not a listen address (expected \":PORT\", \"IP:PORT\", \"[IPv6]:PORT\" or a /unix/socket path)"
+    )]
+    BadListen,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let bits = u32::from(net) ^ u32::from(ip);
+                self.prefix == 0 || bits >> (32 - u32::from(self.prefix)) == 0
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let bits = u128::from(net) ^ u128::from(ip);
+                self.prefix == 0 || bits >> (128 - u32::from(self.prefix)) == 0
+            }
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6
+                .to_ipv4_mapped()
+                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, NetError> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| NetError::BadCidr)?)),
+            None => (s, None),
+        };
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let addr: IpAddr = addr.parse().map_err(|_| NetError::BadCidr)?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(NetError::PrefixTooLong(prefix));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Where a listener accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = NetError;
+
+    fn from_str(s: &str) -> Result<Self, NetError> {
+        if s.starts_with('/') {
+            return Ok(ListenAddr::Unix(PathBuf::from(s)));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or(NetError::BadListen)?;
+        let port: u16 = port.parse().map_err(|_| NetError::BadListen)?;
+        let ip: IpAddr = match host {
+            "" | "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            "[*]" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            h if h.starts_with('[') && h.ends_with(']') => {
+                IpAddr::V6(h[1..h.len() - 1].parse().map_err(|_| NetError::BadListen)?)
+            }
+            h => IpAddr::V4(h.parse().map_err(|_| NetError::BadListen)?),
+        };
+        Ok(ListenAddr::Tcp(SocketAddr::new(ip, port)))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_contains() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert_eq!(one.prefix, 32);
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("nope".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        // momentum.md §4.1: ":25" = "*:25" = INADDR_ANY; IPv6 bracketed; unix sockets by path
+        assert_eq!(
+            ":25".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("0.0.0.0:25".parse().unwrap())
+        );
+        assert_eq!(
+            "*:25".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("0.0.0.0:25".parse().unwrap())
+        );
+        assert_eq!(
+            "[::]:25".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("[::]:25".parse().unwrap())
+        );
+        assert_eq!(
+            "[*]:25".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("[::]:25".parse().unwrap())
+        );
+        assert_eq!(
+            "127.0.0.1:2025".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:2025".parse().unwrap())
+        );
+        assert_eq!(
+            "/tmp/2025".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/tmp/2025".into())
+        );
+        assert!("25".parse::<ListenAddr>().is_err());
+        assert!("host:99999".parse::<ListenAddr>().is_err());
+    }
+}

@@ -1,0 +1,796 @@
+//! The option table: every option herald reads, with its type, default, valid scopes and a one-line description.
+//! Adding an option is one entry in [`OPTIONS`]; the parser, the validator, `config eval`, `config show` and the
+//! documentation test all read from it.
+
+use std::{collections::HashMap, sync::OnceLock};
+
+use crate::{
+    scopes::ScopeKind::{self, *},
+    value::{Kind, Value, parse_default},
+};
+
+/// A set of scope kinds, as a bit mask over [`ScopeKind::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scopes(u32);
+
+impl Scopes {
+    pub const fn of(kinds: &[ScopeKind]) -> Scopes {
+        let mut bits = 0u32;
+        let mut i = 0;
+        while i < kinds.len() {
+            bits |= 1 << (kinds[i] as u32);
+            i += 1;
+        }
+        Scopes(bits)
+    }
+
+    pub fn contains(self, kind: ScopeKind) -> bool {
+        self.0 & (1 << (kind as u32)) != 0
+    }
+
+    /// The kinds in the set, in [`ScopeKind::ALL`] order.
+    pub fn kinds(self) -> impl Iterator<Item = ScopeKind> {
+        ScopeKind::ALL
+            .into_iter()
+            .filter(move |k| self.contains(*k))
+    }
+
+    /// `global, binding_group, binding, domain`.
+    pub fn describe(self) -> String {
+        self.kinds()
+            .map(ScopeKind::keyword)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// One row of the option table.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionDef {
+    /// The option's name, lower case (names are matched case-insensitively).
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The default, as configuration text read with `kind`; `None` = unset.
+    pub default: Option<&'static str>,
+    pub scopes: Scopes,
+    /// One line: what it does, and where herald differs from Momentum.
+    pub doc: &'static str,
+    /// Set for options herald accepts for compatibility but does not act on; `herald check` warns with this text.
+    pub inert: Option<&'static str>,
+}
+
+/// Index of an option in [`OPTIONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OptId(pub u16);
+
+impl OptId {
+    pub fn def(self) -> &'static OptionDef {
+        &OPTIONS[self.0 as usize]
+    }
+}
+
+const fn opt(
+    name: &'static str,
+    kind: Kind,
+    default: Option<&'static str>,
+    scopes: Scopes,
+    doc: &'static str,
+) -> OptionDef {
+    OptionDef {
+        name,
+        kind,
+        default,
+        scopes,
+        doc,
+        inert: None,
+    }
+}
+
+const fn inert(
+    name: &'static str,
+    kind: Kind,
+    default: Option<&'static str>,
+    scopes: Scopes,
+    doc: &'static str,
+    why: &'static str,
+) -> OptionDef {
+    OptionDef {
+        name,
+        kind,
+        default,
+        scopes,
+        doc,
+        inert: Some(why),
+    }
+}
+
+const DELIVERY: Scopes = Scopes::of(&[Global, BindingGroup, Binding, Domain]);
+const DELIVERY_AND_HOST: Scopes = Scopes::of(&[Global, BindingGroup, Binding, Domain, Host]);
+const NO_GROUP: Scopes = Scopes::of(&[Global, Binding, Domain]);
+const GLOBAL_DOMAIN: Scopes = Scopes::of(&[Global, Domain]);
+const BINDINGS: Scopes = Scopes::of(&[Global, BindingGroup, Binding]);
+const GLOBAL: Scopes = Scopes::of(&[Global]);
+const TLS_ID: Scopes = Scopes::of(&[
+    Global,
+    BindingGroup,
+    Binding,
+    Domain,
+    EsmtpListener,
+    HttpListener,
+    ControlListener,
+    EcstreamListener,
+    Listen,
+    Peer,
+]);
+const LISTENER: Scopes = Scopes::of(&[
+    EsmtpListener,
+    HttpListener,
+    ControlListener,
+    EcstreamListener,
+    Listen,
+]);
+const LISTENER_PEER: Scopes = Scopes::of(&[
+    EsmtpListener,
+    HttpListener,
+    ControlListener,
+    EcstreamListener,
+    Listen,
+    Peer,
+]);
+const MCMT: Scopes = Scopes::of(&[EsmtpListener, Listen, Peer]);
+const HTTP: Scopes = Scopes::of(&[HttpListener, Listen]);
+const HTTP_PEER: Scopes = Scopes::of(&[HttpListener, Listen, Peer]);
+const CONTROL: Scopes = Scopes::of(&[ControlListener, Listen]);
+const MODULES: Scopes = Scopes::of(&[Apn, ApnLogger, EcLogger, Httpsrv, Restinjector]);
+const APNLOG: Scopes = Scopes::of(&[ApnLogger]);
+const LOGGERS: Scopes = Scopes::of(&[ApnLogger, EcLogger]);
+const ECLOG: Scopes = Scopes::of(&[EcLogger]);
+
+const U32: Kind = Kind::Int {
+    min: 0,
+    max: u32::MAX as i64,
+};
+const DEBUG_LEVELS: &[&str] = &[
+    "debug", "info", "notice", "warning", "error", "crit", "critical", "alert", "emerg",
+];
+
+/// Every option herald knows. Names are unique.
+pub static OPTIONS: &[OptionDef] = &[
+    // --- delivery: where and how notifications go (momentum.md §5) ---
+    opt(
+        "delivery_method",
+        Kind::Enum(&["ESMTP", "SMTP", "LMTP", "ECSTREAM", "APN", "GCM", "MM7"]),
+        Some("ESMTP"),
+        DELIVERY,
+        "How a domain is delivered; herald delivers `APN` domains only and refuses to queue for the others.",
+    ),
+    opt(
+        "routes",
+        Kind::Routes,
+        None,
+        GLOBAL_DOMAIN,
+        "Where to deliver: `apn://HOST?port=2195` is the legacy binary protocol, `https://HOST[:PORT]` (port 443 by default) is HTTP/2, a herald addition.",
+    ),
+    opt(
+        "idle_timeout",
+        Kind::Seconds,
+        Some("5"),
+        DELIVERY,
+        "Seconds an idle outbound connection stays open; 0 keeps it open forever (never use 0 for APNs).",
+    ),
+    opt(
+        "delivery_response_timeout",
+        Kind::Millis,
+        Some("5000"),
+        NO_GROUP,
+        "Milliseconds to wait for a response; on the binary protocol a notification counts as delivered when no error arrives in this time.",
+    ),
+    opt(
+        "max_outbound_connections",
+        Kind::Int {
+            min: -1,
+            max: u32::MAX as i64,
+        },
+        Some("32"),
+        DELIVERY_AND_HOST,
+        "Most connections per binding and domain (-1 = unlimited); in a `host` stanza an unset value means -1 and does not fall back.",
+    ),
+    inert(
+        "tls",
+        Kind::Enum(&["no", "ifavailable", "required"]),
+        Some("no"),
+        DELIVERY,
+        "Whether outbound connections use TLS; accepted for Momentum compatibility.",
+        "APNs connections always use TLS, so `tls` has no effect",
+    ),
+    opt(
+        "tls_verify",
+        Kind::Enum(&["no", "ca", "host"]),
+        Some("host"),
+        DELIVERY,
+        "Server certificate check: `host` (chain and name), `ca` (chain only), `no`. herald's default is `host` with the system roots; Momentum's is `no`.",
+    ),
+    opt(
+        "tls_ca",
+        Kind::Path,
+        None,
+        DELIVERY,
+        "PEM file of CA certificates to trust instead of the system roots (e.g. the simulator's CA); a herald addition.",
+    ),
+    opt(
+        "tls_certificate",
+        Kind::Path,
+        None,
+        TLS_ID,
+        "PEM client certificate for certificate-based APNs auth (the file may also hold the key); on a listener, its server certificate.",
+    ),
+    opt(
+        "tls_key",
+        Kind::Path,
+        None,
+        TLS_ID,
+        "PEM private key for `tls_certificate`.",
+    ),
+    inert(
+        "tls_ciphers",
+        Kind::Str,
+        None,
+        TLS_ID,
+        "OpenSSL cipher list; accepted for Momentum compatibility.",
+        "herald's TLS library picks its own safe cipher suites, so `tls_ciphers` has no effect",
+    ),
+    opt(
+        "tls_pkcs12",
+        Kind::Path,
+        None,
+        DELIVERY,
+        "PKCS#12 (.p12) file holding the client certificate and key, instead of `tls_certificate`/`tls_key`; a herald addition.",
+    ),
+    opt(
+        "tls_pkcs12_password",
+        Kind::Str,
+        None,
+        DELIVERY,
+        "Password of `tls_pkcs12`; a herald addition.",
+    ),
+    opt(
+        "mx_failures_to_delay",
+        U32,
+        Some("50"),
+        GLOBAL_DOMAIN,
+        "Consecutive connection failures after which the domain's active queue is moved to the delayed queue; 0 never.",
+    ),
+    opt(
+        "apn_expiry",
+        Kind::Seconds,
+        Some("604800"),
+        DELIVERY,
+        "Seconds APNs keeps a notification it cannot deliver at once, when the notification names no expiration; herald uses Momentum's later default of 7 days.",
+    ),
+    opt(
+        "apn_topic",
+        Kind::Str,
+        None,
+        DELIVERY,
+        "The `apns-topic` sent on HTTP/2 (usually the app's bundle id); a herald addition.",
+    ),
+    opt(
+        "apn_key",
+        Kind::Path,
+        None,
+        DELIVERY,
+        "Token-based auth: the `.p8` signing key file; a herald addition.",
+    ),
+    opt(
+        "apn_key_id",
+        Kind::Str,
+        None,
+        DELIVERY,
+        "Token-based auth: the key's 10-character Key ID; a herald addition.",
+    ),
+    opt(
+        "apn_team_id",
+        Kind::Str,
+        None,
+        DELIVERY,
+        "Token-based auth: the 10-character Team ID; a herald addition.",
+    ),
+    opt(
+        "apn_binary_format",
+        Kind::Enum(&["frame", "enhanced"]),
+        Some("frame"),
+        DELIVERY,
+        "Binary protocol notification format: `frame` (command 2) or `enhanced` (command 1); a herald addition.",
+    ),
+    opt(
+        "apn_feedback_interval",
+        Kind::Seconds,
+        Some("0"),
+        DELIVERY,
+        "Seconds between polls of the binary feedback service for invalid tokens; 0 never polls; a herald addition.",
+    ),
+    opt(
+        "retry_interval",
+        Kind::Seconds,
+        Some("1200"),
+        DELIVERY,
+        "Seconds before the first retry; each further retry waits twice as long as the one before.",
+    ),
+    opt(
+        "max_retry_interval",
+        Kind::Seconds,
+        Some("43200"),
+        DELIVERY,
+        "Cap on the doubled retry interval, in seconds.",
+    ),
+    opt(
+        "max_retries",
+        Kind::MaxRetries,
+        Some("auto"),
+        DELIVERY,
+        "`auto` (as many as fit in `message_expiration`), `none` (no limit) or a number of retries.",
+    ),
+    opt(
+        "message_expiration",
+        Kind::Seconds,
+        Some("86400"),
+        DELIVERY,
+        "Seconds a notification may stay undelivered before it fails permanently.",
+    ),
+    opt(
+        "never_attempt_expired_messages",
+        Kind::Bool,
+        Some("false"),
+        DELIVERY,
+        "Fail a notification that expired while queued without trying it.",
+    ),
+    opt(
+        "generate_bounces",
+        Kind::Bool,
+        Some("true"),
+        DELIVERY,
+        "Send a bounce to the sender's address on a permanent failure of an SMTP-injected notification.",
+    ),
+    opt(
+        "bind_address",
+        Kind::Ip,
+        None,
+        BINDINGS,
+        "Local IP address outbound connections of a binding are made from.",
+    ),
+    inert(
+        "max_resident_active_queue_size",
+        U32,
+        Some("250"),
+        DELIVERY,
+        "Momentum's bound on in-memory active queue entries; accepted for compatibility.",
+        "herald keeps spooled notifications on disk and bounds memory itself, so this has no effect",
+    ),
+    // --- listeners (momentum.md §1.3, §2.1, §3, §4.3) ---
+    opt(
+        "enable",
+        Kind::Bool,
+        Some("true"),
+        LISTENER,
+        "Whether a listener or listen stanza accepts connections.",
+    ),
+    opt(
+        "mcmt_reception",
+        Kind::Enum(&["allow", "reject", "passthru"]),
+        Some("passthru"),
+        MCMT,
+        "What an ESMTP listener does with a push (MCMT) message: accept it, reject it, or pass it through (herald refuses non-push mail).",
+    ),
+    opt(
+        "always_allow",
+        Kind::Cidrs,
+        None,
+        LISTENER_PEER,
+        "Client addresses always accepted; with a list set, others are refused unless no list matches and `always_deny` is empty.",
+    ),
+    opt(
+        "always_deny",
+        Kind::Cidrs,
+        None,
+        LISTENER_PEER,
+        "Client addresses always refused (unless `always_allow` also matches).",
+    ),
+    opt(
+        "max_request_size",
+        Kind::Bytes,
+        None,
+        HTTP,
+        "Largest HTTP request body accepted, in bytes; unset = no limit (as Momentum).",
+    ),
+    opt(
+        "api_key",
+        Kind::Str,
+        None,
+        HTTP_PEER,
+        "A key REST clients must send (`Authorization: Bearer KEY` or `X-Api-Key`); a herald addition.",
+    ),
+    opt(
+        "api_keys",
+        Kind::List,
+        None,
+        HTTP_PEER,
+        "Several accepted REST API keys, added to `api_key`; a herald addition.",
+    ),
+    opt(
+        "file_mode",
+        Kind::Mode,
+        Some("0660"),
+        CONTROL,
+        "Mode of a control listener's Unix socket.",
+    ),
+    // --- modules (momentum.md §1.7, §3, §4.1) ---
+    opt(
+        "enabled",
+        Kind::Bool,
+        Some("true"),
+        MODULES,
+        "Whether the module is active (`false` loads it passively).",
+    ),
+    opt(
+        "debug_level",
+        Kind::Enum(DEBUG_LEVELS),
+        Some("error"),
+        MODULES,
+        "The module's diagnostic verbosity.",
+    ),
+    // --- apn_logger (momentum.md §1.7) ---
+    inert(
+        "concurrency",
+        Kind::Int { min: 1, max: 1024 },
+        Some("1"),
+        APNLOG,
+        "Threads used by the apn_logger.",
+        "herald's apn_logger writes from one task",
+    ),
+    opt(
+        "heartbeat",
+        Kind::Seconds,
+        Some("60"),
+        LOGGERS,
+        "Seconds between heartbeat (`M`) lines; 0 writes none.",
+    ),
+    opt(
+        "log_delivery",
+        Kind::Bool,
+        Some("true"),
+        APNLOG,
+        "Log deliveries (`D`).",
+    ),
+    opt(
+        "log_delivery_format",
+        Kind::Str,
+        Some("%t@D@%i@\"%sa\"@\"%da\"@%d@%g@%b@%H@%B@%ti"),
+        APNLOG,
+        "Format of delivery lines.",
+    ),
+    opt(
+        "log_heartbeat_format",
+        Kind::Str,
+        Some("%t@M"),
+        APNLOG,
+        "Format of heartbeat lines.",
+    ),
+    opt(
+        "log_permfail",
+        Kind::Bool,
+        Some("true"),
+        APNLOG,
+        "Log permanent failures (`P`).",
+    ),
+    opt(
+        "log_permfail_format",
+        Kind::Str,
+        Some("%t@P@%i@%sa@%da@%d@%g@%b@%H@%S@%e"),
+        APNLOG,
+        "Format of permanent-failure lines (no quotes around %sa/%da, as Momentum).",
+    ),
+    opt(
+        "log_tempfail",
+        Kind::Bool,
+        Some("true"),
+        APNLOG,
+        "Log transient failures (`T`).",
+    ),
+    opt(
+        "log_tempfail_format",
+        Kind::Str,
+        Some("%t@T@%i@\"%sa\"@\"%da\"@%d@%g@%b@%H@%B@%ti@%S@%e"),
+        APNLOG,
+        "Format of transient-failure lines.",
+    ),
+    opt(
+        "logfile",
+        Kind::Path,
+        Some("/var/log/ecelerity/apnlog.ec"),
+        APNLOG,
+        "The apn_logger's file (Momentum's documentation shows it without the leading `/`).",
+    ),
+    opt(
+        "logmode",
+        Kind::Mode,
+        Some("0644"),
+        APNLOG,
+        "Mode of a newly created apn_logger file, octal.",
+    ),
+    inert(
+        "namespace",
+        Kind::Str,
+        Some("apn_logger,sieve,custom_logger"),
+        APNLOG,
+        "Macro namespaces searched, comma-separated.",
+        "herald's apn_logger knows only its own macros",
+    ),
+    inert(
+        "thread_pool",
+        Kind::Str,
+        None,
+        APNLOG,
+        "Thread pool the logger runs on.",
+        "herald has no thread pools to choose from",
+    ),
+    // --- ec_logger (momentum.md §7.1) ---
+    opt(
+        "mainlog",
+        Kind::Path,
+        Some("/var/log/ecelerity/mainlog.ec"),
+        ECLOG,
+        "The mainlog file (R, D, T, P, M lines).",
+    ),
+    opt(
+        "paniclog",
+        Kind::Path,
+        Some("/var/log/ecelerity/paniclog.ec"),
+        ECLOG,
+        "The paniclog file.",
+    ),
+    opt(
+        "rejectlog",
+        Kind::Path,
+        Some("/var/log/ecelerity/rejectlog.ec"),
+        ECLOG,
+        "The rejectlog file.",
+    ),
+    inert(
+        "acctlog",
+        Kind::Path,
+        None,
+        ECLOG,
+        "The accounting log file.",
+        "herald writes no accounting log",
+    ),
+    inert(
+        "importlog",
+        Kind::Path,
+        None,
+        ECLOG,
+        "The import log file.",
+        "herald writes no import log",
+    ),
+    opt(
+        "mainlog_mode",
+        Kind::Mode,
+        Some("0644"),
+        ECLOG,
+        "Mode of a new mainlog file.",
+    ),
+    opt(
+        "paniclog_mode",
+        Kind::Mode,
+        Some("0644"),
+        ECLOG,
+        "Mode of a new paniclog file.",
+    ),
+    opt(
+        "rejectlog_mode",
+        Kind::Mode,
+        Some("0644"),
+        ECLOG,
+        "Mode of a new rejectlog file.",
+    ),
+    inert(
+        "acctlog_log_mode",
+        Kind::Mode,
+        Some("0644"),
+        ECLOG,
+        "Mode of a new accounting log file.",
+        "herald writes no accounting log",
+    ),
+    inert(
+        "importlog_mode",
+        Kind::Mode,
+        Some("0644"),
+        ECLOG,
+        "Mode of a new import log file.",
+        "herald writes no import log",
+    ),
+    opt(
+        "log_receptions",
+        Kind::Bool,
+        Some("true"),
+        ECLOG,
+        "Log receptions (`R`).",
+    ),
+    opt(
+        "log_deliveries",
+        Kind::Bool,
+        Some("true"),
+        ECLOG,
+        "Log deliveries (`D`).",
+    ),
+    opt(
+        "log_transient_failures",
+        Kind::Bool,
+        Some("true"),
+        ECLOG,
+        "Log transient failures (`T`).",
+    ),
+    opt(
+        "log_permanent_failures",
+        Kind::Bool,
+        Some("true"),
+        ECLOG,
+        "Log permanent failures (`P`).",
+    ),
+    opt(
+        "log_rejections",
+        Kind::Bool,
+        Some("true"),
+        ECLOG,
+        "Log rejections to the rejectlog.",
+    ),
+    opt(
+        "log_errors",
+        Kind::Bool,
+        Some("true"),
+        ECLOG,
+        "Log errors to the paniclog.",
+    ),
+    // --- spool (herald additions, design §2) ---
+    opt(
+        "spool_dir",
+        Kind::Path,
+        Some("/var/spool/herald"),
+        GLOBAL,
+        "Directory of the embedded spool; a herald addition.",
+    ),
+    opt(
+        "spool_backend",
+        Kind::Enum(&["embedded", "jetstream"]),
+        Some("embedded"),
+        GLOBAL,
+        "Spool store: the embedded one, or a NATS JetStream stream shared by several nodes; a herald addition.",
+    ),
+    opt(
+        "spool_nats_url",
+        Kind::Str,
+        None,
+        GLOBAL,
+        "NATS server URL for the `jetstream` spool; a herald addition.",
+    ),
+    opt(
+        "spool_nats_stream",
+        Kind::Str,
+        Some("herald"),
+        GLOBAL,
+        "JetStream stream name for the `jetstream` spool; a herald addition.",
+    ),
+];
+
+fn name_index() -> &'static HashMap<&'static str, OptId> {
+    static INDEX: OnceLock<HashMap<&'static str, OptId>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        OPTIONS
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name, OptId(i as u16)))
+            .collect()
+    })
+}
+
+/// Looks an option up by name, case-insensitively.
+pub fn lookup(name: &str) -> Option<OptId> {
+    if name.len() > 64 {
+        return None;
+    }
+    name_index()
+        .get(name.to_ascii_lowercase().as_str())
+        .copied()
+}
+
+/// The parsed default of every option, indexed by [`OptId`].
+pub fn default_value(id: OptId) -> &'static Value {
+    static DEFAULTS: OnceLock<Vec<Value>> = OnceLock::new();
+    let all = DEFAULTS.get_or_init(|| {
+        OPTIONS
+            .iter()
+            .map(|d| match d.default {
+                // The table is checked by a unit test; a bad default would show there.
+                Some(text) => parse_default(d.kind, text).unwrap_or(Value::Unset),
+                None => match d.kind {
+                    Kind::List => Value::List(Vec::new()),
+                    Kind::Routes => Value::Routes(Vec::new()),
+                    Kind::Cidrs => Value::Cidrs(Vec::new()),
+                    _ => Value::Unset,
+                },
+            })
+            .collect()
+    });
+    &all[id.0 as usize]
+}
+
+/// The closest known option name to `name`, if one is close enough to be a likely typo.
+pub fn suggest_option(name: &str) -> Option<&'static str> {
+    crate::suggest::closest(name, OPTIONS.iter().map(|d| d.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_lowercase_and_defaults_parse() {
+        let mut seen = std::collections::HashSet::new();
+        for d in OPTIONS {
+            assert!(seen.insert(d.name), "duplicate option {}", d.name);
+            assert_eq!(d.name, d.name.to_ascii_lowercase());
+            assert!(d.scopes.kinds().next().is_some(), "{} has no scope", d.name);
+            assert!(!d.doc.is_empty());
+            if let Some(text) = d.default {
+                parse_default(d.kind, text)
+                    .unwrap_or_else(|e| panic!("default of {}: {e}", d.name));
+            }
+        }
+    }
+
+    #[test]
+    fn momentum_defaults_and_scopes() {
+        // momentum.md §5 and §7.3
+        let dv = |n: &str| default_value(lookup(n).unwrap()).clone();
+        assert_eq!(dv("idle_timeout"), Value::Int(5));
+        assert_eq!(dv("delivery_response_timeout"), Value::Int(5000));
+        assert_eq!(dv("max_outbound_connections"), Value::Int(32));
+        assert_eq!(dv("tls"), Value::Str("no".into()));
+        assert_eq!(dv("mx_failures_to_delay"), Value::Int(50));
+        assert_eq!(dv("mcmt_reception"), Value::Str("passthru".into()));
+        assert_eq!(dv("retry_interval"), Value::Int(1200));
+        assert_eq!(dv("max_retry_interval"), Value::Int(43200));
+        assert_eq!(dv("message_expiration"), Value::Int(86400));
+        assert_eq!(dv("delivery_method"), Value::Str("ESMTP".into()));
+        assert_eq!(dv("logmode"), Value::Mode(0o644));
+        // design §4: herald verifies by default
+        assert_eq!(dv("tls_verify"), Value::Str("host".into()));
+        let drt = lookup("delivery_response_timeout").unwrap().def();
+        assert!(!drt.scopes.contains(BindingGroup));
+        assert!(
+            lookup("max_outbound_connections")
+                .unwrap()
+                .def()
+                .scopes
+                .contains(Host)
+        );
+        assert_eq!(
+            lookup("routes").unwrap().def().scopes.describe(),
+            "global, domain"
+        );
+    }
+
+    #[test]
+    fn lookup_is_case_insensitive_and_suggests() {
+        assert_eq!(
+            lookup("Max_Outbound_Connections"),
+            lookup("max_outbound_connections")
+        );
+        assert!(lookup("max_outbound_conections").is_none());
+        assert_eq!(
+            suggest_option("max_outbound_conections"),
+            Some("max_outbound_connections")
+        );
+        assert_eq!(suggest_option("tls_verfy"), Some("tls_verify"));
+        assert_eq!(suggest_option("zzzzzzzzzzzzz"), None);
+    }
+}

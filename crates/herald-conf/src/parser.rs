@@ -1,0 +1,471 @@
+//! The parser: builds the syntax tree of one file from the lexer's tokens. It never stops at the first error: after
+//! a bad statement it skips to the next line (or past a balanced `{ … }` block) and goes on, so that every error in
+//! a file is reported. Nesting depth is bounded, so hostile input cannot exhaust the stack.
+
+use std::collections::VecDeque;
+
+use crate::{
+    ast::{Pos, RawValue, Scalar, Stmt},
+    diag::quote,
+    lexer::{Lexer, Token, TokenKind},
+};
+
+/// The deepest scope nesting accepted (Momentum's deepest legal nesting is 3).
+pub const MAX_DEPTH: usize = 16;
+
+/// A syntax error at a position in the parsed text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+/// Parses a whole file. Returns the statements it could read and every syntax error, in text order.
+pub fn parse(src: &str) -> (Vec<Stmt>, Vec<SyntaxError>) {
+    let mut p = Parser {
+        lx: Lexer::new(src),
+        ahead: VecDeque::new(),
+        errors: Vec::new(),
+    };
+    let body = p.body(None, 0);
+    let mut errors = p.errors;
+    errors.extend(p.lx.errors.drain(..).map(|e| SyntaxError {
+        pos: Pos {
+            line: e.line,
+            col: e.col,
+        },
+        message: e.message,
+    }));
+    errors.sort_by_key(|e| (e.pos.line, e.pos.col));
+    (body, errors)
+}
+
+struct Parser<'a> {
+    lx: Lexer<'a>,
+    ahead: VecDeque<Token<'a>>,
+    errors: Vec<SyntaxError>,
+}
+
+fn pos(t: &Token<'_>) -> Pos {
+    Pos {
+        line: t.line,
+        col: t.col,
+    }
+}
+
+fn describe(t: &Token<'_>) -> String {
+    match t.kind {
+        TokenKind::Word | TokenKind::Quoted => quote(&t.value),
+        k => k.describe().to_string(),
+    }
+}
+
+impl<'a> Parser<'a> {
+    fn peek_n(&mut self, n: usize) -> Option<&Token<'a>> {
+        while self.ahead.len() <= n {
+            let t = self.lx.next()?;
+            self.ahead.push_back(t);
+        }
+        self.ahead.get(n)
+    }
+
+    fn peek(&mut self) -> Option<&Token<'a>> {
+        self.peek_n(0)
+    }
+
+    fn next(&mut self) -> Option<Token<'a>> {
+        if let Some(t) = self.ahead.pop_front() {
+            return Some(t);
+        }
+        self.lx.next()
+    }
+
+    fn error(&mut self, pos: Pos, message: String) {
+        self.errors.push(SyntaxError { pos, message });
+    }
+
+    /// Skips a balanced `{ … }` block whose `{` was just consumed, iteratively.
+    fn skip_block(&mut self) {
+        let mut depth = 1usize;
+        while let Some(t) = self.next() {
+            match t.kind {
+                TokenKind::LBrace => depth += 1,
+                TokenKind::RBrace => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Recovery: skips the rest of `line`, and any `{ … }` block that starts on it, stopping before a `}` that
+    /// would close the enclosing scope.
+    fn skip_line(&mut self, line: u32) {
+        while let Some(t) = self.peek() {
+            if t.line != line || t.kind == TokenKind::RBrace {
+                return;
+            }
+            let kind = t.kind;
+            self.next();
+            if kind == TokenKind::LBrace {
+                self.skip_block();
+                return;
+            }
+        }
+    }
+
+    /// Parses statements until EOF (top level) or until the `}` closing the scope opened at `open`.
+    fn body(&mut self, open: Option<(Pos, &str)>, depth: usize) -> Vec<Stmt> {
+        let mut out = Vec::new();
+        loop {
+            let Some(t) = self.peek() else {
+                if let Some((p, what)) = open {
+                    let msg =
+                        format!("unterminated scope: the `{{` of {what} has no matching `}}`");
+                    self.error(p, msg);
+                }
+                return out;
+            };
+            match t.kind {
+                TokenKind::RBrace => {
+                    let p = pos(t);
+                    self.next();
+                    if open.is_some() {
+                        return out;
+                    }
+                    self.error(p, "unexpected `}`: no scope is open here".into());
+                }
+                TokenKind::Word => {
+                    if let Some(s) = self.statement(depth) {
+                        out.push(s);
+                    }
+                }
+                _ => {
+                    let (p, d) = (pos(t), describe(t));
+                    self.error(p, format!("expected an option or scope name, found {d}"));
+                    self.next();
+                    self.skip_line(p.line);
+                }
+            }
+        }
+    }
+
+    fn scalar(t: Token<'_>) -> Scalar {
+        Scalar {
+            pos: pos(&t),
+            quoted: t.kind == TokenKind::Quoted,
+            text: t.value.into_owned(),
+        }
+    }
+
+    fn statement(&mut self, depth: usize) -> Option<Stmt> {
+        let w = self.next()?;
+        let wpos = pos(&w);
+        let lower = w.value.to_ascii_lowercase();
+        if lower == "include" || lower == "readonly_include" {
+            return match self.peek() {
+                Some(t) if matches!(t.kind, TokenKind::Word | TokenKind::Quoted) => {
+                    let t = self.next()?;
+                    Some(Stmt::Include {
+                        readonly: lower == "readonly_include",
+                        path: Self::scalar(t),
+                        pos: wpos,
+                    })
+                }
+                _ => {
+                    self.error(wpos, format!("`{lower}` needs a file or directory name"));
+                    self.skip_line(wpos.line);
+                    None
+                }
+            };
+        }
+        let next_kind = self.peek().map(|t| (t.kind, t.line));
+        match next_kind {
+            Some((TokenKind::Equals, _)) => {
+                let eq = self.next()?;
+                let value = self.value(pos(&eq), &w.value)?;
+                let value_pos = value.pos(pos(&eq));
+                Some(Stmt::Option {
+                    name: w.value.into_owned(),
+                    name_pos: wpos,
+                    value,
+                    value_pos,
+                })
+            }
+            Some((TokenKind::LBrace, _)) => {
+                let brace = self.next()?;
+                self.scope_body(w, None, pos(&brace), depth)
+            }
+            Some((TokenKind::Word | TokenKind::Quoted, line)) => {
+                if self.peek_n(1).map(|t| t.kind) == Some(TokenKind::LBrace) {
+                    let name = self.next()?;
+                    let brace = self.next()?;
+                    return self.scope_body(w, Some(Self::scalar(name)), pos(&brace), depth);
+                }
+                if line == wpos.line {
+                    let t = self.peek()?;
+                    let (p, d) = (pos(t), describe(t));
+                    self.error(
+                        p,
+                        format!(
+                            "missing `=` between {} and its value {d} (or `{{` to open a scope)",
+                            quote(&w.value)
+                        ),
+                    );
+                    self.skip_line(wpos.line);
+                } else {
+                    self.error(
+                        wpos,
+                        format!("{} has no `= value` and opens no scope", quote(&w.value)),
+                    );
+                }
+                None
+            }
+            Some((_, _)) | None => {
+                let found = self
+                    .peek()
+                    .map(describe)
+                    .unwrap_or_else(|| "the end of the file".into());
+                self.error(
+                    wpos,
+                    format!(
+                        "expected `=` or `{{` after {}, found {found}",
+                        quote(&w.value)
+                    ),
+                );
+                self.skip_line(wpos.line);
+                None
+            }
+        }
+    }
+
+    fn scope_body(
+        &mut self,
+        kw: Token<'_>,
+        name: Option<Scalar>,
+        brace: Pos,
+        depth: usize,
+    ) -> Option<Stmt> {
+        let what = match &name {
+            Some(n) => format!("{} {}", kw.value, quote(&n.text)),
+            None => kw.value.to_string(),
+        };
+        if depth + 1 > MAX_DEPTH {
+            self.error(
+                brace,
+                format!("scopes nested more than {MAX_DEPTH} deep; {what} is skipped"),
+            );
+            self.skip_block();
+            return None;
+        }
+        let body = self.body(Some((brace, &what)), depth + 1);
+        let kind_pos = pos(&kw);
+        Some(Stmt::Scope {
+            kind: kw.value.into_owned(),
+            kind_pos,
+            name,
+            body,
+        })
+    }
+
+    fn value(&mut self, eq: Pos, name: &str) -> Option<RawValue> {
+        let Some(t) = self.peek() else {
+            self.error(eq, format!("{} has no value after `=`", quote(name)));
+            return None;
+        };
+        match t.kind {
+            TokenKind::Word | TokenKind::Quoted => {
+                // `name =` at the end of a line followed by `other = …` means the value is missing.
+                if t.line != eq.line && self.peek_n(1).map(|n| n.kind) == Some(TokenKind::Equals) {
+                    self.error(eq, format!("{} has no value after `=`", quote(name)));
+                    return None;
+                }
+                let t = self.next()?;
+                Some(RawValue::Scalar(Self::scalar(t)))
+            }
+            TokenKind::LParen => {
+                let open = pos(t);
+                self.next();
+                let mut items = Vec::new();
+                loop {
+                    let Some(t) = self.next() else {
+                        self.error(open, "unterminated list: `(` has no matching `)`".into());
+                        return None;
+                    };
+                    match t.kind {
+                        TokenKind::Word | TokenKind::Quoted => items.push(Self::scalar(t)),
+                        TokenKind::RParen => return Some(RawValue::List(items)),
+                        _ => {
+                            let (p, d) = (pos(&t), describe(&t));
+                            self.error(p, format!("expected a list item or `)`, found {d}"));
+                            if t.kind == TokenKind::RBrace {
+                                // give the `}` back to the enclosing scope
+                                self.ahead.push_front(t);
+                            } else {
+                                self.skip_line(p.line);
+                            }
+                            return None;
+                        }
+                    }
+                }
+            }
+            TokenKind::LBracket => {
+                let open = pos(t);
+                self.next();
+                let mut pairs = Vec::new();
+                loop {
+                    let Some(k) = self.next() else {
+                        self.error(open, "unterminated array: `[` has no matching `]`".into());
+                        return None;
+                    };
+                    match k.kind {
+                        TokenKind::RBracket => return Some(RawValue::Pairs(pairs)),
+                        TokenKind::Word | TokenKind::Quoted => {
+                            let key = Self::scalar(k);
+                            let eq_ok = self.peek().map(|t| t.kind) == Some(TokenKind::Equals);
+                            if eq_ok {
+                                self.next();
+                            }
+                            match self.peek() {
+                                Some(v)
+                                    if eq_ok
+                                        && matches!(
+                                            v.kind,
+                                            TokenKind::Word | TokenKind::Quoted
+                                        ) =>
+                                {
+                                    let v = self.next()?;
+                                    pairs.push((key, Self::scalar(v)));
+                                }
+                                _ => {
+                                    self.error(
+                                        key.pos,
+                                        format!(
+                                            "expected `{} = value` inside `[ … ]`",
+                                            key.text.escape_debug()
+                                        ),
+                                    );
+                                    self.skip_line(key.pos.line);
+                                    return None;
+                                }
+                            }
+                        }
+                        _ => {
+                            let (p, d) = (pos(&k), describe(&k));
+                            self.error(p, format!("expected `key = value` or `]`, found {d}"));
+                            if k.kind == TokenKind::RBrace {
+                                self.ahead.push_front(k);
+                            } else {
+                                self.skip_line(p.line);
+                            }
+                            return None;
+                        }
+                    }
+                }
+            }
+            _ => {
+                let (p, d) = (pos(t), describe(t));
+                self.error(p, format!("expected a value after `=`, found {d}"));
+                self.skip_line(p.line);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(src: &str) -> Vec<(u32, u32, String)> {
+        parse(src)
+            .1
+            .into_iter()
+            .map(|e| (e.pos.line, e.pos.col, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn parses_options_scopes_lists_arrays_includes() {
+        let (stmts, errors) = parse(
+            "a = 1\nlist = ( x \"y z\"\n  w )\narr = [ uri = \"ecauth://\" k = v ]\nd \"n\" { e { f = g } }\ninclude other.conf\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(stmts.len(), 5);
+        match &stmts[1] {
+            Stmt::Option {
+                value: RawValue::List(items),
+                ..
+            } => assert_eq!(items.len(), 3),
+            s => panic!("{s:?}"),
+        }
+        match &stmts[3] {
+            Stmt::Scope {
+                name: Some(n),
+                body,
+                ..
+            } => {
+                assert_eq!(n.text, "n");
+                assert!(matches!(&body[0], Stmt::Scope { name: None, .. }));
+            }
+            s => panic!("{s:?}"),
+        }
+        assert!(matches!(
+            &stmts[4],
+            Stmt::Include {
+                readonly: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn brace_on_next_line_is_fine() {
+        let (stmts, errors) = parse("esmtp_listener\n{\n listen \":25\"\n {\n }\n}\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(stmts.len(), 1);
+    }
+
+    #[test]
+    fn missing_equals_points_at_value_and_recovers() {
+        let e = errs("tls \"required\"\ntls_verify = no\nx y\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!((e[0].0, e[0].1), (1, 5));
+        assert!(e[0].2.contains("missing `=`"));
+        assert_eq!((e[1].0, e[1].1), (3, 3));
+    }
+
+    #[test]
+    fn unterminated_scope_points_at_brace() {
+        let e = errs("domain \"a\" {\n  tls = no\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].0, e[0].1), (1, 12));
+        assert!(e[0].2.contains("unterminated scope"), "{}", e[0].2);
+    }
+
+    #[test]
+    fn stray_close_brace_and_garbage_reported_then_continue() {
+        let e = errs("}\n= 3\nok = 1\n(\n");
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!((e[0].0, e[0].1), (1, 1));
+        assert_eq!((e[1].0, e[1].1), (2, 1));
+        assert_eq!((e[2].0, e[2].1), (4, 1));
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let src = "a {".repeat(100_000);
+        let (_, e) = parse(&src);
+        assert!(!e.is_empty());
+    }
+
+    #[test]
+    fn missing_value_at_end_of_line() {
+        let e = errs("a =\nb = 2\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].0, e[0].1), (1, 3));
+    }
+}

@@ -1,0 +1,541 @@
+//! Typed views of the configuration: per-domain delivery settings (every delivery option resolved once, with
+//! fallback), listeners with their peers and access lists, the apn module, loggers and the spool. These are what the
+//! rest of herald reads; nothing outside this crate needs to evaluate options by name.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use crate::{
+    eval::{Candidates, first_value},
+    loader::id,
+    net::{Cidr, ListenAddr},
+    scopes::ScopeKind,
+    tree::Node,
+    value::{MaxRetries, Route, Value},
+};
+
+/// `delivery_method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMethod {
+    Esmtp,
+    Smtp,
+    Lmtp,
+    Ecstream,
+    Apn,
+    Gcm,
+    Mm7,
+}
+
+/// `tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    No,
+    IfAvailable,
+    Required,
+}
+
+/// `tls_verify`: how much of the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVerify {
+    /// Nothing is checked.
+    No,
+    /// The chain must lead to a trusted CA (`tls_ca` or the system roots); the name is not checked.
+    Ca,
+    /// The chain and the host name are checked.
+    Host,
+}
+
+/// `mcmt_reception`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McmtReception {
+    Allow,
+    Reject,
+    Passthru,
+}
+
+/// `apn_binary_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApnBinaryFormat {
+    /// Command 2.
+    Frame,
+    /// Command 1.
+    Enhanced,
+}
+
+/// `spool_backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolBackend {
+    Embedded,
+    JetStream,
+}
+
+/// The retry schedule of a domain (reference/momentum.md §7.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub retry_interval: Duration,
+    pub max_retry_interval: Duration,
+    pub max_retries: MaxRetries,
+    pub message_expiration: Duration,
+    pub never_attempt_expired_messages: bool,
+}
+
+/// Everything that governs delivery to one domain from one binding, resolved with fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSettings {
+    pub binding_group: Option<String>,
+    pub binding: Option<String>,
+    pub domain: String,
+    pub delivery_method: DeliveryMethod,
+    pub routes: Vec<Route>,
+    pub idle_timeout: Duration,
+    pub delivery_response_timeout: Duration,
+    /// -1 means unlimited.
+    pub max_outbound_connections: i64,
+    pub tls: TlsMode,
+    pub tls_verify: TlsVerify,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ciphers: Option<String>,
+    pub tls_pkcs12: Option<PathBuf>,
+    pub tls_pkcs12_password: Option<String>,
+    pub mx_failures_to_delay: u32,
+    pub apn_expiry: Duration,
+    pub apn_topic: Option<String>,
+    pub apn_key: Option<PathBuf>,
+    pub apn_key_id: Option<String>,
+    pub apn_team_id: Option<String>,
+    pub apn_binary_format: ApnBinaryFormat,
+    /// `None` when polling is off (0).
+    pub apn_feedback_interval: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub generate_bounces: bool,
+    pub bind_address: Option<IpAddr>,
+}
+
+/// Reads typed values out of a candidate list.
+struct Resolver<'a> {
+    c: Candidates<'a>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(nodes: Vec<&'a Node>) -> Self {
+        Resolver {
+            c: Candidates { nodes, host: false },
+        }
+    }
+    fn value(&self, name: &str) -> &'a Value {
+        first_value(&self.c, id(name))
+    }
+    fn int(&self, name: &str) -> i64 {
+        self.value(name).as_int().unwrap_or(0)
+    }
+    fn u32(&self, name: &str) -> u32 {
+        u32::try_from(self.int(name)).unwrap_or(u32::MAX)
+    }
+    fn secs(&self, name: &str) -> Duration {
+        Duration::from_secs(u64::try_from(self.int(name)).unwrap_or(0))
+    }
+    fn millis(&self, name: &str) -> Duration {
+        Duration::from_millis(u64::try_from(self.int(name)).unwrap_or(0))
+    }
+    fn bool(&self, name: &str) -> bool {
+        self.value(name).as_bool().unwrap_or(false)
+    }
+    fn word(&self, name: &str) -> &'a str {
+        self.value(name).as_str().unwrap_or("")
+    }
+    fn string(&self, name: &str) -> Option<String> {
+        self.value(name).as_str().map(str::to_string)
+    }
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        self.value(name).as_str().map(PathBuf::from)
+    }
+    fn mode(&self, name: &str) -> u32 {
+        match self.value(name) {
+            Value::Mode(m) => *m,
+            _ => 0o644,
+        }
+    }
+    fn cidrs(&self, name: &str) -> Vec<Cidr> {
+        self.value(name).as_cidrs().to_vec()
+    }
+}
+
+impl DomainSettings {
+    pub(crate) fn resolve(
+        nodes: Vec<&Node>,
+        binding_group: Option<&str>,
+        binding: Option<&str>,
+        domain: &str,
+    ) -> DomainSettings {
+        let r = Resolver::new(nodes);
+        let delivery_method = match r.word("delivery_method") {
+            "SMTP" => DeliveryMethod::Smtp,
+            "LMTP" => DeliveryMethod::Lmtp,
+            "ECSTREAM" => DeliveryMethod::Ecstream,
+            "APN" => DeliveryMethod::Apn,
+            "GCM" => DeliveryMethod::Gcm,
+            "MM7" => DeliveryMethod::Mm7,
+            _ => DeliveryMethod::Esmtp,
+        };
+        let tls = match r.word("tls") {
+            "ifavailable" => TlsMode::IfAvailable,
+            "required" => TlsMode::Required,
+            _ => TlsMode::No,
+        };
+        let tls_verify = match r.word("tls_verify") {
+            "no" => TlsVerify::No,
+            "ca" => TlsVerify::Ca,
+            _ => TlsVerify::Host,
+        };
+        let feedback = r.secs("apn_feedback_interval");
+        DomainSettings {
+            binding_group: binding_group.map(str::to_string),
+            binding: binding.map(str::to_string),
+            domain: domain.to_string(),
+            delivery_method,
+            routes: r.value("routes").as_routes().to_vec(),
+            idle_timeout: r.secs("idle_timeout"),
+            delivery_response_timeout: r.millis("delivery_response_timeout"),
+            max_outbound_connections: r.int("max_outbound_connections"),
+            tls,
+            tls_verify,
+            tls_ca: r.path("tls_ca"),
+            tls_certificate: r.path("tls_certificate"),
+            tls_key: r.path("tls_key"),
+            tls_ciphers: r.string("tls_ciphers"),
+            tls_pkcs12: r.path("tls_pkcs12"),
+            tls_pkcs12_password: r.string("tls_pkcs12_password"),
+            mx_failures_to_delay: r.u32("mx_failures_to_delay"),
+            apn_expiry: r.secs("apn_expiry"),
+            apn_topic: r.string("apn_topic"),
+            apn_key: r.path("apn_key"),
+            apn_key_id: r.string("apn_key_id"),
+            apn_team_id: r.string("apn_team_id"),
+            apn_binary_format: if r.word("apn_binary_format") == "enhanced" {
+                ApnBinaryFormat::Enhanced
+            } else {
+                ApnBinaryFormat::Frame
+            },
+            apn_feedback_interval: (!feedback.is_zero()).then_some(feedback),
+            retry: RetryPolicy {
+                retry_interval: r.secs("retry_interval"),
+                max_retry_interval: r.secs("max_retry_interval"),
+                max_retries: match r.value("max_retries") {
+                    Value::MaxRetries(m) => *m,
+                    _ => MaxRetries::Auto,
+                },
+                message_expiration: r.secs("message_expiration"),
+                never_attempt_expired_messages: r.bool("never_attempt_expired_messages"),
+            },
+            generate_bounces: r.bool("generate_bounces"),
+            bind_address: r
+                .value("bind_address")
+                .as_str()
+                .and_then(|s| s.parse().ok()),
+        }
+    }
+}
+
+/// `always_allow` / `always_deny`: an address matching `always_allow` is accepted; otherwise one matching
+/// `always_deny` is refused; anything else is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acl {
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+}
+
+impl Acl {
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|c| c.contains(ip)) || !self.deny.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// The kinds of listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Esmtp,
+    Http,
+    Control,
+    Ecstream,
+}
+
+impl ListenerKind {
+    pub(crate) fn from_scope(kind: ScopeKind) -> Option<ListenerKind> {
+        Some(match kind {
+            ScopeKind::EsmtpListener => ListenerKind::Esmtp,
+            ScopeKind::HttpListener => ListenerKind::Http,
+            ScopeKind::ControlListener => ListenerKind::Control,
+            ScopeKind::EcstreamListener => ListenerKind::Ecstream,
+            _ => return None,
+        })
+    }
+}
+
+/// What applies to clients matching one `peer` stanza (resolved peer → listen → listener).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSettings {
+    pub cidr: Cidr,
+    pub mcmt_reception: McmtReception,
+    pub acl: Acl,
+    pub api_keys: Vec<String>,
+}
+
+/// One `listen` stanza of a listener, resolved (listen → listener → default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    pub kind: ListenerKind,
+    /// The address as written, e.g. `":25"`.
+    pub address: String,
+    pub addr: ListenAddr,
+    /// `enable` of both the listener and the listen stanza.
+    pub enabled: bool,
+    pub mcmt_reception: McmtReception,
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub acl: Acl,
+    /// `api_key` and `api_keys` together; empty means no key is required.
+    pub api_keys: Vec<String>,
+    pub max_request_size: Option<u64>,
+    pub file_mode: u32,
+    /// Peer stanzas of the listen stanza, then of the listener.
+    pub peers: Vec<PeerSettings>,
+}
+
+impl ListenerSettings {
+    /// The most specific peer stanza whose CIDR contains `ip`.
+    pub fn peer_for(&self, ip: IpAddr) -> Option<&PeerSettings> {
+        self.peers
+            .iter()
+            .filter(|p| p.cidr.contains(ip))
+            .max_by_key(|p| p.cidr.prefix)
+    }
+
+    /// Whether a client at `ip` may connect.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.peer_for(ip)
+            .map(|p| &p.acl)
+            .unwrap_or(&self.acl)
+            .permits(ip)
+    }
+
+    /// `mcmt_reception` for a client at `ip`.
+    pub fn mcmt_reception_for(&self, ip: IpAddr) -> McmtReception {
+        self.peer_for(ip)
+            .map(|p| p.mcmt_reception)
+            .unwrap_or(self.mcmt_reception)
+    }
+
+    /// The API keys accepted from a client at `ip`.
+    pub fn api_keys_for(&self, ip: IpAddr) -> &[String] {
+        self.peer_for(ip)
+            .map(|p| p.api_keys.as_slice())
+            .unwrap_or(&self.api_keys)
+    }
+}
+
+fn mcmt(word: &str) -> McmtReception {
+    match word {
+        "allow" => McmtReception::Allow,
+        "reject" => McmtReception::Reject,
+        _ => McmtReception::Passthru,
+    }
+}
+
+fn api_keys(r: &Resolver<'_>) -> Vec<String> {
+    let mut keys: Vec<String> = r.string("api_key").into_iter().collect();
+    keys.extend(r.value("api_keys").as_list().iter().cloned());
+    keys
+}
+
+pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
+    let mut out = Vec::new();
+    for l in root.children().iter().filter(|c| c.kind.is_listener()) {
+        let Some(kind) = ListenerKind::from_scope(l.kind) else {
+            continue;
+        };
+        for a in l.children_of(ScopeKind::Listen) {
+            let Some(address) = a.name.clone() else {
+                continue;
+            };
+            let Ok(addr) = address.parse::<ListenAddr>() else {
+                continue;
+            };
+            let r = Resolver::new(vec![a, l]);
+            let peer_nodes = a
+                .children_of(ScopeKind::Peer)
+                .map(|p| (p, vec![p, a, l]))
+                .chain(
+                    l.children_of(ScopeKind::Peer)
+                        .filter(|p| a.child(ScopeKind::Peer, p.name.as_deref()).is_none())
+                        .map(|p| (p, vec![p, a, l])),
+                );
+            let peers = peer_nodes
+                .filter_map(|(p, nodes)| {
+                    let cidr = p.name.as_deref()?.parse::<Cidr>().ok()?;
+                    let r = Resolver::new(nodes);
+                    Some(PeerSettings {
+                        cidr,
+                        mcmt_reception: mcmt(r.word("mcmt_reception")),
+                        acl: Acl {
+                            allow: r.cidrs("always_allow"),
+                            deny: r.cidrs("always_deny"),
+                        },
+                        api_keys: api_keys(&r),
+                    })
+                })
+                .collect();
+            let own_enable = |n: &Node| {
+                n.get(id("enable"))
+                    .and_then(|s| s.value.as_bool())
+                    .unwrap_or(true)
+            };
+            out.push(ListenerSettings {
+                kind,
+                address,
+                addr,
+                enabled: own_enable(l) && own_enable(a),
+                mcmt_reception: mcmt(r.word("mcmt_reception")),
+                tls_certificate: r.path("tls_certificate"),
+                tls_key: r.path("tls_key"),
+                acl: Acl {
+                    allow: r.cidrs("always_allow"),
+                    deny: r.cidrs("always_deny"),
+                },
+                api_keys: api_keys(&r),
+                max_request_size: r
+                    .value("max_request_size")
+                    .as_int()
+                    .and_then(|n| u64::try_from(n).ok()),
+                file_mode: r.mode("file_mode"),
+                peers,
+            });
+        }
+    }
+    out
+}
+
+/// `enabled` and `debug_level` of a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSettings {
+    pub enabled: bool,
+    pub debug_level: String,
+}
+
+pub(crate) fn module(root: &Node, kind: ScopeKind) -> Option<ModuleSettings> {
+    let m = root.child(kind, None)?;
+    let r = Resolver::new(vec![m]);
+    Some(ModuleSettings {
+        enabled: r.bool("enabled"),
+        debug_level: r.word("debug_level").to_string(),
+    })
+}
+
+/// One `apn_logger "NAME" { … }` instance (reference/momentum.md §1.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApnLoggerSettings {
+    pub name: String,
+    pub enabled: bool,
+    pub logfile: PathBuf,
+    pub logmode: u32,
+    pub heartbeat: Option<Duration>,
+    pub log_delivery: bool,
+    pub log_delivery_format: String,
+    pub log_heartbeat_format: String,
+    pub log_permfail: bool,
+    pub log_permfail_format: String,
+    pub log_tempfail: bool,
+    pub log_tempfail_format: String,
+}
+
+pub(crate) fn apn_loggers(root: &Node) -> Vec<ApnLoggerSettings> {
+    root.children_of(ScopeKind::ApnLogger)
+        .map(|n| {
+            let r = Resolver::new(vec![n]);
+            let hb = r.secs("heartbeat");
+            ApnLoggerSettings {
+                name: n.name.clone().unwrap_or_default(),
+                enabled: r.bool("enabled"),
+                logfile: r.path("logfile").unwrap_or_default(),
+                logmode: r.mode("logmode"),
+                heartbeat: (!hb.is_zero()).then_some(hb),
+                log_delivery: r.bool("log_delivery"),
+                log_delivery_format: r.word("log_delivery_format").to_string(),
+                log_heartbeat_format: r.word("log_heartbeat_format").to_string(),
+                log_permfail: r.bool("log_permfail"),
+                log_permfail_format: r.word("log_permfail_format").to_string(),
+                log_tempfail: r.bool("log_tempfail"),
+                log_tempfail_format: r.word("log_tempfail_format").to_string(),
+            }
+        })
+        .collect()
+}
+
+/// One `ec_logger "NAME" { … }` instance (reference/momentum.md §7.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcLoggerSettings {
+    pub name: String,
+    pub enabled: bool,
+    pub mainlog: PathBuf,
+    pub mainlog_mode: u32,
+    pub paniclog: PathBuf,
+    pub paniclog_mode: u32,
+    pub rejectlog: PathBuf,
+    pub rejectlog_mode: u32,
+    pub heartbeat: Option<Duration>,
+    pub log_receptions: bool,
+    pub log_deliveries: bool,
+    pub log_transient_failures: bool,
+    pub log_permanent_failures: bool,
+    pub log_rejections: bool,
+    pub log_errors: bool,
+}
+
+pub(crate) fn ec_loggers(root: &Node) -> Vec<EcLoggerSettings> {
+    root.children_of(ScopeKind::EcLogger)
+        .map(|n| {
+            let r = Resolver::new(vec![n]);
+            let hb = r.secs("heartbeat");
+            EcLoggerSettings {
+                name: n.name.clone().unwrap_or_default(),
+                enabled: r.bool("enabled"),
+                mainlog: r.path("mainlog").unwrap_or_default(),
+                mainlog_mode: r.mode("mainlog_mode"),
+                paniclog: r.path("paniclog").unwrap_or_default(),
+                paniclog_mode: r.mode("paniclog_mode"),
+                rejectlog: r.path("rejectlog").unwrap_or_default(),
+                rejectlog_mode: r.mode("rejectlog_mode"),
+                heartbeat: (!hb.is_zero()).then_some(hb),
+                log_receptions: r.bool("log_receptions"),
+                log_deliveries: r.bool("log_deliveries"),
+                log_transient_failures: r.bool("log_transient_failures"),
+                log_permanent_failures: r.bool("log_permanent_failures"),
+                log_rejections: r.bool("log_rejections"),
+                log_errors: r.bool("log_errors"),
+            }
+        })
+        .collect()
+}
+
+/// The spool settings (global scope; herald additions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub backend: SpoolBackend,
+    pub nats_url: Option<String>,
+    pub nats_stream: String,
+}
+
+pub(crate) fn spool(root: &Node) -> SpoolSettings {
+    let r = Resolver::new(vec![root]);
+    SpoolSettings {
+        dir: r.path("spool_dir").unwrap_or_default(),
+        backend: if r.word("spool_backend") == "jetstream" {
+            SpoolBackend::JetStream
+        } else {
+            SpoolBackend::Embedded
+        },
+        nats_url: r.string("spool_nats_url"),
+        nats_stream: r.word("spool_nats_stream").to_string(),
+    }
+}

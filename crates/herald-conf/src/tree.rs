@@ -1,0 +1,227 @@
+//! The scope tree: the configuration after includes are expanded and repeated stanzas merged. Each node is one
+//! scope (global, a domain, a listener, …) holding its typed settings and its child scopes, indexed by name so that
+//! merging and lookups stay linear in the size of the configuration. Regex-named domains and hosts are kept in
+//! declaration order and tried only after exact names (reference/momentum.md §4.1).
+
+use std::{collections::HashMap, net::IpAddr};
+
+use regex::Regex;
+
+use crate::{
+    ast::RawValue,
+    diag::Location,
+    lexer::render_value,
+    net::Cidr,
+    options::OptId,
+    scopes::{ScopeKind, is_regex_name},
+    value::Value,
+};
+
+/// One option as set in one scope.
+#[derive(Debug, Clone)]
+pub struct Setting {
+    pub id: OptId,
+    /// The typed value.
+    pub value: Value,
+    /// The value as written (kept so that `config show` writes what the file said).
+    pub raw: RawValue,
+    /// Where it was set (the last assignment wins when an option is set twice).
+    pub at: Location,
+}
+
+/// Settings compare by option and typed value; where they were written does not matter.
+impl PartialEq for Setting {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.value == other.value
+    }
+}
+
+/// One scope with its settings and child scopes.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub kind: ScopeKind,
+    /// The scope's name, normalised (domain and host names lower-cased); `None` for anonymous scopes and global.
+    pub name: Option<String>,
+    settings: Vec<Setting>,
+    children: Vec<Node>,
+    index: HashMap<(ScopeKind, String), usize>,
+    regexes: Vec<(ScopeKind, Regex, usize)>,
+    /// Where the scope was first opened.
+    pub at: Option<Location>,
+}
+
+/// Nodes compare by kind, name, settings and children (in order); positions do not matter.
+impl PartialEq for Node {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.name == other.name
+            && self.settings == other.settings
+            && self.children == other.children
+    }
+}
+
+impl Node {
+    pub fn new(kind: ScopeKind, name: Option<String>, at: Option<Location>) -> Self {
+        Node {
+            kind,
+            name,
+            settings: Vec::new(),
+            children: Vec::new(),
+            index: HashMap::new(),
+            regexes: Vec::new(),
+            at,
+        }
+    }
+
+    /// The global scope.
+    pub fn root() -> Self {
+        Node::new(ScopeKind::Global, None, None)
+    }
+
+    pub fn settings(&self) -> &[Setting] {
+        &self.settings
+    }
+
+    pub fn children(&self) -> &[Node] {
+        &self.children
+    }
+
+    /// The value of an option set in this very scope (no fallback).
+    pub fn get(&self, id: OptId) -> Option<&Setting> {
+        self.settings.iter().find(|s| s.id == id)
+    }
+
+    /// Sets an option; a later assignment replaces an earlier one in place.
+    pub fn set(&mut self, setting: Setting) {
+        match self.settings.iter_mut().find(|s| s.id == setting.id) {
+            Some(s) => *s = setting,
+            None => self.settings.push(setting),
+        }
+    }
+
+    /// The child scope `kind name`, created if absent (repeated stanzas merge into one node). `regex` is the
+    /// compiled pattern of a `/…/` domain or host name.
+    pub fn child_mut(
+        &mut self,
+        kind: ScopeKind,
+        name: Option<String>,
+        regex: Option<Regex>,
+        at: Location,
+    ) -> &mut Node {
+        let key = (kind, name.clone().unwrap_or_default());
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = self.children.len();
+                self.children.push(Node::new(kind, name, Some(at)));
+                self.index.insert(key, i);
+                if let Some(re) = regex {
+                    self.regexes.push((kind, re, i));
+                }
+                i
+            }
+        };
+        &mut self.children[i]
+    }
+
+    /// The child scope with exactly this kind and (normalised) name.
+    pub fn child(&self, kind: ScopeKind, name: Option<&str>) -> Option<&Node> {
+        // Avoids allocating for the common exact lookup.
+        let key = (kind, name.unwrap_or_default().to_string());
+        self.index.get(&key).map(|&i| &self.children[i])
+    }
+
+    /// The scope that applies to domain (or host) `name` in this container: an exact stanza first, else the first
+    /// regex stanza, in declaration order, that matches.
+    pub fn find_named(&self, kind: ScopeKind, name: &str) -> Option<&Node> {
+        let name = kind.normalize_name(name);
+        if let Some(n) = self.child(kind, Some(&name)) {
+            return Some(n);
+        }
+        if is_regex_name(&name) {
+            return None;
+        }
+        self.regexes
+            .iter()
+            .find(|(k, re, _)| *k == kind && re.is_match(&name))
+            .map(|(_, _, i)| &self.children[*i])
+    }
+
+    /// The most specific `peer` child whose CIDR contains `ip`, or the peer named exactly `name`.
+    pub fn find_peer(&self, name: &str) -> Option<&Node> {
+        if let Some(n) = self.child(ScopeKind::Peer, Some(name)) {
+            return Some(n);
+        }
+        let ip: IpAddr = name.parse().ok()?;
+        self.children
+            .iter()
+            .filter(|c| c.kind == ScopeKind::Peer)
+            .filter_map(|c| Some((c, c.name.as_deref()?.parse::<Cidr>().ok()?)))
+            .filter(|(_, cidr)| cidr.contains(ip))
+            .max_by_key(|(_, cidr)| cidr.prefix)
+            .map(|(c, _)| c)
+    }
+
+    /// Children of one kind, in declaration order.
+    pub fn children_of(&self, kind: ScopeKind) -> impl Iterator<Item = &Node> {
+        self.children.iter().filter(move |c| c.kind == kind)
+    }
+
+    /// Writes the scope's contents (settings, then child scopes) in the configuration language.
+    pub fn render_body(&self, indent: usize, out: &mut String) {
+        let pad = "  ".repeat(indent);
+        for s in &self.settings {
+            out.push_str(&pad);
+            out.push_str(s.id.def().name);
+            out.push_str(" = ");
+            render_raw(&s.raw, out);
+            out.push('\n');
+        }
+        for c in &self.children {
+            c.render(indent, out);
+        }
+    }
+
+    /// Writes the scope itself, header and body, in the configuration language.
+    pub fn render(&self, indent: usize, out: &mut String) {
+        if self.kind == ScopeKind::Global {
+            self.render_body(indent, out);
+            return;
+        }
+        let pad = "  ".repeat(indent);
+        out.push_str(&pad);
+        out.push_str(self.kind.keyword());
+        if let Some(name) = &self.name {
+            out.push(' ');
+            out.push_str(&render_value(name, true));
+        }
+        out.push_str(" {\n");
+        self.render_body(indent + 1, out);
+        out.push_str(&pad);
+        out.push_str("}\n");
+    }
+}
+
+fn render_raw(raw: &RawValue, out: &mut String) {
+    match raw {
+        RawValue::Scalar(s) => out.push_str(&render_value(&s.text, s.quoted)),
+        RawValue::List(items) => {
+            out.push('(');
+            for s in items {
+                out.push(' ');
+                out.push_str(&render_value(&s.text, s.quoted));
+            }
+            out.push_str(" )");
+        }
+        RawValue::Pairs(pairs) => {
+            out.push('[');
+            for (k, v) in pairs {
+                out.push(' ');
+                out.push_str(&render_value(&k.text, k.quoted));
+                out.push_str(" = ");
+                out.push_str(&render_value(&v.text, v.quoted));
+            }
+            out.push_str(" ]");
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! Typed option values: what a raw value becomes once its option's [`Kind`] is known, the rules for each kind
+//! (booleans, integers, octal modes, enumerations, routes, `max_retries`, CIDR lists), and how values print.
+
+use std::{fmt, str::FromStr};
+
+use crate::{
+    ast::{RawValue, Scalar},
+    lexer::render_value,
+    net::Cidr,
+};
+
+/// The type of an option, which decides how its text is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `on|off`, `true|false`, `enabled|disabled`, `yes|no`, `1|0`, any case.
+    Bool,
+    /// A decimal integer between `min` and `max`.
+    Int { min: i64, max: i64 },
+    /// A non-negative number of seconds.
+    Seconds,
+    /// A non-negative number of milliseconds.
+    Millis,
+    /// A non-negative number of bytes.
+    Bytes,
+    /// A file mode, read as octal (`0644`; the leading zero is optional).
+    Mode,
+    /// Free text.
+    Str,
+    /// A file or directory path.
+    Path,
+    /// One of the listed words, case-insensitive; stored in the spelling of the list.
+    Enum(&'static [&'static str]),
+    /// A list of words `( a b c )`; a single value is a one-item list.
+    List,
+    /// `[ key = value … ]`.
+    Pairs,
+    /// A list of delivery routes (`apn://host?port=2195`, `https://host[:port]`).
+    Routes,
+    /// `auto`, `none` or a non-negative integer.
+    MaxRetries,
+    /// A list of IP addresses or CIDR blocks.
+    Cidrs,
+    /// A single IP address.
+    Ip,
+}
+
+impl Kind {
+    /// How the kind is described in documentation and error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Bool => "boolean".into(),
+            Kind::Int { min, max } if *max == i64::MAX => format!("integer ≥ {min}"),
+            Kind::Int { min, max } => format!("integer {min}..{max}"),
+            Kind::Seconds => "seconds".into(),
+            Kind::Millis => "milliseconds".into(),
+            Kind::Bytes => "bytes".into(),
+            Kind::Mode => "octal file mode".into(),
+            Kind::Str => "string".into(),
+            Kind::Path => "path".into(),
+            Kind::Enum(words) => words.join(" | "),
+            Kind::List => "list of strings".into(),
+            Kind::Pairs => "array `[ key = value ]`".into(),
+            Kind::Routes => "list of routes".into(),
+            Kind::MaxRetries => "auto | none | integer".into(),
+            Kind::Cidrs => "list of IPs/CIDRs".into(),
+            Kind::Ip => "IP address".into(),
+        }
+    }
+
+    fn is_list(&self) -> bool {
+        matches!(self, Kind::List | Kind::Routes | Kind::Cidrs)
+    }
+}
+
+/// How a notification is carried to APNs, chosen by the route's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteProtocol {
+    /// `apn://host?port=2195`: the legacy binary protocol over TLS.
+    Binary,
+    /// `https://host[:port]`: the HTTP/2 provider API.
+    Http2,
+}
+
+/// One entry of `routes`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    pub protocol: RouteProtocol,
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match self.protocol {
+            RouteProtocol::Binary => write!(f, "apn://{host}?port={}", self.port),
+            RouteProtocol::Http2 => write!(f, "https://{host}:{}", self.port),
+        }
+    }
+}
+
+/// Why a route was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error(
+        "a route needs a scheme: apn://HOST?port=2195 (binary) or https://HOST[:PORT] (HTTP/2)"
+    )]
+    NoScheme,
+    #[error(
+        "unsupported route scheme `{0}`: herald delivers with apn:// (binary) or https:// (HTTP/2)"
+    )]
+    Scheme(String),
+    #[error("the route has no host")]
+    NoHost,
+    #[error("bad port `{0}` (expected 1..65535)")]
+    Port(String),
+    #[error("unknown route parameter `{0}` (only `port` is understood)")]
+    Param(String),
+    #[error("an https:// route takes no path or query")]
+    Path,
+}
+
+impl FromStr for Route {
+    type Err = RouteError;
+
+    fn from_str(s: &str) -> Result<Self, RouteError> {
+        let (scheme, rest) = s.split_once("://").ok_or(RouteError::NoScheme)?;
+        let protocol = match scheme.to_ascii_lowercase().as_str() {
+            "apn" => RouteProtocol::Binary,
+            "https" => RouteProtocol::Http2,
+            other => return Err(RouteError::Scheme(other.to_string())),
+        };
+        let (authority, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        if authority.contains('/') || (protocol == RouteProtocol::Http2 && query.is_some()) {
+            return Err(RouteError::Path);
+        }
+        let (host, port) = split_host_port(authority)?;
+        if host.is_empty() {
+            return Err(RouteError::NoHost);
+        }
+        let mut port = match port {
+            Some(p) => Some(parse_port(p)?),
+            None => None,
+        };
+        for param in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            match param.split_once('=') {
+                Some((k, v)) if k.eq_ignore_ascii_case("port") => port = Some(parse_port(v)?),
+                _ => return Err(RouteError::Param(param.to_string())),
+            }
+        }
+        let default_port = match protocol {
+            RouteProtocol::Binary => 2195,
+            RouteProtocol::Http2 => 443,
+        };
+        Ok(Route {
+            protocol,
+            host: host.to_ascii_lowercase(),
+            port: port.unwrap_or(default_port),
+        })
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, RouteError> {
+    match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(RouteError::Port(p.to_string())),
+    }
+}
+
+fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), RouteError> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or(RouteError::NoHost)?;
+        return match after.strip_prefix(':') {
+            Some(p) => Ok((host, Some(p))),
+            None if after.is_empty() => Ok((host, None)),
+            None => Err(RouteError::Port(after.to_string())),
+        };
+    }
+    Ok(match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    })
+}
+
+/// `max_retries`: how many retries before a notification fails permanently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MaxRetries {
+    /// As many as fit in `message_expiration` given the retry schedule (Momentum's default).
+    Auto,
+    /// No limit other than `message_expiration`.
+    None,
+    /// At most this many retries (and still bounded by `message_expiration`).
+    Count(u32),
+}
+
+impl fmt::Display for MaxRetries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxRetries::Auto => f.write_str("auto"),
+            MaxRetries::None => f.write_str("none"),
+            MaxRetries::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A typed option value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Bool(bool),
+    /// Integers, seconds, milliseconds and bytes.
+    Int(i64),
+    /// An octal file mode.
+    Mode(u32),
+    /// Strings, paths, enumeration words (in their canonical spelling) and IP addresses.
+    Str(String),
+    List(Vec<String>),
+    Pairs(Vec<(String, String)>),
+    Routes(Vec<Route>),
+    MaxRetries(MaxRetries),
+    Cidrs(Vec<Cidr>),
+    /// The option is not set anywhere along the scope path and has no default.
+    Unset,
+}
+
+impl Value {
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_list(&self) -> &[String] {
+        match self {
+            Value::List(l) => l,
+            _ => &[],
+        }
+    }
+
+    pub fn as_routes(&self) -> &[Route] {
+        match self {
+            Value::Routes(r) => r,
+            _ => &[],
+        }
+    }
+
+    pub fn as_cidrs(&self) -> &[Cidr] {
+        match self {
+            Value::Cidrs(c) => c,
+            _ => &[],
+        }
+    }
+
+    pub fn is_unset(&self) -> bool {
+        matches!(self, Value::Unset)
+    }
+
+    /// Writes the value in the configuration language, the way `config eval` prints it: lists as `(`, one item per
+    /// line indented by two spaces, `)`.
+    pub fn render(&self) -> String {
+        let list = |items: Vec<String>| {
+            let mut s = String::from("(\n");
+            for i in items {
+                s.push_str("  ");
+                s.push_str(&render_value(&i, false));
+                s.push('\n');
+            }
+            s.push(')');
+            s
+        };
+        match self {
+            Value::Bool(b) => b.to_string(),
+            Value::Int(n) => n.to_string(),
+            Value::Mode(m) => format!("{m:04o}"),
+            Value::Str(s) => render_value(s, false),
+            Value::List(l) => list(l.clone()),
+            Value::Routes(r) => list(r.iter().map(ToString::to_string).collect()),
+            Value::Cidrs(c) => list(c.iter().map(ToString::to_string).collect()),
+            Value::Pairs(p) => {
+                let mut s = String::from("[");
+                for (k, v) in p {
+                    s.push_str(&format!(
+                        " {} = {}",
+                        render_value(k, false),
+                        render_value(v, false)
+                    ));
+                }
+                s.push_str(" ]");
+                s
+            }
+            Value::MaxRetries(m) => m.to_string(),
+            Value::Unset => "(unset)".into(),
+        }
+    }
+}
+
+/// Reads a boolean in any spelling herald accepts.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "enabled" | "yes" | "1" => Some(true),
+        "off" | "false" | "disabled" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_scalar(kind: Kind, s: &str) -> Result<Value, String> {
+    let nonneg = |s: &str| -> Result<Value, String> {
+        s.parse::<u64>()
+            .ok()
+            .and_then(|n| i64::try_from(n).ok())
+            .map(Value::Int)
+            .ok_or_else(|| "expected a non-negative whole number".to_string())
+    };
+    match kind {
+        Kind::Bool => parse_bool(s).map(Value::Bool).ok_or_else(|| {
+            "expected a boolean (on/off, true/false, enabled/disabled, yes/no, 1/0)".into()
+        }),
+        Kind::Int { min, max } => match s.parse::<i64>() {
+            Ok(n) if n >= min && n <= max => Ok(Value::Int(n)),
+            Ok(n) => Err(format!(
+                "{n} is out of range (expected {})",
+                kind.describe()
+            )),
+            Err(_) => Err(format!("expected an {}", kind.describe())),
+        },
+        Kind::Seconds => nonneg(s).map_err(|e| format!("{e} of seconds")),
+        Kind::Millis => nonneg(s).map_err(|e| format!("{e} of milliseconds")),
+        Kind::Bytes => nonneg(s).map_err(|e| format!("{e} of bytes")),
+        Kind::Mode => match u32::from_str_radix(s, 8) {
+            Ok(m) if m <= 0o7777 && !s.starts_with(['+', '-']) => Ok(Value::Mode(m)),
+            _ => Err("expected an octal file mode such as 0644".into()),
+        },
+        Kind::Str => Ok(Value::Str(s.to_string())),
+        Kind::Path => {
+            if s.is_empty() {
+                Err("expected a path, found an empty string".into())
+            } else {
+                Ok(Value::Str(s.to_string()))
+            }
+        }
+        Kind::Enum(words) => words
+            .iter()
+            .find(|w| w.eq_ignore_ascii_case(s))
+            .map(|w| Value::Str((*w).to_string()))
+            .ok_or_else(|| format!("expected one of: {}", words.join(", "))),
+        Kind::MaxRetries => match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Value::MaxRetries(MaxRetries::Auto)),
+            "none" => Ok(Value::MaxRetries(MaxRetries::None)),
+            n => n
+                .parse::<u32>()
+                .map(|n| Value::MaxRetries(MaxRetries::Count(n)))
+                .map_err(|_| "expected `auto`, `none` or a non-negative whole number".into()),
+        },
+        Kind::Ip => s
+            .parse::<std::net::IpAddr>()
+            .map(|ip| Value::Str(ip.to_string()))
+            .map_err(|_| "expected an IP address".into()),
+        Kind::List | Kind::Routes | Kind::Cidrs | Kind::Pairs => {
+            Err("internal: not a scalar kind".into())
+        }
+    }
+}
+
+/// A value that does not fit its option's kind: which item was wrong and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueError {
+    pub at: crate::ast::Pos,
+    pub text: String,
+    pub reason: String,
+}
+
+fn items_of(kind: Kind, raw: &RawValue) -> Result<Vec<&Scalar>, String> {
+    match raw {
+        RawValue::Scalar(s) => Ok(vec![s]),
+        RawValue::List(items) => Ok(items.iter().collect()),
+        RawValue::Pairs(_) => Err(format!(
+            "expected a {}, found an array `[ … ]`",
+            kind.describe()
+        )),
+    }
+}
+
+/// Reads a raw value as `kind`.
+pub fn parse_value(kind: Kind, raw: &RawValue) -> Result<Value, ValueError> {
+    let whole = |reason: String| {
+        let (at, text) = match raw {
+            RawValue::Scalar(s) => (s.pos, s.text.clone()),
+            RawValue::List(items) => (
+                items.first().map(|s| s.pos).unwrap_or_default(),
+                "( … )".into(),
+            ),
+            RawValue::Pairs(p) => (
+                p.first().map(|(k, _)| k.pos).unwrap_or_default(),
+                "[ … ]".into(),
+            ),
+        };
+        ValueError { at, text, reason }
+    };
+    let item_err = |s: &Scalar, reason: String| ValueError {
+        at: s.pos,
+        text: s.text.clone(),
+        reason,
+    };
+    match kind {
+        Kind::Pairs => match raw {
+            RawValue::Pairs(p) => Ok(Value::Pairs(
+                p.iter()
+                    .map(|(k, v)| (k.text.clone(), v.text.clone()))
+                    .collect(),
+            )),
+            _ => Err(whole("expected an array `[ key = value … ]`".into())),
+        },
+        Kind::List => Ok(Value::List(
+            items_of(kind, raw)
+                .map_err(whole)?
+                .into_iter()
+                .map(|s| s.text.clone())
+                .collect(),
+        )),
+        Kind::Routes => {
+            let mut out = Vec::new();
+            for s in items_of(kind, raw).map_err(whole)? {
+                out.push(
+                    s.text
+                        .parse::<Route>()
+                        .map_err(|e| item_err(s, e.to_string()))?,
+                );
+            }
+            Ok(Value::Routes(out))
+        }
+        Kind::Cidrs => {
+            let mut out = Vec::new();
+            for s in items_of(kind, raw).map_err(whole)? {
+                out.push(
+                    s.text
+                        .parse::<Cidr>()
+                        .map_err(|e| item_err(s, e.to_string()))?,
+                );
+            }
+            Ok(Value::Cidrs(out))
+        }
+        k if k.is_list() => Err(whole("internal: unhandled list kind".into())),
+        k => match raw {
+            RawValue::Scalar(s) => parse_scalar(k, &s.text).map_err(|r| item_err(s, r)),
+            RawValue::List(_) => Err(whole(format!(
+                "expected a single {}, found a list `( … )`",
+                k.describe()
+            ))),
+            RawValue::Pairs(_) => Err(whole(format!(
+                "expected a single {}, found an array `[ … ]`",
+                k.describe()
+            ))),
+        },
+    }
+}
+
+/// Reads an option's default text (from the option table) as `kind`.
+pub fn parse_default(kind: Kind, text: &str) -> Result<Value, String> {
+    let scalar = Scalar {
+        text: text.to_string(),
+        quoted: true,
+        pos: Default::default(),
+    };
+    let raw = match kind {
+        Kind::List | Kind::Routes | Kind::Cidrs => RawValue::List(
+            text.split_whitespace()
+                .map(|t| Scalar {
+                    text: t.into(),
+                    ..scalar.clone()
+                })
+                .collect(),
+        ),
+        _ => RawValue::Scalar(scalar),
+    };
+    parse_value(kind, &raw).map_err(|e| e.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(s: &str) -> RawValue {
+        RawValue::Scalar(Scalar {
+            text: s.into(),
+            quoted: false,
+            pos: Default::default(),
+        })
+    }
+
+    #[test]
+    fn booleans_in_every_spelling() {
+        for t in ["on", "TRUE", "Enabled", "yes", "1"] {
+            assert_eq!(
+                parse_value(Kind::Bool, &scalar(t)).unwrap(),
+                Value::Bool(true),
+                "{t}"
+            );
+        }
+        for f in ["off", "False", "DISABLED", "No", "0"] {
+            assert_eq!(
+                parse_value(Kind::Bool, &scalar(f)).unwrap(),
+                Value::Bool(false),
+                "{f}"
+            );
+        }
+        assert!(parse_value(Kind::Bool, &scalar("maybe")).is_err());
+    }
+
+    #[test]
+    fn octal_modes() {
+        // momentum.md §4.1: logmode = 0644 is octal
+        assert_eq!(
+            parse_value(Kind::Mode, &scalar("0644")).unwrap(),
+            Value::Mode(0o644)
+        );
+        assert_eq!(Value::Mode(0o644).render(), "0644");
+        assert!(parse_value(Kind::Mode, &scalar("0999")).is_err());
+    }
+
+    #[test]
+    fn enums_case_insensitive_canonical() {
+        let k = Kind::Enum(&["ESMTP", "APN"]);
+        assert_eq!(
+            parse_value(k, &scalar("apn")).unwrap(),
+            Value::Str("APN".into())
+        );
+        let e = parse_value(k, &scalar("smtpx")).unwrap_err();
+        assert!(e.reason.contains("ESMTP, APN"));
+    }
+
+    #[test]
+    fn routes() {
+        let r: Route = "apn://gateway.push.apple.com?port=2195".parse().unwrap();
+        assert_eq!(
+            r,
+            Route {
+                protocol: RouteProtocol::Binary,
+                host: "gateway.push.apple.com".into(),
+                port: 2195
+            }
+        );
+        let r: Route = "https://api.push.apple.com".parse().unwrap();
+        assert_eq!((r.protocol, r.port), (RouteProtocol::Http2, 443));
+        let r: Route = "https://127.0.0.1:8443".parse().unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("127.0.0.1", 8443));
+        let r: Route = "https://[::1]:8443".parse().unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("::1", 8443));
+        assert_eq!(r.to_string(), "https://[::1]:8443");
+        assert!("smtp://x".parse::<Route>().is_err());
+        assert!("gateway.push.apple.com".parse::<Route>().is_err());
+        assert!("apn://x?port=0".parse::<Route>().is_err());
+        assert!("apn://x?pref=10".parse::<Route>().is_err());
+    }
+
+    #[test]
+    fn max_retries() {
+        assert_eq!(
+            parse_value(Kind::MaxRetries, &scalar("AUTO")).unwrap(),
+            Value::MaxRetries(MaxRetries::Auto)
+        );
+        assert_eq!(
+            parse_value(Kind::MaxRetries, &scalar("none")).unwrap(),
+            Value::MaxRetries(MaxRetries::None)
+        );
+        assert_eq!(
+            parse_value(Kind::MaxRetries, &scalar("5")).unwrap(),
+            Value::MaxRetries(MaxRetries::Count(5))
+        );
+        assert!(parse_value(Kind::MaxRetries, &scalar("-1")).is_err());
+    }
+
+    #[test]
+    fn list_for_scalar_kind_is_an_error() {
+        let raw = RawValue::List(vec![]);
+        assert!(parse_value(Kind::Seconds, &raw).is_err());
+        assert_eq!(
+            parse_value(Kind::List, &scalar("one")).unwrap(),
+            Value::List(vec!["one".into()])
+        );
+    }
+
+    #[test]
+    fn list_render() {
+        let v = Value::List(vec!["127.0.0.0/8".into(), "a b".into()]);
+        assert_eq!(v.render(), "(\n  127.0.0.0/8\n  \"a b\"\n)");
+    }
+}
