@@ -16,6 +16,7 @@
 
 pub mod binary;
 pub mod outcome;
+pub mod payload;
 pub mod push;
 pub mod reason;
 pub mod token_hex;

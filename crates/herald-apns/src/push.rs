@@ -13,6 +13,15 @@ pub enum Protocol {
     Http2,
 }
 
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Binary => "the binary protocol",
+            Protocol::Http2 => "HTTP/2",
+        })
+    }
+}
+
 /// Payload limit of the binary protocol from iOS 8 on (apns.md §1.6).
 pub const BINARY_PAYLOAD_LIMIT: usize = 2048;
 /// Payload limit of HTTP/2 pushes other than VoIP (apns.md §3.4).

@@ -1,0 +1,966 @@
+//! Provider-side payload validation (apns.md §5.3): size by protocol and push type, strict JSON, the shape
+//! and value types of the `aps` dictionary, and the rules that tie the payload to its push type and
+//! priority. A notification that fails here is refused at the door with the rule it broke.
+//!
+//! Decisions, where Apple leaves room:
+//! - JSON is parsed strictly: one value, nothing but whitespace after it, and a key repeated in any object
+//!   (at any depth) is refused, since receivers would disagree on which value counts. Detecting it costs one
+//!   map lookup per key while parsing.
+//! - `aps` is required for alert, background and liveactivity pushes. Other push types (voip, fileprovider,
+//!   mdm, ...) carry app-defined payloads, so their `aps` is checked only when present.
+//! - Unknown keys inside `aps` and `alert` are accepted (APNs ignores them).
+//! - An alert push over HTTP/2 must carry `alert`, `badge` or `sound`; a `content-available`-only payload
+//!   belongs to the background push type. On the binary protocol, which has no push type, such a payload
+//!   may not use priority 10 (apns.md §1.4 item 5).
+//! - `content-available` and `mutable-content` accept 0 or 1; a sound's `critical` accepts 0 or 1.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::push::{Priority, Protocol, PushType};
+
+/// The rule a payload broke, naming the key or size at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload is empty")]
+    Empty,
+    #[error("payload is {size} bytes; {push_type} pushes over {protocol} allow at most {limit}")]
+    TooLarge {
+        size: usize,
+        limit: usize,
+        push_type: PushType,
+        protocol: Protocol,
+    },
+    #[error("payload is not valid JSON: {detail}")]
+    InvalidJson { detail: String },
+    #[error("payload repeats the key {key:?} in one object (line {line}, column {column})")]
+    DuplicateKey {
+        key: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("payload must be a JSON object, not {found}")]
+    NotAnObject { found: &'static str },
+    #[error("payload has no \"aps\" dictionary, which {push_type} pushes need")]
+    MissingAps { push_type: PushType },
+    #[error("\"aps\" must be a dictionary, not {found}")]
+    ApsNotObject { found: &'static str },
+    #[error("{key} must be {expected}, not {found}")]
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("{key} is {value}; allowed: {allowed}")]
+    BadValue {
+        key: String,
+        value: String,
+        allowed: &'static str,
+    },
+    #[error("{key} is required in {context}")]
+    MissingKey {
+        key: &'static str,
+        context: &'static str,
+    },
+    #[error("a background push may hold only content-available: 1 in aps, but it has {key:?}")]
+    BackgroundExtraKey { key: String },
+    #[error("priority {priority} is not allowed here: {why}")]
+    PriorityNotAllowed {
+        priority: Priority,
+        why: &'static str,
+    },
+    #[error(
+        "an alert push needs alert, badge or sound in aps (a content-available-only push is a background push)"
+    )]
+    AlertWithoutContent,
+}
+
+/// Checks `payload` for a push of `push_type` sent over `protocol` at `priority` (apns.md §5.3).
+pub fn validate(
+    payload: &[u8],
+    push_type: PushType,
+    protocol: Protocol,
+    priority: Priority,
+) -> Result<(), PayloadError> {
+    // Rule 1: non-empty, within the limit.
+    if payload.is_empty() {
+        return Err(PayloadError::Empty);
+    }
+    let limit = push_type.payload_limit(protocol);
+    if payload.len() > limit {
+        return Err(PayloadError::TooLarge {
+            size: payload.len(),
+            limit,
+            push_type,
+            protocol,
+        });
+    }
+    // Rule 4 and §3.2: priorities per protocol and push type.
+    check_priority(push_type, protocol, priority)?;
+    // Rule 2: a JSON object.
+    let root = match parse_strict(payload)? {
+        Value::Object(map) => map,
+        other => {
+            return Err(PayloadError::NotAnObject {
+                found: type_name(&other),
+            });
+        }
+    };
+    let aps = match root.get("aps") {
+        Some(Value::Object(aps)) => aps,
+        Some(other) => {
+            return Err(PayloadError::ApsNotObject {
+                found: type_name(other),
+            });
+        }
+        None if matches!(
+            push_type,
+            PushType::Alert | PushType::Background | PushType::LiveActivity
+        ) =>
+        {
+            return Err(PayloadError::MissingAps { push_type });
+        }
+        None => return Ok(()),
+    };
+    check_aps_types(aps, push_type)?;
+    check_push_type_rules(aps, push_type, protocol, priority)
+}
+
+fn check_priority(
+    push_type: PushType,
+    protocol: Protocol,
+    priority: Priority,
+) -> Result<(), PayloadError> {
+    let why = match (protocol, push_type, priority) {
+        (Protocol::Binary, _, Priority::Low) => {
+            "the binary protocol knows only priorities 10 and 5"
+        }
+        (_, PushType::Background, Priority::Immediate) => "background pushes must use priority 5",
+        (_, PushType::LiveActivity, Priority::Low) => "live activity pushes use priority 5 or 10",
+        _ => return Ok(()),
+    };
+    Err(PayloadError::PriorityNotAllowed { priority, why })
+}
+
+/// Whether `aps` is a silent push: content-available set and nothing for the user to see.
+fn is_content_available_only(aps: &Map<String, Value>) -> bool {
+    aps.get("content-available").and_then(Value::as_u64) == Some(1)
+        && !["alert", "badge", "sound"]
+            .iter()
+            .any(|k| aps.contains_key(*k))
+}
+
+fn check_push_type_rules(
+    aps: &Map<String, Value>,
+    push_type: PushType,
+    protocol: Protocol,
+    priority: Priority,
+) -> Result<(), PayloadError> {
+    match (push_type, protocol) {
+        (PushType::Background, _) => {
+            // Rule 3: only content-available: 1.
+            if let Some(key) = aps.keys().find(|k| k.as_str() != "content-available") {
+                return Err(PayloadError::BackgroundExtraKey { key: key.clone() });
+            }
+            match aps.get("content-available") {
+                Some(v) if v.as_u64() == Some(1) => Ok(()),
+                Some(v) => Err(PayloadError::BadValue {
+                    key: "aps.content-available".into(),
+                    value: v.to_string(),
+                    allowed: "1 for a background push",
+                }),
+                None => Err(PayloadError::MissingKey {
+                    key: "content-available",
+                    context: "a background push's aps",
+                }),
+            }
+        }
+        (PushType::Alert, Protocol::Http2) => {
+            if ["alert", "badge", "sound"]
+                .iter()
+                .any(|k| aps.contains_key(*k))
+            {
+                Ok(())
+            } else {
+                Err(PayloadError::AlertWithoutContent)
+            }
+        }
+        (_, Protocol::Binary)
+            if priority == Priority::Immediate && is_content_available_only(aps) =>
+        {
+            // Rule 4, binary era: priority 10 is an error for a content-available-only push.
+            Err(PayloadError::PriorityNotAllowed {
+                priority,
+                why: "a content-available-only notification must use priority 5",
+            })
+        }
+        (PushType::LiveActivity, _) => check_live_activity(aps),
+        _ => Ok(()),
+    }
+}
+
+/// Rule 9: live activity payloads.
+fn check_live_activity(aps: &Map<String, Value>) -> Result<(), PayloadError> {
+    const CTX: &str = "a live activity push's aps";
+    if !aps.contains_key("timestamp") {
+        return Err(PayloadError::MissingKey {
+            key: "timestamp",
+            context: CTX,
+        });
+    }
+    let Some(event) = aps.get("event") else {
+        return Err(PayloadError::MissingKey {
+            key: "event",
+            context: CTX,
+        });
+    };
+    if event.as_str() == Some("start") {
+        for key in ["alert", "attributes-type", "attributes"] {
+            if !aps.contains_key(key) {
+                return Err(PayloadError::MissingKey {
+                    key,
+                    context: "a live activity start event",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rule 8 and the types of §5.1 / §5.2.
+fn check_aps_types(aps: &Map<String, Value>, push_type: PushType) -> Result<(), PayloadError> {
+    for (key, value) in aps {
+        let path = || format!("aps.{key}");
+        match key.as_str() {
+            "alert" => check_alert(value)?,
+            "badge" => expect_non_negative_integer(value, path)?,
+            "sound" => check_sound(value)?,
+            "thread-id" | "category" | "target-content-id" | "filter-criteria"
+            | "attributes-type" | "input-push-channel" => expect_string(value, path)?,
+            "content-available" | "mutable-content" => expect_flag(value, path)?,
+            "interruption-level" => {
+                expect_string(value, path)?;
+                expect_one_of(
+                    value,
+                    &["passive", "active", "time-sensitive", "critical"],
+                    path,
+                )?;
+            }
+            "relevance-score" => {
+                let score = expect_number(value, path)?;
+                if push_type != PushType::LiveActivity && !(0.0..=1.0).contains(&score) {
+                    return Err(PayloadError::BadValue {
+                        key: path(),
+                        value: value.to_string(),
+                        allowed: "0 to 1 (any number only for live activities)",
+                    });
+                }
+            }
+            "stale-date" | "timestamp" | "dismissal-date" => {
+                let n = expect_number(value, path)?;
+                if n < 0.0 {
+                    return Err(PayloadError::BadValue {
+                        key: path(),
+                        value: value.to_string(),
+                        allowed: "seconds since the epoch, not negative",
+                    });
+                }
+            }
+            "content-state" | "attributes" => expect_object(value, path)?,
+            "event" => {
+                expect_string(value, path)?;
+                expect_one_of(value, &["start", "update", "end"], path)?;
+            }
+            "input-push-token" if value.as_u64() != Some(1) => {
+                return Err(PayloadError::BadValue {
+                    key: path(),
+                    value: value.to_string(),
+                    allowed: "1",
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_alert(value: &Value) -> Result<(), PayloadError> {
+    let alert = match value {
+        Value::String(_) => return Ok(()),
+        Value::Object(map) => map,
+        other => {
+            return Err(PayloadError::WrongType {
+                key: "aps.alert".into(),
+                expected: "a string or a dictionary",
+                found: type_name(other),
+            });
+        }
+    };
+    for (key, value) in alert {
+        let path = || format!("aps.alert.{key}");
+        match key.as_str() {
+            // Live activity alerts may nest localisation objects in title and body (apns.md §5.2).
+            "title" | "subtitle" | "body"
+                if !matches!(value, Value::String(_) | Value::Object(_)) =>
+            {
+                return Err(PayloadError::WrongType {
+                    key: path(),
+                    expected: "a string or a dictionary",
+                    found: type_name(value),
+                });
+            }
+            "launch-image" | "title-loc-key" | "subtitle-loc-key" | "loc-key" => {
+                expect_string(value, path)?
+            }
+            "title-loc-args" | "subtitle-loc-args" | "loc-args" => match value {
+                Value::Array(items) if items.iter().all(Value::is_string) => {}
+                other => {
+                    return Err(PayloadError::WrongType {
+                        key: path(),
+                        expected: "an array of strings",
+                        found: type_name(other),
+                    });
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn check_sound(value: &Value) -> Result<(), PayloadError> {
+    let sound = match value {
+        Value::String(_) => return Ok(()),
+        Value::Object(map) => map,
+        other => {
+            return Err(PayloadError::WrongType {
+                key: "aps.sound".into(),
+                expected: "a string or a dictionary",
+                found: type_name(other),
+            });
+        }
+    };
+    for (key, value) in sound {
+        let path = || format!("aps.sound.{key}");
+        match key.as_str() {
+            "critical" => expect_flag(value, path)?,
+            "name" => expect_string(value, path)?,
+            "volume" => {
+                let v = expect_number(value, path)?;
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(PayloadError::BadValue {
+                        key: path(),
+                        value: value.to_string(),
+                        allowed: "0 to 1",
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn expect_string(value: &Value, path: impl Fn() -> String) -> Result<(), PayloadError> {
+    match value {
+        Value::String(_) => Ok(()),
+        other => Err(PayloadError::WrongType {
+            key: path(),
+            expected: "a string",
+            found: type_name(other),
+        }),
+    }
+}
+
+fn expect_object(value: &Value, path: impl Fn() -> String) -> Result<(), PayloadError> {
+    match value {
+        Value::Object(_) => Ok(()),
+        other => Err(PayloadError::WrongType {
+            key: path(),
+            expected: "a dictionary",
+            found: type_name(other),
+        }),
+    }
+}
+
+fn expect_number(value: &Value, path: impl Fn() -> String) -> Result<f64, PayloadError> {
+    value.as_f64().ok_or_else(|| PayloadError::WrongType {
+        key: path(),
+        expected: "a number",
+        found: type_name(value),
+    })
+}
+
+fn expect_non_negative_integer(
+    value: &Value,
+    path: impl Fn() -> String,
+) -> Result<(), PayloadError> {
+    match value {
+        Value::Number(n) if n.is_u64() => Ok(()),
+        other => Err(PayloadError::WrongType {
+            key: path(),
+            expected: "a non-negative integer",
+            found: type_name(other),
+        }),
+    }
+}
+
+fn expect_flag(value: &Value, path: impl Fn() -> String) -> Result<(), PayloadError> {
+    match value {
+        Value::Number(n) if matches!(n.as_u64(), Some(0 | 1)) => Ok(()),
+        Value::Number(_) => Err(PayloadError::BadValue {
+            key: path(),
+            value: value.to_string(),
+            allowed: "0 or 1",
+        }),
+        other => Err(PayloadError::WrongType {
+            key: path(),
+            expected: "the number 0 or 1",
+            found: type_name(other),
+        }),
+    }
+}
+
+fn expect_one_of(
+    value: &Value,
+    allowed: &[&str],
+    path: impl Fn() -> String,
+) -> Result<(), PayloadError> {
+    match value.as_str() {
+        Some(s) if allowed.contains(&s) => Ok(()),
+        _ => Err(PayloadError::BadValue {
+            key: path(),
+            value: value.to_string(),
+            allowed: one_of_text(allowed),
+        }),
+    }
+}
+
+fn one_of_text(allowed: &[&str]) -> &'static str {
+    match allowed.first() {
+        Some(&"passive") => "passive, active, time-sensitive or critical",
+        Some(&"start") => "start, update or end",
+        _ => "one of the documented values",
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "a dictionary",
+    }
+}
+
+/// Parses one JSON value with nothing but whitespace after it, refusing repeated keys in any object.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, PayloadError> {
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = StrictSeed {
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|e| match duplicate.into_inner() {
+        Some(key) => PayloadError::DuplicateKey {
+            key,
+            line: e.line(),
+            column: e.column(),
+        },
+        None => PayloadError::InvalidJson {
+            detail: e.to_string(),
+        },
+    })
+}
+
+#[derive(Clone, Copy)]
+struct StrictSeed<'a> {
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                let msg = format!("duplicate key {key:?}");
+                *self.duplicate.borrow_mut() = Some(key);
+                return Err(de::Error::custom(msg));
+            }
+            let value = map.next_value_seed(self)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Priority::*;
+    use Protocol::*;
+    use PushType::*;
+
+    fn ok(p: &str, t: PushType, proto: Protocol, prio: Priority) {
+        assert_eq!(validate(p.as_bytes(), t, proto, prio), Ok(()), "{p}");
+    }
+
+    fn err(p: &str, t: PushType, proto: Protocol, prio: Priority) -> PayloadError {
+        validate(p.as_bytes(), t, proto, prio).expect_err(p)
+    }
+
+    #[test]
+    fn typical_payloads_pass() {
+        ok(r#"{"aps":{"alert":"hi"}}"#, Alert, Http2, Immediate);
+        ok(
+            r#"{"aps":{"alert":{"title":"t","body":"b","loc-args":["a"]},"badge":3,"sound":"default"},"x":1}"#,
+            Alert,
+            Http2,
+            Conserve,
+        );
+        ok(r#"{"aps":{"badge":0}}"#, Alert, Http2, Low);
+        ok(
+            r#"{"aps":{"content-available":1}}"#,
+            Background,
+            Http2,
+            Conserve,
+        );
+        ok(r#"{"aps":{"alert":"hi"}}"#, Alert, Binary, Immediate);
+        ok(
+            r#"{"aps":{"content-available":1}}"#,
+            Alert,
+            Binary,
+            Conserve,
+        );
+        ok(r#"{"anything":true}"#, Voip, Http2, Immediate);
+        ok(r#"{"mdm":"magic"}"#, Mdm, Http2, Immediate);
+        ok(
+            r#"{"container-identifier":"NSFileProviderRootContainerItemIdentifier"}"#,
+            FileProvider,
+            Http2,
+            Immediate,
+        );
+        ok(
+            r#"{"aps":{"content-changed":true}}"#,
+            Widgets,
+            Http2,
+            Conserve,
+        );
+        ok(
+            r#"{"aps":{"alert":{"title":"t"},"sound":{"critical":1,"name":"x.caf","volume":0.5},"interruption-level":"critical","relevance-score":0.7,"thread-id":"t","mutable-content":1}}"#,
+            Alert,
+            Http2,
+            Immediate,
+        );
+        ok(
+            r#" {"aps":{"timestamp":1700000000,"event":"update","content-state":{"a":1},"relevance-score":100}} "#,
+            LiveActivity,
+            Http2,
+            Immediate,
+        );
+        ok(
+            r#"{"aps":{"timestamp":1,"event":"start","alert":{"title":{"loc-key":"k","loc-args":[]}},"attributes-type":"A","attributes":{},"content-state":{},"input-push-token":1}}"#,
+            LiveActivity,
+            Http2,
+            Conserve,
+        );
+    }
+
+    #[test]
+    fn size_limits() {
+        // apns.md §5.3 rule 1, §3.4, §1.6.
+        let pad = |n: usize| {
+            let head = r#"{"aps":{"alert":""#;
+            let tail = r#""}}"#;
+            format!("{head}{}{tail}", "x".repeat(n - head.len() - tail.len()))
+        };
+        ok(&pad(4096), Alert, Http2, Immediate);
+        assert_eq!(
+            err(&pad(4097), Alert, Http2, Immediate),
+            PayloadError::TooLarge {
+                size: 4097,
+                limit: 4096,
+                push_type: Alert,
+                protocol: Http2
+            }
+        );
+        ok(&pad(5120), Voip, Http2, Immediate);
+        assert!(matches!(
+            err(&pad(5121), Voip, Http2, Immediate),
+            PayloadError::TooLarge { limit: 5120, .. }
+        ));
+        ok(&pad(2048), Alert, Binary, Immediate);
+        assert!(matches!(
+            err(&pad(2049), Alert, Binary, Immediate),
+            PayloadError::TooLarge { limit: 2048, .. }
+        ));
+        assert!(matches!(
+            err(&pad(2049), Voip, Binary, Immediate),
+            PayloadError::TooLarge { limit: 2048, .. }
+        ));
+        assert_eq!(err("", Alert, Http2, Immediate), PayloadError::Empty);
+    }
+
+    #[test]
+    fn strict_json() {
+        // apns.md §5.3 rule 2.
+        for bad in [
+            r#"{"aps":{"alert":"x"}} x"#,
+            r#"{"aps":{"alert":"x"}}{}"#,
+            r#"{"aps":"#,
+            "{'a':1}",
+            "\u{feff}{}",
+        ] {
+            assert!(
+                matches!(
+                    err(bad, Alert, Http2, Immediate),
+                    PayloadError::InvalidJson { .. }
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            validate(b"{\"aps\":{\"alert\":\"\xff\"}}", Alert, Http2, Immediate),
+            Err(PayloadError::InvalidJson { .. })
+        ));
+        assert_eq!(
+            err("[1]", Alert, Http2, Immediate),
+            PayloadError::NotAnObject { found: "an array" }
+        );
+        assert_eq!(
+            err("3", Voip, Http2, Immediate),
+            PayloadError::NotAnObject { found: "a number" }
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let e = err(
+            r#"{"aps":{"alert":"a"},"aps":{"alert":"b"}}"#,
+            Alert,
+            Http2,
+            Immediate,
+        );
+        assert!(
+            matches!(&e, PayloadError::DuplicateKey { key, line: 1, .. } if key == "aps"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"aps":{"alert":"a","alert":"b"}}"#,
+            Alert,
+            Http2,
+            Immediate,
+        );
+        assert!(matches!(&e, PayloadError::DuplicateKey { key, .. } if key == "alert"));
+        let e = err(
+            r#"{"aps":{"alert":"a"},"x":[{"k":1,"k":2}]}"#,
+            Alert,
+            Http2,
+            Immediate,
+        );
+        assert!(matches!(&e, PayloadError::DuplicateKey { key, .. } if key == "k"));
+        assert!(e.to_string().contains("\"k\""));
+    }
+
+    #[test]
+    fn aps_presence_and_shape() {
+        assert_eq!(
+            err(r#"{"x":1}"#, Alert, Http2, Immediate),
+            PayloadError::MissingAps { push_type: Alert }
+        );
+        assert_eq!(
+            err(r#"{"x":1}"#, Background, Http2, Conserve),
+            PayloadError::MissingAps {
+                push_type: Background
+            }
+        );
+        assert_eq!(
+            err(r#"{"aps":[]}"#, Voip, Http2, Immediate),
+            PayloadError::ApsNotObject { found: "an array" }
+        );
+    }
+
+    #[test]
+    fn aps_value_types() {
+        // apns.md §5.1, §5.2, §5.3 rule 8.
+        let cases = [
+            (r#"{"aps":{"alert":3}}"#, "aps.alert"),
+            (r#"{"aps":{"alert":{"title":3}}}"#, "aps.alert.title"),
+            (
+                r#"{"aps":{"alert":{"loc-args":"x"}}}"#,
+                "aps.alert.loc-args",
+            ),
+            (
+                r#"{"aps":{"alert":{"loc-args":[1]}}}"#,
+                "aps.alert.loc-args",
+            ),
+            (r#"{"aps":{"alert":{"loc-key":[]}}}"#, "aps.alert.loc-key"),
+            (r#"{"aps":{"badge":"1"}}"#, "aps.badge"),
+            (r#"{"aps":{"badge":-1}}"#, "aps.badge"),
+            (r#"{"aps":{"badge":1.5}}"#, "aps.badge"),
+            (r#"{"aps":{"sound":1}}"#, "aps.sound"),
+            (r#"{"aps":{"sound":{"name":1}}}"#, "aps.sound.name"),
+            (r#"{"aps":{"alert":"x","thread-id":1}}"#, "aps.thread-id"),
+            (r#"{"aps":{"alert":"x","category":{}}}"#, "aps.category"),
+            (
+                r#"{"aps":{"alert":"x","mutable-content":"1"}}"#,
+                "aps.mutable-content",
+            ),
+            (
+                r#"{"aps":{"alert":"x","interruption-level":1}}"#,
+                "aps.interruption-level",
+            ),
+            (
+                r#"{"aps":{"alert":"x","relevance-score":"high"}}"#,
+                "aps.relevance-score",
+            ),
+        ];
+        for (p, key) in cases {
+            match err(p, Alert, Http2, Immediate) {
+                PayloadError::WrongType { key: k, .. } => assert_eq!(k, key, "{p}"),
+                other => panic!("{p}: {other}"),
+            }
+        }
+        let values = [
+            (
+                r#"{"aps":{"alert":"x","interruption-level":"urgent"}}"#,
+                "aps.interruption-level",
+            ),
+            (
+                r#"{"aps":{"alert":"x","relevance-score":1.5}}"#,
+                "aps.relevance-score",
+            ),
+            (r#"{"aps":{"sound":{"volume":2}}}"#, "aps.sound.volume"),
+            (r#"{"aps":{"sound":{"critical":2}}}"#, "aps.sound.critical"),
+            (
+                r#"{"aps":{"alert":"x","content-available":2}}"#,
+                "aps.content-available",
+            ),
+        ];
+        for (p, key) in values {
+            match err(p, Alert, Http2, Immediate) {
+                PayloadError::BadValue { key: k, .. } => assert_eq!(k, key, "{p}"),
+                other => panic!("{p}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn background_rules() {
+        // apns.md §3.2 and §5.3 rule 3: only content-available: 1, priority 5.
+        assert_eq!(
+            err(
+                r#"{"aps":{"content-available":1,"alert":"x"}}"#,
+                Background,
+                Http2,
+                Conserve
+            ),
+            PayloadError::BackgroundExtraKey {
+                key: "alert".into()
+            }
+        );
+        assert!(matches!(
+            err(
+                r#"{"aps":{"content-available":0}}"#,
+                Background,
+                Http2,
+                Conserve
+            ),
+            PayloadError::BadValue { .. }
+        ));
+        assert!(matches!(
+            err(r#"{"aps":{}}"#, Background, Http2, Conserve),
+            PayloadError::MissingKey { .. }
+        ));
+        assert!(matches!(
+            err(
+                r#"{"aps":{"content-available":1}}"#,
+                Background,
+                Http2,
+                Immediate
+            ),
+            PayloadError::PriorityNotAllowed {
+                priority: Immediate,
+                ..
+            }
+        ));
+        ok(r#"{"aps":{"content-available":1}}"#, Background, Http2, Low);
+    }
+
+    #[test]
+    fn alert_needs_visible_content_on_http2() {
+        assert_eq!(
+            err(r#"{"aps":{"content-available":1}}"#, Alert, Http2, Conserve),
+            PayloadError::AlertWithoutContent
+        );
+        assert_eq!(
+            err(r#"{"aps":{}}"#, Alert, Http2, Conserve),
+            PayloadError::AlertWithoutContent
+        );
+    }
+
+    #[test]
+    fn binary_priority_rules() {
+        // apns.md §1.4 item 5 / §5.3 rule 4.
+        assert!(matches!(
+            err(
+                r#"{"aps":{"content-available":1}}"#,
+                Alert,
+                Binary,
+                Immediate
+            ),
+            PayloadError::PriorityNotAllowed { .. }
+        ));
+        ok(
+            r#"{"aps":{"content-available":1,"badge":1}}"#,
+            Alert,
+            Binary,
+            Immediate,
+        );
+        assert!(matches!(
+            err(r#"{"aps":{"alert":"x"}}"#, Alert, Binary, Low),
+            PayloadError::PriorityNotAllowed { .. }
+        ));
+    }
+
+    #[test]
+    fn live_activity_rules() {
+        // apns.md §5.3 rule 9.
+        let missing = |p: &str| match err(p, LiveActivity, Http2, Immediate) {
+            PayloadError::MissingKey { key, .. } => key,
+            other => panic!("{p}: {other}"),
+        };
+        assert_eq!(missing(r#"{"aps":{"event":"update"}}"#), "timestamp");
+        assert_eq!(missing(r#"{"aps":{"timestamp":1}}"#), "event");
+        assert_eq!(
+            missing(
+                r#"{"aps":{"timestamp":1,"event":"start","attributes-type":"A","attributes":{}}}"#
+            ),
+            "alert"
+        );
+        assert_eq!(
+            missing(r#"{"aps":{"timestamp":1,"event":"start","alert":"x","attributes":{}}}"#),
+            "attributes-type"
+        );
+        assert_eq!(
+            missing(r#"{"aps":{"timestamp":1,"event":"start","alert":"x","attributes-type":"A"}}"#),
+            "attributes"
+        );
+        assert!(matches!(
+            err(
+                r#"{"aps":{"timestamp":1,"event":"begin"}}"#,
+                LiveActivity,
+                Http2,
+                Immediate
+            ),
+            PayloadError::BadValue { .. }
+        ));
+        assert!(matches!(
+            err(
+                r#"{"aps":{"timestamp":1,"event":"end"}}"#,
+                LiveActivity,
+                Http2,
+                Low
+            ),
+            PayloadError::PriorityNotAllowed { .. }
+        ));
+        assert!(matches!(
+            err(
+                r#"{"aps":{"timestamp":-5,"event":"end"}}"#,
+                LiveActivity,
+                Http2,
+                Immediate
+            ),
+            PayloadError::BadValue { .. }
+        ));
+        assert!(matches!(
+            err(
+                r#"{"aps":{"timestamp":1,"event":"end","content-state":[]}}"#,
+                LiveActivity,
+                Http2,
+                Immediate
+            ),
+            PayloadError::WrongType { .. }
+        ));
+    }
+
+    #[test]
+    fn error_messages_name_the_rule() {
+        let e = err(
+            &format!(r#"{{"aps":{{"alert":"{}"}}}}"#, "x".repeat(5000)),
+            Alert,
+            Http2,
+            Immediate,
+        );
+        assert_eq!(
+            e.to_string(),
+            "payload is 5020 bytes; alert pushes over HTTP/2 allow at most 4096"
+        );
+        let e = err(r#"{"aps":{"badge":"1"}}"#, Alert, Http2, Immediate);
+        assert_eq!(
+            e.to_string(),
+            "aps.badge must be a non-negative integer, not a string"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            for t in PushType::ALL {
+                let _ = validate(&data, t, Http2, Immediate);
+            }
+        }
+
+        #[test]
+        fn never_panics_on_json_like_text(s in r#"[\[\]{}":,0-9a-z\-. ]{0,120}"#) {
+            let _ = validate(s.as_bytes(), Alert, Http2, Immediate);
+            let _ = validate(format!(r#"{{"aps":{s}}}"#).as_bytes(), LiveActivity, Binary, Conserve);
+        }
+    }
+}
