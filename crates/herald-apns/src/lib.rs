@@ -17,6 +17,7 @@
 pub mod binary;
 pub mod outcome;
 pub mod payload;
+pub mod provider_token;
 pub mod push;
 pub mod reason;
 pub mod token_hex;
