@@ -161,9 +161,14 @@ impl<'a> Lexer<'a> {
                         col,
                         message: format!("unterminated string: {quote} opened here is not closed on the same line"),
                     });
-                    return owned
-                        .map(Cow::Owned)
-                        .unwrap_or(Cow::Borrowed(&self.src[start..self.pos]));
+                    // `domain "name {`: end the string before a trailing `{`, so the scope still opens.
+                    let rest = &self.src[start..self.pos];
+                    if let Some(before) = rest.trim_end().strip_suffix('{') {
+                        self.pos = start + before.len();
+                        self.col = col + 1 + before.chars().count() as u32;
+                        return Cow::Borrowed(before.trim_end());
+                    }
+                    return owned.map(Cow::Owned).unwrap_or(Cow::Borrowed(rest));
                 }
                 Some(c) if c == quote => {
                     let end = self.pos;
@@ -352,6 +357,13 @@ mod tests {
         assert!(lx.errors[0].message.contains("unterminated string"));
         assert_eq!((lx.errors[1].line, lx.errors[1].col), (2, 7));
         assert!(lx.errors[1].message.contains("unterminated comment"));
+        let mut lx = Lexer::new("domain \"a.com {\n}");
+        let toks: Vec<_> = lx
+            .by_ref()
+            .map(|t| (t.kind, t.value.into_owned(), t.col))
+            .collect();
+        assert_eq!(toks[1], (TokenKind::Quoted, "a.com".to_string(), 8));
+        assert_eq!(toks[2], (TokenKind::LBrace, "{".to_string(), 15));
     }
 
     #[test]

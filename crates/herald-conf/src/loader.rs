@@ -28,6 +28,8 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 pub(crate) struct Loader {
     pub diags: Diagnostics,
+    /// Syntax errors of the files being read (innermost last), reported in text order among the semantic ones.
+    pending: Vec<std::collections::VecDeque<parser::SyntaxError>>,
     /// Canonical paths of the files being read, outermost first (for cycle detection).
     stack: Vec<PathBuf>,
     files: usize,
@@ -52,6 +54,7 @@ impl Loader {
     pub fn new() -> Self {
         Loader {
             diags: Diagnostics::new(),
+            pending: Vec::new(),
             stack: Vec::new(),
             files: 0,
         }
@@ -99,10 +102,25 @@ impl Loader {
             }
         };
         let (stmts, errors) = parser::parse(&text);
-        for e in errors {
-            self.diags.error(ctx.loc(e.pos), e.message);
-        }
+        self.pending.push(errors.into());
         self.apply(&stmts, root, &ctx, false);
+        self.flush(&ctx, None);
+        self.pending.pop();
+    }
+
+    /// Reports the current file's syntax errors that come before `until` (all of them for `None`).
+    fn flush(&mut self, ctx: &FileCtx, until: Option<Pos>) {
+        let Some(queue) = self.pending.last_mut() else {
+            return;
+        };
+        while let Some(e) = queue.front() {
+            if until.is_some_and(|u| (e.pos.line, e.pos.col) >= (u.line, u.col)) {
+                return;
+            }
+            if let Some(e) = queue.pop_front() {
+                self.diags.error(ctx.loc(e.pos), e.message);
+            }
+        }
     }
 
     fn apply(&mut self, stmts: &[Stmt], node: &mut Node, ctx: &FileCtx, discard: bool) {
@@ -110,6 +128,12 @@ impl Loader {
             if self.diags.is_full() {
                 return;
             }
+            let at = match stmt {
+                Stmt::Option { name_pos, .. } => *name_pos,
+                Stmt::Scope { kind_pos, .. } => *kind_pos,
+                Stmt::Include { pos, .. } => *pos,
+            };
+            self.flush(ctx, Some(at));
             match stmt {
                 Stmt::Option {
                     name,

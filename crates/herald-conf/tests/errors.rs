@@ -1,0 +1,215 @@
+//! Bad input: each error is reported as `FILE:LINE:COL: error: …` at the right place, every error of a file is
+//! reported, and hostile input (a 10 MB line) neither panics nor produces huge messages.
+
+use std::time::Instant;
+
+use herald_conf::{Config, Diagnostics, Severity};
+
+fn errors(text: &str) -> Diagnostics {
+    match Config::parse_str("t.conf", text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(d) => d,
+    }
+}
+
+/// The (line, col, message) of each error.
+fn error_list(text: &str) -> Vec<(u32, u32, String)> {
+    errors(text)
+        .errors()
+        .map(|d| (d.location.line, d.location.col, d.message.clone()))
+        .collect()
+}
+
+fn single(text: &str) -> (u32, u32, String) {
+    let list = error_list(text);
+    assert_eq!(list.len(), 1, "{list:?}");
+    list.into_iter().next().unwrap()
+}
+
+#[test]
+fn unterminated_string() {
+    let (l, c, m) = single("domain \"apn.example {\n}\n");
+    assert_eq!((l, c), (1, 8));
+    assert!(m.contains("unterminated string"), "{m}");
+}
+
+#[test]
+fn unterminated_comment() {
+    let (l, c, m) = single("retry_interval = 5\n  /* a comment\nnever closed\n");
+    assert_eq!((l, c), (2, 3));
+    assert!(m.contains("unterminated comment"), "{m}");
+}
+
+#[test]
+fn unterminated_scope() {
+    let (l, c, m) = single("domain \"a.com\" {\n  retry_interval = 5\n");
+    assert_eq!((l, c), (1, 16));
+    assert!(m.contains("unterminated scope"), "{m}");
+    assert!(m.contains("domain"), "{m}");
+}
+
+#[test]
+fn missing_equals() {
+    let (l, c, m) = single("domain \"a.com\" {\n  retry_interval 5\n}\n");
+    assert_eq!((l, c), (2, 18));
+    assert!(m.contains("missing `=`"), "{m}");
+}
+
+#[test]
+fn value_of_the_wrong_type() {
+    let (l, c, m) = single("domain a.com {\n  max_outbound_connections = many\n}\n");
+    assert_eq!((l, c), (2, 30));
+    assert!(
+        m.contains("`many`") && m.contains("max_outbound_connections"),
+        "{m}"
+    );
+    let (l, c, m) = single("\ntls_verify = maybe\n");
+    assert_eq!((l, c), (2, 14));
+    assert!(m.contains("no, ca, host"), "{m}");
+    let (_, _, m) = single("routes = ( \"smtp://mx.example\" )\n");
+    assert!(m.contains("unsupported route scheme"), "{m}");
+    let (_, _, m) = single("max_retries = sometimes\n");
+    assert!(m.contains("auto"), "{m}");
+    let (_, _, m) = single("apn_logger x { log_delivery = perhaps }\n");
+    assert!(m.contains("boolean"), "{m}");
+}
+
+#[test]
+fn option_in_the_wrong_scope() {
+    let (l, c, m) = single("binding_group g {\n  delivery_response_timeout = 100\n}\n");
+    assert_eq!((l, c), (2, 3));
+    assert!(m.contains("not valid in a binding_group scope"), "{m}");
+    assert!(m.contains("valid in: global, binding, domain"), "{m}");
+}
+
+#[test]
+fn unknown_option_with_suggestion() {
+    let (l, c, m) = single("domain a.com {\n    max_outbound_conections = 3\n}\n");
+    assert_eq!((l, c), (2, 5));
+    assert!(
+        m.contains("unknown option `max_outbound_conections`"),
+        "{m}"
+    );
+    assert!(
+        m.contains("did you mean `max_outbound_connections`?"),
+        "{m}"
+    );
+}
+
+#[test]
+fn scope_in_the_wrong_place_and_unknown_scope() {
+    let (l, c, m) = single("domain a.com {\n  domain b.com { }\n}\n");
+    assert_eq!((l, c), (2, 3));
+    assert!(m.contains("not valid inside `domain`"), "{m}");
+    let (_, _, m) = single("domian a.com { }\n");
+    assert!(m.contains("did you mean `domain`?"), "{m}");
+    let (_, _, m) = single("apn \"x\" { }\n");
+    assert!(m.contains("takes no name"), "{m}");
+    let (_, _, m) = single("domain \"/([a-z/\" { }\n");
+    assert!(m.contains("regular expression"), "{m}");
+    let (_, _, m) = single("esmtp_listener { listen \"nowhere\" { } }\n");
+    assert!(m.contains("listen address"), "{m}");
+}
+
+#[test]
+fn display_format_is_file_line_col() {
+    let d = errors("x = 1\n");
+    let text = d.to_string();
+    assert!(
+        text.starts_with("t.conf:1:1: error: unknown option `x`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn all_errors_of_a_file_are_reported() {
+    let text = "\
+retry_interval = soon
+domain a.com {
+  tls_verfy = host
+  routes = ( \"https://api.push.apple.com\" )
+  max_retries = 3
+  mcmt_reception = allow
+}
+bogus_scope { x = 1 }
+idle_timeout 4
+message_expiration = 10
+";
+    let list = error_list(text);
+    let at: Vec<(u32, u32)> = list.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(
+        at,
+        vec![(1, 18), (3, 3), (6, 3), (8, 1), (9, 14)],
+        "{list:?}"
+    );
+}
+
+#[test]
+fn warnings_for_inert_options_and_verification_off() {
+    let c = Config::parse_str(
+        "w.conf",
+        "domain a.com {\n  tls = required\n  tls_ciphers = \"DEFAULT\"\n  tls_verify = \"no\"\n}\n",
+    )
+    .unwrap();
+    let w: Vec<String> = c.warnings().iter().map(|d| d.to_string()).collect();
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w[0].starts_with("w.conf:2:3: warning: `tls`"), "{}", w[0]);
+    assert!(
+        w[1].starts_with("w.conf:3:3: warning: `tls_ciphers`"),
+        "{}",
+        w[1]
+    );
+    assert!(
+        w[2].starts_with("w.conf:4:16: warning: `tls_verify = no`"),
+        "{}",
+        w[2]
+    );
+    assert!(c.warnings().iter().all(|d| d.severity == Severity::Warning));
+}
+
+#[test]
+fn ten_megabyte_line_is_handled() {
+    let limit = std::time::Duration::from_secs(20);
+    // A 10 MB bare value, a 10 MB unterminated string, 10 MB of braces and 10 MB of one unknown word.
+    let cases = [
+        format!("tls_certificate = {}", "a".repeat(10 << 20)),
+        format!("tls_key = \"{}", "b".repeat(10 << 20)),
+        "{".repeat(10 << 20),
+        "x".repeat(10 << 20),
+        format!("retry_interval = {}", "9".repeat(10 << 20)),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        let start = Instant::now();
+        let result = Config::parse_str("big.conf", text);
+        assert!(
+            start.elapsed() < limit,
+            "case {i} took {:?}",
+            start.elapsed()
+        );
+        if let Err(d) = result {
+            for e in d.all() {
+                assert!(
+                    e.to_string().len() < 600,
+                    "case {i}: diagnostic too long: {} bytes",
+                    e.to_string().len()
+                );
+            }
+            assert!(d.all().len() <= herald_conf::diag::MAX_ERRORS + 1);
+        }
+    }
+    // The one valid case loaded; the unterminated string is at 1:11.
+    assert!(Config::parse_str("big.conf", &cases[0]).is_ok());
+    let d = Config::parse_str("big.conf", &cases[1]).unwrap_err();
+    let first = d.errors().next().unwrap();
+    assert_eq!((first.location.line, first.location.col), (1, 11));
+    let d = Config::parse_str("big.conf", &cases[4]).unwrap_err();
+    assert!(d.to_string().contains("characters)"), "{d}");
+}
+
+#[test]
+fn non_utf8_is_an_error_not_a_panic() {
+    let d = Config::parse_bytes("bin.conf", b"retry_interval = 5\nx = \xff\xfe\n").unwrap_err();
+    let first = d.errors().next().unwrap();
+    assert_eq!((first.location.line, first.location.col), (2, 5));
+    assert!(first.message.contains("UTF-8"));
+}

@@ -1,0 +1,481 @@
+//! Fallback along scope paths: every worked example of reference/momentum.md §4.3 with its documented results,
+//! plus regex domains (§4.1), the host exception and listener fallback.
+
+use herald_conf::{Config, ScopePath, Value};
+
+fn eval(config: &Config, words: &[&str]) -> Value {
+    config
+        .eval_words(words)
+        .unwrap_or_else(|e| panic!("{words:?}: {e}"))
+        .1
+}
+
+// momentum.md §4.3, first worked example.
+const EXAMPLE_1: &str = r#"
+message_expiration = 86400
+binding "example"  { message_expiration = 3600 }
+domain "example.com" { message_expiration = 120 }
+binding "example2" { message_expiration = 7200
+   domain example.com { message_expiration = 86400 }
+   domain "anotherexample.com" { max_resident_active_queue_size = 500 } }
+binding "example3" { domain "example.com" { max_resident_active_queue_size = 500 }
+   domain "anotherexample.com" { message_expiration = 86400 } }
+"#;
+
+#[test]
+fn example_1_binding_example_uses_its_own_value() {
+    let c = Config::parse_str("ex1.conf", EXAMPLE_1).unwrap();
+    assert_eq!(
+        eval(&c, &["binding", "example", "message_expiration"]),
+        Value::Int(3600)
+    );
+    // The binding's value beats the global domain stanza.
+    assert_eq!(
+        eval(
+            &c,
+            &[
+                "binding",
+                "example",
+                "domain",
+                "example.com",
+                "message_expiration"
+            ]
+        ),
+        Value::Int(3600)
+    );
+    assert_eq!(
+        eval(
+            &c,
+            &[
+                "binding",
+                "example",
+                "domain",
+                "other.org",
+                "message_expiration"
+            ]
+        ),
+        Value::Int(3600)
+    );
+}
+
+#[test]
+fn example_1_example2_binding_and_its_domains() {
+    let c = Config::parse_str("ex1.conf", EXAMPLE_1).unwrap();
+    assert_eq!(
+        eval(&c, &["binding", "example2", "message_expiration"]),
+        Value::Int(7200)
+    );
+    assert_eq!(
+        eval(
+            &c,
+            &[
+                "binding",
+                "example2",
+                "domain",
+                "example.com",
+                "message_expiration"
+            ]
+        ),
+        Value::Int(86400)
+    );
+    // anotherexample.com sets another option only: falls back to the binding.
+    assert_eq!(
+        eval(
+            &c,
+            &[
+                "binding",
+                "example2",
+                "domain",
+                "anotherexample.com",
+                "message_expiration"
+            ]
+        ),
+        Value::Int(7200)
+    );
+    assert_eq!(
+        eval(
+            &c,
+            &[
+                "binding",
+                "example2",
+                "domain",
+                "anotherexample.com",
+                "max_resident_active_queue_size"
+            ]
+        ),
+        Value::Int(500)
+    );
+}
+
+#[test]
+fn example_1_example3_falls_back_to_global_domain_then_global() {
+    let c = Config::parse_str("ex1.conf", EXAMPLE_1).unwrap();
+    assert_eq!(
+        eval(
+            &c,
+            &[
+                "binding",
+                "example3",
+                "domain",
+                "anotherexample.com",
+                "message_expiration"
+            ]
+        ),
+        Value::Int(86400)
+    );
+    // example3 sets nothing for example.com's expiration: the global domain stanza (120) wins over global.
+    assert_eq!(
+        eval(
+            &c,
+            &[
+                "binding",
+                "example3",
+                "domain",
+                "example.com",
+                "message_expiration"
+            ]
+        ),
+        Value::Int(120)
+    );
+    assert_eq!(
+        eval(
+            &c,
+            &[
+                "binding",
+                "example3",
+                "domain",
+                "elsewhere.net",
+                "message_expiration"
+            ]
+        ),
+        Value::Int(86400)
+    );
+    // The same through the typed, cached view.
+    let d = c.domain_settings(None, Some("example3"), "example.com");
+    assert_eq!(d.retry.message_expiration.as_secs(), 120);
+    let d = c.domain_settings(None, Some("example3"), "elsewhere.net");
+    assert_eq!(d.retry.message_expiration.as_secs(), 86400);
+    let d = c.domain_settings(None, Some("example2"), "EXAMPLE.com");
+    assert_eq!(d.retry.message_expiration.as_secs(), 86400);
+}
+
+// momentum.md §4.3, binding-group example.
+const EXAMPLE_2: &str = r#"
+max_outbound_connections = 30
+binding_group "group1" { max_outbound_connections = 5
+  binding "example" { bind_address = 10.10.10.10  max_outbound_connections = 15
+    domain "example.com" { } } }
+"#;
+
+#[test]
+fn example_2_binding_group() {
+    let c = Config::parse_str("ex2.conf", EXAMPLE_2).unwrap();
+    let words = [
+        "binding_group",
+        "group1",
+        "binding",
+        "example",
+        "domain",
+        "example.com",
+        "max_outbound_connections",
+    ];
+    assert_eq!(eval(&c, &words), Value::Int(15));
+    // Without the group on the command line the binding's group is found.
+    assert_eq!(eval(&c, &words[2..]), Value::Int(15));
+    assert_eq!(
+        c.domain_settings(Some("group1"), Some("example"), "example.com")
+            .max_outbound_connections,
+        15
+    );
+    assert_eq!(
+        c.domain_settings(Some("group1"), Some("example"), "example.com")
+            .bind_address,
+        Some("10.10.10.10".parse().unwrap())
+    );
+
+    // With the binding's value removed, the group's value applies.
+    let without = EXAMPLE_2.replace("max_outbound_connections = 15", "");
+    let c = Config::parse_str("ex2b.conf", &without).unwrap();
+    assert_eq!(eval(&c, &words), Value::Int(5));
+    // Outside the group, the global value.
+    assert_eq!(
+        eval(&c, &["domain", "example.com", "max_outbound_connections"]),
+        Value::Int(30)
+    );
+}
+
+#[test]
+fn full_precedence_order() {
+    // design §4: binding_group::binding::domain > binding::domain > binding_group::domain > binding >
+    // binding_group > global domain > global > default. Remove levels one at a time, most specific first; the
+    // binding `b` is declared both inside group `g` and at the top level.
+    let levels = ["GBD", "BD", "GD", "GB", "B", "G", "D", "GLOBAL"];
+    for skip in 0..=levels.len() {
+        let v = |tag: &str| {
+            let n = levels.iter().position(|t| *t == tag).unwrap() + 1;
+            if levels[..skip].contains(&tag) {
+                String::new()
+            } else {
+                format!("retry_interval = {n}")
+            }
+        };
+        let text = format!(
+            "{}\ndomain d.com {{ {} }}\nbinding_group g {{ {} domain d.com {{ {} }} binding b {{ {} domain d.com {{ {} }} }} }}\nbinding b {{ {} domain d.com {{ {} }} }}\n",
+            v("GLOBAL"),
+            v("D"),
+            v("G"),
+            v("GD"),
+            v("GB"),
+            v("GBD"),
+            v("B"),
+            v("BD")
+        );
+        let c = Config::parse_str("order.conf", &text).unwrap();
+        let expected = if skip < levels.len() {
+            skip as u64 + 1
+        } else {
+            1200
+        };
+        let got = c
+            .domain_settings(Some("g"), Some("b"), "d.com")
+            .retry
+            .retry_interval
+            .as_secs();
+        assert_eq!(got, expected, "skip {skip}\n{text}");
+        let words = [
+            "binding_group",
+            "g",
+            "binding",
+            "b",
+            "domain",
+            "d.com",
+            "retry_interval",
+        ];
+        assert_eq!(eval(&c, &words), Value::Int(expected as i64));
+    }
+}
+
+#[test]
+fn unconfigured_domain_gets_global_and_defaults() {
+    let c = Config::parse_str("g.conf", "retry_interval = 60\n").unwrap();
+    let d = c.domain_settings(None, None, "never.configured");
+    assert_eq!(d.retry.retry_interval.as_secs(), 60);
+    assert_eq!(d.max_outbound_connections, 32);
+    assert_eq!(d.idle_timeout.as_secs(), 5);
+    assert_eq!(d.retry.max_retry_interval.as_secs(), 43200);
+    assert_eq!(
+        eval(
+            &c,
+            &["domain", "never.configured", "delivery_response_timeout"]
+        ),
+        Value::Int(5000)
+    );
+    assert_eq!(
+        eval(&c, &["binding", "nope", "domain", "x.y", "retry_interval"]),
+        Value::Int(60)
+    );
+}
+
+#[test]
+fn host_scope_does_not_fall_back() {
+    // momentum.md §4.3: undefined max_outbound_connections in a host stanza is -1, no fallback.
+    let c = Config::parse_str(
+        "h.conf",
+        "max_outbound_connections = 30\nhost \"example.com\" { }\nhost \"limited.com\" { max_outbound_connections = 4 }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        eval(&c, &["host", "example.com", "max_outbound_connections"]),
+        Value::Int(-1)
+    );
+    assert_eq!(
+        eval(&c, &["host", "unknown.com", "max_outbound_connections"]),
+        Value::Int(-1)
+    );
+    assert_eq!(
+        eval(&c, &["host", "limited.com", "max_outbound_connections"]),
+        Value::Int(4)
+    );
+    assert_eq!(eval(&c, &["max_outbound_connections"]), Value::Int(30));
+}
+
+#[test]
+fn regex_domains_after_exact_in_declaration_order() {
+    // momentum.md §4.1
+    let c = Config::parse_str(
+        "re.conf",
+        r#"
+domain "/(?:^|[.])example[.](?:com|co[.]uk)$/" { retry_interval = 1 }
+domain "/example/" { retry_interval = 2 }
+domain "www.example.com" { retry_interval = 3 }
+binding "b" { domain "/[.]org$/" { retry_interval = 4 } }
+"#,
+    )
+    .unwrap();
+    let r = |b: Option<&str>, d: &str| c.domain_settings(None, b, d).retry.retry_interval.as_secs();
+    assert_eq!(r(None, "www.example.com"), 3, "exact beats regex");
+    assert_eq!(r(None, "mail.example.co.uk"), 1, "first matching regex");
+    assert_eq!(r(None, "example.net"), 2, "second regex");
+    assert_eq!(
+        r(None, "MAIL.EXAMPLE.COM"),
+        1,
+        "domains are case-insensitive"
+    );
+    assert_eq!(r(None, "nothing.net"), 1200);
+    assert_eq!(r(Some("b"), "x.org"), 4);
+    assert_eq!(
+        r(Some("b"), "a.example.com"),
+        1,
+        "binding without a match falls back to the global regex stanza"
+    );
+    assert_eq!(c.domains().len(), 4);
+}
+
+#[test]
+fn listener_fallback_listen_then_listener() {
+    // momentum.md §4.3: listen -> listener; peer -> listen -> listener, most specific CIDR.
+    let c = Config::parse_str(
+        "l.conf",
+        r#"
+esmtp_listener {
+  mcmt_reception = reject
+  always_deny = ( 0.0.0.0/0 )
+  listen ":25" { mcmt_reception = "allow"
+    peer "10.0.0.0/8" { always_allow = ( 10.0.0.0/8 ) }
+    peer "10.1.0.0/16" { mcmt_reception = passthru } }
+  listen "127.0.0.1:2525" { }
+  peer "192.168.0.0/16" { mcmt_reception = allow }
+}
+"#,
+    )
+    .unwrap();
+    let e = |w: &[&str]| eval(&c, w);
+    assert_eq!(
+        e(&["esmtp_listener", "listen", ":25", "mcmt_reception"]),
+        Value::Str("allow".into())
+    );
+    assert_eq!(
+        e(&[
+            "esmtp_listener",
+            "listen",
+            "127.0.0.1:2525",
+            "mcmt_reception"
+        ]),
+        Value::Str("reject".into())
+    );
+    assert_eq!(
+        e(&[
+            "esmtp_listener",
+            "listen",
+            ":25",
+            "peer",
+            "10.1.2.3",
+            "mcmt_reception"
+        ]),
+        Value::Str("passthru".into())
+    );
+    assert_eq!(
+        e(&[
+            "esmtp_listener",
+            "listen",
+            ":25",
+            "peer",
+            "10.2.2.3",
+            "mcmt_reception"
+        ]),
+        Value::Str("allow".into())
+    );
+    assert_eq!(
+        e(&["esmtp_listener", "peer", "192.168.1.1", "mcmt_reception"]),
+        Value::Str("allow".into())
+    );
+
+    let ls = c.listeners();
+    assert_eq!(ls.len(), 2);
+    let l25 = &ls[0];
+    assert_eq!(l25.address, ":25");
+    assert!(l25.permits("10.9.9.9".parse().unwrap()));
+    assert!(!l25.permits("8.8.8.8".parse().unwrap()));
+    assert_eq!(
+        l25.mcmt_reception_for("10.1.0.1".parse().unwrap()),
+        herald_conf::McmtReception::Passthru
+    );
+    assert_eq!(
+        l25.mcmt_reception_for("8.8.8.8".parse().unwrap()),
+        herald_conf::McmtReception::Allow
+    );
+    // the listener-level peer is inherited by both listen stanzas
+    assert_eq!(
+        ls[1].mcmt_reception_for("192.168.3.3".parse().unwrap()),
+        herald_conf::McmtReception::Allow
+    );
+}
+
+#[test]
+fn scope_path_errors() {
+    let c = Config::parse_str("e.conf", "").unwrap();
+    let err = c
+        .eval_words(&["domian", "x", "retry_interval"])
+        .unwrap_err();
+    assert!(err.to_string().contains("did you mean `domain`"), "{err}");
+    let err = c
+        .eval_words(&["domain", "x", "retry_intervall"])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("did you mean `retry_interval`"),
+        "{err}"
+    );
+    let err = c
+        .eval_words(&["domain", "x", "mcmt_reception"])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("valid in: esmtp_listener, listen, peer"),
+        "{err}"
+    );
+    let err = c
+        .eval_words(&["domain", "x", "domain", "y", "tls"])
+        .unwrap_err();
+    assert!(err.to_string().contains("not valid inside"), "{err}");
+    assert!(c.eval_words::<&str>(&[]).is_err());
+    assert!(ScopePath::parse_scope_words(&["binding"]).is_err());
+}
+
+#[test]
+fn option_and_scope_names_case_insensitive_binding_names_not() {
+    let c = Config::parse_str(
+        "c.conf",
+        "BINDING \"Bx\" { Retry_Interval = 7 }\nDomain Example.COM { TLS_Verify = CA }",
+    )
+    .unwrap();
+    assert_eq!(
+        eval(&c, &["binding", "Bx", "retry_interval"]),
+        Value::Int(7)
+    );
+    assert_eq!(
+        eval(&c, &["binding", "bx", "retry_interval"]),
+        Value::Int(1200)
+    );
+    assert_eq!(
+        eval(&c, &["domain", "example.com", "tls_verify"]),
+        Value::Str("ca".into())
+    );
+}
+
+#[test]
+fn repeated_stanzas_merge_and_last_assignment_wins() {
+    let c = Config::parse_str(
+        "m.conf",
+        "binding_group g { retry_interval = 1 }\nbinding_group g { max_retries = 3 }\nbinding_group g { retry_interval = 9 }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        eval(&c, &["binding_group", "g", "retry_interval"]),
+        Value::Int(9)
+    );
+    assert_eq!(
+        eval(&c, &["binding_group", "g", "max_retries"]),
+        Value::MaxRetries(herald_conf::MaxRetries::Count(3))
+    );
+    assert_eq!(c.tree().children().len(), 1);
+}
