@@ -1,10 +1,240 @@
-//! `herald sim`.
+//! `herald sim`: run the APNs simulator, or write a test PKI for it (`herald sim pki DIR`).
+//!
+//! `herald sim --pki DIR [flags]` serves HTTP/2, binary, feedback and admin ports and, once ready, prints exactly
+//! one JSON line on stdout — `{"h2":"127.0.0.1:P1","binary":"127.0.0.1:P2","feedback":"127.0.0.1:P3",
+//! "admin":"127.0.0.1:P4"}` — then serves until killed. Diagnostics go to stderr.
 
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-#[derive(Debug, clap::Args)]
-pub struct SimArgs {}
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use herald_sim::{AuthPolicy, Environment, Pki, Scenario, SimConfig, Simulator};
 
-pub fn run(_args: SimArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("sim is not implemented yet")
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SimArgs {
+    #[command(subcommand)]
+    command: Option<SimCommand>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SimCommand {
+    /// Write a test PKI: CA, server certificate, client certificates per topic, a .p8 key, and DIR/pki.json.
+    Pki(PkiArgs),
+}
+
+#[derive(Debug, Args)]
+struct PkiArgs {
+    /// Directory to write into (created if missing).
+    dir: PathBuf,
+    /// A topic (bundle id) to issue client certificates for; repeatable. Default: com.example.herald.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EnvArg {
+    Production,
+    Sandbox,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AuthArg {
+    /// Client certificate or provider token on every request, as APNs.
+    Required,
+    /// Testing aid (h2load): accept requests without `authorization` on connections without a certificate.
+    None,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The PKI directory written by `herald sim pki` (its pki.json is read).
+    #[arg(long)]
+    pki: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    listen_ip: IpAddr,
+    /// 0 = ephemeral.
+    #[arg(long, default_value_t = 0)]
+    h2_port: u16,
+    #[arg(long, default_value_t = 0)]
+    binary_port: u16,
+    #[arg(long, default_value_t = 0)]
+    feedback_port: u16,
+    #[arg(long, default_value_t = 0)]
+    admin_port: u16,
+    /// A JSON scenario file (see herald-sim's scenario module); the flags below override it.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    environment: Option<EnvArg>,
+    #[arg(long, value_enum)]
+    auth: Option<AuthArg>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS once authenticated (default 1000).
+    #[arg(long)]
+    max_streams: Option<u32>,
+    /// Drop the stream limit to 1 after a rejection and restore it after a success.
+    #[arg(long)]
+    choppy_streams: bool,
+    /// Seed of the scenario's random choices.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// A device token (hex) that is unregistered; repeatable.
+    #[arg(long = "unregistered")]
+    unregistered: Vec<String>,
+    /// A device token (hex) that is bad; repeatable.
+    #[arg(long = "bad-token")]
+    bad: Vec<String>,
+    /// Probability of 500 InternalServerError per valid request.
+    #[arg(long)]
+    error_500_rate: Option<f64>,
+    /// Probability of 503 ServiceUnavailable per valid request.
+    #[arg(long)]
+    error_503_rate: Option<f64>,
+    /// Probability of 429 TooManyRequests per valid request.
+    #[arg(long)]
+    error_429_rate: Option<f64>,
+    /// Probability of dropping the connection per valid request.
+    #[arg(long)]
+    drop_rate: Option<f64>,
+    /// Response latency in milliseconds.
+    #[arg(long)]
+    latency_ms: Option<u64>,
+    /// GOAWAY (reason Shutdown) after this many requests on a connection.
+    #[arg(long)]
+    goaway_every: Option<u64>,
+    /// Close connections idle for this many seconds (GOAWAY reason IdleTimeout).
+    #[arg(long)]
+    idle_timeout: Option<u64>,
+    /// Append every accepted notification to FILE as JSON lines.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Keep the record in memory too (served at admin GET /record).
+    #[arg(long)]
+    record_in_memory: bool,
+}
+
+pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(SimCommand::Pki(p)) => {
+            let pki = Pki::generate(&p.dir, &p.topics)
+                .with_context(|| format!("writing a PKI to {}", p.dir.display()))?;
+            println!("{}", pki.manifest.dir.join("pki.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => serve(args.serve),
+    }
+}
+
+fn build_config(a: ServeArgs) -> anyhow::Result<SimConfig> {
+    let dir = a
+        .pki
+        .context("--pki DIR is required (write one with `herald sim pki DIR`)")?;
+    let manifest = Pki::load_manifest(&dir)?;
+    let mut config = SimConfig::from_pki(&manifest)?;
+    config.listen_ip = a.listen_ip;
+    config.h2_port = a.h2_port;
+    config.binary_port = a.binary_port;
+    config.feedback_port = a.feedback_port;
+    config.admin_port = a.admin_port;
+    let mut sc = match &a.scenario {
+        Some(p) => Scenario::from_file(p)?,
+        None => Scenario::default(),
+    };
+    if let Some(e) = a.environment {
+        sc.environment = Some(match e {
+            EnvArg::Production => Environment::Production,
+            EnvArg::Sandbox => Environment::Sandbox,
+        });
+    }
+    if let Some(auth) = a.auth {
+        sc.auth = Some(match auth {
+            AuthArg::Required => AuthPolicy::Required,
+            AuthArg::None => AuthPolicy::AllowUnauthenticated,
+        });
+    }
+    if a.max_streams.is_some() {
+        sc.max_concurrent_streams = a.max_streams;
+    }
+    if a.choppy_streams {
+        sc.choppy_streams = Some(true);
+    }
+    if let Some(s) = a.seed {
+        sc.seed = s;
+    }
+    sc.unregistered.extend(a.unregistered);
+    sc.bad.extend(a.bad);
+    for (reason, rate) in [
+        ("InternalServerError", a.error_500_rate),
+        ("ServiceUnavailable", a.error_503_rate),
+        ("TooManyRequests", a.error_429_rate),
+    ] {
+        if let Some(r) = rate {
+            sc.errors.insert(reason.to_owned(), r);
+        }
+    }
+    if let Some(d) = a.drop_rate {
+        sc.drop_rate = d;
+    }
+    if let Some(l) = a.latency_ms {
+        sc.latency_ms = l;
+    }
+    if a.goaway_every.is_some() {
+        sc.goaway_every = a.goaway_every;
+    }
+    if a.idle_timeout.is_some() {
+        sc.idle_timeout_secs = a.idle_timeout;
+    }
+    config.scenario = sc;
+    config.record_path = a.record;
+    config.record_in_memory = a.record_in_memory;
+    Ok(config)
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let config = build_config(a)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    runtime.block_on(async move {
+        let sim = Simulator::start(config).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", sim.addrs_json())?;
+            out.flush()?;
+        }
+        wait_for_signal().await;
+        tracing::info!("stopping the simulator");
+        let _ = tokio::time::timeout(Duration::from_secs(2), sim.shutdown()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

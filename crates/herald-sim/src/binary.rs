@@ -1,0 +1,238 @@
+//! The legacy binary gateway (apns.md §1) and feedback service (§2), both TLS with a required client
+//! certificate whose UID names the topic.
+//!
+//! Gateway: commands 0, 1 and 2 are decoded with herald-apns's incremental decoder. Accepted notifications get no
+//! answer. The first bad one gets the 6-byte error packet (the decoder's status, 8 for a token the scenario marks
+//! bad, or a scenario status) naming its identifier, and the connection closes; a command-0 error just closes.
+//! On a shutdown request (admin `POST /shutdown-binary`) every connection sends status 10 with the identifier of
+//! its last accepted notification and closes.
+//!
+//! Feedback: on connect, the 38-byte tuples of the tokens marked unregistered for the certificate's topic are
+//! written, then the connection closes; what was read is gone.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::compat::identity::CertificateInfo;
+use bytes::BytesMut;
+use herald_apns::binary::{BinaryFormat, ErrorPacket, FeedbackTuple, NotificationDecoder, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+
+use crate::record::{DeliveryRecord, RecordProtocol, Recorder};
+use crate::registry::{TokenRegistry, now_ms};
+use crate::scenario::{CompiledScenario, Rng, TokenState};
+use crate::stats::Stats;
+
+/// Shared by every binary and feedback connection.
+pub(crate) struct BinaryContext {
+    pub stats: Arc<Stats>,
+    pub recorder: Arc<Recorder>,
+    pub registry: Arc<TokenRegistry>,
+    pub scenario: CompiledScenario,
+    pub ordinal: std::sync::atomic::AtomicU64,
+    /// Bumped by `POST /shutdown-binary`.
+    pub shutdown: watch::Receiver<u64>,
+}
+
+/// Which service a listener runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Service {
+    Gateway,
+    Feedback,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn cert_topic(stream: &TlsStream<TcpStream>) -> Option<String> {
+    let der = stream.get_ref().1.peer_certificates()?.first()?.to_vec();
+    CertificateInfo::from_der(&der).ok()?.uid
+}
+
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ctx: Arc<BinaryContext>,
+    service: Service,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("{service:?} listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        ctx.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("{service:?}: TLS handshake with {peer} failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        ctx.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+            match service {
+                Service::Gateway => gateway_connection(ctx, stream).await,
+                Service::Feedback => feedback_connection(ctx, stream).await,
+            }
+        });
+    }
+}
+
+async fn close_with(stream: &mut TlsStream<TcpStream>, packet: Option<ErrorPacket>) {
+    if let Some(p) = packet {
+        let _ = stream.write_all(&p.encode()).await;
+    }
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpStream>) {
+    let _open = ctx.stats.binary_connections.opened();
+    let Some(topic) = cert_topic(&stream) else {
+        tracing::debug!("binary: client certificate has no UID; closing");
+        close_with(&mut stream, None).await;
+        return;
+    };
+    let counter = ctx.stats.topic(&topic);
+    let ordinal = ctx.ordinal.fetch_add(1, Ordering::Relaxed);
+    let mut rng = Rng::new(ctx.scenario.seed, ordinal);
+    let mut shutdown = ctx.shutdown.clone();
+    shutdown.mark_unchanged();
+    let mut decoder = NotificationDecoder::new(Default::default());
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut last_good = 0u32;
+    loop {
+        // Decode everything buffered.
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(d)) => {
+                    let n = d.notification;
+                    let token = hex(&n.token);
+                    let mut status = match ctx.registry.get(&token) {
+                        Some(e) if e.state == TokenState::Bad => Some(Status::InvalidToken),
+                        _ => None,
+                    };
+                    if status.is_none() {
+                        status = ctx
+                            .scenario
+                            .roll_binary_error(&mut rng)
+                            .and_then(Status::from_code);
+                    }
+                    if let Some(status) = status {
+                        ctx.stats.reject_binary(status.code());
+                        let packet = d.format.sends_error_packet().then_some(ErrorPacket {
+                            status,
+                            identifier: n.identifier,
+                        });
+                        close_with(&mut stream, packet).await;
+                        return;
+                    }
+                    ctx.stats.accepted_binary.fetch_add(1, Ordering::Relaxed);
+                    counter.binary.fetch_add(1, Ordering::Relaxed);
+                    last_good = n.identifier;
+                    if ctx.recorder.enabled() {
+                        let has_meta = d.format != BinaryFormat::Simple;
+                        let mut rec = DeliveryRecord {
+                            protocol: RecordProtocol::Binary,
+                            token,
+                            topic: topic.clone(),
+                            apns_id: None,
+                            priority: n.priority,
+                            expiration: has_meta.then_some(n.expiry as u64),
+                            collapse_id: None,
+                            push_type: None,
+                            payload: String::new(),
+                            payload_base64: None,
+                            identifier: has_meta.then_some(n.identifier),
+                            format: Some(d.format.command()),
+                            received_ms: now_ms(),
+                        };
+                        rec.set_payload(&n.payload);
+                        ctx.recorder.push(rec);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("binary: {e}");
+                    ctx.stats.reject_binary(e.status().code());
+                    close_with(&mut stream, e.error_packet()).await;
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            changed = shutdown.changed() => {
+                if changed.is_ok() {
+                    ctx.stats.reject_binary(Status::Shutdown.code());
+                    close_with(&mut stream, Some(ErrorPacket { status: Status::Shutdown, identifier: last_good })).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn feedback_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpStream>) {
+    let _open = ctx.stats.feedback_connections.opened();
+    let Some(topic) = cert_topic(&stream) else {
+        close_with(&mut stream, None).await;
+        return;
+    };
+    let items = ctx.registry.take_feedback(&topic);
+    let mut out = BytesMut::with_capacity(items.len() * 38);
+    let mut n = 0u64;
+    for item in &items {
+        let Ok(token) = herald_apns::token_hex::DeviceToken::from_hex(&item.token) else {
+            continue;
+        };
+        let tuple = FeedbackTuple {
+            timestamp: item.timestamp,
+            token: token.as_bytes().to_vec(),
+        };
+        if tuple.encode(&mut out).is_ok() {
+            n += 1;
+        }
+    }
+    ctx.stats.feedback_tuples.fetch_add(n, Ordering::Relaxed);
+    let _ = stream.write_all(&out).await;
+    close_with(&mut stream, None).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_lowercase() {
+        assert_eq!(super::hex(&[0xAB, 0x01]), "ab01");
+    }
+}

@@ -1,0 +1,235 @@
+//! What a simulator serves: addresses, TLS material, provider-token keys, environment, authentication policy,
+//! stream limits, the scenario and the delivery record.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+use crate::pki::PkiManifest;
+use crate::scenario::Scenario;
+
+/// Which APNs environment the simulator plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// `api.push.apple.com`.
+    Production,
+    /// `api.sandbox.push.apple.com` (development); responses carry `apns-unique-id`.
+    #[default]
+    Sandbox,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Sandbox => "sandbox",
+        }
+    }
+}
+
+impl std::str::FromStr for Environment {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "production" | "prod" => Ok(Environment::Production),
+            "sandbox" | "development" | "dev" => Ok(Environment::Sandbox),
+            _ => Err(ConfigError::Environment(s.to_owned())),
+        }
+    }
+}
+
+/// How requests on connections without a client certificate are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthPolicy {
+    /// As APNs: a client certificate or a valid provider token on every request.
+    #[default]
+    Required,
+    /// Testing aid (e.g. for h2load): a request without `authorization` on a connection without a client
+    /// certificate is accepted as authenticated; a token that is present is still verified. Never what Apple does.
+    AllowUnauthenticated,
+}
+
+/// Errors in the simulator's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown environment {0:?} (expected production or sandbox)")]
+    Environment(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Pem { path: PathBuf, what: String },
+    #[error("provider key {key_id}: {message}")]
+    ProviderKey { key_id: String, message: String },
+    #[error("scenario {path}: {message}")]
+    Scenario { path: PathBuf, message: String },
+}
+
+/// A provider-token key the simulator knows (the public half of a `.p8`).
+#[derive(Debug, Clone)]
+pub struct ProviderKey {
+    pub key_id: String,
+    pub team_id: String,
+    /// The `.p8` (PKCS#8 PEM) text; the simulator derives the public key from it.
+    pub p8_pem: String,
+    /// A team-scoped key restricted to one environment (apns.md §4.3); `None` = both.
+    pub environment: Option<Environment>,
+    /// A topic-specific key: bundle ids it may push to; `None` = every topic of the team.
+    pub topics: Option<Vec<String>>,
+}
+
+impl ProviderKey {
+    pub fn from_p8_file(path: &Path, key_id: &str, team_id: &str) -> Result<Self, ConfigError> {
+        let p8_pem = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(ProviderKey {
+            key_id: key_id.to_owned(),
+            team_id: team_id.to_owned(),
+            p8_pem,
+            environment: None,
+            topics: None,
+        })
+    }
+}
+
+/// Server certificate chain and key plus the CA that client certificates must chain to.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    pub server_chain: Vec<CertificateDer<'static>>,
+    pub server_key: PrivateKeyDer<'static>,
+    pub client_ca: Vec<CertificateDer<'static>>,
+}
+
+impl Clone for TlsMaterial {
+    fn clone(&self) -> Self {
+        TlsMaterial {
+            server_chain: self.server_chain.clone(),
+            server_key: self.server_key.clone_key(),
+            client_ca: self.client_ca.clone(),
+        }
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ConfigError::Pem {
+            path: path.to_owned(),
+            what: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ConfigError::Pem {
+            path: path.to_owned(),
+            what: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(ConfigError::Pem {
+            path: path.to_owned(),
+            what: "no CERTIFICATE block".into(),
+        });
+    }
+    Ok(certs)
+}
+
+impl TlsMaterial {
+    /// Reads PEM files: the server chain, its key, and the CA for client certificates.
+    pub fn from_files(
+        server_cert: &Path,
+        server_key: &Path,
+        client_ca: &Path,
+    ) -> Result<Self, ConfigError> {
+        let server_key =
+            PrivateKeyDer::from_pem_file(server_key).map_err(|e| ConfigError::Pem {
+                path: server_key.to_owned(),
+                what: e.to_string(),
+            })?;
+        Ok(TlsMaterial {
+            server_chain: read_certs(server_cert)?,
+            server_key,
+            client_ca: read_certs(client_ca)?,
+        })
+    }
+}
+
+/// Everything [`crate::Simulator::start`] needs. Build it with [`SimConfig::from_pki`], then adjust fields.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub listen_ip: IpAddr,
+    /// 0 = an ephemeral port (the default for every listener).
+    pub h2_port: u16,
+    pub binary_port: u16,
+    pub feedback_port: u16,
+    pub admin_port: u16,
+    pub tls: TlsMaterial,
+    pub provider_keys: Vec<ProviderKey>,
+    pub environment: Environment,
+    pub auth: AuthPolicy,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` once a connection is authenticated (default 1000, apns.md §3.3).
+    pub max_concurrent_streams: u32,
+    /// Drop the advertised stream limit to 1 after a rejected request and restore it after the next accepted
+    /// one, as observed at Apple (apns.md §3.7).
+    pub choppy_streams: bool,
+    /// A provider token whose `iat` is older than this is refused with ExpiredProviderToken (default 1 h).
+    pub token_max_age: Duration,
+    /// A different token on the same connection sooner than this after the last one was adopted is refused with
+    /// 429 TooManyProviderTokenUpdates (default 20 min).
+    pub token_update_interval: Duration,
+    /// Add `apns-unique-id` to responses; `None` = only in the sandbox environment.
+    pub unique_id: Option<bool>,
+    pub scenario: Scenario,
+    /// Append every accepted notification to this file as a JSON line.
+    pub record_path: Option<PathBuf>,
+    /// Keep every accepted notification in memory for [`crate::SimHandle::record`] (default true).
+    pub record_in_memory: bool,
+}
+
+impl SimConfig {
+    /// A configuration serving the PKI of `manifest` (its server certificate, its CA for client certificates,
+    /// its `.p8` key) with every default: sandbox, authentication required, ephemeral ports on 127.0.0.1.
+    pub fn from_pki(manifest: &PkiManifest) -> Result<SimConfig, ConfigError> {
+        let tls = TlsMaterial::from_files(
+            &manifest.server_cert,
+            &manifest.server_key,
+            &manifest.ca_cert,
+        )?;
+        let key =
+            ProviderKey::from_p8_file(&manifest.token_key.p8, &manifest.key_id, &manifest.team_id)?;
+        Ok(SimConfig::new(tls, vec![key]))
+    }
+
+    pub fn new(tls: TlsMaterial, provider_keys: Vec<ProviderKey>) -> SimConfig {
+        SimConfig {
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            h2_port: 0,
+            binary_port: 0,
+            feedback_port: 0,
+            admin_port: 0,
+            tls,
+            provider_keys,
+            environment: Environment::Sandbox,
+            auth: AuthPolicy::Required,
+            max_concurrent_streams: 1000,
+            choppy_streams: false,
+            token_max_age: Duration::from_secs(3600),
+            token_update_interval: Duration::from_secs(20 * 60),
+            unique_id: None,
+            scenario: Scenario::default(),
+            record_path: None,
+            record_in_memory: true,
+        }
+    }
+
+    pub(crate) fn sends_unique_id(&self) -> bool {
+        self.unique_id
+            .unwrap_or(self.environment == Environment::Sandbox)
+    }
+}

@@ -1,0 +1,299 @@
+//! Per-connection authentication (apns.md §4): certificate connections (topics from the client certificate's
+//! UID and topics extension, environment from its environment extensions) and token connections (ES256 provider
+//! tokens, JOSE or DER signatures, team and key pinned on the first valid token, freshness and update-rate rules).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::compat::identity::{CertEnvironment, CertificateInfo};
+use crate::compat::provider_token::{VerifyingKey, decode_unverified};
+use bytes::Bytes;
+use herald_apns::push::PushType;
+use herald_apns::reason::Reason;
+
+use crate::config::{ConfigError, Environment, ProviderKey};
+
+/// Suffixes that turn a bundle id into a push-type topic (apns.md §3.2).
+const TOPIC_SUFFIXES: &[&str] = &[
+    ".voip",
+    ".complication",
+    ".push-type.controls",
+    ".pushkit.fileprovider",
+    ".push-type.liveactivity",
+    ".location-query",
+    ".voip-ptt",
+    ".push-type.widgets",
+];
+
+/// The bundle id of a topic: the topic without a push-type suffix.
+pub(crate) fn topic_base(topic: &str) -> &str {
+    for s in TOPIC_SUFFIXES {
+        if let Some(base) = topic.strip_suffix(s) {
+            if !base.is_empty() {
+                return base;
+            }
+        }
+    }
+    topic
+}
+
+/// A topic is printable ASCII without spaces, not empty, at most 255 bytes.
+pub(crate) fn topic_syntax_ok(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= 255 && topic.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A key the simulator verifies tokens with.
+pub(crate) struct KnownKey {
+    pub meta: ProviderKey,
+    pub key: VerifyingKey,
+}
+
+/// Every provider key, by key id.
+#[derive(Default)]
+pub(crate) struct KeyRing {
+    keys: HashMap<String, KnownKey>,
+}
+
+impl KeyRing {
+    pub fn new(keys: &[ProviderKey]) -> Result<KeyRing, ConfigError> {
+        let mut ring = KeyRing::default();
+        for k in keys {
+            let key =
+                VerifyingKey::from_p8_pem(&k.p8_pem).map_err(|e| ConfigError::ProviderKey {
+                    key_id: k.key_id.clone(),
+                    message: e.to_string(),
+                })?;
+            ring.keys.insert(
+                k.key_id.clone(),
+                KnownKey {
+                    meta: k.clone(),
+                    key,
+                },
+            );
+        }
+        Ok(ring)
+    }
+}
+
+/// What a certificate connection may push to.
+#[derive(Debug)]
+pub(crate) struct CertAuth {
+    /// `Err` = the certificate is not an APNs certificate (BadCertificate) or is for the other environment.
+    pub status: Result<(), Reason>,
+    pub uid: String,
+    pub allowed: Vec<String>,
+    /// Distinct bundle ids among the allowed topics.
+    pub bases: Vec<String>,
+}
+
+impl CertAuth {
+    pub fn from_der(der: &[u8], env: Environment) -> CertAuth {
+        let info = match CertificateInfo::from_der(der) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!("client certificate unreadable: {e}");
+                return CertAuth {
+                    status: Err(Reason::BadCertificate),
+                    uid: String::new(),
+                    allowed: vec![],
+                    bases: vec![],
+                };
+            }
+        };
+        let Some(uid) = info.uid.clone().filter(|u| topic_syntax_ok(u)) else {
+            return CertAuth {
+                status: Err(Reason::BadCertificate),
+                uid: String::new(),
+                allowed: vec![],
+                bases: vec![],
+            };
+        };
+        let env_ok = matches!(
+            (info.environment, env),
+            (CertEnvironment::Universal, _)
+                | (CertEnvironment::Production, Environment::Production)
+                | (CertEnvironment::Development, Environment::Sandbox)
+        );
+        let allowed: Vec<String> = if info.topics.is_empty() {
+            vec![
+                uid.clone(),
+                format!("{uid}.voip"),
+                format!("{uid}.complication"),
+            ]
+        } else {
+            info.topics.clone()
+        };
+        let mut bases: Vec<String> = allowed.iter().map(|t| topic_base(t).to_owned()).collect();
+        bases.sort();
+        bases.dedup();
+        CertAuth {
+            status: if env_ok {
+                Ok(())
+            } else {
+                Err(Reason::BadCertificateEnvironment)
+            },
+            uid,
+            allowed,
+            bases,
+        }
+    }
+
+    /// The topic when the request names none: the UID, unless the certificate covers several apps.
+    pub fn default_topic(&self) -> Option<&str> {
+        (self.bases.len() <= 1).then_some(self.uid.as_str())
+    }
+
+    /// BadTopic for a malformed topic, TopicDisallowed for one the certificate does not cover (a push-type
+    /// suffix it lacks, another app, or a push type certificates cannot send).
+    pub fn check_topic(&self, topic: &str, push_type: Option<PushType>) -> Result<(), Reason> {
+        if !topic_syntax_ok(topic) {
+            return Err(Reason::BadTopic);
+        }
+        if push_type.is_some_and(|p| p.requires_token_auth()) {
+            return Err(Reason::TopicDisallowed);
+        }
+        if self.allowed.iter().any(|t| t == topic) {
+            Ok(())
+        } else {
+            Err(Reason::TopicDisallowed)
+        }
+    }
+}
+
+/// The token adopted by a connection.
+#[derive(Debug)]
+struct Adopted {
+    raw: Bytes,
+    iat: u64,
+    adopted_at: Instant,
+    key_id: String,
+}
+
+/// Token-connection state: pinned team and key, the current token.
+pub(crate) struct TokenAuth {
+    ring: Arc<KeyRing>,
+    env: Environment,
+    max_age: u64,
+    update_interval: Duration,
+    current: Option<Adopted>,
+    team: Option<String>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl TokenAuth {
+    pub fn new(
+        ring: Arc<KeyRing>,
+        env: Environment,
+        max_age: Duration,
+        update_interval: Duration,
+    ) -> TokenAuth {
+        TokenAuth {
+            ring,
+            env,
+            max_age: max_age.as_secs(),
+            update_interval,
+            current: None,
+            team: None,
+        }
+    }
+
+    /// Whether a valid token has been seen on this connection.
+    pub fn authenticated(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Checks the `authorization` header (apns.md §4.1, §4.3, §3.8 token validator); on success returns the key's
+    /// topic restriction.
+    pub fn check(&mut self, header: Option<&[u8]>) -> Result<Option<&[String]>, Reason> {
+        let Some(value) = header else {
+            return Err(Reason::MissingProviderToken);
+        };
+        let jwt = value
+            .strip_prefix(b"bearer ")
+            .ok_or(Reason::MissingProviderToken)?;
+        if jwt.is_empty() {
+            return Err(Reason::MissingProviderToken);
+        }
+        let now = now_secs();
+        if let Some(cur) = &self.current {
+            if cur.raw.as_ref() == value {
+                if now > cur.iat + self.max_age {
+                    return Err(Reason::ExpiredProviderToken);
+                }
+                let kid = cur.key_id.clone();
+                return Ok(self
+                    .ring
+                    .keys
+                    .get(&kid)
+                    .and_then(|k| k.meta.topics.as_deref()));
+            }
+        }
+        let jwt = std::str::from_utf8(jwt).map_err(|_| Reason::InvalidProviderToken)?;
+        let (header, _) = decode_unverified(jwt).map_err(|_| Reason::InvalidProviderToken)?;
+        let known = self
+            .ring
+            .keys
+            .get(header.kid.as_str())
+            .ok_or(Reason::InvalidProviderToken)?;
+        let claims = known
+            .key
+            .verify(jwt)
+            .map_err(|_| Reason::InvalidProviderToken)?;
+        if claims.iss != known.meta.team_id {
+            return Err(Reason::InvalidProviderToken);
+        }
+        if self.team.as_deref().is_some_and(|t| t != claims.iss) {
+            return Err(Reason::InvalidProviderToken);
+        }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.key_id != known.meta.key_id)
+        {
+            return Err(Reason::UnrelatedKeyIdInToken);
+        }
+        if known.meta.environment.is_some_and(|e| e != self.env) {
+            return Err(Reason::BadEnvironmentKeyIdInToken);
+        }
+        if now > claims.iat + self.max_age {
+            return Err(Reason::ExpiredProviderToken);
+        }
+        if let Some(cur) = &self.current {
+            let cur_fresh = now <= cur.iat + self.max_age;
+            if cur_fresh && cur.adopted_at.elapsed() < self.update_interval {
+                return Err(Reason::TooManyProviderTokenUpdates);
+            }
+        }
+        self.team = Some(claims.iss.clone());
+        self.current = Some(Adopted {
+            raw: Bytes::copy_from_slice(value),
+            iat: claims.iat,
+            adopted_at: Instant::now(),
+            key_id: known.meta.key_id.clone(),
+        });
+        Ok(known.meta.topics.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_bases_strip_push_type_suffixes() {
+        assert_eq!(topic_base("com.a.voip"), "com.a");
+        assert_eq!(topic_base("com.a.push-type.liveactivity"), "com.a");
+        assert_eq!(topic_base("com.a"), "com.a");
+        assert_eq!(topic_base(".voip"), ".voip");
+        assert!(!topic_syntax_ok("a b"));
+        assert!(!topic_syntax_ok(""));
+        assert!(topic_syntax_ok("com.example.app"));
+    }
+}

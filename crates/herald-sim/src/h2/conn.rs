@@ -1,0 +1,402 @@
+//! One HTTP/2 connection: authentication mode from the TLS session, the request loop, stream-limit changes,
+//! GOAWAY (every N requests, idle, shutdown), and the per-request futures that read the body, apply the payload
+//! and scenario rules, record and answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use herald_apns::reason::{Reason, error_body};
+use http::{HeaderValue, Response, StatusCode};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::H2Context;
+use super::auth::{CertAuth, TokenAuth};
+use super::io::{FrameControl, FrameIo, Injection};
+use super::request::{self, Checked, ConnAuth, Rejection};
+use crate::config::AuthPolicy;
+use crate::record::{DeliveryRecord, RecordProtocol};
+use crate::registry::now_ms;
+use crate::scenario::Rng;
+use crate::stats::TopicCounters;
+
+/// Bodies beyond this are not read further: the answer is PayloadTooLarge either way.
+const MAX_BODY_READ: usize = 64 * 1024;
+
+enum Outcome {
+    Accepted,
+    Rejected,
+    Dropped,
+    Broken,
+}
+
+/// What the connection decided for a request before its body arrived.
+struct Plan {
+    checked: Result<Checked, Rejection>,
+    apns_id: HeaderValue,
+    unique_id: Option<HeaderValue>,
+    transient: Option<Reason>,
+    drop: bool,
+    latency: Option<Duration>,
+    counter: Option<Arc<TopicCounters>>,
+}
+
+fn uuid_header(rng: &mut Rng) -> HeaderValue {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+    bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = id.hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s)
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStream>, ordinal: u64) {
+    let _open = ctx.stats.h2_connections.opened();
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec());
+    let mut auth = match peer_cert {
+        Some(der) => ConnAuth::Cert(CertAuth::from_der(&der, ctx.environment)),
+        None => ConnAuth::Token(TokenAuth::new(
+            ctx.keys.clone(),
+            ctx.environment,
+            ctx.token_max_age,
+            ctx.token_update_interval,
+        )),
+    };
+    let gated = matches!(auth, ConnAuth::Token(_)) && ctx.auth == AuthPolicy::Required;
+    let max = ctx.max_streams.max(1);
+    let control = Arc::new(FrameControl::new(max));
+    let mut advertised = max;
+    if gated && max > 1 {
+        control.inject(Injection::MaxConcurrentStreams(1));
+        advertised = 1;
+    }
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(max)
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_header_list_size(16 * 1024);
+    let mut conn = match tokio::time::timeout(
+        Duration::from_secs(10),
+        builder.handshake::<_, Bytes>(FrameIo::new(tls, control.clone())),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!("h2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("h2 handshake timed out");
+            return;
+        }
+    };
+
+    let mut rng = Rng::new(ctx.scenario.seed, ordinal);
+    let mut id_rng = Rng::new(
+        ctx.scenario.seed ^ 0x05EE_D1D5,
+        ordinal.wrapping_add(0x1000),
+    );
+    let mut topics: HashMap<String, Arc<TopicCounters>> = HashMap::new();
+    let mut inflight = FuturesUnordered::new();
+    let mut requests = 0u64;
+    let mut going_away = false;
+    let mut goaway_all = ctx.goaway_all.clone();
+    goaway_all.mark_unchanged();
+    let idle_after = ctx.scenario.idle_timeout_secs.map(Duration::from_secs);
+    let idle = tokio::time::sleep(idle_after.unwrap_or(Duration::from_secs(86_400 * 365)));
+    tokio::pin!(idle);
+    let mut last_stream = 0u32;
+
+    loop {
+        if going_away && inflight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some(outcome) = inflight.next(), if !inflight.is_empty() => {
+                match outcome {
+                    Outcome::Accepted => {
+                        if ctx.choppy_streams && advertised == 1 && max > 1 {
+                            control.inject(Injection::MaxConcurrentStreams(max));
+                            advertised = max;
+                        }
+                    }
+                    Outcome::Rejected => {
+                        if ctx.choppy_streams && advertised > 1 {
+                            control.inject(Injection::MaxConcurrentStreams(1));
+                            advertised = 1;
+                        }
+                    }
+                    Outcome::Dropped => {
+                        ctx.stats.dropped_connections.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Outcome::Broken => {}
+                }
+                if let Some(after) = idle_after {
+                    idle.as_mut().reset(tokio::time::Instant::now() + after);
+                }
+            }
+            accepted = conn.accept() => {
+                let (req, mut respond) = match accepted {
+                    Some(Ok(x)) => x,
+                    Some(Err(e)) => {
+                        tracing::debug!("h2 connection error: {e}");
+                        break;
+                    }
+                    None => break,
+                };
+                ctx.stats.streams_total.fetch_add(1, Ordering::Relaxed);
+                let stream_id = u32::from(respond.stream_id());
+                if going_away || inflight.len() as u32 >= control.limit() {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    ctx.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                last_stream = last_stream.max(stream_id);
+                requests += 1;
+                if let Some(after) = idle_after {
+                    idle.as_mut().reset(tokio::time::Instant::now() + after);
+                }
+                let (parts, body) = req.into_parts();
+                let apns_id = request::request_apns_id(&parts.headers).cloned().unwrap_or_else(|| uuid_header(&mut id_rng));
+                let checked = request::check(&parts, &mut auth, ctx.auth, &ctx.registry);
+                if let ConnAuth::Token(t) = &auth {
+                    if gated && advertised == 1 && t.authenticated() && !ctx.choppy_streams && max > 1 {
+                        control.inject(Injection::MaxConcurrentStreams(max));
+                        advertised = max;
+                    }
+                }
+                let mut plan = Plan {
+                    checked,
+                    apns_id,
+                    unique_id: ctx.unique_id.then(|| uuid_header(&mut id_rng)),
+                    transient: None,
+                    drop: false,
+                    latency: None,
+                    counter: None,
+                };
+                if let Ok(c) = &plan.checked {
+                    plan.transient = ctx.scenario.roll_error(&mut rng);
+                    plan.drop = ctx.scenario.roll_drop(&mut rng);
+                    plan.latency = ctx.scenario.latency(&mut rng);
+                    let counter = match topics.get(c.topic.as_str()) {
+                        Some(c) => c.clone(),
+                        None => {
+                            let counter = ctx.stats.topic(&c.topic);
+                            topics.insert(c.topic.clone(), counter.clone());
+                            counter
+                        }
+                    };
+                    plan.counter = Some(counter);
+                }
+                if let Some(n) = ctx.scenario.goaway_every {
+                    if requests % n == 0 {
+                        send_goaway(&ctx, &control, stream_id, ctx.scenario.goaway_debug.clone());
+                        going_away = true;
+                    }
+                }
+                inflight.push(handle_stream(ctx.clone(), body, respond, plan));
+            }
+            _ = &mut idle, if idle_after.is_some() && inflight.is_empty() && !going_away => {
+                send_goaway(&ctx, &control, last_stream, Bytes::from_static(br#"{"reason":"IdleTimeout"}"#));
+                going_away = true;
+            }
+            changed = goaway_all.changed(), if !going_away => {
+                if changed.is_ok() {
+                    send_goaway(&ctx, &control, last_stream, Bytes::from_static(br#"{"reason":"Shutdown"}"#));
+                    going_away = true;
+                } else {
+                    // The simulator is gone: stop at once.
+                    return;
+                }
+            }
+        }
+    }
+    // Our GOAWAY (if any) is already queued; h2's own is suppressed by the shim. Flush and close.
+    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        std::future::poll_fn(|cx| conn.poll_closed(cx)),
+    )
+    .await;
+}
+
+fn send_goaway(ctx: &H2Context, control: &FrameControl, last_stream_id: u32, debug: Bytes) {
+    ctx.stats.goaways.fetch_add(1, Ordering::Relaxed);
+    control.inject(Injection::GoAway {
+        last_stream_id,
+        error_code: 0,
+        debug,
+    });
+}
+
+/// Reads the body (bounded), returning its bytes and total length.
+async fn read_body(body: &mut RecvStream) -> Result<(Bytes, usize), h2::Error> {
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let n = chunk.len();
+        let _ = body.flow_control().release_capacity(n);
+        total += n;
+        if total > MAX_BODY_READ {
+            return Ok((Bytes::new(), total));
+        }
+        match (&mut first, &mut more) {
+            (None, None) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut m = BytesMut::with_capacity(f.len() + n);
+                m.extend_from_slice(f);
+                m.extend_from_slice(&chunk);
+                more = Some(m);
+            }
+            (_, Some(m)) => m.extend_from_slice(&chunk),
+        }
+    }
+    let bytes = match (first, more) {
+        (_, Some(m)) => m.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    };
+    Ok((bytes, total))
+}
+
+async fn handle_stream(
+    ctx: Arc<H2Context>,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    plan: Plan,
+) -> Outcome {
+    let (payload, total) = match read_body(&mut body).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!("h2 stream error while reading the body: {e}");
+            return Outcome::Broken;
+        }
+    };
+    let checked = match plan.checked {
+        Ok(c) => c,
+        Err(rej) => return reject(&ctx, &mut respond, rej, plan.apns_id, plan.unique_id),
+    };
+    if total == 0 {
+        return reject(
+            &ctx,
+            &mut respond,
+            Reason::PayloadEmpty.into(),
+            plan.apns_id,
+            plan.unique_id,
+        );
+    }
+    if total > checked.payload_limit {
+        return reject(
+            &ctx,
+            &mut respond,
+            Reason::PayloadTooLarge.into(),
+            plan.apns_id,
+            plan.unique_id,
+        );
+    }
+    if plan.drop {
+        return Outcome::Dropped;
+    }
+    if let Some(d) = plan.latency {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(reason) = plan.transient {
+        return reject(
+            &ctx,
+            &mut respond,
+            reason.into(),
+            plan.apns_id,
+            plan.unique_id,
+        );
+    }
+
+    ctx.stats.accepted_h2.fetch_add(1, Ordering::Relaxed);
+    if let Some(c) = &plan.counter {
+        c.h2.fetch_add(1, Ordering::Relaxed);
+    }
+    if ctx.recorder.enabled() {
+        let mut rec = DeliveryRecord {
+            protocol: RecordProtocol::H2,
+            token: checked.token,
+            topic: checked.topic,
+            apns_id: plan.apns_id.to_str().ok().map(str::to_owned),
+            priority: checked.priority,
+            expiration: checked.expiration,
+            collapse_id: checked.collapse_id,
+            push_type: checked.push_type.map(|p| p.as_str().to_owned()),
+            payload: String::new(),
+            payload_base64: None,
+            identifier: None,
+            format: None,
+            received_ms: now_ms(),
+        };
+        rec.set_payload(&payload);
+        ctx.recorder.push(rec);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert("apns-id", plan.apns_id);
+    if let Some(u) = plan.unique_id {
+        resp.headers_mut().insert("apns-unique-id", u);
+    }
+    if let Err(e) = respond.send_response(resp, true) {
+        tracing::debug!("h2: cannot send the response: {e}");
+        return Outcome::Broken;
+    }
+    Outcome::Accepted
+}
+
+fn reject(
+    ctx: &H2Context,
+    respond: &mut SendResponse<Bytes>,
+    rej: Rejection,
+    apns_id: HeaderValue,
+    unique_id: Option<HeaderValue>,
+) -> Outcome {
+    ctx.stats.reject(rej.reason);
+    let status = StatusCode::from_u16(rej.reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert("apns-id", apns_id);
+    if let Some(u) = unique_id {
+        resp.headers_mut().insert("apns-unique-id", u);
+    }
+    let body = Bytes::from(error_body(rej.reason, rej.timestamp_ms));
+    match respond.send_response(resp, false) {
+        Ok(mut stream) => {
+            if let Err(e) = stream.send_data(body, true) {
+                tracing::debug!("h2: cannot send the error body: {e}");
+                return Outcome::Broken;
+            }
+        }
+        Err(e) => {
+            tracing::debug!("h2: cannot send the error response: {e}");
+            return Outcome::Broken;
+        }
+    }
+    Outcome::Rejected
+}

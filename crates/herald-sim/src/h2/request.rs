@@ -1,0 +1,233 @@
+//! Header validation of one HTTP/2 request, in the order the simulator applies Apple's rules (apns.md §3.8
+//! extended per §8). The first failure wins:
+//!
+//! 1. a repeated `apns-*` header -> DuplicateHeaders
+//! 2. `apns-id` not a UUID -> BadMessageId
+//! 3. `:method` not POST -> 405 MethodNotAllowed
+//! 4. no `apns-topic` where one is required (token connections, certificates for several apps) -> MissingTopic
+//! 5. `apns-collapse-id` over 64 bytes -> BadCollapseId
+//! 6. `apns-priority` not 10, 5 or 1 -> BadPriority
+//! 7. unknown `apns-push-type` -> InvalidPushType
+//! 8. `apns-expiration` not an integer -> BadExpirationDate
+//! 9. `:path` not `/3/device/…` -> 404 BadPath; empty token -> MissingDeviceToken; not even-length hex ->
+//!    BadDeviceToken
+//! 10. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,
+//!     InvalidProviderToken, UnrelatedKeyIdInToken, BadEnvironmentKeyIdInToken, ExpiredProviderToken,
+//!     429 TooManyProviderTokenUpdates)
+//! 11. topic: malformed -> BadTopic; not covered by the certificate or key, or not matching the push type's
+//!     suffix -> TopicDisallowed (topic-specific key: InvalidProviderToken)
+//! 12. token state from the scenario: bad -> BadDeviceToken; registered to another topic ->
+//!     DeviceTokenNotForTopic; unregistered -> 410 Unregistered + timestamp; expired -> 410 ExpiredToken
+//! 13. (after the body) empty -> PayloadEmpty; over 4096 bytes (voip 5120) -> 413 PayloadTooLarge
+//! 14. scenario: random transient errors, dropped connections, latency
+
+use http::request::Parts;
+use http::{HeaderMap, Method};
+
+use herald_apns::push::{PushType, parse_expiration, validate_apns_id, validate_collapse_id};
+use herald_apns::reason::Reason;
+use herald_apns::token_hex::validate_hex;
+
+use super::auth::{CertAuth, TokenAuth, topic_base, topic_syntax_ok};
+use crate::config::AuthPolicy;
+use crate::registry::TokenRegistry;
+use crate::scenario::TokenState;
+
+/// How a connection authenticates.
+pub(crate) enum ConnAuth {
+    Cert(CertAuth),
+    Token(TokenAuth),
+}
+
+/// A request whose headers passed every check.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub token: String,
+    pub topic: String,
+    pub priority: u8,
+    pub expiration: Option<u64>,
+    pub collapse_id: Option<String>,
+    pub push_type: Option<PushType>,
+    pub payload_limit: usize,
+}
+
+/// A rejection: the reason and, for 410, the timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub reason: Reason,
+    pub timestamp_ms: Option<u64>,
+}
+
+impl From<Reason> for Rejection {
+    fn from(reason: Reason) -> Self {
+        Rejection {
+            reason,
+            timestamp_ms: None,
+        }
+    }
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    h.get(name).map(|v| v.as_bytes())
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ()> {
+    match h.get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| ()),
+    }
+}
+
+fn has_duplicate_apns_header(h: &HeaderMap) -> bool {
+    if h.len() == h.keys_len() {
+        return false;
+    }
+    h.keys()
+        .any(|k| k.as_str().starts_with("apns-") && h.get_all(k).iter().nth(1).is_some())
+}
+
+/// The echoed `apns-id`, if the request had a valid one.
+pub(crate) fn request_apns_id(h: &HeaderMap) -> Option<&http::HeaderValue> {
+    let v = h.get("apns-id")?;
+    let s = v.to_str().ok()?;
+    validate_apns_id(s).ok().map(|_| v)
+}
+
+/// Runs checks 1–12 on the request head.
+pub(crate) fn check(
+    parts: &Parts,
+    auth: &mut ConnAuth,
+    policy: AuthPolicy,
+    registry: &TokenRegistry,
+) -> Result<Checked, Rejection> {
+    let h = &parts.headers;
+    if has_duplicate_apns_header(h) {
+        return Err(Reason::DuplicateHeaders.into());
+    }
+    if let Some(id) = h.get("apns-id") {
+        if id.to_str().map_or(true, |s| validate_apns_id(s).is_err()) {
+            return Err(Reason::BadMessageId.into());
+        }
+    }
+    if parts.method != Method::POST {
+        return Err(Reason::MethodNotAllowed.into());
+    }
+    let topic_header = header_str(h, "apns-topic").map_err(|_| Reason::BadTopic)?;
+    let unauthenticated_ok =
+        policy == AuthPolicy::AllowUnauthenticated && h.get("authorization").is_none();
+    let topic = match (topic_header, &*auth) {
+        (Some(t), _) => t.to_owned(),
+        (None, ConnAuth::Cert(c)) => match c.default_topic() {
+            Some(t) => t.to_owned(),
+            None => return Err(Reason::MissingTopic.into()),
+        },
+        (None, ConnAuth::Token(_)) if unauthenticated_ok => String::new(),
+        (None, ConnAuth::Token(_)) => return Err(Reason::MissingTopic.into()),
+    };
+    let collapse_id = match header_str(h, "apns-collapse-id") {
+        Err(()) => return Err(Reason::BadCollapseId.into()),
+        Ok(Some(c)) => {
+            validate_collapse_id(c).map_err(|_| Reason::BadCollapseId)?;
+            Some(c.to_owned())
+        }
+        Ok(None) => None,
+    };
+    let priority = match header(h, "apns-priority") {
+        None => 10,
+        Some(b"10") => 10,
+        Some(b"5") => 5,
+        Some(b"1") => 1,
+        Some(_) => return Err(Reason::BadPriority.into()),
+    };
+    let push_type = match header_str(h, "apns-push-type") {
+        Err(()) => return Err(Reason::InvalidPushType.into()),
+        Ok(Some(p)) => Some(p.parse::<PushType>().map_err(|_| Reason::InvalidPushType)?),
+        Ok(None) => None,
+    };
+    let expiration = match header_str(h, "apns-expiration") {
+        Err(()) => return Err(Reason::BadExpirationDate.into()),
+        Ok(Some(e)) => Some(parse_expiration(e).map_err(|_| Reason::BadExpirationDate)?),
+        Ok(None) => None,
+    };
+    let path = parts.uri.path();
+    let Some(token) = path.strip_prefix("/3/device/") else {
+        return Err(Reason::BadPath.into());
+    };
+    if token.is_empty() {
+        return Err(Reason::MissingDeviceToken.into());
+    }
+    if token.contains('/') {
+        return Err(Reason::BadPath.into());
+    }
+    if validate_hex(token).is_err() {
+        return Err(Reason::BadDeviceToken.into());
+    }
+
+    // Authentication, then the topic against what it allows.
+    match auth {
+        ConnAuth::Cert(c) => {
+            c.status?;
+            c.check_topic(&topic, push_type)?;
+        }
+        ConnAuth::Token(t) => {
+            if !unauthenticated_ok {
+                let key_topics = t.check(header(h, "authorization"))?;
+                if !topic_syntax_ok(&topic) {
+                    return Err(Reason::BadTopic.into());
+                }
+                if let Some(list) = key_topics {
+                    if !list.iter().any(|k| k == topic_base(&topic)) {
+                        return Err(Reason::InvalidProviderToken.into());
+                    }
+                }
+            }
+        }
+    }
+    if let Some(p) = push_type {
+        if !topic.is_empty() {
+            if let Some(suffix) = p.topic_suffix() {
+                if !topic.ends_with(suffix) {
+                    return Err(Reason::TopicDisallowed.into());
+                }
+            }
+        }
+    }
+
+    if let Some(entry) = registry.get(token) {
+        if entry.state == TokenState::Bad {
+            return Err(Reason::BadDeviceToken.into());
+        }
+        if let Some(t) = &entry.topic {
+            if topic_base(t) != topic_base(&topic) {
+                return Err(Reason::DeviceTokenNotForTopic.into());
+            }
+        }
+        match entry.state {
+            TokenState::Unregistered => {
+                return Err(Rejection {
+                    reason: Reason::Unregistered,
+                    timestamp_ms: Some(entry.timestamp_ms),
+                });
+            }
+            TokenState::Expired => return Err(Reason::ExpiredToken.into()),
+            TokenState::Active | TokenState::Bad => {}
+        }
+    }
+
+    let payload_limit = push_type
+        .unwrap_or(PushType::Alert)
+        .payload_limit(herald_apns::push::Protocol::Http2);
+    Ok(Checked {
+        token: if token.bytes().any(|b| b.is_ascii_uppercase()) {
+            token.to_ascii_lowercase()
+        } else {
+            token.to_owned()
+        },
+        topic,
+        priority,
+        expiration,
+        collapse_id,
+        push_type,
+        payload_limit,
+    })
+}

@@ -1,0 +1,324 @@
+//! Scenarios: what the simulator does beyond validating — device tokens that are unregistered, expired or bad,
+//! random transient errors and dropped connections (seeded, so runs reproduce), response latency, GOAWAY every
+//! N requests, idle close, and overrides of the environment, authentication policy and stream limits.
+//!
+//! A scenario is a JSON file (`herald sim --scenario FILE`); every field is optional:
+//! ```json
+//! {
+//!   "seed": 7,
+//!   "unregistered": ["<hex token>"], "expired": ["<hex>"], "bad": ["<hex>"],
+//!   "tokens": [{"token": "<hex>", "state": "unregistered", "topic": "com.example.app", "timestamp_ms": 1700000000000}],
+//!   "errors": {"InternalServerError": 0.01, "ServiceUnavailable": 0.01, "TooManyRequests": 0.01},
+//!   "binary_errors": {"1": 0.01},
+//!   "drop_rate": 0.001,
+//!   "latency_ms": 5, "latency_jitter_ms": 10,
+//!   "goaway_every": 1000, "goaway_reason": "Shutdown",
+//!   "idle_timeout_secs": 60,
+//!   "environment": "production", "auth": "allow-unauthenticated",
+//!   "max_concurrent_streams": 100, "choppy_streams": true
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use herald_apns::reason::Reason;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AuthPolicy, ConfigError, Environment};
+
+/// The state a scenario gives a device token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenState {
+    /// Deliverable (useful with `topic`, to make other topics DeviceTokenNotForTopic).
+    Active,
+    /// HTTP/2: 410 Unregistered with a timestamp. Binary: accepted, and listed by the feedback service.
+    Unregistered,
+    /// HTTP/2: 410 ExpiredToken.
+    Expired,
+    /// HTTP/2: 400 BadDeviceToken. Binary: error packet status 8.
+    Bad,
+}
+
+/// One token rule of a scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRule {
+    /// Hex, either case.
+    pub token: String,
+    pub state: TokenState,
+    /// The topic the token belongs to; a push for another topic gets DeviceTokenNotForTopic. For unregistered
+    /// tokens it also selects which certificate's feedback connection lists it (none = every topic).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// When the token became invalid (ms since the epoch); default: when the simulator started.
+    #[serde(default)]
+    pub timestamp_ms: Option<u64>,
+}
+
+/// See the module documentation for the file format.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scenario {
+    pub seed: u64,
+    pub unregistered: Vec<String>,
+    pub expired: Vec<String>,
+    pub bad: Vec<String>,
+    pub tokens: Vec<TokenRule>,
+    /// Reason name -> probability per otherwise valid HTTP/2 request.
+    pub errors: BTreeMap<String, f64>,
+    /// Binary status code -> probability per otherwise valid binary notification.
+    pub binary_errors: BTreeMap<String, f64>,
+    /// Probability per otherwise valid request that the connection is dropped without an answer.
+    pub drop_rate: f64,
+    pub latency_ms: u64,
+    pub latency_jitter_ms: u64,
+    /// Send GOAWAY (and close) after this many requests on a connection.
+    pub goaway_every: Option<u64>,
+    /// The `reason` in the GOAWAY debug data (default "Shutdown").
+    pub goaway_reason: Option<String>,
+    /// Close a connection (GOAWAY `{"reason":"IdleTimeout"}`) after this many seconds without a request.
+    pub idle_timeout_secs: Option<u64>,
+    pub environment: Option<Environment>,
+    pub auth: Option<AuthPolicy>,
+    pub max_concurrent_streams: Option<u32>,
+    pub choppy_streams: Option<bool>,
+}
+
+/// A scenario checked and compiled for the hot path.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CompiledScenario {
+    /// Cumulative probabilities: roll < bound picks the reason.
+    pub errors: Vec<(f64, Reason)>,
+    pub binary_errors: Vec<(f64, u8)>,
+    pub drop_rate: f64,
+    pub latency_ms: u64,
+    pub latency_jitter_ms: u64,
+    pub goaway_every: Option<u64>,
+    pub goaway_debug: bytes::Bytes,
+    pub idle_timeout_secs: Option<u64>,
+    pub seed: u64,
+}
+
+fn check_rate(name: &str, rate: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&rate) {
+        Ok(())
+    } else {
+        Err(format!("rate {rate} for {name} is not within 0..=1"))
+    }
+}
+
+impl Scenario {
+    /// Reads a JSON scenario file.
+    pub fn from_file(path: &Path) -> Result<Scenario, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let scenario: Scenario =
+            serde_json::from_slice(&text).map_err(|e| ConfigError::Scenario {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        scenario
+            .compile()
+            .map_err(|message| ConfigError::Scenario {
+                path: path.to_owned(),
+                message,
+            })?;
+        Ok(scenario)
+    }
+
+    /// Every token rule, shorthand lists included.
+    pub fn token_rules(&self) -> Vec<TokenRule> {
+        fn short(list: &[String], state: TokenState) -> impl Iterator<Item = TokenRule> + '_ {
+            list.iter().map(move |t| TokenRule {
+                token: t.clone(),
+                state,
+                topic: None,
+                timestamp_ms: None,
+            })
+        }
+        short(&self.unregistered, TokenState::Unregistered)
+            .chain(short(&self.expired, TokenState::Expired))
+            .chain(short(&self.bad, TokenState::Bad))
+            .chain(self.tokens.iter().cloned())
+            .collect()
+    }
+
+    pub(crate) fn compile(&self) -> Result<CompiledScenario, String> {
+        let mut errors = Vec::new();
+        let mut acc = 0.0;
+        for (name, rate) in &self.errors {
+            let reason: Reason = name
+                .parse()
+                .map_err(|_| format!("unknown reason {name:?} in errors"))?;
+            check_rate(name, *rate)?;
+            acc += rate;
+            errors.push((acc, reason));
+        }
+        if acc > 1.0 {
+            return Err(format!("error rates add up to {acc}, more than 1"));
+        }
+        let mut binary_errors = Vec::new();
+        let mut acc = 0.0;
+        for (code, rate) in &self.binary_errors {
+            let status: u8 = code
+                .parse()
+                .map_err(|_| format!("binary_errors key {code:?} is not a status code"))?;
+            check_rate(code, *rate)?;
+            acc += rate;
+            binary_errors.push((acc, status));
+        }
+        if acc > 1.0 {
+            return Err(format!("binary error rates add up to {acc}, more than 1"));
+        }
+        check_rate("drop_rate", self.drop_rate)?;
+        for rule in self.token_rules() {
+            herald_apns::token_hex::DeviceToken::from_hex(&rule.token)
+                .map_err(|e| format!("token {:?}: {e}", rule.token))?;
+        }
+        if self.goaway_every == Some(0) {
+            return Err("goaway_every must be at least 1".into());
+        }
+        let reason = self.goaway_reason.as_deref().unwrap_or("Shutdown");
+        let goaway_debug = serde_json::json!({ "reason": reason }).to_string().into();
+        Ok(CompiledScenario {
+            errors,
+            binary_errors,
+            drop_rate: self.drop_rate,
+            latency_ms: self.latency_ms,
+            latency_jitter_ms: self.latency_jitter_ms,
+            goaway_every: self.goaway_every,
+            goaway_debug,
+            idle_timeout_secs: self.idle_timeout_secs,
+            seed: self.seed,
+        })
+    }
+}
+
+/// SplitMix64: small, fast, seedable; one per connection, seeded from the scenario seed and the connection's
+/// ordinal so a run reproduces.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64, stream: u64) -> Rng {
+        let mut rng = Rng(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
+        rng.next_u64();
+        rng
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl CompiledScenario {
+    pub fn roll_error(&self, rng: &mut Rng) -> Option<Reason> {
+        if self.errors.is_empty() {
+            return None;
+        }
+        let x = rng.next_f64();
+        self.errors
+            .iter()
+            .find(|(bound, _)| x < *bound)
+            .map(|(_, r)| *r)
+    }
+
+    pub fn roll_binary_error(&self, rng: &mut Rng) -> Option<u8> {
+        if self.binary_errors.is_empty() {
+            return None;
+        }
+        let x = rng.next_f64();
+        self.binary_errors
+            .iter()
+            .find(|(bound, _)| x < *bound)
+            .map(|(_, s)| *s)
+    }
+
+    pub fn roll_drop(&self, rng: &mut Rng) -> bool {
+        self.drop_rate > 0.0 && rng.next_f64() < self.drop_rate
+    }
+
+    pub fn latency(&self, rng: &mut Rng) -> Option<std::time::Duration> {
+        if self.latency_ms == 0 && self.latency_jitter_ms == 0 {
+            return None;
+        }
+        let jitter = if self.latency_jitter_ms > 0 {
+            rng.next_u64() % (self.latency_jitter_ms + 1)
+        } else {
+            0
+        };
+        Some(std::time::Duration::from_millis(self.latency_ms + jitter))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_compile_cumulatively_and_rolls_reproduce() {
+        let s: Scenario = serde_json::from_str(
+            r#"{"seed": 3, "errors": {"InternalServerError": 0.5, "ServiceUnavailable": 0.5}}"#,
+        )
+        .unwrap();
+        let c = s.compile().unwrap();
+        let rolls = |seed| {
+            let mut rng = Rng::new(seed, 1);
+            (0..64).map(|_| c.roll_error(&mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(rolls(3), rolls(3));
+        assert!(rolls(3).iter().all(Option::is_some));
+        assert!(rolls(3).contains(&Some(Reason::ServiceUnavailable)));
+        assert!(rolls(3).contains(&Some(Reason::InternalServerError)));
+    }
+
+    #[test]
+    fn bad_scenarios_are_refused_with_the_reason() {
+        let bad = |json: &str| {
+            serde_json::from_str::<Scenario>(json)
+                .unwrap()
+                .compile()
+                .unwrap_err()
+        };
+        assert!(bad(r#"{"errors": {"NoSuchReason": 0.1}}"#).contains("NoSuchReason"));
+        assert!(
+            bad(r#"{"errors": {"InternalServerError": 0.7, "Shutdown": 0.7}}"#)
+                .contains("more than 1")
+        );
+        assert!(bad(r#"{"drop_rate": 2}"#).contains("drop_rate"));
+        assert!(bad(r#"{"bad": ["xyz"]}"#).contains("xyz"));
+        assert!(serde_json::from_str::<Scenario>(r#"{"nope": 1}"#).is_err());
+    }
+
+    #[test]
+    fn shorthand_lists_become_rules() {
+        let s: Scenario =
+            serde_json::from_str(r#"{"unregistered": ["aa"], "bad": ["bb"]}"#).unwrap();
+        let rules = s.token_rules();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].state, TokenState::Unregistered);
+        assert_eq!(rules[1].state, TokenState::Bad);
+    }
+
+    #[test]
+    fn uniform_floats_stay_in_range() {
+        let mut rng = Rng::new(0, 0);
+        assert!(
+            (0..1000)
+                .map(|_| rng.next_f64())
+                .all(|x| (0.0..1.0).contains(&x))
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! Counters of what arrived, all atomics: accepted per protocol and per topic, rejected per reason (HTTP/2) and
+//! per status (binary), connections, streams, GOAWAYs. [`Stats::snapshot`] renders them for `GET /stats`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use herald_apns::reason::Reason;
+use serde::{Deserialize, Serialize};
+
+/// Accepted counters of one topic.
+#[derive(Debug, Default)]
+pub struct TopicCounters {
+    pub h2: AtomicU64,
+    pub binary: AtomicU64,
+}
+
+/// Open/total counters of one listener.
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    pub open: AtomicU64,
+    pub total: AtomicU64,
+}
+
+impl ConnCounters {
+    pub(crate) fn opened(&self) -> ConnGuard<'_> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ConnGuard(self)
+    }
+}
+
+/// Decrements `open` when the connection ends.
+pub(crate) struct ConnGuard<'a>(&'a ConnCounters);
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every counter of a running simulator.
+#[derive(Debug)]
+pub struct Stats {
+    pub accepted_h2: AtomicU64,
+    pub accepted_binary: AtomicU64,
+    by_topic: RwLock<HashMap<String, Arc<TopicCounters>>>,
+    rejected: [AtomicU64; Reason::ALL.len()],
+    binary_rejected: [AtomicU64; 256],
+    pub h2_connections: ConnCounters,
+    pub binary_connections: ConnCounters,
+    pub feedback_connections: ConnCounters,
+    pub streams_total: AtomicU64,
+    pub streams_refused: AtomicU64,
+    pub goaways: AtomicU64,
+    pub dropped_connections: AtomicU64,
+    pub feedback_tuples: AtomicU64,
+    pub tls_failures: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            accepted_h2: AtomicU64::new(0),
+            accepted_binary: AtomicU64::new(0),
+            by_topic: RwLock::default(),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            binary_rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            h2_connections: ConnCounters::default(),
+            binary_connections: ConnCounters::default(),
+            feedback_connections: ConnCounters::default(),
+            streams_total: AtomicU64::new(0),
+            streams_refused: AtomicU64::new(0),
+            goaways: AtomicU64::new(0),
+            dropped_connections: AtomicU64::new(0),
+            feedback_tuples: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// `GET /stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub accepted: AcceptedStats,
+    pub rejected: RejectedStats,
+    pub connections: ConnectionStats,
+    pub streams: StreamStats,
+    pub goaways: u64,
+    pub dropped_connections: u64,
+    pub feedback_tuples: u64,
+    pub tls_failures: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedStats {
+    pub total: u64,
+    pub h2: u64,
+    pub binary: u64,
+    /// topic -> {"h2": n, "binary": n}
+    pub by_topic: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedStats {
+    pub total: u64,
+    /// HTTP/2 reason -> count.
+    pub by_reason: BTreeMap<String, u64>,
+    /// Binary status code -> count.
+    pub binary_by_status: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTotal {
+    pub open: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionStats {
+    pub open: u64,
+    pub total: u64,
+    pub h2: OpenTotal,
+    pub binary: OpenTotal,
+    pub feedback: OpenTotal,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStats {
+    pub total: u64,
+    pub refused: u64,
+}
+
+fn reason_index(reason: Reason) -> usize {
+    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+impl Stats {
+    /// The counters of `topic`; callers cache the `Arc` per connection so the map is read once per topic.
+    pub fn topic(&self, topic: &str) -> Arc<TopicCounters> {
+        if let Some(c) = self
+            .by_topic
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+        {
+            return c.clone();
+        }
+        let mut map = self.by_topic.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(topic.to_owned()).or_default().clone()
+    }
+
+    pub fn reject(&self, reason: Reason) {
+        self.rejected[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reject_binary(&self, status: u8) {
+        self.binary_rejected[status as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, reason: Reason) -> u64 {
+        self.rejected[reason_index(reason)].load(Ordering::Relaxed)
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted_h2.load(Ordering::Relaxed) + self.accepted_binary.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ot = |c: &ConnCounters| OpenTotal {
+            open: load(&c.open),
+            total: load(&c.total),
+        };
+        let mut by_topic = BTreeMap::new();
+        for (topic, c) in self
+            .by_topic
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let mut m = BTreeMap::new();
+            m.insert("h2".to_owned(), load(&c.h2));
+            m.insert("binary".to_owned(), load(&c.binary));
+            by_topic.insert(topic.clone(), m);
+        }
+        let by_reason: BTreeMap<String, u64> = Reason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), self.rejected(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let binary_by_status: BTreeMap<String, u64> = self
+            .binary_rejected
+            .iter()
+            .enumerate()
+            .map(|(s, n)| (s.to_string(), load(n)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let (h2, binary, feedback) = (
+            ot(&self.h2_connections),
+            ot(&self.binary_connections),
+            ot(&self.feedback_connections),
+        );
+        StatsSnapshot {
+            accepted: AcceptedStats {
+                total: self.accepted(),
+                h2: load(&self.accepted_h2),
+                binary: load(&self.accepted_binary),
+                by_topic,
+            },
+            rejected: RejectedStats {
+                total: by_reason.values().sum::<u64>() + binary_by_status.values().sum::<u64>(),
+                by_reason,
+                binary_by_status,
+            },
+            connections: ConnectionStats {
+                open: h2.open + binary.open + feedback.open,
+                total: h2.total + binary.total + feedback.total,
+                h2,
+                binary,
+                feedback,
+            },
+            streams: StreamStats {
+                total: load(&self.streams_total),
+                refused: load(&self.streams_refused),
+            },
+            goaways: load(&self.goaways),
+            dropped_connections: load(&self.dropped_connections),
+            feedback_tuples: load(&self.feedback_tuples),
+            tls_failures: load(&self.tls_failures),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_counts_by_topic_reason_and_status() {
+        let s = Stats::default();
+        s.topic("a").h2.fetch_add(2, Ordering::Relaxed);
+        s.accepted_h2.fetch_add(2, Ordering::Relaxed);
+        s.reject(Reason::BadTopic);
+        s.reject_binary(8);
+        {
+            let _g = s.h2_connections.opened();
+            assert_eq!(s.snapshot().connections.open, 1);
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.accepted.by_topic["a"]["h2"], 2);
+        assert_eq!(snap.rejected.by_reason["BadTopic"], 1);
+        assert_eq!(snap.rejected.binary_by_status["8"], 1);
+        assert_eq!(snap.rejected.total, 2);
+        assert_eq!(snap.connections.open, 0);
+        assert_eq!(snap.connections.h2.total, 1);
+    }
+}
