@@ -15,6 +15,7 @@
 //! - [`identity`]: TLS client identities (PEM, PKCS#12), certificate topics and environment, rustls configs.
 
 pub mod binary;
+pub mod identity;
 pub mod outcome;
 pub mod payload;
 pub mod provider_token;
