@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::compat::identity::{CertEnvironment, CertificateInfo};
-use crate::compat::provider_token::{VerifyingKey, decode_unverified};
 use bytes::Bytes;
+use herald_apns::provider_token::{VerifyingKey, decode_unverified};
 use herald_apns::push::PushType;
 use herald_apns::reason::Reason;
 

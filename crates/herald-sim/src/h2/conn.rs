@@ -229,7 +229,18 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
             }
         }
     }
-    // Our GOAWAY (if any) is already queued; h2's own is suppressed by the shim. Flush and close.
+    // Let h2 write what the last requests queued (one completed flush after this point), then close. Our GOAWAY
+    // (if any) is already on its way; h2's own is suppressed by the shim.
+    let epoch = control.flushes();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        std::future::poll_fn(|cx| match conn.poll_closed(cx) {
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(()),
+            std::task::Poll::Pending if control.flushes() > epoch => std::task::Poll::Ready(()),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }),
+    )
+    .await;
     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
     let _ = tokio::time::timeout(
         Duration::from_secs(5),

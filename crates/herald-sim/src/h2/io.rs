@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
@@ -43,6 +43,8 @@ pub struct FrameControl {
     /// The stream limit the client has acknowledged (or a raise already sent, which can only help the client).
     acked_limit: AtomicU32,
     suppress_goaway: AtomicBool,
+    /// Completed flushes: after one that follows a response being queued, the response is on the wire.
+    flushes: AtomicU64,
 }
 
 impl FrameControl {
@@ -52,6 +54,7 @@ impl FrameControl {
             has_pending: AtomicBool::new(false),
             acked_limit: AtomicU32::new(initial_limit),
             suppress_goaway: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
         }
     }
 
@@ -72,6 +75,10 @@ impl FrameControl {
 
     pub fn limit(&self) -> u32 {
         self.acked_limit.load(Ordering::Acquire)
+    }
+
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Acquire)
     }
 
     fn take(&self) -> Vec<Injection> {
@@ -318,7 +325,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
         let this = &mut *self;
         this.stage_injections();
         match this.poll_inject(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            Poll::Ready(Ok(())) => {
+                let r = Pin::new(&mut this.inner).poll_flush(cx);
+                if matches!(r, Poll::Ready(Ok(()))) && this.inject_pos >= this.inject_buf.len() {
+                    this.control.flushes.fetch_add(1, Ordering::AcqRel);
+                }
+                r
+            }
             other => other,
         }
     }

@@ -1,0 +1,355 @@
+//! Connection-level behaviour seen frame by frame with a hand-written HTTP/2 client (apns.md §3.7, §8): the stream
+//! limit of token connections, choppy limits, REFUSED_STREAM, GOAWAY with JSON debug data, idle close, PING,
+//! and prior knowledge without ALPN.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use herald_sim::CertVariant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+const SETTINGS: u8 = 4;
+const HEADERS: u8 = 1;
+const DATA: u8 = 0;
+const RST_STREAM: u8 = 3;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn max_streams(&self) -> Option<u32> {
+        if self.kind != SETTINGS || self.flags & 1 != 0 {
+            return None;
+        }
+        self.payload
+            .chunks(6)
+            .find(|c| c[..2] == [0, 3])
+            .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
+    }
+}
+
+struct Raw {
+    io: TlsStream<TcpStream>,
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    assert!(name.len() < 127 && value.len() < 127);
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+impl Raw {
+    async fn connect(t: &TestSim, cert: bool, alpn: bool) -> Raw {
+        let cfg = if cert {
+            let (c, k) = cert_identity(&t.pki, CertVariant::Universal);
+            client_config(&t.pki, Some((&c, &k)), alpn)
+        } else {
+            client_config(&t.pki, None, alpn)
+        };
+        let mut io = tls(t.sim.addrs.h2, cfg).await;
+        io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        io.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        Raw { io }
+    }
+
+    async fn next(&mut self) -> Option<Frame> {
+        let mut h = [0u8; 9];
+        match tokio::time::timeout(Duration::from_secs(10), self.io.read_exact(&mut h))
+            .await
+            .expect("frame in time")
+        {
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let mut payload = vec![0; len];
+        self.io.read_exact(&mut payload).await.unwrap();
+        Some(Frame {
+            kind: h[3],
+            flags: h[4],
+            stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+            payload,
+        })
+    }
+
+    /// Reads frames (acking SETTINGS) until `pred` matches one.
+    async fn until(&mut self, pred: impl Fn(&Frame) -> bool) -> Frame {
+        loop {
+            let f = self
+                .next()
+                .await
+                .expect("connection closed before the expected frame");
+            if f.kind == SETTINGS && f.flags & 1 == 0 {
+                self.io
+                    .write_all(&frame(SETTINGS, 1, 0, &[]))
+                    .await
+                    .unwrap();
+            }
+            if pred(&f) {
+                return f;
+            }
+        }
+    }
+
+    async fn request(&mut self, stream: u32, auth: Option<&str>, body: Option<&[u8]>) {
+        let mut block = Vec::new();
+        literal(&mut block, ":method", "POST");
+        literal(&mut block, ":scheme", "https");
+        literal(&mut block, ":path", &format!("/3/device/{}", token(7)));
+        literal(&mut block, ":authority", "localhost");
+        literal(&mut block, "apns-topic", TOPIC);
+        if let Some(a) = auth {
+            // Longer than 126 bytes: use a two-byte length.
+            block.push(0x00);
+            block.push(13);
+            block.extend_from_slice(b"authorization");
+            let v = format!("bearer {a}");
+            let mut n = v.len() - 127;
+            block.push(0x7f);
+            while n >= 128 {
+                block.push((n % 128) as u8 | 0x80);
+                n /= 128;
+            }
+            block.push(n as u8);
+            block.extend_from_slice(v.as_bytes());
+        }
+        let end_stream = if body.is_none() { 0 } else { 0 };
+        self.io
+            .write_all(&frame(HEADERS, 0x4 | end_stream, stream, &block))
+            .await
+            .unwrap();
+        if let Some(b) = body {
+            self.io
+                .write_all(&frame(DATA, 0x1, stream, b))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// `:status 200` is HPACK static index 8.
+fn is_200(f: &Frame) -> bool {
+    f.kind == HEADERS && f.payload.first() == Some(&0x88)
+}
+
+#[tokio::test]
+async fn token_connections_get_one_stream_until_a_valid_token() {
+    let t = start().await;
+    let mut raw = Raw::connect(&t, false, true).await;
+    let first = raw.until(|f| f.max_streams().is_some()).await;
+    assert_eq!(first.max_streams(), Some(1000), "h2's own SETTINGS first");
+    let gate = raw.until(|f| f.max_streams().is_some()).await;
+    assert_eq!(
+        gate.max_streams(),
+        Some(1),
+        "then the limit of an unauthenticated token connection"
+    );
+    // Wait until the simulator has our ACK: a PING round trip after it.
+    raw.io.write_all(&frame(PING, 0, 0, &[1; 8])).await.unwrap();
+    raw.until(|f| f.kind == PING && f.flags & 1 == 1).await;
+
+    // Stream 1 stays open (no body yet); stream 3 exceeds the limit of 1 and is refused.
+    raw.request(1, None, None).await;
+    raw.request(3, None, Some(PAYLOAD)).await;
+    let rst = raw.until(|f| f.kind == RST_STREAM).await;
+    assert_eq!(rst.stream, 3);
+    assert_eq!(rst.payload, 7u32.to_be_bytes(), "REFUSED_STREAM");
+    raw.io.write_all(&frame(DATA, 1, 1, PAYLOAD)).await.unwrap();
+    let rejected = raw.until(|f| f.kind == HEADERS && f.stream == 1).await;
+    assert!(!is_200(&rejected), "no token: rejected");
+
+    // A valid token raises the limit.
+    let jwt = jwt(&t.pki, now());
+    raw.request(5, Some(&jwt), Some(PAYLOAD)).await;
+    let raised = raw.until(|f| f.max_streams().is_some()).await;
+    assert_eq!(raised.max_streams(), Some(1000));
+    let ok = raw.until(|f| f.kind == HEADERS && f.stream == 5).await;
+    assert!(is_200(&ok));
+    assert_eq!(t.sim.stats().streams.refused, 1);
+}
+
+#[tokio::test]
+async fn h2_refuses_streams_beyond_the_configured_limit() {
+    let t = start_with(|c, _| c.max_concurrent_streams = 2).await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    let s = raw.until(|f| f.max_streams().is_some()).await;
+    assert_eq!(s.max_streams(), Some(2));
+    raw.io.write_all(&frame(PING, 0, 0, &[2; 8])).await.unwrap();
+    raw.until(|f| f.kind == PING && f.flags & 1 == 1).await;
+    raw.request(1, None, None).await;
+    raw.request(3, None, None).await;
+    raw.request(5, None, None).await;
+    let rst = raw.until(|f| f.kind == RST_STREAM).await;
+    assert_eq!(
+        (rst.stream, rst.payload.as_slice()),
+        (5, &7u32.to_be_bytes()[..])
+    );
+    raw.io.write_all(&frame(DATA, 1, 1, PAYLOAD)).await.unwrap();
+    assert!(is_200(&raw.until(|f| f.kind == HEADERS).await));
+}
+
+#[tokio::test]
+async fn choppy_streams_drop_to_one_after_a_rejection_and_recover() {
+    let t = start_with(|c, _| c.choppy_streams = true).await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    raw.until(|f| f.max_streams() == Some(1000)).await;
+    raw.request(1, None, Some(b"")).await; // PayloadEmpty
+    let drop = raw.until(|f| f.max_streams().is_some()).await;
+    assert_eq!(drop.max_streams(), Some(1));
+    raw.request(3, None, Some(PAYLOAD)).await;
+    let up = raw.until(|f| f.max_streams().is_some()).await;
+    assert_eq!(up.max_streams(), Some(1000));
+}
+
+#[tokio::test]
+async fn goaway_every_n_requests_carries_json_debug_data() {
+    let t = start_with(|c, _| c.scenario.goaway_every = Some(2)).await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    raw.request(1, None, Some(PAYLOAD)).await;
+    raw.request(3, None, Some(PAYLOAD)).await;
+    let mut answered = 0;
+    let g = loop {
+        let f = raw.until(|f| f.kind == GOAWAY || f.kind == HEADERS).await;
+        if f.kind == GOAWAY {
+            break f;
+        }
+        assert!(is_200(&f));
+        answered += 1;
+    };
+    assert_eq!(&g.payload[..4], &3u32.to_be_bytes(), "last stream id");
+    assert_eq!(&g.payload[4..8], &0u32.to_be_bytes(), "NO_ERROR");
+    assert_eq!(
+        herald_apns::reason::goaway_reason(&g.payload[8..]).as_deref(),
+        Some("Shutdown")
+    );
+    // Both requests are answered, then the connection closes with no second GOAWAY.
+    while let Some(f) = raw.next().await {
+        assert_ne!(f.kind, GOAWAY, "exactly one GOAWAY");
+        if f.kind == HEADERS {
+            assert!(is_200(&f));
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 2);
+    assert_eq!(t.sim.stats().goaways, 1);
+}
+
+#[tokio::test]
+async fn idle_connections_get_goaway_idle_timeout() {
+    let t = start_with(|c, _| c.scenario.idle_timeout_secs = Some(1)).await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    let g = raw.until(|f| f.kind == GOAWAY).await;
+    assert_eq!(
+        herald_apns::reason::goaway_reason(&g.payload[8..]).as_deref(),
+        Some("IdleTimeout")
+    );
+    while raw.next().await.is_some() {}
+}
+
+#[tokio::test]
+async fn ping_is_answered_and_admin_goaway_reaches_every_connection() {
+    let t = start().await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    raw.io
+        .write_all(&frame(PING, 0, 0, b"herald!!"))
+        .await
+        .unwrap();
+    let pong = raw.until(|f| f.kind == PING).await;
+    assert_eq!((pong.flags, pong.payload.as_slice()), (1, &b"herald!!"[..]));
+    wait_stats(&t.sim, "an open connection", |s| s.connections.h2.open == 1).await;
+    let admin = t.sim.addrs.admin;
+    let mut tcp = TcpStream::connect(admin).await.unwrap();
+    tcp.write_all(
+        b"POST /goaway HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let g = raw.until(|f| f.kind == GOAWAY).await;
+    assert_eq!(
+        herald_apns::reason::goaway_reason(&g.payload[8..]).as_deref(),
+        Some("Shutdown")
+    );
+}
+
+#[tokio::test]
+async fn prior_knowledge_without_alpn_is_accepted() {
+    let t = start().await;
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut client = h2_connect(
+        t.sim.addrs.h2,
+        client_config(&t.pki, Some((&cert, &key)), false),
+    )
+    .await;
+    let a = send(
+        &mut client,
+        "POST",
+        &format!("/3/device/{}", token(1)),
+        &[],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test]
+async fn dropped_connections_and_latency_follow_the_scenario() {
+    let t = start_with(|c, _| {
+        c.scenario.drop_rate = 1.0;
+    })
+    .await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    raw.request(1, None, Some(PAYLOAD)).await;
+    while let Some(f) = raw.next().await {
+        assert_ne!(f.kind, HEADERS, "a dropped request gets no answer");
+    }
+    assert_eq!(t.sim.stats().dropped_connections, 1);
+
+    let t = start_with(|c, _| c.scenario.latency_ms = 150).await;
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut client = h2_connect(
+        t.sim.addrs.h2,
+        client_config(&t.pki, Some((&cert, &key)), true),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let a = send(
+        &mut client,
+        "POST",
+        &format!("/3/device/{}", token(1)),
+        &[],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "the configured latency is applied"
+    );
+}

@@ -1,0 +1,733 @@
+//! Every reason of apns.md §3.6 that a request can provoke, provoked over real TLS + HTTP/2 (table-driven), plus
+//! the ones a scenario produces. Validation order: herald-sim's `h2::request` docs (apns.md §3.8 + §8).
+
+mod common;
+
+use common::*;
+use herald_sim::{
+    CertVariant, ClientCertSpec, Environment, ProviderKey, Scenario, TokenRule, TokenState,
+};
+
+#[derive(Clone, Copy, Debug)]
+enum Conn {
+    Cert(CertVariant),
+    NoUidCert,
+    Token,
+    TokenDer,
+    Bare,
+}
+
+struct Case {
+    name: &'static str,
+    conn: Conn,
+    method: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    status: u16,
+    reason: Option<&'static str>,
+}
+
+fn case(name: &'static str, conn: Conn, status: u16, reason: Option<&'static str>) -> Case {
+    Case {
+        name,
+        conn,
+        method: "POST",
+        path: format!("/3/device/{}", token(1)),
+        headers: vec![("apns-topic", TOPIC.to_string())],
+        body: PAYLOAD.to_vec(),
+        status,
+        reason,
+    }
+}
+
+fn extra_key(
+    team: &str,
+    kid: &str,
+    dir: &std::path::Path,
+    env: Option<Environment>,
+) -> ProviderKey {
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let path = dir.join(format!("AuthKey_{kid}.p8"));
+    std::fs::write(&path, kp.serialize_pem()).unwrap();
+    let mut k = ProviderKey::from_p8_file(&path, kid, team).unwrap();
+    k.environment = env;
+    k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_reason_is_provoked() {
+    let t = start_with(|c, pki| {
+        c.scenario = Scenario {
+            bad: vec![token(3)],
+            unregistered: vec![],
+            expired: vec![token(5)],
+            tokens: vec![
+                TokenRule {
+                    token: token(4),
+                    state: TokenState::Unregistered,
+                    topic: None,
+                    timestamp_ms: Some(1_700_000_000_123),
+                },
+                TokenRule {
+                    token: token(6),
+                    state: TokenState::Active,
+                    topic: Some("com.other.app".into()),
+                    timestamp_ms: None,
+                },
+            ],
+            ..Scenario::default()
+        };
+        let team = pki.manifest.team_id.clone();
+        c.provider_keys.push(extra_key(
+            &team,
+            "PRODKEY001",
+            &pki.manifest.dir,
+            Some(Environment::Production),
+        ));
+    })
+    .await;
+    let pki = &t.pki;
+    let jwt_now = jwt(pki, now());
+    let bearer = format!("bearer {jwt_now}");
+    let no_uid = pki
+        .issue_client(
+            &ClientCertSpec {
+                uid: None,
+                topics: vec![],
+                variant: CertVariant::Universal,
+            },
+            "no-uid",
+        )
+        .unwrap();
+    let prod_key = signing_key_for(
+        &pki.manifest.dir.join("AuthKey_PRODKEY001.p8"),
+        "PRODKEY001",
+        &pki.manifest.team_id,
+    );
+
+    let mut cases = vec![
+        case(
+            "accepted with a certificate",
+            Conn::Cert(CertVariant::Universal),
+            200,
+            None,
+        ),
+        case(
+            "accepted with a sandbox certificate",
+            Conn::Cert(CertVariant::Sandbox),
+            200,
+            None,
+        ),
+        Case {
+            headers: vec![],
+            ..case(
+                "topic defaults to the certificate UID",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-priority", "5".into()),
+                ("apns-priority", "10".into()),
+            ],
+            ..case(
+                "DuplicateHeaders",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("DuplicateHeaders"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-id", "not-a-uuid".into()),
+            ],
+            ..case(
+                "BadMessageId",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadMessageId"),
+            )
+        },
+        Case {
+            method: "GET",
+            body: vec![],
+            ..case(
+                "MethodNotAllowed",
+                Conn::Cert(CertVariant::Universal),
+                405,
+                Some("MethodNotAllowed"),
+            )
+        },
+        Case {
+            headers: vec![("authorization", bearer.clone())],
+            ..case("MissingTopic", Conn::Token, 400, Some("MissingTopic"))
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-collapse-id", "x".repeat(65)),
+            ],
+            ..case(
+                "BadCollapseId",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadCollapseId"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-collapse-id", "x".repeat(64)),
+            ],
+            ..case(
+                "collapse id of 64 bytes",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
+        Case {
+            headers: vec![("apns-topic", TOPIC.into()), ("apns-priority", "7".into())],
+            ..case(
+                "BadPriority",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadPriority"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-push-type", "bogus".into()),
+            ],
+            ..case(
+                "InvalidPushType",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("InvalidPushType"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-expiration", "tomorrow".into()),
+            ],
+            ..case(
+                "BadExpirationDate",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadExpirationDate"),
+            )
+        },
+        Case {
+            path: "/3/other".into(),
+            ..case(
+                "BadPath",
+                Conn::Cert(CertVariant::Universal),
+                404,
+                Some("BadPath"),
+            )
+        },
+        Case {
+            path: "/3/device/".into(),
+            ..case(
+                "MissingDeviceToken",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("MissingDeviceToken"),
+            )
+        },
+        Case {
+            path: "/3/device/xyz".into(),
+            ..case(
+                "BadDeviceToken (syntax)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadDeviceToken"),
+            )
+        },
+        Case {
+            path: format!("/3/device/{}", token(3)),
+            ..case(
+                "BadDeviceToken (scenario)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadDeviceToken"),
+            )
+        },
+        case(
+            "BadCertificate",
+            Conn::NoUidCert,
+            403,
+            Some("BadCertificate"),
+        ),
+        case(
+            "BadCertificateEnvironment",
+            Conn::Cert(CertVariant::Production),
+            403,
+            Some("BadCertificateEnvironment"),
+        ),
+        case(
+            "MissingProviderToken",
+            Conn::Bare,
+            403,
+            Some("MissingProviderToken"),
+        ),
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("authorization", "bearer abc.def.ghi".into()),
+            ],
+            ..case(
+                "InvalidProviderToken (garbage)",
+                Conn::Bare,
+                403,
+                Some("InvalidProviderToken"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("authorization", format!("bearer {}", tamper(&jwt_now))),
+            ],
+            ..case(
+                "InvalidProviderToken (signature)",
+                Conn::Bare,
+                403,
+                Some("InvalidProviderToken"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                (
+                    "authorization",
+                    format!("bearer {}", jwt(pki, now() - 3700)),
+                ),
+            ],
+            ..case(
+                "ExpiredProviderToken",
+                Conn::Bare,
+                403,
+                Some("ExpiredProviderToken"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                (
+                    "authorization",
+                    format!("bearer {}", prod_key.sign(now()).unwrap()),
+                ),
+            ],
+            ..case(
+                "BadEnvironmentKeyIdInToken",
+                Conn::Bare,
+                403,
+                Some("BadEnvironmentKeyIdInToken"),
+            )
+        },
+        case("accepted with a JOSE token", Conn::Token, 200, None),
+        case("accepted with a DER token", Conn::TokenDer, 200, None),
+        Case {
+            headers: vec![("apns-topic", "com.other.app".into())],
+            ..case(
+                "TopicDisallowed (another app)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("TopicDisallowed"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.voip")),
+                ("apns-push-type", "alert".into()),
+            ],
+            ..case(
+                "voip topic on the certificate",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.push-type.liveactivity")),
+                ("apns-push-type", "liveactivity".into()),
+            ],
+            ..case(
+                "TopicDisallowed (suffix the certificate lacks)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("TopicDisallowed"),
+            )
+        },
+        Case {
+            headers: vec![("apns-topic", "com.bad topic".into())],
+            ..case(
+                "BadTopic",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadTopic"),
+            )
+        },
+        Case {
+            path: format!("/3/device/{}", token(6)),
+            ..case(
+                "DeviceTokenNotForTopic",
+                Conn::Token,
+                400,
+                Some("DeviceTokenNotForTopic"),
+            )
+        },
+        Case {
+            path: format!("/3/device/{}", token(4)),
+            ..case("Unregistered", Conn::Token, 410, Some("Unregistered"))
+        },
+        Case {
+            path: format!("/3/device/{}", token(5)),
+            ..case("ExpiredToken", Conn::Token, 410, Some("ExpiredToken"))
+        },
+        Case {
+            body: vec![],
+            ..case(
+                "PayloadEmpty",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("PayloadEmpty"),
+            )
+        },
+        Case {
+            body: big(4097),
+            ..case(
+                "PayloadTooLarge",
+                Conn::Cert(CertVariant::Universal),
+                413,
+                Some("PayloadTooLarge"),
+            )
+        },
+        Case {
+            body: big(4096),
+            ..case(
+                "4096 bytes fit",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.voip")),
+                ("apns-push-type", "voip".into()),
+            ],
+            body: big(5120),
+            ..case(
+                "voip: 5120 bytes fit",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.voip")),
+                ("apns-push-type", "voip".into()),
+            ],
+            body: big(5121),
+            ..case(
+                "voip: PayloadTooLarge over 5120",
+                Conn::Cert(CertVariant::Universal),
+                413,
+                Some("PayloadTooLarge"),
+            )
+        },
+    ];
+
+    for c in cases.iter_mut() {
+        let cfg = match c.conn {
+            Conn::Cert(v) => {
+                let (cert, key) = cert_identity(pki, v);
+                client_config(pki, Some((&cert, &key)), true)
+            }
+            Conn::NoUidCert => client_config(pki, Some((&no_uid.cert, &no_uid.key)), true),
+            Conn::Token | Conn::TokenDer | Conn::Bare => client_config(pki, None, true),
+        };
+        let mut headers: Vec<(&str, String)> = c.headers.clone();
+        match c.conn {
+            Conn::Token => headers.push(("authorization", bearer.clone())),
+            Conn::TokenDer => {
+                headers.push(("authorization", format!("bearer {}", jwt_der(pki, now()))))
+            }
+            _ => {}
+        }
+        if matches!(c.conn, Conn::Token) && c.name == "MissingTopic" {
+            headers = vec![("authorization", bearer.clone())];
+        }
+        let mut client = h2_connect(t.sim.addrs.h2, cfg).await;
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let a = send(&mut client, c.method, &c.path, &hs, &c.body).await;
+        assert_eq!(
+            a.status,
+            c.status,
+            "{}: {:?} {}",
+            c.name,
+            a.reason(),
+            String::from_utf8_lossy(&a.body)
+        );
+        assert_eq!(a.reason().as_deref(), c.reason, "{}", c.name);
+        let id = a
+            .headers
+            .get("apns-id")
+            .expect("apns-id on every response")
+            .to_str()
+            .unwrap();
+        assert!(
+            herald_apns::push::validate_apns_id(id).is_ok() && id == id.to_ascii_lowercase(),
+            "{}: {id}",
+            c.name
+        );
+        assert!(
+            a.headers.get("apns-unique-id").is_some(),
+            "sandbox responses carry apns-unique-id"
+        );
+        if c.status == 200 {
+            assert!(a.body.is_empty(), "{}: success has no body", c.name);
+        } else {
+            assert_eq!(a.headers["content-type"], "application/json", "{}", c.name);
+        }
+        if c.reason == Some("Unregistered") {
+            let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            assert_eq!(
+                v["timestamp"], 1_700_000_000_123u64,
+                "410 carries the timestamp in ms"
+            );
+        } else if c.status != 200 {
+            let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            assert!(
+                v.get("timestamp").is_none(),
+                "{}: timestamp only on 410",
+                c.name
+            );
+        }
+    }
+    let accepted = cases.iter().filter(|c| c.status == 200).count() as u64;
+    assert_eq!(
+        t.sim
+            .wait_for_records(accepted, std::time::Duration::from_secs(5))
+            .await,
+        accepted
+    );
+    let stats = t.sim.stats();
+    assert_eq!(stats.accepted.h2, accepted);
+    assert_eq!(stats.rejected.by_reason["PayloadTooLarge"], 2);
+}
+
+fn big(n: usize) -> Vec<u8> {
+    let head = br#"{"aps":{"alert":""#;
+    let tail = br#""}}"#;
+    let mut v = head.to_vec();
+    v.resize(n - tail.len(), b'a');
+    v.extend_from_slice(tail);
+    v
+}
+
+fn tamper(jwt: &str) -> String {
+    // Flip the issued-at claim: same header and signature, different signed bytes.
+    let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    let claims = claims.replace("\"iat\":", "\"iat\":1");
+    parts[1] = URL_SAFE_NO_PAD.encode(claims);
+    parts.join(".")
+}
+
+fn signing_key_for(
+    p8: &std::path::Path,
+    kid: &str,
+    team: &str,
+) -> herald_apns::provider_token::SigningKey {
+    herald_apns::provider_token::SigningKey::from_p8_file(p8, kid, team).unwrap()
+}
+
+#[tokio::test]
+async fn apns_id_is_echoed_and_production_sends_no_unique_id() {
+    let t = start_with(|c, _| c.environment = Environment::Production).await;
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Production);
+    let mut client = h2_connect(
+        t.sim.addrs.h2,
+        client_config(&t.pki, Some((&cert, &key)), true),
+    )
+    .await;
+    let id = "123e4567-e89b-42d3-a456-426614174000";
+    let a = send(
+        &mut client,
+        "POST",
+        &format!("/3/device/{}", token(9)),
+        &[("apns-id", id)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.headers["apns-id"], id);
+    assert!(a.headers.get("apns-unique-id").is_none());
+    // A sandbox certificate on the production simulator.
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Sandbox);
+    let mut client = h2_connect(
+        t.sim.addrs.h2,
+        client_config(&t.pki, Some((&cert, &key)), true),
+    )
+    .await;
+    let a = send(
+        &mut client,
+        "POST",
+        &format!("/3/device/{}", token(9)),
+        &[],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (403, Some("BadCertificateEnvironment"))
+    );
+    let rec = t.sim.record();
+    t.sim
+        .wait_for_records(1, std::time::Duration::from_secs(5))
+        .await;
+    let rec = if rec.is_empty() { t.sim.record() } else { rec };
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].apns_id.as_deref(), Some(id));
+    assert_eq!(rec[0].payload.as_bytes(), PAYLOAD);
+}
+
+#[tokio::test]
+async fn token_pinning_and_update_rate() {
+    let t = start_with(|c, pki| {
+        let team = pki.manifest.team_id.clone();
+        c.provider_keys
+            .push(extra_key(&team, "OTHERKEY01", &pki.manifest.dir, None));
+        c.provider_keys.push(extra_key(
+            "OTHERTEAM1",
+            "TEAM2KEY01",
+            &pki.manifest.dir,
+            None,
+        ));
+    })
+    .await;
+    let pki = &t.pki;
+    let dir = &pki.manifest.dir;
+    let other_key = signing_key_for(
+        &dir.join("AuthKey_OTHERKEY01.p8"),
+        "OTHERKEY01",
+        &pki.manifest.team_id,
+    );
+    let other_team = signing_key_for(
+        &dir.join("AuthKey_TEAM2KEY01.p8"),
+        "TEAM2KEY01",
+        "OTHERTEAM1",
+    );
+    let path = format!("/3/device/{}", token(2));
+    let cfg = client_config(pki, None, true);
+    let mut c = h2_connect(t.sim.addrs.h2, cfg.clone()).await;
+    let first = format!("bearer {}", jwt(pki, now()));
+    let ok = send(
+        &mut c,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC), ("authorization", &first)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    // Same token again: fine.
+    let ok = send(
+        &mut c,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC), ("authorization", &first)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let other = format!("bearer {}", other_key.sign(now()).unwrap());
+    let a = send(
+        &mut c,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC), ("authorization", &other)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(a.reason().as_deref(), Some("UnrelatedKeyIdInToken"));
+    let team2 = format!("bearer {}", other_team.sign(now()).unwrap());
+    let a = send(
+        &mut c,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC), ("authorization", &team2)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(a.reason().as_deref(), Some("InvalidProviderToken"));
+    let newer = format!("bearer {}", jwt(pki, now() - 1));
+    let a = send(
+        &mut c,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC), ("authorization", &newer)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (429, Some("TooManyProviderTokenUpdates"))
+    );
+    // A fresh connection takes the other key.
+    let mut c2 = h2_connect(t.sim.addrs.h2, cfg).await;
+    let a = send(
+        &mut c2,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC), ("authorization", &other)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+}
+
+#[tokio::test]
+async fn scenario_errors_provoke_the_server_side_reasons() {
+    for (reason, status) in [
+        ("InternalServerError", 500),
+        ("ServiceUnavailable", 503),
+        ("Shutdown", 503),
+        ("TooManyRequests", 429),
+        ("Forbidden", 403),
+    ] {
+        let t = start_with(|c, _| {
+            c.scenario.errors.insert(reason.to_string(), 1.0);
+        })
+        .await;
+        let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+        let mut client = h2_connect(
+            t.sim.addrs.h2,
+            client_config(&t.pki, Some((&cert, &key)), true),
+        )
+        .await;
+        let a = send(
+            &mut client,
+            "POST",
+            &format!("/3/device/{}", token(1)),
+            &[],
+            PAYLOAD,
+        )
+        .await;
+        assert_eq!((a.status, a.reason().as_deref()), (status, Some(reason)));
+        assert_eq!(t.sim.stats().accepted.total, 0);
+    }
+}
