@@ -12,9 +12,11 @@
 //! - [`reason`]: HTTP/2 reason strings and error bodies.
 //! - [`outcome`]: what each binary status and HTTP/2 status/reason means for a notification.
 //! - [`provider_token`]: ES256 JWT signing, verification and the shared refreshing cache.
+//! - [`client`]: provider-side connections (HTTP/2 and binary) that pull jobs from a shared queue.
 //! - [`identity`]: TLS client identities (PEM, PKCS#12), certificate topics and environment, rustls configs.
 
 pub mod binary;
+pub mod client;
 pub mod identity;
 pub mod outcome;
 pub mod payload;

@@ -25,7 +25,9 @@ enum Command {
     #[command(subcommand)]
     Config(cli::config::ConfigCommand),
     /// Run the APNs simulator, or write a test PKI for it (`herald sim pki DIR`).
-    Sim(cli::sim::SimArgs),
+    Sim(Box<cli::sim::SimArgs>),
+    /// Send generated notifications to one domain through the delivery engine and report throughput.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,7 +35,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => cli::check::run(args),
         Command::Config(cmd) => cli::config::run(cmd),
-        Command::Sim(args) => cli::sim::run(args),
+        Command::Sim(args) => cli::sim::run(*args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -21,7 +21,10 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Endpoint { host: host.into(), port }
+        Endpoint {
+            host: host.into(),
+            port,
+        }
     }
 
     /// `host:port`, with IPv6 literals bracketed: the HTTP/2 `:authority`.
@@ -50,7 +53,10 @@ pub async fn connect_tls(
         let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, endpoint.port))
             .await
-            .map_err(|source| ConnectionError::Resolve { host: endpoint.host.clone(), source })?
+            .map_err(|source| ConnectionError::Resolve {
+                host: endpoint.host.clone(),
+                source,
+            })?
             .collect();
         let mut last_err = None;
         let mut stream = None;
@@ -66,9 +72,16 @@ pub async fn connect_tls(
         let (tcp, remote) = match (stream, last_err) {
             (Some(s), _) => s,
             (None, Some((addr, source))) => {
-                return Err(ConnectionError::Connect { addr: addr.to_string(), source });
+                return Err(ConnectionError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                });
             }
-            (None, None) => return Err(ConnectionError::NoAddress { host: endpoint.host.clone() }),
+            (None, None) => {
+                return Err(ConnectionError::NoAddress {
+                    host: endpoint.host.clone(),
+                });
+            }
         };
         // Nagle would hold small frames back; both protocols batch their own writes.
         let _ = tcp.set_nodelay(true);
@@ -77,11 +90,17 @@ pub async fn connect_tls(
         let tls_stream = TlsConnector::from(tls)
             .connect(name, tcp)
             .await
-            .map_err(|source| ConnectionError::Tls { host: endpoint.host.clone(), source })?;
+            .map_err(|source| ConnectionError::Tls {
+                host: endpoint.host.clone(),
+                source,
+            })?;
         Ok((tls_stream, remote))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(ConnectionError::Timeout { host: endpoint.host.clone(), secs: timeout.as_secs() }),
+        Err(_) => Err(ConnectionError::Timeout {
+            host: endpoint.host.clone(),
+            secs: timeout.as_secs(),
+        }),
     }
 }

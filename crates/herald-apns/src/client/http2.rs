@@ -22,8 +22,8 @@ use http::{Method, Request, Uri};
 
 use super::connect::{Endpoint, connect_tls};
 use super::{
-    ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver, NotSentReason, OutcomeSink, PushRequest,
-    PushResult, Rejection,
+    ConnectionError, ConnectionInfo, ConnectionState, JobReceiver, NotSentReason, OutcomeSink,
+    PushRequest, PushResult, Rejection,
 };
 use crate::provider_token::ProviderTokenCache;
 use crate::reason::parse_error_body;
@@ -90,9 +90,12 @@ pub async fn open<T: Send + 'static>(
             host: opts.endpoint.host.clone(),
             secs: opts.connect_timeout.as_secs(),
         })?
-        .map_err(|source| ConnectionError::Handshake { host: opts.endpoint.host.clone(), source })?;
+        .map_err(|source| ConnectionError::Handshake {
+            host: opts.endpoint.host.clone(),
+            source,
+        })?;
     let ping = connection.ping_pong();
-    let driver = tokio::spawn(async move { connection.await });
+    let driver = tokio::spawn(connection);
     let authority: Authority = opts
         .endpoint
         .authority()
@@ -100,7 +103,17 @@ pub async fn open<T: Send + 'static>(
         .map_err(|_| ConnectionError::ServerName(opts.endpoint.host.clone()))?;
     let state = ConnectionState::new(1);
     let info = ConnectionInfo { remote, id };
-    let task = Dispatcher { opts, authority, send, ping, driver, jobs, sink, state: state.clone(), info };
+    let task = Dispatcher {
+        opts,
+        authority,
+        send,
+        ping,
+        driver,
+        jobs,
+        sink,
+        state: state.clone(),
+        info,
+    };
     tokio::spawn(task.run());
     Ok(state)
 }
@@ -123,8 +136,14 @@ type TokenUsed = Option<Arc<str>>;
 impl<T: Send + 'static> Dispatcher<T> {
     async fn run(mut self) {
         let mut in_flight = FuturesUnordered::new();
-        let tick_every = self.opts.keepalive.min(self.opts.idle_timeout.unwrap_or(Duration::MAX)) / 4;
-        let mut tick = tokio::time::interval(tick_every.clamp(Duration::from_millis(50), Duration::from_secs(1)));
+        let tick_every = self
+            .opts
+            .keepalive
+            .min(self.opts.idle_timeout.unwrap_or(Duration::MAX))
+            / 4;
+        let mut tick = tokio::time::interval(
+            tick_every.clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_activity = Instant::now();
         let mut ping_sent: Option<Instant> = None;
@@ -133,7 +152,8 @@ impl<T: Send + 'static> Dispatcher<T> {
 
         loop {
             self.state.set_in_flight(in_flight.len());
-            self.state.set_capacity(self.send.current_max_send_streams());
+            self.state
+                .set_capacity(self.send.current_max_send_streams());
             if !taking && in_flight.is_empty() {
                 break;
             }
@@ -211,8 +231,14 @@ impl<T: Send + 'static> Dispatcher<T> {
             }
         }
         // Anything still in flight (only after a PING timeout) never got an answer: hand it back.
-        while let Some((tag, _, _)) = futures_util::future::FutureExt::now_or_never(in_flight.next()).flatten() {
-            self.sink.report(tag, PushResult::NotSent(NotSentReason::ConnectionLost), &self.info);
+        while let Some((tag, _, _)) =
+            futures_util::future::FutureExt::now_or_never(in_flight.next()).flatten()
+        {
+            self.sink.report(
+                tag,
+                PushResult::NotSent(NotSentReason::ConnectionLost),
+                &self.info,
+            );
         }
         drop(in_flight);
         self.state.set_in_flight(0);
@@ -228,7 +254,9 @@ impl<T: Send + 'static> Dispatcher<T> {
     /// Handles what an answer means for the connection itself. Returns true when it should stop taking work.
     fn on_answer(&self, result: &PushResult, token_used: TokenUsed) -> bool {
         match result {
-            PushResult::Rejected(Rejection::Http { reason, .. }) if reason == "ExpiredProviderToken" => {
+            PushResult::Rejected(Rejection::Http { reason, .. })
+                if reason == "ExpiredProviderToken" =>
+            {
                 if let (Some(cache), Some(token)) = (&self.opts.auth, token_used) {
                     cache.expired(&token);
                 }
@@ -241,8 +269,13 @@ impl<T: Send + 'static> Dispatcher<T> {
         }
     }
 
-    fn authorization(&self, cached: &mut Option<(Arc<str>, HeaderValue)>) -> (TokenUsed, Option<HeaderValue>) {
-        let Some(cache) = &self.opts.auth else { return (None, None) };
+    fn authorization(
+        &self,
+        cached: &mut Option<(Arc<str>, HeaderValue)>,
+    ) -> (TokenUsed, Option<HeaderValue>) {
+        let Some(cache) = &self.opts.auth else {
+            return (None, None);
+        };
         let token = cache.current();
         match cached {
             Some((t, v)) if Arc::ptr_eq(t, &token) => (Some(token), Some(v.clone())),
@@ -256,7 +289,11 @@ impl<T: Send + 'static> Dispatcher<T> {
         }
     }
 
-    fn start(&mut self, req: PushRequest, auth: Option<HeaderValue>) -> Result<ResponseFuture, h2::Error> {
+    fn start(
+        &mut self,
+        req: PushRequest,
+        auth: Option<HeaderValue>,
+    ) -> Result<ResponseFuture, h2::Error> {
         let request = build_request(&self.authority, &req, auth);
         let (response, mut stream) = self.send.send_request(request, false)?;
         stream.send_data(req.payload, true)?;
@@ -265,7 +302,11 @@ impl<T: Send + 'static> Dispatcher<T> {
 }
 
 /// Builds the request headers in a stable order, so HPACK indexes the values that repeat (apns.md §3.3).
-fn build_request(authority: &Authority, req: &PushRequest, auth: Option<HeaderValue>) -> Request<()> {
+fn build_request(
+    authority: &Authority,
+    req: &PushRequest,
+    auth: Option<HeaderValue>,
+) -> Request<()> {
     let mut path = String::with_capacity(10 + 2 * req.token.len());
     path.push_str("/3/device/");
     req.token.write_hex(&mut path);
@@ -281,22 +322,40 @@ fn build_request(authority: &Authority, req: &PushRequest, auth: Option<HeaderVa
     if let Some(auth) = auth {
         headers.insert(AUTHORIZATION, auth);
     }
-    if let Some(topic) = req.topic.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+    if let Some(topic) = req
+        .topic
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+    {
         headers.insert(APNS_TOPIC.clone(), topic);
     }
     if let Some(push_type) = req.push_type {
-        headers.insert(APNS_PUSH_TYPE.clone(), HeaderValue::from_static(push_type.as_str()));
+        headers.insert(
+            APNS_PUSH_TYPE.clone(),
+            HeaderValue::from_static(push_type.as_str()),
+        );
     }
     if let Some(priority) = req.priority {
-        headers.insert(APNS_PRIORITY.clone(), HeaderValue::from(priority.as_u8()));
+        headers.insert(
+            APNS_PRIORITY.clone(),
+            HeaderValue::from(u32::from(priority.as_u8())),
+        );
     }
     if let Some(expiration) = req.expiration {
         headers.insert(APNS_EXPIRATION.clone(), HeaderValue::from(expiration));
     }
-    if let Some(collapse) = req.collapse_id.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+    if let Some(collapse) = req
+        .collapse_id
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
         headers.insert(APNS_COLLAPSE_ID.clone(), collapse);
     }
-    if let Some(id) = req.apns_id.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+    if let Some(id) = req
+        .apns_id
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
         headers.insert(APNS_ID.clone(), id);
     }
     request
@@ -319,9 +378,15 @@ async fn await_answer<T>(
     let answer = async {
         let response = response.await?;
         let status = response.status().as_u16();
-        let apns_id = response.headers().get(&APNS_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let apns_id = response
+            .headers()
+            .get(&APNS_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         if status == 200 {
-            return Ok(PushResult::Delivered { apns_id });
+            return Ok(PushResult::Delivered {
+                transaction_id: apns_id,
+            });
         }
         let mut body = response.into_body();
         let mut bytes = Vec::new();
@@ -337,7 +402,11 @@ async fn await_answer<T>(
             Ok(b) => (b.reason, b.timestamp),
             Err(_) => (String::from_utf8_lossy(&bytes).trim().to_owned(), None),
         };
-        Ok::<_, h2::Error>(PushResult::Rejected(Rejection::Http { status, reason, timestamp_ms }))
+        Ok::<_, h2::Error>(PushResult::Rejected(Rejection::Http {
+            status,
+            reason,
+            timestamp_ms,
+        }))
     };
     let result = match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(result)) => result,

@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::connect::{Endpoint, connect_tls};
 use super::{
-    ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver, NotSentReason, OutcomeSink, PushResult,
-    Rejection,
+    ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver, NotSentReason, OutcomeSink,
+    PushResult, Rejection,
 };
 use crate::binary::{BinaryFormat, BinaryNotification, ErrorPacket, Status, encode};
 use crate::push::Priority;
@@ -108,7 +108,8 @@ async fn run<T: Send + 'static, S>(
     let mut window: VecDeque<Written<T>> = VecDeque::new();
     let mut next_id: u32 = 1;
     let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES + 4096);
-    let tick_every = (opts.response_timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    let tick_every =
+        (opts.response_timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_activity = Instant::now();
@@ -145,7 +146,7 @@ async fn run<T: Send + 'static, S>(
                     }
                     if next_id == u32::MAX {
                         // Identifiers would wrap; a fresh connection starts over.
-                        taking = false;
+                        state.drain();
                         break;
                     }
                     if buf.len() < WRITE_BATCH_BYTES && window.len() < opts.max_window {
@@ -154,7 +155,6 @@ async fn run<T: Send + 'static, S>(
                 }
                 if let Err(e) = writer.write_all(&buf).await {
                     tracing::debug!(conn = info.id, error = %e, "write failed");
-                    taking = false;
                     // The server may have written an error packet before closing: give the reader a moment.
                     end = Some(match tokio::time::timeout(opts.response_timeout, &mut read_rx).await {
                         Ok(Ok(got)) => got,
@@ -168,7 +168,7 @@ async fn run<T: Send + 'static, S>(
                 let now = Instant::now();
                 while window.front().is_some_and(|w| now.duration_since(w.at) >= opts.response_timeout) {
                     if let Some(w) = window.pop_front() {
-                        sink.report(w.tag, PushResult::Delivered { apns_id: None }, &info);
+                        sink.report(w.tag, delivered(w.identifier), &info);
                     }
                 }
                 if state.is_draining() {
@@ -186,16 +186,18 @@ async fn run<T: Send + 'static, S>(
 
     match end {
         Some(ReadEnd::Packet(packet)) => settle_error_packet(packet, &mut window, &*sink, &info),
-        Some(ReadEnd::Lost(why)) => {
-            if !window.is_empty() {
-                tracing::info!(conn = info.id, remote = %info.remote, in_window = window.len(),
-                    "connection lost without an error packet ({why}); requeueing the window");
-            }
+        Some(ReadEnd::Lost(why)) if !window.is_empty() => {
+            tracing::info!(conn = info.id, remote = %info.remote, in_window = window.len(),
+                "connection lost without an error packet ({why}); requeueing the window");
         }
-        None => {}
+        Some(ReadEnd::Lost(_)) | None => {}
     }
     for w in window.drain(..) {
-        sink.report(w.tag, PushResult::NotSent(NotSentReason::ConnectionLost), &info);
+        sink.report(
+            w.tag,
+            PushResult::NotSent(NotSentReason::ConnectionLost),
+            &info,
+        );
     }
     state.set_in_flight(0);
     state.set_closed();
@@ -203,7 +205,12 @@ async fn run<T: Send + 'static, S>(
     reader_task.abort();
 }
 
-fn encode_job<T>(opts: &BinaryOptions, buf: &mut BytesMut, identifier: u32, job: &Job<T>) -> Result<(), String> {
+fn encode_job<T>(
+    opts: &BinaryOptions,
+    buf: &mut BytesMut,
+    identifier: u32,
+    job: &Job<T>,
+) -> Result<(), String> {
     let r = &job.request;
     let notification = BinaryNotification {
         identifier,
@@ -216,29 +223,53 @@ fn encode_job<T>(opts: &BinaryOptions, buf: &mut BytesMut, identifier: u32, job:
 }
 
 /// Applies apns.md §1.5 to the window: before the named notification delivered, it failed, after it unsent.
-fn settle_error_packet<T>(
+fn settle_error_packet<T: 'static>(
     packet: ErrorPacket,
     window: &mut VecDeque<Written<T>>,
     sink: &dyn OutcomeSink<T>,
     info: &ConnectionInfo,
 ) {
     let shutdown = packet.status == Status::Shutdown;
-    let Some(pos) = window.iter().position(|w| w.identifier == packet.identifier) else {
-        tracing::warn!(conn = info.id, identifier = packet.identifier, status = packet.status.code(),
-            "error packet names a notification outside the response window; requeueing the window");
+    let Some(pos) = window
+        .iter()
+        .position(|w| w.identifier == packet.identifier)
+    else {
+        tracing::warn!(
+            conn = info.id,
+            identifier = packet.identifier,
+            status = packet.status.code(),
+            "error packet names a notification outside the response window; requeueing the window"
+        );
         return;
     };
     // With status 10 the identifier is the last notification APNs processed (apns.md §1.5).
-    let delivered = if shutdown { pos + 1 } else { pos };
-    for w in window.drain(..delivered) {
-        sink.report(w.tag, PushResult::Delivered { apns_id: None }, info);
+    let processed = if shutdown { pos + 1 } else { pos };
+    for w in window.drain(..processed) {
+        sink.report(w.tag, delivered(w.identifier), info);
     }
     if !shutdown {
         if let Some(w) = window.pop_front() {
-            sink.report(w.tag, PushResult::Rejected(Rejection::Binary { status: packet.status }), info);
+            sink.report(
+                w.tag,
+                PushResult::Rejected(Rejection::Binary {
+                    status: packet.status,
+                }),
+                info,
+            );
         }
     }
     for w in window.drain(..) {
-        sink.report(w.tag, PushResult::NotSent(NotSentReason::AfterRejected), info);
+        sink.report(
+            w.tag,
+            PushResult::NotSent(NotSentReason::AfterRejected),
+            info,
+        );
+    }
+}
+
+/// The binary protocol's transaction id is the notification identifier.
+fn delivered(identifier: u32) -> PushResult {
+    PushResult::Delivered {
+        transaction_id: Some(identifier.to_string()),
     }
 }

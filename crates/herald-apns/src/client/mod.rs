@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use crate::binary::Status;
 use crate::outcome::{FailureClass, classify_binary, classify_http};
-use crate::push::{PushType, Priority};
+use crate::push::{Priority, PushType};
 use crate::token_hex::DeviceToken;
 
 /// Everything a connection needs to send one notification.
@@ -53,8 +53,9 @@ pub type JobSender<T> = async_channel::Sender<Job<T>>;
 /// How one notification ended on one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushResult {
-    /// HTTP/2: a 200 answer. Binary: no error packet within the response window.
-    Delivered { apns_id: Option<String> },
+    /// HTTP/2: a 200 answer. Binary: no error packet within the response window. The transaction id is the
+    /// `apns-id` APNs answered with (HTTP/2) or the notification identifier (binary).
+    Delivered { transaction_id: Option<String> },
     /// APNs refused this notification.
     Rejected(Rejection),
     /// APNs did not process it (refused stream, GOAWAY, connection lost, or a binary notification written after
@@ -67,8 +68,14 @@ pub enum PushResult {
 /// A refusal by APNs, in either protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
-    Http { status: u16, reason: String, timestamp_ms: Option<u64> },
-    Binary { status: Status },
+    Http {
+        status: u16,
+        reason: String,
+        timestamp_ms: Option<u64>,
+    },
+    Binary {
+        status: Status,
+    },
 }
 
 impl Rejection {
@@ -174,13 +181,22 @@ impl ConnectionState {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     #[error("connecting to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("resolving {host}: {source}")]
-    Resolve { host: String, source: std::io::Error },
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
     #[error("{host} resolved to no address")]
     NoAddress { host: String },
     #[error("TLS handshake with {host}: {source}")]
-    Tls { host: String, source: std::io::Error },
+    Tls {
+        host: String,
+        source: std::io::Error,
+    },
     #[error("invalid server name {0:?}")]
     ServerName(String),
     #[error("HTTP/2 handshake with {host}: {source}")]

@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap arguments and its `run` function.
 
+pub mod bench;
 pub mod check;
 pub mod config;
 pub mod sim;

@@ -1,0 +1,248 @@
+//! The `apn_logger` push log (momentum.md §1.7): one `@`-delimited line per outcome with the entry type in field
+//! 1, in formats built from Momentum's macros (`%t`, `%i`, `%sa`, `%da`, `%d`, `%g`, `%b`, `%H`, `%B`, `%ti`,
+//! `%S`, `%e`, `%dt`). The defaults are Momentum's.
+
+use std::fmt::Write as _;
+
+use super::file::{LogFile, push_escaped};
+use super::{OutcomeKind, OutcomeRecord};
+
+pub const DEFAULT_DELIVERY_FORMAT: &str = "%t@D@%i@\"%sa\"@\"%da\"@%d@%g@%b@%H@%B@%ti";
+pub const DEFAULT_TEMPFAIL_FORMAT: &str = "%t@T@%i@\"%sa\"@\"%da\"@%d@%g@%b@%H@%B@%ti@%S@%e";
+pub const DEFAULT_PERMFAIL_FORMAT: &str = "%t@P@%i@%sa@%da@%d@%g@%b@%H@%S@%e";
+pub const DEFAULT_HEARTBEAT_FORMAT: &str = "%t@M";
+
+/// One macro of an apn_logger format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Macro {
+    Time,
+    MessageId,
+    SourceAddr,
+    DestAddr,
+    DeviceToken,
+    Domain,
+    BindingGroup,
+    Binding,
+    RemoteIp,
+    Bytes,
+    TransactionId,
+    Status,
+    Error,
+}
+
+/// Longest names first, so `%sa` is not read as `%s` + `a`.
+const MACROS: [(&str, Macro); 13] = [
+    ("ti", Macro::TransactionId),
+    ("sa", Macro::SourceAddr),
+    ("da", Macro::DestAddr),
+    ("dt", Macro::DeviceToken),
+    ("t", Macro::Time),
+    ("i", Macro::MessageId),
+    ("d", Macro::Domain),
+    ("g", Macro::BindingGroup),
+    ("b", Macro::Binding),
+    ("H", Macro::RemoteIp),
+    ("B", Macro::Bytes),
+    ("S", Macro::Status),
+    ("e", Macro::Error),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Macro(Macro),
+}
+
+/// A parsed log format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFormat(Vec<Segment>);
+
+/// A format with a `%` that names no macro.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown apn_logger macro %{name} at byte {offset} of {format:?}")]
+pub struct FormatError {
+    pub format: String,
+    pub name: String,
+    pub offset: usize,
+}
+
+impl LogFormat {
+    pub fn parse(format: &str) -> Result<Self, FormatError> {
+        let mut segments = Vec::new();
+        let mut literal = String::new();
+        let mut rest = format;
+        while let Some(pos) = rest.find('%') {
+            literal.push_str(&rest[..pos]);
+            let after = &rest[pos + 1..];
+            if let Some(tail) = after.strip_prefix('%') {
+                literal.push('%');
+                rest = tail;
+                continue;
+            }
+            let Some((name, m)) = MACROS.iter().find(|(name, _)| after.starts_with(name)) else {
+                let name: String = after
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                return Err(FormatError {
+                    format: format.to_owned(),
+                    name,
+                    offset: format.len() - rest.len() + pos,
+                });
+            };
+            if !literal.is_empty() {
+                segments.push(Segment::Literal(std::mem::take(&mut literal)));
+            }
+            segments.push(Segment::Macro(*m));
+            rest = &after[name.len()..];
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            segments.push(Segment::Literal(literal));
+        }
+        Ok(LogFormat(segments))
+    }
+
+    fn render(&self, r: &OutcomeRecord<'_>, line: &mut String) {
+        let n = r.notification;
+        for segment in &self.0 {
+            match segment {
+                Segment::Literal(s) => line.push_str(s),
+                Segment::Macro(m) => match m {
+                    Macro::Time => {
+                        let _ = write!(line, "{}", r.at);
+                    }
+                    Macro::MessageId => {
+                        let _ = write!(line, "{}", n.id);
+                    }
+                    Macro::SourceAddr => push_escaped(line, &n.sender),
+                    Macro::DestAddr => push_escaped(line, &n.recipient),
+                    Macro::DeviceToken => n.token.write_hex(line),
+                    Macro::Domain => push_escaped(line, &n.domain),
+                    Macro::BindingGroup => push_escaped(line, r.binding_group),
+                    Macro::Binding => push_escaped(line, r.binding),
+                    Macro::RemoteIp => {
+                        if let Some(ip) = r.remote_ip {
+                            let _ = write!(line, "{ip}");
+                        }
+                    }
+                    Macro::Bytes => {
+                        let _ = write!(line, "{}", n.payload.len());
+                    }
+                    Macro::TransactionId => push_escaped(line, r.transaction_id.unwrap_or("")),
+                    Macro::Status => {
+                        if let Some(s) = r.status {
+                            let _ = write!(line, "{s}");
+                        }
+                    }
+                    Macro::Error => push_escaped(line, r.error),
+                },
+            }
+        }
+    }
+}
+
+/// The formats and switches of one apn_logger instance.
+#[derive(Debug, Clone)]
+pub struct ApnLogFormats {
+    pub delivery: Option<LogFormat>,
+    pub tempfail: Option<LogFormat>,
+    pub permfail: Option<LogFormat>,
+    pub heartbeat: LogFormat,
+}
+
+impl Default for ApnLogFormats {
+    fn default() -> Self {
+        let parse = |f: &str| {
+            LogFormat::parse(f).unwrap_or(LogFormat(vec![Segment::Literal(f.to_owned())]))
+        };
+        ApnLogFormats {
+            delivery: Some(parse(DEFAULT_DELIVERY_FORMAT)),
+            tempfail: Some(parse(DEFAULT_TEMPFAIL_FORMAT)),
+            permfail: Some(parse(DEFAULT_PERMFAIL_FORMAT)),
+            heartbeat: parse(DEFAULT_HEARTBEAT_FORMAT),
+        }
+    }
+}
+
+/// One apn_logger instance.
+#[derive(Debug)]
+pub struct ApnLog {
+    file: LogFile,
+    formats: ApnLogFormats,
+}
+
+impl ApnLog {
+    pub fn new(file: LogFile, formats: ApnLogFormats) -> Self {
+        ApnLog { file, formats }
+    }
+
+    pub fn file(&self) -> &LogFile {
+        &self.file
+    }
+
+    pub fn outcome(&self, r: &OutcomeRecord<'_>) {
+        let format = match r.kind {
+            OutcomeKind::Delivered => &self.formats.delivery,
+            OutcomeKind::Transient => &self.formats.tempfail,
+            OutcomeKind::Permanent => &self.formats.permfail,
+        };
+        if let Some(format) = format {
+            let mut line = String::with_capacity(200);
+            format.render(r, &mut line);
+            self.file.write_line(&line);
+        }
+    }
+
+    pub fn heartbeat(&self, at: u64) {
+        let mut line = String::new();
+        for segment in &self.formats.heartbeat.0 {
+            match segment {
+                Segment::Literal(s) => line.push_str(s),
+                Segment::Macro(Macro::Time) => {
+                    let _ = write!(line, "{at}");
+                }
+                Segment::Macro(_) => {}
+            }
+        }
+        self.file.write_line(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_formats_parse() {
+        for f in [
+            DEFAULT_DELIVERY_FORMAT,
+            DEFAULT_TEMPFAIL_FORMAT,
+            DEFAULT_PERMFAIL_FORMAT,
+            DEFAULT_HEARTBEAT_FORMAT,
+        ] {
+            LogFormat::parse(f).unwrap();
+        }
+    }
+
+    #[test]
+    fn two_letter_macros_win_over_one_letter_ones() {
+        let f = LogFormat::parse("%sa%ti%t%%").unwrap();
+        assert_eq!(
+            f.0,
+            vec![
+                Segment::Macro(Macro::SourceAddr),
+                Segment::Macro(Macro::TransactionId),
+                Segment::Macro(Macro::Time),
+                Segment::Literal("%".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_macro_is_refused_with_its_place() {
+        let e = LogFormat::parse("%t@%q").unwrap_err();
+        assert_eq!(e.name, "q");
+        assert_eq!(e.offset, 3);
+    }
+}

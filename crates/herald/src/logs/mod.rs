@@ -1,0 +1,194 @@
+//! Momentum-format logs: the `ec_logger` mainlog (R, D, T, P and M lines, momentum.md §7.1) and the `apn_logger`
+//! push log (D, T, P and M lines with configurable formats, momentum.md §1.7). Each outcome of a notification is
+//! written exactly once, by the code that decides it.
+
+pub mod apnlog;
+pub mod file;
+pub mod mainlog;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::queue::message::Notification;
+
+/// What happened to a notification, as the logs record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    Delivered,
+    /// A transient failure: it will be retried.
+    Transient,
+    /// A permanent failure: it is removed.
+    Permanent,
+}
+
+/// Everything an outcome line needs.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeRecord<'a> {
+    pub kind: OutcomeKind,
+    pub notification: &'a Notification,
+    pub binding_group: &'a str,
+    pub binding: &'a str,
+    /// Retries made before this attempt (0 = first attempt).
+    pub retries: u32,
+    pub remote_ip: Option<IpAddr>,
+    /// APNs' transaction id: the `apns-id` (HTTP/2) or the notification identifier (binary).
+    pub transaction_id: Option<&'a str>,
+    /// APNs status (HTTP status or binary status byte) for failures.
+    pub status: Option<u16>,
+    /// Failure text (APNs reason, or herald's own reason when APNs was never reached).
+    pub error: &'a str,
+    /// Whether the failure happened with a connection (mainlog connection stage 9) or without one (stage 0).
+    pub connected: bool,
+    /// Unix time of the event.
+    pub at: u64,
+}
+
+/// The configured logs; either may be absent.
+#[derive(Debug, Default, Clone)]
+pub struct Logs {
+    pub mainlog: Option<Arc<mainlog::MainLog>>,
+    pub apnlog: Vec<Arc<apnlog::ApnLog>>,
+}
+
+impl Logs {
+    pub fn outcome(&self, record: &OutcomeRecord<'_>) {
+        if let Some(m) = &self.mainlog {
+            m.outcome(record);
+        }
+        for a in &self.apnlog {
+            a.outcome(record);
+        }
+    }
+
+    pub fn reception(&self, n: &Notification, source_ip: Option<IpAddr>, protocol: &str) {
+        if let Some(m) = &self.mainlog {
+            m.reception(n, source_ip, protocol);
+        }
+    }
+
+    pub fn heartbeat(&self, at: u64) {
+        if let Some(m) = &self.mainlog {
+            m.heartbeat(at);
+        }
+        for a in &self.apnlog {
+            a.heartbeat(at);
+        }
+    }
+
+    pub fn flush(&self) {
+        if let Some(m) = &self.mainlog {
+            let _ = m.file().flush();
+        }
+        for a in &self.apnlog {
+            let _ = a.file().flush();
+        }
+    }
+
+    /// Reopens every log file (after logrotate); returns the errors of those that failed.
+    pub fn reopen(&self) -> Vec<file::LogFileError> {
+        let mut errors = Vec::new();
+        if let Some(m) = &self.mainlog {
+            errors.extend(m.file().reopen().err());
+        }
+        for a in &self.apnlog {
+            errors.extend(a.file().reopen().err());
+        }
+        errors
+    }
+}
+
+/// Why the configured logs could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LogSetupError {
+    #[error(transparent)]
+    File(#[from] file::LogFileError),
+    #[error("apn_logger {name:?}: {source}")]
+    Format {
+        name: String,
+        source: apnlog::FormatError,
+    },
+}
+
+impl Logs {
+    /// Opens the logs the configuration declares: each enabled `ec_logger`'s mainlog and each enabled
+    /// `apn_logger`. Returns them with the heartbeat interval to use (the shortest configured).
+    pub fn open(
+        config: &herald_conf::Config,
+    ) -> Result<(Logs, Option<std::time::Duration>), LogSetupError> {
+        let mut logs = Logs::default();
+        let mut heartbeat: Option<std::time::Duration> = None;
+        for ec in config.ec_loggers().iter().filter(|e| e.enabled) {
+            if ec.mainlog.as_os_str().is_empty() {
+                continue;
+            }
+            let mut m = mainlog::MainLog::new(file::LogFile::open(&ec.mainlog, ec.mainlog_mode)?);
+            m.log_receptions = ec.log_receptions;
+            m.log_deliveries = ec.log_deliveries;
+            m.log_transient_failures = ec.log_transient_failures;
+            m.log_permanent_failures = ec.log_permanent_failures;
+            logs.mainlog = Some(Arc::new(m));
+            heartbeat = min_opt(heartbeat, ec.heartbeat);
+        }
+        for a in config.apn_loggers().iter().filter(|a| a.enabled) {
+            let parse = |f: &str| {
+                apnlog::LogFormat::parse(f).map_err(|source| LogSetupError::Format {
+                    name: a.name.clone(),
+                    source,
+                })
+            };
+            let formats = apnlog::ApnLogFormats {
+                delivery: a
+                    .log_delivery
+                    .then(|| parse(&a.log_delivery_format))
+                    .transpose()?,
+                tempfail: a
+                    .log_tempfail
+                    .then(|| parse(&a.log_tempfail_format))
+                    .transpose()?,
+                permfail: a
+                    .log_permfail
+                    .then(|| parse(&a.log_permfail_format))
+                    .transpose()?,
+                heartbeat: parse(&a.log_heartbeat_format)?,
+            };
+            let file = file::LogFile::open(&a.logfile, a.logmode)?;
+            logs.apnlog
+                .push(Arc::new(apnlog::ApnLog::new(file, formats)));
+            heartbeat = min_opt(heartbeat, a.heartbeat);
+        }
+        Ok((logs, heartbeat))
+    }
+
+    /// Flushes the logs every `flush_every` and writes heartbeat lines every `heartbeat`, until the runtime ends.
+    pub fn spawn_maintenance(
+        &self,
+        flush_every: std::time::Duration,
+        heartbeat: Option<std::time::Duration>,
+    ) {
+        let logs = self.clone();
+        tokio::spawn(async move {
+            let mut flush = tokio::time::interval(flush_every);
+            let mut next_heartbeat = heartbeat.map(|h| tokio::time::Instant::now() + h);
+            loop {
+                flush.tick().await;
+                logs.flush();
+                if let (Some(at), Some(every)) = (next_heartbeat, heartbeat) {
+                    if tokio::time::Instant::now() >= at {
+                        logs.heartbeat(crate::queue::message::unix_now());
+                        next_heartbeat = Some(at + every);
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn min_opt(
+    a: Option<std::time::Duration>,
+    b: Option<std::time::Duration>,
+) -> Option<std::time::Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -1,0 +1,274 @@
+//! The pool of connections of one (binding, domain) (momentum.md §1.5, design §2).
+//!
+//! Connections open on demand: the first when work arrives, another only when every open one is saturated and
+//! work is waiting, never more than `max_outbound_connections` (counting those being opened). They all pull from
+//! one queue, so work spreads over whichever has room. A connection closes itself after `idle_timeout`, on an
+//! exception, or (binary) after an error packet. Failed connection attempts back off exponentially; after
+//! `mx_failures_to_delay` of them in a row the pool says so, and the domain's queue is delayed instead of spun on.
+//!
+//! The pool is owned by its domain's task and is not shared: no locks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use herald_apns::client::{
+    ConnectionError, ConnectionState, Job, JobReceiver, JobSender, OutcomeSink, http2, legacy,
+};
+
+use super::settings::{DeliverySettings, RouteProtocol};
+use crate::queue::message::Queued;
+
+/// Work waiting for a connection beyond what open connections can carry, so that saturation is visible.
+const BACKLOG: usize = 256;
+/// First and longest pause between failed connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Numbers connections across the whole process, for logs.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+pub type PoolJob = Job<Box<Queued>>;
+
+/// The result of one connection attempt, reported back to the pool's owner.
+pub type ConnectResult = Result<Arc<ConnectionState>, ConnectionError>;
+
+/// What the pool needs from its owner: where results go, and how to hear back about connection attempts.
+pub trait PoolEvents: Send + Sync + 'static {
+    fn connected(&self, generation: u64, result: ConnectResult);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Opened,
+    /// The attempt failed; `delay_domain` is true when `mx_failures_to_delay` consecutive attempts have failed.
+    Failed {
+        delay_domain: bool,
+    },
+    /// A report from a pool generation that was replaced (after a reload); ignored.
+    Stale,
+}
+
+pub struct Pool {
+    settings: Arc<DeliverySettings>,
+    generation: u64,
+    jobs_tx: JobSender<Box<Queued>>,
+    jobs_rx: JobReceiver<Box<Queued>>,
+    connections: Vec<Arc<ConnectionState>>,
+    connecting: usize,
+    consecutive_failures: u32,
+    next_attempt: Instant,
+    last_error: Option<String>,
+    sink: Arc<dyn OutcomeSink<Box<Queued>>>,
+    events: Arc<dyn PoolEvents>,
+    h2: Arc<http2::Http2Options>,
+    binary: Arc<legacy::BinaryOptions>,
+    opened_total: u64,
+}
+
+impl Pool {
+    pub fn new(
+        settings: Arc<DeliverySettings>,
+        generation: u64,
+        sink: Arc<dyn OutcomeSink<Box<Queued>>>,
+        events: Arc<dyn PoolEvents>,
+    ) -> Self {
+        let (jobs_tx, jobs_rx) = async_channel::unbounded();
+        let h2 = Arc::new(http2::Http2Options {
+            endpoint: settings.endpoint.clone(),
+            tls: settings.tls.clone(),
+            auth: settings.auth.clone(),
+            connect_timeout: settings.connect_timeout,
+            response_timeout: settings.response_timeout,
+            idle_timeout: settings.idle_timeout,
+            keepalive: settings.keepalive,
+        });
+        let format = match settings.protocol {
+            RouteProtocol::Binary(f) => f,
+            RouteProtocol::Http2 => herald_apns::binary::BinaryFormat::Frame,
+        };
+        let binary = Arc::new(legacy::BinaryOptions {
+            endpoint: settings.endpoint.clone(),
+            tls: settings.tls.clone(),
+            format,
+            connect_timeout: settings.connect_timeout,
+            response_timeout: settings.response_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_window: settings.max_window,
+        });
+        Pool {
+            settings,
+            generation,
+            jobs_tx,
+            jobs_rx,
+            connections: Vec::new(),
+            connecting: 0,
+            consecutive_failures: 0,
+            next_attempt: Instant::now(),
+            last_error: None,
+            sink,
+            events,
+            h2,
+            binary,
+            opened_total: 0,
+        }
+    }
+
+    pub fn settings(&self) -> &Arc<DeliverySettings> {
+        &self.settings
+    }
+
+    /// Hands a job to the connections.
+    pub fn submit(&mut self, job: PoolJob) {
+        if let Err(e) = self.jobs_tx.try_send(job) {
+            // Unbounded and never closed while the pool lives; should it happen, the job comes back unsent.
+            let job = e.into_inner();
+            let info = herald_apns::client::ConnectionInfo {
+                remote: ([0, 0, 0, 0], 0).into(),
+                id: 0,
+            };
+            self.sink.report(
+                job.tag,
+                herald_apns::client::PushResult::NotSent(
+                    herald_apns::client::NotSentReason::Closing,
+                ),
+                &info,
+            );
+        }
+    }
+
+    /// Jobs handed over and not yet taken by a connection.
+    pub fn waiting(&self) -> usize {
+        self.jobs_rx.len()
+    }
+
+    /// How many jobs may be outstanding (handed over and not yet reported) before the queue should hold back.
+    pub fn dispatch_limit(&self) -> usize {
+        let open: usize = self
+            .connections
+            .iter()
+            .filter(|c| !c.is_closed())
+            .map(|c| c.capacity())
+            .sum();
+        open + BACKLOG
+    }
+
+    /// Connections open or being opened.
+    pub fn open_connections(&self) -> usize {
+        self.connections.iter().filter(|c| !c.is_closed()).count() + self.connecting
+    }
+
+    pub fn opened_total(&self) -> u64 {
+        self.opened_total
+    }
+
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// Drops closed connections and opens one more if work waits and every open one is saturated.
+    pub fn maintain(&mut self) {
+        self.connections.retain(|c| !c.is_closed());
+        let waiting = self.jobs_rx.len();
+        if waiting == 0 || self.connecting > 0 {
+            return;
+        }
+        if self.connections.len() >= self.settings.max_connections.max(1) {
+            return;
+        }
+        let all_busy = self
+            .connections
+            .iter()
+            .all(|c| c.is_saturated() || c.is_draining());
+        if !all_busy || Instant::now() < self.next_attempt {
+            return;
+        }
+        self.connecting += 1;
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        let generation = self.generation;
+        let events = self.events.clone();
+        let jobs = self.jobs_rx.clone();
+        let sink = self.sink.clone();
+        match self.settings.protocol {
+            RouteProtocol::Http2 => {
+                let opts = self.h2.clone();
+                tokio::spawn(async move {
+                    events.connected(generation, http2::open(opts, id, jobs, sink).await);
+                });
+            }
+            RouteProtocol::Binary(_) => {
+                let opts = self.binary.clone();
+                tokio::spawn(async move {
+                    events.connected(generation, legacy::open(opts, id, jobs, sink).await);
+                });
+            }
+        }
+    }
+
+    /// Records the end of a connection attempt.
+    pub fn on_connected(&mut self, generation: u64, result: ConnectResult) -> ConnectOutcome {
+        if generation != self.generation {
+            if let Ok(state) = result {
+                state.drain();
+            }
+            return ConnectOutcome::Stale;
+        }
+        self.connecting = self.connecting.saturating_sub(1);
+        match result {
+            Ok(state) => {
+                self.consecutive_failures = 0;
+                self.next_attempt = Instant::now();
+                self.opened_total += 1;
+                self.connections.push(state);
+                ConnectOutcome::Opened
+            }
+            Err(e) => {
+                self.consecutive_failures += 1;
+                let backoff = BACKOFF_MIN
+                    .saturating_mul(1 << self.consecutive_failures.min(16).saturating_sub(1))
+                    .min(BACKOFF_MAX);
+                self.next_attempt = Instant::now() + backoff;
+                tracing::warn!(domain = %self.settings.domain, endpoint = %self.settings.endpoint,
+                    failures = self.consecutive_failures, "connection failed: {e}");
+                self.last_error = Some(e.to_string());
+                let limit = self.settings.mx_failures_to_delay;
+                let delay_domain =
+                    limit > 0 && self.consecutive_failures >= limit && self.connections.is_empty();
+                if delay_domain {
+                    self.consecutive_failures = 0;
+                }
+                ConnectOutcome::Failed { delay_domain }
+            }
+        }
+    }
+
+    /// Takes back every job no connection has taken yet (to delay them).
+    pub fn take_waiting(&mut self) -> Vec<PoolJob> {
+        let mut jobs = Vec::with_capacity(self.jobs_rx.len());
+        while let Ok(job) = self.jobs_rx.try_recv() {
+            jobs.push(job);
+        }
+        jobs
+    }
+
+    /// Asks every connection to finish what it carries and close; new work waits for new connections.
+    pub fn drain(&mut self) {
+        for c in &self.connections {
+            c.drain();
+        }
+    }
+
+    /// Closes the queue: connections finish what they carry, hand back nothing new, and close.
+    pub fn close(&self) {
+        self.jobs_tx.close();
+        for c in &self.connections {
+            c.drain();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,67 @@
+//! The delivery settings of one (binding, domain): where its notifications go, how, and how hard to retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_apns::binary::BinaryFormat;
+use herald_apns::client::connect::Endpoint;
+use herald_apns::provider_token::ProviderTokenCache;
+
+use crate::queue::retry::RetryPolicy;
+
+/// Which APNs protocol a route speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteProtocol {
+    Http2,
+    Binary(BinaryFormat),
+}
+
+/// Everything the queue and the pool need to deliver one domain's notifications.
+#[derive(Clone)]
+pub struct DeliverySettings {
+    pub domain: Arc<str>,
+    pub binding_group: Arc<str>,
+    pub binding: Arc<str>,
+    pub protocol: RouteProtocol,
+    pub endpoint: Endpoint,
+    /// rustls configuration: ALPN `h2` for HTTP/2, the client certificate where there is one.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Provider-token auth (HTTP/2 only).
+    pub auth: Option<ProviderTokenCache>,
+    /// `apn_topic`: sent when a notification names no topic.
+    pub default_topic: Option<Arc<str>>,
+    /// `max_outbound_connections`.
+    pub max_connections: usize,
+    /// `idle_timeout`; `None` for 0 (never close).
+    pub idle_timeout: Option<Duration>,
+    /// `delivery_response_timeout`: the binary protocol's silence window, HTTP/2's answer timeout.
+    pub response_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// HTTP/2: PING after this long without traffic.
+    pub keepalive: Duration,
+    /// `mx_failures_to_delay`: consecutive connection failures before the domain's queue is delayed; 0 = never.
+    pub mx_failures_to_delay: u32,
+    pub retry: RetryPolicy,
+    /// `apn_expiry`: APNs expiration given to notifications that carry none, counted from reception.
+    pub apn_expiry: Duration,
+    /// Binary protocol: most notifications inside one connection's response window.
+    pub max_window: usize,
+}
+
+impl std::fmt::Debug for DeliverySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliverySettings")
+            .field("domain", &self.domain)
+            .field("binding_group", &self.binding_group)
+            .field("binding", &self.binding)
+            .field("protocol", &self.protocol)
+            .field("endpoint", &self.endpoint)
+            .field("token_auth", &self.auth.is_some())
+            .field("max_connections", &self.max_connections)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("mx_failures_to_delay", &self.mx_failures_to_delay)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}

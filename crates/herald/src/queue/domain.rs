@@ -1,0 +1,454 @@
+//! One domain's queue and its task: the active queue (ready now), the delayed queue (waiting for a retry time),
+//! the pool that delivers them, and the handling of every outcome: log it once, count it, and retry, fail or
+//! report the token, as the retry policy and the outcome class say (momentum.md §7.3, design §2, §5).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_apns::client::{ConnectionInfo, Job, NotSentReason, OutcomeSink, PushResult};
+use herald_apns::outcome::FailureClass;
+use tokio::sync::mpsc;
+
+use super::message::{Queued, unix_now};
+use super::retry::RetryDecision;
+use super::stats::DomainStats;
+use super::{EngineShared, InvalidToken};
+use crate::logs::{OutcomeKind, OutcomeRecord};
+use crate::outbound::pool::{ConnectOutcome, ConnectResult, Pool, PoolEvents};
+use crate::outbound::settings::DeliverySettings;
+
+/// How often the delayed queue and the pool are looked at.
+const TICK: Duration = Duration::from_millis(50);
+/// Events handled per loop before work is dispatched again.
+const EVENT_BATCH: usize = 512;
+
+/// What a domain's task is told.
+pub enum DomainEvent {
+    Enqueue(Box<Queued>),
+    Outcome {
+        tag: Box<Queued>,
+        result: PushResult,
+        remote: Option<std::net::IpAddr>,
+    },
+    Connected {
+        generation: u64,
+        result: ConnectResult,
+    },
+    /// Make every delayed notification due now (`flush domain`).
+    Flush,
+    /// New settings (after a configuration reload): open connections drain, new ones use these.
+    Reconfigure(Arc<DeliverySettings>),
+}
+
+/// The channel into a domain's task; also the pool's outcome sink.
+#[derive(Clone)]
+pub struct DomainSender(pub mpsc::UnboundedSender<DomainEvent>);
+
+impl OutcomeSink<Box<Queued>> for DomainSender {
+    fn report(&self, tag: Box<Queued>, result: PushResult, conn: &ConnectionInfo) {
+        let remote = (conn.id != 0).then(|| conn.remote.ip());
+        let _ = self.0.send(DomainEvent::Outcome {
+            tag,
+            result,
+            remote,
+        });
+    }
+}
+
+impl PoolEvents for DomainSender {
+    fn connected(&self, generation: u64, result: ConnectResult) {
+        let _ = self.0.send(DomainEvent::Connected { generation, result });
+    }
+}
+
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    item: Box<Queued>,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+pub struct DomainTask {
+    settings: Arc<DeliverySettings>,
+    active: VecDeque<Box<Queued>>,
+    delayed: BinaryHeap<Reverse<Delayed>>,
+    seq: u64,
+    pool: Pool,
+    generation: u64,
+    /// Handed to the pool and not yet reported back.
+    outstanding: usize,
+    sender: DomainSender,
+    events: mpsc::UnboundedReceiver<DomainEvent>,
+    shared: Arc<EngineShared>,
+    stats: Arc<DomainStats>,
+}
+
+impl DomainTask {
+    pub fn new(
+        settings: Arc<DeliverySettings>,
+        sender: DomainSender,
+        events: mpsc::UnboundedReceiver<DomainEvent>,
+        shared: Arc<EngineShared>,
+        stats: Arc<DomainStats>,
+    ) -> Self {
+        let sink = Arc::new(sender.clone());
+        let pool = Pool::new(settings.clone(), 0, sink.clone(), sink);
+        DomainTask {
+            settings,
+            active: VecDeque::new(),
+            delayed: BinaryHeap::new(),
+            seq: 0,
+            pool,
+            generation: 0,
+            outstanding: 0,
+            sender,
+            events,
+            shared,
+            stats,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.dispatch();
+            tokio::select! {
+                event = self.events.recv() => {
+                    let Some(event) = event else { break };
+                    self.handle(event);
+                    for _ in 0..EVENT_BATCH {
+                        match self.events.try_recv() {
+                            Ok(event) => self.handle(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn handle(&mut self, event: DomainEvent) {
+        match event {
+            DomainEvent::Enqueue(item) => {
+                self.active.push_back(item);
+            }
+            DomainEvent::Outcome {
+                tag,
+                result,
+                remote,
+            } => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                self.on_outcome(tag, result, remote);
+            }
+            DomainEvent::Connected { generation, result } => match self
+                .pool
+                .on_connected(generation, result)
+            {
+                ConnectOutcome::Failed { delay_domain: true } => self.delay_domain(),
+                ConnectOutcome::Opened | ConnectOutcome::Failed { .. } | ConnectOutcome::Stale => {}
+            },
+            DomainEvent::Flush => {
+                while let Some(Reverse(d)) = self.delayed.pop() {
+                    self.active.push_back(d.item);
+                }
+            }
+            DomainEvent::Reconfigure(settings) => {
+                self.generation += 1;
+                let sink = Arc::new(self.sender.clone());
+                let mut old = std::mem::replace(
+                    &mut self.pool,
+                    Pool::new(settings.clone(), self.generation, sink.clone(), sink),
+                );
+                // What the old pool's connections had not taken yet goes to the new one.
+                for job in old.take_waiting() {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    self.active.push_front(job.tag);
+                }
+                old.close();
+                self.settings = settings;
+            }
+        }
+        self.publish_sizes();
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
+            if let Some(Reverse(d)) = self.delayed.pop() {
+                self.active.push_back(d.item);
+            }
+        }
+        self.pool.maintain();
+        self.stats.set_connections(self.pool.open_connections());
+        self.publish_sizes();
+    }
+
+    fn publish_sizes(&self) {
+        self.stats
+            .set_queue_sizes(self.active.len() + self.outstanding, self.delayed.len());
+    }
+
+    /// Moves ready notifications to the pool while it has room.
+    fn dispatch(&mut self) {
+        let limit = self.pool.dispatch_limit();
+        let now = unix_now();
+        while self.outstanding < limit {
+            let Some(mut item) = self.active.pop_front() else {
+                break;
+            };
+            if let Some(reason) = self.refuse_before_attempt(&mut item, now) {
+                self.finish_permanent(item, None, None, &reason, false, None);
+                continue;
+            }
+            let mut request = item.request();
+            if request.topic.is_none() {
+                request.topic = self.settings.default_topic.clone();
+            }
+            self.outstanding += 1;
+            self.pool.submit(Job { request, tag: item });
+        }
+        self.pool.maintain();
+    }
+
+    /// Fixes the APNs expiration at the first attempt; says why a notification must fail without an attempt.
+    fn refuse_before_attempt(&self, item: &mut Queued, now: u64) -> Option<String> {
+        let n = &item.notification;
+        if item.apns_expiration.is_none() {
+            let expiry = n.expiration.unwrap_or_else(|| {
+                let at = n
+                    .received_at
+                    .saturating_add(self.settings.apn_expiry.as_secs());
+                u32::try_from(at).unwrap_or(u32::MAX)
+            });
+            item.apns_expiration = Some(expiry);
+        }
+        if let Some(expiry) = item.apns_expiration {
+            if expiry != 0 && u64::from(expiry) < now {
+                return Some("Delivery not attempted (APNs expiration passed)".into());
+            }
+        }
+        let age = Duration::from_secs(now.saturating_sub(n.received_at));
+        if self.settings.retry.never_attempt_expired && self.settings.retry.is_expired(age) {
+            return Some("Delivery not attempted (message expired)".into());
+        }
+        None
+    }
+
+    fn on_outcome(
+        &mut self,
+        mut item: Box<Queued>,
+        result: PushResult,
+        remote: Option<std::net::IpAddr>,
+    ) {
+        match result {
+            PushResult::Delivered { transaction_id } => {
+                let tx = transaction_id
+                    .as_deref()
+                    .or(item.notification.apns_id.as_deref());
+                self.log(&item, OutcomeKind::Delivered, remote, tx, None, "", true);
+                self.stats.delivered(item.enqueued.elapsed());
+                self.shared.finished(&item);
+            }
+            PushResult::NotSent(why) => {
+                tracing::trace!(id = %item.notification.id, ?why, "requeued unsent");
+                if why == NotSentReason::ConnectionLost || why == NotSentReason::Refused {
+                    self.stats.requeued();
+                }
+                self.active.push_front(item);
+            }
+            PushResult::TimedOut => {
+                let error = format!(
+                    "no answer within {} ms",
+                    self.settings.response_timeout.as_millis()
+                );
+                self.transient(item, remote, None, &error, true);
+            }
+            PushResult::Rejected(rejection) => {
+                let class = rejection.class();
+                let status = Some(rejection.code());
+                let tx = item.notification.apns_id.clone();
+                match class {
+                    FailureClass::Transient => {
+                        self.transient(item, remote, status, rejection.text(), true)
+                    }
+                    // A fresh token failing again (a clock far off, a revoked key) takes the normal schedule.
+                    FailureClass::RefreshTokenAndRetry if item.retries > 0 => {
+                        self.transient(item, remote, status, rejection.text(), true)
+                    }
+                    FailureClass::RefreshTokenAndRetry => {
+                        // The connection has retired the stale token; try again at once with a fresh one.
+                        self.log(
+                            &item,
+                            OutcomeKind::Transient,
+                            remote,
+                            tx.as_deref(),
+                            status,
+                            rejection.text(),
+                            true,
+                        );
+                        self.stats.transient(rejection.text());
+                        item.retries += 1;
+                        self.active.push_front(item);
+                    }
+                    FailureClass::Permanent => {
+                        self.finish_permanent(item, remote, status, rejection.text(), true, None);
+                    }
+                    FailureClass::InvalidToken => {
+                        let timestamp_ms = match &rejection {
+                            herald_apns::client::Rejection::Http { timestamp_ms, .. } => {
+                                *timestamp_ms
+                            }
+                            herald_apns::client::Rejection::Binary { .. } => None,
+                        };
+                        let invalid = InvalidToken {
+                            domain: item.notification.domain.clone(),
+                            token: item.notification.token.clone(),
+                            reason: rejection.text().to_owned(),
+                            timestamp_ms,
+                        };
+                        self.finish_permanent(
+                            item,
+                            remote,
+                            status,
+                            rejection.text(),
+                            true,
+                            Some(invalid),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn transient(
+        &mut self,
+        mut item: Box<Queued>,
+        remote: Option<std::net::IpAddr>,
+        status: Option<u16>,
+        error: &str,
+        connected: bool,
+    ) {
+        let age = Duration::from_secs(unix_now().saturating_sub(item.notification.received_at));
+        match self.settings.retry.after_failure(item.retries, age) {
+            RetryDecision::RetryIn(delay) => {
+                let tx = item.notification.apns_id.clone();
+                self.log(
+                    &item,
+                    OutcomeKind::Transient,
+                    remote,
+                    tx.as_deref(),
+                    status,
+                    error,
+                    connected,
+                );
+                self.stats.transient(error);
+                item.retries += 1;
+                self.seq += 1;
+                self.delayed.push(Reverse(Delayed {
+                    due: Instant::now() + delay,
+                    seq: self.seq,
+                    item,
+                }));
+            }
+            RetryDecision::RetriesExhausted => {
+                let reason = format!("exceeded max retries; last error: {error}");
+                self.finish_permanent(item, remote, status, &reason, connected, None);
+            }
+            RetryDecision::Expired => {
+                let reason = format!(
+                    "554 5.4.7 [internal] exceeded max time without delivery; last error: {error}"
+                );
+                self.finish_permanent(item, remote, None, &reason, connected, None);
+            }
+        }
+    }
+
+    fn finish_permanent(
+        &mut self,
+        item: Box<Queued>,
+        remote: Option<std::net::IpAddr>,
+        status: Option<u16>,
+        error: &str,
+        connected: bool,
+        invalid: Option<InvalidToken>,
+    ) {
+        let tx = item.notification.apns_id.clone();
+        self.log(
+            &item,
+            OutcomeKind::Permanent,
+            remote,
+            tx.as_deref(),
+            status,
+            error,
+            connected,
+        );
+        self.stats.permanent(error);
+        if let Some(invalid) = invalid {
+            self.shared.invalid_token(invalid);
+        }
+        self.shared.finished(&item);
+    }
+
+    /// `mx_failures_to_delay` connection attempts failed in a row: every waiting notification is retried later.
+    fn delay_domain(&mut self) {
+        let error = format!(
+            "connection to {} failed: {}",
+            self.settings.endpoint,
+            self.pool.last_error().unwrap_or("unknown error")
+        );
+        tracing::warn!(domain = %self.settings.domain, "delaying the queue: {error}");
+        let waiting = self.pool.take_waiting();
+        self.outstanding = self.outstanding.saturating_sub(waiting.len());
+        let active = std::mem::take(&mut self.active);
+        for item in waiting.into_iter().map(|j| j.tag).chain(active) {
+            self.transient(item, None, None, &error, false);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &self,
+        item: &Queued,
+        kind: OutcomeKind,
+        remote: Option<std::net::IpAddr>,
+        transaction_id: Option<&str>,
+        status: Option<u16>,
+        error: &str,
+        connected: bool,
+    ) {
+        let record = OutcomeRecord {
+            kind,
+            notification: &item.notification,
+            binding_group: &self.settings.binding_group,
+            binding: &self.settings.binding,
+            retries: item.retries,
+            remote_ip: remote,
+            transaction_id,
+            status,
+            error,
+            connected,
+            at: unix_now(),
+        };
+        self.shared.logs.outcome(&record);
+    }
+}

@@ -1,0 +1,241 @@
+//! The queue: notifications accepted for delivery, by domain, from acceptance to their final outcome.
+//!
+//! [`Engine`] routes each notification to its domain's task ([`domain`]), creating the task with the domain's
+//! [`DeliverySettings`] the first time. A semaphore bounds the notifications held in memory, so a slow or dead
+//! APNs makes submitters wait instead of growing memory without limit.
+
+pub mod domain;
+pub mod message;
+pub mod retry;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use herald_apns::token_hex::DeviceToken;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::logs::Logs;
+use crate::outbound::settings::DeliverySettings;
+use domain::{DomainEvent, DomainSender, DomainTask};
+use message::{Notification, Queued};
+use stats::DomainStats;
+
+/// A device token APNs said is no longer valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidToken {
+    pub domain: Arc<str>,
+    pub token: DeviceToken,
+    pub reason: String,
+    /// For HTTP/2 410 answers: when APNs found the token invalid (ms since the epoch).
+    pub timestamp_ms: Option<u64>,
+}
+
+/// Where invalid tokens go.
+pub trait InvalidTokenSink: Send + Sync + 'static {
+    fn record(&self, token: InvalidToken);
+}
+
+/// Keeps invalid tokens in memory (tests, `herald bench`).
+#[derive(Debug, Default)]
+pub struct MemoryInvalidTokens(pub Mutex<Vec<InvalidToken>>);
+
+impl InvalidTokenSink for MemoryInvalidTokens {
+    fn record(&self, token: InvalidToken) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(token);
+    }
+}
+
+/// Resolves a domain's delivery settings from the configuration.
+pub trait SettingsResolver: Send + Sync + 'static {
+    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String>;
+}
+
+/// Why a notification was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("domain {domain:?} cannot deliver: {reason}")]
+    Unroutable { domain: String, reason: String },
+    #[error("the queue is shutting down")]
+    ShuttingDown,
+}
+
+/// What every domain task shares.
+pub struct EngineShared {
+    pub logs: Logs,
+    invalid: Arc<dyn InvalidTokenSink>,
+    resident: Arc<Semaphore>,
+}
+
+impl EngineShared {
+    pub(crate) fn invalid_token(&self, token: InvalidToken) {
+        self.invalid.record(token);
+    }
+
+    /// A notification reached its final outcome: it no longer takes memory.
+    pub(crate) fn finished(&self, _item: &Queued) {
+        self.resident.add_permits(1);
+    }
+}
+
+struct DomainHandle {
+    sender: DomainSender,
+    stats: Arc<DomainStats>,
+}
+
+/// Limits of the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// Most notifications held in memory at once.
+    pub max_resident: usize,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits {
+            max_resident: 2_000_000,
+        }
+    }
+}
+
+/// The delivery engine: per-domain queues and pools.
+pub struct Engine {
+    shared: Arc<EngineShared>,
+    resolver: Arc<dyn SettingsResolver>,
+    domains: Mutex<HashMap<Arc<str>, DomainHandle>>,
+}
+
+impl Engine {
+    pub fn new(
+        resolver: Arc<dyn SettingsResolver>,
+        logs: Logs,
+        invalid: Arc<dyn InvalidTokenSink>,
+        limits: EngineLimits,
+    ) -> Self {
+        let resident = Arc::new(Semaphore::new(
+            limits.max_resident.min(Semaphore::MAX_PERMITS),
+        ));
+        Engine {
+            shared: Arc::new(EngineShared {
+                logs,
+                invalid,
+                resident,
+            }),
+            resolver,
+            domains: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn logs(&self) -> &Logs {
+        &self.shared.logs
+    }
+
+    /// Queues a notification for delivery; waits while the engine holds its maximum in memory.
+    /// Must run inside a tokio runtime (a domain's first notification starts its task).
+    pub async fn submit(&self, notification: Notification) -> Result<(), SubmitError> {
+        let permit = self
+            .shared
+            .resident
+            .acquire()
+            .await
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        permit.forget();
+        let sender = match self.domain_sender(&notification.domain) {
+            Ok(s) => s,
+            Err(e) => {
+                self.shared.resident.add_permits(1);
+                return Err(e);
+            }
+        };
+        if sender
+            .0
+            .send(DomainEvent::Enqueue(Queued::new(notification)))
+            .is_err()
+        {
+            self.shared.resident.add_permits(1);
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn domain_sender(&self, domain: &Arc<str>) -> Result<DomainSender, SubmitError> {
+        let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(handle) = domains.get(domain) {
+            handle
+                .stats
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(handle.sender.clone());
+        }
+        let settings = self
+            .resolver
+            .resolve(domain)
+            .map_err(|reason| SubmitError::Unroutable {
+                domain: domain.to_string(),
+                reason,
+            })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sender = DomainSender(tx);
+        let stats = Arc::new(DomainStats::default());
+        stats
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let task = DomainTask::new(
+            settings,
+            sender.clone(),
+            rx,
+            self.shared.clone(),
+            stats.clone(),
+        );
+        tokio::spawn(task.run());
+        domains.insert(
+            domain.clone(),
+            DomainHandle {
+                sender: sender.clone(),
+                stats,
+            },
+        );
+        Ok(sender)
+    }
+
+    /// Counters of one domain, if it has seen traffic.
+    pub fn stats(&self, domain: &str) -> Option<Arc<DomainStats>> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        domains.get(domain).map(|h| h.stats.clone())
+    }
+
+    /// Every domain that has seen traffic, with its counters.
+    pub fn all_stats(&self) -> Vec<(Arc<str>, Arc<DomainStats>)> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = domains
+            .iter()
+            .map(|(d, h)| (d.clone(), h.stats.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Makes every delayed notification of `domain` due now.
+    pub fn flush(&self, domain: &str) -> bool {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        domains
+            .get(domain)
+            .is_some_and(|h| h.sender.0.send(DomainEvent::Flush).is_ok())
+    }
+
+    /// Re-resolves every domain's settings (after a configuration reload): connections of the old settings
+    /// finish what they carry and close; new ones use the new settings.
+    pub fn reconfigure(&self) -> Vec<(String, String)> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let mut errors = Vec::new();
+        for (domain, handle) in domains.iter() {
+            match self.resolver.resolve(domain) {
+                Ok(settings) => {
+                    let _ = handle.sender.0.send(DomainEvent::Reconfigure(settings));
+                }
+                Err(e) => errors.push((domain.to_string(), e)),
+            }
+        }
+        errors
+    }
+}
