@@ -1,232 +1,16 @@
-//! The legacy binary provider API: notification commands 0, 1 and 2, the 6-byte error-response packet and
-//! feedback-service tuples (apns.md §1, §2).
-//!
-//! Encoders append to a caller's `BytesMut`. Decoders are incremental: call `decode` with the bytes received
-//! so far; it returns `Ok(None)` until a whole item is present, then removes exactly that item from the
-//! buffer. Malformed input gives a [`DecodeError`] carrying the status APNs would answer with; no input
-//! makes them panic. A decoder re-reads item headers from the start of the buffer on each call (at most a
-//! handful per notification), so it keeps no state between calls besides its limits.
+//! Incremental server-side decoding of notification commands 0, 1 and 2 (apns.md §1.2-§1.4), with errors
+//! that carry the status APNs would answer (apns.md §1.5).
 
 use std::fmt;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::BytesMut;
 
+use super::{
+    BinaryFormat, BinaryNotification, ErrorPacket, ITEM_EXPIRY, ITEM_IDENTIFIER, ITEM_PAYLOAD,
+    ITEM_PRIORITY, ITEM_TOKEN, Status,
+};
 use crate::push::BINARY_PAYLOAD_LIMIT;
 use crate::token_hex::BINARY_TOKEN_LEN;
-
-/// Which notification command carries a binary notification (apns.md §1.2-§1.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BinaryFormat {
-    /// Command 0: no identifier, no expiry, priority 10 implied.
-    Simple,
-    /// Command 1: identifier and expiry.
-    Enhanced,
-    /// Command 2: a frame of items (token, payload, identifier, expiry, priority).
-    Frame,
-}
-
-impl BinaryFormat {
-    pub fn command(self) -> u8 {
-        match self {
-            BinaryFormat::Simple => 0,
-            BinaryFormat::Enhanced => 1,
-            BinaryFormat::Frame => 2,
-        }
-    }
-
-    pub fn from_command(command: u8) -> Option<BinaryFormat> {
-        match command {
-            0 => Some(BinaryFormat::Simple),
-            1 => Some(BinaryFormat::Enhanced),
-            2 => Some(BinaryFormat::Frame),
-            _ => None,
-        }
-    }
-
-    /// APNs answers errors in commands 1 and 2 with an error packet; for command 0 it only closes the
-    /// connection (apns.md §1.2, §1.5).
-    pub fn sends_error_packet(self) -> bool {
-        self != BinaryFormat::Simple
-    }
-}
-
-/// Status byte of an error-response packet (apns.md §1.5). There is no status 9.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    NoErrors,
-    ProcessingError,
-    MissingDeviceToken,
-    MissingTopic,
-    MissingPayload,
-    InvalidTokenSize,
-    InvalidTopicSize,
-    InvalidPayloadSize,
-    InvalidToken,
-    Shutdown,
-    ProtocolError,
-    Unknown,
-}
-
-impl Status {
-    /// Every status of apns.md §1.5, in code order.
-    pub const ALL: [Status; 12] = [
-        Status::NoErrors,
-        Status::ProcessingError,
-        Status::MissingDeviceToken,
-        Status::MissingTopic,
-        Status::MissingPayload,
-        Status::InvalidTokenSize,
-        Status::InvalidTopicSize,
-        Status::InvalidPayloadSize,
-        Status::InvalidToken,
-        Status::Shutdown,
-        Status::ProtocolError,
-        Status::Unknown,
-    ];
-
-    pub fn code(self) -> u8 {
-        match self {
-            Status::NoErrors => 0,
-            Status::ProcessingError => 1,
-            Status::MissingDeviceToken => 2,
-            Status::MissingTopic => 3,
-            Status::MissingPayload => 4,
-            Status::InvalidTokenSize => 5,
-            Status::InvalidTopicSize => 6,
-            Status::InvalidPayloadSize => 7,
-            Status::InvalidToken => 8,
-            Status::Shutdown => 10,
-            Status::ProtocolError => 128,
-            Status::Unknown => 255,
-        }
-    }
-
-    /// `None` for codes APNs never defined (9, 11..127, 129..254).
-    pub fn from_code(code: u8) -> Option<Status> {
-        Status::ALL.into_iter().find(|s| s.code() == code)
-    }
-
-    /// What the status means, in a few words.
-    pub fn meaning(self) -> &'static str {
-        match self {
-            Status::NoErrors => "no errors encountered",
-            Status::ProcessingError => "processing error",
-            Status::MissingDeviceToken => "missing device token",
-            Status::MissingTopic => "missing topic",
-            Status::MissingPayload => "missing payload",
-            Status::InvalidTokenSize => "invalid token size",
-            Status::InvalidTopicSize => "invalid topic size",
-            Status::InvalidPayloadSize => "invalid payload size",
-            Status::InvalidToken => "invalid token",
-            Status::Shutdown => {
-                "shutdown: the server closed the connection; the identifier is the last notification it accepted"
-            }
-            Status::ProtocolError => "protocol error: the notification could not be parsed",
-            Status::Unknown => "none (unknown)",
-        }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.code(), self.meaning())
-    }
-}
-
-/// One notification on the binary protocol. Fields a format lacks are ignored when encoding and take their
-/// implied values when decoding (identifier 0, expiry 0, priority 10).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BinaryNotification {
-    pub identifier: u32,
-    /// Seconds since the epoch; 0 = try once, don't store.
-    pub expiry: u32,
-    /// 10 or 5 (apns.md §1.4 item 5).
-    pub priority: u8,
-    pub token: Vec<u8>,
-    pub payload: Bytes,
-}
-
-impl BinaryNotification {
-    /// Encoded size in bytes for a format (37+N, 45+N, or 61+N for a 32-byte token, apns.md §1.2-§1.4).
-    pub fn encoded_len(&self, format: BinaryFormat) -> usize {
-        let (t, p) = (self.token.len(), self.payload.len());
-        match format {
-            BinaryFormat::Simple => 1 + 2 + t + 2 + p,
-            BinaryFormat::Enhanced => 1 + 4 + 4 + 2 + t + 2 + p,
-            BinaryFormat::Frame => 5 + frame_data_len(t, p),
-        }
-    }
-}
-
-fn frame_data_len(token: usize, payload: usize) -> usize {
-    (3 + token) + (3 + payload) + (3 + 4) + (3 + 4) + (3 + 1)
-}
-
-/// Why a notification could not be encoded (it does not fit the wire format's length fields).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EncodeError {
-    #[error("device token of {len} bytes does not fit a 16-bit length field")]
-    TokenTooLong { len: usize },
-    #[error("payload of {len} bytes does not fit a 16-bit length field")]
-    PayloadTooLong { len: usize },
-}
-
-const ITEM_TOKEN: u8 = 1;
-const ITEM_PAYLOAD: u8 = 2;
-const ITEM_IDENTIFIER: u8 = 3;
-const ITEM_EXPIRY: u8 = 4;
-const ITEM_PRIORITY: u8 = 5;
-
-/// Appends `n` in `format` to `out`. Nothing is written on error. The encoder does not apply APNs limits
-/// (32-byte token, 2048-byte payload): validate first (see [`crate::payload`]); it refuses only what the
-/// length fields cannot represent.
-pub fn encode(
-    n: &BinaryNotification,
-    format: BinaryFormat,
-    out: &mut BytesMut,
-) -> Result<(), EncodeError> {
-    let token_len = u16::try_from(n.token.len())
-        .map_err(|_| EncodeError::TokenTooLong { len: n.token.len() })?;
-    let payload_len = u16::try_from(n.payload.len()).map_err(|_| EncodeError::PayloadTooLong {
-        len: n.payload.len(),
-    })?;
-    out.reserve(n.encoded_len(format));
-    match format {
-        BinaryFormat::Simple | BinaryFormat::Enhanced => {
-            out.put_u8(format.command());
-            if format == BinaryFormat::Enhanced {
-                out.put_u32(n.identifier);
-                out.put_u32(n.expiry);
-            }
-            out.put_u16(token_len);
-            out.put_slice(&n.token);
-            out.put_u16(payload_len);
-            out.put_slice(&n.payload);
-        }
-        BinaryFormat::Frame => {
-            // Both lengths fit u16, so the frame length fits u32.
-            let frame_len = frame_data_len(n.token.len(), n.payload.len()) as u32;
-            out.put_u8(format.command());
-            out.put_u32(frame_len);
-            out.put_u8(ITEM_TOKEN);
-            out.put_u16(token_len);
-            out.put_slice(&n.token);
-            out.put_u8(ITEM_PAYLOAD);
-            out.put_u16(payload_len);
-            out.put_slice(&n.payload);
-            out.put_u8(ITEM_IDENTIFIER);
-            out.put_u16(4);
-            out.put_u32(n.identifier);
-            out.put_u8(ITEM_EXPIRY);
-            out.put_u16(4);
-            out.put_u32(n.expiry);
-            out.put_u8(ITEM_PRIORITY);
-            out.put_u16(1);
-            out.put_u8(n.priority);
-        }
-    }
-    Ok(())
-}
 
 /// What exactly was malformed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,7 +94,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(
+    pub(crate) fn new(
         kind: DecodeErrorKind,
         format: Option<BinaryFormat>,
         identifier: Option<u32>,
@@ -408,14 +192,14 @@ pub struct NotificationDecoder {
     limits: DecoderLimits,
 }
 
-fn be16(b: &[u8], at: usize) -> Option<usize> {
+pub(super) fn be16(b: &[u8], at: usize) -> Option<usize> {
     Some(usize::from(u16::from_be_bytes([
         *b.get(at)?,
         *b.get(at + 1)?,
     ])))
 }
 
-fn be32(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn be32(b: &[u8], at: usize) -> Option<u32> {
     let s = b.get(at..at + 4)?;
     Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
@@ -614,239 +398,16 @@ impl NotificationDecoder {
     }
 }
 
-/// Command byte of the error-response packet.
-pub const ERROR_PACKET_COMMAND: u8 = 8;
-/// Size of the error-response packet.
-pub const ERROR_PACKET_LEN: usize = 6;
-
-/// The 6-byte error response (apns.md §1.5): command 8, status, identifier of the failed notification (for
-/// status 10: of the last one accepted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorPacket {
-    pub status: Status,
-    pub identifier: u32,
-}
-
-impl ErrorPacket {
-    pub fn encode(&self) -> [u8; ERROR_PACKET_LEN] {
-        let id = self.identifier.to_be_bytes();
-        [
-            ERROR_PACKET_COMMAND,
-            self.status.code(),
-            id[0],
-            id[1],
-            id[2],
-            id[3],
-        ]
-    }
-
-    /// Reads exactly 6 bytes starting with command 8. A status code APNs never defined is read as
-    /// [`Status::Unknown`] so the identifier is not lost.
-    pub fn decode(bytes: &[u8]) -> Result<ErrorPacket, DecodeError> {
-        if bytes.len() != ERROR_PACKET_LEN {
-            return Err(DecodeError::new(
-                DecodeErrorKind::ErrorPacketLength(bytes.len()),
-                None,
-                None,
-            ));
-        }
-        if bytes[0] != ERROR_PACKET_COMMAND {
-            return Err(DecodeError::new(
-                DecodeErrorKind::NotAnErrorPacket { command: bytes[0] },
-                None,
-                None,
-            ));
-        }
-        let status = Status::from_code(bytes[1]).unwrap_or(Status::Unknown);
-        let identifier = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
-        Ok(ErrorPacket { status, identifier })
-    }
-}
-
-/// One feedback-service record (apns.md §2): when APNs learnt the app was gone, and the token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedbackTuple {
-    /// Seconds since the epoch.
-    pub timestamp: u32,
-    pub token: Vec<u8>,
-}
-
-impl FeedbackTuple {
-    /// Encoded size: 6 + token length (38 for a 32-byte token).
-    pub fn encoded_len(&self) -> usize {
-        6 + self.token.len()
-    }
-
-    /// Appends the tuple to `out`. Fails only when the token does not fit the 16-bit length field.
-    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
-        let len = u16::try_from(self.token.len()).map_err(|_| EncodeError::TokenTooLong {
-            len: self.token.len(),
-        })?;
-        out.reserve(self.encoded_len());
-        out.put_u32(self.timestamp);
-        out.put_u16(len);
-        out.put_slice(&self.token);
-        Ok(())
-    }
-}
-
-/// Incremental client-side decoder of feedback tuples. Tokens of 1..=100 bytes are accepted by default
-/// (the archived documentation allowed up to 100).
-#[derive(Debug, Clone)]
-pub struct FeedbackDecoder {
-    min_token_len: usize,
-    max_token_len: usize,
-}
-
-impl Default for FeedbackDecoder {
-    fn default() -> Self {
-        FeedbackDecoder {
-            min_token_len: 1,
-            max_token_len: 100,
-        }
-    }
-}
-
-impl FeedbackDecoder {
-    pub fn new() -> FeedbackDecoder {
-        FeedbackDecoder::default()
-    }
-
-    /// Accepts only tokens whose length lies in `min..=max` (use 32..=32 to be strict).
-    pub fn with_token_len(min: usize, max: usize) -> FeedbackDecoder {
-        FeedbackDecoder {
-            min_token_len: min.max(1),
-            max_token_len: max,
-        }
-    }
-
-    /// Takes one tuple off the front of `buf`, or returns `Ok(None)` when more bytes are needed.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<FeedbackTuple>, DecodeError> {
-        let b = &buf[..];
-        let (Some(timestamp), Some(len)) = (be32(b, 0), be16(b, 4)) else {
-            return Ok(None);
-        };
-        if len == 0 {
-            return Err(DecodeError::new(DecodeErrorKind::MissingToken, None, None));
-        }
-        if len < self.min_token_len || len > self.max_token_len {
-            let kind = DecodeErrorKind::BadTokenLength {
-                len,
-                min: self.min_token_len,
-                max: self.max_token_len,
-            };
-            return Err(DecodeError::new(kind, None, None));
-        }
-        if b.len() < 6 + len {
-            return Ok(None);
-        }
-        buf.advance(6);
-        let token = buf.split_to(len).to_vec();
-        Ok(Some(FeedbackTuple { timestamp, token }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use bytes::{BufMut, Bytes};
+
+    use super::super::encode;
+    use super::super::tests::{P, encoded, note, token};
     use super::*;
 
     type LegacyCase<'a> = (u16, Vec<u8>, u16, &'a [u8], DecodeErrorKind);
     type FrameCase = (Vec<(u8, Vec<u8>)>, DecodeErrorKind, Option<u32>, u8);
-
-    fn token() -> Vec<u8> {
-        (0u8..32).collect()
-    }
-
-    fn note(payload: &[u8]) -> BinaryNotification {
-        BinaryNotification {
-            identifier: 0x0102_0304,
-            expiry: 0x0a0b_0c0d,
-            priority: 10,
-            token: token(),
-            payload: Bytes::copy_from_slice(payload),
-        }
-    }
-
-    fn encoded(n: &BinaryNotification, f: BinaryFormat) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        encode(n, f, &mut out).unwrap();
-        out.to_vec()
-    }
-
-    const P: &[u8] = br#"{"aps":{"alert":"hi"}}"#;
-
-    #[test]
-    fn simple_format_layout() {
-        // apns.md §1.2: |0|len=32|token|len|payload|, total 37+N.
-        let n = note(P);
-        let b = encoded(&n, BinaryFormat::Simple);
-        assert_eq!(b.len(), 37 + P.len());
-        assert_eq!(b.len(), n.encoded_len(BinaryFormat::Simple));
-        assert_eq!(&b[..3], &[0, 0, 32]);
-        assert_eq!(&b[3..35], &token()[..]);
-        assert_eq!(&b[35..37], &(P.len() as u16).to_be_bytes());
-        assert_eq!(&b[37..], P);
-    }
-
-    #[test]
-    fn enhanced_format_layout() {
-        // apns.md §1.3: |1|id|expiry|len=32|token|len|payload|, total 45+N.
-        let n = note(P);
-        let b = encoded(&n, BinaryFormat::Enhanced);
-        assert_eq!(b.len(), 45 + P.len());
-        assert_eq!(&b[..11], &[1, 1, 2, 3, 4, 0x0a, 0x0b, 0x0c, 0x0d, 0, 32]);
-        assert_eq!(&b[11..43], &token()[..]);
-        assert_eq!(&b[43..45], &(P.len() as u16).to_be_bytes());
-        assert_eq!(&b[45..], P);
-    }
-
-    #[test]
-    fn frame_format_layout() {
-        // apns.md §1.4: frame length 56+N, packet 61+N for a 32-byte token.
-        let mut n = note(P);
-        n.priority = 5;
-        let b = encoded(&n, BinaryFormat::Frame);
-        let len = P.len();
-        assert_eq!(b.len(), 61 + len);
-        assert_eq!(b[0], 2);
-        assert_eq!(&b[1..5], &((56 + len) as u32).to_be_bytes());
-        assert_eq!(&b[5..8], &[1, 0, 32]);
-        assert_eq!(&b[8..40], &token()[..]);
-        assert_eq!(b[40], 2);
-        assert_eq!(&b[41..43], &(len as u16).to_be_bytes());
-        assert_eq!(&b[43..43 + len], P);
-        let rest = &b[43 + len..];
-        assert_eq!(
-            rest,
-            &[
-                3, 0, 4, 1, 2, 3, 4, 4, 0, 4, 0x0a, 0x0b, 0x0c, 0x0d, 5, 0, 1, 5
-            ]
-        );
-    }
-
-    #[test]
-    fn encoder_refuses_unrepresentable_lengths_and_writes_nothing() {
-        let mut out = BytesMut::from(&b"keep"[..]);
-        let mut n = note(P);
-        n.payload = Bytes::from(vec![b'x'; 70_000]);
-        for f in [
-            BinaryFormat::Simple,
-            BinaryFormat::Enhanced,
-            BinaryFormat::Frame,
-        ] {
-            assert_eq!(
-                encode(&n, f, &mut out),
-                Err(EncodeError::PayloadTooLong { len: 70_000 })
-            );
-        }
-        let mut n = note(P);
-        n.token = vec![0; 65_536];
-        assert_eq!(
-            encode(&n, BinaryFormat::Frame, &mut out),
-            Err(EncodeError::TokenTooLong { len: 65_536 })
-        );
-        assert_eq!(&out[..], b"keep");
-    }
 
     /// Feeds `bytes` split at every point and checks the decoder waits, then yields `want`.
     fn check_every_split(bytes: &[u8], want: &DecodedNotification) {
@@ -1248,133 +809,6 @@ mod tests {
     }
 
     #[test]
-    fn every_status_code_and_meaning() {
-        // apns.md §1.5 table.
-        let table: [(u8, &str); 12] = [
-            (0, "no errors"),
-            (1, "processing error"),
-            (2, "missing device token"),
-            (3, "missing topic"),
-            (4, "missing payload"),
-            (5, "invalid token size"),
-            (6, "invalid topic size"),
-            (7, "invalid payload size"),
-            (8, "invalid token"),
-            (10, "shutdown"),
-            (128, "protocol error"),
-            (255, "unknown"),
-        ];
-        for ((code, words), s) in table.into_iter().zip(Status::ALL) {
-            assert_eq!(s.code(), code);
-            assert_eq!(Status::from_code(code), Some(s));
-            assert!(s.meaning().contains(words), "{code}: {}", s.meaning());
-        }
-        for code in (0..=255u8).filter(|c| !table.iter().any(|(t, _)| t == c)) {
-            assert_eq!(Status::from_code(code), None, "{code}");
-        }
-        assert_eq!(Status::from_code(9), None);
-    }
-
-    #[test]
-    fn error_packet_layout() {
-        // apns.md §1.5: |8|status|identifier|, 6 bytes.
-        for s in Status::ALL {
-            let p = ErrorPacket {
-                status: s,
-                identifier: 0xdead_beef,
-            };
-            let b = p.encode();
-            assert_eq!(b, [8, s.code(), 0xde, 0xad, 0xbe, 0xef]);
-            assert_eq!(ErrorPacket::decode(&b).unwrap(), p);
-        }
-        assert_eq!(
-            ErrorPacket::decode(&[8, 9, 0, 0, 0, 1]).unwrap(),
-            ErrorPacket {
-                status: Status::Unknown,
-                identifier: 1
-            }
-        );
-        assert_eq!(
-            ErrorPacket::decode(&[8, 8, 0, 0, 0]).unwrap_err().kind(),
-            &DecodeErrorKind::ErrorPacketLength(5)
-        );
-        assert_eq!(
-            ErrorPacket::decode(&[8, 8, 0, 0, 0, 0, 0])
-                .unwrap_err()
-                .kind(),
-            &DecodeErrorKind::ErrorPacketLength(7)
-        );
-        assert_eq!(
-            ErrorPacket::decode(&[2, 8, 0, 0, 0, 0]).unwrap_err().kind(),
-            &DecodeErrorKind::NotAnErrorPacket { command: 2 }
-        );
-    }
-
-    #[test]
-    fn feedback_tuple_layout_and_every_split() {
-        // apns.md §2: |timestamp u32|len u16|token|, 38 bytes for a 32-byte token.
-        let t = FeedbackTuple {
-            timestamp: 1_300_000_000,
-            token: token(),
-        };
-        let mut out = BytesMut::new();
-        t.encode(&mut out).unwrap();
-        assert_eq!(out.len(), 38);
-        assert_eq!(&out[..6], &[0x4d, 0x7c, 0x6d, 0x00, 0, 32]);
-        assert_eq!(&out[6..], &token()[..]);
-        let mut stream = out.to_vec();
-        let t2 = FeedbackTuple {
-            timestamp: 7,
-            token: vec![0xaa; 32],
-        };
-        let mut more = BytesMut::new();
-        t2.encode(&mut more).unwrap();
-        stream.extend_from_slice(&more);
-        for split in 0..=stream.len() {
-            let mut dec = FeedbackDecoder::new();
-            let mut buf = BytesMut::from(&stream[..split]);
-            let mut got = Vec::new();
-            while let Some(x) = dec.decode(&mut buf).unwrap() {
-                got.push(x);
-            }
-            buf.extend_from_slice(&stream[split..]);
-            while let Some(x) = dec.decode(&mut buf).unwrap() {
-                got.push(x);
-            }
-            assert_eq!(got, vec![t.clone(), t2.clone()], "split {split}");
-            assert!(buf.is_empty());
-        }
-    }
-
-    #[test]
-    fn feedback_errors() {
-        let mut buf = BytesMut::from(&[0, 0, 0, 1, 0, 0][..]);
-        assert_eq!(
-            FeedbackDecoder::new().decode(&mut buf).unwrap_err().kind(),
-            &DecodeErrorKind::MissingToken
-        );
-        let mut buf = BytesMut::from(&[0, 0, 0, 1, 0, 101][..]);
-        assert!(FeedbackDecoder::new().decode(&mut buf).is_err());
-        let mut buf = BytesMut::from(&[0, 0, 0, 1, 0, 31][..]);
-        assert_eq!(
-            FeedbackDecoder::with_token_len(32, 32)
-                .decode(&mut buf)
-                .unwrap_err()
-                .kind(),
-            &DecodeErrorKind::BadTokenLength {
-                len: 31,
-                min: 32,
-                max: 32
-            }
-        );
-        let t = FeedbackTuple {
-            timestamp: 0,
-            token: vec![0; 70_000],
-        };
-        assert!(t.encode(&mut BytesMut::new()).is_err());
-    }
-
-    #[test]
     fn display_names_the_fault_and_identifier() {
         let e = DecodeError::new(
             DecodeErrorKind::PayloadTooLarge {
@@ -1408,14 +842,6 @@ mod tests {
             let mut buf = BytesMut::from(b);
             let _ = NotificationDecoder::new(DecoderLimits { min_token_len: 1, max_token_len: 40, max_payload_len: 40 })
                 .decode(&mut buf);
-        }
-
-        #[test]
-        fn feedback_decoder_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
-            let mut buf = BytesMut::from(&data[..]);
-            let mut dec = FeedbackDecoder::new();
-            while let Ok(Some(_)) = dec.decode(&mut buf) {}
-            let _ = ErrorPacket::decode(&data);
         }
 
         #[test]
