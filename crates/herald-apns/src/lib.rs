@@ -8,6 +8,7 @@
 //! - [`token_hex`]: device tokens (hex parsing, formatting, redaction for logs).
 //! - [`push`]: request attributes: push type, protocol, priority, topic, collapse id, apns-id, expiration.
 //! - [`payload`]: provider-side payload validation (JSON shape, `aps` keys, size limits).
+//! - [`notification`]: every check of a whole notification (token, topic, headers, payload) in one call.
 //! - [`binary`]: the binary provider API codec (commands 0/1/2, error packet, feedback tuples).
 //! - [`reason`]: HTTP/2 reason strings and error bodies.
 //! - [`outcome`]: what each binary status and HTTP/2 status/reason means for a notification.
@@ -18,6 +19,7 @@
 pub mod binary;
 pub mod client;
 pub mod identity;
+pub mod notification;
 pub mod outcome;
 pub mod payload;
 pub mod provider_token;

@@ -1,0 +1,181 @@
+//! One call that checks everything about a notification before it is accepted: device token format for the
+//! protocol, topic against push type, collapse id, apns-id, expiration and payload (apns.md §5.3, §3.2,
+//! §1.4). The accept layer uses it to refuse a bad notification at the door with a reason naming the field.
+
+use crate::payload::{self, PayloadError};
+use crate::push::{self, Priority, Protocol, PushError, PushType};
+use crate::token_hex::{DeviceToken, TokenError};
+
+/// The parts of a notification that can be checked before sending.
+#[derive(Debug, Clone, Copy)]
+pub struct NotificationParts<'a> {
+    /// Device token as hex.
+    pub token: &'a str,
+    /// `apns-topic`; `None` lets a single-topic certificate supply it.
+    pub topic: Option<&'a str>,
+    pub push_type: PushType,
+    pub protocol: Protocol,
+    pub priority: Priority,
+    pub collapse_id: Option<&'a str>,
+    pub apns_id: Option<&'a str>,
+    /// Seconds since the epoch; 0 = try once.
+    pub expiration: Option<u64>,
+    pub payload: &'a [u8],
+}
+
+/// Which part of a notification was refused, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotificationError {
+    #[error("device token: {0}")]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Attribute(#[from] PushError),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("expiration {0} does not fit the binary protocol's 32-bit expiry field")]
+    ExpirationTooLarge(u64),
+}
+
+/// Checks every part and returns the parsed device token.
+///
+/// The binary protocol needs a 32-byte token and a 32-bit expiry; it has no push type, topic, collapse id
+/// or apns-id on the wire, so those are checked only when given and are otherwise ignored there.
+pub fn validate_notification(
+    parts: &NotificationParts<'_>,
+) -> Result<DeviceToken, NotificationError> {
+    let token = DeviceToken::from_hex(parts.token)?;
+    if parts.protocol == Protocol::Binary {
+        token.check_binary()?;
+        if let Some(exp) = parts.expiration.filter(|&e| u32::try_from(e).is_err()) {
+            return Err(NotificationError::ExpirationTooLarge(exp));
+        }
+    }
+    if let Some(topic) = parts.topic {
+        push::validate_topic(topic, parts.push_type)?;
+    }
+    if let Some(id) = parts.collapse_id {
+        push::validate_collapse_id(id)?;
+    }
+    if let Some(id) = parts.apns_id {
+        push::validate_apns_id(id)?;
+    }
+    payload::validate(
+        parts.payload,
+        parts.push_type,
+        parts.protocol,
+        parts.priority,
+    )?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn parts() -> NotificationParts<'static> {
+        NotificationParts {
+            token: TOKEN,
+            topic: Some("com.example.app"),
+            push_type: PushType::Alert,
+            protocol: Protocol::Http2,
+            priority: Priority::Immediate,
+            collapse_id: Some("group-1"),
+            apns_id: Some("123e4567-e89b-12d3-a456-426614174000"),
+            expiration: Some(0),
+            payload: br#"{"aps":{"alert":"hi"}}"#,
+        }
+    }
+
+    #[test]
+    fn a_good_notification_passes_on_both_protocols() {
+        assert_eq!(validate_notification(&parts()).unwrap().to_hex(), TOKEN);
+        let binary = NotificationParts {
+            protocol: Protocol::Binary,
+            ..parts()
+        };
+        assert!(validate_notification(&binary).is_ok());
+    }
+
+    #[test]
+    fn token_format_depends_on_the_protocol() {
+        // apns.md §1.6: 32 bytes on the binary protocol; §3.2: any even-length hex on HTTP/2.
+        let short = NotificationParts {
+            token: "abcd",
+            ..parts()
+        };
+        assert!(validate_notification(&short).is_ok());
+        let short_binary = NotificationParts {
+            protocol: Protocol::Binary,
+            ..short
+        };
+        assert_eq!(
+            validate_notification(&short_binary),
+            Err(NotificationError::Token(TokenError::WrongBinaryLength {
+                len: 2
+            }))
+        );
+        let odd = NotificationParts {
+            token: "abc",
+            ..parts()
+        };
+        assert_eq!(
+            validate_notification(&odd).unwrap_err().to_string(),
+            "device token: device token has an odd number of hex digits (3)"
+        );
+    }
+
+    #[test]
+    fn each_field_is_named_in_its_error() {
+        let cases = [
+            NotificationParts {
+                topic: Some("com.example.app"),
+                push_type: PushType::Voip,
+                payload: b"{}",
+                ..parts()
+            },
+            NotificationParts {
+                collapse_id: Some(&"x".repeat(65)),
+                ..parts()
+            },
+            NotificationParts {
+                apns_id: Some("not-a-uuid"),
+                ..parts()
+            },
+            NotificationParts {
+                payload: b"",
+                ..parts()
+            },
+        ];
+        let want = [
+            "apns-topic",
+            "apns-collapse-id",
+            "apns-id",
+            "payload is empty",
+        ];
+        for (case, word) in cases.iter().zip(want) {
+            let e = validate_notification(case).unwrap_err();
+            assert!(e.to_string().contains(word), "{e}");
+        }
+    }
+
+    #[test]
+    fn binary_expiry_must_fit_32_bits() {
+        // apns.md §1.3/§1.4: expiry is a u32.
+        let late = NotificationParts {
+            protocol: Protocol::Binary,
+            expiration: Some(1 << 32),
+            ..parts()
+        };
+        assert_eq!(
+            validate_notification(&late),
+            Err(NotificationError::ExpirationTooLarge(1 << 32))
+        );
+        let http = NotificationParts {
+            expiration: Some(1 << 32),
+            ..parts()
+        };
+        assert!(validate_notification(&http).is_ok());
+    }
+}
