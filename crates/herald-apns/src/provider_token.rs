@@ -408,12 +408,21 @@ struct CacheInner {
     state: Mutex<TokenState>,
 }
 
-#[derive(Debug)]
 struct TokenState {
     token: Arc<str>,
     minted_at: Duration,
     issued_at: u64,
     mints: u64,
+}
+
+impl fmt::Debug for TokenState {
+    /// Never shows the token itself.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenState")
+            .field("issued_at", &self.issued_at)
+            .field("mints", &self.mints)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProviderTokenCache {
@@ -877,5 +886,10 @@ mod tests {
             .as_secs();
         assert!(now.abs_diff(claims.iat) < 300);
         assert_eq!((c.key_id(), c.team_id()), ("ABC123DEFG", "DEF123GHIJ"));
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains(&*c.current()),
+            "Debug must not show the token: {dbg}"
+        );
     }
 }

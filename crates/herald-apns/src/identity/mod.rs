@@ -157,7 +157,7 @@ impl ClientIdentity {
                 });
             }
         };
-        let identity = ClientIdentity { chain, key };
+        let mut identity = ClientIdentity { chain, key };
         identity.check_key_matches(key_name)?;
         Ok(identity)
     }
@@ -200,7 +200,7 @@ impl ClientIdentity {
             return Err(IdentityError::Pkcs12NoKey { path: name.into() });
         }
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_chain.key().as_der().to_vec()));
-        let identity = ClientIdentity { chain, key };
+        let mut identity = ClientIdentity { chain, key };
         identity.check_key_matches(name)?;
         Ok(identity)
     }
@@ -223,8 +223,9 @@ impl ClientIdentity {
         Ok(info)
     }
 
-    /// Compares the leaf's public key with the private key's.
-    fn check_key_matches(&self, name: &str) -> Result<(), IdentityError> {
+    /// Makes sure the private key belongs to the leaf. When the file lists the chain in another order, the
+    /// certificate that matches the key is moved to the front.
+    fn check_key_matches(&mut self, name: &str) -> Result<(), IdentityError> {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         let signing_key = provider
             .key_provider
@@ -238,24 +239,28 @@ impl ClientIdentity {
             );
             return Ok(());
         };
-        let (_, cert) =
-            x509_parser::certificate::X509Certificate::from_der(self.leaf()).map_err(|e| {
-                IdentityError::BadCertificate {
-                    detail: e.to_string(),
-                }
-            })?;
         let (_, key_pub) = SubjectPublicKeyInfo::from_der(key_spki.as_ref()).map_err(|e| {
             IdentityError::UnsupportedKey {
                 detail: e.to_string(),
             }
         })?;
-        let cert_pub = cert.public_key();
-        if cert_pub.algorithm.algorithm != key_pub.algorithm.algorithm
-            || cert_pub.subject_public_key.data != key_pub.subject_public_key.data
-        {
-            return Err(IdentityError::KeyMismatch { path: name.into() });
+        for i in 0..self.chain.len() {
+            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&self.chain[i])
+                .map_err(|e| IdentityError::BadCertificate {
+                    detail: e.to_string(),
+                })?;
+            let cert_pub = cert.public_key();
+            if cert_pub.algorithm.algorithm == key_pub.algorithm.algorithm
+                && cert_pub.subject_public_key.data == key_pub.subject_public_key.data
+            {
+                if i > 0 {
+                    let leaf = self.chain.remove(i);
+                    self.chain.insert(0, leaf);
+                }
+                return Ok(());
+            }
         }
-        Ok(())
+        Err(IdentityError::KeyMismatch { path: name.into() })
     }
 }
 

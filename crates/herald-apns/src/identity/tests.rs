@@ -465,6 +465,17 @@ fn pkcs12_with_rsa_key_and_chain() {
     let chain_path = write(dir.path(), "chain.pem", chain);
     let id = ClientIdentity::from_pem_files(&chain_path, Some(Path::new(&d("leaf.key")))).unwrap();
     assert_eq!(id.chain.len(), 2);
+    // The same chain listed CA first: the leaf is found by its key and put first.
+    let reversed = format!(
+        "{}{}",
+        std::fs::read_to_string(d("ca.pem")).unwrap(),
+        std::fs::read_to_string(d("leaf.pem")).unwrap()
+    );
+    let reversed_path = write(dir.path(), "reversed.pem", reversed);
+    let id2 =
+        ClientIdentity::from_pem_files(&reversed_path, Some(Path::new(&d("leaf.key")))).unwrap();
+    assert_eq!(id2.leaf().as_ref(), id.leaf().as_ref());
+    assert_eq!(id2.info().unwrap().uid.as_deref(), Some("com.example.rsa"));
 }
 
 #[test]
