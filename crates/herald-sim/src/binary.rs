@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::compat::identity::CertificateInfo;
 use bytes::BytesMut;
 use herald_apns::binary::{BinaryFormat, ErrorPacket, FeedbackTuple, NotificationDecoder, Status};
+use herald_apns::identity::CertificateInfo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

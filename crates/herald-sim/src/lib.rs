@@ -37,7 +37,6 @@
 
 pub mod admin;
 pub mod binary;
-mod compat;
 pub mod config;
 pub mod h2;
 pub mod pki;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::compat::identity::{CertEnvironment, CertificateInfo};
 use bytes::Bytes;
+use herald_apns::identity::{CertEnvironment, CertificateInfo};
 use herald_apns::provider_token::{VerifyingKey, decode_unverified};
 use herald_apns::push::PushType;
 use herald_apns::reason::Reason;

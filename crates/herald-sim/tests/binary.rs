@@ -1,0 +1,276 @@
+//! The binary gateway and feedback service over real TLS with client certificates (apns.md §1, §2): every error
+//! status a byte sequence (or a scenario) can cause, status 10 on shutdown, command 0 closing silently, and
+//! feedback tuples that are gone once read.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use herald_apns::binary::{
+    BinaryFormat, BinaryNotification, ErrorPacket, FeedbackDecoder, Status, encode,
+};
+use herald_sim::{CertVariant, RecordProtocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn note(id: u32, token: Vec<u8>, payload: &[u8]) -> BinaryNotification {
+    BinaryNotification {
+        identifier: id,
+        expiry: 0,
+        priority: 10,
+        token,
+        payload: Bytes::copy_from_slice(payload),
+    }
+}
+
+fn encoded(n: &BinaryNotification, f: BinaryFormat) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode(n, f, &mut out).unwrap();
+    out.to_vec()
+}
+
+fn item(id: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = vec![id];
+    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+fn frame(items: &[Vec<u8>]) -> Vec<u8> {
+    let body: Vec<u8> = items.concat();
+    let mut v = vec![2];
+    v.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    v.extend_from_slice(&body);
+    v
+}
+
+/// Writes `bytes` on a fresh gateway connection and reads until EOF.
+async fn exchange(t: &TestSim, bytes: &[u8]) -> Vec<u8> {
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut io = tls(
+        t.sim.addrs.binary,
+        client_config(&t.pki, Some((&cert, &key)), false),
+    )
+    .await;
+    io.write_all(bytes).await.unwrap();
+    io.flush().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut out))
+        .await
+        .expect("server closes");
+    out
+}
+
+#[tokio::test]
+async fn every_status_a_byte_sequence_can_cause() {
+    let t = start_with(|c, _| c.scenario.bad = vec![token(8)]).await;
+    let good = |id| encoded(&note(id, vec![1; 32], PAYLOAD), BinaryFormat::Frame);
+    let tok = item(1, &[1; 32]);
+    let pay = item(2, PAYLOAD);
+    let id = |n: u32| item(3, &n.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, Status, u32)> = vec![
+        (
+            "2 missing token",
+            frame(&[pay.clone(), id(21)]),
+            Status::MissingDeviceToken,
+            21,
+        ),
+        (
+            "4 missing payload",
+            frame(&[tok.clone(), id(41)]),
+            Status::MissingPayload,
+            41,
+        ),
+        (
+            "5 token size",
+            encoded(&note(51, vec![1; 31], PAYLOAD), BinaryFormat::Enhanced),
+            Status::InvalidTokenSize,
+            51,
+        ),
+        (
+            "7 payload size",
+            encoded(
+                &note(71, vec![1; 32], &vec![b' '; 2049]),
+                BinaryFormat::Enhanced,
+            ),
+            Status::InvalidPayloadSize,
+            71,
+        ),
+        (
+            "8 bad token",
+            encoded(&note(81, hex(&token(8)), PAYLOAD), BinaryFormat::Frame),
+            Status::InvalidToken,
+            81,
+        ),
+        (
+            "128 unknown item",
+            frame(&[tok.clone(), pay.clone(), id(128), item(9, &[0])]),
+            Status::ProtocolError,
+            128,
+        ),
+        (
+            "128 unknown command",
+            vec![9, 0, 0, 0, 0, 0, 0, 0],
+            Status::ProtocolError,
+            0,
+        ),
+    ];
+    for (name, bad, status, ident) in cases {
+        // Two good notifications, then the bad one, then one that must be discarded.
+        let mut bytes = good(1);
+        bytes.extend(good(2));
+        bytes.extend(&bad);
+        bytes.extend(good(3));
+        let before = t.sim.stats().accepted.binary;
+        let out = exchange(&t, &bytes).await;
+        assert_eq!(out.len(), 6, "{name}: one error packet, then close");
+        let p = ErrorPacket::decode(&out).unwrap();
+        assert_eq!((p.status, p.identifier), (status, ident), "{name}");
+        assert_eq!(
+            t.sim.stats().accepted.binary,
+            before + 2,
+            "{name}: what follows the bad one is discarded"
+        );
+    }
+    let stats = t.sim.stats();
+    for code in ["2", "4", "5", "7", "8", "128"] {
+        assert!(
+            stats.rejected.binary_by_status[code] >= 1,
+            "status {code} counted"
+        );
+    }
+    let rec = t.sim.record();
+    t.sim.wait_for_records(14, Duration::from_secs(5)).await;
+    let rec = if rec.len() < 14 { t.sim.record() } else { rec };
+    assert_eq!(rec.len(), 14);
+    assert!(rec.iter().all(|r| r.protocol == RecordProtocol::Binary
+        && r.topic == TOPIC
+        && r.payload.as_bytes() == PAYLOAD));
+    assert_eq!(rec[0].identifier, Some(1));
+    assert_eq!(rec[0].format, Some(2));
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    herald_apns::token_hex::DeviceToken::from_hex(s)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn command_zero_errors_close_without_a_packet_and_all_formats_deliver() {
+    let t = start().await;
+    let mut bytes = encoded(&note(0, vec![2; 32], PAYLOAD), BinaryFormat::Simple);
+    bytes.extend(encoded(
+        &note(7, vec![2; 32], PAYLOAD),
+        BinaryFormat::Enhanced,
+    ));
+    bytes.extend(encoded(
+        &note(0, vec![2; 31], PAYLOAD),
+        BinaryFormat::Simple,
+    ));
+    let out = exchange(&t, &bytes).await;
+    assert!(out.is_empty(), "command 0: close, no error packet");
+    assert_eq!(t.sim.wait_for_records(2, Duration::from_secs(5)).await, 2);
+    let rec = t.sim.record();
+    assert_eq!((rec[0].format, rec[0].identifier), (Some(0), None));
+    assert_eq!((rec[1].format, rec[1].identifier), (Some(1), Some(7)));
+}
+
+#[tokio::test]
+async fn scenario_statuses_and_shutdown() {
+    for code in [1u8, 3, 6, 255] {
+        let t = start_with(|c, _| {
+            c.scenario.binary_errors.insert(code.to_string(), 1.0);
+        })
+        .await;
+        let out = exchange(
+            &t,
+            &encoded(&note(99, vec![3; 32], PAYLOAD), BinaryFormat::Frame),
+        )
+        .await;
+        let p = ErrorPacket::decode(&out).unwrap();
+        assert_eq!((p.status.code(), p.identifier), (code, 99));
+    }
+
+    let t = start().await;
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut io = tls(
+        t.sim.addrs.binary,
+        client_config(&t.pki, Some((&cert, &key)), false),
+    )
+    .await;
+    let mut bytes = encoded(&note(41, vec![4; 32], PAYLOAD), BinaryFormat::Frame);
+    bytes.extend(encoded(
+        &note(42, vec![4; 32], PAYLOAD),
+        BinaryFormat::Frame,
+    ));
+    io.write_all(&bytes).await.unwrap();
+    io.flush().await.unwrap();
+    wait_stats(&t.sim, "two binary notifications", |s| {
+        s.accepted.binary == 2
+    })
+    .await;
+    t.sim.shutdown_binary();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let p = ErrorPacket::decode(&out).unwrap();
+    assert_eq!(
+        (p.status, p.identifier),
+        (Status::Shutdown, 42),
+        "status 10 names the last accepted notification"
+    );
+}
+
+#[tokio::test]
+async fn feedback_lists_unregistered_tokens_once() {
+    let t = start_with(|c, _| c.scenario.unregistered = vec![token(0xaa)]).await;
+    t.sim.set_token(
+        &token(0xbb),
+        herald_sim::TokenState::Unregistered,
+        Some(TOPIC.into()),
+        Some(1_700_000_000_000),
+    );
+    t.sim.set_token(
+        &token(0xcc),
+        herald_sim::TokenState::Unregistered,
+        Some("com.other".into()),
+        None,
+    );
+    let read = || async {
+        let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+        let mut io = tls(
+            t.sim.addrs.feedback,
+            client_config(&t.pki, Some((&cert, &key)), false),
+        )
+        .await;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        out
+    };
+    let out = read().await;
+    assert_eq!(
+        out.len(),
+        2 * 38,
+        "two 38-byte tuples for this certificate's topic"
+    );
+    let mut buf = BytesMut::from(&out[..]);
+    let mut dec = FeedbackDecoder::new();
+    let mut tuples = Vec::new();
+    while let Some(tp) = dec.decode(&mut buf).unwrap() {
+        tuples.push(tp);
+    }
+    tuples.sort_by_key(|t| t.token.clone());
+    assert_eq!(tuples[0].token, vec![0xaa; 32]);
+    assert_eq!(tuples[1].token, vec![0xbb; 32]);
+    assert_eq!(tuples[1].timestamp, 1_700_000_000);
+    assert!(read().await.is_empty(), "the list empties once read");
+    assert_eq!(t.sim.stats().feedback_tuples, 2);
+}
