@@ -129,6 +129,19 @@ pub fn validate(
     check_push_type_rules(aps, push_type, protocol, priority)
 }
 
+/// The push type a payload implies when the sender named none (Momentum's binary-era submissions have no
+/// push type): `background` for a `content-available`-only `aps`, otherwise `alert`. Unparseable payloads
+/// give `alert`, and [`validate`] then says what is wrong with them.
+pub fn infer_push_type(payload: &[u8]) -> PushType {
+    let Ok(Value::Object(root)) = serde_json::from_slice::<Value>(payload) else {
+        return PushType::Alert;
+    };
+    match root.get("aps") {
+        Some(Value::Object(aps)) if is_content_available_only(aps) => PushType::Background,
+        _ => PushType::Alert,
+    }
+}
+
 fn check_priority(
     push_type: PushType,
     protocol: Protocol,
@@ -928,6 +941,34 @@ mod tests {
             ),
             PayloadError::WrongType { .. }
         ));
+    }
+
+    #[test]
+    fn push_type_inference() {
+        assert_eq!(
+            infer_push_type(br#"{"aps":{"content-available":1}}"#),
+            Background
+        );
+        assert_eq!(
+            infer_push_type(br#"{"aps":{"content-available":1},"k":"v"}"#),
+            Background
+        );
+        assert_eq!(
+            infer_push_type(br#"{"aps":{"content-available":1,"badge":2}}"#),
+            Alert
+        );
+        assert_eq!(
+            infer_push_type(br#"{"aps":{"content-available":0}}"#),
+            Alert
+        );
+        assert_eq!(infer_push_type(br#"{"aps":{"alert":"x"}}"#), Alert);
+        assert_eq!(infer_push_type(b"garbage"), Alert);
+        // What it infers passes validation at the priority that type needs.
+        let silent = br#"{"aps":{"content-available":1}}"#;
+        assert_eq!(
+            validate(silent, infer_push_type(silent), Http2, Conserve),
+            Ok(())
+        );
     }
 
     #[test]

@@ -250,13 +250,14 @@ impl VerifyingKey {
         let sig = URL_SAFE_NO_PAD
             .decode(sig)
             .map_err(|_| TokenAuthError::Base64 { part: "signature" })?;
-        let key = if sig.len() == 64 {
-            &self.fixed
-        } else {
-            &self.asn1
-        };
-        key.verify_sig(signing_input.as_bytes(), &sig)
-            .map_err(|_| TokenAuthError::BadSignature)?;
+        let msg = signing_input.as_bytes();
+        // 64 bytes is the JOSE form; DER is tried as well, since a short DER signature can be 64 bytes too.
+        let fixed_ok = sig.len() == 64 && self.fixed.verify_sig(msg, &sig).is_ok();
+        if !fixed_ok {
+            self.asn1
+                .verify_sig(msg, &sig)
+                .map_err(|_| TokenAuthError::BadSignature)?;
+        }
         decode_part(claims, "claims")
     }
 }
