@@ -151,6 +151,25 @@ impl Config {
         eval::first_value(&c, id)
     }
 
+    /// The scope at `path` exactly as declared (no fallback), if the configuration has it.
+    pub fn node(&self, path: &ScopePath) -> Option<&Node> {
+        let mut node = &self.root;
+        for seg in path.segments() {
+            node = node.child(seg.kind, seg.name.as_deref())?;
+        }
+        Some(node)
+    }
+
+    /// Momentum's `config get`: the value of `option` set in the scope at `path` itself, without fallback;
+    /// `Ok(None)` when that scope does not set it.
+    pub fn get(&self, path: &ScopePath, option: &str) -> Result<Option<Value>, EvalError> {
+        let id = eval::resolve_option(option, path.kind())?;
+        Ok(self
+            .node(path)
+            .and_then(|n| n.get(id))
+            .map(|s| s.value.clone()))
+    }
+
     /// Evaluates Momentum's `config eval` words, `[SCOPE [NAME]]… OPTION`; returns the option's canonical name and
     /// its value.
     pub fn eval_words<S: AsRef<str>>(

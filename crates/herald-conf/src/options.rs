@@ -201,7 +201,7 @@ pub static OPTIONS: &[OptionDef] = &[
         Some("no"),
         DELIVERY,
         "Whether outbound connections use TLS; accepted for Momentum compatibility.",
-        "APNs connections always use TLS, so `tls` has no effect",
+        "APNs connections always use TLS",
     ),
     opt(
         "tls_verify",
@@ -237,7 +237,7 @@ pub static OPTIONS: &[OptionDef] = &[
         None,
         TLS_ID,
         "OpenSSL cipher list; accepted for Momentum compatibility.",
-        "herald's TLS library picks its own safe cipher suites, so `tls_ciphers` has no effect",
+        "herald's TLS library picks its own safe cipher suites",
     ),
     opt(
         "tls_pkcs12",
@@ -726,6 +726,34 @@ pub fn default_value(id: OptId) -> &'static Value {
 /// The closest known option name to `name`, if one is close enough to be a likely typo.
 pub fn suggest_option(name: &str) -> Option<&'static str> {
     crate::suggest::closest(name, OPTIONS.iter().map(|d| d.name))
+}
+
+/// The option reference as a Markdown table (one row per option: name, type, default, scopes, meaning), as
+/// docs/configuration.md carries it. A test keeps the document and the table in step.
+pub fn options_markdown() -> String {
+    let cell = |s: &str| s.replace('|', "\\|");
+    let mut out =
+        String::from("| Option | Type | Default | Scopes | Meaning |\n|---|---|---|---|---|\n");
+    for d in OPTIONS {
+        let default = match d.default {
+            Some("") => "`\"\"`".to_string(),
+            Some(v) => format!("`{}`", cell(v)),
+            None => "(unset)".to_string(),
+        };
+        let mut meaning = cell(d.doc);
+        if let Some(why) = d.inert {
+            meaning.push_str(&format!(" **No effect in herald:** {}.", cell(why)));
+        }
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            d.name,
+            cell(&d.kind.describe()),
+            default,
+            d.scopes.describe(),
+            meaning
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

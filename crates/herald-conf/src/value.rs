@@ -49,7 +49,7 @@ impl Kind {
     pub fn describe(&self) -> String {
         match self {
             Kind::Bool => "boolean".into(),
-            Kind::Int { min, max } if *max == i64::MAX => format!("integer ≥ {min}"),
+            Kind::Int { min, max } if *max >= i64::from(u32::MAX) => format!("integer ≥ {min}"),
             Kind::Int { min, max } => format!("integer {min}..{max}"),
             Kind::Seconds => "seconds".into(),
             Kind::Millis => "milliseconds".into(),

@@ -252,9 +252,19 @@ proptest! {
         "a.com", "5", "-1", "0644", "yes", "\\", "é", "\t", "readonly_include",
     ]), 0..200)) {
         let text: String = tokens.concat();
-        if let Err(d) = Config::parse_str("soup.conf", &text) {
-            for e in d.all() {
-                prop_assert!(e.location.line >= 1 && e.location.col >= 1);
+        match Config::parse_str("soup.conf", &text) {
+            Err(d) => {
+                for e in d.all() {
+                    prop_assert!(e.location.line >= 1 && e.location.col >= 1);
+                }
+            }
+            Ok(c) => {
+                // Whatever loads must also survive the round trip through `config show`.
+                let shown = c.render();
+                match Config::parse_str("shown.conf", &shown) {
+                    Ok(again) => prop_assert_eq!(again.tree(), c.tree()),
+                    Err(d) => prop_assert!(false, "{}\n{}", d, shown),
+                }
             }
         }
     }

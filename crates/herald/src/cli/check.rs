@@ -1,6 +1,9 @@
-//! `herald check -c FILE`.
+//! `herald check -c FILE`: loads the configuration, prints every error and warning as `FILE:LINE:COL: …` on
+//! stderr, and a one-line summary on stdout when it is valid. Exit status 0 when valid, 1 otherwise.
 
 use std::{path::PathBuf, process::ExitCode};
+
+use herald_conf::Config;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -10,5 +13,27 @@ pub struct CheckArgs {
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("check of {} is not implemented yet", args.config.display())
+    let name = args.config.display();
+    match Config::load(&args.config) {
+        Ok(config) => {
+            for w in config.warnings() {
+                eprintln!("{w}");
+            }
+            println!(
+                "{name}: ok: {} domains, {} listeners, {} warnings",
+                config.domains().len(),
+                config.listeners().len(),
+                config.warnings().len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diags) => {
+            for d in diags.all() {
+                eprintln!("{d}");
+            }
+            let n = diags.error_count();
+            eprintln!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
