@@ -43,6 +43,10 @@ pub enum DecodeErrorKind {
     },
     /// Priority other than 10 or 5.
     BadPriority(u8),
+    /// The stream ended inside a notification of which `len` bytes had arrived.
+    Truncated {
+        len: usize,
+    },
     /// An error-response packet that is not exactly 6 bytes.
     ErrorPacketLength(usize),
     /// An error-response packet whose first byte is not 8.
@@ -75,6 +79,12 @@ impl fmt::Display for DecodeErrorKind {
                 write!(f, "frame item {item} runs past the frame end")
             }
             DecodeErrorKind::BadPriority(p) => write!(f, "priority {p} is neither 10 nor 5"),
+            DecodeErrorKind::Truncated { len } => {
+                write!(
+                    f,
+                    "the stream ended inside a notification ({len} bytes received)"
+                )
+            }
             DecodeErrorKind::ErrorPacketLength(n) => {
                 write!(f, "error packet is {n} bytes, expected 6")
             }
@@ -219,13 +229,47 @@ impl NotificationDecoder {
         &mut self,
         buf: &mut BytesMut,
     ) -> Result<Option<DecodedNotification>, DecodeError> {
+        self.decode_with(buf, false)
+    }
+
+    /// Call when the stream has ended, with what is left in `buf` (`buf` is not changed): the fault of a
+    /// malformed notification whose error was still waiting for the rest of its frame, a
+    /// [`DecodeErrorKind::Truncated`] notification, or `None` when nothing (or only whole notifications,
+    /// which `decode` would have returned) is left.
+    pub fn finish(&mut self, buf: &BytesMut) -> Option<DecodeError> {
+        let (&command, _) = buf.split_first()?;
+        let mut rest = buf.clone();
+        match self.decode_with(&mut rest, true) {
+            Err(e) => Some(e),
+            Ok(Some(_)) => None,
+            Ok(None) => {
+                let format = BinaryFormat::from_command(command);
+                let identifier = match format {
+                    Some(BinaryFormat::Enhanced) => be32(buf, 1),
+                    Some(BinaryFormat::Frame) => buf.get(5..).and_then(find_identifier),
+                    _ => None,
+                };
+                Some(DecodeError::new(
+                    DecodeErrorKind::Truncated { len: buf.len() },
+                    format,
+                    identifier,
+                ))
+            }
+        }
+    }
+
+    fn decode_with(
+        &mut self,
+        buf: &mut BytesMut,
+        eager: bool,
+    ) -> Result<Option<DecodedNotification>, DecodeError> {
         let Some(&command) = buf.first() else {
             return Ok(None);
         };
         match BinaryFormat::from_command(command) {
             Some(BinaryFormat::Simple) => self.decode_legacy(buf, BinaryFormat::Simple),
             Some(BinaryFormat::Enhanced) => self.decode_legacy(buf, BinaryFormat::Enhanced),
-            Some(BinaryFormat::Frame) => self.decode_frame(buf),
+            Some(BinaryFormat::Frame) => self.decode_frame(buf, eager),
             None => Err(DecodeError::new(
                 DecodeErrorKind::UnknownCommand(command),
                 None,
@@ -305,12 +349,48 @@ impl NotificationDecoder {
         }))
     }
 
-    /// Command 2 (apns.md §1.4). Item headers are checked as soon as they arrive, so a bad length is reported
-    /// without waiting for the bytes it announces; since each item may appear once, a valid frame is bounded
-    /// and so is what this decoder waits for.
-    fn decode_frame(&self, buf: &mut BytesMut) -> Result<Option<DecodedNotification>, DecodeError> {
+    /// Command 2 (apns.md §1.4). Item headers are checked as soon as they arrive, so the fault is known
+    /// early; unless `eager`, it is reported once the whole frame is in (if the frame length is plausible),
+    /// so that the identifier item can be found even when it follows the faulty item, as APNs would.
+    fn decode_frame(
+        &self,
+        buf: &mut BytesMut,
+        eager: bool,
+    ) -> Result<Option<DecodedNotification>, DecodeError> {
+        let scan = match self.scan_frame(&buf[..]) {
+            Ok(Some(scan)) => scan,
+            Ok(None) => return Ok(None),
+            Err(mut e) => {
+                let b = &buf[..];
+                let frame_end = be32(b, 1).map_or(0, |len| 5usize.saturating_add(len as usize));
+                if !eager && frame_end <= MAX_AWAITED_FRAME {
+                    if b.len() < frame_end {
+                        return Ok(None);
+                    }
+                    if e.identifier.is_none() {
+                        e.identifier = find_identifier(&b[5..frame_end]);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let bytes = buf.split_to(scan.frame_end).freeze();
+        Ok(Some(DecodedNotification {
+            format: BinaryFormat::Frame,
+            notification: BinaryNotification {
+                identifier: scan.identifier.unwrap_or(0),
+                expiry: scan.expiry,
+                priority: scan.priority,
+                token: bytes[scan.token.0..scan.token.1].to_vec(),
+                payload: bytes.slice(scan.payload.0..scan.payload.1),
+            },
+        }))
+    }
+
+    /// Walks the items of the frame at the start of `b`. Each item may appear once, so a valid frame is
+    /// bounded and so is what this waits for.
+    fn scan_frame(&self, b: &[u8]) -> Result<Option<FrameScan>, DecodeError> {
         let format = Some(BinaryFormat::Frame);
-        let b = &buf[..];
         let Some(frame_len) = be32(b, 1) else {
             return Ok(None);
         };
@@ -381,21 +461,43 @@ impl NotificationDecoder {
         if b.len() < frame_end {
             return Ok(None);
         }
-        let (token_at, token_end) = token.ok_or_else(|| err(DecodeErrorKind::MissingToken))?;
-        let (payload_at, payload_end) =
-            payload.ok_or_else(|| err(DecodeErrorKind::MissingPayload))?;
-        let bytes = buf.split_to(frame_end).freeze();
-        Ok(Some(DecodedNotification {
-            format: BinaryFormat::Frame,
-            notification: BinaryNotification {
-                identifier: identifier.unwrap_or(0),
-                expiry,
-                priority,
-                token: bytes[token_at..token_end].to_vec(),
-                payload: bytes.slice(payload_at..payload_end),
-            },
+        let token = token.ok_or_else(|| err(DecodeErrorKind::MissingToken))?;
+        let payload = payload.ok_or_else(|| err(DecodeErrorKind::MissingPayload))?;
+        Ok(Some(FrameScan {
+            frame_end,
+            identifier,
+            expiry,
+            priority,
+            token,
+            payload,
         }))
     }
+}
+
+/// Where the parts of a complete, valid frame lie.
+struct FrameScan {
+    frame_end: usize,
+    identifier: Option<u32>,
+    expiry: u32,
+    priority: u8,
+    token: (usize, usize),
+    payload: (usize, usize),
+}
+
+/// The largest frame whose items could all be well-formed (two 16-bit-length items plus the three fixed
+/// ones): a faulty frame up to this size is read whole before its error is reported.
+const MAX_AWAITED_FRAME: usize = 5 + 2 * (3 + u16::MAX as usize) + 2 * (3 + 4) + (3 + 1);
+
+/// Best-effort search for the identifier item among frame items, however malformed the others are.
+fn find_identifier(items: &[u8]) -> Option<u32> {
+    let mut at = 0;
+    while let (Some(&item), Some(len)) = (items.get(at), be16(items, at + 1)) {
+        if item == ITEM_IDENTIFIER && len == 4 {
+            return be32(items, at + 3);
+        }
+        at += 3 + len;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -824,12 +926,91 @@ mod tests {
         );
     }
 
+    #[test]
+    fn identifier_after_the_faulty_item_is_still_reported() {
+        // herald's encoder (like PushSharp's) writes the identifier after token and payload (apns.md §1.4);
+        // the error packet must still name it.
+        let items = [
+            (1u8, vec![1; 33]),
+            (2, P.to_vec()),
+            (3, 77u32.to_be_bytes().to_vec()),
+        ];
+        let want = DecodeError::new(
+            DecodeErrorKind::BadTokenLength {
+                len: 33,
+                min: 32,
+                max: 32,
+            },
+            Some(BinaryFormat::Frame),
+            Some(77),
+        );
+        check_error_at_every_split(&frame_of(&items), &want);
+        let mut n = note(&vec![b'x'; 3000]);
+        n.identifier = 1234;
+        let bytes = encoded(&n, BinaryFormat::Frame);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let e = NotificationDecoder::default().decode(&mut buf).unwrap_err();
+        assert_eq!(e.status(), Status::InvalidPayloadSize);
+        assert_eq!(
+            e.error_packet(),
+            Some(ErrorPacket {
+                status: Status::InvalidPayloadSize,
+                identifier: 1234
+            })
+        );
+    }
+
+    #[test]
+    fn finish_reports_what_the_stream_ended_inside() {
+        let mut dec = NotificationDecoder::default();
+        assert_eq!(dec.finish(&BytesMut::new()), None);
+        // A complete notification is not an error.
+        let whole = BytesMut::from(&encoded(&note(P), BinaryFormat::Frame)[..]);
+        assert_eq!(dec.finish(&whole), None);
+        // Half a valid enhanced notification.
+        let half = BytesMut::from(&encoded(&note(P), BinaryFormat::Enhanced)[..20]);
+        let e = dec.finish(&half).unwrap();
+        assert_eq!(e.kind(), &DecodeErrorKind::Truncated { len: 20 });
+        assert_eq!(
+            (e.format(), e.identifier()),
+            (Some(BinaryFormat::Enhanced), Some(0x0102_0304))
+        );
+        assert_eq!(e.status(), Status::ProtocolError);
+        // A known fault waiting for the rest of its frame is reported as that fault.
+        let items = [(1u8, vec![1; 33]), (2, P.to_vec())];
+        let bytes = frame_of(&items);
+        let mut partial = BytesMut::from(&bytes[..10]);
+        assert_eq!(dec.decode(&mut partial), Ok(None));
+        let e = dec.finish(&partial).unwrap();
+        assert_eq!(
+            e.kind(),
+            &DecodeErrorKind::BadTokenLength {
+                len: 33,
+                min: 32,
+                max: 32
+            }
+        );
+        assert_eq!(partial.len(), 10, "finish leaves the buffer alone");
+        // Half a frame whose identifier came first.
+        let bytes = frame_of(&[
+            (3u8, 5u32.to_be_bytes().to_vec()),
+            (1, token()),
+            (2, P.to_vec()),
+        ]);
+        let e = dec.finish(&BytesMut::from(&bytes[..30])).unwrap();
+        assert_eq!(
+            (e.kind(), e.identifier()),
+            (&DecodeErrorKind::Truncated { len: 30 }, Some(5))
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn notification_decoder_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             let mut buf = BytesMut::from(&data[..]);
             let mut dec = NotificationDecoder::default();
             while let Ok(Some(_)) = dec.decode(&mut buf) {}
+            let _ = dec.finish(&buf);
         }
 
         #[test]
@@ -840,8 +1021,9 @@ mod tests {
             let b = frame_of(&items);
             let b = &b[..cut.min(b.len())];
             let mut buf = BytesMut::from(b);
-            let _ = NotificationDecoder::new(DecoderLimits { min_token_len: 1, max_token_len: 40, max_payload_len: 40 })
-                .decode(&mut buf);
+            let mut dec = NotificationDecoder::new(DecoderLimits { min_token_len: 1, max_token_len: 40, max_payload_len: 40 });
+            let _ = dec.decode(&mut buf);
+            let _ = dec.finish(&buf);
         }
 
         #[test]
