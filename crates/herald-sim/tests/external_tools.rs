@@ -102,7 +102,8 @@ async fn curl_with_a_client_certificate() {
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
-    let cases: Vec<(Vec<String>, String, Option<&str>, u16, &str)> = vec![
+    type Case<'a> = (Vec<String>, String, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             with(&["-H", "apns-priority: 3"]),
             dev.clone(),

@@ -137,9 +137,9 @@ impl Raw {
             block.push(n as u8);
             block.extend_from_slice(v.as_bytes());
         }
-        let end_stream = if body.is_none() { 0 } else { 0 };
+        // END_HEADERS only: the body (if any) ends the stream.
         self.io
-            .write_all(&frame(HEADERS, 0x4 | end_stream, stream, &block))
+            .write_all(&frame(HEADERS, 0x4, stream, &block))
             .await
             .unwrap();
         if let Some(b) = body {

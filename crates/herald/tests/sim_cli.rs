@@ -1,0 +1,229 @@
+//! `herald sim pki DIR` and `herald sim --pki DIR`: the manifest, the files it names, and the one JSON line the
+//! running simulator prints (STABLE interface).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_apns::identity::{CertEnvironment, CertificateInfo, ClientIdentity};
+use herald_apns::provider_token::SigningKey;
+
+fn herald() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+}
+
+fn pki(dir: &Path, topics: &[&str]) -> serde_json::Value {
+    let mut cmd = herald();
+    cmd.args(["sim", "pki"]).arg(dir);
+    for t in topics {
+        cmd.args(["--topic", t]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "herald sim pki failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = std::fs::read(dir.join("pki.json")).unwrap();
+    serde_json::from_slice(&manifest).unwrap()
+}
+
+fn path(v: &serde_json::Value) -> PathBuf {
+    let p = PathBuf::from(v.as_str().unwrap_or_else(|| panic!("not a path: {v}")));
+    assert!(p.is_absolute(), "{} is not absolute", p.display());
+    assert!(p.is_file(), "{} does not exist", p.display());
+    p
+}
+
+#[test]
+fn pki_writes_a_manifest_of_parseable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = pki(dir.path(), &["com.example.one", "com.example.two"]);
+    let ca = std::fs::read_to_string(path(&m["ca_cert"])).unwrap();
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+    path(&m["ca_key"]);
+    let server =
+        ClientIdentity::from_pem_files(&path(&m["server_cert"]), Some(&path(&m["server_key"])))
+            .unwrap();
+    assert!(!server.chain.is_empty());
+
+    for topic in ["com.example.one", "com.example.two"] {
+        for (variant, env) in [
+            ("universal", CertEnvironment::Universal),
+            ("production", CertEnvironment::Production),
+            ("sandbox", CertEnvironment::Development),
+        ] {
+            let files = &m["clients"][topic][variant];
+            let id =
+                ClientIdentity::from_pem_files(&path(&files["cert"]), Some(&path(&files["key"])))
+                    .unwrap();
+            let info = CertificateInfo::from_der(id.leaf()).unwrap();
+            assert_eq!(info.uid.as_deref(), Some(topic));
+            assert!(
+                info.subject
+                    .contains(&format!("Apple Push Services: {topic}")),
+                "{}",
+                info.subject
+            );
+            assert!(info.topics.iter().any(|t| t == topic), "{:?}", info.topics);
+            assert!(info.topics.iter().any(|t| *t == format!("{topic}.voip")));
+            assert_eq!(info.environment, env, "{topic} {variant}");
+            let p12 = ClientIdentity::from_pkcs12(
+                &path(&files["p12"]),
+                m["p12_password"].as_str().unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                p12.leaf(),
+                id.leaf(),
+                "the PKCS#12 copy holds the same certificate"
+            );
+        }
+    }
+    let key_id = m["key_id"].as_str().unwrap();
+    let team_id = m["team_id"].as_str().unwrap();
+    assert_eq!((key_id.len(), team_id.len()), (10, 10));
+    assert_eq!(m["token_key"]["key_id"], key_id);
+    let p8 = path(&m["token_key"]["p8"]);
+    assert!(
+        std::fs::read_to_string(&p8)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    let key = SigningKey::from_p8_file(&p8, key_id, team_id).unwrap();
+    let jwt = key.sign(1_700_000_000).unwrap();
+    assert_eq!(
+        key.verifying_key().unwrap().verify(&jwt).unwrap().iss,
+        team_id
+    );
+}
+
+#[test]
+fn pki_defaults_to_one_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = pki(dir.path(), &[]);
+    let clients = m["clients"].as_object().unwrap();
+    assert_eq!(
+        clients.keys().collect::<Vec<_>>(),
+        vec!["com.example.herald"]
+    );
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn sim_prints_one_json_line_and_serves() {
+    let curl = ["/usr/bin/curl", "/usr/local/bin/curl", "/bin/curl"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect(
+            "curl is not installed; install it with `apt-get install -y curl` (this test needs it)",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let m = pki(dir.path(), &["com.example.cli"]);
+    let record = dir.path().join("record.jsonl");
+    let mut child = herald()
+        .args(["sim", "--pki"])
+        .arg(dir.path())
+        .arg("--record")
+        .arg(&record)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _running = Running(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addrs: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let obj = addrs.as_object().unwrap();
+    assert_eq!(obj.len(), 4, "{line}");
+    let addr = |k: &str| -> SocketAddr {
+        let a: SocketAddr = obj[k].as_str().unwrap().parse().unwrap();
+        assert_eq!(a.ip().to_string(), "127.0.0.1");
+        assert_ne!(a.port(), 0);
+        a
+    };
+    let (h2, admin) = (addr("h2"), addr("admin"));
+    addr("binary");
+    addr("feedback");
+
+    let files = &m["clients"]["com.example.cli"]["universal"];
+    let payload = r#"{"aps":{"alert":"cli"}}"#;
+    let out = Command::new(curl)
+        .args([
+            "--http2",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(m["ca_cert"].as_str().unwrap())
+        .args([
+            "--cert",
+            files["cert"].as_str().unwrap(),
+            "--key",
+            files["key"].as_str().unwrap(),
+        ])
+        .args(["--data-binary", payload])
+        .arg(format!("https://{h2}/3/device/{}", "ab".repeat(32)))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats")).unwrap();
+    assert_eq!(stats["accepted"]["total"], 1);
+    assert_eq!(stats["accepted"]["by_topic"]["com.example.cli"]["h2"], 1);
+
+    // The record line is flushed promptly; wait for it with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        if text.ends_with('\n') || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(5)); // poll interval, bounded by the deadline
+    };
+    let rec: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(rec["payload"], payload);
+    assert_eq!(rec["token"], "ab".repeat(32));
+    assert_eq!(rec["topic"], "com.example.cli");
+    assert_eq!(rec["protocol"], "h2");
+}
+
+#[test]
+fn sim_without_pki_fails_with_a_message() {
+    let out = herald().args(["sim"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pki"));
+}
