@@ -205,9 +205,11 @@ impl ClientIdentity {
         Ok(identity)
     }
 
-    /// The end-entity certificate.
+    /// The end-entity certificate (first in the chain). The loaders never produce an empty chain; for one
+    /// built by hand with no certificate this is an empty DER that fails to parse.
     pub fn leaf(&self) -> &CertificateDer<'static> {
-        &self.chain[0]
+        static EMPTY: CertificateDer<'static> = CertificateDer::from_slice(&[]);
+        self.chain.first().unwrap_or(&EMPTY)
     }
 
     /// What the leaf certificate says.

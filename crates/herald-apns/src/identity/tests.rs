@@ -249,6 +249,20 @@ fn certificate_without_topic() {
 }
 
 #[test]
+fn a_hand_built_identity_without_certificates_does_not_panic() {
+    let (_, key) = push_cert(&CertSpec::default());
+    let id = ClientIdentity {
+        chain: vec![],
+        key: PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    };
+    assert!(id.leaf().is_empty());
+    assert!(matches!(
+        id.info(),
+        Err(IdentityError::BadCertificate { .. })
+    ));
+}
+
+#[test]
 fn loading_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.pem");
