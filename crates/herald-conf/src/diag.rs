@@ -53,6 +53,8 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
 pub struct Diagnostics {
     items: Vec<Diagnostic>,
+    errors: usize,
+    warnings: usize,
 }
 
 impl fmt::Display for Diagnostics {
@@ -69,6 +71,8 @@ impl fmt::Display for Diagnostics {
 
 /// The most errors one load reports; past it a last error says the rest were not shown.
 pub const MAX_ERRORS: usize = 200;
+/// The most warnings one load reports; past it a last warning says the rest were not shown.
+pub const MAX_WARNINGS: usize = 1000;
 
 impl Diagnostics {
     pub fn new() -> Self {
@@ -91,32 +95,34 @@ impl Diagnostics {
     }
 
     pub fn error_count(&self) -> usize {
-        self.errors().count()
+        self.errors
     }
 
     pub fn has_errors(&self) -> bool {
-        self.items.iter().any(|d| d.severity == Severity::Error)
+        self.errors > 0
     }
 
     /// True once [`MAX_ERRORS`] errors were recorded; further errors are dropped.
     pub fn is_full(&self) -> bool {
-        self.error_count() > MAX_ERRORS
+        self.errors > MAX_ERRORS
     }
 
     pub fn push(&mut self, d: Diagnostic) {
-        if d.severity == Severity::Error {
-            let n = self.error_count();
-            if n > MAX_ERRORS {
-                return;
-            }
-            if n == MAX_ERRORS {
-                self.items.push(Diagnostic {
-                    severity: Severity::Error,
-                    location: d.location,
-                    message: format!("too many errors ({MAX_ERRORS}); the rest are not shown"),
-                });
-                return;
-            }
+        let (count, max, what) = match d.severity {
+            Severity::Error => (&mut self.errors, MAX_ERRORS, "errors"),
+            Severity::Warning => (&mut self.warnings, MAX_WARNINGS, "warnings"),
+        };
+        if *count > max {
+            return;
+        }
+        *count += 1;
+        if *count > max {
+            self.items.push(Diagnostic {
+                severity: d.severity,
+                location: d.location,
+                message: format!("too many {what} ({max}); the rest are not shown"),
+            });
+            return;
         }
         self.items.push(d);
     }
