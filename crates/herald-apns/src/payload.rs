@@ -990,12 +990,39 @@ mod tests {
         );
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e300f64..1e300).prop_map(Value::from),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{0,4}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             for t in PushType::ALL {
                 let _ = validate(&data, t, Http2, Immediate);
             }
+        }
+
+        #[test]
+        fn strict_parsing_agrees_with_serde_json(v in json_value()) {
+            // Without duplicate keys the strict parser must read exactly what serde_json reads.
+            let text = serde_json::to_vec(&v).unwrap();
+            let plain: Value = serde_json::from_slice(&text).unwrap();
+            proptest::prop_assert_eq!(parse_strict(&text).unwrap(), plain);
         }
 
         #[test]
