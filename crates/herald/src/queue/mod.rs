@@ -51,6 +51,27 @@ pub trait SettingsResolver: Send + Sync + 'static {
     fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String>;
 }
 
+/// Fixed settings per domain (tests, benchmarks, programs that build settings themselves).
+#[derive(Default)]
+pub struct StaticResolver(pub HashMap<String, Arc<DeliverySettings>>);
+
+impl StaticResolver {
+    pub fn with(mut self, settings: DeliverySettings) -> Self {
+        self.0
+            .insert(settings.domain.to_string(), Arc::new(settings));
+        self
+    }
+}
+
+impl SettingsResolver for StaticResolver {
+    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String> {
+        self.0
+            .get(domain)
+            .cloned()
+            .ok_or_else(|| format!("domain {domain:?} is not configured"))
+    }
+}
+
 /// Why a notification was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
