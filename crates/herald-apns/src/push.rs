@@ -131,6 +131,15 @@ impl PushType {
         }
     }
 
+    /// The priority to send when the sender named none: 5 for background pushes, for which 10 is an error
+    /// (apns.md §3.2), else 10 (what APNs assumes when the header is absent).
+    pub fn default_priority(self) -> Priority {
+        match self {
+            PushType::Background => Priority::Conserve,
+            _ => Priority::Immediate,
+        }
+    }
+
     /// Location pushes are accepted only on token-authenticated connections (apns.md §3.2, §5.3 rule 10).
     pub fn requires_token_auth(self) -> bool {
         self == PushType::Location
@@ -379,6 +388,8 @@ mod tests {
             assert_eq!(p.payload_limit(Protocol::Http2), want);
         }
         assert!(PushType::Location.requires_token_auth());
+        assert_eq!(PushType::Background.default_priority(), Priority::Conserve);
+        assert_eq!(PushType::Alert.default_priority(), Priority::Immediate);
         assert!(!PushType::Alert.requires_token_auth());
     }
 
