@@ -72,6 +72,39 @@ impl ScopePath {
         Self::default()
     }
 
+    /// `binding_group NAME` (global only).
+    pub fn binding_group(name: &str) -> Self {
+        Self::global().then(ScopeKind::BindingGroup, Some(name))
+    }
+
+    /// `binding NAME` (global, or after `binding_group`).
+    pub fn binding(name: &str) -> Self {
+        Self::global().then(ScopeKind::Binding, Some(name))
+    }
+
+    /// `domain NAME`.
+    pub fn domain(name: &str) -> Self {
+        Self::global().then(ScopeKind::Domain, Some(name))
+    }
+
+    /// `host NAME`.
+    pub fn host(name: &str) -> Self {
+        Self::global().then(ScopeKind::Host, Some(name))
+    }
+
+    /// Appends a scope without checking where it may appear (use [`ScopePath::push`] for a checked append);
+    /// e.g. `ScopePath::binding_group("g").then(ScopeKind::Binding, Some("b")).then(ScopeKind::Domain, Some("x"))`.
+    /// Scopes that cannot be there are ignored by evaluation.
+    pub fn then(mut self, kind: ScopeKind, name: Option<&str>) -> Self {
+        let name = if kind.is_named() {
+            name.map(|n| kind.normalize_name(n))
+        } else {
+            None
+        };
+        self.segments.push(Segment { kind, name });
+        self
+    }
+
     pub fn segments(&self) -> &[Segment] {
         &self.segments
     }
@@ -148,6 +181,16 @@ impl ScopePath {
 
     fn has(&self, kind: ScopeKind) -> bool {
         self.segments.iter().any(|s| s.kind == kind)
+    }
+}
+
+/// Reads `[SCOPE [NAME]]…` separated by whitespace, e.g. `"binding_group g binding b domain example.com"`.
+impl std::str::FromStr for ScopePath {
+    type Err = EvalError;
+
+    fn from_str(s: &str) -> Result<Self, EvalError> {
+        let words: Vec<&str> = s.split_whitespace().collect();
+        Self::parse_scope_words(&words)
     }
 }
 

@@ -313,6 +313,15 @@ impl Config {
     }
 }
 
+/// Same as [`Config::parse_str`] with the name `<string>`.
+impl std::str::FromStr for Config {
+    type Err = Diagnostics;
+
+    fn from_str(text: &str) -> Result<Self, Diagnostics> {
+        Config::parse_str("<string>", text)
+    }
+}
+
 fn collect_domains<'a>(
     n: &'a Node,
     seen: &mut std::collections::HashSet<&'a str>,
