@@ -161,9 +161,14 @@ impl ScopePath {
             })?;
             i += 1;
             let name = if kind.is_named() {
-                let n = words.get(i).ok_or(EvalError::MissingName(kind))?;
+                let n = words.get(i).ok_or(EvalError::MissingName(kind))?.as_ref();
                 i += 1;
-                Some(n.as_ref())
+                // Accept a name still wrapped in the quotes of the configuration file (`listen '":25"'`).
+                Some(
+                    n.strip_prefix('"')
+                        .and_then(|n| n.strip_suffix('"'))
+                        .unwrap_or(n),
+                )
             } else {
                 None
             };

@@ -13,6 +13,10 @@ use crate::{
 /// The deepest scope nesting accepted (Momentum's deepest legal nesting is 3).
 pub const MAX_DEPTH: usize = 16;
 
+/// Added when a stray `=` most likely belongs to an unquoted value.
+const EQUALS_HINT: &str =
+    " (a value containing `=`, such as `apn://host?port=2195`, must be quoted)";
+
 /// A syntax error at a position in the parsed text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
@@ -145,7 +149,15 @@ impl<'a> Parser<'a> {
                 }
                 _ => {
                     let (p, d) = (pos(t), describe(t));
-                    self.error(p, format!("expected an option or scope name, found {d}"));
+                    let hint = if t.kind == TokenKind::Equals {
+                        EQUALS_HINT
+                    } else {
+                        ""
+                    };
+                    self.error(
+                        p,
+                        format!("expected an option or scope name, found {d}{hint}"),
+                    );
                     self.next();
                     self.skip_line(p.line);
                 }
@@ -300,7 +312,12 @@ impl<'a> Parser<'a> {
                         TokenKind::RParen => return Some(RawValue::List(items)),
                         _ => {
                             let (p, d) = (pos(&t), describe(&t));
-                            self.error(p, format!("expected a list item or `)`, found {d}"));
+                            let hint = if t.kind == TokenKind::Equals {
+                                EQUALS_HINT
+                            } else {
+                                ""
+                            };
+                            self.error(p, format!("expected a list item or `)`, found {d}{hint}"));
                             if t.kind == TokenKind::RBrace {
                                 // give the `}` back to the enclosing scope
                                 self.ahead.push_front(t);

@@ -98,6 +98,7 @@ impl fmt::Display for Route {
         };
         match self.protocol {
             RouteProtocol::Binary => write!(f, "apn://{host}?port={}", self.port),
+            RouteProtocol::Http2 if self.port == 443 => write!(f, "https://{host}"),
             RouteProtocol::Http2 => write!(f, "https://{host}:{}", self.port),
         }
     }
@@ -280,23 +281,24 @@ impl Value {
     /// Writes the value in the configuration language, the way `config eval` prints it: lists as `(`, one item per
     /// line indented by two spaces, `)`.
     pub fn render(&self) -> String {
-        let list = |items: Vec<String>| {
+        let list_quoted = |items: Vec<String>, quoted: bool| {
             let mut s = String::from("(\n");
             for i in items {
                 s.push_str("  ");
-                s.push_str(&render_value(&i, false));
+                s.push_str(&render_value(&i, quoted));
                 s.push('\n');
             }
             s.push(')');
             s
         };
+        let list = |items: Vec<String>| list_quoted(items, false);
         match self {
             Value::Bool(b) => b.to_string(),
             Value::Int(n) => n.to_string(),
             Value::Mode(m) => format!("{m:04o}"),
             Value::Str(s) => render_value(s, false),
             Value::List(l) => list(l.clone()),
-            Value::Routes(r) => list(r.iter().map(ToString::to_string).collect()),
+            Value::Routes(r) => list_quoted(r.iter().map(ToString::to_string).collect(), true),
             Value::Cidrs(c) => list(c.iter().map(ToString::to_string).collect()),
             Value::Pairs(p) => {
                 let mut s = String::from("[");
@@ -568,6 +570,12 @@ mod tests {
         let r: Route = "https://[::1]:8443".parse().unwrap();
         assert_eq!((r.host.as_str(), r.port), ("::1", 8443));
         assert_eq!(r.to_string(), "https://[::1]:8443");
+        let r: Route = "https://api.push.apple.com:443/".parse().unwrap();
+        assert_eq!(r.to_string(), "https://api.push.apple.com");
+        assert_eq!(
+            Value::Routes(vec![r]).render(),
+            "(\n  \"https://api.push.apple.com\"\n)"
+        );
         assert!("smtp://x".parse::<Route>().is_err());
         assert!("gateway.push.apple.com".parse::<Route>().is_err());
         assert!("apn://x?port=0".parse::<Route>().is_err());

@@ -210,3 +210,10 @@ fn non_utf8_is_an_error_not_a_panic() {
     assert_eq!((first.location.line, first.location.col), (2, 5));
     assert!(first.message.contains("UTF-8"));
 }
+
+#[test]
+fn unquoted_equals_in_a_list_gets_a_hint() {
+    let (l, c, m) = single("domain x {\n  routes = ( apn://gw.example?port=2195 )\n}\n");
+    assert_eq!((l, c), (2, 35));
+    assert!(m.contains("must be quoted"), "{m}");
+}

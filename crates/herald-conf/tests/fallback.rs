@@ -479,3 +479,23 @@ fn repeated_stanzas_merge_and_last_assignment_wins() {
     );
     assert_eq!(c.tree().children().len(), 1);
 }
+
+#[test]
+fn scope_words_may_keep_their_quotes() {
+    let c = Config::parse_str(
+        "q.conf",
+        "esmtp_listener { listen \":25\" { mcmt_reception = allow } }",
+    )
+    .unwrap();
+    assert_eq!(
+        eval(
+            &c,
+            &["esmtp_listener", "listen", "\":25\"", "mcmt_reception"]
+        ),
+        Value::Str("allow".into())
+    );
+    assert_eq!(
+        eval(&c, &["ESMTP_Listener", "Listen", ":25", "MCMT_Reception"]),
+        Value::Str("allow".into())
+    );
+}
