@@ -1,11 +1,13 @@
 //! herald: the push-notification MTA, as a library the `herald` binary and the tests drive.
 //!
-//! The modules follow the data flow: notifications wait in the [`queue`] (per-domain active and delayed queues,
+//! The modules follow the data flow: [`inbound`] validates what listeners receive and makes it durable,
+//! notifications wait in the [`queue`] (per-domain active and delayed queues,
 //! retry policy), go out through [`outbound`] (per-domain connection pools over herald-apns connections), and
 //! every outcome is written to the Momentum-format [`logs`]. [`delivery`] turns the configuration into the
 //! settings each domain delivers with.
 
 pub mod delivery;
+pub mod inbound;
 pub mod logs;
 pub mod outbound;
 pub mod queue;
