@@ -139,7 +139,7 @@ async fn run<T: Send + 'static, S>(
                             tracing::warn!(conn = info.id, error = %e, "notification cannot be encoded");
                             sink.report(
                                 j.tag,
-                                PushResult::Rejected(Rejection::Binary { status: Status::ProcessingError }),
+                                PushResult::Rejected(Rejection::Binary { status: Status::ProtocolError }),
                                 &info,
                             );
                         }

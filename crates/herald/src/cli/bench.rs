@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Give every notification its own payload buffer (as received notifications have), instead of sharing one.
+    #[arg(long)]
+    pub distinct_payloads: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -96,7 +99,11 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             expiration: None,
             collapse_id: None,
             apns_id: None,
-            payload: payload.clone(),
+            payload: if args.distinct_payloads {
+                Bytes::copy_from_slice(&payload)
+            } else {
+                payload.clone()
+            },
             sender: sender.clone(),
             received_at: unix_now(),
         };
@@ -119,9 +126,11 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
     let permanent = stats.permanent.load(Ordering::Relaxed);
     let rate = delivered as f64 / elapsed.as_secs_f64();
     let invalid_count = invalid.0.lock().map(|v| v.len()).unwrap_or(0);
+    let peak_rss_kib = peak_rss_kib();
+    let queued = stats.active.load(Ordering::Relaxed) + stats.delayed.load(Ordering::Relaxed);
     if args.json {
         println!(
-            "{{\"domain\":{:?},\"count\":{},\"seconds\":{:.3},\"per_second\":{:.0},\"delivered\":{},\"transient\":{},\"permanent\":{},\"invalid_tokens\":{}}}",
+            "{{\"domain\":{:?},\"count\":{},\"seconds\":{:.3},\"per_second\":{:.0},\"delivered\":{},\"transient\":{},\"permanent\":{},\"invalid_tokens\":{},\"queued\":{},\"peak_rss_kib\":{}}}",
             args.domain,
             args.count,
             elapsed.as_secs_f64(),
@@ -129,7 +138,9 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             delivered,
             transient,
             permanent,
-            invalid_count
+            invalid_count,
+            queued,
+            peak_rss_kib.unwrap_or(0)
         );
     } else {
         println!(
@@ -185,4 +196,11 @@ fn make_tokens(n: usize) -> Vec<DeviceToken> {
             DeviceToken::from_bytes(bytes).ok()
         })
         .collect()
+}
+
+/// The process's peak resident set size (Linux `VmHWM`), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -27,6 +27,8 @@ const EVENT_BATCH: usize = 512;
 /// What a domain's task is told.
 pub enum DomainEvent {
     Enqueue(Box<Queued>),
+    /// A notification recovered from the spool whose next attempt is this far away.
+    EnqueueDelayed(Box<Queued>, Duration),
     Outcome {
         tag: Box<Queued>,
         result: PushResult,
@@ -151,6 +153,14 @@ impl DomainTask {
         match event {
             DomainEvent::Enqueue(item) => {
                 self.active.push_back(item);
+            }
+            DomainEvent::EnqueueDelayed(item, delay) => {
+                self.seq += 1;
+                self.delayed.push(Reverse(Delayed {
+                    due: Instant::now() + delay,
+                    seq: self.seq,
+                    item,
+                }));
             }
             DomainEvent::Outcome {
                 tag,
@@ -363,6 +373,7 @@ impl DomainTask {
                 );
                 self.stats.transient(error);
                 item.retries += 1;
+                self.shared.rescheduled(&item, delay);
                 self.seq += 1;
                 self.delayed.push(Reverse(Delayed {
                     due: Instant::now() + delay,

@@ -10,7 +10,8 @@ pub mod retry;
 pub mod stats;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
 
 use herald_apns::token_hex::DeviceToken;
 use tokio::sync::{Semaphore, mpsc};
@@ -18,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::logs::Logs;
 use crate::outbound::settings::DeliverySettings;
 use domain::{DomainEvent, DomainSender, DomainTask};
-use message::{Notification, Queued};
+use message::{MessageId, Notification, Queued};
 use stats::DomainStats;
 
 /// A device token APNs said is no longer valid.
@@ -81,11 +82,21 @@ pub enum SubmitError {
     ShuttingDown,
 }
 
+/// Told about the life of each queued notification; the spool implements it to forget delivered and failed
+/// notifications and to keep retry schedules across restarts.
+pub trait QueueObserver: Send + Sync + 'static {
+    /// Final outcome (delivered or failed): the notification leaves the queue.
+    fn finished(&self, id: MessageId);
+    /// A transient failure: the next attempt is due at `next_attempt`, after `retries` retries.
+    fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime);
+}
+
 /// What every domain task shares.
 pub struct EngineShared {
     pub logs: Logs,
     invalid: Arc<dyn InvalidTokenSink>,
     resident: Arc<Semaphore>,
+    observer: OnceLock<Arc<dyn QueueObserver>>,
 }
 
 impl EngineShared {
@@ -94,8 +105,21 @@ impl EngineShared {
     }
 
     /// A notification reached its final outcome: it no longer takes memory.
-    pub(crate) fn finished(&self, _item: &Queued) {
+    pub(crate) fn finished(&self, item: &Queued) {
         self.resident.add_permits(1);
+        if let Some(o) = self.observer.get() {
+            o.finished(item.notification.id);
+        }
+    }
+
+    pub(crate) fn rescheduled(&self, item: &Queued, delay: std::time::Duration) {
+        if let Some(o) = self.observer.get() {
+            o.rescheduled(
+                item.notification.id,
+                item.retries,
+                SystemTime::now() + delay,
+            );
+        }
     }
 }
 
@@ -141,6 +165,7 @@ impl Engine {
                 logs,
                 invalid,
                 resident,
+                observer: OnceLock::new(),
             }),
             resolver,
             domains: Mutex::new(HashMap::new()),
@@ -149,6 +174,46 @@ impl Engine {
 
     pub fn logs(&self) -> &Logs {
         &self.shared.logs
+    }
+
+    /// Sets the observer of every notification's life (once, before traffic); false if one was set already.
+    pub fn set_observer(&self, observer: Arc<dyn QueueObserver>) -> bool {
+        self.shared.observer.set(observer).is_ok()
+    }
+
+    /// Queues a notification recovered from the spool with its retry count and next attempt time.
+    pub async fn restore(
+        &self,
+        notification: Notification,
+        retries: u32,
+        next_attempt: Option<SystemTime>,
+    ) -> Result<(), SubmitError> {
+        let permit = self
+            .shared
+            .resident
+            .acquire()
+            .await
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        permit.forget();
+        let sender = match self.domain_sender(&notification.domain) {
+            Ok(s) => s,
+            Err(e) => {
+                self.shared.resident.add_permits(1);
+                return Err(e);
+            }
+        };
+        let mut item = Queued::new(notification);
+        item.retries = retries;
+        let delay = next_attempt.and_then(|t| t.duration_since(SystemTime::now()).ok());
+        let event = match delay {
+            Some(d) if !d.is_zero() => DomainEvent::EnqueueDelayed(item, d),
+            _ => DomainEvent::Enqueue(item),
+        };
+        if sender.0.send(event).is_err() {
+            self.shared.resident.add_permits(1);
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(())
     }
 
     /// Queues a notification for delivery; waits while the engine holds its maximum in memory.
