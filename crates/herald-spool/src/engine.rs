@@ -1,0 +1,57 @@
+//! The storage engine behind [`crate::DiskSpool`]: an ordered key-value store with two tables and atomic, durable
+//! commits. The spool's writer thread is its only writer; recovery reads it from other threads.
+
+use crate::error::SpoolError;
+use crate::key::SpoolKey;
+use crate::record::SCHEDULE_LEN;
+
+/// The two tables a spool keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Encoded [`crate::StoredNotification`]s by key.
+    Records,
+    /// Encoded [`crate::Schedule`]s by key, for notifications rescheduled since they were appended.
+    Schedules,
+}
+
+/// What one commit writes, applied in this order: inserts, schedules, removals (from both tables).
+#[derive(Debug, Default)]
+pub struct CommitBatch {
+    pub inserts: Vec<(SpoolKey, Vec<u8>)>,
+    pub schedules: Vec<(SpoolKey, [u8; SCHEDULE_LEN])>,
+    pub removes: Vec<SpoolKey>,
+}
+
+impl CommitBatch {
+    pub fn is_empty(&self) -> bool {
+        self.inserts.is_empty() && self.schedules.is_empty() && self.removes.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.inserts.clear();
+        self.schedules.clear();
+        self.removes.clear();
+    }
+}
+
+/// An embedded ordered key-value store with durable atomic commits.
+pub trait Engine: Send + Sync + 'static {
+    /// A short name for logs and benchmarks.
+    fn name(&self) -> &'static str;
+
+    /// Applies `batch` atomically and makes it durable (fsync) before returning. On error nothing of the batch is
+    /// applied and everything committed before is intact.
+    fn commit(&self, batch: &CommitBatch) -> Result<(), SpoolError>;
+
+    /// Visits every entry of `table` in key order.
+    fn scan(&self, table: Table, visit: &mut dyn FnMut(SpoolKey, &[u8])) -> Result<(), SpoolError>;
+
+    /// The greatest key in [`Table::Records`].
+    fn last_key(&self) -> Result<Option<SpoolKey>, SpoolError>;
+
+    /// Number of entries in [`Table::Records`] (may be approximate).
+    fn record_count(&self) -> Result<u64, SpoolError>;
+
+    /// Bytes the store occupies on disk.
+    fn disk_bytes(&self) -> u64;
+}

@@ -1,0 +1,190 @@
+//! The [`Engine`] on redb: one database file, `spool.redb`, with a records table and a schedules table; every
+//! commit uses `Durability::Immediate` (fsync before the commit returns).
+
+use std::path::{Path, PathBuf};
+
+use redb::backends::FileBackend;
+use redb::{
+    Database, Durability, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition,
+};
+
+use crate::engine::{CommitBatch, Engine, Table};
+use crate::error::SpoolError;
+use crate::key::SpoolKey;
+
+const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
+const SCHEDULES: TableDefinition<u128, &[u8]> = TableDefinition::new("schedules");
+
+/// The file name of the database inside the spool directory.
+pub const REDB_FILE: &str = "spool.redb";
+
+/// Options of the redb engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedbOptions {
+    /// Page cache size in bytes.
+    pub cache_bytes: usize,
+    /// Save the allocator state at every commit, so that reopening after a crash needs no full repair (redb's
+    /// quick-repair; it also turns on two-phase commit, at the cost of a second fsync per commit).
+    pub quick_repair: bool,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions {
+            cache_bytes: 64 << 20,
+            quick_repair: true,
+        }
+    }
+}
+
+/// A spool store in a redb database.
+#[derive(Debug)]
+pub struct RedbEngine {
+    db: Database,
+    file: PathBuf,
+    quick_repair: bool,
+}
+
+impl RedbEngine {
+    /// Opens (or creates) `dir/spool.redb`. `dir` must exist.
+    pub fn open(dir: &Path, options: RedbOptions) -> Result<RedbEngine, SpoolError> {
+        let file = dir.join(REDB_FILE);
+        let db = builder(options)
+            .create(&file)
+            .map_err(|e| storage_error("opening the redb database", e))?;
+        Self::init(db, file, options)
+    }
+
+    /// Opens a database over a custom storage backend (used to inject I/O faults in tests).
+    pub fn open_with_backend(
+        dir: &Path,
+        backend: impl StorageBackend,
+        options: RedbOptions,
+    ) -> Result<RedbEngine, SpoolError> {
+        let db = builder(options)
+            .create_with_backend(backend)
+            .map_err(|e| storage_error("opening the redb database", e))?;
+        Self::init(db, dir.join(REDB_FILE), options)
+    }
+
+    /// Opens the regular file backend, for wrapping in [`RedbEngine::open_with_backend`].
+    pub fn file_backend(dir: &Path) -> Result<FileBackend, SpoolError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(REDB_FILE))
+            .map_err(|e| SpoolError::from_io("opening the redb file", e))?;
+        FileBackend::new(file).map_err(|e| storage_error("opening the redb file", e))
+    }
+
+    fn init(db: Database, file: PathBuf, options: RedbOptions) -> Result<RedbEngine, SpoolError> {
+        let engine = RedbEngine {
+            db,
+            file,
+            quick_repair: options.quick_repair,
+        };
+        // Create both tables so that readers never meet a missing one.
+        engine.commit(&CommitBatch::default())?;
+        Ok(engine)
+    }
+}
+
+fn builder(options: RedbOptions) -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(options.cache_bytes);
+    b
+}
+
+/// Maps a redb error: I/O errors keep their kind (disk full stays recognisable), corruption is permanent, the rest
+/// is treated as temporary so the sender retries.
+fn storage_error(context: &'static str, e: impl Into<redb::Error>) -> SpoolError {
+    match e.into() {
+        redb::Error::Io(io) => SpoolError::from_io(context, io),
+        e @ (redb::Error::Corrupted(_)
+        | redb::Error::UpgradeRequired(_)
+        | redb::Error::DatabaseAlreadyOpen) => SpoolError::Storage {
+            context,
+            detail: e.to_string(),
+            temporary: false,
+        },
+        e => SpoolError::Storage {
+            context,
+            detail: e.to_string(),
+            temporary: true,
+        },
+    }
+}
+
+impl Engine for RedbEngine {
+    fn name(&self) -> &'static str {
+        if self.quick_repair {
+            "redb (quick-repair)"
+        } else {
+            "redb"
+        }
+    }
+
+    fn commit(&self, batch: &CommitBatch) -> Result<(), SpoolError> {
+        const CTX: &str = "committing to the spool";
+        let mut tx = self.db.begin_write().map_err(|e| storage_error(CTX, e))?;
+        tx.set_durability(Durability::Immediate);
+        tx.set_quick_repair(self.quick_repair);
+        {
+            let mut records = tx.open_table(RECORDS).map_err(|e| storage_error(CTX, e))?;
+            let mut schedules = tx
+                .open_table(SCHEDULES)
+                .map_err(|e| storage_error(CTX, e))?;
+            for (key, value) in &batch.inserts {
+                records
+                    .insert(key.0, value.as_slice())
+                    .map_err(|e| storage_error(CTX, e))?;
+            }
+            for (key, value) in &batch.schedules {
+                schedules
+                    .insert(key.0, value.as_slice())
+                    .map_err(|e| storage_error(CTX, e))?;
+            }
+            for key in &batch.removes {
+                records.remove(key.0).map_err(|e| storage_error(CTX, e))?;
+                schedules.remove(key.0).map_err(|e| storage_error(CTX, e))?;
+            }
+        }
+        tx.commit().map_err(|e| storage_error(CTX, e))
+    }
+
+    fn scan(&self, table: Table, visit: &mut dyn FnMut(SpoolKey, &[u8])) -> Result<(), SpoolError> {
+        const CTX: &str = "reading the spool";
+        let tx = self.db.begin_read().map_err(|e| storage_error(CTX, e))?;
+        let def = match table {
+            Table::Records => RECORDS,
+            Table::Schedules => SCHEDULES,
+        };
+        let t = tx.open_table(def).map_err(|e| storage_error(CTX, e))?;
+        for item in t.iter().map_err(|e| storage_error(CTX, e))? {
+            let (k, v) = item.map_err(|e| storage_error(CTX, e))?;
+            visit(SpoolKey(k.value()), v.value());
+        }
+        Ok(())
+    }
+
+    fn last_key(&self) -> Result<Option<SpoolKey>, SpoolError> {
+        const CTX: &str = "reading the spool";
+        let tx = self.db.begin_read().map_err(|e| storage_error(CTX, e))?;
+        let t = tx.open_table(RECORDS).map_err(|e| storage_error(CTX, e))?;
+        let last = t.last().map_err(|e| storage_error(CTX, e))?;
+        Ok(last.map(|(k, _)| SpoolKey(k.value())))
+    }
+
+    fn record_count(&self) -> Result<u64, SpoolError> {
+        const CTX: &str = "counting the spool";
+        let tx = self.db.begin_read().map_err(|e| storage_error(CTX, e))?;
+        let t = tx.open_table(RECORDS).map_err(|e| storage_error(CTX, e))?;
+        t.len().map_err(|e| storage_error(CTX, e))
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        std::fs::metadata(&self.file).map_or(0, |m| m.len())
+    }
+}

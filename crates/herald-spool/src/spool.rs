@@ -1,0 +1,97 @@
+//! The `Spool` trait herald holds as `Arc<dyn Spool>`, and the figures and reports it returns.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::SpoolError;
+use crate::key::SpoolKey;
+use crate::record::StoredNotification;
+
+/// The future of an append, flush or close. It does not borrow the spool: the work is submitted when the method is
+/// called, and the future only waits for its outcome.
+pub type SpoolFuture<T> = Pin<Box<dyn Future<Output = Result<T, SpoolError>> + Send + 'static>>;
+
+/// A durable queue of notifications.
+///
+/// Order of use: open, [`Spool::recover`] (before serving), then `append` for each accepted batch, `reschedule` after
+/// a transient failure, `remove` after a final outcome, and `close` on shutdown.
+pub trait Spool: Send + Sync + 'static {
+    /// A fresh key, greater than every key issued before, also by earlier runs on the same store.
+    fn next_key(&self) -> SpoolKey;
+
+    /// Stores `batch`. The returned future resolves once the whole batch is durable (fsync'd), or with an error,
+    /// in which case nothing of the batch may be acknowledged. Concurrent appends share one commit.
+    fn append(&self, batch: Vec<StoredNotification>) -> SpoolFuture<()>;
+
+    /// Records the delivery state after a transient failure. Not waited on: after a crash an older state may come
+    /// back.
+    fn reschedule(&self, key: SpoolKey, retries: u32, next_attempt_ms: u64);
+
+    /// Forgets notifications that reached a final outcome. Not waited on: after a crash a removed notification may
+    /// come back (at-least-once delivery).
+    fn remove(&self, keys: &[SpoolKey]);
+
+    /// Visits every stored notification in key order, with its latest schedule. Records that fail their checksum
+    /// or cannot be decoded are skipped with a warning, counted in the report, and deleted. Blocking: call it before
+    /// serving, or from a blocking thread.
+    fn recover_each(
+        &self,
+        visit: &mut dyn FnMut(StoredNotification),
+    ) -> Result<RecoveryReport, SpoolError>;
+
+    /// Every stored notification in key order (see [`Spool::recover_each`], which avoids holding them all twice).
+    fn recover(&self) -> Result<Recovered, SpoolError> {
+        let mut notifications = Vec::new();
+        let report = self.recover_each(&mut |n| notifications.push(n))?;
+        Ok(Recovered {
+            notifications,
+            report,
+        })
+    }
+
+    /// Counters and sizes, cheap to call.
+    fn stats(&self) -> SpoolStats;
+
+    /// Makes every reschedule and removal issued so far durable.
+    fn flush(&self) -> SpoolFuture<()>;
+
+    /// Flushes, then stops the writer: later appends fail with [`SpoolError::Closed`].
+    fn close(&self) -> SpoolFuture<()>;
+}
+
+/// What a recovery found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Notifications handed to the visitor.
+    pub recovered: u64,
+    /// Records skipped because they were corrupt, torn or of an unknown version.
+    pub skipped: u64,
+    /// Schedules whose record no longer exists (removed earlier), deleted.
+    pub orphan_schedules: u64,
+}
+
+/// The notifications a recovery found, in key order.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    pub notifications: Vec<StoredNotification>,
+    pub report: RecoveryReport,
+}
+
+/// Figures about a spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Notifications stored now (approximate while removals are pending).
+    pub records: u64,
+    /// Size of the store's files.
+    pub bytes_on_disk: u64,
+    /// Durable commits made (one per group of concurrent appends).
+    pub commits: u64,
+    /// Commits that failed.
+    pub failed_commits: u64,
+    /// Calls to `append` so far, and notifications they carried.
+    pub append_calls: u64,
+    pub appended: u64,
+    /// Reschedules and removals requested.
+    pub rescheduled: u64,
+    pub removed: u64,
+}

@@ -1,0 +1,435 @@
+//! [`DiskSpool`]: the durable spool over an [`Engine`], with a writer thread that does group commit.
+//!
+//! Callers encode their records and queue them to the writer thread. The writer takes whatever is queued, writes it
+//! in one transaction with one fsync, and then answers every append in it. While it commits, new appends queue up
+//! and form the next group, so the number of fsyncs follows the disk's speed, not the number of callers.
+//! Reschedules and removals are collected and committed with the next group of appends, or after
+//! [`SpoolOptions::maintenance_interval`], whichever comes first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::engine::{CommitBatch, Engine, Table};
+use crate::error::SpoolError;
+use crate::key::{KeyGenerator, SpoolKey};
+use crate::record::{Schedule, StoredNotification};
+use crate::redb_engine::{RedbEngine, RedbOptions};
+use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
+
+/// Tuning of a [`DiskSpool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolOptions {
+    /// A group commit stops taking appends once it holds this many bytes of records.
+    pub max_group_bytes: usize,
+    /// Reschedules and removals wait at most this long for a commit.
+    pub maintenance_interval: Duration,
+    /// ...or until this many are pending.
+    pub maintenance_max_ops: usize,
+    /// Pending reschedules and removals kept across failed commits before the oldest are dropped (they would only
+    /// cause a redelivery or an older schedule after a restart).
+    pub maintenance_cap: usize,
+    /// Options of the redb store ([`DiskSpool::open`]).
+    pub redb: RedbOptions,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        SpoolOptions {
+            max_group_bytes: 32 << 20,
+            maintenance_interval: Duration::from_millis(50),
+            maintenance_max_ops: 50_000,
+            maintenance_cap: 4_000_000,
+            redb: RedbOptions::default(),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), SpoolError>>;
+
+enum Op {
+    Append {
+        records: Vec<(SpoolKey, Vec<u8>)>,
+        bytes: usize,
+        reply: Reply,
+    },
+    Reschedule(SpoolKey, Schedule),
+    Remove(Vec<SpoolKey>),
+    Flush(Reply),
+    Close(Reply),
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    failed_commits: AtomicU64,
+    append_calls: AtomicU64,
+    appended: AtomicU64,
+    rescheduled: AtomicU64,
+    removed: AtomicU64,
+}
+
+/// The durable spool: an [`Engine`] (redb by default) behind a group-committing writer thread.
+pub struct DiskSpool<E: Engine = RedbEngine> {
+    engine: Arc<E>,
+    ops: Sender<Op>,
+    counters: Arc<Counters>,
+    keys: KeyGenerator,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl DiskSpool<RedbEngine> {
+    /// Opens the spool in directory `dir`, creating it if missing. Fails with a clear error when the directory
+    /// cannot be created or written.
+    pub fn open(dir: impl AsRef<Path>, options: SpoolOptions) -> Result<Self, SpoolError> {
+        let dir = dir.as_ref();
+        prepare_dir(dir)?;
+        let engine = RedbEngine::open(dir, options.redb)?;
+        DiskSpool::with_engine(engine, options)
+    }
+}
+
+/// Creates `dir` if needed and checks that files can be created in it.
+pub fn prepare_dir(dir: &Path) -> Result<(), SpoolError> {
+    std::fs::create_dir_all(dir).map_err(|e| SpoolError::Open {
+        path: dir.to_path_buf(),
+        source: Arc::new(e),
+    })?;
+    let probe: PathBuf = dir.join(".herald-spool-probe");
+    std::fs::write(&probe, b"probe")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| SpoolError::NotWritable {
+            path: dir.to_path_buf(),
+            source: Arc::new(e),
+        })
+}
+
+impl<E: Engine> DiskSpool<E> {
+    /// A spool over an opened engine; starts the writer thread.
+    pub fn with_engine(engine: E, options: SpoolOptions) -> Result<Self, SpoolError> {
+        let engine = Arc::new(engine);
+        let keys = KeyGenerator::new(engine.last_key()?);
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            engine: Arc::clone(&engine),
+            counters: Arc::clone(&counters),
+            options,
+            rx,
+            pending: CommitBatch::default(),
+            pending_since: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| SpoolError::from_io("starting the spool writer thread", e))?;
+        Ok(DiskSpool {
+            engine,
+            ops: tx,
+            counters,
+            keys,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The engine (for its name and size).
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    fn request(&self, make: impl FnOnce(Reply) -> Op) -> SpoolFuture<()> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.ops.send(make(reply));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(SpoolError::Closed);
+            }
+            answer.await.unwrap_or(Err(SpoolError::Closed))
+        })
+    }
+}
+
+impl<E: Engine> Spool for DiskSpool<E> {
+    fn next_key(&self) -> SpoolKey {
+        self.keys.next()
+    }
+
+    fn append(&self, batch: Vec<StoredNotification>) -> SpoolFuture<()> {
+        let records: Vec<(SpoolKey, Vec<u8>)> = batch.iter().map(|n| (n.key, n.encode())).collect();
+        let bytes = records.iter().map(|(_, v)| v.len() + 16).sum();
+        let future = self.request(|reply| Op::Append {
+            records,
+            bytes,
+            reply,
+        });
+        // Counted once queued, so a caller that sees the count knows the writer can take the request.
+        self.counters.append_calls.fetch_add(1, Ordering::Relaxed);
+        future
+    }
+
+    fn reschedule(&self, key: SpoolKey, retries: u32, next_attempt_ms: u64) {
+        self.counters.rescheduled.fetch_add(1, Ordering::Relaxed);
+        let schedule = Schedule {
+            retries,
+            next_attempt_ms,
+        };
+        if self.ops.send(Op::Reschedule(key, schedule)).is_err() {
+            tracing::warn!(%key, "spool closed: reschedule not recorded");
+        }
+    }
+
+    fn remove(&self, keys: &[SpoolKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.counters
+            .removed
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        if self.ops.send(Op::Remove(keys.to_vec())).is_err() {
+            tracing::warn!(count = keys.len(), "spool closed: removal not recorded");
+        }
+    }
+
+    fn recover_each(
+        &self,
+        visit: &mut dyn FnMut(StoredNotification),
+    ) -> Result<RecoveryReport, SpoolError> {
+        let mut report = RecoveryReport::default();
+        let mut schedules: HashMap<SpoolKey, Schedule> = HashMap::new();
+        self.engine.scan(Table::Schedules, &mut |key, value| match Schedule::decode(key, value) {
+            Ok(s) => {
+                schedules.insert(key, s);
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "spool: skipping a corrupt schedule; the record's own applies");
+            }
+        })?;
+        let mut corrupt = Vec::new();
+        self.engine.scan(
+            Table::Records,
+            &mut |key, value| match StoredNotification::decode(key, value) {
+                Ok(mut n) => {
+                    if let Some(s) = schedules.remove(&key) {
+                        n.retries = s.retries;
+                        n.next_attempt_ms = s.next_attempt_ms;
+                    }
+                    report.recovered += 1;
+                    visit(n);
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "spool: skipping a corrupt or torn record");
+                    report.skipped += 1;
+                    corrupt.push(key);
+                }
+            },
+        )?;
+        report.orphan_schedules = schedules.len() as u64;
+        // Delete what cannot be used, so the warnings are not repeated at every start. The schedule of a corrupt
+        // record goes with it; a corrupt schedule is rewritten by the next reschedule or goes with its record.
+        corrupt.extend(schedules.into_keys());
+        if !corrupt.is_empty() {
+            let _ = self.ops.send(Op::Remove(corrupt));
+        }
+        Ok(report)
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let c = &self.counters;
+        SpoolStats {
+            records: self.engine.record_count().unwrap_or(0),
+            bytes_on_disk: self.engine.disk_bytes(),
+            commits: c.commits.load(Ordering::Relaxed),
+            failed_commits: c.failed_commits.load(Ordering::Relaxed),
+            append_calls: c.append_calls.load(Ordering::Relaxed),
+            appended: c.appended.load(Ordering::Relaxed),
+            rescheduled: c.rescheduled.load(Ordering::Relaxed),
+            removed: c.removed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn flush(&self) -> SpoolFuture<()> {
+        self.request(Op::Flush)
+    }
+
+    fn close(&self) -> SpoolFuture<()> {
+        self.request(Op::Close)
+    }
+}
+
+impl<E: Engine> Drop for DiskSpool<E> {
+    fn drop(&mut self) {
+        let (reply, _answer) = oneshot::channel();
+        let _ = self.ops.send(Op::Close(reply));
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("spool writer thread panicked");
+            }
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer<E: Engine> {
+    engine: Arc<E>,
+    counters: Arc<Counters>,
+    options: SpoolOptions,
+    rx: Receiver<Op>,
+    /// Reschedules and removals not yet committed.
+    pending: CommitBatch,
+    pending_since: Option<Instant>,
+}
+
+/// One group: the appends and requests answered by the next commit.
+#[derive(Default)]
+struct Group {
+    inserts: Vec<(SpoolKey, Vec<u8>)>,
+    appended: u64,
+    bytes: usize,
+    replies: Vec<Reply>,
+    close: Option<Reply>,
+    force: bool,
+}
+
+impl<E: Engine> Writer<E> {
+    fn run(mut self) {
+        let mut group = Group::default();
+        loop {
+            let first = match self.pending_since {
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(since) => {
+                    let wait = self
+                        .options
+                        .maintenance_interval
+                        .saturating_sub(since.elapsed());
+                    self.rx.recv_timeout(wait)
+                }
+            };
+            let disconnected = match first {
+                Ok(op) => {
+                    self.take(op, &mut group);
+                    while group.close.is_none() && group.bytes < self.options.max_group_bytes {
+                        match self.rx.try_recv() {
+                            Ok(op) => self.take(op, &mut group),
+                            Err(_) => break,
+                        }
+                    }
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    group.force = true;
+                    false
+                }
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            let maintenance_due = self.pending.schedules.len() + self.pending.removes.len()
+                >= self.options.maintenance_max_ops
+                || self
+                    .pending_since
+                    .is_some_and(|t| t.elapsed() >= self.options.maintenance_interval);
+            let result =
+                if group.force || !group.inserts.is_empty() || maintenance_due || disconnected {
+                    self.commit(&mut group)
+                } else {
+                    Ok(())
+                };
+            if let Some(reply) = group.close.take() {
+                let _ = reply.send(result);
+                return;
+            }
+            if disconnected {
+                return;
+            }
+        }
+    }
+
+    fn take(&mut self, op: Op, group: &mut Group) {
+        match op {
+            Op::Append {
+                mut records,
+                bytes,
+                reply,
+            } => {
+                group.appended += records.len() as u64;
+                group.bytes += bytes;
+                group.inserts.append(&mut records);
+                group.replies.push(reply);
+            }
+            Op::Reschedule(key, schedule) => {
+                self.pending.schedules.push((key, schedule.encode(key)));
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
+            Op::Remove(mut keys) => {
+                self.pending.removes.append(&mut keys);
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
+            Op::Flush(reply) => {
+                group.force = true;
+                group.replies.push(reply);
+            }
+            Op::Close(reply) => {
+                group.force = true;
+                group.close = Some(reply);
+            }
+        }
+    }
+
+    /// Commits the group's appends with every pending reschedule and removal, then answers the group.
+    fn commit(&mut self, group: &mut Group) -> Result<(), SpoolError> {
+        let mut batch = std::mem::take(&mut self.pending);
+        batch.inserts = std::mem::take(&mut group.inserts);
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.engine.commit(&batch)
+        };
+        match &result {
+            Ok(()) => {
+                if !batch.is_empty() {
+                    self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                self.counters
+                    .appended
+                    .fetch_add(group.appended, Ordering::Relaxed);
+                batch.clear();
+                self.pending = batch;
+                self.pending_since = None;
+            }
+            Err(e) => {
+                self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, records = batch.inserts.len(), "spool commit failed");
+                // The appends are refused; reschedules and removals are kept for the next commit.
+                batch.inserts.clear();
+                let cap = self.options.maintenance_cap;
+                trim_front(&mut batch.schedules, cap);
+                trim_front(&mut batch.removes, cap);
+                self.pending = batch;
+                self.pending_since = Some(Instant::now());
+            }
+        }
+        for reply in group.replies.drain(..) {
+            let _ = reply.send(result.clone());
+        }
+        group.appended = 0;
+        group.bytes = 0;
+        group.force = false;
+        result
+    }
+}
+
+fn trim_front<T>(v: &mut Vec<T>, cap: usize) {
+    if v.len() > cap {
+        let excess = v.len() - cap;
+        tracing::warn!(
+            dropped = excess,
+            "spool: dropping pending maintenance after failed commits"
+        );
+        v.drain(..excess);
+    }
+}

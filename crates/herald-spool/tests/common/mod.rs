@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests: sample notifications, engines that block or fail on demand, and a
+//! condition wait with a deadline.
+#![allow(dead_code)]
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use herald_spool::{
+    CommitBatch, Engine, RedbEngine, RedbOptions, SpoolError, SpoolKey, StoredNotification, Table,
+};
+
+/// A notification of about 300 bytes, its content derived from `key`.
+pub fn notification(key: SpoolKey) -> StoredNotification {
+    let n = key.0 as u64;
+    StoredNotification {
+        key,
+        domain: "com.example.app".into(),
+        token: (0..32).map(|i| (n as u8).wrapping_add(i)).collect(),
+        topic: Some("com.example.app".into()),
+        push_type: Some("alert".into()),
+        priority: Some(10),
+        expiration: Some(1_900_000_000),
+        collapse_id: (n % 3 == 0).then(|| format!("c{n}")),
+        apns_id: Some(format!("00000000-0000-4000-8000-{n:012x}")),
+        payload: format!(r#"{{"aps":{{"alert":{{"title":"Order {n}","body":"Your order has shipped and is on its way"}},"badge":1}},"n":{n}}}"#).into_bytes(),
+        sender: "orders@example.com".into(),
+        recipient: format!("{n:016x}@com.example.app"),
+        received_at: 1_790_000_000 + n,
+        batch_id: n as u128 / 10,
+        conn_id: 1,
+        retries: 0,
+        next_attempt_ms: 0,
+    }
+}
+
+/// Waits until `cond` holds, panicking after `secs` seconds.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Control of a [`GatedEngine`]: a gate that holds commits, and a switch that makes them fail.
+#[derive(Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+    pub entered: AtomicU64,
+    pub fail: AtomicBool,
+}
+
+impl Gate {
+    pub fn new(open: bool) -> Arc<Gate> {
+        let g = Gate::default();
+        *g.open.lock().unwrap() = open;
+        Arc::new(g)
+    }
+
+    pub fn set_open(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.cv.notify_all();
+    }
+}
+
+/// A redb engine whose commits wait for a gate and can be made to fail with an I/O error.
+pub struct GatedEngine {
+    pub inner: RedbEngine,
+    pub gate: Arc<Gate>,
+}
+
+impl GatedEngine {
+    pub fn open(dir: &Path, gate: Arc<Gate>) -> GatedEngine {
+        std::fs::create_dir_all(dir).unwrap();
+        GatedEngine {
+            inner: RedbEngine::open(dir, RedbOptions::default()).unwrap(),
+            gate,
+        }
+    }
+}
+
+impl Engine for GatedEngine {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+
+    fn commit(&self, batch: &CommitBatch) -> Result<(), SpoolError> {
+        self.gate.entered.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.gate.open.lock().unwrap();
+        while !*open {
+            open = self.gate.cv.wait(open).unwrap();
+        }
+        drop(open);
+        if self.gate.fail.load(Ordering::SeqCst) {
+            return Err(SpoolError::from_io(
+                "committing",
+                io::Error::from_raw_os_error(28),
+            ));
+        }
+        self.inner.commit(batch)
+    }
+
+    fn scan(&self, table: Table, visit: &mut dyn FnMut(SpoolKey, &[u8])) -> Result<(), SpoolError> {
+        self.inner.scan(table, visit)
+    }
+
+    fn last_key(&self) -> Result<Option<SpoolKey>, SpoolError> {
+        self.inner.last_key()
+    }
+
+    fn record_count(&self) -> Result<u64, SpoolError> {
+        self.inner.record_count()
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.inner.disk_bytes()
+    }
+}

@@ -1,0 +1,375 @@
+//! The disk spool end to end: durability across reopen, removals and reschedules, group commit, failed commits,
+//! corrupt records, and opening errors.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{Gate, GatedEngine, notification, wait_until};
+use herald_spool::{
+    CommitBatch, DiskSpool, Engine, RedbEngine, RedbOptions, Spool, SpoolError, SpoolKey,
+    SpoolOptions,
+};
+use redb::StorageBackend;
+
+fn open(dir: &std::path::Path) -> DiskSpool {
+    DiskSpool::open(dir, SpoolOptions::default()).unwrap()
+}
+
+async fn append_many(spool: &dyn Spool, n: usize) -> Vec<SpoolKey> {
+    let keys: Vec<SpoolKey> = (0..n).map(|_| spool.next_key()).collect();
+    spool
+        .append(keys.iter().map(|&k| notification(k)).collect())
+        .await
+        .unwrap();
+    keys
+}
+
+#[tokio::test]
+async fn appended_notifications_survive_reopen_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool");
+    let keys = {
+        let spool = open(&path);
+        let mut keys = append_many(&spool, 500).await;
+        keys.extend(append_many(&spool, 1).await);
+        spool.close().await.unwrap();
+        keys
+    };
+    let spool = open(&path);
+    let r = spool.recover().unwrap();
+    assert_eq!(r.report.recovered, 501);
+    assert_eq!(r.report.skipped, 0);
+    let got: Vec<SpoolKey> = r.notifications.iter().map(|n| n.key).collect();
+    assert_eq!(got, keys, "every key, in acceptance order");
+    for n in &r.notifications {
+        assert_eq!(n, &notification(n.key), "fields byte for byte");
+    }
+    // Keys issued after a restart sort after the recovered ones.
+    assert!(spool.next_key() > *keys.last().unwrap());
+    let st = spool.stats();
+    assert_eq!(st.records, 501);
+    assert!(st.bytes_on_disk > 501 * 300);
+}
+
+#[tokio::test]
+async fn removals_and_reschedules_are_visible_after_flush_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = {
+        let spool = open(dir.path());
+        let keys = append_many(&spool, 100).await;
+        spool.remove(&keys[..40]);
+        spool.reschedule(keys[50], 3, 1_790_000_123_456);
+        spool.reschedule(keys[50], 4, 1_790_000_999_000);
+        spool.reschedule(keys[60], 1, 5);
+        spool.flush().await.unwrap();
+        let st = spool.stats();
+        assert_eq!((st.records, st.removed, st.rescheduled), (60, 40, 3));
+        // Dropped without close: the flush alone made them durable.
+        keys
+    };
+    let spool = open(dir.path());
+    let r = spool.recover().unwrap();
+    let got: Vec<SpoolKey> = r.notifications.iter().map(|n| n.key).collect();
+    assert_eq!(got, keys[40..].to_vec());
+    let n50 = r.notifications.iter().find(|n| n.key == keys[50]).unwrap();
+    assert_eq!(
+        (n50.retries, n50.next_attempt_ms),
+        (4, 1_790_000_999_000),
+        "the latest schedule wins"
+    );
+    let n60 = r.notifications.iter().find(|n| n.key == keys[60]).unwrap();
+    assert_eq!((n60.retries, n60.next_attempt_ms), (1, 5));
+    let n70 = r.notifications.iter().find(|n| n.key == keys[70]).unwrap();
+    assert_eq!((n70.retries, n70.next_attempt_ms), (0, 0));
+}
+
+#[tokio::test]
+async fn removals_are_committed_without_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let keys = append_many(&spool, 10).await;
+    spool.remove(&keys[..3]);
+    // The maintenance interval commits them on its own.
+    wait_until(10, "the removal commit", || spool.stats().records == 7);
+    assert_eq!(spool.recover().unwrap().notifications.len(), 7);
+}
+
+#[tokio::test]
+async fn a_schedule_of_a_removed_notification_is_dropped_at_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = open(dir.path());
+        let keys = append_many(&spool, 2).await;
+        spool.remove(&keys[..1]);
+        spool.flush().await.unwrap();
+        spool.reschedule(keys[0], 1, 1); // too late: the notification is gone
+        spool.close().await.unwrap();
+    }
+    let spool = open(dir.path());
+    let r = spool.recover().unwrap();
+    assert_eq!(r.notifications.len(), 1);
+    assert_eq!(r.report.orphan_schedules, 1);
+    spool.flush().await.unwrap();
+    assert_eq!(
+        spool.recover().unwrap().report.orphan_schedules,
+        0,
+        "deleted after the first recovery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_appends_share_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new(false);
+    let engine = GatedEngine::open(dir.path(), Arc::clone(&gate));
+    let spool = Arc::new(DiskSpool::with_engine(engine, SpoolOptions::default()).unwrap());
+    let commits_before = spool.stats().commits; // opening may commit (table creation happens before the writer)
+    let first = {
+        let s = Arc::clone(&spool);
+        tokio::spawn(async move { append_many(&*s, 1).await })
+    };
+    // The writer holds the first append in a commit that waits at the gate...
+    wait_until(10, "the first commit", || {
+        gate.entered.load(Ordering::SeqCst) == 1
+    });
+    // ...while 63 more appends queue up.
+    let mut tasks = Vec::new();
+    for _ in 0..63 {
+        let s = Arc::clone(&spool);
+        tasks.push(tokio::spawn(async move { append_many(&*s, 3).await }));
+    }
+    wait_until(10, "63 queued appends", || spool.stats().append_calls == 64);
+    gate.set_open(true);
+    let mut keys = first.await.unwrap();
+    for t in tasks {
+        keys.extend(t.await.unwrap());
+    }
+    let st = spool.stats();
+    assert_eq!(
+        st.commits - commits_before,
+        2,
+        "one commit for the first append, one for the 63 queued"
+    );
+    assert_eq!(st.appended, 1 + 63 * 3);
+    assert_eq!(spool.recover().unwrap().notifications.len(), keys.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_on_disk_need_fewer_commits_than_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool: Arc<dyn Spool> = Arc::new(open(dir.path()));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let s = Arc::clone(&spool);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                append_many(&*s, 2).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let st = spool.stats();
+    assert_eq!(st.append_calls, 320);
+    assert_eq!(st.records, 640);
+    assert!(st.commits < 320, "{} commits for 320 appends", st.commits);
+}
+
+#[tokio::test]
+async fn a_failed_commit_refuses_the_append_and_keeps_what_was_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new(true);
+    let spool = DiskSpool::with_engine(
+        GatedEngine::open(dir.path(), Arc::clone(&gate)),
+        SpoolOptions::default(),
+    )
+    .unwrap();
+    let accepted = append_many(&spool, 20).await;
+    spool.remove(&accepted[..2]);
+    gate.fail.store(true, Ordering::SeqCst);
+    let keys: Vec<SpoolKey> = (0..5).map(|_| spool.next_key()).collect();
+    let err = spool
+        .append(keys.iter().map(|&k| notification(k)).collect())
+        .await
+        .unwrap_err();
+    assert!(err.is_temporary() && err.is_disk_full(), "{err}");
+    assert_eq!(spool.stats().failed_commits, 1);
+    gate.fail.store(false, Ordering::SeqCst);
+    // The writer goes on; the removal queued before the failure is committed with the next group.
+    let later = append_many(&spool, 3).await;
+    let got: BTreeSet<SpoolKey> = spool
+        .recover()
+        .unwrap()
+        .notifications
+        .iter()
+        .map(|n| n.key)
+        .collect();
+    let want: BTreeSet<SpoolKey> = accepted[2..].iter().chain(&later).copied().collect();
+    assert_eq!(got, want);
+}
+
+/// A file backend whose writes and syncs fail (as on a full disk) while `fail` is set.
+#[derive(Debug)]
+struct FaultyBackend {
+    inner: redb::backends::FileBackend,
+    fail: Arc<AtomicBool>,
+}
+
+impl FaultyBackend {
+    fn check(&self) -> io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(io::Error::from_raw_os_error(28))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl StorageBackend for FaultyBackend {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.inner.read(offset, len)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self, eventual: bool) -> io::Result<()> {
+        self.check()?;
+        self.inner.sync_data(eventual)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+}
+
+#[tokio::test]
+async fn a_disk_error_inside_the_store_harms_nothing_already_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let accepted = {
+        let backend = FaultyBackend {
+            inner: RedbEngine::file_backend(dir.path()).unwrap(),
+            fail: Arc::clone(&fail),
+        };
+        let engine =
+            RedbEngine::open_with_backend(dir.path(), backend, RedbOptions::default()).unwrap();
+        let spool = DiskSpool::with_engine(engine, SpoolOptions::default()).unwrap();
+        let accepted = append_many(&spool, 200).await;
+        fail.store(true, Ordering::SeqCst);
+        let keys: Vec<SpoolKey> = (0..50).map(|_| spool.next_key()).collect();
+        let err = spool
+            .append(keys.iter().map(|&k| notification(k)).collect())
+            .await
+            .unwrap_err();
+        assert!(err.is_temporary(), "{err}");
+        assert!(err.to_string().contains("committing to the spool"), "{err}");
+        fail.store(false, Ordering::SeqCst);
+        accepted
+    };
+    // Reopen the file as a restarted herald would: everything acknowledged is there, the refused batch is not.
+    let spool = open(dir.path());
+    let r = spool.recover().unwrap();
+    let got: Vec<SpoolKey> = r.notifications.iter().map(|n| n.key).collect();
+    assert_eq!(got, accepted);
+    assert_eq!(r.report.skipped, 0);
+    append_many(&spool, 1).await;
+}
+
+#[tokio::test]
+async fn corrupt_and_unknown_version_records_are_skipped_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = {
+        let spool = open(dir.path());
+        let good = append_many(&spool, 3).await;
+        spool.close().await.unwrap();
+        drop(spool);
+        // Write damaged values straight into the store: a torn record, a flipped byte, a future version.
+        let engine = RedbEngine::open(dir.path(), RedbOptions::default()).unwrap();
+        let bad: Vec<SpoolKey> = (0..3).map(|i| SpoolKey(good[2].0 + 10 + i)).collect();
+        let full = notification(bad[0]).encode();
+        let mut flipped = notification(bad[1]).encode();
+        flipped[40] ^= 0x04;
+        let mut future = notification(bad[2]).encode();
+        future[0] = 9;
+        let batch = CommitBatch {
+            inserts: vec![
+                (bad[0], full[..full.len() / 2].to_vec()),
+                (bad[1], flipped),
+                (bad[2], future),
+            ],
+            ..CommitBatch::default()
+        };
+        engine.commit(&batch).unwrap();
+        (good, bad)
+    };
+    let spool = open(dir.path());
+    assert_eq!(spool.stats().records, 6);
+    let r = spool.recover().unwrap();
+    assert_eq!(r.report.skipped, 3);
+    assert_eq!(
+        r.notifications.iter().map(|n| n.key).collect::<Vec<_>>(),
+        good
+    );
+    spool.flush().await.unwrap();
+    assert_eq!(
+        spool.stats().records,
+        3,
+        "the damaged records {bad:?} are deleted"
+    );
+    assert_eq!(spool.recover().unwrap().report.skipped, 0);
+}
+
+#[tokio::test]
+async fn closed_spool_refuses_appends_with_a_temporary_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    spool.close().await.unwrap();
+    let err = spool
+        .append(vec![notification(spool.next_key())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SpoolError::Closed) && err.is_temporary());
+}
+
+#[test]
+fn a_directory_that_cannot_be_created_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = DiskSpool::open(file.join("spool"), SpoolOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, SpoolError::Open { .. }));
+    assert!(!err.is_temporary());
+    assert!(err.to_string().contains("plain-file/spool"), "{err}");
+}
+
+#[test]
+fn a_read_only_directory_is_refused_unless_privileged() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Whether writing is refused depends on who runs the test (root may write anyway): ask the file system.
+    let writable = std::fs::write(ro.join("t"), b"t").is_ok();
+    let result = DiskSpool::open(&ro, SpoolOptions::default());
+    match result {
+        Ok(_) => assert!(writable, "opened a directory that refuses writes"),
+        Err(err) => {
+            assert!(!writable);
+            assert!(matches!(err, SpoolError::NotWritable { .. }), "{err}");
+            assert!(err.to_string().contains("is not writable"), "{err}");
+        }
+    }
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
