@@ -81,7 +81,11 @@ impl<'a> Lexer<'a> {
     }
 
     fn peek(&self) -> Option<char> {
-        self.src[self.pos..].chars().next()
+        match self.src.as_bytes().get(self.pos) {
+            None => None,
+            Some(&b) if b < 0x80 => Some(b as char),
+            Some(_) => self.src[self.pos..].chars().next(),
+        }
     }
 
     fn bump(&mut self) -> Option<char> {
@@ -96,43 +100,57 @@ impl<'a> Lexer<'a> {
         Some(c)
     }
 
+    /// Moves to byte `to` on the same line, counting the characters passed.
+    fn advance_on_line(&mut self, to: usize) {
+        let passed = &self.src.as_bytes()[self.pos..to];
+        self.col += passed.iter().filter(|b| (**b & 0xC0) != 0x80).count() as u32;
+        self.pos = to;
+    }
+
+    /// Moves to byte `to`, possibly across lines.
+    fn advance_across_lines(&mut self, to: usize) {
+        let passed = &self.src.as_bytes()[self.pos..to];
+        match passed.iter().rposition(|b| *b == b'\n') {
+            Some(last) => {
+                self.line += passed.iter().filter(|b| **b == b'\n').count() as u32;
+                self.col = 1;
+                self.pos += last + 1;
+                self.advance_on_line(to);
+            }
+            None => self.advance_on_line(to),
+        }
+    }
+
     fn starts_comment(&self) -> bool {
-        self.src[self.pos..].starts_with("/*")
+        self.src.as_bytes()[self.pos..].starts_with(b"/*")
     }
 
     /// Skips whitespace and comments.
     fn skip_trivia(&mut self) {
+        let bytes = self.src.as_bytes();
         loop {
-            match self.peek() {
-                Some(c) if c.is_whitespace() => {
-                    self.bump();
+            match bytes.get(self.pos) {
+                Some(b'\n') => {
+                    self.pos += 1;
+                    self.line += 1;
+                    self.col = 1;
                 }
-                Some('#') => {
-                    // to end of line (the newline itself is whitespace)
-                    match self.src[self.pos..].find('\n') {
-                        Some(n) => {
-                            let chars = self.src[self.pos..self.pos + n].chars().count() as u32;
-                            self.pos += n;
-                            self.col += chars;
-                        }
-                        None => {
-                            let chars = self.src[self.pos..].chars().count() as u32;
-                            self.pos = self.src.len();
-                            self.col += chars;
-                        }
-                    }
+                Some(b' ' | b'\t' | b'\r' | b'\x0b' | b'\x0c') => {
+                    self.pos += 1;
+                    self.col += 1;
                 }
-                Some('/') if self.starts_comment() => {
+                Some(b'#') => {
+                    // to the end of the line (the newline itself is whitespace)
+                    let end = bytes[self.pos..]
+                        .iter()
+                        .position(|b| *b == b'\n')
+                        .map_or(bytes.len(), |n| self.pos + n);
+                    self.advance_on_line(end);
+                }
+                Some(b'/') if self.starts_comment() => {
                     let (line, col) = (self.line, self.col);
-                    self.bump();
-                    self.bump();
-                    match self.src[self.pos..].find("*/") {
-                        Some(n) => {
-                            let end = self.pos + n + 2;
-                            while self.pos < end {
-                                self.bump();
-                            }
-                        }
+                    match self.src[self.pos + 2..].find("*/") {
+                        Some(n) => self.advance_across_lines(self.pos + 2 + n + 2),
                         None => {
                             self.errors.push(LexError {
                                 line,
@@ -143,6 +161,12 @@ impl<'a> Lexer<'a> {
                         }
                     }
                 }
+                Some(b) if *b >= 0x80 => match self.peek() {
+                    Some(c) if c.is_whitespace() => {
+                        self.bump();
+                    }
+                    _ => return,
+                },
                 _ => return,
             }
         }
@@ -150,55 +174,65 @@ impl<'a> Lexer<'a> {
 
     fn quoted(&mut self, quote: char) -> Cow<'a, str> {
         let (line, col) = (self.line, self.col);
-        self.bump(); // opening quote
-        let start = self.pos;
+        let bytes = self.src.as_bytes();
+        let q = quote as u8;
+        let start = self.pos + 1;
+        let mut i = start;
+        // Escapes force a copy: `owned` holds the value up to `copied`.
         let mut owned: Option<String> = None;
+        let mut copied = start;
         loop {
-            match self.peek() {
-                None | Some('\n') => {
-                    self.errors.push(LexError {
-                        line,
-                        col,
-                        message: format!("unterminated string: {quote} opened here is not closed on the same line"),
-                    });
-                    // `domain "name {`: end the string before a trailing `{`, so the scope still opens.
-                    let rest = &self.src[start..self.pos];
-                    if let Some(before) = rest.trim_end().strip_suffix('{') {
-                        self.pos = start + before.len();
-                        self.col = col + 1 + before.chars().count() as u32;
-                        return Cow::Borrowed(before.trim_end());
+            while i < bytes.len()
+                && bytes[i] != q
+                && bytes[i] != b'\n'
+                && !(q == b'"' && bytes[i] == b'\\')
+            {
+                i += 1;
+            }
+            if i >= bytes.len() || bytes[i] == b'\n' {
+                self.errors.push(LexError {
+                    line,
+                    col,
+                    message: format!(
+                        "unterminated string: {quote} opened here is not closed on the same line"
+                    ),
+                });
+                let rest = &self.src[start..i];
+                // `domain "name {`: end the string before a trailing `{`, so the scope still opens.
+                if let Some(before) = rest.trim_end().strip_suffix('{') {
+                    self.advance_on_line(start + before.len());
+                    return Cow::Borrowed(before.trim_end());
+                }
+                self.advance_on_line(i);
+                return match owned {
+                    Some(mut s) => {
+                        s.push_str(&self.src[copied..i]);
+                        Cow::Owned(s)
                     }
-                    return owned.map(Cow::Owned).unwrap_or(Cow::Borrowed(rest));
-                }
-                Some(c) if c == quote => {
-                    let end = self.pos;
-                    self.bump();
-                    return owned
-                        .map(Cow::Owned)
-                        .unwrap_or(Cow::Borrowed(&self.src[start..end]));
-                }
-                Some('\\') if quote == '"' => {
-                    let here = self.pos;
-                    self.bump();
-                    match self.peek() {
-                        Some(c @ ('"' | '\\')) => {
-                            let s = owned.get_or_insert_with(|| self.src[start..here].to_string());
-                            s.push(c);
-                            self.bump();
-                        }
-                        _ => {
-                            if let Some(s) = owned.as_mut() {
-                                s.push('\\');
-                            }
-                        }
+                    None => Cow::Borrowed(rest),
+                };
+            }
+            if bytes[i] == q {
+                let value = match owned {
+                    Some(mut s) => {
+                        s.push_str(&self.src[copied..i]);
+                        Cow::Owned(s)
                     }
+                    None => Cow::Borrowed(&self.src[start..i]),
+                };
+                self.advance_on_line(i + 1);
+                return value;
+            }
+            // a backslash inside double quotes: `\"` and `\\` are escapes, any other is kept as written
+            match bytes.get(i + 1) {
+                Some(&e @ (b'"' | b'\\')) => {
+                    let s = owned.get_or_insert_with(String::new);
+                    s.push_str(&self.src[copied..i]);
+                    s.push(e as char);
+                    i += 2;
+                    copied = i;
                 }
-                Some(c) => {
-                    if let Some(s) = owned.as_mut() {
-                        s.push(c);
-                    }
-                    self.bump();
-                }
+                _ => i += 1,
             }
         }
     }
@@ -364,6 +398,22 @@ mod tests {
             .collect();
         assert_eq!(toks[1], (TokenKind::Quoted, "a.com".to_string(), 8));
         assert_eq!(toks[2], (TokenKind::LBrace, "{".to_string(), 15));
+    }
+
+    #[test]
+    fn positions_after_multiline_comments_and_escapes() {
+        let toks = kinds("a /* x\n yé */ b \"c\\\"d\" e # z\n  f");
+        let at: Vec<(String, u32, u32)> = toks.into_iter().map(|t| (t.1, t.2, t.3)).collect();
+        assert_eq!(
+            at,
+            vec![
+                ("a".into(), 1, 1),
+                ("b".into(), 2, 8),
+                ("c\"d".into(), 2, 10),
+                ("e".into(), 2, 17),
+                ("f".into(), 3, 3)
+            ]
+        );
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Loader {
         };
         let (stmts, errors) = parser::parse(&text);
         self.pending.push(errors.into());
-        self.apply(&stmts, root, &ctx, false);
+        self.apply(stmts, root, &ctx, false);
         self.flush(&ctx, None);
         self.pending.pop();
     }
@@ -123,12 +123,12 @@ impl Loader {
         }
     }
 
-    fn apply(&mut self, stmts: &[Stmt], node: &mut Node, ctx: &FileCtx, discard: bool) {
+    fn apply(&mut self, stmts: Vec<Stmt>, node: &mut Node, ctx: &FileCtx, discard: bool) {
         for stmt in stmts {
             if self.diags.is_full() {
                 return;
             }
-            let at = match stmt {
+            let at = match &stmt {
                 Stmt::Option { name_pos, .. } => *name_pos,
                 Stmt::Scope { kind_pos, .. } => *kind_pos,
                 Stmt::Include { pos, .. } => *pos,
@@ -142,7 +142,7 @@ impl Loader {
                     value_pos,
                 } => {
                     if !discard {
-                        self.option(node, name, *name_pos, value, *value_pos, ctx);
+                        self.option(node, &name, name_pos, value, value_pos, ctx);
                     }
                 }
                 Stmt::Scope {
@@ -150,10 +150,10 @@ impl Loader {
                     kind_pos,
                     name,
                     body,
-                } => self.scope(node, kind, *kind_pos, name, body, ctx, discard),
+                } => self.scope(node, &kind, kind_pos, &name, body, ctx, discard),
                 Stmt::Include { path, pos, .. } => {
                     if !discard {
-                        self.include(node, path, *pos, ctx);
+                        self.include(node, &path, pos, ctx);
                     }
                 }
             }
@@ -165,7 +165,7 @@ impl Loader {
         node: &mut Node,
         name: &str,
         at: Pos,
-        raw: &RawValue,
+        raw: RawValue,
         value_pos: Pos,
         ctx: &FileCtx,
     ) {
@@ -196,7 +196,7 @@ impl Loader {
             );
             return;
         }
-        let value = match parse_value(def.kind, raw) {
+        let value = match parse_value(def.kind, &raw) {
             Ok(v) => v,
             Err(e) => {
                 self.diags.error(
@@ -234,7 +234,7 @@ impl Loader {
         node.set(Setting {
             id,
             value,
-            raw: raw.clone(),
+            raw,
             at: ctx.loc(at),
         });
     }
@@ -246,7 +246,7 @@ impl Loader {
         kind_word: &str,
         at: Pos,
         name: &Option<Scalar>,
-        body: &[Stmt],
+        body: Vec<Stmt>,
         ctx: &FileCtx,
         discard: bool,
     ) {

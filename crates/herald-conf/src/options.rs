@@ -694,12 +694,11 @@ fn name_index() -> &'static HashMap<&'static str, OptId> {
 
 /// Looks an option up by name, case-insensitively.
 pub fn lookup(name: &str) -> Option<OptId> {
-    if name.len() > 64 {
-        return None;
-    }
-    name_index()
-        .get(name.to_ascii_lowercase().as_str())
-        .copied()
+    let mut buf = [0u8; 64];
+    let lower = buf.get_mut(..name.len())?;
+    lower.copy_from_slice(name.as_bytes());
+    lower.make_ascii_lowercase();
+    name_index().get(std::str::from_utf8(lower).ok()?).copied()
 }
 
 /// The parsed default of every option, indexed by [`OptId`].
