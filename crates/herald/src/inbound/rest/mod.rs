@@ -1,1 +1,65 @@
 //! The REST listener: Momentum's `/v1.0/inject` and the native `/api/v1/push` batch API (momentum.md §3).
+//!
+//! [`router`] builds the axum application (routes, JSON 404/405 answers, the address lists and API keys of
+//! [`auth`]); [`serve`] runs it on a TCP listener, with TLS when the listener has a certificate, until a
+//! shutdown signal, then lets in-flight requests finish. Every accepting route reads the body within
+//! `max_request_size`, validates each notification with [`Intake::prepare`], and answers only after
+//! [`Intake::commit`] made the accepted ones durable.
+
+pub mod auth;
+pub mod error;
+pub mod inject;
+pub mod mime;
+pub mod push;
+pub mod router;
+pub mod server;
+pub mod template;
+pub mod text;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::ConnectInfo;
+use axum::http::Extensions;
+use herald_conf::ListenerSettings;
+
+use crate::inbound::accept::Intake;
+use crate::queue::message::MessageId;
+
+pub use router::{ROUTES, router, router_with};
+pub use server::{TlsSetupError, serve, serve_app, tls_config};
+
+/// What every handler of one listener shares.
+#[derive(Clone)]
+pub struct RestState {
+    pub intake: Arc<Intake>,
+    pub settings: Arc<ListenerSettings>,
+}
+
+impl RestState {
+    pub fn new(settings: ListenerSettings, intake: Arc<Intake>) -> Self {
+        RestState {
+            intake,
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// The id of the connection a request arrived on, set by [`serve`] for the mainlog's reception lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnId(pub MessageId);
+
+/// The client's address, as [`serve`] (or axum's `into_make_service_with_connect_info`) recorded it.
+pub fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The connection id of a request; a fresh one when the server did not set it (one per request then).
+pub fn conn_id(intake: &Intake, extensions: &Extensions) -> MessageId {
+    extensions
+        .get::<ConnId>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| intake.next_id())
+}

@@ -1,0 +1,302 @@
+//! `POST /v1.0/inject`: Momentum's REST injector (momentum.md §3). The template is rendered for each recipient
+//! (its `keys`, plus `to` and `from` unless the keys override them); every push part of the rendered message
+//! becomes one notification for the recipient's domain, with the part's `X-Device-Token` or else the local
+//! part of `to` as the device token. The request is transactional: if any recipient fails, nothing is
+//! injected. Success is `200` with Momentum's body; see docs/api.md for the failure answers (a gap in
+//! Momentum's documentation).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::RestState;
+use super::error::{ApiError, describe_json_error, json_response, push_json_string, read_body};
+use super::mime::push_parts;
+use super::template::Template;
+use crate::inbound::accept::{Intake, Refusal, Source, Submission};
+use crate::queue::message::{MessageId, Notification};
+
+/// The request body. Members Momentum defines that herald has no use for (`site`, `vctx`) are accepted and
+/// ignored, as are unknown ones, so Momentum clients work unchanged.
+#[derive(Debug, Deserialize)]
+struct InjectBody {
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    recipients: Option<Vec<Recipient>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Recipient {
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    keys: Option<Map<String, Value>>,
+    /// Validation context for policy scripts; herald has none, so it is only checked to be an object.
+    #[serde(default)]
+    #[allow(dead_code)]
+    vctx: Option<Map<String, Value>>,
+}
+
+/// `GET /v1.0/inject`: Momentum's connectivity check, an empty `200`.
+pub async fn check() -> StatusCode {
+    StatusCode::OK
+}
+
+/// The `/v1.0/inject` handler.
+pub async fn inject(
+    State(state): State<RestState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, state.settings.max_request_size)
+        .await
+        .map_err(ApiError::momentum)?;
+    let source = Source {
+        ip: super::peer_ip(&parts.extensions),
+        protocol: "rest",
+        batch_id: state.intake.next_id(),
+        conn_id: super::conn_id(&state.intake, &parts.extensions),
+    };
+    inject_batch(&state.intake, &body, &source)
+        .await
+        .map_err(ApiError::momentum)
+}
+
+/// What happened to one recipient.
+enum Outcome {
+    Injected(Vec<MessageId>),
+    Failed(String),
+}
+
+async fn inject_batch(
+    intake: &Intake,
+    body: &Bytes,
+    source: &Source,
+) -> Result<Response, ApiError> {
+    let request: InjectBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(describe_json_error::<InjectBody>(body, e)))?;
+    let Some(template) = request.template.as_deref() else {
+        return Err(ApiError::bad_request(
+            "template: missing; give the message to inject",
+        ));
+    };
+    let recipients = match request.recipients {
+        None => {
+            return Err(ApiError::bad_request(
+                "recipients: missing; list at least one",
+            ));
+        }
+        Some(r) if r.is_empty() => {
+            return Err(ApiError::bad_request(
+                "recipients: empty; list at least one",
+            ));
+        }
+        Some(r) => r,
+    };
+    let template = Template::parse(template);
+    let mut outcomes = Vec::with_capacity(recipients.len());
+    let mut batch = Vec::with_capacity(recipients.len());
+    let mut first_failure = None;
+    for (i, recipient) in recipients.iter().enumerate() {
+        match recipient_notifications(intake, &template, recipient, source) {
+            Ok(notifications) => {
+                outcomes.push(Outcome::Injected(
+                    notifications.iter().map(|n| n.id).collect(),
+                ));
+                batch.extend(notifications);
+            }
+            Err(Refusal::Temporary(m)) => return Err(ApiError::unavailable(m)),
+            Err(Refusal::Permanent(m)) => {
+                first_failure.get_or_insert_with(|| format!("recipients[{i}]: {m}"));
+                outcomes.push(Outcome::Failed(m));
+            }
+        }
+    }
+    if let Some(error) = first_failure {
+        return Ok(json_response(
+            StatusCode::BAD_REQUEST,
+            render(&outcomes, Some(&error)),
+        ));
+    }
+    intake
+        .commit(batch, source)
+        .await
+        .map_err(super::push::refusal_error)?;
+    Ok(json_response(StatusCode::OK, render(&outcomes, None)))
+}
+
+/// The notifications of one recipient: one per push part of its rendered message.
+fn recipient_notifications(
+    intake: &Intake,
+    template: &Template<'_>,
+    recipient: &Recipient,
+    source: &Source,
+) -> Result<Vec<Notification>, Refusal> {
+    let to = recipient
+        .to
+        .as_deref()
+        .ok_or_else(|| Refusal::Permanent("to: missing; give the recipient address".into()))?;
+    let from = recipient.from.as_deref().unwrap_or("");
+    let (local, domain) = to.rsplit_once('@').ok_or_else(|| {
+        Refusal::Permanent(format!(
+            "to: {to:?} is not an address; write TOKEN@DOMAIN, where DOMAIN is the app's domain"
+        ))
+    })?;
+    let keys: HashMap<String, Cow<'_, str>> = recipient
+        .keys
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.to_lowercase(), key_text(v)))
+        .collect();
+    let message = template
+        .render(|key| match keys.get(key) {
+            Some(v) => Some(Cow::Borrowed(v.as_ref())),
+            None if key == "to" => Some(Cow::Borrowed(to)),
+            None if key == "from" => Some(Cow::Borrowed(from)),
+            None => None,
+        })
+        .map_err(|e| Refusal::Permanent(format!("template: {e}")))?;
+    let parts = push_parts(&message).map_err(|e| Refusal::Permanent(e.to_string()))?;
+    let many = parts.len() > 1;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let submission = Submission {
+                domain: domain.to_owned(),
+                token: part.token.unwrap_or_else(|| local.to_owned()),
+                payload: Bytes::from(part.payload),
+                sender: part.return_path.unwrap_or_else(|| from.to_owned()),
+                recipient: to.to_owned(),
+                ..Submission::default()
+            };
+            intake.prepare(submission, source).map_err(|r| match r {
+                Refusal::Permanent(m) if many => {
+                    Refusal::Permanent(format!("push part {}: {m}", i + 1))
+                }
+                other => other,
+            })
+        })
+        .collect()
+}
+
+/// A key's substitution text: strings as they are, other JSON values as their JSON text, `null` as nothing.
+fn key_text(value: &Value) -> Cow<'_, str> {
+    match value {
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Null => Cow::Borrowed(""),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
+/// Momentum's answer: one entry per recipient, then the overall status.
+fn render(outcomes: &[Outcome], error: Option<&str>) -> String {
+    let mut out = String::with_capacity(32 + outcomes.len() * 80);
+    out.push_str("{\"results\":[");
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match (outcome, error) {
+            (Outcome::Injected(ids), None) => {
+                let first = ids.first().copied().unwrap_or(MessageId::NONE);
+                let _ = write!(
+                    out,
+                    "{{\"status\":\"success\",\"mid\":\"{first}\",\"reason\":\"250 {first}\""
+                );
+                if ids.len() > 1 {
+                    out.push_str(",\"mids\":[");
+                    for (j, id) in ids.iter().enumerate() {
+                        if j > 0 {
+                            out.push(',');
+                        }
+                        let _ = write!(out, "\"{id}\"");
+                    }
+                    out.push(']');
+                }
+                out.push('}');
+            }
+            (Outcome::Injected(_), Some(_)) => out.push_str(
+                "{\"status\":\"skipped\",\"reason\":\"451 not injected: the request is transactional and another recipient was refused\"}",
+            ),
+            (Outcome::Failed(reason), _) => {
+                out.push_str("{\"status\":\"failure\",\"reason\":");
+                push_json_string(&mut out, &format!("550 {reason}"));
+                out.push('}');
+            }
+        }
+    }
+    out.push_str("],\"status\":");
+    match error {
+        None => out.push_str("\"success\""),
+        Some(e) => {
+            out.push_str("\"failure\",\"error\":");
+            push_json_string(&mut out, e);
+        }
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_has_momentums_shape() {
+        let id = MessageId {
+            node: 0,
+            shard: 0,
+            pid: 2045,
+            serial: 0x5093C9D4,
+        };
+        let v: Value = serde_json::from_str(&render(&[Outcome::Injected(vec![id])], None)).unwrap();
+        // momentum.md §3, the documented success answer.
+        assert_eq!(
+            v,
+            serde_json::json!({"results": [{"status": "success", "mid": "00/00-02045-5093C9D4",
+                "reason": "250 00/00-02045-5093C9D4"}], "status": "success"})
+        );
+    }
+
+    #[test]
+    fn failure_marks_the_refused_and_the_skipped() {
+        let id = MessageId {
+            node: 0,
+            shard: 0,
+            pid: 1,
+            serial: 1,
+        };
+        let text = render(
+            &[
+                Outcome::Injected(vec![id]),
+                Outcome::Failed("device token: bad".into()),
+            ],
+            Some("recipients[1]: device token: bad"),
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["status"], "failure");
+        assert_eq!(v["error"], "recipients[1]: device token: bad");
+        assert_eq!(v["results"][0]["status"], "skipped");
+        assert_eq!(v["results"][1]["status"], "failure");
+        assert_eq!(v["results"][1]["reason"], "550 device token: bad");
+    }
+
+    #[test]
+    fn key_values_of_any_json_type_substitute() {
+        assert_eq!(key_text(&Value::from("a\"b")), "a\"b");
+        assert_eq!(key_text(&Value::from(9)), "9");
+        assert_eq!(key_text(&Value::Null), "");
+        assert_eq!(key_text(&serde_json::json!({"a": true})), "{\"a\":true}");
+    }
+}

@@ -1,0 +1,352 @@
+//! `POST /api/v1/push`: herald's native batch API. One payload to many tokens (`tokens`), or many complete
+//! notifications (`notifications`), for one domain. Every item is validated in one pass; the accepted ones are
+//! made durable with a single [`Intake::commit`] (one group-committed write), and the answer, `202` with one
+//! result per item in request order, is sent only after that. A rejected item does not fail the others; a
+//! problem with the request itself is a `400` naming the field.
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fmt::Write as _;
+
+use super::RestState;
+use super::error::{ApiError, describe_json_error, json_response, push_json_string, read_body};
+use super::text::Text;
+use crate::inbound::accept::{Intake, Refusal, Source, Submission};
+use crate::queue::message::MessageId;
+
+/// The request body. Borrowed from the request bytes: payloads stay the exact text the client sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushBody<'a> {
+    #[serde(borrow, default)]
+    domain: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    tokens: Option<Vec<Text<'a>>>,
+    #[serde(borrow, default)]
+    notifications: Option<Vec<Item<'a>>>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    /// APNs options for every item that does not set its own.
+    #[serde(borrow, default)]
+    topic: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    push_type: Option<Text<'a>>,
+    #[serde(default)]
+    priority: Option<u8>,
+    #[serde(default)]
+    expiration: Option<u64>,
+    #[serde(borrow, default)]
+    collapse_id: Option<Text<'a>>,
+}
+
+/// One entry of `notifications`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Item<'a> {
+    #[serde(borrow)]
+    token: Text<'a>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    #[serde(borrow, default)]
+    apns_id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    topic: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    push_type: Option<Text<'a>>,
+    #[serde(default)]
+    priority: Option<u8>,
+    #[serde(default)]
+    expiration: Option<u64>,
+    #[serde(borrow, default)]
+    collapse_id: Option<Text<'a>>,
+}
+
+/// The outcome of one item, in request order.
+enum ItemResult {
+    Accepted(MessageId),
+    Rejected(String),
+}
+
+/// The `/api/v1/push` handler.
+pub async fn push(State(state): State<RestState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body, state.settings.max_request_size).await?;
+    let source = Source {
+        ip: super::peer_ip(&parts.extensions),
+        protocol: "rest",
+        batch_id: state.intake.next_id(),
+        conn_id: super::conn_id(&state.intake, &parts.extensions),
+    };
+    let results = accept_batch(&state.intake, &body, &source).await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        render_results(&results),
+    ))
+}
+
+/// Parses, validates and commits one batch; the results are in request order.
+async fn accept_batch(
+    intake: &Intake,
+    body: &Bytes,
+    source: &Source,
+) -> Result<Vec<ItemResult>, ApiError> {
+    let request = parse(body)?;
+    let domain = match request.domain.as_deref().map(str::trim) {
+        None => {
+            return Err(ApiError::bad_request(
+                "domain: missing; name the app's domain",
+            ));
+        }
+        Some("") => {
+            return Err(ApiError::bad_request(
+                "domain: empty; name the app's domain",
+            ));
+        }
+        Some(d) => d,
+    };
+    check_domain(intake, domain, source)?;
+    let opts = &request;
+    let mut results = Vec::new();
+    let mut accepted = Vec::new();
+    match (&request.tokens, &request.notifications) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "tokens, notifications: give one of them, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "tokens, notifications: one of them is required",
+            ));
+        }
+        (Some(tokens), None) => {
+            if tokens.is_empty() {
+                return Err(ApiError::bad_request(
+                    "tokens: empty; list at least one device token",
+                ));
+            }
+            let Some(payload) = request.payload else {
+                return Err(ApiError::bad_request(
+                    "payload: missing; \"tokens\" needs the payload to send to each of them",
+                ));
+            };
+            let payload = Bytes::copy_from_slice(payload.get().as_bytes());
+            results.reserve_exact(tokens.len());
+            accepted.reserve_exact(tokens.len());
+            for token in tokens {
+                let submission = Submission {
+                    domain: domain.to_owned(),
+                    recipient: recipient(token, domain),
+                    token: str::to_owned(token),
+                    payload: payload.clone(),
+                    topic: opts.topic.as_deref().map(str::to_owned),
+                    push_type: opts.push_type.as_deref().map(str::to_owned),
+                    priority: opts.priority,
+                    expiration: opts.expiration,
+                    collapse_id: opts.collapse_id.as_deref().map(str::to_owned),
+                    apns_id: None,
+                    sender: String::new(),
+                };
+                take(intake, submission, source, &mut results, &mut accepted)?;
+            }
+        }
+        (None, Some(items)) => {
+            if items.is_empty() {
+                return Err(ApiError::bad_request(
+                    "notifications: empty; list at least one notification",
+                ));
+            }
+            if request.payload.is_some() {
+                return Err(ApiError::bad_request(
+                    "payload: not allowed with \"notifications\"; each notification carries its own",
+                ));
+            }
+            results.reserve_exact(items.len());
+            accepted.reserve_exact(items.len());
+            for item in items {
+                let submission = Submission {
+                    domain: domain.to_owned(),
+                    recipient: recipient(&item.token, domain),
+                    token: str::to_owned(&item.token),
+                    payload: Bytes::copy_from_slice(item.payload.get().as_bytes()),
+                    topic: either(&item.topic, &opts.topic),
+                    push_type: either(&item.push_type, &opts.push_type),
+                    priority: item.priority.or(opts.priority),
+                    expiration: item.expiration.or(opts.expiration),
+                    collapse_id: either(&item.collapse_id, &opts.collapse_id),
+                    apns_id: item.apns_id.as_deref().map(str::to_owned),
+                    sender: String::new(),
+                };
+                take(intake, submission, source, &mut results, &mut accepted)?;
+            }
+        }
+    }
+    intake
+        .commit(accepted, source)
+        .await
+        .map_err(refusal_error)?;
+    Ok(results)
+}
+
+/// Validates one item: accepted ones join the batch to commit, rejected ones keep their reason.
+fn take(
+    intake: &Intake,
+    submission: Submission,
+    source: &Source,
+    results: &mut Vec<ItemResult>,
+    accepted: &mut Vec<crate::queue::message::Notification>,
+) -> Result<(), ApiError> {
+    match intake.prepare(submission, source) {
+        Ok(n) => {
+            results.push(ItemResult::Accepted(n.id));
+            accepted.push(n);
+        }
+        Err(Refusal::Permanent(reason)) => results.push(ItemResult::Rejected(reason)),
+        Err(Refusal::Temporary(reason)) => return Err(ApiError::unavailable(reason)),
+    }
+    Ok(())
+}
+
+/// A refusal of the whole request: temporary ones are 503, the rest 400.
+pub(super) fn refusal_error(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Temporary(m) => ApiError::unavailable(m),
+        Refusal::Permanent(m) => ApiError::bad_request(m),
+    }
+}
+
+/// Refuses a domain herald cannot deliver for, before any item is looked at.
+///
+/// [`Intake`] resolves the domain before it reads the token, so a probe with no token fails on the domain when
+/// the domain is the problem and on the token otherwise.
+pub(super) fn check_domain(intake: &Intake, domain: &str, source: &Source) -> Result<(), ApiError> {
+    let probe = Submission {
+        domain: domain.to_owned(),
+        ..Submission::default()
+    };
+    match intake.prepare(probe, source) {
+        Err(Refusal::Permanent(m)) if m.starts_with("domain ") || m.starts_with("no domain") => {
+            Err(ApiError::bad_request(format!("domain: {m}")))
+        }
+        Err(Refusal::Temporary(m)) => Err(ApiError::unavailable(m)),
+        _ => Ok(()),
+    }
+}
+
+fn either(own: &Option<Text<'_>>, default: &Option<Text<'_>>) -> Option<String> {
+    own.as_deref().or(default.as_deref()).map(str::to_owned)
+}
+
+/// The recipient the logs show for a native submission: `token@domain`.
+fn recipient(token: &str, domain: &str) -> String {
+    let mut r = String::with_capacity(token.len() + 1 + domain.len());
+    r.push_str(token);
+    r.push('@');
+    r.push_str(domain);
+    r
+}
+
+/// Parses the body; on failure, parses it again while tracking the path so the error names the field.
+fn parse(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
+    match serde_json::from_slice::<PushBody<'_>>(body) {
+        Ok(request) => Ok(request),
+        Err(first) => Err(ApiError::bad_request(describe_json_error::<PushBody<'_>>(
+            body, first,
+        ))),
+    }
+}
+
+/// `{"results":[…]}` in request order.
+fn render_results(results: &[ItemResult]) -> String {
+    let mut out = String::with_capacity(16 + results.len() * 48);
+    out.push_str("{\"results\":[");
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match r {
+            ItemResult::Accepted(id) => {
+                let _ = write!(out, "{{\"status\":\"accepted\",\"id\":\"{id}\"}}");
+            }
+            ItemResult::Rejected(reason) => {
+                out.push_str("{\"status\":\"rejected\",\"reason\":");
+                push_json_string(&mut out, reason);
+                out.push('}');
+            }
+        }
+    }
+    out.push_str("]}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_keep_the_clients_bytes() {
+        let body =
+            br#"{"domain":"d","tokens":["aa"],"payload":{ "aps" : {"alert":"x"} ,"k":1.50}}"#;
+        let request = parse(body).unwrap();
+        assert_eq!(
+            request.payload.unwrap().get(),
+            r#"{ "aps" : {"alert":"x"} ,"k":1.50}"#
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_field_path() {
+        let body = br#"{"domain":"d","notifications":[{"token":"aa","payload":{}},{"token":7,"payload":{}}]}"#;
+        let err = parse(body).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(
+            err.message
+                .starts_with("notifications[1].token: invalid type"),
+            "{}",
+            err.message
+        );
+        let err =
+            parse(br#"{"domain":"d","tokens":["aa"],"payload":{},"colapse_id":"x"}"#).unwrap_err();
+        assert!(err.message.contains("colapse_id"), "{}", err.message);
+        let err = parse(br#"{"domain":"d","notifications":[{"payload":{}}]}"#).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("notifications[0]: missing field `token`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let err = parse(br#"{"domain":"d","#).unwrap_err();
+        assert!(err.message.starts_with("invalid JSON: "), "{}", err.message);
+        assert!(err.message.contains("line 1"), "{}", err.message);
+    }
+
+    #[test]
+    fn results_render_in_order_with_escaped_reasons() {
+        let id = MessageId {
+            node: 1,
+            shard: 2,
+            pid: 3,
+            serial: 4,
+        };
+        let text = render_results(&[
+            ItemResult::Accepted(id),
+            ItemResult::Rejected("device token has a non-hex character 'z' at \"3\"".into()),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["results"][0]["status"], "accepted");
+        assert_eq!(v["results"][0]["id"], id.to_string());
+        assert_eq!(v["results"][1]["status"], "rejected");
+        assert_eq!(
+            v["results"][1]["reason"],
+            "device token has a non-hex character 'z' at \"3\""
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! The routes of the REST listener and the answers for everything else: a JSON `404` for unknown paths and a
+//! JSON `405` (with `allow`) for a known path with the wrong method.
+
+use axum::Router;
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::error::ApiError;
+use super::{RestState, auth, inject, push};
+
+/// Every (method, path) the listener answers; `docs/openapi.yaml` documents exactly these (HEAD is implied by
+/// GET).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/v1.0/inject"),
+    ("POST", "/v1.0/inject"),
+    ("GET", "/v1.0/inject/"),
+    ("POST", "/v1.0/inject/"),
+    ("POST", "/api/v1/push"),
+];
+
+/// The REST application for one listener.
+pub fn router(state: RestState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The REST application with `extra` routes merged in (metrics, invalid tokens, …): they get the same address
+/// lists, API keys and JSON 404/405 answers. `extra` must not set a fallback of its own.
+pub fn router_with(state: RestState, extra: Router) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1.0/inject", get(inject::check).post(inject::inject))
+        .route("/v1.0/inject/", get(inject::check).post(inject::inject))
+        .route("/api/v1/push", post(push::push))
+        .with_state(state.clone())
+        .merge(extra)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state, auth::guard))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not accept {method}", uri.path()),
+    )
+    .into_response()
+}
