@@ -467,7 +467,12 @@ impl Pki {
         let mut store = p12_keystore::KeyStore::new();
         store.add_entry(name, p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
         // 2048 iterations: OpenSSL's default for PKCS#12, and quick enough for a test PKI.
-        store.writer(P12_PASSWORD).encryption_iterations(2048).mac_iterations(2048).write().map_err(p12_err)
+        store
+            .writer(P12_PASSWORD)
+            .encryption_iterations(2048)
+            .mac_iterations(2048)
+            .write()
+            .map_err(p12_err)
     }
 
     fn ca_der(&self) -> Result<Vec<u8>, PkiError> {

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use h2::RecvStream;
 use h2::server::SendResponse;
 use herald_apns::reason::{Reason, error_body};
@@ -127,32 +127,10 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
         if going_away && inflight.is_empty() {
             break;
         }
+        // Accept first: every request already received is taken (and its response queued) before h2 is polled
+        // again, so one poll writes many responses in one TLS record and one syscall.
         tokio::select! {
             biased;
-            Some(outcome) = inflight.next(), if !inflight.is_empty() => {
-                match outcome {
-                    Outcome::Accepted => {
-                        if ctx.choppy_streams && advertised == 1 && max > 1 {
-                            control.inject(Injection::MaxConcurrentStreams(max));
-                            advertised = max;
-                        }
-                    }
-                    Outcome::Rejected => {
-                        if ctx.choppy_streams && advertised > 1 {
-                            control.inject(Injection::MaxConcurrentStreams(1));
-                            advertised = 1;
-                        }
-                    }
-                    Outcome::Dropped => {
-                        ctx.stats.dropped_connections.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    Outcome::Broken => {}
-                }
-                if let Some(after) = idle_after {
-                    idle.as_mut().reset(tokio::time::Instant::now() + after);
-                }
-            }
             accepted = conn.accept() => {
                 let (req, mut respond) = match accepted {
                     Some(Ok(x)) => x,
@@ -213,6 +191,36 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                     }
                 }
                 inflight.push(handle_stream(ctx.clone(), body, respond, plan));
+            }
+            Some(first) = inflight.next(), if !inflight.is_empty() => {
+                // Take every finished request now, so their responses leave in one write.
+                let mut next = Some(first);
+                while let Some(outcome) = next {
+                    match outcome {
+                        Outcome::Accepted => {
+                            if ctx.choppy_streams && advertised == 1 && max > 1 {
+                                control.inject(Injection::MaxConcurrentStreams(max));
+                                advertised = max;
+                            }
+                        }
+                        Outcome::Rejected => {
+                            if ctx.choppy_streams && advertised > 1 {
+                                control.inject(Injection::MaxConcurrentStreams(1));
+                                advertised = 1;
+                            }
+                        }
+                        Outcome::Dropped => {
+                            ctx.stats.dropped_connections.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        Outcome::Broken => {}
+                    }
+                    // The next select! polls `inflight` again with the task's waker.
+                    next = inflight.next().now_or_never().flatten();
+                }
+                if let Some(after) = idle_after {
+                    idle.as_mut().reset(tokio::time::Instant::now() + after);
+                }
             }
             _ = &mut idle, if idle_after.is_some() && inflight.is_empty() && !going_away => {
                 send_goaway(&ctx, &control, last_stream, Bytes::from_static(br#"{"reason":"IdleTimeout"}"#));

@@ -21,6 +21,7 @@
 //! 13. (after the body) empty -> PayloadEmpty; over 4096 bytes (voip 5120) -> 413 PayloadTooLarge
 //! 14. scenario: random transient errors, dropped connections, latency
 
+use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
 use http::{HeaderMap, Method};
 
@@ -67,11 +68,18 @@ impl From<Reason> for Rejection {
     }
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+static APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+static APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+static APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+static APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+static APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+static APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+
+fn header<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
     h.get(name).map(|v| v.as_bytes())
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ()> {
+fn header_str<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ()> {
     match h.get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| ()),
@@ -88,7 +96,7 @@ fn has_duplicate_apns_header(h: &HeaderMap) -> bool {
 
 /// The echoed `apns-id`, if the request had a valid one.
 pub(crate) fn request_apns_id(h: &HeaderMap) -> Option<&http::HeaderValue> {
-    let v = h.get("apns-id")?;
+    let v = h.get(&APNS_ID)?;
     let s = v.to_str().ok()?;
     validate_apns_id(s).ok().map(|_| v)
 }
@@ -104,7 +112,7 @@ pub(crate) fn check(
     if has_duplicate_apns_header(h) {
         return Err(Reason::DuplicateHeaders.into());
     }
-    if let Some(id) = h.get("apns-id") {
+    if let Some(id) = h.get(&APNS_ID) {
         if id.to_str().map_or(true, |s| validate_apns_id(s).is_err()) {
             return Err(Reason::BadMessageId.into());
         }
@@ -112,9 +120,9 @@ pub(crate) fn check(
     if parts.method != Method::POST {
         return Err(Reason::MethodNotAllowed.into());
     }
-    let topic_header = header_str(h, "apns-topic").map_err(|_| Reason::BadTopic)?;
+    let topic_header = header_str(h, &APNS_TOPIC).map_err(|_| Reason::BadTopic)?;
     let unauthenticated_ok =
-        policy == AuthPolicy::AllowUnauthenticated && h.get("authorization").is_none();
+        policy == AuthPolicy::AllowUnauthenticated && h.get(&AUTHORIZATION).is_none();
     let topic = match (topic_header, &*auth) {
         (Some(t), _) => t.to_owned(),
         (None, ConnAuth::Cert(c)) => match c.default_topic() {
@@ -124,7 +132,7 @@ pub(crate) fn check(
         (None, ConnAuth::Token(_)) if unauthenticated_ok => String::new(),
         (None, ConnAuth::Token(_)) => return Err(Reason::MissingTopic.into()),
     };
-    let collapse_id = match header_str(h, "apns-collapse-id") {
+    let collapse_id = match header_str(h, &APNS_COLLAPSE_ID) {
         Err(()) => return Err(Reason::BadCollapseId.into()),
         Ok(Some(c)) => {
             validate_collapse_id(c).map_err(|_| Reason::BadCollapseId)?;
@@ -132,19 +140,19 @@ pub(crate) fn check(
         }
         Ok(None) => None,
     };
-    let priority = match header(h, "apns-priority") {
+    let priority = match header(h, &APNS_PRIORITY) {
         None => 10,
         Some(b"10") => 10,
         Some(b"5") => 5,
         Some(b"1") => 1,
         Some(_) => return Err(Reason::BadPriority.into()),
     };
-    let push_type = match header_str(h, "apns-push-type") {
+    let push_type = match header_str(h, &APNS_PUSH_TYPE) {
         Err(()) => return Err(Reason::InvalidPushType.into()),
         Ok(Some(p)) => Some(p.parse::<PushType>().map_err(|_| Reason::InvalidPushType)?),
         Ok(None) => None,
     };
-    let expiration = match header_str(h, "apns-expiration") {
+    let expiration = match header_str(h, &APNS_EXPIRATION) {
         Err(()) => return Err(Reason::BadExpirationDate.into()),
         Ok(Some(e)) => Some(parse_expiration(e).map_err(|_| Reason::BadExpirationDate)?),
         Ok(None) => None,
@@ -171,7 +179,7 @@ pub(crate) fn check(
         }
         ConnAuth::Token(t) => {
             if !unauthenticated_ok {
-                let key_topics = t.check(header(h, "authorization"))?;
+                let key_topics = t.check(header(h, &AUTHORIZATION))?;
                 if !topic_syntax_ok(&topic) {
                     return Err(Reason::BadTopic.into());
                 }
