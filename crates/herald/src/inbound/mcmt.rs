@@ -1,1 +1,577 @@
 //! MCMT: `multipart/vnd.msys.mcmt` messages carrying `message/vnd.msys.apn` push parts (momentum.md §1.8, §2).
+//!
+//! [`parse`] reads a message received over SMTP and returns its push parts, each with its device token (if the
+//! part names one), JSON payload and APNs attributes; [`McmtMessage::submissions`] turns them into one
+//! [`Submission`] per push part per recipient. Parsing never validates the payload or the token: the intake does,
+//! and the caller names the part in the refusal.
+//!
+//! A push part is laid out as Momentum documents it: the MIME part headers (`Content-Type: message/vnd.msys.apn`),
+//! a blank line, then a body that starts with its own header block (`X-Device-Token: …`), a blank line, and the
+//! JSON. A body that starts with `{` has no inner header block. Attribute headers are looked up in the inner block
+//! first, then among the MIME part headers.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+
+use super::accept::Submission;
+
+/// The `Content-Type` of an MCMT container.
+pub const MCMT_TYPE: (&str, &str) = ("multipart", "vnd.msys.mcmt");
+/// The `Content-Type` of an APNs push part.
+pub const APN_PART_TYPE: (&str, &str) = ("message", "vnd.msys.apn");
+
+/// Header names (case-insensitive) read from a push part, each with its accepted aliases.
+pub mod headers {
+    pub const DEVICE_TOKEN: &[&str] = &["X-Device-Token"];
+    pub const RETURN_PATH: &[&str] = &["Return-Path"];
+    pub const TRANSFER_ENCODING: &[&str] = &["Content-Transfer-Encoding"];
+    pub const TOPIC: &[&str] = &["X-APNs-Topic", "apns-topic"];
+    pub const PUSH_TYPE: &[&str] = &["X-APNs-Push-Type", "apns-push-type"];
+    pub const PRIORITY: &[&str] = &["X-APNs-Priority", "apns-priority"];
+    pub const EXPIRATION: &[&str] = &["X-APNs-Expiration", "apns-expiration"];
+    pub const COLLAPSE_ID: &[&str] = &["X-APNs-Collapse-Id", "apns-collapse-id"];
+    pub const APNS_ID: &[&str] = &["X-APNs-Id", "apns-id"];
+}
+
+/// Why a message is not a usable MCMT message. The text is what the SMTP client reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum McmtError {
+    #[error("the message has no header block")]
+    NoHeaders,
+    #[error(
+        "the MCMT container has no parts (a boundary parameter matching the body's delimiters is required)"
+    )]
+    NoParts,
+    #[error(
+        "herald delivers push notifications only: the MCMT message has no message/vnd.msys.apn part"
+    )]
+    NoPushPart,
+    #[error("part {part}: {reason}")]
+    Part { part: usize, reason: PartError },
+}
+
+/// What is wrong with one push part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartError {
+    #[error("Content-Transfer-Encoding {0:?} is not supported (use 7bit, 8bit or base64)")]
+    UnsupportedEncoding(String),
+    #[error("the base64 body does not decode: {0}")]
+    BadBase64(String),
+    #[error("the inner header block is not terminated by a blank line before the JSON payload")]
+    UnterminatedHeaders,
+    #[error("inner header line {line} is not `Name: value`")]
+    BadHeaderLine { line: usize },
+    #[error("the JSON payload is empty")]
+    EmptyPayload,
+    #[error("header {name}: {value:?} is not {expected}")]
+    BadHeader {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// Whether a message is MCMT at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    Mcmt(McmtMessage),
+    /// Not `multipart/vnd.msys.mcmt`: ordinary mail, which herald does not deliver.
+    NotMcmt,
+}
+
+/// The push parts of an MCMT message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McmtMessage {
+    pub push_parts: Vec<PushPart>,
+    /// The top-level `Return-Path` header, if any.
+    pub return_path: Option<String>,
+}
+
+/// One `message/vnd.msys.apn` part, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushPart {
+    /// 1-based position among the container's parts (what refusals name).
+    pub number: usize,
+    /// `X-Device-Token`; absent = the recipient's local part.
+    pub token: Option<String>,
+    /// The JSON bytes, with surrounding whitespace removed.
+    pub payload: Bytes,
+    pub topic: Option<String>,
+    pub push_type: Option<String>,
+    pub priority: Option<u8>,
+    pub expiration: Option<u64>,
+    pub collapse_id: Option<String>,
+    pub apns_id: Option<String>,
+    /// The part's `Return-Path`, if any.
+    pub return_path: Option<String>,
+}
+
+/// One submission with where it came from, so a refusal can name the part and the recipient.
+#[derive(Debug, Clone)]
+pub struct PartSubmission {
+    pub part: usize,
+    pub recipient: String,
+    pub submission: Submission,
+}
+
+impl McmtMessage {
+    /// One submission per push part per recipient (`local@domain`); the domain picks the app. `mail_from` is the
+    /// envelope sender, used when no `Return-Path` header names one.
+    pub fn submissions(&self, recipients: &[String], mail_from: &str) -> Vec<PartSubmission> {
+        let mut out = Vec::with_capacity(recipients.len() * self.push_parts.len());
+        for rcpt in recipients {
+            let (local, domain) = split_address(rcpt);
+            for p in &self.push_parts {
+                let sender = p
+                    .return_path
+                    .as_deref()
+                    .or(self.return_path.as_deref())
+                    .map(strip_angle)
+                    .unwrap_or(mail_from);
+                out.push(PartSubmission {
+                    part: p.number,
+                    recipient: rcpt.clone(),
+                    submission: Submission {
+                        domain: domain.to_owned(),
+                        token: p.token.clone().unwrap_or_else(|| local.to_owned()),
+                        payload: p.payload.clone(),
+                        topic: p.topic.clone(),
+                        push_type: p.push_type.clone(),
+                        priority: p.priority,
+                        expiration: p.expiration,
+                        collapse_id: p.collapse_id.clone(),
+                        apns_id: p.apns_id.clone(),
+                        sender: sender.to_owned(),
+                        recipient: rcpt.clone(),
+                    },
+                });
+            }
+        }
+        out
+    }
+}
+
+/// `local@domain` split at the last `@`; no `@` = all local part.
+pub fn split_address(addr: &str) -> (&str, &str) {
+    match addr.rsplit_once('@') {
+        Some((l, d)) => (l, d),
+        None => (addr, ""),
+    }
+}
+
+fn strip_angle(s: &str) -> &str {
+    let s = s.trim();
+    s.strip_prefix('<')
+        .and_then(|x| x.strip_suffix('>'))
+        .unwrap_or(s)
+}
+
+/// Reads a received message (after dot-unstuffing) and finds its push parts.
+pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
+    let message = MessageParser::new()
+        .parse(raw)
+        .ok_or(McmtError::NoHeaders)?;
+    let root = message.root_part();
+    let is_mcmt = root.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case(MCMT_TYPE.0)
+            && ct
+                .subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case(MCMT_TYPE.1))
+    });
+    if !is_mcmt {
+        return Ok(Parsed::NotMcmt);
+    }
+    let Some(children) = root.sub_parts() else {
+        return Err(McmtError::NoParts);
+    };
+    if children.is_empty() {
+        return Err(McmtError::NoParts);
+    }
+    let source = message.raw_message();
+    let mut push_parts = Vec::new();
+    for (i, &id) in children.iter().enumerate() {
+        let number = i + 1;
+        let Some(part) = message.part(id) else {
+            continue;
+        };
+        let is_push = part.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case(APN_PART_TYPE.0)
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(APN_PART_TYPE.1))
+        });
+        if !is_push || matches!(part.body, PartType::Multipart(_)) {
+            continue;
+        }
+        let mime_headers: Vec<(String, String)> = part
+            .headers()
+            .iter()
+            .map(|h| {
+                let value = source
+                    .get(h.offset_start as usize..h.offset_end as usize)
+                    .map(|v| unfold(&String::from_utf8_lossy(v)))
+                    .unwrap_or_default();
+                (h.name.as_str().to_owned(), value)
+            })
+            .collect();
+        let body = source
+            .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)
+            .unwrap_or_default();
+        let push = push_part(number, &mime_headers, body).map_err(|reason| McmtError::Part {
+            part: number,
+            reason,
+        })?;
+        push_parts.push(push);
+    }
+    if push_parts.is_empty() {
+        return Err(McmtError::NoPushPart);
+    }
+    let return_path = root
+        .headers()
+        .iter()
+        .find(|h| h.name.as_str().eq_ignore_ascii_case("Return-Path"))
+        .and_then(|h| source.get(h.offset_start as usize..h.offset_end as usize))
+        .map(|v| unfold(&String::from_utf8_lossy(v)))
+        .filter(|v| !v.is_empty());
+    Ok(Parsed::Mcmt(McmtMessage {
+        push_parts,
+        return_path,
+    }))
+}
+
+/// Header lookup: the inner block first, then the MIME part headers.
+struct Headers<'a> {
+    inner: &'a [(String, String)],
+    mime: &'a [(String, String)],
+}
+
+impl Headers<'_> {
+    fn get(&self, names: &[&str]) -> Option<&str> {
+        let find = |list: &[(String, String)]| -> Option<usize> {
+            list.iter()
+                .position(|(n, _)| names.iter().any(|want| n.eq_ignore_ascii_case(want)))
+        };
+        if let Some(i) = find(self.inner) {
+            return Some(self.inner[i].1.as_str());
+        }
+        find(self.mime).map(|i| self.mime[i].1.as_str())
+    }
+
+    fn string(&self, names: &[&str]) -> Option<String> {
+        self.get(names)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+
+    fn number<T: std::str::FromStr>(
+        &self,
+        names: &'static [&'static str],
+        expected: &'static str,
+    ) -> Result<Option<T>, PartError> {
+        match self.string(names) {
+            None => Ok(None),
+            Some(v) => v.parse::<T>().map(Some).map_err(|_| PartError::BadHeader {
+                name: names[0],
+                value: v,
+                expected,
+            }),
+        }
+    }
+}
+
+fn push_part(number: usize, mime: &[(String, String)], body: &[u8]) -> Result<PushPart, PartError> {
+    let outer = Headers { inner: &[], mime };
+    let decoded = decode(outer.string(headers::TRANSFER_ENCODING).as_deref(), body)?;
+    let (inner, json) = split_inner_headers(&decoded)?;
+    // A transfer encoding named in the inner block applies to the JSON after it (momentum.md §1.8 lists
+    // Content-Transfer-Encoding among the push part's own headers).
+    let inner_cte = Headers {
+        inner: &inner,
+        mime: &[],
+    }
+    .string(headers::TRANSFER_ENCODING);
+    let json = decode(inner_cte.as_deref(), json)?;
+    let payload = trim_ascii(&json);
+    if payload.is_empty() {
+        return Err(PartError::EmptyPayload);
+    }
+    let h = Headers {
+        inner: &inner,
+        mime,
+    };
+    Ok(PushPart {
+        number,
+        token: h.string(headers::DEVICE_TOKEN),
+        payload: Bytes::copy_from_slice(payload),
+        topic: h.string(headers::TOPIC),
+        push_type: h.string(headers::PUSH_TYPE),
+        priority: h.number(headers::PRIORITY, "a priority (5 or 10)")?,
+        expiration: h.number(headers::EXPIRATION, "an epoch time in seconds")?,
+        collapse_id: h.string(headers::COLLAPSE_ID),
+        apns_id: h.string(headers::APNS_ID),
+        return_path: h.string(headers::RETURN_PATH),
+    })
+}
+
+/// Applies a `Content-Transfer-Encoding`.
+fn decode(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, PartError> {
+    let cte = cte.map(|c| c.trim().to_ascii_lowercase());
+    match cte.as_deref() {
+        None | Some("7bit") | Some("8bit") | Some("binary") => Ok(body.to_vec()),
+        Some("base64") => {
+            let compact: Vec<u8> = body
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(&compact)
+                .map_err(|e| PartError::BadBase64(e.to_string()))
+        }
+        Some(other) => Err(PartError::UnsupportedEncoding(other.to_owned())),
+    }
+}
+
+/// Splits a push part body into its inner header block and the JSON. A body whose first non-blank byte is `{`
+/// has no inner block.
+fn split_inner_headers(body: &[u8]) -> Result<(Vec<(String, String)>, &[u8]), PartError> {
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
+    if body.get(start) == Some(&b'{') || start == body.len() {
+        return Ok((Vec::new(), &body[start..]));
+    }
+    let rest = &body[start..];
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut pos = 0;
+    let mut line_no = 0;
+    loop {
+        let Some(nl) = rest[pos..].iter().position(|&b| b == b'\n') else {
+            return Err(PartError::UnterminatedHeaders);
+        };
+        let raw_line = &rest[pos..pos + nl];
+        pos += nl + 1;
+        line_no += 1;
+        let line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
+        if line.iter().all(|b| *b == b' ' || *b == b'\t') {
+            return Ok((headers, &rest[pos..]));
+        }
+        let text = String::from_utf8_lossy(line);
+        if line[0] == b' ' || line[0] == b'\t' {
+            match headers.last_mut() {
+                Some((_, v)) => {
+                    v.push(' ');
+                    v.push_str(text.trim());
+                }
+                None => return Err(PartError::BadHeaderLine { line: line_no }),
+            }
+            continue;
+        }
+        match text.split_once(':') {
+            Some((name, value))
+                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                headers.push((name.to_owned(), value.trim().to_owned()));
+            }
+            _ => return Err(PartError::BadHeaderLine { line: line_no }),
+        }
+    }
+}
+
+fn unfold(v: &str) -> String {
+    v.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mcmt(parts: &[&str]) -> Vec<u8> {
+        let mut m = String::from(
+            "From: a@example.com\r\nTo: t@apps.example\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n\r\n",
+        );
+        for p in parts {
+            m.push_str("--B\r\n");
+            m.push_str(p);
+            m.push_str("\r\n");
+        }
+        m.push_str("--B--\r\n");
+        m.into_bytes()
+    }
+
+    fn parsed(raw: &[u8]) -> McmtMessage {
+        match parse(raw).unwrap() {
+            Parsed::Mcmt(m) => m,
+            Parsed::NotMcmt => panic!("not MCMT"),
+        }
+    }
+
+    // momentum.md §1.8: the part headers, a blank line, the inner header block, a blank line, the JSON.
+    #[test]
+    fn inner_header_block_then_json() {
+        let raw = mcmt(&[
+            "Content-Type: message/rfc822\r\n\r\nSubject: mail\r\n\r\nhello",
+            "Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: 123acb90\r\nX-APNs-Topic: com.example.app\r\n\r\n{\"aps\":{\"alert\":\"You have mail\"}}",
+        ]);
+        let m = parsed(&raw);
+        assert_eq!(m.push_parts.len(), 1);
+        let p = &m.push_parts[0];
+        assert_eq!(p.number, 2);
+        assert_eq!(p.token.as_deref(), Some("123acb90"));
+        assert_eq!(p.topic.as_deref(), Some("com.example.app"));
+        assert_eq!(&p.payload[..], b"{\"aps\":{\"alert\":\"You have mail\"}}");
+    }
+
+    #[test]
+    fn json_without_inner_headers_and_attributes_in_mime_headers() {
+        let raw = mcmt(&[
+            "Content-Type: message/vnd.msys.apn\r\napns-priority: 5\r\napns-push-type: background\r\n\
+             apns-expiration: 1700000000\r\napns-collapse-id: c1\r\n\r\n{\"aps\":{\"content-available\":1}}",
+        ]);
+        let p = &parsed(&raw).push_parts[0];
+        assert_eq!(p.token, None);
+        assert_eq!(p.priority, Some(5));
+        assert_eq!(p.push_type.as_deref(), Some("background"));
+        assert_eq!(p.expiration, Some(1_700_000_000));
+        assert_eq!(p.collapse_id.as_deref(), Some("c1"));
+        assert_eq!(&p.payload[..], b"{\"aps\":{\"content-available\":1}}");
+    }
+
+    #[test]
+    fn base64_part_body_is_decoded() {
+        let inner = "X-Device-Token: abcd\r\n\r\n{\"aps\":{\"alert\":\"h\u{e9}\"}}";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(inner);
+        let (a, b) = b64.split_at(10);
+        let part = format!(
+            "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: base64\r\n\r\n{a}\r\n{b}"
+        );
+        let p = &parsed(&mcmt(&[&part])).push_parts[0];
+        assert_eq!(p.token.as_deref(), Some("abcd"));
+        assert_eq!(
+            &p.payload[..],
+            "{\"aps\":{\"alert\":\"h\u{e9}\"}}".as_bytes()
+        );
+    }
+
+    #[test]
+    fn inner_transfer_encoding_applies_to_the_json() {
+        let json = "{\"aps\":{\"alert\":\"x\"}}";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+        let part = format!(
+            "Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: ab\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}"
+        );
+        let p = &parsed(&mcmt(&[&part])).push_parts[0];
+        assert_eq!(&p.payload[..], json.as_bytes());
+    }
+
+    #[test]
+    fn refusals_name_the_part() {
+        let raw = mcmt(&[
+            "Content-Type: text/plain\r\n\r\nhi",
+            "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n{}",
+        ]);
+        let e = parse(&raw).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "part 2: Content-Transfer-Encoding \"quoted-printable\" is not supported (use 7bit, 8bit or base64)"
+        );
+        let raw = mcmt(&["Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: ab\r\n{}"]);
+        assert_eq!(
+            parse(&raw).unwrap_err().to_string(),
+            "part 1: the inner header block is not terminated by a blank line before the JSON payload"
+        );
+        let raw = mcmt(&[
+            "Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: ab\r\nnot a header\r\n\r\n{}",
+        ]);
+        assert_eq!(
+            parse(&raw).unwrap_err().to_string(),
+            "part 1: inner header line 2 is not `Name: value`"
+        );
+        let raw = mcmt(&["Content-Type: message/vnd.msys.apn\r\nX-APNs-Priority: high\r\n\r\n{}"]);
+        assert_eq!(
+            parse(&raw).unwrap_err().to_string(),
+            "part 1: header X-APNs-Priority: \"high\" is not a priority (5 or 10)"
+        );
+        let raw = mcmt(&["Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: ab\r\n\r\n  "]);
+        assert_eq!(
+            parse(&raw).unwrap_err(),
+            McmtError::Part {
+                part: 1,
+                reason: PartError::EmptyPayload
+            }
+        );
+        let raw = mcmt(&[
+            "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: base64\r\n\r\n@@@",
+        ]);
+        assert!(matches!(
+            parse(&raw).unwrap_err(),
+            McmtError::Part {
+                part: 1,
+                reason: PartError::BadBase64(_)
+            }
+        ));
+    }
+
+    #[test]
+    fn no_push_part_and_not_mcmt() {
+        let raw = mcmt(&["Content-Type: message/rfc822\r\n\r\nSubject: x\r\n\r\nbody"]);
+        assert_eq!(parse(&raw).unwrap_err(), McmtError::NoPushPart);
+        assert_eq!(
+            parse(b"Subject: hi\r\n\r\njust mail\r\n").unwrap(),
+            Parsed::NotMcmt
+        );
+    }
+
+    #[test]
+    fn submissions_per_part_per_recipient_with_token_fallback_and_return_path() {
+        let raw = mcmt(&[
+            "Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: aa\r\nReturn-Path: <bounce@example.com>\r\n\r\n{\"n\":1}",
+            "Content-Type: message/vnd.msys.apn\r\n\r\n{\"n\":2}",
+        ]);
+        let m = parsed(&raw);
+        let subs = m.submissions(
+            &["bb@one.example".to_owned(), "cc@two.example".to_owned()],
+            "from@example.com",
+        );
+        let got: Vec<_> = subs
+            .iter()
+            .map(|s| {
+                (
+                    s.part,
+                    s.submission.domain.as_str(),
+                    s.submission.token.as_str(),
+                    s.submission.sender.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "one.example", "aa", "bounce@example.com"),
+                (2, "one.example", "bb", "from@example.com"),
+                (1, "two.example", "aa", "bounce@example.com"),
+                (2, "two.example", "cc", "from@example.com"),
+            ]
+        );
+    }
+}

@@ -1,0 +1,507 @@
+//! One ESMTP connection: the command state machine (greeting, EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT,
+//! VRFY, HELP, STARTTLS), the idle timeout, the shutdown and reconfiguration `421`s, and the end of DATA, where
+//! the message is read as MCMT and its notifications are prepared and committed in one batch.
+//!
+//! Protocol choices (docs/smtp.md): lines must end in CRLF (a bare LF in a command is refused, a bare LF in
+//! message data refuses the message, and only CRLF.CRLF ends the data); `VRFY` is answered `502`; the
+//! transaction is all-or-nothing: one refused notification refuses the message.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use herald_conf::McmtReception;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::SmtpConfig;
+use super::command::{self, Command};
+use super::io::{LineIo, ReadLine};
+use super::reply::Reply;
+use crate::inbound::accept::{Intake, Refusal, Source};
+use crate::inbound::mcmt::{self, McmtError, Parsed};
+use crate::queue::message::MessageId;
+
+/// Resolves when the shutdown flag is `true`; never if its sender is gone.
+pub(crate) async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// What waiting for the client produced.
+enum Event {
+    Read(ReadLine),
+    Idle,
+    Shutdown,
+}
+
+/// What a command leads to.
+enum Step {
+    Reply(Reply),
+    /// Send the reply, then close.
+    Close(Reply),
+    /// Close without a reply (the client left).
+    Gone,
+    /// Nothing to send (after STARTTLS the client speaks first).
+    Silent,
+}
+
+/// The envelope of the open transaction.
+#[derive(Default)]
+struct Envelope {
+    from: Option<String>,
+    recipients: Vec<String>,
+}
+
+pub(crate) struct Session {
+    io: LineIo,
+    peer: SocketAddr,
+    config: Arc<SmtpConfig>,
+    config_rx: watch::Receiver<Arc<SmtpConfig>>,
+    intake: Arc<Intake>,
+    shutdown: watch::Receiver<bool>,
+    conn_id: MessageId,
+    reception: McmtReception,
+    /// The EHLO/HELO name; `None` until the client greeted (again after STARTTLS).
+    greeted: Option<String>,
+    envelope: Envelope,
+}
+
+impl Session {
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut config_rx: watch::Receiver<Arc<SmtpConfig>>,
+        intake: Arc<Intake>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Session {
+        let config = config_rx.borrow_and_update().clone();
+        let reception = config.listener.mcmt_reception_for(peer.ip());
+        Session {
+            io: LineIo::new(stream),
+            peer,
+            config,
+            config_rx,
+            conn_id: intake.next_id(),
+            intake,
+            shutdown,
+            reception,
+            greeted: None,
+            envelope: Envelope::default(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let host = self.config.limits.hostname.clone();
+        if !self.config.listener.permits(self.peer.ip()) {
+            tracing::info!(peer = %self.peer, "ESMTP connection refused by always_deny");
+            Reply::new(
+                554,
+                "5.7.1",
+                format!(
+                    "{host}: connections from {} are not allowed on this listener (always_deny)",
+                    self.peer.ip()
+                ),
+            )
+            .write_to(self.io.queue());
+            self.io.close().await;
+            return;
+        }
+        Reply::new(220, "", format!("{host} ESMTP herald ready")).write_to(self.io.queue());
+        if self.io.flush().await.is_err() {
+            return;
+        }
+        loop {
+            let limit = self.config.limits.max_command_line;
+            let step = match self.next(limit).await {
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "ESMTP connection failed");
+                    Step::Gone
+                }
+                Ok(Event::Shutdown) => Step::Close(shutting_down(&host)),
+                Ok(Event::Idle) => Step::Close(idle(&host, &self.config)),
+                Ok(Event::Read(ReadLine::Eof)) => Step::Gone,
+                Ok(Event::Read(ReadLine::TooLong)) => Step::Reply(Reply::new(
+                    500,
+                    "5.5.2",
+                    format!("command line too long: the limit is {limit} bytes including CRLF"),
+                )),
+                Ok(Event::Read(ReadLine::Line(line))) => {
+                    if self.config_rx.has_changed().unwrap_or(false) {
+                        Step::Close(Reply::new(421, "4.3.2", "Reconfiguration in progress"))
+                    } else {
+                        self.line(&line).await
+                    }
+                }
+            };
+            match step {
+                Step::Reply(r) => {
+                    r.write_to(self.io.queue());
+                    if !self.io.has_buffered_input() && self.io.flush().await.is_err() {
+                        return;
+                    }
+                }
+                Step::Close(r) => {
+                    r.write_to(self.io.queue());
+                    break;
+                }
+                Step::Gone => break,
+                Step::Silent => {}
+            }
+        }
+        self.io.close().await;
+    }
+
+    /// The next line, unless the client stays silent too long or herald shuts down first.
+    async fn next(&mut self, limit: usize) -> std::io::Result<Event> {
+        if *self.shutdown.borrow() {
+            return Ok(Event::Shutdown);
+        }
+        let idle = self.config.limits.idle_timeout;
+        tokio::select! {
+            _ = until_shutdown(&mut self.shutdown) => Ok(Event::Shutdown),
+            read = tokio::time::timeout(idle, self.io.read_line(limit)) => match read {
+                Err(_) => Ok(Event::Idle),
+                Ok(r) => r.map(Event::Read),
+            },
+        }
+    }
+
+    async fn line(&mut self, line: &[u8]) -> Step {
+        let Some(text) = line.strip_suffix(b"\r\n") else {
+            return Step::Reply(Reply::new(
+                500,
+                "5.5.2",
+                "bare LF in a command: lines must end with CRLF",
+            ));
+        };
+        match command::parse(text) {
+            Err(e) => {
+                let (code, status) = e.code();
+                Step::Reply(Reply::new(code, status, e.to_string()))
+            }
+            Ok(cmd) => self.command(cmd).await,
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) -> Step {
+        let host = self.config.limits.hostname.clone();
+        let reply = match cmd {
+            Command::Ehlo(name) => {
+                self.envelope = Envelope::default();
+                let mut lines = vec![
+                    format!("{host} greets {name}"),
+                    "PIPELINING".into(),
+                    format!("SIZE {}", self.config.limits.max_message_size),
+                    "8BITMIME".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                ];
+                if self.config.tls.is_some() && !self.io.is_tls() {
+                    lines.push("STARTTLS".into());
+                }
+                lines.push("HELP".into());
+                self.greeted = Some(name);
+                Reply::multi(250, lines)
+            }
+            Command::Helo(name) => {
+                self.envelope = Envelope::default();
+                self.greeted = Some(name);
+                Reply::new(250, "", host)
+            }
+            Command::Mail { from, size } => self.mail(from, size),
+            Command::Rcpt { to } => self.rcpt(to),
+            Command::Data => return self.data().await,
+            Command::Rset => {
+                self.envelope = Envelope::default();
+                Reply::new(250, "2.0.0", "reset")
+            }
+            Command::Noop => Reply::new(250, "2.0.0", "ok"),
+            Command::Quit => {
+                return Step::Close(Reply::new(221, "2.0.0", format!("{host} closing")));
+            }
+            Command::Vrfy => Reply::new(
+                502,
+                "5.5.1",
+                "VRFY is not supported: herald does not verify addresses",
+            ),
+            Command::Help => Reply::new(
+                214,
+                "2.0.0",
+                "herald takes push notifications as MCMT messages: EHLO, MAIL FROM, RCPT TO:<token@app-domain>, DATA",
+            ),
+            Command::StartTls => return self.starttls().await,
+        };
+        Step::Reply(reply)
+    }
+
+    fn mail(&mut self, from: String, size: Option<u64>) -> Reply {
+        if self.greeted.is_none() {
+            return Reply::new(503, "5.5.1", "say EHLO or HELO first");
+        }
+        if self.envelope.from.is_some() {
+            return Reply::new(
+                503,
+                "5.5.1",
+                "a transaction is already open: RSET or finish it first",
+            );
+        }
+        let max = self.config.limits.max_message_size;
+        if let Some(size) = size.filter(|s| *s > max) {
+            return Reply::new(
+                552,
+                "5.3.4",
+                format!("message size {size} exceeds the limit of {max} bytes"),
+            );
+        }
+        let reply = Reply::new(250, "2.1.0", format!("sender <{from}> ok"));
+        self.envelope.from = Some(from);
+        reply
+    }
+
+    fn rcpt(&mut self, to: String) -> Reply {
+        if self.envelope.from.is_none() {
+            return Reply::new(503, "5.5.1", "RCPT before MAIL");
+        }
+        let max = self.config.limits.max_recipients;
+        if self.envelope.recipients.len() >= max {
+            return Reply::new(
+                452,
+                "4.5.3",
+                format!("too many recipients: the limit is {max} per message"),
+            );
+        }
+        match to.rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {}
+            _ => {
+                return Reply::new(
+                    501,
+                    "5.1.3",
+                    format!(
+                        "recipient <{to}> must be <token-or-name@app-domain>: the domain picks the app"
+                    ),
+                );
+            }
+        }
+        let reply = Reply::new(250, "2.1.5", format!("recipient <{to}> ok"));
+        self.envelope.recipients.push(to);
+        reply
+    }
+
+    async fn starttls(&mut self) -> Step {
+        let Some(tls) = self.config.tls.clone() else {
+            return Step::Reply(Reply::new(
+                502,
+                "5.5.1",
+                "STARTTLS is not offered on this listener (it has no tls_certificate)",
+            ));
+        };
+        if self.io.is_tls() {
+            return Step::Reply(Reply::new(503, "5.5.1", "TLS is already active"));
+        }
+        if self.envelope.from.is_some() {
+            return Step::Reply(Reply::new(
+                503,
+                "5.5.1",
+                "STARTTLS inside a transaction: RSET first",
+            ));
+        }
+        Reply::new(220, "2.0.0", "ready to start TLS").write_to(self.io.queue());
+        if self.io.flush().await.is_err() {
+            return Step::Gone;
+        }
+        let dropped = self.io.discard_buffered_input();
+        if dropped > 0 {
+            tracing::info!(peer = %self.peer, bytes = dropped, "dropped plaintext pipelined after STARTTLS");
+        }
+        if let Err(e) = self.io.upgrade(tls).await {
+            tracing::info!(peer = %self.peer, error = %e, "STARTTLS failed");
+            return Step::Gone;
+        }
+        self.greeted = None;
+        self.envelope = Envelope::default();
+        Step::Silent
+    }
+
+    async fn data(&mut self) -> Step {
+        if self.envelope.from.is_none() {
+            return Step::Reply(Reply::new(503, "5.5.1", "DATA before MAIL"));
+        }
+        if self.envelope.recipients.is_empty() {
+            return Step::Reply(Reply::new(
+                503,
+                "5.5.1",
+                "DATA needs at least one accepted RCPT",
+            ));
+        }
+        Reply::new(354, "", "send the MCMT message; end with <CRLF>.<CRLF>")
+            .write_to(self.io.queue());
+        if self.io.flush().await.is_err() {
+            return Step::Gone;
+        }
+        let envelope = std::mem::take(&mut self.envelope);
+        let limits = self.config.limits.clone();
+        let host = limits.hostname.clone();
+        let mut message = Vec::with_capacity(4096);
+        let (mut too_big, mut long_line, mut bare_lf) = (false, false, false);
+        loop {
+            let line = match self.next(limits.max_text_line).await {
+                Err(_) | Ok(Event::Read(ReadLine::Eof)) => return Step::Gone,
+                Ok(Event::Shutdown) => return Step::Close(shutting_down(&host)),
+                Ok(Event::Idle) => return Step::Close(idle(&host, &self.config)),
+                Ok(Event::Read(ReadLine::TooLong)) => {
+                    long_line = true;
+                    continue;
+                }
+                Ok(Event::Read(ReadLine::Line(line))) => line,
+            };
+            if &line[..] == b".\r\n" {
+                break;
+            }
+            if !line.ends_with(b"\r\n") {
+                bare_lf = true;
+            }
+            let body = line.strip_prefix(b".").unwrap_or(&line);
+            if message.len() as u64 + body.len() as u64 > limits.max_message_size {
+                too_big = true;
+            } else if !too_big {
+                message.extend_from_slice(body);
+            }
+        }
+        let max_line = limits.max_text_line;
+        let reply = if too_big {
+            Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "message exceeds the size limit of {} bytes",
+                    limits.max_message_size
+                ),
+            )
+        } else if long_line {
+            Reply::new(
+                550,
+                "5.6.0",
+                format!(
+                    "a message line is longer than {max_line} bytes including CRLF; send long payloads base64-encoded"
+                ),
+            )
+        } else if bare_lf {
+            Reply::new(
+                550,
+                "5.6.0",
+                "the message contains a bare LF: lines must end with CRLF",
+            )
+        } else {
+            self.deliver(&message, envelope).await
+        };
+        Step::Reply(reply)
+    }
+
+    /// Reads the message as MCMT, prepares one notification per push part per recipient and commits them all, or
+    /// refuses the whole message.
+    async fn deliver(&mut self, message: &[u8], envelope: Envelope) -> Reply {
+        let parsed = mcmt::parse(message);
+        let is_mcmt_container = match &parsed {
+            Ok(Parsed::Mcmt(_)) => true,
+            Ok(Parsed::NotMcmt) | Err(McmtError::NoHeaders) => false,
+            Err(_) => true,
+        };
+        if !is_mcmt_container {
+            return not_mcmt();
+        }
+        match self.reception {
+            McmtReception::Allow => {}
+            McmtReception::Reject => {
+                return Reply::new(
+                    550,
+                    "5.7.1",
+                    "MCMT messages are refused on this listener (mcmt_reception = reject)",
+                );
+            }
+            McmtReception::Passthru => {
+                return Reply::new(
+                    554,
+                    "5.6.0",
+                    "herald delivers push notifications only, and this listener passes MCMT messages through as ordinary mail (mcmt_reception = passthru); set mcmt_reception = \"allow\" to deliver push parts",
+                );
+            }
+        }
+        let message = match parsed {
+            Ok(Parsed::Mcmt(m)) => m,
+            Err(e @ McmtError::NoPushPart) => return Reply::new(554, "5.6.0", e.to_string()),
+            Err(e @ McmtError::Part { .. }) => return Reply::new(550, "5.6.0", e.to_string()),
+            Err(e) => {
+                return Reply::new(550, "5.6.0", format!("malformed MCMT message: {e}"));
+            }
+            Ok(Parsed::NotMcmt) => return not_mcmt(),
+        };
+        let from = envelope.from.unwrap_or_default();
+        let source = Source {
+            ip: Some(self.peer.ip()),
+            protocol: "esmtp",
+            batch_id: self.intake.next_id(),
+            conn_id: self.conn_id,
+        };
+        let subs = message.submissions(&envelope.recipients, &from);
+        let mut batch = Vec::with_capacity(subs.len());
+        for s in subs {
+            match self.intake.prepare(s.submission, &source) {
+                Ok(n) => batch.push(n),
+                Err(Refusal::Permanent(text)) => {
+                    let status = if text.starts_with("domain ") || text.starts_with("no domain") {
+                        "5.1.2"
+                    } else {
+                        "5.6.0"
+                    };
+                    return Reply::new(
+                        550,
+                        status,
+                        format!("part {}, recipient <{}>: {text}", s.part, s.recipient),
+                    );
+                }
+                Err(Refusal::Temporary(text)) => return Reply::new(451, "4.3.0", text),
+            }
+        }
+        let count = batch.len();
+        match self.intake.commit(batch, &source).await {
+            Ok(()) => Reply::new(
+                250,
+                "2.0.0",
+                format!(
+                    "accepted {count} notification{} as batch {}",
+                    if count == 1 { "" } else { "s" },
+                    source.batch_id
+                ),
+            ),
+            Err(Refusal::Temporary(text)) => Reply::new(451, "4.3.0", text),
+            Err(Refusal::Permanent(text)) => Reply::new(554, "5.3.0", text),
+        }
+    }
+}
+
+fn not_mcmt() -> Reply {
+    Reply::new(
+        554,
+        "5.6.0",
+        "herald delivers push notifications only: this message is not MCMT (multipart/vnd.msys.mcmt with message/vnd.msys.apn parts)",
+    )
+}
+
+fn shutting_down(host: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.3.0",
+        format!("{host} is shutting down; try again later"),
+    )
+}
+
+fn idle(host: &str, config: &SmtpConfig) -> Reply {
+    Reply::new(
+        421,
+        "4.4.2",
+        format!(
+            "{host} closing: no data from the client for {} s (idle timeout)",
+            config.limits.idle_timeout.as_secs()
+        ),
+    )
+}
