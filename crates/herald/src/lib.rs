@@ -9,5 +9,7 @@
 pub mod delivery;
 pub mod inbound;
 pub mod logs;
+pub mod metrics;
 pub mod outbound;
 pub mod queue;
+pub mod spool;

@@ -210,6 +210,8 @@ impl DomainTask {
         }
         self.pool.maintain();
         self.stats.set_connections(self.pool.open_connections());
+        self.stats
+            .set_in_flight(self.outstanding.saturating_sub(self.pool.waiting()));
         self.publish_sizes();
     }
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -10,68 +10,84 @@ use herald_apns::client::PushRequest;
 use herald_apns::push::{Priority, PushType};
 use herald_apns::token_hex::DeviceToken;
 
-/// A Momentum-style message id, `NN/NN-PPPPP-XXXXXXXX`: node, shard, process id and a counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId {
-    pub node: u8,
-    pub shard: u8,
-    pub pid: u32,
-    pub serial: u32,
-}
+/// A message id: unique across restarts and ordered by acceptance, also the notification's spool key.
+///
+/// Bits: node (8) | start time of the accepting process, Unix ms (56) | counter within that process (64).
+/// It prints in Momentum's `NN/NN-PPPPP-XXXXXXXX` shape: node, bits 32-39 of the counter, the process start
+/// second modulo 100000, and the low 32 bits of the counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MessageId(pub u128);
 
 impl MessageId {
     /// The id that fills the batch and connection fields when there is none.
-    pub const NONE: MessageId = MessageId {
-        node: 0,
-        shard: 0,
-        pid: 0,
-        serial: 0,
-    };
+    pub const NONE: MessageId = MessageId(0);
+
+    pub fn from_parts(node: u8, epoch_ms: u64, counter: u64) -> Self {
+        let epoch = u128::from(epoch_ms) & ((1u128 << 56) - 1);
+        MessageId((u128::from(node) << 120) | (epoch << 64) | u128::from(counter))
+    }
+
+    pub fn node(self) -> u8 {
+        (self.0 >> 120) as u8
+    }
+
+    pub fn epoch_ms(self) -> u64 {
+        ((self.0 >> 64) as u64) & ((1u64 << 56) - 1)
+    }
+
+    pub fn counter(self) -> u64 {
+        self.0 as u64
+    }
 }
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counter = self.counter();
         write!(
             f,
             "{:02X}/{:02X}-{:05}-{:08X}",
-            self.node,
-            self.shard,
-            self.pid % 100_000,
-            self.serial
+            self.node(),
+            (counter >> 32) as u8,
+            (self.epoch_ms() / 1000) % 100_000,
+            counter as u32
         )
     }
 }
 
-/// Issues unique [`MessageId`]s for this process. The serial starts from the clock so that ids of a restarted
-/// process do not repeat those of the one before.
+/// Issues unique, increasing [`MessageId`]s for this process.
 #[derive(Debug)]
 pub struct IdGenerator {
     node: u8,
-    pid: u32,
-    serial: AtomicU32,
+    epoch_ms: u64,
+    counter: AtomicU64,
 }
 
 impl IdGenerator {
+    /// A generator for `node` (the first field of printed ids).
     pub fn new(node: u8) -> Self {
-        let seed = SystemTime::now()
+        IdGenerator::above(node, None)
+    }
+
+    /// A generator whose ids all sort after `floor` (the greatest id already spooled), even if the clock went back.
+    pub fn above(node: u8, floor: Option<MessageId>) -> Self {
+        let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
+            .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let epoch_ms = now.max(floor.map_or(0, |f| f.epoch_ms().saturating_add(1)));
         IdGenerator {
             node,
-            pid: std::process::id(),
-            serial: AtomicU32::new(seed.wrapping_mul(256)),
+            epoch_ms,
+            counter: AtomicU64::new(1),
         }
     }
 
     pub fn next(&self) -> MessageId {
-        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        MessageId {
-            node: self.node,
-            shard: (serial & 0xff) as u8,
-            pid: self.pid,
-            serial,
-        }
+        MessageId::from_parts(
+            self.node,
+            self.epoch_ms,
+            self.counter.fetch_add(1, Ordering::Relaxed),
+        )
     }
 }
 
@@ -153,14 +169,16 @@ mod tests {
 
     #[test]
     fn message_id_has_momentums_shape() {
-        let id = MessageId {
-            node: 0x20,
-            shard: 0,
-            pid: 25593,
-            serial: 0x945A87F3,
-        };
+        let id = MessageId::from_parts(0x20, 1_800_000_000 + 25593 * 1000, 0x945A87F3);
         // momentum.md §7.1: "20/00-25593-945A87F3"
         assert_eq!(id.to_string(), "20/00-25593-945A87F3");
+    }
+
+    #[test]
+    fn ids_after_a_floor_sort_after_it() {
+        let far = MessageId::from_parts(0, u64::from(u32::MAX) * 1000, 7);
+        let generator = IdGenerator::above(0, Some(far));
+        assert!(generator.next() > far);
     }
 
     #[test]

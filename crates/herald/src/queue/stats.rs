@@ -6,6 +6,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// Upper bounds (seconds) of the delivery-latency histogram buckets; a last bucket takes the rest.
+pub const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
 /// Counters of one domain.
 #[derive(Debug, Default)]
 pub struct DomainStats {
@@ -18,8 +23,12 @@ pub struct DomainStats {
     pub active: AtomicUsize,
     pub delayed: AtomicUsize,
     pub connections: AtomicUsize,
+    /// Notifications handed to connections and not yet answered.
+    pub in_flight: AtomicUsize,
     /// Sum of enqueue-to-delivery times in microseconds, for the mean latency.
     pub latency_micros: AtomicU64,
+    /// Deliveries by latency bucket ([`LATENCY_BUCKETS`], then one for slower ones); not cumulative.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     failures: Mutex<HashMap<String, u64>>,
 }
 
@@ -28,6 +37,24 @@ impl DomainStats {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         self.latency_micros
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        let secs = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Deliveries per latency bucket, cumulative as Prometheus wants them, ending with the total (`+Inf`).
+    pub fn latency_cumulative(&self) -> Vec<u64> {
+        let mut total = 0;
+        self.latency_buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect()
     }
 
     pub fn transient(&self, reason: &str) {
@@ -64,6 +91,10 @@ impl DomainStats {
 
     pub fn set_connections(&self, n: usize) {
         self.connections.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n, Ordering::Relaxed);
     }
 
     /// Notifications that reached a final outcome.

@@ -254,12 +254,7 @@ mod tests {
 
     #[test]
     fn success_has_momentums_shape() {
-        let id = MessageId {
-            node: 0,
-            shard: 0,
-            pid: 2045,
-            serial: 0x5093C9D4,
-        };
+        let id = MessageId::from_parts(0, 1_800_000_000 + 2045 * 1000, 0x5093C9D4);
         let v: Value = serde_json::from_str(&render(&[Outcome::Injected(vec![id])], None)).unwrap();
         // momentum.md §3, the documented success answer.
         assert_eq!(
@@ -271,12 +266,7 @@ mod tests {
 
     #[test]
     fn failure_marks_the_refused_and_the_skipped() {
-        let id = MessageId {
-            node: 0,
-            shard: 0,
-            pid: 1,
-            serial: 1,
-        };
+        let id = MessageId::from_parts(0, 1_800_001_000, 1);
         let text = render(
             &[
                 Outcome::Injected(vec![id]),

@@ -330,12 +330,7 @@ mod tests {
 
     #[test]
     fn results_render_in_order_with_escaped_reasons() {
-        let id = MessageId {
-            node: 1,
-            shard: 2,
-            pid: 3,
-            serial: 4,
-        };
+        let id = MessageId::from_parts(1, 1_800_000_000 + 3 * 1000, (2 << 32) | 4);
         let text = render_results(&[
             ItemResult::Accepted(id),
             ItemResult::Rejected("device token has a non-hex character 'z' at \"3\"".into()),

@@ -1,0 +1,227 @@
+//! Prometheus text exposition of herald's counters (`GET /metrics`): receptions, deliveries, transient and
+//! permanent failures by domain and reason, queue sizes, open connections and streams, the delivery-latency
+//! histogram, certificate expiry times and the spool's size.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use crate::queue::Engine;
+use crate::queue::stats::LATENCY_BUCKETS;
+
+/// Facts from outside the engine that the exposition includes.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// (domain, certificate path, not-after as Unix seconds).
+    pub certificate_expiry: Vec<(String, String, u64)>,
+    /// Records and bytes in the spool, when there is one.
+    pub spool: Option<(u64, u64)>,
+    /// Invalid tokens recorded so far.
+    pub invalid_tokens: Option<u64>,
+}
+
+/// Renders every metric in the Prometheus text format (version 0.0.4).
+pub fn render(engine: &Engine, extra: &Extra) -> String {
+    let domains = engine.all_stats();
+    let mut out = String::with_capacity(4096 + domains.len() * 2048);
+    let counter = |out: &mut String,
+                   name: &str,
+                   help: &str,
+                   get: &dyn Fn(&crate::queue::stats::DomainStats) -> u64| {
+        header(out, name, help, "counter");
+        for (domain, stats) in &domains {
+            let _ = writeln!(
+                out,
+                "{name}{{domain=\"{}\"}} {}",
+                escape(domain),
+                get(stats)
+            );
+        }
+    };
+    counter(
+        &mut out,
+        "herald_received_total",
+        "Notifications accepted for delivery.",
+        &|s| s.received.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "herald_delivered_total",
+        "Notifications APNs accepted.",
+        &|s| s.delivered.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "herald_requeued_total",
+        "Notifications sent again without counting an attempt.",
+        &|s| s.requeued.load(Ordering::Relaxed),
+    );
+
+    for (kind, name, help) in [
+        (
+            "T",
+            "herald_transient_failures_total",
+            "Transient failures (retried), by reason.",
+        ),
+        (
+            "P",
+            "herald_permanent_failures_total",
+            "Permanent failures (removed), by reason.",
+        ),
+    ] {
+        header(&mut out, name, help, "counter");
+        for (domain, stats) in &domains {
+            let mut failures: Vec<_> = stats
+                .failures()
+                .into_iter()
+                .filter_map(|(k, v)| k.strip_prefix(kind).map(|r| (r.trim_start().to_owned(), v)))
+                .collect();
+            failures.sort();
+            for (reason, count) in failures {
+                let _ = writeln!(
+                    out,
+                    "{name}{{domain=\"{}\",reason=\"{}\"}} {count}",
+                    escape(domain),
+                    escape(&reason)
+                );
+            }
+        }
+    }
+
+    let gauge = |out: &mut String,
+                 name: &str,
+                 help: &str,
+                 get: &dyn Fn(&crate::queue::stats::DomainStats) -> usize| {
+        header(out, name, help, "gauge");
+        for (domain, stats) in &domains {
+            let _ = writeln!(
+                out,
+                "{name}{{domain=\"{}\"}} {}",
+                escape(domain),
+                get(stats)
+            );
+        }
+    };
+    gauge(
+        &mut out,
+        "herald_queue_active",
+        "Notifications ready or being delivered.",
+        &|s| s.active.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "herald_queue_delayed",
+        "Notifications waiting for a retry.",
+        &|s| s.delayed.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "herald_connections_open",
+        "Open APNs connections (including ones being opened).",
+        &|s| s.connections.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "herald_streams_in_flight",
+        "Notifications sent and not yet answered.",
+        &|s| s.in_flight.load(Ordering::Relaxed),
+    );
+
+    let name = "herald_delivery_latency_seconds";
+    header(
+        &mut out,
+        name,
+        "Time from queueing to APNs' acceptance.",
+        "histogram",
+    );
+    for (domain, stats) in &domains {
+        let d = escape(domain);
+        let cumulative = stats.latency_cumulative();
+        for (i, count) in cumulative.iter().enumerate() {
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(out, "{name}_bucket{{domain=\"{d}\",le=\"{le}\"}} {count}");
+        }
+        let sum = stats.latency_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{domain=\"{d}\"}} {sum}");
+        let _ = writeln!(
+            out,
+            "{name}_count{{domain=\"{d}\"}} {}",
+            cumulative.last().copied().unwrap_or(0)
+        );
+    }
+
+    if !extra.certificate_expiry.is_empty() {
+        let name = "herald_certificate_expiry_timestamp_seconds";
+        header(
+            &mut out,
+            name,
+            "When each configured client certificate expires (Unix time).",
+            "gauge",
+        );
+        for (domain, path, not_after) in &extra.certificate_expiry {
+            let _ = writeln!(
+                out,
+                "{name}{{domain=\"{}\",certificate=\"{}\"}} {not_after}",
+                escape(domain),
+                escape(path)
+            );
+        }
+    }
+    if let Some((records, bytes)) = extra.spool {
+        header(
+            &mut out,
+            "herald_spool_records",
+            "Notifications in the spool.",
+            "gauge",
+        );
+        let _ = writeln!(out, "herald_spool_records {records}");
+        header(
+            &mut out,
+            "herald_spool_bytes",
+            "Size of the spool on disk.",
+            "gauge",
+        );
+        let _ = writeln!(out, "herald_spool_bytes {bytes}");
+    }
+    if let Some(n) = extra.invalid_tokens {
+        header(
+            &mut out,
+            "herald_invalid_tokens_total",
+            "Device tokens APNs reported invalid.",
+            "counter",
+        );
+        let _ = writeln!(out, "herald_invalid_tokens_total {n}");
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn escape(value: &str) -> String {
+    let mut s = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,207 @@
+//! The bridge between the queue and herald-spool: accepted notifications become [`StoredNotification`]s (the
+//! message id is the spool key), final outcomes remove them, transient failures record the next attempt, and on
+//! start every spooled notification is queued again with its retry state.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use herald_apns::push::{Priority, PushType};
+use herald_apns::token_hex::DeviceToken;
+use herald_spool::{RecoveryReport, Spool, SpoolError, SpoolKey, StoredNotification};
+
+use crate::inbound::accept::{BoxFuture, Durable};
+use crate::queue::message::{MessageId, Notification};
+use crate::queue::{Engine, QueueObserver};
+
+/// Makes accepted notifications durable in a spool, and keeps the spool in step with the queue.
+pub struct SpoolBridge {
+    spool: Arc<dyn Spool>,
+}
+
+impl SpoolBridge {
+    pub fn new(spool: Arc<dyn Spool>) -> Self {
+        SpoolBridge { spool }
+    }
+
+    pub fn spool(&self) -> &Arc<dyn Spool> {
+        &self.spool
+    }
+}
+
+impl Durable for SpoolBridge {
+    fn persist<'a>(&'a self, batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>> {
+        let records: Vec<StoredNotification> = batch.iter().map(to_stored).collect();
+        Box::pin(async move {
+            self.spool
+                .append(records)
+                .await
+                .map_err(|e: SpoolError| e.to_string())
+        })
+    }
+}
+
+impl QueueObserver for SpoolBridge {
+    fn finished(&self, id: MessageId) {
+        self.spool.remove(&[SpoolKey(id.0)]);
+    }
+
+    fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime) {
+        let ms = next_attempt
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.spool.reschedule(SpoolKey(id.0), retries, ms);
+    }
+}
+
+/// The record of a notification.
+pub fn to_stored(n: &Notification) -> StoredNotification {
+    StoredNotification {
+        key: SpoolKey(n.id.0),
+        domain: n.domain.to_string(),
+        token: n.token.as_bytes().to_vec(),
+        topic: n.topic.as_deref().map(str::to_owned),
+        push_type: n.push_type.map(|p| p.as_str().to_owned()),
+        priority: n.priority.map(Priority::as_u8),
+        expiration: n.expiration,
+        collapse_id: n.collapse_id.as_deref().map(str::to_owned),
+        apns_id: n.apns_id.as_deref().map(str::to_owned),
+        payload: n.payload.to_vec(),
+        sender: n.sender.to_string(),
+        recipient: n.recipient.to_string(),
+        received_at: n.received_at,
+        batch_id: n.batch_id.0,
+        conn_id: n.conn_id.0,
+        retries: 0,
+        next_attempt_ms: 0,
+    }
+}
+
+/// Why a spooled record could not become a notification again.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("spooled notification {key}: {what}")]
+    Invalid { key: SpoolKey, what: String },
+}
+
+/// The notification of a record, with its retry count and next attempt time.
+pub fn from_stored(
+    s: StoredNotification,
+) -> Result<(Notification, u32, Option<SystemTime>), RestoreError> {
+    let key = s.key;
+    let invalid = |what: String| RestoreError::Invalid { key, what };
+    let token =
+        DeviceToken::from_bytes(s.token).map_err(|e| invalid(format!("device token: {e}")))?;
+    let push_type = match s.push_type.as_deref() {
+        Some(p) => Some(
+            p.parse::<PushType>()
+                .map_err(|e| invalid(format!("push type: {e}")))?,
+        ),
+        None => None,
+    };
+    let priority = match s.priority {
+        Some(p) => Some(Priority::from_u8(p).map_err(|e| invalid(format!("priority: {e}")))?),
+        None => None,
+    };
+    let next =
+        (s.next_attempt_ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(s.next_attempt_ms));
+    let n = Notification {
+        id: MessageId(s.key.0),
+        batch_id: MessageId(s.batch_id),
+        conn_id: MessageId(s.conn_id),
+        domain: Arc::from(s.domain),
+        token,
+        topic: s.topic.map(Arc::from),
+        push_type,
+        priority,
+        expiration: s.expiration,
+        collapse_id: s.collapse_id.map(Arc::from),
+        apns_id: s.apns_id.map(Arc::from),
+        payload: Bytes::from(s.payload),
+        sender: Arc::from(s.sender),
+        recipient: Arc::from(s.recipient),
+        received_at: s.received_at,
+    };
+    Ok((n, s.retries, next))
+}
+
+/// What a restart found in the spool.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Restored {
+    pub report: RecoveryReport,
+    /// Queued again.
+    pub queued: u64,
+    /// Dropped: unreadable fields, or a domain that is no longer configured (left in the spool).
+    pub dropped: u64,
+    /// The greatest message id seen: new ids must sort after it.
+    pub max_id: Option<MessageId>,
+}
+
+/// Reads every spooled notification and queues it again. Runs the blocking spool read on a blocking thread.
+pub async fn restore(spool: Arc<dyn Spool>, engine: Arc<Engine>) -> Result<Restored, SpoolError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<StoredNotification>(4096);
+    let reader = tokio::task::spawn_blocking(move || {
+        spool.recover_each(&mut |n| {
+            let _ = tx.blocking_send(n);
+        })
+    });
+    let mut restored = Restored::default();
+    while let Some(stored) = rx.recv().await {
+        let id = MessageId(stored.key.0);
+        restored.max_id = Some(restored.max_id.map_or(id, |m| m.max(id)));
+        match from_stored(stored) {
+            Ok((n, retries, next)) => match engine.restore(n, retries, next).await {
+                Ok(()) => restored.queued += 1,
+                Err(e) => {
+                    restored.dropped += 1;
+                    tracing::warn!("spooled notification {id} not queued: {e}");
+                }
+            },
+            Err(e) => {
+                restored.dropped += 1;
+                tracing::warn!("{e}");
+            }
+        }
+    }
+    restored.report = reader.await.map_err(|e| {
+        SpoolError::from_io("recovery thread", std::io::Error::other(e.to_string()))
+    })??;
+    Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_survives_the_round_trip_through_its_record() {
+        let n = Notification {
+            id: MessageId::from_parts(3, 1_800_000_000_000, 42),
+            batch_id: MessageId::from_parts(3, 1_800_000_000_000, 40),
+            conn_id: MessageId::from_parts(3, 1_800_000_000_000, 41),
+            domain: Arc::from("apps.example"),
+            token: DeviceToken::from_hex(&"ab".repeat(32)).unwrap(),
+            topic: Some(Arc::from("com.example.app")),
+            push_type: Some(PushType::Alert),
+            priority: Some(Priority::Conserve),
+            expiration: Some(1_900_000_000),
+            collapse_id: Some(Arc::from("c1")),
+            apns_id: Some(Arc::from("123e4567-e89b-12d3-a456-426614174000")),
+            payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+            sender: Arc::from("from@example.com"),
+            recipient: Arc::from("to@apps.example"),
+            received_at: 1_800_000_000,
+        };
+        let mut stored = to_stored(&n);
+        stored.retries = 2;
+        stored.next_attempt_ms = 1_800_000_123_000;
+        let (back, retries, next) = from_stored(stored).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{n:?}"));
+        assert_eq!(retries, 2);
+        assert_eq!(
+            next,
+            Some(UNIX_EPOCH + Duration::from_millis(1_800_000_123_000))
+        );
+    }
+}
