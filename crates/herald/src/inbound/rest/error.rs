@@ -156,6 +156,9 @@ pub fn describe_json_error<'a, T: serde::Deserialize<'a>>(
     if first.is_syntax() || first.is_eof() {
         return format!("invalid JSON: {first}");
     }
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return "invalid request: the body must be a JSON object".into();
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Err(e) if e.path().iter().next().is_some() => format!("{}: {}", e.path(), e.inner()),

@@ -134,7 +134,7 @@ pub async fn serve_app(
                     continue;
                 }
             },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            () = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
         let conn = Conn {
@@ -164,6 +164,11 @@ pub async fn serve_app(
     graceful.shutdown().await;
     tracing::info!(%local, "REST listener stopped");
     Ok(())
+}
+
+/// Resolves when `shutdown` turns `true` or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// One accepted connection.

@@ -1,0 +1,877 @@
+//! The REST listener over real sockets: `/api/v1/push` (both forms) and `/v1.0/inject` deliver to the APNs
+//! simulator byte for byte; every refusal has its status and text; address lists, API keys, request size, HTTPS;
+//! and `docs/openapi.yaml` documents exactly the routes the server answers.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::inbound::accept::{BoxFuture, Durable, Intake, NotDurable};
+use herald::inbound::rest;
+use herald::logs::Logs;
+use herald::logs::file::LogFile;
+use herald::logs::mainlog::MainLog;
+use herald::outbound::settings::{DeliverySettings, RouteProtocol};
+use herald::queue::message::{IdGenerator, Notification};
+use herald::queue::retry::{MaxRetries, RetryPolicy};
+use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
+use herald_apns::client::connect::Endpoint;
+use herald_apns::identity::{RootSource, client_config};
+use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
+use herald_conf::{Acl, Cidr, ListenAddr, ListenerKind, ListenerSettings, McmtReception};
+use herald_sim::record::DeliveryRecord;
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const TOPIC: &str = "com.example.rest";
+const DOMAIN: &str = "apps.example";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0x7e57_0000_0000u64 + i as u64)
+}
+
+/// A simulator, an engine delivering `DOMAIN` to it, and a REST listener in front.
+struct Harness {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    sim: SimHandle,
+    engine: Arc<Engine>,
+    logs: Logs,
+    mainlog: PathBuf,
+    addr: SocketAddr,
+    tls: bool,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Listener settings with nothing configured.
+fn listener_settings() -> ListenerSettings {
+    ListenerSettings {
+        kind: ListenerKind::Http,
+        address: "127.0.0.1:0".into(),
+        addr: ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+        enabled: true,
+        mcmt_reception: McmtReception::Passthru,
+        tls_certificate: None,
+        tls_key: None,
+        acl: Acl {
+            allow: vec![],
+            deny: vec![],
+        },
+        api_keys: vec![],
+        max_request_size: None,
+        file_mode: 0o644,
+        peers: vec![],
+    }
+}
+
+impl Harness {
+    async fn start(adjust: impl FnOnce(&mut ListenerSettings, &Pki)) -> Harness {
+        Harness::start_with(adjust, Arc::new(NotDurable)).await
+    }
+
+    async fn start_with(
+        adjust: impl FnOnce(&mut ListenerSettings, &Pki),
+        durable: Arc<dyn Durable>,
+    ) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+            .await
+            .unwrap();
+        let mainlog = dir.path().join("mainlog.ec");
+        let logs = Logs {
+            mainlog: Some(Arc::new(MainLog::new(
+                LogFile::open(&mainlog, 0o644).unwrap(),
+            ))),
+            apnlog: vec![],
+        };
+        let resolver = Arc::new(StaticResolver::default().with(delivery_settings(&pki, &sim)));
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            logs.clone(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        let intake = Arc::new(Intake::new(
+            resolver,
+            durable,
+            engine.clone(),
+            IdGenerator::new(7),
+        ));
+        let mut settings = listener_settings();
+        adjust(&mut settings, &pki);
+        let tls = rest::tls_config(&settings).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let is_tls = tls.is_some();
+        let server = tokio::spawn(rest::serve(listener, settings, intake, tls, stopped));
+        Harness {
+            dir,
+            pki,
+            sim,
+            engine,
+            logs,
+            mainlog,
+            addr,
+            tls: is_tls,
+            stop,
+            server,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        if self.tls {
+            format!("https://localhost:{}{path}", self.addr.port())
+        } else {
+            format!("http://{}{path}", self.addr)
+        }
+    }
+
+    fn client(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder().resolve("localhost", self.addr);
+        if self.tls {
+            let pem = std::fs::read(&self.pki.manifest.ca_cert).unwrap();
+            builder = builder.tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()]);
+        }
+        builder.build().unwrap()
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self
+            .client()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text:?}"));
+        (status, value)
+    }
+
+    async fn post_raw(&self, path: &str, body: &'static str) -> (StatusCode, Value) {
+        let response = self
+            .client()
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    /// The simulator's record once it holds `n` notifications.
+    async fn records(&self, n: u64) -> Vec<DeliveryRecord> {
+        let seen = self.sim.wait_for_records(n, WAIT).await;
+        assert!(
+            seen >= n,
+            "the simulator recorded {seen} of {n} notifications"
+        );
+        self.sim.record()
+    }
+
+    fn received(&self) -> u64 {
+        self.engine
+            .stats(DOMAIN)
+            .map(|s| s.received.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// The mainlog's reception lines, split on `@`.
+    fn receptions(&self) -> Vec<Vec<String>> {
+        self.logs.flush();
+        std::fs::read_to_string(&self.mainlog)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split('@').map(str::to_owned).collect::<Vec<_>>())
+            .filter(|f| f.get(4).map(String::as_str) == Some("R"))
+            .collect()
+    }
+}
+
+fn delivery_settings(pki: &Pki, sim: &SimHandle) -> DeliverySettings {
+    let tls = client_config(None, RootSource::CaFile(pki.manifest.ca_cert.clone()), true).unwrap();
+    let key = &pki.manifest.token_key;
+    let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
+    DeliverySettings {
+        domain: Arc::from(DOMAIN),
+        binding_group: Arc::from("default"),
+        binding: Arc::from("default"),
+        protocol: RouteProtocol::Http2,
+        endpoint: Endpoint::new(sim.addrs.h2.ip().to_string(), sim.addrs.h2.port()),
+        tls,
+        auth: Some(ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap()),
+        default_topic: Some(Arc::from(TOPIC)),
+        max_connections: 2,
+        idle_timeout: Some(Duration::from_secs(30)),
+        response_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        keepalive: Duration::from_secs(30),
+        mx_failures_to_delay: 50,
+        retry: RetryPolicy {
+            retry_interval: Duration::from_millis(20),
+            max_retry_interval: Duration::from_millis(100),
+            max_retries: MaxRetries::Unlimited,
+            message_expiration: Duration::from_secs(3600),
+            never_attempt_expired: false,
+        },
+        apn_expiry: Duration::from_secs(3600),
+        max_window: 10_000,
+    }
+}
+
+fn error_text(body: &Value) -> &str {
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error text in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_payload_to_many_tokens_is_delivered_byte_for_byte() {
+    let h = Harness::start(|_, _| {}).await;
+    // The payload's odd spacing and number spelling must reach APNs unchanged.
+    let payload = r#"{ "aps" : { "alert" : "Hello, REST" } , "n" : 1.50 }"#;
+    let tokens: Vec<String> = (0..3).map(token).collect();
+    let body = format!(
+        r#"{{"domain":"{DOMAIN}","tokens":{},"payload":{payload},"push_type":"alert","priority":5,"collapse_id":"c1"}}"#,
+        serde_json::to_string(&tokens).unwrap()
+    );
+    let response = h
+        .client()
+        .post(h.url("/api/v1/push"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r["status"] == "accepted"));
+    let records = h.records(3).await;
+    assert_eq!(records.len(), 3);
+    for t in &tokens {
+        let r = records.iter().find(|r| &r.token == t).unwrap();
+        assert_eq!(r.topic, TOPIC);
+        assert_eq!(r.payload, payload);
+        assert_eq!(r.push_type.as_deref(), Some("alert"));
+        assert_eq!(r.priority, 5);
+        assert_eq!(r.collapse_id.as_deref(), Some("c1"));
+    }
+    // Reception lines: one per notification, the result's id, this client, protocol rest, one batch.
+    let lines = h.receptions();
+    assert_eq!(lines.len(), 3);
+    let ids: BTreeSet<&str> = results.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    for l in &lines {
+        assert!(ids.contains(l[1].as_str()), "{l:?}");
+        assert_eq!(l[9], "127.0.0.1");
+        assert_eq!(l[11], "rest");
+        assert_eq!(l[2], lines[0][2], "one batch id per request");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_notifications_get_results_in_request_order() {
+    let h = Harness::start(|_, _| {}).await;
+    let big = format!(r#"{{"aps":{{"alert":"{}"}}}}"#, "x".repeat(4100));
+    let apns_id = "123e4567-e89b-12d3-a456-426614174000";
+    let body = format!(
+        r#"{{"domain":"{DOMAIN}","notifications":[
+            {{"token":"{t0}","payload":{{"aps":{{"alert":"zero"}}}}}},
+            {{"token":"zz{t1}","payload":{{"aps":{{"alert":"bad token"}}}}}},
+            {{"token":"{t2}","payload":{{"aps":{{"badge":2}}}},"apns_id":"{apns_id}","priority":10,"expiration":0}},
+            {{"token":"{t3}","payload":{big}}},
+            {{"token":"{t4}","payload":{{"aps":{{"content-available":1}}}},"push_type":"background","priority":5}},
+            {{"token":"{t5}","payload":{{"aps":{{"alert":"x"}}}},"push_type":"nonsense"}}
+        ]}}"#,
+        t0 = token(0),
+        t1 = token(1),
+        t2 = token(2),
+        t3 = token(3),
+        t4 = token(4),
+        t5 = token(5),
+    );
+    let response = h
+        .client()
+        .post(h.url("/api/v1/push"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    let statuses: Vec<&str> = results
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "accepted", "rejected", "accepted", "rejected", "accepted", "rejected"
+        ]
+    );
+    let reason = |i: usize| results[i]["reason"].as_str().unwrap();
+    assert!(reason(1).contains("non-hex character 'z'"), "{}", reason(1));
+    // apns.md: 4096 bytes for an alert over HTTP/2.
+    assert!(reason(3).contains("at most 4096"), "{}", reason(3));
+    assert!(reason(5).contains("push_type"), "{}", reason(5));
+    let records = h.records(3).await;
+    assert_eq!(records.len(), 3);
+    let r2 = records.iter().find(|r| r.token == token(2)).unwrap();
+    assert_eq!(r2.apns_id.as_deref(), Some(apns_id));
+    assert_eq!(r2.payload, r#"{"aps":{"badge":2}}"#);
+    let r4 = records.iter().find(|r| r.token == token(4)).unwrap();
+    assert_eq!(r4.push_type.as_deref(), Some("background"));
+    assert_eq!(r4.priority, 5);
+    let r0 = records.iter().find(|r| r.token == token(0)).unwrap();
+    assert_eq!(r0.payload, r#"{"aps":{"alert":"zero"}}"#);
+    assert_eq!(r0.topic, TOPIC);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_level_problems_are_400_naming_the_field() {
+    let h = Harness::start(|_, _| {}).await;
+    let t = token(0);
+    let cases: Vec<(String, &str)> = vec![
+        (r#"{"domain": "#.into(), "invalid JSON: "),
+        (
+            r#"[1,2]"#.into(),
+            "invalid request: the body must be a JSON object",
+        ),
+        (
+            format!(r#"{{"tokens":["{t}"],"payload":{{}}}}"#),
+            "domain: missing",
+        ),
+        (
+            format!(r#"{{"domain":"nowhere.example","tokens":["{t}"],"payload":{{}}}}"#),
+            "domain: domain \"nowhere.example\" cannot take push notifications",
+        ),
+        (
+            format!(r#"{{"domain":"{DOMAIN}","payload":{{}}}}"#),
+            "tokens, notifications: one of them is required",
+        ),
+        (
+            format!(
+                r#"{{"domain":"{DOMAIN}","tokens":["{t}"],"notifications":[],"payload":{{}}}}"#
+            ),
+            "tokens, notifications: give one of them, not both",
+        ),
+        (
+            format!(r#"{{"domain":"{DOMAIN}","tokens":[],"payload":{{}}}}"#),
+            "tokens: empty",
+        ),
+        (
+            format!(r#"{{"domain":"{DOMAIN}","notifications":[]}}"#),
+            "notifications: empty",
+        ),
+        (
+            format!(r#"{{"domain":"{DOMAIN}","tokens":["{t}"]}}"#),
+            "payload: missing",
+        ),
+        (
+            format!(
+                r#"{{"domain":"{DOMAIN}","notifications":[{{"token":"{t}","payload":{{}}}},{{"token":"{t}","payload":{{}}}},{{"token":"{t}","payload":{{}}}},{{"token":1,"payload":{{}}}}]}}"#
+            ),
+            "notifications[3].token: invalid type: integer `1`, expected a string",
+        ),
+        (
+            format!(r#"{{"domain":"{DOMAIN}","tokens":["{t}"],"payload":{{}},"prioritty":5}}"#),
+            "prioritty: unknown field",
+        ),
+    ];
+    for (body, expected) in cases {
+        let response = h
+            .client()
+            .post(h.url("/api/v1/push"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{body}"
+        );
+        let answer: Value = response.json().await.unwrap();
+        assert!(
+            error_text(&answer).starts_with(expected),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(h.received(), 0, "nothing of a refused request is queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_method_and_path_are_json_405_and_404() {
+    let h = Harness::start(|_, _| {}).await;
+    let client = h.client();
+    let response = client.get(h.url("/api/v1/push")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(error_text(&answer), "/api/v1/push does not accept GET");
+    let response = client.post(h.url("/api/v2/push")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(error_text(&answer), "no such endpoint: POST /api/v2/push");
+    let response = client.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "ok");
+}
+
+/// momentum.md §1.8's scheme as an inject template: an MCMT message whose push part has its own header block.
+fn mcmt_template(json: &str) -> String {
+    format!(
+        "From: <%= :from %>\nTo: <%= :to %>\nSubject: [%= :subject %]\nMIME-Version: 1.0\n\
+         Content-Type: multipart/vnd.msys.mcmt; boundary=MCMT_BOUNDARY\n\n\
+         --MCMT_BOUNDARY\nContent-Type: message/rfc822\n\nFrom: <%= :from %>\n\nmail for [%= :name %]\n\
+         --MCMT_BOUNDARY\nContent-Type: message/vnd.msys.apn\n\nX-Device-Token: <%= :token %>\n\n{json}\n\
+         --MCMT_BOUNDARY--\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_renders_the_template_per_recipient_and_delivers() {
+    let h = Harness::start(|_, _| {}).await;
+    let template = mcmt_template(r#"{"aps":{"alert":"Hi <%= :Name %>","badge":[%= :badge %]}}"#);
+    let request = json!({
+        "template": template,
+        "recipients": [
+            {"to": format!("ignored@{DOMAIN}"), "from": "sender@example.com",
+             "keys": {"NAME": "Ann", "badge": 3, "token": token(10), "subject": "s"},
+             "vctx": {"key": "value"}},
+            // No X-Device-Token value: the token is the local part of `to`.
+            {"to": format!("{}@{DOMAIN}", token(11)), "from": "sender@example.com",
+             "keys": {"name": "Bob", "badge": "4", "token": "", "subject": "s"}}
+        ]
+    });
+    let (status, answer) = h.post("/v1.0/inject", &request).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // momentum.md §3: results per recipient, then the overall status.
+    assert_eq!(answer["status"], "success");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert_eq!(r["status"], "success");
+        let mid = r["mid"].as_str().unwrap();
+        assert_eq!(r["reason"], format!("250 {mid}"));
+    }
+    let records = h.records(2).await;
+    let ann = records.iter().find(|r| r.token == token(10)).unwrap();
+    assert_eq!(ann.payload, r#"{"aps":{"alert":"Hi Ann","badge":3}}"#);
+    assert_eq!(ann.topic, TOPIC);
+    let bob = records.iter().find(|r| r.token == token(11)).unwrap();
+    assert_eq!(bob.payload, r#"{"aps":{"alert":"Hi Bob","badge":4}}"#);
+    let lines = h.receptions();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l[11] == "rest" && l[7] == "sender"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_is_transactional() {
+    let h = Harness::start(|_, _| {}).await;
+    let template = mcmt_template(r#"{"aps":{"alert":"hi"}}"#);
+    let request = json!({
+        "template": template,
+        "recipients": [
+            {"to": format!("x@{DOMAIN}"), "from": "s@example.com",
+             "keys": {"token": token(1), "subject": "s", "name": "n"}},
+            {"to": format!("x@{DOMAIN}"), "from": "s@example.com",
+             "keys": {"token": "not-hex", "subject": "s", "name": "n"}},
+            {"to": "x@unknown.example", "from": "s@example.com",
+             "keys": {"token": token(2), "subject": "s", "name": "n"}}
+        ]
+    });
+    let (status, answer) = h.post("/v1.0/inject/", &request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["status"], "failure");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], "skipped");
+    assert_eq!(results[1]["status"], "failure");
+    let reason = results[1]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("550 device token"), "{reason}");
+    assert!(
+        results[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("\"unknown.example\""),
+        "{answer}"
+    );
+    assert!(error_text(&answer).starts_with("recipients[1]: device token"));
+    assert_eq!(h.received(), 0, "a failed transaction injects nothing");
+
+    // A message without a push part, and a missing key.
+    let request = json!({"template": "Subject: mail\n\nhello", "recipients": [{"to": format!("t@{DOMAIN}")}]});
+    let (status, answer) = h.post("/v1.0/inject", &request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["results"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("herald delivers push notifications only"),
+        "{answer}"
+    );
+    let request =
+        json!({"template": mcmt_template("{}"), "recipients": [{"to": format!("t@{DOMAIN}")}]});
+    let (_, answer) = h.post("/v1.0/inject", &request).await;
+    assert!(
+        answer["results"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the key \"subject\""),
+        "{answer}"
+    );
+    let (status, answer) = h.post_raw("/v1.0/inject", "{\"template\":").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["status"], "failure");
+    assert!(error_text(&answer).starts_with("invalid JSON"));
+    let (status, answer) = h
+        .post("/v1.0/inject", &json!({"template": "x", "recipients": []}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_text(&answer), "recipients: empty; list at least one");
+    assert_eq!(h.received(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_injects_like_momentums_example() {
+    let h = Harness::start(|_, _| {}).await;
+    let body = json!({
+        "template": mcmt_template(r#"{"aps":{"alert":"from curl"}}"#),
+        "recipients": [{"to": format!("x@{DOMAIN}"), "from": "a@b.example",
+                        "keys": {"token": token(20), "subject": "s", "name": "n"}}]
+    });
+    let file = h.dir.path().join("sample.json");
+    std::fs::write(&file, body.to_string()).unwrap();
+    // momentum.md §3: the connectivity check prints nothing on success.
+    let check = Command::new("curl")
+        .args(["-sS", "-f", "-X", "GET", &h.url("/v1.0/inject/")])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    assert!(check.stdout.is_empty());
+    let url = h.url("/v1.0/inject/");
+    let data = format!("@{}", file.display());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                "POST",
+                &url,
+                "-d",
+                &data,
+                "-w",
+                "\n%{http_code}",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (json_text, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{text}");
+    let answer: Value = serde_json::from_str(json_text).unwrap();
+    assert_eq!(answer["status"], "success");
+    let records = h.records(1).await;
+    assert_eq!(records[0].token, token(20));
+    assert_eq!(records[0].payload, r#"{"aps":{"alert":"from curl"}}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_lists_refuse_with_403_naming_the_address() {
+    let h = Harness::start(|s, _| {
+        s.acl.deny = vec!["127.0.0.0/8".parse::<Cidr>().unwrap()];
+    })
+    .await;
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error_text(&answer).contains("client address 127.0.0.1 is not allowed"));
+    let response = h.client().get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    // always_allow wins over always_deny.
+    let h = Harness::start(|s, _| {
+        s.acl.deny = vec!["0.0.0.0/0".parse::<Cidr>().unwrap()];
+        s.acl.allow = vec!["127.0.0.1".parse::<Cidr>().unwrap()];
+    })
+    .await;
+    let response = h.client().get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_required_when_configured() {
+    let h = Harness::start(|s, _| s.api_keys = vec!["k-one".into(), "k-two".into()]).await;
+    let body = json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {"aps": {"alert": "k"}}});
+    let client = h.client();
+    for (auth, expected) in [
+        (None, "missing API key"),
+        (Some("Bearer wrong"), "the API key is not accepted"),
+        (
+            Some("Basic azpvbmU="),
+            "the authorization header is not \"Bearer KEY\"",
+        ),
+    ] {
+        let mut request = client.post(h.url("/api/v1/push")).json(&body);
+        if let Some(a) = auth {
+            request = request.header("authorization", a);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"herald\""
+        );
+        let answer: Value = response.json().await.unwrap();
+        assert!(error_text(&answer).starts_with(expected), "{answer}");
+    }
+    let response = client
+        .post(h.url("/api/v1/push"))
+        .header("authorization", "bearer k-two")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(h.records(1).await[0].token, token(0));
+    // Health probes need no key.
+    let response = client.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_max_request_size_are_413() {
+    let h = Harness::start(|s, _| s.max_request_size = Some(300)).await;
+    let body = json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {"aps": {"alert": "y".repeat(400)}}});
+    let (status, answer) = h.post("/api/v1/push", &body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        error_text(&answer).contains("this listener's max_request_size is 300"),
+        "{answer}"
+    );
+    // Without a content-length (chunked), the limit holds while reading.
+    let url = h.url("/api/v1/push");
+    let big = body.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                "POST",
+                &url,
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                &big,
+                "-w",
+                "\n%{http_code}",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (json_text, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "413", "{text}");
+    let answer: Value = serde_json::from_str(json_text).unwrap();
+    assert!(error_text(&answer).contains("more than 300"), "{answer}");
+    // A small request still passes.
+    let (status, _) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "tokens": [token(1)], "payload": {"aps": {"alert": "a"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(h.received(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_listeners_certificate() {
+    let h = Harness::start(|s, pki| {
+        s.tls_certificate = Some(pki.manifest.server_cert.clone());
+        s.tls_key = Some(pki.manifest.server_key.clone());
+    })
+    .await;
+    assert!(h.url("/").starts_with("https://"));
+    let payload = json!({"aps": {"alert": "over TLS"}});
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "tokens": [token(5)], "payload": payload}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let records = h.records(1).await;
+    assert_eq!(records[0].token, token(5));
+    assert_eq!(records[0].payload, payload.to_string());
+    // curl over HTTPS with the CA, too.
+    let output = Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            h.pki.manifest.ca_cert.to_str().unwrap(),
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", h.addr.port()),
+            &h.url("/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok", "{output:?}");
+    // Plain HTTP to the TLS port does not get an answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", h.addr))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
+
+/// A spool that cannot write.
+struct FullDisk;
+
+impl Durable for FullDisk {
+    fn persist<'a>(&'a self, _batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Err("no space left on device".to_string()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_failure_is_a_temporary_503() {
+    let h = Harness::start_with(|_, _| {}, Arc::new(FullDisk)).await;
+    let response = h
+        .client()
+        .post(h.url("/api/v1/push"))
+        .json(&json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {"aps": {"alert": "a"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let answer: Value = response.json().await.unwrap();
+    assert!(
+        error_text(&answer).contains("no space left on device"),
+        "{answer}"
+    );
+    let request = json!({"template": mcmt_template(r#"{"aps":{"alert":"a"}}"#),
+        "recipients": [{"to": format!("x@{DOMAIN}"), "keys": {"token": token(1), "subject": "s", "name": "n"}}]});
+    let (status, answer) = h.post("/v1.0/inject", &request).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer["status"], "failure");
+    assert_eq!(h.received(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting() {
+    let h = Harness::start(|_, _| {}).await;
+    let response = h.client().get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    h.stop.send(true).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let result = tokio::time::timeout_at(deadline.into(), h.server).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+    let fresh = reqwest::Client::new()
+        .get(format!("http://{}/healthz", h.addr))
+        .send()
+        .await;
+    assert!(fresh.is_err(), "the listener still answers after shutdown");
+}
+
+/// `(method, path)` pairs of an OpenAPI file's `paths` (a line-level reading: paths at two spaces, operations
+/// at four).
+fn documented_routes(yaml: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut in_paths = false;
+    let mut path = None;
+    for line in yaml.lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            in_paths = line.trim_end() == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
+            path = Some(
+                p.trim_end()
+                    .trim_end_matches(':')
+                    .trim_matches(['"', '\''])
+                    .to_string(),
+            );
+        } else if let Some(m) = line.strip_prefix("    ").filter(|l| !l.starts_with(' ')) {
+            let m = m.trim_end().trim_end_matches(':');
+            if ["get", "post", "put", "delete", "patch", "head", "options"].contains(&m) {
+                out.insert((m.to_ascii_uppercase(), path.clone().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_exactly_the_routes_the_server_answers() {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/openapi.yaml"
+    ))
+    .unwrap();
+    let documented = documented_routes(&yaml);
+    let routes: BTreeSet<(String, String)> = rest::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        documented, routes,
+        "docs/openapi.yaml and rest::ROUTES differ"
+    );
+    let h = Harness::start(|_, _| {}).await;
+    let client = h.client();
+    let paths: BTreeSet<&str> = rest::ROUTES.iter().map(|(_, p)| *p).collect();
+    for path in paths {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            let response = client
+                .request(method.parse().unwrap(), h.url(path))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let listed = routes.contains(&(method.to_string(), path.to_string()));
+            if listed {
+                assert!(
+                    ![StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED]
+                        .contains(&response.status()),
+                    "{method} {path} is documented but answers {}",
+                    response.status()
+                );
+            } else {
+                assert_eq!(
+                    response.status(),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} is not documented but answers"
+                );
+            }
+        }
+    }
+}
