@@ -204,7 +204,7 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
         if !is_push || matches!(part.body, PartType::Multipart(_)) {
             continue;
         }
-        let mime_headers: Vec<(String, String)> = part
+        let mime_headers: HeaderList = part
             .headers()
             .iter()
             .map(|h| {
@@ -239,6 +239,9 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
         return_path,
     }))
 }
+
+/// Header fields as (name, unfolded value), in order.
+type HeaderList = Vec<(String, String)>;
 
 /// Header lookup: the inner block first, then the MIME part headers.
 struct Headers<'a> {
@@ -336,7 +339,7 @@ fn decode(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, PartError> {
 
 /// Splits a push part body into its inner header block and the JSON. A body whose first non-blank byte is `{`
 /// has no inner block.
-fn split_inner_headers(body: &[u8]) -> Result<(Vec<(String, String)>, &[u8]), PartError> {
+fn split_inner_headers(body: &[u8]) -> Result<(HeaderList, &[u8]), PartError> {
     let start = body
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -345,7 +348,7 @@ fn split_inner_headers(body: &[u8]) -> Result<(Vec<(String, String)>, &[u8]), Pa
         return Ok((Vec::new(), &body[start..]));
     }
     let rest = &body[start..];
-    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut headers: HeaderList = Vec::new();
     let mut pos = 0;
     let mut line_no = 0;
     loop {

@@ -500,8 +500,8 @@ fn idle(host: &str, config: &SmtpConfig) -> Reply {
         421,
         "4.4.2",
         format!(
-            "{host} closing: no data from the client for {} s (idle timeout)",
-            config.limits.idle_timeout.as_secs()
+            "{host} closing: no data from the client for {:?} (idle timeout)",
+            config.limits.idle_timeout
         ),
     )
 }

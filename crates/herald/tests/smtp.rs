@@ -1,0 +1,943 @@
+//! The ESMTP listener over real sockets: Python's `smtplib` (plain and STARTTLS) sends MCMT messages that reach
+//! the APNs simulator byte for byte; a raw client checks pipelining and every refusal with its code and text
+//! (momentum.md §1.3, §1.8, §2; design §6), the idle timeout, and the shutdown and reconfiguration `421`s
+//! (momentum.md §6.1).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use herald::inbound::accept::{Intake, NotDurable};
+use herald::inbound::smtp::{self, SmtpConfig, SmtpLimits};
+use herald::logs::Logs;
+use herald::logs::file::LogFile;
+use herald::logs::mainlog::MainLog;
+use herald::outbound::settings::{DeliverySettings, RouteProtocol};
+use herald::queue::message::IdGenerator;
+use herald::queue::retry::{MaxRetries, RetryPolicy};
+use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
+use herald_apns::client::connect::Endpoint;
+use herald_apns::identity::{RootSource, client_config};
+use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
+use herald_conf::Config;
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const TOPIC: &str = "com.example.smtp";
+const DOMAIN: &str = "apps.example";
+const DOMAIN2: &str = "other.example";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0x5e7d_0000_0000u64 + i as u64)
+}
+
+/// A simulator, an engine delivering `DOMAIN` and `DOMAIN2` to it, and an ESMTP listener in front.
+struct Harness {
+    _dir: tempfile::TempDir,
+    pki: Pki,
+    sim: SimHandle,
+    logs: Logs,
+    mainlog: PathBuf,
+    port: u16,
+    config: Arc<SmtpConfig>,
+    config_tx: watch::Sender<Arc<SmtpConfig>>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+}
+
+fn allow_conf(_: &Pki) -> String {
+    "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" } }".into()
+}
+
+impl Harness {
+    async fn start(conf: impl FnOnce(&Pki) -> String) -> Harness {
+        Harness::start_with(conf, |_| {}).await
+    }
+
+    async fn start_with(
+        conf: impl FnOnce(&Pki) -> String,
+        limits: impl FnOnce(&mut SmtpLimits),
+    ) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+            .await
+            .unwrap();
+        let mainlog = dir.path().join("mainlog.ec");
+        let logs = Logs {
+            mainlog: Some(Arc::new(MainLog::new(
+                LogFile::open(&mainlog, 0o644).unwrap(),
+            ))),
+            apnlog: vec![],
+        };
+        let resolver = Arc::new(
+            StaticResolver::default()
+                .with(delivery_settings(&pki, &sim, DOMAIN))
+                .with(delivery_settings(&pki, &sim, DOMAIN2)),
+        );
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            logs.clone(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        let intake = Arc::new(Intake::new(
+            resolver,
+            Arc::new(NotDurable),
+            engine,
+            IdGenerator::new(3),
+        ));
+        let text = conf(&pki);
+        let parsed = Config::parse_str("smtp-test.conf", &text).unwrap();
+        let settings = parsed.listeners().into_iter().next().unwrap();
+        let listener = smtp::bind(&settings).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut l = SmtpLimits::default();
+        limits(&mut l);
+        let config = Arc::new(SmtpConfig::new(settings, l).unwrap());
+        let (config_tx, config_rx) = watch::channel(config.clone());
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(smtp::serve(listener, config_rx, intake, stopped));
+        Harness {
+            _dir: dir,
+            pki,
+            sim,
+            logs,
+            mainlog,
+            port,
+            config,
+            config_tx,
+            stop,
+            server,
+        }
+    }
+
+    async fn raw(&self) -> Raw {
+        Raw::connect(self.port).await
+    }
+
+    /// A client that has read the greeting and said EHLO.
+    async fn greeted(&self) -> Raw {
+        let mut c = self.raw().await;
+        assert_eq!(c.reply().await.0, 220);
+        assert_eq!(c.cmd("EHLO client.example").await.0, 250);
+        c
+    }
+
+    /// Sends one message over a fresh connection; returns the reply to the end of DATA.
+    async fn send_raw(&self, rcpts: &[String], message: &str) -> (u16, String) {
+        let mut c = self.greeted().await;
+        assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+        for r in rcpts {
+            let (code, text) = c.cmd(&format!("RCPT TO:<{r}>")).await;
+            assert_eq!(code, 250, "{text}");
+        }
+        assert_eq!(c.cmd("DATA").await.0, 354);
+        c.send(&stuff(message)).await;
+        c.cmd(".").await
+    }
+
+    fn reception_lines(&self) -> Vec<Vec<String>> {
+        self.logs.flush();
+        read_fields(&self.mainlog)
+            .into_iter()
+            .filter(|f| f.len() > 4 && f[4] == "R")
+            .collect()
+    }
+}
+
+fn delivery_settings(pki: &Pki, sim: &SimHandle, domain: &str) -> DeliverySettings {
+    let tls = client_config(None, RootSource::CaFile(pki.manifest.ca_cert.clone()), true).unwrap();
+    let key = &pki.manifest.token_key;
+    let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
+    DeliverySettings {
+        domain: Arc::from(domain),
+        binding_group: Arc::from("default"),
+        binding: Arc::from("default"),
+        protocol: RouteProtocol::Http2,
+        endpoint: Endpoint::new(sim.addrs.h2.ip().to_string(), sim.addrs.h2.port()),
+        tls,
+        auth: Some(ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap()),
+        default_topic: Some(Arc::from(TOPIC)),
+        max_connections: 2,
+        idle_timeout: Some(Duration::from_secs(30)),
+        response_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        keepalive: Duration::from_secs(30),
+        mx_failures_to_delay: 50,
+        retry: RetryPolicy {
+            retry_interval: Duration::from_millis(20),
+            max_retry_interval: Duration::from_millis(100),
+            max_retries: MaxRetries::Unlimited,
+            message_expiration: Duration::from_secs(3600),
+            never_attempt_expired: false,
+        },
+        apn_expiry: Duration::from_secs(3600),
+        max_window: 10_000,
+    }
+}
+
+/// Dot-stuffs and CRLF-terminates a message for DATA.
+fn stuff(message: &str) -> String {
+    let mut out = String::new();
+    for line in message.split("\r\n") {
+        if line.starts_with('.') {
+            out.push('.');
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.truncate(out.len() - 2);
+    out
+}
+
+/// An MCMT message (momentum.md §2.2) with an email part followed by `parts`, CRLF line endings.
+fn mcmt(parts: &[String]) -> String {
+    let mut m = String::from(
+        "From: app@backend.example\r\nTo: push@apps.example\r\nSubject: push\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/vnd.msys.mcmt; boundary=\"MCMT_BOUNDARY\"\r\n\r\n\
+         --MCMT_BOUNDARY\r\nContent-Type: message/rfc822\r\n\r\nSubject: the email\r\n\r\nNot delivered by herald.\r\n",
+    );
+    for p in parts {
+        m.push_str("--MCMT_BOUNDARY\r\n");
+        m.push_str(p);
+        m.push_str("\r\n");
+    }
+    m.push_str("--MCMT_BOUNDARY--\r\n");
+    m
+}
+
+/// A push part laid out as momentum.md §1.8: part headers, blank line, inner headers, blank line, JSON.
+fn push_part(inner_headers: &[(&str, &str)], json: &str) -> String {
+    let mut p = String::from("Content-Type: message/vnd.msys.apn\r\n\r\n");
+    for (k, v) in inner_headers {
+        p.push_str(&format!("{k}: {v}\r\n"));
+    }
+    p.push_str("\r\n");
+    p.push_str(json);
+    p
+}
+
+/// A raw SMTP client for protocol-level checks.
+struct Raw {
+    r: BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+}
+
+impl Raw {
+    async fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (r, w) = s.into_split();
+        Raw {
+            r: BufReader::new(r),
+            w,
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.w.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).await.unwrap();
+    }
+
+    async fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(&format!("{line}\r\n")).await;
+        self.reply().await
+    }
+
+    /// One reply: its code and the text of its last line (enhanced status included).
+    async fn reply(&mut self) -> (u16, String) {
+        self.try_reply()
+            .await
+            .expect("connection closed before a reply")
+    }
+
+    async fn try_reply(&mut self) -> Option<(u16, String)> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let mut line = String::new();
+                if self.r.read_line(&mut line).await.ok()? == 0 {
+                    return None;
+                }
+                assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
+                let code: u16 = line[..3].parse().unwrap();
+                if line.as_bytes()[3] == b' ' {
+                    return Some((code, line[4..].trim_end().to_owned()));
+                }
+            }
+        })
+        .await
+        .expect("no reply in time")
+    }
+
+    /// Asserts that the server closed the connection.
+    async fn assert_closed(&mut self) {
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, self.r.read_to_end(&mut rest))
+            .await
+            .expect("connection still open")
+            .ok();
+        assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+    }
+}
+
+/// Runs Python's smtplib against the listener: EHLO, optional STARTTLS, MAIL, RCPTs, DATA, QUIT.
+async fn smtplib(port: u16, ca: Option<&Path>, rcpts: &[String], message: &str) -> Value {
+    const SCRIPT: &str = r#"
+import json, smtplib, ssl, sys
+req = json.load(sys.stdin)
+out = {}
+s = smtplib.SMTP("127.0.0.1", req["port"], timeout=30)
+s.ehlo("client.example")
+out["starttls_offered"] = s.has_extn("starttls")
+out["size"] = s.esmtp_features.get("size")
+if req.get("ca"):
+    ctx = ssl.create_default_context(cafile=req["ca"])
+    code, msg = s.starttls(context=ctx)
+    out["starttls"] = [code, msg.decode()]
+    out["tls_version"] = s.sock.version()
+    s.ehlo("client.example")
+    out["starttls_offered_after"] = s.has_extn("starttls")
+code, msg = s.mail(req["from"])
+out["mail"] = [code, msg.decode()]
+out["rcpt"] = []
+for r in req["rcpts"]:
+    code, msg = s.rcpt(r)
+    out["rcpt"].append([code, msg.decode()])
+code, msg = s.data(req["msg"].encode())
+out["data"] = [code, msg.decode()]
+s.quit()
+print(json.dumps(out))
+"#;
+    let req = json!({
+        "port": port,
+        "ca": ca.map(|p| p.display().to_string()),
+        "from": "app@backend.example",
+        "rcpts": rcpts,
+        "msg": message,
+    });
+    let mut child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for the smtplib tests");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(req.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("smtplib did not finish")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Splits each line on `@` not escaped by a backslash.
+fn read_fields(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let mut fields = vec![String::new()];
+            let mut escaped = false;
+            for c in line.chars() {
+                if escaped {
+                    fields.last_mut().unwrap().push(c);
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '@' {
+                    fields.push(String::new());
+                } else {
+                    fields.last_mut().unwrap().push(c);
+                }
+            }
+            fields
+        })
+        .collect()
+}
+
+// momentum.md §1.8, §2.2: one notification per push part per recipient; the token from X-Device-Token, else the
+// recipient's local part; base64 and 7bit parts; the payload arrives byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtplib_mcmt_reaches_the_simulator_byte_for_byte() {
+    let h = Harness::start(allow_conf).await;
+    let header_token = token(1);
+    let json_a = "{\"aps\":{\"alert\":\"You have mail\",\"badge\":9},\"app-key\":\"bar\"}";
+    let json_b = "{\"aps\":{\"content-available\":1},\"n\":\"caf\u{e9}\"}";
+    let inner_b = format!(
+        "apns-push-type: background\r\napns-priority: 5\r\napns-collapse-id: sync\r\n\r\n{json_b}"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(inner_b.as_bytes());
+    let part_b = format!(
+        "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n{}",
+        &b64[..40],
+        &b64[40..]
+    );
+    let message = mcmt(&[
+        push_part(
+            &[("X-Device-Token", &header_token), ("X-APNs-Topic", TOPIC)],
+            json_a,
+        ),
+        part_b,
+    ]);
+    let rcpts = vec![
+        format!("{}@{DOMAIN}", token(2)),
+        format!("{}@{DOMAIN2}", token(3)),
+    ];
+    let out = smtplib(h.port, None, &rcpts, &message).await;
+    assert_eq!(out["starttls_offered"], false);
+    assert_eq!(out["size"], smtp::DEFAULT_MAX_MESSAGE_SIZE.to_string());
+    assert_eq!(out["mail"][0], 250);
+    assert_eq!(out["rcpt"][0][0], 250);
+    assert_eq!(out["rcpt"][1][0], 250);
+    assert_eq!(out["data"][0], 250, "{}", out["data"]);
+    let text = out["data"][1].as_str().unwrap();
+    assert!(
+        text.starts_with("2.0.0 accepted 4 notifications as batch "),
+        "{text}"
+    );
+
+    h.sim.wait_for_records(4, WAIT).await;
+    let mut by_token: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for r in h.sim.record() {
+        by_token.entry(r.token.clone()).or_default().push(r);
+    }
+    // Part 1 once per recipient, to its X-Device-Token.
+    let a = &by_token[&header_token];
+    assert_eq!(a.len(), 2);
+    for r in a {
+        assert_eq!(r.payload.as_bytes(), json_a.as_bytes());
+        assert_eq!(r.topic, TOPIC);
+        assert_eq!(r.push_type.as_deref(), Some("alert"));
+    }
+    // Part 2 (base64) to each recipient's local part, with its attributes.
+    for t in [token(2), token(3)] {
+        let b = &by_token[&t];
+        assert_eq!(b.len(), 1, "token {t}");
+        assert_eq!(b[0].payload.as_bytes(), json_b.as_bytes());
+        assert_eq!(b[0].push_type.as_deref(), Some("background"));
+        assert_eq!(b[0].priority, 5);
+        assert_eq!(b[0].collapse_id.as_deref(), Some("sync"));
+        assert_eq!(b[0].topic, TOPIC);
+    }
+    assert_eq!(by_token.len(), 3);
+
+    // momentum.md §7.1: one reception line per notification, protocol esmtp, the client's IP, one batch and one
+    // connection id for the message.
+    let r = h.reception_lines();
+    assert_eq!(r.len(), 4, "{r:?}");
+    for f in &r {
+        assert_eq!(f[9], "127.0.0.1");
+        assert_eq!(f[11], "esmtp");
+        assert_eq!(f[7], "app");
+        assert_eq!(f[8], "backend.example");
+        assert_eq!(f[2], r[0][2], "batch id");
+        assert_eq!(f[3], r[0][3], "connection id");
+        assert!(text.ends_with(&f[2]), "reply names batch {}", f[2]);
+    }
+    let domains: Vec<&str> = r.iter().map(|f| f[6].as_str()).collect();
+    assert_eq!(domains.iter().filter(|d| **d == DOMAIN).count(), 2);
+    assert_eq!(domains.iter().filter(|d| **d == DOMAIN2).count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_then_a_message_over_tls() {
+    let h = Harness::start(|pki| {
+        format!(
+            "esmtp_listener {{ listen \"127.0.0.1:0\" {{ mcmt_reception = \"allow\" tls_certificate = \"{}\" tls_key = \"{}\" }} }}",
+            pki.manifest.server_cert.display(),
+            pki.manifest.server_key.display()
+        )
+    })
+    .await;
+    let json = "{\"aps\":{\"alert\":\"over TLS\"}}";
+    let message = mcmt(&[push_part(&[], json)]);
+    let rcpts = vec![format!("{}@{DOMAIN}", token(7))];
+    let out = smtplib(h.port, Some(&h.pki.manifest.ca_cert), &rcpts, &message).await;
+    assert_eq!(out["starttls_offered"], true);
+    assert_eq!(out["starttls"][0], 220);
+    assert_eq!(out["starttls"][1], "2.0.0 ready to start TLS");
+    assert!(
+        out["tls_version"].as_str().unwrap().starts_with("TLSv1."),
+        "{out}"
+    );
+    assert_eq!(out["starttls_offered_after"], false);
+    assert_eq!(out["data"][0], 250, "{out}");
+    h.sim.wait_for_records(1, WAIT).await;
+    let rec = h.sim.record();
+    assert_eq!(rec[0].token, token(7));
+    assert_eq!(rec[0].payload.as_bytes(), json.as_bytes());
+}
+
+// RFC 2920: replies to pipelined commands come back in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_are_answered_in_order() {
+    let h = Harness::start(allow_conf).await;
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 220);
+    c.send(&format!(
+        "EHLO client.example\r\nMAIL FROM:<app@backend.example>\r\nRCPT TO:<{}@{DOMAIN}>\r\nRCPT TO:<nodomain>\r\nNOOP\r\nDATA\r\n",
+        token(11)
+    ))
+    .await;
+    let (code, last) = c.reply().await;
+    assert_eq!((code, last.as_str()), (250, "HELP"));
+    assert_eq!(
+        c.reply().await,
+        (250, "2.1.0 sender <app@backend.example> ok".into())
+    );
+    assert_eq!(
+        c.reply().await,
+        (250, format!("2.1.5 recipient <{}@{DOMAIN}> ok", token(11)))
+    );
+    assert_eq!(
+        c.reply().await,
+        (
+            501,
+            "5.1.3 recipient <nodomain> must be <token-or-name@app-domain>: the domain picks the app".into()
+        )
+    );
+    assert_eq!(c.reply().await, (250, "2.0.0 ok".into()));
+    assert_eq!(c.reply().await.0, 354);
+    let json = "{\"aps\":{\"alert\":\".dot at line start\"}}";
+    // The payload starts a line with a dot: it is stuffed on the wire and unstuffed by herald.
+    let message = mcmt(&[push_part(&[], &format!("\r\n{json}"))]);
+    c.send(&format!("{}\r\n.\r\nQUIT\r\n", stuff(&message)))
+        .await;
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(c.reply().await, (221, "2.0.0 herald closing".into()));
+    c.assert_closed().await;
+    h.sim.wait_for_records(1, WAIT).await;
+    assert_eq!(h.sim.record()[0].payload.as_bytes(), json.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
+    let h = Harness::start(allow_conf).await;
+    let rcpt = vec![format!("{}@{DOMAIN}", token(20))];
+    let good = push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}");
+
+    // Not MCMT at all: herald delivers push only.
+    let (code, text) = h
+        .send_raw(&rcpt, "Subject: hello\r\n\r\nplain mail\r\n")
+        .await;
+    assert_eq!(code, 554);
+    assert_eq!(
+        text,
+        "5.6.0 herald delivers push notifications only: this message is not MCMT (multipart/vnd.msys.mcmt with message/vnd.msys.apn parts)"
+    );
+
+    // MCMT without a push part.
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[])).await;
+    assert_eq!(code, 554);
+    assert_eq!(
+        text,
+        "5.6.0 herald delivers push notifications only: the MCMT message has no message/vnd.msys.apn part"
+    );
+
+    // Malformed MCMT: no boundary.
+    let (code, text) = h
+        .send_raw(
+            &rcpt,
+            "MIME-Version: 1.0\r\nContent-Type: multipart/vnd.msys.mcmt\r\n\r\nno parts here\r\n",
+        )
+        .await;
+    assert_eq!(code, 550);
+    assert!(text.starts_with("5.6.0 malformed MCMT message: "), "{text}");
+
+    // A push part whose base64 does not decode, named by its position.
+    let bad64 = "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: base64\r\n\r\n!!not base64!!".to_string();
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[good.clone(), bad64])).await;
+    assert_eq!(code, 550);
+    assert!(
+        text.starts_with("5.6.0 part 3: the base64 body does not decode"),
+        "{text}"
+    );
+
+    // Invalid JSON payload.
+    let (code, text) = h
+        .send_raw(
+            &rcpt,
+            &mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"x\",}}")]),
+        )
+        .await;
+    assert_eq!(code, 550);
+    assert!(
+        text.starts_with(&format!(
+            "5.6.0 part 2, recipient <{}>: payload is not valid JSON",
+            rcpt[0]
+        )),
+        "{text}"
+    );
+
+    // A bad device token in X-Device-Token, and one from the local part.
+    let (code, text) = h
+        .send_raw(
+            &rcpt,
+            &mcmt(&[push_part(
+                &[("X-Device-Token", "zz")],
+                "{\"aps\":{\"alert\":\"x\"}}",
+            )]),
+        )
+        .await;
+    assert_eq!(code, 550);
+    assert!(
+        text.starts_with(&format!(
+            "5.6.0 part 2, recipient <{}>: device token",
+            rcpt[0]
+        )),
+        "{text}"
+    );
+    assert!(text.contains("non-hex"), "{text}");
+    let (code, text) = h
+        .send_raw(
+            &[format!("not-a-token@{DOMAIN}")],
+            &mcmt(std::slice::from_ref(&good)),
+        )
+        .await;
+    assert_eq!(code, 550);
+    assert!(
+        text.starts_with(&format!(
+            "5.6.0 part 2, recipient <not-a-token@{DOMAIN}>: device token"
+        )),
+        "{text}"
+    );
+
+    // An oversized payload (apns.md: 4096 bytes for alerts over HTTP/2).
+    let big = format!("{{\"aps\":{{\"alert\":\"{}\"}}}}", "x".repeat(5000));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&big);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let big_part = format!(
+        "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: base64\r\n\r\n{}",
+        lines.join("\r\n")
+    );
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[big_part])).await;
+    assert_eq!(code, 550);
+    assert!(
+        text.starts_with(&format!(
+            "5.6.0 part 2, recipient <{}>: payload is ",
+            rcpt[0]
+        )),
+        "{text}"
+    );
+    assert!(text.contains("at most 4096"), "{text}");
+
+    // An unknown domain refuses the whole message, although the other recipient is fine (all or nothing).
+    let both = vec![rcpt[0].clone(), format!("{}@unknown.example", token(21))];
+    let (code, text) = h.send_raw(&both, &mcmt(std::slice::from_ref(&good))).await;
+    assert_eq!(code, 550);
+    assert!(
+        text.starts_with(&format!(
+            "5.1.2 part 2, recipient <{}@unknown.example>: domain \"unknown.example\"",
+            token(21)
+        )),
+        "{text}"
+    );
+
+    // None of the refused messages left a reception line.
+    assert!(h.reception_lines().is_empty());
+    // The connection still works after refusals: a good message goes through.
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[good])).await;
+    assert_eq!(code, 250, "{text}");
+    h.sim.wait_for_records(1, WAIT).await;
+    assert_eq!(h.sim.record().len(), 1);
+    assert_eq!(h.reception_lines().len(), 1);
+}
+
+// momentum.md §2.1: mcmt_reception per listen stanza and per peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcmt_reception_reject_passthru_and_peer_override() {
+    let message = mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}")]);
+    let rcpt = vec![format!("{}@{DOMAIN}", token(30))];
+
+    let h = Harness::start(|_| {
+        "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"reject\" } }".into()
+    })
+    .await;
+    let (code, text) = h.send_raw(&rcpt, &message).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.7.1 MCMT messages are refused on this listener (mcmt_reception = reject)"
+        )
+    );
+
+    // The default is passthru: MCMT is ordinary mail, which herald does not deliver.
+    let h = Harness::start(|_| "esmtp_listener { listen \"127.0.0.1:0\" { } }".into()).await;
+    let (code, text) = h.send_raw(&rcpt, &message).await;
+    assert_eq!(code, 554);
+    assert_eq!(
+        text,
+        "5.6.0 herald delivers push notifications only, and this listener passes MCMT messages through as ordinary mail (mcmt_reception = passthru); set mcmt_reception = \"allow\" to deliver push parts"
+    );
+
+    let h = Harness::start(|_| {
+        "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"reject\" peer \"127.0.0.0/8\" { mcmt_reception = \"allow\" } } }".into()
+    })
+    .await;
+    let (code, text) = h.send_raw(&rcpt, &message).await;
+    assert_eq!(code, 250, "{text}");
+    h.sim.wait_for_records(1, WAIT).await;
+    assert_eq!(h.sim.record()[0].token, token(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_peer_gets_554_at_connect() {
+    let h = Harness::start(|_| {
+        "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" always_deny = ( 127.0.0.0/8 ) } }".into()
+    })
+    .await;
+    let mut c = h.raw().await;
+    assert_eq!(
+        c.reply().await,
+        (
+            554,
+            "5.7.1 herald: connections from 127.0.0.1 are not allowed on this listener (always_deny)"
+                .into()
+        )
+    );
+    c.assert_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_recipient_and_line_limits() {
+    let h = Harness::start_with(allow_conf, |l| {
+        l.max_message_size = 2000;
+        l.max_recipients = 2;
+    })
+    .await;
+    let mut c = h.greeted().await;
+    // SIZE declared too large (RFC 1870).
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@backend.example> SIZE=2001").await,
+        (
+            552,
+            "5.3.4 message size 2001 exceeds the limit of 2000 bytes".into()
+        )
+    );
+    assert_eq!(c.cmd("MAIL FROM:<a@backend.example> SIZE=100").await.0, 250);
+    for i in 0..2 {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(i))).await.0,
+            250
+        );
+    }
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(3))).await,
+        (
+            452,
+            "4.5.3 too many recipients: the limit is 2 per message".into()
+        )
+    );
+    // A message larger than declared is still measured.
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    let big = mcmt(&[
+        push_part(&[], &"x".repeat(900)),
+        push_part(&[], &"y".repeat(900)),
+        push_part(&[], &"z".repeat(900)),
+    ]);
+    c.send(&stuff(&big)).await;
+    assert_eq!(
+        c.cmd(".").await,
+        (
+            552,
+            "5.3.4 message exceeds the size limit of 2000 bytes".into()
+        )
+    );
+    // An over-long command line (RFC 5321 §4.5.3.1.4).
+    assert_eq!(
+        c.cmd(&format!("NOOP {}", "a".repeat(1200))).await,
+        (
+            500,
+            "5.5.2 command line too long: the limit is 1000 bytes including CRLF".into()
+        )
+    );
+    // An over-long text line (RFC 5321 §4.5.3.1.6).
+    assert_eq!(c.cmd("MAIL FROM:<a@backend.example>").await.0, 250);
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(1))).await.0,
+        250
+    );
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&format!("Subject: {}\r\n\r\nbody\r\n", "s".repeat(1100)))
+        .await;
+    assert_eq!(
+        c.cmd(".").await,
+        (
+            550,
+            "5.6.0 a message line is longer than 1000 bytes including CRLF; send long payloads base64-encoded".into()
+        )
+    );
+    // Bare LF in message data, and in a command.
+    assert_eq!(c.cmd("MAIL FROM:<a@backend.example>").await.0, 250);
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(1))).await.0,
+        250
+    );
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send_bytes(b"Subject: x\n\r\nbody\r\n").await;
+    assert_eq!(
+        c.cmd(".").await,
+        (
+            550,
+            "5.6.0 the message contains a bare LF: lines must end with CRLF".into()
+        )
+    );
+    c.send_bytes(b"NOOP\n").await;
+    assert_eq!(
+        c.reply().await,
+        (
+            500,
+            "5.5.2 bare LF in a command: lines must end with CRLF".into()
+        )
+    );
+    assert!(h.reception_lines().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_sequence_and_unsupported_commands() {
+    let h = Harness::start(allow_conf).await;
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 220);
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@b.example>").await,
+        (503, "5.5.1 say EHLO or HELO first".into())
+    );
+    assert_eq!(c.cmd("HELO client.example").await, (250, "herald".into()));
+    assert_eq!(
+        c.cmd("RCPT TO:<a@b.example>").await,
+        (503, "5.5.1 RCPT before MAIL".into())
+    );
+    assert_eq!(c.cmd("DATA").await, (503, "5.5.1 DATA before MAIL".into()));
+    assert_eq!(
+        c.cmd("VRFY someone").await,
+        (
+            502,
+            "5.5.1 VRFY is not supported: herald does not verify addresses".into()
+        )
+    );
+    assert_eq!(
+        c.cmd("STARTTLS").await,
+        (
+            502,
+            "5.5.1 STARTTLS is not offered on this listener (it has no tls_certificate)".into()
+        )
+    );
+    assert_eq!(
+        c.cmd("XYZZY").await,
+        (500, "5.5.1 unrecognized command \"XYZZY\"".into())
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@b.example> SMTPUTF8").await,
+        (555, "5.5.4 unsupported MAIL parameter \"SMTPUTF8\"".into())
+    );
+    assert_eq!(c.cmd("MAIL FROM:<a@b.example>").await.0, 250);
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@b.example>").await,
+        (
+            503,
+            "5.5.1 a transaction is already open: RSET or finish it first".into()
+        )
+    );
+    assert_eq!(
+        c.cmd("DATA").await,
+        (503, "5.5.1 DATA needs at least one accepted RCPT".into())
+    );
+    assert_eq!(c.cmd("RSET").await, (250, "2.0.0 reset".into()));
+    assert_eq!(c.cmd("HELP").await.0, 214);
+    assert_eq!(c.cmd("QUIT").await, (221, "2.0.0 herald closing".into()));
+    c.assert_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_gets_421() {
+    let h = Harness::start_with(allow_conf, |l| l.idle_timeout = Duration::from_millis(300)).await;
+    let mut c = h.greeted().await;
+    assert_eq!(
+        c.reply().await,
+        (
+            421,
+            "4.4.2 herald closing: no data from the client for 300ms (idle timeout)".into()
+        )
+    );
+    c.assert_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_421_and_serve_returns() {
+    let h = Harness::start(allow_conf).await;
+    let mut idle = h.greeted().await;
+    let mut in_data = h.greeted().await;
+    assert_eq!(in_data.cmd("MAIL FROM:<a@backend.example>").await.0, 250);
+    assert_eq!(
+        in_data
+            .cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(1)))
+            .await
+            .0,
+        250
+    );
+    assert_eq!(in_data.cmd("DATA").await.0, 354);
+    in_data.send("Subject: half a message\r\n").await;
+    h.stop.send(true).unwrap();
+    let expected = (
+        421,
+        "4.3.0 herald is shutting down; try again later".to_string(),
+    );
+    assert_eq!(idle.reply().await, expected);
+    assert_eq!(in_data.reply().await, expected);
+    idle.assert_closed().await;
+    in_data.assert_closed().await;
+    tokio::time::timeout(WAIT, h.server)
+        .await
+        .expect("serve did not return after shutdown")
+        .unwrap();
+    // The listening socket is gone.
+    assert!(TcpStream::connect(("127.0.0.1", h.port)).await.is_err());
+}
+
+// momentum.md §6.1: after a reload, connections opened under the old configuration get 421 4.3.2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfiguration_answers_421_to_old_sessions() {
+    let h = Harness::start(allow_conf).await;
+    let mut old = h.greeted().await;
+    assert_eq!(old.cmd("NOOP").await.0, 250);
+    let mut newer = (*h.config).clone();
+    newer.limits.hostname = "herald-reloaded".into();
+    h.config_tx.send(Arc::new(newer)).unwrap();
+    assert_eq!(
+        old.cmd("NOOP").await,
+        (421, "4.3.2 Reconfiguration in progress".into())
+    );
+    old.assert_closed().await;
+    // A new connection runs under the new configuration.
+    let mut fresh = h.raw().await;
+    assert_eq!(
+        fresh.reply().await,
+        (220, "herald-reloaded ESMTP herald ready".into())
+    );
+    assert_eq!(fresh.cmd("NOOP").await, (250, "2.0.0 ok".into()));
+}
