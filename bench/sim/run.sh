@@ -2,7 +2,7 @@
 # Benchmark of the APNs simulator (herald sim) with h2load: notifications per second and simulator CPU time per
 # notification, median of RUNS runs per setting, with and without provider-token auth.
 #
-# Usage: bench/sim/run.sh [RUNS] [REQUESTS]   (defaults 5 and 200000)
+# Usage: [HERALD=binary] bench/sim/run.sh [RUNS] [REQUESTS]   (defaults 5 and 200000)
 # Needs: h2load (apt-get install -y nghttp2-client). Builds herald in release mode once.
 # Prints a Markdown table (also written to target/bench-sim.md) plus the exact commands used.
 set -euo pipefail
@@ -12,8 +12,11 @@ RUNS=${1:-5}
 N=${2:-200000}
 command -v h2load >/dev/null || { echo "h2load missing: apt-get install -y nghttp2-client" >&2; exit 1; }
 
-cargo build --release -p herald >&2
-HERALD=target/release/herald
+# HERALD=path/to/herald skips the build (e.g. to benchmark a binary built earlier).
+if [ -z "${HERALD:-}" ]; then
+  cargo build --release -p herald >&2
+  HERALD=target/release/herald
+fi
 WORK=$(mktemp -d)
 trap 'kill "$SIM_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
