@@ -483,6 +483,31 @@ async fn inject_renders_the_template_per_recipient_and_delivers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_with_two_push_parts_gives_two_notifications() {
+    let h = Harness::start(|_, _| {}).await;
+    let template = "To: <%= :to %>\nContent-Type: multipart/vnd.msys.mcmt; boundary=B\n\n\
+        --B\nContent-Type: message/vnd.msys.apn\n\nX-Device-Token: <%= :first %>\n\n{\"aps\":{\"alert\":\"one\"}}\n\
+        --B\nContent-Type: message/vnd.msys.apn\n\nX-Device-Token: <%= :second %>\nX-APNs-Priority: 5\n\
+        X-APNs-Collapse-Id: grp\n\n{\"aps\":{\"alert\":\"two\"}}\n--B--\n";
+    let request = json!({"template": template, "recipients": [
+        {"to": format!("x@{DOMAIN}"), "from": "s@example.com", "keys": {"first": token(30), "second": token(31)}}
+    ]});
+    let (status, answer) = h.post("/v1.0/inject", &request).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let result = &answer["results"][0];
+    let mids = result["mids"].as_array().unwrap();
+    assert_eq!(mids.len(), 2);
+    assert_eq!(result["mid"], mids[0]);
+    let records = h.records(2).await;
+    let one = records.iter().find(|r| r.token == token(30)).unwrap();
+    assert_eq!(one.payload, r#"{"aps":{"alert":"one"}}"#);
+    let two = records.iter().find(|r| r.token == token(31)).unwrap();
+    assert_eq!(two.payload, r#"{"aps":{"alert":"two"}}"#);
+    assert_eq!(two.priority, 5);
+    assert_eq!(two.collapse_id.as_deref(), Some("grp"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inject_is_transactional() {
     let h = Harness::start(|_, _| {}).await;
     let template = mcmt_template(r#"{"aps":{"alert":"hi"}}"#);

@@ -1,7 +1,8 @@
 //! `POST /v1.0/inject`: Momentum's REST injector (momentum.md §3). The template is rendered for each recipient
-//! (its `keys`, plus `to` and `from` unless the keys override them); every push part of the rendered message
-//! becomes one notification for the recipient's domain, with the part's `X-Device-Token` or else the local
-//! part of `to` as the device token. The request is transactional: if any recipient fails, nothing is
+//! (its `keys`, plus `to` and `from` unless the keys override them) and read as an MCMT message by
+//! [`crate::inbound::mcmt`], exactly as the ESMTP listener reads one: every push part becomes one notification
+//! for the recipient's domain, with the part's `X-Device-Token` or else the local part of `to` as the device
+//! token. The request is transactional: if any recipient fails, nothing is
 //! injected. Success is `200` with Momentum's body; see docs/api.md for the failure answers (a gap in
 //! Momentum's documentation).
 
@@ -18,9 +19,9 @@ use serde_json::{Map, Value};
 
 use super::RestState;
 use super::error::{ApiError, describe_json_error, json_response, push_json_string, read_body};
-use super::mime::push_parts;
 use super::template::Template;
-use crate::inbound::accept::{Intake, Refusal, Source, Submission};
+use crate::inbound::accept::{Intake, Refusal, Source};
+use crate::inbound::mcmt::{self, Parsed};
 use crate::queue::message::{MessageId, Notification};
 
 /// The request body. Members Momentum defines that herald has no use for (`site`, `vctx`) are accepted and
@@ -147,11 +148,11 @@ fn recipient_notifications(
         .as_deref()
         .ok_or_else(|| Refusal::Permanent("to: missing; give the recipient address".into()))?;
     let from = recipient.from.as_deref().unwrap_or("");
-    let (local, domain) = to.rsplit_once('@').ok_or_else(|| {
-        Refusal::Permanent(format!(
+    if !to.contains('@') {
+        return Err(Refusal::Permanent(format!(
             "to: {to:?} is not an address; write TOKEN@DOMAIN, where DOMAIN is the app's domain"
-        ))
-    })?;
+        )));
+    }
     let keys: HashMap<String, Cow<'_, str>> = recipient
         .keys
         .iter()
@@ -166,23 +167,21 @@ fn recipient_notifications(
             None => None,
         })
         .map_err(|e| Refusal::Permanent(format!("template: {e}")))?;
-    let parts = push_parts(&message).map_err(|e| Refusal::Permanent(e.to_string()))?;
-    let many = parts.len() > 1;
-    parts
+    let parsed = mcmt::parse(message.as_bytes()).map_err(|e| Refusal::Permanent(e.to_string()))?;
+    let Parsed::Mcmt(mcmt) = parsed else {
+        return Err(Refusal::Permanent(
+            "the message is not multipart/vnd.msys.mcmt: herald delivers push notifications only, \
+             as message/vnd.msys.apn parts of an MCMT message"
+                .into(),
+        ));
+    };
+    let many = mcmt.push_parts.len() > 1;
+    mcmt.submissions(&[to.to_owned()], from)
         .into_iter()
-        .enumerate()
-        .map(|(i, part)| {
-            let submission = Submission {
-                domain: domain.to_owned(),
-                token: part.token.unwrap_or_else(|| local.to_owned()),
-                payload: Bytes::from(part.payload),
-                sender: part.return_path.unwrap_or_else(|| from.to_owned()),
-                recipient: to.to_owned(),
-                ..Submission::default()
-            };
-            intake.prepare(submission, source).map_err(|r| match r {
+        .map(|p| {
+            intake.prepare(p.submission, source).map_err(|r| match r {
                 Refusal::Permanent(m) if many => {
-                    Refusal::Permanent(format!("push part {}: {m}", i + 1))
+                    Refusal::Permanent(format!("part {}: {m}", p.part))
                 }
                 other => other,
             })

@@ -9,7 +9,6 @@
 pub mod auth;
 pub mod error;
 pub mod inject;
-pub mod mime;
 pub mod push;
 pub mod router;
 pub mod server;
