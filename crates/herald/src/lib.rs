@@ -12,4 +12,5 @@ pub mod logs;
 pub mod metrics;
 pub mod outbound;
 pub mod queue;
+pub mod server;
 pub mod spool;

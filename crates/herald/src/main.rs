@@ -26,6 +26,8 @@ enum Command {
     Config(cli::config::ConfigCommand),
     /// Run the APNs simulator, or write a test PKI for it (`herald sim pki DIR`).
     Sim(Box<cli::sim::SimArgs>),
+    /// Run the MTA: listeners, spool, queue and delivery, as the configuration says.
+    Serve(cli::serve::ServeArgs),
     /// Send generated notifications to one domain through the delivery engine and report throughput.
     Bench(cli::bench::BenchArgs),
 }
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => cli::config::run(cmd),
         Command::Sim(args) => cli::sim::run(*args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Serve(args) => cli::serve::run(args),
     };
     match result {
         Ok(code) => code,

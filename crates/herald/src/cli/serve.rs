@@ -1,0 +1,52 @@
+//! `herald serve -c FILE`: runs the daemon until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use herald::server::Server;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file.
+    #[arg(short = 'c', long = "config")]
+    pub config: PathBuf,
+    /// Seconds to let sessions and in-flight deliveries finish on shutdown.
+    #[arg(long, default_value_t = 10)]
+    pub grace: u64,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    runtime.block_on(async {
+        let server = Server::start(&args.config).await?;
+        // One line on stdout once every listener is bound: scripts and tests read the addresses from it.
+        println!("{}", serde_json::to_string(&server.addrs)?);
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        server.shutdown(Duration::from_secs(args.grace)).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

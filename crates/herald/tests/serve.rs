@@ -1,0 +1,303 @@
+//! `herald serve` as a process: REST in, spool, APNs simulator out; a clean stop and a `kill -9` lose nothing
+//! that was acknowledged.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+
+const TOPIC: &str = "com.example.serve";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Daemon {
+    child: Child,
+    http: String,
+    esmtp: String,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+        Daemon {
+            child,
+            http: v["http"][0].as_str().unwrap().to_owned(),
+            esmtp: v["esmtp"][0].as_str().unwrap().to_owned(),
+        }
+    }
+
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "herald serve exited with {status}");
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, pki: &Pki, h2_port: u16) -> PathBuf {
+    let m = &pki.manifest;
+    let path = dir.join("herald.conf");
+    let text = format!(
+        r#"
+spool_dir = "{spool}"
+ec_logger "main" {{ mainlog = "{log}" }}
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+esmtp_listener {{ listen "127.0.0.1:0" {{ mcmt_reception = allow }} }}
+domain "serve.example" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{h2_port}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  apn_key = "{p8}"
+  apn_key_id = "{kid}"
+  apn_team_id = "{tid}"
+  apn_topic = "{TOPIC}"
+  retry_interval = 1
+  max_retry_interval = 1
+  mx_failures_to_delay = 0
+}}
+"#,
+        spool = dir.join("spool").display(),
+        log = dir.join("mainlog.ec").display(),
+        ca = m.ca_cert.display(),
+        p8 = m.token_key.p8.display(),
+        kid = m.token_key.key_id,
+        tid = m.token_key.team_id,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start_sim(pki: &Pki, port: u16) -> SimHandle {
+    let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+    config.h2_port = port;
+    Simulator::start(config).await.unwrap()
+}
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0x5e7e_0000_0000u64 + i as u64)
+}
+
+/// Posts `n` notifications starting at `first` in batches; returns the tokens the server acknowledged.
+async fn post_batches(
+    http: &str,
+    first: usize,
+    n: usize,
+    batch: usize,
+) -> Result<Vec<String>, Vec<String>> {
+    let client = reqwest::Client::new();
+    let mut acked = Vec::new();
+    let mut i = first;
+    while i < first + n {
+        let tokens: Vec<String> = (i..(i + batch).min(first + n)).map(token).collect();
+        let body = serde_json::json!({
+            "domain": "serve.example",
+            "tokens": tokens,
+            "payload": {"aps": {"alert": "restart"}},
+        });
+        match client
+            .post(format!("http://{http}/api/v1/push"))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 202 => {
+                let v: serde_json::Value = r.json().await.map_err(|_| acked.clone())?;
+                for (t, res) in tokens.iter().zip(v["results"].as_array().unwrap()) {
+                    assert_eq!(res["status"], "accepted", "{res}");
+                    acked.push(t.clone());
+                }
+            }
+            _ => return Err(acked),
+        }
+        i += batch;
+    }
+    Ok(acked)
+}
+
+async fn wait_for_tokens(sim: &SimHandle, tokens: &[String]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got: std::collections::HashSet<String> =
+            sim.record().into_iter().map(|r| r.token).collect();
+        let missing = tokens.iter().filter(|t| !got.contains(*t)).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged notifications never arrived",
+            tokens.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_smtp_notifications_reach_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let config = write_config(dir.path(), &pki, port);
+    let daemon = Daemon::start(&config);
+
+    let acked = post_batches(&daemon.http, 0, 50, 25).await.unwrap();
+    wait_for_tokens(&sim, &acked).await;
+
+    // One MCMT message over SMTP (momentum.md §1.8).
+    let smtp_token = token(999);
+    let (host, port) = daemon.esmtp.rsplit_once(':').unwrap();
+    let script = format!(
+        r#"
+import smtplib
+msg = """From: sender@example.com
+To: {smtp_token}@serve.example
+Subject: push
+MIME-Version: 1.0
+Content-Type: multipart/vnd.msys.mcmt; boundary="B"
+
+--B
+Content-Type: message/vnd.msys.apn
+
+X-Device-Token: {smtp_token}
+
+{{"aps":{{"alert":"over smtp"}}}}
+--B--
+"""
+s = smtplib.SMTP("{host}", {port})
+s.sendmail("sender@example.com", ["{smtp_token}@serve.example"], msg)
+s.quit()
+"#
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_tokens(&sim, std::slice::from_ref(&smtp_token)).await;
+    let rec = sim
+        .record()
+        .into_iter()
+        .find(|r| r.token == smtp_token)
+        .unwrap();
+    assert_eq!(rec.payload, r#"{"aps":{"alert":"over smtp"}}"#);
+    assert_eq!(rec.topic, TOPIC);
+
+    // The simulator records a notification before herald reads the answer: wait for herald's count.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let url = format!("http://{}/metrics", daemon.http);
+        let metrics = reqwest::get(url).await.unwrap().text().await.unwrap();
+        if metrics.contains("herald_delivered_total{domain=\"serve.example\"} 51") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.terminate();
+    let mainlog = std::fs::read_to_string(dir.path().join("mainlog.ec")).unwrap();
+    assert_eq!(
+        mainlog
+            .lines()
+            .filter(|l| l.split('@').nth(4) == Some("R"))
+            .count(),
+        51
+    );
+    assert_eq!(
+        mainlog
+            .lines()
+            .filter(|l| l.split('@').nth(4) == Some("D"))
+            .count(),
+        51
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_accepted_before_a_clean_stop_are_delivered_after_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    // APNs is down while herald accepts.
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port);
+    let daemon = Daemon::start(&config);
+    let acked = post_batches(&daemon.http, 0, 300, 100).await.unwrap();
+    daemon.terminate();
+
+    let sim = start_sim(&pki, port).await;
+    let daemon = Daemon::start(&config);
+    wait_for_tokens(&sim, &acked).await;
+    daemon.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_loses_nothing_that_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port);
+    let daemon = Daemon::start(&config);
+    let http = daemon.http.clone();
+    // Inject in the background and kill the server in the middle of it.
+    let injector = tokio::spawn(async move { post_batches(&http, 0, 20_000, 200).await });
+    let deadline = Instant::now() + WAIT;
+    while !injector.is_finished() && Instant::now() < deadline {
+        // Kill once a few batches have been acknowledged.
+        if std::fs::metadata(dir.path().join("mainlog.ec"))
+            .map(|m| m.len() > 20_000)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    daemon.kill9();
+    let acked = match injector.await.unwrap() {
+        Ok(all) => all,
+        Err(partial) => partial,
+    };
+    assert!(!acked.is_empty());
+
+    let sim = start_sim(&pki, port).await;
+    let daemon = Daemon::start(&config);
+    wait_for_tokens(&sim, &acked).await;
+    daemon.terminate();
+}
