@@ -681,8 +681,32 @@ pub static OPTIONS: &[OptionDef] = &[
     ),
 ];
 
-fn name_index() -> &'static HashMap<&'static str, OptId> {
-    static INDEX: OnceLock<HashMap<&'static str, OptId>> = OnceLock::new();
+/// FNV-1a: option names are short and few; SipHash's DoS resistance buys nothing here.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+pub(crate) type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
+
+fn name_index() -> &'static HashMap<&'static str, OptId, FnvBuild> {
+    static INDEX: OnceLock<HashMap<&'static str, OptId, FnvBuild>> = OnceLock::new();
     INDEX.get_or_init(|| {
         OPTIONS
             .iter()

@@ -57,6 +57,14 @@ fn pos(t: &Token<'_>) -> Pos {
     }
 }
 
+/// `domain `x`` or `apn`, for messages about a scope.
+fn describe_scope(kw: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("{kw} {}", quote(n)),
+        None => kw.to_string(),
+    }
+}
+
 fn describe(t: &Token<'_>) -> String {
     match t.kind {
         TokenKind::Word | TokenKind::Quoted => quote(&t.value),
@@ -122,11 +130,12 @@ impl<'a> Parser<'a> {
     }
 
     /// Parses statements until EOF (top level) or until the `}` closing the scope opened at `open`.
-    fn body(&mut self, open: Option<(Pos, &str)>, depth: usize) -> Vec<Stmt> {
+    fn body(&mut self, open: Option<(Pos, &str, Option<&str>)>, depth: usize) -> Vec<Stmt> {
         let mut out = Vec::new();
         loop {
             let Some(t) = self.peek() else {
-                if let Some((p, what)) = open {
+                if let Some((p, kw, name)) = open {
+                    let what = describe_scope(kw, name);
                     let msg =
                         format!("unterminated scope: the `{{` of {what} has no matching `}}`");
                     self.error(p, msg);
@@ -261,11 +270,8 @@ impl<'a> Parser<'a> {
         brace: Pos,
         depth: usize,
     ) -> Option<Stmt> {
-        let what = match &name {
-            Some(n) => format!("{} {}", kw.value, quote(&n.text)),
-            None => kw.value.to_string(),
-        };
         if depth + 1 > MAX_DEPTH {
+            let what = describe_scope(&kw.value, name.as_ref().map(|n| n.text.as_str()));
             self.error(
                 brace,
                 format!("scopes nested more than {MAX_DEPTH} deep; {what} is skipped"),
@@ -273,7 +279,10 @@ impl<'a> Parser<'a> {
             self.skip_block();
             return None;
         }
-        let body = self.body(Some((brace, &what)), depth + 1);
+        let body = self.body(
+            Some((brace, &kw.value, name.as_ref().map(|n| n.text.as_str()))),
+            depth + 1,
+        );
         let kind_pos = pos(&kw);
         Some(Stmt::Scope {
             kind: kw.value.into_owned(),

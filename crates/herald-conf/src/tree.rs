@@ -12,7 +12,7 @@ use crate::{
     diag::Location,
     lexer::render_value,
     net::Cidr,
-    options::OptId,
+    options::{FnvBuild, OptId},
     scopes::{ScopeKind, is_regex_name},
     value::Value,
 };
@@ -44,7 +44,7 @@ pub struct Node {
     pub name: Option<String>,
     settings: Vec<Setting>,
     children: Vec<Node>,
-    index: HashMap<(ScopeKind, String), usize>,
+    index: HashMap<(ScopeKind, String), usize, FnvBuild>,
     regexes: Vec<(ScopeKind, Regex, usize)>,
     /// Where the scope was first opened.
     pub at: Option<Location>,
@@ -67,7 +67,7 @@ impl Node {
             name,
             settings: Vec::new(),
             children: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             regexes: Vec::new(),
             at,
         }

@@ -191,6 +191,18 @@ fn config_eval_lists_listeners_and_defaults() {
         "mcmt_reception",
     ]);
     assert_eq!(stdout(&o), "mcmt_reception = allow\n", "{}", stderr(&o));
+    // The listen name may keep the quotes it has in the file.
+    let o = herald(&[
+        "config",
+        "eval",
+        "-c",
+        &p,
+        "esmtp_listener",
+        "listen",
+        "\":25\"",
+        "mcmt_reception",
+    ]);
+    assert_eq!(stdout(&o), "mcmt_reception = allow\n", "{}", stderr(&o));
     let o = herald(&[
         "config",
         "eval",
