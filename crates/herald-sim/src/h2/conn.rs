@@ -48,15 +48,31 @@ struct Plan {
     counter: Option<Arc<TopicCounters>>,
 }
 
-fn uuid_header(rng: &mut Rng) -> HeaderValue {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
-    bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
-    let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = id.hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s)
-        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+/// Generates lowercase UUIDs (v4 layout) as header values, carving them out of one shared buffer so a request
+/// costs no allocation of its own.
+struct IdMaker {
+    rng: Rng,
+    arena: BytesMut,
+}
+
+impl IdMaker {
+    const LEN: usize = uuid::fmt::Hyphenated::LENGTH;
+
+    fn next(&mut self) -> HeaderValue {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        bytes[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+        let mut buf = [0u8; Self::LEN];
+        id.hyphenated().encode_lower(&mut buf);
+        if self.arena.capacity() - self.arena.len() < Self::LEN {
+            self.arena = BytesMut::with_capacity(Self::LEN * 256);
+        }
+        self.arena.extend_from_slice(&buf);
+        let shared = self.arena.split_to(Self::LEN).freeze();
+        HeaderValue::from_maybe_shared(shared)
+            .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+    }
 }
 
 pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStream>, ordinal: u64) {
@@ -108,10 +124,13 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
     };
 
     let mut rng = Rng::new(ctx.scenario.seed, ordinal);
-    let mut id_rng = Rng::new(
-        ctx.scenario.seed ^ 0x05EE_D1D5,
-        ordinal.wrapping_add(0x1000),
-    );
+    let mut ids = IdMaker {
+        rng: Rng::new(
+            ctx.scenario.seed ^ 0x05EE_D1D5,
+            ordinal.wrapping_add(0x1000),
+        ),
+        arena: BytesMut::new(),
+    };
     let mut topics: HashMap<String, Arc<TopicCounters>> = HashMap::new();
     let mut inflight = FuturesUnordered::new();
     let mut requests = 0u64;
@@ -153,8 +172,8 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                     idle.as_mut().reset(tokio::time::Instant::now() + after);
                 }
                 let (parts, body) = req.into_parts();
-                let apns_id = request::request_apns_id(&parts.headers).cloned().unwrap_or_else(|| uuid_header(&mut id_rng));
-                let checked = request::check(&parts, &mut auth, ctx.auth, &ctx.registry);
+                let apns_id = request::request_apns_id(&parts.headers).cloned().unwrap_or_else(|| ids.next());
+                let checked = request::check(&parts, &mut auth, ctx.auth, &ctx.registry, ctx.recorder.enabled());
                 if let ConnAuth::Token(t) = &auth {
                     if gated && advertised == 1 && t.authenticated() && !ctx.choppy_streams && max > 1 {
                         control.inject(Injection::MaxConcurrentStreams(max));
@@ -164,7 +183,7 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                 let mut plan = Plan {
                     checked,
                     apns_id,
-                    unique_id: ctx.unique_id.then(|| uuid_header(&mut id_rng)),
+                    unique_id: ctx.unique_id.then(|| ids.next()),
                     transient: None,
                     drop: false,
                     latency: None,

@@ -43,10 +43,12 @@ pub(crate) enum ConnAuth {
 /// A request whose headers passed every check.
 #[derive(Debug)]
 pub(crate) struct Checked {
+    /// Lowercase hex; empty when the record is off.
     pub token: String,
     pub topic: String,
     pub priority: u8,
     pub expiration: Option<u64>,
+    /// Empty string (when present) if the record is off.
     pub collapse_id: Option<String>,
     pub push_type: Option<PushType>,
     pub payload_limit: usize,
@@ -101,12 +103,14 @@ pub(crate) fn request_apns_id(h: &HeaderMap) -> Option<&http::HeaderValue> {
     validate_apns_id(s).ok().map(|_| v)
 }
 
-/// Runs checks 1–12 on the request head.
+/// Runs checks 1–12 on the request head. `keep`: copy the token and collapse id out (only the delivery record
+/// needs them).
 pub(crate) fn check(
     parts: &Parts,
     auth: &mut ConnAuth,
     policy: AuthPolicy,
     registry: &TokenRegistry,
+    keep: bool,
 ) -> Result<Checked, Rejection> {
     let h = &parts.headers;
     if has_duplicate_apns_header(h) {
@@ -136,7 +140,7 @@ pub(crate) fn check(
         Err(()) => return Err(Reason::BadCollapseId.into()),
         Ok(Some(c)) => {
             validate_collapse_id(c).map_err(|_| Reason::BadCollapseId)?;
-            Some(c.to_owned())
+            Some(if keep { c.to_owned() } else { String::new() })
         }
         Ok(None) => None,
     };
@@ -226,10 +230,10 @@ pub(crate) fn check(
         .unwrap_or(PushType::Alert)
         .payload_limit(herald_apns::push::Protocol::Http2);
     Ok(Checked {
-        token: if token.bytes().any(|b| b.is_ascii_uppercase()) {
-            token.to_ascii_lowercase()
-        } else {
-            token.to_owned()
+        token: match keep {
+            false => String::new(),
+            true if token.bytes().any(|b| b.is_ascii_uppercase()) => token.to_ascii_lowercase(),
+            true => token.to_owned(),
         },
         topic,
         priority,
