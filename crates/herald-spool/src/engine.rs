@@ -49,9 +49,6 @@ pub trait Engine: Send + Sync + 'static {
     /// The greatest key in [`Table::Records`].
     fn last_key(&self) -> Result<Option<SpoolKey>, SpoolError>;
 
-    /// Number of entries in [`Table::Records`] (may be approximate).
-    fn record_count(&self) -> Result<u64, SpoolError>;
-
     /// Bytes the store occupies on disk.
     fn disk_bytes(&self) -> u64;
 }

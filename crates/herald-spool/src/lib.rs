@@ -2,25 +2,25 @@
 //!
 //! It owns the versioned record format of a spooled notification ([`StoredNotification`], checksummed so a torn or
 //! corrupt record is skipped on recovery), the small object-safe [`Spool`] trait herald holds as `Arc<dyn Spool>`,
-//! the embedded store [`DiskSpool`] (redb, chosen by measurement: see BENCHMARKS.md "Spool") whose writer thread
+//! the embedded store [`DiskSpool`] (fjall, chosen by measurement: see BENCHMARKS.md "Spool") whose writer thread
 //! gives group commit (concurrent appends share one fsync), recovery after a crash, and [`MemorySpool`], a
 //! non-durable stand-in for tests. It knows nothing of herald's queue or protocols: herald converts its
 //! notifications to and from [`StoredNotification`].
 
 pub mod engine;
 pub mod error;
+pub mod fjall_engine;
 pub mod key;
 pub mod memory;
 pub mod record;
-pub mod redb_engine;
 pub mod spool;
 pub mod store;
 
 pub use engine::{CommitBatch, Engine, Table};
 pub use error::SpoolError;
+pub use fjall_engine::{FjallEngine, FjallOptions};
 pub use key::{KeyGenerator, SpoolKey};
 pub use memory::MemorySpool;
 pub use record::{DecodeError, RECORD_VERSION, Schedule, StoredNotification};
-pub use redb_engine::{RedbEngine, RedbOptions};
 pub use spool::{Recovered, RecoveryReport, Spool, SpoolFuture, SpoolStats};
 pub use store::{DiskSpool, SpoolOptions};

@@ -80,7 +80,8 @@ pub struct Recovered {
 /// Figures about a spool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolStats {
-    /// Notifications stored now (approximate while removals are pending).
+    /// Notifications stored now: those found by recovery plus those appended since, less those removed (once the
+    /// removals are committed). Before recovery it counts only this run's appends.
     pub records: u64,
     /// Size of the store's files.
     pub bytes_on_disk: u64,

@@ -18,9 +18,9 @@ use tokio::sync::oneshot;
 
 use crate::engine::{CommitBatch, Engine, Table};
 use crate::error::SpoolError;
+use crate::fjall_engine::{FjallEngine, FjallOptions};
 use crate::key::{KeyGenerator, SpoolKey};
 use crate::record::{Schedule, StoredNotification};
-use crate::redb_engine::{RedbEngine, RedbOptions};
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 
 /// Tuning of a [`DiskSpool`].
@@ -35,8 +35,8 @@ pub struct SpoolOptions {
     /// Pending reschedules and removals kept across failed commits before the oldest are dropped (they would only
     /// cause a redelivery or an older schedule after a restart).
     pub maintenance_cap: usize,
-    /// Options of the redb store ([`DiskSpool::open`]).
-    pub redb: RedbOptions,
+    /// Options of the fjall store ([`DiskSpool::open`]).
+    pub store: FjallOptions,
 }
 
 impl Default for SpoolOptions {
@@ -46,7 +46,7 @@ impl Default for SpoolOptions {
             maintenance_interval: Duration::from_millis(50),
             maintenance_max_ops: 50_000,
             maintenance_cap: 4_000_000,
-            redb: RedbOptions::default(),
+            store: FjallOptions::default(),
         }
     }
 }
@@ -61,6 +61,8 @@ enum Op {
     },
     Reschedule(SpoolKey, Schedule),
     Remove(Vec<SpoolKey>),
+    /// Removal of records recovery could not read (not counted as stored).
+    Purge(Vec<SpoolKey>),
     Flush(Reply),
     Close(Reply),
 }
@@ -73,10 +75,12 @@ struct Counters {
     appended: AtomicU64,
     rescheduled: AtomicU64,
     removed: AtomicU64,
+    /// Records stored: counted by recovery, then kept up to date by each commit.
+    records: AtomicU64,
 }
 
-/// The durable spool: an [`Engine`] (redb by default) behind a group-committing writer thread.
-pub struct DiskSpool<E: Engine = RedbEngine> {
+/// The durable spool: an [`Engine`] (fjall by default) behind a group-committing writer thread.
+pub struct DiskSpool<E: Engine = FjallEngine> {
     engine: Arc<E>,
     ops: Sender<Op>,
     counters: Arc<Counters>,
@@ -84,13 +88,13 @@ pub struct DiskSpool<E: Engine = RedbEngine> {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl DiskSpool<RedbEngine> {
+impl DiskSpool<FjallEngine> {
     /// Opens the spool in directory `dir`, creating it if missing. Fails with a clear error when the directory
     /// cannot be created or written.
     pub fn open(dir: impl AsRef<Path>, options: SpoolOptions) -> Result<Self, SpoolError> {
         let dir = dir.as_ref();
         prepare_dir(dir)?;
-        let engine = RedbEngine::open(dir, options.redb)?;
+        let engine = FjallEngine::open(dir, options.store)?;
         DiskSpool::with_engine(engine, options)
     }
 }
@@ -124,6 +128,7 @@ impl<E: Engine> DiskSpool<E> {
             rx,
             pending: CommitBatch::default(),
             pending_since: None,
+            purged: 0,
         };
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
@@ -138,7 +143,7 @@ impl<E: Engine> DiskSpool<E> {
         })
     }
 
-    /// The engine (for its name and size).
+    /// The engine (for its name and size; tests write to it directly).
     pub fn engine(&self) -> &E {
         &self.engine
     }
@@ -230,11 +235,14 @@ impl<E: Engine> Spool for DiskSpool<E> {
             },
         )?;
         report.orphan_schedules = schedules.len() as u64;
+        self.counters
+            .records
+            .store(report.recovered, Ordering::Relaxed);
         // Delete what cannot be used, so the warnings are not repeated at every start. The schedule of a corrupt
         // record goes with it; a corrupt schedule is rewritten by the next reschedule or goes with its record.
         corrupt.extend(schedules.into_keys());
         if !corrupt.is_empty() {
-            let _ = self.ops.send(Op::Remove(corrupt));
+            let _ = self.ops.send(Op::Purge(corrupt));
         }
         Ok(report)
     }
@@ -242,7 +250,7 @@ impl<E: Engine> Spool for DiskSpool<E> {
     fn stats(&self) -> SpoolStats {
         let c = &self.counters;
         SpoolStats {
-            records: self.engine.record_count().unwrap_or(0),
+            records: c.records.load(Ordering::Relaxed),
             bytes_on_disk: self.engine.disk_bytes(),
             commits: c.commits.load(Ordering::Relaxed),
             failed_commits: c.failed_commits.load(Ordering::Relaxed),
@@ -284,6 +292,8 @@ struct Writer<E: Engine> {
     /// Reschedules and removals not yet committed.
     pending: CommitBatch,
     pending_since: Option<Instant>,
+    /// How many of the pending removals are purges of unreadable records.
+    purged: usize,
 }
 
 /// One group: the appends and requests answered by the next commit.
@@ -369,6 +379,11 @@ impl<E: Engine> Writer<E> {
                 self.pending.removes.append(&mut keys);
                 self.pending_since.get_or_insert_with(Instant::now);
             }
+            Op::Purge(mut keys) => {
+                self.purged += keys.len();
+                self.pending.removes.append(&mut keys);
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
             Op::Flush(reply) => {
                 group.force = true;
                 group.replies.push(reply);
@@ -397,6 +412,13 @@ impl<E: Engine> Writer<E> {
                 self.counters
                     .appended
                     .fetch_add(group.appended, Ordering::Relaxed);
+                let removed = batch.removes.len().saturating_sub(self.purged) as u64;
+                self.purged = 0;
+                let records = &self.counters.records;
+                let now = records
+                    .load(Ordering::Relaxed)
+                    .saturating_add(batch.inserts.len() as u64);
+                records.store(now.saturating_sub(removed), Ordering::Relaxed);
                 batch.clear();
                 self.pending = batch;
                 self.pending_since = None;

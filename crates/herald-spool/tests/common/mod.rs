@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_spool::{
-    CommitBatch, Engine, RedbEngine, RedbOptions, SpoolError, SpoolKey, StoredNotification, Table,
+    CommitBatch, Engine, FjallEngine, FjallOptions, SpoolError, SpoolKey, StoredNotification, Table,
 };
 
 /// A notification of about 300 bytes, its content derived from `key`.
@@ -67,9 +67,9 @@ impl Gate {
     }
 }
 
-/// A redb engine whose commits wait for a gate and can be made to fail with an I/O error.
+/// The fjall engine, but its commits wait for a gate and can be made to fail with an I/O error.
 pub struct GatedEngine {
-    pub inner: RedbEngine,
+    pub inner: FjallEngine,
     pub gate: Arc<Gate>,
 }
 
@@ -77,7 +77,7 @@ impl GatedEngine {
     pub fn open(dir: &Path, gate: Arc<Gate>) -> GatedEngine {
         std::fs::create_dir_all(dir).unwrap();
         GatedEngine {
-            inner: RedbEngine::open(dir, RedbOptions::default()).unwrap(),
+            inner: FjallEngine::open(dir, FjallOptions::default()).unwrap(),
             gate,
         }
     }
@@ -110,10 +110,6 @@ impl Engine for GatedEngine {
 
     fn last_key(&self) -> Result<Option<SpoolKey>, SpoolError> {
         self.inner.last_key()
-    }
-
-    fn record_count(&self) -> Result<u64, SpoolError> {
-        self.inner.record_count()
     }
 
     fn disk_bytes(&self) -> u64 {

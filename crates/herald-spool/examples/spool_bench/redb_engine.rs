@@ -1,16 +1,11 @@
-//! The [`Engine`] on redb: one database file, `spool.redb`, with a records table and a schedules table; every
+//! The spool [`Engine`] on redb, kept only for the benchmark (it lost to fjall, see BENCHMARKS.md "Spool"): one database file, `spool.redb`, with a records table and a schedules table; every
 //! commit uses `Durability::Immediate` (fsync before the commit returns).
 
 use std::path::{Path, PathBuf};
 
-use redb::backends::FileBackend;
-use redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition,
-};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 
-use crate::engine::{CommitBatch, Engine, Table};
-use crate::error::SpoolError;
-use crate::key::SpoolKey;
+use herald_spool::{CommitBatch, Engine, SpoolError, SpoolKey, Table};
 
 const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
 const SCHEDULES: TableDefinition<u128, &[u8]> = TableDefinition::new("schedules");
@@ -53,30 +48,6 @@ impl RedbEngine {
             .create(&file)
             .map_err(|e| storage_error("opening the redb database", e))?;
         Self::init(db, file, options)
-    }
-
-    /// Opens a database over a custom storage backend (used to inject I/O faults in tests).
-    pub fn open_with_backend(
-        dir: &Path,
-        backend: impl StorageBackend,
-        options: RedbOptions,
-    ) -> Result<RedbEngine, SpoolError> {
-        let db = builder(options)
-            .create_with_backend(backend)
-            .map_err(|e| storage_error("opening the redb database", e))?;
-        Self::init(db, dir.join(REDB_FILE), options)
-    }
-
-    /// Opens the regular file backend, for wrapping in [`RedbEngine::open_with_backend`].
-    pub fn file_backend(dir: &Path) -> Result<FileBackend, SpoolError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(REDB_FILE))
-            .map_err(|e| SpoolError::from_io("opening the redb file", e))?;
-        FileBackend::new(file).map_err(|e| storage_error("opening the redb file", e))
     }
 
     fn init(db: Database, file: PathBuf, options: RedbOptions) -> Result<RedbEngine, SpoolError> {
@@ -175,13 +146,6 @@ impl Engine for RedbEngine {
         let t = tx.open_table(RECORDS).map_err(|e| storage_error(CTX, e))?;
         let last = t.last().map_err(|e| storage_error(CTX, e))?;
         Ok(last.map(|(k, _)| SpoolKey(k.value())))
-    }
-
-    fn record_count(&self) -> Result<u64, SpoolError> {
-        const CTX: &str = "counting the spool";
-        let tx = self.db.begin_read().map_err(|e| storage_error(CTX, e))?;
-        let t = tx.open_table(RECORDS).map_err(|e| storage_error(CTX, e))?;
-        t.len().map_err(|e| storage_error(CTX, e))
     }
 
     fn disk_bytes(&self) -> u64 {
