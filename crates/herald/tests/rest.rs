@@ -687,6 +687,56 @@ async fn api_keys_are_required_when_configured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_options_come_from_the_configuration_with_peer_overrides() {
+    let config: herald_conf::Config = r#"
+        http_listener {
+          listen "127.0.0.1:0" {
+            api_keys = ( "listen-key" )
+            max_request_size = 4096
+            peer "127.0.0.0/8" { api_keys = ( "peer-key" ) }
+          }
+        }
+    "#
+    .parse()
+    .unwrap();
+    let settings = config.listeners().remove(0);
+    assert_eq!(settings.max_request_size, Some(4096));
+    let h = Harness::start(move |s, _| *s = settings).await;
+    let body = json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {"aps": {"alert": "p"}}});
+    let send = |header: &'static str, key: &'static str| {
+        h.client()
+            .post(h.url("/api/v1/push"))
+            .header(header, key)
+            .json(&body)
+            .send()
+    };
+    // The peer stanza holding 127.0.0.1 replaces the listen stanza's key.
+    assert_eq!(
+        send("authorization", "Bearer listen-key")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send("authorization", "Bearer peer-key")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        send("x-api-key", "peer-key").await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        send("x-api-key", "listen-key").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(h.records(2).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_max_request_size_are_413() {
     let h = Harness::start(|s, _| s.max_request_size = Some(300)).await;
     let body = json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {"aps": {"alert": "y".repeat(400)}}});

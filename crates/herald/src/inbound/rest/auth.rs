@@ -1,5 +1,5 @@
 //! Who may use the REST listener: the `always_allow` / `always_deny` CIDR lists (403) and the listener's API
-//! keys, sent as `authorization: Bearer KEY` (401 with `www-authenticate`). Both follow the most specific
+//! keys, sent as `authorization: Bearer KEY` or `x-api-key: KEY` (401 with `www-authenticate`). Both follow the most specific
 //! `peer` stanza that contains the client's address, as the ESMTP listener does.
 
 use axum::extract::{Request, State};
@@ -12,6 +12,9 @@ use super::error::ApiError;
 
 /// Paths answered without an API key (still subject to the address lists), for load-balancer probes.
 pub const KEYLESS_PATHS: &[&str] = &["/healthz"];
+
+/// The alternative to `authorization: Bearer KEY`.
+pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Middleware: the address lists, then the API key.
 pub async fn guard(State(state): State<RestState>, request: Request, next: Next) -> Response {
@@ -31,13 +34,20 @@ pub async fn guard(State(state): State<RestState>, request: Request, next: Next)
         None => &state.settings.api_keys,
     };
     if !keys.is_empty() && !KEYLESS_PATHS.contains(&request.uri().path()) {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| bearer_token(v.as_bytes()));
+        let headers = request.headers();
+        let presented = match (
+            headers.get(header::AUTHORIZATION),
+            headers.get(API_KEY_HEADER),
+        ) {
+            (Some(v), _) => Some(bearer_token(v.as_bytes())),
+            (None, Some(v)) => Some(Some(v.as_bytes().trim_ascii()).filter(|k| !k.is_empty())),
+            (None, None) => None,
+        };
         let refusal = match presented {
             None => Some("missing API key: send the header \"authorization: Bearer KEY\""),
-            Some(None) => Some("the authorization header is not \"Bearer KEY\""),
+            Some(None) => {
+                Some("the authorization header is not \"Bearer KEY\" (or x-api-key is empty)")
+            }
             Some(Some(key)) if !keys.iter().any(|k| same_key(k.as_bytes(), key)) => {
                 Some("the API key is not accepted by this listener")
             }
