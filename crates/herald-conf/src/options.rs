@@ -1,6 +1,7 @@
 //! The option table: every option herald reads, with its type, default, valid scopes and a one-line description.
-//! Adding an option is one entry in [`OPTIONS`]; the parser, the validator, `config eval`, `config show` and the
-//! documentation test all read from it.
+//! Adding an option is one entry in [`OPTIONS`]: from then on it is parsed, type-checked, scope-checked, evaluated
+//! with fallback (`Config::eval`, `herald config eval`), shown, suggested for typos and required in
+//! docs/configuration.md. A field in a typed view (`settings.rs`) is needed only where code wants it as a Rust type.
 
 use std::{collections::HashMap, sync::OnceLock};
 
