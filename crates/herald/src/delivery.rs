@@ -25,7 +25,7 @@ const MAX_WINDOW: usize = 100_000;
 
 /// Resolves domains against a loaded configuration.
 pub struct ConfigResolver {
-    config: Arc<Config>,
+    config: std::sync::RwLock<Arc<Config>>,
     keys: Mutex<HashMap<(PathBuf, String, String), ProviderTokenCache>>,
     tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
 }
@@ -43,14 +43,26 @@ struct TlsKey {
 impl ConfigResolver {
     pub fn new(config: Arc<Config>) -> Self {
         ConfigResolver {
-            config,
+            config: std::sync::RwLock::new(config),
             keys: Mutex::new(HashMap::new()),
             tls: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a new configuration in force (after a reload). Credentials are read again on next use, so a renewed
+    /// certificate or key file takes effect; provider-token caches of unchanged keys are kept (a new cache would
+    /// mint a token early).
+    pub fn replace(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        self.tls.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn token_cache(&self, d: &DomainSettings) -> Result<Option<ProviderTokenCache>, String> {
@@ -120,7 +132,7 @@ impl ConfigResolver {
 
     /// Builds the settings of one domain (default binding).
     pub fn build(&self, domain: &str) -> Result<DeliverySettings, String> {
-        let d = self.config.domain_settings(None, None, domain);
+        let d = self.config().domain_settings(None, None, domain);
         if d.delivery_method != DeliveryMethod::Apn {
             return Err(format!(
                 "delivery_method is {:?}; herald delivers only with delivery_method = apn",

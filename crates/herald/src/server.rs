@@ -1,22 +1,25 @@
 //! The running daemon (`herald serve`): wires inbound -> spool -> queue -> outbound from one configuration.
 //!
 //! [`Server::start`] opens the logs and the spool, queues again whatever the spool holds, binds every enabled
-//! listener and returns a [`Server`] that knows its bound addresses. [`Server::shutdown`] stops accepting, lets
-//! sessions and in-flight deliveries finish for a moment, and flushes the spool: whatever did not finish stays
-//! spooled and is delivered after the next start.
+//! listener and returns a [`Server`] that knows its bound addresses. [`Server::reload`] reads the configuration
+//! again and, only if it is valid, puts it in force: domains drain their old connections and open new ones with
+//! the new values, ESMTP sessions of the old generation are told `421 4.3.2`, changed listeners are rebound.
+//! [`Server::shutdown`] stops accepting, lets sessions and in-flight deliveries finish for a moment, and flushes
+//! the spool: whatever did not finish stays spooled and is delivered after the next start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::routing::get;
-use herald_conf::{Config, ListenerKind, SpoolBackend};
+use herald_conf::{Config, ListenAddr, ListenerKind, ListenerSettings, SpoolBackend};
 use herald_spool::{DiskSpool, Spool, SpoolOptions};
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
 use crate::delivery::ConfigResolver;
 use crate::inbound::accept::Intake;
@@ -45,29 +48,97 @@ pub enum StartError {
     Listener(String),
 }
 
+/// Why a reload was refused; the configuration in force is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(
+        "{path}: the new configuration has errors; the running one stays in force:\n{diagnostics}"
+    )]
+    Invalid { path: PathBuf, diagnostics: String },
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub path: PathBuf,
+    /// Domains whose new settings are in force (their old connections drain).
+    pub domains: usize,
+    /// Domains with traffic that the new configuration cannot deliver: (domain, why).
+    pub unroutable: Vec<(String, String)>,
+    pub listeners_started: Vec<String>,
+    pub listeners_stopped: Vec<String>,
+    pub listeners_restarted: Vec<String>,
+    /// Warnings of the new configuration.
+    pub warnings: Vec<String>,
+}
+
 /// The addresses the listeners are bound to (what `herald serve` prints when ready).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct BoundAddrs {
     pub esmtp: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
 }
 
+/// Totals for `summary`, since start or the last `summary reset`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub received: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub transient_failures: u64,
+    pub rejected: u64,
+    pub active_queue: u64,
+    pub delayed_queue: u64,
+    pub active_domains: u64,
+    pub outbound_connections: u64,
+    pub delivery_rate: f64,
+    pub reception_rate: f64,
+    /// Unix time of the last reset (or start).
+    pub since: u64,
+    pub uptime: Duration,
+}
+
+struct RunningListener {
+    kind: ListenerKind,
+    settings: ListenerSettings,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    /// ESMTP: sessions see a new configuration generation through this.
+    smtp_config: Option<watch::Sender<Arc<smtp::SmtpConfig>>>,
+}
+
+/// Counter values at the last `summary reset`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Baseline {
+    received: u64,
+    delivered: u64,
+    failed: u64,
+    transient: u64,
+    rejected: u64,
+    at: u64,
+    instant: Option<Instant>,
+}
+
 /// A running herald.
 pub struct Server {
-    pub addrs: BoundAddrs,
     pub engine: Arc<Engine>,
     pub intake: Arc<Intake>,
     pub spool: Arc<dyn Spool>,
-    pub config: Arc<Config>,
     pub invalid_tokens: Arc<MemoryInvalidTokens>,
-    shutdown: watch::Sender<bool>,
-    listeners: JoinSet<()>,
+    path: PathBuf,
+    resolver: Arc<ConfigResolver>,
     logs: Logs,
+    listeners: tokio::sync::Mutex<Vec<RunningListener>>,
+    config: RwLock<Arc<Config>>,
+    started: Instant,
+    baseline: Mutex<Baseline>,
+    generation: AtomicU64,
 }
 
 impl Server {
     /// Starts everything `path` configures.
-    pub async fn start(path: &Path) -> Result<Server, StartError> {
+    pub async fn start(path: &Path) -> Result<Arc<Server>, StartError> {
         let config = Config::load(path).map_err(|d| StartError::Config {
             path: path.to_owned(),
             diagnostics: d.to_string(),
@@ -118,96 +189,322 @@ impl Server {
             );
         }
         let ids = IdGenerator::above(0, restored.max_id);
-        let intake = Arc::new(Intake::new(resolver, bridge, engine.clone(), ids));
+        let intake = Arc::new(Intake::new(resolver.clone(), bridge, engine.clone(), ids));
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut listeners = JoinSet::new();
-        let mut addrs = BoundAddrs::default();
-        for settings in config.listeners().into_iter().filter(|l| l.enabled) {
-            match settings.kind {
-                ListenerKind::Esmtp => {
-                    let socket = smtp::bind(&settings)
-                        .await
-                        .map_err(|e| StartError::Listener(e.to_string()))?;
-                    addrs.esmtp.push(
-                        socket
-                            .local_addr()
-                            .map_err(|e| StartError::Listener(e.to_string()))?,
-                    );
-                    let smtp_config = smtp::SmtpConfig::new(settings, smtp::SmtpLimits::default())
-                        .map_err(|e| StartError::Listener(e.to_string()))?;
-                    let (_config_tx, config_rx) = watch::channel(Arc::new(smtp_config));
-                    listeners.spawn(smtp::serve(
-                        socket,
-                        config_rx,
-                        intake.clone(),
-                        shutdown_rx.clone(),
-                    ));
-                }
-                ListenerKind::Http => {
-                    let addr = match &settings.addr {
-                        herald_conf::ListenAddr::Tcp(a) => *a,
-                        herald_conf::ListenAddr::Unix(p) => {
-                            return Err(StartError::Listener(format!(
-                                "http_listener listen {}: Unix sockets are not supported",
-                                p.display()
-                            )));
-                        }
-                    };
-                    let socket = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                        StartError::Listener(format!("http_listener listen {addr}: {e}"))
-                    })?;
-                    addrs.http.push(
-                        socket
-                            .local_addr()
-                            .map_err(|e| StartError::Listener(e.to_string()))?,
-                    );
-                    let tls = rest::tls_config(&settings)
-                        .map_err(|e| StartError::Listener(e.to_string()))?;
-                    let extra = ops_routes(engine.clone(), spool.clone(), invalid_tokens.clone());
-                    let app =
-                        rest::router_with(rest::RestState::new(settings, intake.clone()), extra);
-                    let intake = intake.clone();
-                    let rx = shutdown_rx.clone();
-                    listeners.spawn(async move {
-                        if let Err(e) = rest::serve_app(socket, app, intake, tls, rx).await {
-                            tracing::error!("REST listener stopped: {e}");
-                        }
-                    });
-                }
-                ListenerKind::Control | ListenerKind::Ecstream => {
-                    tracing::warn!(listener = %settings.address, "{:?} listeners are not served by herald yet", settings.kind);
-                }
-            }
-        }
-        Ok(Server {
-            addrs,
+        let server = Arc::new(Server {
             engine,
             intake,
             spool,
-            config,
             invalid_tokens,
-            shutdown,
-            listeners,
+            path: path.to_owned(),
+            resolver,
             logs,
-        })
+            listeners: tokio::sync::Mutex::new(Vec::new()),
+            config: RwLock::new(config.clone()),
+            started,
+            baseline: Mutex::new(Baseline {
+                at: unix_now(),
+                instant: Some(started),
+                ..Baseline::default()
+            }),
+            generation: AtomicU64::new(0),
+        });
+        let mut running = Vec::new();
+        for settings in config.listeners().into_iter().filter(|l| l.enabled) {
+            if let Some(listener) = server.start_listener(settings).await? {
+                running.push(listener);
+            }
+        }
+        *server.listeners.lock().await = running;
+        Ok(server)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The file the configuration was loaded from.
+    pub fn config_path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn logs(&self) -> &Logs {
+        &self.logs
+    }
+
+    /// How many times a new configuration was put in force.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The bound address of every listener.
+    pub async fn addrs(&self) -> BoundAddrs {
+        let mut addrs = BoundAddrs::default();
+        for l in self.listeners.lock().await.iter() {
+            match l.kind {
+                ListenerKind::Esmtp => addrs.esmtp.push(l.addr),
+                ListenerKind::Http => addrs.http.push(l.addr),
+                ListenerKind::Control | ListenerKind::Ecstream => {}
+            }
+        }
+        addrs
+    }
+
+    async fn start_listener(
+        &self,
+        settings: ListenerSettings,
+    ) -> Result<Option<RunningListener>, StartError> {
+        let listener_err = |e: String| {
+            StartError::Listener(format!(
+                "{:?} listen {}: {e}",
+                settings.kind, settings.address
+            ))
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        match settings.kind {
+            ListenerKind::Esmtp => {
+                let socket = smtp::bind(&settings)
+                    .await
+                    .map_err(|e| StartError::Listener(e.to_string()))?;
+                let addr = socket
+                    .local_addr()
+                    .map_err(|e| listener_err(e.to_string()))?;
+                let smtp_config =
+                    smtp::SmtpConfig::new(settings.clone(), smtp::SmtpLimits::default())
+                        .map_err(|e| listener_err(e.to_string()))?;
+                let (config_tx, config_rx) = watch::channel(Arc::new(smtp_config));
+                let task =
+                    tokio::spawn(smtp::serve(socket, config_rx, self.intake.clone(), stop_rx));
+                Ok(Some(RunningListener {
+                    kind: settings.kind,
+                    settings,
+                    addr,
+                    stop,
+                    task,
+                    smtp_config: Some(config_tx),
+                }))
+            }
+            ListenerKind::Http => {
+                let bind_to = match &settings.addr {
+                    ListenAddr::Tcp(a) => *a,
+                    ListenAddr::Unix(_) => {
+                        return Err(listener_err("Unix sockets are not supported here".into()));
+                    }
+                };
+                let socket = tokio::net::TcpListener::bind(bind_to)
+                    .await
+                    .map_err(|e| listener_err(e.to_string()))?;
+                let addr = socket
+                    .local_addr()
+                    .map_err(|e| listener_err(e.to_string()))?;
+                let tls = rest::tls_config(&settings).map_err(|e| listener_err(e.to_string()))?;
+                let extra = ops_routes(
+                    self.engine.clone(),
+                    self.spool.clone(),
+                    self.invalid_tokens.clone(),
+                );
+                let app = rest::router_with(
+                    rest::RestState::new(settings.clone(), self.intake.clone()),
+                    extra,
+                );
+                let intake = self.intake.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = rest::serve_app(socket, app, intake, tls, stop_rx).await {
+                        tracing::error!("REST listener stopped: {e}");
+                    }
+                });
+                Ok(Some(RunningListener {
+                    kind: settings.kind,
+                    settings,
+                    addr,
+                    stop,
+                    task,
+                    smtp_config: None,
+                }))
+            }
+            ListenerKind::Control | ListenerKind::Ecstream => Ok(None),
+        }
+    }
+
+    /// Reads the configuration again (from `path`, or the file it was started with) and, if it is valid, puts it
+    /// in force. If it is not, nothing changes and the error lists every problem.
+    pub async fn reload(&self, path: Option<&Path>) -> Result<ReloadReport, ReloadError> {
+        let path = path.unwrap_or(&self.path).to_owned();
+        let config = Config::load(&path).map_err(|d| ReloadError::Invalid {
+            path: path.clone(),
+            diagnostics: d.to_string(),
+        })?;
+        let config = Arc::new(config);
+        let mut report = ReloadReport {
+            path: path.clone(),
+            warnings: config.warnings().iter().map(|w| w.to_string()).collect(),
+            ..ReloadReport::default()
+        };
+        self.resolver.replace(config.clone());
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        report.domains = self.engine.all_stats().len();
+        report.unroutable = self.engine.reconfigure();
+        report.domains -= report.unroutable.len();
+
+        let wanted: Vec<ListenerSettings> = config
+            .listeners()
+            .into_iter()
+            .filter(|l| l.enabled)
+            .collect();
+        let mut listeners = self.listeners.lock().await;
+        let mut keep = Vec::new();
+        for running in listeners.drain(..) {
+            let name = format!("{:?} {}", running.kind, running.settings.address);
+            match wanted
+                .iter()
+                .find(|w| w.kind == running.kind && w.address == running.settings.address)
+            {
+                None => {
+                    stop_listener(running).await;
+                    report.listeners_stopped.push(name);
+                }
+                Some(new) if running.kind == ListenerKind::Esmtp => {
+                    // Sessions notice the new generation and answer 421 4.3.2 at their next command.
+                    match smtp::SmtpConfig::new(new.clone(), smtp::SmtpLimits::default()) {
+                        Ok(c) => {
+                            if let Some(tx) = &running.smtp_config {
+                                let _ = tx.send(Arc::new(c));
+                            }
+                        }
+                        Err(e) => report
+                            .warnings
+                            .push(format!("{name}: keeping the old TLS identity: {e}")),
+                    }
+                    let mut running = running;
+                    running.settings = new.clone();
+                    keep.push(running);
+                }
+                Some(new) if *new == running.settings => keep.push(running),
+                Some(new) => {
+                    let new = new.clone();
+                    stop_listener(running).await;
+                    match self.start_listener(new).await {
+                        Ok(Some(l)) => keep.push(l),
+                        Ok(None) => {}
+                        Err(e) => report.warnings.push(format!("{name}: {e}")),
+                    }
+                    report.listeners_restarted.push(name);
+                }
+            }
+        }
+        for new in wanted {
+            if keep
+                .iter()
+                .any(|k| k.kind == new.kind && k.settings.address == new.address)
+            {
+                continue;
+            }
+            let name = format!("{:?} {}", new.kind, new.address);
+            match self.start_listener(new).await {
+                Ok(Some(l)) => {
+                    keep.push(l);
+                    report.listeners_started.push(name);
+                }
+                Ok(None) => {}
+                Err(e) => report.warnings.push(format!("{name}: {e}")),
+            }
+        }
+        *listeners = keep;
+        tracing::info!(path = %path.display(), "configuration reloaded");
+        Ok(report)
+    }
+
+    /// Totals since start or the last [`Server::reset_summary`].
+    pub fn summary(&self) -> Summary {
+        let base = *self.baseline.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = Summary::default();
+        for (_, d) in self.engine.all_stats() {
+            s.received += d.received.load(Ordering::Relaxed);
+            s.delivered += d.delivered.load(Ordering::Relaxed);
+            s.failed += d.permanent.load(Ordering::Relaxed);
+            s.transient_failures += d.transient.load(Ordering::Relaxed);
+            s.active_queue += d.active.load(Ordering::Relaxed) as u64;
+            s.delayed_queue += d.delayed.load(Ordering::Relaxed) as u64;
+            s.outbound_connections += d.connections.load(Ordering::Relaxed) as u64;
+            if d.active.load(Ordering::Relaxed) + d.delayed.load(Ordering::Relaxed) > 0 {
+                s.active_domains += 1;
+            }
+        }
+        s.rejected = self.intake.refused();
+        s.received -= base.received.min(s.received);
+        s.delivered -= base.delivered.min(s.delivered);
+        s.failed -= base.failed.min(s.failed);
+        s.transient_failures -= base.transient.min(s.transient_failures);
+        s.rejected -= base.rejected.min(s.rejected);
+        let window = base
+            .instant
+            .unwrap_or(self.started)
+            .elapsed()
+            .as_secs_f64()
+            .max(1e-3);
+        s.delivery_rate = s.delivered as f64 / window;
+        s.reception_rate = s.received as f64 / window;
+        s.since = base.at;
+        s.uptime = self.started.elapsed();
+        s
+    }
+
+    /// `summary reset`: counters start again from zero.
+    pub fn reset_summary(&self) {
+        let mut base = Baseline {
+            at: unix_now(),
+            instant: Some(Instant::now()),
+            ..Baseline::default()
+        };
+        for (_, d) in self.engine.all_stats() {
+            base.received += d.received.load(Ordering::Relaxed);
+            base.delivered += d.delivered.load(Ordering::Relaxed);
+            base.failed += d.permanent.load(Ordering::Relaxed);
+            base.transient += d.transient.load(Ordering::Relaxed);
+        }
+        base.rejected = self.intake.refused();
+        *self.baseline.lock().unwrap_or_else(|p| p.into_inner()) = base;
+    }
+
+    /// `reopen logs`: returns what could not be reopened.
+    pub fn reopen_logs(&self) -> Vec<String> {
+        self.logs
+            .reopen()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     /// Stops accepting, waits up to `grace` for sessions and in-flight deliveries, then flushes the spool.
-    pub async fn shutdown(mut self, grace: Duration) {
-        let _ = self.shutdown.send(true);
+    pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
-        let _ = tokio::time::timeout(grace, async {
-            while self.listeners.join_next().await.is_some() {}
-        })
-        .await;
-        self.listeners.abort_all();
+        let running: Vec<RunningListener> = self.listeners.lock().await.drain(..).collect();
+        for l in &running {
+            let _ = l.stop.send(true);
+        }
+        for l in running {
+            let mut task = l.task;
+            if tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                &mut task,
+            )
+            .await
+            .is_err()
+            {
+                task.abort();
+            }
+        }
         while Instant::now() < deadline {
             let busy: usize = self
                 .engine
                 .all_stats()
                 .iter()
-                .map(|(_, s)| s.in_flight.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|(_, s)| s.in_flight.load(Ordering::Relaxed))
                 .sum();
             if busy == 0 {
                 break;
@@ -219,6 +516,24 @@ impl Server {
         }
         self.logs.flush();
     }
+}
+
+async fn stop_listener(l: RunningListener) {
+    let _ = l.stop.send(true);
+    let mut task = l.task;
+    if tokio::time::timeout(Duration::from_secs(5), &mut task)
+        .await
+        .is_err()
+    {
+        task.abort();
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Routes for operators on the http listener: Prometheus metrics and readiness.

@@ -301,3 +301,59 @@ async fn a_kill_9_loses_nothing_that_was_acknowledged() {
     wait_for_tokens(&sim, &acked).await;
     daemon.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_and_a_broken_file_keeps_the_running_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let sim_a = start_sim(&pki, port_a).await;
+    let sim_b = start_sim(&pki, port_b).await;
+    let config = write_config(dir.path(), &pki, port_a);
+    let daemon = Daemon::start(&config);
+    let pid = daemon.child.id().to_string();
+    let first = post_batches(&daemon.http, 0, 20, 20).await.unwrap();
+    wait_for_tokens(&sim_a, &first).await;
+
+    // A broken file: the running configuration stays (still delivers to A).
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}\nno_such_option = 1\n")).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let second = post_batches(&daemon.http, 100, 20, 20).await.unwrap();
+    wait_for_tokens(&sim_a, &second).await;
+
+    // The routes move to B: new notifications go there.
+    std::fs::write(
+        &config,
+        good.replace(
+            &format!("127.0.0.1:{port_a}"),
+            &format!("127.0.0.1:{port_b}"),
+        ),
+    )
+    .unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + WAIT;
+    let mut batch = 200;
+    loop {
+        let tokens = post_batches(&daemon.http, batch, 1, 1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if sim_b.record().iter().any(|r| r.token == tokens[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new route never took effect");
+        batch += 1;
+    }
+    daemon.terminate();
+}

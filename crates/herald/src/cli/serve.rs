@@ -32,21 +32,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let server = Server::start(&args.config).await?;
         // One line on stdout once every listener is bound: scripts and tests read the addresses from it.
-        println!("{}", serde_json::to_string(&server.addrs)?);
-        wait_for_signal().await?;
+        println!("{}", serde_json::to_string(&server.addrs().await)?);
+        run_until_stopped(&server).await?;
         tracing::info!("shutting down");
         server.shutdown(Duration::from_secs(args.grace)).await;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads the configuration (an invalid one is reported and ignored)
+/// and reopens the logs.
+async fn run_until_stopped(server: &Server) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                for e in server.reopen_logs() {
+                    tracing::error!("reopening logs: {e}");
+                }
+                match server.reload(None).await {
+                    Ok(report) => tracing::info!(?report, "SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!("SIGHUP: {e}"),
+                }
+            }
+        }
     }
-    Ok(())
 }

@@ -88,6 +88,8 @@ pub struct Intake {
     durable: Arc<dyn Durable>,
     engine: Arc<Engine>,
     ids: IdGenerator,
+    /// Notifications refused at the door, and batches refused for a temporary reason (for `summary`).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl Intake {
@@ -102,6 +104,7 @@ impl Intake {
             durable,
             engine,
             ids,
+            refused: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -114,8 +117,22 @@ impl Intake {
         self.ids.next()
     }
 
+    /// Notifications refused so far (permanently at the door, or with their batch for a temporary reason).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Validates one submission for its domain and builds the notification; nothing is stored yet.
     pub fn prepare(&self, s: Submission, source: &Source) -> Result<Notification, Refusal> {
+        let result = self.validate(s, source);
+        if result.is_err() {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn validate(&self, s: Submission, source: &Source) -> Result<Notification, Refusal> {
         let domain = s.domain.to_ascii_lowercase();
         if domain.is_empty() {
             return Err(Refusal::Permanent(

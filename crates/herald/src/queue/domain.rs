@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use herald_apns::client::{ConnectionInfo, Job, NotSentReason, OutcomeSink, PushResult};
 use herald_apns::outcome::FailureClass;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::message::{Queued, unix_now};
+use super::message::{MessageId, Queued, unix_now};
 use super::retry::RetryDecision;
 use super::stats::DomainStats;
 use super::{EngineShared, InvalidToken};
@@ -40,8 +40,54 @@ pub enum DomainEvent {
     },
     /// Make every delayed notification due now (`flush domain`).
     Flush,
+    /// List queued notifications (`showqueue`), active first, skipping `offset`.
+    List {
+        limit: usize,
+        offset: usize,
+        reply: oneshot::Sender<Vec<QueueEntry>>,
+    },
+    /// Fail every queued notification that is not on the wire (`fail domain`); replies with the count.
+    FailAll {
+        reason: String,
+        reply: oneshot::Sender<usize>,
+    },
+    /// Act on one notification by id (`message details|retry|fail`); replies `None` if it is not queued here.
+    Message {
+        /// The id as printed (`NN/NN-PPPPP-XXXXXXXX`).
+        id: String,
+        action: MessageAction,
+        reply: oneshot::Sender<Option<QueueEntry>>,
+    },
     /// New settings (after a configuration reload): open connections drain, new ones use these.
     Reconfigure(Arc<DeliverySettings>),
+}
+
+/// What `message` commands do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageAction {
+    Details,
+    /// Make it due now.
+    Retry,
+    /// Fail it permanently with this reason.
+    Fail(String),
+}
+
+/// One queued notification as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub id: MessageId,
+    pub domain: Arc<str>,
+    /// `active` (ready or being delivered) or `delayed` (waiting for a retry).
+    pub queue: &'static str,
+    pub received_at: u64,
+    pub sender: Arc<str>,
+    pub recipient: Arc<str>,
+    /// The device token, redacted.
+    pub token: String,
+    pub retries: u32,
+    pub payload_len: usize,
+    /// Seconds until the next attempt, for delayed ones.
+    pub due_in_secs: Option<u64>,
 }
 
 /// The channel into a domain's task; also the pool's outcome sink.
@@ -182,6 +228,43 @@ impl DomainTask {
                     self.active.push_back(d.item);
                 }
             }
+            DomainEvent::List {
+                limit,
+                offset,
+                reply,
+            } => {
+                let now = Instant::now();
+                let active = self.active.iter().map(|i| self.entry(i, "active", None));
+                let mut delayed: Vec<&Delayed> = self.delayed.iter().map(|Reverse(d)| d).collect();
+                delayed.sort();
+                let delayed = delayed.into_iter().map(|d| {
+                    self.entry(
+                        &d.item,
+                        "delayed",
+                        Some(d.due.saturating_duration_since(now).as_secs()),
+                    )
+                });
+                let _ = reply.send(active.chain(delayed).skip(offset).take(limit).collect());
+            }
+            DomainEvent::FailAll { reason, reply } => {
+                let mut items: Vec<Box<Queued>> = self.active.drain(..).collect();
+                items.extend(
+                    std::mem::take(&mut self.delayed)
+                        .into_iter()
+                        .map(|Reverse(d)| d.item),
+                );
+                let waiting = self.pool.take_waiting();
+                self.outstanding = self.outstanding.saturating_sub(waiting.len());
+                items.extend(waiting.into_iter().map(|j| j.tag));
+                let n = items.len();
+                for item in items {
+                    self.finish_permanent(item, None, None, &reason, false, None);
+                }
+                let _ = reply.send(n);
+            }
+            DomainEvent::Message { id, action, reply } => {
+                let _ = reply.send(self.message(&id, action));
+            }
             DomainEvent::Reconfigure(settings) => {
                 self.generation += 1;
                 let sink = Arc::new(self.sender.clone());
@@ -199,6 +282,64 @@ impl DomainTask {
             }
         }
         self.publish_sizes();
+    }
+
+    fn entry(&self, item: &Queued, queue: &'static str, due_in_secs: Option<u64>) -> QueueEntry {
+        let n = &item.notification;
+        QueueEntry {
+            id: n.id,
+            domain: n.domain.clone(),
+            queue,
+            received_at: n.received_at,
+            sender: n.sender.clone(),
+            recipient: n.recipient.clone(),
+            token: n.token.redacted().to_string(),
+            retries: item.retries,
+            payload_len: n.payload.len(),
+            due_in_secs,
+        }
+    }
+
+    /// Finds a queued (not in-flight) notification by id and applies `action`.
+    fn message(&mut self, id: &str, action: MessageAction) -> Option<QueueEntry> {
+        let is = |i: &Queued| i.notification.id.to_string() == id;
+        if let Some(pos) = self.active.iter().position(|i| is(i)) {
+            let entry = self.entry(&self.active[pos], "active", None);
+            if let MessageAction::Fail(reason) = action {
+                if let Some(item) = self.active.remove(pos) {
+                    self.finish_permanent(item, None, None, &reason, false, None);
+                }
+            }
+            return Some(entry);
+        }
+        let found = self.delayed.iter().any(|Reverse(d)| is(&d.item));
+        if !found {
+            return None;
+        }
+        let mut rest = BinaryHeap::new();
+        let mut hit = None;
+        for Reverse(d) in std::mem::take(&mut self.delayed) {
+            if is(&d.item) {
+                hit = Some(d);
+            } else {
+                rest.push(Reverse(d));
+            }
+        }
+        self.delayed = rest;
+        let d = hit?;
+        let entry = self.entry(
+            &d.item,
+            "delayed",
+            Some(d.due.saturating_duration_since(Instant::now()).as_secs()),
+        );
+        match action {
+            MessageAction::Details => self.delayed.push(Reverse(d)),
+            MessageAction::Retry => self.active.push_back(d.item),
+            MessageAction::Fail(reason) => {
+                self.finish_permanent(d.item, None, None, &reason, false, None)
+            }
+        }
+        Some(entry)
     }
 
     fn on_tick(&mut self) {

@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::logs::Logs;
 use crate::outbound::settings::DeliverySettings;
 use domain::{DomainEvent, DomainSender, DomainTask};
+pub use domain::{MessageAction, QueueEntry};
 use message::{MessageId, Notification, Queued};
 use stats::DomainStats;
 
@@ -307,6 +308,71 @@ impl Engine {
         domains
             .get(domain)
             .is_some_and(|h| h.sender.0.send(DomainEvent::Flush).is_ok())
+    }
+
+    fn senders(&self, domain: Option<&str>) -> Vec<DomainSender> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        match domain {
+            Some(d) => domains
+                .get(d)
+                .map(|h| h.sender.clone())
+                .into_iter()
+                .collect(),
+            None => domains.values().map(|h| h.sender.clone()).collect(),
+        }
+    }
+
+    /// Queued notifications of `domain` (active first, then delayed by due time), for `showqueue`.
+    pub async fn showqueue(
+        &self,
+        domain: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Option<Vec<QueueEntry>> {
+        let sender = self.senders(Some(domain)).pop()?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        sender
+            .0
+            .send(DomainEvent::List {
+                limit,
+                offset,
+                reply,
+            })
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Fails every queued notification of `domain` that is not on the wire; returns how many.
+    pub async fn fail_domain(&self, domain: &str, reason: &str) -> Option<usize> {
+        let sender = self.senders(Some(domain)).pop()?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        sender
+            .0
+            .send(DomainEvent::FailAll {
+                reason: reason.to_owned(),
+                reply,
+            })
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Finds a queued notification by id in any domain and applies `action` (`message details|retry|fail`).
+    pub async fn message(&self, id: &str, action: MessageAction) -> Option<QueueEntry> {
+        for sender in self.senders(None) {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let event = DomainEvent::Message {
+                id: id.to_owned(),
+                action: action.clone(),
+                reply,
+            };
+            if sender.0.send(event).is_err() {
+                continue;
+            }
+            if let Ok(Some(entry)) = rx.await {
+                return Some(entry);
+            }
+        }
+        None
     }
 
     /// Re-resolves every domain's settings (after a configuration reload): connections of the old settings
