@@ -134,6 +134,7 @@ pub struct Server {
     started: Instant,
     baseline: Mutex<Baseline>,
     generation: AtomicU64,
+    stop_requested: tokio::sync::Notify,
 }
 
 impl Server {
@@ -208,6 +209,7 @@ impl Server {
                 ..Baseline::default()
             }),
             generation: AtomicU64::new(0),
+            stop_requested: tokio::sync::Notify::new(),
         });
         let mut running = Vec::new();
         for settings in config.listeners().into_iter().filter(|l| l.enabled) {
@@ -469,6 +471,17 @@ impl Server {
         }
         base.rejected = self.intake.refused();
         *self.baseline.lock().unwrap_or_else(|p| p.into_inner()) = base;
+    }
+
+    /// Asks the process to shut down (console `shutdown`); whoever runs the server waits on
+    /// [`Server::stop_requested`].
+    pub fn request_stop(&self) {
+        self.stop_requested.notify_one();
+    }
+
+    /// Resolves once [`Server::request_stop`] was called.
+    pub async fn stop_requested(&self) {
+        self.stop_requested.notified().await;
     }
 
     /// `reopen logs`: returns what could not be reopened.

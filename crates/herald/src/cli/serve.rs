@@ -51,6 +51,7 @@ async fn run_until_stopped(server: &Server) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
+            _ = server.stop_requested() => return Ok(()),
             _ = hup.recv() => {
                 for e in server.reopen_logs() {
                     tracing::error!("reopening logs: {e}");
