@@ -227,11 +227,10 @@ impl TokenAuth {
                 if now > cur.iat + self.max_age {
                     return Err(Reason::ExpiredProviderToken);
                 }
-                let kid = cur.key_id.clone();
                 return Ok(self
                     .ring
                     .keys
-                    .get(&kid)
+                    .get(&cur.key_id)
                     .and_then(|k| k.meta.topics.as_deref()));
             }
         }

@@ -1,6 +1,35 @@
 //! The HTTP/2 provider API: `POST /3/device/<token>` over TLS (apns.md §3), served with `h2` on a multi-threaded
 //! tokio runtime. One task per connection; the requests of a connection run as futures inside that task, so the
 //! hot path takes no lock (counters are atomics, the delivery record is a channel).
+//!
+//! Requests are checked in this order, the first failure wins (apns.md §3.8 extended per §8):
+//!
+//! 1. a repeated `apns-*` header -> DuplicateHeaders
+//! 2. `apns-id` not a UUID -> BadMessageId
+//! 3. `:method` not POST -> 405 MethodNotAllowed
+//! 4. no `apns-topic` where one is required (token connections, certificates for several apps) -> MissingTopic
+//! 5. `apns-collapse-id` over 64 bytes -> BadCollapseId
+//! 6. `apns-priority` not 10, 5 or 1 -> BadPriority
+//! 7. unknown `apns-push-type` -> InvalidPushType
+//! 8. `apns-expiration` not an integer -> BadExpirationDate
+//! 9. `:path` not `/3/device/…` -> 404 BadPath; empty token -> MissingDeviceToken; not even-length hex ->
+//!    BadDeviceToken
+//! 10. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,
+//!     InvalidProviderToken, UnrelatedKeyIdInToken, BadEnvironmentKeyIdInToken, ExpiredProviderToken,
+//!     429 TooManyProviderTokenUpdates)
+//! 11. topic: malformed -> BadTopic; not covered by the certificate or key, or not matching the push type's
+//!     suffix -> TopicDisallowed (topic-specific key: InvalidProviderToken)
+//! 12. token state from the scenario: bad -> BadDeviceToken; registered to another topic ->
+//!     DeviceTokenNotForTopic; unregistered -> 410 Unregistered + timestamp; expired -> 410 ExpiredToken
+//! 13. (after the body) empty -> PayloadEmpty; over 4096 bytes (voip 5120) -> 413 PayloadTooLarge
+//! 14. scenario: random transient errors, dropped connections, latency
+//!
+//! Connections: a token connection (no client certificate) advertises `SETTINGS_MAX_CONCURRENT_STREAMS` 1 until
+//! its first valid token, then the configured limit (default 1000); with `choppy_streams` any connection drops to 1
+//! after a rejection and goes back up after the next success. Streams beyond the acknowledged limit get
+//! `RST_STREAM(REFUSED_STREAM)`. GOAWAY carries JSON debug data: `{"reason":"Shutdown"}` (every N requests, admin
+//! `POST /goaway`, simulator shutdown) or `{"reason":"IdleTimeout"}`; the connection then finishes what it took and
+//! closes. The SETTINGS changes and GOAWAY debug data go through [`io::FrameIo`], since `h2` has no API for them.
 
 mod auth;
 mod conn;

@@ -1,25 +1,4 @@
-//! Header validation of one HTTP/2 request, in the order the simulator applies Apple's rules (apns.md §3.8
-//! extended per §8). The first failure wins:
-//!
-//! 1. a repeated `apns-*` header -> DuplicateHeaders
-//! 2. `apns-id` not a UUID -> BadMessageId
-//! 3. `:method` not POST -> 405 MethodNotAllowed
-//! 4. no `apns-topic` where one is required (token connections, certificates for several apps) -> MissingTopic
-//! 5. `apns-collapse-id` over 64 bytes -> BadCollapseId
-//! 6. `apns-priority` not 10, 5 or 1 -> BadPriority
-//! 7. unknown `apns-push-type` -> InvalidPushType
-//! 8. `apns-expiration` not an integer -> BadExpirationDate
-//! 9. `:path` not `/3/device/…` -> 404 BadPath; empty token -> MissingDeviceToken; not even-length hex ->
-//!    BadDeviceToken
-//! 10. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,
-//!     InvalidProviderToken, UnrelatedKeyIdInToken, BadEnvironmentKeyIdInToken, ExpiredProviderToken,
-//!     429 TooManyProviderTokenUpdates)
-//! 11. topic: malformed -> BadTopic; not covered by the certificate or key, or not matching the push type's
-//!     suffix -> TopicDisallowed (topic-specific key: InvalidProviderToken)
-//! 12. token state from the scenario: bad -> BadDeviceToken; registered to another topic ->
-//!     DeviceTokenNotForTopic; unregistered -> 410 Unregistered + timestamp; expired -> 410 ExpiredToken
-//! 13. (after the body) empty -> PayloadEmpty; over 4096 bytes (voip 5120) -> 413 PayloadTooLarge
-//! 14. scenario: random transient errors, dropped connections, latency
+//! Header validation of one HTTP/2 request, in the order listed in the [`crate::h2`] module documentation.
 
 use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
