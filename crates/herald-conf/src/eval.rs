@@ -351,3 +351,62 @@ pub(crate) fn first_value<'a>(c: &Candidates<'a>, id: OptId) -> &'a Value {
     }
     options::default_value(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_parse_and_display() {
+        let (p, opt) = ScopePath::parse_words(&[
+            "Binding_Group",
+            "g",
+            "binding",
+            "b",
+            "domain",
+            "Ex.COM",
+            "tls",
+        ])
+        .unwrap();
+        assert_eq!(opt, "tls");
+        assert_eq!(p.to_string(), "binding_group g binding b domain ex.com");
+        assert_eq!(p.kind(), ScopeKind::Domain);
+        assert_eq!(ScopePath::global().to_string(), "global");
+        let p =
+            ScopePath::parse_scope_words(&["esmtp_listener", "listen", ":25", "peer", "10.0.0.1"])
+                .unwrap();
+        assert_eq!(p.segments().len(), 3);
+        assert!(matches!(
+            ScopePath::parse_scope_words(&["listen", ":25"]),
+            Err(EvalError::Misplaced {
+                scope: ScopeKind::Listen,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ScopePath::parse_scope_words(&["domain"]),
+            Err(EvalError::MissingName(ScopeKind::Domain))
+        ));
+        assert!(matches!(
+            ScopePath::parse_words::<&str>(&[]),
+            Err(EvalError::NoOption)
+        ));
+    }
+
+    #[test]
+    fn option_must_be_valid_in_the_innermost_scope() {
+        assert!(resolve_option("routes", ScopeKind::Domain).is_ok());
+        assert!(matches!(
+            resolve_option("routes", ScopeKind::Binding),
+            Err(EvalError::NotInScope {
+                option: "routes",
+                ..
+            })
+        ));
+        let e = resolve_option("rotues", ScopeKind::Domain).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown option `rotues`; did you mean `routes`?"
+        );
+    }
+}

@@ -424,6 +424,20 @@ pub static OPTIONS: &[OptionDef] = &[
         CONTROL,
         "Mode of a control listener's Unix socket.",
     ),
+    opt(
+        "control_password",
+        Kind::Str,
+        None,
+        CONTROL,
+        "Password a console must send (`auth PASSWORD`) before any command on this control listener; a herald addition.",
+    ),
+    opt(
+        "timeout",
+        Kind::Seconds,
+        Some("60"),
+        CONTROL,
+        "Seconds an idle control connection stays open.",
+    ),
     // --- modules (momentum.md §1.7, §3, §4.1) ---
     opt(
         "enabled",
@@ -650,6 +664,21 @@ pub static OPTIONS: &[OptionDef] = &[
         Some("true"),
         ECLOG,
         "Log errors to the paniclog.",
+    ),
+    // --- invalid tokens (herald additions, design §2) ---
+    opt(
+        "invalid_tokens_file",
+        Kind::Path,
+        None,
+        GLOBAL,
+        "File of the invalid-token store (JSON lines); unset: invalid-tokens.jsonl in spool_dir; a herald addition.",
+    ),
+    opt(
+        "feedback_logfile",
+        Kind::Path,
+        None,
+        GLOBAL,
+        "Log of every invalid device token reported by APNs or its feedback service, one `@`-delimited line each; a herald addition.",
     ),
     // --- spool (herald additions, design §2) ---
     opt(

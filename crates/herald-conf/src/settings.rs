@@ -539,3 +539,26 @@ pub(crate) fn spool(root: &Node) -> SpoolSettings {
         nats_stream: r.word("spool_nats_stream").to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_allow_beats_deny_and_default_is_open() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let open = Acl::default();
+        assert!(open.permits(ip("192.0.2.1")));
+        let acl = Acl {
+            allow: vec![c("127.0.0.0/8")],
+            deny: vec![c("0.0.0.0/0")],
+        };
+        assert!(acl.permits(ip("127.0.0.1")));
+        assert!(!acl.permits(ip("192.0.2.1")));
+        assert!(
+            acl.permits(ip("::1")),
+            "an IPv6 client is not in an IPv4 deny list"
+        );
+    }
+}

@@ -225,3 +225,60 @@ fn render_raw(raw: &RawValue, out: &mut String) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn at() -> Location {
+        Location {
+            file: Arc::from("t"),
+            line: 1,
+            col: 1,
+        }
+    }
+
+    #[test]
+    fn repeated_children_merge_and_lookups() {
+        let mut root = Node::root();
+        root.child_mut(ScopeKind::Domain, Some("a.com".into()), None, at());
+        root.child_mut(ScopeKind::Domain, Some("a.com".into()), None, at());
+        let re = Regex::new("[.]com$").unwrap();
+        root.child_mut(ScopeKind::Domain, Some("/[.]com$/".into()), Some(re), at());
+        let re = Regex::new("^b").unwrap();
+        root.child_mut(ScopeKind::Domain, Some("/^b/".into()), Some(re), at());
+        assert_eq!(root.children().len(), 3);
+        assert_eq!(
+            root.find_named(ScopeKind::Domain, "A.com")
+                .and_then(|n| n.name.as_deref()),
+            Some("a.com")
+        );
+        // regexes in declaration order: b.com matches both, the first wins
+        assert_eq!(
+            root.find_named(ScopeKind::Domain, "b.com")
+                .and_then(|n| n.name.as_deref()),
+            Some("/[.]com$/")
+        );
+        assert_eq!(
+            root.find_named(ScopeKind::Domain, "b.org")
+                .and_then(|n| n.name.as_deref()),
+            Some("/^b/")
+        );
+        assert!(root.find_named(ScopeKind::Domain, "c.org").is_none());
+        assert!(root.find_named(ScopeKind::Host, "a.com").is_none());
+    }
+
+    #[test]
+    fn most_specific_peer() {
+        let mut l = Node::new(ScopeKind::Listen, Some(":25".into()), None);
+        l.child_mut(ScopeKind::Peer, Some("10.0.0.0/8".into()), None, at());
+        l.child_mut(ScopeKind::Peer, Some("10.1.0.0/16".into()), None, at());
+        let name = |ip: &str| l.find_peer(ip).and_then(|n| n.name.clone());
+        assert_eq!(name("10.1.2.3").as_deref(), Some("10.1.0.0/16"));
+        assert_eq!(name("10.2.2.3").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(name("10.0.0.0/8").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(name("11.0.0.1"), None);
+    }
+}
