@@ -101,11 +101,34 @@ impl Loader {
                 String::from_utf8_lossy(bytes)
             }
         };
-        let (stmts, errors) = parser::parse(&text);
-        self.pending.push(errors.into());
-        self.apply(stmts, root, &ctx, false);
+        // Statements are applied as they are parsed: a large file never exists as a whole syntax tree.
+        let mut parser = parser::Parser::new(&text);
+        self.pending.push(Default::default());
+        while let Some(stmt) = parser.next_statement() {
+            self.queue(parser.take_errors());
+            self.apply_one(stmt, root, &ctx, false);
+            if self.diags.is_full() {
+                break;
+            }
+        }
+        self.queue(parser.take_errors());
         self.flush(&ctx, None);
         self.pending.pop();
+    }
+
+    /// Adds syntax errors (in text order) to the current file's queue, keeping the queue in text order.
+    fn queue(&mut self, errors: Vec<parser::SyntaxError>) {
+        let Some(queue) = self.pending.last_mut() else {
+            return;
+        };
+        for e in errors {
+            let key = (e.pos.line, e.pos.col);
+            let at = queue
+                .iter()
+                .rposition(|q| (q.pos.line, q.pos.col) <= key)
+                .map_or(0, |i| i + 1);
+            queue.insert(at, e);
+        }
     }
 
     /// Reports the current file's syntax errors that come before `until` (all of them for `None`).
@@ -128,6 +151,12 @@ impl Loader {
             if self.diags.is_full() {
                 return;
             }
+            self.apply_one(stmt, node, ctx, discard);
+        }
+    }
+
+    fn apply_one(&mut self, stmt: Stmt, node: &mut Node, ctx: &FileCtx, discard: bool) {
+        {
             let at = match &stmt {
                 Stmt::Option { name_pos, .. } => *name_pos,
                 Stmt::Scope { kind_pos, .. } => *kind_pos,

@@ -304,6 +304,13 @@ pub static OPTIONS: &[OptionDef] = &[
         "Binary protocol notification format: `frame` (command 2) or `enhanced` (command 1); a herald addition.",
     ),
     opt(
+        "apn_feedback_address",
+        Kind::Str,
+        None,
+        DELIVERY,
+        "host:port of the binary feedback service; unset: the route's gateway.* host as feedback.*:2196; a herald addition.",
+    ),
+    opt(
         "apn_feedback_interval",
         Kind::Seconds,
         Some("0"),

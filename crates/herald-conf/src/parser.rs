@@ -26,28 +26,61 @@ pub struct SyntaxError {
 
 /// Parses a whole file. Returns the statements it could read and every syntax error, in text order.
 pub fn parse(src: &str) -> (Vec<Stmt>, Vec<SyntaxError>) {
-    let mut p = Parser {
-        lx: Lexer::new(src),
-        ahead: VecDeque::new(),
-        errors: Vec::new(),
-    };
-    let body = p.body(None, 0);
-    let mut errors = p.errors;
-    errors.extend(p.lx.errors.drain(..).map(|e| SyntaxError {
-        pos: Pos {
-            line: e.line,
-            col: e.col,
-        },
-        message: e.message,
-    }));
-    errors.sort_by_key(|e| (e.pos.line, e.pos.col));
-    (body, errors)
+    let mut p = Parser::new(src);
+    let mut body = Vec::new();
+    while let Some(s) = p.next_statement() {
+        body.push(s);
+    }
+    (body, p.take_errors())
 }
 
-struct Parser<'a> {
+enum Step {
+    Stmt(Stmt),
+    Skipped,
+    End,
+}
+
+/// A streaming parser: [`Parser::next_statement`] yields one top-level statement (with everything nested in it)
+/// at a time, so a large file never exists as a whole syntax tree.
+pub struct Parser<'a> {
     lx: Lexer<'a>,
     ahead: VecDeque<Token<'a>>,
     errors: Vec<SyntaxError>,
+}
+
+impl<'a> Parser<'a> {
+    pub fn new(src: &'a str) -> Self {
+        Parser {
+            lx: Lexer::new(src),
+            ahead: VecDeque::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The next top-level statement; `None` at the end of the text.
+    pub fn next_statement(&mut self) -> Option<Stmt> {
+        loop {
+            match self.step(None, 0) {
+                Step::Stmt(s) => return Some(s),
+                Step::Skipped => {}
+                Step::End => return None,
+            }
+        }
+    }
+
+    /// The syntax errors found so far (lexer and parser), in text order, and forgets them.
+    pub fn take_errors(&mut self) -> Vec<SyntaxError> {
+        let mut errors = std::mem::take(&mut self.errors);
+        errors.extend(self.lx.errors.drain(..).map(|e| SyntaxError {
+            pos: Pos {
+                line: e.line,
+                col: e.col,
+            },
+            message: e.message,
+        }));
+        errors.sort_by_key(|e| (e.pos.line, e.pos.col));
+        errors
+    }
 }
 
 fn pos(t: &Token<'_>) -> Pos {
@@ -133,43 +166,52 @@ impl<'a> Parser<'a> {
     fn body(&mut self, open: Option<(Pos, &str, Option<&str>)>, depth: usize) -> Vec<Stmt> {
         let mut out = Vec::new();
         loop {
-            let Some(t) = self.peek() else {
-                if let Some((p, kw, name)) = open {
-                    let what = describe_scope(kw, name);
-                    let msg =
-                        format!("unterminated scope: the `{{` of {what} has no matching `}}`");
-                    self.error(p, msg);
+            match self.step(open, depth) {
+                Step::Stmt(s) => out.push(s),
+                Step::Skipped => {}
+                Step::End => return out,
+            }
+        }
+    }
+
+    /// Reads one statement of a body, or reports and skips what cannot start one.
+    fn step(&mut self, open: Option<(Pos, &str, Option<&str>)>, depth: usize) -> Step {
+        let Some(t) = self.peek() else {
+            if let Some((p, kw, name)) = open {
+                let what = describe_scope(kw, name);
+                let msg = format!("unterminated scope: the `{{` of {what} has no matching `}}`");
+                self.error(p, msg);
+            }
+            return Step::End;
+        };
+        match t.kind {
+            TokenKind::RBrace => {
+                let p = pos(t);
+                self.next();
+                if open.is_some() {
+                    return Step::End;
                 }
-                return out;
-            };
-            match t.kind {
-                TokenKind::RBrace => {
-                    let p = pos(t);
-                    self.next();
-                    if open.is_some() {
-                        return out;
-                    }
-                    self.error(p, "unexpected `}`: no scope is open here".into());
-                }
-                TokenKind::Word => {
-                    if let Some(s) = self.statement(depth) {
-                        out.push(s);
-                    }
-                }
-                _ => {
-                    let (p, d) = (pos(t), describe(t));
-                    let hint = if t.kind == TokenKind::Equals {
-                        EQUALS_HINT
-                    } else {
-                        ""
-                    };
-                    self.error(
-                        p,
-                        format!("expected an option or scope name, found {d}{hint}"),
-                    );
-                    self.next();
-                    self.skip_line(p.line);
-                }
+                self.error(p, "unexpected `}`: no scope is open here".into());
+                Step::Skipped
+            }
+            TokenKind::Word => match self.statement(depth) {
+                Some(s) => Step::Stmt(s),
+                None => Step::Skipped,
+            },
+            _ => {
+                let (p, d) = (pos(t), describe(t));
+                let hint = if t.kind == TokenKind::Equals {
+                    EQUALS_HINT
+                } else {
+                    ""
+                };
+                self.error(
+                    p,
+                    format!("expected an option or scope name, found {d}{hint}"),
+                );
+                self.next();
+                self.skip_line(p.line);
+                Step::Skipped
             }
         }
     }
