@@ -42,7 +42,7 @@ fn token(i: usize) -> String {
 
 /// A simulator, an engine delivering `DOMAIN` and `DOMAIN2` to it, and an ESMTP listener in front.
 struct Harness {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pki: Pki,
     sim: SimHandle,
     logs: Logs,
@@ -108,7 +108,7 @@ impl Harness {
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(smtp::serve(listener, config_rx, intake, stopped));
         Harness {
-            _dir: dir,
+            dir,
             pki,
             sim,
             logs,
@@ -940,4 +940,65 @@ async fn reconfiguration_answers_421_to_old_sessions() {
         (220, "herald-reloaded ESMTP herald ready".into())
     );
     assert_eq!(fresh.cmd("NOOP").await, (250, "2.0.0 ok".into()));
+}
+
+/// Throughput benchmark with postfix's `smtp-source` (bench/smtp/run.sh runs it in release mode): one MCMT message
+/// with one push part per SMTP message. Prints messages per second accepted and delivered; asserts only that
+/// every message reached the simulator.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run bench/smtp/run.sh"]
+async fn bench_smtp_source() {
+    let messages: usize = std::env::var("SMTP_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let sessions: usize = std::env::var("SMTP_BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
+    let h = Harness::start(allow_conf).await;
+    let message = mcmt(&[push_part(
+        &[("X-APNs-Topic", TOPIC)],
+        "{\"aps\":{\"alert\":\"benchmark\"}}",
+    )]);
+    let file = h.dir.path().join("message.eml");
+    // smtp-source appends CRLF to each line of the file itself.
+    std::fs::write(&file, message.replace("\r\n", "\n")).unwrap();
+    let started = std::time::Instant::now();
+    let out = tokio::process::Command::new("smtp-source")
+        .args([
+            "-d",
+            "-s",
+            &sessions.to_string(),
+            "-m",
+            &messages.to_string(),
+            "-f",
+            "app@backend.example",
+            "-t",
+            &format!("{}@{DOMAIN}", token(1)),
+            "-F",
+        ])
+        .arg(&file)
+        .arg(format!("127.0.0.1:{}", h.port))
+        .output()
+        .await
+        .expect("smtp-source (Debian package postfix) is needed");
+    let accepted = started.elapsed();
+    assert!(
+        out.status.success(),
+        "smtp-source failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.sim
+        .wait_for_records(messages as u64, Duration::from_secs(600))
+        .await;
+    let delivered = started.elapsed();
+    assert_eq!(h.sim.record().len(), messages);
+    println!(
+        "smtp-source: {messages} messages over {sessions} sessions; accepted in {:.2} s = {:.0} msg/s; delivered to the simulator in {:.2} s = {:.0} msg/s",
+        accepted.as_secs_f64(),
+        messages as f64 / accepted.as_secs_f64(),
+        delivered.as_secs_f64(),
+        messages as f64 / delivered.as_secs_f64()
+    );
 }

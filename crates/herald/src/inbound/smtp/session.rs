@@ -76,6 +76,8 @@ impl Session {
         shutdown: watch::Receiver<bool>,
     ) -> Session {
         let config = config_rx.borrow_and_update().clone();
+        // A listener on `[::]` sees IPv4 clients as IPv4-mapped addresses; access lists are written in IPv4.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let reception = config.listener.mcmt_reception_for(peer.ip());
         Session {
             io: LineIo::new(stream),
