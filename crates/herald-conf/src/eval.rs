@@ -143,6 +143,12 @@ impl ScopePath {
     /// Reads Momentum's `config eval` word order: `[SCOPE [NAME]]… OPTION`. Returns the path and the option word.
     pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<(ScopePath, String), EvalError> {
         let (option, scopes) = words.split_last().ok_or(EvalError::NoOption)?;
+        let last = option.as_ref();
+        if options::lookup(last).is_none() && ScopeKind::from_keyword(last).is_some() {
+            // `domain` or `binding_group g binding` with no option after it
+            Self::parse_scope_words(words)?;
+            return Err(EvalError::NoOption);
+        }
         Ok((
             Self::parse_scope_words(scopes)?,
             option.as_ref().to_string(),
@@ -390,6 +396,14 @@ mod tests {
         assert!(matches!(
             ScopePath::parse_words::<&str>(&[]),
             Err(EvalError::NoOption)
+        ));
+        assert!(matches!(
+            ScopePath::parse_words(&["esmtp_listener"]),
+            Err(EvalError::NoOption)
+        ));
+        assert!(matches!(
+            ScopePath::parse_words(&["domain"]),
+            Err(EvalError::MissingName(ScopeKind::Domain))
         ));
     }
 
