@@ -535,6 +535,40 @@ mod tests {
         ));
     }
 
+    // The parser reads client bytes: no truncation or corruption of a valid message may panic.
+    #[test]
+    fn truncated_and_corrupted_messages_never_panic() {
+        let inner = "X-Device-Token: abcd\r\n\r\n{\"aps\":{}}";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(inner);
+        let raw = mcmt(&[
+            "Content-Type: message/rfc822\r\n\r\nSubject: x\r\n\r\nbody",
+            &format!("Content-Type: message/vnd.msys.apn\r\n\r\n{inner}"),
+            &format!(
+                "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}"
+            ),
+        ]);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut outcomes = [0usize; 2];
+        for cut in 0..raw.len() {
+            outcomes[usize::from(parse(&raw[..cut]).is_ok())] += 1;
+        }
+        for _ in 0..2000 {
+            let mut m = raw.clone();
+            for _ in 0..1 + next() % 4 {
+                let i = (next() % m.len() as u64) as usize;
+                m[i] = (next() % 256) as u8;
+            }
+            outcomes[usize::from(parse(&m).is_ok())] += 1;
+        }
+        assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+    }
+
     #[test]
     fn no_push_part_and_not_mcmt() {
         let raw = mcmt(&["Content-Type: message/rfc822\r\n\r\nSubject: x\r\n\r\nbody"]);
