@@ -144,15 +144,20 @@ impl ScopePath {
     pub fn parse_words<S: AsRef<str>>(words: &[S]) -> Result<(ScopePath, String), EvalError> {
         let (option, scopes) = words.split_last().ok_or(EvalError::NoOption)?;
         let last = option.as_ref();
-        if options::lookup(last).is_none() && ScopeKind::from_keyword(last).is_some() {
-            // `domain` or `binding_group g binding` with no option after it
-            Self::parse_scope_words(words)?;
-            return Err(EvalError::NoOption);
+        let is_option = options::lookup(last).is_some();
+        match Self::parse_scope_words(scopes) {
+            // `esmtp_listener` alone: the words name a scope and no option
+            Ok(_) if !is_option && ScopeKind::from_keyword(last).is_some() => {
+                Self::parse_scope_words(words)?;
+                Err(EvalError::NoOption)
+            }
+            Ok(path) => Ok((path, last.to_string())),
+            // `domain x` alone: the last word is the scope's name, not an option
+            Err(_) if !is_option && Self::parse_scope_words(words).is_ok() => {
+                Err(EvalError::NoOption)
+            }
+            Err(e) => Err(e),
         }
-        Ok((
-            Self::parse_scope_words(scopes)?,
-            option.as_ref().to_string(),
-        ))
     }
 
     /// Reads `[SCOPE [NAME]]…` (no option at the end), as `config show` takes it.
@@ -399,6 +404,10 @@ mod tests {
         ));
         assert!(matches!(
             ScopePath::parse_words(&["esmtp_listener"]),
+            Err(EvalError::NoOption)
+        ));
+        assert!(matches!(
+            ScopePath::parse_words(&["binding_group", "g", "domain", "x.com"]),
             Err(EvalError::NoOption)
         ));
         assert!(matches!(
