@@ -246,6 +246,9 @@ fn config_eval_errors_exit_non_zero_with_a_message() {
         "{}",
         stderr(&o)
     );
+    let o = herald(&["config", "eval", "-c", &p, "domain", "apn_example.com"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no option given"), "{}", stderr(&o));
     let o = herald(&[
         "config",
         "eval",
