@@ -1002,3 +1002,30 @@ async fn bench_smtp_source() {
         messages as f64 / delivered.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_the_session_limit_get_421() {
+    let h = Harness::start_with(allow_conf, |l| l.max_connections = 1).await;
+    let mut first = h.greeted().await;
+    let mut second = h.raw().await;
+    assert_eq!(
+        second.reply().await,
+        (
+            421,
+            "4.7.0 herald: too many connections (limit 1); try again later".into()
+        )
+    );
+    second.assert_closed().await;
+    assert_eq!(first.cmd("QUIT").await.0, 221);
+    first.assert_closed().await;
+    // Once the first session is gone, a new client is served (the listener notices the end asynchronously).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut c = h.raw().await;
+        if c.reply().await.0 == 220 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still refused");
+        tokio::task::yield_now().await;
+    }
+}

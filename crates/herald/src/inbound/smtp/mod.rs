@@ -42,6 +42,8 @@ pub struct SmtpLimits {
     pub idle_timeout: Duration,
     /// The name herald gives itself in the greeting and in EHLO.
     pub hostname: String,
+    /// Open sessions per listener; a client beyond it gets `421 4.7.0` at connect.
+    pub max_connections: usize,
 }
 
 /// Default `SIZE`: 10 MiB.
@@ -50,6 +52,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
 /// RFC 5321's line limit, CRLF included.
 pub const DEFAULT_MAX_LINE: usize = 1000;
+/// Default open sessions per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
 /// Default idle timeout (RFC 5321 §4.5.3.2.7 suggests 5 minutes for the server).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -62,6 +66,7 @@ impl Default for SmtpLimits {
             max_text_line: DEFAULT_MAX_LINE,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             hostname: "herald".into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -137,6 +142,12 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let limits = config.borrow().limits.clone();
+                    if sessions.len() >= limits.max_connections {
+                        tracing::info!(%peer, open = sessions.len(), "ESMTP connection refused: too many sessions");
+                        tokio::spawn(session::refuse_busy(stream, limits));
+                        continue;
+                    }
                     let session = session::Session::new(
                         stream,
                         peer,

@@ -481,6 +481,21 @@ impl Session {
     }
 }
 
+/// Tells a client over the listener's session limit to come back later, and closes.
+pub(crate) async fn refuse_busy(stream: TcpStream, limits: super::SmtpLimits) {
+    let mut io = LineIo::new(stream);
+    Reply::new(
+        421,
+        "4.7.0",
+        format!(
+            "{}: too many connections (limit {}); try again later",
+            limits.hostname, limits.max_connections
+        ),
+    )
+    .write_to(io.queue());
+    io.close().await;
+}
+
 fn not_mcmt() -> Reply {
     Reply::new(
         554,
