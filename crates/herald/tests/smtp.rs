@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use herald::inbound::accept::{Intake, NotDurable};
+use herald::inbound::accept::{BoxFuture, Durable, Intake, NotDurable};
 use herald::inbound::smtp::{self, SmtpConfig, SmtpLimits};
 use herald::logs::Logs;
 use herald::logs::file::LogFile;
 use herald::logs::mainlog::MainLog;
 use herald::outbound::settings::{DeliverySettings, RouteProtocol};
 use herald::queue::message::IdGenerator;
+use herald::queue::message::Notification;
 use herald::queue::retry::{MaxRetries, RetryPolicy};
 use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
 use herald_apns::client::connect::Endpoint;
@@ -67,6 +68,14 @@ impl Harness {
         conf: impl FnOnce(&Pki) -> String,
         limits: impl FnOnce(&mut SmtpLimits),
     ) -> Harness {
+        Harness::start_full(conf, limits, Arc::new(NotDurable)).await
+    }
+
+    async fn start_full(
+        conf: impl FnOnce(&Pki) -> String,
+        limits: impl FnOnce(&mut SmtpLimits),
+        durable: Arc<dyn Durable>,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
         let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
@@ -90,12 +99,7 @@ impl Harness {
             Arc::new(MemoryInvalidTokens::default()),
             EngineLimits::default(),
         ));
-        let intake = Arc::new(Intake::new(
-            resolver,
-            Arc::new(NotDurable),
-            engine,
-            IdGenerator::new(3),
-        ));
+        let intake = Arc::new(Intake::new(resolver, durable, engine, IdGenerator::new(3)));
         let text = conf(&pki);
         let parsed = Config::parse_str("smtp-test.conf", &text).unwrap();
         let settings = parsed.listeners().into_iter().next().unwrap();
@@ -1028,4 +1032,43 @@ async fn clients_over_the_session_limit_get_421() {
         assert!(std::time::Instant::now() < deadline, "still refused");
         tokio::task::yield_now().await;
     }
+}
+
+/// A spool that cannot store anything, failing with a fixed reason.
+struct FailingSpool(&'static str);
+
+impl Durable for FailingSpool {
+    fn persist<'a>(&'a self, _batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { Err(self.0.to_string()) })
+    }
+}
+
+// The sender is told to retry when the batch cannot be made durable, and nothing is logged or delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_failures_are_temporary_refusals() {
+    let message = mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}")]);
+    let rcpt = vec![format!("{}@{DOMAIN}", token(40))];
+    let h = Harness::start_full(
+        allow_conf,
+        |_| {},
+        Arc::new(FailingSpool("No space left on device (os error 28)")),
+    )
+    .await;
+    assert_eq!(
+        h.send_raw(&rcpt, &message).await,
+        (
+            452,
+            "4.3.1 the spool could not store the notifications: No space left on device (os error 28)".into()
+        )
+    );
+    let h = Harness::start_full(allow_conf, |_| {}, Arc::new(FailingSpool("I/O error"))).await;
+    assert_eq!(
+        h.send_raw(&rcpt, &message).await,
+        (
+            451,
+            "4.3.0 the spool could not store the notifications: I/O error".into()
+        )
+    );
+    assert!(h.reception_lines().is_empty());
+    assert!(h.sim.record().is_empty());
 }

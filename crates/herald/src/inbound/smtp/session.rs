@@ -461,7 +461,7 @@ impl Session {
                         format!("part {}, recipient <{}>: {text}", s.part, s.recipient),
                     );
                 }
-                Err(Refusal::Temporary(text)) => return Reply::new(451, "4.3.0", text),
+                Err(Refusal::Temporary(text)) => return temporary(text),
             }
         }
         let count = batch.len();
@@ -475,7 +475,7 @@ impl Session {
                     source.batch_id
                 ),
             ),
-            Err(Refusal::Temporary(text)) => Reply::new(451, "4.3.0", text),
+            Err(Refusal::Temporary(text)) => temporary(text),
             Err(Refusal::Permanent(text)) => Reply::new(554, "5.3.0", text),
         }
     }
@@ -494,6 +494,16 @@ pub(crate) async fn refuse_busy(stream: TcpStream, limits: super::SmtpLimits) {
     )
     .write_to(io.queue());
     io.close().await;
+}
+
+/// A temporary refusal: `452 4.3.1` when storage is full (RFC 3463 "mail system full"), else `451 4.3.0`.
+fn temporary(text: String) -> Reply {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("no space") || lower.contains("disk full") || lower.contains("storage full") {
+        Reply::new(452, "4.3.1", text)
+    } else {
+        Reply::new(451, "4.3.0", text)
+    }
 }
 
 fn not_mcmt() -> Reply {
@@ -521,4 +531,20 @@ fn idle(host: &str, config: &SmtpConfig) -> Reply {
             config.limits.idle_timeout
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_storage_is_452_other_temporary_failures_451() {
+        let r = temporary(
+            "the spool could not store the notifications: No space left on device (os error 28)"
+                .into(),
+        );
+        assert_eq!((r.code, r.status), (452, "4.3.1"));
+        let r = temporary("the spool could not store the notifications: I/O error".into());
+        assert_eq!((r.code, r.status), (451, "4.3.0"));
+    }
 }
