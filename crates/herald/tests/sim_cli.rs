@@ -227,3 +227,107 @@ fn sim_without_pki_fails_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pki"));
 }
+
+/// Starts `herald sim --pki DIR ARGS…` and returns the child and its parsed ready line.
+fn start_sim(dir: &Path, args: &[&str]) -> (Running, serde_json::Value) {
+    let mut child = herald()
+        .args(["sim", "--pki"])
+        .arg(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    (running, serde_json::from_str(line.trim()).unwrap())
+}
+
+fn curl_status(m: &serde_json::Value, variant: &str, h2: &str, token: &str) -> (String, String) {
+    let files = &m["clients"]["com.example.herald"][variant];
+    let out = Command::new("curl")
+        .args(["--http2", "-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(m["ca_cert"].as_str().unwrap())
+        .args([
+            "--cert",
+            files["cert"].as_str().unwrap(),
+            "--key",
+            files["key"].as_str().unwrap(),
+        ])
+        .args(["--data-binary", r#"{"aps":{}}"#])
+        .arg(format!("https://{h2}/3/device/{token}"))
+        .output()
+        .expect(
+            "curl is not installed; install it with `apt-get install -y curl` (this test needs it)",
+        );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_owned(), body.to_owned())
+}
+
+#[test]
+fn scenario_file_and_flags_shape_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = pki(dir.path(), &[]);
+    let gone = "cd".repeat(32);
+    let scenario = dir.path().join("scenario.json");
+    std::fs::write(
+        &scenario,
+        format!(r#"{{"tokens":[{{"token":"{gone}","state":"unregistered","timestamp_ms":1650000000000}}]}}"#),
+    )
+    .unwrap();
+    let (_sim, addrs) = start_sim(
+        dir.path(),
+        &[
+            "--scenario",
+            scenario.to_str().unwrap(),
+            "--environment",
+            "production",
+            "--bad-token",
+            &"ee".repeat(32),
+        ],
+    );
+    let h2 = addrs["h2"].as_str().unwrap();
+    assert_eq!(
+        curl_status(&m, "production", h2, &gone),
+        (
+            "410".into(),
+            r#"{"reason":"Unregistered","timestamp":1650000000000}"#.into()
+        )
+    );
+    assert_eq!(
+        curl_status(&m, "production", h2, &"ee".repeat(32)),
+        ("400".into(), r#"{"reason":"BadDeviceToken"}"#.into())
+    );
+    assert_eq!(
+        curl_status(&m, "sandbox", h2, &"ab".repeat(32)),
+        (
+            "403".into(),
+            r#"{"reason":"BadCertificateEnvironment"}"#.into()
+        )
+    );
+    assert_eq!(curl_status(&m, "production", h2, &"ab".repeat(32)).0, "200");
+}
+
+#[test]
+fn a_bad_scenario_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path(), &[]);
+    let scenario = dir.path().join("bad.json");
+    std::fs::write(&scenario, r#"{"errors":{"NotAReason":0.5}}"#).unwrap();
+    let out = herald()
+        .args(["sim", "--pki"])
+        .arg(dir.path())
+        .arg("--scenario")
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.json") && err.contains("NotAReason"),
+        "{err}"
+    );
+}
