@@ -464,14 +464,7 @@ async fn smtplib_mcmt_reaches_the_simulator_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starttls_then_a_message_over_tls() {
-    let h = Harness::start(|pki| {
-        format!(
-            "esmtp_listener {{ listen \"127.0.0.1:0\" {{ mcmt_reception = \"allow\" tls_certificate = \"{}\" tls_key = \"{}\" }} }}",
-            pki.manifest.server_cert.display(),
-            pki.manifest.server_key.display()
-        )
-    })
-    .await;
+    let h = Harness::start(tls_conf).await;
     let json = "{\"aps\":{\"alert\":\"over TLS\"}}";
     let message = mcmt(&[push_part(&[], json)]);
     let rcpts = vec![format!("{}@{DOMAIN}", token(7))];
@@ -1071,4 +1064,64 @@ async fn spool_failures_are_temporary_refusals() {
     );
     assert!(h.reception_lines().is_empty());
     assert!(h.sim.record().is_empty());
+}
+
+fn tls_conf(pki: &Pki) -> String {
+    format!(
+        "esmtp_listener {{ listen \"127.0.0.1:0\" {{ mcmt_reception = \"allow\" tls_certificate = \"{}\" tls_key = \"{}\" }} }}",
+        pki.manifest.server_cert.display(),
+        pki.manifest.server_key.display()
+    )
+}
+
+// RFC 3207 §4.2: commands pipelined in plaintext after STARTTLS are dropped, and the session starts over under TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_pipelined_after_starttls_is_dropped() {
+    let h = Harness::start(tls_conf).await;
+    let mut c = h.greeted().await;
+    c.send("STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")
+        .await;
+    assert_eq!(c.reply().await, (220, "2.0.0 ready to start TLS".into()));
+    assert!(
+        c.r.buffer().is_empty(),
+        "plaintext after the 220: {:?}",
+        c.r.buffer()
+    );
+    let tcp = c.r.into_inner().reunite(c.w).unwrap();
+    let tls = client_config(
+        None,
+        RootSource::CaFile(h.pki.manifest.ca_cert.clone()),
+        false,
+    )
+    .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
+    // Had the pipelined MAIL been kept, this would be "503 nested MAIL" or "250 sender ok"; the state was reset.
+    w.write_all(b"MAIL FROM:<a@backend.example>\r\n")
+        .await
+        .unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "503 5.5.1 say EHLO or HELO first\r\n");
+    w.write_all(b"EHLO client.example\r\n").await.unwrap();
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        let last = line.as_bytes()[3] == b' ';
+        lines.push(line);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(lines[0], "250-herald greets client.example\r\n");
+    assert!(
+        !lines.iter().any(|l| l.contains("STARTTLS")),
+        "STARTTLS offered again under TLS: {lines:?}"
+    );
 }
