@@ -1125,3 +1125,12 @@ async fn plaintext_pipelined_after_starttls_is_dropped() {
         "STARTTLS offered again under TLS: {lines:?}"
     );
 }
+
+// A client that asks for STARTTLS and never shakes hands is dropped after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_is_closed_after_the_idle_timeout() {
+    let h = Harness::start_with(tls_conf, |l| l.idle_timeout = Duration::from_millis(300)).await;
+    let mut c = h.greeted().await;
+    assert_eq!(c.cmd("STARTTLS").await.0, 220);
+    c.assert_closed().await;
+}

@@ -315,9 +315,22 @@ impl Session {
         if dropped > 0 {
             tracing::info!(peer = %self.peer, bytes = dropped, "dropped plaintext pipelined after STARTTLS");
         }
-        if let Err(e) = self.io.upgrade(tls).await {
-            tracing::info!(peer = %self.peer, error = %e, "STARTTLS failed");
-            return Step::Gone;
+        // The handshake is bounded like any other wait for the client, and gives way to shutdown.
+        let idle = self.config.limits.idle_timeout;
+        let handshake = tokio::select! {
+            _ = until_shutdown(&mut self.shutdown) => return Step::Gone,
+            r = tokio::time::timeout(idle, self.io.upgrade(tls)) => r,
+        };
+        match handshake {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.peer, error = %e, "STARTTLS failed");
+                return Step::Gone;
+            }
+            Err(_) => {
+                tracing::info!(peer = %self.peer, "STARTTLS handshake timed out");
+                return Step::Gone;
+            }
         }
         self.greeted = None;
         self.envelope = Envelope::default();
