@@ -950,3 +950,52 @@ async fn openapi_documents_exactly_the_routes_the_server_answers() {
         }
     }
 }
+
+/// Throughput smoke run (`cargo test --release -p herald --test rest -- --ignored --nocapture`): batches of
+/// tokens from several clients at once, to the simulator. Prints the rates; asserts only that every
+/// notification was accepted and delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it in release mode"]
+async fn throughput_smoke() {
+    const CLIENTS: usize = 4;
+    const BATCHES: usize = 10;
+    const PER_BATCH: usize = 2_000;
+    let h = Harness::start(|_, _| {}).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let client = h.client();
+        let url = h.url("/api/v1/push");
+        tasks.push(tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let base = (c * BATCHES + b) * PER_BATCH;
+                let tokens: Vec<String> = (base..base + PER_BATCH).map(token).collect();
+                let body = json!({"domain": DOMAIN, "tokens": tokens,
+                    "payload": {"aps": {"alert": "throughput"}}, "priority": 10});
+                let response = client.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(response.status(), StatusCode::ACCEPTED);
+                let answer: Value = response.json().await.unwrap();
+                assert!(
+                    answer["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|r| r["status"] == "accepted")
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = started.elapsed();
+    let total = (CLIENTS * BATCHES * PER_BATCH) as u64;
+    let records = h.records(total).await;
+    let delivered = started.elapsed();
+    assert_eq!(records.len() as u64, total);
+    println!(
+        "{total} notifications: accepted at {:.0}/s, delivered at {:.0}/s",
+        total as f64 / accepted.as_secs_f64(),
+        total as f64 / delivered.as_secs_f64()
+    );
+}

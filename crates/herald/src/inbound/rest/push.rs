@@ -108,7 +108,6 @@ async fn accept_batch(
         }
         Some(d) => d,
     };
-    check_domain(intake, domain, source)?;
     let opts = &request;
     let mut results = Vec::new();
     let mut accepted = Vec::new();
@@ -193,6 +192,9 @@ async fn accept_batch(
 }
 
 /// Validates one item: accepted ones join the batch to commit, rejected ones keep their reason.
+///
+/// The first item also proves the domain: [`Intake::prepare`] checks the domain before anything else, so when
+/// the first item is refused for its domain the whole request is (`400`), and otherwise no later item can be.
 fn take(
     intake: &Intake,
     submission: Submission,
@@ -204,6 +206,9 @@ fn take(
         Ok(n) => {
             results.push(ItemResult::Accepted(n.id));
             accepted.push(n);
+        }
+        Err(Refusal::Permanent(reason)) if results.is_empty() && is_domain_refusal(&reason) => {
+            return Err(ApiError::bad_request(format!("domain: {reason}")));
         }
         Err(Refusal::Permanent(reason)) => results.push(ItemResult::Rejected(reason)),
         Err(Refusal::Temporary(reason)) => return Err(ApiError::unavailable(reason)),
@@ -219,22 +224,9 @@ pub(super) fn refusal_error(refusal: Refusal) -> ApiError {
     }
 }
 
-/// Refuses a domain herald cannot deliver for, before any item is looked at.
-///
-/// [`Intake`] resolves the domain before it reads the token, so a probe with no token fails on the domain when
-/// the domain is the problem and on the token otherwise.
-pub(super) fn check_domain(intake: &Intake, domain: &str, source: &Source) -> Result<(), ApiError> {
-    let probe = Submission {
-        domain: domain.to_owned(),
-        ..Submission::default()
-    };
-    match intake.prepare(probe, source) {
-        Err(Refusal::Permanent(m)) if m.starts_with("domain ") || m.starts_with("no domain") => {
-            Err(ApiError::bad_request(format!("domain: {m}")))
-        }
-        Err(Refusal::Temporary(m)) => Err(ApiError::unavailable(m)),
-        _ => Ok(()),
-    }
+/// Whether [`Intake::prepare`] refused a submission for its domain (unknown or not deliverable).
+fn is_domain_refusal(reason: &str) -> bool {
+    reason.starts_with("domain ") || reason.starts_with("no domain")
 }
 
 fn either(own: &Option<Text<'_>>, default: &Option<Text<'_>>) -> Option<String> {
