@@ -731,3 +731,64 @@ async fn scenario_errors_provoke_the_server_side_reasons() {
         assert_eq!(t.sim.stats().accepted.total, 0);
     }
 }
+
+#[tokio::test]
+async fn topic_specific_keys_only_cover_their_topics() {
+    let t = start_with(|c, pki| {
+        let team = pki.manifest.team_id.clone();
+        let mut k = extra_key(&team, "TOPICKEY01", &pki.manifest.dir, None);
+        k.topics = Some(vec!["com.example.allowed".into()]);
+        c.provider_keys.push(k);
+    })
+    .await;
+    let key = signing_key_for(
+        &t.pki.manifest.dir.join("AuthKey_TOPICKEY01.p8"),
+        "TOPICKEY01",
+        &t.pki.manifest.team_id,
+    );
+    let bearer = format!("bearer {}", key.sign(now()).unwrap());
+    let mut c = h2_connect(t.sim.addrs.h2, client_config(&t.pki, None, true)).await;
+    let path = format!("/3/device/{}", token(1));
+    let ok = send(
+        &mut c,
+        "POST",
+        &path,
+        &[
+            ("apns-topic", "com.example.allowed.voip"),
+            ("apns-push-type", "voip"),
+            ("authorization", &bearer),
+        ],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{:?}", ok.reason());
+    let a = send(
+        &mut c,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC), ("authorization", &bearer)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (403, Some("InvalidProviderToken"))
+    );
+    let a = send(
+        &mut c,
+        "POST",
+        &path,
+        &[
+            ("apns-topic", "com.example.allowed"),
+            ("apns-push-type", "voip"),
+            ("authorization", &bearer),
+        ],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (400, Some("TopicDisallowed")),
+        "push type needs the .voip topic"
+    );
+}
