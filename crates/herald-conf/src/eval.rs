@@ -7,6 +7,7 @@
 //!   `max_outbound_connections` is -1 there, other options take their default;
 //! - listeners: listener::listen::peer > listener::listen > listener::peer > listener > default; a peer given as
 //!   an IP address selects the most specific CIDR stanza containing it;
+//! - pathways: pathway_group::pathway > pathway > pathway_group > global > default;
 //! - modules: the module stanza > default.
 
 use std::fmt;
@@ -319,6 +320,21 @@ pub(crate) fn candidates<'a>(root: &'a Node, path: &ScopePath) -> Candidates<'a>
             let lp = l.zip(p).and_then(|(l, p)| l.find_peer(p));
             Candidates {
                 nodes: [lap, la, lp, l].into_iter().flatten().collect(),
+                host: false,
+            }
+        }
+        ScopeKind::PathwayGroup | ScopeKind::Pathway => {
+            // Pathway_Group::Pathway > Pathway > Pathway_Group > global (momentum.md §4.3)
+            let g = path
+                .name_of(ScopeKind::PathwayGroup)
+                .and_then(|g| root.child(ScopeKind::PathwayGroup, Some(g)));
+            let p = path.name_of(ScopeKind::Pathway);
+            let gp = g
+                .zip(p)
+                .and_then(|(g, p)| g.child(ScopeKind::Pathway, Some(p)));
+            let top = p.and_then(|p| root.child(ScopeKind::Pathway, Some(p)));
+            Candidates {
+                nodes: [gp, top, g, Some(root)].into_iter().flatten().collect(),
                 host: false,
             }
         }

@@ -122,6 +122,8 @@ const TLS_ID: Scopes = Scopes::of(&[
     EcstreamListener,
     Listen,
     Peer,
+    PathwayGroup,
+    Pathway,
 ]);
 const LISTENER: Scopes = Scopes::of(&[
     EsmtpListener,
@@ -138,7 +140,7 @@ const LISTENER_PEER: Scopes = Scopes::of(&[
     Listen,
     Peer,
 ]);
-const MCMT: Scopes = Scopes::of(&[EsmtpListener, Listen, Peer]);
+const MCMT: Scopes = Scopes::of(&[EsmtpListener, Listen, Peer, PathwayGroup, Pathway]);
 const HTTP: Scopes = Scopes::of(&[HttpListener, Listen]);
 const HTTP_PEER: Scopes = Scopes::of(&[HttpListener, Listen, Peer]);
 const CONTROL: Scopes = Scopes::of(&[ControlListener, Listen]);
@@ -423,6 +425,14 @@ pub static OPTIONS: &[OptionDef] = &[
         None,
         HTTP_PEER,
         "Several accepted REST API keys, added to `api_key`; a herald addition.",
+    ),
+    inert(
+        "pathway",
+        Kind::Str,
+        None,
+        LISTENER_PEER,
+        "Attaches a `pathway` stanza's settings to a listener, listen or peer scope (Momentum).",
+        "herald reads pathway stanzas but does not apply them to listeners; set mcmt_reception and the TLS options in the listener, listen or peer scope",
     ),
     opt(
         "file_mode",

@@ -22,6 +22,8 @@ pub enum ScopeKind {
     EcLogger,
     Httpsrv,
     Restinjector,
+    PathwayGroup,
+    Pathway,
 }
 
 /// Whether a scope is written with a name (`domain "x" {}`) or without (`apn {}`).
@@ -167,11 +169,25 @@ pub const SCOPES: &[ScopeDef] = &[
         parents: &[Global],
         fold_case: false,
     },
+    ScopeDef {
+        kind: PathwayGroup,
+        keyword: "pathway_group",
+        naming: Naming::Named,
+        parents: &[Global],
+        fold_case: false,
+    },
+    ScopeDef {
+        kind: Pathway,
+        keyword: "pathway",
+        naming: Naming::Named,
+        parents: &[Global, PathwayGroup],
+        fold_case: false,
+    },
 ];
 
 impl ScopeKind {
     /// Every kind, `Global` first, in a fixed order (the bit order of [`crate::options::Scopes`]).
-    pub const ALL: [ScopeKind; 16] = [
+    pub const ALL: [ScopeKind; 18] = [
         Global,
         BindingGroup,
         Binding,
@@ -188,6 +204,8 @@ impl ScopeKind {
         EcLogger,
         Httpsrv,
         Restinjector,
+        PathwayGroup,
+        Pathway,
     ];
 
     /// The scope keyword (`global` for the top level).

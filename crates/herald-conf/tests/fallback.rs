@@ -499,3 +499,49 @@ fn scope_words_may_keep_their_quotes() {
         Value::Str("allow".into())
     );
 }
+
+#[test]
+fn pathway_fallback() {
+    // momentum.md §4.3: Pathway_Group::Pathway > Pathway > Pathway_Group > Global
+    let c = Config::parse_str(
+        "p.conf",
+        r#"
+tls_certificate = /global.pem
+pathway_group pg { mcmt_reception = reject  tls_certificate = /group.pem
+  pathway p { mcmt_reception = allow } }
+pathway p { tls_certificate = /top.pem }
+pathway q { }
+"#,
+    )
+    .unwrap();
+    let e = |w: &[&str]| eval(&c, w);
+    assert_eq!(
+        e(&["pathway_group", "pg", "pathway", "p", "mcmt_reception"]),
+        Value::Str("allow".into())
+    );
+    assert_eq!(
+        e(&["pathway_group", "pg", "pathway", "p", "tls_certificate"]),
+        Value::Str("/top.pem".into())
+    );
+    assert_eq!(
+        e(&["pathway_group", "pg", "pathway", "q", "tls_certificate"]),
+        Value::Str("/group.pem".into())
+    );
+    assert_eq!(
+        e(&["pathway", "q", "tls_certificate"]),
+        Value::Str("/global.pem".into())
+    );
+    assert_eq!(
+        e(&["pathway", "q", "mcmt_reception"]),
+        Value::Str("passthru".into())
+    );
+    // attaching a pathway to a listener loads, with a warning that herald does not apply it
+    let c =
+        Config::parse_str("p2.conf", "pathway p { }\nesmtp_listener { pathway = p }\n").unwrap();
+    assert_eq!(c.warnings().len(), 1);
+    assert!(
+        c.warnings()[0].message.contains("pathway"),
+        "{}",
+        c.warnings()[0]
+    );
+}

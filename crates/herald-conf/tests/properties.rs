@@ -222,6 +222,17 @@ fn config() -> impl Strategy<Value = String> {
         listener.boxed(),
         module,
         Just("# a comment\n/* and\n another */".to_string()),
+        (
+            prop::sample::select(vec!["pg1", "pg2"]),
+            settings(ScopeKind::PathwayGroup, 3),
+            settings(ScopeKind::Pathway, 3)
+        )
+            .prop_map(|(g, gl, pl)| scope(
+                "pathway_group",
+                Some(g.to_string()),
+                gl,
+                vec![scope("pathway", Some("p".into()), pl, vec![])]
+            )),
     ];
     prop::collection::vec(item, 0..10).prop_map(|items| items.join("\n"))
 }
