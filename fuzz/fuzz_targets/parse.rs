@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(config) = Config::parse_bytes("fuzz.conf", data) {
         let shown = config.render();
         match Config::parse_str("shown.conf", &shown) {
-            Ok(again) => assert!(again.tree() == config.tree(), "render changed the tree:\n{shown}"),
+            Ok(again) => assert!(
+                again.tree() == config.tree(),
+                "render changed the tree:\n{shown}"
+            ),
             Err(d) => panic!("rendered configuration does not load: {d}\n{shown}"),
         }
     }
