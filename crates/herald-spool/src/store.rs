@@ -166,6 +166,9 @@ impl<E: Engine> Spool for DiskSpool<E> {
     }
 
     fn append(&self, batch: Vec<StoredNotification>) -> SpoolFuture<()> {
+        if batch.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
         let records: Vec<(SpoolKey, Vec<u8>)> = batch.iter().map(|n| (n.key, n.encode())).collect();
         let bytes = records.iter().map(|(_, v)| v.len() + 16).sum();
         let future = self.request(|reply| Op::Append {

@@ -338,6 +338,15 @@ async fn corrupt_and_unknown_version_records_are_skipped_and_deleted() {
 }
 
 #[tokio::test]
+async fn an_empty_append_resolves_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    spool.append(Vec::new()).await.unwrap();
+    assert_eq!(spool.stats().commits, 0);
+    assert_eq!(spool.recover().unwrap().report.recovered, 0);
+}
+
+#[tokio::test]
 async fn closed_spool_refuses_appends_with_a_temporary_error() {
     let dir = tempfile::tempdir().unwrap();
     let spool = open(dir.path());

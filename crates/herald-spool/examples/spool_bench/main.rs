@@ -1,7 +1,7 @@
 //! Spool benchmark: measures the candidate engines (redb with and without quick-repair, fjall) on herald's
 //! workload through [`DiskSpool`] and its group commit. Run by bench/spool/run.sh; prints Markdown tables.
 //!
-//! Usage: `spool_bench [--engines redb,redb-qr,fjall] [--seconds S] [--records N]`
+//! Usage: `spool_bench [--engines redb,redb-qr,fjall] [--seconds S] [--records N] [--bulk-only]`
 //! (N: records for the recovery and size measurement, default 1,000,000).
 
 mod redb_engine;
@@ -142,6 +142,8 @@ struct Bulk {
     reschedule_rate: f64,
     remove_rate: f64,
     size_after_remove_mb: f64,
+    churned_open_ms: f64,
+    churned_recover_ms: f64,
 }
 
 async fn bulk(engine: &str, records: usize) -> Bulk {
@@ -178,6 +180,18 @@ async fn bulk(engine: &str, records: usize) -> Bulk {
     spool.flush().await.expect("flush");
     let remove_rate = keys.len() as f64 / t.elapsed().as_secs_f64();
     let size_after_remove_mb = spool.stats().bytes_on_disk as f64 / 1e6;
+    // After the churn the same volume is live again: how long does a restart take to find it?
+    fill(&*spool, records).await;
+    spool.close().await.expect("close");
+    drop(spool);
+    let t = Instant::now();
+    let spool = open(engine, dir.path());
+    let churned_open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let mut count = 0usize;
+    spool.recover_each(&mut |_| count += 1).expect("recover");
+    let churned_recover_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(count, records);
     spool.close().await.expect("close");
     drop(spool);
 
@@ -221,6 +235,8 @@ async fn bulk(engine: &str, records: usize) -> Bulk {
         reschedule_rate,
         remove_rate,
         size_after_remove_mb,
+        churned_open_ms,
+        churned_recover_ms,
     }
 }
 
@@ -280,10 +296,11 @@ fn main() {
         secs,
         records
     );
+    let skip_appends = args.iter().any(|a| a == "--bulk-only");
     println!("### Appends (fsync'd, group commit), records/s (commits)\n");
     println!("| engine | writers | records/append | append only | append + remove |");
     println!("|---|---|---|---|---|");
-    for engine in engines.split(',') {
+    for engine in engines.split(',').filter(|_| !skip_appends) {
         for (writers, per) in [(1, 1), (8, 1), (64, 1), (1, 100), (8, 100), (64, 100)] {
             let (a, ac) = rt.block_on(appends(engine, writers, per, false, secs));
             let (r, rc) = rt.block_on(appends(engine, writers, per, true, secs));
@@ -292,13 +309,13 @@ fn main() {
     }
     println!("\n### Bulk: {records} records\n");
     println!(
-        "| engine | fill rec/s | size MB | clean open ms | clean recover ms | crash open ms | crash recover ms | reschedule/s | remove/s | size after remove MB |"
+        "| engine | fill rec/s | size MB | clean open ms | clean recover ms | crash open ms | crash recover ms | reschedule/s | remove/s | size after remove MB | after churn: open ms | after churn: recover ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for engine in engines.split(',') {
         let b = rt.block_on(bulk(engine, records));
         println!(
-            "| {engine} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {engine} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             b.fill_rate,
             b.size_mb,
             b.clean_open_ms,
@@ -307,7 +324,9 @@ fn main() {
             b.crash_recover_ms,
             b.reschedule_rate,
             b.remove_rate,
-            b.size_after_remove_mb
+            b.size_after_remove_mb,
+            b.churned_open_ms,
+            b.churned_recover_ms
         );
     }
 }
