@@ -7,6 +7,7 @@
 //! settings each domain delivers with.
 
 pub mod delivery;
+pub mod demo;
 pub mod inbound;
 pub mod logs;
 pub mod metrics;

@@ -30,6 +30,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Send generated notifications to one domain through the delivery engine and report throughput.
     Bench(cli::bench::BenchArgs),
+    /// Send notifications through a running herald's REST API: one from flags, or many from a file or stdin.
+    Send(Box<cli::send::SendArgs>),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => cli::sim::run(*args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Send(args) => cli::send::run(*args),
     };
     match result {
         Ok(code) => code,

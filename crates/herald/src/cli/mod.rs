@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod check;
 pub mod config;
+pub mod send;
 pub mod serve;
 pub mod sim;

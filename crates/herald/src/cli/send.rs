@@ -1,0 +1,246 @@
+//! `herald send`: injects notifications through a running herald's REST API (`POST /api/v1/push`): one from the
+//! command line, or many from a CSV of tokens or JSON lines (a file or stdin), in batches, with a progress bar on
+//! a terminal and a closing summary. The exit status is non-zero when anything was refused or a request failed.
+
+pub mod client;
+pub mod input;
+
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use client::{PushClient, Report, Request};
+use input::{Format, Item, Options};
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// The http_listener's URL.
+    #[arg(long, default_value = "http://127.0.0.1:2081")]
+    pub url: String,
+    /// The listener's API key (sent as `Authorization: Bearer KEY`).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// The app's domain (a `domain` stanza of the configuration).
+    #[arg(long)]
+    pub domain: String,
+    /// One device token (hex); use --file for many.
+    #[arg(long, conflicts_with = "file")]
+    pub token: Option<String>,
+    /// The payload, a JSON object sent byte for byte.
+    #[arg(long, conflicts_with = "alert")]
+    pub payload: Option<String>,
+    /// Shorthand for --payload '{"aps":{"alert":TEXT}}'.
+    #[arg(long)]
+    pub alert: Option<String>,
+    /// apns-push-type (alert, background, voip, …); default: inferred from the payload.
+    #[arg(long)]
+    pub push_type: Option<String>,
+    /// apns-priority (10, 5 or 1).
+    #[arg(long)]
+    pub priority: Option<u8>,
+    /// apns-expiration, epoch seconds.
+    #[arg(long)]
+    pub expiration: Option<u64>,
+    /// apns-collapse-id.
+    #[arg(long)]
+    pub collapse_id: Option<String>,
+    /// apns-topic; default: the domain's apn_topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Read notifications from this file (`-` for stdin).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// The format of --file.
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: Format,
+    /// Notifications per request.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch: u32,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
+}
+
+pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let (defaults, items, what) = prepare(&args)?;
+    let client = PushClient::new(&args.url, args.api_key.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    let progress = progress_bar(items.len() as u64, "sending");
+    let bar = progress.clone();
+    let report = runtime.block_on(client::send_all(
+        &client,
+        &args.domain,
+        &defaults,
+        items,
+        args.batch as usize,
+        args.parallel as usize,
+        move |n| bar.set_position(n as u64),
+    ));
+    progress.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    write_summary(&mut out, &report, &args.domain, &what)?;
+    out.flush()?;
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The shared payload and options, the items, and a description of the input for the summary.
+fn prepare(args: &SendArgs) -> anyhow::Result<(Request, Vec<Item>, String)> {
+    let payload = match (&args.payload, &args.alert) {
+        (Some(p), _) => Some(input::parse_payload(p)?),
+        (None, Some(a)) => Some(input::alert_payload(a)),
+        (None, None) => None,
+    };
+    let defaults = Request {
+        payload,
+        options: Options {
+            apns_id: None,
+            topic: args.topic.clone(),
+            push_type: args.push_type.clone(),
+            priority: args.priority,
+            expiration: args.expiration,
+            collapse_id: args.collapse_id.clone(),
+        },
+    };
+    let (items, what) = match (&args.token, &args.file) {
+        (Some(token), _) => {
+            if defaults.payload.is_none() {
+                anyhow::bail!(
+                    "give the notification's payload with --payload JSON or --alert TEXT"
+                );
+            }
+            (
+                vec![Item::plain(token.trim())],
+                "the command line".to_owned(),
+            )
+        }
+        (None, Some(path)) => {
+            let items = if path.as_os_str() == "-" {
+                input::read(std::io::stdin().lock(), args.format, "stdin")?
+            } else {
+                let name = path.display().to_string();
+                let file =
+                    std::fs::File::open(path).with_context(|| format!("{name}: cannot open"))?;
+                input::read(BufReader::new(file), args.format, &name)?
+            };
+            if defaults.payload.is_none() {
+                if let Some(i) = items.iter().position(|i| i.payload.is_none()) {
+                    anyhow::bail!(
+                        "notification {} has no payload of its own: give one for all with --payload JSON or \
+                         --alert TEXT",
+                        i + 1
+                    );
+                }
+            }
+            let what = if path.as_os_str() == "-" {
+                "stdin".to_owned()
+            } else {
+                path.display().to_string()
+            };
+            (items, what)
+        }
+        (None, None) => anyhow::bail!(
+            "nothing to send: give --token TOKEN (with --payload or --alert) or --file PATH|-"
+        ),
+    };
+    Ok((defaults, items, what))
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise (the summary is printed either way).
+pub fn progress_bar(len: u64, message: &'static str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>9} [{bar:40}] {human_pos}/{human_len}  {elapsed_precise}  eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message);
+    bar
+}
+
+/// The closing summary: accepted, rejected by reason, failed requests, elapsed time and rate.
+pub fn write_summary(
+    out: &mut impl Write,
+    report: &Report,
+    domain: &str,
+    what: &str,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "sent {} notification{} from {what} to {domain} in {} request{}",
+        report.sent,
+        plural(report.sent),
+        report.requests,
+        plural(report.requests)
+    )?;
+    match (report.sent, report.outcomes.first()) {
+        (1, Some(client::Outcome::Accepted(id))) => writeln!(out, "accepted: 1 (id {id})")?,
+        _ => writeln!(out, "accepted: {}", report.accepted())?,
+    }
+    writeln!(out, "rejected: {}", report.rejected())?;
+    for (reason, n) in report.grouped(false) {
+        writeln!(out, "  {n:>8}  {reason}")?;
+    }
+    writeln!(out, "failed: {}", report.failed())?;
+    for (reason, n) in report.grouped(true) {
+        writeln!(out, "  {n:>8}  {reason}")?;
+    }
+    let secs = report.elapsed.as_secs_f64();
+    writeln!(
+        out,
+        "elapsed: {secs:.3} s ({:.0} notifications/s)",
+        report.sent as f64 / secs.max(1e-6)
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client::Outcome;
+    use super::*;
+
+    #[test]
+    fn summary_lists_counts_and_grouped_reasons() {
+        let report = Report {
+            sent: 3,
+            requests: 1,
+            outcomes: vec![
+                Outcome::Accepted("a".into()),
+                Outcome::Rejected("device token: too short (3 hex digits)".into()),
+                Outcome::Rejected("device token: too short (5 hex digits)".into()),
+            ],
+            elapsed: std::time::Duration::from_millis(10),
+        };
+        let mut out = Vec::new();
+        write_summary(&mut out, &report, "d.example", "t.csv").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("sent 3 notifications from t.csv to d.example in 1 request\n"),
+            "{text}"
+        );
+        assert!(text.contains("accepted: 1\n"), "{text}");
+        assert!(
+            text.contains("rejected: 2\n         2  device token: too short\n"),
+            "{text}"
+        );
+        assert!(text.contains("failed: 0\n"));
+        assert!(
+            text.contains("elapsed: 0.010 s (300 notifications/s)"),
+            "{text}"
+        );
+    }
+}

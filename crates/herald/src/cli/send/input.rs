@@ -1,0 +1,481 @@
+//! What `herald send` reads: notifications from a CSV of tokens or from JSON lines, each checked with its line
+//! number so a bad file is reported in full before anything is sent.
+
+use std::io::BufRead;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// APNs options of one notification (or, at the top of a request, of every notification without its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    #[serde(default)]
+    pub apns_id: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub push_type: Option<String>,
+    #[serde(default)]
+    pub priority: Option<u8>,
+    #[serde(default)]
+    pub expiration: Option<u64>,
+    #[serde(default)]
+    pub collapse_id: Option<String>,
+}
+
+impl Options {
+    pub fn is_empty(&self) -> bool {
+        *self == Options::default()
+    }
+}
+
+/// One notification to send. `payload: None` means the request's shared payload.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub token: String,
+    pub payload: Option<Box<RawValue>>,
+    pub options: Options,
+}
+
+impl Item {
+    /// A token that takes the shared payload and options.
+    pub fn plain(token: impl Into<String>) -> Item {
+        Item {
+            token: token.into(),
+            payload: None,
+            options: Options::default(),
+        }
+    }
+}
+
+/// The input formats of `--file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One device token per line; an optional header row names the columns (`token`, and optionally `alert`,
+    /// `topic`, `push_type`, `priority`, `expiration`, `collapse_id`).
+    Csv,
+    /// One JSON object per line, as the items of the native API's `notifications` (`token`, `payload`, options).
+    Jsonl,
+}
+
+/// A problem in the input, with where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{source_name}: cannot read: {error}")]
+    Read {
+        source_name: String,
+        error: std::io::Error,
+    },
+    #[error("{source_name}:{line}: {message}")]
+    Line {
+        source_name: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}: no notifications in it")]
+    Empty(String),
+    #[error("{0}")]
+    Payload(String),
+}
+
+/// Every problem of an input (reported together, up to a limit).
+#[derive(Debug)]
+pub struct InputErrors(pub Vec<InputError>);
+
+impl std::fmt::Display for InputErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InputErrors {}
+
+/// Stop collecting errors after this many: the file is surely the wrong one.
+const MAX_ERRORS: usize = 20;
+
+/// The payload `--alert TEXT` stands for.
+pub fn alert_payload(text: &str) -> Box<RawValue> {
+    let json = serde_json::json!({"aps": {"alert": text}}).to_string();
+    // A serialized `Value` is always valid JSON.
+    RawValue::from_string(json).unwrap_or_else(|_| empty_object())
+}
+
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).unwrap_or_else(|_| unreachable!("{{}} is valid JSON"))
+}
+
+/// Checks `--payload JSON`: a JSON object, kept byte for byte.
+pub fn parse_payload(text: &str) -> Result<Box<RawValue>, InputError> {
+    let raw: Box<RawValue> = serde_json::from_str(text)
+        .map_err(|e| InputError::Payload(format!("--payload: not valid JSON: {e}")))?;
+    if !raw.get().trim_start().starts_with('{') {
+        return Err(InputError::Payload(
+            "--payload: must be a JSON object, such as {\"aps\":{\"alert\":\"Hello\"}}".into(),
+        ));
+    }
+    Ok(raw)
+}
+
+/// Reads notifications in `format` from `reader`; `source_name` names it in errors.
+pub fn read(
+    reader: impl BufRead,
+    format: Format,
+    source_name: &str,
+) -> Result<Vec<Item>, InputErrors> {
+    let items = match format {
+        Format::Csv => read_csv(reader, source_name)?,
+        Format::Jsonl => read_jsonl(reader, source_name)?,
+    };
+    if items.is_empty() {
+        return Err(InputErrors(vec![InputError::Empty(source_name.to_owned())]));
+    }
+    Ok(items)
+}
+
+/// The columns a CSV header may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    Token,
+    Alert,
+    Topic,
+    PushType,
+    Priority,
+    Expiration,
+    CollapseId,
+}
+
+impl Column {
+    fn parse(name: &str) -> Option<Column> {
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "token" | "device_token" => Column::Token,
+            "alert" => Column::Alert,
+            "topic" => Column::Topic,
+            "push_type" => Column::PushType,
+            "priority" => Column::Priority,
+            "expiration" => Column::Expiration,
+            "collapse_id" => Column::CollapseId,
+            _ => return None,
+        })
+    }
+}
+
+fn read_csv(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, InputErrors> {
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    let mut columns: Option<Vec<Column>> = None;
+    let mut first = true;
+    for (i, line) in reader.lines().enumerate() {
+        let number = i + 1;
+        let line = line.map_err(|error| {
+            InputErrors(vec![InputError::Read {
+                source_name: source_name.to_owned(),
+                error,
+            }])
+        })?;
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fail = |message: String| InputError::Line {
+            source_name: source_name.to_owned(),
+            line: number,
+            message,
+        };
+        let fields = match split_csv(line) {
+            Ok(f) => f,
+            Err(m) => {
+                errors.push(fail(m));
+                continue;
+            }
+        };
+        if std::mem::take(&mut first) && fields.iter().any(|f| f.trim() == "token") {
+            let mut parsed = Vec::new();
+            for f in &fields {
+                match Column::parse(f) {
+                    Some(c) if parsed.contains(&c) => {
+                        errors.push(fail(format!("the header names column {f:?} twice")))
+                    }
+                    Some(c) => parsed.push(c),
+                    None => errors.push(fail(format!(
+                        "unknown column {f:?} in the header (known: token, alert, topic, push_type, \
+                         priority, expiration, collapse_id)"
+                    ))),
+                }
+            }
+            columns = Some(parsed);
+            continue;
+        }
+        match csv_item(&fields, columns.as_deref()) {
+            Ok(item) => items.push(item),
+            Err(m) => errors.push(fail(m)),
+        }
+        if errors.len() >= MAX_ERRORS {
+            break;
+        }
+    }
+    if errors.is_empty() {
+        Ok(items)
+    } else {
+        Err(InputErrors(errors))
+    }
+}
+
+fn csv_item(fields: &[String], columns: Option<&[Column]>) -> Result<Item, String> {
+    let Some(columns) = columns else {
+        if fields.len() > 1 {
+            return Err(format!(
+                "{} columns, but without a header row only a token per line is read (add a header such as \
+                 `token,alert`)",
+                fields.len()
+            ));
+        }
+        return Ok(Item::plain(fields[0].trim()));
+    };
+    if fields.len() != columns.len() {
+        return Err(format!(
+            "{} columns where the header names {}",
+            fields.len(),
+            columns.len()
+        ));
+    }
+    let mut item = Item::plain(String::new());
+    for (column, value) in columns.iter().zip(fields) {
+        let value = value.trim();
+        let text = || (!value.is_empty()).then(|| value.to_owned());
+        match column {
+            Column::Token => item.token = value.to_owned(),
+            Column::Alert => {
+                if !value.is_empty() {
+                    item.payload = Some(alert_payload(value));
+                }
+            }
+            Column::Topic => item.options.topic = text(),
+            Column::PushType => item.options.push_type = text(),
+            Column::CollapseId => item.options.collapse_id = text(),
+            Column::Priority => {
+                item.options.priority = (!value.is_empty())
+                    .then(|| value.parse())
+                    .transpose()
+                    .map_err(|_| format!("priority {value:?} is not a number"))?
+            }
+            Column::Expiration => {
+                item.options.expiration = (!value.is_empty())
+                    .then(|| value.parse())
+                    .transpose()
+                    .map_err(|_| format!("expiration {value:?} is not epoch seconds"))?
+            }
+        }
+    }
+    if item.token.is_empty() {
+        return Err("the token column is empty".into());
+    }
+    Ok(item)
+}
+
+/// Splits one CSV line: fields separated by commas, optionally in double quotes (`""` is a quote inside).
+fn split_csv(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.trim().is_empty() && !was_quoted => {
+                field.clear();
+                quoted = true;
+                was_quoted = true;
+            }
+            (false, ',') => {
+                fields.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            (false, c) if was_quoted && !c.is_whitespace() => {
+                return Err(format!(
+                    "column {}: text after a closing quote",
+                    fields.len() + 1
+                ));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("column {}: unclosed quote", fields.len() + 1));
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
+/// One line of JSONL input.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonLine {
+    token: String,
+    payload: Box<RawValue>,
+    #[serde(flatten)]
+    options: Options,
+}
+
+fn read_jsonl(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, InputErrors> {
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|error| {
+            InputErrors(vec![InputError::Read {
+                source_name: source_name.to_owned(),
+                error,
+            }])
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_json_line(&line) {
+            Ok(item) => items.push(item),
+            Err(message) => errors.push(InputError::Line {
+                source_name: source_name.to_owned(),
+                line: i + 1,
+                message,
+            }),
+        }
+        if errors.len() >= MAX_ERRORS {
+            break;
+        }
+    }
+    if errors.is_empty() {
+        Ok(items)
+    } else {
+        Err(InputErrors(errors))
+    }
+}
+
+fn parse_json_line(line: &str) -> Result<Item, String> {
+    // `flatten` and `deny_unknown_fields` do not combine in serde: check the member names first.
+    let names: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+        serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+    const KNOWN: [&str; 8] = [
+        "token",
+        "payload",
+        "apns_id",
+        "topic",
+        "push_type",
+        "priority",
+        "expiration",
+        "collapse_id",
+    ];
+    if let Some(unknown) = names.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown member {unknown:?} (known: {})",
+            KNOWN.join(", ")
+        ));
+    }
+    let parsed: JsonLine = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    if !parsed.payload.get().trim_start().starts_with('{') {
+        return Err("payload: must be a JSON object".into());
+    }
+    Ok(Item {
+        token: parsed.token,
+        payload: Some(parsed.payload),
+        options: parsed.options,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(text: &str) -> Result<Vec<Item>, InputErrors> {
+        read(text.as_bytes(), Format::Csv, "t.csv")
+    }
+
+    #[test]
+    fn csv_without_header_is_one_token_per_line() {
+        let items = csv("aa\n\n# comment\nbb\r\n").unwrap();
+        let tokens: Vec<_> = items.iter().map(|i| i.token.as_str()).collect();
+        assert_eq!(tokens, ["aa", "bb"]);
+        assert!(items.iter().all(|i| i.payload.is_none()));
+    }
+
+    #[test]
+    fn csv_header_names_columns_and_quotes_work() {
+        let items = csv("token,alert,priority\naa,\"Hi, \"\"you\"\"\",5\nbb,,\n").unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            items[0].payload.as_ref().unwrap().get(),
+            r#"{"aps":{"alert":"Hi, \"you\""}}"#
+        );
+        assert_eq!(items[0].options.priority, Some(5));
+        assert!(items[1].payload.is_none());
+        assert_eq!(items[1].options.priority, None);
+    }
+
+    #[test]
+    fn csv_errors_carry_line_numbers() {
+        let err = csv("aa\nbb,cc\n\"open\n").unwrap_err().to_string();
+        assert!(err.contains("t.csv:2: 2 columns"), "{err}");
+        assert!(err.contains("t.csv:3: column 1: unclosed quote"), "{err}");
+        let err = csv("token,colour\n").unwrap_err().to_string();
+        assert!(err.contains("t.csv:1: unknown column \"colour\""), "{err}");
+        let err = csv("token,priority\naa,high\n").unwrap_err().to_string();
+        assert!(err.contains("t.csv:2: priority \"high\""), "{err}");
+        let err = csv("\n\n").unwrap_err().to_string();
+        assert_eq!(err, "t.csv: no notifications in it");
+    }
+
+    #[test]
+    fn jsonl_keeps_payload_bytes_and_options() {
+        let text = "{\"token\":\"aa\",\"payload\":{\"aps\" : {\"badge\":1.0}},\"priority\":5}\n\n{\"token\":\"bb\",\"payload\":{}}";
+        let items = read(text.as_bytes(), Format::Jsonl, "-").unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            items[0].payload.as_ref().unwrap().get(),
+            "{\"aps\" : {\"badge\":1.0}}"
+        );
+        assert_eq!(items[0].options.priority, Some(5));
+        assert_eq!(items[1].token, "bb");
+    }
+
+    #[test]
+    fn jsonl_errors_name_line_and_member() {
+        let text = "{\"token\":\"aa\",\"payload\":{}}\nnot json\n{\"token\":\"aa\",\"payload\":{},\"colour\":1}\n{\"token\":\"aa\",\"payload\":[1]}\n{\"payload\":{}}";
+        let err = read(text.as_bytes(), Format::Jsonl, "in.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("in.jsonl:2: not a JSON object"), "{err}");
+        assert!(
+            err.contains("in.jsonl:3: unknown member \"colour\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("in.jsonl:4: payload: must be a JSON object"),
+            "{err}"
+        );
+        assert!(err.contains("in.jsonl:5: missing field `token`"), "{err}");
+    }
+
+    #[test]
+    fn payload_flag_must_be_an_object() {
+        assert_eq!(
+            parse_payload(" {\"aps\":{}} ").unwrap().get(),
+            "{\"aps\":{}}"
+        );
+        assert!(parse_payload("[1]").is_err());
+        assert!(parse_payload("{").is_err());
+        assert_eq!(
+            alert_payload("Hi \"x\"").get(),
+            r#"{"aps":{"alert":"Hi \"x\""}}"#
+        );
+    }
+}

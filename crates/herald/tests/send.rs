@@ -1,0 +1,366 @@
+//! `herald send` (the built binary) against a herald running in-process from a configuration file, delivering to
+//! the APNs simulator over real TLS: one notification from flags, a CSV file, JSON lines from stdin, refusals and
+//! failed requests (non-zero exit with the summary), and bad input reported with line numbers.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::server::Server;
+use herald_sim::{DeliveryRecord, Pki, SimConfig, SimHandle, Simulator};
+use tokio::io::AsyncWriteExt;
+
+const TOPIC: &str = "com.example.send";
+const DOMAIN: &str = "send.example";
+const KEY: &str = "send-test-key";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Setup {
+    dir: tempfile::TempDir,
+    sim: SimHandle,
+    server: Arc<Server>,
+    url: String,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let m = &pki.manifest;
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+spool_dir = "{spool}"
+http_listener {{ listen "127.0.0.1:0" {{ api_key = "{KEY}" }} }}
+domain "{DOMAIN}" {{
+  delivery_method = apn
+  routes = ( "https://{h2}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  apn_key = "{p8}"
+  apn_key_id = "{kid}"
+  apn_team_id = "{tid}"
+  apn_topic = "{TOPIC}"
+}}
+"#,
+            spool = dir.path().join("spool").display(),
+            h2 = sim.addrs.h2,
+            ca = m.ca_cert.display(),
+            p8 = m.token_key.p8.display(),
+            kid = m.token_key.key_id,
+            tid = m.token_key.team_id,
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let url = format!("http://{}", server.addrs().await.http[0]);
+    Setup {
+        dir,
+        sim,
+        server,
+        url,
+    }
+}
+
+struct Run {
+    ok: bool,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `herald send --url URL --api-key KEY --domain DOMAIN ARGS…`, feeding `stdin`.
+async fn send(s: &Setup, args: &[&str], stdin: &str) -> Run {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "send",
+            "--url",
+            &s.url,
+            "--api-key",
+            KEY,
+            "--domain",
+            DOMAIN,
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    Run {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0x5e4d_0000u64 + i as u64)
+}
+
+/// Waits until the simulator has recorded every token; returns their records in the order given.
+async fn delivered(sim: &SimHandle, tokens: &[String]) -> Vec<DeliveryRecord> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let record = sim.record();
+        let found: Vec<DeliveryRecord> = tokens
+            .iter()
+            .filter_map(|t| record.iter().find(|r| &r.token == t).cloned())
+            .collect();
+        if found.len() == tokens.len() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} tokens never reached the simulator",
+            tokens.len() - found.len(),
+            tokens.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_notification_from_flags() {
+    let s = setup().await;
+    let t = token(1);
+    let run = send(
+        &s,
+        &[
+            "--token",
+            &t,
+            "--alert",
+            "Hello \"there\"",
+            "--priority",
+            "5",
+            "--collapse-id",
+            "greeting",
+            "--push-type",
+            "alert",
+        ],
+        "",
+    )
+    .await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.starts_with(
+            "sent 1 notification from the command line to send.example in 1 request\n"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("accepted: 1 (id "), "{}", run.stdout);
+    assert!(run.stdout.contains("rejected: 0\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("failed: 0\n"), "{}", run.stdout);
+    let rec = &delivered(&s.sim, std::slice::from_ref(&t)).await[0];
+    assert_eq!(rec.payload, r#"{"aps":{"alert":"Hello \"there\""}}"#);
+    assert_eq!(rec.priority, 5);
+    assert_eq!(rec.collapse_id.as_deref(), Some("greeting"));
+    assert_eq!(rec.topic, TOPIC);
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_file_in_batches() {
+    let s = setup().await;
+    let tokens: Vec<String> = (10..15).map(token).collect();
+    let mut csv = String::from("token,alert\n");
+    for (i, t) in tokens.iter().enumerate() {
+        csv.push_str(&format!("{t},\"Hi, number {i}\"\n"));
+    }
+    let file = write(s.dir.path(), "tokens.csv", &csv);
+    let run = send(
+        &s,
+        &[
+            "--file",
+            file.to_str().unwrap(),
+            "--format",
+            "csv",
+            "--batch",
+            "2",
+        ],
+        "",
+    )
+    .await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("in 3 requests\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("accepted: 5\n"), "{}", run.stdout);
+    let recs = delivered(&s.sim, &tokens).await;
+    for (i, rec) in recs.iter().enumerate() {
+        assert_eq!(
+            rec.payload,
+            format!(r#"{{"aps":{{"alert":"Hi, number {i}"}}}}"#)
+        );
+    }
+
+    // A plain list of tokens takes the payload from the flags.
+    let more: Vec<String> = (20..23).map(token).collect();
+    let file = write(s.dir.path(), "plain.csv", &(more.join("\n") + "\n"));
+    let run = send(
+        &s,
+        &[
+            "--file",
+            file.to_str().unwrap(),
+            "--payload",
+            r#"{"aps" : {"badge":3}}"#,
+        ],
+        "",
+    )
+    .await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("accepted: 3\n"), "{}", run.stdout);
+    for rec in delivered(&s.sim, &more).await {
+        assert_eq!(
+            rec.payload, r#"{"aps" : {"badge":3}}"#,
+            "sent byte for byte"
+        );
+    }
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_from_stdin() {
+    let s = setup().await;
+    let (a, b) = (token(30), token(31));
+    let stdin = format!(
+        "{{\"token\":\"{a}\",\"payload\":{{\"aps\":{{\"alert\":\"A\"}}, \"n\": 1.50}},\"priority\":5}}\n\n\
+         {{\"token\":\"{b}\",\"payload\":{{\"aps\":{{\"content-available\":1}}}},\"push_type\":\"background\"}}\n"
+    );
+    let run = send(&s, &["--file", "-", "--format", "jsonl"], &stdin).await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.starts_with("sent 2 notifications from stdin"),
+        "{}",
+        run.stdout
+    );
+    let recs = delivered(&s.sim, &[a, b]).await;
+    assert_eq!(recs[0].payload, r#"{"aps":{"alert":"A"}, "n": 1.50}"#);
+    assert_eq!(recs[0].priority, 5);
+    assert_eq!(recs[1].push_type.as_deref(), Some("background"));
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_exit_non_zero_with_grouped_reasons() {
+    let s = setup().await;
+    let good = token(40);
+    let csv = format!("{good}\nnot-a-token\n{}zz\n", &token(41)[..62]);
+    let file = write(s.dir.path(), "mixed.csv", &csv);
+    let run = send(&s, &["--file", file.to_str().unwrap(), "--alert", "x"], "").await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("accepted: 1\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("rejected: 2\n"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("         2  device token: device token has a non-hex character\n"),
+        "{}",
+        run.stdout
+    );
+    // The good one is delivered all the same.
+    delivered(&s.sim, &[good]).await;
+
+    // A wrong API key fails the request: every notification counts as failed, with the server's answer.
+    let t = token(42);
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "send",
+            "--url",
+            &s.url,
+            "--api-key",
+            "wrong",
+            "--domain",
+            DOMAIN,
+        ])
+        .args(["--token", &t, "--alert", "x"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    assert_eq!(run.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("accepted: 0\n"), "{stdout}");
+    assert!(
+        stdout.contains("failed: 1\n         1  HTTP 401: "),
+        "{stdout}"
+    );
+
+    // An unknown domain is the server's 400 for the whole request.
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "send",
+            "--url",
+            &s.url,
+            "--api-key",
+            KEY,
+            "--domain",
+            "nowhere.example",
+        ])
+        .args(["--token", &t, "--alert", "x"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    assert_eq!(run.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("HTTP 400: domain: "), "{stdout}");
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_reported_with_line_numbers_and_nothing_is_sent() {
+    let s = setup().await;
+    let file = write(
+        s.dir.path(),
+        "bad.jsonl",
+        &format!(
+            "{{\"token\":\"{}\",\"payload\":{{}}}}\n{{\"token\":1,\"payload\":{{}}}}\n{{\"token\":\"aa\",\"payload\":{{}},\"prio\":5}}\n",
+            token(50)
+        ),
+    );
+    let run = send(
+        &s,
+        &["--file", file.to_str().unwrap(), "--format", "jsonl"],
+        "",
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    let name = file.display().to_string();
+    assert!(
+        run.stderr.contains(&format!("{name}:2: invalid type")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("{name}:3: unknown member \"prio\"")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+
+    // Without a payload for the tokens of a plain list, nothing is sent either.
+    let file = write(s.dir.path(), "plain.csv", &format!("{}\n", token(51)));
+    let run = send(&s, &["--file", file.to_str().unwrap()], "").await;
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("has no payload of its own"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.server.summary().received, 0, "nothing reached herald");
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
