@@ -156,7 +156,8 @@ fn spread(
 impl Plan {
     /// `rest` notifications through REST and `smtp` through SMTP, spread over the three apps: about one in 300
     /// unregistered (HTTP/2 apps), one in 700 bad and one in 700 malformed over REST; over SMTP one in 20
-    /// unregistered (HTTP/2 apps) and one in 20 malformed; at least one of each kind per app.
+    /// unregistered (HTTP/2 apps) and one in 20 malformed; at least one of each kind per app when the app gets
+    /// enough notifications (the special kinds come first, so a tiny run has only those).
     pub fn new(rest: usize, smtp: usize) -> Plan {
         let share =
             |total: usize, app: usize| total / APPS.len() + usize::from(app < total % APPS.len());
@@ -388,6 +389,17 @@ mod tests {
             let valid = herald_apns::token_hex::DeviceToken::from_hex(&p.token).is_ok();
             assert_eq!(valid, p.expect != Expect::Refused, "{p:?}");
         }
+    }
+
+    #[test]
+    fn tiny_and_empty_plans_work() {
+        let plan = Plan::new(0, 0);
+        assert!(plan.rest.is_empty() && plan.smtp.is_empty());
+        assert_eq!(verify(&plan, &perfect(&plan)), Vec::<String>::new());
+        let plan = Plan::new(4, 1);
+        assert_eq!((plan.rest.len(), plan.smtp.len()), (4, 1));
+        assert_eq!(plan.rest[0].expect, Expect::Refused);
+        assert_eq!(verify(&plan, &perfect(&plan)), Vec::<String>::new());
     }
 
     #[test]
