@@ -30,6 +30,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Send generated notifications to one domain through the delivery engine and report throughput.
     Bench(cli::bench::BenchArgs),
+    /// Talk to a running herald over its control socket (`herald console [SOCKET] [COMMAND…]`), like ec_console.
+    Console(cli::console::ConsoleArgs),
     /// Send notifications through a running herald's REST API: one from flags, or many from a file or stdin.
     Send(Box<cli::send::SendArgs>),
 }
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => cli::sim::run(*args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::Console(args) => cli::console::run(args),
         Command::Send(args) => cli::send::run(*args),
     };
     match result {

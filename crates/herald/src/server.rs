@@ -77,6 +77,8 @@ pub struct ReloadReport {
 pub struct BoundAddrs {
     pub esmtp: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
+    /// Control listeners: the socket path, or the bound TCP address.
+    pub control: Vec<String>,
 }
 
 /// Totals for `summary`, since start or the last `summary reset`.
@@ -135,6 +137,8 @@ pub struct Server {
     baseline: Mutex<Baseline>,
     generation: AtomicU64,
     stop_requested: tokio::sync::Notify,
+    /// The server itself, for listener tasks that call back into it (the control listener).
+    me: std::sync::Weak<Server>,
 }
 
 impl Server {
@@ -192,7 +196,8 @@ impl Server {
         let ids = IdGenerator::above(0, restored.max_id);
         let intake = Arc::new(Intake::new(resolver.clone(), bridge, engine.clone(), ids));
 
-        let server = Arc::new(Server {
+        let server = Arc::new_cyclic(|me| Server {
+            me: me.clone(),
             engine,
             intake,
             spool,
@@ -250,7 +255,11 @@ impl Server {
             match l.kind {
                 ListenerKind::Esmtp => addrs.esmtp.push(l.addr),
                 ListenerKind::Http => addrs.http.push(l.addr),
-                ListenerKind::Control | ListenerKind::Ecstream => {}
+                ListenerKind::Control => addrs.control.push(match &l.settings.addr {
+                    ListenAddr::Unix(path) => path.display().to_string(),
+                    ListenAddr::Tcp(_) => l.addr.to_string(),
+                }),
+                ListenerKind::Ecstream => {}
             }
         }
         addrs
@@ -328,7 +337,27 @@ impl Server {
                     smtp_config: None,
                 }))
             }
-            ListenerKind::Control | ListenerKind::Ecstream => Ok(None),
+            ListenerKind::Control => {
+                let socket = crate::control::ControlSocket::bind(&settings)
+                    .await
+                    .map_err(|e| listener_err(e.to_string()))?;
+                let addr = socket.local_addr();
+                let task = tokio::spawn(crate::control::serve(
+                    socket,
+                    settings.clone(),
+                    self.me.clone(),
+                    stop_rx,
+                ));
+                Ok(Some(RunningListener {
+                    kind: settings.kind,
+                    settings,
+                    addr,
+                    stop,
+                    task,
+                    smtp_config: None,
+                }))
+            }
+            ListenerKind::Ecstream => Ok(None),
         }
     }
 

@@ -1,0 +1,313 @@
+//! `herald console [SOCKET] [COMMAND…]`: talks to a running herald's control listener, like Momentum's
+//! ec_console.
+//!
+//! SOCKET is a Unix socket path (default `/tmp/2025`, or `$HERALD_CONSOLE_SOCKET`) or `[user@]host:port`. With a
+//! command, or when standard input is not a terminal, it runs in batch mode: it sends the command (or each line of
+//! standard input), prints the answers and exits 1 if any command failed. Otherwise it is interactive, with line
+//! editing, history (`~/.herald_console_history`) and a prompt like `10:47:35 /tmp/2025>` (UTC time); `quit` or
+//! `exit` leaves. A password for a listener with `control_password` comes from `--password-file` or
+//! `$HERALD_CONSOLE_PASSWORD`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use herald::control::protocol::{self, Reply};
+use tokio::io::{AsyncBufRead, AsyncWrite, BufReader};
+use tokio::runtime::Runtime;
+
+/// The socket used when none is named (Momentum's default).
+pub const DEFAULT_SOCKET: &str = "/tmp/2025";
+
+#[derive(Debug, clap::Args)]
+pub struct ConsoleArgs {
+    /// A file holding the control listener's password (else `$HERALD_CONSOLE_PASSWORD`).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// `[SOCKET] [COMMAND…]`: SOCKET is a path or `[user@]host:port` (a first word with `/` or `:`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// Where the console connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Target {
+    fn parse(word: &str) -> Target {
+        if word.contains('/') {
+            return Target::Unix(PathBuf::from(word));
+        }
+        let host = word.rsplit_once('@').map(|(_, h)| h).unwrap_or(word);
+        Target::Tcp(host.to_string())
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Target::Unix(p) => p.display().to_string(),
+            Target::Tcp(a) => a.clone(),
+        }
+    }
+}
+
+/// Splits `[SOCKET] [COMMAND…]`: the first word names a socket when it has a `/` or a `:`.
+fn split_args(args: &[String]) -> (Target, Vec<String>) {
+    match args.first() {
+        Some(first) if first.contains('/') || first.contains(':') => {
+            (Target::parse(first), args[1..].to_vec())
+        }
+        _ => {
+            let default = std::env::var("HERALD_CONSOLE_SOCKET")
+                .unwrap_or_else(|_| DEFAULT_SOCKET.to_string());
+            (Target::parse(&default), args.to_vec())
+        }
+    }
+}
+
+/// Joins command words into one line, quoting words with blanks so the server splits them back the same way.
+fn command_line(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.is_empty() || w.chars().any(char::is_whitespace) {
+                format!("\"{w}\"")
+            } else {
+                w.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Connection {
+    reader: Box<dyn AsyncBufRead + Unpin + Send>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
+}
+
+impl Connection {
+    async fn open(target: &Target, password: Option<&str>) -> anyhow::Result<Connection> {
+        let mut conn = match target {
+            Target::Unix(p) => {
+                let s = tokio::net::UnixStream::connect(p)
+                    .await
+                    .with_context(|| format!("connecting to {}", p.display()))?;
+                let (r, w) = s.into_split();
+                Connection {
+                    reader: Box::new(BufReader::new(r)),
+                    writer: Box::new(w),
+                }
+            }
+            Target::Tcp(a) => {
+                let s = tokio::net::TcpStream::connect(a)
+                    .await
+                    .with_context(|| format!("connecting to {a}"))?;
+                let (r, w) = s.into_split();
+                Connection {
+                    reader: Box::new(BufReader::new(r)),
+                    writer: Box::new(w),
+                }
+            }
+        };
+        if let Some(p) = password {
+            let reply = conn
+                .send(&format!("auth {}", command_line(&[p.to_string()])))
+                .await?;
+            if !reply.ok {
+                bail!("{}: {}", target.label(), reply.text.trim_end());
+            }
+        }
+        Ok(conn)
+    }
+
+    async fn send(&mut self, line: &str) -> Result<Reply, protocol::ProtocolError> {
+        protocol::write_request(&mut self.writer, line).await?;
+        protocol::read_reply(&mut self.reader).await
+    }
+}
+
+/// A connection that reconnects once when the server closed it (idle timeout).
+struct Session {
+    runtime: Runtime,
+    target: Target,
+    password: Option<String>,
+    conn: Option<Connection>,
+}
+
+impl Session {
+    fn run(&mut self, line: &str) -> anyhow::Result<Reply> {
+        for attempt in 0..2 {
+            if self.conn.is_none() {
+                let conn = self
+                    .runtime
+                    .block_on(Connection::open(&self.target, self.password.as_deref()))?;
+                self.conn = Some(conn);
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                continue;
+            };
+            match self.runtime.block_on(conn.send(line)) {
+                Ok(reply) => return Ok(reply),
+                Err(e) if attempt == 0 => {
+                    self.conn = None;
+                    tracing::debug!("reconnecting after: {e}");
+                }
+                Err(e) => return Err(e).context(format!("talking to {}", self.target.label())),
+            }
+        }
+        bail!(
+            "talking to {}: the connection keeps closing",
+            self.target.label()
+        )
+    }
+}
+
+fn password(args: &ConsoleArgs) -> anyhow::Result<Option<String>> {
+    if let Some(f) = &args.password_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the password file {}", f.display()))?;
+        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    Ok(std::env::var("HERALD_CONSOLE_PASSWORD").ok())
+}
+
+pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
+    let (target, command) = split_args(&args.args);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    let mut session = Session {
+        runtime,
+        target,
+        password: password(&args)?,
+        conn: None,
+    };
+    if !command.is_empty() {
+        return batch(&mut session, std::iter::once(command_line(&command)));
+    }
+    if !std::io::stdin().is_terminal() {
+        let lines: Vec<String> = std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<_, _>>()
+            .context("reading commands from standard input")?;
+        return batch(&mut session, lines.into_iter());
+    }
+    interactive(&mut session)
+}
+
+/// Prints each answer (failures on standard error); exit status 1 if any command failed.
+fn batch(session: &mut Session, lines: impl Iterator<Item = String>) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for line in lines {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if matches!(trimmed, "quit" | "exit") {
+            break;
+        }
+        let reply = session.run(trimmed)?;
+        if reply.ok {
+            print!("{}", reply.text);
+            std::io::stdout()
+                .flush()
+                .context("writing to standard output")?;
+        } else {
+            failed = true;
+            eprint!("{}", reply.text);
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn clock() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86_400;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn interactive(session: &mut Session) -> anyhow::Result<ExitCode> {
+    use rustyline::error::ReadlineError;
+    let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
+    let history =
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".herald_console_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    // Connect at once so that a wrong socket is reported before the first prompt.
+    session.run("")?;
+    let label = session.target.label();
+    loop {
+        match editor.readline(&format!("{} {label}> ", clock())) {
+            Ok(line) => {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let _ = editor.add_history_entry(line);
+                if matches!(line, "quit" | "exit") {
+                    break;
+                }
+                match session.run(line) {
+                    Ok(reply) => print!("{}", reply.text),
+                    Err(e) => eprintln!("herald: error: {e:#}"),
+                }
+                if line == "shutdown" {
+                    break;
+                }
+            }
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e).context("reading a command"),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn the_first_word_is_a_socket_only_when_it_looks_like_one() {
+        let (t, c) = split_args(&s(&["/run/herald/control.sock", "summary"]));
+        assert_eq!(t, Target::Unix("/run/herald/control.sock".into()));
+        assert_eq!(c, s(&["summary"]));
+        let (t, c) = split_args(&s(&["admin@127.0.0.1:2025", "pid"]));
+        assert_eq!(t, Target::Tcp("127.0.0.1:2025".into()));
+        assert_eq!(c, s(&["pid"]));
+        let (_, c) = split_args(&s(&["summary", "reset"]));
+        assert_eq!(c, s(&["summary", "reset"]));
+    }
+
+    #[test]
+    fn words_with_blanks_are_quoted_for_the_server() {
+        assert_eq!(
+            command_line(&s(&["config", "eval", "domain", "a b", "max_retries"])),
+            r#"config eval domain "a b" max_retries"#
+        );
+        assert_eq!(
+            herald::control::commands::words(&command_line(&s(&["x", "a b", ""]))),
+            s(&["x", "a b", ""])
+        );
+    }
+}

@@ -1,0 +1,789 @@
+//! Console commands: parsing a command line into a [`Command`], and running it on a [`Server`] with output shaped
+//! like Momentum's ec_console (momentum.md §6).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use herald_conf::{Config, EvalError, ScopePath, Value, options};
+
+use super::protocol::Reply;
+use crate::queue::{MessageAction, QueueEntry};
+use crate::server::Server;
+
+/// The reason `fail domain` and `message fail` record, as Momentum words it.
+pub const MANUAL_FAIL_REASON: &str = "554 Message manually purged.";
+/// `showqueue`'s default `limit,offset`.
+const SHOWQUEUE_DEFAULT: (usize, usize) = (100, 0);
+/// `mailq`'s default row limit.
+const MAILQ_DEFAULT_LIMIT: usize = 20;
+
+/// One parsed console command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Summary,
+    SummaryReset,
+    ConfigReload(Option<PathBuf>),
+    ConfigEval(Vec<String>),
+    ConfigShow(Vec<String>),
+    /// `domain NAME`; `None` for `domain all`.
+    Domain(Option<String>),
+    Mailq {
+        domains: Vec<String>,
+        limit: usize,
+    },
+    Showqueue {
+        domain: String,
+        limit: usize,
+        offset: usize,
+    },
+    /// `flush domain NAME`; `None` for `all`.
+    FlushDomain(Option<String>),
+    FailDomain {
+        domain: String,
+        quiet: bool,
+    },
+    MessageDetails(String),
+    MessageRetry(String),
+    MessageFail {
+        id: String,
+        quiet: bool,
+    },
+    /// `tokens invalid [DOMAIN] [SINCE]` (SINCE in Unix seconds).
+    TokensInvalid {
+        domain: Option<String>,
+        since: Option<u64>,
+    },
+    ReopenLogs,
+    Version,
+    Pid,
+    Shutdown,
+    Help,
+    Quit,
+    Auth(String),
+}
+
+/// Why a command line was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("unknown command `{0}`; type `help` for the list of commands")]
+    Unknown(String),
+    #[error("usage: {0}")]
+    Usage(&'static str),
+    #[error("{what}: `{word}` is not a number")]
+    NotANumber { what: &'static str, word: String },
+}
+
+const HELP: &str = "\
+Commands:
+  summary [reset]                       global counters; `reset` starts them again from zero
+  config reload [PATH]                  read the configuration again (or PATH) and put it in force if it is valid
+  config eval [SCOPE [NAME]]... OPTION  an option's effective value, with fallback
+  config show [SCOPE [NAME]]... [OPTION] the configuration as parsed, one scope of it, or one option set there
+  domain NAME|all                       counters, queues and connections of a domain
+  mailq [-d DOMAIN]... [-l LIMIT]       queue sizes per domain (default limit 20)
+  showqueue [binding NAME|all] DOMAIN [LIMIT,OFFSET]  queued notifications (default 100,0)
+  flush domain NAME|all                 make delayed notifications due now
+  fail domain NAME [quiet]              fail every queued notification of a domain (554 Message manually purged.)
+  message details [full] ID             one queued notification
+  message retry ID                      make one queued notification due now
+  message fail [quiet] ID               fail one queued notification
+  tokens invalid [DOMAIN] [SINCE]       device tokens APNs reported invalid (SINCE: Unix seconds)
+  reopen logs                           reopen every log file (after logrotate)
+  version                               herald's version
+  pid                                   the server's process id
+  shutdown                              stop the server (in-flight deliveries finish, the queue stays spooled)
+  auth PASSWORD                         authenticate on a listener with control_password
+  help                                  this list
+  quit | exit                           close the console
+";
+
+/// Splits a command line into words; double quotes group words with spaces.
+pub fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+fn number(what: &'static str, word: &str) -> Result<usize, ParseError> {
+    word.parse().map_err(|_| ParseError::NotANumber {
+        what,
+        word: word.to_string(),
+    })
+}
+
+/// Parses one command line. `Ok(None)` for an empty line.
+pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
+    let w = words(line);
+    let Some(first) = w.first() else {
+        return Ok(None);
+    };
+    let rest: Vec<&str> = w[1..].iter().map(String::as_str).collect();
+    let cmd = match (first.to_ascii_lowercase().as_str(), rest.as_slice()) {
+        ("summary", []) => Command::Summary,
+        ("summary", ["reset"]) => Command::SummaryReset,
+        ("summary", _) => return Err(ParseError::Usage("summary [reset]")),
+        ("config", ["reload"]) => Command::ConfigReload(None),
+        ("config", ["reload", path]) => Command::ConfigReload(Some(PathBuf::from(path))),
+        ("config", ["eval", words @ ..]) if !words.is_empty() => {
+            Command::ConfigEval(words.iter().map(|s| s.to_string()).collect())
+        }
+        ("config", ["show", words @ ..]) => {
+            Command::ConfigShow(words.iter().map(|s| s.to_string()).collect())
+        }
+        ("config", _) => {
+            return Err(ParseError::Usage(
+                "config reload [PATH] | config eval [SCOPE [NAME]]... OPTION | config show [SCOPE [NAME]]... [OPTION]",
+            ));
+        }
+        ("domain", ["all"]) => Command::Domain(None),
+        ("domain", [name]) => Command::Domain(Some(name.to_string())),
+        ("domain", _) => return Err(ParseError::Usage("domain NAME|all")),
+        ("mailq", args) => parse_mailq(args)?,
+        ("showqueue", args) => parse_showqueue(args)?,
+        ("flush", ["domain", "all"]) => Command::FlushDomain(None),
+        ("flush", ["domain", d]) => Command::FlushDomain(Some(d.to_string())),
+        ("flush", _) => return Err(ParseError::Usage("flush domain NAME|all")),
+        ("fail", ["domain", d]) => Command::FailDomain {
+            domain: d.to_string(),
+            quiet: false,
+        },
+        ("fail", ["domain", "quiet", d]) | ("fail", ["domain", d, "quiet"]) => {
+            Command::FailDomain {
+                domain: d.to_string(),
+                quiet: true,
+            }
+        }
+        ("fail", _) => return Err(ParseError::Usage("fail domain NAME [quiet]")),
+        ("message", ["details", id]) | ("message", ["details", "full", id]) => {
+            Command::MessageDetails(id.to_string())
+        }
+        ("message", ["retry", id]) => Command::MessageRetry(id.to_string()),
+        ("message", ["fail", id]) => Command::MessageFail {
+            id: id.to_string(),
+            quiet: false,
+        },
+        ("message", ["fail", "quiet", id]) => Command::MessageFail {
+            id: id.to_string(),
+            quiet: true,
+        },
+        ("message", _) => {
+            return Err(ParseError::Usage(
+                "message details [full] ID | message retry ID | message fail [quiet] ID",
+            ));
+        }
+        ("tokens", ["invalid", args @ ..]) if args.len() <= 2 => parse_tokens(args)?,
+        ("tokens", _) => return Err(ParseError::Usage("tokens invalid [DOMAIN] [SINCE]")),
+        ("reopen", ["logs"]) => Command::ReopenLogs,
+        ("reopen", _) => return Err(ParseError::Usage("reopen logs")),
+        ("version", []) => Command::Version,
+        ("pid", []) => Command::Pid,
+        ("shutdown", []) => Command::Shutdown,
+        ("help", _) => Command::Help,
+        ("quit" | "exit", []) => Command::Quit,
+        ("auth", [password]) => Command::Auth(password.to_string()),
+        ("auth", _) => return Err(ParseError::Usage("auth PASSWORD")),
+        _ => return Err(ParseError::Unknown(line.trim().to_string())),
+    };
+    Ok(Some(cmd))
+}
+
+fn parse_mailq(args: &[&str]) -> Result<Command, ParseError> {
+    const USAGE: &str = "mailq [--domain|-d DOMAIN]... [--limit|-l N]";
+    let mut domains = Vec::new();
+    let mut limit = MAILQ_DEFAULT_LIMIT;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--domain" | "-d" => {
+                domains.push(it.next().ok_or(ParseError::Usage(USAGE))?.to_string())
+            }
+            "--limit" | "-l" => {
+                limit = number("mailq --limit", it.next().ok_or(ParseError::Usage(USAGE))?)?
+            }
+            _ => return Err(ParseError::Usage(USAGE)),
+        }
+    }
+    Ok(Command::Mailq { domains, limit })
+}
+
+fn parse_tokens(args: &[&str]) -> Result<Command, ParseError> {
+    let is_number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+    let (domain, since) = match args {
+        [] => (None, None),
+        [w] if is_number(w) => (None, Some(*w)),
+        [d] => (Some(*d), None),
+        [d, s] => (Some(*d), Some(*s)),
+        _ => return Err(ParseError::Usage("tokens invalid [DOMAIN] [SINCE]")),
+    };
+    let since = since
+        .map(|s| number("tokens invalid SINCE", s).map(|n| n as u64))
+        .transpose()?;
+    Ok(Command::TokensInvalid {
+        domain: domain.map(str::to_string),
+        since,
+    })
+}
+
+fn parse_showqueue(args: &[&str]) -> Result<Command, ParseError> {
+    const USAGE: &str = "showqueue [binding NAME|all] DOMAIN [LIMIT,OFFSET]";
+    // herald has one binding per domain queue; the binding selector is accepted for Momentum's syntax.
+    let args = match args {
+        ["binding", _, rest @ ..] | ["all", rest @ ..] => rest,
+        _ => args,
+    };
+    let (domain, window) = match args {
+        [d] => (d, None),
+        [d, w] => (d, Some(*w)),
+        _ => return Err(ParseError::Usage(USAGE)),
+    };
+    let (limit, offset) = match window {
+        None => SHOWQUEUE_DEFAULT,
+        Some(w) => match w.split_once(',') {
+            Some((l, o)) => (
+                number("showqueue limit", l)?,
+                number("showqueue offset", o)?,
+            ),
+            None => (number("showqueue limit", w)?, 0),
+        },
+    };
+    Ok(Command::Showqueue {
+        domain: domain.to_string(),
+        limit,
+        offset,
+    })
+}
+
+/// Runs `cmd` on `server`. `Quit` and `Auth` are the connection's business and answer here only generically.
+pub async fn execute(server: &Server, cmd: Command) -> Reply {
+    match cmd {
+        Command::Summary => Reply::ok(summary(server)),
+        Command::SummaryReset => {
+            server.reset_summary();
+            Reply::ok("Statistics reset.\n")
+        }
+        Command::ConfigReload(path) => config_reload(server, path).await,
+        Command::ConfigEval(words) => match config_eval(&server.config(), &words) {
+            Ok(s) => Reply::ok(s),
+            Err(e) => Reply::err(format!("{e}\n")),
+        },
+        Command::ConfigShow(words) => match config_show(&server.config(), &words) {
+            Ok(s) => Reply::ok(s),
+            Err(e) => Reply::err(format!("{e}\n")),
+        },
+        Command::Domain(name) => domain(server, name.as_deref()),
+        Command::Mailq { domains, limit } => Reply::ok(mailq(server, &domains, limit)),
+        Command::Showqueue {
+            domain,
+            limit,
+            offset,
+        } => match server.engine.showqueue(&domain, limit, offset).await {
+            Some(entries) => Reply::ok(showqueue(&entries)),
+            None => Reply::err(no_queue(&domain)),
+        },
+        Command::FlushDomain(name) => flush(server, name.as_deref()),
+        Command::FailDomain { domain, quiet: _ } => {
+            match server.engine.fail_domain(&domain, MANUAL_FAIL_REASON).await {
+                Some(n) => Reply::ok(format!(
+                    "Failed {n} message(s) of domain {domain}: {MANUAL_FAIL_REASON}\n"
+                )),
+                None => Reply::err(no_queue(&domain)),
+            }
+        }
+        Command::MessageDetails(id) => message(server, &id, MessageAction::Details).await,
+        Command::MessageRetry(id) => message(server, &id, MessageAction::Retry).await,
+        Command::MessageFail { id, quiet: _ } => {
+            message(
+                server,
+                &id,
+                MessageAction::Fail(MANUAL_FAIL_REASON.to_string()),
+            )
+            .await
+        }
+        Command::TokensInvalid { domain, since } => {
+            Reply::ok(invalid_tokens(server, domain.as_deref(), since))
+        }
+        Command::ReopenLogs => {
+            let errors = server.reopen_logs();
+            if errors.is_empty() {
+                Reply::ok("Logs reopened.\n")
+            } else {
+                Reply::err(errors.iter().map(|e| format!("{e}\n")).collect::<String>())
+            }
+        }
+        Command::Version => Reply::ok(format!("herald {}\n", env!("CARGO_PKG_VERSION"))),
+        Command::Pid => Reply::ok(format!("{}\n", std::process::id())),
+        Command::Shutdown => {
+            server.request_stop();
+            Reply::ok("Shutdown requested.\n")
+        }
+        Command::Help => Reply::ok(HELP),
+        Command::Quit => Reply::ok(""),
+        Command::Auth(_) => Reply::ok("Already authenticated.\n"),
+    }
+}
+
+fn no_queue(domain: &str) -> String {
+    format!("Domain {domain} has no queue (no traffic since start).\n")
+}
+
+fn row(out: &mut String, label: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{:<34}{value}", format!("{label}:"));
+}
+
+fn duration_words(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days} days, {h:02}:{m:02}:{sec:02}")
+    } else {
+        format!("{h:02}:{m:02}:{sec:02}")
+    }
+}
+
+fn summary(server: &Server) -> String {
+    let s = server.summary();
+    let mut out = String::new();
+    row(&mut out, "Outbound Concurrency", s.outbound_connections);
+    row(&mut out, "Active Domains", s.active_domains);
+    row(&mut out, "Active Queue Size", s.active_queue);
+    row(&mut out, "Delayed Queue Size", s.delayed_queue);
+    row(
+        &mut out,
+        "Total Queue Size",
+        s.active_queue + s.delayed_queue,
+    );
+    row(&mut out, "Successfully Delivered Messages", s.delivered);
+    row(&mut out, "Failed Messages", s.failed);
+    row(&mut out, "Transient Failures", s.transient_failures);
+    row(&mut out, "Rejected Messages", s.rejected);
+    row(&mut out, "Received Messages", s.received);
+    row(
+        &mut out,
+        "Delivery Rate",
+        format!("{:.2}/sec", s.delivery_rate),
+    );
+    row(
+        &mut out,
+        "Reception Rate",
+        format!("{:.2}/sec", s.reception_rate),
+    );
+    let ago = crate::queue::message::unix_now().saturating_sub(s.since);
+    row(
+        &mut out,
+        "Statistics Last Reset",
+        format!(
+            "{} ago ({})",
+            duration_words(Duration::from_secs(ago)),
+            s.since
+        ),
+    );
+    row(&mut out, "Uptime", duration_words(s.uptime));
+    out
+}
+
+/// Boxed: reloading may start a control listener, whose connections run this very function.
+fn config_reload(
+    server: &Server,
+    path: Option<PathBuf>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + '_>> {
+    Box::pin(async move { config_reload_inner(server, path).await })
+}
+
+async fn config_reload_inner(server: &Server, path: Option<PathBuf>) -> Reply {
+    match server.reload(path.as_deref()).await {
+        Ok(report) => {
+            let mut out = format!(
+                "Configuration reloaded from {} (generation {}).\n",
+                report.path.display(),
+                server.generation()
+            );
+            let _ = writeln!(out, "Domains reconfigured: {}", report.domains);
+            for (d, why) in &report.unroutable {
+                let _ = writeln!(out, "Domain {d} cannot be delivered: {why}");
+            }
+            for (what, list) in [
+                ("started", &report.listeners_started),
+                ("stopped", &report.listeners_stopped),
+                ("restarted", &report.listeners_restarted),
+            ] {
+                for l in list {
+                    let _ = writeln!(out, "Listener {what}: {l}");
+                }
+            }
+            for w in &report.warnings {
+                let _ = writeln!(out, "{w}");
+            }
+            Reply::ok(out)
+        }
+        Err(e) => Reply::err(format!("{e}\n")),
+    }
+}
+
+/// `config eval`: `name = value` with fallback, as `herald config eval` prints it.
+pub fn config_eval(config: &Config, words: &[String]) -> Result<String, EvalError> {
+    let (path, option) = ScopePath::parse_words(words)?;
+    let value = config.eval(&path, &option)?;
+    let name = options::lookup(&option)
+        .map(|id| id.def().name)
+        .unwrap_or("?");
+    Ok(match value {
+        Value::Unset => {
+            format!("Option '{name}' is not set in scope '{path}' and has no default.\n")
+        }
+        v => format!("{name} = {}\n", v.render()),
+    })
+}
+
+/// `config show`: a scope as configured, or one option as set in that scope.
+pub fn config_show(config: &Config, words: &[String]) -> Result<String, EvalError> {
+    match ScopePath::parse_scope_words(words) {
+        Ok(path) => config.show(&path),
+        Err(scope_err) => {
+            let Some((option, scopes)) = words.split_last() else {
+                return Err(scope_err);
+            };
+            let Some(id) = options::lookup(option) else {
+                return Err(scope_err);
+            };
+            let path = ScopePath::parse_scope_words(scopes)?;
+            let name = id.def().name;
+            Ok(match config.get(&path, option)? {
+                Some(v) => format!("{name} = {}\n", v.render()),
+                None => format!("Option '{name}' is not set in scope '{path}'.\n"),
+            })
+        }
+    }
+}
+
+fn domain(server: &Server, name: Option<&str>) -> Reply {
+    let all = server.engine.all_stats();
+    let chosen: Vec<_> = match name {
+        None => all,
+        Some(n) => all
+            .into_iter()
+            .filter(|(d, _)| d.eq_ignore_ascii_case(n))
+            .collect(),
+    };
+    if chosen.is_empty() {
+        return match name {
+            Some(n) => Reply::err(no_queue(n)),
+            None => Reply::ok("No domains have seen traffic.\n"),
+        };
+    }
+    let config = server.config();
+    let mut out = String::new();
+    for (d, s) in chosen {
+        let settings = config.domain_settings(None, None, &d);
+        let _ = writeln!(out, "Domain: {d}");
+        for r in &settings.routes {
+            let _ = writeln!(out, "  Route: {r}");
+        }
+        let _ = writeln!(out, "  Binding: default");
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let loadu = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed);
+        for (label, v) in [
+            ("Receptions", load(&s.received)),
+            ("Deliveries", load(&s.delivered)),
+            ("Failures (5xx)", load(&s.permanent)),
+            ("Trans. Failures (4xx)", load(&s.transient)),
+            ("Active Queue", loadu(&s.active) as u64),
+            ("Delayed Queue", loadu(&s.delayed) as u64),
+            ("Active Connections", loadu(&s.connections) as u64),
+            ("In Flight", loadu(&s.in_flight) as u64),
+        ] {
+            let _ = writeln!(out, "    {:<24}{v}", format!("{label}:"));
+        }
+        let mut reasons: Vec<_> = s.failures().into_iter().collect();
+        reasons.sort();
+        for (reason, n) in reasons {
+            let _ = writeln!(out, "    Failure {reason}: {n}");
+        }
+    }
+    Reply::ok(out)
+}
+
+fn mailq(server: &Server, domains: &[String], limit: usize) -> String {
+    let mut out = format!(
+        "{:<24} {:<32} {:>8} {:>8}\n",
+        "Group/Binding", "Domain", "AQ", "DQ"
+    );
+    let rows = server
+        .engine
+        .all_stats()
+        .into_iter()
+        .filter(|(d, _)| domains.is_empty() || domains.iter().any(|w| w.eq_ignore_ascii_case(d)))
+        .filter(|(_, s)| {
+            !domains.is_empty()
+                || s.active.load(Ordering::Relaxed) + s.delayed.load(Ordering::Relaxed) > 0
+        })
+        .take(limit);
+    for (d, s) in rows {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<32} {:>8} {:>8}",
+            "default",
+            d,
+            s.active.load(Ordering::Relaxed),
+            s.delayed.load(Ordering::Relaxed)
+        );
+    }
+    out
+}
+
+fn showqueue(entries: &[QueueEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "[{}/default] {} Created: {}",
+            e.queue, e.id, e.received_at
+        );
+        let _ = writeln!(out, "  From: <{}> To: <{}>", e.sender, e.recipient);
+    }
+    out
+}
+
+fn flush(server: &Server, name: Option<&str>) -> Reply {
+    match name {
+        Some(d) => {
+            if server.engine.flush(d) {
+                Reply::ok(format!("Domain {d} flushed.\n"))
+            } else {
+                Reply::err(no_queue(d))
+            }
+        }
+        None => {
+            let n = server
+                .engine
+                .all_stats()
+                .iter()
+                .filter(|(d, _)| server.engine.flush(d))
+                .count();
+            Reply::ok(format!("{n} domain(s) flushed.\n"))
+        }
+    }
+}
+
+async fn message(server: &Server, id: &str, action: MessageAction) -> Reply {
+    let verb = match &action {
+        MessageAction::Details => None,
+        MessageAction::Retry => Some("scheduled for immediate retry"),
+        MessageAction::Fail(_) => Some("failed: 554 Message manually purged."),
+    };
+    let Some(e) = server.engine.message(id, action).await else {
+        return Reply::err(format!("Message {id} is not in the queue.\n"));
+    };
+    if let Some(verb) = verb {
+        return Reply::ok(format!("Message {} {verb}\n", e.id));
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "Message ID: {}", e.id);
+    let _ = writeln!(out, "Domain: {}", e.domain);
+    let _ = writeln!(out, "Queue: {}/default", e.queue);
+    let _ = writeln!(out, "Created: {}", e.received_at);
+    let _ = writeln!(out, "From: <{}>", e.sender);
+    let _ = writeln!(out, "To: <{}>", e.recipient);
+    let _ = writeln!(out, "Device Token: {}", e.token);
+    let _ = writeln!(out, "Retries: {}", e.retries);
+    let _ = writeln!(out, "Payload Size: {} bytes", e.payload_len);
+    if let Some(due) = e.due_in_secs {
+        let _ = writeln!(out, "Next Attempt: in {due} s");
+    }
+    Reply::ok(out)
+}
+
+/// `tokens invalid [DOMAIN] [SINCE]`: one line per token, `TIMESTAMP_MS DOMAIN TOKEN REASON SOURCE`, oldest
+/// first, then a total. SINCE is Unix seconds; tokens without an APNs timestamp count as time 0.
+fn invalid_tokens(server: &Server, domain: Option<&str>, since: Option<u64>) -> String {
+    let since_ms = since.unwrap_or(0).saturating_mul(1000);
+    let mut list: Vec<(u64, String, String, String)> = server
+        .invalid_tokens
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|t| domain.is_none_or(|d| t.domain.eq_ignore_ascii_case(d)))
+        .map(|t| {
+            (
+                t.timestamp_ms.unwrap_or(0),
+                t.domain.to_string(),
+                t.token.to_string(),
+                t.reason.clone(),
+            )
+        })
+        .filter(|t| t.0 >= since_ms)
+        .collect();
+    list.sort();
+    list.dedup_by(|a, b| a.1 == b.1 && a.2 == b.2);
+    let mut out = String::new();
+    for (ts, d, token, reason) in &list {
+        let _ = writeln!(out, "{ts} {d} {token} {reason} apns");
+    }
+    let _ = writeln!(out, "Total: {} invalid token(s)", list.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_split_on_blanks_and_keep_quoted_groups() {
+        assert_eq!(
+            words(r#"  config eval  domain "a b" max_retries "#),
+            vec!["config", "eval", "domain", "a b", "max_retries"]
+        );
+        assert_eq!(words(r#"x """#), vec!["x", ""]);
+        assert!(words("   ").is_empty());
+    }
+
+    #[test]
+    fn momentum_command_forms_parse() {
+        let p = |s: &str| parse(s).unwrap().unwrap();
+        assert_eq!(p("summary"), Command::Summary);
+        assert_eq!(p("SUMMARY reset"), Command::SummaryReset);
+        assert_eq!(p("config reload"), Command::ConfigReload(None));
+        assert_eq!(
+            p("config reload /etc/h.conf"),
+            Command::ConfigReload(Some("/etc/h.conf".into()))
+        );
+        assert_eq!(
+            p("config eval domain x.example max_retries"),
+            Command::ConfigEval(vec![
+                "domain".into(),
+                "x.example".into(),
+                "max_retries".into()
+            ])
+        );
+        assert_eq!(p("config show"), Command::ConfigShow(vec![]));
+        assert_eq!(p("domain all"), Command::Domain(None));
+        assert_eq!(
+            p("domain a.example"),
+            Command::Domain(Some("a.example".into()))
+        );
+        assert_eq!(
+            p("mailq -d a.example --limit 5"),
+            Command::Mailq {
+                domains: vec!["a.example".into()],
+                limit: 5
+            }
+        );
+        assert_eq!(
+            p("showqueue a.example"),
+            Command::Showqueue {
+                domain: "a.example".into(),
+                limit: 100,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            p("showqueue binding default a.example 10,20"),
+            Command::Showqueue {
+                domain: "a.example".into(),
+                limit: 10,
+                offset: 20
+            }
+        );
+        assert_eq!(p("flush domain all"), Command::FlushDomain(None));
+        assert_eq!(
+            p("fail domain a.example quiet"),
+            Command::FailDomain {
+                domain: "a.example".into(),
+                quiet: true
+            }
+        );
+        assert_eq!(
+            p("message details full 00/00-1-2"),
+            Command::MessageDetails("00/00-1-2".into())
+        );
+        assert_eq!(
+            p("message fail quiet X"),
+            Command::MessageFail {
+                id: "X".into(),
+                quiet: true
+            }
+        );
+        assert_eq!(
+            p("tokens invalid 1700000000"),
+            Command::TokensInvalid {
+                domain: None,
+                since: Some(1_700_000_000)
+            }
+        );
+        assert_eq!(
+            p("tokens invalid a.example 5"),
+            Command::TokensInvalid {
+                domain: Some("a.example".into()),
+                since: Some(5)
+            }
+        );
+        assert_eq!(p("reopen logs"), Command::ReopenLogs);
+        assert_eq!(p("exit"), Command::Quit);
+        assert_eq!(parse("  ").unwrap(), None);
+    }
+
+    #[test]
+    fn mistakes_name_the_usage_or_point_to_help() {
+        let e = parse("frobnicate now").unwrap_err();
+        assert!(e.to_string().contains("frobnicate now"), "{e}");
+        assert!(e.to_string().contains("help"), "{e}");
+        assert_eq!(
+            parse("showqueue a.example ten,0").unwrap_err(),
+            ParseError::NotANumber {
+                what: "showqueue limit",
+                word: "ten".into()
+            }
+        );
+        assert!(
+            parse("flush")
+                .unwrap_err()
+                .to_string()
+                .contains("flush domain")
+        );
+    }
+
+    #[test]
+    fn config_eval_and_show_print_momentum_lines() {
+        let c = Config::parse_str("t.conf", r#"domain "a.example" { max_retries = 7 }"#).unwrap();
+        let w = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            config_eval(&c, &w("domain a.example max_retries")).unwrap(),
+            "max_retries = 7\n"
+        );
+        assert_eq!(
+            config_show(&c, &w("domain a.example max_retries")).unwrap(),
+            "max_retries = 7\n"
+        );
+        assert!(
+            config_show(&c, &w("domain a.example retry_interval"))
+                .unwrap()
+                .starts_with("Option 'retry_interval' is not set in scope")
+        );
+        assert!(config_eval(&c, &w("domain a.example no_such_option")).is_err());
+    }
+}

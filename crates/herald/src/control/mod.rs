@@ -1,0 +1,360 @@
+//! The control listener (`control_listener` stanza): the socket `herald console` talks to.
+//!
+//! A `listen "/path"` stanza is a Unix socket created with the stanza's `file_mode`; `listen "host:port"` is TCP,
+//! filtered by `always_allow`/`always_deny`. Where `control_password` is set, a connection must send
+//! `auth PASSWORD` before anything else. A connection that sends nothing for `timeout` seconds (default 60) is
+//! closed. Both are read from the configuration in force when a connection arrives, so a reload changes them for
+//! new connections. The wire format is in [`protocol`]; the commands in [`commands`].
+
+pub mod commands;
+pub mod protocol;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use herald_conf::{Config, ListenAddr, ListenerSettings, ScopeKind, ScopePath};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+use crate::server::Server;
+use commands::Command;
+use protocol::Reply;
+
+/// The idle timeout when the configuration does not say (momentum.md §6).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a control socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: another process is listening on this socket")]
+    InUse { path: PathBuf },
+    #[error("{path}: exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("setting the mode of {path} to {mode:04o}: {source}")]
+    Mode {
+        path: PathBuf,
+        mode: u32,
+        source: std::io::Error,
+    },
+}
+
+/// A bound control socket.
+pub enum ControlSocket {
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+    },
+    Tcp(TcpListener),
+}
+
+impl ControlSocket {
+    /// Binds what `settings` names. A stale Unix socket file (nobody listening) is replaced.
+    pub async fn bind(settings: &ListenerSettings) -> Result<ControlSocket, ControlError> {
+        match &settings.addr {
+            ListenAddr::Tcp(a) => {
+                TcpListener::bind(a)
+                    .await
+                    .map(ControlSocket::Tcp)
+                    .map_err(|source| ControlError::Bind {
+                        addr: settings.address.clone(),
+                        source,
+                    })
+            }
+            ListenAddr::Unix(path) => bind_unix(path, settings.file_mode).await,
+        }
+    }
+
+    /// The bound TCP address; `0.0.0.0:0` for a Unix socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        match self {
+            ControlSocket::Tcp(l) => l
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            ControlSocket::Unix { .. } => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+}
+
+async fn bind_unix(path: &Path, mode: u32) -> Result<ControlSocket, ControlError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ControlError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        addr: path.display().to_string(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        ControlError::Mode {
+            path: path.to_owned(),
+            mode,
+            source,
+        }
+    })?;
+    Ok(ControlSocket::Unix {
+        listener,
+        path: path.to_owned(),
+    })
+}
+
+/// What one connection is held to, read from the configuration in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConnectionRules {
+    password: Option<String>,
+    timeout: Duration,
+}
+
+impl ConnectionRules {
+    fn from_config(config: &Config, settings: &ListenerSettings) -> ConnectionRules {
+        let path = ScopePath::global()
+            .then(ScopeKind::ControlListener, None)
+            .then(ScopeKind::Listen, Some(&settings.address));
+        let password = config
+            .eval(&path, "control_password")
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
+        let timeout = config
+            .eval(&path, "timeout")
+            .ok()
+            .and_then(|v| v.as_int())
+            .and_then(|s| u64::try_from(s).ok())
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        ConnectionRules { password, timeout }
+    }
+}
+
+/// Accepts console connections until `stop` turns true; each connection runs commands on the server (while it
+/// still exists). The Unix socket file is removed when the listener stops.
+pub async fn serve(
+    socket: ControlSocket,
+    settings: ListenerSettings,
+    server: Weak<Server>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let settings = Arc::new(settings);
+    loop {
+        let conn_stop = stop.clone();
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = accept(&socket, &settings) => match accepted {
+                Ok(Some(stream)) => {
+                    let server = server.clone();
+                    let settings = settings.clone();
+                    tokio::spawn(async move {
+                        match stream {
+                            Stream::Unix(s) => connection(s, server, settings, conn_stop).await,
+                            Stream::Tcp(s) => connection(s, server, settings, conn_stop).await,
+                        }
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("control listener {}: accept: {e}", settings.address);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    if let ControlSocket::Unix { path, .. } = &socket {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+enum Stream {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+/// One accepted connection; `None` when the peer's address is refused by the listener's ACL.
+async fn accept(
+    socket: &ControlSocket,
+    settings: &ListenerSettings,
+) -> std::io::Result<Option<Stream>> {
+    match socket {
+        ControlSocket::Unix { listener, .. } => {
+            let (s, _) = listener.accept().await?;
+            Ok(Some(Stream::Unix(s)))
+        }
+        ControlSocket::Tcp(listener) => {
+            let (s, peer) = listener.accept().await?;
+            if settings.permits(peer.ip()) {
+                Ok(Some(Stream::Tcp(s)))
+            } else {
+                tracing::info!("control listener {}: refused {peer}", settings.address);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Reads commands and answers them until `quit`, end of stream, the idle timeout, or the listener stops.
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    server: Weak<Server>,
+    settings: Arc<ListenerSettings>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(rules) = server
+        .upgrade()
+        .map(|s| ConnectionRules::from_config(&s.config(), &settings))
+    else {
+        return;
+    };
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
+    let mut authenticated = rules.password.is_none();
+    loop {
+        let line = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            read = tokio::time::timeout(rules.timeout, protocol::read_request(&mut r)) => match read {
+                Err(_) => {
+                    let _ = protocol::write_reply(&mut w, &Reply::err("Idle timeout; closing.\n")).await;
+                    return;
+                }
+                Ok(Ok(Some(line))) => line,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    let _ = protocol::write_reply(&mut w, &Reply::err(format!("{e}\n"))).await;
+                    return;
+                }
+            },
+        };
+        let (reply, close) = match commands::parse(&line) {
+            Ok(None) => (Reply::ok(""), false),
+            Err(e) => (Reply::err(format!("{e}\n")), false),
+            Ok(Some(Command::Quit)) => (Reply::ok(""), true),
+            Ok(Some(Command::Auth(given))) => match &rules.password {
+                Some(p) if constant_time_eq(p.as_bytes(), given.as_bytes()) => {
+                    authenticated = true;
+                    (Reply::ok("Authenticated.\n"), false)
+                }
+                Some(_) => {
+                    tracing::warn!("control listener {}: wrong password", settings.address);
+                    (Reply::err("Authentication failed.\n"), true)
+                }
+                None => (Reply::ok("No password is required here.\n"), false),
+            },
+            Ok(Some(_)) if !authenticated => (
+                Reply::err("Authentication required: send `auth PASSWORD` first.\n"),
+                false,
+            ),
+            Ok(Some(cmd)) => {
+                let Some(server) = server.upgrade() else {
+                    return;
+                };
+                let close = cmd == Command::Shutdown;
+                (commands::execute(&server, cmd).await, close)
+            }
+        };
+        if protocol::write_reply(&mut w, &reply).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Resolves once the listener is told to stop (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Compares without stopping at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control_settings(config: &Config) -> ListenerSettings {
+        config.listeners().into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn password_and_timeout_come_from_the_listen_stanza_or_the_listener() {
+        let c = Config::parse_str(
+            "t.conf",
+            r#"control_listener {
+                 control_password = "outer"
+                 listen "127.0.0.1:2025" { timeout = 5 }
+               }"#,
+        )
+        .unwrap();
+        let rules = ConnectionRules::from_config(&c, &control_settings(&c));
+        assert_eq!(rules.password.as_deref(), Some("outer"));
+        assert_eq!(rules.timeout, Duration::from_secs(5));
+
+        let c = Config::parse_str("t.conf", r#"control_listener { listen "/tmp/x.sock" { } }"#)
+            .unwrap();
+        let s = control_settings(&c);
+        assert_eq!(s.file_mode, 0o660);
+        let rules = ConnectionRules::from_config(&c, &s);
+        assert_eq!(rules.password, None);
+        assert_eq!(rules.timeout, DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn password_comparison_is_exact() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_gets_its_mode_and_a_stale_file_is_replaced_but_a_live_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let text = format!(
+            r#"control_listener {{ listen "{}" {{ file_mode = 0600 }} }}"#,
+            path.display()
+        );
+        let c = Config::parse_str("t.conf", &text).unwrap();
+        let s = control_settings(&c);
+        let live = ControlSocket::bind(&s).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(
+            ControlSocket::bind(&s).await,
+            Err(ControlError::InUse { .. })
+        ));
+        drop(live); // the file stays behind, as after a crash
+        assert!(path.exists());
+        let again = ControlSocket::bind(&s).await.unwrap();
+        assert!(matches!(again, ControlSocket::Unix { .. }));
+
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "x").unwrap();
+        let text = format!(
+            r#"control_listener {{ listen "{}" {{ }} }}"#,
+            plain.display()
+        );
+        let c = Config::parse_str("t.conf", &text).unwrap();
+        assert!(matches!(
+            ControlSocket::bind(&control_settings(&c)).await,
+            Err(ControlError::NotASocket { .. })
+        ));
+    }
+}

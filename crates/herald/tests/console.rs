@@ -1,0 +1,611 @@
+//! `herald console` in batch mode against a real control socket (momentum.md §6): every command's output after
+//! known traffic, the queue commands while APNs is down, reload errors, the TCP password and `shutdown`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::server::Server;
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+
+const TOPIC: &str = "com.example.console";
+const WAIT: Duration = Duration::from_secs(60);
+const PASSWORD: &str = "s3cret word";
+
+/// What one `herald console` run printed.
+#[derive(Debug)]
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `herald console SOCKET ARGS…` (batch mode: a command is given, stdin is not a terminal).
+async fn console(socket: &str, args: &[&str], password: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.arg("console").arg(socket).args(args);
+    cmd.env_remove("HERALD_CONSOLE_PASSWORD");
+    if let Some(p) = password {
+        cmd.env("HERALD_CONSOLE_PASSWORD", p);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// Runs a command that must succeed; returns its output.
+async fn ok(socket: &str, args: &[&str]) -> String {
+    let out = console(socket, args, None).await;
+    assert!(out.ok, "console {args:?} failed: {out:?}");
+    out.stdout
+}
+
+/// Runs `args` until `accept` holds for its output.
+async fn until(socket: &str, args: &[&str], accept: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = console(socket, args, None).await;
+        if out.ok && accept(&out.stdout) {
+            return out.stdout;
+        }
+        assert!(Instant::now() < deadline, "console {args:?}: {out:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of `Label:` in `summary`-style output.
+fn field(text: &str, label: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{label}:")))
+        .map(|v| v.trim().to_string())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0xc0_2025_0000u64 + i as u64)
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    config: PathBuf,
+    socket: String,
+    server: Arc<Server>,
+    http: String,
+}
+
+fn config_text(dir: &Path, pki: &Pki, routes: &[(&str, u16)], retry_interval: u32) -> String {
+    let m = &pki.manifest;
+    let mut text = format!(
+        r#"
+spool_dir = "{spool}"
+ec_logger "main" {{ mainlog = "{log}" }}
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+control_listener {{
+  listen "{sock}" {{ file_mode = 0600 }}
+  listen "127.0.0.1:0" {{ control_password = "{PASSWORD}" }}
+}}
+"#,
+        spool = dir.join("spool").display(),
+        log = dir.join("mainlog.ec").display(),
+        sock = dir.join("control.sock").display(),
+    );
+    for (domain, port) in routes {
+        text.push_str(&format!(
+            r#"
+domain "{domain}" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{port}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  apn_key = "{p8}"
+  apn_key_id = "{kid}"
+  apn_team_id = "{tid}"
+  apn_topic = "{TOPIC}"
+  retry_interval = {retry_interval}
+  max_retry_interval = {retry_interval}
+  mx_failures_to_delay = 1
+}}
+"#,
+            ca = m.ca_cert.display(),
+            p8 = m.token_key.p8.display(),
+            kid = m.token_key.key_id,
+            tid = m.token_key.team_id,
+        ));
+    }
+    text
+}
+
+async fn setup(pki_dir: tempfile::TempDir, pki: &Pki, routes: &[(&str, u16)], retry: u32) -> Setup {
+    let dir = pki_dir.path().to_owned();
+    let config = dir.join("herald.conf");
+    std::fs::write(&config, config_text(&dir, pki, routes, retry)).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let addrs = server.addrs().await;
+    let socket = dir.join("control.sock").display().to_string();
+    assert!(addrs.control.contains(&socket), "{addrs:?}");
+    Setup {
+        http: addrs.http[0].to_string(),
+        _dir: pki_dir,
+        dir,
+        config,
+        socket,
+        server,
+    }
+}
+
+async fn start_sim(pki: &Pki, port: u16, unregistered: &[String]) -> SimHandle {
+    let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+    config.h2_port = port;
+    config.scenario.unregistered = unregistered.to_vec();
+    Simulator::start(config).await.unwrap()
+}
+
+async fn push(http: &str, domain: &str, tokens: &[String]) {
+    let body = serde_json::json!({
+        "domain": domain,
+        "tokens": tokens,
+        "payload": {"aps": {"alert": "console"}},
+    });
+    let r = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/push"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+async fn wait_for_sim(sim: &SimHandle, tokens: &[String]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got: Vec<String> = sim.record().into_iter().map(|r| r.token).collect();
+        if tokens.iter().all(|t| got.contains(t)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {tokens:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_commands_answer_in_momentum_shapes_after_known_traffic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&tmp.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let gone = token(99);
+    let sim = start_sim(&pki, port, std::slice::from_ref(&gone)).await;
+    let s = setup(tmp, &pki, &[("live.example", port)], 1).await;
+    let sock = s.socket.as_str();
+
+    // momentum.md §4.1: the Unix socket gets the stanza's File_Mode.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Ten notifications and one for a token APNs says is unregistered.
+    let tokens: Vec<String> = (0..10).map(token).collect();
+    push(&s.http, "live.example", &tokens).await;
+    push(&s.http, "live.example", std::slice::from_ref(&gone)).await;
+    wait_for_sim(&sim, &tokens).await;
+
+    // momentum.md §6.2 `summary`: the counters, one `Label: value` per line.
+    let summary = until(sock, &["summary"], |o| {
+        field(o, "Successfully Delivered Messages").as_deref() == Some("10")
+            && field(o, "Failed Messages").as_deref() == Some("1")
+    })
+    .await;
+    assert_eq!(field(&summary, "Received Messages").as_deref(), Some("11"));
+    assert_eq!(field(&summary, "Total Queue Size").as_deref(), Some("0"));
+    assert!(field(&summary, "Uptime").is_some(), "{summary}");
+
+    // `domain NAME`: per-binding counters.
+    let domain = ok(sock, &["domain", "live.example"]).await;
+    assert!(domain.starts_with("Domain: live.example\n"), "{domain}");
+    assert!(
+        domain.contains(&format!("Route: https://127.0.0.1:{port}")),
+        "{domain}"
+    );
+    let counter = |label: &str| {
+        domain
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{label}:")))
+            .map(|v| v.trim().to_string())
+    };
+    assert_eq!(counter("Receptions").as_deref(), Some("11"));
+    assert_eq!(counter("Deliveries").as_deref(), Some("10"));
+    assert_eq!(counter("Failures (5xx)").as_deref(), Some("1"));
+    assert_eq!(ok(sock, &["domain", "all"]).await, domain);
+
+    // The unregistered token is in the invalid-token list (apns.md §2: 410 Unregistered).
+    let invalid = until(sock, &["tokens", "invalid"], |o| o.contains(&gone)).await;
+    assert!(invalid.contains("live.example"), "{invalid}");
+    assert!(
+        invalid.ends_with("Total: 1 invalid token(s)\n"),
+        "{invalid}"
+    );
+    let later = ok(sock, &["tokens", "invalid", "4102444800"]).await; // 2100-01-01
+    assert_eq!(later, "Total: 0 invalid token(s)\n");
+
+    // `summary reset` starts from zero.
+    assert_eq!(ok(sock, &["summary", "reset"]).await, "Statistics reset.\n");
+    let summary = ok(sock, &["summary"]).await;
+    assert_eq!(
+        field(&summary, "Successfully Delivered Messages").as_deref(),
+        Some("0")
+    );
+    assert_eq!(field(&summary, "Received Messages").as_deref(), Some("0"));
+
+    // momentum.md §6.1: `config eval` and `config show` print `name = value`.
+    assert_eq!(
+        ok(
+            sock,
+            &["config", "eval", "domain", "live.example", "retry_interval"]
+        )
+        .await,
+        "retry_interval = 1\n"
+    );
+    assert_eq!(
+        ok(
+            sock,
+            &["config", "show", "domain", "live.example", "apn_topic"]
+        )
+        .await,
+        format!("apn_topic = {TOPIC}\n")
+    );
+    let shown = ok(sock, &["config", "show", "domain", "live.example"]).await;
+    assert!(
+        shown.contains("domain live.example {") || shown.contains("domain \"live.example\" {"),
+        "{shown}"
+    );
+    let bad = console(
+        sock,
+        &["config", "eval", "domain", "live.example", "no_such_option"],
+        None,
+    )
+    .await;
+    assert!(!bad.ok && bad.stderr.contains("no_such_option"), "{bad:?}");
+
+    // A broken file: every error printed, the running configuration stays.
+    let broken = s.dir.join("broken.conf");
+    std::fs::write(
+        &broken,
+        "domain \"x\" {\n  retry_interval = soon\n  max_retries = many\n}\n",
+    )
+    .unwrap();
+    let out = console(sock, &["config", "reload", broken.to_str().unwrap()], None).await;
+    assert!(!out.ok, "{out:?}");
+    assert!(out.stderr.contains("broken.conf:2:"), "{out:?}");
+    assert!(out.stderr.contains("broken.conf:3:"), "{out:?}");
+    assert!(out.stderr.contains("running one stays in force"), "{out:?}");
+    assert_eq!(s.server.generation(), 0);
+    assert_eq!(
+        ok(
+            sock,
+            &["config", "eval", "domain", "live.example", "retry_interval"]
+        )
+        .await,
+        "retry_interval = 1\n"
+    );
+
+    // A good one is put in force.
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("retry_interval = 1", "retry_interval = 7")
+        .replace("file_mode = 0600", "file_mode = 0600 timeout = 1");
+    std::fs::write(&s.config, text).unwrap();
+    let out = ok(sock, &["config", "reload"]).await;
+    assert!(out.starts_with("Configuration reloaded from "), "{out}");
+    assert!(out.contains("(generation 1)"), "{out}");
+    assert_eq!(
+        ok(
+            sock,
+            &["config", "eval", "domain", "live.example", "retry_interval"]
+        )
+        .await,
+        "retry_interval = 7\n"
+    );
+
+    // The reloaded `timeout` holds for new connections: an idle one is told and closed (momentum.md §6).
+    {
+        use tokio::io::AsyncReadExt;
+        let mut idle = tokio::net::UnixStream::connect(sock).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(WAIT, idle.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, "ERR 23\nIdle timeout; closing.\n");
+    }
+
+    // The TCP listener wants its password (a herald addition to momentum.md §6's Control_Listener).
+    let tcp = s
+        .server
+        .addrs()
+        .await
+        .control
+        .into_iter()
+        .find(|a| a.starts_with("127.0.0.1:"))
+        .unwrap();
+    let refused = console(&tcp, &["pid"], None).await;
+    assert!(
+        !refused.ok && refused.stderr.contains("auth PASSWORD"),
+        "{refused:?}"
+    );
+    let wrong = console(&tcp, &["pid"], Some("guess")).await;
+    assert!(
+        !wrong.ok && wrong.stderr.contains("Authentication failed"),
+        "{wrong:?}"
+    );
+    let right = console(&format!("admin@{tcp}"), &["pid"], Some(PASSWORD)).await;
+    assert!(right.ok, "{right:?}");
+    assert_eq!(right.stdout, format!("{}\n", std::process::id()));
+
+    // The small ones.
+    assert_eq!(
+        ok(sock, &["version"]).await,
+        format!("herald {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        ok(sock, &["pid"]).await,
+        format!("{}\n", std::process::id())
+    );
+    assert_eq!(ok(sock, &["reopen", "logs"]).await, "Logs reopened.\n");
+    let help = ok(sock, &["help"]).await;
+    for c in [
+        "summary",
+        "config reload",
+        "showqueue",
+        "fail domain",
+        "message retry",
+        "tokens invalid",
+        "shutdown",
+    ] {
+        assert!(help.contains(c), "help lacks {c}: {help}");
+    }
+    let unknown = console(sock, &["frobnicate"], None).await;
+    assert!(!unknown.ok, "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("unknown command `frobnicate`"),
+        "{unknown:?}"
+    );
+    assert!(unknown.stderr.contains("help"), "{unknown:?}");
+
+    // Without a command and without a terminal, commands come from standard input, one per line.
+    let script = "# a comment\nversion\n\npid\nno such thing\nversion\n";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["console", sock])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let version = format!("herald {}\n", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{version}{}\n{version}", std::process::id())
+    );
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("unknown command `no such thing`")
+    );
+    assert!(
+        !out.status.success(),
+        "a failed line makes the exit status non-zero"
+    );
+
+    // `shutdown` asks the process to stop.
+    let server = s.server.clone();
+    let stopped = tokio::spawn(async move { server.stop_requested().await });
+    assert_eq!(ok(sock, &["shutdown"]).await, "Shutdown requested.\n");
+    tokio::time::timeout(WAIT, stopped).await.unwrap().unwrap();
+    s.server.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        !Path::new(sock).exists(),
+        "the socket file is removed on stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_list_retry_flush_and_fail_while_apns_is_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&tmp.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let (up_later, never) = (free_port(), free_port());
+    // Retries an hour apart: what is delayed stays delayed until the console says otherwise.
+    let s = setup(
+        tmp,
+        &pki,
+        &[("later.example", up_later), ("never.example", never)],
+        3600,
+    )
+    .await;
+    let sock = s.socket.as_str();
+
+    let later: Vec<String> = (0..3).map(token).collect();
+    let doomed: Vec<String> = (10..12).map(token).collect();
+    push(&s.http, "later.example", &later).await;
+    push(&s.http, "never.example", &doomed).await;
+
+    // momentum.md §6.2 `showqueue`: `[queue/binding] ID Created: T` then `  From: <…> To: <…>`.
+    let listing = until(sock, &["showqueue", "later.example"], |o| {
+        o.lines()
+            .filter(|l| l.starts_with("[delayed/default] "))
+            .count()
+            == 3
+    })
+    .await;
+    let ids: Vec<String> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("[delayed/default] "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    for t in &later {
+        assert!(
+            listing.contains(&format!("To: <{t}@later.example>")),
+            "{listing}"
+        );
+    }
+    let window = ok(sock, &["showqueue", "later.example", "1,1"]).await;
+    assert_eq!(
+        window.lines().filter(|l| l.starts_with('[')).count(),
+        1,
+        "{window}"
+    );
+    until(sock, &["showqueue", "never.example"], |o| {
+        o.matches("[delayed/default]").count() == 2
+    })
+    .await;
+
+    // `mailq`: one row per domain with its queue sizes.
+    let mailq = ok(sock, &["mailq"]).await;
+    assert!(mailq.starts_with("Group/Binding"), "{mailq}");
+    let row = |d: &str| {
+        mailq
+            .lines()
+            .find(|l| l.contains(d))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("{d} in {mailq}"))
+    };
+    assert_eq!(row("later.example"), ["default", "later.example", "0", "3"]);
+    assert_eq!(row("never.example"), ["default", "never.example", "0", "2"]);
+    let one = ok(sock, &["mailq", "-d", "never.example"]).await;
+    assert!(
+        !one.contains("later.example") && one.contains("never.example"),
+        "{one}"
+    );
+
+    // `message details ID`.
+    let details = ok(sock, &["message", "details", &ids[0]]).await;
+    assert!(
+        details.starts_with(&format!("Message ID: {}\n", ids[0])),
+        "{details}"
+    );
+    assert!(details.contains("Domain: later.example\n"), "{details}");
+    assert!(details.contains("Queue: delayed/default\n"), "{details}");
+    assert!(details.contains("Retries: 1\n"), "{details}");
+    let missing = console(sock, &["message", "details", "FF/FF-99999-FFFFFFFF"], None).await;
+    assert!(
+        !missing.ok && missing.stderr.contains("not in the queue"),
+        "{missing:?}"
+    );
+
+    // APNs comes back: `message retry` sends one at once, `flush domain` the rest.
+    let sim = start_sim(&pki, up_later, &[]).await;
+    let retried = ok(sock, &["message", "retry", &ids[0]]).await;
+    assert_eq!(
+        retried,
+        format!("Message {} scheduled for immediate retry\n", ids[0])
+    );
+    let deadline = Instant::now() + WAIT;
+    while sim.record().len() != 1 {
+        assert!(Instant::now() < deadline, "message retry delivered nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        ok(sock, &["flush", "domain", "later.example"]).await,
+        "Domain later.example flushed.\n"
+    );
+    wait_for_sim(&sim, &later).await;
+    assert_eq!(sim.record().len(), 3);
+    until(sock, &["showqueue", "later.example"], str::is_empty).await;
+
+    // `message fail ID` fails one; `fail domain` the rest with Momentum's text.
+    let failed = ok(
+        sock,
+        &[
+            "message",
+            "fail",
+            ids_of(sock, "never.example").await[0].as_str(),
+        ],
+    )
+    .await;
+    assert!(
+        failed.ends_with("failed: 554 Message manually purged.\n"),
+        "{failed}"
+    );
+    let out = ok(sock, &["fail", "domain", "never.example"]).await;
+    assert_eq!(
+        out,
+        "Failed 1 message(s) of domain never.example: 554 Message manually purged.\n"
+    );
+    assert_eq!(ok(sock, &["showqueue", "never.example"]).await, "");
+    let summary = until(sock, &["summary"], |o| {
+        field(o, "Failed Messages").as_deref() == Some("2")
+    })
+    .await;
+    assert_eq!(
+        field(&summary, "Successfully Delivered Messages").as_deref(),
+        Some("3")
+    );
+    assert_eq!(field(&summary, "Total Queue Size").as_deref(), Some("0"));
+    let mainlog = std::fs::read_to_string(s.dir.join("mainlog.ec")).unwrap_or_default();
+    let purged = until_log(
+        &s.dir.join("mainlog.ec"),
+        "554 Message manually purged.",
+        2,
+        mainlog,
+    )
+    .await;
+    assert_eq!(purged, 2);
+
+    let unknown = console(sock, &["fail", "domain", "nowhere.example"], None).await;
+    assert!(
+        !unknown.ok && unknown.stderr.contains("nowhere.example"),
+        "{unknown:?}"
+    );
+    assert_eq!(
+        ok(sock, &["flush", "domain", "all"]).await,
+        "2 domain(s) flushed.\n"
+    );
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn ids_of(sock: &str, domain: &str) -> Vec<String> {
+    ok(sock, &["showqueue", domain])
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix('['))
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+        .collect()
+}
+
+/// Waits until `needle` occurs `n` times in the log (written in the background); returns the count.
+async fn until_log(path: &Path, needle: &str, n: usize, mut text: String) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let count = text.matches(needle).count();
+        if count >= n {
+            return count;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle} {count} times in {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = std::fs::read_to_string(path).unwrap_or_default();
+    }
+}
