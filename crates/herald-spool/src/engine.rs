@@ -14,23 +14,31 @@ pub enum Table {
     Schedules,
 }
 
-/// What one commit writes, applied in this order: inserts, schedules, removals (from both tables).
+/// What one commit writes, applied in this order: inserts, schedules, removals.
 #[derive(Debug, Default)]
 pub struct CommitBatch {
     pub inserts: Vec<(SpoolKey, Vec<u8>)>,
     pub schedules: Vec<(SpoolKey, [u8; SCHEDULE_LEN])>,
+    /// Keys to delete from [`Table::Records`].
     pub removes: Vec<SpoolKey>,
+    /// Keys to delete from [`Table::Schedules`] (only those known to have a schedule, so that a notification
+    /// delivered at its first attempt costs one deletion, not two).
+    pub unschedules: Vec<SpoolKey>,
 }
 
 impl CommitBatch {
     pub fn is_empty(&self) -> bool {
-        self.inserts.is_empty() && self.schedules.is_empty() && self.removes.is_empty()
+        self.inserts.is_empty()
+            && self.schedules.is_empty()
+            && self.removes.is_empty()
+            && self.unschedules.is_empty()
     }
 
     pub fn clear(&mut self) {
         self.inserts.clear();
         self.schedules.clear();
         self.removes.clear();
+        self.unschedules.clear();
     }
 }
 

@@ -113,6 +113,8 @@ impl Engine for FjallEngine {
         }
         for k in &batch.removes {
             b.remove(&self.records, k.to_be_bytes());
+        }
+        for k in &batch.unschedules {
             b.remove(&self.schedules, k.to_be_bytes());
         }
         b.commit().map_err(|e| error("committing to the spool", e))

@@ -6,7 +6,7 @@
 //! Reschedules and removals are collected and committed with the next group of appends, or after
 //! [`SpoolOptions::maintenance_interval`], whichever comes first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -53,6 +53,9 @@ impl Default for SpoolOptions {
 
 type Reply = oneshot::Sender<Result<(), SpoolError>>;
 
+/// Records handed from the reading thread to the decoding one at a time during recovery.
+const RECOVERY_CHUNK: usize = 1024;
+
 enum Op {
     Append {
         records: Vec<(SpoolKey, Vec<u8>)>,
@@ -61,8 +64,10 @@ enum Op {
     },
     Reschedule(SpoolKey, Schedule),
     Remove(Vec<SpoolKey>),
-    /// Removal of records recovery could not read (not counted as stored).
+    /// Removal of records recovery could not read (not counted as stored), and of orphan schedules.
     Purge(Vec<SpoolKey>),
+    /// Keys that recovery found with a schedule entry.
+    Scheduled(Vec<SpoolKey>),
     Flush(Reply),
     Close(Reply),
 }
@@ -129,6 +134,7 @@ impl<E: Engine> DiskSpool<E> {
             pending: CommitBatch::default(),
             pending_since: None,
             purged: 0,
+            scheduled: HashSet::new(),
         };
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
@@ -218,25 +224,52 @@ impl<E: Engine> Spool for DiskSpool<E> {
                 tracing::warn!(%key, error = %e, "spool: skipping a corrupt schedule; the record's own applies");
             }
         })?;
+        // The store is read on a helper thread while this one decodes: the two halves take similar time.
         let mut corrupt = Vec::new();
-        self.engine.scan(
-            Table::Records,
-            &mut |key, value| match StoredNotification::decode(key, value) {
-                Ok(mut n) => {
-                    if let Some(s) = schedules.remove(&key) {
-                        n.retries = s.retries;
-                        n.next_attempt_ms = s.next_attempt_ms;
+        let mut with_schedule = Vec::new();
+        let engine = &*self.engine;
+        std::thread::scope(|scope| -> Result<(), SpoolError> {
+            let (chunks, received) = mpsc::sync_channel::<Vec<(SpoolKey, Vec<u8>)>>(8);
+            let reader = scope.spawn(move || {
+                let mut chunk = Vec::with_capacity(RECOVERY_CHUNK);
+                engine.scan(Table::Records, &mut |key, value| {
+                    chunk.push((key, value.to_vec()));
+                    if chunk.len() == RECOVERY_CHUNK {
+                        let full =
+                            std::mem::replace(&mut chunk, Vec::with_capacity(RECOVERY_CHUNK));
+                        let _ = chunks.send(full);
                     }
-                    report.recovered += 1;
-                    visit(n);
+                })?;
+                let _ = chunks.send(chunk);
+                Ok(())
+            });
+            for (key, value) in received.iter().flatten() {
+                match StoredNotification::decode(key, &value) {
+                    Ok(mut n) => {
+                        if let Some(s) = schedules.remove(&key) {
+                            n.retries = s.retries;
+                            n.next_attempt_ms = s.next_attempt_ms;
+                            with_schedule.push(key);
+                        }
+                        report.recovered += 1;
+                        visit(n);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "spool: skipping a corrupt or torn record");
+                        report.skipped += 1;
+                        corrupt.push(key);
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(%key, error = %e, "spool: skipping a corrupt or torn record");
-                    report.skipped += 1;
-                    corrupt.push(key);
-                }
-            },
-        )?;
+            }
+            match reader.join() {
+                Ok(result) => result,
+                Err(_) => Err(SpoolError::Storage {
+                    context: "reading the spool",
+                    detail: "the reading thread panicked".into(),
+                    temporary: false,
+                }),
+            }
+        })?;
         report.orphan_schedules = schedules.len() as u64;
         self.counters
             .records
@@ -244,6 +277,9 @@ impl<E: Engine> Spool for DiskSpool<E> {
         // Delete what cannot be used, so the warnings are not repeated at every start. The schedule of a corrupt
         // record goes with it; a corrupt schedule is rewritten by the next reschedule or goes with its record.
         corrupt.extend(schedules.into_keys());
+        if !with_schedule.is_empty() {
+            let _ = self.ops.send(Op::Scheduled(with_schedule));
+        }
         if !corrupt.is_empty() {
             let _ = self.ops.send(Op::Purge(corrupt));
         }
@@ -297,6 +333,8 @@ struct Writer<E: Engine> {
     pending_since: Option<Instant>,
     /// How many of the pending removals are purges of unreadable records.
     purged: usize,
+    /// Keys that have an entry in the schedules table (rescheduled at least once).
+    scheduled: HashSet<SpoolKey>,
 }
 
 /// One group: the appends and requests answered by the next commit.
@@ -375,18 +413,29 @@ impl<E: Engine> Writer<E> {
                 group.replies.push(reply);
             }
             Op::Reschedule(key, schedule) => {
+                self.scheduled.insert(key);
                 self.pending.schedules.push((key, schedule.encode(key)));
                 self.pending_since.get_or_insert_with(Instant::now);
             }
-            Op::Remove(mut keys) => {
-                self.pending.removes.append(&mut keys);
+            Op::Remove(keys) => {
+                for key in keys {
+                    if self.scheduled.remove(&key) {
+                        self.pending.unschedules.push(key);
+                    }
+                    self.pending.removes.push(key);
+                }
                 self.pending_since.get_or_insert_with(Instant::now);
             }
-            Op::Purge(mut keys) => {
+            Op::Purge(keys) => {
                 self.purged += keys.len();
-                self.pending.removes.append(&mut keys);
+                for key in keys {
+                    self.scheduled.remove(&key);
+                    self.pending.unschedules.push(key);
+                    self.pending.removes.push(key);
+                }
                 self.pending_since.get_or_insert_with(Instant::now);
             }
+            Op::Scheduled(keys) => self.scheduled.extend(keys),
             Op::Flush(reply) => {
                 group.force = true;
                 group.replies.push(reply);
@@ -434,6 +483,7 @@ impl<E: Engine> Writer<E> {
                 let cap = self.options.maintenance_cap;
                 trim_front(&mut batch.schedules, cap);
                 trim_front(&mut batch.removes, cap);
+                trim_front(&mut batch.unschedules, cap);
                 self.pending = batch;
                 self.pending_since = Some(Instant::now());
             }

@@ -121,6 +121,33 @@ async fn a_schedule_of_a_removed_notification_is_dropped_at_recovery() {
     );
 }
 
+#[tokio::test]
+async fn a_schedule_recovered_after_restart_goes_with_its_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = {
+        let spool = open(dir.path());
+        let keys = append_many(&spool, 3).await;
+        spool.reschedule(keys[1], 2, 77);
+        spool.close().await.unwrap();
+        keys
+    };
+    {
+        let spool = open(dir.path());
+        let r = spool.recover().unwrap();
+        assert_eq!(r.notifications[1].retries, 2);
+        // Delivered after the restart: its schedule entry must be deleted too, not left behind.
+        spool.remove(&keys[..2]);
+        spool.close().await.unwrap();
+    }
+    let spool = open(dir.path());
+    let r = spool.recover().unwrap();
+    assert_eq!(
+        r.notifications.iter().map(|n| n.key).collect::<Vec<_>>(),
+        vec![keys[2]]
+    );
+    assert_eq!(r.report.orphan_schedules, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_appends_share_one_commit() {
     let dir = tempfile::tempdir().unwrap();

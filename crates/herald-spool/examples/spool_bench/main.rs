@@ -73,17 +73,38 @@ fn batch(spool: &dyn Spool, n: usize) -> (Vec<SpoolKey>, Vec<StoredNotification>
     (keys, recs)
 }
 
+/// CPU time (user + system) this process has used, in microseconds (Linux /proc; 0 elsewhere).
+fn cpu_micros() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which is in parentheses): utime and stime are the 12th and 13th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // rest starts with the state letter (not a number), so utime/stime are at 11 and 12 here.
+    f.get(10)
+        .zip(f.get(11))
+        .map_or(0, |(u, s)| (u + s) * 10_000) // clock ticks of 10 ms
+}
+
 /// Appends for `secs` from `writers` tasks, `per_append` records each time; optionally removes each batch once
-/// acknowledged (the steady state: accepted, delivered, forgotten). Returns records/s and commits.
+/// acknowledged (the steady state: accepted, delivered, forgotten). Returns records/s, commits and CPU µs per
+/// record (the whole process: encoding, the writer thread and the engine's background threads).
 async fn appends(
     engine: &str,
     writers: usize,
     per_append: usize,
     remove: bool,
     secs: f64,
-) -> (f64, u64) {
+) -> (f64, u64, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = open(engine, dir.path());
+    let cpu_start = cpu_micros();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
@@ -108,9 +129,10 @@ async fn appends(
     }
     let elapsed = start.elapsed().as_secs_f64();
     spool.flush().await.expect("flush");
+    let cpu = (cpu_micros() - cpu_start) as f64 / total.max(1) as f64;
     let commits = spool.stats().commits;
     spool.close().await.expect("close");
-    (total as f64 / elapsed, commits)
+    (total as f64 / elapsed, commits, cpu)
 }
 
 async fn fill(spool: &dyn Spool, records: usize) -> Vec<SpoolKey> {
@@ -298,13 +320,17 @@ fn main() {
     );
     let skip_appends = args.iter().any(|a| a == "--bulk-only");
     println!("### Appends (fsync'd, group commit), records/s (commits)\n");
-    println!("| engine | writers | records/append | append only | append + remove |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| engine | writers | records/append | append only | CPU µs/rec | append + remove | CPU µs/rec |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for engine in engines.split(',').filter(|_| !skip_appends) {
         for (writers, per) in [(1, 1), (8, 1), (64, 1), (1, 100), (8, 100), (64, 100)] {
-            let (a, ac) = rt.block_on(appends(engine, writers, per, false, secs));
-            let (r, rc) = rt.block_on(appends(engine, writers, per, true, secs));
-            println!("| {engine} | {writers} | {per} | {a:.0} ({ac}) | {r:.0} ({rc}) |");
+            let (a, ac, acpu) = rt.block_on(appends(engine, writers, per, false, secs));
+            let (r, rc, rcpu) = rt.block_on(appends(engine, writers, per, true, secs));
+            println!(
+                "| {engine} | {writers} | {per} | {a:.0} ({ac}) | {acpu:.1} | {r:.0} ({rc}) | {rcpu:.1} |"
+            );
         }
     }
     println!("\n### Bulk: {records} records\n");

@@ -119,6 +119,8 @@ impl Engine for RedbEngine {
             }
             for key in &batch.removes {
                 records.remove(key.0).map_err(|e| storage_error(CTX, e))?;
+            }
+            for key in &batch.unschedules {
                 schedules.remove(key.0).map_err(|e| storage_error(CTX, e))?;
             }
         }
