@@ -24,6 +24,11 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(false).await
+}
+
+/// `https`: the http listener speaks TLS with the PKI's server certificate.
+async fn setup_with(https: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
     let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
@@ -36,7 +41,7 @@ async fn setup() -> Setup {
         format!(
             r#"
 spool_dir = "{spool}"
-http_listener {{ listen "127.0.0.1:0" {{ api_key = "{KEY}" }} }}
+http_listener {{ listen "127.0.0.1:0" {{ api_key = "{KEY}" {tls} }} }}
 domain "{DOMAIN}" {{
   delivery_method = apn
   routes = ( "https://{h2}" )
@@ -49,6 +54,15 @@ domain "{DOMAIN}" {{
 }}
 "#,
             spool = dir.path().join("spool").display(),
+            tls = if https {
+                format!(
+                    "tls_certificate = \"{}\" tls_key = \"{}\"",
+                    m.server_cert.display(),
+                    m.server_key.display()
+                )
+            } else {
+                String::new()
+            },
             h2 = sim.addrs.h2,
             ca = m.ca_cert.display(),
             p8 = m.token_key.p8.display(),
@@ -58,7 +72,8 @@ domain "{DOMAIN}" {{
     )
     .unwrap();
     let server = Server::start(&config).await.unwrap();
-    let url = format!("http://{}", server.addrs().await.http[0]);
+    let scheme = if https { "https" } else { "http" };
+    let url = format!("{scheme}://{}", server.addrs().await.http[0]);
     Setup {
         dir,
         sim,
@@ -362,5 +377,34 @@ async fn bad_input_is_reported_with_line_numbers_and_nothing_is_sent() {
         run.stderr
     );
     assert_eq!(s.server.summary().received, 0, "nothing reached herald");
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_listener_with_a_private_ca() {
+    let s = setup_with(true).await;
+    let t = token(60);
+    let ca = s.dir.path().join("pki/ca.pem");
+    let run = send(
+        &s,
+        &[
+            "--ca",
+            ca.to_str().unwrap(),
+            "--token",
+            &t,
+            "--alert",
+            "over TLS",
+        ],
+        "",
+    )
+    .await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("accepted: 1 (id "), "{}", run.stdout);
+    delivered(&s.sim, &[t]).await;
+
+    // Without the CA the server's certificate is not trusted: the request fails, the exit status says so.
+    let run = send(&s, &["--token", &token(61), "--alert", "x"], "").await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("failed: 1\n"), "{}", run.stdout);
     s.server.shutdown(Duration::from_secs(5)).await;
 }

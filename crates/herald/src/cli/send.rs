@@ -19,6 +19,9 @@ pub struct SendArgs {
     /// The http_listener's URL.
     #[arg(long, default_value = "http://127.0.0.1:2081")]
     pub url: String,
+    /// For an https:// URL: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// The listener's API key (sent as `Authorization: Bearer KEY`).
     #[arg(long)]
     pub api_key: Option<String>,
@@ -65,7 +68,13 @@ pub struct SendArgs {
 
 pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let (defaults, items, what) = prepare(&args)?;
-    let client = PushClient::new(&args.url, args.api_key.clone())?;
+    let ca = match &args.ca {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("--ca {}: cannot read", path.display()))?,
+        ),
+        None => None,
+    };
+    let client = PushClient::with_ca(&args.url, args.api_key.clone(), ca.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

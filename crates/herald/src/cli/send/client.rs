@@ -95,14 +95,31 @@ struct ErrorAnswer {
 impl PushClient {
     /// `base` is the listener's URL (`http://127.0.0.1:2081`); requests go to `BASE/api/v1/push`.
     pub fn new(base: &str, api_key: Option<String>) -> Result<PushClient, RequestError> {
+        PushClient::with_ca(base, api_key, None)
+    }
+
+    /// As [`PushClient::new`]; for an `https://` listener, `ca_pem` (PEM certificates) replaces the system's
+    /// trusted roots.
+    pub fn with_ca(
+        base: &str,
+        api_key: Option<String>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<PushClient, RequestError> {
         let url = format!("{}/api/v1/push", base.trim_end_matches('/'));
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| RequestError::Transport {
-                url: url.clone(),
-                message: error_chain(&e),
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                RequestError::Transport {
+                    url: url.clone(),
+                    message: format!("--ca: {}", error_chain(&e)),
+                }
             })?;
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().map_err(|e| RequestError::Transport {
+            url: url.clone(),
+            message: error_chain(&e),
+        })?;
         Ok(PushClient { http, url, api_key })
     }
 
