@@ -105,7 +105,7 @@ pub fn render(
                 let _ = writeln!(
                     text,
                     "  routes = ( \"apn://{}?port={}\" )\n  tls_certificate = {}\n  tls_key = {}\n  \
-                     delivery_response_timeout = 300",
+                     delivery_response_timeout = 1000",
                     binary.ip(),
                     binary.port(),
                     q(&c.cert),
@@ -152,7 +152,7 @@ mod tests {
         assert_eq!(binary.routes[0].to_string(), "apn://127.0.0.1?port=2195");
         assert_eq!(
             binary.delivery_response_timeout,
-            std::time::Duration::from_millis(300)
+            std::time::Duration::from_millis(1000)
         );
         let token = config.domain_settings(None, None, "token.demo.example");
         assert_eq!(token.apn_topic.as_deref(), Some("com.example.demo.token"));
