@@ -78,18 +78,18 @@ fn cpu_micros() -> u64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0;
     };
-    // Fields after the command name (which is in parentheses): utime and stime are the 12th and 13th.
+    // The command name is in parentheses and may hold spaces: count the fields after it, from field 3 (the
+    // state); utime and stime are fields 14 and 15, in clock ticks of 10 ms.
     let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
         return 0;
     };
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // rest starts with the state letter (not a number), so utime/stime are at 11 and 12 here.
-    f.get(10)
-        .zip(f.get(11))
-        .map_or(0, |(u, s)| (u + s) * 10_000) // clock ticks of 10 ms
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        f.get(i - 3)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field(14) + field(15)) * 10_000
 }
 
 /// Appends for `secs` from `writers` tasks, `per_append` records each time; optionally removes each batch once
