@@ -24,6 +24,9 @@ pub enum SpoolError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// Another process (or another spool in this process) has the directory open.
+    #[error("spool directory {path} is in use by another herald process")]
+    Locked { path: PathBuf },
     /// The disk holding the spool is full.
     #[error("spool disk full while {context}: {source}")]
     DiskFull {
@@ -66,6 +69,7 @@ impl SpoolError {
             SpoolError::Storage { temporary, .. } => *temporary,
             SpoolError::Open { .. }
             | SpoolError::NotWritable { .. }
+            | SpoolError::Locked { .. }
             | SpoolError::Corrupt { .. } => false,
         }
     }

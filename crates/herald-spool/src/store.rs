@@ -91,6 +91,8 @@ pub struct DiskSpool<E: Engine = FjallEngine> {
     counters: Arc<Counters>,
     keys: KeyGenerator,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The lock on the spool directory, held for the spool's life (released by the kernel if the process dies).
+    lock: Option<std::fs::File>,
 }
 
 impl DiskSpool<FjallEngine> {
@@ -99,8 +101,11 @@ impl DiskSpool<FjallEngine> {
     pub fn open(dir: impl AsRef<Path>, options: SpoolOptions) -> Result<Self, SpoolError> {
         let dir = dir.as_ref();
         prepare_dir(dir)?;
+        let lock = lock_dir(dir)?;
         let engine = FjallEngine::open(dir, options.store)?;
-        DiskSpool::with_engine(engine, options)
+        let mut spool = DiskSpool::with_engine(engine, options)?;
+        spool.lock = Some(lock);
+        Ok(spool)
     }
 }
 
@@ -117,6 +122,37 @@ pub fn prepare_dir(dir: &Path) -> Result<(), SpoolError> {
             path: dir.to_path_buf(),
             source: Arc::new(e),
         })
+}
+
+/// Takes an exclusive lock on `dir/LOCK`, so that two processes never write the same spool.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SpoolError::NotWritable {
+            path: dir.to_path_buf(),
+            source: Arc::new(e),
+        })?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor this function owns; no memory is shared with the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                SpoolError::Locked {
+                    path: dir.to_path_buf(),
+                }
+            } else {
+                SpoolError::from_io("locking the spool directory", e)
+            });
+        }
+    }
+    Ok(file)
 }
 
 impl<E: Engine> DiskSpool<E> {
@@ -146,6 +182,7 @@ impl<E: Engine> DiskSpool<E> {
             counters,
             keys,
             writer: Mutex::new(Some(handle)),
+            lock: None,
         })
     }
 

@@ -385,6 +385,27 @@ async fn closed_spool_refuses_appends_with_a_temporary_error() {
     assert!(matches!(err, SpoolError::Closed) && err.is_temporary());
 }
 
+#[tokio::test]
+async fn a_spool_directory_in_use_is_refused_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let err = DiskSpool::open(dir.path(), SpoolOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another herald process"),
+        "{err}"
+    );
+    first.close().await.unwrap();
+    drop(first);
+    let again = open(dir.path());
+    again
+        .append(vec![notification(again.next_key())])
+        .await
+        .unwrap();
+}
+
 #[test]
 fn a_directory_that_cannot_be_created_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
