@@ -126,6 +126,8 @@ pub struct FrameIo<S> {
     preface_left: usize,
     in_remaining: usize,
     eof: bool,
+    /// Our write side is shut; reads are drained until the client closes (lingering close).
+    write_shut: bool,
 }
 
 impl<S> FrameIo<S> {
@@ -135,6 +137,7 @@ impl<S> FrameIo<S> {
             control,
             out: FrameCursor::default(),
             frames_out: 0,
+            write_shut: false,
             inject_buf: Vec::new(),
             inject_pos: 0,
             skip_out: 0,
@@ -243,7 +246,7 @@ impl<S: AsyncWrite + Unpin> FrameIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -336,11 +339,36 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
         }
     }
 
+    /// Shuts the write side, then keeps reading (and discarding) until the client closes its side. Closing a
+    /// socket with unread data makes the kernel send RST, and a client that receives RST may lose answers it had
+    /// not read yet: the answers to the streams a GOAWAY let finish would be lost and sent again. The caller
+    /// bounds how long this may take.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match this.poll_inject(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
-            other => other,
+        if !this.write_shut {
+            match this.poll_inject(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => this.write_shut = true,
+                other => return other,
+            }
+        }
+        if this.eof {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let mut rb = ReadBuf::new(&mut this.scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    this.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

@@ -1,0 +1,726 @@
+//! The delivery engine against the APNs simulator over real sockets and real TLS: every scenario ends with each
+//! notification delivered exactly once or failed with the right reason, and exactly one final outcome line per
+//! notification in the mainlog and the apn_logger log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use herald::logs::Logs;
+use herald::logs::apnlog::{ApnLog, ApnLogFormats};
+use herald::logs::file::LogFile;
+use herald::logs::mainlog::MainLog;
+use herald::outbound::settings::{DeliverySettings, RouteProtocol};
+use herald::queue::message::{IdGenerator, MessageId, Notification, unix_now};
+use herald::queue::retry::{MaxRetries, RetryPolicy};
+use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
+use herald_apns::binary::BinaryFormat;
+use herald_apns::client::connect::Endpoint;
+use herald_apns::identity::{ClientIdentity, RootSource, client_config};
+use herald_apns::provider_token::{ManualClock, ProviderTokenCache, SigningKey};
+use herald_apns::push::{Priority, PushType};
+use herald_apns::token_hex::DeviceToken;
+use herald_sim::{CertVariant, Pki, SimConfig, SimHandle, Simulator};
+
+const TOPIC: &str = "com.example.engine";
+const DOMAIN: &str = "apps.example";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    pki: Pki,
+    sim: SimHandle,
+    mainlog: PathBuf,
+    apnlog: PathBuf,
+    logs: Logs,
+}
+
+impl Harness {
+    async fn start(adjust: impl FnOnce(&mut SimConfig)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+        adjust(&mut config);
+        let sim = Simulator::start(config).await.unwrap();
+        let mainlog = dir.path().join("log/mainlog.ec");
+        let apnlog = dir.path().join("log/apnlog.ec");
+        let logs = Logs {
+            mainlog: Some(Arc::new(MainLog::new(
+                LogFile::open(&mainlog, 0o644).unwrap(),
+            ))),
+            apnlog: vec![Arc::new(ApnLog::new(
+                LogFile::open(&apnlog, 0o644).unwrap(),
+                ApnLogFormats::default(),
+            ))],
+        };
+        Harness {
+            _dir: dir,
+            pki,
+            sim,
+            mainlog,
+            apnlog,
+            logs,
+        }
+    }
+
+    fn base_settings(
+        &self,
+        protocol: RouteProtocol,
+        endpoint: Endpoint,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> DeliverySettings {
+        DeliverySettings {
+            domain: Arc::from(DOMAIN),
+            binding_group: Arc::from("default"),
+            binding: Arc::from("default"),
+            protocol,
+            endpoint,
+            tls,
+            auth: None,
+            default_topic: Some(Arc::from(TOPIC)),
+            max_connections: 4,
+            idle_timeout: Some(Duration::from_secs(30)),
+            response_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(30),
+            mx_failures_to_delay: 50,
+            retry: RetryPolicy {
+                retry_interval: Duration::from_millis(20),
+                max_retry_interval: Duration::from_millis(100),
+                max_retries: MaxRetries::Unlimited,
+                message_expiration: Duration::from_secs(3600),
+                never_attempt_expired: false,
+            },
+            apn_expiry: Duration::from_secs(3600),
+            max_window: 100_000,
+        }
+    }
+
+    fn roots(&self) -> RootSource {
+        RootSource::CaFile(self.pki.manifest.ca_cert.clone())
+    }
+
+    fn client_identity(&self) -> ClientIdentity {
+        let files = self.pki.client(TOPIC, CertVariant::Universal).unwrap();
+        ClientIdentity::from_pem_files(&files.cert, Some(&files.key)).unwrap()
+    }
+
+    fn token_cache(&self, clock: Option<Arc<ManualClock>>) -> ProviderTokenCache {
+        let key = &self.pki.manifest.token_key;
+        let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
+        match clock {
+            Some(clock) => {
+                ProviderTokenCache::with_clock(signing, Duration::from_secs(3000), clock).unwrap()
+            }
+            None => ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap(),
+        }
+    }
+
+    /// HTTP/2 with provider-token auth.
+    fn h2_token(&self) -> DeliverySettings {
+        let tls = client_config(None, self.roots(), true).unwrap();
+        let mut s = self.base_settings(RouteProtocol::Http2, endpoint(self.sim.addrs.h2), tls);
+        s.auth = Some(self.token_cache(None));
+        s
+    }
+
+    /// HTTP/2 with certificate auth.
+    fn h2_cert(&self) -> DeliverySettings {
+        let tls = client_config(Some(&self.client_identity()), self.roots(), true).unwrap();
+        self.base_settings(RouteProtocol::Http2, endpoint(self.sim.addrs.h2), tls)
+    }
+
+    fn binary(&self) -> DeliverySettings {
+        let tls = client_config(Some(&self.client_identity()), self.roots(), false).unwrap();
+        let mut s = self.base_settings(
+            RouteProtocol::Binary(BinaryFormat::Frame),
+            endpoint(self.sim.addrs.binary),
+            tls,
+        );
+        s.response_timeout = Duration::from_millis(300);
+        s
+    }
+
+    fn engine(&self, settings: DeliverySettings) -> (Engine, Arc<MemoryInvalidTokens>) {
+        let invalid = Arc::new(MemoryInvalidTokens::default());
+        let engine = Engine::new(
+            Arc::new(StaticResolver::default().with(settings)),
+            self.logs.clone(),
+            invalid.clone(),
+            EngineLimits::default(),
+        );
+        (engine, invalid)
+    }
+
+    fn mainlog_lines(&self) -> Vec<Vec<String>> {
+        self.logs.flush();
+        read_fields(&self.mainlog)
+    }
+
+    fn apnlog_lines(&self) -> Vec<Vec<String>> {
+        self.logs.flush();
+        read_fields(&self.apnlog)
+    }
+}
+
+fn endpoint(addr: std::net::SocketAddr) -> Endpoint {
+    Endpoint::new(addr.ip().to_string(), addr.port())
+}
+
+/// Distinct tokens: token `i` is 32 bytes ending in `i`.
+fn token(i: usize) -> String {
+    format!("{:064x}", 0xabc0_0000_0000u64 + i as u64)
+}
+
+fn payload(i: usize) -> Bytes {
+    Bytes::from(format!(
+        "{{\"aps\":{{\"alert\":\"notification {i}\"}},\"n\":{i}}}"
+    ))
+}
+
+/// Submits notifications for `tokens`; returns their ids in order.
+async fn submit(engine: &Engine, tokens: &[String]) -> Vec<MessageId> {
+    let ids = IdGenerator::new(1);
+    let mut out = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let id = ids.next();
+        let n = Notification {
+            id,
+            batch_id: MessageId::NONE,
+            conn_id: MessageId::NONE,
+            domain: Arc::from(DOMAIN),
+            token: DeviceToken::from_hex(t).unwrap(),
+            topic: None,
+            push_type: Some(PushType::Alert),
+            priority: Some(Priority::Immediate),
+            expiration: None,
+            collapse_id: None,
+            apns_id: None,
+            payload: payload(i),
+            sender: Arc::from("sender@example.com"),
+            recipient: Arc::from(format!("{t}@{DOMAIN}")),
+            received_at: unix_now(),
+        };
+        engine.submit(n).await.unwrap();
+        out.push(id);
+    }
+    out
+}
+
+/// Waits until `n` notifications reached a final outcome.
+async fn wait_finished(engine: &Engine, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let finished = engine.stats(DOMAIN).map(|s| s.finished()).unwrap_or(0);
+        if finished >= n {
+            assert_eq!(finished, n, "more outcomes than notifications");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {finished} of {n} notifications finished in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Splits each line on `@` not escaped by a backslash.
+fn read_fields(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let mut fields = vec![String::new()];
+            let mut escaped = false;
+            for c in line.chars() {
+                if escaped {
+                    fields.last_mut().unwrap().push(c);
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '@' {
+                    fields.push(String::new());
+                } else {
+                    fields.last_mut().unwrap().push(c);
+                }
+            }
+            fields
+        })
+        .collect()
+}
+
+/// Final outcome lines (D or P) per message id in the mainlog (type in field 4) and the apn_logger log (type in
+/// field 1), asserting exactly one per notification in each; returns the mainlog's final lines by id.
+fn final_outcomes(h: &Harness, ids: &[MessageId]) -> HashMap<String, Vec<String>> {
+    let mut main: HashMap<String, Vec<Vec<String>>> = HashMap::new();
+    for f in h.mainlog_lines() {
+        if f.len() > 4 && (f[4] == "D" || f[4] == "P") {
+            main.entry(f[1].clone()).or_default().push(f);
+        }
+    }
+    let mut apn: HashMap<String, usize> = HashMap::new();
+    for f in h.apnlog_lines() {
+        if f.len() > 2 && (f[1] == "D" || f[1] == "P") {
+            *apn.entry(f[2].clone()).or_default() += 1;
+        }
+    }
+    let mut out = HashMap::new();
+    for id in ids {
+        let key = id.to_string();
+        let lines = main.remove(&key).unwrap_or_default();
+        assert_eq!(
+            lines.len(),
+            1,
+            "mainlog final outcome lines for {key}: {lines:?}"
+        );
+        assert_eq!(
+            apn.get(&key).copied().unwrap_or(0),
+            1,
+            "apn_logger final outcome lines for {key}"
+        );
+        out.insert(key, lines.into_iter().next().unwrap());
+    }
+    assert!(
+        main.is_empty(),
+        "final outcome lines for unknown ids: {main:?}"
+    );
+    out
+}
+
+fn transient_lines(h: &Harness) -> usize {
+    h.mainlog_lines()
+        .iter()
+        .filter(|f| f.len() > 4 && f[4] == "T")
+        .count()
+}
+
+/// Delivered tokens as the simulator recorded them: token -> count.
+fn record_counts(sim: &SimHandle) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in sim.record() {
+        *m.entry(r.token).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_token_auth_delivers_each_notification_exactly_once_byte_for_byte() {
+    let h = Harness::start(|_| {}).await;
+    let (engine, _) = h.engine(h.h2_token());
+    let tokens: Vec<String> = (0..500).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 500).await;
+    h.sim.wait_for_records(500, WAIT).await;
+    let record = h.sim.record();
+    assert_eq!(record.len(), 500);
+    let by_token: HashMap<_, _> = record.iter().map(|r| (r.token.clone(), r)).collect();
+    for (i, t) in tokens.iter().enumerate() {
+        let r = by_token
+            .get(t)
+            .unwrap_or_else(|| panic!("token {i} not delivered"));
+        assert_eq!(r.topic, TOPIC);
+        assert_eq!(r.payload.as_bytes(), &payload(i)[..]);
+        assert_eq!(r.push_type.as_deref(), Some("alert"));
+        assert_eq!(r.priority, 10);
+    }
+    let finals = final_outcomes(&h, &ids);
+    assert!(
+        finals
+            .values()
+            .all(|f| f[4] == "D" && f[5] == DOMAIN && f[11] == "127.0.0.1")
+    );
+    assert_eq!(transient_lines(&h), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_certificate_auth_delivers() {
+    let h = Harness::start(|_| {}).await;
+    let (engine, _) = h.engine(h.h2_cert());
+    let tokens: Vec<String> = (0..200).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 200).await;
+    assert_eq!(record_counts(&h.sim).len(), 200);
+    assert!(record_counts(&h.sim).values().all(|&c| c == 1));
+    final_outcomes(&h, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_transient_errors_are_retried_until_delivered() {
+    let h = Harness::start(|c| {
+        c.scenario.seed = 7;
+        c.scenario.errors.insert("InternalServerError".into(), 0.1);
+        c.scenario.errors.insert("ServiceUnavailable".into(), 0.1);
+        c.scenario.errors.insert("TooManyRequests".into(), 0.1);
+    })
+    .await;
+    let (engine, _) = h.engine(h.h2_token());
+    let tokens: Vec<String> = (0..300).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 300).await;
+    let counts = record_counts(&h.sim);
+    assert_eq!(counts.len(), 300, "every token delivered");
+    assert!(counts.values().all(|&c| c == 1), "none delivered twice");
+    let finals = final_outcomes(&h, &ids);
+    assert!(finals.values().all(|f| f[4] == "D"));
+    let rejected = h.sim.stats().rejected.total as usize;
+    assert!(rejected > 0, "the scenario produced errors");
+    assert_eq!(
+        transient_lines(&h),
+        rejected,
+        "one T line per transient answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_and_bad_tokens_fail_permanently_and_are_reported_invalid() {
+    let unregistered = token(1);
+    let bad = token(2);
+    let (u, b) = (unregistered.clone(), bad.clone());
+    let h = Harness::start(move |c| {
+        c.scenario.unregistered.push(u);
+        c.scenario.bad.push(b);
+    })
+    .await;
+    let (engine, invalid) = h.engine(h.h2_token());
+    let tokens: Vec<String> = (0..10).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 10).await;
+    let finals = final_outcomes(&h, &ids);
+    let p: Vec<_> = finals.values().filter(|f| f[4] == "P").collect();
+    assert_eq!(p.len(), 2);
+    // apns.md §3.6: 410 Unregistered, 400 BadDeviceToken.
+    let errors: Vec<&str> = p.iter().map(|f| f[13].as_str()).collect();
+    assert!(errors.contains(&"410 Unregistered"), "{errors:?}");
+    assert!(errors.contains(&"400 BadDeviceToken"), "{errors:?}");
+    let invalid = invalid.0.lock().unwrap().clone();
+    assert_eq!(invalid.len(), 2);
+    let u = invalid
+        .iter()
+        .find(|t| t.token.to_hex() == unregistered)
+        .unwrap();
+    assert!(
+        u.timestamp_ms.is_some(),
+        "410 carries the invalidation time"
+    );
+    assert!(
+        invalid
+            .iter()
+            .any(|t| t.token.to_hex() == bad && t.timestamp_ms.is_none())
+    );
+    assert_eq!(record_counts(&h.sim).len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_every_n_requests_loses_and_duplicates_nothing() {
+    let h = Harness::start(|c| c.scenario.goaway_every = Some(37)).await;
+    let (engine, _) = h.engine(h.h2_token());
+    let tokens: Vec<String> = (0..1000).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 1000).await;
+    let counts = record_counts(&h.sim);
+    assert_eq!(counts.len(), 1000);
+    let dups: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(dups.is_empty(), "delivered twice: {dups:?}");
+    assert!(h.sim.stats().goaways > 0);
+    let finals = final_outcomes(&h, &ids);
+    assert!(finals.values().all(|f| f[4] == "D"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_lose_nothing() {
+    let h = Harness::start(|c| {
+        c.scenario.seed = 3;
+        c.scenario.drop_rate = 0.01;
+    })
+    .await;
+    let (engine, _) = h.engine(h.h2_token());
+    let tokens: Vec<String> = (0..1000).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 1000).await;
+    assert!(
+        h.sim.stats().dropped_connections > 0,
+        "the scenario dropped connections"
+    );
+    // A connection lost before the answer may have delivered: at least once, never zero times.
+    assert_eq!(record_counts(&h.sim).len(), 1000);
+    let finals = final_outcomes(&h, &ids);
+    assert!(finals.values().all(|f| f[4] == "D"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_limit_of_one_is_never_overrun() {
+    let h = Harness::start(|c| c.max_concurrent_streams = 1).await;
+    let mut settings = h.h2_token();
+    settings.max_connections = 1;
+    let (engine, _) = h.engine(settings);
+    let tokens: Vec<String> = (0..200).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 200).await;
+    let stats = h.sim.stats();
+    assert_eq!(
+        stats.streams.refused, 0,
+        "no stream beyond the server's limit"
+    );
+    assert_eq!(stats.accepted.total, 200);
+    final_outcomes(&h, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_when_idle_does_not_eat_the_next_notification() {
+    let h = Harness::start(|c| c.scenario.idle_timeout_secs = Some(1)).await;
+    let (engine, _) = h.engine(h.h2_token());
+    let first: Vec<String> = (0..5).map(token).collect();
+    let mut ids = submit(&engine, &first).await;
+    wait_finished(&engine, 5).await;
+    // Wait for the simulator to close the idle connection.
+    let deadline = Instant::now() + WAIT;
+    while h.sim.stats().connections.h2.open > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the simulator never closed the idle connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second: Vec<String> = (5..10).map(token).collect();
+    ids.extend(submit(&engine, &second).await);
+    wait_finished(&engine, 10).await;
+    assert_eq!(record_counts(&h.sim).len(), 10);
+    let finals = final_outcomes(&h, &ids);
+    assert!(finals.values().all(|f| f[4] == "D"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_provider_token_is_refreshed_and_the_notification_retried() {
+    let h = Harness::start(|_| {}).await;
+    // The first token is minted 4000 s in the past: APNs answers ExpiredProviderToken (apns.md §4.1).
+    let clock = Arc::new(ManualClock::new(unix_now() - 4000));
+    let cache = h.token_cache(Some(clock.clone()));
+    clock.set_unix(unix_now());
+    let mut settings = h.h2_token();
+    settings.auth = Some(cache.clone());
+    let (engine, _) = h.engine(settings);
+    let ids = submit(&engine, &[token(1)]).await;
+    wait_finished(&engine, 1).await;
+    assert_eq!(cache.mints(), 2, "one refresh, not one per retry");
+    assert_eq!(
+        h.sim.stats().rejected.by_reason.get("ExpiredProviderToken"),
+        Some(&1)
+    );
+    assert_eq!(record_counts(&h.sim).len(), 1);
+    let finals = final_outcomes(&h, &ids);
+    assert_eq!(finals.values().next().unwrap()[4], "D");
+    assert_eq!(transient_lines(&h), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_error_packet_mid_burst_resends_exactly_what_followed() {
+    let n = 400;
+    let k = 150;
+    let bad = token(k);
+    let b = bad.clone();
+    let h = Harness::start(move |c| c.scenario.bad.push(b)).await;
+    let (engine, invalid) = h.engine(h.binary());
+    let tokens: Vec<String> = (0..n).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, n as u64).await;
+    let counts = record_counts(&h.sim);
+    // apns.md §1.5: everything after the failed notification was discarded and must arrive once, resent.
+    for (i, t) in tokens.iter().enumerate() {
+        let expected = usize::from(i != k);
+        assert_eq!(counts.get(t).copied().unwrap_or(0), expected, "token {i}");
+    }
+    let finals = final_outcomes(&h, &ids);
+    let failed = &finals[&ids[k].to_string()];
+    assert_eq!(failed[4], "P");
+    assert_eq!(failed[13], "8 invalid token");
+    assert_eq!(invalid.0.lock().unwrap().len(), 1);
+    assert_eq!(finals.values().filter(|f| f[4] == "D").count(), n - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_transient_statuses_are_retried() {
+    let h = Harness::start(|c| {
+        c.scenario.seed = 11;
+        c.scenario.binary_errors.insert("1".into(), 0.02);
+        c.scenario.binary_errors.insert("255".into(), 0.02);
+    })
+    .await;
+    let (engine, _) = h.engine(h.binary());
+    let tokens: Vec<String> = (0..500).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 500).await;
+    let counts = record_counts(&h.sim);
+    assert_eq!(counts.len(), 500);
+    assert!(counts.values().all(|&c| c == 1));
+    let finals = final_outcomes(&h, &ids);
+    assert!(finals.values().all(|f| f[4] == "D"));
+    assert!(transient_lines(&h) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_enhanced_format_delivers() {
+    let h = Harness::start(|_| {}).await;
+    let mut settings = h.binary();
+    settings.protocol = RouteProtocol::Binary(BinaryFormat::Enhanced);
+    let (engine, _) = h.engine(settings);
+    let tokens: Vec<String> = (0..100).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 100).await;
+    assert!(h.sim.record().iter().all(|r| r.format == Some(1)));
+    assert_eq!(record_counts(&h.sim).len(), 100);
+    final_outcomes(&h, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_is_honoured() {
+    let h = Harness::start(|c| {
+        c.max_concurrent_streams = 5;
+        c.scenario.latency_ms = 5;
+    })
+    .await;
+    let mut settings = h.h2_token();
+    settings.max_connections = 2;
+    let (engine, _) = h.engine(settings);
+    let tokens: Vec<String> = (0..400).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    let mut peak = 0;
+    let deadline = Instant::now() + WAIT;
+    while engine.stats(DOMAIN).unwrap().finished() < 400 {
+        peak = peak.max(h.sim.stats().connections.h2.open);
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(peak >= 1);
+    assert!(
+        peak <= 2,
+        "at most max_outbound_connections open, saw {peak}"
+    );
+    assert!(
+        h.sim.stats().connections.h2.total <= 2,
+        "no connection churn under steady load"
+    );
+    final_outcomes(&h, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_connection_failures_delay_the_queue() {
+    let h = Harness::start(|_| {}).await;
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut settings = h.h2_token();
+    settings.endpoint = Endpoint::new("127.0.0.1", port);
+    settings.mx_failures_to_delay = 2;
+    settings.retry.retry_interval = Duration::from_secs(600);
+    settings.retry.max_retry_interval = Duration::from_secs(600);
+    let (engine, _) = h.engine(settings);
+    submit(&engine, &(0..20).map(token).collect::<Vec<_>>()).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = engine.stats(DOMAIN).unwrap();
+        if stats.delayed.load(Ordering::Relaxed) == 20 {
+            assert_eq!(stats.transient.load(Ordering::Relaxed), 20);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue was never delayed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t: Vec<_> = h
+        .mainlog_lines()
+        .into_iter()
+        .filter(|f| f[4] == "T")
+        .collect();
+    assert_eq!(t.len(), 20);
+    assert!(
+        t.iter()
+            .all(|f| f[9] == "0" && f[13].contains("connection to 127.0.0.1")),
+        "{:?}",
+        t[0]
+    );
+}
+
+/// Records what the queue tells its observer.
+#[derive(Default)]
+struct Observed {
+    finished: std::sync::Mutex<Vec<MessageId>>,
+    rescheduled: std::sync::Mutex<Vec<(MessageId, u32)>>,
+}
+
+impl herald::queue::QueueObserver for Observed {
+    fn finished(&self, id: MessageId) {
+        self.finished.lock().unwrap().push(id);
+    }
+    fn rescheduled(&self, id: MessageId, retries: u32, _next: std::time::SystemTime) {
+        self.rescheduled.lock().unwrap().push((id, retries));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_hears_every_final_outcome_and_reschedule() {
+    let h = Harness::start(|c| {
+        c.scenario.seed = 5;
+        c.scenario.errors.insert("ServiceUnavailable".into(), 0.2);
+    })
+    .await;
+    let (engine, _) = h.engine(h.h2_token());
+    let observed = Arc::new(Observed::default());
+    assert!(engine.set_observer(observed.clone()));
+    let ids = submit(&engine, &(0..100).map(token).collect::<Vec<_>>()).await;
+    wait_finished(&engine, 100).await;
+    let mut finished = observed.finished.lock().unwrap().clone();
+    finished.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(
+        finished, expected,
+        "each notification finished exactly once"
+    );
+    assert_eq!(
+        observed.rescheduled.lock().unwrap().len(),
+        transient_lines(&h)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_notifications_wait_for_their_next_attempt() {
+    let h = Harness::start(|_| {}).await;
+    let (engine, _) = h.engine(h.h2_token());
+    let ids = IdGenerator::new(2);
+    let make = |i: usize| Notification {
+        id: ids.next(),
+        batch_id: MessageId::NONE,
+        conn_id: MessageId::NONE,
+        domain: Arc::from(DOMAIN),
+        token: DeviceToken::from_hex(&token(i)).unwrap(),
+        topic: None,
+        push_type: Some(PushType::Alert),
+        priority: None,
+        expiration: None,
+        collapse_id: None,
+        apns_id: None,
+        payload: payload(i),
+        sender: Arc::from(""),
+        recipient: Arc::from(""),
+        received_at: unix_now(),
+    };
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    engine.restore(make(1), 3, Some(later)).await.unwrap();
+    engine.restore(make(2), 1, None).await.unwrap();
+    wait_finished(&engine, 1).await;
+    let stats = engine.stats(DOMAIN).unwrap();
+    assert_eq!(
+        stats.delayed.load(Ordering::Relaxed),
+        1,
+        "the one due in an hour waits"
+    );
+    assert_eq!(
+        record_counts(&h.sim).keys().collect::<Vec<_>>(),
+        vec![&token(2)]
+    );
+    let main = h.mainlog_lines();
+    let d: Vec<_> = main.iter().filter(|f| f[4] == "D").collect();
+    assert_eq!(d[0][9], "1", "the retry count survives the restart");
+}
