@@ -34,6 +34,9 @@ enum Command {
     Console(cli::console::ConsoleArgs),
     /// Send notifications through a running herald's REST API: one from flags, or many from a file or stdin.
     Send(Box<cli::send::SendArgs>),
+    /// See herald work in one command: a test PKI, the APNs simulator and a gateway on loopback, 20,000
+    /// notifications through REST and SMTP, and a check that every outcome is the expected one.
+    Demo(cli::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::run(args),
         Command::Console(args) => cli::console::run(args),
         Command::Send(args) => cli::send::run(*args),
+        Command::Demo(args) => cli::demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod config;
+pub mod demo;
 pub mod console;
 pub mod send;
 pub mod serve;

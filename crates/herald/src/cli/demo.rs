@@ -1,0 +1,490 @@
+//! `herald demo`: herald at work in one command. It makes a test PKI in a scratch directory, starts the APNs
+//! simulator with some unregistered and bad tokens, writes an ordinary configuration with three apps (HTTP/2 with
+//! a provider token, HTTP/2 with a certificate, the legacy binary protocol), starts the gateway from it, sends
+//! notifications through the REST API (with `herald send`'s client) and MCMT messages over SMTP, waits for every
+//! final outcome and checks each one: every deliverable notification delivered exactly once, each unregistered
+//! or bad token failed with its reason and listed as invalid, each malformed token refused at the door.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use herald::demo::config::{self, DemoPaths};
+use herald::demo::plan::{APPS, AppOutcome, Door, Expect, Observed, Plan, Planned, verify};
+use herald::demo::smtp_client::SmtpClient;
+use herald::server::Server;
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+
+use super::send::client::{self as rest, Outcome, PushClient, Request};
+use super::send::input::{Item, alert_payload};
+use super::send::progress_bar;
+
+const API_KEY: &str = "demo-key";
+/// Notifications per REST request.
+const BATCH: usize = 500;
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Notifications to send through the REST API.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub count: u64,
+    /// MCMT messages to send over SMTP.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub smtp_count: u64,
+    /// Scratch directory for the PKI, configuration, spool and logs (default: a new temporary directory, kept
+    /// so the logs can be read afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .try_init();
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.canonicalize()
+                .with_context(|| format!("resolving {}", d.display()))?
+        }
+        None => tempfile::Builder::new()
+            .prefix("herald-demo-")
+            .tempdir()
+            .context("creating a scratch directory")?
+            .keep(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    let plan = Plan::new(args.count as usize, args.smtp_count as usize);
+    runtime.block_on(demo(dir, plan))
+}
+
+fn stage(text: &str) {
+    eprintln!("herald demo: {text}");
+}
+
+async fn demo(dir: PathBuf, plan: Plan) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    stage(&format!("scratch directory {}", dir.display()));
+    let topics: Vec<String> = APPS.iter().map(|a| a.topic.to_string()).collect();
+    let pki = Pki::generate(&dir.join("pki"), &topics).context("making the test PKI")?;
+
+    let mut sim_config = SimConfig::from_pki(&pki.manifest).context("configuring the simulator")?;
+    sim_config.scenario.unregistered = plan.unregistered();
+    sim_config.scenario.bad = plan.bad();
+    let sim = Simulator::start(sim_config)
+        .await
+        .context("starting the APNs simulator")?;
+    stage(&format!(
+        "APNs simulator on {} (HTTP/2) and {} (binary)",
+        sim.addrs.h2, sim.addrs.binary
+    ));
+
+    let paths = DemoPaths::new(&dir);
+    config::write(
+        &paths,
+        &pki.manifest,
+        sim.addrs.h2,
+        sim.addrs.binary,
+        API_KEY,
+    )?;
+    let server = Server::start(&paths.config)
+        .await
+        .context("starting herald")?;
+    let addrs = server.addrs().await;
+    let (Some(http), Some(esmtp)) = (addrs.http.first().copied(), addrs.esmtp.first().copied())
+    else {
+        anyhow::bail!("the demo configuration should have opened an http and an esmtp listener");
+    };
+    stage(&format!(
+        "herald listening on http://{http} (REST) and {esmtp} (SMTP), configuration {}",
+        paths.config.display()
+    ));
+
+    let result = drive(&server, &sim, &plan, http, esmtp).await;
+    server.shutdown(Duration::from_secs(5)).await;
+    sim.shutdown().await;
+    let seen = result?;
+
+    let problems = verify(&plan, &seen);
+    let mut out = String::new();
+    summary_table(&mut out, &plan, &seen);
+    print!("{out}");
+    println!(
+        "logs: mainlog {}, apn_logger {}; configuration {}; spool {}",
+        paths.mainlog.display(),
+        paths.apnlog.display(),
+        paths.config.display(),
+        paths.spool.display()
+    );
+    let total = plan.rest.len() + plan.smtp.len();
+    let elapsed = started.elapsed().as_secs_f64();
+    if problems.is_empty() {
+        println!(
+            "result: every outcome is the expected one ({total} notifications, {elapsed:.1} s)"
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("result: {} unexpected outcomes:", problems.len());
+        for p in problems.iter().take(50) {
+            println!("  {p}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Sends everything, waits for the outcomes and collects what herald and the simulator report.
+async fn drive(
+    server: &Server,
+    sim: &SimHandle,
+    plan: &Plan,
+    http: std::net::SocketAddr,
+    esmtp: std::net::SocketAddr,
+) -> anyhow::Result<Observed> {
+    let rest = send_rest(plan, http).await?;
+    let smtp = send_smtp(plan, esmtp).await?;
+
+    let mut accepted = vec![0u64; APPS.len()];
+    for (p, door) in plan
+        .rest
+        .iter()
+        .zip(&rest)
+        .chain(plan.smtp.iter().zip(&smtp))
+    {
+        if *door == Door::Accepted {
+            accepted[p.app] += 1;
+        }
+    }
+    wait_for_outcomes(server, &accepted).await;
+    let deliverable = plan.all().filter(|p| p.expect == Expect::Deliver).count();
+    let record = wait_for_record(sim, deliverable).await;
+    let invalid = invalid_tokens(http).await?;
+
+    let mut apps = Vec::new();
+    for (a, app) in APPS.iter().enumerate() {
+        let mut o = AppOutcome {
+            accepted: accepted[a],
+            ..AppOutcome::default()
+        };
+        if let Some(s) = server.engine.stats(app.domain) {
+            o.delivered = s.delivered.load(Ordering::Relaxed);
+            o.transient = s.transient.load(Ordering::Relaxed);
+            o.permanent = s.permanent.load(Ordering::Relaxed);
+            for (key, n) in s.failures() {
+                if let Some(reason) = key.strip_prefix("P ") {
+                    o.permanent_by_reason.insert(reason.to_owned(), n);
+                }
+            }
+        }
+        if let Some(lists) = &invalid.per_app {
+            o.invalid_tokens = lists[a].clone();
+        }
+        o.refused = plan
+            .rest
+            .iter()
+            .zip(&rest)
+            .chain(plan.smtp.iter().zip(&smtp))
+            .filter(|(p, d)| p.app == a && matches!(d, Door::Refused(_)))
+            .count() as u64;
+        apps.push(o);
+    }
+    Ok(Observed {
+        rest,
+        smtp,
+        apps,
+        record,
+        invalid_per_app: invalid.per_app.is_some(),
+        invalid_total: invalid.total,
+    })
+}
+
+/// Invalid tokens as an operator reads them from the http listener.
+struct InvalidTokens {
+    /// Per app (`GET /api/v1/tokens/invalid?domain=`), in [`APPS`] order; `None` when herald has no such list.
+    per_app: Option<Vec<HashSet<String>>>,
+    /// `herald_invalid_tokens_total` from `GET /metrics`.
+    total: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct InvalidList {
+    tokens: Vec<InvalidEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct InvalidEntry {
+    token: String,
+}
+
+async fn invalid_tokens(http: std::net::SocketAddr) -> anyhow::Result<InvalidTokens> {
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        client
+            .get(format!("http://{http}{path}"))
+            .bearer_auth(API_KEY)
+            .send()
+    };
+    let mut per_app = Some(Vec::new());
+    for app in APPS {
+        let answer = get(format!("/api/v1/tokens/invalid?domain={}", app.domain))
+            .await
+            .context("listing invalid tokens")?;
+        if answer.status() == reqwest::StatusCode::NOT_FOUND {
+            per_app = None;
+            break;
+        }
+        let list: InvalidList = answer
+            .error_for_status()
+            .context("listing invalid tokens")?
+            .json()
+            .await
+            .context("reading the list of invalid tokens")?;
+        if let Some(v) = per_app.as_mut() {
+            v.push(list.tokens.into_iter().map(|e| e.token).collect());
+        }
+    }
+    let metrics = get("/metrics".to_owned())
+        .await
+        .context("reading /metrics")?
+        .text()
+        .await
+        .context("reading /metrics")?;
+    let total = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_invalid_tokens_total "))
+        .and_then(|n| n.trim().parse().ok());
+    Ok(InvalidTokens { per_app, total })
+}
+
+/// Sends the REST part: each app's notifications through `herald send`'s client, the apps side by side.
+async fn send_rest(plan: &Plan, http: std::net::SocketAddr) -> anyhow::Result<Vec<Door>> {
+    stage(&format!(
+        "sending {} notifications through the REST API",
+        plan.rest.len()
+    ));
+    let client = PushClient::new(&format!("http://{http}"), Some(API_KEY.to_owned()))?;
+    let bar = progress_bar(plan.rest.len() as u64, "REST");
+    let counters: Arc<Vec<AtomicUsize>> =
+        Arc::new(APPS.iter().map(|_| AtomicUsize::new(0)).collect());
+    let defaults = Request {
+        payload: Some(alert_payload("Hello from the herald demo")),
+        ..Request::default()
+    };
+    let mut runs = tokio::task::JoinSet::new();
+    for (a, app) in APPS.iter().enumerate() {
+        let indexes: Vec<usize> = (0..plan.rest.len())
+            .filter(|&i| plan.rest[i].app == a)
+            .collect();
+        let items: Vec<Item> = indexes
+            .iter()
+            .map(|&i| Item::plain(plan.rest[i].token.clone()))
+            .collect();
+        let (client, defaults, counters, bar) = (
+            client.clone(),
+            defaults.clone(),
+            counters.clone(),
+            bar.clone(),
+        );
+        runs.spawn(async move {
+            let progress = move |n: usize| {
+                counters[a].store(n, Ordering::Relaxed);
+                bar.set_position(
+                    counters
+                        .iter()
+                        .map(|c| c.load(Ordering::Relaxed))
+                        .sum::<usize>() as u64,
+                );
+            };
+            let report =
+                rest::send_all(&client, app.domain, &defaults, items, BATCH, 2, progress).await;
+            (indexes, report)
+        });
+    }
+    let mut doors = vec![Door::Refused("not sent".into()); plan.rest.len()];
+    let mut failures = Vec::new();
+    while let Some(joined) = runs.join_next().await {
+        let (indexes, report) = joined.context("a REST sender stopped")?;
+        for (i, outcome) in indexes.into_iter().zip(report.outcomes) {
+            doors[i] = match outcome {
+                Outcome::Accepted(_) => Door::Accepted,
+                Outcome::Rejected(reason) => Door::Refused(reason),
+                Outcome::Failed(reason) => {
+                    failures.push(reason.clone());
+                    Door::Refused(reason)
+                }
+            };
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(first) = failures.first() {
+        anyhow::bail!(
+            "{} REST notifications could not be sent: {first}",
+            failures.len()
+        );
+    }
+    Ok(doors)
+}
+
+/// The MCMT message for one planned notification (momentum.md §1.8).
+fn mcmt_message(p: &Planned, n: usize) -> (String, String) {
+    let app = &APPS[p.app];
+    let to = format!("demo-{n}@{}", app.domain);
+    let message = format!(
+        "From: demo@herald.example\nTo: {to}\nSubject: herald demo {n}\nMIME-Version: 1.0\n\
+         Content-Type: multipart/vnd.msys.mcmt; boundary=\"HERALD_DEMO\"\n\n\
+         --HERALD_DEMO\nContent-Type: message/vnd.msys.apn\n\n\
+         X-Device-Token: {token}\n\n\
+         {{\"aps\":{{\"alert\":\"Hello over SMTP\"}},\"n\":{n}}}\n--HERALD_DEMO--\n",
+        token = p.token
+    );
+    (to, message)
+}
+
+/// Sends the SMTP part over one session.
+async fn send_smtp(plan: &Plan, esmtp: std::net::SocketAddr) -> anyhow::Result<Vec<Door>> {
+    stage(&format!(
+        "sending {} MCMT messages over SMTP",
+        plan.smtp.len()
+    ));
+    let bar = progress_bar(plan.smtp.len() as u64, "SMTP");
+    let mut client = SmtpClient::connect(esmtp, "demo.herald.example").await?;
+    let mut doors = Vec::with_capacity(plan.smtp.len());
+    for (n, p) in plan.smtp.iter().enumerate() {
+        let (to, message) = mcmt_message(p, n);
+        let reply = client.send("demo@herald.example", &to, &message).await?;
+        doors.push(if reply.code == 250 {
+            Door::Accepted
+        } else {
+            Door::Refused(reply.to_string())
+        });
+        bar.inc(1);
+    }
+    client.quit().await?;
+    bar.finish_and_clear();
+    Ok(doors)
+}
+
+/// Waits until every accepted notification has a final outcome (delivered or failed), or gives up after a
+/// deadline that grows with the traffic; [`verify`] then names whatever is missing.
+async fn wait_for_outcomes(server: &Server, accepted: &[u64]) {
+    let total: u64 = accepted.iter().sum();
+    stage(&format!(
+        "waiting for the final outcome of {total} notifications"
+    ));
+    let bar = progress_bar(total, "delivery");
+    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(total);
+    loop {
+        let finished: u64 = APPS
+            .iter()
+            .zip(accepted)
+            .map(|(app, &want)| {
+                server
+                    .engine
+                    .stats(app.domain)
+                    .map(|s| s.finished())
+                    .unwrap_or(0)
+                    .min(want)
+            })
+            .sum();
+        bar.set_position(finished);
+        if finished >= total || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bar.finish_and_clear();
+}
+
+/// The simulator's delivery record by token: how often, and with which topic. It is written on its own
+/// thread, so wait (with a deadline) until it holds as many tokens as were deliverable.
+async fn wait_for_record(sim: &SimHandle, deliverable: usize) -> HashMap<String, (usize, String)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut by_token: HashMap<String, (usize, String)> = HashMap::new();
+        for r in sim.record() {
+            let e = by_token.entry(r.token).or_insert((0, r.topic));
+            e.0 += 1;
+        }
+        if by_token.len() >= deliverable || Instant::now() >= deadline {
+            return by_token;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The per-app table: accepted, delivered, transient, permanent (by reason), invalid tokens, refused at the door.
+fn summary_table(out: &mut String, plan: &Plan, seen: &Observed) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "{:<22} {:<24} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "app", "protocol", "accepted", "delivered", "transient", "permanent", "invalid", "refused"
+    );
+    let mut totals = AppOutcome::default();
+    for (app, o) in APPS.iter().zip(&seen.apps) {
+        let _ = writeln!(
+            out,
+            "{:<22} {:<24} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            app.domain,
+            app.label(),
+            o.accepted,
+            o.delivered,
+            o.transient,
+            o.permanent,
+            if seen.invalid_per_app {
+                o.invalid_tokens.len().to_string()
+            } else {
+                "-".to_owned()
+            },
+            o.refused
+        );
+        for (reason, n) in &o.permanent_by_reason {
+            let _ = writeln!(out, "{:<22}   permanent: {n} {reason}", "");
+        }
+        totals.accepted += o.accepted;
+        totals.delivered += o.delivered;
+        totals.transient += o.transient;
+        totals.permanent += o.permanent;
+        totals.refused += o.refused;
+    }
+    let invalid = match seen.invalid_total {
+        Some(n) => n.to_string(),
+        None => "-".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "{:<22} {:<24} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "total",
+        format!("{} REST + {} SMTP", plan.rest.len(), plan.smtp.len()),
+        totals.accepted,
+        totals.delivered,
+        totals.transient,
+        totals.permanent,
+        invalid,
+        totals.refused
+    );
+    let smtp_refused = seen
+        .smtp
+        .iter()
+        .filter(|d| matches!(d, Door::Refused(_)))
+        .count();
+    let rest_refused = seen
+        .rest
+        .iter()
+        .filter(|d| matches!(d, Door::Refused(_)))
+        .count();
+    let _ = writeln!(
+        out,
+        "refused at the door (malformed tokens): {rest_refused} over REST, {smtp_refused} over SMTP"
+    );
+}

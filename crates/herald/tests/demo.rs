@@ -1,0 +1,133 @@
+//! `herald demo` as a newcomer runs it (smaller counts): it must exit 0, print the summary table and where the
+//! logs are, and the logs must agree with the table.
+
+use std::process::Command;
+
+/// The numbers of one table row: accepted, delivered, transient, permanent, invalid, refused. The invalid
+/// column is `-` when herald has no per-app list of invalid tokens; it reads as `u64::MAX` here.
+fn row(stdout: &str, first: &str) -> Vec<u64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(first))
+        .unwrap_or_else(|| panic!("no {first} row in:\n{stdout}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .rev()
+        .take(6)
+        .map(|n| match n {
+            "-" => u64::MAX,
+            n => n.parse().unwrap_or_else(|_| panic!("{line}")),
+        })
+        .collect();
+    numbers.into_iter().rev().collect()
+}
+
+#[test]
+fn the_demo_runs_and_every_outcome_is_the_expected_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["demo", "--count", "500", "--smtp-count", "10", "--dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("result: every outcome is the expected one (510 notifications"),
+        "{stdout}"
+    );
+
+    // 500 REST notifications over three apps plus 10 over SMTP; the plan refuses at least one malformed token
+    // per app and way in, and fails at least one bad token per app and one unregistered per HTTP/2 app.
+    let apps = [
+        row(&stdout, "token.demo.example"),
+        row(&stdout, "cert.demo.example"),
+        row(&stdout, "binary.demo.example"),
+    ];
+    let total = row(&stdout, "total");
+    let per_app_invalid = apps.iter().all(|a| a[4] != u64::MAX);
+    for (i, name) in [
+        "accepted",
+        "delivered",
+        "transient",
+        "permanent",
+        "invalid",
+        "refused",
+    ]
+    .iter()
+    .enumerate()
+    {
+        if i == 4 && !per_app_invalid {
+            continue;
+        }
+        assert_eq!(
+            apps.iter().map(|a| a[i]).sum::<u64>(),
+            total[i],
+            "{name} column adds up"
+        );
+    }
+    assert_eq!(total[0] + total[5], 510, "accepted + refused = sent");
+    for a in &apps {
+        assert_eq!(
+            a[0],
+            a[1] + a[3],
+            "every accepted notification has its final outcome"
+        );
+        if per_app_invalid {
+            assert_eq!(a[3], a[4], "each permanent failure is an invalid token");
+        }
+        assert!(a[5] >= 2, "malformed tokens are refused over REST and SMTP");
+    }
+    assert!(apps[0][3] >= 2 && apps[1][3] >= 2 && apps[2][3] >= 1);
+    assert_eq!(
+        total[4], total[3],
+        "herald's invalid-token total matches the failures"
+    );
+    assert!(stdout.contains("permanent: 1 BadDeviceToken"), "{stdout}");
+    assert!(stdout.contains("permanent: 1 invalid token"), "{stdout}");
+    assert!(stdout.contains("refused at the door (malformed tokens): 3 over REST, 3 over SMTP"));
+
+    // The logs are where the demo says, and agree with the table.
+    let root = dir.path().canonicalize().unwrap();
+    let mainlog = root.join("logs/mainlog.ec");
+    assert!(
+        stdout.contains(&format!("logs: mainlog {}", mainlog.display())),
+        "{stdout}"
+    );
+    let text = std::fs::read_to_string(&mainlog).unwrap();
+    let count = |kind: &str| {
+        text.lines()
+            .filter(|l| l.split('@').nth(4) == Some(kind))
+            .count() as u64
+    };
+    assert_eq!(count("R"), total[0]);
+    assert_eq!(count("D"), total[1]);
+    assert_eq!(count("P"), total[3]);
+    let apnlog = std::fs::read_to_string(root.join("logs/apnlog.ec")).unwrap();
+    assert!(apnlog.lines().any(|l| l.contains("@D@")), "{apnlog}");
+}
+
+#[test]
+fn a_tiny_demo_still_checks_every_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["demo", "--count", "4", "--smtp-count", "1", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("result: every outcome is the expected one (5 notifications"),
+        "{stdout}"
+    );
+    // The first token of each app is a malformed one: 3 over REST (one per app), 1 over SMTP.
+    assert!(
+        stdout.contains("refused at the door (malformed tokens): 3 over REST, 1 over SMTP"),
+        "{stdout}"
+    );
+    let total = row(&stdout, "total");
+    assert_eq!(total[0] + total[5], 5);
+}
