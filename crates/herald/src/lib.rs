@@ -16,3 +16,4 @@ pub mod outbound;
 pub mod queue;
 pub mod server;
 pub mod spool;
+pub mod tokens;

@@ -27,8 +27,9 @@ use crate::inbound::{rest, smtp};
 use crate::logs::Logs;
 use crate::metrics;
 use crate::queue::message::IdGenerator;
-use crate::queue::{Engine, EngineLimits, MemoryInvalidTokens};
+use crate::queue::{Engine, EngineLimits};
 use crate::spool::{SpoolBridge, restore};
+use crate::tokens::InvalidTokenStore;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub enum StartError {
     JetStreamUnavailable,
     #[error("{0}")]
     Listener(String),
+    #[error(transparent)]
+    InvalidTokens(#[from] crate::tokens::TokenStoreError),
 }
 
 /// Why a reload was refused; the configuration in force is unchanged.
@@ -127,7 +130,8 @@ pub struct Server {
     pub engine: Arc<Engine>,
     pub intake: Arc<Intake>,
     pub spool: Arc<dyn Spool>,
-    pub invalid_tokens: Arc<MemoryInvalidTokens>,
+    /// Every device token APNs or its feedback service reported invalid.
+    pub invalid_tokens: Arc<InvalidTokenStore>,
     path: PathBuf,
     resolver: Arc<ConfigResolver>,
     logs: Logs,
@@ -168,7 +172,21 @@ impl Server {
         );
 
         let resolver = Arc::new(ConfigResolver::new(config.clone()));
-        let invalid_tokens = Arc::new(MemoryInvalidTokens::default());
+        let global = herald_conf::ScopePath::global();
+        let path_option = |name: &str| match config.eval(&global, name) {
+            Ok(herald_conf::Value::Str(p)) if !p.is_empty() => Some(PathBuf::from(p)),
+            _ => None,
+        };
+        let feedback_log = match path_option("feedback_logfile") {
+            Some(p) => Some(
+                crate::logs::file::LogFile::open(&p, 0o644)
+                    .map_err(crate::logs::LogSetupError::from)?,
+            ),
+            None => None,
+        };
+        let tokens_file =
+            path_option("invalid_tokens_file").unwrap_or_else(|| dir.join("invalid-tokens.jsonl"));
+        let invalid_tokens = Arc::new(InvalidTokenStore::open(&tokens_file, feedback_log)?);
         let engine = Arc::new(Engine::new(
             resolver.clone(),
             logs.clone(),
@@ -193,6 +211,10 @@ impl Server {
                 started.elapsed()
             );
         }
+        tokio::spawn(crate::tokens::feedback::run_poller(
+            resolver.clone(),
+            invalid_tokens.clone(),
+        ));
         let ids = IdGenerator::above(0, restored.max_id);
         let intake = Arc::new(Intake::new(resolver.clone(), bridge, engine.clone(), ids));
 
@@ -578,13 +600,90 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Routes for operators on the http listener: Prometheus metrics and readiness.
+/// `GET /api/v1/tokens/invalid?domain=D&since=UNIX_SECONDS`: `{"tokens": [{domain, token, reason, timestamp_ms,
+/// source}, …]}`, oldest first; 400 naming the parameter when one is malformed.
+fn invalid_tokens_answer(store: &InvalidTokenStore, query: &str) -> axum::response::Response {
+    use axum::http::{StatusCode, header::CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let json = |status: StatusCode, body: serde_json::Value| {
+        (
+            status,
+            [(CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    };
+    let mut domain = None;
+    let mut since = 0u64;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "domain" if !value.is_empty() => domain = Some(value.to_ascii_lowercase()),
+            "domain" => {}
+            "since" => match value.parse::<u64>() {
+                Ok(s) => since = s,
+                Err(_) => {
+                    let error = format!("since: {value:?} is not a Unix time in seconds");
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({ "error": error }),
+                    );
+                }
+            },
+            other => {
+                let error = format!("unknown parameter {other:?}; use domain and since");
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": error }),
+                );
+            }
+        }
+    }
+    let list = store.list(domain.as_deref(), since.saturating_mul(1000));
+    json(StatusCode::OK, serde_json::json!({ "tokens": list }))
+}
+
+/// Decodes `%XX` escapes and `+` of a query value; malformed escapes stay as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Routes for operators on the http listener: invalid tokens, Prometheus metrics and readiness.
 fn ops_routes(
     engine: Arc<Engine>,
     spool: Arc<dyn Spool>,
-    invalid: Arc<MemoryInvalidTokens>,
+    invalid: Arc<InvalidTokenStore>,
 ) -> Router {
+    let tokens = invalid.clone();
     Router::new()
+        .route(
+            "/api/v1/tokens/invalid",
+            get(
+                move |axum::extract::RawQuery(raw): axum::extract::RawQuery| {
+                    let tokens = tokens.clone();
+                    async move { invalid_tokens_answer(&tokens, raw.as_deref().unwrap_or("")) }
+                },
+            ),
+        )
         .route(
             "/metrics",
             get(move || {
@@ -596,7 +695,7 @@ fn ops_routes(
                     let extra = metrics::Extra {
                         certificate_expiry: Vec::new(),
                         spool: Some((stats.records, stats.bytes_on_disk)),
-                        invalid_tokens: Some(invalid.0.lock().map(|v| v.len() as u64).unwrap_or(0)),
+                        invalid_tokens: Some(invalid.len() as u64),
                     };
                     (
                         [(

@@ -17,6 +17,14 @@ struct Daemon {
     esmtp: String,
 }
 
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A test that failed must not leave a server running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Daemon {
     fn start(config: &Path) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -356,4 +364,97 @@ async fn sighup_reloads_routes_and_a_broken_file_keeps_the_running_configuration
         batch += 1;
     }
     daemon.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tokens_from_answers_and_the_feedback_service_are_stored_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let gone = token(7);
+    let dropped_app = "ee".repeat(32);
+    let mut sim_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    sim_config.h2_port = port;
+    sim_config.scenario.unregistered.push(gone.clone());
+    sim_config.scenario.unregistered.push(dropped_app.clone());
+    let sim = Simulator::start(sim_config).await.unwrap();
+    let client = pki
+        .client(TOPIC, herald_sim::CertVariant::Universal)
+        .unwrap();
+    let base = write_config(dir.path(), &pki, port);
+    let feedback_log = dir.path().join("feedback.log");
+    let extra = format!(
+        r#"
+feedback_logfile = "{log}"
+domain "legacy.example" {{
+  delivery_method = apn
+  routes = ( "apn://127.0.0.1?port={bin}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+  apn_feedback_interval = 1
+  apn_feedback_address = "{feedback}"
+}}
+"#,
+        log = feedback_log.display(),
+        bin = sim.addrs.binary.port(),
+        ca = pki.manifest.ca_cert.display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+        feedback = sim.addrs.feedback,
+    );
+    let mut text = std::fs::read_to_string(&base).unwrap();
+    text.push_str(&extra);
+    std::fs::write(&base, text).unwrap();
+    let daemon = Daemon::start(&base);
+
+    // A 410 answer (apns.md §3.6) and a feedback tuple (apns.md §2) both end in the store.
+    post_batches(&daemon.http, 7, 1, 1).await.unwrap();
+    let url = format!("http://{}/api/v1/tokens/invalid", daemon.http);
+    let deadline = Instant::now() + WAIT;
+    let listed = loop {
+        let v: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let tokens = v["tokens"].as_array().unwrap().clone();
+        if tokens.len() >= 2 {
+            break tokens;
+        }
+        assert!(Instant::now() < deadline, "invalid tokens so far: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The simulator's feedback service lists every unregistered token to each app, so a token may appear
+    // under both domains: look entries up by (domain, token).
+    let entry = |d: &str, t: &str| {
+        listed
+            .iter()
+            .find(|e| e["domain"] == d && e["token"] == t)
+            .unwrap_or_else(|| panic!("{d} {t} in {listed:?}"))
+            .clone()
+    };
+    let answered = entry("serve.example", &gone);
+    assert_eq!(answered["reason"], "Unregistered");
+    assert_eq!(answered["source"], "apns");
+    assert_eq!(entry("legacy.example", &dropped_app)["source"], "feedback");
+
+    let only = reqwest::get(format!("{url}?domain=legacy.example"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(only.contains(&dropped_app), "{only}");
+    let bad = reqwest::get(format!("{url}?since=yesterday"))
+        .await
+        .unwrap();
+    assert!(!only.contains("serve.example"), "{only}");
+    assert_eq!(bad.status(), 400);
+    daemon.terminate();
+    let log = std::fs::read_to_string(&feedback_log).unwrap();
+    assert!(log.contains(&gone) && log.contains(&dropped_app), "{log}");
+    // Stored durably: the file lists them after the stop.
+    let stored = std::fs::read_to_string(dir.path().join("spool/invalid-tokens.jsonl")).unwrap();
+    assert!(
+        stored.contains(&gone) && stored.contains(&dropped_app),
+        "{stored}"
+    );
 }

@@ -618,31 +618,19 @@ async fn message(server: &Server, id: &str, action: MessageAction) -> Reply {
 }
 
 /// `tokens invalid [DOMAIN] [SINCE]`: one line per token, `TIMESTAMP_MS DOMAIN TOKEN REASON SOURCE`, oldest
-/// first, then a total. SINCE is Unix seconds; tokens without an APNs timestamp count as time 0.
+/// first, then a total. SINCE is Unix seconds.
 fn invalid_tokens(server: &Server, domain: Option<&str>, since: Option<u64>) -> String {
     let since_ms = since.unwrap_or(0).saturating_mul(1000);
-    let mut list: Vec<(u64, String, String, String)> = server
+    let list = server
         .invalid_tokens
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .filter(|t| domain.is_none_or(|d| t.domain.eq_ignore_ascii_case(d)))
-        .map(|t| {
-            (
-                t.timestamp_ms.unwrap_or(0),
-                t.domain.to_string(),
-                t.token.to_string(),
-                t.reason.clone(),
-            )
-        })
-        .filter(|t| t.0 >= since_ms)
-        .collect();
-    list.sort();
-    list.dedup_by(|a, b| a.1 == b.1 && a.2 == b.2);
+        .list(domain.map(str::to_ascii_lowercase).as_deref(), since_ms);
     let mut out = String::new();
-    for (ts, d, token, reason) in &list {
-        let _ = writeln!(out, "{ts} {d} {token} {reason} apns");
+    for t in &list {
+        let _ = writeln!(
+            out,
+            "{} {} {} {} {}",
+            t.timestamp_ms, t.domain, t.token, t.reason, t.source
+        );
     }
     let _ = writeln!(out, "Total: {} invalid token(s)", list.len());
     out

@@ -1,0 +1,149 @@
+//! Polling the binary feedback service (apns.md §2): for each domain with a binary route and an
+//! `apn_feedback_interval`, connect with the domain's client certificate, read the 38-byte tuples until the
+//! service closes, and record each token in the invalid-token store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use herald_apns::binary::FeedbackDecoder;
+use herald_apns::client::connect::{Endpoint, connect_tls};
+use herald_apns::token_hex::DeviceToken;
+use herald_conf::{Config, ScopePath, Value};
+use tokio::io::AsyncReadExt;
+
+use super::store::{InvalidTokenEntry, InvalidTokenStore};
+use crate::delivery::ConfigResolver;
+use crate::outbound::settings::RouteProtocol;
+
+/// The feedback port of the binary era (apns.md §2).
+const FEEDBACK_PORT: u16 = 2196;
+/// Longest a poll may take.
+const POLL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("domain {domain}: {reason}")]
+    Settings { domain: String, reason: String },
+    #[error("feedback service {endpoint}: {reason}")]
+    Service { endpoint: Endpoint, reason: String },
+}
+
+/// Where the feedback service of a domain is: `apn_feedback_address`, else the route's `gateway.` host as
+/// `feedback.` on port 2196.
+pub fn feedback_endpoint(config: &Config, domain: &str, route: &Endpoint) -> Option<Endpoint> {
+    let path = ScopePath::domain(domain);
+    if let Ok(Value::Str(addr)) = config.eval(&path, "apn_feedback_address") {
+        let (host, port) = addr.rsplit_once(':')?;
+        return Some(Endpoint::new(
+            host.trim_matches(['[', ']']),
+            port.parse().ok()?,
+        ));
+    }
+    let rest = route.host.strip_prefix("gateway.")?;
+    Some(Endpoint::new(format!("feedback.{rest}"), FEEDBACK_PORT))
+}
+
+/// Connects once and records every tuple; returns how many tokens the service listed.
+pub async fn poll_once(
+    resolver: &ConfigResolver,
+    store: &InvalidTokenStore,
+    domain: &str,
+) -> Result<usize, FeedbackError> {
+    let settings = resolver
+        .build(domain)
+        .map_err(|reason| FeedbackError::Settings {
+            domain: domain.to_owned(),
+            reason,
+        })?;
+    if !matches!(settings.protocol, RouteProtocol::Binary(_)) {
+        return Err(FeedbackError::Settings {
+            domain: domain.to_owned(),
+            reason: "the feedback service belongs to the binary protocol; HTTP/2 reports invalid tokens per request"
+                .into(),
+        });
+    }
+    let endpoint =
+        feedback_endpoint(&resolver.config(), domain, &settings.endpoint).ok_or_else(|| {
+            FeedbackError::Settings {
+                domain: domain.to_owned(),
+                reason: format!(
+                    "no feedback address: set apn_feedback_address (route host {})",
+                    settings.endpoint.host
+                ),
+            }
+        })?;
+    let service = |reason: String| FeedbackError::Service {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let read = async {
+        let (mut stream, _) =
+            connect_tls(&endpoint, settings.tls.clone(), settings.connect_timeout)
+                .await
+                .map_err(|e| service(e.to_string()))?;
+        let mut decoder = FeedbackDecoder::new();
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut count = 0;
+        loop {
+            let n = stream
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| service(e.to_string()))?;
+            while let Some(tuple) = decoder
+                .decode(&mut buf)
+                .map_err(|e| service(e.to_string()))?
+            {
+                let token =
+                    DeviceToken::from_bytes(tuple.token).map_err(|e| service(e.to_string()))?;
+                store.record(InvalidTokenEntry {
+                    domain: domain.to_owned(),
+                    token: token.to_hex(),
+                    reason: "feedback".into(),
+                    timestamp_ms: u64::from(tuple.timestamp) * 1000,
+                    source: "feedback".into(),
+                });
+                count += 1;
+            }
+            if n == 0 {
+                if !buf.is_empty() {
+                    return Err(service(format!(
+                        "{} bytes of a cut-off tuple at the end",
+                        buf.len()
+                    )));
+                }
+                return Ok(count);
+            }
+        }
+    };
+    tokio::time::timeout(POLL_TIMEOUT, read)
+        .await
+        .map_err(|_| service("timed out".into()))?
+}
+
+/// Polls every configured domain whose `apn_feedback_interval` is set, each on its own schedule, reading the
+/// configuration in force at each round (so a reload takes effect). Runs until the task is dropped.
+pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenStore>) {
+    let mut last: HashMap<String, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let config = resolver.config();
+        for domain in config.domains() {
+            let interval = match config.eval(&ScopePath::domain(domain), "apn_feedback_interval") {
+                Ok(Value::Int(s)) if s > 0 => Duration::from_secs(s as u64),
+                _ => continue,
+            };
+            if last.get(domain).is_some_and(|t| t.elapsed() < interval) {
+                continue;
+            }
+            last.insert(domain.to_owned(), Instant::now());
+            match poll_once(&resolver, &store, domain).await {
+                Ok(n) => tracing::info!(domain, tokens = n, "feedback service polled"),
+                Err(e) => tracing::warn!("feedback poll: {e}"),
+            }
+        }
+    }
+}

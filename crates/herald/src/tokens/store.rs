@@ -1,0 +1,277 @@
+//! The durable invalid-token store: an append-only JSON-lines file read back on start, with an in-memory index
+//! that keeps one entry per (domain, token) — the one with the latest invalidation time.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::logs::file::{LogFile, push_escaped};
+use crate::queue::{InvalidToken, InvalidTokenSink};
+
+/// One invalid token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidTokenEntry {
+    pub domain: String,
+    /// Lowercase hex.
+    pub token: String,
+    /// APNs' reason (`Unregistered`, `BadDeviceToken`, `invalid token`, `feedback`).
+    pub reason: String,
+    /// When APNs found the token invalid, ms since the epoch (410 timestamp, feedback tuple time), else when
+    /// herald learnt it.
+    pub timestamp_ms: u64,
+    /// `apns` (an answer to a notification) or `feedback` (the binary feedback service).
+    pub source: String,
+}
+
+/// Why the store could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenStoreError {
+    #[error("invalid-token store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+struct Inner {
+    index: HashMap<(String, String), InvalidTokenEntry>,
+    out: BufWriter<File>,
+}
+
+/// The store. Writes are appended and flushed at once (an entry lost in a crash is reported again by APNs).
+pub struct InvalidTokenStore {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+    feedback_log: Option<LogFile>,
+}
+
+impl InvalidTokenStore {
+    /// Opens (or creates) the store at `path`, reading every entry back; unreadable lines are skipped with a
+    /// warning. `feedback_log` receives one line per new entry.
+    pub fn open(path: &Path, feedback_log: Option<LogFile>) -> Result<Self, TokenStoreError> {
+        let io = |source| TokenStoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let mut index = HashMap::new();
+        if let Ok(file) = File::open(path) {
+            for (n, line) in BufReader::new(file).lines().enumerate() {
+                let line = line.map_err(io)?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<InvalidTokenEntry>(&line) {
+                    Ok(e) => merge(&mut index, e),
+                    Err(e) => tracing::warn!(
+                        "{}:{}: skipping an unreadable entry: {e}",
+                        path.display(),
+                        n + 1
+                    ),
+                }
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        Ok(InvalidTokenStore {
+            path: path.to_owned(),
+            inner: Mutex::new(Inner {
+                index,
+                out: BufWriter::new(file),
+            }),
+            feedback_log,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records an entry unless the same (domain, token) is known with the same or a later time. Returns whether
+    /// it was new.
+    pub fn record(&self, entry: InvalidTokenEntry) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (entry.domain.clone(), entry.token.clone());
+        if inner
+            .index
+            .get(&key)
+            .is_some_and(|old| old.timestamp_ms >= entry.timestamp_ms)
+        {
+            return false;
+        }
+        if let Ok(line) = serde_json::to_string(&entry) {
+            let written = writeln!(inner.out, "{line}").and_then(|_| inner.out.flush());
+            if let Err(e) = written {
+                tracing::error!(
+                    "writing the invalid-token store {}: {e}",
+                    self.path.display()
+                );
+            }
+        }
+        if let Some(log) = &self.feedback_log {
+            log.write_line(&feedback_line(&entry));
+            let _ = log.flush();
+        }
+        inner.index.insert(key, entry);
+        true
+    }
+
+    /// Entries of `domain` (all domains when `None`) invalidated at or after `since_ms`, oldest first.
+    pub fn list(&self, domain: Option<&str>, since_ms: u64) -> Vec<InvalidTokenEntry> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<InvalidTokenEntry> = inner
+            .index
+            .values()
+            .filter(|e| domain.is_none_or(|d| e.domain == d) && e.timestamp_ms >= since_ms)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| {
+            (a.timestamp_ms, &a.domain, &a.token).cmp(&(b.timestamp_ms, &b.domain, &b.token))
+        });
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .index
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reopens the feedback log (logrotate).
+    pub fn reopen_log(&self) -> Option<crate::logs::file::LogFileError> {
+        self.feedback_log.as_ref().and_then(|l| l.reopen().err())
+    }
+}
+
+fn merge(index: &mut HashMap<(String, String), InvalidTokenEntry>, e: InvalidTokenEntry) {
+    let key = (e.domain.clone(), e.token.clone());
+    if index
+        .get(&key)
+        .is_none_or(|old| old.timestamp_ms < e.timestamp_ms)
+    {
+        index.insert(key, e);
+    }
+}
+
+/// `ts@domain@token@reason@apns-timestamp-ms@source`.
+fn feedback_line(e: &InvalidTokenEntry) -> String {
+    let mut line = format!("{}@", now_ms() / 1000);
+    push_escaped(&mut line, &e.domain);
+    line.push('@');
+    line.push_str(&e.token);
+    line.push('@');
+    push_escaped(&mut line, &e.reason);
+    line.push_str(&format!("@{}@{}", e.timestamp_ms, e.source));
+    line
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl InvalidTokenSink for InvalidTokenStore {
+    fn record(&self, token: InvalidToken) {
+        InvalidTokenStore::record(
+            self,
+            InvalidTokenEntry {
+                domain: token.domain.to_string(),
+                token: token.token.to_hex(),
+                reason: token.reason,
+                timestamp_ms: token.timestamp_ms.unwrap_or_else(now_ms),
+                source: "apns".into(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(token: &str, ts: u64) -> InvalidTokenEntry {
+        InvalidTokenEntry {
+            domain: "apps.example".into(),
+            token: token.into(),
+            reason: "Unregistered".into(),
+            timestamp_ms: ts,
+            source: "apns".into(),
+        }
+    }
+
+    #[test]
+    fn entries_are_deduplicated_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invalid.jsonl");
+        let log_path = dir.path().join("feedback.log");
+        let store =
+            InvalidTokenStore::open(&path, Some(LogFile::open(&log_path, 0o644).unwrap())).unwrap();
+        assert!(store.record(entry("aa", 10)));
+        assert!(
+            !store.record(entry("aa", 10)),
+            "the same report twice is one entry"
+        );
+        assert!(
+            !store.record(entry("aa", 5)),
+            "an older report adds nothing"
+        );
+        assert!(
+            store.record(entry("aa", 20)),
+            "a later invalidation replaces the entry"
+        );
+        assert!(store.record(entry("bb", 15)));
+        drop(store);
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let all = store.list(None, 0);
+        assert_eq!(
+            all.iter()
+                .map(|e| (e.token.as_str(), e.timestamp_ms))
+                .collect::<Vec<_>>(),
+            [("bb", 15), ("aa", 20)]
+        );
+        assert_eq!(store.list(Some("apps.example"), 16).len(), 1);
+        assert!(store.list(Some("other.example"), 0).is_empty());
+        let log = std::fs::read_to_string(log_path).unwrap();
+        assert_eq!(log.lines().count(), 3);
+        assert!(
+            log.lines()
+                .next()
+                .unwrap()
+                .ends_with("@apps.example@aa@Unregistered@10@apns")
+        );
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invalid.jsonl");
+        std::fs::write(
+            &path,
+            format!(
+                "{}\n{{\"domain\":\"x",
+                serde_json::to_string(&entry("aa", 1)).unwrap()
+            ),
+        )
+        .unwrap();
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        assert_eq!(store.len(), 1);
+    }
+}
