@@ -3,8 +3,8 @@
 pub mod bench;
 pub mod check;
 pub mod config;
-pub mod demo;
 pub mod console;
+pub mod demo;
 pub mod send;
 pub mod serve;
 pub mod sim;
