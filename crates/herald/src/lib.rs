@@ -7,6 +7,7 @@
 //! settings each domain delivers with.
 
 pub mod control;
+pub mod credentials;
 pub mod delivery;
 pub mod demo;
 pub mod inbound;

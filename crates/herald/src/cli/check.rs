@@ -10,6 +10,9 @@ pub struct CheckArgs {
     /// The configuration file.
     #[arg(short = 'c', long = "config")]
     pub config: PathBuf,
+    /// Also open a TLS connection to every domain's route with its credentials (5 s timeout each).
+    #[arg(long)]
+    pub connect: bool,
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -18,6 +21,33 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => {
             for w in config.warnings() {
                 eprintln!("{w}");
+            }
+            let mut findings = herald::credentials::check(&config, std::time::SystemTime::now());
+            let config = if args.connect {
+                let config = std::sync::Arc::new(config);
+                let resolver = herald::delivery::ConfigResolver::new(config.clone());
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                findings.extend(runtime.block_on(herald::credentials::check_reachable(
+                    &resolver,
+                    std::time::Duration::from_secs(5),
+                )));
+                config
+            } else {
+                std::sync::Arc::new(config)
+            };
+            for f in &findings {
+                eprintln!("{name}: {f}");
+            }
+            let credential_errors = findings
+                .iter()
+                .filter(|f| f.severity == herald::credentials::Severity::Error)
+                .count();
+            if credential_errors > 0 {
+                eprintln!("{name}: {credential_errors} credential error(s)");
+                std::mem::forget(config);
+                return Ok(ExitCode::FAILURE);
             }
             println!(
                 "{name}: ok: {} domains, {} listeners, {} warnings",

@@ -1,0 +1,230 @@
+//! Credential diagnostics for `herald check` (TN2265's checklist): for every configured APNs domain, the client
+//! certificate loads (PEM or PKCS#12 with its password), its key matches, it is within its validity dates (a warning
+//! under 30 days), the topic (`apn_topic`) is one the certificate covers, its environment fits the route's host, the
+//! `.p8` key parses and its key id matches the file name, the retired binary gateway is flagged, and (optionally)
+//! the route answers a TLS handshake with this identity.
+
+use std::time::{Duration, SystemTime};
+
+use herald_apns::identity::{CertEnvironment, ClientIdentity};
+use herald_apns::provider_token::SigningKey;
+use herald_conf::{Config, DeliveryMethod, DomainSettings, RouteProtocol};
+
+use crate::delivery::ConfigResolver;
+
+/// Certificates expiring sooner than this get a warning.
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One finding about one domain's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub domain: String,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "domain {}: {level}: {}", self.domain, self.message)
+    }
+}
+
+/// Checks every exactly named domain with `delivery_method = apn` (regex domains have no single route to test).
+pub fn check(config: &Config, now: SystemTime) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
+        let d = config.domain_settings(None, None, domain);
+        if d.delivery_method != DeliveryMethod::Apn {
+            continue;
+        }
+        check_domain(&d, now, &mut |severity, message| {
+            findings.push(Finding {
+                domain: domain.to_owned(),
+                severity,
+                message,
+            })
+        });
+    }
+    findings
+}
+
+fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severity, String)) {
+    let Some(route) = d.routes.first() else {
+        say(
+            Severity::Error,
+            "no routes: set routes = ( \"https://api.push.apple.com\" )".into(),
+        );
+        return;
+    };
+    let host = route.host.to_ascii_lowercase();
+    let sandbox_host = host.contains("sandbox") || host.contains("development");
+    let apple_host = host.ends_with(".push.apple.com");
+    if route.protocol == RouteProtocol::Binary && apple_host {
+        say(
+            Severity::Warning,
+            format!(
+                "{host} is the legacy binary gateway, which Apple retired on 31 March 2021; use an https:// route"
+            ),
+        );
+    }
+
+    // A file missing here may exist on the host that runs herald: say so, but check what can be checked.
+    let missing = [&d.tls_pkcs12, &d.tls_certificate, &d.tls_key, &d.apn_key]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.exists())
+        .collect::<Vec<_>>();
+    for p in &missing {
+        say(
+            Severity::Warning,
+            format!(
+                "{} does not exist here; the credentials in it were not checked",
+                p.display()
+            ),
+        );
+    }
+    if !missing.is_empty() {
+        return;
+    }
+    let identity = if let Some(p12) = &d.tls_pkcs12 {
+        Some(
+            ClientIdentity::from_pkcs12(p12, d.tls_pkcs12_password.as_deref().unwrap_or(""))
+                .map_err(|e| format!("tls_pkcs12 {}: {e}", p12.display())),
+        )
+    } else {
+        d.tls_certificate.as_ref().map(|cert| {
+            ClientIdentity::from_pem_files(cert, d.tls_key.as_deref())
+                .map_err(|e| format!("tls_certificate {}: {e}", cert.display()))
+        })
+    };
+    match identity {
+        Some(Err(e)) => say(Severity::Error, e),
+        Some(Ok(identity)) => match identity.info() {
+            Err(e) => say(Severity::Error, format!("client certificate: {e}")),
+            Ok(info) => {
+                if let Err(e) = info.check_validity(now) {
+                    say(Severity::Error, format!("client certificate: {e}"));
+                } else if let Ok(left) = info.not_after.duration_since(now) {
+                    if left < EXPIRY_WARNING {
+                        say(
+                            Severity::Warning,
+                            format!(
+                                "client certificate expires in {} days",
+                                left.as_secs() / 86_400
+                            ),
+                        );
+                    }
+                }
+                match &d.apn_topic {
+                    Some(topic) if !info.allows_topic(topic) => say(
+                        Severity::Error,
+                        format!(
+                            "apn_topic {topic:?} is not a topic of the client certificate (UID {:?}, topics {:?})",
+                            info.uid, info.topics
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        if let Err(e) = info.default_topic() {
+                            say(Severity::Error, format!("client certificate: {e}"));
+                        }
+                    }
+                }
+                if apple_host {
+                    match (info.environment, sandbox_host) {
+                        (CertEnvironment::Production, true) => say(
+                            Severity::Error,
+                            format!(
+                                "a production certificate cannot push to the sandbox host {host}"
+                            ),
+                        ),
+                        (CertEnvironment::Development, false) => say(
+                            Severity::Error,
+                            format!(
+                                "a development (sandbox) certificate cannot push to the production host {host}"
+                            ),
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+        },
+        None => {}
+    }
+
+    if let Some(p8) = &d.apn_key {
+        match (&d.apn_key_id, &d.apn_team_id) {
+            (Some(key_id), Some(team_id)) => {
+                if let Err(e) = SigningKey::from_p8_file(p8, key_id, team_id) {
+                    say(Severity::Error, format!("apn_key {}: {e}", p8.display()));
+                }
+                let stem = p8.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                if let Some(file_id) = stem.strip_prefix("AuthKey_") {
+                    if file_id != key_id {
+                        say(
+                            Severity::Warning,
+                            format!(
+                                "apn_key_id {key_id:?} differs from the key id {file_id:?} in the file name"
+                            ),
+                        );
+                    }
+                }
+            }
+            _ => say(
+                Severity::Error,
+                "apn_key needs apn_key_id and apn_team_id".into(),
+            ),
+        }
+        if route.protocol == RouteProtocol::Binary {
+            say(
+                Severity::Error,
+                "provider tokens (apn_key) work only over HTTP/2 routes".into(),
+            );
+        }
+    } else if d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
+        say(
+            Severity::Error,
+            "no credentials: set apn_key (token auth) or tls_certificate / tls_pkcs12".into(),
+        );
+    }
+}
+
+/// Opens a TLS connection to each domain's route with its identity (within `timeout`); one finding per failure.
+pub async fn check_reachable(resolver: &ConfigResolver, timeout: Duration) -> Vec<Finding> {
+    let config = resolver.config();
+    let mut findings = Vec::new();
+    for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
+        if config.domain_settings(None, None, domain).delivery_method != DeliveryMethod::Apn {
+            continue;
+        }
+        let settings = match resolver.build(domain) {
+            Ok(s) => s,
+            Err(_) => continue, // already reported by `check`
+        };
+        let result = herald_apns::client::connect::connect_tls(
+            &settings.endpoint,
+            settings.tls.clone(),
+            timeout,
+        )
+        .await;
+        if let Err(e) = result {
+            findings.push(Finding {
+                domain: domain.to_owned(),
+                severity: Severity::Error,
+                message: format!("route {} is not reachable: {e}", settings.endpoint),
+            });
+        }
+    }
+    findings
+}

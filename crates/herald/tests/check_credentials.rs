@@ -1,0 +1,168 @@
+//! `herald check` diagnoses the credentials a configuration names (TN2265's checklist): certificate and key, topic,
+//! environment against the route, PKCS#12 password, `.p8` key, retired gateway, and with `--connect` the route.
+
+use std::path::Path;
+use std::process::Command;
+
+use herald_sim::{CertVariant, Pki, SimConfig, Simulator};
+
+const TOPIC: &str = "com.example.check";
+
+fn check(config: &Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["check", "-c"])
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("check.conf");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn cert_domain(pki: &Pki, variant: CertVariant, route: &str, extra: &str) -> String {
+    let c = pki.client(TOPIC, variant).unwrap();
+    format!(
+        "domain \"cert.example\" {{\n delivery_method = apn\n routes = ( \"{route}\" )\n tls_verify = ca\n tls_ca = \"{}\"\n \
+         tls_certificate = \"{}\"\n tls_key = \"{}\"\n {extra}\n}}\n",
+        pki.manifest.ca_cert.display(),
+        c.cert.display(),
+        c.key.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_credentials_pass_and_the_route_answers_with_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let k = &pki.manifest.token_key;
+    let body = format!(
+        "{}domain \"token.example\" {{\n delivery_method = apn\n routes = ( \"https://127.0.0.1:{port}\" )\n tls_verify = ca\n \
+         tls_ca = \"{ca}\"\n apn_key = \"{p8}\"\n apn_key_id = \"{kid}\"\n apn_team_id = \"{tid}\"\n apn_topic = \"{TOPIC}\"\n}}\n",
+        cert_domain(
+            &pki,
+            CertVariant::Universal,
+            &format!("https://127.0.0.1:{}", sim.addrs.h2.port()),
+            ""
+        ),
+        port = sim.addrs.h2.port(),
+        ca = pki.manifest.ca_cert.display(),
+        p8 = k.p8.display(),
+        kid = k.key_id,
+        tid = k.team_id,
+    );
+    let config = write(dir.path(), &body);
+    let (code, err) = check(&config, &["--connect"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("error"), "{err}");
+
+    // A route nobody answers is reported with --connect only.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write(
+        dir.path(),
+        &body.replace(
+            &format!("127.0.0.1:{}", sim.addrs.h2.port()),
+            &format!("127.0.0.1:{closed}"),
+        ),
+    );
+    assert_eq!(check(&config, &[]).0, 0);
+    let (code, err) = check(&config, &["--connect"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not reachable"), "{err}");
+}
+
+#[test]
+fn wrong_environment_topic_password_and_key_id_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+
+    // A production certificate on Apple's sandbox host (apns.md §4.2).
+    let config = write(
+        dir.path(),
+        &cert_domain(
+            &pki,
+            CertVariant::Production,
+            "https://api.sandbox.push.apple.com",
+            "",
+        ),
+    );
+    let (code, err) = check(&config, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "domain cert.example: error: a production certificate cannot push to the sandbox host"
+        ),
+        "{err}"
+    );
+
+    // A topic the certificate does not cover.
+    let config = write(
+        dir.path(),
+        &cert_domain(
+            &pki,
+            CertVariant::Universal,
+            "https://127.0.0.1:1",
+            "apn_topic = \"com.other.app\"",
+        ),
+    );
+    let (code, err) = check(&config, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("apn_topic \"com.other.app\" is not a topic of the client certificate"),
+        "{err}"
+    );
+
+    // The retired binary gateway is a warning, not an error.
+    let config = write(
+        dir.path(),
+        &cert_domain(
+            &pki,
+            CertVariant::Universal,
+            "apn://gateway.push.apple.com?port=2195",
+            "",
+        ),
+    );
+    let (code, err) = check(&config, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("retired on 31 March 2021"), "{err}");
+
+    // A PKCS#12 file with the wrong password.
+    let c = pki.client(TOPIC, CertVariant::Universal).unwrap();
+    let body = format!(
+        "domain \"p12.example\" {{\n delivery_method = apn\n routes = ( \"https://127.0.0.1:1\" )\n tls_pkcs12 = \"{}\"\n \
+         tls_pkcs12_password = \"not-the-password\"\n}}\n",
+        c.p12.display()
+    );
+    let (code, err) = check(&write(dir.path(), &body), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("domain p12.example: error: tls_pkcs12"),
+        "{err}"
+    );
+
+    // A key id that is not the one in the .p8 file's name.
+    let k = &pki.manifest.token_key;
+    let body = format!(
+        "domain \"token.example\" {{\n delivery_method = apn\n routes = ( \"https://127.0.0.1:1\" )\n apn_key = \"{}\"\n \
+         apn_key_id = \"ZZZZZZZZZZ\"\n apn_team_id = \"{}\"\n}}\n",
+        k.p8.display(),
+        k.team_id
+    );
+    let (code, err) = check(&write(dir.path(), &body), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("differs from the key id"), "{err}");
+}
