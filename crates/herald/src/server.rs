@@ -339,6 +339,7 @@ impl Server {
                     self.engine.clone(),
                     self.spool.clone(),
                     self.invalid_tokens.clone(),
+                    self.resolver.clone(),
                 );
                 let app = rest::router_with(
                     rest::RestState::new(settings.clone(), self.intake.clone()),
@@ -600,6 +601,37 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// (domain, certificate file, not-after) of every configured client certificate that can be read.
+fn certificate_expiry(config: &Config) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
+        let d = config.domain_settings(None, None, domain);
+        let (path, identity) = if let Some(p12) = &d.tls_pkcs12 {
+            let password = d.tls_pkcs12_password.as_deref().unwrap_or("");
+            (
+                p12.clone(),
+                herald_apns::identity::ClientIdentity::from_pkcs12(p12, password),
+            )
+        } else if let Some(cert) = &d.tls_certificate {
+            (
+                cert.clone(),
+                herald_apns::identity::ClientIdentity::from_pem_files(cert, d.tls_key.as_deref()),
+            )
+        } else {
+            continue;
+        };
+        if let Ok(info) = identity.and_then(|i| i.info()) {
+            let not_after = info
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            out.push((domain.to_owned(), path.display().to_string(), not_after));
+        }
+    }
+    out
+}
+
 /// `GET /api/v1/tokens/invalid?domain=D&since=UNIX_SECONDS`: `{"tokens": [{domain, token, reason, timestamp_ms,
 /// source}, …]}`, oldest first; 400 naming the parameter when one is malformed.
 fn invalid_tokens_answer(store: &InvalidTokenStore, query: &str) -> axum::response::Response {
@@ -672,6 +704,7 @@ fn ops_routes(
     engine: Arc<Engine>,
     spool: Arc<dyn Spool>,
     invalid: Arc<InvalidTokenStore>,
+    resolver: Arc<ConfigResolver>,
 ) -> Router {
     let tokens = invalid.clone();
     Router::new()
@@ -690,10 +723,11 @@ fn ops_routes(
                 let engine = engine.clone();
                 let spool = spool.clone();
                 let invalid = invalid.clone();
+                let resolver = resolver.clone();
                 async move {
                     let stats = spool.stats();
                     let extra = metrics::Extra {
-                        certificate_expiry: Vec::new(),
+                        certificate_expiry: certificate_expiry(&resolver.config()),
                         spool: Some((stats.records, stats.bytes_on_disk)),
                         invalid_tokens: Some(invalid.len() as u64),
                     };

@@ -443,6 +443,24 @@ domain "legacy.example" {{
         .await
         .unwrap();
     assert!(only.contains(&dropped_app), "{only}");
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let expiry = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("herald_certificate_expiry_timestamp_seconds{domain=\"legacy.example\"")
+        })
+        .unwrap_or_else(|| panic!("no certificate expiry metric in {metrics}"));
+    let not_after: u64 = expiry.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(not_after > now, "{expiry}");
     let bad = reqwest::get(format!("{url}?since=yesterday"))
         .await
         .unwrap();
