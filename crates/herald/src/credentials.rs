@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use herald_apns::identity::{CertEnvironment, ClientIdentity};
+use herald_apns::identity::CertEnvironment;
 use herald_apns::provider_token::SigningKey;
 use herald_conf::{Config, DeliveryMethod, DomainSettings, RouteProtocol};
 
@@ -97,17 +97,7 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
     if !missing.is_empty() {
         return;
     }
-    let identity = if let Some(p12) = &d.tls_pkcs12 {
-        Some(
-            ClientIdentity::from_pkcs12(p12, d.tls_pkcs12_password.as_deref().unwrap_or(""))
-                .map_err(|e| format!("tls_pkcs12 {}: {e}", p12.display())),
-        )
-    } else {
-        d.tls_certificate.as_ref().map(|cert| {
-            ClientIdentity::from_pem_files(cert, d.tls_key.as_deref())
-                .map_err(|e| format!("tls_certificate {}: {e}", cert.display()))
-        })
-    };
+    let identity = crate::delivery::load_identity(d).map(|(_, identity)| identity);
     match identity {
         Some(Err(e)) => say(Severity::Error, e),
         Some(Ok(identity)) => match identity.info() {

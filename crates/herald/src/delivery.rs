@@ -23,6 +23,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(60);
 const MAX_WINDOW: usize = 100_000;
 
+/// The client identity a domain names: `tls_pkcs12` (with its password) first, else `tls_certificate` with
+/// `tls_key`. Returns the file it came from; `None` when the domain names neither. Errors name the option and file.
+pub fn load_identity(d: &DomainSettings) -> Option<(PathBuf, Result<ClientIdentity, String>)> {
+    if let Some(p12) = &d.tls_pkcs12 {
+        let password = d.tls_pkcs12_password.as_deref().unwrap_or("");
+        let identity = ClientIdentity::from_pkcs12(p12, password)
+            .map_err(|e| format!("tls_pkcs12 {}: {e}", p12.display()));
+        return Some((p12.clone(), identity));
+    }
+    let cert = d.tls_certificate.as_ref()?;
+    let identity = ClientIdentity::from_pem_files(cert, d.tls_key.as_deref())
+        .map_err(|e| format!("tls_certificate {}: {e}", cert.display()));
+    Some((cert.clone(), identity))
+}
+
 /// Resolves domains against a loaded configuration.
 pub struct ConfigResolver {
     config: std::sync::RwLock<Arc<Config>>,
@@ -107,19 +122,7 @@ impl ConfigResolver {
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let identity = if let Some(p12) = &d.tls_pkcs12 {
-            Some(
-                ClientIdentity::from_pkcs12(p12, d.tls_pkcs12_password.as_deref().unwrap_or(""))
-                    .map_err(|e| format!("tls_pkcs12 {}: {e}", p12.display()))?,
-            )
-        } else if let Some(cert) = &d.tls_certificate {
-            Some(
-                ClientIdentity::from_pem_files(cert, d.tls_key.as_deref())
-                    .map_err(|e| format!("tls_certificate {}: {e}", cert.display()))?,
-            )
-        } else {
-            None
-        };
+        let identity = load_identity(d).map(|(_, identity)| identity).transpose()?;
         let roots = match (d.tls_verify, &d.tls_ca) {
             (TlsVerify::No, _) => RootSource::NoVerify,
             (_, Some(ca)) => RootSource::CaFile(ca.clone()),

@@ -606,21 +606,10 @@ fn certificate_expiry(config: &Config) -> Vec<(String, String, u64)> {
     let mut out = Vec::new();
     for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
         let d = config.domain_settings(None, None, domain);
-        let (path, identity) = if let Some(p12) = &d.tls_pkcs12 {
-            let password = d.tls_pkcs12_password.as_deref().unwrap_or("");
-            (
-                p12.clone(),
-                herald_apns::identity::ClientIdentity::from_pkcs12(p12, password),
-            )
-        } else if let Some(cert) = &d.tls_certificate {
-            (
-                cert.clone(),
-                herald_apns::identity::ClientIdentity::from_pem_files(cert, d.tls_key.as_deref()),
-            )
-        } else {
+        let Some((path, identity)) = crate::delivery::load_identity(&d) else {
             continue;
         };
-        if let Ok(info) = identity.and_then(|i| i.info()) {
+        if let Ok(info) = identity.and_then(|i| i.info().map_err(|e| e.to_string())) {
             let not_after = info
                 .not_after
                 .duration_since(UNIX_EPOCH)

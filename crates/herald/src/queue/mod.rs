@@ -189,37 +189,25 @@ impl Engine {
         retries: u32,
         next_attempt: Option<SystemTime>,
     ) -> Result<(), SubmitError> {
-        let permit = self
-            .shared
-            .resident
-            .acquire()
-            .await
-            .map_err(|_| SubmitError::ShuttingDown)?;
-        permit.forget();
-        let sender = match self.domain_sender(&notification.domain) {
-            Ok(s) => s,
-            Err(e) => {
-                self.shared.resident.add_permits(1);
-                return Err(e);
-            }
-        };
         let mut item = Queued::new(notification);
         item.retries = retries;
         let delay = next_attempt.and_then(|t| t.duration_since(SystemTime::now()).ok());
-        let event = match delay {
-            Some(d) if !d.is_zero() => DomainEvent::EnqueueDelayed(item, d),
-            _ => DomainEvent::Enqueue(item),
-        };
-        if sender.0.send(event).is_err() {
-            self.shared.resident.add_permits(1);
-            return Err(SubmitError::ShuttingDown);
-        }
-        Ok(())
+        self.enqueue(item, delay.filter(|d| !d.is_zero())).await
     }
 
     /// Queues a notification for delivery; waits while the engine holds its maximum in memory.
     /// Must run inside a tokio runtime (a domain's first notification starts its task).
     pub async fn submit(&self, notification: Notification) -> Result<(), SubmitError> {
+        self.enqueue(Queued::new(notification), None).await
+    }
+
+    /// Takes a memory permit (waiting for one), then hands `item` to its domain's task, due now or after
+    /// `delay`. The permit comes back when the notification reaches its final outcome, or here on failure.
+    async fn enqueue(
+        &self,
+        item: Box<Queued>,
+        delay: Option<std::time::Duration>,
+    ) -> Result<(), SubmitError> {
         let permit = self
             .shared
             .resident
@@ -227,22 +215,19 @@ impl Engine {
             .await
             .map_err(|_| SubmitError::ShuttingDown)?;
         permit.forget();
-        let sender = match self.domain_sender(&notification.domain) {
-            Ok(s) => s,
-            Err(e) => {
-                self.shared.resident.add_permits(1);
-                return Err(e);
-            }
-        };
-        if sender
-            .0
-            .send(DomainEvent::Enqueue(Queued::new(notification)))
-            .is_err()
-        {
+        let sent = self
+            .domain_sender(&item.notification.domain)
+            .and_then(|sender| {
+                let event = match delay {
+                    Some(d) => DomainEvent::EnqueueDelayed(item, d),
+                    None => DomainEvent::Enqueue(item),
+                };
+                sender.0.send(event).map_err(|_| SubmitError::ShuttingDown)
+            });
+        if sent.is_err() {
             self.shared.resident.add_permits(1);
-            return Err(SubmitError::ShuttingDown);
         }
-        Ok(())
+        sent
     }
 
     fn domain_sender(&self, domain: &Arc<str>) -> Result<DomainSender, SubmitError> {
