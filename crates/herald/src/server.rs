@@ -13,8 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::routing::get;
 use herald_conf::{Config, ListenAddr, ListenerKind, ListenerSettings, SpoolBackend};
 use herald_spool::{DiskSpool, Spool, SpoolOptions};
 use serde::Serialize;
@@ -25,7 +23,6 @@ use crate::delivery::ConfigResolver;
 use crate::inbound::accept::Intake;
 use crate::inbound::{rest, smtp};
 use crate::logs::Logs;
-use crate::metrics;
 use crate::queue::message::IdGenerator;
 use crate::queue::{Engine, EngineLimits};
 use crate::spool::{SpoolBridge, restore};
@@ -335,7 +332,7 @@ impl Server {
                     .local_addr()
                     .map_err(|e| listener_err(e.to_string()))?;
                 let tls = rest::tls_config(&settings).map_err(|e| listener_err(e.to_string()))?;
-                let extra = ops_routes(
+                let extra = crate::ops::routes(
                     self.engine.clone(),
                     self.spool.clone(),
                     self.invalid_tokens.clone(),
@@ -599,136 +596,4 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// (domain, certificate file, not-after) of every configured client certificate that can be read.
-fn certificate_expiry(config: &Config) -> Vec<(String, String, u64)> {
-    let mut out = Vec::new();
-    for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
-        let d = config.domain_settings(None, None, domain);
-        let Some((path, identity)) = crate::delivery::load_identity(&d) else {
-            continue;
-        };
-        if let Ok(info) = identity.and_then(|i| i.info().map_err(|e| e.to_string())) {
-            let not_after = info
-                .not_after
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            out.push((domain.to_owned(), path.display().to_string(), not_after));
-        }
-    }
-    out
-}
-
-/// `GET /api/v1/tokens/invalid?domain=D&since=UNIX_SECONDS`: `{"tokens": [{domain, token, reason, timestamp_ms,
-/// source}, …]}`, oldest first; 400 naming the parameter when one is malformed.
-fn invalid_tokens_answer(store: &InvalidTokenStore, query: &str) -> axum::response::Response {
-    use axum::http::{StatusCode, header::CONTENT_TYPE};
-    use axum::response::IntoResponse;
-    let json = |status: StatusCode, body: serde_json::Value| {
-        (
-            status,
-            [(CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
-    };
-    let mut domain = None;
-    let mut since = 0u64;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value);
-        match key {
-            "domain" if !value.is_empty() => domain = Some(value.to_ascii_lowercase()),
-            "domain" => {}
-            "since" => match value.parse::<u64>() {
-                Ok(s) => since = s,
-                Err(_) => {
-                    let error = format!("since: {value:?} is not a Unix time in seconds");
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        serde_json::json!({ "error": error }),
-                    );
-                }
-            },
-            other => {
-                let error = format!("unknown parameter {other:?}; use domain and since");
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({ "error": error }),
-                );
-            }
-        }
-    }
-    let list = store.list(domain.as_deref(), since.saturating_mul(1000));
-    json(StatusCode::OK, serde_json::json!({ "tokens": list }))
-}
-
-/// Decodes `%XX` escapes and `+` of a query value; malformed escapes stay as written.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Routes for operators on the http listener: invalid tokens, Prometheus metrics and readiness.
-fn ops_routes(
-    engine: Arc<Engine>,
-    spool: Arc<dyn Spool>,
-    invalid: Arc<InvalidTokenStore>,
-    resolver: Arc<ConfigResolver>,
-) -> Router {
-    let tokens = invalid.clone();
-    Router::new()
-        .route(
-            "/api/v1/tokens/invalid",
-            get(
-                move |axum::extract::RawQuery(raw): axum::extract::RawQuery| {
-                    let tokens = tokens.clone();
-                    async move { invalid_tokens_answer(&tokens, raw.as_deref().unwrap_or("")) }
-                },
-            ),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let engine = engine.clone();
-                let spool = spool.clone();
-                let invalid = invalid.clone();
-                let resolver = resolver.clone();
-                async move {
-                    let stats = spool.stats();
-                    let extra = metrics::Extra {
-                        certificate_expiry: certificate_expiry(&resolver.config()),
-                        spool: Some((stats.records, stats.bytes_on_disk)),
-                        invalid_tokens: Some(invalid.len() as u64),
-                    };
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        metrics::render(&engine, &extra),
-                    )
-                }
-            }),
-        )
-        .route("/readyz", get(|| async { "ready" }))
 }

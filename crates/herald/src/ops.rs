@@ -1,0 +1,229 @@
+//! Operator routes that `herald serve` adds to every http listener: the invalid-token list, the Prometheus
+//! exposition and the readiness probe. They pass the listener's address lists and API keys like the injection
+//! routes; `docs/openapi.yaml` documents them next to those.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::Router;
+use axum::extract::RawQuery;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use herald_conf::Config;
+use herald_spool::Spool;
+
+use crate::delivery::ConfigResolver;
+use crate::metrics;
+use crate::queue::Engine;
+use crate::tokens::InvalidTokenStore;
+
+/// Every (method, path) [`routes`] answers; with `inbound::rest::ROUTES` these are what `docs/openapi.yaml`
+/// documents (HEAD is implied by GET).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/tokens/invalid"),
+    ("GET", "/metrics"),
+    ("GET", "/readyz"),
+];
+
+/// The content type of the Prometheus text exposition.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Routes for operators on the http listener: invalid tokens, Prometheus metrics and readiness. Merge them
+/// with `inbound::rest::router_with` so they get the listener's checks and JSON 404/405 answers.
+pub fn routes(
+    engine: Arc<Engine>,
+    spool: Arc<dyn Spool>,
+    invalid: Arc<InvalidTokenStore>,
+    resolver: Arc<ConfigResolver>,
+) -> Router {
+    let tokens = invalid.clone();
+    Router::new()
+        .route(
+            "/api/v1/tokens/invalid",
+            get(move |RawQuery(raw): RawQuery| {
+                let tokens = tokens.clone();
+                async move { invalid_tokens_answer(&tokens, raw.as_deref().unwrap_or("")) }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let engine = engine.clone();
+                let spool = spool.clone();
+                let invalid = invalid.clone();
+                let resolver = resolver.clone();
+                async move {
+                    let stats = spool.stats();
+                    let extra = metrics::Extra {
+                        certificate_expiry: certificate_expiry(&resolver.config()),
+                        spool: Some((stats.records, stats.bytes_on_disk)),
+                        invalid_tokens: Some(invalid.len() as u64),
+                    };
+                    (
+                        [(CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+                        metrics::render(&engine, &extra),
+                    )
+                }
+            }),
+        )
+        .route("/readyz", get(|| async { "ready" }))
+}
+
+/// (domain, certificate file, not-after) of every configured client certificate that can be read.
+fn certificate_expiry(config: &Config) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
+        let d = config.domain_settings(None, None, domain);
+        let Some((path, identity)) = crate::delivery::load_identity(&d) else {
+            continue;
+        };
+        if let Ok(info) = identity.and_then(|i| i.info().map_err(|e| e.to_string())) {
+            let not_after = info
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            out.push((domain.to_owned(), path.display().to_string(), not_after));
+        }
+    }
+    out
+}
+
+/// `GET /api/v1/tokens/invalid?domain=D&since=UNIX_SECONDS`: `{"tokens": [{domain, token, reason, timestamp_ms,
+/// source}, …]}`, oldest first; 400 naming the parameter when one is malformed.
+fn invalid_tokens_answer(store: &InvalidTokenStore, query: &str) -> Response {
+    let json = |status: StatusCode, body: serde_json::Value| {
+        (
+            status,
+            [(CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    };
+    let mut domain = None;
+    let mut since = 0u64;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "domain" if !value.is_empty() => domain = Some(value.to_ascii_lowercase()),
+            "domain" => {}
+            "since" => match value.parse::<u64>() {
+                Ok(s) => since = s,
+                Err(_) => {
+                    let error = format!("since: {value:?} is not a Unix time in seconds");
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({ "error": error }),
+                    );
+                }
+            },
+            other => {
+                let error = format!("unknown parameter {other:?}; use domain and since");
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": error }),
+                );
+            }
+        }
+    }
+    let list = store.list(domain.as_deref(), since.saturating_mul(1000));
+    json(StatusCode::OK, serde_json::json!({ "tokens": list }))
+}
+
+/// Decodes `%XX` escapes and `+` of a query value; malformed escapes stay as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::InvalidTokenEntry;
+
+    fn store_with(entries: &[(&str, &str, u64)]) -> (tempfile::TempDir, InvalidTokenStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = InvalidTokenStore::open(&dir.path().join("invalid.jsonl"), None).unwrap();
+        for (domain, token, ts) in entries {
+            store.record(InvalidTokenEntry {
+                domain: domain.to_string(),
+                token: token.to_string(),
+                reason: "Unregistered".into(),
+                timestamp_ms: *ts,
+                source: "apns".into(),
+            });
+        }
+        (dir, store)
+    }
+
+    async fn answer(store: &InvalidTokenStore, query: &str) -> (StatusCode, serde_json::Value) {
+        let response = invalid_tokens_answer(store, query);
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("a%2Eb+c"), "a.b c");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%41"), "A");
+    }
+
+    #[tokio::test]
+    async fn invalid_tokens_filter_by_domain_and_since() {
+        let (_dir, store) = store_with(&[
+            ("a.example", "aa", 1_000),
+            ("b.example", "bb", 5_000),
+            ("a.example", "cc", 9_000),
+        ]);
+        let tokens = |v: &serde_json::Value| -> Vec<String> {
+            v["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["token"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (status, all) = answer(&store, "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(tokens(&all), ["aa", "bb", "cc"]);
+        let (_, a) = answer(&store, "domain=A%2Eexample").await;
+        assert_eq!(tokens(&a), ["aa", "cc"]);
+        let (_, later) = answer(&store, "domain=a.example&since=5").await;
+        assert_eq!(tokens(&later), ["cc"]);
+    }
+
+    #[tokio::test]
+    async fn malformed_parameters_are_400_naming_them() {
+        let (_dir, store) = store_with(&[]);
+        let (status, v) = answer(&store, "since=yesterday").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(v["error"].as_str().unwrap().starts_with("since:"), "{v}");
+        let (status, v) = answer(&store, "domian=x").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(v["error"].as_str().unwrap().contains("\"domian\""), "{v}");
+    }
+}
