@@ -1,10 +1,15 @@
-//! `herald serve` as a process: REST in, spool, APNs simulator out; a clean stop and a `kill -9` lose nothing
-//! that was acknowledged.
+//! `herald serve` as a process: REST in, spool, APNs simulator out; a clean stop and a `kill -9` at a random
+//! moment (the crash test) lose nothing that was acknowledged.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
 
@@ -119,48 +124,62 @@ fn token(i: usize) -> String {
     format!("{:064x}", 0x5e7e_0000_0000u64 + i as u64)
 }
 
+/// Posts one batch of tokens. `Ok` when the server acknowledged every one of them (202, each `accepted`); `Err`
+/// when the connection failed or the answer did not arrive whole (the server went away).
+async fn post_batch(client: &reqwest::Client, http: &str, tokens: &[String]) -> Result<(), String> {
+    let body = serde_json::json!({
+        "domain": "serve.example",
+        "tokens": tokens,
+        "payload": {"aps": {"alert": "restart"}},
+    });
+    let r = client
+        .post(format!("http://{http}/api/v1/push"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status();
+    let text = r.text().await.map_err(|e| e.to_string())?;
+    assert_eq!(status, 202, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), tokens.len(), "{text}");
+    for res in results {
+        assert_eq!(res["status"], "accepted", "{res}");
+    }
+    Ok(())
+}
+
 /// Posts `n` notifications starting at `first` in batches; returns the tokens the server acknowledged.
 async fn post_batches(
     http: &str,
     first: usize,
     n: usize,
     batch: usize,
-) -> Result<Vec<String>, Vec<String>> {
+) -> Result<Vec<String>, String> {
     let client = reqwest::Client::new();
     let mut acked = Vec::new();
     let mut i = first;
     while i < first + n {
         let tokens: Vec<String> = (i..(i + batch).min(first + n)).map(token).collect();
-        let body = serde_json::json!({
-            "domain": "serve.example",
-            "tokens": tokens,
-            "payload": {"aps": {"alert": "restart"}},
-        });
-        match client
-            .post(format!("http://{http}/api/v1/push"))
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) if r.status() == 202 => {
-                let v: serde_json::Value = r.json().await.map_err(|_| acked.clone())?;
-                for (t, res) in tokens.iter().zip(v["results"].as_array().unwrap()) {
-                    assert_eq!(res["status"], "accepted", "{res}");
-                    acked.push(t.clone());
-                }
-            }
-            _ => return Err(acked),
-        }
+        post_batch(&client, http, &tokens).await?;
+        acked.extend(tokens);
         i += batch;
     }
     Ok(acked)
 }
 
 async fn wait_for_tokens(sim: &SimHandle, tokens: &[String]) {
-    let deadline = Instant::now() + WAIT;
+    wait_for_tokens_until(sim, tokens, Instant::now() + WAIT).await;
+}
+
+/// Waits until every token in `tokens` is in the simulator's record, failing at `deadline`.
+async fn wait_for_tokens_until(sim: &SimHandle, tokens: &[String], deadline: Instant) {
+    // Cheap first: the record must hold at least as many entries as there are tokens.
+    let left = deadline.saturating_duration_since(Instant::now());
+    sim.wait_for_records(tokens.len() as u64, left).await;
     loop {
-        let got: std::collections::HashSet<String> =
-            sim.record().into_iter().map(|r| r.token).collect();
+        let got: HashSet<String> = sim.record().into_iter().map(|r| r.token).collect();
         let missing = tokens.iter().filter(|t| !got.contains(*t)).count();
         if missing == 0 {
             return;
@@ -170,7 +189,7 @@ async fn wait_for_tokens(sim: &SimHandle, tokens: &[String]) {
             "{missing} of {} acknowledged notifications never arrived",
             tokens.len()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -276,38 +295,213 @@ async fn notifications_accepted_before_a_clean_stop_are_delivered_after_the_next
     daemon.terminate();
 }
 
+/// Notifications the crash test injects unless `HERALD_CRASH_COUNT` says otherwise. 100,000 takes about a minute
+/// in a debug build, so the default is smaller; `bench/crash.sh` runs 100,000 in release mode.
+const DEFAULT_CRASH_COUNT: usize = 20_000;
+/// Tokens per `POST /api/v1/push` in the crash test.
+const CRASH_BATCH: usize = 500;
+/// Concurrent REST clients in the crash test.
+const CRASH_CLIENTS: usize = 3;
+/// Upper bound for the crash test's waits (a hang guard, not a speed requirement).
+const CRASH_WAIT: Duration = Duration::from_secs(600);
+
+/// The crash test's size and kill point: `count` notifications, and a kill once `target` of them (in
+/// `[1, count)`) are acknowledged. `target` derives from `HERALD_CRASH_SEED` or, without it, from the clock; the
+/// seed is printed so that a failing run can be replayed.
+struct CrashPlan {
+    seed: u64,
+    count: usize,
+    target: usize,
+}
+
+impl CrashPlan {
+    fn from_env() -> CrashPlan {
+        let count: usize = std::env::var("HERALD_CRASH_COUNT")
+            .map(|v| v.parse().expect("HERALD_CRASH_COUNT: a number"))
+            .unwrap_or(DEFAULT_CRASH_COUNT);
+        assert!(count >= 2, "HERALD_CRASH_COUNT must be at least 2");
+        let seed = match std::env::var("HERALD_CRASH_SEED") {
+            Ok(v) => v.parse().expect("HERALD_CRASH_SEED: a number"),
+            Err(_) => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64;
+                nanos ^ (u64::from(std::process::id()) << 32)
+            }
+        };
+        let target = 1 + (splitmix64(seed) % (count as u64 - 1)) as usize;
+        CrashPlan {
+            seed,
+            count,
+            target,
+        }
+    }
+}
+
+/// One step of SplitMix64: spreads any seed (even a small one typed by hand) over the whole range.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Shared by the crash test's REST clients: the next batch to send, how many notifications were acknowledged so
+/// far, and a signal once that count reaches the kill target.
+struct Injection {
+    count: usize,
+    next: AtomicUsize,
+    acknowledged: AtomicUsize,
+    target: usize,
+    reached: Notify,
+}
+
+/// One REST client of the crash test: takes batches until none are left or the server goes away; returns the
+/// tokens the server acknowledged.
+async fn inject(http: String, injection: Arc<Injection>) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut acked = Vec::new();
+    loop {
+        let first = injection.next.fetch_add(CRASH_BATCH, Ordering::SeqCst);
+        if first >= injection.count {
+            return acked;
+        }
+        let tokens: Vec<String> = (first..(first + CRASH_BATCH).min(injection.count))
+            .map(token)
+            .collect();
+        if post_batch(&client, &http, &tokens).await.is_err() {
+            return acked;
+        }
+        let n = tokens.len();
+        acked.extend(tokens);
+        let before = injection.acknowledged.fetch_add(n, Ordering::SeqCst);
+        if before < injection.target && before + n >= injection.target {
+            injection.reached.notify_one();
+        }
+    }
+}
+
+/// One unlabelled or single-domain value from `GET /metrics` (`None` when the metric is absent).
+async fn metric(daemon: &Daemon, name: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://{}/metrics", daemon.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// Waits until the spool is empty and nothing is queued or in flight: herald has finished everything it holds.
+async fn wait_until_drained(daemon: &Daemon, deadline: Instant) {
+    loop {
+        let mut left = 0;
+        for name in [
+            "herald_spool_records",
+            "herald_queue_active",
+            "herald_queue_delayed",
+            "herald_streams_in_flight",
+        ] {
+            left += metric(daemon, name)
+                .await
+                .unwrap_or_else(|| panic!("no {name} in /metrics"));
+        }
+        if left == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{left} notifications still held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The crash test (issue #5): REST clients inject while the simulator takes deliveries; the server is killed
+/// with SIGKILL once a random number of notifications were acknowledged, restarted on the same spool, and every
+/// acknowledged notification must reach the simulator at least once. Duplicates are allowed (at-least-once) and
+/// reported, as are unacknowledged notifications that were delivered anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_9_loses_nothing_that_was_acknowledged() {
+async fn a_kill_9_at_a_random_moment_loses_nothing_that_was_acknowledged() {
+    let plan = CrashPlan::from_env();
+    eprintln!(
+        "crash plan: seed={} count={} target={} (replay with HERALD_CRASH_SEED={} HERALD_CRASH_COUNT={})",
+        plan.seed, plan.count, plan.target, plan.seed, plan.count
+    );
+    let started = Instant::now();
+    let deadline = started + CRASH_WAIT;
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
     let port = free_port();
+    // The simulator stays up (same port) from the first start to the end: the kill hits deliveries in flight.
+    let sim = start_sim(&pki, port).await;
     let config = write_config(dir.path(), &pki, port);
     let daemon = Daemon::start(&config);
-    let http = daemon.http.clone();
-    // Inject in the background and kill the server in the middle of it.
-    let injector = tokio::spawn(async move { post_batches(&http, 0, 20_000, 200).await });
-    let deadline = Instant::now() + WAIT;
-    while !injector.is_finished() && Instant::now() < deadline {
-        // Kill once a few batches have been acknowledged.
-        if std::fs::metadata(dir.path().join("mainlog.ec"))
-            .map(|m| m.len() > 20_000)
-            .unwrap_or(false)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    daemon.kill9();
-    let acked = match injector.await.unwrap() {
-        Ok(all) => all,
-        Err(partial) => partial,
-    };
-    assert!(!acked.is_empty());
 
-    let sim = start_sim(&pki, port).await;
+    let injection = Arc::new(Injection {
+        count: plan.count,
+        next: AtomicUsize::new(0),
+        acknowledged: AtomicUsize::new(0),
+        target: plan.target,
+        reached: Notify::new(),
+    });
+    let clients: Vec<_> = (0..CRASH_CLIENTS)
+        .map(|_| tokio::spawn(inject(daemon.http.clone(), injection.clone())))
+        .collect();
+    let reached = tokio::time::timeout(CRASH_WAIT, injection.reached.notified()).await;
+    let killed_after = injection.acknowledged.load(Ordering::SeqCst);
+    daemon.kill9();
+    assert!(
+        reached.is_ok(),
+        "only {killed_after} of the {} notifications needed for the kill were acknowledged",
+        plan.target
+    );
+    let mut acked = Vec::new();
+    for c in clients {
+        acked.extend(c.await.unwrap());
+    }
+    let sent_before_restart = sim.counters().accepted();
+
+    let restarted = Instant::now();
     let daemon = Daemon::start(&config);
-    wait_for_tokens(&sim, &acked).await;
+    wait_for_tokens_until(&sim, &acked, deadline).await;
+    let recovery = restarted.elapsed();
+    wait_until_drained(&daemon, deadline).await;
     daemon.terminate();
+    let accepted = sim.counters().accepted();
+    assert_eq!(sim.wait_for_records(accepted, WAIT).await, accepted);
+
+    let mut deliveries: HashMap<String, usize> = HashMap::new();
+    for r in sim.record() {
+        *deliveries.entry(r.token).or_default() += 1;
+    }
+    let acked: HashSet<String> = acked.into_iter().collect();
+    let lost = acked
+        .iter()
+        .filter(|t| !deliveries.contains_key(*t))
+        .count();
+    let duplicates: usize = deliveries.values().map(|n| n - 1).sum();
+    let unacknowledged_delivered = deliveries.keys().filter(|t| !acked.contains(*t)).count();
+    println!(
+        "crash: seed={} count={} target={} killed_after={killed_after} acknowledged={} \
+         delivered_before_kill={sent_before_restart} delivered={} lost={lost} duplicates={duplicates} \
+         unacknowledged_delivered={unacknowledged_delivered} recovery_seconds={:.2} seconds={:.1}",
+        plan.seed,
+        plan.count,
+        plan.target,
+        acked.len(),
+        deliveries.len(),
+        recovery.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+    );
+    assert_eq!(lost, 0, "acknowledged notifications never delivered");
+    assert!(acked.len() >= plan.target);
+    // Everything delivered is something this test sent.
+    let sent: HashSet<String> = (0..plan.count).map(token).collect();
+    assert!(deliveries.keys().all(|t| sent.contains(t)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
