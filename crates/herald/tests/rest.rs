@@ -874,32 +874,54 @@ async fn shutdown_stops_accepting() {
     assert!(fresh.is_err(), "the listener still answers after shutdown");
 }
 
-/// `(method, path)` pairs of an OpenAPI file's `paths` (a line-level reading: paths at two spaces, operations
-/// at four).
-fn documented_routes(yaml: &str) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
+/// The `(method, path)` operations of an OpenAPI file's `paths`, each with the media type of its inline `200`
+/// answer if it has one (a line-level reading: paths at two spaces, operations at four, status codes at eight,
+/// `content` at ten, media types at twelve).
+fn documented_routes(yaml: &str) -> std::collections::BTreeMap<(String, String), Option<String>> {
+    let mut out = std::collections::BTreeMap::new();
     let mut in_paths = false;
     let mut path = None;
+    let mut operation: Option<(String, String)> = None;
+    let mut in_ok = false;
+    let mut in_content = false;
     for line in yaml.lines() {
         if !line.starts_with(' ') && !line.trim().is_empty() {
             in_paths = line.trim_end() == "paths:";
             continue;
         }
-        if !in_paths {
+        if !in_paths || line.trim().is_empty() {
             continue;
         }
-        if let Some(p) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
-            path = Some(
-                p.trim_end()
-                    .trim_end_matches(':')
-                    .trim_matches(['"', '\''])
-                    .to_string(),
-            );
-        } else if let Some(m) = line.strip_prefix("    ").filter(|l| !l.starts_with(' ')) {
-            let m = m.trim_end().trim_end_matches(':');
-            if ["get", "post", "put", "delete", "patch", "head", "options"].contains(&m) {
-                out.insert((m.to_ascii_uppercase(), path.clone().unwrap()));
+        let indent = line.len() - line.trim_start().len();
+        let text = line.trim().trim_end_matches(':');
+        match indent {
+            2 => {
+                path = Some(text.trim_matches(['"', '\'']).to_string());
+                operation = None;
             }
+            4 => {
+                operation = None;
+                if ["get", "post", "put", "delete", "patch", "head", "options"].contains(&text) {
+                    let key = (text.to_ascii_uppercase(), path.clone().unwrap());
+                    out.insert(key.clone(), None);
+                    operation = Some(key);
+                }
+            }
+            8 => in_ok = text.trim_matches('"') == "200",
+            10 => in_content = in_ok && text == "content",
+            12 if in_ok && in_content => {
+                if let Some(key) = &operation {
+                    out.entry(key.clone())
+                        .and_modify(|m: &mut Option<String>| *m = m.take().or(Some(text.into())));
+                }
+            }
+            _ => {}
+        }
+        if indent <= 6 {
+            in_ok = false;
+        }
+        if indent <= 8 {
+            in_content = false;
         }
     }
     out
@@ -915,40 +937,76 @@ async fn openapi_documents_exactly_the_routes_the_server_answers() {
     let documented = documented_routes(&yaml);
     let routes: BTreeSet<(String, String)> = rest::ROUTES
         .iter()
+        .chain(herald::ops::ROUTES)
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(
-        documented, routes,
-        "docs/openapi.yaml and rest::ROUTES differ"
+        documented.keys().cloned().collect::<BTreeSet<_>>(),
+        routes,
+        "docs/openapi.yaml and rest::ROUTES ∪ ops::ROUTES differ"
     );
-    let h = Harness::start(|_, _| {}).await;
-    let client = h.client();
-    let paths: BTreeSet<&str> = rest::ROUTES.iter().map(|(_, p)| *p).collect();
+    assert_eq!(
+        documented.get(&("GET".into(), "/metrics".into())),
+        Some(&Some(herald::ops::METRICS_CONTENT_TYPE.to_string())),
+        "the documented /metrics media type"
+    );
+
+    // `herald serve` as it runs: the injection router with the operator routes merged in.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\nhttp_listener {{ listen \"127.0.0.1:0\" {{ }} }}\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let server = herald::server::Server::start(&config).await.unwrap();
+    let addr = server.addrs().await.http[0];
+    let client = reqwest::Client::new();
+    let paths: BTreeSet<&str> = routes.iter().map(|(_, p)| p.as_str()).collect();
     for path in paths {
         for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
             let response = client
-                .request(method.parse().unwrap(), h.url(path))
+                .request(method.parse().unwrap(), format!("http://{addr}{path}"))
                 .body("{}")
                 .send()
                 .await
                 .unwrap();
-            let listed = routes.contains(&(method.to_string(), path.to_string()));
-            if listed {
-                assert!(
-                    ![StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED]
-                        .contains(&response.status()),
-                    "{method} {path} is documented but answers {}",
-                    response.status()
-                );
-            } else {
-                assert_eq!(
-                    response.status(),
+            let status = response.status();
+            let key = (method.to_string(), path.to_string());
+            match documented.get(&key) {
+                Some(media) => {
+                    assert!(
+                        ![StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED].contains(&status),
+                        "{method} {path} is documented but answers {status}"
+                    );
+                    // Where the probe got the documented success answer, its body has the documented type.
+                    if let (StatusCode::OK, Some(media)) = (status, media) {
+                        let got = response.headers()[reqwest::header::CONTENT_TYPE]
+                            .to_str()
+                            .unwrap()
+                            .to_string();
+                        assert!(
+                            got.starts_with(media.as_str()),
+                            "{method} {path} answers {got:?}; the documentation says {media:?}"
+                        );
+                        if media == "application/json" {
+                            let body: Value = response.json().await.unwrap();
+                            assert!(body.is_object(), "{method} {path}: {body}");
+                        }
+                    }
+                }
+                None => assert_eq!(
+                    status,
                     StatusCode::METHOD_NOT_ALLOWED,
                     "{method} {path} is not documented but answers"
-                );
+                ),
             }
         }
     }
+    server.shutdown(Duration::from_secs(1)).await;
 }
 
 /// Throughput smoke run (`cargo test --release -p herald --test rest -- --ignored --nocapture`): batches of
