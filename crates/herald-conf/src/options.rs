@@ -144,6 +144,8 @@ const MCMT: Scopes = Scopes::of(&[EsmtpListener, Listen, Peer, PathwayGroup, Pat
 const HTTP: Scopes = Scopes::of(&[HttpListener, Listen]);
 const HTTP_PEER: Scopes = Scopes::of(&[HttpListener, Listen, Peer]);
 const CONTROL: Scopes = Scopes::of(&[ControlListener, Listen]);
+const ESMTP: Scopes = Scopes::of(&[EsmtpListener, Listen]);
+const ESMTP_CONTROL: Scopes = Scopes::of(&[EsmtpListener, ControlListener, Listen]);
 const MODULES: Scopes = Scopes::of(&[Apn, ApnLogger, EcLogger, Httpsrv, Restinjector]);
 const APNLOG: Scopes = Scopes::of(&[ApnLogger]);
 const LOGGERS: Scopes = Scopes::of(&[ApnLogger, EcLogger]);
@@ -452,8 +454,38 @@ pub static OPTIONS: &[OptionDef] = &[
         "timeout",
         Kind::Seconds,
         Some("60"),
-        CONTROL,
-        "Seconds an idle control connection stays open.",
+        ESMTP_CONTROL,
+        "Seconds a control or ESMTP client may stay silent before herald closes the connection (ESMTP first answers `421 4.4.2`); 0 means the default.",
+    ),
+    opt(
+        "max_message_size",
+        Kind::Int {
+            min: 1,
+            max: u32::MAX as i64,
+        },
+        Some("10485760"),
+        ESMTP,
+        "Largest message an ESMTP listener accepts, in bytes after dot-unstuffing; advertised as EHLO `SIZE`, larger messages get `552 5.3.4`; a herald addition.",
+    ),
+    opt(
+        "max_recipients_per_message",
+        Kind::Int {
+            min: 1,
+            max: u32::MAX as i64,
+        },
+        Some("1000"),
+        ESMTP,
+        "Recipients an ESMTP transaction may name; each further `RCPT` gets `452 4.5.3`; a herald addition.",
+    ),
+    opt(
+        "max_line_length",
+        Kind::Int {
+            min: 512,
+            max: 1_048_576,
+        },
+        Some("1000"),
+        ESMTP,
+        "Longest command or message line an ESMTP listener reads, in bytes including CRLF (RFC 5321: 512 for commands, 1000 for text); a herald addition.",
     ),
     // --- modules (momentum.md §1.7, §3, §4.1) ---
     opt(
@@ -874,6 +906,72 @@ mod tests {
         assert_eq!(
             lookup("routes").unwrap().def().scopes.describe(),
             "global, domain"
+        );
+    }
+
+    #[test]
+    fn esmtp_limits_fall_back_from_listen_to_listener_and_are_range_checked() {
+        use crate::{Config, ScopePath};
+        let c = Config::parse_str(
+            "t.conf",
+            r#"esmtp_listener {
+                 max_message_size = 5000
+                 timeout = 30
+                 listen "127.0.0.1:25" { max_recipients_per_message = 3 max_line_length = 600 }
+                 listen "127.0.0.1:26" { timeout = 1 }
+               }"#,
+        )
+        .unwrap();
+        let listen = |addr: &str| {
+            ScopePath::global()
+                .then(EsmtpListener, None)
+                .then(Listen, Some(addr))
+        };
+        let ev = |addr: &str, name: &str| c.eval(&listen(addr), name).unwrap();
+        assert_eq!(ev("127.0.0.1:25", "max_message_size"), Value::Int(5000));
+        assert_eq!(
+            ev("127.0.0.1:25", "max_recipients_per_message"),
+            Value::Int(3)
+        );
+        assert_eq!(ev("127.0.0.1:25", "max_line_length"), Value::Int(600));
+        assert_eq!(ev("127.0.0.1:25", "timeout"), Value::Int(30));
+        assert_eq!(ev("127.0.0.1:26", "timeout"), Value::Int(1));
+        assert_eq!(
+            ev("127.0.0.1:26", "max_recipients_per_message"),
+            Value::Int(1000)
+        );
+        assert_eq!(ev("127.0.0.1:26", "max_line_length"), Value::Int(1000));
+
+        // Below RFC 5321's command-line minimum, zero, and outside a listener are refused.
+        for (bad, why) in [
+            (
+                r#"esmtp_listener { listen ":25" { max_line_length = 100 } }"#,
+                "100 is out of range (expected integer 512..1048576)",
+            ),
+            (
+                r#"esmtp_listener { max_message_size = 0 }"#,
+                "0 is out of range (expected integer ≥ 1)",
+            ),
+            (
+                r#"esmtp_listener { max_recipients_per_message = 0 }"#,
+                "0 is out of range (expected integer ≥ 1)",
+            ),
+            (
+                r#"max_message_size = 5000"#,
+                "`max_message_size` is not valid in a global scope; it is valid in: esmtp_listener, listen",
+            ),
+            (
+                r#"domain "d.example" { max_recipients_per_message = 3 }"#,
+                "not valid in a domain scope",
+            ),
+        ] {
+            let err = Config::parse_str("t.conf", bad).unwrap_err().to_string();
+            assert!(err.starts_with("t.conf:1:"), "{bad}: {err}");
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert_eq!(
+            lookup("timeout").unwrap().def().scopes.describe(),
+            "esmtp_listener, control_listener, listen"
         );
     }
 
