@@ -1,6 +1,8 @@
 //! The storage engine behind [`crate::DiskSpool`]: an ordered key-value store with two tables and atomic, durable
 //! commits. The spool's writer thread is its only writer; recovery reads it from other threads.
 
+use std::ops::ControlFlow;
+
 use crate::error::SpoolError;
 use crate::key::SpoolKey;
 use crate::record::SCHEDULE_LEN;
@@ -51,11 +53,16 @@ pub trait Engine: Send + Sync + 'static {
     /// applied and everything committed before is intact.
     fn commit(&self, batch: &CommitBatch) -> Result<(), SpoolError>;
 
-    /// Visits every entry of `table` in key order.
-    fn scan(&self, table: Table, visit: &mut dyn FnMut(SpoolKey, &[u8])) -> Result<(), SpoolError>;
+    /// Visits the entries of `table` with keys up to `upto` (inclusive) in key order, until `visit` breaks.
+    fn scan(
+        &self,
+        table: Table,
+        upto: SpoolKey,
+        visit: &mut dyn FnMut(SpoolKey, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), SpoolError>;
 
-    /// The greatest key in [`Table::Records`].
-    fn last_key(&self) -> Result<Option<SpoolKey>, SpoolError>;
+    /// The greatest key in `table`.
+    fn last_key(&self, table: Table) -> Result<Option<SpoolKey>, SpoolError>;
 
     /// Bytes the store occupies on disk.
     fn disk_bytes(&self) -> u64;

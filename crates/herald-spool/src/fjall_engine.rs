@@ -2,6 +2,7 @@
 //! a `schedules` partition, keys as 16 big-endian bytes. Every commit is one atomic write batch whose journal is
 //! persisted with `PersistMode::SyncAll` (fsync) before the commit returns.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
@@ -92,6 +93,15 @@ impl FjallEngine {
     }
 }
 
+impl FjallEngine {
+    fn partition(&self, table: Table) -> &PartitionHandle {
+        match table {
+            Table::Records => &self.records,
+            Table::Schedules => &self.schedules,
+        }
+    }
+}
+
 fn key_of(bytes: &[u8]) -> Option<SpoolKey> {
     <[u8; 16]>::try_from(bytes)
         .ok()
@@ -120,15 +130,20 @@ impl Engine for FjallEngine {
         b.commit().map_err(|e| error("committing to the spool", e))
     }
 
-    fn scan(&self, table: Table, visit: &mut dyn FnMut(SpoolKey, &[u8])) -> Result<(), SpoolError> {
-        let p = match table {
-            Table::Records => &self.records,
-            Table::Schedules => &self.schedules,
-        };
-        for kv in p.iter() {
+    fn scan(
+        &self,
+        table: Table,
+        upto: SpoolKey,
+        visit: &mut dyn FnMut(SpoolKey, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), SpoolError> {
+        for kv in self.partition(table).range(..=upto.to_be_bytes()) {
             let (k, v) = kv.map_err(|e| error("reading the spool", e))?;
             match key_of(&k) {
-                Some(key) => visit(key, &v),
+                Some(key) => {
+                    if visit(key, &v).is_break() {
+                        break;
+                    }
+                }
                 None => tracing::warn!(
                     len = k.len(),
                     "spool: skipping an entry whose key is not 16 bytes"
@@ -138,9 +153,9 @@ impl Engine for FjallEngine {
         Ok(())
     }
 
-    fn last_key(&self) -> Result<Option<SpoolKey>, SpoolError> {
+    fn last_key(&self, table: Table) -> Result<Option<SpoolKey>, SpoolError> {
         let last = self
-            .records
+            .partition(table)
             .last_key_value()
             .map_err(|e| error("reading the spool", e))?;
         Ok(last.and_then(|(k, _)| key_of(&k)))

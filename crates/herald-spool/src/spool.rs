@@ -1,6 +1,7 @@
 //! The `Spool` trait herald holds as `Arc<dyn Spool>`, and the figures and reports it returns.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 
 use crate::error::SpoolError;
@@ -13,8 +14,9 @@ pub type SpoolFuture<T> = Pin<Box<dyn Future<Output = Result<T, SpoolError>> + S
 
 /// A durable queue of notifications.
 ///
-/// Order of use: open, [`Spool::recover`] (before serving), then `append` for each accepted batch, `reschedule` after
-/// a transient failure, `remove` after a final outcome, and `close` on shutdown.
+/// Order of use: open, then `append` for each accepted batch, `reschedule` after a transient failure, `remove` after a
+/// final outcome, and `close` on shutdown. [`Spool::recover_each`] reads what the spool held when it was opened; it
+/// may run while the spool already serves new appends (they are not visited).
 pub trait Spool: Send + Sync + 'static {
     /// A fresh key, greater than every key issued before, also by earlier runs on the same store.
     fn next_key(&self) -> SpoolKey;
@@ -31,18 +33,27 @@ pub trait Spool: Send + Sync + 'static {
     /// come back (at-least-once delivery).
     fn remove(&self, keys: &[SpoolKey]);
 
-    /// Visits every stored notification in key order, with its latest schedule. Records that fail their checksum
-    /// or cannot be decoded are skipped with a warning, counted in the report, and deleted. Blocking: call it before
-    /// serving, or from a blocking thread.
+    /// The greatest key the spool held when it was opened (`None` when it was empty). Recovery visits keys up to it;
+    /// every key issued afterwards, by [`Spool::next_key`] or by the caller, must be greater.
+    fn recovery_bound(&self) -> Option<SpoolKey>;
+
+    /// Visits every notification stored when the spool was opened (keys up to [`Spool::recovery_bound`]) in key
+    /// order, with its latest schedule, until `visit` breaks. Records that fail their checksum or cannot be decoded
+    /// are skipped with a warning, counted in the report, and deleted. Appends, reschedules and removals may run
+    /// concurrently: a notification removed after it was visited is simply gone. Blocking: call it from a blocking
+    /// thread.
     fn recover_each(
         &self,
-        visit: &mut dyn FnMut(StoredNotification),
+        visit: &mut dyn FnMut(StoredNotification) -> ControlFlow<()>,
     ) -> Result<RecoveryReport, SpoolError>;
 
     /// Every stored notification in key order (see [`Spool::recover_each`], which avoids holding them all twice).
     fn recover(&self) -> Result<Recovered, SpoolError> {
         let mut notifications = Vec::new();
-        let report = self.recover_each(&mut |n| notifications.push(n))?;
+        let report = self.recover_each(&mut |n| {
+            notifications.push(n);
+            ControlFlow::Continue(())
+        })?;
         Ok(Recovered {
             notifications,
             report,

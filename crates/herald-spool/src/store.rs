@@ -7,6 +7,7 @@
 //! [`SpoolOptions::maintenance_interval`], whichever comes first.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -80,7 +81,7 @@ struct Counters {
     appended: AtomicU64,
     rescheduled: AtomicU64,
     removed: AtomicU64,
-    /// Records stored: counted by recovery, then kept up to date by each commit.
+    /// Records stored: counted by recovery as it visits them, and kept up to date by each commit.
     records: AtomicU64,
 }
 
@@ -90,6 +91,8 @@ pub struct DiskSpool<E: Engine = FjallEngine> {
     ops: Sender<Op>,
     counters: Arc<Counters>,
     keys: KeyGenerator,
+    /// The greatest key stored at open (records or schedules): what recovery reads up to.
+    recovery_bound: Option<SpoolKey>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The lock on the spool directory, held for the spool's life (released by the kernel if the process dies).
     lock: Option<std::fs::File>,
@@ -159,7 +162,10 @@ impl<E: Engine> DiskSpool<E> {
     /// A spool over an opened engine; starts the writer thread.
     pub fn with_engine(engine: E, options: SpoolOptions) -> Result<Self, SpoolError> {
         let engine = Arc::new(engine);
-        let keys = KeyGenerator::new(engine.last_key()?);
+        let recovery_bound = engine
+            .last_key(Table::Records)?
+            .max(engine.last_key(Table::Schedules)?);
+        let keys = KeyGenerator::new(recovery_bound);
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
@@ -181,6 +187,7 @@ impl<E: Engine> DiskSpool<E> {
             ops: tx,
             counters,
             keys,
+            recovery_bound,
             writer: Mutex::new(Some(handle)),
             lock: None,
         })
@@ -247,57 +254,80 @@ impl<E: Engine> Spool for DiskSpool<E> {
         }
     }
 
+    fn recovery_bound(&self) -> Option<SpoolKey> {
+        self.recovery_bound
+    }
+
     fn recover_each(
         &self,
-        visit: &mut dyn FnMut(StoredNotification),
+        visit: &mut dyn FnMut(StoredNotification) -> ControlFlow<()>,
     ) -> Result<RecoveryReport, SpoolError> {
         let mut report = RecoveryReport::default();
+        let Some(bound) = self.recovery_bound else {
+            return Ok(report);
+        };
         let mut schedules: HashMap<SpoolKey, Schedule> = HashMap::new();
-        self.engine.scan(Table::Schedules, &mut |key, value| match Schedule::decode(key, value) {
-            Ok(s) => {
-                schedules.insert(key, s);
-            }
-            Err(e) => {
-                tracing::warn!(%key, error = %e, "spool: skipping a corrupt schedule; the record's own applies");
-            }
-        })?;
+        self.engine
+            .scan(Table::Schedules, bound, &mut |key, value| {
+                match Schedule::decode(key, value) {
+                    Ok(s) => {
+                        schedules.insert(key, s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "spool: skipping a corrupt schedule; the record's own applies");
+                    }
+                }
+                ControlFlow::Continue(())
+            })?;
         // The store is read on a helper thread while this one decodes: the two halves take similar time.
         let mut corrupt = Vec::new();
-        let mut with_schedule = Vec::new();
+        let mut stopped = false;
         let engine = &*self.engine;
         std::thread::scope(|scope| -> Result<(), SpoolError> {
             let (chunks, received) = mpsc::sync_channel::<Vec<(SpoolKey, Vec<u8>)>>(8);
             let reader = scope.spawn(move || {
                 let mut chunk = Vec::with_capacity(RECOVERY_CHUNK);
-                engine.scan(Table::Records, &mut |key, value| {
+                engine.scan(Table::Records, bound, &mut |key, value| {
                     chunk.push((key, value.to_vec()));
                     if chunk.len() == RECOVERY_CHUNK {
                         let full =
                             std::mem::replace(&mut chunk, Vec::with_capacity(RECOVERY_CHUNK));
-                        let _ = chunks.send(full);
+                        if chunks.send(full).is_err() {
+                            // The decoding side stopped.
+                            return ControlFlow::Break(());
+                        }
                     }
+                    ControlFlow::Continue(())
                 })?;
                 let _ = chunks.send(chunk);
                 Ok(())
             });
-            for (key, value) in received.iter().flatten() {
-                match StoredNotification::decode(key, &value) {
-                    Ok(mut n) => {
-                        if let Some(s) = schedules.remove(&key) {
-                            n.retries = s.retries;
-                            n.next_attempt_ms = s.next_attempt_ms;
-                            with_schedule.push(key);
+            'chunks: for chunk in received.iter() {
+                for (key, value) in chunk {
+                    match StoredNotification::decode(key, &value) {
+                        Ok(mut n) => {
+                            if let Some(s) = schedules.remove(&key) {
+                                n.retries = s.retries;
+                                n.next_attempt_ms = s.next_attempt_ms;
+                                // Before the visit: a removal the visit leads to must also delete the schedule.
+                                let _ = self.ops.send(Op::Scheduled(vec![key]));
+                            }
+                            report.recovered += 1;
+                            self.counters.records.fetch_add(1, Ordering::Relaxed);
+                            if visit(n).is_break() {
+                                stopped = true;
+                                break 'chunks;
+                            }
                         }
-                        report.recovered += 1;
-                        visit(n);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "spool: skipping a corrupt or torn record");
-                        report.skipped += 1;
-                        corrupt.push(key);
+                        Err(e) => {
+                            tracing::warn!(%key, error = %e, "spool: skipping a corrupt or torn record");
+                            report.skipped += 1;
+                            corrupt.push(key);
+                        }
                     }
                 }
             }
+            drop(received);
             match reader.join() {
                 Ok(result) => result,
                 Err(_) => Err(SpoolError::Storage {
@@ -307,15 +337,12 @@ impl<E: Engine> Spool for DiskSpool<E> {
                 }),
             }
         })?;
-        report.orphan_schedules = schedules.len() as u64;
-        self.counters
-            .records
-            .store(report.recovered, Ordering::Relaxed);
         // Delete what cannot be used, so the warnings are not repeated at every start. The schedule of a corrupt
-        // record goes with it; a corrupt schedule is rewritten by the next reschedule or goes with its record.
-        corrupt.extend(schedules.into_keys());
-        if !with_schedule.is_empty() {
-            let _ = self.ops.send(Op::Scheduled(with_schedule));
+        // record goes with it; a corrupt schedule is rewritten by the next reschedule or goes with its record. A
+        // recovery stopped early has not seen every record, so its leftover schedules are not orphans.
+        if !stopped {
+            report.orphan_schedules = schedules.len() as u64;
+            corrupt.extend(schedules.into_keys());
         }
         if !corrupt.is_empty() {
             let _ = self.ops.send(Op::Purge(corrupt));
@@ -503,11 +530,14 @@ impl<E: Engine> Writer<E> {
                     .fetch_add(group.appended, Ordering::Relaxed);
                 let removed = batch.removes.len().saturating_sub(self.purged) as u64;
                 self.purged = 0;
-                let records = &self.counters.records;
-                let now = records
-                    .load(Ordering::Relaxed)
-                    .saturating_add(batch.inserts.len() as u64);
-                records.store(now.saturating_sub(removed), Ordering::Relaxed);
+                let inserted = batch.inserts.len() as u64;
+                // Recovery counts concurrently: an update, not a store.
+                let _ =
+                    self.counters
+                        .records
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                            Some(r.saturating_add(inserted).saturating_sub(removed))
+                        });
                 batch.clear();
                 self.pending = batch;
                 self.pending_since = None;

@@ -8,10 +8,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use common::{Gate, GatedEngine, notification, wait_until};
+use common::{Gate, GatedEngine, notification, stored_keys, wait_until};
 use herald_spool::{
     CommitBatch, DiskSpool, Engine, FjallEngine, FjallOptions, Spool, SpoolError, SpoolKey,
-    SpoolOptions,
+    SpoolOptions, Table,
 };
 
 fn open(dir: &std::path::Path) -> DiskSpool {
@@ -95,7 +95,7 @@ async fn removals_are_committed_without_a_flush() {
     // The maintenance interval commits them on its own.
     wait_until(10, "the removal commit", || spool.stats().records == 7);
     assert_eq!(spool.stats().removed, 3);
-    assert_eq!(spool.recover().unwrap().notifications.len(), 7);
+    assert_eq!(stored_keys(spool.engine(), Table::Records).len(), 7);
 }
 
 #[tokio::test]
@@ -148,6 +148,100 @@ async fn a_schedule_recovered_after_restart_goes_with_its_notification() {
     assert_eq!(r.report.orphan_schedules, 0);
 }
 
+/// Recovery may run while the spool already serves: it visits what was stored at open, never this run's appends,
+/// and removals of visited notifications are committed as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_while_serving_visits_only_what_was_stored_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = {
+        let spool = open(dir.path());
+        let keys = append_many(&spool, 3000).await;
+        spool.reschedule(keys[5], 1, 42);
+        spool.close().await.unwrap();
+        keys
+    };
+    let spool = Arc::new(open(dir.path()));
+    assert_eq!(spool.recovery_bound(), old.last().copied());
+    let new_before = append_many(&*spool, 10).await;
+    assert!(new_before[0] > old[old.len() - 1]);
+    let mut visited = Vec::new();
+    let runtime = tokio::runtime::Handle::current();
+    let during = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let mut during = Vec::new();
+                let report = spool
+                    .recover_each(&mut |n| {
+                        if visited.len() % 1000 == 0 {
+                            // Serve while recovering: appends, and the removal of what was just visited.
+                            during.extend(runtime.block_on(append_many(&*spool, 5)));
+                            spool.remove(&[n.key]);
+                        }
+                        if n.key == old[5] {
+                            assert_eq!((n.retries, n.next_attempt_ms), (1, 42));
+                        }
+                        visited.push(n.key);
+                        std::ops::ControlFlow::Continue(())
+                    })
+                    .unwrap();
+                assert_eq!(report.recovered, 3000);
+                assert_eq!(report.orphan_schedules, 0);
+                during
+            })
+            .join()
+            .unwrap()
+    });
+    assert_eq!(
+        visited, old,
+        "recovery visits exactly what was stored at open"
+    );
+    spool.flush().await.unwrap();
+    assert_eq!(spool.stats().records, 3000 + 10 + 15 - 3);
+    let stored = stored_keys(spool.engine(), Table::Records);
+    assert_eq!(stored.len(), 3000 + 10 + 15 - 3);
+    assert!(new_before.iter().chain(&during).all(|k| stored.contains(k)));
+}
+
+/// A recovery stopped early visits no more, and does not take the unvisited schedules for orphans.
+#[tokio::test]
+async fn a_recovery_stopped_early_leaves_the_rest_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = open(dir.path());
+        let keys = append_many(&spool, 100).await;
+        spool.reschedule(keys[90], 2, 7);
+        spool.close().await.unwrap();
+    }
+    let spool = open(dir.path());
+    let mut seen = 0;
+    let report = spool
+        .recover_each(&mut |_| {
+            seen += 1;
+            if seen == 10 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        (seen, report.recovered, report.orphan_schedules),
+        (10, 10, 0)
+    );
+    spool.close().await.unwrap();
+    drop(spool);
+    let spool = open(dir.path());
+    let r = spool.recover().unwrap();
+    assert_eq!(r.notifications.len(), 100);
+    assert_eq!(
+        (
+            r.notifications[90].retries,
+            r.notifications[90].next_attempt_ms
+        ),
+        (2, 7)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_appends_share_one_commit() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,7 +276,10 @@ async fn queued_appends_share_one_commit() {
         "one commit for the first append, one for the 63 queued"
     );
     assert_eq!(st.appended, 1 + 63 * 3);
-    assert_eq!(spool.recover().unwrap().notifications.len(), keys.len());
+    assert_eq!(
+        stored_keys(spool.engine(), Table::Records),
+        keys.into_iter().collect()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,13 +326,7 @@ async fn a_failed_commit_refuses_the_append_and_keeps_what_was_accepted() {
     gate.fail.store(false, Ordering::SeqCst);
     // The writer goes on; the removal queued before the failure is committed with the next group.
     let later = append_many(&spool, 3).await;
-    let got: BTreeSet<SpoolKey> = spool
-        .recover()
-        .unwrap()
-        .notifications
-        .iter()
-        .map(|n| n.key)
-        .collect();
+    let got = stored_keys(spool.engine(), Table::Records);
     let want: BTreeSet<SpoolKey> = accepted[2..].iter().chain(&later).copied().collect();
     assert_eq!(got, want);
 }

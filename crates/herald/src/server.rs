@@ -23,9 +23,9 @@ use crate::delivery::ConfigResolver;
 use crate::inbound::accept::Intake;
 use crate::inbound::{rest, smtp};
 use crate::logs::Logs;
-use crate::queue::message::IdGenerator;
+use crate::queue::message::{IdGenerator, MessageId};
 use crate::queue::{Engine, EngineLimits};
-use crate::spool::{SpoolBridge, restore};
+use crate::spool::{SpoolBridge, spawn_restore};
 use crate::tokens::InvalidTokenStore;
 
 /// Why the server could not start.
@@ -193,26 +193,13 @@ impl Server {
         let bridge = Arc::new(SpoolBridge::new(spool.clone()));
         engine.set_observer(bridge.clone());
         let started = Instant::now();
-        let restored = restore(spool.clone(), engine.clone())
-            .await
-            .map_err(|source| StartError::Spool {
-                dir: dir.clone(),
-                source,
-            })?;
-        if restored.report.recovered > 0 || restored.report.skipped > 0 {
-            tracing::info!(
-                queued = restored.queued,
-                dropped = restored.dropped,
-                skipped = restored.report.skipped,
-                "recovered the spool in {:?}",
-                started.elapsed()
-            );
-        }
+        // New message ids sort after everything spooled; the backlog is queued again while the server serves.
+        let ids = IdGenerator::above(0, spool.recovery_bound().map(|k| MessageId(k.0)));
+        spawn_restore(spool.clone(), engine.clone());
         tokio::spawn(crate::tokens::feedback::run_poller(
             resolver.clone(),
             invalid_tokens.clone(),
         ));
-        let ids = IdGenerator::above(0, restored.max_id);
         let intake = Arc::new(Intake::new(resolver.clone(), bridge, engine.clone(), ids));
 
         let server = Arc::new_cyclic(|me| Server {

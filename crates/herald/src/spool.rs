@@ -1,7 +1,9 @@
 //! The bridge between the queue and herald-spool: accepted notifications become [`StoredNotification`]s (the
 //! message id is the spool key), final outcomes remove them, transient failures record the next attempt, and on
-//! start every spooled notification is queued again with its retry state.
+//! start every spooled notification is queued again with its retry state, in the background while the server
+//! already serves.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +14,7 @@ use herald_spool::{RecoveryReport, Spool, SpoolError, SpoolKey, StoredNotificati
 
 use crate::inbound::accept::{BoxFuture, Durable};
 use crate::queue::message::{MessageId, Notification};
-use crate::queue::{Engine, QueueObserver};
+use crate::queue::{Engine, QueueObserver, SubmitError};
 
 /// Makes accepted notifications durable in a spool, and keeps the spool in step with the queue.
 pub struct SpoolBridge {
@@ -134,40 +136,94 @@ pub struct Restored {
     pub queued: u64,
     /// Dropped: unreadable fields, or a domain that is no longer configured (left in the spool).
     pub dropped: u64,
-    /// The greatest message id seen: new ids must sort after it.
-    pub max_id: Option<MessageId>,
+    /// The restore stopped early because the queue is shutting down (the rest stays spooled).
+    pub interrupted: bool,
 }
 
-/// Reads every spooled notification and queues it again. Runs the blocking spool read on a blocking thread.
+/// Notifications handed from the spool's reading thread to the queueing task at a time.
+const RESTORE_CHUNK: usize = 512;
+
+/// Reads every notification the spool held when it was opened and queues it again, with its retry state. The
+/// spool may already take new notifications meanwhile (recovery does not visit them), so a server can serve while
+/// its backlog is restored. Stops early, leaving the rest spooled, when the queue shuts down.
 pub async fn restore(spool: Arc<dyn Spool>, engine: Arc<Engine>) -> Result<Restored, SpoolError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<StoredNotification>(4096);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StoredNotification>>(8);
     let reader = tokio::task::spawn_blocking(move || {
-        spool.recover_each(&mut |n| {
-            let _ = tx.blocking_send(n);
-        })
+        let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
+        let report = spool.recover_each(&mut |n| {
+            chunk.push(n);
+            if chunk.len() < RESTORE_CHUNK {
+                return ControlFlow::Continue(());
+            }
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK));
+            match tx.blocking_send(full) {
+                Ok(()) => ControlFlow::Continue(()),
+                // The queueing side stopped: shutting down.
+                Err(_) => ControlFlow::Break(()),
+            }
+        });
+        let _ = tx.blocking_send(chunk);
+        report
     });
     let mut restored = Restored::default();
-    while let Some(stored) = rx.recv().await {
-        let id = MessageId(stored.key.0);
-        restored.max_id = Some(restored.max_id.map_or(id, |m| m.max(id)));
-        match from_stored(stored) {
-            Ok((n, retries, next)) => match engine.restore(n, retries, next).await {
-                Ok(()) => restored.queued += 1,
+    'chunks: while let Some(chunk) = rx.recv().await {
+        for stored in chunk {
+            let id = MessageId(stored.key.0);
+            match from_stored(stored) {
+                Ok((n, retries, next)) => match engine.restore(n, retries, next).await {
+                    Ok(()) => restored.queued += 1,
+                    Err(SubmitError::ShuttingDown) => {
+                        restored.interrupted = true;
+                        break 'chunks;
+                    }
+                    Err(e) => {
+                        restored.dropped += 1;
+                        tracing::warn!("spooled notification {id} not queued: {e}");
+                    }
+                },
                 Err(e) => {
                     restored.dropped += 1;
-                    tracing::warn!("spooled notification {id} not queued: {e}");
+                    tracing::warn!("{e}");
                 }
-            },
-            Err(e) => {
-                restored.dropped += 1;
-                tracing::warn!("{e}");
             }
         }
     }
+    drop(rx);
     restored.report = reader.await.map_err(|e| {
         SpoolError::from_io("recovery thread", std::io::Error::other(e.to_string()))
     })??;
     Ok(restored)
+}
+
+/// Restores the spool (see [`restore`]) in a task of its own and logs the outcome: the server serves meanwhile.
+pub fn spawn_restore(
+    spool: Arc<dyn Spool>,
+    engine: Arc<Engine>,
+) -> tokio::task::JoinHandle<Result<Restored, SpoolError>> {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let result = restore(spool, engine).await;
+        match &result {
+            Ok(r) if r.interrupted => tracing::info!(
+                queued = r.queued,
+                "spool restore stopped by shutdown after {:?}; the rest stays spooled",
+                started.elapsed()
+            ),
+            Ok(r) if r.report.recovered > 0 || r.report.skipped > 0 => tracing::info!(
+                queued = r.queued,
+                dropped = r.dropped,
+                skipped = r.report.skipped,
+                "restored the spool in {:?}",
+                started.elapsed()
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                "restoring the spool failed after {:?}: {e}; what was not queued stays spooled until the next start",
+                started.elapsed()
+            ),
+        }
+        result
+    })
 }
 
 #[cfg(test)]

@@ -182,7 +182,12 @@ async fn bulk(engine: &str, records: usize) -> Bulk {
     let clean_open_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let mut count = 0usize;
-    spool.recover_each(&mut |_| count += 1).expect("recover");
+    spool
+        .recover_each(&mut |_| {
+            count += 1;
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("recover");
     let clean_recover_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(count, records, "recovered all");
     let size_mb = spool.stats().bytes_on_disk as f64 / 1e6;
@@ -211,7 +216,12 @@ async fn bulk(engine: &str, records: usize) -> Bulk {
     let churned_open_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let mut count = 0usize;
-    spool.recover_each(&mut |_| count += 1).expect("recover");
+    spool
+        .recover_each(&mut |_| {
+            count += 1;
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("recover");
     let churned_recover_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(count, records);
     spool.close().await.expect("close");
@@ -244,7 +254,12 @@ async fn bulk(engine: &str, records: usize) -> Bulk {
     let crash_open_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let mut count = 0usize;
-    spool.recover_each(&mut |_| count += 1).expect("recover");
+    spool
+        .recover_each(&mut |_| {
+            count += 1;
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("recover");
     let crash_recover_ms = t.elapsed().as_secs_f64() * 1e3;
     assert!(count >= records, "recovered {count} of at least {records}");
     Bulk {

@@ -1,6 +1,7 @@
 //! The spool [`Engine`] on redb, kept only for the benchmark (it lost to fjall, see BENCHMARKS.md "Spool"): one database file, `spool.redb`, with a records table and a schedules table; every
 //! commit uses `Durability::Immediate` (fsync before the commit returns).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
@@ -127,30 +128,44 @@ impl Engine for RedbEngine {
         tx.commit().map_err(|e| storage_error(CTX, e))
     }
 
-    fn scan(&self, table: Table, visit: &mut dyn FnMut(SpoolKey, &[u8])) -> Result<(), SpoolError> {
+    fn scan(
+        &self,
+        table: Table,
+        upto: SpoolKey,
+        visit: &mut dyn FnMut(SpoolKey, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), SpoolError> {
         const CTX: &str = "reading the spool";
         let tx = self.db.begin_read().map_err(|e| storage_error(CTX, e))?;
-        let def = match table {
-            Table::Records => RECORDS,
-            Table::Schedules => SCHEDULES,
-        };
-        let t = tx.open_table(def).map_err(|e| storage_error(CTX, e))?;
-        for item in t.iter().map_err(|e| storage_error(CTX, e))? {
+        let t = tx
+            .open_table(definition(table))
+            .map_err(|e| storage_error(CTX, e))?;
+        for item in t.range(..=upto.0).map_err(|e| storage_error(CTX, e))? {
             let (k, v) = item.map_err(|e| storage_error(CTX, e))?;
-            visit(SpoolKey(k.value()), v.value());
+            if visit(SpoolKey(k.value()), v.value()).is_break() {
+                break;
+            }
         }
         Ok(())
     }
 
-    fn last_key(&self) -> Result<Option<SpoolKey>, SpoolError> {
+    fn last_key(&self, table: Table) -> Result<Option<SpoolKey>, SpoolError> {
         const CTX: &str = "reading the spool";
         let tx = self.db.begin_read().map_err(|e| storage_error(CTX, e))?;
-        let t = tx.open_table(RECORDS).map_err(|e| storage_error(CTX, e))?;
+        let t = tx
+            .open_table(definition(table))
+            .map_err(|e| storage_error(CTX, e))?;
         let last = t.last().map_err(|e| storage_error(CTX, e))?;
         Ok(last.map(|(k, _)| SpoolKey(k.value())))
     }
 
     fn disk_bytes(&self) -> u64 {
         std::fs::metadata(&self.file).map_or(0, |m| m.len())
+    }
+}
+
+fn definition(table: Table) -> TableDefinition<'static, u128, &'static [u8]> {
+    match table {
+        Table::Records => RECORDS,
+        Table::Schedules => SCHEDULES,
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::io;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -34,6 +35,18 @@ pub fn notification(key: SpoolKey) -> StoredNotification {
         retries: 0,
         next_attempt_ms: 0,
     }
+}
+
+/// The keys the store holds now in `table` (what a restart would find once the writer's queue is committed).
+pub fn stored_keys(engine: &dyn Engine, table: Table) -> std::collections::BTreeSet<SpoolKey> {
+    let mut keys = std::collections::BTreeSet::new();
+    engine
+        .scan(table, SpoolKey(u128::MAX), &mut |k, _| {
+            keys.insert(k);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    keys
 }
 
 /// Waits until `cond` holds, panicking after `secs` seconds.
@@ -104,12 +117,17 @@ impl Engine for GatedEngine {
         self.inner.commit(batch)
     }
 
-    fn scan(&self, table: Table, visit: &mut dyn FnMut(SpoolKey, &[u8])) -> Result<(), SpoolError> {
-        self.inner.scan(table, visit)
+    fn scan(
+        &self,
+        table: Table,
+        upto: SpoolKey,
+        visit: &mut dyn FnMut(SpoolKey, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), SpoolError> {
+        self.inner.scan(table, upto, visit)
     }
 
-    fn last_key(&self) -> Result<Option<SpoolKey>, SpoolError> {
-        self.inner.last_key()
+    fn last_key(&self, table: Table) -> Result<Option<SpoolKey>, SpoolError> {
+        self.inner.last_key(table)
     }
 
     fn disk_bytes(&self) -> u64 {
