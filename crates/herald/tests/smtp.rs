@@ -105,7 +105,7 @@ impl Harness {
         let settings = parsed.listeners().into_iter().next().unwrap();
         let listener = smtp::bind(&settings).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut l = SmtpLimits::default();
+        let mut l = SmtpLimits::from_config(&parsed, &settings);
         limits(&mut l);
         let config = Arc::new(SmtpConfig::new(settings, l).unwrap());
         let (config_tx, config_rx) = watch::channel(config.clone());
@@ -123,6 +123,14 @@ impl Harness {
             stop,
             server,
         }
+    }
+
+    /// Publishes the listener configuration of `text` as `herald serve` does on reload.
+    fn reload(&self, text: &str) {
+        let parsed = Config::parse_str("smtp-reload.conf", text).unwrap();
+        let settings = parsed.listeners().into_iter().next().unwrap();
+        let config = SmtpConfig::from_config(&parsed, settings).unwrap();
+        self.config_tx.send(Arc::new(config)).unwrap();
     }
 
     async fn raw(&self) -> Raw {
@@ -258,6 +266,27 @@ impl Raw {
     async fn cmd(&mut self, line: &str) -> (u16, String) {
         self.send(&format!("{line}\r\n")).await;
         self.reply().await
+    }
+
+    /// Sends EHLO and returns the extension lines of the reply (after the greeting line).
+    async fn ehlo(&mut self) -> Vec<String> {
+        self.send("EHLO client.example\r\n").await;
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(WAIT, self.r.read_line(&mut line))
+                .await
+                .expect("no EHLO reply in time")
+                .unwrap();
+            assert!(n > 0, "closed during EHLO");
+            assert!(line.starts_with("250"), "{line:?}");
+            lines.push(line[4..].trim_end().to_owned());
+            if line.as_bytes()[3] == b' ' {
+                break;
+            }
+        }
+        lines.remove(0);
+        lines
     }
 
     /// One reply: its code and the text of its last line (enhanced status included).
@@ -642,18 +671,6 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
     );
     assert!(text.contains("at most 4096"), "{text}");
 
-    // An unknown domain refuses the whole message, although the other recipient is fine (all or nothing).
-    let both = vec![rcpt[0].clone(), format!("{}@unknown.example", token(21))];
-    let (code, text) = h.send_raw(&both, &mcmt(std::slice::from_ref(&good))).await;
-    assert_eq!(code, 550);
-    assert!(
-        text.starts_with(&format!(
-            "5.1.2 part 2, recipient <{}@unknown.example>: domain \"unknown.example\"",
-            token(21)
-        )),
-        "{text}"
-    );
-
     // None of the refused messages left a reception line.
     assert!(h.reception_lines().is_empty());
     // The connection still works after refusals: a good message goes through.
@@ -720,15 +737,30 @@ async fn denied_peer_gets_554_at_connect() {
     c.assert_closed().await;
 }
 
+/// Small limits in a listen stanza, over the listener's own (issue #5: limits per esmtp_listener and listen).
+fn small_limits_conf(_: &Pki) -> String {
+    "esmtp_listener {\n\
+       max_message_size = 900000\n\
+       max_recipients_per_message = 50\n\
+       listen \"127.0.0.1:0\" {\n\
+         mcmt_reception = \"allow\"\n\
+         max_message_size = 2000\n\
+         max_recipients_per_message = 2\n\
+         max_line_length = 600\n\
+       }\n\
+     }"
+    .into()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn size_recipient_and_line_limits() {
-    let h = Harness::start_with(allow_conf, |l| {
-        l.max_message_size = 2000;
-        l.max_recipients = 2;
-    })
-    .await;
-    let mut c = h.greeted().await;
-    // SIZE declared too large (RFC 1870).
+async fn size_recipient_and_line_limits_come_from_the_listen_stanza() {
+    let h = Harness::start(small_limits_conf).await;
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 220);
+    // RFC 1870: EHLO advertises the configured size.
+    let ext = c.ehlo().await;
+    assert!(ext.contains(&"SIZE 2000".to_string()), "{ext:?}");
+    // SIZE declared too large.
     assert_eq!(
         c.cmd("MAIL FROM:<a@backend.example> SIZE=2001").await,
         (
@@ -743,6 +775,7 @@ async fn size_recipient_and_line_limits() {
             250
         );
     }
+    // RFC 5321 §4.5.3.1.8: the recipient buffer is full; the client may send the rest in another transaction.
     assert_eq!(
         c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(3))).await,
         (
@@ -753,10 +786,12 @@ async fn size_recipient_and_line_limits() {
     // A message larger than declared is still measured.
     assert_eq!(c.cmd("DATA").await.0, 354);
     let big = mcmt(&[
-        push_part(&[], &"x".repeat(900)),
-        push_part(&[], &"y".repeat(900)),
-        push_part(&[], &"z".repeat(900)),
+        push_part(&[], &"x".repeat(550)),
+        push_part(&[], &"y".repeat(550)),
+        push_part(&[], &"z".repeat(550)),
+        push_part(&[], &"w".repeat(550)),
     ]);
+    assert!(big.len() > 2000);
     c.send(&stuff(&big)).await;
     assert_eq!(
         c.cmd(".").await,
@@ -765,14 +800,18 @@ async fn size_recipient_and_line_limits() {
             "5.3.4 message exceeds the size limit of 2000 bytes".into()
         )
     );
-    // An over-long command line (RFC 5321 §4.5.3.1.4).
+    // An over-long command line (RFC 5321 §4.5.3.1.4): 601 bytes with CRLF against a limit of 600.
+    let noop = format!("NOOP {}", "a".repeat(594));
+    assert_eq!(noop.len() + 2, 601);
     assert_eq!(
-        c.cmd(&format!("NOOP {}", "a".repeat(1200))).await,
+        c.cmd(&noop).await,
         (
             500,
-            "5.5.2 command line too long: the limit is 1000 bytes including CRLF".into()
+            "5.5.2 command line too long: the limit is 600 bytes including CRLF".into()
         )
     );
+    // At the limit it passes.
+    assert_eq!(c.cmd(&noop[..598]).await, (250, "2.0.0 ok".into()));
     // An over-long text line (RFC 5321 §4.5.3.1.6).
     assert_eq!(c.cmd("MAIL FROM:<a@backend.example>").await.0, 250);
     assert_eq!(
@@ -780,13 +819,13 @@ async fn size_recipient_and_line_limits() {
         250
     );
     assert_eq!(c.cmd("DATA").await.0, 354);
-    c.send(&format!("Subject: {}\r\n\r\nbody\r\n", "s".repeat(1100)))
+    c.send(&format!("Subject: {}\r\n\r\nbody\r\n", "s".repeat(700)))
         .await;
     assert_eq!(
         c.cmd(".").await,
         (
             550,
-            "5.6.0 a message line is longer than 1000 bytes including CRLF; send long payloads base64-encoded".into()
+            "5.6.0 a message line is longer than 600 bytes including CRLF; send long payloads base64-encoded".into()
         )
     );
     // Bare LF in message data, and in a command.
@@ -812,7 +851,99 @@ async fn size_recipient_and_line_limits() {
             "5.5.2 bare LF in a command: lines must end with CRLF".into()
         )
     );
-    assert!(h.reception_lines().is_empty());
+    // A message within every limit still goes through on the same connection.
+    assert_eq!(c.cmd("MAIL FROM:<a@backend.example>").await.0, 250);
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(5))).await.0,
+        250
+    );
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&stuff(&mcmt(&[push_part(
+        &[],
+        "{\"aps\":{\"alert\":\"hi\"}}",
+    )])))
+    .await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!(code, 250, "{text}");
+    h.sim.wait_for_records(1, WAIT).await;
+    assert_eq!(h.reception_lines().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_fall_back_to_the_listener_then_to_the_defaults() {
+    let h = Harness::start(|_| {
+        "esmtp_listener { max_message_size = 4096 max_recipients_per_message = 1 listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" } }".into()
+    })
+    .await;
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 220);
+    assert!(c.ehlo().await.contains(&"SIZE 4096".to_string()));
+    assert_eq!(c.cmd("MAIL FROM:<a@backend.example>").await.0, 250);
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(1))).await.0,
+        250
+    );
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(2))).await,
+        (
+            452,
+            "4.5.3 too many recipients: the limit is 1 per message".into()
+        )
+    );
+    // max_line_length is set nowhere: RFC 5321's 1000 applies.
+    assert_eq!(
+        c.cmd(&format!("NOOP {}", "a".repeat(994))).await,
+        (
+            500,
+            "5.5.2 command line too long: the limit is 1000 bytes including CRLF".into()
+        )
+    );
+    assert_eq!(h.config.limits.max_text_line, smtp::DEFAULT_MAX_LINE);
+    assert_eq!(h.config.limits.idle_timeout, smtp::DEFAULT_IDLE_TIMEOUT);
+}
+
+// A recipient whose domain herald does not deliver is refused at RCPT, naming the domain; the transaction goes on
+// with the other recipients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_domain_is_refused_at_rcpt() {
+    let h = Harness::start(allow_conf).await;
+    let mut c = h.greeted().await;
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    let unknown = format!("{}@unknown.example", token(21));
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{unknown}>")).await,
+        (
+            550,
+            format!(
+                "5.1.2 <{unknown}>: domain \"unknown.example\" cannot take push notifications: domain \"unknown.example\" is not configured"
+            )
+        )
+    );
+    // With no accepted recipient there is nothing to send.
+    assert_eq!(
+        c.cmd("DATA").await,
+        (503, "5.5.1 DATA needs at least one accepted RCPT".into())
+    );
+    // Domains are case-insensitive.
+    let known = format!("{}@Apps.Example", token(22));
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{known}>")).await,
+        (250, format!("2.1.5 recipient <{known}> ok"))
+    );
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&stuff(&mcmt(&[push_part(
+        &[],
+        "{\"aps\":{\"alert\":\"hi\"}}",
+    )])))
+    .await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        text.starts_with("2.0.0 accepted 1 notification as batch "),
+        "{text}"
+    );
+    h.sim.wait_for_records(1, WAIT).await;
+    assert_eq!(h.sim.record()[0].token, token(22));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -870,18 +1001,41 @@ async fn command_sequence_and_unsupported_commands() {
     c.assert_closed().await;
 }
 
+// The listen stanza's `timeout`: a silent client is told 421 4.4.2 and disconnected. The test reads until the reply
+// arrives (within WAIT).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_client_gets_421() {
-    let h = Harness::start_with(allow_conf, |l| l.idle_timeout = Duration::from_millis(300)).await;
+    let h = Harness::start(|_| {
+        "esmtp_listener { timeout = 300 listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" timeout = 1 } }".into()
+    })
+    .await;
     let mut c = h.greeted().await;
     assert_eq!(
         c.reply().await,
         (
             421,
-            "4.4.2 herald closing: no data from the client for 300ms (idle timeout)".into()
+            "4.4.2 herald closing: no data from the client for 1s (idle timeout)".into()
         )
     );
     c.assert_closed().await;
+    // Also in the middle of DATA.
+    let mut c = h.greeted().await;
+    assert_eq!(c.cmd("MAIL FROM:<a@backend.example>").await.0, 250);
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(1))).await.0,
+        250
+    );
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send("Subject: half a message\r\n").await;
+    assert_eq!(
+        c.reply().await,
+        (
+            421,
+            "4.4.2 herald closing: no data from the client for 1s (idle timeout)".into()
+        )
+    );
+    c.assert_closed().await;
+    assert!(h.reception_lines().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -937,6 +1091,91 @@ async fn reconfiguration_answers_421_to_old_sessions() {
         (220, "herald-reloaded ESMTP herald ready".into())
     );
     assert_eq!(fresh.cmd("NOOP").await, (250, "2.0.0 ok".into()));
+}
+
+// Reload (momentum.md §6.1): new connections get the new limits; a session opened before keeps its own until it
+// is told 421 4.3.2 at its next command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_gives_new_sessions_the_new_limits() {
+    let h = Harness::start(small_limits_conf).await;
+    let mut old = h.raw().await;
+    assert_eq!(old.reply().await.0, 220);
+    assert!(old.ehlo().await.contains(&"SIZE 2000".to_string()));
+    assert_eq!(old.cmd("MAIL FROM:<a@backend.example>").await.0, 250);
+    assert_eq!(
+        old.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(1))).await.0,
+        250
+    );
+    assert_eq!(old.cmd("DATA").await.0, 354);
+
+    h.reload(
+        "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" max_message_size = 3000 max_recipients_per_message = 3 } }",
+    );
+
+    // About 2.5 kB in lines under 600 bytes: too big for the old limit, within the new one.
+    let parts: Vec<String> = (0..4)
+        .map(|i| {
+            push_part(
+                &[],
+                &format!(
+                    "{{\"aps\":{{\"alert\":\"{}\"}}}}",
+                    i.to_string().repeat(450)
+                ),
+            )
+        })
+        .collect();
+    let message = mcmt(&parts);
+    assert!(
+        message.len() > 2000 && message.len() < 3000,
+        "{}",
+        message.len()
+    );
+
+    old.send(&stuff(&message)).await;
+    assert_eq!(
+        old.cmd(".").await,
+        (
+            552,
+            "5.3.4 message exceeds the size limit of 2000 bytes".into()
+        )
+    );
+    assert_eq!(
+        old.cmd("NOOP").await,
+        (421, "4.3.2 Reconfiguration in progress".into())
+    );
+    old.assert_closed().await;
+
+    let mut fresh = h.raw().await;
+    assert_eq!(fresh.reply().await.0, 220);
+    assert!(fresh.ehlo().await.contains(&"SIZE 3000".to_string()));
+    assert_eq!(fresh.cmd("MAIL FROM:<a@backend.example>").await.0, 250);
+    for i in 0..3 {
+        assert_eq!(
+            fresh
+                .cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(10 + i)))
+                .await
+                .0,
+            250
+        );
+    }
+    assert_eq!(
+        fresh
+            .cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(13)))
+            .await,
+        (
+            452,
+            "4.5.3 too many recipients: the limit is 3 per message".into()
+        )
+    );
+    assert_eq!(fresh.cmd("DATA").await.0, 354);
+    fresh.send(&stuff(&message)).await;
+    let (code, text) = fresh.cmd(".").await;
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        text.starts_with("2.0.0 accepted 12 notifications as batch "),
+        "{text}"
+    );
+    h.sim.wait_for_records(12, WAIT).await;
 }
 
 /// Throughput benchmark with postfix's `smtp-source` (bench/smtp/run.sh runs it in release mode): one MCMT message
@@ -1129,7 +1368,7 @@ async fn plaintext_pipelined_after_starttls_is_dropped() {
 // A client that asks for STARTTLS and never shakes hands is dropped after the idle timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_tls_handshake_is_closed_after_the_idle_timeout() {
-    let h = Harness::start_with(tls_conf, |l| l.idle_timeout = Duration::from_millis(300)).await;
+    let h = Harness::start(|pki| tls_conf(pki).replace("tls_key", "timeout = 1 tls_key")).await;
     let mut c = h.greeted().await;
     assert_eq!(c.cmd("STARTTLS").await.0, 220);
     c.assert_closed().await;

@@ -2,7 +2,8 @@
 //!
 //! [`Intake::prepare`] turns a [`Submission`] into a [`Notification`] or refuses it with a reason that names the
 //! field (unknown domain, bad token for the domain's protocol, payload rules, header values): a bad notification
-//! is refused here, never failed later. [`Intake::commit`] makes a batch durable ([`Durable`], group-committed by
+//! is refused here, never failed later. [`Intake::check_domain`] answers the first of those questions alone, typed
+//! ([`DomainRefusal`]), for listeners that refuse a recipient before its content arrives. [`Intake::commit`] makes a batch durable ([`Durable`], group-committed by
 //! the spool) and only then logs the receptions and queues them: the listener acknowledges after `commit`
 //! returns `Ok`, so an acknowledged notification is on disk.
 
@@ -16,7 +17,7 @@ use herald_apns::notification::{NotificationParts, validate_notification};
 use herald_apns::payload::infer_push_type;
 use herald_apns::push::{Priority, Protocol, PushType};
 
-use crate::outbound::settings::RouteProtocol;
+use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::message::{IdGenerator, MessageId, Notification, unix_now};
 use crate::queue::{Engine, SettingsResolver};
 
@@ -51,6 +52,24 @@ pub enum Refusal {
     /// herald cannot take it now (spool full or failing, shutting down): try again later (SMTP 4xx, HTTP 503).
     #[error("{0}")]
     Temporary(String),
+}
+
+/// Why a domain cannot take notifications ([`Intake::check_domain`]). [`Intake::prepare`] refuses such a
+/// submission with [`Refusal::Permanent`] carrying this text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainRefusal {
+    /// The recipient names no domain.
+    #[error("no domain: the recipient must name the app's domain")]
+    Missing,
+    /// No `domain` stanza delivers this domain to APNs (unknown, another delivery method, unusable credentials).
+    #[error("domain {domain:?} cannot take push notifications: {reason}")]
+    NotPush { domain: String, reason: String },
+}
+
+impl From<DomainRefusal> for Refusal {
+    fn from(d: DomainRefusal) -> Refusal {
+        Refusal::Permanent(d.to_string())
+    }
 }
 
 /// Where and how a batch arrived, for the reception lines of the mainlog.
@@ -132,18 +151,25 @@ impl Intake {
         result
     }
 
-    fn validate(&self, s: Submission, source: &Source) -> Result<Notification, Refusal> {
-        let domain = s.domain.to_ascii_lowercase();
+    /// Whether notifications for `domain` (any case) can be accepted: it must name a domain herald delivers to
+    /// APNs. Listeners call it to refuse a recipient early (SMTP at `RCPT`); [`prepare`](Self::prepare) checks the
+    /// same. Nothing is counted as refused here.
+    pub fn check_domain(&self, domain: &str) -> Result<(), DomainRefusal> {
+        self.settings_for(domain).map(|_| ())
+    }
+
+    fn settings_for(&self, domain: &str) -> Result<Arc<DeliverySettings>, DomainRefusal> {
+        let domain = domain.to_ascii_lowercase();
         if domain.is_empty() {
-            return Err(Refusal::Permanent(
-                "no domain: the recipient must name the app's domain".into(),
-            ));
+            return Err(DomainRefusal::Missing);
         }
-        let settings = self.resolver.resolve(&domain).map_err(|e| {
-            Refusal::Permanent(format!(
-                "domain {domain:?} cannot take push notifications: {e}"
-            ))
-        })?;
+        self.resolver
+            .resolve(&domain)
+            .map_err(|reason| DomainRefusal::NotPush { domain, reason })
+    }
+
+    fn validate(&self, s: Submission, source: &Source) -> Result<Notification, Refusal> {
+        let settings = self.settings_for(&s.domain)?;
         let protocol = match settings.protocol {
             RouteProtocol::Http2 => Protocol::Http2,
             RouteProtocol::Binary(_) => Protocol::Binary,
@@ -220,5 +246,101 @@ impl Intake {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use herald_apns::client::connect::Endpoint;
+    use herald_apns::identity::{RootSource, client_config};
+
+    use super::*;
+    use crate::queue::retry::{MaxRetries, RetryPolicy};
+    use crate::queue::{EngineLimits, MemoryInvalidTokens, StaticResolver};
+
+    fn settings(domain: &str) -> DeliverySettings {
+        DeliverySettings {
+            domain: Arc::from(domain),
+            binding_group: Arc::from("default"),
+            binding: Arc::from("default"),
+            protocol: RouteProtocol::Http2,
+            endpoint: Endpoint::new("127.0.0.1", 1),
+            tls: client_config(None, RootSource::NoVerify, true).unwrap(),
+            auth: None,
+            default_topic: Some(Arc::from("com.example.app")),
+            max_connections: 1,
+            idle_timeout: None,
+            response_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            keepalive: Duration::from_secs(30),
+            mx_failures_to_delay: 50,
+            retry: RetryPolicy {
+                retry_interval: Duration::from_secs(1),
+                max_retry_interval: Duration::from_secs(1),
+                max_retries: MaxRetries::Unlimited,
+                message_expiration: Duration::from_secs(60),
+                never_attempt_expired: false,
+            },
+            apn_expiry: Duration::from_secs(60),
+            max_window: 1,
+        }
+    }
+
+    fn intake() -> Intake {
+        let resolver = Arc::new(StaticResolver::default().with(settings("apps.example")));
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        Intake::new(resolver, Arc::new(NotDurable), engine, IdGenerator::new(1))
+    }
+
+    fn source(intake: &Intake) -> Source {
+        Source {
+            ip: None,
+            protocol: "esmtp",
+            batch_id: intake.next_id(),
+            conn_id: intake.next_id(),
+        }
+    }
+
+    #[test]
+    fn check_domain_is_typed_and_case_insensitive() {
+        let intake = intake();
+        assert_eq!(intake.check_domain("apps.example"), Ok(()));
+        assert_eq!(intake.check_domain("Apps.EXAMPLE"), Ok(()));
+        assert_eq!(intake.check_domain(""), Err(DomainRefusal::Missing));
+        let err = intake.check_domain("Unknown.example").unwrap_err();
+        assert_eq!(
+            err,
+            DomainRefusal::NotPush {
+                domain: "unknown.example".into(),
+                reason: "domain \"unknown.example\" is not configured".into(),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "domain \"unknown.example\" cannot take push notifications: domain \"unknown.example\" is not configured"
+        );
+        assert_eq!(intake.refused(), 0, "a check is not a refusal");
+    }
+
+    #[test]
+    fn prepare_refuses_an_unknown_domain_with_the_check_s_text() {
+        let intake = intake();
+        let submission = Submission {
+            domain: "unknown.example".into(),
+            token: "ab".repeat(32),
+            payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+            ..Submission::default()
+        };
+        let refusal = intake.prepare(submission, &source(&intake)).unwrap_err();
+        let expected: Refusal = intake.check_domain("unknown.example").unwrap_err().into();
+        assert_eq!(refusal, expected);
+        assert_eq!(intake.refused(), 1);
     }
 }

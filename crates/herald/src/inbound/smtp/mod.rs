@@ -3,13 +3,15 @@
 //! notifications through the [`Intake`].
 //!
 //! Entry points for `herald serve`: [`bind`] a `listen` stanza, build an [`SmtpConfig`] with
-//! [`SmtpConfig::new`] (loads the STARTTLS identity), then [`serve`] it. Configuration reload: send a new
-//! `Arc<SmtpConfig>` on the watch channel; new connections use it and sessions opened before it answer their next
-//! command `421 4.3.2 Reconfiguration in progress` (momentum.md §6.1). Shutdown: set the shutdown watch to `true`;
+//! [`SmtpConfig::from_config`] (reads the stanza's [`limits`], loads the STARTTLS identity), then [`serve`] it.
+//! Configuration reload: send a new `Arc<SmtpConfig>` on the watch channel; new connections use it (its limits
+//! included) and sessions opened before it keep theirs and answer their next command
+//! `421 4.3.2 Reconfiguration in progress` (momentum.md §6.1). Shutdown: set the shutdown watch to `true`;
 //! sessions answer `421` and [`serve`] returns once every session has ended.
 
 pub mod command;
 pub mod io;
+pub mod limits;
 pub mod reply;
 pub mod session;
 pub mod tls;
@@ -18,58 +20,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_conf::{ListenAddr, ListenerSettings};
+use herald_conf::{Config, ListenAddr, ListenerSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::accept::Intake;
+pub use limits::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LINE, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_RECIPIENTS, SmtpLimits,
+};
 pub use tls::TlsSetupError;
-
-/// Limits of an ESMTP listener. herald-conf has no options for them yet; these defaults are documented in
-/// docs/smtp.md.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmtpLimits {
-    /// Largest message accepted, in bytes after dot-unstuffing (advertised as `SIZE`).
-    pub max_message_size: u64,
-    /// Recipients per message; further `RCPT`s get `452 4.5.3`.
-    pub max_recipients: usize,
-    /// Longest command line, including CRLF (RFC 5321 §4.5.3.1.4: 512; herald allows the text-line limit).
-    pub max_command_line: usize,
-    /// Longest message line, including CRLF (RFC 5321 §4.5.3.1.6: 1000).
-    pub max_text_line: usize,
-    /// How long a client may stay silent while herald waits for a command or message data.
-    pub idle_timeout: Duration,
-    /// The name herald gives itself in the greeting and in EHLO.
-    pub hostname: String,
-    /// Open sessions per listener; a client beyond it gets `421 4.7.0` at connect.
-    pub max_connections: usize,
-}
-
-/// Default `SIZE`: 10 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 10 * 1024 * 1024;
-/// Default recipients per message.
-pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
-/// RFC 5321's line limit, CRLF included.
-pub const DEFAULT_MAX_LINE: usize = 1000;
-/// Default open sessions per listener.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
-/// Default idle timeout (RFC 5321 §4.5.3.2.7 suggests 5 minutes for the server).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-impl Default for SmtpLimits {
-    fn default() -> Self {
-        SmtpLimits {
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_recipients: DEFAULT_MAX_RECIPIENTS,
-            max_command_line: DEFAULT_MAX_LINE,
-            max_text_line: DEFAULT_MAX_LINE,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            hostname: "herald".into(),
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-        }
-    }
-}
 
 /// Everything a session needs from the configuration of its `listen` stanza.
 #[derive(Debug, Clone)]
@@ -81,7 +42,15 @@ pub struct SmtpConfig {
 }
 
 impl SmtpConfig {
-    /// Loads the STARTTLS identity when the stanza has a `tls_certificate`.
+    /// The configuration of one `listen` stanza as `config` has it: its limits ([`SmtpLimits::from_config`]) and
+    /// its STARTTLS identity. What `herald serve` builds at start and at every reload.
+    pub fn from_config(config: &Config, listener: ListenerSettings) -> Result<Self, TlsSetupError> {
+        let limits = SmtpLimits::from_config(config, &listener);
+        SmtpConfig::new(listener, limits)
+    }
+
+    /// A listen stanza with the given limits (used as they are); loads the STARTTLS identity when the stanza has a
+    /// `tls_certificate`.
     pub fn new(listener: ListenerSettings, limits: SmtpLimits) -> Result<Self, TlsSetupError> {
         let tls = match &listener.tls_certificate {
             Some(cert) => Some(tls::server_config(cert, listener.tls_key.as_deref())?),

@@ -3,8 +3,9 @@
 //! the message is read as MCMT and its notifications are prepared and committed in one batch.
 //!
 //! Protocol choices (docs/smtp.md): lines must end in CRLF (a bare LF in a command is refused, a bare LF in
-//! message data refuses the message, and only CRLF.CRLF ends the data); `VRFY` is answered `502`; the
-//! transaction is all-or-nothing: one refused notification refuses the message.
+//! message data refuses the message, and only CRLF.CRLF ends the data); `VRFY` is answered `502`; a recipient
+//! whose domain herald does not deliver is refused at `RCPT` ([`Intake::check_domain`]); the transaction is
+//! all-or-nothing: one refused notification refuses the message.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::SmtpConfig;
 use super::command::{self, Command};
 use super::io::{LineIo, ReadLine};
 use super::reply::Reply;
-use crate::inbound::accept::{Intake, Refusal, Source};
+use crate::inbound::accept::{DomainRefusal, Intake, Refusal, Source};
 use crate::inbound::mcmt::{self, McmtError, Parsed};
 use crate::queue::message::MessageId;
 
@@ -272,8 +273,8 @@ impl Session {
                 format!("too many recipients: the limit is {max} per message"),
             );
         }
-        match to.rsplit_once('@') {
-            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {}
+        let domain = match to.rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => domain,
             _ => {
                 return Reply::new(
                     501,
@@ -283,6 +284,9 @@ impl Session {
                     ),
                 );
             }
+        };
+        if let Err(e) = self.intake.check_domain(domain) {
+            return unknown_domain(&to, &e);
         }
         let reply = Reply::new(250, "2.1.5", format!("recipient <{to}> ok"));
         self.envelope.recipients.push(to);
@@ -457,20 +461,22 @@ impl Session {
             batch_id: self.intake.next_id(),
             conn_id: self.conn_id,
         };
+        // Checked at RCPT; checked again because a reload may have removed a domain since.
+        for rcpt in &envelope.recipients {
+            let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+            if let Err(e) = self.intake.check_domain(domain) {
+                return unknown_domain(rcpt, &e);
+            }
+        }
         let subs = message.submissions(&envelope.recipients, &from);
         let mut batch = Vec::with_capacity(subs.len());
         for s in subs {
             match self.intake.prepare(s.submission, &source) {
                 Ok(n) => batch.push(n),
                 Err(Refusal::Permanent(text)) => {
-                    let status = if text.starts_with("domain ") || text.starts_with("no domain") {
-                        "5.1.2"
-                    } else {
-                        "5.6.0"
-                    };
                     return Reply::new(
                         550,
-                        status,
+                        "5.6.0",
                         format!("part {}, recipient <{}>: {text}", s.part, s.recipient),
                     );
                 }
@@ -517,6 +523,11 @@ fn temporary(text: String) -> Reply {
     } else {
         Reply::new(451, "4.3.0", text)
     }
+}
+
+/// A recipient whose domain herald cannot deliver (RFC 3463 5.1.2, bad destination system).
+fn unknown_domain(recipient: &str, refusal: &DomainRefusal) -> Reply {
+    Reply::new(550, "5.1.2", format!("<{recipient}>: {refusal}"))
 }
 
 fn not_mcmt() -> Reply {

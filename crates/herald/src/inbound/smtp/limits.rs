@@ -1,0 +1,140 @@
+//! The limits an ESMTP session is held to, and how they are read from a `listen` stanza (falling back to its
+//! `esmtp_listener`, then to the option table's default): `max_message_size`, `max_recipients_per_message`,
+//! `max_line_length` and `timeout`. The server name and the session cap are not configuration options; they keep
+//! the defaults here unless a program sets them.
+
+use std::time::Duration;
+
+use herald_conf::{Config, ListenerSettings, ScopeKind, ScopePath};
+
+/// Limits of an ESMTP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpLimits {
+    /// Largest message accepted, in bytes after dot-unstuffing (advertised as `SIZE`). `max_message_size`.
+    pub max_message_size: u64,
+    /// Recipients per message; further `RCPT`s get `452 4.5.3`. `max_recipients_per_message`.
+    pub max_recipients: usize,
+    /// Longest command line, including CRLF (RFC 5321 §4.5.3.1.4: 512; herald allows the text-line limit).
+    /// `max_line_length`.
+    pub max_command_line: usize,
+    /// Longest message line, including CRLF (RFC 5321 §4.5.3.1.6: 1000). `max_line_length`.
+    pub max_text_line: usize,
+    /// How long a client may stay silent while herald waits for a command, message data or the STARTTLS
+    /// handshake. `timeout`.
+    pub idle_timeout: Duration,
+    /// The name herald gives itself in the greeting and in EHLO.
+    pub hostname: String,
+    /// Open sessions per listener; a client beyond it gets `421 4.7.0` at connect.
+    pub max_connections: usize,
+}
+
+/// Default `SIZE` (`max_message_size`): 10 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 10 * 1024 * 1024;
+/// Default recipients per message (`max_recipients_per_message`).
+pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
+/// RFC 5321's text line limit, CRLF included (`max_line_length`).
+pub const DEFAULT_MAX_LINE: usize = 1000;
+/// Default open sessions per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
+/// Default idle timeout: Momentum's documented `timeout` default, which herald applies to every listener it reads
+/// `timeout` for (docs/smtp.md explains why not RFC 5321's 5 minutes).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Default for SmtpLimits {
+    fn default() -> Self {
+        SmtpLimits {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_recipients: DEFAULT_MAX_RECIPIENTS,
+            max_command_line: DEFAULT_MAX_LINE,
+            max_text_line: DEFAULT_MAX_LINE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            hostname: "herald".into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl SmtpLimits {
+    /// The limits of one ESMTP `listen` stanza: each option is read from the stanza, else from the
+    /// `esmtp_listener`, else its default; `hostname` and `max_connections` keep their defaults.
+    pub fn from_config(config: &Config, listener: &ListenerSettings) -> SmtpLimits {
+        let path = ScopePath::global()
+            .then(ScopeKind::EsmtpListener, None)
+            .then(ScopeKind::Listen, Some(&listener.address));
+        let int = |name: &str| -> Option<u64> {
+            config
+                .eval(&path, name)
+                .ok()
+                .and_then(|v| v.as_int())
+                .and_then(|n| u64::try_from(n).ok())
+        };
+        let mut limits = SmtpLimits::default();
+        if let Some(n) = int("max_message_size").filter(|n| *n > 0) {
+            limits.max_message_size = n;
+        }
+        if let Some(n) = int("max_recipients_per_message")
+            .filter(|n| *n > 0)
+            .and_then(|n| usize::try_from(n).ok())
+        {
+            limits.max_recipients = n;
+        }
+        if let Some(n) = int("max_line_length")
+            .filter(|n| *n > 0)
+            .and_then(|n| usize::try_from(n).ok())
+        {
+            limits.max_command_line = n;
+            limits.max_text_line = n;
+        }
+        // 0 means the default, as on the control listener.
+        if let Some(s) = int("timeout").filter(|s| *s > 0) {
+            limits.idle_timeout = Duration::from_secs(s);
+        }
+        limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits_of(text: &str, address: &str) -> SmtpLimits {
+        let config = Config::parse_str("t.conf", text).unwrap();
+        let listener = config
+            .listeners()
+            .into_iter()
+            .find(|l| l.address == address)
+            .unwrap();
+        SmtpLimits::from_config(&config, &listener)
+    }
+
+    #[test]
+    fn defaults_match_the_option_table() {
+        let unset = limits_of(r#"esmtp_listener { listen ":25" { } }"#, ":25");
+        assert_eq!(unset, SmtpLimits::default());
+    }
+
+    #[test]
+    fn listen_stanza_overrides_the_listener() {
+        let text = r#"esmtp_listener {
+              max_message_size = 5000
+              max_recipients_per_message = 7
+              timeout = 30
+              listen ":25" { max_line_length = 600 max_recipients_per_message = 2 }
+              listen ":26" { timeout = 0 }
+            }"#;
+        let a = limits_of(text, ":25");
+        assert_eq!(a.max_message_size, 5000);
+        assert_eq!(a.max_recipients, 2);
+        assert_eq!((a.max_command_line, a.max_text_line), (600, 600));
+        assert_eq!(a.idle_timeout, Duration::from_secs(30));
+        assert_eq!(a.hostname, "herald");
+        assert_eq!(a.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let b = limits_of(text, ":26");
+        assert_eq!(b.max_recipients, 7);
+        assert_eq!(b.max_text_line, DEFAULT_MAX_LINE);
+        assert_eq!(
+            b.idle_timeout, DEFAULT_IDLE_TIMEOUT,
+            "timeout = 0 means the default"
+        );
+    }
+}
