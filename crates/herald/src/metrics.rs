@@ -15,7 +15,7 @@ pub struct Extra {
     pub certificate_expiry: Vec<(String, String, u64)>,
     /// Records and bytes in the spool, when there is one.
     pub spool: Option<(u64, u64)>,
-    /// Invalid tokens recorded so far.
+    /// Entries in the invalid-token store (one per domain and token; the store outlives restarts).
     pub invalid_tokens: Option<u64>,
 }
 
@@ -189,7 +189,7 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
         header(
             &mut out,
             "herald_invalid_tokens_total",
-            "Device tokens APNs reported invalid.",
+            "Device tokens APNs or its feedback service reported invalid, one per domain and token.",
             "counter",
         );
         let _ = writeln!(out, "herald_invalid_tokens_total {n}");
