@@ -1,0 +1,582 @@
+//! `config reload` while traffic flows (design §4, momentum.md §6): a new route and a new
+//! `max_outbound_connections` take effect without losing anything, old connections drain and close, and a broken
+//! file keeps the running configuration.
+//!
+//! Every test runs herald in-process (`Server::start`, `Server::reload`), two APNs simulators A and B with a small
+//! stream limit and some latency (so that a connection saturates and the pool has a reason to open more), and an
+//! injector that posts batches to `POST /api/v1/push` until told to stop. "Nothing lost" means: every token herald
+//! acknowledged is in A's or B's delivery record, exactly once, and the simulators accepted exactly that many.
+//!
+//! The simulator counts open connections but keeps no peak, so a sampler task reads A's and B's open count every
+//! millisecond and keeps the maximum of each; a peak it reports is a lower bound of the true one. The total of
+//! connections ever accepted (exact) backs up every "never more than" assertion.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald::server::Server;
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use tokio::task::JoinHandle;
+
+const TOPIC: &str = "com.example.reload";
+const DOMAIN: &str = "reload.example";
+const WAIT: Duration = Duration::from_secs(90);
+/// Streams the simulators allow per connection, and their answer latency: one connection carries at most
+/// STREAMS / LATENCY (800) notifications a second, less than the injector offers, so connections saturate and
+/// the pool has work waiting for another one.
+const STREAMS: u32 = 4;
+const LATENCY_MS: u64 = 5;
+/// Notifications per REST request, requests in flight at once, and the pace the injector keeps (per second):
+/// more than four connections carry, so that work is always queued, yet bounded so that the backlog drains.
+const BATCH: usize = 100;
+const INJECTORS: usize = 4;
+const RATE: u64 = 4_000;
+
+fn token(base: u64, i: usize) -> String {
+    format!("{:064x}", base + i as u64)
+}
+
+async fn start_sim(pki: &Pki) -> SimHandle {
+    let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+    config.max_concurrent_streams = STREAMS;
+    config.scenario.latency_ms = LATENCY_MS;
+    Simulator::start(config).await.unwrap()
+}
+
+/// herald's configuration: DOMAIN routed to `port` with `max_outbound_connections = max`; `extra` is appended
+/// inside the domain scope (to break the file).
+fn config_text(dir: &Path, pki: &Pki, port: u16, max: i64, extra: &str) -> String {
+    let m = &pki.manifest;
+    format!(
+        r#"
+spool_dir = "{spool}"
+ec_logger "main" {{ mainlog = "{log}" }}
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+domain "{DOMAIN}" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{port}" )
+  max_outbound_connections = {max}
+  idle_timeout = 60
+  tls_verify = ca
+  tls_ca = "{ca}"
+  apn_key = "{p8}"
+  apn_key_id = "{kid}"
+  apn_team_id = "{tid}"
+  apn_topic = "{TOPIC}"
+  retry_interval = 1
+  max_retry_interval = 1
+  mx_failures_to_delay = 0
+{extra}}}
+"#,
+        spool = dir.join("spool").display(),
+        log = dir.join("mainlog.ec").display(),
+        ca = m.ca_cert.display(),
+        p8 = m.token_key.p8.display(),
+        kid = m.token_key.key_id,
+        tid = m.token_key.team_id,
+    )
+}
+
+/// Posts batches of fresh tokens from several tasks until stopped; remembers every token herald acknowledged.
+struct Injector {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    acked_count: Arc<AtomicUsize>,
+    /// 503 answers (herald holding back); those tokens were not acknowledged and are not expected anywhere.
+    busy: Arc<AtomicU64>,
+    /// Anything else that went wrong: a failed request, an unexpected status, a refused item.
+    errors: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Injector {
+    fn start(http: &str, base: u64) -> Injector {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let acked_count = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = tokio::time::Instant::now();
+        let url = format!("http://{http}/api/v1/push");
+        let client = reqwest::Client::new();
+        let tasks = (0..INJECTORS)
+            .map(|_| {
+                let (stop, acked, acked_count, busy, errors, next, url, client) = (
+                    stop.clone(),
+                    acked.clone(),
+                    acked_count.clone(),
+                    busy.clone(),
+                    errors.clone(),
+                    next.clone(),
+                    url.clone(),
+                    client.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                        // Pacing: batch k leaves no earlier than k * BATCH / RATE after the start.
+                        let due = started + Duration::from_micros(first as u64 * 1_000_000 / RATE);
+                        tokio::time::sleep_until(due).await;
+                        let tokens: Vec<String> =
+                            (first..first + BATCH).map(|i| token(base, i)).collect();
+                        let body = serde_json::json!({
+                            "domain": DOMAIN,
+                            "tokens": tokens,
+                            "payload": {"aps": {"alert": "reload"}},
+                        });
+                        let answer = client.post(&url).json(&body).send().await;
+                        let response = match answer {
+                            Ok(r) => r,
+                            Err(e) => {
+                                errors.lock().unwrap().push(format!("POST failed: {e}"));
+                                continue;
+                            }
+                        };
+                        match response.status().as_u16() {
+                            202 => {
+                                let v: serde_json::Value = response.json().await.unwrap();
+                                let results = v["results"].as_array().unwrap();
+                                let mut mine = Vec::with_capacity(tokens.len());
+                                for (t, r) in tokens.into_iter().zip(results) {
+                                    if r["status"] == "accepted" {
+                                        mine.push(t);
+                                    } else {
+                                        errors.lock().unwrap().push(format!("item refused: {r}"));
+                                    }
+                                }
+                                acked_count.fetch_add(mine.len(), Ordering::Relaxed);
+                                acked.lock().unwrap().extend(mine);
+                            }
+                            503 => {
+                                busy.fetch_add(1, Ordering::Relaxed);
+                                // Pacing after a "hold back" answer, not a wait for a condition.
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            status => {
+                                let text = response.text().await.unwrap_or_default();
+                                errors
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("HTTP {status}: {text}"));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Injector {
+            stop,
+            acked,
+            acked_count,
+            busy,
+            errors,
+            tasks,
+        }
+    }
+
+    fn acked_so_far(&self) -> usize {
+        self.acked_count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more notifications than now have been acknowledged.
+    async fn wait_for_more(&self, n: usize, what: &str) {
+        let target = self.acked_so_far() + n;
+        wait_until(what, || self.acked_so_far() >= target).await;
+    }
+
+    /// Stops injecting; returns every acknowledged token. No request may have failed.
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let errors = self.errors.lock().unwrap();
+        assert!(
+            errors.is_empty(),
+            "{} injector errors, first: {:?}",
+            errors.len(),
+            errors.first()
+        );
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        eprintln!(
+            "injector: {} acknowledged, {} answers 503",
+            acked.len(),
+            self.busy.load(Ordering::Relaxed)
+        );
+        acked
+    }
+}
+
+/// Reads A's and B's open connection counts every millisecond and keeps the largest seen of each.
+struct Sampler {
+    peak_a: Arc<AtomicU64>,
+    peak_b: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(a: &Arc<SimHandle>, b: &Arc<SimHandle>) -> Sampler {
+        let peak_a = Arc::new(AtomicU64::new(0));
+        let peak_b = Arc::new(AtomicU64::new(0));
+        let (a, b, pa, pb) = (a.clone(), b.clone(), peak_a.clone(), peak_b.clone());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            loop {
+                tick.tick().await;
+                pa.fetch_max(open(&a), Ordering::Relaxed);
+                pb.fetch_max(open(&b), Ordering::Relaxed);
+            }
+        });
+        Sampler {
+            peak_a,
+            peak_b,
+            task,
+        }
+    }
+
+    /// The peaks seen since the last reset, and starts a new observation window.
+    fn reset(&self) -> (u64, u64) {
+        (
+            self.peak_a.swap(0, Ordering::Relaxed),
+            self.peak_b.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    fn peaks(&self) -> (u64, u64) {
+        (
+            self.peak_a.load(Ordering::Relaxed),
+            self.peak_b.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn open(sim: &SimHandle) -> u64 {
+    sim.counters().h2_connections.open.load(Ordering::Relaxed)
+}
+
+fn opened_total(sim: &SimHandle) -> u64 {
+    sim.counters().h2_connections.total.load(Ordering::Relaxed)
+}
+
+fn accepted(sim: &SimHandle) -> u64 {
+    sim.counters().accepted()
+}
+
+/// Polls `cond` until it holds; fails the test naming `what` after [`WAIT`].
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until every acknowledged token is in A's or B's record; then checks each arrived exactly once, that
+/// the simulators accepted nothing else, and that herald counts every one as delivered. Returns how many went
+/// to (A, B).
+async fn assert_nothing_lost(
+    server: &Server,
+    a: &SimHandle,
+    b: &SimHandle,
+    acked: &[String],
+) -> (usize, usize) {
+    let expected = acked.len() as u64;
+    wait_until(
+        "the simulators to accept every acknowledged notification",
+        || accepted(a) + accepted(b) >= expected,
+    )
+    .await;
+    wait_until("the delivery records to catch up", || {
+        a.record().len() + b.record().len() >= acked.len()
+    })
+    .await;
+    wait_until("herald to count every notification delivered", || {
+        server.summary().delivered >= expected
+    })
+    .await;
+
+    let mut seen: HashMap<String, (usize, usize)> = HashMap::with_capacity(acked.len());
+    for r in a.record() {
+        seen.entry(r.token).or_default().0 += 1;
+    }
+    for r in b.record() {
+        seen.entry(r.token).or_default().1 += 1;
+    }
+    let lost: Vec<&String> = acked.iter().filter(|t| !seen.contains_key(*t)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged notifications lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        lost.first()
+    );
+    let twice: Vec<(&String, &(usize, usize))> =
+        seen.iter().filter(|(_, (x, y))| x + y > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} notifications delivered more than once, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    assert_eq!(
+        seen.len(),
+        acked.len(),
+        "the simulators recorded tokens nobody acknowledged"
+    );
+    assert_eq!(accepted(a) + accepted(b), expected, "simulator stats");
+    let summary = server.summary();
+    assert_eq!(summary.delivered, expected, "{summary:?}");
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    let to_a = seen.values().filter(|(x, _)| *x == 1).count();
+    (to_a, acked.len() - to_a)
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    pki: Pki,
+    config: PathBuf,
+    a: Arc<SimHandle>,
+    b: Arc<SimHandle>,
+    server: Arc<Server>,
+    http: String,
+}
+
+async fn rig(max: i64) -> Rig {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let pki = Pki::generate(&dir.join("pki"), &[TOPIC.to_string()]).unwrap();
+    let a = Arc::new(start_sim(&pki).await);
+    let b = Arc::new(start_sim(&pki).await);
+    let config = dir.join("herald.conf");
+    std::fs::write(&config, config_text(&dir, &pki, a.addrs.h2.port(), max, "")).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let http = server.addrs().await.http[0].to_string();
+    Rig {
+        _dir: tmp,
+        dir,
+        pki,
+        config,
+        a,
+        b,
+        server,
+        http,
+    }
+}
+
+impl Rig {
+    fn rewrite(&self, port: u16, max: i64, extra: &str) {
+        let text = config_text(&self.dir, &self.pki, port, max, extra);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    async fn reload_ok(&self) {
+        let report = self.server.reload(None).await.unwrap();
+        assert_eq!(report.domains, 1, "{report:?}");
+        assert!(report.unroutable.is_empty(), "{report:?}");
+        assert_eq!(self.server.generation(), 1);
+    }
+
+    /// (route port, max_outbound_connections) of the configuration in force.
+    fn in_force(&self) -> (u16, i64) {
+        let d = self.server.config().domain_settings(None, None, DOMAIN);
+        (d.routes[0].port, d.max_outbound_connections)
+    }
+}
+
+/// Route A with one connection -> route B with four, while the injector runs (design §4; momentum.md §1.5 for
+/// `max_outbound_connections`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_traffic_to_the_new_route_with_the_new_connection_limit() {
+    let rig = rig(1).await;
+    let (a, b) = (rig.a.clone(), rig.b.clone());
+    let sampler = Sampler::start(&a, &b);
+    let injector = Injector::start(&rig.http, 0x0a11_0000_0000);
+
+    // Traffic flows over A's single connection, which is saturated (STREAMS in flight).
+    wait_until("A to accept notifications", || accepted(&a) >= 500).await;
+    injector
+        .wait_for_more(2_000, "more acknowledged notifications")
+        .await;
+    assert_eq!(opened_total(&b), 0);
+    let (peak_a, _) = sampler.reset();
+    assert_eq!(peak_a, 1, "max_outbound_connections = 1 toward A");
+    let queued = rig.server.summary().active_queue;
+    assert!(
+        queued > u64::from(STREAMS),
+        "the injector must outpace A so that work waits at the reload: {queued} queued"
+    );
+
+    rig.rewrite(b.addrs.h2.port(), 4, "");
+    rig.reload_ok().await;
+    assert_eq!(rig.in_force(), (b.addrs.h2.port(), 4));
+    let a_at_reload = accepted(&a);
+
+    // The old connection finishes what it carries and closes; A then gets nothing more.
+    wait_until("A's connection to drain and close", || open(&a) == 0).await;
+    let a_drained = accepted(&a);
+    // B gets the traffic over more than one connection at once.
+    wait_until("B to have two connections open at once", || open(&b) >= 2).await;
+    injector
+        .wait_for_more(3_000, "traffic after the reload")
+        .await;
+    wait_until("B to accept notifications", || accepted(&b) >= 1_000).await;
+    let acked = injector.stop().await;
+    let (to_a, to_b) = assert_nothing_lost(&rig.server, &a, &b, &acked).await;
+
+    let (peak_a, peak_b) = sampler.peaks();
+    eprintln!(
+        "A: {to_a} notifications ({} at reload, {a_drained} after the drain), B: {to_b}; \
+         peak open connections after the reload A={peak_a} B={peak_b}; B opened {}",
+        a_at_reload,
+        opened_total(&b)
+    );
+    assert_eq!(
+        accepted(&a),
+        a_drained,
+        "A received traffic after its drain"
+    );
+    assert_eq!(to_a as u64, a_drained);
+    assert_eq!(opened_total(&a), 1, "at most one connection ever to A");
+    assert!(peak_a <= 1);
+    assert!(
+        (2..=4).contains(&peak_b),
+        "B's peak open connections: {peak_b}"
+    );
+    assert!(
+        (2..=4).contains(&opened_total(&b)),
+        "connections B accepted: {}",
+        opened_total(&b)
+    );
+    assert!(to_b > 0);
+}
+
+/// Lowering `max_outbound_connections` (4 -> 1) on the same route: once the old connections have drained, B
+/// never sees more than one connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_lowering_the_connection_limit_drains_down_to_it() {
+    let rig = rig(4).await;
+    let b = rig.a.clone();
+    let unused = rig.b.clone();
+    let injector = Injector::start(&rig.http, 0x0b22_0000_0000);
+
+    wait_until("four connections open at once", || open(&b) == 4).await;
+    injector
+        .wait_for_more(2_000, "acknowledged notifications")
+        .await;
+    let opened_before = opened_total(&b);
+    assert_eq!(opened_before, 4);
+
+    rig.rewrite(b.addrs.h2.port(), 1, "");
+    rig.reload_ok().await;
+    assert_eq!(rig.in_force(), (b.addrs.h2.port(), 1));
+
+    // The four old connections finish what they carry and close; one new one takes over.
+    wait_until("the old connections to drain", || {
+        open(&b) <= 1 && opened_total(&b) > opened_before
+    })
+    .await;
+    let settled_total = opened_total(&b);
+    let sampler = Sampler::start(&b, &unused);
+    // Watch for a while under traffic: never more than one connection, and no new ones.
+    let accepted_at_settle = accepted(&b);
+    injector
+        .wait_for_more(3_000, "traffic after the drain")
+        .await;
+    wait_until("B to accept more after the drain", || {
+        accepted(&b) >= accepted_at_settle + 1_000
+    })
+    .await;
+    let (peak, _) = sampler.peaks();
+    assert!(peak <= 1, "B had {peak} connections open after the drain");
+    assert_eq!(
+        opened_total(&b),
+        settled_total,
+        "connections opened after the drain"
+    );
+    assert_eq!(
+        opened_total(&b),
+        opened_before + 1,
+        "one new connection replaced the four"
+    );
+    let acked = injector.stop().await;
+    let (to_b, to_unused) = assert_nothing_lost(&rig.server, &b, &unused, &acked).await;
+    eprintln!(
+        "lowering: {to_b} notifications, {opened_before} connections before the reload, {} in all",
+        opened_total(&b)
+    );
+    assert_eq!(to_unused, 0);
+    assert_eq!(to_b, acked.len());
+    let (peak, _) = sampler.peaks();
+    assert!(peak <= 1, "B had {peak} connections open while draining");
+    assert_eq!(opened_total(&b), opened_before + 1);
+}
+
+/// A broken file (an unknown option, then a syntax error) is refused with every problem named; the old route
+/// and connection limit stay in force and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_of_a_broken_file_keeps_the_running_configuration() {
+    let rig = rig(2).await;
+    let (a, b) = (rig.a.clone(), rig.b.clone());
+    let sampler = Sampler::start(&a, &b);
+    let injector = Injector::start(&rig.http, 0x0c33_0000_0000);
+    wait_until("A to accept notifications", || accepted(&a) >= 500).await;
+    injector
+        .wait_for_more(2_000, "acknowledged notifications")
+        .await;
+
+    // A misspelt option alongside a new route and limit: nothing of the file may take effect.
+    rig.rewrite(b.addrs.h2.port(), 4, "  max_outbound_conections = 4\n");
+    let err = rig.server.reload(None).await.unwrap_err().to_string();
+    eprintln!("refused reload: {err}");
+    assert!(err.contains("max_outbound_conections"), "{err}");
+    // Line 19 of `config_text` is where `extra` goes.
+    assert!(err.contains("herald.conf:19:"), "{err}");
+    assert!(err.contains("running one stays in force"), "{err}");
+    injector
+        .wait_for_more(2_000, "traffic after the refused reload")
+        .await;
+
+    // A syntax error: an unclosed scope.
+    let text = config_text(&rig.dir, &rig.pki, b.addrs.h2.port(), 4, "");
+    std::fs::write(&rig.config, text.trim_end().trim_end_matches('}')).unwrap();
+    let err = rig.server.reload(None).await.unwrap_err().to_string();
+    eprintln!("refused reload: {err}");
+    assert!(err.contains("herald.conf:"), "{err}");
+    assert!(err.contains("running one stays in force"), "{err}");
+    injector
+        .wait_for_more(2_000, "traffic after the second refused reload")
+        .await;
+
+    assert_eq!(rig.server.generation(), 0);
+    assert_eq!(rig.in_force(), (a.addrs.h2.port(), 2));
+    let acked = injector.stop().await;
+    let (to_a, to_b) = assert_nothing_lost(&rig.server, &a, &b, &acked).await;
+    eprintln!(
+        "broken file: A {to_a}, B {to_b}, A opened {} connections",
+        opened_total(&a)
+    );
+    assert_eq!(to_b, 0, "B received traffic from a refused configuration");
+    assert_eq!(to_a, acked.len());
+    assert_eq!(opened_total(&b), 0);
+    let (peak_a, _) = sampler.peaks();
+    assert!(
+        peak_a <= 2,
+        "A had {peak_a} connections open with a limit of 2"
+    );
+    assert_eq!(
+        opened_total(&a),
+        2,
+        "the old connections stay; none reopened"
+    );
+}
