@@ -290,9 +290,8 @@ impl Server {
                 let addr = socket
                     .local_addr()
                     .map_err(|e| listener_err(e.to_string()))?;
-                let smtp_config =
-                    smtp::SmtpConfig::new(settings.clone(), smtp::SmtpLimits::default())
-                        .map_err(|e| listener_err(e.to_string()))?;
+                let smtp_config = smtp::SmtpConfig::from_config(&self.config(), settings.clone())
+                    .map_err(|e| listener_err(e.to_string()))?;
                 let (config_tx, config_rx) = watch::channel(Arc::new(smtp_config));
                 let task =
                     tokio::spawn(smtp::serve(socket, config_rx, self.intake.clone(), stop_rx));
@@ -408,7 +407,7 @@ impl Server {
                 }
                 Some(new) if running.kind == ListenerKind::Esmtp => {
                     // Sessions notice the new generation and answer 421 4.3.2 at their next command.
-                    match smtp::SmtpConfig::new(new.clone(), smtp::SmtpLimits::default()) {
+                    match smtp::SmtpConfig::from_config(&config, new.clone()) {
                         Ok(c) => {
                             if let Some(tx) = &running.smtp_config {
                                 let _ = tx.send(Arc::new(c));

@@ -108,6 +108,10 @@ async fn accept_batch(
         }
         Some(d) => d,
     };
+    // Every item goes to this one domain: an unknown or undeliverable one refuses the whole request.
+    intake
+        .check_domain(domain)
+        .map_err(|e| ApiError::bad_request(format!("domain: {e}")))?;
     let opts = &request;
     let mut results = Vec::new();
     let mut accepted = Vec::new();
@@ -192,9 +196,6 @@ async fn accept_batch(
 }
 
 /// Validates one item: accepted ones join the batch to commit, rejected ones keep their reason.
-///
-/// The first item also proves the domain: [`Intake::prepare`] checks the domain before anything else, so when
-/// the first item is refused for its domain the whole request is (`400`), and otherwise no later item can be.
 fn take(
     intake: &Intake,
     submission: Submission,
@@ -206,9 +207,6 @@ fn take(
         Ok(n) => {
             results.push(ItemResult::Accepted(n.id));
             accepted.push(n);
-        }
-        Err(Refusal::Permanent(reason)) if results.is_empty() && is_domain_refusal(&reason) => {
-            return Err(ApiError::bad_request(format!("domain: {reason}")));
         }
         Err(Refusal::Permanent(reason)) => results.push(ItemResult::Rejected(reason)),
         Err(Refusal::Temporary(reason)) => return Err(ApiError::unavailable(reason)),
@@ -222,11 +220,6 @@ pub(super) fn refusal_error(refusal: Refusal) -> ApiError {
         Refusal::Temporary(m) => ApiError::unavailable(m),
         Refusal::Permanent(m) => ApiError::bad_request(m),
     }
-}
-
-/// Whether [`Intake::prepare`] refused a submission for its domain (unknown or not deliverable).
-fn is_domain_refusal(reason: &str) -> bool {
-    reason.starts_with("domain ") || reason.starts_with("no domain")
 }
 
 fn either(own: &Option<Text<'_>>, default: &Option<Text<'_>>) -> Option<String> {
