@@ -542,6 +542,10 @@ async fn reload_of_a_broken_file_keeps_the_running_configuration() {
     assert!(err.contains("max_outbound_conections"), "{err}");
     // Line 19 of `config_text` is where `extra` goes.
     assert!(err.contains("herald.conf:19:"), "{err}");
+    assert!(
+        err.contains("did you mean `max_outbound_connections`"),
+        "{err}"
+    );
     assert!(err.contains("running one stays in force"), "{err}");
     injector
         .wait_for_more(2_000, "traffic after the refused reload")
@@ -552,7 +556,9 @@ async fn reload_of_a_broken_file_keeps_the_running_configuration() {
     std::fs::write(&rig.config, text.trim_end().trim_end_matches('}')).unwrap();
     let err = rig.server.reload(None).await.unwrap_err().to_string();
     eprintln!("refused reload: {err}");
-    assert!(err.contains("herald.conf:"), "{err}");
+    // The domain scope opens on line 5.
+    assert!(err.contains("herald.conf:5:"), "{err}");
+    assert!(err.contains("unterminated scope"), "{err}");
     assert!(err.contains("running one stays in force"), "{err}");
     injector
         .wait_for_more(2_000, "traffic after the second refused reload")
