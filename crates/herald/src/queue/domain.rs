@@ -258,7 +258,7 @@ impl DomainTask {
                 items.extend(waiting.into_iter().map(|j| j.tag));
                 let n = items.len();
                 for item in items {
-                    self.finish_permanent(item, None, None, &reason, false, None);
+                    self.finish_permanent(item, None, None, &reason, &reason, false, None);
                 }
                 let _ = reply.send(n);
             }
@@ -307,7 +307,7 @@ impl DomainTask {
             let entry = self.entry(&self.active[pos], "active", None);
             if let MessageAction::Fail(reason) = action {
                 if let Some(item) = self.active.remove(pos) {
-                    self.finish_permanent(item, None, None, &reason, false, None);
+                    self.finish_permanent(item, None, None, &reason, &reason, false, None);
                 }
             }
             return Some(entry);
@@ -336,7 +336,7 @@ impl DomainTask {
             MessageAction::Details => self.delayed.push(Reverse(d)),
             MessageAction::Retry => self.active.push_back(d.item),
             MessageAction::Fail(reason) => {
-                self.finish_permanent(d.item, None, None, &reason, false, None)
+                self.finish_permanent(d.item, None, None, &reason, &reason, false, None)
             }
         }
         Some(entry)
@@ -370,7 +370,7 @@ impl DomainTask {
                 break;
             };
             if let Some(reason) = self.refuse_before_attempt(&mut item, now) {
-                self.finish_permanent(item, None, None, &reason, false, None);
+                self.finish_permanent(item, None, None, &reason, &reason, false, None);
                 continue;
             }
             let mut request = item.request();
@@ -434,20 +434,30 @@ impl DomainTask {
                     "no answer within {} ms",
                     self.settings.response_timeout.as_millis()
                 );
-                self.transient(item, remote, None, &error, true);
+                self.transient(item, remote, None, &error, "ResponseTimeout", true);
             }
             PushResult::Rejected(rejection) => {
                 let class = rejection.class();
                 let status = Some(rejection.code());
                 let tx = item.notification.apns_id.clone();
                 match class {
-                    FailureClass::Transient => {
-                        self.transient(item, remote, status, rejection.text(), true)
-                    }
+                    FailureClass::Transient => self.transient(
+                        item,
+                        remote,
+                        status,
+                        rejection.text(),
+                        rejection.text(),
+                        true,
+                    ),
                     // A fresh token failing again (a clock far off, a revoked key) takes the normal schedule.
-                    FailureClass::RefreshTokenAndRetry if item.retries > 0 => {
-                        self.transient(item, remote, status, rejection.text(), true)
-                    }
+                    FailureClass::RefreshTokenAndRetry if item.retries > 0 => self.transient(
+                        item,
+                        remote,
+                        status,
+                        rejection.text(),
+                        rejection.text(),
+                        true,
+                    ),
                     FailureClass::RefreshTokenAndRetry => {
                         // The connection has retired the stale token; try again at once with a fresh one.
                         self.log(
@@ -464,7 +474,15 @@ impl DomainTask {
                         self.active.push_front(item);
                     }
                     FailureClass::Permanent => {
-                        self.finish_permanent(item, remote, status, rejection.text(), true, None);
+                        self.finish_permanent(
+                            item,
+                            remote,
+                            status,
+                            rejection.text(),
+                            rejection.text(),
+                            true,
+                            None,
+                        );
                     }
                     FailureClass::InvalidToken => {
                         let timestamp_ms = match &rejection {
@@ -484,6 +502,7 @@ impl DomainTask {
                             remote,
                             status,
                             rejection.text(),
+                            rejection.text(),
                             true,
                             Some(invalid),
                         );
@@ -493,12 +512,17 @@ impl DomainTask {
         }
     }
 
+    /// A transient failure: retried later, or final once retries or time run out. `error` is what the logs say;
+    /// `label` is the reason metrics count it under (an APNs reason or a herald class such as `ConnectionFailed`,
+    /// never addresses or OS text, so that the number of series stays bounded).
+    #[allow(clippy::too_many_arguments)]
     fn transient(
         &mut self,
         mut item: Box<Queued>,
         remote: Option<std::net::IpAddr>,
         status: Option<u16>,
         error: &str,
+        label: &str,
         connected: bool,
     ) {
         let age = Duration::from_secs(unix_now().saturating_sub(item.notification.received_at));
@@ -514,7 +538,7 @@ impl DomainTask {
                     error,
                     connected,
                 );
-                self.stats.transient(error);
+                self.stats.transient(label);
                 item.retries += 1;
                 self.shared.rescheduled(&item, delay);
                 self.seq += 1;
@@ -526,23 +550,28 @@ impl DomainTask {
             }
             RetryDecision::RetriesExhausted => {
                 let reason = format!("exceeded max retries; last error: {error}");
-                self.finish_permanent(item, remote, status, &reason, connected, None);
+                let label = format!("exceeded max retries; last error: {label}");
+                self.finish_permanent(item, remote, status, &reason, &label, connected, None);
             }
             RetryDecision::Expired => {
                 let reason = format!(
                     "554 5.4.7 [internal] exceeded max time without delivery; last error: {error}"
                 );
-                self.finish_permanent(item, remote, None, &reason, connected, None);
+                let label = format!("exceeded max time without delivery; last error: {label}");
+                self.finish_permanent(item, remote, None, &reason, &label, connected, None);
             }
         }
     }
 
+    /// A final failure: logged with `error`, counted under `label` (see [`DomainTask::transient`]).
+    #[allow(clippy::too_many_arguments)]
     fn finish_permanent(
         &mut self,
         item: Box<Queued>,
         remote: Option<std::net::IpAddr>,
         status: Option<u16>,
         error: &str,
+        label: &str,
         connected: bool,
         invalid: Option<InvalidToken>,
     ) {
@@ -556,7 +585,7 @@ impl DomainTask {
             error,
             connected,
         );
-        self.stats.permanent(error);
+        self.stats.permanent(label);
         if let Some(invalid) = invalid {
             self.shared.invalid_token(invalid);
         }
@@ -575,7 +604,7 @@ impl DomainTask {
         self.outstanding = self.outstanding.saturating_sub(waiting.len());
         let active = std::mem::take(&mut self.active);
         for item in waiting.into_iter().map(|j| j.tag).chain(active) {
-            self.transient(item, None, None, &error, false);
+            self.transient(item, None, None, &error, "ConnectionFailed", false);
         }
     }
 
