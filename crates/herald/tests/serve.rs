@@ -487,7 +487,7 @@ async fn a_kill_9_at_a_random_moment_loses_nothing_that_was_acknowledged() {
     let unacknowledged_delivered = deliveries.keys().filter(|t| !acked.contains(*t)).count();
     println!(
         "crash: seed={} count={} target={} killed_after={killed_after} acknowledged={} \
-         delivered_before_kill={sent_before_restart} delivered={} lost={lost} duplicates={duplicates} \
+         delivered_before_restart={sent_before_restart} delivered={} lost={lost} duplicates={duplicates} \
          unacknowledged_delivered={unacknowledged_delivered} recovery_seconds={:.2} seconds={:.1}",
         plan.seed,
         plan.count,
