@@ -427,6 +427,12 @@ impl fmt::Debug for TokenState {
 }
 
 impl ProviderTokenCache {
+    /// Whether `self` and `other` are the same cache (clones of one another): they sign with the same key and
+    /// share the token in force.
+    pub fn is_same_cache(&self, other: &ProviderTokenCache) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// A cache on the system clocks; mints the first token now.
     pub fn new(
         key: SigningKey,

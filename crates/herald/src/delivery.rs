@@ -1,10 +1,13 @@
-//! From configuration to delivery: resolves a domain's options (herald-conf) into [`DeliverySettings`], loading
-//! each TLS identity and provider key once and sharing one provider-token cache per key across every domain
-//! and connection that uses it (so a key's token is refreshed once, never per connection).
+//! From configuration to delivery: resolves a domain's options (herald-conf) into [`DeliverySettings`], once per
+//! domain and configuration, loading each TLS identity and provider key once and sharing one provider-token cache
+//! per key across every domain and connection that uses it (so a key's token is refreshed once, never per
+//! connection). A reload that leaves a domain's credential files as they were yields the same TLS configuration
+//! and token cache, so its connections can stay up.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use herald_apns::binary::BinaryFormat;
@@ -40,44 +43,111 @@ pub fn load_identity(d: &DomainSettings) -> Option<(PathBuf, Result<ClientIdenti
 
 /// Resolves domains against a loaded configuration.
 pub struct ConfigResolver {
-    config: std::sync::RwLock<Arc<Config>>,
+    state: RwLock<ResolverState>,
     keys: Mutex<HashMap<(PathBuf, String, String), ProviderTokenCache>>,
     tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
 }
 
+/// The configuration in force and the settings built from it, by domain (built on first use, not per
+/// notification).
+struct ResolverState {
+    config: Arc<Config>,
+    generation: u64,
+    settings: HashMap<String, Arc<DeliverySettings>>,
+}
+
+/// What a TLS client configuration is made of: the options, and the content of the files they name (so that a
+/// renewed certificate at the same path makes a new configuration).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TlsKey {
     certificate: Option<PathBuf>,
     key: Option<PathBuf>,
     pkcs12: Option<PathBuf>,
+    pkcs12_password: Option<String>,
     verify: String,
     ca: Option<PathBuf>,
     h2: bool,
+    contents: [Option<u64>; 4],
+}
+
+impl TlsKey {
+    fn of(d: &DomainSettings, h2: bool) -> TlsKey {
+        let content = |p: &Option<PathBuf>| p.as_deref().and_then(content_hash);
+        TlsKey {
+            certificate: d.tls_certificate.clone(),
+            key: d.tls_key.clone(),
+            pkcs12: d.tls_pkcs12.clone(),
+            pkcs12_password: d.tls_pkcs12_password.clone(),
+            verify: format!("{:?}", d.tls_verify),
+            ca: d.tls_ca.clone(),
+            h2,
+            contents: [
+                content(&d.tls_certificate),
+                content(&d.tls_key),
+                content(&d.tls_pkcs12),
+                content(&d.tls_ca),
+            ],
+        }
+    }
+
+    /// Whether the files still hold what they held when this key was made.
+    fn is_current(&self) -> bool {
+        let content = |p: &Option<PathBuf>| p.as_deref().and_then(content_hash);
+        self.contents
+            == [
+                content(&self.certificate),
+                content(&self.key),
+                content(&self.pkcs12),
+                content(&self.ca),
+            ]
+    }
+}
+
+/// A hash of a file's bytes (`None` when it cannot be read: loading it reports why).
+fn content_hash(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
 }
 
 impl ConfigResolver {
     pub fn new(config: Arc<Config>) -> Self {
         ConfigResolver {
-            config: std::sync::RwLock::new(config),
+            state: RwLock::new(ResolverState {
+                config,
+                generation: 0,
+                settings: HashMap::new(),
+            }),
             keys: Mutex::new(HashMap::new()),
             tls: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ResolverState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts a new configuration in force (after a reload). Credentials are read again on next use, so a renewed
-    /// certificate or key file takes effect; provider-token caches of unchanged keys are kept (a new cache would
-    /// mint a token early).
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.read().config.clone()
+    }
+
+    /// Puts a new configuration in force (after a reload). Settings are built again on next use; credential
+    /// files are read again, and a TLS configuration is reused only when its files hold what they held, so a
+    /// renewed certificate or key takes effect; provider-token caches of unchanged keys are kept (a new cache
+    /// would mint a token early).
     pub fn replace(&self, config: Arc<Config>) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
-        self.tls.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            state.config = config;
+            state.generation += 1;
+            state.settings.clear();
+        }
+        self.tls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| k.is_current());
     }
 
     fn token_cache(&self, d: &DomainSettings) -> Result<Option<ProviderTokenCache>, String> {
@@ -110,14 +180,7 @@ impl ConfigResolver {
         d: &DomainSettings,
         h2: bool,
     ) -> Result<Arc<rustls::ClientConfig>, String> {
-        let key = TlsKey {
-            certificate: d.tls_certificate.clone(),
-            key: d.tls_key.clone(),
-            pkcs12: d.tls_pkcs12.clone(),
-            verify: format!("{:?}", d.tls_verify),
-            ca: d.tls_ca.clone(),
-            h2,
-        };
+        let key = TlsKey::of(d, h2);
         let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
@@ -135,7 +198,11 @@ impl ConfigResolver {
 
     /// Builds the settings of one domain (default binding).
     pub fn build(&self, domain: &str) -> Result<DeliverySettings, String> {
-        let d = self.config().domain_settings(None, None, domain);
+        self.build_with(&self.config(), domain)
+    }
+
+    fn build_with(&self, config: &Config, domain: &str) -> Result<DeliverySettings, String> {
+        let d = config.domain_settings(None, None, domain);
         if d.delivery_method != DeliveryMethod::Apn {
             return Err(format!(
                 "delivery_method is {:?}; herald delivers only with delivery_method = apn",
@@ -202,7 +269,121 @@ impl ConfigResolver {
 }
 
 impl SettingsResolver for ConfigResolver {
+    /// The domain's settings under the configuration in force, built on first use. Refusals are not kept: an
+    /// unknown domain costs a lookup each time, and cannot fill the cache.
     fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String> {
-        self.build(domain).map(Arc::new)
+        let (config, generation) = {
+            let state = self.read();
+            if let Some(s) = state.settings.get(domain) {
+                return Ok(s.clone());
+            }
+            (state.config.clone(), state.generation)
+        };
+        let settings = Arc::new(self.build_with(&config, domain)?);
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        // Built under a configuration a reload has since replaced: use it once, do not keep it.
+        if state.generation == generation {
+            state.settings.insert(domain.to_owned(), settings.clone());
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_sim::Pki;
+
+    const TOPIC: &str = "com.example.resolver";
+
+    fn config(pki: &Pki, port: u16, max: u32) -> Arc<Config> {
+        let m = &pki.manifest;
+        let client = &m.clients[TOPIC]["universal"];
+        let text = format!(
+            r#"
+domain "cert.example" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{port}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+  max_outbound_connections = {max}
+}}
+domain "token.example" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{port}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  apn_key = "{p8}"
+  apn_key_id = "{kid}"
+  apn_team_id = "{tid}"
+  max_outbound_connections = {max}
+}}
+"#,
+            ca = m.ca_cert.display(),
+            cert = client.cert.display(),
+            key = client.key.display(),
+            p8 = m.token_key.p8.display(),
+            kid = m.token_key.key_id,
+            tid = m.token_key.team_id,
+        );
+        Arc::new(Config::parse_str("herald.conf", &text).unwrap())
+    }
+
+    #[test]
+    fn settings_are_built_once_per_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &[TOPIC.to_string()]).unwrap();
+        let resolver = ConfigResolver::new(config(&pki, 2195, 2));
+        let a = resolver.resolve("cert.example").unwrap();
+        let b = resolver.resolve("cert.example").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(resolver.resolve("unknown.example").is_err());
+        resolver.replace(config(&pki, 2195, 5));
+        let c = resolver.resolve("cert.example").unwrap();
+        assert_eq!(c.max_connections, 5, "a reload builds the settings again");
+    }
+
+    /// A reload that leaves the route and the credential files alone keeps the connections (design §4): same TLS
+    /// configuration, same provider-token cache.
+    #[test]
+    fn unchanged_credentials_keep_their_connections_across_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &[TOPIC.to_string()]).unwrap();
+        let resolver = ConfigResolver::new(config(&pki, 2195, 2));
+        let before = resolver.resolve("cert.example").unwrap();
+        let token_before = resolver.resolve("token.example").unwrap();
+        resolver.replace(config(&pki, 2195, 4));
+        let after = resolver.resolve("cert.example").unwrap();
+        let token_after = resolver.resolve("token.example").unwrap();
+        assert!(before.same_connections(&after));
+        assert!(token_before.same_connections(&token_after));
+        assert_eq!(after.max_connections, 4);
+
+        // Another route: new connections.
+        resolver.replace(config(&pki, 2196, 4));
+        assert!(!after.same_connections(&resolver.resolve("cert.example").unwrap()));
+    }
+
+    /// A certificate renewed in place (same path, new content) takes effect at the next reload.
+    #[test]
+    fn a_renewed_certificate_file_makes_new_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &[TOPIC.to_string()]).unwrap();
+        let resolver = ConfigResolver::new(config(&pki, 2195, 2));
+        let before = resolver.resolve("cert.example").unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let renewed = Pki::generate(other.path(), &[TOPIC.to_string()]).unwrap();
+        let (old, new) = (
+            &pki.manifest.clients[TOPIC]["universal"],
+            &renewed.manifest.clients[TOPIC]["universal"],
+        );
+        std::fs::copy(&new.cert, &old.cert).unwrap();
+        std::fs::copy(&new.key, &old.key).unwrap();
+        resolver.replace(config(&pki, 2195, 2));
+        let after = resolver.resolve("cert.example").unwrap();
+        assert!(!before.same_connections(&after));
+        assert!(!Arc::ptr_eq(&before.tls, &after.tls));
     }
 }

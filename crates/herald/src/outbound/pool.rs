@@ -118,6 +118,27 @@ impl Pool {
         &self.settings
     }
 
+    /// Takes new settings that keep the connections (see [`DeliverySettings::same_connections`]; otherwise the
+    /// owner replaces the pool). A lower connection limit drains the newest connections beyond it: they finish
+    /// what they carry and close.
+    pub fn reconfigure(&mut self, settings: Arc<DeliverySettings>) {
+        debug_assert!(self.settings.same_connections(&settings));
+        self.settings = settings;
+        self.connections.retain(|c| !c.is_closed());
+        let max = self.settings.max_connections.max(1);
+        let mut serving =
+            self.connections.iter().filter(|c| !c.is_draining()).count() + self.connecting;
+        for c in self.connections.iter().rev() {
+            if serving <= max {
+                break;
+            }
+            if !c.is_draining() {
+                c.drain();
+                serving -= 1;
+            }
+        }
+    }
+
     /// Hands a job to the connections.
     pub fn submit(&mut self, job: PoolJob) {
         if let Err(e) = self.jobs_tx.try_send(job) {
@@ -156,6 +177,11 @@ impl Pool {
     /// Connections open or being opened.
     pub fn open_connections(&self) -> usize {
         self.connections.iter().filter(|c| !c.is_closed()).count() + self.connecting
+    }
+
+    /// Connections still open (draining ones included), not counting attempts in progress.
+    pub fn live_connections(&self) -> usize {
+        self.connections.iter().filter(|c| !c.is_closed()).count()
     }
 
     pub fn opened_total(&self) -> u64 {

@@ -48,6 +48,29 @@ pub struct DeliverySettings {
     pub max_window: usize,
 }
 
+impl DeliverySettings {
+    /// Whether connections opened under `self` can go on serving under `other`: the same route and protocol, the
+    /// same TLS configuration (client identity and trust) and provider-token cache, and the same connection
+    /// timeouts. When they can, a reload changes only what the pool and the queue read (connection limit,
+    /// retries, topic, …) and the connections stay up.
+    pub fn same_connections(&self, other: &DeliverySettings) -> bool {
+        let same_auth = match (&self.auth, &other.auth) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.is_same_cache(b),
+            _ => false,
+        };
+        self.protocol == other.protocol
+            && self.endpoint == other.endpoint
+            && Arc::ptr_eq(&self.tls, &other.tls)
+            && same_auth
+            && self.idle_timeout == other.idle_timeout
+            && self.response_timeout == other.response_timeout
+            && self.connect_timeout == other.connect_timeout
+            && self.keepalive == other.keepalive
+            && self.max_window == other.max_window
+    }
+}
+
 impl std::fmt::Debug for DeliverySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeliverySettings")

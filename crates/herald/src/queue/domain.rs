@@ -140,6 +140,8 @@ pub struct DomainTask {
     delayed: BinaryHeap<Reverse<Delayed>>,
     seq: u64,
     pool: Pool,
+    /// Pools replaced by a reload whose connections still finish their work.
+    retired: Vec<Pool>,
     generation: u64,
     /// Handed to the pool and not yet reported back.
     outstanding: usize,
@@ -165,6 +167,7 @@ impl DomainTask {
             delayed: BinaryHeap::new(),
             seq: 0,
             pool,
+            retired: Vec::new(),
             generation: 0,
             outstanding: 0,
             sender,
@@ -266,19 +269,27 @@ impl DomainTask {
                 let _ = reply.send(self.message(&id, action));
             }
             DomainEvent::Reconfigure(settings) => {
-                self.generation += 1;
-                let sink = Arc::new(self.sender.clone());
-                let mut old = std::mem::replace(
-                    &mut self.pool,
-                    Pool::new(settings.clone(), self.generation, sink.clone(), sink),
-                );
-                // What the old pool's connections had not taken yet goes to the new one.
-                for job in old.take_waiting() {
-                    self.outstanding = self.outstanding.saturating_sub(1);
-                    self.active.push_front(job.tag);
+                if self.pool.settings().same_connections(&settings) {
+                    // Same route and credentials: the connections stay; a lower limit drains the surplus.
+                    self.pool.reconfigure(settings.clone());
+                    self.settings = settings;
+                } else {
+                    self.generation += 1;
+                    let sink = Arc::new(self.sender.clone());
+                    let mut old = std::mem::replace(
+                        &mut self.pool,
+                        Pool::new(settings.clone(), self.generation, sink.clone(), sink),
+                    );
+                    // What the old pool's connections had not taken yet goes to the new one.
+                    for job in old.take_waiting() {
+                        self.outstanding = self.outstanding.saturating_sub(1);
+                        self.active.push_front(job.tag);
+                    }
+                    old.close();
+                    // Kept until its connections have finished what they carry, so that they are counted.
+                    self.retired.push(old);
+                    self.settings = settings;
                 }
-                old.close();
-                self.settings = settings;
             }
         }
         self.publish_sizes();
@@ -350,7 +361,10 @@ impl DomainTask {
             }
         }
         self.pool.maintain();
-        self.stats.set_connections(self.pool.open_connections());
+        self.retired.retain(|p| p.live_connections() > 0);
+        let retired: usize = self.retired.iter().map(Pool::live_connections).sum();
+        self.stats
+            .set_connections(self.pool.open_connections() + retired);
         self.stats
             .set_in_flight(self.outstanding.saturating_sub(self.pool.waiting()));
         self.publish_sizes();
