@@ -73,8 +73,8 @@ pub use options::{OPTIONS, OptId, OptionDef};
 pub use scopes::ScopeKind;
 pub use settings::{
     Acl, ApnBinaryFormat, ApnLoggerSettings, DeliveryMethod, DomainSettings, EcLoggerSettings,
-    ListenerKind, ListenerSettings, McmtReception, ModuleSettings, PeerSettings, RetryPolicy,
-    SpoolBackend, SpoolSettings, TlsMode, TlsVerify,
+    HttpServices, ListenerKind, ListenerSettings, McmtReception, ModuleSettings, PeerSettings,
+    RetryPolicy, SpoolBackend, SpoolSettings, TlsMode, TlsVerify,
 };
 pub use tree::Node;
 pub use value::{Kind, MaxRetries, Route, RouteProtocol, Value};

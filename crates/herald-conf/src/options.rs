@@ -142,6 +142,8 @@ const LISTENER_PEER: Scopes = Scopes::of(&[
 ]);
 const MCMT: Scopes = Scopes::of(&[EsmtpListener, Listen, Peer, PathwayGroup, Pathway]);
 const HTTP: Scopes = Scopes::of(&[HttpListener, Listen]);
+/// The services an HTTP listener can offer (`http_services`).
+pub const HTTP_SERVICES: &[&str] = &["inject", "push", "tokens", "metrics"];
 const HTTP_PEER: Scopes = Scopes::of(&[HttpListener, Listen, Peer]);
 const CONTROL: Scopes = Scopes::of(&[ControlListener, Listen]);
 const ESMTP: Scopes = Scopes::of(&[EsmtpListener, Listen]);
@@ -413,6 +415,13 @@ pub static OPTIONS: &[OptionDef] = &[
         None,
         HTTP,
         "Largest HTTP request body accepted, in bytes; unset = no limit (as Momentum).",
+    ),
+    opt(
+        "http_services",
+        Kind::Words(HTTP_SERVICES),
+        Some("inject push tokens metrics"),
+        HTTP,
+        "What an HTTP listener serves: `inject` (/v1.0/inject), `push` (/api/v1/push), `tokens` (/api/v1/tokens/invalid), `metrics` (/metrics); /healthz and /readyz always. A listen stanza with only `metrics` is a metrics listener of its own; a herald addition.",
     ),
     opt(
         "api_key",
@@ -814,7 +823,7 @@ pub fn default_value(id: OptId) -> &'static Value {
                 // The table is checked by a unit test; a bad default would show there.
                 Some(text) => parse_default(d.kind, text).unwrap_or(Value::Unset),
                 None => match d.kind {
-                    Kind::List => Value::List(Vec::new()),
+                    Kind::List | Kind::Words(_) => Value::List(Vec::new()),
                     Kind::Routes => Value::Routes(Vec::new()),
                     Kind::Cidrs => Value::Cidrs(Vec::new()),
                     _ => Value::Unset,

@@ -297,9 +297,49 @@ pub struct ListenerSettings {
     /// `api_key` and `api_keys` together; empty means no key is required.
     pub api_keys: Vec<String>,
     pub max_request_size: Option<u64>,
+    /// `http_services`: what an HTTP listener serves.
+    pub http_services: HttpServices,
     pub file_mode: u32,
     /// Peer stanzas of the listen stanza, then of the listener.
     pub peers: Vec<PeerSettings>,
+}
+
+/// What an HTTP listener serves (`http_services`); `/healthz` and `/readyz` are always served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpServices {
+    /// Momentum's `/v1.0/inject`.
+    pub inject: bool,
+    /// The native batch API `/api/v1/push`.
+    pub push: bool,
+    /// The invalid-token list `/api/v1/tokens/invalid`.
+    pub tokens: bool,
+    /// Prometheus `/metrics`.
+    pub metrics: bool,
+}
+
+impl Default for HttpServices {
+    /// Everything.
+    fn default() -> Self {
+        HttpServices {
+            inject: true,
+            push: true,
+            tokens: true,
+            metrics: true,
+        }
+    }
+}
+
+impl HttpServices {
+    /// The services a list names (words as `http_services` accepts them).
+    pub fn from_words<S: AsRef<str>>(words: &[S]) -> HttpServices {
+        let has = |w: &str| words.iter().any(|x| x.as_ref().eq_ignore_ascii_case(w));
+        HttpServices {
+            inject: has("inject"),
+            push: has("push"),
+            tokens: has("tokens"),
+            metrics: has("metrics"),
+        }
+    }
 }
 
 impl ListenerSettings {
@@ -407,6 +447,7 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                     .value("max_request_size")
                     .as_int()
                     .and_then(|n| u64::try_from(n).ok()),
+                http_services: HttpServices::from_words(r.value("http_services").as_list()),
                 file_mode: r.mode("file_mode"),
                 peers,
             });

@@ -32,6 +32,8 @@ pub enum Kind {
     Enum(&'static [&'static str]),
     /// A list of words `( a b c )`; a single value is a one-item list.
     List,
+    /// A list of words, each one of the listed ones (case-insensitive; stored in the spelling of the list).
+    Words(&'static [&'static str]),
     /// `[ key = value … ]`.
     Pairs,
     /// A list of delivery routes (`apn://host?port=2195`, `https://host[:port]`).
@@ -59,6 +61,7 @@ impl Kind {
             Kind::Path => "path".into(),
             Kind::Enum(words) => words.join(" | "),
             Kind::List => "list of strings".into(),
+            Kind::Words(words) => format!("list of: {}", words.join(" | ")),
             Kind::Pairs => "array `[ key = value ]`".into(),
             Kind::Routes => "list of routes".into(),
             Kind::MaxRetries => "auto | none | integer".into(),
@@ -68,7 +71,10 @@ impl Kind {
     }
 
     fn is_list(&self) -> bool {
-        matches!(self, Kind::List | Kind::Routes | Kind::Cidrs)
+        matches!(
+            self,
+            Kind::List | Kind::Words(_) | Kind::Routes | Kind::Cidrs
+        )
     }
 }
 
@@ -379,7 +385,7 @@ fn parse_scalar(kind: Kind, s: &str) -> Result<Value, String> {
             .parse::<std::net::IpAddr>()
             .map(|ip| Value::Str(ip.to_string()))
             .map_err(|_| "expected an IP address".into()),
-        Kind::List | Kind::Routes | Kind::Cidrs | Kind::Pairs => {
+        Kind::List | Kind::Words(_) | Kind::Routes | Kind::Cidrs | Kind::Pairs => {
             Err("internal: not a scalar kind".into())
         }
     }
@@ -441,6 +447,18 @@ pub fn parse_value(kind: Kind, raw: &RawValue) -> Result<Value, ValueError> {
                 .map(|s| s.text.clone())
                 .collect(),
         )),
+        Kind::Words(words) => {
+            let mut out = Vec::new();
+            for s in items_of(kind, raw).map_err(whole)? {
+                let word = parse_scalar(Kind::Enum(words), &s.text).map_err(|r| item_err(s, r))?;
+                if let Value::Str(w) = word {
+                    if !out.contains(&w) {
+                        out.push(w);
+                    }
+                }
+            }
+            Ok(Value::List(out))
+        }
         Kind::Routes => {
             let mut out = Vec::new();
             for s in items_of(kind, raw).map_err(whole)? {
@@ -486,7 +504,7 @@ pub fn parse_default(kind: Kind, text: &str) -> Result<Value, String> {
         pos: Default::default(),
     };
     let raw = match kind {
-        Kind::List | Kind::Routes | Kind::Cidrs => RawValue::List(
+        Kind::List | Kind::Words(_) | Kind::Routes | Kind::Cidrs => RawValue::List(
             text.split_whitespace()
                 .map(|t| Scalar {
                     text: t.into(),
@@ -528,6 +546,36 @@ mod tests {
             );
         }
         assert!(parse_value(Kind::Bool, &scalar("maybe")).is_err());
+    }
+
+    #[test]
+    fn word_lists_take_only_the_listed_words() {
+        const WORDS: &[&str] = &["inject", "push", "metrics"];
+        let list = RawValue::List(
+            ["Push", "metrics", "push"]
+                .iter()
+                .map(|t| Scalar {
+                    text: (*t).into(),
+                    quoted: false,
+                    pos: Default::default(),
+                })
+                .collect(),
+        );
+        assert_eq!(
+            parse_value(Kind::Words(WORDS), &list).unwrap(),
+            Value::List(vec!["push".into(), "metrics".into()])
+        );
+        assert_eq!(
+            parse_value(Kind::Words(WORDS), &scalar("metrics")).unwrap(),
+            Value::List(vec!["metrics".into()])
+        );
+        let err = parse_value(Kind::Words(WORDS), &scalar("smtp")).unwrap_err();
+        assert_eq!(err.text, "smtp");
+        assert!(
+            err.reason.contains("inject, push, metrics"),
+            "{}",
+            err.reason
+        );
     }
 
     #[test]

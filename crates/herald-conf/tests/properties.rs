@@ -46,6 +46,9 @@ fn value_for(kind: Kind) -> BoxedStrategy<String> {
                 }
             })
             .boxed(),
+        Kind::Words(words) => prop::sample::subsequence(words.to_vec(), 1..=words.len())
+            .prop_map(|items| format!("( {} )", items.join(" ")))
+            .boxed(),
         Kind::List => prop::collection::vec(text_value(), 0..4)
             .prop_map(|items| {
                 let items: Vec<String> = items.iter().map(|i| render_value(i, false)).collect();

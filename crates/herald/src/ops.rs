@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use herald_conf::Config;
+use herald_conf::{Config, HttpServices};
 use herald_spool::Spool;
 
 use crate::delivery::ConfigResolver;
@@ -30,24 +30,29 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// The content type of the Prometheus text exposition.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
-/// Routes for operators on the http listener: invalid tokens, Prometheus metrics and readiness. Merge them
-/// with `inbound::rest::router_with` so they get the listener's checks and JSON 404/405 answers.
+/// Routes for operators on the http listener: invalid tokens and Prometheus metrics (as `services` allows) and
+/// readiness. Merge them with `inbound::rest::router_with` so they get the listener's checks and JSON 404/405
+/// answers.
 pub fn routes(
     engine: Arc<Engine>,
     spool: Arc<dyn Spool>,
     invalid: Arc<InvalidTokenStore>,
     resolver: Arc<ConfigResolver>,
+    services: HttpServices,
 ) -> Router {
-    let tokens = invalid.clone();
-    Router::new()
-        .route(
+    let mut router = Router::new().route("/readyz", get(|| async { "ready" }));
+    if services.tokens {
+        let tokens = invalid.clone();
+        router = router.route(
             "/api/v1/tokens/invalid",
             get(move |RawQuery(raw): RawQuery| {
                 let tokens = tokens.clone();
                 async move { invalid_tokens_answer(&tokens, raw.as_deref().unwrap_or("")) }
             }),
-        )
-        .route(
+        );
+    }
+    if services.metrics {
+        router = router.route(
             "/metrics",
             get(move || {
                 let engine = engine.clone();
@@ -67,8 +72,9 @@ pub fn routes(
                     )
                 }
             }),
-        )
-        .route("/readyz", get(|| async { "ready" }))
+        );
+    }
+    router
 }
 
 /// (domain, certificate file, not-after) of every configured client certificate that can be read.

@@ -323,6 +323,7 @@ impl Server {
                     self.spool.clone(),
                     self.invalid_tokens.clone(),
                     self.resolver.clone(),
+                    settings.http_services,
                 );
                 let app = rest::router_with(
                     rest::RestState::new(settings.clone(), self.intake.clone()),

@@ -21,7 +21,9 @@ use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
 use herald_apns::client::connect::Endpoint;
 use herald_apns::identity::{RootSource, client_config};
 use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
-use herald_conf::{Acl, Cidr, ListenAddr, ListenerKind, ListenerSettings, McmtReception};
+use herald_conf::{
+    Acl, Cidr, HttpServices, ListenAddr, ListenerKind, ListenerSettings, McmtReception,
+};
 use herald_sim::record::DeliveryRecord;
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
 use reqwest::StatusCode;
@@ -67,6 +69,7 @@ fn listener_settings() -> ListenerSettings {
         },
         api_keys: vec![],
         max_request_size: None,
+        http_services: HttpServices::default(),
         file_mode: 0o644,
         peers: vec![],
     }
@@ -1006,6 +1009,100 @@ async fn openapi_documents_exactly_the_routes_the_server_answers() {
             }
         }
     }
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// `http_services` splits what listeners serve: here one listen stanza takes injections only and another serves
+/// metrics only (a metrics listener of its own); a route a listener does not serve is a 404 that names the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_services_give_metrics_a_listener_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"spool_dir = "{}"
+http_listener {{
+  listen "127.0.0.1:0" {{ http_services = ( inject push ) }}
+  listen "127.0.0.2:0" {{ http_services = metrics }}
+}}
+"#,
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let server = herald::server::Server::start(&config).await.unwrap();
+    let addrs = server.addrs().await.http;
+    let inject = addrs
+        .iter()
+        .find(|a| a.ip().to_string() == "127.0.0.1")
+        .unwrap();
+    let metrics = addrs
+        .iter()
+        .find(|a| a.ip().to_string() == "127.0.0.2")
+        .unwrap();
+    let client = reqwest::Client::new();
+    let get = |addr: std::net::SocketAddr, path: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+
+    let (status, body) = get(*metrics, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("# TYPE herald_received_total counter"),
+        "{body}"
+    );
+    for (addr, path) in [
+        (*metrics, "/healthz"),
+        (*metrics, "/readyz"),
+        (*inject, "/healthz"),
+    ] {
+        assert_eq!(get(addr, path).await.0, StatusCode::OK, "{addr}{path}");
+    }
+    // Injection is refused on the metrics listener, metrics and tokens on the injection one: 404 naming why.
+    let push = client
+        .post(format!("http://{metrics}/api/v1/push"))
+        .json(&json!({"domain": "x.example", "tokens": ["ab"], "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status(), StatusCode::NOT_FOUND);
+    let answer: Value = push.json().await.unwrap();
+    let error = answer["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(r#"does not serve "push" (see http_services"#),
+        "{error}"
+    );
+    for (path, service) in [
+        ("/metrics", "metrics"),
+        ("/api/v1/tokens/invalid", "tokens"),
+    ] {
+        let (status, body) = get(*inject, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("does not serve {service:?}")),
+            "{error}"
+        );
+    }
+    assert_eq!(get(*metrics, "/v1.0/inject").await.0, StatusCode::NOT_FOUND);
+    // The injection listener still injects (the domain is unknown here: a 400 naming it, not a 404).
+    let push = client
+        .post(format!("http://{inject}/api/v1/push"))
+        .json(&json!({"domain": "x.example", "tokens": ["ab"], "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(push.status(), StatusCode::BAD_REQUEST);
     server.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -29,11 +29,17 @@ pub fn router(state: RestState) -> Router {
 /// The REST application with `extra` routes merged in (metrics, invalid tokens, …): they get the same address
 /// lists, API keys and JSON 404/405 answers. `extra` must not set a fallback of its own.
 pub fn router_with(state: RestState, extra: Router) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1.0/inject", get(inject::check).post(inject::inject))
-        .route("/v1.0/inject/", get(inject::check).post(inject::inject))
-        .route("/api/v1/push", post(push::push))
+    let services = state.settings.http_services;
+    let mut router = Router::new().route("/healthz", get(healthz));
+    if services.inject {
+        router = router
+            .route("/v1.0/inject", get(inject::check).post(inject::inject))
+            .route("/v1.0/inject/", get(inject::check).post(inject::inject));
+    }
+    if services.push {
+        router = router.route("/api/v1/push", post(push::push));
+    }
+    router
         .with_state(state.clone())
         .merge(extra)
         .fallback(not_found)
@@ -46,11 +52,25 @@ async fn healthz() -> &'static str {
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no such endpoint: {method} {}", uri.path()),
-    )
-    .into_response()
+    let path = uri.path();
+    let text = match service_of(path) {
+        Some(service) => format!(
+            "{method} {path}: this listener does not serve {service:?} (see http_services in its listen stanza)"
+        ),
+        None => format!("no such endpoint: {method} {path}"),
+    };
+    ApiError::new(StatusCode::NOT_FOUND, text).into_response()
+}
+
+/// The `http_services` word of a path herald can serve, for a listener that does not.
+fn service_of(path: &str) -> Option<&'static str> {
+    match path {
+        "/v1.0/inject" | "/v1.0/inject/" => Some("inject"),
+        "/api/v1/push" => Some("push"),
+        "/api/v1/tokens/invalid" => Some("tokens"),
+        "/metrics" => Some("metrics"),
+        _ => None,
+    }
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
