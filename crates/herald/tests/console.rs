@@ -1,6 +1,8 @@
 //! `herald console` in batch mode against a real control socket (momentum.md §6): every command's output after
 //! known traffic, the queue commands while APNs is down, reload errors, the TCP password and `shutdown`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use herald::server::Server;
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::{free_port, token_auth_options};
 
 const TOPIC: &str = "com.example.console";
 const WAIT: Duration = Duration::from_secs(60);
@@ -66,14 +69,6 @@ fn field(text: &str, label: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn token(i: usize) -> String {
     format!("{:064x}", 0xc0_2025_0000u64 + i as u64)
 }
@@ -88,7 +83,6 @@ struct Setup {
 }
 
 fn config_text(dir: &Path, pki: &Pki, routes: &[(&str, u16)], retry_interval: u32) -> String {
-    let m = &pki.manifest;
     let mut text = format!(
         r#"
 spool_dir = "{spool}"
@@ -107,23 +101,12 @@ control_listener {{
         text.push_str(&format!(
             r#"
 domain "{domain}" {{
-  delivery_method = apn
-  routes = ( "https://127.0.0.1:{port}" )
-  tls_verify = ca
-  tls_ca = "{ca}"
-  apn_key = "{p8}"
-  apn_key_id = "{kid}"
-  apn_team_id = "{tid}"
-  apn_topic = "{TOPIC}"
-  retry_interval = {retry_interval}
+{credentials}  retry_interval = {retry_interval}
   max_retry_interval = {retry_interval}
   mx_failures_to_delay = 1
 }}
 "#,
-            ca = m.ca_cert.display(),
-            p8 = m.token_key.p8.display(),
-            kid = m.token_key.key_id,
-            tid = m.token_key.team_id,
+            credentials = token_auth_options(pki, *port, TOPIC),
         ));
     }
     text

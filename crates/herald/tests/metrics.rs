@@ -4,6 +4,8 @@
 //! sample line, HELP and TYPE for every family) and every family herald exports must show exactly the counts
 //! the traffic implies.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use herald::queue::stats::LATENCY_BUCKETS;
 use herald::server::Server;
 use herald_sim::{CertVariant, Pki, SimConfig, SimHandle, Simulator, TokenRule, TokenState};
 use serde_json::{Value, json};
+use support::free_port;
 
 const TOPIC: &str = "com.example.metrics";
 const WAIT: Duration = Duration::from_secs(60);
@@ -311,14 +314,6 @@ struct Setup {
     ok_sim: SimHandle,
     busy_sim: SimHandle,
     certificate: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn setup() -> Setup {

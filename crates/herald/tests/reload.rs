@@ -11,6 +11,8 @@
 //! millisecond and keeps the maximum of each; a peak it reports is a lower bound of the true one. The total of
 //! connections ever accepted (exact) backs up every "never more than" assertion.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use herald::server::Server;
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::token_auth_options;
 use tokio::task::JoinHandle;
 
 const TOPIC: &str = "com.example.reload";
@@ -49,23 +52,14 @@ async fn start_sim(pki: &Pki) -> SimHandle {
 /// herald's configuration: DOMAIN routed to `port` with `max_outbound_connections = max`; `extra` is appended
 /// inside the domain scope (to break the file).
 fn config_text(dir: &Path, pki: &Pki, port: u16, max: i64, extra: &str) -> String {
-    let m = &pki.manifest;
     format!(
         r#"
 spool_dir = "{spool}"
 ec_logger "main" {{ mainlog = "{log}" }}
 http_listener {{ listen "127.0.0.1:0" {{ }} }}
 domain "{DOMAIN}" {{
-  delivery_method = apn
-  routes = ( "https://127.0.0.1:{port}" )
-  max_outbound_connections = {max}
+{credentials}  max_outbound_connections = {max}
   idle_timeout = 60
-  tls_verify = ca
-  tls_ca = "{ca}"
-  apn_key = "{p8}"
-  apn_key_id = "{kid}"
-  apn_team_id = "{tid}"
-  apn_topic = "{TOPIC}"
   retry_interval = 1
   max_retry_interval = 1
   mx_failures_to_delay = 0
@@ -73,10 +67,7 @@ domain "{DOMAIN}" {{
 "#,
         spool = dir.join("spool").display(),
         log = dir.join("mainlog.ec").display(),
-        ca = m.ca_cert.display(),
-        p8 = m.token_key.p8.display(),
-        kid = m.token_key.key_id,
-        tid = m.token_key.team_id,
+        credentials = token_auth_options(pki, port, TOPIC),
     )
 }
 

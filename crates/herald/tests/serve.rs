@@ -1,6 +1,8 @@
 //! `herald serve` as a process: REST in, spool, APNs simulator out; a clean stop and a `kill -9` at a random
 //! moment (the crash test) lose nothing that was acknowledged.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::{free_port, token_auth_options};
 
 const TOPIC: &str = "com.example.serve";
 const WAIT: Duration = Duration::from_secs(60);
@@ -72,16 +75,7 @@ impl Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_config(dir: &Path, pki: &Pki, h2_port: u16) -> PathBuf {
-    let m = &pki.manifest;
     let path = dir.join("herald.conf");
     let text = format!(
         r#"
@@ -90,25 +84,14 @@ ec_logger "main" {{ mainlog = "{log}" }}
 http_listener {{ listen "127.0.0.1:0" {{ }} }}
 esmtp_listener {{ listen "127.0.0.1:0" {{ mcmt_reception = allow }} }}
 domain "serve.example" {{
-  delivery_method = apn
-  routes = ( "https://127.0.0.1:{h2_port}" )
-  tls_verify = ca
-  tls_ca = "{ca}"
-  apn_key = "{p8}"
-  apn_key_id = "{kid}"
-  apn_team_id = "{tid}"
-  apn_topic = "{TOPIC}"
-  retry_interval = 1
+{credentials}  retry_interval = 1
   max_retry_interval = 1
   mx_failures_to_delay = 0
 }}
 "#,
         spool = dir.join("spool").display(),
         log = dir.join("mainlog.ec").display(),
-        ca = m.ca_cert.display(),
-        p8 = m.token_key.p8.display(),
-        kid = m.token_key.key_id,
-        tid = m.token_key.team_id,
+        credentials = token_auth_options(pki, h2_port, TOPIC),
     );
     std::fs::write(&path, text).unwrap();
     path
