@@ -487,39 +487,21 @@ impl DomainTask {
                         item.retries += 1;
                         self.active.push_front(item);
                     }
-                    FailureClass::Permanent => {
-                        self.finish_permanent(
-                            item,
-                            remote,
-                            status,
-                            rejection.text(),
-                            rejection.text(),
-                            true,
-                            None,
-                        );
-                    }
-                    FailureClass::InvalidToken => {
-                        let timestamp_ms = match &rejection {
-                            herald_apns::client::Rejection::Http { timestamp_ms, .. } => {
-                                *timestamp_ms
-                            }
-                            herald_apns::client::Rejection::Binary { .. } => None,
-                        };
-                        let invalid = InvalidToken {
+                    FailureClass::Permanent | FailureClass::InvalidToken => {
+                        // apns.md §2: BadDeviceToken, Unregistered (with its timestamp), binary status 8.
+                        let invalid = (class == FailureClass::InvalidToken).then(|| InvalidToken {
                             domain: item.notification.domain.clone(),
                             token: item.notification.token.clone(),
                             reason: rejection.text().to_owned(),
-                            timestamp_ms,
-                        };
-                        self.finish_permanent(
-                            item,
-                            remote,
-                            status,
-                            rejection.text(),
-                            rejection.text(),
-                            true,
-                            Some(invalid),
-                        );
+                            timestamp_ms: match &rejection {
+                                herald_apns::client::Rejection::Http { timestamp_ms, .. } => {
+                                    *timestamp_ms
+                                }
+                                herald_apns::client::Rejection::Binary { .. } => None,
+                            },
+                        });
+                        let text = rejection.text();
+                        self.finish_permanent(item, remote, status, text, text, true, invalid);
                     }
                 }
             }
