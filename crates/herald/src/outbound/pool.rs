@@ -179,9 +179,14 @@ impl Pool {
         self.connections.iter().filter(|c| !c.is_closed()).count() + self.connecting
     }
 
-    /// Connections still open (draining ones included), not counting attempts in progress.
-    pub fn live_connections(&self) -> usize {
-        self.connections.iter().filter(|c| !c.is_closed()).count()
+    /// The generation this pool was made for (see [`Pool::on_connected`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the pool still has connections open or being opened (a closed pool is kept until it has none).
+    pub fn is_active(&self) -> bool {
+        self.connecting > 0 || self.connections.iter().any(|c| !c.is_closed())
     }
 
     pub fn opened_total(&self) -> u64 {
@@ -241,6 +246,12 @@ impl Pool {
         }
         self.connecting = self.connecting.saturating_sub(1);
         match result {
+            Ok(state) if self.jobs_tx.is_closed() => {
+                // Opened after the pool was closed (replaced by a reload): nothing to carry, close it.
+                state.drain();
+                self.connections.push(state);
+                ConnectOutcome::Stale
+            }
             Ok(state) => {
                 self.consecutive_failures = 0;
                 self.next_attempt = Instant::now();

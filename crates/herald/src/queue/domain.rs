@@ -219,13 +219,28 @@ impl DomainTask {
                 self.outstanding = self.outstanding.saturating_sub(1);
                 self.on_outcome(tag, result, remote);
             }
-            DomainEvent::Connected { generation, result } => match self
-                .pool
-                .on_connected(generation, result)
-            {
-                ConnectOutcome::Failed { delay_domain: true } => self.delay_domain(),
-                ConnectOutcome::Opened | ConnectOutcome::Failed { .. } | ConnectOutcome::Stale => {}
-            },
+            DomainEvent::Connected { generation, result } => {
+                // An attempt a replaced pool started goes back to that pool, which closes it and counts it
+                // until it has.
+                let pool = match self
+                    .retired
+                    .iter_mut()
+                    .find(|p| p.generation() == generation)
+                {
+                    Some(retired) => retired,
+                    None => &mut self.pool,
+                };
+                match pool.on_connected(generation, result) {
+                    ConnectOutcome::Failed { delay_domain: true }
+                        if generation == self.generation =>
+                    {
+                        self.delay_domain()
+                    }
+                    ConnectOutcome::Opened
+                    | ConnectOutcome::Failed { .. }
+                    | ConnectOutcome::Stale => {}
+                }
+            }
             DomainEvent::Flush => {
                 while let Some(Reverse(d)) = self.delayed.pop() {
                     self.active.push_back(d.item);
@@ -361,8 +376,8 @@ impl DomainTask {
             }
         }
         self.pool.maintain();
-        self.retired.retain(|p| p.live_connections() > 0);
-        let retired: usize = self.retired.iter().map(Pool::live_connections).sum();
+        self.retired.retain(Pool::is_active);
+        let retired: usize = self.retired.iter().map(Pool::open_connections).sum();
         self.stats
             .set_connections(self.pool.open_connections() + retired);
         self.stats
