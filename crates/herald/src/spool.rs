@@ -166,6 +166,7 @@ pub async fn restore(spool: Arc<dyn Spool>, engine: Arc<Engine>) -> Result<Resto
         report
     });
     let mut restored = Restored::default();
+    let mut unroutable = std::collections::HashSet::new();
     'chunks: while let Some(chunk) = rx.recv().await {
         for stored in chunk {
             let id = MessageId(stored.key.0);
@@ -176,9 +177,17 @@ pub async fn restore(spool: Arc<dyn Spool>, engine: Arc<Engine>) -> Result<Resto
                         restored.interrupted = true;
                         break 'chunks;
                     }
-                    Err(e) => {
+                    Err(e @ SubmitError::Unroutable { .. }) => {
                         restored.dropped += 1;
-                        tracing::warn!("spooled notification {id} not queued: {e}");
+                        // Once per domain: a domain removed from the configuration may hold many.
+                        if let SubmitError::Unroutable { domain, .. } = &e {
+                            if unroutable.insert(domain.clone()) {
+                                tracing::warn!(
+                                    "spooled notifications of {domain:?} stay in the spool, not queued: {e} \
+                                     (first: {id})"
+                                );
+                            }
+                        }
                     }
                 },
                 Err(e) => {
@@ -230,9 +239,8 @@ pub fn spawn_restore(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_notification_survives_the_round_trip_through_its_record() {
-        let n = Notification {
+    fn sample() -> Notification {
+        Notification {
             id: MessageId::from_parts(3, 1_800_000_000_000, 42),
             batch_id: MessageId::from_parts(3, 1_800_000_000_000, 40),
             conn_id: MessageId::from_parts(3, 1_800_000_000_000, 41),
@@ -248,7 +256,12 @@ mod tests {
             sender: Arc::from("from@example.com"),
             recipient: Arc::from("to@apps.example"),
             received_at: 1_800_000_000,
-        };
+        }
+    }
+
+    #[test]
+    fn a_notification_survives_the_round_trip_through_its_record() {
+        let n = sample();
         let mut stored = to_stored(&n);
         stored.retries = 2;
         stored.next_attempt_ms = 1_800_000_123_000;
@@ -259,5 +272,37 @@ mod tests {
             next,
             Some(UNIX_EPOCH + Duration::from_millis(1_800_000_123_000))
         );
+    }
+
+    /// Notifications of a domain the configuration no longer has are not queued and stay in the spool (a later
+    /// reload or start that configures the domain again delivers them).
+    #[tokio::test]
+    async fn notifications_of_an_unconfigured_domain_stay_spooled() {
+        use crate::logs::Logs;
+        use crate::queue::{EngineLimits, MemoryInvalidTokens, StaticResolver};
+        use herald_spool::MemorySpool;
+
+        let before = MemorySpool::new();
+        let mut n = sample();
+        for i in 0..3u64 {
+            n.id = MessageId::from_parts(1, 1_800_000_000_000, i);
+            n.domain = Arc::from("gone.example");
+            before.append(vec![to_stored(&n)]).await.unwrap();
+        }
+        let spool: Arc<dyn Spool> = Arc::new(before.reopened());
+        let engine = Arc::new(Engine::new(
+            Arc::new(StaticResolver::default()),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        let restored = restore(spool.clone(), engine).await.unwrap();
+        assert_eq!(
+            (restored.report.recovered, restored.queued, restored.dropped),
+            (3, 0, 3)
+        );
+        assert!(!restored.interrupted);
+        assert_eq!(spool.stats().records, 3);
+        assert_eq!(spool.stats().removed, 0);
     }
 }
