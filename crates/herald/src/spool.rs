@@ -274,8 +274,8 @@ mod tests {
         );
     }
 
-    /// Notifications of a domain the configuration no longer has are not queued and stay in the spool (a later
-    /// reload or start that configures the domain again delivers them).
+    /// Notifications of a domain the configuration no longer has are not queued and stay in the spool (the next
+    /// start with the domain configured again delivers them).
     #[tokio::test]
     async fn notifications_of_an_unconfigured_domain_stay_spooled() {
         use crate::logs::Logs;
