@@ -2,8 +2,10 @@
 //! notification delivered exactly once or failed with the right reason, and exactly one final outcome line per
 //! notification in the mainlog and the apn_logger log.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use herald_apns::provider_token::{ManualClock, ProviderTokenCache, SigningKey};
 use herald_apns::push::{Priority, PushType};
 use herald_apns::token_hex::DeviceToken;
 use herald_sim::{CertVariant, Pki, SimConfig, SimHandle, Simulator};
+use support::log_fields;
 
 const TOPIC: &str = "com.example.engine";
 const DOMAIN: &str = "apps.example";
@@ -157,12 +160,12 @@ impl Harness {
 
     fn mainlog_lines(&self) -> Vec<Vec<String>> {
         self.logs.flush();
-        read_fields(&self.mainlog)
+        log_fields(&self.mainlog)
     }
 
     fn apnlog_lines(&self) -> Vec<Vec<String>> {
         self.logs.flush();
-        read_fields(&self.apnlog)
+        log_fields(&self.apnlog)
     }
 }
 
@@ -225,30 +228,6 @@ async fn wait_finished(engine: &Engine, n: u64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Splits each line on `@` not escaped by a backslash.
-fn read_fields(path: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|line| {
-            let mut fields = vec![String::new()];
-            let mut escaped = false;
-            for c in line.chars() {
-                if escaped {
-                    fields.last_mut().unwrap().push(c);
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == '@' {
-                    fields.push(String::new());
-                } else {
-                    fields.last_mut().unwrap().push(c);
-                }
-            }
-            fields
-        })
-        .collect()
 }
 
 /// Final outcome lines (D or P) per message id in the mainlog (type in field 4) and the apn_logger log (type in

@@ -2,6 +2,8 @@
 //! simulator byte for byte; every refusal has its status and text; address lists, API keys, request size, HTTPS;
 //! and `docs/openapi.yaml` documents exactly the routes the server answers.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,13 +16,8 @@ use herald::inbound::rest;
 use herald::logs::Logs;
 use herald::logs::file::LogFile;
 use herald::logs::mainlog::MainLog;
-use herald::outbound::settings::{DeliverySettings, RouteProtocol};
 use herald::queue::message::{IdGenerator, Notification};
-use herald::queue::retry::{MaxRetries, RetryPolicy};
 use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
-use herald_apns::client::connect::Endpoint;
-use herald_apns::identity::{RootSource, client_config};
-use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
 use herald_conf::{
     Acl, Cidr, HttpServices, ListenAddr, ListenerKind, ListenerSettings, McmtReception,
 };
@@ -28,6 +25,7 @@ use herald_sim::record::DeliveryRecord;
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::token_auth_settings;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -96,7 +94,9 @@ impl Harness {
             ))),
             apnlog: vec![],
         };
-        let resolver = Arc::new(StaticResolver::default().with(delivery_settings(&pki, &sim)));
+        let resolver = Arc::new(
+            StaticResolver::default().with(token_auth_settings(&pki, &sim, DOMAIN, TOPIC)),
+        );
         let engine = Arc::new(Engine::new(
             resolver.clone(),
             logs.clone(),
@@ -201,37 +201,6 @@ impl Harness {
             .map(|l| l.split('@').map(str::to_owned).collect::<Vec<_>>())
             .filter(|f| f.get(4).map(String::as_str) == Some("R"))
             .collect()
-    }
-}
-
-fn delivery_settings(pki: &Pki, sim: &SimHandle) -> DeliverySettings {
-    let tls = client_config(None, RootSource::CaFile(pki.manifest.ca_cert.clone()), true).unwrap();
-    let key = &pki.manifest.token_key;
-    let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
-    DeliverySettings {
-        domain: Arc::from(DOMAIN),
-        binding_group: Arc::from("default"),
-        binding: Arc::from("default"),
-        protocol: RouteProtocol::Http2,
-        endpoint: Endpoint::new(sim.addrs.h2.ip().to_string(), sim.addrs.h2.port()),
-        tls,
-        auth: Some(ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap()),
-        default_topic: Some(Arc::from(TOPIC)),
-        max_connections: 2,
-        idle_timeout: Some(Duration::from_secs(30)),
-        response_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        keepalive: Duration::from_secs(30),
-        mx_failures_to_delay: 50,
-        retry: RetryPolicy {
-            retry_interval: Duration::from_millis(20),
-            max_retry_interval: Duration::from_millis(100),
-            max_retries: MaxRetries::Unlimited,
-            message_expiration: Duration::from_secs(3600),
-            never_attempt_expired: false,
-        },
-        apn_expiry: Duration::from_secs(3600),
-        max_window: 10_000,
     }
 }
 

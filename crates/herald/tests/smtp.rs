@@ -3,6 +3,8 @@
 //! (momentum.md §1.3, §1.8, §2; design §6), the idle timeout, and the shutdown and reconfiguration `421`s
 //! (momentum.md §6.1).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,17 +17,14 @@ use herald::inbound::smtp::{self, SmtpConfig, SmtpLimits};
 use herald::logs::Logs;
 use herald::logs::file::LogFile;
 use herald::logs::mainlog::MainLog;
-use herald::outbound::settings::{DeliverySettings, RouteProtocol};
 use herald::queue::message::IdGenerator;
 use herald::queue::message::Notification;
-use herald::queue::retry::{MaxRetries, RetryPolicy};
 use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
-use herald_apns::client::connect::Endpoint;
 use herald_apns::identity::{RootSource, client_config};
-use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
 use herald_conf::Config;
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
 use serde_json::{Value, json};
+use support::{log_fields, token_auth_settings};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -90,8 +89,8 @@ impl Harness {
         };
         let resolver = Arc::new(
             StaticResolver::default()
-                .with(delivery_settings(&pki, &sim, DOMAIN))
-                .with(delivery_settings(&pki, &sim, DOMAIN2)),
+                .with(token_auth_settings(&pki, &sim, DOMAIN, TOPIC))
+                .with(token_auth_settings(&pki, &sim, DOMAIN2, TOPIC)),
         );
         let engine = Arc::new(Engine::new(
             resolver.clone(),
@@ -160,41 +159,10 @@ impl Harness {
 
     fn reception_lines(&self) -> Vec<Vec<String>> {
         self.logs.flush();
-        read_fields(&self.mainlog)
+        log_fields(&self.mainlog)
             .into_iter()
             .filter(|f| f.len() > 4 && f[4] == "R")
             .collect()
-    }
-}
-
-fn delivery_settings(pki: &Pki, sim: &SimHandle, domain: &str) -> DeliverySettings {
-    let tls = client_config(None, RootSource::CaFile(pki.manifest.ca_cert.clone()), true).unwrap();
-    let key = &pki.manifest.token_key;
-    let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
-    DeliverySettings {
-        domain: Arc::from(domain),
-        binding_group: Arc::from("default"),
-        binding: Arc::from("default"),
-        protocol: RouteProtocol::Http2,
-        endpoint: Endpoint::new(sim.addrs.h2.ip().to_string(), sim.addrs.h2.port()),
-        tls,
-        auth: Some(ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap()),
-        default_topic: Some(Arc::from(TOPIC)),
-        max_connections: 2,
-        idle_timeout: Some(Duration::from_secs(30)),
-        response_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        keepalive: Duration::from_secs(30),
-        mx_failures_to_delay: 50,
-        retry: RetryPolicy {
-            retry_interval: Duration::from_millis(20),
-            max_retry_interval: Duration::from_millis(100),
-            max_retries: MaxRetries::Unlimited,
-            message_expiration: Duration::from_secs(3600),
-            never_attempt_expired: false,
-        },
-        apn_expiry: Duration::from_secs(3600),
-        max_window: 10_000,
     }
 }
 
@@ -381,30 +349,6 @@ print(json.dumps(out))
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Splits each line on `@` not escaped by a backslash.
-fn read_fields(path: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|line| {
-            let mut fields = vec![String::new()];
-            let mut escaped = false;
-            for c in line.chars() {
-                if escaped {
-                    fields.last_mut().unwrap().push(c);
-                    escaped = false;
-                } else if c == '\\' {
-                    escaped = true;
-                } else if c == '@' {
-                    fields.push(String::new());
-                } else {
-                    fields.last_mut().unwrap().push(c);
-                }
-            }
-            fields
-        })
-        .collect()
 }
 
 // momentum.md §1.8, §2.2: one notification per push part per recipient; the token from X-Device-Token, else the

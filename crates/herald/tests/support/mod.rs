@@ -1,8 +1,18 @@
-//! Helpers shared by the integration tests that run herald against the APNs simulator: a free loopback port, and
-//! the options that point a domain at a simulator with the test PKI's credentials.
+//! Helpers shared by the integration tests that run herald against the APNs simulator: a free loopback port, the
+//! options or settings that point a domain at a simulator with the test PKI's credentials, and a reader of
+//! Momentum-format log lines.
 #![allow(dead_code)]
 
-use herald_sim::Pki;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::outbound::settings::{DeliverySettings, RouteProtocol};
+use herald::queue::retry::{MaxRetries, RetryPolicy};
+use herald_apns::client::connect::Endpoint;
+use herald_apns::identity::{RootSource, client_config};
+use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
+use herald_sim::{Pki, SimHandle};
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now (for a simulator started later, or a closed route).
 pub fn free_port() -> u16 {
@@ -32,4 +42,65 @@ pub fn token_auth_options(pki: &Pki, port: u16, topic: &str) -> String {
         kid = m.token_key.key_id,
         tid = m.token_key.team_id,
     )
+}
+
+/// Settings that deliver `domain` to the simulator's HTTP/2 port with the PKI's provider key (token auth), fast
+/// retries and no retry limit: what the listener tests that run an engine without a configuration file use.
+pub fn token_auth_settings(
+    pki: &Pki,
+    sim: &SimHandle,
+    domain: &str,
+    topic: &str,
+) -> DeliverySettings {
+    let tls = client_config(None, RootSource::CaFile(pki.manifest.ca_cert.clone()), true).unwrap();
+    let key = &pki.manifest.token_key;
+    let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
+    DeliverySettings {
+        domain: Arc::from(domain),
+        binding_group: Arc::from("default"),
+        binding: Arc::from("default"),
+        protocol: RouteProtocol::Http2,
+        endpoint: Endpoint::new(sim.addrs.h2.ip().to_string(), sim.addrs.h2.port()),
+        tls,
+        auth: Some(ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap()),
+        default_topic: Some(Arc::from(topic)),
+        max_connections: 2,
+        idle_timeout: Some(Duration::from_secs(30)),
+        response_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        keepalive: Duration::from_secs(30),
+        mx_failures_to_delay: 50,
+        retry: RetryPolicy {
+            retry_interval: Duration::from_millis(20),
+            max_retry_interval: Duration::from_millis(100),
+            max_retries: MaxRetries::Unlimited,
+            message_expiration: Duration::from_secs(3600),
+            never_attempt_expired: false,
+        },
+        apn_expiry: Duration::from_secs(3600),
+        max_window: 10_000,
+    }
+}
+
+/// The lines of a Momentum-format log (mainlog, apn_logger) split into fields on `@` not escaped by a backslash.
+pub fn log_fields(path: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let mut fields = vec![String::new()];
+            let mut escaped = false;
+            for c in line.chars() {
+                match (escaped, c) {
+                    (true, c) => {
+                        fields.last_mut().unwrap().push(c);
+                        escaped = false;
+                    }
+                    (false, '\\') => escaped = true,
+                    (false, '@') => fields.push(String::new()),
+                    (false, c) => fields.last_mut().unwrap().push(c),
+                }
+            }
+            fields
+        })
+        .collect()
 }
