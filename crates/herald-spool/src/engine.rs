@@ -26,6 +26,9 @@ pub struct CommitBatch {
     /// Keys to delete from [`Table::Schedules`] (only those known to have a schedule, so that a notification
     /// delivered at its first attempt costs one deletion, not two).
     pub unschedules: Vec<SpoolKey>,
+    /// Make the commit durable (fsync) before returning. When false it only has to reach the operating system:
+    /// it survives a crash of the process, and the next synced commit or [`Engine::sync`] makes it durable.
+    pub sync: bool,
 }
 
 impl CommitBatch {
@@ -37,6 +40,7 @@ impl CommitBatch {
     }
 
     pub fn clear(&mut self) {
+        self.sync = false;
         self.inserts.clear();
         self.schedules.clear();
         self.removes.clear();
@@ -49,9 +53,12 @@ pub trait Engine: Send + Sync + 'static {
     /// A short name for logs and benchmarks.
     fn name(&self) -> &'static str;
 
-    /// Applies `batch` atomically and makes it durable (fsync) before returning. On error nothing of the batch is
-    /// applied and everything committed before is intact.
+    /// Applies `batch` atomically; with `batch.sync`, makes it durable (fsync) before returning. On error nothing
+    /// of the batch is applied and everything committed before is intact.
     fn commit(&self, batch: &CommitBatch) -> Result<(), SpoolError>;
+
+    /// Makes every commit so far durable (fsync).
+    fn sync(&self) -> Result<(), SpoolError>;
 
     /// Visits the entries of `table` with keys up to `upto` (inclusive) in key order, until `visit` breaks.
     fn scan(

@@ -1,6 +1,7 @@
 //! The [`Engine`] on fjall (an LSM tree), the store herald uses: a keyspace directory `fjall/` with a `records` and
-//! a `schedules` partition, keys as 16 big-endian bytes. Every commit is one atomic write batch whose journal is
-//! persisted with `PersistMode::SyncAll` (fsync) before the commit returns.
+//! a `schedules` partition, keys as 16 big-endian bytes. Every commit is one atomic write batch; a synced one is
+//! persisted with `PersistMode::SyncAll` (fsync) before it returns, the others with `PersistMode::Buffer` (written
+//! to the operating system, which keeps them across a crash of the process).
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -114,7 +115,12 @@ impl Engine for FjallEngine {
     }
 
     fn commit(&self, batch: &CommitBatch) -> Result<(), SpoolError> {
-        let mut b = self.keyspace.batch().durability(Some(PersistMode::SyncAll));
+        let mode = if batch.sync {
+            PersistMode::SyncAll
+        } else {
+            PersistMode::Buffer
+        };
+        let mut b = self.keyspace.batch().durability(Some(mode));
         for (k, v) in &batch.inserts {
             b.insert(&self.records, k.to_be_bytes(), v.as_slice());
         }
@@ -128,6 +134,12 @@ impl Engine for FjallEngine {
             b.remove(&self.schedules, k.to_be_bytes());
         }
         b.commit().map_err(|e| error("committing to the spool", e))
+    }
+
+    fn sync(&self) -> Result<(), SpoolError> {
+        self.keyspace
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| error("syncing the spool", e))
     }
 
     fn scan(

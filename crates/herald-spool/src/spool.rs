@@ -30,7 +30,8 @@ pub trait Spool: Send + Sync + 'static {
     fn reschedule(&self, key: SpoolKey, retries: u32, next_attempt_ms: u64);
 
     /// Forgets notifications that reached a final outcome. Not waited on: after a crash a removed notification may
-    /// come back (at-least-once delivery).
+    /// come back (at-least-once delivery). The disk spool writes removals out within its maintenance interval
+    /// (10 ms by default), so that a crash of the process brings back only the last few.
     fn remove(&self, keys: &[SpoolKey]);
 
     /// The greatest key the spool held when it was opened (`None` when it was empty). Recovery visits keys up to it;

@@ -4,7 +4,8 @@
 //! in one transaction with one fsync, and then answers every append in it. While it commits, new appends queue up
 //! and form the next group, so the number of fsyncs follows the disk's speed, not the number of callers.
 //! Reschedules and removals are collected and committed with the next group of appends, or after
-//! [`SpoolOptions::maintenance_interval`], whichever comes first.
+//! [`SpoolOptions::maintenance_interval`], whichever comes first; a commit of those alone is written to the
+//! operating system without an fsync (it survives a crash of the process; the next fsync covers it).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
@@ -44,7 +45,7 @@ impl Default for SpoolOptions {
     fn default() -> Self {
         SpoolOptions {
             max_group_bytes: 32 << 20,
-            maintenance_interval: Duration::from_millis(50),
+            maintenance_interval: Duration::from_millis(10),
             maintenance_max_ops: 50_000,
             maintenance_cap: 4_000_000,
             store: FjallOptions::default(),
@@ -175,6 +176,7 @@ impl<E: Engine> DiskSpool<E> {
             rx,
             pending: CommitBatch::default(),
             pending_since: None,
+            unsynced: false,
             purged: 0,
             scheduled: HashSet::new(),
         };
@@ -395,6 +397,8 @@ struct Writer<E: Engine> {
     /// Reschedules and removals not yet committed.
     pending: CommitBatch,
     pending_since: Option<Instant>,
+    /// Whether a commit since the last fsync was written without one.
+    unsynced: bool,
     /// How many of the pending removals are purges of unreadable records.
     purged: usize,
     /// Keys that have an entry in the schedules table (rescheduled at least once).
@@ -515,15 +519,27 @@ impl<E: Engine> Writer<E> {
     fn commit(&mut self, group: &mut Group) -> Result<(), SpoolError> {
         let mut batch = std::mem::take(&mut self.pending);
         batch.inserts = std::mem::take(&mut group.inserts);
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
+        // Appends are acknowledged only once durable, and a flush or close promises durability; reschedules and
+        // removals alone are only written to the operating system (they survive a crash of herald; a crash of the
+        // machine before the next fsync can only bring back a delivered notification or an older schedule).
+        batch.sync =
+            !batch.inserts.is_empty() || !group.replies.is_empty() || group.close.is_some();
+        let result = if !batch.is_empty() {
             self.engine.commit(&batch)
+        } else if batch.sync && self.unsynced {
+            self.engine.sync()
+        } else {
+            Ok(())
         };
         match &result {
             Ok(()) => {
                 if !batch.is_empty() {
                     self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                if batch.sync {
+                    self.unsynced = false;
+                } else if !batch.is_empty() {
+                    self.unsynced = true;
                 }
                 self.counters
                     .appended

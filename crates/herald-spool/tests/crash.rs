@@ -160,3 +160,70 @@ fn acknowledged_notifications_survive_kill_9() {
         assert!(recovered.len() >= acked.len() - removed.len());
     }
 }
+
+const REMOVE_CHILD_DIR: &str = "HERALD_SPOOL_REMOVE_CHILD_DIR";
+const COMMITTED: &str = "REMOVALS COMMITTED";
+
+/// The child of [`committed_removals_survive_kill_9_without_a_flush`]: appends 1,000 notifications, removes 900,
+/// waits until the writer has committed the removals on its own (no flush, so no fsync is asked for), says so and
+/// waits to be killed.
+#[test]
+fn remove_child() {
+    let Ok(dir) = std::env::var(REMOVE_CHILD_DIR) else {
+        return; // an ordinary test run: nothing to do
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let spool = DiskSpool::open(&dir, SpoolOptions::default()).unwrap();
+        let keys: Vec<SpoolKey> = (0..1000).map(|_| spool.next_key()).collect();
+        spool
+            .append(keys.iter().map(|&k| notification(k)).collect())
+            .await
+            .unwrap();
+        spool.remove(&keys[..900]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while spool.stats().records != 100 {
+            assert!(
+                Instant::now() < deadline,
+                "the removals were never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        println!("{COMMITTED}");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+}
+
+/// Removals are committed within the maintenance interval without an fsync: written to the operating system, they
+/// survive a `kill -9` of the process (only a crash of the machine could bring them back).
+#[test]
+fn committed_removals_survive_kill_9_without_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "remove_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(REMOVE_CHILD_DIR, &spool_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let committed = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains(COMMITTED));
+    assert!(committed, "the child ended before committing its removals");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let spool = DiskSpool::open(&spool_dir, SpoolOptions::default()).unwrap();
+    assert_eq!(spool.recover().unwrap().notifications.len(), 100);
+}

@@ -242,6 +242,33 @@ async fn a_recovery_stopped_early_leaves_the_rest_alone() {
     );
 }
 
+/// Appends are fsync'd before they are acknowledged; removals and reschedules alone are written without an fsync
+/// (within the maintenance interval), and a flush makes them durable with one.
+#[tokio::test]
+async fn maintenance_commits_skip_the_fsync_and_a_flush_makes_them_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new(true);
+    let spool = DiskSpool::with_engine(
+        GatedEngine::open(dir.path(), Arc::clone(&gate)),
+        SpoolOptions::default(),
+    )
+    .unwrap();
+    let keys = append_many(&spool, 10).await;
+    let synced = gate.synced_commits.load(Ordering::SeqCst);
+    assert!(synced >= 1, "the append was fsync'd");
+    spool.remove(&keys[..4]);
+    spool.reschedule(keys[5], 1, 99);
+    wait_until(10, "the removal commit", || spool.stats().records == 6);
+    assert!(gate.buffered_commits.load(Ordering::SeqCst) >= 1);
+    assert_eq!(gate.synced_commits.load(Ordering::SeqCst), synced);
+    assert_eq!(gate.syncs.load(Ordering::SeqCst), 0);
+    spool.flush().await.unwrap();
+    assert_eq!(gate.syncs.load(Ordering::SeqCst), 1, "the flush synced");
+    // Nothing written since: another flush needs no fsync.
+    spool.flush().await.unwrap();
+    assert_eq!(gate.syncs.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_appends_share_one_commit() {
     let dir = tempfile::tempdir().unwrap();

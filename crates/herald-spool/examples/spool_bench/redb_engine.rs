@@ -128,6 +128,11 @@ impl Engine for RedbEngine {
         tx.commit().map_err(|e| storage_error(CTX, e))
     }
 
+    fn sync(&self) -> Result<(), SpoolError> {
+        // Every commit is already durable.
+        Ok(())
+    }
+
     fn scan(
         &self,
         table: Table,

@@ -65,6 +65,10 @@ pub struct Gate {
     cv: Condvar,
     pub entered: AtomicU64,
     pub fail: AtomicBool,
+    /// Commits asked to fsync, commits written without one, and [`Engine::sync`] calls.
+    pub synced_commits: AtomicU64,
+    pub buffered_commits: AtomicU64,
+    pub syncs: AtomicU64,
 }
 
 impl Gate {
@@ -114,7 +118,18 @@ impl Engine for GatedEngine {
                 io::Error::from_raw_os_error(28),
             ));
         }
+        let kind = if batch.sync {
+            &self.gate.synced_commits
+        } else {
+            &self.gate.buffered_commits
+        };
+        kind.fetch_add(1, Ordering::SeqCst);
         self.inner.commit(batch)
+    }
+
+    fn sync(&self) -> Result<(), SpoolError> {
+        self.gate.syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync()
     }
 
     fn scan(
