@@ -17,7 +17,6 @@ use herald::logs::file::LogFile;
 use herald::logs::mainlog::MainLog;
 use herald::outbound::settings::{DeliverySettings, RouteProtocol};
 use herald::queue::message::{IdGenerator, MessageId, Notification, unix_now};
-use herald::queue::retry::{MaxRetries, RetryPolicy};
 use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
 use herald_apns::binary::BinaryFormat;
 use herald_apns::client::connect::Endpoint;
@@ -26,7 +25,7 @@ use herald_apns::provider_token::{ManualClock, ProviderTokenCache, SigningKey};
 use herald_apns::push::{Priority, PushType};
 use herald_apns::token_hex::DeviceToken;
 use herald_sim::{CertVariant, Pki, SimConfig, SimHandle, Simulator};
-use support::log_fields;
+use support::{log_fields, test_settings};
 
 const TOPIC: &str = "com.example.engine";
 const DOMAIN: &str = "apps.example";
@@ -76,29 +75,9 @@ impl Harness {
         tls: Arc<rustls::ClientConfig>,
     ) -> DeliverySettings {
         DeliverySettings {
-            domain: Arc::from(DOMAIN),
-            binding_group: Arc::from("default"),
-            binding: Arc::from("default"),
-            protocol,
-            endpoint,
-            tls,
-            auth: None,
-            default_topic: Some(Arc::from(TOPIC)),
             max_connections: 4,
-            idle_timeout: Some(Duration::from_secs(30)),
-            response_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            keepalive: Duration::from_secs(30),
-            mx_failures_to_delay: 50,
-            retry: RetryPolicy {
-                retry_interval: Duration::from_millis(20),
-                max_retry_interval: Duration::from_millis(100),
-                max_retries: MaxRetries::Unlimited,
-                message_expiration: Duration::from_secs(3600),
-                never_attempt_expired: false,
-            },
-            apn_expiry: Duration::from_secs(3600),
             max_window: 100_000,
+            ..test_settings(DOMAIN, TOPIC, protocol, endpoint, tls, None)
         }
     }
 

@@ -44,25 +44,24 @@ pub fn token_auth_options(pki: &Pki, port: u16, topic: &str) -> String {
     )
 }
 
-/// Settings that deliver `domain` to the simulator's HTTP/2 port with the PKI's provider key (token auth), fast
-/// retries and no retry limit: what the listener tests that run an engine without a configuration file use.
-pub fn token_auth_settings(
-    pki: &Pki,
-    sim: &SimHandle,
+/// Settings for a test domain: default binding, 30 s idle timeout, 5 s answer and connect timeouts, retries after
+/// 20–100 ms without limit, and 2 connections; tests change what they exercise.
+pub fn test_settings(
     domain: &str,
     topic: &str,
+    protocol: RouteProtocol,
+    endpoint: Endpoint,
+    tls: Arc<rustls::ClientConfig>,
+    auth: Option<ProviderTokenCache>,
 ) -> DeliverySettings {
-    let tls = client_config(None, RootSource::CaFile(pki.manifest.ca_cert.clone()), true).unwrap();
-    let key = &pki.manifest.token_key;
-    let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
     DeliverySettings {
         domain: Arc::from(domain),
         binding_group: Arc::from("default"),
         binding: Arc::from("default"),
-        protocol: RouteProtocol::Http2,
-        endpoint: Endpoint::new(sim.addrs.h2.ip().to_string(), sim.addrs.h2.port()),
+        protocol,
+        endpoint,
         tls,
-        auth: Some(ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap()),
+        auth,
         default_topic: Some(Arc::from(topic)),
         max_connections: 2,
         idle_timeout: Some(Duration::from_secs(30)),
@@ -80,6 +79,27 @@ pub fn token_auth_settings(
         apn_expiry: Duration::from_secs(3600),
         max_window: 10_000,
     }
+}
+
+/// [`test_settings`] that deliver `domain` to the simulator's HTTP/2 port with the PKI's provider key (token
+/// auth): what the listener tests that run an engine without a configuration file use.
+pub fn token_auth_settings(
+    pki: &Pki,
+    sim: &SimHandle,
+    domain: &str,
+    topic: &str,
+) -> DeliverySettings {
+    let tls = client_config(None, RootSource::CaFile(pki.manifest.ca_cert.clone()), true).unwrap();
+    let key = &pki.manifest.token_key;
+    let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
+    test_settings(
+        domain,
+        topic,
+        RouteProtocol::Http2,
+        Endpoint::new(sim.addrs.h2.ip().to_string(), sim.addrs.h2.port()),
+        tls,
+        Some(ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap()),
+    )
 }
 
 /// The lines of a Momentum-format log (mainlog, apn_logger) split into fields on `@` not escaped by a backslash.
