@@ -1,6 +1,6 @@
 //! Prometheus text exposition of herald's counters (`GET /metrics`): receptions, deliveries, transient and
 //! permanent failures by domain and reason, queue sizes, open connections and streams, the delivery-latency
-//! histogram, certificate expiry times and the spool's size.
+//! histogram, certificate expiry times, the spool's size and the progress of its restore at start.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -15,6 +15,8 @@ pub struct Extra {
     pub certificate_expiry: Vec<(String, String, u64)>,
     /// Records and bytes in the spool, when there is one.
     pub spool: Option<(u64, u64)>,
+    /// The restore of the spool at start: whether it still runs, and how many notifications it queued again.
+    pub restore: Option<(bool, u64)>,
     /// Entries in the invalid-token store (one per domain and token; the store outlives restarts).
     pub invalid_tokens: Option<u64>,
 }
@@ -184,6 +186,22 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
             "gauge",
         );
         let _ = writeln!(out, "herald_spool_bytes {bytes}");
+    }
+    if let Some((running, queued)) = extra.restore {
+        header(
+            &mut out,
+            "herald_spool_restoring",
+            "1 while notifications spooled by an earlier run are being queued again, else 0.",
+            "gauge",
+        );
+        let _ = writeln!(out, "herald_spool_restoring {}", u8::from(running));
+        header(
+            &mut out,
+            "herald_spool_restored_total",
+            "Notifications spooled by an earlier run and queued again since start.",
+            "counter",
+        );
+        let _ = writeln!(out, "herald_spool_restored_total {queued}");
     }
     if let Some(n) = extra.invalid_tokens {
         header(

@@ -17,6 +17,7 @@ use herald_spool::Spool;
 use crate::delivery::ConfigResolver;
 use crate::metrics;
 use crate::queue::Engine;
+use crate::spool::RestoreProgress;
 use crate::tokens::InvalidTokenStore;
 
 /// Every (method, path) [`routes`] answers; with `inbound::rest::ROUTES` these are what `docs/openapi.yaml`
@@ -38,6 +39,7 @@ pub fn routes(
     spool: Arc<dyn Spool>,
     invalid: Arc<InvalidTokenStore>,
     resolver: Arc<ConfigResolver>,
+    restore: Arc<RestoreProgress>,
     services: HttpServices,
 ) -> Router {
     let mut router = Router::new().route("/readyz", get(|| async { "ready" }));
@@ -59,11 +61,13 @@ pub fn routes(
                 let spool = spool.clone();
                 let invalid = invalid.clone();
                 let resolver = resolver.clone();
+                let restore = restore.clone();
                 async move {
                     let stats = spool.stats();
                     let extra = metrics::Extra {
                         certificate_expiry: certificate_expiry(&resolver.config()),
                         spool: Some((stats.records, stats.bytes_on_disk)),
+                        restore: Some((restore.is_running(), restore.queued())),
                         invalid_tokens: Some(invalid.len() as u64),
                     };
                     (

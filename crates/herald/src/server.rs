@@ -25,7 +25,7 @@ use crate::inbound::{rest, smtp};
 use crate::logs::Logs;
 use crate::queue::message::{IdGenerator, MessageId};
 use crate::queue::{Engine, EngineLimits};
-use crate::spool::{SpoolBridge, spawn_restore};
+use crate::spool::{RestoreProgress, SpoolBridge, spawn_restore};
 use crate::tokens::InvalidTokenStore;
 
 /// Why the server could not start.
@@ -129,6 +129,8 @@ pub struct Server {
     pub spool: Arc<dyn Spool>,
     /// Every device token APNs or its feedback service reported invalid.
     pub invalid_tokens: Arc<InvalidTokenStore>,
+    /// The background restore of what the spool held at start.
+    pub restore_progress: Arc<RestoreProgress>,
     path: PathBuf,
     resolver: Arc<ConfigResolver>,
     logs: Logs,
@@ -195,7 +197,8 @@ impl Server {
         let started = Instant::now();
         // New message ids sort after everything spooled; the backlog is queued again while the server serves.
         let ids = IdGenerator::above(0, spool.recovery_bound().map(|k| MessageId(k.0)));
-        spawn_restore(spool.clone(), engine.clone());
+        let restore_progress = Arc::new(RestoreProgress::default());
+        spawn_restore(spool.clone(), engine.clone(), restore_progress.clone());
         tokio::spawn(crate::tokens::feedback::run_poller(
             resolver.clone(),
             invalid_tokens.clone(),
@@ -207,6 +210,7 @@ impl Server {
             engine,
             intake,
             spool,
+            restore_progress,
             invalid_tokens,
             path: path.to_owned(),
             resolver,
@@ -323,6 +327,7 @@ impl Server {
                     self.spool.clone(),
                     self.invalid_tokens.clone(),
                     self.resolver.clone(),
+                    self.restore_progress.clone(),
                     settings.http_services,
                 );
                 let app = rest::router_with(

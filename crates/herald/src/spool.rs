@@ -140,13 +140,36 @@ pub struct Restored {
     pub interrupted: bool,
 }
 
+/// How far the restore of the spool is: for metrics while it runs in the background.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    running: std::sync::atomic::AtomicBool,
+    queued: std::sync::atomic::AtomicU64,
+}
+
+impl RestoreProgress {
+    /// Whether spooled notifications of an earlier run are still being queued again.
+    pub fn is_running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notifications queued again so far.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Notifications handed from the spool's reading thread to the queueing task at a time.
 const RESTORE_CHUNK: usize = 512;
 
 /// Reads every notification the spool held when it was opened and queues it again, with its retry state. The
 /// spool may already take new notifications meanwhile (recovery does not visit them), so a server can serve while
 /// its backlog is restored. Stops early, leaving the rest spooled, when the queue shuts down.
-pub async fn restore(spool: Arc<dyn Spool>, engine: Arc<Engine>) -> Result<Restored, SpoolError> {
+pub async fn restore(
+    spool: Arc<dyn Spool>,
+    engine: Arc<Engine>,
+    progress: &RestoreProgress,
+) -> Result<Restored, SpoolError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StoredNotification>>(8);
     let reader = tokio::task::spawn_blocking(move || {
         let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
@@ -172,7 +195,12 @@ pub async fn restore(spool: Arc<dyn Spool>, engine: Arc<Engine>) -> Result<Resto
             let id = MessageId(stored.key.0);
             match from_stored(stored) {
                 Ok((n, retries, next)) => match engine.restore(n, retries, next).await {
-                    Ok(()) => restored.queued += 1,
+                    Ok(()) => {
+                        restored.queued += 1;
+                        progress
+                            .queued
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(SubmitError::ShuttingDown) => {
                         restored.interrupted = true;
                         break 'chunks;
@@ -208,10 +236,17 @@ pub async fn restore(spool: Arc<dyn Spool>, engine: Arc<Engine>) -> Result<Resto
 pub fn spawn_restore(
     spool: Arc<dyn Spool>,
     engine: Arc<Engine>,
+    progress: Arc<RestoreProgress>,
 ) -> tokio::task::JoinHandle<Result<Restored, SpoolError>> {
+    progress
+        .running
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let result = restore(spool, engine).await;
+        let result = restore(spool, engine, &progress).await;
+        progress
+            .running
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         match &result {
             Ok(r) if r.interrupted => tracing::info!(
                 queued = r.queued,
@@ -296,7 +331,9 @@ mod tests {
             Arc::new(MemoryInvalidTokens::default()),
             EngineLimits::default(),
         ));
-        let restored = restore(spool.clone(), engine).await.unwrap();
+        let progress = RestoreProgress::default();
+        let restored = restore(spool.clone(), engine, &progress).await.unwrap();
+        assert_eq!(progress.queued(), 0);
         assert_eq!(
             (restored.report.recovered, restored.queued, restored.dropped),
             (3, 0, 3)

@@ -536,6 +536,15 @@ fn expected(s: &Setup) -> BTreeMap<&'static str, BTreeMap<Labels, f64>> {
             "herald_spool_records",
             BTreeMap::from([(Labels::new(), HELD_SENT as f64)]),
         ),
+        // The spool was empty at start: nothing to restore, and the restore is over.
+        (
+            "herald_spool_restoring",
+            BTreeMap::from([(Labels::new(), 0.0)]),
+        ),
+        (
+            "herald_spool_restored_total",
+            BTreeMap::from([(Labels::new(), 0.0)]),
+        ),
         (
             "herald_invalid_tokens_total",
             BTreeMap::from([(Labels::new(), (BAD + UNREGISTERED + EXPIRED) as f64)]),
@@ -625,6 +634,8 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_certificate_expiry_timestamp_seconds", "gauge"),
             ("herald_spool_records", "gauge"),
             ("herald_spool_bytes", "gauge"),
+            ("herald_spool_restoring", "gauge"),
+            ("herald_spool_restored_total", "counter"),
             ("herald_invalid_tokens_total", "counter"),
         ]),
         "{text}"

@@ -275,6 +275,16 @@ async fn notifications_accepted_before_a_clean_stop_are_delivered_after_the_next
     let sim = start_sim(&pki, port).await;
     let daemon = Daemon::start(&config);
     wait_for_tokens(&sim, &acked).await;
+    // The background restore is over and queued every one of them again.
+    let deadline = Instant::now() + WAIT;
+    while metric(&daemon, "herald_spool_restoring").await != Some(0) {
+        assert!(Instant::now() < deadline, "the restore never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        metric(&daemon, "herald_spool_restored_total").await,
+        Some(acked.len() as u64)
+    );
     daemon.terminate();
 }
 
