@@ -13,7 +13,7 @@ HERALD=$PWD/target/release/herald
 WORK=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-j() { python3 -c 'import json,sys;d=json.load(open(sys.argv[1]));print(eval("d"+sys.argv[2]))' "$@"; }
+. "$PWD/bench/lib.sh"
 
 "$HERALD" sim pki "$WORK/pki" --topic com.example.e2e >/dev/null
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -24,20 +24,12 @@ start_sim() {
   for _ in $(seq 200); do [ -s "$WORK/sim.addrs" ] && break; sleep 0.05; done
   ADMIN=$(j "$WORK/sim.addrs" '["admin"]')
 }
-accepted() { curl -s "http://$ADMIN/stats" | j /dev/stdin '["accepted"]["total"]'; }
 
 cat > "$WORK/herald.conf" <<CONF
 spool_dir = "$WORK/spool"
 http_listener { listen "127.0.0.1:0" { } }
 domain "e2e.example" {
-  delivery_method = apn
-  routes = ( "https://127.0.0.1:$SIM_PORT" )
-  tls_verify = ca
-  tls_ca = "$WORK/pki/ca.pem"
-  apn_key = "$(j "$WORK/pki/pki.json" '["token_key"]["p8"]')"
-  apn_key_id = "$(j "$WORK/pki/pki.json" '["key_id"]')"
-  apn_team_id = "$(j "$WORK/pki/pki.json" '["team_id"]')"
-  apn_topic = "com.example.e2e"
+$(token_auth_options "$WORK/pki" "127.0.0.1:$SIM_PORT" com.example.e2e)
   max_outbound_connections = 4
   retry_interval = 1
   max_retry_interval = 1

@@ -18,7 +18,7 @@ SIM_PID=
 trap 'kill $SIM_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 "$HERALD" sim pki "$WORK/pki" --topic com.example.bench >/dev/null
-j() { python3 -c 'import json,sys;d=json.load(open(sys.argv[1]));print(eval("d"+sys.argv[2]))' "$@"; }
+. "$PWD/bench/lib.sh"
 KEY_ID=$(j "$WORK/pki/pki.json" '["key_id"]')
 TEAM_ID=$(j "$WORK/pki/pki.json" '["team_id"]')
 P8=$(j "$WORK/pki/pki.json" '["token_key"]["p8"]')

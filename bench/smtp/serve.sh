@@ -16,7 +16,7 @@ HERALD=$PWD/target/release/herald
 WORK=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-j() { python3 -c 'import json,sys;d=json.load(open(sys.argv[1]));print(eval("d"+sys.argv[2]))' "$@"; }
+. "$PWD/bench/lib.sh"
 
 "$HERALD" sim pki "$WORK/pki" --topic com.example.smtp >/dev/null
 "$HERALD" sim --pki "$WORK/pki" > "$WORK/sim.addrs" 2> "$WORK/sim.log" &
@@ -24,7 +24,6 @@ PIDS+=($!)
 for _ in $(seq 200); do [ -s "$WORK/sim.addrs" ] && break; sleep 0.05; done
 H2=$(j "$WORK/sim.addrs" '["h2"]')
 ADMIN=$(j "$WORK/sim.addrs" '["admin"]')
-accepted() { curl -s "http://$ADMIN/stats" | j /dev/stdin '["accepted"]["total"]'; }
 
 # smtp-source adds CRLF to every line of the file itself.
 cat > "$WORK/message.eml" <<'MSG'
@@ -57,14 +56,7 @@ for run in $(seq "$RUNS"); do
 spool_dir = "$WORK/spool"
 esmtp_listener { listen "127.0.0.1:0" { mcmt_reception = allow } }
 domain "smtp.example" {
-  delivery_method = apn
-  routes = ( "https://$H2" )
-  tls_verify = ca
-  tls_ca = "$WORK/pki/ca.pem"
-  apn_key = "$(j "$WORK/pki/pki.json" '["token_key"]["p8"]')"
-  apn_key_id = "$(j "$WORK/pki/pki.json" '["key_id"]')"
-  apn_team_id = "$(j "$WORK/pki/pki.json" '["team_id"]')"
-  apn_topic = "com.example.smtp"
+$(token_auth_options "$WORK/pki" "$H2" com.example.smtp)
   max_outbound_connections = 2
 }
 CONF

@@ -205,16 +205,15 @@ pub async fn restore(
                         restored.interrupted = true;
                         break 'chunks;
                     }
-                    Err(e @ SubmitError::Unroutable { .. }) => {
+                    Err(SubmitError::Unroutable { domain, reason }) => {
                         restored.dropped += 1;
                         // Once per domain: a domain removed from the configuration may hold many.
-                        if let SubmitError::Unroutable { domain, .. } = &e {
-                            if unroutable.insert(domain.clone()) {
-                                tracing::warn!(
-                                    "spooled notifications of {domain:?} stay in the spool, not queued: {e} \
-                                     (first: {id})"
-                                );
-                            }
+                        if !unroutable.contains(&domain) {
+                            tracing::warn!(
+                                "spooled notifications of {domain:?} stay in the spool, not queued: the domain \
+                                 cannot deliver: {reason} (first: {id})"
+                            );
+                            unroutable.insert(domain);
                         }
                     }
                 },

@@ -56,15 +56,20 @@ impl Daemon {
         }
     }
 
-    fn terminate(mut self) {
+    /// Sends `signal` (`-TERM`, `-HUP`, …) with kill(1).
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
-                .args(["-TERM", &pid])
+                .args([signal, &pid])
                 .status()
                 .unwrap()
                 .success()
         );
+    }
+
+    fn terminate(mut self) {
+        self.signal("-TERM");
         let status = self.child.wait().unwrap();
         assert!(status.success(), "herald serve exited with {status}");
     }
@@ -506,20 +511,13 @@ async fn sighup_reloads_routes_and_a_broken_file_keeps_the_running_configuration
     let sim_b = start_sim(&pki, port_b).await;
     let config = write_config(dir.path(), &pki, port_a);
     let daemon = Daemon::start(&config);
-    let pid = daemon.child.id().to_string();
     let first = post_batches(&daemon.http, 0, 20, 20).await.unwrap();
     wait_for_tokens(&sim_a, &first).await;
 
     // A broken file: the running configuration stays (still delivers to A).
     let good = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{good}\nno_such_option = 1\n")).unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    daemon.signal("-HUP");
     let second = post_batches(&daemon.http, 100, 20, 20).await.unwrap();
     wait_for_tokens(&sim_a, &second).await;
 
@@ -532,13 +530,7 @@ async fn sighup_reloads_routes_and_a_broken_file_keeps_the_running_configuration
         ),
     )
     .unwrap();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    daemon.signal("-HUP");
     let deadline = Instant::now() + WAIT;
     let mut batch = 200;
     loop {

@@ -135,6 +135,18 @@ async fn appends(
     (total as f64 / elapsed, commits, cpu)
 }
 
+/// Runs a recovery and counts what it visits.
+fn count_recovered(spool: &dyn Spool) -> usize {
+    let mut count = 0usize;
+    spool
+        .recover_each(&mut |_| {
+            count += 1;
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("recover");
+    count
+}
+
 async fn fill(spool: &dyn Spool, records: usize) -> Vec<SpoolKey> {
     let mut all = Vec::with_capacity(records);
     let mut pending = Vec::new();
@@ -181,13 +193,7 @@ async fn bulk(engine: &str, records: usize) -> Bulk {
     let spool = open(engine, dir.path());
     let clean_open_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let mut count = 0usize;
-    spool
-        .recover_each(&mut |_| {
-            count += 1;
-            std::ops::ControlFlow::Continue(())
-        })
-        .expect("recover");
+    let count = count_recovered(&*spool);
     let clean_recover_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(count, records, "recovered all");
     let size_mb = spool.stats().bytes_on_disk as f64 / 1e6;
@@ -215,13 +221,7 @@ async fn bulk(engine: &str, records: usize) -> Bulk {
     let spool = open(engine, dir.path());
     let churned_open_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let mut count = 0usize;
-    spool
-        .recover_each(&mut |_| {
-            count += 1;
-            std::ops::ControlFlow::Continue(())
-        })
-        .expect("recover");
+    let count = count_recovered(&*spool);
     let churned_recover_ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(count, records);
     spool.close().await.expect("close");
@@ -253,13 +253,7 @@ async fn bulk(engine: &str, records: usize) -> Bulk {
     let spool = open(engine, crash_dir.path());
     let crash_open_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    let mut count = 0usize;
-    spool
-        .recover_each(&mut |_| {
-            count += 1;
-            std::ops::ControlFlow::Continue(())
-        })
-        .expect("recover");
+    let count = count_recovered(&*spool);
     let crash_recover_ms = t.elapsed().as_secs_f64() * 1e3;
     assert!(count >= records, "recovered {count} of at least {records}");
     Bulk {
