@@ -50,6 +50,7 @@ pub mod ast;
 pub mod diag;
 pub mod eval;
 pub mod lexer;
+mod lint;
 mod loader;
 pub mod net;
 pub mod options;
@@ -117,10 +118,11 @@ impl Config {
         Self::finish(loader.diags, root)
     }
 
-    fn finish(diags: Diagnostics, root: Node) -> Result<Config, Diagnostics> {
+    fn finish(mut diags: Diagnostics, root: Node) -> Result<Config, Diagnostics> {
         if diags.has_errors() {
             return Err(diags);
         }
+        lint::run(&root, &mut diags);
         Ok(Config {
             root,
             warnings: diags.into_warnings(),
