@@ -255,23 +255,21 @@ pub(crate) fn delivery_nodes<'a>(
         .zip(binding)
         .and_then(|(g, b)| g.child(ScopeKind::Binding, Some(b)));
     let b = binding.and_then(|b| root.child(ScopeKind::Binding, Some(b)));
-    let dom = |n: Option<&'a Node>| {
-        n.zip(domain)
-            .and_then(|(n, d)| n.find_named(ScopeKind::Domain, d))
+    // In each container the exact domain stanza comes first, then every matching regex stanza in declaration order
+    // (momentum.md §4.1), so an option unset in the exact stanza is looked up in the regex ones before any outer scope.
+    let mut nodes = Vec::with_capacity(8);
+    let dom = |n: Option<&'a Node>, nodes: &mut Vec<&'a Node>| {
+        if let (Some(n), Some(d)) = (n, domain) {
+            nodes.extend(n.matching_named(ScopeKind::Domain, d));
+        }
     };
-    [
-        dom(gb),
-        dom(b),
-        dom(g),
-        gb,
-        b,
-        g,
-        dom(Some(root)),
-        Some(root),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+    dom(gb, &mut nodes);
+    dom(b, &mut nodes);
+    dom(g, &mut nodes);
+    nodes.extend([gb, b, g].into_iter().flatten());
+    dom(Some(root), &mut nodes);
+    nodes.push(root);
+    nodes
 }
 
 pub(crate) fn candidates<'a>(root: &'a Node, path: &ScopePath) -> Candidates<'a> {
@@ -296,10 +294,10 @@ pub(crate) fn candidates<'a>(root: &'a Node, path: &ScopePath) -> Candidates<'a>
                     .zip(binding)
                     .and_then(|(g, b)| g.child(ScopeKind::Binding, Some(b)));
                 let b = binding.and_then(|b| root.child(ScopeKind::Binding, Some(b)));
-                let h = |n: Option<&'a Node>| n.and_then(|n| n.find_named(ScopeKind::Host, host));
-                let nodes = [h(gb), h(b), h(g), h(Some(root))]
+                let nodes = [gb, b, g, Some(root)]
                     .into_iter()
                     .flatten()
+                    .flat_map(|n| n.matching_named(ScopeKind::Host, host))
                     .collect();
                 return Candidates { nodes, host: true };
             }

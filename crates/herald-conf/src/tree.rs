@@ -131,20 +131,34 @@ impl Node {
         self.index.get(&key).map(|&i| &self.children[i])
     }
 
-    /// The scope that applies to domain (or host) `name` in this container: an exact stanza first, else the first
+    /// The scope that applies first to domain (or host) `name` in this container: an exact stanza, else the first
     /// regex stanza, in declaration order, that matches.
     pub fn find_named(&self, kind: ScopeKind, name: &str) -> Option<&Node> {
+        self.matching_named(kind, name).next()
+    }
+
+    /// Every scope of this container that applies to domain (or host) `name`, in the order options are looked up
+    /// in them: the exact stanza first, then each matching regex stanza in declaration order. An option unset in
+    /// the exact stanza is taken from the first matching regex stanza that sets it, before any outer scope.
+    pub fn matching_named<'a>(
+        &'a self,
+        kind: ScopeKind,
+        name: &str,
+    ) -> impl Iterator<Item = &'a Node> + 'a {
         let name = kind.normalize_name(name);
-        if let Some(n) = self.child(kind, Some(&name)) {
-            return Some(n);
-        }
-        if is_regex_name(&name) {
-            return None;
-        }
-        self.regexes
-            .iter()
-            .find(|(k, re, _)| *k == kind && re.is_match(&name))
-            .map(|(_, _, i)| &self.children[*i])
+        let exact = self.child(kind, Some(&name));
+        // A regex-looking name is looked up only as written, never matched against other regexes.
+        let regexes = if is_regex_name(&name) {
+            &self.regexes[..0]
+        } else {
+            &self.regexes[..]
+        };
+        exact.into_iter().chain(
+            regexes
+                .iter()
+                .filter(move |(k, re, _)| *k == kind && re.is_match(&name))
+                .map(|(_, _, i)| &self.children[*i]),
+        )
     }
 
     /// The most specific `peer` child whose CIDR contains `ip`, or the peer named exactly `name`.

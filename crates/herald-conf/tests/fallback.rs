@@ -331,6 +331,154 @@ binding "b" { domain "/[.]org$/" { retry_interval = 4 } }
     assert_eq!(c.domains().len(), 4);
 }
 
+/// momentum.md §4.1: in one container, an option unset in the exact domain stanza is looked up in the matching regex
+/// stanzas (in declaration order) before any outer scope. `container` wraps the stanzas in a scope (or none).
+fn regex_fills_what_exact_leaves_unset(
+    open: &str,
+    close: &str,
+    group: Option<&str>,
+    binding: Option<&str>,
+) {
+    let text = format!(
+        r#"
+max_outbound_connections = 32
+retry_interval = 99
+max_retries = 11
+{open}
+  domain "push.example.org" {{ retry_interval = 5 }}
+  domain "/[.]example[.]org$/" {{ max_outbound_connections = 4 }}
+  domain "/^push[.]/" {{ max_outbound_connections = 9  max_retries = 3 }}
+  domain "/org$/" {{ max_retries = 7  message_expiration = 60 }}
+{close}
+"#
+    );
+    let c = Config::parse_str("re.conf", &text).unwrap_or_else(|e| panic!("{e}"));
+    let d = c.domain_settings(group, binding, "push.example.org");
+    assert_eq!(d.retry.retry_interval.as_secs(), 5, "{open}: exact stanza");
+    assert_eq!(
+        d.max_outbound_connections, 4,
+        "{open}: first matching regex, not the global value"
+    );
+    assert_eq!(
+        d.retry.max_retries,
+        herald_conf::MaxRetries::Count(3),
+        "{open}: second regex sets what the first leaves unset"
+    );
+    assert_eq!(
+        d.retry.message_expiration.as_secs(),
+        60,
+        "{open}: third regex"
+    );
+    // config eval resolves along the same path.
+    let mut words: Vec<&str> = Vec::new();
+    if let Some(g) = group {
+        words.extend(["binding_group", g]);
+    }
+    if let Some(b) = binding {
+        words.extend(["binding", b]);
+    }
+    words.extend(["domain", "push.example.org", "max_outbound_connections"]);
+    assert_eq!(eval(&c, &words), Value::Int(4), "{open}: config eval");
+    // A domain with no exact stanza goes straight to the regexes, in order.
+    let other = c.domain_settings(group, binding, "www.example.org");
+    assert_eq!(other.max_outbound_connections, 4);
+    assert_eq!(other.retry.max_retries, herald_conf::MaxRetries::Count(7));
+    assert_eq!(
+        other.retry.retry_interval.as_secs(),
+        99,
+        "{open}: outer scope"
+    );
+}
+
+#[test]
+fn regex_stanza_fills_options_unset_in_exact_stanza_global() {
+    regex_fills_what_exact_leaves_unset("", "", None, None);
+}
+
+#[test]
+fn regex_stanza_fills_options_unset_in_exact_stanza_binding() {
+    regex_fills_what_exact_leaves_unset(r#"binding "b" {"#, "}", None, Some("b"));
+}
+
+#[test]
+fn regex_stanza_fills_options_unset_in_exact_stanza_binding_group() {
+    regex_fills_what_exact_leaves_unset(r#"binding_group "g" {"#, "}", Some("g"), None);
+}
+
+#[test]
+fn regex_stanza_fills_options_unset_in_exact_stanza_grouped_binding() {
+    regex_fills_what_exact_leaves_unset(
+        r#"binding_group "g" { binding "b" {"#,
+        "} }",
+        Some("g"),
+        Some("b"),
+    );
+    regex_fills_what_exact_leaves_unset(
+        r#"binding_group "g" { binding "b" {"#,
+        "} }",
+        None,
+        Some("b"),
+    );
+}
+
+#[test]
+fn inner_container_regex_beats_outer_exact_stanza() {
+    // The binding's regex stanza is in a more specific container than the global exact stanza.
+    let c = Config::parse_str(
+        "re.conf",
+        r#"
+domain "push.example.org" { max_outbound_connections = 2  retry_interval = 5 }
+binding "b" { domain "/example/" { max_outbound_connections = 6 } }
+"#,
+    )
+    .unwrap();
+    let d = c.domain_settings(None, Some("b"), "push.example.org");
+    assert_eq!(d.max_outbound_connections, 6);
+    assert_eq!(d.retry.retry_interval.as_secs(), 5);
+    assert_eq!(
+        c.domain_settings(None, None, "push.example.org")
+            .max_outbound_connections,
+        2
+    );
+}
+
+#[test]
+fn host_regex_stanzas_fill_what_the_exact_host_leaves_unset() {
+    let c = Config::parse_str(
+        "re.conf",
+        r#"
+host "api.push.apple.com" { }
+host "/apple[.]com$/" { max_outbound_connections = 64 }
+binding "b" { host "api.push.apple.com" { max_outbound_connections = 8 } }
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        eval(
+            &c,
+            &["host", "api.push.apple.com", "max_outbound_connections"]
+        ),
+        Value::Int(64)
+    );
+    assert_eq!(
+        eval(
+            &c,
+            &[
+                "binding",
+                "b",
+                "host",
+                "api.push.apple.com",
+                "max_outbound_connections"
+            ]
+        ),
+        Value::Int(8)
+    );
+    assert_eq!(
+        eval(&c, &["host", "other.example", "max_outbound_connections"]),
+        Value::Int(-1)
+    );
+}
+
 #[test]
 fn listener_fallback_listen_then_listener() {
     // momentum.md §4.3: listen -> listener; peer -> listen -> listener, most specific CIDR.
