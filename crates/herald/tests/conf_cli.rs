@@ -79,6 +79,13 @@ fn check_momentum_sample_summary_and_warnings() {
     );
     assert!(err.contains("warning: `tls`"), "{err}");
     assert!(err.contains("warning: `tls_ciphers`"), "{err}");
+    // The binary-protocol domain (line 10) never polls the feedback service.
+    assert!(
+        err.contains(&format!(
+            "{p}:10:1: warning: `apn_feedback_interval` is 0 for domain `apn_example.com`"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
