@@ -4,6 +4,7 @@
 //! `.p8` key parses and its key id matches the file name, the retired binary gateway is flagged, and (optionally)
 //! the route answers a TLS handshake with this identity.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use herald_apns::identity::CertEnvironment;
@@ -41,23 +42,45 @@ impl std::fmt::Display for Finding {
 }
 
 /// Checks every exactly named domain with `delivery_method = apn` (regex domains have no single route to test).
-pub fn check(config: &Config, now: SystemTime) -> Vec<Finding> {
+/// A domain that passes the checklist then has its delivery settings built exactly as `herald serve` builds them
+/// (client identity, trust, TLS configuration, provider-token signer), so whatever the TLS stack would refuse at
+/// the first notification is an error here.
+pub fn check(config: &Arc<Config>, now: SystemTime) -> Vec<Finding> {
     let mut findings = Vec::new();
+    let resolver = ConfigResolver::new(config.clone());
     for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
         let d = config.domain_settings(None, None, domain);
         if d.delivery_method != DeliveryMethod::Apn {
             continue;
         }
+        let before = findings.len();
+        let mut missing_files = false;
         check_domain(&d, now, &mut |severity, message| {
+            missing_files |= message.ends_with(MISSING_FILE);
             findings.push(Finding {
                 domain: domain.to_owned(),
                 severity,
                 message,
             })
         });
+        let clean = !findings[before..]
+            .iter()
+            .any(|f| f.severity == Severity::Error);
+        if clean && !missing_files {
+            if let Err(message) = resolver.build(domain) {
+                findings.push(Finding {
+                    domain: domain.to_owned(),
+                    severity: Severity::Error,
+                    message,
+                });
+            }
+        }
     }
     findings
 }
+
+/// How a finding about a credential file that is not on this machine ends.
+const MISSING_FILE: &str = "does not exist here; the credentials in it were not checked";
 
 fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severity, String)) {
     let Some(route) = d.routes.first() else {
@@ -86,13 +109,7 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
         .filter(|p| !p.exists())
         .collect::<Vec<_>>();
     for p in &missing {
-        say(
-            Severity::Warning,
-            format!(
-                "{} does not exist here; the credentials in it were not checked",
-                p.display()
-            ),
-        );
+        say(Severity::Warning, format!("{} {MISSING_FILE}", p.display()));
     }
     if !missing.is_empty() {
         return;

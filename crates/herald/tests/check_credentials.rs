@@ -166,3 +166,72 @@ fn wrong_environment_topic_password_and_key_id_are_reported() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("differs from the key id"), "{err}");
 }
+
+fn openssl(args: &[&str], dir: &Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("this test needs the `openssl` command (apt-get install openssl): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `openssl x509 -req` without extensions makes an X.509 version 1 certificate. It parses and names its topic, but
+/// the TLS stack refuses it as a client certificate, so every notification would fail: `check` must say so, naming
+/// the file and how to fix it, and `serve` must refuse the domain with the same words.
+#[test]
+fn a_version_1_client_certificate_is_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "v1.key",
+            "-out",
+            "v1.csr",
+            "-subj",
+            &format!("/UID={TOPIC}/CN=Apple Push Services: {TOPIC}"),
+        ],
+        d,
+    );
+    openssl(
+        &[
+            "x509", "-req", "-in", "v1.csr", "-signkey", "v1.key", "-days", "30", "-out", "v1.pem",
+        ],
+        d,
+    );
+    let text = std::fs::read_to_string(d.join("v1.pem")).unwrap();
+    assert!(text.contains("BEGIN CERTIFICATE"));
+    let cert = d.join("v1.pem");
+    let key = d.join("v1.key");
+    let body = format!(
+        "domain \"v1.example\" {{\n delivery_method = apn\n routes = ( \"https://127.0.0.1:2197\" )\n \
+         tls_certificate = \"{}\"\n tls_key = \"{}\"\n apn_topic = \"{TOPIC}\"\n}}\n",
+        cert.display(),
+        key.display()
+    );
+    let config = write(d, &body);
+    let (code, err) = check(&config, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "domain v1.example: error: tls_certificate {}: the certificate is X.509 version 1, and TLS client \
+             authentication accepts only version 3",
+            cert.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("-extfile"), "says how to fix it: {err}");
+    assert!(!err.contains("peer certificate"), "{err}");
+}

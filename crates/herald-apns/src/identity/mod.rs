@@ -59,6 +59,14 @@ pub enum IdentityError {
     NoTopic { subject: String },
     #[error("{path}: no CA certificate found")]
     NoCaCertificate { path: String },
+    #[error(
+        "the certificate is X.509 version {version}, and TLS client authentication accepts only version 3; \
+         issue it again as version 3 (with openssl: `openssl x509 -req … -extfile v3.ext`, where v3.ext holds at \
+         least `basicConstraints = CA:FALSE`)"
+    )]
+    NotVersion3 { version: u32 },
+    #[error("the TLS library refuses the client certificate or its key: {detail}")]
+    ClientAuthRefused { detail: String },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -159,6 +167,7 @@ impl ClientIdentity {
         };
         let mut identity = ClientIdentity { chain, key };
         identity.check_key_matches(key_name)?;
+        identity.check_version()?;
         Ok(identity)
     }
 
@@ -202,6 +211,7 @@ impl ClientIdentity {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_chain.key().as_der().to_vec()));
         let mut identity = ClientIdentity { chain, key };
         identity.check_key_matches(name)?;
+        identity.check_version()?;
         Ok(identity)
     }
 
@@ -223,6 +233,22 @@ impl ClientIdentity {
         info.check_validity(now)?;
         info.default_topic()?;
         Ok(info)
+    }
+
+    /// Makes sure the leaf is an X.509 version 3 certificate: the TLS stack refuses older ones as client
+    /// certificates, so such an identity would fail every connection (and `herald check` must say so first).
+    fn check_version(&self) -> Result<(), IdentityError> {
+        let (_, cert) =
+            x509_parser::certificate::X509Certificate::from_der(self.leaf()).map_err(|e| {
+                IdentityError::BadCertificate {
+                    detail: e.to_string(),
+                }
+            })?;
+        let version = cert.version().0 + 1;
+        if version != 3 {
+            return Err(IdentityError::NotVersion3 { version });
+        }
+        Ok(())
     }
 
     /// Makes sure the private key belongs to the leaf. When the file lists the chain in another order, the

@@ -449,6 +449,40 @@ fn pkcs12_with_rsa_key_and_chain() {
         &d("ca.key"),
         "-CAcreateserial",
         "-out",
+        &d("leaf-v1.pem"),
+        "-days",
+        "2",
+    ]);
+    // Without extensions openssl writes an X.509 version 1 certificate, which TLS refuses as a client certificate:
+    // it is refused at load, with the fix in the message.
+    let e = ClientIdentity::from_pem_files(
+        Path::new(&d("leaf-v1.pem")),
+        Some(Path::new(&d("leaf.key"))),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, IdentityError::NotVersion3 { version: 1 }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("-extfile"), "{e}");
+    let ext = write(
+        dir.path(),
+        "v3.ext",
+        "basicConstraints = CA:FALSE\n".to_string(),
+    );
+    openssl_ok(&[
+        "x509",
+        "-req",
+        "-in",
+        &d("leaf.csr"),
+        "-CA",
+        &d("ca.pem"),
+        "-CAkey",
+        &d("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        ext.to_str().unwrap(),
+        "-out",
         &d("leaf.pem"),
         "-days",
         "2",

@@ -68,7 +68,11 @@ pub fn client_config(
             .with_custom_certificate_verifier(Arc::new(NoServerVerification::new(&provider))),
     };
     let mut config = match identity {
-        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|e| IdentityError::ClientAuthRefused {
+                detail: e.to_string(),
+            })?,
         None => builder.with_no_client_auth(),
     };
     if alpn_h2 {

@@ -22,9 +22,9 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             for w in config.warnings() {
                 eprintln!("{w}");
             }
+            let config = std::sync::Arc::new(config);
             let mut findings = herald::credentials::check(&config, std::time::SystemTime::now());
-            let config = if args.connect {
-                let config = std::sync::Arc::new(config);
+            if args.connect {
                 let resolver = herald::delivery::ConfigResolver::new(config.clone());
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -33,10 +33,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     &resolver,
                     std::time::Duration::from_secs(5),
                 )));
-                config
-            } else {
-                std::sync::Arc::new(config)
-            };
+            }
             for f in &findings {
                 eprintln!("{name}: {f}");
             }
