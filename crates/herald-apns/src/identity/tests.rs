@@ -465,11 +465,7 @@ fn pkcs12_with_rsa_key_and_chain() {
         "{e}"
     );
     assert!(e.to_string().contains("-extfile"), "{e}");
-    let ext = write(
-        dir.path(),
-        "v3.ext",
-        "basicConstraints = CA:FALSE\n".to_string(),
-    );
+    let ext = write(dir.path(), "v3.ext", "basicConstraints = CA:FALSE\n");
     openssl_ok(&[
         "x509",
         "-req",
