@@ -74,8 +74,8 @@ pub use options::{OPTIONS, OptId, OptionDef};
 pub use scopes::ScopeKind;
 pub use settings::{
     Acl, ApnBinaryFormat, ApnLoggerSettings, DeliveryMethod, DomainSettings, EcLoggerSettings,
-    HttpServices, ListenerKind, ListenerSettings, McmtReception, ModuleSettings, PeerSettings,
-    RetryPolicy, SpoolBackend, SpoolSettings, TlsMode, TlsVerify,
+    HttpServices, ListenerKind, ListenerSettings, LogFormat, McmtReception, ModuleSettings,
+    PeerSettings, RetryPolicy, SpoolBackend, SpoolSettings, TlsMode, TlsVerify,
 };
 pub use tree::Node;
 pub use value::{Kind, MaxRetries, Route, RouteProtocol, Value};
@@ -272,6 +272,11 @@ impl Config {
 
     pub fn spool(&self) -> SpoolSettings {
         settings::spool(&self.root)
+    }
+
+    /// `log_format`: how diagnostics are written to standard error.
+    pub fn log_format(&self) -> LogFormat {
+        settings::log_format(&self.root)
     }
 
     /// The whole configuration written in the language.

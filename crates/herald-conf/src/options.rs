@@ -738,6 +738,14 @@ pub static OPTIONS: &[OptionDef] = &[
         GLOBAL,
         "Log of every invalid device token reported by APNs or its feedback service, one `@`-delimited line each; a herald addition.",
     ),
+    // --- diagnostics on standard error (herald addition) ---
+    opt(
+        "log_format",
+        Kind::Enum(&["text", "json"]),
+        Some("text"),
+        GLOBAL,
+        "How `herald serve` writes its diagnostics to standard error: `text` (coloured only on a terminal and without `NO_COLOR`) or `json`, one object per line for log shippers; read at start and on reload; a herald addition.",
+    ),
     // --- spool (herald additions, design §2) ---
     opt(
         "spool_dir",

@@ -68,6 +68,24 @@ pub enum SpoolBackend {
     JetStream,
 }
 
+/// `log_format`: how herald writes its diagnostics to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+pub(crate) fn log_format(root: &Node) -> LogFormat {
+    if Resolver::new(vec![root]).word("log_format") == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    }
+}
+
 /// The retry schedule of a domain (reference/momentum.md §7.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {

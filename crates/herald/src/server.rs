@@ -151,6 +151,7 @@ impl Server {
             path: path.to_owned(),
             diagnostics: d.to_string(),
         })?;
+        crate::logs::stderr::apply(config.log_format());
         for w in config.warnings() {
             tracing::warn!("{w}");
         }
@@ -381,6 +382,7 @@ impl Server {
             path: path.clone(),
             diagnostics: d.to_string(),
         })?;
+        crate::logs::stderr::apply(config.log_format());
         let config = Arc::new(config);
         let mut report = ReloadReport {
             path: path.clone(),

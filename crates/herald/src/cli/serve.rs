@@ -18,22 +18,18 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    herald::logs::stderr::init("info");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting tokio")?;
     runtime.block_on(async {
         let server = Server::start(&args.config).await?;
+        // The handlers are in place before the ready line, so a signal sent as soon as it is read is handled.
+        let signals = Signals::install()?;
         // One line on stdout once every listener is bound: scripts and tests read the addresses from it.
         println!("{}", serde_json::to_string(&server.addrs().await)?);
-        run_until_stopped(&server).await?;
+        run_until_stopped(&server, signals).await?;
         tracing::info!("shutting down");
         server.shutdown(Duration::from_secs(args.grace)).await;
         Ok(ExitCode::SUCCESS)
@@ -42,11 +38,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// Serves until SIGTERM or SIGINT; SIGHUP reloads the configuration (an invalid one is reported and ignored)
 /// and reopens the logs.
-async fn run_until_stopped(server: &Server) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+async fn run_until_stopped(server: &Server, signals: Signals) -> anyhow::Result<()> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -62,5 +59,23 @@ async fn run_until_stopped(server: &Server) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// The signals `serve` acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
     }
 }

@@ -197,13 +197,7 @@ fn build_config(a: ServeArgs) -> anyhow::Result<SimConfig> {
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    herald::logs::stderr::init("info");
     let config = build_config(a)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

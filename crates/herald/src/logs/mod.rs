@@ -5,6 +5,7 @@
 pub mod apnlog;
 pub mod file;
 pub mod mainlog;
+pub mod stderr;
 
 use std::net::IpAddr;
 use std::sync::Arc;
