@@ -372,3 +372,146 @@ async fn a_server_answering_500_requests_per_second_gets_no_duplicates() {
     s.server.shutdown(Duration::from_secs(5)).await;
     s.sim.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// One HTTP/2 connection, driven directly: when the response timeout starts, and what happens when it expires.
+
+mod direct {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use herald_apns::client::http2::{self, Http2Options};
+    use herald_apns::client::{ConnectionInfo, Job, OutcomeSink, PushRequest, PushResult};
+    use herald_apns::push::PushType;
+    use herald_apns::token_hex::DeviceToken;
+    use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+    use tokio::sync::mpsc;
+
+    use super::{TOPIC, support};
+
+    struct Sink(mpsc::UnboundedSender<(u32, PushResult, Instant)>);
+
+    impl OutcomeSink<u32> for Sink {
+        fn report(&self, tag: u32, result: PushResult, _: &ConnectionInfo) {
+            let _ = self.0.send((tag, result, Instant::now()));
+        }
+    }
+
+    struct Conn {
+        _dir: tempfile::TempDir,
+        sim: SimHandle,
+        jobs: herald_apns::client::JobSender<u32>,
+        results: mpsc::UnboundedReceiver<(u32, PushResult, Instant)>,
+    }
+
+    async fn connect(response_timeout: Duration, sim_config: impl FnOnce(&mut SimConfig)) -> Conn {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+        sim_config(&mut config);
+        let sim = Simulator::start(config).await.unwrap();
+        let settings = support::token_auth_settings(&pki, &sim, "direct.example", TOPIC);
+        let opts = Arc::new(Http2Options {
+            endpoint: settings.endpoint.clone(),
+            tls: settings.tls.clone(),
+            auth: settings.auth.clone(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout,
+            idle_timeout: None,
+            keepalive: Duration::from_secs(60),
+        });
+        let (jobs, rx) = async_channel::unbounded();
+        let (tx, results) = mpsc::unbounded_channel();
+        http2::open(opts, 1, rx, Arc::new(Sink(tx))).await.unwrap();
+        Conn {
+            _dir: dir,
+            sim,
+            jobs,
+            results,
+        }
+    }
+
+    fn job(i: u32) -> Job<u32> {
+        Job {
+            request: PushRequest {
+                token: DeviceToken::from_hex(&super::token(i as usize)).unwrap(),
+                topic: Some(Arc::from(TOPIC)),
+                push_type: Some(PushType::Alert),
+                priority: None,
+                expiration: None,
+                collapse_id: None,
+                apns_id: None,
+                payload: bytes::Bytes::from_static(br#"{"aps":{"alert":"direct"}}"#),
+            },
+            tag: i,
+        }
+    }
+
+    /// The timeout counts from when a request was written, not from when it was queued behind the server's
+    /// stream limit: with one stream allowed and 300 ms per answer, the third of three requests is answered about
+    /// 900 ms after it was handed over, and none of them times out at 600 ms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_response_timeout_counts_from_the_write_not_from_the_queue() {
+        let mut c = connect(Duration::from_millis(600), |s| {
+            s.max_concurrent_streams = 1;
+            s.scenario.latency_ms = 300;
+        })
+        .await;
+        // A first request authenticates the connection (token connections start with one stream anyway).
+        c.jobs.send(job(0)).await.unwrap();
+        let (_, first, _) = c.results.recv().await.unwrap();
+        assert!(matches!(first, PushResult::Delivered { .. }), "{first:?}");
+        let handed = Instant::now();
+        for i in 1..=3 {
+            c.jobs.send(job(i)).await.unwrap();
+        }
+        let mut last = handed;
+        for _ in 1..=3 {
+            let (tag, result, at) = c.results.recv().await.unwrap();
+            assert!(
+                matches!(result, PushResult::Delivered { .. }),
+                "request {tag}: {result:?}"
+            );
+            last = last.max(at);
+        }
+        assert!(
+            last - handed >= Duration::from_millis(850),
+            "three answers of 300 ms one at a time took {:?}",
+            last - handed
+        );
+        assert_eq!(c.sim.stats().streams.cancelled, 0);
+        assert_eq!(c.sim.stats().accepted.total, 4);
+    }
+
+    /// A request without an answer within the timeout is reported only after its stream was cancelled: the
+    /// simulator sees the reset (its answer is then never sent), and the report names the stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timed_out_stream_is_cancelled_before_it_is_reported() {
+        let mut c = connect(Duration::from_millis(300), |s| {
+            s.scenario.latency_ms = 3000;
+        })
+        .await;
+        c.jobs.send(job(7)).await.unwrap();
+        let (tag, result, at) = c.results.recv().await.unwrap();
+        assert_eq!(tag, 7);
+        let PushResult::TimedOut {
+            cancelled: Some(cancelled),
+        } = result
+        else {
+            panic!("{result:?}");
+        };
+        assert_eq!(cancelled.connection, 1);
+        assert_eq!(cancelled.stream % 2, 1, "client streams are odd");
+        // The RST_STREAM left with the report: the simulator sees it long before its 3 s answer was due.
+        let deadline = at + Duration::from_millis(1500);
+        while c.sim.stats().streams.cancelled == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the simulator never saw the reset"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // It had accepted the notification before the answer was due: the case a retry can duplicate.
+        assert_eq!(c.sim.stats().accepted.total, 1);
+    }
+}

@@ -388,8 +388,8 @@ struct Answer<T> {
     tag: T,
     result: PushResult,
     token_used: TokenUsed,
-    /// Time from the request's last frame to its answer (the timeout, when it timed out); `None` when the request
-    /// was never fully written.
+    /// Time from the request's last frame to its answer (the timeout, when it timed out); `None` when it was not
+    /// answered (never fully written, refused, connection lost).
     rtt: Option<Duration>,
 }
 
@@ -474,11 +474,16 @@ async fn exchange<T>(
             }
         }
     };
+    // Only answers and timeouts say how fast the server is; a refused stream or a lost connection does not.
+    let rtt = match result {
+        PushResult::NotSent(_) => None,
+        _ => Some(written.elapsed()),
+    };
     Answer {
         tag,
         result,
         token_used,
-        rtt: Some(written.elapsed()),
+        rtt,
     }
 }
 
