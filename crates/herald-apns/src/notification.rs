@@ -44,6 +44,7 @@ pub fn validate_notification(
     parts: &NotificationParts<'_>,
 ) -> Result<DeviceToken, NotificationError> {
     let token = DeviceToken::from_hex(parts.token)?;
+    token.check_apns()?;
     if parts.protocol == Protocol::Binary {
         token.check_binary()?;
         if let Some(exp) = parts.expiration.filter(|&e| u32::try_from(e).is_err()) {
@@ -99,22 +100,34 @@ mod tests {
     }
 
     #[test]
-    fn token_format_depends_on_the_protocol() {
-        // apns.md §1.6: 32 bytes on the binary protocol; §3.2: any even-length hex on HTTP/2.
+    fn tokens_must_have_the_size_apns_takes_on_both_protocols() {
+        // apns.md §1.6: 32 bytes; APNs answers BadDeviceToken to other sizes on HTTP/2 as well.
+        for protocol in [Protocol::Http2, Protocol::Binary] {
+            for bytes in [1, 2, 31, 33, 100, 101] {
+                let hex = "ab".repeat(bytes);
+                let p = NotificationParts {
+                    token: &hex,
+                    protocol,
+                    ..parts()
+                };
+                assert_eq!(
+                    validate_notification(&p),
+                    Err(NotificationError::Token(TokenError::WrongLength {
+                        len: bytes
+                    })),
+                    "{bytes} bytes over {protocol:?}"
+                );
+            }
+        }
         let short = NotificationParts {
             token: "abcd",
             ..parts()
         };
-        assert!(validate_notification(&short).is_ok());
-        let short_binary = NotificationParts {
-            protocol: Protocol::Binary,
-            ..short
-        };
-        assert_eq!(
-            validate_notification(&short_binary),
-            Err(NotificationError::Token(TokenError::WrongBinaryLength {
-                len: 2
-            }))
+        assert!(
+            validate_notification(&short)
+                .unwrap_err()
+                .to_string()
+                .starts_with("device token: device token is 2 bytes")
         );
         let odd = NotificationParts {
             token: "abc",

@@ -1,13 +1,20 @@
 //! Device tokens: parsing from hex, formatting back to hex, and a redacted form for logs.
 //!
-//! HTTP/2 puts the token in the request path as hex of any even length (apns.md §3.2, §5.3 rule 7);
-//! the binary protocol carries exactly 32 raw bytes (apns.md §1.2-§1.4, §1.6).
+//! HTTP/2 puts the token in the request path as hex (apns.md §3.2); the binary protocol carries raw bytes with a
+//! length field (apns.md §1.2-§1.4). Either way APNs takes tokens of 32 bytes: that is the size Apple documents for
+//! the binary protocol (apns.md §1.6), the one it issues, and the one APNs and pushy's mock server accept on HTTP/2
+//! (anything else is answered BadDeviceToken). The "up to 100 bytes" of one archived copy of Apple's text is the
+//! outer bound a token could ever have; herald refuses other lengths at the door with [`DeviceToken::check_apns`].
 
 use std::fmt;
 use std::str::FromStr;
 
 /// Length in bytes of a device token on the binary protocol (apns.md §1.6).
 pub const BINARY_TOKEN_LEN: usize = 32;
+/// Shortest device token APNs accepts, in bytes.
+pub const TOKEN_MIN_LEN: usize = 32;
+/// Longest device token APNs accepts, in bytes (Apple reserves up to 100, apns.md §1.4, but issues 32).
+pub const TOKEN_MAX_LEN: usize = 32;
 
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
@@ -22,6 +29,17 @@ pub enum TokenError {
     InvalidHexDigit { position: usize, found: char },
     #[error("device token is {len} bytes; the binary protocol needs exactly {BINARY_TOKEN_LEN}")]
     WrongBinaryLength { len: usize },
+    #[error(
+        "device token is {len} bytes ({} hex digits); APNs takes tokens of {TOKEN_MIN_LEN} bytes ({} hex digits)",
+        len * 2,
+        TOKEN_MIN_LEN * 2
+    )]
+    WrongLength { len: usize },
+}
+
+/// Whether a token of `len` bytes is one APNs accepts.
+pub fn apns_length_ok(len: usize) -> bool {
+    (TOKEN_MIN_LEN..=TOKEN_MAX_LEN).contains(&len)
 }
 
 /// A device token as raw bytes. `Display` gives the full lowercase hex; use [`DeviceToken::redacted`] in
@@ -130,6 +148,15 @@ impl DeviceToken {
         Redacted(&self.0)
     }
 
+    /// APNs accepts only tokens of its documented size (see the module documentation).
+    pub fn check_apns(&self) -> Result<(), TokenError> {
+        if apns_length_ok(self.0.len()) {
+            Ok(())
+        } else {
+            Err(TokenError::WrongLength { len: self.0.len() })
+        }
+    }
+
     /// The binary protocol accepts exactly 32-byte tokens (apns.md §1.2, §1.6).
     pub fn check_binary(&self) -> Result<(), TokenError> {
         if self.0.len() == BINARY_TOKEN_LEN {
@@ -199,16 +226,30 @@ mod tests {
     }
 
     #[test]
-    fn any_even_length_is_accepted_for_http2() {
-        // apns.md §3.2 / §5.3 rule 7: do not assume a token size.
+    fn any_even_length_parses_but_apns_takes_only_its_size() {
         let t: DeviceToken = "abcd".parse().unwrap();
         assert_eq!(t.as_bytes(), &[0xab, 0xcd]);
         assert_eq!(
             t.check_binary(),
             Err(TokenError::WrongBinaryLength { len: 2 })
         );
-        let long = "ab".repeat(100);
-        assert_eq!(DeviceToken::from_hex(&long).unwrap().len(), 100);
+        assert_eq!(t.check_apns(), Err(TokenError::WrongLength { len: 2 }));
+        // 1, 31, 33 and 101 bytes are refused; 32 passes.
+        for (bytes, ok) in [
+            (1, false),
+            (31, false),
+            (32, true),
+            (33, false),
+            (101, false),
+        ] {
+            let t = DeviceToken::from_hex(&"ab".repeat(bytes)).unwrap();
+            assert_eq!(t.len(), bytes);
+            assert_eq!(t.check_apns().is_ok(), ok, "{bytes} bytes");
+        }
+        assert_eq!(
+            TokenError::WrongLength { len: 101 }.to_string(),
+            "device token is 101 bytes (202 hex digits); APNs takes tokens of 32 bytes (64 hex digits)"
+        );
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub static OPTIONS: &[OptionDef] = &[
         Kind::Millis,
         Some("5000"),
         NO_GROUP,
-        "Milliseconds to wait for a response; on the binary protocol a notification counts as delivered when no error arrives in this time.",
+        "Milliseconds to wait for a response; on the binary protocol a notification counts as delivered when no error arrives in this time. On HTTP/2 it counts from when the request was written, a stream without an answer in time is cancelled before the notification is retried, and the adaptive in-flight limit aims at answers within a quarter of it (operations.md, \"A slow APNs\").",
     ),
     opt(
         "max_outbound_connections",
@@ -200,7 +200,7 @@ pub static OPTIONS: &[OptionDef] = &[
         },
         Some("32"),
         DELIVERY_AND_HOST,
-        "Most connections per binding and domain (-1 = unlimited); in a `host` stanza an unset value means -1 and does not fall back.",
+        "Most connections per binding and domain (-1 = unlimited); in a `host` stanza an unset value means -1 and does not fall back. A cap: another HTTP/2 connection opens only when the open ones carry all the streams APNs allows, never because APNs is slow.",
     ),
     inert(
         "tls",

@@ -7,6 +7,8 @@
 //!   "timestamp_ms": …}`: changes a token's state (unregistered tokens also go to the feedback list).
 //! - `POST /shutdown-binary`: every binary connection sends error status 10 (shutdown) and closes.
 //! - `POST /goaway`: every HTTP/2 connection sends GOAWAY `{"reason":"Shutdown"}` and closes.
+//! - `GET /pace`: `{"latency_ms": …, "latency_jitter_ms": …, "rate": …}`; `POST /pace` with any of these fields
+//!   changes them while running (see [`crate::pace`]) and answers with every value.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,7 @@ pub(crate) struct AdminContext {
     pub memory: Option<Arc<Mutex<Vec<DeliveryRecord>>>>,
     pub shutdown_binary: watch::Sender<u64>,
     pub goaway_all: watch::Sender<u64>,
+    pub pace: Arc<crate::pace::Pace>,
 }
 
 fn reply(
@@ -87,6 +90,31 @@ async fn route(
         (&Method::POST, "/goaway") => {
             ctx.goaway_all.send_modify(|g| *g += 1);
             json(StatusCode::OK, &serde_json::json!({"goaway": true}))
+        }
+        (&Method::GET, "/pace") => json(StatusCode::OK, &ctx.pace.get()),
+        (&Method::POST, "/pace") => {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Ok(reply(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        format!("cannot read body: {e}\n"),
+                    ));
+                }
+            };
+            match serde_json::from_slice::<crate::pace::PaceSettings>(&body) {
+                Ok(settings) => {
+                    ctx.pace.set(settings);
+                    tracing::info!(?settings, "pace changed");
+                    json(StatusCode::OK, &ctx.pace.get())
+                }
+                Err(e) => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    format!("body: {e}\n"),
+                ),
+            }
         }
         (&Method::POST, "/tokens") => {
             let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {

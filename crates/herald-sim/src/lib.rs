@@ -6,10 +6,11 @@
 //!   stream limits and GOAWAY ([`h2`] module docs list the order);
 //! - the legacy binary gateway (commands 0/1/2, error packets) and the feedback service ([`binary`]);
 //! - an admin HTTP/1.1 port: `GET /stats`, `GET /record`, `POST /tokens`, `POST /shutdown-binary`,
-//!   `POST /goaway` ([`admin`]).
+//!   `POST /goaway`, `GET`/`POST /pace` ([`admin`]).
 //!
 //! Behaviour beyond validation comes from a [`Scenario`]: bad/unregistered/expired tokens, seeded random
-//! transient errors and dropped connections, latency, GOAWAY every N requests, idle close.
+//! transient errors and dropped connections, latency and an overall request rate (both changeable while running,
+//! [`pace`]), GOAWAY every N requests, idle close.
 //! Everything accepted is counted ([`StatsSnapshot`]) and recorded exactly once ([`DeliveryRecord`], optionally
 //! as JSON lines in a file).
 //!
@@ -39,6 +40,7 @@ pub mod admin;
 pub mod binary;
 pub mod config;
 pub mod h2;
+pub mod pace;
 pub mod pki;
 pub mod record;
 pub mod registry;
@@ -48,6 +50,7 @@ pub mod stats;
 pub mod tls;
 
 pub use config::{AuthPolicy, ConfigError, Environment, ProviderKey, SimConfig, TlsMaterial};
+pub use pace::PaceSettings;
 pub use pki::{
     CertVariant, ClientCertSpec, ClientFiles, DEFAULT_TOPIC, P12_PASSWORD, Pki, PkiError,
     PkiManifest,

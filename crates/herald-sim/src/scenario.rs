@@ -11,7 +11,7 @@
 //!   "errors": {"InternalServerError": 0.01, "ServiceUnavailable": 0.01, "TooManyRequests": 0.01},
 //!   "binary_errors": {"1": 0.01},
 //!   "drop_rate": 0.001,
-//!   "latency_ms": 5, "latency_jitter_ms": 10,
+//!   "latency_ms": 5, "latency_jitter_ms": 10, "rate": 1000,
 //!   "goaway_every": 1000, "goaway_reason": "Shutdown",
 //!   "idle_timeout_secs": 60,
 //!   "environment": "production", "auth": "allow-unauthenticated",
@@ -73,6 +73,8 @@ pub struct Scenario {
     pub drop_rate: f64,
     pub latency_ms: u64,
     pub latency_jitter_ms: u64,
+    /// HTTP/2 requests answered per second over all connections (0 = no limit); see [`crate::pace`].
+    pub rate: u64,
     /// Send GOAWAY (and close) after this many requests on a connection.
     pub goaway_every: Option<u64>,
     /// The `reason` in the GOAWAY debug data (default "Shutdown").
@@ -92,8 +94,6 @@ pub(crate) struct CompiledScenario {
     pub errors: Vec<(f64, Reason)>,
     pub binary_errors: Vec<(f64, u8)>,
     pub drop_rate: f64,
-    pub latency_ms: u64,
-    pub latency_jitter_ms: u64,
     pub goaway_every: Option<u64>,
     pub goaway_debug: bytes::Bytes,
     pub idle_timeout_secs: Option<u64>,
@@ -187,8 +187,6 @@ impl Scenario {
             errors,
             binary_errors,
             drop_rate: self.drop_rate,
-            latency_ms: self.latency_ms,
-            latency_jitter_ms: self.latency_jitter_ms,
             goaway_every: self.goaway_every,
             goaway_debug,
             idle_timeout_secs: self.idle_timeout_secs,
@@ -248,18 +246,6 @@ impl CompiledScenario {
 
     pub fn roll_drop(&self, rng: &mut Rng) -> bool {
         self.drop_rate > 0.0 && rng.next_f64() < self.drop_rate
-    }
-
-    pub fn latency(&self, rng: &mut Rng) -> Option<std::time::Duration> {
-        if self.latency_ms == 0 && self.latency_jitter_ms == 0 {
-            return None;
-        }
-        let jitter = if self.latency_jitter_ms > 0 {
-            rng.next_u64() % (self.latency_jitter_ms + 1)
-        } else {
-            0
-        };
-        Some(std::time::Duration::from_millis(self.latency_ms + jitter))
     }
 }
 

@@ -15,6 +15,7 @@ use crate::admin::{self, AdminContext};
 use crate::binary::{self, BinaryContext, Service};
 use crate::config::{ConfigError, SimConfig};
 use crate::h2::{self as h2srv, H2Context, KeyRing};
+use crate::pace::{Pace, PaceSettings};
 use crate::record::{DeliveryRecord, Recorder};
 use crate::registry::TokenRegistry;
 use crate::scenario::TokenState;
@@ -61,6 +62,7 @@ pub struct SimHandle {
     stop: watch::Sender<bool>,
     shutdown_binary: watch::Sender<u64>,
     goaway_all: watch::Sender<u64>,
+    pace: Arc<Pace>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -125,12 +127,14 @@ impl Simulator {
         let (shutdown_binary, shutdown_binary_rx) = watch::channel(0u64);
         let (goaway_all, goaway_all_rx) = watch::channel(0u64);
 
+        let pace = Arc::new(Pace::new(sc.latency_ms, sc.latency_jitter_ms, sc.rate));
         let h2_ctx = Arc::new(H2Context {
             stats: stats.clone(),
             recorder: recorder.clone(),
             registry: registry.clone(),
             keys,
             scenario: compiled.clone(),
+            pace: pace.clone(),
             environment: config.environment,
             auth: config.auth,
             max_streams: config.max_concurrent_streams.max(1),
@@ -155,6 +159,7 @@ impl Simulator {
             memory: config.record_in_memory.then(|| recorder.memory.clone()),
             shutdown_binary: shutdown_binary.clone(),
             goaway_all: goaway_all.clone(),
+            pace: pace.clone(),
         });
         let tasks = vec![
             tokio::spawn(h2srv::serve(h2_l, h2_tls, h2_ctx, stop_rx.clone())),
@@ -186,6 +191,7 @@ impl Simulator {
             stop,
             shutdown_binary,
             goaway_all,
+            pace,
             tasks,
         })
     }
@@ -240,6 +246,12 @@ impl SimHandle {
         timestamp_ms: Option<u64>,
     ) {
         self.registry.set(token_hex, state, topic, timestamp_ms);
+    }
+
+    /// Changes the HTTP/2 latency or rate while running (as the admin `POST /pace`); returns every value now.
+    pub fn set_pace(&self, settings: PaceSettings) -> PaceSettings {
+        self.pace.set(settings);
+        self.pace.get()
     }
 
     /// Every binary connection answers status 10 (shutdown) and closes.

@@ -52,6 +52,8 @@ pub struct Stats {
     pub feedback_connections: ConnCounters,
     pub streams_total: AtomicU64,
     pub streams_refused: AtomicU64,
+    /// Streams the client reset before their answer: processed (and, if valid, accepted and recorded) all the same.
+    pub streams_cancelled: AtomicU64,
     pub goaways: AtomicU64,
     pub dropped_connections: AtomicU64,
     pub feedback_tuples: AtomicU64,
@@ -71,6 +73,7 @@ impl Default for Stats {
             feedback_connections: ConnCounters::default(),
             streams_total: AtomicU64::new(0),
             streams_refused: AtomicU64::new(0),
+            streams_cancelled: AtomicU64::new(0),
             goaways: AtomicU64::new(0),
             dropped_connections: AtomicU64::new(0),
             feedback_tuples: AtomicU64::new(0),
@@ -129,6 +132,10 @@ pub struct ConnectionStats {
 pub struct StreamStats {
     pub total: u64,
     pub refused: u64,
+    /// Reset by the client before the answer: processed all the same (accepted, if valid, without the client
+    /// hearing so).
+    #[serde(default)]
+    pub cancelled: u64,
 }
 
 fn reason_index(reason: Reason) -> usize {
@@ -223,6 +230,7 @@ impl Stats {
             streams: StreamStats {
                 total: load(&self.streams_total),
                 refused: load(&self.streams_refused),
+                cancelled: load(&self.streams_cancelled),
             },
             goaways: load(&self.goaways),
             dropped_connections: load(&self.dropped_connections),

@@ -251,6 +251,34 @@ async fn every_request_reason_is_provoked() {
                 Some("BadDeviceToken"),
             )
         },
+        // APNs and pushy's mock take 64 hex digits (32 bytes) only: 62, 66 and 202 digits are BadDeviceToken.
+        Case {
+            path: format!("/3/device/{}", "ab".repeat(31)),
+            ..case(
+                "BadDeviceToken (31 bytes)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadDeviceToken"),
+            )
+        },
+        Case {
+            path: format!("/3/device/{}", "ab".repeat(33)),
+            ..case(
+                "BadDeviceToken (33 bytes)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadDeviceToken"),
+            )
+        },
+        Case {
+            path: format!("/3/device/{}", "AB".repeat(101)),
+            ..case(
+                "BadDeviceToken (101 bytes)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadDeviceToken"),
+            )
+        },
         Case {
             path: format!("/3/device/{}", token(3)),
             ..case(

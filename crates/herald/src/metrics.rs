@@ -57,6 +57,12 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
         "Notifications sent again without counting an attempt.",
         &|s| s.requeued.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "herald_streams_cancelled_total",
+        "HTTP/2 streams cancelled (RST_STREAM CANCEL) after no answer within the response timeout.",
+        &|s| s.streams_cancelled.load(Ordering::Relaxed),
+    );
 
     for (kind, name, help) in [
         (
@@ -124,8 +130,14 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
     gauge(
         &mut out,
         "herald_streams_in_flight",
-        "Notifications sent and not yet answered.",
+        "Streams open on APNs connections: notifications sent and not yet answered.",
         &|s| s.in_flight.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "herald_stream_limit",
+        "Streams the open APNs connections may keep in flight now (adaptive, at most the servers' limits).",
+        &|s| s.stream_limit.load(Ordering::Relaxed),
     );
 
     let name = "herald_delivery_latency_seconds";

@@ -517,6 +517,11 @@ fn expected(s: &Setup) -> BTreeMap<&'static str, BTreeMap<Labels, f64>> {
             "herald_streams_in_flight",
             by_domain(&[(OK, 0.0), (BUSY, 0.0), (HELD, 0.0)]),
         ),
+        // Every answer came in time: no stream was cancelled.
+        (
+            "herald_streams_cancelled_total",
+            by_domain(&[(OK, 0.0), (BUSY, 0.0), (HELD, 0.0)]),
+        ),
         (
             "herald_delivery_latency_seconds_count",
             by_domain(&[(OK, GOOD as f64), (BUSY, 0.0), (HELD, 0.0)]),
@@ -630,6 +635,8 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_queue_delayed", "gauge"),
             ("herald_connections_open", "gauge"),
             ("herald_streams_in_flight", "gauge"),
+            ("herald_stream_limit", "gauge"),
+            ("herald_streams_cancelled_total", "counter"),
             ("herald_delivery_latency_seconds", "histogram"),
             ("herald_certificate_expiry_timestamp_seconds", "gauge"),
             ("herald_spool_records", "gauge"),
@@ -678,6 +685,18 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             assert_eq!(sum, 0.0, "{domain}");
         } else {
             assert!(sum > 0.0 && sum <= count * elapsed, "{domain}: sum {sum}");
+        }
+    }
+
+    // The in-flight limit is adaptive: within the simulators' 1000 streams on each open connection, none where no
+    // connection is open.
+    let limits = e.series("herald_stream_limit");
+    for (domain, open) in [(OK, true), (BUSY, true), (HELD, false)] {
+        let limit = limits[&labels(&[("domain", domain)])];
+        if open {
+            assert!((1.0..=1000.0).contains(&limit), "{domain}: {limit}");
+        } else {
+            assert_eq!(limit, 0.0, "{domain}");
         }
     }
 

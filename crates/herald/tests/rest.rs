@@ -479,6 +479,55 @@ async fn inject_with_two_push_parts_gives_two_notifications() {
     assert_eq!(two.collapse_id.as_deref(), Some("grp"));
 }
 
+/// APNs takes device tokens of 32 bytes (apns.md §1.6; 31, 33 or 101 bytes get BadDeviceToken): the intake refuses
+/// every other size, naming the device token, on `/api/v1/push` and `/v1.0/inject` alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_tokens_of_another_size_than_apns_takes_are_refused_at_the_door() {
+    let h = Harness::start(|_, _| {}).await;
+    let sizes = [1usize, 31, 33, 101];
+    let mut tokens: Vec<String> = sizes.iter().map(|&b| "ab".repeat(b)).collect();
+    tokens.push(token(60));
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "tokens": tokens, "payload": {"aps": {"alert": "x"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    for (i, bytes) in sizes.iter().enumerate() {
+        assert_eq!(results[i]["status"], "rejected", "{bytes} bytes: {answer}");
+        let reason = results[i]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("device token: ")
+                && reason.contains(&format!("is {bytes} bytes"))
+                && reason.contains("32 bytes"),
+            "{reason}"
+        );
+    }
+    assert_eq!(results[4]["status"], "accepted", "{answer}");
+
+    let template = mcmt_template(r#"{"aps":{"alert":"hi"}}"#);
+    for bytes in sizes {
+        let request = json!({"template": template, "recipients": [
+            {"to": format!("x@{DOMAIN}"), "from": "s@example.com",
+             "keys": {"token": "cd".repeat(bytes), "subject": "s", "name": "n"}}
+        ]});
+        let (status, answer) = h.post("/v1.0/inject", &request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bytes} bytes: {answer}");
+        let reason = answer["results"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("550 device token: ")
+                && reason.contains(&format!("is {bytes} bytes")),
+            "{reason}"
+        );
+    }
+    let records = h.records(1).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].token, token(60));
+    assert_eq!(h.received(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inject_is_transactional() {
     let h = Harness::start(|_, _| {}).await;

@@ -331,3 +331,64 @@ fn a_bad_scenario_file_is_refused_with_its_path() {
         "{err}"
     );
 }
+
+fn http_post(addr: SocketAddr, path: &str, body: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: sim\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or_default();
+    let status = head.split(' ').nth(1).unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+/// `--rate` and `--latency-ms` set the pace; the admin port shows it and changes it while running. Tokens of
+/// another size than APNs takes (31, 33, 101 bytes) are BadDeviceToken, as at APNs.
+#[test]
+fn the_pace_is_set_by_flags_and_changed_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = pki(dir.path(), &[]);
+    let (_sim, addrs) = start_sim(
+        dir.path(),
+        &[
+            "--rate",
+            "500",
+            "--latency-ms",
+            "10",
+            "--environment",
+            "production",
+        ],
+    );
+    let admin: SocketAddr = addrs["admin"].as_str().unwrap().parse().unwrap();
+    let pace: serde_json::Value = serde_json::from_str(&http_get(admin, "/pace")).unwrap();
+    assert_eq!(
+        pace,
+        serde_json::json!({"latency_ms": 10, "latency_jitter_ms": 0, "rate": 500})
+    );
+    let (status, body) = http_post(admin, "/pace", r#"{"latency_ms": 8000}"#);
+    assert_eq!(status, "200", "{body}");
+    let pace: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        pace,
+        serde_json::json!({"latency_ms": 8000, "latency_jitter_ms": 0, "rate": 500})
+    );
+    let (status, body) = http_post(admin, "/pace", r#"{"latency": 1}"#);
+    assert_eq!(status, "400");
+    assert!(body.contains("latency"), "{body}");
+    http_post(admin, "/pace", r#"{"latency_ms": 0, "rate": 0}"#);
+    let h2 = addrs["h2"].as_str().unwrap();
+    for bytes in [31, 33, 101] {
+        assert_eq!(
+            curl_status(&m, "production", h2, &"ab".repeat(bytes)),
+            ("400".into(), r#"{"reason":"BadDeviceToken"}"#.into()),
+            "{bytes} bytes"
+        );
+    }
+    assert_eq!(curl_status(&m, "production", h2, &"ab".repeat(32)).0, "200");
+}

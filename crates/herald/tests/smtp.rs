@@ -592,6 +592,37 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
         "{text}"
     );
 
+    // Tokens of another size than APNs takes (32 bytes): 1 and 101 bytes in X-Device-Token.
+    for bytes in [1usize, 101] {
+        let short_or_long = "ab".repeat(bytes);
+        let (code, text) = h
+            .send_raw(
+                &rcpt,
+                &mcmt(&[push_part(
+                    &[("X-Device-Token", &short_or_long)],
+                    "{\"aps\":{\"alert\":\"x\"}}",
+                )]),
+            )
+            .await;
+        assert_eq!(code, 550, "{text}");
+        assert!(
+            text.starts_with(&format!(
+                "5.6.0 part 2, recipient <{}>: device token: device token is {bytes} bytes",
+                rcpt[0]
+            )),
+            "{text}"
+        );
+    }
+    // As the local part (which SMTP keeps within 64 characters): a 1-byte token.
+    let (code, text) = h
+        .send_raw(
+            &[format!("ab@{DOMAIN}")],
+            &mcmt(std::slice::from_ref(&good)),
+        )
+        .await;
+    assert_eq!(code, 550, "{text}");
+    assert!(text.contains("device token is 1 bytes"), "{text}");
+
     // An oversized payload (apns.md: 4096 bytes for alerts over HTTP/2).
     let big = format!("{{\"aps\":{{\"alert\":\"{}\"}}}}", "x".repeat(5000));
     let b64 = base64::engine::general_purpose::STANDARD.encode(&big);

@@ -1,9 +1,11 @@
 //! One HTTP/2 connection to APNs (apns.md §3).
 //!
 //! One stream per notification. The server's `SETTINGS_MAX_CONCURRENT_STREAMS` is obeyed as it changes (it starts
-//! at 1 until the connection is treated as not yet authorised, apns.md §3.7): a job is taken from the shared queue
-//! only once `h2` says another stream may open, so work above the limit waits in the queue, where another
-//! connection of the pool can take it. Answers are matched by stream, never by `apns-id`. After a GOAWAY no
+//! at 1 until the connection is treated as not yet authorised, apns.md §3.7), and below it an adaptive limit
+//! ([`super::limit`]) lowers the streams kept open when answers slow down: a job is taken from the shared queue
+//! only while both have room and `h2` says another stream may open, so work above the limit waits in the queue,
+//! where another connection of the pool can take it. The response timeout counts from when a request's body was
+//! written; a stream that times out is cancelled (`RST_STREAM CANCEL`) before it is reported. Answers are matched by stream, never by `apns-id`. After a GOAWAY no
 //! stream opens; streams the server did not process come back as [`PushResult::NotSent`]. An idle connection
 //! is checked with PING, so a peer that vanished is found before a notification is trusted to it, and it closes
 //! after `idle_timeout`.
@@ -15,15 +17,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use h2::SendStream;
 use h2::client::{ResponseFuture, SendRequest};
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri};
 
 use super::connect::{Endpoint, connect_tls};
+use super::limit::AdaptiveLimit;
 use super::{
-    ConnectionError, ConnectionInfo, ConnectionState, JobReceiver, NotSentReason, OutcomeSink,
-    PushRequest, PushResult, Rejection,
+    CancelledStream, ConnectionError, ConnectionInfo, ConnectionState, JobReceiver, NotSentReason,
+    OutcomeSink, PushRequest, PushResult, Rejection,
 };
 use crate::provider_token::ProviderTokenCache;
 use crate::reason::parse_error_body;
@@ -149,33 +153,44 @@ impl<T: Send + 'static> Dispatcher<T> {
         let mut ping_sent: Option<Instant> = None;
         let mut taking = true;
         let mut auth_cache: Option<(Arc<str>, HeaderValue)> = None;
+        let mut limiter = AdaptiveLimit::new(self.opts.response_timeout, Instant::now());
 
         loop {
+            let server_max = self.send.current_max_send_streams();
+            limiter.set_max(server_max);
+            let limit = limiter.limit();
             self.state.set_in_flight(in_flight.len());
-            self.state
-                .set_capacity(self.send.current_max_send_streams());
+            self.state.set_capacity(server_max);
+            self.state.set_limit(limit);
             if !taking && in_flight.is_empty() {
                 break;
             }
             tokio::select! {
                 biased;
-                Some((tag, result, token_used)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                    let Answer { tag, result, token_used, rtt } = answer;
                     last_activity = Instant::now();
+                    if let Some(rtt) = rtt {
+                        limiter.on_sample(rtt, in_flight.len() + 1, last_activity);
+                    }
                     if self.on_answer(&result, token_used) {
                         taking = false;
                     }
                     self.sink.report(tag, result, &self.info);
                 }
+                // A job is taken only while the adaptive limit (itself at most the server's) has room, so the
+                // stream opens at once and the rest waits in the shared queue.
                 ready = async {
                     poll_fn(|cx| self.send.poll_ready(cx)).await?;
                     Ok::<_, h2::Error>(self.jobs.recv().await)
-                }, if taking => match ready {
+                }, if taking && in_flight.len() < limit => match ready {
                     Ok(Ok(job)) => {
                         last_activity = Instant::now();
                         let (token_used, auth) = self.authorization(&mut auth_cache);
-                        match self.start(job.request, auth) {
-                            Ok(response) => in_flight.push(await_answer(
-                                response, job.tag, token_used, self.opts.response_timeout)),
+                        match self.start(&job.request, auth) {
+                            Ok((response, stream)) => in_flight.push(exchange(
+                                stream, response, job.request.payload, job.tag, token_used,
+                                self.opts.response_timeout, self.info.id)),
                             Err(e) => {
                                 tracing::debug!(conn = self.info.id, error = %e, "stream could not open");
                                 self.sink.report(job.tag, PushResult::NotSent(not_sent_reason(&e)), &self.info);
@@ -231,11 +246,11 @@ impl<T: Send + 'static> Dispatcher<T> {
             }
         }
         // Anything still in flight (only after a PING timeout) never got an answer: hand it back.
-        while let Some((tag, _, _)) =
+        while let Some(answer) =
             futures_util::future::FutureExt::now_or_never(in_flight.next()).flatten()
         {
             self.sink.report(
-                tag,
+                answer.tag,
                 PushResult::NotSent(NotSentReason::ConnectionLost),
                 &self.info,
             );
@@ -289,15 +304,14 @@ impl<T: Send + 'static> Dispatcher<T> {
         }
     }
 
+    /// Sends the request's HEADERS; the body follows in [`exchange`], once flow control lets it go.
     fn start(
         &mut self,
-        req: PushRequest,
+        req: &PushRequest,
         auth: Option<HeaderValue>,
-    ) -> Result<ResponseFuture, h2::Error> {
-        let request = build_request(&self.authority, &req, auth);
-        let (response, mut stream) = self.send.send_request(request, false)?;
-        stream.send_data(req.payload, true)?;
-        Ok(response)
+    ) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
+        let request = build_request(&self.authority, req, auth);
+        self.send.send_request(request, false)
     }
 }
 
@@ -369,49 +383,140 @@ fn not_sent_reason(e: &h2::Error) -> NotSentReason {
     }
 }
 
-async fn await_answer<T>(
+/// What one stream ended with, for the dispatcher.
+struct Answer<T> {
+    tag: T,
+    result: PushResult,
+    token_used: TokenUsed,
+    /// Time from the request's last frame to its answer (the timeout, when it timed out); `None` when it was not
+    /// answered (never fully written, refused, connection lost).
+    rtt: Option<Duration>,
+}
+
+/// Writes the body of one request and waits for its answer.
+///
+/// The body goes out once the stream is open on the wire and flow control has room for all of it, and the response
+/// timeout counts from then: time spent behind the server's stream limit or an exhausted window is not the
+/// server's. A request whose body could not be written within the timeout is cancelled and comes back unsent (APNs
+/// never had all of it). A request written and not answered within the timeout is cancelled with
+/// `RST_STREAM(CANCEL)` before it is reported, so it is never sent again while this stream could still be
+/// answered; whether APNs had already accepted it is unknown, and the report says so.
+async fn exchange<T>(
+    mut stream: SendStream<Bytes>,
     response: ResponseFuture,
+    payload: Bytes,
     tag: T,
     token_used: TokenUsed,
     timeout: Duration,
-) -> (T, PushResult, TokenUsed) {
-    let answer = async {
-        let response = response.await?;
-        let status = response.status().as_u16();
-        let apns_id = response
-            .headers()
-            .get(&APNS_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if status == 200 {
-            return Ok(PushResult::Delivered {
-                transaction_id: apns_id,
-            });
-        }
-        let mut body = response.into_body();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            if bytes.len() + chunk.len() > MAX_ERROR_BODY {
-                break;
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        let (reason, timestamp_ms) = match parse_error_body(&bytes) {
-            Ok(b) => (b.reason, b.timestamp),
-            Err(_) => (String::from_utf8_lossy(&bytes).trim().to_owned(), None),
-        };
-        Ok::<_, h2::Error>(PushResult::Rejected(Rejection::Http {
-            status,
-            reason,
-            timestamp_ms,
-        }))
+    conn: u64,
+) -> Answer<T> {
+    let unsent = |tag, result| Answer {
+        tag,
+        result,
+        token_used: None,
+        rtt: None,
     };
-    let result = match tokio::time::timeout(timeout, answer).await {
+    let len = payload.len();
+    if len > 0 {
+        stream.reserve_capacity(len);
+        let credit = tokio::time::timeout(timeout, async {
+            while stream.capacity() < len {
+                match poll_fn(|cx| stream.poll_capacity(cx)).await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(Some(e)),
+                    None => return Err(None),
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match credit {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // The stream was reset or the connection failed before the body left.
+                let why = e
+                    .as_ref()
+                    .map_or(NotSentReason::ConnectionLost, not_sent_reason);
+                return unsent(tag, PushResult::NotSent(why));
+            }
+            Err(_) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                tracing::debug!(
+                    conn,
+                    stream = u32::from(stream.stream_id()),
+                    "request body not writable within {timeout:?}; stream cancelled"
+                );
+                return unsent(tag, PushResult::NotSent(NotSentReason::ConnectionLost));
+            }
+        }
+    }
+    if let Err(e) = stream.send_data(payload, true) {
+        return unsent(tag, PushResult::NotSent(not_sent_reason(&e)));
+    }
+    let written = Instant::now();
+    let result = match tokio::time::timeout(timeout, read_answer(response)).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => PushResult::NotSent(not_sent_reason(&e)),
-        Err(_) => PushResult::TimedOut,
+        Err(_) => {
+            let stream_id = u32::from(stream.stream_id());
+            stream.send_reset(h2::Reason::CANCEL);
+            tracing::info!(
+                conn,
+                stream = stream_id,
+                "no answer within {} ms: stream cancelled (RST_STREAM CANCEL); APNs may have accepted it",
+                timeout.as_millis()
+            );
+            PushResult::TimedOut {
+                cancelled: Some(CancelledStream {
+                    connection: conn,
+                    stream: stream_id,
+                }),
+            }
+        }
     };
-    (tag, result, token_used)
+    // Only answers and timeouts say how fast the server is; a refused stream or a lost connection does not.
+    let rtt = match result {
+        PushResult::NotSent(_) => None,
+        _ => Some(written.elapsed()),
+    };
+    Answer {
+        tag,
+        result,
+        token_used,
+        rtt,
+    }
+}
+
+async fn read_answer(response: ResponseFuture) -> Result<PushResult, h2::Error> {
+    let response = response.await?;
+    let status = response.status().as_u16();
+    let apns_id = response
+        .headers()
+        .get(&APNS_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if status == 200 {
+        return Ok(PushResult::Delivered {
+            transaction_id: apns_id,
+        });
+    }
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if bytes.len() + chunk.len() > MAX_ERROR_BODY {
+            break;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let (reason, timestamp_ms) = match parse_error_body(&bytes) {
+        Ok(b) => (b.reason, b.timestamp),
+        Err(_) => (String::from_utf8_lossy(&bytes).trim().to_owned(), None),
+    };
+    Ok(PushResult::Rejected(Rejection::Http {
+        status,
+        reason,
+        timestamp_ms,
+    }))
 }

@@ -10,6 +10,7 @@
 pub mod connect;
 pub mod http2;
 pub mod legacy;
+pub mod limit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,8 +62,17 @@ pub enum PushResult {
     /// APNs did not process it (refused stream, GOAWAY, connection lost, or a binary notification written after
     /// a failed one): send it again without counting an attempt.
     NotSent(NotSentReason),
-    /// Sent, but no answer came within the response timeout: whether it arrived is unknown.
-    TimedOut,
+    /// Sent, but no answer came within the response timeout: whether APNs accepted it is unknown. On HTTP/2 the
+    /// stream was cancelled (`RST_STREAM CANCEL`) before this report, so it can no longer be answered.
+    TimedOut { cancelled: Option<CancelledStream> },
+}
+
+/// An HTTP/2 stream herald cancelled after its response timeout, named for the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelledStream {
+    /// The connection's number (as in the connection logs).
+    pub connection: u64,
+    pub stream: u32,
 }
 
 /// A refusal by APNs, in either protocol.
@@ -134,6 +144,8 @@ pub struct ConnectionInfo {
 pub struct ConnectionState {
     in_flight: AtomicUsize,
     capacity: AtomicUsize,
+    /// The adaptive in-flight limit (HTTP/2); 0 = none, the capacity applies.
+    limit: AtomicUsize,
     closed: AtomicBool,
     draining: AtomicBool,
 }
@@ -152,7 +164,17 @@ impl ConnectionState {
     pub fn capacity(&self) -> usize {
         self.capacity.load(Ordering::Relaxed)
     }
-    /// True when the connection has room for no more work.
+    /// How many it keeps in flight now: the adaptive limit on HTTP/2 (see [`limit`]), never above the capacity.
+    pub fn limit(&self) -> usize {
+        let capacity = self.capacity();
+        match self.limit.load(Ordering::Relaxed) {
+            0 => capacity,
+            l => l.min(capacity),
+        }
+    }
+    /// True when the server's own limit is what holds the connection back: it carries all the server allows.
+    /// A connection held back by its adaptive limit (the server is slow) is not saturated, so slowness does not
+    /// open more connections.
     pub fn is_saturated(&self) -> bool {
         self.in_flight() >= self.capacity().max(1)
     }
@@ -168,6 +190,9 @@ impl ConnectionState {
     }
     pub(crate) fn set_in_flight(&self, n: usize) {
         self.in_flight.store(n, Ordering::Relaxed);
+    }
+    pub(crate) fn set_limit(&self, n: usize) {
+        self.limit.store(n, Ordering::Relaxed);
     }
     pub(crate) fn set_capacity(&self, n: usize) {
         self.capacity.store(n, Ordering::Relaxed);

@@ -192,7 +192,7 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                 if let Ok(c) = &plan.checked {
                     plan.transient = ctx.scenario.roll_error(&mut rng);
                     plan.drop = ctx.scenario.roll_drop(&mut rng);
-                    plan.latency = ctx.scenario.latency(&mut rng);
+                    plan.latency = ctx.pace.latency(&mut rng);
                     let counter = match topics.get(c.topic.as_str()) {
                         Some(c) => c.clone(),
                         None => {
@@ -352,13 +352,18 @@ async fn handle_stream(
             plan.unique_id,
         );
     }
+    // Under a rate, wait for this request's turn. Like a busy server that has read the request, a reset does not
+    // take it out of the queue: it is processed when its turn comes (see crate::pace).
+    if let Some(turn) = ctx.pace.turn() {
+        tokio::time::sleep_until(turn).await;
+    }
     if plan.drop {
         return Outcome::Dropped;
     }
-    if let Some(d) = plan.latency {
-        tokio::time::sleep(d).await;
-    }
     if let Some(reason) = plan.transient {
+        if !answer_after(&ctx, &mut respond, plan.latency).await {
+            return Outcome::Broken;
+        }
         return reject(
             &ctx,
             &mut respond,
@@ -368,6 +373,7 @@ async fn handle_stream(
         );
     }
 
+    // Processed now: accepted and recorded whatever happens to the answer (see crate::pace).
     ctx.stats.accepted_h2.fetch_add(1, Ordering::Relaxed);
     if let Some(c) = &plan.counter {
         c.h2.fetch_add(1, Ordering::Relaxed);
@@ -391,6 +397,9 @@ async fn handle_stream(
         rec.set_payload(&payload);
         ctx.recorder.push(rec);
     }
+    if !answer_after(&ctx, &mut respond, plan.latency).await {
+        return Outcome::Broken;
+    }
     let mut resp = Response::new(());
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert("apns-id", plan.apns_id);
@@ -402,6 +411,28 @@ async fn handle_stream(
         return Outcome::Broken;
     }
     Outcome::Accepted
+}
+
+/// Waits out the latency before an answer. False when the client has reset the stream (before or during the wait):
+/// the answer is not sent, and what was processed stays processed.
+async fn answer_after(
+    ctx: &H2Context,
+    respond: &mut SendResponse<Bytes>,
+    latency: Option<Duration>,
+) -> bool {
+    let reset = match latency {
+        None => std::future::poll_fn(|cx| respond.poll_reset(cx))
+            .now_or_never()
+            .is_some(),
+        Some(d) => tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => true,
+        },
+    };
+    if reset {
+        ctx.stats.streams_cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+    !reset
 }
 
 fn reject(

@@ -12,8 +12,8 @@
 //! 6. `apns-priority` not 10, 5 or 1 -> BadPriority
 //! 7. unknown `apns-push-type` -> InvalidPushType
 //! 8. `apns-expiration` not an integer -> BadExpirationDate
-//! 9. `:path` not `/3/device/…` -> 404 BadPath; empty token -> MissingDeviceToken; not even-length hex ->
-//!    BadDeviceToken
+//! 9. `:path` not `/3/device/…` -> 404 BadPath; empty token -> MissingDeviceToken; not hex of 32 bytes (64
+//!    digits, either case) -> BadDeviceToken
 //! 10. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,
 //!     InvalidProviderToken, UnrelatedKeyIdInToken, BadEnvironmentKeyIdInToken, ExpiredProviderToken,
 //!     429 TooManyProviderTokenUpdates)
@@ -22,7 +22,9 @@
 //! 12. token state from the scenario: bad -> BadDeviceToken; registered to another topic ->
 //!     DeviceTokenNotForTopic; unregistered -> 410 Unregistered + timestamp; expired -> 410 ExpiredToken
 //! 13. (after the body) empty -> PayloadEmpty; over 4096 bytes (voip 5120) -> 413 PayloadTooLarge
-//! 14. scenario: random transient errors, dropped connections, latency
+//! 14. pace ([`crate::pace`]): under a rate, wait for the request's turn; then the scenario's dropped connections
+//!     and random transient errors; then the request is accepted and recorded, and the answer leaves after the
+//!     latency (a stream the client resets before its answer stays accepted; only the answer is left out).
 //!
 //! Connections: a token connection (no client certificate) advertises `SETTINGS_MAX_CONCURRENT_STREAMS` 1 until
 //! its first valid token, then the configured limit (default 1000); with `choppy_streams` any connection drops to 1
@@ -58,6 +60,7 @@ pub(crate) struct H2Context {
     pub registry: Arc<TokenRegistry>,
     pub keys: Arc<KeyRing>,
     pub scenario: CompiledScenario,
+    pub pace: Arc<crate::pace::Pace>,
     pub environment: Environment,
     pub auth: AuthPolicy,
     pub max_streams: u32,

@@ -6,7 +6,7 @@ use http::{HeaderMap, Method};
 
 use herald_apns::push::{PushType, parse_expiration, validate_apns_id, validate_collapse_id};
 use herald_apns::reason::Reason;
-use herald_apns::token_hex::validate_hex;
+use herald_apns::token_hex::{apns_length_ok, validate_hex};
 
 use super::auth::{CertAuth, TokenAuth, topic_base, topic_syntax_ok};
 use crate::config::AuthPolicy;
@@ -150,7 +150,8 @@ pub(crate) fn check(
     if token.contains('/') {
         return Err(Reason::BadPath.into());
     }
-    if validate_hex(token).is_err() {
+    // Hex of the size APNs issues (32 bytes); anything else is BadDeviceToken, as at APNs and in pushy's mock.
+    if !validate_hex(token).is_ok_and(apns_length_ok) {
         return Err(Reason::BadDeviceToken.into());
     }
 

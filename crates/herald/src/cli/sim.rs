@@ -102,9 +102,16 @@ struct ServeArgs {
     /// Probability of dropping the connection per valid request.
     #[arg(long)]
     drop_rate: Option<f64>,
-    /// Response latency in milliseconds.
+    /// Response latency in milliseconds (changeable while running: admin `POST /pace`).
     #[arg(long)]
     latency_ms: Option<u64>,
+    /// Random extra latency, 0 to this many milliseconds, per answer.
+    #[arg(long)]
+    latency_jitter_ms: Option<u64>,
+    /// Process at most this many HTTP/2 requests per second over all connections; the others wait for their turn
+    /// (answers slow down, as at a busy APNs; no 429). 0 = no limit. Changeable while running: admin `POST /pace`.
+    #[arg(long)]
+    rate: Option<u64>,
     /// GOAWAY (reason Shutdown) after this many requests on a connection.
     #[arg(long)]
     goaway_every: Option<u64>,
@@ -183,6 +190,12 @@ fn build_config(a: ServeArgs) -> anyhow::Result<SimConfig> {
     }
     if let Some(l) = a.latency_ms {
         sc.latency_ms = l;
+    }
+    if let Some(j) = a.latency_jitter_ms {
+        sc.latency_jitter_ms = j;
+    }
+    if let Some(r) = a.rate {
+        sc.rate = r;
     }
     if a.goaway_every.is_some() {
         sc.goaway_every = a.goaway_every;

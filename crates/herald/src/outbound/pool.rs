@@ -1,7 +1,9 @@
 //! The pool of connections of one (binding, domain) (momentum.md §1.5, design §2).
 //!
-//! Connections open on demand: the first when work arrives, another only when every open one is saturated and
-//! work is waiting, never more than `max_outbound_connections` (counting those being opened). They all pull from
+//! Connections open on demand: the first when work arrives, another only when every open one is saturated (carries
+//! all the server's stream limit allows; a connection held back by its adaptive limit because answers are slow is
+//! not saturated, so slowness never opens connections) and work is waiting, never more than
+//! `max_outbound_connections` (counting those being opened). They all pull from
 //! one queue, so work spreads over whichever has room. A connection closes itself after `idle_timeout`, on an
 //! exception, or (binary) after an error packet. Failed connection attempts back off exponentially; after
 //! `mx_failures_to_delay` of them in a row the pool says so, and the domain's queue is delayed instead of spun on.
@@ -163,15 +165,25 @@ impl Pool {
         self.jobs_rx.len()
     }
 
-    /// How many jobs may be outstanding (handed over and not yet reported) before the queue should hold back.
+    /// How many jobs may be outstanding (handed over and not yet reported) before the queue should hold back:
+    /// what the open connections' in-flight limits allow, plus a small backlog. When APNs slows down the limits
+    /// fall, and the rest waits in the domain's queue.
     pub fn dispatch_limit(&self) -> usize {
         let open: usize = self
             .connections
             .iter()
             .filter(|c| !c.is_closed())
-            .map(|c| c.capacity())
+            .map(|c| c.limit())
             .sum();
         open + BACKLOG
+    }
+
+    /// Streams in flight and the sum of the in-flight limits, over the open connections.
+    pub fn streams(&self) -> (usize, usize) {
+        self.connections
+            .iter()
+            .filter(|c| !c.is_closed())
+            .fold((0, 0), |(f, l), c| (f + c.in_flight(), l + c.limit()))
     }
 
     /// Connections open or being opened.

@@ -380,8 +380,14 @@ impl DomainTask {
         let retired: usize = self.retired.iter().map(Pool::open_connections).sum();
         self.stats
             .set_connections(self.pool.open_connections() + retired);
-        self.stats
-            .set_in_flight(self.outstanding.saturating_sub(self.pool.waiting()));
+        let (in_flight, limit) = self
+            .retired
+            .iter()
+            .chain(std::iter::once(&self.pool))
+            .map(Pool::streams)
+            .fold((0, 0), |(f, l), (pf, pl)| (f + pf, l + pl));
+        self.stats.set_in_flight(in_flight);
+        self.stats.set_stream_limit(limit);
         self.publish_sizes();
     }
 
@@ -458,11 +464,20 @@ impl DomainTask {
                 }
                 self.active.push_front(item);
             }
-            PushResult::TimedOut => {
-                let error = format!(
+            PushResult::TimedOut { cancelled } => {
+                // APNs may have accepted it: the retry (after the retry interval, counted as an attempt) can
+                // duplicate it. The log names the cancelled stream so that every possible duplicate is explained.
+                let mut error = format!(
                     "no answer within {} ms",
                     self.settings.response_timeout.as_millis()
                 );
+                if let Some(c) = cancelled {
+                    self.stats.stream_cancelled();
+                    error.push_str(&format!(
+                        "; stream {} on connection {} cancelled, APNs may have accepted it",
+                        c.stream, c.connection
+                    ));
+                }
                 self.transient(item, remote, None, &error, "ResponseTimeout", true);
             }
             PushResult::Rejected(rejection) => {

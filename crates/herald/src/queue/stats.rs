@@ -23,8 +23,12 @@ pub struct DomainStats {
     pub active: AtomicUsize,
     pub delayed: AtomicUsize,
     pub connections: AtomicUsize,
-    /// Notifications handed to connections and not yet answered.
+    /// Streams open on the domain's connections: notifications sent and not yet answered.
     pub in_flight: AtomicUsize,
+    /// The sum of the open connections' in-flight limits (adaptive, at most the server's stream limits).
+    pub stream_limit: AtomicUsize,
+    /// HTTP/2 streams cancelled after the response timeout (each a notification APNs may have accepted).
+    pub streams_cancelled: AtomicU64,
     /// Sum of enqueue-to-delivery times in microseconds, for the mean latency.
     pub latency_micros: AtomicU64,
     /// Deliveries by latency bucket ([`LATENCY_BUCKETS`], then one for slower ones); not cumulative.
@@ -95,6 +99,14 @@ impl DomainStats {
 
     pub fn set_in_flight(&self, n: usize) {
         self.in_flight.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_stream_limit(&self, n: usize) {
+        self.stream_limit.store(n, Ordering::Relaxed);
+    }
+
+    pub fn stream_cancelled(&self) {
+        self.streams_cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Notifications that reached a final outcome.
