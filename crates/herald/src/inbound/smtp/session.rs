@@ -501,14 +501,18 @@ impl Session {
 }
 
 /// Tells a client over the listener's session limit to come back later, and closes.
-pub(crate) async fn refuse_busy(stream: TcpStream, limits: super::SmtpLimits) {
+pub(crate) async fn refuse_busy(
+    stream: TcpStream,
+    limits: super::SmtpLimits,
+    busy: crate::inbound::doors::Busy,
+) {
     let mut io = LineIo::new(stream);
     Reply::new(
         421,
         "4.7.0",
         format!(
-            "{}: too many connections (limit {}); try again later",
-            limits.hostname, limits.max_connections
+            "{}: too many connections ({busy}); try again later",
+            limits.hostname
         ),
     )
     .write_to(io.queue());

@@ -1,0 +1,392 @@
+//! The doors of a running herald under hostile clients, over real sockets: idle and slow HTTP connections are
+//! closed by their timeouts, connection floods stop at the per-client and per-listener caps while the console
+//! still answers, oversized requests and messages are refused naming the limit, a full resident queue refuses
+//! instead of growing, wrong console passwords are throttled and logged with the address, every HTTP error has a
+//! JSON body, and `herald send` takes its API key from a file or the environment.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::server::Server;
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+
+const TOPIC: &str = "com.example.doors";
+const DOMAIN: &str = "doors.example";
+const KEY: &str = "doors-key";
+const PASSWORD: &str = "console-secret";
+/// How long a test waits for something that should happen (never a speed assertion).
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Herald {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    _sim: Option<SimHandle>,
+    server: Arc<Server>,
+    http: SocketAddr,
+    smtp: SocketAddr,
+    control: SocketAddr,
+}
+
+/// Options of the listeners and the global scope, as configuration text.
+#[derive(Default)]
+struct Opts {
+    global: &'static str,
+    http: &'static str,
+    smtp: &'static str,
+    control: &'static str,
+    /// Deliver to a simulator (else the route points at a closed port and everything stays queued).
+    sim: bool,
+}
+
+impl Herald {
+    async fn start(opts: Opts) -> Herald {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let pki = Pki::generate(&path.join("pki"), &[TOPIC.to_string()]).unwrap();
+        let (sim, port) = if opts.sim {
+            let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+                .await
+                .unwrap();
+            let port = sim.addrs.h2.port();
+            (Some(sim), port)
+        } else {
+            (None, support::free_port())
+        };
+        let config = path.join("herald.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+spool_dir = "{spool}"
+ec_logger "main" {{ mainlog = "{log}" }}
+{global}
+http_listener {{ listen "127.0.0.1:0" {{ api_key = "{KEY}" {http} }} }}
+esmtp_listener {{ listen "127.0.0.1:0" {{ mcmt_reception = allow {smtp} }} }}
+control_listener {{ listen "127.0.0.1:0" {{ control_password = "{PASSWORD}" {control} }} }}
+domain "{DOMAIN}" {{
+{credentials}  retry_interval = 3600
+}}
+"#,
+                spool = path.join("spool").display(),
+                log = path.join("mainlog.ec").display(),
+                global = opts.global,
+                http = opts.http,
+                smtp = opts.smtp,
+                control = opts.control,
+                credentials = support::token_auth_options(&pki, port, TOPIC),
+            ),
+        )
+        .unwrap();
+        let server = Server::start(&config).await.unwrap();
+        let addrs = server.addrs().await;
+        Herald {
+            _dir: dir,
+            dir: path,
+            _sim: sim,
+            http: addrs.http[0],
+            smtp: addrs.esmtp[0],
+            control: addrs.control[0].parse().unwrap(),
+            server,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    async fn stop(self) {
+        self.server.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0xd00c_0000u64 + i as u64)
+}
+
+/// A TCP connection from `from` (any 127.0.0.0/8 address) to `to`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Reads until the peer closes the connection (within [`WAIT`]); returns what arrived before.
+async fn until_closed(stream: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection is still open; it sent {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The status code and JSON body of a raw HTTP/1.1 answer.
+fn status_and_json(answer: &str) -> (u16, serde_json::Value) {
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no body in {answer:?}"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{answer}"
+    );
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
+    (status, json)
+}
+
+/// The `error` text of a JSON error body.
+fn error_of(json: &serde_json::Value) -> &str {
+    json["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no \"error\" string in {json}"))
+}
+
+/// Runs one console command over the TCP control listener (after `auth`); returns (ok, text).
+async fn console(addr: SocketAddr, password: &str, command: &str) -> (bool, String) {
+    use herald::control::protocol::{read_reply, write_request};
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    write_request(&mut w, &format!("auth {password}"))
+        .await
+        .unwrap();
+    let auth = read_reply(&mut r).await.unwrap();
+    if !auth.ok {
+        return (false, auth.text);
+    }
+    write_request(&mut w, command).await.unwrap();
+    let reply = read_reply(&mut r).await.unwrap();
+    (reply.ok, reply.text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_http_connections_are_closed_by_their_timeouts() {
+    let h = Herald::start(Opts {
+        http: "first_byte_timeout = 1 header_timeout = 1 body_timeout = 1 keepalive_timeout = 1",
+        ..Opts::default()
+    })
+    .await;
+    // Sends nothing at all.
+    let mut silent = TcpStream::connect(h.http).await.unwrap();
+    // Half a request head, then nothing (slowloris).
+    let mut slow_head = TcpStream::connect(h.http).await.unwrap();
+    slow_head
+        .write_all(b"POST /api/v1/push HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .unwrap();
+    // A head that keeps trickling: a byte now and then never completes it.
+    let mut trickle = TcpStream::connect(h.http).await.unwrap();
+    trickle
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    // A complete head, then part of the body.
+    let mut slow_body = TcpStream::connect(h.http).await.unwrap();
+    slow_body
+        .write_all(
+            format!(
+                "POST /api/v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"domain\":"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // A finished request on a keep-alive connection, then silence.
+    let mut idle = TcpStream::connect(h.http).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    let trickling = tokio::spawn(async move {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if trickle.write_all(b"x").await.is_err() {
+                return true;
+            }
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(200), trickle.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                _ => {}
+            }
+        }
+        false
+    });
+    assert_eq!(until_closed(&mut silent).await, "", "first_byte_timeout");
+    assert_eq!(until_closed(&mut slow_head).await, "", "header_timeout");
+    let answer = until_closed(&mut slow_body).await;
+    let (status, json) = status_and_json(&answer);
+    assert_eq!(status, 408, "{answer}");
+    assert!(error_of(&json).contains("body_timeout"), "{json}");
+    let answer = until_closed(&mut idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        trickling.await.unwrap(),
+        "a head trickling in byte by byte stayed open past header_timeout"
+    );
+    // The listener still serves.
+    let ok = reqwest::get(h.url("/healthz")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_stops_at_the_caps_and_the_console_still_answers() {
+    let h = Herald::start(Opts {
+        http: "max_connections = 12 max_connections_per_client = 8",
+        smtp: "max_connections = 12 max_connections_per_client = 8",
+        ..Opts::default()
+    })
+    .await;
+    for (name, door) in [("http", h.http), ("smtp", h.smtp)] {
+        // One client fills its share; its next connection is refused with the option named.
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(connect_from("127.0.0.1", door).await);
+        }
+        let mut refused = connect_from("127.0.0.1", door).await;
+        let answer = until_closed(&mut refused).await;
+        if name == "http" {
+            let (status, json) = status_and_json(&answer);
+            assert_eq!(status, 503, "{answer}");
+            assert!(
+                error_of(&json).contains("max_connections_per_client"),
+                "{json}"
+            );
+            // Another client still gets in.
+            let client = reqwest::Client::builder()
+                .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+                .build()
+                .unwrap();
+            let ok = client.get(h.url("/healthz")).send().await.unwrap();
+            assert_eq!(ok.status(), 200);
+        } else {
+            assert!(answer.starts_with("421 4.7.0"), "{answer:?}");
+            assert!(answer.contains("max_connections_per_client"), "{answer:?}");
+        }
+        // Other addresses fill the listener; beyond it everyone is refused.
+        for _ in 0..4 {
+            held.push(connect_from("127.0.0.3", door).await);
+        }
+        let mut refused = connect_from("127.0.0.4", door).await;
+        let answer = until_closed(&mut refused).await;
+        assert!(
+            answer.contains("max_connections") && !answer.contains("per_client"),
+            "{name}: {answer:?}"
+        );
+        // The console is outside the network caps.
+        let (ok, text) = console(h.control, PASSWORD, "version").await;
+        assert!(ok && text.starts_with("herald "), "{text}");
+        // Closing the flood frees the slots.
+        drop(held);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut s = connect_from("127.0.0.4", door).await;
+            let mut buf = [0u8; 512];
+            let got = if name == "http" {
+                s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .ok();
+                tokio::time::timeout(WAIT, s.read(&mut buf)).await
+            } else {
+                tokio::time::timeout(WAIT, s.read(&mut buf)).await
+            };
+            let text = match got {
+                Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                _ => String::new(),
+            };
+            if text.starts_with("HTTP/1.1 200") || text.starts_with("220") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: still refused: {text:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    h.stop().await;
+}
+
+/// Runs the built `herald send` with `env` and `args`; returns (success, stdout + stderr).
+async fn herald_send(h: &Herald, env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(["send", "--url", &h.url(""), "--domain", DOMAIN])
+        .args(args)
+        .env_remove("HERALD_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_send_reads_the_api_key_from_a_file_or_the_environment() {
+    let h = Herald::start(Opts::default()).await;
+    let key_file = h.dir.join("api.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let alert = ["--alert", "hi"];
+    let t1 = token(1);
+    let (ok, out) = herald_send(
+        &h,
+        &[],
+        &[
+            &["--api-key-file", key_file.to_str().unwrap(), "--token", &t1][..],
+            &alert,
+        ]
+        .concat(),
+    )
+    .await;
+    assert!(ok && out.contains("accepted: 1"), "{out}");
+    let t2 = token(2);
+    let (ok, out) = herald_send(
+        &h,
+        &[("HERALD_API_KEY", KEY)],
+        &[&["--token", &t2][..], &alert].concat(),
+    )
+    .await;
+    assert!(ok && out.contains("accepted: 1"), "{out}");
+    // Without a key the listener refuses, so the two above really sent it.
+    let t3 = token(3);
+    let (ok, out) = herald_send(&h, &[], &[&["--token", &t3][..], &alert].concat()).await;
+    assert!(!ok && out.contains("401"), "{out}");
+    let (ok, out) = herald_send(
+        &h,
+        &[("HERALD_API_KEY", "wrong")],
+        &[&["--token", &t3][..], &alert].concat(),
+    )
+    .await;
+    assert!(!ok && out.contains("401"), "{out}");
+    h.stop().await;
+}
