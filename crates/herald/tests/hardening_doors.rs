@@ -390,3 +390,101 @@ async fn herald_send_reads_the_api_key_from_a_file_or_the_environment() {
     assert!(!ok && out.contains("401"), "{out}");
     h.stop().await;
 }
+
+/// Everything herald logs through `tracing` in this test process.
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+    .clone()
+}
+
+struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `auth PASSWORD` from `from` on a fresh connection: (ok, text).
+async fn auth_from(from: &str, to: SocketAddr, password: &str) -> (bool, String) {
+    use herald::control::protocol::{read_reply, write_request};
+    let stream = connect_from(from, to).await;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    write_request(&mut w, &format!("auth {password}"))
+        .await
+        .unwrap();
+    let reply = read_reply(&mut r).await.unwrap();
+    (reply.ok, reply.text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_console_passwords_are_throttled_per_address_and_logged_with_it() {
+    let logs = captured_logs();
+    let h = Herald::start(Opts::default()).await;
+    for i in 0..herald::control::AUTH_FAILURES {
+        let (ok, text) = auth_from("127.0.0.5", h.control, "guess").await;
+        assert!(
+            !ok && text.contains("Authentication failed"),
+            "try {i}: {text}"
+        );
+    }
+    // Locked out now, even with the right password; the reply says for how long.
+    let (ok, text) = auth_from("127.0.0.5", h.control, PASSWORD).await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("Too many failed authentications from 127.0.0.5; try again in"),
+        "{text}"
+    );
+    // Another address is not affected.
+    let (ok, text) = auth_from("127.0.0.6", h.control, PASSWORD).await;
+    assert!(ok, "{text}");
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("wrong password from 127.0.0.5"),
+        "failures are logged with the address:\n{logged}"
+    );
+    assert!(
+        logged.contains("auth from 127.0.0.5 refused: locked out"),
+        "{logged}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_listener_caps_its_connections_per_client() {
+    use herald::control::protocol::read_reply;
+    let h = Herald::start(Opts {
+        control: "max_connections = 3 max_connections_per_client = 2",
+        ..Opts::default()
+    })
+    .await;
+    let _a = connect_from("127.0.0.7", h.control).await;
+    let _b = connect_from("127.0.0.7", h.control).await;
+    let refused = connect_from("127.0.0.7", h.control).await;
+    let reply = read_reply(&mut BufReader::new(refused)).await.unwrap();
+    assert!(!reply.ok);
+    assert!(
+        reply.text.contains("max_connections_per_client"),
+        "{}",
+        reply.text
+    );
+    let (ok, text) = auth_from("127.0.0.8", h.control, PASSWORD).await;
+    assert!(ok, "{text}");
+    h.stop().await;
+}
