@@ -488,3 +488,124 @@ async fn the_control_listener_caps_its_connections_per_client() {
     assert!(ok, "{text}");
     h.stop().await;
 }
+
+/// Sends `request` on a fresh connection and returns the whole answer (the server closes or answers in full).
+async fn raw_http(to: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(to).await.unwrap();
+    let _ = s.write_all(request).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got);
+                    // A complete answer with a content-length: stop there (keep-alive).
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(str::to_owned)
+                            })
+                            .and_then(|v| v.trim().parse::<usize>().ok());
+                        if len.is_some_and(|n| body.len() >= n) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http_error_has_a_json_body_even_those_hyper_writes() {
+    let h = Herald::start(Opts {
+        http: "max_request_size = 100",
+        ..Opts::default()
+    })
+    .await;
+    let auth = format!("authorization: Bearer {KEY}\r\n");
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "malformed header line",
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nthis is not a header\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("bad method", b"G(T /healthz HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), 400),
+        ("bad path", b"GET /a\x01b HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(), 400),
+        (
+            "headers too large",
+            format!(
+                "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+                "a".repeat(600 * 1024)
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            "unknown path",
+            format!("GET /no/such/thing HTTP/1.1\r\nhost: x\r\n{auth}\r\n").into_bytes(),
+            404,
+        ),
+        (
+            "wrong method",
+            format!("GET /api/v1/push HTTP/1.1\r\nhost: x\r\n{auth}\r\n").into_bytes(),
+            405,
+        ),
+        (
+            "no API key",
+            b"POST /api/v1/push HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}".to_vec(),
+            401,
+        ),
+        (
+            "bad JSON",
+            format!(
+                "POST /api/v1/push HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\n\
+                 content-length: 9\r\n\r\n{{\"domain\""
+            )
+            .into_bytes(),
+            400,
+        ),
+        (
+            "wrong content type, not JSON",
+            format!(
+                "POST /api/v1/push HTTP/1.1\r\nhost: x\r\n{auth}content-type: text/plain\r\n\
+                 content-length: 5\r\n\r\nhello"
+            )
+            .into_bytes(),
+            400,
+        ),
+        (
+            "body too large",
+            format!(
+                "POST /api/v1/push HTTP/1.1\r\nhost: x\r\n{auth}content-length: 101\r\n\r\n{}",
+                "x".repeat(101)
+            )
+            .into_bytes(),
+            413,
+        ),
+        (
+            "bad chunked body",
+            format!(
+                "POST /api/v1/push HTTP/1.1\r\nhost: x\r\n{auth}transfer-encoding: chunked\r\n\r\nzz\r\n"
+            )
+            .into_bytes(),
+            400,
+        ),
+    ];
+    for (what, request, want) in cases {
+        let answer = raw_http(h.http, &request).await;
+        assert!(!answer.is_empty(), "{what}: no answer");
+        let (status, json) = status_and_json(&answer);
+        assert_eq!(status, want, "{what}: {answer}");
+        assert!(!error_of(&json).is_empty(), "{what}: {json}");
+    }
+    h.stop().await;
+}

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod inject;
+pub mod json_errors;
 pub mod push;
 pub mod router;
 pub mod server;

@@ -482,6 +482,7 @@ impl Conn {
                 response
             }
         });
+        let stream = super::json_errors::JsonErrorIo::new(stream);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::select! {
             ended = watcher.watch(connection.into_owned()) => {
