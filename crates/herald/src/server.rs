@@ -201,7 +201,7 @@ impl Server {
             resolver.clone(),
             logs.clone(),
             invalid_tokens.clone(),
-            EngineLimits::default(),
+            EngineLimits::from_config(&config),
         ));
         let bridge = Arc::new(SpoolBridge::new(spool.clone()));
         engine.set_observer(bridge.clone());

@@ -609,3 +609,208 @@ async fn every_http_error_has_a_json_body_even_those_hyper_writes() {
     }
     h.stop().await;
 }
+
+/// An MCMT message with `parts` push parts (momentum.md §2.2), CRLF line endings.
+fn mcmt_message(parts: usize) -> String {
+    let mut m = String::from(
+        "From: app@backend.example\r\nTo: push@doors.example\r\nSubject: push\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n\r\n\
+         --B\r\nContent-Type: message/rfc822\r\n\r\nSubject: the email\r\n\r\nNot delivered.\r\n",
+    );
+    for i in 0..parts {
+        m.push_str(&format!(
+            "--B\r\nContent-Type: message/vnd.msys.apn\r\n\r\n\r\n{{\"aps\":{{\"alert\":\"part {i}\"}}}}\r\n"
+        ));
+    }
+    m.push_str("--B--\r\n");
+    m
+}
+
+/// A minimal SMTP client: reads one reply (multi-line aware) and returns its last line.
+async fn smtp_reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(WAIT, r.read_line(&mut line))
+            .await
+            .expect("no SMTP reply in time")
+            .unwrap();
+        assert!(n > 0, "the server closed the connection");
+        if line.as_bytes().get(3) == Some(&b' ') {
+            return line.trim_end().to_owned();
+        }
+    }
+}
+
+/// Sends one message to `rcpts` and returns every reply from MAIL on (MAIL, each RCPT, DATA, end of data);
+/// stops early at the first refusal of MAIL or DATA.
+async fn smtp_send(to: SocketAddr, rcpts: &[String], message: &str) -> Vec<String> {
+    let (r, mut w) = TcpStream::connect(to).await.unwrap().into_split();
+    let mut r = BufReader::new(r);
+    let mut replies = Vec::new();
+    assert!(smtp_reply(&mut r).await.starts_with("220"));
+    w.write_all(b"EHLO client.example\r\n").await.unwrap();
+    assert!(smtp_reply(&mut r).await.starts_with("250"));
+    w.write_all(b"MAIL FROM:<app@backend.example>\r\n")
+        .await
+        .unwrap();
+    replies.push(smtp_reply(&mut r).await);
+    if !replies[0].starts_with("250") {
+        return replies;
+    }
+    for rcpt in rcpts {
+        w.write_all(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())
+            .await
+            .unwrap();
+        replies.push(smtp_reply(&mut r).await);
+    }
+    w.write_all(b"DATA\r\n").await.unwrap();
+    let data = smtp_reply(&mut r).await;
+    replies.push(data.clone());
+    if !data.starts_with("354") {
+        return replies;
+    }
+    w.write_all(message.as_bytes()).await.unwrap();
+    w.write_all(b".\r\n").await.unwrap();
+    replies.push(smtp_reply(&mut r).await);
+    let _ = w.write_all(b"QUIT\r\n").await;
+    replies
+}
+
+/// POSTs `body` to /api/v1/push with the API key; returns (status, retry-after, JSON body).
+async fn push(h: &Herald, body: &serde_json::Value) -> (u16, Option<String>, serde_json::Value) {
+    let answer = reqwest::Client::new()
+        .post(h.url("/api/v1/push"))
+        .bearer_auth(KEY)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let retry = answer
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry, answer.json().await.unwrap())
+}
+
+fn tokens_body(range: std::ops::Range<usize>) -> serde_json::Value {
+    serde_json::json!({
+        "domain": DOMAIN,
+        "tokens": range.map(token).collect::<Vec<_>>(),
+        "payload": {"aps": {"alert": "hi"}},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_and_messages_are_refused_naming_the_limit() {
+    let h = Herald::start(Opts {
+        http: "max_notifications_per_request = 50",
+        smtp: "max_notifications_per_message = 50",
+        ..Opts::default()
+    })
+    .await;
+    // REST, native API: one token too many.
+    let (status, _, json) = push(&h, &tokens_body(0..51)).await;
+    assert_eq!(status, 413, "{json}");
+    assert!(
+        error_of(&json).contains("51 notifications")
+            && error_of(&json).contains("max_notifications_per_request is 50"),
+        "{json}"
+    );
+    let (status, _, json) = push(&h, &tokens_body(0..50)).await;
+    assert_eq!(status, 202, "{json}");
+    // REST, Momentum's inject: 51 recipients.
+    let recipients: Vec<serde_json::Value> = (100..151)
+        .map(|i| serde_json::json!({"to": format!("{}@{DOMAIN}", token(i))}))
+        .collect();
+    let template = "From: a@b\nTo: <%= :to %>\nMIME-Version: 1.0\nContent-Type: multipart/vnd.msys.mcmt; boundary=B\n\n--B\nContent-Type: message/vnd.msys.apn\n\n\n{\"aps\":{\"alert\":\"x\"}}\n--B--\n";
+    let answer = reqwest::Client::new()
+        .post(h.url("/v1.0/inject"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"template": template, "recipients": recipients}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let json: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        error_of(&json).contains("max_notifications_per_request"),
+        "{json}"
+    );
+    // The default max_request_size refuses a body over 10 MiB before reading it.
+    let answer = raw_http(
+        h.http,
+        format!(
+            "POST /api/v1/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\ncontent-length: 10485761\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let (status, json) = status_and_json(&answer);
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        error_of(&json).contains("max_request_size is 10485760"),
+        "{json}"
+    );
+    // SMTP: 10 push parts × 6 recipients = 60 notifications.
+    let rcpts: Vec<String> = (200..206)
+        .map(|i| format!("{}@{DOMAIN}", token(i)))
+        .collect();
+    let replies = smtp_send(h.smtp, &rcpts, &mcmt_message(10)).await;
+    let last = replies.last().unwrap();
+    assert!(last.starts_with("552 5.3.4"), "{replies:?}");
+    assert!(
+        last.contains("60 notifications") && last.contains("max_notifications_per_message is 50"),
+        "{last}"
+    );
+    let replies = smtp_send(h.smtp, &rcpts[..5], &mcmt_message(10)).await;
+    assert!(
+        replies.last().unwrap().starts_with("250"),
+        "50 is within the limit: {replies:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_resident_queue_refuses_new_work_instead_of_growing() {
+    let h = Herald::start(Opts {
+        global: "max_resident_notifications = 100",
+        ..Opts::default()
+    })
+    .await;
+    // APNs is unreachable: what is accepted stays in memory, retrying.
+    let (status, _, json) = push(&h, &tokens_body(0..60)).await;
+    assert_eq!(status, 202, "{json}");
+    // 60 more do not fit in the 40 left: refused as a whole, nothing of it accepted.
+    let (status, retry, json) = push(&h, &tokens_body(60..120)).await;
+    assert_eq!(status, 503, "{json}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(
+        error_of(&json).contains("queue full")
+            && error_of(&json).contains("max_resident_notifications = 100"),
+        "{json}"
+    );
+    let (status, _, json) = push(&h, &tokens_body(60..100)).await;
+    assert_eq!(status, 202, "the last 40 fit: {json}");
+    // Full: REST 503, SMTP 452 4.3.1 at MAIL; the console and /healthz still answer.
+    let (status, retry, json) = push(&h, &tokens_body(100..101)).await;
+    assert_eq!((status, retry.as_deref()), (503, Some("1")), "{json}");
+    let replies = smtp_send(
+        h.smtp,
+        &[format!("{}@{DOMAIN}", token(101))],
+        &mcmt_message(1),
+    )
+    .await;
+    assert!(replies[0].starts_with("452 4.3.1"), "{replies:?}");
+    assert!(
+        replies[0].contains("max_resident_notifications"),
+        "{replies:?}"
+    );
+    let ok = reqwest::get(h.url("/healthz")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let (ok, text) = console(h.control, PASSWORD, "summary").await;
+    assert!(ok, "{text}");
+    assert_eq!(h.server.engine.resident_room(), 0);
+    h.stop().await;
+}

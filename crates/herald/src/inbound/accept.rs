@@ -228,11 +228,39 @@ impl Intake {
         })
     }
 
-    /// Makes `batch` durable, then logs and queues it. When this returns `Ok`, the sender may be told yes.
+    /// Whether the engine has room in memory for `n` more notifications; a [`Refusal::Temporary`] naming
+    /// `max_resident_notifications` if not. Listeners ask before they build a large batch; [`Intake::commit`]
+    /// takes the room for good.
+    pub fn has_room(&self, n: usize) -> Result<(), Refusal> {
+        if n <= self.engine.resident_room() {
+            Ok(())
+        } else {
+            Err(self.queue_full(n))
+        }
+    }
+
+    fn queue_full(&self, n: usize) -> Refusal {
+        Refusal::Temporary(format!(
+            "queue full: herald holds {} notifications in memory (max_resident_notifications = {}) and cannot take {n} more now; retry later",
+            self.engine
+                .max_resident()
+                .saturating_sub(self.engine.resident_room()),
+            self.engine.max_resident()
+        ))
+    }
+
+    /// Makes `batch` durable, then logs and queues it. When this returns `Ok`, the sender may be told yes. A
+    /// batch the engine has no room for in memory is refused ([`Refusal::Temporary`], back-pressure) before
+    /// anything is stored.
     pub async fn commit(&self, batch: Vec<Notification>, source: &Source) -> Result<(), Refusal> {
         if batch.is_empty() {
             return Ok(());
         }
+        let Some(mut room) = self.engine.try_reserve(batch.len()) else {
+            self.refused
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            return Err(self.queue_full(batch.len()));
+        };
         self.durable.persist(&batch).await.map_err(|e| {
             Refusal::Temporary(format!("the spool could not store the notifications: {e}"))
         })?;
@@ -241,9 +269,12 @@ impl Intake {
             logs.reception(n, source.ip, source.protocol);
         }
         for n in batch {
-            self.engine.submit(n).await.map_err(|e| {
-                Refusal::Temporary(format!("queueing failed after the spool took it: {e}"))
-            })?;
+            self.engine
+                .submit_reserved(n, &mut room)
+                .await
+                .map_err(|e| {
+                    Refusal::Temporary(format!("queueing failed after the spool took it: {e}"))
+                })?;
         }
         Ok(())
     }

@@ -256,6 +256,10 @@ impl Session {
                 format!("message size {size} exceeds the limit of {max} bytes"),
             );
         }
+        // Back-pressure: while the queue is full in memory, say so before the client sends the message.
+        if let Err(Refusal::Temporary(text) | Refusal::Permanent(text)) = self.intake.has_room(1) {
+            return Reply::new(452, "4.3.1", text);
+        }
         let reply = Reply::new(250, "2.1.0", format!("sender <{from}> ok"));
         self.envelope.from = Some(from);
         reply
@@ -468,6 +472,27 @@ impl Session {
                 return unknown_domain(rcpt, &e);
             }
         }
+        let count = message
+            .push_parts
+            .len()
+            .saturating_mul(envelope.recipients.len());
+        if count > self.config.limits.max_notifications {
+            return Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "the message would make {count} notifications ({} push parts × {} recipients); this listener's max_notifications_per_message is {}",
+                    message.push_parts.len(),
+                    envelope.recipients.len(),
+                    self.config.limits.max_notifications
+                ),
+            );
+        }
+        if let Err(Refusal::Temporary(text) | Refusal::Permanent(text)) =
+            self.intake.has_room(count)
+        {
+            return temporary(text);
+        }
         let subs = message.submissions(&envelope.recipients, &from);
         let mut batch = Vec::with_capacity(subs.len());
         for s in subs {
@@ -522,7 +547,11 @@ pub(crate) async fn refuse_busy(
 /// A temporary refusal: `452 4.3.1` when storage is full (RFC 3463 "mail system full"), else `451 4.3.0`.
 fn temporary(text: String) -> Reply {
     let lower = text.to_ascii_lowercase();
-    if lower.contains("no space") || lower.contains("disk full") || lower.contains("storage full") {
+    if lower.contains("no space")
+        || lower.contains("disk full")
+        || lower.contains("storage full")
+        || lower.contains("queue full")
+    {
         Reply::new(452, "4.3.1", text)
     } else {
         Reply::new(451, "4.3.0", text)
