@@ -814,3 +814,40 @@ async fn a_full_resident_queue_refuses_new_work_instead_of_growing() {
     assert_eq!(h.server.engine.resident_room(), 0);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smtp_message_trickling_line_by_line_is_cut_off() {
+    let h = Herald::start(Opts {
+        smtp: "timeout = 1",
+        ..Opts::default()
+    })
+    .await;
+    let (r, mut w) = TcpStream::connect(h.smtp).await.unwrap().into_split();
+    let mut r = BufReader::new(r);
+    assert!(smtp_reply(&mut r).await.starts_with("220"));
+    for (cmd, want) in [
+        ("EHLO client.example\r\n".to_string(), "250"),
+        ("MAIL FROM:<a@b.example>\r\n".to_string(), "250"),
+        (format!("RCPT TO:<{}@{DOMAIN}>\r\n", token(1)), "250"),
+        ("DATA\r\n".to_string(), "354"),
+    ] {
+        w.write_all(cmd.as_bytes()).await.unwrap();
+        let reply = smtp_reply(&mut r).await;
+        assert!(reply.starts_with(want), "{cmd}: {reply}");
+    }
+    // Every line comes well within the 1 s timeout, but the message never ends.
+    let writer = tokio::spawn(async move {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if w.write_all(b"X-Trickle: more\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let reply = smtp_reply(&mut r).await;
+    assert!(reply.starts_with("421 4.4.2"), "{reply}");
+    assert!(reply.contains("did not arrive within 10 s"), "{reply}");
+    writer.abort();
+    h.stop().await;
+}

@@ -366,7 +366,21 @@ impl Session {
         let host = limits.hostname.clone();
         let mut message = Vec::with_capacity(4096);
         let (mut too_big, mut long_line, mut bare_lf) = (false, false, false);
+        // Each line must come within `timeout`, and the whole message within DATA_TIMEOUTS of them (RFC 5321
+        // §4.5.3.2.6: 10 minutes with the default), so a client trickling lines cannot hold a session for good.
+        let data_limit = limits.idle_timeout.saturating_mul(DATA_TIMEOUTS);
+        let data_deadline = std::time::Instant::now() + data_limit;
         loop {
+            if std::time::Instant::now() > data_deadline {
+                return Step::Close(Reply::new(
+                    421,
+                    "4.4.2",
+                    format!(
+                        "{host}: the message did not arrive within {} s ({DATA_TIMEOUTS} × this listener's timeout); closing",
+                        data_limit.as_secs()
+                    ),
+                ));
+            }
             let line = match self.next(limits.max_text_line).await {
                 Err(_) | Ok(Event::Read(ReadLine::Eof)) => return Step::Gone,
                 Ok(Event::Shutdown) => return Step::Close(shutting_down(&host)),
@@ -526,6 +540,9 @@ impl Session {
 }
 
 /// Tells a client over the listener's session limit to come back later, and closes.
+/// How many idle timeouts (`timeout`) the whole message of a DATA command may take.
+pub const DATA_TIMEOUTS: u32 = 10;
+
 pub(crate) async fn refuse_busy(
     stream: TcpStream,
     limits: super::SmtpLimits,
