@@ -851,3 +851,99 @@ async fn an_smtp_message_trickling_line_by_line_is_cut_off() {
     writer.abort();
     h.stop().await;
 }
+
+/// Kills the spawned daemon when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_descriptor_limit_the_console_and_the_spool_still_work() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let pki = Pki::generate(&path.join("pki"), &[TOPIC.to_string()]).unwrap();
+    let config = path.join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+spool_dir = "{spool}"
+http_listener {{ listen "127.0.0.1:0" {{ max_connections_per_client = 10000 max_connections = 10000 }} }}
+control_listener {{ listen "127.0.0.1:0" {{ control_password = "{PASSWORD}" }} }}
+domain "{DOMAIN}" {{
+{credentials}  retry_interval = 3600
+}}
+"#,
+            spool = path.join("spool").display(),
+            credentials = support::token_auth_options(&pki, support::free_port(), TOPIC),
+        ),
+    )
+    .unwrap();
+    // 640 descriptors in all (soft and hard): 512 stay in reserve, 128 are for network clients.
+    let mut child = Child(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 640 && exec '{}' serve -c '{}'",
+                env!("CARGO_BIN_EXE_herald"),
+                config.display()
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let addrs: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let http: SocketAddr = addrs["http"][0].as_str().unwrap().parse().unwrap();
+    let control: SocketAddr = addrs["control"][0].as_str().unwrap().parse().unwrap();
+    // The first connection is admitted; then the flood takes every network descriptor there is.
+    let mut first = TcpStream::connect(http).await.unwrap();
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(TcpStream::connect(http).await.unwrap());
+    }
+    let mut refused = TcpStream::connect(http).await.unwrap();
+    let answer = until_closed(&mut refused).await;
+    assert!(
+        answer.contains("503") && answer.contains("file descriptors"),
+        "{answer}"
+    );
+    // The console still answers, and an admitted client still gets its notifications spooled.
+    let (ok, text) = console(control, PASSWORD, "version").await;
+    assert!(ok && text.starts_with("herald "), "{text}");
+    let body = tokens_body(0..3).to_string();
+    first
+        .write_all(
+            format!(
+                "POST /api/v1/push HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(WAIT, first.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    drop(flood);
+}
