@@ -192,29 +192,33 @@ def mcmt_flood(recipients, parts):
 
 
 def flood(addr, n):
-    """Opens up to n connections from the attacker's address; returns (opened, still open after 2 s)."""
+    """Opens n connections from the attacker's address and holds them; returns a description of how many herald
+    kept, refused with an answer (503 / 421) or closed, and how many could not connect."""
     socks = []
+    errors = {}
     for _ in range(n):
         try:
             socks.append(connect(addr, timeout=0.5))
-        except OSError:
-            break
+        except OSError as e:
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
     time.sleep(2)
-    alive = 0
+    kept = refused = 0
     for s in socks:
         s.setblocking(False)
         try:
-            if s.recv(1, socket.MSG_PEEK) == b"":
-                continue
-            alive += 1  # something to read (a greeting): the server kept it
+            data = s.recv(4096)
+            if data.startswith(b"220"):
+                kept += 1  # an ESMTP greeting: a session
+            else:
+                refused += 1  # a 503 / 421 answer, or closed
         except BlockingIOError:
-            alive += 1
+            kept += 1
         except OSError:
-            pass
-    opened = len(socks)
+            refused += 1
     for s in socks:
         s.close()
-    return opened, alive
+    failed = ", ".join(f"{k} {v}" for k, v in errors.items()) or "none"
+    return f"connected {len(socks)}: kept {kept}, refused {refused}; connect failures: {failed}"
 
 
 def slowloris(n, seconds):
@@ -279,11 +283,11 @@ del big
 phase("MCMT message, 200 recipients x 5,000 push parts", lambda: mcmt_flood(200, 5000))
 phase(
     f"connection flood, {args.flood} to HTTP",
-    lambda: "opened %d, kept open by herald %d" % flood(HTTP, args.flood),
+    lambda: flood(HTTP, args.flood),
 )
 phase(
     f"connection flood, {args.flood} to ESMTP",
-    lambda: "opened %d, kept open by herald %d" % flood(SMTP, args.flood),
+    lambda: flood(SMTP, args.flood),
 )
 phase("slowloris, 300 clients for 15 s", lambda: "opened %d, closed by herald %d" % slowloris(300, 15))
 

@@ -29,7 +29,7 @@ cat > "$WORK/herald.conf" <<CONF
 spool_dir = "$WORK/spool"
 http_listener {
   listen "127.0.0.1:0" { }
-  listen "127.0.0.1:0" { max_request_size = 0 }
+  listen "127.0.0.3:0" { max_request_size = 0 }
 }
 esmtp_listener { listen "127.0.0.1:0" { mcmt_reception = allow } }
 control_listener { listen "127.0.0.1:0" { control_password = "$PASSWORD" } }
