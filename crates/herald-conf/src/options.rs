@@ -148,6 +148,8 @@ const HTTP_PEER: Scopes = Scopes::of(&[HttpListener, Listen, Peer]);
 const CONTROL: Scopes = Scopes::of(&[ControlListener, Listen]);
 const ESMTP: Scopes = Scopes::of(&[EsmtpListener, Listen]);
 const ESMTP_CONTROL: Scopes = Scopes::of(&[EsmtpListener, ControlListener, Listen]);
+/// The listeners herald runs (ESMTP, HTTP, control) and their listen stanzas.
+const DOORS: Scopes = Scopes::of(&[EsmtpListener, HttpListener, ControlListener, Listen]);
 const MODULES: Scopes = Scopes::of(&[Apn, ApnLogger, EcLogger, Httpsrv, Restinjector]);
 const APNLOG: Scopes = Scopes::of(&[ApnLogger]);
 const LOGGERS: Scopes = Scopes::of(&[ApnLogger, EcLogger]);
@@ -380,6 +382,16 @@ pub static OPTIONS: &[OptionDef] = &[
         "Momentum's bound on in-memory active queue entries; accepted for compatibility.",
         "herald keeps spooled notifications on disk and bounds memory itself, so this has no effect",
     ),
+    opt(
+        "max_resident_notifications",
+        Kind::Int {
+            min: 1,
+            max: 100_000_000,
+        },
+        Some("1000000"),
+        GLOBAL,
+        "Notifications herald holds in memory at once (queued, retrying or in flight); while it is full, listeners refuse new ones (REST `503` with `retry-after`, ESMTP `452 4.3.1`) instead of growing; read at start; a herald addition.",
+    ),
     // --- listeners (momentum.md §1.3, §2.1, §3, §4.3) ---
     opt(
         "enable",
@@ -412,9 +424,67 @@ pub static OPTIONS: &[OptionDef] = &[
     opt(
         "max_request_size",
         Kind::Bytes,
-        None,
+        Some("10485760"),
         HTTP,
-        "Largest HTTP request body accepted, in bytes; unset = no limit (as Momentum).",
+        "Largest HTTP request body accepted, in bytes (larger ones get `413`); 0 = no limit (Momentum's default, unsafe on an open listener).",
+    ),
+    opt(
+        "max_notifications_per_request",
+        Kind::Int {
+            min: 1,
+            max: u32::MAX as i64,
+        },
+        Some("100000"),
+        HTTP,
+        "Notifications one REST request may carry (tokens, notifications, or recipients × template parts); a larger request gets `413` naming this option; a herald addition.",
+    ),
+    opt(
+        "first_byte_timeout",
+        Kind::Seconds,
+        Some("10"),
+        HTTP,
+        "Seconds a new HTTP connection may stay silent (no TLS hello, no request byte) before herald closes it; 0 means the default; a herald addition.",
+    ),
+    opt(
+        "header_timeout",
+        Kind::Seconds,
+        Some("10"),
+        HTTP,
+        "Seconds a client has to send a request's headers, from the request's first byte; 0 means the default; a herald addition.",
+    ),
+    opt(
+        "body_timeout",
+        Kind::Seconds,
+        Some("30"),
+        HTTP,
+        "Seconds a client has to send a request's whole body once its headers arrived (`408` after); 0 means the default; a herald addition.",
+    ),
+    opt(
+        "keepalive_timeout",
+        Kind::Seconds,
+        Some("60"),
+        HTTP,
+        "Seconds an HTTP connection may stay idle between requests before herald closes it; 0 means the default; a herald addition.",
+    ),
+    opt(
+        "max_connections",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        Some("1000"),
+        DOORS,
+        "Open connections a listen stanza accepts at once; beyond it a client is refused at connect (ESMTP `421 4.7.0`, HTTP `503`); a herald addition.",
+    ),
+    opt(
+        "max_connections_per_client",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        Some("100"),
+        DOORS,
+        "Open connections one client address may hold on a listen stanza; further ones are refused at connect; a herald addition.",
     ),
     opt(
         "http_services",
@@ -485,6 +555,16 @@ pub static OPTIONS: &[OptionDef] = &[
         Some("1000"),
         ESMTP,
         "Recipients an ESMTP transaction may name; each further `RCPT` gets `452 4.5.3`; a herald addition.",
+    ),
+    opt(
+        "max_notifications_per_message",
+        Kind::Int {
+            min: 1,
+            max: u32::MAX as i64,
+        },
+        Some("100000"),
+        ESMTP,
+        "Notifications one MCMT message may become (push parts × recipients); a larger message gets `552 5.3.4` naming this option; a herald addition.",
     ),
     opt(
         "max_line_length",

@@ -464,7 +464,8 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                 max_request_size: r
                     .value("max_request_size")
                     .as_int()
-                    .and_then(|n| u64::try_from(n).ok()),
+                    .and_then(|n| u64::try_from(n).ok())
+                    .filter(|n| *n > 0),
                 http_services: HttpServices::from_words(r.value("http_services").as_list()),
                 file_mode: r.mode("file_mode"),
                 peers,

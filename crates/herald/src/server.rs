@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::delivery::ConfigResolver;
 use crate::inbound::accept::Intake;
+use crate::inbound::doors::DoorLimits;
 use crate::inbound::{rest, smtp};
 use crate::logs::Logs;
 use crate::queue::message::{IdGenerator, MessageId};
@@ -156,6 +157,16 @@ impl Server {
             tracing::warn!("{w}");
         }
         let config = Arc::new(config);
+        match crate::inbound::doors::raise_fd_limit() {
+            Ok(fd) => tracing::info!(
+                before = fd.before,
+                soft = fd.soft,
+                hard = fd.hard,
+                network_connections = fd.network_budget,
+                "file descriptor limit"
+            ),
+            Err(e) => tracing::warn!("cannot read the file descriptor limit: {e}"),
+        }
         let (logs, heartbeat) = Logs::open(&config)?;
         logs.spawn_maintenance(Duration::from_millis(200), heartbeat);
 
@@ -191,7 +202,7 @@ impl Server {
             resolver.clone(),
             logs.clone(),
             invalid_tokens.clone(),
-            EngineLimits::default(),
+            EngineLimits::from_config(&config),
         ));
         let bridge = Arc::new(SpoolBridge::new(spool.clone()));
         engine.set_observer(bridge.clone());
@@ -331,13 +342,17 @@ impl Server {
                     self.restore_progress.clone(),
                     settings.http_services,
                 );
+                let limits = Arc::new(DoorLimits::from_config(&self.config(), &settings));
                 let app = rest::router_with(
-                    rest::RestState::new(settings.clone(), self.intake.clone()),
+                    rest::RestState::new(settings.clone(), self.intake.clone())
+                        .with_limits(limits.clone()),
                     extra,
                 );
                 let intake = self.intake.clone();
                 let task = tokio::spawn(async move {
-                    if let Err(e) = rest::serve_app(socket, app, intake, tls, stop_rx).await {
+                    if let Err(e) =
+                        rest::serve_limited(socket, app, intake, tls, limits, stop_rx).await
+                    {
                         tracing::error!("REST listener stopped: {e}");
                     }
                 });
@@ -384,6 +399,7 @@ impl Server {
         })?;
         crate::logs::stderr::apply(config.log_format());
         let config = Arc::new(config);
+        let old_config = self.config();
         let mut report = ReloadReport {
             path: path.clone(),
             warnings: config.warnings().iter().map(|w| w.to_string()).collect(),
@@ -429,7 +445,13 @@ impl Server {
                     running.settings = new.clone();
                     keep.push(running);
                 }
-                Some(new) if *new == running.settings => keep.push(running),
+                Some(new)
+                    if *new == running.settings
+                        && DoorLimits::from_config(&config, new)
+                            == DoorLimits::from_config(&old_config, new) =>
+                {
+                    keep.push(running)
+                }
                 Some(new) => {
                     let new = new.clone();
                     stop_listener(running).await;

@@ -1223,7 +1223,7 @@ async fn clients_over_the_session_limit_get_421() {
         second.reply().await,
         (
             421,
-            "4.7.0 herald: too many connections (limit 1); try again later".into()
+            "4.7.0 herald: too many connections (this listener holds 1 connections, its max_connections); try again later".into()
         )
     );
     second.assert_closed().await;

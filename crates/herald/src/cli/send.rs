@@ -22,9 +22,13 @@ pub struct SendArgs {
     /// For an https:// URL: trust the CA certificates in this PEM file instead of the system's.
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// The listener's API key (sent as `Authorization: Bearer KEY`).
-    #[arg(long)]
+    /// The listener's API key (sent as `Authorization: Bearer KEY`). Visible to `ps`: prefer --api-key-file or
+    /// the HERALD_API_KEY environment variable.
+    #[arg(long, conflicts_with = "api_key_file")]
     pub api_key: Option<String>,
+    /// Read the API key from this file (its first line; surrounding whitespace is ignored).
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
     /// The app's domain (a `domain` stanza of the configuration).
     #[arg(long)]
     pub domain: String,
@@ -74,7 +78,8 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let client = PushClient::with_ca(&args.url, args.api_key.clone(), ca.as_deref())?;
+    let api_key = api_key(&args, std::env::var_os(API_KEY_ENV))?;
+    let client = PushClient::with_ca(&args.url, api_key, ca.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -99,6 +104,37 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The environment variable `herald send` reads the API key from when neither --api-key nor --api-key-file is given.
+pub const API_KEY_ENV: &str = "HERALD_API_KEY";
+
+/// The API key to send: --api-key, else the first line of --api-key-file, else `env` (the value of
+/// [`API_KEY_ENV`]); `None` when none is given or the one given is empty.
+fn api_key(args: &SendArgs, env: Option<std::ffi::OsString>) -> anyhow::Result<Option<String>> {
+    let key = if let Some(key) = &args.api_key {
+        key.clone()
+    } else if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--api-key-file {}: cannot read", path.display()))?;
+        let key = text.lines().next().unwrap_or("").trim();
+        if key.is_empty() {
+            anyhow::bail!("--api-key-file {}: the file holds no key", path.display());
+        }
+        key.to_owned()
+    } else if let Some(value) = env {
+        value
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("{API_KEY_ENV} is not valid UTF-8"))?
+            .trim()
+            .to_owned()
+    } else {
+        return Ok(None);
+    };
+    if key.bytes().any(|b| b.is_ascii_control()) {
+        anyhow::bail!("the API key contains control characters; it cannot be sent in a header");
+    }
+    Ok(Some(key).filter(|k| !k.is_empty()))
 }
 
 /// The shared payload and options, the items, and a description of the input for the summary.
@@ -221,6 +257,64 @@ fn plural(n: usize) -> &'static str {
 mod tests {
     use super::client::Outcome;
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        send: SendArgs,
+    }
+
+    fn args(extra: &[&str]) -> SendArgs {
+        let mut argv = vec!["send", "--domain", "d.example", "--token", "00"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().send
+    }
+
+    #[test]
+    fn the_api_key_comes_from_the_flag_the_file_or_the_environment() {
+        let env = || Some(std::ffi::OsString::from("from-env\n"));
+        assert_eq!(api_key(&args(&[]), None).unwrap(), None);
+        assert_eq!(
+            api_key(&args(&[]), env()).unwrap().as_deref(),
+            Some("from-env")
+        );
+        assert_eq!(
+            api_key(&args(&["--api-key", "flag"]), env())
+                .unwrap()
+                .as_deref(),
+            Some("flag")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "  from-file  \nsecond line\n").unwrap();
+        let f = file.to_str().unwrap();
+        assert_eq!(
+            api_key(&args(&["--api-key-file", f]), env())
+                .unwrap()
+                .as_deref(),
+            Some("from-file")
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let err = api_key(&args(&["--api-key-file", f]), None).unwrap_err();
+        assert!(err.to_string().contains("holds no key"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = api_key(&args(&["--api-key-file", missing.to_str().unwrap()]), None).unwrap_err();
+        assert!(err.to_string().contains("--api-key-file"), "{err}");
+        assert!(
+            Cli::try_parse_from([
+                "send",
+                "--domain",
+                "d",
+                "--api-key",
+                "a",
+                "--api-key-file",
+                f
+            ])
+            .is_err(),
+            "--api-key and --api-key-file exclude each other"
+        );
+    }
 
     #[test]
     fn summary_lists_counts_and_grouped_reasons() {

@@ -5,27 +5,78 @@
 //! `auth PASSWORD` before anything else. A connection that sends nothing for `timeout` seconds (default 60) is
 //! closed. Both are read from the configuration in force when a connection arrives, so a reload changes them for
 //! new connections. The wire format is in [`protocol`]; the commands in [`commands`].
+//!
+//! The listener keeps at most `max_connections` connections open, `max_connections_per_client` from one TCP
+//! client address. A wrong password is logged with the client's address; after [`AUTH_FAILURES`] of them
+//! within [`AUTH_WINDOW`], that address is refused every `auth` (right or wrong) until [`AUTH_WINDOW`] has
+//! passed since its last failure.
 
 pub mod commands;
 pub mod protocol;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use herald_conf::{Config, ListenAddr, ListenerSettings, ScopeKind, ScopePath};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+use crate::inbound::doors::{ConnLimiter, DoorLimits};
 use crate::server::Server;
 use commands::Command;
 use protocol::Reply;
 
 /// The idle timeout when the configuration does not say (momentum.md §6).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Wrong passwords one client address may send within [`AUTH_WINDOW`] before it is locked out.
+pub const AUTH_FAILURES: usize = 5;
+/// The window over which wrong passwords are counted, and how long a lockout lasts after the last one.
+pub const AUTH_WINDOW: Duration = Duration::from_secs(60);
+
+/// Recent wrong passwords per client address (`None`: the Unix socket).
+#[derive(Debug, Default)]
+pub struct AuthThrottle {
+    failures: Mutex<HashMap<Option<IpAddr>, Vec<Instant>>>,
+}
+
+impl AuthThrottle {
+    /// How long `client` must still wait before it may try a password, if it is locked out.
+    pub fn locked(&self, client: Option<IpAddr>) -> Option<Duration> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = failures.get_mut(&client)?;
+        recent.retain(|t| t.elapsed() < AUTH_WINDOW);
+        let last = *recent.last()?;
+        if recent.len() >= AUTH_FAILURES {
+            Some(AUTH_WINDOW.saturating_sub(last.elapsed()))
+        } else {
+            None
+        }
+    }
+
+    /// Notes a wrong password from `client`; returns how many it sent within the window.
+    pub fn failed(&self, client: Option<IpAddr>) -> usize {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget addresses that stopped trying, so the map stays small.
+        failures.retain(|_, v| v.last().is_some_and(|t| t.elapsed() < AUTH_WINDOW));
+        let recent = failures.entry(client).or_default();
+        recent.retain(|t| t.elapsed() < AUTH_WINDOW);
+        recent.push(Instant::now());
+        recent.len()
+    }
+
+    /// A right password: the address starts again from zero.
+    pub fn succeeded(&self, client: Option<IpAddr>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&client);
+    }
+}
 
 /// Why a control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -152,18 +203,53 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let settings = Arc::new(settings);
+    let conns = ConnLimiter::control();
+    let throttle = Arc::new(AuthThrottle::default());
     loop {
         let conn_stop = stop.clone();
         tokio::select! {
             _ = stopped(&mut stop) => break,
             accepted = accept(&socket, &settings) => match accepted {
                 Ok(Some(stream)) => {
+                    let Some(limits) = server
+                        .upgrade()
+                        .map(|s| DoorLimits::from_config(&s.config(), &settings))
+                    else {
+                        continue;
+                    };
+                    let client = match &stream {
+                        Stream::Unix(_) => None,
+                        Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip()),
+                    };
+                    let guard = match conns.admit(client, &limits) {
+                        Ok(guard) => guard,
+                        Err(busy) => {
+                            tracing::warn!(
+                                "control listener {}: refused {}: {busy}",
+                                settings.address,
+                                describe(client)
+                            );
+                            tokio::spawn(tokio::time::timeout(Duration::from_secs(2), async move {
+                                let text = format!("Too many connections ({busy}).\n");
+                                match stream {
+                                    Stream::Unix(mut s) => protocol::write_reply(&mut s, &Reply::err(text)).await,
+                                    Stream::Tcp(mut s) => protocol::write_reply(&mut s, &Reply::err(text)).await,
+                                }
+                            }));
+                            continue;
+                        }
+                    };
                     let server = server.clone();
                     let settings = settings.clone();
+                    let peer = Peer {
+                        client,
+                        throttle: throttle.clone(),
+                    };
                     tokio::spawn(async move {
+                        let _slot = guard;
                         match stream {
-                            Stream::Unix(s) => connection(s, server, settings, conn_stop).await,
-                            Stream::Tcp(s) => connection(s, server, settings, conn_stop).await,
+                            Stream::Unix(s) => connection(s, server, settings, peer, conn_stop).await,
+                            Stream::Tcp(s) => connection(s, server, settings, peer, conn_stop).await,
                         }
                     });
                 }
@@ -177,6 +263,20 @@ pub async fn serve(
     }
     if let ControlSocket::Unix { path, .. } = &socket {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Who is on the other end of a connection, and the listener's record of wrong passwords.
+struct Peer {
+    client: Option<IpAddr>,
+    throttle: Arc<AuthThrottle>,
+}
+
+/// A client for the logs: its address, or the Unix socket.
+fn describe(client: Option<IpAddr>) -> String {
+    match client {
+        Some(ip) => ip.to_string(),
+        None => "a Unix socket client".into(),
     }
 }
 
@@ -212,6 +312,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     server: Weak<Server>,
     settings: Arc<ListenerSettings>,
+    peer: Peer,
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(rules) = server
@@ -244,12 +345,34 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => (Reply::err(format!("{e}\n")), false),
             Ok(Some(Command::Quit)) => (Reply::ok(""), true),
             Ok(Some(Command::Auth(given))) => match &rules.password {
+                Some(_) if let Some(wait) = peer.throttle.locked(peer.client) => {
+                    tracing::warn!(
+                        "control listener {}: auth from {} refused: locked out after {AUTH_FAILURES} wrong passwords",
+                        settings.address,
+                        describe(peer.client)
+                    );
+                    (
+                        Reply::err(format!(
+                            "Too many failed authentications from {}; try again in {} s.\n",
+                            describe(peer.client),
+                            wait.as_secs().max(1)
+                        )),
+                        true,
+                    )
+                }
                 Some(p) if constant_time_eq(p.as_bytes(), given.as_bytes()) => {
+                    peer.throttle.succeeded(peer.client);
                     authenticated = true;
                     (Reply::ok("Authenticated.\n"), false)
                 }
                 Some(_) => {
-                    tracing::warn!("control listener {}: wrong password", settings.address);
+                    let failures = peer.throttle.failed(peer.client);
+                    tracing::warn!(
+                        "control listener {}: wrong password from {} ({failures} within {} s)",
+                        settings.address,
+                        describe(peer.client),
+                        AUTH_WINDOW.as_secs()
+                    );
                     (Reply::err("Authentication failed.\n"), true)
                 }
                 None => (Reply::ok("No password is required here.\n"), false),

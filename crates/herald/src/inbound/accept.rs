@@ -109,6 +109,32 @@ pub struct Intake {
     ids: IdGenerator,
     /// Notifications refused at the door, and batches refused for a temporary reason (for `summary`).
     refused: std::sync::atomic::AtomicU64,
+    /// Topics and senders, shared between the notifications that carry the same one.
+    strings: Interner,
+}
+
+/// Shares one allocation between equal strings of many notifications (topics, senders: few distinct values, each
+/// repeated in up to millions of queued notifications). Bounded: it starts over when it holds [`Interner::MAX`].
+#[derive(Debug, Default)]
+struct Interner {
+    set: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+}
+
+impl Interner {
+    const MAX: usize = 4096;
+
+    fn intern(&self, s: &str) -> Arc<str> {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = set.get(s) {
+            return shared.clone();
+        }
+        if set.len() >= Self::MAX {
+            set.clear();
+        }
+        let shared: Arc<str> = Arc::from(s);
+        set.insert(shared.clone());
+        shared
+    }
 }
 
 impl Intake {
@@ -124,6 +150,7 @@ impl Intake {
             engine,
             ids,
             refused: std::sync::atomic::AtomicU64::new(0),
+            strings: Interner::default(),
         }
     }
 
@@ -215,24 +242,52 @@ impl Intake {
             conn_id: source.conn_id,
             domain: settings.domain.clone(),
             token,
-            topic: topic.map(Arc::from),
+            topic: topic.map(|t| self.strings.intern(&t)),
             push_type: Some(push_type),
             priority: s.priority.map(|_| priority),
             expiration: s.expiration.and_then(|e| u32::try_from(e).ok()),
             collapse_id: s.collapse_id.map(Arc::from),
             apns_id,
             payload: s.payload,
-            sender: Arc::from(s.sender),
+            sender: self.strings.intern(&s.sender),
             recipient: Arc::from(s.recipient),
             received_at: unix_now(),
         })
     }
 
-    /// Makes `batch` durable, then logs and queues it. When this returns `Ok`, the sender may be told yes.
+    /// Whether the engine has room in memory for `n` more notifications; a [`Refusal::Temporary`] naming
+    /// `max_resident_notifications` if not. Listeners ask before they build a large batch; [`Intake::commit`]
+    /// takes the room for good.
+    pub fn has_room(&self, n: usize) -> Result<(), Refusal> {
+        if n <= self.engine.resident_room() {
+            Ok(())
+        } else {
+            Err(self.queue_full(n))
+        }
+    }
+
+    fn queue_full(&self, n: usize) -> Refusal {
+        Refusal::Temporary(format!(
+            "queue full: herald holds {} notifications in memory (max_resident_notifications = {}) and cannot take {n} more now; retry later",
+            self.engine
+                .max_resident()
+                .saturating_sub(self.engine.resident_room()),
+            self.engine.max_resident()
+        ))
+    }
+
+    /// Makes `batch` durable, then logs and queues it. When this returns `Ok`, the sender may be told yes. A
+    /// batch the engine has no room for in memory is refused ([`Refusal::Temporary`], back-pressure) before
+    /// anything is stored.
     pub async fn commit(&self, batch: Vec<Notification>, source: &Source) -> Result<(), Refusal> {
         if batch.is_empty() {
             return Ok(());
         }
+        let Some(mut room) = self.engine.try_reserve(batch.len()) else {
+            self.refused
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            return Err(self.queue_full(batch.len()));
+        };
         self.durable.persist(&batch).await.map_err(|e| {
             Refusal::Temporary(format!("the spool could not store the notifications: {e}"))
         })?;
@@ -241,9 +296,12 @@ impl Intake {
             logs.reception(n, source.ip, source.protocol);
         }
         for n in batch {
-            self.engine.submit(n).await.map_err(|e| {
-                Refusal::Temporary(format!("queueing failed after the spool took it: {e}"))
-            })?;
+            self.engine
+                .submit_reserved(n, &mut room)
+                .await
+                .map_err(|e| {
+                    Refusal::Temporary(format!("queueing failed after the spool took it: {e}"))
+                })?;
         }
         Ok(())
     }
@@ -251,6 +309,24 @@ impl Intake {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn equal_topics_and_senders_share_one_allocation() {
+        let strings = Interner::default();
+        let a = strings.intern("com.example.app");
+        let b = strings.intern(&String::from("com.example.app"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &strings.intern("com.example.other")));
+        for i in 0..Interner::MAX + 1 {
+            strings.intern(&i.to_string());
+        }
+        assert!(
+            strings.set.lock().unwrap().len() <= Interner::MAX,
+            "bounded"
+        );
+        assert_eq!(&*strings.intern("com.example.app"), "com.example.app");
+    }
+
     use std::time::Duration;
 
     use herald_apns::client::connect::Endpoint;

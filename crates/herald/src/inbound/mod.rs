@@ -2,6 +2,7 @@
 //! makes it durable, logs its reception and queues it.
 
 pub mod accept;
+pub mod doors;
 pub mod mcmt;
 pub mod rest;
 pub mod smtp;

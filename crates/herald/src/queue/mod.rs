@@ -136,16 +136,41 @@ pub struct EngineLimits {
     pub max_resident: usize,
 }
 
+/// Default `max_resident_notifications`.
+pub const DEFAULT_MAX_RESIDENT: usize = 1_000_000;
+
+impl EngineLimits {
+    /// The limits `config` sets (`max_resident_notifications`).
+    pub fn from_config(config: &herald_conf::Config) -> Self {
+        let max_resident = config
+            .eval(
+                &herald_conf::ScopePath::global(),
+                "max_resident_notifications",
+            )
+            .ok()
+            .and_then(|v| v.as_int())
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_MAX_RESIDENT);
+        EngineLimits { max_resident }
+    }
+}
+
 impl Default for EngineLimits {
     fn default() -> Self {
         EngineLimits {
-            max_resident: 2_000_000,
+            max_resident: DEFAULT_MAX_RESIDENT,
         }
     }
 }
 
+/// Memory taken ahead for a batch ([`Engine::try_reserve`]); what is not used is given back when it is dropped.
+#[derive(Debug)]
+pub struct Reservation(Option<tokio::sync::OwnedSemaphorePermit>);
+
 /// The delivery engine: per-domain queues and pools.
 pub struct Engine {
+    max_resident: usize,
     shared: Arc<EngineShared>,
     resolver: Arc<dyn SettingsResolver>,
     domains: Mutex<HashMap<Arc<str>, DomainHandle>>,
@@ -162,6 +187,7 @@ impl Engine {
             limits.max_resident.min(Semaphore::MAX_PERMITS),
         ));
         Engine {
+            max_resident: limits.max_resident,
             shared: Arc::new(EngineShared {
                 logs,
                 invalid,
@@ -215,6 +241,56 @@ impl Engine {
             .await
             .map_err(|_| SubmitError::ShuttingDown)?;
         permit.forget();
+        self.hand_over(item, delay)
+    }
+
+    /// Room for `n` more notifications in memory, taken now, or `None` when the engine cannot hold them
+    /// (back-pressure: the caller refuses the work instead of waiting with it in memory).
+    pub fn try_reserve(&self, n: usize) -> Option<Reservation> {
+        if n == 0 {
+            return Some(Reservation(None));
+        }
+        let n = u32::try_from(n).ok()?;
+        self.shared
+            .resident
+            .clone()
+            .try_acquire_many_owned(n)
+            .ok()
+            .map(|p| Reservation(Some(p)))
+    }
+
+    /// Notifications the engine can still take in memory.
+    pub fn resident_room(&self) -> usize {
+        self.shared.resident.available_permits()
+    }
+
+    /// The most notifications the engine holds in memory (`max_resident_notifications`).
+    pub fn max_resident(&self) -> usize {
+        self.max_resident
+    }
+
+    /// [`Engine::submit`] with room taken by [`Engine::try_reserve`]; waits for room only when the reservation
+    /// is used up.
+    pub async fn submit_reserved(
+        &self,
+        notification: Notification,
+        reservation: &mut Reservation,
+    ) -> Result<(), SubmitError> {
+        match reservation.0.as_mut().and_then(|p| p.split(1)) {
+            Some(one) => {
+                one.forget();
+                self.hand_over(Queued::new(notification), None)
+            }
+            None => self.submit(notification).await,
+        }
+    }
+
+    /// Hands `item`, whose memory permit is taken, to its domain's task.
+    fn hand_over(
+        &self,
+        item: Box<Queued>,
+        delay: Option<std::time::Duration>,
+    ) -> Result<(), SubmitError> {
         let sent = self
             .domain_sender(&item.notification.domain)
             .and_then(|sender| {

@@ -136,15 +136,25 @@ pub async fn read_body(
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 Err(too_large(format!("more than {limit}"), limit))
             }
-            Err(e) => Err(ApiError::bad_request(format!(
-                "could not read the request body: {e}"
-            ))),
+            Err(e) => Err(body_error(&*e)),
         };
     }
     body.collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))
+        .map_err(|e| body_error(&e))
+}
+
+/// A body that could not be read: `408` when it took longer than the listener's `body_timeout`, else `400`.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(timeout) = c.downcast_ref::<super::server::BodyTimeout>() {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, timeout.to_string());
+        }
+        cause = c.source();
+    }
+    ApiError::bad_request(format!("could not read the request body: {e}"))
 }
 
 /// The error text for a body that did not parse as `T`: `field.path: what was wrong`, or `invalid JSON: …`.

@@ -68,9 +68,14 @@ pub async fn inject(
         batch_id: state.intake.next_id(),
         conn_id: super::conn_id(&state.intake, &parts.extensions),
     };
-    inject_batch(&state.intake, &body, &source)
-        .await
-        .map_err(ApiError::momentum)
+    inject_batch(
+        &state.intake,
+        &body,
+        &source,
+        state.limits.max_notifications,
+    )
+    .await
+    .map_err(ApiError::momentum)
 }
 
 /// What happened to one recipient.
@@ -83,6 +88,7 @@ async fn inject_batch(
     intake: &Intake,
     body: &Bytes,
     source: &Source,
+    max_notifications: usize,
 ) -> Result<Response, ApiError> {
     let request: InjectBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(describe_json_error::<InjectBody>(body, e)))?;
@@ -104,6 +110,12 @@ async fn inject_batch(
         }
         Some(r) => r,
     };
+    if recipients.len() > max_notifications {
+        return Err(super::push::too_many(recipients.len(), max_notifications));
+    }
+    intake
+        .has_room(recipients.len())
+        .map_err(super::push::refusal_error)?;
     let template = Template::parse(template);
     let mut outcomes = Vec::with_capacity(recipients.len());
     let mut batch = Vec::with_capacity(recipients.len());
@@ -115,6 +127,9 @@ async fn inject_batch(
                     notifications.iter().map(|n| n.id).collect(),
                 ));
                 batch.extend(notifications);
+                if batch.len() > max_notifications {
+                    return Err(super::push::too_many(batch.len(), max_notifications));
+                }
             }
             Err(Refusal::Temporary(m)) => return Err(ApiError::unavailable(m)),
             Err(Refusal::Permanent(m)) => {

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod inject;
+pub mod json_errors;
 pub mod push;
 pub mod router;
 pub mod server;
@@ -23,16 +24,19 @@ use axum::http::Extensions;
 use herald_conf::ListenerSettings;
 
 use crate::inbound::accept::Intake;
+use crate::inbound::doors::DoorLimits;
 use crate::queue::message::MessageId;
 
 pub use router::{ROUTES, router, router_with};
-pub use server::{TlsSetupError, serve, serve_app, tls_config};
+pub use server::{BodyTimeout, TlsSetupError, serve, serve_app, serve_limited, tls_config};
 
 /// What every handler of one listener shares.
 #[derive(Clone)]
 pub struct RestState {
     pub intake: Arc<Intake>,
     pub settings: Arc<ListenerSettings>,
+    /// The listener's limits; handlers read `max_notifications` (`max_notifications_per_request`).
+    pub limits: Arc<DoorLimits>,
 }
 
 impl RestState {
@@ -40,7 +44,14 @@ impl RestState {
         RestState {
             intake,
             settings: Arc::new(settings),
+            limits: Arc::new(DoorLimits::default()),
         }
+    }
+
+    /// The same state held to `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Arc<DoorLimits>) -> Self {
+        self.limits = limits;
+        self
     }
 }
 

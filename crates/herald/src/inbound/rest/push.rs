@@ -81,7 +81,13 @@ pub async fn push(State(state): State<RestState>, request: Request) -> Result<Re
         batch_id: state.intake.next_id(),
         conn_id: super::conn_id(&state.intake, &parts.extensions),
     };
-    let results = accept_batch(&state.intake, &body, &source).await?;
+    let results = accept_batch(
+        &state.intake,
+        &body,
+        &source,
+        state.limits.max_notifications,
+    )
+    .await?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         render_results(&results),
@@ -93,8 +99,17 @@ async fn accept_batch(
     intake: &Intake,
     body: &Bytes,
     source: &Source,
+    max_notifications: usize,
 ) -> Result<Vec<ItemResult>, ApiError> {
     let request = parse(body)?;
+    let count = request
+        .tokens
+        .as_ref()
+        .map_or(0, Vec::len)
+        .max(request.notifications.as_ref().map_or(0, Vec::len));
+    if count > max_notifications {
+        return Err(too_many(count, max_notifications));
+    }
     let domain = match request.domain.as_deref().map(str::trim) {
         None => {
             return Err(ApiError::bad_request(
@@ -112,6 +127,7 @@ async fn accept_batch(
     intake
         .check_domain(domain)
         .map_err(|e| ApiError::bad_request(format!("domain: {e}")))?;
+    intake.has_room(count).map_err(refusal_error)?;
     let opts = &request;
     let mut results = Vec::new();
     let mut accepted = Vec::new();
@@ -212,6 +228,16 @@ fn take(
         Err(Refusal::Temporary(reason)) => return Err(ApiError::unavailable(reason)),
     }
     Ok(())
+}
+
+/// 413 for a request that carries more notifications than the listener's `max_notifications_per_request`.
+pub(super) fn too_many(count: usize, max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request carries {count} notifications; this listener's max_notifications_per_request is {max}: split it into smaller requests"
+        ),
+    )
 }
 
 /// A refusal of the whole request: temporary ones are 503, the rest 400.

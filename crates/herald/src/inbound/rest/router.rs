@@ -45,6 +45,7 @@ pub fn router_with(state: RestState, extra: Router) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state, auth::guard))
+        .layer(middleware::map_response(super::json_errors::json_errors))
 }
 
 async fn healthz() -> &'static str {

@@ -1,12 +1,21 @@
 //! Runs the REST application on a TCP listener: plain HTTP/1.1 and HTTP/2 (prior knowledge), or HTTPS with
 //! ALPN when the listener has `tls_certificate` / `tls_key`. Each connection gets an id and its peer address
 //! for the handlers; on shutdown the listener stops accepting and in-flight requests finish.
+//!
+//! Every connection is held to the listener's [`DoorLimits`]: it is refused at connect beyond `max_connections`
+//! (in all, or from its client address) with a `503` where the connection is plain HTTP; it is closed when it
+//! sends nothing within `first_byte_timeout`, when a request's headers take longer than `header_timeout` from
+//! its first byte, or when it stays idle between requests for `keepalive_timeout`; a request body that takes
+//! longer than `body_timeout` fails with `408`.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -17,7 +26,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -25,11 +34,7 @@ use tower::Service;
 
 use super::{ConnId, RestState, router};
 use crate::inbound::accept::Intake;
-
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's headers (HTTP/1).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::inbound::doors::{Busy, ConnGuard, ConnLimiter, DoorLimits};
 
 /// Why the listener's TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +99,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
 }
 
 /// Serves the REST API of one `http_listener` `listen` stanza until `shutdown` turns `true` (or its sender is
-/// dropped), then waits for in-flight requests to finish.
+/// dropped), then waits for in-flight requests to finish. The listener is held to the default [`DoorLimits`].
 pub async fn serve(
     listener: TcpListener,
     settings: ListenerSettings,
@@ -106,21 +111,37 @@ pub async fn serve(
     serve_app(listener, app, intake, tls, shutdown).await
 }
 
-/// [`serve`] for an application built with [`super::router_with`] (extra routes).
+/// [`serve`] for an application built with [`super::router_with`] (extra routes), with the default limits.
 pub async fn serve_app(
     listener: TcpListener,
     app: Router,
     intake: Arc<Intake>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let limits = Arc::new(DoorLimits::default());
+    serve_limited(listener, app, intake, tls, limits, shutdown).await
+}
+
+/// [`serve_app`] held to `limits`.
+pub async fn serve_limited(
+    listener: TcpListener,
+    app: Router,
+    intake: Arc<Intake>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Arc<DoorLimits>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The connection's watchdog times out slow or idle heads on HTTP/1 and HTTP/2 alike.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(None);
+    let conns = ConnLimiter::network();
+    let mut refusals = RefusalLog::default();
     let local = listener.local_addr()?;
     tracing::info!(%local, tls = acceptor.is_some(), "REST listener accepting");
     loop {
@@ -136,13 +157,31 @@ pub async fn serve_app(
             },
             () = stopped(&mut shutdown) => break,
         };
+        let guard = match conns.admit(Some(peer.ip()), &limits) {
+            Ok(guard) => guard,
+            Err(busy) => {
+                refusals.note(local, peer, busy);
+                if acceptor.is_none() {
+                    refuse_busy(&stream, busy);
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let stream = Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        };
         let conn = Conn {
             app: app.clone(),
             peer,
             conn_id: intake.next_id(),
             builder: builder.clone(),
             watcher: graceful.watcher(),
+            limits: limits.clone(),
+            activity,
+            _guard: guard,
         };
         match &acceptor {
             None => {
@@ -150,8 +189,10 @@ pub async fn serve_app(
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
+                // The hello is the first byte, the rest of the handshake counts as the request's head.
+                let handshake = limits.first_byte_timeout + limits.header_timeout;
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => conn.run(tls).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -171,6 +212,230 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// Tells a plain-HTTP client refused at connect why, without waiting for it (best effort), then closes.
+fn refuse_busy(stream: &tokio::net::TcpStream, busy: Busy) {
+    let mut body = String::from("{\"error\":");
+    super::error::push_json_string(
+        &mut body,
+        &format!("too many connections: {busy}; try again later"),
+    );
+    body.push('}');
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
+}
+
+/// Logs refused connections at most once a second per listener, with how many were refused meanwhile.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, local: SocketAddr, peer: SocketAddr, busy: Busy) {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(%local, %peer, refused = self.since, "REST connection refused: {busy}");
+        self.last = Some(Instant::now());
+        self.since = 0;
+    }
+}
+
+/// No time recorded.
+const NONE: u64 = u64::MAX;
+
+/// What a connection's watchdog looks at: open requests, when the connection last became idle, and when a byte
+/// last arrived while it was idle (a request on its way).
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    /// Milliseconds since `start` when the last request finished (0: the connection's start).
+    idle_since: AtomicU64,
+    /// Milliseconds since `start` of the first byte read since the connection became idle; [`NONE`] if none.
+    first_byte: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            first_byte: AtomicU64::new(NONE),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn read_some(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.first_byte.load(Ordering::Relaxed) == NONE
+        {
+            let _ = self.first_byte.compare_exchange(
+                NONE,
+                self.now(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn request_started(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// Waits until the connection broke one of its timeouts; returns the option's name.
+    async fn watchdog(&self, limits: &DoorLimits) -> &'static str {
+        let shortest = limits
+            .first_byte_timeout
+            .min(limits.header_timeout)
+            .min(limits.keepalive_timeout);
+        let tick = (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE - 1);
+        loop {
+            tokio::time::sleep(tick).await;
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                continue;
+            }
+            let now = self.now();
+            let first = self.first_byte.load(Ordering::Relaxed);
+            if first != NONE {
+                if now.saturating_sub(first) > ms(limits.header_timeout) {
+                    return "header_timeout";
+                }
+                continue;
+            }
+            let idle = now.saturating_sub(self.idle_since.load(Ordering::Relaxed));
+            let (limit, name) = if self.requests.load(Ordering::Relaxed) == 0 {
+                (limits.first_byte_timeout, "first_byte_timeout")
+            } else {
+                (limits.keepalive_timeout, "keepalive_timeout")
+            };
+            if idle > ms(limit) {
+                return name;
+            }
+        }
+    }
+}
+
+/// One open request; when the last one ends the connection is idle again.
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            a.idle_since.store(a.now(), Ordering::Relaxed);
+            a.first_byte.store(NONE, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The TCP stream of a connection, noting when bytes arrive.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read_some();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A request body that fails with [`BodyTimeout`] when it has not arrived in full within `body_timeout` of the
+/// headers.
+struct TimedBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+/// The request body took longer than the listener's `body_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request body did not arrive within {} s (this listener's body_timeout)", .0.as_secs())]
+pub struct BodyTimeout(pub Duration);
+
+impl hyper::body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout(self.limit)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// One accepted connection.
 struct Conn {
     app: Router,
@@ -178,6 +443,9 @@ struct Conn {
     conn_id: crate::queue::message::MessageId,
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
+    limits: Arc<DoorLimits>,
+    activity: Arc<Activity>,
+    _guard: ConnGuard,
 }
 
 impl Conn {
@@ -191,17 +459,40 @@ impl Conn {
             conn_id,
             builder,
             watcher,
+            limits,
+            activity,
+            _guard,
         } = self;
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let body_timeout = limits.body_timeout;
+        let requests = activity.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let open = requests.request_started();
+            let mut request = request.map(|inner| TimedBody {
+                inner,
+                deadline: Box::pin(tokio::time::sleep(body_timeout)),
+                limit: body_timeout,
+            });
             let extensions = request.extensions_mut();
             extensions.insert(ConnectInfo(peer));
             extensions.insert(ConnId(conn_id));
             let mut app = app.clone();
-            async move { app.call(request).await }
+            async move {
+                let response = app.call(request).await;
+                drop(open);
+                response
+            }
         });
+        let stream = super::json_errors::JsonErrorIo::new(stream);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        if let Err(e) = watcher.watch(connection.into_owned()).await {
-            tracing::debug!(%peer, error = %e, "REST connection ended with an error");
+        tokio::select! {
+            ended = watcher.watch(connection.into_owned()) => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "REST connection ended with an error");
+                }
+            }
+            option = activity.watchdog(&limits) => {
+                tracing::debug!(%peer, "REST connection closed: {option} passed");
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The limits an ESMTP session is held to, and how they are read from a `listen` stanza (falling back to its
 //! `esmtp_listener`, then to the option table's default): `max_message_size`, `max_recipients_per_message`,
-//! `max_line_length` and `timeout`. The server name and the session cap are not configuration options; they keep
-//! the defaults here unless a program sets them.
+//! `max_line_length`, `timeout`, `max_connections`, `max_connections_per_client` and
+//! `max_notifications_per_message`. The server name is not a configuration option.
 
 use std::time::Duration;
 
@@ -24,8 +24,13 @@ pub struct SmtpLimits {
     pub idle_timeout: Duration,
     /// The name herald gives itself in the greeting and in EHLO.
     pub hostname: String,
-    /// Open sessions per listener; a client beyond it gets `421 4.7.0` at connect.
+    /// Open sessions per listener; a client beyond it gets `421 4.7.0` at connect. `max_connections`.
     pub max_connections: usize,
+    /// Open sessions per client address; beyond it `421 4.7.0`. `max_connections_per_client`.
+    pub max_connections_per_client: usize,
+    /// Notifications one message may become (push parts × recipients); beyond it `552 5.3.4`.
+    /// `max_notifications_per_message`.
+    pub max_notifications: usize,
 }
 
 /// Default `SIZE` (`max_message_size`): 10 MiB.
@@ -34,8 +39,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
 /// RFC 5321's text line limit, CRLF included (`max_line_length`).
 pub const DEFAULT_MAX_LINE: usize = 1000;
-/// Default open sessions per listener.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 2000;
+/// Default open sessions per listener (`max_connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = crate::inbound::doors::DEFAULT_MAX_CONNECTIONS;
 /// Default idle timeout: Momentum's documented `timeout` default, which herald applies to every listener it reads
 /// `timeout` for (docs/smtp.md explains why not RFC 5321's 5 minutes).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,13 +55,15 @@ impl Default for SmtpLimits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             hostname: "herald".into(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: crate::inbound::doors::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            max_notifications: crate::inbound::doors::DEFAULT_MAX_NOTIFICATIONS,
         }
     }
 }
 
 impl SmtpLimits {
     /// The limits of one ESMTP `listen` stanza: each option is read from the stanza, else from the
-    /// `esmtp_listener`, else its default; `hostname` and `max_connections` keep their defaults.
+    /// `esmtp_listener`, else its default; `hostname` keeps its default.
     pub fn from_config(config: &Config, listener: &ListenerSettings) -> SmtpLimits {
         let path = ScopePath::global()
             .then(ScopeKind::EsmtpListener, None)
@@ -68,7 +75,13 @@ impl SmtpLimits {
                 .and_then(|v| v.as_int())
                 .and_then(|n| u64::try_from(n).ok())
         };
-        let mut limits = SmtpLimits::default();
+        let doors = crate::inbound::doors::DoorLimits::from_config(config, listener);
+        let mut limits = SmtpLimits {
+            max_connections: doors.max_connections,
+            max_connections_per_client: doors.max_connections_per_client,
+            max_notifications: doors.max_notifications,
+            ..SmtpLimits::default()
+        };
         if let Some(n) = int("max_message_size").filter(|n| *n > 0) {
             limits.max_message_size = n;
         }

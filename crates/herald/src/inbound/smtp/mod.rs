@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::accept::Intake;
+use super::doors::{ConnLimiter, DoorLimits};
 pub use limits::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LINE, DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_RECIPIENTS, SmtpLimits,
@@ -101,6 +102,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
+    let conns = ConnLimiter::network();
     loop {
         if *shutdown.borrow() {
             break;
@@ -112,11 +114,23 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let limits = config.borrow().limits.clone();
-                    if sessions.len() >= limits.max_connections {
-                        tracing::info!(%peer, open = sessions.len(), "ESMTP connection refused: too many sessions");
-                        tokio::spawn(session::refuse_busy(stream, limits));
-                        continue;
-                    }
+                    let caps = DoorLimits {
+                        max_connections: limits.max_connections,
+                        max_connections_per_client: limits.max_connections_per_client,
+                        ..DoorLimits::default()
+                    };
+                    let guard = match conns.admit(Some(peer.ip()), &caps) {
+                        Ok(guard) => guard,
+                        Err(busy) => {
+                            tracing::debug!(%peer, "ESMTP connection refused: {busy}");
+                            // Say why, but never wait long on a client that does not read.
+                            tokio::spawn(tokio::time::timeout(
+                                Duration::from_secs(2),
+                                session::refuse_busy(stream, limits, busy),
+                            ));
+                            continue;
+                        }
+                    };
                     let session = session::Session::new(
                         stream,
                         peer,
@@ -124,7 +138,10 @@ pub async fn serve(
                         intake.clone(),
                         shutdown.clone(),
                     );
-                    sessions.spawn(session.run());
+                    sessions.spawn(async move {
+                        let _slot = guard;
+                        session.run().await
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "ESMTP accept failed");

@@ -256,6 +256,10 @@ impl Session {
                 format!("message size {size} exceeds the limit of {max} bytes"),
             );
         }
+        // Back-pressure: while the queue is full in memory, say so before the client sends the message.
+        if let Err(Refusal::Temporary(text) | Refusal::Permanent(text)) = self.intake.has_room(1) {
+            return Reply::new(452, "4.3.1", text);
+        }
         let reply = Reply::new(250, "2.1.0", format!("sender <{from}> ok"));
         self.envelope.from = Some(from);
         reply
@@ -362,7 +366,21 @@ impl Session {
         let host = limits.hostname.clone();
         let mut message = Vec::with_capacity(4096);
         let (mut too_big, mut long_line, mut bare_lf) = (false, false, false);
+        // Each line must come within `timeout`, and the whole message within DATA_TIMEOUTS of them (RFC 5321
+        // §4.5.3.2.6: 10 minutes with the default), so a client trickling lines cannot hold a session for good.
+        let data_limit = limits.idle_timeout.saturating_mul(DATA_TIMEOUTS);
+        let data_deadline = std::time::Instant::now() + data_limit;
         loop {
+            if std::time::Instant::now() > data_deadline {
+                return Step::Close(Reply::new(
+                    421,
+                    "4.4.2",
+                    format!(
+                        "{host}: the message did not arrive within {} s ({DATA_TIMEOUTS} × this listener's timeout); closing",
+                        data_limit.as_secs()
+                    ),
+                ));
+            }
             let line = match self.next(limits.max_text_line).await {
                 Err(_) | Ok(Event::Read(ReadLine::Eof)) => return Step::Gone,
                 Ok(Event::Shutdown) => return Step::Close(shutting_down(&host)),
@@ -468,6 +486,27 @@ impl Session {
                 return unknown_domain(rcpt, &e);
             }
         }
+        let count = message
+            .push_parts
+            .len()
+            .saturating_mul(envelope.recipients.len());
+        if count > self.config.limits.max_notifications {
+            return Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "the message would make {count} notifications ({} push parts × {} recipients); this listener's max_notifications_per_message is {}",
+                    message.push_parts.len(),
+                    envelope.recipients.len(),
+                    self.config.limits.max_notifications
+                ),
+            );
+        }
+        if let Err(Refusal::Temporary(text) | Refusal::Permanent(text)) =
+            self.intake.has_room(count)
+        {
+            return temporary(text);
+        }
         let subs = message.submissions(&envelope.recipients, &from);
         let mut batch = Vec::with_capacity(subs.len());
         for s in subs {
@@ -501,14 +540,21 @@ impl Session {
 }
 
 /// Tells a client over the listener's session limit to come back later, and closes.
-pub(crate) async fn refuse_busy(stream: TcpStream, limits: super::SmtpLimits) {
+/// How many idle timeouts (`timeout`) the whole message of a DATA command may take.
+pub const DATA_TIMEOUTS: u32 = 10;
+
+pub(crate) async fn refuse_busy(
+    stream: TcpStream,
+    limits: super::SmtpLimits,
+    busy: crate::inbound::doors::Busy,
+) {
     let mut io = LineIo::new(stream);
     Reply::new(
         421,
         "4.7.0",
         format!(
-            "{}: too many connections (limit {}); try again later",
-            limits.hostname, limits.max_connections
+            "{}: too many connections ({busy}); try again later",
+            limits.hostname
         ),
     )
     .write_to(io.queue());
@@ -518,7 +564,11 @@ pub(crate) async fn refuse_busy(stream: TcpStream, limits: super::SmtpLimits) {
 /// A temporary refusal: `452 4.3.1` when storage is full (RFC 3463 "mail system full"), else `451 4.3.0`.
 fn temporary(text: String) -> Reply {
     let lower = text.to_ascii_lowercase();
-    if lower.contains("no space") || lower.contains("disk full") || lower.contains("storage full") {
+    if lower.contains("no space")
+        || lower.contains("disk full")
+        || lower.contains("storage full")
+        || lower.contains("queue full")
+    {
         Reply::new(452, "4.3.1", text)
     } else {
         Reply::new(451, "4.3.0", text)

@@ -1,0 +1,345 @@
+//! What every listener holds its clients to before any protocol starts: how many connections it keeps open in
+//! all and per client address (`max_connections`, `max_connections_per_client`), the HTTP timeouts
+//! (`first_byte_timeout`, `header_timeout`, `body_timeout`, `keepalive_timeout`), and the process-wide budget
+//! of file descriptors network clients may use, which leaves a reserve for the spool, the logs and the console.
+//!
+//! [`raise_fd_limit`] runs once at start: it raises the soft `RLIMIT_NOFILE` to the hard limit and sets the
+//! budget to that limit minus [`FD_RESERVE`]. Every ESMTP and HTTP connection takes a slot of the budget, its
+//! listener's and its client's ([`ConnLimiter::admit`]); the control listener counts against its own caps only,
+//! so a console still connects while the network listeners are full.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_conf::{Config, ListenerKind, ListenerSettings, ScopeKind, ScopePath};
+
+/// Descriptors kept out of the network budget: the spool, logs, outbound APNs connections, the console.
+pub const FD_RESERVE: usize = 512;
+/// Default `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Default `max_connections_per_client`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 100;
+/// Default `first_byte_timeout`.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `header_timeout`.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `body_timeout`.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `keepalive_timeout`.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `max_notifications_per_request` and `max_notifications_per_message`.
+pub const DEFAULT_MAX_NOTIFICATIONS: usize = 100_000;
+
+/// Network connections (ESMTP and HTTP) open in the whole process.
+static NETWORK_OPEN: AtomicUsize = AtomicUsize::new(0);
+/// How many network connections the descriptor limit allows; set by [`raise_fd_limit`].
+static NETWORK_BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// What [`raise_fd_limit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLimits {
+    /// The soft limit before.
+    pub before: u64,
+    /// The soft limit now.
+    pub soft: u64,
+    pub hard: u64,
+    /// Network connections allowed at once in the whole process.
+    pub network_budget: usize,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit where the system allows it, and sets the budget of network
+/// connections to the soft limit minus [`FD_RESERVE`] (at least 64). Returns what it found and did.
+pub fn raise_fd_limit() -> std::io::Result<FdLimits> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    let soft: u64 = limit.rlim_cur;
+    let budget = usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(FD_RESERVE)
+        .max(64);
+    NETWORK_BUDGET.store(budget, Ordering::Relaxed);
+    Ok(FdLimits {
+        before,
+        soft,
+        hard: limit.rlim_max,
+        network_budget: budget,
+    })
+}
+
+/// The limits of one `listen` stanza, read from it, else its listener, else the option table's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoorLimits {
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// HTTP: how long a new connection may send nothing.
+    pub first_byte_timeout: Duration,
+    /// HTTP: how long a request's headers may take from its first byte.
+    pub header_timeout: Duration,
+    /// HTTP: how long a request's body may take once the headers arrived.
+    pub body_timeout: Duration,
+    /// HTTP: how long a connection may stay idle between requests.
+    pub keepalive_timeout: Duration,
+    /// Notifications one request (`max_notifications_per_request`) or message (`max_notifications_per_message`)
+    /// may carry.
+    pub max_notifications: usize,
+}
+
+impl Default for DoorLimits {
+    fn default() -> Self {
+        DoorLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            max_notifications: DEFAULT_MAX_NOTIFICATIONS,
+        }
+    }
+}
+
+impl DoorLimits {
+    /// The limits of `listener` as `config` has them.
+    pub fn from_config(config: &Config, listener: &ListenerSettings) -> DoorLimits {
+        let scope = match listener.kind {
+            ListenerKind::Esmtp => ScopeKind::EsmtpListener,
+            ListenerKind::Http => ScopeKind::HttpListener,
+            ListenerKind::Control => ScopeKind::ControlListener,
+            ListenerKind::Ecstream => ScopeKind::EcstreamListener,
+        };
+        let path = ScopePath::global()
+            .then(scope, None)
+            .then(ScopeKind::Listen, Some(&listener.address));
+        let int = |name: &str| -> Option<u64> {
+            config
+                .eval(&path, name)
+                .ok()
+                .and_then(|v| v.as_int())
+                .and_then(|n| u64::try_from(n).ok())
+                .filter(|n| *n > 0)
+        };
+        let count = |name: &str, default: usize| {
+            int(name)
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(default)
+        };
+        let secs = |name: &str, default: Duration| int(name).map_or(default, Duration::from_secs);
+        let mut limits = DoorLimits {
+            max_connections: count("max_connections", DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_client: count(
+                "max_connections_per_client",
+                DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            ),
+            ..DoorLimits::default()
+        };
+        match listener.kind {
+            ListenerKind::Http => {
+                limits.first_byte_timeout = secs("first_byte_timeout", DEFAULT_FIRST_BYTE_TIMEOUT);
+                limits.header_timeout = secs("header_timeout", DEFAULT_HEADER_TIMEOUT);
+                limits.body_timeout = secs("body_timeout", DEFAULT_BODY_TIMEOUT);
+                limits.keepalive_timeout = secs("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT);
+                limits.max_notifications =
+                    count("max_notifications_per_request", DEFAULT_MAX_NOTIFICATIONS);
+            }
+            ListenerKind::Esmtp => {
+                limits.max_notifications =
+                    count("max_notifications_per_message", DEFAULT_MAX_NOTIFICATIONS);
+            }
+            ListenerKind::Control | ListenerKind::Ecstream => {}
+        }
+        limits
+    }
+}
+
+/// Why a connection was refused at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Busy {
+    #[error("this listener holds {0} connections, its max_connections")]
+    Listener(usize),
+    #[error("this client holds {0} connections, the listener's max_connections_per_client")]
+    Client(usize),
+    #[error("herald holds {0} network connections, all its file descriptors allow")]
+    Process(usize),
+}
+
+/// Counts the open connections of one listener, in all and per client address.
+#[derive(Debug)]
+pub struct ConnLimiter {
+    /// Whether connections also count against the process's network budget (ESMTP, HTTP; not control).
+    network: bool,
+    open: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+impl ConnLimiter {
+    /// A limiter for a network listener (ESMTP, HTTP): its connections count against the process budget too.
+    pub fn network() -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            network: true,
+            open: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// A limiter for a control listener: only its own caps apply, so a console gets in when the others are full.
+    pub fn control() -> Arc<ConnLimiter> {
+        Arc::new(ConnLimiter {
+            network: false,
+            open: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
+    /// Takes a slot for a connection from `client`, or says which cap is reached. The slot is given back when
+    /// the guard is dropped.
+    pub fn admit(
+        self: &Arc<Self>,
+        client: Option<IpAddr>,
+        limits: &DoorLimits,
+    ) -> Result<ConnGuard, Busy> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.total >= limits.max_connections {
+            return Err(Busy::Listener(open.total));
+        }
+        if let Some(ip) = client {
+            let n = open.per_client.get(&ip).copied().unwrap_or(0);
+            if n >= limits.max_connections_per_client {
+                return Err(Busy::Client(n));
+            }
+        }
+        if self.network {
+            let budget = NETWORK_BUDGET.load(Ordering::Relaxed);
+            let taken = NETWORK_OPEN.fetch_add(1, Ordering::Relaxed);
+            if taken >= budget {
+                NETWORK_OPEN.fetch_sub(1, Ordering::Relaxed);
+                return Err(Busy::Process(taken));
+            }
+        }
+        open.total += 1;
+        if let Some(ip) = client {
+            *open.per_client.entry(ip).or_insert(0) += 1;
+        }
+        Ok(ConnGuard {
+            limiter: self.clone(),
+            client,
+        })
+    }
+}
+
+/// One admitted connection; dropping it frees its slots.
+#[derive(Debug)]
+pub struct ConnGuard {
+    limiter: Arc<ConnLimiter>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut open = self.limiter.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(ip) = self.client
+            && let Some(n) = open.per_client.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.per_client.remove(&ip);
+            }
+        }
+        if self.limiter.network {
+            NETWORK_OPEN.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_per_listener_and_per_client_are_given_back_on_drop() {
+        let limits = DoorLimits {
+            max_connections: 3,
+            max_connections_per_client: 2,
+            ..DoorLimits::default()
+        };
+        let l = ConnLimiter::control();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = l.admit(Some(a), &limits).unwrap();
+        let _a2 = l.admit(Some(a), &limits).unwrap();
+        assert_eq!(l.admit(Some(a), &limits).unwrap_err(), Busy::Client(2));
+        let _b1 = l.admit(Some(b), &limits).unwrap();
+        assert_eq!(l.admit(Some(b), &limits).unwrap_err(), Busy::Listener(3));
+        drop(a1);
+        assert_eq!(l.open(), 2);
+        let _a3 = l.admit(Some(a), &limits).unwrap();
+        let err = l.admit(None, &limits).unwrap_err();
+        assert!(err.to_string().contains("max_connections"), "{err}");
+    }
+
+    #[test]
+    fn limits_come_from_the_listen_stanza_then_the_listener() {
+        let config = Config::parse_str(
+            "t.conf",
+            r#"http_listener {
+                 max_connections = 7
+                 body_timeout = 3
+                 listen "127.0.0.1:1" { max_connections_per_client = 2 keepalive_timeout = 0 }
+               }
+               esmtp_listener { listen "127.0.0.1:2" { max_notifications_per_message = 9 } }"#,
+        )
+        .unwrap();
+        let listeners = config.listeners();
+        let http = DoorLimits::from_config(&config, &listeners[0]);
+        assert_eq!(http.max_connections, 7);
+        assert_eq!(http.max_connections_per_client, 2);
+        assert_eq!(http.body_timeout, Duration::from_secs(3));
+        assert_eq!(
+            http.keepalive_timeout, DEFAULT_KEEPALIVE_TIMEOUT,
+            "0 = default"
+        );
+        assert_eq!(http.max_notifications, DEFAULT_MAX_NOTIFICATIONS);
+        let smtp = listeners
+            .iter()
+            .find(|l| l.kind == ListenerKind::Esmtp)
+            .unwrap();
+        let smtp = DoorLimits::from_config(&config, smtp);
+        assert_eq!(smtp.max_notifications, 9);
+        assert_eq!(smtp.max_connections, DEFAULT_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_limit() {
+        let limits = raise_fd_limit().unwrap();
+        assert!(limits.soft >= limits.before);
+        assert!(limits.network_budget >= 64);
+    }
+}
