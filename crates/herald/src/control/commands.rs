@@ -403,6 +403,17 @@ fn summary(server: &Server) -> String {
         ),
     );
     row(&mut out, "Uptime", duration_words(s.uptime));
+    let spool = server.spool.stats();
+    let state = if !spool.unwritable {
+        "writable".to_owned()
+    } else if spool.disk_full {
+        "refusing new notifications: disk full (held ones are still delivered)".to_owned()
+    } else {
+        "refusing new notifications: the store refuses writes (held ones are still delivered)"
+            .to_owned()
+    };
+    row(&mut out, "Spool State", state);
+    row(&mut out, "Spool Pending Removals", spool.pending_removals);
     out
 }
 
