@@ -174,9 +174,14 @@ impl<T: Send + 'static> Dispatcher<T> {
                         last_activity = Instant::now();
                         let (token_used, auth) = self.authorization(&mut auth_cache);
                         match self.start(job.request, auth) {
-                            Ok(response) => in_flight.push(await_answer(
+                            Ok(Ok(response)) => in_flight.push(await_answer(
                                 response, job.tag, token_used, self.opts.response_timeout)),
-                            Err(e) => {
+                            // A value no header can carry is refused as APNs would, never sent without it.
+                            Err(rejection) => {
+                                tracing::warn!(conn = self.info.id, ?rejection, "request not sent: a header value is not valid");
+                                self.sink.report(job.tag, PushResult::Rejected(rejection), &self.info);
+                            }
+                            Ok(Err(e)) => {
                                 tracing::debug!(conn = self.info.id, error = %e, "stream could not open");
                                 self.sink.report(job.tag, PushResult::NotSent(not_sent_reason(&e)), &self.info);
                                 taking = false;
@@ -293,20 +298,39 @@ impl<T: Send + 'static> Dispatcher<T> {
         &mut self,
         req: PushRequest,
         auth: Option<HeaderValue>,
+    ) -> Result<Result<ResponseFuture, h2::Error>, Rejection> {
+        let request = build_request(&self.authority, &req, auth)?;
+        Ok(self.send_request(request, req.payload))
+    }
+
+    fn send_request(
+        &mut self,
+        request: Request<()>,
+        payload: bytes::Bytes,
     ) -> Result<ResponseFuture, h2::Error> {
-        let request = build_request(&self.authority, &req, auth);
         let (response, mut stream) = self.send.send_request(request, false)?;
-        stream.send_data(req.payload, true)?;
+        stream.send_data(payload, true)?;
         Ok(response)
     }
 }
 
-/// Builds the request headers in a stable order, so HPACK indexes the values that repeat (apns.md §3.3).
+/// A header value, or the rejection APNs gives for a bad one (`reason`): herald refuses such values at the door,
+/// so this guards what could only come from an old spool record.
+fn header_value(value: &str, reason: &str) -> Result<HeaderValue, Rejection> {
+    HeaderValue::from_str(value).map_err(|_| Rejection::Http {
+        status: 400,
+        reason: reason.to_owned(),
+        timestamp_ms: None,
+    })
+}
+
+/// Builds the request headers in a stable order, so HPACK indexes the values that repeat (apns.md §3.3). A
+/// value that cannot be sent as given refuses the request; nothing is dropped or changed.
 fn build_request(
     authority: &Authority,
     req: &PushRequest,
     auth: Option<HeaderValue>,
-) -> Request<()> {
+) -> Result<Request<()>, Rejection> {
     let mut path = String::with_capacity(10 + 2 * req.token.len());
     path.push_str("/3/device/");
     req.token.write_hex(&mut path);
@@ -322,12 +346,8 @@ fn build_request(
     if let Some(auth) = auth {
         headers.insert(AUTHORIZATION, auth);
     }
-    if let Some(topic) = req
-        .topic
-        .as_deref()
-        .and_then(|t| HeaderValue::from_str(t).ok())
-    {
-        headers.insert(APNS_TOPIC.clone(), topic);
+    if let Some(topic) = req.topic.as_deref() {
+        headers.insert(APNS_TOPIC.clone(), header_value(topic, "BadTopic")?);
     }
     if let Some(push_type) = req.push_type {
         headers.insert(
@@ -344,21 +364,16 @@ fn build_request(
     if let Some(expiration) = req.expiration {
         headers.insert(APNS_EXPIRATION.clone(), HeaderValue::from(expiration));
     }
-    if let Some(collapse) = req
-        .collapse_id
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
-        headers.insert(APNS_COLLAPSE_ID.clone(), collapse);
+    if let Some(collapse) = req.collapse_id.as_deref() {
+        headers.insert(
+            APNS_COLLAPSE_ID.clone(),
+            header_value(collapse, "BadCollapseId")?,
+        );
     }
-    if let Some(id) = req
-        .apns_id
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
-        headers.insert(APNS_ID.clone(), id);
+    if let Some(id) = req.apns_id.as_deref() {
+        headers.insert(APNS_ID.clone(), header_value(id, "BadMessageId")?);
     }
-    request
+    Ok(request)
 }
 
 fn not_sent_reason(e: &h2::Error) -> NotSentReason {
