@@ -274,3 +274,165 @@ fn serve_warns_about_risky_listeners_at_start() {
         );
     }
 }
+
+/// Runs herald with `args`, failing the test if it has not finished within 20 s (a FIFO must not hang it).
+fn herald_within_deadline(args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env_remove("HERALD_CONSOLE_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("herald {args:?} did not finish within 20 s");
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+}
+
+/// A file that is not a configuration, with a line that must never be echoed.
+const NOT_A_CONFIG: &str =
+    "root:$6$Sekr1tSaltHash$abcdefghijklmnop:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n";
+
+#[test]
+fn check_refuses_fifos_devices_huge_files_and_never_quotes_a_file_that_is_not_a_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.conf");
+    mkfifo(&fifo);
+    let o = herald_within_deadline(&["check", "-c", fifo.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("not a regular file (a FIFO)"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = herald_within_deadline(&["check", "-c", "/dev/zero"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("not a regular file (a device)"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Sparse: 17 MiB that take no room.
+    let huge = dir.path().join("huge.conf");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    let o = herald_within_deadline(&["check", "-c", huge.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("larger than 16777216 bytes"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let shadow = dir.path().join("shadow");
+    std::fs::write(&shadow, NOT_A_CONFIG).unwrap();
+    let o = herald_within_deadline(&["check", "-c", shadow.to_str().unwrap()]);
+    let all = text(&o.stdout) + &text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        all.contains("does not look like a herald configuration"),
+        "{all}"
+    );
+    assert!(!all.contains("Sekr1t") && !all.contains("root"), "{all}");
+
+    // The same limits hold for includes.
+    let main = dir.path().join("main.conf");
+    std::fs::write(
+        &main,
+        format!(
+            "spool_dir = \"{}\"\ninclude \"{}\"\ninclude \"{}\"\ninclude \"{}\"\n",
+            dir.path().join("spool").display(),
+            fifo.display(),
+            huge.display(),
+            shadow.display()
+        ),
+    )
+    .unwrap();
+    let o = herald_within_deadline(&["check", "-c", main.to_str().unwrap()]);
+    let all = text(&o.stdout) + &text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        all.contains("a FIFO") && all.contains("larger than"),
+        "{all}"
+    );
+    assert!(
+        all.contains("does not look like a herald configuration"),
+        "{all}"
+    );
+    assert!(!all.contains("Sekr1t"), "{all}");
+}
+
+#[test]
+fn console_config_reload_of_another_path_is_limited_quoted_safely_and_logged_with_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let mut daemon = serve(&config);
+    let sock = dir.path().join("control.sock");
+    let sock = sock.to_str().unwrap();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let shadow = dir.path().join("shadow");
+    std::fs::write(&shadow, NOT_A_CONFIG).unwrap();
+
+    for (path, want) in [
+        (fifo.to_str().unwrap(), "not a regular file (a FIFO)"),
+        ("/dev/zero", "not a regular file (a device)"),
+        (
+            shadow.to_str().unwrap(),
+            "does not look like a herald configuration",
+        ),
+    ] {
+        let o = herald_within_deadline(&["console", sock, "config", "reload", path]);
+        let all = text(&o.stdout) + &text(&o.stderr);
+        assert!(!o.status.success(), "{all}");
+        assert!(all.contains(want), "{path}: {all}");
+        assert!(!all.contains("Sekr1t"), "{all}");
+        // Still answering.
+        let o = herald_within_deadline(&["console", sock, "version"]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    // A real configuration under another name is still allowed.
+    let copy = dir.path().join("copy.conf");
+    std::fs::copy(&config, &copy).unwrap();
+    let o = herald_within_deadline(&["console", sock, "config", "reload", copy.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stdout) + &text(&o.stderr));
+
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+    let mut err = String::new();
+    if let Some(mut stderr) = daemon.0.stderr.take() {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut err);
+    }
+    assert!(!err.contains("Sekr1t"), "{err}");
+    let logged = err
+        .lines()
+        .filter(|l| l.contains("reloads the configuration from"))
+        .collect::<Vec<_>>();
+    assert_eq!(logged.len(), 4, "{err}");
+    assert!(
+        logged.iter().all(|l| l.contains("unix client uid=")),
+        "{logged:?}"
+    );
+    assert!(
+        logged[0].contains(&fifo.display().to_string()),
+        "{logged:?}"
+    );
+}
