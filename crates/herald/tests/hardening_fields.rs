@@ -97,10 +97,11 @@ const PUSH_TYPES: &[&str] = &[
 
 fn fields() -> impl Strategy<Value = Fields> {
     let push_type = prop::option::of(prop::sample::select(PUSH_TYPES));
+    // Weighted so that about one case in six is valid in every field and reaches the simulator.
     let priority = prop_oneof![
-        Just(None),
-        prop::sample::select(vec![1u8, 5, 10]).prop_map(Some),
-        any::<u8>().prop_map(Some),
+        2 => Just(None),
+        2 => prop::sample::select(vec![1u8, 5, 10]).prop_map(Some),
+        1 => any::<u8>().prop_map(Some),
     ];
     // A past expiration is accepted and then expires unsent (logged), so valid ones here are 0 or in the future.
     let now = std::time::SystemTime::now()
@@ -108,28 +109,28 @@ fn fields() -> impl Strategy<Value = Fields> {
         .unwrap()
         .as_secs();
     let expiration = prop_oneof![
-        Just(None),
-        Just(Some(0)),
-        (now + 3600..=u64::from(u32::MAX)).prop_map(Some),
-        (u64::from(u32::MAX) + 1..=u64::MAX).prop_map(Some),
-        Just(Some(u64::from(u32::MAX))),
-        Just(Some(u64::from(u32::MAX) + 1)),
+        2 => Just(None),
+        1 => Just(Some(0)),
+        2 => (now + 3600..=u64::from(u32::MAX)).prop_map(Some),
+        1 => (u64::from(u32::MAX) + 1..=u64::MAX).prop_map(Some),
+        1 => Just(Some(u64::from(u32::MAX))),
+        1 => Just(Some(u64::from(u32::MAX) + 1)),
     ];
     let collapse_id = prop_oneof![
-        Just(None),
-        "[a-zA-Z0-9._-]{1,64}".prop_map(Some),
-        "[a-z]{60,70}".prop_map(Some),
-        "[a-z \\t\\r\\n\\x00\\x7f\\x1b]{1,8}".prop_map(Some),
-        prop::collection::vec(any::<char>(), 0..40).prop_map(|c| Some(c.into_iter().collect())),
+        3 => Just(None),
+        3 => "[a-zA-Z0-9._-]{1,64}".prop_map(Some),
+        1 => "[a-z]{60,70}".prop_map(Some),
+        1 => "[a-z \\t\\r\\n\\x00\\x7f\\x1b]{1,8}".prop_map(Some),
+        1 => prop::collection::vec(any::<char>(), 0..40).prop_map(|c| Some(c.into_iter().collect())),
     ];
     let apns_id = prop_oneof![
-        Just(None),
-        "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}".prop_map(Some),
-        "[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}".prop_map(Some),
-        "[0-9a-z-]{0,40}".prop_map(Some),
+        2 => Just(None),
+        2 => "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}".prop_map(Some),
+        1 => "[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}".prop_map(Some),
+        1 => "[0-9a-z-]{0,40}".prop_map(Some),
     ];
     // 0: the domain's default topic, 1: the push type's topic, 2: a topic with a space, 3: empty.
-    let topic = 0u8..4;
+    let topic = prop_oneof![2 => Just(0u8), 3 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)];
     (push_type, priority, expiration, collapse_id, apns_id, topic).prop_map(
         |(push_type, priority, expiration, collapse_id, apns_id, topic)| {
             let bundle_topic = match push_type.and_then(|p: &str| p.parse::<PushType>().ok()) {

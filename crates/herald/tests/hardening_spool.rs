@@ -375,8 +375,9 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
     // The disk fills while herald runs: refused again, and again it recovers by itself.
     let filler = fill(&spool);
     let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, text) = post(&daemon.http, &[token(2000)]).await;
+    for attempt in 0.. {
+        // A fresh token each time: one accepted while a few blocks were left is delivered once, like the others.
+        let (status, text) = post(&daemon.http, &[token(2000 + attempt)]).await;
         if status == 503 {
             break;
         }
