@@ -32,8 +32,6 @@ pub enum NotificationError {
     Attribute(#[from] PushError),
     #[error(transparent)]
     Payload(#[from] PayloadError),
-    #[error("expiration {0} does not fit the binary protocol's 32-bit expiry field")]
-    ExpirationTooLarge(u64),
 }
 
 /// Checks every part and returns the parsed device token.
@@ -47,9 +45,9 @@ pub fn validate_notification(
     token.check_apns()?;
     if parts.protocol == Protocol::Binary {
         token.check_binary()?;
-        if let Some(exp) = parts.expiration.filter(|&e| u32::try_from(e).is_err()) {
-            return Err(NotificationError::ExpirationTooLarge(exp));
-        }
+    }
+    if let Some(exp) = parts.expiration {
+        push::validate_expiration(exp)?;
     }
     if let Some(topic) = parts.topic {
         push::validate_topic(topic, parts.push_type)?;
@@ -58,7 +56,7 @@ pub fn validate_notification(
         push::validate_collapse_id(id)?;
     }
     if let Some(id) = parts.apns_id {
-        push::validate_apns_id(id)?;
+        push::validate_canonical_apns_id(id)?;
     }
     payload::validate(
         parts.payload,
@@ -174,21 +172,54 @@ mod tests {
     }
 
     #[test]
-    fn binary_expiry_must_fit_32_bits() {
-        // apns.md §1.3/§1.4: expiry is a u32.
-        let late = NotificationParts {
-            protocol: Protocol::Binary,
-            expiration: Some(1 << 32),
+    fn expiry_must_fit_32_bits_on_both_protocols() {
+        // apns.md §1.3/§1.4: the binary expiry is a u32; herald keeps the HTTP/2 one in the same range rather than
+        // change it after acceptance.
+        for protocol in [Protocol::Binary, Protocol::Http2] {
+            let late = NotificationParts {
+                protocol,
+                expiration: Some(1 << 32),
+                ..parts()
+            };
+            let e = validate_notification(&late).unwrap_err();
+            assert_eq!(
+                e,
+                NotificationError::Attribute(PushError::ExpirationOutOfRange(1 << 32))
+            );
+            assert!(
+                e.to_string()
+                    .starts_with("apns-expiration 4294967296 is out of range"),
+                "{e}"
+            );
+            let last = NotificationParts {
+                protocol,
+                expiration: Some(u64::from(u32::MAX)),
+                ..parts()
+            };
+            assert!(validate_notification(&last).is_ok());
+        }
+    }
+
+    #[test]
+    fn collapse_ids_with_control_characters_and_uppercase_apns_ids_are_refused() {
+        for bad in [
+            "a\rb", "a\nb", "a\0b", "a\tb", "\u{7f}", "\u{85}x", " lead", "trail ",
+        ] {
+            let p = NotificationParts {
+                collapse_id: Some(bad),
+                ..parts()
+            };
+            let e = validate_notification(&p).unwrap_err();
+            assert!(
+                e.to_string().starts_with("apns-collapse-id"),
+                "{bad:?}: {e}"
+            );
+        }
+        let upper = NotificationParts {
+            apns_id: Some("123E4567-E89B-12D3-A456-426614174000"),
             ..parts()
         };
-        assert_eq!(
-            validate_notification(&late),
-            Err(NotificationError::ExpirationTooLarge(1 << 32))
-        );
-        let http = NotificationParts {
-            expiration: Some(1 << 32),
-            ..parts()
-        };
-        assert!(validate_notification(&http).is_ok());
+        let e = validate_notification(&upper).unwrap_err();
+        assert!(e.to_string().contains("lowercase"), "{e}");
     }
 }

@@ -40,10 +40,21 @@ pub enum PushError {
     BadPriority(String),
     #[error("apns-collapse-id is {len} bytes; at most {MAX_COLLAPSE_ID_BYTES} are allowed")]
     CollapseIdTooLong { len: usize },
+    #[error(
+        "apns-collapse-id {id:?} must be printable ASCII without leading or trailing spaces (no control characters), \
+         which an HTTP/2 header carries unchanged"
+    )]
+    BadCollapseIdCharacters { id: String },
     #[error("apns-id {0:?} is not a canonical 8-4-4-4-12 UUID")]
     BadApnsId(String),
+    #[error("apns-id {0:?} has uppercase hex digits; APNs takes the canonical lowercase form")]
+    ApnsIdNotLowercase(String),
     #[error("apns-expiration {0:?} is not a decimal count of seconds since the epoch")]
     BadExpiration(String),
+    #[error(
+        "apns-expiration {0} is out of range: at most {MAX_EXPIRATION} (seconds since the epoch, 32 bits)"
+    )]
+    ExpirationOutOfRange(u64),
     #[error("apns-topic is empty")]
     EmptyTopic,
     #[error("apns-topic {topic:?} has characters outside printable ASCII")]
@@ -210,10 +221,33 @@ impl fmt::Display for Priority {
     }
 }
 
-/// `apns-collapse-id` may be at most 64 bytes (apns.md §3.2, §5.3 rule 5).
+/// Largest `apns-expiration` herald takes: the field is 32 bits in the binary protocol and in herald's queue.
+pub const MAX_EXPIRATION: u64 = u32::MAX as u64;
+
+/// `apns-collapse-id` may be at most 64 bytes (apns.md §3.2, §5.3 rule 5), and must be a value an HTTP/2 header
+/// carries unchanged: printable ASCII (no CR, LF, NUL, TAB, DEL or other control character; header values outside
+/// ASCII are opaque bytes receivers may refuse), no space at either end (RFC 9113 §8.2.1).
 pub fn validate_collapse_id(id: &str) -> Result<(), PushError> {
     if id.len() > MAX_COLLAPSE_ID_BYTES {
         return Err(PushError::CollapseIdTooLong { len: id.len() });
+    }
+    if !id.bytes().all(|b| (0x20..=0x7e).contains(&b)) || id.starts_with(' ') || id.ends_with(' ') {
+        return Err(PushError::BadCollapseIdCharacters { id: id.to_owned() });
+    }
+    Ok(())
+}
+
+/// `apns-expiration` in the range herald sends: 0 to [`MAX_EXPIRATION`].
+pub fn validate_expiration(seconds: u64) -> Result<u32, PushError> {
+    u32::try_from(seconds).map_err(|_| PushError::ExpirationOutOfRange(seconds))
+}
+
+/// [`validate_apns_id`], and lowercase, as APNs documents it: what herald accepts from senders, so that the id it
+/// sends is the one it was given (apns.md §3.2).
+pub fn validate_canonical_apns_id(id: &str) -> Result<(), PushError> {
+    validate_apns_id(id)?;
+    if id.bytes().any(|c| c.is_ascii_uppercase()) {
+        return Err(PushError::ApnsIdNotLowercase(id.to_owned()));
     }
     Ok(())
 }
@@ -424,6 +458,26 @@ mod tests {
         // 22 three-byte characters = 66 bytes.
         assert!(validate_collapse_id(&"\u{20ac}".repeat(22)).is_err());
         assert!(validate_collapse_id("").is_ok());
+        assert!(validate_collapse_id("a b").is_ok());
+        for bad in [
+            "\r", "a\n", "\0", "\t", "x\u{1b}", "\u{7f}", " a", "a ", "\u{20ac}", "\u{85}",
+        ] {
+            assert_eq!(
+                validate_collapse_id(bad),
+                Err(PushError::BadCollapseIdCharacters { id: bad.into() }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expiration_range_is_32_bits() {
+        assert_eq!(validate_expiration(0), Ok(0));
+        assert_eq!(validate_expiration(u64::from(u32::MAX)), Ok(u32::MAX));
+        assert_eq!(
+            validate_expiration(1 << 32),
+            Err(PushError::ExpirationOutOfRange(1 << 32))
+        );
     }
 
     #[test]

@@ -102,6 +102,22 @@ impl Diagnostics {
         self.errors > 0
     }
 
+    /// How many diagnostics are recorded (a mark for [`Diagnostics::truncate`]).
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Forgets every diagnostic recorded after the first `len`.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.items.truncate(len);
+        self.errors = self
+            .items
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        self.warnings = self.items.len() - self.errors;
+    }
+
     /// True once [`MAX_ERRORS`] errors were recorded; further errors are dropped.
     pub fn is_full(&self) -> bool {
         self.errors > MAX_ERRORS

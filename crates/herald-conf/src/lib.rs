@@ -56,6 +56,7 @@ pub mod net;
 pub mod options;
 pub mod parser;
 pub mod scopes;
+pub mod secrets;
 pub mod settings;
 mod suggest;
 pub mod tree;
@@ -279,16 +280,33 @@ impl Config {
         settings::log_format(&self.root)
     }
 
-    /// The whole configuration written in the language.
+    /// The whole configuration written in the language, secrets included (see [`Config::render_masked`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
         self.root.render(0, &mut out);
         out
     }
 
+    /// The whole configuration written in the language, with the values of secret options masked
+    /// ([`secrets::SECRET_OPTIONS`]).
+    pub fn render_masked(&self) -> String {
+        let mut out = String::new();
+        self.root.render_with(0, &mut out, true);
+        out
+    }
+
     /// The scope at `path` exactly as configured (no fallback), wrapped in its enclosing scopes so that the output
-    /// is itself a valid configuration.
+    /// is itself a valid configuration. Secret values are masked: see [`Config::show_secrets`].
     pub fn show(&self, path: &ScopePath) -> Result<String, EvalError> {
+        self.show_with(path, true)
+    }
+
+    /// [`Config::show`] with secret values in clear (`herald config show --secrets`).
+    pub fn show_secrets(&self, path: &ScopePath) -> Result<String, EvalError> {
+        self.show_with(path, false)
+    }
+
+    fn show_with(&self, path: &ScopePath, mask: bool) -> Result<String, EvalError> {
         let mut chain = vec![&self.root];
         for seg in path.segments() {
             let parent = chain[chain.len() - 1];
@@ -300,7 +318,9 @@ impl Config {
         let mut out = String::new();
         let depth = chain.len() - 1;
         if depth == 0 {
-            return Ok(self.render());
+            let mut out = String::new();
+            self.root.render_with(0, &mut out, mask);
+            return Ok(out);
         }
         for (i, n) in chain[1..depth].iter().enumerate() {
             out.push_str(&"  ".repeat(i));
@@ -311,7 +331,7 @@ impl Config {
             }
             out.push_str(" {\n");
         }
-        chain[depth].render(depth - 1, &mut out);
+        chain[depth].render_with(depth - 1, &mut out, mask);
         for i in (0..depth - 1).rev() {
             out.push_str(&"  ".repeat(i));
             out.push_str("}\n");

@@ -23,6 +23,62 @@ use crate::{
 
 /// The most files one load reads (guards against include fan-out).
 const MAX_FILES: usize = 10_000;
+/// The largest configuration file read, in bytes (each file, includes too).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads a configuration file: a regular file (not a FIFO, device, socket or directory) of at most
+/// [`MAX_FILE_BYTES`]. Checked before opening (opening a FIFO would wait for a writer) and on the opened file, and
+/// the read itself stops past the limit (files such as those of /proc report no size).
+pub fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let not_regular = |m: &std::fs::Metadata| {
+        let t = m.file_type();
+        let what = if t.is_dir() {
+            "a directory"
+        } else {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::FileTypeExt;
+                if t.is_fifo() {
+                    "a FIFO"
+                } else if t.is_char_device() || t.is_block_device() {
+                    "a device"
+                } else if t.is_socket() {
+                    "a socket"
+                } else {
+                    "not a regular file"
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                "not a regular file"
+            }
+        };
+        format!("not a regular file ({what}); a configuration must be a regular file")
+    };
+    let too_big =
+        || format!("larger than {MAX_FILE_BYTES} bytes; a configuration file may not be larger");
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_FILE_BYTES) as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
 /// The largest compiled regex accepted for a regex domain.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
@@ -63,11 +119,11 @@ impl Loader {
     /// Loads the file at `path` into `root`.
     pub fn load_path(&mut self, path: &Path, root: &mut Node) {
         let name: Arc<str> = Arc::from(path.display().to_string());
-        match std::fs::read(path) {
+        match read_config_file(path) {
             Ok(bytes) => {
                 let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
                 self.stack.push(canonical);
-                self.load_bytes(name, dir_of(path), &bytes, root);
+                self.load_text(name, dir_of(path), &bytes, root, true);
                 self.stack.pop();
             }
             Err(e) => self.diags.error(
@@ -83,8 +139,22 @@ impl Loader {
 
     /// Loads text that did not come from a file (its includes resolve against `dir`, then the working directory).
     pub fn load_bytes(&mut self, name: Arc<str>, dir: PathBuf, bytes: &[u8], root: &mut Node) {
+        self.load_text(name, dir, bytes, root, false);
+    }
+
+    /// Loads one file's bytes. With `from_file`, a file that is not a configuration (not UTF-8, or errors and not
+    /// one statement without a syntax error: a key, a password file) is reported without quoting any of it.
+    fn load_text(
+        &mut self,
+        name: Arc<str>,
+        dir: PathBuf,
+        bytes: &[u8],
+        root: &mut Node,
+        from_file: bool,
+    ) {
         self.files += 1;
         let ctx = FileCtx { name, dir };
+        let mark = self.diags.len();
         let text = match std::str::from_utf8(bytes) {
             Ok(t) => std::borrow::Cow::Borrowed(t),
             Err(e) => {
@@ -96,6 +166,14 @@ impl Loader {
                     .map(|i| i + 1)
                     .unwrap_or(0);
                 let col = String::from_utf8_lossy(&good[last..]).chars().count() as u32 + 1;
+                if from_file {
+                    // Not text: nothing of it is parsed or quoted.
+                    self.diags.error(
+                        ctx.loc(Pos { line, col }),
+                        "the file is not valid UTF-8, so it is not a configuration; its contents are not shown",
+                    );
+                    return;
+                }
                 self.diags
                     .error(ctx.loc(Pos { line, col }), "the file is not valid UTF-8");
                 String::from_utf8_lossy(bytes)
@@ -104,8 +182,14 @@ impl Loader {
         // Statements are applied as they are parsed: a large file never exists as a whole syntax tree.
         let mut parser = parser::Parser::new(&text);
         self.pending.push(Default::default());
+        // Statements that parsed without a syntax error: a configuration with mistakes has some.
+        let mut well_formed = 0usize;
         while let Some(stmt) = parser.next_statement() {
-            self.queue(parser.take_errors());
+            let syntax = parser.take_errors();
+            if syntax.is_empty() {
+                well_formed += 1;
+            }
+            self.queue(syntax);
             self.apply_one(stmt, root, &ctx, false);
             if self.diags.is_full() {
                 break;
@@ -114,6 +198,24 @@ impl Loader {
         self.queue(parser.take_errors());
         self.flush(&ctx, None);
         self.pending.pop();
+        let errors_here = self.diags.all()[mark..]
+            .iter()
+            .filter(|d| d.severity == crate::diag::Severity::Error)
+            .count();
+        if from_file && errors_here > 0 && well_formed == 0 {
+            let line = self.diags.all()[mark..]
+                .iter()
+                .find(|d| d.severity == crate::diag::Severity::Error && d.location.file == ctx.name)
+                .map_or(1, |d| d.location.line);
+            self.diags.truncate(mark);
+            self.diags.error(
+                ctx.loc(Pos { line, col: 1 }),
+                format!(
+                    "the file does not look like a herald configuration ({errors_here} errors and not one \
+                     well-formed statement); its contents are not shown"
+                ),
+            );
+        }
     }
 
     /// Adds syntax errors (in text order) to the current file's queue, keeping the queue in text order.
@@ -429,7 +531,7 @@ impl Loader {
             );
             return;
         }
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_config_file(path) {
             Ok(b) => b,
             Err(e) => {
                 self.diags.error(
@@ -440,11 +542,12 @@ impl Loader {
             }
         };
         self.stack.push(canonical);
-        self.load_bytes(
+        self.load_text(
             Arc::from(path.display().to_string()),
             dir_of(path),
             &bytes,
             node,
+            true,
         );
         self.stack.pop();
     }

@@ -183,23 +183,38 @@ impl Node {
 
     /// Writes the scope's contents (settings, then child scopes) in the configuration language.
     pub fn render_body(&self, indent: usize, out: &mut String) {
+        self.render_body_with(indent, out, false);
+    }
+
+    /// [`Node::render_body`]; with `mask`, the values of secret options are written as
+    /// [`crate::secrets::MASK`].
+    pub fn render_body_with(&self, indent: usize, out: &mut String, mask: bool) {
         let pad = "  ".repeat(indent);
         for s in &self.settings {
             out.push_str(&pad);
             out.push_str(s.id.def().name);
             out.push_str(" = ");
-            render_raw(&s.raw, out);
+            if mask && crate::secrets::is_secret(s.id) {
+                render_masked(&s.raw, out);
+            } else {
+                render_raw(&s.raw, out);
+            }
             out.push('\n');
         }
         for c in &self.children {
-            c.render(indent, out);
+            c.render_with(indent, out, mask);
         }
     }
 
     /// Writes the scope itself, header and body, in the configuration language.
     pub fn render(&self, indent: usize, out: &mut String) {
+        self.render_with(indent, out, false);
+    }
+
+    /// [`Node::render`]; with `mask`, the values of secret options are masked.
+    pub fn render_with(&self, indent: usize, out: &mut String, mask: bool) {
         if self.kind == ScopeKind::Global {
-            self.render_body(indent, out);
+            self.render_body_with(indent, out, mask);
             return;
         }
         let pad = "  ".repeat(indent);
@@ -210,9 +225,35 @@ impl Node {
             out.push_str(&render_value(name, true));
         }
         out.push_str(" {\n");
-        self.render_body(indent + 1, out);
+        self.render_body_with(indent + 1, out, mask);
         out.push_str(&pad);
         out.push_str("}\n");
+    }
+}
+
+/// A secret value: its shape (a list keeps its length), never its text.
+fn render_masked(raw: &RawValue, out: &mut String) {
+    use crate::secrets::MASK;
+    match raw {
+        RawValue::Scalar(_) => out.push_str(MASK),
+        RawValue::List(items) => {
+            out.push('(');
+            for _ in items {
+                out.push(' ');
+                out.push_str(MASK);
+            }
+            out.push_str(" )");
+        }
+        RawValue::Pairs(pairs) => {
+            out.push('[');
+            for (k, _) in pairs {
+                out.push(' ');
+                out.push_str(&render_value(&k.text, k.quoted));
+                out.push_str(" = ");
+                out.push_str(MASK);
+            }
+            out.push_str(" ]");
+        }
     }
 }
 

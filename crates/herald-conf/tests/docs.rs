@@ -75,7 +75,14 @@ fn momentum_sample_loads_unchanged() {
     let loggers = c.apn_loggers();
     assert_eq!(loggers[0].logmode, 0o644);
     assert_eq!(loggers[0].heartbeat.map(|h| h.as_secs()), Some(60));
-    // tls, tls_ciphers (no effect), tls_verify = no (verification off) and a binary domain that never polls the
-    // feedback service are warned about.
-    assert_eq!(c.warnings().len(), 4, "{:?}", c.warnings());
+    // tls, tls_ciphers (no effect), tls_verify = no (verification off), the ESMTP listener open to every address
+    // with no always_allow list and a binary domain that never polls the feedback service are warned about.
+    assert_eq!(c.warnings().len(), 5, "{:?}", c.warnings());
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.location.line == 6 && w.message.contains("always_allow")),
+        "{:?}",
+        c.warnings()
+    );
 }

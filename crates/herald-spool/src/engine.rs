@@ -73,4 +73,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Bytes the store occupies on disk.
     fn disk_bytes(&self) -> u64;
+
+    /// Makes the store take writes again after a commit failed (disk full, I/O error): checks there is room and
+    /// reopens it if it needs that. Fails, changing nothing that was committed, while the condition lasts. Called by
+    /// the spool's writer thread only; the default has nothing to do.
+    fn reopen(&self) -> Result<(), SpoolError> {
+        Ok(())
+    }
 }

@@ -3,8 +3,11 @@
 //! persisted with `PersistMode::SyncAll` (fsync) before it returns, the others with `PersistMode::Buffer` (written
 //! to the operating system, which keeps them across a crash of the process).
 
+use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
@@ -30,15 +33,59 @@ impl Default for FjallOptions {
     }
 }
 
+/// Free space [`FjallEngine::reopen`] wants to see before it reopens the store: enough for the journal to take
+/// commits again, so that a reopen on a disk that is still nearly full does not fail at the next write.
+pub const REOPEN_FREE_BYTES: u64 = 1 << 20;
+
 /// A spool store in a fjall keyspace.
+///
+/// The keyspace sits behind a lock so that [`Engine::reopen`] can replace it: after a failed write or fsync fjall
+/// refuses every later write ("poisoned") until it is opened again.
 pub struct FjallEngine {
+    dir: PathBuf,
+    options: FjallOptions,
+    /// `None` after a reopen that closed the old keyspace but could not open the new one.
+    store: RwLock<Option<Store>>,
+    /// The last size measured, for [`Engine::disk_bytes`] while a reopen holds the lock.
+    disk_bytes: AtomicU64,
+}
+
+struct Store {
     keyspace: Keyspace,
     records: PartitionHandle,
     schedules: PartitionHandle,
 }
 
-/// Maps a fjall error. After a failed fsync fjall refuses every later write ("poisoned") until it is reopened: that
-/// stays a temporary condition for the sender, and herald must restart to clear it.
+impl Store {
+    fn open(dir: &Path, options: FjallOptions) -> Result<Store, SpoolError> {
+        const CTX: &str = "opening the spool store";
+        let keyspace = Config::new(dir.join(FJALL_DIR))
+            .cache_size(options.cache_bytes)
+            .open()
+            .map_err(|e| error(CTX, e))?;
+        let records = keyspace
+            .open_partition("records", PartitionCreateOptions::default())
+            .map_err(|e| error(CTX, e))?;
+        let schedules = keyspace
+            .open_partition("schedules", PartitionCreateOptions::default())
+            .map_err(|e| error(CTX, e))?;
+        Ok(Store {
+            keyspace,
+            records,
+            schedules,
+        })
+    }
+
+    fn partition(&self, table: Table) -> &PartitionHandle {
+        match table {
+            Table::Records => &self.records,
+            Table::Schedules => &self.schedules,
+        }
+    }
+}
+
+/// Maps a fjall error. After a failed write or fsync fjall refuses every later write ("poisoned") until it is
+/// reopened: [`Engine::reopen`] does that once there is room again.
 fn error(context: &'static str, e: fjall::Error) -> SpoolError {
     match e {
         fjall::Error::Io(io) => SpoolError::from_io(context, io),
@@ -53,7 +100,7 @@ fn error(context: &'static str, e: fjall::Error) -> SpoolError {
         fjall::Error::Poisoned => SpoolError::Storage {
             context,
             detail: "the store refuses writes since an earlier write or fsync failed (disk full or I/O error); \
-                     restart herald once the disk is fixed"
+                     it is reopened once the disk has room again"
                 .into(),
             temporary: true,
         },
@@ -75,32 +122,68 @@ fn error(context: &'static str, e: fjall::Error) -> SpoolError {
 impl FjallEngine {
     /// Opens (or creates) the keyspace in `dir/fjall`, recovering its journal after a crash.
     pub fn open(dir: &Path, options: FjallOptions) -> Result<FjallEngine, SpoolError> {
-        const CTX: &str = "opening the spool store";
-        let keyspace = Config::new(dir.join(FJALL_DIR))
-            .cache_size(options.cache_bytes)
-            .open()
-            .map_err(|e| error(CTX, e))?;
-        let records = keyspace
-            .open_partition("records", PartitionCreateOptions::default())
-            .map_err(|e| error(CTX, e))?;
-        let schedules = keyspace
-            .open_partition("schedules", PartitionCreateOptions::default())
-            .map_err(|e| error(CTX, e))?;
+        let store = Store::open(dir, options)?;
+        let bytes = store.keyspace.disk_space();
         Ok(FjallEngine {
-            keyspace,
-            records,
-            schedules,
+            dir: dir.to_path_buf(),
+            options,
+            store: RwLock::new(Some(store)),
+            disk_bytes: AtomicU64::new(bytes),
         })
+    }
+
+    fn store(
+        &self,
+        context: &'static str,
+    ) -> Result<RwLockReadGuard<'_, Option<Store>>, SpoolError> {
+        let guard = self.store.read().map_err(|_| SpoolError::Storage {
+            context,
+            detail: "the store's lock is poisoned by a panic".into(),
+            temporary: false,
+        })?;
+        if guard.is_none() {
+            return Err(SpoolError::Storage {
+                context,
+                detail: "the store is closed after a failed reopen; it is reopened once the disk has room".into(),
+                temporary: true,
+            });
+        }
+        Ok(guard)
     }
 }
 
 impl FjallEngine {
-    fn partition(&self, table: Table) -> &PartitionHandle {
-        match table {
-            Table::Records => &self.records,
-            Table::Schedules => &self.schedules,
+    /// Maps an error of a write. fjall answers a failed journal write with "poisoned" and no cause: when the disk
+    /// turns out to be full, that is what is reported.
+    fn classify(&self, context: &'static str, e: fjall::Error) -> SpoolError {
+        let e = error(context, e);
+        if e.is_disk_full() {
+            return e;
+        }
+        match probe_free_space(&self.dir, 64 << 10) {
+            Err(SpoolError::DiskFull { source, .. }) => SpoolError::DiskFull { context, source },
+            _ => e,
         }
     }
+}
+
+/// Writes and fsyncs `bytes` bytes in a scratch file of `dir`, then deletes it: whether the disk has room.
+pub fn probe_free_space(dir: &Path, bytes: u64) -> Result<(), SpoolError> {
+    const CTX: &str = "checking for free space in the spool directory";
+    let path = dir.join(".herald-space-probe");
+    let result = (|| {
+        let mut file = std::fs::File::create(&path)?;
+        let chunk = vec![0u8; 64 << 10];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            file.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    result.map_err(|e| SpoolError::from_io(CTX, e))
 }
 
 fn key_of(bytes: &[u8]) -> Option<SpoolKey> {
@@ -120,26 +203,37 @@ impl Engine for FjallEngine {
         } else {
             PersistMode::Buffer
         };
-        let mut b = self.keyspace.batch().durability(Some(mode));
+        const CTX: &str = "committing to the spool";
+        let guard = self.store(CTX)?;
+        let Some(store) = guard.as_ref() else {
+            return Err(SpoolError::Closed);
+        };
+        let mut b = store.keyspace.batch().durability(Some(mode));
         for (k, v) in &batch.inserts {
-            b.insert(&self.records, k.to_be_bytes(), v.as_slice());
+            b.insert(&store.records, k.to_be_bytes(), v.as_slice());
         }
         for (k, v) in &batch.schedules {
-            b.insert(&self.schedules, k.to_be_bytes(), v.as_slice());
+            b.insert(&store.schedules, k.to_be_bytes(), v.as_slice());
         }
         for k in &batch.removes {
-            b.remove(&self.records, k.to_be_bytes());
+            b.remove(&store.records, k.to_be_bytes());
         }
         for k in &batch.unschedules {
-            b.remove(&self.schedules, k.to_be_bytes());
+            b.remove(&store.schedules, k.to_be_bytes());
         }
-        b.commit().map_err(|e| error("committing to the spool", e))
+        b.commit().map_err(|e| self.classify(CTX, e))
     }
 
     fn sync(&self) -> Result<(), SpoolError> {
-        self.keyspace
+        const CTX: &str = "syncing the spool";
+        let guard = self.store(CTX)?;
+        let Some(store) = guard.as_ref() else {
+            return Err(SpoolError::Closed);
+        };
+        store
+            .keyspace
             .persist(PersistMode::SyncAll)
-            .map_err(|e| error("syncing the spool", e))
+            .map_err(|e| self.classify(CTX, e))
     }
 
     fn scan(
@@ -148,7 +242,12 @@ impl Engine for FjallEngine {
         upto: SpoolKey,
         visit: &mut dyn FnMut(SpoolKey, &[u8]) -> ControlFlow<()>,
     ) -> Result<(), SpoolError> {
-        for kv in self.partition(table).range(..=upto.to_be_bytes()) {
+        const CTX: &str = "reading the spool";
+        let guard = self.store(CTX)?;
+        let Some(store) = guard.as_ref() else {
+            return Err(SpoolError::Closed);
+        };
+        for kv in store.partition(table).range(..=upto.to_be_bytes()) {
             let (k, v) = kv.map_err(|e| error("reading the spool", e))?;
             match key_of(&k) {
                 Some(key) => {
@@ -166,7 +265,12 @@ impl Engine for FjallEngine {
     }
 
     fn last_key(&self, table: Table) -> Result<Option<SpoolKey>, SpoolError> {
-        let last = self
+        const CTX: &str = "reading the spool";
+        let guard = self.store(CTX)?;
+        let Some(store) = guard.as_ref() else {
+            return Err(SpoolError::Closed);
+        };
+        let last = store
             .partition(table)
             .last_key_value()
             .map_err(|e| error("reading the spool", e))?;
@@ -174,6 +278,43 @@ impl Engine for FjallEngine {
     }
 
     fn disk_bytes(&self) -> u64 {
-        self.keyspace.disk_space()
+        // Never waits: a reopen or a long recovery may hold the lock.
+        if let Ok(guard) = self.store.try_read() {
+            if let Some(store) = guard.as_ref() {
+                self.disk_bytes
+                    .store(store.keyspace.disk_space(), Ordering::Relaxed);
+            }
+        }
+        self.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    fn reopen(&self) -> Result<(), SpoolError> {
+        const CTX: &str = "reopening the spool store";
+        probe_free_space(&self.dir, REOPEN_FREE_BYTES)?;
+        // A recovery reading the store holds the lock for long: try again later rather than block the writer.
+        let mut guard = match self.store.try_write() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Storage {
+                    context: CTX,
+                    detail: "the store is being read (recovery); retrying later".into(),
+                    temporary: true,
+                });
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => {
+                return Err(SpoolError::Storage {
+                    context: CTX,
+                    detail: "the store's lock is poisoned by a panic".into(),
+                    temporary: false,
+                });
+            }
+        };
+        // The old keyspace must be gone (its journal closed) before the directory is opened again.
+        *guard = None;
+        let store = Store::open(&self.dir, self.options)?;
+        self.disk_bytes
+            .store(store.keyspace.disk_space(), Ordering::Relaxed);
+        *guard = Some(store);
+        Ok(())
     }
 }

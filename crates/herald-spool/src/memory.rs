@@ -156,6 +156,7 @@ impl Spool for MemorySpool {
             appended: self.appended.load(Ordering::Relaxed),
             rescheduled: self.rescheduled.load(Ordering::Relaxed),
             removed: self.removed.load(Ordering::Relaxed),
+            ..SpoolStats::default()
         }
     }
 

@@ -64,6 +64,11 @@ pub trait Spool: Send + Sync + 'static {
     /// Counters and sizes, cheap to call.
     fn stats(&self) -> SpoolStats;
 
+    /// Why the spool refuses writes, while it does (see [`SpoolStats::unwritable`]).
+    fn write_error(&self) -> Option<SpoolError> {
+        None
+    }
+
     /// Makes every reschedule and removal issued so far durable.
     fn flush(&self) -> SpoolFuture<()>;
 
@@ -107,4 +112,12 @@ pub struct SpoolStats {
     /// Reschedules and removals requested.
     pub rescheduled: u64,
     pub removed: u64,
+    /// The store refuses writes (a commit failed, for lack of space or an I/O error): appends are refused while the
+    /// spool retries in the background; removals and reschedules wait in memory. Cleared by the next commit that
+    /// succeeds.
+    pub unwritable: bool,
+    /// ...because its disk is full.
+    pub disk_full: bool,
+    /// Removals of notifications that reached a final outcome, waiting for a commit.
+    pub pending_removals: u64,
 }

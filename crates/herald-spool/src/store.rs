@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::engine::{CommitBatch, Engine, Table};
 use crate::error::SpoolError;
-use crate::fjall_engine::{FjallEngine, FjallOptions};
+use crate::fjall_engine::{FjallEngine, FjallOptions, REOPEN_FREE_BYTES, probe_free_space};
 use crate::key::{KeyGenerator, SpoolKey};
 use crate::record::{Schedule, StoredNotification};
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
@@ -34,9 +34,13 @@ pub struct SpoolOptions {
     pub maintenance_interval: Duration,
     /// ...or until this many are pending.
     pub maintenance_max_ops: usize,
-    /// Pending reschedules and removals kept across failed commits before the oldest are dropped (they would only
-    /// cause a redelivery or an older schedule after a restart).
+    /// Pending reschedules kept across failed commits before the oldest are dropped (they would only bring back an
+    /// older schedule after a restart). Removals are never dropped: they wait in memory until the store takes writes
+    /// again, so that nothing delivered is sent again after a restart.
     pub maintenance_cap: usize,
+    /// After a failed commit the writer refuses appends at once and tries to make the store writable again
+    /// ([`Engine::reopen`]) at the next request, then at most this often while it keeps failing.
+    pub retry_interval: Duration,
     /// Options of the fjall store ([`DiskSpool::open`]).
     pub store: FjallOptions,
 }
@@ -48,6 +52,7 @@ impl Default for SpoolOptions {
             maintenance_interval: Duration::from_millis(10),
             maintenance_max_ops: 50_000,
             maintenance_cap: 4_000_000,
+            retry_interval: Duration::from_secs(1),
             store: FjallOptions::default(),
         }
     }
@@ -84,6 +89,14 @@ struct Counters {
     removed: AtomicU64,
     /// Records stored: counted by recovery as it visits them, and kept up to date by each commit.
     records: AtomicU64,
+    /// Set while the store refuses writes (since a failed commit, until one succeeds again).
+    unwritable: AtomicBool,
+    /// Set while the store refuses writes because its disk is full.
+    disk_full: AtomicBool,
+    /// Removals waiting for a commit.
+    pending_removals: AtomicU64,
+    /// The error of the failed commit, while unwritable.
+    last_error: Mutex<Option<SpoolError>>,
 }
 
 /// The durable spool: an [`Engine`] (fjall by default) behind a group-committing writer thread.
@@ -107,25 +120,38 @@ impl DiskSpool<FjallEngine> {
         prepare_dir(dir)?;
         let lock = lock_dir(dir)?;
         let engine = FjallEngine::open(dir, options.store)?;
-        let mut spool = DiskSpool::with_engine(engine, options)?;
+        // On a full disk the spool opens refusing appends, so that what it holds can still be delivered.
+        let full = probe_free_space(dir, REOPEN_FREE_BYTES)
+            .err()
+            .filter(SpoolError::is_disk_full);
+        let mut spool = DiskSpool::start(engine, options, full)?;
         spool.lock = Some(lock);
         Ok(spool)
     }
 }
 
-/// Creates `dir` if needed and checks that files can be created in it.
+/// Creates `dir` if needed and checks that files can be created in it. A full disk is not an error here: the spool
+/// opens refusing appends until there is room.
 pub fn prepare_dir(dir: &Path) -> Result<(), SpoolError> {
     std::fs::create_dir_all(dir).map_err(|e| SpoolError::Open {
         path: dir.to_path_buf(),
         source: Arc::new(e),
     })?;
     let probe: PathBuf = dir.join(".herald-spool-probe");
-    std::fs::write(&probe, b"probe")
-        .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|e| SpoolError::NotWritable {
-            path: dir.to_path_buf(),
-            source: Arc::new(e),
-        })
+    let written = std::fs::write(&probe, b"probe");
+    let _ = std::fs::remove_file(&probe);
+    match written {
+        Err(e)
+            if e.kind() != std::io::ErrorKind::StorageFull
+                && !matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) =>
+        {
+            Err(SpoolError::NotWritable {
+                path: dir.to_path_buf(),
+                source: Arc::new(e),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Takes an exclusive lock on `dir/LOCK`, so that two processes never write the same spool.
@@ -162,6 +188,15 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
 impl<E: Engine> DiskSpool<E> {
     /// A spool over an opened engine; starts the writer thread.
     pub fn with_engine(engine: E, options: SpoolOptions) -> Result<Self, SpoolError> {
+        DiskSpool::start(engine, options, None)
+    }
+
+    /// Starts the writer thread; with `unwritable`, refusing appends until the store takes writes again.
+    fn start(
+        engine: E,
+        options: SpoolOptions,
+        unwritable: Option<SpoolError>,
+    ) -> Result<Self, SpoolError> {
         let engine = Arc::new(engine);
         let recovery_bound = engine
             .last_key(Table::Records)?
@@ -179,7 +214,13 @@ impl<E: Engine> DiskSpool<E> {
             unsynced: false,
             purged: 0,
             scheduled: HashSet::new(),
+            broken: None,
+            refused: Vec::new(),
         };
+        let mut writer = writer;
+        if let Some(e) = unwritable {
+            writer.mark_broken(e, Instant::now() + options.retry_interval, false);
+        }
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run())
@@ -363,7 +404,14 @@ impl<E: Engine> Spool for DiskSpool<E> {
             appended: c.appended.load(Ordering::Relaxed),
             rescheduled: c.rescheduled.load(Ordering::Relaxed),
             removed: c.removed.load(Ordering::Relaxed),
+            unwritable: c.unwritable.load(Ordering::Relaxed),
+            disk_full: c.disk_full.load(Ordering::Relaxed),
+            pending_removals: c.pending_removals.load(Ordering::Relaxed),
         }
+    }
+
+    fn write_error(&self) -> Option<SpoolError> {
+        self.counters.last_error.lock().ok().and_then(|e| e.clone())
     }
 
     fn flush(&self) -> SpoolFuture<()> {
@@ -403,6 +451,13 @@ struct Writer<E: Engine> {
     purged: usize,
     /// Keys that have an entry in the schedules table (rescheduled at least once).
     scheduled: HashSet<SpoolKey>,
+    /// Set while the store refuses writes: the error, when to try again in the background, and whether the next
+    /// request may try at once (only the first after a failed commit).
+    broken: Option<(SpoolError, Instant, bool)>,
+    /// Keys of appends refused by a failed commit. Part of such a commit may still reach the disk (the store's
+    /// journal is flushed when it is reopened): they are deleted with the first commit that succeeds again, so a
+    /// refused notification never comes back.
+    refused: Vec<SpoolKey>,
 }
 
 /// One group: the appends and requests answered by the next commit.
@@ -420,15 +475,17 @@ impl<E: Engine> Writer<E> {
     fn run(mut self) {
         let mut group = Group::default();
         loop {
-            let first = match self.pending_since {
+            // While the store refuses writes, pending maintenance waits for the next retry, not for its interval.
+            let deadline = match (&self.broken, self.pending_since) {
+                (Some((_, retry_at, _)), _) => Some(*retry_at),
+                (None, Some(since)) => Some(since + self.options.maintenance_interval),
+                (None, None) => None,
+            };
+            let first = match deadline {
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(since) => {
-                    let wait = self
-                        .options
-                        .maintenance_interval
-                        .saturating_sub(since.elapsed());
-                    self.rx.recv_timeout(wait)
-                }
+                Some(deadline) => self
+                    .rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
             };
             let disconnected = match first {
                 Ok(op) => {
@@ -447,11 +504,17 @@ impl<E: Engine> Writer<E> {
                 }
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            let maintenance_due = self.pending.schedules.len() + self.pending.removes.len()
-                >= self.options.maintenance_max_ops
-                || self
-                    .pending_since
-                    .is_some_and(|t| t.elapsed() >= self.options.maintenance_interval);
+            let maintenance_due = match &self.broken {
+                // Retried in the background even with nothing pending, so the state clears without traffic.
+                Some((_, retry_at, _)) => Instant::now() >= *retry_at,
+                None => {
+                    self.pending.schedules.len() + self.pending.removes.len()
+                        >= self.options.maintenance_max_ops
+                        || self
+                            .pending_since
+                            .is_some_and(|t| t.elapsed() >= self.options.maintenance_interval)
+                }
+            };
             let result =
                 if group.force || !group.inserts.is_empty() || maintenance_due || disconnected {
                     self.commit(&mut group)
@@ -492,6 +555,9 @@ impl<E: Engine> Writer<E> {
                     }
                     self.pending.removes.push(key);
                 }
+                self.counters
+                    .pending_removals
+                    .store(self.pending.removes.len() as u64, Ordering::Relaxed);
                 self.pending_since.get_or_insert_with(Instant::now);
             }
             Op::Purge(keys) => {
@@ -515,8 +581,38 @@ impl<E: Engine> Writer<E> {
         }
     }
 
-    /// Commits the group's appends with every pending reschedule and removal, then answers the group.
+    /// Commits the group's appends with every pending reschedule and removal, then answers the group. While the
+    /// store refuses writes, first tries to make it writable again (at most every `retry_interval`, and at close),
+    /// and refuses the group without touching the disk when that fails or is not due.
     fn commit(&mut self, group: &mut Group) -> Result<(), SpoolError> {
+        if let Some((error, retry_at, request_retry)) = &self.broken {
+            let due = Instant::now() >= *retry_at
+                || group.close.is_some()
+                || (*request_retry && !group.replies.is_empty());
+            let refusal = if !due {
+                Some(error.clone())
+            } else {
+                match self.engine.reopen() {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "spool: still not writable");
+                        Some(e)
+                    }
+                }
+            };
+            if let Some(e) = refusal {
+                let retry_at = if due {
+                    Instant::now() + self.options.retry_interval
+                } else {
+                    *retry_at
+                };
+                self.mark_broken(e.clone(), retry_at, false);
+                return self.answer(group, Err(e));
+            }
+            // Writable again: the removals that waited are in this commit, with the deletion of refused appends.
+            self.purged += self.refused.len();
+            self.pending.removes.append(&mut self.refused);
+        }
         let mut batch = std::mem::take(&mut self.pending);
         batch.inserts = std::mem::take(&mut group.inserts);
         // Appends are acknowledged only once durable, and a flush or close promises durability; reschedules and
@@ -557,23 +653,74 @@ impl<E: Engine> Writer<E> {
                 batch.clear();
                 self.pending = batch;
                 self.pending_since = None;
+                if self.broken.take().is_some() {
+                    tracing::info!("spool: the store takes writes again; intake resumes");
+                    self.counters.unwritable.store(false, Ordering::Relaxed);
+                    self.counters.disk_full.store(false, Ordering::Relaxed);
+                    if let Ok(mut last) = self.counters.last_error.lock() {
+                        *last = None;
+                    }
+                }
             }
             Err(e) => {
                 self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, records = batch.inserts.len(), "spool commit failed");
-                // The appends are refused; reschedules and removals are kept for the next commit.
-                batch.inserts.clear();
-                let cap = self.options.maintenance_cap;
-                trim_front(&mut batch.schedules, cap);
-                trim_front(&mut batch.removes, cap);
-                trim_front(&mut batch.unschedules, cap);
+                tracing::warn!(
+                    error = %e,
+                    records = batch.inserts.len(),
+                    pending_removals = batch.removes.len(),
+                    "spool commit failed; refusing new notifications until the store takes writes again"
+                );
+                // The appends are refused (and deleted once writable, in case part of them reached the disk);
+                // reschedules and removals are kept for the next commit. The next request tries again at once,
+                // the background after `retry_interval`.
+                self.refused.extend(batch.inserts.drain(..).map(|(k, _)| k));
+                trim_front(&mut batch.schedules, self.options.maintenance_cap);
                 self.pending = batch;
                 self.pending_since = Some(Instant::now());
+                self.mark_broken(
+                    e.clone(),
+                    Instant::now() + self.options.retry_interval,
+                    self.broken.is_none(),
+                );
             }
         }
+        self.counters
+            .pending_removals
+            .store(self.pending.removes.len() as u64, Ordering::Relaxed);
+        self.answer(group, result)
+    }
+
+    fn mark_broken(&mut self, error: SpoolError, retry_at: Instant, request_retry: bool) {
+        if self.broken.is_none() {
+            tracing::error!(
+                "spool: the store refuses writes ({error}); new notifications are refused until it takes writes \
+                 again, held ones are still delivered"
+            );
+        }
+        self.counters.unwritable.store(true, Ordering::Relaxed);
+        // A failed reopen may report its own error (the probe); a full disk is reported as long as it lasts.
+        self.counters
+            .disk_full
+            .store(error.is_disk_full(), Ordering::Relaxed);
+        self.counters
+            .pending_removals
+            .store(self.pending.removes.len() as u64, Ordering::Relaxed);
+        if let Ok(mut last) = self.counters.last_error.lock() {
+            *last = Some(error.clone());
+        }
+        self.broken = Some((error, retry_at, request_retry));
+    }
+
+    /// Answers every request of the group with `result` and resets it.
+    fn answer(
+        &mut self,
+        group: &mut Group,
+        result: Result<(), SpoolError>,
+    ) -> Result<(), SpoolError> {
         for reply in group.replies.drain(..) {
             let _ = reply.send(result.clone());
         }
+        group.inserts.clear();
         group.appended = 0;
         group.bytes = 0;
         group.force = false;

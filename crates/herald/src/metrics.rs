@@ -15,10 +15,20 @@ pub struct Extra {
     pub certificate_expiry: Vec<(String, String, u64)>,
     /// Records and bytes in the spool, when there is one.
     pub spool: Option<(u64, u64)>,
+    /// Whether the spool takes writes, whether its disk is full, and removals waiting for a commit.
+    pub spool_health: Option<SpoolHealth>,
     /// The restore of the spool at start: whether it still runs, and how many notifications it queued again.
     pub restore: Option<(bool, u64)>,
     /// Entries in the invalid-token store (one per domain and token; the store outlives restarts).
     pub invalid_tokens: Option<u64>,
+}
+
+/// The spool's state as the exposition shows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpoolHealth {
+    pub writable: bool,
+    pub disk_full: bool,
+    pub pending_removals: u64,
 }
 
 /// Renders every metric in the Prometheus text format (version 0.0.4).
@@ -198,6 +208,30 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
             "gauge",
         );
         let _ = writeln!(out, "herald_spool_bytes {bytes}");
+    }
+    if let Some(h) = extra.spool_health {
+        header(
+            &mut out,
+            "herald_spool_writable",
+            "1 while the spool takes writes; 0 while it refuses new notifications (disk full or I/O error) and \
+             retries in the background.",
+            "gauge",
+        );
+        let _ = writeln!(out, "herald_spool_writable {}", u8::from(h.writable));
+        header(
+            &mut out,
+            "herald_spool_disk_full",
+            "1 while the spool refuses writes because its disk is full, else 0.",
+            "gauge",
+        );
+        let _ = writeln!(out, "herald_spool_disk_full {}", u8::from(h.disk_full));
+        header(
+            &mut out,
+            "herald_spool_pending_removals",
+            "Delivered or failed notifications whose removal from the spool waits for a commit.",
+            "gauge",
+        );
+        let _ = writeln!(out, "herald_spool_pending_removals {}", h.pending_removals);
     }
     if let Some((running, queued)) = extra.restore {
         header(

@@ -42,7 +42,14 @@ pub fn routes(
     restore: Arc<RestoreProgress>,
     services: HttpServices,
 ) -> Router {
-    let mut router = Router::new().route("/readyz", get(|| async { "ready" }));
+    let ready_spool = spool.clone();
+    let mut router = Router::new().route(
+        "/readyz",
+        get(move || {
+            let spool = ready_spool.clone();
+            async move { readiness(&*spool) }
+        }),
+    );
     if services.tokens {
         let tokens = invalid.clone();
         router = router.route(
@@ -67,6 +74,11 @@ pub fn routes(
                     let extra = metrics::Extra {
                         certificate_expiry: certificate_expiry(&resolver.config()),
                         spool: Some((stats.records, stats.bytes_on_disk)),
+                        spool_health: Some(metrics::SpoolHealth {
+                            writable: !stats.unwritable,
+                            disk_full: stats.disk_full,
+                            pending_removals: stats.pending_removals,
+                        }),
                         restore: Some((restore.is_running(), restore.queued())),
                         invalid_tokens: Some(invalid.len() as u64),
                     };
@@ -79,6 +91,37 @@ pub fn routes(
         );
     }
     router
+}
+
+/// Seconds a client is asked to wait before trying again while the spool refuses writes.
+const NOT_READY_RETRY_AFTER: &str = "30";
+
+/// `GET /readyz`: `200 ready` while herald takes new notifications; `503` with the JSON error body while the spool
+/// refuses writes (held notifications are still delivered meanwhile, and intake resumes by itself).
+fn readiness(spool: &dyn Spool) -> Response {
+    let stats = spool.stats();
+    if !stats.unwritable {
+        return "ready".into_response();
+    }
+    let cause = match spool.write_error() {
+        Some(e) => e.to_string(),
+        None if stats.disk_full => "the spool's disk is full".to_owned(),
+        None => "the spool refuses writes".to_owned(),
+    };
+    let error = format!(
+        "not ready for intake: {cause}; notifications already accepted are still delivered, and intake resumes by \
+         itself once the spool takes writes again ({} removals pending)",
+        stats.pending_removals
+    );
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (CONTENT_TYPE, "application/json"),
+            (axum::http::header::RETRY_AFTER, NOT_READY_RETRY_AFTER),
+        ],
+        serde_json::json!({ "error": error, "spool_disk_full": stats.disk_full }).to_string(),
+    )
+        .into_response()
 }
 
 /// (domain, certificate file, not-after) of every configured client certificate that can be read.

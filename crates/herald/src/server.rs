@@ -393,7 +393,15 @@ impl Server {
     /// in force. If it is not, nothing changes and the error lists every problem.
     pub async fn reload(&self, path: Option<&Path>) -> Result<ReloadReport, ReloadError> {
         let path = path.unwrap_or(&self.path).to_owned();
-        let config = Config::load(&path).map_err(|d| ReloadError::Invalid {
+        // Read and validated on a blocking thread: a slow disk or a large file never stalls the listeners.
+        let load_path = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&load_path))
+            .await
+            .map_err(|e| ReloadError::Invalid {
+                path: path.clone(),
+                diagnostics: format!("loading the configuration failed: {e}"),
+            })?;
+        let config = loaded.map_err(|d| ReloadError::Invalid {
             path: path.clone(),
             diagnostics: d.to_string(),
         })?;

@@ -643,6 +643,9 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_spool_bytes", "gauge"),
             ("herald_spool_restoring", "gauge"),
             ("herald_spool_restored_total", "counter"),
+            ("herald_spool_writable", "gauge"),
+            ("herald_spool_disk_full", "gauge"),
+            ("herald_spool_pending_removals", "gauge"),
             ("herald_invalid_tokens_total", "counter"),
         ]),
         "{text}"

@@ -188,10 +188,15 @@ impl<T: Send + 'static> Dispatcher<T> {
                         last_activity = Instant::now();
                         let (token_used, auth) = self.authorization(&mut auth_cache);
                         match self.start(&job.request, auth) {
-                            Ok((response, stream)) => in_flight.push(exchange(
+                            Ok(Ok((response, stream))) => in_flight.push(exchange(
                                 stream, response, job.request.payload, job.tag, token_used,
                                 self.opts.response_timeout, self.info.id)),
-                            Err(e) => {
+                            // A value no header can carry is refused as APNs would, never sent without it.
+                            Err(rejection) => {
+                                tracing::warn!(conn = self.info.id, ?rejection, "request not sent: a header value is not valid");
+                                self.sink.report(job.tag, PushResult::Rejected(rejection), &self.info);
+                            }
+                            Ok(Err(e)) => {
                                 tracing::debug!(conn = self.info.id, error = %e, "stream could not open");
                                 self.sink.report(job.tag, PushResult::NotSent(not_sent_reason(&e)), &self.info);
                                 taking = false;
@@ -309,18 +314,29 @@ impl<T: Send + 'static> Dispatcher<T> {
         &mut self,
         req: &PushRequest,
         auth: Option<HeaderValue>,
-    ) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
-        let request = build_request(&self.authority, req, auth);
-        self.send.send_request(request, false)
+    ) -> Result<Result<(ResponseFuture, SendStream<Bytes>), h2::Error>, Rejection> {
+        let request = build_request(&self.authority, req, auth)?;
+        Ok(self.send.send_request(request, false))
     }
 }
 
-/// Builds the request headers in a stable order, so HPACK indexes the values that repeat (apns.md §3.3).
+/// A header value, or the rejection APNs gives for a bad one (`reason`): herald refuses such values at the door,
+/// so this guards what could only come from an old spool record.
+fn header_value(value: &str, reason: &str) -> Result<HeaderValue, Rejection> {
+    HeaderValue::from_str(value).map_err(|_| Rejection::Http {
+        status: 400,
+        reason: reason.to_owned(),
+        timestamp_ms: None,
+    })
+}
+
+/// Builds the request headers in a stable order, so HPACK indexes the values that repeat (apns.md §3.3). A
+/// value that cannot be sent as given refuses the request; nothing is dropped or changed.
 fn build_request(
     authority: &Authority,
     req: &PushRequest,
     auth: Option<HeaderValue>,
-) -> Request<()> {
+) -> Result<Request<()>, Rejection> {
     let mut path = String::with_capacity(10 + 2 * req.token.len());
     path.push_str("/3/device/");
     req.token.write_hex(&mut path);
@@ -336,12 +352,8 @@ fn build_request(
     if let Some(auth) = auth {
         headers.insert(AUTHORIZATION, auth);
     }
-    if let Some(topic) = req
-        .topic
-        .as_deref()
-        .and_then(|t| HeaderValue::from_str(t).ok())
-    {
-        headers.insert(APNS_TOPIC.clone(), topic);
+    if let Some(topic) = req.topic.as_deref() {
+        headers.insert(APNS_TOPIC.clone(), header_value(topic, "BadTopic")?);
     }
     if let Some(push_type) = req.push_type {
         headers.insert(
@@ -358,21 +370,16 @@ fn build_request(
     if let Some(expiration) = req.expiration {
         headers.insert(APNS_EXPIRATION.clone(), HeaderValue::from(expiration));
     }
-    if let Some(collapse) = req
-        .collapse_id
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
-        headers.insert(APNS_COLLAPSE_ID.clone(), collapse);
+    if let Some(collapse) = req.collapse_id.as_deref() {
+        headers.insert(
+            APNS_COLLAPSE_ID.clone(),
+            header_value(collapse, "BadCollapseId")?,
+        );
     }
-    if let Some(id) = req
-        .apns_id
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
-        headers.insert(APNS_ID.clone(), id);
+    if let Some(id) = req.apns_id.as_deref() {
+        headers.insert(APNS_ID.clone(), header_value(id, "BadMessageId")?);
     }
-    request
+    Ok(request)
 }
 
 fn not_sent_reason(e: &h2::Error) -> NotSentReason {

@@ -1,5 +1,244 @@
-//! Configuration warnings: see the parent module.
+//! Configuration warnings: listeners and the console open wider than their protection (see the parent module).
+//!
+//! - a TCP control listener on an address other than loopback without `control_password`;
+//! - an ESMTP or HTTP listener on every address (`0.0.0.0`, `::`, `:PORT`) with no `always_allow` list and, for
+//!   HTTP, no API key;
+//! - an empty `api_key` or `api_keys` entry;
+//! - a control socket `file_mode` wider than 0660.
 
-use crate::{diag::Diagnostics, tree::Node};
+use crate::{
+    diag::{Diagnostics, Location},
+    net::ListenAddr,
+    options::{self, OptId},
+    scopes::ScopeKind,
+    tree::{Node, Setting},
+    value::Value,
+};
 
-pub(super) fn check(_root: &Node, _diags: &mut Diagnostics) {}
+fn id(name: &str) -> Option<OptId> {
+    options::lookup(name)
+}
+
+/// The setting of `name` in the listen stanza, else in its listener.
+fn resolved<'a>(listen: &'a Node, listener: &'a Node, name: &str) -> Option<&'a Setting> {
+    let id = id(name)?;
+    listen.get(id).or_else(|| listener.get(id))
+}
+
+fn enabled(n: &Node) -> bool {
+    id("enable")
+        .and_then(|i| n.get(i))
+        .and_then(|s| s.value.as_bool())
+        .unwrap_or(true)
+}
+
+fn non_empty_str(s: Option<&Setting>) -> bool {
+    s.is_some_and(|s| matches!(&s.value, Value::Str(v) if !v.is_empty()))
+}
+
+fn non_empty_list(s: Option<&Setting>) -> bool {
+    s.is_some_and(|s| match &s.value {
+        Value::List(l) => l.iter().any(|k| !k.is_empty()),
+        Value::Cidrs(c) => !c.is_empty(),
+        _ => false,
+    })
+}
+
+pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
+    for listener in root.children().iter().filter(|c| c.kind.is_listener()) {
+        if !enabled(listener) {
+            continue;
+        }
+        for listen in listener.children_of(ScopeKind::Listen) {
+            let Some(address) = listen.name.as_deref() else {
+                continue;
+            };
+            let Ok(addr) = address.parse::<ListenAddr>() else {
+                continue;
+            };
+            let Some(at) = listen.at.clone().or_else(|| listener.at.clone()) else {
+                continue;
+            };
+            if !enabled(listen) {
+                continue;
+            }
+            check_listen(listener, listen, address, &addr, at, diags);
+        }
+    }
+    empty_api_keys(root, diags);
+}
+
+fn check_listen(
+    listener: &Node,
+    listen: &Node,
+    address: &str,
+    addr: &ListenAddr,
+    at: Location,
+    diags: &mut Diagnostics,
+) {
+    let keyword = listener.kind.keyword();
+    match (listener.kind, addr) {
+        (ScopeKind::ControlListener, ListenAddr::Tcp(sa))
+            if !sa.ip().is_loopback()
+                && !non_empty_str(resolved(listen, listener, "control_password")) =>
+        {
+            diags.warning(
+                at,
+                format!(
+                    "{keyword} listen {address:?} accepts console connections from other machines without \
+                     control_password: anyone who reaches it can run every command, shutdown included; set \
+                     control_password in this listen stanza, or listen on 127.0.0.1 or a Unix socket"
+                ),
+            );
+        }
+        (ScopeKind::ControlListener, ListenAddr::Unix(_)) => {
+            if let Some(mode) = resolved(listen, listener, "file_mode") {
+                if let Value::Mode(m) = mode.value {
+                    if m & !0o660 != 0 {
+                        diags.warning(
+                            mode.at.clone(),
+                            format!(
+                                "file_mode = {m:04o} makes the console socket of {keyword} listen {address:?} \
+                                 usable by more than its owner and group (wider than 0660): every local user could \
+                                 run console commands; set file_mode = 0660 or narrower"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        (ScopeKind::EsmtpListener | ScopeKind::HttpListener, ListenAddr::Tcp(sa))
+            if sa.ip().is_unspecified() =>
+        {
+            let allow_list = non_empty_list(resolved(listen, listener, "always_allow"));
+            let http = listener.kind == ScopeKind::HttpListener;
+            let keys = non_empty_str(resolved(listen, listener, "api_key"))
+                || non_empty_list(resolved(listen, listener, "api_keys"));
+            if !(allow_list || (http && keys)) {
+                let protect = if http {
+                    "set api_key (or api_keys) or an always_allow list of the clients' addresses"
+                } else {
+                    "set an always_allow list of the clients' addresses"
+                };
+                diags.warning(
+                    at,
+                    format!(
+                        "{keyword} listen {address:?} takes notifications from every address with nothing to \
+                         restrict who sends them: {protect}, or listen on a specific address"
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An empty `api_key` (or `api_keys` entry) anywhere: a key nobody has to know.
+fn empty_api_keys(node: &Node, diags: &mut Diagnostics) {
+    for s in node.settings() {
+        let name = s.id.def().name;
+        let empty = match (&s.value, name) {
+            (Value::Str(v), "api_key") => v.trim().is_empty(),
+            (Value::List(l), "api_keys") => l.iter().any(|k| k.trim().is_empty()),
+            _ => false,
+        };
+        if empty {
+            diags.warning(
+                s.at.clone(),
+                format!(
+                    "{name} has an empty key: a client sending an empty key is let in; set a long random key or \
+                     remove the empty one"
+                ),
+            );
+        }
+    }
+    for c in node.children() {
+        empty_api_keys(c, diags);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn warnings(text: &str) -> Vec<String> {
+        let config = Config::parse_str("t.conf", text).unwrap_or_else(|d| panic!("{d:?}"));
+        config.warnings().iter().map(|d| d.to_string()).collect()
+    }
+
+    fn one(text: &str, wants: &[&str]) {
+        let w = warnings(text);
+        assert_eq!(w.len(), 1, "{w:?}");
+        for want in wants {
+            assert!(w[0].contains(want), "{want:?} not in {:?}", w[0]);
+        }
+    }
+
+    #[test]
+    fn a_tcp_control_listener_off_loopback_needs_a_password() {
+        one(
+            "control_listener {\n  listen \"0.0.0.0:2025\" { }\n}\n",
+            &["t.conf:2", "control_password", "127.0.0.1"],
+        );
+        assert!(
+            warnings("control_listener { listen \"0.0.0.0:2025\" { control_password = \"s3\" } }")
+                .is_empty()
+        );
+        assert!(
+            warnings(
+                "control_listener { control_password = \"s3\"\n listen \"10.0.0.1:2025\" { } }"
+            )
+            .is_empty()
+        );
+        assert!(warnings("control_listener { listen \"127.0.0.1:2025\" { } }").is_empty());
+    }
+
+    #[test]
+    fn listeners_open_to_every_address_need_keys_or_an_allow_list() {
+        one(
+            "http_listener {\n  listen \":8080\" { }\n}\n",
+            &["t.conf:2", "api_key", "always_allow"],
+        );
+        one(
+            "esmtp_listener {\n\n  listen \"0.0.0.0:25\" { }\n}\n",
+            &["t.conf:3", "always_allow"],
+        );
+        assert!(warnings("http_listener { listen \":8080\" { api_key = \"k\" } }").is_empty());
+        assert!(
+            warnings("http_listener { api_keys = ( \"k\" )\n listen \"[::]:8080\" { } }")
+                .is_empty()
+        );
+        assert!(
+            warnings("esmtp_listener { always_allow = ( 10.0.0.0/8 )\n listen \":25\" { } }")
+                .is_empty()
+        );
+        assert!(warnings("esmtp_listener { listen \"127.0.0.1:25\" { } }").is_empty());
+        assert!(
+            warnings("http_listener { listen \"0.0.0.0:8080\" { enable = false } }").is_empty()
+        );
+    }
+
+    #[test]
+    fn empty_api_keys_are_named_with_their_line() {
+        one(
+            "http_listener {\n  listen \"127.0.0.1:8080\" {\n    api_key = \"\"\n  }\n}\n",
+            &["t.conf:3", "api_key has an empty key"],
+        );
+        one(
+            "http_listener {\n  api_keys = ( \"a\" \"\" )\n  listen \"127.0.0.1:8080\" { }\n}\n",
+            &["t.conf:2", "api_keys"],
+        );
+    }
+
+    #[test]
+    fn a_control_socket_wider_than_0660_is_named() {
+        one(
+            "control_listener {\n  listen \"/tmp/h.sock\" {\n    file_mode = 0666\n  }\n}\n",
+            &["t.conf:3", "file_mode = 0666", "0660"],
+        );
+        assert!(
+            warnings("control_listener { listen \"/tmp/h.sock\" { file_mode = 0600 } }").is_empty()
+        );
+        assert!(warnings("control_listener { listen \"/tmp/h.sock\" { } }").is_empty());
+    }
+}

@@ -3,12 +3,14 @@
 //! - `eval -c FILE [SCOPE [NAME]]… OPTION` prints `option = value` with fallback applied (lists as `(`, one item
 //!   per line, `)`).
 //! - `show -c FILE [SCOPE [NAME]]… [OPTION]` prints the configuration as parsed (includes expanded, repeated
-//!   stanzas merged) in the configuration language, or one scope of it, or one option as set in that scope.
+//!   stanzas merged) in the configuration language, or one scope of it, or one option as set in that scope. The
+//!   values of secret options are masked; `--secrets` prints them.
 //!
 //! Exit status: 0 on success, 1 when the configuration does not load, 2 for a bad scope path or option.
 
 use std::{path::PathBuf, process::ExitCode};
 
+use herald_conf::secrets::render_option_value;
 use herald_conf::{Config, EvalError, ScopePath, Value, options};
 
 #[derive(Debug, clap::Subcommand)]
@@ -21,10 +23,14 @@ pub enum ConfigCommand {
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         words: Vec<String>,
     },
-    /// Print the configuration as parsed, or the scope `[SCOPE [NAME]]…`, or one option set in it.
+    /// Print the configuration as parsed, or the scope `[SCOPE [NAME]]…`, or one option set in it. Secret values
+    /// (API keys, passwords) are masked unless --secrets is given.
     Show {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
+        /// Print the values of secret options (api_key, api_keys, control_password, tls_pkcs12_password) in clear.
+        #[arg(long)]
+        secrets: bool,
         /// `[SCOPE [NAME]]… [OPTION]`
         #[arg(allow_hyphen_values = true)]
         words: Vec<String>,
@@ -36,7 +42,11 @@ const USAGE_ERROR: u8 = 2;
 pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCommand::Eval { config, words } => with_config(&config, |c| eval(c, &words)),
-        ConfigCommand::Show { config, words } => with_config(&config, |c| show(c, &words)),
+        ConfigCommand::Show {
+            config,
+            words,
+            secrets,
+        } => with_config(&config, |c| show(c, &words, secrets)),
     }
 }
 
@@ -80,12 +90,13 @@ fn eval(config: &Config, words: &[String]) -> Result<String, EvalError> {
         Value::Unset => {
             format!("Option '{name}' is not set in scope '{path}' and has no default.\n")
         }
-        v => format!("{name} = {}\n", v.render()),
+        v => format!("{name} = {}\n", render_option_value(name, &v, true)),
     })
 }
 
-fn show(config: &Config, words: &[String]) -> Result<String, EvalError> {
+fn show(config: &Config, words: &[String], secrets: bool) -> Result<String, EvalError> {
     match ScopePath::parse_scope_words(words) {
+        Ok(path) if secrets => config.show_secrets(&path),
         Ok(path) => config.show(&path),
         Err(scope_err) => {
             // `config show [SCOPE [NAME]]… OPTION`: the option as set in that very scope.
@@ -100,7 +111,7 @@ fn show(config: &Config, words: &[String]) -> Result<String, EvalError> {
                 .map(|id| id.def().name)
                 .unwrap_or("?");
             Ok(match config.get(&path, option)? {
-                Some(v) => format!("{name} = {}\n", v.render()),
+                Some(v) => format!("{name} = {}\n", render_option_value(name, &v, !secrets)),
                 None => format!("Option '{name}' is not set in scope '{path}'.\n"),
             })
         }

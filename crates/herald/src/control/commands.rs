@@ -403,6 +403,17 @@ fn summary(server: &Server) -> String {
         ),
     );
     row(&mut out, "Uptime", duration_words(s.uptime));
+    let spool = server.spool.stats();
+    let state = if !spool.unwritable {
+        "writable".to_owned()
+    } else if spool.disk_full {
+        "refusing new notifications: disk full (held ones are still delivered)".to_owned()
+    } else {
+        "refusing new notifications: the store refuses writes (held ones are still delivered)"
+            .to_owned()
+    };
+    row(&mut out, "Spool State", state);
+    row(&mut out, "Spool Pending Removals", spool.pending_removals);
     out
 }
 
@@ -444,7 +455,7 @@ async fn config_reload_inner(server: &Server, path: Option<PathBuf>) -> Reply {
     }
 }
 
-/// `config eval`: `name = value` with fallback, as `herald config eval` prints it.
+/// `config eval`: `name = value` with fallback, as `herald config eval` prints it; secret values masked.
 pub fn config_eval(config: &Config, words: &[String]) -> Result<String, EvalError> {
     let (path, option) = ScopePath::parse_words(words)?;
     let value = config.eval(&path, &option)?;
@@ -455,11 +466,14 @@ pub fn config_eval(config: &Config, words: &[String]) -> Result<String, EvalErro
         Value::Unset => {
             format!("Option '{name}' is not set in scope '{path}' and has no default.\n")
         }
-        v => format!("{name} = {}\n", v.render()),
+        v => format!(
+            "{name} = {}\n",
+            herald_conf::secrets::render_option_value(name, &v, true)
+        ),
     })
 }
 
-/// `config show`: a scope as configured, or one option as set in that scope.
+/// `config show`: a scope as configured, or one option as set in that scope; secret values masked.
 pub fn config_show(config: &Config, words: &[String]) -> Result<String, EvalError> {
     match ScopePath::parse_scope_words(words) {
         Ok(path) => config.show(&path),
@@ -473,7 +487,10 @@ pub fn config_show(config: &Config, words: &[String]) -> Result<String, EvalErro
             let path = ScopePath::parse_scope_words(scopes)?;
             let name = id.def().name;
             Ok(match config.get(&path, option)? {
-                Some(v) => format!("{name} = {}\n", v.render()),
+                Some(v) => format!(
+                    "{name} = {}\n",
+                    herald_conf::secrets::render_option_value(name, &v, true)
+                ),
                 None => format!("Option '{name}' is not set in scope '{path}'.\n"),
             })
         }

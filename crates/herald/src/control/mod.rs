@@ -248,8 +248,24 @@ pub async fn serve(
                     tokio::spawn(async move {
                         let _slot = guard;
                         match stream {
-                            Stream::Unix(s) => connection(s, server, settings, peer, conn_stop).await,
-                            Stream::Tcp(s) => connection(s, server, settings, peer, conn_stop).await,
+                            Stream::Unix(s) => {
+                                let client = match s.peer_cred() {
+                                    Ok(c) => format!(
+                                        "unix client uid={} pid={}",
+                                        c.uid(),
+                                        c.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
+                                    ),
+                                    Err(_) => "unix client (credentials unknown)".to_owned(),
+                                };
+                                connection(s, client, server, settings, peer, conn_stop).await
+                            }
+                            Stream::Tcp(s) => {
+                                let client = match s.peer_addr() {
+                                    Ok(a) => format!("tcp client {a}"),
+                                    Err(_) => "tcp client (address unknown)".to_owned(),
+                                };
+                                connection(s, client, server, settings, peer, conn_stop).await
+                            }
                         }
                     });
                 }
@@ -310,6 +326,7 @@ async fn accept(
 /// Reads commands and answers them until `quit`, end of stream, the idle timeout, or the listener stops.
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
+    client: String,
     server: Weak<Server>,
     settings: Arc<ListenerSettings>,
     peer: Peer,
@@ -386,6 +403,14 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     return;
                 };
                 let close = cmd == Command::Shutdown;
+                if let Command::ConfigReload(Some(path)) = &cmd {
+                    // Another file than the one herald started with: allowed (as Momentum), and on record.
+                    tracing::warn!(
+                        "control listener {}: {client} reloads the configuration from {}",
+                        settings.address,
+                        path.display()
+                    );
+                }
                 (commands::execute(&server, cmd).await, close)
             }
         };

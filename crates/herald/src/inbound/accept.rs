@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_apns::notification::{NotificationParts, validate_notification};
 use herald_apns::payload::infer_push_type;
-use herald_apns::push::{Priority, Protocol, PushType};
+use herald_apns::push::{Priority, Protocol, PushType, validate_expiration};
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::message::{IdGenerator, MessageId, Notification, unix_now};
@@ -229,8 +229,16 @@ impl Intake {
             payload: &s.payload,
         })
         .map_err(|e| Refusal::Permanent(e.to_string()))?;
+        // Every field is kept exactly as accepted: what APNs receives is what the sender gave.
+        let expiration = match s.expiration {
+            Some(e) => Some(
+                validate_expiration(e)
+                    .map_err(|e| Refusal::Permanent(format!("expiration: {e}")))?,
+            ),
+            None => None,
+        };
         let apns_id = match s.apns_id {
-            Some(id) => Some(Arc::from(id.to_ascii_lowercase())),
+            Some(id) => Some(Arc::from(id)),
             None if protocol == Protocol::Http2 => {
                 Some(Arc::from(uuid::Uuid::new_v4().to_string()))
             }
@@ -245,7 +253,7 @@ impl Intake {
             topic: topic.map(|t| self.strings.intern(&t)),
             push_type: Some(push_type),
             priority: s.priority.map(|_| priority),
-            expiration: s.expiration.and_then(|e| u32::try_from(e).ok()),
+            expiration,
             collapse_id: s.collapse_id.map(Arc::from),
             apns_id,
             payload: s.payload,

@@ -1,0 +1,210 @@
+//! The spool on a disk that fills up and empties again, on a small tmpfs the test mounts itself: appends are
+//! refused while it is full, removals wait in memory, the spool takes writes again by itself once there is room,
+//! nothing refused comes back and nothing delivered is found again after a restart. It also opens on a full disk.
+//!
+//! Mounting needs root (or CAP_SYS_ADMIN); where it is refused the tests say so and pass, except when `CI` is set.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{notification, wait_until};
+use herald_spool::{DiskSpool, Spool, SpoolKey, SpoolOptions};
+
+/// Unmounts the test file system when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but a tmpfs cannot be mounted at {}: the full-disk tests must run in CI",
+            dir.display()
+        );
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs at {} (needs root or CAP_SYS_ADMIN); the full-disk cycle is not tested here",
+            dir.display()
+        );
+    }
+    ok.then(|| Mount(dir.to_path_buf()))
+}
+
+fn options() -> SpoolOptions {
+    SpoolOptions {
+        retry_interval: Duration::from_millis(50),
+        ..SpoolOptions::default()
+    }
+}
+
+/// Writes a file until the file system is full; returns its path.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![7u8; 64 << 10];
+    loop {
+        if let Err(e) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(28), "filling: {e}");
+            return path;
+        }
+    }
+}
+
+/// Appends batches of 50 until one is refused; returns the accepted keys and those of the refused batch.
+async fn append_until_refused(spool: &dyn Spool) -> (Vec<SpoolKey>, Vec<SpoolKey>) {
+    let mut accepted = Vec::new();
+    loop {
+        assert!(accepted.len() < 2_000_000, "the file system never filled");
+        let keys: Vec<SpoolKey> = (0..50).map(|_| spool.next_key()).collect();
+        match spool
+            .append(keys.iter().map(|&k| notification(k)).collect())
+            .await
+        {
+            Ok(()) => accepted.extend(keys),
+            Err(e) => {
+                assert!(e.is_temporary() && e.is_disk_full(), "{e}");
+                return (accepted, keys);
+            }
+        }
+    }
+}
+
+fn recovered_keys(spool: &DiskSpool) -> BTreeSet<SpoolKey> {
+    let r = spool.recover().unwrap();
+    assert_eq!(r.report.skipped, 0);
+    r.notifications.iter().map(|n| n.key).collect()
+}
+
+#[tokio::test]
+async fn a_full_disk_recovers_by_itself_and_keeps_removals_until_it_can_write_them() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("small");
+    let Some(_mount) = mount_tmpfs(&dir, "8m") else {
+        return;
+    };
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    assert!(!spool.stats().unwritable);
+    let (accepted, mut refused) = append_until_refused(&spool).await;
+    assert!(!accepted.is_empty());
+    let st = spool.stats();
+    assert!(st.unwritable && st.disk_full, "{st:?}");
+    assert!(spool.write_error().is_some_and(|e| e.is_disk_full()));
+    // Still refused, quickly and without harm, while the disk stays full.
+    let refused_key = spool.next_key();
+    let err = spool
+        .append(vec![notification(refused_key)])
+        .await
+        .unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    refused.push(refused_key);
+
+    // Delivered meanwhile: their removals wait in memory.
+    let delivered = &accepted[..accepted.len() / 2];
+    spool.remove(delivered);
+    wait_until(5, "the spool state", || {
+        spool.stats().pending_removals == delivered.len() as u64
+    });
+    assert!(spool.stats().unwritable);
+
+    // The operator makes room: the spool notices without a request and writes the removals.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    wait_until(10, "the spool state", || {
+        let st = spool.stats();
+        !st.unwritable && st.pending_removals == 0
+    });
+    assert!(!spool.stats().disk_full);
+    assert!(spool.write_error().is_none());
+    let later: Vec<SpoolKey> = (0..10).map(|_| spool.next_key()).collect();
+    spool
+        .append(later.iter().map(|&k| notification(k)).collect())
+        .await
+        .unwrap();
+    spool.close().await.unwrap();
+    drop(spool);
+
+    // After a restart: exactly what was accepted and not delivered.
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    let got = recovered_keys(&spool);
+    let want: BTreeSet<SpoolKey> = accepted[delivered.len()..]
+        .iter()
+        .chain(&later)
+        .copied()
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert_eq!(got, want);
+    // Part of the refused commit may have reached the journal: it is deleted, never delivered.
+    assert!(refused.iter().all(|k| !got.contains(k)));
+    spool.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_spool_opens_on_a_full_disk_delivers_what_it_holds_and_takes_writes_once_there_is_room() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("small");
+    let Some(_mount) = mount_tmpfs(&dir, "8m") else {
+        return;
+    };
+    let held: Vec<SpoolKey> = {
+        let spool = DiskSpool::open(&dir, options()).unwrap();
+        let keys: Vec<SpoolKey> = (0..100).map(|_| spool.next_key()).collect();
+        spool
+            .append(keys.iter().map(|&k| notification(k)).collect())
+            .await
+            .unwrap();
+        spool.close().await.unwrap();
+        keys
+    };
+    let filler = fill(&dir);
+
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    let st = spool.stats();
+    assert!(st.unwritable && st.disk_full, "{st:?}");
+    // What it holds can be read (and delivered)...
+    let got = recovered_keys(&spool);
+    assert_eq!(got, held.iter().copied().collect::<BTreeSet<_>>());
+    // ...new notifications are refused...
+    let err = spool
+        .append(vec![notification(spool.next_key())])
+        .await
+        .unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    // ...and the removals of delivered ones wait until there is room.
+    spool.remove(&held[..60]);
+    wait_until(5, "60 pending removals", || {
+        spool.stats().pending_removals == 60
+    });
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(10, "the spool state", || {
+        let st = spool.stats();
+        !st.unwritable && st.pending_removals == 0
+    });
+    spool.close().await.unwrap();
+    drop(spool);
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    assert_eq!(
+        recovered_keys(&spool),
+        held[60..].iter().copied().collect::<BTreeSet<_>>()
+    );
+    spool.close().await.unwrap();
+}
