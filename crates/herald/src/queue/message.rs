@@ -91,6 +91,9 @@ impl IdGenerator {
     }
 }
 
+/// The binding every notification has unless its injection names another (Momentum's `default`).
+pub const DEFAULT_BINDING: &str = "default";
+
 /// One push notification for one device, validated and routed to a domain.
 #[derive(Debug, Clone)]
 pub struct Notification {
@@ -100,6 +103,9 @@ pub struct Notification {
     pub conn_id: MessageId,
     /// The domain (app) that routes it: its configuration says where and how to deliver.
     pub domain: Arc<str>,
+    /// The binding it is delivered from ([`DEFAULT_BINDING`] unless the injection named one): with the domain it
+    /// selects the options, the pool and the source address (momentum.md §4.3).
+    pub binding: Arc<str>,
     pub token: DeviceToken,
     pub topic: Option<Arc<str>>,
     pub push_type: Option<PushType>,
