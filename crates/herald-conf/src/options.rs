@@ -502,14 +502,14 @@ pub static OPTIONS: &[OptionDef] = &[
         Kind::Bool,
         Some("true"),
         MODULES,
-        "Whether the module is active (`false` loads it passively).",
+        "Whether the module is active: `apn` off holds delivery (notifications are accepted and spooled, not sent), `httpsrv` off starts no http_listener, `restinjector` off answers REST injection with 403, a logger off writes nothing. Read by the server at start and reload.",
     ),
     opt(
         "debug_level",
         Kind::Enum(DEBUG_LEVELS),
         Some("error"),
         MODULES,
-        "The module's diagnostic verbosity.",
+        "Diagnostic level of the module's part of herald's stderr log (`apn`: delivery; `httpsrv`: HTTP listeners; `restinjector`: REST injection; loggers: log writers); notice is info, crit and above are error. Unset leaves the part at the process level; `RUST_LOG` overrides. Read by `herald serve` at start.",
     ),
     // --- apn_logger (momentum.md §1.7) ---
     inert(

@@ -226,8 +226,15 @@ impl Server {
             generation: AtomicU64::new(0),
             stop_requested: tokio::sync::Notify::new(),
         });
+        server.engine.set_held(apn_held(&config));
+        if apn_held(&config) {
+            tracing::warn!(
+                "apn {{ enabled = false }}: notifications are accepted and spooled but not delivered until the apn \
+                 module is enabled"
+            );
+        }
         let mut running = Vec::new();
-        for settings in config.listeners().into_iter().filter(|l| l.enabled) {
+        for settings in wanted_listeners(&config) {
             if let Some(listener) = server.start_listener(settings).await? {
                 running.push(listener);
             }
@@ -330,10 +337,9 @@ impl Server {
                     self.restore_progress.clone(),
                     settings.http_services,
                 );
-                let app = rest::router_with(
-                    rest::RestState::new(settings.clone(), self.intake.clone()),
-                    extra,
-                );
+                let state = rest::RestState::new(settings.clone(), self.intake.clone())
+                    .with_injection_off(injection_off(&self.config()));
+                let app = rest::router_with(state, extra);
                 let intake = self.intake.clone();
                 let task = tokio::spawn(async move {
                     if let Err(e) = rest::serve_app(socket, app, intake, tls, stop_rx).await {
@@ -382,6 +388,8 @@ impl Server {
             diagnostics: d.to_string(),
         })?;
         let config = Arc::new(config);
+        let rest_toggled = injection_off(&self.config()) != injection_off(&config);
+        self.engine.set_held(apn_held(&config));
         let mut report = ReloadReport {
             path: path.clone(),
             warnings: config.warnings().iter().map(|w| w.to_string()).collect(),
@@ -394,11 +402,7 @@ impl Server {
         report.unroutable = self.engine.reconfigure();
         report.domains -= report.unroutable.len();
 
-        let wanted: Vec<ListenerSettings> = config
-            .listeners()
-            .into_iter()
-            .filter(|l| l.enabled)
-            .collect();
+        let wanted = wanted_listeners(&config);
         let mut listeners = self.listeners.lock().await;
         let mut keep = Vec::new();
         for running in listeners.drain(..) {
@@ -427,7 +431,12 @@ impl Server {
                     running.settings = new.clone();
                     keep.push(running);
                 }
-                Some(new) if *new == running.settings => keep.push(running),
+                Some(new)
+                    if *new == running.settings
+                        && !(running.kind == ListenerKind::Http && rest_toggled) =>
+                {
+                    keep.push(running)
+                }
                 Some(new) => {
                     let new = new.clone();
                     stop_listener(running).await;
@@ -588,4 +597,32 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Whether a module stanza is declared with `enabled = false`.
+fn module_off(config: &Config, kind: herald_conf::ScopeKind) -> bool {
+    config.module(kind).is_some_and(|m| !m.enabled)
+}
+
+/// `apn { enabled = false }`: delivery is held (notifications are accepted and spooled, not sent).
+fn apn_held(config: &Config) -> bool {
+    module_off(config, herald_conf::ScopeKind::Apn)
+}
+
+/// Why REST injection is refused, when `restinjector { enabled = false }`.
+fn injection_off(config: &Config) -> Option<&'static str> {
+    module_off(config, herald_conf::ScopeKind::Restinjector).then_some(
+        "REST injection is turned off in this configuration (restinjector { enabled = false })",
+    )
+}
+
+/// The listeners to run: every enabled one, except HTTP listeners when `httpsrv { enabled = false }` turns the
+/// HTTP server off.
+fn wanted_listeners(config: &Config) -> Vec<ListenerSettings> {
+    let http_off = module_off(config, herald_conf::ScopeKind::Httpsrv);
+    config
+        .listeners()
+        .into_iter()
+        .filter(|l| l.enabled && !(http_off && l.kind == ListenerKind::Http))
+        .collect()
 }

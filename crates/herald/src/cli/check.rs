@@ -49,11 +49,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 std::mem::forget(config);
                 return Ok(ExitCode::FAILURE);
             }
+            // Every warning printed above: the configuration's and the credential findings'.
+            let warnings = config.warnings().len() + findings.len();
             println!(
                 "{name}: ok: {} domains, {} listeners, {} warnings",
                 config.domains().len(),
                 config.listeners().len(),
-                config.warnings().len()
+                warnings
             );
             // The process ends here: freeing a large tree node by node would only add to the run time.
             std::mem::forget(config);

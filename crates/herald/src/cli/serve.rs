@@ -18,11 +18,16 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // The module stanzas' debug_level set the level of their part; a configuration that does not load is
+    // reported by Server::start below.
+    let levels = herald_conf::Config::load(&args.config)
+        .map(|c| herald::logs::levels::directives(&c, "info"))
+        .unwrap_or_else(|_| "info".to_owned());
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(levels)),
         )
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()

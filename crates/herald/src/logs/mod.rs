@@ -4,6 +4,7 @@
 
 pub mod apnlog;
 pub mod file;
+pub mod levels;
 pub mod mainlog;
 
 use std::net::IpAddr;

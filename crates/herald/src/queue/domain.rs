@@ -392,6 +392,9 @@ impl DomainTask {
 
     /// Moves ready notifications to the pool while it has room.
     fn dispatch(&mut self) {
+        if self.shared.is_held() {
+            return;
+        }
         let limit = self.pool.dispatch_limit();
         let now = unix_now();
         while self.outstanding < limit {

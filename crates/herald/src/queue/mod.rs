@@ -126,9 +126,15 @@ pub struct EngineShared {
     invalid: Arc<dyn InvalidTokenSink>,
     resident: Arc<Semaphore>,
     observer: OnceLock<Arc<dyn QueueObserver>>,
+    /// Delivery is held (`apn { enabled = false }`): notifications are accepted and queued, not sent.
+    held: std::sync::atomic::AtomicBool,
 }
 
 impl EngineShared {
+    pub(crate) fn is_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn invalid_token(&self, token: InvalidToken) {
         self.invalid.record(token);
     }
@@ -204,6 +210,7 @@ impl Engine {
                 invalid,
                 resident,
                 observer: OnceLock::new(),
+                held: std::sync::atomic::AtomicBool::new(false),
             }),
             resolver,
             domains: Mutex::new(HashMap::new()),
@@ -212,6 +219,19 @@ impl Engine {
 
     pub fn logs(&self) -> &Logs {
         &self.shared.logs
+    }
+
+    /// Holds delivery (true) or lets it go on (false): held notifications stay queued, nothing is sent. The apn
+    /// module's `enabled = false` holds delivery.
+    pub fn set_held(&self, held: bool) {
+        self.shared
+            .held
+            .store(held, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether delivery is held (see [`Engine::set_held`]).
+    pub fn is_held(&self) -> bool {
+        self.shared.is_held()
     }
 
     /// Sets the observer of every notification's life (once, before traffic); false if one was set already.

@@ -33,6 +33,9 @@ pub use server::{TlsSetupError, serve, serve_app, tls_config};
 pub struct RestState {
     pub intake: Arc<Intake>,
     pub settings: Arc<ListenerSettings>,
+    /// Set when REST injection is turned off (`restinjector { enabled = false }`): the injection routes answer
+    /// `403` with this text.
+    pub injection_off: Option<Arc<str>>,
 }
 
 impl RestState {
@@ -40,7 +43,14 @@ impl RestState {
         RestState {
             intake,
             settings: Arc::new(settings),
+            injection_off: None,
         }
+    }
+
+    /// The same state with injection refused for `reason`.
+    pub fn with_injection_off(mut self, reason: Option<&str>) -> Self {
+        self.injection_off = reason.map(Arc::from);
+        self
     }
 }
 

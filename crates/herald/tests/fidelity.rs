@@ -1,0 +1,229 @@
+//! Nothing a Momentum configuration says is accepted and then ignored: the module stanzas' `enabled = false`
+//! turns their part off (momentum.md §1.7, §3), `herald check` reports every option it accepts without acting on
+//! it and counts exactly the warnings it prints, and it refuses what `herald serve` would refuse.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use herald::server::Server;
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::token_auth_options;
+
+const TOPIC: &str = "com.example.fidelity";
+const DOMAIN: &str = "fidelity.example";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn herald(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .output()
+        .expect("run herald")
+}
+
+fn config_text(dir: &Path, pki: &Pki, port: u16, extra: &str) -> String {
+    format!(
+        r#"
+spool_dir = "{spool}"
+ec_logger "main" {{ mainlog = "{log}" }}
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+domain "{DOMAIN}" {{
+{credentials}}}
+{extra}
+"#,
+        spool = dir.join("spool").display(),
+        log = dir.join("mainlog.ec").display(),
+        credentials = token_auth_options(pki, port, TOPIC),
+    )
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    pki: Pki,
+    sim: SimHandle,
+    server: Arc<Server>,
+}
+
+async fn rig(extra: &str) -> Rig {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let pki = Pki::generate(&dir.join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let path = dir.join("herald.conf");
+    std::fs::write(&path, config_text(&dir, &pki, sim.addrs.h2.port(), extra)).unwrap();
+    let server = Server::start(&path).await.unwrap();
+    Rig {
+        _dir: tmp,
+        path,
+        pki,
+        sim,
+        server,
+    }
+}
+
+impl Rig {
+    fn rewrite(&self, extra: &str) {
+        let dir = self.path.parent().unwrap();
+        let text = config_text(dir, &self.pki, self.sim.addrs.h2.port(), extra);
+        std::fs::write(&self.path, text).unwrap();
+    }
+
+    async fn push(&self, n: u64) -> (u16, serde_json::Value) {
+        let http = self.server.addrs().await.http[0];
+        let tokens: Vec<String> = (0..n).map(|i| format!("{:064x}", i + 1)).collect();
+        let response = reqwest::Client::new()
+            .post(format!("http://{http}/api/v1/push"))
+            .json(&serde_json::json!({
+                "domain": DOMAIN, "tokens": tokens, "payload": {"aps": {"alert": "x"}},
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `restinjector { enabled = false }`: the REST injection routes answer 403 naming the stanza; a reload that
+/// enables it again serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restinjector_off_refuses_rest_injection() {
+    let rig = rig("restinjector { enabled = false }").await;
+    let (status, body) = rig.push(1).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("restinjector { enabled = false }"),
+        "{body}"
+    );
+    rig.rewrite("restinjector { }");
+    rig.server.reload(None).await.unwrap();
+    let (status, body) = rig.push(1).await;
+    assert_eq!(status, 202, "{body}");
+    rig.server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `apn { enabled = false }`: notifications are accepted and queued but not sent; enabling the module (reload)
+/// delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apn_off_holds_delivery_until_it_is_enabled() {
+    let rig = rig("apn { enabled = false }").await;
+    assert!(rig.server.engine.is_held());
+    let (status, body) = rig.push(3).await;
+    assert_eq!(status, 202, "{body}");
+    wait_until("the notifications to be queued", || {
+        rig.server.summary().active_queue == 3
+    })
+    .await;
+    // Held: the queue has had many dispatch rounds (50 ms ticks) and opened no connection.
+    let queued_at = Instant::now();
+    wait_until("a few queue ticks", || {
+        queued_at.elapsed() > Duration::from_millis(300)
+    })
+    .await;
+    assert_eq!(rig.sim.counters().accepted(), 0);
+    assert_eq!(
+        rig.sim
+            .counters()
+            .h2_connections
+            .total
+            .load(Ordering::Relaxed),
+        0
+    );
+    rig.rewrite("apn { enabled = true }");
+    rig.server.reload(None).await.unwrap();
+    assert!(!rig.server.engine.is_held());
+    wait_until("the held notifications to be delivered", || {
+        rig.sim.counters().accepted() == 3
+    })
+    .await;
+    rig.server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `httpsrv { enabled = false }`: no HTTP listener is started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httpsrv_off_starts_no_http_listener() {
+    let rig = rig("httpsrv { enabled = false }").await;
+    assert!(rig.server.addrs().await.http.is_empty());
+    rig.rewrite("httpsrv { }");
+    rig.server.reload(None).await.unwrap();
+    assert_eq!(rig.server.addrs().await.http.len(), 1);
+    rig.server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The warnings `herald check` prints, and the count in its summary line.
+fn check_warnings(path: &Path) -> (Vec<String>, usize) {
+    let p = path.display().to_string();
+    let o = herald(&["check", "-c", &p]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let shown: Vec<String> = err
+        .lines()
+        .filter(|l| l.contains("warning"))
+        .map(str::to_owned)
+        .collect();
+    let count = out
+        .split(", ")
+        .find_map(|part| {
+            part.strip_suffix(" warnings\n")
+                .or(part.strip_suffix(" warnings"))
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no warning count in {out:?}"));
+    (shown, count)
+}
+
+/// Every accepted-but-inert setting is a warning of `herald check`, and the count it prints is the number of
+/// warnings it shows (configuration and credential warnings together).
+#[test]
+fn check_warns_about_every_inert_setting_and_counts_what_it_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let text = format!(
+        r#"
+ec_logger "main" {{ mainlog = "{log}" }}
+http_listener {{ listen "127.0.0.1:8081" {{ mcmt_reception = allow }} }}
+restinjector {{ enabled = false }}
+domain "{DOMAIN}" {{
+{credentials}  tls = required
+}}
+domain "two.example" {{
+{credentials}  routes = ( "https://127.0.0.1:1" "https://127.0.0.1:2" )
+  tls_verify = no
+}}
+"#,
+        log = dir.path().join("mainlog.ec").display(),
+        credentials = token_auth_options(&pki, 2197, TOPIC),
+    );
+    let path = dir.path().join("herald.conf");
+    std::fs::write(&path, text).unwrap();
+    let (shown, count) = check_warnings(&path);
+    let has = |needle: &str| shown.iter().any(|w| w.contains(needle));
+    assert!(
+        has("`mcmt_reception` has no effect in an http_listener"),
+        "{shown:#?}"
+    );
+    assert!(has("restinjector { enabled = false }"), "{shown:#?}");
+    assert!(has("`routes` lists 2 routes"), "{shown:#?}");
+    assert!(has("`tls`"), "{shown:#?}");
+    assert!(has("tls_verify"), "{shown:#?}");
+    assert_eq!(count, shown.len(), "{shown:#?}");
+}
