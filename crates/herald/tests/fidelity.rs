@@ -227,3 +227,53 @@ domain "two.example" {{
     assert!(has("tls_verify"), "{shown:#?}");
     assert_eq!(count, shown.len(), "{shown:#?}");
 }
+
+/// An unreachable route writes transient-failure lines while notifications wait for a connection, naming the route
+/// and the reason, before `mx_failures_to_delay` (here 0: never) would delay the queue. One line per logged
+/// attempt, for the oldest waiting notification, not one per notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connection_attempts_are_logged_as_transient_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = support::free_port();
+    let apnlog = dir.path().join("apnlog.ec");
+    let extra = format!(
+        "apn_logger \"a\" {{ logfile = \"{}\" }}\nmx_failures_to_delay = 0",
+        apnlog.display()
+    );
+    let path = dir.path().join("herald.conf");
+    std::fs::write(&path, config_text(dir.path(), &pki, port, &extra)).unwrap();
+    let server = Server::start(&path).await.unwrap();
+    let http = server.addrs().await.http[0];
+    let tokens: Vec<String> = (0..2u64).map(|i| format!("{:064x}", i + 1)).collect();
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/push"))
+        .json(&serde_json::json!({
+            "domain": DOMAIN, "tokens": tokens, "payload": {"aps": {"alert": "x"}},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first_id = answer["results"][0]["id"].as_str().unwrap().to_owned();
+    let t_lines = || -> Vec<Vec<String>> {
+        server.logs().flush();
+        support::log_fields(&apnlog)
+            .into_iter()
+            .filter(|f| f.get(1).map(String::as_str) == Some("T"))
+            .collect()
+    };
+    wait_until("two transient-failure lines", || t_lines().len() >= 2).await;
+    for t in t_lines() {
+        assert_eq!(t[2], first_id, "the oldest waiting notification: {t:?}");
+        assert_eq!(t[5], DOMAIN);
+        assert!(
+            t[12].contains(&format!("connection to 127.0.0.1:{port} failed")),
+            "{t:?}"
+        );
+    }
+    assert_eq!(server.summary().active_queue, 2, "still queued");
+    server.shutdown(Duration::from_secs(1)).await;
+}

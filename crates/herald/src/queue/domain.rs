@@ -23,6 +23,8 @@ use crate::outbound::settings::DeliverySettings;
 const TICK: Duration = Duration::from_millis(50);
 /// Events handled per loop before work is dispatched again.
 const EVENT_BATCH: usize = 512;
+/// At most one transient-failure line per queue this often for failed connection attempts.
+const CONNECT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// What a domain's task is told.
 pub enum DomainEvent {
@@ -145,6 +147,8 @@ pub struct DomainTask {
     generation: u64,
     /// Handed to the pool and not yet reported back.
     outstanding: usize,
+    /// When a failed connection attempt was last logged (see [`CONNECT_FAILURE_LOG_EVERY`]).
+    connect_failure_logged: Option<Instant>,
     sender: DomainSender,
     events: mpsc::UnboundedReceiver<DomainEvent>,
     shared: Arc<EngineShared>,
@@ -170,6 +174,7 @@ impl DomainTask {
             retired: Vec::new(),
             generation: 0,
             outstanding: 0,
+            connect_failure_logged: None,
             sender,
             events,
             shared,
@@ -236,6 +241,9 @@ impl DomainTask {
                     {
                         self.delay_domain()
                     }
+                    ConnectOutcome::Failed {
+                        delay_domain: false,
+                    } if generation == self.generation => self.log_connect_failure(),
                     ConnectOutcome::Opened
                     | ConnectOutcome::Failed { .. }
                     | ConnectOutcome::Stale => {}
@@ -604,6 +612,42 @@ impl DomainTask {
             self.shared.invalid_token(invalid);
         }
         self.shared.finished(&item);
+    }
+
+    /// A connection attempt failed while notifications wait for it: the oldest waiting one gets a transient-failure
+    /// line naming the route and the reason (it stays queued, its retry count unchanged), at most once per
+    /// [`CONNECT_FAILURE_LOG_EVERY`], so an unreachable route shows in the logs before `mx_failures_to_delay`.
+    fn log_connect_failure(&mut self) {
+        let now = Instant::now();
+        if self
+            .connect_failure_logged
+            .is_some_and(|t| now.duration_since(t) < CONNECT_FAILURE_LOG_EVERY)
+        {
+            return;
+        }
+        let error = format!(
+            "connection to {} failed: {}",
+            self.settings.endpoint,
+            self.pool.last_error().unwrap_or("unknown error")
+        );
+        let waiting = self.pool.take_waiting();
+        let oldest = waiting.first().map(|j| &j.tag).or(self.active.front());
+        if let Some(item) = oldest {
+            let tx = item.notification.apns_id.clone();
+            self.log(
+                item,
+                OutcomeKind::Transient,
+                None,
+                tx.as_deref(),
+                None,
+                &error,
+                false,
+            );
+            self.connect_failure_logged = Some(now);
+        }
+        for job in waiting {
+            self.pool.submit(job);
+        }
     }
 
     /// `mx_failures_to_delay` connection attempts failed in a row: every waiting notification is retried later.
