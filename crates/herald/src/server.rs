@@ -33,12 +33,13 @@ use crate::tokens::InvalidTokenStore;
 pub enum StartError {
     #[error("{path}: the configuration has errors:\n{diagnostics}")]
     Config { path: PathBuf, diagnostics: String },
+    // The messages carry the inner error's text and name no source, so `{:#}` prints each cause once.
     #[error("opening logs: {0}")]
-    Logs(#[from] crate::logs::LogSetupError),
-    #[error("spool {dir}: {source}")]
+    Logs(crate::logs::LogSetupError),
+    #[error("spool {dir}: {error}")]
     Spool {
         dir: PathBuf,
-        source: herald_spool::SpoolError,
+        error: herald_spool::SpoolError,
     },
     #[error("spool_backend = jetstream is not available in this build; use the embedded spool")]
     JetStreamUnavailable,
@@ -46,6 +47,12 @@ pub enum StartError {
     Listener(String),
     #[error(transparent)]
     InvalidTokens(#[from] crate::tokens::TokenStoreError),
+}
+
+impl From<crate::logs::LogSetupError> for StartError {
+    fn from(e: crate::logs::LogSetupError) -> Self {
+        StartError::Logs(e)
+    }
 }
 
 /// Why a reload was refused; the configuration in force is unchanged.
@@ -164,9 +171,9 @@ impl Server {
         }
         let dir = spool_settings.dir.clone();
         let spool: Arc<dyn Spool> = Arc::new(
-            DiskSpool::open(&dir, SpoolOptions::default()).map_err(|source| StartError::Spool {
+            DiskSpool::open(&dir, SpoolOptions::default()).map_err(|error| StartError::Spool {
                 dir: dir.clone(),
-                source,
+                error,
             })?,
         );
 

@@ -277,3 +277,59 @@ async fn failed_connection_attempts_are_logged_as_transient_failures() {
     assert_eq!(server.summary().active_queue, 2, "still queued");
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// `herald check` refuses what `herald serve` would refuse when it opens the logs: an apn_logger format with an
+/// unknown macro, and a log file that cannot be written; `serve` names the problem once.
+#[test]
+fn check_refuses_bad_logger_formats_and_unwritable_log_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("plain-file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let write = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let bad_format = write(
+        "format.conf",
+        &format!(
+            "spool_dir = \"{}\"\napn_logger \"a\" {{\n  logfile = \"{}\"\n  log_delivery_format = \"%t@D@%vctx_mess{{x}}\"\n}}\n",
+            dir.path().join("spool").display(),
+            dir.path().join("apn.ec").display()
+        ),
+    );
+    let o = herald(&["check", "-c", &bad_format]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("apn_logger \"a\" log_delivery_format: unknown apn_logger macro %vctx_mess"),
+        "{err}"
+    );
+    let serve = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "-c", &bad_format])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let serve_err = String::from_utf8_lossy(&serve.stderr).into_owned();
+    assert!(!serve.status.success());
+    assert_eq!(
+        serve_err.matches("unknown apn_logger macro").count(),
+        1,
+        "{serve_err}"
+    );
+
+    let unwritable = write(
+        "path.conf",
+        &format!(
+            "ec_logger \"m\" {{ mainlog = \"{}\" }}\n",
+            not_a_dir.join("mainlog.ec").display()
+        ),
+    );
+    let o = herald(&["check", "-c", &unwritable]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("ec_logger \"m\" mainlog") && err.contains("is not a directory"),
+        "{err}"
+    );
+}

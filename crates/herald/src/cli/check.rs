@@ -22,6 +22,17 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             for w in config.warnings() {
                 eprintln!("{w}");
             }
+            // What `herald serve` would refuse when it opens the logs.
+            let log_errors = herald::logs::check(&config);
+            if !log_errors.is_empty() {
+                for e in &log_errors {
+                    eprintln!("{name}: error: {e}");
+                }
+                let n = log_errors.len();
+                eprintln!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
+                std::mem::forget(config);
+                return Ok(ExitCode::FAILURE);
+            }
             let mut findings = herald::credentials::check(&config, std::time::SystemTime::now());
             let config = if args.connect {
                 let config = std::sync::Arc::new(config);

@@ -82,7 +82,7 @@ impl LogFormat {
             let Some((name, m)) = MACROS.iter().find(|(name, _)| after.starts_with(name)) else {
                 let name: String = after
                     .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
                 return Err(FormatError {
                     format: format.to_owned(),

@@ -103,10 +103,12 @@ impl Logs {
 pub enum LogSetupError {
     #[error(transparent)]
     File(#[from] file::LogFileError),
-    #[error("apn_logger {name:?}: {source}")]
+    #[error("apn_logger {name:?} {option}: {error}")]
     Format {
         name: String,
-        source: apnlog::FormatError,
+        /// The format option (`log_delivery_format`, …).
+        option: &'static str,
+        error: apnlog::FormatError,
     },
 }
 
@@ -131,27 +133,7 @@ impl Logs {
             heartbeat = min_opt(heartbeat, ec.heartbeat);
         }
         for a in config.apn_loggers().iter().filter(|a| a.enabled) {
-            let parse = |f: &str| {
-                apnlog::LogFormat::parse(f).map_err(|source| LogSetupError::Format {
-                    name: a.name.clone(),
-                    source,
-                })
-            };
-            let formats = apnlog::ApnLogFormats {
-                delivery: a
-                    .log_delivery
-                    .then(|| parse(&a.log_delivery_format))
-                    .transpose()?,
-                tempfail: a
-                    .log_tempfail
-                    .then(|| parse(&a.log_tempfail_format))
-                    .transpose()?,
-                permfail: a
-                    .log_permfail
-                    .then(|| parse(&a.log_permfail_format))
-                    .transpose()?,
-                heartbeat: parse(&a.log_heartbeat_format)?,
-            };
+            let formats = apn_formats(a)?;
             let file = file::LogFile::open(&a.logfile, a.logmode)?;
             logs.apnlog
                 .push(Arc::new(apnlog::ApnLog::new(file, formats)));
@@ -182,6 +164,69 @@ impl Logs {
             }
         });
     }
+}
+
+/// The parsed formats of one apn_logger instance; errors name the instance and the option.
+fn apn_formats(a: &herald_conf::ApnLoggerSettings) -> Result<apnlog::ApnLogFormats, LogSetupError> {
+    let parse = |option: &'static str, f: &str| {
+        apnlog::LogFormat::parse(f).map_err(|error| LogSetupError::Format {
+            name: a.name.clone(),
+            option,
+            error,
+        })
+    };
+    Ok(apnlog::ApnLogFormats {
+        delivery: a
+            .log_delivery
+            .then(|| parse("log_delivery_format", &a.log_delivery_format))
+            .transpose()?,
+        tempfail: a
+            .log_tempfail
+            .then(|| parse("log_tempfail_format", &a.log_tempfail_format))
+            .transpose()?,
+        permfail: a
+            .log_permfail
+            .then(|| parse("log_permfail_format", &a.log_permfail_format))
+            .transpose()?,
+        heartbeat: parse("log_heartbeat_format", &a.log_heartbeat_format)?,
+    })
+}
+
+/// What `herald serve` would refuse when opening the logs, found without opening them: every apn_logger format
+/// that does not parse, and every log file (mainlog, apn_logger logfile, feedback_logfile) that cannot be
+/// written. Nothing is created or changed.
+pub fn check(config: &herald_conf::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for ec in config.ec_loggers().iter().filter(|e| e.enabled) {
+        if !ec.mainlog.as_os_str().is_empty() {
+            files.push((
+                format!("ec_logger {:?} mainlog", ec.name),
+                ec.mainlog.clone(),
+            ));
+        }
+    }
+    for a in config.apn_loggers().iter().filter(|a| a.enabled) {
+        if let Err(e) = apn_formats(a) {
+            problems.push(e.to_string());
+        }
+        files.push((
+            format!("apn_logger {:?} logfile", a.name),
+            a.logfile.clone(),
+        ));
+    }
+    if let Ok(herald_conf::Value::Str(p)) =
+        config.eval(&herald_conf::ScopePath::global(), "feedback_logfile")
+        && !p.is_empty()
+    {
+        files.push(("feedback_logfile".into(), p.into()));
+    }
+    for (what, path) in files {
+        if let Err(e) = file::check_writable(&path) {
+            problems.push(format!("{what} {}: {e}", path.display()));
+        }
+    }
+    problems
 }
 
 fn min_opt(
