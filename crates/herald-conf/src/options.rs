@@ -525,7 +525,7 @@ pub static OPTIONS: &[OptionDef] = &[
         Kind::Seconds,
         Some("60"),
         LOGGERS,
-        "Seconds between heartbeat (`M`) lines; 0 writes none.",
+        "Seconds between heartbeat (`M`) lines of this logger instance, independently of the others; 0 writes none.",
     ),
     opt(
         "log_delivery",

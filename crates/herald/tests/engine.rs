@@ -493,7 +493,7 @@ async fn binary_error_packet_mid_burst_resends_exactly_what_followed() {
     let finals = final_outcomes(&h, &ids);
     let failed = &finals[&ids[k].to_string()];
     assert_eq!(failed[4], "P");
-    assert_eq!(failed[13], "8 invalid token");
+    assert_eq!(failed[13], "8 Invalid token");
     assert_eq!(invalid.0.lock().unwrap().len(), 1);
     assert_eq!(finals.values().filter(|f| f[4] == "D").count(), n - 1);
 }

@@ -40,6 +40,8 @@ pub struct OutcomeRecord<'a> {
     pub error: &'a str,
     /// Whether the failure happened with a connection (mainlog connection stage 9) or without one (stage 0).
     pub connected: bool,
+    /// The notification's size as sent, headers included (apn_logger `%B`; see `Queued::wire_bytes`).
+    pub bytes: usize,
     /// Unix time of the event.
     pub at: u64,
 }
@@ -114,7 +116,8 @@ pub enum LogSetupError {
 
 impl Logs {
     /// Opens the logs the configuration declares: each enabled `ec_logger`'s mainlog and each enabled
-    /// `apn_logger`. Returns them with the heartbeat interval to use (the shortest configured).
+    /// `apn_logger`, each with its own `heartbeat`. Returns them with the shortest heartbeat interval (`None` when
+    /// no logger writes heartbeats).
     pub fn open(
         config: &herald_conf::Config,
     ) -> Result<(Logs, Option<std::time::Duration>), LogSetupError> {
@@ -129,20 +132,23 @@ impl Logs {
             m.log_deliveries = ec.log_deliveries;
             m.log_transient_failures = ec.log_transient_failures;
             m.log_permanent_failures = ec.log_permanent_failures;
+            m.heartbeat = ec.heartbeat;
             logs.mainlog = Some(Arc::new(m));
             heartbeat = min_opt(heartbeat, ec.heartbeat);
         }
         for a in config.apn_loggers().iter().filter(|a| a.enabled) {
             let formats = apn_formats(a)?;
             let file = file::LogFile::open(&a.logfile, a.logmode)?;
-            logs.apnlog
-                .push(Arc::new(apnlog::ApnLog::new(file, formats)));
+            logs.apnlog.push(Arc::new(
+                apnlog::ApnLog::new(file, formats).with_heartbeat(a.heartbeat),
+            ));
             heartbeat = min_opt(heartbeat, a.heartbeat);
         }
         Ok((logs, heartbeat))
     }
 
-    /// Flushes the logs every `flush_every` and writes heartbeat lines every `heartbeat`, until the runtime ends.
+    /// Flushes the logs every `flush_every` and has each logger write its heartbeat line on its own interval, until
+    /// the runtime ends. `heartbeat` is what [`Logs::open`] returned: `None` means no logger writes heartbeats.
     pub fn spawn_maintenance(
         &self,
         flush_every: std::time::Duration,
@@ -151,16 +157,34 @@ impl Logs {
         let logs = self.clone();
         tokio::spawn(async move {
             let mut flush = tokio::time::interval(flush_every);
-            let mut next_heartbeat = heartbeat.map(|h| tokio::time::Instant::now() + h);
+            let start = tokio::time::Instant::now();
+            let every = |h: Option<std::time::Duration>| h.filter(|_| heartbeat.is_some());
+            let mut main_next =
+                every(logs.mainlog.as_ref().and_then(|m| m.heartbeat)).map(|h| (start + h, h));
+            let mut apn_next: Vec<_> = logs
+                .apnlog
+                .iter()
+                .map(|a| every(a.heartbeat_interval()).map(|h| (start + h, h)))
+                .collect();
             loop {
                 flush.tick().await;
-                logs.flush();
-                if let (Some(at), Some(every)) = (next_heartbeat, heartbeat) {
-                    if tokio::time::Instant::now() >= at {
-                        logs.heartbeat(crate::queue::message::unix_now());
-                        next_heartbeat = Some(at + every);
+                let now = tokio::time::Instant::now();
+                let at = crate::queue::message::unix_now();
+                if let (Some(m), Some((due, h))) = (&logs.mainlog, main_next)
+                    && now >= due
+                {
+                    m.heartbeat(at);
+                    main_next = Some((due + h, h));
+                }
+                for (a, next) in logs.apnlog.iter().zip(apn_next.iter_mut()) {
+                    if let Some((due, h)) = *next
+                        && now >= due
+                    {
+                        a.heartbeat(at);
+                        *next = Some((due + h, h));
                     }
                 }
+                logs.flush();
             }
         });
     }

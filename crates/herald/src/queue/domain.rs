@@ -688,6 +688,7 @@ impl DomainTask {
             status,
             error,
             connected,
+            bytes: item.wire_bytes(&self.settings),
             at: unix_now(),
         };
         self.shared.logs.outcome(&record);
