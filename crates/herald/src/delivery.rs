@@ -296,6 +296,14 @@ impl SettingsResolver for ConfigResolver {
         self.resolve_binding(DEFAULT_BINDING, domain)
     }
 
+    fn bindings(&self) -> Vec<String> {
+        self.config()
+            .bindings()
+            .into_iter()
+            .map(|(_, b)| b.to_owned())
+            .collect()
+    }
+
     /// The settings of (binding, domain) under the configuration in force, built on first use. Refusals are not
     /// kept: an unknown domain costs a lookup each time, and cannot fill the cache.
     fn resolve_binding(

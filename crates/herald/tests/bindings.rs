@@ -34,7 +34,7 @@ async fn start_sim(pki: &Pki) -> SimHandle {
 }
 
 struct Rig {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     sim: SimHandle,
     server: Arc<Server>,
     http: String,
@@ -53,7 +53,7 @@ async fn rig(scopes: &str) -> Rig {
     let server = Server::start(&path).await.unwrap();
     let http = server.addrs().await.http[0].to_string();
     Rig {
-        _dir: tmp,
+        dir: tmp,
         sim,
         server,
         http,
@@ -68,6 +68,7 @@ spool_dir = "{spool}"
 ec_logger "main" {{ mainlog = "{log}" }}
 apn_logger "apn" {{ logfile = "{apnlog}" }}
 http_listener {{ listen "127.0.0.1:0" {{ }} }}
+esmtp_listener {{ listen "127.0.0.1:0" {{ mcmt_reception = allow }} }}
 idle_timeout = 120
 retry_interval = 1
 max_retry_interval = 1
@@ -75,6 +76,7 @@ domain "{DOMAIN}" {{
 {credentials}}}
 {scopes}
 "#,
+        scopes = scopes.replace("{CREDENTIALS}", &credentials),
         spool = dir.join("spool").display(),
         log = dir.join("mainlog.ec").display(),
         apnlog = dir.join("apnlog.ec").display(),
@@ -193,7 +195,19 @@ binding "b_domain" {{
             "binding {binding:?} should open {pool} connections"
         );
     }
-    // The mainlog names the binding group and binding of each delivery.
+    // The apn_logger names the binding group and binding each notification was delivered from.
+    rig.server.logs().flush();
+    let lines = support::log_fields(&rig.dir.path().join("apnlog.ec"));
+    let from = |group: &str, binding: &str| {
+        lines
+            .iter()
+            .filter(|f| f[1] == "D" && f[6] == group && f[7] == binding)
+            .count()
+    };
+    assert_eq!(from("default", "default"), COUNT);
+    assert_eq!(from("default", "b3"), COUNT);
+    assert_eq!(from("g", "in_group"), COUNT);
+    assert_eq!(from("default", "b_domain"), COUNT);
     rig.server.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -378,4 +392,71 @@ async fn the_binding_survives_a_restart() {
         "only binding two's address: {by_source:?}"
     );
     daemon.terminate();
+}
+
+/// One MCMT message over SMTP to `rcpt`, with an `X-Binding` header when `binding` is given; returns the reply
+/// to the end of DATA.
+async fn smtp(addr: std::net::SocketAddr, rcpt: &str, binding: Option<&str>) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                return all;
+            }
+        }
+    }
+    assert!(reply(&mut r).await.starts_with("220"));
+    let header = binding
+        .map(|b| format!("X-Binding: {b}\r\n"))
+        .unwrap_or_default();
+    let message = format!(
+        "From: <app@sender.example>\r\nTo: <{rcpt}>\r\n{header}MIME-Version: 1.0\r\n\
+         Content-Type: multipart/vnd.msys.mcmt; boundary=\"b\"\r\n\r\n--b\r\n\
+         Content-Type: message/vnd.msys.apn\r\n\r\n{{\"aps\":{{\"alert\":\"smtp\"}}}}\r\n--b--\r\n.\r\n"
+    );
+    for (cmd, code) in [
+        ("EHLO test\r\n".to_owned(), "250"),
+        ("MAIL FROM:<app@sender.example>\r\n".to_owned(), "250"),
+        (format!("RCPT TO:<{rcpt}>\r\n"), "250"),
+        ("DATA\r\n".to_owned(), "354"),
+    ] {
+        w.write_all(cmd.as_bytes()).await.unwrap();
+        let answer = reply(&mut r).await;
+        assert!(answer.starts_with(code), "{cmd:?}: {answer}");
+    }
+    w.write_all(message.as_bytes()).await.unwrap();
+    let answer = reply(&mut r).await;
+    let _ = w.write_all(b"QUIT\r\n").await;
+    answer
+}
+
+/// Over SMTP, the `X-Binding` header selects the binding; a domain declared only inside a binding is accepted at
+/// RCPT and delivered from that binding's address, and refused when the message names no binding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_x_binding_delivers_a_domain_declared_in_a_binding() {
+    let rig = rig(r#"
+binding "b2" {
+  bind_address = 127.0.0.2
+  domain "only.example" {
+{CREDENTIALS}  }
+}
+"#)
+    .await;
+    let esmtp = rig.server.addrs().await.esmtp[0];
+    let rcpt = format!("{}@only.example", "cd".repeat(32));
+    let answer = smtp(esmtp, &rcpt, Some("b2")).await;
+    assert!(answer.starts_with("250"), "{answer}");
+    rig.wait_accepted(1).await;
+    assert_eq!(rig.connections_from("127.0.0.2"), 1);
+    let answer = smtp(esmtp, &rcpt, None).await;
+    assert!(answer.starts_with('5'), "{answer}");
+    assert!(answer.contains("only.example"), "{answer}");
+    rig.server.shutdown(Duration::from_secs(5)).await;
 }

@@ -156,8 +156,20 @@ impl Intake {
     /// Whether notifications for `domain` (any case) can be accepted: it must name a domain herald delivers to
     /// APNs. Listeners call it to refuse a recipient early (SMTP at `RCPT`); [`prepare`](Self::prepare) checks the
     /// same. Nothing is counted as refused here.
+    /// Before the content says which binding delivers it, a domain that only some binding delivers (a domain
+    /// stanza inside a binding) is accepted too; [`prepare`](Self::prepare) then checks the binding named.
     pub fn check_domain(&self, domain: &str) -> Result<(), DomainRefusal> {
-        self.settings_for(None, domain).map(|_| ())
+        let default = self.settings_for(None, domain).map(|_| ());
+        if default.is_ok() {
+            return default;
+        }
+        let other_binding = self
+            .resolver
+            .bindings()
+            .iter()
+            .filter(|b| b.as_str() != DEFAULT_BINDING)
+            .any(|b| self.settings_for(Some(b), domain).is_ok());
+        if other_binding { Ok(()) } else { default }
     }
 
     /// [`check_domain`](Self::check_domain) for delivery from `binding` (`None`: the `default` binding): the

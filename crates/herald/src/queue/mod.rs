@@ -53,6 +53,11 @@ pub trait SettingsResolver: Send + Sync + 'static {
     /// The settings of `domain` delivered from the `default` binding.
     fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String>;
 
+    /// Every binding notifications may name (`default` first).
+    fn bindings(&self) -> Vec<String> {
+        vec![message::DEFAULT_BINDING.to_owned()]
+    }
+
     /// The settings of `domain` delivered from `binding`. Resolvers that know no bindings serve only `default`.
     fn resolve_binding(
         &self,
