@@ -510,7 +510,7 @@ pub static OPTIONS: &[OptionDef] = &[
         Kind::Enum(DEBUG_LEVELS),
         Some("error"),
         MODULES,
-        "Diagnostic level of the module's part of herald's stderr log (`apn`: delivery; `httpsrv`: HTTP listeners; `restinjector`: REST injection; loggers: log writers); notice is info, crit and above are error. Unset leaves the part at the process level; `RUST_LOG` overrides; set at start.",
+        "Diagnostic level of the module's part of herald's stderr log (`apn`: delivery; `httpsrv`: HTTP listeners; `restinjector`: REST injection; loggers: log writers); notice is info, crit and above are error. Unset leaves the part at the process level; `RUST_LOG` overrides. Applied at start and at each reload.",
     ),
     // --- apn_logger (momentum.md §1.7) ---
     inert(

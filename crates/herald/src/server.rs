@@ -396,6 +396,7 @@ impl Server {
         })?;
         let config = Arc::new(config);
         let rest_toggled = injection_off(&self.config()) != injection_off(&config);
+        crate::logs::levels::apply(&config);
         self.engine.set_held(apn_held(&config));
         let mut report = ReloadReport {
             path: path.clone(),

@@ -333,3 +333,65 @@ fn check_refuses_bad_logger_formats_and_unwritable_log_files() {
         "{err}"
     );
 }
+
+/// Runs `herald serve` on a configuration with `module` appended, delivers one notification, stops it, and
+/// returns what it wrote on standard error (RUST_LOG unset, so the configuration sets the levels).
+async fn serve_stderr(module: &str) -> String {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let path = dir.path().join("herald.conf");
+    std::fs::write(
+        &path,
+        config_text(dir.path(), &pki, sim.addrs.h2.port(), module),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let http = ready["http"][0].as_str().unwrap().to_owned();
+    let status = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/push"))
+        .json(&serde_json::json!({
+            "domain": DOMAIN, "tokens": ["ab".repeat(32)], "payload": {"aps": {"alert": "x"}},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status.as_u16(), 202);
+    wait_until("the delivery", || sim.counters().accepted() == 1).await;
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `apn { debug_level = "debug" }` shows delivery's debug diagnostics (here: a (binding, domain) queue starting,
+/// with its settings); without it the process stays at info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apn_debug_level_sets_the_level_of_delivery_diagnostics() {
+    let debug = serve_stderr(r#"apn { debug_level = "debug" }"#).await;
+    assert!(debug.contains("queue started"), "{debug}");
+    let quiet = serve_stderr("apn { }").await;
+    assert!(!quiet.contains("queue started"), "{quiet}");
+}

@@ -20,16 +20,35 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The module stanzas' debug_level set the level of their part; a configuration that does not load is
     // reported by Server::start below.
-    let levels = herald_conf::Config::load(&args.config)
-        .map(|c| herald::logs::levels::directives(&c, "info"))
-        .unwrap_or_else(|_| "info".to_owned());
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(levels)),
-        )
-        .try_init();
+    // A reload applies them again; RUST_LOG, when set, overrides them for the life of the process.
+    match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => {
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(filter)
+                .try_init();
+        }
+        Err(_) => {
+            use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::util::SubscriberInitExt as _;
+            let levels = herald_conf::Config::load(&args.config)
+                .map(|c| herald::logs::levels::directives(&c, "info"))
+                .unwrap_or_else(|_| "info".to_owned());
+            let (filter, handle) =
+                tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(levels));
+            let installed = tracing_subscriber::registry()
+                .with(filter)
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .try_init();
+            if installed.is_ok() {
+                herald::logs::levels::install_reload(Box::new(move |directives| {
+                    let filter = tracing_subscriber::EnvFilter::try_new(directives)
+                        .map_err(|e| e.to_string())?;
+                    handle.reload(filter).map_err(|e| e.to_string())
+                }));
+            }
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

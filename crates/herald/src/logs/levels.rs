@@ -1,9 +1,31 @@
 //! Diagnostic verbosity per part of herald from the module stanzas' `debug_level` (momentum.md §1.7, §3): `apn`
 //! sets the level of delivery (queue, pools, APNs connections), `httpsrv` the HTTP listeners, `restinjector` the
 //! REST injection handlers, `apn_logger` and `ec_logger` instances the log writers. A module that does not set `debug_level` leaves its part at the process's level.
-//! `RUST_LOG`, when set, overrides all of this.
+//! `RUST_LOG`, when set, overrides all of this. `herald serve` sets the levels at start and again at each reload
+//! ([`install_reload`], [`apply`]).
+
+use std::sync::OnceLock;
 
 use herald_conf::{Config, ScopeKind, ScopePath, Value};
+
+/// Puts a new directive list in force (set by `herald serve` when it owns the diagnostics filter).
+type Reloader = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static RELOADER: OnceLock<Reloader> = OnceLock::new();
+
+/// Lets [`apply`] change the process's diagnostics filter; the first call wins.
+pub fn install_reload(reload: Reloader) {
+    let _ = RELOADER.set(reload);
+}
+
+/// Puts the levels `config` sets in force (after a reload), when the process installed a reloadable filter.
+pub fn apply(config: &Config) {
+    if let Some(reload) = RELOADER.get()
+        && let Err(e) = reload(&directives(config, "info"))
+    {
+        tracing::warn!("debug_level: the new levels could not be applied: {e}");
+    }
+}
 
 /// The tracing targets each module governs.
 const PARTS: &[(ScopeKind, &[&str])] = &[

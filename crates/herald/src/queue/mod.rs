@@ -316,6 +316,11 @@ impl Engine {
                 domain: domain.to_string(),
                 reason,
             })?;
+        tracing::debug!(
+            %domain, %binding, binding_group = %settings.binding_group, endpoint = %settings.endpoint,
+            bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
+            "queue started"
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let sender = DomainSender(tx);
         let stats = Arc::new(DomainStats::default());
