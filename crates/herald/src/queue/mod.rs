@@ -1,7 +1,8 @@
-//! The queue: notifications accepted for delivery, by domain, from acceptance to their final outcome.
+//! The queue: notifications accepted for delivery, by (binding, domain), from acceptance to their final outcome.
 //!
-//! [`Engine`] routes each notification to its domain's task ([`domain`]), creating the task with the domain's
-//! [`DeliverySettings`] the first time. A semaphore bounds the notifications held in memory, so a slow or dead
+//! [`Engine`] routes each notification to the task of its domain and binding ([`domain`]), creating the task with
+//! the [`DeliverySettings`] of that (binding, domain) the first time: each has its own queue and connection pool.
+//! Console commands and counters that name a domain cover every binding it is delivered from. A semaphore bounds the notifications held in memory, so a slow or dead
 //! APNs makes submitters wait instead of growing memory without limit.
 
 pub mod domain;
