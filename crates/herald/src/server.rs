@@ -406,9 +406,21 @@ impl Server {
         self.resolver.replace(config.clone());
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
         self.generation.fetch_add(1, Ordering::Relaxed);
-        report.domains = self.engine.all_stats().len();
         report.unroutable = self.engine.reconfigure();
-        report.domains -= report.unroutable.len();
+        // A domain's new settings are in force when at least one of its (binding, domain) queues took them.
+        let unroutable: std::collections::HashSet<&str> = report
+            .unroutable
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let in_force: std::collections::HashSet<Arc<str>> = self
+            .engine
+            .queues()
+            .into_iter()
+            .filter(|(b, d)| !unroutable.contains(Engine::queue_name(b, d).as_str()))
+            .map(|(_, d)| d)
+            .collect();
+        report.domains = in_force.len();
 
         let wanted = wanted_listeners(&config);
         let mut listeners = self.listeners.lock().await;

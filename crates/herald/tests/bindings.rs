@@ -460,3 +460,28 @@ binding "b2" {
     assert!(answer.contains("only.example"), "{answer}");
     rig.server.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A reload that removes a binding in use reports its queue as unroutable by `binding:domain`, and the domain's
+/// other queues stay in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_binding_names_its_queue() {
+    let binding = r#"binding "gone" { max_outbound_connections = 1 }"#;
+    let rig = rig(binding).await;
+    rig.push_ok(None, 0).await;
+    rig.push_ok(Some("gone"), 1 << 32).await;
+    rig.wait_accepted(2 * COUNT as u64).await;
+    let path = rig.server.config_path().to_owned();
+    let text = std::fs::read_to_string(&path).unwrap().replace(binding, "");
+    std::fs::write(&path, text).unwrap();
+    let report = rig.server.reload(None).await.unwrap();
+    assert_eq!(report.unroutable.len(), 1, "{report:?}");
+    assert_eq!(report.unroutable[0].0, format!("gone:{DOMAIN}"));
+    assert!(
+        report.unroutable[0]
+            .1
+            .contains("binding \"gone\" is not declared")
+    );
+    // The default binding's queue of the same domain took the new settings.
+    assert_eq!(report.domains, 1, "{report:?}");
+    rig.server.shutdown(Duration::from_secs(5)).await;
+}

@@ -388,6 +388,26 @@ impl Engine {
             .collect()
     }
 
+    /// Every queue as (binding, domain), sorted.
+    pub fn queues(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys: Vec<(Arc<str>, Arc<str>)> = domains
+            .keys()
+            .map(|k| (k.binding.clone(), k.domain.clone()))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The name [`Engine::reconfigure`] gives a queue: `domain` for the default binding, else `binding:domain`.
+    pub fn queue_name(binding: &str, domain: &str) -> String {
+        if binding == message::DEFAULT_BINDING {
+            domain.to_owned()
+        } else {
+            format!("{binding}:{domain}")
+        }
+    }
+
     /// Makes every delayed notification of `domain` (from every binding) due now.
     pub fn flush(&self, domain: &str) -> bool {
         let senders = self.senders(Some(domain));
@@ -501,14 +521,7 @@ impl Engine {
                 Ok(settings) => {
                     let _ = handle.sender.0.send(DomainEvent::Reconfigure(settings));
                 }
-                Err(e) => {
-                    let name = if &*key.binding == message::DEFAULT_BINDING {
-                        key.domain.to_string()
-                    } else {
-                        format!("{}:{}", key.binding, key.domain)
-                    };
-                    errors.push((name, e))
-                }
+                Err(e) => errors.push((Engine::queue_name(&key.binding, &key.domain), e)),
             }
         }
         errors
