@@ -677,6 +677,8 @@ async fn restored_notifications_wait_for_their_next_attempt() {
         1,
         "the one due in an hour waits"
     );
+    // The simulator's record trails its answers.
+    h.sim.wait_for_records(1, WAIT).await;
     assert_eq!(
         record_counts(&h.sim).keys().collect::<Vec<_>>(),
         vec![&token(2)]
