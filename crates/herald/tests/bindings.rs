@@ -485,3 +485,39 @@ async fn a_reload_that_removes_a_binding_names_its_queue() {
     assert_eq!(report.domains, 1, "{report:?}");
     rig.server.shutdown(Duration::from_secs(5)).await;
 }
+
+/// `showqueue binding NAME DOMAIN` shows that binding's queue of the domain; without a selector every binding's,
+/// each line naming its binding. Delivery is held (`apn { enabled = false }`) so the notifications stay queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn showqueue_selects_a_binding() {
+    use herald::control::commands::{execute, parse};
+    let rig = rig(r#"
+apn { enabled = false }
+binding "b" { }
+"#)
+    .await;
+    rig.push_ok(None, 0).await;
+    rig.push_ok(Some("b"), 1 << 32).await;
+    let run = |line: &'static str| {
+        let server = rig.server.clone();
+        async move {
+            let cmd = parse(line).unwrap().unwrap();
+            let reply = execute(&server, cmd).await;
+            assert!(reply.ok, "{line}: {}", reply.text);
+            reply.text
+        }
+    };
+    let wait = Instant::now() + WAIT;
+    while rig.server.summary().active_queue < 2 * COUNT as u64 {
+        assert!(Instant::now() < wait, "queued: {:?}", rig.server.summary());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let count = |text: &str, tag: &str| text.lines().filter(|l| l.starts_with(tag)).count();
+    let only_b = run("showqueue binding b bindings.example 1000,0").await;
+    assert_eq!(count(&only_b, "[active/b]"), COUNT, "{only_b}");
+    assert_eq!(count(&only_b, "[active/default]"), 0);
+    let all = run("showqueue bindings.example 1000,0").await;
+    assert_eq!(count(&all, "[active/b]"), COUNT);
+    assert_eq!(count(&all, "[active/default]"), COUNT);
+    rig.server.shutdown(Duration::from_secs(1)).await;
+}

@@ -79,6 +79,8 @@ pub enum MessageAction {
 pub struct QueueEntry {
     pub id: MessageId,
     pub domain: Arc<str>,
+    /// The binding it is delivered from.
+    pub binding: Arc<str>,
     /// `active` (ready or being delivered) or `delayed` (waiting for a retry).
     pub queue: &'static str,
     pub received_at: u64,
@@ -323,6 +325,7 @@ impl DomainTask {
         QueueEntry {
             id: n.id,
             domain: n.domain.clone(),
+            binding: n.binding.clone(),
             queue,
             received_at: n.received_at,
             sender: n.sender.clone(),

@@ -420,10 +420,16 @@ impl Engine {
 
     /// The queues of `domain` (one per binding it is delivered from), or of every domain.
     fn senders(&self, domain: Option<&str>) -> Vec<DomainSender> {
+        self.senders_of(None, domain)
+    }
+
+    /// [`Engine::senders`], of one binding only when `binding` is given.
+    fn senders_of(&self, binding: Option<&str>, domain: Option<&str>) -> Vec<DomainSender> {
         let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
         let mut keyed: Vec<(&QueueKey, DomainSender)> = domains
             .iter()
             .filter(|(k, _)| domain.is_none_or(|d| &*k.domain == d))
+            .filter(|(k, _)| binding.is_none_or(|b| &*k.binding == b))
             .map(|(k, h)| (k, h.sender.clone()))
             .collect();
         keyed.sort_by(|a, b| a.0.cmp(b.0));
@@ -438,7 +444,18 @@ impl Engine {
         limit: usize,
         offset: usize,
     ) -> Option<Vec<QueueEntry>> {
-        let senders = self.senders(Some(domain));
+        self.showqueue_binding(None, domain, limit, offset).await
+    }
+
+    /// [`Engine::showqueue`] for one binding's queue of `domain` (`None`: every binding's).
+    pub async fn showqueue_binding(
+        &self,
+        binding: Option<&str>,
+        domain: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Option<Vec<QueueEntry>> {
+        let senders = self.senders_of(binding, Some(domain));
         if senders.is_empty() {
             return None;
         }
