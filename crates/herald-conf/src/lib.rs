@@ -216,6 +216,33 @@ impl Config {
         settings
     }
 
+    /// `max_outbound_connections` of the `host` stanzas for connections to `host` from (`binding_group`,
+    /// `binding`): binding_group::binding::host > binding::host > binding_group::host > host; -1 (no limit) when
+    /// none sets it, without falling back to the delivery scopes (momentum.md §4.3).
+    pub fn host_max_outbound_connections(
+        &self,
+        binding_group: Option<&str>,
+        binding: Option<&str>,
+        host: &str,
+    ) -> i64 {
+        let mut path = ScopePath::global();
+        if let Some(g) = binding_group {
+            path = path.then(ScopeKind::BindingGroup, Some(g));
+        }
+        if let Some(b) = binding {
+            path = path.then(ScopeKind::Binding, Some(b));
+        }
+        let path = path.then(ScopeKind::Host, Some(host));
+        options::lookup("max_outbound_connections")
+            .and_then(|id| self.eval_id(&path, id).as_int())
+            .unwrap_or(-1)
+    }
+
+    /// Whether `binding` is declared (at the top level or in a binding group); `default` always is.
+    pub fn has_binding(&self, binding: &str) -> bool {
+        self.bindings().iter().any(|(_, b)| *b == binding)
+    }
+
     /// The names of every `domain` stanza, anywhere (global, binding group, binding), each once, in order of first
     /// appearance; regex domains as written (`/…/`).
     pub fn domains(&self) -> Vec<&str> {

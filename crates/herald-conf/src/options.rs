@@ -360,12 +360,13 @@ pub static OPTIONS: &[OptionDef] = &[
         DELIVERY,
         "Fail a notification that expired while queued without trying it.",
     ),
-    opt(
+    inert(
         "generate_bounces",
         Kind::Bool,
         Some("true"),
         DELIVERY,
         "Send a bounce to the sender's address on a permanent failure of an SMTP-injected notification.",
+        "herald sends no bounce messages: a permanent failure is written to the logs (P lines) and an invalid token to the invalid-token list",
     ),
     opt(
         "bind_address",
@@ -582,14 +583,14 @@ pub static OPTIONS: &[OptionDef] = &[
         Kind::Bool,
         Some("true"),
         MODULES,
-        "Whether the module is active (`false` loads it passively).",
+        "Whether the module is active: `apn` off holds delivery (notifications are accepted and spooled, not sent), `httpsrv` off starts no http_listener, `restinjector` off answers REST injection with 403, a logger off writes nothing.",
     ),
     opt(
         "debug_level",
         Kind::Enum(DEBUG_LEVELS),
         Some("error"),
         MODULES,
-        "The module's diagnostic verbosity.",
+        "Diagnostic level of the module's part of herald's stderr log (`apn`: delivery; `httpsrv`: HTTP listeners; `restinjector`: REST injection; loggers: log writers); notice is info, crit and above are error. Unset leaves the part at the process level; `RUST_LOG` overrides. Applied at start and at each reload.",
     ),
     // --- apn_logger (momentum.md §1.7) ---
     inert(
@@ -605,7 +606,7 @@ pub static OPTIONS: &[OptionDef] = &[
         Kind::Seconds,
         Some("60"),
         LOGGERS,
-        "Seconds between heartbeat (`M`) lines; 0 writes none.",
+        "Seconds between heartbeat (`M`) lines of this logger instance, independently of the others; 0 writes none.",
     ),
     opt(
         "log_delivery",
@@ -694,19 +695,21 @@ pub static OPTIONS: &[OptionDef] = &[
         ECLOG,
         "The mainlog file (R, D, T, P, M lines).",
     ),
-    opt(
+    inert(
         "paniclog",
         Kind::Path,
         Some("/var/log/ecelerity/paniclog.ec"),
         ECLOG,
         "The paniclog file.",
+        "herald writes its diagnostics to standard error, not to a paniclog",
     ),
-    opt(
+    inert(
         "rejectlog",
         Kind::Path,
         Some("/var/log/ecelerity/rejectlog.ec"),
         ECLOG,
         "The rejectlog file.",
+        "herald writes no rejectlog: a refusal is answered to the client (SMTP reply, HTTP status) and counted",
     ),
     inert(
         "acctlog",
@@ -731,19 +734,21 @@ pub static OPTIONS: &[OptionDef] = &[
         ECLOG,
         "Mode of a new mainlog file.",
     ),
-    opt(
+    inert(
         "paniclog_mode",
         Kind::Mode,
         Some("0644"),
         ECLOG,
         "Mode of a new paniclog file.",
+        "herald writes its diagnostics to standard error, not to a paniclog",
     ),
-    opt(
+    inert(
         "rejectlog_mode",
         Kind::Mode,
         Some("0644"),
         ECLOG,
         "Mode of a new rejectlog file.",
+        "herald writes no rejectlog: a refusal is answered to the client (SMTP reply, HTTP status) and counted",
     ),
     inert(
         "acctlog_log_mode",
@@ -789,19 +794,21 @@ pub static OPTIONS: &[OptionDef] = &[
         ECLOG,
         "Log permanent failures (`P`).",
     ),
-    opt(
+    inert(
         "log_rejections",
         Kind::Bool,
         Some("true"),
         ECLOG,
         "Log rejections to the rejectlog.",
+        "herald writes no rejectlog: a refusal is answered to the client (SMTP reply, HTTP status) and counted",
     ),
-    opt(
+    inert(
         "log_errors",
         Kind::Bool,
         Some("true"),
         ECLOG,
         "Log errors to the paniclog.",
+        "herald writes its diagnostics to standard error, not to a paniclog",
     ),
     // --- invalid tokens (herald additions, design §2) ---
     opt(
@@ -927,12 +934,108 @@ pub fn suggest_option(name: &str) -> Option<&'static str> {
     crate::suggest::closest(name, OPTIONS.iter().map(|d| d.name))
 }
 
-/// The option reference as a Markdown table (one row per option: name, type, default, scopes, meaning), as
-/// docs/configuration.md carries it. A test keeps the document and the table in step.
+/// Which part of herald reads an option (the "Read by" column of docs/configuration.md); `None` for an option
+/// this list does not know yet (a test requires every option to have an entry). Inert options are read by
+/// nothing and say so.
+pub fn read_by(name: &str) -> Option<&'static str> {
+    const DELIVERY_PART: &str =
+        "delivery: the queue and connection pool of each (binding, domain), resolved with fallback";
+    const TLS_BOTH: &str =
+        "delivery (client identity); the ESMTP, REST and control listeners (server certificate)";
+    Some(match name {
+        "delivery_method" => "intake (which domains take notifications) and delivery",
+        "routes"
+        | "idle_timeout"
+        | "delivery_response_timeout"
+        | "tls_verify"
+        | "tls_ca"
+        | "tls_pkcs12"
+        | "tls_pkcs12_password"
+        | "apn_topic"
+        | "apn_key"
+        | "apn_key_id"
+        | "apn_team_id"
+        | "apn_binary_format"
+        | "apn_expiry"
+        | "retry_interval"
+        | "max_retry_interval"
+        | "max_retries"
+        | "message_expiration"
+        | "never_attempt_expired_messages"
+        | "mx_failures_to_delay" => DELIVERY_PART,
+        "max_outbound_connections" => {
+            "delivery: the size of each (binding, domain) pool; a `host` stanza caps the pools connecting to its host"
+        }
+        "bind_address" => "delivery: the source address of the binding's outbound connections",
+        "tls_certificate" | "tls_key" => TLS_BOTH,
+        "apn_feedback_address" | "apn_feedback_interval" => {
+            "the feedback poller (binary protocol invalid tokens)"
+        }
+        "enable" => "the server: which listeners run (at start and reload)",
+        "mcmt_reception" => "the ESMTP listener",
+        "always_allow" | "always_deny" => "every listener (client address check)",
+        "max_request_size"
+        | "http_services"
+        | "api_key"
+        | "api_keys"
+        | "max_notifications_per_request"
+        | "first_byte_timeout"
+        | "header_timeout"
+        | "body_timeout"
+        | "keepalive_timeout" => "the REST listener",
+        "max_connections" | "max_connections_per_client" => {
+            "the ESMTP, REST and control listeners (connection caps)"
+        }
+        "max_notifications_per_message" => "the ESMTP listener",
+        "max_resident_notifications" => {
+            "intake (REST and ESMTP refuse new work while the resident queue is full)"
+        }
+        "log_format" => "`herald serve`: the format of its standard-error diagnostics",
+        "file_mode" | "control_password" => "the control listener",
+        "timeout" => "the ESMTP and control listeners",
+        "max_message_size" | "max_recipients_per_message" | "max_line_length" => {
+            "the ESMTP listener"
+        }
+        "enabled" => {
+            "the server (apn: delivery hold; httpsrv: HTTP listeners; restinjector: REST injection; loggers: the logs)"
+        }
+        "debug_level" => "`herald serve`: the level of its standard-error diagnostics, per part",
+        "heartbeat"
+        | "log_delivery"
+        | "log_delivery_format"
+        | "log_heartbeat_format"
+        | "log_permfail"
+        | "log_permfail_format"
+        | "log_tempfail"
+        | "log_tempfail_format"
+        | "logfile"
+        | "logmode" => "the apn_logger (and `herald check`, which validates formats and files)",
+        "mainlog"
+        | "mainlog_mode"
+        | "log_receptions"
+        | "log_deliveries"
+        | "log_transient_failures"
+        | "log_permanent_failures" => {
+            "the mainlog writer (ec_logger; `herald check` validates the file)"
+        }
+        "invalid_tokens_file" | "feedback_logfile" => "the invalid-token store",
+        "spool_dir" | "spool_backend" | "spool_nats_url" | "spool_nats_stream" => "the spool",
+        other => {
+            return lookup(other)
+                .and_then(|id| id.def().inert)
+                .map(|_| "nothing (accepted; `herald check` warns)");
+        }
+    })
+}
+
+/// The option reference as a Markdown table (one row per option: name, type, default, scopes, meaning, and the
+/// part of herald that reads it), as docs/configuration.md carries it. A test keeps the document and the table in
+/// step.
 pub fn options_markdown() -> String {
     let cell = |s: &str| s.replace('|', "\\|");
-    let mut out =
-        String::from("| Option | Type | Default | Scopes | Meaning |\n|---|---|---|---|---|\n");
+    let mut out = String::from(
+        "| Option | Type | Default | Scopes | Meaning | Read by |\n|---|---|---|---|---|---|\n",
+    );
     for d in OPTIONS {
         let default = match d.default {
             Some("") => "`\"\"`".to_string(),
@@ -943,13 +1046,19 @@ pub fn options_markdown() -> String {
         if let Some(why) = d.inert {
             meaning.push_str(&format!(" **No effect in herald:** {}.", cell(why)));
         }
+        let reader = if d.inert.is_some() {
+            "nothing (accepted; `herald check` warns)"
+        } else {
+            read_by(d.name).unwrap_or("(not documented)")
+        };
         out.push_str(&format!(
-            "| `{}` | {} | {} | {} | {} |\n",
+            "| `{}` | {} | {} | {} | {} | {} |\n",
             d.name,
             cell(&d.kind.describe()),
             default,
             d.scopes.describe(),
-            meaning
+            meaning,
+            cell(reader)
         ));
     }
     out
@@ -970,6 +1079,18 @@ mod tests {
             if let Some(text) = d.default {
                 parse_default(d.kind, text)
                     .unwrap_or_else(|e| panic!("default of {}: {e}", d.name));
+            }
+        }
+    }
+
+    /// Every option says which part of herald reads it; inert ones are read by nothing.
+    #[test]
+    fn every_option_names_its_reader() {
+        for d in OPTIONS {
+            let reader =
+                read_by(d.name).unwrap_or_else(|| panic!("{}: no entry in read_by", d.name));
+            if d.inert.is_some() {
+                assert!(reader.starts_with("nothing"), "{} is inert", d.name);
             }
         }
     }

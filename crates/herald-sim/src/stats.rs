@@ -58,6 +58,8 @@ pub struct Stats {
     pub dropped_connections: AtomicU64,
     pub feedback_tuples: AtomicU64,
     pub tls_failures: AtomicU64,
+    /// TCP connections accepted (any listener), by the client's source address.
+    peers: std::sync::Mutex<BTreeMap<std::net::IpAddr, u64>>,
 }
 
 impl Default for Stats {
@@ -78,6 +80,7 @@ impl Default for Stats {
             dropped_connections: AtomicU64::new(0),
             feedback_tuples: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
+            peers: std::sync::Mutex::default(),
         }
     }
 }
@@ -167,6 +170,21 @@ impl Stats {
 
     pub fn rejected(&self, reason: Reason) -> u64 {
         self.rejected[reason_index(reason)].load(Ordering::Relaxed)
+    }
+
+    /// A TCP connection was accepted from `ip`.
+    pub(crate) fn peer_connected(&self, ip: std::net::IpAddr) {
+        *self
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ip)
+            .or_default() += 1;
+    }
+
+    /// TCP connections accepted so far (any listener) from each source address.
+    pub fn connections_by_source(&self) -> BTreeMap<std::net::IpAddr, u64> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn accepted(&self) -> u64 {

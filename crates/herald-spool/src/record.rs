@@ -3,9 +3,11 @@
 //! A record value is `version (1 byte) | crc32 (4 bytes, LE) | body`. The checksum covers the record's key, the
 //! version byte and the body, so a torn or corrupted value, or a value stored under the wrong key, is detected on
 //! recovery. Version 1 body, in order: domain, token, a presence-flags byte, the optional topic, push type,
-//! priority, expiration, collapse id and apns-id, then payload, sender, recipient, received_at, batch_id, conn_id,
+//! priority, expiration, collapse id, apns-id and binding, then payload, sender, recipient, received_at, batch_id, conn_id,
 //! retries, next_attempt_ms. Strings and byte strings are a LEB128 length then the bytes; integers are
-//! little-endian of fixed width.
+//! little-endian of fixed width. The binding (flag 64) is written only for a notification delivered from a binding
+//! other than `default`, so such records are byte for byte what earlier builds wrote, and their records read here
+//! as the default binding.
 //!
 //! A schedule value (written by a reschedule, so the record itself is never rewritten) is
 //! `version | retries u32 | next_attempt_ms u64 | crc32`, the checksum covering key and the 13 bytes before it.
@@ -32,6 +34,8 @@ pub struct StoredNotification {
     pub expiration: Option<u32>,
     pub collapse_id: Option<String>,
     pub apns_id: Option<String>,
+    /// The binding it is delivered from; `None` is the `default` binding.
+    pub binding: Option<String>,
     /// The JSON payload, byte for byte as accepted.
     pub payload: Vec<u8>,
     /// Envelope sender and recipient as received.
@@ -82,7 +86,8 @@ const HAS_PRIORITY: u8 = 4;
 const HAS_EXPIRATION: u8 = 8;
 const HAS_COLLAPSE_ID: u8 = 16;
 const HAS_APNS_ID: u8 = 32;
-const ALL_FLAGS: u8 = 63;
+const HAS_BINDING: u8 = 64;
+const ALL_FLAGS: u8 = 127;
 const HEADER_LEN: usize = 5;
 
 fn checksum(key: SpoolKey, version: u8, body: &[u8]) -> u32 {
@@ -106,7 +111,8 @@ impl StoredNotification {
             | flag(self.priority.is_some(), HAS_PRIORITY)
             | flag(self.expiration.is_some(), HAS_EXPIRATION)
             | flag(self.collapse_id.is_some(), HAS_COLLAPSE_ID)
-            | flag(self.apns_id.is_some(), HAS_APNS_ID);
+            | flag(self.apns_id.is_some(), HAS_APNS_ID)
+            | flag(self.binding.is_some(), HAS_BINDING);
         out.push(flags);
         if let Some(t) = &self.topic {
             put_bytes(&mut out, t.as_bytes());
@@ -125,6 +131,9 @@ impl StoredNotification {
         }
         if let Some(a) = &self.apns_id {
             put_bytes(&mut out, a.as_bytes());
+        }
+        if let Some(b) = &self.binding {
+            put_bytes(&mut out, b.as_bytes());
         }
         put_bytes(&mut out, &self.payload);
         put_bytes(&mut out, self.sender.as_bytes());
@@ -173,6 +182,7 @@ impl StoredNotification {
         };
         let collapse_id = r.opt_string(flags & HAS_COLLAPSE_ID != 0, "collapse_id")?;
         let apns_id = r.opt_string(flags & HAS_APNS_ID != 0, "apns_id")?;
+        let binding = r.opt_string(flags & HAS_BINDING != 0, "binding")?;
         let payload = r.bytes("payload")?.to_vec();
         let sender = r.string("sender")?;
         let recipient = r.string("recipient")?;
@@ -194,6 +204,7 @@ impl StoredNotification {
             expiration,
             collapse_id,
             apns_id,
+            binding,
             payload,
             sender,
             recipient,
@@ -337,6 +348,7 @@ pub(crate) mod tests {
             expiration: Some(1_900_000_000),
             collapse_id: None,
             apns_id: Some("2d1f4a7e-5c3b-4e8a-9b6d-0f1e2d3c4b5a".into()),
+            binding: None,
             payload:
                 br#"{"aps":{"alert":{"title":"Hello","body":"Your order has shipped"},"badge":1}}"#
                     .to_vec(),
@@ -356,6 +368,27 @@ pub(crate) mod tests {
         let v = n.encode();
         assert_eq!(v[0], RECORD_VERSION);
         assert_eq!(StoredNotification::decode(SpoolKey(42), &v), Ok(n));
+    }
+
+    /// A record written before bindings were kept (no binding flag) is the same bytes a default-binding
+    /// notification encodes to now; a named binding survives the round trip.
+    #[test]
+    fn the_binding_is_optional_and_compatible() {
+        let default = sample(3);
+        let v = default.encode();
+        assert_eq!(
+            v[HEADER_LEN + 1 + default.domain.len() + 1 + 32] & HAS_BINDING,
+            0
+        );
+        let decoded = StoredNotification::decode(SpoolKey(3), &v).unwrap();
+        assert_eq!(decoded.binding, None);
+        let named = StoredNotification {
+            binding: Some("outbound-b".into()),
+            ..sample(3)
+        };
+        let w = named.encode();
+        assert_eq!(w.len(), v.len() + 1 + "outbound-b".len());
+        assert_eq!(StoredNotification::decode(SpoolKey(3), &w), Ok(named));
     }
 
     #[test]
@@ -450,7 +483,7 @@ pub(crate) mod tests {
             topic in opt_str(), push_type in opt_str(),
             priority in proptest::option::of(any::<u8>()),
             expiration in proptest::option::of(any::<u32>()),
-            collapse_id in opt_str(), apns_id in opt_str(),
+            collapse_id in opt_str(), apns_id in opt_str(), binding in opt_str(),
             payload in proptest::collection::vec(any::<u8>(), 0..5000),
             sender in ".{0,40}", recipient in ".{0,40}",
             received_at in any::<u64>(), batch_id in any::<u128>(), conn_id in any::<u128>(),
@@ -458,7 +491,7 @@ pub(crate) mod tests {
         ) -> StoredNotification {
             StoredNotification {
                 key: SpoolKey(key), domain, token, topic, push_type, priority, expiration, collapse_id, apns_id,
-                payload, sender, recipient, received_at, batch_id, conn_id, retries, next_attempt_ms,
+                binding, payload, sender, recipient, received_at, batch_id, conn_id, retries, next_attempt_ms,
             }
         }
     }

@@ -18,6 +18,7 @@ use herald_conf::{ApnBinaryFormat, Config, DeliveryMethod, DomainSettings, TlsVe
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::SettingsResolver;
+use crate::queue::message::DEFAULT_BINDING;
 use crate::queue::retry::{MaxRetries, RetryPolicy};
 
 /// Default provider-token lifetime before a refresh (apns.md §4.1: between 20 and 60 minutes).
@@ -48,12 +49,12 @@ pub struct ConfigResolver {
     tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
 }
 
-/// The configuration in force and the settings built from it, by domain (built on first use, not per
+/// The configuration in force and the settings built from it, by (binding, domain) (built on first use, not per
 /// notification).
 struct ResolverState {
     config: Arc<Config>,
     generation: u64,
-    settings: HashMap<String, Arc<DeliverySettings>>,
+    settings: HashMap<(String, String), Arc<DeliverySettings>>,
 }
 
 /// What a TLS client configuration is made of: the options, and the content of the files they name (so that a
@@ -198,11 +199,26 @@ impl ConfigResolver {
 
     /// Builds the settings of one domain (default binding).
     pub fn build(&self, domain: &str) -> Result<DeliverySettings, String> {
-        self.build_with(&self.config(), domain)
+        self.build_with(&self.config(), DEFAULT_BINDING, domain)
     }
 
-    fn build_with(&self, config: &Config, domain: &str) -> Result<DeliverySettings, String> {
-        let d = config.domain_settings(None, None, domain);
+    /// Builds the settings of one domain delivered from `binding`: every option resolved with the full fallback
+    /// (binding_group::binding::domain … global), the `host` stanzas of the route's host capping the connections,
+    /// and the binding's `bind_address` as the source address.
+    fn build_with(
+        &self,
+        config: &Config,
+        binding: &str,
+        domain: &str,
+    ) -> Result<DeliverySettings, String> {
+        if !config.has_binding(binding) {
+            return Err(format!(
+                "binding {binding:?} is not declared (declare it with binding \"{binding}\" {{ … }})"
+            ));
+        }
+        // `default` is a binding like the others: a `binding "default"` stanza applies to notifications that
+        // name no binding.
+        let d = config.domain_settings(None, Some(binding), domain);
         if d.delivery_method != DeliveryMethod::Apn {
             return Err(format!(
                 "delivery_method is {:?}; herald delivers only with delivery_method = apn",
@@ -239,19 +255,26 @@ impl ConfigResolver {
             message_expiration: d.retry.message_expiration,
             never_attempt_expired: d.retry.never_attempt_expired_messages,
         };
-        let max_connections = if d.max_outbound_connections < 0 {
-            usize::MAX
-        } else {
-            usize::try_from(d.max_outbound_connections)
-                .unwrap_or(usize::MAX)
-                .max(1)
+        let limit = |n: i64| {
+            if n < 0 {
+                usize::MAX
+            } else {
+                usize::try_from(n).unwrap_or(usize::MAX).max(1)
+            }
         };
+        // A host stanza for the route's host caps the pool (-1 when no host stanza sets it: no cap).
+        let host_limit = config.host_max_outbound_connections(
+            d.binding_group.as_deref(),
+            Some(binding),
+            &route.host,
+        );
+        let max_connections = limit(d.max_outbound_connections).min(limit(host_limit));
         Ok(DeliverySettings {
             domain: Arc::from(domain),
             binding_group: Arc::from(d.binding_group.as_deref().unwrap_or("default")),
-            binding: Arc::from(d.binding.as_deref().unwrap_or("default")),
+            binding: Arc::from(binding),
             protocol,
-            endpoint: Endpoint::new(route.host.clone(), route.port),
+            endpoint: Endpoint::new(route.host.clone(), route.port).bound_to(d.bind_address),
             tls,
             auth,
             default_topic: d.apn_topic.as_deref().map(Arc::from),
@@ -269,21 +292,38 @@ impl ConfigResolver {
 }
 
 impl SettingsResolver for ConfigResolver {
-    /// The domain's settings under the configuration in force, built on first use. Refusals are not kept: an
-    /// unknown domain costs a lookup each time, and cannot fill the cache.
     fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String> {
+        self.resolve_binding(DEFAULT_BINDING, domain)
+    }
+
+    fn bindings(&self) -> Vec<String> {
+        self.config()
+            .bindings()
+            .into_iter()
+            .map(|(_, b)| b.to_owned())
+            .collect()
+    }
+
+    /// The settings of (binding, domain) under the configuration in force, built on first use. Refusals are not
+    /// kept: an unknown domain costs a lookup each time, and cannot fill the cache.
+    fn resolve_binding(
+        &self,
+        binding: &str,
+        domain: &str,
+    ) -> Result<Arc<DeliverySettings>, String> {
+        let key = (binding.to_owned(), domain.to_owned());
         let (config, generation) = {
             let state = self.read();
-            if let Some(s) = state.settings.get(domain) {
+            if let Some(s) = state.settings.get(&key) {
                 return Ok(s.clone());
             }
             (state.config.clone(), state.generation)
         };
-        let settings = Arc::new(self.build_with(&config, domain)?);
+        let settings = Arc::new(self.build_with(&config, binding, domain)?);
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         // Built under a configuration a reload has since replaced: use it once, do not keep it.
         if state.generation == generation {
-            state.settings.insert(domain.to_owned(), settings.clone());
+            state.settings.insert(key, settings.clone());
         }
         Ok(settings)
     }

@@ -34,12 +34,13 @@ use crate::tokens::InvalidTokenStore;
 pub enum StartError {
     #[error("{path}: the configuration has errors:\n{diagnostics}")]
     Config { path: PathBuf, diagnostics: String },
+    // The messages carry the inner error's text and name no source, so `{:#}` prints each cause once.
     #[error("opening logs: {0}")]
-    Logs(#[from] crate::logs::LogSetupError),
-    #[error("spool {dir}: {source}")]
+    Logs(crate::logs::LogSetupError),
+    #[error("spool {dir}: {error}")]
     Spool {
         dir: PathBuf,
-        source: herald_spool::SpoolError,
+        error: herald_spool::SpoolError,
     },
     #[error("spool_backend = jetstream is not available in this build; use the embedded spool")]
     JetStreamUnavailable,
@@ -47,6 +48,12 @@ pub enum StartError {
     Listener(String),
     #[error(transparent)]
     InvalidTokens(#[from] crate::tokens::TokenStoreError),
+}
+
+impl From<crate::logs::LogSetupError> for StartError {
+    fn from(e: crate::logs::LogSetupError) -> Self {
+        StartError::Logs(e)
+    }
 }
 
 /// Why a reload was refused; the configuration in force is unchanged.
@@ -176,9 +183,9 @@ impl Server {
         }
         let dir = spool_settings.dir.clone();
         let spool: Arc<dyn Spool> = Arc::new(
-            DiskSpool::open(&dir, SpoolOptions::default()).map_err(|source| StartError::Spool {
+            DiskSpool::open(&dir, SpoolOptions::default()).map_err(|error| StartError::Spool {
                 dir: dir.clone(),
-                source,
+                error,
             })?,
         );
 
@@ -238,8 +245,15 @@ impl Server {
             generation: AtomicU64::new(0),
             stop_requested: tokio::sync::Notify::new(),
         });
+        server.engine.set_held(apn_held(&config));
+        if apn_held(&config) {
+            tracing::warn!(
+                "apn {{ enabled = false }}: notifications are accepted and spooled but not delivered until the apn \
+                 module is enabled"
+            );
+        }
         let mut running = Vec::new();
-        for settings in config.listeners().into_iter().filter(|l| l.enabled) {
+        for settings in wanted_listeners(&config) {
             if let Some(listener) = server.start_listener(settings).await? {
                 running.push(listener);
             }
@@ -343,11 +357,10 @@ impl Server {
                     settings.http_services,
                 );
                 let limits = Arc::new(DoorLimits::from_config(&self.config(), &settings));
-                let app = rest::router_with(
-                    rest::RestState::new(settings.clone(), self.intake.clone())
-                        .with_limits(limits.clone()),
-                    extra,
-                );
+                let state = rest::RestState::new(settings.clone(), self.intake.clone())
+                    .with_limits(limits.clone())
+                    .with_injection_off(injection_off(&self.config()));
+                let app = rest::router_with(state, extra);
                 let intake = self.intake.clone();
                 let task = tokio::spawn(async move {
                     if let Err(e) =
@@ -408,6 +421,9 @@ impl Server {
         crate::logs::stderr::apply(config.log_format());
         let config = Arc::new(config);
         let old_config = self.config();
+        let rest_toggled = injection_off(&self.config()) != injection_off(&config);
+        crate::logs::levels::apply(&config);
+        self.engine.set_held(apn_held(&config));
         let mut report = ReloadReport {
             path: path.clone(),
             warnings: config.warnings().iter().map(|w| w.to_string()).collect(),
@@ -416,15 +432,23 @@ impl Server {
         self.resolver.replace(config.clone());
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
         self.generation.fetch_add(1, Ordering::Relaxed);
-        report.domains = self.engine.all_stats().len();
         report.unroutable = self.engine.reconfigure();
-        report.domains -= report.unroutable.len();
-
-        let wanted: Vec<ListenerSettings> = config
-            .listeners()
-            .into_iter()
-            .filter(|l| l.enabled)
+        // A domain's new settings are in force when at least one of its (binding, domain) queues took them.
+        let unroutable: std::collections::HashSet<&str> = report
+            .unroutable
+            .iter()
+            .map(|(name, _)| name.as_str())
             .collect();
+        let in_force: std::collections::HashSet<Arc<str>> = self
+            .engine
+            .queues()
+            .into_iter()
+            .filter(|(b, d)| !unroutable.contains(Engine::queue_name(b, d).as_str()))
+            .map(|(_, d)| d)
+            .collect();
+        report.domains = in_force.len();
+
+        let wanted = wanted_listeners(&config);
         let mut listeners = self.listeners.lock().await;
         let mut keep = Vec::new();
         for running in listeners.drain(..) {
@@ -456,7 +480,8 @@ impl Server {
                 Some(new)
                     if *new == running.settings
                         && DoorLimits::from_config(&config, new)
-                            == DoorLimits::from_config(&old_config, new) =>
+                            == DoorLimits::from_config(&old_config, new)
+                        && !(running.kind == ListenerKind::Http && rest_toggled) =>
                 {
                     keep.push(running)
                 }
@@ -620,4 +645,32 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Whether a module stanza is declared with `enabled = false`.
+fn module_off(config: &Config, kind: herald_conf::ScopeKind) -> bool {
+    config.module(kind).is_some_and(|m| !m.enabled)
+}
+
+/// `apn { enabled = false }`: delivery is held (notifications are accepted and spooled, not sent).
+fn apn_held(config: &Config) -> bool {
+    module_off(config, herald_conf::ScopeKind::Apn)
+}
+
+/// Why REST injection is refused, when `restinjector { enabled = false }`.
+fn injection_off(config: &Config) -> Option<&'static str> {
+    module_off(config, herald_conf::ScopeKind::Restinjector).then_some(
+        "REST injection is turned off in this configuration (restinjector { enabled = false })",
+    )
+}
+
+/// The listeners to run: every enabled one, except HTTP listeners when `httpsrv { enabled = false }` turns the
+/// HTTP server off.
+fn wanted_listeners(config: &Config) -> Vec<ListenerSettings> {
+    let http_off = module_off(config, herald_conf::ScopeKind::Httpsrv);
+    config
+        .listeners()
+        .into_iter()
+        .filter(|l| l.enabled && !(http_off && l.kind == ListenerKind::Http))
+        .collect()
 }

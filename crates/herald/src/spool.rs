@@ -13,7 +13,7 @@ use herald_apns::token_hex::DeviceToken;
 use herald_spool::{RecoveryReport, Spool, SpoolError, SpoolKey, StoredNotification};
 
 use crate::inbound::accept::{BoxFuture, Durable};
-use crate::queue::message::{MessageId, Notification};
+use crate::queue::message::{DEFAULT_BINDING, MessageId, Notification};
 use crate::queue::{Engine, QueueObserver, SubmitError};
 
 /// Makes accepted notifications durable in a spool, and keeps the spool in step with the queue.
@@ -69,6 +69,7 @@ pub fn to_stored(n: &Notification) -> StoredNotification {
         expiration: n.expiration,
         collapse_id: n.collapse_id.as_deref().map(str::to_owned),
         apns_id: n.apns_id.as_deref().map(str::to_owned),
+        binding: (&*n.binding != DEFAULT_BINDING).then(|| n.binding.to_string()),
         payload: n.payload.to_vec(),
         sender: n.sender.to_string(),
         recipient: n.recipient.to_string(),
@@ -113,6 +114,7 @@ pub fn from_stored(
         batch_id: MessageId(s.batch_id),
         conn_id: MessageId(s.conn_id),
         domain: Arc::from(s.domain),
+        binding: Arc::from(s.binding.as_deref().unwrap_or(DEFAULT_BINDING)),
         token,
         topic: s.topic.map(Arc::from),
         push_type,
@@ -279,6 +281,7 @@ mod tests {
             batch_id: MessageId::from_parts(3, 1_800_000_000_000, 40),
             conn_id: MessageId::from_parts(3, 1_800_000_000_000, 41),
             domain: Arc::from("apps.example"),
+            binding: Arc::from("outbound-b"),
             token: DeviceToken::from_hex(&"ab".repeat(32)).unwrap(),
             topic: Some(Arc::from("com.example.app")),
             push_type: Some(PushType::Alert),

@@ -86,7 +86,7 @@ fn the_demo_runs_and_every_outcome_is_the_expected_one() {
         "herald's invalid-token total matches the failures"
     );
     assert!(stdout.contains("permanent: 1 BadDeviceToken"), "{stdout}");
-    assert!(stdout.contains("permanent: 1 invalid token"), "{stdout}");
+    assert!(stdout.contains("permanent: 1 Invalid token"), "{stdout}");
     assert!(stdout.contains("refused at the door (malformed tokens): 3 over REST, 3 over SMTP"));
 
     // The logs are where the demo says, and agree with the table.

@@ -174,6 +174,7 @@ async fn submit(engine: &Engine, tokens: &[String]) -> Vec<MessageId> {
             batch_id: MessageId::NONE,
             conn_id: MessageId::NONE,
             domain: Arc::from(DOMAIN),
+            binding: Arc::from("default"),
             token: DeviceToken::from_hex(t).unwrap(),
             topic: None,
             push_type: Some(PushType::Alert),
@@ -492,7 +493,7 @@ async fn binary_error_packet_mid_burst_resends_exactly_what_followed() {
     let finals = final_outcomes(&h, &ids);
     let failed = &finals[&ids[k].to_string()];
     assert_eq!(failed[4], "P");
-    assert_eq!(failed[13], "8 invalid token");
+    assert_eq!(failed[13], "8 Invalid token");
     assert_eq!(invalid.0.lock().unwrap().len(), 1);
     assert_eq!(finals.values().filter(|f| f[4] == "D").count(), n - 1);
 }
@@ -591,7 +592,8 @@ async fn repeated_connection_failures_delay_the_queue() {
         .into_iter()
         .filter(|f| f[4] == "T")
         .collect();
-    assert_eq!(t.len(), 20);
+    // The first failed attempt logs one line for the oldest waiting notification; the delay then logs each.
+    assert_eq!(t.len(), 21);
     assert!(
         t.iter()
             .all(|f| f[9] == "0" && f[13].contains("connection to 127.0.0.1")),
@@ -652,6 +654,7 @@ async fn restored_notifications_wait_for_their_next_attempt() {
         batch_id: MessageId::NONE,
         conn_id: MessageId::NONE,
         domain: Arc::from(DOMAIN),
+        binding: Arc::from("default"),
         token: DeviceToken::from_hex(&token(i)).unwrap(),
         topic: None,
         push_type: Some(PushType::Alert),
@@ -674,6 +677,8 @@ async fn restored_notifications_wait_for_their_next_attempt() {
         1,
         "the one due in an hour waits"
     );
+    // The simulator's record trails its answers.
+    h.sim.wait_for_records(1, WAIT).await;
     assert_eq!(
         record_counts(&h.sim).keys().collect::<Vec<_>>(),
         vec![&token(2)]

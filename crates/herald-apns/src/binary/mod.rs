@@ -113,6 +113,25 @@ impl Status {
         Status::ALL.into_iter().find(|s| s.code() == code)
     }
 
+    /// The status's description in Apple's words (TN2265's table, momentum.md §1.10), as logs show it, e.g.
+    /// `Invalid token`.
+    pub fn apple_text(self) -> &'static str {
+        match self {
+            Status::NoErrors => "No errors encountered",
+            Status::ProcessingError => "Processing error",
+            Status::MissingDeviceToken => "Missing device token",
+            Status::MissingTopic => "Missing topic",
+            Status::MissingPayload => "Missing payload",
+            Status::InvalidTokenSize => "Invalid token size",
+            Status::InvalidTopicSize => "Invalid topic size",
+            Status::InvalidPayloadSize => "Invalid payload size",
+            Status::InvalidToken => "Invalid token",
+            Status::Shutdown => "Shutdown",
+            Status::ProtocolError => "Protocol error",
+            Status::Unknown => "None (unknown)",
+        }
+    }
+
     /// What the status means, in a few words.
     pub fn meaning(self) -> &'static str {
         match self {

@@ -1,7 +1,7 @@
 //! Opening the TLS connection under either protocol: a fresh DNS lookup per connection (Apple asks for
 //! uncached lookups, apns.md §3.7), TCP with Nagle off, then TLS with the caller's rustls configuration.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +12,14 @@ use tokio_rustls::client::TlsStream;
 
 use super::ConnectionError;
 
-/// Where to connect: a host name or address and a port.
+/// Where to connect: a host name or address and a port, and the local address to connect from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// `bind_address`: the local address outbound sockets are bound to (port chosen by the system); `None` lets
+    /// the system choose.
+    pub bind: Option<IpAddr>,
 }
 
 impl Endpoint {
@@ -24,7 +27,14 @@ impl Endpoint {
         Endpoint {
             host: host.into(),
             port,
+            bind: None,
         }
+    }
+
+    /// The same endpoint, connected to from `bind` (see [`Endpoint::bind`]).
+    pub fn bound_to(mut self, bind: Option<IpAddr>) -> Self {
+        self.bind = bind;
+        self
     }
 
     /// `host:port`, with IPv6 literals bracketed: the HTTP/2 `:authority`.
@@ -41,6 +51,22 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.authority())
     }
+}
+
+/// A TCP connection to `addr`, from `bind` (any port) when given.
+async fn connect_from(bind: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(local, 0)).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("binding to bind_address {local}: {e}"))
+    })?;
+    socket.connect(addr).await
 }
 
 /// Resolves `endpoint`, connects over TCP and completes the TLS handshake, all within `timeout`.
@@ -61,7 +87,11 @@ pub async fn connect_tls(
         let mut last_err = None;
         let mut stream = None;
         for addr in &addrs {
-            match TcpStream::connect(addr).await {
+            // A bind address of the other family cannot reach this address: skip it.
+            if endpoint.bind.is_some_and(|b| b.is_ipv4() != addr.is_ipv4()) {
+                continue;
+            }
+            match connect_from(endpoint.bind, *addr).await {
                 Ok(s) => {
                     stream = Some((s, *addr));
                     break;
@@ -75,6 +105,18 @@ pub async fn connect_tls(
                 return Err(ConnectionError::Connect {
                     addr: addr.to_string(),
                     source,
+                });
+            }
+            (None, None) if endpoint.bind.is_some() && !addrs.is_empty() => {
+                return Err(ConnectionError::Connect {
+                    addr: endpoint.authority(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AddrNotAvailable,
+                        format!(
+                            "no address of the route has the family of bind_address {}",
+                            endpoint.bind.map(|b| b.to_string()).unwrap_or_default()
+                        ),
+                    ),
                 });
             }
             (None, None) => {

@@ -109,7 +109,7 @@ impl Rejection {
     pub fn text(&self) -> &str {
         match self {
             Rejection::Http { reason, .. } => reason,
-            Rejection::Binary { status } => status.meaning(),
+            Rejection::Binary { status } => status.apple_text(),
         }
     }
 }

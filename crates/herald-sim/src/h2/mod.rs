@@ -94,6 +94,7 @@ pub(crate) async fn serve(
             _ = stop.changed() => return,
         };
         let _ = tcp.set_nodelay(true);
+        ctx.stats.peer_connected(peer.ip());
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         let ordinal = ctx.ordinal.fetch_add(1, Ordering::Relaxed);

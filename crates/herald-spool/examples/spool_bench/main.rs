@@ -30,6 +30,7 @@ fn notification(key: SpoolKey) -> StoredNotification {
         expiration: Some(1_900_000_000),
         collapse_id: None,
         apns_id: Some(format!("00000000-0000-4000-8000-{n:012x}")),
+        binding: None,
         payload: format!(
             r#"{{"aps":{{"alert":{{"title":"Order {n}","body":"Your order has shipped and is on its way to you"}},"badge":1,"sound":"default"}},"order":{n}}}"#
         )

@@ -26,6 +26,7 @@ pub fn notification(key: SpoolKey) -> StoredNotification {
         expiration: Some(1_900_000_000),
         collapse_id: (n % 3 == 0).then(|| format!("c{n}")),
         apns_id: Some(format!("00000000-0000-4000-8000-{n:012x}")),
+        binding: None,
         payload: format!(r#"{{"aps":{{"alert":{{"title":"Order {n}","body":"Your order has shipped and is on its way"}},"badge":1}},"n":{n}}}"#).into_bytes(),
         sender: "orders@example.com".into(),
         recipient: format!("{n:016x}@com.example.app"),

@@ -91,6 +91,7 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             batch_id: MessageId::NONE,
             conn_id: MessageId::NONE,
             domain: domain.clone(),
+            binding: Arc::from(herald::queue::message::DEFAULT_BINDING),
             recipient: Arc::from(format!("{}@{}", token.redacted(), domain)),
             token,
             topic: topic.clone(),

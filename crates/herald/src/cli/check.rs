@@ -22,6 +22,17 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             for w in config.warnings() {
                 eprintln!("{w}");
             }
+            // What `herald serve` would refuse when it opens the logs.
+            let log_errors = herald::logs::check(&config);
+            if !log_errors.is_empty() {
+                for e in &log_errors {
+                    eprintln!("{name}: error: {e}");
+                }
+                let n = log_errors.len();
+                eprintln!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
+                std::mem::forget(config);
+                return Ok(ExitCode::FAILURE);
+            }
             let config = std::sync::Arc::new(config);
             let mut findings = herald::credentials::check(&config, std::time::SystemTime::now());
             if args.connect {
@@ -46,11 +57,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 std::mem::forget(config);
                 return Ok(ExitCode::FAILURE);
             }
+            // Every warning printed above: the configuration's and the credential findings'.
+            let warnings = config.warnings().len() + findings.len();
             println!(
                 "{name}: ok: {} domains, {} listeners, {} warnings",
                 config.domains().len(),
                 config.listeners().len(),
-                config.warnings().len()
+                warnings
             );
             // The process ends here: freeing a large tree node by node would only add to the run time.
             std::mem::forget(config);

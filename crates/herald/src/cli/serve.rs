@@ -18,7 +18,13 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    herald::logs::stderr::init("info");
+    // The module stanzas' debug_level set the level of their part (a reload applies them again); RUST_LOG, when
+    // set, overrides them for the life of the process. A configuration that does not load is reported by
+    // Server::start below.
+    let levels = herald_conf::Config::load(&args.config)
+        .map(|c| herald::logs::levels::directives(&c, "info"))
+        .unwrap_or_else(|_| "info".to_owned());
+    herald::logs::stderr::init_with_levels(&levels);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -34,6 +34,8 @@ pub enum Command {
         limit: usize,
     },
     Showqueue {
+        /// `binding NAME`: only that binding's queue of the domain; `None` (or `all`): every binding's.
+        binding: Option<String>,
         domain: String,
         limit: usize,
         offset: usize,
@@ -251,10 +253,11 @@ fn parse_tokens(args: &[&str]) -> Result<Command, ParseError> {
 
 fn parse_showqueue(args: &[&str]) -> Result<Command, ParseError> {
     const USAGE: &str = "showqueue [binding NAME|all] DOMAIN [LIMIT,OFFSET]";
-    // herald has one binding per domain queue; the binding selector is accepted for Momentum's syntax.
-    let args = match args {
-        ["binding", _, rest @ ..] | ["all", rest @ ..] => rest,
-        _ => args,
+    // Momentum's binding selector: one binding's queue of the domain, or every binding's (`all`, the default).
+    let (binding, args) = match args {
+        ["binding", name, rest @ ..] => (Some(name.to_string()), rest),
+        ["all", rest @ ..] => (None, rest),
+        _ => (None, args),
     };
     let (domain, window) = match args {
         [d] => (d, None),
@@ -272,6 +275,7 @@ fn parse_showqueue(args: &[&str]) -> Result<Command, ParseError> {
         },
     };
     Ok(Command::Showqueue {
+        binding,
         domain: domain.to_string(),
         limit,
         offset,
@@ -298,10 +302,15 @@ pub async fn execute(server: &Server, cmd: Command) -> Reply {
         Command::Domain(name) => domain(server, name.as_deref()),
         Command::Mailq { domains, limit } => Reply::ok(mailq(server, &domains, limit)),
         Command::Showqueue {
+            binding,
             domain,
             limit,
             offset,
-        } => match server.engine.showqueue(&domain, limit, offset).await {
+        } => match server
+            .engine
+            .showqueue_binding(binding.as_deref(), &domain, limit, offset)
+            .await
+        {
             Some(entries) => Reply::ok(showqueue(&entries)),
             None => Reply::err(no_queue(&domain)),
         },
@@ -577,8 +586,8 @@ fn showqueue(entries: &[QueueEntry]) -> String {
     for e in entries {
         let _ = writeln!(
             out,
-            "[{}/default] {} Created: {}",
-            e.queue, e.id, e.received_at
+            "[{}/{}] {} Created: {}",
+            e.queue, e.binding, e.id, e.received_at
         );
         let _ = writeln!(out, "  From: <{}> To: <{}>", e.sender, e.recipient);
     }
@@ -701,6 +710,7 @@ mod tests {
         assert_eq!(
             p("showqueue a.example"),
             Command::Showqueue {
+                binding: None,
                 domain: "a.example".into(),
                 limit: 100,
                 offset: 0
@@ -709,6 +719,7 @@ mod tests {
         assert_eq!(
             p("showqueue binding default a.example 10,20"),
             Command::Showqueue {
+                binding: Some("default".into()),
                 domain: "a.example".into(),
                 limit: 10,
                 offset: 20

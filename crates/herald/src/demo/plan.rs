@@ -36,7 +36,7 @@ impl App {
     pub fn bad_token_reason(&self) -> &'static str {
         match self.kind {
             AppKind::H2Token | AppKind::H2Cert => "BadDeviceToken",
-            AppKind::Binary => "invalid token",
+            AppKind::Binary => "Invalid token",
         }
     }
 

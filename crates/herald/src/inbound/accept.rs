@@ -18,7 +18,7 @@ use herald_apns::payload::infer_push_type;
 use herald_apns::push::{Priority, Protocol, PushType, validate_expiration};
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
-use crate::queue::message::{IdGenerator, MessageId, Notification, unix_now};
+use crate::queue::message::{DEFAULT_BINDING, IdGenerator, MessageId, Notification, unix_now};
 use crate::queue::{Engine, SettingsResolver};
 
 /// One notification as a listener received it, before validation.
@@ -41,6 +41,8 @@ pub struct Submission {
     pub sender: String,
     /// Envelope recipient (`RCPT TO`, REST recipient address), for the logs.
     pub recipient: String,
+    /// The binding to deliver from (REST `binding`, MCMT `X-Binding`); `None` is the `default` binding.
+    pub binding: Option<String>,
 }
 
 /// Why a submission or a batch was not accepted.
@@ -181,22 +183,49 @@ impl Intake {
     /// Whether notifications for `domain` (any case) can be accepted: it must name a domain herald delivers to
     /// APNs. Listeners call it to refuse a recipient early (SMTP at `RCPT`); [`prepare`](Self::prepare) checks the
     /// same. Nothing is counted as refused here.
+    /// Before the content says which binding delivers it, a domain that only some binding delivers (a domain
+    /// stanza inside a binding) is accepted too; [`prepare`](Self::prepare) then checks the binding named.
     pub fn check_domain(&self, domain: &str) -> Result<(), DomainRefusal> {
-        self.settings_for(domain).map(|_| ())
+        let default = self.settings_for(None, domain).map(|_| ());
+        if default.is_ok() {
+            return default;
+        }
+        let other_binding = self
+            .resolver
+            .bindings()
+            .iter()
+            .filter(|b| b.as_str() != DEFAULT_BINDING)
+            .any(|b| self.settings_for(Some(b), domain).is_ok());
+        if other_binding { Ok(()) } else { default }
     }
 
-    fn settings_for(&self, domain: &str) -> Result<Arc<DeliverySettings>, DomainRefusal> {
+    /// [`check_domain`](Self::check_domain) for delivery from `binding` (`None`: the `default` binding): the
+    /// binding must be declared, and the domain deliverable from it.
+    pub fn check_binding_domain(
+        &self,
+        binding: Option<&str>,
+        domain: &str,
+    ) -> Result<(), DomainRefusal> {
+        self.settings_for(binding, domain).map(|_| ())
+    }
+
+    fn settings_for(
+        &self,
+        binding: Option<&str>,
+        domain: &str,
+    ) -> Result<Arc<DeliverySettings>, DomainRefusal> {
         let domain = domain.to_ascii_lowercase();
         if domain.is_empty() {
             return Err(DomainRefusal::Missing);
         }
+        let binding = binding.unwrap_or(DEFAULT_BINDING);
         self.resolver
-            .resolve(&domain)
+            .resolve_binding(binding, &domain)
             .map_err(|reason| DomainRefusal::NotPush { domain, reason })
     }
 
     fn validate(&self, s: Submission, source: &Source) -> Result<Notification, Refusal> {
-        let settings = self.settings_for(&s.domain)?;
+        let settings = self.settings_for(s.binding.as_deref(), &s.domain)?;
         let protocol = match settings.protocol {
             RouteProtocol::Http2 => Protocol::Http2,
             RouteProtocol::Binary(_) => Protocol::Binary,
@@ -249,6 +278,7 @@ impl Intake {
             batch_id: source.batch_id,
             conn_id: source.conn_id,
             domain: settings.domain.clone(),
+            binding: settings.binding.clone(),
             token,
             topic: topic.map(|t| self.strings.intern(&t)),
             push_type: Some(push_type),

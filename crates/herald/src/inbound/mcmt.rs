@@ -32,6 +32,8 @@ pub mod headers {
     pub const EXPIRATION: &[&str] = &["X-APNs-Expiration", "apns-expiration"];
     pub const COLLAPSE_ID: &[&str] = &["X-APNs-Collapse-Id", "apns-collapse-id"];
     pub const APNS_ID: &[&str] = &["X-APNs-Id", "apns-id"];
+    /// The binding to deliver from (a top-level header of the message, or a push part's own).
+    pub const BINDING: &[&str] = &["X-Binding"];
 }
 
 /// Why a message is not a usable MCMT message. The text is what the SMTP client reads.
@@ -86,6 +88,9 @@ pub struct McmtMessage {
     pub push_parts: Vec<PushPart>,
     /// The top-level `Return-Path` header, if any.
     pub return_path: Option<String>,
+    /// The top-level `X-Binding` header, if any: the binding every push part is delivered from unless the part
+    /// names its own.
+    pub binding: Option<String>,
 }
 
 /// One `message/vnd.msys.apn` part, decoded.
@@ -105,6 +110,8 @@ pub struct PushPart {
     pub apns_id: Option<String>,
     /// The part's `Return-Path`, if any.
     pub return_path: Option<String>,
+    /// The part's `X-Binding`, if any.
+    pub binding: Option<String>,
 }
 
 /// One submission with where it came from, so a refusal can name the part and the recipient.
@@ -144,6 +151,7 @@ impl McmtMessage {
                         apns_id: p.apns_id.clone(),
                         sender: sender.to_owned(),
                         recipient: rcpt.clone(),
+                        binding: p.binding.clone().or_else(|| self.binding.clone()),
                     },
                 });
             }
@@ -227,16 +235,22 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
     if push_parts.is_empty() {
         return Err(McmtError::NoPushPart);
     }
-    let return_path = root
-        .headers()
-        .iter()
-        .find(|h| h.name.as_str().eq_ignore_ascii_case("Return-Path"))
-        .and_then(|h| source.get(h.offset_start as usize..h.offset_end as usize))
-        .map(|v| unfold(&String::from_utf8_lossy(v)))
-        .filter(|v| !v.is_empty());
+    let top_header = |names: &[&str]| {
+        root.headers()
+            .iter()
+            .find(|h| {
+                names
+                    .iter()
+                    .any(|n| h.name.as_str().eq_ignore_ascii_case(n))
+            })
+            .and_then(|h| source.get(h.offset_start as usize..h.offset_end as usize))
+            .map(|v| unfold(&String::from_utf8_lossy(v)).trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
     Ok(Parsed::Mcmt(McmtMessage {
         push_parts,
-        return_path,
+        return_path: top_header(headers::RETURN_PATH),
+        binding: top_header(headers::BINDING),
     }))
 }
 
@@ -315,6 +329,7 @@ fn push_part(number: usize, mime: &[(String, String)], body: &[u8]) -> Result<Pu
         collapse_id: h.string(headers::COLLAPSE_ID),
         apns_id: h.string(headers::APNS_ID),
         return_path: h.string(headers::RETURN_PATH),
+        binding: h.string(headers::BINDING),
     })
 }
 

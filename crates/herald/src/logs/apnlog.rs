@@ -82,7 +82,7 @@ impl LogFormat {
             let Some((name, m)) = MACROS.iter().find(|(name, _)| after.starts_with(name)) else {
                 let name: String = after
                     .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
                 return Err(FormatError {
                     format: format.to_owned(),
@@ -127,7 +127,7 @@ impl LogFormat {
                         }
                     }
                     Macro::Bytes => {
-                        let _ = write!(line, "{}", n.payload.len());
+                        let _ = write!(line, "{}", r.bytes);
                     }
                     Macro::TransactionId => push_escaped(line, r.transaction_id.unwrap_or("")),
                     Macro::Status => {
@@ -170,11 +170,26 @@ impl Default for ApnLogFormats {
 pub struct ApnLog {
     file: LogFile,
     formats: ApnLogFormats,
+    heartbeat: Option<std::time::Duration>,
 }
 
 impl ApnLog {
     pub fn new(file: LogFile, formats: ApnLogFormats) -> Self {
-        ApnLog { file, formats }
+        ApnLog {
+            file,
+            formats,
+            heartbeat: None,
+        }
+    }
+
+    /// This instance's `heartbeat`: how often it writes an `M` line; `None` (0) writes none.
+    pub fn with_heartbeat(mut self, every: Option<std::time::Duration>) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    pub fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        self.heartbeat
     }
 
     pub fn file(&self) -> &LogFile {

@@ -21,6 +21,49 @@ pub enum LogFileError {
     },
 }
 
+/// Whether `path` could be opened for appending, as [`LogFile::open`] would (creating it and its missing
+/// parents), without creating or changing anything: an existing file must open for appending; otherwise the
+/// nearest existing ancestor must be a directory a file can be created in (checked with a probe file that is
+/// removed at once).
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("no file name".into());
+    }
+    if path.is_dir() {
+        return Err("is a directory".into());
+    }
+    if path.exists() {
+        return OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(|_| ())
+            .map_err(|e| format!("cannot be opened for appending: {e}"));
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        let d = if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        };
+        if d.exists() {
+            if !d.is_dir() {
+                return Err(format!("{} is not a directory", d.display()));
+            }
+            let probe = d.join(format!(".herald-check-{}", std::process::id()));
+            return match OpenOptions::new().write(true).create_new(true).open(&probe) {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot create files in {}: {e}", d.display())),
+            };
+        }
+        dir = d.parent();
+    }
+    Err("no existing parent directory".into())
+}
+
 /// An append-only log file.
 #[derive(Debug)]
 pub struct LogFile {

@@ -27,6 +27,8 @@ pub struct MainLog {
     pub log_deliveries: bool,
     pub log_transient_failures: bool,
     pub log_permanent_failures: bool,
+    /// The ec_logger's `heartbeat`: how often an `M` line is written; `None` (0) writes none.
+    pub heartbeat: Option<std::time::Duration>,
 }
 
 impl MainLog {
@@ -37,6 +39,7 @@ impl MainLog {
             log_deliveries: true,
             log_transient_failures: true,
             log_permanent_failures: true,
+            heartbeat: None,
         }
     }
 

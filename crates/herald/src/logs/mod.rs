@@ -4,6 +4,7 @@
 
 pub mod apnlog;
 pub mod file;
+pub mod levels;
 pub mod mainlog;
 pub mod stderr;
 
@@ -40,6 +41,8 @@ pub struct OutcomeRecord<'a> {
     pub error: &'a str,
     /// Whether the failure happened with a connection (mainlog connection stage 9) or without one (stage 0).
     pub connected: bool,
+    /// The notification's size as sent, headers included (apn_logger `%B`; see `Queued::wire_bytes`).
+    pub bytes: usize,
     /// Unix time of the event.
     pub at: u64,
 }
@@ -103,16 +106,19 @@ impl Logs {
 pub enum LogSetupError {
     #[error(transparent)]
     File(#[from] file::LogFileError),
-    #[error("apn_logger {name:?}: {source}")]
+    #[error("apn_logger {name:?} {option}: {error}")]
     Format {
         name: String,
-        source: apnlog::FormatError,
+        /// The format option (`log_delivery_format`, …).
+        option: &'static str,
+        error: apnlog::FormatError,
     },
 }
 
 impl Logs {
     /// Opens the logs the configuration declares: each enabled `ec_logger`'s mainlog and each enabled
-    /// `apn_logger`. Returns them with the heartbeat interval to use (the shortest configured).
+    /// `apn_logger`, each with its own `heartbeat`. Returns them with the shortest heartbeat interval (`None` when
+    /// no logger writes heartbeats).
     pub fn open(
         config: &herald_conf::Config,
     ) -> Result<(Logs, Option<std::time::Duration>), LogSetupError> {
@@ -127,40 +133,23 @@ impl Logs {
             m.log_deliveries = ec.log_deliveries;
             m.log_transient_failures = ec.log_transient_failures;
             m.log_permanent_failures = ec.log_permanent_failures;
+            m.heartbeat = ec.heartbeat;
             logs.mainlog = Some(Arc::new(m));
             heartbeat = min_opt(heartbeat, ec.heartbeat);
         }
         for a in config.apn_loggers().iter().filter(|a| a.enabled) {
-            let parse = |f: &str| {
-                apnlog::LogFormat::parse(f).map_err(|source| LogSetupError::Format {
-                    name: a.name.clone(),
-                    source,
-                })
-            };
-            let formats = apnlog::ApnLogFormats {
-                delivery: a
-                    .log_delivery
-                    .then(|| parse(&a.log_delivery_format))
-                    .transpose()?,
-                tempfail: a
-                    .log_tempfail
-                    .then(|| parse(&a.log_tempfail_format))
-                    .transpose()?,
-                permfail: a
-                    .log_permfail
-                    .then(|| parse(&a.log_permfail_format))
-                    .transpose()?,
-                heartbeat: parse(&a.log_heartbeat_format)?,
-            };
+            let formats = apn_formats(a)?;
             let file = file::LogFile::open(&a.logfile, a.logmode)?;
-            logs.apnlog
-                .push(Arc::new(apnlog::ApnLog::new(file, formats)));
+            logs.apnlog.push(Arc::new(
+                apnlog::ApnLog::new(file, formats).with_heartbeat(a.heartbeat),
+            ));
             heartbeat = min_opt(heartbeat, a.heartbeat);
         }
         Ok((logs, heartbeat))
     }
 
-    /// Flushes the logs every `flush_every` and writes heartbeat lines every `heartbeat`, until the runtime ends.
+    /// Flushes the logs every `flush_every` and has each logger write its heartbeat line on its own interval, until
+    /// the runtime ends. `heartbeat` is what [`Logs::open`] returned: `None` means no logger writes heartbeats.
     pub fn spawn_maintenance(
         &self,
         flush_every: std::time::Duration,
@@ -169,19 +158,100 @@ impl Logs {
         let logs = self.clone();
         tokio::spawn(async move {
             let mut flush = tokio::time::interval(flush_every);
-            let mut next_heartbeat = heartbeat.map(|h| tokio::time::Instant::now() + h);
+            let start = tokio::time::Instant::now();
+            let every = |h: Option<std::time::Duration>| h.filter(|_| heartbeat.is_some());
+            let mut main_next =
+                every(logs.mainlog.as_ref().and_then(|m| m.heartbeat)).map(|h| (start + h, h));
+            let mut apn_next: Vec<_> = logs
+                .apnlog
+                .iter()
+                .map(|a| every(a.heartbeat_interval()).map(|h| (start + h, h)))
+                .collect();
             loop {
                 flush.tick().await;
-                logs.flush();
-                if let (Some(at), Some(every)) = (next_heartbeat, heartbeat) {
-                    if tokio::time::Instant::now() >= at {
-                        logs.heartbeat(crate::queue::message::unix_now());
-                        next_heartbeat = Some(at + every);
+                let now = tokio::time::Instant::now();
+                let at = crate::queue::message::unix_now();
+                if let (Some(m), Some((due, h))) = (&logs.mainlog, main_next)
+                    && now >= due
+                {
+                    m.heartbeat(at);
+                    main_next = Some((due + h, h));
+                }
+                for (a, next) in logs.apnlog.iter().zip(apn_next.iter_mut()) {
+                    if let Some((due, h)) = *next
+                        && now >= due
+                    {
+                        a.heartbeat(at);
+                        *next = Some((due + h, h));
                     }
                 }
+                logs.flush();
             }
         });
     }
+}
+
+/// The parsed formats of one apn_logger instance; errors name the instance and the option.
+fn apn_formats(a: &herald_conf::ApnLoggerSettings) -> Result<apnlog::ApnLogFormats, LogSetupError> {
+    let parse = |option: &'static str, f: &str| {
+        apnlog::LogFormat::parse(f).map_err(|error| LogSetupError::Format {
+            name: a.name.clone(),
+            option,
+            error,
+        })
+    };
+    Ok(apnlog::ApnLogFormats {
+        delivery: a
+            .log_delivery
+            .then(|| parse("log_delivery_format", &a.log_delivery_format))
+            .transpose()?,
+        tempfail: a
+            .log_tempfail
+            .then(|| parse("log_tempfail_format", &a.log_tempfail_format))
+            .transpose()?,
+        permfail: a
+            .log_permfail
+            .then(|| parse("log_permfail_format", &a.log_permfail_format))
+            .transpose()?,
+        heartbeat: parse("log_heartbeat_format", &a.log_heartbeat_format)?,
+    })
+}
+
+/// What `herald serve` would refuse when opening the logs, found without opening them: every apn_logger format
+/// that does not parse, and every log file (mainlog, apn_logger logfile, feedback_logfile) that cannot be
+/// written. Nothing is created or changed.
+pub fn check(config: &herald_conf::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for ec in config.ec_loggers().iter().filter(|e| e.enabled) {
+        if !ec.mainlog.as_os_str().is_empty() {
+            files.push((
+                format!("ec_logger {:?} mainlog", ec.name),
+                ec.mainlog.clone(),
+            ));
+        }
+    }
+    for a in config.apn_loggers().iter().filter(|a| a.enabled) {
+        if let Err(e) = apn_formats(a) {
+            problems.push(e.to_string());
+        }
+        files.push((
+            format!("apn_logger {:?} logfile", a.name),
+            a.logfile.clone(),
+        ));
+    }
+    if let Ok(herald_conf::Value::Str(p)) =
+        config.eval(&herald_conf::ScopePath::global(), "feedback_logfile")
+        && !p.is_empty()
+    {
+        files.push(("feedback_logfile".into(), p.into()));
+    }
+    for (what, path) in files {
+        if let Err(e) = file::check_writable(&path) {
+            problems.push(format!("{what} {}: {e}", path.display()));
+        }
+    }
+    problems
 }
 
 fn min_opt(

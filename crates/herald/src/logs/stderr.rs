@@ -54,18 +54,45 @@ fn layer(format: LogFormat) -> BoxedLayer {
 pub fn init(default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    install(filter);
+}
+
+/// Like [`init`] for `herald serve`: without `RUST_LOG`, the filter is `directives` (the levels the module stanzas'
+/// `debug_level` set, see [`super::levels`]) and a reload may replace it; `RUST_LOG`, when set, stays in force.
+pub fn init_with_levels(directives: &str) {
+    match EnvFilter::try_from_default_env() {
+        Ok(filter) => {
+            install(filter);
+        }
+        Err(_) => {
+            let (filter, handle) = reload::Layer::new(EnvFilter::new(directives));
+            if install(filter) {
+                super::levels::install_reload(Box::new(move |directives| {
+                    let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+                    handle.reload(filter).map_err(|e| e.to_string())
+                }));
+            }
+        }
+    }
+}
+
+type Formatted = tracing_subscriber::layer::Layered<reload::Layer<BoxedLayer, Registry>, Registry>;
+
+/// Installs the formatting layer (text until [`apply`]) under `filter`; false when a subscriber was already set.
+fn install<F: Layer<Formatted> + Send + Sync + 'static>(filter: F) -> bool {
     let (fmt, handle) = reload::Layer::new(layer(LogFormat::Text));
-    if Registry::default()
+    let installed = Registry::default()
         .with(fmt)
         .with(filter)
         .try_init()
-        .is_ok()
-    {
+        .is_ok();
+    if installed {
         let _ = INSTALLED.set(Installed {
             handle,
             format: std::sync::Mutex::new(LogFormat::Text),
         });
     }
+    installed
 }
 
 /// Switches the output format to the configuration's `log_format` (no effect when [`init`] was not called).

@@ -23,6 +23,8 @@ use crate::outbound::settings::DeliverySettings;
 const TICK: Duration = Duration::from_millis(50);
 /// Events handled per loop before work is dispatched again.
 const EVENT_BATCH: usize = 512;
+/// At most one transient-failure line per queue this often for failed connection attempts.
+const CONNECT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// What a domain's task is told.
 pub enum DomainEvent {
@@ -77,6 +79,8 @@ pub enum MessageAction {
 pub struct QueueEntry {
     pub id: MessageId,
     pub domain: Arc<str>,
+    /// The binding it is delivered from.
+    pub binding: Arc<str>,
     /// `active` (ready or being delivered) or `delayed` (waiting for a retry).
     pub queue: &'static str,
     pub received_at: u64,
@@ -145,6 +149,8 @@ pub struct DomainTask {
     generation: u64,
     /// Handed to the pool and not yet reported back.
     outstanding: usize,
+    /// When a failed connection attempt was last logged (see [`CONNECT_FAILURE_LOG_EVERY`]).
+    connect_failure_logged: Option<Instant>,
     sender: DomainSender,
     events: mpsc::UnboundedReceiver<DomainEvent>,
     shared: Arc<EngineShared>,
@@ -170,6 +176,7 @@ impl DomainTask {
             retired: Vec::new(),
             generation: 0,
             outstanding: 0,
+            connect_failure_logged: None,
             sender,
             events,
             shared,
@@ -236,6 +243,9 @@ impl DomainTask {
                     {
                         self.delay_domain()
                     }
+                    ConnectOutcome::Failed {
+                        delay_domain: false,
+                    } if generation == self.generation => self.log_connect_failure(),
                     ConnectOutcome::Opened
                     | ConnectOutcome::Failed { .. }
                     | ConnectOutcome::Stale => {}
@@ -315,6 +325,7 @@ impl DomainTask {
         QueueEntry {
             id: n.id,
             domain: n.domain.clone(),
+            binding: n.binding.clone(),
             queue,
             received_at: n.received_at,
             sender: n.sender.clone(),
@@ -398,6 +409,9 @@ impl DomainTask {
 
     /// Moves ready notifications to the pool while it has room.
     fn dispatch(&mut self) {
+        if self.shared.is_held() {
+            return;
+        }
         let limit = self.pool.dispatch_limit();
         let now = unix_now();
         while self.outstanding < limit {
@@ -618,6 +632,42 @@ impl DomainTask {
         self.shared.finished(&item);
     }
 
+    /// A connection attempt failed while notifications wait for it: the oldest waiting one gets a transient-failure
+    /// line naming the route and the reason (it stays queued, its retry count unchanged), at most once per
+    /// [`CONNECT_FAILURE_LOG_EVERY`], so an unreachable route shows in the logs before `mx_failures_to_delay`.
+    fn log_connect_failure(&mut self) {
+        let now = Instant::now();
+        if self
+            .connect_failure_logged
+            .is_some_and(|t| now.duration_since(t) < CONNECT_FAILURE_LOG_EVERY)
+        {
+            return;
+        }
+        let error = format!(
+            "connection to {} failed: {}",
+            self.settings.endpoint,
+            self.pool.last_error().unwrap_or("unknown error")
+        );
+        let waiting = self.pool.take_waiting();
+        let oldest = waiting.first().map(|j| &j.tag).or(self.active.front());
+        if let Some(item) = oldest {
+            let tx = item.notification.apns_id.clone();
+            self.log(
+                item,
+                OutcomeKind::Transient,
+                None,
+                tx.as_deref(),
+                None,
+                &error,
+                false,
+            );
+            self.connect_failure_logged = Some(now);
+        }
+        for job in waiting {
+            self.pool.submit(job);
+        }
+    }
+
     /// `mx_failures_to_delay` connection attempts failed in a row: every waiting notification is retried later.
     fn delay_domain(&mut self) {
         let error = format!(
@@ -656,6 +706,7 @@ impl DomainTask {
             status,
             error,
             connected,
+            bytes: item.wire_bytes(&self.settings),
             at: unix_now(),
         };
         self.shared.logs.outcome(&record);

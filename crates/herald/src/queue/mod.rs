@@ -1,7 +1,8 @@
-//! The queue: notifications accepted for delivery, by domain, from acceptance to their final outcome.
+//! The queue: notifications accepted for delivery, by (binding, domain), from acceptance to their final outcome.
 //!
-//! [`Engine`] routes each notification to its domain's task ([`domain`]), creating the task with the domain's
-//! [`DeliverySettings`] the first time. A semaphore bounds the notifications held in memory, so a slow or dead
+//! [`Engine`] routes each notification to the task of its domain and binding ([`domain`]), creating the task with
+//! the [`DeliverySettings`] of that (binding, domain) the first time: each has its own queue and connection pool.
+//! Console commands and counters that name a domain cover every binding it is delivered from. A semaphore bounds the notifications held in memory, so a slow or dead
 //! APNs makes submitters wait instead of growing memory without limit.
 
 pub mod domain;
@@ -48,9 +49,28 @@ impl InvalidTokenSink for MemoryInvalidTokens {
     }
 }
 
-/// Resolves a domain's delivery settings from the configuration.
+/// Resolves the delivery settings of a (binding, domain) from the configuration.
 pub trait SettingsResolver: Send + Sync + 'static {
+    /// The settings of `domain` delivered from the `default` binding.
     fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String>;
+
+    /// Every binding notifications may name (`default` first).
+    fn bindings(&self) -> Vec<String> {
+        vec![message::DEFAULT_BINDING.to_owned()]
+    }
+
+    /// The settings of `domain` delivered from `binding`. Resolvers that know no bindings serve only `default`.
+    fn resolve_binding(
+        &self,
+        binding: &str,
+        domain: &str,
+    ) -> Result<Arc<DeliverySettings>, String> {
+        if binding == message::DEFAULT_BINDING {
+            self.resolve(domain)
+        } else {
+            Err(format!("binding {binding:?} is not declared"))
+        }
+    }
 }
 
 /// Fixed settings per domain (tests, benchmarks, programs that build settings themselves).
@@ -71,6 +91,20 @@ impl SettingsResolver for StaticResolver {
             .get(domain)
             .cloned()
             .ok_or_else(|| format!("domain {domain:?} is not configured"))
+    }
+
+    /// The settings of `domain` when they were built for `binding`.
+    fn resolve_binding(
+        &self,
+        binding: &str,
+        domain: &str,
+    ) -> Result<Arc<DeliverySettings>, String> {
+        let settings = self.resolve(domain)?;
+        if &*settings.binding == binding {
+            Ok(settings)
+        } else {
+            Err(format!("binding {binding:?} is not declared"))
+        }
     }
 }
 
@@ -98,9 +132,15 @@ pub struct EngineShared {
     invalid: Arc<dyn InvalidTokenSink>,
     resident: Arc<Semaphore>,
     observer: OnceLock<Arc<dyn QueueObserver>>,
+    /// Delivery is held (`apn { enabled = false }`): notifications are accepted and queued, not sent.
+    held: std::sync::atomic::AtomicBool,
 }
 
 impl EngineShared {
+    pub(crate) fn is_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(crate) fn invalid_token(&self, token: InvalidToken) {
         self.invalid.record(token);
     }
@@ -127,6 +167,14 @@ impl EngineShared {
 struct DomainHandle {
     sender: DomainSender,
     stats: Arc<DomainStats>,
+}
+
+/// What a queue and its pool serve: one domain delivered from one binding (momentum.md §1.5: connections are
+/// limited "on a domain/binding level").
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct QueueKey {
+    domain: Arc<str>,
+    binding: Arc<str>,
 }
 
 /// Limits of the engine.
@@ -173,7 +221,8 @@ pub struct Engine {
     max_resident: usize,
     shared: Arc<EngineShared>,
     resolver: Arc<dyn SettingsResolver>,
-    domains: Mutex<HashMap<Arc<str>, DomainHandle>>,
+    /// One queue per (domain, binding).
+    domains: Mutex<HashMap<QueueKey, DomainHandle>>,
 }
 
 impl Engine {
@@ -193,6 +242,7 @@ impl Engine {
                 invalid,
                 resident,
                 observer: OnceLock::new(),
+                held: std::sync::atomic::AtomicBool::new(false),
             }),
             resolver,
             domains: Mutex::new(HashMap::new()),
@@ -201,6 +251,19 @@ impl Engine {
 
     pub fn logs(&self) -> &Logs {
         &self.shared.logs
+    }
+
+    /// Holds delivery (true) or lets it go on (false): held notifications stay queued, nothing is sent. The apn
+    /// module's `enabled = false` holds delivery.
+    pub fn set_held(&self, held: bool) {
+        self.shared
+            .held
+            .store(held, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether delivery is held (see [`Engine::set_held`]).
+    pub fn is_held(&self) -> bool {
+        self.shared.is_held()
     }
 
     /// Sets the observer of every notification's life (once, before traffic); false if one was set already.
@@ -292,7 +355,7 @@ impl Engine {
         delay: Option<std::time::Duration>,
     ) -> Result<(), SubmitError> {
         let sent = self
-            .domain_sender(&item.notification.domain)
+            .domain_sender(&item.notification.domain, &item.notification.binding)
             .and_then(|sender| {
                 let event = match delay {
                     Some(d) => DomainEvent::EnqueueDelayed(item, d),
@@ -306,9 +369,17 @@ impl Engine {
         sent
     }
 
-    fn domain_sender(&self, domain: &Arc<str>) -> Result<DomainSender, SubmitError> {
+    fn domain_sender(
+        &self,
+        domain: &Arc<str>,
+        binding: &Arc<str>,
+    ) -> Result<DomainSender, SubmitError> {
+        let key = QueueKey {
+            domain: domain.clone(),
+            binding: binding.clone(),
+        };
         let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(handle) = domains.get(domain) {
+        if let Some(handle) = domains.get(&key) {
             handle
                 .stats
                 .received
@@ -317,11 +388,16 @@ impl Engine {
         }
         let settings = self
             .resolver
-            .resolve(domain)
+            .resolve_binding(binding, domain)
             .map_err(|reason| SubmitError::Unroutable {
                 domain: domain.to_string(),
                 reason,
             })?;
+        tracing::debug!(
+            %domain, %binding, binding_group = %settings.binding_group, endpoint = %settings.endpoint,
+            bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
+            "queue started"
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let sender = DomainSender(tx);
         let stats = Arc::new(DomainStats::default());
@@ -337,7 +413,7 @@ impl Engine {
         );
         tokio::spawn(task.run());
         domains.insert(
-            domain.clone(),
+            key,
             DomainHandle {
                 sender: sender.clone(),
                 stats,
@@ -346,75 +422,166 @@ impl Engine {
         Ok(sender)
     }
 
-    /// Counters of one domain, if it has seen traffic.
+    /// Counters of one domain (over every binding it is delivered from), if it has seen traffic.
     pub fn stats(&self, domain: &str) -> Option<Arc<DomainStats>> {
-        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
-        domains.get(domain).map(|h| h.stats.clone())
+        self.all_stats()
+            .into_iter()
+            .find(|(d, _)| &**d == domain)
+            .map(|(_, s)| s)
     }
 
-    /// Every domain that has seen traffic, with its counters.
-    pub fn all_stats(&self) -> Vec<(Arc<str>, Arc<DomainStats>)> {
-        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<_> = domains
-            .iter()
-            .map(|(d, h)| (d.clone(), h.stats.clone()))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
-    }
-
-    /// Makes every delayed notification of `domain` due now.
-    pub fn flush(&self, domain: &str) -> bool {
+    /// Counters of one domain delivered from one binding, if that queue has seen traffic.
+    pub fn binding_stats(&self, binding: &str, domain: &str) -> Option<Arc<DomainStats>> {
         let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
         domains
-            .get(domain)
-            .is_some_and(|h| h.sender.0.send(DomainEvent::Flush).is_ok())
+            .iter()
+            .find(|(k, _)| &*k.domain == domain && &*k.binding == binding)
+            .map(|(_, h)| h.stats.clone())
     }
 
-    fn senders(&self, domain: Option<&str>) -> Vec<DomainSender> {
+    /// Every domain that has seen traffic, with its counters. A domain delivered from several bindings has one
+    /// queue per binding: its counters here are their sum at the time of the call.
+    pub fn all_stats(&self) -> Vec<(Arc<str>, Arc<DomainStats>)> {
         let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
-        match domain {
-            Some(d) => domains
-                .get(d)
-                .map(|h| h.sender.clone())
-                .into_iter()
-                .collect(),
-            None => domains.values().map(|h| h.sender.clone()).collect(),
+        let mut by_domain: std::collections::BTreeMap<Arc<str>, Vec<Arc<DomainStats>>> =
+            std::collections::BTreeMap::new();
+        for (k, h) in domains.iter() {
+            by_domain
+                .entry(k.domain.clone())
+                .or_default()
+                .push(h.stats.clone());
+        }
+        by_domain
+            .into_iter()
+            .map(|(d, mut parts)| {
+                let stats = if parts.len() == 1 {
+                    parts.remove(0)
+                } else {
+                    Arc::new(DomainStats::sum(&parts))
+                };
+                (d, stats)
+            })
+            .collect()
+    }
+
+    /// Every queue as (binding, domain), sorted.
+    pub fn queues(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys: Vec<(Arc<str>, Arc<str>)> = domains
+            .keys()
+            .map(|k| (k.binding.clone(), k.domain.clone()))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The name [`Engine::reconfigure`] gives a queue: `domain` for the default binding, else `binding:domain`.
+    pub fn queue_name(binding: &str, domain: &str) -> String {
+        if binding == message::DEFAULT_BINDING {
+            domain.to_owned()
+        } else {
+            format!("{binding}:{domain}")
         }
     }
 
-    /// Queued notifications of `domain` (active first, then delayed by due time), for `showqueue`.
+    /// Makes every delayed notification of `domain` (from every binding) due now.
+    pub fn flush(&self, domain: &str) -> bool {
+        let senders = self.senders(Some(domain));
+        let mut any = false;
+        for s in senders {
+            any |= s.0.send(DomainEvent::Flush).is_ok();
+        }
+        any
+    }
+
+    /// The queues of `domain` (one per binding it is delivered from), or of every domain.
+    fn senders(&self, domain: Option<&str>) -> Vec<DomainSender> {
+        self.senders_of(None, domain)
+    }
+
+    /// [`Engine::senders`], of one binding only when `binding` is given.
+    fn senders_of(&self, binding: Option<&str>, domain: Option<&str>) -> Vec<DomainSender> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keyed: Vec<(&QueueKey, DomainSender)> = domains
+            .iter()
+            .filter(|(k, _)| domain.is_none_or(|d| &*k.domain == d))
+            .filter(|(k, _)| binding.is_none_or(|b| &*k.binding == b))
+            .map(|(k, h)| (k, h.sender.clone()))
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(b.0));
+        keyed.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Queued notifications of `domain` (active first, then delayed by due time; binding after binding, by name),
+    /// for `showqueue`.
     pub async fn showqueue(
         &self,
         domain: &str,
         limit: usize,
         offset: usize,
     ) -> Option<Vec<QueueEntry>> {
-        let sender = self.senders(Some(domain)).pop()?;
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        sender
-            .0
-            .send(DomainEvent::List {
-                limit,
-                offset,
-                reply,
-            })
-            .ok()?;
-        rx.await.ok()
+        self.showqueue_binding(None, domain, limit, offset).await
     }
 
-    /// Fails every queued notification of `domain` that is not on the wire; returns how many.
+    /// [`Engine::showqueue`] for one binding's queue of `domain` (`None`: every binding's).
+    pub async fn showqueue_binding(
+        &self,
+        binding: Option<&str>,
+        domain: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Option<Vec<QueueEntry>> {
+        let senders = self.senders_of(binding, Some(domain));
+        if senders.is_empty() {
+            return None;
+        }
+        let mut all = Vec::new();
+        for sender in senders {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let wanted = offset.saturating_add(limit);
+            if sender
+                .0
+                .send(DomainEvent::List {
+                    limit: wanted.saturating_sub(all.len()),
+                    offset: 0,
+                    reply,
+                })
+                .is_err()
+            {
+                continue;
+            }
+            if let Ok(entries) = rx.await {
+                all.extend(entries);
+            }
+            if all.len() >= wanted {
+                break;
+            }
+        }
+        Some(all.into_iter().skip(offset).take(limit).collect())
+    }
+
+    /// Fails every queued notification of `domain` (from every binding) that is not on the wire; returns how many.
     pub async fn fail_domain(&self, domain: &str, reason: &str) -> Option<usize> {
-        let sender = self.senders(Some(domain)).pop()?;
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        sender
-            .0
-            .send(DomainEvent::FailAll {
-                reason: reason.to_owned(),
-                reply,
-            })
-            .ok()?;
-        rx.await.ok()
+        let senders = self.senders(Some(domain));
+        if senders.is_empty() {
+            return None;
+        }
+        let mut total = 0;
+        for sender in senders {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            if sender
+                .0
+                .send(DomainEvent::FailAll {
+                    reason: reason.to_owned(),
+                    reply,
+                })
+                .is_err()
+            {
+                continue;
+            }
+            total += rx.await.unwrap_or(0);
+        }
+        Some(total)
     }
 
     /// Finds a queued notification by id in any domain and applies `action` (`message details|retry|fail`).
@@ -436,17 +603,18 @@ impl Engine {
         None
     }
 
-    /// Re-resolves every domain's settings (after a configuration reload): connections of the old settings
-    /// finish what they carry and close; new ones use the new settings.
+    /// Re-resolves the settings of every (binding, domain) queue (after a configuration reload): connections of
+    /// the old settings finish what they carry and close; new ones use the new settings. Errors name the domain
+    /// (`domain` for the default binding, `binding:domain` otherwise).
     pub fn reconfigure(&self) -> Vec<(String, String)> {
         let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
         let mut errors = Vec::new();
-        for (domain, handle) in domains.iter() {
-            match self.resolver.resolve(domain) {
+        for (key, handle) in domains.iter() {
+            match self.resolver.resolve_binding(&key.binding, &key.domain) {
                 Ok(settings) => {
                     let _ = handle.sender.0.send(DomainEvent::Reconfigure(settings));
                 }
-                Err(e) => errors.push((domain.to_string(), e)),
+                Err(e) => errors.push((Engine::queue_name(&key.binding, &key.domain), e)),
             }
         }
         errors

@@ -109,8 +109,63 @@ impl DomainStats {
         self.streams_cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counters of several queues added up (a domain delivered from several bindings), as of now.
+    pub fn sum<S: std::ops::Deref<Target = DomainStats>>(parts: &[S]) -> DomainStats {
+        let total = DomainStats::default();
+        let add64 = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        let add = |to: &AtomicUsize, from: &AtomicUsize| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        for p in parts {
+            add64(&total.received, &p.received);
+            add64(&total.delivered, &p.delivered);
+            add64(&total.transient, &p.transient);
+            add64(&total.permanent, &p.permanent);
+            add64(&total.requeued, &p.requeued);
+            add(&total.active, &p.active);
+            add(&total.delayed, &p.delayed);
+            add(&total.connections, &p.connections);
+            add(&total.in_flight, &p.in_flight);
+            add(&total.stream_limit, &p.stream_limit);
+            add64(&total.streams_cancelled, &p.streams_cancelled);
+            add64(&total.latency_micros, &p.latency_micros);
+            for (to, from) in total.latency_buckets.iter().zip(&p.latency_buckets) {
+                add64(to, from);
+            }
+            let mut failures = total.failures.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, v) in p.failures() {
+                *failures.entry(k).or_default() += v;
+            }
+        }
+        total
+    }
+
     /// Notifications that reached a final outcome.
     pub fn finished(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed) + self.permanent.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_add_every_counter() {
+        let a = DomainStats::default();
+        let b = DomainStats::default();
+        a.delivered(Duration::from_millis(1));
+        b.delivered(Duration::from_secs(100));
+        b.transient("ConnectionFailed");
+        a.transient("ConnectionFailed");
+        a.set_connections(2);
+        b.set_connections(3);
+        let total = DomainStats::sum(&[&a, &b]);
+        assert_eq!(total.delivered.load(Ordering::Relaxed), 2);
+        assert_eq!(total.connections.load(Ordering::Relaxed), 5);
+        assert_eq!(total.failures()["T ConnectionFailed"], 2);
+        assert_eq!(total.latency_cumulative().last(), Some(&2));
     }
 }

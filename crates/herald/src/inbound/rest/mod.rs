@@ -37,6 +37,9 @@ pub struct RestState {
     pub settings: Arc<ListenerSettings>,
     /// The listener's limits; handlers read `max_notifications` (`max_notifications_per_request`).
     pub limits: Arc<DoorLimits>,
+    /// Set when REST injection is turned off (`restinjector { enabled = false }`): the injection routes answer
+    /// `403` with this text.
+    pub injection_off: Option<Arc<str>>,
 }
 
 impl RestState {
@@ -45,12 +48,19 @@ impl RestState {
             intake,
             settings: Arc::new(settings),
             limits: Arc::new(DoorLimits::default()),
+            injection_off: None,
         }
     }
 
     /// The same state held to `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: Arc<DoorLimits>) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// The same state with injection refused for `reason`.
+    pub fn with_injection_off(mut self, reason: Option<&str>) -> Self {
+        self.injection_off = reason.map(Arc::from);
         self
     }
 }

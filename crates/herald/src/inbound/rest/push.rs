@@ -41,6 +41,9 @@ struct PushBody<'a> {
     expiration: Option<u64>,
     #[serde(borrow, default)]
     collapse_id: Option<Text<'a>>,
+    /// The binding every notification is delivered from; absent: `default`.
+    #[serde(borrow, default)]
+    binding: Option<Text<'a>>,
 }
 
 /// One entry of `notifications`.
@@ -123,10 +126,21 @@ async fn accept_batch(
         }
         Some(d) => d,
     };
+    let binding = match request.binding.as_deref().map(str::trim) {
+        Some("") => {
+            return Err(ApiError::bad_request(
+                "binding: empty; name a declared binding or leave the field out for `default`",
+            ));
+        }
+        b => b.map(str::to_owned),
+    };
     // Every item goes to this one domain: an unknown or undeliverable one refuses the whole request.
     intake
-        .check_domain(domain)
-        .map_err(|e| ApiError::bad_request(format!("domain: {e}")))?;
+        .check_binding_domain(binding.as_deref(), domain)
+        .map_err(|e| match &binding {
+            Some(_) => ApiError::bad_request(format!("domain, binding: {e}")),
+            None => ApiError::bad_request(format!("domain: {e}")),
+        })?;
     intake.has_room(count).map_err(refusal_error)?;
     let opts = &request;
     let mut results = Vec::new();
@@ -169,6 +183,7 @@ async fn accept_batch(
                     collapse_id: opts.collapse_id.as_deref().map(str::to_owned),
                     apns_id: None,
                     sender: String::new(),
+                    binding: binding.clone(),
                 };
                 take(intake, submission, source, &mut results, &mut accepted)?;
             }
@@ -199,6 +214,7 @@ async fn accept_batch(
                     collapse_id: either(&item.collapse_id, &opts.collapse_id),
                     apns_id: item.apns_id.as_deref().map(str::to_owned),
                     sender: String::new(),
+                    binding: binding.clone(),
                 };
                 take(intake, submission, source, &mut results, &mut accepted)?;
             }

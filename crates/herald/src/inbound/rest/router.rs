@@ -2,6 +2,7 @@
 //! JSON `405` (with `allow`) for a known path with the wrong method.
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -31,12 +32,21 @@ pub fn router(state: RestState) -> Router {
 pub fn router_with(state: RestState, extra: Router) -> Router {
     let services = state.settings.http_services;
     let mut router = Router::new().route("/healthz", get(healthz));
-    if services.inject {
+    if state.injection_off.is_some() {
+        if services.inject {
+            router = router
+                .route("/v1.0/inject", get(injection_off).post(injection_off))
+                .route("/v1.0/inject/", get(injection_off).post(injection_off));
+        }
+        if services.push {
+            router = router.route("/api/v1/push", post(injection_off));
+        }
+    } else if services.inject {
         router = router
             .route("/v1.0/inject", get(inject::check).post(inject::inject))
             .route("/v1.0/inject/", get(inject::check).post(inject::inject));
     }
-    if services.push {
+    if services.push && state.injection_off.is_none() {
         router = router.route("/api/v1/push", post(push::push));
     }
     router
@@ -46,6 +56,15 @@ pub fn router_with(state: RestState, extra: Router) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state, auth::guard))
         .layer(middleware::map_response(super::json_errors::json_errors))
+}
+
+/// Every injection route while REST injection is turned off.
+async fn injection_off(State(state): State<RestState>) -> Response {
+    let reason = state
+        .injection_off
+        .as_deref()
+        .unwrap_or("REST injection is off");
+    ApiError::new(StatusCode::FORBIDDEN, reason.to_owned()).into_response()
 }
 
 async fn healthz() -> &'static str {
