@@ -196,8 +196,18 @@ binding "b_domain" {{
         );
     }
     // The apn_logger names the binding group and binding each notification was delivered from.
-    rig.server.logs().flush();
-    let lines = support::log_fields(&rig.dir.path().join("apnlog.ec"));
+    // The simulator accepts a notification before herald reads the answer and logs it: wait for the lines.
+    let path = rig.dir.path().join("apnlog.ec");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        rig.server.logs().flush();
+        let lines = support::log_fields(&path);
+        let delivered_lines = lines.iter().filter(|f| f[1] == "D").count();
+        if delivered_lines >= 4 * COUNT || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let from = |group: &str, binding: &str| {
         lines
             .iter()
