@@ -18,4 +18,5 @@ pub mod outbound;
 pub mod queue;
 pub mod server;
 pub mod spool;
+pub mod status;
 pub mod tokens;

@@ -29,6 +29,8 @@ use crate::queue::{Engine, EngineLimits};
 use crate::spool::{RestoreProgress, SpoolBridge, spawn_restore};
 use crate::tokens::InvalidTokenStore;
 
+pub use crate::status::{ReloadError, ReloadReport, Summary};
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,30 +58,6 @@ impl From<crate::logs::LogSetupError> for StartError {
     }
 }
 
-/// Why a reload was refused; the configuration in force is unchanged.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error(
-        "{path}: the new configuration has errors; the running one stays in force:\n{diagnostics}"
-    )]
-    Invalid { path: PathBuf, diagnostics: String },
-}
-
-/// What a reload changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReloadReport {
-    pub path: PathBuf,
-    /// Domains whose new settings are in force (their old connections drain).
-    pub domains: usize,
-    /// Domains with traffic that the new configuration cannot deliver: (domain, why).
-    pub unroutable: Vec<(String, String)>,
-    pub listeners_started: Vec<String>,
-    pub listeners_stopped: Vec<String>,
-    pub listeners_restarted: Vec<String>,
-    /// Warnings of the new configuration.
-    pub warnings: Vec<String>,
-}
-
 /// The addresses the listeners are bound to (what `herald serve` prints when ready).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct BoundAddrs {
@@ -87,25 +65,6 @@ pub struct BoundAddrs {
     pub http: Vec<SocketAddr>,
     /// Control listeners: the socket path, or the bound TCP address.
     pub control: Vec<String>,
-}
-
-/// Totals for `summary`, since start or the last `summary reset`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Summary {
-    pub received: u64,
-    pub delivered: u64,
-    pub failed: u64,
-    pub transient_failures: u64,
-    pub rejected: u64,
-    pub active_queue: u64,
-    pub delayed_queue: u64,
-    pub active_domains: u64,
-    pub outbound_connections: u64,
-    pub delivery_rate: f64,
-    pub reception_rate: f64,
-    /// Unix time of the last reset (or start).
-    pub since: u64,
-    pub uptime: Duration,
 }
 
 struct RunningListener {
@@ -386,7 +345,7 @@ impl Server {
                 let task = tokio::spawn(crate::control::serve(
                     socket,
                     settings.clone(),
-                    self.me.clone(),
+                    self.me.clone() as std::sync::Weak<dyn crate::control::ServerHandle>,
                     stop_rx,
                 ));
                 Ok(Some(RunningListener {
@@ -673,4 +632,52 @@ fn wanted_listeners(config: &Config) -> Vec<ListenerSettings> {
         .into_iter()
         .filter(|l| l.enabled && !(http_off && l.kind == ListenerKind::Http))
         .collect()
+}
+
+/// What the console may do with the running server (the control listener holds only this handle).
+impl crate::control::ServerHandle for Server {
+    fn config(&self) -> Arc<Config> {
+        Server::config(self)
+    }
+
+    fn generation(&self) -> u64 {
+        Server::generation(self)
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn spool(&self) -> &dyn Spool {
+        self.spool.as_ref()
+    }
+
+    fn invalid_tokens(&self) -> &InvalidTokenStore {
+        &self.invalid_tokens
+    }
+
+    fn summary(&self) -> Summary {
+        Server::summary(self)
+    }
+
+    fn reset_summary(&self) {
+        Server::reset_summary(self)
+    }
+
+    fn request_stop(&self) {
+        Server::request_stop(self)
+    }
+
+    fn reopen_logs(&self) -> Vec<String> {
+        Server::reopen_logs(self)
+    }
+
+    fn reload<'a>(
+        &'a self,
+        path: Option<&'a Path>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ReloadReport, ReloadError>> + Send + 'a>,
+    > {
+        Box::pin(Server::reload(self, path))
+    }
 }

@@ -512,7 +512,7 @@ binding "b" { }
         let server = rig.server.clone();
         async move {
             let cmd = parse(line).unwrap().unwrap();
-            let reply = execute(&server, cmd).await;
+            let reply = execute(server.as_ref(), cmd).await;
             assert!(reply.ok, "{line}: {}", reply.text);
             reply.text
         }

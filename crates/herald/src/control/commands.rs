@@ -9,8 +9,8 @@ use std::time::Duration;
 use herald_conf::{Config, EvalError, ScopePath, Value, options};
 
 use super::protocol::Reply;
+use crate::control::ServerHandle;
 use crate::queue::{MessageAction, QueueEntry};
-use crate::server::Server;
 
 /// The reason `fail domain` and `message fail` record, as Momentum words it.
 pub const MANUAL_FAIL_REASON: &str = "554 Message manually purged.";
@@ -283,7 +283,7 @@ fn parse_showqueue(args: &[&str]) -> Result<Command, ParseError> {
 }
 
 /// Runs `cmd` on `server`. `Quit` and `Auth` are the connection's business and answer here only generically.
-pub async fn execute(server: &Server, cmd: Command) -> Reply {
+pub async fn execute(server: &dyn ServerHandle, cmd: Command) -> Reply {
     match cmd {
         Command::Summary => Reply::ok(summary(server)),
         Command::SummaryReset => {
@@ -307,7 +307,7 @@ pub async fn execute(server: &Server, cmd: Command) -> Reply {
             limit,
             offset,
         } => match server
-            .engine
+            .engine()
             .showqueue_binding(binding.as_deref(), &domain, limit, offset)
             .await
         {
@@ -316,7 +316,11 @@ pub async fn execute(server: &Server, cmd: Command) -> Reply {
         },
         Command::FlushDomain(name) => flush(server, name.as_deref()),
         Command::FailDomain { domain, quiet: _ } => {
-            match server.engine.fail_domain(&domain, MANUAL_FAIL_REASON).await {
+            match server
+                .engine()
+                .fail_domain(&domain, MANUAL_FAIL_REASON)
+                .await
+            {
                 Some(n) => Reply::ok(format!(
                     "Failed {n} message(s) of domain {domain}: {MANUAL_FAIL_REASON}\n"
                 )),
@@ -374,7 +378,7 @@ fn duration_words(d: Duration) -> String {
     }
 }
 
-fn summary(server: &Server) -> String {
+fn summary(server: &dyn ServerHandle) -> String {
     let s = server.summary();
     let mut out = String::new();
     row(&mut out, "Outbound Concurrency", s.outbound_connections);
@@ -412,7 +416,7 @@ fn summary(server: &Server) -> String {
         ),
     );
     row(&mut out, "Uptime", duration_words(s.uptime));
-    let spool = server.spool.stats();
+    let spool = server.spool().stats();
     let state = if !spool.unwritable {
         "writable".to_owned()
     } else if spool.disk_full {
@@ -428,13 +432,13 @@ fn summary(server: &Server) -> String {
 
 /// Boxed: reloading may start a control listener, whose connections run this very function.
 fn config_reload(
-    server: &Server,
+    server: &dyn ServerHandle,
     path: Option<PathBuf>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + '_>> {
     Box::pin(async move { config_reload_inner(server, path).await })
 }
 
-async fn config_reload_inner(server: &Server, path: Option<PathBuf>) -> Reply {
+async fn config_reload_inner(server: &dyn ServerHandle, path: Option<PathBuf>) -> Reply {
     match server.reload(path.as_deref()).await {
         Ok(report) => {
             let mut out = format!(
@@ -506,8 +510,8 @@ pub fn config_show(config: &Config, words: &[String]) -> Result<String, EvalErro
     }
 }
 
-fn domain(server: &Server, name: Option<&str>) -> Reply {
-    let all = server.engine.all_stats();
+fn domain(server: &dyn ServerHandle, name: Option<&str>) -> Reply {
+    let all = server.engine().all_stats();
     let chosen: Vec<_> = match name {
         None => all,
         Some(n) => all
@@ -553,13 +557,13 @@ fn domain(server: &Server, name: Option<&str>) -> Reply {
     Reply::ok(out)
 }
 
-fn mailq(server: &Server, domains: &[String], limit: usize) -> String {
+fn mailq(server: &dyn ServerHandle, domains: &[String], limit: usize) -> String {
     let mut out = format!(
         "{:<24} {:<32} {:>8} {:>8}\n",
         "Group/Binding", "Domain", "AQ", "DQ"
     );
     let rows = server
-        .engine
+        .engine()
         .all_stats()
         .into_iter()
         .filter(|(d, _)| domains.is_empty() || domains.iter().any(|w| w.eq_ignore_ascii_case(d)))
@@ -594,10 +598,10 @@ fn showqueue(entries: &[QueueEntry]) -> String {
     out
 }
 
-fn flush(server: &Server, name: Option<&str>) -> Reply {
+fn flush(server: &dyn ServerHandle, name: Option<&str>) -> Reply {
     match name {
         Some(d) => {
-            if server.engine.flush(d) {
+            if server.engine().flush(d) {
                 Reply::ok(format!("Domain {d} flushed.\n"))
             } else {
                 Reply::err(no_queue(d))
@@ -605,23 +609,23 @@ fn flush(server: &Server, name: Option<&str>) -> Reply {
         }
         None => {
             let n = server
-                .engine
+                .engine()
                 .all_stats()
                 .iter()
-                .filter(|(d, _)| server.engine.flush(d))
+                .filter(|(d, _)| server.engine().flush(d))
                 .count();
             Reply::ok(format!("{n} domain(s) flushed.\n"))
         }
     }
 }
 
-async fn message(server: &Server, id: &str, action: MessageAction) -> Reply {
+async fn message(server: &dyn ServerHandle, id: &str, action: MessageAction) -> Reply {
     let verb = match &action {
         MessageAction::Details => None,
         MessageAction::Retry => Some("scheduled for immediate retry"),
         MessageAction::Fail(_) => Some("failed: 554 Message manually purged."),
     };
-    let Some(e) = server.engine.message(id, action).await else {
+    let Some(e) = server.engine().message(id, action).await else {
         return Reply::err(format!("Message {id} is not in the queue.\n"));
     };
     if let Some(verb) = verb {
@@ -645,10 +649,10 @@ async fn message(server: &Server, id: &str, action: MessageAction) -> Reply {
 
 /// `tokens invalid [DOMAIN] [SINCE]`: one line per token, `TIMESTAMP_MS DOMAIN TOKEN REASON SOURCE`, oldest
 /// first, then a total. SINCE is Unix seconds.
-fn invalid_tokens(server: &Server, domain: Option<&str>, since: Option<u64>) -> String {
+fn invalid_tokens(server: &dyn ServerHandle, domain: Option<&str>, since: Option<u64>) -> String {
     let since_ms = since.unwrap_or(0).saturating_mul(1000);
     let list = server
-        .invalid_tokens
+        .invalid_tokens()
         .list(domain.map(str::to_ascii_lowercase).as_deref(), since_ms);
     let mut out = String::new();
     for t in &list {

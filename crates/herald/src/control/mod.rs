@@ -12,7 +12,10 @@
 //! passed since its last failure.
 
 pub mod commands;
+mod handle;
 pub mod protocol;
+
+pub use handle::ServerHandle;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +30,6 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::inbound::doors::{ConnLimiter, DoorLimits};
-use crate::server::Server;
 use commands::Command;
 use protocol::Reply;
 
@@ -199,7 +201,7 @@ impl ConnectionRules {
 pub async fn serve(
     socket: ControlSocket,
     settings: ListenerSettings,
-    server: Weak<Server>,
+    server: Weak<dyn ServerHandle>,
     mut stop: watch::Receiver<bool>,
 ) {
     let settings = Arc::new(settings);
@@ -327,7 +329,7 @@ async fn accept(
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     client: String,
-    server: Weak<Server>,
+    server: Weak<dyn ServerHandle>,
     settings: Arc<ListenerSettings>,
     peer: Peer,
     mut stop: watch::Receiver<bool>,
@@ -411,7 +413,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         path.display()
                     );
                 }
-                (commands::execute(&server, cmd).await, close)
+                (commands::execute(server.as_ref(), cmd).await, close)
             }
         };
         if protocol::write_reply(&mut w, &reply).await.is_err() || close {

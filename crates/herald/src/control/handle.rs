@@ -1,0 +1,42 @@
+//! The narrow view of the running server that console commands work on. The server implements [`ServerHandle`]
+//! and hands the control listener a weak reference to it, so the dependency points one way: the server starts
+//! the control listener, and the control code knows only this trait (and the queue, spool and token store it
+//! exposes), never the server itself.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use herald_conf::Config;
+use herald_spool::Spool;
+
+use crate::queue::Engine;
+use crate::status::{ReloadError, ReloadReport, Summary};
+use crate::tokens::InvalidTokenStore;
+
+/// What a console command may read or do.
+pub trait ServerHandle: Send + Sync {
+    /// The configuration in force.
+    fn config(&self) -> Arc<Config>;
+    /// How many configurations were put in force since start (1 for the first).
+    fn generation(&self) -> u64;
+    /// The delivery engine: queues, statistics, flush, fail, message actions.
+    fn engine(&self) -> &Engine;
+    /// The spool, for its statistics and state.
+    fn spool(&self) -> &dyn Spool;
+    /// Every device token reported invalid.
+    fn invalid_tokens(&self) -> &InvalidTokenStore;
+    /// Totals since start or the last reset.
+    fn summary(&self) -> Summary;
+    fn reset_summary(&self);
+    /// Asks `herald serve` to stop (the console's `shutdown`).
+    fn request_stop(&self);
+    /// Reopens the log files; one message per file that could not be reopened.
+    fn reopen_logs(&self) -> Vec<String>;
+    /// Reads the configuration again (from `path`, or the file herald started with) and puts it in force if valid.
+    fn reload<'a>(
+        &'a self,
+        path: Option<&'a Path>,
+    ) -> Pin<Box<dyn Future<Output = Result<ReloadReport, ReloadError>> + Send + 'a>>;
+}
