@@ -3,7 +3,8 @@
 //!
 //! A latency-based controller in the spirit of TCP Vegas: answer times are gathered over short windows and
 //! compared with the connection's base round trip (the fastest answers seen lately). While answers come back
-//! close to the base, the limit grows (doubling per window at first, then by about its square root per window);
+//! close to the base, the limit grows (at first by one stream per fast answer, as TCP's slow start, so it doubles
+//! per round trip rather than per window; after the first slowdown by about its square root per window);
 //! when they slow down, queueing is assumed (in APNs or on the way) and the limit shrinks in proportion to how
 //! much slower they are, at most halving per window. A response timeout counts as an answer as slow as the
 //! timeout. So a slow or throttling server gets fewer streams, and the notifications herald holds back wait in
@@ -93,20 +94,22 @@ impl AdaptiveLimit {
         self.window_sum += rtt;
         self.window_samples += 1;
         self.window_peak_in_flight = self.window_peak_in_flight.max(in_flight);
-        if now.duration_since(self.window_start) < WINDOW {
-            return false;
-        }
         let before = self.limit();
+        // Slow start: every fast answer while the limit is in use opens room for one more stream, so a fast server
+        // gets its full concurrency within a few round trips, not a few windows.
+        if self.slow_start && rtt <= self.target() && in_flight * 2 >= before {
+            self.limit = (self.limit + 1.0).min(self.max as f64);
+        }
+        if now.duration_since(self.window_start) < WINDOW {
+            return self.limit() != before;
+        }
         let avg = self.window_sum / self.window_samples;
         let target = self.target();
         if avg <= target {
             // Grow only a limit that is being used: an idle connection proves nothing about the server.
-            if self.window_peak_in_flight * 2 >= before {
-                if self.slow_start {
-                    self.limit += f64::from(self.window_samples).min(self.limit);
-                } else {
-                    self.limit += self.limit.sqrt().max(1.0);
-                }
+            // In slow start the answers themselves grew the limit (above).
+            if !self.slow_start && self.window_peak_in_flight * 2 >= before {
+                self.limit += self.limit.sqrt().max(1.0);
             }
         } else {
             self.slow_start = false;
@@ -177,6 +180,31 @@ mod tests {
         assert_eq!(l.limit(), MIN_LIMIT);
         feed(&mut l, &mut now, Duration::from_millis(10), 60);
         assert!(l.limit() > 50, "{}", l.limit());
+    }
+
+    #[test]
+    fn slow_start_grows_by_one_per_fast_answer_within_a_window() {
+        let now = Instant::now();
+        let mut l = AdaptiveLimit::new(TIMEOUT, now);
+        l.set_max(1000);
+        // 100 fast answers in the first millisecond, the limit in use: no window has closed yet.
+        for _ in 0..100 {
+            let used = l.limit();
+            l.on_sample(
+                Duration::from_micros(300),
+                used,
+                now + Duration::from_millis(1),
+            );
+        }
+        assert_eq!(l.limit(), INITIAL_LIMIT + 100);
+        // Answers slower than the target do not grow it.
+        let before = l.limit();
+        l.on_sample(
+            Duration::from_secs(1),
+            before,
+            now + Duration::from_millis(2),
+        );
+        assert_eq!(l.limit(), before);
     }
 
     #[test]
