@@ -8,12 +8,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::daemon::Daemon;
 use support::{free_port, token_auth_options};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
@@ -60,56 +61,6 @@ fn fill(dir: &Path) -> PathBuf {
             assert_eq!(e.raw_os_error(), Some(28), "filling: {e}");
             return path;
         }
-    }
-}
-
-struct Daemon {
-    child: Child,
-    http: String,
-    esmtp: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
-        Daemon {
-            child,
-            http: v["http"][0].as_str().unwrap().to_owned(),
-            esmtp: v["esmtp"][0].as_str().unwrap().to_owned(),
-        }
-    }
-
-    fn terminate(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "herald serve exited with {status}");
     }
 }
 

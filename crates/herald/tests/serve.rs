@@ -4,9 +4,8 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -14,71 +13,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::daemon::Daemon;
 use support::{free_port, token_auth_options};
 
 const TOPIC: &str = "com.example.serve";
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Daemon {
-    child: Child,
-    http: String,
-    esmtp: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // A test that failed must not leave a server running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "-c"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
-        Daemon {
-            child,
-            http: v["http"][0].as_str().unwrap().to_owned(),
-            esmtp: v["esmtp"][0].as_str().unwrap().to_owned(),
-        }
-    }
-
-    /// Sends `signal` (`-TERM`, `-HUP`, …) with kill(1).
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([signal, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
-    fn terminate(mut self) {
-        self.signal("-TERM");
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "herald serve exited with {status}");
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path, pki: &Pki, h2_port: u16) -> PathBuf {
     let path = dir.join("herald.conf");

@@ -3,6 +3,8 @@
 //! Momentum-format log lines.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
