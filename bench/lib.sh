@@ -20,3 +20,14 @@ token_auth_options() {
   apn_topic = "$3"
 OPTIONS
 }
+
+# sim_up [SIM ARGS…]: (re)starts `$HERALD sim` with the PKI in $WORK/pki, its addresses written to $WORK/addrs;
+# sets SIM_PID and returns once the addresses are there.
+sim_up() {
+  kill $SIM_PID 2>/dev/null || true
+  wait $SIM_PID 2>/dev/null || true
+  rm -f "$WORK/addrs"
+  "$HERALD" sim --pki "$WORK/pki" "$@" > "$WORK/addrs" 2> "$WORK/sim.log" &
+  SIM_PID=$!
+  for _ in $(seq 200); do [ -s "$WORK/addrs" ] && break; sleep 0.05; done
+}

@@ -26,12 +26,7 @@ CERT=$(j "$WORK/pki/pki.json" '["clients"]["com.example.bench"]["universal"]["ce
 KEY=$(j "$WORK/pki/pki.json" '["clients"]["com.example.bench"]["universal"]["key"]')
 
 start_sim() {
-  kill $SIM_PID 2>/dev/null || true
-  wait $SIM_PID 2>/dev/null || true
-  rm -f "$WORK/addrs"
-  "$HERALD" sim --pki "$WORK/pki" "$@" > "$WORK/addrs" 2> "$WORK/sim.log" &
-  SIM_PID=$!
-  for _ in $(seq 200); do [ -s "$WORK/addrs" ] && break; sleep 0.05; done
+  sim_up "$@"
   H2=$(j "$WORK/addrs" '["h2"]')
   BIN=$(j "$WORK/addrs" '["binary"]')
 }

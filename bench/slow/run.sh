@@ -21,12 +21,7 @@ trap 'kill $SIM_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 . "$PWD/bench/lib.sh"
 
 start_sim() {
-  kill $SIM_PID 2>/dev/null || true
-  wait $SIM_PID 2>/dev/null || true
-  rm -f "$WORK/addrs"
-  "$HERALD" sim --pki "$WORK/pki" "$@" > "$WORK/addrs" 2> "$WORK/sim.log" &
-  SIM_PID=$!
-  for _ in $(seq 200); do [ -s "$WORK/addrs" ] && break; sleep 0.05; done
+  sim_up "$@"
   H2=$(j "$WORK/addrs" '["h2"]')
   ADMIN=$(j "$WORK/addrs" '["admin"]')
   cat > "$WORK/bench.conf" <<CONF
