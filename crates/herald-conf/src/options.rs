@@ -143,7 +143,7 @@ const LISTENER_PEER: Scopes = Scopes::of(&[
 const MCMT: Scopes = Scopes::of(&[EsmtpListener, Listen, Peer, PathwayGroup, Pathway]);
 const HTTP: Scopes = Scopes::of(&[HttpListener, Listen]);
 /// The services an HTTP listener can offer (`http_services`).
-pub const HTTP_SERVICES: &[&str] = &["inject", "push", "tokens", "metrics"];
+pub const HTTP_SERVICES: &[&str] = &["inject", "push", "tokens", "metrics", "dashboard"];
 const HTTP_PEER: Scopes = Scopes::of(&[HttpListener, Listen, Peer]);
 const CONTROL: Scopes = Scopes::of(&[ControlListener, Listen]);
 const ESMTP: Scopes = Scopes::of(&[EsmtpListener, Listen]);
@@ -492,7 +492,7 @@ pub static OPTIONS: &[OptionDef] = &[
         Kind::Words(HTTP_SERVICES),
         Some("inject push tokens metrics"),
         HTTP,
-        "What an HTTP listener serves: `inject` (/v1.0/inject), `push` (/api/v1/push), `tokens` (/api/v1/tokens/invalid), `metrics` (/metrics); /healthz and /readyz always. A listen stanza with only `metrics` is a metrics listener of its own; a herald addition.",
+        "What an HTTP listener serves: `inject` (/v1.0/inject), `push` (/api/v1/push), `tokens` (/api/v1/tokens/invalid), `metrics` (/metrics), `dashboard` (the operators' web dashboard under /dashboard/, not in the default); /healthz and /readyz always. A listen stanza with only `metrics` is a metrics listener of its own; a herald addition.",
     ),
     opt(
         "api_key",
@@ -507,6 +507,13 @@ pub static OPTIONS: &[OptionDef] = &[
         None,
         HTTP_PEER,
         "Several accepted REST API keys, added to `api_key`; a herald addition.",
+    ),
+    opt(
+        "dashboard_admin_keys",
+        Kind::List,
+        None,
+        HTTP_PEER,
+        "Which of the listener's API keys have the admin right on the web dashboard (flush, fail the queue, pause, resume, reload); other keys and `always_allow` clients only read; a herald addition.",
     ),
     inert(
         "pathway",
@@ -978,6 +985,7 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         | "http_services"
         | "api_key"
         | "api_keys"
+        | "dashboard_admin_keys"
         | "max_notifications_per_request"
         | "first_byte_timeout"
         | "header_timeout"

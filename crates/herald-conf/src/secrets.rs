@@ -10,6 +10,7 @@ pub const SECRET_OPTIONS: &[&str] = &[
     "api_key",
     "api_keys",
     "control_password",
+    "dashboard_admin_keys",
     "tls_pkcs12_password",
 ];
 

@@ -297,6 +297,8 @@ pub struct PeerSettings {
     pub mcmt_reception: McmtReception,
     pub acl: Acl,
     pub api_keys: Vec<String>,
+    /// `dashboard_admin_keys`: the keys with the dashboard's admin right.
+    pub admin_keys: Vec<String>,
 }
 
 /// One `listen` stanza of a listener, resolved (listen → listener → default).
@@ -314,6 +316,8 @@ pub struct ListenerSettings {
     pub acl: Acl,
     /// `api_key` and `api_keys` together; empty means no key is required.
     pub api_keys: Vec<String>,
+    /// `dashboard_admin_keys`: which keys have the web dashboard's admin right.
+    pub admin_keys: Vec<String>,
     pub max_request_size: Option<u64>,
     /// `http_services`: what an HTTP listener serves.
     pub http_services: HttpServices,
@@ -333,16 +337,19 @@ pub struct HttpServices {
     pub tokens: bool,
     /// Prometheus `/metrics`.
     pub metrics: bool,
+    /// The operators' web dashboard under `/dashboard/`.
+    pub dashboard: bool,
 }
 
 impl Default for HttpServices {
-    /// Everything.
+    /// What `http_services` defaults to: everything but the dashboard.
     fn default() -> Self {
         HttpServices {
             inject: true,
             push: true,
             tokens: true,
             metrics: true,
+            dashboard: false,
         }
     }
 }
@@ -356,6 +363,7 @@ impl HttpServices {
             push: has("push"),
             tokens: has("tokens"),
             metrics: has("metrics"),
+            dashboard: has("dashboard"),
         }
     }
 }
@@ -382,6 +390,24 @@ impl ListenerSettings {
         self.peer_for(ip)
             .map(|p| p.mcmt_reception)
             .unwrap_or(self.mcmt_reception)
+    }
+
+    /// The keys with the dashboard's admin right for a client at `ip`.
+    pub fn admin_keys_for(&self, ip: IpAddr) -> &[String] {
+        self.peer_for(ip)
+            .map(|p| p.admin_keys.as_slice())
+            .unwrap_or(&self.admin_keys)
+    }
+
+    /// Whether `ip` is in the `always_allow` list that applies to it (the dashboard lets such clients read
+    /// without a key).
+    pub fn always_allowed(&self, ip: IpAddr) -> bool {
+        self.peer_for(ip)
+            .map(|p| &p.acl)
+            .unwrap_or(&self.acl)
+            .allow
+            .iter()
+            .any(|c| c.contains(ip))
     }
 
     /// The API keys accepted from a client at `ip`.
@@ -440,6 +466,7 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                             deny: r.cidrs("always_deny"),
                         },
                         api_keys: api_keys(&r),
+                        admin_keys: r.value("dashboard_admin_keys").as_list().to_vec(),
                     })
                 })
                 .collect();
@@ -461,6 +488,7 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                     deny: r.cidrs("always_deny"),
                 },
                 api_keys: api_keys(&r),
+                admin_keys: r.value("dashboard_admin_keys").as_list().to_vec(),
                 max_request_size: r
                     .value("max_request_size")
                     .as_int()

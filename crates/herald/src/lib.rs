@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod credentials;
+pub mod dashboard;
 pub mod delivery;
 pub mod demo;
 pub mod inbound;

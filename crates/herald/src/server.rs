@@ -98,6 +98,8 @@ pub struct Server {
     pub invalid_tokens: Arc<InvalidTokenStore>,
     /// The background restore of what the spool held at start.
     pub restore_progress: Arc<RestoreProgress>,
+    /// What the web dashboard keeps (recent outcomes, history), for every listener that serves it.
+    pub dashboard: Arc<crate::dashboard::Hub>,
     path: PathBuf,
     resolver: Arc<ConfigResolver>,
     logs: Logs,
@@ -133,7 +135,9 @@ impl Server {
             ),
             Err(e) => tracing::warn!("cannot read the file descriptor limit: {e}"),
         }
-        let (logs, heartbeat) = Logs::open(&config)?;
+        let (mut logs, heartbeat) = Logs::open(&config)?;
+        let dashboard = Arc::new(crate::dashboard::Hub::default());
+        logs.recent = Some(dashboard.outcomes.clone());
         logs.spawn_maintenance(Duration::from_millis(200), heartbeat);
 
         let spool_settings = config.spool();
@@ -189,6 +193,7 @@ impl Server {
             intake,
             spool,
             restore_progress,
+            dashboard,
             invalid_tokens,
             path: path.to_owned(),
             resolver,
@@ -204,6 +209,10 @@ impl Server {
             generation: AtomicU64::new(0),
             stop_requested: tokio::sync::Notify::new(),
         });
+        crate::dashboard::spawn_sampler(
+            server.dashboard.clone(),
+            Arc::downgrade(&server) as std::sync::Weak<dyn crate::control::ServerHandle>,
+        );
         server.engine.set_held(apn_held(&config));
         if apn_held(&config) {
             tracing::warn!(
@@ -307,7 +316,7 @@ impl Server {
                     .local_addr()
                     .map_err(|e| listener_err(e.to_string()))?;
                 let tls = rest::tls_config(&settings).map_err(|e| listener_err(e.to_string()))?;
-                let extra = crate::ops::routes(
+                let mut extra = crate::ops::routes(
                     self.engine.clone(),
                     self.spool.clone(),
                     self.invalid_tokens.clone(),
@@ -315,6 +324,13 @@ impl Server {
                     self.restore_progress.clone(),
                     settings.http_services,
                 );
+                if settings.http_services.dashboard {
+                    extra = extra.merge(crate::dashboard::routes(
+                        self.dashboard.clone(),
+                        self.me.clone() as std::sync::Weak<dyn crate::control::ServerHandle>,
+                        Arc::new(settings.clone()),
+                    ));
+                }
                 let limits = Arc::new(DoorLimits::from_config(&self.config(), &settings));
                 let state = rest::RestState::new(settings.clone(), self.intake.clone())
                     .with_limits(limits.clone())
@@ -636,6 +652,10 @@ fn wanted_listeners(config: &Config) -> Vec<ListenerSettings> {
 
 /// What the console may do with the running server (the control listener holds only this handle).
 impl crate::control::ServerHandle for Server {
+    fn config_path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
     fn config(&self) -> Arc<Config> {
         Server::config(self)
     }

@@ -57,6 +57,7 @@ impl Harness {
                 LogFile::open(&apnlog, 0o644).unwrap(),
                 ApnLogFormats::default(),
             ))],
+            recent: None,
         };
         Harness {
             _dir: dir,

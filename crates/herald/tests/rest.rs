@@ -66,6 +66,7 @@ fn listener_settings() -> ListenerSettings {
             deny: vec![],
         },
         api_keys: vec![],
+        admin_keys: vec![],
         max_request_size: None,
         http_services: HttpServices::default(),
         file_mode: 0o644,
@@ -93,6 +94,7 @@ impl Harness {
                 LogFile::open(&mainlog, 0o644).unwrap(),
             ))),
             apnlog: vec![],
+            recent: None,
         };
         let resolver = Arc::new(
             StaticResolver::default().with(token_auth_settings(&pki, &sim, DOMAIN, TOPIC)),

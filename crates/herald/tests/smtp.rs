@@ -86,6 +86,7 @@ impl Harness {
                 LogFile::open(&mainlog, 0o644).unwrap(),
             ))),
             apnlog: vec![],
+            recent: None,
         };
         let resolver = Arc::new(
             StaticResolver::default()

@@ -19,6 +19,8 @@ use crate::tokens::InvalidTokenStore;
 pub trait ServerHandle: Send + Sync {
     /// The configuration in force.
     fn config(&self) -> Arc<Config>;
+    /// The file the configuration was loaded from.
+    fn config_path(&self) -> std::path::PathBuf;
     /// How many configurations were put in force since start (1 for the first).
     fn generation(&self) -> u64;
     /// The delivery engine: queues, statistics, flush, fail, message actions.

@@ -52,10 +52,15 @@ pub struct OutcomeRecord<'a> {
 pub struct Logs {
     pub mainlog: Option<Arc<mainlog::MainLog>>,
     pub apnlog: Vec<Arc<apnlog::ApnLog>>,
+    /// The web dashboard's ring of recent outcomes (kept small; see `dashboard::outcomes`).
+    pub recent: Option<Arc<crate::dashboard::outcomes::RecentOutcomes>>,
 }
 
 impl Logs {
     pub fn outcome(&self, record: &OutcomeRecord<'_>) {
+        if let Some(r) = &self.recent {
+            r.record(record);
+        }
         if let Some(m) = &self.mainlog {
             m.outcome(record);
         }

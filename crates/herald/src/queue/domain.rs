@@ -42,6 +42,8 @@ pub enum DomainEvent {
     },
     /// Make every delayed notification due now (`flush domain`).
     Flush,
+    /// Look at the queue again (after a pause ends).
+    Wake,
     /// List queued notifications (`showqueue`), active first, skipping `offset`.
     List {
         limit: usize,
@@ -251,6 +253,7 @@ impl DomainTask {
                     | ConnectOutcome::Stale => {}
                 }
             }
+            DomainEvent::Wake => {}
             DomainEvent::Flush => {
                 while let Some(Reverse(d)) = self.delayed.pop() {
                     self.active.push_back(d.item);
@@ -409,7 +412,7 @@ impl DomainTask {
 
     /// Moves ready notifications to the pool while it has room.
     fn dispatch(&mut self) {
-        if self.shared.is_held() {
+        if self.shared.is_held() || self.stats.paused.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let limit = self.pool.dispatch_limit();

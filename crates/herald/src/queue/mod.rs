@@ -494,6 +494,26 @@ impl Engine {
         any
     }
 
+    /// Pauses (`true`) or resumes delivery to `domain` from every binding: a paused queue keeps accepting and
+    /// holds what it has. False when the domain has no queue.
+    pub fn set_paused(&self, domain: &str, paused: bool) -> bool {
+        let queues: Vec<(Arc<DomainStats>, DomainSender)> = {
+            let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+            domains
+                .iter()
+                .filter(|(k, _)| &*k.domain == domain)
+                .map(|(_, h)| (h.stats.clone(), h.sender.clone()))
+                .collect()
+        };
+        for (stats, sender) in &queues {
+            stats
+                .paused
+                .store(paused, std::sync::atomic::Ordering::Relaxed);
+            let _ = sender.0.send(DomainEvent::Wake);
+        }
+        !queues.is_empty()
+    }
+
     /// The queues of `domain` (one per binding it is delivered from), or of every domain.
     fn senders(&self, domain: Option<&str>) -> Vec<DomainSender> {
         self.senders_of(None, domain)

@@ -34,6 +34,8 @@ pub struct DomainStats {
     /// Deliveries by latency bucket ([`LATENCY_BUCKETS`], then one for slower ones); not cumulative.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     failures: Mutex<HashMap<String, u64>>,
+    /// Delivery of this queue is paused by an operator (the dashboard's pause): it queues, it does not send.
+    pub paused: std::sync::atomic::AtomicBool,
 }
 
 impl DomainStats {
@@ -131,6 +133,9 @@ impl DomainStats {
             add(&total.stream_limit, &p.stream_limit);
             add64(&total.streams_cancelled, &p.streams_cancelled);
             add64(&total.latency_micros, &p.latency_micros);
+            if p.paused.load(Ordering::Relaxed) {
+                total.paused.store(true, Ordering::Relaxed);
+            }
             for (to, from) in total.latency_buckets.iter().zip(&p.latency_buckets) {
                 add64(to, from);
             }

@@ -89,6 +89,7 @@ fn service_of(path: &str) -> Option<&'static str> {
         "/api/v1/push" => Some("push"),
         "/api/v1/tokens/invalid" => Some("tokens"),
         "/metrics" => Some("metrics"),
+        p if p == "/dashboard" || p.starts_with("/dashboard/") => Some("dashboard"),
         _ => None,
     }
 }

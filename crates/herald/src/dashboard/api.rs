@@ -1,0 +1,629 @@
+//! The dashboard's routes: the embedded page and assets (no data in them), login / logout, the JSON data calls,
+//! the event stream and the actions. Every data call and the event stream pass [`auth::access`] (401 without);
+//! every action passes [`auth::may_act`] (403 for a cross-site request, a missing CSRF token or a key without the
+//! admin right). Secret option values are masked everywhere, key file contents are never read into an answer,
+//! device tokens are shown as a short prefix.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
+
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use herald_conf::{Config, ListenerSettings, OPTIONS, ScopePath, Value};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::{self, Access, Refusal, Sessions};
+use super::outcomes::Filter;
+use super::sampler::Hub;
+use crate::control::ServerHandle;
+
+/// Every (method, path) the dashboard answers; `docs/openapi.yaml` documents them (HEAD is implied by GET).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/dashboard"),
+    ("GET", "/dashboard/"),
+    ("GET", "/dashboard/app.js"),
+    ("GET", "/dashboard/app.css"),
+    ("POST", "/dashboard/api/login"),
+    ("POST", "/dashboard/api/logout"),
+    ("GET", "/dashboard/api/session"),
+    ("GET", "/dashboard/api/overview"),
+    ("GET", "/dashboard/api/domains"),
+    ("GET", "/dashboard/api/domains/{domain}"),
+    ("POST", "/dashboard/api/domains/{domain}/{action}"),
+    ("GET", "/dashboard/api/outcomes"),
+    ("GET", "/dashboard/api/config"),
+    ("POST", "/dashboard/api/config/reload"),
+    ("GET", "/dashboard/api/events"),
+];
+
+/// The data calls (everything that needs a login).
+pub const DATA_PATHS: &[&str] = &[
+    "/dashboard/api/session",
+    "/dashboard/api/overview",
+    "/dashboard/api/domains",
+    "/dashboard/api/outcomes",
+    "/dashboard/api/config",
+    "/dashboard/api/events",
+];
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// The largest login body read.
+const LOGIN_BODY_LIMIT: usize = 4096;
+
+#[derive(Clone)]
+struct Dash {
+    hub: Arc<Hub>,
+    server: Weak<dyn ServerHandle>,
+    settings: Arc<ListenerSettings>,
+    sessions: Arc<Sessions>,
+}
+
+impl Dash {
+    fn server(&self) -> Result<Arc<dyn ServerHandle>, Box<Response>> {
+        self.server
+            .upgrade()
+            .ok_or_else(|| Box::new(error(StatusCode::SERVICE_UNAVAILABLE, "herald is stopping")))
+    }
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+fn refused(r: Refusal) -> Response {
+    let status = match r {
+        Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::FORBIDDEN,
+    };
+    error(status, r)
+}
+
+/// The dashboard of one listener. Merge it with `inbound::rest::router_with` (which skips its API-key check for
+/// `/dashboard` paths: the dashboard checks its own way) so that the address lists still apply.
+pub fn routes(
+    hub: Arc<Hub>,
+    server: Weak<dyn ServerHandle>,
+    settings: Arc<ListenerSettings>,
+) -> Router {
+    let dash = Dash {
+        hub,
+        server,
+        settings,
+        sessions: Arc::default(),
+    };
+    let data = Router::new()
+        .route("/dashboard/api/session", get(session))
+        .route("/dashboard/api/overview", get(overview))
+        .route("/dashboard/api/domains", get(domains))
+        .route("/dashboard/api/domains/{domain}", get(domain_detail))
+        .route(
+            "/dashboard/api/domains/{domain}/{action}",
+            post(domain_action),
+        )
+        .route("/dashboard/api/outcomes", get(outcomes))
+        .route("/dashboard/api/config", get(config))
+        .route("/dashboard/api/config/reload", post(reload))
+        .route("/dashboard/api/events", get(events))
+        .layer(middleware::from_fn_with_state(dash.clone(), require_access));
+    Router::new()
+        .route(
+            "/dashboard",
+            get(|| async { Redirect::permanent("/dashboard/") }),
+        )
+        .route(
+            "/dashboard/",
+            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/dashboard/app.js",
+            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/dashboard/app.css",
+            get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
+        )
+        .route("/dashboard/api/login", post(login))
+        .route("/dashboard/api/logout", post(logout))
+        .merge(data)
+        .with_state(dash)
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn require_access(State(d): State<Dash>, mut request: Request, next: Next) -> Response {
+    let ip = crate::inbound::rest::peer_ip(request.extensions());
+    match auth::access(&d.settings, &d.sessions, ip, request.headers()) {
+        Ok(access) => {
+            request.extensions_mut().insert(access);
+            let mut response = next.run(request).await;
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(r) => refused(r),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    key: String,
+}
+
+async fn login(State(d): State<Dash>, request: Request) -> Response {
+    if let Err(r) = auth::same_origin(request.headers()) {
+        return refused(r);
+    }
+    let ip = crate::inbound::rest::peer_ip(request.extensions());
+    let Ok(body) = axum::body::to_bytes(request.into_body(), LOGIN_BODY_LIMIT).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "the login body is too large");
+    };
+    let Ok(LoginBody { key }) = serde_json::from_slice(&body) else {
+        return error(StatusCode::BAD_REQUEST, "send {\"key\": \"API KEY\"}");
+    };
+    let Some(admin) = auth::key_rights(&d.settings, ip, key.trim()) else {
+        return refused(Refusal::Unauthenticated);
+    };
+    let (id, csrf) = d.sessions.create(admin);
+    let cookie = format!(
+        "{}={id}; Path=/dashboard; HttpOnly; SameSite=Strict",
+        auth::COOKIE
+    );
+    let mut response = Json(json!({ "admin": admin, "csrf": csrf })).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn logout(State(d): State<Dash>, headers: HeaderMap) -> Response {
+    if let Err(r) = auth::same_origin(&headers) {
+        return refused(r);
+    }
+    if let Some(id) = auth::session_cookie(&headers) {
+        d.sessions.remove(id);
+    }
+    let mut response = Json(json!({ "ok": true })).into_response();
+    let gone = format!(
+        "{}=; Path=/dashboard; Max-Age=0; HttpOnly; SameSite=Strict",
+        auth::COOKIE
+    );
+    if let Ok(v) = HeaderValue::from_str(&gone) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn session(Extension(a): Extension<Access>) -> Response {
+    Json(json!({ "admin": a.admin, "via": a.via, "csrf": a.csrf })).into_response()
+}
+
+/// The Overview's numbers now (also in every tick).
+pub fn overview_now(server: &dyn ServerHandle) -> serde_json::Value {
+    let (mut active, mut delayed, mut connections, mut in_flight) =
+        (0usize, 0usize, 0usize, 0usize);
+    let (mut accepted, mut delivered, mut transient, mut permanent) = (0u64, 0u64, 0u64, 0u64);
+    for (_, s) in server.engine().all_stats() {
+        active += s.active.load(Ordering::Relaxed);
+        delayed += s.delayed.load(Ordering::Relaxed);
+        connections += s.connections.load(Ordering::Relaxed);
+        in_flight += s.in_flight.load(Ordering::Relaxed);
+        accepted += s.received.load(Ordering::Relaxed);
+        delivered += s.delivered.load(Ordering::Relaxed);
+        transient += s.transient.load(Ordering::Relaxed);
+        permanent += s.permanent.load(Ordering::Relaxed);
+    }
+    let spool = server.spool().stats();
+    json!({
+        "totals": { "accepted": accepted, "delivered": delivered, "transient": transient, "permanent": permanent },
+        "queued": { "active": active, "delayed": delayed },
+        "in_flight": in_flight,
+        "connections": connections,
+        "spool": { "records": spool.records, "bytes": spool.bytes_on_disk },
+        "held": server.engine().is_held(),
+        "generation": server.generation(),
+    })
+}
+
+async fn overview(State(d): State<Dash>) -> Response {
+    let server = match d.server() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let config = server.config();
+    // The same checks as `herald check` (certificate expiry within 30 days, environment, key files).
+    let findings =
+        tokio::task::spawn_blocking(move || crate::credentials::check(&config, SystemTime::now()))
+            .await
+            .unwrap_or_default();
+    let warnings: Vec<_> = findings
+        .iter()
+        .map(|f| {
+            json!({
+                "domain": f.domain,
+                "severity": match f.severity {
+                    crate::credentials::Severity::Error => "error",
+                    crate::credentials::Severity::Warning => "warning",
+                },
+                "message": f.message,
+            })
+        })
+        .collect();
+    let mut body = overview_now(&*server);
+    body["history"] = json!(d.hub.history());
+    body["warnings"] = json!(warnings);
+    body["spool_backend"] = json!("embedded");
+    Json(body).into_response()
+}
+
+/// One row of the Domains page per configured domain (regular-expression stanzas excepted) and per domain with
+/// traffic.
+pub fn domain_rows(server: &dyn ServerHandle, hub: &Hub) -> Vec<serde_json::Value> {
+    let config = server.config();
+    let stats = server.engine().all_stats();
+    let mut names: Vec<String> = config
+        .domains()
+        .into_iter()
+        .filter(|d| !d.starts_with('/'))
+        .map(str::to_owned)
+        .collect();
+    for (d, _) in &stats {
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(d)) {
+            names.push(d.to_string());
+        }
+    }
+    names.sort();
+    names
+        .iter()
+        .map(|name| {
+            let s = stats.iter().find(|(d, _)| **d == **name).map(|(_, s)| s);
+            let settings = config.domain_settings(None, None, name);
+            let route = settings.routes.first();
+            let load =
+                |f: fn(&crate::queue::stats::DomainStats) -> usize| s.map(|s| f(s)).unwrap_or(0);
+            let delivered = s.map(|s| s.delivered.load(Ordering::Relaxed)).unwrap_or(0);
+            let failed = s
+                .map(|s| s.transient.load(Ordering::Relaxed) + s.permanent.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            json!({
+                "domain": name,
+                "configured": config.domains().iter().any(|d| d.eq_ignore_ascii_case(name)),
+                "method": format!("{:?}", settings.delivery_method).to_ascii_lowercase(),
+                "protocol": route.map(|r| format!("{:?}", r.protocol).to_ascii_lowercase()),
+                "route": route.map(|r| r.to_string()),
+                "active": load(|s| s.active.load(Ordering::Relaxed)),
+                "delayed": load(|s| s.delayed.load(Ordering::Relaxed)),
+                "in_flight": load(|s| s.in_flight.load(Ordering::Relaxed)),
+                "connections": load(|s| s.connections.load(Ordering::Relaxed)),
+                "connection_limit": settings.max_outbound_connections,
+                "delivered": delivered,
+                "failed": failed,
+                "windows": hub.windows(name, delivered, failed),
+                "last_error": hub.outcomes.last_errors.get(name),
+                "paused": s.is_some_and(|s| s.paused.load(Ordering::Relaxed)),
+            })
+        })
+        .collect()
+}
+
+async fn domains(State(d): State<Dash>) -> Response {
+    match d.server() {
+        Ok(server) => Json(json!({ "domains": domain_rows(&*server, &d.hub) })).into_response(),
+        Err(r) => *r,
+    }
+}
+
+/// Every option that applies to a domain, its value as `config eval domain NAME OPTION` resolves it (secrets
+/// masked) and where it came from.
+pub fn effective_options(config: &Config, domain: &str) -> Vec<serde_json::Value> {
+    let path = ScopePath::domain(domain);
+    let global = ScopePath::global();
+    OPTIONS
+        .iter()
+        .filter_map(|def| {
+            let value = config.eval(&path, def.name).ok()?;
+            let set_here = matches!(config.get(&path, def.name), Ok(Some(_)));
+            let set_global = matches!(config.get(&global, def.name), Ok(Some(_)));
+            let is_default = herald_conf::options::lookup(def.name)
+                .is_some_and(|id| *herald_conf::options::default_value(id) == value);
+            let scope = if set_here {
+                format!("domain \"{domain}\"")
+            } else if set_global {
+                "global".to_owned()
+            } else if is_default {
+                "default".to_owned()
+            } else {
+                "domain pattern".to_owned()
+            };
+            let shown = match value {
+                Value::Unset => "(unset)".to_owned(),
+                v => herald_conf::secrets::render_option_value(def.name, &v, true),
+            };
+            Some(json!({ "name": def.name, "value": shown, "scope": scope }))
+        })
+        .collect()
+}
+
+async fn domain_detail(State(d): State<Dash>, UrlPath(domain): UrlPath<String>) -> Response {
+    let server = match d.server() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Some(row) = domain_rows(&*server, &d.hub).into_iter().find(|r| {
+        r["domain"]
+            .as_str()
+            .is_some_and(|n| n.eq_ignore_ascii_case(&domain))
+    }) else {
+        return error(StatusCode::NOT_FOUND, format!("no domain {domain:?}"));
+    };
+    let config = server.config();
+    let stats = server.engine().stats(&domain);
+    let mut failures: Vec<(String, u64)> = stats
+        .as_ref()
+        .map(|s| s.failures().into_iter().collect())
+        .unwrap_or_default();
+    failures.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let invalid: Vec<_> = server
+        .invalid_tokens()
+        .list(Some(&domain), 0)
+        .into_iter()
+        .rev()
+        .take(50)
+        .map(|t| {
+            let mut token = t.token;
+            token.truncate(super::outcomes::TOKEN_PREFIX);
+            json!({ "token": token, "reason": t.reason, "timestamp_ms": t.timestamp_ms, "source": t.source })
+        })
+        .collect();
+    let active = stats
+        .as_ref()
+        .map(|s| s.active.load(Ordering::Relaxed))
+        .unwrap_or(0);
+    let next_retry = match server.engine().showqueue(&domain, 1, active).await {
+        Some(entries) => entries.first().and_then(|e| e.due_in_secs),
+        None => None,
+    };
+    let filter = Filter {
+        domain: Some(domain.clone()),
+        ..Filter::default()
+    };
+    Json(json!({
+        "row": row,
+        "options": effective_options(&config, &domain),
+        "failures": failures.iter().map(|(reason, count)| json!({ "reason": reason, "count": count })).collect::<Vec<_>>(),
+        "invalid_tokens": invalid,
+        "next_retry_secs": next_retry,
+        "recent": d.hub.outcomes.since(0, &filter, 50),
+    }))
+    .into_response()
+}
+
+async fn domain_action(
+    State(d): State<Dash>,
+    Extension(a): Extension<Access>,
+    headers: HeaderMap,
+    UrlPath((domain, action)): UrlPath<(String, String)>,
+) -> Response {
+    if let Err(r) = auth::may_act(&a, &headers) {
+        return refused(r);
+    }
+    let server = match d.server() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let engine = server.engine();
+    let done = match action.as_str() {
+        "flush" => engine
+            .flush(&domain)
+            .then(|| format!("{domain}: delayed notifications are due now")),
+        "fail" => engine
+            .fail_domain(&domain, "failed by an operator (dashboard)")
+            .await
+            .map(|n| format!("{domain}: {n} notifications failed")),
+        "pause" => engine
+            .set_paused(&domain, true)
+            .then(|| format!("{domain}: delivery paused")),
+        "resume" => engine
+            .set_paused(&domain, false)
+            .then(|| format!("{domain}: delivery resumed")),
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no action {other:?}: flush, fail, pause or resume"),
+            );
+        }
+    };
+    match done {
+        Some(message) => {
+            tracing::info!(domain = %domain, action = %action, via = a.via, "dashboard action");
+            Json(json!({ "ok": true, "message": message })).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("{domain}: no queue (the domain has seen no traffic)"),
+        ),
+    }
+}
+
+/// Decodes `%XX` and `+` in a query value.
+fn unescape(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(v.get(i + 1..i + 3).unwrap_or(""), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn outcomes(State(d): State<Dash>, RawQuery(raw): RawQuery) -> Response {
+    let mut filter = Filter::default();
+    let (mut after, mut limit) = (0u64, 200usize);
+    for pair in raw.as_deref().unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = unescape(v);
+        match k {
+            "domain" => filter.domain = Some(v),
+            "kind" => filter.kind = Some(v),
+            "token" => filter.token_prefix = Some(v),
+            "reason" => filter.reason = Some(v),
+            "after" => after = v.parse().unwrap_or(0),
+            "limit" => limit = v.parse().unwrap_or(200),
+            _ => {}
+        }
+    }
+    let list = d
+        .hub
+        .outcomes
+        .since(after, &filter, limit.min(super::outcomes::CAPACITY));
+    Json(json!({ "outcomes": list, "last_seq": d.hub.outcomes.last_seq() })).into_response()
+}
+
+/// The include tree of `path`: the files it includes (by `include` / `readonly_include`), recursively.
+pub fn include_tree(path: &Path, depth: usize, seen: &mut Vec<PathBuf>) -> serde_json::Value {
+    let mut children = Vec::new();
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let cycle = seen.contains(&canonical);
+    if !cycle && depth < 8 {
+        seen.push(canonical);
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            files.sort();
+            for f in files {
+                children.push(include_tree(&f, depth + 1, seen));
+            }
+        } else if let Ok(text) = std::fs::read_to_string(path) {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            for line in text.lines() {
+                let line = line.trim_start();
+                let rest = line
+                    .strip_prefix("readonly_include")
+                    .or_else(|| line.strip_prefix("include"));
+                let Some(rest) = rest.filter(|r| r.starts_with([' ', '\t', '"'])) else {
+                    continue;
+                };
+                let target = rest.trim().trim_matches('"');
+                if target.is_empty() {
+                    continue;
+                }
+                let target = dir.join(target);
+                children.push(include_tree(&target, depth + 1, seen));
+            }
+        }
+    }
+    json!({ "path": path.display().to_string(), "exists": path.exists(), "cycle": cycle, "children": children })
+}
+
+async fn config(State(d): State<Dash>) -> Response {
+    let server = match d.server() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let path = server.config_path();
+    let running = server.config().render_masked();
+    let disk_path = path.clone();
+    let (tree, disk) = tokio::task::spawn_blocking(move || {
+        let tree = include_tree(&disk_path, 0, &mut Vec::new());
+        let disk = match Config::load(&disk_path) {
+            Ok(c) => json!({ "ok": true, "errors": [], "warnings": c.warnings().iter().map(|w| w.to_string()).collect::<Vec<_>>() }),
+            Err(diags) => json!({ "ok": false, "errors": diags.to_string().lines().collect::<Vec<_>>(), "warnings": [] }),
+        };
+        (tree, disk)
+    })
+    .await
+    .unwrap_or_else(|_| (json!(null), json!({ "ok": false, "errors": ["validation failed"] })));
+    Json(json!({
+        "path": path.display().to_string(),
+        "generation": server.generation(),
+        "running": running,
+        "includes": tree,
+        "disk": disk,
+    }))
+    .into_response()
+}
+
+async fn reload(
+    State(d): State<Dash>,
+    Extension(a): Extension<Access>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = auth::may_act(&a, &headers) {
+        return refused(r);
+    }
+    let server = match d.server() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    tracing::info!(via = a.via, "dashboard: configuration reload");
+    match server.reload(None).await {
+        Ok(report) => Json(json!({
+            "ok": true,
+            "generation": server.generation(),
+            "warnings": report.warnings,
+            "unroutable": report.unroutable,
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "ok": false, "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn events(
+    State(d): State<Dash>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let rx = d.hub.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(tick) => return Some((Ok(Event::default().event("tick").data(&*tick)), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,205 @@
+//! The dashboard's ring of recent outcomes: the last [`CAPACITY`] delivered / transient / permanent results, each
+//! with a sequence number so that the event stream sends only what is new. It is the one seam between delivery and
+//! the dashboard: `Logs::outcome` calls [`RecentOutcomes::record`]; nothing else in delivery knows it exists.
+//! Tokens are kept as a short prefix only (never the full device token).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::logs::{OutcomeKind, OutcomeRecord};
+
+/// How many outcomes the ring keeps.
+pub const CAPACITY: usize = 500;
+
+/// Hex digits of a device token kept for display and filtering.
+pub const TOKEN_PREFIX: usize = 8;
+
+/// One outcome as the dashboard shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: u64,
+    /// `delivered`, `transient` or `permanent`.
+    pub kind: &'static str,
+    pub domain: String,
+    pub binding: String,
+    /// The first [`TOKEN_PREFIX`] hex digits of the device token.
+    pub token: String,
+    pub status: Option<u16>,
+    /// APNs' reason (or herald's own) for failures; empty for deliveries.
+    pub reason: String,
+    pub retries: u32,
+}
+
+/// What the Outcomes page filters by; every set field must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub domain: Option<String>,
+    pub kind: Option<String>,
+    pub token_prefix: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, o: &Outcome) -> bool {
+        let eq = |want: &Option<String>, have: &str| {
+            want.as_deref()
+                .is_none_or(|w| w.is_empty() || w.eq_ignore_ascii_case(have))
+        };
+        eq(&self.domain, &o.domain)
+            && eq(&self.kind, o.kind)
+            && eq(&self.reason, &o.reason)
+            && self.token_prefix.as_deref().is_none_or(|p| {
+                let p = p.to_ascii_lowercase();
+                // Only the stored prefix can match: a longer filter compares on what is kept.
+                let n = p.len().min(o.token.len());
+                o.token.starts_with(&p[..n])
+            })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    next_seq: u64,
+    items: VecDeque<Outcome>,
+}
+
+/// The ring; cheap to record into (one short lock, no allocation beyond the entry).
+#[derive(Debug, Default)]
+pub struct RecentOutcomes {
+    ring: Mutex<Ring>,
+    /// The newest failure of each domain.
+    pub last_errors: super::LastErrors,
+}
+
+impl RecentOutcomes {
+    pub fn record(&self, r: &OutcomeRecord<'_>) {
+        let kind = match r.kind {
+            OutcomeKind::Delivered => "delivered",
+            OutcomeKind::Transient => "transient",
+            OutcomeKind::Permanent => "permanent",
+        };
+        if r.kind != OutcomeKind::Delivered {
+            self.last_errors.set(
+                &r.notification.domain,
+                super::LastError {
+                    at: r.at,
+                    reason: r.error.to_owned(),
+                    status: r.status,
+                },
+            );
+        }
+        let mut token = r.notification.token.to_hex();
+        token.truncate(TOKEN_PREFIX);
+        self.push(Outcome {
+            seq: 0,
+            at: r.at,
+            kind,
+            domain: r.notification.domain.to_string(),
+            binding: r.binding.to_owned(),
+            token,
+            status: r.status,
+            reason: r.error.to_owned(),
+            retries: r.retries,
+        });
+    }
+
+    /// Adds one outcome (its `seq` is assigned here).
+    pub fn push(&self, mut o: Outcome) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.next_seq += 1;
+        o.seq = ring.next_seq;
+        if ring.items.len() == CAPACITY {
+            ring.items.pop_front();
+        }
+        ring.items.push_back(o);
+    }
+
+    /// The sequence number of the newest outcome (0 when none).
+    pub fn last_seq(&self) -> u64 {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner()).next_seq
+    }
+
+    /// Outcomes newer than `after` that match `filter`, newest last, at most `limit` (the newest ones).
+    pub fn since(&self, after: u64, filter: &Filter, limit: usize) -> Vec<Outcome> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Outcome> = ring
+            .items
+            .iter()
+            .rev()
+            .take_while(|o| o.seq > after)
+            .filter(|o| filter.matches(o))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(domain: &str, kind: &'static str, token: &str, reason: &str) -> Outcome {
+        Outcome {
+            seq: 0,
+            at: 1,
+            kind,
+            domain: domain.into(),
+            binding: "default".into(),
+            token: token.into(),
+            status: None,
+            reason: reason.into(),
+            retries: 0,
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_and_numbers_them() {
+        let r = RecentOutcomes::default();
+        for i in 0..CAPACITY + 10 {
+            r.push(outcome(&format!("d{i}"), "delivered", "abcd", ""));
+        }
+        assert_eq!(r.last_seq(), (CAPACITY + 10) as u64);
+        let all = r.since(0, &Filter::default(), usize::MAX);
+        assert_eq!(all.len(), CAPACITY);
+        assert_eq!(all[0].seq, 11);
+        let newer = r.since(r.last_seq() - 2, &Filter::default(), usize::MAX);
+        assert_eq!(newer.len(), 2);
+        assert_eq!(r.since(0, &Filter::default(), 3).len(), 3);
+    }
+
+    #[test]
+    fn filters_match_domain_kind_reason_and_token_prefix() {
+        let r = RecentOutcomes::default();
+        r.push(outcome("a.example", "delivered", "0011aabb", ""));
+        r.push(outcome(
+            "b.example",
+            "permanent",
+            "ffee0011",
+            "BadDeviceToken",
+        ));
+        let f = |f: Filter| r.since(0, &f, 10).len();
+        assert_eq!(f(Filter::default()), 2);
+        let by_domain = Filter {
+            domain: Some("B.example".into()),
+            ..Filter::default()
+        };
+        assert_eq!(f(by_domain), 1);
+        let by_reason = Filter {
+            reason: Some("baddevicetoken".into()),
+            kind: Some("permanent".into()),
+            ..Filter::default()
+        };
+        assert_eq!(f(by_reason), 1);
+        let by_token = Filter {
+            token_prefix: Some("0011".into()),
+            ..Filter::default()
+        };
+        assert_eq!(f(by_token), 1);
+    }
+}

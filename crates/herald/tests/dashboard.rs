@@ -1,0 +1,435 @@
+//! The web dashboard's endpoints over a real socket (docs/architecture.md, "Web dashboard"): every data call and
+//! the event stream refuse a request without a key (401), every action refuses a cross-site request, a request
+//! without the session's CSRF token and a key without the admin right (403), and no answer ever contains a
+//! secret of the configuration (API keys, admin keys, passwords, the contents of key files).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::server::Server;
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, ORIGIN, SET_COOKIE};
+
+mod support;
+
+const READER: &str = "reader-key-0c9e1f";
+const ADMIN: &str = "admin-key-77ab3d";
+const PKCS12_PASSWORD: &str = "pkcs12-password-5d1a";
+const CONTROL_PASSWORD: &str = "control-password-e402";
+
+const DATA: &[&str] = &[
+    "/dashboard/api/session",
+    "/dashboard/api/overview",
+    "/dashboard/api/domains",
+    "/dashboard/api/domains/held.example",
+    "/dashboard/api/outcomes",
+    "/dashboard/api/config",
+    "/dashboard/api/events",
+];
+
+const ACTIONS: &[&str] = &[
+    "/dashboard/api/domains/held.example/flush",
+    "/dashboard/api/domains/held.example/pause",
+    "/dashboard/api/domains/held.example/resume",
+    "/dashboard/api/domains/held.example/fail",
+    "/dashboard/api/config/reload",
+];
+
+/// Writes the configuration; returns its path and the base64 lines of the provider key file (a secret).
+fn write_config(dir: &Path) -> (PathBuf, Vec<String>) {
+    let pki =
+        herald_sim::Pki::generate(&dir.join("pki"), &["com.example.dash".to_string()]).unwrap();
+    let m = &pki.manifest;
+    let key = m.token_key.p8.clone();
+    let key_lines: Vec<String> = std::fs::read_to_string(&key)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .map(str::to_owned)
+        .collect();
+    assert!(!key_lines.is_empty());
+    let included = dir.join("domains.conf");
+    std::fs::write(
+        &included,
+        format!(
+            r#"domain "held.example" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{port}" )
+  apn_key = "{key}"
+  apn_key_id = "{kid}"
+  apn_team_id = "{tid}"
+  apn_topic = "com.example.dash"
+  tls_pkcs12_password = "{PKCS12_PASSWORD}"
+  retry_interval = 3600
+  max_retry_interval = 3600
+}}
+"#,
+            port = support::free_port(),
+            key = key.display(),
+            kid = m.token_key.key_id,
+            tid = m.token_key.team_id,
+        ),
+    )
+    .unwrap();
+    let path = dir.join("herald.conf");
+    std::fs::write(
+        &path,
+        format!(
+            r#"spool_dir = "{spool}"
+http_listener {{
+  api_keys = ( "{READER}" "{ADMIN}" )
+  dashboard_admin_keys = ( "{ADMIN}" )
+  listen "127.0.0.1:0" {{ http_services = ( push dashboard ) }}
+}}
+control_listener {{ listen "127.0.0.1:0" {{ control_password = "{CONTROL_PASSWORD}" }} }}
+include "domains.conf"
+"#,
+            spool = dir.join("spool").display(),
+        ),
+    )
+    .unwrap();
+    (path, key_lines)
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    _server: Arc<Server>,
+    base: String,
+    client: reqwest::Client,
+    key_lines: Vec<String>,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, key_lines) = write_config(dir.path());
+    let server = Server::start(&config).await.unwrap();
+    let base = format!("http://{}", server.addrs().await.http[0]);
+    // Traffic so that the held domain has a queue (its route is a closed port).
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/api/v1/push"))
+        .bearer_auth(READER)
+        .json(&serde_json::json!({
+            "domain": "held.example",
+            "tokens": [format!("{:064x}", 0xdead_beef_u64)],
+            "payload": {"aps": {"alert": "x"}},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    Setup {
+        _dir: dir,
+        _server: server,
+        base,
+        client,
+        key_lines,
+    }
+}
+
+/// Reads an answer; for the event stream, the first tick (the stream does not end).
+async fn body_of(r: reqwest::Response) -> String {
+    let sse = r
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
+    if !sse {
+        return r.text().await.unwrap();
+    }
+    let mut r = r;
+    let mut text = String::new();
+    let read = async {
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("event: tick") && text.ends_with("\n\n") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("a tick within 30 s");
+    text
+}
+
+fn assert_no_secrets(what: &str, text: &str, key_lines: &[String]) {
+    let fixed = [READER, ADMIN, PKCS12_PASSWORD, CONTROL_PASSWORD];
+    for secret in fixed
+        .iter()
+        .copied()
+        .chain(key_lines.iter().map(String::as_str))
+    {
+        assert!(
+            !text.contains(secret),
+            "{what} shows a secret ({secret}):\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_data_call_needs_a_key() {
+    let s = setup().await;
+    for path in DATA {
+        let r = s
+            .client
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "GET {path} without a key"
+        );
+        let r = s
+            .client
+            .get(format!("{}{path}", s.base))
+            .bearer_auth("wrong-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "GET {path} with a wrong key"
+        );
+        let r = s
+            .client
+            .get(format!("{}{path}", s.base))
+            .header(COOKIE, "herald_dashboard=forged")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "GET {path} with a forged session"
+        );
+    }
+    for path in ACTIONS {
+        let r = s
+            .client
+            .post(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "POST {path} without a key"
+        );
+    }
+    // The page itself carries no data: it is the login form until a data call succeeds.
+    let page = s
+        .client
+        .get(format!("{}/dashboard/", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"login\""), "{html}");
+    assert!(!html.contains("held.example"));
+}
+
+#[tokio::test]
+async fn actions_refuse_cross_site_requests_readers_and_missing_csrf_tokens() {
+    let s = setup().await;
+    let url = |p: &str| format!("{}{p}", s.base);
+    let host = s.base.trim_start_matches("http://").to_owned();
+    for path in ACTIONS {
+        // A reader's key may read, not act.
+        let r = s
+            .client
+            .post(url(path))
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "POST {path} as a reader");
+        // An admin key from another site.
+        let r = s
+            .client
+            .post(url(path))
+            .bearer_auth(ADMIN)
+            .header(ORIGIN, "http://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "cross-site POST {path}");
+        let r = s
+            .client
+            .post(url(path))
+            .bearer_auth(ADMIN)
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "cross-site POST {path}");
+    }
+    // A login from another site is refused too.
+    let r = s
+        .client
+        .post(url("/dashboard/api/login"))
+        .header(ORIGIN, "http://evil.example")
+        .json(&serde_json::json!({ "key": ADMIN }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A browser session: the cookie alone does not act; with the CSRF token from the same origin it does.
+    let r = s
+        .client
+        .post(url("/dashboard/api/login"))
+        .header(ORIGIN, format!("http://{host}"))
+        .json(&serde_json::json!({ "key": ADMIN }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains(ADMIN));
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let login: serde_json::Value = r.json().await.unwrap();
+    let csrf = login["csrf"].as_str().unwrap().to_owned();
+    assert_eq!(login["admin"], true);
+    let flush = "/dashboard/api/domains/held.example/flush";
+    let r = s
+        .client
+        .post(url(flush))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    let r = s
+        .client
+        .post(url(flush))
+        .header(COOKIE, &session)
+        .header("x-csrf-token", "not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "wrong CSRF token");
+    let r = s
+        .client
+        .post(url(flush))
+        .header(COOKIE, &session)
+        .header("x-csrf-token", &csrf)
+        .header(ORIGIN, format!("http://{host}"))
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Pause and resume show on the domain's row.
+    for (action, paused) in [("pause", true), ("resume", false)] {
+        let r = s
+            .client
+            .post(url(&format!(
+                "/dashboard/api/domains/held.example/{action}"
+            )))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let d: serde_json::Value = s
+            .client
+            .get(url("/dashboard/api/domains/held.example"))
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(d["row"]["paused"], paused, "{d}");
+    }
+}
+
+#[tokio::test]
+async fn no_answer_shows_a_secret() {
+    let s = setup().await;
+    for path in DATA {
+        for key in [READER, ADMIN] {
+            let r = s
+                .client
+                .get(format!("{}{path}", s.base))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "GET {path}");
+            let text = body_of(r).await;
+            assert_no_secrets(path, &text, &s.key_lines);
+        }
+    }
+    // The configuration page shows the running file (masked), the include tree and the effective options.
+    let c: serde_json::Value = s
+        .client
+        .get(format!("{}/dashboard/api/config", s.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["disk"]["ok"], true, "{c}");
+    assert!(
+        c["running"].as_str().unwrap().contains("\"********\""),
+        "{c}"
+    );
+    assert!(
+        c["includes"]["children"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("domains.conf"),
+        "{c}"
+    );
+    let d: serde_json::Value = s
+        .client
+        .get(format!("{}/dashboard/api/domains/held.example", s.base))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let option = |name: &str| {
+        d["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no option {name} in {d}"))
+    };
+    assert_eq!(option("retry_interval")["value"], "3600");
+    assert_eq!(option("retry_interval")["scope"], "domain \"held.example\"");
+    assert_eq!(option("tls_pkcs12_password")["value"], "\"********\"");
+    assert_eq!(option("idle_timeout")["scope"], "default");
+    // The static assets are embedded and name nothing outside herald.
+    for asset in ["/dashboard/", "/dashboard/app.js", "/dashboard/app.css"] {
+        let text = s
+            .client
+            .get(format!("{}{asset}", s.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !text.contains("https://") && !text.contains("//cdn"),
+            "{asset} loads from elsewhere"
+        );
+    }
+}
