@@ -127,11 +127,11 @@ async function route() {
 window.addEventListener("hashchange", route);
 
 function chart(title, values, cls) {
-  const w = 300, h = 80, max = Math.max(1, ...values);
+  const w = 300, h = 80, peak = values.reduce((a, b) => Math.max(a, b), 0), max = Math.max(1, peak);
   const n = Math.max(values.length - 1, 1);
   const pts = values.map((v, i) => (i * w / n).toFixed(1) + "," + (h - v * (h - 4) / max).toFixed(1)).join(" ");
   const last = values.length ? values[values.length - 1] : 0;
-  return `<div class="card chart ${cls}"><div class="label">${esc(title)} — now ${fmt(last)}/s, peak ${fmt(max)}/s</div>
+  return `<div class="card chart ${cls}"><div class="label">${esc(title)} — now ${fmt(last)}/s, peak ${fmt(peak)}/s</div>
     <svg viewBox="0 0 ${w} ${h}" preserveAspectRatio="none" role="img" aria-label="${esc(title)}"><polyline points="${pts}"/></svg></div>`;
 }
 
