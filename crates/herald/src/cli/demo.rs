@@ -39,6 +39,10 @@ pub struct DemoArgs {
     /// so the logs can be read afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Keep herald and the simulator running this many seconds after the run (or until Ctrl-C), to look at the
+    /// web dashboard.
+    #[arg(long, default_value_t = 0)]
+    pub linger: u64,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -60,14 +64,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting tokio")?;
     let plan = Plan::new(args.count as usize, args.smtp_count as usize);
-    runtime.block_on(demo(dir, plan))
+    runtime.block_on(demo(dir, plan, args.linger))
 }
 
 fn stage(text: &str) {
     eprintln!("herald demo: {text}");
 }
 
-async fn demo(dir: PathBuf, plan: Plan) -> anyhow::Result<ExitCode> {
+async fn demo(dir: PathBuf, plan: Plan, linger: u64) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     stage(&format!("scratch directory {}", dir.display()));
     let topics: Vec<String> = APPS.iter().map(|a| a.topic.to_string()).collect();
@@ -104,8 +108,21 @@ async fn demo(dir: PathBuf, plan: Plan) -> anyhow::Result<ExitCode> {
         "herald listening on http://{http} (REST) and {esmtp} (SMTP), configuration {}",
         paths.config.display()
     ));
+    stage(&format!(
+        "web dashboard: http://{http}/dashboard/ (log in with the API key {API_KEY:?})"
+    ));
 
     let result = drive(&server, &sim, &plan, http, esmtp).await;
+    if linger > 0 {
+        stage(&format!(
+            "run finished; the dashboard stays up for {} s (Ctrl-C to stop)",
+            linger
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(linger)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
     server.shutdown(Duration::from_secs(5)).await;
     sim.shutdown().await;
     let seen = result?;

@@ -58,7 +58,8 @@ pub fn render(
          spool_dir = {spool}\n\
          ec_logger \"main\" {{ mainlog = {mainlog} }}\n\
          apn_logger \"apn\" {{ logfile = {apnlog} }}\n\
-         http_listener {{ listen \"127.0.0.1:0\" {{ api_key = {key:?} }} }}\n\
+         http_listener {{ listen \"127.0.0.1:0\" {{ api_key = {key:?} dashboard_admin_keys = ( {key:?} ) \
+         http_services = ( inject push tokens metrics dashboard ) }} }}\n\
          esmtp_listener {{ listen \"127.0.0.1:0\" {{ mcmt_reception = allow }} }}\n",
         spool = q(&paths.spool),
         mainlog = q(&paths.mainlog),
