@@ -961,12 +961,13 @@ async fn openapi_documents_exactly_the_routes_the_server_answers() {
     let routes: BTreeSet<(String, String)> = rest::ROUTES
         .iter()
         .chain(herald::ops::ROUTES)
+        .chain(herald::dashboard::api::ROUTES)
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(
         documented.keys().cloned().collect::<BTreeSet<_>>(),
         routes,
-        "docs/openapi.yaml and rest::ROUTES ∪ ops::ROUTES differ"
+        "docs/openapi.yaml and rest::ROUTES ∪ ops::ROUTES ∪ dashboard::api::ROUTES differ"
     );
     assert_eq!(
         documented.get(&("GET".into(), "/metrics".into())),
@@ -980,7 +981,7 @@ async fn openapi_documents_exactly_the_routes_the_server_answers() {
     std::fs::write(
         &config,
         format!(
-            "spool_dir = \"{}\"\nhttp_listener {{ listen \"127.0.0.1:0\" {{ }} }}\n",
+            "spool_dir = \"{}\"\nhttp_listener {{ listen \"127.0.0.1:0\" {{ http_services = ( inject push tokens metrics dashboard ) }} }}\n",
             dir.path().join("spool").display()
         ),
     )
@@ -988,7 +989,12 @@ async fn openapi_documents_exactly_the_routes_the_server_answers() {
     let server = herald::server::Server::start(&config).await.unwrap();
     let addr = server.addrs().await.http[0];
     let client = reqwest::Client::new();
-    let paths: BTreeSet<&str> = routes.iter().map(|(_, p)| p.as_str()).collect();
+    // Paths with parameters ({domain}) are probed by tests/dashboard.rs with real values.
+    let paths: BTreeSet<&str> = routes
+        .iter()
+        .map(|(_, p)| p.as_str())
+        .filter(|p| !p.contains('{'))
+        .collect();
     for path in paths {
         for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
             let response = client
