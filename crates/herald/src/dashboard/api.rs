@@ -293,11 +293,16 @@ pub fn domain_rows(server: &dyn ServerHandle, hub: &Hub) -> Vec<serde_json::Valu
         .filter(|d| !d.starts_with('/'))
         .map(str::to_owned)
         .collect();
+    let configured = names.len();
     for (d, _) in &stats {
         if !names.iter().any(|n| n.eq_ignore_ascii_case(d)) {
             names.push(d.to_string());
         }
     }
+    let configured: std::collections::HashSet<String> = names[..configured]
+        .iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect();
     names.sort();
     names
         .iter()
@@ -313,7 +318,7 @@ pub fn domain_rows(server: &dyn ServerHandle, hub: &Hub) -> Vec<serde_json::Valu
                 .unwrap_or(0);
             json!({
                 "domain": name,
-                "configured": config.domains().iter().any(|d| d.eq_ignore_ascii_case(name)),
+                "configured": configured.contains(&name.to_ascii_lowercase()),
                 "method": format!("{:?}", settings.delivery_method).to_ascii_lowercase(),
                 "protocol": route.map(|r| format!("{:?}", r.protocol).to_ascii_lowercase()),
                 "route": route.map(|r| r.to_string()),
