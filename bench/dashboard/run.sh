@@ -38,13 +38,17 @@ $(token_auth_options "$WORK/pki" "$H2" com.example.dash)
 }
 CONF
 "$HERALD" serve -c "$WORK/herald.conf" > "$WORK/herald.addrs" 2> "$WORK/herald.log" &
-PIDS+=("$!")
+HERALD_PID=$!; PIDS+=("$HERALD_PID")
+# herald's CPU time so far, in clock ticks (utime + stime).
+cpu() { awk '{print $14 + $15}' "/proc/$HERALD_PID/stat"; }
+TCK=$(getconf CLK_TCK)
 for _ in $(seq 600); do [ -s "$WORK/herald.addrs" ] && break; sleep 0.05; done
 HTTP=$(j "$WORK/herald.addrs" '["http"][0]')
 
-# One round: N distinct tokens through REST; the rate is N / (first post .. the simulator accepted all of them).
+# One round: N distinct tokens through REST; prints the rate, N / (first post .. the simulator accepted all of
+# them), and herald's CPU microseconds per notification over the round.
 round() {
-  local base; base=$(accepted)
+  local base c0 c1; base=$(accepted); c0=$(cpu)
   python3 -c "
 import sys
 for i in range(int(sys.argv[1])): print('%064x' % (int(sys.argv[2]) + i))" "$N" "$1" > "$WORK/tokens.csv"
@@ -52,8 +56,8 @@ for i in range(int(sys.argv[1])): print('%064x' % (int(sys.argv[2]) + i))" "$N" 
   HERALD_API_KEY=$KEY "$HERALD" send --url "http://$HTTP" --domain dash.example \
     --file "$WORK/tokens.csv" --payload '{"aps":{"alert":"dash"}}' --batch 1000 --parallel 8 > /dev/null
   while [ "$(accepted)" -lt $((base + N)) ]; do sleep 0.02; done
-  t1=$(date +%s.%N)
-  awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}'
+  t1=$(date +%s.%N); c1=$(cpu)
+  awk -v n="$N" -v a="$t0" -v b="$t1" -v c="$((c1 - c0))" -v hz="$TCK" 'BEGIN{printf "%.0f/%.2f", n/(b-a), c*1e6/hz/n}'
 }
 
 open_clients() {
@@ -67,21 +71,26 @@ close_clients() { kill "${CLIENT_PIDS[@]}" 2>/dev/null || true; wait "${CLIENT_P
 
 round $((0xdd0000000000)) > /dev/null   # warm-up
 NONE=(); WITH=(); TICKS=0
+# The order alternates between rounds, so that neither setting always runs on a warmer process.
+with_clients() { open_clients; WITH+=("$(round $((0xdf0000000000 + r * 0x10000000)))"); close_clients; }
+without() { NONE+=("$(round $((0xde0000000000 + r * 0x10000000)))"); }
 for r in $(seq "$ROUNDS"); do
-  NONE+=("$(round $((0xde0000000000 + r * 0x10000000)))")
-  open_clients
-  WITH+=("$(round $((0xdf0000000000 + r * 0x10000000)))")
-  close_clients
+  if [ $((r % 2)) -eq 1 ]; then without; with_clients; else with_clients; without; fi
 done
 TICKS=$(cat "$WORK"/events.* | grep -c '^event: tick' || true)
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
-m0=$(median "${NONE[@]}"); m1=$(median "${WITH[@]}")
+rates() { for x in "$@"; do echo "${x%/*}"; done; }
+cpus() { for x in "$@"; do echo "${x#*/}"; done; }
+m0=$(median $(rates "${NONE[@]}")); m1=$(median $(rates "${WITH[@]}"))
+c0=$(median $(cpus "${NONE[@]}")); c1=$(median $(cpus "${WITH[@]}"))
 cost=$(awk -v a="$m0" -v b="$m1" 'BEGIN{printf "%.1f", (a-b)*100/a}')
+cpu_cost=$(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.1f", (b-a)*100/a}')
 {
-  echo "| dashboard clients | runs (notifications/s) | median |"
-  echo "|---|---|---|"
-  echo "| none | ${NONE[*]} | $m0 |"
-  echo "| $CLIENTS event streams | ${WITH[*]} | $m1 |"
+  echo "| dashboard clients | runs (notifications/s / herald CPU µs per notification) | median rate | median CPU µs |"
+  echo "|---|---|---|---|"
+  echo "| none | ${NONE[*]} | $m0 | $c0 |"
+  echo "| $CLIENTS event streams | ${WITH[*]} | $m1 | $c1 |"
   echo
-  echo "cost: $cost % (goal < 5 %); $TICKS ticks received by the clients; $N notifications per run, $ROUNDS rounds"
+  echo "cost: $cost % of the delivery rate, $cpu_cost % of herald's CPU per notification (goal < 5 %);"
+  echo "$TICKS ticks received by the clients; $N notifications per run, $ROUNDS rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee target/bench-dashboard.md
