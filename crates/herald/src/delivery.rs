@@ -16,6 +16,7 @@ use herald_apns::identity::{ClientIdentity, RootSource, client_config};
 use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
 use herald_conf::{ApnBinaryFormat, Config, DeliveryMethod, DomainSettings, TlsVerify};
 
+use crate::outbound::hosts::HostBudgets;
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::SettingsResolver;
 use crate::queue::message::DEFAULT_BINDING;
@@ -47,6 +48,8 @@ pub struct ConfigResolver {
     state: RwLock<ResolverState>,
     keys: Mutex<HashMap<(PathBuf, String, String), ProviderTokenCache>>,
     tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
+    /// Host-wide connection budgets, kept across reloads (a reload changes their limits).
+    hosts: HostBudgets,
 }
 
 /// The configuration in force and the settings built from it, by (binding, domain) (built on first use, not per
@@ -122,6 +125,7 @@ impl ConfigResolver {
             }),
             keys: Mutex::new(HashMap::new()),
             tls: Mutex::new(HashMap::new()),
+            hosts: HostBudgets::new(),
         }
     }
 
@@ -203,7 +207,7 @@ impl ConfigResolver {
     }
 
     /// Builds the settings of one domain delivered from `binding`: every option resolved with the full fallback
-    /// (binding_group::binding::domain … global), the `host` stanzas of the route's host capping the connections,
+    /// (binding_group::binding::domain … global), the `host` stanza of the route's host giving the host-wide budget,
     /// and the binding's `bind_address` as the source address.
     fn build_with(
         &self,
@@ -262,13 +266,13 @@ impl ConfigResolver {
                 usize::try_from(n).unwrap_or(usize::MAX).max(1)
             }
         };
-        // A host stanza for the route's host caps the pool (-1 when no host stanza sets it: no cap).
-        let host_limit = config.host_max_outbound_connections(
-            d.binding_group.as_deref(),
-            Some(binding),
-            &route.host,
-        );
-        let max_connections = limit(d.max_outbound_connections).min(limit(host_limit));
+        // A host stanza for the route's host caps every connection to the host together, over every pool
+        // routed there (a negative cap is none).
+        let host_budget = config
+            .host_connection_cap(d.binding_group.as_deref(), Some(binding), &route.host)
+            .filter(|cap| cap.limit >= 0)
+            .map(|cap| self.hosts.budget(&cap.scope, &route.host, limit(cap.limit)));
+        let max_connections = limit(d.max_outbound_connections);
         Ok(DeliverySettings {
             domain: Arc::from(domain),
             binding_group: Arc::from(d.binding_group.as_deref().unwrap_or("default")),
@@ -279,6 +283,7 @@ impl ConfigResolver {
             auth,
             default_topic: d.apn_topic.as_deref().map(Arc::from),
             max_connections,
+            host_budget,
             idle_timeout: (!d.idle_timeout.is_zero()).then_some(d.idle_timeout),
             response_timeout: d.delivery_response_timeout.max(Duration::from_millis(1)),
             connect_timeout: CONNECT_TIMEOUT,

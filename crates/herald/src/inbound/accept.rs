@@ -385,6 +385,7 @@ mod tests {
             auth: None,
             default_topic: Some(Arc::from("com.example.app")),
             max_connections: 1,
+            host_budget: None,
             idle_timeout: None,
             response_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),

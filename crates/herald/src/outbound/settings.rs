@@ -7,6 +7,7 @@ use herald_apns::binary::BinaryFormat;
 use herald_apns::client::connect::Endpoint;
 use herald_apns::provider_token::ProviderTokenCache;
 
+use super::hosts::HostBudget;
 use crate::queue::retry::RetryPolicy;
 
 /// Which APNs protocol a route speaks.
@@ -30,8 +31,10 @@ pub struct DeliverySettings {
     pub auth: Option<ProviderTokenCache>,
     /// `apn_topic`: sent when a notification names no topic.
     pub default_topic: Option<Arc<str>>,
-    /// `max_outbound_connections`.
+    /// `max_outbound_connections` of this (binding, domain).
     pub max_connections: usize,
+    /// The connection budget of the route's host when a `host` stanza caps it, shared by every pool routed there.
+    pub host_budget: Option<Arc<HostBudget>>,
     /// `idle_timeout`; `None` for 0 (never close).
     pub idle_timeout: Option<Duration>,
     /// `delivery_response_timeout`: the binary protocol's silence window, HTTP/2's answer timeout.
@@ -68,6 +71,13 @@ impl DeliverySettings {
             && self.connect_timeout == other.connect_timeout
             && self.keepalive == other.keepalive
             && self.max_window == other.max_window
+            // Connections hold slots of their host's budget: another budget (a host stanza added or removed)
+            // means new connections.
+            && match (&self.host_budget, &other.host_budget) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
     }
 }
 
@@ -81,6 +91,13 @@ impl std::fmt::Debug for DeliverySettings {
             .field("endpoint", &self.endpoint)
             .field("token_auth", &self.auth.is_some())
             .field("max_connections", &self.max_connections)
+            .field(
+                "host_budget",
+                &self
+                    .host_budget
+                    .as_ref()
+                    .map(|b| (b.name().to_owned(), b.limit())),
+            )
             .field("idle_timeout", &self.idle_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("mx_failures_to_delay", &self.mx_failures_to_delay)
