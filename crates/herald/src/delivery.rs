@@ -296,6 +296,25 @@ impl ConfigResolver {
     }
 }
 
+impl ConfigResolver {
+    /// The settings of `domain` from every declared binding that reaches APNs differently (another route, source
+    /// address or credentials; see [`DeliverySettings::same_route_and_credentials`]), the `default` binding's
+    /// first; bindings that cannot deliver the domain are left out. What `herald check --connect` tries and the
+    /// feedback poller polls.
+    pub fn distinct_bindings(&self, domain: &str) -> Vec<Arc<DeliverySettings>> {
+        let mut out: Vec<Arc<DeliverySettings>> = Vec::new();
+        for binding in SettingsResolver::bindings(self) {
+            let Ok(settings) = self.resolve_binding(&binding, domain) else {
+                continue;
+            };
+            if !out.iter().any(|s| s.same_route_and_credentials(&settings)) {
+                out.push(settings);
+            }
+        }
+        out
+    }
+}
+
 impl SettingsResolver for ConfigResolver {
     fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String> {
         self.resolve_binding(DEFAULT_BINDING, domain)

@@ -645,3 +645,72 @@ binding "b" { }
     assert_eq!(count(&all, "[active/default]"), COUNT);
     rig.server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// The feedback service is polled from every binding that reaches APNs differently (here: another source
+/// address), with that binding's certificate and `bind_address`; a binding that changes nothing adds no poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feedback_service_is_polled_from_each_binding_s_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let pki = Pki::generate(&dir.join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = start_sim(&pki).await;
+    let client = pki
+        .client(TOPIC, herald_sim::CertVariant::Universal)
+        .unwrap();
+    let scopes = format!(
+        r#"
+binding "two" {{ bind_address = 127.0.0.2 }}
+binding "same" {{ max_outbound_connections = 3 }}
+domain "legacy.example" {{
+  delivery_method = apn
+  routes = ( "apn://127.0.0.1?port={bin}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+  apn_feedback_interval = 1
+  apn_feedback_address = "{feedback}"
+}}
+"#,
+        bin = sim.addrs.binary.port(),
+        ca = pki.manifest.ca_cert.display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+        feedback = sim.addrs.feedback,
+    );
+    let path = dir.join("herald.conf");
+    std::fs::write(&path, config_text(&dir, &pki, sim.addrs.h2.port(), &scopes)).unwrap();
+    let server = Server::start(&path).await.unwrap();
+    let from = |ip: &str| {
+        let ip: IpAddr = ip.parse().unwrap();
+        sim.counters()
+            .connections_by_source()
+            .get(&ip)
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + WAIT;
+    while from("127.0.0.1") == 0 || from("127.0.0.2") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "feedback polls by source: {:?}",
+            sim.counters().connections_by_source()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing is delivered: every connection is a feedback poll. The default binding and `same` reach APNs
+    // the same way and share one schedule, so the two sources poll at the same pace.
+    assert_eq!(sim.counters().accepted(), 0);
+    let feedback = sim
+        .counters()
+        .feedback_connections
+        .total
+        .load(Ordering::Relaxed);
+    assert_eq!(feedback, from("127.0.0.1") + from("127.0.0.2"));
+    assert!(
+        from("127.0.0.1") <= from("127.0.0.2") + 1,
+        "{:?}",
+        sim.counters().connections_by_source()
+    );
+    server.shutdown(Duration::from_secs(5)).await;
+}

@@ -52,6 +52,21 @@ pub struct DeliverySettings {
 }
 
 impl DeliverySettings {
+    /// Whether `self` and `other` reach APNs the same way: the same protocol, route, source address, TLS
+    /// configuration (client identity and trust) and provider-token key. Bindings whose settings of a domain are
+    /// the same this way need one connectivity check and one feedback poll between them.
+    pub fn same_route_and_credentials(&self, other: &DeliverySettings) -> bool {
+        let same_auth = match (&self.auth, &other.auth) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.is_same_cache(b),
+            _ => false,
+        };
+        self.protocol == other.protocol
+            && self.endpoint == other.endpoint
+            && Arc::ptr_eq(&self.tls, &other.tls)
+            && same_auth
+    }
+
     /// Whether connections opened under `self` can go on serving under `other`: the same route and protocol, the
     /// same TLS configuration (client identity and trust) and provider-token cache, and the same connection
     /// timeouts. When they can, a reload changes only what the pool and the queue read (connection limit,
