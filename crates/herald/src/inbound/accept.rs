@@ -19,7 +19,8 @@ use herald_apns::push::{Priority, Protocol, PushType, validate_expiration};
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::message::{DEFAULT_BINDING, IdGenerator, MessageId, Notification, unix_now};
-use crate::queue::{Engine, SettingsResolver};
+use crate::queue::{Engine, SettingsResolver, SubmitError};
+use herald_spool::SpoolError;
 
 /// One notification as a listener received it, before validation.
 #[derive(Debug, Clone, Default)]
@@ -46,14 +47,54 @@ pub struct Submission {
 }
 
 /// Why a submission or a batch was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
     /// The sender must not retry as is: the text names what was wrong (SMTP 5xx, HTTP 4xx).
     #[error("{0}")]
     Permanent(String),
-    /// herald cannot take it now (spool full or failing, shutting down): try again later (SMTP 4xx, HTTP 503).
+    /// herald cannot take it now (spool full or failing, queue full, shutting down): try again later (SMTP 4xx,
+    /// HTTP 503).
     #[error("{0}")]
-    Temporary(String),
+    Temporary(Unavailable),
+}
+
+/// Why herald cannot take notifications now ([`Refusal::Temporary`]). Listeners choose their answer by the
+/// variant, never by the text: SMTP says `452 4.3.1` when storage or memory is full ([`Unavailable::is_full`]),
+/// `451 4.3.0` otherwise; REST says 503.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// The spool could not make the batch durable (its disk is full, or it failed).
+    #[error("the spool could not store the notifications: {0}")]
+    Spool(#[from] SpoolError),
+    /// The engine holds `max_resident_notifications` in memory (back-pressure).
+    #[error(
+        "queue full: herald holds {held} notifications in memory (max_resident_notifications = {max}) and cannot take {wanted} more now; retry later"
+    )]
+    QueueFull {
+        held: usize,
+        max: usize,
+        wanted: usize,
+    },
+    /// The spool took the batch and the queue could not (shutting down): the spool delivers it after a restart.
+    #[error("queueing failed after the spool took it: {0}")]
+    Queueing(#[source] SubmitError),
+}
+
+impl Unavailable {
+    /// Whether herald is out of room (disk or memory): RFC 3463's "mail system full" (4.3.1).
+    pub fn is_full(&self) -> bool {
+        match self {
+            Unavailable::Spool(e) => e.is_disk_full(),
+            Unavailable::QueueFull { .. } => true,
+            Unavailable::Queueing(_) => false,
+        }
+    }
+}
+
+impl From<Unavailable> for String {
+    fn from(u: Unavailable) -> String {
+        u.to_string()
+    }
 }
 
 /// Why a domain cannot take notifications ([`Intake::check_domain`]). [`Intake::prepare`] refuses such a
@@ -89,8 +130,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What makes accepted notifications durable. The spool implements it; [`NotDurable`] is for tests.
 pub trait Durable: Send + Sync + 'static {
-    /// Resolves once every notification of `batch` is on disk; an error is temporary for the sender.
-    fn persist<'a>(&'a self, batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>>;
+    /// Resolves once every notification of `batch` is on disk; an error is temporary for the sender (and
+    /// [`SpoolError::is_disk_full`] says whether storage is full).
+    fn persist<'a>(&'a self, batch: &'a [Notification]) -> BoxFuture<'a, Result<(), SpoolError>>;
 }
 
 /// Keeps nothing: for tests and benchmarks that exercise listeners without a spool. Never for production.
@@ -98,7 +140,7 @@ pub trait Durable: Send + Sync + 'static {
 pub struct NotDurable;
 
 impl Durable for NotDurable {
-    fn persist<'a>(&'a self, _batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>> {
+    fn persist<'a>(&'a self, _batch: &'a [Notification]) -> BoxFuture<'a, Result<(), SpoolError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -305,13 +347,14 @@ impl Intake {
     }
 
     fn queue_full(&self, n: usize) -> Refusal {
-        Refusal::Temporary(format!(
-            "queue full: herald holds {} notifications in memory (max_resident_notifications = {}) and cannot take {n} more now; retry later",
-            self.engine
+        Refusal::Temporary(Unavailable::QueueFull {
+            held: self
+                .engine
                 .max_resident()
                 .saturating_sub(self.engine.resident_room()),
-            self.engine.max_resident()
-        ))
+            max: self.engine.max_resident(),
+            wanted: n,
+        })
     }
 
     /// Makes `batch` durable, then logs and queues it. When this returns `Ok`, the sender may be told yes. A
@@ -326,9 +369,10 @@ impl Intake {
                 .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             return Err(self.queue_full(batch.len()));
         };
-        self.durable.persist(&batch).await.map_err(|e| {
-            Refusal::Temporary(format!("the spool could not store the notifications: {e}"))
-        })?;
+        self.durable
+            .persist(&batch)
+            .await
+            .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
         let logs = self.engine.logs().clone();
         for n in &batch {
             logs.reception(n, source.ip, source.protocol);
@@ -337,9 +381,7 @@ impl Intake {
             self.engine
                 .submit_reserved(n, &mut room)
                 .await
-                .map_err(|e| {
-                    Refusal::Temporary(format!("queueing failed after the spool took it: {e}"))
-                })?;
+                .map_err(|e| Refusal::Temporary(Unavailable::Queueing(e)))?;
         }
         Ok(())
     }
@@ -455,7 +497,10 @@ mod tests {
         };
         let refusal = intake.prepare(submission, &source(&intake)).unwrap_err();
         let expected: Refusal = intake.check_domain("unknown.example").unwrap_err().into();
-        assert_eq!(refusal, expected);
+        assert!(
+            matches!((&refusal, &expected), (Refusal::Permanent(a), Refusal::Permanent(b)) if a == b),
+            "{refusal:?} / {expected:?}"
+        );
         assert_eq!(intake.refused(), 1);
     }
 }

@@ -109,7 +109,7 @@ impl SettingsResolver for StaticResolver {
 }
 
 /// Why a notification was not queued.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
     #[error("domain {domain:?} cannot deliver: {reason}")]
     Unroutable { domain: String, reason: String },
