@@ -156,8 +156,8 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
         );
         let mut failures: Vec<_> = stats.failures().into_iter().collect();
         failures.sort();
-        for (reason, count) in failures {
-            println!("  {count:>8}  {reason}");
+        for ((kind, reason), count) in failures {
+            println!("  {count:>8}  {kind} {reason}");
         }
     }
     if stats.finished() < args.count {
