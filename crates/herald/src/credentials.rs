@@ -71,7 +71,7 @@ pub fn check(config: &Arc<Config>, now: SystemTime) -> Vec<Finding> {
                 findings.push(Finding {
                     domain: domain.to_owned(),
                     severity: Severity::Error,
-                    message,
+                    message: message.to_string(),
                 });
             }
         }

@@ -18,9 +18,9 @@ use herald_conf::{ApnBinaryFormat, Config, DeliveryMethod, DomainSettings, TlsVe
 
 use crate::outbound::hosts::HostBudgets;
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
-use crate::queue::SettingsResolver;
 use crate::queue::message::DEFAULT_BINDING;
 use crate::queue::retry::{MaxRetries, RetryPolicy};
+use crate::queue::{ResolveError, SettingsResolver};
 
 /// Default provider-token lifetime before a refresh (apns.md §4.1: between 20 and 60 minutes).
 const TOKEN_REFRESH: Duration = Duration::from_secs(50 * 60);
@@ -155,7 +155,11 @@ impl ConfigResolver {
             .retain(|k, _| k.is_current());
     }
 
-    fn token_cache(&self, d: &DomainSettings) -> Result<Option<ProviderTokenCache>, String> {
+    fn token_cache(&self, d: &DomainSettings) -> Result<Option<ProviderTokenCache>, ResolveError> {
+        self.token_cache_inner(d).map_err(ResolveError::Credentials)
+    }
+
+    fn token_cache_inner(&self, d: &DomainSettings) -> Result<Option<ProviderTokenCache>, String> {
         let Some(path) = &d.apn_key else {
             return Ok(None);
         };
@@ -184,6 +188,15 @@ impl ConfigResolver {
         &self,
         d: &DomainSettings,
         h2: bool,
+    ) -> Result<Arc<rustls::ClientConfig>, ResolveError> {
+        self.tls_config_inner(d, h2)
+            .map_err(ResolveError::Credentials)
+    }
+
+    fn tls_config_inner(
+        &self,
+        d: &DomainSettings,
+        h2: bool,
     ) -> Result<Arc<rustls::ClientConfig>, String> {
         let key = TlsKey::of(d, h2);
         let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
@@ -202,7 +215,7 @@ impl ConfigResolver {
     }
 
     /// Builds the settings of one domain (default binding).
-    pub fn build(&self, domain: &str) -> Result<DeliverySettings, String> {
+    pub fn build(&self, domain: &str) -> Result<DeliverySettings, ResolveError> {
         self.build_with(&self.config(), DEFAULT_BINDING, domain)
     }
 
@@ -214,22 +227,17 @@ impl ConfigResolver {
         config: &Config,
         binding: &str,
         domain: &str,
-    ) -> Result<DeliverySettings, String> {
+    ) -> Result<DeliverySettings, ResolveError> {
         if !config.has_binding(binding) {
-            return Err(format!(
-                "binding {binding:?} is not declared (declare it with binding \"{binding}\" {{ … }})"
-            ));
+            return Err(ResolveError::UnknownBinding(binding.to_owned()));
         }
         // `default` is a binding like the others: a `binding "default"` stanza applies to notifications that
         // name no binding.
         let d = config.domain_settings(None, Some(binding), domain);
         if d.delivery_method != DeliveryMethod::Apn {
-            return Err(format!(
-                "delivery_method is {:?}; herald delivers only with delivery_method = apn",
-                d.delivery_method
-            ));
+            return Err(ResolveError::NotApn(format!("{:?}", d.delivery_method)));
         }
-        let route = d.routes.first().ok_or("no routes are configured")?;
+        let route = d.routes.first().ok_or(ResolveError::NoRoutes)?;
         let protocol = match route.protocol {
             herald_conf::RouteProtocol::Http2 => RouteProtocol::Http2,
             herald_conf::RouteProtocol::Binary => {
@@ -242,10 +250,7 @@ impl ConfigResolver {
         let h2 = protocol == RouteProtocol::Http2;
         let auth = if h2 { self.token_cache(&d)? } else { None };
         if !h2 && d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
-            return Err(
-                "the binary protocol needs a client certificate (tls_certificate or tls_pkcs12)"
-                    .into(),
-            );
+            return Err(ResolveError::BinaryNeedsCertificate);
         }
         let tls = self.tls_config(&d, h2)?;
         let retry = RetryPolicy {
@@ -316,7 +321,7 @@ impl ConfigResolver {
 }
 
 impl SettingsResolver for ConfigResolver {
-    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String> {
+    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
         self.resolve_binding(DEFAULT_BINDING, domain)
     }
 
@@ -334,7 +339,7 @@ impl SettingsResolver for ConfigResolver {
         &self,
         binding: &str,
         domain: &str,
-    ) -> Result<Arc<DeliverySettings>, String> {
+    ) -> Result<Arc<DeliverySettings>, ResolveError> {
         let key = (binding.to_owned(), domain.to_owned());
         let (config, generation) = {
             let state = self.read();
@@ -407,6 +412,33 @@ domain "token.example" {{
         resolver.replace(config(&pki, 2195, 5));
         let c = resolver.resolve("cert.example").unwrap();
         assert_eq!(c.max_connections, 5, "a reload builds the settings again");
+    }
+
+    /// Each reason a (binding, domain) cannot deliver is its own variant, for callers to match on.
+    #[test]
+    fn resolve_errors_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &[TOPIC.to_string()]).unwrap();
+        let resolver = ConfigResolver::new(config(&pki, 2195, 2));
+        assert_eq!(
+            resolver
+                .resolve_binding("nowhere", "cert.example")
+                .unwrap_err(),
+            ResolveError::UnknownBinding("nowhere".into())
+        );
+        let text = r#"
+domain "smtp.example" { delivery_method = smtp }
+domain "bare.example" { delivery_method = apn  routes = ( "apn://127.0.0.1?port=2195" ) }
+"#;
+        resolver.replace(Arc::new(Config::parse_str("herald.conf", text).unwrap()));
+        assert!(matches!(
+            resolver.resolve("smtp.example"),
+            Err(ResolveError::NotApn(_))
+        ));
+        assert_eq!(
+            resolver.resolve("bare.example").unwrap_err(),
+            ResolveError::BinaryNeedsCertificate
+        );
     }
 
     /// A reload that leaves the route and the credential files alone keeps the connections (design §4): same TLS

@@ -19,7 +19,7 @@ use herald_apns::push::{Priority, Protocol, PushType, validate_expiration};
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::message::{DEFAULT_BINDING, IdGenerator, MessageId, Notification, unix_now};
-use crate::queue::{Engine, SettingsResolver, SubmitError};
+use crate::queue::{Engine, ResolveError, SettingsResolver, SubmitError};
 use herald_spool::SpoolError;
 
 /// One notification as a listener received it, before validation.
@@ -106,7 +106,11 @@ pub enum DomainRefusal {
     Missing,
     /// No `domain` stanza delivers this domain to APNs (unknown, another delivery method, unusable credentials).
     #[error("domain {domain:?} cannot take push notifications: {reason}")]
-    NotPush { domain: String, reason: String },
+    NotPush {
+        domain: String,
+        #[source]
+        reason: ResolveError,
+    },
 }
 
 impl From<DomainRefusal> for Refusal {
@@ -476,7 +480,7 @@ mod tests {
             err,
             DomainRefusal::NotPush {
                 domain: "unknown.example".into(),
-                reason: "domain \"unknown.example\" is not configured".into(),
+                reason: ResolveError::UnknownDomain("unknown.example".into()),
             }
         );
         assert_eq!(

@@ -49,10 +49,31 @@ impl InvalidTokenSink for MemoryInvalidTokens {
     }
 }
 
+/// Why a (binding, domain) has no delivery settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// No configuration names the domain (resolvers with a fixed list of domains).
+    #[error("domain {0:?} is not configured")]
+    UnknownDomain(String),
+    /// The notification names a binding the configuration does not declare.
+    #[error("binding {0:?} is not declared (declare it with binding \"{0}\" {{ … }})")]
+    UnknownBinding(String),
+    /// The domain is delivered by another method than APNs.
+    #[error("delivery_method is {0}; herald delivers only with delivery_method = apn")]
+    NotApn(String),
+    #[error("no routes are configured")]
+    NoRoutes,
+    #[error("the binary protocol needs a client certificate (tls_certificate or tls_pkcs12)")]
+    BinaryNeedsCertificate,
+    /// The credentials the domain names cannot be used (the text names the option and the file).
+    #[error("{0}")]
+    Credentials(String),
+}
+
 /// Resolves the delivery settings of a (binding, domain) from the configuration.
 pub trait SettingsResolver: Send + Sync + 'static {
     /// The settings of `domain` delivered from the `default` binding.
-    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String>;
+    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError>;
 
     /// Every binding notifications may name (`default` first).
     fn bindings(&self) -> Vec<String> {
@@ -64,11 +85,11 @@ pub trait SettingsResolver: Send + Sync + 'static {
         &self,
         binding: &str,
         domain: &str,
-    ) -> Result<Arc<DeliverySettings>, String> {
+    ) -> Result<Arc<DeliverySettings>, ResolveError> {
         if binding == message::DEFAULT_BINDING {
             self.resolve(domain)
         } else {
-            Err(format!("binding {binding:?} is not declared"))
+            Err(ResolveError::UnknownBinding(binding.to_owned()))
         }
     }
 }
@@ -86,11 +107,11 @@ impl StaticResolver {
 }
 
 impl SettingsResolver for StaticResolver {
-    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String> {
+    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
         self.0
             .get(domain)
             .cloned()
-            .ok_or_else(|| format!("domain {domain:?} is not configured"))
+            .ok_or_else(|| ResolveError::UnknownDomain(domain.to_owned()))
     }
 
     /// The settings of `domain` when they were built for `binding`.
@@ -98,12 +119,12 @@ impl SettingsResolver for StaticResolver {
         &self,
         binding: &str,
         domain: &str,
-    ) -> Result<Arc<DeliverySettings>, String> {
+    ) -> Result<Arc<DeliverySettings>, ResolveError> {
         let settings = self.resolve(domain)?;
         if &*settings.binding == binding {
             Ok(settings)
         } else {
-            Err(format!("binding {binding:?} is not declared"))
+            Err(ResolveError::UnknownBinding(binding.to_owned()))
         }
     }
 }
@@ -112,7 +133,11 @@ impl SettingsResolver for StaticResolver {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
     #[error("domain {domain:?} cannot deliver: {reason}")]
-    Unroutable { domain: String, reason: String },
+    Unroutable {
+        domain: String,
+        #[source]
+        reason: ResolveError,
+    },
     #[error("the queue is shutting down")]
     ShuttingDown,
 }
@@ -606,7 +631,7 @@ impl Engine {
     /// Re-resolves the settings of every (binding, domain) queue (after a configuration reload): connections of
     /// the old settings finish what they carry and close; new ones use the new settings. Errors name the domain
     /// (`domain` for the default binding, `binding:domain` otherwise).
-    pub fn reconfigure(&self) -> Vec<(String, String)> {
+    pub fn reconfigure(&self) -> Vec<(String, ResolveError)> {
         let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
         let mut errors = Vec::new();
         for (key, handle) in domains.iter() {

@@ -19,6 +19,7 @@ use tokio::io::AsyncReadExt;
 use super::store::{InvalidTokenEntry, InvalidTokenStore};
 use crate::delivery::ConfigResolver;
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
+use crate::queue::ResolveError;
 use crate::queue::message::DEFAULT_BINDING;
 
 /// The feedback port of the binary era (apns.md §2).
@@ -31,6 +32,12 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum FeedbackError {
     #[error("domain {domain}: {reason}")]
     Settings { domain: String, reason: String },
+    #[error("domain {domain}: {reason}")]
+    Resolve {
+        domain: String,
+        #[source]
+        reason: ResolveError,
+    },
     #[error("feedback service {endpoint}: {reason}")]
     Service { endpoint: Endpoint, reason: String },
 }
@@ -79,7 +86,7 @@ pub async fn poll_once(
 ) -> Result<usize, FeedbackError> {
     let settings = resolver
         .build(domain)
-        .map_err(|reason| FeedbackError::Settings {
+        .map_err(|reason| FeedbackError::Resolve {
             domain: domain.to_owned(),
             reason,
         })?;
