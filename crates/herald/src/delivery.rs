@@ -333,6 +333,13 @@ impl SettingsResolver for ConfigResolver {
             .collect()
     }
 
+    fn cached(&self, binding: &str, domain: &str) -> Option<Arc<DeliverySettings>> {
+        self.read()
+            .settings
+            .get(&(binding.to_owned(), domain.to_owned()))
+            .cloned()
+    }
+
     /// The settings of (binding, domain) under the configuration in force, built on first use. Refusals are not
     /// kept: an unknown domain costs a lookup each time, and cannot fill the cache.
     fn resolve_binding(

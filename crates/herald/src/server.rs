@@ -394,6 +394,7 @@ impl Server {
         report.unroutable = self
             .engine
             .reconfigure()
+            .await
             .into_iter()
             .map(|(queue, why)| (queue, why.to_string()))
             .collect();
@@ -589,7 +590,9 @@ impl Server {
         if let Err(e) = self.spool.close().await {
             tracing::error!("closing the spool: {e}");
         }
-        self.logs.flush();
+        for e in self.logs.flush() {
+            tracing::error!("at shutdown: {e}");
+        }
     }
 }
 

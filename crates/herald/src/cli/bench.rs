@@ -121,7 +121,9 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
-    logs.flush();
+    for e in logs.flush() {
+        eprintln!("herald bench: {e}");
+    }
     let delivered = stats.delivered.load(Ordering::Relaxed);
     let transient = stats.transient.load(Ordering::Relaxed);
     let permanent = stats.permanent.load(Ordering::Relaxed);

@@ -265,8 +265,11 @@ impl Intake {
             return Err(DomainRefusal::Missing);
         }
         let binding = binding.unwrap_or(DEFAULT_BINDING);
-        self.resolver
-            .resolve_binding(binding, &domain)
+        if let Some(settings) = self.resolver.cached(binding, &domain) {
+            return Ok(settings);
+        }
+        // Building settings may read credential files and sign a token: not on an async thread as it is.
+        crate::queue::in_place(|| self.resolver.resolve_binding(binding, &domain))
             .map_err(|reason| DomainRefusal::NotPush { domain, reason })
     }
 
@@ -506,5 +509,88 @@ mod tests {
             "{refusal:?} / {expected:?}"
         );
         assert_eq!(intake.refused(), 1);
+    }
+
+    /// A resolver that stops in the middle of building `slow.example` (as a cache miss reading credential files
+    /// and signing a token does) until the test lets it go on.
+    struct SlowResolver {
+        fast: StaticResolver,
+        entered: std::sync::mpsc::SyncSender<()>,
+        gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl SettingsResolver for SlowResolver {
+        fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            if domain == "slow.example" {
+                let _ = self.entered.send(());
+                let _ = self
+                    .gate
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(60));
+                return Ok(Arc::new(settings("slow.example")));
+            }
+            self.fast.resolve(domain)
+        }
+    }
+
+    /// docs/architecture.md: the engine's lock is not held while a queue's settings are built, so one domain's
+    /// slow first notification does not stop submissions to other domains.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_settings_build_does_not_stop_other_domains() {
+        let both = Arc::new(
+            StaticResolver::default()
+                .with(settings("slow.example"))
+                .with(settings("fast.example")),
+        );
+        let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel(1);
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+        let slow = Arc::new(SlowResolver {
+            fast: StaticResolver::default().with(settings("fast.example")),
+            entered: entered_tx,
+            gate: std::sync::Mutex::new(gate_rx),
+        });
+        let engine = Arc::new(Engine::new(
+            slow,
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        engine.set_held(true);
+        let intake = Intake::new(
+            both,
+            Arc::new(NotDurable),
+            engine.clone(),
+            IdGenerator::new(1),
+        );
+        let notification = |domain: &str| {
+            let submission = Submission {
+                domain: domain.into(),
+                token: "ab".repeat(32),
+                payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+                ..Submission::default()
+            };
+            intake.prepare(submission, &source(&intake)).unwrap()
+        };
+        let slow_n = notification("slow.example");
+        let fast_n = notification("fast.example");
+        let slow_engine = engine.clone();
+        let slow_task = tokio::spawn(async move { slow_engine.submit(slow_n).await });
+        tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .expect("the slow build started");
+        // While slow.example's settings are being built, fast.example is queued (on a runtime thread of its own,
+        // so that a submitter blocked on the engine's lock is seen here as a deadline passed, not a hang).
+        let fast_engine = engine.clone();
+        let fast_task = tokio::spawn(async move { fast_engine.submit(fast_n).await });
+        tokio::time::timeout(Duration::from_secs(30), fast_task)
+            .await
+            .expect("fast.example waited for slow.example's settings")
+            .unwrap()
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        slow_task.await.unwrap().unwrap();
+        assert_eq!(engine.queues().len(), 2);
     }
 }

@@ -75,6 +75,14 @@ pub trait SettingsResolver: Send + Sync + 'static {
     /// The settings of `domain` delivered from the `default` binding.
     fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError>;
 
+    /// The settings of (binding, domain) when they are at hand without any work (built already, nothing to read
+    /// or sign); `None` otherwise. Callers on async threads use it to keep [`resolve_binding`] off them.
+    ///
+    /// [`resolve_binding`]: SettingsResolver::resolve_binding
+    fn cached(&self, _binding: &str, _domain: &str) -> Option<Arc<DeliverySettings>> {
+        None
+    }
+
     /// Every binding notifications may name (`default` first).
     fn bindings(&self) -> Vec<String> {
         vec![message::DEFAULT_BINDING.to_owned()]
@@ -112,6 +120,10 @@ impl SettingsResolver for StaticResolver {
             .get(domain)
             .cloned()
             .ok_or_else(|| ResolveError::UnknownDomain(domain.to_owned()))
+    }
+
+    fn cached(&self, binding: &str, domain: &str) -> Option<Arc<DeliverySettings>> {
+        self.resolve_binding(binding, domain).ok()
     }
 
     /// The settings of `domain` when they were built for `binding`.
@@ -329,7 +341,7 @@ impl Engine {
             .await
             .map_err(|_| SubmitError::ShuttingDown)?;
         permit.forget();
-        self.hand_over(item, delay)
+        self.hand_over(item, delay).await
     }
 
     /// Room for `n` more notifications in memory, taken now, or `None` when the engine cannot hold them
@@ -367,20 +379,21 @@ impl Engine {
         match reservation.0.as_mut().and_then(|p| p.split(1)) {
             Some(one) => {
                 one.forget();
-                self.hand_over(Queued::new(notification), None)
+                self.hand_over(Queued::new(notification), None).await
             }
             None => self.submit(notification).await,
         }
     }
 
     /// Hands `item`, whose memory permit is taken, to its domain's task.
-    fn hand_over(
+    async fn hand_over(
         &self,
         item: Box<Queued>,
         delay: Option<std::time::Duration>,
     ) -> Result<(), SubmitError> {
         let sent = self
             .domain_sender(&item.notification.domain, &item.notification.binding)
+            .await
             .and_then(|sender| {
                 let event = match delay {
                     Some(d) => DomainEvent::EnqueueDelayed(item, d),
@@ -394,7 +407,11 @@ impl Engine {
         sent
     }
 
-    fn domain_sender(
+    /// The queue of (binding, domain), started on first use. The engine-wide lock is held only to look the queue
+    /// up and to insert it: a first notification's settings (which may read credential files, parse a PKCS#12
+    /// identity and sign a provider token) are resolved outside it, on a blocking thread, so other submitters
+    /// and the async threads do not wait for them.
+    async fn domain_sender(
         &self,
         domain: &Arc<str>,
         binding: &Arc<str>,
@@ -403,7 +420,17 @@ impl Engine {
             domain: domain.clone(),
             binding: binding.clone(),
         };
+        if let Some(sender) = self.existing_sender(&key) {
+            return Ok(sender);
+        }
+        let settings = resolve_blocking(self.resolver.clone(), binding.clone(), domain.clone())
+            .await?
+            .map_err(|reason| SubmitError::Unroutable {
+                domain: domain.to_string(),
+                reason,
+            })?;
         let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        // Another submitter may have started the queue meanwhile: use it.
         if let Some(handle) = domains.get(&key) {
             handle
                 .stats
@@ -411,13 +438,6 @@ impl Engine {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(handle.sender.clone());
         }
-        let settings = self
-            .resolver
-            .resolve_binding(binding, domain)
-            .map_err(|reason| SubmitError::Unroutable {
-                domain: domain.to_string(),
-                reason,
-            })?;
         tracing::debug!(
             %domain, %binding, binding_group = %settings.binding_group, endpoint = %settings.endpoint,
             bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
@@ -445,6 +465,18 @@ impl Engine {
             },
         );
         Ok(sender)
+    }
+
+    /// The queue of `key` if it is running (counting the notification it is about to receive).
+    fn existing_sender(&self, key: &QueueKey) -> Option<DomainSender> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        domains.get(key).map(|handle| {
+            handle
+                .stats
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            handle.sender.clone()
+        })
     }
 
     /// Counters of one domain (over every binding it is delivered from), if it has seen traffic.
@@ -631,17 +663,71 @@ impl Engine {
     /// Re-resolves the settings of every (binding, domain) queue (after a configuration reload): connections of
     /// the old settings finish what they carry and close; new ones use the new settings. Errors name the domain
     /// (`domain` for the default binding, `binding:domain` otherwise).
-    pub fn reconfigure(&self) -> Vec<(String, ResolveError)> {
-        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+    ///
+    /// The engine-wide lock is held only to list the queues: settings are resolved without it (submitters go on),
+    /// on a blocking thread.
+    pub async fn reconfigure(&self) -> Vec<(String, ResolveError)> {
+        let queues: Vec<(QueueKey, DomainSender)> = {
+            let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queues: Vec<_> = domains
+                .iter()
+                .map(|(k, h)| (k.clone(), h.sender.clone()))
+                .collect();
+            queues.sort_by(|a, b| a.0.cmp(&b.0));
+            queues
+        };
+        let resolver = self.resolver.clone();
+        let resolved = run_blocking(move || {
+            queues
+                .into_iter()
+                .map(|(key, sender)| {
+                    let settings = resolver.resolve_binding(&key.binding, &key.domain);
+                    (key, sender, settings)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
         let mut errors = Vec::new();
-        for (key, handle) in domains.iter() {
-            match self.resolver.resolve_binding(&key.binding, &key.domain) {
+        for (key, sender, settings) in resolved {
+            match settings {
                 Ok(settings) => {
-                    let _ = handle.sender.0.send(DomainEvent::Reconfigure(settings));
+                    let _ = sender.0.send(DomainEvent::Reconfigure(settings));
                 }
                 Err(e) => errors.push((Engine::queue_name(&key.binding, &key.domain), e)),
             }
         }
         errors
+    }
+}
+
+/// Resolves the settings of (binding, domain) on a blocking thread (see [`run_blocking`]).
+async fn resolve_blocking(
+    resolver: Arc<dyn SettingsResolver>,
+    binding: Arc<str>,
+    domain: Arc<str>,
+) -> Result<Result<Arc<DeliverySettings>, ResolveError>, SubmitError> {
+    run_blocking(move || resolver.resolve_binding(&binding, &domain))
+        .await
+        .ok_or(SubmitError::ShuttingDown)
+}
+
+/// Runs `f`, which may read files and do CPU-heavy work, from synchronous code that may be on an async thread:
+/// on a multi-threaded runtime the thread becomes a blocking one while `f` runs (other tasks move to other
+/// threads); elsewhere `f` simply runs.
+pub(crate) fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Runs `f`, which may read files and do CPU-heavy work, on tokio's blocking pool instead of an async thread.
+/// `None` when the runtime shuts down before it runs; a panic in `f` goes on in the caller.
+async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => Some(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
     }
 }
