@@ -11,7 +11,7 @@ pub mod stderr;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::queue::message::Notification;
+use crate::model::message::Notification;
 
 /// What happened to a notification, as the logs record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct OutcomeRecord<'a> {
     pub error: &'a str,
     /// Whether the failure happened with a connection (mainlog connection stage 9) or without one (stage 0).
     pub connected: bool,
-    /// The notification's size as sent, headers included (apn_logger `%B`; see `Queued::wire_bytes`).
+    /// The notification's size as sent, headers included (apn_logger `%B`; see `DeliverySettings::wire_bytes`).
     pub bytes: usize,
     /// Unix time of the event.
     pub at: u64,
@@ -178,7 +178,7 @@ impl Logs {
             loop {
                 flush.tick().await;
                 let now = tokio::time::Instant::now();
-                let at = crate::queue::message::unix_now();
+                let at = crate::model::message::unix_now();
                 if let (Some(m), Some((due, h))) = (&logs.mainlog, main_next)
                     && now >= due
                 {

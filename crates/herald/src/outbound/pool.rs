@@ -23,7 +23,7 @@ use herald_apns::client::{
 
 use super::hosts::{HostSlot, HostWaiter};
 use super::settings::{DeliverySettings, RouteProtocol};
-use crate::queue::message::Queued;
+use crate::model::message::Queued;
 
 /// Work waiting for a connection beyond what open connections can carry, so that saturation is visible.
 const BACKLOG: usize = 256;

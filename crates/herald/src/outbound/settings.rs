@@ -8,7 +8,8 @@ use herald_apns::client::connect::Endpoint;
 use herald_apns::provider_token::ProviderTokenCache;
 
 use super::hosts::HostBudget;
-use crate::queue::retry::RetryPolicy;
+use crate::model::message::Queued;
+use crate::model::retry::RetryPolicy;
 
 /// Which APNs protocol a route speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,55 @@ pub struct DeliverySettings {
 }
 
 impl DeliverySettings {
+    /// The size of the notification as herald sends it (apn_logger `%B`): on the binary protocol the whole
+    /// encoded notification (command, lengths, items: 61 + payload bytes for a frame with a 32-byte token); on
+    /// HTTP/2 the payload plus the request's header fields, uncompressed, as name and value bytes (`:method`,
+    /// `:scheme`, `:authority`, `:path` and each `apns-*` header; the `authorization` header of token auth is not
+    /// counted).
+    pub fn wire_bytes(&self, item: &Queued) -> usize {
+        use herald_apns::binary::BinaryFormat;
+        let settings = self;
+        let n = &item.notification;
+        let token = n.token.as_bytes().len();
+        let payload = n.payload.len();
+        match settings.protocol {
+            RouteProtocol::Binary(BinaryFormat::Simple) => 1 + 2 + token + 2 + payload,
+            RouteProtocol::Binary(BinaryFormat::Enhanced) => 1 + 4 + 4 + 2 + token + 2 + payload,
+            RouteProtocol::Binary(BinaryFormat::Frame) => {
+                5 + (3 + token) + (3 + payload) + (3 + 4) + (3 + 4) + (3 + 1)
+            }
+            RouteProtocol::Http2 => {
+                let digits = |v: u64| v.to_string().len();
+                let field = |name: &str, value: usize| name.len() + value;
+                let topic = n.topic.as_deref().or(settings.default_topic.as_deref());
+                let mut size = field(":method", 4)
+                    + field(":scheme", 5)
+                    + field(":authority", settings.endpoint.authority().len())
+                    + field(":path", "/3/device/".len() + 2 * token)
+                    + payload;
+                size += topic.map_or(0, |t| field("apns-topic", t.len()));
+                size += n
+                    .push_type
+                    .map_or(0, |p| field("apns-push-type", p.as_str().len()));
+                size += n
+                    .priority
+                    .map_or(0, |p| field("apns-priority", digits(u64::from(p.as_u8()))));
+                size += item
+                    .apns_expiration
+                    .or(n.expiration)
+                    .map_or(0, |e| field("apns-expiration", digits(u64::from(e))));
+                size += n
+                    .collapse_id
+                    .as_deref()
+                    .map_or(0, |c| field("apns-collapse-id", c.len()));
+                size += n
+                    .apns_id
+                    .as_deref()
+                    .map_or(0, |a| field("apns-id", a.len()));
+                size
+            }
+        }
+    }
     /// Whether `self` and `other` reach APNs the same way: the same protocol, route, source address, TLS
     /// configuration (client identity and trust) and provider-token key. Bindings whose settings of a domain are
     /// the same this way need one connectivity check and one feedback poll between them.

@@ -707,7 +707,7 @@ impl DomainTask {
             status,
             error,
             connected,
-            bytes: item.wire_bytes(&self.settings),
+            bytes: self.settings.wire_bytes(item),
             at: unix_now(),
         };
         self.shared.logs.outcome(&record);

@@ -6,9 +6,10 @@
 //! APNs makes submitters wait instead of growing memory without limit.
 
 pub mod domain;
-pub mod message;
-pub mod retry;
 pub mod stats;
+
+/// The notification types and the retry schedule live in the leaf [`crate::model`]; these paths stay for callers.
+pub use crate::model::{message, retry};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
