@@ -179,7 +179,9 @@ pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenSt
             if domain.starts_with('/') {
                 continue;
             }
-            for settings in resolver.distinct_bindings(domain) {
+            // Settings not built yet read credential files: not on an async thread as it is.
+            let distinct = crate::queue::in_place(|| resolver.distinct_bindings(domain));
+            for settings in distinct {
                 let interval = match config
                     .domain_settings(None, Some(&settings.binding), domain)
                     .apn_feedback_interval
