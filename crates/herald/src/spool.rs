@@ -32,14 +32,9 @@ impl SpoolBridge {
 }
 
 impl Durable for SpoolBridge {
-    fn persist<'a>(&'a self, batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>> {
+    fn persist<'a>(&'a self, batch: &'a [Notification]) -> BoxFuture<'a, Result<(), SpoolError>> {
         let records: Vec<StoredNotification> = batch.iter().map(to_stored).collect();
-        Box::pin(async move {
-            self.spool
-                .append(records)
-                .await
-                .map_err(|e: SpoolError| e.to_string())
-        })
+        Box::pin(async move { self.spool.append(records).await })
     }
 }
 

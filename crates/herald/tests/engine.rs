@@ -76,6 +76,7 @@ impl Harness {
     ) -> DeliverySettings {
         DeliverySettings {
             max_connections: 4,
+            host_budget: None,
             max_window: 100_000,
             ..test_settings(DOMAIN, TOPIC, protocol, endpoint, tls, None)
         }

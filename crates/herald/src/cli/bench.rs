@@ -162,7 +162,9 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
-    logs.flush();
+    for e in logs.flush() {
+        eprintln!("herald bench: {e}");
+    }
     let delivered = stats.delivered.load(Ordering::Relaxed);
     let transient = stats.transient.load(Ordering::Relaxed);
     let permanent = stats.permanent.load(Ordering::Relaxed);
@@ -197,8 +199,8 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
         );
         let mut failures: Vec<_> = stats.failures().into_iter().collect();
         failures.sort();
-        for (reason, count) in failures {
-            println!("  {count:>8}  {reason}");
+        for ((kind, reason), count) in failures {
+            println!("  {count:>8}  {kind} {reason}");
         }
     }
     if stats.finished() < args.count {

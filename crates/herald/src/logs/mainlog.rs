@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use super::file::{LogFile, push_escaped};
 use super::{OutcomeKind, OutcomeRecord};
-use crate::queue::message::Notification;
+use crate::model::message::Notification;
 
 /// Connection stage of a failure that happened with a connection: "reading confirmation" (momentum.md §7.1).
 const STAGE_READING_CONFIRMATION: u8 = 9;

@@ -387,6 +387,7 @@ impl DomainTask {
             }
         }
         self.pool.maintain();
+        self.retired.iter_mut().for_each(Pool::prune);
         self.retired.retain(Pool::is_active);
         let retired: usize = self.retired.iter().map(Pool::open_connections).sum();
         self.stats
@@ -705,7 +706,7 @@ impl DomainTask {
             status,
             error,
             connected,
-            bytes: item.wire_bytes(&self.settings),
+            bytes: self.settings.wire_bytes(item),
             at: unix_now(),
         };
         self.shared.logs.outcome(&record);

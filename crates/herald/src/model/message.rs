@@ -211,55 +211,6 @@ impl Queued {
     }
 }
 
-impl Queued {
-    /// The size of the notification as herald sends it (apn_logger `%B`): on the binary protocol the whole
-    /// encoded notification (command, lengths, items: 61 + payload bytes for a frame with a 32-byte token); on
-    /// HTTP/2 the payload plus the request's header fields, uncompressed, as name and value bytes (`:method`,
-    /// `:scheme`, `:authority`, `:path` and each `apns-*` header; the `authorization` header of token auth is not
-    /// counted).
-    pub fn wire_bytes(&self, settings: &crate::outbound::settings::DeliverySettings) -> usize {
-        use crate::outbound::settings::RouteProtocol;
-        use herald_apns::binary::BinaryFormat;
-        let n = &self.notification;
-        let token = n.token.as_bytes().len();
-        let payload = n.payload.len();
-        match settings.protocol {
-            RouteProtocol::Binary(BinaryFormat::Simple) => 1 + 2 + token + 2 + payload,
-            RouteProtocol::Binary(BinaryFormat::Enhanced) => 1 + 4 + 4 + 2 + token + 2 + payload,
-            RouteProtocol::Binary(BinaryFormat::Frame) => {
-                5 + (3 + token) + (3 + payload) + (3 + 4) + (3 + 4) + (3 + 1)
-            }
-            RouteProtocol::Http2 => {
-                let digits = |v: u64| v.to_string().len();
-                let field = |name: &str, value: usize| name.len() + value;
-                let topic = n.topic.as_deref().or(settings.default_topic.as_deref());
-                let mut size = field(":method", 4)
-                    + field(":scheme", 5)
-                    + field(":authority", settings.endpoint.authority().len())
-                    + field(":path", "/3/device/".len() + 2 * token)
-                    + payload;
-                size += topic.map_or(0, |t| field("apns-topic", t.len()));
-                size += n
-                    .push_type
-                    .map_or(0, |p| field("apns-push-type", p.as_str().len()));
-                size += n
-                    .priority
-                    .map_or(0, |p| field("apns-priority", digits(u64::from(p.as_u8()))));
-                size += self
-                    .apns_expiration
-                    .or(n.expiration)
-                    .map_or(0, |e| field("apns-expiration", digits(u64::from(e))));
-                size += n
-                    .collapse_id
-                    .as_deref()
-                    .map_or(0, |c| field("apns-collapse-id", c.len()));
-                size += n.apns_id.map_or(0, |_| field("apns-id", 36));
-                size
-            }
-        }
-    }
-}
-
 /// Seconds since the epoch, now.
 pub fn unix_now() -> u64 {
     SystemTime::now()
