@@ -389,11 +389,22 @@ async fn domain_detail(State(d): State<Dash>, UrlPath(domain): UrlPath<String>) 
     };
     let config = server.config();
     let stats = server.engine().stats(&domain);
-    let mut failures: Vec<(String, u64)> = stats
+    let mut failures: Vec<(&'static str, String, u64)> = stats
         .as_ref()
-        .map(|s| s.failures().into_iter().collect())
+        .map(|s| {
+            s.failures()
+                .into_iter()
+                .map(|((kind, reason), n)| {
+                    let kind = match kind {
+                        crate::queue::stats::FailureKind::Transient => "transient",
+                        crate::queue::stats::FailureKind::Permanent => "permanent",
+                    };
+                    (kind, reason, n)
+                })
+                .collect()
+        })
         .unwrap_or_default();
-    failures.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    failures.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)).then(a.0.cmp(b.0)));
     let invalid: Vec<_> = server
         .invalid_tokens()
         .list(Some(&domain), 0)
@@ -421,7 +432,7 @@ async fn domain_detail(State(d): State<Dash>, UrlPath(domain): UrlPath<String>) 
     Json(json!({
         "row": row,
         "options": effective_options(&config, &domain),
-        "failures": failures.iter().map(|(reason, count)| json!({ "reason": reason, "count": count })).collect::<Vec<_>>(),
+        "failures": failures.iter().map(|(kind, reason, count)| json!({ "kind": kind, "reason": reason, "count": count })).collect::<Vec<_>>(),
         "invalid_tokens": invalid,
         "next_retry_secs": next_retry,
         "recent": d.hub.outcomes.since(0, &filter, 50),

@@ -245,8 +245,8 @@ function renderDomain(d, live) {
     </div>
     <div class="grid2">
       <div><h2>Failures by reason</h2>
-        <table id="failures"><thead><tr><th>Reason</th><th class="num">Count</th></tr></thead><tbody>
-        ${d.failures.map((f) => `<tr><td>${esc(f.reason)}</td><td class="num">${fmt(f.count)}</td></tr>`).join("") || "<tr><td colspan=2>None</td></tr>"}</tbody></table>
+        <table id="failures"><thead><tr><th>Reason</th><th>Kind</th><th class="num">Count</th></tr></thead><tbody>
+        ${d.failures.map((f) => `<tr><td>${esc(f.reason)}</td><td class="${f.kind === "permanent" ? "bad" : "warn"}">${esc(f.kind)}</td><td class="num">${fmt(f.count)}</td></tr>`).join("") || "<tr><td colspan=3>None</td></tr>"}</tbody></table>
         <h2>Recent invalid tokens</h2>
         <table id="invalid"><thead><tr><th>Token</th><th>Reason</th><th>When</th></tr></thead><tbody>
         ${d.invalid_tokens.map((t) => `<tr><td><code>${esc(t.token)}…</code></td><td>${esc(t.reason)}</td><td>${when(Math.floor(t.timestamp_ms / 1000))}</td></tr>`).join("") || "<tr><td colspan=3>None</td></tr>"}</tbody></table>
