@@ -810,6 +810,24 @@ pub static OPTIONS: &[OptionDef] = &[
         "Log errors to the paniclog.",
         "herald writes its diagnostics to standard error, not to a paniclog",
     ),
+    // --- outcomes for the apps that send (herald additions) ---
+    opt(
+        "outcome_retention",
+        Kind::Seconds,
+        Some("86400"),
+        GLOBAL,
+        "Seconds a notification's final outcome stays available to `GET /api/v1/notifications/{id}` (kept in spool_dir/outcomes, pruned in the background); a herald addition.",
+    ),
+    opt(
+        "outcome_max_entries",
+        Kind::Int {
+            min: 1,
+            max: i64::MAX,
+        },
+        Some("10000000"),
+        GLOBAL,
+        "Most final outcomes kept; beyond it the oldest are pruned before their retention ends; a herald addition.",
+    ),
     // --- invalid tokens (herald additions, design §2) ---
     opt(
         "invalid_tokens_file",
@@ -1019,6 +1037,7 @@ pub fn read_by(name: &str) -> Option<&'static str> {
             "the mainlog writer (ec_logger; `herald check` validates the file)"
         }
         "invalid_tokens_file" | "feedback_logfile" => "the invalid-token store",
+        "outcome_retention" | "outcome_max_entries" => "the status book (status lookups)",
         "spool_dir" | "spool_backend" | "spool_nats_url" | "spool_nats_stream" => "the spool",
         other => {
             return lookup(other)

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod metrics;
 pub mod ops;
 pub mod outbound;
+pub mod outcomes;
 pub mod queue;
 pub mod server;
 pub mod spool;

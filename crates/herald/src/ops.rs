@@ -24,6 +24,9 @@ use crate::tokens::InvalidTokenStore;
 /// documents (HEAD is implied by GET).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/tokens/invalid"),
+    // crate::outcomes::api::ROUTES, merged by the server on listeners that serve push or inject.
+    ("GET", "/api/v1/notifications/{id}"),
+    ("POST", "/api/v1/notifications/query"),
     ("GET", "/metrics"),
     ("GET", "/readyz"),
 ];

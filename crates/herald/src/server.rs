@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald_conf::{Config, ListenAddr, ListenerKind, ListenerSettings, SpoolBackend};
-use herald_spool::{DiskSpool, Spool, SpoolOptions};
+use herald_spool::{DiskSpool, OutcomeStore, Spool, SpoolOptions};
+
+use crate::inbound::rest::idempotency::Idempotency;
+use crate::outcomes::book::StatusBook;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -98,6 +101,10 @@ pub struct Server {
     pub invalid_tokens: Arc<InvalidTokenStore>,
     /// The background restore of what the spool held at start.
     pub restore_progress: Arc<RestoreProgress>,
+    /// Every notification's state and, for `outcome_retention`, its final outcome (status lookups).
+    pub status_book: Arc<StatusBook>,
+    /// `Idempotency-Key`s of the REST listeners.
+    pub idempotency: Arc<Idempotency>,
     path: PathBuf,
     resolver: Arc<ConfigResolver>,
     logs: Logs,
@@ -172,6 +179,24 @@ impl Server {
         ));
         let bridge = Arc::new(SpoolBridge::new(spool.clone()));
         engine.set_observer(bridge.clone());
+        let outcome_store =
+            Arc::new(OutcomeStore::open(&dir).map_err(|error| StartError::Spool {
+                dir: dir.clone(),
+                error,
+            })?);
+        let int_option = |name: &str| config.eval(&global, name).ok().and_then(|v| v.as_int());
+        let retention = int_option("outcome_retention")
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(
+                crate::outcomes::book::DEFAULT_RETENTION,
+                Duration::from_secs,
+            );
+        let max_outcomes = int_option("outcome_max_entries")
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(crate::outcomes::book::DEFAULT_MAX_ENTRIES);
+        let status_book = StatusBook::new(outcome_store.clone(), retention, max_outcomes);
+        engine.set_outcome_listener(status_book.clone());
+        let idempotency = Arc::new(Idempotency::new(outcome_store));
         let started = Instant::now();
         // New message ids sort after everything spooled; the backlog is queued again while the server serves.
         let ids = IdGenerator::above(0, spool.recovery_bound().map(|k| MessageId(k.0)));
@@ -190,6 +215,8 @@ impl Server {
             spool,
             restore_progress,
             invalid_tokens,
+            status_book,
+            idempotency,
             path: path.to_owned(),
             resolver,
             logs,
@@ -307,7 +334,7 @@ impl Server {
                     .local_addr()
                     .map_err(|e| listener_err(e.to_string()))?;
                 let tls = rest::tls_config(&settings).map_err(|e| listener_err(e.to_string()))?;
-                let extra = crate::ops::routes(
+                let mut extra = crate::ops::routes(
                     self.engine.clone(),
                     self.spool.clone(),
                     self.invalid_tokens.clone(),
@@ -315,10 +342,14 @@ impl Server {
                     self.restore_progress.clone(),
                     settings.http_services,
                 );
+                if settings.http_services.push || settings.http_services.inject {
+                    extra = extra.merge(crate::outcomes::api::routes(self.status_book.clone()));
+                }
                 let limits = Arc::new(DoorLimits::from_config(&self.config(), &settings));
                 let state = rest::RestState::new(settings.clone(), self.intake.clone())
                     .with_limits(limits.clone())
-                    .with_injection_off(injection_off(&self.config()));
+                    .with_injection_off(injection_off(&self.config()))
+                    .with_idempotency(Some(self.idempotency.clone()));
                 let app = rest::router_with(state, extra);
                 let intake = self.intake.clone();
                 let task = tokio::spawn(async move {

@@ -427,6 +427,9 @@ impl DomainTask {
                 request.topic = self.settings.default_topic.clone();
             }
             self.outstanding += 1;
+            if let Some(l) = self.shared.listener() {
+                l.in_flight(item.notification.id);
+            }
             self.pool.submit(Job { request, tag: item });
         }
         self.pool.maintain();
@@ -710,5 +713,8 @@ impl DomainTask {
             at: unix_now(),
         };
         self.shared.logs.outcome(&record);
+        if let Some(l) = self.shared.listener() {
+            l.outcome(&record);
+        }
     }
 }
