@@ -10,6 +10,7 @@ pub const SECRET_OPTIONS: &[&str] = &[
     "api_key",
     "api_keys",
     "control_password",
+    "outcome_webhook_secret",
     "tls_pkcs12_password",
 ];
 

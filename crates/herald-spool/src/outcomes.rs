@@ -21,6 +21,9 @@ use crate::fjall_engine::error;
 /// The keyspace directory inside the spool directory.
 pub const OUTCOMES_DIR: &str = "outcomes";
 
+/// A webhook event and its key in the queue.
+pub type HookEvent = (Vec<u8>, Vec<u8>);
+
 /// An outcome's key: run (8 bytes), then a number increasing within the run (8 bytes).
 pub type OutcomeKey = [u8; 16];
 
@@ -34,6 +37,8 @@ pub struct OutcomeStore {
     pruned: PartitionHandle,
     /// idempotency key -> (expires ms BE, value).
     idempotency: PartitionHandle,
+    /// Webhook queues: (queue name, 0, sequence BE) -> event.
+    webhook: PartitionHandle,
     /// run -> greatest pruned suffix, cached.
     watermarks: Mutex<HashMap<[u8; 8], u64>>,
     count: AtomicU64,
@@ -66,6 +71,7 @@ impl OutcomeStore {
         let expiry = part("expiry")?;
         let pruned = part("pruned")?;
         let idempotency = part("idempotency")?;
+        let webhook = part("webhook")?;
         let mut watermarks = HashMap::new();
         for kv in pruned.iter() {
             let (k, v) = kv.map_err(|e| error(CTX, e))?;
@@ -80,6 +86,7 @@ impl OutcomeStore {
             expiry,
             pruned,
             idempotency,
+            webhook,
             watermarks: Mutex::new(watermarks),
             count: AtomicU64::new(count),
         })
@@ -241,6 +248,77 @@ impl OutcomeStore {
         Ok(doomed.len() as u64)
     }
 
+    /// Appends `events` to the webhook queue `queue` (buffered write) under keys from `next_seq` up; returns
+    /// their keys.
+    pub fn hook_push(
+        &self,
+        queue: &str,
+        first_seq: u64,
+        events: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, SpoolError> {
+        const CTX: &str = "writing webhook outcomes";
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+        let mut keys = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            let key = hook_key(queue, first_seq + i as u64);
+            batch.insert(&self.webhook, key.as_slice(), e.as_slice());
+            keys.push(key);
+        }
+        batch.commit().map_err(|e| error(CTX, e))?;
+        Ok(keys)
+    }
+
+    /// The oldest `limit` events of webhook queue `queue`, with their keys.
+    pub fn hook_peek(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<HookEvent>, SpoolError> {
+        let mut prefix = queue.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.webhook.prefix(&prefix).take(limit) {
+            let (k, v) = kv.map_err(|e| error("reading webhook outcomes", e))?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes webhook events by key.
+    pub fn hook_remove(&self, keys: &[Vec<u8>]) -> Result<(), SpoolError> {
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+        for k in keys {
+            batch.remove(&self.webhook, k.as_slice());
+        }
+        batch
+            .commit()
+            .map_err(|e| error("deleting webhook outcomes", e))
+    }
+
+    /// Every webhook queue with events, with its event count and greatest sequence number.
+    pub fn hook_queues(&self) -> Result<Vec<(String, u64, u64)>, SpoolError> {
+        let mut out: Vec<(String, u64, u64)> = Vec::new();
+        for kv in self.webhook.iter() {
+            let (k, _) = kv.map_err(|e| error("reading webhook outcomes", e))?;
+            if k.len() < 9 {
+                continue;
+            }
+            let (name, seq) = k.split_at(k.len() - 8);
+            let name = String::from_utf8_lossy(&name[..name.len() - 1]).into_owned();
+            let mut s = [0u8; 8];
+            s.copy_from_slice(seq);
+            let seq = u64::from_be_bytes(s);
+            match out.last_mut() {
+                Some(last) if last.0 == name => {
+                    last.1 += 1;
+                    last.2 = last.2.max(seq);
+                }
+                _ => out.push((name, 1, seq)),
+            }
+        }
+        Ok(out)
+    }
+
     /// Makes everything written so far durable.
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.keyspace
@@ -253,6 +331,14 @@ fn expiry_key(finished_ms: u64, key: &OutcomeKey) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..8].copy_from_slice(&finished_ms.to_be_bytes());
     k[8..].copy_from_slice(key);
+    k
+}
+
+fn hook_key(queue: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(queue.len() + 9);
+    k.extend_from_slice(queue.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -322,6 +408,34 @@ mod tests {
             store.lookup(&key(1, 7)).unwrap(),
             Lookup::Found(_)
         ));
+    }
+
+    #[test]
+    fn webhook_queues_keep_order_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = OutcomeStore::open(dir.path()).unwrap();
+            store
+                .hook_push("a.example", 1, &[b"1".to_vec(), b"2".to_vec()])
+                .unwrap();
+            store.hook_push("b.example", 1, &[b"x".to_vec()]).unwrap();
+            store.sync().unwrap();
+        }
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.hook_queues().unwrap(),
+            vec![
+                ("a.example".to_owned(), 2, 2),
+                ("b.example".to_owned(), 1, 1)
+            ]
+        );
+        let a = store.hook_peek("a.example", 10).unwrap();
+        assert_eq!(
+            a.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+            vec![b"1".to_vec(), b"2".to_vec()]
+        );
+        store.hook_remove(&[a[0].0.clone()]).unwrap();
+        assert_eq!(store.hook_peek("a.example", 10).unwrap().len(), 1);
     }
 
     #[test]

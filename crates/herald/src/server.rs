@@ -17,7 +17,9 @@ use herald_conf::{Config, ListenAddr, ListenerKind, ListenerSettings, SpoolBacke
 use herald_spool::{DiskSpool, OutcomeStore, Spool, SpoolOptions};
 
 use crate::inbound::rest::idempotency::Idempotency;
+use crate::outcomes::Fanout;
 use crate::outcomes::book::StatusBook;
+use crate::outcomes::webhook::{HookResolver, HookSettings, Webhooks};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -105,6 +107,8 @@ pub struct Server {
     pub status_book: Arc<StatusBook>,
     /// `Idempotency-Key`s of the REST listeners.
     pub idempotency: Arc<Idempotency>,
+    /// The domains' outcome webhooks.
+    pub webhooks: Arc<Webhooks>,
     path: PathBuf,
     resolver: Arc<ConfigResolver>,
     logs: Logs,
@@ -118,7 +122,59 @@ pub struct Server {
     me: std::sync::Weak<Server>,
 }
 
+/// A domain's webhook options from the configuration in force.
+fn hook_resolver(resolver: Arc<ConfigResolver>) -> Box<HookResolver> {
+    Box::new(move |domain: &str| {
+        let config = resolver.config();
+        let scope = herald_conf::ScopePath::domain(domain);
+        let get = |name: &str| config.eval(&scope, name).ok();
+        let url = match get("outcome_webhook_url")? {
+            herald_conf::Value::Str(u) if !u.is_empty() => u,
+            _ => return None,
+        };
+        let secret = match get("outcome_webhook_secret") {
+            Some(herald_conf::Value::Str(s)) => s,
+            _ => String::new(),
+        };
+        let events = match get("outcome_webhook_events") {
+            Some(herald_conf::Value::List(l)) => l,
+            _ => vec!["delivered".into(), "failed".into(), "invalid_token".into()],
+        };
+        let int = |name: &str, default: u64| {
+            get(name)
+                .and_then(|v| v.as_int())
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(default)
+        };
+        Some(Arc::new(HookSettings {
+            url,
+            secret,
+            delivered: events.iter().any(|e| e == "delivered"),
+            failed: events.iter().any(|e| e == "failed"),
+            invalid_token: events.iter().any(|e| e == "invalid_token"),
+            max_age: Duration::from_secs(int("outcome_webhook_max_age", 86_400)),
+            backlog: int("outcome_webhook_backlog", 100_000),
+        }))
+    })
+}
+
 impl Server {
+    /// The metric families of the status book and the webhooks.
+    fn more_metrics(&self) -> crate::ops::MoreMetrics {
+        let book = self.status_book.clone();
+        let hooks = self.webhooks.clone();
+        Arc::new(move |out: &mut String| {
+            let s = book.stats();
+            out.push_str(&format!(
+                "# HELP herald_outcomes_stored Final outcomes kept for status lookups.\n# TYPE herald_outcomes_stored gauge\nherald_outcomes_stored {}\n\
+                 # HELP herald_outcomes_tracked Notifications followed in memory by the status book.\n# TYPE herald_outcomes_tracked gauge\nherald_outcomes_tracked {}\n\
+                 # HELP herald_outcomes_dropped_total Final outcomes not stored because the store fell behind.\n# TYPE herald_outcomes_dropped_total counter\nherald_outcomes_dropped_total {}\n",
+                s.stored, s.tracked, s.dropped + hooks.handoff_dropped()
+            ));
+            hooks.render_metrics(out);
+        })
+    }
+
     /// Starts everything `path` configures.
     pub async fn start(path: &Path) -> Result<Arc<Server>, StartError> {
         let config = Config::load(path).map_err(|d| StartError::Config {
@@ -195,7 +251,11 @@ impl Server {
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(crate::outcomes::book::DEFAULT_MAX_ENTRIES);
         let status_book = StatusBook::new(outcome_store.clone(), retention, max_outcomes);
-        engine.set_outcome_listener(status_book.clone());
+        let webhooks = Webhooks::start(outcome_store.clone(), hook_resolver(resolver.clone()));
+        engine.set_outcome_listener(Arc::new(Fanout(vec![
+            status_book.clone(),
+            webhooks.clone(),
+        ])));
         let idempotency = Arc::new(Idempotency::new(outcome_store));
         let started = Instant::now();
         // New message ids sort after everything spooled; the backlog is queued again while the server serves.
@@ -216,6 +276,7 @@ impl Server {
             restore_progress,
             invalid_tokens,
             status_book,
+            webhooks,
             idempotency,
             path: path.to_owned(),
             resolver,
@@ -341,6 +402,7 @@ impl Server {
                     self.resolver.clone(),
                     self.restore_progress.clone(),
                     settings.http_services,
+                    Some(self.more_metrics()),
                 );
                 if settings.http_services.push || settings.http_services.inject {
                     extra = extra.merge(crate::outcomes::api::routes(self.status_book.clone()));
@@ -423,6 +485,7 @@ impl Server {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
         self.generation.fetch_add(1, Ordering::Relaxed);
         report.unroutable = self.engine.reconfigure();
+        self.webhooks.reconfigure();
         // A domain's new settings are in force when at least one of its (binding, domain) queues took them.
         let unroutable: std::collections::HashSet<&str> = report
             .unroutable

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod book;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::SystemTime;
