@@ -269,11 +269,7 @@ impl OutcomeStore {
     }
 
     /// The oldest `limit` events of webhook queue `queue`, with their keys.
-    pub fn hook_peek(
-        &self,
-        queue: &str,
-        limit: usize,
-    ) -> Result<Vec<HookEvent>, SpoolError> {
+    pub fn hook_peek(&self, queue: &str, limit: usize) -> Result<Vec<HookEvent>, SpoolError> {
         let mut prefix = queue.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
