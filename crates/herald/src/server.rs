@@ -730,6 +730,14 @@ fn wanted_listeners(config: &Config) -> Vec<ListenerSettings> {
 
 /// What the console may do with the running server (the control listener holds only this handle).
 impl crate::control::ServerHandle for Server {
+    fn status_book(&self) -> Option<&StatusBook> {
+        Some(&self.status_book)
+    }
+
+    fn webhooks(&self) -> Option<&Webhooks> {
+        Some(&self.webhooks)
+    }
+
     fn config(&self) -> Arc<Config> {
         Server::config(self)
     }
