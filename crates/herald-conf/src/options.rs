@@ -817,7 +817,7 @@ pub static OPTIONS: &[OptionDef] = &[
         Kind::Seconds,
         Some("86400"),
         GLOBAL,
-        "Seconds a notification's final outcome stays available to `GET /api/v1/notifications/{id}` (kept in spool_dir/outcomes, pruned in the background); a herald addition.",
+        "Seconds a notification's final outcome stays available to `GET /api/v1/notifications/{id}` (kept in spool_dir/outcomes, pruned in the background); 0 turns status lookups off; a herald addition.",
     ),
     opt(
         "outcome_max_entries",

@@ -252,10 +252,12 @@ impl Server {
             .unwrap_or(crate::outcomes::book::DEFAULT_MAX_ENTRIES);
         let status_book = StatusBook::new(outcome_store.clone(), retention, max_outcomes);
         let webhooks = Webhooks::start(outcome_store.clone(), hook_resolver(resolver.clone()));
-        engine.set_outcome_listener(Arc::new(Fanout(vec![
-            status_book.clone(),
-            webhooks.clone(),
-        ])));
+        // outcome_retention = 0 turns status lookups off: the book is not told anything.
+        let mut listeners: Vec<Arc<dyn crate::outcomes::OutcomeListener>> = vec![webhooks.clone()];
+        if !retention.is_zero() {
+            listeners.push(status_book.clone());
+        }
+        engine.set_outcome_listener(Arc::new(Fanout(listeners)));
         let idempotency = Arc::new(Idempotency::new(outcome_store));
         let started = Instant::now();
         // New message ids sort after everything spooled; the backlog is queued again while the server serves.
