@@ -153,7 +153,7 @@ pub struct BookStats {
 pub struct StatusBook {
     shards: Vec<Mutex<HashMap<OutcomeKey, Entry>>>,
     store: Arc<OutcomeStore>,
-    writer: SyncSender<(OutcomeKey, Box<Status>)>,
+    writer: SyncSender<OutcomeKey>,
     dropped: AtomicU64,
     pruned: Arc<AtomicU64>,
     retention: Duration,
@@ -270,7 +270,7 @@ impl OutcomeListener for StatusBook {
 
     fn outcome(&self, r: &OutcomeRecord<'_>) {
         let key = key_of(r.notification.id);
-        let status = {
+        {
             let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
             let Some(e) = shard.get_mut(&key) else {
                 return;
@@ -298,13 +298,11 @@ impl OutcomeListener for StatusBook {
                         s.status = r.status;
                         s.invalid_token = is_invalid_token(r.status, r.error);
                     }
-                    let s = Box::new(s);
-                    e.phase = Phase::Final(s.clone());
-                    s
+                    e.phase = Phase::Final(Box::new(s));
                 }
             }
-        };
-        match self.writer.try_send((key, status)) {
+        }
+        match self.writer.try_send(key) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.shard(&key)
@@ -348,7 +346,7 @@ pub fn is_invalid_token(status: Option<u16>, reason: &str) -> bool {
 }
 
 /// Stores final outcomes in batches, then lets them leave memory. Ends when the book is gone.
-fn write_loop(rx: Receiver<(OutcomeKey, Box<Status>)>, book: Weak<StatusBook>) {
+fn write_loop(rx: Receiver<OutcomeKey>, book: Weak<StatusBook>) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.clear();
@@ -362,10 +360,15 @@ fn write_loop(rx: Receiver<(OutcomeKey, Box<Status>)>, book: Weak<StatusBook>) {
         let Some(book) = book.upgrade() else {
             return;
         };
+        // The final status stays in memory until it is stored: read it from there.
         let entries: Vec<_> = batch
             .iter()
-            .filter_map(|(key, s)| {
-                let json = serde_json::to_vec(s).ok()?;
+            .filter_map(|key| {
+                let shard = book.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+                let Phase::Final(s) = &shard.get(key)?.phase else {
+                    return None;
+                };
+                let json = serde_json::to_vec(&**s).ok()?;
                 Some((*key, s.finished_at.unwrap_or(0) * 1000, json))
             })
             .collect();
@@ -377,7 +380,7 @@ fn write_loop(rx: Receiver<(OutcomeKey, Box<Status>)>, book: Weak<StatusBook>) {
                 break;
             }
         }
-        for (key, _) in &batch {
+        for key in &batch {
             let mut shard = book.shard(key).lock().unwrap_or_else(|p| p.into_inner());
             if shard
                 .get(key)
