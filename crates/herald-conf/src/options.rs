@@ -159,6 +159,7 @@ const U32: Kind = Kind::Int {
     min: 0,
     max: u32::MAX as i64,
 };
+const WEBHOOK_EVENTS: &[&str] = &["delivered", "failed", "invalid_token"];
 const DEBUG_LEVELS: &[&str] = &[
     "debug", "info", "notice", "warning", "error", "crit", "critical", "alert", "emerg",
 ];
@@ -817,6 +818,62 @@ pub static OPTIONS: &[OptionDef] = &[
         "Log errors to the paniclog.",
         "herald writes its diagnostics to standard error, not to a paniclog",
     ),
+    // --- outcomes for the apps that send (herald additions) ---
+    opt(
+        "outcome_retention",
+        Kind::Seconds,
+        Some("86400"),
+        GLOBAL,
+        "Seconds a notification's final outcome stays available to `GET /api/v1/notifications/{id}` (kept in spool_dir/outcomes, pruned in the background); 0 turns status lookups off; a herald addition.",
+    ),
+    opt(
+        "outcome_max_entries",
+        Kind::Int {
+            min: 1,
+            max: i64::MAX,
+        },
+        Some("10000000"),
+        GLOBAL,
+        "Most final outcomes kept; beyond it the oldest are pruned before their retention ends; a herald addition.",
+    ),
+    opt(
+        "outcome_webhook_url",
+        Kind::Str,
+        None,
+        GLOBAL_DOMAIN,
+        "URL herald POSTs the domain's final outcomes to, in batches, signed with `outcome_webhook_secret` (docs/api.md \"Outcome webhooks\"); unset: none; a herald addition.",
+    ),
+    opt(
+        "outcome_webhook_secret",
+        Kind::Str,
+        None,
+        GLOBAL_DOMAIN,
+        "Key of the HMAC-SHA256 signature in the `herald-signature` header of every webhook request; a herald addition.",
+    ),
+    opt(
+        "outcome_webhook_events",
+        Kind::Words(WEBHOOK_EVENTS),
+        Some("delivered failed invalid_token"),
+        GLOBAL_DOMAIN,
+        "Which final outcomes the webhook gets: `delivered`, `failed` (failures other than invalid tokens), `invalid_token`; a herald addition.",
+    ),
+    opt(
+        "outcome_webhook_max_age",
+        Kind::Seconds,
+        Some("86400"),
+        GLOBAL_DOMAIN,
+        "Seconds herald keeps retrying an outcome the webhook receiver has not taken; older ones are dropped and counted; a herald addition.",
+    ),
+    opt(
+        "outcome_webhook_backlog",
+        Kind::Int {
+            min: 1,
+            max: i64::MAX,
+        },
+        Some("100000"),
+        GLOBAL_DOMAIN,
+        "Most outcomes waiting for a domain's webhook receiver; beyond it the oldest are dropped with a counter and a log line; a herald addition.",
+    ),
     // --- invalid tokens (herald additions, design §2) ---
     opt(
         "invalid_tokens_file",
@@ -1027,6 +1084,12 @@ pub fn read_by(name: &str) -> Option<&'static str> {
             "the mainlog writer (ec_logger; `herald check` validates the file)"
         }
         "invalid_tokens_file" | "feedback_logfile" => "the invalid-token store",
+        "outcome_retention" | "outcome_max_entries" => "the status book (status lookups)",
+        "outcome_webhook_url"
+        | "outcome_webhook_secret"
+        | "outcome_webhook_events"
+        | "outcome_webhook_max_age"
+        | "outcome_webhook_backlog" => "the outcome webhooks",
         "spool_dir" | "spool_backend" | "spool_nats_url" | "spool_nats_stream" => "the spool",
         other => {
             return lookup(other)

@@ -11,6 +11,7 @@ pub const SECRET_OPTIONS: &[&str] = &[
     "api_keys",
     "control_password",
     "dashboard_admin_keys",
+    "outcome_webhook_secret",
     "tls_pkcs12_password",
 ];
 

@@ -86,7 +86,7 @@ impl Store {
 
 /// Maps a fjall error. After a failed write or fsync fjall refuses every later write ("poisoned") until it is
 /// reopened: [`Engine::reopen`] does that once there is room again.
-fn error(context: &'static str, e: fjall::Error) -> SpoolError {
+pub(crate) fn error(context: &'static str, e: fjall::Error) -> SpoolError {
     match e {
         fjall::Error::Io(io) => SpoolError::from_io(context, io),
         fjall::Error::Storage(lsm_error) => match lsm_error {

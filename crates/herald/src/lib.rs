@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod outbound;
+pub mod outcomes;
 pub mod queue;
 pub mod server;
 pub mod spool;

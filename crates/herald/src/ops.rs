@@ -24,9 +24,15 @@ use crate::tokens::InvalidTokenStore;
 /// documents (HEAD is implied by GET).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/tokens/invalid"),
+    // crate::outcomes::api::ROUTES, merged by the server on listeners that serve push or inject.
+    ("GET", "/api/v1/notifications/{id}"),
+    ("POST", "/api/v1/notifications/query"),
     ("GET", "/metrics"),
     ("GET", "/readyz"),
 ];
+
+/// Renders further metric families (outcome store, webhooks) after the engine's.
+pub type MoreMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// The content type of the Prometheus text exposition.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -41,6 +47,7 @@ pub fn routes(
     resolver: Arc<ConfigResolver>,
     restore: Arc<RestoreProgress>,
     services: HttpServices,
+    more_metrics: Option<MoreMetrics>,
 ) -> Router {
     let ready_spool = spool.clone();
     let mut router = Router::new().route(
@@ -69,6 +76,7 @@ pub fn routes(
                 let invalid = invalid.clone();
                 let resolver = resolver.clone();
                 let restore = restore.clone();
+                let more = more_metrics.clone();
                 async move {
                     let stats = spool.stats();
                     let extra = metrics::Extra {
@@ -82,10 +90,13 @@ pub fn routes(
                         restore: Some((restore.is_running(), restore.queued())),
                         invalid_tokens: Some(invalid.len() as u64),
                     };
-                    (
-                        [(CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-                        metrics::render(&engine, &extra),
-                    )
+                    ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], {
+                        let mut text = metrics::render(&engine, &extra);
+                        if let Some(more) = &more {
+                            more(&mut text);
+                        }
+                        text
+                    })
                 }
             }),
         );

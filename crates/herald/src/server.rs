@@ -14,7 +14,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald_conf::{Config, ListenAddr, ListenerKind, ListenerSettings, SpoolBackend};
-use herald_spool::{DiskSpool, Spool, SpoolOptions};
+use herald_spool::{DiskSpool, OutcomeStore, Spool, SpoolOptions};
+
+use crate::inbound::rest::idempotency::Idempotency;
+use crate::outcomes::Fanout;
+use crate::outcomes::book::StatusBook;
+use crate::outcomes::webhook::{HookResolver, HookSettings, Webhooks};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -100,6 +105,12 @@ pub struct Server {
     pub restore_progress: Arc<RestoreProgress>,
     /// What the web dashboard keeps (recent outcomes, history), for every listener that serves it.
     pub dashboard: Arc<crate::dashboard::Hub>,
+    /// Every notification's state and, for `outcome_retention`, its final outcome (status lookups).
+    pub status_book: Arc<StatusBook>,
+    /// `Idempotency-Key`s of the REST listeners.
+    pub idempotency: Arc<Idempotency>,
+    /// The domains' outcome webhooks.
+    pub webhooks: Arc<Webhooks>,
     path: PathBuf,
     resolver: Arc<ConfigResolver>,
     logs: Logs,
@@ -113,7 +124,59 @@ pub struct Server {
     me: std::sync::Weak<Server>,
 }
 
+/// A domain's webhook options from the configuration in force.
+fn hook_resolver(resolver: Arc<ConfigResolver>) -> Box<HookResolver> {
+    Box::new(move |domain: &str| {
+        let config = resolver.config();
+        let scope = herald_conf::ScopePath::domain(domain);
+        let get = |name: &str| config.eval(&scope, name).ok();
+        let url = match get("outcome_webhook_url")? {
+            herald_conf::Value::Str(u) if !u.is_empty() => u,
+            _ => return None,
+        };
+        let secret = match get("outcome_webhook_secret") {
+            Some(herald_conf::Value::Str(s)) => s,
+            _ => String::new(),
+        };
+        let events = match get("outcome_webhook_events") {
+            Some(herald_conf::Value::List(l)) => l,
+            _ => vec!["delivered".into(), "failed".into(), "invalid_token".into()],
+        };
+        let int = |name: &str, default: u64| {
+            get(name)
+                .and_then(|v| v.as_int())
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(default)
+        };
+        Some(Arc::new(HookSettings {
+            url,
+            secret,
+            delivered: events.iter().any(|e| e == "delivered"),
+            failed: events.iter().any(|e| e == "failed"),
+            invalid_token: events.iter().any(|e| e == "invalid_token"),
+            max_age: Duration::from_secs(int("outcome_webhook_max_age", 86_400)),
+            backlog: int("outcome_webhook_backlog", 100_000),
+        }))
+    })
+}
+
 impl Server {
+    /// The metric families of the status book and the webhooks.
+    fn more_metrics(&self) -> crate::ops::MoreMetrics {
+        let book = self.status_book.clone();
+        let hooks = self.webhooks.clone();
+        Arc::new(move |out: &mut String| {
+            let s = book.stats();
+            out.push_str(&format!(
+                "# HELP herald_outcomes_stored Final outcomes kept for status lookups.\n# TYPE herald_outcomes_stored gauge\nherald_outcomes_stored {}\n\
+                 # HELP herald_outcomes_tracked Notifications followed in memory by the status book.\n# TYPE herald_outcomes_tracked gauge\nherald_outcomes_tracked {}\n\
+                 # HELP herald_outcomes_dropped_total Final outcomes not stored because the store fell behind.\n# TYPE herald_outcomes_dropped_total counter\nherald_outcomes_dropped_total {}\n",
+                s.stored, s.tracked, s.dropped + hooks.handoff_dropped()
+            ));
+            hooks.render_metrics(out);
+        })
+    }
+
     /// Starts everything `path` configures.
     pub async fn start(path: &Path) -> Result<Arc<Server>, StartError> {
         let config = Config::load(path).map_err(|d| StartError::Config {
@@ -176,6 +239,30 @@ impl Server {
         ));
         let bridge = Arc::new(SpoolBridge::new(spool.clone()));
         engine.set_observer(bridge.clone());
+        let outcome_store =
+            Arc::new(OutcomeStore::open(&dir).map_err(|error| StartError::Spool {
+                dir: dir.clone(),
+                error,
+            })?);
+        let int_option = |name: &str| config.eval(&global, name).ok().and_then(|v| v.as_int());
+        let retention = int_option("outcome_retention")
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(
+                crate::outcomes::book::DEFAULT_RETENTION,
+                Duration::from_secs,
+            );
+        let max_outcomes = int_option("outcome_max_entries")
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(crate::outcomes::book::DEFAULT_MAX_ENTRIES);
+        let status_book = StatusBook::new(outcome_store.clone(), retention, max_outcomes);
+        let webhooks = Webhooks::start(outcome_store.clone(), hook_resolver(resolver.clone()));
+        // outcome_retention = 0 turns status lookups off: the book is not told anything.
+        let mut listeners: Vec<Arc<dyn crate::outcomes::OutcomeListener>> = vec![webhooks.clone()];
+        if !retention.is_zero() {
+            listeners.push(status_book.clone());
+        }
+        engine.set_outcome_listener(Arc::new(Fanout(listeners)));
+        let idempotency = Arc::new(Idempotency::new(outcome_store));
         let started = Instant::now();
         // New message ids sort after everything spooled; the backlog is queued again while the server serves.
         let ids = IdGenerator::above(0, spool.recovery_bound().map(|k| MessageId(k.0)));
@@ -195,6 +282,9 @@ impl Server {
             restore_progress,
             dashboard,
             invalid_tokens,
+            status_book,
+            webhooks,
+            idempotency,
             path: path.to_owned(),
             resolver,
             logs,
@@ -323,6 +413,7 @@ impl Server {
                     self.resolver.clone(),
                     self.restore_progress.clone(),
                     settings.http_services,
+                    Some(self.more_metrics()),
                 );
                 if settings.http_services.dashboard {
                     extra = extra.merge(crate::dashboard::routes(
@@ -331,10 +422,14 @@ impl Server {
                         Arc::new(settings.clone()),
                     ));
                 }
+                if settings.http_services.push || settings.http_services.inject {
+                    extra = extra.merge(crate::outcomes::api::routes(self.status_book.clone()));
+                }
                 let limits = Arc::new(DoorLimits::from_config(&self.config(), &settings));
                 let state = rest::RestState::new(settings.clone(), self.intake.clone())
                     .with_limits(limits.clone())
-                    .with_injection_off(injection_off(&self.config()));
+                    .with_injection_off(injection_off(&self.config()))
+                    .with_idempotency(Some(self.idempotency.clone()));
                 let app = rest::router_with(state, extra);
                 let intake = self.intake.clone();
                 let task = tokio::spawn(async move {
@@ -414,6 +509,7 @@ impl Server {
             .into_iter()
             .map(|(queue, why)| (queue, why.to_string()))
             .collect();
+        self.webhooks.reconfigure();
         // A domain's new settings are in force when at least one of its (binding, domain) queues took them.
         let unroutable: std::collections::HashSet<&str> = report
             .unroutable
@@ -662,6 +758,14 @@ fn wanted_listeners(config: &Config) -> Vec<ListenerSettings> {
 impl crate::control::ServerHandle for Server {
     fn config_path(&self) -> PathBuf {
         self.path.clone()
+    }
+
+    fn status_book(&self) -> Option<&StatusBook> {
+        Some(&self.status_book)
+    }
+
+    fn webhooks(&self) -> Option<&Webhooks> {
+        Some(&self.webhooks)
     }
 
     fn config(&self) -> Arc<Config> {

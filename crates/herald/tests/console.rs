@@ -612,3 +612,43 @@ async fn until_log(path: &Path, needle: &str, n: usize, mut text: String) -> usi
         text = std::fs::read_to_string(path).unwrap_or_default();
     }
 }
+
+/// `status ID` prints one notification's final outcome; `webhooks` lists the webhook queues (none here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_a_notifications_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&tmp.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let gone = token(77);
+    let sim = start_sim(&pki, port, std::slice::from_ref(&gone)).await;
+    let s = setup(tmp, &pki, &[("status.example", port)], 1).await;
+    let body = serde_json::json!({"domain": "status.example", "tokens": [gone], "payload": {"aps": {"alert": "s"}}});
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/push", s.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = v["results"][0]["id"].as_str().unwrap().to_owned();
+    let text = until(&s.socket, &["status", &id], |t| t.contains("failed")).await;
+    assert_eq!(field(&text, "state").as_deref(), Some("failed"), "{text}");
+    assert_eq!(
+        field(&text, "reason").as_deref(),
+        Some("Unregistered"),
+        "{text}"
+    );
+    assert_eq!(
+        field(&text, "invalid_token").as_deref(),
+        Some("true"),
+        "{text}"
+    );
+    let out = console(&s.socket, &["status", "00/00-00000-FFFFFFFF"], None).await;
+    assert!(!out.ok, "{out:?}");
+    let text = ok(&s.socket, &["webhooks"]).await;
+    assert!(text.starts_with("domain"), "{text}");
+    s.server.shutdown(Duration::from_secs(1)).await;
+    sim.shutdown().await;
+}

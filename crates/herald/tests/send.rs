@@ -408,3 +408,29 @@ async fn an_https_listener_with_a_private_ca() {
     assert!(run.stdout.contains("failed: 1\n"), "{}", run.stdout);
     s.server.shutdown(Duration::from_secs(5)).await;
 }
+
+/// `--wait` polls the status API until every notification has its final outcome and prints them; the ids are
+/// printed (docs/api.md "Status of a notification").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_prints_the_ids_and_the_final_outcomes() {
+    let s = setup().await;
+    let tokens: Vec<String> = (60..63).map(token).collect();
+    let csv = tokens.join("\n") + "\n";
+    let file = write(s.dir.path(), "wait.csv", &csv);
+    let run = send(
+        &s,
+        &["--file", file.to_str().unwrap(), "--alert", "w", "--wait"],
+        "",
+    )
+    .await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("ids:\n"), "{}", run.stdout);
+    assert_eq!(run.stdout.matches("\n  00/").count(), 3, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("outcomes of 3 notifications:\ndelivered: 3\nfailed: 0\n"),
+        "{}",
+        run.stdout
+    );
+    delivered(&s.sim, &tokens).await;
+}

@@ -68,6 +68,16 @@ pub struct SendArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub parallel: u32,
+    /// Print the id of every accepted notification, one per line (done anyway for up to 10).
+    #[arg(long)]
+    pub ids: bool,
+    /// Wait for the final outcomes (GET /api/v1/notifications) and print them grouped by reason; the exit status
+    /// is non-zero when any failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds (those still pending are counted as such).
+    #[arg(long, default_value_t = 600)]
+    pub wait_timeout: u64,
 }
 
 pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -98,7 +108,31 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     progress.finish_and_clear();
     let mut out = std::io::stdout().lock();
     write_summary(&mut out, &report, &args.domain, &what)?;
+    let ids: Vec<String> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| match o {
+            client::Outcome::Accepted(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    if args.ids || (ids.len() > 1 && ids.len() <= 10) {
+        writeln!(out, "ids:")?;
+        for id in &ids {
+            writeln!(out, "  {id}")?;
+        }
+    }
     out.flush()?;
+    if args.wait && !ids.is_empty() {
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_secs(args.wait_timeout);
+        let finals = runtime.block_on(wait_for_outcomes(&client, &ids, deadline))?;
+        write_outcomes(&mut out, &finals, ids.len())?;
+        out.flush()?;
+        if finals.failed > 0 || finals.pending > 0 {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
@@ -247,6 +281,77 @@ pub fn write_summary(
         "elapsed: {secs:.3} s ({:.0} notifications/s)",
         report.sent as f64 / secs.max(1e-6)
     )
+}
+
+/// Final outcomes of the notifications a run sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Finals {
+    pub delivered: usize,
+    pub failed: usize,
+    /// Failure reason -> count.
+    pub reasons: std::collections::BTreeMap<String, usize>,
+    /// Not final when the wait ended, or not found.
+    pub pending: usize,
+}
+
+/// Polls the status of `ids` (1,000 per request) until every one is final or `deadline` passes.
+async fn wait_for_outcomes(
+    client: &PushClient,
+    ids: &[String],
+    deadline: std::time::Instant,
+) -> anyhow::Result<Finals> {
+    let mut finals = Finals::default();
+    let mut waiting: Vec<String> = ids.to_vec();
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        let mut still = Vec::new();
+        for chunk in waiting.chunks(1000) {
+            let (found, not_found) = client.statuses(chunk).await?;
+            for s in found {
+                match s["state"].as_str() {
+                    Some("delivered") => finals.delivered += 1,
+                    Some("failed") => {
+                        finals.failed += 1;
+                        let reason = s["reason"].as_str().unwrap_or("unknown reason").to_owned();
+                        *finals.reasons.entry(reason).or_default() += 1;
+                    }
+                    _ => still.extend(s["id"].as_str().map(str::to_owned)),
+                }
+            }
+            still.extend(
+                not_found
+                    .iter()
+                    .filter_map(|v| v["id"].as_str().map(str::to_owned)),
+            );
+        }
+        waiting = still;
+        if waiting.is_empty() || std::time::Instant::now() >= deadline {
+            finals.pending = waiting.len();
+            return Ok(finals);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+    }
+}
+
+/// The outcomes after --wait, failures grouped by reason.
+pub fn write_outcomes(out: &mut impl Write, f: &Finals, total: usize) -> std::io::Result<()> {
+    writeln!(out, "outcomes of {total} notification{}:", plural(total))?;
+    writeln!(out, "delivered: {}", f.delivered)?;
+    writeln!(out, "failed: {}", f.failed)?;
+    let mut reasons: Vec<_> = f.reasons.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (reason, n) in reasons {
+        writeln!(out, "  {n:>8}  {reason}")?;
+    }
+    if f.pending > 0 {
+        writeln!(
+            out,
+            "pending: {} (no final outcome when the wait ended)",
+            f.pending
+        )?;
+    }
+    Ok(())
 }
 
 fn plural(n: usize) -> &'static str {

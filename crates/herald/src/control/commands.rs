@@ -57,6 +57,10 @@ pub enum Command {
         domain: Option<String>,
         since: Option<u64>,
     },
+    /// `status ID`: one notification's state or final outcome.
+    Status(String),
+    /// `webhooks`: each domain's outcome webhook backlog and counters.
+    Webhooks,
     ReopenLogs,
     Version,
     Pid,
@@ -92,6 +96,8 @@ Commands:
   message retry ID                      make one queued notification due now
   message fail [quiet] ID               fail one queued notification
   tokens invalid [DOMAIN] [SINCE]       device tokens APNs reported invalid (SINCE: Unix seconds)
+  status ID                             one notification's state or final outcome (queued, delivered, failed)
+  webhooks                              each domain's outcome webhook: backlog, delivered, dropped, failures
   reopen logs                           reopen every log file (after logrotate)
   version                               herald's version
   pid                                   the server's process id
@@ -100,6 +106,63 @@ Commands:
   help                                  this list
   quit | exit                           close the console
 ";
+
+/// `status ID`.
+fn notification_status(server: &dyn ServerHandle, id: &str) -> Reply {
+    use crate::outcomes::book::Found;
+    let Some(book) = server.status_book() else {
+        return Reply::err("this server keeps no notification status\n");
+    };
+    let Some(key) = crate::outcomes::parse_id(id) else {
+        return Reply::err(format!(
+            "{id:?} is not a notification id (they look like 01/00-12345-0000002A)\n"
+        ));
+    };
+    match book.lookup(&key) {
+        Ok(Found::Status(s)) => {
+            let mut out = String::new();
+            if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&*s) {
+                for (k, v) in fields {
+                    let v = match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    out.push_str(&format!("{:<16} {v}\n", format!("{k}:")));
+                }
+            }
+            Reply::ok(out)
+        }
+        Ok(Found::Expired) => Reply::err(format!(
+            "{id}: expired (finished longer than outcome_retention, {} s, ago)\n",
+            book.retention().as_secs()
+        )),
+        Ok(Found::Unknown) => Reply::err(format!("{id}: unknown\n")),
+        Err(e) => Reply::err(format!("{id}: {e}\n")),
+    }
+}
+
+/// `webhooks`.
+fn webhooks(server: &dyn ServerHandle) -> Reply {
+    let Some(hooks) = server.webhooks() else {
+        return Reply::err("this server runs no outcome webhooks\n");
+    };
+    let mut out = format!(
+        "{:<32} {:>10} {:>12} {:>10} {:>10}  last error\n",
+        "domain", "backlog", "delivered", "dropped", "failures"
+    );
+    for s in hooks.stats() {
+        out.push_str(&format!(
+            "{:<32} {:>10} {:>12} {:>10} {:>10}  {}\n",
+            s.domain,
+            s.backlog,
+            s.delivered,
+            s.dropped,
+            s.failures,
+            s.last_error.as_deref().unwrap_or("-")
+        ));
+    }
+    Reply::ok(out)
+}
 
 /// Splits a command line into words; double quotes group words with spaces.
 pub fn words(line: &str) -> Vec<String> {
@@ -200,6 +263,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         }
         ("tokens", ["invalid", args @ ..]) if args.len() <= 2 => parse_tokens(args)?,
         ("tokens", _) => return Err(ParseError::Usage("tokens invalid [DOMAIN] [SINCE]")),
+        ("status", [id]) => Command::Status(id.to_string()),
+        ("status", _) => return Err(ParseError::Usage("status ID")),
+        ("webhooks", []) => Command::Webhooks,
+        ("webhooks", _) => return Err(ParseError::Usage("webhooks")),
         ("reopen", ["logs"]) => Command::ReopenLogs,
         ("reopen", _) => return Err(ParseError::Usage("reopen logs")),
         ("version", []) => Command::Version,
@@ -350,6 +417,8 @@ pub async fn execute(server: &dyn ServerHandle, cmd: Command) -> Reply {
         }
         Command::Version => Reply::ok(format!("herald {}\n", env!("CARGO_PKG_VERSION"))),
         Command::Pid => Reply::ok(format!("{}\n", std::process::id())),
+        Command::Status(id) => notification_status(server, &id),
+        Command::Webhooks => webhooks(server),
         Command::Shutdown => {
             server.request_stop();
             Reply::ok("Shutdown requested.\n")

@@ -32,6 +32,14 @@ pub trait ServerHandle: Send + Sync {
     /// Totals since start or the last reset.
     fn summary(&self) -> Summary;
     fn reset_summary(&self);
+    /// The status book (`status ID`), when the server keeps one.
+    fn status_book(&self) -> Option<&crate::outcomes::book::StatusBook> {
+        None
+    }
+    /// The outcome webhooks (`webhooks`), when the server runs them.
+    fn webhooks(&self) -> Option<&crate::outcomes::webhook::Webhooks> {
+        None
+    }
     /// Asks `herald serve` to stop (the console's `shutdown`).
     fn request_stop(&self);
     /// Reopens the log files; one message per file that could not be reopened.

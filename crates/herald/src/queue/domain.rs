@@ -431,6 +431,9 @@ impl DomainTask {
                 request.topic = self.settings.default_topic.clone();
             }
             self.outstanding += 1;
+            if let Some(l) = self.shared.listener() {
+                l.in_flight(item.notification.id);
+            }
             self.pool.submit(Job { request, tag: item });
         }
         self.pool.maintain();
@@ -713,6 +716,9 @@ impl DomainTask {
             at: unix_now(),
         };
         self.shared.logs.outcome(&record);
+        if let Some(l) = self.shared.listener() {
+            l.outcome(&record);
+        }
     }
 }
 

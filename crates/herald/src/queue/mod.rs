@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::logs::Logs;
 use crate::outbound::settings::DeliverySettings;
+use crate::outcomes::OutcomeListener;
 use domain::{DomainEvent, DomainSender, DomainTask};
 pub use domain::{MessageAction, QueueEntry};
 use message::{MessageId, Notification, Queued};
@@ -170,6 +171,8 @@ pub struct EngineShared {
     invalid: Arc<dyn InvalidTokenSink>,
     resident: Arc<Semaphore>,
     observer: OnceLock<Arc<dyn QueueObserver>>,
+    /// Told about every notification's states and outcomes (status lookups, webhooks, dashboards).
+    listener: OnceLock<Arc<dyn OutcomeListener>>,
     /// Delivery is held (`apn { enabled = false }`): notifications are accepted and queued, not sent.
     held: std::sync::atomic::AtomicBool,
 }
@@ -192,13 +195,18 @@ impl EngineShared {
     }
 
     pub(crate) fn rescheduled(&self, item: &Queued, delay: std::time::Duration) {
+        let next = SystemTime::now() + delay;
         if let Some(o) = self.observer.get() {
-            o.rescheduled(
-                item.notification.id,
-                item.retries,
-                SystemTime::now() + delay,
-            );
+            o.rescheduled(item.notification.id, item.retries, next);
         }
+        if let Some(l) = self.listener.get() {
+            l.rescheduled(item.notification.id, item.retries, next);
+        }
+    }
+
+    /// The outcome listener, when one is set.
+    pub(crate) fn listener(&self) -> Option<&Arc<dyn OutcomeListener>> {
+        self.listener.get()
     }
 }
 
@@ -280,6 +288,7 @@ impl Engine {
                 invalid,
                 resident,
                 observer: OnceLock::new(),
+                listener: OnceLock::new(),
                 held: std::sync::atomic::AtomicBool::new(false),
             }),
             resolver,
@@ -307,6 +316,12 @@ impl Engine {
     /// Sets the observer of every notification's life (once, before traffic); false if one was set already.
     pub fn set_observer(&self, observer: Arc<dyn QueueObserver>) -> bool {
         self.shared.observer.set(observer).is_ok()
+    }
+
+    /// Sets the listener told about every notification's states and outcomes (once, before traffic); false if one
+    /// was set already. Combine several with [`crate::outcomes::Fanout`].
+    pub fn set_outcome_listener(&self, listener: Arc<dyn OutcomeListener>) -> bool {
+        self.shared.listener.set(listener).is_ok()
     }
 
     /// Queues a notification recovered from the spool with its retry count and next attempt time.
@@ -392,6 +407,9 @@ impl Engine {
         item: Box<Queued>,
         delay: Option<std::time::Duration>,
     ) -> Result<(), SubmitError> {
+        if let Some(l) = self.shared.listener.get() {
+            l.queued(&item.notification, item.retries);
+        }
         let sent = self
             .domain_sender(&item.notification.domain, &item.notification.binding)
             .await

@@ -197,6 +197,49 @@ impl PushClient {
     }
 }
 
+impl PushClient {
+    /// The states of up to 1,000 notifications (`POST /api/v1/notifications/query`): (found, not found).
+    pub async fn statuses(
+        &self,
+        ids: &[String],
+    ) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>), RequestError> {
+        let url = self
+            .url
+            .replace("/api/v1/push", "/api/v1/notifications/query");
+        let transport = |e: reqwest::Error| RequestError::Transport {
+            url: url.clone(),
+            message: error_chain(&e),
+        };
+        let mut req = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({ "ids": ids }));
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let answer = req.send().await.map_err(transport)?;
+        let status = answer.status().as_u16();
+        let text = answer.text().await.map_err(transport)?;
+        if status != 200 {
+            return Err(RequestError::Status {
+                url,
+                status,
+                message: text.trim().chars().take(300).collect(),
+            });
+        }
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| RequestError::Transport {
+                url: url.clone(),
+                message: format!("the answer is not the expected JSON: {e}"),
+            })?;
+        let take = |v: &mut serde_json::Value, k: &str| match v[k].take() {
+            serde_json::Value::Array(a) => a,
+            _ => Vec::new(),
+        };
+        Ok((take(&mut v, "notifications"), take(&mut v, "not_found")))
+    }
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

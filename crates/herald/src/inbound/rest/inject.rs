@@ -68,14 +68,23 @@ pub async fn inject(
         batch_id: state.intake.next_id(),
         conn_id: super::conn_id(&state.intake, &parts.extensions),
     };
-    inject_batch(
-        &state.intake,
-        &body,
-        &source,
-        state.limits.max_notifications,
-    )
-    .await
-    .map_err(ApiError::momentum)
+    let handle = async {
+        inject_batch(
+            &state.intake,
+            &body,
+            &source,
+            state.limits.max_notifications,
+        )
+        .await
+        .map_err(ApiError::momentum)
+    };
+    match &state.idempotency {
+        Some(idem) => {
+            idem.run("inject", &parts.headers, &body, true, handle)
+                .await
+        }
+        None => handle.await,
+    }
 }
 
 /// What happened to one recipient.

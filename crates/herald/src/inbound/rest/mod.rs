@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod idempotency;
 pub mod inject;
 pub mod json_errors;
 pub mod push;
@@ -40,6 +41,8 @@ pub struct RestState {
     /// Set when REST injection is turned off (`restinjector { enabled = false }`): the injection routes answer
     /// `403` with this text.
     pub injection_off: Option<Arc<str>>,
+    /// Remembers `Idempotency-Key`s; `None`: the header is ignored (no store).
+    pub idempotency: Option<Arc<idempotency::Idempotency>>,
 }
 
 impl RestState {
@@ -49,12 +52,19 @@ impl RestState {
             settings: Arc::new(settings),
             limits: Arc::new(DoorLimits::default()),
             injection_off: None,
+            idempotency: None,
         }
     }
 
     /// The same state held to `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: Arc<DoorLimits>) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// The same state remembering `Idempotency-Key`s in `idempotency`.
+    pub fn with_idempotency(mut self, idempotency: Option<Arc<idempotency::Idempotency>>) -> Self {
+        self.idempotency = idempotency;
         self
     }
 

@@ -84,17 +84,23 @@ pub async fn push(State(state): State<RestState>, request: Request) -> Result<Re
         batch_id: state.intake.next_id(),
         conn_id: super::conn_id(&state.intake, &parts.extensions),
     };
-    let results = accept_batch(
-        &state.intake,
-        &body,
-        &source,
-        state.limits.max_notifications,
-    )
-    .await?;
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        render_results(&results),
-    ))
+    let handle = async {
+        let results = accept_batch(
+            &state.intake,
+            &body,
+            &source,
+            state.limits.max_notifications,
+        )
+        .await?;
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            render_results(&results),
+        ))
+    };
+    match &state.idempotency {
+        Some(idem) => idem.run("push", &parts.headers, &body, false, handle).await,
+        None => handle.await,
+    }
 }
 
 /// Parses, validates and commits one batch; the results are in request order.

@@ -1,0 +1,450 @@
+//! The outcome store: final outcomes of notifications kept for a retention period, and the answers of idempotent
+//! requests, in a fjall keyspace `outcomes/` inside the spool directory (next to the spool's own `fjall/`).
+//!
+//! It stores opaque values: herald encodes them. Outcomes are keyed by a 16-byte id key whose first 8 bytes name
+//! the accepting process (its "run") and whose last 8 bytes increase within it; an expiry index (finish time, key)
+//! lets [`OutcomeStore::prune`] delete what is older than the retention, or the oldest beyond a bound, in finish
+//! order. Per run it remembers the greatest key pruned, so that a lookup can say "expired" rather than "unknown".
+//! Outcome writes are buffered (they reach the operating system, which keeps them across a crash of the process);
+//! idempotency answers can be written synced.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+
+use crate::error::SpoolError;
+use crate::fjall_engine::error;
+
+/// The keyspace directory inside the spool directory.
+pub const OUTCOMES_DIR: &str = "outcomes";
+
+/// A webhook event and its key in the queue.
+pub type HookEvent = (Vec<u8>, Vec<u8>);
+
+/// An outcome's key: run (8 bytes), then a number increasing within the run (8 bytes).
+pub type OutcomeKey = [u8; 16];
+
+/// Final outcomes and idempotency answers, durable across restarts.
+pub struct OutcomeStore {
+    keyspace: Keyspace,
+    outcomes: PartitionHandle,
+    /// (finish ms BE, key) -> empty.
+    expiry: PartitionHandle,
+    /// run (8 bytes) -> greatest pruned key suffix (8 bytes BE).
+    pruned: PartitionHandle,
+    /// idempotency key -> (expires ms BE, value).
+    idempotency: PartitionHandle,
+    /// Webhook queues: (queue name, 0, sequence BE) -> event.
+    webhook: PartitionHandle,
+    /// run -> greatest pruned suffix, cached.
+    watermarks: Mutex<HashMap<[u8; 8], u64>>,
+    count: AtomicU64,
+}
+
+/// What [`OutcomeStore::lookup`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Vec<u8>),
+    /// Not kept any more: pruned after the retention or beyond the bound.
+    Expired,
+    /// Never stored (or not yet).
+    Unknown,
+}
+
+impl OutcomeStore {
+    /// Opens (or creates) the store in `spool_dir/outcomes`.
+    pub fn open(spool_dir: &Path) -> Result<OutcomeStore, SpoolError> {
+        const CTX: &str = "opening the outcome store";
+        let keyspace = Config::new(spool_dir.join(OUTCOMES_DIR))
+            .cache_size(8 << 20)
+            .open()
+            .map_err(|e| error(CTX, e))?;
+        let part = |name: &str| {
+            keyspace
+                .open_partition(name, PartitionCreateOptions::default())
+                .map_err(|e| error(CTX, e))
+        };
+        let outcomes = part("outcomes")?;
+        let expiry = part("expiry")?;
+        let pruned = part("pruned")?;
+        let idempotency = part("idempotency")?;
+        let webhook = part("webhook")?;
+        let mut watermarks = HashMap::new();
+        for kv in pruned.iter() {
+            let (k, v) = kv.map_err(|e| error(CTX, e))?;
+            if let (Ok(run), Ok(mark)) = (<[u8; 8]>::try_from(&*k), <[u8; 8]>::try_from(&*v)) {
+                watermarks.insert(run, u64::from_be_bytes(mark));
+            }
+        }
+        let count = expiry.approximate_len() as u64;
+        Ok(OutcomeStore {
+            keyspace,
+            outcomes,
+            expiry,
+            pruned,
+            idempotency,
+            webhook,
+            watermarks: Mutex::new(watermarks),
+            count: AtomicU64::new(count),
+        })
+    }
+
+    /// Outcomes stored now (approximately: exact within one run).
+    pub fn len(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores final outcomes `(key, finished ms, value)` in one buffered write.
+    pub fn put(&self, entries: &[(OutcomeKey, u64, Vec<u8>)]) -> Result<(), SpoolError> {
+        const CTX: &str = "writing outcomes";
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+        let mut fresh = 0;
+        for (key, finished_ms, value) in entries {
+            if !self.outcomes.contains_key(key).map_err(|e| error(CTX, e))? {
+                fresh += 1;
+            }
+            batch.insert(&self.outcomes, key, value.as_slice());
+            batch.insert(&self.expiry, expiry_key(*finished_ms, key), []);
+        }
+        batch.commit().map_err(|e| error(CTX, e))?;
+        self.count.fetch_add(fresh, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The outcome stored under `key`.
+    pub fn lookup(&self, key: &OutcomeKey) -> Result<Lookup, SpoolError> {
+        if let Some(v) = self
+            .outcomes
+            .get(key)
+            .map_err(|e| error("reading outcomes", e))?
+        {
+            return Ok(Lookup::Found(v.to_vec()));
+        }
+        let (run, suffix) = split(key);
+        let marks = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match marks.get(&run) {
+            Some(mark) if suffix <= *mark => Lookup::Expired,
+            _ => Lookup::Unknown,
+        })
+    }
+
+    /// Deletes outcomes finished before `cutoff_ms`, then the oldest while more than `max_entries` remain. Returns
+    /// how many were deleted. Works in batches of at most 10,000 so that lookups go on meanwhile.
+    pub fn prune(&self, cutoff_ms: u64, max_entries: u64) -> Result<u64, SpoolError> {
+        const CTX: &str = "pruning outcomes";
+        let mut total = 0;
+        loop {
+            let over = self.len().saturating_sub(max_entries);
+            let mut doomed: Vec<(Vec<u8>, OutcomeKey)> = Vec::new();
+            for kv in self.expiry.iter() {
+                let (k, _) = kv.map_err(|e| error(CTX, e))?;
+                if k.len() != 24 || doomed.len() >= 10_000 {
+                    break;
+                }
+                let mut fin = [0u8; 8];
+                fin.copy_from_slice(&k[..8]);
+                if u64::from_be_bytes(fin) >= cutoff_ms && doomed.len() as u64 >= over {
+                    break;
+                }
+                let mut key = [0u8; 16];
+                key.copy_from_slice(&k[8..]);
+                doomed.push((k.to_vec(), key));
+            }
+            if doomed.is_empty() {
+                return Ok(total);
+            }
+            let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+            let mut marks = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+            for (ek, key) in &doomed {
+                batch.remove(&self.expiry, ek.as_slice());
+                batch.remove(&self.outcomes, key.as_slice());
+                let (run, suffix) = split(key);
+                let mark = marks.entry(run).or_insert(0);
+                if suffix > *mark {
+                    *mark = suffix;
+                    batch.insert(&self.pruned, run, suffix.to_be_bytes());
+                }
+            }
+            batch.commit().map_err(|e| error(CTX, e))?;
+            drop(marks);
+            let n = doomed.len() as u64;
+            total += n;
+            let _ = self
+                .count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                    Some(c.saturating_sub(n))
+                });
+        }
+    }
+
+    /// The answer stored for idempotency key `key`, if it has not expired at `now_ms`.
+    pub fn idempotent_get(&self, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, SpoolError> {
+        let Some(v) = self
+            .idempotency
+            .get(key)
+            .map_err(|e| error("reading idempotency keys", e))?
+        else {
+            return Ok(None);
+        };
+        if v.len() < 8 {
+            return Ok(None);
+        }
+        let mut exp = [0u8; 8];
+        exp.copy_from_slice(&v[..8]);
+        if u64::from_be_bytes(exp) <= now_ms {
+            return Ok(None);
+        }
+        Ok(Some(v[8..].to_vec()))
+    }
+
+    /// Stores the answer for idempotency key `key` until `expires_ms`; with `sync`, durable (fsync) on return.
+    pub fn idempotent_put(
+        &self,
+        key: &[u8],
+        expires_ms: u64,
+        value: &[u8],
+        sync: bool,
+    ) -> Result<(), SpoolError> {
+        const CTX: &str = "writing an idempotency key";
+        let mut v = Vec::with_capacity(8 + value.len());
+        v.extend_from_slice(&expires_ms.to_be_bytes());
+        v.extend_from_slice(value);
+        self.idempotency.insert(key, v).map_err(|e| error(CTX, e))?;
+        if sync {
+            self.keyspace
+                .persist(PersistMode::SyncAll)
+                .map_err(|e| error(CTX, e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes idempotency keys expired at `now_ms`; returns how many.
+    pub fn prune_idempotency(&self, now_ms: u64) -> Result<u64, SpoolError> {
+        const CTX: &str = "pruning idempotency keys";
+        let mut doomed = Vec::new();
+        for kv in self.idempotency.iter() {
+            let (k, v) = kv.map_err(|e| error(CTX, e))?;
+            let expired = v.len() < 8 || {
+                let mut exp = [0u8; 8];
+                exp.copy_from_slice(&v[..8]);
+                u64::from_be_bytes(exp) <= now_ms
+            };
+            if expired {
+                doomed.push(k.to_vec());
+            }
+        }
+        for k in &doomed {
+            self.idempotency
+                .remove(k.as_slice())
+                .map_err(|e| error(CTX, e))?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    /// Appends `events` to the webhook queue `queue` (buffered write) under keys from `next_seq` up; returns
+    /// their keys.
+    pub fn hook_push(
+        &self,
+        queue: &str,
+        first_seq: u64,
+        events: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, SpoolError> {
+        const CTX: &str = "writing webhook outcomes";
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+        let mut keys = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            let key = hook_key(queue, first_seq + i as u64);
+            batch.insert(&self.webhook, key.as_slice(), e.as_slice());
+            keys.push(key);
+        }
+        batch.commit().map_err(|e| error(CTX, e))?;
+        Ok(keys)
+    }
+
+    /// The oldest `limit` events of webhook queue `queue`, with their keys.
+    pub fn hook_peek(&self, queue: &str, limit: usize) -> Result<Vec<HookEvent>, SpoolError> {
+        let mut prefix = queue.as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.webhook.prefix(&prefix).take(limit) {
+            let (k, v) = kv.map_err(|e| error("reading webhook outcomes", e))?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes webhook events by key.
+    pub fn hook_remove(&self, keys: &[Vec<u8>]) -> Result<(), SpoolError> {
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+        for k in keys {
+            batch.remove(&self.webhook, k.as_slice());
+        }
+        batch
+            .commit()
+            .map_err(|e| error("deleting webhook outcomes", e))
+    }
+
+    /// Every webhook queue with events, with its event count and greatest sequence number.
+    pub fn hook_queues(&self) -> Result<Vec<(String, u64, u64)>, SpoolError> {
+        let mut out: Vec<(String, u64, u64)> = Vec::new();
+        for kv in self.webhook.iter() {
+            let (k, _) = kv.map_err(|e| error("reading webhook outcomes", e))?;
+            if k.len() < 9 {
+                continue;
+            }
+            let (name, seq) = k.split_at(k.len() - 8);
+            let name = String::from_utf8_lossy(&name[..name.len() - 1]).into_owned();
+            let mut s = [0u8; 8];
+            s.copy_from_slice(seq);
+            let seq = u64::from_be_bytes(s);
+            match out.last_mut() {
+                Some(last) if last.0 == name => {
+                    last.1 += 1;
+                    last.2 = last.2.max(seq);
+                }
+                _ => out.push((name, 1, seq)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        self.keyspace
+            .persist(PersistMode::SyncAll)
+            .map_err(|e| error("syncing the outcome store", e))
+    }
+}
+
+fn expiry_key(finished_ms: u64, key: &OutcomeKey) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&finished_ms.to_be_bytes());
+    k[8..].copy_from_slice(key);
+    k
+}
+
+fn hook_key(queue: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(queue.len() + 9);
+    k.extend_from_slice(queue.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split(key: &OutcomeKey) -> ([u8; 8], u64) {
+    let mut run = [0u8; 8];
+    run.copy_from_slice(&key[..8]);
+    let mut suffix = [0u8; 8];
+    suffix.copy_from_slice(&key[8..]);
+    (run, u64::from_be_bytes(suffix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(run: u8, n: u64) -> OutcomeKey {
+        let mut k = [0u8; 16];
+        k[0] = run;
+        k[8..].copy_from_slice(&n.to_be_bytes());
+        k
+    }
+
+    #[test]
+    fn outcomes_survive_reopen_and_prune_says_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = OutcomeStore::open(dir.path()).unwrap();
+            store
+                .put(&[
+                    (key(1, 1), 1_000, b"one".to_vec()),
+                    (key(1, 2), 5_000, b"two".to_vec()),
+                ])
+                .unwrap();
+            assert_eq!(store.len(), 2);
+            store.sync().unwrap();
+        }
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.lookup(&key(1, 1)).unwrap(),
+            Lookup::Found(b"one".to_vec())
+        );
+        assert_eq!(store.prune(2_000, u64::MAX).unwrap(), 1);
+        assert_eq!(store.lookup(&key(1, 1)).unwrap(), Lookup::Expired);
+        assert_eq!(
+            store.lookup(&key(1, 2)).unwrap(),
+            Lookup::Found(b"two".to_vec())
+        );
+        assert_eq!(store.lookup(&key(1, 3)).unwrap(), Lookup::Unknown);
+        assert_eq!(store.lookup(&key(2, 1)).unwrap(), Lookup::Unknown);
+        drop(store);
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(store.lookup(&key(1, 1)).unwrap(), Lookup::Expired);
+    }
+
+    #[test]
+    fn the_bound_drops_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        let entries: Vec<_> = (1..=10)
+            .map(|n| (key(1, n), n * 10, vec![n as u8]))
+            .collect();
+        store.put(&entries).unwrap();
+        assert_eq!(store.prune(0, 4).unwrap(), 6);
+        assert_eq!(store.len(), 4);
+        assert_eq!(store.lookup(&key(1, 6)).unwrap(), Lookup::Expired);
+        assert!(matches!(
+            store.lookup(&key(1, 7)).unwrap(),
+            Lookup::Found(_)
+        ));
+    }
+
+    #[test]
+    fn webhook_queues_keep_order_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = OutcomeStore::open(dir.path()).unwrap();
+            store
+                .hook_push("a.example", 1, &[b"1".to_vec(), b"2".to_vec()])
+                .unwrap();
+            store.hook_push("b.example", 1, &[b"x".to_vec()]).unwrap();
+            store.sync().unwrap();
+        }
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.hook_queues().unwrap(),
+            vec![
+                ("a.example".to_owned(), 2, 2),
+                ("b.example".to_owned(), 1, 1)
+            ]
+        );
+        let a = store.hook_peek("a.example", 10).unwrap();
+        assert_eq!(
+            a.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+            vec![b"1".to_vec(), b"2".to_vec()]
+        );
+        store.hook_remove(&[a[0].0.clone()]).unwrap();
+        assert_eq!(store.hook_peek("a.example", 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn idempotency_answers_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        store.idempotent_put(b"k", 100, b"answer", true).unwrap();
+        assert_eq!(
+            store.idempotent_get(b"k", 50).unwrap(),
+            Some(b"answer".to_vec())
+        );
+        assert_eq!(store.idempotent_get(b"k", 100).unwrap(), None);
+        assert_eq!(store.prune_idempotency(100).unwrap(), 1);
+        assert_eq!(store.idempotent_get(b"k", 50).unwrap(), None);
+    }
+}

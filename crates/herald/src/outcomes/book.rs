@@ -1,0 +1,431 @@
+//! The status book: the state of every notification herald holds, and its final outcome for `outcome_retention`.
+//!
+//! Notifications still in the queue are kept in memory (sharded maps, updated by the [`OutcomeListener`] calls of
+//! the delivery path); a final outcome is handed to a writer thread that stores it in the [`OutcomeStore`] (in the
+//! spool directory, so it survives a restart) and only then leaves memory, so a lookup never misses it in between.
+//! The hand-over never blocks delivery: past [`WRITE_BACKLOG`] waiting outcomes, new ones are dropped with a
+//! counter and a log line. A background task prunes what is older than the retention, or the oldest beyond
+//! `outcome_max_entries`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald_apns::token_hex::DeviceToken;
+use herald_spool::{Lookup, OutcomeKey, OutcomeStore, SpoolError};
+use serde::{Deserialize, Serialize};
+
+use super::{OutcomeListener, key_of};
+use crate::logs::{OutcomeKind, OutcomeRecord};
+use crate::queue::message::{MessageId, Notification};
+
+/// Default `outcome_retention`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Default `outcome_max_entries`.
+pub const DEFAULT_MAX_ENTRIES: u64 = 10_000_000;
+/// Final outcomes waiting for the writer thread before new ones are dropped.
+pub const WRITE_BACKLOG: usize = 100_000;
+const SHARDS: usize = 32;
+
+/// A notification's state as the status API answers it (JSON: docs/openapi.yaml `NotificationStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: String,
+    /// `queued`, `in_flight`, `delivered` or `failed`.
+    pub state: String,
+    pub domain: String,
+    pub token: String,
+    /// When herald accepted it, Unix seconds.
+    pub accepted_at: u64,
+    /// Attempts that ended in a transient failure so far.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reason: Option<String>,
+    /// When the next attempt is due (queued after a transient failure), Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<u64>,
+    /// When it was delivered or failed for good, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// APNs' `apns-id` (delivered) or the one herald sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apns_id: Option<String>,
+    /// Why it failed for good: APNs' reason or herald's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// APNs' status for a failure (HTTP status, or the binary protocol's status byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// APNs said the device token is no longer valid (BadDeviceToken, Unregistered, binary status 8).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invalid_token: bool,
+}
+
+impl Status {
+    pub fn is_final(&self) -> bool {
+        self.state == "delivered" || self.state == "failed"
+    }
+}
+
+/// Where a notification is, as the book keeps it in memory.
+#[derive(Debug, Clone)]
+enum Phase {
+    Queued {
+        next_attempt_at: Option<u64>,
+    },
+    InFlight,
+    /// Final, waiting for the writer.
+    Final(Box<Status>),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    id: MessageId,
+    domain: Arc<str>,
+    token: DeviceToken,
+    accepted_at: u64,
+    attempts: u32,
+    last_reason: Option<Arc<str>>,
+    phase: Phase,
+}
+
+impl Entry {
+    fn status(&self) -> Status {
+        if let Phase::Final(s) = &self.phase {
+            return (**s).clone();
+        }
+        let (state, next) = match &self.phase {
+            Phase::Queued { next_attempt_at } => ("queued", *next_attempt_at),
+            _ => ("in_flight", None),
+        };
+        Status {
+            id: self.id.to_string(),
+            state: state.to_owned(),
+            domain: self.domain.to_string(),
+            token: self.token.to_hex(),
+            accepted_at: self.accepted_at,
+            attempts: self.attempts,
+            last_reason: self.last_reason.as_deref().map(str::to_owned),
+            next_attempt_at: next,
+            finished_at: None,
+            apns_id: None,
+            reason: None,
+            status: None,
+            invalid_token: false,
+        }
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Status(Box<Status>),
+    /// Finished longer ago than the retention (or pruned beyond the bound).
+    Expired,
+    Unknown,
+}
+
+/// Why a lookup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("reading the outcome store: {0}")]
+    Store(#[from] SpoolError),
+    #[error("a stored outcome cannot be read: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// Figures for `/metrics` and the console.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BookStats {
+    /// Notifications followed in memory (queued, in flight, or final waiting for the store).
+    pub tracked: u64,
+    /// Final outcomes in the store.
+    pub stored: u64,
+    /// Final outcomes dropped because the writer fell [`WRITE_BACKLOG`] behind.
+    pub dropped: u64,
+    /// Outcomes pruned after the retention or beyond the bound.
+    pub pruned: u64,
+}
+
+/// The status book (see the module documentation).
+pub struct StatusBook {
+    shards: Vec<Mutex<HashMap<OutcomeKey, Entry>>>,
+    store: Arc<OutcomeStore>,
+    writer: SyncSender<OutcomeKey>,
+    dropped: AtomicU64,
+    pruned: Arc<AtomicU64>,
+    retention: Duration,
+}
+
+impl StatusBook {
+    /// A book over `store`, with its writer thread and (inside a tokio runtime) its pruning task.
+    pub fn new(store: Arc<OutcomeStore>, retention: Duration, max_entries: u64) -> Arc<StatusBook> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_BACKLOG);
+        let book = Arc::new(StatusBook {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            store: store.clone(),
+            writer: tx,
+            dropped: AtomicU64::new(0),
+            pruned: Arc::new(AtomicU64::new(0)),
+            retention,
+        });
+        let weak = Arc::downgrade(&book);
+        let spawned = std::thread::Builder::new()
+            .name("herald-outcomes".into())
+            .spawn(move || write_loop(rx, weak));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the outcome writer thread: {e}");
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(prune_loop(
+                Arc::downgrade(&store),
+                book.pruned.clone(),
+                retention,
+                max_entries,
+            ));
+        }
+        book
+    }
+
+    pub fn store(&self) -> &Arc<OutcomeStore> {
+        &self.store
+    }
+
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    fn shard(&self, key: &OutcomeKey) -> &Mutex<HashMap<OutcomeKey, Entry>> {
+        &self.shards[key[15] as usize % SHARDS]
+    }
+
+    fn with_entry(&self, id: MessageId, f: impl FnOnce(&mut Entry)) {
+        let key = key_of(id);
+        let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = shard.get_mut(&key) {
+            f(e);
+        }
+    }
+
+    /// The state of the notification with store key `key`.
+    pub fn lookup(&self, key: &OutcomeKey) -> Result<Found, LookupError> {
+        if let Some(e) = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return Ok(Found::Status(Box::new(e.status())));
+        }
+        Ok(match self.store.lookup(key)? {
+            Lookup::Found(bytes) => Found::Status(Box::new(serde_json::from_slice(&bytes)?)),
+            Lookup::Expired => Found::Expired,
+            Lookup::Unknown => Found::Unknown,
+        })
+    }
+
+    pub fn stats(&self) -> BookStats {
+        BookStats {
+            tracked: self
+                .shards
+                .iter()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len() as u64)
+                .sum(),
+            stored: self.store.len(),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            pruned: self.pruned.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl OutcomeListener for StatusBook {
+    fn queued(&self, n: &Notification, retries: u32) {
+        let key = key_of(n.id);
+        let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
+        let entry = shard.entry(key).or_insert_with(|| Entry {
+            id: n.id,
+            domain: n.domain.clone(),
+            token: n.token.clone(),
+            accepted_at: n.received_at,
+            attempts: retries,
+            last_reason: None,
+            phase: Phase::Queued {
+                next_attempt_at: None,
+            },
+        });
+        if !matches!(entry.phase, Phase::Final(_)) {
+            entry.attempts = retries;
+        }
+    }
+
+    fn in_flight(&self, id: MessageId) {
+        self.with_entry(id, |e| {
+            if !matches!(e.phase, Phase::Final(_)) {
+                e.phase = Phase::InFlight;
+            }
+        });
+    }
+
+    fn outcome(&self, r: &OutcomeRecord<'_>) {
+        let key = key_of(r.notification.id);
+        {
+            let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
+            let Some(e) = shard.get_mut(&key) else {
+                return;
+            };
+            match r.kind {
+                OutcomeKind::Transient => {
+                    // The attempt count and next attempt come with `rescheduled` (a failed connection is logged
+                    // without counting an attempt).
+                    e.last_reason = Some(Arc::from(r.error));
+                    e.phase = Phase::Queued {
+                        next_attempt_at: None,
+                    };
+                    return;
+                }
+                OutcomeKind::Delivered | OutcomeKind::Permanent => {
+                    let delivered = r.kind == OutcomeKind::Delivered;
+                    let mut s = e.status();
+                    s.state = if delivered { "delivered" } else { "failed" }.to_owned();
+                    s.attempts = r.retries;
+                    s.next_attempt_at = None;
+                    s.finished_at = Some(r.at);
+                    s.apns_id = r.transaction_id.map(str::to_owned);
+                    if !delivered {
+                        s.reason = Some(r.error.to_owned());
+                        s.status = r.status;
+                        s.invalid_token = is_invalid_token(r.status, r.error);
+                    }
+                    e.phase = Phase::Final(Box::new(s));
+                }
+            }
+        }
+        match self.writer.try_send(key) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.shard(&key)
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                if self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                    tracing::warn!(
+                        backlog = WRITE_BACKLOG,
+                        "the outcome store falls behind: final outcomes are dropped (status lookups answer 404 \
+                         for them); see herald_outcomes_dropped_total"
+                    );
+                }
+            }
+        }
+    }
+
+    fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime) {
+        let at = next_attempt
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.with_entry(id, |e| {
+            if !matches!(e.phase, Phase::Final(_)) {
+                e.attempts = retries;
+                e.phase = Phase::Queued {
+                    next_attempt_at: Some(at),
+                };
+            }
+        });
+    }
+}
+
+/// APNs' answers that say the token is dead (docs/apns-protocol.md): HTTP 410, BadDeviceToken, Unregistered,
+/// binary status 8.
+pub fn is_invalid_token(status: Option<u16>, reason: &str) -> bool {
+    status == Some(410)
+        || reason.contains("BadDeviceToken")
+        || reason.contains("Unregistered")
+        || reason.contains("Invalid token")
+}
+
+/// Stores final outcomes in batches, then lets them leave memory. Ends when the book is gone.
+fn write_loop(rx: Receiver<OutcomeKey>, book: Weak<StatusBook>) {
+    let mut batch = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.clear();
+        batch.push(first);
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let Some(book) = book.upgrade() else {
+            return;
+        };
+        // The final status stays in memory until it is stored: read it from there.
+        let entries: Vec<_> = batch
+            .iter()
+            .filter_map(|key| {
+                let shard = book.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+                let Phase::Final(s) = &shard.get(key)?.phase else {
+                    return None;
+                };
+                let json = serde_json::to_vec(&**s).ok()?;
+                Some((*key, s.finished_at.unwrap_or(0) * 1000, json))
+            })
+            .collect();
+        let mut tries = 0;
+        while let Err(e) = book.store.put(&entries) {
+            tries += 1;
+            tracing::error!("storing {} final outcomes: {e}", entries.len());
+            if tries >= 3 {
+                break;
+            }
+        }
+        for key in &batch {
+            let mut shard = book.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+            if shard
+                .get(key)
+                .is_some_and(|e| matches!(e.phase, Phase::Final(_)))
+            {
+                shard.remove(key);
+            }
+        }
+    }
+}
+
+/// Prunes the store every tenth of the retention (at most every minute) while it exists.
+async fn prune_loop(
+    store: Weak<OutcomeStore>,
+    pruned: Arc<AtomicU64>,
+    retention: Duration,
+    max_entries: u64,
+) {
+    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let cutoff = now_ms.saturating_sub(retention.as_millis() as u64);
+        let result = tokio::task::spawn_blocking(move || {
+            let n = store.prune(cutoff, max_entries)?;
+            store.prune_idempotency(now_ms)?;
+            Ok::<u64, SpoolError>(n)
+        })
+        .await;
+        match result {
+            Ok(Ok(n)) => {
+                if n > 0 {
+                    tracing::debug!(pruned = n, "outcome store pruned");
+                }
+                pruned.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => tracing::warn!("pruning the outcome store: {e}"),
+            Err(e) => tracing::warn!("pruning the outcome store: {e}"),
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Outcomes for the apps that send: what happened to each notification, by id.
+//!
+//! The delivery path reports through one narrow seam, [`OutcomeListener`]: the queue calls it when a notification
+//! is queued, handed to a connection, and at every attempt's outcome. The calls are made on the domain task, so an
+//! implementation must be cheap and must never block (record in memory, hand the rest to a thread). The
+//! [`book::StatusBook`] implements it to answer `GET /api/v1/notifications/{id}` ([`api`]); other consumers (a
+//! dashboard) implement it too and are combined with [`Fanout`].
+//!
+//! Ids are looked up by their printed form (`NN/NN-PPPPP-XXXXXXXX`, see [`MessageId`]), which is what every
+//! answer and log line shows; [`key_of`] and [`parse_id`] map both to the store's 16-byte key.
+
+pub mod api;
+pub mod book;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use herald_spool::OutcomeKey;
+
+use crate::logs::OutcomeRecord;
+use crate::queue::message::{MessageId, Notification};
+
+/// Told about the life of every notification. Every method runs on the delivery path: keep it cheap, never block.
+pub trait OutcomeListener: Send + Sync + 'static {
+    /// The notification entered its queue (accepted, restored after a restart), after `retries` failed attempts.
+    fn queued(&self, _notification: &Notification, _retries: u32) {}
+    /// The notification was handed to a connection.
+    fn in_flight(&self, _id: MessageId) {}
+    /// One attempt's outcome. Delivered and permanent ones are final; a transient one is followed by
+    /// [`OutcomeListener::rescheduled`] when it will be retried, or by a permanent one when retries ran out.
+    fn outcome(&self, record: &OutcomeRecord<'_>);
+    /// After a transient failure: the next attempt is due at `next_attempt`.
+    fn rescheduled(&self, _id: MessageId, _retries: u32, _next_attempt: SystemTime) {}
+}
+
+/// Several listeners as one.
+pub struct Fanout(pub Vec<Arc<dyn OutcomeListener>>);
+
+impl OutcomeListener for Fanout {
+    fn queued(&self, n: &Notification, retries: u32) {
+        self.0.iter().for_each(|l| l.queued(n, retries));
+    }
+    fn in_flight(&self, id: MessageId) {
+        self.0.iter().for_each(|l| l.in_flight(id));
+    }
+    fn outcome(&self, record: &OutcomeRecord<'_>) {
+        self.0.iter().for_each(|l| l.outcome(record));
+    }
+    fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime) {
+        self.0
+            .iter()
+            .for_each(|l| l.rescheduled(id, retries, next_attempt));
+    }
+}
+
+/// The store key of an id: what its printed form carries (node, process start second modulo 100000, the low 40
+/// bits of the counter), run first.
+pub fn key_of(id: MessageId) -> OutcomeKey {
+    let run = ((id.epoch_ms() / 1000) % 100_000) as u32;
+    pack(id.node(), run, id.counter() & ((1 << 40) - 1))
+}
+
+fn pack(node: u8, run: u32, counter: u64) -> OutcomeKey {
+    let mut k = [0u8; 16];
+    k[0] = node;
+    k[1..5].copy_from_slice(&run.to_be_bytes());
+    k[8..].copy_from_slice(&counter.to_be_bytes());
+    k
+}
+
+/// The key of a printed id `NN/NN-PPPPP-XXXXXXXX`; `None` when the text is not one.
+pub fn parse_id(text: &str) -> Option<OutcomeKey> {
+    let b = text.as_bytes();
+    if b.len() != 20 || b[2] != b'/' || b[5] != b'-' || b[11] != b'-' {
+        return None;
+    }
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    let node = u8::try_from(hex(text.get(0..2)?)?).ok()?;
+    let high = hex(text.get(3..5)?)?;
+    let run_text = text.get(6..11)?;
+    if !run_text.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let run: u32 = run_text.parse().ok()?;
+    let low_text = text.get(12..20)?;
+    if !low_text.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let low = hex(low_text)?;
+    Some(pack(node, run, (high << 32) | low))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_ids_map_to_the_same_key() {
+        let id = MessageId::from_parts(3, 1_800_000_123_456, (0xAB << 32) | 0x1234_5678);
+        assert_eq!(parse_id(&id.to_string()), Some(key_of(id)));
+        let other = MessageId::from_parts(3, 1_800_000_123_456, (0xAB << 32) | 0x1234_5679);
+        assert_ne!(key_of(id), key_of(other));
+        assert!(key_of(id) < key_of(other), "keys increase within a run");
+        for bad in [
+            "",
+            "nope",
+            "03/AB-00123-1234567",
+            "03/AB-0012x-12345678",
+            "03/AB-00123-1234567g",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Outcome webhooks: each domain's final outcomes POSTed in batches to its `outcome_webhook_url`, signed with
+//! HMAC-SHA256, retried with backoff until `outcome_webhook_max_age`, at least once across restarts.
+//!
+//! The delivery path only builds a small JSON event and hands it to a bounded channel ([`OutcomeListener`]); it
+//! never waits: past [`HANDOFF`] waiting events new ones are dropped and counted. A writer thread appends them
+//! to the domain's queue in the outcome store (a store write that survives a crash of the process); a sender
+//! task per domain POSTs the oldest events and deletes them once the receiver answered 2xx. A receiver that is
+//! down keeps its events in its own queue, bounded by `outcome_webhook_backlog`: beyond it the oldest are
+//! dropped with a counter and a log line.
+//!
+//! The request: `POST` with `content-type: application/json`, body `{"outcomes": [event, …]}` (docs/openapi.yaml
+//! `WebhookBatch`), headers `herald-timestamp: UNIX_SECONDS` and `herald-signature: v1=HEX` where HEX is
+//! HMAC-SHA256 with the secret over `TIMESTAMP.BODY` (docs/api.md "Outcome webhooks").
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald_spool::OutcomeStore;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use super::OutcomeListener;
+use super::book::is_invalid_token;
+use crate::logs::{OutcomeKind, OutcomeRecord};
+
+/// Events waiting for the writer thread before new ones are dropped.
+pub const HANDOFF: usize = 100_000;
+/// Events per request.
+pub const BATCH: usize = 500;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A domain's webhook options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookSettings {
+    pub url: String,
+    pub secret: String,
+    pub delivered: bool,
+    pub failed: bool,
+    pub invalid_token: bool,
+    pub max_age: Duration,
+    pub backlog: u64,
+}
+
+/// Resolves a domain's webhook options (`None`: the domain has no webhook).
+pub type HookResolver = dyn Fn(&str) -> Option<Arc<HookSettings>> + Send + Sync;
+
+/// One domain's queue, as counted in memory.
+#[derive(Default)]
+struct Queue {
+    next_seq: AtomicU64,
+    len: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    wake: tokio::sync::Notify,
+}
+
+/// Figures of one domain's webhook, for `/metrics` and the console.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookStats {
+    pub domain: String,
+    pub backlog: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+/// The outcome webhooks of a server.
+pub struct Webhooks {
+    store: Arc<OutcomeStore>,
+    resolve: Box<HookResolver>,
+    cache: Mutex<HashMap<Arc<str>, Option<Arc<HookSettings>>>>,
+    handoff: SyncSender<(Arc<str>, Vec<u8>)>,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    handoff_dropped: AtomicU64,
+    runtime: tokio::runtime::Handle,
+    http: reqwest::Client,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `v1=HEX`: HMAC-SHA256 with `secret` over `TIMESTAMP.BODY`.
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(3 + 64);
+    out.push_str("v1=");
+    for b in digest.iter() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+impl Webhooks {
+    /// Webhooks over `store`, resuming the queues it holds. Must be called inside a tokio runtime.
+    pub fn start(store: Arc<OutcomeStore>, resolve: Box<HookResolver>) -> Arc<Webhooks> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(HANDOFF);
+        let hooks = Arc::new(Webhooks {
+            store: store.clone(),
+            resolve,
+            cache: Mutex::new(HashMap::new()),
+            handoff: tx,
+            queues: Mutex::new(HashMap::new()),
+            handoff_dropped: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            http: reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+        });
+        match store.hook_queues() {
+            Ok(queues) => {
+                for (domain, len, last) in queues {
+                    let q = hooks.queue(&domain);
+                    q.len.store(len, Ordering::Relaxed);
+                    q.next_seq.store(last + 1, Ordering::Relaxed);
+                    q.wake.notify_one();
+                }
+            }
+            Err(e) => tracing::error!("reading the webhook queues: {e}"),
+        }
+        let weak = Arc::downgrade(&hooks);
+        if let Err(e) = std::thread::Builder::new()
+            .name("herald-webhooks".into())
+            .spawn(move || write_loop(rx, weak))
+        {
+            tracing::error!("cannot start the webhook writer thread: {e}");
+        }
+        hooks
+    }
+
+    /// Forgets the options resolved so far (after a configuration reload).
+    pub fn reconfigure(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn settings(&self, domain: &Arc<str>) -> Option<Arc<HookSettings>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = cache.get(domain) {
+            return s.clone();
+        }
+        let s = (self.resolve)(domain);
+        cache.insert(domain.clone(), s.clone());
+        s
+    }
+
+    /// The queue of `domain`, created (with its sender task) on first use.
+    fn queue(self: &Arc<Self>, domain: &str) -> Arc<Queue> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(q) = queues.get(domain) {
+            return q.clone();
+        }
+        let q = Arc::new(Queue {
+            next_seq: AtomicU64::new(1),
+            ..Queue::default()
+        });
+        queues.insert(domain.to_owned(), q.clone());
+        self.runtime.spawn(send_loop(
+            Arc::downgrade(self),
+            domain.to_owned(),
+            q.clone(),
+        ));
+        q
+    }
+
+    /// Every domain's figures, by domain.
+    pub fn stats(&self) -> Vec<HookStats> {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<HookStats> = queues
+            .iter()
+            .map(|(d, q)| HookStats {
+                domain: d.clone(),
+                backlog: q.len.load(Ordering::Relaxed),
+                delivered: q.delivered.load(Ordering::Relaxed),
+                dropped: q.dropped.load(Ordering::Relaxed),
+                failures: q.failures.load(Ordering::Relaxed),
+                last_error: q
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.domain.cmp(&b.domain));
+        out
+    }
+
+    /// Events dropped before they reached a queue (the writer fell [`HANDOFF`] behind).
+    pub fn handoff_dropped(&self) -> u64 {
+        self.handoff_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus families of the webhooks.
+    pub fn render_metrics(&self, out: &mut String) {
+        let stats = self.stats();
+        let family = |out: &mut String,
+                      name: &str,
+                      kind: &str,
+                      help: &str,
+                      get: &dyn Fn(&HookStats) -> u64| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for s in &stats {
+                out.push_str(&format!(
+                    "{name}{{domain=\"{}\"}} {}\n",
+                    escape(&s.domain),
+                    get(s)
+                ));
+            }
+        };
+        family(
+            out,
+            "herald_webhook_backlog",
+            "gauge",
+            "Outcomes waiting for the domain's webhook receiver.",
+            &|s| s.backlog,
+        );
+        family(
+            out,
+            "herald_webhook_delivered_total",
+            "counter",
+            "Outcomes the webhook receiver took (2xx).",
+            &|s| s.delivered,
+        );
+        family(
+            out,
+            "herald_webhook_dropped_total",
+            "counter",
+            "Outcomes dropped: beyond outcome_webhook_backlog or older than outcome_webhook_max_age.",
+            &|s| s.dropped,
+        );
+        family(
+            out,
+            "herald_webhook_failures_total",
+            "counter",
+            "Webhook requests that failed (no answer, timeout, non-2xx).",
+            &|s| s.failures,
+        );
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+impl OutcomeListener for Webhooks {
+    fn outcome(&self, r: &OutcomeRecord<'_>) {
+        let n = r.notification;
+        let kind = match r.kind {
+            OutcomeKind::Transient => return,
+            OutcomeKind::Delivered => "delivered",
+            OutcomeKind::Permanent if is_invalid_token(r.status, r.error) => "invalid_token",
+            OutcomeKind::Permanent => "failed",
+        };
+        let Some(settings) = self.settings(&n.domain) else {
+            return;
+        };
+        let wanted = match kind {
+            "delivered" => settings.delivered,
+            "invalid_token" => settings.invalid_token,
+            _ => settings.failed,
+        };
+        if !wanted {
+            return;
+        }
+        let mut event = serde_json::json!({
+            "id": n.id.to_string(),
+            "outcome": kind,
+            "domain": &*n.domain,
+            "token": n.token.to_hex(),
+            "accepted_at": n.received_at,
+            "finished_at": r.at,
+            "attempts": r.retries,
+        });
+        if let Some(tx) = r.transaction_id {
+            event["apns_id"] = tx.into();
+        }
+        if kind != "delivered" {
+            event["reason"] = r.error.into();
+            if let Some(s) = r.status {
+                event["status"] = s.into();
+            }
+        }
+        let bytes = event.to_string().into_bytes();
+        match self.handoff.try_send((n.domain.clone(), bytes)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                if self.handoff_dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                    tracing::warn!(
+                        "webhook outcomes are dropped: the webhook writer is {HANDOFF} behind"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Appends handed-off events to their domain's queue in the store, enforcing the backlog bound.
+fn write_loop(rx: Receiver<(Arc<str>, Vec<u8>)>, hooks: Weak<Webhooks>) {
+    while let Ok(first) = rx.recv() {
+        let mut by_domain: HashMap<Arc<str>, Vec<Vec<u8>>> = HashMap::new();
+        by_domain.entry(first.0).or_default().push(first.1);
+        for _ in 0..4096 {
+            match rx.try_recv() {
+                Ok((d, e)) => by_domain.entry(d).or_default().push(e),
+                Err(_) => break,
+            }
+        }
+        let Some(hooks) = hooks.upgrade() else {
+            return;
+        };
+        for (domain, events) in by_domain {
+            let q = hooks.queue(&domain);
+            let n = events.len() as u64;
+            let first_seq = q.next_seq.fetch_add(n, Ordering::Relaxed);
+            if let Err(e) = hooks.store.hook_push(&domain, first_seq, &events) {
+                tracing::error!(%domain, "storing {n} webhook outcomes: {e}");
+                continue;
+            }
+            let len = q.len.fetch_add(n, Ordering::Relaxed) + n;
+            let bound = hooks.settings(&domain).map_or(u64::MAX, |s| s.backlog);
+            if len > bound {
+                let over = (len - bound) as usize;
+                match hooks.store.hook_peek(&domain, over) {
+                    Ok(oldest) => {
+                        let keys: Vec<Vec<u8>> = oldest.into_iter().map(|(k, _)| k).collect();
+                        if hooks.store.hook_remove(&keys).is_ok() {
+                            let k = keys.len() as u64;
+                            q.len.fetch_sub(k, Ordering::Relaxed);
+                            let before = q.dropped.fetch_add(k, Ordering::Relaxed);
+                            if before == 0 || (before + k) / 10_000 > before / 10_000 {
+                                tracing::warn!(
+                                    %domain, backlog = bound, dropped_total = before + k,
+                                    "the webhook receiver falls behind: the oldest outcomes are dropped"
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(%domain, "trimming the webhook backlog: {e}"),
+                }
+            }
+            q.wake.notify_one();
+        }
+    }
+}
+
+/// POSTs the oldest events of `domain`'s queue until it is empty, then waits for more.
+async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let Some(h) = hooks.upgrade() else {
+            return;
+        };
+        let store = h.store.clone();
+        let d = domain.clone();
+        let events = tokio::task::spawn_blocking(move || store.hook_peek(&d, BATCH))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let events = match events {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(%domain, "reading the webhook queue: {e}");
+                Vec::new()
+            }
+        };
+        if events.is_empty() {
+            drop(h);
+            q.wake.notified().await;
+            continue;
+        }
+        let Some(settings) = h.settings(&Arc::from(domain.as_str())) else {
+            // The webhook was removed from the configuration: its queue waits until it comes back.
+            drop(h);
+            q.wake.notified().await;
+            continue;
+        };
+        // Events older than max_age are dropped, not sent.
+        let oldest_allowed = now_secs().saturating_sub(settings.max_age.as_secs());
+        let (stale, fresh): (Vec<_>, Vec<_>) = events.into_iter().partition(|(_, v)| {
+            serde_json::from_slice::<serde_json::Value>(v)
+                .ok()
+                .and_then(|e| e["finished_at"].as_u64())
+                .is_some_and(|t| t < oldest_allowed)
+        });
+        if !stale.is_empty() {
+            let keys: Vec<_> = stale.into_iter().map(|(k, _)| k).collect();
+            if h.store.hook_remove(&keys).is_ok() {
+                let k = keys.len() as u64;
+                q.len.fetch_sub(k, Ordering::Relaxed);
+                q.dropped.fetch_add(k, Ordering::Relaxed);
+                tracing::warn!(%domain, dropped = k, "webhook outcomes older than outcome_webhook_max_age dropped");
+            }
+            continue;
+        }
+        let mut body =
+            Vec::with_capacity(16 + fresh.iter().map(|(_, v)| v.len() + 1).sum::<usize>());
+        body.extend_from_slice(b"{\"outcomes\":[");
+        for (i, (_, v)) in fresh.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(v);
+        }
+        body.extend_from_slice(b"]}");
+        let ts = now_secs();
+        let sig = signature(settings.secret.as_bytes(), ts, &body);
+        let result = h
+            .http
+            .post(&settings.url)
+            .header("content-type", "application/json")
+            .header("herald-timestamp", ts.to_string())
+            .header("herald-signature", sig)
+            .body(body)
+            .send()
+            .await;
+        let error = match result {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("the receiver answered {}", r.status())),
+            Err(e) => Some(format!("request failed: {e}")),
+        };
+        match error {
+            None => {
+                let keys: Vec<_> = fresh.into_iter().map(|(k, _)| k).collect();
+                match h.store.hook_remove(&keys) {
+                    Ok(()) => {
+                        let k = keys.len() as u64;
+                        q.len.fetch_sub(k, Ordering::Relaxed);
+                        q.delivered.fetch_add(k, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::error!(%domain, "deleting delivered webhook outcomes: {e}"),
+                }
+                backoff = Duration::from_millis(250);
+            }
+            Some(e) => {
+                q.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%domain, url = %settings.url, "outcome webhook: {e}; retrying in {backoff:?}");
+                *q.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                drop(h);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_over_timestamp_dot_body() {
+        // printf '1700000000.{}' | openssl dgst -sha256 -hmac secret
+        assert_eq!(
+            signature(b"secret", 1_700_000_000, b"{}"),
+            "v1=b8569b78799ff9e3cbff0fc2d63a33a2b57f3282abd07c37ae5e8e7d79a5f163"
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! Outcomes for the apps that send, against `herald serve` as a process and the APNs simulator: a notification's
+//! status through every state (queued with its transient reason, delivered, failed with an invalid token), after a
+//! restart and after `outcome_retention`; `Idempotency-Key` across a `kill -9` (docs/api.md "Status" and
+//! "Idempotent requests").
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::daemon::Daemon;
+use support::{free_port, token_auth_options};
+
+const TOPIC: &str = "com.example.outcomes";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn write_config(dir: &Path, pki: &Pki, h2_port: u16, retention: u64) -> PathBuf {
+    let path = dir.join("herald.conf");
+    let text = format!(
+        r#"
+spool_dir = "{spool}"
+outcome_retention = {retention}
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+esmtp_listener {{ listen "127.0.0.1:0" {{ }} }}
+domain "outcomes.example" {{
+{credentials}  retry_interval = 1
+  max_retry_interval = 1
+  mx_failures_to_delay = 1
+}}
+"#,
+        spool = dir.join("spool").display(),
+        credentials = token_auth_options(pki, h2_port, TOPIC),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start_sim(pki: &Pki, port: u16, unregistered: &[String]) -> SimHandle {
+    let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+    config.h2_port = port;
+    config
+        .scenario
+        .unregistered
+        .extend(unregistered.iter().cloned());
+    Simulator::start(config).await.unwrap()
+}
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0x0c0e_0000_0000u64 + i as u64)
+}
+
+/// Posts `tokens`; returns (status, answer, whether it was replayed).
+async fn push(
+    http: &str,
+    tokens: &[String],
+    key: Option<&str>,
+    alert: &str,
+) -> (u16, serde_json::Value, bool) {
+    let body = serde_json::json!({
+        "domain": "outcomes.example",
+        "tokens": tokens,
+        "payload": {"aps": {"alert": alert}},
+    });
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/push"))
+        .json(&body);
+    if let Some(k) = key {
+        request = request.header("Idempotency-Key", k);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    let replayed = r.headers().get("idempotent-replayed").is_some();
+    (status, r.json().await.unwrap(), replayed)
+}
+
+fn ids(answer: &serde_json::Value) -> Vec<String> {
+    answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn status(http: &str, id: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://{http}/api/v1/notifications/{id}"))
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap())
+}
+
+/// Polls the status of `id` until `done` holds, failing at the deadline.
+async fn wait_status(
+    http: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, v) = status(http, id).await;
+        if done(code, &v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never {what}: last {code} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_goes_through_every_state_survives_a_restart_and_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port, 3600);
+    // APNs is down at first: the notifications stay queued with a transient reason and a next attempt.
+    let daemon = Daemon::start(&config);
+    let good = token(1);
+    let gone = token(2);
+    let (code, answer, _) = push(&daemon.http, &[good.clone(), gone.clone()], None, "states").await;
+    assert_eq!(code, 202, "{answer}");
+    let ids = ids(&answer);
+    let queued = wait_status(&daemon.http, &ids[0], "queued after a failure", |c, v| {
+        c == 200
+            && v["state"] == "queued"
+            && v["attempts"].as_u64() >= Some(1)
+            && v["next_attempt_at"].is_u64()
+    })
+    .await;
+    assert_eq!(queued["domain"], "outcomes.example");
+    assert_eq!(queued["token"], good.as_str());
+    assert!(
+        queued["accepted_at"].as_u64().unwrap() > 1_700_000_000,
+        "{queued}"
+    );
+    assert!(
+        queued["last_reason"]
+            .as_str()
+            .unwrap()
+            .contains("connection"),
+        "{queued}"
+    );
+    assert!(queued["next_attempt_at"].as_u64().is_some(), "{queued}");
+
+    // APNs comes up: one is delivered, the other fails for an unregistered token.
+    let sim = start_sim(&pki, port, std::slice::from_ref(&gone)).await;
+    let delivered = wait_status(&daemon.http, &ids[0], "delivered", |c, v| {
+        c == 200 && v["state"] == "delivered"
+    })
+    .await;
+    assert!(delivered["finished_at"].as_u64().is_some(), "{delivered}");
+    assert!(
+        delivered["apns_id"].as_str().is_some_and(|s| s.len() == 36),
+        "{delivered}"
+    );
+    let failed = wait_status(&daemon.http, &ids[1], "failed", |c, v| {
+        c == 200 && v["state"] == "failed"
+    })
+    .await;
+    assert_eq!(failed["reason"], "Unregistered", "{failed}");
+    assert_eq!(failed["status"], 410, "{failed}");
+    assert_eq!(failed["invalid_token"], true, "{failed}");
+
+    // An id herald never issued.
+    let mut unknown = ids[0].clone();
+    unknown.replace_range(12.., "FFFFFFFF");
+    let (code, v) = status(&daemon.http, &unknown).await;
+    assert_eq!((code, v["found"].as_str()), (404, Some("unknown")), "{v}");
+    let (code, v) = status(&daemon.http, "not-an-id").await;
+    assert_eq!(code, 400, "{v}");
+
+    // The batch form answers each id.
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/notifications/query", daemon.http))
+        .json(&serde_json::json!({"ids": [ids[0], ids[1], unknown]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["notifications"][0]["state"], "delivered", "{v}");
+    assert_eq!(v["notifications"][1]["state"], "failed", "{v}");
+    assert_eq!(v["not_found"][0]["found"], "unknown", "{v}");
+
+    // Final outcomes survive a crash of the process.
+    daemon.kill9();
+    let daemon = Daemon::start(&config);
+    let (code, after) = status(&daemon.http, &ids[0]).await;
+    assert_eq!((code, &after), (200, &delivered));
+    let (code, after) = status(&daemon.http, &ids[1]).await;
+    assert_eq!((code, &after), (200, &failed));
+    daemon.terminate();
+
+    // With a retention of one second they expire, and the answer says so.
+    let config = write_config(dir.path(), &pki, port, 1);
+    let daemon = Daemon::start(&config);
+    let v = wait_status(&daemon.http, &ids[0], "expired", |c, v| {
+        c == 404 && v["found"] == "expired"
+    })
+    .await;
+    assert!(
+        v["error"].as_str().unwrap().contains("outcome_retention"),
+        "{v}"
+    );
+    daemon.terminate();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_after_kill_9_sends_each_notification_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port, 3600);
+    // APNs is down until after the crash, so the simulator's record counts every send.
+    let daemon = Daemon::start(&config);
+    let tokens: Vec<String> = (10..15).map(token).collect();
+    let (code, first, replayed) = push(&daemon.http, &tokens, Some("order-17"), "once").await;
+    assert_eq!(code, 202, "{first}");
+    assert!(!replayed);
+    daemon.kill9();
+
+    let daemon = Daemon::start(&config);
+    let sim = start_sim(&pki, port, &[]).await;
+    // The client retries after the crash: the first answer again, nothing queued.
+    let (code, again, replayed) = push(&daemon.http, &tokens, Some("order-17"), "once").await;
+    assert_eq!((code, &again), (202, &first));
+    assert!(replayed);
+    // The same key with another body is refused, naming the key.
+    let (code, conflict, _) = push(&daemon.http, &tokens, Some("order-17"), "other").await;
+    assert_eq!(code, 409, "{conflict}");
+    assert!(
+        conflict["error"].as_str().unwrap().contains("order-17"),
+        "{conflict}"
+    );
+
+    // Everything acknowledged arrives; then a later notification, so that a duplicate would have arrived too.
+    sim.wait_for_records(tokens.len() as u64, WAIT).await;
+    let (code, later, _) = push(&daemon.http, &[token(99)], Some("order-18"), "later").await;
+    assert_eq!(code, 202, "{later}");
+    wait_status(&daemon.http, &ids(&later)[0], "delivered", |c, v| {
+        c == 200 && v["state"] == "delivered"
+    })
+    .await;
+    for id in ids(&first) {
+        wait_status(&daemon.http, &id, "delivered", |c, v| {
+            c == 200 && v["state"] == "delivered"
+        })
+        .await;
+    }
+    let record = sim.record();
+    for t in &tokens {
+        let n = record.iter().filter(|r| &r.token == t).count();
+        assert_eq!(n, 1, "{t} was sent {n} times");
+    }
+    daemon.terminate();
+    sim.shutdown().await;
+}

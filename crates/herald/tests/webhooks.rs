@@ -1,0 +1,317 @@
+//! Outcome webhooks against `herald serve` as a process, the APNs simulator and a receiver in the test: outcomes
+//! arrive signed (HMAC-SHA256 over `TIMESTAMP.BODY`) and each exactly once; a receiver that fails its first
+//! requests still gets everything; a dead receiver keeps a bounded backlog while delivery goes on; a `kill -9`
+//! with outcomes pending loses none of them (docs/api.md "Outcome webhooks").
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use support::daemon::Daemon;
+use support::{free_port, token_auth_options};
+
+const TOPIC: &str = "com.example.hooks";
+const SECRET: &str = "s3cret-for-tests";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What the receiver got, and how it answers.
+#[derive(Default)]
+struct Receiver {
+    /// Every outcome event taken (answered 2xx), with a verified signature.
+    events: Mutex<Vec<serde_json::Value>>,
+    /// Requests still to fail with 500.
+    fail_first: AtomicUsize,
+    /// Answer 503 to everything.
+    down: AtomicBool,
+    bad_signatures: AtomicUsize,
+}
+
+async fn receive(
+    State(r): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    if r.down.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if r.fail_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let ts = headers["herald-timestamp"].to_str().unwrap();
+    let sig = headers["herald-signature"].to_str().unwrap();
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(ts.as_bytes());
+    mac.update(b".");
+    mac.update(&body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if sig != format!("v1={hex}") {
+        r.bad_signatures.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::UNAUTHORIZED;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    r.events
+        .lock()
+        .unwrap()
+        .extend(v["outcomes"].as_array().unwrap().iter().cloned());
+    StatusCode::NO_CONTENT
+}
+
+async fn start_receiver(receiver: Arc<Receiver>) -> String {
+    let app = axum::Router::new()
+        .route("/hook", post(receive))
+        .with_state(receiver);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/hook")
+}
+
+fn write_config(dir: &Path, pki: &Pki, h2_port: u16, hooks: &[(&str, &str, u64)]) -> PathBuf {
+    let path = dir.join("herald.conf");
+    let mut text = format!(
+        r#"
+spool_dir = "{spool}"
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+esmtp_listener {{ listen "127.0.0.1:0" {{ }} }}
+"#,
+        spool = dir.join("spool").display(),
+    );
+    for (domain, url, backlog) in hooks {
+        let hook = if url.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  outcome_webhook_url = \"{url}\"\n  outcome_webhook_secret = \"{SECRET}\"\n  outcome_webhook_backlog = {backlog}\n"
+            )
+        };
+        text.push_str(&format!(
+            "domain \"{domain}\" {{\n{credentials}  retry_interval = 1\n  max_retry_interval = 1\n{hook}}}\n",
+            credentials = token_auth_options(pki, h2_port, TOPIC),
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start_sim(pki: &Pki, port: u16, unregistered: &[String]) -> SimHandle {
+    let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+    config.h2_port = port;
+    config
+        .scenario
+        .unregistered
+        .extend(unregistered.iter().cloned());
+    Simulator::start(config).await.unwrap()
+}
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0x400c_0000_0000u64 + i as u64)
+}
+
+async fn push(http: &str, domain: &str, tokens: &[String]) -> Vec<String> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/push"))
+        .json(&serde_json::json!({"domain": domain, "tokens": tokens, "payload": {"aps": {"alert": "hook"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned())
+        .collect()
+}
+
+/// Waits until the receiver holds `n` events.
+async fn wait_events(r: &Receiver, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let events = r.events.lock().unwrap().clone();
+        if events.len() >= n {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} outcomes arrived",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn metric(http: &str, line_start: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_arrive_signed_once_each_even_when_the_first_attempts_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let gone = token(0);
+    let sim = start_sim(&pki, port, std::slice::from_ref(&gone)).await;
+    let receiver = Arc::new(Receiver::default());
+    receiver.fail_first.store(3, Ordering::SeqCst);
+    let url = start_receiver(receiver.clone()).await;
+    let config = write_config(dir.path(), &pki, port, &[("hooks.example", &url, 100_000)]);
+    let daemon = Daemon::start(&config);
+
+    let tokens: Vec<String> = (0..40).map(token).collect();
+    let mut ids = Vec::new();
+    for chunk in tokens.chunks(10) {
+        ids.extend(push(&daemon.http, "hooks.example", chunk).await);
+    }
+    let events = wait_events(&receiver, ids.len()).await;
+    assert_eq!(receiver.bad_signatures.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        receiver.fail_first.load(Ordering::SeqCst),
+        0,
+        "the failing attempts happened"
+    );
+    let mut seen: HashMap<String, serde_json::Value> = HashMap::new();
+    for e in events {
+        let id = e["id"].as_str().unwrap().to_owned();
+        assert!(seen.insert(id.clone(), e).is_none(), "{id} arrived twice");
+    }
+    for (id, t) in ids.iter().zip(&tokens) {
+        let e = &seen[id];
+        assert_eq!(e["token"], t.as_str());
+        assert_eq!(e["domain"], "hooks.example");
+        if *t == gone {
+            assert_eq!(e["outcome"], "invalid_token", "{e}");
+            assert_eq!(e["reason"], "Unregistered", "{e}");
+        } else {
+            assert_eq!(e["outcome"], "delivered", "{e}");
+        }
+    }
+    // Nothing more arrives after a later outcome (exactly once).
+    let later = push(&daemon.http, "hooks.example", &[token(77)]).await;
+    let events = wait_events(&receiver, ids.len() + 1).await;
+    assert_eq!(events.len(), ids.len() + 1);
+    assert_eq!(events.last().unwrap()["id"], later[0].as_str());
+    daemon.terminate();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_receiver_keeps_a_bounded_backlog_and_delivery_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port, &[]).await;
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let config = write_config(
+        dir.path(),
+        &pki,
+        port,
+        &[("dead.example", &dead, 50), ("plain.example", "", 0)],
+    );
+    let daemon = Daemon::start(&config);
+    // The same load through a domain with a dead receiver and one without a webhook, in one run.
+    let n = 400;
+    for i in 0..(n / 100) {
+        let with: Vec<String> = (i * 100..(i + 1) * 100).map(token).collect();
+        let without: Vec<String> = (10_000 + i * 100..10_000 + (i + 1) * 100)
+            .map(token)
+            .collect();
+        push(&daemon.http, "dead.example", &with).await;
+        push(&daemon.http, "plain.example", &without).await;
+    }
+    assert_eq!(sim.wait_for_records(2 * n as u64, WAIT).await, 2 * n as u64);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let backlog = metric(
+            &daemon.http,
+            "herald_webhook_backlog{domain=\"dead.example\"}",
+        )
+        .await;
+        let dropped = metric(
+            &daemon.http,
+            "herald_webhook_dropped_total{domain=\"dead.example\"}",
+        )
+        .await;
+        if let (Some(b), Some(d)) = (backlog, dropped) {
+            assert!(b <= 50, "backlog {b} beyond its bound");
+            if b + d == n as u64 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backlog {backlog:?}, dropped {dropped:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.terminate();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_pending_at_a_kill_9_arrive_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port, &[]).await;
+    let receiver = Arc::new(Receiver::default());
+    receiver.down.store(true, Ordering::SeqCst);
+    let url = start_receiver(receiver.clone()).await;
+    let config = write_config(dir.path(), &pki, port, &[("hooks.example", &url, 100_000)]);
+    let daemon = Daemon::start(&config);
+    let tokens: Vec<String> = (0..25).map(token).collect();
+    let ids = push(&daemon.http, "hooks.example", &tokens).await;
+    let deadline = Instant::now() + WAIT;
+    while metric(
+        &daemon.http,
+        "herald_webhook_backlog{domain=\"hooks.example\"}",
+    )
+    .await
+        != Some(25)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the outcomes never queued for the webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.kill9();
+    receiver.down.store(false, Ordering::SeqCst);
+    let daemon = Daemon::start(&config);
+    let events = wait_events(&receiver, ids.len()).await;
+    let got: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    for id in &ids {
+        assert!(got.contains(id.as_str()), "{id} never arrived");
+    }
+    daemon.terminate();
+    sim.shutdown().await;
+}
