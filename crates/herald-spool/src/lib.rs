@@ -10,6 +10,7 @@
 pub mod engine;
 pub mod error;
 pub mod fjall_engine;
+pub mod jetstream;
 pub mod key;
 pub mod memory;
 pub mod record;
@@ -19,6 +20,7 @@ pub mod store;
 pub use engine::{CommitBatch, Engine, Table};
 pub use error::SpoolError;
 pub use fjall_engine::{FjallEngine, FjallOptions};
+pub use jetstream::{JetStreamOptions, JetStreamSpool, JetStreamStats};
 pub use key::{KeyGenerator, SpoolKey};
 pub use memory::MemorySpool;
 pub use record::{DecodeError, RECORD_VERSION, Schedule, StoredNotification};

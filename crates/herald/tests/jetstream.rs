@@ -1,0 +1,210 @@
+//! herald nodes sharing a NATS JetStream stream as their spool (`spool_backend = jetstream`, docs/scale-out.md):
+//! acknowledged means published and acked by JetStream, any node delivers, a killed node's notifications are
+//! delivered by the others, a killed NATS server of three does not stop delivery, and NATS down at start means
+//! temporary refusals, then delivery once it is up. An existing stream with other settings is refused at start.
+//!
+//! The tests start their own `nats-server` processes on loopback ports (skipped with a message when it is not
+//! installed, failing under `CI`). `HERALD_JS_COUNT` sets the notifications of the three-node test (default 20000;
+//! docs/scale-out.md gives the 100k manual run).
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::daemon::Daemon;
+use support::{free_port, nats, token_auth_options};
+
+const TOPIC: &str = "com.example.js";
+const DOMAIN: &str = "js.example";
+
+fn write_config(
+    dir: &Path,
+    name: &str,
+    pki: &Pki,
+    h2_port: u16,
+    nats_url: &str,
+    extra: &str,
+) -> PathBuf {
+    let node = dir.join(name);
+    std::fs::create_dir_all(&node).unwrap();
+    let path = node.join("herald.conf");
+    let text = format!(
+        r#"
+spool_backend = jetstream
+spool_nats_url = "{nats_url}"
+spool_nats_stream = "herald"
+spool_dir = "{spool}"
+spool_nats_timeout = 2
+{extra}
+ec_logger "main" {{ mainlog = "{log}" }}
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+esmtp_listener {{ listen "127.0.0.1:0" {{ mcmt_reception = allow }} }}
+control_listener {{ listen "{sock}" {{ file_mode = 0600 }} }}
+domain "{DOMAIN}" {{
+{credentials}  retry_interval = 1
+  max_retry_interval = 1
+  mx_failures_to_delay = 0
+}}
+"#,
+        spool = node.join("spool").display(),
+        log = node.join("mainlog.ec").display(),
+        sock = node.join("control.sock").display(),
+        credentials = token_auth_options(pki, h2_port, TOPIC),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0x15_0000_0000u64 + i as u64)
+}
+
+async fn post(
+    client: &reqwest::Client,
+    http: &str,
+    tokens: &[String],
+) -> Result<(u16, String), String> {
+    let body = serde_json::json!({
+        "domain": DOMAIN,
+        "tokens": tokens,
+        "payload": {"aps": {"alert": "scale out"}},
+    });
+    let r = client
+        .post(format!("http://{http}/api/v1/push"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    Ok((status, r.text().await.unwrap_or_default()))
+}
+
+async fn start_sim(pki: &Pki, port: u16) -> SimHandle {
+    let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+    config.h2_port = port;
+    Simulator::start(config).await.unwrap()
+}
+
+/// Tokens the simulator recorded, with how many times each.
+fn delivered(sim: &SimHandle) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in sim.record() {
+        *m.entry(r.token).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Waits until every token of `acked` is in the simulator's record; returns (lost, duplicates).
+async fn wait_all_delivered(sim: &SimHandle, acked: &[String], within: Duration) -> (usize, usize) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = delivered(sim);
+        let lost = acked.iter().filter(|t| !got.contains_key(*t)).count();
+        if lost == 0 || Instant::now() > deadline {
+            let dups = got.values().map(|n| n - 1).sum();
+            return (lost, dups);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_delivers_through_the_stream_and_an_incompatible_stream_is_refused() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let config = write_config(dir.path(), "a", &pki, port, &server.url(), "");
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let tokens: Vec<String> = (0..300).map(token).collect();
+    for chunk in tokens.chunks(100) {
+        let (status, text) = post(&client, &daemon.http, chunk).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    let (lost, dups) = wait_all_delivered(&sim, &tokens, Duration::from_secs(60)).await;
+    assert_eq!(lost, 0, "notifications acknowledged but never delivered");
+    assert_eq!(dups, 0);
+    daemon.terminate();
+
+    // The same stream asked with three replicas: herald refuses to start and says why.
+    let config = write_config(
+        dir.path(),
+        "b",
+        &pki,
+        port,
+        &server.url(),
+        "spool_nats_replicas = 3",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("does not fit herald") && stderr.contains("replicas"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_at_start_means_refusals_then_delivery_once_it_is_up() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = nats::single_not_started(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let config = write_config(dir.path(), "a", &pki, port, &server.url(), "");
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let (status, text) = post(&client, &daemon.http, &[token(1)]).await.unwrap();
+    assert_eq!(status, 503, "{text}");
+
+    server.restart();
+    server.wait_healthy(Duration::from_secs(20));
+    // herald reconnects by itself: retry until accepted, then it is delivered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let tokens = vec![token(2)];
+    loop {
+        let (status, text) = post(&client, &daemon.http, &tokens).await.unwrap();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(
+            Instant::now() < deadline,
+            "never accepted after NATS came up: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (lost, _) = wait_all_delivered(&sim, &tokens, Duration::from_secs(30)).await;
+    assert_eq!(lost, 0);
+    assert!(
+        !delivered(&sim).contains_key(&token(1)),
+        "a refused notification was delivered"
+    );
+    daemon.terminate();
+}
