@@ -208,3 +208,127 @@ async fn nats_down_at_start_means_refusals_then_delivery_once_it_is_up() {
     );
     daemon.terminate();
 }
+
+/// Posts every batch to the nodes in turn (skipping those in `down`) until one accepts it; returns the batches
+/// acknowledged. A batch refused by a node (503 while it reconnects) goes to the next one.
+async fn post_spread(
+    client: &reqwest::Client,
+    nodes: &[String],
+    down: &[bool],
+    batches: &[Vec<String>],
+    acked: &mut Vec<String>,
+    refused: &mut usize,
+) {
+    let mut futures = Vec::new();
+    for (i, batch) in batches.iter().enumerate() {
+        let client = client.clone();
+        let order: Vec<String> = (0..nodes.len())
+            .map(|k| (i + k) % nodes.len())
+            .filter(|&k| !down[k])
+            .map(|k| nodes[k].clone())
+            .collect();
+        let batch = batch.clone();
+        futures.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut refusals = 0;
+            loop {
+                for http in &order {
+                    match post(&client, http, &batch).await {
+                        Ok((202, _)) => return (batch, refusals),
+                        Ok((503, _)) | Err(_) => refusals += 1,
+                        Ok((status, text)) => panic!("{status}: {text}"),
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no node accepted a batch within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+        // A few batches in flight at once.
+        if futures.len() >= 4 {
+            let (b, r) = futures.remove(0).await.unwrap();
+            acked.extend(b);
+            *refused += r;
+        }
+    }
+    for f in futures {
+        let (b, r) = f.await.unwrap();
+        acked.extend(b);
+        *refused += r;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_a_three_server_cluster_lose_nothing_when_a_node_and_a_nats_server_are_killed()
+ {
+    if !nats::available() {
+        return;
+    }
+    let count: usize = std::env::var("HERALD_JS_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = nats::cluster(dir.path());
+    let urls = nats::urls(&servers);
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let extra = "spool_nats_replicas = 3\nspool_nats_ack_wait = 3\nspool_nats_timeout = 3";
+    let mut daemons: Vec<Option<Daemon>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            Some(Daemon::start(&write_config(
+                dir.path(),
+                n,
+                &pki,
+                port,
+                &urls,
+                extra,
+            )))
+        })
+        .collect();
+    let nodes: Vec<String> = daemons
+        .iter()
+        .map(|d| d.as_ref().unwrap().http.clone())
+        .collect();
+    let client = reqwest::Client::new();
+    let tokens: Vec<String> = (0..count).map(token).collect();
+    let batches: Vec<Vec<String>> = tokens.chunks(250).map(<[String]>::to_vec).collect();
+    let (first, rest) = batches.split_at(batches.len() / 2);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let started = Instant::now();
+    post_spread(
+        &client,
+        &nodes,
+        &[false; 3],
+        first,
+        &mut acked,
+        &mut refused,
+    )
+    .await;
+
+    // Halfway: node a dies with whatever it pulled and had not finished.
+    daemons[0].take().unwrap().kill9();
+    let down = [true, false, false];
+    post_spread(&client, &nodes, &down, second, &mut acked, &mut refused).await;
+
+    // Then one NATS server of three dies: delivery goes on.
+    servers[1].kill();
+    post_spread(&client, &nodes, &down, third, &mut acked, &mut refused).await;
+
+    let (lost, dups) = wait_all_delivered(&sim, &acked, Duration::from_secs(180)).await;
+    println!(
+        "three nodes, R3: {} acknowledged, lost {lost}, duplicates {dups}, refused attempts {refused}, {:.1} s",
+        acked.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0, "acknowledged notifications never delivered");
+    for d in daemons.iter_mut().filter_map(Option::take) {
+        d.terminate();
+    }
+}
