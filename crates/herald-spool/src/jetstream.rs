@@ -695,6 +695,10 @@ impl Spool for JetStreamSpool {
         }
     }
 
+    fn stream_stats(&self) -> Option<JetStreamStats> {
+        Some(JetStreamSpool::stream_stats(self))
+    }
+
     fn flush(&self) -> SpoolFuture<()> {
         let client = self.client.clone();
         Box::pin(async move { client.flush().await.map_err(|e| nats_error("flushing", e)) })

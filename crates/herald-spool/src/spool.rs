@@ -69,6 +69,11 @@ pub trait Spool: Send + Sync + 'static {
         None
     }
 
+    /// The shared stream's figures, for a spool on NATS JetStream (`None` for the embedded spool).
+    fn stream_stats(&self) -> Option<crate::jetstream::JetStreamStats> {
+        None
+    }
+
     /// Makes every reschedule and removal issued so far durable.
     fn flush(&self) -> SpoolFuture<()>;
 

@@ -84,6 +84,18 @@ async fn post(
     Ok((status, r.text().await.unwrap_or_default()))
 }
 
+fn console(socket: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("console")
+        .arg(socket)
+        .args(args)
+        .env_remove("HERALD_CONSOLE_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 async fn start_sim(pki: &Pki, port: u16) -> SimHandle {
     let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
     config.h2_port = port;
@@ -134,6 +146,44 @@ async fn one_node_delivers_through_the_stream_and_an_incompatible_stream_is_refu
     let (lost, dups) = wait_all_delivered(&sim, &tokens, Duration::from_secs(60)).await;
     assert_eq!(lost, 0, "notifications acknowledged but never delivered");
     assert_eq!(dups, 0);
+
+    // `/metrics` and the console's summary show the stream next to the node's own figures.
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_jetstream_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_jetstream_pulled_total 300"),
+        "{metrics}"
+    );
+    let socket = config.parent().unwrap().join("control.sock");
+    let summary = console(&socket, &["summary"]);
+    assert!(summary.contains("Stream Connection:"), "{summary}");
+    assert!(summary.contains("Stream Messages:"), "{summary}");
+
+    // `config reload` with the JetStream spool: the domain moves to another APNs, and new notifications go there.
+    let port2 = free_port();
+    let sim2 = start_sim(&pki, port2).await;
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{port2}"));
+    std::fs::write(&config, text).unwrap();
+    let out = console(&socket, &["config", "reload"]);
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    let more: Vec<String> = (1000..1050).map(token).collect();
+    let (status, text) = post(&client, &daemon.http, &more).await.unwrap();
+    assert_eq!(status, 202, "{text}");
+    let (lost, _) = wait_all_delivered(&sim2, &more, Duration::from_secs(60)).await;
+    assert_eq!(
+        lost, 0,
+        "after the reload, notifications did not reach the new route"
+    );
     daemon.terminate();
 
     // The same stream asked with three replicas: herald refuses to start and says why.
