@@ -321,6 +321,16 @@ impl JetStreamSpool {
         &self.ctx
     }
 
+    /// The stream's replica count (1 or 3).
+    pub fn replicas(&self) -> usize {
+        self.options.replicas
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> &str {
+        &self.options.stream
+    }
+
     /// Whether the client is connected now.
     pub fn connected(&self) -> bool {
         self.ready.load(Ordering::Relaxed)

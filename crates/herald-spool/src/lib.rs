@@ -14,6 +14,7 @@ pub mod jetstream;
 pub mod key;
 pub mod memory;
 pub mod record;
+pub mod shared_map;
 pub mod spool;
 pub mod store;
 
@@ -24,5 +25,6 @@ pub use jetstream::{JetStreamOptions, JetStreamSpool, JetStreamStats};
 pub use key::{KeyGenerator, SpoolKey};
 pub use memory::MemorySpool;
 pub use record::{DecodeError, RECORD_VERSION, Schedule, StoredNotification};
+pub use shared_map::{SharedEntry, SharedMap};
 pub use spool::{Recovered, RecoveryReport, Spool, SpoolFuture, SpoolStats};
 pub use store::{DiskSpool, SpoolOptions};

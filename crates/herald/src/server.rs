@@ -170,6 +170,9 @@ impl Server {
         let tokens_file =
             path_option("invalid_tokens_file").unwrap_or_else(|| dir.join("invalid-tokens.jsonl"));
         let invalid_tokens = Arc::new(InvalidTokenStore::open(&tokens_file, feedback_log)?);
+        if let Some(js) = &jetstream {
+            share_invalid_tokens(js, &invalid_tokens);
+        }
         let engine = Arc::new(Engine::new(
             resolver.clone(),
             logs.clone(),
@@ -708,4 +711,17 @@ fn jetstream_options(s: &herald_conf::SpoolSettings) -> JetStreamOptions {
     o.ack_wait = s.nats_ack_wait.max(Duration::from_secs(1));
     o.max_ack_pending = i64::from(s.nats_max_ack_pending);
     o
+}
+
+/// With the JetStream spool the invalid-token store is shared through a key-value bucket named after the stream.
+fn share_invalid_tokens(js: &Arc<JetStreamSpool>, store: &Arc<InvalidTokenStore>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let bucket = format!("{}_invalid_tokens", js.stream_name());
+    store.share(herald_spool::SharedMap::open(js, &bucket, tx));
+    let store = store.clone();
+    tokio::spawn(async move {
+        while let Some(entry) = rx.recv().await {
+            store.record_from_peer(&entry.value);
+        }
+    });
 }

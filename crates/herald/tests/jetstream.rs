@@ -382,3 +382,70 @@ async fn three_nodes_on_a_three_server_cluster_lose_nothing_when_a_node_and_a_na
         d.terminate();
     }
 }
+
+async fn invalid_tokens(http: &str) -> Vec<String> {
+    let v: serde_json::Value = reqwest::get(format!("http://{http}/api/v1/tokens/invalid"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["tokens"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["token"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_reported_invalid_through_one_node_is_listed_by_every_node() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let a = Daemon::start(&write_config(
+        dir.path(),
+        "a",
+        &pki,
+        port,
+        &server.url(),
+        "",
+    ));
+    let b = Daemon::start(&write_config(
+        dir.path(),
+        "b",
+        &pki,
+        port,
+        &server.url(),
+        "",
+    ));
+    let gone = token(77);
+    sim.set_token(&gone, herald_sim::TokenState::Unregistered, None, None);
+    let client = reqwest::Client::new();
+    let (status, text) = post(&client, &a.http, std::slice::from_ref(&gone))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{text}");
+    // Whichever node delivered it, APNs' 410 reaches both nodes' lists through the shared bucket.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (on_a, on_b) = (invalid_tokens(&a.http).await, invalid_tokens(&b.http).await);
+        if on_a.contains(&gone) && on_b.contains(&gone) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "invalid token not listed by both nodes: A {on_a:?}, B {on_b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.terminate();
+    b.terminate();
+}
