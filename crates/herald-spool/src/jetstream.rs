@@ -137,6 +137,7 @@ pub struct JetStreamSpool {
     rescheduled: AtomicU64,
     pulled: AtomicU64,
     redelivered_here: AtomicU64,
+    handed_back: AtomicU64,
     last_error: Mutex<Option<SpoolError>>,
     handle: tokio::runtime::Handle,
 }
@@ -221,6 +222,7 @@ impl JetStreamSpool {
             rescheduled: AtomicU64::new(0),
             pulled: AtomicU64::new(0),
             redelivered_here: AtomicU64::new(0),
+            handed_back: AtomicU64::new(0),
             last_error: Mutex::new(None),
             handle: tokio::runtime::Handle::current(),
             options,
@@ -354,6 +356,7 @@ impl JetStreamSpool {
             held: self.held(),
             pulled: self.pulled.load(Ordering::Relaxed),
             redelivered_here: self.redelivered_here.load(Ordering::Relaxed),
+            handed_back: self.handed_back.load(Ordering::Relaxed),
         }
     }
 
@@ -398,6 +401,8 @@ pub struct JetStreamStats {
     pub pulled: u64,
     /// ...of which had been delivered before (to this or another node).
     pub redelivered_here: u64,
+    /// Notifications this node gave back to the stream for a later retry (nak with delay).
+    pub handed_back: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -527,6 +532,11 @@ async fn pull_loop(
             let stored = match decode_message(&message.payload) {
                 Ok(mut s) => {
                     s.key = SpoolKey(key);
+                    // A notification handed back for a retry comes again with its delivery count: its retries
+                    // so far (a redelivery after a node stopped counts as one too).
+                    s.retries = s
+                        .retries
+                        .max(u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX));
                     s
                 }
                 Err(e) => {
@@ -702,6 +712,16 @@ impl Spool for JetStreamSpool {
                     .clone()
                     .unwrap_or_else(|| SpoolError::Unreachable("not connected to NATS".into())),
             )
+        }
+    }
+
+    fn hand_back(&self, key: SpoolKey, delay: Duration) -> bool {
+        if lock(&self.held).contains_key(&key.0) {
+            self.handed_back.fetch_add(1, Ordering::Relaxed);
+            self.release(key, delay);
+            true
+        } else {
+            false
         }
     }
 

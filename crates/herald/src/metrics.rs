@@ -236,7 +236,7 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
         let _ = writeln!(out, "herald_spool_pending_removals {}", h.pending_removals);
     }
     if let Some(j) = extra.stream {
-        let rows: [(&str, &str, &str, u64); 8] = [
+        let rows: [(&str, &str, &str, u64); 9] = [
             (
                 "herald_jetstream_connected",
                 "1 while this node is connected to NATS and the stream is set up, else 0 (notifications are refused meanwhile).",
@@ -284,6 +284,12 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
                 "Notifications this node pulled from the stream since start.",
                 "counter",
                 j.pulled,
+            ),
+            (
+                "herald_jetstream_handed_back_total",
+                "Notifications this node gave back to the stream for a retry later (nak with delay) instead of holding them.",
+                "counter",
+                j.handed_back,
             ),
         ];
         for (name, help, kind, value) in rows {

@@ -66,6 +66,10 @@ impl QueueObserver for SpoolBridge {
         self.spool.remove(&[SpoolKey(id.0)]);
     }
 
+    fn hand_back(&self, id: MessageId, _retries: u32, delay: Duration) -> bool {
+        self.shared && delay >= HAND_BACK_AFTER && self.spool.hand_back(SpoolKey(id.0), delay)
+    }
+
     fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime) {
         let ms = next_attempt
             .duration_since(UNIX_EPOCH)
@@ -74,6 +78,10 @@ impl QueueObserver for SpoolBridge {
         self.spool.reschedule(SpoolKey(id.0), retries, ms);
     }
 }
+
+/// With the JetStream spool, a retry due this long after a transient failure or later goes back to the stream
+/// (nak with delay) rather than waiting in this node's memory; shorter ones wait here (docs/scale-out.md).
+pub const HAND_BACK_AFTER: Duration = Duration::from_secs(5);
 
 /// The record of a notification.
 pub fn to_stored(n: &Notification) -> StoredNotification {

@@ -449,3 +449,80 @@ async fn a_token_reported_invalid_through_one_node_is_listed_by_every_node() {
     a.terminate();
     b.terminate();
 }
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_whose_apns_answers_503_is_handed_back_to_the_stream_and_does_not_hold_up_another()
+{
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    // A second APNs that answers every push with 503 ServiceUnavailable.
+    let slow_port = free_port();
+    let mut slow_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    slow_config.h2_port = slow_port;
+    slow_config.scenario =
+        serde_json::from_str(r#"{"errors": {"ServiceUnavailable": 1.0}}"#).unwrap();
+    let slow_sim = Simulator::start(slow_config).await.unwrap();
+    let extra = format!(
+        "domain \"slow.example\" {{\n{}  retry_interval = 30\n  max_retry_interval = 30\n  mx_failures_to_delay = 0\n}}\n",
+        token_auth_options(&pki, slow_port, TOPIC)
+    );
+    let config = write_config(dir.path(), "a", &pki, port, &server.url(), &extra);
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let slow: Vec<String> = (5000..5100).map(token).collect();
+    let body = serde_json::json!({
+        "domain": "slow.example",
+        "tokens": slow,
+        "payload": {"aps": {"alert": "503"}},
+    });
+    let r = client
+        .post(format!("http://{}/api/v1/push", daemon.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    // The 503 domain's notifications go back to the stream for their retry in 30 s: this node holds none of them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reqwest::get(format!("http://{}/metrics", daemon.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&m, "herald_jetstream_handed_back_total") >= slow.len() as u64
+            && metric(&m, "herald_jetstream_held") == 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "503 notifications not handed back:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Meanwhile the other domain on the same node delivers everything.
+    let fast: Vec<String> = (0..1000).map(token).collect();
+    for chunk in fast.chunks(250) {
+        let (status, text) = post(&client, &daemon.http, chunk).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    let (lost, _) = wait_all_delivered(&sim, &fast, Duration::from_secs(25)).await;
+    assert_eq!(lost, 0, "the healthy domain was held up by the 503 one");
+    assert!(slow_sim.record().is_empty() || delivered(&slow_sim).len() <= slow.len());
+    daemon.terminate();
+}
