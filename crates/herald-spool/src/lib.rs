@@ -4,7 +4,8 @@
 //! corrupt record is skipped on recovery), the small object-safe [`Spool`] trait herald holds as `Arc<dyn Spool>`,
 //! the embedded store [`DiskSpool`] (fjall, chosen by measurement: see BENCHMARKS.md "Spool") whose writer thread
 //! gives group commit (concurrent appends share one fsync), recovery after a crash, and [`MemorySpool`], a
-//! non-durable stand-in for tests. It knows nothing of herald's queue or protocols: herald converts its
+//! non-durable stand-in for tests, and [`JetStreamSpool`], a NATS JetStream stream several herald nodes share
+//! (docs/scale-out.md), with the [`SharedMap`] key-value bucket next to it. It knows nothing of herald's queue or protocols: herald converts its
 //! notifications to and from [`StoredNotification`].
 
 pub mod engine;
