@@ -238,6 +238,58 @@ impl Config {
             .unwrap_or(-1)
     }
 
+    /// The `host` stanza that caps connections to `host` from (`binding_group`, `binding`), searched in the order
+    /// of [`Config::host_max_outbound_connections`]: its cap and the scope that holds it. Every connection to
+    /// `host` whose cap comes from the same stanza shares that cap (momentum.md §4.3: a host stanza limits the
+    /// connections to the host, whichever domain they serve). `None` when no host stanza sets the option.
+    pub fn host_connection_cap(
+        &self,
+        binding_group: Option<&str>,
+        binding: Option<&str>,
+        host: &str,
+    ) -> Option<HostConnectionCap> {
+        let id = options::lookup("max_outbound_connections")?;
+        let group = binding_group
+            .map(str::to_owned)
+            .or_else(|| binding.and_then(|b| eval::group_of(&self.root, b).map(str::to_owned)));
+        let g = group
+            .as_deref()
+            .and_then(|g| self.root.child(ScopeKind::BindingGroup, Some(g)));
+        let gb = g
+            .zip(binding)
+            .and_then(|(g, b)| g.child(ScopeKind::Binding, Some(b)));
+        let b = binding.and_then(|b| self.root.child(ScopeKind::Binding, Some(b)));
+        let owners = [
+            (
+                gb,
+                format!(
+                    "binding_group {:?} binding {:?} ",
+                    group.as_deref().unwrap_or(""),
+                    binding.unwrap_or("")
+                ),
+            ),
+            (b, format!("binding {:?} ", binding.unwrap_or(""))),
+            (
+                g,
+                format!("binding_group {:?} ", group.as_deref().unwrap_or("")),
+            ),
+            (Some(&self.root), String::new()),
+        ];
+        for (node, owner) in owners {
+            let Some(node) = node else { continue };
+            for h in node.matching_named(ScopeKind::Host, host) {
+                if let Some(limit) = h.get(id).and_then(|s| s.value.as_int()) {
+                    let stanza = h.name.as_deref().unwrap_or(host);
+                    return Some(HostConnectionCap {
+                        limit,
+                        scope: format!("{owner}host {stanza:?}"),
+                    });
+                }
+            }
+        }
+        None
+    }
+
     /// Whether `binding` is declared (at the top level or in a binding group); `default` always is.
     pub fn has_binding(&self, binding: &str) -> bool {
         self.bindings().iter().any(|(_, b)| *b == binding)
@@ -394,4 +446,13 @@ fn collect_domains<'a>(
             _ => {}
         }
     }
+}
+
+/// A `host` stanza's `max_outbound_connections` and where it is set (see [`Config::host_connection_cap`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostConnectionCap {
+    /// The cap; negative for none.
+    pub limit: i64,
+    /// The stanza that sets it, as a scope path (`host "h"`, `binding "b" host "h"`, …).
+    pub scope: String,
 }

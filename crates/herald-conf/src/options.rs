@@ -1030,7 +1030,7 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         | "never_attempt_expired_messages"
         | "mx_failures_to_delay" => DELIVERY_PART,
         "max_outbound_connections" => {
-            "delivery: the size of each (binding, domain) pool; a `host` stanza caps the pools connecting to its host"
+            "delivery: the size of each (binding, domain) pool; a `host` stanza caps every connection to its host, over all pools"
         }
         "bind_address" => "delivery: the source address of the binding's outbound connections",
         "tls_certificate" | "tls_key" => TLS_BOTH,

@@ -693,3 +693,39 @@ pathway q { }
         c.warnings()[0]
     );
 }
+
+/// The host stanza that caps connections to a host, and its scope: connections whose cap comes from the same
+/// stanza share it (docs/configuration.md, "Bindings in delivery").
+#[test]
+fn host_connection_cap_names_the_stanza_that_sets_it() {
+    let c = Config::parse_str(
+        "t",
+        r#"
+host "h" { max_outbound_connections = 3 }
+host "unset" { }
+binding "b" { host "h" { max_outbound_connections = 5 } }
+binding_group "g" {
+  host "h" { max_outbound_connections = 7 }
+  binding "in_g" { }
+}
+"#,
+    )
+    .unwrap();
+    let cap = |g: Option<&str>, b: Option<&str>, h: &str| {
+        c.host_connection_cap(g, b, h).map(|c| (c.limit, c.scope))
+    };
+    assert_eq!(
+        cap(None, Some("default"), "h"),
+        Some((3, r#"host "h""#.into()))
+    );
+    assert_eq!(
+        cap(None, Some("b"), "h"),
+        Some((5, r#"binding "b" host "h""#.into()))
+    );
+    assert_eq!(
+        cap(None, Some("in_g"), "h"),
+        Some((7, r#"binding_group "g" host "h""#.into()))
+    );
+    assert_eq!(cap(None, None, "unset"), None);
+    assert_eq!(cap(None, None, "elsewhere"), None);
+}

@@ -20,11 +20,14 @@ pub struct TopicCounters {
 pub struct ConnCounters {
     pub open: AtomicU64,
     pub total: AtomicU64,
+    /// The most connections open at once.
+    pub peak: AtomicU64,
 }
 
 impl ConnCounters {
     pub(crate) fn opened(&self) -> ConnGuard<'_> {
-        self.open.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(open, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         ConnGuard(self)
     }

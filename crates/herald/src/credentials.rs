@@ -71,7 +71,7 @@ pub fn check(config: &Arc<Config>, now: SystemTime) -> Vec<Finding> {
                 findings.push(Finding {
                     domain: domain.to_owned(),
                     severity: Severity::Error,
-                    message,
+                    message: message.to_string(),
                 });
             }
         }
@@ -207,7 +207,9 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
     }
 }
 
-/// Opens a TLS connection to each domain's route with its identity (within `timeout`); one finding per failure.
+/// Opens a TLS connection to each domain's route with its identity (within `timeout`), from every binding that
+/// reaches it differently (its own route, `bind_address` or credentials; see
+/// [`ConfigResolver::distinct_bindings`]); one finding per failure, naming the binding when it is not `default`.
 pub async fn check_reachable(resolver: &ConfigResolver, timeout: Duration) -> Vec<Finding> {
     let config = resolver.config();
     let mut findings = Vec::new();
@@ -215,22 +217,33 @@ pub async fn check_reachable(resolver: &ConfigResolver, timeout: Duration) -> Ve
         if config.domain_settings(None, None, domain).delivery_method != DeliveryMethod::Apn {
             continue;
         }
-        let settings = match resolver.build(domain) {
-            Ok(s) => s,
-            Err(_) => continue, // already reported by `check`
-        };
-        let result = herald_apns::client::connect::connect_tls(
-            &settings.endpoint,
-            settings.tls.clone(),
-            timeout,
-        )
-        .await;
-        if let Err(e) = result {
-            findings.push(Finding {
-                domain: domain.to_owned(),
-                severity: Severity::Error,
-                message: format!("route {} is not reachable: {e}", settings.endpoint),
-            });
+        // Settings that cannot be built are already reported by `check`.
+        for settings in resolver.distinct_bindings(domain) {
+            let result = herald_apns::client::connect::connect_tls(
+                &settings.endpoint,
+                settings.tls.clone(),
+                timeout,
+            )
+            .await;
+            if let Err(e) = result {
+                let from = match &*settings.binding {
+                    crate::queue::message::DEFAULT_BINDING => String::new(),
+                    b => format!(" from binding {b}"),
+                };
+                let source = settings
+                    .endpoint
+                    .bind
+                    .map(|a| format!(" (source address {a})"))
+                    .unwrap_or_default();
+                findings.push(Finding {
+                    domain: domain.to_owned(),
+                    severity: Severity::Error,
+                    message: format!(
+                        "route {}{from}{source} is not reachable: {e}",
+                        settings.endpoint
+                    ),
+                });
+            }
         }
     }
     findings

@@ -16,10 +16,11 @@ use herald_apns::identity::{ClientIdentity, RootSource, client_config};
 use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
 use herald_conf::{ApnBinaryFormat, Config, DeliveryMethod, DomainSettings, TlsVerify};
 
+use crate::outbound::hosts::HostBudgets;
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
-use crate::queue::SettingsResolver;
 use crate::queue::message::DEFAULT_BINDING;
 use crate::queue::retry::{MaxRetries, RetryPolicy};
+use crate::queue::{ResolveError, SettingsResolver};
 
 /// Default provider-token lifetime before a refresh (apns.md §4.1: between 20 and 60 minutes).
 const TOKEN_REFRESH: Duration = Duration::from_secs(50 * 60);
@@ -47,6 +48,8 @@ pub struct ConfigResolver {
     state: RwLock<ResolverState>,
     keys: Mutex<HashMap<(PathBuf, String, String), ProviderTokenCache>>,
     tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
+    /// Host-wide connection budgets, kept across reloads (a reload changes their limits).
+    hosts: HostBudgets,
 }
 
 /// The configuration in force and the settings built from it, by (binding, domain) (built on first use, not per
@@ -122,6 +125,7 @@ impl ConfigResolver {
             }),
             keys: Mutex::new(HashMap::new()),
             tls: Mutex::new(HashMap::new()),
+            hosts: HostBudgets::new(),
         }
     }
 
@@ -151,7 +155,11 @@ impl ConfigResolver {
             .retain(|k, _| k.is_current());
     }
 
-    fn token_cache(&self, d: &DomainSettings) -> Result<Option<ProviderTokenCache>, String> {
+    fn token_cache(&self, d: &DomainSettings) -> Result<Option<ProviderTokenCache>, ResolveError> {
+        self.token_cache_inner(d).map_err(ResolveError::Credentials)
+    }
+
+    fn token_cache_inner(&self, d: &DomainSettings) -> Result<Option<ProviderTokenCache>, String> {
         let Some(path) = &d.apn_key else {
             return Ok(None);
         };
@@ -180,6 +188,15 @@ impl ConfigResolver {
         &self,
         d: &DomainSettings,
         h2: bool,
+    ) -> Result<Arc<rustls::ClientConfig>, ResolveError> {
+        self.tls_config_inner(d, h2)
+            .map_err(ResolveError::Credentials)
+    }
+
+    fn tls_config_inner(
+        &self,
+        d: &DomainSettings,
+        h2: bool,
     ) -> Result<Arc<rustls::ClientConfig>, String> {
         let key = TlsKey::of(d, h2);
         let mut cache = self.tls.lock().unwrap_or_else(|p| p.into_inner());
@@ -198,34 +215,29 @@ impl ConfigResolver {
     }
 
     /// Builds the settings of one domain (default binding).
-    pub fn build(&self, domain: &str) -> Result<DeliverySettings, String> {
+    pub fn build(&self, domain: &str) -> Result<DeliverySettings, ResolveError> {
         self.build_with(&self.config(), DEFAULT_BINDING, domain)
     }
 
     /// Builds the settings of one domain delivered from `binding`: every option resolved with the full fallback
-    /// (binding_group::binding::domain … global), the `host` stanzas of the route's host capping the connections,
+    /// (binding_group::binding::domain … global), the `host` stanza of the route's host giving the host-wide budget,
     /// and the binding's `bind_address` as the source address.
     fn build_with(
         &self,
         config: &Config,
         binding: &str,
         domain: &str,
-    ) -> Result<DeliverySettings, String> {
+    ) -> Result<DeliverySettings, ResolveError> {
         if !config.has_binding(binding) {
-            return Err(format!(
-                "binding {binding:?} is not declared (declare it with binding \"{binding}\" {{ … }})"
-            ));
+            return Err(ResolveError::UnknownBinding(binding.to_owned()));
         }
         // `default` is a binding like the others: a `binding "default"` stanza applies to notifications that
         // name no binding.
         let d = config.domain_settings(None, Some(binding), domain);
         if d.delivery_method != DeliveryMethod::Apn {
-            return Err(format!(
-                "delivery_method is {:?}; herald delivers only with delivery_method = apn",
-                d.delivery_method
-            ));
+            return Err(ResolveError::NotApn(format!("{:?}", d.delivery_method)));
         }
-        let route = d.routes.first().ok_or("no routes are configured")?;
+        let route = d.routes.first().ok_or(ResolveError::NoRoutes)?;
         let protocol = match route.protocol {
             herald_conf::RouteProtocol::Http2 => RouteProtocol::Http2,
             herald_conf::RouteProtocol::Binary => {
@@ -238,10 +250,7 @@ impl ConfigResolver {
         let h2 = protocol == RouteProtocol::Http2;
         let auth = if h2 { self.token_cache(&d)? } else { None };
         if !h2 && d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
-            return Err(
-                "the binary protocol needs a client certificate (tls_certificate or tls_pkcs12)"
-                    .into(),
-            );
+            return Err(ResolveError::BinaryNeedsCertificate);
         }
         let tls = self.tls_config(&d, h2)?;
         let retry = RetryPolicy {
@@ -262,13 +271,13 @@ impl ConfigResolver {
                 usize::try_from(n).unwrap_or(usize::MAX).max(1)
             }
         };
-        // A host stanza for the route's host caps the pool (-1 when no host stanza sets it: no cap).
-        let host_limit = config.host_max_outbound_connections(
-            d.binding_group.as_deref(),
-            Some(binding),
-            &route.host,
-        );
-        let max_connections = limit(d.max_outbound_connections).min(limit(host_limit));
+        // A host stanza for the route's host caps every connection to the host together, over every pool
+        // routed there (a negative cap is none).
+        let host_budget = config
+            .host_connection_cap(d.binding_group.as_deref(), Some(binding), &route.host)
+            .filter(|cap| cap.limit >= 0)
+            .map(|cap| self.hosts.budget(&cap.scope, &route.host, limit(cap.limit)));
+        let max_connections = limit(d.max_outbound_connections);
         Ok(DeliverySettings {
             domain: Arc::from(domain),
             binding_group: Arc::from(d.binding_group.as_deref().unwrap_or("default")),
@@ -279,6 +288,7 @@ impl ConfigResolver {
             auth,
             default_topic: d.apn_topic.as_deref().map(Arc::from),
             max_connections,
+            host_budget,
             idle_timeout: (!d.idle_timeout.is_zero()).then_some(d.idle_timeout),
             response_timeout: d.delivery_response_timeout.max(Duration::from_millis(1)),
             connect_timeout: CONNECT_TIMEOUT,
@@ -291,8 +301,27 @@ impl ConfigResolver {
     }
 }
 
+impl ConfigResolver {
+    /// The settings of `domain` from every declared binding that reaches APNs differently (another route, source
+    /// address or credentials; see [`DeliverySettings::same_route_and_credentials`]), the `default` binding's
+    /// first; bindings that cannot deliver the domain are left out. What `herald check --connect` tries and the
+    /// feedback poller polls.
+    pub fn distinct_bindings(&self, domain: &str) -> Vec<Arc<DeliverySettings>> {
+        let mut out: Vec<Arc<DeliverySettings>> = Vec::new();
+        for binding in SettingsResolver::bindings(self) {
+            let Ok(settings) = self.resolve_binding(&binding, domain) else {
+                continue;
+            };
+            if !out.iter().any(|s| s.same_route_and_credentials(&settings)) {
+                out.push(settings);
+            }
+        }
+        out
+    }
+}
+
 impl SettingsResolver for ConfigResolver {
-    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String> {
+    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
         self.resolve_binding(DEFAULT_BINDING, domain)
     }
 
@@ -304,13 +333,20 @@ impl SettingsResolver for ConfigResolver {
             .collect()
     }
 
+    fn cached(&self, binding: &str, domain: &str) -> Option<Arc<DeliverySettings>> {
+        self.read()
+            .settings
+            .get(&(binding.to_owned(), domain.to_owned()))
+            .cloned()
+    }
+
     /// The settings of (binding, domain) under the configuration in force, built on first use. Refusals are not
     /// kept: an unknown domain costs a lookup each time, and cannot fill the cache.
     fn resolve_binding(
         &self,
         binding: &str,
         domain: &str,
-    ) -> Result<Arc<DeliverySettings>, String> {
+    ) -> Result<Arc<DeliverySettings>, ResolveError> {
         let key = (binding.to_owned(), domain.to_owned());
         let (config, generation) = {
             let state = self.read();
@@ -383,6 +419,33 @@ domain "token.example" {{
         resolver.replace(config(&pki, 2195, 5));
         let c = resolver.resolve("cert.example").unwrap();
         assert_eq!(c.max_connections, 5, "a reload builds the settings again");
+    }
+
+    /// Each reason a (binding, domain) cannot deliver is its own variant, for callers to match on.
+    #[test]
+    fn resolve_errors_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &[TOPIC.to_string()]).unwrap();
+        let resolver = ConfigResolver::new(config(&pki, 2195, 2));
+        assert_eq!(
+            resolver
+                .resolve_binding("nowhere", "cert.example")
+                .unwrap_err(),
+            ResolveError::UnknownBinding("nowhere".into())
+        );
+        let text = r#"
+domain "smtp.example" { delivery_method = smtp }
+domain "bare.example" { delivery_method = apn  routes = ( "apn://127.0.0.1?port=2195" ) }
+"#;
+        resolver.replace(Arc::new(Config::parse_str("herald.conf", text).unwrap()));
+        assert!(matches!(
+            resolver.resolve("smtp.example"),
+            Err(ResolveError::NotApn(_))
+        ));
+        assert_eq!(
+            resolver.resolve("bare.example").unwrap_err(),
+            ResolveError::BinaryNeedsCertificate
+        );
     }
 
     /// A reload that leaves the route and the credential files alone keeps the connections (design §4): same TLS

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod inbound;
 pub mod logs;
 pub mod metrics;
+pub mod model;
 pub mod ops;
 pub mod outbound;
 pub mod queue;

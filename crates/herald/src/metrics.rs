@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::queue::Engine;
-use crate::queue::stats::LATENCY_BUCKETS;
+use crate::queue::stats::{FailureKind, LATENCY_BUCKETS};
 
 /// Facts from outside the engine that the exposition includes.
 #[derive(Debug, Clone, Default)]
@@ -78,12 +78,12 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
 
     for (kind, name, help) in [
         (
-            "T",
+            FailureKind::Transient,
             "herald_transient_failures_total",
             "Transient failures (retried), by reason.",
         ),
         (
-            "P",
+            FailureKind::Permanent,
             "herald_permanent_failures_total",
             "Permanent failures (removed), by reason.",
         ),
@@ -93,7 +93,7 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
             let mut failures: Vec<_> = stats
                 .failures()
                 .into_iter()
-                .filter_map(|(k, v)| k.strip_prefix(kind).map(|r| (r.trim_start().to_owned(), v)))
+                .filter_map(|((k, reason), v)| (k == kind).then_some((reason, v)))
                 .collect();
             failures.sort();
             for (reason, count) in failures {

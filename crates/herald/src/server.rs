@@ -406,7 +406,13 @@ impl Server {
         self.resolver.replace(config.clone());
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
         self.generation.fetch_add(1, Ordering::Relaxed);
-        report.unroutable = self.engine.reconfigure();
+        report.unroutable = self
+            .engine
+            .reconfigure()
+            .await
+            .into_iter()
+            .map(|(queue, why)| (queue, why.to_string()))
+            .collect();
         // A domain's new settings are in force when at least one of its (binding, domain) queues took them.
         let unroutable: std::collections::HashSet<&str> = report
             .unroutable
@@ -599,7 +605,9 @@ impl Server {
         if let Err(e) = self.spool.close().await {
             tracing::error!("closing the spool: {e}");
         }
-        self.logs.flush();
+        for e in self.logs.flush() {
+            tracing::error!("at shutdown: {e}");
+        }
     }
 }
 

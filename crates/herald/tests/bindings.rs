@@ -86,11 +86,21 @@ domain "{DOMAIN}" {{
 impl Rig {
     /// Posts COUNT notifications for DOMAIN from `binding` (none: the field is left out); returns the answer.
     async fn push(&self, binding: Option<&str>, base: u64) -> (u16, serde_json::Value) {
+        self.push_to(DOMAIN, binding, base).await
+    }
+
+    /// [`Rig::push`] for any domain.
+    async fn push_to(
+        &self,
+        domain: &str,
+        binding: Option<&str>,
+        base: u64,
+    ) -> (u16, serde_json::Value) {
         let tokens: Vec<String> = (0..COUNT as u64)
             .map(|i| format!("{:064x}", base + i))
             .collect();
         let mut body = serde_json::json!({
-            "domain": DOMAIN,
+            "domain": domain,
             "tokens": tokens,
             "payload": {"aps": {"alert": "binding"}},
         });
@@ -131,6 +141,15 @@ impl Rig {
             .counters()
             .h2_connections
             .total
+            .load(Ordering::Relaxed)
+    }
+
+    /// Connections open at the simulator now.
+    fn open_connections(&self) -> u64 {
+        self.sim
+            .counters()
+            .h2_connections
+            .open
             .load(Ordering::Relaxed)
     }
 
@@ -221,7 +240,7 @@ binding "b_domain" {{
     rig.server.shutdown(Duration::from_secs(5)).await;
 }
 
-/// A `host` stanza for the route's host caps the pool; one inside a binding applies to that binding only.
+/// A `host` stanza for the route's host caps the connections to it; one inside a binding applies to that binding only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_stanzas_cap_the_connections_to_their_host() {
     let rig = rig(r#"
@@ -242,6 +261,101 @@ binding "other" {
         2 + 3,
         "binding other's host stanza caps at 3"
     );
+    rig.server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A `host` stanza caps every connection to its host together, whichever (binding, domain) pool opens it
+/// (docs/configuration.md, "Bindings in delivery"): two domains routed to one host, each allowed 6 connections of its own, and
+/// the host capped at 3 — the simulator sees 3 connections in all, while both domains are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cap_covers_every_pool_routed_to_the_host() {
+    let rig = rig(r#"
+max_outbound_connections = 6
+host "127.0.0.1" { max_outbound_connections = 3 }
+domain "second.example" {
+{CREDENTIALS}}
+"#)
+    .await;
+    let (a, b, c) = tokio::join!(
+        rig.push_to(DOMAIN, None, 0),
+        rig.push_to("second.example", None, 1 << 32),
+        rig.push_to("second.example", Some("default"), 2 << 32),
+    );
+    for (status, body) in [a, b, c] {
+        assert_eq!(status, 202, "{body}");
+    }
+    rig.wait_accepted(3 * COUNT as u64).await;
+    let peak = rig
+        .sim
+        .counters()
+        .h2_connections
+        .peak
+        .load(Ordering::Relaxed);
+    assert_eq!(peak, 3, "the host cap is shared by both domains");
+    rig.server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A reload that lowers a host's cap drains connections (of whichever pools) down to it, and later work opens no
+/// connection beyond it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_lowering_a_host_cap_drains_the_host_down_to_it() {
+    let scopes = |cap: u32| {
+        format!(
+            r#"
+max_outbound_connections = 6
+host "127.0.0.1" {{ max_outbound_connections = {cap} }}
+domain "second.example" {{
+{{CREDENTIALS}}}}
+"#
+        )
+    };
+    let rig = rig(&scopes(4)).await;
+    let (a, b) = tokio::join!(
+        rig.push_to(DOMAIN, None, 0),
+        rig.push_to("second.example", None, 1 << 32),
+    );
+    assert_eq!(a.0, 202, "{}", a.1);
+    assert_eq!(b.0, 202, "{}", b.1);
+    rig.wait_accepted(2 * COUNT as u64).await;
+    let peak = || {
+        rig.sim
+            .counters()
+            .h2_connections
+            .peak
+            .load(Ordering::Relaxed)
+    };
+    assert_eq!(peak(), 4);
+
+    let path = rig.dir.path().join("herald.conf");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            r#"host "127.0.0.1" { max_outbound_connections = 4 }"#,
+            r#"host "127.0.0.1" { max_outbound_connections = 2 }"#,
+        ),
+    )
+    .unwrap();
+    let report = rig.server.reload(None).await.unwrap();
+    assert!(report.unroutable.is_empty(), "{report:?}");
+    // Work keeps every pool busy while the surplus drains.
+    let (a, b) = tokio::join!(
+        rig.push_to(DOMAIN, None, 2 << 32),
+        rig.push_to("second.example", None, 3 << 32),
+    );
+    assert_eq!(a.0, 202, "{}", a.1);
+    assert_eq!(b.0, 202, "{}", b.1);
+    let deadline = Instant::now() + WAIT;
+    while rig.open_connections() > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "still {} connections open",
+            rig.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rig.wait_accepted(4 * COUNT as u64).await;
+    assert!(rig.open_connections() <= 2, "{}", rig.open_connections());
     rig.server.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -530,4 +644,73 @@ binding "b" { }
     assert_eq!(count(&all, "[active/b]"), COUNT);
     assert_eq!(count(&all, "[active/default]"), COUNT);
     rig.server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// The feedback service is polled from every binding that reaches APNs differently (here: another source
+/// address), with that binding's certificate and `bind_address`; a binding that changes nothing adds no poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feedback_service_is_polled_from_each_binding_s_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let pki = Pki::generate(&dir.join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = start_sim(&pki).await;
+    let client = pki
+        .client(TOPIC, herald_sim::CertVariant::Universal)
+        .unwrap();
+    let scopes = format!(
+        r#"
+binding "two" {{ bind_address = 127.0.0.2 }}
+binding "same" {{ max_outbound_connections = 3 }}
+domain "legacy.example" {{
+  delivery_method = apn
+  routes = ( "apn://127.0.0.1?port={bin}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+  apn_feedback_interval = 1
+  apn_feedback_address = "{feedback}"
+}}
+"#,
+        bin = sim.addrs.binary.port(),
+        ca = pki.manifest.ca_cert.display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+        feedback = sim.addrs.feedback,
+    );
+    let path = dir.join("herald.conf");
+    std::fs::write(&path, config_text(&dir, &pki, sim.addrs.h2.port(), &scopes)).unwrap();
+    let server = Server::start(&path).await.unwrap();
+    let from = |ip: &str| {
+        let ip: IpAddr = ip.parse().unwrap();
+        sim.counters()
+            .connections_by_source()
+            .get(&ip)
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + WAIT;
+    while from("127.0.0.1") == 0 || from("127.0.0.2") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "feedback polls by source: {:?}",
+            sim.counters().connections_by_source()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing is delivered: every connection is a feedback poll. The default binding and `same` reach APNs
+    // the same way and share one schedule, so the two sources poll at the same pace.
+    assert_eq!(sim.counters().accepted(), 0);
+    let feedback = sim
+        .counters()
+        .feedback_connections
+        .total
+        .load(Ordering::Relaxed);
+    assert_eq!(feedback, from("127.0.0.1") + from("127.0.0.2"));
+    assert!(
+        from("127.0.0.1") <= from("127.0.0.2") + 1,
+        "{:?}",
+        sim.counters().connections_by_source()
+    );
+    server.shutdown(Duration::from_secs(5)).await;
 }

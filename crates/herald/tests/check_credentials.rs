@@ -235,3 +235,44 @@ fn a_version_1_client_certificate_is_refused_by_check() {
     assert!(err.contains("-extfile"), "says how to fix it: {err}");
     assert!(!err.contains("peer certificate"), "{err}");
 }
+
+/// `--connect` tries the route from every binding that reaches it differently: a binding whose domain stanza
+/// routes elsewhere is reported by name, and a binding's `bind_address` is the source of its attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_checks_every_binding_that_changes_the_route_or_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let route = format!("https://127.0.0.1:{}", sim.addrs.h2.port());
+    let body = format!(
+        "{}binding \"two\" {{ bind_address = 127.0.0.2 }}\n",
+        cert_domain(&pki, CertVariant::Universal, &route, "")
+    );
+    let config = write(dir.path(), &body);
+    let (code, err) = check(&config, &["--connect"]);
+    assert_eq!(code, 0, "{err}");
+    let by_source = sim.counters().connections_by_source();
+    let two: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    assert_eq!(by_source.get(&two).copied(), Some(1), "{by_source:?}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let body = format!(
+        "{body}binding \"elsewhere\" {{ domain \"cert.example\" {{ routes = ( \"https://127.0.0.1:{closed}\" ) }} }}\n"
+    );
+    let config = write(dir.path(), &body);
+    let (code, err) = check(&config, &["--connect"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "route 127.0.0.1:{closed} from binding elsewhere is not reachable"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("is not reachable").count(), 1, "{err}");
+}

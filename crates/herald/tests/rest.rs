@@ -849,8 +849,16 @@ async fn https_with_the_listeners_certificate() {
 struct FullDisk;
 
 impl Durable for FullDisk {
-    fn persist<'a>(&'a self, _batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async { Err("no space left on device".to_string()) })
+    fn persist<'a>(
+        &'a self,
+        _batch: &'a [Notification],
+    ) -> BoxFuture<'a, Result<(), herald_spool::SpoolError>> {
+        Box::pin(async {
+            Err(herald_spool::SpoolError::from_io(
+                "appending",
+                std::io::Error::from_raw_os_error(28),
+            ))
+        })
     }
 }
 
@@ -867,10 +875,7 @@ async fn a_spool_failure_is_a_temporary_503() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["retry-after"], "1");
     let answer: Value = response.json().await.unwrap();
-    assert!(
-        error_text(&answer).contains("no space left on device"),
-        "{answer}"
-    );
+    assert!(error_text(&answer).contains("spool disk full"), "{answer}");
     let request = json!({"template": mcmt_template(r#"{"aps":{"alert":"a"}}"#),
         "recipients": [{"to": format!("x@{DOMAIN}"), "keys": {"token": token(1), "subject": "s", "name": "n"}}]});
     let (status, answer) = h.post("/v1.0/inject", &request).await;

@@ -1241,12 +1241,15 @@ async fn clients_over_the_session_limit_get_421() {
     }
 }
 
-/// A spool that cannot store anything, failing with a fixed reason.
-struct FailingSpool(&'static str);
+/// A spool that cannot store anything, failing with a fixed I/O error (classified as the spool does).
+struct FailingSpool(fn() -> std::io::Error);
 
 impl Durable for FailingSpool {
-    fn persist<'a>(&'a self, _batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move { Err(self.0.to_string()) })
+    fn persist<'a>(
+        &'a self,
+        _batch: &'a [Notification],
+    ) -> BoxFuture<'a, Result<(), herald_spool::SpoolError>> {
+        Box::pin(async move { Err(herald_spool::SpoolError::from_io("appending", (self.0)())) })
     }
 }
 
@@ -1258,22 +1261,30 @@ async fn spool_failures_are_temporary_refusals() {
     let h = Harness::start_full(
         allow_conf,
         |_| {},
-        Arc::new(FailingSpool("No space left on device (os error 28)")),
+        Arc::new(FailingSpool(|| std::io::Error::from_raw_os_error(28))),
     )
     .await;
     assert_eq!(
         h.send_raw(&rcpt, &message).await,
         (
             452,
-            "4.3.1 the spool could not store the notifications: No space left on device (os error 28)".into()
+            "4.3.1 the spool could not store the notifications: spool disk full while appending: No space left on device (os error 28)".into()
         )
     );
-    let h = Harness::start_full(allow_conf, |_| {}, Arc::new(FailingSpool("I/O error"))).await;
+    // The code comes from the kind of failure, not from its text.
+    let h = Harness::start_full(
+        allow_conf,
+        |_| {},
+        Arc::new(FailingSpool(|| {
+            std::io::Error::other("no space for excuses")
+        })),
+    )
+    .await;
     assert_eq!(
         h.send_raw(&rcpt, &message).await,
         (
             451,
-            "4.3.0 the spool could not store the notifications: I/O error".into()
+            "4.3.0 the spool could not store the notifications: spool I/O error while appending: no space for excuses".into()
         )
     );
     assert!(h.reception_lines().is_empty());

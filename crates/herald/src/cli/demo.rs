@@ -5,6 +5,7 @@
 //! final outcome and checks each one: every deliverable notification delivered exactly once, each unregistered
 //! or bad token failed with its reason and listed as invalid, each malformed token refused at the door.
 
+use herald::queue::stats::FailureKind;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -181,9 +182,9 @@ async fn drive(
             o.delivered = s.delivered.load(Ordering::Relaxed);
             o.transient = s.transient.load(Ordering::Relaxed);
             o.permanent = s.permanent.load(Ordering::Relaxed);
-            for (key, n) in s.failures() {
-                if let Some(reason) = key.strip_prefix("P ") {
-                    o.permanent_by_reason.insert(reason.to_owned(), n);
+            for ((kind, reason), n) in s.failures() {
+                if kind == FailureKind::Permanent {
+                    o.permanent_by_reason.insert(reason, n);
                 }
             }
         }

@@ -566,8 +566,8 @@ fn domain(server: &dyn ServerHandle, name: Option<&str>) -> Reply {
         }
         let mut reasons: Vec<_> = s.failures().into_iter().collect();
         reasons.sort();
-        for (reason, n) in reasons {
-            let _ = writeln!(out, "    Failure {reason}: {n}");
+        for ((kind, reason), n) in reasons {
+            let _ = writeln!(out, "    Failure {kind} {reason}: {n}");
         }
     }
     Reply::ok(out)

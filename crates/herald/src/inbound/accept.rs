@@ -15,11 +15,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_apns::notification::{NotificationParts, validate_notification};
 use herald_apns::payload::infer_push_type;
-use herald_apns::push::{Priority, Protocol, PushType, validate_expiration};
+use herald_apns::push::{ApnsId, Priority, Protocol, PushType, validate_expiration};
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::message::{DEFAULT_BINDING, IdGenerator, MessageId, Notification, unix_now};
-use crate::queue::{Engine, SettingsResolver};
+use crate::queue::{Engine, ResolveError, SettingsResolver, SubmitError};
+use herald_spool::SpoolError;
 
 /// One notification as a listener received it, before validation.
 #[derive(Debug, Clone, Default)]
@@ -46,14 +47,54 @@ pub struct Submission {
 }
 
 /// Why a submission or a batch was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
     /// The sender must not retry as is: the text names what was wrong (SMTP 5xx, HTTP 4xx).
     #[error("{0}")]
     Permanent(String),
-    /// herald cannot take it now (spool full or failing, shutting down): try again later (SMTP 4xx, HTTP 503).
+    /// herald cannot take it now (spool full or failing, queue full, shutting down): try again later (SMTP 4xx,
+    /// HTTP 503).
     #[error("{0}")]
-    Temporary(String),
+    Temporary(Unavailable),
+}
+
+/// Why herald cannot take notifications now ([`Refusal::Temporary`]). Listeners choose their answer by the
+/// variant, never by the text: SMTP says `452 4.3.1` when storage or memory is full ([`Unavailable::is_full`]),
+/// `451 4.3.0` otherwise; REST says 503.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// The spool could not make the batch durable (its disk is full, or it failed).
+    #[error("the spool could not store the notifications: {0}")]
+    Spool(#[from] SpoolError),
+    /// The engine holds `max_resident_notifications` in memory (back-pressure).
+    #[error(
+        "queue full: herald holds {held} notifications in memory (max_resident_notifications = {max}) and cannot take {wanted} more now; retry later"
+    )]
+    QueueFull {
+        held: usize,
+        max: usize,
+        wanted: usize,
+    },
+    /// The spool took the batch and the queue could not (shutting down): the spool delivers it after a restart.
+    #[error("queueing failed after the spool took it: {0}")]
+    Queueing(#[source] SubmitError),
+}
+
+impl Unavailable {
+    /// Whether herald is out of room (disk or memory): RFC 3463's "mail system full" (4.3.1).
+    pub fn is_full(&self) -> bool {
+        match self {
+            Unavailable::Spool(e) => e.is_disk_full(),
+            Unavailable::QueueFull { .. } => true,
+            Unavailable::Queueing(_) => false,
+        }
+    }
+}
+
+impl From<Unavailable> for String {
+    fn from(u: Unavailable) -> String {
+        u.to_string()
+    }
 }
 
 /// Why a domain cannot take notifications ([`Intake::check_domain`]). [`Intake::prepare`] refuses such a
@@ -65,7 +106,11 @@ pub enum DomainRefusal {
     Missing,
     /// No `domain` stanza delivers this domain to APNs (unknown, another delivery method, unusable credentials).
     #[error("domain {domain:?} cannot take push notifications: {reason}")]
-    NotPush { domain: String, reason: String },
+    NotPush {
+        domain: String,
+        #[source]
+        reason: ResolveError,
+    },
 }
 
 impl From<DomainRefusal> for Refusal {
@@ -89,8 +134,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What makes accepted notifications durable. The spool implements it; [`NotDurable`] is for tests.
 pub trait Durable: Send + Sync + 'static {
-    /// Resolves once every notification of `batch` is on disk; an error is temporary for the sender.
-    fn persist<'a>(&'a self, batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>>;
+    /// Resolves once every notification of `batch` is on disk; an error is temporary for the sender (and
+    /// [`SpoolError::is_disk_full`] says whether storage is full).
+    fn persist<'a>(&'a self, batch: &'a [Notification]) -> BoxFuture<'a, Result<(), SpoolError>>;
 
     /// True when a persisted notification reaches the queue through the store rather than straight from the
     /// intake (the JetStream spool: whichever node pulls it delivers it).
@@ -104,7 +150,7 @@ pub trait Durable: Send + Sync + 'static {
 pub struct NotDurable;
 
 impl Durable for NotDurable {
-    fn persist<'a>(&'a self, _batch: &'a [Notification]) -> BoxFuture<'a, Result<(), String>> {
+    fn persist<'a>(&'a self, _batch: &'a [Notification]) -> BoxFuture<'a, Result<(), SpoolError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -225,8 +271,11 @@ impl Intake {
             return Err(DomainRefusal::Missing);
         }
         let binding = binding.unwrap_or(DEFAULT_BINDING);
-        self.resolver
-            .resolve_binding(binding, &domain)
+        if let Some(settings) = self.resolver.cached(binding, &domain) {
+            return Ok(settings);
+        }
+        // Building settings may read credential files and sign a token: not on an async thread as it is.
+        crate::queue::in_place(|| self.resolver.resolve_binding(binding, &domain))
             .map_err(|reason| DomainRefusal::NotPush { domain, reason })
     }
 
@@ -272,13 +321,17 @@ impl Intake {
             ),
             None => None,
         };
-        let apns_id = match s.apns_id {
-            Some(id) => Some(Arc::from(id)),
+        let apns_id = match s.apns_id.as_deref() {
+            Some(id) => Some(
+                id.parse::<ApnsId>()
+                    .map_err(|e| Refusal::Permanent(e.to_string()))?,
+            ),
             None if protocol == Protocol::Http2 => {
-                Some(Arc::from(uuid::Uuid::new_v4().to_string()))
+                Some(ApnsId::from_bytes(uuid::Uuid::new_v4().into_bytes()))
             }
             None => None,
         };
+        let recipient_given = Notification::given_recipient(&s.recipient, &token, &settings.domain);
         Ok(Notification {
             id: self.ids.next(),
             batch_id: source.batch_id,
@@ -294,7 +347,7 @@ impl Intake {
             apns_id,
             payload: s.payload,
             sender: self.strings.intern(&s.sender),
-            recipient: Arc::from(s.recipient),
+            recipient_given,
             received_at: unix_now(),
         })
     }
@@ -311,13 +364,14 @@ impl Intake {
     }
 
     fn queue_full(&self, n: usize) -> Refusal {
-        Refusal::Temporary(format!(
-            "queue full: herald holds {} notifications in memory (max_resident_notifications = {}) and cannot take {n} more now; retry later",
-            self.engine
+        Refusal::Temporary(Unavailable::QueueFull {
+            held: self
+                .engine
                 .max_resident()
                 .saturating_sub(self.engine.resident_room()),
-            self.engine.max_resident()
-        ))
+            max: self.engine.max_resident(),
+            wanted: n,
+        })
     }
 
     /// Makes `batch` durable, then logs and queues it. When this returns `Ok`, the sender may be told yes. A
@@ -328,9 +382,10 @@ impl Intake {
             return Ok(());
         }
         if self.durable.queues_elsewhere() {
-            self.durable.persist(&batch).await.map_err(|e| {
-                Refusal::Temporary(format!("the spool could not store the notifications: {e}"))
-            })?;
+            self.durable
+                .persist(&batch)
+                .await
+                .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
             let logs = self.engine.logs().clone();
             for n in &batch {
                 logs.reception(n, source.ip, source.protocol);
@@ -342,9 +397,10 @@ impl Intake {
                 .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             return Err(self.queue_full(batch.len()));
         };
-        self.durable.persist(&batch).await.map_err(|e| {
-            Refusal::Temporary(format!("the spool could not store the notifications: {e}"))
-        })?;
+        self.durable
+            .persist(&batch)
+            .await
+            .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
         let logs = self.engine.logs().clone();
         for n in &batch {
             logs.reception(n, source.ip, source.protocol);
@@ -353,9 +409,7 @@ impl Intake {
             self.engine
                 .submit_reserved(n, &mut room)
                 .await
-                .map_err(|e| {
-                    Refusal::Temporary(format!("queueing failed after the spool took it: {e}"))
-                })?;
+                .map_err(|e| Refusal::Temporary(Unavailable::Queueing(e)))?;
         }
         Ok(())
     }
@@ -401,6 +455,7 @@ mod tests {
             auth: None,
             default_topic: Some(Arc::from("com.example.app")),
             max_connections: 1,
+            host_budget: None,
             idle_timeout: None,
             response_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
@@ -449,7 +504,7 @@ mod tests {
             err,
             DomainRefusal::NotPush {
                 domain: "unknown.example".into(),
-                reason: "domain \"unknown.example\" is not configured".into(),
+                reason: ResolveError::UnknownDomain("unknown.example".into()),
             }
         );
         assert_eq!(
@@ -470,7 +525,93 @@ mod tests {
         };
         let refusal = intake.prepare(submission, &source(&intake)).unwrap_err();
         let expected: Refusal = intake.check_domain("unknown.example").unwrap_err().into();
-        assert_eq!(refusal, expected);
+        assert!(
+            matches!((&refusal, &expected), (Refusal::Permanent(a), Refusal::Permanent(b)) if a == b),
+            "{refusal:?} / {expected:?}"
+        );
         assert_eq!(intake.refused(), 1);
+    }
+
+    /// A resolver that stops in the middle of building `slow.example` (as a cache miss reading credential files
+    /// and signing a token does) until the test lets it go on.
+    struct SlowResolver {
+        fast: StaticResolver,
+        entered: std::sync::mpsc::SyncSender<()>,
+        gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl SettingsResolver for SlowResolver {
+        fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            if domain == "slow.example" {
+                let _ = self.entered.send(());
+                let _ = self
+                    .gate
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(60));
+                return Ok(Arc::new(settings("slow.example")));
+            }
+            self.fast.resolve(domain)
+        }
+    }
+
+    /// docs/architecture.md: the engine's lock is not held while a queue's settings are built, so one domain's
+    /// slow first notification does not stop submissions to other domains.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_settings_build_does_not_stop_other_domains() {
+        let both = Arc::new(
+            StaticResolver::default()
+                .with(settings("slow.example"))
+                .with(settings("fast.example")),
+        );
+        let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel(1);
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+        let slow = Arc::new(SlowResolver {
+            fast: StaticResolver::default().with(settings("fast.example")),
+            entered: entered_tx,
+            gate: std::sync::Mutex::new(gate_rx),
+        });
+        let engine = Arc::new(Engine::new(
+            slow,
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        engine.set_held(true);
+        let intake = Intake::new(
+            both,
+            Arc::new(NotDurable),
+            engine.clone(),
+            IdGenerator::new(1),
+        );
+        let notification = |domain: &str| {
+            let submission = Submission {
+                domain: domain.into(),
+                token: "ab".repeat(32),
+                payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+                ..Submission::default()
+            };
+            intake.prepare(submission, &source(&intake)).unwrap()
+        };
+        let slow_n = notification("slow.example");
+        let fast_n = notification("fast.example");
+        let slow_engine = engine.clone();
+        let slow_task = tokio::spawn(async move { slow_engine.submit(slow_n).await });
+        tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .expect("the slow build started");
+        // While slow.example's settings are being built, fast.example is queued (on a runtime thread of its own,
+        // so that a submitter blocked on the engine's lock is seen here as a deadline passed, not a hang).
+        let fast_engine = engine.clone();
+        let fast_task = tokio::spawn(async move { fast_engine.submit(fast_n).await });
+        tokio::time::timeout(Duration::from_secs(30), fast_task)
+            .await
+            .expect("fast.example waited for slow.example's settings")
+            .unwrap()
+            .unwrap();
+        gate_tx.send(()).unwrap();
+        slow_task.await.unwrap().unwrap();
+        assert_eq!(engine.queues().len(), 2);
     }
 }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use super::file::{LogFile, push_escaped};
 use super::{OutcomeKind, OutcomeRecord};
-use crate::queue::message::Notification;
+use crate::model::message::Notification;
 
 /// Connection stage of a failure that happened with a connection: "reading confirmation" (momentum.md §7.1).
 const STAGE_READING_CONFIRMATION: u8 = 9;
@@ -57,7 +57,8 @@ impl MainLog {
             "{}@{}@{}@{}@R@",
             n.received_at, n.id, n.batch_id, n.conn_id
         );
-        let (rl, rd) = split_address(&n.recipient, &n.domain);
+        let recipient = n.recipient();
+        let (rl, rd) = split_address(&recipient, &n.domain);
         push_escaped(&mut line, rl);
         line.push('@');
         push_escaped(&mut line, rd);

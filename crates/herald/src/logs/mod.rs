@@ -11,7 +11,7 @@ pub mod stderr;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::queue::message::Notification;
+use crate::model::message::Notification;
 
 /// What happened to a notification, as the logs record it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct OutcomeRecord<'a> {
     pub error: &'a str,
     /// Whether the failure happened with a connection (mainlog connection stage 9) or without one (stage 0).
     pub connected: bool,
-    /// The notification's size as sent, headers included (apn_logger `%B`; see `Queued::wire_bytes`).
+    /// The notification's size as sent, headers included (apn_logger `%B`; see `DeliverySettings::wire_bytes`).
     pub bytes: usize,
     /// Unix time of the event.
     pub at: u64,
@@ -79,13 +79,17 @@ impl Logs {
         }
     }
 
-    pub fn flush(&self) {
+    /// Writes out what every log holds in memory; returns the errors of the files that could not take it (a
+    /// full disk, a removed directory). Lines that could not be written stay buffered for the next flush.
+    pub fn flush(&self) -> Vec<file::LogFileError> {
+        let mut errors = Vec::new();
         if let Some(m) = &self.mainlog {
-            let _ = m.file().flush();
+            errors.extend(m.file().flush().err());
         }
         for a in &self.apnlog {
-            let _ = a.file().flush();
+            errors.extend(a.file().flush().err());
         }
+        errors
     }
 
     /// Reopens every log file (after logrotate); returns the errors of those that failed.
@@ -100,6 +104,9 @@ impl Logs {
         errors
     }
 }
+
+/// How often a log that keeps failing to flush is warned about.
+const FLUSH_ERROR_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the configured logs could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +169,7 @@ impl Logs {
             let every = |h: Option<std::time::Duration>| h.filter(|_| heartbeat.is_some());
             let mut main_next =
                 every(logs.mainlog.as_ref().and_then(|m| m.heartbeat)).map(|h| (start + h, h));
+            let mut last_warned: Option<tokio::time::Instant> = None;
             let mut apn_next: Vec<_> = logs
                 .apnlog
                 .iter()
@@ -170,7 +178,7 @@ impl Logs {
             loop {
                 flush.tick().await;
                 let now = tokio::time::Instant::now();
-                let at = crate::queue::message::unix_now();
+                let at = crate::model::message::unix_now();
                 if let (Some(m), Some((due, h))) = (&logs.mainlog, main_next)
                     && now >= due
                 {
@@ -185,7 +193,17 @@ impl Logs {
                         *next = Some((due + h, h));
                     }
                 }
-                logs.flush();
+                let errors = logs.flush();
+                // Said once per FLUSH_ERROR_EVERY while it lasts, not at every flush.
+                if !errors.is_empty()
+                    && last_warned
+                        .is_none_or(|t: tokio::time::Instant| t.elapsed() >= FLUSH_ERROR_EVERY)
+                {
+                    for e in &errors {
+                        tracing::warn!("log flush failed: {e}");
+                    }
+                    last_warned = Some(now);
+                }
             }
         });
     }
@@ -261,5 +279,25 @@ fn min_opt(
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log whose disk is full (`/dev/full` answers every write with ENOSPC) is reported by `flush`, not dropped.
+    #[test]
+    fn flush_reports_the_files_that_could_not_be_written() {
+        let file = file::LogFile::open(std::path::Path::new("/dev/full"), 0o644).unwrap();
+        file.write_line("a line that cannot be written");
+        let logs = Logs {
+            mainlog: Some(Arc::new(mainlog::MainLog::new(file))),
+            apnlog: Vec::new(),
+        };
+        let errors = logs.flush();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("/dev/full"), "{}", errors[0]);
+        assert!(Logs::default().flush().is_empty());
     }
 }

@@ -7,6 +7,9 @@
 //! one queue, so work spreads over whichever has room. A connection closes itself after `idle_timeout`, on an
 //! exception, or (binary) after an error packet. Failed connection attempts back off exponentially; after
 //! `mx_failures_to_delay` of them in a row the pool says so, and the domain's queue is delayed instead of spun on.
+//! When a `host` stanza caps the route's host, every connection also takes a slot of that host's budget, shared
+//! with every other pool routed there ([`super::hosts`]); a pool whose host has all it may have waits for a slot,
+//! and while a lowered cap leaves the host over it, pools drain their newest connections.
 //!
 //! The pool is owned by its domain's task and is not shared: no locks.
 
@@ -18,8 +21,9 @@ use herald_apns::client::{
     ConnectionError, ConnectionState, Job, JobReceiver, JobSender, OutcomeSink, http2, legacy,
 };
 
+use super::hosts::{HostSlot, HostWaiter};
 use super::settings::{DeliverySettings, RouteProtocol};
-use crate::queue::message::Queued;
+use crate::model::message::Queued;
 
 /// Work waiting for a connection beyond what open connections can carry, so that saturation is visible.
 const BACKLOG: usize = 256;
@@ -58,6 +62,12 @@ pub struct Pool {
     jobs_rx: JobReceiver<Box<Queued>>,
     connections: Vec<Arc<ConnectionState>>,
     connecting: usize,
+    /// The host budget's slots of open connections (when the host is capped), dropped once they have closed.
+    slots: Vec<(Arc<ConnectionState>, HostSlot)>,
+    /// Slots taken for attempts under way.
+    connecting_slots: Vec<HostSlot>,
+    /// Present while work waits for a slot of the host's budget.
+    host_waiter: Option<HostWaiter>,
     consecutive_failures: u32,
     next_attempt: Instant,
     last_error: Option<String>,
@@ -105,6 +115,9 @@ impl Pool {
             jobs_rx,
             connections: Vec::new(),
             connecting: 0,
+            slots: Vec::new(),
+            connecting_slots: Vec::new(),
+            host_waiter: None,
             consecutive_failures: 0,
             next_attempt: Instant::now(),
             last_error: None,
@@ -137,6 +150,47 @@ impl Pool {
             if !c.is_draining() {
                 c.drain();
                 serving -= 1;
+            }
+        }
+        self.prune();
+    }
+
+    /// Forgets closed connections, giving their host slots back, and marks the slots of draining ones.
+    pub fn prune(&mut self) {
+        self.connections.retain(|c| !c.is_closed());
+        self.slots.retain(|(c, _)| !c.is_closed());
+        for (c, slot) in &mut self.slots {
+            if c.is_draining() {
+                slot.set_draining();
+            }
+        }
+    }
+
+    /// While the host has more serving connections than its cap (a reload lowered it), drains this pool's
+    /// newest ones; while other pools wait for a slot, closes an idle one (nothing in flight, nothing waiting),
+    /// so that a pool's idle connections never keep the host from another pool with work.
+    fn drain_host_excess(&mut self) {
+        let Some(budget) = self.settings.host_budget.clone() else {
+            return;
+        };
+        for (c, slot) in self.slots.iter_mut().rev() {
+            if budget.excess() == 0 {
+                break;
+            }
+            if !c.is_draining() {
+                c.drain();
+                slot.set_draining();
+            }
+        }
+        if self.host_waiter.is_none() && self.jobs_rx.is_empty() && budget.has_unserved_waiters() {
+            if let Some((c, slot)) = self
+                .slots
+                .iter_mut()
+                .rev()
+                .find(|(c, _)| !c.is_draining() && c.in_flight() == 0)
+            {
+                c.drain();
+                slot.set_draining();
             }
         }
     }
@@ -211,8 +265,12 @@ impl Pool {
 
     /// Drops closed connections and opens one more if work waits and every open one is saturated.
     pub fn maintain(&mut self) {
-        self.connections.retain(|c| !c.is_closed());
+        self.prune();
+        self.drain_host_excess();
         let waiting = self.jobs_rx.len();
+        if waiting == 0 {
+            self.host_waiter = None;
+        }
         if waiting == 0 || self.connecting > 0 {
             return;
         }
@@ -225,6 +283,19 @@ impl Pool {
             .all(|c| c.is_saturated() || c.is_draining());
         if !all_busy || Instant::now() < self.next_attempt {
             return;
+        }
+        if let Some(budget) = &self.settings.host_budget {
+            let Some(slot) = budget.try_take() else {
+                // The host has all the connections its cap allows: wait for one of any pool to close. A pool
+                // without a connection is waited for (others close idle ones); one that has connections is
+                // served by them.
+                if self.connections.is_empty() && self.host_waiter.is_none() {
+                    self.host_waiter = Some(HostWaiter::new(budget));
+                }
+                return;
+            };
+            self.host_waiter = None;
+            self.connecting_slots.push(slot);
         }
         self.connecting += 1;
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
@@ -257,6 +328,11 @@ impl Pool {
             return ConnectOutcome::Stale;
         }
         self.connecting = self.connecting.saturating_sub(1);
+        // The attempt's host slot: kept by the connection it opened, given back if it failed.
+        let slot = self.connecting_slots.pop();
+        if let (Ok(state), Some(slot)) = (&result, slot) {
+            self.slots.push((state.clone(), slot));
+        }
         match result {
             Ok(state) if self.jobs_tx.is_closed() => {
                 // Opened after the pool was closed (replaced by a reload): nothing to carry, close it.
@@ -305,6 +381,7 @@ impl Pool {
         for c in &self.connections {
             c.drain();
         }
+        self.prune();
     }
 
     /// Closes the queue: connections finish what they carry, hand back nothing new, and close.

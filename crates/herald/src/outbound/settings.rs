@@ -7,7 +7,9 @@ use herald_apns::binary::BinaryFormat;
 use herald_apns::client::connect::Endpoint;
 use herald_apns::provider_token::ProviderTokenCache;
 
-use crate::queue::retry::RetryPolicy;
+use super::hosts::HostBudget;
+use crate::model::message::Queued;
+use crate::model::retry::RetryPolicy;
 
 /// Which APNs protocol a route speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +32,10 @@ pub struct DeliverySettings {
     pub auth: Option<ProviderTokenCache>,
     /// `apn_topic`: sent when a notification names no topic.
     pub default_topic: Option<Arc<str>>,
-    /// `max_outbound_connections`.
+    /// `max_outbound_connections` of this (binding, domain).
     pub max_connections: usize,
+    /// The connection budget of the route's host when a `host` stanza caps it, shared by every pool routed there.
+    pub host_budget: Option<Arc<HostBudget>>,
     /// `idle_timeout`; `None` for 0 (never close).
     pub idle_timeout: Option<Duration>,
     /// `delivery_response_timeout`: the binary protocol's silence window, HTTP/2's answer timeout.
@@ -49,6 +53,67 @@ pub struct DeliverySettings {
 }
 
 impl DeliverySettings {
+    /// The size of the notification as herald sends it (apn_logger `%B`): on the binary protocol the whole
+    /// encoded notification (command, lengths, items: 61 + payload bytes for a frame with a 32-byte token); on
+    /// HTTP/2 the payload plus the request's header fields, uncompressed, as name and value bytes (`:method`,
+    /// `:scheme`, `:authority`, `:path` and each `apns-*` header; the `authorization` header of token auth is not
+    /// counted).
+    pub fn wire_bytes(&self, item: &Queued) -> usize {
+        use herald_apns::binary::BinaryFormat;
+        let settings = self;
+        let n = &item.notification;
+        let token = n.token.as_bytes().len();
+        let payload = n.payload.len();
+        match settings.protocol {
+            RouteProtocol::Binary(BinaryFormat::Simple) => 1 + 2 + token + 2 + payload,
+            RouteProtocol::Binary(BinaryFormat::Enhanced) => 1 + 4 + 4 + 2 + token + 2 + payload,
+            RouteProtocol::Binary(BinaryFormat::Frame) => {
+                5 + (3 + token) + (3 + payload) + (3 + 4) + (3 + 4) + (3 + 1)
+            }
+            RouteProtocol::Http2 => {
+                let digits = |v: u64| v.to_string().len();
+                let field = |name: &str, value: usize| name.len() + value;
+                let topic = n.topic.as_deref().or(settings.default_topic.as_deref());
+                let mut size = field(":method", 4)
+                    + field(":scheme", 5)
+                    + field(":authority", settings.endpoint.authority().len())
+                    + field(":path", "/3/device/".len() + 2 * token)
+                    + payload;
+                size += topic.map_or(0, |t| field("apns-topic", t.len()));
+                size += n
+                    .push_type
+                    .map_or(0, |p| field("apns-push-type", p.as_str().len()));
+                size += n
+                    .priority
+                    .map_or(0, |p| field("apns-priority", digits(u64::from(p.as_u8()))));
+                size += item
+                    .apns_expiration
+                    .or(n.expiration)
+                    .map_or(0, |e| field("apns-expiration", digits(u64::from(e))));
+                size += n
+                    .collapse_id
+                    .as_deref()
+                    .map_or(0, |c| field("apns-collapse-id", c.len()));
+                size += n.apns_id.map_or(0, |_| field("apns-id", 36));
+                size
+            }
+        }
+    }
+    /// Whether `self` and `other` reach APNs the same way: the same protocol, route, source address, TLS
+    /// configuration (client identity and trust) and provider-token key. Bindings whose settings of a domain are
+    /// the same this way need one connectivity check and one feedback poll between them.
+    pub fn same_route_and_credentials(&self, other: &DeliverySettings) -> bool {
+        let same_auth = match (&self.auth, &other.auth) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.is_same_cache(b),
+            _ => false,
+        };
+        self.protocol == other.protocol
+            && self.endpoint == other.endpoint
+            && Arc::ptr_eq(&self.tls, &other.tls)
+            && same_auth
+    }
+
     /// Whether connections opened under `self` can go on serving under `other`: the same route and protocol, the
     /// same TLS configuration (client identity and trust) and provider-token cache, and the same connection
     /// timeouts. When they can, a reload changes only what the pool and the queue read (connection limit,
@@ -68,6 +133,13 @@ impl DeliverySettings {
             && self.connect_timeout == other.connect_timeout
             && self.keepalive == other.keepalive
             && self.max_window == other.max_window
+            // Connections hold slots of their host's budget: another budget (a host stanza added or removed)
+            // means new connections.
+            && match (&self.host_budget, &other.host_budget) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
     }
 }
 
@@ -81,6 +153,13 @@ impl std::fmt::Debug for DeliverySettings {
             .field("endpoint", &self.endpoint)
             .field("token_auth", &self.auth.is_some())
             .field("max_connections", &self.max_connections)
+            .field(
+                "host_budget",
+                &self
+                    .host_budget
+                    .as_ref()
+                    .map(|b| (b.name().to_owned(), b.limit())),
+            )
             .field("idle_timeout", &self.idle_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("mx_failures_to_delay", &self.mx_failures_to_delay)

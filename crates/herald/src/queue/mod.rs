@@ -6,9 +6,10 @@
 //! APNs makes submitters wait instead of growing memory without limit.
 
 pub mod domain;
-pub mod message;
-pub mod retry;
 pub mod stats;
+
+/// The notification types and the retry schedule live in the leaf [`crate::model`]; these paths stay for callers.
+pub use crate::model::{message, retry};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -49,10 +50,39 @@ impl InvalidTokenSink for MemoryInvalidTokens {
     }
 }
 
+/// Why a (binding, domain) has no delivery settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// No configuration names the domain (resolvers with a fixed list of domains).
+    #[error("domain {0:?} is not configured")]
+    UnknownDomain(String),
+    /// The notification names a binding the configuration does not declare.
+    #[error("binding {0:?} is not declared (declare it with binding \"{0}\" {{ … }})")]
+    UnknownBinding(String),
+    /// The domain is delivered by another method than APNs.
+    #[error("delivery_method is {0}; herald delivers only with delivery_method = apn")]
+    NotApn(String),
+    #[error("no routes are configured")]
+    NoRoutes,
+    #[error("the binary protocol needs a client certificate (tls_certificate or tls_pkcs12)")]
+    BinaryNeedsCertificate,
+    /// The credentials the domain names cannot be used (the text names the option and the file).
+    #[error("{0}")]
+    Credentials(String),
+}
+
 /// Resolves the delivery settings of a (binding, domain) from the configuration.
 pub trait SettingsResolver: Send + Sync + 'static {
     /// The settings of `domain` delivered from the `default` binding.
-    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String>;
+    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError>;
+
+    /// The settings of (binding, domain) when they are at hand without any work (built already, nothing to read
+    /// or sign); `None` otherwise. Callers on async threads use it to keep [`resolve_binding`] off them.
+    ///
+    /// [`resolve_binding`]: SettingsResolver::resolve_binding
+    fn cached(&self, _binding: &str, _domain: &str) -> Option<Arc<DeliverySettings>> {
+        None
+    }
 
     /// Every binding notifications may name (`default` first).
     fn bindings(&self) -> Vec<String> {
@@ -64,11 +94,11 @@ pub trait SettingsResolver: Send + Sync + 'static {
         &self,
         binding: &str,
         domain: &str,
-    ) -> Result<Arc<DeliverySettings>, String> {
+    ) -> Result<Arc<DeliverySettings>, ResolveError> {
         if binding == message::DEFAULT_BINDING {
             self.resolve(domain)
         } else {
-            Err(format!("binding {binding:?} is not declared"))
+            Err(ResolveError::UnknownBinding(binding.to_owned()))
         }
     }
 }
@@ -86,11 +116,15 @@ impl StaticResolver {
 }
 
 impl SettingsResolver for StaticResolver {
-    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, String> {
+    fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
         self.0
             .get(domain)
             .cloned()
-            .ok_or_else(|| format!("domain {domain:?} is not configured"))
+            .ok_or_else(|| ResolveError::UnknownDomain(domain.to_owned()))
+    }
+
+    fn cached(&self, binding: &str, domain: &str) -> Option<Arc<DeliverySettings>> {
+        self.resolve_binding(binding, domain).ok()
     }
 
     /// The settings of `domain` when they were built for `binding`.
@@ -98,21 +132,25 @@ impl SettingsResolver for StaticResolver {
         &self,
         binding: &str,
         domain: &str,
-    ) -> Result<Arc<DeliverySettings>, String> {
+    ) -> Result<Arc<DeliverySettings>, ResolveError> {
         let settings = self.resolve(domain)?;
         if &*settings.binding == binding {
             Ok(settings)
         } else {
-            Err(format!("binding {binding:?} is not declared"))
+            Err(ResolveError::UnknownBinding(binding.to_owned()))
         }
     }
 }
 
 /// Why a notification was not queued.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
     #[error("domain {domain:?} cannot deliver: {reason}")]
-    Unroutable { domain: String, reason: String },
+    Unroutable {
+        domain: String,
+        #[source]
+        reason: ResolveError,
+    },
     #[error("the queue is shutting down")]
     ShuttingDown,
 }
@@ -323,7 +361,7 @@ impl Engine {
             .await
             .map_err(|_| SubmitError::ShuttingDown)?;
         permit.forget();
-        self.hand_over(item, delay)
+        self.hand_over(item, delay).await
     }
 
     /// Room for `n` more notifications in memory, taken now, or `None` when the engine cannot hold them
@@ -361,20 +399,21 @@ impl Engine {
         match reservation.0.as_mut().and_then(|p| p.split(1)) {
             Some(one) => {
                 one.forget();
-                self.hand_over(Queued::new(notification), None)
+                self.hand_over(Queued::new(notification), None).await
             }
             None => self.submit(notification).await,
         }
     }
 
     /// Hands `item`, whose memory permit is taken, to its domain's task.
-    fn hand_over(
+    async fn hand_over(
         &self,
         item: Box<Queued>,
         delay: Option<std::time::Duration>,
     ) -> Result<(), SubmitError> {
         let sent = self
             .domain_sender(&item.notification.domain, &item.notification.binding)
+            .await
             .and_then(|sender| {
                 let event = match delay {
                     Some(d) => DomainEvent::EnqueueDelayed(item, d),
@@ -388,7 +427,11 @@ impl Engine {
         sent
     }
 
-    fn domain_sender(
+    /// The queue of (binding, domain), started on first use. The engine-wide lock is held only to look the queue
+    /// up and to insert it: a first notification's settings (which may read credential files, parse a PKCS#12
+    /// identity and sign a provider token) are resolved outside it, on a blocking thread, so other submitters
+    /// and the async threads do not wait for them.
+    async fn domain_sender(
         &self,
         domain: &Arc<str>,
         binding: &Arc<str>,
@@ -397,7 +440,17 @@ impl Engine {
             domain: domain.clone(),
             binding: binding.clone(),
         };
+        if let Some(sender) = self.existing_sender(&key) {
+            return Ok(sender);
+        }
+        let settings = resolve_blocking(self.resolver.clone(), binding.clone(), domain.clone())
+            .await?
+            .map_err(|reason| SubmitError::Unroutable {
+                domain: domain.to_string(),
+                reason,
+            })?;
         let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        // Another submitter may have started the queue meanwhile: use it.
         if let Some(handle) = domains.get(&key) {
             handle
                 .stats
@@ -405,13 +458,6 @@ impl Engine {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(handle.sender.clone());
         }
-        let settings = self
-            .resolver
-            .resolve_binding(binding, domain)
-            .map_err(|reason| SubmitError::Unroutable {
-                domain: domain.to_string(),
-                reason,
-            })?;
         tracing::debug!(
             %domain, %binding, binding_group = %settings.binding_group, endpoint = %settings.endpoint,
             bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
@@ -439,6 +485,18 @@ impl Engine {
             },
         );
         Ok(sender)
+    }
+
+    /// The queue of `key` if it is running (counting the notification it is about to receive).
+    fn existing_sender(&self, key: &QueueKey) -> Option<DomainSender> {
+        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        domains.get(key).map(|handle| {
+            handle
+                .stats
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            handle.sender.clone()
+        })
     }
 
     /// Counters of one domain (over every binding it is delivered from), if it has seen traffic.
@@ -625,17 +683,71 @@ impl Engine {
     /// Re-resolves the settings of every (binding, domain) queue (after a configuration reload): connections of
     /// the old settings finish what they carry and close; new ones use the new settings. Errors name the domain
     /// (`domain` for the default binding, `binding:domain` otherwise).
-    pub fn reconfigure(&self) -> Vec<(String, String)> {
-        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+    ///
+    /// The engine-wide lock is held only to list the queues: settings are resolved without it (submitters go on),
+    /// on a blocking thread.
+    pub async fn reconfigure(&self) -> Vec<(String, ResolveError)> {
+        let queues: Vec<(QueueKey, DomainSender)> = {
+            let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queues: Vec<_> = domains
+                .iter()
+                .map(|(k, h)| (k.clone(), h.sender.clone()))
+                .collect();
+            queues.sort_by(|a, b| a.0.cmp(&b.0));
+            queues
+        };
+        let resolver = self.resolver.clone();
+        let resolved = run_blocking(move || {
+            queues
+                .into_iter()
+                .map(|(key, sender)| {
+                    let settings = resolver.resolve_binding(&key.binding, &key.domain);
+                    (key, sender, settings)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
         let mut errors = Vec::new();
-        for (key, handle) in domains.iter() {
-            match self.resolver.resolve_binding(&key.binding, &key.domain) {
+        for (key, sender, settings) in resolved {
+            match settings {
                 Ok(settings) => {
-                    let _ = handle.sender.0.send(DomainEvent::Reconfigure(settings));
+                    let _ = sender.0.send(DomainEvent::Reconfigure(settings));
                 }
                 Err(e) => errors.push((Engine::queue_name(&key.binding, &key.domain), e)),
             }
         }
         errors
+    }
+}
+
+/// Resolves the settings of (binding, domain) on a blocking thread (see [`run_blocking`]).
+async fn resolve_blocking(
+    resolver: Arc<dyn SettingsResolver>,
+    binding: Arc<str>,
+    domain: Arc<str>,
+) -> Result<Result<Arc<DeliverySettings>, ResolveError>, SubmitError> {
+    run_blocking(move || resolver.resolve_binding(&binding, &domain))
+        .await
+        .ok_or(SubmitError::ShuttingDown)
+}
+
+/// Runs `f`, which may read files and do CPU-heavy work, from synchronous code that may be on an async thread:
+/// on a multi-threaded runtime the thread becomes a blocking one while `f` runs (other tasks move to other
+/// threads); elsewhere `f` simply runs.
+pub(crate) fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Runs `f`, which may read files and do CPU-heavy work, on tokio's blocking pool instead of an async thread.
+/// `None` when the runtime shuts down before it runs; a panic in `f` goes on in the caller.
+async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => Some(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
     }
 }

@@ -11,6 +11,34 @@ pub const LATENCY_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
 
+/// Whether a failure is retried or final; failures are counted per kind and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// Retried later (a T line).
+    Transient,
+    /// Final: the notification leaves the queue (a P line).
+    Permanent,
+}
+
+impl FailureKind {
+    /// The log letter: `T` or `P`.
+    pub fn letter(self) -> &'static str {
+        match self {
+            FailureKind::Transient => "T",
+            FailureKind::Permanent => "P",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.letter())
+    }
+}
+
+/// Failures counted by kind and reason (the reason as the log lines give it).
+pub type FailureCounts = HashMap<(FailureKind, String), u64>;
+
 /// Counters of one domain.
 #[derive(Debug, Default)]
 pub struct DomainStats {
@@ -33,7 +61,7 @@ pub struct DomainStats {
     pub latency_micros: AtomicU64,
     /// Deliveries by latency bucket ([`LATENCY_BUCKETS`], then one for slower ones); not cumulative.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    failures: Mutex<HashMap<String, u64>>,
+    failures: Mutex<FailureCounts>,
 }
 
 impl DomainStats {
@@ -63,25 +91,30 @@ impl DomainStats {
 
     pub fn transient(&self, reason: &str) {
         self.transient.fetch_add(1, Ordering::Relaxed);
-        self.count_reason(format!("T {reason}"));
+        self.count_reason(FailureKind::Transient, reason);
     }
 
     pub fn permanent(&self, reason: &str) {
         self.permanent.fetch_add(1, Ordering::Relaxed);
-        self.count_reason(format!("P {reason}"));
+        self.count_reason(FailureKind::Permanent, reason);
     }
 
     pub fn requeued(&self) {
         self.requeued.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn count_reason(&self, key: String) {
+    fn count_reason(&self, kind: FailureKind, reason: &str) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(key).or_default() += 1;
+        match map.get_mut(&(kind, reason.to_owned())) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert((kind, reason.to_owned()), 1);
+            }
+        }
     }
 
-    /// Failures by kind and reason: keys are `T <reason>` and `P <reason>`.
-    pub fn failures(&self) -> HashMap<String, u64> {
+    /// Failures by kind and reason.
+    pub fn failures(&self) -> FailureCounts {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -165,7 +198,16 @@ mod tests {
         let total = DomainStats::sum(&[&a, &b]);
         assert_eq!(total.delivered.load(Ordering::Relaxed), 2);
         assert_eq!(total.connections.load(Ordering::Relaxed), 5);
-        assert_eq!(total.failures()["T ConnectionFailed"], 2);
+        a.permanent("BadDeviceToken");
+        assert_eq!(
+            total.failures()[&(FailureKind::Transient, "ConnectionFailed".to_owned())],
+            2
+        );
+        assert_eq!(
+            DomainStats::sum(&[&a]).failures()
+                [&(FailureKind::Permanent, "BadDeviceToken".to_owned())],
+            1
+        );
         assert_eq!(total.latency_cumulative().last(), Some(&2));
     }
 }

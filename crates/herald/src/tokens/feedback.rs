@@ -1,6 +1,9 @@
 //! Polling the binary feedback service (apns.md §2): for each domain with a binary route and an
 //! `apn_feedback_interval`, connect with the domain's client certificate, read the 38-byte tuples until the
-//! service closes, and record each token in the invalid-token store.
+//! service closes, and record each token in the invalid-token store. A domain is polled from every binding that
+//! reaches APNs differently (its own route, `bind_address` or certificate), each with the options that binding
+//! resolves (docs/configuration.md, "Bindings in delivery"): the service lists the tokens of the certificate
+//! that asks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +18,9 @@ use tokio::io::AsyncReadExt;
 
 use super::store::{InvalidTokenEntry, InvalidTokenStore};
 use crate::delivery::ConfigResolver;
-use crate::outbound::settings::RouteProtocol;
+use crate::outbound::settings::{DeliverySettings, RouteProtocol};
+use crate::queue::ResolveError;
+use crate::queue::message::DEFAULT_BINDING;
 
 /// The feedback port of the binary era (apns.md §2).
 const FEEDBACK_PORT: u16 = 2196;
@@ -27,26 +32,53 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum FeedbackError {
     #[error("domain {domain}: {reason}")]
     Settings { domain: String, reason: String },
+    #[error("domain {domain}: {reason}")]
+    Resolve {
+        domain: String,
+        #[source]
+        reason: ResolveError,
+    },
     #[error("feedback service {endpoint}: {reason}")]
     Service { endpoint: Endpoint, reason: String },
 }
 
-/// Where the feedback service of a domain is: `apn_feedback_address`, else the route's `gateway.` host as
-/// `feedback.` on port 2196.
-pub fn feedback_endpoint(config: &Config, domain: &str, route: &Endpoint) -> Option<Endpoint> {
-    let path = ScopePath::domain(domain);
-    if let Ok(Value::Str(addr)) = config.eval(&path, "apn_feedback_address") {
-        let (host, port) = addr.rsplit_once(':')?;
-        return Some(Endpoint::new(
-            host.trim_matches(['[', ']']),
-            port.parse().ok()?,
-        ));
+/// The scope path of `domain` delivered from `settings`' binding (and its group), for options the delivery
+/// settings do not carry.
+fn delivery_path(settings: &DeliverySettings, domain: &str) -> ScopePath {
+    let mut path = ScopePath::global();
+    if &*settings.binding_group != DEFAULT_BINDING {
+        path = path.then(
+            herald_conf::scopes::ScopeKind::BindingGroup,
+            Some(&settings.binding_group),
+        );
     }
-    let rest = route.host.strip_prefix("gateway.")?;
-    Some(Endpoint::new(format!("feedback.{rest}"), FEEDBACK_PORT))
+    path.then(
+        herald_conf::scopes::ScopeKind::Binding,
+        Some(&settings.binding),
+    )
+    .then(herald_conf::scopes::ScopeKind::Domain, Some(domain))
 }
 
-/// Connects once and records every tuple; returns how many tokens the service listed.
+/// Where the feedback service of a domain is, for delivery from `settings`' binding: `apn_feedback_address`,
+/// else the route's `gateway.` host as `feedback.` on port 2196; from the binding's `bind_address`.
+pub fn feedback_endpoint(
+    config: &Config,
+    domain: &str,
+    settings: &DeliverySettings,
+) -> Option<Endpoint> {
+    let route = &settings.endpoint;
+    let path = delivery_path(settings, domain);
+    if let Ok(Value::Str(addr)) = config.eval(&path, "apn_feedback_address") {
+        let (host, port) = addr.rsplit_once(':')?;
+        return Some(
+            Endpoint::new(host.trim_matches(['[', ']']), port.parse().ok()?).bound_to(route.bind),
+        );
+    }
+    let rest = route.host.strip_prefix("gateway.")?;
+    Some(Endpoint::new(format!("feedback.{rest}"), FEEDBACK_PORT).bound_to(route.bind))
+}
+
+/// Connects once from the default binding and records every tuple; returns how many tokens the service listed.
 pub async fn poll_once(
     resolver: &ConfigResolver,
     store: &InvalidTokenStore,
@@ -54,10 +86,21 @@ pub async fn poll_once(
 ) -> Result<usize, FeedbackError> {
     let settings = resolver
         .build(domain)
-        .map_err(|reason| FeedbackError::Settings {
+        .map_err(|reason| FeedbackError::Resolve {
             domain: domain.to_owned(),
             reason,
         })?;
+    poll_from(resolver, store, domain, &settings).await
+}
+
+/// Connects once with `settings` (one binding's route, source address and certificate) and records every tuple;
+/// returns how many tokens the service listed.
+pub async fn poll_from(
+    resolver: &ConfigResolver,
+    store: &InvalidTokenStore,
+    domain: &str,
+    settings: &DeliverySettings,
+) -> Result<usize, FeedbackError> {
     if !matches!(settings.protocol, RouteProtocol::Binary(_)) {
         return Err(FeedbackError::Settings {
             domain: domain.to_owned(),
@@ -65,16 +108,15 @@ pub async fn poll_once(
                 .into(),
         });
     }
-    let endpoint =
-        feedback_endpoint(&resolver.config(), domain, &settings.endpoint).ok_or_else(|| {
-            FeedbackError::Settings {
-                domain: domain.to_owned(),
-                reason: format!(
-                    "no feedback address: set apn_feedback_address (route host {})",
-                    settings.endpoint.host
-                ),
-            }
-        })?;
+    let endpoint = feedback_endpoint(&resolver.config(), domain, settings).ok_or_else(|| {
+        FeedbackError::Settings {
+            domain: domain.to_owned(),
+            reason: format!(
+                "no feedback address: set apn_feedback_address (route host {})",
+                settings.endpoint.host
+            ),
+        }
+    })?;
     let service = |reason: String| FeedbackError::Service {
         endpoint: endpoint.clone(),
         reason,
@@ -123,26 +165,42 @@ pub async fn poll_once(
         .map_err(|_| service("timed out".into()))?
 }
 
-/// Polls every configured domain whose `apn_feedback_interval` is set, each on its own schedule, reading the
-/// configuration in force at each round (so a reload takes effect). Runs until the task is dropped.
+/// Polls every configured domain whose `apn_feedback_interval` is set, from every binding that reaches APNs
+/// differently ([`ConfigResolver::distinct_bindings`]), each (binding, domain) on its own schedule with the
+/// interval that binding resolves, reading the configuration in force at each round (so a reload takes effect).
+/// Runs until the task is dropped.
 pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenStore>) {
-    let mut last: HashMap<String, Instant> = HashMap::new();
+    let mut last: HashMap<(String, String), Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let config = resolver.config();
         for domain in config.domains() {
-            let interval = match config.eval(&ScopePath::domain(domain), "apn_feedback_interval") {
-                Ok(Value::Int(s)) if s > 0 => Duration::from_secs(s as u64),
-                _ => continue,
-            };
-            if last.get(domain).is_some_and(|t| t.elapsed() < interval) {
+            if domain.starts_with('/') {
                 continue;
             }
-            last.insert(domain.to_owned(), Instant::now());
-            match poll_once(&resolver, &store, domain).await {
-                Ok(n) => tracing::info!(domain, tokens = n, "feedback service polled"),
-                Err(e) => tracing::warn!("feedback poll: {e}"),
+            // Settings not built yet read credential files: not on an async thread as it is.
+            let distinct = crate::queue::in_place(|| resolver.distinct_bindings(domain));
+            for settings in distinct {
+                let interval = match config
+                    .domain_settings(None, Some(&settings.binding), domain)
+                    .apn_feedback_interval
+                {
+                    Some(i) => i,
+                    None => continue,
+                };
+                let key = (settings.binding.to_string(), domain.to_owned());
+                if last.get(&key).is_some_and(|t| t.elapsed() < interval) {
+                    continue;
+                }
+                last.insert(key, Instant::now());
+                let binding = &*settings.binding;
+                match poll_from(&resolver, &store, domain, &settings).await {
+                    Ok(n) => {
+                        tracing::info!(domain, binding, tokens = n, "feedback service polled")
+                    }
+                    Err(e) => tracing::warn!(binding, "feedback poll: {e}"),
+                }
             }
         }
     }

@@ -67,6 +67,7 @@ pub fn test_settings(
         auth,
         default_topic: Some(Arc::from(topic)),
         max_connections: 2,
+        host_budget: None,
         idle_timeout: Some(Duration::from_secs(30)),
         response_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),

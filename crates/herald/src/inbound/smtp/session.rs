@@ -18,7 +18,7 @@ use super::SmtpConfig;
 use super::command::{self, Command};
 use super::io::{LineIo, ReadLine};
 use super::reply::Reply;
-use crate::inbound::accept::{DomainRefusal, Intake, Refusal, Source};
+use crate::inbound::accept::{DomainRefusal, Intake, Refusal, Source, Unavailable};
 use crate::inbound::mcmt::{self, McmtError, Parsed};
 use crate::queue::message::MessageId;
 
@@ -257,8 +257,8 @@ impl Session {
             );
         }
         // Back-pressure: while the queue is full in memory, say so before the client sends the message.
-        if let Err(Refusal::Temporary(text) | Refusal::Permanent(text)) = self.intake.has_room(1) {
-            return Reply::new(452, "4.3.1", text);
+        if let Err(refusal) = self.intake.has_room(1) {
+            return Reply::new(452, "4.3.1", refusal.to_string());
         }
         let reply = Reply::new(250, "2.1.0", format!("sender <{from}> ok"));
         self.envelope.from = Some(from);
@@ -502,10 +502,11 @@ impl Session {
                 ),
             );
         }
-        if let Err(Refusal::Temporary(text) | Refusal::Permanent(text)) =
-            self.intake.has_room(count)
-        {
-            return temporary(text);
+        if let Err(refusal) = self.intake.has_room(count) {
+            return match refusal {
+                Refusal::Temporary(why) => temporary(&why),
+                Refusal::Permanent(text) => Reply::new(451, "4.3.0", text),
+            };
         }
         let subs = message.submissions(&envelope.recipients, &from);
         let mut batch = Vec::with_capacity(subs.len());
@@ -519,7 +520,7 @@ impl Session {
                         format!("part {}, recipient <{}>: {text}", s.part, s.recipient),
                     );
                 }
-                Err(Refusal::Temporary(text)) => return temporary(text),
+                Err(Refusal::Temporary(why)) => return temporary(&why),
             }
         }
         let count = batch.len();
@@ -533,7 +534,7 @@ impl Session {
                     source.batch_id
                 ),
             ),
-            Err(Refusal::Temporary(text)) => temporary(text),
+            Err(Refusal::Temporary(why)) => temporary(&why),
             Err(Refusal::Permanent(text)) => Reply::new(554, "5.3.0", text),
         }
     }
@@ -561,17 +562,13 @@ pub(crate) async fn refuse_busy(
     io.close().await;
 }
 
-/// A temporary refusal: `452 4.3.1` when storage is full (RFC 3463 "mail system full"), else `451 4.3.0`.
-fn temporary(text: String) -> Reply {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("no space")
-        || lower.contains("disk full")
-        || lower.contains("storage full")
-        || lower.contains("queue full")
-    {
-        Reply::new(452, "4.3.1", text)
+/// A temporary refusal: `452 4.3.1` when storage or memory is full (RFC 3463 "mail system full"), else
+/// `451 4.3.0`; chosen by the kind of refusal, never by its text.
+fn temporary(why: &Unavailable) -> Reply {
+    if why.is_full() {
+        Reply::new(452, "4.3.1", why.to_string())
     } else {
-        Reply::new(451, "4.3.0", text)
+        Reply::new(451, "4.3.0", why.to_string())
     }
 }
 
@@ -612,13 +609,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_storage_is_452_other_temporary_failures_451() {
-        let r = temporary(
-            "the spool could not store the notifications: No space left on device (os error 28)"
-                .into(),
-        );
+    fn full_storage_or_memory_is_452_other_temporary_failures_451() {
+        let full =
+            herald_spool::SpoolError::from_io("appending", std::io::Error::from_raw_os_error(28));
+        let r = temporary(&Unavailable::Spool(full));
         assert_eq!((r.code, r.status), (452, "4.3.1"));
-        let r = temporary("the spool could not store the notifications: I/O error".into());
+        let r = temporary(&Unavailable::QueueFull {
+            held: 10,
+            max: 10,
+            wanted: 1,
+        });
+        assert_eq!((r.code, r.status), (452, "4.3.1"));
+        // The text is not searched: an I/O error that merely mentions space is not a full disk.
+        let other = herald_spool::SpoolError::from_io(
+            "appending",
+            std::io::Error::other("no space for excuses"),
+        );
+        let r = temporary(&Unavailable::Spool(other));
+        assert_eq!((r.code, r.status), (451, "4.3.0"));
+        let r = temporary(&Unavailable::Queueing(
+            crate::queue::SubmitError::ShuttingDown,
+        ));
         assert_eq!((r.code, r.status), (451, "4.3.0"));
     }
 }
