@@ -612,6 +612,28 @@ pub struct SpoolSettings {
     pub backend: SpoolBackend,
     pub nats_url: Option<String>,
     pub nats_stream: String,
+    pub nats_replicas: u32,
+    pub nats_credentials: Option<PathBuf>,
+    pub nats_token: Option<String>,
+    pub nats_tls_ca: Option<PathBuf>,
+    pub nats_tls_cert: Option<PathBuf>,
+    pub nats_tls_key: Option<PathBuf>,
+    pub nats_timeout: Duration,
+    pub nats_ack_wait: Duration,
+    pub nats_max_ack_pending: u32,
+}
+
+impl SpoolSettings {
+    /// The NATS servers of `spool_nats_url` (separated by commas or spaces).
+    pub fn nats_servers(&self) -> Vec<String> {
+        self.nats_url
+            .as_deref()
+            .unwrap_or("")
+            .split([',', ' '])
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 pub(crate) fn spool(root: &Node) -> SpoolSettings {
@@ -625,6 +647,15 @@ pub(crate) fn spool(root: &Node) -> SpoolSettings {
         },
         nats_url: r.string("spool_nats_url"),
         nats_stream: r.word("spool_nats_stream").to_string(),
+        nats_replicas: r.u32("spool_nats_replicas"),
+        nats_credentials: r.path("spool_nats_credentials"),
+        nats_token: r.string("spool_nats_token"),
+        nats_tls_ca: r.path("spool_nats_tls_ca"),
+        nats_tls_cert: r.path("spool_nats_tls_cert"),
+        nats_tls_key: r.path("spool_nats_tls_key"),
+        nats_timeout: r.secs("spool_nats_timeout"),
+        nats_ack_wait: r.secs("spool_nats_ack_wait"),
+        nats_max_ack_pending: r.u32("spool_nats_max_ack_pending"),
     }
 }
 

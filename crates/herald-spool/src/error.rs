@@ -51,6 +51,12 @@ pub enum SpoolError {
     /// The spool was closed (shutdown): nothing more is accepted.
     #[error("the spool is closed")]
     Closed,
+    /// The spool's settings cannot work (an incompatible JetStream stream, a missing server list).
+    #[error("spool configuration: {0}")]
+    Config(String),
+    /// The NATS servers of the JetStream spool cannot be reached now.
+    #[error("NATS unreachable: {0}")]
+    Unreachable(String),
     /// A stored record could not be read back.
     #[error("spool record {key}: {source}")]
     Corrupt {
@@ -65,11 +71,15 @@ impl SpoolError {
     /// (SMTP 451/452, HTTP 503) rather than a permanent one.
     pub fn is_temporary(&self) -> bool {
         match self {
-            SpoolError::DiskFull { .. } | SpoolError::Io { .. } | SpoolError::Closed => true,
+            SpoolError::DiskFull { .. }
+            | SpoolError::Io { .. }
+            | SpoolError::Closed
+            | SpoolError::Unreachable(_) => true,
             SpoolError::Storage { temporary, .. } => *temporary,
             SpoolError::Open { .. }
             | SpoolError::NotWritable { .. }
             | SpoolError::Locked { .. }
+            | SpoolError::Config(_)
             | SpoolError::Corrupt { .. } => false,
         }
     }

@@ -4,25 +4,30 @@
 //! corrupt record is skipped on recovery), the small object-safe [`Spool`] trait herald holds as `Arc<dyn Spool>`,
 //! the embedded store [`DiskSpool`] (fjall, chosen by measurement: see BENCHMARKS.md "Spool") whose writer thread
 //! gives group commit (concurrent appends share one fsync), recovery after a crash, and [`MemorySpool`], a
-//! non-durable stand-in for tests. It knows nothing of herald's queue or protocols: herald converts its
+//! non-durable stand-in for tests, and [`JetStreamSpool`], a NATS JetStream stream several herald nodes share
+//! (docs/scale-out.md), with the [`SharedMap`] key-value bucket next to it. It knows nothing of herald's queue or protocols: herald converts its
 //! notifications to and from [`StoredNotification`].
 
 pub mod engine;
 pub mod error;
 pub mod fjall_engine;
+pub mod jetstream;
 pub mod key;
 pub mod memory;
 pub mod outcomes;
 pub mod record;
+pub mod shared_map;
 pub mod spool;
 pub mod store;
 
 pub use engine::{CommitBatch, Engine, Table};
 pub use error::SpoolError;
 pub use fjall_engine::{FjallEngine, FjallOptions};
+pub use jetstream::{JetStreamOptions, JetStreamSpool, JetStreamStats};
 pub use key::{KeyGenerator, SpoolKey};
 pub use memory::MemorySpool;
 pub use outcomes::{Lookup, OutcomeKey, OutcomeStore};
 pub use record::{DecodeError, RECORD_VERSION, Schedule, StoredNotification};
+pub use shared_map::{SharedEntry, SharedMap};
 pub use spool::{Recovered, RecoveryReport, Spool, SpoolFuture, SpoolStats};
 pub use store::{DiskSpool, SpoolOptions};

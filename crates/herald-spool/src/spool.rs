@@ -69,6 +69,17 @@ pub trait Spool: Send + Sync + 'static {
         None
     }
 
+    /// Takes a notification back to deliver it again after `delay` (by any node), so that the caller forgets
+    /// it. False when the spool cannot (the embedded one: the caller keeps it and calls `reschedule`).
+    fn hand_back(&self, _key: SpoolKey, _delay: std::time::Duration) -> bool {
+        false
+    }
+
+    /// The shared stream's figures, for a spool on NATS JetStream (`None` for the embedded spool).
+    fn stream_stats(&self) -> Option<crate::jetstream::JetStreamStats> {
+        None
+    }
+
     /// Makes every reschedule and removal issued so far durable.
     fn flush(&self) -> SpoolFuture<()>;
 

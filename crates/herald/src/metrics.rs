@@ -17,6 +17,8 @@ pub struct Extra {
     pub spool: Option<(u64, u64)>,
     /// Whether the spool takes writes, whether its disk is full, and removals waiting for a commit.
     pub spool_health: Option<SpoolHealth>,
+    /// The shared JetStream stream's figures, with the JetStream spool.
+    pub stream: Option<herald_spool::JetStreamStats>,
     /// The restore of the spool at start: whether it still runs, and how many notifications it queued again.
     pub restore: Option<(bool, u64)>,
     /// Entries in the invalid-token store (one per domain and token; the store outlives restarts).
@@ -232,6 +234,68 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
             "gauge",
         );
         let _ = writeln!(out, "herald_spool_pending_removals {}", h.pending_removals);
+    }
+    if let Some(j) = extra.stream {
+        let rows: [(&str, &str, &str, u64); 9] = [
+            (
+                "herald_jetstream_connected",
+                "1 while this node is connected to NATS and the stream is set up, else 0 (notifications are refused meanwhile).",
+                "gauge",
+                u64::from(j.connected),
+            ),
+            (
+                "herald_jetstream_stream_messages",
+                "Notifications in the shared stream: accepted by any node and not yet finished.",
+                "gauge",
+                j.stream_messages,
+            ),
+            (
+                "herald_jetstream_stream_bytes",
+                "Size of the shared stream.",
+                "gauge",
+                j.stream_bytes,
+            ),
+            (
+                "herald_jetstream_consumer_pending",
+                "Notifications in the stream that no node has pulled yet.",
+                "gauge",
+                j.consumer_pending,
+            ),
+            (
+                "herald_jetstream_consumer_ack_pending",
+                "Notifications pulled by some node and not yet acknowledged (all nodes).",
+                "gauge",
+                j.consumer_ack_pending,
+            ),
+            (
+                "herald_jetstream_consumer_redelivered",
+                "Notifications the stream delivered more than once (all nodes; after a node stopped or gave one back).",
+                "gauge",
+                j.consumer_redelivered,
+            ),
+            (
+                "herald_jetstream_held",
+                "Notifications this node pulled and has not finished.",
+                "gauge",
+                j.held,
+            ),
+            (
+                "herald_jetstream_pulled_total",
+                "Notifications this node pulled from the stream since start.",
+                "counter",
+                j.pulled,
+            ),
+            (
+                "herald_jetstream_handed_back_total",
+                "Notifications this node gave back to the stream for a retry later (nak with delay) instead of holding them.",
+                "counter",
+                j.handed_back,
+            ),
+        ];
+        for (name, help, kind, value) in rows {
+            header(&mut out, name, help, kind);
+            let _ = writeln!(out, "{name} {value}");
+        }
     }
     if let Some((running, queued)) = extra.restore {
         header(

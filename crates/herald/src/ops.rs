@@ -87,6 +87,7 @@ pub fn routes(
                             disk_full: stats.disk_full,
                             pending_removals: stats.pending_removals,
                         }),
+                        stream: spool.stream_stats(),
                         restore: Some((restore.is_running(), restore.queued())),
                         invalid_tokens: Some(invalid.len() as u64),
                     };

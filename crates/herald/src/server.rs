@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald_conf::{Config, ListenAddr, ListenerKind, ListenerSettings, SpoolBackend};
-use herald_spool::{DiskSpool, OutcomeStore, Spool, SpoolOptions};
+use herald_spool::{
+    DiskSpool, JetStreamOptions, JetStreamSpool, OutcomeStore, Spool, SpoolOptions,
+};
 
 use crate::inbound::rest::idempotency::Idempotency;
 use crate::outcomes::Fanout;
@@ -31,7 +33,7 @@ use crate::inbound::{rest, smtp};
 use crate::logs::Logs;
 use crate::queue::message::{IdGenerator, MessageId};
 use crate::queue::{Engine, EngineLimits};
-use crate::spool::{RestoreProgress, SpoolBridge, spawn_restore};
+use crate::spool::{RestoreProgress, SpoolBridge, spawn_pull, spawn_restore};
 use crate::tokens::InvalidTokenStore;
 
 pub use crate::status::{ReloadError, ReloadReport, Summary};
@@ -49,8 +51,8 @@ pub enum StartError {
         dir: PathBuf,
         error: herald_spool::SpoolError,
     },
-    #[error("spool_backend = jetstream is not available in this build; use the embedded spool")]
-    JetStreamUnavailable,
+    #[error("spool_backend = jetstream: {0}")]
+    JetStream(herald_spool::SpoolError),
     #[error("{0}")]
     Listener(String),
     #[error(transparent)]
@@ -204,16 +206,22 @@ impl Server {
         logs.spawn_maintenance(Duration::from_millis(200), heartbeat);
 
         let spool_settings = config.spool();
-        if spool_settings.backend == SpoolBackend::JetStream {
-            return Err(StartError::JetStreamUnavailable);
-        }
         let dir = spool_settings.dir.clone();
-        let spool: Arc<dyn Spool> = Arc::new(
-            DiskSpool::open(&dir, SpoolOptions::default()).map_err(|error| StartError::Spool {
-                dir: dir.clone(),
-                error,
-            })?,
-        );
+        let (spool, jetstream): (Arc<dyn Spool>, Option<Arc<JetStreamSpool>>) =
+            if spool_settings.backend == SpoolBackend::JetStream {
+                let js = JetStreamSpool::connect(jetstream_options(&spool_settings))
+                    .await
+                    .map_err(StartError::JetStream)?;
+                (js.clone(), Some(js))
+            } else {
+                let disk = DiskSpool::open(&dir, SpoolOptions::default()).map_err(|error| {
+                    StartError::Spool {
+                        dir: dir.clone(),
+                        error,
+                    }
+                })?;
+                (Arc::new(disk), None)
+            };
 
         let resolver = Arc::new(ConfigResolver::new(config.clone()));
         let global = herald_conf::ScopePath::global();
@@ -231,13 +239,19 @@ impl Server {
         let tokens_file =
             path_option("invalid_tokens_file").unwrap_or_else(|| dir.join("invalid-tokens.jsonl"));
         let invalid_tokens = Arc::new(InvalidTokenStore::open(&tokens_file, feedback_log)?);
+        if let Some(js) = &jetstream {
+            share_invalid_tokens(js, &invalid_tokens);
+        }
         let engine = Arc::new(Engine::new(
             resolver.clone(),
             logs.clone(),
             invalid_tokens.clone(),
             EngineLimits::from_config(&config),
         ));
-        let bridge = Arc::new(SpoolBridge::new(spool.clone()));
+        let bridge = Arc::new(match &jetstream {
+            Some(_) => SpoolBridge::shared(spool.clone()),
+            None => SpoolBridge::new(spool.clone()),
+        });
         engine.set_observer(bridge.clone());
         let outcome_store =
             Arc::new(OutcomeStore::open(&dir).map_err(|error| StartError::Spool {
@@ -268,6 +282,9 @@ impl Server {
         let ids = IdGenerator::above(0, spool.recovery_bound().map(|k| MessageId(k.0)));
         let restore_progress = Arc::new(RestoreProgress::default());
         spawn_restore(spool.clone(), engine.clone(), restore_progress.clone());
+        if let Some(js) = &jetstream {
+            spawn_pull(js.clone(), engine.clone());
+        }
         tokio::spawn(crate::tokens::feedback::run_poller(
             resolver.clone(),
             invalid_tokens.clone(),
@@ -812,4 +829,33 @@ impl crate::control::ServerHandle for Server {
     > {
         Box::pin(Server::reload(self, path))
     }
+}
+
+/// The JetStream spool's options from the configuration.
+fn jetstream_options(s: &herald_conf::SpoolSettings) -> JetStreamOptions {
+    let mut o = JetStreamOptions::new(s.nats_servers(), &s.nats_stream);
+    o.replicas = s.nats_replicas as usize;
+    o.credentials = s.nats_credentials.clone();
+    o.token = s.nats_token.clone();
+    o.tls_ca = s.nats_tls_ca.clone();
+    o.tls_cert = s.nats_tls_cert.clone();
+    o.tls_key = s.nats_tls_key.clone();
+    o.connect_timeout = s.nats_timeout.max(Duration::from_secs(1));
+    o.request_timeout = s.nats_timeout.max(Duration::from_secs(1));
+    o.ack_wait = s.nats_ack_wait.max(Duration::from_secs(1));
+    o.max_ack_pending = i64::from(s.nats_max_ack_pending);
+    o
+}
+
+/// With the JetStream spool the invalid-token store is shared through a key-value bucket named after the stream.
+fn share_invalid_tokens(js: &Arc<JetStreamSpool>, store: &Arc<InvalidTokenStore>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let bucket = format!("{}_invalid_tokens", js.stream_name());
+    store.share(herald_spool::SharedMap::open(js, &bucket, tx));
+    let store = store.clone();
+    tokio::spawn(async move {
+        while let Some(entry) = rx.recv().await {
+            store.record_from_peer(&entry.value);
+        }
+    });
 }

@@ -19,11 +19,25 @@ use crate::queue::{Engine, QueueObserver, SubmitError};
 /// Makes accepted notifications durable in a spool, and keeps the spool in step with the queue.
 pub struct SpoolBridge {
     spool: Arc<dyn Spool>,
+    /// The JetStream spool: accepted notifications are delivered by whichever node pulls them.
+    shared: bool,
 }
 
 impl SpoolBridge {
     pub fn new(spool: Arc<dyn Spool>) -> Self {
-        SpoolBridge { spool }
+        SpoolBridge {
+            spool,
+            shared: false,
+        }
+    }
+
+    /// A bridge to a spool shared by several nodes, which hands notifications to the queue itself (see
+    /// [`spawn_pull`]).
+    pub fn shared(spool: Arc<dyn Spool>) -> Self {
+        SpoolBridge {
+            spool,
+            shared: true,
+        }
     }
 
     pub fn spool(&self) -> &Arc<dyn Spool> {
@@ -36,11 +50,19 @@ impl Durable for SpoolBridge {
         let records: Vec<StoredNotification> = batch.iter().map(to_stored).collect();
         Box::pin(async move { self.spool.append(records).await })
     }
+
+    fn queues_elsewhere(&self) -> bool {
+        self.shared
+    }
 }
 
 impl QueueObserver for SpoolBridge {
     fn finished(&self, id: MessageId) {
         self.spool.remove(&[SpoolKey(id.0)]);
+    }
+
+    fn hand_back(&self, id: MessageId, _retries: u32, delay: Duration) -> bool {
+        self.shared && delay >= HAND_BACK_AFTER && self.spool.hand_back(SpoolKey(id.0), delay)
     }
 
     fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime) {
@@ -51,6 +73,10 @@ impl QueueObserver for SpoolBridge {
         self.spool.reschedule(SpoolKey(id.0), retries, ms);
     }
 }
+
+/// With the JetStream spool, a retry due this long after a transient failure or later goes back to the stream
+/// (nak with delay) rather than waiting in this node's memory; shorter ones wait here (docs/scale-out.md).
+pub const HAND_BACK_AFTER: Duration = Duration::from_secs(5);
 
 /// The record of a notification.
 pub fn to_stored(n: &Notification) -> StoredNotification {
@@ -272,6 +298,35 @@ pub fn spawn_restore(
         }
         result
     })
+}
+
+/// Queues the notifications this node pulls from the JetStream spool, as long as the engine runs. A notification
+/// that cannot be queued (unreadable, or of a domain this node does not know) goes back to the stream after a delay,
+/// for a node that can.
+pub fn spawn_pull(spool: Arc<herald_spool::JetStreamSpool>, engine: Arc<Engine>) {
+    let Some(mut deliveries) = spool.take_deliveries() else {
+        return;
+    };
+    tokio::spawn(async move {
+        while let Some(stored) = deliveries.recv().await {
+            let key = stored.key;
+            match from_stored(stored) {
+                Ok((n, retries, next)) => {
+                    if let Err(e) = engine.restore(n, retries, next).await {
+                        tracing::warn!("{key}: not queued ({e}); back to the stream for a minute");
+                        spool.release(key, Duration::from_secs(60));
+                        if matches!(e, SubmitError::ShuttingDown) {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; dropped from the stream");
+                    spool.drop_unreadable(key);
+                }
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -44,6 +44,10 @@ pub struct DemoArgs {
     /// web dashboard.
     #[arg(long, default_value_t = 0)]
     pub linger: u64,
+    /// Scale-out instead: a three-server NATS cluster, three herald nodes sharing one JetStream stream and the
+    /// simulator; one node is killed with SIGKILL halfway (docs/scale-out.md). Needs `nats-server` on PATH.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -60,6 +64,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .context("creating a scratch directory")?
             .keep(),
     };
+    if args.cluster {
+        return super::demo_cluster::run(args.count, dir);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

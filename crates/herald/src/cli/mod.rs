@@ -5,6 +5,7 @@ pub mod check;
 pub mod config;
 pub mod console;
 pub mod demo;
+pub mod demo_cluster;
 pub mod send;
 pub mod serve;
 pub mod sim;

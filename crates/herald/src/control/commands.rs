@@ -496,6 +496,22 @@ fn summary(server: &dyn ServerHandle) -> String {
     };
     row(&mut out, "Spool State", state);
     row(&mut out, "Spool Pending Removals", spool.pending_removals);
+    if let Some(j) = server.spool().stream_stats() {
+        row(
+            &mut out,
+            "Stream Connection",
+            if j.connected {
+                "connected"
+            } else {
+                "not connected: refusing new notifications, reconnecting"
+            },
+        );
+        row(&mut out, "Stream Messages", j.stream_messages);
+        row(&mut out, "Stream Pending", j.consumer_pending);
+        row(&mut out, "Stream Ack Pending", j.consumer_ack_pending);
+        row(&mut out, "Stream Redelivered", j.consumer_redelivered);
+        row(&mut out, "Stream Held By This Node", j.held);
+    }
     out
 }
 

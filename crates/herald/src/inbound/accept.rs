@@ -137,6 +137,12 @@ pub trait Durable: Send + Sync + 'static {
     /// Resolves once every notification of `batch` is on disk; an error is temporary for the sender (and
     /// [`SpoolError::is_disk_full`] says whether storage is full).
     fn persist<'a>(&'a self, batch: &'a [Notification]) -> BoxFuture<'a, Result<(), SpoolError>>;
+
+    /// True when a persisted notification reaches the queue through the store rather than straight from the
+    /// intake (the JetStream spool: whichever node pulls it delivers it).
+    fn queues_elsewhere(&self) -> bool {
+        false
+    }
 }
 
 /// Keeps nothing: for tests and benchmarks that exercise listeners without a spool. Never for production.
@@ -377,6 +383,17 @@ impl Intake {
     /// anything is stored.
     pub async fn commit(&self, batch: Vec<Notification>, source: &Source) -> Result<(), Refusal> {
         if batch.is_empty() {
+            return Ok(());
+        }
+        if self.durable.queues_elsewhere() {
+            self.durable
+                .persist(&batch)
+                .await
+                .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
+            let logs = self.engine.logs().clone();
+            for n in &batch {
+                logs.reception(n, source.ip, source.protocol);
+            }
             return Ok(());
         }
         let Some(mut room) = self.engine.try_reserve(batch.len()) else {

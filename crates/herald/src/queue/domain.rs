@@ -586,6 +586,9 @@ impl DomainTask {
                 );
                 self.stats.transient(label);
                 item.retries += 1;
+                if self.shared.handed_back(&item, delay) {
+                    return;
+                }
                 self.shared.rescheduled(&item, delay);
                 self.seq += 1;
                 self.delayed.push(Reverse(Delayed {

@@ -163,6 +163,12 @@ pub trait QueueObserver: Send + Sync + 'static {
     fn finished(&self, id: MessageId);
     /// A transient failure: the next attempt is due at `next_attempt`, after `retries` retries.
     fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime);
+    /// Asked before a transient failure waits `delay` here: true when the store took the notification back to
+    /// deliver it again after the delay (the JetStream spool: by whichever node pulls it then), so that this node
+    /// forgets it instead of holding it in memory.
+    fn hand_back(&self, _id: MessageId, _retries: u32, _delay: std::time::Duration) -> bool {
+        false
+    }
 }
 
 /// What every domain task shares.
@@ -192,6 +198,19 @@ impl EngineShared {
         if let Some(o) = self.observer.get() {
             o.finished(item.notification.id);
         }
+    }
+
+    /// True when the store took `item` back for a retry after `delay` (see [`QueueObserver::hand_back`]): it no
+    /// longer takes memory here.
+    pub(crate) fn handed_back(&self, item: &Queued, delay: std::time::Duration) -> bool {
+        let taken = self
+            .observer
+            .get()
+            .is_some_and(|o| o.hand_back(item.notification.id, item.retries, delay));
+        if taken {
+            self.resident.add_permits(1);
+        }
+        taken
     }
 
     pub(crate) fn rescheduled(&self, item: &Queued, delay: std::time::Duration) {

@@ -28,6 +28,16 @@ pub struct InvalidTokenEntry {
     pub source: String,
 }
 
+/// The key of an entry in the shared bucket: the token, then the domain in hex (a subject token allows no other
+/// characters a domain may hold).
+fn shared_key(entry: &InvalidTokenEntry) -> String {
+    let mut key = format!("{}.", entry.token);
+    for b in entry.domain.bytes() {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
+}
+
 /// Why the store could not be opened or written.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenStoreError {
@@ -48,6 +58,8 @@ pub struct InvalidTokenStore {
     path: PathBuf,
     inner: Mutex<Inner>,
     feedback_log: Option<LogFile>,
+    /// With the JetStream spool: the key-value bucket every node shares (new entries are put there too).
+    shared: std::sync::OnceLock<herald_spool::SharedMap>,
 }
 
 impl InvalidTokenStore {
@@ -90,6 +102,7 @@ impl InvalidTokenStore {
                 out: BufWriter::new(file),
             }),
             feedback_log,
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -100,6 +113,36 @@ impl InvalidTokenStore {
     /// Records an entry unless the same (domain, token) is known with the same or a later time. Returns whether
     /// it was new.
     pub fn record(&self, entry: InvalidTokenEntry) -> bool {
+        let shared = self.shared.get();
+        let copy = shared.map(|_| entry.clone());
+        let new = self.record_here(entry, true);
+        if let (true, Some(map), Some(entry)) = (new, shared, copy)
+            && let Ok(value) = serde_json::to_vec(&entry)
+        {
+            map.put(shared_key(&entry), value.into());
+        }
+        new
+    }
+
+    /// Shares the store with the other nodes of a JetStream spool: new entries go to `map` as well. Entries of
+    /// other nodes come back through [`InvalidTokenStore::record_from_peer`].
+    pub fn share(&self, map: herald_spool::SharedMap) {
+        let _ = self.shared.set(map);
+    }
+
+    /// Records an entry another node learnt (from the shared bucket): no feedback log line (that node wrote it),
+    /// and not put back in the bucket.
+    pub fn record_from_peer(&self, value: &[u8]) -> bool {
+        match serde_json::from_slice::<InvalidTokenEntry>(value) {
+            Ok(entry) => self.record_here(entry, false),
+            Err(e) => {
+                tracing::warn!("an invalid-token entry of the shared bucket is unreadable: {e}");
+                false
+            }
+        }
+    }
+
+    fn record_here(&self, entry: InvalidTokenEntry, learnt_here: bool) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let key = (entry.domain.clone(), entry.token.clone());
         if inner
@@ -118,7 +161,7 @@ impl InvalidTokenStore {
                 );
             }
         }
-        if let Some(log) = &self.feedback_log {
+        if let Some(log) = self.feedback_log.as_ref().filter(|_| learnt_here) {
             log.write_line(&feedback_line(&entry));
             let _ = log.flush();
         }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod nats;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,0 +1,764 @@
+//! The JetStream backend (`spool_backend = jetstream`): several herald nodes share one NATS JetStream stream as
+//! their spool (docs/scale-out.md).
+//!
+//! It owns the NATS connection, the creation (or the check) of the stream and of its shared durable pull consumer,
+//! the publishing of accepted notifications (one message each, with a message id for JetStream's duplicate window,
+//! all publishes of a batch in flight at once, the batch acknowledged only once every publish ack came back), the
+//! pulling of notifications for this node ([`JetStreamSpool::take_deliveries`]), the acks on final outcomes, the
+//! in-progress acks that keep a held notification from being redelivered to another node, and the stream's figures.
+//!
+//! Unlike the embedded spool it has nothing to recover at start: what a node did not finish is redelivered by
+//! JetStream, to whichever node pulls next, once the consumer's ack wait has passed.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+
+use crate::error::SpoolError;
+use crate::key::SpoolKey;
+use crate::record::StoredNotification;
+use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
+
+/// Keys of notifications pulled from the stream start here, far above those the node issues to what it accepts.
+pub const PULLED_KEY_BASE: u128 = 1 << 64;
+
+/// How to reach NATS and which stream to use.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// One or more `nats://host:port` URLs (a cluster's servers).
+    pub servers: Vec<String>,
+    /// Stream name; its subject is `<stream>.notifications`.
+    pub stream: String,
+    /// 1 or 3.
+    pub replicas: usize,
+    /// Name of the shared durable consumer.
+    pub consumer: String,
+    pub token: Option<String>,
+    pub credentials: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Limit on the connection attempt at start.
+    pub connect_timeout: Duration,
+    /// Limit on a publish ack (and on other JetStream requests).
+    pub request_timeout: Duration,
+    /// After this long without an ack or an in-progress ack, a pulled notification goes to another node.
+    pub ack_wait: Duration,
+    /// Notifications pulled but not yet acked, over all nodes.
+    pub max_ack_pending: i64,
+    /// The duplicate window of message ids.
+    pub duplicate_window: Duration,
+    /// Name of this node in the message ids it publishes and in the connection name.
+    pub node: String,
+}
+
+impl JetStreamOptions {
+    pub fn new(servers: Vec<String>, stream: &str) -> Self {
+        JetStreamOptions {
+            servers,
+            stream: stream.to_owned(),
+            replicas: 1,
+            consumer: "herald".to_owned(),
+            token: None,
+            credentials: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 100_000,
+            duplicate_window: Duration::from_secs(120),
+            node: default_node_name(),
+        }
+    }
+
+    fn subject(&self) -> String {
+        format!("{}.notifications", self.stream)
+    }
+}
+
+/// Host name and process id: unique among live nodes, so message ids of two nodes never collide.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "herald".to_owned());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("{host}-{}-{nanos:x}", std::process::id())
+}
+
+fn nats_error(context: &'static str, e: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Storage {
+        context,
+        detail: format!("NATS: {e}"),
+        temporary: true,
+    }
+}
+
+/// Figures of the stream and its consumer, refreshed in the background.
+#[derive(Debug, Default)]
+struct StreamFigures {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    ack_pending: AtomicU64,
+    redelivered: AtomicU64,
+    pending: AtomicU64,
+}
+
+/// The spool on a JetStream stream shared by several nodes.
+pub struct JetStreamSpool {
+    client: async_nats::Client,
+    ctx: jetstream::Context,
+    options: JetStreamOptions,
+    subject: String,
+    /// Pulled notifications this node holds until their final outcome, by the key it gave them.
+    held: Mutex<HashMap<u128, jetstream::Message>>,
+    next_local: AtomicU64,
+    next_pulled: AtomicU64,
+    deliveries: Mutex<Option<tokio::sync::mpsc::Receiver<StoredNotification>>>,
+    /// The stream and the consumer are set up.
+    ready: AtomicBool,
+    closed: AtomicBool,
+    figures: StreamFigures,
+    append_calls: AtomicU64,
+    appended: AtomicU64,
+    failed_commits: AtomicU64,
+    removed: AtomicU64,
+    rescheduled: AtomicU64,
+    pulled: AtomicU64,
+    redelivered_here: AtomicU64,
+    handed_back: AtomicU64,
+    last_error: Mutex<Option<SpoolError>>,
+    handle: tokio::runtime::Handle,
+}
+
+impl JetStreamSpool {
+    /// Connects, creates the stream and the consumer when missing (refusing a stream with incompatible settings),
+    /// and starts pulling. Needs a Tokio runtime.
+    pub async fn connect(options: JetStreamOptions) -> Result<Arc<JetStreamSpool>, SpoolError> {
+        if options.servers.is_empty() {
+            return Err(SpoolError::Config(
+                "spool_nats_url is empty: name at least one NATS server".into(),
+            ));
+        }
+        if options.replicas != 1 && options.replicas != 3 {
+            return Err(SpoolError::Config(format!(
+                "spool_nats_replicas = {}: use 1 or 3",
+                options.replicas
+            )));
+        }
+        let mut connect = async_nats::ConnectOptions::new()
+            .name(format!("herald {}", options.node))
+            .connection_timeout(options.connect_timeout)
+            .request_timeout(Some(options.request_timeout))
+            .max_reconnects(None::<usize>);
+        if let Some(token) = &options.token {
+            connect = connect.token(token.clone());
+        }
+        if let Some(path) = &options.credentials {
+            connect = connect.credentials_file(path).await.map_err(|e| {
+                SpoolError::Config(format!("spool_nats_credentials {}: {e}", path.display()))
+            })?;
+        }
+        if let Some(ca) = &options.tls_ca {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&options.tls_cert, &options.tls_key) {
+            (Some(cert), Some(key)) => {
+                connect = connect.add_client_certificate(cert.clone(), key.clone());
+            }
+            (None, None) => {}
+            _ => {
+                return Err(SpoolError::Config(
+                    "spool_nats_tls_cert and spool_nats_tls_key go together".into(),
+                ));
+            }
+        }
+        let servers: Vec<async_nats::ServerAddr> = options
+            .servers
+            .iter()
+            .map(|s| {
+                s.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| SpoolError::Config(format!("spool_nats_url {s:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        // The client connects (and reconnects) in the background: herald starts while NATS is down and refuses
+        // notifications until it is reachable.
+        let client = connect
+            .retry_on_initial_connect()
+            .connect(servers)
+            .await
+            .map_err(|e| SpoolError::Unreachable(format!("{:?}: {e}", options.servers)))?;
+        let mut ctx = jetstream::new(client.clone());
+        ctx.set_timeout(options.request_timeout);
+        let subject = options.subject();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let first_try = options.connect_timeout;
+        let spool = Arc::new(JetStreamSpool {
+            client,
+            ctx,
+            subject,
+            held: Mutex::new(HashMap::new()),
+            next_local: AtomicU64::new(1),
+            next_pulled: AtomicU64::new(0),
+            deliveries: Mutex::new(Some(rx)),
+            ready: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            figures: StreamFigures::default(),
+            append_calls: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+            removed: AtomicU64::new(0),
+            rescheduled: AtomicU64::new(0),
+            pulled: AtomicU64::new(0),
+            redelivered_here: AtomicU64::new(0),
+            handed_back: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            handle: tokio::runtime::Handle::current(),
+            options,
+        });
+        match tokio::time::timeout(first_try, spool.setup()).await {
+            Ok(Ok((consumer, stream))) => spool.start_tasks(consumer, stream, tx),
+            // An incompatible stream is the operator's to fix: refuse to start.
+            Ok(Err(e @ SpoolError::Config(_))) => return Err(e),
+            Ok(Err(e)) => spool.setup_in_background(e.to_string(), tx),
+            Err(_) => spool.setup_in_background(format!("no answer within {first_try:?}"), tx),
+        }
+        Ok(spool)
+    }
+
+    /// Creates or checks the stream and the consumer.
+    async fn setup(
+        &self,
+    ) -> Result<(consumer::PullConsumer, jetstream::stream::Stream), SpoolError> {
+        ensure_stream(&self.ctx, &self.options, &self.subject).await?;
+        let stream = self
+            .ctx
+            .get_stream(&self.options.stream)
+            .await
+            .map_err(|e| nats_error("opening the stream", e))?;
+        let consumer_config = consumer::pull::Config {
+            durable_name: Some(self.options.consumer.clone()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.options.ack_wait,
+            max_deliver: -1,
+            max_ack_pending: self.options.max_ack_pending,
+            filter_subject: self.subject.clone(),
+            ..Default::default()
+        };
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(&self.options.consumer, consumer_config)
+            .await
+            .map_err(|e| nats_error("creating the consumer", e))?;
+        Ok((consumer, stream))
+    }
+
+    fn start_tasks(
+        self: &Arc<Self>,
+        consumer: consumer::PullConsumer,
+        stream: jetstream::stream::Stream,
+        tx: tokio::sync::mpsc::Sender<StoredNotification>,
+    ) {
+        self.ready.store(true, Ordering::Relaxed);
+        tokio::spawn(pull_loop(Arc::downgrade(self), consumer, tx));
+        tokio::spawn(keep_alive(Arc::downgrade(self)));
+        tokio::spawn(refresh_figures(Arc::downgrade(self), stream));
+    }
+
+    /// NATS was not reachable at start: tries again every second until the stream and consumer are set up.
+    fn setup_in_background(
+        self: &Arc<Self>,
+        why: String,
+        tx: tokio::sync::mpsc::Sender<StoredNotification>,
+    ) {
+        tracing::warn!(
+            servers = ?self.options.servers,
+            "NATS JetStream not reachable yet ({why}): notifications are refused until it is; retrying"
+        );
+        *lock(&self.last_error) = Some(SpoolError::Unreachable(why));
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(spool) = me.upgrade() else {
+                    return;
+                };
+                if spool.closed.load(Ordering::Relaxed) {
+                    return;
+                }
+                match spool.setup().await {
+                    Ok((consumer, stream)) => {
+                        tracing::info!("NATS JetStream reachable: the spool is ready");
+                        spool.start_tasks(consumer, stream, tx);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!("JetStream setup: {e}");
+                        *lock(&spool.last_error) = Some(e);
+                    }
+                }
+                drop(spool);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// The notifications this node pulls from the stream, each with a key of its own (at or above
+    /// [`PULLED_KEY_BASE`]), to be passed to `remove` on its final outcome. Taken once.
+    pub fn take_deliveries(&self) -> Option<tokio::sync::mpsc::Receiver<StoredNotification>> {
+        lock(&self.deliveries).take()
+    }
+
+    /// The JetStream context, for the key-value bucket of invalid tokens.
+    pub fn context(&self) -> &jetstream::Context {
+        &self.ctx
+    }
+
+    /// The stream's replica count (1 or 3).
+    pub fn replicas(&self) -> usize {
+        self.options.replicas
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> &str {
+        &self.options.stream
+    }
+
+    /// Whether the client is connected now.
+    pub fn connected(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Notifications pulled by this node and not yet finished.
+    pub fn held(&self) -> u64 {
+        lock(&self.held).len() as u64
+    }
+
+    /// The stream's and the consumer's figures, as last refreshed (every second).
+    pub fn stream_stats(&self) -> JetStreamStats {
+        JetStreamStats {
+            connected: self.connected(),
+            stream_messages: self.figures.messages.load(Ordering::Relaxed),
+            stream_bytes: self.figures.bytes.load(Ordering::Relaxed),
+            consumer_ack_pending: self.figures.ack_pending.load(Ordering::Relaxed),
+            consumer_pending: self.figures.pending.load(Ordering::Relaxed),
+            consumer_redelivered: self.figures.redelivered.load(Ordering::Relaxed),
+            held: self.held(),
+            pulled: self.pulled.load(Ordering::Relaxed),
+            redelivered_here: self.redelivered_here.load(Ordering::Relaxed),
+            handed_back: self.handed_back.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Gives a pulled notification back to the stream, to be delivered again (by any node) after `delay`.
+    pub fn release(&self, key: SpoolKey, delay: Duration) {
+        self.ack(key.0, AckKind::Nak(Some(delay)));
+    }
+
+    /// Removes a pulled message that is not a notification herald can read, for good.
+    pub fn drop_unreadable(&self, key: SpoolKey) {
+        self.ack(key.0, AckKind::Term);
+    }
+
+    fn ack(&self, key: u128, kind: AckKind) {
+        let Some(message) = lock(&self.held).remove(&key) else {
+            return;
+        };
+        self.handle.spawn(async move {
+            if let Err(e) = message.ack_with(kind).await {
+                tracing::warn!("JetStream ack failed (the notification will be redelivered): {e}");
+            }
+        });
+    }
+}
+
+/// Figures of a JetStream spool for `/metrics` and the console.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JetStreamStats {
+    pub connected: bool,
+    /// Messages in the stream (not yet acked by any node).
+    pub stream_messages: u64,
+    pub stream_bytes: u64,
+    /// Delivered to some node, not yet acked.
+    pub consumer_ack_pending: u64,
+    /// Not yet delivered to any node.
+    pub consumer_pending: u64,
+    /// Messages delivered more than once (the consumer's figure, over all nodes).
+    pub consumer_redelivered: u64,
+    /// Pulled by this node, not yet finished.
+    pub held: u64,
+    /// Pulled by this node since start.
+    pub pulled: u64,
+    /// ...of which had been delivered before (to this or another node).
+    pub redelivered_here: u64,
+    /// Notifications this node gave back to the stream for a later retry (nak with delay).
+    pub handed_back: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Creates the stream, or checks that the existing one fits: work-queue retention, our subject, the replicas asked.
+async fn ensure_stream(
+    ctx: &jetstream::Context,
+    options: &JetStreamOptions,
+    subject: &str,
+) -> Result<(), SpoolError> {
+    match ctx.get_stream(&options.stream).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| nats_error("reading the stream", e))?;
+            check_compatible(&info.config, options, subject)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(_)
+            ) =>
+        {
+            let config = stream::Config {
+                name: options.stream.clone(),
+                subjects: vec![subject.to_owned()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: options.replicas,
+                duplicate_window: options.duplicate_window,
+                ..Default::default()
+            };
+            ctx.create_stream(config)
+                .await
+                .map_err(|e| nats_error("creating the stream", e))?;
+            tracing::info!(
+                stream = %options.stream,
+                replicas = options.replicas,
+                "created the JetStream stream"
+            );
+            Ok(())
+        }
+        Err(e) => Err(nats_error("looking up the stream", e)),
+    }
+}
+
+/// Why an existing stream cannot serve as herald's spool.
+pub fn check_compatible(
+    config: &stream::Config,
+    options: &JetStreamOptions,
+    subject: &str,
+) -> Result<(), SpoolError> {
+    let refuse = |what: String| {
+        Err(SpoolError::Config(format!(
+            "the existing JetStream stream {:?} does not fit herald: {what}; fix or delete the stream, or name another one with spool_nats_stream",
+            options.stream
+        )))
+    };
+    if config.retention != stream::RetentionPolicy::WorkQueue {
+        return refuse(format!(
+            "its retention is {:?}, herald needs WorkQueue",
+            config.retention
+        ));
+    }
+    if !config.subjects.iter().any(|s| s == subject) {
+        return refuse(format!(
+            "its subjects {:?} do not include {subject:?}",
+            config.subjects
+        ));
+    }
+    if config.num_replicas != options.replicas {
+        return refuse(format!(
+            "it has {} replicas, spool_nats_replicas asks for {}",
+            config.num_replicas, options.replicas
+        ));
+    }
+    if config.storage != stream::StorageType::File {
+        return refuse("its storage is memory, herald needs file storage".into());
+    }
+    Ok(())
+}
+
+/// Pulls notifications for this node and hands them over; reconnects by itself.
+async fn pull_loop(
+    spool: std::sync::Weak<JetStreamSpool>,
+    consumer: consumer::PullConsumer,
+    tx: tokio::sync::mpsc::Sender<StoredNotification>,
+) {
+    loop {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("JetStream pull: {e}; retrying");
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        while let Some(next) = messages.next().await {
+            let Some(spool) = spool.upgrade() else {
+                return;
+            };
+            if spool.closed.load(Ordering::Relaxed) {
+                return;
+            }
+            let message = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!("JetStream pull: {e}");
+                    continue;
+                }
+            };
+            let key =
+                PULLED_KEY_BASE + u128::from(spool.next_pulled.fetch_add(1, Ordering::Relaxed));
+            let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+            let stored = match decode_message(&message.payload) {
+                Ok(mut s) => {
+                    s.key = SpoolKey(key);
+                    // A notification handed back for a retry comes again with its delivery count: its retries
+                    // so far (a redelivery after a node stopped counts as one too).
+                    s.retries = s
+                        .retries
+                        .max(u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX));
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!("JetStream message is not a herald notification ({e}); dropped");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            spool.pulled.fetch_add(1, Ordering::Relaxed);
+            if delivered > 1 {
+                spool.redelivered_here.fetch_add(1, Ordering::Relaxed);
+            }
+            lock(&spool.held).insert(key, message);
+            drop(spool);
+            if tx.send(stored).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends in-progress acks for every held notification, so a slow delivery or a retry wait is not redelivered to
+/// another node while this one still has it.
+async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
+    let period = match spool.upgrade() {
+        Some(s) => (s.options.ack_wait / 3).max(Duration::from_millis(100)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(spool) = spool.upgrade() else {
+            return;
+        };
+        if spool.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let held: Vec<jetstream::Message> = lock(&spool.held).values().cloned().collect();
+        drop(spool);
+        for chunk in held.chunks(512) {
+            join_all(chunk.iter().map(|m| m.ack_with(AckKind::Progress))).await;
+        }
+    }
+}
+
+/// Reads the stream's and the consumer's figures every second.
+async fn refresh_figures(
+    spool: std::sync::Weak<JetStreamSpool>,
+    mut stream: jetstream::stream::Stream,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(spool) = spool.upgrade() else {
+            return;
+        };
+        if spool.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(info) = stream.info().await {
+            spool
+                .figures
+                .messages
+                .store(info.state.messages, Ordering::Relaxed);
+            spool
+                .figures
+                .bytes
+                .store(info.state.bytes, Ordering::Relaxed);
+        }
+        let consumer: Result<consumer::PullConsumer, _> =
+            stream.get_consumer(&spool.options.consumer).await;
+        if let Ok(mut c) = consumer
+            && let Ok(info) = c.info().await
+        {
+            let f = &spool.figures;
+            f.ack_pending
+                .store(info.num_ack_pending as u64, Ordering::Relaxed);
+            f.pending.store(info.num_pending, Ordering::Relaxed);
+            f.redelivered
+                .store(info.num_redelivered as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Spool for JetStreamSpool {
+    fn next_key(&self) -> SpoolKey {
+        SpoolKey(u128::from(self.next_local.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    fn append(&self, batch: Vec<StoredNotification>) -> SpoolFuture<()> {
+        self.append_calls.fetch_add(1, Ordering::Relaxed);
+        if self.closed.load(Ordering::Relaxed) {
+            return Box::pin(async { Err(SpoolError::Closed) });
+        }
+        if !self.connected() {
+            let e = SpoolError::Unreachable("not connected to NATS".into());
+            self.failed_commits.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.last_error) = Some(e.clone());
+            return Box::pin(async move { Err(e) });
+        }
+        let ctx = self.ctx.clone();
+        let subject = self.subject.clone();
+        let node = self.options.node.clone();
+        let n = batch.len() as u64;
+        let fut = async move {
+            // Every publish goes out before the first ack is awaited: one round trip for the batch.
+            let mut acks = Vec::with_capacity(batch.len());
+            for s in &batch {
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(encode_message(s).into())
+                    .message_id(format!("{node}.{}", s.key.0));
+                let ack = ctx
+                    .send_publish(subject.clone(), publish)
+                    .await
+                    .map_err(|e| nats_error("publishing", e))?;
+                acks.push(ack);
+            }
+            for r in join_all(acks.into_iter().map(|a| a.into_future())).await {
+                r.map_err(|e| nats_error("waiting for the publish ack", e))?;
+            }
+            Ok::<(), SpoolError>(())
+        };
+        self.appended.fetch_add(n, Ordering::Relaxed);
+        Box::pin(fut)
+    }
+
+    fn reschedule(&self, _key: SpoolKey, _retries: u32, _next_attempt_ms: u64) {
+        self.rescheduled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remove(&self, keys: &[SpoolKey]) {
+        for k in keys {
+            self.removed.fetch_add(1, Ordering::Relaxed);
+            self.ack(k.0, AckKind::Ack);
+        }
+    }
+
+    fn recovery_bound(&self) -> Option<SpoolKey> {
+        None
+    }
+
+    fn recover_each(
+        &self,
+        _visit: &mut dyn FnMut(StoredNotification) -> ControlFlow<()>,
+    ) -> Result<RecoveryReport, SpoolError> {
+        // Nothing is local: JetStream redelivers what any node left unfinished.
+        Ok(RecoveryReport::default())
+    }
+
+    fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            records: self.figures.messages.load(Ordering::Relaxed),
+            bytes_on_disk: self.figures.bytes.load(Ordering::Relaxed),
+            commits: self.append_calls.load(Ordering::Relaxed),
+            failed_commits: self.failed_commits.load(Ordering::Relaxed),
+            append_calls: self.append_calls.load(Ordering::Relaxed),
+            appended: self.appended.load(Ordering::Relaxed),
+            rescheduled: self.rescheduled.load(Ordering::Relaxed),
+            removed: self.removed.load(Ordering::Relaxed),
+            unwritable: !self.connected(),
+            disk_full: false,
+            pending_removals: 0,
+        }
+    }
+
+    fn write_error(&self) -> Option<SpoolError> {
+        if self.connected() {
+            None
+        } else {
+            Some(
+                lock(&self.last_error)
+                    .clone()
+                    .unwrap_or_else(|| SpoolError::Unreachable("not connected to NATS".into())),
+            )
+        }
+    }
+
+    fn hand_back(&self, key: SpoolKey, delay: Duration) -> bool {
+        if lock(&self.held).contains_key(&key.0) {
+            self.handed_back.fetch_add(1, Ordering::Relaxed);
+            self.release(key, delay);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn stream_stats(&self) -> Option<JetStreamStats> {
+        Some(JetStreamSpool::stream_stats(self))
+    }
+
+    fn flush(&self) -> SpoolFuture<()> {
+        let client = self.client.clone();
+        Box::pin(async move { client.flush().await.map_err(|e| nats_error("flushing", e)) })
+    }
+
+    fn close(&self) -> SpoolFuture<()> {
+        self.closed.store(true, Ordering::Relaxed);
+        // Held notifications go back to the stream at once rather than after the ack wait.
+        let held: Vec<jetstream::Message> = lock(&self.held).drain().map(|(_, m)| m).collect();
+        let client = self.client.clone();
+        Box::pin(async move {
+            join_all(held.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+            client.flush().await.map_err(|e| nats_error("flushing", e))
+        })
+    }
+}
+
+/// A message's payload: the key the accepting node gave the notification (16 bytes, big-endian; its record's
+/// checksum covers it), then the record.
+fn encode_message(s: &StoredNotification) -> Vec<u8> {
+    let record = s.encode();
+    let mut out = Vec::with_capacity(16 + record.len());
+    out.extend_from_slice(&s.key.0.to_be_bytes());
+    out.extend_from_slice(&record);
+    out
+}
+
+fn decode_message(payload: &[u8]) -> Result<StoredNotification, crate::record::DecodeError> {
+    let Some((key, record)) = payload.split_first_chunk::<16>() else {
+        return Err(crate::record::DecodeError::Truncated("message key"));
+    };
+    StoredNotification::decode(SpoolKey(u128::from_be_bytes(*key)), record)
+}

