@@ -270,6 +270,84 @@ pub fn validate_apns_id(id: &str) -> Result<(), PushError> {
     }
 }
 
+/// An `apns-id` held in 17 bytes instead of a 36-character string: the 16 bytes of the UUID and whether its hex
+/// digits were uppercase, so that it prints exactly as it was given ([`validate_apns_id`] accepts either case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApnsId {
+    bytes: [u8; 16],
+    uppercase: bool,
+}
+
+impl ApnsId {
+    /// The id of these 16 bytes, printed in lowercase (as herald generates them).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        ApnsId {
+            bytes,
+            uppercase: false,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.bytes
+    }
+
+    /// The canonical 8-4-4-4-12 text, in the case it was given.
+    pub fn encode(&self) -> [u8; 36] {
+        let digits: &[u8; 16] = if self.uppercase {
+            b"0123456789ABCDEF"
+        } else {
+            b"0123456789abcdef"
+        };
+        let mut out = [b'-'; 36];
+        let mut at = 0;
+        for (i, b) in self.bytes.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                at += 1;
+            }
+            out[at] = digits[usize::from(b >> 4)];
+            out[at + 1] = digits[usize::from(b & 0xf)];
+            at += 2;
+        }
+        out
+    }
+}
+
+impl FromStr for ApnsId {
+    type Err = PushError;
+    /// What [`validate_apns_id`] accepts; mixed case is refused, since it could not print back as given.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        validate_apns_id(s)?;
+        let upper = s.bytes().any(|c| c.is_ascii_uppercase());
+        let lower = s.bytes().any(|c| c.is_ascii_lowercase());
+        if upper && lower {
+            return Err(PushError::BadApnsId(s.to_owned()));
+        }
+        let mut bytes = [0u8; 16];
+        let mut nibbles = s.bytes().filter(|&c| c != b'-').map(|c| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c - b'A' + 10,
+        });
+        for b in &mut bytes {
+            let hi = nibbles.next().unwrap_or(0);
+            let lo = nibbles.next().unwrap_or(0);
+            *b = (hi << 4) | lo;
+        }
+        Ok(ApnsId {
+            bytes,
+            uppercase: upper,
+        })
+    }
+}
+
+impl fmt::Display for ApnsId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.encode();
+        // Only ASCII hex digits and hyphens were written.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    }
+}
+
 /// Parses `apns-expiration`: decimal digits only, seconds since the Unix epoch; 0 means "try once, don't
 /// store" (apns.md §3.2).
 pub fn parse_expiration(value: &str) -> Result<u64, PushError> {
@@ -478,6 +556,30 @@ mod tests {
             validate_expiration(1 << 32),
             Err(PushError::ExpirationOutOfRange(1 << 32))
         );
+    }
+
+    #[test]
+    fn apns_id_prints_back_as_given() {
+        for text in [
+            "123e4567-e89b-12d3-a456-426614174000",
+            "123E4567-E89B-12D3-A456-426614174000",
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        ] {
+            let id: ApnsId = text.parse().expect("valid");
+            assert_eq!(id.to_string(), text);
+        }
+        assert!(
+            "123e4567-E89B-12d3-a456-426614174000"
+                .parse::<ApnsId>()
+                .is_err()
+        );
+        assert!(
+            "123e4567e89b12d3a456426614174000"
+                .parse::<ApnsId>()
+                .is_err()
+        );
+        assert_eq!(std::mem::size_of::<Option<ApnsId>>(), 17);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_apns::push::{Priority, PushType};
+use herald_apns::push::{ApnsId, Priority, PushType};
 use herald_apns::token_hex::DeviceToken;
 use herald_spool::{RecoveryReport, Spool, SpoolError, SpoolKey, StoredNotification};
 
@@ -63,11 +63,11 @@ pub fn to_stored(n: &Notification) -> StoredNotification {
         priority: n.priority.map(Priority::as_u8),
         expiration: n.expiration,
         collapse_id: n.collapse_id.as_deref().map(str::to_owned),
-        apns_id: n.apns_id.as_deref().map(str::to_owned),
+        apns_id: n.apns_id.map(|id| id.to_string()),
         binding: (&*n.binding != DEFAULT_BINDING).then(|| n.binding.to_string()),
         payload: n.payload.to_vec(),
         sender: n.sender.to_string(),
-        recipient: n.recipient.to_string(),
+        recipient: n.recipient().into_owned(),
         received_at: n.received_at,
         batch_id: n.batch_id.0,
         conn_id: n.conn_id.0,
@@ -104,6 +104,14 @@ pub fn from_stored(
     };
     let next =
         (s.next_attempt_ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(s.next_attempt_ms));
+    let apns_id = match s.apns_id.as_deref() {
+        Some(id) => Some(
+            id.parse::<ApnsId>()
+                .map_err(|e| invalid(format!("apns-id: {e}")))?,
+        ),
+        None => None,
+    };
+    let recipient_given = Notification::given_recipient(&s.recipient, &token, &s.domain);
     let n = Notification {
         id: MessageId(s.key.0),
         batch_id: MessageId(s.batch_id),
@@ -116,10 +124,10 @@ pub fn from_stored(
         priority,
         expiration: s.expiration,
         collapse_id: s.collapse_id.map(Arc::from),
-        apns_id: s.apns_id.map(Arc::from),
+        apns_id,
         payload: Bytes::from(s.payload),
         sender: Arc::from(s.sender),
-        recipient: Arc::from(s.recipient),
+        recipient_given,
         received_at: s.received_at,
     };
     Ok((n, s.retries, next))
@@ -283,10 +291,14 @@ mod tests {
             priority: Some(Priority::Conserve),
             expiration: Some(1_900_000_000),
             collapse_id: Some(Arc::from("c1")),
-            apns_id: Some(Arc::from("123e4567-e89b-12d3-a456-426614174000")),
+            apns_id: Some(
+                "123e4567-e89b-12d3-a456-426614174000"
+                    .parse()
+                    .expect("uuid"),
+            ),
             payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
             sender: Arc::from("from@example.com"),
-            recipient: Arc::from("to@apps.example"),
+            recipient_given: Some(Arc::from("to@apps.example")),
             received_at: 1_800_000_000,
         }
     }

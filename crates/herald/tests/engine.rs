@@ -185,7 +185,7 @@ async fn submit(engine: &Engine, tokens: &[String]) -> Vec<MessageId> {
             apns_id: None,
             payload: payload(i),
             sender: Arc::from("sender@example.com"),
-            recipient: Arc::from(format!("{t}@{DOMAIN}")),
+            recipient_given: None,
             received_at: unix_now(),
         };
         engine.submit(n).await.unwrap();
@@ -665,7 +665,7 @@ async fn restored_notifications_wait_for_their_next_attempt() {
         apns_id: None,
         payload: payload(i),
         sender: Arc::from(""),
-        recipient: Arc::from(""),
+        recipient_given: Some(Arc::from("")),
         received_at: unix_now(),
     };
     let later = std::time::SystemTime::now() + Duration::from_secs(3600);

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use h2::SendStream;
 use h2::client::{ResponseFuture, SendRequest};
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
@@ -168,15 +168,21 @@ impl<T: Send + 'static> Dispatcher<T> {
             tokio::select! {
                 biased;
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                    let Answer { tag, result, token_used, rtt } = answer;
-                    last_activity = Instant::now();
-                    if let Some(rtt) = rtt {
-                        limiter.on_sample(rtt, in_flight.len() + 1, last_activity);
+                    // Every answer already in is handled in this turn, not one per turn of the loop.
+                    let mut next = Some(answer);
+                    while let Some(Answer { tag, result, token_used, rtt }) = next.take() {
+                        last_activity = Instant::now();
+                        if let Some(rtt) = rtt {
+                            limiter.on_sample(rtt, in_flight.len() + 1, last_activity);
+                        }
+                        if self.on_answer(&result, token_used) {
+                            taking = false;
+                        }
+                        self.sink.report(tag, result, &self.info);
+                        if !in_flight.is_empty() {
+                            next = in_flight.next().now_or_never().flatten();
+                        }
                     }
-                    if self.on_answer(&result, token_used) {
-                        taking = false;
-                    }
-                    self.sink.report(tag, result, &self.info);
                 }
                 // A job is taken only while the adaptive limit (itself at most the server's) has room, so the
                 // stream opens at once and the rest waits in the shared queue.
@@ -186,20 +192,32 @@ impl<T: Send + 'static> Dispatcher<T> {
                 }, if taking && in_flight.len() < limit => match ready {
                     Ok(Ok(job)) => {
                         last_activity = Instant::now();
-                        let (token_used, auth) = self.authorization(&mut auth_cache);
-                        match self.start(&job.request, auth) {
-                            Ok(Ok((response, stream))) => in_flight.push(exchange(
-                                stream, response, job.request.payload, job.tag, token_used,
-                                self.opts.response_timeout, self.info.id)),
-                            // A value no header can carry is refused as APNs would, never sent without it.
-                            Err(rejection) => {
-                                tracing::warn!(conn = self.info.id, ?rejection, "request not sent: a header value is not valid");
-                                self.sink.report(job.tag, PushResult::Rejected(rejection), &self.info);
+                        // Jobs already waiting are started in this turn while the limit has room and the
+                        // connection can open a stream at once, not one per turn of the loop.
+                        let mut next = Some(job);
+                        while let Some(job) = next.take() {
+                            let (token_used, auth) = self.authorization(&mut auth_cache);
+                            match self.start(&job.request, auth) {
+                                Ok(Ok((response, stream))) => in_flight.push(exchange(
+                                    stream, response, job.request.payload, job.tag, token_used,
+                                    self.opts.response_timeout, self.info.id)),
+                                // A value no header can carry is refused as APNs would, never sent without it.
+                                Err(rejection) => {
+                                    tracing::warn!(conn = self.info.id, ?rejection, "request not sent: a header value is not valid");
+                                    self.sink.report(job.tag, PushResult::Rejected(rejection), &self.info);
+                                }
+                                Ok(Err(e)) => {
+                                    tracing::debug!(conn = self.info.id, error = %e, "stream could not open");
+                                    self.sink.report(job.tag, PushResult::NotSent(not_sent_reason(&e)), &self.info);
+                                    taking = false;
+                                }
                             }
-                            Ok(Err(e)) => {
-                                tracing::debug!(conn = self.info.id, error = %e, "stream could not open");
-                                self.sink.report(job.tag, PushResult::NotSent(not_sent_reason(&e)), &self.info);
-                                taking = false;
+                            let room = in_flight.len() < limit.min(self.send.current_max_send_streams());
+                            if taking
+                                && room
+                                && matches!(poll_fn(|cx| self.send.poll_ready(cx)).now_or_never(), Some(Ok(())))
+                            {
+                                next = self.jobs.try_recv().ok();
                             }
                         }
                     }
@@ -349,6 +367,8 @@ fn build_request(
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
+    // Room for every header herald sends, so the map never grows (and rehashes) while it is filled.
+    headers.reserve(8);
     if let Some(auth) = auth {
         headers.insert(AUTHORIZATION, auth);
     }
@@ -376,8 +396,15 @@ fn build_request(
             header_value(collapse, "BadCollapseId")?,
         );
     }
-    if let Some(id) = req.apns_id.as_deref() {
-        headers.insert(APNS_ID.clone(), header_value(id, "BadMessageId")?);
+    if let Some(id) = req.apns_id {
+        headers.insert(
+            APNS_ID.clone(),
+            HeaderValue::from_bytes(&id.encode()).map_err(|_| Rejection::Http {
+                status: 400,
+                reason: "BadMessageId".to_owned(),
+                timestamp_ms: None,
+            })?,
+        );
     }
     Ok(request)
 }
@@ -426,6 +453,9 @@ async fn exchange<T>(
     let len = payload.len();
     if len > 0 {
         stream.reserve_capacity(len);
+    }
+    // Usually the window has room at once: no timer is armed then.
+    if len > 0 && stream.capacity() < len {
         let credit = tokio::time::timeout(timeout, async {
             while stream.capacity() < len {
                 match poll_fn(|cx| stream.poll_capacity(cx)).await {

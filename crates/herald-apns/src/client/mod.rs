@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::binary::Status;
 use crate::outcome::{FailureClass, classify_binary, classify_http};
-use crate::push::{Priority, PushType};
+use crate::push::{ApnsId, Priority, PushType};
 use crate::token_hex::DeviceToken;
 
 /// Everything a connection needs to send one notification.
@@ -34,8 +34,8 @@ pub struct PushRequest {
     /// `apns-expiration` (epoch seconds; 0 = deliver once or drop). `None` leaves it to APNs' storage policy.
     pub expiration: Option<u32>,
     pub collapse_id: Option<Arc<str>>,
-    /// `apns-id`, a canonical lowercase UUID.
-    pub apns_id: Option<Arc<str>>,
+    /// `apns-id`, a canonical UUID.
+    pub apns_id: Option<ApnsId>,
     pub payload: Bytes,
 }
 

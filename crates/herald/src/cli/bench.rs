@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use herald::delivery::ConfigResolver;
+use herald::inbound::accept::{Intake, NotDurable, Source, Submission};
 use herald::logs::Logs;
 use herald::queue::message::{IdGenerator, MessageId, Notification, unix_now};
 use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens};
@@ -42,6 +43,10 @@ pub struct BenchArgs {
     /// Give every notification its own payload buffer (as received notifications have), instead of sharing one.
     #[arg(long)]
     pub distinct_payloads: bool,
+    /// Build each notification as `herald serve` does for a REST push (through the same door: validation, a
+    /// generated `apns-id`, the domain's topic, shared strings), so that memory and speed compare like for like.
+    #[arg(long)]
+    pub serve_fields: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -70,29 +75,69 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
         .build(&args.domain)
         .map_err(|e| anyhow::anyhow!("domain {}: {e}", args.domain))?;
     let invalid = Arc::new(MemoryInvalidTokens::default());
-    let engine = Engine::new(
-        resolver,
+    let engine = Arc::new(Engine::new(
+        resolver.clone(),
         logs.clone(),
         invalid.clone(),
         EngineLimits::default(),
+    ));
+    let intake = Intake::new(
+        resolver,
+        Arc::new(NotDurable),
+        engine.clone(),
+        IdGenerator::new(0),
     );
+    let source = Source {
+        ip: None,
+        protocol: "rest",
+        batch_id: intake.next_id(),
+        conn_id: intake.next_id(),
+    };
 
     let payload = make_payload(args.payload_size);
     let tokens = make_tokens(args.tokens.max(1));
+    let hex: Vec<String> = if args.serve_fields {
+        tokens.iter().map(DeviceToken::to_hex).collect()
+    } else {
+        Vec::new()
+    };
     let domain: Arc<str> = Arc::from(args.domain.as_str());
     let topic: Option<Arc<str>> = args.topic.as_deref().map(Arc::from);
     let ids = IdGenerator::new(0);
     let sender: Arc<str> = Arc::from("bench@herald");
+    let binding: Arc<str> = Arc::from(herald::queue::message::DEFAULT_BINDING);
     let started = Instant::now();
     for i in 0..args.count {
+        let payload = if args.distinct_payloads {
+            Bytes::copy_from_slice(&payload)
+        } else {
+            payload.clone()
+        };
+        if args.serve_fields {
+            let token = &hex[(i as usize) % hex.len()];
+            let submission = Submission {
+                domain: args.domain.clone(),
+                token: token.clone(),
+                payload,
+                topic: args.topic.clone(),
+                sender: sender.to_string(),
+                recipient: format!("{token}@{}", args.domain),
+                ..Submission::default()
+            };
+            let n = intake
+                .prepare(submission, &source)
+                .map_err(|e| anyhow::anyhow!("notification refused: {e}"))?;
+            engine.submit(n).await?;
+            continue;
+        }
         let token = tokens[(i as usize) % tokens.len()].clone();
         let n = Notification {
             id: ids.next(),
             batch_id: MessageId::NONE,
             conn_id: MessageId::NONE,
             domain: domain.clone(),
-            binding: Arc::from(herald::queue::message::DEFAULT_BINDING),
-            recipient: Arc::from(format!("{}@{}", token.redacted(), domain)),
+            binding: binding.clone(),
+            recipient_given: None,
             token,
             topic: topic.clone(),
             push_type: Some(PushType::Alert),
@@ -100,11 +145,7 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             expiration: None,
             collapse_id: None,
             apns_id: None,
-            payload: if args.distinct_payloads {
-                Bytes::copy_from_slice(&payload)
-            } else {
-                payload.clone()
-            },
+            payload,
             sender: sender.clone(),
             received_at: unix_now(),
         };

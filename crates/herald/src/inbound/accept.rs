@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_apns::notification::{NotificationParts, validate_notification};
 use herald_apns::payload::infer_push_type;
-use herald_apns::push::{Priority, Protocol, PushType, validate_expiration};
+use herald_apns::push::{ApnsId, Priority, Protocol, PushType, validate_expiration};
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::message::{DEFAULT_BINDING, IdGenerator, MessageId, Notification, unix_now};
@@ -315,13 +315,17 @@ impl Intake {
             ),
             None => None,
         };
-        let apns_id = match s.apns_id {
-            Some(id) => Some(Arc::from(id)),
+        let apns_id = match s.apns_id.as_deref() {
+            Some(id) => Some(
+                id.parse::<ApnsId>()
+                    .map_err(|e| Refusal::Permanent(e.to_string()))?,
+            ),
             None if protocol == Protocol::Http2 => {
-                Some(Arc::from(uuid::Uuid::new_v4().to_string()))
+                Some(ApnsId::from_bytes(uuid::Uuid::new_v4().into_bytes()))
             }
             None => None,
         };
+        let recipient_given = Notification::given_recipient(&s.recipient, &token, &settings.domain);
         Ok(Notification {
             id: self.ids.next(),
             batch_id: source.batch_id,
@@ -337,7 +341,7 @@ impl Intake {
             apns_id,
             payload: s.payload,
             sender: self.strings.intern(&s.sender),
-            recipient: Arc::from(s.recipient),
+            recipient_given,
             received_at: unix_now(),
         })
     }

@@ -116,7 +116,7 @@ impl LogFormat {
                         let _ = write!(line, "{}", n.id);
                     }
                     Macro::SourceAddr => push_escaped(line, &n.sender),
-                    Macro::DestAddr => push_escaped(line, &n.recipient),
+                    Macro::DestAddr => push_escaped(line, &n.recipient()),
                     Macro::DeviceToken => n.token.write_hex(line),
                     Macro::Domain => push_escaped(line, &n.domain),
                     Macro::BindingGroup => push_escaped(line, r.binding_group),

@@ -57,7 +57,8 @@ impl MainLog {
             "{}@{}@{}@{}@R@",
             n.received_at, n.id, n.batch_id, n.conn_id
         );
-        let (rl, rd) = split_address(&n.recipient, &n.domain);
+        let recipient = n.recipient();
+        let (rl, rd) = split_address(&recipient, &n.domain);
         push_escaped(&mut line, rl);
         line.push('@');
         push_escaped(&mut line, rd);

@@ -1,5 +1,6 @@
 //! The notification as the queue holds it: what APNs needs, where it came from, and its delivery history.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_apns::client::PushRequest;
-use herald_apns::push::{Priority, PushType};
+use herald_apns::push::{ApnsId, Priority, PushType};
 use herald_apns::token_hex::DeviceToken;
 
 /// A message id: unique across restarts and ordered by acceptance, also the notification's spool key.
@@ -113,14 +114,63 @@ pub struct Notification {
     /// APNs expiration, epoch seconds (0: deliver at once or drop). `None`: `apn_expiry` from reception applies.
     pub expiration: Option<u32>,
     pub collapse_id: Option<Arc<str>>,
-    /// `apns-id` to send; assigned at acceptance when the sender gave none.
-    pub apns_id: Option<Arc<str>>,
+    /// `apns-id` to send; assigned at acceptance when the sender gave none. 17 bytes, not a 36-byte string: a
+    /// million of them are queued at once.
+    pub apns_id: Option<ApnsId>,
     pub payload: Bytes,
-    /// Envelope sender and recipient as received, for the logs.
+    /// Envelope sender as received, for the logs (shared between the notifications that carry the same one).
     pub sender: Arc<str>,
-    pub recipient: Arc<str>,
+    /// Envelope recipient as received, for the logs, when it is not `<token hex>@<domain>`: that one (what REST
+    /// submissions get, and SMTP recipients whose local part is the token) is derived when needed instead of
+    /// stored. Read it with [`Notification::recipient`].
+    pub recipient_given: Option<Arc<str>>,
     /// Reception time, epoch seconds.
     pub received_at: u64,
+}
+
+impl Notification {
+    /// The envelope recipient as received (`<token hex>@<domain>` unless it was another address).
+    pub fn recipient(&self) -> Cow<'_, str> {
+        match &self.recipient_given {
+            Some(given) => Cow::Borrowed(given),
+            None => Cow::Owned(derived_recipient(&self.token, &self.domain)),
+        }
+    }
+
+    /// What [`recipient_given`](Self::recipient_given) holds for a received `recipient`: nothing when it is the
+    /// one [`recipient`](Self::recipient) derives from the token and the domain.
+    pub fn given_recipient(recipient: &str, token: &DeviceToken, domain: &str) -> Option<Arc<str>> {
+        if is_derived_recipient(recipient, token, domain) {
+            None
+        } else {
+            Some(Arc::from(recipient))
+        }
+    }
+}
+
+/// `<token hex, lowercase>@<domain>`.
+fn derived_recipient(token: &DeviceToken, domain: &str) -> String {
+    let mut r = String::with_capacity(2 * token.len() + 1 + domain.len());
+    token.write_hex(&mut r);
+    r.push('@');
+    r.push_str(domain);
+    r
+}
+
+/// Whether `recipient` is exactly [`derived_recipient`] of `token` and `domain`, without building it.
+fn is_derived_recipient(recipient: &str, token: &DeviceToken, domain: &str) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let Some((local, rest)) = recipient.split_at_checked(2 * token.len()) else {
+        return false;
+    };
+    rest.strip_prefix('@') == Some(domain)
+        && local
+            .as_bytes()
+            .chunks_exact(2)
+            .zip(token.as_bytes())
+            .all(|(pair, &b)| {
+                pair[0] == HEX[usize::from(b >> 4)] && pair[1] == HEX[usize::from(b & 0xf)]
+            })
 }
 
 /// A notification in the queue with its delivery state.
@@ -155,7 +205,7 @@ impl Queued {
             priority: n.priority,
             expiration: self.apns_expiration.or(n.expiration),
             collapse_id: n.collapse_id.clone(),
-            apns_id: n.apns_id.clone(),
+            apns_id: n.apns_id,
             payload: n.payload.clone(),
         }
     }
@@ -185,6 +235,29 @@ mod tests {
         let far = MessageId::from_parts(0, u64::from(u32::MAX) * 1000, 7);
         let generator = IdGenerator::above(0, Some(far));
         assert!(generator.next() > far);
+    }
+
+    #[test]
+    fn recipient_is_derived_only_when_it_is_token_at_domain() {
+        let token = DeviceToken::from_hex("00ab").expect("hex");
+        let derived = "00ab@apps.example";
+        assert_eq!(
+            Notification::given_recipient(derived, &token, "apps.example"),
+            None
+        );
+        for other in [
+            "00AB@apps.example",
+            "00ab@Apps.example",
+            "00ab@apps.exampl",
+            "00a@apps.example",
+            "x",
+        ] {
+            assert_eq!(
+                Notification::given_recipient(other, &token, "apps.example").as_deref(),
+                Some(other)
+            );
+        }
+        assert_eq!(derived_recipient(&token, "apps.example"), derived);
     }
 
     #[test]

@@ -94,10 +94,7 @@ impl DeliverySettings {
                     .collapse_id
                     .as_deref()
                     .map_or(0, |c| field("apns-collapse-id", c.len()));
-                size += n
-                    .apns_id
-                    .as_deref()
-                    .map_or(0, |a| field("apns-id", a.len()));
+                size += n.apns_id.map_or(0, |_| field("apns-id", 36));
                 size
             }
         }

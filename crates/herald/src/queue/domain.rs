@@ -329,7 +329,7 @@ impl DomainTask {
             queue,
             received_at: n.received_at,
             sender: n.sender.clone(),
-            recipient: n.recipient.clone(),
+            recipient: Arc::from(n.recipient()),
             token: n.token.redacted().to_string(),
             retries: item.retries,
             payload_len: n.payload.len(),
@@ -465,9 +465,8 @@ impl DomainTask {
     ) {
         match result {
             PushResult::Delivered { transaction_id } => {
-                let tx = transaction_id
-                    .as_deref()
-                    .or(item.notification.apns_id.as_deref());
+                let own = item.notification.apns_id.map(|id| id.encode());
+                let tx = transaction_id.as_deref().or(id_text(&own));
                 self.log(&item, OutcomeKind::Delivered, remote, tx, None, "", true);
                 self.stats.delivered(item.enqueued.elapsed());
                 self.shared.finished(&item);
@@ -498,7 +497,7 @@ impl DomainTask {
             PushResult::Rejected(rejection) => {
                 let class = rejection.class();
                 let status = Some(rejection.code());
-                let tx = item.notification.apns_id.clone();
+                let tx = item.notification.apns_id.map(|id| id.encode());
                 match class {
                     FailureClass::Transient => self.transient(
                         item,
@@ -523,7 +522,7 @@ impl DomainTask {
                             &item,
                             OutcomeKind::Transient,
                             remote,
-                            tx.as_deref(),
+                            id_text(&tx),
                             status,
                             rejection.text(),
                             true,
@@ -569,12 +568,12 @@ impl DomainTask {
         let age = Duration::from_secs(unix_now().saturating_sub(item.notification.received_at));
         match self.settings.retry.after_failure(item.retries, age) {
             RetryDecision::RetryIn(delay) => {
-                let tx = item.notification.apns_id.clone();
+                let tx = item.notification.apns_id.map(|id| id.encode());
                 self.log(
                     &item,
                     OutcomeKind::Transient,
                     remote,
-                    tx.as_deref(),
+                    id_text(&tx),
                     status,
                     error,
                     connected,
@@ -616,12 +615,12 @@ impl DomainTask {
         connected: bool,
         invalid: Option<InvalidToken>,
     ) {
-        let tx = item.notification.apns_id.clone();
+        let tx = item.notification.apns_id.map(|id| id.encode());
         self.log(
             &item,
             OutcomeKind::Permanent,
             remote,
-            tx.as_deref(),
+            id_text(&tx),
             status,
             error,
             connected,
@@ -652,12 +651,12 @@ impl DomainTask {
         let waiting = self.pool.take_waiting();
         let oldest = waiting.first().map(|j| &j.tag).or(self.active.front());
         if let Some(item) = oldest {
-            let tx = item.notification.apns_id.clone();
+            let tx = item.notification.apns_id.map(|id| id.encode());
             self.log(
                 item,
                 OutcomeKind::Transient,
                 None,
-                tx.as_deref(),
+                id_text(&tx),
                 None,
                 &error,
                 false,
@@ -712,4 +711,9 @@ impl DomainTask {
         };
         self.shared.logs.outcome(&record);
     }
+}
+
+/// The text of an encoded `apns-id` ([`herald_apns::push::ApnsId::encode`]), without allocating.
+fn id_text(id: &Option<[u8; 36]>) -> Option<&str> {
+    id.as_ref().and_then(|t| std::str::from_utf8(t).ok())
 }
