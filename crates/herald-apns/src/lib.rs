@@ -10,6 +10,7 @@
 //! - [`payload`]: provider-side payload validation (JSON shape, `aps` keys, size limits).
 //! - [`notification`]: every check of a whole notification (token, topic, headers, payload) in one call.
 //! - [`binary`]: the binary provider API codec (commands 0/1/2, error packet, feedback tuples).
+//! - [`broadcast`]: broadcast push and channel management (requests, reasons, a client).
 //! - [`reason`]: HTTP/2 reason strings and error bodies.
 //! - [`outcome`]: what each binary status and HTTP/2 status/reason means for a notification.
 //! - [`provider_token`]: ES256 JWT signing, verification and the shared refreshing cache.
@@ -17,6 +18,7 @@
 //! - [`identity`]: TLS client identities (PEM, PKCS#12), certificate topics and environment, rustls configs.
 
 pub mod binary;
+pub mod broadcast;
 pub mod client;
 pub mod identity;
 pub mod notification;

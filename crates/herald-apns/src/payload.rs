@@ -76,6 +76,10 @@ pub enum PayloadError {
         "an alert push needs alert, badge or sound in aps (a content-available-only push is a background push)"
     )]
     AlertWithoutContent,
+    #[error("broadcast payload is {size} bytes; broadcast pushes allow at most {limit}")]
+    BroadcastTooLarge { size: usize, limit: usize },
+    #[error("aps.event is \"start\": a broadcast cannot start a Live Activity (use update or end)")]
+    BroadcastStart,
 }
 
 /// Checks `payload` for a push of `push_type` sent over `protocol` at `priority` (apns.md §5.3).
@@ -128,6 +132,55 @@ pub fn validate(
     check_aps_types(aps, push_type)?;
     check_push_type_rules(aps, push_type, protocol, priority)
 }
+
+/// Checks the payload of a broadcast push (apns.md §5.3 rules 1, 2, 8 and 9, §6.2): non-empty, at most
+/// [`BROADCAST_PAYLOAD_LIMIT`] bytes, a Live Activity payload whose `event` is `update` or `end` (a broadcast
+/// cannot start an activity). Every priority of HTTP/2 (10, 5, 1) is allowed for broadcasts.
+pub fn validate_broadcast(payload: &[u8]) -> Result<(), PayloadError> {
+    if payload.is_empty() {
+        return Err(PayloadError::Empty);
+    }
+    if payload.len() > BROADCAST_PAYLOAD_LIMIT {
+        return Err(PayloadError::BroadcastTooLarge {
+            size: payload.len(),
+            limit: BROADCAST_PAYLOAD_LIMIT,
+        });
+    }
+    let root = match parse_strict(payload)? {
+        Value::Object(map) => map,
+        other => {
+            return Err(PayloadError::NotAnObject {
+                found: type_name(&other),
+            });
+        }
+    };
+    let aps = match root.get("aps") {
+        Some(Value::Object(aps)) => aps,
+        Some(other) => {
+            return Err(PayloadError::ApsNotObject {
+                found: type_name(other),
+            });
+        }
+        None => {
+            return Err(PayloadError::MissingAps {
+                push_type: PushType::LiveActivity,
+            });
+        }
+    };
+    if aps.get("event").and_then(Value::as_str) == Some("start") {
+        return Err(PayloadError::BroadcastStart);
+    }
+    check_aps_types(aps, PushType::LiveActivity)?;
+    check_push_type_rules(
+        aps,
+        PushType::LiveActivity,
+        Protocol::Http2,
+        Priority::Immediate,
+    )
+}
+
+/// The largest broadcast payload APNs accepts (apns.md §3.4, §6.2).
+pub const BROADCAST_PAYLOAD_LIMIT: usize = 5120;
 
 /// The push type a payload implies when the sender named none (Momentum's binary-era submissions have no
 /// push type): `background` for a `content-available`-only `aps`, otherwise `alert`. Unparseable payloads

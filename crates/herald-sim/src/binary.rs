@@ -175,6 +175,7 @@ async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpSt
                             identifier: has_meta.then_some(n.identifier),
                             format: Some(d.format.command()),
                             received_ms: now_ms(),
+                            channel_id: None,
                         };
                         rec.set_payload(&n.payload);
                         ctx.recorder.push(rec);

@@ -169,6 +169,10 @@ pub struct SimConfig {
     pub binary_port: u16,
     pub feedback_port: u16,
     pub admin_port: u16,
+    /// Channel management (`/1/apps/…`, docs/apns-protocol.md §6.2).
+    pub management_port: u16,
+    /// Broadcast sends (`/4/broadcasts/apps/…`).
+    pub broadcast_port: u16,
     pub tls: TlsMaterial,
     pub provider_keys: Vec<ProviderKey>,
     pub environment: Environment,
@@ -213,6 +217,8 @@ impl SimConfig {
             binary_port: 0,
             feedback_port: 0,
             admin_port: 0,
+            management_port: 0,
+            broadcast_port: 0,
             tls,
             provider_keys,
             environment: Environment::Sandbox,

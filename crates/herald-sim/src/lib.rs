@@ -5,6 +5,7 @@
 //!   header rule in Apple's order with Apple's reason strings, certificate and provider-token authentication,
 //!   stream limits and GOAWAY ([`h2`] module docs list the order);
 //! - the legacy binary gateway (commands 0/1/2, error packets) and the feedback service ([`binary`]);
+//! - channel management and broadcast push on two ports of their own ([`broadcast`]);
 //! - an admin HTTP/1.1 port: `GET /stats`, `GET /record`, `POST /tokens`, `POST /shutdown-binary`,
 //!   `POST /goaway`, `GET`/`POST /pace` ([`admin`]).
 //!
@@ -34,10 +35,11 @@
 //!
 //! # From the command line
 //! `herald sim pki DIR` writes the PKI; `herald sim --pki DIR` serves it and prints one JSON line with the
-//! four addresses once ready.
+//! six addresses once ready.
 
 pub mod admin;
 pub mod binary;
+pub mod broadcast;
 pub mod config;
 pub mod h2;
 pub mod pace;
@@ -58,4 +60,4 @@ pub use pki::{
 pub use record::{DeliveryRecord, RecordProtocol};
 pub use scenario::{Scenario, TokenRule, TokenState};
 pub use sim::{SimAddrs, SimError, SimHandle, Simulator};
-pub use stats::StatsSnapshot;
+pub use stats::{BroadcastStats, StatsSnapshot};

@@ -9,7 +9,8 @@
 //! `payload` is a JSON *string* holding the exact payload bytes (decoded as UTF-8), so a test compares it byte
 //! for byte with what it sent. A payload that is not UTF-8 (possible on the binary protocol) is written lossily
 //! in `payload` and exactly, base64-encoded, in `payload_base64`. Binary notifications have `apns_id: null` and
-//! carry `identifier` and the command `format` (0, 1, 2).
+//! carry `identifier` and the command `format` (0, 1, 2). Broadcasts have `"protocol":"broadcast"`, an empty
+//! `token`, the bundle id as `topic`, the `apns-request-id` as `apns_id`, and `channel_id`.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -25,6 +26,9 @@ use tokio::sync::{mpsc, watch};
 pub enum RecordProtocol {
     H2,
     Binary,
+    /// A broadcast push (`POST /4/broadcasts/apps/<bundle>`): `token` is empty, `topic` is the bundle id,
+    /// `channel_id` names the channel and `apns_id` holds the `apns-request-id`.
+    Broadcast,
 }
 
 /// One accepted notification.
@@ -46,6 +50,9 @@ pub struct DeliveryRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<u8>,
     pub received_ms: u64,
+    /// The channel of a broadcast.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_id: Option<String>,
 }
 
 impl DeliveryRecord {
@@ -185,6 +192,7 @@ mod tests {
             identifier: None,
             format: None,
             received_ms: 0,
+            channel_id: None,
         };
         r.set_payload(payload);
         r

@@ -85,6 +85,11 @@ pub struct Scenario {
     pub auth: Option<AuthPolicy>,
     pub max_concurrent_streams: Option<u32>,
     pub choppy_streams: Option<bool>,
+    /// Bundle ids whose broadcast capability is off: every management and broadcast request for them answers
+    /// FeatureNotEnabled.
+    pub broadcast_disabled: Vec<String>,
+    /// Channels per bundle id (default 10,000, Apple's limit); one more answers CannotCreateChannelConfig.
+    pub max_channels: Option<usize>,
 }
 
 /// A scenario checked and compiled for the hot path.

@@ -1,9 +1,9 @@
-//! Starting and stopping a simulator: binds the four listeners, builds the shared state, spawns the tasks, and
+//! Starting and stopping a simulator: binds the six listeners, builds the shared state, spawns the tasks, and
 //! hands back a [`SimHandle`] to read statistics and the delivery record, change token states and stop.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminContext};
 use crate::binary::{self, BinaryContext, Service};
+use crate::broadcast::{self, BroadcastContext, ChannelStore, Port};
 use crate::config::{ConfigError, SimConfig};
 use crate::h2::{self as h2srv, H2Context, KeyRing};
 use crate::pace::{Pace, PaceSettings};
@@ -48,6 +49,10 @@ pub struct SimAddrs {
     pub binary: SocketAddr,
     pub feedback: SocketAddr,
     pub admin: SocketAddr,
+    /// Channel management (docs/apns-protocol.md §6.2).
+    pub management: SocketAddr,
+    /// Broadcast sends.
+    pub broadcast: SocketAddr,
 }
 
 /// The APNs simulator. See the crate documentation for an example.
@@ -63,6 +68,7 @@ pub struct SimHandle {
     shutdown_binary: watch::Sender<u64>,
     goaway_all: watch::Sender<u64>,
     pace: Arc<Pace>,
+    broadcast: Arc<BroadcastContext>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -103,6 +109,8 @@ impl Simulator {
         let bin_l = bind("binary", SocketAddr::new(ip, config.binary_port)).await?;
         let fb_l = bind("feedback", SocketAddr::new(ip, config.feedback_port)).await?;
         let admin_l = bind("admin", SocketAddr::new(ip, config.admin_port)).await?;
+        let manage_l = bind("management", SocketAddr::new(ip, config.management_port)).await?;
+        let bcast_l = bind("broadcast", SocketAddr::new(ip, config.broadcast_port)).await?;
         let local = |l: &TcpListener, service, port| {
             l.local_addr().map_err(|source| SimError::Bind {
                 service,
@@ -115,6 +123,8 @@ impl Simulator {
             binary: local(&bin_l, "binary", config.binary_port)?,
             feedback: local(&fb_l, "feedback", config.feedback_port)?,
             admin: local(&admin_l, "admin", config.admin_port)?,
+            management: local(&manage_l, "management", config.management_port)?,
+            broadcast: local(&bcast_l, "broadcast", config.broadcast_port)?,
         };
 
         let stats = Arc::new(Stats::default());
@@ -128,6 +138,18 @@ impl Simulator {
         let (goaway_all, goaway_all_rx) = watch::channel(0u64);
 
         let pace = Arc::new(Pace::new(sc.latency_ms, sc.latency_jitter_ms, sc.rate));
+        let bc_ctx = Arc::new(BroadcastContext {
+            stats: stats.clone(),
+            recorder: recorder.clone(),
+            keys: keys.clone(),
+            environment: config.environment,
+            auth: config.auth,
+            token_max_age: config.token_max_age,
+            token_update_interval: config.token_update_interval,
+            channels: ChannelStore::new(sc.max_channels.unwrap_or(10_000)),
+            disabled: sc.broadcast_disabled.clone(),
+            fail_next: Mutex::default(),
+        });
         let h2_ctx = Arc::new(H2Context {
             stats: stats.clone(),
             recorder: recorder.clone(),
@@ -162,7 +184,7 @@ impl Simulator {
             pace: pace.clone(),
         });
         let tasks = vec![
-            tokio::spawn(h2srv::serve(h2_l, h2_tls, h2_ctx, stop_rx.clone())),
+            tokio::spawn(h2srv::serve(h2_l, h2_tls.clone(), h2_ctx, stop_rx.clone())),
             tokio::spawn(binary::serve(
                 bin_l,
                 bin_tls.clone(),
@@ -177,10 +199,24 @@ impl Simulator {
                 Service::Feedback,
                 stop_rx.clone(),
             )),
+            tokio::spawn(broadcast::serve(
+                manage_l,
+                h2_tls.clone(),
+                bc_ctx.clone(),
+                Port::Management,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(broadcast::serve(
+                bcast_l,
+                h2_tls.clone(),
+                bc_ctx.clone(),
+                Port::Broadcast,
+                stop_rx.clone(),
+            )),
             tokio::spawn(admin::serve(admin_l, admin_ctx, stop_rx)),
         ];
         tracing::info!(
-            h2 = %addrs.h2, binary = %addrs.binary, feedback = %addrs.feedback, admin = %addrs.admin,
+            h2 = %addrs.h2, management = %addrs.management, broadcast = %addrs.broadcast, binary = %addrs.binary, feedback = %addrs.feedback, admin = %addrs.admin,
             environment = config.environment.as_str(), "APNs simulator listening"
         );
         Ok(SimHandle {
@@ -192,6 +228,7 @@ impl Simulator {
             shutdown_binary,
             goaway_all,
             pace,
+            broadcast: bc_ctx,
             tasks,
         })
     }
@@ -264,7 +301,23 @@ impl SimHandle {
         self.goaway_all.send_modify(|g| *g += 1);
     }
 
-    /// The line `herald sim` prints: `{"h2":"…","binary":"…","feedback":"…","admin":"…"}`.
+    /// The next broadcasts that pass every check are answered with these reasons, one each, in order (for
+    /// tests of reasons a simulator has no other way to produce, such as TooManyRequests or Shutdown).
+    pub fn fail_next_broadcasts(&self, reasons: &[herald_apns::broadcast::BroadcastReason]) {
+        self.broadcast
+            .fail_next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(reasons.iter().copied());
+    }
+
+    /// Channels that exist now, over every bundle id.
+    pub fn channel_count(&self) -> usize {
+        self.broadcast.channels.count()
+    }
+
+    /// The line `herald sim` prints:
+    /// `{"h2":"…","binary":"…","feedback":"…","admin":"…","management":"…","broadcast":"…"}`.
     pub fn addrs_json(&self) -> String {
         serde_json::to_string(&self.addrs).unwrap_or_default()
     }

@@ -61,6 +61,8 @@ pub struct Stats {
     pub dropped_connections: AtomicU64,
     pub feedback_tuples: AtomicU64,
     pub tls_failures: AtomicU64,
+    /// Broadcast counters (written by [`crate::broadcast`], off the device-push hot path).
+    pub(crate) broadcast: std::sync::Mutex<BroadcastStats>,
     /// TCP connections accepted (any listener), by the client's source address.
     peers: std::sync::Mutex<BTreeMap<std::net::IpAddr, u64>>,
 }
@@ -83,6 +85,7 @@ impl Default for Stats {
             dropped_connections: AtomicU64::new(0),
             feedback_tuples: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
+            broadcast: std::sync::Mutex::default(),
             peers: std::sync::Mutex::default(),
         }
     }
@@ -99,6 +102,24 @@ pub struct StatsSnapshot {
     pub dropped_connections: u64,
     pub feedback_tuples: u64,
     pub tls_failures: u64,
+    /// Broadcast pushes and channel management (the broadcast and management ports).
+    #[serde(default)]
+    pub broadcast: BroadcastStats,
+}
+
+/// The broadcast side of `GET /stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastStats {
+    /// Broadcasts accepted (and recorded).
+    pub accepted: u64,
+    /// Accepted broadcasts by bundle id.
+    pub by_bundle: BTreeMap<String, u64>,
+    /// Successful channel operations by name (`create`, `read`, `delete`, `list`).
+    pub channel_ops: BTreeMap<String, u64>,
+    /// Rejected broadcast and management requests by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Channels that exist now, over every bundle id.
+    pub channels: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +278,11 @@ impl Stats {
             dropped_connections: load(&self.dropped_connections),
             feedback_tuples: load(&self.feedback_tuples),
             tls_failures: load(&self.tls_failures),
+            broadcast: self
+                .broadcast
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }

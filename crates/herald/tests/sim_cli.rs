@@ -160,7 +160,7 @@ fn sim_prints_one_json_line_and_serves() {
     BufReader::new(stdout).read_line(&mut line).unwrap();
     let addrs: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
     let obj = addrs.as_object().unwrap();
-    assert_eq!(obj.len(), 4, "{line}");
+    assert_eq!(obj.len(), 6, "{line}");
     let addr = |k: &str| -> SocketAddr {
         let a: SocketAddr = obj[k].as_str().unwrap().parse().unwrap();
         assert_eq!(a.ip().to_string(), "127.0.0.1");
@@ -170,6 +170,8 @@ fn sim_prints_one_json_line_and_serves() {
     let (h2, admin) = (addr("h2"), addr("admin"));
     addr("binary");
     addr("feedback");
+    addr("management");
+    addr("broadcast");
 
     let files = &m["clients"]["com.example.cli"]["universal"];
     let payload = r#"{"aps":{"alert":"cli"}}"#;

@@ -393,6 +393,7 @@ async fn handle_stream(
             identifier: None,
             format: None,
             received_ms: now_ms(),
+            channel_id: None,
         };
         rec.set_payload(&payload);
         ctx.recorder.push(rec);

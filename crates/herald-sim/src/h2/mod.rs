@@ -33,7 +33,7 @@
 //! `POST /goaway`, simulator shutdown) or `{"reason":"IdleTimeout"}`; the connection then finishes what it took and
 //! closes. The SETTINGS changes and GOAWAY debug data go through [`io::FrameIo`], since `h2` has no API for them.
 
-mod auth;
+pub(crate) mod auth;
 mod conn;
 pub mod io;
 mod request;

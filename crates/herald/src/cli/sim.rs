@@ -1,8 +1,9 @@
 //! `herald sim`: run the APNs simulator, or write a test PKI for it (`herald sim pki DIR`).
 //!
-//! `herald sim --pki DIR [flags]` serves HTTP/2, binary, feedback and admin ports and, once ready, prints exactly
-//! one JSON line on stdout — `{"h2":"127.0.0.1:P1","binary":"127.0.0.1:P2","feedback":"127.0.0.1:P3",
-//! "admin":"127.0.0.1:P4"}` — then serves until killed. Diagnostics go to stderr.
+//! `herald sim --pki DIR [flags]` serves HTTP/2, binary, feedback, admin, channel management and broadcast ports
+//! and, once ready, prints exactly one JSON line on stdout — `{"h2":"127.0.0.1:P1","binary":"127.0.0.1:P2",
+//! "feedback":"127.0.0.1:P3","admin":"127.0.0.1:P4","management":"127.0.0.1:P5","broadcast":"127.0.0.1:P6"}` —
+//! then serves until killed. Diagnostics go to stderr.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -68,6 +69,12 @@ struct ServeArgs {
     feedback_port: u16,
     #[arg(long, default_value_t = 0)]
     admin_port: u16,
+    /// Channel management (`/1/apps/<bundle>/channels`).
+    #[arg(long, default_value_t = 0)]
+    management_port: u16,
+    /// Broadcast sends (`/4/broadcasts/apps/<bundle>`).
+    #[arg(long, default_value_t = 0)]
+    broadcast_port: u16,
     /// A JSON scenario file (see herald-sim's scenario module); the flags below override it.
     #[arg(long)]
     scenario: Option<PathBuf>,
@@ -149,6 +156,8 @@ fn build_config(a: ServeArgs) -> anyhow::Result<SimConfig> {
     config.binary_port = a.binary_port;
     config.feedback_port = a.feedback_port;
     config.admin_port = a.admin_port;
+    config.management_port = a.management_port;
+    config.broadcast_port = a.broadcast_port;
     let mut sc = match &a.scenario {
         Some(p) => Scenario::from_file(p)?,
         None => Scenario::default(),

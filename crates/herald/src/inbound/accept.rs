@@ -291,10 +291,14 @@ impl Intake {
             }
             None => push_type.default_priority(),
         };
-        let topic = s
-            .topic
-            .clone()
-            .or_else(|| settings.default_topic.as_deref().map(str::to_owned));
+        // The sender's topic is kept as given; the domain's `apn_topic` (usually the bare bundle id) gains the
+        // Live Activity suffix for a liveactivity push (docs/apns-protocol.md §6.1).
+        let topic = s.topic.clone().or_else(|| {
+            settings
+                .default_topic
+                .as_deref()
+                .map(|t| live_activity_topic(t, push_type))
+        });
         let token = validate_notification(&NotificationParts {
             token: &s.token,
             topic: topic.as_deref(),
@@ -398,8 +402,35 @@ impl Intake {
     }
 }
 
+/// The domain's topic for a push of `push_type`: for `liveactivity`, the topic with `.push-type.liveactivity`
+/// appended when it lacks it; otherwise unchanged.
+fn live_activity_topic(topic: &str, push_type: PushType) -> String {
+    match push_type.topic_suffix() {
+        Some(suffix) if push_type == PushType::LiveActivity && !topic.ends_with(suffix) => {
+            herald_apns::push::topic_for(topic, push_type)
+        }
+        _ => topic.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn live_activity_pushes_gain_the_topic_suffix() {
+        use herald_apns::push::PushType;
+        let t = |topic, p| super::live_activity_topic(topic, p);
+        assert_eq!(
+            t("com.x", PushType::LiveActivity),
+            "com.x.push-type.liveactivity"
+        );
+        assert_eq!(
+            t("com.x.push-type.liveactivity", PushType::LiveActivity),
+            "com.x.push-type.liveactivity"
+        );
+        assert_eq!(t("com.x", PushType::Alert), "com.x");
+        assert_eq!(t("com.x", PushType::Voip), "com.x");
+    }
 
     #[test]
     fn equal_topics_and_senders_share_one_allocation() {

@@ -1,0 +1,348 @@
+//! One HTTP/2 connection to a channel management host or a broadcast host (docs/apns-protocol.md §6.2). Each
+//! call is one stream; answers are read whole (bodies are small) and any status other than the call's success
+//! status becomes [`BroadcastClientError::Rejected`] with the reason and its class. With token auth, an
+//! `ExpiredProviderToken` answer mints a new token and the call is tried once more.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
+use http::header::AUTHORIZATION;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+
+use super::reason::classify_broadcast;
+use super::request::{
+    APNS_CHANNEL_ID, APNS_REQUEST_ID, BroadcastSend, ChannelId, ChannelOp, RequestError,
+    StoragePolicy, bundle_for_path,
+};
+use crate::client::ConnectionError;
+use crate::client::connect::{Endpoint, connect_tls};
+use crate::outcome::FailureClass;
+use crate::provider_token::ProviderTokenCache;
+use crate::reason::parse_error_body;
+
+/// Largest answer body read; channel lists of 10,000 ids fit well within it.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Why a call did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum BroadcastClientError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("HTTP/2 error talking to {host}: {source}")]
+    Http { host: String, source: h2::Error },
+    #[error("no answer from {host} within {secs} s")]
+    Timeout { host: String, secs: u64 },
+    #[error("APNs answered {status}@{reason} ({class})")]
+    Rejected {
+        status: u16,
+        reason: String,
+        class: FailureClass,
+    },
+    #[error("unexpected answer from APNs: {0}")]
+    BadAnswer(String),
+}
+
+impl BroadcastClientError {
+    /// How the failure is treated: a rejection by its reason, a timeout or lost connection as transient, a
+    /// request refused before sending as permanent.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            BroadcastClientError::Rejected { class, .. } => *class,
+            BroadcastClientError::Request(_) | BroadcastClientError::BadAnswer(_) => {
+                FailureClass::Permanent
+            }
+            _ => FailureClass::Transient,
+        }
+    }
+
+    /// The reason text of a rejection.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            BroadcastClientError::Rejected { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+/// What a channel read answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct ChannelInfo {
+    #[serde(rename = "message-storage-policy")]
+    pub policy: StoragePolicy,
+    #[serde(rename = "push-type")]
+    pub push_type: String,
+}
+
+/// A whole answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+/// One connection; cheap to clone (calls on clones share the connection).
+#[derive(Clone)]
+pub struct BroadcastClient {
+    send: SendRequest<Bytes>,
+    authority: Authority,
+    host: String,
+    auth: Option<ProviderTokenCache>,
+    timeout: Duration,
+    _driver: Arc<DriverGuard>,
+}
+
+struct DriverGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for DriverGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl BroadcastClient {
+    /// Connects (TLS with ALPN `h2`; the client certificate in `tls` for certificate auth, `auth` for token
+    /// auth). `timeout` bounds the connection and each call.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        tls: Arc<rustls::ClientConfig>,
+        auth: Option<ProviderTokenCache>,
+        timeout: Duration,
+    ) -> Result<BroadcastClient, ConnectionError> {
+        let (stream, _remote) = connect_tls(endpoint, tls, timeout).await?;
+        let handshake = h2::client::Builder::new()
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream);
+        let (send, connection) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| ConnectionError::Timeout {
+                host: endpoint.host.clone(),
+                secs: timeout.as_secs(),
+            })?
+            .map_err(|source| ConnectionError::Handshake {
+                host: endpoint.host.clone(),
+                source,
+            })?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("broadcast connection ended: {e}");
+            }
+        });
+        let authority: Authority = endpoint
+            .authority()
+            .parse()
+            .map_err(|_| ConnectionError::ServerName(endpoint.host.clone()))?;
+        Ok(BroadcastClient {
+            send,
+            authority,
+            host: endpoint.host.clone(),
+            auth,
+            timeout,
+            _driver: Arc::new(DriverGuard(driver)),
+        })
+    }
+
+    /// Creates a channel; returns its id.
+    pub async fn create_channel(
+        &self,
+        bundle: &str,
+        policy: StoragePolicy,
+    ) -> Result<ChannelId, BroadcastClientError> {
+        let a = self.channel(bundle, &ChannelOp::Create { policy }).await?;
+        let id = a
+            .headers
+            .get(&APNS_CHANNEL_ID)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| BroadcastClientError::BadAnswer("201 without apns-channel-id".into()))?;
+        ChannelId::parse(id).map_err(|e| BroadcastClientError::BadAnswer(e.to_string()))
+    }
+
+    /// Reads a channel's storage policy and push type.
+    pub async fn read_channel(
+        &self,
+        bundle: &str,
+        channel: &ChannelId,
+    ) -> Result<ChannelInfo, BroadcastClientError> {
+        let op = ChannelOp::Read {
+            channel: channel.clone(),
+        };
+        let a = self.channel(bundle, &op).await?;
+        serde_json::from_slice(&a.body).map_err(|e| BroadcastClientError::BadAnswer(e.to_string()))
+    }
+
+    /// Deletes a channel.
+    pub async fn delete_channel(
+        &self,
+        bundle: &str,
+        channel: &ChannelId,
+    ) -> Result<(), BroadcastClientError> {
+        let op = ChannelOp::Delete {
+            channel: channel.clone(),
+        };
+        self.channel(bundle, &op).await.map(|_| ())
+    }
+
+    /// Every channel of the app in this environment.
+    pub async fn list_channels(
+        &self,
+        bundle: &str,
+    ) -> Result<Vec<ChannelId>, BroadcastClientError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            channels: Vec<String>,
+        }
+        let a = self.channel(bundle, &ChannelOp::List).await?;
+        let list: List = serde_json::from_slice(&a.body)
+            .map_err(|e| BroadcastClientError::BadAnswer(e.to_string()))?;
+        list.channels
+            .iter()
+            .map(|c| {
+                ChannelId::parse(c).map_err(|e| BroadcastClientError::BadAnswer(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Sends one broadcast (checked first, without knowing the channel's policy). Returns the
+    /// `apns-request-id` of the answer.
+    pub async fn broadcast(
+        &self,
+        send: &BroadcastSend,
+    ) -> Result<Option<String>, BroadcastClientError> {
+        send.validate(None)?;
+        let path = send.path()?;
+        let headers = send.headers()?;
+        let a = self
+            .call(Method::POST, &path, &headers, send.payload.clone(), 200)
+            .await?;
+        Ok(request_id(&a.headers))
+    }
+
+    /// One management call; the answer when it has the operation's success status.
+    async fn channel(&self, bundle: &str, op: &ChannelOp) -> Result<Answer, BroadcastClientError> {
+        let bundle = bundle_for_path(bundle)?;
+        let mut headers = Vec::new();
+        if let Some(ch) = op.channel_header() {
+            headers.push((APNS_CHANNEL_ID.clone(), ch));
+        }
+        self.call(
+            op.method(),
+            &op.path(bundle),
+            &headers,
+            op.body(),
+            op.success_status(),
+        )
+        .await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+        success: u16,
+    ) -> Result<Answer, BroadcastClientError> {
+        let mut token = self.auth.as_ref().map(|a| a.current());
+        for attempt in 0..2 {
+            let answer = self
+                .once(&method, path, headers, body.clone(), token.as_deref())
+                .await?;
+            if answer.status == success {
+                return Ok(answer);
+            }
+            let reason = parse_error_body(&answer.body).ok().map(|b| b.reason);
+            let class = classify_broadcast(answer.status, reason.as_deref());
+            if class == FailureClass::RefreshTokenAndRetry && attempt == 0 {
+                if let (Some(auth), Some(seen)) = (&self.auth, &token) {
+                    token = Some(auth.expired(seen));
+                    continue;
+                }
+            }
+            return Err(BroadcastClientError::Rejected {
+                status: answer.status,
+                reason: reason.unwrap_or_else(|| "-".into()),
+                class,
+            });
+        }
+        Err(BroadcastClientError::BadAnswer("retry loop ended".into()))
+    }
+
+    async fn once(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+        token: Option<&str>,
+    ) -> Result<Answer, BroadcastClientError> {
+        let http_err = |source| BroadcastClientError::Http {
+            host: self.host.clone(),
+            source,
+        };
+        let fut = async {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTPS);
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = Some(
+                PathAndQuery::try_from(path)
+                    .map_err(|_| BroadcastClientError::BadAnswer(format!("bad path {path:?}")))?,
+            );
+            let uri = Uri::from_parts(parts)
+                .map_err(|e| BroadcastClientError::BadAnswer(e.to_string()))?;
+            let mut req = Request::new(());
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri;
+            let h = req.headers_mut();
+            if let Some(t) = token {
+                if let Ok(v) = HeaderValue::try_from(format!("bearer {t}")) {
+                    h.insert(AUTHORIZATION, v);
+                }
+            }
+            for (k, v) in headers {
+                h.insert(k.clone(), v.clone());
+            }
+            let mut send = self.send.clone().ready().await.map_err(http_err)?;
+            let end = body.is_empty();
+            let (response, mut stream) = send.send_request(req, end).map_err(http_err)?;
+            if !end {
+                stream.send_data(body, true).map_err(http_err)?;
+            }
+            let response = response.await.map_err(http_err)?;
+            let status = response.status().as_u16();
+            let (parts, mut recv) = response.into_parts();
+            let mut buf = BytesMut::new();
+            while let Some(chunk) = recv.data().await {
+                let chunk = chunk.map_err(http_err)?;
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                if buf.len() + chunk.len() > MAX_BODY {
+                    return Err(BroadcastClientError::BadAnswer(
+                        "answer body too large".into(),
+                    ));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(Answer {
+                status,
+                headers: parts.headers,
+                body: buf.freeze(),
+            })
+        };
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
+            BroadcastClientError::Timeout {
+                host: self.host.clone(),
+                secs: self.timeout.as_secs(),
+            }
+        })?
+    }
+}
+
+fn request_id(h: &http::HeaderMap) -> Option<String> {
+    h.get(&APNS_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}

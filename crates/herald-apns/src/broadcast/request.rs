@@ -1,0 +1,415 @@
+//! The requests of channel management and broadcast sends (docs/apns-protocol.md §6.2): channel ids, storage
+//! policies, and for each call its method, `:path`, headers and body, checked before anything is sent.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderValue, Method};
+
+use crate::payload::{PayloadError, validate_broadcast};
+use crate::push::{PushType, validate_apns_id};
+
+pub use crate::payload::BROADCAST_PAYLOAD_LIMIT;
+
+/// `apns-channel-id`: the channel of a read, delete or broadcast, and the answer to a create.
+pub static APNS_CHANNEL_ID: HeaderName = HeaderName::from_static("apns-channel-id");
+/// `apns-request-id`: a UUID the caller may choose; APNs repeats it in the answer.
+pub static APNS_REQUEST_ID: HeaderName = HeaderName::from_static("apns-request-id");
+pub(crate) static APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+pub(crate) static APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+pub(crate) static APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+
+/// Longest channel id herald accepts. APNs does not publish a size (ids seen are 24 characters); this bound only
+/// keeps garbage out of headers and logs.
+pub const MAX_CHANNEL_ID_LEN: usize = 256;
+
+/// A request that cannot be sent as given, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("bundle id is empty")]
+    EmptyBundleId,
+    #[error("bundle id {0:?} contains characters not allowed in a path")]
+    BadBundleId(String),
+    #[error("channel id is empty")]
+    EmptyChannelId,
+    #[error("channel id {0:?} is not base64 (at most 256 characters of A-Z a-z 0-9 + / =)")]
+    BadChannelId(String),
+    #[error("priority {0} is not allowed for a broadcast (10, 5 or 1)")]
+    BadPriority(u8),
+    #[error("request id {0:?} is not a UUID")]
+    BadRequestId(String),
+    #[error("expiration must be 0 on a channel that stores no message")]
+    ExpirationOnNoStorage,
+    #[error("message-storage-policy {0} is not 0 (no storage) or 1 (most recent message)")]
+    BadStoragePolicy(i64),
+    #[error("broadcast payload: {0}")]
+    Payload(#[from] PayloadError),
+}
+
+/// A channel id: the opaque base64 string APNs chose when the channel was created.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(String);
+
+impl ChannelId {
+    /// Checks the text: non-empty, base64 alphabet (standard, with padding), at most [`MAX_CHANNEL_ID_LEN`].
+    pub fn parse(s: &str) -> Result<ChannelId, RequestError> {
+        if s.is_empty() {
+            return Err(RequestError::EmptyChannelId);
+        }
+        let ok = s.len() <= MAX_CHANNEL_ID_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+        if !ok {
+            return Err(RequestError::BadChannelId(s.chars().take(64).collect()));
+        }
+        Ok(ChannelId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn header(&self) -> HeaderValue {
+        // The alphabet was checked in `parse`: every byte is a visible ASCII character.
+        HeaderValue::from_str(&self.0).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `message-storage-policy` of a channel, fixed when it is created.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "u8", try_from = "i64")]
+pub enum StoragePolicy {
+    /// 0: no message is kept; broadcasts must carry expiration 0 (or none), and may be sent more often.
+    #[default]
+    NoStorage,
+    /// 1: the most recent message is kept for up to 8 hours for devices that were offline.
+    MostRecentMessage,
+}
+
+impl StoragePolicy {
+    pub fn as_u8(self) -> u8 {
+        match self {
+            StoragePolicy::NoStorage => 0,
+            StoragePolicy::MostRecentMessage => 1,
+        }
+    }
+}
+
+impl From<StoragePolicy> for u8 {
+    fn from(p: StoragePolicy) -> u8 {
+        p.as_u8()
+    }
+}
+
+impl TryFrom<i64> for StoragePolicy {
+    type Error = RequestError;
+    fn try_from(v: i64) -> Result<Self, Self::Error> {
+        match v {
+            0 => Ok(StoragePolicy::NoStorage),
+            1 => Ok(StoragePolicy::MostRecentMessage),
+            other => Err(RequestError::BadStoragePolicy(other)),
+        }
+    }
+}
+
+impl fmt::Display for StoragePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoragePolicy::NoStorage => "no-storage",
+            StoragePolicy::MostRecentMessage => "most-recent-message",
+        })
+    }
+}
+
+/// The bundle id of a management or broadcast path: the topic without the `.push-type.liveactivity` suffix
+/// (the path carries the app's bundle id only, §6.2).
+pub fn bundle_for_path(topic: &str) -> Result<&str, RequestError> {
+    let suffix = PushType::LiveActivity
+        .topic_suffix()
+        .unwrap_or(".push-type.liveactivity");
+    let bundle = topic.strip_suffix(suffix).unwrap_or(topic);
+    if bundle.is_empty() {
+        return Err(RequestError::EmptyBundleId);
+    }
+    if !bundle
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(RequestError::BadBundleId(bundle.chars().take(64).collect()));
+    }
+    Ok(bundle)
+}
+
+/// One channel management call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelOp {
+    /// `POST /1/apps/<bundle>/channels` with `{"message-storage-policy":N,"push-type":"LiveActivity"}`.
+    Create { policy: StoragePolicy },
+    /// `GET /1/apps/<bundle>/channels` with `apns-channel-id`.
+    Read { channel: ChannelId },
+    /// `DELETE /1/apps/<bundle>/channels` with `apns-channel-id`.
+    Delete { channel: ChannelId },
+    /// `GET /1/apps/<bundle>/all-channels`.
+    List,
+}
+
+impl ChannelOp {
+    pub fn method(&self) -> Method {
+        match self {
+            ChannelOp::Create { .. } => Method::POST,
+            ChannelOp::Read { .. } | ChannelOp::List => Method::GET,
+            ChannelOp::Delete { .. } => Method::DELETE,
+        }
+    }
+
+    /// The `:path` for `bundle` (already stripped of any push-type suffix).
+    pub fn path(&self, bundle: &str) -> String {
+        match self {
+            ChannelOp::List => format!("/1/apps/{bundle}/all-channels"),
+            _ => format!("/1/apps/{bundle}/channels"),
+        }
+    }
+
+    /// The success status APNs answers with.
+    pub fn success_status(&self) -> u16 {
+        match self {
+            ChannelOp::Create { .. } => 201,
+            ChannelOp::Delete { .. } => 204,
+            ChannelOp::Read { .. } | ChannelOp::List => 200,
+        }
+    }
+
+    /// The operation's name in logs and metrics: `create`, `read`, `delete`, `list`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChannelOp::Create { .. } => "create",
+            ChannelOp::Read { .. } => "read",
+            ChannelOp::Delete { .. } => "delete",
+            ChannelOp::List => "list",
+        }
+    }
+
+    /// The `apns-channel-id` header, for read and delete.
+    pub fn channel_header(&self) -> Option<HeaderValue> {
+        match self {
+            ChannelOp::Read { channel } | ChannelOp::Delete { channel } => Some(channel.header()),
+            _ => None,
+        }
+    }
+
+    /// The request body (create only).
+    pub fn body(&self) -> Bytes {
+        match self {
+            ChannelOp::Create { policy } => Bytes::from(format!(
+                "{{\"message-storage-policy\":{},\"push-type\":\"LiveActivity\"}}",
+                policy.as_u8()
+            )),
+            _ => Bytes::new(),
+        }
+    }
+}
+
+/// One broadcast send: `POST /4/broadcasts/apps/<bundle>` with `apns-channel-id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BroadcastSend {
+    /// The app's bundle id (a `.push-type.liveactivity` suffix is removed).
+    pub bundle_id: String,
+    pub channel: ChannelId,
+    /// 10, 5 or 1.
+    pub priority: u8,
+    /// `apns-expiration` in Unix seconds; only 0 (or none) on a no-storage channel.
+    pub expiration: Option<u64>,
+    /// `apns-request-id`; APNs assigns one when absent.
+    pub request_id: Option<String>,
+    pub payload: Bytes,
+}
+
+impl BroadcastSend {
+    /// Every check herald makes before sending (docs/apns-protocol.md §5.3 rules 1, 2, 9; §6.2). `policy`: the
+    /// channel's storage policy when known, to refuse a non-zero expiration on a no-storage channel early.
+    pub fn validate(&self, policy: Option<StoragePolicy>) -> Result<(), RequestError> {
+        bundle_for_path(&self.bundle_id)?;
+        if !matches!(self.priority, 10 | 5 | 1) {
+            return Err(RequestError::BadPriority(self.priority));
+        }
+        if let Some(id) = &self.request_id {
+            validate_apns_id(id).map_err(|_| RequestError::BadRequestId(id.clone()))?;
+        }
+        if policy == Some(StoragePolicy::NoStorage) && self.expiration.is_some_and(|e| e != 0) {
+            return Err(RequestError::ExpirationOnNoStorage);
+        }
+        validate_broadcast(&self.payload)?;
+        Ok(())
+    }
+
+    /// The `:path`.
+    pub fn path(&self) -> Result<String, RequestError> {
+        Ok(format!(
+            "/4/broadcasts/apps/{}",
+            bundle_for_path(&self.bundle_id)?
+        ))
+    }
+
+    /// The headers other than `authorization`, in a fixed order.
+    pub fn headers(&self) -> Result<Vec<(HeaderName, HeaderValue)>, RequestError> {
+        let mut h = vec![
+            (APNS_CHANNEL_ID.clone(), self.channel.header()),
+            (
+                APNS_PUSH_TYPE.clone(),
+                HeaderValue::from_static("liveactivity"),
+            ),
+            (
+                APNS_PRIORITY.clone(),
+                HeaderValue::from(u16::from(self.priority)),
+            ),
+        ];
+        if let Some(e) = self.expiration {
+            h.push((APNS_EXPIRATION.clone(), HeaderValue::from(e)));
+        }
+        if let Some(id) = &self.request_id {
+            let v =
+                HeaderValue::from_str(id).map_err(|_| RequestError::BadRequestId(id.clone()))?;
+            h.push((APNS_REQUEST_ID.clone(), v));
+        }
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(payload: &str) -> BroadcastSend {
+        BroadcastSend {
+            bundle_id: "com.example.app.push-type.liveactivity".into(),
+            channel: ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap(),
+            priority: 10,
+            expiration: None,
+            request_id: None,
+            payload: Bytes::from(payload.to_owned()),
+        }
+    }
+
+    #[test]
+    fn channel_ids_are_base64() {
+        assert!(ChannelId::parse("dHN0LXNyY2gtY2hubA==").is_ok());
+        assert_eq!(ChannelId::parse(""), Err(RequestError::EmptyChannelId));
+        assert!(matches!(
+            ChannelId::parse("a b"),
+            Err(RequestError::BadChannelId(_))
+        ));
+        assert!(ChannelId::parse(&"A".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn management_requests_follow_apple() {
+        // docs/apns-protocol.md §6.2, the management table.
+        let ch = ChannelId::parse("abc=").unwrap();
+        let create = ChannelOp::Create {
+            policy: StoragePolicy::MostRecentMessage,
+        };
+        assert_eq!(create.method(), Method::POST);
+        assert_eq!(create.path("com.x"), "/1/apps/com.x/channels");
+        assert_eq!(
+            &create.body()[..],
+            br#"{"message-storage-policy":1,"push-type":"LiveActivity"}"#
+        );
+        assert_eq!(create.success_status(), 201);
+        let read = ChannelOp::Read {
+            channel: ch.clone(),
+        };
+        assert_eq!((read.method(), read.success_status()), (Method::GET, 200));
+        assert_eq!(read.channel_header().unwrap(), "abc=");
+        let del = ChannelOp::Delete { channel: ch };
+        assert_eq!((del.method(), del.success_status()), (Method::DELETE, 204));
+        assert_eq!(ChannelOp::List.path("com.x"), "/1/apps/com.x/all-channels");
+        assert!(ChannelOp::List.body().is_empty());
+    }
+
+    #[test]
+    fn bundle_ids_lose_the_live_activity_suffix() {
+        assert_eq!(
+            bundle_for_path("com.x.push-type.liveactivity").unwrap(),
+            "com.x"
+        );
+        assert_eq!(bundle_for_path("com.x").unwrap(), "com.x");
+        assert_eq!(
+            bundle_for_path(".push-type.liveactivity"),
+            Err(RequestError::EmptyBundleId)
+        );
+        assert!(bundle_for_path("com/x").is_err());
+    }
+
+    #[test]
+    fn broadcasts_are_checked_before_sending() {
+        let ok = send(r#"{"aps":{"event":"update","timestamp":1,"content-state":{}}}"#);
+        ok.validate(None).unwrap();
+        assert_eq!(ok.path().unwrap(), "/4/broadcasts/apps/com.example.app");
+        let h = ok.headers().unwrap();
+        assert_eq!(h[0].0, "apns-channel-id");
+        assert_eq!(h[1].1, "liveactivity");
+        assert_eq!(h[2].1, "10");
+
+        let start = send(
+            r#"{"aps":{"event":"start","timestamp":1,"alert":"x","attributes-type":"A","attributes":{}}}"#,
+        );
+        assert_eq!(
+            start.validate(None),
+            Err(RequestError::Payload(PayloadError::BroadcastStart))
+        );
+        let mut low = ok.clone();
+        low.priority = 1;
+        low.validate(None).unwrap();
+        low.priority = 7;
+        assert_eq!(low.validate(None), Err(RequestError::BadPriority(7)));
+        let mut exp = ok.clone();
+        exp.expiration = Some(1_900_000_000);
+        exp.validate(Some(StoragePolicy::MostRecentMessage))
+            .unwrap();
+        assert_eq!(
+            exp.validate(Some(StoragePolicy::NoStorage)),
+            Err(RequestError::ExpirationOnNoStorage)
+        );
+        let big = send(&format!(
+            r#"{{"aps":{{"event":"update","timestamp":1,"content-state":{{"s":"{}"}}}}}}"#,
+            "x".repeat(5000)
+        ));
+        big.validate(None).unwrap();
+        let too_big = send(&format!(
+            r#"{{"aps":{{"event":"update","timestamp":1,"content-state":{{"s":"{}"}}}}}}"#,
+            "x".repeat(5100)
+        ));
+        assert!(matches!(
+            too_big.validate(None),
+            Err(RequestError::Payload(PayloadError::BroadcastTooLarge {
+                limit: 5120,
+                ..
+            }))
+        ));
+        let no_ts = send(r#"{"aps":{"event":"update"}}"#);
+        let err = no_ts.validate(None).unwrap_err().to_string();
+        assert!(err.contains("timestamp"), "{err}");
+    }
+
+    #[test]
+    fn storage_policy_json() {
+        assert_eq!(
+            serde_json::to_string(&StoragePolicy::MostRecentMessage).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            serde_json::from_str::<StoragePolicy>("0").unwrap(),
+            StoragePolicy::NoStorage
+        );
+        assert!(serde_json::from_str::<StoragePolicy>("2").is_err());
+    }
+}

@@ -1,0 +1,620 @@
+//! Broadcast push and channel management (docs/apns-protocol.md §6.2), on two ports of their own as Apple
+//! separates the hosts: the management port serves `/1/apps/<bundle>/channels` (POST create, GET read, DELETE
+//! delete) and `/1/apps/<bundle>/all-channels` (GET list); the broadcast port serves
+//! `POST /4/broadcasts/apps/<bundle>`. Both authenticate like the device port (client certificate, or provider
+//! token in `authorization`) and answer every failure with `{"reason":…}` and `apns-request-id`.
+//!
+//! Checks, first failure wins:
+//! 1. a repeated `apns-*` header -> BadRequestParams; `apns-request-id` not a UUID -> BadMessageId
+//! 2. a path of the other port or no path at all -> 404 BadPath; a method the path does not serve -> 405
+//!    MethodNotAllowed
+//! 3. authentication: certificate (BadCertificate, BadCertificateEnvironment; a certificate for another app ->
+//!    TopicMismatch) or token (MissingProviderToken, InvalidProviderToken, ExpiredProviderToken,
+//!    TooManyProviderTokenUpdates)
+//! 4. the bundle id's broadcast capability off (scenario `broadcast_disabled`) -> FeatureNotEnabled
+//! 5. management: read and delete need `apns-channel-id` (MissingChannelId, BadChannelId, ChannelNotRegistered);
+//!    create needs a JSON body (BadRequestPayload) with `message-storage-policy` 0 or 1 (missing ->
+//!    MissingChannelQueueSize, other values -> BadRequestParams) and `push-type` `LiveActivity` (missing ->
+//!    MissingPushType, other -> InvalidPushType); at the limit (10,000 per bundle id) -> CannotCreateChannelConfig.
+//!    Success: 201 with `apns-channel-id`, 200 with the channel as JSON, 204, 200 with `{"channels":[…]}`.
+//! 6. broadcast: `apns-channel-id` (MissingChannelId, BadChannelId), `apns-push-type` `liveactivity` (any case;
+//!    missing -> MissingPushType, other -> InvalidPushType), `apns-priority` 10, 5 or 1 (BadPriority),
+//!    `apns-expiration` an integer (BadExpirationDate), an `apns-topic` for another app -> TopicDisallowed, the
+//!    channel known (ChannelNotRegistered), expiration 0 on a no-storage channel (BadExpirationDate); then the
+//!    body: empty -> PayloadEmpty, over 5120 bytes -> 413 PayloadTooLarge, not a Live Activity update (including
+//!    an `event` of `start`: a broadcast cannot start an activity) -> BadRequestPayload
+//! 7. failures queued by the test ([`crate::SimHandle::fail_next_broadcasts`]) are answered next, in order
+//!
+//! An accepted broadcast answers 200 with `apns-request-id` and is recorded once (`"protocol":"broadcast"`) and
+//! counted in `/stats` under `broadcast`.
+
+mod channels;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use herald_apns::broadcast::request::{APNS_CHANNEL_ID, APNS_REQUEST_ID};
+use herald_apns::broadcast::{BroadcastReason, ChannelId, StoragePolicy};
+use herald_apns::payload::{BROADCAST_PAYLOAD_LIMIT, PayloadError, validate_broadcast};
+use herald_apns::push::{parse_expiration, validate_apns_id};
+use herald_apns::reason::Reason;
+
+pub(crate) use channels::ChannelStore;
+
+use crate::config::{AuthPolicy, Environment};
+use crate::h2::KeyRing;
+use crate::h2::auth::{CertAuth, TokenAuth, topic_base};
+use crate::record::{DeliveryRecord, RecordProtocol, Recorder};
+use crate::registry::now_ms;
+use crate::stats::Stats;
+
+static APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+static APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+static APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+static APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+
+/// Bodies beyond this are not read further: the answer is PayloadTooLarge either way.
+const MAX_BODY_READ: usize = 64 * 1024;
+
+/// Which of the two ports a listener is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Port {
+    Management,
+    Broadcast,
+}
+
+/// Shared by both ports.
+pub(crate) struct BroadcastContext {
+    pub stats: Arc<Stats>,
+    pub recorder: Arc<Recorder>,
+    pub keys: Arc<KeyRing>,
+    pub environment: Environment,
+    pub auth: AuthPolicy,
+    pub token_max_age: Duration,
+    pub token_update_interval: Duration,
+    pub channels: ChannelStore,
+    pub disabled: Vec<String>,
+    /// Reasons to answer to the next broadcasts, in order.
+    pub fail_next: Mutex<VecDeque<BroadcastReason>>,
+}
+
+impl BroadcastContext {
+    fn reject(&self, reason: BroadcastReason) {
+        let mut s = self
+            .stats
+            .broadcast
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *s.rejected.entry(reason.as_str().to_owned()).or_default() += 1;
+    }
+
+    fn channel_op(&self, name: &str) {
+        let count = self.channels.count() as u64;
+        let mut s = self
+            .stats
+            .broadcast
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *s.channel_ops.entry(name.to_owned()).or_default() += 1;
+        s.channels = count;
+    }
+
+    fn accepted(&self, bundle: &str) {
+        let mut s = self
+            .stats
+            .broadcast
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        s.accepted += 1;
+        *s.by_bundle.entry(bundle.to_owned()).or_default() += 1;
+    }
+}
+
+/// Accepts TLS connections on one port until `stop` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ctx: Arc<BroadcastContext>,
+    port: Port,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("{port:?} listener: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        ctx.stats.peer_connected(peer.ip());
+        let acceptor = acceptor.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => serve_connection(ctx, stream, port).await,
+                _ => {
+                    ctx.stats
+                        .tls_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+}
+
+enum ConnAuth {
+    Cert(CertAuth),
+    Token(TokenAuth),
+}
+
+async fn serve_connection(
+    ctx: Arc<BroadcastContext>,
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    port: Port,
+) {
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec());
+    let mut auth = match peer_cert {
+        Some(der) => ConnAuth::Cert(CertAuth::from_der(&der, ctx.environment)),
+        None => ConnAuth::Token(TokenAuth::new(
+            ctx.keys.clone(),
+            ctx.environment,
+            ctx.token_max_age,
+            ctx.token_update_interval,
+        )),
+    };
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(1000)
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20);
+    let mut conn =
+        match tokio::time::timeout(Duration::from_secs(10), builder.handshake::<_, Bytes>(tls))
+            .await
+        {
+            Ok(Ok(c)) => c,
+            _ => return,
+        };
+    while let Some(accepted) = conn.accept().await {
+        let (req, respond) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!("{port:?} connection error: {e}");
+                break;
+            }
+        };
+        let (parts, body) = req.into_parts();
+        let request_id = parts
+            .headers
+            .get(&APNS_REQUEST_ID)
+            .filter(|v| v.to_str().is_ok_and(|s| validate_apns_id(s).is_ok()))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let checked = check_head(&ctx, &parts, &mut auth, port);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let result = match checked {
+                Ok(call) => finish(&ctx, call, &request_id, body).await,
+                Err(r) => Err(r),
+            };
+            match result {
+                Ok(resp) => answer(respond, resp, &request_id),
+                Err(reason) => {
+                    ctx.reject(reason);
+                    answer_error(respond, reason, &request_id);
+                }
+            }
+        });
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    HeaderValue::from_str(&uuid::Uuid::new_v4().hyphenated().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+/// A request whose head passed: what remains to do once the body is in.
+enum Call {
+    Create { bundle: String },
+    Read { bundle: String, channel: String },
+    Delete { bundle: String, channel: String },
+    List { bundle: String },
+    Broadcast(Broadcast),
+}
+
+struct Broadcast {
+    bundle: String,
+    channel: String,
+    policy: StoragePolicy,
+    priority: u8,
+    expiration: Option<u64>,
+}
+
+/// A success answer.
+struct Answer {
+    status: u16,
+    channel: Option<String>,
+    body: Option<String>,
+}
+
+fn has_duplicate_apns_header(h: &HeaderMap) -> bool {
+    h.len() != h.keys_len()
+        && h.keys()
+            .any(|k| k.as_str().starts_with("apns-") && h.get_all(k).iter().nth(1).is_some())
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ()> {
+    h.get(name).map(|v| v.to_str().map_err(|_| ())).transpose()
+}
+
+fn channel_header(h: &HeaderMap) -> Result<String, BroadcastReason> {
+    match header_str(h, &APNS_CHANNEL_ID) {
+        Err(()) => Err(BroadcastReason::BadChannelId),
+        Ok(None) | Ok(Some("")) => Err(BroadcastReason::MissingChannelId),
+        Ok(Some(c)) => ChannelId::parse(c)
+            .map(|c| c.as_str().to_owned())
+            .map_err(|_| BroadcastReason::BadChannelId),
+    }
+}
+
+fn auth_reason(r: Reason) -> BroadcastReason {
+    match r {
+        Reason::MissingProviderToken => BroadcastReason::MissingProviderToken,
+        Reason::ExpiredProviderToken => BroadcastReason::ExpiredProviderToken,
+        Reason::TooManyProviderTokenUpdates => BroadcastReason::TooManyProviderTokenUpdates,
+        Reason::BadCertificate => BroadcastReason::BadCertificate,
+        Reason::BadCertificateEnvironment => BroadcastReason::BadCertificateEnvironment,
+        _ => BroadcastReason::InvalidProviderToken,
+    }
+}
+
+/// Checks 1–4 and the header part of 5–6.
+fn check_head(
+    ctx: &BroadcastContext,
+    parts: &Parts,
+    auth: &mut ConnAuth,
+    port: Port,
+) -> Result<Call, BroadcastReason> {
+    let h = &parts.headers;
+    if has_duplicate_apns_header(h) {
+        return Err(BroadcastReason::BadRequestParams);
+    }
+    if let Some(id) = h.get(&APNS_REQUEST_ID) {
+        if id.to_str().map_or(true, |s| validate_apns_id(s).is_err()) {
+            return Err(BroadcastReason::BadMessageId);
+        }
+    }
+    let path = parts.uri.path();
+    let (bundle, kind) = match port {
+        Port::Management => {
+            let rest = path
+                .strip_prefix("/1/apps/")
+                .ok_or(BroadcastReason::BadPath)?;
+            match rest.rsplit_once('/') {
+                Some((b, "channels")) => (b, "channels"),
+                Some((b, "all-channels")) => (b, "all-channels"),
+                _ => return Err(BroadcastReason::BadPath),
+            }
+        }
+        Port::Broadcast => (
+            path.strip_prefix("/4/broadcasts/apps/")
+                .ok_or(BroadcastReason::BadPath)?,
+            "broadcast",
+        ),
+    };
+    if bundle.is_empty() || bundle.contains('/') {
+        return Err(BroadcastReason::BadPath);
+    }
+    let method = &parts.method;
+    let allowed = match kind {
+        "channels" => [Method::POST, Method::GET, Method::DELETE].contains(method),
+        "all-channels" => method == Method::GET,
+        _ => method == Method::POST,
+    };
+    if !allowed {
+        return Err(BroadcastReason::MethodNotAllowed);
+    }
+    let unauthenticated_ok = ctx.auth == AuthPolicy::AllowUnauthenticated
+        && h.get(http::header::AUTHORIZATION).is_none();
+    match auth {
+        ConnAuth::Cert(c) => {
+            c.status.map_err(auth_reason)?;
+            if !c.bases.iter().any(|b| b == bundle) {
+                return Err(BroadcastReason::TopicMismatch);
+            }
+        }
+        ConnAuth::Token(t) if !unauthenticated_ok => {
+            let topics = t
+                .check(h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()))
+                .map_err(auth_reason)?;
+            if let Some(list) = topics {
+                if !list.iter().any(|k| k == bundle) {
+                    return Err(BroadcastReason::InvalidProviderToken);
+                }
+            }
+        }
+        ConnAuth::Token(_) => {}
+    }
+    if ctx.disabled.iter().any(|d| d == bundle) {
+        return Err(BroadcastReason::FeatureNotEnabled);
+    }
+    let bundle = bundle.to_owned();
+    match (kind, method.as_str()) {
+        ("channels", "POST") => Ok(Call::Create { bundle }),
+        ("channels", "GET") => Ok(Call::Read {
+            channel: channel_header(h)?,
+            bundle,
+        }),
+        ("channels", _) => Ok(Call::Delete {
+            channel: channel_header(h)?,
+            bundle,
+        }),
+        ("all-channels", _) => Ok(Call::List { bundle }),
+        _ => check_broadcast(ctx, h, bundle).map(Call::Broadcast),
+    }
+}
+
+fn check_broadcast(
+    ctx: &BroadcastContext,
+    h: &HeaderMap,
+    bundle: String,
+) -> Result<Broadcast, BroadcastReason> {
+    let channel = channel_header(h)?;
+    match header_str(h, &APNS_PUSH_TYPE) {
+        Ok(None) => return Err(BroadcastReason::MissingPushType),
+        Ok(Some(p)) if p.eq_ignore_ascii_case("liveactivity") => {}
+        _ => return Err(BroadcastReason::InvalidPushType),
+    }
+    let priority = match h.get(&APNS_PRIORITY).map(|v| v.as_bytes()) {
+        None | Some(b"10") => 10,
+        Some(b"5") => 5,
+        Some(b"1") => 1,
+        Some(_) => return Err(BroadcastReason::BadPriority),
+    };
+    let expiration = match header_str(h, &APNS_EXPIRATION) {
+        Err(()) => return Err(BroadcastReason::BadExpirationDate),
+        Ok(None) => None,
+        Ok(Some(e)) => Some(parse_expiration(e).map_err(|_| BroadcastReason::BadExpirationDate)?),
+    };
+    if let Ok(Some(topic)) = header_str(h, &APNS_TOPIC) {
+        if topic_base(topic) != bundle {
+            return Err(BroadcastReason::TopicDisallowed);
+        }
+    }
+    let policy = ctx.channels.get(&bundle, &channel)?;
+    if policy == StoragePolicy::NoStorage && expiration.is_some_and(|e| e != 0) {
+        return Err(BroadcastReason::BadExpirationDate);
+    }
+    Ok(Broadcast {
+        bundle,
+        channel,
+        policy,
+        priority,
+        expiration,
+    })
+}
+
+async fn read_body(mut body: RecvStream) -> Result<Bytes, BroadcastReason> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| BroadcastReason::BadRequestPayload)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if buf.len() < MAX_BODY_READ {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads the body and completes the call.
+async fn finish(
+    ctx: &BroadcastContext,
+    call: Call,
+    request_id: &HeaderValue,
+    body: RecvStream,
+) -> Result<Answer, BroadcastReason> {
+    let body = read_body(body).await?;
+    match call {
+        Call::Create { bundle } => {
+            let policy = create_body(&body)?;
+            let id = ctx.channels.create(&bundle, policy)?;
+            ctx.channel_op("create");
+            Ok(Answer {
+                status: 201,
+                channel: Some(id),
+                body: None,
+            })
+        }
+        Call::Read { bundle, channel } => {
+            let policy = ctx.channels.get(&bundle, &channel)?;
+            ctx.channel_op("read");
+            Ok(Answer {
+                status: 200,
+                body: Some(format!(
+                    "{{\"message-storage-policy\":{},\"push-type\":\"LiveActivity\"}}",
+                    policy.as_u8()
+                )),
+                channel: Some(channel),
+            })
+        }
+        Call::Delete { bundle, channel } => {
+            ctx.channels.delete(&bundle, &channel)?;
+            ctx.channel_op("delete");
+            Ok(Answer {
+                status: 204,
+                channel: None,
+                body: None,
+            })
+        }
+        Call::List { bundle } => {
+            let list = ctx.channels.list(&bundle);
+            ctx.channel_op("list");
+            Ok(Answer {
+                status: 200,
+                channel: None,
+                body: Some(serde_json::json!({ "channels": list }).to_string()),
+            })
+        }
+        Call::Broadcast(b) => {
+            validate_broadcast(&body).map_err(|e| match e {
+                PayloadError::Empty => BroadcastReason::PayloadEmpty,
+                PayloadError::BroadcastTooLarge { .. } => BroadcastReason::PayloadTooLarge,
+                _ => BroadcastReason::BadRequestPayload,
+            })?;
+            debug_assert!(body.len() <= BROADCAST_PAYLOAD_LIMIT);
+            let injected = ctx
+                .fail_next
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            if let Some(r) = injected {
+                return Err(r);
+            }
+            let _ = b.policy;
+            ctx.accepted(&b.bundle);
+            if ctx.recorder.enabled() {
+                let mut rec = DeliveryRecord {
+                    protocol: RecordProtocol::Broadcast,
+                    token: String::new(),
+                    topic: b.bundle.clone(),
+                    apns_id: request_id.to_str().ok().map(str::to_owned),
+                    priority: b.priority,
+                    expiration: b.expiration,
+                    collapse_id: None,
+                    push_type: Some("liveactivity".into()),
+                    payload: String::new(),
+                    payload_base64: None,
+                    identifier: None,
+                    format: None,
+                    received_ms: now_ms(),
+                    channel_id: Some(b.channel),
+                };
+                rec.set_payload(&body);
+                ctx.recorder.push(rec);
+            }
+            Ok(Answer {
+                status: 200,
+                channel: None,
+                body: None,
+            })
+        }
+    }
+}
+
+/// The storage policy of a create body (check 5).
+fn create_body(body: &[u8]) -> Result<StoragePolicy, BroadcastReason> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| BroadcastReason::BadRequestPayload)?;
+    let obj = v.as_object().ok_or(BroadcastReason::BadRequestPayload)?;
+    let policy = match obj.get("message-storage-policy") {
+        None | Some(serde_json::Value::Null) => {
+            return Err(BroadcastReason::MissingChannelQueueSize);
+        }
+        Some(p) => p
+            .as_i64()
+            .and_then(|n| StoragePolicy::try_from(n).ok())
+            .ok_or(BroadcastReason::BadRequestParams)?,
+    };
+    match obj.get("push-type").map(|p| p.as_str()) {
+        None => Err(BroadcastReason::MissingPushType),
+        Some(Some(p)) if p.eq_ignore_ascii_case("liveactivity") => Ok(policy),
+        Some(_) => Err(BroadcastReason::InvalidPushType),
+    }
+}
+
+fn answer(mut respond: SendResponse<Bytes>, a: Answer, request_id: &HeaderValue) {
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
+    let h = resp.headers_mut();
+    h.insert(APNS_REQUEST_ID.clone(), request_id.clone());
+    if let Some(c) = a.channel.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(APNS_CHANNEL_ID.clone(), c);
+    }
+    if a.body.is_some() {
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    match a.body {
+        None => {
+            let _ = respond.send_response(resp, true);
+        }
+        Some(body) => {
+            if let Ok(mut s) = respond.send_response(resp, false) {
+                let _ = s.send_data(Bytes::from(body), true);
+            }
+        }
+    }
+}
+
+fn answer_error(
+    mut respond: SendResponse<Bytes>,
+    reason: BroadcastReason,
+    request_id: &HeaderValue,
+) {
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let h = resp.headers_mut();
+    h.insert(APNS_REQUEST_ID.clone(), request_id.clone());
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(mut s) = respond.send_response(resp, false) {
+        let body = format!("{{\"reason\":\"{}\"}}", reason.as_str());
+        let _ = s.send_data(Bytes::from(body), true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_bodies() {
+        let ok = br#"{"message-storage-policy":1,"push-type":"LiveActivity"}"#;
+        assert_eq!(create_body(ok), Ok(StoragePolicy::MostRecentMessage));
+        let cases: [(&[u8], BroadcastReason); 5] = [
+            (b"nope", BroadcastReason::BadRequestPayload),
+            (
+                br#"{"push-type":"LiveActivity"}"#,
+                BroadcastReason::MissingChannelQueueSize,
+            ),
+            (
+                br#"{"message-storage-policy":3,"push-type":"LiveActivity"}"#,
+                BroadcastReason::BadRequestParams,
+            ),
+            (
+                br#"{"message-storage-policy":0}"#,
+                BroadcastReason::MissingPushType,
+            ),
+            (
+                br#"{"message-storage-policy":0,"push-type":"alert"}"#,
+                BroadcastReason::InvalidPushType,
+            ),
+        ];
+        for (body, reason) in cases {
+            assert_eq!(create_body(body), Err(reason));
+        }
+    }
+}

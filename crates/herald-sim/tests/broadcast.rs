@@ -1,0 +1,447 @@
+//! Channel management and broadcast push against the simulator over real TLS + HTTP/2 (docs/apns-protocol.md
+//! §6.2): every management call and a broadcast with token and with certificate auth through herald-apns's
+//! broadcast client, asserting the record; every broadcast reason provoked (table-driven, raw requests) and
+//! classified; a broadcast to a deleted channel failing permanently with ChannelNotRegistered.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use herald_apns::broadcast::{
+    BroadcastClient, BroadcastClientError, BroadcastReason, BroadcastSend, ChannelId, StoragePolicy,
+};
+use herald_apns::client::connect::Endpoint;
+use herald_apns::outcome::FailureClass;
+use herald_apns::provider_token::ProviderTokenCache;
+use herald_sim::{CertVariant, RecordProtocol, Scenario};
+
+const UPDATE: &str =
+    r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{"score":"1-0"}}}"#;
+
+fn endpoint(addr: std::net::SocketAddr) -> Endpoint {
+    Endpoint::new("localhost", addr.port())
+}
+
+async fn token_client(t: &TestSim, addr: std::net::SocketAddr) -> BroadcastClient {
+    let cache = ProviderTokenCache::new(signing_key(&t.pki), Duration::from_secs(50 * 60)).unwrap();
+    BroadcastClient::connect(
+        &endpoint(addr),
+        client_config(&t.pki, None, true),
+        Some(cache),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+async fn cert_client(t: &TestSim, addr: std::net::SocketAddr) -> BroadcastClient {
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    BroadcastClient::connect(
+        &endpoint(addr),
+        client_config(&t.pki, Some((&cert, &key)), true),
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+fn update(channel: &ChannelId) -> BroadcastSend {
+    BroadcastSend {
+        bundle_id: format!("{TOPIC}.push-type.liveactivity"),
+        channel: channel.clone(),
+        priority: 10,
+        expiration: None,
+        request_id: Some("5f7e8d2c-0000-4000-8000-00000000beef".into()),
+        payload: bytes::Bytes::from_static(UPDATE.as_bytes()),
+    }
+}
+
+async fn full_flow(t: &TestSim, manage: BroadcastClient, send: BroadcastClient) {
+    let ch = manage
+        .create_channel(TOPIC, StoragePolicy::MostRecentMessage)
+        .await
+        .unwrap();
+    let info = manage.read_channel(TOPIC, &ch).await.unwrap();
+    assert_eq!(info.policy, StoragePolicy::MostRecentMessage);
+    assert_eq!(info.push_type, "LiveActivity");
+    assert_eq!(manage.list_channels(TOPIC).await.unwrap(), vec![ch.clone()]);
+
+    let before = t.sim.record().len() as u64;
+    let rid = send.broadcast(&update(&ch)).await.unwrap();
+    assert_eq!(rid.as_deref(), Some("5f7e8d2c-0000-4000-8000-00000000beef"));
+    t.sim
+        .wait_for_records(before + 1, Duration::from_secs(10))
+        .await;
+    let rec = t.sim.record().pop().unwrap();
+    assert_eq!(rec.protocol, RecordProtocol::Broadcast);
+    assert_eq!(rec.topic, TOPIC);
+    assert_eq!(rec.channel_id.as_deref(), Some(ch.as_str()));
+    assert_eq!(rec.payload, UPDATE);
+    assert_eq!(rec.push_type.as_deref(), Some("liveactivity"));
+    assert_eq!(rec.apns_id.as_deref(), rid.as_deref());
+
+    manage.delete_channel(TOPIC, &ch).await.unwrap();
+    assert!(manage.list_channels(TOPIC).await.unwrap().is_empty());
+
+    // A broadcast to the deleted channel: permanent, ChannelNotRegistered, nothing recorded.
+    let err = send.broadcast(&update(&ch)).await.unwrap_err();
+    assert_eq!(err.reason(), Some("ChannelNotRegistered"), "{err}");
+    assert_eq!(err.class(), FailureClass::Permanent);
+    assert!(!err.class().is_retryable());
+    let s = t.sim.stats();
+    assert_eq!(s.broadcast.rejected["ChannelNotRegistered"], 1);
+    assert_eq!(t.sim.record().len() as u64, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_with_token_auth() {
+    let t = start().await;
+    let manage = token_client(&t, t.sim.addrs.management).await;
+    let send = token_client(&t, t.sim.addrs.broadcast).await;
+    full_flow(&t, manage, send).await;
+    let s = t.sim.stats();
+    assert_eq!(s.broadcast.accepted, 1);
+    assert_eq!(s.broadcast.by_bundle[TOPIC], 1);
+    for op in ["create", "read", "delete"] {
+        assert_eq!(s.broadcast.channel_ops[op], 1, "{op}");
+    }
+    assert_eq!(s.broadcast.channel_ops["list"], 2);
+    assert_eq!(s.accepted.h2, 0, "broadcasts are not device pushes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_with_certificate_auth() {
+    let t = start().await;
+    let manage = cert_client(&t, t.sim.addrs.management).await;
+    let send = cert_client(&t, t.sim.addrs.broadcast).await;
+    full_flow(&t, manage, send).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ready_line_names_both_new_ports() {
+    let t = start().await;
+    let v: serde_json::Value = serde_json::from_str(&t.sim.addrs_json()).unwrap();
+    for k in [
+        "h2",
+        "binary",
+        "feedback",
+        "admin",
+        "management",
+        "broadcast",
+    ] {
+        assert!(v[k].is_string(), "{k} missing in {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_limit_and_storage_policy() {
+    let t = start_with(|c, _| {
+        c.scenario = Scenario {
+            max_channels: Some(2),
+            ..Scenario::default()
+        }
+    })
+    .await;
+    let manage = token_client(&t, t.sim.addrs.management).await;
+    let send = token_client(&t, t.sim.addrs.broadcast).await;
+    let none = manage
+        .create_channel(TOPIC, StoragePolicy::NoStorage)
+        .await
+        .unwrap();
+    manage
+        .create_channel(TOPIC, StoragePolicy::MostRecentMessage)
+        .await
+        .unwrap();
+    let err = manage
+        .create_channel(TOPIC, StoragePolicy::NoStorage)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Some("CannotCreateChannelConfig"));
+    assert_eq!(t.sim.channel_count(), 2);
+    // Expiration must be 0 on a channel that stores nothing.
+    let mut b = update(&none);
+    b.expiration = Some(now() + 3600);
+    let err = send.broadcast(&b).await.unwrap_err();
+    assert_eq!(err.reason(), Some("BadExpirationDate"));
+    b.expiration = Some(0);
+    send.broadcast(&b).await.unwrap();
+}
+
+/// Temporary reasons (injected) are retryable, ExpiredProviderToken asks for a new token; the rest permanent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_reasons_are_classified() {
+    let t = start().await;
+    let manage = token_client(&t, t.sim.addrs.management).await;
+    let send = token_client(&t, t.sim.addrs.broadcast).await;
+    let ch = manage
+        .create_channel(TOPIC, StoragePolicy::NoStorage)
+        .await
+        .unwrap();
+    let temporary = [
+        BroadcastReason::TooManyRequests,
+        BroadcastReason::InternalServerError,
+        BroadcastReason::ServiceUnavailable,
+        BroadcastReason::Shutdown,
+        BroadcastReason::TooManyProviderTokenUpdates,
+    ];
+    t.sim.fail_next_broadcasts(&temporary);
+    for r in temporary {
+        let err = send.broadcast(&update(&ch)).await.unwrap_err();
+        let BroadcastClientError::Rejected {
+            status,
+            reason,
+            class,
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!((*status, reason.as_str()), (r.status(), r.as_str()));
+        assert_eq!(*class, FailureClass::Transient, "{r}");
+    }
+    send.broadcast(&update(&ch)).await.unwrap();
+}
+
+struct Case {
+    port: &'static str,
+    method: &'static str,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    reason: &'static str,
+}
+
+/// Every reason a request can provoke, raw over HTTP/2, then classified as herald classifies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_reason_is_provoked() {
+    let t = start_with(|c, _| {
+        c.scenario = Scenario {
+            broadcast_disabled: vec!["com.example.nobroadcast".into()],
+            ..Scenario::default()
+        }
+    })
+    .await;
+    let manage = token_client(&t, t.sim.addrs.management).await;
+    let ch = manage
+        .create_channel(TOPIC, StoragePolicy::NoStorage)
+        .await
+        .unwrap();
+    let bearer = format!("bearer {}", jwt(&t.pki, now()));
+    let old = format!("bearer {}", jwt(&t.pki, now() - 7200));
+    let send_path = format!("/4/broadcasts/apps/{TOPIC}");
+    let chan_path = format!("/1/apps/{TOPIC}/channels");
+    let bc = |headers: Vec<(&'static str, String)>, body: &str, reason| Case {
+        port: "broadcast",
+        method: "POST",
+        path: send_path.clone(),
+        headers,
+        body: body.as_bytes().to_vec(),
+        reason,
+    };
+    let std_headers = |extra: &[(&'static str, &str)]| {
+        let mut h = vec![
+            ("authorization", bearer.clone()),
+            ("apns-channel-id", ch.to_string()),
+            ("apns-push-type", "liveactivity".to_string()),
+        ];
+        for (k, v) in extra {
+            h.retain(|(n, _)| n != k);
+            if !v.is_empty() {
+                h.push((k, v.to_string()));
+            }
+        }
+        h
+    };
+    let mg = |method, headers: Vec<(&'static str, String)>, body: &str, reason| Case {
+        port: "management",
+        method,
+        path: chan_path.clone(),
+        headers,
+        body: body.as_bytes().to_vec(),
+        reason,
+    };
+    let auth = vec![("authorization", bearer.clone())];
+    let big = format!(
+        r#"{{"aps":{{"event":"update","timestamp":1,"content-state":{{"s":"{}"}}}}}}"#,
+        "x".repeat(5200)
+    );
+    let mut dup = std_headers(&[]);
+    dup.push(("apns-priority", "10".into()));
+    dup.push(("apns-priority", "5".into()));
+    let cases = vec![
+        bc(
+            std_headers(&[("apns-channel-id", "")]),
+            UPDATE,
+            "MissingChannelId",
+        ),
+        bc(
+            std_headers(&[("apns-channel-id", "not base64!")]),
+            UPDATE,
+            "BadChannelId",
+        ),
+        bc(
+            std_headers(&[("apns-channel-id", "AAAAAAAAAAAAAAAAAAAAAA==")]),
+            UPDATE,
+            "ChannelNotRegistered",
+        ),
+        bc(dup, UPDATE, "BadRequestParams"),
+        bc(
+            std_headers(&[]),
+            r#"{"aps":{"event":"start","timestamp":1,"alert":"x","attributes-type":"A","attributes":{}}}"#,
+            "BadRequestPayload",
+        ),
+        bc(std_headers(&[]), "not json", "BadRequestPayload"),
+        bc(std_headers(&[]), "", "PayloadEmpty"),
+        bc(
+            std_headers(&[("apns-request-id", "nope")]),
+            UPDATE,
+            "BadMessageId",
+        ),
+        bc(
+            std_headers(&[("apns-push-type", "")]),
+            UPDATE,
+            "MissingPushType",
+        ),
+        bc(
+            std_headers(&[("apns-push-type", "alert")]),
+            UPDATE,
+            "InvalidPushType",
+        ),
+        bc(
+            std_headers(&[("apns-expiration", "soon")]),
+            UPDATE,
+            "BadExpirationDate",
+        ),
+        bc(
+            std_headers(&[("apns-topic", "com.other.app")]),
+            UPDATE,
+            "TopicDisallowed",
+        ),
+        bc(
+            std_headers(&[("apns-priority", "7")]),
+            UPDATE,
+            "BadPriority",
+        ),
+        bc(
+            std_headers(&[("authorization", "")]),
+            UPDATE,
+            "MissingProviderToken",
+        ),
+        bc(
+            std_headers(&[("authorization", "bearer x.y.z")]),
+            UPDATE,
+            "InvalidProviderToken",
+        ),
+        bc(std_headers(&[]), &big, "PayloadTooLarge"),
+        Case {
+            path: "/4/broadcasts/apps/com.example.nobroadcast".into(),
+            ..bc(std_headers(&[]), UPDATE, "FeatureNotEnabled")
+        },
+        Case {
+            path: "/3/device/x".into(),
+            ..bc(std_headers(&[]), UPDATE, "BadPath")
+        },
+        Case {
+            method: "GET",
+            ..bc(std_headers(&[]), "", "MethodNotAllowed")
+        },
+        mg(
+            "POST",
+            auth.clone(),
+            r#"{"push-type":"LiveActivity"}"#,
+            "MissingChannelQueueSize",
+        ),
+        mg(
+            "POST",
+            auth.clone(),
+            r#"{"message-storage-policy":5,"push-type":"LiveActivity"}"#,
+            "BadRequestParams",
+        ),
+        mg(
+            "POST",
+            auth.clone(),
+            r#"{"message-storage-policy":0}"#,
+            "MissingPushType",
+        ),
+        mg(
+            "POST",
+            auth.clone(),
+            r#"{"message-storage-policy":0,"push-type":"Alert"}"#,
+            "InvalidPushType",
+        ),
+        mg("POST", auth.clone(), "{", "BadRequestPayload"),
+        mg("GET", auth.clone(), "", "MissingChannelId"),
+        mg("PUT", auth.clone(), "", "MethodNotAllowed"),
+        mg(
+            "DELETE",
+            vec![
+                ("authorization", bearer.clone()),
+                ("apns-channel-id", "AAAA".into()),
+            ],
+            "",
+            "ChannelNotRegistered",
+        ),
+    ];
+    let mut mclient = h2_connect(t.sim.addrs.management, client_config(&t.pki, None, true)).await;
+    let mut bclient = h2_connect(t.sim.addrs.broadcast, client_config(&t.pki, None, true)).await;
+    for c in cases {
+        let client = if c.port == "management" {
+            &mut mclient
+        } else {
+            &mut bclient
+        };
+        let headers: Vec<(&str, &str)> = c.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let a = send(client, c.method, &c.path, &headers, &c.body).await;
+        let reason: BroadcastReason = c.reason.parse().unwrap();
+        assert_eq!(
+            a.reason().as_deref(),
+            Some(c.reason),
+            "{} {} {:?}",
+            c.method,
+            c.path,
+            c.headers
+        );
+        assert_eq!(a.status, reason.status(), "{}", c.reason);
+        assert!(a.headers.contains_key("apns-request-id"), "{}", c.reason);
+        assert_eq!(
+            herald_apns::broadcast::classify_broadcast(a.status, a.reason().as_deref()),
+            FailureClass::Permanent,
+            "{}",
+            c.reason
+        );
+    }
+
+    // Authentication: a stale token on a fresh connection, a certificate for another app.
+    let mut fresh = h2_connect(t.sim.addrs.broadcast, client_config(&t.pki, None, true)).await;
+    let stale = std_headers(&[("authorization", old.as_str())]);
+    let stale: Vec<(&str, &str)> = stale.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = send(&mut fresh, "POST", &send_path, &stale, UPDATE.as_bytes()).await;
+    assert_eq!(a.reason().as_deref(), Some("ExpiredProviderToken"));
+    assert_eq!(
+        herald_apns::broadcast::classify_broadcast(a.status, Some("ExpiredProviderToken")),
+        FailureClass::RefreshTokenAndRetry
+    );
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut certc = h2_connect(
+        t.sim.addrs.broadcast,
+        client_config(&t.pki, Some((&cert, &key)), true),
+    )
+    .await;
+    let h = [
+        ("apns-channel-id", ch.as_str()),
+        ("apns-push-type", "liveactivity"),
+    ];
+    let a = send(
+        &mut certc,
+        "POST",
+        "/4/broadcasts/apps/com.other.app",
+        &h,
+        UPDATE.as_bytes(),
+    )
+    .await;
+    assert_eq!(a.reason().as_deref(), Some("TopicMismatch"));
+    assert_eq!(a.status, 403);
+    let a = send(&mut certc, "POST", &send_path, &h, UPDATE.as_bytes()).await;
+    assert_eq!(a.status, 200, "{:?}", a.reason());
+}

@@ -1,0 +1,135 @@
+//! Live Activities through the REST door (docs/apns-protocol.md §5.3 rule 9, §6.1): start (to a push-to-start
+//! token, which is a device token like any other), update and end are accepted and reach the simulator with the
+//! `.push-type.liveactivity` topic suffix added to the domain's bare topic; a malformed one is refused at the door
+//! with the field named.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::inbound::accept::{Intake, NotDurable};
+use herald::inbound::rest;
+use herald::logs::Logs;
+use herald::queue::message::IdGenerator;
+use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
+use herald_conf::{Acl, HttpServices, ListenAddr, ListenerKind, ListenerSettings, McmtReception};
+use herald_sim::{Pki, SimConfig, Simulator};
+use serde_json::{Value, json};
+use support::token_auth_settings;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const TOPIC: &str = "com.example.live";
+const DOMAIN: &str = "live.example";
+
+fn listener_settings() -> ListenerSettings {
+    ListenerSettings {
+        kind: ListenerKind::Http,
+        address: "127.0.0.1:0".into(),
+        addr: ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+        enabled: true,
+        mcmt_reception: McmtReception::Passthru,
+        tls_certificate: None,
+        tls_key: None,
+        acl: Acl {
+            allow: vec![],
+            deny: vec![],
+        },
+        api_keys: vec![],
+        max_request_size: None,
+        http_services: HttpServices::default(),
+        file_mode: 0o644,
+        peers: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_update_end_accepted_and_malformed_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let resolver =
+        Arc::new(StaticResolver::default().with(token_auth_settings(&pki, &sim, DOMAIN, TOPIC)));
+    let engine = Arc::new(Engine::new(
+        resolver.clone(),
+        Logs::default(),
+        Arc::new(MemoryInvalidTokens::default()),
+        EngineLimits::default(),
+    ));
+    let intake = Arc::new(Intake::new(
+        resolver,
+        Arc::new(NotDurable),
+        engine.clone(),
+        IdGenerator::new(3),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = watch::channel(false);
+    tokio::spawn(rest::serve(
+        listener,
+        listener_settings(),
+        intake,
+        None,
+        stopped,
+    ));
+
+    let push_to_start = "ab".repeat(32);
+    let activity = "cd".repeat(32);
+    let start = json!({"aps": {"event": "start", "timestamp": 1_700_000_000, "alert": {"title": "Kick-off"},
+        "attributes-type": "MatchAttributes", "attributes": {"home": "A", "away": "B"},
+        "content-state": {"score": "0-0"}, "input-push-channel": "dHN0LWNoYW5uZWw="}});
+    let update = json!({"aps": {"event": "update", "timestamp": 1_700_000_100,
+        "content-state": {"score": "1-0"}, "stale-date": 1_700_003_600}});
+    let end = json!({"aps": {"event": "end", "timestamp": 1_700_000_200,
+        "content-state": {"score": "2-1"}, "dismissal-date": 1_700_007_200}});
+    let bad = json!({"aps": {"event": "start", "timestamp": 1_700_000_000, "alert": "x", "attributes": {}}});
+    let notifications = json!([
+        {"token": push_to_start, "payload": start},
+        {"token": activity, "payload": update},
+        {"token": activity, "payload": end},
+        {"token": activity, "payload": bad},
+    ]);
+    let body = json!({"domain": DOMAIN, "push_type": "liveactivity", "priority": 10,
+        "notifications": notifications});
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/push"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    let statuses: Vec<&str> = results
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["accepted", "accepted", "accepted", "rejected"],
+        "{answer}"
+    );
+    let reason = results[3]["reason"].as_str().unwrap();
+    assert!(reason.contains("attributes-type"), "{reason}");
+
+    let seen = sim.wait_for_records(3, Duration::from_secs(60)).await;
+    assert_eq!(seen, 3);
+    let records = sim.record();
+    for r in &records {
+        assert_eq!(r.topic, format!("{TOPIC}.push-type.liveactivity"));
+        assert_eq!(r.push_type.as_deref(), Some("liveactivity"));
+    }
+    let events: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(&r.payload).unwrap()["aps"]["event"].to_string())
+        .collect();
+    assert_eq!(events.len(), 3);
+    for e in ["\"start\"", "\"update\"", "\"end\""] {
+        assert!(events.iter().any(|x| x == e), "{events:?}");
+    }
+    assert!(records.iter().any(|r| r.token == push_to_start));
+}
