@@ -13,7 +13,7 @@
 use std::fmt;
 
 use crate::{
-    options::{self, OptId},
+    options::{self, Opt, OptId},
     scopes::{SCOPES, ScopeKind},
     suggest,
     tree::Node,
@@ -352,6 +352,11 @@ pub(crate) fn resolve_option(name: &str, scope: ScopeKind) -> Result<OptId, Eval
         name: name.to_string(),
         suggestion: options::suggest_option(name),
     })?;
+    in_scope(id, scope)
+}
+
+/// `id` if the option may be set at a scope of kind `scope`.
+pub(crate) fn in_scope(id: OptId, scope: ScopeKind) -> Result<OptId, EvalError> {
     let def = id.def();
     if !def.scopes.contains(scope) {
         return Err(EvalError::NotInScope {
@@ -371,7 +376,7 @@ pub(crate) fn first_value<'a>(c: &Candidates<'a>, id: OptId) -> &'a Value {
             return &s.value;
         }
     }
-    if c.host && id.def().name == "max_outbound_connections" {
+    if c.host && id == Opt::MaxOutboundConnections.id() {
         return &UNLIMITED;
     }
     options::default_value(id)

@@ -71,7 +71,7 @@ use std::{
 pub use diag::{Diagnostic, Diagnostics, Location, Severity};
 pub use eval::{EvalError, ScopePath};
 pub use net::{Cidr, ListenAddr};
-pub use options::{OPTIONS, OptId, OptionDef};
+pub use options::{OPTIONS, Opt, OptId, OptionDef};
 pub use scopes::ScopeKind;
 pub use settings::{
     Acl, ApnBinaryFormat, ApnLoggerSettings, DeliveryMethod, DomainSettings, EcLoggerSettings,
@@ -148,10 +148,18 @@ impl Config {
         Ok(self.eval_id(path, id).clone())
     }
 
-    /// [`Config::eval`] for an option id, without the name lookup or a copy.
-    pub fn eval_id(&self, path: &ScopePath, id: OptId) -> &Value {
+    /// [`Config::eval`] for a typed option id: the same fallback and scope check, without the name lookup or a
+    /// copy. This is how herald's own code reads an option; a misspelt option does not compile.
+    pub fn eval_opt(&self, path: &ScopePath, opt: Opt) -> Result<&Value, EvalError> {
+        let id = eval::in_scope(opt.id(), path.kind())?;
+        Ok(self.eval_id(path, id))
+    }
+
+    /// [`Config::eval`] for a typed option id ([`Opt`]), without the name lookup or a copy: the path for code
+    /// that reads an option it knows, where a misspelt name would not compile.
+    pub fn eval_id(&self, path: &ScopePath, id: impl Into<OptId>) -> &Value {
         let c = eval::candidates(&self.root, path);
-        eval::first_value(&c, id)
+        eval::first_value(&c, id.into())
     }
 
     /// The scope at `path` exactly as declared (no fallback), if the configuration has it.
@@ -233,8 +241,8 @@ impl Config {
             path = path.then(ScopeKind::Binding, Some(b));
         }
         let path = path.then(ScopeKind::Host, Some(host));
-        options::lookup("max_outbound_connections")
-            .and_then(|id| self.eval_id(&path, id).as_int())
+        self.eval_id(&path, Opt::MaxOutboundConnections.id())
+            .as_int()
             .unwrap_or(-1)
     }
 
@@ -248,7 +256,7 @@ impl Config {
         binding: Option<&str>,
         host: &str,
     ) -> Option<HostConnectionCap> {
-        let id = options::lookup("max_outbound_connections")?;
+        let id = Opt::MaxOutboundConnections.id();
         let group = binding_group
             .map(str::to_owned)
             .or_else(|| binding.and_then(|b| eval::group_of(&self.root, b).map(str::to_owned)));

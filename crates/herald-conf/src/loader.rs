@@ -13,8 +13,7 @@ use crate::{
     ast::{Pos, RawValue, Scalar, Stmt},
     diag::{Diagnostics, Location, quote},
     net::{Cidr, ListenAddr},
-    options::{self, OptId},
-    parser,
+    options, parser,
     scopes::{SCOPES, ScopeKind, is_regex_name},
     suggest,
     tree::{Node, Setting},
@@ -607,9 +606,4 @@ fn check_name(kind: ScopeKind, name: &str) -> Result<Option<regex::Regex>, Strin
 fn first_line(s: &str) -> String {
     let line = s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s);
     quote(line.trim()).trim_matches('`').to_string()
-}
-
-/// An option id by name; only called with names from the option table.
-pub(crate) fn id(name: &str) -> OptId {
-    options::lookup(name).unwrap_or(OptId(0))
 }

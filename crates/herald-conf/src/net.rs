@@ -1,6 +1,8 @@
 //! Network-shaped values: CIDR blocks for peer scopes and access lists, and listen addresses (`":25"`,
 //! `"127.0.0.1:25"`, `"[::]:25"`, `"/tmp/2025"`) as Momentum writes them (reference/momentum.md §4.1).
+//! Block arithmetic (prefix validity, membership) is the `ipnet` crate's.
 
+use ipnet::IpNet;
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -29,20 +31,16 @@ pub enum NetError {
 }
 
 impl Cidr {
+    /// Whether `ip` is in the block; an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) counts as its IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let bits = u32::from(net) ^ u32::from(ip);
-                self.prefix == 0 || bits >> (32 - u32::from(self.prefix)) == 0
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let bits = u128::from(net) ^ u128::from(ip);
-                self.prefix == 0 || bits >> (128 - u32::from(self.prefix)) == 0
-            }
-            (IpAddr::V4(_), IpAddr::V6(v6)) => v6
+        let Ok(net) = IpNet::new(self.addr, self.prefix) else {
+            return false;
+        };
+        match (net, ip) {
+            (IpNet::V4(_), IpAddr::V6(v6)) => v6
                 .to_ipv4_mapped()
-                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
-            _ => false,
+                .is_some_and(|v4| net.contains(&IpAddr::V4(v4))),
+            _ => net.contains(&ip),
         }
     }
 }
@@ -59,9 +57,7 @@ impl FromStr for Cidr {
         let addr: IpAddr = addr.parse().map_err(|_| NetError::BadCidr)?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return Err(NetError::PrefixTooLong(prefix));
-        }
+        IpNet::new(addr, prefix).map_err(|_| NetError::PrefixTooLong(prefix))?;
         Ok(Cidr { addr, prefix })
     }
 }
@@ -125,7 +121,18 @@ mod tests {
         assert!(all.contains("1.2.3.4".parse().unwrap()));
         let v6: Cidr = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!(!v6.contains("fe00::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+        assert!(!c.contains("fd00::1".parse().unwrap()));
+        let any6: Cidr = "::/0".parse().unwrap();
+        assert!(any6.contains("2001:db8::1".parse().unwrap()));
+        let host: Cidr = "10.0.0.1/8".parse().unwrap();
+        assert!(host.contains("10.200.0.1".parse().unwrap()));
+        assert_eq!(
+            "10.0.0.0/33".parse::<Cidr>(),
+            Err(NetError::PrefixTooLong(33))
+        );
+        assert_eq!("::/129".parse::<Cidr>(), Err(NetError::PrefixTooLong(129)));
         assert!("nope".parse::<Cidr>().is_err());
     }
 

@@ -1,5 +1,8 @@
 //! The option table: every option herald reads, with its type, default, valid scopes and a one-line description.
-//! Adding an option is one entry in [`OPTIONS`]: from then on it is parsed, type-checked, scope-checked, evaluated
+//! Adding an option is one entry `Ident => opt(...)` in the table below, which yields both its row in [`OPTIONS`]
+//! and its typed id [`Opt::Ident`] (an enum-valued option also declares its Rust type with `word_enum!`, whose
+//! words are the table's `Kind::Enum` list). Code reads options by typed id, so a misspelt option does not compile;
+//! [`lookup`] is the by-name path and returns `None` for an unknown name. From then on it is parsed, type-checked, scope-checked, evaluated
 //! with fallback (`Config::eval`, `herald config eval`), shown, suggested for typos and required in
 //! docs/configuration.md. A field in a typed view (`settings.rs`) is needed only where code wants it as a Rust type.
 
@@ -67,6 +70,167 @@ pub struct OptId(pub u16);
 impl OptId {
     pub fn def(self) -> &'static OptionDef {
         &OPTIONS[self.0 as usize]
+    }
+}
+
+/// Declares the option table: one line per option, `Ident => opt(...)`, producing both [`OPTIONS`] and the typed
+/// id [`Opt`] whose discriminant is the row's index. Code that reads an option names it as `Opt::Ident`, so a typo
+/// does not compile; [`lookup`] is the by-name path (configuration text, the console) and returns `None` for an
+/// unknown name.
+macro_rules! option_table {
+    ($($id:ident => $def:expr),+ $(,)?) => {
+        /// The typed id of every option in [`OPTIONS`], in table order (`Opt::X as usize` is its row).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u16)]
+        pub enum Opt {
+            $($id),+
+        }
+
+        impl Opt {
+            /// Every option id, in table order.
+            pub const ALL: &'static [Opt] = &[$(Opt::$id),+];
+        }
+
+        /// Every option herald knows, indexed by [`Opt`]. Names are unique.
+        pub static OPTIONS: &[OptionDef] = &[$($def),+];
+    };
+}
+
+impl Opt {
+    /// The row index of the option.
+    pub const fn id(self) -> OptId {
+        OptId(self as u16)
+    }
+
+    /// The option's row in [`OPTIONS`].
+    pub fn def(self) -> &'static OptionDef {
+        self.id().def()
+    }
+
+    /// The option's name, lower case.
+    pub fn name(self) -> &'static str {
+        self.def().name
+    }
+}
+
+impl From<Opt> for OptId {
+    fn from(opt: Opt) -> OptId {
+        opt.id()
+    }
+}
+
+impl OptId {
+    /// The typed id of this row; `None` only for an index past the table's end.
+    pub fn opt(self) -> Option<Opt> {
+        Opt::ALL.get(self.0 as usize).copied()
+    }
+}
+
+/// Declares the Rust type of an enum-valued option together with its configuration words, so the table's
+/// `Kind::Enum` list and the typed value are one declaration and cannot drift apart.
+macro_rules! word_enum {
+    (
+        $(#[$m:meta])*
+        pub enum $name:ident { $($(#[$vm:meta])* $var:ident = $word:literal),+ $(,)? }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vm])* $var),+
+        }
+
+        impl $name {
+            /// The configuration words, in declaration order (the option's `Kind::Enum` list).
+            pub const WORDS: &'static [&'static str] = &[$($word),+];
+
+            /// The value for a configuration word as the table spells it (values are stored canonically).
+            pub fn from_word(word: &str) -> Option<$name> {
+                match word {
+                    $($word => Some($name::$var),)+
+                    _ => None,
+                }
+            }
+
+            /// The configuration word of the value.
+            pub fn word(self) -> &'static str {
+                match self {
+                    $($name::$var => $word),+
+                }
+            }
+        }
+    };
+}
+
+word_enum! {
+    /// `delivery_method`.
+    pub enum DeliveryMethod {
+        Esmtp = "ESMTP",
+        Smtp = "SMTP",
+        Lmtp = "LMTP",
+        Ecstream = "ECSTREAM",
+        Apn = "APN",
+        Gcm = "GCM",
+        Mm7 = "MM7",
+    }
+}
+
+word_enum! {
+    /// `tls`.
+    pub enum TlsMode {
+        No = "no",
+        IfAvailable = "ifavailable",
+        Required = "required",
+    }
+}
+
+word_enum! {
+    /// `tls_verify`: how much of the server's certificate is checked.
+    pub enum TlsVerify {
+        /// Nothing is checked.
+        No = "no",
+        /// The chain must lead to a trusted CA (`tls_ca` or the system roots); the name is not checked.
+        Ca = "ca",
+        /// The chain and the host name are checked.
+        Host = "host",
+    }
+}
+
+word_enum! {
+    /// `mcmt_reception`.
+    pub enum McmtReception {
+        Allow = "allow",
+        Reject = "reject",
+        Passthru = "passthru",
+    }
+}
+
+word_enum! {
+    /// `apn_binary_format`.
+    pub enum ApnBinaryFormat {
+        /// Command 2.
+        Frame = "frame",
+        /// Command 1.
+        Enhanced = "enhanced",
+    }
+}
+
+word_enum! {
+    /// `spool_backend`.
+    pub enum SpoolBackend {
+        Embedded = "embedded",
+        JetStream = "jetstream",
+    }
+}
+
+word_enum! {
+    /// `log_format`: how herald writes its diagnostics to standard error.
+    #[derive(Default)]
+    pub enum LogFormat {
+        /// Human-readable lines.
+        #[default]
+        Text = "text",
+        /// One JSON object per line, for log shippers.
+        Json = "json",
     }
 }
 
@@ -164,38 +328,37 @@ const DEBUG_LEVELS: &[&str] = &[
     "debug", "info", "notice", "warning", "error", "crit", "critical", "alert", "emerg",
 ];
 
-/// Every option herald knows. Names are unique.
-pub static OPTIONS: &[OptionDef] = &[
+option_table! {
     // --- delivery: where and how notifications go (momentum.md §5) ---
-    opt(
+    DeliveryMethod => opt(
         "delivery_method",
-        Kind::Enum(&["ESMTP", "SMTP", "LMTP", "ECSTREAM", "APN", "GCM", "MM7"]),
+        Kind::Enum(DeliveryMethod::WORDS),
         Some("ESMTP"),
         DELIVERY,
         "How a domain is delivered; herald delivers `APN` domains only and refuses to queue for the others.",
     ),
-    opt(
+    Routes => opt(
         "routes",
         Kind::Routes,
         None,
         GLOBAL_DOMAIN,
         "Where to deliver: `apn://HOST?port=2195` is the legacy binary protocol, `https://HOST[:PORT]` (port 443 by default) is HTTP/2, a herald addition.",
     ),
-    opt(
+    IdleTimeout => opt(
         "idle_timeout",
         Kind::Seconds,
         Some("5"),
         DELIVERY,
         "Seconds an idle outbound connection stays open; 0 keeps it open forever (never use 0 for APNs).",
     ),
-    opt(
+    DeliveryResponseTimeout => opt(
         "delivery_response_timeout",
         Kind::Millis,
         Some("5000"),
         NO_GROUP,
         "Milliseconds to wait for a response; on the binary protocol a notification counts as delivered when no error arrives in this time. On HTTP/2 it counts from when the request was written, a stream without an answer in time is cancelled before the notification is retried, and the adaptive in-flight limit aims at answers within a quarter of it (operations.md, \"A slow APNs\").",
     ),
-    opt(
+    MaxOutboundConnections => opt(
         "max_outbound_connections",
         Kind::Int {
             min: -1,
@@ -205,43 +368,43 @@ pub static OPTIONS: &[OptionDef] = &[
         DELIVERY_AND_HOST,
         "Most connections per binding and domain (-1 = unlimited); in a `host` stanza an unset value means -1 and does not fall back. A cap: another HTTP/2 connection opens only when the open ones carry all the streams APNs allows, never because APNs is slow.",
     ),
-    inert(
+    Tls => inert(
         "tls",
-        Kind::Enum(&["no", "ifavailable", "required"]),
+        Kind::Enum(TlsMode::WORDS),
         Some("no"),
         DELIVERY,
         "Whether outbound connections use TLS; accepted for Momentum compatibility.",
         "APNs connections always use TLS",
     ),
-    opt(
+    TlsVerify => opt(
         "tls_verify",
-        Kind::Enum(&["no", "ca", "host"]),
+        Kind::Enum(TlsVerify::WORDS),
         Some("host"),
         DELIVERY,
         "Server certificate check: `host` (chain and name), `ca` (chain only), `no`. herald's default is `host` with the system roots; Momentum's is `no`.",
     ),
-    opt(
+    TlsCa => opt(
         "tls_ca",
         Kind::Path,
         None,
         DELIVERY,
         "PEM file of CA certificates to trust instead of the system roots (e.g. the simulator's CA); a herald addition.",
     ),
-    opt(
+    TlsCertificate => opt(
         "tls_certificate",
         Kind::Path,
         None,
         TLS_ID,
         "PEM client certificate for certificate-based APNs auth (the file may also hold the key); on a listener, its server certificate.",
     ),
-    opt(
+    TlsKey => opt(
         "tls_key",
         Kind::Path,
         None,
         TLS_ID,
         "PEM private key for `tls_certificate`.",
     ),
-    inert(
+    TlsCiphers => inert(
         "tls_ciphers",
         Kind::Str,
         None,
@@ -249,119 +412,119 @@ pub static OPTIONS: &[OptionDef] = &[
         "OpenSSL cipher list; accepted for Momentum compatibility.",
         "herald's TLS library picks its own safe cipher suites",
     ),
-    opt(
+    TlsPkcs12 => opt(
         "tls_pkcs12",
         Kind::Path,
         None,
         DELIVERY,
         "PKCS#12 (.p12) file holding the client certificate and key, instead of `tls_certificate`/`tls_key`; a herald addition.",
     ),
-    opt(
+    TlsPkcs12Password => opt(
         "tls_pkcs12_password",
         Kind::Str,
         None,
         DELIVERY,
         "Password of `tls_pkcs12`; a herald addition.",
     ),
-    opt(
+    MxFailuresToDelay => opt(
         "mx_failures_to_delay",
         U32,
         Some("50"),
         GLOBAL_DOMAIN,
         "Consecutive connection failures after which the domain's active queue is moved to the delayed queue; 0 never.",
     ),
-    opt(
+    ApnExpiry => opt(
         "apn_expiry",
         Kind::Seconds,
         Some("604800"),
         DELIVERY,
         "Seconds APNs keeps a notification it cannot deliver at once, when the notification names no expiration; herald uses Momentum's later default of 7 days.",
     ),
-    opt(
+    ApnTopic => opt(
         "apn_topic",
         Kind::Str,
         None,
         DELIVERY,
         "The `apns-topic` sent on HTTP/2 (usually the app's bundle id); a herald addition.",
     ),
-    opt(
+    ApnKey => opt(
         "apn_key",
         Kind::Path,
         None,
         DELIVERY,
         "Token-based auth: the `.p8` signing key file; a herald addition.",
     ),
-    opt(
+    ApnKeyId => opt(
         "apn_key_id",
         Kind::Str,
         None,
         DELIVERY,
         "Token-based auth: the key's 10-character Key ID; a herald addition.",
     ),
-    opt(
+    ApnTeamId => opt(
         "apn_team_id",
         Kind::Str,
         None,
         DELIVERY,
         "Token-based auth: the 10-character Team ID; a herald addition.",
     ),
-    opt(
+    ApnBinaryFormat => opt(
         "apn_binary_format",
-        Kind::Enum(&["frame", "enhanced"]),
+        Kind::Enum(ApnBinaryFormat::WORDS),
         Some("frame"),
         DELIVERY,
         "Binary protocol notification format: `frame` (command 2) or `enhanced` (command 1); a herald addition.",
     ),
-    opt(
+    ApnFeedbackAddress => opt(
         "apn_feedback_address",
         Kind::Str,
         None,
         DELIVERY,
         "host:port of the binary feedback service; unset: the route's gateway.* host as feedback.*:2196; a herald addition.",
     ),
-    opt(
+    ApnFeedbackInterval => opt(
         "apn_feedback_interval",
         Kind::Seconds,
         Some("0"),
         DELIVERY,
         "Seconds between polls of the binary feedback service for invalid tokens; 0 never polls; a herald addition.",
     ),
-    opt(
+    RetryInterval => opt(
         "retry_interval",
         Kind::Seconds,
         Some("1200"),
         DELIVERY,
         "Seconds before the first retry; each further retry waits twice as long as the one before.",
     ),
-    opt(
+    MaxRetryInterval => opt(
         "max_retry_interval",
         Kind::Seconds,
         Some("43200"),
         DELIVERY,
         "Cap on the doubled retry interval, in seconds.",
     ),
-    opt(
+    MaxRetries => opt(
         "max_retries",
         Kind::MaxRetries,
         Some("auto"),
         DELIVERY,
         "`auto` (as many as fit in `message_expiration`), `none` (no limit) or a number of retries.",
     ),
-    opt(
+    MessageExpiration => opt(
         "message_expiration",
         Kind::Seconds,
         Some("86400"),
         DELIVERY,
         "Seconds a notification may stay undelivered before it fails permanently.",
     ),
-    opt(
+    NeverAttemptExpiredMessages => opt(
         "never_attempt_expired_messages",
         Kind::Bool,
         Some("false"),
         DELIVERY,
         "Fail a notification that expired while queued without trying it.",
     ),
-    inert(
+    GenerateBounces => inert(
         "generate_bounces",
         Kind::Bool,
         Some("true"),
@@ -369,14 +532,14 @@ pub static OPTIONS: &[OptionDef] = &[
         "Send a bounce to the sender's address on a permanent failure of an SMTP-injected notification.",
         "herald sends no bounce messages: a permanent failure is written to the logs (P lines) and an invalid token to the invalid-token list",
     ),
-    opt(
+    BindAddress => opt(
         "bind_address",
         Kind::Ip,
         None,
         BINDINGS,
         "Local IP address outbound connections of a binding are made from.",
     ),
-    inert(
+    MaxResidentActiveQueueSize => inert(
         "max_resident_active_queue_size",
         U32,
         Some("250"),
@@ -384,7 +547,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "Momentum's bound on in-memory active queue entries; accepted for compatibility.",
         "herald keeps spooled notifications on disk and bounds memory itself, so this has no effect",
     ),
-    opt(
+    MaxResidentNotifications => opt(
         "max_resident_notifications",
         Kind::Int {
             min: 1,
@@ -395,42 +558,42 @@ pub static OPTIONS: &[OptionDef] = &[
         "Notifications herald holds in memory at once (queued, retrying or in flight); while it is full, listeners refuse new ones (REST `503` with `retry-after`, ESMTP `452 4.3.1`) instead of growing; read at start; a herald addition.",
     ),
     // --- listeners (momentum.md §1.3, §2.1, §3, §4.3) ---
-    opt(
+    Enable => opt(
         "enable",
         Kind::Bool,
         Some("true"),
         LISTENER,
         "Whether a listener or listen stanza accepts connections.",
     ),
-    opt(
+    McmtReception => opt(
         "mcmt_reception",
-        Kind::Enum(&["allow", "reject", "passthru"]),
+        Kind::Enum(McmtReception::WORDS),
         Some("passthru"),
         MCMT,
         "What an ESMTP listener does with a push (MCMT) message: accept it, reject it, or pass it through (herald refuses non-push mail).",
     ),
-    opt(
+    AlwaysAllow => opt(
         "always_allow",
         Kind::Cidrs,
         None,
         LISTENER_PEER,
         "Client addresses always accepted; with a list set, others are refused unless no list matches and `always_deny` is empty.",
     ),
-    opt(
+    AlwaysDeny => opt(
         "always_deny",
         Kind::Cidrs,
         None,
         LISTENER_PEER,
         "Client addresses always refused (unless `always_allow` also matches).",
     ),
-    opt(
+    MaxRequestSize => opt(
         "max_request_size",
         Kind::Bytes,
         Some("10485760"),
         HTTP,
         "Largest HTTP request body accepted, in bytes (larger ones get `413`); 0 = no limit (Momentum's default, unsafe on an open listener).",
     ),
-    opt(
+    MaxNotificationsPerRequest => opt(
         "max_notifications_per_request",
         Kind::Int {
             min: 1,
@@ -440,35 +603,35 @@ pub static OPTIONS: &[OptionDef] = &[
         HTTP,
         "Notifications one REST request may carry (tokens, notifications, or recipients × template parts); a larger request gets `413` naming this option; a herald addition.",
     ),
-    opt(
+    FirstByteTimeout => opt(
         "first_byte_timeout",
         Kind::Seconds,
         Some("10"),
         HTTP,
         "Seconds a new HTTP connection may stay silent (no TLS hello, no request byte) before herald closes it; 0 means the default; a herald addition.",
     ),
-    opt(
+    HeaderTimeout => opt(
         "header_timeout",
         Kind::Seconds,
         Some("10"),
         HTTP,
         "Seconds a client has to send a request's headers, from the request's first byte; 0 means the default; a herald addition.",
     ),
-    opt(
+    BodyTimeout => opt(
         "body_timeout",
         Kind::Seconds,
         Some("30"),
         HTTP,
         "Seconds a client has to send a request's whole body once its headers arrived (`408` after); 0 means the default; a herald addition.",
     ),
-    opt(
+    KeepaliveTimeout => opt(
         "keepalive_timeout",
         Kind::Seconds,
         Some("60"),
         HTTP,
         "Seconds an HTTP connection may stay idle between requests before herald closes it; 0 means the default; a herald addition.",
     ),
-    opt(
+    MaxConnections => opt(
         "max_connections",
         Kind::Int {
             min: 1,
@@ -478,7 +641,7 @@ pub static OPTIONS: &[OptionDef] = &[
         DOORS,
         "Open connections a listen stanza accepts at once; beyond it a client is refused at connect (ESMTP `421 4.7.0`, HTTP `503`); a herald addition.",
     ),
-    opt(
+    MaxConnectionsPerClient => opt(
         "max_connections_per_client",
         Kind::Int {
             min: 1,
@@ -488,35 +651,35 @@ pub static OPTIONS: &[OptionDef] = &[
         DOORS,
         "Open connections one client address may hold on a listen stanza; further ones are refused at connect; a herald addition.",
     ),
-    opt(
+    HttpServices => opt(
         "http_services",
         Kind::Words(HTTP_SERVICES),
         Some("inject push tokens metrics"),
         HTTP,
         "What an HTTP listener serves: `inject` (/v1.0/inject), `push` (/api/v1/push), `tokens` (/api/v1/tokens/invalid), `metrics` (/metrics), `dashboard` (the operators' web dashboard under /dashboard/, not in the default); /healthz and /readyz always. A listen stanza with only `metrics` is a metrics listener of its own; a herald addition.",
     ),
-    opt(
+    ApiKey => opt(
         "api_key",
         Kind::Str,
         None,
         HTTP_PEER,
         "A key REST clients must send (`Authorization: Bearer KEY` or `X-Api-Key`); a herald addition.",
     ),
-    opt(
+    ApiKeys => opt(
         "api_keys",
         Kind::List,
         None,
         HTTP_PEER,
         "Several accepted REST API keys, added to `api_key`; a herald addition.",
     ),
-    opt(
+    DashboardAdminKeys => opt(
         "dashboard_admin_keys",
         Kind::List,
         None,
         HTTP_PEER,
         "Which of the listener's API keys have the admin right on the web dashboard (flush, fail the queue, pause, resume, reload); other keys and `always_allow` clients only read; a herald addition.",
     ),
-    inert(
+    Pathway => inert(
         "pathway",
         Kind::Str,
         None,
@@ -524,28 +687,28 @@ pub static OPTIONS: &[OptionDef] = &[
         "Attaches a `pathway` stanza's settings to a listener, listen or peer scope (Momentum).",
         "herald reads pathway stanzas but does not apply them to listeners; set mcmt_reception and the TLS options in the listener, listen or peer scope",
     ),
-    opt(
+    FileMode => opt(
         "file_mode",
         Kind::Mode,
         Some("0660"),
         CONTROL,
         "Mode of a control listener's Unix socket.",
     ),
-    opt(
+    ControlPassword => opt(
         "control_password",
         Kind::Str,
         None,
         CONTROL,
         "Password a console must send (`auth PASSWORD`) before any command on this control listener; a herald addition.",
     ),
-    opt(
+    Timeout => opt(
         "timeout",
         Kind::Seconds,
         Some("60"),
         ESMTP_CONTROL,
         "Seconds a control or ESMTP client may stay silent before herald closes the connection (ESMTP first answers `421 4.4.2`); 0 means the default.",
     ),
-    opt(
+    MaxMessageSize => opt(
         "max_message_size",
         Kind::Int {
             min: 1,
@@ -555,7 +718,7 @@ pub static OPTIONS: &[OptionDef] = &[
         ESMTP,
         "Largest message an ESMTP listener accepts, in bytes after dot-unstuffing; advertised as EHLO `SIZE`, larger messages get `552 5.3.4`; a herald addition.",
     ),
-    opt(
+    MaxRecipientsPerMessage => opt(
         "max_recipients_per_message",
         Kind::Int {
             min: 1,
@@ -565,7 +728,7 @@ pub static OPTIONS: &[OptionDef] = &[
         ESMTP,
         "Recipients an ESMTP transaction may name; each further `RCPT` gets `452 4.5.3`; a herald addition.",
     ),
-    opt(
+    MaxNotificationsPerMessage => opt(
         "max_notifications_per_message",
         Kind::Int {
             min: 1,
@@ -575,7 +738,7 @@ pub static OPTIONS: &[OptionDef] = &[
         ESMTP,
         "Notifications one MCMT message may become (push parts × recipients); a larger message gets `552 5.3.4` naming this option; a herald addition.",
     ),
-    opt(
+    MaxLineLength => opt(
         "max_line_length",
         Kind::Int {
             min: 512,
@@ -586,14 +749,14 @@ pub static OPTIONS: &[OptionDef] = &[
         "Longest command or message line an ESMTP listener reads, in bytes including CRLF (RFC 5321: 512 for commands, 1000 for text); a herald addition.",
     ),
     // --- modules (momentum.md §1.7, §3, §4.1) ---
-    opt(
+    Enabled => opt(
         "enabled",
         Kind::Bool,
         Some("true"),
         MODULES,
         "Whether the module is active: `apn` off holds delivery (notifications are accepted and spooled, not sent), `httpsrv` off starts no http_listener, `restinjector` off answers REST injection with 403, a logger off writes nothing.",
     ),
-    opt(
+    DebugLevel => opt(
         "debug_level",
         Kind::Enum(DEBUG_LEVELS),
         Some("error"),
@@ -601,7 +764,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "Diagnostic level of the module's part of herald's stderr log (`apn`: delivery; `httpsrv`: HTTP listeners; `restinjector`: REST injection; loggers: log writers); notice is info, crit and above are error. Unset leaves the part at the process level; `RUST_LOG` overrides. Applied at start and at each reload.",
     ),
     // --- apn_logger (momentum.md §1.7) ---
-    inert(
+    Concurrency => inert(
         "concurrency",
         Kind::Int { min: 1, max: 1024 },
         Some("1"),
@@ -609,77 +772,77 @@ pub static OPTIONS: &[OptionDef] = &[
         "Threads used by the apn_logger.",
         "herald's apn_logger writes from one task",
     ),
-    opt(
+    Heartbeat => opt(
         "heartbeat",
         Kind::Seconds,
         Some("60"),
         LOGGERS,
         "Seconds between heartbeat (`M`) lines of this logger instance, independently of the others; 0 writes none.",
     ),
-    opt(
+    LogDelivery => opt(
         "log_delivery",
         Kind::Bool,
         Some("true"),
         APNLOG,
         "Log deliveries (`D`).",
     ),
-    opt(
+    LogDeliveryFormat => opt(
         "log_delivery_format",
         Kind::Str,
         Some("%t@D@%i@\"%sa\"@\"%da\"@%d@%g@%b@%H@%B@%ti"),
         APNLOG,
         "Format of delivery lines.",
     ),
-    opt(
+    LogHeartbeatFormat => opt(
         "log_heartbeat_format",
         Kind::Str,
         Some("%t@M"),
         APNLOG,
         "Format of heartbeat lines.",
     ),
-    opt(
+    LogPermfail => opt(
         "log_permfail",
         Kind::Bool,
         Some("true"),
         APNLOG,
         "Log permanent failures (`P`).",
     ),
-    opt(
+    LogPermfailFormat => opt(
         "log_permfail_format",
         Kind::Str,
         Some("%t@P@%i@%sa@%da@%d@%g@%b@%H@%S@%e"),
         APNLOG,
         "Format of permanent-failure lines (no quotes around %sa/%da, as Momentum).",
     ),
-    opt(
+    LogTempfail => opt(
         "log_tempfail",
         Kind::Bool,
         Some("true"),
         APNLOG,
         "Log transient failures (`T`).",
     ),
-    opt(
+    LogTempfailFormat => opt(
         "log_tempfail_format",
         Kind::Str,
         Some("%t@T@%i@\"%sa\"@\"%da\"@%d@%g@%b@%H@%B@%ti@%S@%e"),
         APNLOG,
         "Format of transient-failure lines.",
     ),
-    opt(
+    Logfile => opt(
         "logfile",
         Kind::Path,
         Some("/var/log/ecelerity/apnlog.ec"),
         APNLOG,
         "The apn_logger's file (Momentum's documentation shows it without the leading `/`).",
     ),
-    opt(
+    Logmode => opt(
         "logmode",
         Kind::Mode,
         Some("0644"),
         APNLOG,
         "Mode of a newly created apn_logger file, octal.",
     ),
-    inert(
+    Namespace => inert(
         "namespace",
         Kind::Str,
         Some("apn_logger,sieve,custom_logger"),
@@ -687,7 +850,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "Macro namespaces searched, comma-separated.",
         "herald's apn_logger knows only its own macros",
     ),
-    inert(
+    ThreadPool => inert(
         "thread_pool",
         Kind::Str,
         None,
@@ -696,14 +859,14 @@ pub static OPTIONS: &[OptionDef] = &[
         "herald has no thread pools to choose from",
     ),
     // --- ec_logger (momentum.md §7.1) ---
-    opt(
+    Mainlog => opt(
         "mainlog",
         Kind::Path,
         Some("/var/log/ecelerity/mainlog.ec"),
         ECLOG,
         "The mainlog file (R, D, T, P, M lines).",
     ),
-    inert(
+    Paniclog => inert(
         "paniclog",
         Kind::Path,
         Some("/var/log/ecelerity/paniclog.ec"),
@@ -711,7 +874,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "The paniclog file.",
         "herald writes its diagnostics to standard error, not to a paniclog",
     ),
-    inert(
+    Rejectlog => inert(
         "rejectlog",
         Kind::Path,
         Some("/var/log/ecelerity/rejectlog.ec"),
@@ -719,7 +882,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "The rejectlog file.",
         "herald writes no rejectlog: a refusal is answered to the client (SMTP reply, HTTP status) and counted",
     ),
-    inert(
+    Acctlog => inert(
         "acctlog",
         Kind::Path,
         None,
@@ -727,7 +890,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "The accounting log file.",
         "herald writes no accounting log",
     ),
-    inert(
+    Importlog => inert(
         "importlog",
         Kind::Path,
         None,
@@ -735,14 +898,14 @@ pub static OPTIONS: &[OptionDef] = &[
         "The import log file.",
         "herald writes no import log",
     ),
-    opt(
+    MainlogMode => opt(
         "mainlog_mode",
         Kind::Mode,
         Some("0644"),
         ECLOG,
         "Mode of a new mainlog file.",
     ),
-    inert(
+    PaniclogMode => inert(
         "paniclog_mode",
         Kind::Mode,
         Some("0644"),
@@ -750,7 +913,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "Mode of a new paniclog file.",
         "herald writes its diagnostics to standard error, not to a paniclog",
     ),
-    inert(
+    RejectlogMode => inert(
         "rejectlog_mode",
         Kind::Mode,
         Some("0644"),
@@ -758,7 +921,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "Mode of a new rejectlog file.",
         "herald writes no rejectlog: a refusal is answered to the client (SMTP reply, HTTP status) and counted",
     ),
-    inert(
+    AcctlogLogMode => inert(
         "acctlog_log_mode",
         Kind::Mode,
         Some("0644"),
@@ -766,7 +929,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "Mode of a new accounting log file.",
         "herald writes no accounting log",
     ),
-    inert(
+    ImportlogMode => inert(
         "importlog_mode",
         Kind::Mode,
         Some("0644"),
@@ -774,35 +937,35 @@ pub static OPTIONS: &[OptionDef] = &[
         "Mode of a new import log file.",
         "herald writes no import log",
     ),
-    opt(
+    LogReceptions => opt(
         "log_receptions",
         Kind::Bool,
         Some("true"),
         ECLOG,
         "Log receptions (`R`).",
     ),
-    opt(
+    LogDeliveries => opt(
         "log_deliveries",
         Kind::Bool,
         Some("true"),
         ECLOG,
         "Log deliveries (`D`).",
     ),
-    opt(
+    LogTransientFailures => opt(
         "log_transient_failures",
         Kind::Bool,
         Some("true"),
         ECLOG,
         "Log transient failures (`T`).",
     ),
-    opt(
+    LogPermanentFailures => opt(
         "log_permanent_failures",
         Kind::Bool,
         Some("true"),
         ECLOG,
         "Log permanent failures (`P`).",
     ),
-    inert(
+    LogRejections => inert(
         "log_rejections",
         Kind::Bool,
         Some("true"),
@@ -810,7 +973,7 @@ pub static OPTIONS: &[OptionDef] = &[
         "Log rejections to the rejectlog.",
         "herald writes no rejectlog: a refusal is answered to the client (SMTP reply, HTTP status) and counted",
     ),
-    inert(
+    LogErrors => inert(
         "log_errors",
         Kind::Bool,
         Some("true"),
@@ -819,14 +982,14 @@ pub static OPTIONS: &[OptionDef] = &[
         "herald writes its diagnostics to standard error, not to a paniclog",
     ),
     // --- outcomes for the apps that send (herald additions) ---
-    opt(
+    OutcomeRetention => opt(
         "outcome_retention",
         Kind::Seconds,
         Some("86400"),
         GLOBAL,
         "Seconds a notification's final outcome stays available to `GET /api/v1/notifications/{id}` (kept in spool_dir/outcomes, pruned in the background); 0 turns status lookups off; a herald addition.",
     ),
-    opt(
+    OutcomeMaxEntries => opt(
         "outcome_max_entries",
         Kind::Int {
             min: 1,
@@ -836,35 +999,35 @@ pub static OPTIONS: &[OptionDef] = &[
         GLOBAL,
         "Most final outcomes kept; beyond it the oldest are pruned before their retention ends; a herald addition.",
     ),
-    opt(
+    OutcomeWebhookUrl => opt(
         "outcome_webhook_url",
         Kind::Str,
         None,
         GLOBAL_DOMAIN,
         "URL herald POSTs the domain's final outcomes to, in batches, signed with `outcome_webhook_secret` (docs/api.md \"Outcome webhooks\"); unset: none; a herald addition.",
     ),
-    opt(
+    OutcomeWebhookSecret => opt(
         "outcome_webhook_secret",
         Kind::Str,
         None,
         GLOBAL_DOMAIN,
         "Key of the HMAC-SHA256 signature in the `herald-signature` header of every webhook request; a herald addition.",
     ),
-    opt(
+    OutcomeWebhookEvents => opt(
         "outcome_webhook_events",
         Kind::Words(WEBHOOK_EVENTS),
         Some("delivered failed invalid_token"),
         GLOBAL_DOMAIN,
         "Which final outcomes the webhook gets: `delivered`, `failed` (failures other than invalid tokens), `invalid_token`; a herald addition.",
     ),
-    opt(
+    OutcomeWebhookMaxAge => opt(
         "outcome_webhook_max_age",
         Kind::Seconds,
         Some("86400"),
         GLOBAL_DOMAIN,
         "Seconds herald keeps retrying an outcome the webhook receiver has not taken; older ones are dropped and counted; a herald addition.",
     ),
-    opt(
+    OutcomeWebhookBacklog => opt(
         "outcome_webhook_backlog",
         Kind::Int {
             min: 1,
@@ -875,14 +1038,14 @@ pub static OPTIONS: &[OptionDef] = &[
         "Most outcomes waiting for a domain's webhook receiver; beyond it the oldest are dropped with a counter and a log line; a herald addition.",
     ),
     // --- invalid tokens (herald additions, design §2) ---
-    opt(
+    InvalidTokensFile => opt(
         "invalid_tokens_file",
         Kind::Path,
         None,
         GLOBAL,
         "File of the invalid-token store (JSON lines); unset: invalid-tokens.jsonl in spool_dir; a herald addition.",
     ),
-    opt(
+    FeedbackLogfile => opt(
         "feedback_logfile",
         Kind::Path,
         None,
@@ -890,99 +1053,99 @@ pub static OPTIONS: &[OptionDef] = &[
         "Log of every invalid device token reported by APNs or its feedback service, one `@`-delimited line each; a herald addition.",
     ),
     // --- diagnostics on standard error (herald addition) ---
-    opt(
+    LogFormat => opt(
         "log_format",
-        Kind::Enum(&["text", "json"]),
+        Kind::Enum(LogFormat::WORDS),
         Some("text"),
         GLOBAL,
         "How `herald serve` writes its diagnostics to standard error: `text` (coloured only on a terminal and without `NO_COLOR`) or `json`, one object per line for log shippers; read at start and on reload; a herald addition.",
     ),
     // --- spool (herald additions, design §2) ---
-    opt(
+    SpoolDir => opt(
         "spool_dir",
         Kind::Path,
         Some("/var/spool/herald"),
         GLOBAL,
         "Directory of the embedded spool; a herald addition.",
     ),
-    opt(
+    SpoolBackend => opt(
         "spool_backend",
-        Kind::Enum(&["embedded", "jetstream"]),
+        Kind::Enum(SpoolBackend::WORDS),
         Some("embedded"),
         GLOBAL,
         "Spool store: the embedded one, or a NATS JetStream stream shared by several nodes; a herald addition.",
     ),
-    opt(
+    SpoolNatsUrl => opt(
         "spool_nats_url",
         Kind::Str,
         None,
         GLOBAL,
         "NATS server URL for the `jetstream` spool, or several separated by commas or spaces (the servers of a cluster; herald connects to one and fails over to the others); required with `spool_backend = jetstream`; a herald addition.",
     ),
-    opt(
+    SpoolNatsStream => opt(
         "spool_nats_stream",
         Kind::Str,
         Some("herald"),
         GLOBAL,
         "JetStream stream name for the `jetstream` spool; a herald addition.",
     ),
-    opt(
+    SpoolNatsReplicas => opt(
         "spool_nats_replicas",
         Kind::Int { min: 1, max: 3 },
         Some("1"),
         GLOBAL,
         "Replicas of the JetStream stream herald creates: 1, or 3 on a three-server cluster (a publish is acknowledged once a quorum wrote it); an existing stream with another count is refused at start; a herald addition.",
     ),
-    opt(
+    SpoolNatsCredentials => opt(
         "spool_nats_credentials",
         Kind::Path,
         None,
         GLOBAL,
         "NATS credentials file (JWT and NKey seed) for the `jetstream` spool's connection; a herald addition.",
     ),
-    opt(
+    SpoolNatsToken => opt(
         "spool_nats_token",
         Kind::Str,
         None,
         GLOBAL,
         "NATS authentication token for the `jetstream` spool's connection (never logged); a herald addition.",
     ),
-    opt(
+    SpoolNatsTlsCa => opt(
         "spool_nats_tls_ca",
         Kind::Path,
         None,
         GLOBAL,
         "PEM file of the certificate authorities that sign the NATS servers' certificates; set, the connection requires TLS; a herald addition.",
     ),
-    opt(
+    SpoolNatsTlsCert => opt(
         "spool_nats_tls_cert",
         Kind::Path,
         None,
         GLOBAL,
         "PEM client certificate for NATS servers that verify clients (with `spool_nats_tls_key`); a herald addition.",
     ),
-    opt(
+    SpoolNatsTlsKey => opt(
         "spool_nats_tls_key",
         Kind::Path,
         None,
         GLOBAL,
         "PEM private key of `spool_nats_tls_cert`; a herald addition.",
     ),
-    opt(
+    SpoolNatsTimeout => opt(
         "spool_nats_timeout",
         Kind::Seconds,
         Some("5"),
         GLOBAL,
         "Limit on connecting to NATS at start and on each JetStream request (a publish ack): past it the sender gets a temporary refusal; a herald addition.",
     ),
-    opt(
+    SpoolNatsAckWait => opt(
         "spool_nats_ack_wait",
         Kind::Seconds,
         Some("30"),
         GLOBAL,
         "How long a notification pulled by a node that stopped answering waits before JetStream hands it to another node; a live node extends it with in-progress acks; a herald addition.",
     ),
-    opt(
+    SpoolNatsMaxAckPending => opt(
         "spool_nats_max_ack_pending",
         Kind::Int {
             min: 1,
@@ -992,7 +1155,7 @@ pub static OPTIONS: &[OptionDef] = &[
         GLOBAL,
         "Notifications pulled and not yet finished, over all nodes (the shared consumer's limit); a herald addition.",
     ),
-];
+}
 
 /// FNV-1a: option names are short and few; SipHash's DoS resistance buys nothing here.
 #[derive(Default, Clone, Copy)]
@@ -1156,7 +1319,20 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         | "outcome_webhook_events"
         | "outcome_webhook_max_age"
         | "outcome_webhook_backlog" => "the outcome webhooks",
-        "spool_dir" | "spool_backend" | "spool_nats_url" | "spool_nats_stream" => "the spool",
+        "spool_dir" | "spool_backend" => "the spool",
+        "spool_nats_url"
+        | "spool_nats_stream"
+        | "spool_nats_replicas"
+        | "spool_nats_credentials"
+        | "spool_nats_token"
+        | "spool_nats_tls_ca"
+        | "spool_nats_tls_cert"
+        | "spool_nats_tls_key"
+        | "spool_nats_timeout"
+        | "spool_nats_ack_wait"
+        | "spool_nats_max_ack_pending" => {
+            "the spool (`jetstream` backend: its NATS connection, stream and consumer)"
+        }
         other => {
             return lookup(other)
                 .and_then(|id| id.def().inert)
@@ -1204,6 +1380,103 @@ pub fn options_markdown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_typed_id_is_its_row_and_names_round_trip() {
+        assert_eq!(Opt::ALL.len(), OPTIONS.len());
+        for (i, opt) in Opt::ALL.iter().enumerate() {
+            assert_eq!(opt.id(), OptId(i as u16));
+            assert!(std::ptr::eq(opt.def(), &OPTIONS[i]));
+            assert_eq!(lookup(opt.name()), Some(opt.id()), "{}", opt.name());
+            assert_eq!(opt.id().opt(), Some(*opt));
+            // The variant is the name in CamelCase: `max_outbound_connections` is `MaxOutboundConnections`.
+            let camel: String = opt
+                .name()
+                .split('_')
+                .map(|w| {
+                    let mut c = w.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                })
+                .collect();
+            assert_eq!(format!("{opt:?}"), camel);
+        }
+        assert_eq!(OptId(OPTIONS.len() as u16).opt(), None);
+        assert_eq!(
+            Opt::MaxOutboundConnections.name(),
+            "max_outbound_connections"
+        );
+        assert_eq!(Opt::DeliveryMethod.id(), OptId(0));
+    }
+
+    #[test]
+    fn an_unknown_name_resolves_to_nothing() {
+        assert_eq!(lookup("delivery_methd"), None);
+        assert_eq!(lookup(""), None);
+        assert_eq!(lookup(&"x".repeat(200)), None);
+    }
+
+    #[test]
+    fn typed_enums_are_the_table_words() {
+        fn round_trip<T: Copy + PartialEq + std::fmt::Debug>(
+            opt: Opt,
+            words: &[&str],
+            from: fn(&str) -> Option<T>,
+            to: fn(T) -> &'static str,
+        ) {
+            assert!(
+                matches!(opt.def().kind, Kind::Enum(w) if w == words),
+                "{}",
+                opt.name()
+            );
+            for w in words {
+                let v = from(w).unwrap_or_else(|| panic!("{w}"));
+                assert_eq!(to(v), *w);
+            }
+            assert_eq!(from("no such word"), None);
+            if let Some(d) = opt.def().default {
+                assert!(from(d).is_some(), "{} default {d}", opt.name());
+            }
+        }
+        round_trip(
+            Opt::DeliveryMethod,
+            DeliveryMethod::WORDS,
+            DeliveryMethod::from_word,
+            DeliveryMethod::word,
+        );
+        round_trip(Opt::Tls, TlsMode::WORDS, TlsMode::from_word, TlsMode::word);
+        round_trip(
+            Opt::TlsVerify,
+            TlsVerify::WORDS,
+            TlsVerify::from_word,
+            TlsVerify::word,
+        );
+        round_trip(
+            Opt::McmtReception,
+            McmtReception::WORDS,
+            McmtReception::from_word,
+            McmtReception::word,
+        );
+        round_trip(
+            Opt::ApnBinaryFormat,
+            ApnBinaryFormat::WORDS,
+            ApnBinaryFormat::from_word,
+            ApnBinaryFormat::word,
+        );
+        round_trip(
+            Opt::SpoolBackend,
+            SpoolBackend::WORDS,
+            SpoolBackend::from_word,
+            SpoolBackend::word,
+        );
+        round_trip(
+            Opt::LogFormat,
+            LogFormat::WORDS,
+            LogFormat::from_word,
+            LogFormat::word,
+        );
+    }
 
     #[test]
     fn names_are_unique_lowercase_and_defaults_parse() {

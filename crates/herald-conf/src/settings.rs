@@ -6,84 +6,21 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use crate::{
     eval::{Candidates, first_value},
-    loader::id,
     net::{Cidr, ListenAddr},
+    options::Opt,
     scopes::ScopeKind,
     tree::Node,
     value::{MaxRetries, Route, Value},
 };
 
-/// `delivery_method`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryMethod {
-    Esmtp,
-    Smtp,
-    Lmtp,
-    Ecstream,
-    Apn,
-    Gcm,
-    Mm7,
-}
-
-/// `tls`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    No,
-    IfAvailable,
-    Required,
-}
-
-/// `tls_verify`: how much of the server's certificate is checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVerify {
-    /// Nothing is checked.
-    No,
-    /// The chain must lead to a trusted CA (`tls_ca` or the system roots); the name is not checked.
-    Ca,
-    /// The chain and the host name are checked.
-    Host,
-}
-
-/// `mcmt_reception`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum McmtReception {
-    Allow,
-    Reject,
-    Passthru,
-}
-
-/// `apn_binary_format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApnBinaryFormat {
-    /// Command 2.
-    Frame,
-    /// Command 1.
-    Enhanced,
-}
-
-/// `spool_backend`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpoolBackend {
-    Embedded,
-    JetStream,
-}
-
-/// `log_format`: how herald writes its diagnostics to standard error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
+pub use crate::options::{
+    ApnBinaryFormat, DeliveryMethod, LogFormat, McmtReception, SpoolBackend, TlsMode, TlsVerify,
+};
 
 pub(crate) fn log_format(root: &Node) -> LogFormat {
-    if Resolver::new(vec![root]).word("log_format") == "json" {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
-    }
+    Resolver::new(vec![root])
+        .word_as(Opt::LogFormat, LogFormat::from_word)
+        .unwrap_or(LogFormat::Text)
 }
 
 /// The retry schedule of a domain (reference/momentum.md §7.3).
@@ -141,41 +78,45 @@ impl<'a> Resolver<'a> {
             c: Candidates { nodes, host: false },
         }
     }
-    fn value(&self, name: &str) -> &'a Value {
-        first_value(&self.c, id(name))
+    fn value(&self, opt: Opt) -> &'a Value {
+        first_value(&self.c, opt.id())
     }
-    fn int(&self, name: &str) -> i64 {
-        self.value(name).as_int().unwrap_or(0)
+    fn int(&self, opt: Opt) -> i64 {
+        self.value(opt).as_int().unwrap_or(0)
     }
-    fn u32(&self, name: &str) -> u32 {
-        u32::try_from(self.int(name)).unwrap_or(u32::MAX)
+    fn u32(&self, opt: Opt) -> u32 {
+        u32::try_from(self.int(opt)).unwrap_or(u32::MAX)
     }
-    fn secs(&self, name: &str) -> Duration {
-        Duration::from_secs(u64::try_from(self.int(name)).unwrap_or(0))
+    fn secs(&self, opt: Opt) -> Duration {
+        Duration::from_secs(u64::try_from(self.int(opt)).unwrap_or(0))
     }
-    fn millis(&self, name: &str) -> Duration {
-        Duration::from_millis(u64::try_from(self.int(name)).unwrap_or(0))
+    fn millis(&self, opt: Opt) -> Duration {
+        Duration::from_millis(u64::try_from(self.int(opt)).unwrap_or(0))
     }
-    fn bool(&self, name: &str) -> bool {
-        self.value(name).as_bool().unwrap_or(false)
+    fn bool(&self, opt: Opt) -> bool {
+        self.value(opt).as_bool().unwrap_or(false)
     }
-    fn word(&self, name: &str) -> &'a str {
-        self.value(name).as_str().unwrap_or("")
+    fn word(&self, opt: Opt) -> &'a str {
+        self.value(opt).as_str().unwrap_or("")
     }
-    fn string(&self, name: &str) -> Option<String> {
-        self.value(name).as_str().map(str::to_string)
+    /// An enum-valued option as its Rust type; `None` when unset.
+    fn word_as<T>(&self, opt: Opt, from_word: fn(&str) -> Option<T>) -> Option<T> {
+        from_word(self.word(opt))
     }
-    fn path(&self, name: &str) -> Option<PathBuf> {
-        self.value(name).as_str().map(PathBuf::from)
+    fn string(&self, opt: Opt) -> Option<String> {
+        self.value(opt).as_str().map(str::to_string)
     }
-    fn mode(&self, name: &str) -> u32 {
-        match self.value(name) {
+    fn path(&self, opt: Opt) -> Option<PathBuf> {
+        self.value(opt).as_str().map(PathBuf::from)
+    }
+    fn mode(&self, opt: Opt) -> u32 {
+        match self.value(opt) {
             Value::Mode(m) => *m,
             _ => 0o644,
         }
     }
-    fn cidrs(&self, name: &str) -> Vec<Cidr> {
-        self.value(name).as_cidrs().to_vec()
+    fn cidrs(&self, opt: Opt) -> Vec<Cidr> {
+        self.value(opt).as_cidrs().to_vec()
     }
 }
 
@@ -187,68 +128,56 @@ impl DomainSettings {
         domain: &str,
     ) -> DomainSettings {
         let r = Resolver::new(nodes);
-        let delivery_method = match r.word("delivery_method") {
-            "SMTP" => DeliveryMethod::Smtp,
-            "LMTP" => DeliveryMethod::Lmtp,
-            "ECSTREAM" => DeliveryMethod::Ecstream,
-            "APN" => DeliveryMethod::Apn,
-            "GCM" => DeliveryMethod::Gcm,
-            "MM7" => DeliveryMethod::Mm7,
-            _ => DeliveryMethod::Esmtp,
-        };
-        let tls = match r.word("tls") {
-            "ifavailable" => TlsMode::IfAvailable,
-            "required" => TlsMode::Required,
-            _ => TlsMode::No,
-        };
-        let tls_verify = match r.word("tls_verify") {
-            "no" => TlsVerify::No,
-            "ca" => TlsVerify::Ca,
-            _ => TlsVerify::Host,
-        };
-        let feedback = r.secs("apn_feedback_interval");
+        let delivery_method = r
+            .word_as(Opt::DeliveryMethod, DeliveryMethod::from_word)
+            .unwrap_or(DeliveryMethod::Esmtp);
+        let tls = r
+            .word_as(Opt::Tls, TlsMode::from_word)
+            .unwrap_or(TlsMode::No);
+        let tls_verify = r
+            .word_as(Opt::TlsVerify, TlsVerify::from_word)
+            .unwrap_or(TlsVerify::Host);
+        let feedback = r.secs(Opt::ApnFeedbackInterval);
         DomainSettings {
             binding_group: binding_group.map(str::to_string),
             binding: binding.map(str::to_string),
             domain: domain.to_string(),
             delivery_method,
-            routes: r.value("routes").as_routes().to_vec(),
-            idle_timeout: r.secs("idle_timeout"),
-            delivery_response_timeout: r.millis("delivery_response_timeout"),
-            max_outbound_connections: r.int("max_outbound_connections"),
+            routes: r.value(Opt::Routes).as_routes().to_vec(),
+            idle_timeout: r.secs(Opt::IdleTimeout),
+            delivery_response_timeout: r.millis(Opt::DeliveryResponseTimeout),
+            max_outbound_connections: r.int(Opt::MaxOutboundConnections),
             tls,
             tls_verify,
-            tls_ca: r.path("tls_ca"),
-            tls_certificate: r.path("tls_certificate"),
-            tls_key: r.path("tls_key"),
-            tls_ciphers: r.string("tls_ciphers"),
-            tls_pkcs12: r.path("tls_pkcs12"),
-            tls_pkcs12_password: r.string("tls_pkcs12_password"),
-            mx_failures_to_delay: r.u32("mx_failures_to_delay"),
-            apn_expiry: r.secs("apn_expiry"),
-            apn_topic: r.string("apn_topic"),
-            apn_key: r.path("apn_key"),
-            apn_key_id: r.string("apn_key_id"),
-            apn_team_id: r.string("apn_team_id"),
-            apn_binary_format: if r.word("apn_binary_format") == "enhanced" {
-                ApnBinaryFormat::Enhanced
-            } else {
-                ApnBinaryFormat::Frame
-            },
+            tls_ca: r.path(Opt::TlsCa),
+            tls_certificate: r.path(Opt::TlsCertificate),
+            tls_key: r.path(Opt::TlsKey),
+            tls_ciphers: r.string(Opt::TlsCiphers),
+            tls_pkcs12: r.path(Opt::TlsPkcs12),
+            tls_pkcs12_password: r.string(Opt::TlsPkcs12Password),
+            mx_failures_to_delay: r.u32(Opt::MxFailuresToDelay),
+            apn_expiry: r.secs(Opt::ApnExpiry),
+            apn_topic: r.string(Opt::ApnTopic),
+            apn_key: r.path(Opt::ApnKey),
+            apn_key_id: r.string(Opt::ApnKeyId),
+            apn_team_id: r.string(Opt::ApnTeamId),
+            apn_binary_format: r
+                .word_as(Opt::ApnBinaryFormat, ApnBinaryFormat::from_word)
+                .unwrap_or(ApnBinaryFormat::Frame),
             apn_feedback_interval: (!feedback.is_zero()).then_some(feedback),
             retry: RetryPolicy {
-                retry_interval: r.secs("retry_interval"),
-                max_retry_interval: r.secs("max_retry_interval"),
-                max_retries: match r.value("max_retries") {
+                retry_interval: r.secs(Opt::RetryInterval),
+                max_retry_interval: r.secs(Opt::MaxRetryInterval),
+                max_retries: match r.value(Opt::MaxRetries) {
                     Value::MaxRetries(m) => *m,
                     _ => MaxRetries::Auto,
                 },
-                message_expiration: r.secs("message_expiration"),
-                never_attempt_expired_messages: r.bool("never_attempt_expired_messages"),
+                message_expiration: r.secs(Opt::MessageExpiration),
+                never_attempt_expired_messages: r.bool(Opt::NeverAttemptExpiredMessages),
             },
-            generate_bounces: r.bool("generate_bounces"),
+            generate_bounces: r.bool(Opt::GenerateBounces),
             bind_address: r
-                .value("bind_address")
+                .value(Opt::BindAddress)
                 .as_str()
                 .and_then(|s| s.parse().ok()),
         }
@@ -418,17 +347,9 @@ impl ListenerSettings {
     }
 }
 
-fn mcmt(word: &str) -> McmtReception {
-    match word {
-        "allow" => McmtReception::Allow,
-        "reject" => McmtReception::Reject,
-        _ => McmtReception::Passthru,
-    }
-}
-
 fn api_keys(r: &Resolver<'_>) -> Vec<String> {
-    let mut keys: Vec<String> = r.string("api_key").into_iter().collect();
-    keys.extend(r.value("api_keys").as_list().iter().cloned());
+    let mut keys: Vec<String> = r.string(Opt::ApiKey).into_iter().collect();
+    keys.extend(r.value(Opt::ApiKeys).as_list().iter().cloned());
     keys
 }
 
@@ -460,18 +381,20 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                     let r = Resolver::new(nodes);
                     Some(PeerSettings {
                         cidr,
-                        mcmt_reception: mcmt(r.word("mcmt_reception")),
+                        mcmt_reception: r
+                            .word_as(Opt::McmtReception, McmtReception::from_word)
+                            .unwrap_or(McmtReception::Passthru),
                         acl: Acl {
-                            allow: r.cidrs("always_allow"),
-                            deny: r.cidrs("always_deny"),
+                            allow: r.cidrs(Opt::AlwaysAllow),
+                            deny: r.cidrs(Opt::AlwaysDeny),
                         },
                         api_keys: api_keys(&r),
-                        admin_keys: r.value("dashboard_admin_keys").as_list().to_vec(),
+                        admin_keys: r.value(Opt::DashboardAdminKeys).as_list().to_vec(),
                     })
                 })
                 .collect();
             let own_enable = |n: &Node| {
-                n.get(id("enable"))
+                n.get(Opt::Enable.id())
                     .and_then(|s| s.value.as_bool())
                     .unwrap_or(true)
             };
@@ -480,22 +403,24 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                 address,
                 addr,
                 enabled: own_enable(l) && own_enable(a),
-                mcmt_reception: mcmt(r.word("mcmt_reception")),
-                tls_certificate: r.path("tls_certificate"),
-                tls_key: r.path("tls_key"),
+                mcmt_reception: r
+                    .word_as(Opt::McmtReception, McmtReception::from_word)
+                    .unwrap_or(McmtReception::Passthru),
+                tls_certificate: r.path(Opt::TlsCertificate),
+                tls_key: r.path(Opt::TlsKey),
                 acl: Acl {
-                    allow: r.cidrs("always_allow"),
-                    deny: r.cidrs("always_deny"),
+                    allow: r.cidrs(Opt::AlwaysAllow),
+                    deny: r.cidrs(Opt::AlwaysDeny),
                 },
                 api_keys: api_keys(&r),
-                admin_keys: r.value("dashboard_admin_keys").as_list().to_vec(),
+                admin_keys: r.value(Opt::DashboardAdminKeys).as_list().to_vec(),
                 max_request_size: r
-                    .value("max_request_size")
+                    .value(Opt::MaxRequestSize)
                     .as_int()
                     .and_then(|n| u64::try_from(n).ok())
                     .filter(|n| *n > 0),
-                http_services: HttpServices::from_words(r.value("http_services").as_list()),
-                file_mode: r.mode("file_mode"),
+                http_services: HttpServices::from_words(r.value(Opt::HttpServices).as_list()),
+                file_mode: r.mode(Opt::FileMode),
                 peers,
             });
         }
@@ -514,8 +439,8 @@ pub(crate) fn module(root: &Node, kind: ScopeKind) -> Option<ModuleSettings> {
     let m = root.child(kind, None)?;
     let r = Resolver::new(vec![m]);
     Some(ModuleSettings {
-        enabled: r.bool("enabled"),
-        debug_level: r.word("debug_level").to_string(),
+        enabled: r.bool(Opt::Enabled),
+        debug_level: r.word(Opt::DebugLevel).to_string(),
     })
 }
 
@@ -540,20 +465,20 @@ pub(crate) fn apn_loggers(root: &Node) -> Vec<ApnLoggerSettings> {
     root.children_of(ScopeKind::ApnLogger)
         .map(|n| {
             let r = Resolver::new(vec![n]);
-            let hb = r.secs("heartbeat");
+            let hb = r.secs(Opt::Heartbeat);
             ApnLoggerSettings {
                 name: n.name.clone().unwrap_or_default(),
-                enabled: r.bool("enabled"),
-                logfile: r.path("logfile").unwrap_or_default(),
-                logmode: r.mode("logmode"),
+                enabled: r.bool(Opt::Enabled),
+                logfile: r.path(Opt::Logfile).unwrap_or_default(),
+                logmode: r.mode(Opt::Logmode),
                 heartbeat: (!hb.is_zero()).then_some(hb),
-                log_delivery: r.bool("log_delivery"),
-                log_delivery_format: r.word("log_delivery_format").to_string(),
-                log_heartbeat_format: r.word("log_heartbeat_format").to_string(),
-                log_permfail: r.bool("log_permfail"),
-                log_permfail_format: r.word("log_permfail_format").to_string(),
-                log_tempfail: r.bool("log_tempfail"),
-                log_tempfail_format: r.word("log_tempfail_format").to_string(),
+                log_delivery: r.bool(Opt::LogDelivery),
+                log_delivery_format: r.word(Opt::LogDeliveryFormat).to_string(),
+                log_heartbeat_format: r.word(Opt::LogHeartbeatFormat).to_string(),
+                log_permfail: r.bool(Opt::LogPermfail),
+                log_permfail_format: r.word(Opt::LogPermfailFormat).to_string(),
+                log_tempfail: r.bool(Opt::LogTempfail),
+                log_tempfail_format: r.word(Opt::LogTempfailFormat).to_string(),
             }
         })
         .collect()
@@ -583,23 +508,23 @@ pub(crate) fn ec_loggers(root: &Node) -> Vec<EcLoggerSettings> {
     root.children_of(ScopeKind::EcLogger)
         .map(|n| {
             let r = Resolver::new(vec![n]);
-            let hb = r.secs("heartbeat");
+            let hb = r.secs(Opt::Heartbeat);
             EcLoggerSettings {
                 name: n.name.clone().unwrap_or_default(),
-                enabled: r.bool("enabled"),
-                mainlog: r.path("mainlog").unwrap_or_default(),
-                mainlog_mode: r.mode("mainlog_mode"),
-                paniclog: r.path("paniclog").unwrap_or_default(),
-                paniclog_mode: r.mode("paniclog_mode"),
-                rejectlog: r.path("rejectlog").unwrap_or_default(),
-                rejectlog_mode: r.mode("rejectlog_mode"),
+                enabled: r.bool(Opt::Enabled),
+                mainlog: r.path(Opt::Mainlog).unwrap_or_default(),
+                mainlog_mode: r.mode(Opt::MainlogMode),
+                paniclog: r.path(Opt::Paniclog).unwrap_or_default(),
+                paniclog_mode: r.mode(Opt::PaniclogMode),
+                rejectlog: r.path(Opt::Rejectlog).unwrap_or_default(),
+                rejectlog_mode: r.mode(Opt::RejectlogMode),
                 heartbeat: (!hb.is_zero()).then_some(hb),
-                log_receptions: r.bool("log_receptions"),
-                log_deliveries: r.bool("log_deliveries"),
-                log_transient_failures: r.bool("log_transient_failures"),
-                log_permanent_failures: r.bool("log_permanent_failures"),
-                log_rejections: r.bool("log_rejections"),
-                log_errors: r.bool("log_errors"),
+                log_receptions: r.bool(Opt::LogReceptions),
+                log_deliveries: r.bool(Opt::LogDeliveries),
+                log_transient_failures: r.bool(Opt::LogTransientFailures),
+                log_permanent_failures: r.bool(Opt::LogPermanentFailures),
+                log_rejections: r.bool(Opt::LogRejections),
+                log_errors: r.bool(Opt::LogErrors),
             }
         })
         .collect()
@@ -639,23 +564,21 @@ impl SpoolSettings {
 pub(crate) fn spool(root: &Node) -> SpoolSettings {
     let r = Resolver::new(vec![root]);
     SpoolSettings {
-        dir: r.path("spool_dir").unwrap_or_default(),
-        backend: if r.word("spool_backend") == "jetstream" {
-            SpoolBackend::JetStream
-        } else {
-            SpoolBackend::Embedded
-        },
-        nats_url: r.string("spool_nats_url"),
-        nats_stream: r.word("spool_nats_stream").to_string(),
-        nats_replicas: r.u32("spool_nats_replicas"),
-        nats_credentials: r.path("spool_nats_credentials"),
-        nats_token: r.string("spool_nats_token"),
-        nats_tls_ca: r.path("spool_nats_tls_ca"),
-        nats_tls_cert: r.path("spool_nats_tls_cert"),
-        nats_tls_key: r.path("spool_nats_tls_key"),
-        nats_timeout: r.secs("spool_nats_timeout"),
-        nats_ack_wait: r.secs("spool_nats_ack_wait"),
-        nats_max_ack_pending: r.u32("spool_nats_max_ack_pending"),
+        dir: r.path(Opt::SpoolDir).unwrap_or_default(),
+        backend: r
+            .word_as(Opt::SpoolBackend, SpoolBackend::from_word)
+            .unwrap_or(SpoolBackend::Embedded),
+        nats_url: r.string(Opt::SpoolNatsUrl),
+        nats_stream: r.word(Opt::SpoolNatsStream).to_string(),
+        nats_replicas: r.u32(Opt::SpoolNatsReplicas),
+        nats_credentials: r.path(Opt::SpoolNatsCredentials),
+        nats_token: r.string(Opt::SpoolNatsToken),
+        nats_tls_ca: r.path(Opt::SpoolNatsTlsCa),
+        nats_tls_cert: r.path(Opt::SpoolNatsTlsCert),
+        nats_tls_key: r.path(Opt::SpoolNatsTlsKey),
+        nats_timeout: r.secs(Opt::SpoolNatsTimeout),
+        nats_ack_wait: r.secs(Opt::SpoolNatsAckWait),
+        nats_max_ack_pending: r.u32(Opt::SpoolNatsMaxAckPending),
     }
 }
 

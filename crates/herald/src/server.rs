@@ -225,19 +225,19 @@ impl Server {
 
         let resolver = Arc::new(ConfigResolver::new(config.clone()));
         let global = herald_conf::ScopePath::global();
-        let path_option = |name: &str| match config.eval(&global, name) {
+        let path_option = |opt: herald_conf::Opt| match config.eval_opt(&global, opt) {
             Ok(herald_conf::Value::Str(p)) if !p.is_empty() => Some(PathBuf::from(p)),
             _ => None,
         };
-        let feedback_log = match path_option("feedback_logfile") {
+        let feedback_log = match path_option(herald_conf::Opt::FeedbackLogfile) {
             Some(p) => Some(
                 crate::logs::file::LogFile::open(&p, 0o644)
                     .map_err(crate::logs::LogSetupError::from)?,
             ),
             None => None,
         };
-        let tokens_file =
-            path_option("invalid_tokens_file").unwrap_or_else(|| dir.join("invalid-tokens.jsonl"));
+        let tokens_file = path_option(herald_conf::Opt::InvalidTokensFile)
+            .unwrap_or_else(|| dir.join("invalid-tokens.jsonl"));
         let invalid_tokens = Arc::new(InvalidTokenStore::open(&tokens_file, feedback_log)?);
         if let Some(js) = &jetstream {
             share_invalid_tokens(js, &invalid_tokens);

@@ -154,23 +154,19 @@ pub fn format_utc(t: SystemTime) -> String {
         Ok(d) => d.as_secs() as i64,
         Err(e) => -(e.duration().as_secs() as i64),
     };
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // A certificate's times are at most year 9999 (ASN.1); anything beyond `time`'s range is shown as seconds.
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("{secs} s after 1970-01-01 00:00:00 UTC"),
+    }
 }
 
 /// Reads one DER TLV at the start of `b`: (tag, content, rest).
@@ -276,6 +272,14 @@ pub(crate) mod tests {
         assert_eq!(
             format_utc(UNIX_EPOCH - Duration::from_secs(86_400)),
             "1969-12-31 00:00:00 UTC"
+        );
+        assert_eq!(
+            format_utc(UNIX_EPOCH + Duration::from_secs(253_402_300_799)),
+            "9999-12-31 23:59:59 UTC"
+        );
+        assert_eq!(
+            format_utc(UNIX_EPOCH + Duration::from_secs(1 << 40)),
+            "1099511627776 s after 1970-01-01 00:00:00 UTC"
         );
     }
 

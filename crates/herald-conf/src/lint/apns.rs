@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::{
     diag::{Diagnostics, Location},
     eval,
-    options::{self, OptId},
+    options::{self, Opt, OptId},
     scopes::ScopeKind,
     tree::Node,
     value::{RouteProtocol, Value},
@@ -59,13 +59,6 @@ fn domain_sites(root: &Node) -> Vec<DomainSite<'_>> {
 }
 
 /// The effective value of an option for a domain stanza and where it was set (`None`: the default).
-fn effective<'a>(nodes: &[&'a Node], name: &str) -> (&'a Value, Option<&'a Location>) {
-    let Some(id) = options::lookup(name) else {
-        return (&Value::Unset, None);
-    };
-    lookup(nodes, id)
-}
-
 fn lookup<'a>(nodes: &[&'a Node], id: OptId) -> (&'a Value, Option<&'a Location>) {
     for n in nodes {
         if let Some(s) = n.get(id) {
@@ -104,7 +97,7 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
         };
         let nodes = eval::delivery_nodes(root, site.group, site.binding, Some(domain));
         // Only the stanza itself and what it inherits: the path's own domain stanza leads the list.
-        let (method, _) = effective(&nodes, "delivery_method");
+        let (method, _) = lookup(&nodes, Opt::DeliveryMethod.id());
         if !matches!(method, Value::Str(m) if m.eq_ignore_ascii_case("apn")) {
             continue;
         }
@@ -115,7 +108,7 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
         });
         let where_set = |at: Option<&Location>| at.cloned().unwrap_or_else(|| stanza_at.clone());
 
-        let (idle, idle_at) = effective(&nodes, "idle_timeout");
+        let (idle, idle_at) = lookup(&nodes, Opt::IdleTimeout.id());
         let idle_secs = idle.as_int().unwrap_or(0);
         if idle_secs == 0 {
             report(
@@ -132,12 +125,12 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
             );
         }
 
-        let (routes, _) = effective(&nodes, "routes");
+        let (routes, _) = lookup(&nodes, Opt::Routes.id());
         let binary = matches!(routes, Value::Routes(r) if r.iter().any(|r| r.protocol == RouteProtocol::Binary));
         if !binary {
             continue;
         }
-        let (response, response_at) = effective(&nodes, "delivery_response_timeout");
+        let (response, response_at) = lookup(&nodes, Opt::DeliveryResponseTimeout.id());
         let response_ms = response.as_int().unwrap_or(0);
         if idle_secs > 0 && response_ms >= idle_secs.saturating_mul(1000) {
             let at = response_at.or(idle_at);
@@ -155,7 +148,7 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
                 }),
             );
         }
-        let (feedback, feedback_at) = effective(&nodes, "apn_feedback_interval");
+        let (feedback, feedback_at) = lookup(&nodes, Opt::ApnFeedbackInterval.id());
         if feedback.as_int().unwrap_or(0) == 0 {
             report(
                 2,

@@ -5,7 +5,7 @@
 
 use crate::{
     diag::Diagnostics,
-    loader::id,
+    options::Opt,
     scopes::ScopeKind,
     tree::{Node, Setting},
     value::Value,
@@ -45,7 +45,7 @@ fn modules_off(root: &Node, diags: &mut Diagnostics) {
         let Some(m) = root.child(kind, None) else {
             continue;
         };
-        if let Some(s) = m.get(id("enabled"))
+        if let Some(s) = m.get(Opt::Enabled.id())
             && s.value.as_bool() == Some(false)
         {
             diags.warning(
@@ -58,7 +58,7 @@ fn modules_off(root: &Node, diags: &mut Diagnostics) {
 
 /// `mcmt_reception` anywhere in the `http_listener` tree (listener, listen, peer).
 fn mcmt_under_http(n: &Node, diags: &mut Diagnostics) {
-    if let Some(s) = n.get(id("mcmt_reception")) {
+    if let Some(s) = n.get(Opt::McmtReception.id()) {
         diags.warning(
             s.at.clone(),
             "`mcmt_reception` has no effect in an http_listener: the REST listener always takes MCMT messages \
@@ -72,7 +72,7 @@ fn mcmt_under_http(n: &Node, diags: &mut Diagnostics) {
 
 /// Every `routes` setting (global, domains anywhere) that lists more than one route.
 fn routes(n: &Node, diags: &mut Diagnostics) {
-    if let Some(s) = n.get(id("routes")) {
+    if let Some(s) = n.get(Opt::Routes.id()) {
         several_routes(s, diags);
     }
     for c in n.children() {

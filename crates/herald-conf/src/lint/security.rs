@@ -9,25 +9,19 @@
 use crate::{
     diag::{Diagnostics, Location},
     net::ListenAddr,
-    options::{self, OptId},
+    options::Opt,
     scopes::ScopeKind,
     tree::{Node, Setting},
     value::Value,
 };
 
-fn id(name: &str) -> Option<OptId> {
-    options::lookup(name)
-}
-
 /// The setting of `name` in the listen stanza, else in its listener.
-fn resolved<'a>(listen: &'a Node, listener: &'a Node, name: &str) -> Option<&'a Setting> {
-    let id = id(name)?;
-    listen.get(id).or_else(|| listener.get(id))
+fn resolved<'a>(listen: &'a Node, listener: &'a Node, opt: Opt) -> Option<&'a Setting> {
+    listen.get(opt.id()).or_else(|| listener.get(opt.id()))
 }
 
 fn enabled(n: &Node) -> bool {
-    id("enable")
-        .and_then(|i| n.get(i))
+    n.get(Opt::Enable.id())
         .and_then(|s| s.value.as_bool())
         .unwrap_or(true)
 }
@@ -80,7 +74,7 @@ fn check_listen(
     match (listener.kind, addr) {
         (ScopeKind::ControlListener, ListenAddr::Tcp(sa))
             if !sa.ip().is_loopback()
-                && !non_empty_str(resolved(listen, listener, "control_password")) =>
+                && !non_empty_str(resolved(listen, listener, Opt::ControlPassword)) =>
         {
             diags.warning(
                 at,
@@ -92,7 +86,7 @@ fn check_listen(
             );
         }
         (ScopeKind::ControlListener, ListenAddr::Unix(_)) => {
-            if let Some(mode) = resolved(listen, listener, "file_mode") {
+            if let Some(mode) = resolved(listen, listener, Opt::FileMode) {
                 if let Value::Mode(m) = mode.value {
                     if m & !0o660 != 0 {
                         diags.warning(
@@ -110,10 +104,10 @@ fn check_listen(
         (ScopeKind::EsmtpListener | ScopeKind::HttpListener, ListenAddr::Tcp(sa))
             if sa.ip().is_unspecified() =>
         {
-            let allow_list = non_empty_list(resolved(listen, listener, "always_allow"));
+            let allow_list = non_empty_list(resolved(listen, listener, Opt::AlwaysAllow));
             let http = listener.kind == ScopeKind::HttpListener;
-            let keys = non_empty_str(resolved(listen, listener, "api_key"))
-                || non_empty_list(resolved(listen, listener, "api_keys"));
+            let keys = non_empty_str(resolved(listen, listener, Opt::ApiKey))
+                || non_empty_list(resolved(listen, listener, Opt::ApiKeys));
             if !(allow_list || (http && keys)) {
                 let protect = if http {
                     "set api_key (or api_keys) or an always_allow list of the clients' addresses"
@@ -137,9 +131,9 @@ fn check_listen(
 fn empty_api_keys(node: &Node, diags: &mut Diagnostics) {
     for s in node.settings() {
         let name = s.id.def().name;
-        let empty = match (&s.value, name) {
-            (Value::Str(v), "api_key") => v.trim().is_empty(),
-            (Value::List(l), "api_keys") => l.iter().any(|k| k.trim().is_empty()),
+        let empty = match (&s.value, s.id.opt()) {
+            (Value::Str(v), Some(Opt::ApiKey)) => v.trim().is_empty(),
+            (Value::List(l), Some(Opt::ApiKeys)) => l.iter().any(|k| k.trim().is_empty()),
             _ => false,
         };
         if empty {

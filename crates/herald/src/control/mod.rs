@@ -181,11 +181,11 @@ impl ConnectionRules {
             .then(ScopeKind::ControlListener, None)
             .then(ScopeKind::Listen, Some(&settings.address));
         let password = config
-            .eval(&path, "control_password")
+            .eval_opt(&path, herald_conf::Opt::ControlPassword)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned));
         let timeout = config
-            .eval(&path, "timeout")
+            .eval_opt(&path, herald_conf::Opt::Timeout)
             .ok()
             .and_then(|v| v.as_int())
             .and_then(|s| u64::try_from(s).ok())

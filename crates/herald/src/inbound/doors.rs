@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_conf::{Config, ListenerKind, ListenerSettings, ScopeKind, ScopePath};
+use herald_conf::{Config, ListenerKind, ListenerSettings, Opt, ScopeKind, ScopePath};
 
 /// Descriptors kept out of the network budget: the spool, logs, outbound APNs connections, the console.
 pub const FD_RESERVE: usize = 512;
@@ -130,40 +130,40 @@ impl DoorLimits {
         let path = ScopePath::global()
             .then(scope, None)
             .then(ScopeKind::Listen, Some(&listener.address));
-        let int = |name: &str| -> Option<u64> {
+        let int = |opt: Opt| -> Option<u64> {
             config
-                .eval(&path, name)
+                .eval_opt(&path, opt)
                 .ok()
                 .and_then(|v| v.as_int())
                 .and_then(|n| u64::try_from(n).ok())
                 .filter(|n| *n > 0)
         };
-        let count = |name: &str, default: usize| {
-            int(name)
+        let count = |opt: Opt, default: usize| {
+            int(opt)
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(default)
         };
-        let secs = |name: &str, default: Duration| int(name).map_or(default, Duration::from_secs);
+        let secs = |opt: Opt, default: Duration| int(opt).map_or(default, Duration::from_secs);
         let mut limits = DoorLimits {
-            max_connections: count("max_connections", DEFAULT_MAX_CONNECTIONS),
+            max_connections: count(Opt::MaxConnections, DEFAULT_MAX_CONNECTIONS),
             max_connections_per_client: count(
-                "max_connections_per_client",
+                Opt::MaxConnectionsPerClient,
                 DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             ),
             ..DoorLimits::default()
         };
         match listener.kind {
             ListenerKind::Http => {
-                limits.first_byte_timeout = secs("first_byte_timeout", DEFAULT_FIRST_BYTE_TIMEOUT);
-                limits.header_timeout = secs("header_timeout", DEFAULT_HEADER_TIMEOUT);
-                limits.body_timeout = secs("body_timeout", DEFAULT_BODY_TIMEOUT);
-                limits.keepalive_timeout = secs("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT);
+                limits.first_byte_timeout = secs(Opt::FirstByteTimeout, DEFAULT_FIRST_BYTE_TIMEOUT);
+                limits.header_timeout = secs(Opt::HeaderTimeout, DEFAULT_HEADER_TIMEOUT);
+                limits.body_timeout = secs(Opt::BodyTimeout, DEFAULT_BODY_TIMEOUT);
+                limits.keepalive_timeout = secs(Opt::KeepaliveTimeout, DEFAULT_KEEPALIVE_TIMEOUT);
                 limits.max_notifications =
-                    count("max_notifications_per_request", DEFAULT_MAX_NOTIFICATIONS);
+                    count(Opt::MaxNotificationsPerRequest, DEFAULT_MAX_NOTIFICATIONS);
             }
             ListenerKind::Esmtp => {
                 limits.max_notifications =
-                    count("max_notifications_per_message", DEFAULT_MAX_NOTIFICATIONS);
+                    count(Opt::MaxNotificationsPerMessage, DEFAULT_MAX_NOTIFICATIONS);
             }
             ListenerKind::Control | ListenerKind::Ecstream => {}
         }

@@ -263,9 +263,10 @@ pub fn check(config: &herald_conf::Config) -> Vec<String> {
             a.logfile.clone(),
         ));
     }
-    if let Ok(herald_conf::Value::Str(p)) =
-        config.eval(&herald_conf::ScopePath::global(), "feedback_logfile")
-        && !p.is_empty()
+    if let Ok(herald_conf::Value::Str(p)) = config.eval_opt(
+        &herald_conf::ScopePath::global(),
+        herald_conf::Opt::FeedbackLogfile,
+    ) && !p.is_empty()
     {
         files.push(("feedback_logfile".into(), p.into()));
     }

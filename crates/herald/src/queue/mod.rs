@@ -256,9 +256,9 @@ impl EngineLimits {
     /// The limits `config` sets (`max_resident_notifications`).
     pub fn from_config(config: &herald_conf::Config) -> Self {
         let max_resident = config
-            .eval(
+            .eval_opt(
                 &herald_conf::ScopePath::global(),
-                "max_resident_notifications",
+                herald_conf::Opt::MaxResidentNotifications,
             )
             .ok()
             .and_then(|v| v.as_int())

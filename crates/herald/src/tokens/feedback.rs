@@ -68,7 +68,7 @@ pub fn feedback_endpoint(
 ) -> Option<Endpoint> {
     let route = &settings.endpoint;
     let path = delivery_path(settings, domain);
-    if let Ok(Value::Str(addr)) = config.eval(&path, "apn_feedback_address") {
+    if let Ok(Value::Str(addr)) = config.eval_opt(&path, herald_conf::Opt::ApnFeedbackAddress) {
         let (host, port) = addr.rsplit_once(':')?;
         return Some(
             Endpoint::new(host.trim_matches(['[', ']']), port.parse().ok()?).bound_to(route.bind),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use herald_conf::{Config, ListenerSettings, ScopeKind, ScopePath};
+use herald_conf::{Config, ListenerSettings, Opt, ScopeKind, ScopePath};
 
 /// Limits of an ESMTP listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,9 +68,9 @@ impl SmtpLimits {
         let path = ScopePath::global()
             .then(ScopeKind::EsmtpListener, None)
             .then(ScopeKind::Listen, Some(&listener.address));
-        let int = |name: &str| -> Option<u64> {
+        let int = |opt: Opt| -> Option<u64> {
             config
-                .eval(&path, name)
+                .eval_opt(&path, opt)
                 .ok()
                 .and_then(|v| v.as_int())
                 .and_then(|n| u64::try_from(n).ok())
@@ -82,16 +82,16 @@ impl SmtpLimits {
             max_notifications: doors.max_notifications,
             ..SmtpLimits::default()
         };
-        if let Some(n) = int("max_message_size").filter(|n| *n > 0) {
+        if let Some(n) = int(Opt::MaxMessageSize).filter(|n| *n > 0) {
             limits.max_message_size = n;
         }
-        if let Some(n) = int("max_recipients_per_message")
+        if let Some(n) = int(Opt::MaxRecipientsPerMessage)
             .filter(|n| *n > 0)
             .and_then(|n| usize::try_from(n).ok())
         {
             limits.max_recipients = n;
         }
-        if let Some(n) = int("max_line_length")
+        if let Some(n) = int(Opt::MaxLineLength)
             .filter(|n| *n > 0)
             .and_then(|n| usize::try_from(n).ok())
         {
@@ -99,7 +99,7 @@ impl SmtpLimits {
             limits.max_text_line = n;
         }
         // 0 means the default, as on the control listener.
-        if let Some(s) = int("timeout").filter(|s| *s > 0) {
+        if let Some(s) = int(Opt::Timeout).filter(|s| *s > 0) {
             limits.idle_timeout = Duration::from_secs(s);
         }
         limits
