@@ -1,6 +1,8 @@
 //! One call that checks everything about a notification before it is accepted: device token format for the
-//! protocol, topic against push type, collapse id, apns-id, expiration and payload (apns.md §5.3, §3.2,
-//! §1.4). The accept layer uses it to refuse a bad notification at the door with a reason naming the field.
+//! protocol, topic against push type, collapse id, apns-id, expiration and payload
+//! (docs/apns-protocol.md#provider-checks, docs/apns-protocol.md#http2-request,
+//! docs/apns-protocol.md#binary-command-2). The accept layer uses it to refuse a bad notification at the door with a
+//! reason naming the field.
 
 use crate::payload::{self, PayloadError};
 use crate::push::{self, Priority, Protocol, PushError, PushType};
@@ -99,7 +101,7 @@ mod tests {
 
     #[test]
     fn tokens_must_have_the_size_apns_takes_on_both_protocols() {
-        // apns.md §1.6: 32 bytes; APNs answers BadDeviceToken to other sizes on HTTP/2 as well.
+        // docs/apns-protocol.md#size-limits: 32 bytes; APNs answers BadDeviceToken to other sizes on HTTP/2 as well.
         for protocol in [Protocol::Http2, Protocol::Binary] {
             for bytes in [1, 2, 31, 33, 100, 101] {
                 let hex = "ab".repeat(bytes);
@@ -173,8 +175,8 @@ mod tests {
 
     #[test]
     fn expiry_must_fit_32_bits_on_both_protocols() {
-        // apns.md §1.3/§1.4: the binary expiry is a u32; herald keeps the HTTP/2 one in the same range rather than
-        // change it after acceptance.
+        // docs/apns-protocol.md#binary-command-1, docs/apns-protocol.md#binary-command-2: the binary expiry is a u32;
+        // herald keeps the HTTP/2 one in the same range rather than change it after acceptance.
         for protocol in [Protocol::Binary, Protocol::Http2] {
             let late = NotificationParts {
                 protocol,

@@ -1,6 +1,7 @@
 //! How every APNs answer is treated: retried, retried after a new provider token, failed, or failed with the
-//! token reported invalid. The binary statuses (apns.md §1.5) and the HTTP/2 statuses and reasons
-//! (apns.md §3.5, §3.6) are classified here and nowhere else (design §5).
+//! token reported invalid. The binary statuses (docs/apns-protocol.md#binary-error-packet) and the HTTP/2 statuses and
+//! reasons (docs/apns-protocol.md#http2-response, docs/apns-protocol.md#reasons) are classified here and nowhere else
+//! (docs/apns-protocol.md#classification).
 
 use std::fmt;
 
@@ -51,8 +52,9 @@ impl fmt::Display for FailureClass {
     }
 }
 
-/// Class of a binary error-packet status (apns.md §1.5, design §5): processing error, shutdown and unknown
-/// are transient; invalid token (8) invalidates the token; everything else is permanent.
+/// Class of a binary error-packet status (docs/apns-protocol.md#binary-error-packet,
+/// docs/apns-protocol.md#classification): processing error, shutdown and unknown are transient; invalid token (8)
+/// invalidates the token; everything else is permanent.
 pub fn classify_binary(status: Status) -> FailureClass {
     match status {
         Status::ProcessingError | Status::Shutdown | Status::Unknown => FailureClass::Transient,
@@ -68,7 +70,7 @@ pub fn classify_binary(status: Status) -> FailureClass {
     }
 }
 
-/// Class of a known HTTP/2 reason (apns.md §3.6 and Apple's retry guidance there).
+/// Class of a known HTTP/2 reason (docs/apns-protocol.md#reasons and Apple's retry guidance there).
 ///
 /// Two 4xx reasons are transient on purpose: `IdleTimeout` (the server timed the connection out, nothing is
 /// wrong with the notification) and `UnrelatedKeyIdInToken` (Apple's remedy is a new connection).
@@ -109,8 +111,8 @@ pub fn classify_reason(reason: Reason) -> FailureClass {
 }
 
 /// Class of an HTTP/2 response other than 200. A known reason decides (Apple's status for a reason has
-/// changed over time, so the reason string wins, apns.md §3.6); otherwise the status does: 410 invalidates
-/// the token, 408 and 429 are transient, other 4xx permanent, 5xx transient. Statuses outside 4xx/5xx are
+/// changed over time, so the reason string wins, docs/apns-protocol.md#reasons); otherwise the status does: 410
+/// invalidates the token, 408 and 429 are transient, other 4xx permanent, 5xx transient. Statuses outside 4xx/5xx are
 /// not APNs answers to a push and are treated as transient.
 pub fn classify_http(status: u16, reason: Option<&str>) -> FailureClass {
     if let Some(r) = reason.and_then(|r| r.parse::<Reason>().ok()) {
@@ -131,7 +133,7 @@ mod tests {
 
     #[test]
     fn binary_statuses() {
-        // apns.md §1.5, design §5.
+        // docs/apns-protocol.md#binary-error-packet, docs/apns-protocol.md#classification.
         let table: [(u8, FailureClass); 12] = [
             (0, Permanent),
             (1, Transient),
@@ -154,7 +156,7 @@ mod tests {
 
     #[test]
     fn every_http_reason() {
-        // apns.md §3.6, all 32 reasons; the status given alongside is the one in Apple's table.
+        // docs/apns-protocol.md#reasons, all 32 reasons; the status given alongside is the one in Apple's table.
         let table: [(&str, FailureClass); 32] = [
             ("BadCollapseId", Permanent),
             ("BadDeviceToken", InvalidToken),
@@ -198,7 +200,7 @@ mod tests {
 
     #[test]
     fn reason_wins_over_status() {
-        // apns.md §3.6 history: ExpiredToken was once listed with 400.
+        // docs/apns-protocol.md#reasons history: ExpiredToken was once listed with 400.
         assert_eq!(classify_http(400, Some("ExpiredToken")), InvalidToken);
     }
 

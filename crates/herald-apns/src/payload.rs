@@ -1,5 +1,5 @@
-//! Provider-side payload validation (apns.md §5.3): size by protocol and push type, strict JSON, the shape
-//! and value types of the `aps` dictionary, and the rules that tie the payload to its push type and
+//! Provider-side payload validation (docs/apns-protocol.md#provider-checks): size by protocol and push type, strict
+//! JSON, the shape and value types of the `aps` dictionary, and the rules that tie the payload to its push type and
 //! priority. A notification that fails here is refused at the door with the rule it broke.
 //!
 //! Decisions, where Apple leaves room:
@@ -11,7 +11,7 @@
 //! - Unknown keys inside `aps` and `alert` are accepted (APNs ignores them).
 //! - An alert push over HTTP/2 must carry `alert`, `badge` or `sound`; a `content-available`-only payload
 //!   belongs to the background push type. On the binary protocol, which has no push type, such a payload
-//!   may not use priority 10 (apns.md §1.4 item 5).
+//!   may not use priority 10 (docs/apns-protocol.md#binary-command-2 item 5).
 //! - `content-available` and `mutable-content` accept 0 or 1; a sound's `critical` accepts 0 or 1.
 
 use std::cell::RefCell;
@@ -82,7 +82,8 @@ pub enum PayloadError {
     BroadcastStart,
 }
 
-/// Checks `payload` for a push of `push_type` sent over `protocol` at `priority` (apns.md §5.3).
+/// Checks `payload` for a push of `push_type` sent over `protocol` at `priority`
+/// (docs/apns-protocol.md#provider-checks).
 pub fn validate(
     payload: &[u8],
     push_type: PushType,
@@ -102,7 +103,7 @@ pub fn validate(
             protocol,
         });
     }
-    // Rule 4 and §3.2: priorities per protocol and push type.
+    // Rule 4 and docs/apns-protocol.md#push-types: priorities per protocol and push type.
     check_priority(push_type, protocol, priority)?;
     // Rule 2: a JSON object.
     let root = match parse_strict(payload)? {
@@ -133,9 +134,10 @@ pub fn validate(
     check_push_type_rules(aps, push_type, protocol, priority)
 }
 
-/// Checks the payload of a broadcast push (apns.md §5.3 rules 1, 2, 8 and 9, §6.2): non-empty, at most
-/// [`BROADCAST_PAYLOAD_LIMIT`] bytes, a Live Activity payload whose `event` is `update` or `end` (a broadcast
-/// cannot start an activity). Every priority of HTTP/2 (10, 5, 1) is allowed for broadcasts.
+/// Checks the payload of a broadcast push (docs/apns-protocol.md#provider-checks rules 1, 2, 8 and 9,
+/// docs/apns-protocol.md#history): non-empty, at most [`BROADCAST_PAYLOAD_LIMIT`] bytes, a Live Activity payload whose
+/// `event` is `update` or `end` (a broadcast cannot start an activity). Every priority of HTTP/2 (10, 5, 1) is allowed
+/// for broadcasts.
 pub fn validate_broadcast(payload: &[u8]) -> Result<(), PayloadError> {
     if payload.is_empty() {
         return Err(PayloadError::Empty);
@@ -179,7 +181,7 @@ pub fn validate_broadcast(payload: &[u8]) -> Result<(), PayloadError> {
     )
 }
 
-/// The largest broadcast payload APNs accepts (apns.md §3.4, §6.2).
+/// The largest broadcast payload APNs accepts (docs/apns-protocol.md#payload-limits, docs/apns-protocol.md#history).
 pub const BROADCAST_PAYLOAD_LIMIT: usize = 5120;
 
 /// The push type a payload implies when the sender named none (Momentum's binary-era submissions have no
@@ -296,7 +298,7 @@ fn check_live_activity(aps: &Map<String, Value>) -> Result<(), PayloadError> {
     Ok(())
 }
 
-/// Rule 8 and the types of §5.1 / §5.2.
+/// Rule 8 and the types of docs/apns-protocol.md#aps-keys, docs/apns-protocol.md#alert-keys.
 fn check_aps_types(aps: &Map<String, Value>, push_type: PushType) -> Result<(), PayloadError> {
     for (key, value) in aps {
         let path = || format!("aps.{key}");
@@ -368,7 +370,7 @@ fn check_alert(value: &Value) -> Result<(), PayloadError> {
     for (key, value) in alert {
         let path = || format!("aps.alert.{key}");
         match key.as_str() {
-            // Live activity alerts may nest localisation objects in title and body (apns.md §5.2).
+            // Live activity alerts may nest localisation objects in title and body (docs/apns-protocol.md#alert-keys).
             "title" | "subtitle" | "body"
                 if !matches!(value, Value::String(_) | Value::Object(_)) =>
             {
@@ -680,7 +682,7 @@ mod tests {
 
     #[test]
     fn size_limits() {
-        // apns.md §5.3 rule 1, §3.4, §1.6.
+        // docs/apns-protocol.md#rule-1, docs/apns-protocol.md#payload-limits, docs/apns-protocol.md#size-limits.
         let pad = |n: usize| {
             let head = r#"{"aps":{"alert":""#;
             let tail = r#""}}"#;
@@ -715,7 +717,7 @@ mod tests {
 
     #[test]
     fn strict_json() {
-        // apns.md §5.3 rule 2.
+        // docs/apns-protocol.md#rule-2.
         for bad in [
             r#"{"aps":{"alert":"x"}} x"#,
             r#"{"aps":{"alert":"x"}}{}"#,
@@ -794,7 +796,7 @@ mod tests {
 
     #[test]
     fn aps_value_types() {
-        // apns.md §5.1, §5.2, §5.3 rule 8.
+        // docs/apns-protocol.md#aps-keys, docs/apns-protocol.md#alert-keys, docs/apns-protocol.md#rule-8.
         let cases = [
             (r#"{"aps":{"alert":3}}"#, "aps.alert"),
             (r#"{"aps":{"alert":{"title":3}}}"#, "aps.alert.title"),
@@ -859,7 +861,7 @@ mod tests {
 
     #[test]
     fn background_rules() {
-        // apns.md §3.2 and §5.3 rule 3: only content-available: 1, priority 5.
+        // docs/apns-protocol.md#push-types and docs/apns-protocol.md#rule-3: only content-available: 1, priority 5.
         assert_eq!(
             err(
                 r#"{"aps":{"content-available":1,"alert":"x"}}"#,
@@ -913,7 +915,7 @@ mod tests {
 
     #[test]
     fn binary_priority_rules() {
-        // apns.md §1.4 item 5 / §5.3 rule 4.
+        // docs/apns-protocol.md#binary-command-2 item 5 / docs/apns-protocol.md#rule-4.
         assert!(matches!(
             err(
                 r#"{"aps":{"content-available":1}}"#,
@@ -937,7 +939,7 @@ mod tests {
 
     #[test]
     fn live_activity_rules() {
-        // apns.md §5.3 rule 9.
+        // docs/apns-protocol.md#rule-9.
         let missing = |p: &str| match err(p, LiveActivity, Http2, Immediate) {
             PayloadError::MissingKey { key, .. } => key,
             other => panic!("{p}: {other}"),

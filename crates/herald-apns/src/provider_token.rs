@@ -1,5 +1,5 @@
-//! Provider tokens for token-based (JWT) authentication (apns.md §4.1): signing ES256 JWTs from a `.p8` key,
-//! the cache every connection of a key shares (refreshed every 20-60 minutes, never more often), and
+//! Provider tokens for token-based (JWT) authentication (docs/apns-protocol.md#provider-tokens): signing ES256 JWTs
+//! from a `.p8` key, the cache every connection of a key shares (refreshed every 20-60 minutes, never more often), and
 //! verification for the simulator, which accepts both the JOSE and the DER signature encodings.
 
 use std::fmt;
@@ -60,7 +60,7 @@ pub enum TokenAuthError {
 pub struct JwtHeader {
     pub alg: String,
     pub kid: String,
-    /// Some clients add `"typ":"JWT"` (apns.md §4.1); it is accepted and not required.
+    /// Some clients add `"typ":"JWT"` (docs/apns-protocol.md#provider-tokens); it is accepted and not required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub typ: Option<String>,
 }
@@ -170,7 +170,8 @@ impl SigningKey {
     }
 
     /// A provider token issued at `issued_at_unix`: header `{"alg":"ES256","kid":…}`, claims
-    /// `{"iss":…,"iat":…}`, signature as the 64-byte JOSE `r||s`, all unpadded base64url (apns.md §4.1).
+    /// `{"iss":…,"iat":…}`, signature as the 64-byte JOSE `r||s`, all unpadded base64url
+    /// (docs/apns-protocol.md#provider-tokens).
     pub fn sign(&self, issued_at_unix: u64) -> Result<String, TokenAuthError> {
         let claims = JwtClaims {
             iss: self.team_id.clone(),
@@ -296,7 +297,7 @@ pub fn decode_unverified(jwt: &str) -> Result<(JwtHeader, JwtClaims), TokenAuthE
 }
 
 /// Re-encodes a JOSE `r||s` ECDSA P-256 signature as an ASN.1 DER `SEQUENCE { INTEGER r, INTEGER s }`, the
-/// form OpenSSL and Java produce (apns.md §4.1).
+/// form OpenSSL and Java produce (docs/apns-protocol.md#provider-tokens).
 pub fn jose_signature_to_der(sig: &[u8; 64]) -> Vec<u8> {
     fn integer(out: &mut Vec<u8>, be: &[u8]) {
         let first = be.iter().position(|&b| b != 0).unwrap_or(be.len() - 1);
@@ -569,7 +570,7 @@ mod tests {
 
     #[test]
     fn token_layout() {
-        // apns.md §4.1: header alg/kid, claims iss/iat, base64url unpadded, JOSE signature.
+        // docs/apns-protocol.md#provider-tokens: header alg/kid, claims iss/iat, base64url unpadded, JOSE signature.
         let (k, _) = key();
         let jwt = k.sign(1_700_000_000).unwrap();
         let s = segments(&jwt);
@@ -627,7 +628,7 @@ mod tests {
 
     #[test]
     fn der_signatures_from_an_asn1_signer_verify() {
-        // apns.md §4.1: OpenSSL/Java-style DER signatures must be accepted.
+        // docs/apns-protocol.md#provider-tokens: OpenSSL/Java-style DER signatures must be accepted.
         let (pem, der) = p8_pem();
         let k = SigningKey::from_p8_pem(&pem, "K", "T").unwrap();
         let asn1 = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &der).unwrap();
@@ -805,7 +806,7 @@ mod tests {
 
     #[test]
     fn cache_clamps_the_refresh_period() {
-        // apns.md §4.1: no more than once every 20 minutes, no less than once every 60.
+        // docs/apns-protocol.md#provider-tokens: no more than once every 20 minutes, no less than once every 60.
         assert_eq!(cache(Duration::from_secs(1)).0.refresh_after(), MIN_REFRESH);
         assert_eq!(
             cache(Duration::from_secs(5 * 3600)).0.refresh_after(),

@@ -1,5 +1,6 @@
 //! Request attributes of a push: push type, protocol, priority, topic, collapse id, apns-id and expiration,
-//! with the checks APNs applies to each header (apns.md §3.2, §3.4, §5.3).
+//! with the checks APNs applies to each header (docs/apns-protocol.md#http2-request,
+//! docs/apns-protocol.md#payload-limits, docs/apns-protocol.md#provider-checks).
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,9 +8,9 @@ use std::str::FromStr;
 /// Which APNs wire protocol carries a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
-    /// The legacy binary provider API (apns.md §1).
+    /// The legacy binary provider API (docs/apns-protocol.md#legacy-binary).
     Binary,
-    /// The HTTP/2 provider API (apns.md §3).
+    /// The HTTP/2 provider API (docs/apns-protocol.md#http2).
     Http2,
 }
 
@@ -22,13 +23,13 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// Payload limit of the binary protocol from iOS 8 on (apns.md §1.6).
+/// Payload limit of the binary protocol from iOS 8 on (docs/apns-protocol.md#size-limits).
 pub const BINARY_PAYLOAD_LIMIT: usize = 2048;
-/// Payload limit of HTTP/2 pushes other than VoIP (apns.md §3.4).
+/// Payload limit of HTTP/2 pushes other than VoIP (docs/apns-protocol.md#payload-limits).
 pub const HTTP2_PAYLOAD_LIMIT: usize = 4096;
-/// Payload limit of HTTP/2 VoIP pushes (apns.md §3.4).
+/// Payload limit of HTTP/2 VoIP pushes (docs/apns-protocol.md#payload-limits).
 pub const VOIP_PAYLOAD_LIMIT: usize = 5120;
-/// Longest `apns-collapse-id`, in bytes (apns.md §3.2).
+/// Longest `apns-collapse-id`, in bytes (docs/apns-protocol.md#http2-request).
 pub const MAX_COLLAPSE_ID_BYTES: usize = 64;
 
 /// Why a request attribute was refused.
@@ -67,7 +68,7 @@ pub enum PushError {
     },
 }
 
-/// Value of the `apns-push-type` header (apns.md §3.2).
+/// Value of the `apns-push-type` header (docs/apns-protocol.md#push-types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PushType {
     Alert,
@@ -84,7 +85,7 @@ pub enum PushType {
 }
 
 impl PushType {
-    /// Every push type, in the order of the table in apns.md §3.2.
+    /// Every push type, in the order of the table in docs/apns-protocol.md#push-types.
     pub const ALL: [PushType; 11] = [
         PushType::Alert,
         PushType::Background,
@@ -133,7 +134,7 @@ impl PushType {
     }
 
     /// Largest payload in bytes: 2048 on the binary protocol; on HTTP/2 5120 for VoIP and 4096 otherwise
-    /// (apns.md §1.6, §3.4).
+    /// (docs/apns-protocol.md#size-limits, docs/apns-protocol.md#payload-limits).
     pub fn payload_limit(self, protocol: Protocol) -> usize {
         match (protocol, self) {
             (Protocol::Binary, _) => BINARY_PAYLOAD_LIMIT,
@@ -143,7 +144,7 @@ impl PushType {
     }
 
     /// The priority to send when the sender named none: 5 for background pushes, for which 10 is an error
-    /// (apns.md §3.2), else 10 (what APNs assumes when the header is absent).
+    /// (docs/apns-protocol.md#push-types), else 10 (what APNs assumes when the header is absent).
     pub fn default_priority(self) -> Priority {
         match self {
             PushType::Background => Priority::Conserve,
@@ -151,7 +152,8 @@ impl PushType {
         }
     }
 
-    /// Location pushes are accepted only on token-authenticated connections (apns.md §3.2, §5.3 rule 10).
+    /// Location pushes are accepted only on token-authenticated connections (docs/apns-protocol.md#push-types,
+    /// docs/apns-protocol.md#rule-10).
     pub fn requires_token_auth(self) -> bool {
         self == PushType::Location
     }
@@ -174,7 +176,7 @@ impl FromStr for PushType {
     }
 }
 
-/// Value of the `apns-priority` header (apns.md §3.2). Absent means [`Priority::Immediate`].
+/// Value of the `apns-priority` header (docs/apns-protocol.md#http2-request). Absent means [`Priority::Immediate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 #[repr(u8)]
 pub enum Priority {
@@ -224,9 +226,10 @@ impl fmt::Display for Priority {
 /// Largest `apns-expiration` herald takes: the field is 32 bits in the binary protocol and in herald's queue.
 pub const MAX_EXPIRATION: u64 = u32::MAX as u64;
 
-/// `apns-collapse-id` may be at most 64 bytes (apns.md §3.2, §5.3 rule 5), and must be a value an HTTP/2 header
-/// carries unchanged: printable ASCII (no CR, LF, NUL, TAB, DEL or other control character; header values outside
-/// ASCII are opaque bytes receivers may refuse), no space at either end (RFC 9113 §8.2.1).
+/// `apns-collapse-id` may be at most 64 bytes (docs/apns-protocol.md#http2-request, docs/apns-protocol.md#rule-5), and
+/// must be a value an HTTP/2 header carries unchanged: printable ASCII (no CR, LF, NUL, TAB, DEL or other control
+/// character; header values outside ASCII are opaque bytes receivers may refuse), no space at either end
+/// (RFC 9113 §8.2.1).
 pub fn validate_collapse_id(id: &str) -> Result<(), PushError> {
     if id.len() > MAX_COLLAPSE_ID_BYTES {
         return Err(PushError::CollapseIdTooLong { len: id.len() });
@@ -243,7 +246,7 @@ pub fn validate_expiration(seconds: u64) -> Result<u32, PushError> {
 }
 
 /// [`validate_apns_id`], and lowercase, as APNs documents it: what herald accepts from senders, so that the id it
-/// sends is the one it was given (apns.md §3.2).
+/// sends is the one it was given (docs/apns-protocol.md#http2-request).
 pub fn validate_canonical_apns_id(id: &str) -> Result<(), PushError> {
     validate_apns_id(id)?;
     if id.bytes().any(|c| c.is_ascii_uppercase()) {
@@ -252,7 +255,8 @@ pub fn validate_canonical_apns_id(id: &str) -> Result<(), PushError> {
     Ok(())
 }
 
-/// `apns-id` must be a canonical UUID: 8-4-4-4-12 hex digits with hyphens (apns.md §3.2, §5.3 rule 6).
+/// `apns-id` must be a canonical UUID: 8-4-4-4-12 hex digits with hyphens (docs/apns-protocol.md#http2-request,
+/// docs/apns-protocol.md#rule-6).
 ///
 /// Decision: hex digits of either case are accepted, as UUID parsers conventionally do (and as pushy's mock
 /// does); herald itself always generates lowercase ids. Braces, URNs and the unhyphenated form are refused.
@@ -349,7 +353,7 @@ impl fmt::Display for ApnsId {
 }
 
 /// Parses `apns-expiration`: decimal digits only, seconds since the Unix epoch; 0 means "try once, don't
-/// store" (apns.md §3.2).
+/// store" (docs/apns-protocol.md#http2-request).
 pub fn parse_expiration(value: &str) -> Result<u64, PushError> {
     if value.is_empty() || !value.bytes().all(|c| c.is_ascii_digit()) {
         return Err(PushError::BadExpiration(value.to_owned()));
@@ -359,7 +363,8 @@ pub fn parse_expiration(value: &str) -> Result<u64, PushError> {
         .map_err(|_| PushError::BadExpiration(value.to_owned()))
 }
 
-/// The `apns-topic` for a bundle id and push type: the bundle id plus the type's suffix (apns.md §3.2).
+/// The `apns-topic` for a bundle id and push type: the bundle id plus the type's suffix
+/// (docs/apns-protocol.md#push-types).
 pub fn topic_for(bundle: &str, push_type: PushType) -> String {
     match push_type.topic_suffix() {
         Some(suffix) => {
@@ -373,7 +378,8 @@ pub fn topic_for(bundle: &str, push_type: PushType) -> String {
 }
 
 /// Checks that `topic` fits `push_type`: non-empty printable ASCII, and for push types that have a suffix it
-/// must end with it after a non-empty bundle id (apns.md §3.2, §5.3 rule 3). Returns the bundle id.
+/// must end with it after a non-empty bundle id (docs/apns-protocol.md#push-types, docs/apns-protocol.md#rule-3).
+/// Returns the bundle id.
 ///
 /// Decision: alert, background and mdm topics are not checked against the other types' suffixes, because a
 /// bundle id may legitimately end in a word such as `.voip`.
@@ -405,7 +411,7 @@ mod tests {
 
     #[test]
     fn push_type_strings_round_trip() {
-        // apns.md §3.2: all 11 values must be accepted.
+        // docs/apns-protocol.md#push-types: all 11 values must be accepted.
         let names = [
             "alert",
             "background",
@@ -432,7 +438,7 @@ mod tests {
 
     #[test]
     fn topic_suffixes_follow_the_table() {
-        // apns.md §3.2 push-type/topic table.
+        // docs/apns-protocol.md#push-types push-type/topic table.
         let b = "com.example.app";
         assert_eq!(topic_for(b, PushType::Alert), b);
         assert_eq!(topic_for(b, PushType::Background), b);
@@ -493,7 +499,8 @@ mod tests {
 
     #[test]
     fn payload_limits_by_protocol_and_type() {
-        // apns.md §1.6 (binary 2048), §3.4 (HTTP/2 4096, VoIP 5120).
+        // docs/apns-protocol.md#size-limits (binary 2048), docs/apns-protocol.md#payload-limits (HTTP/2 4096, VoIP
+        // 5120).
         for p in PushType::ALL {
             assert_eq!(p.payload_limit(Protocol::Binary), 2048);
             let want = if p == PushType::Voip { 5120 } else { 4096 };
@@ -507,7 +514,7 @@ mod tests {
 
     #[test]
     fn priorities() {
-        // apns.md §3.2: 10, 5, 1; anything else is BadPriority.
+        // docs/apns-protocol.md#http2-request: 10, 5, 1; anything else is BadPriority.
         for (v, p) in [
             (10, Priority::Immediate),
             (5, Priority::Conserve),
@@ -527,7 +534,7 @@ mod tests {
 
     #[test]
     fn collapse_id_limit_is_64_bytes() {
-        // apns.md §3.2: at most 64 bytes (bytes, not characters).
+        // docs/apns-protocol.md#http2-request: at most 64 bytes (bytes, not characters).
         assert!(validate_collapse_id(&"a".repeat(64)).is_ok());
         assert_eq!(
             validate_collapse_id(&"a".repeat(65)),
@@ -584,7 +591,7 @@ mod tests {
 
     #[test]
     fn apns_id_must_be_canonical_uuid() {
-        // apns.md §3.2.
+        // docs/apns-protocol.md#http2-request.
         assert!(validate_apns_id("123e4567-e89b-12d3-a456-426614174000").is_ok());
         assert!(validate_apns_id("123E4567-E89B-12D3-A456-426614174000").is_ok());
         for bad in [

@@ -1,10 +1,11 @@
 //! HTTP/2 error reasons: the 32 reason strings APNs returns with their HTTP status, and the JSON error body
-//! (`{"reason":…}` plus `timestamp` on 410) in both directions (apns.md §3.5, §3.6).
+//! (`{"reason":…}` plus `timestamp` on 410) in both directions (docs/apns-protocol.md#http2-response,
+//! docs/apns-protocol.md#reasons).
 
 use std::fmt;
 use std::str::FromStr;
 
-/// One reason string of the HTTP/2 provider API (apns.md §3.6).
+/// One reason string of the HTTP/2 provider API (docs/apns-protocol.md#reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     BadCollapseId,
@@ -47,7 +48,7 @@ pub enum Reason {
 pub struct UnknownReason(pub String);
 
 impl Reason {
-    /// Every reason, in the order of apns.md §3.6.
+    /// Every reason, in the order of docs/apns-protocol.md#reasons.
     pub const ALL: [Reason; 32] = [
         Reason::BadCollapseId,
         Reason::BadDeviceToken,
@@ -121,7 +122,7 @@ impl Reason {
         }
     }
 
-    /// The HTTP status APNs sends with this reason (apns.md §3.6).
+    /// The HTTP status APNs sends with this reason (docs/apns-protocol.md#reasons).
     pub fn status(self) -> u16 {
         use Reason::*;
         match self {
@@ -202,7 +203,8 @@ pub enum ErrorBodyError {
     BadTimestamp,
 }
 
-/// Renders `{"reason":"…"}`, adding `"timestamp"` only for reasons sent with status 410 (apns.md §3.5).
+/// Renders `{"reason":"…"}`, adding `"timestamp"` only for reasons sent with status 410
+/// (docs/apns-protocol.md#http2-response).
 pub fn error_body(reason: Reason, timestamp_ms: Option<u64>) -> String {
     match timestamp_ms {
         Some(ts) if reason.status() == 410 => {
@@ -237,8 +239,8 @@ fn timestamp_value(v: &serde_json::Value) -> Option<u64> {
 }
 
 /// The reason carried in a GOAWAY frame's debug data: the `reason` of a JSON body when there is one,
-/// otherwise the data as trimmed text (APNs has been seen sending plain text there, apns.md §3.7).
-/// `None` for empty or non-UTF-8 data.
+/// otherwise the data as trimmed text (APNs has been seen sending plain text there,
+/// docs/apns-protocol.md#http2-connection). `None` for empty or non-UTF-8 data.
 pub fn goaway_reason(debug_data: &[u8]) -> Option<String> {
     if let Ok(body) = parse_error_body(debug_data) {
         return Some(body.reason);
@@ -251,7 +253,7 @@ pub fn goaway_reason(debug_data: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// apns.md §3.6, row by row.
+    /// docs/apns-protocol.md#reasons, row by row.
     const TABLE: [(&str, u16); 32] = [
         ("BadCollapseId", 400),
         ("BadDeviceToken", 400),
@@ -300,7 +302,7 @@ mod tests {
 
     #[test]
     fn error_bodies() {
-        // apns.md §3.5: timestamp only with 410.
+        // docs/apns-protocol.md#http2-response: timestamp only with 410.
         assert_eq!(
             error_body(Reason::BadTopic, None),
             r#"{"reason":"BadTopic"}"#

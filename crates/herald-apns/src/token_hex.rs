@@ -1,19 +1,22 @@
 //! Device tokens: parsing from hex, formatting back to hex, and a redacted form for logs.
 //!
-//! HTTP/2 puts the token in the request path as hex (apns.md §3.2); the binary protocol carries raw bytes with a
-//! length field (apns.md §1.2-§1.4). Either way APNs takes tokens of 32 bytes: that is the size Apple documents for
-//! the binary protocol (apns.md §1.6), the one it issues, and the one APNs and pushy's mock server accept on HTTP/2
-//! (anything else is answered BadDeviceToken). The "up to 100 bytes" of one archived copy of Apple's text is the
-//! outer bound a token could ever have; herald refuses other lengths at the door with [`DeviceToken::check_apns`].
+//! HTTP/2 puts the token in the request path as hex (docs/apns-protocol.md#http2-request); the binary protocol carries
+//! raw bytes with a length field (docs/apns-protocol.md#binary-command-0, docs/apns-protocol.md#binary-command-1,
+//! docs/apns-protocol.md#binary-command-2). Either way APNs takes tokens of 32 bytes: that is the size Apple documents
+//! for the binary protocol (docs/apns-protocol.md#size-limits), the one it issues, and the one APNs and pushy's mock
+//! server accept on HTTP/2 (anything else is answered BadDeviceToken). The "up to 100 bytes" of one archived copy of
+//! Apple's text is the outer bound a token could ever have; herald refuses other lengths at the door with
+//! [`DeviceToken::check_apns`].
 
 use std::fmt;
 use std::str::FromStr;
 
-/// Length in bytes of a device token on the binary protocol (apns.md §1.6).
+/// Length in bytes of a device token on the binary protocol (docs/apns-protocol.md#size-limits).
 pub const BINARY_TOKEN_LEN: usize = 32;
 /// Shortest device token APNs accepts, in bytes.
 pub const TOKEN_MIN_LEN: usize = 32;
-/// Longest device token APNs accepts, in bytes (Apple reserves up to 100, apns.md §1.4, but issues 32).
+/// Longest device token APNs accepts, in bytes (Apple reserves up to 100, docs/apns-protocol.md#binary-command-2, but
+/// issues 32).
 pub const TOKEN_MAX_LEN: usize = 32;
 
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
@@ -157,7 +160,8 @@ impl DeviceToken {
         }
     }
 
-    /// The binary protocol accepts exactly 32-byte tokens (apns.md §1.2, §1.6).
+    /// The binary protocol accepts exactly 32-byte tokens (docs/apns-protocol.md#binary-command-0,
+    /// docs/apns-protocol.md#size-limits).
     pub fn check_binary(&self) -> Result<(), TokenError> {
         if self.0.len() == BINARY_TOKEN_LEN {
             Ok(())

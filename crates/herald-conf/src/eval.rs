@@ -1,5 +1,5 @@
 //! Scope paths and fallback: which scopes are consulted, most specific first, when an option is evaluated at a
-//! path (reference/momentum.md §4.3, design §4):
+//! path (docs/momentum-compat.md#fallback, docs/architecture.md#configuration):
 //!
 //! - delivery: binding_group::binding::domain > binding::domain > binding_group::domain > binding > binding_group >
 //!   global domain > global > default; a binding named without its group is looked up in the group that declares it;
@@ -256,7 +256,8 @@ pub(crate) fn delivery_nodes<'a>(
         .and_then(|(g, b)| g.child(ScopeKind::Binding, Some(b)));
     let b = binding.and_then(|b| root.child(ScopeKind::Binding, Some(b)));
     // In each container the exact domain stanza comes first, then every matching regex stanza in declaration order
-    // (momentum.md §4.1), so an option unset in the exact stanza is looked up in the regex ones before any outer scope.
+    // (docs/momentum-compat.md#lexical-rules), so an option unset in the exact stanza is looked up in the regex ones
+    // before any outer scope.
     let mut nodes = Vec::with_capacity(8);
     let dom = |n: Option<&'a Node>, nodes: &mut Vec<&'a Node>| {
         if let (Some(n), Some(d)) = (n, domain) {
@@ -322,7 +323,7 @@ pub(crate) fn candidates<'a>(root: &'a Node, path: &ScopePath) -> Candidates<'a>
             }
         }
         ScopeKind::PathwayGroup | ScopeKind::Pathway => {
-            // Pathway_Group::Pathway > Pathway > Pathway_Group > global (momentum.md §4.3)
+            // Pathway_Group::Pathway > Pathway > Pathway_Group > global (docs/momentum-compat.md#fallback)
             let g = path
                 .name_of(ScopeKind::PathwayGroup)
                 .and_then(|g| root.child(ScopeKind::PathwayGroup, Some(g)));

@@ -41,7 +41,7 @@
 //!
 //! # Language decisions
 //!
-//! Where Momentum's documentation is silent (reference/momentum.md §8), herald decides: single-quoted strings are
+//! Where Momentum's documentation is silent (docs/momentum-compat.md#gaps), herald decides: single-quoted strings are
 //! accepted and taken literally; in double-quoted strings `\"` and `\\` are escapes and any other backslash is kept
 //! as written (so regexes need no doubling); a string ends on its line; `yes`/`no` are booleans too; file modes are
 //! always octal; an option set twice in one scope keeps the last value; domain and host names are case-insensitive.
@@ -226,7 +226,7 @@ impl Config {
 
     /// `max_outbound_connections` of the `host` stanzas for connections to `host` from (`binding_group`,
     /// `binding`): binding_group::binding::host > binding::host > binding_group::host > host; -1 (no limit) when
-    /// none sets it, without falling back to the delivery scopes (momentum.md §4.3).
+    /// none sets it, without falling back to the delivery scopes (docs/momentum-compat.md#fallback).
     pub fn host_max_outbound_connections(
         &self,
         binding_group: Option<&str>,
@@ -248,8 +248,8 @@ impl Config {
 
     /// The `host` stanza that caps connections to `host` from (`binding_group`, `binding`), searched in the order
     /// of [`Config::host_max_outbound_connections`]: its cap and the scope that holds it. Every connection to
-    /// `host` whose cap comes from the same stanza shares that cap (momentum.md §4.3: a host stanza limits the
-    /// connections to the host, whichever domain they serve). `None` when no host stanza sets the option.
+    /// `host` whose cap comes from the same stanza shares that cap (docs/momentum-compat.md#fallback: a host stanza
+    /// limits the connections to the host, whichever domain they serve). `None` when no host stanza sets the option.
     pub fn host_connection_cap(
         &self,
         binding_group: Option<&str>,

@@ -1,5 +1,5 @@
 //! Network-shaped values: CIDR blocks for peer scopes and access lists, and listen addresses (`":25"`,
-//! `"127.0.0.1:25"`, `"[::]:25"`, `"/tmp/2025"`) as Momentum writes them (reference/momentum.md §4.1).
+//! `"127.0.0.1:25"`, `"[::]:25"`, `"/tmp/2025"`) as Momentum writes them (docs/momentum-compat.md#lexical-rules).
 //! Block arithmetic (prefix validity, membership) is the `ipnet` crate's.
 
 use ipnet::IpNet;
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        // momentum.md §4.1: ":25" = "*:25" = INADDR_ANY; IPv6 bracketed; unix sockets by path
+        // docs/momentum-compat.md#lexical-rules: ":25" = "*:25" = INADDR_ANY; IPv6 bracketed; unix sockets by path
         assert_eq!(
             ":25".parse::<ListenAddr>().unwrap(),
             ListenAddr::Tcp("0.0.0.0:25".parse().unwrap())

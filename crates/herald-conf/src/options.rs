@@ -329,7 +329,7 @@ const DEBUG_LEVELS: &[&str] = &[
 ];
 
 option_table! {
-    // --- delivery: where and how notifications go (momentum.md §5) ---
+    // --- delivery: where and how notifications go (docs/momentum-compat.md#options) ---
     DeliveryMethod => opt(
         "delivery_method",
         Kind::Enum(DeliveryMethod::WORDS),
@@ -557,7 +557,8 @@ option_table! {
         GLOBAL,
         "Notifications herald holds in memory at once (queued, retrying or in flight); while it is full, listeners refuse new ones (REST `503` with `retry-after`, ESMTP `452 4.3.1`) instead of growing; read at start; a herald addition.",
     ),
-    // --- listeners (momentum.md §1.3, §2.1, §3, §4.3) ---
+    // --- listeners (docs/momentum-compat.md#mcmt-reception, docs/momentum-compat.md#rest-injector,
+    // docs/momentum-compat.md#fallback) ---
     Enable => opt(
         "enable",
         Kind::Bool,
@@ -748,7 +749,8 @@ option_table! {
         ESMTP,
         "Longest command or message line an ESMTP listener reads, in bytes including CRLF (RFC 5321: 512 for commands, 1000 for text); a herald addition.",
     ),
-    // --- modules (momentum.md §1.7, §3, §4.1) ---
+    // --- modules (docs/momentum-compat.md#modules, docs/momentum-compat.md#rest-injector,
+    // docs/momentum-compat.md#lexical-rules) ---
     Enabled => opt(
         "enabled",
         Kind::Bool,
@@ -763,7 +765,7 @@ option_table! {
         MODULES,
         "Diagnostic level of the module's part of herald's stderr log (`apn`: delivery; `httpsrv`: HTTP listeners; `restinjector`: REST injection; loggers: log writers); notice is info, crit and above are error. Unset leaves the part at the process level; `RUST_LOG` overrides. Applied at start and at each reload.",
     ),
-    // --- apn_logger (momentum.md §1.7) ---
+    // --- apn_logger (docs/momentum-compat.md#apn-logger) ---
     Concurrency => inert(
         "concurrency",
         Kind::Int { min: 1, max: 1024 },
@@ -858,7 +860,7 @@ option_table! {
         "Thread pool the logger runs on.",
         "herald has no thread pools to choose from",
     ),
-    // --- ec_logger (momentum.md §7.1) ---
+    // --- ec_logger (docs/momentum-compat.md#mainlog) ---
     Mainlog => opt(
         "mainlog",
         Kind::Path,
@@ -1037,7 +1039,7 @@ option_table! {
         GLOBAL_DOMAIN,
         "Most outcomes waiting for a domain's webhook receiver; beyond it the oldest are dropped with a counter and a log line; a herald addition.",
     ),
-    // --- invalid tokens (herald additions, design §2) ---
+    // --- invalid tokens (herald additions, docs/architecture.md#outcome) ---
     InvalidTokensFile => opt(
         "invalid_tokens_file",
         Kind::Path,
@@ -1060,7 +1062,7 @@ option_table! {
         GLOBAL,
         "How `herald serve` writes its diagnostics to standard error: `text` (coloured only on a terminal and without `NO_COLOR`) or `json`, one object per line for log shippers; read at start and on reload; a herald addition.",
     ),
-    // --- spool (herald additions, design §2) ---
+    // --- spool (herald additions, docs/architecture.md#spool) ---
     SpoolDir => opt(
         "spool_dir",
         Kind::Path,
@@ -1507,7 +1509,7 @@ mod tests {
 
     #[test]
     fn momentum_defaults_and_scopes() {
-        // momentum.md §5 and §7.3
+        // docs/momentum-compat.md#options and docs/momentum-compat.md#retries
         let dv = |n: &str| default_value(lookup(n).unwrap()).clone();
         assert_eq!(dv("idle_timeout"), Value::Int(5));
         assert_eq!(dv("delivery_response_timeout"), Value::Int(5000));
@@ -1520,7 +1522,7 @@ mod tests {
         assert_eq!(dv("message_expiration"), Value::Int(86400));
         assert_eq!(dv("delivery_method"), Value::Str("ESMTP".into()));
         assert_eq!(dv("logmode"), Value::Mode(0o644));
-        // design §4: herald verifies by default
+        // docs/architecture.md#configuration: herald verifies by default
         assert_eq!(dv("tls_verify"), Value::Str("host".into()));
         let drt = lookup("delivery_response_timeout").unwrap().def();
         assert!(!drt.scopes.contains(BindingGroup));

@@ -1,5 +1,6 @@
-//! The kinds of scope herald knows, whether each takes a name, and where each may appear (reference/momentum.md
-//! §4.2, plus the module scopes herald reads: `apn`, `apn_logger`, `ec_logger`, `httpsrv`, `restinjector`).
+//! The kinds of scope herald knows, whether each takes a name, and where each may appear
+//! (docs/momentum-compat.md#scope-containment, plus the module scopes herald reads: `apn`, `apn_logger`, `ec_logger`,
+//! `httpsrv`, `restinjector`).
 
 use std::fmt;
 
@@ -282,7 +283,7 @@ mod tests {
 
     #[test]
     fn containment_follows_momentum() {
-        // momentum.md §4.2
+        // docs/momentum-compat.md#scope-containment
         assert!(Domain.may_appear_in(Binding));
         assert!(Binding.may_appear_in(BindingGroup));
         assert!(!BindingGroup.may_appear_in(Binding));

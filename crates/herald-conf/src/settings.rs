@@ -23,7 +23,7 @@ pub(crate) fn log_format(root: &Node) -> LogFormat {
         .unwrap_or(LogFormat::Text)
 }
 
-/// The retry schedule of a domain (reference/momentum.md §7.3).
+/// The retry schedule of a domain (docs/momentum-compat.md#retries).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub retry_interval: Duration,
@@ -444,7 +444,7 @@ pub(crate) fn module(root: &Node, kind: ScopeKind) -> Option<ModuleSettings> {
     })
 }
 
-/// One `apn_logger "NAME" { … }` instance (reference/momentum.md §1.7).
+/// One `apn_logger "NAME" { … }` instance (docs/momentum-compat.md#apn-logger).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApnLoggerSettings {
     pub name: String,
@@ -484,7 +484,7 @@ pub(crate) fn apn_loggers(root: &Node) -> Vec<ApnLoggerSettings> {
         .collect()
 }
 
-/// One `ec_logger "NAME" { … }` instance (reference/momentum.md §7.1).
+/// One `ec_logger "NAME" { … }` instance (docs/momentum-compat.md#mainlog).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EcLoggerSettings {
     pub name: String,

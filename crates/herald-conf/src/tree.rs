@@ -1,7 +1,7 @@
 //! The scope tree: the configuration after includes are expanded and repeated stanzas merged. Each node is one
 //! scope (global, a domain, a listener, …) holding its typed settings and its child scopes, indexed by name so that
 //! merging and lookups stay linear in the size of the configuration. Regex-named domains and hosts are kept in
-//! declaration order and tried only after exact names (reference/momentum.md §4.1).
+//! declaration order and tried only after exact names (docs/momentum-compat.md#lexical-rules).
 
 use std::{collections::HashMap, net::IpAddr};
 

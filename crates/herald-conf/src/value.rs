@@ -580,7 +580,7 @@ mod tests {
 
     #[test]
     fn octal_modes() {
-        // momentum.md §4.1: logmode = 0644 is octal
+        // docs/momentum-compat.md#lexical-rules: logmode = 0644 is octal
         assert_eq!(
             parse_value(Kind::Mode, &scalar("0644")).unwrap(),
             Value::Mode(0o644)

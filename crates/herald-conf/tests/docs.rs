@@ -57,7 +57,7 @@ fn example_herald_conf_shows_every_option_and_loads() {
 
 #[test]
 fn momentum_sample_loads_unchanged() {
-    // momentum.md §1.6
+    // docs/momentum-compat.md#sample-configuration
     let c =
         Config::load(root().join("examples/momentum-apns.conf")).unwrap_or_else(|d| panic!("{d}"));
     let d = c.domain_settings(None, None, "apn_example.com");

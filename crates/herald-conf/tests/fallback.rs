@@ -1,5 +1,5 @@
-//! Fallback along scope paths: every worked example of reference/momentum.md §4.3 with its documented results,
-//! plus regex domains (§4.1), the host exception and listener fallback.
+//! Fallback along scope paths: every worked example of docs/momentum-compat.md#fallback with its documented results,
+//! plus regex domains (docs/momentum-compat.md#lexical-rules), the host exception and listener fallback.
 
 use herald_conf::{Config, ScopePath, Value};
 
@@ -10,7 +10,7 @@ fn eval(config: &Config, words: &[&str]) -> Value {
         .1
 }
 
-// momentum.md §4.3, first worked example.
+// docs/momentum-compat.md#fallback, first worked example.
 const EXAMPLE_1: &str = r#"
 message_expiration = 86400
 binding "example"  { message_expiration = 3600 }
@@ -159,7 +159,7 @@ fn example_1_example3_falls_back_to_global_domain_then_global() {
     assert_eq!(d.retry.message_expiration.as_secs(), 86400);
 }
 
-// momentum.md §4.3, binding-group example.
+// docs/momentum-compat.md#fallback, binding-group example.
 const EXAMPLE_2: &str = r#"
 max_outbound_connections = 30
 binding_group "group1" { max_outbound_connections = 5
@@ -206,8 +206,8 @@ fn example_2_binding_group() {
 
 #[test]
 fn full_precedence_order() {
-    // design §4: binding_group::binding::domain > binding::domain > binding_group::domain > binding >
-    // binding_group > global domain > global > default. Remove levels one at a time, most specific first; the
+    // docs/architecture.md#configuration: binding_group::binding::domain > binding::domain > binding_group::domain >
+    // binding > binding_group > global domain > global > default. Remove levels one at a time, most specific first; the
     // binding `b` is declared both inside group `g` and at the top level.
     let levels = ["GBD", "BD", "GD", "GB", "B", "G", "D", "GLOBAL"];
     for skip in 0..=levels.len() {
@@ -278,7 +278,7 @@ fn unconfigured_domain_gets_global_and_defaults() {
 
 #[test]
 fn host_scope_does_not_fall_back() {
-    // momentum.md §4.3: undefined max_outbound_connections in a host stanza is -1, no fallback.
+    // docs/momentum-compat.md#fallback: undefined max_outbound_connections in a host stanza is -1, no fallback.
     let c = Config::parse_str(
         "h.conf",
         "max_outbound_connections = 30\nhost \"example.com\" { }\nhost \"limited.com\" { max_outbound_connections = 4 }\n",
@@ -301,7 +301,7 @@ fn host_scope_does_not_fall_back() {
 
 #[test]
 fn regex_domains_after_exact_in_declaration_order() {
-    // momentum.md §4.1
+    // docs/momentum-compat.md#lexical-rules
     let c = Config::parse_str(
         "re.conf",
         r#"
@@ -331,8 +331,9 @@ binding "b" { domain "/[.]org$/" { retry_interval = 4 } }
     assert_eq!(c.domains().len(), 4);
 }
 
-/// momentum.md §4.1: in one container, an option unset in the exact domain stanza is looked up in the matching regex
-/// stanzas (in declaration order) before any outer scope. `container` wraps the stanzas in a scope (or none).
+/// docs/momentum-compat.md#lexical-rules: in one container, an option unset in the exact domain stanza is looked up in
+/// the matching regex stanzas (in declaration order) before any outer scope. `container` wraps the stanzas in a scope
+/// (or none).
 fn regex_fills_what_exact_leaves_unset(
     open: &str,
     close: &str,
@@ -481,7 +482,7 @@ binding "b" { host "api.push.apple.com" { max_outbound_connections = 8 } }
 
 #[test]
 fn listener_fallback_listen_then_listener() {
-    // momentum.md §4.3: listen -> listener; peer -> listen -> listener, most specific CIDR.
+    // docs/momentum-compat.md#fallback: listen -> listener; peer -> listen -> listener, most specific CIDR.
     let c = Config::parse_str(
         "l.conf",
         r#"
@@ -650,7 +651,7 @@ fn scope_words_may_keep_their_quotes() {
 
 #[test]
 fn pathway_fallback() {
-    // momentum.md §4.3: Pathway_Group::Pathway > Pathway > Pathway_Group > Global
+    // docs/momentum-compat.md#fallback: Pathway_Group::Pathway > Pathway > Pathway_Group > Global
     let c = Config::parse_str(
         "p.conf",
         r#"

@@ -1,5 +1,5 @@
-//! `include` and `readonly_include` (reference/momentum.md §4.1): files and directories, resolution against the
-//! including file's directory, hidden files and subdirectories skipped, cycles and missing files reported.
+//! `include` and `readonly_include` (docs/momentum-compat.md#lexical-rules): files and directories, resolution against
+//! the including file's directory, hidden files and subdirectories skipped, cycles and missing files reported.
 
 use std::fs;
 

@@ -1,5 +1,5 @@
-//! The legacy binary gateway (apns.md §1) and feedback service (§2), both TLS with a required client
-//! certificate whose UID names the topic.
+//! The legacy binary gateway (docs/apns-protocol.md#legacy-binary) and feedback service
+//! (docs/apns-protocol.md#feedback-service), both TLS with a required client certificate whose UID names the topic.
 //!
 //! Gateway: commands 0, 1 and 2 are decoded with herald-apns's incremental decoder. Accepted notifications get no
 //! answer. The first bad one gets the 6-byte error packet (the decoder's status, 8 for a token the scenario marks

@@ -80,7 +80,7 @@ pub struct ProviderKey {
     pub team_id: String,
     /// The `.p8` (PKCS#8 PEM) text; the simulator derives the public key from it.
     pub p8_pem: String,
-    /// A team-scoped key restricted to one environment (apns.md §4.3); `None` = both.
+    /// A team-scoped key restricted to one environment (docs/apns-protocol.md#key-scoping); `None` = both.
     pub environment: Option<Environment>,
     /// A topic-specific key: bundle ids it may push to; `None` = every topic of the team.
     pub topics: Option<Vec<String>>,
@@ -169,7 +169,7 @@ pub struct SimConfig {
     pub binary_port: u16,
     pub feedback_port: u16,
     pub admin_port: u16,
-    /// Channel management (`/1/apps/…`, docs/apns-protocol.md §6.2).
+    /// Channel management (`/1/apps/…`, docs/apns-protocol.md docs/apns-protocol.md#history).
     pub management_port: u16,
     /// Broadcast sends (`/4/broadcasts/apps/…`).
     pub broadcast_port: u16,
@@ -177,10 +177,11 @@ pub struct SimConfig {
     pub provider_keys: Vec<ProviderKey>,
     pub environment: Environment,
     pub auth: AuthPolicy,
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` once a connection is authenticated (default 1000, apns.md §3.3).
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` once a connection is authenticated (default 1000,
+    /// docs/apns-protocol.md#hpack).
     pub max_concurrent_streams: u32,
     /// Drop the advertised stream limit to 1 after a rejected request and restore it after the next accepted
-    /// one, as observed at Apple (apns.md §3.7).
+    /// one, as observed at Apple (docs/apns-protocol.md#http2-connection).
     pub choppy_streams: bool,
     /// A provider token whose `iat` is older than this is refused with ExpiredProviderToken (default 1 h).
     pub token_max_age: Duration,

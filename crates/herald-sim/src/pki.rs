@@ -2,7 +2,7 @@
 //! per topic (universal, production and sandbox variants, PEM and PKCS#12) and a `.p8` provider-token key, with a
 //! `pki.json` manifest naming every file by absolute path.
 //!
-//! The client certificates carry what Apple's do (apns.md §4.2): subject `UID=<topic>` and
+//! The client certificates carry what Apple's do (docs/apns-protocol.md#certificates): subject `UID=<topic>` and
 //! `CN=Apple Push Services: <topic>`, the topics extension `1.2.840.113635.100.6.3.6`, and the environment
 //! extensions `…6.3.1` (development/sandbox) and `…6.3.2` (production); a universal certificate has both.
 

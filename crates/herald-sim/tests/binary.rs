@@ -1,6 +1,6 @@
-//! The binary gateway and feedback service over real TLS with client certificates (apns.md §1, §2): every error
-//! status a byte sequence (or a scenario) can cause, status 10 on shutdown, command 0 closing silently, and
-//! feedback tuples that are gone once read.
+//! The binary gateway and feedback service over real TLS with client certificates (docs/apns-protocol.md#legacy-binary,
+//! docs/apns-protocol.md#feedback-service): every error status a byte sequence (or a scenario) can cause, status 10 on
+//! shutdown, command 0 closing silently, and feedback tuples that are gone once read.
 
 mod common;
 

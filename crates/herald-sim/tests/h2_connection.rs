@@ -1,6 +1,6 @@
-//! Connection-level behaviour seen frame by frame with a hand-written HTTP/2 client (apns.md §3.7, §8): the stream
-//! limit of token connections, choppy limits, REFUSED_STREAM, GOAWAY with JSON debug data, idle close, PING,
-//! and prior knowledge without ALPN.
+//! Connection-level behaviour seen frame by frame with a hand-written HTTP/2 client
+//! (docs/apns-protocol.md#http2-connection, docs/apns-protocol.md#simulator): the stream limit of token connections,
+//! choppy limits, REFUSED_STREAM, GOAWAY with JSON debug data, idle close, PING, and prior knowledge without ALPN.
 
 mod common;
 

@@ -1,5 +1,6 @@
-//! Every reason of apns.md §3.6 that a request can provoke, provoked over real TLS + HTTP/2 (table-driven), plus
-//! the ones a scenario produces. Validation order: herald-sim's `h2::request` docs (apns.md §3.8 + §8).
+//! Every reason of docs/apns-protocol.md#reasons that a request can provoke, provoked over real TLS + HTTP/2
+//! (table-driven), plus the ones a scenario produces. Validation order: herald-sim's `h2::request` docs
+//! (docs/apns-protocol.md#simulator).
 
 mod common;
 

@@ -22,7 +22,7 @@ use crate::queue::message::DEFAULT_BINDING;
 use crate::queue::retry::{MaxRetries, RetryPolicy};
 use crate::queue::{ResolveError, SettingsResolver};
 
-/// Default provider-token lifetime before a refresh (apns.md §4.1: between 20 and 60 minutes).
+/// Default provider-token lifetime before a refresh (docs/apns-protocol.md#provider-tokens: between 20 and 60 minutes).
 const TOKEN_REFRESH: Duration = Duration::from_secs(50 * 60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(60);
@@ -448,8 +448,8 @@ domain "bare.example" { delivery_method = apn  routes = ( "apn://127.0.0.1?port=
         );
     }
 
-    /// A reload that leaves the route and the credential files alone keeps the connections (design §4): same TLS
-    /// configuration, same provider-token cache.
+    /// A reload that leaves the route and the credential files alone keeps the connections
+    /// (docs/architecture.md#configuration): same TLS configuration, same provider-token cache.
     #[test]
     fn unchanged_credentials_keep_their_connections_across_a_reload() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
-//! The apn_logger's lines, whole and field by field (momentum.md §1.7), for deliveries (D), transient failures (T),
-//! permanent failures (P) and heartbeats (M) on both APNs protocols, from real deliveries to the simulator: one
-//! simulator answers normally (with one bad token per protocol), another answers every notification with a
-//! transient error (HTTP/2 429 TooManyRequests, binary status 1). Each apn_logger instance keeps its own
-//! heartbeat: 1 s for one, 0 (none) for the other, while the ec_logger's is 60 s.
+//! The apn_logger's lines, whole and field by field (docs/momentum-compat.md#apn-logger), for deliveries (D), transient
+//! failures (T), permanent failures (P) and heartbeats (M) on both APNs protocols, from real deliveries to the
+//! simulator: one simulator answers normally (with one bad token per protocol), another answers every notification with
+//! a transient error (HTTP/2 429 TooManyRequests, binary status 1). Each apn_logger instance keeps its own heartbeat: 1
+//! s for one, 0 (none) for the other, while the ec_logger's is 60 s.
 
 mod support;
 
@@ -162,7 +162,8 @@ fn h2_bytes(port: u16) -> usize {
         + PAYLOAD.len()
 }
 
-/// `%B` on the binary protocol: a command-2 frame with a 32-byte token (apns.md §1.4: 61 + payload).
+/// `%B` on the binary protocol: a command-2 frame with a 32-byte token (docs/apns-protocol.md#binary-command-2: 61 +
+/// payload).
 const BINARY_BYTES: usize = 61 + PAYLOAD.len();
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
-//! Bindings, binding groups and host stanzas drive delivery, not only `config eval` (momentum.md §1.5, §4.3):
-//! every notification is delivered from a binding (`default` unless the injection names one), each (binding,
-//! domain) has a pool of its own, every delivery option resolves with the full fallback, a `host` stanza caps the
-//! connections to its host, and `bind_address` is the source address of the binding's connections.
+//! Bindings, binding groups and host stanzas drive delivery, not only `config eval`
+//! (docs/momentum-compat.md#outbound-connections, docs/momentum-compat.md#fallback): every notification is delivered
+//! from a binding (`default` unless the injection names one), each (binding, domain) has a pool of its own, every
+//! delivery option resolves with the full fallback, a `host` stanza caps the connections to its host, and
+//! `bind_address` is the source address of the binding's connections.
 //!
 //! Each test runs herald in-process against an APNs simulator that allows one stream per connection and answers
 //! after a delay, so a connection saturates at once and the pool opens every connection it may: the number of

@@ -90,7 +90,7 @@ fn wrong_environment_topic_password_and_key_id_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
 
-    // A production certificate on Apple's sandbox host (apns.md §4.2).
+    // A production certificate on Apple's sandbox host (docs/apns-protocol.md#certificates).
     let config = write(
         dir.path(),
         &cert_domain(

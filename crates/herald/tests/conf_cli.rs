@@ -31,7 +31,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
-// momentum.md §4.3, binding-group example.
+// docs/momentum-compat.md#fallback, binding-group example.
 const GROUP_EXAMPLE: &str = r#"
 max_outbound_connections = 30
 binding_group "group1" { max_outbound_connections = 5
@@ -62,7 +62,7 @@ fn check_passes_every_example() {
 
 #[test]
 fn check_momentum_sample_summary_and_warnings() {
-    // momentum.md §1.6: one domain, one listen stanza.
+    // docs/momentum-compat.md#sample-configuration: one domain, one listen stanza.
     let p = examples().join("momentum-apns.conf").display().to_string();
     let o = herald(&["check", "-c", &p]);
     assert_eq!(o.status.code(), Some(0));
@@ -154,7 +154,7 @@ fn config_eval_momentum_word_order() {
         "max_outbound_connections",
     ]);
     assert_eq!(stdout(&o), "max_outbound_connections = 30\n");
-    // momentum.md §4.3: the host scope does not fall back.
+    // docs/momentum-compat.md#fallback: the host scope does not fall back.
     let o = herald(&[
         "config",
         "eval",

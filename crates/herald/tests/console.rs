@@ -1,5 +1,5 @@
-//! `herald console` in batch mode against a real control socket (momentum.md §6): every command's output after
-//! known traffic, the queue commands while APNs is down, reload errors, the TCP password and `shutdown`.
+//! `herald console` in batch mode against a real control socket (docs/momentum-compat.md#console): every command's
+//! output after known traffic, the queue commands while APNs is down, reload errors, the TCP password and `shutdown`.
 
 mod support;
 
@@ -174,7 +174,7 @@ async fn console_commands_answer_in_momentum_shapes_after_known_traffic() {
     let s = setup(tmp, &pki, &[("live.example", port)], 1).await;
     let sock = s.socket.as_str();
 
-    // momentum.md §4.1: the Unix socket gets the stanza's File_Mode.
+    // docs/momentum-compat.md#console: the Unix socket gets the stanza's File_Mode.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -185,7 +185,7 @@ async fn console_commands_answer_in_momentum_shapes_after_known_traffic() {
     push(&s.http, "live.example", std::slice::from_ref(&gone)).await;
     wait_for_sim(&sim, &tokens).await;
 
-    // momentum.md §6.2 `summary`: the counters, one `Label: value` per line.
+    // docs/momentum-compat.md#console-queue-commands `summary`: the counters, one `Label: value` per line.
     let summary = until(sock, &["summary"], |o| {
         field(o, "Successfully Delivered Messages").as_deref() == Some("10")
             && field(o, "Failed Messages").as_deref() == Some("1")
@@ -233,7 +233,7 @@ async fn console_commands_answer_in_momentum_shapes_after_known_traffic() {
         counters_only(&domain)
     );
 
-    // The unregistered token is in the invalid-token list (apns.md §2: 410 Unregistered).
+    // The unregistered token is in the invalid-token list (docs/apns-protocol.md#feedback-service: 410 Unregistered).
     let invalid = until(sock, &["tokens", "invalid"], |o| o.contains(&gone)).await;
     assert!(invalid.contains("live.example"), "{invalid}");
     assert!(
@@ -252,7 +252,7 @@ async fn console_commands_answer_in_momentum_shapes_after_known_traffic() {
     );
     assert_eq!(field(&summary, "Received Messages").as_deref(), Some("0"));
 
-    // momentum.md §6.1: `config eval` and `config show` print `name = value`.
+    // docs/momentum-compat.md#console-config: `config eval` and `config show` print `name = value`.
     assert_eq!(
         ok(
             sock,
@@ -322,7 +322,8 @@ async fn console_commands_answer_in_momentum_shapes_after_known_traffic() {
         "retry_interval = 7\n"
     );
 
-    // The reloaded `timeout` holds for new connections: an idle one is told and closed (momentum.md §6).
+    // The reloaded `timeout` holds for new connections: an idle one is told and closed
+    // (docs/momentum-compat.md#console).
     {
         use tokio::io::AsyncReadExt;
         let mut idle = tokio::net::UnixStream::connect(sock).await.unwrap();
@@ -334,7 +335,8 @@ async fn console_commands_answer_in_momentum_shapes_after_known_traffic() {
         assert_eq!(answer, "ERR 23\nIdle timeout; closing.\n");
     }
 
-    // The TCP listener wants its password (a herald addition to momentum.md §6's Control_Listener).
+    // The TCP listener wants its password (a herald addition to the Control_Listener of
+    // docs/momentum-compat.md#console).
     let tcp = s
         .server
         .addrs()
@@ -453,7 +455,8 @@ async fn queue_commands_list_retry_flush_and_fail_while_apns_is_down() {
     push(&s.http, "later.example", &later).await;
     push(&s.http, "never.example", &doomed).await;
 
-    // momentum.md §6.2 `showqueue`: `[queue/binding] ID Created: T` then `  From: <…> To: <…>`.
+    // docs/momentum-compat.md#console-queue-commands `showqueue`: `[queue/binding] ID Created: T` then
+    // `  From: <…> To: <…>`.
     let listing = until(sock, &["showqueue", "later.example"], |o| {
         o.lines()
             .filter(|l| l.starts_with("[delayed/default] "))

@@ -351,7 +351,7 @@ async fn unregistered_and_bad_tokens_fail_permanently_and_are_reported_invalid()
     let finals = final_outcomes(&h, &ids);
     let p: Vec<_> = finals.values().filter(|f| f[4] == "P").collect();
     assert_eq!(p.len(), 2);
-    // apns.md §3.6: 410 Unregistered, 400 BadDeviceToken.
+    // docs/apns-protocol.md#reasons: 410 Unregistered, 400 BadDeviceToken.
     let errors: Vec<&str> = p.iter().map(|f| f[13].as_str()).collect();
     assert!(errors.contains(&"410 Unregistered"), "{errors:?}");
     assert!(errors.contains(&"400 BadDeviceToken"), "{errors:?}");
@@ -455,7 +455,8 @@ async fn a_connection_the_server_closed_when_idle_does_not_eat_the_next_notifica
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_provider_token_is_refreshed_and_the_notification_retried() {
     let h = Harness::start(|_| {}).await;
-    // The first token is minted 4000 s in the past: APNs answers ExpiredProviderToken (apns.md §4.1).
+    // The first token is minted 4000 s in the past: APNs answers ExpiredProviderToken
+    // (docs/apns-protocol.md#provider-tokens).
     let clock = Arc::new(ManualClock::new(unix_now() - 4000));
     let cache = h.token_cache(Some(clock.clone()));
     clock.set_unix(unix_now());
@@ -487,7 +488,8 @@ async fn binary_error_packet_mid_burst_resends_exactly_what_followed() {
     let ids = submit(&engine, &tokens).await;
     wait_finished(&engine, n as u64).await;
     let counts = record_counts(&h.sim);
-    // apns.md §1.5: everything after the failed notification was discarded and must arrive once, resent.
+    // docs/apns-protocol.md#binary-error-packet: everything after the failed notification was discarded and must arrive
+    // once, resent.
     for (i, t) in tokens.iter().enumerate() {
         let expected = usize::from(i != k);
         assert_eq!(counts.get(t).copied().unwrap_or(0), expected, "token {i}");

@@ -1,6 +1,7 @@
 //! Nothing a Momentum configuration says is accepted and then ignored: the module stanzas' `enabled = false`
-//! turns their part off (momentum.md §1.7, §3), `herald check` reports every option it accepts without acting on
-//! it and counts exactly the warnings it prints, and it refuses what `herald serve` would refuse.
+//! turns their part off (docs/momentum-compat.md#modules, docs/momentum-compat.md#rest-injector), `herald check`
+//! reports every option it accepts without acting on it and counts exactly the warnings it prints, and it refuses what
+//! `herald serve` would refuse.
 
 mod support;
 

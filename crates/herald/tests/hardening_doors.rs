@@ -610,7 +610,7 @@ async fn every_http_error_has_a_json_body_even_those_hyper_writes() {
     h.stop().await;
 }
 
-/// An MCMT message with `parts` push parts (momentum.md §2.2), CRLF line endings.
+/// An MCMT message with `parts` push parts (docs/momentum-compat.md#mcmt-format), CRLF line endings.
 fn mcmt_message(parts: usize) -> String {
     let mut m = String::from(
         "From: app@backend.example\r\nTo: push@doors.example\r\nSubject: push\r\nMIME-Version: 1.0\r\n\

@@ -1,8 +1,8 @@
 //! Every field of a notification is checked at the door and never changed afterwards: `herald serve` over real
 //! sockets (REST `/api/v1/push` and SMTP MCMT) in front of the APNs simulator. Under property-based input, a
 //! notification with a bad field is refused with that field named, and one that is accepted reaches the simulator
-//! with every field exactly as it was given (apns.md §3.2: collapse id at most 64 bytes of printable ASCII,
-//! expiration in 32 bits, priority 10/5/1, push type, topic, canonical lowercase apns-id).
+//! with every field exactly as it was given (docs/apns-protocol.md#http2-request: collapse id at most 64 bytes of
+//! printable ASCII, expiration in 32 bits, priority 10/5/1, push type, topic, canonical lowercase apns-id).
 
 mod support;
 
@@ -154,7 +154,8 @@ fn fields() -> impl Strategy<Value = Fields> {
     )
 }
 
-/// The fields a sender got wrong, by the rules of apns.md §3.2, each with a word the refusal must contain.
+/// The fields a sender got wrong, by the rules of docs/apns-protocol.md#http2-request, each with a word the refusal
+/// must contain.
 fn bad_fields(f: &Fields) -> Vec<&'static str> {
     let mut bad = Vec::new();
     if let Some(c) = &f.collapse_id {

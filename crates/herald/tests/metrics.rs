@@ -321,7 +321,7 @@ async fn setup() -> Setup {
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
     let m = &pki.manifest;
 
-    // apns.md §3.6: 400 BadDeviceToken, 410 Unregistered / ExpiredToken, 400 DeviceTokenNotForTopic.
+    // docs/apns-protocol.md#reasons: 400 BadDeviceToken, 410 Unregistered / ExpiredToken, 400 DeviceTokenNotForTopic.
     let mut ok_config = SimConfig::from_pki(m).unwrap();
     ok_config.scenario.bad = tokens(2, BAD);
     ok_config.scenario.unregistered = tokens(3, UNREGISTERED);
@@ -336,7 +336,7 @@ async fn setup() -> Setup {
         })
         .collect();
     let ok_sim = Simulator::start(ok_config).await.unwrap();
-    // apns.md §3.6: 503 ServiceUnavailable is transient.
+    // docs/apns-protocol.md#reasons: 503 ServiceUnavailable is transient.
     let mut busy_config = SimConfig::from_pki(m).unwrap();
     busy_config
         .scenario

@@ -1,6 +1,6 @@
-//! `config reload` while traffic flows (design §4, momentum.md §6): a new route and a new
-//! `max_outbound_connections` take effect without losing anything, old connections drain and close, and a broken
-//! file keeps the running configuration.
+//! `config reload` while traffic flows (docs/architecture.md#configuration, docs/momentum-compat.md#console): a new
+//! route and a new `max_outbound_connections` take effect without losing anything, old connections drain and close, and
+//! a broken file keeps the running configuration.
 //!
 //! Every test runs herald in-process (`Server::start`, `Server::reload`), two APNs simulators A and B with a small
 //! stream limit and some latency (so that a connection saturates and the pool has a reason to open more), and an
@@ -385,8 +385,8 @@ impl Rig {
     }
 }
 
-/// Route A with one connection -> route B with four, while the injector runs (design §4; momentum.md §1.5 for
-/// `max_outbound_connections`).
+/// Route A with one connection -> route B with four, while the injector runs (docs/architecture.md#configuration;
+/// docs/momentum-compat.md#outbound-connections for `max_outbound_connections`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_moves_traffic_to_the_new_route_with_the_new_connection_limit() {
     let rig = rig(1).await;

@@ -300,7 +300,7 @@ async fn many_notifications_get_results_in_request_order() {
     );
     let reason = |i: usize| results[i]["reason"].as_str().unwrap();
     assert!(reason(1).contains("non-hex character 'z'"), "{}", reason(1));
-    // apns.md: 4096 bytes for an alert over HTTP/2.
+    // docs/apns-protocol.md#payload-limits: 4096 bytes for an alert over HTTP/2.
     assert!(reason(3).contains("at most 4096"), "{}", reason(3));
     assert!(reason(5).contains("push_type"), "{}", reason(5));
     let records = h.records(3).await;
@@ -408,7 +408,8 @@ async fn wrong_method_and_path_are_json_405_and_404() {
     assert_eq!(response.text().await.unwrap(), "ok");
 }
 
-/// momentum.md §1.8's scheme as an inject template: an MCMT message whose push part has its own header block.
+/// The scheme of docs/momentum-compat.md#mcmt-push-part as an inject template: an MCMT message whose push part has its
+/// own header block.
 fn mcmt_template(json: &str) -> String {
     format!(
         "From: <%= :from %>\nTo: <%= :to %>\nSubject: [%= :subject %]\nMIME-Version: 1.0\n\
@@ -436,7 +437,7 @@ async fn inject_renders_the_template_per_recipient_and_delivers() {
     });
     let (status, answer) = h.post("/v1.0/inject", &request).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    // momentum.md §3: results per recipient, then the overall status.
+    // docs/momentum-compat.md#rest-injector: results per recipient, then the overall status.
     assert_eq!(answer["status"], "success");
     let results = answer["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
@@ -481,8 +482,8 @@ async fn inject_with_two_push_parts_gives_two_notifications() {
     assert_eq!(two.collapse_id.as_deref(), Some("grp"));
 }
 
-/// APNs takes device tokens of 32 bytes (apns.md §1.6; 31, 33 or 101 bytes get BadDeviceToken): the intake refuses
-/// every other size, naming the device token, on `/api/v1/push` and `/v1.0/inject` alike.
+/// APNs takes device tokens of 32 bytes (docs/apns-protocol.md#size-limits; 31, 33 or 101 bytes get BadDeviceToken):
+/// the intake refuses every other size, naming the device token, on `/api/v1/push` and `/v1.0/inject` alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_tokens_of_another_size_than_apns_takes_are_refused_at_the_door() {
     let h = Harness::start(|_, _| {}).await;
@@ -606,7 +607,7 @@ async fn curl_injects_like_momentums_example() {
     });
     let file = h.dir.path().join("sample.json");
     std::fs::write(&file, body.to_string()).unwrap();
-    // momentum.md §3: the connectivity check prints nothing on success.
+    // docs/momentum-compat.md#rest-injector: the connectivity check prints nothing on success.
     let check = Command::new("curl")
         .args(["-sS", "-f", "-X", "GET", &h.url("/v1.0/inject/")])
         .output()

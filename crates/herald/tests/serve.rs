@@ -132,7 +132,7 @@ async fn rest_and_smtp_notifications_reach_the_simulator() {
     let acked = post_batches(&daemon.http, 0, 50, 25).await.unwrap();
     wait_for_tokens(&sim, &acked).await;
 
-    // One MCMT message over SMTP (momentum.md §1.8).
+    // One MCMT message over SMTP (docs/momentum-compat.md#mcmt-push-part).
     let smtp_token = token(999);
     let (host, port) = daemon.esmtp.rsplit_once(':').unwrap();
     let script = format!(
@@ -527,7 +527,8 @@ domain "legacy.example" {{
     std::fs::write(&base, text).unwrap();
     let daemon = Daemon::start(&base);
 
-    // A 410 answer (apns.md §3.6) and a feedback tuple (apns.md §2) both end in the store.
+    // A 410 answer (docs/apns-protocol.md#reasons) and a feedback tuple (docs/apns-protocol.md#feedback-service) both
+    // end in the store.
     post_batches(&daemon.http, 7, 1, 1).await.unwrap();
     let url = format!("http://{}/api/v1/tokens/invalid", daemon.http);
     let deadline = Instant::now() + WAIT;

@@ -1,7 +1,8 @@
 //! The ESMTP listener over real sockets: Python's `smtplib` (plain and STARTTLS) sends MCMT messages that reach
 //! the APNs simulator byte for byte; a raw client checks pipelining and every refusal with its code and text
-//! (momentum.md §1.3, §1.8, §2; design §6), the idle timeout, and the shutdown and reconfiguration `421`s
-//! (momentum.md §6.1).
+//! (docs/momentum-compat.md#mcmt-reception, docs/momentum-compat.md#mcmt-push-part, docs/momentum-compat.md#mcmt;
+//! docs/architecture.md#inbound), the idle timeout, and the shutdown and reconfiguration `421`s
+//! (docs/momentum-compat.md#console-config).
 
 mod support;
 
@@ -181,7 +182,7 @@ fn stuff(message: &str) -> String {
     out
 }
 
-/// An MCMT message (momentum.md §2.2) with an email part followed by `parts`, CRLF line endings.
+/// An MCMT message (docs/momentum-compat.md#mcmt-format) with an email part followed by `parts`, CRLF line endings.
 fn mcmt(parts: &[String]) -> String {
     let mut m = String::from(
         "From: app@backend.example\r\nTo: push@apps.example\r\nSubject: push\r\nMIME-Version: 1.0\r\n\
@@ -197,7 +198,8 @@ fn mcmt(parts: &[String]) -> String {
     m
 }
 
-/// A push part laid out as momentum.md §1.8: part headers, blank line, inner headers, blank line, JSON.
+/// A push part laid out as docs/momentum-compat.md#mcmt-push-part: part headers, blank line, inner headers, blank line,
+/// JSON.
 fn push_part(inner_headers: &[(&str, &str)], json: &str) -> String {
     let mut p = String::from("Content-Type: message/vnd.msys.apn\r\n\r\n");
     for (k, v) in inner_headers {
@@ -352,8 +354,9 @@ print(json.dumps(out))
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-// momentum.md §1.8, §2.2: one notification per push part per recipient; the token from X-Device-Token, else the
-// recipient's local part; base64 and 7bit parts; the payload arrives byte for byte.
+// docs/momentum-compat.md#mcmt-push-part, docs/momentum-compat.md#mcmt-format: one notification per push part per
+// recipient; the token from X-Device-Token, else the recipient's local part; base64 and 7bit parts; the payload arrives
+// byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtplib_mcmt_reaches_the_simulator_byte_for_byte() {
     let h = Harness::start(allow_conf).await;
@@ -418,8 +421,8 @@ async fn smtplib_mcmt_reaches_the_simulator_byte_for_byte() {
     }
     assert_eq!(by_token.len(), 3);
 
-    // momentum.md §7.1: one reception line per notification, protocol esmtp, the client's IP, one batch and one
-    // connection id for the message.
+    // docs/momentum-compat.md#mainlog: one reception line per notification, protocol esmtp, the client's IP, one batch
+    // and one connection id for the message.
     let r = h.reception_lines();
     assert_eq!(r.len(), 4, "{r:?}");
     for f in &r {
@@ -624,7 +627,7 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
     assert_eq!(code, 550, "{text}");
     assert!(text.contains("device token is 1 bytes"), "{text}");
 
-    // An oversized payload (apns.md: 4096 bytes for alerts over HTTP/2).
+    // An oversized payload (docs/apns-protocol.md#payload-limits: 4096 bytes for alerts over HTTP/2).
     let big = format!("{{\"aps\":{{\"alert\":\"{}\"}}}}", "x".repeat(5000));
     let b64 = base64::engine::general_purpose::STANDARD.encode(&big);
     let lines: Vec<&str> = b64
@@ -657,7 +660,7 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
     assert_eq!(h.reception_lines().len(), 1);
 }
 
-// momentum.md §2.1: mcmt_reception per listen stanza and per peer.
+// docs/momentum-compat.md#mcmt-reception: mcmt_reception per listen stanza and per peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcmt_reception_reject_passthru_and_peer_override() {
     let message = mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}")]);
@@ -1046,7 +1049,7 @@ async fn shutdown_answers_421_and_serve_returns() {
     assert!(TcpStream::connect(("127.0.0.1", h.port)).await.is_err());
 }
 
-// momentum.md §6.1: after a reload, connections opened under the old configuration get 421 4.3.2.
+// docs/momentum-compat.md#console-config: after a reload, connections opened under the old configuration get 421 4.3.2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconfiguration_answers_421_to_old_sessions() {
     let h = Harness::start(allow_conf).await;
@@ -1069,8 +1072,8 @@ async fn reconfiguration_answers_421_to_old_sessions() {
     assert_eq!(fresh.cmd("NOOP").await, (250, "2.0.0 ok".into()));
 }
 
-// Reload (momentum.md §6.1): new connections get the new limits; a session opened before keeps its own until it
-// is told 421 4.3.2 at its next command.
+// Reload (docs/momentum-compat.md#console-config): new connections get the new limits; a session opened before keeps
+// its own until it is told 421 4.3.2 at its next command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_gives_new_sessions_the_new_limits() {
     let h = Harness::start(small_limits_conf).await;

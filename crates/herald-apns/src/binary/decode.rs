@@ -1,5 +1,6 @@
-//! Incremental server-side decoding of notification commands 0, 1 and 2 (apns.md §1.2-§1.4), with errors
-//! that carry the status APNs would answer (apns.md §1.5).
+//! Incremental server-side decoding of notification commands 0, 1 and 2 (docs/apns-protocol.md#binary-command-0,
+//! docs/apns-protocol.md#binary-command-1, docs/apns-protocol.md#binary-command-2), with errors that carry the status
+//! APNs would answer (docs/apns-protocol.md#binary-error-packet).
 
 use std::fmt;
 
@@ -130,7 +131,7 @@ impl DecodeError {
         self.identifier
     }
 
-    /// The status APNs would put in its error packet for this fault (apns.md §1.5).
+    /// The status APNs would put in its error packet for this fault (docs/apns-protocol.md#binary-error-packet).
     pub fn status(&self) -> Status {
         match self.kind {
             DecodeErrorKind::MissingToken => Status::MissingDeviceToken,
@@ -142,7 +143,7 @@ impl DecodeError {
     }
 
     /// The error packet a server should answer with: `None` for command 0, whose errors APNs answers only by
-    /// closing (apns.md §1.2). The identifier is 0 when it was not known.
+    /// closing (docs/apns-protocol.md#binary-command-0). The identifier is 0 when it was not known.
     pub fn error_packet(&self) -> Option<ErrorPacket> {
         match self.format {
             Some(BinaryFormat::Simple) => None,
@@ -179,7 +180,7 @@ pub struct DecoderLimits {
 }
 
 impl Default for DecoderLimits {
-    /// Exactly 32-byte tokens and payloads up to 2048 bytes (apns.md §1.6).
+    /// Exactly 32-byte tokens and payloads up to 2048 bytes (docs/apns-protocol.md#size-limits).
     fn default() -> Self {
         DecoderLimits {
             min_token_len: BINARY_TOKEN_LEN,
@@ -305,7 +306,7 @@ impl NotificationDecoder {
         }
     }
 
-    /// Commands 0 and 1 (apns.md §1.2, §1.3).
+    /// Commands 0 and 1 (docs/apns-protocol.md#binary-command-0, docs/apns-protocol.md#binary-command-1).
     fn decode_legacy(
         &self,
         buf: &mut BytesMut,
@@ -349,9 +350,9 @@ impl NotificationDecoder {
         }))
     }
 
-    /// Command 2 (apns.md §1.4). Item headers are checked as soon as they arrive, so the fault is known
-    /// early; unless `eager`, it is reported once the whole frame is in (if the frame length is plausible),
-    /// so that the identifier item can be found even when it follows the faulty item, as APNs would.
+    /// Command 2 (docs/apns-protocol.md#binary-command-2). Item headers are checked as soon as they arrive, so the
+    /// fault is known early; unless `eager`, it is reported once the whole frame is in (if the frame length is
+    /// plausible), so that the identifier item can be found even when it follows the faulty item, as APNs would.
     fn decode_frame(
         &self,
         buf: &mut BytesMut,
@@ -594,7 +595,7 @@ mod tests {
 
     #[test]
     fn frame_defaults_when_optional_items_are_missing() {
-        // apns.md §1.4: identifier, expiry and priority items are optional.
+        // docs/apns-protocol.md#binary-command-2: identifier, expiry and priority items are optional.
         let mut b = vec![2u8];
         let items_len = 3 + 32 + 3 + P.len();
         b.extend((items_len as u32).to_be_bytes());
@@ -656,7 +657,7 @@ mod tests {
 
     #[test]
     fn legacy_errors_carry_status_and_identifier() {
-        // apns.md §1.5 statuses 2, 4, 5, 7.
+        // docs/apns-protocol.md#binary-error-packet statuses 2, 4, 5, 7.
         let big = vec![b'x'; 2049];
         let cases: [LegacyCase; 4] = [
             (0, vec![], 2, b"{}", DecodeErrorKind::MissingToken),
@@ -692,7 +693,7 @@ mod tests {
                 check_error_at_every_split(&legacy(f, tl, &t, pl, p), &want);
                 let packet = want.error_packet();
                 if f == BinaryFormat::Simple {
-                    // apns.md §1.2: command 0 errors only close the connection.
+                    // docs/apns-protocol.md#binary-command-0: command 0 errors only close the connection.
                     assert_eq!(packet, None);
                 } else {
                     assert_eq!(
@@ -866,7 +867,7 @@ mod tests {
 
     #[test]
     fn unknown_command_is_a_protocol_error() {
-        // apns.md §1.5 status 128.
+        // docs/apns-protocol.md#binary-error-packet status 128.
         for c in [3u8, 8, 0x7f, 0xff] {
             let mut buf = BytesMut::from(&[c, 0, 0][..]);
             let e = NotificationDecoder::default().decode(&mut buf).unwrap_err();
@@ -928,8 +929,8 @@ mod tests {
 
     #[test]
     fn identifier_after_the_faulty_item_is_still_reported() {
-        // herald's encoder (like PushSharp's) writes the identifier after token and payload (apns.md §1.4);
-        // the error packet must still name it.
+        // herald's encoder (like PushSharp's) writes the identifier after token and payload
+        // (docs/apns-protocol.md#binary-command-2); the error packet must still name it.
         let items = [
             (1u8, vec![1; 33]),
             (2, P.to_vec()),

@@ -1,4 +1,4 @@
-//! The 6-byte error-response packet, command 8 (apns.md §1.5).
+//! The 6-byte error-response packet, command 8 (docs/apns-protocol.md#binary-error-packet).
 
 use super::{DecodeError, DecodeErrorKind, Status};
 
@@ -7,8 +7,8 @@ pub const ERROR_PACKET_COMMAND: u8 = 8;
 /// Size of the error-response packet.
 pub const ERROR_PACKET_LEN: usize = 6;
 
-/// The 6-byte error response (apns.md §1.5): command 8, status, identifier of the failed notification (for
-/// status 10: of the last one accepted).
+/// The 6-byte error response (docs/apns-protocol.md#binary-error-packet): command 8, status, identifier of the failed
+/// notification (for status 10: of the last one accepted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorPacket {
     pub status: Status,
@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn error_packet_layout() {
-        // apns.md §1.5: |8|status|identifier|, 6 bytes.
+        // docs/apns-protocol.md#binary-error-packet: |8|status|identifier|, 6 bytes.
         for s in Status::ALL {
             let p = ErrorPacket {
                 status: s,

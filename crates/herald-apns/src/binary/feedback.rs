@@ -1,11 +1,13 @@
-//! Feedback-service tuples (apns.md §2): encoding for the server side, incremental decoding for clients.
+//! Feedback-service tuples (docs/apns-protocol.md#feedback-service): encoding for the server side, incremental decoding
+//! for clients.
 
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::decode::{be16, be32};
 use super::{DecodeError, DecodeErrorKind, EncodeError};
 
-/// One feedback-service record (apns.md §2): when APNs learnt the app was gone, and the token.
+/// One feedback-service record (docs/apns-protocol.md#feedback-service): when APNs learnt the app was gone, and the
+/// token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedbackTuple {
     /// Seconds since the epoch.
@@ -95,7 +97,7 @@ mod tests {
 
     #[test]
     fn feedback_tuple_layout_and_every_split() {
-        // apns.md §2: |timestamp u32|len u16|token|, 38 bytes for a 32-byte token.
+        // docs/apns-protocol.md#feedback-service: |timestamp u32|len u16|token|, 38 bytes for a 32-byte token.
         let t = FeedbackTuple {
             timestamp: 1_300_000_000,
             token: token(),

@@ -1,5 +1,5 @@
 //! The legacy binary provider API: notification commands 0, 1 and 2, the 6-byte error-response packet and
-//! feedback-service tuples (apns.md §1, §2).
+//! feedback-service tuples (docs/apns-protocol.md#legacy-binary, docs/apns-protocol.md#feedback-service).
 //!
 //! Encoders append to a caller's `BytesMut`. Decoders are incremental: call `decode` with the bytes received
 //! so far; it returns `Ok(None)` until a whole item is present, then removes exactly that item from the
@@ -21,7 +21,8 @@ pub use decode::{
 pub use error_packet::{ERROR_PACKET_COMMAND, ERROR_PACKET_LEN, ErrorPacket};
 pub use feedback::{FeedbackDecoder, FeedbackTuple};
 
-/// Which notification command carries a binary notification (apns.md §1.2-§1.4).
+/// Which notification command carries a binary notification (docs/apns-protocol.md#binary-command-0,
+/// docs/apns-protocol.md#binary-command-1, docs/apns-protocol.md#binary-command-2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BinaryFormat {
     /// Command 0: no identifier, no expiry, priority 10 implied.
@@ -51,13 +52,13 @@ impl BinaryFormat {
     }
 
     /// APNs answers errors in commands 1 and 2 with an error packet; for command 0 it only closes the
-    /// connection (apns.md §1.2, §1.5).
+    /// connection (docs/apns-protocol.md#binary-command-0, docs/apns-protocol.md#binary-error-packet).
     pub fn sends_error_packet(self) -> bool {
         self != BinaryFormat::Simple
     }
 }
 
-/// Status byte of an error-response packet (apns.md §1.5). There is no status 9.
+/// Status byte of an error-response packet (docs/apns-protocol.md#binary-error-packet). There is no status 9.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
     NoErrors,
@@ -75,7 +76,7 @@ pub enum Status {
 }
 
 impl Status {
-    /// Every status of apns.md §1.5, in code order.
+    /// Every status of docs/apns-protocol.md#binary-error-packet, in code order.
     pub const ALL: [Status; 12] = [
         Status::NoErrors,
         Status::ProcessingError,
@@ -113,8 +114,8 @@ impl Status {
         Status::ALL.into_iter().find(|s| s.code() == code)
     }
 
-    /// The status's description in Apple's words (TN2265's table, momentum.md §1.10), as logs show it, e.g.
-    /// `Invalid token`.
+    /// The status's description in Apple's words (TN2265's table, docs/momentum-compat.md#apple-status-codes), as logs
+    /// show it, e.g. `Invalid token`.
     pub fn apple_text(self) -> &'static str {
         match self {
             Status::NoErrors => "No errors encountered",
@@ -166,14 +167,16 @@ pub struct BinaryNotification {
     pub identifier: u32,
     /// Seconds since the epoch; 0 = try once, don't store.
     pub expiry: u32,
-    /// 10 or 5 (apns.md §1.4 item 5).
+    /// 10 or 5 (docs/apns-protocol.md#binary-command-2 item 5).
     pub priority: u8,
     pub token: Vec<u8>,
     pub payload: Bytes,
 }
 
 impl BinaryNotification {
-    /// Encoded size in bytes for a format (37+N, 45+N, or 61+N for a 32-byte token, apns.md §1.2-§1.4).
+    /// Encoded size in bytes for a format (37+N, 45+N, or 61+N for a 32-byte token,
+    /// docs/apns-protocol.md#binary-command-0, docs/apns-protocol.md#binary-command-1,
+    /// docs/apns-protocol.md#binary-command-2).
     pub fn encoded_len(&self, format: BinaryFormat) -> usize {
         let (t, p) = (self.token.len(), self.payload.len());
         match format {
@@ -282,7 +285,7 @@ pub(crate) mod tests {
 
     #[test]
     fn simple_format_layout() {
-        // apns.md §1.2: |0|len=32|token|len|payload|, total 37+N.
+        // docs/apns-protocol.md#binary-command-0: |0|len=32|token|len|payload|, total 37+N.
         let n = note(P);
         let b = encoded(&n, BinaryFormat::Simple);
         assert_eq!(b.len(), 37 + P.len());
@@ -295,7 +298,7 @@ pub(crate) mod tests {
 
     #[test]
     fn enhanced_format_layout() {
-        // apns.md §1.3: |1|id|expiry|len=32|token|len|payload|, total 45+N.
+        // docs/apns-protocol.md#binary-command-1: |1|id|expiry|len=32|token|len|payload|, total 45+N.
         let n = note(P);
         let b = encoded(&n, BinaryFormat::Enhanced);
         assert_eq!(b.len(), 45 + P.len());
@@ -307,7 +310,7 @@ pub(crate) mod tests {
 
     #[test]
     fn frame_format_layout() {
-        // apns.md §1.4: frame length 56+N, packet 61+N for a 32-byte token.
+        // docs/apns-protocol.md#binary-command-2: frame length 56+N, packet 61+N for a 32-byte token.
         let mut n = note(P);
         n.priority = 5;
         let b = encoded(&n, BinaryFormat::Frame);
@@ -355,7 +358,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_status_code_and_meaning() {
-        // apns.md §1.5 table.
+        // docs/apns-protocol.md#binary-error-packet table.
         let table: [(u8, &str); 12] = [
             (0, "no errors"),
             (1, "processing error"),

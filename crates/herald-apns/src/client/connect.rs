@@ -1,5 +1,6 @@
 //! Opening the TLS connection under either protocol: a fresh DNS lookup per connection (Apple asks for
-//! uncached lookups, apns.md §3.7), TCP with Nagle off, then TLS with the caller's rustls configuration.
+//! uncached lookups, docs/apns-protocol.md#http2-connection), TCP with Nagle off, then TLS with the caller's rustls
+//! configuration.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -1,10 +1,10 @@
-//! One HTTP/2 connection to APNs (apns.md §3).
+//! One HTTP/2 connection to APNs (docs/apns-protocol.md#http2).
 //!
 //! One stream per notification. The server's `SETTINGS_MAX_CONCURRENT_STREAMS` is obeyed as it changes (it starts
-//! at 1 until the connection is treated as not yet authorised, apns.md §3.7), and below it an adaptive limit
-//! ([`super::limit`]) lowers the streams kept open when answers slow down: a job is taken from the shared queue
-//! only while both have room and `h2` says another stream may open, so work above the limit waits in the queue,
-//! where another connection of the pool can take it. The response timeout counts from when a request's body was
+//! at 1 until the connection is treated as not yet authorised, docs/apns-protocol.md#http2-connection), and below it an
+//! adaptive limit ([`super::limit`]) lowers the streams kept open when answers slow down: a job is taken from the
+//! shared queue only while both have room and `h2` says another stream may open, so work above the limit waits in the
+//! queue, where another connection of the pool can take it. The response timeout counts from when a request's body was
 //! written; a stream that times out is cancelled (`RST_STREAM CANCEL`) before it is reported. Answers are matched by stream, never by `apns-id`. After a GOAWAY no
 //! stream opens; streams the server did not process come back as [`PushResult::NotSent`]. An idle connection
 //! is checked with PING, so a peer that vanished is found before a notification is trusted to it, and it closes
@@ -298,8 +298,8 @@ impl<T: Send + 'static> Dispatcher<T> {
                 if let (Some(cache), Some(token)) = (&self.opts.auth, token_used) {
                     cache.expired(&token);
                 }
-                // APNs wedges a connection after this answer (apns.md §3.7); a fresh one gets the new token
-                // without tripping TooManyProviderTokenUpdates.
+                // APNs wedges a connection after this answer (docs/apns-protocol.md#http2-connection); a fresh one gets
+                // the new token without tripping TooManyProviderTokenUpdates.
                 true
             }
             PushResult::NotSent(NotSentReason::ConnectionLost) => true,
@@ -348,8 +348,8 @@ fn header_value(value: &str, reason: &str) -> Result<HeaderValue, Rejection> {
     })
 }
 
-/// Builds the request headers in a stable order, so HPACK indexes the values that repeat (apns.md §3.3). A
-/// value that cannot be sent as given refuses the request; nothing is dropped or changed.
+/// Builds the request headers in a stable order, so HPACK indexes the values that repeat (docs/apns-protocol.md#hpack).
+/// A value that cannot be sent as given refuses the request; nothing is dropped or changed.
 fn build_request(
     authority: &Authority,
     req: &PushRequest,

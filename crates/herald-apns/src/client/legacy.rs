@@ -1,11 +1,11 @@
-//! One connection to the legacy binary provider API (apns.md §1).
+//! One connection to the legacy binary provider API (docs/apns-protocol.md#legacy-binary).
 //!
 //! Notifications are written back to back (frame format by default, enhanced selectable) and APNs answers only
 //! failures, so a window remembers what was written in the last `response_timeout`: a notification leaves the
 //! window as delivered when that time passes with no error packet. An error packet names one notification: the
 //! ones written before it were processed and are delivered, it gets its status, and every one written after it
-//! was discarded by APNs and comes back unsent (apns.md §1.5). Status 10 (shutdown) names the last notification
-//! processed instead. A connection lost with no error packet hands the whole window back unsent.
+//! was discarded by APNs and comes back unsent (docs/apns-protocol.md#binary-error-packet). Status 10 (shutdown) names
+//! the last notification processed instead. A connection lost with no error packet hands the whole window back unsent.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -222,7 +222,8 @@ fn encode_job<T>(
     encode(&notification, opts.format, buf).map_err(|e| e.to_string())
 }
 
-/// Applies apns.md §1.5 to the window: before the named notification delivered, it failed, after it unsent.
+/// Applies docs/apns-protocol.md#binary-error-packet to the window: before the named notification delivered, it failed,
+/// after it unsent.
 fn settle_error_packet<T: 'static>(
     packet: ErrorPacket,
     window: &mut VecDeque<Written<T>>,
@@ -242,7 +243,8 @@ fn settle_error_packet<T: 'static>(
         );
         return;
     };
-    // With status 10 the identifier is the last notification APNs processed (apns.md §1.5).
+    // With status 10 the identifier is the last notification APNs processed
+    // (docs/apns-protocol.md#binary-error-packet).
     let processed = if shutdown { pos + 1 } else { pos };
     for w in window.drain(..processed) {
         sink.report(w.tag, delivered(w.identifier), info);

@@ -1,5 +1,5 @@
-//! What an APNs client certificate says about itself (apns.md §4.2): subject, the UID that names its default
-//! topic, the topics of extension 1.2.840.113635.100.6.3.6, the environment of extensions …6.3.1 / …6.3.2,
+//! What an APNs client certificate says about itself (docs/apns-protocol.md#certificates): subject, the UID that names
+//! its default topic, the topics of extension 1.2.840.113635.100.6.3.6, the environment of extensions …6.3.1 / …6.3.2,
 //! and the validity period.
 
 use std::fmt;
@@ -125,7 +125,7 @@ impl CertificateInfo {
 
     /// Whether a connection authenticated by this certificate may push to `topic`: one of the listed topics
     /// when the certificate lists any, else the UID or the UID with `.voip` / `.complication` (the rule
-    /// pushy's mock applies, apns.md §3.8).
+    /// pushy's mock applies, docs/apns-protocol.md#certificates).
     pub fn allows_topic(&self, topic: &str) -> bool {
         if !self.topics.is_empty() {
             return self.topics.iter().any(|t| t == topic);
@@ -193,7 +193,8 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// The topics extension: a SEQUENCE of string topics, each followed by a SEQUENCE naming its kind
-/// (apns.md §4.2). Strings of any of the usual string types are accepted; nested sequences are skipped.
+/// (docs/apns-protocol.md#certificates). Strings of any of the usual string types are accepted; nested sequences are
+/// skipped.
 fn parse_topics(value: &[u8]) -> Option<Vec<String>> {
     let (tag, mut content, rest) = tlv(value)?;
     if tag != 0x30 || !rest.is_empty() {
@@ -216,7 +217,7 @@ fn parse_topics(value: &[u8]) -> Option<Vec<String>> {
 pub(crate) mod tests {
     use super::*;
 
-    /// DER for the topics extension value, as in pushy's test CA (apns.md §4.2).
+    /// DER for the topics extension value, as in pushy's test CA (docs/apns-protocol.md#certificates).
     pub(crate) fn topics_extension(entries: &[(&str, &str)]) -> Vec<u8> {
         fn wrap(tag: u8, content: &[u8]) -> Vec<u8> {
             let mut out = vec![tag];

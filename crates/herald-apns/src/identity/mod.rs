@@ -1,5 +1,5 @@
-//! TLS identities for certificate-based APNs connections (apns.md §4.2): loading a certificate chain and
-//! key from PEM files or a PKCS#12 bundle, checking that they belong together, reading what the certificate
+//! TLS identities for certificate-based APNs connections (docs/apns-protocol.md#certificates): loading a certificate
+//! chain and key from PEM files or a PKCS#12 bundle, checking that they belong together, reading what the certificate
 //! says (see [`CertificateInfo`]), and building rustls client configurations (see [`client_config`]).
 
 mod cert_info;

@@ -155,7 +155,7 @@ fn key_inside_the_certificate_file() {
 
 #[test]
 fn environment_markers() {
-    // apns.md §4.2: …6.3.1 development, …6.3.2 production, both or neither universal.
+    // docs/apns-protocol.md#certificates: …6.3.1 development, …6.3.2 production, both or neither universal.
     for (dev, prod, want) in [
         (true, false, CertEnvironment::Development),
         (false, true, CertEnvironment::Production),

@@ -1,6 +1,6 @@
 //! rustls client configurations for APNs connections, always on the aws-lc-rs crypto provider: client
-//! certificate optional, ALPN `h2` optional (apns.md §3.1), server roots from the bundled Mozilla set, a CA
-//! file (e.g. the simulator's), or, for tests only, no verification.
+//! certificate optional, ALPN `h2` optional (docs/apns-protocol.md#http2-endpoints), server roots from the bundled
+//! Mozilla set, a CA file (e.g. the simulator's), or, for tests only, no verification.
 
 use std::path::PathBuf;
 use std::sync::Arc;

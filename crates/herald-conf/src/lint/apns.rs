@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn idle_timeout_zero_on_an_apns_domain() {
-        // momentum.md §5: a zero idle_timeout should never be used for Apple push.
+        // docs/momentum-compat.md#options: a zero idle_timeout should never be used for Apple push.
         let w = warnings(
             "idle_timeout = 0\ndomain \"a.example\" { delivery_method = apn routes = ( \"https://h\" ) }\n\
              domain \"b.example\" { delivery_method = apn routes = ( \"https://h\" ) }\n\
@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn response_timeout_not_below_idle_timeout_on_a_binary_route() {
-        // momentum.md §5: delivery_response_timeout must be less than idle_timeout.
+        // docs/momentum-compat.md#routes: delivery_response_timeout must be less than idle_timeout.
         let text = format!(
             "domain \"legacy.example\" {{\n  delivery_method = apn\n  {BINARY}\n  apn_feedback_interval = 60\n  \
              idle_timeout = 2\n  delivery_response_timeout = 2000\n}}\n"

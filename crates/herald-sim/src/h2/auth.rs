@@ -1,6 +1,7 @@
-//! Per-connection authentication (apns.md §4): certificate connections (topics from the client certificate's
-//! UID and topics extension, environment from its environment extensions) and token connections (ES256 provider
-//! tokens, JOSE or DER signatures, team and key pinned on the first valid token, freshness and update-rate rules).
+//! Per-connection authentication (docs/apns-protocol.md#authentication): certificate connections (topics from the
+//! client certificate's UID and topics extension, environment from its environment extensions) and token connections
+//! (ES256 provider tokens, JOSE or DER signatures, team and key pinned on the first valid token, freshness and
+//! update-rate rules).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use herald_apns::reason::Reason;
 
 use crate::config::{ConfigError, Environment, ProviderKey};
 
-/// Suffixes that turn a bundle id into a push-type topic (apns.md §3.2).
+/// Suffixes that turn a bundle id into a push-type topic (docs/apns-protocol.md#push-types).
 const TOPIC_SUFFIXES: &[&str] = &[
     ".voip",
     ".complication",
@@ -209,8 +210,8 @@ impl TokenAuth {
         self.current.is_some()
     }
 
-    /// Checks the `authorization` header (apns.md §4.1, §4.3, §3.8 token validator); on success returns the key's
-    /// topic restriction.
+    /// Checks the `authorization` header (docs/apns-protocol.md#provider-tokens, docs/apns-protocol.md#key-scoping,
+    /// docs/apns-protocol.md#simulator token validator); on success returns the key's topic restriction.
     pub fn check(&mut self, header: Option<&[u8]>) -> Result<Option<&[String]>, Reason> {
         let Some(value) = header else {
             return Err(Reason::MissingProviderToken);

@@ -1,6 +1,7 @@
 //! An I/O shim between a TLS stream and the `h2` server that lets the simulator do what `h2` has no API for:
 //! change `SETTINGS_MAX_CONCURRENT_STREAMS` after the handshake (1 until a token connection authenticates, and
-//! back to 1 after a rejection when streams are "choppy", apns.md §3.7/§8) and send GOAWAY with JSON debug data.
+//! back to 1 after a rejection when streams are "choppy", docs/apns-protocol.md#http2-connection,
+//! docs/apns-protocol.md#simulator) and send GOAWAY with JSON debug data.
 //!
 //! Outgoing: frames from `h2` pass through untouched; injected frames are written between two of them (never
 //! before `h2`'s initial SETTINGS). Once the simulator has sent its own GOAWAY, later GOAWAYs from `h2` are

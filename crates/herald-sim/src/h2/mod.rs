@@ -1,8 +1,8 @@
-//! The HTTP/2 provider API: `POST /3/device/<token>` over TLS (apns.md §3), served with `h2` on a multi-threaded
-//! tokio runtime. One task per connection; the requests of a connection run as futures inside that task, so the
-//! hot path takes no lock (counters are atomics, the delivery record is a channel).
+//! The HTTP/2 provider API: `POST /3/device/<token>` over TLS (docs/apns-protocol.md#http2), served with `h2` on a
+//! multi-threaded tokio runtime. One task per connection; the requests of a connection run as futures inside that task,
+//! so the hot path takes no lock (counters are atomics, the delivery record is a channel).
 //!
-//! Requests are checked in this order, the first failure wins (apns.md §3.8 extended per §8):
+//! Requests are checked in this order, the first failure wins (docs/apns-protocol.md#simulator):
 //!
 //! 1. a repeated `apns-*` header -> DuplicateHeaders
 //! 2. `apns-id` not a UUID -> BadMessageId

@@ -354,7 +354,7 @@ async fn send_rest(plan: &Plan, http: std::net::SocketAddr) -> anyhow::Result<Ve
     Ok(doors)
 }
 
-/// The MCMT message for one planned notification (momentum.md §1.8).
+/// The MCMT message for one planned notification (docs/momentum-compat.md#mcmt-push-part).
 fn mcmt_message(p: &Planned, n: usize) -> (String, String) {
     let app = &APPS[p.app];
     let to = format!("demo-{n}@{}", app.domain);

@@ -1,5 +1,5 @@
 //! Console commands: parsing a command line into a [`Command`], and running it on a [`Server`] with output shaped
-//! like Momentum's ec_console (momentum.md §6).
+//! like Momentum's ec_console (docs/momentum-compat.md#console).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -33,7 +33,7 @@ use crate::inbound::doors::{ConnLimiter, DoorLimits};
 use commands::Command;
 use protocol::Reply;
 
-/// The idle timeout when the configuration does not say (momentum.md §6).
+/// The idle timeout when the configuration does not say (docs/momentum-compat.md#console).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Wrong passwords one client address may send within [`AUTH_WINDOW`] before it is locked out.
 pub const AUTH_FAILURES: usize = 5;

@@ -32,7 +32,8 @@ impl App {
         }
     }
 
-    /// The permanent-failure reason herald records for a bad token on this app (apns.md §2 / §1.5).
+    /// The permanent-failure reason herald records for a bad token on this app (docs/apns-protocol.md#feedback-service,
+    /// docs/apns-protocol.md#binary-error-packet).
     pub fn bad_token_reason(&self) -> &'static str {
         match self.kind {
             AppKind::H2Token | AppKind::H2Cert => "BadDeviceToken",

@@ -1,4 +1,4 @@
-//! The door every notification goes through, whatever listener it came from (design §2 "accept").
+//! The door every notification goes through, whatever listener it came from (docs/architecture.md#accept).
 //!
 //! [`Intake::prepare`] turns a [`Submission`] into a [`Notification`] or refuses it with a reason that names the
 //! field (unknown domain, bad token for the domain's protocol, payload rules, header values): a bad notification
@@ -123,7 +123,7 @@ impl From<DomainRefusal> for Refusal {
 #[derive(Debug, Clone)]
 pub struct Source {
     pub ip: Option<IpAddr>,
-    /// `esmtp` or `rest` (momentum.md §7.1).
+    /// `esmtp` or `rest` (docs/momentum-compat.md#mainlog).
     pub protocol: &'static str,
     pub batch_id: MessageId,
     pub conn_id: MessageId,

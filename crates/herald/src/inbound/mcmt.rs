@@ -1,4 +1,5 @@
-//! MCMT: `multipart/vnd.msys.mcmt` messages carrying `message/vnd.msys.apn` push parts (momentum.md §1.8, §2).
+//! MCMT: `multipart/vnd.msys.mcmt` messages carrying `message/vnd.msys.apn` push parts
+//! (docs/momentum-compat.md#mcmt-push-part, docs/momentum-compat.md#mcmt).
 //!
 //! [`parse`] reads a message received over SMTP and returns its push parts, each with its device token (if the
 //! part names one), JSON payload and APNs attributes; [`McmtMessage::submissions`] turns them into one
@@ -302,8 +303,8 @@ fn push_part(number: usize, mime: &[(String, String)], body: &[u8]) -> Result<Pu
     let outer = Headers { inner: &[], mime };
     let decoded = decode(outer.string(headers::TRANSFER_ENCODING).as_deref(), body)?;
     let (inner, json) = split_inner_headers(&decoded)?;
-    // A transfer encoding named in the inner block applies to the JSON after it (momentum.md §1.8 lists
-    // Content-Transfer-Encoding among the push part's own headers).
+    // A transfer encoding named in the inner block applies to the JSON after it (docs/momentum-compat.md#mcmt-push-part
+    // lists Content-Transfer-Encoding among the push part's own headers).
     let inner_cte = Headers {
         inner: &inner,
         mime: &[],
@@ -444,7 +445,8 @@ mod tests {
         }
     }
 
-    // momentum.md §1.8: the part headers, a blank line, the inner header block, a blank line, the JSON.
+    // docs/momentum-compat.md#mcmt-push-part: the part headers, a blank line, the inner header block, a blank line, the
+    // JSON.
     #[test]
     fn inner_header_block_then_json() {
         let raw = mcmt(&[

@@ -1,6 +1,6 @@
-//! The `apn_logger` push log (momentum.md §1.7): one `@`-delimited line per outcome with the entry type in field
-//! 1, in formats built from Momentum's macros (`%t`, `%i`, `%sa`, `%da`, `%d`, `%g`, `%b`, `%H`, `%B`, `%ti`,
-//! `%S`, `%e`, `%dt`). The defaults are Momentum's.
+//! The `apn_logger` push log (docs/momentum-compat.md#apn-logger): one `@`-delimited line per outcome with the entry
+//! type in field 1, in formats built from Momentum's macros (`%t`, `%i`, `%sa`, `%da`, `%d`, `%g`, `%b`, `%H`, `%B`,
+//! `%ti`, `%S`, `%e`, `%dt`). The defaults are Momentum's.
 
 use std::fmt::Write as _;
 

@@ -143,7 +143,8 @@ fn open_append(path: &Path, mode: u32) -> Result<File, LogFileError> {
 }
 
 /// Appends `field` to `line`, escaping what would break the `@`-delimited layout: `@`, `\`, and control
-/// characters get a backslash (newline as `\n`), the rule Momentum documents for its acctlog (momentum.md §7.1).
+/// characters get a backslash (newline as `\n`), the rule Momentum documents for its acctlog
+/// (docs/momentum-compat.md#mainlog).
 pub fn push_escaped(line: &mut String, field: &str) {
     for c in field.chars() {
         match c {

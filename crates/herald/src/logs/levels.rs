@@ -1,8 +1,9 @@
-//! Diagnostic verbosity per part of herald from the module stanzas' `debug_level` (momentum.md §1.7, §3): `apn`
-//! sets the level of delivery (queue, pools, APNs connections), `httpsrv` the HTTP listeners, `restinjector` the
-//! REST injection handlers, `apn_logger` and `ec_logger` instances the log writers. A module that does not set `debug_level` leaves its part at the process's level.
-//! `RUST_LOG`, when set, overrides all of this. `herald serve` sets the levels at start and again at each reload
-//! ([`install_reload`], [`apply`]).
+//! Diagnostic verbosity per part of herald from the module stanzas' `debug_level` (docs/momentum-compat.md#modules,
+//! docs/momentum-compat.md#rest-injector): `apn` sets the level of delivery (queue, pools, APNs connections), `httpsrv`
+//! the HTTP listeners, `restinjector` the REST injection handlers, `apn_logger` and `ec_logger` instances the log
+//! writers. A module that does not set `debug_level` leaves its part at the process's level. `RUST_LOG`, when set,
+//! overrides all of this. `herald serve` sets the levels at start and again at each reload ([`install_reload`],
+//! [`apply`]).
 
 use std::sync::OnceLock;
 

@@ -1,4 +1,4 @@
-//! The `ec_logger` mainlog (momentum.md §7.1): `@`-delimited lines with the entry type in field 4.
+//! The `ec_logger` mainlog (docs/momentum-compat.md#mainlog): `@`-delimited lines with the entry type in field 4.
 //!
 //! ```text
 //! R: ts@msgid@batch@conn@R@rcpt-local@rcpt-domain@sender-local@sender-domain@source-ip@size@protocol@bgroup@binding
@@ -15,7 +15,8 @@ use super::file::{LogFile, push_escaped};
 use super::{OutcomeKind, OutcomeRecord};
 use crate::model::message::Notification;
 
-/// Connection stage of a failure that happened with a connection: "reading confirmation" (momentum.md §7.1).
+/// Connection stage of a failure that happened with a connection: "reading confirmation"
+/// (docs/momentum-compat.md#mainlog).
 const STAGE_READING_CONFIRMATION: u8 = 9;
 /// Connection stage of a failure with no connection.
 const STAGE_NOT_CONNECTED: u8 = 0;

@@ -1,6 +1,6 @@
-//! Momentum-format logs: the `ec_logger` mainlog (R, D, T, P and M lines, momentum.md §7.1) and the `apn_logger`
-//! push log (D, T, P and M lines with configurable formats, momentum.md §1.7). Each outcome of a notification is
-//! written exactly once, by the code that decides it.
+//! Momentum-format logs: the `ec_logger` mainlog (R, D, T, P and M lines, docs/momentum-compat.md#mainlog) and the
+//! `apn_logger` push log (D, T, P and M lines with configurable formats, docs/momentum-compat.md#apn-logger). Each
+//! outcome of a notification is written exactly once, by the code that decides it.
 
 pub mod apnlog;
 pub mod file;

@@ -105,7 +105,7 @@ pub struct Notification {
     /// The domain (app) that routes it: its configuration says where and how to deliver.
     pub domain: Arc<str>,
     /// The binding it is delivered from ([`DEFAULT_BINDING`] unless the injection named one): with the domain it
-    /// selects the options, the pool and the source address (momentum.md §4.3).
+    /// selects the options, the pool and the source address (docs/momentum-compat.md#fallback).
     pub binding: Arc<str>,
     pub token: DeviceToken,
     pub topic: Option<Arc<str>>,
@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn message_id_has_momentums_shape() {
         let id = MessageId::from_parts(0x20, 1_800_000_000 + 25593 * 1000, 0x945A87F3);
-        // momentum.md §7.1: "20/00-25593-945A87F3"
+        // docs/momentum-compat.md#mainlog: "20/00-25593-945A87F3"
         assert_eq!(id.to_string(), "20/00-25593-945A87F3");
     }
 

@@ -1,6 +1,6 @@
-//! Momentum's retry schedule (momentum.md §7.3): the first retry `retry_interval` after the first failure, each
-//! later one twice the one before, capped by `max_retry_interval`; given up after `max_retries` retries or when
-//! `message_expiration` has passed since reception, whichever comes first.
+//! Momentum's retry schedule (docs/momentum-compat.md#retries): the first retry `retry_interval` after the first
+//! failure, each later one twice the one before, capped by `max_retry_interval`; given up after `max_retries` retries
+//! or when `message_expiration` has passed since reception, whichever comes first.
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Momentum's defaults (momentum.md §7.3).
+    /// Momentum's defaults (docs/momentum-compat.md#retries).
     fn default() -> Self {
         RetryPolicy {
             retry_interval: Duration::from_secs(1200),
@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn intervals_double_from_retry_interval() {
-        // momentum.md §7.3: 1200 + 2400 + 4800 + 9600 + 19200 = 37200 s for 5 retries without the cap.
+        // docs/momentum-compat.md#retries: 1200 + 2400 + 4800 + 9600 + 19200 = 37200 s for 5 retries without the cap.
         let p = RetryPolicy {
             max_retry_interval: secs(1_000_000),
             ..RetryPolicy::default()
@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn fixed_interval_recipe_expires_after_6000_seconds() {
-        // momentum.md §7.3: retry_interval = max_retry_interval = 1200, max_retries = 5.
+        // docs/momentum-compat.md#retries: retry_interval = max_retry_interval = 1200, max_retries = 5.
         let p = RetryPolicy {
             retry_interval: secs(1200),
             max_retry_interval: secs(1200),

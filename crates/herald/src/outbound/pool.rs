@@ -1,4 +1,5 @@
-//! The pool of connections of one (binding, domain) (momentum.md §1.5, design §2).
+//! The pool of connections of one (binding, domain) (docs/momentum-compat.md#outbound-connections,
+//! docs/architecture.md#outbound).
 //!
 //! Connections open on demand: the first when work arrives, another only when every open one is saturated (carries
 //! all the server's stream limit allows; a connection held back by its adaptive limit because answers are slow is

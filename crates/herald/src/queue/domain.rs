@@ -1,6 +1,7 @@
 //! One domain's queue and its task: the active queue (ready now), the delayed queue (waiting for a retry time),
 //! the pool that delivers them, and the handling of every outcome: log it once, count it, and retry, fail or
-//! report the token, as the retry policy and the outcome class say (momentum.md §7.3, design §2, §5).
+//! report the token, as the retry policy and the outcome class say (docs/momentum-compat.md#retries,
+//! docs/architecture.md#outcome, docs/apns-protocol.md#classification).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -538,7 +539,8 @@ impl DomainTask {
                         self.active.push_front(item);
                     }
                     FailureClass::Permanent | FailureClass::InvalidToken => {
-                        // apns.md §2: BadDeviceToken, Unregistered (with its timestamp), binary status 8.
+                        // docs/apns-protocol.md#classification: BadDeviceToken, Unregistered (with its timestamp),
+                        // binary status 8.
                         let invalid = (class == FailureClass::InvalidToken).then(|| InvalidToken {
                             domain: item.notification.domain.clone(),
                             token: item.notification.token.clone(),

@@ -234,8 +234,8 @@ struct DomainHandle {
     stats: Arc<DomainStats>,
 }
 
-/// What a queue and its pool serve: one domain delivered from one binding (momentum.md §1.5: connections are
-/// limited "on a domain/binding level").
+/// What a queue and its pool serve: one domain delivered from one binding
+/// (docs/momentum-compat.md#outbound-connections: connections are limited "on a domain/binding level").
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct QueueKey {
     domain: Arc<str>,

@@ -1,5 +1,5 @@
-//! Polling the binary feedback service (apns.md §2): for each domain with a binary route and an
-//! `apn_feedback_interval`, connect with the domain's client certificate, read the 38-byte tuples until the
+//! Polling the binary feedback service (docs/apns-protocol.md#feedback-service): for each domain with a binary route
+//! and an `apn_feedback_interval`, connect with the domain's client certificate, read the 38-byte tuples until the
 //! service closes, and record each token in the invalid-token store. A domain is polled from every binding that
 //! reaches APNs differently (its own route, `bind_address` or certificate), each with the options that binding
 //! resolves (docs/configuration.md, "Bindings in delivery"): the service lists the tokens of the certificate
@@ -22,7 +22,7 @@ use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::ResolveError;
 use crate::queue::message::DEFAULT_BINDING;
 
-/// The feedback port of the binary era (apns.md §2).
+/// The feedback port of the binary era (docs/apns-protocol.md#feedback-service).
 const FEEDBACK_PORT: u16 = 2196;
 /// Longest a poll may take.
 const POLL_TIMEOUT: Duration = Duration::from_secs(60);

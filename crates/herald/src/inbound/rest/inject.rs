@@ -1,5 +1,5 @@
-//! `POST /v1.0/inject`: Momentum's REST injector (momentum.md §3). The template is rendered for each recipient
-//! (its `keys`, plus `to` and `from` unless the keys override them) and read as an MCMT message by
+//! `POST /v1.0/inject`: Momentum's REST injector (docs/momentum-compat.md#rest-injector). The template is rendered for
+//! each recipient (its `keys`, plus `to` and `from` unless the keys override them) and read as an MCMT message by
 //! [`crate::inbound::mcmt`], exactly as the ESMTP listener reads one: every push part becomes one notification
 //! for the recipient's domain, with the part's `X-Device-Token` or else the local part of `to` as the device
 //! token. The request is transactional: if any recipient fails, nothing is
@@ -279,7 +279,7 @@ mod tests {
     fn success_has_momentums_shape() {
         let id = MessageId::from_parts(0, 1_800_000_000 + 2045 * 1000, 0x5093C9D4);
         let v: Value = serde_json::from_str(&render(&[Outcome::Injected(vec![id])], None)).unwrap();
-        // momentum.md §3, the documented success answer.
+        // docs/momentum-compat.md#rest-injector, the documented success answer.
         assert_eq!(
             v,
             serde_json::json!({"results": [{"status": "success", "mid": "00/00-02045-5093C9D4",

@@ -1,4 +1,5 @@
-//! The REST listener: Momentum's `/v1.0/inject` and the native `/api/v1/push` batch API (momentum.md §3).
+//! The REST listener: Momentum's `/v1.0/inject` and the native `/api/v1/push` batch API
+//! (docs/momentum-compat.md#rest-injector).
 //!
 //! [`router`] builds the axum application (routes, JSON 404/405 answers, the address lists and API keys of
 //! [`auth`]); [`serve`] runs it on a TCP listener, with TLS when the listener has a certificate, until a

@@ -1,6 +1,6 @@
-//! The `/v1.0/inject` template (momentum.md §3): an RFC 822 message with `<%= :key %>` or `[%= :key %]`
-//! markers. Both spellings are plain text substitution: the value goes in as it is, with no MIME, header or
-//! JSON encoding, and keys match case-insensitively. After substitution every line ending becomes CRLF.
+//! The `/v1.0/inject` template (docs/momentum-compat.md#rest-injector): an RFC 822 message with `<%= :key %>` or
+//! `[%= :key %]` markers. Both spellings are plain text substitution: the value goes in as it is, with no MIME, header
+//! or JSON encoding, and keys match case-insensitively. After substitution every line ending becomes CRLF.
 //!
 //! A template is parsed once per request ([`Template::parse`]) and rendered once per recipient.
 
@@ -137,7 +137,8 @@ mod tests {
 
     #[test]
     fn both_marker_spellings_substitute_the_same_text() {
-        // momentum.md §3: `<%= :key %>` and `[%= :key %]`, keys case-insensitive, straight substitution.
+        // docs/momentum-compat.md#rest-injector: `<%= :key %>` and `[%= :key %]`, keys case-insensitive, straight
+        // substitution.
         let out = render(
             "To: <%=:to%>\nSubject: [%= :Subject %]\n\n{\"a\":\"<%= :SUBJECT %>\"}",
             &[("to", "x@y"), ("subject", "hi \"there\"")],

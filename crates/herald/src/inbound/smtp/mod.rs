@@ -1,13 +1,13 @@
-//! The ESMTP listener (momentum.md §1.3, design §6): accepts connections on a bound socket, checks the peer
-//! against the listener's access lists, and runs one [`session`] per connection, which turns MCMT messages into
-//! notifications through the [`Intake`].
+//! The ESMTP listener (docs/momentum-compat.md#mcmt-reception, docs/architecture.md#inbound): accepts connections on a
+//! bound socket, checks the peer against the listener's access lists, and runs one [`session`] per connection, which
+//! turns MCMT messages into notifications through the [`Intake`].
 //!
 //! Entry points for `herald serve`: [`bind`] a `listen` stanza, build an [`SmtpConfig`] with
 //! [`SmtpConfig::from_config`] (reads the stanza's [`limits`], loads the STARTTLS identity), then [`serve`] it.
 //! Configuration reload: send a new `Arc<SmtpConfig>` on the watch channel; new connections use it (its limits
 //! included) and sessions opened before it keep theirs and answer their next command
-//! `421 4.3.2 Reconfiguration in progress` (momentum.md §6.1). Shutdown: set the shutdown watch to `true`;
-//! sessions answer `421` and [`serve`] returns once every session has ended.
+//! `421 4.3.2 Reconfiguration in progress` (docs/momentum-compat.md#console-config). Shutdown: set the shutdown watch
+//! to `true`; sessions answer `421` and [`serve`] returns once every session has ended.
 
 pub mod command;
 pub mod io;
