@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -162,16 +161,9 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("admin listener: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
+        let Some((tcp, _)) = crate::accept::next_connection(&listener, &mut stop, "admin").await
+        else {
+            return;
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {

@@ -37,6 +37,7 @@
 //! `herald sim pki DIR` writes the PKI; `herald sim --pki DIR` serves it and prints one JSON line with the
 //! six addresses once ready.
 
+mod accept;
 pub mod admin;
 pub mod binary;
 pub mod broadcast;

@@ -82,16 +82,9 @@ pub(crate) async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("h2 listener: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
+        let Some((tcp, peer)) = crate::accept::next_connection(&listener, &mut stop, "h2").await
+        else {
+            return;
         };
         let _ = tcp.set_nodelay(true);
         ctx.stats.peer_connected(peer.ip());
