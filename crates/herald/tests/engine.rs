@@ -257,6 +257,19 @@ fn transient_lines(h: &Harness) -> usize {
         .count()
 }
 
+/// The simulator's record once it holds `n` distinct tokens (or at the deadline): deliveries reach the record
+/// through a channel, so an engine that saw every answer may be a moment ahead of it.
+async fn settled_record_counts(sim: &SimHandle, n: usize) -> BTreeMap<String, usize> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let counts = record_counts(sim);
+        if counts.len() >= n || Instant::now() >= deadline {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Delivered tokens as the simulator recorded them: token -> count.
 fn record_counts(sim: &SimHandle) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
@@ -380,7 +393,7 @@ async fn goaway_every_n_requests_loses_and_duplicates_nothing() {
     let tokens: Vec<String> = (0..1000).map(token).collect();
     let ids = submit(&engine, &tokens).await;
     wait_finished(&engine, 1000).await;
-    let counts = record_counts(&h.sim);
+    let counts = settled_record_counts(&h.sim, 1000).await;
     assert_eq!(counts.len(), 1000);
     let dups: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
     assert!(dups.is_empty(), "delivered twice: {dups:?}");
@@ -405,7 +418,7 @@ async fn dropped_connections_lose_nothing() {
         "the scenario dropped connections"
     );
     // A connection lost before the answer may have delivered: at least once, never zero times.
-    assert_eq!(record_counts(&h.sim).len(), 1000);
+    assert_eq!(settled_record_counts(&h.sim, 1000).await.len(), 1000);
     let finals = final_outcomes(&h, &ids);
     assert!(finals.values().all(|f| f[4] == "D"));
 }
