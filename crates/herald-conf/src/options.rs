@@ -489,6 +489,13 @@ option_table! {
         DELIVERY,
         "Seconds between polls of the binary feedback service for invalid tokens; 0 never polls; a herald addition.",
     ),
+    ApnChannelRoute => opt(
+        "apn_channel_route",
+        Kind::Routes,
+        None,
+        GLOBAL_DOMAIN,
+        "Where herald sends Live Activity channel management requests (create, read, delete, list), an `https://HOST[:PORT]` route; unset: Apple's management host for the environment of the domain's route (`api-manage-broadcast.sandbox.push.apple.com:2195` for a sandbox or development host, `api-manage-broadcast.push.apple.com:2196` for another Apple host), none for a route that is not Apple's; a herald addition.",
+    ),
     RetryInterval => opt(
         "retry_interval",
         Kind::Seconds,
@@ -1263,6 +1270,9 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         }
         "bind_address" => "delivery: the source address of the binding's outbound connections",
         "tls_certificate" | "tls_key" => TLS_BOTH,
+        "apn_channel_route" => {
+            "channel management (REST /api/v1/channels, the console's `channels`), with the domain's credentials"
+        }
         "apn_feedback_address" | "apn_feedback_interval" => {
             "the feedback poller (binary protocol invalid tokens)"
         }

@@ -316,6 +316,13 @@ impl SimHandle {
         self.broadcast.channels.count()
     }
 
+    /// The channel ids of `bundle` that exist now, sorted.
+    pub fn channels(&self, bundle: &str) -> Vec<String> {
+        let mut ids = self.broadcast.channels.list(bundle);
+        ids.sort();
+        ids
+    }
+
     /// The line `herald sim` prints:
     /// `{"h2":"…","binary":"…","feedback":"…","admin":"…","management":"…","broadcast":"…"}`.
     pub fn addrs_json(&self) -> String {

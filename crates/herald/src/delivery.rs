@@ -301,6 +301,34 @@ impl ConfigResolver {
     }
 }
 
+/// What a call to APNs outside the delivery queue (channel management) needs of a domain: its options under the
+/// `default` binding, a TLS client configuration for HTTP/2 with the domain's client identity (whatever protocol
+/// its route speaks), and its provider-token cache when it has `apn_key`.
+pub struct Http2Credentials {
+    pub settings: Arc<DomainSettings>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub auth: Option<ProviderTokenCache>,
+}
+
+impl ConfigResolver {
+    /// The domain's HTTP/2 credentials under the configuration in force (shared with delivery: the same TLS
+    /// configuration and token cache when the files did not change). Reads and signs: call it off async threads.
+    pub fn http2_credentials(&self, domain: &str) -> Result<Http2Credentials, ResolveError> {
+        let config = self.config();
+        let d = config.domain_settings(None, Some(DEFAULT_BINDING), domain);
+        if d.delivery_method != DeliveryMethod::Apn {
+            return Err(ResolveError::NotApn(format!("{:?}", d.delivery_method)));
+        }
+        let auth = self.token_cache(&d)?;
+        let tls = self.tls_config(&d, true)?;
+        Ok(Http2Credentials {
+            settings: d,
+            tls,
+            auth,
+        })
+    }
+}
+
 impl ConfigResolver {
     /// The settings of `domain` from every declared binding that reaches APNs differently (another route, source
     /// address or credentials; see [`DeliverySettings::same_route_and_credentials`]), the `default` binding's

@@ -331,7 +331,7 @@ fn header(out: &mut String, name: &str, help: &str, kind: &str) {
 }
 
 /// Escapes a label value: backslash, double quote and newline.
-fn escape(value: &str) -> String {
+pub fn escape(value: &str) -> String {
     let mut s = String::with_capacity(value.len());
     for c in value.chars() {
         match c {

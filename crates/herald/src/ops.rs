@@ -27,6 +27,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     // crate::outcomes::api::ROUTES, merged by the server on listeners that serve push or inject.
     ("GET", "/api/v1/notifications/{id}"),
     ("POST", "/api/v1/notifications/query"),
+    // crate::channels::api::ROUTES, merged by the server on listeners that serve push.
+    ("GET", "/api/v1/channels"),
+    ("POST", "/api/v1/channels"),
+    ("GET", "/api/v1/channels/{id}"),
+    ("DELETE", "/api/v1/channels/{id}"),
     ("GET", "/metrics"),
     ("GET", "/readyz"),
 ];
@@ -199,7 +204,7 @@ fn invalid_tokens_answer(store: &InvalidTokenStore, query: &str) -> Response {
 }
 
 /// Decodes `%XX` escapes and `+` of a query value; malformed escapes stay as written.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());

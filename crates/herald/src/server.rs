@@ -113,6 +113,8 @@ pub struct Server {
     pub idempotency: Arc<Idempotency>,
     /// The domains' outcome webhooks.
     pub webhooks: Arc<Webhooks>,
+    /// Live Activity channel management (REST `/api/v1/channels`, the console's `channels`).
+    pub channels: Arc<crate::channels::ChannelManager>,
     path: PathBuf,
     resolver: Arc<ConfigResolver>,
     logs: Logs,
@@ -167,6 +169,7 @@ impl Server {
     fn more_metrics(&self) -> crate::ops::MoreMetrics {
         let book = self.status_book.clone();
         let hooks = self.webhooks.clone();
+        let channels = self.channels.clone();
         Arc::new(move |out: &mut String| {
             let s = book.stats();
             out.push_str(&format!(
@@ -176,6 +179,7 @@ impl Server {
                 s.stored, s.tracked, s.dropped + hooks.handoff_dropped()
             ));
             hooks.render_metrics(out);
+            channels.render_metrics(out);
         })
     }
 
@@ -302,6 +306,7 @@ impl Server {
             status_book,
             webhooks,
             idempotency,
+            channels: crate::channels::ChannelManager::new(resolver.clone()),
             path: path.to_owned(),
             resolver,
             logs,
@@ -441,6 +446,9 @@ impl Server {
                 }
                 if settings.http_services.push || settings.http_services.inject {
                     extra = extra.merge(crate::outcomes::api::routes(self.status_book.clone()));
+                }
+                if settings.http_services.push {
+                    extra = extra.merge(crate::channels::api::routes(self.channels.clone()));
                 }
                 let limits = Arc::new(DoorLimits::from_config(&self.config(), &settings));
                 let state = rest::RestState::new(settings.clone(), self.intake.clone())
@@ -783,6 +791,10 @@ impl crate::control::ServerHandle for Server {
 
     fn webhooks(&self) -> Option<&Webhooks> {
         Some(&self.webhooks)
+    }
+
+    fn channels(&self) -> Option<&crate::channels::ChannelManager> {
+        Some(&self.channels)
     }
 
     fn config(&self) -> Arc<Config> {

@@ -147,6 +147,12 @@ impl BroadcastClient {
         })
     }
 
+    /// Whether the connection has ended (closed by the server, GOAWAY, an error): a caller that keeps a client
+    /// connects again instead of using it.
+    pub fn is_closed(&self) -> bool {
+        self._driver.0.is_finished()
+    }
+
     /// Creates a channel; returns its id.
     pub async fn create_channel(
         &self,

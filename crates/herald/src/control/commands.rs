@@ -61,6 +61,8 @@ pub enum Command {
     Status(String),
     /// `webhooks`: each domain's outcome webhook backlog and counters.
     Webhooks,
+    /// `channels DOMAIN`: the Live Activity channels of a domain's app, asked of APNs.
+    Channels(String),
     ReopenLogs,
     Version,
     Pid,
@@ -98,6 +100,7 @@ Commands:
   tokens invalid [DOMAIN] [SINCE]       device tokens APNs reported invalid (SINCE: Unix seconds)
   status ID                             one notification's state or final outcome (queued, delivered, failed)
   webhooks                              each domain's outcome webhook: backlog, delivered, dropped, failures
+  channels DOMAIN                       the domain's Live Activity broadcast channels (asked of APNs)
   reopen logs                           reopen every log file (after logrotate)
   version                               herald's version
   pid                                   the server's process id
@@ -162,6 +165,27 @@ fn webhooks(server: &dyn ServerHandle) -> Reply {
         ));
     }
     Reply::ok(out)
+}
+
+/// `channels DOMAIN`: one channel id per line after a header naming the app, or why APNs could not be asked.
+async fn channels(server: &dyn ServerHandle, domain: &str) -> Reply {
+    let Some(manager) = server.channels() else {
+        return Reply::err("this server does not manage channels\n");
+    };
+    match manager.list(domain).await {
+        Ok((bundle, ids)) => {
+            let mut out = format!(
+                "{} channel(s) of {bundle} (domain {}):\n",
+                ids.len(),
+                domain.to_ascii_lowercase()
+            );
+            for id in ids {
+                out.push_str(&format!("  {id}\n"));
+            }
+            Reply::ok(out)
+        }
+        Err(e) => Reply::err(format!("{e}\n")),
+    }
 }
 
 /// Splits a command line into words; double quotes group words with spaces.
@@ -267,6 +291,8 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         ("status", _) => return Err(ParseError::Usage("status ID")),
         ("webhooks", []) => Command::Webhooks,
         ("webhooks", _) => return Err(ParseError::Usage("webhooks")),
+        ("channels", [domain]) => Command::Channels(domain.to_string()),
+        ("channels", _) => return Err(ParseError::Usage("channels DOMAIN")),
         ("reopen", ["logs"]) => Command::ReopenLogs,
         ("reopen", _) => return Err(ParseError::Usage("reopen logs")),
         ("version", []) => Command::Version,
@@ -419,6 +445,7 @@ pub async fn execute(server: &dyn ServerHandle, cmd: Command) -> Reply {
         Command::Pid => Reply::ok(format!("{}\n", std::process::id())),
         Command::Status(id) => notification_status(server, &id),
         Command::Webhooks => webhooks(server),
+        Command::Channels(domain) => channels(server, &domain).await,
         Command::Shutdown => {
             server.request_stop();
             Reply::ok("Shutdown requested.\n")
@@ -848,6 +875,11 @@ mod tests {
             }
         );
         assert_eq!(p("reopen logs"), Command::ReopenLogs);
+        assert_eq!(
+            p("channels apps.example"),
+            Command::Channels("apps.example".into())
+        );
+        assert!(parse("channels").is_err());
         assert_eq!(p("exit"), Command::Quit);
         assert_eq!(parse("  ").unwrap(), None);
     }

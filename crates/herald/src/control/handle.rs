@@ -40,6 +40,10 @@ pub trait ServerHandle: Send + Sync {
     fn webhooks(&self) -> Option<&crate::outcomes::webhook::Webhooks> {
         None
     }
+    /// Live Activity channel management (`channels DOMAIN`), when the server offers it.
+    fn channels(&self) -> Option<&crate::channels::ChannelManager> {
+        None
+    }
     /// Asks `herald serve` to stop (the console's `shutdown`).
     fn request_stop(&self);
     /// Reopens the log files; one message per file that could not be reopened.

@@ -86,7 +86,8 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 fn service_of(path: &str) -> Option<&'static str> {
     match path {
         "/v1.0/inject" | "/v1.0/inject/" => Some("inject"),
-        "/api/v1/push" => Some("push"),
+        "/api/v1/push" | "/api/v1/channels" => Some("push"),
+        p if p.starts_with("/api/v1/channels/") => Some("push"),
         "/api/v1/tokens/invalid" => Some("tokens"),
         "/metrics" => Some("metrics"),
         p if p == "/dashboard" || p.starts_with("/dashboard/") => Some("dashboard"),

@@ -1,0 +1,318 @@
+//! The channel routes (docs/api.md "Channels"): `POST /api/v1/channels` creates (a JSON body naming the domain,
+//! the storage policy and optionally the push type), `GET /api/v1/channels?domain=D` lists, `GET` and `DELETE
+//! /api/v1/channels/{id}?domain=D` read and delete. Each is performed at once against the domain's management
+//! host; APNs' status and reason come back in the error body as `apns_status` and `apns_reason`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use herald_apns::broadcast::{ChannelId, StoragePolicy};
+use serde_json::{Value, json};
+
+use super::{ChannelError, ChannelManager};
+
+/// Every (method, path) [`routes`] answers, as `docs/openapi.yaml` documents them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/channels"),
+    ("POST", "/api/v1/channels"),
+    ("GET", "/api/v1/channels/{id}"),
+    ("DELETE", "/api/v1/channels/{id}"),
+];
+
+/// The channel routes over `manager`. The channel id is the rest of the path, so an id with `/` may be sent
+/// as it is or percent-encoded (`%2F`).
+pub fn routes(manager: Arc<ChannelManager>) -> Router {
+    Router::new()
+        .route("/api/v1/channels", post(create).get(list))
+        .route("/api/v1/channels/{*id}", get(read).delete(delete))
+        .with_state(manager)
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    answer(StatusCode::BAD_REQUEST, json!({ "error": message }))
+}
+
+/// An operation's failure: the mapped status, the text, and APNs' status and reason when APNs answered.
+fn failure(e: &ChannelError, domain: &str) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut body = json!({ "error": e.to_string(), "domain": domain });
+    if let Some((apns_status, reason)) = e.apns() {
+        body["apns_status"] = json!(apns_status);
+        body["apns_reason"] = json!(reason);
+    }
+    let mut response = answer(status, body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The `domain` query parameter, the only one these routes take.
+/// Errors are the 400 answer's text.
+fn domain_param(raw: Option<&str>) -> Result<String, String> {
+    let mut domain = None;
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "domain" => domain = Some(crate::ops::percent_decode(value)),
+            other => {
+                return Err(format!(
+                    "unknown parameter {:?}; these routes take only domain",
+                    crate::ops::percent_decode(other)
+                ));
+            }
+        }
+    }
+    match domain.map(|d| d.trim().to_ascii_lowercase()) {
+        Some(d) if !d.is_empty() => Ok(d),
+        Some(_) => Err("domain: empty; name the app's domain".into()),
+        None => Err("domain: missing; add ?domain=D naming the app's domain".into()),
+    }
+}
+
+/// The channel id of the path.
+fn channel_param(id: &str) -> Result<ChannelId, String> {
+    let id = id.trim_start_matches('/');
+    ChannelId::parse(id).map_err(|e| format!("channel id: {e}"))
+}
+
+/// Percent-encodes a channel id for a path segment (`+`, `/` and `=` of base64).
+fn encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len() + 8);
+    for c in id.chars() {
+        match c {
+            '+' => out.push_str("%2B"),
+            '/' => out.push_str("%2F"),
+            '=' => out.push_str("%3D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What a create asks for.
+struct CreateRequest {
+    domain: String,
+    policy: StoragePolicy,
+}
+
+/// Reads a create body: `{"domain": D, "message_storage_policy": 0|1, "push_type": "liveactivity"}` (push type
+/// optional; the only one APNs takes). Every error names the field.
+fn parse_create(body: &[u8]) -> Result<CreateRequest, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "invalid JSON: {e}; send {{\"domain\": \"…\", \"message_storage_policy\": 0 or 1, \"push_type\": \"liveactivity\"}}"
+        )
+    })?;
+    let Value::Object(fields) = v else {
+        return Err("the body must be a JSON object".into());
+    };
+    for key in fields.keys() {
+        if !matches!(
+            key.as_str(),
+            "domain" | "message_storage_policy" | "push_type"
+        ) {
+            return Err(format!(
+                "unknown field {key:?}; use domain, message_storage_policy and push_type"
+            ));
+        }
+    }
+    let domain = match fields.get("domain") {
+        Some(Value::String(d)) if !d.trim().is_empty() => d.trim().to_ascii_lowercase(),
+        Some(Value::String(_)) => return Err("domain: empty; name the app's domain".into()),
+        Some(other) => return Err(format!("domain: {other} is not a string")),
+        None => return Err("domain: missing; name the app's domain".into()),
+    };
+    let policy = match fields.get("message_storage_policy") {
+        Some(Value::Number(n)) => match n.as_i64().map(StoragePolicy::try_from) {
+            Some(Ok(p)) => p,
+            _ => {
+                return Err(format!(
+                    "message_storage_policy: {n} is not 0 (no message stored) or 1 (the most recent message stored)"
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "message_storage_policy: {other} is not 0 (no message stored) or 1 (the most recent message stored)"
+            ));
+        }
+        None => {
+            return Err(
+                "message_storage_policy: missing; 0 (no message stored) or 1 (the most recent message stored)"
+                    .into(),
+            );
+        }
+    };
+    match fields.get("push_type") {
+        None => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("liveactivity") => {}
+        Some(other) => {
+            return Err(format!(
+                "push_type: {other} is not allowed; channels carry only liveactivity"
+            ));
+        }
+    }
+    Ok(CreateRequest { domain, policy })
+}
+
+async fn create(State(manager): State<Arc<ChannelManager>>, body: Bytes) -> Response {
+    let request = match parse_create(&body) {
+        Ok(r) => r,
+        Err(message) => return bad_request(message),
+    };
+    match manager.create(&request.domain, request.policy).await {
+        Ok(created) => {
+            let id = created.channel.as_str();
+            let mut response = answer(
+                StatusCode::CREATED,
+                json!({
+                    "domain": request.domain,
+                    "bundle_id": created.bundle_id,
+                    "channel_id": id,
+                    "message_storage_policy": request.policy.as_u8(),
+                    "push_type": "liveactivity",
+                }),
+            );
+            let location = format!("/api/v1/channels/{}?domain={}", encode(id), request.domain);
+            if let Ok(v) = HeaderValue::try_from(location) {
+                response.headers_mut().insert(LOCATION, v);
+            }
+            response
+        }
+        Err(e) => failure(&e, &request.domain),
+    }
+}
+
+async fn list(State(manager): State<Arc<ChannelManager>>, RawQuery(raw): RawQuery) -> Response {
+    let domain = match domain_param(raw.as_deref()) {
+        Ok(d) => d,
+        Err(message) => return bad_request(message),
+    };
+    match manager.list(&domain).await {
+        Ok((bundle, ids)) => {
+            let ids: Vec<&str> = ids.iter().map(ChannelId::as_str).collect();
+            answer(
+                StatusCode::OK,
+                json!({ "domain": domain, "bundle_id": bundle, "channels": ids }),
+            )
+        }
+        Err(e) => failure(&e, &domain),
+    }
+}
+
+async fn read(
+    State(manager): State<Arc<ChannelManager>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let (domain, id) = match (domain_param(raw.as_deref()), channel_param(&id)) {
+        (Ok(d), Ok(id)) => (d, id),
+        (Err(message), _) | (_, Err(message)) => return bad_request(message),
+    };
+    match manager.read(&domain, &id).await {
+        Ok(info) => answer(
+            StatusCode::OK,
+            json!({
+                "domain": domain,
+                "channel_id": id.as_str(),
+                "message_storage_policy": info.policy.as_u8(),
+                "push_type": info.push_type.to_ascii_lowercase(),
+            }),
+        ),
+        Err(e) => failure(&e, &domain),
+    }
+}
+
+async fn delete(
+    State(manager): State<Arc<ChannelManager>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let (domain, id) = match (domain_param(raw.as_deref()), channel_param(&id)) {
+        (Ok(d), Ok(id)) => (d, id),
+        (Err(message), _) | (_, Err(message)) => return bad_request(message),
+    };
+    match manager.delete(&domain, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => failure(&e, &domain),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_bodies_are_checked_field_by_field() {
+        let ok = parse_create(
+            br#"{"domain":"Apps.Example","message_storage_policy":1,"push_type":"LiveActivity"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.domain, "apps.example");
+        assert_eq!(ok.policy, StoragePolicy::MostRecentMessage);
+        let no_type = parse_create(br#"{"domain":"a","message_storage_policy":0}"#).unwrap();
+        assert_eq!(no_type.policy, StoragePolicy::NoStorage);
+        for (body, field) in [
+            (&br#"{"message_storage_policy":0}"#[..], "domain: missing"),
+            (
+                br#"{"domain":" ","message_storage_policy":0}"#,
+                "domain: empty",
+            ),
+            (br#"{"domain":"a"}"#, "message_storage_policy: missing"),
+            (
+                br#"{"domain":"a","message_storage_policy":2}"#,
+                "message_storage_policy: 2",
+            ),
+            (
+                br#"{"domain":"a","message_storage_policy":"1"}"#,
+                "message_storage_policy: \"1\"",
+            ),
+            (
+                br#"{"domain":"a","message_storage_policy":1,"push_type":"alert"}"#,
+                "push_type: \"alert\"",
+            ),
+            (
+                br#"{"domain":"a","message_storage_policy":1,"storage":1}"#,
+                "unknown field \"storage\"",
+            ),
+            (br#"{"domain":"a","#, "invalid JSON"),
+            (br#"[1]"#, "JSON object"),
+        ] {
+            let err = parse_create(body).err().unwrap_or_default();
+            assert!(err.starts_with(field) || err.contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn query_takes_only_a_domain() {
+        assert_eq!(domain_param(Some("domain=A.example")).unwrap(), "a.example");
+        assert!(domain_param(None).is_err());
+        assert!(domain_param(Some("domain=")).is_err());
+        assert!(domain_param(Some("domain=a&x=1")).is_err());
+    }
+
+    #[test]
+    fn channel_ids_are_encoded_for_paths() {
+        assert_eq!(encode("ab+/c=="), "ab%2B%2Fc%3D%3D");
+        assert!(channel_param("/abc=").is_ok());
+        assert!(channel_param("a b").is_err());
+    }
+}
