@@ -1363,3 +1363,107 @@ async fn a_stalled_tls_handshake_is_closed_after_the_idle_timeout() {
     assert_eq!(c.cmd("STARTTLS").await.0, 220);
     c.assert_closed().await;
 }
+
+// docs/smtp.md "Message format", docs/apns-protocol.md §6.1 and §5.3 rule 9: Live Activity pushes over MCMT. With
+// `apns-push-type: liveactivity` and no topic header, the domain's bare topic gains `.push-type.liveactivity`;
+// start (to a push-to-start token), update and end reach the simulator byte for byte; a malformed one refuses the
+// whole message naming the part, the recipient and the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_activities_over_mcmt_gain_the_topic_suffix_and_malformed_ones_are_refused() {
+    let h = Harness::start(allow_conf).await;
+    let push_to_start = token(40);
+    let activity = token(41);
+    let start = "{\"aps\":{\"event\":\"start\",\"timestamp\":1700000000,\"alert\":{\"title\":\"Kick-off\"},\
+                 \"attributes-type\":\"MatchAttributes\",\"attributes\":{\"home\":\"A\",\"away\":\"B\"},\
+                 \"content-state\":{\"score\":\"0-0\"},\"input-push-channel\":\"dHN0LWNoYW5uZWw=\"}}";
+    let update = "{\"aps\":{\"event\":\"update\",\"timestamp\":1700000100,\"content-state\":{\"score\":\"1-0\"},\
+                  \"stale-date\":1700003600}}";
+    let end = "{\"aps\":{\"event\":\"end\",\"timestamp\":1700000200,\"content-state\":{\"score\":\"2-1\"},\
+               \"dismissal-date\":1700007200}}";
+    let message = mcmt(&[
+        push_part(
+            &[
+                ("X-Device-Token", &push_to_start),
+                ("apns-push-type", "liveactivity"),
+                ("apns-priority", "10"),
+            ],
+            start,
+        ),
+        push_part(&[("X-APNs-Push-Type", "liveactivity")], update),
+        push_part(
+            &[("apns-push-type", "liveactivity"), ("apns-priority", "5")],
+            end,
+        ),
+    ]);
+    let rcpt = vec![format!("{activity}@{DOMAIN}")];
+    let (code, text) = h.send_raw(&rcpt, &message).await;
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        text.starts_with("2.0.0 accepted 3 notifications as batch "),
+        "{text}"
+    );
+
+    assert_eq!(h.sim.wait_for_records(3, WAIT).await, 3);
+    let records = h.sim.record();
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        assert_eq!(r.topic, format!("{TOPIC}.push-type.liveactivity"));
+        assert_eq!(r.push_type.as_deref(), Some("liveactivity"));
+    }
+    let by_payload = |json: &str| {
+        records
+            .iter()
+            .find(|r| r.payload == json)
+            .unwrap_or_else(|| panic!("not delivered: {json}"))
+    };
+    assert_eq!(by_payload(start).token, push_to_start);
+    assert_eq!(by_payload(start).priority, 10);
+    assert_eq!(by_payload(update).token, activity);
+    assert_eq!(by_payload(end).token, activity);
+    assert_eq!(by_payload(end).priority, 5);
+
+    // A start without attributes-type, after a good update: the message is refused naming the part, the recipient
+    // and the field, and nothing of it is accepted.
+    let bad_start = "{\"aps\":{\"event\":\"start\",\"timestamp\":1700000000,\"alert\":\"x\",\"attributes\":{}}}";
+    let (code, text) = h
+        .send_raw(
+            &rcpt,
+            &mcmt(&[
+                push_part(&[("apns-push-type", "liveactivity")], update),
+                push_part(&[("apns-push-type", "liveactivity")], bad_start),
+            ]),
+        )
+        .await;
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.starts_with(&format!("5.6.0 part 3, recipient <{}>:", rcpt[0])),
+        "{text}"
+    );
+    assert!(text.contains("attributes-type"), "{text}");
+    // An update whose content-state is not an object, and one without a timestamp.
+    for (bad, field) in [
+        (
+            "{\"aps\":{\"event\":\"update\",\"timestamp\":1,\"content-state\":[1]}}",
+            "content-state",
+        ),
+        (
+            "{\"aps\":{\"event\":\"update\",\"content-state\":{}}}",
+            "timestamp",
+        ),
+    ] {
+        let (code, text) = h
+            .send_raw(
+                &rcpt,
+                &mcmt(&[push_part(&[("apns-push-type", "liveactivity")], bad)]),
+            )
+            .await;
+        assert_eq!(code, 550, "{bad}: {text}");
+        assert!(text.contains(field), "{bad}: {text}");
+    }
+    assert_eq!(
+        h.reception_lines().len(),
+        3,
+        "only the first message was received"
+    );
+    assert_eq!(h.sim.record().len(), 3);
+}
