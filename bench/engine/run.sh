@@ -87,20 +87,26 @@ for conns in 1 4; do
 done
 
 # APNs' real round trip: the simulator answers each request after 30 ms. No client can do better than
-# connections × the server's stream limit (1000) / 0.030 s; herald is compared with that bound.
+# connections × the server's stream limit (1000) / 0.030 s; herald is compared with that bound and with h2load
+# against the same simulator in the same run (whose answers also take the simulator's own time on top of the 30 ms).
 start_sim --latency-ms 30
 echo >> "$OUT"
-echo "| connections, 30 ms round trip | bound: streams / round trip | herald notifications/s | herald / bound |" >> "$OUT"
-echo "|---|---|---|---|" >> "$OUT"
+echo "| connections, 30 ms round trip | bound: streams / round trip | h2load notifications/s | herald notifications/s | herald / bound | herald / h2load |" >> "$OUT"
+echo "|---|---|---|---|---|---|" >> "$OUT"
 for conns in 1 4; do
   write_conf "$conns"
-  lat=()
+  ref=() lat=()
   for _ in $(seq "$RUNS"); do
+    out=$(h2load -n "$N" -c "$conns" -m 1000 -t 1 -d "$WORK/payload.json" -H "apns-topic: com.example.bench" \
+      -H "apns-push-type: alert" -H "authorization: bearer $JWT" "https://$H2/3/device/$TOKEN")
+    grep -q "status codes: $N 2xx" <<<"$out" || { echo "h2load failed: $out" >&2; exit 1; }
+    ref+=("$(awk '/^finished in/ {gsub(",", "", $4); print $4}' <<<"$out")")
     lat+=("$("$HERALD" bench -c "$WORK/bench.conf" --domain h2.bench -n "$N" --json | j /dev/stdin '["per_second"]')")
   done
   bound=$(( conns * 1000 * 1000 / 30 ))
-  h=$(printf '%s\n' "${lat[@]}" | median)
-  printf '| %s | %s | %.0f | %.2f |\n' "$conns" "$bound" "$h" "$(awk -v a="$h" -v b="$bound" 'BEGIN{print a/b}')" | tee -a "$OUT"
+  r=$(printf '%s\n' "${ref[@]}" | median); h=$(printf '%s\n' "${lat[@]}" | median)
+  printf '| %s | %s | %.0f | %.0f | %.2f | %.2f |\n' "$conns" "$bound" "$r" "$h" \
+    "$(awk -v a="$h" -v b="$bound" 'BEGIN{print a/b}')" "$(awk -v a="$h" -v b="$r" 'BEGIN{print a/b}')" | tee -a "$OUT"
 done
 start_sim
 

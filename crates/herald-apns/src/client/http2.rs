@@ -99,7 +99,9 @@ pub async fn open<T: Send + 'static>(
             source,
         })?;
     let ping = connection.ping_pong();
-    let driver = tokio::spawn(connection);
+    // The connection is driven by the dispatcher's own task, not a task of its own: the frames a request queues
+    // are written in the same turn, and no wake-up crosses between threads per request.
+    let driver: Driver = Box::pin(connection);
     let authority: Authority = opts
         .endpoint
         .authority()
@@ -112,7 +114,7 @@ pub async fn open<T: Send + 'static>(
         authority,
         send,
         ping,
-        driver,
+        driver: Some(driver),
         jobs,
         sink,
         state: state.clone(),
@@ -122,12 +124,16 @@ pub async fn open<T: Send + 'static>(
     Ok(state)
 }
 
+/// The h2 connection future: reads and writes frames until the connection ends.
+type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), h2::Error>> + Send>>;
+
 struct Dispatcher<T> {
     opts: Arc<Http2Options>,
     authority: Authority,
     send: SendRequest<Bytes>,
     ping: Option<h2::PingPong>,
-    driver: tokio::task::JoinHandle<Result<(), h2::Error>>,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
     jobs: JobReceiver<T>,
     sink: Arc<dyn OutcomeSink<T>>,
     state: Arc<ConnectionState>,
@@ -167,6 +173,17 @@ impl<T: Send + 'static> Dispatcher<T> {
             }
             tokio::select! {
                 biased;
+                // First, so that what the other branches queued last turn is written before anything else.
+                ended = poll_fn(|cx| match self.driver.as_mut() {
+                    Some(driver) => driver.as_mut().poll(cx),
+                    None => std::task::Poll::Pending,
+                }), if self.driver.is_some() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(conn = self.info.id, error = %e, "connection ended");
+                    }
+                    self.driver = None;
+                    taking = false;
+                }
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                     // Every answer already in is handled in this turn, not one per turn of the loop.
                     let mut next = Some(answer);
@@ -240,9 +257,6 @@ impl<T: Send + 'static> Dispatcher<T> {
                     last_activity = Instant::now();
                 }
                 _ = tick.tick() => {
-                    if self.driver.is_finished() {
-                        taking = false;
-                    }
                     if self.state.is_draining() {
                         taking = false;
                     }
@@ -281,11 +295,11 @@ impl<T: Send + 'static> Dispatcher<T> {
         drop(in_flight);
         self.state.set_in_flight(0);
         self.state.set_closed();
-        // Dropping the last SendRequest lets h2 close the connection with GOAWAY(NO_ERROR).
+        // Dropping the last SendRequest lets h2 close the connection with GOAWAY(NO_ERROR); it gets a second to
+        // say so before the socket is dropped.
         drop(self.send);
-        if !self.driver.is_finished() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), &mut self.driver).await;
-            self.driver.abort();
+        if let Some(driver) = self.driver.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;
         }
     }
 
@@ -397,14 +411,15 @@ fn build_request(
         );
     }
     if let Some(id) = req.apns_id {
-        headers.insert(
-            APNS_ID.clone(),
-            HeaderValue::from_bytes(&id.encode()).map_err(|_| Rejection::Http {
-                status: 400,
-                reason: "BadMessageId".to_owned(),
-                timestamp_ms: None,
-            })?,
-        );
+        let mut value = HeaderValue::from_bytes(&id.encode()).map_err(|_| Rejection::Http {
+            status: 400,
+            reason: "BadMessageId".to_owned(),
+            timestamp_ms: None,
+        })?;
+        // A new value on every request: sent as a literal that is never indexed, so it does not push the values
+        // that do repeat (the provider token above all) out of APNs' small HPACK table.
+        value.set_sensitive(true);
+        headers.insert(APNS_ID.clone(), value);
     }
     Ok(request)
 }
@@ -556,4 +571,99 @@ async fn read_answer(response: ResponseFuture) -> Result<PushResult, h2::Error> 
         reason,
         timestamp_ms,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The request headers as they go on the wire: what HPACK makes of them on one connection
+    //! (docs/apns-protocol.md#hpack).
+
+    use super::*;
+    use crate::push::{ApnsId, PushType};
+    use crate::token_hex::DeviceToken;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+
+    fn request(n: u8) -> PushRequest {
+        let mut id = [0u8; 16];
+        id[0] = n;
+        PushRequest {
+            token: DeviceToken::from_bytes(vec![0xab; 32]).unwrap(),
+            topic: Some(Arc::from("com.example.app")),
+            push_type: Some(PushType::Alert),
+            priority: None,
+            expiration: None,
+            collapse_id: None,
+            apns_id: Some(ApnsId::from_bytes(id)),
+            payload: Bytes::from_static(b"{}"),
+        }
+    }
+
+    /// Reads frames until `count` HEADERS frames came, answering the client's SETTINGS; returns the header
+    /// blocks' sizes in order.
+    async fn header_block_sizes(mut sock: TcpStream, count: usize) -> Vec<usize> {
+        let mut preface = [0u8; 24];
+        sock.read_exact(&mut preface).await.unwrap();
+        assert_eq!(preface, PREFACE);
+        sock.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        let mut sizes = Vec::new();
+        while sizes.len() < count {
+            let mut head = [0u8; 9];
+            sock.read_exact(&mut head).await.unwrap();
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            sock.read_exact(&mut payload).await.unwrap();
+            match head[3] {
+                SETTINGS if head[4] & 1 == 0 => {
+                    sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
+                        .await
+                        .unwrap();
+                }
+                HEADERS => sizes.push(len),
+                _ => {}
+            }
+        }
+        sizes
+    }
+
+    /// A provider token is about 250 bytes and the same on every request of a connection: it goes into the HPACK
+    /// table with the first request and is a one-byte index afterwards, while the apns-id, new every time, is
+    /// never indexed and so cannot push it out.
+    #[tokio::test]
+    async fn the_provider_token_is_sent_once_per_connection_and_then_indexed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            header_block_sizes(sock, 60).await
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let authority = Authority::from_static("api.push.apple.com");
+        let jwt = format!("bearer {}", "j".repeat(240));
+        let mut streams = Vec::new();
+        for n in 0..60 {
+            let auth = HeaderValue::from_str(&jwt).unwrap();
+            let req = build_request(&authority, &request(n), Some(auth)).unwrap();
+            send = send.ready().await.unwrap();
+            streams.push(send.send_request(req, true).unwrap());
+        }
+        let sizes = server.await.unwrap();
+        // The first block carries the token (Huffman-coded, about 180 bytes); every later one is smaller by about
+        // that much, including after 59 distinct apns-ids.
+        assert!(sizes[0] > 200, "{sizes:?}");
+        for (n, size) in sizes.iter().enumerate().skip(1) {
+            assert!(
+                *size < 100,
+                "request {n}: header block of {size} bytes: {sizes:?}"
+            );
+        }
+    }
 }
