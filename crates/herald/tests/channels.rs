@@ -462,3 +462,43 @@ async fn apns_refusals_come_back_with_their_reason_and_are_counted() {
     );
     assert!(text.contains("# TYPE herald_channel_operations_total counter"));
 }
+
+// docs/architecture.md#inbound "Channels": the domain's target is read from the configuration in force at each
+// call, so a reload that moves the management route takes effect at the next call (a new connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_management_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let first = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let second = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(&config, config_text(dir.path(), &pki, &first)).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let s = Setup {
+        http: server.addrs().await.http[0].to_string(),
+        socket: String::new(),
+        _dir: dir,
+        _server: server.clone(),
+        sim: first,
+    };
+    let on_first = create(&s, TOKEN, 1).await;
+    assert_eq!(list(&s, TOKEN).await, vec![on_first.clone()]);
+
+    std::fs::write(
+        &config,
+        config_text(config.parent().unwrap(), &pki, &second),
+    )
+    .unwrap();
+    server.reload(None).await.unwrap();
+    assert!(
+        list(&s, TOKEN).await.is_empty(),
+        "asked the second simulator"
+    );
+    let on_second = create(&s, TOKEN, 0).await;
+    assert_eq!(second.channels(TOPIC), vec![on_second]);
+    assert_eq!(s.sim.channels(TOPIC), vec![on_first]);
+}
