@@ -2,8 +2,9 @@
 //! call of `POST/GET/DELETE /api/v1/channels` performed against the simulator's management port with token auth
 //! and with certificate auth, checked against the simulator's own channel list; APNs' refusals passed back with
 //! their reason (ChannelNotRegistered as 404, FeatureNotEnabled as 403), an unreachable management host as 503,
-//! bad input as 400 naming the field, a request without the listener's API key refused, the console's `channels
-//! DOMAIN`, and the operation counters of `/metrics`.
+//! bad input as 400 naming the field, a request without the listener's API key or from an address its lists
+//! deny refused, a reload moving the management route, the console's `channels DOMAIN`, and the operation
+//! counters of `/metrics`.
 
 mod support;
 
@@ -31,6 +32,8 @@ struct Setup {
     _server: Arc<Server>,
     sim: SimHandle,
     http: String,
+    /// The listener whose always_deny refuses 127.0.0.1.
+    denied: String,
     socket: String,
 }
 
@@ -48,6 +51,7 @@ async fn setup(disabled: bool) -> Setup {
     let addrs = server.addrs().await;
     Setup {
         http: addrs.http[0].to_string(),
+        denied: addrs.http[1].to_string(),
         socket: dir.path().join("control.sock").display().to_string(),
         _dir: dir,
         _server: server,
@@ -63,7 +67,10 @@ fn config_text(dir: &Path, pki: &Pki, sim: &SimHandle) -> String {
     format!(
         r#"
 spool_dir = "{spool}"
-http_listener {{ listen "127.0.0.1:0" {{ api_keys = ( "{KEY}" ) }} }}
+http_listener {{
+  listen "127.0.0.1:0" {{ api_keys = ( "{KEY}" ) }}
+  listen "127.0.0.2:0" {{ api_keys = ( "{KEY}" ) always_deny = ( "127.0.0.0/8" ) }}
+}}
 control_listener {{ listen "{sock}" {{ file_mode = 0600 }} }}
 domain "{TOKEN}" {{
 {token}  apn_channel_route = "https://127.0.0.1:{manage}"
@@ -373,7 +380,7 @@ async fn bad_input_and_unusable_domains_are_refused_naming_what_is_wrong() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_without_the_api_key_are_refused() {
+async fn requests_without_the_api_key_or_from_a_denied_address_are_refused() {
     let s = setup(false).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/api/v1/channels", s.http);
@@ -394,6 +401,17 @@ async fn requests_without_the_api_key_are_refused() {
         .await
         .unwrap();
     assert_eq!(listing.status(), StatusCode::UNAUTHORIZED);
+    // The listener's address lists apply as to injection: a refused address is 403, key or not.
+    let denied = client
+        .post(format!("http://{}/api/v1/channels", s.denied))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let text = denied.text().await.unwrap();
+    assert!(text.contains("always_deny"), "{text}");
     assert!(s.sim.channels(TOPIC).is_empty(), "nothing was created");
     assert!(s.sim.stats().broadcast.channel_ops.is_empty());
     // With the key in x-api-key, the same request is performed.
@@ -480,6 +498,7 @@ async fn a_reload_moves_the_management_route() {
     let server = Server::start(&config).await.unwrap();
     let s = Setup {
         http: server.addrs().await.http[0].to_string(),
+        denied: server.addrs().await.http[1].to_string(),
         socket: String::new(),
         _dir: dir,
         _server: server.clone(),
