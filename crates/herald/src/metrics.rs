@@ -1,6 +1,11 @@
 //! Prometheus text exposition of herald's counters (`GET /metrics`): receptions, deliveries, transient and
 //! permanent failures by domain and reason, queue sizes, open connections and streams, the delivery-latency
 //! histogram, certificate expiry times, the spool's size and the progress of its restore at start.
+//!
+//! The text is written here from snapshots of the engine's counters rather than through `prometheus-client`:
+//! that crate encodes OpenMetrics (its own content type, `# EOF`, `_total` and unit naming rules), which would change
+//! the families and the format scrapers and dashboards already read from herald, and its registry wants every
+//! series registered up front while herald's label sets (domains, reasons) come and go with the configuration.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;

@@ -25,6 +25,7 @@ use crate::outcomes::webhook::{HookResolver, HookSettings, Webhooks};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::delivery::ConfigResolver;
 use crate::inbound::accept::Intake;
@@ -78,7 +79,7 @@ struct RunningListener {
     kind: ListenerKind,
     settings: ListenerSettings,
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     task: JoinHandle<()>,
     /// ESMTP: sessions see a new configuration generation through this.
     smtp_config: Option<watch::Sender<Arc<smtp::SmtpConfig>>>,
@@ -124,6 +125,8 @@ pub struct Server {
     baseline: Mutex<Baseline>,
     generation: AtomicU64,
     stop_requested: tokio::sync::Notify,
+    /// Parent of every listener's stop token: cancelled at shutdown.
+    stop_listeners: CancellationToken,
     /// The server itself, for listener tasks that call back into it (the control listener).
     me: std::sync::Weak<Server>,
 }
@@ -320,6 +323,7 @@ impl Server {
             }),
             generation: AtomicU64::new(0),
             stop_requested: tokio::sync::Notify::new(),
+            stop_listeners: CancellationToken::new(),
         });
         crate::dashboard::spawn_sampler(
             server.dashboard.clone(),
@@ -391,7 +395,9 @@ impl Server {
                 settings.kind, settings.address
             ))
         };
-        let (stop, stop_rx) = watch::channel(false);
+        // One token per listener, a child of the server's: `shutdown` stops all of them, a reload one.
+        let stop = self.stop_listeners.child_token();
+        let stop_rx = stop.clone();
         match settings.kind {
             ListenerKind::Esmtp => {
                 let socket = smtp::bind(&settings)
@@ -696,10 +702,8 @@ impl Server {
     /// Stops accepting, waits up to `grace` for sessions and in-flight deliveries, then flushes the spool.
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
+        self.stop_listeners.cancel();
         let running: Vec<RunningListener> = self.listeners.lock().await.drain(..).collect();
-        for l in &running {
-            let _ = l.stop.send(true);
-        }
         for l in running {
             let mut task = l.task;
             if tokio::time::timeout(
@@ -734,7 +738,7 @@ impl Server {
 }
 
 async fn stop_listener(l: RunningListener) {
-    let _ = l.stop.send(true);
+    l.stop.cancel();
     let mut task = l.task;
     if tokio::time::timeout(Duration::from_secs(5), &mut task)
         .await

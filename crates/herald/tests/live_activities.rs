@@ -18,7 +18,7 @@ use herald_sim::{Pki, SimConfig, Simulator};
 use serde_json::{Value, json};
 use support::token_auth_settings;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "com.example.live";
 const DOMAIN: &str = "live.example";
@@ -68,7 +68,7 @@ async fn start_update_end_accepted_and_malformed_refused() {
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = watch::channel(false);
+    let stopped = CancellationToken::new();
     tokio::spawn(rest::serve(
         listener,
         listener_settings(),

@@ -27,7 +27,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::token_auth_settings;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "com.example.rest";
 const DOMAIN: &str = "apps.example";
@@ -47,7 +47,7 @@ struct Harness {
     mainlog: PathBuf,
     addr: SocketAddr,
     tls: bool,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -116,7 +116,8 @@ impl Harness {
         let tls = rest::tls_config(&settings).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let is_tls = tls.is_some();
         let server = tokio::spawn(rest::serve(listener, settings, intake, tls, stopped));
         Harness {
@@ -892,7 +893,7 @@ async fn shutdown_stops_accepting() {
     let h = Harness::start(|_, _| {}).await;
     let response = h.client().get(h.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    h.stop.send(true).unwrap();
+    h.stop.cancel();
     let deadline = Instant::now() + WAIT;
     let result = tokio::time::timeout_at(deadline.into(), h.server).await;
     assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");

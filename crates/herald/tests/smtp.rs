@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "com.example.smtp";
 const DOMAIN: &str = "apps.example";
@@ -51,7 +52,7 @@ struct Harness {
     port: u16,
     config: Arc<SmtpConfig>,
     config_tx: watch::Sender<Arc<SmtpConfig>>,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     server: JoinHandle<()>,
 }
 
@@ -110,7 +111,8 @@ impl Harness {
         limits(&mut l);
         let config = Arc::new(SmtpConfig::new(settings, l).unwrap());
         let (config_tx, config_rx) = watch::channel(config.clone());
-        let (stop, stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let server = tokio::spawn(smtp::serve(listener, config_rx, intake, stopped));
         Harness {
             dir,
@@ -1032,7 +1034,7 @@ async fn shutdown_answers_421_and_serve_returns() {
     );
     assert_eq!(in_data.cmd("DATA").await.0, 354);
     in_data.send("Subject: half a message\r\n").await;
-    h.stop.send(true).unwrap();
+    h.stop.cancel();
     let expected = (
         421,
         "4.3.0 herald is shutting down; try again later".to_string(),

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use herald_conf::{Config, ListenAddr, ListenerSettings, ScopeKind, ScopePath};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::inbound::doors::{ConnLimiter, DoorLimits};
 use commands::Command;
@@ -196,13 +196,13 @@ impl ConnectionRules {
     }
 }
 
-/// Accepts console connections until `stop` turns true; each connection runs commands on the server (while it
+/// Accepts console connections until `stop` is cancelled; each connection runs commands on the server (while it
 /// still exists). The Unix socket file is removed when the listener stops.
 pub async fn serve(
     socket: ControlSocket,
     settings: ListenerSettings,
     server: Weak<dyn ServerHandle>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let settings = Arc::new(settings);
     let conns = ConnLimiter::control();
@@ -210,7 +210,7 @@ pub async fn serve(
     loop {
         let conn_stop = stop.clone();
         tokio::select! {
-            _ = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             accepted = accept(&socket, &settings) => match accepted {
                 Ok(Some(stream)) => {
                     let Some(limits) = server
@@ -332,7 +332,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     server: Weak<dyn ServerHandle>,
     settings: Arc<ListenerSettings>,
     peer: Peer,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let Some(rules) = server
         .upgrade()
@@ -345,7 +345,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut authenticated = rules.password.is_none();
     loop {
         let line = tokio::select! {
-            _ = stopped(&mut stop) => return,
+            () = stop.cancelled() => return,
             read = tokio::time::timeout(rules.timeout, protocol::read_request(&mut r)) => match read {
                 Err(_) => {
                     let _ = protocol::write_reply(&mut w, &Reply::err("Idle timeout; closing.\n")).await;
@@ -420,11 +420,6 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
-}
-
-/// Resolves once the listener is told to stop (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Compares without stopping at the first difference.

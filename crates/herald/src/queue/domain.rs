@@ -2,6 +2,11 @@
 //! the pool that delivers them, and the handling of every outcome: log it once, count it, and retry, fail or
 //! report the token, as the retry policy and the outcome class say (docs/momentum-compat.md#retries,
 //! docs/architecture.md#outcome, docs/apns-protocol.md#classification).
+//!
+//! The delayed queue is a binary heap ordered by due time, looked at every [`TICK`], not tokio-util's
+//! `DelayQueue`: the console and the dashboard list it in due order, `flush` makes all of it due at once and
+//! message actions find entries by id, none of which `DelayQueue` offers without a second index beside it; retry
+//! times are seconds to hours apart, so a 50 ms look costs nothing and no timer is kept per notification.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

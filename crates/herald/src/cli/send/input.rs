@@ -1,5 +1,10 @@
 //! What `herald send` reads: notifications from a CSV of tokens or from JSON lines, each checked with its line
 //! number so a bad file is reported in full before anything is sent.
+//!
+//! The CSV reader is a small line splitter of its own rather than the `csv` crate: that crate reads malformed
+//! quoting without an error (`"open` takes the rest of the file as one field, `"a"b` becomes `ab`), and a file
+//! of device tokens with a stray quote should be refused with its line and column, not sent with a wrong token.
+//! A field cannot span lines here, which no column of this input needs.
 
 use std::io::BufRead;
 

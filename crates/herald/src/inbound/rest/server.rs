@@ -28,8 +28,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 use super::{ConnId, RestState, router};
@@ -98,14 +98,14 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
     })
 }
 
-/// Serves the REST API of one `http_listener` `listen` stanza until `shutdown` turns `true` (or its sender is
-/// dropped), then waits for in-flight requests to finish. The listener is held to the default [`DoorLimits`].
+/// Serves the REST API of one `http_listener` `listen` stanza until `shutdown` is cancelled, then waits for
+/// in-flight requests to finish. The listener is held to the default [`DoorLimits`].
 pub async fn serve(
     listener: TcpListener,
     settings: ListenerSettings,
     intake: Arc<Intake>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> io::Result<()> {
     let app = router(RestState::new(settings, intake.clone()));
     serve_app(listener, app, intake, tls, shutdown).await
@@ -117,7 +117,7 @@ pub async fn serve_app(
     app: Router,
     intake: Arc<Intake>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> io::Result<()> {
     let limits = Arc::new(DoorLimits::default());
     serve_limited(listener, app, intake, tls, limits, shutdown).await
@@ -130,7 +130,7 @@ pub async fn serve_limited(
     intake: Arc<Intake>,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Arc<DoorLimits>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
@@ -155,7 +155,7 @@ pub async fn serve_limited(
                     continue;
                 }
             },
-            () = stopped(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
         };
         let guard = match conns.admit(Some(peer.ip()), &limits) {
             Ok(guard) => guard,
@@ -205,11 +205,6 @@ pub async fn serve_limited(
     graceful.shutdown().await;
     tracing::info!(%local, "REST listener stopped");
     Ok(())
-}
-
-/// Resolves when `shutdown` turns `true` or its sender is gone.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Tells a plain-HTTP client refused at connect why, without waiting for it (best effort), then closes.

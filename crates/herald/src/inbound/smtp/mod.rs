@@ -6,8 +6,8 @@
 //! [`SmtpConfig::from_config`] (reads the stanza's [`limits`], loads the STARTTLS identity), then [`serve`] it.
 //! Configuration reload: send a new `Arc<SmtpConfig>` on the watch channel; new connections use it (its limits
 //! included) and sessions opened before it keep theirs and answer their next command
-//! `421 4.3.2 Reconfiguration in progress` (docs/momentum-compat.md#console-config). Shutdown: set the shutdown watch
-//! to `true`; sessions answer `421` and [`serve`] returns once every session has ended.
+//! `421 4.3.2 Reconfiguration in progress` (docs/momentum-compat.md#console-config). Shutdown: cancel the shutdown token;
+//! sessions answer `421` and [`serve`] returns once every session has ended.
 
 pub mod command;
 pub mod io;
@@ -24,6 +24,7 @@ use herald_conf::{Config, ListenAddr, ListenerSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::accept::Intake;
 use super::doors::{ConnLimiter, DoorLimits};
@@ -93,22 +94,22 @@ pub async fn bind(settings: &ListenerSettings) -> Result<TcpListener, BindError>
     }
 }
 
-/// Accepts connections until `shutdown` turns `true`, then waits for the open sessions (each answers `421`) and
+/// Accepts connections until `shutdown` is cancelled, then waits for the open sessions (each answers `421`) and
 /// returns.
 pub async fn serve(
     listener: TcpListener,
     config: watch::Receiver<Arc<SmtpConfig>>,
     intake: Arc<Intake>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut sessions = JoinSet::new();
     let conns = ConnLimiter::network();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             break;
         }
         tokio::select! {
-            _ = session::until_shutdown(&mut shutdown) => break,
+            () = shutdown.cancelled() => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {

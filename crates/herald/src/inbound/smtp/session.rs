@@ -13,6 +13,7 @@ use std::sync::Arc;
 use herald_conf::McmtReception;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::SmtpConfig;
 use super::command::{self, Command};
@@ -21,13 +22,6 @@ use super::reply::Reply;
 use crate::inbound::accept::{DomainRefusal, Intake, Refusal, Source, Unavailable};
 use crate::inbound::mcmt::{self, McmtError, Parsed};
 use crate::queue::message::MessageId;
-
-/// Resolves when the shutdown flag is `true`; never if its sender is gone.
-pub(crate) async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|v| *v).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
 
 /// What waiting for the client produced.
 enum Event {
@@ -60,7 +54,7 @@ pub(crate) struct Session {
     config: Arc<SmtpConfig>,
     config_rx: watch::Receiver<Arc<SmtpConfig>>,
     intake: Arc<Intake>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     conn_id: MessageId,
     reception: McmtReception,
     /// The EHLO/HELO name; `None` until the client greeted (again after STARTTLS).
@@ -74,7 +68,7 @@ impl Session {
         peer: SocketAddr,
         mut config_rx: watch::Receiver<Arc<SmtpConfig>>,
         intake: Arc<Intake>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Session {
         let config = config_rx.borrow_and_update().clone();
         // A listener on `[::]` sees IPv4 clients as IPv4-mapped addresses; access lists are written in IPv4.
@@ -157,12 +151,12 @@ impl Session {
 
     /// The next line, unless the client stays silent too long or herald shuts down first.
     async fn next(&mut self, limit: usize) -> std::io::Result<Event> {
-        if *self.shutdown.borrow() {
+        if self.shutdown.is_cancelled() {
             return Ok(Event::Shutdown);
         }
         let idle = self.config.limits.idle_timeout;
         tokio::select! {
-            _ = until_shutdown(&mut self.shutdown) => Ok(Event::Shutdown),
+            () = self.shutdown.cancelled() => Ok(Event::Shutdown),
             read = tokio::time::timeout(idle, self.io.read_line(limit)) => match read {
                 Err(_) => Ok(Event::Idle),
                 Ok(r) => r.map(Event::Read),
@@ -326,7 +320,7 @@ impl Session {
         // The handshake is bounded like any other wait for the client, and gives way to shutdown.
         let idle = self.config.limits.idle_timeout;
         let handshake = tokio::select! {
-            _ = until_shutdown(&mut self.shutdown) => return Step::Gone,
+            () = self.shutdown.cancelled() => return Step::Gone,
             r = tokio::time::timeout(idle, self.io.upgrade(tls)) => r,
         };
         match handshake {
