@@ -218,14 +218,22 @@ async fn list(State(manager): State<Arc<ChannelManager>>, RawQuery(raw): RawQuer
     }
 }
 
+/// The `domain` query parameter and the channel id of the path, or the 400 that names the bad one.
+fn domain_and_channel(raw: Option<&str>, id: &str) -> Result<(String, ChannelId), Response> {
+    match (domain_param(raw), channel_param(id)) {
+        (Ok(d), Ok(id)) => Ok((d, id)),
+        (Err(message), _) | (_, Err(message)) => Err(bad_request(message)),
+    }
+}
+
 async fn read(
     State(manager): State<Arc<ChannelManager>>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let (domain, id) = match (domain_param(raw.as_deref()), channel_param(&id)) {
-        (Ok(d), Ok(id)) => (d, id),
-        (Err(message), _) | (_, Err(message)) => return bad_request(message),
+    let (domain, id) = match domain_and_channel(raw.as_deref(), &id) {
+        Ok(both) => both,
+        Err(refusal) => return refusal,
     };
     match manager.read(&domain, &id).await {
         Ok(info) => answer(
@@ -246,9 +254,9 @@ async fn delete(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let (domain, id) = match (domain_param(raw.as_deref()), channel_param(&id)) {
-        (Ok(d), Ok(id)) => (d, id),
-        (Err(message), _) | (_, Err(message)) => return bad_request(message),
+    let (domain, id) = match domain_and_channel(raw.as_deref(), &id) {
+        Ok(both) => both,
+        Err(refusal) => return refusal,
     };
     match manager.delete(&domain, &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

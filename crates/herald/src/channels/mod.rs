@@ -132,6 +132,19 @@ struct Target {
 }
 
 impl Target {
+    /// A new management connection to this target.
+    async fn connect(&self) -> Result<BroadcastClient, herald_apns::client::ConnectionError> {
+        BroadcastClient::connect(
+            &self.endpoint,
+            self.tls.clone(),
+            self.auth.clone(),
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+}
+
+impl Target {
     /// Whether a connection opened for `other` serves this target too.
     fn same_connection(&self, other: &Target) -> bool {
         self.endpoint == other.endpoint
@@ -350,14 +363,7 @@ impl ChannelManager {
             let mut fresh = !reusable;
             if fresh {
                 *slot = None;
-                let client = BroadcastClient::connect(
-                    &target.endpoint,
-                    target.tls.clone(),
-                    target.auth.clone(),
-                    CALL_TIMEOUT,
-                )
-                .await
-                .map_err(|e| apns_err(e.into()))?;
+                let client = target.connect().await.map_err(|e| apns_err(e.into()))?;
                 *slot = Some(Cached { target, client });
             }
             loop {
@@ -376,14 +382,7 @@ impl ChannelManager {
                             Some(c) => c.target,
                             None => continue,
                         };
-                        let client = BroadcastClient::connect(
-                            &target.endpoint,
-                            target.tls.clone(),
-                            target.auth.clone(),
-                            CALL_TIMEOUT,
-                        )
-                        .await
-                        .map_err(|e| apns_err(e.into()))?;
+                        let client = target.connect().await.map_err(|e| apns_err(e.into()))?;
                         *slot = Some(Cached { target, client });
                         fresh = true;
                     }
