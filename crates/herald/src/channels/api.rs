@@ -218,12 +218,9 @@ async fn list(State(manager): State<Arc<ChannelManager>>, RawQuery(raw): RawQuer
     }
 }
 
-/// The `domain` query parameter and the channel id of the path, or the 400 that names the bad one.
-fn domain_and_channel(raw: Option<&str>, id: &str) -> Result<(String, ChannelId), Response> {
-    match (domain_param(raw), channel_param(id)) {
-        (Ok(d), Ok(id)) => Ok((d, id)),
-        (Err(message), _) | (_, Err(message)) => Err(bad_request(message)),
-    }
+/// The `domain` query parameter and the channel id of the path, or what is wrong with the first bad one.
+fn domain_and_channel(raw: Option<&str>, id: &str) -> Result<(String, ChannelId), String> {
+    Ok((domain_param(raw)?, channel_param(id)?))
 }
 
 async fn read(
@@ -233,7 +230,7 @@ async fn read(
 ) -> Response {
     let (domain, id) = match domain_and_channel(raw.as_deref(), &id) {
         Ok(both) => both,
-        Err(refusal) => return refusal,
+        Err(message) => return bad_request(message),
     };
     match manager.read(&domain, &id).await {
         Ok(info) => answer(
@@ -256,7 +253,7 @@ async fn delete(
 ) -> Response {
     let (domain, id) = match domain_and_channel(raw.as_deref(), &id) {
         Ok(both) => both,
-        Err(refusal) => return refusal,
+        Err(message) => return bad_request(message),
     };
     match manager.delete(&domain, &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
