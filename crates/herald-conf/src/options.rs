@@ -496,6 +496,13 @@ option_table! {
         GLOBAL_DOMAIN,
         "Where herald sends Live Activity channel management requests (create, read, delete, list), an `https://HOST[:PORT]` route; unset: Apple's management host for the environment of the domain's route (`api-manage-broadcast.sandbox.push.apple.com:2195` for a sandbox or development host, `api-manage-broadcast.push.apple.com:2196` for another Apple host), none for a route that is not Apple's; a herald addition.",
     ),
+    ApnBroadcastRoute => opt(
+        "apn_broadcast_route",
+        Kind::Routes,
+        None,
+        GLOBAL_DOMAIN,
+        "Where herald sends the domain's broadcast pushes (`POST /api/v1/broadcast`), an `https://HOST[:PORT]` route; unset: the domain's own route when it is an Apple host (Apple serves broadcasts on the device-push hosts), none for a route that is not Apple's; a herald addition.",
+    ),
     RetryInterval => opt(
         "retry_interval",
         Kind::Seconds,
@@ -1270,6 +1277,9 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         }
         "bind_address" => "delivery: the source address of the binding's outbound connections",
         "tls_certificate" | "tls_key" => TLS_BOTH,
+        "apn_broadcast_route" => {
+            "broadcast pushes (REST /api/v1/broadcast), with the domain's credentials and retry schedule"
+        }
         "apn_channel_route" => {
             "channel management (REST /api/v1/channels, the console's `channels`), with the domain's credentials"
         }

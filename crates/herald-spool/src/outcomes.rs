@@ -24,6 +24,9 @@ pub const OUTCOMES_DIR: &str = "outcomes";
 /// A webhook event and its key in the queue.
 pub type HookEvent = (Vec<u8>, Vec<u8>);
 
+/// A stored broadcast: its key and herald's encoding of it.
+pub type StoredBroadcast = (Vec<u8>, Vec<u8>);
+
 /// An outcome's key: run (8 bytes), then a number increasing within the run (8 bytes).
 pub type OutcomeKey = [u8; 16];
 
@@ -39,6 +42,8 @@ pub struct OutcomeStore {
     idempotency: PartitionHandle,
     /// Webhook queues: (queue name, 0, sequence BE) -> event.
     webhook: PartitionHandle,
+    /// Broadcasts accepted and not finished: id -> encoded broadcast (herald's encoding).
+    broadcasts: PartitionHandle,
     /// run -> greatest pruned suffix, cached.
     watermarks: Mutex<HashMap<[u8; 8], u64>>,
     count: AtomicU64,
@@ -72,6 +77,7 @@ impl OutcomeStore {
         let pruned = part("pruned")?;
         let idempotency = part("idempotency")?;
         let webhook = part("webhook")?;
+        let broadcasts = part("broadcasts")?;
         let mut watermarks = HashMap::new();
         for kv in pruned.iter() {
             let (k, v) = kv.map_err(|e| error(CTX, e))?;
@@ -87,6 +93,7 @@ impl OutcomeStore {
             pruned,
             idempotency,
             webhook,
+            broadcasts,
             watermarks: Mutex::new(watermarks),
             count: AtomicU64::new(count),
         })
@@ -311,6 +318,41 @@ impl OutcomeStore {
                 }
                 _ => out.push((name, 1, seq)),
             }
+        }
+        Ok(out)
+    }
+
+    /// Stores broadcasts under their keys and makes them durable (synced) before returning: a broadcast is
+    /// acknowledged to its sender only after this.
+    pub fn broadcast_put(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<(), SpoolError> {
+        const CTX: &str = "storing broadcasts";
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::SyncAll));
+        for (k, v) in entries {
+            batch.insert(&self.broadcasts, k.as_slice(), v.as_slice());
+        }
+        batch.commit().map_err(|e| error(CTX, e))
+    }
+
+    /// Replaces a stored broadcast (a retry's new state), buffered like a reschedule of the spool.
+    pub fn broadcast_update(&self, key: &[u8], value: &[u8]) -> Result<(), SpoolError> {
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+        batch.insert(&self.broadcasts, key, value);
+        batch.commit().map_err(|e| error("updating a broadcast", e))
+    }
+
+    /// Deletes a finished broadcast.
+    pub fn broadcast_remove(&self, key: &[u8]) -> Result<(), SpoolError> {
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+        batch.remove(&self.broadcasts, key);
+        batch.commit().map_err(|e| error("deleting a broadcast", e))
+    }
+
+    /// Every stored broadcast, in key order.
+    pub fn broadcast_all(&self) -> Result<Vec<StoredBroadcast>, SpoolError> {
+        let mut out = Vec::new();
+        for kv in self.broadcasts.iter() {
+            let (k, v) = kv.map_err(|e| error("reading broadcasts", e))?;
+            out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
     }

@@ -253,17 +253,7 @@ impl ConfigResolver {
             return Err(ResolveError::BinaryNeedsCertificate);
         }
         let tls = self.tls_config(&d, h2)?;
-        let retry = RetryPolicy {
-            retry_interval: d.retry.retry_interval,
-            max_retry_interval: d.retry.max_retry_interval,
-            max_retries: match d.retry.max_retries {
-                herald_conf::MaxRetries::Auto => MaxRetries::Auto,
-                herald_conf::MaxRetries::None => MaxRetries::Unlimited,
-                herald_conf::MaxRetries::Count(n) => MaxRetries::Limit(n),
-            },
-            message_expiration: d.retry.message_expiration,
-            never_attempt_expired: d.retry.never_attempt_expired_messages,
-        };
+        let retry = retry_policy(&d);
         let limit = |n: i64| {
             if n < 0 {
                 usize::MAX
@@ -390,6 +380,21 @@ impl SettingsResolver for ConfigResolver {
             state.settings.insert(key, settings.clone());
         }
         Ok(settings)
+    }
+}
+
+/// The retry schedule a domain's settings give (docs/momentum-compat.md#retries).
+pub(crate) fn retry_policy(d: &DomainSettings) -> RetryPolicy {
+    RetryPolicy {
+        retry_interval: d.retry.retry_interval,
+        max_retry_interval: d.retry.max_retry_interval,
+        max_retries: match d.retry.max_retries {
+            herald_conf::MaxRetries::Auto => MaxRetries::Auto,
+            herald_conf::MaxRetries::None => MaxRetries::Unlimited,
+            herald_conf::MaxRetries::Count(n) => MaxRetries::Limit(n),
+        },
+        message_expiration: d.retry.message_expiration,
+        never_attempt_expired: d.retry.never_attempt_expired_messages,
     }
 }
 

@@ -32,6 +32,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/channels"),
     ("GET", "/api/v1/channels/{id}"),
     ("DELETE", "/api/v1/channels/{id}"),
+    // crate::broadcasts::api::ROUTES, merged by the server on listeners that serve push.
+    ("POST", "/api/v1/broadcast"),
     ("GET", "/metrics"),
     ("GET", "/readyz"),
 ];

@@ -116,6 +116,8 @@ pub struct Server {
     pub webhooks: Arc<Webhooks>,
     /// Live Activity channel management (REST `/api/v1/channels`, the console's `channels`).
     pub channels: Arc<crate::channels::ChannelManager>,
+    /// Broadcast pushes (REST `/api/v1/broadcast`), durable in the outcome store.
+    pub broadcasts: Arc<crate::broadcasts::Broadcaster>,
     path: PathBuf,
     resolver: Arc<ConfigResolver>,
     logs: Logs,
@@ -173,6 +175,7 @@ impl Server {
         let book = self.status_book.clone();
         let hooks = self.webhooks.clone();
         let channels = self.channels.clone();
+        let broadcasts = self.broadcasts.clone();
         Arc::new(move |out: &mut String| {
             let s = book.stats();
             out.push_str(&format!(
@@ -183,6 +186,7 @@ impl Server {
             ));
             hooks.render_metrics(out);
             channels.render_metrics(out);
+            broadcasts.render_metrics(out);
         })
     }
 
@@ -283,6 +287,15 @@ impl Server {
             listeners.push(status_book.clone());
         }
         engine.set_outcome_listener(Arc::new(Fanout(listeners)));
+        let broadcasts = crate::broadcasts::Broadcaster::start(
+            outcome_store.clone(),
+            resolver.clone(),
+            logs.clone(),
+        )
+        .map_err(|error| StartError::Spool {
+            dir: dir.clone(),
+            error,
+        })?;
         let idempotency = Arc::new(Idempotency::new(outcome_store));
         let started = Instant::now();
         // New message ids sort after everything spooled; the backlog is queued again while the server serves.
@@ -310,6 +323,7 @@ impl Server {
             webhooks,
             idempotency,
             channels: crate::channels::ChannelManager::new(resolver.clone()),
+            broadcasts,
             path: path.to_owned(),
             resolver,
             logs,
@@ -455,6 +469,7 @@ impl Server {
                 }
                 if settings.http_services.push {
                     extra = extra.merge(crate::channels::api::routes(self.channels.clone()));
+                    extra = extra.merge(crate::broadcasts::api::routes(self.broadcasts.clone()));
                 }
                 let limits = Arc::new(DoorLimits::from_config(&self.config(), &settings));
                 let state = rest::RestState::new(settings.clone(), self.intake.clone())

@@ -186,7 +186,7 @@ async fn full_flow(s: &Setup, domain: &str) {
             None,
         )
         .await;
-        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(status, StatusCode::OK, "read {id}: {v}");
         assert_eq!(v["channel_id"], id.as_str());
         assert_eq!(v["message_storage_policy"], policy);
         assert_eq!(v["push_type"], "liveactivity");

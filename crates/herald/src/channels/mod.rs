@@ -124,16 +124,20 @@ impl ChannelError {
 }
 
 /// Where and as whom a domain's management calls go.
-struct Target {
-    endpoint: Endpoint,
-    bundle_id: String,
+pub(crate) struct Target {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) bundle_id: String,
     tls: Arc<rustls::ClientConfig>,
     auth: Option<ProviderTokenCache>,
+    /// The domain's retry schedule (broadcasts are retried by it).
+    pub(crate) retry: crate::model::retry::RetryPolicy,
 }
 
 impl Target {
-    /// A new management connection to this target.
-    async fn connect(&self) -> Result<BroadcastClient, herald_apns::client::ConnectionError> {
+    /// A new connection to this target.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<BroadcastClient, herald_apns::client::ConnectionError> {
         BroadcastClient::connect(
             &self.endpoint,
             self.tls.clone(),
@@ -146,7 +150,7 @@ impl Target {
 
 impl Target {
     /// Whether a connection opened for `other` serves this target too.
-    fn same_connection(&self, other: &Target) -> bool {
+    pub(crate) fn same_connection(&self, other: &Target) -> bool {
         self.endpoint == other.endpoint
             && Arc::ptr_eq(&self.tls, &other.tls)
             && match (&self.auth, &other.auth) {
@@ -157,34 +161,86 @@ impl Target {
     }
 }
 
+/// Which of a domain's APNs hosts a target is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Channel management (`apn_channel_route`).
+    Management,
+    /// Broadcast sends (`apn_broadcast_route`).
+    Broadcast,
+}
+
+impl Purpose {
+    fn option(self) -> Opt {
+        match self {
+            Purpose::Management => Opt::ApnChannelRoute,
+            Purpose::Broadcast => Opt::ApnBroadcastRoute,
+        }
+    }
+
+    fn option_name(self) -> &'static str {
+        match self {
+            Purpose::Management => "apn_channel_route",
+            Purpose::Broadcast => "apn_broadcast_route",
+        }
+    }
+
+    /// Apple's host for this purpose when the domain's device route goes to `device_host`, `None` when that is not
+    /// an Apple host. Broadcasts go to the device-push hosts themselves (docs/apns-protocol.md#broadcast).
+    fn default_host(self, device_host: &str, device_port: u16) -> Option<(String, u16)> {
+        match self {
+            Purpose::Management => {
+                default_management_host(device_host).map(|(h, p)| (h.to_owned(), p))
+            }
+            Purpose::Broadcast => device_host
+                .to_ascii_lowercase()
+                .ends_with(".push.apple.com")
+                .then(|| (device_host.to_owned(), device_port)),
+        }
+    }
+}
+
 /// The management target of `domain` under the configuration in force. Reads credential files: call it off async
 /// threads.
 fn resolve(resolver: &ConfigResolver, domain: &str) -> Result<Target, String> {
+    resolve_for(resolver, domain, Purpose::Management)
+}
+
+/// The target of `domain` for `purpose`, with the domain's credentials (docs/apns-protocol.md#broadcast). Reads
+/// credential files: call it off async threads.
+pub(crate) fn resolve_for(
+    resolver: &ConfigResolver,
+    domain: &str,
+    purpose: Purpose,
+) -> Result<Target, String> {
     let creds = resolver
         .http2_credentials(domain)
         .map_err(|e| e.to_string())?;
     let d = &creds.settings;
     let config = resolver.config();
-    let endpoint = match config.eval_opt(&ScopePath::domain(domain), Opt::ApnChannelRoute) {
+    let name = purpose.option_name();
+    let endpoint = match config.eval_opt(&ScopePath::domain(domain), purpose.option()) {
         Ok(Value::Routes(routes)) if !routes.is_empty() => {
             let route = &routes[0];
             if route.protocol != RouteProtocol::Http2 {
                 return Err(format!(
-                    "apn_channel_route {route} is not an https:// route (channel management is HTTP/2)"
+                    "{name} {route} is not an https:// route (channel management and broadcasts are HTTP/2)"
                 ));
             }
             Endpoint::new(route.host.clone(), route.port)
         }
         _ => {
-            let route = d.routes.first().ok_or(
-                "no routes are configured and apn_channel_route is not set; set apn_channel_route",
-            )?;
-            let (host, port) = default_management_host(&route.host).ok_or_else(|| {
-                format!(
-                    "apn_channel_route is not set and the domain's route {route} is not an Apple host; set \
-                     apn_channel_route to its management host"
-                )
+            let route = d.routes.first().ok_or_else(|| {
+                format!("no routes are configured and {name} is not set; set {name}")
             })?;
+            let (host, port) = purpose
+                .default_host(&route.host, route.port)
+                .ok_or_else(|| {
+                    format!(
+                        "{name} is not set and the domain's route {route} is not an Apple host; set {name} to \
+                         the host that serves it"
+                    )
+                })?;
             Endpoint::new(host, port)
         }
     }
@@ -207,6 +263,7 @@ fn resolve(resolver: &ConfigResolver, domain: &str) -> Result<Target, String> {
         bundle_id,
         tls: creds.tls,
         auth: creds.auth,
+        retry: crate::delivery::retry_policy(d),
     })
 }
 

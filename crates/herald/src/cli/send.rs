@@ -35,6 +35,10 @@ pub struct SendArgs {
     /// One device token (hex); use --file for many.
     #[arg(long, conflicts_with = "file")]
     pub token: Option<String>,
+    /// Send one broadcast to this Live Activity channel (`POST /api/v1/broadcast`) instead of device pushes;
+    /// the payload comes from --payload, --priority and --expiration apply.
+    #[arg(long, conflicts_with_all = ["token", "file", "alert", "wait", "push_type", "collapse_id", "topic"])]
+    pub channel: Option<String>,
     /// The payload, a JSON object sent byte for byte.
     #[arg(long, conflicts_with = "alert")]
     pub payload: Option<String>,
@@ -81,6 +85,9 @@ pub struct SendArgs {
 }
 
 pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    if let Some(channel) = &args.channel {
+        return broadcast(&args, channel);
+    }
     let (defaults, items, what) = prepare(&args)?;
     let ca = match &args.ca {
         Some(path) => Some(
@@ -138,6 +145,63 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `herald send --channel ID`: one broadcast; prints its id.
+fn broadcast(args: &SendArgs, channel: &str) -> anyhow::Result<ExitCode> {
+    let payload = args
+        .payload
+        .as_deref()
+        .context("--channel needs the Live Activity update as --payload JSON")?;
+    let payload: serde_json::Value = serde_json::from_str(payload)
+        .map_err(|e| anyhow::anyhow!("--payload: invalid JSON: {e}"))?;
+    if !payload.is_object() {
+        anyhow::bail!(
+            "--payload: must be a JSON object, such as {{\"aps\":{{\"event\":\"update\",…}}}}"
+        );
+    }
+    let mut body = serde_json::json!({
+        "domain": args.domain,
+        "channel_id": channel,
+        "payload": payload,
+    });
+    if let Some(p) = args.priority {
+        body["priority"] = p.into();
+    }
+    if let Some(e) = args.expiration {
+        body["expiration"] = e.into();
+    }
+    let ca = match &args.ca {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("--ca {}: cannot read", path.display()))?,
+        ),
+        None => None,
+    };
+    let api_key = api_key(args, std::env::var_os(API_KEY_ENV))?;
+    let client = PushClient::with_ca(&args.url, api_key, ca.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    let mut out = std::io::stdout().lock();
+    match runtime.block_on(client.broadcast(&body)) {
+        Ok(id) => {
+            writeln!(
+                out,
+                "broadcast to channel {channel} of {}: accepted, id {id}",
+                args.domain
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            writeln!(
+                out,
+                "broadcast to channel {channel} of {}: refused: {e}",
+                args.domain
+            )?;
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// The environment variable `herald send` reads the API key from when neither --api-key nor --api-key-file is given.

@@ -209,6 +209,15 @@ impl ApnLog {
         }
     }
 
+    /// Whether outcomes of this kind (`D`, `T`, `P`) are logged (their format is set).
+    pub fn logs_result(&self, result: char) -> bool {
+        match result {
+            'D' => self.formats.delivery.is_some(),
+            'T' => self.formats.tempfail.is_some(),
+            _ => self.formats.permfail.is_some(),
+        }
+    }
+
     pub fn heartbeat(&self, at: u64) {
         let mut line = String::new();
         for segment in &self.formats.heartbeat.0 {

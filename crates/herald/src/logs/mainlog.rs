@@ -130,6 +130,15 @@ impl MainLog {
         self.file.write_line(&line);
     }
 
+    /// Whether outcomes of this kind (`D`, `T`, `P`) are logged.
+    pub fn logs_result(&self, result: char) -> bool {
+        match result {
+            'D' => self.log_deliveries,
+            'T' => self.log_transient_failures,
+            _ => self.log_permanent_failures,
+        }
+    }
+
     pub fn heartbeat(&self, at: u64) {
         self.file.write_line(&format!("{at}@@@@M1"));
     }

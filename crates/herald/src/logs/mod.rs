@@ -8,6 +8,7 @@ pub mod levels;
 pub mod mainlog;
 pub mod stderr;
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -47,6 +48,74 @@ pub struct OutcomeRecord<'a> {
     pub at: u64,
 }
 
+/// One broadcast outcome, for [`Logs::broadcast`] (formats in docs/operations.md, "Broadcast lines").
+#[derive(Debug, Clone, Copy)]
+pub struct BroadcastRecord<'a> {
+    /// Unix time of the event.
+    pub at: u64,
+    /// herald's id of the broadcast (also its `apns-request-id`).
+    pub id: &'a str,
+    pub domain: &'a str,
+    pub channel: &'a str,
+    /// `D` delivered, `T` transient failure (retried), `P` permanent failure.
+    pub result: char,
+    /// Retries made before this attempt.
+    pub retries: u32,
+    /// Seconds since acceptance.
+    pub secs: u64,
+    /// Payload bytes.
+    pub bytes: usize,
+    pub status: Option<u16>,
+    /// APNs' reason or herald's own, for failures.
+    pub error: &'a str,
+    /// The `apns-request-id` APNs answered, for deliveries.
+    pub request_id: Option<&'a str>,
+}
+
+impl BroadcastRecord<'_> {
+    /// The mainlog line: `TIME@ID@B@DOMAIN@CHANNEL@RESULT@BYTES@RETRIES@SECS@STATUS@ERROR`.
+    pub fn mainlog_line(&self) -> String {
+        let mut line = String::with_capacity(160);
+        let _ = write!(line, "{}@", self.at);
+        file::push_escaped(&mut line, self.id);
+        line.push_str("@B@");
+        file::push_escaped(&mut line, self.domain);
+        line.push('@');
+        file::push_escaped(&mut line, self.channel);
+        let _ = write!(
+            line,
+            "@{}@{}@{}@{}@",
+            self.result, self.bytes, self.retries, self.secs
+        );
+        if let Some(s) = self.status {
+            let _ = write!(line, "{s}");
+        }
+        line.push('@');
+        file::push_escaped(&mut line, self.error);
+        line
+    }
+
+    /// The apn_logger line: `TIME@B@ID@DOMAIN@CHANNEL@RESULT@APNS_REQUEST_ID@STATUS@ERROR`.
+    pub fn apnlog_line(&self) -> String {
+        let mut line = String::with_capacity(160);
+        let _ = write!(line, "{}@B@", self.at);
+        file::push_escaped(&mut line, self.id);
+        line.push('@');
+        file::push_escaped(&mut line, self.domain);
+        line.push('@');
+        file::push_escaped(&mut line, self.channel);
+        let _ = write!(line, "@{}@", self.result);
+        file::push_escaped(&mut line, self.request_id.unwrap_or(""));
+        line.push('@');
+        if let Some(s) = self.status {
+            let _ = write!(line, "{s}");
+        }
+        line.push('@');
+        file::push_escaped(&mut line, self.error);
+        line
+    }
+}
+
 /// The configured logs; either may be absent.
 #[derive(Debug, Default, Clone)]
 pub struct Logs {
@@ -66,6 +135,21 @@ impl Logs {
         }
         for a in &self.apnlog {
             a.outcome(record);
+        }
+    }
+
+    /// A broadcast's outcome, in the mainlog and every apn_logger (each writes its outcome kinds as for device
+    /// pushes: a log that leaves deliveries out leaves delivered broadcasts out too).
+    pub fn broadcast(&self, record: &BroadcastRecord<'_>) {
+        if let Some(m) = &self.mainlog {
+            if m.logs_result(record.result) {
+                m.file().write_line(&record.mainlog_line());
+            }
+        }
+        for a in &self.apnlog {
+            if a.logs_result(record.result) {
+                a.file().write_line(&record.apnlog_line());
+            }
         }
     }
 

@@ -240,6 +240,40 @@ impl PushClient {
     }
 }
 
+impl PushClient {
+    /// Sends one broadcast (`POST /api/v1/broadcast`): the body is `body` as given; the answer's `id`.
+    pub async fn broadcast(&self, body: &serde_json::Value) -> Result<String, RequestError> {
+        let url = self.url.replace("/api/v1/push", "/api/v1/broadcast");
+        let transport = |e: reqwest::Error| RequestError::Transport {
+            url: url.clone(),
+            message: error_chain(&e),
+        };
+        let mut req = self.http.post(&url).json(body);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let answer = req.send().await.map_err(transport)?;
+        let status = answer.status().as_u16();
+        let text = answer.text().await.map_err(transport)?;
+        if status != 202 {
+            let message = serde_json::from_str::<ErrorAnswer>(&text)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| text.trim().chars().take(300).collect());
+            return Err(RequestError::Status {
+                url,
+                status,
+                message,
+            });
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| RequestError::Transport {
+                url: url.clone(),
+                message: format!("the answer is not the expected JSON: {e}"),
+            })?;
+        Ok(v["id"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

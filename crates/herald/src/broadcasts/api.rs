@@ -1,0 +1,200 @@
+//! `POST /api/v1/broadcast` (docs/api.md "Broadcasts"): a JSON body naming the domain, the channel id, the payload
+//! and optionally the priority (10, 5 or 1; default 10), the expiration (Unix seconds) and the `apns_id` (sent as
+//! `apns-request-id`). Answered 202 with the broadcast's id once it is durable; every refusal names the field.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use herald_apns::broadcast::ChannelId;
+use serde_json::{Map, Value, json};
+
+use super::{BroadcastRefusal, Broadcaster, NewBroadcast};
+
+/// Every (method, path) [`routes`] answers, as `docs/openapi.yaml` documents them.
+pub const ROUTES: &[(&str, &str)] = &[("POST", "/api/v1/broadcast")];
+
+/// The broadcast route over `broadcaster`.
+pub fn routes(broadcaster: Arc<Broadcaster>) -> Router {
+    Router::new()
+        .route("/api/v1/broadcast", post(broadcast))
+        .with_state(broadcaster)
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn broadcast(State(broadcaster): State<Arc<Broadcaster>>, body: Bytes) -> Response {
+    let new = match parse(&body) {
+        Ok(n) => n,
+        Err(message) => return answer(StatusCode::BAD_REQUEST, json!({ "error": message })),
+    };
+    match broadcaster.accept(new).await {
+        Ok(b) => answer(
+            StatusCode::ACCEPTED,
+            json!({ "id": b.id, "domain": b.domain, "channel_id": b.channel }),
+        ),
+        Err(e @ BroadcastRefusal::NotDurable(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(CONTENT_TYPE, "application/json"), (RETRY_AFTER, "5")],
+            json!({ "error": e.to_string() }).to_string(),
+        )
+            .into_response(),
+        Err(e) => answer(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
+    }
+}
+
+const FIELDS: &str = "domain, channel_id, payload, priority, expiration and apns_id";
+
+/// Reads a broadcast request; every error names the field.
+pub fn parse(body: &[u8]) -> Result<NewBroadcast, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "invalid JSON: {e}; send {{\"domain\": \"…\", \"channel_id\": \"…\", \"payload\": {{\"aps\": {{…}}}}}}"
+        )
+    })?;
+    let Value::Object(fields) = v else {
+        return Err("the body must be a JSON object".into());
+    };
+    if let Some(key) = fields.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "domain" | "channel_id" | "payload" | "priority" | "expiration" | "apns_id"
+        )
+    }) {
+        return Err(format!("unknown field {key:?}; use {FIELDS}"));
+    }
+    let domain = string(&fields, "domain")?
+        .ok_or("domain: missing; name the app's domain")?
+        .trim()
+        .to_ascii_lowercase();
+    if domain.is_empty() {
+        return Err("domain: empty; name the app's domain".into());
+    }
+    let channel = string(&fields, "channel_id")?.ok_or("channel_id: missing")?;
+    let channel = ChannelId::parse(channel).map_err(|e| format!("channel_id: {e}"))?;
+    let payload = match fields.get("payload") {
+        Some(p @ Value::Object(_)) => Bytes::from(p.to_string()),
+        Some(other) => return Err(format!("payload: {other} is not a JSON object")),
+        None => {
+            return Err("payload: missing; send the Live Activity update as a JSON object".into());
+        }
+    };
+    let priority = match fields.get("priority") {
+        None | Some(Value::Null) => 10,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(p @ (1 | 5 | 10)) => p as u8,
+            _ => return Err(format!("priority: {n}; use 10, 5 or 1")),
+        },
+        Some(other) => return Err(format!("priority: {other} is not a number; use 10, 5 or 1")),
+    };
+    let expiration = match fields.get("expiration") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .ok_or_else(|| format!("expiration: {n} is not Unix seconds"))?,
+        ),
+        Some(other) => {
+            return Err(format!(
+                "expiration: {other} is not a number of Unix seconds"
+            ));
+        }
+    };
+    let request_id = string(&fields, "apns_id")?.map(str::to_owned);
+    if let Some(id) = &request_id {
+        herald_apns::push::validate_apns_id(id).map_err(|e| format!("apns_id: {e}"))?;
+    }
+    Ok(NewBroadcast {
+        domain,
+        channel,
+        payload,
+        priority,
+        expiration,
+        request_id,
+    })
+}
+
+fn string<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("{name}: {other} is not a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHANNEL: &str = "dHN0LXNyY2gtY2hubA==";
+
+    #[test]
+    fn a_full_request_reads_and_defaults_apply() {
+        let n = parse(
+            format!(r#"{{"domain":"Live.Example","channel_id":"{CHANNEL}","payload":{{"aps":{{"event":"update"}}}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(n.domain, "live.example");
+        assert_eq!(n.channel.as_str(), CHANNEL);
+        assert_eq!((n.priority, n.expiration, n.request_id), (10, None, None));
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let cases = [
+            (r#"[]"#.to_owned(), "JSON object"),
+            (
+                format!(r#"{{"channel_id":"{CHANNEL}","payload":{{}}}}"#),
+                "domain: missing",
+            ),
+            (
+                r#"{"domain":"d","payload":{}}"#.to_owned(),
+                "channel_id: missing",
+            ),
+            (
+                format!(r#"{{"domain":"d","channel_id":"{CHANNEL}"}}"#),
+                "payload: missing",
+            ),
+            (
+                format!(r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":"x"}}"#),
+                "payload:",
+            ),
+            (
+                format!(r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":{{}},"priority":7}}"#),
+                "priority: 7",
+            ),
+            (
+                format!(
+                    r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":{{}},"expiration":-1}}"#
+                ),
+                "expiration",
+            ),
+            (
+                format!(
+                    r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":{{}},"apns_id":"nope"}}"#
+                ),
+                "apns_id",
+            ),
+            (
+                format!(r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":{{}},"colour":1}}"#),
+                "unknown field \"colour\"",
+            ),
+        ];
+        for (body, want) in cases {
+            let err = parse(body.as_bytes()).err().unwrap_or_default();
+            assert!(err.contains(want), "{body}: {err}");
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! Broadcast pushes through herald (docs/api.md "Broadcasts", docs/apns-protocol.md#broadcast): one Live Activity
+//! update to every device subscribed to a channel, sent as one request to the domain's broadcast route
+//! (`apn_broadcast_route`, else the domain's own Apple host) with the domain's credentials.
+//!
+//! A broadcast is acknowledged only once it is durable: [`Broadcaster::accept`] stores it synced in the spool
+//! directory's outcome store (partition `broadcasts`) before answering. It is then sent, and kept until it ends:
+//! delivered (APNs answered 200), failed permanently (a permanent reason such as `ChannelNotRegistered`, or the
+//! domain's retries used up or its `message_expiration` passed), or retried after a transient one on the domain's
+//! retry schedule (`retry_interval` doubling up to `max_retry_interval`). Broadcasts still stored at start are sent
+//! again. Each outcome is logged once, in the mainlog and every apn_logger, in the broadcast forms
+//! docs/operations.md describes, and counted per domain for `/metrics`.
+//!
+//! With the JetStream spool a broadcast is durable on the node that accepted it (its local outcome store), not in
+//! the shared stream.
+
+pub mod api;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_apns::broadcast::{BroadcastClient, BroadcastClientError, BroadcastSend, ChannelId};
+use herald_apns::outcome::FailureClass;
+use herald_spool::OutcomeStore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::channels::{Purpose, Target, resolve_for};
+use crate::delivery::ConfigResolver;
+use crate::logs::Logs;
+use crate::model::retry::RetryDecision;
+
+/// Broadcasts sent at once, over all domains.
+const MAX_IN_FLIGHT: usize = 256;
+/// Bounds connecting to the broadcast host and each send.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stored broadcast: what was accepted and how far its delivery got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Broadcast {
+    /// herald's id, also sent as `apns-request-id`.
+    pub id: String,
+    pub domain: String,
+    pub channel: String,
+    /// The payload as received (a JSON object).
+    pub payload: String,
+    pub priority: u8,
+    #[serde(default)]
+    pub expiration: Option<u64>,
+    /// Unix seconds.
+    pub accepted_at: u64,
+    /// Retries made so far (0 before the first retry).
+    #[serde(default)]
+    pub retries: u32,
+    /// When the next attempt is due, Unix milliseconds.
+    #[serde(default)]
+    pub due_ms: u64,
+}
+
+/// What [`Broadcaster::accept`] is given.
+#[derive(Debug, Clone)]
+pub struct NewBroadcast {
+    pub domain: String,
+    pub channel: ChannelId,
+    pub payload: Bytes,
+    pub priority: u8,
+    pub expiration: Option<u64>,
+    /// The sender's `apns-request-id`; herald makes one when absent.
+    pub request_id: Option<String>,
+}
+
+/// Why a broadcast was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum BroadcastRefusal {
+    /// The request itself is wrong (the message names the field).
+    #[error("{0}")]
+    Invalid(String),
+    /// The domain cannot send broadcasts as configured.
+    #[error("domain {domain:?} cannot send broadcasts: {reason}")]
+    Domain { domain: String, reason: String },
+    /// The broadcast could not be made durable: nothing was accepted, try again.
+    #[error("the broadcast could not be stored: {0}")]
+    NotDurable(String),
+}
+
+/// (due time in Unix milliseconds, key) of a stored broadcast.
+type Due = (u64, Vec<u8>);
+
+/// A domain's open broadcast connection and what it was opened for.
+struct Cached {
+    target: Arc<Target>,
+    client: BroadcastClient,
+}
+
+/// See the module documentation.
+pub struct Broadcaster {
+    store: Arc<OutcomeStore>,
+    resolver: Arc<ConfigResolver>,
+    logs: Logs,
+    /// Broadcasts waiting for their next attempt, by due time.
+    due: Mutex<BinaryHeap<Reverse<Due>>>,
+    /// Every stored broadcast not yet finished, by key.
+    pending: Mutex<HashMap<Vec<u8>, Broadcast>>,
+    wake: Notify,
+    sending: Arc<Semaphore>,
+    conns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    /// (domain, outcome, reason) -> count.
+    counts: Mutex<BTreeMap<(String, &'static str, String), u64>>,
+    seq: AtomicU64,
+}
+
+impl Broadcaster {
+    /// Loads the broadcasts stored by an earlier run and starts sending.
+    pub fn start(
+        store: Arc<OutcomeStore>,
+        resolver: Arc<ConfigResolver>,
+        logs: Logs,
+    ) -> Result<Arc<Broadcaster>, herald_spool::SpoolError> {
+        let stored = store.broadcast_all()?;
+        let mut due = BinaryHeap::new();
+        let mut pending = HashMap::new();
+        let mut last_seq = 0;
+        for (key, value) in stored {
+            match serde_json::from_slice::<Broadcast>(&value) {
+                Ok(b) => {
+                    last_seq = last_seq.max(key_seq(&key));
+                    due.push(Reverse((b.due_ms, key.clone())));
+                    pending.insert(key, b);
+                }
+                Err(e) => tracing::error!(
+                    "a stored broadcast cannot be read and is left in the store: {e}"
+                ),
+            }
+        }
+        if !pending.is_empty() {
+            tracing::info!(
+                count = pending.len(),
+                "broadcasts from the previous run queued again"
+            );
+        }
+        let me = Arc::new(Broadcaster {
+            store,
+            resolver,
+            logs,
+            due: Mutex::new(due),
+            pending: Mutex::new(pending),
+            wake: Notify::new(),
+            sending: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            conns: Mutex::new(HashMap::new()),
+            counts: Mutex::new(BTreeMap::new()),
+            seq: AtomicU64::new(last_seq.max(now_ms() << 16)),
+        });
+        tokio::spawn(me.clone().run());
+        Ok(me)
+    }
+
+    /// Checks a broadcast, stores it durably and queues it; returns its stored form (its id among it).
+    pub async fn accept(&self, new: NewBroadcast) -> Result<Broadcast, BroadcastRefusal> {
+        let domain = new.domain.trim().to_ascii_lowercase();
+        let target = self.target(&domain).await?;
+        let id = new
+            .request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let send = BroadcastSend {
+            bundle_id: target.bundle_id.clone(),
+            channel: new.channel.clone(),
+            priority: new.priority,
+            expiration: new.expiration,
+            request_id: Some(id.clone()),
+            payload: new.payload.clone(),
+        };
+        send.validate(None)
+            .map_err(|e| BroadcastRefusal::Invalid(e.to_string()))?;
+        let payload = String::from_utf8(new.payload.to_vec())
+            .map_err(|_| BroadcastRefusal::Invalid("payload: not UTF-8".into()))?;
+        let broadcast = Broadcast {
+            id,
+            domain,
+            channel: new.channel.as_str().to_owned(),
+            payload,
+            priority: new.priority,
+            expiration: new.expiration,
+            accepted_at: now_ms() / 1000,
+            retries: 0,
+            due_ms: 0,
+        };
+        let key = self.next_key();
+        let value = encode(&broadcast);
+        let store = self.store.clone();
+        let entry = vec![(key.clone(), value)];
+        tokio::task::spawn_blocking(move || store.broadcast_put(&entry))
+            .await
+            .map_err(|e| BroadcastRefusal::NotDurable(e.to_string()))?
+            .map_err(|e| BroadcastRefusal::NotDurable(e.to_string()))?;
+        lock(&self.pending).insert(key.clone(), broadcast.clone());
+        lock(&self.due).push(Reverse((0, key)));
+        self.wake.notify_one();
+        Ok(broadcast)
+    }
+
+    /// Broadcasts accepted and not finished yet.
+    pub fn queued(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    /// The broadcast families of `/metrics`.
+    pub fn render_metrics(&self, out: &mut String) {
+        out.push_str(
+            "# HELP herald_broadcasts_total Broadcast attempts by domain and outcome (delivered, transient, permanent) and APNs reason.\n# TYPE herald_broadcasts_total counter\n",
+        );
+        for ((domain, outcome, reason), n) in lock(&self.counts).iter() {
+            let _ = writeln!(
+                out,
+                "herald_broadcasts_total{{domain=\"{}\",outcome=\"{outcome}\",reason=\"{}\"}} {n}",
+                crate::metrics::escape(domain),
+                crate::metrics::escape(reason)
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP herald_broadcasts_queued Broadcasts accepted and not finished.\n# TYPE herald_broadcasts_queued gauge\nherald_broadcasts_queued {}\n",
+            self.queued()
+        );
+    }
+
+    async fn target(&self, domain: &str) -> Result<Arc<Target>, BroadcastRefusal> {
+        let resolver = self.resolver.clone();
+        let name = domain.to_owned();
+        tokio::task::spawn_blocking(move || resolve_for(&resolver, &name, Purpose::Broadcast))
+            .await
+            .unwrap_or_else(|e| Err(format!("resolving the domain failed: {e}")))
+            .map(Arc::new)
+            .map_err(|reason| BroadcastRefusal::Domain {
+                domain: domain.to_owned(),
+                reason,
+            })
+    }
+
+    fn next_key(&self) -> Vec<u8> {
+        self.seq
+            .fetch_add(1, Ordering::Relaxed)
+            .to_be_bytes()
+            .to_vec()
+    }
+
+    /// Starts every due broadcast (at most [`MAX_IN_FLIGHT`] at once) and sleeps until the next is due.
+    async fn run(self: Arc<Self>) {
+        loop {
+            let now = now_ms();
+            let next = loop {
+                let key = {
+                    let mut due = lock(&self.due);
+                    match due.peek() {
+                        Some(Reverse((at, _))) if *at <= now => due.pop().map(|Reverse((_, k))| k),
+                        Some(Reverse((at, _))) => break Some(*at),
+                        None => break None,
+                    }
+                };
+                let Some(key) = key else { break None };
+                let Some(b) = lock(&self.pending).get(&key).cloned() else {
+                    continue;
+                };
+                let Ok(permit) = self.sending.clone().acquire_owned().await else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.attempt(key, b).await;
+                    drop(permit);
+                });
+            };
+            let wait = next.map_or(Duration::from_secs(3600), |at| {
+                Duration::from_millis(at.saturating_sub(now_ms()))
+            });
+            let _ = tokio::time::timeout(wait, self.wake.notified()).await;
+        }
+    }
+
+    /// One attempt: send, then log, count and finish or reschedule.
+    async fn attempt(&self, key: Vec<u8>, mut b: Broadcast) {
+        let started = now_ms();
+        let result = match self.target(&b.domain).await {
+            Ok(target) => self.send(&target, &b).await.map(|r| (r, target)),
+            Err(refusal) => Err(Failure {
+                class: FailureClass::Transient,
+                status: None,
+                reason: "NotConfigured".into(),
+                text: refusal.to_string(),
+                retry: None,
+            }),
+        };
+        let secs = (started / 1000).saturating_sub(b.accepted_at);
+        match result {
+            Ok((request_id, _)) => {
+                self.count(&b.domain, "delivered", "");
+                self.log(&b, 'D', secs, None, "", request_id.as_deref());
+                self.finish(&key);
+            }
+            Err(f) if f.class == FailureClass::Permanent => {
+                self.count(&b.domain, "permanent", &f.reason);
+                self.log(&b, 'P', secs, f.status, &f.text, None);
+                self.finish(&key);
+            }
+            Err(f) => {
+                self.count(&b.domain, "transient", &f.reason);
+                // A domain that stopped resolving (a reload removed it) is tried again after a minute.
+                let decision = match f.retry {
+                    Some(policy) => policy.after_failure(b.retries, Duration::from_secs(secs)),
+                    None => RetryDecision::RetryIn(Duration::from_secs(60)),
+                };
+                match decision {
+                    RetryDecision::RetryIn(delay) => {
+                        self.log(&b, 'T', secs, f.status, &f.text, None);
+                        b.retries += 1;
+                        b.due_ms = now_ms() + delay.as_millis() as u64;
+                        if let Err(e) = self.store.broadcast_update(&key, &encode(&b)) {
+                            tracing::error!(id = %b.id, "a broadcast's retry could not be stored: {e}");
+                        }
+                        lock(&self.pending).insert(key.clone(), b.clone());
+                        lock(&self.due).push(Reverse((b.due_ms, key)));
+                        self.wake.notify_one();
+                    }
+                    RetryDecision::RetriesExhausted | RetryDecision::Expired => {
+                        let why = if decision == RetryDecision::Expired {
+                            "message_expiration passed"
+                        } else {
+                            "max_retries used up"
+                        };
+                        let text = format!("{} ({why})", f.text);
+                        self.count(&b.domain, "permanent", &format!("{}Exhausted", f.reason));
+                        self.log(&b, 'P', secs, f.status, &text, None);
+                        self.finish(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `b` on the domain's connection (opened first when needed); the `apns-request-id` APNs answered.
+    async fn send(&self, target: &Arc<Target>, b: &Broadcast) -> Result<Option<String>, Failure> {
+        let retry = Some(target.retry);
+        let channel = ChannelId::parse(&b.channel).map_err(|e| Failure {
+            class: FailureClass::Permanent,
+            status: None,
+            reason: "BadChannelId".into(),
+            text: e.to_string(),
+            retry,
+        })?;
+        let send = BroadcastSend {
+            bundle_id: target.bundle_id.clone(),
+            channel,
+            priority: b.priority,
+            expiration: b.expiration,
+            request_id: Some(b.id.clone()),
+            payload: Bytes::from(b.payload.clone()),
+        };
+        let client = self
+            .client(&b.domain, target)
+            .await
+            .map_err(|e| failure(&e, retry))?;
+        let answer = tokio::time::timeout(SEND_TIMEOUT, client.broadcast(&send)).await;
+        match answer {
+            Ok(Ok(request_id)) => Ok(request_id),
+            Ok(Err(e)) => {
+                if !matches!(e, BroadcastClientError::Rejected { .. }) {
+                    self.forget(&b.domain);
+                }
+                Err(failure(&e, retry))
+            }
+            Err(_) => {
+                self.forget(&b.domain);
+                Err(Failure {
+                    class: FailureClass::Transient,
+                    status: None,
+                    reason: "ResponseTimeout".into(),
+                    text: format!("no answer within {} s", SEND_TIMEOUT.as_secs()),
+                    retry,
+                })
+            }
+        }
+    }
+
+    /// The domain's connection, opened when there is none, it closed, or the target changed (a reload).
+    async fn client(
+        &self,
+        domain: &str,
+        target: &Arc<Target>,
+    ) -> Result<BroadcastClient, BroadcastClientError> {
+        let slot = lock(&self.conns)
+            .entry(domain.to_owned())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.client.is_closed() && c.target.same_connection(target) {
+                return Ok(c.client.clone());
+            }
+        }
+        *slot = None;
+        let client = tokio::time::timeout(SEND_TIMEOUT, target.connect())
+            .await
+            .map_err(|_| BroadcastClientError::Timeout {
+                host: target.endpoint.to_string(),
+                secs: SEND_TIMEOUT.as_secs(),
+            })??;
+        *slot = Some(Cached {
+            target: target.clone(),
+            client: client.clone(),
+        });
+        Ok(client)
+    }
+
+    fn forget(&self, domain: &str) {
+        lock(&self.conns).remove(domain);
+    }
+
+    fn finish(&self, key: &[u8]) {
+        lock(&self.pending).remove(key);
+        if let Err(e) = self.store.broadcast_remove(key) {
+            tracing::error!("a finished broadcast could not be removed from the store: {e}");
+        }
+    }
+
+    fn count(&self, domain: &str, outcome: &'static str, reason: &str) {
+        *lock(&self.counts)
+            .entry((domain.to_owned(), outcome, reason.to_owned()))
+            .or_default() += 1;
+    }
+
+    fn log(
+        &self,
+        b: &Broadcast,
+        result: char,
+        secs: u64,
+        status: Option<u16>,
+        error: &str,
+        request_id: Option<&str>,
+    ) {
+        self.logs.broadcast(&crate::logs::BroadcastRecord {
+            at: now_ms() / 1000,
+            id: &b.id,
+            domain: &b.domain,
+            channel: &b.channel,
+            result,
+            retries: b.retries,
+            secs,
+            bytes: b.payload.len(),
+            status,
+            error,
+            request_id,
+        });
+    }
+}
+
+/// How one attempt failed.
+struct Failure {
+    class: FailureClass,
+    status: Option<u16>,
+    /// A bounded label: APNs' reason or herald's own.
+    reason: String,
+    /// For the logs.
+    text: String,
+    /// The domain's retry schedule, when known.
+    retry: Option<crate::model::retry::RetryPolicy>,
+}
+
+fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPolicy>) -> Failure {
+    let (status, reason) = match e {
+        BroadcastClientError::Rejected { status, reason, .. } => (Some(*status), reason.clone()),
+        BroadcastClientError::Request(_) => (None, "BadRequest".into()),
+        BroadcastClientError::BadAnswer(_) => (None, "BadAnswer".into()),
+        BroadcastClientError::Timeout { .. } => (None, "ResponseTimeout".into()),
+        BroadcastClientError::Connection(_) | BroadcastClientError::Http { .. } => {
+            (None, "ConnectionFailed".into())
+        }
+    };
+    // APNs' reason alone for its refusals (the status has a field of its own), herald's words otherwise.
+    let text = match e {
+        BroadcastClientError::Rejected { .. } => reason.clone(),
+        other => other.to_string(),
+    };
+    Failure {
+        class: e.class(),
+        status,
+        reason,
+        text,
+        retry,
+    }
+}
+
+fn encode(b: &Broadcast) -> Vec<u8> {
+    serde_json::to_vec(b).unwrap_or_default()
+}
+
+fn key_seq(key: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(key).map_or(0, u64::from_be_bytes)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_broadcast_reads_back_and_older_records_get_defaults() {
+        let b = Broadcast {
+            id: "0b3f9e7e-6f2d-4c9a-9d4e-2f1a3b4c5d6e".into(),
+            domain: "live.example".into(),
+            channel: "dHN0LXNyY2gtY2hubA==".into(),
+            payload: r#"{"aps":{"event":"update"}}"#.into(),
+            priority: 10,
+            expiration: None,
+            accepted_at: 1_700_000_000,
+            retries: 2,
+            due_ms: 1_700_000_100_000,
+        };
+        let back: Broadcast = serde_json::from_slice(&encode(&b)).unwrap();
+        assert_eq!(back, b);
+        // A record without the delivery state (as first written) decodes with retries 0 and due at once.
+        let first: Broadcast = serde_json::from_str(
+            r#"{"id":"x","domain":"d","channel":"c","payload":"{}","priority":5,"accepted_at":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (first.retries, first.due_ms, first.expiration),
+            (0, 0, None)
+        );
+    }
+
+    #[test]
+    fn keys_sort_in_acceptance_order() {
+        let a = 5u64.to_be_bytes().to_vec();
+        let b = 6u64.to_be_bytes().to_vec();
+        assert!(a < b);
+        assert_eq!(key_seq(&b), 6);
+    }
+}

@@ -1,0 +1,479 @@
+//! Broadcast pushes through herald (docs/api.md "Broadcasts", docs/apns-protocol.md §6.2): `POST /api/v1/broadcast`
+//! accepted once durable and delivered to the simulator's broadcast port with token auth and with certificate
+//! auth (the simulator's record holds the channel, the bundle id, the payload, the priority and the
+//! `apns-request-id`); a broadcast to a deleted channel fails permanently with ChannelNotRegistered after one
+//! attempt and is logged once; FeatureNotEnabled is permanent too; an unreachable broadcast host is transient,
+//! retried by the domain's schedule and failed when `max_retries` is used up; a Live Activity start is refused at
+//! the door with the field named; broadcasts accepted before a restart are delivered after it.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::server::Server;
+use herald_sim::{CertVariant, Pki, RecordProtocol, SimConfig, SimHandle, Simulator};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{free_port, token_auth_options};
+
+const TOPIC: &str = "com.example.broadcast";
+const TOKEN: &str = "token.example";
+const CERT: &str = "cert.example";
+/// A domain whose broadcast route nothing listens on: retried once, a second apart, then failed.
+const DOWN: &str = "down.example";
+const KEY: &str = "broadcast-test-key";
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Setup {
+    dir: tempfile::TempDir,
+    server: Arc<Server>,
+    sim: SimHandle,
+    http: String,
+}
+
+async fn start_sim(pki: &Pki, disabled: bool) -> SimHandle {
+    let mut sim_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    if disabled {
+        sim_config.scenario.broadcast_disabled = vec![TOPIC.to_string()];
+    }
+    Simulator::start(sim_config).await.unwrap()
+}
+
+async fn setup(disabled: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = start_sim(&pki, disabled).await;
+    let down = free_port();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(&config, config_text(dir.path(), &pki, &sim, down)).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let http = server.addrs().await.http[0].to_string();
+    Setup {
+        dir,
+        server,
+        sim,
+        http,
+    }
+}
+
+fn config_text(dir: &Path, pki: &Pki, sim: &SimHandle, down: u16) -> String {
+    let m = &pki.manifest;
+    let client = pki.client(TOPIC, CertVariant::Universal).unwrap();
+    let h2 = sim.addrs.h2.port();
+    let manage = sim.addrs.management.port();
+    let bcast = sim.addrs.broadcast.port();
+    format!(
+        r#"
+spool_dir = "{spool}"
+ec_logger "main" {{ mainlog = "{mainlog}" }}
+apn_logger "all" {{ logfile = "{apnlog}" }}
+http_listener {{
+  listen "127.0.0.1:0" {{ api_keys = ( "{KEY}" ) }}
+}}
+domain "{TOKEN}" {{
+{token}  apn_channel_route = "https://127.0.0.1:{manage}"
+  apn_broadcast_route = "https://127.0.0.1:{bcast}"
+}}
+domain "{CERT}" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{h2}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+  apn_topic = "{TOPIC}"
+  apn_channel_route = "https://127.0.0.1:{manage}"
+  apn_broadcast_route = "https://127.0.0.1:{bcast}"
+}}
+domain "{DOWN}" {{
+{token}  apn_broadcast_route = "https://127.0.0.1:{down}"
+  retry_interval = 1
+  max_retries = 1
+}}
+"#,
+        spool = dir.join("spool").display(),
+        mainlog = dir.join("mainlog.ec").display(),
+        apnlog = dir.join("apn.log").display(),
+        token = token_auth_options(pki, h2, TOPIC),
+        ca = m.ca_cert.display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+    )
+}
+
+async fn call(s: &Setup, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", s.http))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (status, value)
+}
+
+async fn create_channel(s: &Setup, domain: &str) -> String {
+    let (status, v) = call(
+        s,
+        reqwest::Method::POST,
+        "/api/v1/channels",
+        json!({"domain": domain, "message_storage_policy": 1, "push_type": "liveactivity"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v["channel_id"].as_str().unwrap().to_owned()
+}
+
+fn update(n: u32) -> Value {
+    json!({"aps": {"timestamp": 1_700_000_000 + n, "event": "update", "content-state": {"score": n}}})
+}
+
+async fn broadcast(s: &Setup, body: Value) -> (StatusCode, Value) {
+    call(s, reqwest::Method::POST, "/api/v1/broadcast", body).await
+}
+
+fn broadcasts_in(sim: &SimHandle) -> Vec<herald_sim::DeliveryRecord> {
+    sim.record()
+        .into_iter()
+        .filter(|r| r.protocol == RecordProtocol::Broadcast)
+        .collect()
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The log's lines that are broadcast lines (field 3 of the mainlog, field 2 of the apn_logger, is `B`).
+fn broadcast_lines(path: &Path, field: usize) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split('@').map(str::to_owned).collect::<Vec<_>>())
+        .filter(|f| f.get(field).map(String::as_str) == Some("B"))
+        .collect()
+}
+
+#[tokio::test]
+async fn broadcasts_reach_the_simulator_with_token_and_certificate_auth() {
+    let s = setup(false).await;
+    for domain in [TOKEN, CERT] {
+        let channel = create_channel(&s, domain).await;
+        let id = "5b6f7c3e-1d2a-4b8c-9e0f-a1b2c3d4e5f6";
+        let (status, v) = broadcast(
+            &s,
+            json!({"domain": domain, "channel_id": channel, "payload": update(1), "priority": 5,
+                   "apns_id": id}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{domain}: {v}");
+        assert_eq!(v["id"], id);
+        assert_eq!(v["channel_id"], channel.as_str());
+        wait_for("the broadcast in the simulator's record", || {
+            broadcasts_in(&s.sim)
+                .iter()
+                .any(|r| r.channel_id.as_deref() == Some(channel.as_str()))
+        })
+        .await;
+        let r = broadcasts_in(&s.sim)
+            .into_iter()
+            .find(|r| r.channel_id.as_deref() == Some(channel.as_str()))
+            .unwrap();
+        assert_eq!(r.topic, TOPIC, "{domain}");
+        assert_eq!(r.priority, 5);
+        assert_eq!(r.apns_id.as_deref(), Some(id));
+        assert_eq!(r.push_type.as_deref(), Some("liveactivity"));
+        let payload: Value = serde_json::from_str(&r.payload).unwrap();
+        assert_eq!(payload, update(1));
+    }
+    assert_eq!(s.sim.stats().broadcast.accepted, 2);
+    // Delivered once each, logged once each in both logs, counted in /metrics.
+    let mainlog = s.dir.path().join("mainlog.ec");
+    let apnlog = s.dir.path().join("apn.log");
+    wait_for("two delivered broadcast lines in each log", || {
+        broadcast_lines(&mainlog, 2).len() == 2 && broadcast_lines(&apnlog, 1).len() == 2
+    })
+    .await;
+    for f in broadcast_lines(&mainlog, 2) {
+        assert_eq!(f[5], "D", "{f:?}");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", s.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap_or_default();
+    let metrics = if metrics.contains("herald_broadcasts_total") {
+        metrics
+    } else {
+        reqwest::Client::new()
+            .get(format!("http://{}/metrics", s.http))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    for domain in [TOKEN, CERT] {
+        let line = format!(
+            "herald_broadcasts_total{{domain=\"{domain}\",outcome=\"delivered\",reason=\"\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_channel_fails_permanently_once_and_an_unreachable_host_is_retried_then_failed() {
+    let s = setup(false).await;
+    let channel = create_channel(&s, TOKEN).await;
+    let (status, _) = call(
+        &s,
+        reqwest::Method::DELETE,
+        &format!(
+            "/api/v1/channels/{}?domain={TOKEN}",
+            channel
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        ),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, v) = broadcast(
+        &s,
+        json!({"domain": TOKEN, "channel_id": channel, "payload": update(2)}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let other = create_channel(&s, TOKEN).await;
+    let (status, _) = broadcast(
+        &s,
+        json!({"domain": DOWN, "channel_id": other, "payload": update(3)}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mainlog = s.dir.path().join("mainlog.ec");
+    wait_for("the permanent failures in the mainlog", || {
+        broadcast_lines(&mainlog, 2)
+            .iter()
+            .filter(|f| f[5] == "P")
+            .count()
+            == 2
+    })
+    .await;
+    let lines = broadcast_lines(&mainlog, 2);
+    // The deleted channel: one attempt, one line, APNs' status and reason.
+    let deleted: Vec<_> = lines.iter().filter(|f| f[4] == channel).collect();
+    assert_eq!(deleted.len(), 1, "{lines:?}");
+    assert_eq!(deleted[0][5], "P");
+    assert_eq!(deleted[0][9], "400");
+    assert_eq!(deleted[0][10], "ChannelNotRegistered", "{:?}", deleted[0]);
+    assert_eq!(
+        s.sim.stats().broadcast.rejected.get("ChannelNotRegistered"),
+        Some(&1),
+        "one attempt only"
+    );
+    // The unreachable host: transient on the first attempt, retried once (max_retries = 1), and that retry's
+    // failure is the permanent one.
+    let down: Vec<_> = lines.iter().filter(|f| f[3] == DOWN).collect();
+    let kinds: Vec<&str> = down.iter().map(|f| f[5].as_str()).collect();
+    assert_eq!(kinds, ["T", "P"], "{down:?}");
+    assert_eq!(
+        down[1][7], "1",
+        "retries before the last attempt: {:?}",
+        down[1]
+    );
+    assert!(down[1][10].contains("max_retries used up"), "{:?}", down[1]);
+    assert_eq!(s.server.broadcasts.queued(), 0);
+}
+
+#[tokio::test]
+async fn feature_not_enabled_is_permanent() {
+    let s = setup(true).await;
+    // Channels cannot be created for a disabled app; any well-formed id will do for the send.
+    let channel = "dHN0LXNyY2gtY2hubA==";
+    let (status, _) = broadcast(
+        &s,
+        json!({"domain": TOKEN, "channel_id": channel, "payload": update(4)}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mainlog = s.dir.path().join("mainlog.ec");
+    wait_for("the permanent failure", || {
+        broadcast_lines(&mainlog, 2).iter().any(|f| f[5] == "P")
+    })
+    .await;
+    let lines = broadcast_lines(&mainlog, 2);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0][10], "FeatureNotEnabled", "{lines:?}");
+}
+
+#[tokio::test]
+async fn bad_broadcasts_are_refused_at_the_door_naming_the_field() {
+    let s = setup(false).await;
+    let channel = "dHN0LXNyY2gtY2hubA==";
+    let start = json!({"aps": {"timestamp": 1, "event": "start", "content-state": {},
+                               "attributes-type": "T", "attributes": {}}});
+    let cases = [
+        (
+            json!({"domain": TOKEN, "channel_id": channel, "payload": start}),
+            "start",
+        ),
+        (
+            json!({"domain": TOKEN, "channel_id": "not base64!", "payload": update(1)}),
+            "channel_id",
+        ),
+        (
+            json!({"domain": TOKEN, "channel_id": channel, "payload": update(1), "priority": 3}),
+            "priority",
+        ),
+        (
+            json!({"domain": "nowhere.example", "channel_id": channel, "payload": update(1)}),
+            "nowhere.example",
+        ),
+        (json!({"domain": TOKEN, "channel_id": channel}), "payload"),
+    ];
+    for (body, want) in cases {
+        let (status, v) = broadcast(&s, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains(want), "{body}: {error}");
+    }
+    assert_eq!(s.sim.stats().broadcast.accepted, 0);
+    // Without the API key: refused.
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/broadcast", s.http))
+        .json(&json!({"domain": TOKEN, "channel_id": channel, "payload": update(1)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A `herald serve` configuration with one token-auth domain whose broadcasts go to `bcast_port`.
+fn daemon_config(dir: &Path, pki: &Pki, sim: &SimHandle, bcast_port: u16) -> std::path::PathBuf {
+    let path = dir.join("serve.conf");
+    let text = format!(
+        r#"
+spool_dir = "{spool}"
+esmtp_listener {{ listen "127.0.0.1:0" {{ }} }}
+http_listener {{ listen "127.0.0.1:0" {{ api_keys = ( "{KEY}" ) }} }}
+domain "{TOKEN}" {{
+{token}  apn_channel_route = "https://127.0.0.1:{manage}"
+  apn_broadcast_route = "https://127.0.0.1:{bcast_port}"
+  retry_interval = 1
+}}
+"#,
+        spool = dir.join("serve-spool").display(),
+        token = token_auth_options(pki, sim.addrs.h2.port(), TOPIC),
+        manage = sim.addrs.management.port(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Acknowledged means durable: a broadcast accepted while its host is down, then `kill -9`, is delivered by the
+/// next start, once.
+#[tokio::test]
+async fn a_broadcast_acknowledged_before_a_kill_9_is_delivered_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = start_sim(&pki, false).await;
+    let config = daemon_config(dir.path(), &pki, &sim, free_port());
+    let daemon = support::daemon::Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("http://{}/api/v1/channels", daemon.http))
+        .bearer_auth(KEY)
+        .json(&json!({"domain": TOKEN, "message_storage_policy": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let channel = created["channel_id"].as_str().unwrap().to_owned();
+    let response = client
+        .post(format!("http://{}/api/v1/broadcast", daemon.http))
+        .bearer_auth(KEY)
+        .json(&json!({"domain": TOKEN, "channel_id": channel, "payload": update(6)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    daemon.kill9();
+    assert!(broadcasts_in(&sim).is_empty());
+    let config = daemon_config(dir.path(), &pki, &sim, sim.addrs.broadcast.port());
+    let _daemon = support::daemon::Daemon::start(&config);
+    wait_for("the broadcast after the restart", || {
+        !broadcasts_in(&sim).is_empty()
+    })
+    .await;
+    let got = broadcasts_in(&sim);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].channel_id.as_deref(), Some(channel.as_str()));
+}
+
+/// `herald send --channel ID` sends one broadcast through the REST API and prints its id; a refusal exits non-zero
+/// with the server's words.
+#[tokio::test]
+async fn herald_send_channel_sends_one_broadcast() {
+    let s = setup(false).await;
+    let channel = create_channel(&s, TOKEN).await;
+    let url = format!("http://{}", s.http);
+    let send = |channel: String, payload: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["send", "--url", &url, "--api-key", KEY, "--domain", TOKEN])
+            .args([
+                "--channel",
+                &channel,
+                "--priority",
+                "5",
+                "--payload",
+                payload,
+            ])
+            .output()
+    };
+    let ok = send(
+        channel.clone(),
+        r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{"score":"1-0"}}}"#,
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("accepted, id "), "{stdout}");
+    wait_for("the broadcast sent by herald send", || {
+        broadcasts_in(&s.sim)
+            .iter()
+            .any(|r| r.channel_id.as_deref() == Some(channel.as_str()) && r.priority == 5)
+    })
+    .await;
+    let refused = send(
+        channel,
+        r#"{"aps":{"event":"start","timestamp":1,"content-state":{},"attributes-type":"T","attributes":{}}}"#,
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("refused") && stdout.contains("start"),
+        "{stdout}"
+    );
+}
