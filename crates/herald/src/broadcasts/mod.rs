@@ -87,6 +87,9 @@ pub enum BroadcastRefusal {
     NotDurable(String),
 }
 
+/// A domain's target and the configuration it was resolved under.
+type Resolved = (Arc<herald_conf::Config>, Arc<Target>);
+
 /// (due time in Unix milliseconds, key) of a stored broadcast.
 type Due = (u64, Vec<u8>);
 
@@ -111,6 +114,38 @@ pub struct Broadcaster {
     /// (domain, outcome, reason) -> count.
     counts: Mutex<BTreeMap<(String, &'static str, String), u64>>,
     seq: AtomicU64,
+    /// Resolved targets by domain, with the configuration they were resolved under.
+    targets: Mutex<HashMap<String, Resolved>>,
+    /// To the writer thread, which stores what comes in together with one sync (group commit).
+    writes: std::sync::mpsc::Sender<Write>,
+}
+
+/// One broadcast to store, and who waits for it to be durable.
+struct Write {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Stores broadcasts as they come, every one waiting at the time in one synced batch, and answers each.
+fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>) {
+    while let Ok(first) = writes.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = writes.try_recv() {
+            batch.push(more);
+            if batch.len() >= 1024 {
+                break;
+            }
+        }
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = batch
+            .iter()
+            .map(|w| (w.key.clone(), w.value.clone()))
+            .collect();
+        let result = store.broadcast_put(&entries).map_err(|e| e.to_string());
+        for w in batch {
+            let _ = w.done.send(result.clone());
+        }
+    }
 }
 
 impl Broadcaster {
@@ -142,7 +177,15 @@ impl Broadcaster {
                 "broadcasts from the previous run queued again"
             );
         }
+        let (writes, queue) = std::sync::mpsc::channel();
+        let writer_store = store.clone();
+        std::thread::Builder::new()
+            .name("herald-broadcast-writer".into())
+            .spawn(move || write_loop(writer_store, queue))
+            .map_err(|e| herald_spool::SpoolError::from_io("starting the broadcast writer", e))?;
         let me = Arc::new(Broadcaster {
+            targets: Mutex::new(HashMap::new()),
+            writes,
             store,
             resolver,
             logs,
@@ -191,12 +234,18 @@ impl Broadcaster {
         };
         let key = self.next_key();
         let value = encode(&broadcast);
-        let store = self.store.clone();
-        let entry = vec![(key.clone(), value)];
-        tokio::task::spawn_blocking(move || store.broadcast_put(&entry))
+        let (done, stored) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(Write {
+                key: key.clone(),
+                value,
+                done,
+            })
+            .map_err(|_| BroadcastRefusal::NotDurable("the broadcast writer has stopped".into()))?;
+        stored
             .await
-            .map_err(|e| BroadcastRefusal::NotDurable(e.to_string()))?
-            .map_err(|e| BroadcastRefusal::NotDurable(e.to_string()))?;
+            .map_err(|_| BroadcastRefusal::NotDurable("the broadcast writer has stopped".into()))?
+            .map_err(BroadcastRefusal::NotDurable)?;
         lock(&self.pending).insert(key.clone(), broadcast.clone());
         lock(&self.due).push(Reverse((0, key)));
         self.wake.notify_one();
@@ -228,17 +277,28 @@ impl Broadcaster {
         );
     }
 
+    /// The domain's broadcast target under the configuration in force: resolved (off the async threads: it may
+    /// read credential files) once per domain and configuration.
     async fn target(&self, domain: &str) -> Result<Arc<Target>, BroadcastRefusal> {
+        let config = self.resolver.config();
+        if let Some((c, t)) = lock(&self.targets).get(domain) {
+            if Arc::ptr_eq(c, &config) {
+                return Ok(t.clone());
+            }
+        }
         let resolver = self.resolver.clone();
         let name = domain.to_owned();
-        tokio::task::spawn_blocking(move || resolve_for(&resolver, &name, Purpose::Broadcast))
-            .await
-            .unwrap_or_else(|e| Err(format!("resolving the domain failed: {e}")))
-            .map(Arc::new)
-            .map_err(|reason| BroadcastRefusal::Domain {
-                domain: domain.to_owned(),
-                reason,
-            })
+        let target =
+            tokio::task::spawn_blocking(move || resolve_for(&resolver, &name, Purpose::Broadcast))
+                .await
+                .unwrap_or_else(|e| Err(format!("resolving the domain failed: {e}")))
+                .map(Arc::new)
+                .map_err(|reason| BroadcastRefusal::Domain {
+                    domain: domain.to_owned(),
+                    reason,
+                })?;
+        lock(&self.targets).insert(domain.to_owned(), (config, target.clone()));
+        Ok(target)
     }
 
     fn next_key(&self) -> Vec<u8> {
