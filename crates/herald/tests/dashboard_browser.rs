@@ -395,6 +395,13 @@ async fn an_operator_watches_delivery_and_acts_in_a_browser() {
         t.contains("ServiceUnavailable")
     })
     .await;
+    // Its row says when the delayed ones are tried again (retry_interval is an hour).
+    b.wait_text("#domains tbody", "the busy domain's next retry", |t| {
+        t.split("in ")
+            .skip(1)
+            .any(|rest| rest.starts_with(|c: char| c.is_ascii_digit()) && rest.contains(" s"))
+    })
+    .await;
     let overflow = b
         .js("return document.documentElement.scrollWidth > window.innerWidth")
         .await;

@@ -331,6 +331,10 @@ pub fn domain_rows(server: &dyn ServerHandle, hub: &Hub) -> Vec<serde_json::Valu
                 "failed": failed,
                 "windows": hub.windows(name, delivered, failed),
                 "last_error": hub.outcomes.last_errors.get(name),
+                "next_retry_secs": s
+                    .map(|s| s.next_retry_ms.load(Ordering::Relaxed))
+                    .filter(|ms| *ms > 0)
+                    .map(|ms| ms.saturating_sub(crate::model::message::unix_now_ms()).div_ceil(1000)),
                 "paused": s.is_some_and(|s| s.paused.load(Ordering::Relaxed)),
             })
         })

@@ -17,7 +17,7 @@ use herald_apns::client::{ConnectionInfo, Job, NotSentReason, OutcomeSink, PushR
 use herald_apns::outcome::FailureClass;
 use tokio::sync::{mpsc, oneshot};
 
-use super::message::{MessageId, Queued, unix_now};
+use super::message::{MessageId, Queued, unix_now, unix_now_ms};
 use super::retry::RetryDecision;
 use super::stats::DomainStats;
 use super::{EngineShared, InvalidToken};
@@ -415,6 +415,11 @@ impl DomainTask {
     fn publish_sizes(&self) {
         self.stats
             .set_queue_sizes(self.active.len() + self.outstanding, self.delayed.len());
+        let next = self.delayed.peek().map(|Reverse(d)| {
+            let wait = d.due.saturating_duration_since(Instant::now());
+            unix_now_ms() + wait.as_millis() as u64
+        });
+        self.stats.set_next_retry(next);
     }
 
     /// Moves ready notifications to the pool while it has room.

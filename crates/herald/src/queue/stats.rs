@@ -50,6 +50,8 @@ pub struct DomainStats {
     pub requeued: AtomicU64,
     pub active: AtomicUsize,
     pub delayed: AtomicUsize,
+    /// When the earliest delayed notification is due, Unix milliseconds; 0 when none is delayed.
+    pub next_retry_ms: AtomicU64,
     pub connections: AtomicUsize,
     /// Streams open on the domain's connections: notifications sent and not yet answered.
     pub in_flight: AtomicUsize,
@@ -126,6 +128,12 @@ impl DomainStats {
     pub fn set_queue_sizes(&self, active: usize, delayed: usize) {
         self.active.store(active, Ordering::Relaxed);
         self.delayed.store(delayed, Ordering::Relaxed);
+    }
+
+    /// The due time of the earliest delayed notification (`None`: nothing is delayed).
+    pub fn set_next_retry(&self, unix_ms: Option<u64>) {
+        self.next_retry_ms
+            .store(unix_ms.unwrap_or(0), Ordering::Relaxed);
     }
 
     pub fn set_connections(&self, n: usize) {

@@ -172,13 +172,14 @@ const COLUMNS = [
   ["domain", "Domain", ""], ["protocol", "Protocol", "hide-narrow"], ["route", "Route", "hide-narrow"],
   ["active", "Queued", "num"], ["in_flight", "In flight", "num hide-narrow"], ["connections", "Conns / limit", "num hide-narrow"],
   ["d1m", "Deliv. 1m", "num"], ["f1m", "Failed 1m", "num"], ["d1h", "Deliv. 1h", "num hide-narrow"], ["f1h", "Failed 1h", "num hide-narrow"],
-  ["last_error", "Last error", ""],
+  ["next_retry_secs", "Next retry", "num hide-narrow"], ["last_error", "Last error", ""],
 ];
 function sortValue(r, k) {
   if (k === "d1m") return r.windows.delivered_1m; if (k === "f1m") return r.windows.failed_1m;
   if (k === "d1h") return r.windows.delivered_1h; if (k === "f1h") return r.windows.failed_1h;
   if (k === "active") return r.active + r.delayed;
   if (k === "last_error") return r.last_error ? r.last_error.reason : "";
+  if (k === "next_retry_secs") return r.next_retry_secs ?? Infinity;
   return r[k] ?? "";
 }
 
@@ -199,6 +200,7 @@ function renderDomains() {
       <td class="num hide-narrow">${fmt(r.connections)} / ${fmt(r.connection_limit)}</td>
       <td class="num">${fmt(r.windows.delivered_1m)}</td><td class="num">${fmt(r.windows.failed_1m)}</td>
       <td class="num hide-narrow">${fmt(r.windows.delivered_1h)}</td><td class="num hide-narrow">${fmt(r.windows.failed_1h)}</td>
+      <td class="num hide-narrow">${r.next_retry_secs == null ? "—" : "in " + fmt(r.next_retry_secs) + " s"}</td>
       <td>${r.last_error ? `<span class="bad">${esc(r.last_error.reason)}</span>${r.last_error.status ? " (" + r.last_error.status + ")" : ""}` : "—"}</td></tr>`).join("")}</tbody></table>
     <p class="label">Queued is active / delayed.</p>`;
   const input = $("#domain-filter");
