@@ -4,7 +4,8 @@
 //! `apns-request-id`); a broadcast to a deleted channel fails permanently with ChannelNotRegistered after one
 //! attempt and is logged once; FeatureNotEnabled is permanent too; an unreachable broadcast host is transient,
 //! retried by the domain's schedule and failed when `max_retries` is used up; a Live Activity start is refused at
-//! the door with the field named; broadcasts accepted before a restart are delivered after it.
+//! the door with the field named; broadcasts accepted before a restart are delivered after it; every reason of the
+//! broadcast error table, answered by the simulator, is classified (permanent: one attempt; temporary: retried).
 
 mod support;
 
@@ -75,6 +76,7 @@ http_listener {{
 domain "{TOKEN}" {{
 {token}  apn_channel_route = "https://127.0.0.1:{manage}"
   apn_broadcast_route = "https://127.0.0.1:{bcast}"
+  retry_interval = 1
 }}
 domain "{CERT}" {{
   delivery_method = apn
@@ -476,4 +478,49 @@ async fn herald_send_channel_sends_one_broadcast() {
         stdout.contains("refused") && stdout.contains("start"),
         "{stdout}"
     );
+}
+
+/// Every reason of the broadcast error table, answered by the simulator to one broadcast each
+/// (docs/apns-protocol.md#broadcast-decisions): a permanent one fails the broadcast after one attempt with one `P`
+/// line; a temporary one (429, 500, 503, Shutdown) gives a `T` line and the retry a second later is delivered;
+/// `ExpiredProviderToken` is retried at once with a new token inside the same attempt, so it is delivered with no
+/// failure line at all.
+#[tokio::test]
+async fn every_broadcast_reason_is_classified_permanent_ones_not_retried_temporary_ones_retried() {
+    use herald_apns::broadcast::BroadcastReason;
+    use herald_apns::outcome::FailureClass;
+    let s = setup(false).await;
+    let channel = create_channel(&s, TOKEN).await;
+    let mainlog = s.dir.path().join("mainlog.ec");
+    for (n, reason) in BroadcastReason::ALL.into_iter().enumerate() {
+        s.sim.fail_next_broadcasts(&[reason]);
+        let id = format!("00000000-0000-4000-8000-{:012x}", n + 1);
+        let (status, v) = broadcast(
+            &s,
+            json!({"domain": TOKEN, "channel_id": channel, "payload": update(n as u32), "apns_id": id}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{reason:?}: {v}");
+        let lines_of = || -> Vec<Vec<String>> {
+            broadcast_lines(&mainlog, 2)
+                .into_iter()
+                .filter(|f| f[1] == id)
+                .collect()
+        };
+        let done = |l: &Vec<Vec<String>>| l.iter().any(|f| f[5] == "D" || f[5] == "P");
+        wait_for(
+            &format!("the end of the broadcast answered {reason:?}"),
+            || done(&lines_of()),
+        )
+        .await;
+        let kinds: Vec<String> = lines_of().iter().map(|f| f[5].clone()).collect();
+        match reason.class() {
+            FailureClass::Permanent => {
+                assert_eq!(kinds, ["P"], "{reason:?}");
+                assert_eq!(lines_of()[0][10], reason.as_str(), "{reason:?}");
+            }
+            FailureClass::Transient => assert_eq!(kinds, ["T", "D"], "{reason:?}"),
+            _ => assert_eq!(kinds, ["D"], "{reason:?}"),
+        }
+    }
 }
