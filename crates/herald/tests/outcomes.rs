@@ -158,6 +158,12 @@ async fn status_goes_through_every_state_survives_a_restart_and_expires() {
         delivered["apns_id"].as_str().is_some_and(|s| s.len() == 36),
         "{delivered}"
     );
+    // The simulator runs as the development environment, which adds `apns-unique-id` to every 200.
+    let unique = delivered["apns_unique_id"].as_str().unwrap_or_default();
+    assert!(
+        unique.len() == 36 && unique != delivered["apns_id"],
+        "{delivered}"
+    );
     let failed = wait_status(&daemon.http, &ids[1], "failed", |c, v| {
         c == 200 && v["state"] == "failed"
     })
@@ -165,6 +171,12 @@ async fn status_goes_through_every_state_survives_a_restart_and_expires() {
     assert_eq!(failed["reason"], "Unregistered", "{failed}");
     assert_eq!(failed["status"], 410, "{failed}");
     assert_eq!(failed["invalid_token"], true, "{failed}");
+    // APNs' 410 says since when the token is invalid (Unix ms, in the past).
+    let since = failed["unregistered_at_ms"].as_u64().unwrap_or(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    assert!(since > 1_500_000_000_000 && since <= now_ms, "{failed}");
 
     // An id herald never issued.
     let mut unknown = ids[0].clone();

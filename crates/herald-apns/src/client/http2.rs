@@ -33,6 +33,7 @@ use crate::provider_token::ProviderTokenCache;
 use crate::reason::parse_error_body;
 
 static APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+static APNS_UNIQUE_ID: HeaderName = HeaderName::from_static("apns-unique-id");
 static APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
 static APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
 static APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
@@ -548,8 +549,14 @@ async fn read_answer(response: ResponseFuture) -> Result<PushResult, h2::Error> 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if status == 200 {
+        let unique_id = response
+            .headers()
+            .get(&APNS_UNIQUE_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         return Ok(PushResult::Delivered {
             transaction_id: apns_id,
+            unique_id,
         });
     }
     let mut body = response.into_body();

@@ -273,5 +273,6 @@ fn settle_error_packet<T: 'static>(
 fn delivered(identifier: u32) -> PushResult {
     PushResult::Delivered {
         transaction_id: Some(identifier.to_string()),
+        unique_id: None,
     }
 }

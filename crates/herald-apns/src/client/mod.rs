@@ -55,8 +55,13 @@ pub type JobSender<T> = async_channel::Sender<Job<T>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushResult {
     /// HTTP/2: a 200 answer. Binary: no error packet within the response window. The transaction id is the
-    /// `apns-id` APNs answered with (HTTP/2) or the notification identifier (binary).
-    Delivered { transaction_id: Option<String> },
+    /// `apns-id` APNs answered with (HTTP/2) or the notification identifier (binary). `unique_id` is the
+    /// `apns-unique-id` APNs adds in the development environment (HTTP/2 only), to look the push up in Apple's
+    /// delivery log.
+    Delivered {
+        transaction_id: Option<String>,
+        unique_id: Option<String>,
+    },
     /// APNs refused this notification.
     Rejected(Rejection),
     /// APNs did not process it (refused stream, GOAWAY, connection lost, or a binary notification written after

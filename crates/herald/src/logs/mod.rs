@@ -46,6 +46,10 @@ pub struct OutcomeRecord<'a> {
     pub bytes: usize,
     /// Unix time of the event.
     pub at: u64,
+    /// APNs' `apns-unique-id` of a delivery (development environment only).
+    pub apns_unique_id: Option<&'a str>,
+    /// The time APNs gave with an `Unregistered` (410) answer: when the token stopped being valid, Unix ms.
+    pub apns_timestamp_ms: Option<u64>,
 }
 
 /// One broadcast outcome, for [`Logs::broadcast`] (formats in docs/operations.md, "Broadcast lines").

@@ -61,6 +61,12 @@ pub struct Status {
     /// APNs said the device token is no longer valid (BadDeviceToken, Unregistered, binary status 8).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub invalid_token: bool,
+    /// APNs' `apns-unique-id` of a delivery: given in the development (sandbox) environment only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apns_unique_id: Option<String>,
+    /// With an `Unregistered` (410) failure: the time APNs says the token stopped being valid, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unregistered_at_ms: Option<u64>,
 }
 
 impl Status {
@@ -114,6 +120,8 @@ impl Entry {
             reason: None,
             status: None,
             invalid_token: false,
+            apns_unique_id: None,
+            unregistered_at_ms: None,
         }
     }
 }
@@ -293,6 +301,8 @@ impl OutcomeListener for StatusBook {
                     s.next_attempt_at = None;
                     s.finished_at = Some(r.at);
                     s.apns_id = r.transaction_id.map(str::to_owned);
+                    s.apns_unique_id = r.apns_unique_id.map(str::to_owned);
+                    s.unregistered_at_ms = r.apns_timestamp_ms;
                     if !delivered {
                         s.reason = Some(r.error.to_owned());
                         s.status = r.status;
@@ -427,5 +437,18 @@ async fn prune_loop(
             Ok(Err(e)) => tracing::warn!("pruning the outcome store: {e}"),
             Err(e) => tracing::warn!("pruning the outcome store: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn a_status_stored_before_the_apns_answer_fields_still_reads() {
+        let old = br#"{"id":"00/00-1-00000001","state":"delivered","domain":"d","token":"ab","accepted_at":1,"attempts":0,"finished_at":2,"apns_id":"x"}"#;
+        let s: Status = serde_json::from_slice(old).unwrap();
+        assert!(s.is_final());
+        assert_eq!((s.apns_unique_id, s.unregistered_at_ms), (None, None));
     }
 }

@@ -481,10 +481,26 @@ impl DomainTask {
         remote: Option<std::net::IpAddr>,
     ) {
         match result {
-            PushResult::Delivered { transaction_id } => {
+            PushResult::Delivered {
+                transaction_id,
+                unique_id,
+            } => {
                 let own = item.notification.apns_id.map(|id| id.encode());
                 let tx = transaction_id.as_deref().or(id_text(&own));
-                self.log(&item, OutcomeKind::Delivered, remote, tx, None, "", true);
+                let answer = ApnsAnswer {
+                    unique_id: unique_id.as_deref(),
+                    timestamp_ms: None,
+                };
+                self.log_answer(
+                    &item,
+                    OutcomeKind::Delivered,
+                    remote,
+                    tx,
+                    None,
+                    "",
+                    true,
+                    answer,
+                );
                 self.stats.delivered(item.enqueued.elapsed());
                 self.shared.finished(&item);
             }
@@ -637,7 +653,11 @@ impl DomainTask {
         invalid: Option<InvalidToken>,
     ) {
         let tx = item.notification.apns_id.map(|id| id.encode());
-        self.log(
+        let answer = ApnsAnswer {
+            unique_id: None,
+            timestamp_ms: invalid.as_ref().and_then(|i| i.timestamp_ms),
+        };
+        self.log_answer(
             &item,
             OutcomeKind::Permanent,
             remote,
@@ -645,6 +665,7 @@ impl DomainTask {
             status,
             error,
             connected,
+            answer,
         );
         self.stats.permanent(label);
         if let Some(invalid) = invalid {
@@ -716,6 +737,32 @@ impl DomainTask {
         error: &str,
         connected: bool,
     ) {
+        let answer = ApnsAnswer::default();
+        self.log_answer(
+            item,
+            kind,
+            remote,
+            transaction_id,
+            status,
+            error,
+            connected,
+            answer,
+        );
+    }
+
+    /// [`Self::log`] with what else APNs' answer said.
+    #[allow(clippy::too_many_arguments)]
+    fn log_answer(
+        &self,
+        item: &Queued,
+        kind: OutcomeKind,
+        remote: Option<std::net::IpAddr>,
+        transaction_id: Option<&str>,
+        status: Option<u16>,
+        error: &str,
+        connected: bool,
+        answer: ApnsAnswer<'_>,
+    ) {
         let record = OutcomeRecord {
             kind,
             notification: &item.notification,
@@ -729,12 +776,21 @@ impl DomainTask {
             connected,
             bytes: self.settings.wire_bytes(item),
             at: unix_now(),
+            apns_unique_id: answer.unique_id,
+            apns_timestamp_ms: answer.timestamp_ms,
         };
         self.shared.logs.outcome(&record);
         if let Some(l) = self.shared.listener() {
             l.outcome(&record);
         }
     }
+}
+
+/// What an APNs answer said beyond status and reason, for the outcome record.
+#[derive(Debug, Clone, Copy, Default)]
+struct ApnsAnswer<'a> {
+    unique_id: Option<&'a str>,
+    timestamp_ms: Option<u64>,
 }
 
 /// The text of an encoded `apns-id` ([`herald_apns::push::ApnsId::encode`]), without allocating.
