@@ -655,6 +655,8 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_webhook_dropped_total", "counter"),
             ("herald_webhook_failures_total", "counter"),
             ("herald_channel_operations_total", "counter"),
+            ("herald_broadcasts_total", "counter"),
+            ("herald_broadcasts_queued", "gauge"),
         ]),
         "{text}"
     );
