@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::server::Server;
-use herald_sim::{CertVariant, Pki, RecordProtocol, SimConfig, SimHandle, Simulator};
+use herald_sim::{Pki, RecordProtocol, SimConfig, SimHandle, Simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{free_port, token_auth_options};
+use support::{cert_auth_options, free_port, token_auth_options};
 
 const TOPIC: &str = "com.example.broadcast";
 const TOKEN: &str = "token.example";
@@ -60,8 +60,6 @@ async fn setup(disabled: bool) -> Setup {
 }
 
 fn config_text(dir: &Path, pki: &Pki, sim: &SimHandle, down: u16) -> String {
-    let m = &pki.manifest;
-    let client = pki.client(TOPIC, CertVariant::Universal).unwrap();
     let h2 = sim.addrs.h2.port();
     let manage = sim.addrs.management.port();
     let bcast = sim.addrs.broadcast.port();
@@ -79,14 +77,7 @@ domain "{TOKEN}" {{
   retry_interval = 1
 }}
 domain "{CERT}" {{
-  delivery_method = apn
-  routes = ( "https://127.0.0.1:{h2}" )
-  tls_verify = ca
-  tls_ca = "{ca}"
-  tls_certificate = "{cert}"
-  tls_key = "{key}"
-  apn_topic = "{TOPIC}"
-  apn_channel_route = "https://127.0.0.1:{manage}"
+{cert_auth}  apn_channel_route = "https://127.0.0.1:{manage}"
   apn_broadcast_route = "https://127.0.0.1:{bcast}"
 }}
 domain "{DOWN}" {{
@@ -99,9 +90,7 @@ domain "{DOWN}" {{
         mainlog = dir.join("mainlog.ec").display(),
         apnlog = dir.join("apn.log").display(),
         token = token_auth_options(pki, h2, TOPIC),
-        ca = m.ca_cert.display(),
-        cert = client.cert.display(),
-        key = client.key.display(),
+        cert_auth = cert_auth_options(pki, h2, TOPIC),
     )
 }
 

@@ -13,10 +13,10 @@ use std::process::Command;
 use std::sync::Arc;
 
 use herald::server::Server;
-use herald_sim::{CertVariant, Pki, SimConfig, SimHandle, Simulator};
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{free_port, token_auth_options};
+use support::{cert_auth_options, free_port, token_auth_options};
 
 const TOPIC: &str = "com.example.channels";
 const TOKEN: &str = "token.example";
@@ -60,8 +60,6 @@ async fn setup(disabled: bool) -> Setup {
 }
 
 fn config_text(dir: &Path, pki: &Pki, sim: &SimHandle) -> String {
-    let m = &pki.manifest;
-    let client = pki.client(TOPIC, CertVariant::Universal).unwrap();
     let h2 = sim.addrs.h2.port();
     let manage = sim.addrs.management.port();
     format!(
@@ -76,14 +74,7 @@ domain "{TOKEN}" {{
 {token}  apn_channel_route = "https://127.0.0.1:{manage}"
 }}
 domain "{CERT}" {{
-  delivery_method = apn
-  routes = ( "https://127.0.0.1:{h2}" )
-  tls_verify = ca
-  tls_ca = "{ca}"
-  tls_certificate = "{cert}"
-  tls_key = "{key}"
-  apn_topic = "{TOPIC}"
-  apn_channel_route = "https://127.0.0.1:{manage}"
+{cert_auth}  apn_channel_route = "https://127.0.0.1:{manage}"
 }}
 domain "{NO_ROUTE}" {{
 {token}}}
@@ -94,9 +85,7 @@ domain "{DOWN}" {{
         spool = dir.join("spool").display(),
         sock = dir.join("control.sock").display(),
         token = token_auth_options(pki, h2, TOPIC),
-        ca = m.ca_cert.display(),
-        cert = client.cert.display(),
-        key = client.key.display(),
+        cert_auth = cert_auth_options(pki, h2, TOPIC),
         down = free_port(),
     )
 }

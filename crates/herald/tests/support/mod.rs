@@ -47,6 +47,27 @@ pub fn token_auth_options(pki: &Pki, port: u16, topic: &str) -> String {
     )
 }
 
+/// The configuration lines of a domain that reaches the simulator at `port` with the universal client certificate
+/// of `topic` from a `herald sim pki` directory (the certificate variant every topic has).
+pub fn cert_auth_options(pki: &Pki, port: u16, topic: &str) -> String {
+    let client = pki
+        .client(topic, herald_sim::CertVariant::Universal)
+        .expect("the test PKI has a universal certificate for its topic");
+    format!(
+        r#"  delivery_method = apn
+  routes = ( "https://127.0.0.1:{port}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+  apn_topic = "{topic}"
+"#,
+        ca = pki.manifest.ca_cert.display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+    )
+}
+
 /// Settings for a test domain: default binding, 30 s idle timeout, 5 s answer and connect timeouts, retries after
 /// 20–100 ms without limit, and 2 connections; tests change what they exercise.
 pub fn test_settings(
