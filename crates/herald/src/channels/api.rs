@@ -89,7 +89,7 @@ fn domain_param(raw: Option<&str>) -> Result<String, String> {
 
 /// The channel id of the path.
 fn channel_param(id: &str) -> Result<ChannelId, String> {
-    let id = id.trim_start_matches('/');
+    // The capture is the id itself: a base64 id may start with `/` (sent raw or as `%2F`), so nothing is trimmed.
     ChannelId::parse(id).map_err(|e| format!("channel id: {e}"))
 }
 
@@ -264,6 +264,13 @@ async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_channel_id_that_starts_with_a_slash_is_kept_whole() {
+        // One base64 id in 64 starts with `/`: it must reach APNs as it is.
+        let id = channel_param("/t0LXNyY2gtY2hubA==").unwrap();
+        assert_eq!(id.as_str(), "/t0LXNyY2gtY2hubA==");
+    }
 
     #[test]
     fn create_bodies_are_checked_field_by_field() {
