@@ -316,10 +316,12 @@ async fn send_smtp(esmtp: &str, f: &Fields, token: &str, payload: &str) -> Verdi
     add("X-APNs-Expiration", &f.expiration.map(|e| e.to_string()));
     add("X-APNs-Collapse-Id", &f.collapse_id);
     add("X-APNs-Id", &f.apns_id);
+    // The boundary holds `=`, which the generated header values (but for arbitrary text) do not: next to a
+    // one-letter boundary `B`, a value ending in `--B` read as a delimiter to the MIME parser.
     let message = format!(
         "From: sender@example.com\r\nTo: {token}@{DOMAIN}\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n\r\n--B\r\n\
-         Content-Type: message/vnd.msys.apn\r\n\r\n{inner}\r\n{payload}\r\n--B--\r\n.\r\n"
+         Content-Type: multipart/vnd.msys.mcmt; boundary=\"=_mcmt_=\"\r\n\r\n--=_mcmt_=\r\n\
+         Content-Type: message/vnd.msys.apn\r\n\r\n{inner}\r\n{payload}\r\n--=_mcmt_=--\r\n.\r\n"
     );
     write.write_all(message.as_bytes()).await.unwrap();
     let r = reply(&mut lines).await;
