@@ -368,11 +368,10 @@ impl Broadcaster {
             }
             Err(f) => {
                 self.count(&b.domain, "transient", &f.reason);
-                // A domain that stopped resolving (a reload removed it) is tried again after a minute.
-                let decision = match f.retry {
-                    Some(policy) => policy.after_failure(b.retries, Duration::from_secs(secs)),
-                    None => RetryDecision::RetryIn(Duration::from_secs(60)),
-                };
+                // A domain that stopped resolving (a reload removed it) has no schedule of its own: Momentum's
+                // defaults bound its retries, so it is not retried for ever.
+                let policy = f.retry.unwrap_or_default();
+                let decision = policy.after_failure(b.retries, Duration::from_secs(secs));
                 match decision {
                     RetryDecision::RetryIn(delay) => {
                         self.log(&b, 'T', secs, f.status, &f.text, None);
