@@ -171,28 +171,45 @@ impl Browser {
         v[ELEMENT].as_str().unwrap().to_owned()
     }
 
+    /// Runs `actions` (element command, body) on the element matching `css`. The pages re-render on their refresh
+    /// tick, so an element found a moment ago may have been replaced by the time a command arrives ("stale element
+    /// reference"): it is then looked up again and the actions start over, until a deadline.
+    async fn on_element(&self, css: &str, actions: &[(&str, Value)]) {
+        let deadline = Instant::now() + WAIT;
+        'again: loop {
+            let e = self.element(css).await;
+            for (action, body) in actions {
+                let v: Value = self
+                    .http
+                    .post(format!("{}/element/{e}/{action}", self.url))
+                    .json(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                match v["value"].get("error").and_then(Value::as_str) {
+                    None => {}
+                    Some("stale element reference") if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue 'again;
+                    }
+                    Some(_) => panic!("WebDriver {action} on {css}: {v}"),
+                }
+            }
+            return;
+        }
+    }
+
     async fn click(&self, css: &str) {
-        let e = self.element(css).await;
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{e}/click"),
-            Some(json!({})),
-        )
-        .await;
+        self.on_element(css, &[("click", json!({}))]).await;
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let e = self.element(css).await;
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{e}/clear"),
-            Some(json!({})),
-        )
-        .await;
-        self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{e}/value"),
-            Some(json!({ "text": text })),
+        self.on_element(
+            css,
+            &[("clear", json!({})), ("value", json!({ "text": text }))],
         )
         .await;
     }
