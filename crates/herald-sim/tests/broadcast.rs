@@ -164,7 +164,7 @@ async fn channel_limit_and_storage_policy() {
     let mut b = update(&none);
     b.expiration = Some(now() + 3600);
     let err = send.broadcast(&b).await.unwrap_err();
-    assert_eq!(err.reason(), Some("BadExpirationDate"));
+    assert_eq!(err.reason(), Some("BadExpirationDate"), "{err}");
     b.expiration = Some(0);
     send.broadcast(&b).await.unwrap();
 }

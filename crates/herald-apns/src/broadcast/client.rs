@@ -315,8 +315,11 @@ impl BroadcastClient {
             let mut send = self.send.clone().ready().await.map_err(http_err)?;
             let end = body.is_empty();
             let (response, mut stream) = send.send_request(req, end).map_err(http_err)?;
+            // The server may answer, and close the stream, before the body is written (a refusal of the headers):
+            // that answer is the outcome, so it is read whether or not the body went out.
+            // A stream reset or a lost connection fails the read with the same cause.
             if !end {
-                stream.send_data(body, true).map_err(http_err)?;
+                let _ = stream.send_data(body, true);
             }
             let response = response.await.map_err(http_err)?;
             let status = response.status().as_u16();

@@ -503,8 +503,11 @@ async fn exchange<T>(
             }
         }
     }
+    // The server may answer, and close the stream, before the body is written (a refusal of the headers, under
+    // load on either side): that answer is the outcome, so it is read whether or not the body went out. A stream
+    // reset or a lost connection fails the read with the same cause.
     if let Err(e) = stream.send_data(payload, true) {
-        return unsent(tag, PushResult::NotSent(not_sent_reason(&e)));
+        tracing::debug!(conn, "request body not written ({e}); reading the answer");
     }
     let written = Instant::now();
     let result = match tokio::time::timeout(timeout, read_answer(response)).await {
