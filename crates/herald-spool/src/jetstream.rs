@@ -23,6 +23,7 @@ use futures_util::future::join_all;
 
 use crate::error::SpoolError;
 use crate::key::SpoolKey;
+use crate::nodes::{self, ClusterView, NodeBeat};
 use crate::record::StoredNotification;
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 
@@ -113,6 +114,10 @@ struct StreamFigures {
     ack_pending: AtomicU64,
     redelivered: AtomicU64,
     pending: AtomicU64,
+    /// The oldest message in the stream, Unix milliseconds; 0 when the stream is empty.
+    oldest_ms: AtomicU64,
+    /// The stream's servers and the nodes' heartbeats.
+    view: Mutex<ClusterView>,
 }
 
 /// The spool on a JetStream stream shared by several nodes.
@@ -140,6 +145,9 @@ pub struct JetStreamSpool {
     handed_back: AtomicU64,
     last_error: Mutex<Option<SpoolError>>,
     handle: tokio::runtime::Handle,
+    started_ms: u64,
+    /// The heartbeat bucket, once open (this node's entry is deleted from it on close).
+    beats: Mutex<Option<async_nats::jetstream::kv::Store>>,
 }
 
 impl JetStreamSpool {
@@ -225,6 +233,8 @@ impl JetStreamSpool {
             handed_back: AtomicU64::new(0),
             last_error: Mutex::new(None),
             handle: tokio::runtime::Handle::current(),
+            started_ms: nodes::unix_ms(),
+            beats: Mutex::new(None),
             options,
         });
         match tokio::time::timeout(first_try, spool.setup()).await {
@@ -273,6 +283,7 @@ impl JetStreamSpool {
         tokio::spawn(pull_loop(Arc::downgrade(self), consumer, tx));
         tokio::spawn(keep_alive(Arc::downgrade(self)));
         tokio::spawn(refresh_figures(Arc::downgrade(self), stream));
+        tokio::spawn(heartbeat(Arc::downgrade(self)));
     }
 
     /// NATS was not reachable at start: tries again every second until the stream and consumer are set up.
@@ -353,11 +364,24 @@ impl JetStreamSpool {
             consumer_ack_pending: self.figures.ack_pending.load(Ordering::Relaxed),
             consumer_pending: self.figures.pending.load(Ordering::Relaxed),
             consumer_redelivered: self.figures.redelivered.load(Ordering::Relaxed),
+            oldest_ms: self.figures.oldest_ms.load(Ordering::Relaxed),
             held: self.held(),
             pulled: self.pulled.load(Ordering::Relaxed),
             redelivered_here: self.redelivered_here.load(Ordering::Relaxed),
             handed_back: self.handed_back.load(Ordering::Relaxed),
         }
+    }
+
+    /// The stream's servers and the live nodes, as last refreshed.
+    pub fn cluster_view(&self) -> ClusterView {
+        let mut view = lock(&self.figures.view).clone();
+        view.this_node = self.options.node.clone();
+        view
+    }
+
+    /// This node's name (its heartbeat's key).
+    pub fn node_name(&self) -> &str {
+        &self.options.node
     }
 
     /// Gives a pulled notification back to the stream, to be delivered again (by any node) after `delay`.
@@ -395,6 +419,9 @@ pub struct JetStreamStats {
     pub consumer_pending: u64,
     /// Messages delivered more than once (the consumer's figure, over all nodes).
     pub consumer_redelivered: u64,
+    /// The oldest message in the stream (the oldest notification not finished by any node), Unix milliseconds; 0
+    /// when the stream is empty.
+    pub oldest_ms: u64,
     /// Pulled by this node, not yet finished.
     pub held: u64,
     /// Pulled by this node since start.
@@ -584,6 +611,47 @@ async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
     }
 }
 
+/// Writes this node's heartbeat and reads every node's, every [`nodes::BEAT_EVERY`].
+async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
+    let mut store = None;
+    loop {
+        let Some(me) = spool.upgrade() else {
+            return;
+        };
+        if me.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        if store.is_none() {
+            match nodes::open_bucket(&me.ctx, &me.options.stream, me.options.replicas).await {
+                Ok(s) => {
+                    *lock(&me.beats) = Some(s.clone());
+                    store = Some(s);
+                }
+                Err(e) => tracing::debug!("node heartbeats: {e}"),
+            }
+        }
+        if let Some(store) = &store {
+            let now = nodes::unix_ms();
+            let beat = NodeBeat {
+                node: me.options.node.clone(),
+                started_ms: me.started_ms,
+                seen_ms: now,
+                held: me.held(),
+                pulled: me.pulled.load(Ordering::Relaxed),
+            };
+            if let Err(e) = store.put(&beat.node, beat.encode().into()).await {
+                tracing::debug!("node heartbeat: {e}");
+            }
+            match nodes::read_beats(store, now).await {
+                Ok(beats) => lock(&me.figures.view).nodes = beats,
+                Err(e) => tracing::debug!("reading the node heartbeats: {e}"),
+            }
+        }
+        drop(me);
+        tokio::time::sleep(nodes::BEAT_EVERY).await;
+    }
+}
+
 /// Reads the stream's and the consumer's figures every second.
 async fn refresh_figures(
     spool: std::sync::Weak<JetStreamSpool>,
@@ -602,6 +670,17 @@ async fn refresh_figures(
                 .figures
                 .messages
                 .store(info.state.messages, Ordering::Relaxed);
+            let oldest = if info.state.messages == 0 {
+                0
+            } else {
+                (info.state.first_timestamp.unix_timestamp_nanos() / 1_000_000).max(0) as u64
+            };
+            spool.figures.oldest_ms.store(oldest, Ordering::Relaxed);
+            let (cluster, servers) = nodes::servers_of(info);
+            let mut view = lock(&spool.figures.view);
+            view.cluster = cluster;
+            view.servers = servers;
+            drop(view);
             spool
                 .figures
                 .bytes
@@ -729,9 +808,22 @@ impl Spool for JetStreamSpool {
         Some(JetStreamSpool::stream_stats(self))
     }
 
+    fn cluster_view(&self) -> Option<ClusterView> {
+        Some(JetStreamSpool::cluster_view(self))
+    }
+
     fn flush(&self) -> SpoolFuture<()> {
         let client = self.client.clone();
-        Box::pin(async move { client.flush().await.map_err(|e| nats_error("flushing", e)) })
+        let limit = self.options.request_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, client.flush()).await {
+                Ok(done) => done.map_err(|e| nats_error("flushing", e)),
+                Err(_) => Err(nats_error(
+                    "flushing",
+                    format!("no answer within {limit:?}"),
+                )),
+            }
+        })
     }
 
     fn close(&self) -> SpoolFuture<()> {
@@ -739,9 +831,29 @@ impl Spool for JetStreamSpool {
         // Held notifications go back to the stream at once rather than after the ack wait.
         let held: Vec<jetstream::Message> = lock(&self.held).drain().map(|(_, m)| m).collect();
         let client = self.client.clone();
+        let beats = lock(&self.beats).take();
+        let node = self.options.node.clone();
+        let limit = self.options.request_timeout;
+        // Bounded: with NATS gone, the held notifications are redelivered after the ack wait anyway, and a node
+        // asked to stop must stop.
         Box::pin(async move {
-            join_all(held.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
-            client.flush().await.map_err(|e| nats_error("flushing", e))
+            let give_back = async {
+                join_all(held.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+                // Gone from the list of nodes at once rather than when its heartbeat expires.
+                if let Some(store) = beats {
+                    let _ = store.delete(&node).await;
+                }
+                client.flush().await.map_err(|e| nats_error("flushing", e))
+            };
+            match tokio::time::timeout(limit, give_back).await {
+                Ok(done) => done,
+                Err(_) => Err(nats_error(
+                    "stopping",
+                    format!(
+                        "NATS did not answer within {limit:?}; what this node held is redelivered after the ack wait"
+                    ),
+                )),
+            }
         })
     }
 }

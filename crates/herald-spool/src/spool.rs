@@ -80,6 +80,11 @@ pub trait Spool: Send + Sync + 'static {
         None
     }
 
+    /// The stream's servers and the nodes sharing it, for a spool on NATS JetStream (`None` for the embedded spool).
+    fn cluster_view(&self) -> Option<crate::nodes::ClusterView> {
+        None
+    }
+
     /// Makes every reschedule and removal issued so far durable.
     fn flush(&self) -> SpoolFuture<()>;
 

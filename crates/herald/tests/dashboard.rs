@@ -433,3 +433,44 @@ async fn no_answer_shows_a_secret() {
         );
     }
 }
+
+/// The Overview names the oldest notification still queued (issue: "spool size and oldest queued notification")
+/// and the spool backend: the held domain's notification, whose route is a closed port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_names_the_oldest_queued_notification_and_the_spool_backend() {
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let before = epoch();
+    let s = setup().await;
+    let after = epoch();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let o = loop {
+        let o: serde_json::Value = s
+            .client
+            .get(format!("{}/dashboard/api/overview", s.base))
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !o["oldest_queued"].is_null() {
+            break o;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no oldest queued notification: {o:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let received = o["oldest_queued"]["received_at"].as_u64().unwrap();
+    assert!(received >= before && received <= after, "{o:#}");
+    assert!(o["oldest_queued"]["age_secs"].as_u64().unwrap() <= epoch() - before);
+    assert_eq!(o["spool_backend"], "embedded");
+    assert!(o["jetstream"].is_null(), "{o:#}");
+}

@@ -387,6 +387,7 @@ async fn an_operator_watches_delivery_and_acts_in_a_browser() {
     b.wait_text("#delivered", "zero delivered", |t| t == "0")
         .await;
     assert_eq!(b.text("#accepted").await, "0");
+    assert_eq!(b.text("#oldest-queued").await, "none");
     assert!(b.text("#who").await.starts_with("read-only"));
 
     // 1,000 notifications through the REST API: the page counts them without a reload.
@@ -427,6 +428,14 @@ async fn an_operator_watches_delivery_and_acts_in_a_browser() {
         "the Domains table needs horizontal scrolling at 1280 px"
     );
     b.screenshot("domains").await;
+    // The Overview names the age of the oldest of them.
+    b.goto(&format!("{page}#/overview")).await;
+    b.wait_text(
+        "#oldest-queued",
+        "the oldest queued notification's age",
+        |t| t.ends_with(" s") || t.ends_with(" min"),
+    )
+    .await;
     b.goto(&format!("{page}#/domain/{BUSY}")).await;
     b.wait_text("#d-delayed", "5 delayed", |t| t == BUSY_SENT.to_string())
         .await;

@@ -42,7 +42,10 @@ spool_dir = "{spool}"
 spool_nats_timeout = 2
 {extra}
 ec_logger "main" {{ mainlog = "{log}" }}
-http_listener {{ listen "127.0.0.1:0" {{ }} }}
+http_listener {{
+  always_allow = ( "127.0.0.1/32" )
+  listen "127.0.0.1:0" {{ http_services = ( inject push tokens metrics dashboard ) }}
+}}
 esmtp_listener {{ listen "127.0.0.1:0" {{ mcmt_reception = allow }} }}
 control_listener {{ listen "{sock}" {{ file_mode = 0600 }} }}
 domain "{DOMAIN}" {{
@@ -447,6 +450,140 @@ async fn a_token_reported_invalid_through_one_node_is_listed_by_every_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     a.terminate();
+    b.terminate();
+}
+
+/// The dashboard's Overview of a node.
+async fn overview(client: &reqwest::Client, http: &str) -> serde_json::Value {
+    client
+        .get(format!("http://{http}/dashboard/api/overview"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until `check` holds for the Overview of `http`, and returns that Overview.
+async fn wait_overview(
+    client: &reqwest::Client,
+    http: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = overview(client, http).await;
+        if check(&o) {
+            return o;
+        }
+        assert!(Instant::now() < deadline, "{what}: {o:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The Overview of a JetStream node (issue: the dashboard shows "the nodes and the stream's depth"): the stream's
+/// three servers with one leader, every live herald node by its heartbeat, the depth, and the oldest notification
+/// not finished; a node that stops drops out of the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_streams_servers_nodes_depth_and_oldest_notification() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let servers = nats::cluster(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    // No simulator on the route: what is sent stays in the stream, retried.
+    let closed = free_port();
+    let urls = nats::urls(&servers);
+    let a = Daemon::start(&write_config(
+        dir.path(),
+        "a",
+        &pki,
+        closed,
+        &urls,
+        "spool_nats_replicas = 3",
+    ));
+    let b = Daemon::start(&write_config(
+        dir.path(),
+        "b",
+        &pki,
+        closed,
+        &urls,
+        "spool_nats_replicas = 3",
+    ));
+    let client = reqwest::Client::new();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let tokens: Vec<String> = (0..3).map(|i| token(900 + i)).collect();
+    // 503 while the node is still setting the R3 stream up: a sender retries.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, text) = post(&client, &a.http, &tokens).await.unwrap();
+        if status == 202 {
+            break;
+        }
+        assert!(
+            status == 503 && Instant::now() < deadline,
+            "{status} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let o = wait_overview(&client, &b.http, "the cluster as node B sees it", |o| {
+        o["jetstream"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 2)
+            && o["jetstream"]["servers"]
+                .as_array()
+                .is_some_and(|s| s.len() == 3)
+            && o["jetstream"]["messages"].as_u64() >= Some(3)
+            && !o["oldest_queued"].is_null()
+    })
+    .await;
+    assert_eq!(o["spool_backend"], "jetstream");
+    assert_eq!(o["jetstream"]["connected"], true);
+    assert_eq!(o["jetstream"]["cluster"], "herald-test");
+    let servers_seen = o["jetstream"]["servers"].as_array().unwrap();
+    assert_eq!(
+        servers_seen.iter().filter(|s| s["leader"] == true).count(),
+        1,
+        "{servers_seen:?}"
+    );
+    let mut names: Vec<&str> = servers_seen
+        .iter()
+        .map(|s| s["server"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["n0", "n1", "n2"]);
+    let nodes = o["jetstream"]["nodes"].as_array().unwrap();
+    assert_eq!(
+        nodes.iter().filter(|n| n["this_node"] == true).count(),
+        1,
+        "{nodes:?}"
+    );
+    let received = o["oldest_queued"]["received_at"].as_u64().unwrap();
+    assert!(received >= before && received <= before + 60, "{o:#}");
+    // The page itself carries the section.
+    let page = client
+        .get(format!("http://{}/dashboard/app.js", b.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("NATS servers of the stream"));
+    // A node that stops gracefully is gone from the list at once (its heartbeat deleted), not after it expires.
+    a.terminate();
+    wait_overview(&client, &b.http, "node A gone from B's list", |o| {
+        o["jetstream"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 1)
+    })
+    .await;
     b.terminate();
 }
 

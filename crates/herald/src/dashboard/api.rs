@@ -229,7 +229,15 @@ pub fn overview_now(server: &dyn ServerHandle) -> serde_json::Value {
     let (mut active, mut delayed, mut connections, mut in_flight) =
         (0usize, 0usize, 0usize, 0usize);
     let (mut accepted, mut delivered, mut transient, mut permanent) = (0u64, 0u64, 0u64, 0u64);
+    // The oldest notification not finished, epoch seconds (0: none).
+    let mut oldest = 0u64;
+    let mut older = |t: u64| {
+        if t != 0 && (oldest == 0 || t < oldest) {
+            oldest = t;
+        }
+    };
     for (_, s) in server.engine().all_stats() {
+        older(s.oldest_queued_s.load(Ordering::Relaxed));
         active += s.active.load(Ordering::Relaxed);
         delayed += s.delayed.load(Ordering::Relaxed);
         connections += s.connections.load(Ordering::Relaxed);
@@ -240,14 +248,64 @@ pub fn overview_now(server: &dyn ServerHandle) -> serde_json::Value {
         permanent += s.permanent.load(Ordering::Relaxed);
     }
     let spool = server.spool().stats();
+    let stream = server.spool().stream_stats();
+    // With JetStream, the stream's oldest message: the oldest notification no node has finished.
+    if let Some(j) = &stream {
+        older(j.oldest_ms / 1000);
+    }
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let oldest_queued = (oldest != 0)
+        .then(|| json!({ "received_at": oldest, "age_secs": now.saturating_sub(oldest) }));
     json!({
         "totals": { "accepted": accepted, "delivered": delivered, "transient": transient, "permanent": permanent },
         "queued": { "active": active, "delayed": delayed },
+        "oldest_queued": oldest_queued,
         "in_flight": in_flight,
         "connections": connections,
         "spool": { "records": spool.records, "bytes": spool.bytes_on_disk },
+        "spool_backend": if stream.is_some() { "jetstream" } else { "embedded" },
+        "jetstream": stream.map(|j| jetstream_view(server, &j)),
         "held": server.engine().is_held(),
         "generation": server.generation(),
+    })
+}
+
+/// The JetStream block of the Overview: the stream's depth, its servers and the herald nodes sharing it.
+fn jetstream_view(
+    server: &dyn ServerHandle,
+    j: &herald_spool::JetStreamStats,
+) -> serde_json::Value {
+    let view = server.spool().cluster_view().unwrap_or_default();
+    let now_ms = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "connected": j.connected,
+        "messages": j.stream_messages,
+        "bytes": j.stream_bytes,
+        "pending": j.consumer_pending,
+        "ack_pending": j.consumer_ack_pending,
+        "redelivered": j.consumer_redelivered,
+        "held_here": j.held,
+        "cluster": view.cluster,
+        "servers": view.servers.iter().map(|s| json!({
+            "server": s.server,
+            "leader": s.leader,
+            "current": s.current,
+            "offline": s.offline,
+            "lag": s.lag,
+            "active_ms": s.active_ms,
+        })).collect::<Vec<_>>(),
+        "nodes": view.nodes.iter().map(|n| json!({
+            "node": n.node,
+            "this_node": n.node == view.this_node,
+            "started_ms": n.started_ms,
+            "seen_secs_ago": now_ms.saturating_sub(n.seen_ms) / 1000,
+            "held": n.held,
+            "pulled": n.pulled,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -278,7 +336,6 @@ async fn overview(State(d): State<Dash>) -> Response {
     let mut body = overview_now(&*server);
     body["history"] = json!(d.hub.history());
     body["warnings"] = json!(warnings);
-    body["spool_backend"] = json!("embedded");
     Json(body).into_response()
 }
 

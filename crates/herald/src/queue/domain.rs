@@ -9,7 +9,7 @@
 //! times are seconds to hours apart, so a 50 ms look costs nothing and no timer is kept per notification.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ use crate::outbound::settings::DeliverySettings;
 
 /// How often the delayed queue and the pool are looked at.
 const TICK: Duration = Duration::from_millis(50);
+/// How often, at most, the oldest queued notification is looked for.
+const OLDEST_SCAN_EVERY: Duration = Duration::from_secs(1);
 /// Events handled per loop before work is dispatched again.
 const EVENT_BATCH: usize = 512;
 /// At most one transient-failure line per queue this often for failed connection attempts.
@@ -146,6 +148,39 @@ impl Ord for Delayed {
     }
 }
 
+/// Notifications handed to the pool and not yet reported back: how many, and how many by reception second (few
+/// distinct seconds at a time), so that the oldest of them is known without visiting them.
+#[derive(Debug, Default)]
+struct Outstanding {
+    count: usize,
+    by_received: BTreeMap<u64, u32>,
+}
+
+impl Outstanding {
+    fn add(&mut self, item: &Queued) {
+        self.count += 1;
+        *self
+            .by_received
+            .entry(item.notification.received_at)
+            .or_default() += 1;
+    }
+
+    fn remove(&mut self, item: &Queued) {
+        self.count = self.count.saturating_sub(1);
+        let at = item.notification.received_at;
+        if let Some(n) = self.by_received.get_mut(&at) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_received.remove(&at);
+            }
+        }
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.by_received.keys().next().copied()
+    }
+}
+
 pub struct DomainTask {
     settings: Arc<DeliverySettings>,
     active: VecDeque<Box<Queued>>,
@@ -156,13 +191,15 @@ pub struct DomainTask {
     retired: Vec<Pool>,
     generation: u64,
     /// Handed to the pool and not yet reported back.
-    outstanding: usize,
+    outstanding: Outstanding,
     /// When a failed connection attempt was last logged (see [`CONNECT_FAILURE_LOG_EVERY`]).
     connect_failure_logged: Option<Instant>,
     sender: DomainSender,
     events: mpsc::UnboundedReceiver<DomainEvent>,
     shared: Arc<EngineShared>,
     stats: Arc<DomainStats>,
+    /// When the oldest queued notification is looked for next (see [`DomainTask::scan_oldest`]).
+    next_oldest_scan: Instant,
 }
 
 impl DomainTask {
@@ -183,12 +220,13 @@ impl DomainTask {
             pool,
             retired: Vec::new(),
             generation: 0,
-            outstanding: 0,
+            outstanding: Outstanding::default(),
             connect_failure_logged: None,
             sender,
             events,
             shared,
             stats,
+            next_oldest_scan: Instant::now(),
         }
     }
 
@@ -231,7 +269,7 @@ impl DomainTask {
                 result,
                 remote,
             } => {
-                self.outstanding = self.outstanding.saturating_sub(1);
+                self.outstanding.remove(&tag);
                 self.on_outcome(tag, result, remote);
             }
             DomainEvent::Connected { generation, result } => {
@@ -291,7 +329,9 @@ impl DomainTask {
                         .map(|Reverse(d)| d.item),
                 );
                 let waiting = self.pool.take_waiting();
-                self.outstanding = self.outstanding.saturating_sub(waiting.len());
+                for job in &waiting {
+                    self.outstanding.remove(&job.tag);
+                }
                 items.extend(waiting.into_iter().map(|j| j.tag));
                 let n = items.len();
                 for item in items {
@@ -316,7 +356,7 @@ impl DomainTask {
                     );
                     // What the old pool's connections had not taken yet goes to the new one.
                     for job in old.take_waiting() {
-                        self.outstanding = self.outstanding.saturating_sub(1);
+                        self.outstanding.remove(&job.tag);
                         self.active.push_front(job.tag);
                     }
                     old.close();
@@ -410,11 +450,37 @@ impl DomainTask {
         self.stats.set_in_flight(in_flight);
         self.stats.set_stream_limit(limit);
         self.publish_sizes();
+        if now >= self.next_oldest_scan {
+            self.scan_oldest();
+        }
+    }
+
+    /// Publishes the reception time of the oldest notification here (active, delayed, or handed to the pool).
+    /// The queues are ordered by due time, not by age, so this is a scan: at most once a second, and spaced so
+    /// that it takes at most 1% of the task's time on a queue of millions.
+    fn scan_oldest(&mut self) {
+        let started = Instant::now();
+        let oldest = self
+            .active
+            .iter()
+            .map(|q| q.notification.received_at)
+            .chain(
+                self.delayed
+                    .iter()
+                    .map(|Reverse(d)| d.item.notification.received_at),
+            )
+            .chain(self.outstanding.oldest())
+            .min();
+        self.stats.set_oldest_queued(oldest);
+        let took = started.elapsed();
+        self.next_oldest_scan = Instant::now() + (took * 100).max(OLDEST_SCAN_EVERY);
     }
 
     fn publish_sizes(&self) {
-        self.stats
-            .set_queue_sizes(self.active.len() + self.outstanding, self.delayed.len());
+        self.stats.set_queue_sizes(
+            self.active.len() + self.outstanding.count,
+            self.delayed.len(),
+        );
         let next = self.delayed.peek().map(|Reverse(d)| {
             let wait = d.due.saturating_duration_since(Instant::now());
             unix_now_ms() + wait.as_millis() as u64
@@ -429,7 +495,7 @@ impl DomainTask {
         }
         let limit = self.pool.dispatch_limit();
         let now = unix_now();
-        while self.outstanding < limit {
+        while self.outstanding.count < limit {
             let Some(mut item) = self.active.pop_front() else {
                 break;
             };
@@ -441,7 +507,7 @@ impl DomainTask {
             if request.topic.is_none() {
                 request.topic = self.settings.default_topic.clone();
             }
-            self.outstanding += 1;
+            self.outstanding.add(&item);
             if let Some(l) = self.shared.listener() {
                 l.in_flight(item.notification.id);
             }
@@ -719,7 +785,9 @@ impl DomainTask {
         );
         tracing::warn!(domain = %self.settings.domain, "delaying the queue: {error}");
         let waiting = self.pool.take_waiting();
-        self.outstanding = self.outstanding.saturating_sub(waiting.len());
+        for job in &waiting {
+            self.outstanding.remove(&job.tag);
+        }
         let active = std::mem::take(&mut self.active);
         for item in waiting.into_iter().map(|j| j.tag).chain(active) {
             self.transient(item, None, None, &error, "ConnectionFailed", false);

@@ -52,6 +52,9 @@ pub struct DomainStats {
     pub delayed: AtomicUsize,
     /// When the earliest delayed notification is due, Unix milliseconds; 0 when none is delayed.
     pub next_retry_ms: AtomicU64,
+    /// Reception time of the oldest notification queued here (active or delayed), epoch seconds; 0 when none.
+    /// Refreshed about once a second.
+    pub oldest_queued_s: AtomicU64,
     pub connections: AtomicUsize,
     /// Streams open on the domain's connections: notifications sent and not yet answered.
     pub in_flight: AtomicUsize,
@@ -130,6 +133,12 @@ impl DomainStats {
         self.delayed.store(delayed, Ordering::Relaxed);
     }
 
+    /// The reception time of the oldest queued notification (`None`: nothing is queued).
+    pub fn set_oldest_queued(&self, epoch_secs: Option<u64>) {
+        self.oldest_queued_s
+            .store(epoch_secs.unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// The due time of the earliest delayed notification (`None`: nothing is delayed).
     pub fn set_next_retry(&self, unix_ms: Option<u64>) {
         self.next_retry_ms
@@ -174,6 +183,16 @@ impl DomainStats {
             add(&total.stream_limit, &p.stream_limit);
             add64(&total.streams_cancelled, &p.streams_cancelled);
             add64(&total.latency_micros, &p.latency_micros);
+            // The earliest of the parts' times; 0 means none.
+            for (to, from) in [
+                (&total.next_retry_ms, &p.next_retry_ms),
+                (&total.oldest_queued_s, &p.oldest_queued_s),
+            ] {
+                let (t, f) = (to.load(Ordering::Relaxed), from.load(Ordering::Relaxed));
+                if f != 0 && (t == 0 || f < t) {
+                    to.store(f, Ordering::Relaxed);
+                }
+            }
             if p.paused.load(Ordering::Relaxed) {
                 total.paused.store(true, Ordering::Relaxed);
             }

@@ -9,6 +9,7 @@ const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const fmt = (n) => (n === null || n === undefined) ? "—" : Number(n).toLocaleString("en-US");
 const bytes = (n) => n > 1e9 ? (n / 1e9).toFixed(1) + " GB" : n > 1e6 ? (n / 1e6).toFixed(1) + " MB" : n > 1e3 ? (n / 1e3).toFixed(1) + " kB" : n + " B";
+const age = (secs) => secs < 90 ? secs + " s" : secs < 5400 ? Math.round(secs / 60) + " min" : secs < 172800 ? (secs / 3600).toFixed(1) + " h" : (secs / 86400).toFixed(1) + " d";
 const when = (t) => t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : "—";
 
 async function api(path, opts = {}) {
@@ -156,8 +157,10 @@ function renderOverview() {
       ${card("Queued delayed", fmt(o.queued.delayed), "queued-delayed")}
       ${card("In flight", fmt(o.in_flight), "in-flight")}
       ${card("APNs connections", fmt(o.connections), "connections")}
-      ${card("Spool", fmt(o.spool.records) + " · " + bytes(o.spool.bytes), "spool")}
+      ${card("Oldest queued", o.oldest_queued ? age(o.oldest_queued.age_secs) : "none", "oldest-queued")}
+      ${card("Spool (" + esc(o.spool_backend || "embedded") + ")", fmt(o.spool.records) + " · " + bytes(o.spool.bytes), "spool")}
     </div>
+    ${o.jetstream ? jetstreamSection(o.jetstream) : ""}
     <div class="charts">
       ${chart("Accepted per second", series("accepted"), "")}
       ${chart("Delivered per second", series("delivered"), "ok")}
@@ -166,6 +169,30 @@ function renderOverview() {
     </div>
     <h2>Credentials</h2>
     ${warnings ? `<ul id="warnings">${warnings}</ul>` : "<p id='warnings' class='ok'>No certificate or token-key warnings.</p>"}`;
+}
+
+// The JetStream spool: the stream's depth, the NATS servers holding it and the herald nodes sharing it.
+function jetstreamSection(j) {
+  const servers = (j.servers || []).map((s) => `<tr><td>${esc(s.server)}</td><td>${s.leader ? "leader" : "replica"}</td>
+    <td class="${s.offline ? "bad" : s.current ? "ok" : "warn"}">${s.offline ? "offline" : s.current ? "current" : "behind"}</td>
+    <td class="num">${fmt(s.lag)}</td></tr>`).join("");
+  const nodes = (j.nodes || []).map((n) => `<tr><td>${esc(n.node)}${n.this_node ? " <span class='pill'>this node</span>" : ""}</td>
+    <td class="num">${fmt(n.held)}</td><td class="num">${fmt(n.pulled)}</td><td class="num">${fmt(n.seen_secs_ago)} s ago</td></tr>`).join("");
+  return `<h2>JetStream${j.cluster ? " · cluster " + esc(j.cluster) : ""}</h2>
+    ${j.connected ? "" : "<p class='bad' id='js-disconnected'>Not connected to NATS: new notifications are refused until it is back.</p>"}
+    <div class="cards">
+      ${card("Stream messages", fmt(j.messages) + " · " + bytes(j.bytes), "js-messages")}
+      ${card("Not yet pulled", fmt(j.pending), "js-pending")}
+      ${card("Pulled, not acked", fmt(j.ack_pending), "js-ack-pending")}
+      ${card("Redelivered", fmt(j.redelivered), "js-redelivered")}
+      ${card("Held by this node", fmt(j.held_here), "js-held")}
+    </div>
+    <div class="grid2">
+      <div><h2>herald nodes</h2><table id="js-nodes"><thead><tr><th>Node</th><th class="num">Held</th><th class="num">Pulled</th><th class="num">Heartbeat</th></tr></thead>
+        <tbody>${nodes || "<tr><td colspan='4'>No heartbeat yet.</td></tr>"}</tbody></table></div>
+      <div><h2>NATS servers of the stream</h2><table id="js-servers"><thead><tr><th>Server</th><th>Role</th><th>State</th><th class="num">Lag</th></tr></thead>
+        <tbody>${servers || "<tr><td colspan='4'>One server, no cluster.</td></tr>"}</tbody></table></div>
+    </div>`;
 }
 
 const COLUMNS = [

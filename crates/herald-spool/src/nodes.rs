@@ -1,0 +1,196 @@
+//! Which herald nodes share a JetStream stream, and how the stream's servers stand: the view the dashboard's
+//! Overview and the console show of a cluster.
+//!
+//! Every node writes a heartbeat (its name, start time and what it holds) into a key-value bucket next to the
+//! stream, `<stream>_nodes`, every [`BEAT_EVERY`]; entries expire after [`BEAT_MAX_AGE`], so a node killed without
+//! a word drops out of the list by itself, and a node that stops gracefully deletes its own entry. The servers
+//! (the stream's leader and replicas, with their lag) come from the stream's own information.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+
+/// How often a node writes its heartbeat and reads the others'.
+pub const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// A heartbeat older than this is gone (a node that died).
+pub const BEAT_MAX_AGE: Duration = Duration::from_secs(15);
+
+/// One herald node as its last heartbeat describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBeat {
+    pub node: String,
+    /// When the node started, Unix milliseconds.
+    pub started_ms: u64,
+    /// When it wrote this heartbeat, Unix milliseconds.
+    pub seen_ms: u64,
+    /// Notifications it pulled and has not finished.
+    pub held: u64,
+    /// Notifications it pulled since it started.
+    pub pulled: u64,
+}
+
+impl NodeBeat {
+    /// The bucket's value: `key=value` pairs, one per line (readable with `nats kv get`).
+    pub fn encode(&self) -> String {
+        format!(
+            "node={}\nstarted_ms={}\nseen_ms={}\nheld={}\npulled={}\n",
+            self.node, self.started_ms, self.seen_ms, self.held, self.pulled
+        )
+    }
+
+    /// Reads a value written by [`NodeBeat::encode`]; unknown lines are ignored (a newer node may add some), a
+    /// value without a node name is refused.
+    pub fn decode(text: &str) -> Option<NodeBeat> {
+        let mut beat = NodeBeat {
+            node: String::new(),
+            started_ms: 0,
+            seen_ms: 0,
+            held: 0,
+            pulled: 0,
+        };
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let number = || v.trim().parse::<u64>().unwrap_or(0);
+            match k.trim() {
+                "node" => beat.node = v.trim().to_owned(),
+                "started_ms" => beat.started_ms = number(),
+                "seen_ms" => beat.seen_ms = number(),
+                "held" => beat.held = number(),
+                "pulled" => beat.pulled = number(),
+                _ => {}
+            }
+        }
+        (!beat.node.is_empty()).then_some(beat)
+    }
+}
+
+/// One NATS server holding a replica of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamReplica {
+    pub server: String,
+    pub leader: bool,
+    /// Up to date with the leader.
+    pub current: bool,
+    /// Considered offline by the group.
+    pub offline: bool,
+    /// Operations behind the leader.
+    pub lag: u64,
+    /// Since the leader last heard from it, milliseconds (0 for the leader).
+    pub active_ms: u64,
+}
+
+/// The nodes and servers of a JetStream spool, as last refreshed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterView {
+    /// The NATS cluster's name (none for a single server outside a cluster).
+    pub cluster: Option<String>,
+    /// The stream's replicas, leader first.
+    pub servers: Vec<StreamReplica>,
+    /// The herald nodes with a live heartbeat, by name; this node among them once its first beat is written.
+    pub nodes: Vec<NodeBeat>,
+    /// This node's name.
+    pub this_node: String,
+}
+
+/// The servers of a stream from its information.
+pub fn servers_of(info: &jetstream::stream::Info) -> (Option<String>, Vec<StreamReplica>) {
+    let Some(cluster) = &info.cluster else {
+        return (None, Vec::new());
+    };
+    let mut servers = Vec::new();
+    if let Some(leader) = &cluster.leader {
+        servers.push(StreamReplica {
+            server: leader.clone(),
+            leader: true,
+            current: true,
+            offline: false,
+            lag: 0,
+            active_ms: 0,
+        });
+    }
+    servers.extend(cluster.replicas.iter().map(|p| StreamReplica {
+        server: p.name.clone(),
+        leader: false,
+        current: p.current,
+        offline: p.offline,
+        lag: p.lag.unwrap_or(0),
+        active_ms: p.active.as_millis() as u64,
+    }));
+    (cluster.name.clone(), servers)
+}
+
+/// The bucket of the heartbeats of the nodes of `stream`.
+pub fn bucket_name(stream: &str) -> String {
+    format!("{stream}_nodes")
+}
+
+/// Opens the heartbeat bucket, creating it when missing. A bucket made by an older herald with other settings is
+/// used as it is.
+pub async fn open_bucket(
+    ctx: &jetstream::Context,
+    stream: &str,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    let name = bucket_name(stream);
+    if let Ok(store) = ctx.get_key_value(&name).await {
+        return Ok(store);
+    }
+    ctx.create_key_value(kv::Config {
+        bucket: name.clone(),
+        history: 1,
+        max_age: BEAT_MAX_AGE,
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("key-value bucket {name}: {e}"))
+}
+
+/// Every heartbeat in the bucket not older than [`BEAT_MAX_AGE`] at `now_ms`, sorted by node name.
+pub async fn read_beats(store: &kv::Store, now_ms: u64) -> Result<Vec<NodeBeat>, String> {
+    let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+    let mut beats = Vec::new();
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        if let Ok(Some(value)) = store.get(&key).await
+            && let Some(beat) = std::str::from_utf8(&value).ok().and_then(NodeBeat::decode)
+            && now_ms.saturating_sub(beat.seen_ms) <= BEAT_MAX_AGE.as_millis() as u64
+        {
+            beats.push(beat);
+        }
+    }
+    beats.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(beats)
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_reads_back_and_tolerates_lines_it_does_not_know() {
+        let beat = NodeBeat {
+            node: "host-a-12-1f".into(),
+            started_ms: 1_700_000_000_000,
+            seen_ms: 1_700_000_002_000,
+            held: 12,
+            pulled: 3400,
+        };
+        assert_eq!(NodeBeat::decode(&beat.encode()), Some(beat.clone()));
+        let newer = format!("{}zone=eu-1\n", beat.encode());
+        assert_eq!(NodeBeat::decode(&newer), Some(beat));
+        assert_eq!(NodeBeat::decode("held=3\n"), None);
+        assert_eq!(NodeBeat::decode(""), None);
+    }
+}
