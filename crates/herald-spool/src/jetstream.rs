@@ -27,6 +27,10 @@ use crate::nodes::{self, ClusterView, NodeBeat};
 use crate::record::StoredNotification;
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 
+/// Publishes awaiting their ack, over all the batches of a node. A batch takes its share at once (a larger one goes
+/// in parts of this size), so concurrent batches never hold part of the room each while waiting for the rest.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 8192;
+
 /// Keys of notifications pulled from the stream start here, far above those the node issues to what it accepts.
 pub const PULLED_KEY_BASE: u128 = 1 << 64;
 
@@ -145,6 +149,8 @@ pub struct JetStreamSpool {
     handed_back: AtomicU64,
     last_error: Mutex<Option<SpoolError>>,
     handle: tokio::runtime::Handle,
+    /// Room for publishes awaiting their ack ([`MAX_PUBLISHES_IN_FLIGHT`]).
+    publish_permits: Arc<tokio::sync::Semaphore>,
     started_ms: u64,
     /// The heartbeat bucket, once open (this node's entry is deleted from it on close).
     beats: Mutex<Option<async_nats::jetstream::kv::Store>>,
@@ -207,8 +213,13 @@ impl JetStreamSpool {
             .connect(servers)
             .await
             .map_err(|e| SpoolError::Unreachable(format!("{:?}: {e}", options.servers)))?;
-        let mut ctx = jetstream::new(client.clone());
-        ctx.set_timeout(options.request_timeout);
+        // The context's own cap on publishes awaiting their ack is taken one publish at a time: batches sent
+        // side by side, each holding part of it while waiting for the rest, would wait on each other for ever.
+        // herald bounds them itself, a batch's whole share at once (`publish_permits`), below the context's cap.
+        let ctx = jetstream::ContextBuilder::new()
+            .timeout(options.request_timeout)
+            .max_ack_inflight(MAX_PUBLISHES_IN_FLIGHT * 2)
+            .build(client.clone());
         let subject = options.subject();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let first_try = options.connect_timeout;
@@ -233,6 +244,7 @@ impl JetStreamSpool {
             handed_back: AtomicU64::new(0),
             last_error: Mutex::new(None),
             handle: tokio::runtime::Handle::current(),
+            publish_permits: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
             started_ms: nodes::unix_ms(),
             beats: Mutex::new(None),
             options,
@@ -721,21 +733,40 @@ impl Spool for JetStreamSpool {
         let subject = self.subject.clone();
         let node = self.options.node.clone();
         let n = batch.len() as u64;
+        let permits = self.publish_permits.clone();
+        let limit = self.options.request_timeout;
         let fut = async move {
-            // Every publish goes out before the first ack is awaited: one round trip for the batch.
-            let mut acks = Vec::with_capacity(batch.len());
-            for s in &batch {
-                let publish = jetstream::message::PublishMessage::build()
-                    .payload(encode_message(s).into())
-                    .message_id(format!("{node}.{}", s.key.0));
-                let ack = ctx
-                    .send_publish(subject.clone(), publish)
-                    .await
-                    .map_err(|e| nats_error("publishing", e))?;
-                acks.push(ack);
-            }
-            for r in join_all(acks.into_iter().map(|a| a.into_future())).await {
-                r.map_err(|e| nats_error("waiting for the publish ack", e))?;
+            for part in batch.chunks(MAX_PUBLISHES_IN_FLIGHT) {
+                // The part's whole room first, so that no batch waits half-published for another.
+                let _room = tokio::time::timeout(
+                    limit,
+                    permits.acquire_many(part.len() as u32),
+                )
+                .await
+                .map_err(|_| {
+                    nats_error(
+                        "publishing",
+                        format!(
+                            "{MAX_PUBLISHES_IN_FLIGHT} publishes await NATS's ack and none came back within {limit:?}"
+                        ),
+                    )
+                })?
+                .map_err(|e| nats_error("publishing", e))?;
+                // Every publish goes out before the first ack is awaited: one round trip for the part.
+                let mut acks = Vec::with_capacity(part.len());
+                for s in part {
+                    let publish = jetstream::message::PublishMessage::build()
+                        .payload(encode_message(s).into())
+                        .message_id(format!("{node}.{}", s.key.0));
+                    let ack = ctx
+                        .send_publish(subject.clone(), publish)
+                        .await
+                        .map_err(|e| nats_error("publishing", e))?;
+                    acks.push(ack);
+                }
+                for r in join_all(acks.into_iter().map(|a| a.into_future())).await {
+                    r.map_err(|e| nats_error("waiting for the publish ack", e))?;
+                }
             }
             Ok::<(), SpoolError>(())
         };

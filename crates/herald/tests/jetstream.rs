@@ -483,6 +483,60 @@ async fn wait_overview(
     }
 }
 
+/// Batches posted side by side whose publishes together exceed what the NATS client lets await an ack at once
+/// (5,000 by default) are all accepted: none waits half-published for room another one holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_beyond_the_clients_publish_ack_cap_are_all_accepted() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let node = Daemon::start(&write_config(
+        dir.path(),
+        "a",
+        &pki,
+        port,
+        &server.url(),
+        "",
+    ));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    const BATCHES: usize = 12;
+    const EACH: usize = 1000;
+    let posts = (0..BATCHES).map(|b| {
+        let client = client.clone();
+        let http = node.http.clone();
+        let tokens: Vec<String> = (0..EACH).map(|i| token(100_000 + b * EACH + i)).collect();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match post(&client, &http, &tokens).await {
+                    Ok((202, _)) => return tokens,
+                    Ok((503, _)) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => panic!("batch {b}: {other:?}"),
+                }
+            }
+        }
+    });
+    let acked: Vec<String> = futures_util::future::join_all(posts)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(acked.len(), BATCHES * EACH);
+    let (lost, _duplicates) = wait_all_delivered(&sim, &acked, Duration::from_secs(120)).await;
+    assert_eq!(lost, 0);
+    node.terminate();
+}
+
 /// The Overview of a JetStream node (issue: the dashboard shows "the nodes and the stream's depth"): the stream's
 /// three servers with one leader, every live herald node by its heartbeat, the depth, and the oldest notification
 /// not finished; a node that stops drops out of the list.
