@@ -1171,6 +1171,16 @@ option_table! {
         GLOBAL,
         "Notifications pulled and not yet finished, over all nodes (the shared consumer's limit); a herald addition.",
     ),
+    SpoolNatsMaxHeld => opt(
+        "spool_nats_max_held",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+        Some("10000"),
+        GLOBAL,
+        "Notifications one node pulls and holds unfinished at most: the rest of the consumer's room (spool_nats_max_ack_pending) stays for the other nodes, and a node that dies leaves at most this many waiting out the ack wait; a herald addition.",
+    ),
 }
 
 /// FNV-1a: option names are short and few; SipHash's DoS resistance buys nothing here.
@@ -1352,7 +1362,8 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         | "spool_nats_tls_key"
         | "spool_nats_timeout"
         | "spool_nats_ack_wait"
-        | "spool_nats_max_ack_pending" => {
+        | "spool_nats_max_ack_pending"
+        | "spool_nats_max_held" => {
             "the spool (`jetstream` backend: its NATS connection, stream and consumer)"
         }
         other => {

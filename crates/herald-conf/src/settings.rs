@@ -546,6 +546,7 @@ pub struct SpoolSettings {
     pub nats_timeout: Duration,
     pub nats_ack_wait: Duration,
     pub nats_max_ack_pending: u32,
+    pub nats_max_held: u32,
 }
 
 impl SpoolSettings {
@@ -579,6 +580,7 @@ pub(crate) fn spool(root: &Node) -> SpoolSettings {
         nats_timeout: r.secs(Opt::SpoolNatsTimeout),
         nats_ack_wait: r.secs(Opt::SpoolNatsAckWait),
         nats_max_ack_pending: r.u32(Opt::SpoolNatsMaxAckPending),
+        nats_max_held: r.u32(Opt::SpoolNatsMaxHeld),
     }
 }
 

@@ -58,6 +58,8 @@ pub struct JetStreamOptions {
     pub ack_wait: Duration,
     /// Notifications pulled but not yet acked, over all nodes.
     pub max_ack_pending: i64,
+    /// Notifications this node holds unfinished at most; it stops pulling at this many.
+    pub max_held: usize,
     /// The duplicate window of message ids.
     pub duplicate_window: Duration,
     /// Name of this node in the message ids it publishes and in the connection name.
@@ -80,6 +82,7 @@ impl JetStreamOptions {
             request_timeout: Duration::from_secs(5),
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 100_000,
+            max_held: 10_000,
             duplicate_window: Duration::from_secs(120),
             node: default_node_name(),
         }
@@ -534,9 +537,26 @@ async fn pull_loop(
     tx: tokio::sync::mpsc::Sender<StoredNotification>,
 ) {
     loop {
+        // Room first: a node pulls no more than it holds at most (`max_held`), so that the consumer's room is
+        // shared among the nodes and a node that dies leaves at most that many to the ack wait.
+        let batch = loop {
+            let Some(s) = spool.upgrade() else {
+                return;
+            };
+            if s.closed.load(Ordering::Relaxed) || tx.is_closed() {
+                return;
+            }
+            let room = s.options.max_held.saturating_sub(s.held() as usize);
+            drop(s);
+            if room > 0 {
+                // Batches of at most a quarter of the room: little is fetched ahead when the room is small.
+                break (room / 4).clamp(1, 256);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let messages = consumer
             .stream()
-            .max_messages_per_batch(256)
+            .max_messages_per_batch(batch)
             .expires(Duration::from_secs(5))
             .messages()
             .await;
@@ -588,10 +608,20 @@ async fn pull_loop(
             if delivered > 1 {
                 spool.redelivered_here.fetch_add(1, Ordering::Relaxed);
             }
-            lock(&spool.held).insert(key, message);
+            let held = {
+                let mut held = lock(&spool.held);
+                held.insert(key, message);
+                held.len()
+            };
+            let full = held >= spool.options.max_held;
             drop(spool);
             if tx.send(stored).await.is_err() {
                 return;
+            }
+            if full {
+                // The pull stream is dropped: what it fetched and this node did not read yet (at most a batch)
+                // goes to a node after the ack wait; nothing read is ever dropped, so nothing is sent twice.
+                break;
             }
         }
     }

@@ -875,6 +875,7 @@ fn jetstream_options(s: &herald_conf::SpoolSettings) -> JetStreamOptions {
     o.request_timeout = s.nats_timeout.max(Duration::from_secs(1));
     o.ack_wait = s.nats_ack_wait.max(Duration::from_secs(1));
     o.max_ack_pending = i64::from(s.nats_max_ack_pending);
+    o.max_held = s.nats_max_held as usize;
     o
 }
 

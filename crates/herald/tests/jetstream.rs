@@ -537,6 +537,94 @@ async fn concurrent_batches_beyond_the_clients_publish_ack_cap_are_all_accepted(
     node.terminate();
 }
 
+/// A node pulls no more than `spool_nats_max_held`: the rest stays in the stream for the other nodes, and a node
+/// killed with SIGKILL leaves only that many to JetStream's ack wait; another node delivers the rest at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_at_most_spool_nats_max_held_and_its_death_does_not_stall_the_others() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    // Node A holds delivery (apn disabled): it pulls, and sends nothing.
+    let limits = "spool_nats_max_held = 100\nspool_nats_ack_wait = 600";
+    let a = Daemon::start(&write_config(
+        dir.path(),
+        "a",
+        &pki,
+        port,
+        &server.url(),
+        &format!("{limits}\napn {{ enabled = false }}"),
+    ));
+    let client = reqwest::Client::new();
+    let tokens: Vec<String> = (0..1000).map(|i| token(200_000 + i)).collect();
+    for chunk in tokens.chunks(250) {
+        let (status, text) = post(&client, &a.http, chunk).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let left = loop {
+        let m = client
+            .get(format!("http://{}/metrics", a.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let (held, pending) = (
+            metric(&m, "herald_jetstream_held"),
+            metric(&m, "herald_jetstream_consumer_pending"),
+        );
+        assert!(
+            held <= 100,
+            "node A holds {held}, above spool_nats_max_held\n{m}"
+        );
+        // Besides what it holds, a node may have fetched one batch it had no room for (at most a quarter of its
+        // room, 25 here): that batch waits out the ack wait.
+        let ack_pending = metric(&m, "herald_jetstream_consumer_ack_pending");
+        if held == 100 && pending + ack_pending == 1000 {
+            assert!(ack_pending <= 125, "{ack_pending} pulled by node A\n{m}");
+            break pending as usize;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node A holds {held}, {pending} left in the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    a.kill9();
+    // Node B delivers what A never pulled, long before A's come back (ack wait 600 s).
+    let b = Daemon::start(&write_config(
+        dir.path(),
+        "b",
+        &pki,
+        port,
+        &server.url(),
+        limits,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = delivered(&sim).len();
+        assert!(
+            got <= 900,
+            "{got} delivered: A's came back before the ack wait"
+        );
+        if got >= left.min(875) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got} of {left} delivered by node B"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.terminate();
+}
+
 /// The Overview of a JetStream node (issue: the dashboard shows "the nodes and the stream's depth"): the stream's
 /// three servers with one leader, every live herald node by its heartbeat, the depth, and the oldest notification
 /// not finished; a node that stops drops out of the list.

@@ -210,8 +210,15 @@ async fn outcomes_arrive_signed_once_each_even_when_the_first_attempts_fail() {
         if *t == gone {
             assert_eq!(e["outcome"], "invalid_token", "{e}");
             assert_eq!(e["reason"], "Unregistered", "{e}");
+            // APNs' 410 carries the time since when the token is invalid (apns.md: the timestamp of a 410).
+            assert!(
+                e["unregistered_at_ms"].as_u64().is_some_and(|t| t > 0),
+                "{e}"
+            );
         } else {
             assert_eq!(e["outcome"], "delivered", "{e}");
+            // The simulator is the development environment, whose answers carry apns-unique-id.
+            assert_eq!(e["apns_unique_id"].as_str().map(str::len), Some(36), "{e}");
         }
     }
     // Nothing more arrives after a later outcome (exactly once).

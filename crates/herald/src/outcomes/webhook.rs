@@ -289,6 +289,14 @@ impl OutcomeListener for Webhooks {
         if let Some(tx) = r.transaction_id {
             event["apns_id"] = tx.into();
         }
+        // What APNs adds: the id of the push in its development-environment console (delivered), and when the
+        // token became invalid (410 Unregistered).
+        if let Some(unique) = r.apns_unique_id {
+            event["apns_unique_id"] = unique.into();
+        }
+        if let Some(at) = r.apns_timestamp_ms {
+            event["unregistered_at_ms"] = at.into();
+        }
         if kind != "delivered" {
             event["reason"] = r.error.into();
             if let Some(s) = r.status {
