@@ -46,18 +46,19 @@ cpu_ticks() {
   echo "$total"
 }
 
-# nats_up NAME [ARGS…]: starts a nats-server with JetStream under $WORK/NAME; prints "PID PORT".
+# nats_up NAME [ARGS…]: starts a nats-server with JetStream under $WORK/NAME; prints "PID PORT MONITOR-PORT".
 nats_up() {
   local name=$1 port monitor; shift
   port=$(free_port); monitor=$(free_port)
   nats-server -a 127.0.0.1 -p "$port" -m "$monitor" -js -sd "$WORK/$name" "$@" > "$WORK/$name.log" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
+  echo "$! $port $monitor"
+}
+# nats_healthy MONITOR-PORT: waits (up to a minute) until the server answers /healthz (in a cluster: a quorum).
+nats_healthy() {
   for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$monitor/healthz" >/dev/null 2>&1 && break
+    curl -sf "http://127.0.0.1:$1/healthz" >/dev/null 2>&1 && return
     sleep 0.1
   done
-  echo "$pid $port"
 }
 
 # write_conf FILE SPOOL_DIR [JETSTREAM LINES…]
@@ -103,8 +104,9 @@ rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN{printf "%.0f", n/(b-a)}'; }
 tokens "$N" 0x0e1000000000 "$WORK/tokens.csv"
 
 # --- 1. embedded against JetStream R1 ------------------------------------------------------------------------------
-read -r NATS1_PID NATS1_PORT < <(nats_up nats-single)
+read -r NATS1_PID NATS1_PORT NATS1_MON < <(nats_up nats-single)
 PIDS+=("$NATS1_PID")
+nats_healthy "$NATS1_MON"
 one_run() { # embedded|jetstream RUN-NUMBER
   rm -rf "$WORK/spool-1"
   if [ "$1" = jetstream ]; then
@@ -163,12 +165,13 @@ stop "$NODE_PID" "$NATS1_PID"
 # --- 2. three nodes on a three-server R3 cluster ------------------------------------------------------------------
 ROUTES=($(free_port) $(free_port) $(free_port))
 ROUTE_LIST=$(printf 'nats://127.0.0.1:%s,' "${ROUTES[@]}"); ROUTE_LIST=${ROUTE_LIST%,}
-NATS_PIDS=(); URLS=()
+NATS_PIDS=(); URLS=(); MONITORS=()
 for i in 0 1 2; do
-  read -r pid port < <(nats_up "nats-$i" --name "n$i" --cluster_name herald-bench \
+  read -r pid port monitor < <(nats_up "nats-$i" --name "n$i" --cluster_name herald-bench \
     --cluster "nats://127.0.0.1:${ROUTES[$i]}" --routes "$ROUTE_LIST")
-  NATS_PIDS+=("$pid"); PIDS+=("$pid"); URLS+=("nats://127.0.0.1:$port")
+  NATS_PIDS+=("$pid"); PIDS+=("$pid"); URLS+=("nats://127.0.0.1:$port"); MONITORS+=("$monitor")
 done
+for m in "${MONITORS[@]}"; do nats_healthy "$m"; done
 NATS_URLS=$(IFS=,; echo "${URLS[*]}")
 NODE_PIDS=(); NODE_URLS=()
 for i in 0 1 2; do

@@ -151,7 +151,8 @@ pub struct JetStreamSpool {
     redelivered_here: AtomicU64,
     handed_back: AtomicU64,
     last_error: Mutex<Option<SpoolError>>,
-    handle: tokio::runtime::Handle,
+    /// Acks go out in order from one task ([`ack_loop`]), not a task each.
+    acks: tokio::sync::mpsc::UnboundedSender<AckJob>,
     /// Room for publishes awaiting their ack ([`MAX_PUBLISHES_IN_FLIGHT`]).
     publish_permits: Arc<tokio::sync::Semaphore>,
     started_ms: u64,
@@ -225,6 +226,8 @@ impl JetStreamSpool {
             .build(client.clone());
         let subject = options.subject();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (acks, ack_jobs) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(ack_loop(ack_jobs));
         let first_try = options.connect_timeout;
         let spool = Arc::new(JetStreamSpool {
             client,
@@ -246,7 +249,7 @@ impl JetStreamSpool {
             redelivered_here: AtomicU64::new(0),
             handed_back: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            handle: tokio::runtime::Handle::current(),
+            acks,
             publish_permits: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
             started_ms: nodes::unix_ms(),
             beats: Mutex::new(None),
@@ -413,11 +416,34 @@ impl JetStreamSpool {
         let Some(message) = lock(&self.held).remove(&key) else {
             return;
         };
-        self.handle.spawn(async move {
-            if let Err(e) = message.ack_with(kind).await {
-                tracing::warn!("JetStream ack failed (the notification will be redelivered): {e}");
+        let _ = self.acks.send(AckJob::Ack(message, kind));
+    }
+}
+
+/// Work for [`ack_loop`]. Nearly every job is an ack: boxing the message to shrink the rare barrier would cost an
+/// allocation per notification.
+#[allow(clippy::large_enum_variant)]
+enum AckJob {
+    Ack(jetstream::Message, AckKind),
+    /// Answered once every ack queued before it went out (a stop waits for it).
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Sends the acks of finished notifications, in order.
+async fn ack_loop(mut jobs: tokio::sync::mpsc::UnboundedReceiver<AckJob>) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            AckJob::Ack(message, kind) => {
+                if let Err(e) = message.ack_with(kind).await {
+                    tracing::warn!(
+                        "JetStream ack failed (the notification will be redelivered): {e}"
+                    );
+                }
             }
-        });
+            AckJob::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
     }
 }
 
@@ -894,11 +920,15 @@ impl Spool for JetStreamSpool {
         let client = self.client.clone();
         let beats = lock(&self.beats).take();
         let node = self.options.node.clone();
+        // The acks of notifications finished before the stop go out before the flush.
+        let (barrier, acked) = tokio::sync::oneshot::channel();
+        let _ = self.acks.send(AckJob::Barrier(barrier));
         let limit = self.options.request_timeout;
         // Bounded: with NATS gone, the held notifications are redelivered after the ack wait anyway, and a node
         // asked to stop must stop.
         Box::pin(async move {
             let give_back = async {
+                let _ = acked.await;
                 join_all(held.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
                 // Gone from the list of nodes at once rather than when its heartbeat expires.
                 if let Some(store) = beats {

@@ -748,12 +748,25 @@ async fn a_domain_whose_apns_answers_503_is_handed_back_to_the_stream_and_does_n
     let port = free_port();
     let sim = start_sim(&pki, port).await;
     // A second APNs that answers every push with 503 ServiceUnavailable.
-    let slow_port = free_port();
-    let mut slow_config = SimConfig::from_pki(&pki.manifest).unwrap();
-    slow_config.h2_port = slow_port;
-    slow_config.scenario =
-        serde_json::from_str(r#"{"errors": {"ServiceUnavailable": 1.0}}"#).unwrap();
-    let slow_sim = Simulator::start(slow_config).await.unwrap();
+    // A port chosen free may be taken by another test before the simulator binds it: another one then.
+    let (slow_port, slow_sim) = {
+        let mut attempt = 0;
+        loop {
+            let port = free_port();
+            let mut slow_config = SimConfig::from_pki(&pki.manifest).unwrap();
+            slow_config.h2_port = port;
+            slow_config.scenario =
+                serde_json::from_str(r#"{"errors": {"ServiceUnavailable": 1.0}}"#).unwrap();
+            match Simulator::start(slow_config).await {
+                Ok(sim) => break (port, sim),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    eprintln!("simulator on port {port}: {e}; another port");
+                }
+                Err(e) => panic!("simulator: {e}"),
+            }
+        }
+    };
     let extra = format!(
         "domain \"slow.example\" {{\n{}  retry_interval = 30\n  max_retry_interval = 30\n  mx_failures_to_delay = 0\n}}\n",
         token_auth_options(&pki, slow_port, TOPIC)
