@@ -645,8 +645,9 @@ async fn pull_loop(
                 return;
             }
             if full {
-                // The pull stream is dropped: what it fetched and this node did not read yet (at most a batch)
-                // goes to a node after the ack wait; nothing read is ever dropped, so nothing is sent twice.
+                // The pull stream is dropped: what it fetched ahead and this node did not read (at most two
+                // batches) goes to a node after the ack wait; nothing read is ever dropped, so nothing is sent
+                // twice.
                 break;
             }
         }

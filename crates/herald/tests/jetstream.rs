@@ -99,10 +99,13 @@ fn console(socket: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn start_sim(pki: &Pki, port: u16) -> SimHandle {
-    let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
-    config.h2_port = port;
-    Simulator::start(config).await.unwrap()
+/// A simulator on a port the system picks (no window in which another process can take a port chosen earlier),
+/// and its HTTP/2 port.
+async fn start_sim(pki: &Pki) -> (SimHandle, u16) {
+    let config = SimConfig::from_pki(&pki.manifest).unwrap();
+    let sim = Simulator::start(config).await.unwrap();
+    let port = sim.addrs.h2.port();
+    (sim, port)
 }
 
 /// Tokens the simulator recorded, with how many times each.
@@ -136,8 +139,7 @@ async fn one_node_delivers_through_the_stream_and_an_incompatible_stream_is_refu
     let dir = tempfile::tempdir().unwrap();
     let server = nats::single(dir.path());
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
-    let port = free_port();
-    let sim = start_sim(&pki, port).await;
+    let (sim, port) = start_sim(&pki).await;
     let config = write_config(dir.path(), "a", &pki, port, &server.url(), "");
     let daemon = Daemon::start(&config);
     let client = reqwest::Client::new();
@@ -171,8 +173,7 @@ async fn one_node_delivers_through_the_stream_and_an_incompatible_stream_is_refu
     assert!(summary.contains("Stream Messages:"), "{summary}");
 
     // `config reload` with the JetStream spool: the domain moves to another APNs, and new notifications go there.
-    let port2 = free_port();
-    let sim2 = start_sim(&pki, port2).await;
+    let (sim2, port2) = start_sim(&pki).await;
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{port2}"));
@@ -228,8 +229,7 @@ async fn nats_down_at_start_means_refusals_then_delivery_once_it_is_up() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = nats::single_not_started(dir.path());
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
-    let port = free_port();
-    let sim = start_sim(&pki, port).await;
+    let (sim, port) = start_sim(&pki).await;
     let config = write_config(dir.path(), "a", &pki, port, &server.url(), "");
     let daemon = Daemon::start(&config);
     let client = reqwest::Client::new();
@@ -327,8 +327,7 @@ async fn three_nodes_on_a_three_server_cluster_lose_nothing_when_a_node_and_a_na
     let mut servers = nats::cluster(dir.path());
     let urls = nats::urls(&servers);
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
-    let port = free_port();
-    let sim = start_sim(&pki, port).await;
+    let (sim, port) = start_sim(&pki).await;
     let extra = "spool_nats_replicas = 3\nspool_nats_ack_wait = 3\nspool_nats_timeout = 3";
     let mut daemons: Vec<Option<Daemon>> = ["a", "b", "c"]
         .iter()
@@ -411,8 +410,7 @@ async fn a_token_reported_invalid_through_one_node_is_listed_by_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let server = nats::single(dir.path());
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
-    let port = free_port();
-    let sim = start_sim(&pki, port).await;
+    let (sim, port) = start_sim(&pki).await;
     let a = Daemon::start(&write_config(
         dir.path(),
         "a",
@@ -493,8 +491,7 @@ async fn concurrent_batches_beyond_the_clients_publish_ack_cap_are_all_accepted(
     let dir = tempfile::tempdir().unwrap();
     let server = nats::single(dir.path());
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
-    let port = free_port();
-    let sim = start_sim(&pki, port).await;
+    let (sim, port) = start_sim(&pki).await;
     let node = Daemon::start(&write_config(
         dir.path(),
         "a",
@@ -547,8 +544,7 @@ async fn a_node_holds_at_most_spool_nats_max_held_and_its_death_does_not_stall_t
     let dir = tempfile::tempdir().unwrap();
     let server = nats::single(dir.path());
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
-    let port = free_port();
-    let sim = start_sim(&pki, port).await;
+    let (sim, port) = start_sim(&pki).await;
     // Node A holds delivery (apn disabled): it pulls, and sends nothing.
     let limits = "spool_nats_max_held = 100\nspool_nats_ack_wait = 600";
     let a = Daemon::start(&write_config(
@@ -583,11 +579,11 @@ async fn a_node_holds_at_most_spool_nats_max_held_and_its_death_does_not_stall_t
             held <= 100,
             "node A holds {held}, above spool_nats_max_held\n{m}"
         );
-        // Besides what it holds, a node may have fetched one batch it had no room for (at most a quarter of its
-        // room, 25 here): that batch waits out the ack wait.
+        // Besides what it holds, a node may have fetched what its pull stream asked for ahead (two batches of a
+        // quarter of its room at most, 50 here): that waits out the ack wait.
         let ack_pending = metric(&m, "herald_jetstream_consumer_ack_pending");
         if held == 100 && pending + ack_pending == 1000 {
-            assert!(ack_pending <= 125, "{ack_pending} pulled by node A\n{m}");
+            assert!(ack_pending <= 150, "{ack_pending} pulled by node A\n{m}");
             break pending as usize;
         }
         assert!(
@@ -613,7 +609,7 @@ async fn a_node_holds_at_most_spool_nats_max_held_and_its_death_does_not_stall_t
             got <= 900,
             "{got} delivered: A's came back before the ack wait"
         );
-        if got >= left.min(875) {
+        if got >= left.min(850) {
             break;
         }
         assert!(
@@ -745,28 +741,13 @@ async fn a_domain_whose_apns_answers_503_is_handed_back_to_the_stream_and_does_n
     let dir = tempfile::tempdir().unwrap();
     let server = nats::single(dir.path());
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
-    let port = free_port();
-    let sim = start_sim(&pki, port).await;
+    let (sim, port) = start_sim(&pki).await;
     // A second APNs that answers every push with 503 ServiceUnavailable.
-    // A port chosen free may be taken by another test before the simulator binds it: another one then.
-    let (slow_port, slow_sim) = {
-        let mut attempt = 0;
-        loop {
-            let port = free_port();
-            let mut slow_config = SimConfig::from_pki(&pki.manifest).unwrap();
-            slow_config.h2_port = port;
-            slow_config.scenario =
-                serde_json::from_str(r#"{"errors": {"ServiceUnavailable": 1.0}}"#).unwrap();
-            match Simulator::start(slow_config).await {
-                Ok(sim) => break (port, sim),
-                Err(e) if attempt < 5 => {
-                    attempt += 1;
-                    eprintln!("simulator on port {port}: {e}; another port");
-                }
-                Err(e) => panic!("simulator: {e}"),
-            }
-        }
-    };
+    let mut slow_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    slow_config.scenario =
+        serde_json::from_str(r#"{"errors": {"ServiceUnavailable": 1.0}}"#).unwrap();
+    let slow_sim = Simulator::start(slow_config).await.unwrap();
+    let slow_port = slow_sim.addrs.h2.port();
     let extra = format!(
         "domain \"slow.example\" {{\n{}  retry_interval = 30\n  max_retry_interval = 30\n  mx_failures_to_delay = 0\n}}\n",
         token_auth_options(&pki, slow_port, TOPIC)
