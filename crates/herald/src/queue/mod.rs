@@ -782,7 +782,9 @@ pub(crate) fn in_place<T>(f: impl FnOnce() -> T) -> T {
 
 /// Runs `f`, which may read files and do CPU-heavy work, on tokio's blocking pool instead of an async thread.
 /// `None` when the runtime shuts down before it runs; a panic in `f` goes on in the caller.
-async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(value) => Some(value),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -179,8 +179,17 @@ pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenSt
             if domain.starts_with('/') {
                 continue;
             }
-            // Settings not built yet read credential files: not on an async thread as it is.
-            let distinct = crate::queue::in_place(|| resolver.distinct_bindings(domain));
+            // Settings not built yet read credential files: on the blocking pool, not on an async thread. Not
+            // `block_in_place`: a stop arriving meanwhile would leave this task polling its timer on a runtime
+            // whose timers are gone (a panic at shutdown).
+            let distinct = {
+                let (resolver, domain) = (resolver.clone(), domain.to_owned());
+                match crate::queue::run_blocking(move || resolver.distinct_bindings(&domain)).await
+                {
+                    Some(d) => d,
+                    None => return,
+                }
+            };
             for settings in distinct {
                 let interval = match config
                     .domain_settings(None, Some(&settings.binding), domain)
