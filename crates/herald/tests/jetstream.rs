@@ -259,7 +259,29 @@ async fn nats_down_at_start_means_refusals_then_delivery_once_it_is_up() {
         !delivered(&sim).contains_key(&token(1)),
         "a refused notification was delivered"
     );
-    daemon.terminate();
+    // NATS gone again, then a stop: herald stops within its NATS timeout (2 s here) rather than wait for ever.
+    server.kill();
+    let mut daemon = daemon;
+    let pid = daemon.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            assert!(status.success(), "herald serve exited with {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "herald did not stop within 30 s of SIGTERM while NATS was gone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Posts every batch to the nodes in turn (skipping those in `down`) until one accepts it; returns the batches
