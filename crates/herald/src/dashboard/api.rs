@@ -253,9 +253,7 @@ pub fn overview_now(server: &dyn ServerHandle) -> serde_json::Value {
     if let Some(j) = &stream {
         older(j.oldest_ms / 1000);
     }
-    let now = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::model::message::unix_now();
     let oldest_queued = (oldest != 0)
         .then(|| json!({ "received_at": oldest, "age_secs": now.saturating_sub(oldest) }));
     json!({
@@ -278,9 +276,7 @@ fn jetstream_view(
     j: &herald_spool::JetStreamStats,
 ) -> serde_json::Value {
     let view = server.spool().cluster_view().unwrap_or_default();
-    let now_ms = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::model::message::unix_now_ms();
     json!({
         "connected": j.connected,
         "messages": j.stream_messages,
