@@ -4,7 +4,9 @@
 //! With a rate of N requests/s, valid requests over every connection are taken in turn, one every 1/N s; a request
 //! waits for its turn, as at a busy server (APNs slows down under load; its 429 TooManyRequests is about too many
 //! pushes to one device token, so the rate does not answer 429). A request is processed (accepted or rejected, and
-//! recorded) when its turn comes; its answer then leaves after the latency. A stream the client resets before its
+//! recorded) when its turn comes; its answer leaves when the latency has passed since the request arrived, plus the wait for its turn (the
+//! simulator's own processing is inside the latency, as APNs' is inside its round trip), on a clock precise to a
+//! fraction of a millisecond (`h2::delay`). A stream the client resets before its
 //! answer is processed all the same — a server that has read a request may well act on it, and a client must not
 //! count on a cancel — and only its answer is left out; such streams are counted (`streams.cancelled` in
 //! `GET /stats`), so that a test can match duplicates to the client's cancellations.

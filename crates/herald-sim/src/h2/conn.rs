@@ -44,7 +44,9 @@ struct Plan {
     unique_id: Option<HeaderValue>,
     transient: Option<Reason>,
     drop: bool,
-    latency: Option<Duration>,
+    /// When the answer may leave: the request's arrival plus the latency (so the simulator's own processing time
+    /// is part of the round trip, not added to it). `None` without latency.
+    answer_at: Option<std::time::Instant>,
     counter: Option<Arc<TopicCounters>>,
 }
 
@@ -159,6 +161,7 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                     }
                     None => break,
                 };
+                let arrived = std::time::Instant::now();
                 ctx.stats.streams_total.fetch_add(1, Ordering::Relaxed);
                 let stream_id = u32::from(respond.stream_id());
                 if going_away || inflight.len() as u32 >= control.limit() {
@@ -186,13 +189,13 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                     unique_id: ctx.unique_id.then(|| ids.next()),
                     transient: None,
                     drop: false,
-                    latency: None,
+                    answer_at: None,
                     counter: None,
                 };
                 if let Ok(c) = &plan.checked {
                     plan.transient = ctx.scenario.roll_error(&mut rng);
                     plan.drop = ctx.scenario.roll_drop(&mut rng);
-                    plan.latency = ctx.pace.latency(&mut rng);
+                    plan.answer_at = ctx.pace.latency(&mut rng).map(|d| arrived + d);
                     let counter = match topics.get(c.topic.as_str()) {
                         Some(c) => c.clone(),
                         None => {
@@ -321,7 +324,7 @@ async fn handle_stream(
     ctx: Arc<H2Context>,
     mut body: RecvStream,
     mut respond: SendResponse<Bytes>,
-    plan: Plan,
+    mut plan: Plan,
 ) -> Outcome {
     let (payload, total) = match read_body(&mut body).await {
         Ok(x) => x,
@@ -354,14 +357,17 @@ async fn handle_stream(
     }
     // Under a rate, wait for this request's turn. Like a busy server that has read the request, a reset does not
     // take it out of the queue: it is processed when its turn comes (see crate::pace).
+    // The time spent waiting for the turn comes on top of the latency (queueing at the server, then the way back).
     if let Some(turn) = ctx.pace.turn() {
+        let waited = turn.saturating_duration_since(tokio::time::Instant::now());
         tokio::time::sleep_until(turn).await;
+        plan.answer_at = plan.answer_at.map(|at| at + waited);
     }
     if plan.drop {
         return Outcome::Dropped;
     }
     if let Some(reason) = plan.transient {
-        if !answer_after(&ctx, &mut respond, plan.latency).await {
+        if !answer_after(&ctx, &mut respond, plan.answer_at).await {
             return Outcome::Broken;
         }
         return reject(
@@ -398,7 +404,7 @@ async fn handle_stream(
         rec.set_payload(&payload);
         ctx.recorder.push(rec);
     }
-    if !answer_after(&ctx, &mut respond, plan.latency).await {
+    if !answer_after(&ctx, &mut respond, plan.answer_at).await {
         return Outcome::Broken;
     }
     let mut resp = Response::new(());
@@ -414,19 +420,20 @@ async fn handle_stream(
     Outcome::Accepted
 }
 
-/// Waits out the latency before an answer. False when the client has reset the stream (before or during the wait):
+/// Waits until the answer may leave (the request's arrival plus the latency, on the simulator's precise clock:
+/// [`super::delay`]). False when the client has reset the stream (before or during the wait):
 /// the answer is not sent, and what was processed stays processed.
 async fn answer_after(
     ctx: &H2Context,
     respond: &mut SendResponse<Bytes>,
-    latency: Option<Duration>,
+    answer_at: Option<std::time::Instant>,
 ) -> bool {
-    let reset = match latency {
+    let reset = match answer_at {
         None => std::future::poll_fn(|cx| respond.poll_reset(cx))
             .now_or_never()
             .is_some(),
         Some(d) => tokio::select! {
-            _ = tokio::time::sleep(d) => false,
+            _ = super::delay::Delay::until(d) => false,
             _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => true,
         },
     };

@@ -35,6 +35,7 @@
 
 pub(crate) mod auth;
 mod conn;
+mod delay;
 pub mod io;
 mod request;
 

@@ -155,12 +155,19 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
         .stats(&args.domain)
         .context("the domain received nothing")?;
     let deadline = started + Duration::from_secs(args.timeout);
+    // Streams open on the domain's connections, sampled at every check: how much of the server's concurrency the
+    // engine kept busy (against `max_stream_limit`, the largest sum of the connections' in-flight limits seen).
+    let (mut in_flight_sum, mut samples, mut max_stream_limit) = (0u64, 0u64, 0usize);
     while stats.finished() < args.count {
         if Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+        in_flight_sum += stats.in_flight.load(Ordering::Relaxed) as u64;
+        samples += 1;
+        max_stream_limit = max_stream_limit.max(stats.stream_limit.load(Ordering::Relaxed));
     }
+    let mean_in_flight = in_flight_sum as f64 / samples.max(1) as f64;
     let elapsed = started.elapsed();
     for e in logs.flush() {
         eprintln!("herald bench: {e}");
@@ -174,7 +181,7 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
     let queued = stats.active.load(Ordering::Relaxed) + stats.delayed.load(Ordering::Relaxed);
     if args.json {
         println!(
-            "{{\"domain\":{:?},\"count\":{},\"seconds\":{:.3},\"per_second\":{:.0},\"delivered\":{},\"transient\":{},\"permanent\":{},\"invalid_tokens\":{},\"queued\":{},\"peak_rss_kib\":{}}}",
+            "{{\"domain\":{:?},\"count\":{},\"seconds\":{:.3},\"per_second\":{:.0},\"delivered\":{},\"transient\":{},\"permanent\":{},\"invalid_tokens\":{},\"queued\":{},\"peak_rss_kib\":{},\"mean_in_flight\":{:.0},\"max_stream_limit\":{}}}",
             args.domain,
             args.count,
             elapsed.as_secs_f64(),
@@ -184,7 +191,9 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             permanent,
             invalid_count,
             queued,
-            peak_rss_kib.unwrap_or(0)
+            peak_rss_kib.unwrap_or(0),
+            mean_in_flight,
+            max_stream_limit
         );
     } else {
         println!(

@@ -109,7 +109,8 @@ struct ServeArgs {
     /// Probability of dropping the connection per valid request.
     #[arg(long)]
     drop_rate: Option<f64>,
-    /// Response latency in milliseconds (changeable while running: admin `POST /pace`).
+    /// Response latency in milliseconds, from the request's arrival to its answer, kept to a fraction of a
+    /// millisecond (changeable while running: admin `POST /pace`).
     #[arg(long)]
     latency_ms: Option<u64>,
     /// Random extra latency, 0 to this many milliseconds, per answer.
