@@ -99,7 +99,8 @@ impl OutcomeStore {
         })
     }
 
-    /// Outcomes stored now (approximately: exact within one run).
+    /// Outcomes stored now, approximately (one stored twice, as after a crash and a second delivery, counts twice
+    /// until the store is next opened).
     pub fn len(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
@@ -112,16 +113,14 @@ impl OutcomeStore {
     pub fn put(&self, entries: &[(OutcomeKey, u64, Vec<u8>)]) -> Result<(), SpoolError> {
         const CTX: &str = "writing outcomes";
         let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-        let mut fresh = 0;
         for (key, finished_ms, value) in entries {
-            if !self.outcomes.contains_key(key).map_err(|e| error(CTX, e))? {
-                fresh += 1;
-            }
             batch.insert(&self.outcomes, key, value.as_slice());
             batch.insert(&self.expiry, expiry_key(*finished_ms, key), []);
         }
         batch.commit().map_err(|e| error(CTX, e))?;
-        self.count.fetch_add(fresh, Ordering::Relaxed);
+        // A final outcome is stored once; counting without a read per entry keeps the write path cheap.
+        self.count
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -275,12 +274,20 @@ impl OutcomeStore {
         Ok(keys)
     }
 
-    /// The oldest `limit` events of webhook queue `queue`, with their keys.
-    pub fn hook_peek(&self, queue: &str, limit: usize) -> Result<Vec<HookEvent>, SpoolError> {
-        let mut prefix = queue.as_bytes().to_vec();
-        prefix.push(0);
+    /// The oldest `limit` events of webhook queue `queue` numbered `from_seq` or more, with their keys.
+    ///
+    /// Deleted events stay in the tree as tombstones until compaction: a reader that always started at the front
+    /// would step over every event delivered so far, so the caller passes the first number that may still be
+    /// there (0 when it does not know).
+    pub fn hook_peek(
+        &self,
+        queue: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<HookEvent>, SpoolError> {
+        let range = hook_key(queue, from_seq)..=hook_key(queue, u64::MAX);
         let mut out = Vec::new();
-        for kv in self.webhook.prefix(&prefix).take(limit) {
+        for kv in self.webhook.range(range).take(limit) {
             let (k, v) = kv.map_err(|e| error("reading webhook outcomes", e))?;
             out.push((k.to_vec(), v.to_vec()));
         }
@@ -370,6 +377,12 @@ fn expiry_key(finished_ms: u64, key: &OutcomeKey) -> [u8; 24] {
     k[..8].copy_from_slice(&finished_ms.to_be_bytes());
     k[8..].copy_from_slice(key);
     k
+}
+
+/// The sequence number of a webhook event's key (its last 8 bytes).
+pub fn hook_seq(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
+    <[u8; 8]>::try_from(tail).ok().map(u64::from_be_bytes)
 }
 
 fn hook_key(queue: &str, seq: u64) -> Vec<u8> {
@@ -467,13 +480,24 @@ mod tests {
                 ("b.example".to_owned(), 1, 1)
             ]
         );
-        let a = store.hook_peek("a.example", 10).unwrap();
+        let a = store.hook_peek("a.example", 0, 10).unwrap();
         assert_eq!(
             a.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
             vec![b"1".to_vec(), b"2".to_vec()]
         );
+        assert_eq!(
+            a.iter().map(|(k, _)| hook_seq(k)).collect::<Vec<_>>(),
+            vec![Some(1), Some(2)]
+        );
         store.hook_remove(&[a[0].0.clone()]).unwrap();
-        assert_eq!(store.hook_peek("a.example", 10).unwrap().len(), 1);
+        assert_eq!(store.hook_peek("a.example", 0, 10).unwrap().len(), 1);
+        // From a number on: what is before it is not read; another queue's events never are.
+        assert_eq!(
+            store.hook_peek("a.example", 2, 10).unwrap(),
+            vec![a[1].clone()]
+        );
+        assert!(store.hook_peek("a.example", 3, 10).unwrap().is_empty());
+        assert_eq!(store.hook_peek("b.example", 0, 10).unwrap().len(), 1);
     }
 
     #[test]

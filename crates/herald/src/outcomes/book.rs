@@ -17,7 +17,7 @@ use herald_apns::token_hex::DeviceToken;
 use herald_spool::{Lookup, OutcomeKey, OutcomeStore, SpoolError};
 use serde::{Deserialize, Serialize};
 
-use super::{OutcomeListener, key_of};
+use super::{OutcomeListener, codec, key_of};
 use crate::logs::{OutcomeKind, OutcomeRecord};
 use crate::queue::message::{MessageId, Notification};
 
@@ -83,7 +83,21 @@ enum Phase {
     },
     InFlight,
     /// Final, waiting for the writer.
-    Final(Box<Status>),
+    Final(Box<Finished>),
+}
+
+/// A final outcome as kept in memory until it is stored: only what the outcome adds to the entry, so that the
+/// delivery path builds no status text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Finished {
+    delivered: bool,
+    invalid_token: bool,
+    finished_at: u64,
+    status: Option<u16>,
+    unregistered_at_ms: Option<u64>,
+    apns_id: Option<Box<str>>,
+    apns_unique_id: Option<Box<str>>,
+    reason: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,14 +113,12 @@ struct Entry {
 
 impl Entry {
     fn status(&self) -> Status {
-        if let Phase::Final(s) = &self.phase {
-            return (**s).clone();
-        }
         let (state, next) = match &self.phase {
             Phase::Queued { next_attempt_at } => ("queued", *next_attempt_at),
-            _ => ("in_flight", None),
+            Phase::InFlight => ("in_flight", None),
+            Phase::Final(f) => (if f.delivered { "delivered" } else { "failed" }, None),
         };
-        Status {
+        let mut s = Status {
             id: self.id.to_string(),
             state: state.to_owned(),
             domain: self.domain.to_string(),
@@ -122,7 +134,44 @@ impl Entry {
             invalid_token: false,
             apns_unique_id: None,
             unregistered_at_ms: None,
+        };
+        if let Phase::Final(f) = &self.phase {
+            s.finished_at = Some(f.finished_at);
+            s.apns_id = f.apns_id.as_deref().map(str::to_owned);
+            s.apns_unique_id = f.apns_unique_id.as_deref().map(str::to_owned);
+            s.unregistered_at_ms = f.unregistered_at_ms;
+            s.reason = f.reason.as_deref().map(str::to_owned);
+            s.status = f.status;
+            s.invalid_token = f.invalid_token;
         }
+        s
+    }
+
+    /// The stored form of a final entry ([`codec`]); `None` while it is not final.
+    fn encode(&self, out: &mut Vec<u8>) -> Option<u64> {
+        let Phase::Final(f) = &self.phase else {
+            return None;
+        };
+        codec::encode(
+            &codec::Fields {
+                id: &self.id.to_string(),
+                domain: &self.domain,
+                token: self.token.as_bytes(),
+                accepted_at: self.accepted_at,
+                attempts: self.attempts,
+                last_reason: self.last_reason.as_deref(),
+                delivered: f.delivered,
+                invalid_token: f.invalid_token,
+                finished_at: f.finished_at,
+                status: f.status,
+                unregistered_at_ms: f.unregistered_at_ms,
+                apns_id: f.apns_id.as_deref(),
+                apns_unique_id: f.apns_unique_id.as_deref(),
+                reason: f.reason.as_deref(),
+            },
+            out,
+        );
+        Some(f.finished_at)
     }
 }
 
@@ -141,7 +190,7 @@ pub enum LookupError {
     #[error("reading the outcome store: {0}")]
     Store(#[from] SpoolError),
     #[error("a stored outcome cannot be read: {0}")]
-    Corrupt(#[from] serde_json::Error),
+    Corrupt(#[from] codec::DecodeError),
 }
 
 /// Figures for `/metrics` and the console.
@@ -228,7 +277,7 @@ impl StatusBook {
             return Ok(Found::Status(Box::new(e.status())));
         }
         Ok(match self.store.lookup(key)? {
-            Lookup::Found(bytes) => Found::Status(Box::new(serde_json::from_slice(&bytes)?)),
+            Lookup::Found(bytes) => Found::Status(Box::new(codec::decode(&bytes)?)),
             Lookup::Expired => Found::Expired,
             Lookup::Unknown => Found::Unknown,
         })
@@ -295,20 +344,17 @@ impl OutcomeListener for StatusBook {
                 }
                 OutcomeKind::Delivered | OutcomeKind::Permanent => {
                     let delivered = r.kind == OutcomeKind::Delivered;
-                    let mut s = e.status();
-                    s.state = if delivered { "delivered" } else { "failed" }.to_owned();
-                    s.attempts = r.retries;
-                    s.next_attempt_at = None;
-                    s.finished_at = Some(r.at);
-                    s.apns_id = r.transaction_id.map(str::to_owned);
-                    s.apns_unique_id = r.apns_unique_id.map(str::to_owned);
-                    s.unregistered_at_ms = r.apns_timestamp_ms;
-                    if !delivered {
-                        s.reason = Some(r.error.to_owned());
-                        s.status = r.status;
-                        s.invalid_token = is_invalid_token(r.status, r.error);
-                    }
-                    e.phase = Phase::Final(Box::new(s));
+                    e.attempts = r.retries;
+                    e.phase = Phase::Final(Box::new(Finished {
+                        delivered,
+                        invalid_token: !delivered && is_invalid_token(r.status, r.error),
+                        finished_at: r.at,
+                        status: if delivered { None } else { r.status },
+                        unregistered_at_ms: r.apns_timestamp_ms,
+                        apns_id: r.transaction_id.map(Box::from),
+                        apns_unique_id: r.apns_unique_id.map(Box::from),
+                        reason: (!delivered).then(|| Box::from(r.error)),
+                    }));
                 }
             }
         }
@@ -375,11 +421,9 @@ fn write_loop(rx: Receiver<OutcomeKey>, book: Weak<StatusBook>) {
             .iter()
             .filter_map(|key| {
                 let shard = book.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-                let Phase::Final(s) = &shard.get(key)?.phase else {
-                    return None;
-                };
-                let json = serde_json::to_vec(&**s).ok()?;
-                Some((*key, s.finished_at.unwrap_or(0) * 1000, json))
+                let mut value = Vec::with_capacity(160);
+                let finished_at = shard.get(key)?.encode(&mut value)?;
+                Some((*key, finished_at * 1000, value))
             })
             .collect();
         let mut tries = 0;

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod book;
+pub mod codec;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -13,12 +13,13 @@
 //! HMAC-SHA256 with the secret over `TIMESTAMP.BODY` (docs/api.md "Outcome webhooks").
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use herald_spool::OutcomeStore;
+use herald_spool::{OutcomeStore, hook_seq};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -52,6 +53,9 @@ pub type HookResolver = dyn Fn(&str) -> Option<Arc<HookSettings>> + Send + Sync;
 #[derive(Default)]
 struct Queue {
     next_seq: AtomicU64,
+    /// Every event numbered below this is gone from the store: readers start here (see
+    /// [`OutcomeStore::hook_peek`]). Raised past each prefix of the queue that is removed.
+    head: AtomicU64,
     len: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
@@ -277,34 +281,45 @@ impl OutcomeListener for Webhooks {
         if !wanted {
             return;
         }
-        let mut event = serde_json::json!({
-            "id": n.id.to_string(),
-            "outcome": kind,
-            "domain": &*n.domain,
-            "token": n.token.to_hex(),
-            "accepted_at": n.received_at,
-            "finished_at": r.at,
-            "attempts": r.retries,
-        });
+        // Written directly (no intermediate JSON value): this runs for every outcome on the delivery path.
+        let mut event = Vec::with_capacity(256);
+        event.extend_from_slice(b"{\"id\":\"");
+        let _ = write!(event, "{}", n.id);
+        event.extend_from_slice(b"\",\"outcome\":\"");
+        event.extend_from_slice(kind.as_bytes());
+        event.extend_from_slice(b"\",\"domain\":");
+        json_str(&mut event, &n.domain);
+        event.extend_from_slice(b",\"token\":\"");
+        let mut token = String::with_capacity(n.token.len() * 2);
+        n.token.write_hex(&mut token);
+        event.extend_from_slice(token.as_bytes());
+        let _ = write!(
+            event,
+            "\",\"accepted_at\":{},\"finished_at\":{},\"attempts\":{}",
+            n.received_at, r.at, r.retries
+        );
         if let Some(tx) = r.transaction_id {
-            event["apns_id"] = tx.into();
+            event.extend_from_slice(b",\"apns_id\":");
+            json_str(&mut event, tx);
         }
         // What APNs adds: the id of the push in its development-environment console (delivered), and when the
         // token became invalid (410 Unregistered).
         if let Some(unique) = r.apns_unique_id {
-            event["apns_unique_id"] = unique.into();
+            event.extend_from_slice(b",\"apns_unique_id\":");
+            json_str(&mut event, unique);
         }
         if let Some(at) = r.apns_timestamp_ms {
-            event["unregistered_at_ms"] = at.into();
+            let _ = write!(event, ",\"unregistered_at_ms\":{at}");
         }
         if kind != "delivered" {
-            event["reason"] = r.error.into();
+            event.extend_from_slice(b",\"reason\":");
+            json_str(&mut event, r.error);
             if let Some(s) = r.status {
-                event["status"] = s.into();
+                let _ = write!(event, ",\"status\":{s}");
             }
         }
-        let bytes = event.to_string().into_bytes();
-        match self.handoff.try_send((n.domain.clone(), bytes)) {
+        event.push(b'}');
+        match self.handoff.try_send((n.domain.clone(), event)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 if self.handoff_dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
@@ -343,10 +358,14 @@ fn write_loop(rx: Receiver<(Arc<str>, Vec<u8>)>, hooks: Weak<Webhooks>) {
             let bound = hooks.settings(&domain).map_or(u64::MAX, |s| s.backlog);
             if len > bound {
                 let over = (len - bound) as usize;
-                match hooks.store.hook_peek(&domain, over) {
+                match hooks
+                    .store
+                    .hook_peek(&domain, q.head.load(Ordering::Relaxed), over)
+                {
                     Ok(oldest) => {
                         let keys: Vec<Vec<u8>> = oldest.into_iter().map(|(k, _)| k).collect();
                         if hooks.store.hook_remove(&keys).is_ok() {
+                            q.removed_prefix(&keys);
                             let k = keys.len() as u64;
                             q.len.fetch_sub(k, Ordering::Relaxed);
                             let before = q.dropped.fetch_add(k, Ordering::Relaxed);
@@ -375,7 +394,8 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         };
         let store = h.store.clone();
         let d = domain.clone();
-        let events = tokio::task::spawn_blocking(move || store.hook_peek(&d, BATCH))
+        let from = q.head.load(Ordering::Relaxed);
+        let events = tokio::task::spawn_blocking(move || store.hook_peek(&d, from, BATCH))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
@@ -399,12 +419,9 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         };
         // Events older than max_age are dropped, not sent.
         let oldest_allowed = now_secs().saturating_sub(settings.max_age.as_secs());
-        let (stale, fresh): (Vec<_>, Vec<_>) = events.into_iter().partition(|(_, v)| {
-            serde_json::from_slice::<serde_json::Value>(v)
-                .ok()
-                .and_then(|e| e["finished_at"].as_u64())
-                .is_some_and(|t| t < oldest_allowed)
-        });
+        let (stale, fresh): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|(_, v)| finished_at(v).is_some_and(|t| t < oldest_allowed));
         if !stale.is_empty() {
             let keys: Vec<_> = stale.into_iter().map(|(k, _)| k).collect();
             if h.store.hook_remove(&keys).is_ok() {
@@ -446,6 +463,8 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
                 let keys: Vec<_> = fresh.into_iter().map(|(k, _)| k).collect();
                 match h.store.hook_remove(&keys) {
                     Ok(()) => {
+                        // Nothing was stale: `keys` is the whole front of the queue as read.
+                        q.removed_prefix(&keys);
                         let k = keys.len() as u64;
                         q.len.fetch_sub(k, Ordering::Relaxed);
                         q.delivered.fetch_add(k, Ordering::Relaxed);
@@ -466,9 +485,67 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
     }
 }
 
+impl Queue {
+    /// The events with `keys`, the oldest of the queue read from its head in order, are removed.
+    fn removed_prefix(&self, keys: &[Vec<u8>]) {
+        if let Some(last) = keys.last().and_then(|k| hook_seq(k)) {
+            self.head.fetch_max(last + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..0x20 => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+/// An event's `finished_at`, read without parsing the whole event (herald writes it; a key in quotes followed by a
+/// colon cannot occur inside a JSON string, where quotes are escaped).
+fn finished_at(event: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"finished_at\":";
+    let at = event.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = event[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&event[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut out = Vec::new();
+        json_str(&mut out, "a\"b\\c\nd\u{1}é");
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn finished_at_is_read_from_the_event_json() {
+        let event = serde_json::json!({"id": "x", "finished_at": 1_700_000_123u64, "reason": "\"finished_at\":1"});
+        assert_eq!(
+            finished_at(event.to_string().as_bytes()),
+            Some(1_700_000_123)
+        );
+        assert_eq!(finished_at(b"{\"id\":\"x\"}"), None);
+    }
 
     #[test]
     fn the_signature_is_hmac_sha256_over_timestamp_dot_body() {
