@@ -7,7 +7,7 @@
 //! counter and a log line. A background task prunes what is older than the retention, or the oldest beyond
 //! `outcome_max_entries`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
@@ -208,7 +208,8 @@ pub struct BookStats {
 
 /// The status book (see the module documentation).
 pub struct StatusBook {
-    shards: Vec<Mutex<HashMap<OutcomeKey, Entry>>>,
+    /// Keys are ids (unique counters): a fast non-cryptographic hash is enough (nothing here comes from outside).
+    shards: Vec<Mutex<FxHashMap<OutcomeKey, Entry>>>,
     store: Arc<OutcomeStore>,
     writer: SyncSender<OutcomeKey>,
     dropped: AtomicU64,
@@ -221,7 +222,9 @@ impl StatusBook {
     pub fn new(store: Arc<OutcomeStore>, retention: Duration, max_entries: u64) -> Arc<StatusBook> {
         let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_BACKLOG);
         let book = Arc::new(StatusBook {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(FxHashMap::default()))
+                .collect(),
             store: store.clone(),
             writer: tx,
             dropped: AtomicU64::new(0),
@@ -254,7 +257,7 @@ impl StatusBook {
         self.retention
     }
 
-    fn shard(&self, key: &OutcomeKey) -> &Mutex<HashMap<OutcomeKey, Entry>> {
+    fn shard(&self, key: &OutcomeKey) -> &Mutex<FxHashMap<OutcomeKey, Entry>> {
         &self.shards[key[15] as usize % SHARDS]
     }
 

@@ -497,16 +497,23 @@ impl Queue {
 /// Appends `s` as a JSON string.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    for &b in s.as_bytes() {
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b != b'"' && b != b'\\' && b >= 0x20 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[plain..i]);
+        plain = i + 1;
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0..0x20 => {
+            _ => {
                 let _ = write!(out, "\\u{b:04x}");
             }
-            _ => out.push(b),
         }
     }
+    out.extend_from_slice(&bytes[plain..]);
     out.push(b'"');
 }
 
@@ -514,7 +521,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 /// colon cannot occur inside a JSON string, where quotes are escaped).
 fn finished_at(event: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"finished_at\":";
-    let at = event.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let at = memchr::memmem::find(event, KEY)? + KEY.len();
     let digits = event[at..]
         .iter()
         .take_while(|b| b.is_ascii_digit())
