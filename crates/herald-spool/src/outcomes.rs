@@ -34,7 +34,8 @@ pub type OutcomeKey = [u8; 16];
 pub struct OutcomeStore {
     keyspace: Keyspace,
     outcomes: PartitionHandle,
-    /// (finish ms BE, key) -> empty.
+    /// (finish ms BE, first key) -> the keys of outcomes finished in that second (16 bytes each; empty: the key
+    /// in the index key).
     expiry: PartitionHandle,
     /// run (8 bytes) -> greatest pruned key suffix (8 bytes BE).
     pruned: PartitionHandle,
@@ -85,7 +86,7 @@ impl OutcomeStore {
                 watermarks.insert(run, u64::from_be_bytes(mark));
             }
         }
-        let count = expiry.approximate_len() as u64;
+        let count = outcomes.approximate_len() as u64;
         Ok(OutcomeStore {
             keyspace,
             outcomes,
@@ -110,12 +111,34 @@ impl OutcomeStore {
     }
 
     /// Stores final outcomes `(key, finished ms, value)` in one buffered write.
+    ///
+    /// The expiry index gets one entry per finish second of the batch, not one per outcome: its key is the
+    /// latest finish time of the group and the group's first key, its value the group's keys (16 bytes each, in
+    /// the order given). An index entry with an empty value (written by earlier versions) stands for the one key
+    /// in its own key.
     pub fn put(&self, entries: &[(OutcomeKey, u64, Vec<u8>)]) -> Result<(), SpoolError> {
         const CTX: &str = "writing outcomes";
         let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+        let mut groups: Vec<(u64, OutcomeKey, Vec<u8>)> = Vec::new();
         for (key, finished_ms, value) in entries {
             batch.insert(&self.outcomes, key, value.as_slice());
-            batch.insert(&self.expiry, expiry_key(*finished_ms, key), []);
+            match groups
+                .iter_mut()
+                .find(|(at, _, _)| at / 1000 == finished_ms / 1000)
+            {
+                Some((at, _, keys)) => {
+                    *at = (*at).max(*finished_ms);
+                    keys.extend_from_slice(key);
+                }
+                None => groups.push((*finished_ms, *key, key.to_vec())),
+            }
+        }
+        for (finished_ms, first, keys) in &groups {
+            batch.insert(
+                &self.expiry,
+                expiry_key(*finished_ms, first),
+                keys.as_slice(),
+            );
         }
         batch.commit().map_err(|e| error(CTX, e))?;
         // A final outcome is stored once; counting without a read per entry keeps the write path cheap.
@@ -147,29 +170,53 @@ impl OutcomeStore {
         const CTX: &str = "pruning outcomes";
         let mut total = 0;
         loop {
-            let over = self.len().saturating_sub(max_entries);
-            let mut doomed: Vec<(Vec<u8>, OutcomeKey)> = Vec::new();
+            let over = self.len().saturating_sub(max_entries) as usize;
+            // Index entries to delete, the outcomes they name, and (at most one) index entry cut short by the bound.
+            let mut index_doomed: Vec<Vec<u8>> = Vec::new();
+            let mut doomed: Vec<OutcomeKey> = Vec::new();
+            let mut rewrite: Option<(Vec<u8>, Vec<u8>)> = None;
             for kv in self.expiry.iter() {
-                let (k, _) = kv.map_err(|e| error(CTX, e))?;
+                let (k, v) = kv.map_err(|e| error(CTX, e))?;
                 if k.len() != 24 || doomed.len() >= 10_000 {
                     break;
                 }
                 let mut fin = [0u8; 8];
                 fin.copy_from_slice(&k[..8]);
-                if u64::from_be_bytes(fin) >= cutoff_ms && doomed.len() as u64 >= over {
+                let keys: Vec<OutcomeKey> = if v.is_empty() {
+                    k[8..].try_into().into_iter().collect()
+                } else {
+                    v.chunks_exact(16)
+                        .filter_map(|c| c.try_into().ok())
+                        .collect()
+                };
+                let take = if u64::from_be_bytes(fin) < cutoff_ms {
+                    keys.len()
+                } else {
+                    over.saturating_sub(doomed.len()).min(keys.len())
+                };
+                if take == 0 {
                     break;
                 }
-                let mut key = [0u8; 16];
-                key.copy_from_slice(&k[8..]);
-                doomed.push((k.to_vec(), key));
+                doomed.extend_from_slice(&keys[..take]);
+                if take == keys.len() {
+                    index_doomed.push(k.to_vec());
+                } else {
+                    rewrite = Some((k.to_vec(), keys[take..].concat()));
+                    break;
+                }
             }
             if doomed.is_empty() {
                 return Ok(total);
             }
             let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
             let mut marks = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
-            for (ek, key) in &doomed {
+            for ek in &index_doomed {
                 batch.remove(&self.expiry, ek.as_slice());
+            }
+            if let Some((ek, rest)) = &rewrite {
+                batch.insert(&self.expiry, ek.as_slice(), rest.as_slice());
+            }
+            for key in &doomed {
                 batch.remove(&self.outcomes, key.as_slice());
                 let (run, suffix) = split(key);
                 let mark = marks.entry(run).or_insert(0);
@@ -459,6 +506,42 @@ mod tests {
             store.lookup(&key(1, 7)).unwrap(),
             Lookup::Found(_)
         ));
+    }
+
+    #[test]
+    fn a_group_cut_by_the_bound_keeps_the_rest_and_old_single_key_index_entries_still_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        // As an earlier version wrote it: one index entry per outcome, the key inside the index key.
+        store.outcomes.insert(key(2, 1), b"old").unwrap();
+        store
+            .expiry
+            .insert(expiry_key(500, &key(2, 1)), [])
+            .unwrap();
+        let entries: Vec<_> = (1..=6)
+            .map(|n| (key(3, n), 1_000 + n, vec![n as u8]))
+            .collect();
+        store.put(&entries).unwrap();
+        store.put(&[(key(3, 7), 9_000, vec![7])]).unwrap();
+        drop(store);
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(store.len(), 8);
+        // The bound first takes the old entry, then part of the second-1 group.
+        assert_eq!(store.prune(0, 5).unwrap(), 3);
+        assert_eq!(store.lookup(&key(2, 1)).unwrap(), Lookup::Expired);
+        assert_eq!(store.lookup(&key(3, 2)).unwrap(), Lookup::Expired);
+        assert!(matches!(
+            store.lookup(&key(3, 3)).unwrap(),
+            Lookup::Found(_)
+        ));
+        // The rest of that group goes with the retention, the later one stays.
+        assert_eq!(store.prune(2_000, u64::MAX).unwrap(), 4);
+        assert_eq!(store.lookup(&key(3, 6)).unwrap(), Lookup::Expired);
+        assert!(matches!(
+            store.lookup(&key(3, 7)).unwrap(),
+            Lookup::Found(_)
+        ));
+        assert_eq!(store.len(), 1);
     }
 
     #[test]
