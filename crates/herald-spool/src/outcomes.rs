@@ -379,10 +379,28 @@ impl OutcomeStore {
     /// Stores broadcasts under their keys and makes them durable (synced) before returning: a broadcast is
     /// acknowledged to its sender only after this.
     pub fn broadcast_put(&self, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<(), SpoolError> {
+        self.broadcast_apply(entries, &[])
+    }
+
+    /// Stores broadcasts and deletes finished ones in one write: synced when anything is stored (the stores are
+    /// acknowledged after it), buffered when there are only deletions.
+    pub fn broadcast_apply(
+        &self,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        finished: &[Vec<u8>],
+    ) -> Result<(), SpoolError> {
         const CTX: &str = "storing broadcasts";
-        let mut batch = self.keyspace.batch().durability(Some(PersistMode::SyncAll));
+        let mode = if entries.is_empty() {
+            PersistMode::Buffer
+        } else {
+            PersistMode::SyncAll
+        };
+        let mut batch = self.keyspace.batch().durability(Some(mode));
         for (k, v) in entries {
             batch.insert(&self.broadcasts, k.as_slice(), v.as_slice());
+        }
+        for k in finished {
+            batch.remove(&self.broadcasts, k.as_slice());
         }
         batch.commit().map_err(|e| error(CTX, e))
     }

@@ -746,6 +746,13 @@ impl Server {
         if let Err(e) = self.spool.close().await {
             tracing::error!("closing the spool: {e}");
         }
+        let _ = tokio::time::timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+            self.broadcasts.flush(),
+        )
+        .await;
         for e in self.logs.flush() {
             tracing::error!("at shutdown: {e}");
         }

@@ -406,7 +406,7 @@ async fn a_broadcast_acknowledged_before_a_kill_9_is_delivered_after_the_restart
     daemon.kill9();
     assert!(broadcasts_in(&sim).is_empty());
     let config = daemon_config(dir.path(), &pki, &sim, sim.addrs.broadcast.port());
-    let _daemon = support::daemon::Daemon::start(&config);
+    let daemon = support::daemon::Daemon::start(&config);
     wait_for("the broadcast after the restart", || {
         !broadcasts_in(&sim).is_empty()
     })
@@ -414,6 +414,40 @@ async fn a_broadcast_acknowledged_before_a_kill_9_is_delivered_after_the_restart
     let got = broadcasts_in(&sim);
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].channel_id.as_deref(), Some(channel.as_str()));
+    // Delivered, then a graceful stop: the next start finds nothing stored, so nothing is sent twice.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = client
+            .get(format!("http://{}/metrics", daemon.http))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("herald_broadcasts_queued 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broadcast never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    daemon.terminate();
+    let daemon = support::daemon::Daemon::start(&config);
+    let metrics = client
+        .get(format!("http://{}/metrics", daemon.http))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("herald_broadcasts_queued 0"),
+        "a delivered broadcast was stored again"
+    );
+    assert_eq!(broadcasts_in(&sim).len(), 1);
 }
 
 /// `herald send --channel ID` sends one broadcast through the REST API and prints its id; a refusal exits non-zero

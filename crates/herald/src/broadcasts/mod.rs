@@ -120,14 +120,22 @@ pub struct Broadcaster {
     writes: std::sync::mpsc::Sender<Write>,
 }
 
-/// One broadcast to store, and who waits for it to be durable.
-struct Write {
-    key: Vec<u8>,
-    value: Vec<u8>,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+/// What the writer thread is asked to do.
+enum Write {
+    /// Store a broadcast; `done` hears when it is durable.
+    Store {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+    /// Delete a finished broadcast (with the next write, not synced on its own).
+    Finished(Vec<u8>),
+    /// Answer once everything asked before is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Stores broadcasts as they come, every one waiting at the time in one synced batch, and answers each.
+/// Stores broadcasts as they come, every one waiting at the time in one synced batch (group commit) together with
+/// the deletions of finished ones, and answers each.
 fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>) {
     while let Ok(first) = writes.recv() {
         let mut batch = vec![first];
@@ -137,13 +145,37 @@ fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>
                 break;
             }
         }
-        let entries: Vec<(Vec<u8>, Vec<u8>)> = batch
-            .iter()
-            .map(|w| (w.key.clone(), w.value.clone()))
-            .collect();
-        let result = store.broadcast_put(&entries).map_err(|e| e.to_string());
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut finished = Vec::new();
+        let mut waiting = Vec::new();
+        let mut flushes = Vec::new();
         for w in batch {
-            let _ = w.done.send(result.clone());
+            match w {
+                Write::Store { key, value, done } => {
+                    entries.push((key, value));
+                    waiting.push(done);
+                }
+                Write::Finished(key) => finished.push(key),
+                Write::Flush(done) => flushes.push(done),
+            }
+        }
+        let result = if entries.is_empty() && finished.is_empty() {
+            Ok(())
+        } else {
+            store
+                .broadcast_apply(&entries, &finished)
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = &result {
+            if !finished.is_empty() {
+                tracing::error!("finished broadcasts could not be removed from the store: {e}");
+            }
+        }
+        for done in waiting {
+            let _ = done.send(result.clone());
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
@@ -236,7 +268,7 @@ impl Broadcaster {
         let value = encode(&broadcast);
         let (done, stored) = tokio::sync::oneshot::channel();
         self.writes
-            .send(Write {
+            .send(Write::Store {
                 key: key.clone(),
                 value,
                 done,
@@ -250,6 +282,15 @@ impl Broadcaster {
         lock(&self.due).push(Reverse((0, key)));
         self.wake.notify_one();
         Ok(broadcast)
+    }
+
+    /// Waits until every store and deletion asked so far is written (at a stop, so that a broadcast that
+    /// finished is not sent again at the next start).
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.writes.send(Write::Flush(done)).is_ok() {
+            let _ = written.await;
+        }
     }
 
     /// Broadcasts accepted and not finished yet.
@@ -480,8 +521,11 @@ impl Broadcaster {
 
     fn finish(&self, key: &[u8]) {
         lock(&self.pending).remove(key);
-        if let Err(e) = self.store.broadcast_remove(key) {
-            tracing::error!("a finished broadcast could not be removed from the store: {e}");
+        // Deleted by the writer thread with its next write: no store write on this thread.
+        if self.writes.send(Write::Finished(key.to_vec())).is_err() {
+            if let Err(e) = self.store.broadcast_remove(key) {
+                tracing::error!("a finished broadcast could not be removed from the store: {e}");
+            }
         }
     }
 
