@@ -424,7 +424,8 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             .partition(|(_, v)| finished_at(v).is_some_and(|t| t < oldest_allowed));
         if !stale.is_empty() {
             let keys: Vec<_> = stale.into_iter().map(|(k, _)| k).collect();
-            if h.store.hook_remove(&keys).is_ok() {
+            let (keys, removed) = remove_off_thread(&h.store, keys).await;
+            if removed.is_ok() {
                 let k = keys.len() as u64;
                 q.len.fetch_sub(k, Ordering::Relaxed);
                 q.dropped.fetch_add(k, Ordering::Relaxed);
@@ -461,7 +462,8 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         match error {
             None => {
                 let keys: Vec<_> = fresh.into_iter().map(|(k, _)| k).collect();
-                match h.store.hook_remove(&keys) {
+                let (keys, removed) = remove_off_thread(&h.store, keys).await;
+                match removed {
                     Ok(()) => {
                         // Nothing was stale: `keys` is the whole front of the queue as read.
                         q.removed_prefix(&keys);
@@ -483,6 +485,21 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             }
         }
     }
+}
+
+/// Deletes webhook events on the blocking pool: a store write can wait for the journal while another thread syncs
+/// it, which must not hold up an async worker thread.
+async fn remove_off_thread(
+    store: &Arc<OutcomeStore>,
+    keys: Vec<Vec<u8>>,
+) -> (Vec<Vec<u8>>, Result<(), String>) {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = store.hook_remove(&keys).map_err(|e| e.to_string());
+        (keys, result)
+    })
+    .await
+    .unwrap_or_else(|e| (Vec::new(), Err(e.to_string())))
 }
 
 impl Queue {
