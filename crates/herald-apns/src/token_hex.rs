@@ -71,7 +71,7 @@ pub fn validate_hex(hex: &str) -> Result<usize, TokenError> {
     if let Some(position) = b.iter().position(|&c| hex_value(c).is_none()) {
         return Err(invalid_digit(hex, position));
     }
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err(TokenError::OddLength { digits: b.len() });
     }
     Ok(b.len() / 2)

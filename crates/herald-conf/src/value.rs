@@ -451,10 +451,10 @@ pub fn parse_value(kind: Kind, raw: &RawValue) -> Result<Value, ValueError> {
             let mut out = Vec::new();
             for s in items_of(kind, raw).map_err(whole)? {
                 let word = parse_scalar(Kind::Enum(words), &s.text).map_err(|r| item_err(s, r))?;
-                if let Value::Str(w) = word {
-                    if !out.contains(&w) {
-                        out.push(w);
-                    }
+                if let Value::Str(w) = word
+                    && !out.contains(&w)
+                {
+                    out.push(w);
                 }
             }
             Ok(Value::List(out))

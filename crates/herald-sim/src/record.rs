@@ -137,10 +137,10 @@ impl Recorder {
                         n += 1;
                         next = rx.try_recv().ok();
                     }
-                    if let Some(w) = out.as_mut() {
-                        if let Err(e) = w.flush() {
-                            tracing::error!("delivery record: flush failed: {e}");
-                        }
+                    if let Some(w) = out.as_mut()
+                        && let Err(e) = w.flush()
+                    {
+                        tracing::error!("delivery record: flush failed: {e}");
                     }
                     count_tx.send_modify(|c| *c += n);
                 }

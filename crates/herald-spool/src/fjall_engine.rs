@@ -279,11 +279,11 @@ impl Engine for FjallEngine {
 
     fn disk_bytes(&self) -> u64 {
         // Never waits: a reopen or a long recovery may hold the lock.
-        if let Ok(guard) = self.store.try_read() {
-            if let Some(store) = guard.as_ref() {
-                self.disk_bytes
-                    .store(store.keyspace.disk_space(), Ordering::Relaxed);
-            }
+        if let Ok(guard) = self.store.try_read()
+            && let Some(store) = guard.as_ref()
+        {
+            self.disk_bytes
+                .store(store.keyspace.disk_space(), Ordering::Relaxed);
         }
         self.disk_bytes.load(Ordering::Relaxed)
     }

@@ -166,20 +166,17 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
             path: dir.to_path_buf(),
             source: Arc::new(e),
         })?;
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a file descriptor this function owns; no memory is shared with the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                SpoolError::Locked {
-                    path: dir.to_path_buf(),
-                }
-            } else {
-                SpoolError::from_io("locking the spool directory", e)
+    // An advisory lock held as long as the file is open (flock on Unix): a second herald on the same directory is
+    // refused at once instead of corrupting the spool.
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(SpoolError::Locked {
+                path: dir.to_path_buf(),
             });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(SpoolError::from_io("locking the spool directory", e));
         }
     }
     Ok(file)
@@ -428,10 +425,10 @@ impl<E: Engine> Drop for DiskSpool<E> {
         let (reply, _answer) = oneshot::channel();
         let _ = self.ops.send(Op::Close(reply));
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!("spool writer thread panicked");
-            }
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("spool writer thread panicked");
         }
     }
 }

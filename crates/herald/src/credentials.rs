@@ -66,14 +66,15 @@ pub fn check(config: &Arc<Config>, now: SystemTime) -> Vec<Finding> {
         let clean = !findings[before..]
             .iter()
             .any(|f| f.severity == Severity::Error);
-        if clean && !missing_files {
-            if let Err(message) = resolver.build(domain) {
-                findings.push(Finding {
-                    domain: domain.to_owned(),
-                    severity: Severity::Error,
-                    message: message.to_string(),
-                });
-            }
+        if clean
+            && !missing_files
+            && let Err(message) = resolver.build(domain)
+        {
+            findings.push(Finding {
+                domain: domain.to_owned(),
+                severity: Severity::Error,
+                message: message.to_string(),
+            });
         }
     }
     findings
@@ -122,16 +123,16 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
             Ok(info) => {
                 if let Err(e) = info.check_validity(now) {
                     say(Severity::Error, format!("client certificate: {e}"));
-                } else if let Ok(left) = info.not_after.duration_since(now) {
-                    if left < EXPIRY_WARNING {
-                        say(
-                            Severity::Warning,
-                            format!(
-                                "client certificate expires in {} days",
-                                left.as_secs() / 86_400
-                            ),
-                        );
-                    }
+                } else if let Ok(left) = info.not_after.duration_since(now)
+                    && left < EXPIRY_WARNING
+                {
+                    say(
+                        Severity::Warning,
+                        format!(
+                            "client certificate expires in {} days",
+                            left.as_secs() / 86_400
+                        ),
+                    );
                 }
                 match &d.apn_topic {
                     Some(topic) if !info.allows_topic(topic) => say(
@@ -177,15 +178,15 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
                     say(Severity::Error, format!("apn_key {}: {e}", p8.display()));
                 }
                 let stem = p8.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-                if let Some(file_id) = stem.strip_prefix("AuthKey_") {
-                    if file_id != key_id {
-                        say(
-                            Severity::Warning,
-                            format!(
-                                "apn_key_id {key_id:?} differs from the key id {file_id:?} in the file name"
-                            ),
-                        );
-                    }
+                if let Some(file_id) = stem.strip_prefix("AuthKey_")
+                    && file_id != key_id
+                {
+                    say(
+                        Severity::Warning,
+                        format!(
+                            "apn_key_id {key_id:?} differs from the key id {file_id:?} in the file name"
+                        ),
+                    );
                 }
             }
             _ => say(

@@ -158,14 +158,13 @@ fn fields() -> impl Strategy<Value = Fields> {
 /// must contain.
 fn bad_fields(f: &Fields) -> Vec<&'static str> {
     let mut bad = Vec::new();
-    if let Some(c) = &f.collapse_id {
-        if c.len() > 64
+    if let Some(c) = &f.collapse_id
+        && (c.len() > 64
             || !c.bytes().all(|b| (0x20..=0x7e).contains(&b))
             || c.starts_with(' ')
-            || c.ends_with(' ')
-        {
-            bad.push("collapse-id");
-        }
+            || c.ends_with(' '))
+    {
+        bad.push("collapse-id");
     }
     if f.expiration.is_some_and(|e| e > u64::from(u32::MAX)) {
         bad.push("expiration");

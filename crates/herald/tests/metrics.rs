@@ -240,10 +240,10 @@ fn family_of<'a>(name: &'a str, kinds: &BTreeMap<String, String>) -> &'a str {
         return name;
     }
     for suffix in ["_bucket", "_sum", "_count"] {
-        if let Some(base) = name.strip_suffix(suffix) {
-            if kinds.get(base).is_some_and(|k| k == "histogram") {
-                return base;
-            }
+        if let Some(base) = name.strip_suffix(suffix)
+            && kinds.get(base).is_some_and(|k| k == "histogram")
+        {
+            return base;
         }
     }
     name

@@ -263,11 +263,12 @@ impl BroadcastClient {
             }
             let reason = parse_error_body(&answer.body).ok().map(|b| b.reason);
             let class = classify_broadcast(answer.status, reason.as_deref());
-            if class == FailureClass::RefreshTokenAndRetry && attempt == 0 {
-                if let (Some(auth), Some(seen)) = (&self.auth, &token) {
-                    token = Some(auth.expired(seen));
-                    continue;
-                }
+            if class == FailureClass::RefreshTokenAndRetry
+                && attempt == 0
+                && let (Some(auth), Some(seen)) = (&self.auth, &token)
+            {
+                token = Some(auth.expired(seen));
+                continue;
             }
             return Err(BroadcastClientError::Rejected {
                 status: answer.status,
@@ -304,10 +305,10 @@ impl BroadcastClient {
             *req.method_mut() = method.clone();
             *req.uri_mut() = uri;
             let h = req.headers_mut();
-            if let Some(t) = token {
-                if let Ok(v) = HeaderValue::try_from(format!("bearer {t}")) {
-                    h.insert(AUTHORIZATION, v);
-                }
+            if let Some(t) = token
+                && let Ok(v) = HeaderValue::try_from(format!("bearer {t}"))
+            {
+                h.insert(AUTHORIZATION, v);
             }
             for (k, v) in headers {
                 h.insert(k.clone(), v.clone());

@@ -272,13 +272,11 @@ impl<T: Send + 'static> Dispatcher<T> {
                         if self.opts.idle_timeout.is_some_and(|idle| idle_for >= idle) {
                             tracing::debug!(conn = self.info.id, "idle timeout");
                             taking = false;
-                        } else if idle_for >= self.opts.keepalive {
-                            if let Some(ping) = self.ping.as_mut() {
-                                if ping.send_ping(h2::Ping::opaque()).is_ok() {
+                        } else if idle_for >= self.opts.keepalive
+                            && let Some(ping) = self.ping.as_mut()
+                                && ping.send_ping(h2::Ping::opaque()).is_ok() {
                                     ping_sent = Some(Instant::now());
                                 }
-                            }
-                        }
                     }
                 }
             }

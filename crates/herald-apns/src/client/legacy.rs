@@ -249,16 +249,14 @@ fn settle_error_packet<T: 'static>(
     for w in window.drain(..processed) {
         sink.report(w.tag, delivered(w.identifier), info);
     }
-    if !shutdown {
-        if let Some(w) = window.pop_front() {
-            sink.report(
-                w.tag,
-                PushResult::Rejected(Rejection::Binary {
-                    status: packet.status,
-                }),
-                info,
-            );
-        }
+    if !shutdown && let Some(w) = window.pop_front() {
+        sink.report(
+            w.tag,
+            PushResult::Rejected(Rejection::Binary {
+                status: packet.status,
+            }),
+            info,
+        );
     }
     for w in window.drain(..) {
         sink.report(

@@ -86,10 +86,11 @@ fn check_listen(
             );
         }
         (ScopeKind::ControlListener, ListenAddr::Unix(_)) => {
-            if let Some(mode) = resolved(listen, listener, Opt::FileMode) {
-                if let Value::Mode(m) = mode.value {
-                    if m & !0o660 != 0 {
-                        diags.warning(
+            if let Some(mode) = resolved(listen, listener, Opt::FileMode)
+                && let Value::Mode(m) = mode.value
+                && m & !0o660 != 0
+            {
+                diags.warning(
                             mode.at.clone(),
                             format!(
                                 "file_mode = {m:04o} makes the console socket of {keyword} listen {address:?} \
@@ -97,8 +98,6 @@ fn check_listen(
                                  run console commands; set file_mode = 0660 or narrower"
                             ),
                         );
-                    }
-                }
             }
         }
         (ScopeKind::EsmtpListener | ScopeKind::HttpListener, ListenAddr::Tcp(sa))

@@ -292,10 +292,10 @@ fn check_head(
     if has_duplicate_apns_header(h) {
         return Err(BroadcastReason::BadRequestParams);
     }
-    if let Some(id) = h.get(&APNS_REQUEST_ID) {
-        if id.to_str().map_or(true, |s| validate_apns_id(s).is_err()) {
-            return Err(BroadcastReason::BadMessageId);
-        }
+    if let Some(id) = h.get(&APNS_REQUEST_ID)
+        && id.to_str().map_or(true, |s| validate_apns_id(s).is_err())
+    {
+        return Err(BroadcastReason::BadMessageId);
     }
     let path = parts.uri.path();
     let (bundle, kind) = match port {
@@ -340,10 +340,10 @@ fn check_head(
             let topics = t
                 .check(h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()))
                 .map_err(auth_reason)?;
-            if let Some(list) = topics {
-                if !list.iter().any(|k| k == bundle) {
-                    return Err(BroadcastReason::InvalidProviderToken);
-                }
+            if let Some(list) = topics
+                && !list.iter().any(|k| k == bundle)
+            {
+                return Err(BroadcastReason::InvalidProviderToken);
             }
         }
         ConnAuth::Token(_) => {}
@@ -389,10 +389,10 @@ fn check_broadcast(
         Ok(None) => None,
         Ok(Some(e)) => Some(parse_expiration(e).map_err(|_| BroadcastReason::BadExpirationDate)?),
     };
-    if let Ok(Some(topic)) = header_str(h, &APNS_TOPIC) {
-        if topic_base(topic) != bundle {
-            return Err(BroadcastReason::TopicDisallowed);
-        }
+    if let Ok(Some(topic)) = header_str(h, &APNS_TOPIC)
+        && topic_base(topic) != bundle
+    {
+        return Err(BroadcastReason::TopicDisallowed);
     }
     let policy = ctx.channels.get(&bundle, &channel)?;
     if policy == StoragePolicy::NoStorage && expiration.is_some_and(|e| e != 0) {

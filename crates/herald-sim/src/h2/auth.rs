@@ -30,10 +30,10 @@ const TOPIC_SUFFIXES: &[&str] = &[
 /// The bundle id of a topic: the topic without a push-type suffix.
 pub(crate) fn topic_base(topic: &str) -> &str {
     for s in TOPIC_SUFFIXES {
-        if let Some(base) = topic.strip_suffix(s) {
-            if !base.is_empty() {
-                return base;
-            }
+        if let Some(base) = topic.strip_suffix(s)
+            && !base.is_empty()
+        {
+            return base;
         }
     }
     topic
@@ -223,17 +223,17 @@ impl TokenAuth {
             return Err(Reason::MissingProviderToken);
         }
         let now = now_secs();
-        if let Some(cur) = &self.current {
-            if cur.raw.as_ref() == value {
-                if now > cur.iat + self.max_age {
-                    return Err(Reason::ExpiredProviderToken);
-                }
-                return Ok(self
-                    .ring
-                    .keys
-                    .get(&cur.key_id)
-                    .and_then(|k| k.meta.topics.as_deref()));
+        if let Some(cur) = &self.current
+            && cur.raw.as_ref() == value
+        {
+            if now > cur.iat + self.max_age {
+                return Err(Reason::ExpiredProviderToken);
             }
+            return Ok(self
+                .ring
+                .keys
+                .get(&cur.key_id)
+                .and_then(|k| k.meta.topics.as_deref()));
         }
         let jwt = std::str::from_utf8(jwt).map_err(|_| Reason::InvalidProviderToken)?;
         let (header, _) = decode_unverified(jwt).map_err(|_| Reason::InvalidProviderToken)?;

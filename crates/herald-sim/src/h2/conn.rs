@@ -177,12 +177,11 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                 let (parts, body) = req.into_parts();
                 let apns_id = request::request_apns_id(&parts.headers).cloned().unwrap_or_else(|| ids.next());
                 let checked = request::check(&parts, &mut auth, ctx.auth, &ctx.registry, ctx.recorder.enabled());
-                if let ConnAuth::Token(t) = &auth {
-                    if gated && advertised == 1 && t.authenticated() && !ctx.choppy_streams && max > 1 {
+                if let ConnAuth::Token(t) = &auth
+                    && gated && advertised == 1 && t.authenticated() && !ctx.choppy_streams && max > 1 {
                         control.inject(Injection::MaxConcurrentStreams(max));
                         advertised = max;
                     }
-                }
                 let mut plan = Plan {
                     checked,
                     apns_id,
@@ -206,12 +205,11 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                     };
                     plan.counter = Some(counter);
                 }
-                if let Some(n) = ctx.scenario.goaway_every {
-                    if requests % n == 0 {
+                if let Some(n) = ctx.scenario.goaway_every
+                    && requests.is_multiple_of(n) {
                         send_goaway(&ctx, &control, stream_id, ctx.scenario.goaway_debug.clone());
                         going_away = true;
                     }
-                }
                 inflight.push(handle_stream(ctx.clone(), body, respond, plan));
             }
             Some(first) = inflight.next(), if !inflight.is_empty() => {

@@ -95,10 +95,10 @@ pub(crate) fn check(
     if has_duplicate_apns_header(h) {
         return Err(Reason::DuplicateHeaders.into());
     }
-    if let Some(id) = h.get(&APNS_ID) {
-        if id.to_str().map_or(true, |s| validate_apns_id(s).is_err()) {
-            return Err(Reason::BadMessageId.into());
-        }
+    if let Some(id) = h.get(&APNS_ID)
+        && id.to_str().map_or(true, |s| validate_apns_id(s).is_err())
+    {
+        return Err(Reason::BadMessageId.into());
     }
     if parts.method != Method::POST {
         return Err(Reason::MethodNotAllowed.into());
@@ -167,32 +167,30 @@ pub(crate) fn check(
                 if !topic_syntax_ok(&topic) {
                     return Err(Reason::BadTopic.into());
                 }
-                if let Some(list) = key_topics {
-                    if !list.iter().any(|k| k == topic_base(&topic)) {
-                        return Err(Reason::InvalidProviderToken.into());
-                    }
+                if let Some(list) = key_topics
+                    && !list.iter().any(|k| k == topic_base(&topic))
+                {
+                    return Err(Reason::InvalidProviderToken.into());
                 }
             }
         }
     }
-    if let Some(p) = push_type {
-        if !topic.is_empty() {
-            if let Some(suffix) = p.topic_suffix() {
-                if !topic.ends_with(suffix) {
-                    return Err(Reason::TopicDisallowed.into());
-                }
-            }
-        }
+    if let Some(p) = push_type
+        && !topic.is_empty()
+        && let Some(suffix) = p.topic_suffix()
+        && !topic.ends_with(suffix)
+    {
+        return Err(Reason::TopicDisallowed.into());
     }
 
     if let Some(entry) = registry.get(token) {
         if entry.state == TokenState::Bad {
             return Err(Reason::BadDeviceToken.into());
         }
-        if let Some(t) = &entry.topic {
-            if topic_base(t) != topic_base(&topic) {
-                return Err(Reason::DeviceTokenNotForTopic.into());
-            }
+        if let Some(t) = &entry.topic
+            && topic_base(t) != topic_base(&topic)
+        {
+            return Err(Reason::DeviceTokenNotForTopic.into());
         }
         match entry.state {
             TokenState::Unregistered => {

@@ -24,7 +24,7 @@ pub fn notification(key: SpoolKey) -> StoredNotification {
         push_type: Some("alert".into()),
         priority: Some(10),
         expiration: Some(1_900_000_000),
-        collapse_id: (n % 3 == 0).then(|| format!("c{n}")),
+        collapse_id: n.is_multiple_of(3).then(|| format!("c{n}")),
         apns_id: Some(format!("00000000-0000-4000-8000-{n:012x}")),
         binding: None,
         payload: format!(r#"{{"aps":{{"alert":{{"title":"Order {n}","body":"Your order has shipped and is on its way"}},"badge":1}},"n":{n}}}"#).into_bytes(),

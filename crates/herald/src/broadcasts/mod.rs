@@ -166,10 +166,10 @@ fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>
                 .broadcast_apply(&entries, &finished)
                 .map_err(|e| e.to_string())
         };
-        if let Err(e) = &result {
-            if !finished.is_empty() {
-                tracing::error!("finished broadcasts could not be removed from the store: {e}");
-            }
+        if let Err(e) = &result
+            && !finished.is_empty()
+        {
+            tracing::error!("finished broadcasts could not be removed from the store: {e}");
         }
         for done in waiting {
             let _ = done.send(result.clone());
@@ -322,10 +322,10 @@ impl Broadcaster {
     /// read credential files) once per domain and configuration.
     async fn target(&self, domain: &str) -> Result<Arc<Target>, BroadcastRefusal> {
         let config = self.resolver.config();
-        if let Some((c, t)) = lock(&self.targets).get(domain) {
-            if Arc::ptr_eq(c, &config) {
-                return Ok(t.clone());
-            }
+        if let Some((c, t)) = lock(&self.targets).get(domain)
+            && Arc::ptr_eq(c, &config)
+        {
+            return Ok(t.clone());
         }
         let resolver = self.resolver.clone();
         let name = domain.to_owned();
@@ -496,10 +496,11 @@ impl Broadcaster {
             .or_default()
             .clone();
         let mut slot = slot.lock().await;
-        if let Some(c) = slot.as_ref() {
-            if !c.client.is_closed() && c.target.same_connection(target) {
-                return Ok(c.client.clone());
-            }
+        if let Some(c) = slot.as_ref()
+            && !c.client.is_closed()
+            && c.target.same_connection(target)
+        {
+            return Ok(c.client.clone());
         }
         *slot = None;
         let client = tokio::time::timeout(SEND_TIMEOUT, target.connect())
@@ -522,10 +523,10 @@ impl Broadcaster {
     fn finish(&self, key: &[u8]) {
         lock(&self.pending).remove(key);
         // Deleted by the writer thread with its next write: no store write on this thread.
-        if self.writes.send(Write::Finished(key.to_vec())).is_err() {
-            if let Err(e) = self.store.broadcast_remove(key) {
-                tracing::error!("a finished broadcast could not be removed from the store: {e}");
-            }
+        if self.writes.send(Write::Finished(key.to_vec())).is_err()
+            && let Err(e) = self.store.broadcast_remove(key)
+        {
+            tracing::error!("a finished broadcast could not be removed from the store: {e}");
         }
     }
 

@@ -274,14 +274,14 @@ fn prepare(args: &SendArgs) -> anyhow::Result<(Request, Vec<Item>, String)> {
                     std::fs::File::open(path).with_context(|| format!("{name}: cannot open"))?;
                 input::read(BufReader::new(file), args.format, &name)?
             };
-            if defaults.payload.is_none() {
-                if let Some(i) = items.iter().position(|i| i.payload.is_none()) {
-                    anyhow::bail!(
-                        "notification {} has no payload of its own: give one for all with --payload JSON or \
+            if defaults.payload.is_none()
+                && let Some(i) = items.iter().position(|i| i.payload.is_none())
+            {
+                anyhow::bail!(
+                    "notification {} has no payload of its own: give one for all with --payload JSON or \
                          --alert TEXT",
-                        i + 1
-                    );
-                }
+                    i + 1
+                );
             }
             let what = if path.as_os_str() == "-" {
                 "stdin".to_owned()

@@ -169,7 +169,7 @@ pub fn spawn_sampler(hub: Arc<Hub>, server: Weak<dyn ServerHandle>) -> tokio::ta
             };
             last = Some(now);
             hub.record(sample);
-            if step % DOMAIN_STEP == 0 {
+            if step.is_multiple_of(DOMAIN_STEP) {
                 let mut w = hub.windows.lock().unwrap_or_else(|p| p.into_inner());
                 for (domain, d) in server.engine().all_stats() {
                     let points = w.entry(domain).or_default();

@@ -116,7 +116,7 @@ fn token(source: Source, app: usize, expect: Expect, i: usize) -> String {
     let hex = format!("de{s:x}{app:x}{kind:02x}{i:058x}");
     if expect == Expect::Refused {
         // Two kinds of malformed token: a non-hex character, and an odd number of digits.
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             format!("{}zz", &hex[..62])
         } else {
             hex[..63].to_owned()

@@ -145,10 +145,10 @@ impl Logs {
     /// A broadcast's outcome, in the mainlog and every apn_logger (each writes its outcome kinds as for device
     /// pushes: a log that leaves deliveries out leaves delivered broadcasts out too).
     pub fn broadcast(&self, record: &BroadcastRecord<'_>) {
-        if let Some(m) = &self.mainlog {
-            if m.logs_result(record.result) {
-                m.file().write_line(&record.mainlog_line());
-            }
+        if let Some(m) = &self.mainlog
+            && m.logs_result(record.result)
+        {
+            m.file().write_line(&record.mainlog_line());
         }
         for a in &self.apnlog {
             if a.logs_result(record.result) {

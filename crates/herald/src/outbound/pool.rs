@@ -183,16 +183,17 @@ impl Pool {
                 slot.set_draining();
             }
         }
-        if self.host_waiter.is_none() && self.jobs_rx.is_empty() && budget.has_unserved_waiters() {
-            if let Some((c, slot)) = self
+        if self.host_waiter.is_none()
+            && self.jobs_rx.is_empty()
+            && budget.has_unserved_waiters()
+            && let Some((c, slot)) = self
                 .slots
                 .iter_mut()
                 .rev()
                 .find(|(c, _)| !c.is_draining() && c.in_flight() == 0)
-            {
-                c.drain();
-                slot.set_draining();
-            }
+        {
+            c.drain();
+            slot.set_draining();
         }
     }
 

@@ -368,7 +368,11 @@ impl OutcomeListener for StatusBook {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
-                if self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                if self
+                    .dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(10_000)
+                {
                     tracing::warn!(
                         backlog = WRITE_BACKLOG,
                         "the outcome store falls behind: final outcomes are dropped (status lookups answer 404 \

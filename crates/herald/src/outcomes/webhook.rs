@@ -322,7 +322,11 @@ impl OutcomeListener for Webhooks {
         match self.handoff.try_send((n.domain.clone(), event)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                if self.handoff_dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                if self
+                    .handoff_dropped
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(10_000)
+                {
                     tracing::warn!(
                         "webhook outcomes are dropped: the webhook writer is {HANDOFF} behind"
                     );

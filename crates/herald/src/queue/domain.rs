@@ -391,10 +391,10 @@ impl DomainTask {
         let is = |i: &Queued| i.notification.id.to_string() == id;
         if let Some(pos) = self.active.iter().position(|i| is(i)) {
             let entry = self.entry(&self.active[pos], "active", None);
-            if let MessageAction::Fail(reason) = action {
-                if let Some(item) = self.active.remove(pos) {
-                    self.finish_permanent(item, None, None, &reason, &reason, false, None);
-                }
+            if let MessageAction::Fail(reason) = action
+                && let Some(item) = self.active.remove(pos)
+            {
+                self.finish_permanent(item, None, None, &reason, &reason, false, None);
             }
             return Some(entry);
         }
@@ -528,10 +528,11 @@ impl DomainTask {
             });
             item.apns_expiration = Some(expiry);
         }
-        if let Some(expiry) = item.apns_expiration {
-            if expiry != 0 && u64::from(expiry) < now {
-                return Some("Delivery not attempted (APNs expiration passed)".into());
-            }
+        if let Some(expiry) = item.apns_expiration
+            && expiry != 0
+            && u64::from(expiry) < now
+        {
+            return Some("Delivery not attempted (APNs expiration passed)".into());
         }
         let age = Duration::from_secs(now.saturating_sub(n.received_at));
         if self.settings.retry.never_attempt_expired && self.settings.retry.is_expired(age) {
