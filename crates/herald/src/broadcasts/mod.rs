@@ -128,6 +128,8 @@ enum Write {
         value: Vec<u8>,
         done: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
+    /// Replace a stored broadcast with its retry state (with the next write, not synced on its own).
+    Retry { key: Vec<u8>, value: Vec<u8> },
     /// Delete a finished broadcast (with the next write, not synced on its own).
     Finished(Vec<u8>),
     /// Answer once everything asked before is written.
@@ -146,6 +148,7 @@ fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>
             }
         }
         let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut retries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut finished = Vec::new();
         let mut waiting = Vec::new();
         let mut flushes = Vec::new();
@@ -155,8 +158,15 @@ fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>
                     entries.push((key, value));
                     waiting.push(done);
                 }
+                Write::Retry { key, value } => retries.push((key, value)),
                 Write::Finished(key) => finished.push(key),
                 Write::Flush(done) => flushes.push(done),
+            }
+        }
+        // A retry's state is written before anything of this batch is deleted (its own finish comes later).
+        for (key, value) in &retries {
+            if let Err(e) = store.broadcast_update(key, value) {
+                tracing::error!("a broadcast's retry could not be stored: {e}");
             }
         }
         let result = if entries.is_empty() && finished.is_empty() {
@@ -418,7 +428,14 @@ impl Broadcaster {
                         self.log(&b, 'T', secs, f.status, &f.text, None);
                         b.retries += 1;
                         b.due_ms = now_ms() + delay.as_millis() as u64;
-                        if let Err(e) = self.store.broadcast_update(&key, &encode(&b)) {
+                        let retry = Write::Retry {
+                            key: key.clone(),
+                            value: encode(&b),
+                        };
+                        if let Err(std::sync::mpsc::SendError(Write::Retry { key, value })) =
+                            self.writes.send(retry)
+                            && let Err(e) = self.store.broadcast_update(&key, &value)
+                        {
                             tracing::error!(id = %b.id, "a broadcast's retry could not be stored: {e}");
                         }
                         lock(&self.pending).insert(key.clone(), b.clone());
