@@ -135,6 +135,18 @@ fn broadcasts_in(sim: &SimHandle) -> Vec<herald_sim::DeliveryRecord> {
         .collect()
 }
 
+async fn metrics_text(client: &reqwest::Client, http: &str) -> String {
+    client
+        .get(format!("http://{http}/metrics"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !cond() {
@@ -417,15 +429,7 @@ async fn a_broadcast_acknowledged_before_a_kill_9_is_delivered_after_the_restart
     // Delivered, then a graceful stop: the next start finds nothing stored, so nothing is sent twice.
     let deadline = Instant::now() + WAIT;
     loop {
-        let m = client
-            .get(format!("http://{}/metrics", daemon.http))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = metrics_text(&client, &daemon.http).await;
         if m.contains("herald_broadcasts_queued 0") {
             break;
         }
@@ -434,15 +438,7 @@ async fn a_broadcast_acknowledged_before_a_kill_9_is_delivered_after_the_restart
     }
     daemon.terminate();
     let daemon = support::daemon::Daemon::start(&config);
-    let metrics = client
-        .get(format!("http://{}/metrics", daemon.http))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&client, &daemon.http).await;
     assert!(
         metrics.contains("herald_broadcasts_queued 0"),
         "a delivered broadcast was stored again"

@@ -7,6 +7,8 @@
 //! transient reason, each as a u16 length and its bytes, 0xFFFF for an absent one. Records stored as JSON by
 //! earlier versions (first byte `{`) still read.
 
+use herald_apns::token_hex::DeviceToken;
+
 use super::book::Status;
 
 const VERSION: u8 = 1;
@@ -153,7 +155,11 @@ pub fn decode(record: &[u8]) -> Result<Status, DecodeError> {
     };
     let id = r.text()?.unwrap_or_default();
     let domain = r.text()?.unwrap_or_default();
-    let token = r.bytes()?.map(hex).unwrap_or_default();
+    let token = r
+        .bytes()?
+        .and_then(|b| DeviceToken::from_bytes(b).ok())
+        .map(|t| t.to_hex())
+        .unwrap_or_default();
     let delivered = flags & DELIVERED != 0;
     Ok(Status {
         id,
@@ -172,16 +178,6 @@ pub fn decode(record: &[u8]) -> Result<Status, DecodeError> {
         invalid_token: flags & INVALID_TOKEN != 0,
         unregistered_at_ms,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 #[cfg(test)]
