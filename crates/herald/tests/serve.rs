@@ -532,17 +532,21 @@ domain "legacy.example" {{
     post_batches(&daemon.http, 7, 1, 1).await.unwrap();
     let url = format!("http://{}/api/v1/tokens/invalid", daemon.http);
     let deadline = Instant::now() + WAIT;
+    // The simulator's feedback service lists every unregistered token to each app, so a token may appear
+    // under both domains (and be listed by the feedback poll before the 410 answer is stored): wait for the two
+    // entries by (domain, token), not for a count.
+    let has = |tokens: &[serde_json::Value], d: &str, t: &str| {
+        tokens.iter().any(|e| e["domain"] == d && e["token"] == t)
+    };
     let listed = loop {
         let v: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
         let tokens = v["tokens"].as_array().unwrap().clone();
-        if tokens.len() >= 2 {
+        if has(&tokens, "serve.example", &gone) && has(&tokens, "legacy.example", &dropped_app) {
             break tokens;
         }
         assert!(Instant::now() < deadline, "invalid tokens so far: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    // The simulator's feedback service lists every unregistered token to each app, so a token may appear
-    // under both domains: look entries up by (domain, token).
     let entry = |d: &str, t: &str| {
         listed
             .iter()
