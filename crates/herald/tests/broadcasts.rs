@@ -217,15 +217,7 @@ async fn broadcasts_reach_the_simulator_with_token_and_certificate_auth() {
     let metrics = if metrics.contains("herald_broadcasts_total") {
         metrics
     } else {
-        reqwest::Client::new()
-            .get(format!("http://{}/metrics", s.http))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        metrics_text(&reqwest::Client::new(), &s.http).await
     };
     for domain in [TOKEN, CERT] {
         let line = format!(
