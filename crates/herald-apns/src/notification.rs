@@ -8,6 +8,24 @@ use crate::payload::{self, PayloadError};
 use crate::push::{self, Priority, Protocol, PushError, PushType};
 use crate::token_hex::{DeviceToken, TokenError};
 
+/// A notification's APNs request headers as a sender gave them, before any check: what every inbound door (an
+/// MCMT push part, a REST item, a `herald send` line) reads. Checked by [`validate_notification`] through
+/// [`NotificationParts`]; a valid notification then travels as one [`PushRequest`](crate::client::PushRequest).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushHeaders {
+    /// `apns-topic`; `None` leaves it to the domain's topic or the certificate's.
+    pub topic: Option<String>,
+    /// `apns-push-type` as given; `None`: inferred from the payload.
+    pub push_type: Option<String>,
+    /// `apns-priority` as given (5, 10, or 1 for some types); `None`: the push type's default.
+    pub priority: Option<u8>,
+    /// `apns-expiration`, epoch seconds (0 = deliver once or drop); `None`: the domain's `apn_expiry`.
+    pub expiration: Option<u64>,
+    pub collapse_id: Option<String>,
+    /// `apns-id` as given; `None`: herald assigns one.
+    pub apns_id: Option<String>,
+}
+
 /// The parts of a notification that can be checked before sending.
 #[derive(Debug, Clone, Copy)]
 pub struct NotificationParts<'a> {

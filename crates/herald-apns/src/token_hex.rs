@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Length in bytes of a device token on the binary protocol (docs/apns-protocol.md#size-limits).
 pub const BINARY_TOKEN_LEN: usize = 32;
@@ -47,8 +48,11 @@ pub fn apns_length_ok(len: usize) -> bool {
 
 /// A device token as raw bytes. `Display` gives the full lowercase hex; use [`DeviceToken::redacted`] in
 /// info-level logs. `Debug` is redacted too, so a token never leaks whole through `{:?}`.
+///
+/// The bytes are shared: a clone (the request of each delivery attempt, a log record, an invalid-token report)
+/// is a reference count, never a copy of the token.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceToken(Vec<u8>);
+pub struct DeviceToken(Arc<[u8]>);
 
 /// Value of one ASCII hex digit, either case.
 #[inline]
@@ -100,7 +104,7 @@ impl DeviceToken {
             let lo = hex_value(pair[1]).unwrap_or(0);
             bytes.push(hi << 4 | lo);
         }
-        Ok(DeviceToken(bytes))
+        Ok(DeviceToken(bytes.into()))
     }
 
     /// Wraps raw bytes (as read from a binary frame or a feedback tuple). Refuses an empty token.
@@ -109,7 +113,7 @@ impl DeviceToken {
         if bytes.is_empty() {
             return Err(TokenError::Empty);
         }
-        Ok(DeviceToken(bytes))
+        Ok(DeviceToken(bytes.into()))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -117,7 +121,7 @@ impl DeviceToken {
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
-        self.0
+        self.0.to_vec()
     }
 
     /// Length in bytes (half the hex length).
@@ -140,7 +144,7 @@ impl DeviceToken {
     /// Appends the full lowercase hex to `out` (for building a `:path` without an intermediate string).
     pub fn write_hex(&self, out: &mut String) {
         out.reserve(self.0.len() * 2);
-        for &b in &self.0 {
+        for &b in self.0.iter() {
             out.push(HEX_LOWER[usize::from(b >> 4)] as char);
             out.push(HEX_LOWER[usize::from(b & 0x0f)] as char);
         }
@@ -180,7 +184,7 @@ impl FromStr for DeviceToken {
 
 impl fmt::Display for DeviceToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &b in &self.0 {
+        for &b in self.0.iter() {
             write!(f, "{b:02x}")?;
         }
         Ok(())

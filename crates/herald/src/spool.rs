@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use herald_apns::client::PushRequest;
 use herald_apns::push::{ApnsId, Priority, PushType};
 use herald_apns::token_hex::DeviceToken;
 use herald_spool::{RecoveryReport, Spool, SpoolError, SpoolKey, StoredNotification};
@@ -83,15 +84,15 @@ pub fn to_stored(n: &Notification) -> StoredNotification {
     StoredNotification {
         key: SpoolKey(n.id.0),
         domain: n.domain.to_string(),
-        token: n.token.as_bytes().to_vec(),
-        topic: n.topic.as_deref().map(str::to_owned),
-        push_type: n.push_type.map(|p| p.as_str().to_owned()),
-        priority: n.priority.map(Priority::as_u8),
-        expiration: n.expiration,
-        collapse_id: n.collapse_id.as_deref().map(str::to_owned),
-        apns_id: n.apns_id.map(|id| id.to_string()),
+        token: n.push.token.as_bytes().to_vec(),
+        topic: n.push.topic.as_deref().map(str::to_owned),
+        push_type: n.push.push_type.map(|p| p.as_str().to_owned()),
+        priority: n.push.priority.map(Priority::as_u8),
+        expiration: n.push.expiration,
+        collapse_id: n.push.collapse_id.as_deref().map(str::to_owned),
+        apns_id: n.push.apns_id.map(|id| id.to_string()),
         binding: (&*n.binding != DEFAULT_BINDING).then(|| n.binding.to_string()),
-        payload: n.payload.to_vec(),
+        payload: n.push.payload.to_vec(),
         sender: n.sender.to_string(),
         recipient: n.recipient().into_owned(),
         received_at: n.received_at,
@@ -144,14 +145,16 @@ pub fn from_stored(
         conn_id: MessageId(s.conn_id),
         domain: Arc::from(s.domain),
         binding: Arc::from(s.binding.as_deref().unwrap_or(DEFAULT_BINDING)),
-        token,
-        topic: s.topic.map(Arc::from),
-        push_type,
-        priority,
-        expiration: s.expiration,
-        collapse_id: s.collapse_id.map(Arc::from),
-        apns_id,
-        payload: Bytes::from(s.payload),
+        push: PushRequest {
+            token,
+            topic: s.topic.map(Arc::from),
+            push_type,
+            priority,
+            expiration: s.expiration,
+            collapse_id: s.collapse_id.map(Arc::from),
+            apns_id,
+            payload: Bytes::from(s.payload),
+        },
         sender: Arc::from(s.sender),
         recipient_given,
         received_at: s.received_at,
@@ -340,18 +343,20 @@ mod tests {
             conn_id: MessageId::from_parts(3, 1_800_000_000_000, 41),
             domain: Arc::from("apps.example"),
             binding: Arc::from("outbound-b"),
-            token: DeviceToken::from_hex(&"ab".repeat(32)).unwrap(),
-            topic: Some(Arc::from("com.example.app")),
-            push_type: Some(PushType::Alert),
-            priority: Some(Priority::Conserve),
-            expiration: Some(1_900_000_000),
-            collapse_id: Some(Arc::from("c1")),
-            apns_id: Some(
-                "123e4567-e89b-12d3-a456-426614174000"
-                    .parse()
-                    .expect("uuid"),
-            ),
-            payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+            push: PushRequest {
+                token: DeviceToken::from_hex(&"ab".repeat(32)).unwrap(),
+                topic: Some(Arc::from("com.example.app")),
+                push_type: Some(PushType::Alert),
+                priority: Some(Priority::Conserve),
+                expiration: Some(1_900_000_000),
+                collapse_id: Some(Arc::from("c1")),
+                apns_id: Some(
+                    "123e4567-e89b-12d3-a456-426614174000"
+                        .parse()
+                        .expect("uuid"),
+                ),
+                payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+            },
             sender: Arc::from("from@example.com"),
             recipient_given: Some(Arc::from("to@apps.example")),
             received_at: 1_800_000_000,

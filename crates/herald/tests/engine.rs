@@ -19,6 +19,7 @@ use herald::outbound::settings::{DeliverySettings, RouteProtocol};
 use herald::queue::message::{IdGenerator, MessageId, Notification, unix_now};
 use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
 use herald_apns::binary::BinaryFormat;
+use herald_apns::client::PushRequest;
 use herald_apns::client::connect::Endpoint;
 use herald_apns::identity::{ClientIdentity, RootSource, client_config};
 use herald_apns::provider_token::{ManualClock, ProviderTokenCache, SigningKey};
@@ -177,14 +178,16 @@ async fn submit(engine: &Engine, tokens: &[String]) -> Vec<MessageId> {
             conn_id: MessageId::NONE,
             domain: Arc::from(DOMAIN),
             binding: Arc::from("default"),
-            token: DeviceToken::from_hex(t).unwrap(),
-            topic: None,
-            push_type: Some(PushType::Alert),
-            priority: Some(Priority::Immediate),
-            expiration: None,
-            collapse_id: None,
-            apns_id: None,
-            payload: payload(i),
+            push: PushRequest {
+                token: DeviceToken::from_hex(t).unwrap(),
+                topic: None,
+                push_type: Some(PushType::Alert),
+                priority: Some(Priority::Immediate),
+                expiration: None,
+                collapse_id: None,
+                apns_id: None,
+                payload: payload(i),
+            },
             sender: Arc::from("sender@example.com"),
             recipient_given: None,
             received_at: unix_now(),
@@ -672,14 +675,16 @@ async fn restored_notifications_wait_for_their_next_attempt() {
         conn_id: MessageId::NONE,
         domain: Arc::from(DOMAIN),
         binding: Arc::from("default"),
-        token: DeviceToken::from_hex(&token(i)).unwrap(),
-        topic: None,
-        push_type: Some(PushType::Alert),
-        priority: None,
-        expiration: None,
-        collapse_id: None,
-        apns_id: None,
-        payload: payload(i),
+        push: PushRequest {
+            token: DeviceToken::from_hex(&token(i)).unwrap(),
+            topic: None,
+            push_type: Some(PushType::Alert),
+            priority: None,
+            expiration: None,
+            collapse_id: None,
+            apns_id: None,
+            payload: payload(i),
+        },
         sender: Arc::from(""),
         recipient_given: Some(Arc::from("")),
         received_at: unix_now(),

@@ -14,6 +14,8 @@ use herald::inbound::accept::{Intake, NotDurable, Source, Submission};
 use herald::logs::Logs;
 use herald::queue::message::{IdGenerator, MessageId, Notification, unix_now};
 use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens};
+use herald_apns::client::PushRequest;
+use herald_apns::notification::PushHeaders;
 use herald_apns::push::{Priority, PushType};
 use herald_apns::token_hex::DeviceToken;
 
@@ -119,7 +121,10 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
                 domain: args.domain.clone(),
                 token: token.clone(),
                 payload,
-                topic: args.topic.clone(),
+                headers: PushHeaders {
+                    topic: args.topic.clone(),
+                    ..PushHeaders::default()
+                },
                 sender: sender.to_string(),
                 recipient: format!("{token}@{}", args.domain),
                 ..Submission::default()
@@ -138,14 +143,16 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             domain: domain.clone(),
             binding: binding.clone(),
             recipient_given: None,
-            token,
-            topic: topic.clone(),
-            push_type: Some(PushType::Alert),
-            priority: Some(Priority::Immediate),
-            expiration: None,
-            collapse_id: None,
-            apns_id: None,
-            payload,
+            push: PushRequest {
+                token,
+                topic: topic.clone(),
+                push_type: Some(PushType::Alert),
+                priority: Some(Priority::Immediate),
+                expiration: None,
+                collapse_id: None,
+                apns_id: None,
+                payload,
+            },
             sender: sender.clone(),
             received_at: unix_now(),
         };

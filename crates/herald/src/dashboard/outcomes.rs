@@ -92,7 +92,7 @@ impl RecentOutcomes {
                 },
             );
         }
-        let mut token = r.notification.token.to_hex();
+        let mut token = r.notification.push.token.to_hex();
         token.truncate(TOKEN_PREFIX);
         self.push(Outcome {
             seq: 0,

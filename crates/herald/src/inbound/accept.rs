@@ -13,7 +13,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_apns::notification::{NotificationParts, validate_notification};
+use herald_apns::client::PushRequest;
+use herald_apns::notification::{NotificationParts, PushHeaders, validate_notification};
 use herald_apns::payload::infer_push_type;
 use herald_apns::push::{ApnsId, Priority, Protocol, PushType, validate_expiration};
 
@@ -30,14 +31,8 @@ pub struct Submission {
     /// Device token, hex.
     pub token: String,
     pub payload: Bytes,
-    pub topic: Option<String>,
-    /// `apns-push-type` value; inferred from the payload when absent.
-    pub push_type: Option<String>,
-    pub priority: Option<u8>,
-    /// APNs expiration, epoch seconds (0 = once).
-    pub expiration: Option<u64>,
-    pub collapse_id: Option<String>,
-    pub apns_id: Option<String>,
+    /// The APNs request headers as given.
+    pub headers: PushHeaders,
     /// Envelope sender (`MAIL FROM`, REST `return_path`), for the logs.
     pub sender: String,
     /// Envelope recipient (`RCPT TO`, REST recipient address), for the logs.
@@ -285,13 +280,13 @@ impl Intake {
             RouteProtocol::Http2 => Protocol::Http2,
             RouteProtocol::Binary(_) => Protocol::Binary,
         };
-        let push_type = match s.push_type.as_deref() {
+        let push_type = match s.headers.push_type.as_deref() {
             Some(t) => t
                 .parse::<PushType>()
                 .map_err(|e| Refusal::Permanent(format!("push_type: {e}")))?,
             None => infer_push_type(&s.payload),
         };
-        let priority = match s.priority {
+        let priority = match s.headers.priority {
             Some(p) => {
                 Priority::from_u8(p).map_err(|e| Refusal::Permanent(format!("priority: {e}")))?
             }
@@ -299,7 +294,7 @@ impl Intake {
         };
         // The sender's topic is kept as given; the domain's `apn_topic` (usually the bare bundle id) gains the
         // Live Activity suffix for a liveactivity push (docs/apns-protocol.md §6.1).
-        let topic = s.topic.clone().or_else(|| {
+        let topic = s.headers.topic.clone().or_else(|| {
             settings
                 .default_topic
                 .as_deref()
@@ -311,21 +306,21 @@ impl Intake {
             push_type,
             protocol,
             priority,
-            collapse_id: s.collapse_id.as_deref(),
-            apns_id: s.apns_id.as_deref(),
-            expiration: s.expiration,
+            collapse_id: s.headers.collapse_id.as_deref(),
+            apns_id: s.headers.apns_id.as_deref(),
+            expiration: s.headers.expiration,
             payload: &s.payload,
         })
         .map_err(|e| Refusal::Permanent(e.to_string()))?;
         // Every field is kept exactly as accepted: what APNs receives is what the sender gave.
-        let expiration = match s.expiration {
+        let expiration = match s.headers.expiration {
             Some(e) => Some(
                 validate_expiration(e)
                     .map_err(|e| Refusal::Permanent(format!("expiration: {e}")))?,
             ),
             None => None,
         };
-        let apns_id = match s.apns_id.as_deref() {
+        let apns_id = match s.headers.apns_id.as_deref() {
             Some(id) => Some(
                 id.parse::<ApnsId>()
                     .map_err(|e| Refusal::Permanent(e.to_string()))?,
@@ -342,14 +337,16 @@ impl Intake {
             conn_id: source.conn_id,
             domain: settings.domain.clone(),
             binding: settings.binding.clone(),
-            token,
-            topic: topic.map(|t| self.strings.intern(&t)),
-            push_type: Some(push_type),
-            priority: s.priority.map(|_| priority),
-            expiration,
-            collapse_id: s.collapse_id.map(Arc::from),
-            apns_id,
-            payload: s.payload,
+            push: PushRequest {
+                token,
+                topic: topic.map(|t| self.strings.intern(&t)),
+                push_type: Some(push_type),
+                priority: s.headers.priority.map(|_| priority),
+                expiration,
+                collapse_id: s.headers.collapse_id.map(Arc::from),
+                apns_id,
+                payload: s.payload,
+            },
             sender: self.strings.intern(&s.sender),
             recipient_given,
             received_at: unix_now(),

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 
 use super::accept::Submission;
+use herald_apns::notification::PushHeaders;
 
 /// The `Content-Type` of an MCMT container.
 pub const MCMT_TYPE: (&str, &str) = ("multipart", "vnd.msys.mcmt");
@@ -103,12 +104,8 @@ pub struct PushPart {
     pub token: Option<String>,
     /// The JSON bytes, with surrounding whitespace removed.
     pub payload: Bytes,
-    pub topic: Option<String>,
-    pub push_type: Option<String>,
-    pub priority: Option<u8>,
-    pub expiration: Option<u64>,
-    pub collapse_id: Option<String>,
-    pub apns_id: Option<String>,
+    /// `X-APNs-*` request headers (topic, push type, priority, expiration, collapse id, apns-id).
+    pub headers: PushHeaders,
     /// The part's `Return-Path`, if any.
     pub return_path: Option<String>,
     /// The part's `X-Binding`, if any.
@@ -144,12 +141,7 @@ impl McmtMessage {
                         domain: domain.to_owned(),
                         token: p.token.clone().unwrap_or_else(|| local.to_owned()),
                         payload: p.payload.clone(),
-                        topic: p.topic.clone(),
-                        push_type: p.push_type.clone(),
-                        priority: p.priority,
-                        expiration: p.expiration,
-                        collapse_id: p.collapse_id.clone(),
-                        apns_id: p.apns_id.clone(),
+                        headers: p.headers.clone(),
                         sender: sender.to_owned(),
                         recipient: rcpt.clone(),
                         binding: p.binding.clone().or_else(|| self.binding.clone()),
@@ -323,12 +315,14 @@ fn push_part(number: usize, mime: &[(String, String)], body: &[u8]) -> Result<Pu
         number,
         token: h.string(headers::DEVICE_TOKEN),
         payload: Bytes::copy_from_slice(payload),
-        topic: h.string(headers::TOPIC),
-        push_type: h.string(headers::PUSH_TYPE),
-        priority: h.number(headers::PRIORITY, "a priority (5 or 10)")?,
-        expiration: h.number(headers::EXPIRATION, "an epoch time in seconds")?,
-        collapse_id: h.string(headers::COLLAPSE_ID),
-        apns_id: h.string(headers::APNS_ID),
+        headers: PushHeaders {
+            topic: h.string(headers::TOPIC),
+            push_type: h.string(headers::PUSH_TYPE),
+            priority: h.number(headers::PRIORITY, "a priority (5 or 10)")?,
+            expiration: h.number(headers::EXPIRATION, "an epoch time in seconds")?,
+            collapse_id: h.string(headers::COLLAPSE_ID),
+            apns_id: h.string(headers::APNS_ID),
+        },
         return_path: h.string(headers::RETURN_PATH),
         binding: h.string(headers::BINDING),
     })
@@ -458,7 +452,7 @@ mod tests {
         let p = &m.push_parts[0];
         assert_eq!(p.number, 2);
         assert_eq!(p.token.as_deref(), Some("123acb90"));
-        assert_eq!(p.topic.as_deref(), Some("com.example.app"));
+        assert_eq!(p.headers.topic.as_deref(), Some("com.example.app"));
         assert_eq!(&p.payload[..], b"{\"aps\":{\"alert\":\"You have mail\"}}");
     }
 
@@ -470,10 +464,10 @@ mod tests {
         ]);
         let p = &parsed(&raw).push_parts[0];
         assert_eq!(p.token, None);
-        assert_eq!(p.priority, Some(5));
-        assert_eq!(p.push_type.as_deref(), Some("background"));
-        assert_eq!(p.expiration, Some(1_700_000_000));
-        assert_eq!(p.collapse_id.as_deref(), Some("c1"));
+        assert_eq!(p.headers.priority, Some(5));
+        assert_eq!(p.headers.push_type.as_deref(), Some("background"));
+        assert_eq!(p.headers.expiration, Some(1_700_000_000));
+        assert_eq!(p.headers.collapse_id.as_deref(), Some("c1"));
         assert_eq!(&p.payload[..], b"{\"aps\":{\"content-available\":1}}");
     }
 

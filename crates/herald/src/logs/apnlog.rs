@@ -117,7 +117,7 @@ impl LogFormat {
                     }
                     Macro::SourceAddr => push_escaped(line, &n.sender),
                     Macro::DestAddr => push_escaped(line, &n.recipient()),
-                    Macro::DeviceToken => n.token.write_hex(line),
+                    Macro::DeviceToken => n.push.token.write_hex(line),
                     Macro::Domain => push_escaped(line, &n.domain),
                     Macro::BindingGroup => push_escaped(line, r.binding_group),
                     Macro::Binding => push_escaped(line, r.binding),

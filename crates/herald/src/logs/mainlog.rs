@@ -75,7 +75,7 @@ impl MainLog {
             }
             None => line.push_str("unknown"),
         }
-        let _ = write!(line, "@{}@", n.payload.len());
+        let _ = write!(line, "@{}@", n.push.payload.len());
         push_escaped(&mut line, protocol);
         line.push_str("@default@default");
         self.file.write_line(&line);
@@ -101,7 +101,7 @@ impl MainLog {
         push_escaped(&mut line, &n.domain);
         match r.kind {
             OutcomeKind::Delivered => {
-                let _ = write!(line, "@{}@", n.payload.len());
+                let _ = write!(line, "@{}@", n.push.payload.len());
                 push_escaped(&mut line, r.binding_group);
                 line.push('@');
                 push_escaped(&mut line, r.binding);
@@ -110,7 +110,7 @@ impl MainLog {
             }
             OutcomeKind::Transient | OutcomeKind::Permanent => {
                 let (bytes, stage) = if r.connected {
-                    (n.payload.len(), STAGE_READING_CONFIRMATION)
+                    (n.push.payload.len(), STAGE_READING_CONFIRMATION)
                 } else {
                     (0, STAGE_NOT_CONNECTED)
                 };

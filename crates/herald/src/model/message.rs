@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use herald_apns::client::PushRequest;
-use herald_apns::push::{ApnsId, Priority, PushType};
 use herald_apns::token_hex::DeviceToken;
 
 /// A message id: unique across restarts and ordered by acceptance, also the notification's spool key.
@@ -107,17 +105,9 @@ pub struct Notification {
     /// The binding it is delivered from ([`DEFAULT_BINDING`] unless the injection named one): with the domain it
     /// selects the options, the pool and the source address (docs/momentum-compat.md#fallback).
     pub binding: Arc<str>,
-    pub token: DeviceToken,
-    pub topic: Option<Arc<str>>,
-    pub push_type: Option<PushType>,
-    pub priority: Option<Priority>,
-    /// APNs expiration, epoch seconds (0: deliver at once or drop). `None`: `apn_expiry` from reception applies.
-    pub expiration: Option<u32>,
-    pub collapse_id: Option<Arc<str>>,
-    /// `apns-id` to send; assigned at acceptance when the sender gave none. 17 bytes, not a 36-byte string: a
-    /// million of them are queued at once.
-    pub apns_id: Option<ApnsId>,
-    pub payload: Bytes,
+    /// What APNs is sent (token, request headers, payload): the same type from acceptance to the connection,
+    /// whose clone per attempt shares every part.
+    pub push: PushRequest,
     /// Envelope sender as received, for the logs (shared between the notifications that carry the same one).
     pub sender: Arc<str>,
     /// Envelope recipient as received, for the logs, when it is not `<token hex>@<domain>`: that one (what REST
@@ -133,7 +123,7 @@ impl Notification {
     pub fn recipient(&self) -> Cow<'_, str> {
         match &self.recipient_given {
             Some(given) => Cow::Borrowed(given),
-            None => Cow::Owned(derived_recipient(&self.token, &self.domain)),
+            None => Cow::Owned(derived_recipient(&self.push.token, &self.domain)),
         }
     }
 
@@ -181,8 +171,6 @@ pub struct Queued {
     pub retries: u32,
     /// When it entered this process's queue (monotonic), for latency figures.
     pub enqueued: Instant,
-    /// The APNs expiration actually sent, epoch seconds, fixed at the first attempt.
-    pub apns_expiration: Option<u32>,
 }
 
 impl Queued {
@@ -191,23 +179,13 @@ impl Queued {
             notification,
             retries: 0,
             enqueued: Instant::now(),
-            apns_expiration: None,
         })
     }
 
-    /// The request a connection sends.
+    /// The request a connection sends: a clone of [`Notification::push`] that shares its token, strings and
+    /// payload.
     pub fn request(&self) -> PushRequest {
-        let n = &self.notification;
-        PushRequest {
-            token: n.token.clone(),
-            topic: n.topic.clone(),
-            push_type: n.push_type,
-            priority: n.priority,
-            expiration: self.apns_expiration.or(n.expiration),
-            collapse_id: n.collapse_id.clone(),
-            apns_id: n.apns_id,
-            payload: n.payload.clone(),
-        }
+        self.notification.push.clone()
     }
 }
 

@@ -307,7 +307,7 @@ impl OutcomeListener for StatusBook {
         let entry = shard.entry(key).or_insert_with(|| Entry {
             id: n.id,
             domain: n.domain.clone(),
-            token: n.token.clone(),
+            token: n.push.token.clone(),
             accepted_at: n.received_at,
             attempts: retries,
             last_reason: None,

@@ -290,8 +290,8 @@ impl OutcomeListener for Webhooks {
         event.extend_from_slice(b"\",\"domain\":");
         json_str(&mut event, &n.domain);
         event.extend_from_slice(b",\"token\":\"");
-        let mut token = String::with_capacity(n.token.len() * 2);
-        n.token.write_hex(&mut token);
+        let mut token = String::with_capacity(n.push.token.len() * 2);
+        n.push.token.write_hex(&mut token);
         event.extend_from_slice(token.as_bytes());
         let _ = write!(
             event,

@@ -379,9 +379,9 @@ impl DomainTask {
             received_at: n.received_at,
             sender: n.sender.clone(),
             recipient: Arc::from(n.recipient()),
-            token: n.token.redacted().to_string(),
+            token: n.push.token.redacted().to_string(),
             retries: item.retries,
-            payload_len: n.payload.len(),
+            payload_len: n.push.payload.len(),
             due_in_secs,
         }
     }
@@ -516,22 +516,17 @@ impl DomainTask {
         self.pool.maintain();
     }
 
-    /// Fixes the APNs expiration at the first attempt; says why a notification must fail without an attempt.
+    /// Fixes the APNs expiration at the first attempt (a notification received without one gets
+    /// `apn_expiry` after its reception); says why a notification must fail without an attempt.
     fn refuse_before_attempt(&self, item: &mut Queued, now: u64) -> Option<String> {
-        let n = &item.notification;
-        if item.apns_expiration.is_none() {
-            let expiry = n.expiration.unwrap_or_else(|| {
-                let at = n
-                    .received_at
-                    .saturating_add(self.settings.apn_expiry.as_secs());
-                u32::try_from(at).unwrap_or(u32::MAX)
-            });
-            item.apns_expiration = Some(expiry);
-        }
-        if let Some(expiry) = item.apns_expiration
-            && expiry != 0
-            && u64::from(expiry) < now
-        {
+        let n = &mut item.notification;
+        let expiry = *n.push.expiration.get_or_insert_with(|| {
+            let at = n
+                .received_at
+                .saturating_add(self.settings.apn_expiry.as_secs());
+            u32::try_from(at).unwrap_or(u32::MAX)
+        });
+        if expiry != 0 && u64::from(expiry) < now {
             return Some("Delivery not attempted (APNs expiration passed)".into());
         }
         let age = Duration::from_secs(now.saturating_sub(n.received_at));
@@ -552,7 +547,7 @@ impl DomainTask {
                 transaction_id,
                 unique_id,
             } => {
-                let own = item.notification.apns_id.map(|id| id.encode());
+                let own = item.notification.push.apns_id.map(|id| id.encode());
                 let tx = transaction_id.as_deref().or(id_text(&own));
                 let answer = ApnsAnswer {
                     unique_id: unique_id.as_deref(),
@@ -597,7 +592,7 @@ impl DomainTask {
             PushResult::Rejected(rejection) => {
                 let class = rejection.class();
                 let status = Some(rejection.code());
-                let tx = item.notification.apns_id.map(|id| id.encode());
+                let tx = item.notification.push.apns_id.map(|id| id.encode());
                 match class {
                     FailureClass::Transient => self.transient(
                         item,
@@ -636,7 +631,7 @@ impl DomainTask {
                         // binary status 8.
                         let invalid = (class == FailureClass::InvalidToken).then(|| InvalidToken {
                             domain: item.notification.domain.clone(),
-                            token: item.notification.token.clone(),
+                            token: item.notification.push.token.clone(),
                             reason: rejection.text().to_owned(),
                             timestamp_ms: match &rejection {
                                 herald_apns::client::Rejection::Http { timestamp_ms, .. } => {
@@ -669,7 +664,7 @@ impl DomainTask {
         let age = Duration::from_secs(unix_now().saturating_sub(item.notification.received_at));
         match self.settings.retry.after_failure(item.retries, age) {
             RetryDecision::RetryIn(delay) => {
-                let tx = item.notification.apns_id.map(|id| id.encode());
+                let tx = item.notification.push.apns_id.map(|id| id.encode());
                 self.log(
                     &item,
                     OutcomeKind::Transient,
@@ -719,7 +714,7 @@ impl DomainTask {
         connected: bool,
         invalid: Option<InvalidToken>,
     ) {
-        let tx = item.notification.apns_id.map(|id| id.encode());
+        let tx = item.notification.push.apns_id.map(|id| id.encode());
         let answer = ApnsAnswer {
             unique_id: None,
             timestamp_ms: invalid.as_ref().and_then(|i| i.timestamp_ms),
@@ -760,7 +755,7 @@ impl DomainTask {
         let waiting = self.pool.take_waiting();
         let oldest = waiting.first().map(|j| &j.tag).or(self.active.front());
         if let Some(item) = oldest {
-            let tx = item.notification.apns_id.map(|id| id.encode());
+            let tx = item.notification.push.apns_id.map(|id| id.encode());
             self.log(
                 item,
                 OutcomeKind::Transient,

@@ -17,6 +17,7 @@ use super::error::{ApiError, describe_json_error, json_response, push_json_strin
 use super::text::Text;
 use crate::inbound::accept::{Intake, Refusal, Source, Submission};
 use crate::queue::message::MessageId;
+use herald_apns::notification::PushHeaders;
 
 /// The request body. Borrowed from the request bytes: payloads stay the exact text the client sent.
 #[derive(Debug, Deserialize)]
@@ -182,12 +183,14 @@ async fn accept_batch(
                     recipient: recipient(token, domain),
                     token: str::to_owned(token),
                     payload: payload.clone(),
-                    topic: opts.topic.as_deref().map(str::to_owned),
-                    push_type: opts.push_type.as_deref().map(str::to_owned),
-                    priority: opts.priority,
-                    expiration: opts.expiration,
-                    collapse_id: opts.collapse_id.as_deref().map(str::to_owned),
-                    apns_id: None,
+                    headers: PushHeaders {
+                        topic: opts.topic.as_deref().map(str::to_owned),
+                        push_type: opts.push_type.as_deref().map(str::to_owned),
+                        priority: opts.priority,
+                        expiration: opts.expiration,
+                        collapse_id: opts.collapse_id.as_deref().map(str::to_owned),
+                        apns_id: None,
+                    },
                     sender: String::new(),
                     binding: binding.clone(),
                 };
@@ -213,12 +216,14 @@ async fn accept_batch(
                     recipient: recipient(&item.token, domain),
                     token: str::to_owned(&item.token),
                     payload: Bytes::copy_from_slice(item.payload.get().as_bytes()),
-                    topic: either(&item.topic, &opts.topic),
-                    push_type: either(&item.push_type, &opts.push_type),
-                    priority: item.priority.or(opts.priority),
-                    expiration: item.expiration.or(opts.expiration),
-                    collapse_id: either(&item.collapse_id, &opts.collapse_id),
-                    apns_id: item.apns_id.as_deref().map(str::to_owned),
+                    headers: PushHeaders {
+                        topic: either(&item.topic, &opts.topic),
+                        push_type: either(&item.push_type, &opts.push_type),
+                        priority: item.priority.or(opts.priority),
+                        expiration: item.expiration.or(opts.expiration),
+                        collapse_id: either(&item.collapse_id, &opts.collapse_id),
+                        apns_id: item.apns_id.as_deref().map(str::to_owned),
+                    },
                     sender: String::new(),
                     binding: binding.clone(),
                 };
