@@ -70,13 +70,19 @@ one_run() {
   write_conf "$1"
   rm -rf "$WORK/spool"
   start_herald
-  local before t0 t1
+  local before hooks_before t0 t1
   before=$(accepted)
+  hooks_before=$(curl -s "http://$RECEIVER/count")
   t0=$(date +%s.%N)
   "$HERALD" send --url "http://$HTTP" --domain outcomes.example --file "$WORK/tokens.csv" \
     --payload '{"aps":{"alert":"outcomes"}}' --batch 1000 --parallel 8 > "$WORK/send.out"
   while [ "$(accepted)" -lt $((before + N)) ]; do sleep 0.05; done
   t1=$(date +%s.%N)
+  # Not timed: the webhook trails delivery; wait (up to 120 s) until the receiver has every outcome of the run,
+  # so that the count below says whether each one arrived (the next run starts from an empty spool).
+  if [ "$1" = on ]; then
+    for _ in $(seq 2400); do [ "$(curl -s "http://$RECEIVER/count")" -ge $((hooks_before + N)) ] && break; sleep 0.05; done
+  fi
   stop_herald
   awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}'
 }

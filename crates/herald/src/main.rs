@@ -44,7 +44,31 @@ enum Command {
     Demo(cli::demo::DemoArgs),
 }
 
+/// Turns transparent huge pages off for this process (Linux), unless `MIMALLOC_ALLOW_THP=1` asks to keep them.
+///
+/// mimalloc advises the kernel to back its arenas with 2 MiB pages and gives freed memory back after a delay; under
+/// a steady flow of notifications every page given back and touched again costs the kernel zeroing a whole 2 MiB
+/// page. With status retention and webhooks on, that zeroing was a fifth of herald's CPU (BENCHMARKS.md,
+/// "Outcomes"); with 4 KiB pages it disappears and memory follows the load more closely.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_some_and(|v| v == "1") {
+            return;
+        }
+        // SAFETY: PR_SET_THP_DISABLE takes an integer flag and no pointers; it only sets a flag on this process.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            eprintln!(
+                "herald: could not turn transparent huge pages off ({}); going on with them",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => cli::check::run(args),
