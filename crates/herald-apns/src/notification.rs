@@ -26,21 +26,30 @@ pub struct PushHeaders {
     pub apns_id: Option<String>,
 }
 
-/// The parts of a notification that can be checked before sending.
+/// A notification as the door checks it: the sender's token and [`PushHeaders`], with what herald resolved for
+/// the headers left out (push type, priority, the domain's topic) and the protocol of the route.
 #[derive(Debug, Clone, Copy)]
 pub struct NotificationParts<'a> {
     /// Device token as hex.
     pub token: &'a str,
-    /// `apns-topic`; `None` lets a single-topic certificate supply it.
-    pub topic: Option<&'a str>,
+    /// The request headers as given; their expiration, collapse id, apns-id and topic are checked.
+    pub headers: &'a PushHeaders,
+    /// The topic checked when `headers` names none (the domain's); `None` lets a single-topic certificate supply
+    /// it.
+    pub default_topic: Option<&'a str>,
+    /// The push type sent: `headers.push_type` parsed, or the one inferred from the payload.
     pub push_type: PushType,
-    pub protocol: Protocol,
+    /// The priority sent: `headers.priority` checked, or the push type's default.
     pub priority: Priority,
-    pub collapse_id: Option<&'a str>,
-    pub apns_id: Option<&'a str>,
-    /// Seconds since the epoch; 0 = try once.
-    pub expiration: Option<u64>,
+    pub protocol: Protocol,
     pub payload: &'a [u8],
+}
+
+impl NotificationParts<'_> {
+    /// The topic sent: the sender's, else the default.
+    pub fn topic(&self) -> Option<&str> {
+        self.headers.topic.as_deref().or(self.default_topic)
+    }
 }
 
 /// Which part of a notification was refused, and why.
@@ -66,16 +75,17 @@ pub fn validate_notification(
     if parts.protocol == Protocol::Binary {
         token.check_binary()?;
     }
-    if let Some(exp) = parts.expiration {
+    let headers = parts.headers;
+    if let Some(exp) = headers.expiration {
         push::validate_expiration(exp)?;
     }
-    if let Some(topic) = parts.topic {
+    if let Some(topic) = parts.topic() {
         push::validate_topic(topic, parts.push_type)?;
     }
-    if let Some(id) = parts.collapse_id {
+    if let Some(id) = headers.collapse_id.as_deref() {
         push::validate_collapse_id(id)?;
     }
-    if let Some(id) = parts.apns_id {
+    if let Some(id) = headers.apns_id.as_deref() {
         push::validate_canonical_apns_id(id)?;
     }
     payload::validate(
@@ -93,18 +103,34 @@ mod tests {
 
     const TOKEN: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
+    fn headers() -> PushHeaders {
+        PushHeaders {
+            topic: Some("com.example.app".into()),
+            push_type: Some("alert".into()),
+            priority: Some(10),
+            expiration: Some(0),
+            collapse_id: Some("group-1".into()),
+            apns_id: Some("123e4567-e89b-12d3-a456-426614174000".into()),
+        }
+    }
+
+    /// A valid notification; tests change one part of it.
     fn parts() -> NotificationParts<'static> {
+        static HEADERS: std::sync::LazyLock<PushHeaders> = std::sync::LazyLock::new(headers);
         NotificationParts {
             token: TOKEN,
-            topic: Some("com.example.app"),
+            headers: &HEADERS,
+            default_topic: None,
             push_type: PushType::Alert,
             protocol: Protocol::Http2,
             priority: Priority::Immediate,
-            collapse_id: Some("group-1"),
-            apns_id: Some("123e4567-e89b-12d3-a456-426614174000"),
-            expiration: Some(0),
             payload: br#"{"aps":{"alert":"hi"}}"#,
         }
+    }
+
+    /// [`parts`] with other headers.
+    fn with(headers: &PushHeaders) -> NotificationParts<'_> {
+        NotificationParts { headers, ..parts() }
     }
 
     #[test]
@@ -159,21 +185,23 @@ mod tests {
 
     #[test]
     fn each_field_is_named_in_its_error() {
+        let long_collapse_id = PushHeaders {
+            collapse_id: Some("x".repeat(65)),
+            ..headers()
+        };
+        let bad_apns_id = PushHeaders {
+            apns_id: Some("not-a-uuid".into()),
+            ..headers()
+        };
         let cases = [
+            // A VoIP push needs the `.voip` topic.
             NotificationParts {
-                topic: Some("com.example.app"),
                 push_type: PushType::Voip,
                 payload: b"{}",
                 ..parts()
             },
-            NotificationParts {
-                collapse_id: Some(&"x".repeat(65)),
-                ..parts()
-            },
-            NotificationParts {
-                apns_id: Some("not-a-uuid"),
-                ..parts()
-            },
+            with(&long_collapse_id),
+            with(&bad_apns_id),
             NotificationParts {
                 payload: b"",
                 ..parts()
@@ -197,8 +225,11 @@ mod tests {
         // herald keeps the HTTP/2 one in the same range rather than change it after acceptance.
         for protocol in [Protocol::Binary, Protocol::Http2] {
             let late = NotificationParts {
+                headers: &PushHeaders {
+                    expiration: Some(1 << 32),
+                    ..headers()
+                },
                 protocol,
-                expiration: Some(1 << 32),
                 ..parts()
             };
             let e = validate_notification(&late).unwrap_err();
@@ -212,8 +243,11 @@ mod tests {
                 "{e}"
             );
             let last = NotificationParts {
+                headers: &PushHeaders {
+                    expiration: Some(u64::from(u32::MAX)),
+                    ..headers()
+                },
                 protocol,
-                expiration: Some(u64::from(u32::MAX)),
                 ..parts()
             };
             assert!(validate_notification(&last).is_ok());
@@ -225,20 +259,22 @@ mod tests {
         for bad in [
             "a\rb", "a\nb", "a\0b", "a\tb", "\u{7f}", "\u{85}x", " lead", "trail ",
         ] {
-            let p = NotificationParts {
-                collapse_id: Some(bad),
-                ..parts()
+            let h = PushHeaders {
+                collapse_id: Some(bad.into()),
+                ..headers()
             };
+            let p = with(&h);
             let e = validate_notification(&p).unwrap_err();
             assert!(
                 e.to_string().starts_with("apns-collapse-id"),
                 "{bad:?}: {e}"
             );
         }
-        let upper = NotificationParts {
-            apns_id: Some("123E4567-E89B-12D3-A456-426614174000"),
-            ..parts()
+        let h = PushHeaders {
+            apns_id: Some("123E4567-E89B-12D3-A456-426614174000".into()),
+            ..headers()
         };
+        let upper = with(&h);
         let e = validate_notification(&upper).unwrap_err();
         assert!(e.to_string().contains("lowercase"), "{e}");
     }

@@ -294,24 +294,24 @@ impl Intake {
         };
         // The sender's topic is kept as given; the domain's `apn_topic` (usually the bare bundle id) gains the
         // Live Activity suffix for a liveactivity push (docs/apns-protocol.md §6.1).
-        let topic = s.headers.topic.clone().or_else(|| {
-            settings
+        let default_topic = match s.headers.topic {
+            Some(_) => None,
+            None => settings
                 .default_topic
                 .as_deref()
-                .map(|t| live_activity_topic(t, push_type))
-        });
-        let token = validate_notification(&NotificationParts {
+                .map(|t| live_activity_topic(t, push_type)),
+        };
+        let parts = NotificationParts {
             token: &s.token,
-            topic: topic.as_deref(),
+            headers: &s.headers,
+            default_topic: default_topic.as_deref(),
             push_type,
-            protocol,
             priority,
-            collapse_id: s.headers.collapse_id.as_deref(),
-            apns_id: s.headers.apns_id.as_deref(),
-            expiration: s.headers.expiration,
+            protocol,
             payload: &s.payload,
-        })
-        .map_err(|e| Refusal::Permanent(e.to_string()))?;
+        };
+        let topic = parts.topic().map(|t| self.strings.intern(t));
+        let token = validate_notification(&parts).map_err(|e| Refusal::Permanent(e.to_string()))?;
         // Every field is kept exactly as accepted: what APNs receives is what the sender gave.
         let expiration = match s.headers.expiration {
             Some(e) => Some(
@@ -339,7 +339,7 @@ impl Intake {
             binding: settings.binding.clone(),
             push: PushRequest {
                 token,
-                topic: topic.map(|t| self.strings.intern(&t)),
+                topic,
                 push_type: Some(push_type),
                 priority: s.headers.priority.map(|_| priority),
                 expiration,
