@@ -408,13 +408,17 @@ pub fn is_invalid_token(status: Option<u16>, reason: &str) -> bool {
         || reason.contains("Invalid token")
 }
 
-/// Stores final outcomes in batches, then lets them leave memory. Ends when the book is gone.
+/// Final outcomes stored in one write at most.
+const MAX_WRITE_BATCH: usize = 4096;
+
+/// Stores final outcomes in batches, then lets them leave memory; pauses [`super::WRITER_PAUSE`] after a batch
+/// that did not fill up. Ends when the book is gone.
 fn write_loop(rx: Receiver<OutcomeKey>, book: Weak<StatusBook>) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.clear();
         batch.push(first);
-        while batch.len() < 4096 {
+        while batch.len() < MAX_WRITE_BATCH {
             match rx.try_recv() {
                 Ok(item) => batch.push(item),
                 Err(_) => break,
@@ -449,6 +453,10 @@ fn write_loop(rx: Receiver<OutcomeKey>, book: Weak<StatusBook>) {
             {
                 shard.remove(key);
             }
+        }
+        drop(book);
+        if batch.len() < MAX_WRITE_BATCH {
+            std::thread::sleep(super::WRITER_PAUSE);
         }
     }
 }

@@ -35,6 +35,13 @@ pub trait OutcomeListener: Send + Sync + 'static {
     fn rescheduled(&self, _id: MessageId, _retries: u32, _next_attempt: SystemTime) {}
 }
 
+/// How long a writer thread (final outcomes, webhook events) lets work gather after a batch that did not fill
+/// up, before it looks again. While it waits, the delivery path hands work over without waking it: at tens of
+/// thousands of outcomes a second, waking per handful cost more CPU (futex wakes, context switches, one store
+/// commit each) than storing them. Lookups read a final outcome from memory until it is stored, so the pause is
+/// not visible to them.
+pub const WRITER_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Several listeners as one.
 pub struct Fanout(pub Vec<Arc<dyn OutcomeListener>>);
 

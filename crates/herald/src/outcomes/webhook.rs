@@ -336,16 +336,22 @@ impl OutcomeListener for Webhooks {
     }
 }
 
-/// Appends handed-off events to their domain's queue in the store, enforcing the backlog bound.
+/// Events appended to the store in one pass at most.
+const MAX_WRITE_BATCH: usize = 4097;
+
+/// Appends handed-off events to their domain's queue in the store, enforcing the backlog bound; pauses
+/// [`super::WRITER_PAUSE`] after a pass that did not fill up.
 fn write_loop(rx: Receiver<(Arc<str>, Vec<u8>)>, hooks: Weak<Webhooks>) {
     while let Ok(first) = rx.recv() {
         let mut by_domain: HashMap<Arc<str>, Vec<Vec<u8>>> = HashMap::new();
         by_domain.entry(first.0).or_default().push(first.1);
-        for _ in 0..4096 {
+        let mut taken = 1;
+        while taken < MAX_WRITE_BATCH {
             match rx.try_recv() {
                 Ok((d, e)) => by_domain.entry(d).or_default().push(e),
                 Err(_) => break,
             }
+            taken += 1;
         }
         let Some(hooks) = hooks.upgrade() else {
             return;
@@ -385,6 +391,10 @@ fn write_loop(rx: Receiver<(Arc<str>, Vec<u8>)>, hooks: Weak<Webhooks>) {
                 }
             }
             q.wake.notify_one();
+        }
+        drop(hooks);
+        if taken < MAX_WRITE_BATCH {
+            std::thread::sleep(super::WRITER_PAUSE);
         }
     }
 }
