@@ -227,6 +227,42 @@ impl Intake {
         result
     }
 
+    /// Builds, on the blocking pool, the settings that [`check_domain`](Self::check_domain) (`binding` `None`),
+    /// [`check_binding_domain`](Self::check_binding_domain) and [`prepare`](Self::prepare) will need for `domain`
+    /// and do not find cached, so that those synchronous calls find them ready. Building settings can read
+    /// credential files and sign a provider token: listeners call this first from their async code, and the
+    /// synchronous calls build on the spot only what a reload dropped in between. A domain that cannot be
+    /// delivered is left for the check to report; nothing is done once the runtime is stopping.
+    pub async fn warm(&self, binding: Option<&str>, domain: &str) {
+        let domain = domain.to_ascii_lowercase();
+        if domain.is_empty() {
+            return;
+        }
+        let default_ok = self
+            .warm_one(binding.unwrap_or(DEFAULT_BINDING), &domain)
+            .await;
+        if binding.is_none() && !default_ok {
+            // check_domain also accepts a domain that only another binding delivers.
+            for other in self.resolver.bindings() {
+                if other != DEFAULT_BINDING && self.warm_one(&other, &domain).await {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// [`warm`](Self::warm) for one binding: whether the settings exist.
+    async fn warm_one(&self, binding: &str, domain: &str) -> bool {
+        if self.resolver.cached(binding, domain).is_some() {
+            return true;
+        }
+        let resolver = self.resolver.clone();
+        let (b, d) = (binding.to_owned(), domain.to_owned());
+        crate::queue::run_blocking(move || resolver.resolve_binding(&b, &d).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
     /// Whether notifications for `domain` (any case) can be accepted: it must name a domain herald delivers to
     /// APNs. Listeners call it to refuse a recipient early (SMTP at `RCPT`); [`prepare`](Self::prepare) checks the
     /// same. Nothing is counted as refused here.
@@ -269,7 +305,9 @@ impl Intake {
         if let Some(settings) = self.resolver.cached(binding, &domain) {
             return Ok(settings);
         }
-        // Building settings may read credential files and sign a token: not on an async thread as it is.
+        // Building settings may read credential files and sign a token: listeners [`warm`](Self::warm) the cache
+        // off the async threads first, so this runs only for what a reload dropped since (or in tests and tools
+        // that call the checks directly).
         crate::queue::in_place(|| self.resolver.resolve_binding(binding, &domain))
             .map_err(|reason| DomainRefusal::NotPush { domain, reason })
     }
@@ -581,6 +619,76 @@ mod tests {
             }
             self.fast.resolve(domain)
         }
+    }
+
+    /// A resolver that caches what it builds and records the thread of every build.
+    #[derive(Default)]
+    struct CachingResolver {
+        cache: std::sync::Mutex<std::collections::HashMap<String, Arc<DeliverySettings>>>,
+        builds: std::sync::Mutex<Vec<std::thread::ThreadId>>,
+    }
+
+    impl SettingsResolver for CachingResolver {
+        fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            self.builds
+                .lock()
+                .unwrap()
+                .push(std::thread::current().id());
+            if domain != "apps.example" {
+                return Err(ResolveError::UnknownDomain(domain.to_owned()));
+            }
+            let built = Arc::new(settings(domain));
+            self.cache
+                .lock()
+                .unwrap()
+                .insert(domain.to_owned(), built.clone());
+            Ok(built)
+        }
+
+        fn cached(&self, binding: &str, domain: &str) -> Option<Arc<DeliverySettings>> {
+            (binding == DEFAULT_BINDING)
+                .then(|| self.cache.lock().unwrap().get(domain).cloned())
+                .flatten()
+        }
+    }
+
+    /// Listeners warm the settings cache off the async threads: the synchronous checks that follow find the
+    /// settings built, and no build (credential files, token signing) ran on the runtime's own thread.
+    #[tokio::test(flavor = "current_thread")]
+    async fn warm_builds_settings_off_the_async_thread_and_the_checks_find_them() {
+        let resolver = Arc::new(CachingResolver::default());
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        let intake = Intake::new(
+            resolver.clone(),
+            Arc::new(NotDurable),
+            engine,
+            IdGenerator::new(1),
+        );
+        let runtime_thread = std::thread::current().id();
+        intake.warm(None, "Apps.Example").await;
+        intake.warm(None, "unknown.example").await;
+        assert_eq!(intake.check_domain("apps.example"), Ok(()));
+        assert!(intake.check_domain("unknown.example").is_err());
+        let submission = Submission {
+            domain: "apps.example".into(),
+            token: "ab".repeat(32),
+            payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+            ..Submission::default()
+        };
+        intake.prepare(submission, &source(&intake)).unwrap();
+        let builds = resolver.builds.lock().unwrap().clone();
+        // apps.example once (then cached), unknown.example by warm and again by its check (failures are not
+        // cached).
+        assert_eq!(builds.len(), 3, "{builds:?}");
+        assert!(
+            builds[..2].iter().all(|t| *t != runtime_thread),
+            "warm built on the runtime's thread: {builds:?}"
+        );
     }
 
     /// docs/architecture.md: the engine's lock is not held while a queue's settings are built, so one domain's

@@ -126,6 +126,15 @@ async fn inject_batch(
         .has_room(recipients.len())
         .map_err(super::push::refusal_error)?;
     let template = Template::parse(template);
+    let mut domains: Vec<&str> = recipients
+        .iter()
+        .filter_map(|r| r.to.as_deref()?.rsplit_once('@').map(|(_, d)| d))
+        .collect();
+    domains.sort_unstable();
+    domains.dedup();
+    for domain in domains {
+        intake.warm(None, domain).await;
+    }
     let mut outcomes = Vec::with_capacity(recipients.len());
     let mut batch = Vec::with_capacity(recipients.len());
     let mut first_failure = None;

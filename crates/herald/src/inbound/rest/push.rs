@@ -142,6 +142,7 @@ async fn accept_batch(
         b => b.map(str::to_owned),
     };
     // Every item goes to this one domain: an unknown or undeliverable one refuses the whole request.
+    intake.warm(binding.as_deref(), domain).await;
     intake
         .check_binding_domain(binding.as_deref(), domain)
         .map_err(|e| match &binding {

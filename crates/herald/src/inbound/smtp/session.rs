@@ -206,7 +206,7 @@ impl Session {
                 Reply::new(250, "", host)
             }
             Command::Mail { from, size } => self.mail(from, size),
-            Command::Rcpt { to } => self.rcpt(to),
+            Command::Rcpt { to } => self.rcpt(to).await,
             Command::Data => return self.data().await,
             Command::Rset => {
                 self.envelope = Envelope::default();
@@ -259,7 +259,7 @@ impl Session {
         reply
     }
 
-    fn rcpt(&mut self, to: String) -> Reply {
+    async fn rcpt(&mut self, to: String) -> Reply {
         if self.envelope.from.is_none() {
             return Reply::new(503, "5.5.1", "RCPT before MAIL");
         }
@@ -283,6 +283,7 @@ impl Session {
                 );
             }
         };
+        self.intake.warm(None, domain).await;
         if let Err(e) = self.intake.check_domain(domain) {
             return unknown_domain(&to, &e);
         }
@@ -476,6 +477,7 @@ impl Session {
         // Checked at RCPT; checked again because a reload may have removed a domain since.
         for rcpt in &envelope.recipients {
             let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+            self.intake.warm(None, domain).await;
             if let Err(e) = self.intake.check_domain(domain) {
                 return unknown_domain(rcpt, &e);
             }
@@ -503,6 +505,22 @@ impl Session {
             };
         }
         let subs = message.submissions(&envelope.recipients, &from);
+        // Parts may name a binding of their own (X-Binding): build those settings off the async threads too.
+        let mut pairs: Vec<(Option<&str>, &str)> = subs
+            .iter()
+            .filter(|s| s.submission.binding.is_some())
+            .map(|s| {
+                (
+                    s.submission.binding.as_deref(),
+                    s.submission.domain.as_str(),
+                )
+            })
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        for (binding, domain) in pairs {
+            self.intake.warm(binding, domain).await;
+        }
         let mut batch = Vec::with_capacity(subs.len());
         for s in subs {
             match self.intake.prepare(s.submission, &source) {
