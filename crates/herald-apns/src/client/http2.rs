@@ -120,6 +120,7 @@ pub async fn open<T: Send + 'static>(
         sink,
         state: state.clone(),
         info,
+        values: ValueCache::default(),
     };
     tokio::spawn(task.run());
     Ok(state)
@@ -139,6 +140,39 @@ struct Dispatcher<T> {
     sink: Arc<dyn OutcomeSink<T>>,
     state: Arc<ConnectionState>,
     info: ConnectionInfo,
+    values: ValueCache,
+}
+
+/// The last topic and expiration sent on a connection: consecutive requests mostly repeat them, and a header value
+/// built once is then shared (a reference count) instead of being copied and checked again for every request.
+#[derive(Debug, Default)]
+struct ValueCache {
+    topic: Option<(Arc<str>, HeaderValue)>,
+    expiration: Option<(u32, HeaderValue)>,
+}
+
+impl ValueCache {
+    fn topic(&mut self, topic: &Arc<str>) -> Result<HeaderValue, Rejection> {
+        if let Some((last, value)) = &self.topic
+            && (Arc::ptr_eq(last, topic) || **last == **topic)
+        {
+            return Ok(value.clone());
+        }
+        let value = header_value(topic, "BadTopic")?;
+        self.topic = Some((topic.clone(), value.clone()));
+        Ok(value)
+    }
+
+    fn expiration(&mut self, expiration: u32) -> HeaderValue {
+        match &self.expiration {
+            Some((last, value)) if *last == expiration => value.clone(),
+            _ => {
+                let value = HeaderValue::from(expiration);
+                self.expiration = Some((expiration, value.clone()));
+                value
+            }
+        }
+    }
 }
 
 /// The provider token a request carried, so an `ExpiredProviderToken` answer retires exactly that one.
@@ -346,7 +380,7 @@ impl<T: Send + 'static> Dispatcher<T> {
         req: &PushRequest,
         auth: Option<HeaderValue>,
     ) -> Result<Result<(ResponseFuture, SendStream<Bytes>), h2::Error>, Rejection> {
-        let request = build_request(&self.authority, req, auth)?;
+        let request = build_request(&self.authority, req, auth, &mut self.values)?;
         Ok(self.send.send_request(request, false))
     }
 }
@@ -367,6 +401,7 @@ fn build_request(
     authority: &Authority,
     req: &PushRequest,
     auth: Option<HeaderValue>,
+    values: &mut ValueCache,
 ) -> Result<Request<()>, Rejection> {
     let mut path = String::with_capacity(10 + 2 * req.token.len());
     path.push_str("/3/device/");
@@ -385,8 +420,8 @@ fn build_request(
     if let Some(auth) = auth {
         headers.insert(AUTHORIZATION, auth);
     }
-    if let Some(topic) = req.topic.as_deref() {
-        headers.insert(APNS_TOPIC.clone(), header_value(topic, "BadTopic")?);
+    if let Some(topic) = &req.topic {
+        headers.insert(APNS_TOPIC.clone(), values.topic(topic)?);
     }
     if let Some(push_type) = req.push_type {
         headers.insert(
@@ -401,7 +436,7 @@ fn build_request(
         );
     }
     if let Some(expiration) = req.expiration {
-        headers.insert(APNS_EXPIRATION.clone(), HeaderValue::from(expiration));
+        headers.insert(APNS_EXPIRATION.clone(), values.expiration(expiration));
     }
     if let Some(collapse) = req.collapse_id.as_deref() {
         headers.insert(
@@ -508,7 +543,9 @@ async fn exchange<T>(
         tracing::debug!(conn, "request body not written ({e}); reading the answer");
     }
     let written = Instant::now();
-    let result = match tokio::time::timeout(timeout, read_answer(response)).await {
+    // The deadline from the clock read just taken (a plain `timeout` would read the clock again).
+    let deadline = tokio::time::Instant::from_std(written + timeout);
+    let result = match tokio::time::timeout_at(deadline, read_answer(response)).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => PushResult::NotSent(not_sent_reason(&e)),
         Err(_) => {
@@ -659,7 +696,13 @@ mod tests {
         let mut streams = Vec::new();
         for n in 0..60 {
             let auth = HeaderValue::from_str(&jwt).unwrap();
-            let req = build_request(&authority, &request(n), Some(auth)).unwrap();
+            let req = build_request(
+                &authority,
+                &request(n),
+                Some(auth),
+                &mut ValueCache::default(),
+            )
+            .unwrap();
             send = send.ready().await.unwrap();
             streams.push(send.send_request(req, true).unwrap());
         }
@@ -673,5 +716,22 @@ mod tests {
                 "request {n}: header block of {size} bytes: {sizes:?}"
             );
         }
+    }
+
+    #[test]
+    fn repeated_topics_and_expirations_reuse_one_header_value() {
+        let mut values = ValueCache::default();
+        let topic: Arc<str> = Arc::from("com.example.app");
+        let first = values.topic(&topic).unwrap();
+        // An equal topic in another allocation (a notification restored from the spool) reuses it too.
+        let again = values.topic(&Arc::from("com.example.app")).unwrap();
+        assert_eq!(first, again);
+        let other = values.topic(&Arc::from("com.example.other")).unwrap();
+        assert_eq!(other, "com.example.other");
+        assert_eq!(values.topic(&topic).unwrap(), "com.example.app");
+        assert!(values.topic(&Arc::from("bad\ntopic")).is_err());
+        assert_eq!(values.expiration(1_700_000_000), "1700000000");
+        assert_eq!(values.expiration(1_700_000_000), "1700000000");
+        assert_eq!(values.expiration(0), "0");
     }
 }
