@@ -222,8 +222,9 @@ impl<T: Send + 'static> Dispatcher<T> {
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                     // Every answer already in is handled in this turn, not one per turn of the loop.
                     let mut next = Some(answer);
+                    // One clock read for the answers of this turn.
+                    last_activity = Instant::now();
                     while let Some(Answer { tag, result, token_used, rtt }) = next.take() {
-                        last_activity = Instant::now();
                         if let Some(rtt) = rtt {
                             limiter.on_sample(rtt, in_flight.len() + 1, last_activity);
                         }
@@ -247,9 +248,11 @@ impl<T: Send + 'static> Dispatcher<T> {
                         // Jobs already waiting are started in this turn while the limit has room and the
                         // connection can open a stream at once, not one per turn of the loop.
                         let mut next = Some(job);
+                        // The provider token is looked up once for the jobs started in this turn.
+                        let (token_used, auth) = self.authorization(&mut auth_cache);
                         while let Some(job) = next.take() {
-                            let (token_used, auth) = self.authorization(&mut auth_cache);
-                            match self.start(&job.request, auth) {
+                            let token_used = token_used.clone();
+                            match self.start(&job.request, auth.clone()) {
                                 Ok(Ok((response, stream))) => in_flight.push(exchange(
                                     stream, response, job.request.payload, job.tag, token_used,
                                     self.opts.response_timeout, self.info.id)),
