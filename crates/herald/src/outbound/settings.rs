@@ -61,9 +61,9 @@ impl DeliverySettings {
     pub fn wire_bytes(&self, item: &Queued) -> usize {
         use herald_apns::binary::BinaryFormat;
         let settings = self;
-        let n = &item.notification;
-        let token = n.push.token.as_bytes().len();
-        let payload = n.push.payload.len();
+        let n = &item.notification.push;
+        let token = n.token.as_bytes().len();
+        let payload = n.payload.len();
         match settings.protocol {
             RouteProtocol::Binary(BinaryFormat::Simple) => 1 + 2 + token + 2 + payload,
             RouteProtocol::Binary(BinaryFormat::Enhanced) => 1 + 4 + 4 + 2 + token + 2 + payload,
@@ -73,11 +73,7 @@ impl DeliverySettings {
             RouteProtocol::Http2 => {
                 let digits = |v: u64| v.to_string().len();
                 let field = |name: &str, value: usize| name.len() + value;
-                let topic = n
-                    .push
-                    .topic
-                    .as_deref()
-                    .or(settings.default_topic.as_deref());
+                let topic = n.topic.as_deref().or(settings.default_topic.as_deref());
                 let mut size = field(":method", 4)
                     + field(":scheme", 5)
                     + field(":authority", settings.endpoint.authority().len())
@@ -85,23 +81,19 @@ impl DeliverySettings {
                     + payload;
                 size += topic.map_or(0, |t| field("apns-topic", t.len()));
                 size += n
-                    .push
                     .push_type
                     .map_or(0, |p| field("apns-push-type", p.as_str().len()));
                 size += n
-                    .push
                     .priority
                     .map_or(0, |p| field("apns-priority", digits(u64::from(p.as_u8()))));
                 size += n
-                    .push
                     .expiration
                     .map_or(0, |e| field("apns-expiration", digits(u64::from(e))));
                 size += n
-                    .push
                     .collapse_id
                     .as_deref()
                     .map_or(0, |c| field("apns-collapse-id", c.len()));
-                size += n.push.apns_id.map_or(0, |_| field("apns-id", 36));
+                size += n.apns_id.map_or(0, |_| field("apns-id", 36));
                 size
             }
         }
