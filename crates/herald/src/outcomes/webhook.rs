@@ -337,7 +337,7 @@ impl OutcomeListener for Webhooks {
 }
 
 /// Events appended to the store in one pass at most.
-const MAX_WRITE_BATCH: usize = 4097;
+const MAX_WRITE_BATCH: usize = 4096;
 
 /// Appends handed-off events to their domain's queue in the store, enforcing the backlog bound; pauses
 /// [`super::WRITER_PAUSE`] after a pass that did not fill up.
