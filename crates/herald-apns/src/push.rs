@@ -202,6 +202,15 @@ impl Priority {
     pub fn as_u8(self) -> u8 {
         self as u8
     }
+
+    /// The `apns-priority` header text: "10", "5" or "1".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Immediate => "10",
+            Priority::Conserve => "5",
+            Priority::Low => "1",
+        }
+    }
 }
 
 impl FromStr for Priority {
@@ -523,6 +532,7 @@ mod tests {
             assert_eq!(Priority::from_u8(v).unwrap(), p);
             assert_eq!(p.as_u8(), v);
             assert_eq!(v.to_string().parse::<Priority>().unwrap(), p);
+            assert_eq!(p.as_str(), v.to_string());
         }
         for v in [0u8, 2, 4, 6, 9, 11, 255] {
             assert!(Priority::from_u8(v).is_err());

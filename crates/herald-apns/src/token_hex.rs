@@ -144,9 +144,16 @@ impl DeviceToken {
     /// Appends the full lowercase hex to `out` (for building a `:path` without an intermediate string).
     pub fn write_hex(&self, out: &mut String) {
         out.reserve(self.0.len() * 2);
-        for &b in self.0.iter() {
-            out.push(HEX_LOWER[usize::from(b >> 4)] as char);
-            out.push(HEX_LOWER[usize::from(b & 0x0f)] as char);
+        // Digits go through a stack buffer a chunk at a time: one append per chunk, not a char push per digit.
+        let mut digits = [0u8; 64];
+        for chunk in self.0.chunks(digits.len() / 2) {
+            for (pair, &b) in digits.chunks_exact_mut(2).zip(chunk) {
+                pair[0] = HEX_LOWER[usize::from(b >> 4)];
+                pair[1] = HEX_LOWER[usize::from(b & 0x0f)];
+            }
+            if let Ok(text) = std::str::from_utf8(&digits[..2 * chunk.len()]) {
+                out.push_str(text);
+            }
         }
     }
 
@@ -303,6 +310,14 @@ mod tests {
         let mut s = String::from("/3/device/");
         t.write_hex(&mut s);
         assert_eq!(s, "/3/device/00ff10");
+        // Longer than one 32-byte chunk of the buffer, as APNs' 100-byte tokens are.
+        let bytes: Vec<u8> = (0..=99).collect();
+        let mut s = String::new();
+        DeviceToken::from_bytes(bytes.clone())
+            .unwrap()
+            .write_hex(&mut s);
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(s, expected);
     }
 
     #[test]

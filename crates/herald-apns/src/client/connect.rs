@@ -40,11 +40,21 @@ impl Endpoint {
 
     /// `host:port`, with IPv6 literals bracketed: the HTTP/2 `:authority`.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
+        if self.needs_brackets() {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+
+    /// The length of [`Endpoint::authority`] in bytes, without building it (per-notification size accounting).
+    pub fn authority_len(&self) -> usize {
+        let brackets = if self.needs_brackets() { 2 } else { 0 };
+        self.host.len() + brackets + 1 + self.port.checked_ilog10().map_or(1, |d| d as usize + 1)
+    }
+
+    fn needs_brackets(&self) -> bool {
+        self.host.contains(':') && !self.host.starts_with('[')
     }
 }
 
@@ -145,5 +155,29 @@ pub async fn connect_tls(
             host: endpoint.host.clone(),
             secs: timeout.as_secs(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoint;
+
+    #[test]
+    fn authority_len_is_the_length_of_the_authority() {
+        for (host, port) in [
+            ("api.push.apple.com", 443),
+            ("127.0.0.1", 2197),
+            ("::1", 8),
+            ("[::1]", 65535),
+            ("h", 0),
+            ("h", 10),
+        ] {
+            let endpoint = Endpoint::new(host, port);
+            assert_eq!(
+                endpoint.authority_len(),
+                endpoint.authority().len(),
+                "{host} {port}"
+            );
+        }
     }
 }

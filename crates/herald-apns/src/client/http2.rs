@@ -19,7 +19,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use h2::SendStream;
 use h2::client::{ResponseFuture, SendRequest};
-use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri};
 
@@ -30,6 +30,7 @@ use super::{
     OutcomeSink, PushRequest, PushResult, Rejection,
 };
 use crate::provider_token::ProviderTokenCache;
+use crate::push::{Priority, PushType};
 use crate::reason::parse_error_body;
 
 static APNS_ID: HeaderName = HeaderName::from_static("apns-id");
@@ -143,12 +144,41 @@ struct Dispatcher<T> {
     values: ValueCache,
 }
 
-/// The last topic and expiration sent on a connection: consecutive requests mostly repeat them, and a header value
-/// built once is then shared (a reference count) instead of being copied and checked again for every request.
+/// The last topic, expiration and header set sent on a connection: consecutive requests mostly repeat them, and a
+/// header value or map built once is then shared (a reference count, a copy of a small map) instead of being built,
+/// checked and hashed into a new map again for every request.
 #[derive(Debug, Default)]
 struct ValueCache {
     topic: Option<(Arc<str>, HeaderValue)>,
     expiration: Option<(u32, HeaderValue)>,
+    fields: Option<SharedFields>,
+}
+
+/// The headers a run of requests on a connection have in common (authorization, topic, push type, priority,
+/// expiration), in the order [`build_request`] sends them, with the values they were built from.
+#[derive(Debug)]
+struct SharedFields {
+    auth: Option<HeaderValue>,
+    topic: Option<Arc<str>>,
+    push_type: Option<PushType>,
+    priority: Option<Priority>,
+    expiration: Option<u32>,
+    map: HeaderMap,
+}
+
+impl SharedFields {
+    fn fits(&self, auth: &Option<HeaderValue>, req: &PushRequest) -> bool {
+        let same_topic = match (&self.topic, &req.topic) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+            (None, None) => true,
+            _ => false,
+        };
+        same_topic
+            && self.push_type == req.push_type
+            && self.priority == req.priority
+            && self.expiration == req.expiration
+            && self.auth == *auth
+    }
 }
 
 impl ValueCache {
@@ -172,6 +202,53 @@ impl ValueCache {
                 value
             }
         }
+    }
+
+    /// The headers of `req` that repeat from request to request: a copy of the last map when they are the same,
+    /// else a new map (kept for the requests that follow).
+    fn shared_fields(
+        &mut self,
+        auth: Option<HeaderValue>,
+        req: &PushRequest,
+    ) -> Result<HeaderMap, Rejection> {
+        if let Some(fields) = &self.fields
+            && fields.fits(&auth, req)
+        {
+            return Ok(fields.map.clone());
+        }
+        // Room for every header herald sends, so the map never grows (and rehashes) while it is filled.
+        let mut map = HeaderMap::with_capacity(8);
+        if let Some(auth) = &auth {
+            map.insert(AUTHORIZATION, auth.clone());
+        }
+        if let Some(topic) = &req.topic {
+            map.insert(APNS_TOPIC.clone(), self.topic(topic)?);
+        }
+        if let Some(push_type) = req.push_type {
+            map.insert(
+                APNS_PUSH_TYPE.clone(),
+                HeaderValue::from_static(push_type.as_str()),
+            );
+        }
+        if let Some(priority) = req.priority {
+            // A static value: no buffer per request.
+            map.insert(
+                APNS_PRIORITY.clone(),
+                HeaderValue::from_static(priority.as_str()),
+            );
+        }
+        if let Some(expiration) = req.expiration {
+            map.insert(APNS_EXPIRATION.clone(), self.expiration(expiration));
+        }
+        self.fields = Some(SharedFields {
+            auth,
+            topic: req.topic.clone(),
+            push_type: req.push_type,
+            priority: req.priority,
+            expiration: req.expiration,
+            map: map.clone(),
+        });
+        Ok(map)
     }
 }
 
@@ -417,30 +494,8 @@ fn build_request(
     let mut request = Request::new(());
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri;
+    *request.headers_mut() = values.shared_fields(auth, req)?;
     let headers = request.headers_mut();
-    // Room for every header herald sends, so the map never grows (and rehashes) while it is filled.
-    headers.reserve(8);
-    if let Some(auth) = auth {
-        headers.insert(AUTHORIZATION, auth);
-    }
-    if let Some(topic) = &req.topic {
-        headers.insert(APNS_TOPIC.clone(), values.topic(topic)?);
-    }
-    if let Some(push_type) = req.push_type {
-        headers.insert(
-            APNS_PUSH_TYPE.clone(),
-            HeaderValue::from_static(push_type.as_str()),
-        );
-    }
-    if let Some(priority) = req.priority {
-        headers.insert(
-            APNS_PRIORITY.clone(),
-            HeaderValue::from(u32::from(priority.as_u8())),
-        );
-    }
-    if let Some(expiration) = req.expiration {
-        headers.insert(APNS_EXPIRATION.clone(), values.expiration(expiration));
-    }
     if let Some(collapse) = req.collapse_id.as_deref() {
         headers.insert(
             APNS_COLLAPSE_ID.clone(),
@@ -584,17 +639,21 @@ async fn exchange<T>(
 async fn read_answer(response: ResponseFuture) -> Result<PushResult, h2::Error> {
     let response = response.await?;
     let status = response.status().as_u16();
-    let apns_id = response
-        .headers()
-        .get(&APNS_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // An answer carries one or two headers: a pass over them costs less than a hashed lookup per name.
+    let (mut apns_id, mut unique_id) = (None, None);
+    for (name, value) in response.headers() {
+        let slot = if *name == APNS_ID {
+            &mut apns_id
+        } else if *name == APNS_UNIQUE_ID {
+            &mut unique_id
+        } else {
+            continue;
+        };
+        if slot.is_none() {
+            *slot = value.to_str().ok().map(str::to_owned);
+        }
+    }
     if status == 200 {
-        let unique_id = response
-            .headers()
-            .get(&APNS_UNIQUE_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
         return Ok(PushResult::Delivered {
             transaction_id: apns_id,
             unique_id,
@@ -627,7 +686,7 @@ mod tests {
     //! (docs/apns-protocol.md#hpack).
 
     use super::*;
-    use crate::push::{ApnsId, PushType};
+    use crate::push::ApnsId;
     use crate::token_hex::DeviceToken;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -719,6 +778,89 @@ mod tests {
                 "request {n}: header block of {size} bytes: {sizes:?}"
             );
         }
+    }
+
+    /// The headers of `req` as (name, value) text pairs, in the order they are sent.
+    fn header_pairs(req: &Request<()>) -> Vec<(String, String)> {
+        req.headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn requests_share_the_repeated_headers_and_any_change_rebuilds_them() {
+        let authority = Authority::from_static("api.push.apple.com");
+        let auth = |t: &str| Some(HeaderValue::from_str(&format!("bearer {t}")).unwrap());
+        let mut values = ValueCache::default();
+        let mut base = request(1);
+        base.priority = Some(Priority::Conserve);
+        base.expiration = Some(1_700_000_000);
+        let first = build_request(&authority, &base, auth("a"), &mut values).unwrap();
+        let expected = |auth: &str, topic: &str, push: &str, prio: &str, exp: &str, id: u8| {
+            let mut id_bytes = [0u8; 16];
+            id_bytes[0] = id;
+            let apns_id =
+                String::from_utf8(ApnsId::from_bytes(id_bytes).encode().to_vec()).unwrap();
+            [
+                ("authorization", format!("bearer {auth}")),
+                ("apns-topic", topic.to_owned()),
+                ("apns-push-type", push.to_owned()),
+                ("apns-priority", prio.to_owned()),
+                ("apns-expiration", exp.to_owned()),
+                ("apns-id", apns_id),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            header_pairs(&first),
+            expected("a", "com.example.app", "alert", "5", "1700000000", 1)
+        );
+        // The same shared fields with another apns-id and token: the map is reused, the new id is the request's own.
+        let mut next = request(2);
+        next.token = DeviceToken::from_bytes(vec![0xcd; 32]).unwrap();
+        next.priority = base.priority;
+        next.expiration = base.expiration;
+        let second = build_request(&authority, &next, auth("a"), &mut values).unwrap();
+        assert_eq!(
+            header_pairs(&second),
+            expected("a", "com.example.app", "alert", "5", "1700000000", 2)
+        );
+        assert!(second.uri().path().ends_with(&"cd".repeat(32)));
+        // Each shared field, changed alone, is sent as changed.
+        let mut changed = next.clone();
+        changed.topic = Some(Arc::from("com.example.other"));
+        let r = build_request(&authority, &changed, auth("a"), &mut values).unwrap();
+        assert_eq!(header_pairs(&r)[1].1, "com.example.other");
+        let r = build_request(&authority, &next, auth("b"), &mut values).unwrap();
+        assert_eq!(header_pairs(&r)[0].1, "bearer b");
+        let mut changed = next.clone();
+        changed.push_type = Some(PushType::Background);
+        let r = build_request(&authority, &changed, auth("b"), &mut values).unwrap();
+        assert_eq!(header_pairs(&r)[2].1, "background");
+        changed.priority = Some(Priority::Immediate);
+        let r = build_request(&authority, &changed, auth("b"), &mut values).unwrap();
+        assert_eq!(header_pairs(&r)[3].1, "10");
+        changed.expiration = Some(0);
+        let r = build_request(&authority, &changed, auth("b"), &mut values).unwrap();
+        assert_eq!(header_pairs(&r)[4].1, "0");
+        // Fields left out are left out, and a collapse id comes after the shared ones.
+        changed.expiration = None;
+        changed.priority = None;
+        changed.collapse_id = Some(Arc::from("group"));
+        let r = build_request(&authority, &changed, None, &mut values).unwrap();
+        let names: Vec<String> = header_pairs(&r).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "apns-topic",
+                "apns-push-type",
+                "apns-collapse-id",
+                "apns-id"
+            ]
+        );
     }
 
     #[test]

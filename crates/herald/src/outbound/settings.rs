@@ -71,12 +71,12 @@ impl DeliverySettings {
                 5 + (3 + token) + (3 + payload) + (3 + 4) + (3 + 4) + (3 + 1)
             }
             RouteProtocol::Http2 => {
-                let digits = |v: u64| v.to_string().len();
+                let digits = |v: u64| v.checked_ilog10().map_or(1, |d| d as usize + 1);
                 let field = |name: &str, value: usize| name.len() + value;
                 let topic = n.topic.as_deref().or(settings.default_topic.as_deref());
                 let mut size = field(":method", 4)
                     + field(":scheme", 5)
-                    + field(":authority", settings.endpoint.authority().len())
+                    + field(":authority", settings.endpoint.authority_len())
                     + field(":path", "/3/device/".len() + 2 * token)
                     + payload;
                 size += topic.map_or(0, |t| field("apns-topic", t.len()));
