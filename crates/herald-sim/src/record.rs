@@ -1,7 +1,8 @@
 //! The delivery record: every accepted notification, exactly once, as a JSON line in `--record FILE` and/or in
-//! memory for [`crate::SimHandle::record`]. Request handlers only push onto a channel; a dedicated thread
-//! serializes, writes through a buffered writer, and flushes whenever the channel runs dry, so readers see each
-//! line promptly.
+//! memory for [`crate::SimHandle::record`]. The memory record is appended by the request handler itself, before
+//! the answer goes out, so a client that has its answer finds the notification there; for the file, handlers
+//! only push onto a channel and a dedicated thread serializes, writes through a buffered writer, and flushes
+//! whenever the channel runs dry, so readers see each line promptly.
 //!
 //! Line format (one JSON object per line):
 //! `{"protocol":"h2","token":"<lowercase hex>","topic":"…","apns_id":"…","priority":10,"expiration":null,
@@ -90,6 +91,8 @@ pub(crate) struct Recorder {
     pub memory: Arc<Mutex<Vec<DeliveryRecord>>>,
     pub written: watch::Receiver<u64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Records go to `memory` as they are pushed, so the memory record never trails an answer the simulator sent.
+    in_memory: bool,
 }
 
 impl Recorder {
@@ -103,6 +106,7 @@ impl Recorder {
                 memory,
                 written,
                 thread: Mutex::new(None),
+                in_memory,
             });
         }
         let mut out = match file {
@@ -113,7 +117,6 @@ impl Recorder {
             None => None,
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<DeliveryRecord>();
-        let mem = memory.clone();
         let thread = std::thread::Builder::new()
             .name("herald-sim-record".into())
             .spawn(move || {
@@ -131,9 +134,6 @@ impl Recorder {
                                 }
                             }
                         }
-                        if in_memory {
-                            mem.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
-                        }
                         n += 1;
                         next = rx.try_recv().ok();
                     }
@@ -150,6 +150,7 @@ impl Recorder {
             memory,
             written,
             thread: Mutex::new(Some(thread)),
+            in_memory,
         })
     }
 
@@ -157,8 +158,16 @@ impl Recorder {
         self.tx.is_some()
     }
 
+    /// Records `rec`: in memory at once (before the simulator answers), in the file by the writer thread, which
+    /// also counts it for [`crate::SimHandle::wait_for_records`].
     pub fn push(&self, rec: DeliveryRecord) {
         if let Some(tx) = &self.tx {
+            if self.in_memory {
+                self.memory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(rec.clone());
+            }
             let _ = tx.send(rec);
         }
     }
@@ -196,6 +205,16 @@ mod tests {
         };
         r.set_payload(payload);
         r
+    }
+
+    #[test]
+    fn the_memory_record_holds_a_push_at_once() {
+        let r = Recorder::start(None, true).unwrap();
+        for i in 0..100 {
+            r.push(rec(&format!("{i:02x}"), b"{}"));
+            // No wait: the record is there as soon as push returns (the simulator answers after that).
+            assert_eq!(r.memory.lock().unwrap().len(), i + 1);
+        }
     }
 
     #[test]

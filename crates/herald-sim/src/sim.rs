@@ -245,8 +245,8 @@ impl SimHandle {
         &self.stats
     }
 
-    /// Every accepted notification recorded so far (requires `record_in_memory`, the default). The record trails
-    /// the responses slightly: use [`SimHandle::wait_for_records`] to wait for a count.
+    /// Every accepted notification recorded so far (requires `record_in_memory`, the default). A notification is
+    /// in it before the simulator answers it; the `--record` file trails slightly ([`SimHandle::wait_for_records`]).
     pub fn record(&self) -> Vec<DeliveryRecord> {
         self.recorder
             .memory
