@@ -407,6 +407,16 @@ mod direct {
     }
 
     async fn connect(response_timeout: Duration, sim_config: impl FnOnce(&mut SimConfig)) -> Conn {
+        connect_starting_at(response_timeout, None, sim_config)
+            .await
+            .0
+    }
+
+    async fn connect_starting_at(
+        response_timeout: Duration,
+        start_limit: Option<usize>,
+        sim_config: impl FnOnce(&mut SimConfig),
+    ) -> (Conn, Arc<herald_apns::client::ConnectionState>) {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
         let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
@@ -424,12 +434,41 @@ mod direct {
         });
         let (jobs, rx) = async_channel::unbounded();
         let (tx, results) = mpsc::unbounded_channel();
-        http2::open(opts, 1, rx, Arc::new(Sink(tx))).await.unwrap();
-        Conn {
+        let state = http2::open_starting_at(opts, 1, rx, Arc::new(Sink(tx)), start_limit)
+            .await
+            .unwrap();
+        let conn = Conn {
             _dir: dir,
             sim,
             jobs,
             results,
+        };
+        (conn, state)
+    }
+
+    /// A connection opened beside saturated ones starts its adaptive limit where they are, not at 20: with
+    /// answers held back 2 s, 200 requests handed over at once are all in flight before the first answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_started_at_a_proven_limit_opens_that_many_streams_at_once() {
+        for (start, expected) in [
+            (None, herald_apns::client::limit::INITIAL_LIMIT),
+            (Some(200), 200),
+        ] {
+            let (mut c, state) = connect_starting_at(Duration::from_secs(10), start, |s| {
+                s.max_concurrent_streams = 1000;
+                s.scenario.latency_ms = 2000;
+            })
+            .await;
+            for i in 0..300 {
+                c.jobs.send(job(i)).await.unwrap();
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while state.in_flight() < expected && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(state.in_flight(), expected, "start {start:?}");
+            assert!(c.results.try_recv().is_err(), "no answer yet");
+            c.jobs.close();
         }
     }
 

@@ -81,6 +81,19 @@ pub async fn open<T: Send + 'static>(
     jobs: JobReceiver<T>,
     sink: Arc<dyn OutcomeSink<T>>,
 ) -> Result<Arc<ConnectionState>, ConnectionError> {
+    open_starting_at(opts, id, jobs, sink, None).await
+}
+
+/// [`open`], with the connection's adaptive in-flight limit starting at `start_limit` streams when given (a
+/// further connection to a server whose open connections carry that many with fast answers) instead of ramping
+/// up from [`super::limit::INITIAL_LIMIT`].
+pub async fn open_starting_at<T: Send + 'static>(
+    opts: Arc<Http2Options>,
+    id: u64,
+    jobs: JobReceiver<T>,
+    sink: Arc<dyn OutcomeSink<T>>,
+    start_limit: Option<usize>,
+) -> Result<Arc<ConnectionState>, ConnectionError> {
     let (tls, remote) = connect_tls(&opts.endpoint, opts.tls.clone(), opts.connect_timeout).await?;
     let handshake = h2::client::Builder::new()
         // Until the server's SETTINGS arrive assume the strictest limit: token connections start at 1 stream.
@@ -122,6 +135,7 @@ pub async fn open<T: Send + 'static>(
         state: state.clone(),
         info,
         values: ValueCache::default(),
+        start_limit,
     };
     tokio::spawn(task.run());
     Ok(state)
@@ -142,6 +156,8 @@ struct Dispatcher<T> {
     state: Arc<ConnectionState>,
     info: ConnectionInfo,
     values: ValueCache,
+    /// Where the adaptive limit starts (see [`open_starting_at`]).
+    start_limit: Option<usize>,
 }
 
 /// The last topic, expiration and header set sent on a connection: consecutive requests mostly repeat them, and a
@@ -271,7 +287,10 @@ impl<T: Send + 'static> Dispatcher<T> {
         let mut ping_sent: Option<Instant> = None;
         let mut taking = true;
         let mut auth_cache: Option<(Arc<str>, HeaderValue)> = None;
-        let mut limiter = AdaptiveLimit::new(self.opts.response_timeout, Instant::now());
+        let mut limiter = match self.start_limit {
+            Some(n) => AdaptiveLimit::starting_at(self.opts.response_timeout, Instant::now(), n),
+            None => AdaptiveLimit::new(self.opts.response_timeout, Instant::now()),
+        };
 
         loop {
             let server_max = self.send.current_max_send_streams();

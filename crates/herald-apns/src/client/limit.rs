@@ -65,6 +65,16 @@ impl AdaptiveLimit {
         }
     }
 
+    /// A controller that starts at `initial` streams instead of [`INITIAL_LIMIT`]: for a further connection to a
+    /// server whose open connections already carry that many with fast answers, so the new one need not ramp up
+    /// from the start. Slow answers shrink it as they would any limit.
+    pub fn starting_at(response_timeout: Duration, now: Instant, initial: usize) -> AdaptiveLimit {
+        AdaptiveLimit {
+            limit: initial.max(MIN_LIMIT) as f64,
+            ..AdaptiveLimit::new(response_timeout, now)
+        }
+    }
+
     /// The current limit, between [`MIN_LIMIT`] (or the server's limit, if lower) and the server's limit.
     pub fn limit(&self) -> usize {
         (self.limit as usize).clamp(MIN_LIMIT.min(self.max), self.max.max(1))
@@ -149,6 +159,24 @@ mod tests {
                 l.on_sample(rtt, used, *now);
             }
         }
+    }
+
+    #[test]
+    fn a_limit_started_high_still_shrinks_when_answers_slow_down() {
+        let mut now = Instant::now();
+        let mut l = AdaptiveLimit::starting_at(TIMEOUT, now, 1000);
+        l.set_max(1000);
+        assert_eq!(l.limit(), 1000);
+        feed(&mut l, &mut now, Duration::from_millis(10), 3);
+        assert_eq!(l.limit(), 1000);
+        // Answers ten times slower, beyond the target: the limit comes down.
+        feed(&mut l, &mut now, Duration::from_millis(900), 3);
+        assert!(l.limit() < 1000, "{}", l.limit());
+        // Never below the floor, whatever it is asked to start at.
+        assert_eq!(
+            AdaptiveLimit::starting_at(TIMEOUT, now, 0).limit(),
+            MIN_LIMIT
+        );
     }
 
     #[test]

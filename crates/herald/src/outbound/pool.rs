@@ -4,7 +4,8 @@
 //! Connections open on demand: the first when work arrives, another only when every open one is saturated (carries
 //! all the server's stream limit allows; a connection held back by its adaptive limit because answers are slow is
 //! not saturated, so slowness never opens connections) and work is waiting, never more than
-//! `max_outbound_connections` (counting those being opened). They all pull from
+//! `max_outbound_connections` (counting those being opened); a further HTTP/2 connection starts its adaptive limit at
+//! the level the saturated ones proved rather than ramping up again. They all pull from
 //! one queue, so work spreads over whichever has room. A connection closes itself after `idle_timeout`, on an
 //! exception, or (binary) after an error packet. Failed connection attempts back off exponentially; after
 //! `mx_failures_to_delay` of them in a row the pool says so, and the domain's queue is delayed instead of spun on.
@@ -308,8 +309,17 @@ impl Pool {
         match self.settings.protocol {
             RouteProtocol::Http2 => {
                 let opts = self.h2.clone();
+                // Every open connection carries all the server allows, and only fast answers let its adaptive
+                // limit get there: the new one starts at that level instead of ramping up again.
+                let proven = self
+                    .connections
+                    .iter()
+                    .filter(|c| !c.is_draining())
+                    .map(|c| c.capacity())
+                    .min();
                 tokio::spawn(async move {
-                    events.connected(generation, http2::open(opts, id, jobs, sink).await);
+                    let opened = http2::open_starting_at(opts, id, jobs, sink, proven).await;
+                    events.connected(generation, opened);
                 });
             }
             RouteProtocol::Binary(_) => {
