@@ -260,12 +260,11 @@ fn transient_lines(h: &Harness) -> usize {
         .count()
 }
 
-/// The simulator's record once it holds `n` distinct tokens (or at the deadline): deliveries reach the record
-/// through a channel, so an engine that saw every answer may be a moment ahead of it.
+/// The simulator's record once it holds `n` distinct tokens (or at the deadline).
 async fn settled_record_counts(sim: &SimHandle, n: usize) -> BTreeMap<String, usize> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let counts = record_counts(sim).await;
+        let counts = record_counts(sim);
         if counts.len() >= n || Instant::now() >= deadline {
             return counts;
         }
@@ -273,11 +272,8 @@ async fn settled_record_counts(sim: &SimHandle, n: usize) -> BTreeMap<String, us
     }
 }
 
-/// Records per token, read once the simulator's record has caught up with every notification it accepted (the
-/// record is written by a thread of its own and trails the answers).
-async fn record_counts(sim: &SimHandle) -> BTreeMap<String, usize> {
-    let accepted = sim.stats().accepted.total;
-    sim.wait_for_records(accepted, WAIT).await;
+/// Delivered tokens as the simulator recorded them: token -> count.
+fn record_counts(sim: &SimHandle) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for r in sim.record() {
         *m.entry(r.token).or_default() += 1;
@@ -321,8 +317,8 @@ async fn http2_certificate_auth_delivers() {
     let tokens: Vec<String> = (0..200).map(token).collect();
     let ids = submit(&engine, &tokens).await;
     wait_finished(&engine, 200).await;
-    assert_eq!(record_counts(&h.sim).await.len(), 200);
-    assert!(record_counts(&h.sim).await.values().all(|&c| c == 1));
+    assert_eq!(record_counts(&h.sim).len(), 200);
+    assert!(record_counts(&h.sim).values().all(|&c| c == 1));
     final_outcomes(&h, &ids);
 }
 
@@ -339,7 +335,7 @@ async fn http2_transient_errors_are_retried_until_delivered() {
     let tokens: Vec<String> = (0..300).map(token).collect();
     let ids = submit(&engine, &tokens).await;
     wait_finished(&engine, 300).await;
-    let counts = record_counts(&h.sim).await;
+    let counts = record_counts(&h.sim);
     assert_eq!(counts.len(), 300, "every token delivered");
     assert!(counts.values().all(|&c| c == 1), "none delivered twice");
     let finals = final_outcomes(&h, &ids);
@@ -389,7 +385,7 @@ async fn unregistered_and_bad_tokens_fail_permanently_and_are_reported_invalid()
             .iter()
             .any(|t| t.token.to_hex() == bad && t.timestamp_ms.is_none())
     );
-    assert_eq!(record_counts(&h.sim).await.len(), 8);
+    assert_eq!(record_counts(&h.sim).len(), 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,7 +462,7 @@ async fn a_connection_the_server_closed_when_idle_does_not_eat_the_next_notifica
     let second: Vec<String> = (5..10).map(token).collect();
     ids.extend(submit(&engine, &second).await);
     wait_finished(&engine, 10).await;
-    assert_eq!(record_counts(&h.sim).await.len(), 10);
+    assert_eq!(record_counts(&h.sim).len(), 10);
     let finals = final_outcomes(&h, &ids);
     assert!(finals.values().all(|f| f[4] == "D"));
 }
@@ -489,7 +485,7 @@ async fn expired_provider_token_is_refreshed_and_the_notification_retried() {
         h.sim.stats().rejected.by_reason.get("ExpiredProviderToken"),
         Some(&1)
     );
-    assert_eq!(record_counts(&h.sim).await.len(), 1);
+    assert_eq!(record_counts(&h.sim).len(), 1);
     let finals = final_outcomes(&h, &ids);
     assert_eq!(finals.values().next().unwrap()[4], "D");
     assert_eq!(transient_lines(&h), 1);
@@ -506,7 +502,7 @@ async fn binary_error_packet_mid_burst_resends_exactly_what_followed() {
     let tokens: Vec<String> = (0..n).map(token).collect();
     let ids = submit(&engine, &tokens).await;
     wait_finished(&engine, n as u64).await;
-    let counts = record_counts(&h.sim).await;
+    let counts = record_counts(&h.sim);
     // docs/apns-protocol.md#binary-error-packet: everything after the failed notification was discarded and must arrive
     // once, resent.
     for (i, t) in tokens.iter().enumerate() {
@@ -533,7 +529,7 @@ async fn binary_transient_statuses_are_retried() {
     let tokens: Vec<String> = (0..500).map(token).collect();
     let ids = submit(&engine, &tokens).await;
     wait_finished(&engine, 500).await;
-    let counts = record_counts(&h.sim).await;
+    let counts = record_counts(&h.sim);
     assert_eq!(counts.len(), 500);
     assert!(counts.values().all(|&c| c == 1));
     let finals = final_outcomes(&h, &ids);
@@ -550,8 +546,8 @@ async fn binary_enhanced_format_delivers() {
     let tokens: Vec<String> = (0..100).map(token).collect();
     let ids = submit(&engine, &tokens).await;
     wait_finished(&engine, 100).await;
-    assert_eq!(record_counts(&h.sim).await.len(), 100);
     assert!(h.sim.record().iter().all(|r| r.format == Some(1)));
+    assert_eq!(record_counts(&h.sim).len(), 100);
     final_outcomes(&h, &ids);
 }
 
@@ -705,7 +701,7 @@ async fn restored_notifications_wait_for_their_next_attempt() {
     // The simulator's record trails its answers.
     h.sim.wait_for_records(1, WAIT).await;
     assert_eq!(
-        record_counts(&h.sim).await.keys().collect::<Vec<_>>(),
+        record_counts(&h.sim).keys().collect::<Vec<_>>(),
         vec![&token(2)]
     );
     let main = h.mainlog_lines();
