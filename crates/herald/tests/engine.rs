@@ -582,6 +582,58 @@ async fn connection_limit_is_honoured() {
     final_outcomes(&h, &ids);
 }
 
+/// Connections open on demand (docs/momentum-compat.md#outbound-connections): a burst one connection will carry
+/// once its stream limit has ramped up opens no other, even though APNs allows a token connection one stream until
+/// the provider token got through (docs/apns-protocol.md#http2-connection) and the first connection's adaptive
+/// limit starts below the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_one_connection_will_carry_opens_no_other() {
+    let h = Harness::start(|c| {
+        c.max_concurrent_streams = 1000;
+        c.scenario.latency_ms = 100;
+    })
+    .await;
+    let (engine, _) = h.engine(h.h2_token());
+    let tokens: Vec<String> = (0..300).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    wait_finished(&engine, 300).await;
+    assert_eq!(
+        h.sim.stats().connections.h2.total,
+        1,
+        "300 notifications, one connection allowed 1000 streams"
+    );
+    final_outcomes(&h, &ids);
+}
+
+/// A backlog larger than the open connection will ever carry opens the others as soon as the server has answered
+/// the first (its stream limit is then known), while that one is still ramping up with fast answers, instead of
+/// waiting until it carries all the server allows: every allowed connection is open before a quarter of the
+/// first connection's stream limit was ever answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_backlog_opens_every_allowed_connection_while_the_first_ramps_up() {
+    let h = Harness::start(|c| {
+        c.max_concurrent_streams = 1000;
+        c.scenario.latency_ms = 200;
+    })
+    .await;
+    let (engine, _) = h.engine(h.h2_token());
+    let tokens: Vec<String> = (0..8000).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    let deadline = Instant::now() + WAIT;
+    while h.sim.stats().connections.h2.total < 4 {
+        assert!(Instant::now() < deadline, "never opened 4 connections");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let answered = h.sim.stats().accepted.total;
+    assert!(
+        answered < 250,
+        "{answered} notifications accepted before the fourth connection opened"
+    );
+    wait_finished(&engine, 8000).await;
+    assert_eq!(h.sim.stats().connections.h2.total, 4, "no churn");
+    final_outcomes(&h, &ids);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_connection_failures_delay_the_queue() {
     let h = Harness::start(|_| {}).await;

@@ -472,6 +472,46 @@ mod direct {
         }
     }
 
+    /// Slow start doubles the streams in flight per round trip even when a round's answers come back together
+    /// and are handled in one turn: with 1 s per answer, the 20 first streams' answers open 40 streams, not the
+    /// ~27 they opened when each answer was judged by the streams left after the ones before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_that_arrive_together_each_grow_a_ramping_limit() {
+        let initial = herald_apns::client::limit::INITIAL_LIMIT;
+        let (mut c, state) = connect_starting_at(Duration::from_secs(10), None, |s| {
+            s.max_concurrent_streams = 1000;
+            s.scenario.latency_ms = 1000;
+        })
+        .await;
+        // A first request authenticates the connection (one stream until then), so that the next round of
+        // `initial` streams goes out at once and its answers come back together.
+        c.jobs.send(job(0)).await.unwrap();
+        let (_, first, _) = c.results.recv().await.unwrap();
+        assert!(matches!(first, PushResult::Delivered { .. }), "{first:?}");
+        assert_eq!(state.limit(), initial, "one stream in use proves nothing");
+        for i in 1..500 {
+            c.jobs.send(job(i)).await.unwrap();
+        }
+        for _ in 0..initial {
+            let (tag, result, _) = c.results.recv().await.unwrap();
+            assert!(
+                matches!(result, PushResult::Delivered { .. }),
+                "{tag}: {result:?}"
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while state.in_flight() < 2 * initial && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state.in_flight(), 2 * initial);
+        assert_eq!(state.limit(), 2 * initial);
+        assert!(
+            c.results.try_recv().is_err(),
+            "the second round is not answered yet"
+        );
+        c.jobs.close();
+    }
+
     fn job(i: u32) -> Job<u32> {
         Job {
             request: PushRequest {

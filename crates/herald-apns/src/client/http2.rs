@@ -122,7 +122,7 @@ pub async fn open_starting_at<T: Send + 'static>(
         .authority()
         .parse()
         .map_err(|_| ConnectionError::ServerName(opts.endpoint.host.clone()))?;
-    let state = ConnectionState::new(1);
+    let state = ConnectionState::unsettled(1);
     let info = ConnectionInfo { remote, id };
     let task = Dispatcher {
         opts,
@@ -299,6 +299,7 @@ impl<T: Send + 'static> Dispatcher<T> {
             self.state.set_in_flight(in_flight.len());
             self.state.set_capacity(server_max);
             self.state.set_limit(limit);
+            self.state.set_ramping(limiter.in_slow_start());
             if !taking && in_flight.is_empty() {
                 break;
             }
@@ -320,9 +321,13 @@ impl<T: Send + 'static> Dispatcher<T> {
                     let mut next = Some(answer);
                     // One clock read for the answers of this turn.
                     last_activity = Instant::now();
+                    self.state.set_settled();
+                    // Streams open when this turn's answers came: whether the limit was in use is judged by it,
+                    // not by what is left after each answer of a burst (the first few would otherwise decide).
+                    let open = in_flight.len() + 1;
                     while let Some(Answer { tag, result, token_used, rtt }) = next.take() {
                         if let Some(rtt) = rtt {
-                            limiter.on_sample(rtt, in_flight.len() + 1, last_activity);
+                            limiter.on_sample(rtt, open, last_activity);
                         }
                         if self.on_answer(&result, token_used) {
                             taking = false;

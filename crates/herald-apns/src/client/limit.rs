@@ -65,12 +65,12 @@ impl AdaptiveLimit {
         }
     }
 
-    /// A controller that starts at `initial` streams instead of [`INITIAL_LIMIT`]: for a further connection to a
-    /// server whose open connections already carry that many with fast answers, so the new one need not ramp up
-    /// from the start. Slow answers shrink it as they would any limit.
+    /// A controller that starts at `initial` streams instead of [`INITIAL_LIMIT`] (never below it): for a further
+    /// connection to a server whose open connections already carry that many with fast answers, so the new one
+    /// need not ramp up from the start. Slow answers shrink it as they would any limit.
     pub fn starting_at(response_timeout: Duration, now: Instant, initial: usize) -> AdaptiveLimit {
         AdaptiveLimit {
-            limit: initial.max(MIN_LIMIT) as f64,
+            limit: initial.max(INITIAL_LIMIT) as f64,
             ..AdaptiveLimit::new(response_timeout, now)
         }
     }
@@ -80,15 +80,32 @@ impl AdaptiveLimit {
         (self.limit as usize).clamp(MIN_LIMIT.min(self.max), self.max.max(1))
     }
 
-    /// The server's stream limit changed.
+    /// The server's stream limit changed. It caps what [`AdaptiveLimit::limit`] answers and how far the limit
+    /// grows, but does not lower the level the answers earned: APNs allows one stream before a provider token got
+    /// through and drops to one for a moment after a rejected notification, and when it allows more again the
+    /// connection takes up where it was instead of ramping up from one.
     pub fn set_max(&mut self, max: usize) {
         self.max = max.max(1);
+    }
+
+    /// Grows the limit by `step`, up to the server's limit (a level already above it stays).
+    fn grow_by(&mut self, step: f64) {
+        let max = self.max as f64;
+        if self.limit < max {
+            self.limit = (self.limit + step).min(max);
+        }
     }
 
     /// The answer time the limit aims under: twice the base plus a little, capped by the ceiling.
     pub fn target(&self) -> Duration {
         let base = self.base.unwrap_or(Duration::ZERO);
         (base * 2 + SLACK).min(self.ceiling)
+    }
+
+    /// True until the first window of slow answers: the limit is still ramping up (doubling per round trip while
+    /// in use), not held back.
+    pub fn in_slow_start(&self) -> bool {
+        self.slow_start
     }
 
     /// The base round trip, once one answer was seen.
@@ -108,7 +125,7 @@ impl AdaptiveLimit {
         // Slow start: every fast answer while the limit is in use opens room for one more stream, so a fast server
         // gets its full concurrency within a few round trips, not a few windows.
         if self.slow_start && rtt <= self.target() && in_flight * 2 >= before {
-            self.limit = (self.limit + 1.0).min(self.max as f64);
+            self.grow_by(1.0);
         }
         if now.duration_since(self.window_start) < WINDOW {
             return self.limit() != before;
@@ -119,16 +136,14 @@ impl AdaptiveLimit {
             // Grow only a limit that is being used: an idle connection proves nothing about the server.
             // In slow start the answers themselves grew the limit (above).
             if !self.slow_start && self.window_peak_in_flight * 2 >= before {
-                self.limit += self.limit.sqrt().max(1.0);
+                self.grow_by(self.limit.sqrt().max(1.0));
             }
         } else {
             self.slow_start = false;
             let gradient = (target.as_secs_f64() / avg.as_secs_f64()).clamp(0.5, 0.9);
             self.limit *= gradient;
         }
-        self.limit = self
-            .limit
-            .clamp(MIN_LIMIT.min(self.max) as f64, self.max as f64);
+        self.limit = self.limit.max(MIN_LIMIT as f64);
         if now.duration_since(self.period_start) >= BASE_REFRESH {
             if let (Some(base), Some(seen)) = (self.base, self.period_min) {
                 self.base = Some(seen.min(base * 2).max(base));
@@ -172,11 +187,14 @@ mod tests {
         // Answers ten times slower, beyond the target: the limit comes down.
         feed(&mut l, &mut now, Duration::from_millis(900), 3);
         assert!(l.limit() < 1000, "{}", l.limit());
-        // Never below the floor, whatever it is asked to start at.
-        assert_eq!(
-            AdaptiveLimit::starting_at(TIMEOUT, now, 0).limit(),
-            MIN_LIMIT
-        );
+        // Never below the usual start, whatever it is asked to start at (a server that allowed one stream
+        // before a provider token got through proved nothing).
+        for below in [0, 1, INITIAL_LIMIT - 1] {
+            assert_eq!(
+                AdaptiveLimit::starting_at(TIMEOUT, now, below).limit(),
+                INITIAL_LIMIT
+            );
+        }
     }
 
     #[test]
@@ -208,6 +226,37 @@ mod tests {
         assert_eq!(l.limit(), MIN_LIMIT);
         feed(&mut l, &mut now, Duration::from_millis(10), 60);
         assert!(l.limit() > 50, "{}", l.limit());
+    }
+
+    #[test]
+    fn a_moment_of_one_stream_does_not_cost_the_level_the_answers_earned() {
+        // docs/apns-protocol.md: one stream until a provider token got through, and one for a moment after a
+        // rejected notification.
+        let mut now = Instant::now();
+        let mut l = AdaptiveLimit::new(TIMEOUT, now);
+        l.set_max(1);
+        assert_eq!(l.limit(), 1);
+        // The first answer (the token accepted) comes while the server still allows one stream.
+        l.on_sample(
+            Duration::from_millis(10),
+            1,
+            now + Duration::from_millis(10),
+        );
+        feed(&mut l, &mut now, Duration::from_millis(10), 2);
+        l.set_max(1000);
+        assert_eq!(l.limit(), INITIAL_LIMIT);
+        feed(&mut l, &mut now, Duration::from_millis(10), 200);
+        assert_eq!(l.limit(), 1000);
+        // A rejection drops the server to one stream for a few windows of fast answers, then it allows 1000 again.
+        l.set_max(1);
+        feed(&mut l, &mut now, Duration::from_millis(10), 3);
+        assert_eq!(l.limit(), 1);
+        l.set_max(1000);
+        assert_eq!(l.limit(), 1000);
+        // A server that lowers its limit for good still caps the growth.
+        l.set_max(100);
+        feed(&mut l, &mut now, Duration::from_millis(10), 20);
+        assert_eq!(l.limit(), 100);
     }
 
     #[test]

@@ -153,10 +153,23 @@ pub struct ConnectionState {
     limit: AtomicUsize,
     closed: AtomicBool,
     draining: AtomicBool,
+    /// The capacity is the server's settled limit (see [`ConnectionState::is_saturated`]).
+    settled: AtomicBool,
+    /// The adaptive limit is still in its slow start (see [`ConnectionState::is_ramping_up`]).
+    ramping: AtomicBool,
 }
 
 impl ConnectionState {
+    /// The state of a connection whose capacity is known from the start (binary: the response window).
     pub fn new(initial_capacity: usize) -> Arc<Self> {
+        let state = ConnectionState::default();
+        state.capacity.store(initial_capacity, Ordering::Relaxed);
+        state.settled.store(true, Ordering::Relaxed);
+        Arc::new(state)
+    }
+    /// The state of an HTTP/2 connection, whose capacity is only settled once the server has answered (APNs allows
+    /// one stream on a token connection until a request with a valid provider token got through).
+    pub fn unsettled(initial_capacity: usize) -> Arc<Self> {
         let state = ConnectionState::default();
         state.capacity.store(initial_capacity, Ordering::Relaxed);
         Arc::new(state)
@@ -179,9 +192,18 @@ impl ConnectionState {
     }
     /// True when the server's own limit is what holds the connection back: it carries all the server allows.
     /// A connection held back by its adaptive limit (the server is slow) is not saturated, so slowness does not
-    /// open more connections.
+    /// open more connections; nor is one whose server has not answered yet, whose one-stream limit before the
+    /// provider token is accepted says nothing about what it will carry.
     pub fn is_saturated(&self) -> bool {
-        self.in_flight() >= self.capacity().max(1)
+        self.settled.load(Ordering::Relaxed) && self.in_flight() >= self.capacity().max(1)
+    }
+    /// True when the connection uses all its adaptive limit while that limit is still ramping up (every answer so
+    /// far came fast, and it grows each round trip): it will carry more, and only time holds it back, not the
+    /// server.
+    pub fn is_ramping_up(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
+            && self.ramping.load(Ordering::Relaxed)
+            && self.in_flight() >= self.limit().max(1)
     }
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -201,6 +223,13 @@ impl ConnectionState {
     }
     pub(crate) fn set_capacity(&self, n: usize) {
         self.capacity.store(n, Ordering::Relaxed);
+    }
+    /// The server has answered: its stream limit is the one it means.
+    pub(crate) fn set_ramping(&self, ramping: bool) {
+        self.ramping.store(ramping, Ordering::Relaxed);
+    }
+    pub(crate) fn set_settled(&self) {
+        self.settled.store(true, Ordering::Relaxed);
     }
     pub(crate) fn set_closed(&self) {
         self.closed.store(true, Ordering::Release);

@@ -13,6 +13,7 @@ use herald::delivery::ConfigResolver;
 use herald::inbound::accept::{Intake, NotDurable, Source, Submission};
 use herald::logs::Logs;
 use herald::queue::message::{IdGenerator, MessageId, Notification, unix_now};
+use herald::queue::stats::DomainStats;
 use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens};
 use herald_apns::client::PushRequest;
 use herald_apns::notification::PushHeaders;
@@ -52,6 +53,10 @@ pub struct BenchArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also print, every 50 ms to standard error, the time since the start, notifications finished, streams in
+    /// flight, the sum of the connections' in-flight limits and the connections open.
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -109,7 +114,17 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
     let sender: Arc<str> = Arc::from("bench@herald");
     let binding: Arc<str> = Arc::from(herald::queue::message::DEFAULT_BINDING);
     let started = Instant::now();
+    let mut sampler = None;
     for i in 0..args.count {
+        if i == 1 {
+            // The domain's statistics exist once the first notification is in.
+            let stats = engine
+                .stats(&args.domain)
+                .context("the domain received nothing")?;
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(sample_streams(stats, started, args.timeline, stopped));
+            sampler = Some((stop, task));
+        }
         let payload = if args.distinct_payloads {
             Bytes::copy_from_slice(&payload)
         } else {
@@ -158,23 +173,31 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
         };
         engine.submit(n).await?;
     }
+    if args.timeline {
+        eprintln!(
+            "{:>6} ms  all {} notifications handed to the engine",
+            started.elapsed().as_millis(),
+            args.count
+        );
+    }
     let stats = engine
         .stats(&args.domain)
         .context("the domain received nothing")?;
     let deadline = started + Duration::from_secs(args.timeout);
-    // Streams open on the domain's connections, sampled at every check: how much of the server's concurrency the
-    // engine kept busy (against `max_stream_limit`, the largest sum of the connections' in-flight limits seen).
-    let (mut in_flight_sum, mut samples, mut max_stream_limit) = (0u64, 0u64, 0usize);
     while stats.finished() < args.count {
         if Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-        in_flight_sum += stats.in_flight.load(Ordering::Relaxed) as u64;
-        samples += 1;
-        max_stream_limit = max_stream_limit.max(stats.stream_limit.load(Ordering::Relaxed));
     }
-    let mean_in_flight = in_flight_sum as f64 / samples.max(1) as f64;
+    let (mean_in_flight, max_stream_limit) = match sampler {
+        Some((stop, task)) => {
+            // The sampler ends at the signal, or by itself when the signal's sender is gone.
+            let _ = stop.send(());
+            task.await.context("the stream sampler failed")?
+        }
+        None => (0.0, 0),
+    };
     let elapsed = started.elapsed();
     for e in logs.flush() {
         eprintln!("herald bench: {e}");
@@ -228,6 +251,47 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Samples the domain's streams every 5 ms from `started` until `stop`: returns the mean streams in flight (how much
+/// of the server's concurrency the engine kept busy) and the largest sum of the connections' in-flight limits seen.
+/// With `timeline`, prints a line to standard error every 50 ms.
+async fn sample_streams(
+    stats: Arc<DomainStats>,
+    started: Instant,
+    timeline: bool,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> (f64, usize) {
+    let (mut in_flight_sum, mut samples, mut max_stream_limit) = (0u64, 0u64, 0usize);
+    let mut next_line = Duration::ZERO;
+    let mut interval = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = interval.tick() => {}
+        }
+        let in_flight = stats.in_flight.load(Ordering::Relaxed);
+        let limit = stats.stream_limit.load(Ordering::Relaxed);
+        in_flight_sum += in_flight as u64;
+        samples += 1;
+        max_stream_limit = max_stream_limit.max(limit);
+        let at = started.elapsed();
+        if timeline && at >= next_line {
+            next_line = at + Duration::from_millis(50);
+            eprintln!(
+                "{:>6} ms  finished {:>8}  in flight {:>5}  limit {:>5}  connections {}",
+                at.as_millis(),
+                stats.finished(),
+                in_flight,
+                limit,
+                stats.connections.load(Ordering::Relaxed)
+            );
+        }
+    }
+    (
+        in_flight_sum as f64 / samples.max(1) as f64,
+        max_stream_limit,
+    )
 }
 
 fn make_payload(size: usize) -> Bytes {

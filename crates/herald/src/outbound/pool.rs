@@ -1,11 +1,14 @@
 //! The pool of connections of one (binding, domain) (docs/momentum-compat.md#outbound-connections,
 //! docs/architecture.md#outbound).
 //!
-//! Connections open on demand: the first when work arrives, another only when every open one is saturated (carries
-//! all the server's stream limit allows; a connection held back by its adaptive limit because answers are slow is
-//! not saturated, so slowness never opens connections) and work is waiting, never more than
-//! `max_outbound_connections` (counting those being opened); a further HTTP/2 connection starts its adaptive limit at
-//! the level the saturated ones proved rather than ramping up again. They all pull from
+//! Connections open on demand: the first when work arrives, others while the work waiting is more than the open
+//! ones could carry at the server's stream limits and each of them needs help: it carries all the server allows
+//! (saturated), or uses all of an adaptive limit that is still ramping up with fast answers. A connection held back
+//! by its adaptive limit because answers are slow does neither, so slowness never opens connections; one the server
+//! has not answered yet (one stream until the provider token got through) waits for its answer. Never more than
+//! `max_outbound_connections` (counting those being opened), several at once when the backlog asks for them; a
+//! further HTTP/2 connection starts its adaptive limit at the level the open ones reached rather than ramping up
+//! from the start. They all pull from
 //! one queue, so work spreads over whichever has room. A connection closes itself after `idle_timeout`, on an
 //! exception, or (binary) after an error packet. Failed connection attempts back off exponentially; after
 //! `mx_failures_to_delay` of them in a row the pool says so, and the domain's queue is delayed instead of spun on.
@@ -266,27 +269,54 @@ impl Pool {
         self.last_error.as_deref()
     }
 
-    /// Drops closed connections and opens one more if work waits and every open one is saturated.
-    pub fn maintain(&mut self) {
+    /// Drops closed connections and opens more while work waits beyond what the open ones could carry (see
+    /// [`Pool::room_to_grow`]); `queued` is the work ready in the domain's queue, not yet handed over.
+    pub fn maintain(&mut self, queued: usize) {
         self.prune();
         self.drain_host_excess();
         let waiting = self.jobs_rx.len();
         if waiting == 0 {
             self.host_waiter = None;
-        }
-        if waiting == 0 || self.connecting > 0 {
             return;
         }
-        if self.connections.len() >= self.settings.max_connections.max(1) {
-            return;
+        let max = self.settings.max_connections.max(1);
+        while self.connections.len() + self.connecting < max && Instant::now() >= self.next_attempt
+        {
+            match self.room_to_grow() {
+                Some(room) if waiting + queued > room => {}
+                _ => return,
+            }
+            if !self.open_one() {
+                return;
+            }
         }
-        let all_busy = self
-            .connections
-            .iter()
-            .all(|c| c.is_saturated() || c.is_draining());
-        if !all_busy || Instant::now() < self.next_attempt {
-            return;
+    }
+
+    /// How much more work the open connections could take on at the servers' stream limits, counting each attempt
+    /// under way as one more like them; `None` while one of them cannot show yet that it needs help: the server has
+    /// not answered it yet (APNs allows one stream until a provider token got through), or it does not use all of
+    /// its limit, or its limit is held back by slow answers. So slowness never opens connections, a connection still
+    /// ramping up with fast answers does when the work waiting is more than it will ever carry, and a burst that one
+    /// connection will take on soon opens no other.
+    fn room_to_grow(&self) -> Option<usize> {
+        let mut room = 0usize;
+        let mut smallest: Option<usize> = None;
+        for c in self.connections.iter().filter(|c| !c.is_draining()) {
+            if !(c.is_saturated() || c.is_ramping_up()) {
+                return None;
+            }
+            room += c.capacity().saturating_sub(c.in_flight());
+            smallest = Some(smallest.map_or(c.capacity(), |s| s.min(c.capacity())));
         }
+        if self.connecting > 0 {
+            // Without an open connection to go by, wait for the attempt under way.
+            room += self.connecting * smallest?;
+        }
+        Some(room)
+    }
+
+    /// Starts one connection attempt; false when the host's budget has no slot for it.
+    fn open_one(&mut self) -> bool {
         if let Some(budget) = &self.settings.host_budget {
             let Some(slot) = budget.try_take() else {
                 // The host has all the connections its cap allows: wait for one of any pool to close. A pool
@@ -295,7 +325,7 @@ impl Pool {
                 if self.connections.is_empty() && self.host_waiter.is_none() {
                     self.host_waiter = Some(HostWaiter::new(budget));
                 }
-                return;
+                return false;
             };
             self.host_waiter = None;
             self.connecting_slots.push(slot);
@@ -309,13 +339,13 @@ impl Pool {
         match self.settings.protocol {
             RouteProtocol::Http2 => {
                 let opts = self.h2.clone();
-                // Every open connection carries all the server allows, and only fast answers let its adaptive
-                // limit get there: the new one starts at that level instead of ramping up again.
+                // The open connections carry all the server allows or ramp up with fast answers: the new one
+                // starts at the level they reached instead of ramping up from the start.
                 let proven = self
                     .connections
                     .iter()
                     .filter(|c| !c.is_draining())
-                    .map(|c| c.capacity())
+                    .map(|c| c.limit())
                     .min();
                 tokio::spawn(async move {
                     let opened = http2::open_starting_at(opts, id, jobs, sink, proven).await;
@@ -329,6 +359,7 @@ impl Pool {
                 });
             }
         }
+        true
     }
 
     /// Records the end of a connection attempt.

@@ -435,7 +435,7 @@ impl DomainTask {
                 self.active.push_back(d.item);
             }
         }
-        self.pool.maintain();
+        self.pool.maintain(self.active.len());
         self.retired.iter_mut().for_each(Pool::prune);
         self.retired.retain(Pool::is_active);
         let retired: usize = self.retired.iter().map(Pool::open_connections).sum();
@@ -513,7 +513,7 @@ impl DomainTask {
             }
             self.pool.submit(Job { request, tag: item });
         }
-        self.pool.maintain();
+        self.pool.maintain(self.active.len());
     }
 
     /// Fixes the APNs expiration at the first attempt (a notification received without one gets
