@@ -512,6 +512,62 @@ mod direct {
         c.jobs.close();
     }
 
+    /// After a rejected notification APNs allows one stream until the next accepted one ("choppy" streams,
+    /// docs/apns-protocol.md#http2-connection). The streams a connection earned with fast answers are back as soon
+    /// as APNs allows them again: a rejection costs a moment of one stream, not a ramp up from one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejection_costs_a_moment_of_one_stream_not_the_earned_limit() {
+        let bad = super::token(9999);
+        let (mut c, state) = connect_starting_at(Duration::from_secs(10), Some(200), |s| {
+            s.max_concurrent_streams = 1000;
+            s.choppy_streams = true;
+            s.scenario.latency_ms = 20;
+            s.scenario.bad = vec![bad.clone()];
+        })
+        .await;
+        let mut sent = 0u32;
+        let mut send = |c: &mut Conn, n: u32| {
+            for _ in 0..n {
+                sent += 1;
+                c.jobs.try_send(job(sent)).unwrap();
+            }
+        };
+        send(&mut c, 400);
+        for _ in 0..400 {
+            c.results.recv().await.unwrap();
+        }
+        let earned = state.limit();
+        assert!(earned >= 200, "{earned}");
+        // The rejection, then a few windows of answers one at a time while APNs allows one stream.
+        c.jobs
+            .try_send(Job {
+                request: PushRequest {
+                    token: DeviceToken::from_hex(&bad).unwrap(),
+                    ..job(0).request
+                },
+                tag: 0,
+            })
+            .unwrap();
+        let (_, rejected, _) = c.results.recv().await.unwrap();
+        assert!(matches!(rejected, PushResult::Rejected(_)), "{rejected:?}");
+        send(&mut c, 20);
+        for _ in 0..20 {
+            c.results.recv().await.unwrap();
+        }
+        // APNs allows its 1000 streams again after the first accepted one: the earned limit applies at once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while state.capacity() < 1000 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state.capacity(), 1000);
+        assert!(
+            state.limit() >= earned,
+            "limit {} after the rejection, {earned} before",
+            state.limit()
+        );
+        c.jobs.close();
+    }
+
     fn job(i: u32) -> Job<u32> {
         Job {
             request: PushRequest {
