@@ -473,14 +473,15 @@ mod direct {
     }
 
     /// Slow start doubles the streams in flight per round trip even when a round's answers come back together
-    /// and are handled in one turn: with 1 s per answer, the 20 first streams' answers open 40 streams, not the
-    /// ~27 they opened when each answer was judged by the streams left after the ones before it.
+    /// and are handled in one turn: the 20 first streams' answers open 40 streams, not the ~27 they opened when
+    /// each answer was judged by the streams left after the ones before it. Answers take 2.5 s, so that a loaded
+    /// machine cannot bring the next round's answers in before the check.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_that_arrive_together_each_grow_a_ramping_limit() {
         let initial = herald_apns::client::limit::INITIAL_LIMIT;
-        let (mut c, state) = connect_starting_at(Duration::from_secs(10), None, |s| {
+        let (mut c, state) = connect_starting_at(Duration::from_secs(30), None, |s| {
             s.max_concurrent_streams = 1000;
-            s.scenario.latency_ms = 1000;
+            s.scenario.latency_ms = 2500;
         })
         .await;
         // A first request authenticates the connection (one stream until then), so that the next round of
@@ -521,7 +522,8 @@ mod direct {
         let (mut c, state) = connect_starting_at(Duration::from_secs(10), Some(200), |s| {
             s.max_concurrent_streams = 1000;
             s.choppy_streams = true;
-            s.scenario.latency_ms = 20;
+            // Long enough that a loaded machine's delays do not read as a slower server.
+            s.scenario.latency_ms = 200;
             s.scenario.bad = vec![bad.clone()];
         })
         .await;
@@ -554,7 +556,9 @@ mod direct {
         for _ in 0..20 {
             c.results.recv().await.unwrap();
         }
-        // APNs allows its 1000 streams again after the first accepted one: the earned limit applies at once.
+        // APNs allows its 1000 streams again after the first accepted one: the earned limit applies at once. The
+        // rejection itself, answered at once while deliveries take 200 ms, says nothing about how fast deliveries
+        // are and must not make them look queued (the limit would halve per tenth of a second).
         let deadline = Instant::now() + Duration::from_secs(5);
         while state.capacity() < 1000 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;

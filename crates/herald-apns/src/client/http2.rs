@@ -287,6 +287,8 @@ impl<T: Send + 'static> Dispatcher<T> {
         let mut ping_sent: Option<Instant> = None;
         let mut taking = true;
         let mut auth_cache: Option<(Arc<str>, HeaderValue)> = None;
+        // Streams open right after requests last went out (see the answers below).
+        let mut filled = 0usize;
         let mut limiter = match self.start_limit {
             Some(n) => AdaptiveLimit::starting_at(self.opts.response_timeout, Instant::now(), n),
             None => AdaptiveLimit::new(self.opts.response_timeout, Instant::now()),
@@ -322,9 +324,11 @@ impl<T: Send + 'static> Dispatcher<T> {
                     // One clock read for the answers of this turn.
                     last_activity = Instant::now();
                     self.state.set_settled();
-                    // Streams open when this turn's answers came: whether the limit was in use is judged by it,
-                    // not by what is left after each answer of a burst (the first few would otherwise decide).
-                    let open = in_flight.len() + 1;
+                    // Whether the limit was in use is judged by how full the connection was when requests last
+                    // went out, not by what is left as the answers of a round trip come in (they come together,
+                    // often over several turns before the next requests are sent, and all but the first few
+                    // would find the connection half empty).
+                    let open = filled.max(in_flight.len() + 1);
                     while let Some(Answer { tag, result, token_used, rtt }) = next.take() {
                         if let Some(rtt) = rtt {
                             limiter.on_sample(rtt, open, last_activity);
@@ -376,6 +380,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                                 next = self.jobs.try_recv().ok();
                             }
                         }
+                        filled = in_flight.len();
                     }
                     // The pool closed the queue: finish what is in flight.
                     Ok(Err(_)) => taking = false,
@@ -647,10 +652,18 @@ async fn exchange<T>(
             }
         }
     };
-    // Only answers and timeouts say how fast the server is; a refused stream or a lost connection does not.
-    let rtt = match result {
-        PushResult::NotSent(_) => None,
-        _ => Some(written.elapsed()),
+    // Only what went through the server's delivery path says how fast it is: a delivery, a timeout, or the
+    // server's own trouble (5xx, 429). A rejection of the request itself (a bad token, a bad header: 4xx) is often
+    // answered at once, and counted it would make every delivery look like queueing; a refused stream or a lost
+    // connection says nothing either.
+    let rtt = match &result {
+        PushResult::Delivered { .. } | PushResult::TimedOut { .. } => Some(written.elapsed()),
+        PushResult::Rejected(Rejection::Http { status, .. })
+            if *status >= 500 || *status == 429 =>
+        {
+            Some(written.elapsed())
+        }
+        _ => None,
     };
     Answer {
         tag,
