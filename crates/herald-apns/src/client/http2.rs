@@ -656,15 +656,12 @@ async fn exchange<T>(
     // server's own trouble (5xx, 429). A rejection of the request itself (a bad token, a bad header: 4xx) is often
     // answered at once, and counted it would make every delivery look like queueing; a refused stream or a lost
     // connection says nothing either.
-    let rtt = match &result {
-        PushResult::Delivered { .. } | PushResult::TimedOut { .. } => Some(written.elapsed()),
-        PushResult::Rejected(Rejection::Http { status, .. })
-            if *status >= 500 || *status == 429 =>
-        {
-            Some(written.elapsed())
-        }
-        _ => None,
+    let timed = match &result {
+        PushResult::Delivered { .. } | PushResult::TimedOut { .. } => true,
+        PushResult::Rejected(Rejection::Http { status, .. }) => *status >= 500 || *status == 429,
+        _ => false,
     };
+    let rtt = timed.then(|| written.elapsed());
     Answer {
         tag,
         result,

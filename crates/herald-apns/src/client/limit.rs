@@ -114,8 +114,8 @@ impl AdaptiveLimit {
     }
 
     /// Records one answer (or a timeout, as `rtt` = the timeout) that took `rtt` from the moment the request was
-    /// written; `in_flight` is how many streams were open when it was sent (itself included). Returns true when the
-    /// limit changed.
+    /// written; `in_flight` is how full the connection was when requests last went out (the level this answer's
+    /// round trip used). Returns true when the limit changed.
     pub fn on_sample(&mut self, rtt: Duration, in_flight: usize, now: Instant) -> bool {
         self.period_min = Some(self.period_min.map_or(rtt, |m| m.min(rtt)));
         self.base = Some(self.base.map_or(rtt, |b| b.min(rtt)));

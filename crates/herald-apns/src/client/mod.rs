@@ -162,10 +162,9 @@ pub struct ConnectionState {
 impl ConnectionState {
     /// The state of a connection whose capacity is known from the start (binary: the response window).
     pub fn new(initial_capacity: usize) -> Arc<Self> {
-        let state = ConnectionState::default();
-        state.capacity.store(initial_capacity, Ordering::Relaxed);
-        state.settled.store(true, Ordering::Relaxed);
-        Arc::new(state)
+        let state = ConnectionState::unsettled(initial_capacity);
+        state.set_settled();
+        state
     }
     /// The state of an HTTP/2 connection, whose capacity is only settled once the server has answered (APNs allows
     /// one stream on a token connection until a request with a valid provider token got through).
@@ -224,10 +223,10 @@ impl ConnectionState {
     pub(crate) fn set_capacity(&self, n: usize) {
         self.capacity.store(n, Ordering::Relaxed);
     }
-    /// The server has answered: its stream limit is the one it means.
     pub(crate) fn set_ramping(&self, ramping: bool) {
         self.ramping.store(ramping, Ordering::Relaxed);
     }
+    /// The server has answered: its stream limit is the one it means.
     pub(crate) fn set_settled(&self) {
         self.settled.store(true, Ordering::Relaxed);
     }
