@@ -122,7 +122,13 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
                 .stats(&args.domain)
                 .context("the domain received nothing")?;
             let (stop, stopped) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(sample_streams(stats, started, args.timeline, stopped));
+            let task = tokio::spawn(sample_streams(
+                stats,
+                started,
+                args.count,
+                args.timeline,
+                stopped,
+            ));
             sampler = Some((stop, task));
         }
         let payload = if args.distinct_payloads {
@@ -190,13 +196,17 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (mean_in_flight, max_stream_limit) = match sampler {
+    let samples = match sampler {
         Some((stop, task)) => {
             // The sampler ends at the signal, or by itself when the signal's sender is gone.
             let _ = stop.send(());
             task.await.context("the stream sampler failed")?
         }
-        None => (0.0, 0),
+        None => StreamSamples {
+            mean_in_flight: 0.0,
+            max_stream_limit: 0,
+            at_full_limit_per_second: None,
+        },
     };
     let elapsed = started.elapsed();
     for e in logs.flush() {
@@ -211,7 +221,7 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
     let queued = stats.active.load(Ordering::Relaxed) + stats.delayed.load(Ordering::Relaxed);
     if args.json {
         println!(
-            "{{\"domain\":{:?},\"count\":{},\"seconds\":{:.3},\"per_second\":{:.0},\"delivered\":{},\"transient\":{},\"permanent\":{},\"invalid_tokens\":{},\"queued\":{},\"peak_rss_kib\":{},\"mean_in_flight\":{:.0},\"max_stream_limit\":{}}}",
+            "{{\"domain\":{:?},\"count\":{},\"seconds\":{:.3},\"per_second\":{:.0},\"delivered\":{},\"transient\":{},\"permanent\":{},\"invalid_tokens\":{},\"queued\":{},\"peak_rss_kib\":{},\"mean_in_flight\":{:.0},\"max_stream_limit\":{},\"at_full_limit_per_second\":{}}}",
             args.domain,
             args.count,
             elapsed.as_secs_f64(),
@@ -222,8 +232,11 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             invalid_count,
             queued,
             peak_rss_kib.unwrap_or(0),
-            mean_in_flight,
-            max_stream_limit
+            samples.mean_in_flight,
+            samples.max_stream_limit,
+            samples
+                .at_full_limit_per_second
+                .map_or_else(|| "null".to_string(), |r| format!("{r:.0}"))
         );
     } else {
         println!(
@@ -233,6 +246,12 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             elapsed.as_secs_f64(),
             rate
         );
+        if let Some(r) = samples.at_full_limit_per_second {
+            println!(
+                "{r:.0} notifications/s while the connections carried their full {} streams",
+                samples.max_stream_limit
+            );
+        }
         println!(
             "delivered {delivered}, transient {transient}, permanent {permanent}, invalid tokens {invalid_count}"
         );
@@ -253,16 +272,35 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-/// Samples the domain's streams every 5 ms from `started` until `stop`: returns the mean streams in flight (how much
-/// of the server's concurrency the engine kept busy) and the largest sum of the connections' in-flight limits seen.
-/// With `timeline`, prints a line to standard error every 50 ms.
+/// What the stream sampler saw over a run.
+struct StreamSamples {
+    /// Mean streams in flight: how much of the server's concurrency the engine kept busy.
+    mean_in_flight: f64,
+    /// The largest sum of the connections' in-flight limits seen.
+    max_stream_limit: usize,
+    /// Notifications finished per second while the connections carried their full limits (see [`full_limit_rate`]).
+    at_full_limit_per_second: Option<f64>,
+}
+
+/// One look at the domain's streams.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Sample {
+    at: Duration,
+    finished: u64,
+    limit: usize,
+}
+
+/// Samples the domain's streams every 5 ms from `started` until `stop`. With `timeline`, prints a line to standard
+/// error every 50 ms.
 async fn sample_streams(
     stats: Arc<DomainStats>,
     started: Instant,
+    count: u64,
     timeline: bool,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> (f64, usize) {
-    let (mut in_flight_sum, mut samples, mut max_stream_limit) = (0u64, 0u64, 0usize);
+) -> StreamSamples {
+    let (mut in_flight_sum, mut max_stream_limit) = (0u64, 0usize);
+    let mut samples = Vec::new();
     let mut next_line = Duration::ZERO;
     let mut interval = tokio::time::interval(Duration::from_millis(5));
     loop {
@@ -272,26 +310,51 @@ async fn sample_streams(
         }
         let in_flight = stats.in_flight.load(Ordering::Relaxed);
         let limit = stats.stream_limit.load(Ordering::Relaxed);
-        in_flight_sum += in_flight as u64;
-        samples += 1;
-        max_stream_limit = max_stream_limit.max(limit);
         let at = started.elapsed();
+        let finished = stats.finished();
+        in_flight_sum += in_flight as u64;
+        max_stream_limit = max_stream_limit.max(limit);
+        samples.push(Sample {
+            at,
+            finished,
+            limit,
+        });
         if timeline && at >= next_line {
             next_line = at + Duration::from_millis(50);
             eprintln!(
                 "{:>6} ms  finished {:>8}  in flight {:>5}  limit {:>5}  connections {}",
                 at.as_millis(),
-                stats.finished(),
+                finished,
                 in_flight,
                 limit,
                 stats.connections.load(Ordering::Relaxed)
             );
         }
     }
-    (
-        in_flight_sum as f64 / samples.max(1) as f64,
+    StreamSamples {
+        mean_in_flight: in_flight_sum as f64 / samples.len().max(1) as f64,
         max_stream_limit,
-    )
+        at_full_limit_per_second: full_limit_rate(&samples, count),
+    }
+}
+
+/// The rate at which notifications finished while the connections carried all they were allowed: from the first
+/// sample at the run's largest summed limit (connections open, slow start over) to the last sample with more than
+/// that limit still unfinished (after it, the connections cannot be full any more). This is the rate to set
+/// against the bound of streams / round trip; the whole run's rate also pays for connecting and for the slow start.
+/// `None` when that stretch is shorter than 100 ms, too short to time.
+fn full_limit_rate(samples: &[Sample], count: u64) -> Option<f64> {
+    let top = samples.iter().map(|s| s.limit).max().filter(|&l| l > 0)?;
+    let first = samples.iter().find(|s| s.limit == top)?;
+    let last = samples
+        .iter()
+        .rev()
+        .find(|s| count.saturating_sub(s.finished) > top as u64)?;
+    let span = last.at.checked_sub(first.at)?;
+    if span < Duration::from_millis(100) {
+        return None;
+    }
+    Some((last.finished - first.finished) as f64 / span.as_secs_f64())
 }
 
 fn make_payload(size: usize) -> Bytes {
@@ -327,4 +390,46 @@ fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ms: u64, finished: u64, limit: usize) -> Sample {
+        Sample {
+            at: Duration::from_millis(ms),
+            finished,
+            limit,
+        }
+    }
+
+    #[test]
+    fn the_full_limit_rate_leaves_out_the_ramp_and_the_tail() {
+        // Slow start to 4,000 streams by 200 ms, then 100 per ms until fewer than 4,000 are left, then a fast tail.
+        let samples = [
+            sample(0, 0, 80),
+            sample(100, 500, 1_000),
+            sample(200, 3_000, 4_000),
+            sample(300, 13_000, 4_000),
+            sample(1_000, 83_000, 4_000),
+            sample(1_050, 97_000, 4_000),
+            sample(1_100, 100_000, 3_000),
+        ];
+        let rate = full_limit_rate(&samples, 100_000);
+        assert_eq!(
+            rate,
+            Some(100_000.0),
+            "80,000 finished in the 800 ms at full limit"
+        );
+    }
+
+    #[test]
+    fn no_full_limit_rate_when_the_stretch_is_too_short_or_nothing_was_allowed() {
+        let short = [sample(0, 0, 100), sample(50, 10, 100), sample(90, 500, 100)];
+        assert_eq!(full_limit_rate(&short, 1_000), None);
+        let none = [sample(0, 0, 0), sample(500, 0, 0)];
+        assert_eq!(full_limit_rate(&none, 1_000), None);
+        assert_eq!(full_limit_rate(&[], 1_000), None);
+    }
 }
