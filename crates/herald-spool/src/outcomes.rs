@@ -21,8 +21,22 @@ use crate::fjall_engine::error;
 /// The keyspace directory inside the spool directory.
 pub const OUTCOMES_DIR: &str = "outcomes";
 
-/// A webhook event and its key in the queue.
-pub type HookEvent = (Vec<u8>, Vec<u8>);
+/// Events of a webhook queue stored as one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookChunk {
+    /// The number of its first event; the others follow without gaps.
+    pub first_seq: u64,
+    pub events: Vec<Vec<u8>>,
+}
+
+/// A webhook queue as stored (see [`OutcomeStore::hook_queues`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookQueue {
+    pub name: String,
+    pub head: u64,
+    /// (first number, events) of each chunk, oldest first.
+    pub chunks: Vec<(u64, u64)>,
+}
 
 /// A stored broadcast: its key and herald's encoding of it.
 pub type StoredBroadcast = (Vec<u8>, Vec<u8>);
@@ -41,8 +55,10 @@ pub struct OutcomeStore {
     pruned: PartitionHandle,
     /// idempotency key -> (expires ms BE, value).
     idempotency: PartitionHandle,
-    /// Webhook queues: (queue name, 0, sequence BE) -> event.
+    /// Webhook queues: (queue name, 0, first sequence BE) -> a chunk of events ([`encode_chunk`]).
     webhook: PartitionHandle,
+    /// Webhook queue name -> the first sequence number not yet done with (BE).
+    webhook_heads: PartitionHandle,
     /// Broadcasts accepted and not finished: id -> encoded broadcast (herald's encoding).
     broadcasts: PartitionHandle,
     /// run -> greatest pruned suffix, cached.
@@ -78,6 +94,7 @@ impl OutcomeStore {
         let pruned = part("pruned")?;
         let idempotency = part("idempotency")?;
         let webhook = part("webhook")?;
+        let webhook_heads = part("webhook_heads")?;
         let broadcasts = part("broadcasts")?;
         let mut watermarks = HashMap::new();
         for kv in pruned.iter() {
@@ -94,6 +111,7 @@ impl OutcomeStore {
             pruned,
             idempotency,
             webhook,
+            webhook_heads,
             broadcasts,
             watermarks: Mutex::new(watermarks),
             count: AtomicU64::new(count),
@@ -301,78 +319,107 @@ impl OutcomeStore {
         Ok(doomed.len() as u64)
     }
 
-    /// Appends `events` to the webhook queue `queue` (buffered write) under keys from `next_seq` up; returns
-    /// their keys.
-    pub fn hook_push(
+    /// Appends `events`, numbered from `first_seq` up, to the webhook queue `queue` as one chunk (one buffered
+    /// write, one entry: a queue's events are written, read and deleted by the chunk, not one by one).
+    pub fn hook_append(
         &self,
         queue: &str,
         first_seq: u64,
-        events: &[Vec<u8>],
-    ) -> Result<Vec<Vec<u8>>, SpoolError> {
-        const CTX: &str = "writing webhook outcomes";
+        events: &[impl AsRef<[u8]>],
+    ) -> Result<(), SpoolError> {
+        let value = encode_chunk(events);
         let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-        let mut keys = Vec::with_capacity(events.len());
-        for (i, e) in events.iter().enumerate() {
-            let key = hook_key(queue, first_seq + i as u64);
-            batch.insert(&self.webhook, key.as_slice(), e.as_slice());
-            keys.push(key);
-        }
-        batch.commit().map_err(|e| error(CTX, e))?;
-        Ok(keys)
+        batch.insert(&self.webhook, hook_key(queue, first_seq), value);
+        batch
+            .commit()
+            .map_err(|e| error("writing webhook outcomes", e))
     }
 
-    /// The oldest `limit` events of webhook queue `queue` numbered `from_seq` or more, with their keys.
+    /// The chunks of webhook queue `queue` from the one numbered `from_first_seq` on, until they hold `limit`
+    /// events or more.
     ///
-    /// Deleted events stay in the tree as tombstones until compaction: a reader that always started at the front
-    /// would step over every event delivered so far, so the caller passes the first number that may still be
-    /// there (0 when it does not know).
-    pub fn hook_peek(
+    /// Deleted chunks stay in the tree as tombstones until compaction: a reader that always started at the front
+    /// would step over every chunk delivered so far, so the caller passes the first chunk that may still be there.
+    pub fn hook_chunks(
         &self,
         queue: &str,
-        from_seq: u64,
+        from_first_seq: u64,
         limit: usize,
-    ) -> Result<Vec<HookEvent>, SpoolError> {
-        let range = hook_key(queue, from_seq)..=hook_key(queue, u64::MAX);
+    ) -> Result<Vec<HookChunk>, SpoolError> {
+        const CTX: &str = "reading webhook outcomes";
+        let range = hook_key(queue, from_first_seq)..=hook_key(queue, u64::MAX);
         let mut out = Vec::new();
-        for kv in self.webhook.range(range).take(limit) {
-            let (k, v) = kv.map_err(|e| error("reading webhook outcomes", e))?;
-            out.push((k.to_vec(), v.to_vec()));
+        let mut events = 0;
+        for kv in self.webhook.range(range) {
+            if events >= limit {
+                break;
+            }
+            let (k, v) = kv.map_err(|e| error(CTX, e))?;
+            let first_seq = hook_seq(&k).ok_or_else(|| corrupt_chunk(queue))?;
+            let chunk = decode_chunk(&v).ok_or_else(|| corrupt_chunk(queue))?;
+            events += chunk.len();
+            out.push(HookChunk {
+                first_seq,
+                events: chunk,
+            });
         }
         Ok(out)
     }
 
-    /// Deletes webhook events by key.
-    pub fn hook_remove(&self, keys: &[Vec<u8>]) -> Result<(), SpoolError> {
+    /// Records that every event of webhook queue `queue` numbered below `head` is done with (delivered or
+    /// dropped) and deletes the chunks `done` (by their first numbers), in one buffered write.
+    pub fn hook_advance(&self, queue: &str, head: u64, done: &[u64]) -> Result<(), SpoolError> {
         let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-        for k in keys {
-            batch.remove(&self.webhook, k.as_slice());
+        for first_seq in done {
+            batch.remove(&self.webhook, hook_key(queue, *first_seq));
         }
+        batch.insert(&self.webhook_heads, queue.as_bytes(), head.to_be_bytes());
         batch
             .commit()
             .map_err(|e| error("deleting webhook outcomes", e))
     }
 
-    /// Every webhook queue with events, with its event count and greatest sequence number.
-    pub fn hook_queues(&self) -> Result<Vec<(String, u64, u64)>, SpoolError> {
-        let mut out: Vec<(String, u64, u64)> = Vec::new();
+    /// Every webhook queue with events or a recorded number: its name, the number recorded by
+    /// [`OutcomeStore::hook_advance`] (events below it are done; 0 when none was) and its chunks as (first number,
+    /// events), oldest first.
+    pub fn hook_queues(&self) -> Result<Vec<HookQueue>, SpoolError> {
+        const CTX: &str = "reading webhook outcomes";
+        let mut out: Vec<HookQueue> = Vec::new();
         for kv in self.webhook.iter() {
-            let (k, _) = kv.map_err(|e| error("reading webhook outcomes", e))?;
-            if k.len() < 9 {
+            let (k, v) = kv.map_err(|e| error(CTX, e))?;
+            let Some(name_len) = k.len().checked_sub(9) else {
                 continue;
-            }
-            let (name, seq) = k.split_at(k.len() - 8);
-            let name = String::from_utf8_lossy(&name[..name.len() - 1]).into_owned();
-            let mut s = [0u8; 8];
-            s.copy_from_slice(seq);
-            let seq = u64::from_be_bytes(s);
+            };
+            let name = String::from_utf8_lossy(&k[..name_len]).into_owned();
+            let (Some(first_seq), Some(events)) = (hook_seq(&k), chunk_len(&v)) else {
+                return Err(corrupt_chunk(&name));
+            };
             match out.last_mut() {
-                Some(last) if last.0 == name => {
-                    last.1 += 1;
-                    last.2 = last.2.max(seq);
-                }
-                _ => out.push((name, 1, seq)),
+                Some(last) if last.name == name => last.chunks.push((first_seq, events)),
+                _ => out.push(HookQueue {
+                    name,
+                    head: 0,
+                    chunks: vec![(first_seq, events)],
+                }),
             }
         }
+        // A queue whose chunks are all done keeps its number, so that its next events are numbered after it.
+        for kv in self.webhook_heads.iter() {
+            let (k, v) = kv.map_err(|e| error(CTX, e))?;
+            let Ok(head) = <[u8; 8]>::try_from(&*v) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&k);
+            match out.iter_mut().find(|q| q.name == name) {
+                Some(q) => q.head = u64::from_be_bytes(head),
+                None => out.push(HookQueue {
+                    name: name.into_owned(),
+                    head: u64::from_be_bytes(head),
+                    chunks: Vec::new(),
+                }),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
@@ -445,7 +492,7 @@ fn expiry_key(finished_ms: u64, key: &OutcomeKey) -> [u8; 24] {
 }
 
 /// The sequence number of a webhook event's key (its last 8 bytes).
-pub fn hook_seq(key: &[u8]) -> Option<u64> {
+fn hook_seq(key: &[u8]) -> Option<u64> {
     let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
     <[u8; 8]>::try_from(tail).ok().map(u64::from_be_bytes)
 }
@@ -456,6 +503,60 @@ fn hook_key(queue: &str, seq: u64) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The first byte of a chunk of several events; a stored value that starts otherwise is one event, as earlier
+/// versions stored them (a JSON object, starting with `{`).
+const CHUNK_TAG: u8 = 1;
+
+/// A chunk: [`CHUNK_TAG`], then each event as its length (u32 LE) and its bytes.
+fn encode_chunk(events: &[impl AsRef<[u8]>]) -> Vec<u8> {
+    let size = events.iter().map(|e| 4 + e.as_ref().len()).sum::<usize>();
+    let mut out = Vec::with_capacity(1 + size);
+    out.push(CHUNK_TAG);
+    for e in events {
+        let e = e.as_ref();
+        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+/// The events of a stored chunk; `None` when it is cut short.
+fn decode_chunk(value: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let Some((&CHUNK_TAG, mut rest)) = value.split_first() else {
+        return Some(vec![value.to_vec()]);
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        out.push(tail.get(..len)?.to_vec());
+        rest = &tail[len..];
+    }
+    Some(out)
+}
+
+/// How many events a stored chunk holds, without copying them.
+fn chunk_len(value: &[u8]) -> Option<u64> {
+    let Some((&CHUNK_TAG, mut rest)) = value.split_first() else {
+        return Some(1);
+    };
+    let mut n = 0;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        rest = tail.get(u32::from_le_bytes(*len) as usize..)?;
+        n += 1;
+    }
+    Some(n)
+}
+
+fn corrupt_chunk(queue: &str) -> SpoolError {
+    SpoolError::Storage {
+        context: "reading webhook outcomes",
+        detail: format!("a stored chunk of webhook queue {queue} is cut short"),
+        temporary: false,
+    }
 }
 
 fn split(key: &OutcomeKey) -> ([u8; 8], u64) {
@@ -563,42 +664,92 @@ mod tests {
     }
 
     #[test]
-    fn webhook_queues_keep_order_and_survive_reopen() {
+    fn webhook_chunks_keep_order_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = OutcomeStore::open(dir.path()).unwrap();
-            store
-                .hook_push("a.example", 1, &[b"1".to_vec(), b"2".to_vec()])
-                .unwrap();
-            store.hook_push("b.example", 1, &[b"x".to_vec()]).unwrap();
+            store.hook_append("a.example", 1, &[b"1", b"2"]).unwrap();
+            store.hook_append("a.example", 3, &[b"3"]).unwrap();
+            store.hook_append("b.example", 1, &[b"x"]).unwrap();
             store.sync().unwrap();
         }
         let store = OutcomeStore::open(dir.path()).unwrap();
+        let queue = |name: &str, head, chunks: &[(u64, u64)]| HookQueue {
+            name: name.to_owned(),
+            head,
+            chunks: chunks.to_vec(),
+        };
         assert_eq!(
             store.hook_queues().unwrap(),
             vec![
-                ("a.example".to_owned(), 2, 2),
-                ("b.example".to_owned(), 1, 1)
+                queue("a.example", 0, &[(1, 2), (3, 1)]),
+                queue("b.example", 0, &[(1, 1)])
             ]
         );
-        let a = store.hook_peek("a.example", 0, 10).unwrap();
+        let a = store.hook_chunks("a.example", 0, 10).unwrap();
         assert_eq!(
-            a.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
-            vec![b"1".to_vec(), b"2".to_vec()]
+            a,
+            vec![
+                HookChunk {
+                    first_seq: 1,
+                    events: vec![b"1".to_vec(), b"2".to_vec()]
+                },
+                HookChunk {
+                    first_seq: 3,
+                    events: vec![b"3".to_vec()]
+                }
+            ]
+        );
+        // Reading stops at the chunk that reaches the limit; from a chunk on, what is before it is not read.
+        assert_eq!(store.hook_chunks("a.example", 0, 2).unwrap().len(), 1);
+        assert_eq!(store.hook_chunks("a.example", 3, 10).unwrap(), a[1..]);
+        // Events 1 and 2 done: their chunk goes, the number stays.
+        store.hook_advance("a.example", 3, &[1]).unwrap();
+        assert_eq!(store.hook_chunks("a.example", 0, 10).unwrap(), a[1..]);
+        assert_eq!(
+            store.hook_queues().unwrap()[0],
+            queue("a.example", 3, &[(3, 1)])
+        );
+        assert_eq!(store.hook_chunks("b.example", 0, 10).unwrap().len(), 1);
+        // A queue with every chunk done is still listed, with its number.
+        store.hook_advance("a.example", 4, &[3]).unwrap();
+        assert_eq!(store.hook_queues().unwrap()[0], queue("a.example", 4, &[]));
+    }
+
+    #[test]
+    fn a_webhook_event_stored_alone_by_an_earlier_version_reads_as_a_chunk_of_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        store
+            .webhook
+            .insert(hook_key("a.example", 7), br#"{"id":"x"}"#)
+            .unwrap();
+        assert_eq!(
+            store.hook_queues().unwrap(),
+            vec![HookQueue {
+                name: "a.example".into(),
+                head: 0,
+                chunks: vec![(7, 1)]
+            }]
         );
         assert_eq!(
-            a.iter().map(|(k, _)| hook_seq(k)).collect::<Vec<_>>(),
-            vec![Some(1), Some(2)]
+            store.hook_chunks("a.example", 0, 10).unwrap()[0].events,
+            vec![br#"{"id":"x"}"#.to_vec()]
         );
-        store.hook_remove(&[a[0].0.clone()]).unwrap();
-        assert_eq!(store.hook_peek("a.example", 0, 10).unwrap().len(), 1);
-        // From a number on: what is before it is not read; another queue's events never are.
+    }
+
+    #[test]
+    fn a_cut_chunk_is_an_error_naming_its_queue() {
         assert_eq!(
-            store.hook_peek("a.example", 2, 10).unwrap(),
-            vec![a[1].clone()]
+            decode_chunk(&encode_chunk(&[&b"ab"[..], b""])),
+            Some(vec![b"ab".to_vec(), vec![]])
         );
-        assert!(store.hook_peek("a.example", 3, 10).unwrap().is_empty());
-        assert_eq!(store.hook_peek("b.example", 0, 10).unwrap().len(), 1);
+        assert_eq!(chunk_len(&encode_chunk(&[&b"ab"[..], b"c"])), Some(2));
+        let mut cut = encode_chunk(&[b"abc"]);
+        cut.pop();
+        assert_eq!(decode_chunk(&cut), None);
+        assert_eq!(chunk_len(&cut), None);
+        assert!(corrupt_chunk("a.example").to_string().contains("a.example"));
     }
 
     #[test]

@@ -2,24 +2,28 @@
 //! HMAC-SHA256, retried with backoff until `outcome_webhook_max_age`, at least once across restarts.
 //!
 //! The delivery path only builds a small JSON event and hands it to a bounded channel ([`OutcomeListener`]); it
-//! never waits: past [`HANDOFF`] waiting events new ones are dropped and counted. A writer thread appends them
-//! to the domain's queue in the outcome store (a store write that survives a crash of the process); a sender
-//! task per domain POSTs the oldest events and deletes them once the receiver answered 2xx. A receiver that is
-//! down keeps its events in its own queue, bounded by `outcome_webhook_backlog`: beyond it the oldest are
-//! dropped with a counter and a log line.
+//! never waits: past [`HANDOFF`] waiting events new ones are dropped and counted. A writer thread appends each
+//! pass's events to the domain's queue in the outcome store as one chunk (one store write that survives a crash
+//! of the process) and keeps the newest chunks' events in memory; a sender task per domain POSTs the oldest
+//! events (from memory, or read back from the store after a restart or beyond [`CACHE_BYTES`]), and once the
+//! receiver answered 2xx records how far the queue is done and deletes the chunks wholly behind that point. A
+//! receiver that is down keeps its events in its own queue, bounded by `outcome_webhook_backlog`: beyond it the
+//! oldest are dropped with a counter and a log line. After a crash, the events of a partly delivered chunk that
+//! were sent after the last recorded point are sent again (at least once, never lost).
 //!
 //! The request: `POST` with `content-type: application/json`, body `{"outcomes": [event, …]}` (docs/openapi.yaml
 //! `WebhookBatch`), headers `herald-timestamp: UNIX_SECONDS` and `herald-signature: v1=HEX` where HEX is
 //! HMAC-SHA256 with the secret over `TIMESTAMP.BODY` (docs/api.md "Outcome webhooks").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use herald_spool::{OutcomeStore, hook_seq};
+use bytes::Bytes;
+use herald_spool::{HookChunk, OutcomeStore};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -31,6 +35,8 @@ use crate::logs::{OutcomeKind, OutcomeRecord};
 pub const HANDOFF: usize = 100_000;
 /// Events per request.
 pub const BATCH: usize = 500;
+/// Bytes of events a queue keeps in memory for its sender; chunks written beyond are read back from the store.
+pub const CACHE_BYTES: usize = 16 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -49,19 +55,142 @@ pub struct HookSettings {
 /// Resolves a domain's webhook options (`None`: the domain has no webhook).
 pub type HookResolver = dyn Fn(&str) -> Option<Arc<HookSettings>> + Send + Sync;
 
-/// One domain's queue, as counted in memory.
+/// One domain's queue, as kept in memory.
 #[derive(Default)]
 struct Queue {
     next_seq: AtomicU64,
-    /// Every event numbered below this is gone from the store: readers start here (see
-    /// [`OutcomeStore::hook_peek`]). Raised past each prefix of the queue that is removed.
-    head: AtomicU64,
+    /// Events waiting (changed with `chunks` locked).
     len: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    chunks: Mutex<Chunks>,
     wake: tokio::sync::Notify,
+}
+
+/// The stored chunks of a queue that still hold waiting events.
+#[derive(Default)]
+struct Chunks {
+    /// Every event numbered below this is done with (delivered or dropped).
+    head: u64,
+    /// Oldest first.
+    live: VecDeque<Chunk>,
+    /// Bytes of the events held in memory.
+    cached: usize,
+}
+
+struct Chunk {
+    first_seq: u64,
+    count: u64,
+    /// The events, while in memory; `None` for a chunk restored at start or written beyond [`CACHE_BYTES`].
+    events: Option<Arc<[Bytes]>>,
+}
+
+impl Chunk {
+    fn end(&self) -> u64 {
+        self.first_seq + self.count
+    }
+
+    fn bytes(&self) -> usize {
+        self.events
+            .as_ref()
+            .map_or(0, |e| e.iter().map(Bytes::len).sum())
+    }
+}
+
+/// Where a sender finds the next events.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// In memory: (number, event), oldest first.
+    Events(Vec<(u64, Bytes)>),
+    /// In the store, from the chunk with this first number.
+    Stored(u64),
+    Empty,
+}
+
+impl Chunks {
+    /// A chunk just stored, kept in memory while the queue's events there stay within [`CACHE_BYTES`].
+    fn push(&mut self, first_seq: u64, events: Vec<Vec<u8>>) {
+        let count = events.len() as u64;
+        let bytes: usize = events.iter().map(Vec::len).sum();
+        let events = (self.cached + bytes <= CACHE_BYTES).then(|| {
+            self.cached += bytes;
+            events.into_iter().map(Bytes::from).collect()
+        });
+        self.live.push_back(Chunk {
+            first_seq,
+            count,
+            events,
+        });
+    }
+
+    /// Up to `limit` of the oldest waiting events.
+    fn next(&self, limit: usize) -> Next {
+        let mut out = Vec::new();
+        for c in &self.live {
+            let from = self.head.max(c.first_seq);
+            if from >= c.end() {
+                continue;
+            }
+            let Some(events) = &c.events else {
+                return if out.is_empty() {
+                    Next::Stored(c.first_seq)
+                } else {
+                    Next::Events(out)
+                };
+            };
+            for seq in from..c.end() {
+                if out.len() >= limit {
+                    return Next::Events(out);
+                }
+                out.push((seq, events[(seq - c.first_seq) as usize].clone()));
+            }
+        }
+        if out.is_empty() {
+            Next::Empty
+        } else {
+            Next::Events(out)
+        }
+    }
+
+    /// Moves the head to `to` (never back): returns how many waiting events it passed and the first numbers of the
+    /// chunks now wholly behind it, which leave memory.
+    fn advance(&mut self, to: u64) -> (u64, Vec<u64>) {
+        let (mut passed, mut done) = (0, Vec::new());
+        if to <= self.head {
+            return (passed, done);
+        }
+        while let Some(c) = self.live.front() {
+            let from = self.head.max(c.first_seq);
+            passed += c.end().min(to).saturating_sub(from);
+            if c.end() > to {
+                break;
+            }
+            self.cached -= c.bytes();
+            done.push(c.first_seq);
+            self.live.pop_front();
+        }
+        self.head = to;
+        (passed, done)
+    }
+
+    /// The head that passes the `n` oldest waiting events.
+    fn head_after(&self, n: u64) -> u64 {
+        let mut left = n;
+        for c in &self.live {
+            let from = self.head.max(c.first_seq);
+            let waiting = c.end().saturating_sub(from);
+            if left < waiting {
+                return from + left;
+            }
+            left -= waiting;
+        }
+        self.live
+            .back()
+            .map_or(self.head, Chunk::end)
+            .max(self.head)
+    }
 }
 
 /// Figures of one domain's webhook, for `/metrics` and the console.
@@ -129,10 +258,26 @@ impl Webhooks {
         });
         match store.hook_queues() {
             Ok(queues) => {
-                for (domain, len, last) in queues {
-                    let q = hooks.queue(&domain);
-                    q.len.store(len, Ordering::Relaxed);
-                    q.next_seq.store(last + 1, Ordering::Relaxed);
+                for stored in queues {
+                    let q = hooks.queue(&stored.name);
+                    let mut chunks = lock(&q.chunks);
+                    chunks.head = stored.head;
+                    let mut next = stored.head.max(1);
+                    for (first_seq, count) in stored.chunks {
+                        next = next.max(first_seq + count);
+                        let waiting =
+                            (first_seq + count).saturating_sub(stored.head.max(first_seq));
+                        if waiting > 0 {
+                            q.len.fetch_add(waiting, Ordering::Relaxed);
+                            chunks.live.push_back(Chunk {
+                                first_seq,
+                                count,
+                                events: None,
+                            });
+                        }
+                    }
+                    drop(chunks);
+                    q.next_seq.store(next, Ordering::Relaxed);
                     q.wake.notify_one();
                 }
             }
@@ -360,35 +505,31 @@ fn write_loop(rx: Receiver<(Arc<str>, Vec<u8>)>, hooks: Weak<Webhooks>) {
             let q = hooks.queue(&domain);
             let n = events.len() as u64;
             let first_seq = q.next_seq.fetch_add(n, Ordering::Relaxed);
-            if let Err(e) = hooks.store.hook_push(&domain, first_seq, &events) {
+            if let Err(e) = hooks.store.hook_append(&domain, first_seq, &events) {
                 tracing::error!(%domain, "storing {n} webhook outcomes: {e}");
                 continue;
             }
+            let mut chunks = lock(&q.chunks);
+            chunks.push(first_seq, events);
             let len = q.len.fetch_add(n, Ordering::Relaxed) + n;
             let bound = hooks.settings(&domain).map_or(u64::MAX, |s| s.backlog);
             if len > bound {
-                let over = (len - bound) as usize;
-                match hooks
-                    .store
-                    .hook_peek(&domain, q.head.load(Ordering::Relaxed), over)
-                {
-                    Ok(oldest) => {
-                        let keys: Vec<Vec<u8>> = oldest.into_iter().map(|(k, _)| k).collect();
-                        if hooks.store.hook_remove(&keys).is_ok() {
-                            q.removed_prefix(&keys);
-                            let k = keys.len() as u64;
-                            q.len.fetch_sub(k, Ordering::Relaxed);
-                            let before = q.dropped.fetch_add(k, Ordering::Relaxed);
-                            if before == 0 || (before + k) / 10_000 > before / 10_000 {
-                                tracing::warn!(
-                                    %domain, backlog = bound, dropped_total = before + k,
-                                    "the webhook receiver falls behind: the oldest outcomes are dropped"
-                                );
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!(%domain, "trimming the webhook backlog: {e}"),
+                let to = chunks.head_after(len - bound);
+                let (k, done) = chunks.advance(to);
+                q.len.fetch_sub(k, Ordering::Relaxed);
+                drop(chunks);
+                if let Err(e) = hooks.store.hook_advance(&domain, to, &done) {
+                    tracing::error!(%domain, "trimming the webhook backlog: {e}");
                 }
+                let before = q.dropped.fetch_add(k, Ordering::Relaxed);
+                if before == 0 || (before + k) / 10_000 > before / 10_000 {
+                    tracing::warn!(
+                        %domain, backlog = bound, dropped_total = before + k,
+                        "the webhook receiver falls behind: the oldest outcomes are dropped"
+                    );
+                }
+            } else {
+                drop(chunks);
             }
             q.wake.notify_one();
         }
@@ -406,25 +547,29 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         let Some(h) = hooks.upgrade() else {
             return;
         };
-        let store = h.store.clone();
-        let d = domain.clone();
-        let from = q.head.load(Ordering::Relaxed);
-        let events = tokio::task::spawn_blocking(move || store.hook_peek(&d, from, BATCH))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let events = match events {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(%domain, "reading the webhook queue: {e}");
-                Vec::new()
-            }
+        let next = lock(&q.chunks).next(BATCH);
+        let events = match next {
+            Next::Events(events) => events,
+            Next::Stored(from) => match read_back(&h.store, &domain, from).await {
+                Ok(chunks) => {
+                    let head = lock(&q.chunks).head;
+                    waiting_events(chunks, head, BATCH)
+                }
+                Err(e) => {
+                    tracing::error!(%domain, "reading the webhook queue: {e}");
+                    drop(h);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+            Next::Empty => Vec::new(),
         };
-        if events.is_empty() {
+        let Some(last_seq) = events.last().map(|(seq, _)| *seq) else {
             drop(h);
             q.wake.notified().await;
             continue;
-        }
+        };
         let Some(settings) = h.settings(&Arc::from(domain.as_str())) else {
             // The webhook was removed from the configuration: its queue waits until it comes back.
             drop(h);
@@ -433,30 +578,30 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         };
         // Events older than max_age are dropped, not sent.
         let oldest_allowed = now_secs().saturating_sub(settings.max_age.as_secs());
-        let (stale, fresh): (Vec<_>, Vec<_>) = events
-            .into_iter()
-            .partition(|(_, v)| finished_at(v).is_some_and(|t| t < oldest_allowed));
-        if !stale.is_empty() {
-            let keys: Vec<_> = stale.into_iter().map(|(k, _)| k).collect();
-            let (keys, removed) = remove_off_thread(&h.store, keys).await;
-            if removed.is_ok() {
-                let k = keys.len() as u64;
-                q.len.fetch_sub(k, Ordering::Relaxed);
-                q.dropped.fetch_add(k, Ordering::Relaxed);
-                tracing::warn!(%domain, dropped = k, "webhook outcomes older than outcome_webhook_max_age dropped");
-            }
+        let fresh: Vec<&Bytes> = events
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| finished_at(e).is_none_or(|t| t >= oldest_allowed))
+            .collect();
+        let stale = (events.len() - fresh.len()) as u64;
+        if fresh.is_empty() {
+            let k = done_with(&h, &domain, &q, last_seq + 1).await;
+            q.dropped.fetch_add(k, Ordering::Relaxed);
+            tracing::warn!(%domain, dropped = k, "webhook outcomes older than outcome_webhook_max_age dropped");
             continue;
         }
-        let mut body =
-            Vec::with_capacity(16 + fresh.iter().map(|(_, v)| v.len() + 1).sum::<usize>());
+        let mut body = Vec::with_capacity(16 + fresh.iter().map(|e| e.len() + 1).sum::<usize>());
         body.extend_from_slice(b"{\"outcomes\":[");
-        for (i, (_, v)) in fresh.iter().enumerate() {
+        for (i, e) in fresh.iter().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(v);
+            body.extend_from_slice(e);
         }
         body.extend_from_slice(b"]}");
+        let sent = fresh.len() as u64;
+        drop(fresh);
+        drop(events);
         let ts = now_secs();
         let sig = signature(settings.secret.as_bytes(), ts, &body);
         let result = h
@@ -475,24 +620,21 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         };
         match error {
             None => {
-                let keys: Vec<_> = fresh.into_iter().map(|(k, _)| k).collect();
-                let (keys, removed) = remove_off_thread(&h.store, keys).await;
-                match removed {
-                    Ok(()) => {
-                        // Nothing was stale: `keys` is the whole front of the queue as read.
-                        q.removed_prefix(&keys);
-                        let k = keys.len() as u64;
-                        q.len.fetch_sub(k, Ordering::Relaxed);
-                        q.delivered.fetch_add(k, Ordering::Relaxed);
-                    }
-                    Err(e) => tracing::error!(%domain, "deleting delivered webhook outcomes: {e}"),
+                let k = done_with(&h, &domain, &q, last_seq + 1).await;
+                // What the head passed: the events sent, and the stale ones left out (fewer when the writer
+                // dropped some of them meanwhile, beyond the backlog).
+                let delivered = k.min(sent);
+                q.delivered.fetch_add(delivered, Ordering::Relaxed);
+                q.dropped.fetch_add(k - delivered, Ordering::Relaxed);
+                if stale > 0 {
+                    tracing::warn!(%domain, dropped = stale, "webhook outcomes older than outcome_webhook_max_age dropped");
                 }
                 backoff = Duration::from_millis(250);
             }
             Some(e) => {
                 q.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%domain, url = %settings.url, "outcome webhook: {e}; retrying in {backoff:?}");
-                *q.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                *lock(&q.last_error) = Some(e);
                 drop(h);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -501,28 +643,54 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
     }
 }
 
-/// Deletes webhook events on the blocking pool: a store write can wait for the journal while another thread syncs
-/// it, which must not hold up an async worker thread.
-async fn remove_off_thread(
-    store: &Arc<OutcomeStore>,
-    keys: Vec<Vec<u8>>,
-) -> (Vec<Vec<u8>>, Result<(), String>) {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let result = store.hook_remove(&keys).map_err(|e| e.to_string());
-        (keys, result)
-    })
-    .await
-    .unwrap_or_else(|e| (Vec::new(), Err(e.to_string())))
+/// The waiting events (numbered `head` or more) of chunks read back from the store, at most `limit`.
+fn waiting_events(chunks: Vec<HookChunk>, head: u64, limit: usize) -> Vec<(u64, Bytes)> {
+    chunks
+        .into_iter()
+        .flat_map(|c| {
+            let first = c.first_seq;
+            c.events
+                .into_iter()
+                .enumerate()
+                .map(move |(i, e)| (first + i as u64, Bytes::from(e)))
+        })
+        .filter(|(seq, _)| *seq >= head)
+        .take(limit)
+        .collect()
 }
 
-impl Queue {
-    /// The events with `keys`, the oldest of the queue read from its head in order, are removed.
-    fn removed_prefix(&self, keys: &[Vec<u8>]) {
-        if let Some(last) = keys.last().and_then(|k| hook_seq(k)) {
-            self.head.fetch_max(last + 1, Ordering::Relaxed);
-        }
+/// Reads chunks of `domain`'s queue from the chunk numbered `from` on, on the blocking pool.
+async fn read_back(
+    store: &Arc<OutcomeStore>,
+    domain: &str,
+    from: u64,
+) -> Result<Vec<HookChunk>, String> {
+    let (store, domain) = (store.clone(), domain.to_owned());
+    tokio::task::spawn_blocking(move || store.hook_chunks(&domain, from, BATCH))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
+/// Everything of `domain`'s queue numbered below `to` is done with: moves the head there, takes what it passed off
+/// the backlog, and records it in the store with the chunks left behind deleted (on the blocking pool: a store
+/// write can wait for the journal while another thread syncs it). Returns how many events it passed.
+async fn done_with(h: &Webhooks, domain: &str, q: &Queue, to: u64) -> u64 {
+    let (k, done) = lock(&q.chunks).advance(to);
+    q.len.fetch_sub(k, Ordering::Relaxed);
+    let (store, d) = (h.store.clone(), domain.to_owned());
+    let stored = tokio::task::spawn_blocking(move || store.hook_advance(&d, to, &done))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = stored {
+        tracing::error!(%domain, "recording delivered webhook outcomes: {e}");
     }
+    k
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Appends `s` as a JSON string.
@@ -566,6 +734,74 @@ fn finished_at(event: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn events(seqs: std::ops::Range<u64>) -> Vec<Vec<u8>> {
+        seqs.map(|i| i.to_string().into_bytes()).collect()
+    }
+
+    fn seqs(next: Next) -> Vec<u64> {
+        match next {
+            Next::Events(e) => e.into_iter().map(|(s, _)| s).collect(),
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_sender_takes_the_oldest_waiting_events_across_chunks() {
+        let mut c = Chunks::default();
+        assert_eq!(c.next(10), Next::Empty);
+        c.push(1, events(1..4));
+        c.push(4, events(4..6));
+        assert_eq!(seqs(c.next(4)), vec![1, 2, 3, 4]);
+        // Event 5 is the one numbered 5, from the second chunk.
+        match c.next(10) {
+            Next::Events(e) => assert_eq!(e[4], (5, Bytes::from_static(b"5"))),
+            other => panic!("{other:?}"),
+        }
+        // Two delivered: the first chunk stays (one event of it waits).
+        assert_eq!(c.advance(3), (2, vec![]));
+        assert_eq!(seqs(c.next(10)), vec![3, 4, 5]);
+        assert_eq!(c.advance(5), (2, vec![1]));
+        assert_eq!(c.advance(4), (0, vec![]), "the head never goes back");
+        assert_eq!(seqs(c.next(10)), vec![5]);
+        assert_eq!(c.advance(6), (1, vec![4]));
+        assert_eq!((c.next(10), c.cached), (Next::Empty, 0));
+    }
+
+    #[test]
+    fn a_chunk_not_in_memory_is_read_from_the_store_in_its_turn() {
+        let mut c = Chunks::default();
+        c.live.push_back(Chunk {
+            first_seq: 1,
+            count: 2,
+            events: None,
+        });
+        c.push(3, events(3..5));
+        assert_eq!(c.next(10), Next::Stored(1));
+        c.advance(3);
+        assert_eq!(seqs(c.next(10)), vec![3, 4]);
+        // Beyond the memory bound a chunk is kept by the store only; the ones before it come first.
+        c.cached = CACHE_BYTES;
+        c.push(5, events(5..7));
+        assert_eq!(seqs(c.next(10)), vec![3, 4]);
+        c.advance(5);
+        assert_eq!(c.next(10), Next::Stored(5));
+    }
+
+    #[test]
+    fn dropping_the_oldest_moves_the_head_past_exactly_that_many_waiting_events() {
+        let mut c = Chunks::default();
+        c.push(1, events(1..4));
+        // Events 4 and 5 were never stored (a failed write): the numbers jump.
+        c.push(6, events(6..9));
+        c.advance(2);
+        assert_eq!(c.head_after(0), 2);
+        assert_eq!(c.head_after(2), 6);
+        assert_eq!(c.head_after(3), 7);
+        assert_eq!(c.head_after(99), 9);
+        assert_eq!(c.advance(c.head_after(3)), (3, vec![1]));
+        assert_eq!(seqs(c.next(10)), vec![7, 8]);
+    }
 
     #[test]
     fn json_strings_are_escaped() {
