@@ -1,13 +1,12 @@
 //! The status book: the state of every notification herald holds, and its final outcome for `outcome_retention`.
 //!
-//! Notifications still in the queue are kept in memory (sharded maps, updated by the [`OutcomeListener`] calls of
-//! the delivery path); a final outcome is handed to a writer thread that stores it in the [`OutcomeStore`] (in the
+//! Notifications still in the queue are kept in memory (sharded maps in id order, [`super::slots`], updated by the
+//! [`OutcomeListener`] calls of the delivery path); a final outcome is handed to a writer thread that stores it in the [`OutcomeStore`] (in the
 //! spool directory, so it survives a restart) and only then leaves memory, so a lookup never misses it in between.
 //! The hand-over never blocks delivery: past [`WRITE_BACKLOG`] waiting outcomes, new ones are dropped with a
 //! counter and a log line. A background task prunes what is older than the retention, or the oldest beyond
 //! `outcome_max_entries`.
 
-use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
@@ -17,6 +16,7 @@ use herald_apns::token_hex::DeviceToken;
 use herald_spool::{Lookup, OutcomeKey, OutcomeStore, SpoolError};
 use serde::{Deserialize, Serialize};
 
+use super::slots::Slots;
 use super::{OutcomeListener, codec, key_of};
 use crate::logs::{OutcomeKind, OutcomeRecord};
 use crate::queue::message::{MessageId, Notification};
@@ -208,8 +208,8 @@ pub struct BookStats {
 
 /// The status book (see the module documentation).
 pub struct StatusBook {
-    /// Keys are ids (unique counters): a fast non-cryptographic hash is enough (nothing here comes from outside).
-    shards: Vec<Mutex<FxHashMap<OutcomeKey, Entry>>>,
+    /// By the id's counter modulo [`SHARDS`]; each shard keeps this run's ids in counter order ([`Slots`]).
+    shards: Vec<Mutex<Slots<Entry>>>,
     store: Arc<OutcomeStore>,
     writer: SyncSender<OutcomeKey>,
     dropped: AtomicU64,
@@ -223,7 +223,7 @@ impl StatusBook {
         let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_BACKLOG);
         let book = Arc::new(StatusBook {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(FxHashMap::default()))
+                .map(|_| Mutex::new(Slots::new(SHARDS as u64)))
                 .collect(),
             store: store.clone(),
             writer: tx,
@@ -257,7 +257,7 @@ impl StatusBook {
         self.retention
     }
 
-    fn shard(&self, key: &OutcomeKey) -> &Mutex<FxHashMap<OutcomeKey, Entry>> {
+    fn shard(&self, key: &OutcomeKey) -> &Mutex<Slots<Entry>> {
         &self.shards[key[15] as usize % SHARDS]
     }
 
@@ -304,7 +304,7 @@ impl OutcomeListener for StatusBook {
     fn queued(&self, n: &Notification, retries: u32) {
         let key = key_of(n.id);
         let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
-        let entry = shard.entry(key).or_insert_with(|| Entry {
+        let entry = shard.get_or_insert_with(key, || Entry {
             id: n.id,
             domain: n.domain.clone(),
             token: n.push.token.clone(),

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod book;
 pub mod codec;
+pub mod slots;
 pub mod webhook;
 
 use std::sync::Arc;

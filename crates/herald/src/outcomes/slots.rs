@@ -1,0 +1,251 @@
+//! A map from store keys to what the status book keeps per notification, laid out for how ids arrive.
+//!
+//! This process numbers its notifications in order, and they are queued, sent and answered roughly in that order.
+//! A hash map scatters neighbours over the whole table, so each of the three updates a notification gets on the
+//! delivery path missed the processor's caches. [`Slots`] keeps the keys of one run (node and process start) in a
+//! window indexed by counter, so that neighbours are neighbours in memory; keys of other runs, and the oldest
+//! entries once the window would span more than [`WINDOW`] slots (a notification retried while many newer ones
+//! passed), live in a hash map beside it.
+
+use std::collections::VecDeque;
+
+use herald_spool::OutcomeKey;
+use rustc_hash::FxHashMap;
+
+/// Slots the window spans at most.
+pub const WINDOW: u64 = 4096;
+
+/// A map of [`OutcomeKey`]s whose counters are spaced `stride` apart (one shard of keys sharing the counter's
+/// remainder), see the module documentation.
+pub struct Slots<V> {
+    stride: u64,
+    /// The node and run of the keys in the window (the first key's), and their counters' remainder.
+    run: Option<([u8; 8], u64)>,
+    /// `window[i]` holds the key whose counter / stride is `base + i`.
+    window: VecDeque<Option<V>>,
+    base: u64,
+    in_window: usize,
+    other: FxHashMap<OutcomeKey, V>,
+}
+
+fn split(key: &OutcomeKey) -> ([u8; 8], u64) {
+    let mut run = [0u8; 8];
+    run.copy_from_slice(&key[..8]);
+    let mut counter = [0u8; 8];
+    counter.copy_from_slice(&key[8..]);
+    (run, u64::from_be_bytes(counter))
+}
+
+impl<V> Slots<V> {
+    pub fn new(stride: u64) -> Slots<V> {
+        Slots {
+            stride: stride.max(1),
+            run: None,
+            window: VecDeque::new(),
+            base: 0,
+            in_window: 0,
+            other: FxHashMap::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.in_window + self.other.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The window index of `key` if it belongs to the window's run (whether or not inside it now).
+    fn index(&self, key: &OutcomeKey) -> Option<u64> {
+        let (run, counter) = split(key);
+        match self.run {
+            Some((r, rem)) if r == run && counter % self.stride == rem => {
+                Some(counter / self.stride)
+            }
+            _ => None,
+        }
+    }
+
+    /// The position in `window` of `key`, when it is there.
+    fn position(&self, key: &OutcomeKey) -> Option<usize> {
+        let i = self.index(key)?.checked_sub(self.base)?;
+        (i < self.window.len() as u64).then_some(i as usize)
+    }
+
+    // A key can be in the map while its index is inside the window (kept there below an earlier start of the
+    // window): an empty slot always looks in the map too.
+
+    pub fn get(&self, key: &OutcomeKey) -> Option<&V> {
+        match self.position(key) {
+            Some(i) if self.window[i].is_some() => self.window[i].as_ref(),
+            _ => self.other.get(key),
+        }
+    }
+
+    pub fn get_mut(&mut self, key: &OutcomeKey) -> Option<&mut V> {
+        match self.position(key) {
+            Some(i) if self.window[i].is_some() => self.window[i].as_mut(),
+            _ => self.other.get_mut(key),
+        }
+    }
+
+    /// The value of `key`, inserted with `make` when there is none.
+    pub fn get_or_insert_with(&mut self, key: OutcomeKey, make: impl FnOnce() -> V) -> &mut V {
+        if self.run.is_none() {
+            let (run, counter) = split(&key);
+            self.run = Some((run, counter % self.stride));
+        }
+        if self.other.contains_key(&key) {
+            return self.other.entry(key).or_insert_with(make);
+        }
+        let Some(idx) = self
+            .index(&key)
+            .filter(|&i| i >= self.base || self.window.is_empty())
+        else {
+            return self.other.entry(key).or_insert_with(make);
+        };
+        if self.window.is_empty() {
+            self.base = idx;
+        }
+        let end = self.base + self.window.len() as u64;
+        if idx >= end && idx - self.base >= WINDOW {
+            // Make room at the front: what is still there moves to the map.
+            let keep_from = idx + 1 - WINDOW;
+            while self.base < keep_from && !self.window.is_empty() {
+                if let Some(Some(v)) = self.window.pop_front() {
+                    self.in_window -= 1;
+                    let k = self.key_at(self.base);
+                    self.other.insert(k, v);
+                }
+                self.base += 1;
+            }
+            if self.window.is_empty() {
+                self.base = idx;
+            }
+        }
+        let i = (idx - self.base) as usize;
+        if i >= self.window.len() {
+            self.window.resize_with(i + 1, || None);
+        }
+        let slot = &mut self.window[i];
+        if slot.is_none() {
+            self.in_window += 1;
+        }
+        slot.get_or_insert_with(make)
+    }
+
+    pub fn remove(&mut self, key: &OutcomeKey) -> Option<V> {
+        let Some(i) = self.position(key).filter(|&i| self.window[i].is_some()) else {
+            return self.other.remove(key);
+        };
+        let v = self.window[i].take();
+        self.in_window -= 1;
+        while let Some(None) = self.window.front() {
+            self.window.pop_front();
+            self.base += 1;
+        }
+        v
+    }
+
+    /// The key of window index `idx`.
+    fn key_at(&self, idx: u64) -> OutcomeKey {
+        let (run, rem) = self.run.unwrap_or(([0; 8], 0));
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&run);
+        k[8..].copy_from_slice(&(idx * self.stride + rem).to_be_bytes());
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(run: u8, counter: u64) -> OutcomeKey {
+        let mut k = [0u8; 16];
+        k[0] = run;
+        k[8..].copy_from_slice(&counter.to_be_bytes());
+        k
+    }
+
+    #[test]
+    fn keys_in_order_are_found_inserted_and_removed() {
+        let mut s = Slots::new(4);
+        for c in (3..400).step_by(4) {
+            *s.get_or_insert_with(key(1, c), || 0) += c;
+        }
+        assert_eq!(s.len(), 100);
+        assert!(
+            s.other.is_empty(),
+            "every key of the run sits in the window"
+        );
+        assert_eq!(s.get(&key(1, 7)), Some(&7));
+        assert_eq!(
+            s.get(&key(1, 8)),
+            None,
+            "another remainder is not this shard's"
+        );
+        assert_eq!(s.get(&key(2, 7)), None);
+        *s.get_mut(&key(1, 11)).unwrap() += 1;
+        assert_eq!(s.remove(&key(1, 11)), Some(12));
+        assert_eq!(s.remove(&key(1, 11)), None);
+        // The front leaves as soon as it is done, holes included.
+        assert_eq!(s.remove(&key(1, 3)), Some(3));
+        assert_eq!(s.remove(&key(1, 7)), Some(7));
+        assert_eq!((s.base, s.window.len()), (3, 97));
+        // Inserting an existing key keeps its value.
+        assert_eq!(*s.get_or_insert_with(key(1, 15), || 0), 15);
+        assert_eq!(s.len(), 97);
+    }
+
+    #[test]
+    fn other_runs_and_stragglers_live_beside_the_window() {
+        let mut s = Slots::new(1);
+        s.get_or_insert_with(key(1, 10), || "a");
+        s.get_or_insert_with(key(2, 10), || "other run");
+        s.get_or_insert_with(key(1, 11), || "b");
+        s.remove(&key(1, 10));
+        // Below the window's start: kept in the map.
+        s.get_or_insert_with(key(1, 5), || "old");
+        assert_eq!(s.get(&key(1, 5)), Some(&"old"));
+        assert_eq!(s.get(&key(2, 10)), Some(&"other run"));
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.remove(&key(1, 5)), Some("old"));
+        assert_eq!(s.remove(&key(2, 10)), Some("other run"));
+        assert_eq!(s.len(), 1);
+        // A key kept in the map stays found when the window later starts below it.
+        s.get_or_insert_with(key(1, 7), || "straggler");
+        s.remove(&key(1, 11));
+        s.get_or_insert_with(key(1, 6), || "new start");
+        assert_eq!(s.get(&key(1, 7)), Some(&"straggler"));
+        assert_eq!(*s.get_or_insert_with(key(1, 7), || "twice"), "straggler");
+        assert_eq!(s.get_mut(&key(1, 7)).map(|v| *v), Some("straggler"));
+        assert_eq!(s.remove(&key(1, 7)), Some("straggler"));
+        assert_eq!(s.remove(&key(1, 6)), Some("new start"));
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn a_straggler_moves_to_the_map_when_the_window_would_grow_past_its_bound() {
+        let mut s = Slots::new(1);
+        s.get_or_insert_with(key(1, 0), || 0u64);
+        for c in 1..WINDOW * 3 {
+            s.get_or_insert_with(key(1, c), || c);
+            s.remove(&key(1, c));
+        }
+        assert!(s.window.len() as u64 <= WINDOW);
+        assert_eq!(s.get(&key(1, 0)), Some(&0), "the straggler is still found");
+        assert_eq!(s.other.len(), 1);
+        // A jump far ahead empties the window into the map.
+        s.get_or_insert_with(key(1, 10 * WINDOW), || 1);
+        s.get_or_insert_with(key(1, 100 * WINDOW), || 2);
+        assert_eq!(s.get(&key(1, 10 * WINDOW)), Some(&1));
+        assert_eq!(s.get(&key(1, 100 * WINDOW)), Some(&2));
+        assert_eq!((s.len(), s.window.len()), (3, 1));
+        assert_eq!(s.remove(&key(1, 10 * WINDOW)), Some(1));
+        assert_eq!(s.remove(&key(1, 0)), Some(0));
+        assert_eq!(s.remove(&key(1, 100 * WINDOW)), Some(2));
+        assert_eq!((s.len(), s.window.len()), (0, 0));
+    }
+}
