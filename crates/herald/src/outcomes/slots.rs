@@ -19,7 +19,7 @@ pub const WINDOW: u64 = 4096;
 /// remainder), see the module documentation.
 pub struct Slots<V> {
     stride: u64,
-    /// The node and run of the keys in the window (the first key's), and their counters' remainder.
+    /// The node and run of the keys in the window, and their counters' remainder.
     run: Option<([u8; 8], u64)>,
     /// `window[i]` holds the key whose counter / stride is `base + i`.
     window: VecDeque<Option<V>>,
@@ -92,7 +92,9 @@ impl<V> Slots<V> {
 
     /// The value of `key`, inserted with `make` when there is none.
     pub fn get_or_insert_with(&mut self, key: OutcomeKey, make: impl FnOnce() -> V) -> &mut V {
-        if self.run.is_none() {
+        if self.window.is_empty() {
+            // The window follows the run of the first key it takes: after a restart, the restored notifications of
+            // the previous run, then (once they are gone from it) this run's.
             let (run, counter) = split(&key);
             self.run = Some((run, counter % self.stride));
         }
@@ -224,6 +226,19 @@ mod tests {
         assert_eq!(s.remove(&key(1, 7)), Some("straggler"));
         assert_eq!(s.remove(&key(1, 6)), Some("new start"));
         assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn an_empty_window_takes_the_run_of_the_next_key() {
+        let mut s = Slots::new(1);
+        s.get_or_insert_with(key(1, 10), || "previous run");
+        s.get_or_insert_with(key(2, 3), || "this run, early");
+        assert_eq!(s.remove(&key(1, 10)), Some("previous run"));
+        s.get_or_insert_with(key(2, 4), || "this run");
+        assert_eq!(s.run, Some((key(2, 0)[..8].try_into().unwrap(), 0)));
+        assert_eq!((s.in_window, s.other.len()), (1, 1));
+        assert_eq!(s.get(&key(2, 3)), Some(&"this run, early"));
+        assert_eq!(s.get(&key(2, 4)), Some(&"this run"));
     }
 
     #[test]

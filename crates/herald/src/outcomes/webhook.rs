@@ -84,7 +84,7 @@ struct Chunk {
     first_seq: u64,
     count: u64,
     /// The events, while in memory; `None` for a chunk restored at start or written beyond [`CACHE_BYTES`].
-    events: Option<Arc<[Bytes]>>,
+    events: Option<Box<[Bytes]>>,
 }
 
 impl Chunk {
