@@ -28,7 +28,7 @@ pub use jetstream::{JetStreamOptions, JetStreamSpool, JetStreamStats};
 pub use key::{KeyGenerator, SpoolKey};
 pub use memory::MemorySpool;
 pub use nodes::{ClusterView, NodeBeat, StreamReplica};
-pub use outcomes::{HookChunk, HookQueue, Lookup, OutcomeKey, OutcomeStore};
+pub use outcomes::{ChunkBuilder, HookChunk, HookQueue, Lookup, OutcomeKey, OutcomeStore};
 pub use record::{DecodeError, RECORD_VERSION, Schedule, StoredNotification};
 pub use shared_map::{SharedEntry, SharedMap};
 pub use spool::{Recovered, RecoveryReport, Spool, SpoolFuture, SpoolStats};

@@ -319,17 +319,12 @@ impl OutcomeStore {
         Ok(doomed.len() as u64)
     }
 
-    /// Appends `events`, numbered from `first_seq` up, to the webhook queue `queue` as one chunk (one buffered
-    /// write, one entry: a queue's events are written, read and deleted by the chunk, not one by one).
-    pub fn hook_append(
-        &self,
-        queue: &str,
-        first_seq: u64,
-        events: &[impl AsRef<[u8]>],
-    ) -> Result<(), SpoolError> {
-        let value = encode_chunk(events);
+    /// Appends a chunk of events (built with [`ChunkBuilder`]) whose first is numbered `first_seq` to the webhook
+    /// queue `queue`: one buffered write, one entry (a queue's events are written, read and deleted by the chunk,
+    /// not one by one).
+    pub fn hook_append(&self, queue: &str, first_seq: u64, chunk: &[u8]) -> Result<(), SpoolError> {
         let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-        batch.insert(&self.webhook, hook_key(queue, first_seq), value);
+        batch.insert(&self.webhook, hook_key(queue, first_seq), chunk);
         batch
             .commit()
             .map_err(|e| error("writing webhook outcomes", e))
@@ -509,17 +504,69 @@ fn hook_key(queue: &str, seq: u64) -> Vec<u8> {
 /// versions stored them (a JSON object, starting with `{`).
 const CHUNK_TAG: u8 = 1;
 
-/// A chunk: [`CHUNK_TAG`], then each event as its length (u32 LE) and its bytes.
-fn encode_chunk(events: &[impl AsRef<[u8]>]) -> Vec<u8> {
-    let size = events.iter().map(|e| 4 + e.as_ref().len()).sum::<usize>();
-    let mut out = Vec::with_capacity(1 + size);
-    out.push(CHUNK_TAG);
-    for e in events {
-        let e = e.as_ref();
-        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
-        out.extend_from_slice(e);
+/// Builds a chunk of webhook events as the store keeps it: [`CHUNK_TAG`], then each event as its length (u32 LE)
+/// and its bytes. Events are written in place, so that a chunk costs one buffer, not one per event.
+#[derive(Debug, Clone)]
+pub struct ChunkBuilder {
+    buf: Vec<u8>,
+    /// Where each event's bytes start and end in `buf`.
+    spans: Vec<(u32, u32)>,
+}
+
+impl Default for ChunkBuilder {
+    fn default() -> Self {
+        ChunkBuilder::with_capacity(0)
     }
-    out
+}
+
+impl ChunkBuilder {
+    pub fn with_capacity(bytes: usize) -> ChunkBuilder {
+        let mut buf = Vec::with_capacity(bytes.max(1));
+        buf.push(CHUNK_TAG);
+        ChunkBuilder {
+            buf,
+            spans: Vec::new(),
+        }
+    }
+
+    /// Appends one event, written by `write` at the end of the buffer it is given.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        let start = self.buf.len();
+        write(&mut self.buf);
+        let len = self.buf.len() - start;
+        self.buf[at..start].copy_from_slice(&(len as u32).to_le_bytes());
+        self.spans.push((start as u32, self.buf.len() as u32));
+    }
+
+    /// Events in the chunk.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The bytes to store.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The stored form and where each event lies in it.
+    pub fn into_parts(self) -> (Vec<u8>, Vec<(u32, u32)>) {
+        (self.buf, self.spans)
+    }
+}
+
+#[cfg(test)]
+fn encode_chunk(events: &[impl AsRef<[u8]>]) -> Vec<u8> {
+    let mut chunk = ChunkBuilder::default();
+    for e in events {
+        chunk.push_with(|buf| buf.extend_from_slice(e.as_ref()));
+    }
+    chunk.into_parts().0
 }
 
 /// The events of a stored chunk; `None` when it is cut short.
@@ -668,9 +715,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = OutcomeStore::open(dir.path()).unwrap();
-            store.hook_append("a.example", 1, &[b"1", b"2"]).unwrap();
-            store.hook_append("a.example", 3, &[b"3"]).unwrap();
-            store.hook_append("b.example", 1, &[b"x"]).unwrap();
+            store
+                .hook_append("a.example", 1, &encode_chunk(&[b"1", b"2"]))
+                .unwrap();
+            store
+                .hook_append("a.example", 3, &encode_chunk(&[b"3"]))
+                .unwrap();
+            store
+                .hook_append("b.example", 1, &encode_chunk(&[b"x"]))
+                .unwrap();
             store.sync().unwrap();
         }
         let store = OutcomeStore::open(dir.path()).unwrap();
@@ -736,6 +789,27 @@ mod tests {
             store.hook_chunks("a.example", 0, 10).unwrap()[0].events,
             vec![br#"{"id":"x"}"#.to_vec()]
         );
+    }
+
+    #[test]
+    fn a_chunk_built_in_place_says_where_each_event_lies() {
+        let mut chunk = ChunkBuilder::with_capacity(64);
+        chunk.push_with(|b| b.extend_from_slice(b"{\"id\":1}"));
+        chunk.push_with(|_| {});
+        chunk.push_with(|b| b.extend_from_slice(b"xyz"));
+        assert_eq!(chunk.len(), 3);
+        let bytes = chunk.as_bytes().to_vec();
+        assert_eq!(
+            decode_chunk(&bytes),
+            Some(vec![b"{\"id\":1}".to_vec(), vec![], b"xyz".to_vec()])
+        );
+        let (buf, spans) = chunk.into_parts();
+        let events: Vec<&[u8]> = spans
+            .iter()
+            .map(|&(s, e)| &buf[s as usize..e as usize])
+            .collect();
+        assert_eq!(events, vec![&b"{\"id\":1}"[..], b"", b"xyz"]);
+        assert!(ChunkBuilder::default().is_empty());
     }
 
     #[test]

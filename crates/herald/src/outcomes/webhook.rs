@@ -1,10 +1,10 @@
 //! Outcome webhooks: each domain's final outcomes POSTed in batches to its `outcome_webhook_url`, signed with
 //! HMAC-SHA256, retried with backoff until `outcome_webhook_max_age`, at least once across restarts.
 //!
-//! The delivery path only builds a small JSON event and hands it to a bounded channel ([`OutcomeListener`]); it
-//! never waits: past [`HANDOFF`] waiting events new ones are dropped and counted. A writer thread appends each
-//! pass's events to the domain's queue in the outcome store as one chunk (one store write that survives a crash
-//! of the process) and keeps the newest chunks' events in memory; a sender task per domain POSTs the oldest
+//! The delivery path only writes a small JSON event into its domain's open chunk ([`OutcomeListener`]); it never
+//! waits: past [`HANDOFF`] waiting events new ones are dropped and counted. A writer thread takes the open chunks
+//! every pass and appends each to its domain's queue in the outcome store (one store write that survives a crash
+//! of the process), keeping the newest chunks' events in memory; a sender task per domain POSTs the oldest
 //! events (from memory, or read back from the store after a restart or beyond [`CACHE_BYTES`]), and once the
 //! receiver answered 2xx records how far the queue is done and deletes the chunks wholly behind that point. A
 //! receiver that is down keeps its events in its own queue, bounded by `outcome_webhook_backlog`: beyond it the
@@ -18,12 +18,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_spool::{HookChunk, OutcomeStore};
+use herald_spool::{ChunkBuilder, HookChunk, OutcomeStore};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -84,7 +83,20 @@ struct Chunk {
     first_seq: u64,
     count: u64,
     /// The events, while in memory; `None` for a chunk restored at start or written beyond [`CACHE_BYTES`].
-    events: Option<Box<[Bytes]>>,
+    events: Option<Cached>,
+}
+
+/// A chunk's events in memory: the stored bytes and where each event lies in them.
+struct Cached {
+    data: Bytes,
+    spans: Box<[(u32, u32)]>,
+}
+
+impl Cached {
+    fn event(&self, i: usize) -> Bytes {
+        let (start, end) = self.spans[i];
+        self.data.slice(start as usize..end as usize)
+    }
 }
 
 impl Chunk {
@@ -93,9 +105,7 @@ impl Chunk {
     }
 
     fn bytes(&self) -> usize {
-        self.events
-            .as_ref()
-            .map_or(0, |e| e.iter().map(Bytes::len).sum())
+        self.events.as_ref().map_or(0, |e| e.data.len())
     }
 }
 
@@ -111,12 +121,16 @@ enum Next {
 
 impl Chunks {
     /// A chunk just stored, kept in memory while the queue's events there stay within [`CACHE_BYTES`].
-    fn push(&mut self, first_seq: u64, events: Vec<Vec<u8>>) {
-        let count = events.len() as u64;
-        let bytes: usize = events.iter().map(Vec::len).sum();
+    fn push(&mut self, first_seq: u64, chunk: ChunkBuilder) {
+        let count = chunk.len() as u64;
+        let bytes = chunk.as_bytes().len();
         let events = (self.cached + bytes <= CACHE_BYTES).then(|| {
             self.cached += bytes;
-            events.into_iter().map(Bytes::from).collect()
+            let (data, spans) = chunk.into_parts();
+            Cached {
+                data: Bytes::from(data),
+                spans: spans.into_boxed_slice(),
+            }
         });
         self.live.push_back(Chunk {
             first_seq,
@@ -144,7 +158,7 @@ impl Chunks {
                 if out.len() >= limit {
                     return Next::Events(out);
                 }
-                out.push((seq, events[(seq - c.first_seq) as usize].clone()));
+                out.push((seq, events.event((seq - c.first_seq) as usize)));
             }
         }
         if out.is_empty() {
@@ -208,12 +222,30 @@ pub struct HookStats {
 pub struct Webhooks {
     store: Arc<OutcomeStore>,
     resolve: Box<HookResolver>,
-    cache: Mutex<HashMap<Arc<str>, Option<Arc<HookSettings>>>>,
-    handoff: SyncSender<(Arc<str>, Vec<u8>)>,
+    /// Per domain: its options as resolved, and the events written since the writer's last pass.
+    domains: Mutex<Domains>,
+    /// The writer thread, woken when the first event of a pass is written.
+    writer: std::sync::OnceLock<std::thread::Thread>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     handoff_dropped: AtomicU64,
     runtime: tokio::runtime::Handle,
     http: reqwest::Client,
+}
+
+/// What the delivery path writes to, behind one lock.
+#[derive(Default)]
+struct Domains {
+    by_name: HashMap<Arc<str>, DomainHook>,
+    /// Events in all open chunks.
+    open_events: usize,
+}
+
+#[derive(Default)]
+struct DomainHook {
+    /// `None` until resolved (again, after a reload); `Some(None)`: the domain has no webhook.
+    settings: Option<Option<Arc<HookSettings>>>,
+    /// Events not yet taken by the writer.
+    open: ChunkBuilder,
 }
 
 fn now_secs() -> u64 {
@@ -242,12 +274,11 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 impl Webhooks {
     /// Webhooks over `store`, resuming the queues it holds. Must be called inside a tokio runtime.
     pub fn start(store: Arc<OutcomeStore>, resolve: Box<HookResolver>) -> Arc<Webhooks> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(HANDOFF);
         let hooks = Arc::new(Webhooks {
             store: store.clone(),
             resolve,
-            cache: Mutex::new(HashMap::new()),
-            handoff: tx,
+            domains: Mutex::new(Domains::default()),
+            writer: std::sync::OnceLock::new(),
             queues: Mutex::new(HashMap::new()),
             handoff_dropped: AtomicU64::new(0),
             runtime: tokio::runtime::Handle::current(),
@@ -284,28 +315,47 @@ impl Webhooks {
             Err(e) => tracing::error!("reading the webhook queues: {e}"),
         }
         let weak = Arc::downgrade(&hooks);
-        if let Err(e) = std::thread::Builder::new()
+        match std::thread::Builder::new()
             .name("herald-webhooks".into())
-            .spawn(move || write_loop(rx, weak))
+            .spawn(move || write_loop(weak))
         {
-            tracing::error!("cannot start the webhook writer thread: {e}");
+            Ok(handle) => {
+                let _ = hooks.writer.set(handle.thread().clone());
+            }
+            Err(e) => tracing::error!("cannot start the webhook writer thread: {e}"),
         }
         hooks
     }
 
-    /// Forgets the options resolved so far (after a configuration reload).
+    /// Forgets the options resolved so far (after a configuration reload); events already written stay.
     pub fn reconfigure(&self) {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for d in lock(&self.domains).by_name.values_mut() {
+            d.settings = None;
+        }
     }
 
     fn settings(&self, domain: &Arc<str>) -> Option<Arc<HookSettings>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = cache.get(domain) {
-            return s.clone();
+        let mut domains = lock(&self.domains);
+        self.resolved(&mut domains, domain).0.clone()
+    }
+
+    /// The options of `domain` (resolved now if they are not yet) and its open chunk.
+    fn resolved<'a>(
+        &self,
+        domains: &'a mut Domains,
+        domain: &Arc<str>,
+    ) -> (&'a Option<Arc<HookSettings>>, &'a mut ChunkBuilder) {
+        if !domains.by_name.contains_key(domain) {
+            domains
+                .by_name
+                .insert(domain.clone(), DomainHook::default());
         }
-        let s = (self.resolve)(domain);
-        cache.insert(domain.clone(), s.clone());
-        s
+        let d = domains
+            .by_name
+            .get_mut(domain)
+            .unwrap_or_else(|| unreachable!("inserted above"));
+        let settings = d.settings.get_or_insert_with(|| (self.resolve)(domain));
+        (settings, &mut d.open)
     }
 
     /// The queue of `domain`, created (with its sender task) on first use.
@@ -415,7 +465,22 @@ impl OutcomeListener for Webhooks {
             OutcomeKind::Permanent if is_invalid_token(r.status, r.error) => "invalid_token",
             OutcomeKind::Permanent => "failed",
         };
-        let Some(settings) = self.settings(&n.domain) else {
+        let mut domains = lock(&self.domains);
+        if domains.open_events >= HANDOFF {
+            drop(domains);
+            if self
+                .handoff_dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(10_000)
+            {
+                tracing::warn!(
+                    "webhook outcomes are dropped: the webhook writer is {HANDOFF} behind"
+                );
+            }
+            return;
+        }
+        let (settings, open) = self.resolved(&mut domains, &n.domain);
+        let Some(settings) = settings else {
             return;
         };
         let wanted = match kind {
@@ -426,118 +491,133 @@ impl OutcomeListener for Webhooks {
         if !wanted {
             return;
         }
-        // Written directly (no intermediate JSON value): this runs for every outcome on the delivery path.
-        let mut event = Vec::with_capacity(256);
-        event.extend_from_slice(b"{\"id\":\"");
-        let _ = write!(event, "{}", n.id);
-        event.extend_from_slice(b"\",\"outcome\":\"");
-        event.extend_from_slice(kind.as_bytes());
-        event.extend_from_slice(b"\",\"domain\":");
-        json_str(&mut event, &n.domain);
-        event.extend_from_slice(b",\"token\":\"");
-        let mut token = String::with_capacity(n.push.token.len() * 2);
-        n.push.token.write_hex(&mut token);
-        event.extend_from_slice(token.as_bytes());
-        let _ = write!(
-            event,
-            "\",\"accepted_at\":{},\"finished_at\":{},\"attempts\":{}",
-            n.received_at, r.at, r.retries
-        );
-        if let Some(tx) = r.transaction_id {
-            event.extend_from_slice(b",\"apns_id\":");
-            json_str(&mut event, tx);
-        }
-        // What APNs adds: the id of the push in its development-environment console (delivered), and when the
-        // token became invalid (410 Unregistered).
-        if let Some(unique) = r.apns_unique_id {
-            event.extend_from_slice(b",\"apns_unique_id\":");
-            json_str(&mut event, unique);
-        }
-        if let Some(at) = r.apns_timestamp_ms {
-            let _ = write!(event, ",\"unregistered_at_ms\":{at}");
-        }
-        if kind != "delivered" {
-            event.extend_from_slice(b",\"reason\":");
-            json_str(&mut event, r.error);
-            if let Some(s) = r.status {
-                let _ = write!(event, ",\"status\":{s}");
+        // Written in place into the domain's open chunk (no intermediate JSON value, no buffer of its own): this
+        // runs for every outcome on the delivery path.
+        open.push_with(|event| {
+            event.extend_from_slice(b"{\"id\":\"");
+            let _ = write!(event, "{}", n.id);
+            event.extend_from_slice(b"\",\"outcome\":\"");
+            event.extend_from_slice(kind.as_bytes());
+            event.extend_from_slice(b"\",\"domain\":");
+            json_str(event, &n.domain);
+            event.extend_from_slice(b",\"token\":\"");
+            hex(event, n.push.token.as_bytes());
+            let _ = write!(
+                event,
+                "\",\"accepted_at\":{},\"finished_at\":{},\"attempts\":{}",
+                n.received_at, r.at, r.retries
+            );
+            if let Some(tx) = r.transaction_id {
+                event.extend_from_slice(b",\"apns_id\":");
+                json_str(event, tx);
             }
-        }
-        event.push(b'}');
-        match self.handoff.try_send((n.domain.clone(), event)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                if self
-                    .handoff_dropped
-                    .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(10_000)
-                {
-                    tracing::warn!(
-                        "webhook outcomes are dropped: the webhook writer is {HANDOFF} behind"
-                    );
+            // What APNs adds: the id of the push in its development-environment console (delivered), and when
+            // the token became invalid (410 Unregistered).
+            if let Some(unique) = r.apns_unique_id {
+                event.extend_from_slice(b",\"apns_unique_id\":");
+                json_str(event, unique);
+            }
+            if let Some(at) = r.apns_timestamp_ms {
+                let _ = write!(event, ",\"unregistered_at_ms\":{at}");
+            }
+            if kind != "delivered" {
+                event.extend_from_slice(b",\"reason\":");
+                json_str(event, r.error);
+                if let Some(s) = r.status {
+                    let _ = write!(event, ",\"status\":{s}");
                 }
             }
+            event.push(b'}');
+        });
+        domains.open_events += 1;
+        let first = domains.open_events == 1;
+        drop(domains);
+        if first && let Some(writer) = self.writer.get() {
+            writer.unpark();
         }
     }
 }
 
-/// Events appended to the store in one pass at most.
-const MAX_WRITE_BATCH: usize = 4096;
+/// Appends `bytes` as lowercase hex.
+fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 0xf) as usize]);
+    }
+}
 
-/// Appends handed-off events to their domain's queue in the store, enforcing the backlog bound; pauses
-/// [`super::WRITER_PAUSE`] after a pass that did not fill up.
-fn write_loop(rx: Receiver<(Arc<str>, Vec<u8>)>, hooks: Weak<Webhooks>) {
-    while let Ok(first) = rx.recv() {
-        let mut by_domain: HashMap<Arc<str>, Vec<Vec<u8>>> = HashMap::new();
-        by_domain.entry(first.0).or_default().push(first.1);
-        let mut taken = 1;
-        while taken < MAX_WRITE_BATCH {
-            match rx.try_recv() {
-                Ok((d, e)) => by_domain.entry(d).or_default().push(e),
-                Err(_) => break,
-            }
-            taken += 1;
-        }
-        let Some(hooks) = hooks.upgrade() else {
+/// Takes the open chunks every pass and appends each to its domain's queue in the store, enforcing the backlog
+/// bound; after a pass that took something, lets [`super::WRITER_PAUSE`] pass before the next (the delivery path
+/// writes on meanwhile without waking it), and after an empty one sleeps until the next first event. Ends when the
+/// webhooks are gone.
+fn write_loop(hooks: Weak<Webhooks>) {
+    loop {
+        let Some(h) = hooks.upgrade() else {
             return;
         };
-        for (domain, events) in by_domain {
-            let q = hooks.queue(&domain);
-            let n = events.len() as u64;
-            let first_seq = q.next_seq.fetch_add(n, Ordering::Relaxed);
-            if let Err(e) = hooks.store.hook_append(&domain, first_seq, &events) {
-                tracing::error!(%domain, "storing {n} webhook outcomes: {e}");
-                continue;
-            }
-            let mut chunks = lock(&q.chunks);
-            chunks.push(first_seq, events);
-            let len = q.len.fetch_add(n, Ordering::Relaxed) + n;
-            let bound = hooks.settings(&domain).map_or(u64::MAX, |s| s.backlog);
-            if len > bound {
-                let to = chunks.head_after(len - bound);
-                let (k, done) = chunks.advance(to);
-                q.len.fetch_sub(k, Ordering::Relaxed);
-                drop(chunks);
-                if let Err(e) = hooks.store.hook_advance(&domain, to, &done) {
-                    tracing::error!(%domain, "trimming the webhook backlog: {e}");
-                }
-                let before = q.dropped.fetch_add(k, Ordering::Relaxed);
-                if before == 0 || (before + k) / 10_000 > before / 10_000 {
-                    tracing::warn!(
-                        %domain, backlog = bound, dropped_total = before + k,
-                        "the webhook receiver falls behind: the oldest outcomes are dropped"
-                    );
-                }
-            } else {
-                drop(chunks);
-            }
-            q.wake.notify_one();
+        let taken: Vec<(Arc<str>, ChunkBuilder)> = {
+            let mut domains = lock(&h.domains);
+            domains.open_events = 0;
+            domains
+                .by_name
+                .iter_mut()
+                .filter(|(_, d)| !d.open.is_empty())
+                .map(|(name, d)| {
+                    let capacity = d.open.as_bytes().len();
+                    let chunk =
+                        std::mem::replace(&mut d.open, ChunkBuilder::with_capacity(capacity));
+                    (name.clone(), chunk)
+                })
+                .collect()
+        };
+        if taken.is_empty() {
+            drop(h);
+            // Woken by the next first event; the timeout notices the webhooks going away.
+            std::thread::park_timeout(Duration::from_secs(1));
+            continue;
         }
-        drop(hooks);
-        if taken < MAX_WRITE_BATCH {
-            std::thread::sleep(super::WRITER_PAUSE);
+        for (domain, chunk) in taken {
+            store_chunk(&h, &domain, chunk);
         }
+        drop(h);
+        std::thread::sleep(super::WRITER_PAUSE);
     }
+}
+
+/// Appends `chunk` to `domain`'s queue, in the store and in memory, and drops the oldest beyond the backlog.
+fn store_chunk(hooks: &Arc<Webhooks>, domain: &Arc<str>, chunk: ChunkBuilder) {
+    let q = hooks.queue(domain);
+    let n = chunk.len() as u64;
+    let first_seq = q.next_seq.fetch_add(n, Ordering::Relaxed);
+    if let Err(e) = hooks.store.hook_append(domain, first_seq, chunk.as_bytes()) {
+        tracing::error!(%domain, "storing {n} webhook outcomes: {e}");
+        return;
+    }
+    let bound = hooks.settings(domain).map_or(u64::MAX, |s| s.backlog);
+    let mut chunks = lock(&q.chunks);
+    chunks.push(first_seq, chunk);
+    let len = q.len.fetch_add(n, Ordering::Relaxed) + n;
+    if len > bound {
+        let to = chunks.head_after(len - bound);
+        let (k, done) = chunks.advance(to);
+        q.len.fetch_sub(k, Ordering::Relaxed);
+        drop(chunks);
+        if let Err(e) = hooks.store.hook_advance(domain, to, &done) {
+            tracing::error!(%domain, "trimming the webhook backlog: {e}");
+        }
+        let before = q.dropped.fetch_add(k, Ordering::Relaxed);
+        if before == 0 || (before + k) / 10_000 > before / 10_000 {
+            tracing::warn!(
+                %domain, backlog = bound, dropped_total = before + k,
+                "the webhook receiver falls behind: the oldest outcomes are dropped"
+            );
+        }
+    } else {
+        drop(chunks);
+    }
+    q.wake.notify_one();
 }
 
 /// POSTs the oldest events of `domain`'s queue until it is empty, then waits for more.
@@ -735,8 +815,12 @@ fn finished_at(event: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn events(seqs: std::ops::Range<u64>) -> Vec<Vec<u8>> {
-        seqs.map(|i| i.to_string().into_bytes()).collect()
+    fn events(seqs: std::ops::Range<u64>) -> ChunkBuilder {
+        let mut chunk = ChunkBuilder::default();
+        for i in seqs {
+            chunk.push_with(|b| b.extend_from_slice(i.to_string().as_bytes()));
+        }
+        chunk
     }
 
     fn seqs(next: Next) -> Vec<u64> {
@@ -801,6 +885,13 @@ mod tests {
         assert_eq!(c.head_after(99), 9);
         assert_eq!(c.advance(c.head_after(3)), (3, vec![1]));
         assert_eq!(seqs(c.next(10)), vec![7, 8]);
+    }
+
+    #[test]
+    fn tokens_are_written_as_lowercase_hex() {
+        let mut out = b"x".to_vec();
+        hex(&mut out, &[0x00, 0xab, 0x7f, 0xff]);
+        assert_eq!(out, b"x00ab7fff");
     }
 
     #[test]
