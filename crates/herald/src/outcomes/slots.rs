@@ -4,15 +4,16 @@
 //! A hash map scatters neighbours over the whole table, so each of the three updates a notification gets on the
 //! delivery path missed the processor's caches. [`Slots`] keeps the keys of one run (node and process start) in a
 //! window indexed by counter, so that neighbours are neighbours in memory; keys of other runs, and the oldest
-//! entries once the window would span more than [`WINDOW`] slots (a notification retried while many newer ones
-//! passed), live in a hash map beside it.
+//! entries once the window is more than [`WINDOW`] slots and less than half full (a notification retried while
+//! many newer ones passed), live in a hash map beside it. A window as large as the notifications queued costs
+//! no more memory than a map of them would.
 
 use std::collections::VecDeque;
 
 use herald_spool::OutcomeKey;
 use rustc_hash::FxHashMap;
 
-/// Slots the window spans at most.
+/// Slots the window may span however empty it is; beyond, it is kept at least half full.
 pub const WINDOW: u64 = 4096;
 
 /// A map of [`OutcomeKey`]s whose counters are spaced `stride` apart (one shard of keys sharing the counter's
@@ -111,30 +112,41 @@ impl<V> Slots<V> {
             self.base = idx;
         }
         let end = self.base + self.window.len() as u64;
-        if idx >= end && idx - self.base >= WINDOW {
-            // Make room at the front: what is still there moves to the map.
-            let keep_from = idx + 1 - WINDOW;
-            while self.base < keep_from && !self.window.is_empty() {
-                if let Some(Some(v)) = self.window.pop_front() {
-                    self.in_window -= 1;
-                    let k = self.key_at(self.base);
-                    self.other.insert(k, v);
-                }
-                self.base += 1;
+        if idx.saturating_sub(end) > WINDOW.max(2 * self.in_window as u64) {
+            // A jump far ahead: rather than empty slots up to it, the window moves there.
+            while !self.window.is_empty() {
+                self.spill_front();
             }
-            if self.window.is_empty() {
-                self.base = idx;
-            }
+            self.base = idx;
         }
         let i = (idx - self.base) as usize;
         if i >= self.window.len() {
             self.window.resize_with(i + 1, || None);
         }
-        let slot = &mut self.window[i];
-        if slot.is_none() {
+        if self.window[i].is_none() {
+            self.window[i] = Some(make());
             self.in_window += 1;
+            // Mostly empty beyond its minimum (a straggler holding the front while the ids after it finished): the
+            // front moves to the map until the window is at least half full.
+            while self.window.len() as u64 > WINDOW && self.window.len() > 2 * self.in_window {
+                self.spill_front();
+            }
         }
-        slot.get_or_insert_with(make)
+        let i = (idx - self.base) as usize;
+        match &mut self.window[i] {
+            Some(v) => v,
+            None => unreachable!("the slot was filled above and the front never passes it"),
+        }
+    }
+
+    /// Moves the window's first slot (its value to the map, if any) out of the window.
+    fn spill_front(&mut self) {
+        if let Some(Some(v)) = self.window.pop_front() {
+            self.in_window -= 1;
+            let k = self.key_at(self.base);
+            self.other.insert(k, v);
+        }
+        self.base += 1;
     }
 
     pub fn remove(&mut self, key: &OutcomeKey) -> Option<V> {
@@ -146,6 +158,11 @@ impl<V> Slots<V> {
         while let Some(None) = self.window.front() {
             self.window.pop_front();
             self.base += 1;
+        }
+        // The memory of a burst goes back once it is through (halving at most, so shrinking stays rare).
+        let floor = self.window.len().max(WINDOW as usize);
+        if self.window.capacity() > 4 * floor {
+            self.window.shrink_to(2 * floor);
         }
         v
     }
@@ -229,6 +246,31 @@ mod tests {
     }
 
     #[test]
+    fn a_full_window_grows_as_far_as_the_ids_queued() {
+        let mut s = Slots::new(1);
+        for c in 0..WINDOW * 5 {
+            s.get_or_insert_with(key(1, c), || c);
+        }
+        assert_eq!((s.window.len() as u64, s.other.len()), (WINDOW * 5, 0));
+        // Half finished, in order: still no map.
+        for c in 0..WINDOW * 2 {
+            assert_eq!(s.remove(&key(1, c)), Some(c));
+        }
+        s.get_or_insert_with(key(1, WINDOW * 5), || 0);
+        assert_eq!((s.window.len() as u64, s.other.len()), (WINDOW * 3 + 1, 0));
+        // Once the burst is through, its memory goes back.
+        for c in WINDOW * 2..=WINDOW * 5 {
+            s.remove(&key(1, c));
+        }
+        assert!(s.is_empty());
+        assert!(
+            s.window.capacity() <= 4 * WINDOW as usize,
+            "{}",
+            s.window.capacity()
+        );
+    }
+
+    #[test]
     fn an_empty_window_takes_the_run_of_the_next_key() {
         let mut s = Slots::new(1);
         s.get_or_insert_with(key(1, 10), || "previous run");
@@ -242,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn a_straggler_moves_to_the_map_when_the_window_would_grow_past_its_bound() {
+    fn a_straggler_moves_to_the_map_when_the_window_would_be_mostly_empty() {
         let mut s = Slots::new(1);
         s.get_or_insert_with(key(1, 0), || 0u64);
         for c in 1..WINDOW * 3 {
