@@ -55,7 +55,7 @@ pub struct OutcomeStore {
     pruned: PartitionHandle,
     /// idempotency key -> (expires ms BE, value).
     idempotency: PartitionHandle,
-    /// Webhook queues: (queue name, 0, first sequence BE) -> a chunk of events ([`encode_chunk`]).
+    /// Webhook queues: (queue name, 0, first sequence BE) -> a chunk of events ([`ChunkBuilder`]).
     webhook: PartitionHandle,
     /// Webhook queue name -> the first sequence number not yet done with (BE).
     webhook_heads: PartitionHandle,
@@ -350,8 +350,11 @@ impl OutcomeStore {
                 break;
             }
             let (k, v) = kv.map_err(|e| error(CTX, e))?;
-            let first_seq = hook_seq(&k).ok_or_else(|| corrupt_chunk(queue))?;
-            let chunk = decode_chunk(&v).ok_or_else(|| corrupt_chunk(queue))?;
+            let (Some(first_seq), Some(chunk)) = (hook_seq(&k), decode_chunk(&v)) else {
+                // Its events cannot be sent; the ones after it still are.
+                tracing::error!("{}: skipped", corrupt_chunk(queue));
+                continue;
+            };
             events += chunk.len();
             out.push(HookChunk {
                 first_seq,
@@ -387,7 +390,8 @@ impl OutcomeStore {
             };
             let name = String::from_utf8_lossy(&k[..name_len]).into_owned();
             let (Some(first_seq), Some(events)) = (hook_seq(&k), chunk_len(&v)) else {
-                return Err(corrupt_chunk(&name));
+                tracing::error!("{}: skipped", corrupt_chunk(&name));
+                continue;
             };
             match out.last_mut() {
                 Some(last) if last.name == name => last.chunks.push((first_seq, events)),
@@ -813,7 +817,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_chunk_is_an_error_naming_its_queue() {
+    fn a_cut_chunk_is_skipped_and_named() {
         assert_eq!(
             decode_chunk(&encode_chunk(&[&b"ab"[..], b""])),
             Some(vec![b"ab".to_vec(), vec![]])
@@ -824,6 +828,21 @@ mod tests {
         assert_eq!(decode_chunk(&cut), None);
         assert_eq!(chunk_len(&cut), None);
         assert!(corrupt_chunk("a.example").to_string().contains("a.example"));
+        // Stored, it is passed over: the queue goes on with the chunks after it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        store.webhook.insert(hook_key("a.example", 1), cut).unwrap();
+        store
+            .hook_append("a.example", 2, &encode_chunk(&[b"ok"]))
+            .unwrap();
+        assert_eq!(store.hook_queues().unwrap()[0].chunks, vec![(2, 1)]);
+        assert_eq!(
+            store.hook_chunks("a.example", 0, 10).unwrap(),
+            vec![HookChunk {
+                first_seq: 2,
+                events: vec![b"ok".to_vec()]
+            }]
+        );
     }
 
     #[test]

@@ -565,7 +565,8 @@ fn write_loop(hooks: Weak<Webhooks>) {
                 .iter_mut()
                 .filter(|(_, d)| !d.open.is_empty())
                 .map(|(name, d)| {
-                    let capacity = d.open.as_bytes().len();
+                    // Sized like the last pass, within reason: an idle domain keeps no burst's buffer.
+                    let capacity = d.open.as_bytes().len().min(256 << 10);
                     let chunk =
                         std::mem::replace(&mut d.open, ChunkBuilder::with_capacity(capacity));
                     (name.clone(), chunk)
