@@ -714,7 +714,8 @@ impl Server {
             .collect()
     }
 
-    /// Stops accepting, waits up to `grace` for sessions and in-flight deliveries, then flushes the spool.
+    /// Stops accepting, waits up to `grace` for sessions and in-flight deliveries, then stores the last final
+    /// outcomes and flushes the spool.
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         self.stop_listeners.cancel();
@@ -742,6 +743,21 @@ impl Server {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The outcomes of the last deliveries: stored now, so that status lookups and webhooks have them after the
+        // restart.
+        let within = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        if !self.status_book.flush(within).await {
+            tracing::warn!(
+                "at shutdown: final outcomes still waiting for the outcome store were not stored"
+            );
+        }
+        if !self.webhooks.flush(within).await {
+            tracing::warn!(
+                "at shutdown: webhook outcomes still waiting for their queue were not stored"
+            );
         }
         if let Err(e) = self.spool.close().await {
             tracing::error!("closing the spool: {e}");

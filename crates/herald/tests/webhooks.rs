@@ -322,3 +322,41 @@ async fn outcomes_pending_at_a_kill_9_arrive_after_the_restart() {
     daemon.terminate();
     sim.shutdown().await;
 }
+
+/// A graceful stop right after the last deliveries (no wait for the webhook queue): their outcomes are stored on
+/// the way out, so after the restart every one reaches the receiver and every status is final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_of_the_last_deliveries_before_a_graceful_stop_survive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port, &[]).await;
+    let receiver = Arc::new(Receiver::default());
+    receiver.down.store(true, Ordering::SeqCst);
+    let url = start_receiver(receiver.clone()).await;
+    let config = write_config(dir.path(), &pki, port, &[("hooks.example", &url, 100_000)]);
+    let daemon = Daemon::start(&config);
+    let tokens: Vec<String> = (0..200).map(token).collect();
+    let ids = push(&daemon.http, "hooks.example", &tokens).await;
+    assert_eq!(
+        sim.wait_for_accepted(ids.len() as u64, WAIT).await,
+        ids.len() as u64
+    );
+    daemon.terminate();
+    receiver.down.store(false, Ordering::SeqCst);
+    let daemon = Daemon::start(&config);
+    let events = wait_events(&receiver, ids.len()).await;
+    let got: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    for id in &ids {
+        assert!(got.contains(id.as_str()), "{id} never arrived");
+        let r = reqwest::get(format!("http://{}/api/v1/notifications/{id}", daemon.http))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{id}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["state"], "delivered", "{v}");
+    }
+    daemon.terminate();
+    sim.shutdown().await;
+}

@@ -212,6 +212,9 @@ pub struct StatusBook {
     shards: Vec<Mutex<Slots<Entry>>>,
     store: Arc<OutcomeStore>,
     writer: SyncSender<OutcomeKey>,
+    /// Final outcomes handed to the writer, and those it has stored (or given up on): see [`StatusBook::flush`].
+    submitted: AtomicU64,
+    written: AtomicU64,
     dropped: AtomicU64,
     pruned: Arc<AtomicU64>,
     retention: Duration,
@@ -227,6 +230,8 @@ impl StatusBook {
                 .collect(),
             store: store.clone(),
             writer: tx,
+            submitted: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             pruned: Arc::new(AtomicU64::new(0)),
             retention,
@@ -251,6 +256,21 @@ impl StatusBook {
 
     pub fn store(&self) -> &Arc<OutcomeStore> {
         &self.store
+    }
+
+    /// Waits (at most `within`) until every final outcome handed to the writer so far is stored: at a graceful
+    /// stop, so that the outcomes of the last deliveries are still there after the restart. False when the time ran
+    /// out first.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let target = self.submitted.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + within;
+        while self.written.load(Ordering::Acquire) < target {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
     }
 
     pub fn retention(&self) -> Duration {
@@ -362,7 +382,9 @@ impl OutcomeListener for StatusBook {
             }
         }
         match self.writer.try_send(key) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.submitted.fetch_add(1, Ordering::Release);
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.shard(&key)
                     .lock()
@@ -454,6 +476,8 @@ fn write_loop(rx: Receiver<OutcomeKey>, book: Weak<StatusBook>) {
                 shard.remove(key);
             }
         }
+        book.written
+            .fetch_add(batch.len() as u64, Ordering::Release);
         drop(book);
         if batch.len() < MAX_WRITE_BATCH {
             std::thread::sleep(super::WRITER_PAUSE);
@@ -501,7 +525,71 @@ async fn prune_loop(
 
 #[cfg(test)]
 mod tests {
-    use super::Status;
+    use super::*;
+    use crate::queue::message::IdGenerator;
+    use bytes::Bytes;
+    use herald_apns::client::PushRequest;
+
+    fn notification(id: MessageId, i: u8) -> Notification {
+        Notification {
+            id,
+            batch_id: MessageId::NONE,
+            conn_id: MessageId::NONE,
+            domain: Arc::from("book.example"),
+            binding: Arc::from("default"),
+            recipient_given: None,
+            push: PushRequest {
+                token: DeviceToken::from_bytes([i; 32]).unwrap(),
+                topic: None,
+                push_type: None,
+                priority: None,
+                expiration: None,
+                collapse_id: None,
+                apns_id: None,
+                payload: Bytes::from_static(b"{}"),
+            },
+            sender: Arc::from("test"),
+            received_at: 1_700_000_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn flush_returns_once_every_final_outcome_handed_over_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store.clone(), Duration::from_secs(3600), 1_000_000);
+        let ids = IdGenerator::new(0);
+        let mut keys = Vec::new();
+        for i in 0..300u32 {
+            let n = notification(ids.next(), i as u8);
+            book.queued(&n, 0);
+            book.in_flight(n.id);
+            book.outcome(&OutcomeRecord {
+                kind: OutcomeKind::Delivered,
+                notification: &n,
+                binding_group: "",
+                binding: "default",
+                retries: 0,
+                remote_ip: None,
+                transaction_id: Some("apns-id"),
+                status: None,
+                error: "",
+                connected: true,
+                bytes: 0,
+                at: crate::queue::message::unix_now(),
+                apns_unique_id: None,
+                apns_timestamp_ms: None,
+            });
+            keys.push(key_of(n.id));
+        }
+        assert!(book.flush(Duration::from_secs(30)).await);
+        // Read from the store itself, not from the book's memory.
+        for key in &keys {
+            let found = store.lookup(key).unwrap();
+            assert!(matches!(found, Lookup::Found(_)), "{key:?}: {found:?}");
+        }
+        assert_eq!(book.stats().tracked, 0);
+    }
 
     #[test]
     fn a_status_stored_before_the_apns_answer_fields_still_reads() {

@@ -227,6 +227,10 @@ pub struct Webhooks {
     /// The writer thread, woken when the first event of a pass is written.
     writer: std::sync::OnceLock<std::thread::Thread>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
+    /// Events written into open chunks, and those the writer has stored (or given up on): see
+    /// [`Webhooks::flush`].
+    written: AtomicU64,
+    stored: AtomicU64,
     handoff_dropped: AtomicU64,
     runtime: tokio::runtime::Handle,
     http: reqwest::Client,
@@ -280,6 +284,8 @@ impl Webhooks {
             domains: Mutex::new(Domains::default()),
             writer: std::sync::OnceLock::new(),
             queues: Mutex::new(HashMap::new()),
+            written: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
             handoff_dropped: AtomicU64::new(0),
             runtime: tokio::runtime::Handle::current(),
             http: reqwest::Client::builder()
@@ -325,6 +331,23 @@ impl Webhooks {
             Err(e) => tracing::error!("cannot start the webhook writer thread: {e}"),
         }
         hooks
+    }
+
+    /// Waits (at most `within`) until every event written so far is in its queue in the store: at a graceful stop,
+    /// so that the outcomes of the last deliveries are sent after the restart. False when the time ran out first.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let target = self.written.load(Ordering::Acquire);
+        if let Some(writer) = self.writer.get() {
+            writer.unpark();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while self.stored.load(Ordering::Acquire) < target {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
     }
 
     /// Forgets the options resolved so far (after a configuration reload); events already written stay.
@@ -532,6 +555,7 @@ impl OutcomeListener for Webhooks {
         domains.open_events += 1;
         let first = domains.open_events == 1;
         drop(domains);
+        self.written.fetch_add(1, Ordering::Release);
         if first && let Some(writer) = self.writer.get() {
             writer.unpark();
         }
@@ -580,7 +604,9 @@ fn write_loop(hooks: Weak<Webhooks>) {
             continue;
         }
         for (domain, chunk) in taken {
+            let n = chunk.len() as u64;
             store_chunk(&h, &domain, chunk);
+            h.stored.fetch_add(n, Ordering::Release);
         }
         drop(h);
         std::thread::sleep(super::WRITER_PAUSE);
@@ -886,6 +912,71 @@ mod tests {
         assert_eq!(c.head_after(99), 9);
         assert_eq!(c.advance(c.head_after(3)), (3, vec![1]));
         assert_eq!(seqs(c.next(10)), vec![7, 8]);
+    }
+
+    #[tokio::test]
+    async fn flush_returns_once_every_event_written_is_in_the_store() {
+        use crate::queue::message::{IdGenerator, MessageId, Notification, unix_now};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let settings = Arc::new(HookSettings {
+            // Nothing listens there: the events stay queued.
+            url: "http://127.0.0.1:9/hook".into(),
+            secret: "s".into(),
+            delivered: true,
+            failed: true,
+            invalid_token: true,
+            max_age: Duration::from_secs(3600),
+            backlog: 1_000_000,
+        });
+        let hooks = Webhooks::start(store.clone(), Box::new(move |_| Some(settings.clone())));
+        let ids = IdGenerator::new(0);
+        for i in 0..300u32 {
+            let n = Notification {
+                id: ids.next(),
+                batch_id: MessageId::NONE,
+                conn_id: MessageId::NONE,
+                domain: Arc::from("hooks.example"),
+                binding: Arc::from("default"),
+                recipient_given: None,
+                push: herald_apns::client::PushRequest {
+                    token: herald_apns::token_hex::DeviceToken::from_bytes([i as u8; 32]).unwrap(),
+                    topic: None,
+                    push_type: None,
+                    priority: None,
+                    expiration: None,
+                    collapse_id: None,
+                    apns_id: None,
+                    payload: Bytes::from_static(b"{}"),
+                },
+                sender: Arc::from("test"),
+                received_at: unix_now(),
+            };
+            hooks.outcome(&OutcomeRecord {
+                kind: OutcomeKind::Delivered,
+                notification: &n,
+                binding_group: "",
+                binding: "default",
+                retries: 0,
+                remote_ip: None,
+                transaction_id: Some("apns-id"),
+                status: None,
+                error: "",
+                connected: true,
+                bytes: 0,
+                at: unix_now(),
+                apns_unique_id: None,
+                apns_timestamp_ms: None,
+            });
+        }
+        assert!(hooks.flush(Duration::from_secs(30)).await);
+        let stored: u64 = store
+            .hook_queues()
+            .unwrap()
+            .iter()
+            .flat_map(|q| q.chunks.iter().map(|(_, n)| n))
+            .sum();
+        assert_eq!(stored, 300);
     }
 
     #[test]
