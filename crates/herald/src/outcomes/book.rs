@@ -1,11 +1,11 @@
 //! The status book: the state of every notification herald holds, and its final outcome for `outcome_retention`.
 //!
 //! Notifications still in the queue are kept in memory (sharded maps in id order, [`super::slots`], updated by the
-//! [`OutcomeListener`] calls of the delivery path); a final outcome is handed to a writer thread that stores it in the [`OutcomeStore`] (in the
-//! spool directory, so it survives a restart) and only then leaves memory, so a lookup never misses it in between.
-//! The hand-over never blocks delivery: past [`WRITE_BACKLOG`] waiting outcomes, new ones are dropped with a
-//! counter and a log line. A background task prunes what is older than the retention, or the oldest beyond
-//! `outcome_max_entries`.
+//! [`OutcomeListener`] calls of the delivery path); a final outcome is handed to a writer thread that stores it in
+//! the [`OutcomeStore`] (in the spool directory, so it survives a restart) and only then leaves memory, so a lookup
+//! never misses it in between. The hand-over never blocks delivery: past [`WRITE_BACKLOG`] waiting outcomes, new
+//! ones are dropped with a counter and a log line. A graceful stop waits for the writer ([`StatusBook::flush`]). A
+//! background task prunes what is older than the retention, or the oldest beyond `outcome_max_entries`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};

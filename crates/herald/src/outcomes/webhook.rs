@@ -734,7 +734,10 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
                 q.delivered.fetch_add(delivered, Ordering::Relaxed);
                 q.dropped.fetch_add(k - delivered, Ordering::Relaxed);
                 if stale > 0 {
-                    tracing::warn!(%domain, dropped = stale, "webhook outcomes older than outcome_webhook_max_age dropped");
+                    tracing::warn!(
+                        %domain, dropped = stale,
+                        "webhook outcomes older than outcome_webhook_max_age dropped"
+                    );
                 }
                 backoff = Duration::from_millis(250);
             }
