@@ -526,32 +526,8 @@ async fn prune_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcomes::fixtures::{delivered, notification};
     use crate::queue::message::IdGenerator;
-    use bytes::Bytes;
-    use herald_apns::client::PushRequest;
-
-    fn notification(id: MessageId, i: u8) -> Notification {
-        Notification {
-            id,
-            batch_id: MessageId::NONE,
-            conn_id: MessageId::NONE,
-            domain: Arc::from("book.example"),
-            binding: Arc::from("default"),
-            recipient_given: None,
-            push: PushRequest {
-                token: DeviceToken::from_bytes([i; 32]).unwrap(),
-                topic: None,
-                push_type: None,
-                priority: None,
-                expiration: None,
-                collapse_id: None,
-                apns_id: None,
-                payload: Bytes::from_static(b"{}"),
-            },
-            sender: Arc::from("test"),
-            received_at: 1_700_000_000,
-        }
-    }
 
     #[tokio::test]
     async fn flush_returns_once_every_final_outcome_handed_over_is_stored() {
@@ -561,25 +537,10 @@ mod tests {
         let ids = IdGenerator::new(0);
         let mut keys = Vec::new();
         for i in 0..300u32 {
-            let n = notification(ids.next(), i as u8);
+            let n = notification(ids.next(), "book.example", i as u8);
             book.queued(&n, 0);
             book.in_flight(n.id);
-            book.outcome(&OutcomeRecord {
-                kind: OutcomeKind::Delivered,
-                notification: &n,
-                binding_group: "",
-                binding: "default",
-                retries: 0,
-                remote_ip: None,
-                transaction_id: Some("apns-id"),
-                status: None,
-                error: "",
-                connected: true,
-                bytes: 0,
-                at: crate::queue::message::unix_now(),
-                apns_unique_id: None,
-                apns_timestamp_ms: None,
-            });
+            book.outcome(&delivered(&n));
             keys.push(key_of(n.id));
         }
         assert!(book.flush(Duration::from_secs(30)).await);

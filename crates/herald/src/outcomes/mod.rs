@@ -15,6 +15,9 @@ pub mod codec;
 pub mod slots;
 pub mod webhook;
 
+#[cfg(test)]
+pub(crate) mod fixtures;
+
 use std::sync::Arc;
 use std::time::SystemTime;
 

@@ -919,7 +919,8 @@ mod tests {
 
     #[tokio::test]
     async fn flush_returns_once_every_event_written_is_in_the_store() {
-        use crate::queue::message::{IdGenerator, MessageId, Notification, unix_now};
+        use crate::outcomes::fixtures::{delivered, notification};
+        use crate::queue::message::IdGenerator;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
         let settings = Arc::new(HookSettings {
@@ -935,42 +936,8 @@ mod tests {
         let hooks = Webhooks::start(store.clone(), Box::new(move |_| Some(settings.clone())));
         let ids = IdGenerator::new(0);
         for i in 0..300u32 {
-            let n = Notification {
-                id: ids.next(),
-                batch_id: MessageId::NONE,
-                conn_id: MessageId::NONE,
-                domain: Arc::from("hooks.example"),
-                binding: Arc::from("default"),
-                recipient_given: None,
-                push: herald_apns::client::PushRequest {
-                    token: herald_apns::token_hex::DeviceToken::from_bytes([i as u8; 32]).unwrap(),
-                    topic: None,
-                    push_type: None,
-                    priority: None,
-                    expiration: None,
-                    collapse_id: None,
-                    apns_id: None,
-                    payload: Bytes::from_static(b"{}"),
-                },
-                sender: Arc::from("test"),
-                received_at: unix_now(),
-            };
-            hooks.outcome(&OutcomeRecord {
-                kind: OutcomeKind::Delivered,
-                notification: &n,
-                binding_group: "",
-                binding: "default",
-                retries: 0,
-                remote_ip: None,
-                transaction_id: Some("apns-id"),
-                status: None,
-                error: "",
-                connected: true,
-                bytes: 0,
-                at: unix_now(),
-                apns_unique_id: None,
-                apns_timestamp_ms: None,
-            });
+            let n = notification(ids.next(), "hooks.example", i as u8);
+            hooks.outcome(&delivered(&n));
         }
         assert!(hooks.flush(Duration::from_secs(30)).await);
         let stored: u64 = store
