@@ -227,9 +227,7 @@ pub struct Webhooks {
     /// The writer thread, woken when the first event of a pass is written.
     writer: std::sync::OnceLock<std::thread::Thread>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
-    /// Events written into open chunks, and those the writer has stored (or given up on): see
-    /// [`Webhooks::flush`].
-    written: AtomicU64,
+    /// Events the writer has stored (or given up on), against [`Domains::written`]: see [`Webhooks::flush`].
     stored: AtomicU64,
     handoff_dropped: AtomicU64,
     runtime: tokio::runtime::Handle,
@@ -242,6 +240,8 @@ struct Domains {
     by_name: HashMap<Arc<str>, DomainHook>,
     /// Events in all open chunks.
     open_events: usize,
+    /// Events written into open chunks since the start.
+    written: u64,
 }
 
 #[derive(Default)]
@@ -284,7 +284,6 @@ impl Webhooks {
             domains: Mutex::new(Domains::default()),
             writer: std::sync::OnceLock::new(),
             queues: Mutex::new(HashMap::new()),
-            written: AtomicU64::new(0),
             stored: AtomicU64::new(0),
             handoff_dropped: AtomicU64::new(0),
             runtime: tokio::runtime::Handle::current(),
@@ -336,7 +335,7 @@ impl Webhooks {
     /// Waits (at most `within`) until every event written so far is in its queue in the store: at a graceful stop,
     /// so that the outcomes of the last deliveries are sent after the restart. False when the time ran out first.
     pub async fn flush(&self, within: Duration) -> bool {
-        let target = self.written.load(Ordering::Acquire);
+        let target = lock(&self.domains).written;
         if let Some(writer) = self.writer.get() {
             writer.unpark();
         }
@@ -553,9 +552,9 @@ impl OutcomeListener for Webhooks {
             event.push(b'}');
         });
         domains.open_events += 1;
+        domains.written += 1;
         let first = domains.open_events == 1;
         drop(domains);
-        self.written.fetch_add(1, Ordering::Release);
         if first && let Some(writer) = self.writer.get() {
             writer.unpark();
         }
