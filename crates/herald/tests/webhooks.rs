@@ -283,8 +283,9 @@ async fn a_dead_receiver_keeps_a_bounded_backlog_and_delivery_goes_on() {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outcomes_pending_at_a_kill_9_arrive_after_the_restart() {
+/// For the restart tests: a simulator, a receiver that is down, and a configuration with its webhook on
+/// hooks.example (the directory holds the configuration and the spool).
+async fn restart_setup() -> (tempfile::TempDir, SimHandle, Arc<Receiver>, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
     let port = free_port();
@@ -293,6 +294,22 @@ async fn outcomes_pending_at_a_kill_9_arrive_after_the_restart() {
     receiver.down.store(true, Ordering::SeqCst);
     let url = start_receiver(receiver.clone()).await;
     let config = write_config(dir.path(), &pki, port, &[("hooks.example", &url, 100_000)]);
+    (dir, sim, receiver, config)
+}
+
+/// Waits until the receiver holds as many events as `ids`, then checks that each id is among them.
+async fn assert_every_id_arrived(receiver: &Receiver, ids: &[String]) {
+    let events = wait_events(receiver, ids.len()).await;
+    let got: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    for id in ids {
+        assert!(got.contains(id.as_str()), "{id} never arrived");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_pending_at_a_kill_9_arrive_after_the_restart() {
+    let (_dir, sim, receiver, config) = restart_setup().await;
     let daemon = Daemon::start(&config);
     let tokens: Vec<String> = (0..25).map(token).collect();
     let ids = push(&daemon.http, "hooks.example", &tokens).await;
@@ -313,12 +330,7 @@ async fn outcomes_pending_at_a_kill_9_arrive_after_the_restart() {
     daemon.kill9();
     receiver.down.store(false, Ordering::SeqCst);
     let daemon = Daemon::start(&config);
-    let events = wait_events(&receiver, ids.len()).await;
-    let got: std::collections::HashSet<&str> =
-        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
-    for id in &ids {
-        assert!(got.contains(id.as_str()), "{id} never arrived");
-    }
+    assert_every_id_arrived(&receiver, &ids).await;
     daemon.terminate();
     sim.shutdown().await;
 }
@@ -327,14 +339,7 @@ async fn outcomes_pending_at_a_kill_9_arrive_after_the_restart() {
 /// the way out, so after the restart every one reaches the receiver and every status is final.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_of_the_last_deliveries_before_a_graceful_stop_survive_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
-    let port = free_port();
-    let sim = start_sim(&pki, port, &[]).await;
-    let receiver = Arc::new(Receiver::default());
-    receiver.down.store(true, Ordering::SeqCst);
-    let url = start_receiver(receiver.clone()).await;
-    let config = write_config(dir.path(), &pki, port, &[("hooks.example", &url, 100_000)]);
+    let (_dir, sim, receiver, config) = restart_setup().await;
     let daemon = Daemon::start(&config);
     let tokens: Vec<String> = (0..200).map(token).collect();
     let ids = push(&daemon.http, "hooks.example", &tokens).await;
@@ -345,11 +350,8 @@ async fn outcomes_of_the_last_deliveries_before_a_graceful_stop_survive_it() {
     daemon.terminate();
     receiver.down.store(false, Ordering::SeqCst);
     let daemon = Daemon::start(&config);
-    let events = wait_events(&receiver, ids.len()).await;
-    let got: std::collections::HashSet<&str> =
-        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_every_id_arrived(&receiver, &ids).await;
     for id in &ids {
-        assert!(got.contains(id.as_str()), "{id} never arrived");
         let r = reqwest::get(format!("http://{}/api/v1/notifications/{id}", daemon.http))
             .await
             .unwrap();
