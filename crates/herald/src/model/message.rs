@@ -39,17 +39,53 @@ impl MessageId {
     }
 }
 
+impl MessageId {
+    /// The printed form, built on the stack: ids are printed for every log record, status and webhook event.
+    pub fn text(self) -> IdText {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let counter = self.counter();
+        let mut t = [0u8; ID_TEXT_LEN];
+        let mut hex = |at: usize, value: u64, digits: usize| {
+            for i in 0..digits {
+                t[at + i] = HEX[((value >> (4 * (digits - 1 - i))) & 0xf) as usize];
+            }
+        };
+        hex(0, u64::from(self.node()), 2);
+        hex(3, (counter >> 32) & 0xff, 2);
+        hex(12, counter & 0xffff_ffff, 8);
+        let mut second = (self.epoch_ms() / 1000) % 100_000;
+        for i in (6..11).rev() {
+            t[i] = b'0' + (second % 10) as u8;
+            second /= 10;
+        }
+        t[2] = b'/';
+        t[5] = b'-';
+        t[11] = b'-';
+        IdText(t)
+    }
+}
+
+/// Length of a printed [`MessageId`]: `NN/NN-PPPPP-XXXXXXXX`.
+pub const ID_TEXT_LEN: usize = 20;
+
+/// A printed [`MessageId`] (ASCII, [`ID_TEXT_LEN`] bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IdText([u8; ID_TEXT_LEN]);
+
+impl IdText {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits, letters, '/' and '-' are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let counter = self.counter();
-        write!(
-            f,
-            "{:02X}/{:02X}-{:05}-{:08X}",
-            self.node(),
-            (counter >> 32) as u8,
-            (self.epoch_ms() / 1000) % 100_000,
-            counter as u32
-        )
+        f.pad(self.text().as_str())
     }
 }
 
@@ -214,6 +250,24 @@ mod tests {
         let id = MessageId::from_parts(0x20, 1_800_000_000 + 25593 * 1000, 0x945A87F3);
         // docs/momentum-compat.md#mainlog: "20/00-25593-945A87F3"
         assert_eq!(id.to_string(), "20/00-25593-945A87F3");
+        assert_eq!(format!("[{id:>22}]"), "[  20/00-25593-945A87F3]");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_printed_id_is_momentums_format(node: u8, epoch_ms in 0u64..(1 << 56), counter: u64) {
+            let id = MessageId::from_parts(node, epoch_ms, counter);
+            let expected = format!(
+                "{:02X}/{:02X}-{:05}-{:08X}",
+                node,
+                (counter >> 32) as u8,
+                (epoch_ms / 1000) % 100_000,
+                counter as u32
+            );
+            let text = id.text();
+            proptest::prop_assert_eq!(text.as_str(), expected.as_str());
+            proptest::prop_assert_eq!(id.to_string(), expected);
+        }
     }
 
     #[test]
