@@ -154,7 +154,7 @@ impl Entry {
         };
         codec::encode(
             &codec::Fields {
-                id: &self.id.to_string(),
+                id: self.id.text().as_str(),
                 domain: &self.domain,
                 token: self.token.as_bytes(),
                 accepted_at: self.accepted_at,
