@@ -93,7 +93,14 @@ impl OutcomeStore {
         let expiry = part("expiry")?;
         let pruned = part("pruned")?;
         let idempotency = part("idempotency")?;
-        let webhook = part("webhook")?;
+        // The webhook queue's chunks are deleted once the receiver has them, mostly before a flush: compressing
+        // them would cost CPU for data that rarely reaches a segment (the option applies to a new store only).
+        let webhook = keyspace
+            .open_partition(
+                "webhook",
+                PartitionCreateOptions::default().compression(fjall::CompressionType::None),
+            )
+            .map_err(|e| error(CTX, e))?;
         let webhook_heads = part("webhook_heads")?;
         let broadcasts = part("broadcasts")?;
         let mut watermarks = HashMap::new();

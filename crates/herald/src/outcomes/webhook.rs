@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use herald_spool::{ChunkBuilder, HookChunk, OutcomeStore};
 use hmac::{Hmac, KeyInit, Mac};
+use rustc_hash::FxHashMap;
 use sha2::Sha256;
 
 use super::OutcomeListener;
@@ -237,7 +238,7 @@ pub struct Webhooks {
 /// What the delivery path writes to, behind one lock.
 #[derive(Default)]
 struct Domains {
-    by_name: HashMap<Arc<str>, DomainHook>,
+    by_name: FxHashMap<Arc<str>, DomainHook>,
     /// Events in all open chunks.
     open_events: usize,
     /// Events written into open chunks since the start.
@@ -689,11 +690,7 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         };
         // Events older than max_age are dropped, not sent.
         let oldest_allowed = now_secs().saturating_sub(settings.max_age.as_secs());
-        let fresh: Vec<&Bytes> = events
-            .iter()
-            .map(|(_, e)| e)
-            .filter(|e| finished_at(e).is_none_or(|t| t >= oldest_allowed))
-            .collect();
+        let fresh = fresh_events(&events, oldest_allowed);
         let stale = (events.len() - fresh.len()) as u64;
         if fresh.is_empty() {
             let k = done_with(&h, &domain, &q, last_seq + 1).await;
@@ -755,6 +752,18 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             }
         }
     }
+}
+
+/// The events of `events` that finished at `oldest_allowed` or later. A queue holds its events in the order the
+/// outcomes came, so when the oldest is fresh all are: only a batch that starts stale is read event by event.
+fn fresh_events(events: &[(u64, Bytes)], oldest_allowed: u64) -> Vec<&Bytes> {
+    let is_fresh = |e: &Bytes| finished_at(e).is_none_or(|t| t >= oldest_allowed);
+    let all_fresh = events.first().is_none_or(|(_, e)| is_fresh(e));
+    events
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| all_fresh || is_fresh(e))
+        .collect()
 }
 
 /// The waiting events (numbered `head` or more) of chunks read back from the store, at most `limit`.
@@ -977,6 +986,39 @@ mod tests {
         json_str(&mut out, "a\"b\\c\nd\u{1}é");
         let back: String = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn events_older_than_max_age_are_left_out() {
+        let event = |seq: u64, at: u64| {
+            (
+                seq,
+                Bytes::from(format!(
+                    "{{\"id\":\"{seq}\",\"finished_at\":{at},\"attempts\":0}}"
+                )),
+            )
+        };
+        let ids = |fresh: Vec<&Bytes>| -> Vec<u64> {
+            fresh
+                .iter()
+                .map(|e| {
+                    serde_json::from_slice::<serde_json::Value>(e).unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect()
+        };
+        // All fresh: every event goes.
+        let events = vec![event(1, 100), event(2, 101), event(3, 102)];
+        assert_eq!(ids(fresh_events(&events, 100)), [1, 2, 3]);
+        // The oldest stale: each event is judged by its own time.
+        let events = vec![event(1, 90), event(2, 99), event(3, 100), event(4, 105)];
+        assert_eq!(ids(fresh_events(&events, 100)), [3, 4]);
+        // All stale, and an empty batch.
+        assert!(fresh_events(&events[..2], 100).is_empty());
+        assert!(fresh_events(&[], 100).is_empty());
     }
 
     #[test]
