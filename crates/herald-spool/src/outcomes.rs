@@ -141,12 +141,12 @@ impl OutcomeStore {
     /// latest finish time of the group and the group's first key, its value the group's keys (16 bytes each, in
     /// the order given). An index entry with an empty value (written by earlier versions) stands for the one key
     /// in its own key.
-    pub fn put(&self, entries: &[(OutcomeKey, u64, Vec<u8>)]) -> Result<(), SpoolError> {
+    pub fn put<V: AsRef<[u8]>>(&self, entries: &[(OutcomeKey, u64, V)]) -> Result<(), SpoolError> {
         const CTX: &str = "writing outcomes";
         let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
         let mut groups: Vec<(u64, OutcomeKey, Vec<u8>)> = Vec::new();
         for (key, finished_ms, value) in entries {
-            batch.insert(&self.outcomes, key, value.as_slice());
+            batch.insert(&self.outcomes, key, value.as_ref());
             match groups
                 .iter_mut()
                 .find(|(at, _, _)| at / 1000 == finished_ms / 1000)

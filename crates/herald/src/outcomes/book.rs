@@ -82,27 +82,14 @@ enum Phase {
         next_attempt_at: Option<u64>,
     },
     InFlight,
-    /// Final, waiting for the writer.
-    Final(Box<Finished>),
+    /// Final: its stored form ([`codec`]), encoded on the delivery path while the entry is in cache, kept until
+    /// the writer has stored it (the writer gets the same bytes and never reads the entry).
+    Final(Arc<[u8]>),
 }
 
-/// A final outcome as kept in memory until it is stored: only what the outcome adds to the entry, so that the
-/// delivery path builds no status text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Finished {
-    delivered: bool,
-    invalid_token: bool,
-    finished_at: u64,
-    status: Option<u16>,
-    unregistered_at_ms: Option<u64>,
-    apns_id: Option<Box<str>>,
-    apns_unique_id: Option<Box<str>>,
-    reason: Option<Box<str>>,
-}
-
+/// What the book keeps per notification; the id is the entry's key ([`super::id_of`]).
 #[derive(Debug, Clone)]
 struct Entry {
-    id: MessageId,
     domain: Arc<str>,
     token: DeviceToken,
     accepted_at: u64,
@@ -112,14 +99,14 @@ struct Entry {
 }
 
 impl Entry {
-    fn status(&self) -> Status {
+    fn status(&self, key: &OutcomeKey) -> Result<Status, codec::DecodeError> {
         let (state, next) = match &self.phase {
             Phase::Queued { next_attempt_at } => ("queued", *next_attempt_at),
             Phase::InFlight => ("in_flight", None),
-            Phase::Final(f) => (if f.delivered { "delivered" } else { "failed" }, None),
+            Phase::Final(record) => return codec::decode(record),
         };
-        let mut s = Status {
-            id: self.id.to_string(),
+        Ok(Status {
+            id: super::id_of(key).to_string(),
             state: state.to_owned(),
             domain: self.domain.to_string(),
             token: self.token.to_hex(),
@@ -134,44 +121,38 @@ impl Entry {
             invalid_token: false,
             apns_unique_id: None,
             unregistered_at_ms: None,
-        };
-        if let Phase::Final(f) = &self.phase {
-            s.finished_at = Some(f.finished_at);
-            s.apns_id = f.apns_id.as_deref().map(str::to_owned);
-            s.apns_unique_id = f.apns_unique_id.as_deref().map(str::to_owned);
-            s.unregistered_at_ms = f.unregistered_at_ms;
-            s.reason = f.reason.as_deref().map(str::to_owned);
-            s.status = f.status;
-            s.invalid_token = f.invalid_token;
-        }
-        s
+        })
     }
 
-    /// The stored form of a final entry ([`codec`]); `None` while it is not final.
-    fn encode(&self, out: &mut Vec<u8>) -> Option<u64> {
-        let Phase::Final(f) = &self.phase else {
-            return None;
+    /// The stored form of this entry finished as `r` says (delivered or failed for good).
+    fn final_record(&self, r: &OutcomeRecord<'_>) -> Arc<[u8]> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+        }
+        let delivered = r.kind == OutcomeKind::Delivered;
+        let id = r.notification.id.text();
+        let fields = codec::Fields {
+            id: id.as_str(),
+            domain: &self.domain,
+            token: self.token.as_bytes(),
+            accepted_at: self.accepted_at,
+            attempts: r.retries,
+            last_reason: self.last_reason.as_deref(),
+            delivered,
+            invalid_token: !delivered && is_invalid_token(r.status, r.error),
+            finished_at: r.at,
+            status: if delivered { None } else { r.status },
+            unregistered_at_ms: r.apns_timestamp_ms,
+            apns_id: r.transaction_id,
+            apns_unique_id: r.apns_unique_id,
+            reason: (!delivered).then_some(r.error),
         };
-        codec::encode(
-            &codec::Fields {
-                id: self.id.text().as_str(),
-                domain: &self.domain,
-                token: self.token.as_bytes(),
-                accepted_at: self.accepted_at,
-                attempts: self.attempts,
-                last_reason: self.last_reason.as_deref(),
-                delivered: f.delivered,
-                invalid_token: f.invalid_token,
-                finished_at: f.finished_at,
-                status: f.status,
-                unregistered_at_ms: f.unregistered_at_ms,
-                apns_id: f.apns_id.as_deref(),
-                apns_unique_id: f.apns_unique_id.as_deref(),
-                reason: f.reason.as_deref(),
-            },
-            out,
-        );
-        Some(f.finished_at)
+        SCRATCH.with(|scratch| {
+            let mut out = scratch.borrow_mut();
+            out.clear();
+            codec::encode(&fields, &mut out);
+            Arc::from(out.as_slice())
+        })
     }
 }
 
@@ -211,7 +192,7 @@ pub struct StatusBook {
     /// By the id's counter modulo [`SHARDS`]; each shard keeps this run's ids in counter order ([`Slots`]).
     shards: Vec<Mutex<Slots<Entry>>>,
     store: Arc<OutcomeStore>,
-    writer: SyncSender<OutcomeKey>,
+    writer: SyncSender<Stored>,
     /// Final outcomes handed to the writer, and those it has stored (or given up on): see [`StatusBook::flush`].
     submitted: AtomicU64,
     written: AtomicU64,
@@ -297,7 +278,7 @@ impl StatusBook {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
         {
-            return Ok(Found::Status(Box::new(e.status())));
+            return Ok(Found::Status(Box::new(e.status(key)?)));
         }
         Ok(match self.store.lookup(key)? {
             Lookup::Found(bytes) => Found::Status(Box::new(codec::decode(&bytes)?)),
@@ -325,7 +306,6 @@ impl OutcomeListener for StatusBook {
         let key = key_of(n.id);
         let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
         let entry = shard.get_or_insert_with(key, || Entry {
-            id: n.id,
             domain: n.domain.clone(),
             token: n.push.token.clone(),
             accepted_at: n.received_at,
@@ -350,7 +330,7 @@ impl OutcomeListener for StatusBook {
 
     fn outcome(&self, r: &OutcomeRecord<'_>) {
         let key = key_of(r.notification.id);
-        {
+        let record = {
             let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
             let Some(e) = shard.get_mut(&key) else {
                 return;
@@ -366,22 +346,19 @@ impl OutcomeListener for StatusBook {
                     return;
                 }
                 OutcomeKind::Delivered | OutcomeKind::Permanent => {
-                    let delivered = r.kind == OutcomeKind::Delivered;
+                    let record = e.final_record(r);
                     e.attempts = r.retries;
-                    e.phase = Phase::Final(Box::new(Finished {
-                        delivered,
-                        invalid_token: !delivered && is_invalid_token(r.status, r.error),
-                        finished_at: r.at,
-                        status: if delivered { None } else { r.status },
-                        unregistered_at_ms: r.apns_timestamp_ms,
-                        apns_id: r.transaction_id.map(Box::from),
-                        apns_unique_id: r.apns_unique_id.map(Box::from),
-                        reason: (!delivered).then(|| Box::from(r.error)),
-                    }));
+                    e.phase = Phase::Final(record.clone());
+                    record
                 }
             }
-        }
-        match self.writer.try_send(key) {
+        };
+        let stored = Stored {
+            key,
+            finished_ms: r.at * 1000,
+            record,
+        };
+        match self.writer.try_send(stored) {
             Ok(()) => {
                 self.submitted.fetch_add(1, Ordering::Release);
             }
@@ -433,9 +410,16 @@ pub fn is_invalid_token(status: Option<u16>, reason: &str) -> bool {
 /// Final outcomes stored in one write at most.
 const MAX_WRITE_BATCH: usize = 4096;
 
+/// A final outcome handed to the writer thread: its key, when it finished (Unix ms) and its stored form.
+struct Stored {
+    key: OutcomeKey,
+    finished_ms: u64,
+    record: Arc<[u8]>,
+}
+
 /// Stores final outcomes in batches, then lets them leave memory; pauses [`super::WRITER_PAUSE`] after a batch
 /// that did not fill up. Ends when the book is gone.
-fn write_loop(rx: Receiver<OutcomeKey>, book: Weak<StatusBook>) {
+fn write_loop(rx: Receiver<Stored>, book: Weak<StatusBook>) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.clear();
@@ -449,15 +433,9 @@ fn write_loop(rx: Receiver<OutcomeKey>, book: Weak<StatusBook>) {
         let Some(book) = book.upgrade() else {
             return;
         };
-        // The final status stays in memory until it is stored: read it from there.
         let entries: Vec<_> = batch
             .iter()
-            .filter_map(|key| {
-                let shard = book.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-                let mut value = Vec::with_capacity(160);
-                let finished_at = shard.get(key)?.encode(&mut value)?;
-                Some((*key, finished_at * 1000, value))
-            })
+            .map(|s| (s.key, s.finished_ms, &*s.record))
             .collect();
         let mut tries = 0;
         while let Err(e) = book.store.put(&entries) {
@@ -467,13 +445,14 @@ fn write_loop(rx: Receiver<OutcomeKey>, book: Weak<StatusBook>) {
                 break;
             }
         }
-        for key in &batch {
-            let mut shard = book.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        drop(entries);
+        for s in &batch {
+            let mut shard = book.shard(&s.key).lock().unwrap_or_else(|p| p.into_inner());
             if shard
-                .get(key)
+                .get(&s.key)
                 .is_some_and(|e| matches!(e.phase, Phase::Final(_)))
             {
-                shard.remove(key);
+                shard.remove(&s.key);
             }
         }
         book.written

@@ -73,6 +73,20 @@ pub fn key_of(id: MessageId) -> OutcomeKey {
     pack(id.node(), run, id.counter() & ((1 << 40) - 1))
 }
 
+/// The id whose printed form [`key_of`] packed into `key` (the printed form is all a key keeps: ids that print
+/// alike share a key).
+pub fn id_of(key: &OutcomeKey) -> MessageId {
+    let mut run = [0u8; 4];
+    run.copy_from_slice(&key[1..5]);
+    let mut counter = [0u8; 8];
+    counter.copy_from_slice(&key[8..]);
+    MessageId::from_parts(
+        key[0],
+        u64::from(u32::from_be_bytes(run)) * 1000,
+        u64::from_be_bytes(counter),
+    )
+}
+
 fn pack(node: u8, run: u32, counter: u64) -> OutcomeKey {
     let mut k = [0u8; 16];
     k[0] = node;
@@ -111,6 +125,8 @@ mod tests {
     fn printed_ids_map_to_the_same_key() {
         let id = MessageId::from_parts(3, 1_800_000_123_456, (0xAB << 32) | 0x1234_5678);
         assert_eq!(parse_id(&id.to_string()), Some(key_of(id)));
+        assert_eq!(id_of(&key_of(id)).to_string(), id.to_string());
+        assert_eq!(key_of(id_of(&key_of(id))), key_of(id));
         let other = MessageId::from_parts(3, 1_800_000_123_456, (0xAB << 32) | 0x1234_5679);
         assert_ne!(key_of(id), key_of(other));
         assert!(key_of(id) < key_of(other), "keys increase within a run");
