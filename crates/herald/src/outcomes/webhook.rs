@@ -231,7 +231,10 @@ pub struct Webhooks {
     /// Events the writer has stored (or given up on), against [`Domains::written`]: see [`Webhooks::flush`].
     stored: AtomicU64,
     handoff_dropped: AtomicU64,
-    runtime: tokio::runtime::Handle,
+    /// The sender thread's runtime, where every domain's sender task runs (see [`sender_thread`]).
+    senders: tokio::runtime::Handle,
+    /// Ends the sender thread when the webhooks go.
+    _stop_senders: Option<tokio::sync::oneshot::Sender<()>>,
     http: reqwest::Client,
 }
 
@@ -277,8 +280,18 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 }
 
 impl Webhooks {
-    /// Webhooks over `store`, resuming the queues it holds. Must be called inside a tokio runtime.
+    /// Webhooks over `store`, resuming the queues it holds, their senders on a thread of their own. Must be called
+    /// inside a tokio runtime (the fallback for the senders when their thread cannot start).
     pub fn start(store: Arc<OutcomeStore>, resolve: Box<HookResolver>) -> Arc<Webhooks> {
+        let (senders, stop_senders) = match sender_thread() {
+            Ok((handle, stop)) => (handle, Some(stop)),
+            Err(e) => {
+                tracing::error!(
+                    "cannot start the webhook sender thread ({e}): senders run on the main runtime"
+                );
+                (tokio::runtime::Handle::current(), None)
+            }
+        };
         let hooks = Arc::new(Webhooks {
             store: store.clone(),
             resolve,
@@ -287,7 +300,8 @@ impl Webhooks {
             queues: Mutex::new(HashMap::new()),
             stored: AtomicU64::new(0),
             handoff_dropped: AtomicU64::new(0),
-            runtime: tokio::runtime::Handle::current(),
+            senders,
+            _stop_senders: stop_senders,
             http: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
                 .build()
@@ -392,7 +406,7 @@ impl Webhooks {
             ..Queue::default()
         });
         queues.insert(domain.to_owned(), q.clone());
-        self.runtime.spawn(send_loop(
+        self.senders.spawn(send_loop(
             Arc::downgrade(self),
             domain.to_owned(),
             q.clone(),
@@ -650,6 +664,38 @@ fn store_chunk(hooks: &Arc<Webhooks>, domain: &Arc<str>, chunk: ChunkBuilder) {
         drop(chunks);
     }
     q.wake.notify_one();
+}
+
+/// Starts the thread that runs the senders: a runtime of their own, so that signing and POSTing batches (and the
+/// receivers' answers) never wake or occupy the workers that deliver notifications. Runs until the returned sender
+/// is dropped.
+fn sender_thread() -> std::io::Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (started, handle) = std::sync::mpsc::sync_channel(1);
+    // The runtime is built and dropped on its own thread (dropping one inside another runtime's task panics).
+    std::thread::Builder::new()
+        .name("herald-hook-send".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("herald-hook-send")
+                .build();
+            match runtime {
+                Ok(runtime) => {
+                    let _ = started.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(async move {
+                        let _ = stopped.await;
+                    });
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                }
+            }
+        })?;
+    let handle = handle
+        .recv()
+        .map_err(|_| std::io::Error::other("the sender thread ended before it started"))??;
+    Ok((handle, stop))
 }
 
 /// POSTs the oldest events of `domain`'s queue until it is empty, then waits for more.
