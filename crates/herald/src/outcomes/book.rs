@@ -16,7 +16,7 @@ use herald_apns::token_hex::DeviceToken;
 use herald_spool::{Lookup, OutcomeKey, OutcomeStore, SpoolError};
 use serde::{Deserialize, Serialize};
 
-use super::slots::Slots;
+use super::slots::{Deal, Slots, shard_of};
 use super::{OutcomeListener, codec, key_of};
 use crate::logs::{OutcomeKind, OutcomeRecord};
 use crate::queue::message::{MessageId, Notification};
@@ -27,7 +27,11 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000_000;
 /// Final outcomes waiting for the writer thread before new ones are dropped.
 pub const WRITE_BACKLOG: usize = 100_000;
-const SHARDS: usize = 32;
+/// How ids are dealt to the book's shards: blocks of 64 neighbours (see [`Deal`]).
+const DEAL: Deal = Deal {
+    shards: 32,
+    block: 64,
+};
 
 /// A notification's state as the status API answers it (JSON: docs/openapi.yaml `NotificationStatus`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,7 +193,7 @@ pub struct BookStats {
 
 /// The status book (see the module documentation).
 pub struct StatusBook {
-    /// By the id's counter modulo [`SHARDS`]; each shard keeps this run's ids in counter order ([`Slots`]).
+    /// By the id's counter, in blocks ([`DEAL`]); each shard keeps this run's ids in counter order ([`Slots`]).
     shards: Vec<Mutex<Slots<Entry>>>,
     store: Arc<OutcomeStore>,
     writer: SyncSender<Stored>,
@@ -206,8 +210,8 @@ impl StatusBook {
     pub fn new(store: Arc<OutcomeStore>, retention: Duration, max_entries: u64) -> Arc<StatusBook> {
         let (tx, rx) = std::sync::mpsc::sync_channel(WRITE_BACKLOG);
         let book = Arc::new(StatusBook {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(Slots::new(SHARDS as u64)))
+            shards: (0..DEAL.shards)
+                .map(|_| Mutex::new(Slots::new(DEAL)))
                 .collect(),
             store: store.clone(),
             writer: tx,
@@ -259,7 +263,7 @@ impl StatusBook {
     }
 
     fn shard(&self, key: &OutcomeKey) -> &Mutex<Slots<Entry>> {
-        &self.shards[key[15] as usize % SHARDS]
+        &self.shards[shard_of(key, DEAL) as usize]
     }
 
     fn with_entry(&self, id: MessageId, f: impl FnOnce(&mut Entry)) {

@@ -6,7 +6,9 @@
 //! window indexed by counter, so that neighbours are neighbours in memory; keys of other runs, and the oldest
 //! entries once the window is more than [`WINDOW`] slots and less than half full (a notification retried while
 //! many newer ones passed), live in a hash map beside it. A window as large as the notifications queued costs
-//! no more memory than a map of them would.
+//! no more memory than a map of them would. Counters are dealt to the shards in blocks of consecutive ones
+//! ([`Deal`]), so that a run of neighbouring ids lies side by side in one shard's window, where the processor's
+//! prefetcher follows the delivery path along them.
 
 use std::collections::VecDeque;
 
@@ -16,17 +18,47 @@ use rustc_hash::FxHashMap;
 /// Slots the window may span however empty it is; beyond, it is kept at least half full.
 pub const WINDOW: u64 = 4096;
 
-/// A map of [`OutcomeKey`]s whose counters are spaced `stride` apart (one shard of keys sharing the counter's
-/// remainder), see the module documentation.
+/// A map of the [`OutcomeKey`]s of one shard: counters are dealt to `shards` shards in blocks of `block` consecutive
+/// ones, so that neighbouring ids share a shard and lie next to each other in its window (see the module
+/// documentation).
 pub struct Slots<V> {
-    stride: u64,
-    /// The node and run of the keys in the window, and their counters' remainder.
+    deal: Deal,
+    /// The node and run of the keys in the window, and the shard their counters are dealt to.
     run: Option<([u8; 8], u64)>,
-    /// `window[i]` holds the key whose counter / stride is `base + i`.
+    /// `window[i]` holds the key whose counter's index ([`Deal::index`]) is `base + i`.
     window: VecDeque<Option<V>>,
     base: u64,
     in_window: usize,
     other: FxHashMap<OutcomeKey, V>,
+}
+
+/// How counters are dealt to shards: `block` consecutive counters to each of `shards` shards in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deal {
+    pub shards: u64,
+    pub block: u64,
+}
+
+impl Deal {
+    /// The shard `counter` is dealt to.
+    pub fn shard(self, counter: u64) -> u64 {
+        (counter / self.block) % self.shards
+    }
+
+    /// The position of `counter` among its shard's counters.
+    fn index(self, counter: u64) -> u64 {
+        (counter / (self.block * self.shards)) * self.block + counter % self.block
+    }
+
+    /// The counter at position `index` of shard `shard`.
+    fn counter(self, shard: u64, index: u64) -> u64 {
+        (index / self.block) * (self.block * self.shards) + shard * self.block + index % self.block
+    }
+}
+
+/// The shard of a key under `deal`.
+pub fn shard_of(key: &OutcomeKey, deal: Deal) -> u64 {
+    deal.shard(split(key).1)
 }
 
 fn split(key: &OutcomeKey) -> ([u8; 8], u64) {
@@ -38,9 +70,12 @@ fn split(key: &OutcomeKey) -> ([u8; 8], u64) {
 }
 
 impl<V> Slots<V> {
-    pub fn new(stride: u64) -> Slots<V> {
+    pub fn new(deal: Deal) -> Slots<V> {
         Slots {
-            stride: stride.max(1),
+            deal: Deal {
+                shards: deal.shards.max(1),
+                block: deal.block.max(1),
+            },
             run: None,
             window: VecDeque::new(),
             base: 0,
@@ -61,8 +96,8 @@ impl<V> Slots<V> {
     fn index(&self, key: &OutcomeKey) -> Option<u64> {
         let (run, counter) = split(key);
         match self.run {
-            Some((r, rem)) if r == run && counter % self.stride == rem => {
-                Some(counter / self.stride)
+            Some((r, shard)) if r == run && self.deal.shard(counter) == shard => {
+                Some(self.deal.index(counter))
             }
             _ => None,
         }
@@ -97,7 +132,7 @@ impl<V> Slots<V> {
             // The window follows the run of the first key it takes: after a restart, the restored notifications of
             // the previous run, then (once they are gone from it) this run's.
             let (run, counter) = split(&key);
-            self.run = Some((run, counter % self.stride));
+            self.run = Some((run, self.deal.shard(counter)));
         }
         if self.other.contains_key(&key) {
             return self.other.entry(key).or_insert_with(make);
@@ -169,10 +204,10 @@ impl<V> Slots<V> {
 
     /// The key of window index `idx`.
     fn key_at(&self, idx: u64) -> OutcomeKey {
-        let (run, rem) = self.run.unwrap_or(([0; 8], 0));
+        let (run, shard) = self.run.unwrap_or(([0; 8], 0));
         let mut k = [0u8; 16];
         k[..8].copy_from_slice(&run);
-        k[8..].copy_from_slice(&(idx * self.stride + rem).to_be_bytes());
+        k[8..].copy_from_slice(&self.deal.counter(shard, idx).to_be_bytes());
         k
     }
 }
@@ -180,6 +215,11 @@ impl<V> Slots<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ONE: Deal = Deal {
+        shards: 1,
+        block: 1,
+    };
 
     fn key(run: u8, counter: u64) -> OutcomeKey {
         let mut k = [0u8; 16];
@@ -189,8 +229,60 @@ mod tests {
     }
 
     #[test]
+    fn a_deal_maps_each_counter_to_one_shard_position_and_back() {
+        let deal = Deal {
+            shards: 4,
+            block: 8,
+        };
+        let mut seen = std::collections::HashSet::new();
+        for counter in 0..1_000u64 {
+            let (shard, index) = (deal.shard(counter), deal.index(counter));
+            assert!(shard < 4);
+            assert_eq!(deal.counter(shard, index), counter);
+            assert!(seen.insert((shard, index)), "{counter}");
+        }
+        // Eight neighbours share a shard and sit next to each other in it.
+        assert_eq!((8..16).map(|c| deal.shard(c)).collect::<Vec<_>>(), [1; 8]);
+        assert_eq!(
+            (8..16).map(|c| deal.index(c)).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
+        assert_eq!((deal.shard(40), deal.index(40)), (1, 8));
+    }
+
+    #[test]
+    fn keys_dealt_in_blocks_are_found_and_spilled_with_their_own_keys() {
+        let deal = Deal {
+            shards: 4,
+            block: 8,
+        };
+        let mut s = Slots::new(deal);
+        // Shard 1's counters: 8..16, 40..48, ...
+        let counters: Vec<u64> = (0..20_000u64).filter(|&c| deal.shard(c) == 1).collect();
+        for &c in &counters {
+            *s.get_or_insert_with(key(1, c), || c) += 0;
+        }
+        for &c in &counters {
+            assert_eq!(s.get(&key(1, c)), Some(&c));
+        }
+        // Removing all but a straggler at the front, then adding far ahead, spills the straggler to the map
+        // under its own key.
+        for &c in &counters[1..] {
+            assert_eq!(s.remove(&key(1, c)), Some(c));
+        }
+        let far = deal.counter(1, deal.index(counters[counters.len() - 1]) + 10 * WINDOW);
+        s.get_or_insert_with(key(1, far), || far);
+        assert_eq!(s.get(&key(1, counters[0])), Some(&counters[0]));
+        assert_eq!(s.get(&key(1, far)), Some(&far));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
     fn keys_in_order_are_found_inserted_and_removed() {
-        let mut s = Slots::new(4);
+        let mut s = Slots::new(Deal {
+            shards: 4,
+            block: 1,
+        });
         for c in (3..400).step_by(4) {
             *s.get_or_insert_with(key(1, c), || 0) += c;
         }
@@ -220,7 +312,7 @@ mod tests {
 
     #[test]
     fn other_runs_and_stragglers_live_beside_the_window() {
-        let mut s = Slots::new(1);
+        let mut s = Slots::new(ONE);
         s.get_or_insert_with(key(1, 10), || "a");
         s.get_or_insert_with(key(2, 10), || "other run");
         s.get_or_insert_with(key(1, 11), || "b");
@@ -247,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_full_window_grows_as_far_as_the_ids_queued() {
-        let mut s = Slots::new(1);
+        let mut s = Slots::new(ONE);
         for c in 0..WINDOW * 5 {
             s.get_or_insert_with(key(1, c), || c);
         }
@@ -272,7 +364,7 @@ mod tests {
 
     #[test]
     fn an_empty_window_takes_the_run_of_the_next_key() {
-        let mut s = Slots::new(1);
+        let mut s = Slots::new(ONE);
         s.get_or_insert_with(key(1, 10), || "previous run");
         s.get_or_insert_with(key(2, 3), || "this run, early");
         assert_eq!(s.remove(&key(1, 10)), Some("previous run"));
@@ -285,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_straggler_moves_to_the_map_when_the_window_would_be_mostly_empty() {
-        let mut s = Slots::new(1);
+        let mut s = Slots::new(ONE);
         s.get_or_insert_with(key(1, 0), || 0u64);
         for c in 1..WINDOW * 3 {
             s.get_or_insert_with(key(1, c), || c);
