@@ -4,12 +4,13 @@
 //! The delivery path only writes a small JSON event into its domain's open chunk ([`OutcomeListener`]); it never
 //! waits: past [`HANDOFF`] waiting events new ones are dropped and counted. A writer thread takes the open chunks
 //! every pass and appends each to its domain's queue in the outcome store (one store write that survives a crash
-//! of the process), keeping the newest chunks' events in memory; a sender task per domain POSTs the oldest
-//! events (from memory, or read back from the store after a restart or beyond [`CACHE_BYTES`]), and once the
-//! receiver answered 2xx records how far the queue is done and deletes the chunks wholly behind that point. A
-//! receiver that is down keeps its events in its own queue, bounded by `outcome_webhook_backlog`: beyond it the
-//! oldest are dropped with a counter and a log line. After a crash, the events of a partly delivered chunk that
-//! were sent after the last recorded point are sent again (at least once, never lost).
+//! of the process), keeping the newest chunks' events in memory; a sender task per domain (all on the sender
+//! thread, away from the delivery workers) POSTs the oldest events (from memory, or read back from the store after
+//! a restart or beyond [`CACHE_BYTES`]), and once the receiver answered 2xx records how far the queue is done and
+//! deletes the chunks wholly behind that point. A receiver that is down keeps its events in its own queue, bounded
+//! by `outcome_webhook_backlog`: beyond it the oldest are dropped with a counter and a log line. After a crash,
+//! the events of a partly delivered chunk that were sent after the last recorded point are sent again (at least
+//! once, never lost).
 //!
 //! The request: `POST` with `content-type: application/json`, body `{"outcomes": [event, …]}` (docs/openapi.yaml
 //! `WebhookBatch`), headers `herald-timestamp: UNIX_SECONDS` and `herald-signature: v1=HEX` where HEX is
@@ -233,8 +234,8 @@ pub struct Webhooks {
     handoff_dropped: AtomicU64,
     /// The sender thread's runtime, where every domain's sender task runs (see [`sender_thread`]).
     senders: tokio::runtime::Handle,
-    /// Ends the sender thread when the webhooks go.
-    _stop_senders: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Ends the sender thread when the webhooks go; `None` when the senders run on the main runtime.
+    stop_senders: Option<tokio::sync::oneshot::Sender<()>>,
     http: reqwest::Client,
 }
 
@@ -301,7 +302,7 @@ impl Webhooks {
             stored: AtomicU64::new(0),
             handoff_dropped: AtomicU64::new(0),
             senders,
-            _stop_senders: stop_senders,
+            stop_senders,
             http: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
                 .build()
@@ -393,6 +394,22 @@ impl Webhooks {
             .unwrap_or_else(|| unreachable!("inserted above"));
         let settings = d.settings.get_or_insert_with(|| (self.resolve)(domain));
         (settings, &mut d.open)
+    }
+
+    /// Runs a store call for a sender: in place on the sender thread, which nothing else waits for (a store write can
+    /// wait for the journal while another thread syncs it), or on the blocking pool when the senders share the main
+    /// runtime.
+    async fn store_call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce() -> Result<T, herald_spool::SpoolError> + Send + 'static,
+    ) -> Result<T, String> {
+        if self.stop_senders.is_some() {
+            return call().map_err(|e| e.to_string());
+        }
+        tokio::task::spawn_blocking(call)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
     }
 
     /// The queue of `domain`, created (with its sender task) on first use.
@@ -708,7 +725,7 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         let next = lock(&q.chunks).next(BATCH);
         let events = match next {
             Next::Events(events) => events,
-            Next::Stored(from) => match read_back(&h.store, &domain, from).await {
+            Next::Stored(from) => match read_back(&h, &domain, from).await {
                 Ok(chunks) => {
                     let head = lock(&q.chunks).head;
                     waiting_events(chunks, head, BATCH)
@@ -829,29 +846,21 @@ fn waiting_events(chunks: Vec<HookChunk>, head: u64, limit: usize) -> Vec<(u64, 
 }
 
 /// Reads chunks of `domain`'s queue from the chunk numbered `from` on, on the blocking pool.
-async fn read_back(
-    store: &Arc<OutcomeStore>,
-    domain: &str,
-    from: u64,
-) -> Result<Vec<HookChunk>, String> {
-    let (store, domain) = (store.clone(), domain.to_owned());
-    tokio::task::spawn_blocking(move || store.hook_chunks(&domain, from, BATCH))
+async fn read_back(h: &Webhooks, domain: &str, from: u64) -> Result<Vec<HookChunk>, String> {
+    let (store, domain) = (h.store.clone(), domain.to_owned());
+    h.store_call(move || store.hook_chunks(&domain, from, BATCH))
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
 }
 
 /// Everything of `domain`'s queue numbered below `to` is done with: moves the head there, takes what it passed off
-/// the backlog, and records it in the store with the chunks left behind deleted (on the blocking pool: a store
-/// write can wait for the journal while another thread syncs it). Returns how many events it passed.
+/// the backlog, and records it in the store with the chunks left behind deleted. Returns how many events it passed.
 async fn done_with(h: &Webhooks, domain: &str, q: &Queue, to: u64) -> u64 {
     let (k, done) = lock(&q.chunks).advance(to);
     q.len.fetch_sub(k, Ordering::Relaxed);
     let (store, d) = (h.store.clone(), domain.to_owned());
-    let stored = tokio::task::spawn_blocking(move || store.hook_advance(&d, to, &done))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let stored = h
+        .store_call(move || store.hook_advance(&d, to, &done))
+        .await;
     if let Err(e) = stored {
         tracing::error!(%domain, "recording delivered webhook outcomes: {e}");
     }
