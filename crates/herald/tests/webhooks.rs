@@ -1,7 +1,8 @@
 //! Outcome webhooks against `herald serve` as a process, the APNs simulator and a receiver in the test: outcomes
 //! arrive signed (HMAC-SHA256 over `TIMESTAMP.BODY`) and each exactly once; a receiver that fails its first
-//! requests still gets everything; a dead receiver keeps a bounded backlog while delivery goes on; a `kill -9`
-//! with outcomes pending loses none of them (docs/api.md "Outcome webhooks").
+//! requests still gets everything; a dead receiver keeps a bounded backlog while delivery goes on; outcomes older
+//! than `outcome_webhook_max_age` are dropped and counted; a `kill -9` with outcomes pending loses none of them
+//! (docs/api.md "Outcome webhooks").
 
 mod support;
 
@@ -279,6 +280,66 @@ async fn a_dead_receiver_keeps_a_bounded_backlog_and_delivery_goes_on() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    daemon.terminate();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_older_than_max_age_are_dropped_and_counted_not_sent() {
+    let (_dir, sim, receiver, config) = restart_setup().await;
+    // docs/api.md "Outcome webhooks": retried for up to outcome_webhook_max_age seconds after the outcome.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "outcome_webhook_backlog = 100000\n",
+        "outcome_webhook_backlog = 100000\n  outcome_webhook_max_age = 1\n",
+    );
+    assert!(text.contains("outcome_webhook_max_age = 1"));
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config);
+    let backlog = || {
+        metric(
+            &daemon.http,
+            "herald_webhook_backlog{domain=\"hooks.example\"}",
+        )
+    };
+
+    let stale = push(
+        &daemon.http,
+        "hooks.example",
+        &(0..10).map(token).collect::<Vec<_>>(),
+    )
+    .await;
+    // While the receiver is down, the sender's retries find them older than a second, and drop them.
+    let dropped = || {
+        metric(
+            &daemon.http,
+            "herald_webhook_dropped_total{domain=\"hooks.example\"}",
+        )
+    };
+    let deadline = Instant::now() + WAIT;
+    while dropped().await != Some(10) || backlog().await != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "dropped {:?}, backlog {:?}",
+            dropped().await,
+            backlog().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The receiver comes back: later outcomes are sent as they come, and only they.
+    receiver.down.store(false, Ordering::SeqCst);
+    let fresh = push(
+        &daemon.http,
+        "hooks.example",
+        &(10..15).map(token).collect::<Vec<_>>(),
+    )
+    .await;
+    let events = wait_events(&receiver, fresh.len()).await;
+    let got: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(got, fresh.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stale.iter().all(|id| !got.contains(&id.as_str())));
+    assert_eq!(receiver.bad_signatures.load(Ordering::SeqCst), 0);
+    assert_eq!(dropped().await, Some(10));
     daemon.terminate();
     sim.shutdown().await;
 }
