@@ -248,14 +248,7 @@ impl StatusBook {
     /// out first.
     pub async fn flush(&self, within: Duration) -> bool {
         let target = self.submitted.load(Ordering::Acquire);
-        let deadline = tokio::time::Instant::now() + within;
-        while self.written.load(Ordering::Acquire) < target {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        true
+        super::reached(&self.written, target, within).await
     }
 
     pub fn retention(&self) -> Duration {
@@ -350,8 +343,8 @@ impl OutcomeListener for StatusBook {
                     return;
                 }
                 OutcomeKind::Delivered | OutcomeKind::Permanent => {
+                    // The record carries the final attempt count; a lookup reads it from there.
                     let record = e.final_record(r);
-                    e.attempts = r.retries;
                     e.phase = Phase::Final(record.clone());
                     record
                 }

@@ -46,6 +46,23 @@ pub trait OutcomeListener: Send + Sync + 'static {
 /// not visible to them.
 pub const WRITER_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Waits (at most `within`) until `done` reaches `target`: a writer's count of work finished, against what was
+/// handed to it (the flushes at a graceful stop). False when the time ran out first.
+async fn reached(
+    done: &std::sync::atomic::AtomicU64,
+    target: u64,
+    within: std::time::Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while done.load(std::sync::atomic::Ordering::Acquire) < target {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    true
+}
+
 /// Several listeners as one.
 pub struct Fanout(pub Vec<Arc<dyn OutcomeListener>>);
 

@@ -355,14 +355,7 @@ impl Webhooks {
         if let Some(writer) = self.writer.get() {
             writer.unpark();
         }
-        let deadline = tokio::time::Instant::now() + within;
-        while self.stored.load(Ordering::Acquire) < target {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        true
+        super::reached(&self.stored, target, within).await
     }
 
     /// Forgets the options resolved so far (after a configuration reload); events already written stay.
