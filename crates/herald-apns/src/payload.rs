@@ -14,13 +14,14 @@
 //!   may not use priority 10 (docs/apns-protocol.md#binary-command-2 item 5).
 //! - `content-available` and `mutable-content` accept 0 or 1; a sound's `critical` accepts 0 or 1.
 
-use std::cell::RefCell;
+mod strict;
+
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 
 use crate::push::{Priority, Protocol, PushType};
+use strict::{Json, Object};
 
 /// The rule a payload broke, naming the key or size at fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -106,19 +107,19 @@ pub fn validate(
     // Rule 4 and docs/apns-protocol.md#push-types: priorities per protocol and push type.
     check_priority(push_type, protocol, priority)?;
     // Rule 2: a JSON object.
-    let root = match parse_strict(payload)? {
-        Value::Object(map) => map,
+    let root = match strict::parse(payload)? {
+        Json::Object(map) => map,
         other => {
             return Err(PayloadError::NotAnObject {
-                found: type_name(&other),
+                found: other.type_name(),
             });
         }
     };
     let aps = match root.get("aps") {
-        Some(Value::Object(aps)) => aps,
+        Some(Json::Object(aps)) => aps,
         Some(other) => {
             return Err(PayloadError::ApsNotObject {
-                found: type_name(other),
+                found: other.type_name(),
             });
         }
         None if matches!(
@@ -148,19 +149,19 @@ pub fn validate_broadcast(payload: &[u8]) -> Result<(), PayloadError> {
             limit: BROADCAST_PAYLOAD_LIMIT,
         });
     }
-    let root = match parse_strict(payload)? {
-        Value::Object(map) => map,
+    let root = match strict::parse(payload)? {
+        Json::Object(map) => map,
         other => {
             return Err(PayloadError::NotAnObject {
-                found: type_name(&other),
+                found: other.type_name(),
             });
         }
     };
     let aps = match root.get("aps") {
-        Some(Value::Object(aps)) => aps,
+        Some(Json::Object(aps)) => aps,
         Some(other) => {
             return Err(PayloadError::ApsNotObject {
-                found: type_name(other),
+                found: other.type_name(),
             });
         }
         None => {
@@ -169,7 +170,7 @@ pub fn validate_broadcast(payload: &[u8]) -> Result<(), PayloadError> {
             });
         }
     };
-    if aps.get("event").and_then(Value::as_str) == Some("start") {
+    if aps.get("event").and_then(Json::as_str) == Some("start") {
         return Err(PayloadError::BroadcastStart);
     }
     check_aps_types(aps, PushType::LiveActivity)?;
@@ -310,7 +311,7 @@ impl<'de> de::Deserialize<'de> for MaybeAps {
     }
 }
 
-/// Whether a value is the integer 1 (`Value::as_u64() == Some(1)`): any other value of any type is skipped.
+/// Whether a value is the integer 1 (what `serde_json::Value::as_u64` reads as `Some(1)`); any other value is skipped.
 struct IsOne(bool);
 
 impl<'de> de::Deserialize<'de> for IsOne {
@@ -372,15 +373,15 @@ fn check_priority(
 }
 
 /// Whether `aps` is a silent push: content-available set and nothing for the user to see.
-fn is_content_available_only(aps: &Map<String, Value>) -> bool {
-    aps.get("content-available").and_then(Value::as_u64) == Some(1)
+fn is_content_available_only(aps: &Object<'_>) -> bool {
+    aps.get("content-available").and_then(Json::as_u64) == Some(1)
         && !["alert", "badge", "sound"]
             .iter()
             .any(|k| aps.contains_key(*k))
 }
 
 fn check_push_type_rules(
-    aps: &Map<String, Value>,
+    aps: &Object<'_>,
     push_type: PushType,
     protocol: Protocol,
     priority: Priority,
@@ -388,8 +389,10 @@ fn check_push_type_rules(
     match (push_type, protocol) {
         (PushType::Background, _) => {
             // Rule 3: only content-available: 1.
-            if let Some(key) = aps.keys().find(|k| k.as_str() != "content-available") {
-                return Err(PayloadError::BackgroundExtraKey { key: key.clone() });
+            if let Some(key) = aps.keys().find(|k| &**k != "content-available") {
+                return Err(PayloadError::BackgroundExtraKey {
+                    key: key.to_string(),
+                });
             }
             match aps.get("content-available") {
                 Some(v) if v.as_u64() == Some(1) => Ok(()),
@@ -429,7 +432,7 @@ fn check_push_type_rules(
 }
 
 /// Rule 9: live activity payloads.
-fn check_live_activity(aps: &Map<String, Value>) -> Result<(), PayloadError> {
+fn check_live_activity(aps: &Object<'_>) -> Result<(), PayloadError> {
     const CTX: &str = "a live activity push's aps";
     if !aps.contains_key("timestamp") {
         return Err(PayloadError::MissingKey {
@@ -457,10 +460,10 @@ fn check_live_activity(aps: &Map<String, Value>) -> Result<(), PayloadError> {
 }
 
 /// Rule 8 and the types of docs/apns-protocol.md#aps-keys, docs/apns-protocol.md#alert-keys.
-fn check_aps_types(aps: &Map<String, Value>, push_type: PushType) -> Result<(), PayloadError> {
+fn check_aps_types(aps: &Object<'_>, push_type: PushType) -> Result<(), PayloadError> {
     for (key, value) in aps {
         let path = || format!("aps.{key}");
-        match key.as_str() {
+        match &**key {
             "alert" => check_alert(value)?,
             "badge" => expect_non_negative_integer(value, path)?,
             "sound" => check_sound(value)?,
@@ -513,41 +516,41 @@ fn check_aps_types(aps: &Map<String, Value>, push_type: PushType) -> Result<(), 
     Ok(())
 }
 
-fn check_alert(value: &Value) -> Result<(), PayloadError> {
+fn check_alert(value: &Json<'_>) -> Result<(), PayloadError> {
     let alert = match value {
-        Value::String(_) => return Ok(()),
-        Value::Object(map) => map,
+        Json::String(_) => return Ok(()),
+        Json::Object(map) => map,
         other => {
             return Err(PayloadError::WrongType {
                 key: "aps.alert".into(),
                 expected: "a string or a dictionary",
-                found: type_name(other),
+                found: other.type_name(),
             });
         }
     };
     for (key, value) in alert {
         let path = || format!("aps.alert.{key}");
-        match key.as_str() {
+        match &**key {
             // Live activity alerts may nest localisation objects in title and body (docs/apns-protocol.md#alert-keys).
             "title" | "subtitle" | "body"
-                if !matches!(value, Value::String(_) | Value::Object(_)) =>
+                if !matches!(value, Json::String(_) | Json::Object(_)) =>
             {
                 return Err(PayloadError::WrongType {
                     key: path(),
                     expected: "a string or a dictionary",
-                    found: type_name(value),
+                    found: value.type_name(),
                 });
             }
             "launch-image" | "title-loc-key" | "subtitle-loc-key" | "loc-key" => {
                 expect_string(value, path)?
             }
             "title-loc-args" | "subtitle-loc-args" | "loc-args" => match value {
-                Value::Array(items) if items.iter().all(Value::is_string) => {}
+                Json::Array(items) if items.iter().all(Json::is_string) => {}
                 other => {
                     return Err(PayloadError::WrongType {
                         key: path(),
                         expected: "an array of strings",
-                        found: type_name(other),
+                        found: other.type_name(),
                     });
                 }
             },
@@ -557,21 +560,21 @@ fn check_alert(value: &Value) -> Result<(), PayloadError> {
     Ok(())
 }
 
-fn check_sound(value: &Value) -> Result<(), PayloadError> {
+fn check_sound(value: &Json<'_>) -> Result<(), PayloadError> {
     let sound = match value {
-        Value::String(_) => return Ok(()),
-        Value::Object(map) => map,
+        Json::String(_) => return Ok(()),
+        Json::Object(map) => map,
         other => {
             return Err(PayloadError::WrongType {
                 key: "aps.sound".into(),
                 expected: "a string or a dictionary",
-                found: type_name(other),
+                found: other.type_name(),
             });
         }
     };
     for (key, value) in sound {
         let path = || format!("aps.sound.{key}");
-        match key.as_str() {
+        match &**key {
             "critical" => expect_flag(value, path)?,
             "name" => expect_string(value, path)?,
             "volume" => {
@@ -590,54 +593,54 @@ fn check_sound(value: &Value) -> Result<(), PayloadError> {
     Ok(())
 }
 
-fn expect_string(value: &Value, path: impl Fn() -> String) -> Result<(), PayloadError> {
+fn expect_string(value: &Json<'_>, path: impl Fn() -> String) -> Result<(), PayloadError> {
     match value {
-        Value::String(_) => Ok(()),
+        Json::String(_) => Ok(()),
         other => Err(PayloadError::WrongType {
             key: path(),
             expected: "a string",
-            found: type_name(other),
+            found: other.type_name(),
         }),
     }
 }
 
-fn expect_object(value: &Value, path: impl Fn() -> String) -> Result<(), PayloadError> {
+fn expect_object(value: &Json<'_>, path: impl Fn() -> String) -> Result<(), PayloadError> {
     match value {
-        Value::Object(_) => Ok(()),
+        Json::Object(_) => Ok(()),
         other => Err(PayloadError::WrongType {
             key: path(),
             expected: "a dictionary",
-            found: type_name(other),
+            found: other.type_name(),
         }),
     }
 }
 
-fn expect_number(value: &Value, path: impl Fn() -> String) -> Result<f64, PayloadError> {
+fn expect_number(value: &Json<'_>, path: impl Fn() -> String) -> Result<f64, PayloadError> {
     value.as_f64().ok_or_else(|| PayloadError::WrongType {
         key: path(),
         expected: "a number",
-        found: type_name(value),
+        found: value.type_name(),
     })
 }
 
 fn expect_non_negative_integer(
-    value: &Value,
+    value: &Json<'_>,
     path: impl Fn() -> String,
 ) -> Result<(), PayloadError> {
     match value {
-        Value::Number(n) if n.is_u64() => Ok(()),
+        Json::Number(n) if n.is_u64() => Ok(()),
         other => Err(PayloadError::WrongType {
             key: path(),
             expected: "a non-negative integer",
-            found: type_name(other),
+            found: other.type_name(),
         }),
     }
 }
 
-fn expect_flag(value: &Value, path: impl Fn() -> String) -> Result<(), PayloadError> {
+fn expect_flag(value: &Json<'_>, path: impl Fn() -> String) -> Result<(), PayloadError> {
     match value {
-        Value::Number(n) if matches!(n.as_u64(), Some(0 | 1)) => Ok(()),
-        Value::Number(_) => Err(PayloadError::BadValue {
+        Json::Number(n) if matches!(n.as_u64(), Some(0 | 1)) => Ok(()),
+        Json::Number(_) => Err(PayloadError::BadValue {
             key: path(),
             value: value.to_string(),
             allowed: "0 or 1",
@@ -645,13 +648,13 @@ fn expect_flag(value: &Value, path: impl Fn() -> String) -> Result<(), PayloadEr
         other => Err(PayloadError::WrongType {
             key: path(),
             expected: "the number 0 or 1",
-            found: type_name(other),
+            found: other.type_name(),
         }),
     }
 }
 
 fn expect_one_of(
-    value: &Value,
+    value: &Json<'_>,
     allowed: &[&str],
     path: impl Fn() -> String,
 ) -> Result<(), PayloadError> {
@@ -673,102 +676,96 @@ fn one_of_text(allowed: &[&str]) -> &'static str {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "a dictionary",
-    }
-}
-
-/// Parses one JSON value with nothing but whitespace after it, refusing repeated keys in any object.
-pub fn parse_strict(bytes: &[u8]) -> Result<Value, PayloadError> {
-    let duplicate = RefCell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = StrictSeed {
-        duplicate: &duplicate,
-    }
-    .deserialize(&mut de)
-    .and_then(|v| de.end().map(|()| v));
-    parsed.map_err(|e| match duplicate.into_inner() {
-        Some(key) => PayloadError::DuplicateKey {
-            key,
-            line: e.line(),
-            column: e.column(),
-        },
-        None => PayloadError::InvalidJson {
-            detail: e.to_string(),
-        },
-    })
-}
-
-#[derive(Clone, Copy)]
-struct StrictSeed<'a> {
-    duplicate: &'a RefCell<Option<String>>,
-}
-
-impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
-    type Value = Value;
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for StrictSeed<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(self)? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                let msg = format!("duplicate key {key:?}");
-                *self.duplicate.borrow_mut() = Some(key);
-                return Err(de::Error::custom(msg));
-            }
-            let value = map.next_value_seed(self)?;
-            out.insert(key, value);
-        }
-        Ok(Value::Object(out))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::de::DeserializeSeed;
+    use serde_json::{Map, Value};
+    use std::cell::RefCell;
+
+    /// The strict reading into serde_json's `Value` that [`strict::parse`] replaced: the model it must agree with.
+    /// Parses one JSON value with nothing but whitespace after it, refusing repeated keys in any object.
+    fn parse_strict(bytes: &[u8]) -> Result<Value, PayloadError> {
+        let duplicate = RefCell::new(None);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let parsed = StrictSeed {
+            duplicate: &duplicate,
+        }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+        parsed.map_err(|e| match duplicate.into_inner() {
+            Some(key) => PayloadError::DuplicateKey {
+                key,
+                line: e.line(),
+                column: e.column(),
+            },
+            None => PayloadError::InvalidJson {
+                detail: e.to_string(),
+            },
+        })
+    }
+
+    #[derive(Clone, Copy)]
+    struct StrictSeed<'a> {
+        duplicate: &'a RefCell<Option<String>>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
+        type Value = Value;
+        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for StrictSeed<'_> {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element_seed(self)? {
+                items.push(item);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    let msg = format!("duplicate key {key:?}");
+                    *self.duplicate.borrow_mut() = Some(key);
+                    return Err(de::Error::custom(msg));
+                }
+                let value = map.next_value_seed(self)?;
+                out.insert(key, value);
+            }
+            Ok(Value::Object(out))
+        }
+    }
+
     use Priority::*;
     use Protocol::*;
     use PushType::*;
@@ -1235,7 +1232,30 @@ mod tests {
             // Without duplicate keys the strict parser must read exactly what serde_json reads.
             let text = serde_json::to_vec(&v).unwrap();
             let plain: Value = serde_json::from_slice(&text).unwrap();
-            proptest::prop_assert_eq!(parse_strict(&text).unwrap(), plain);
+            proptest::prop_assert_eq!(parse_strict(&text).unwrap(), plain.clone());
+            proptest::prop_assert_eq!(strict::parse(&text).unwrap().to_value(), plain);
+        }
+
+        #[test]
+        fn the_borrowing_reader_reads_what_the_value_reader_reads(
+            s in r#"[\[\]{}":,0-9a-z\-.\\ ]{0,80}"#,
+            v in json_value(),
+        ) {
+            // Same tree or the same refusal, position included, on any text: valid JSON, repeated keys at any
+            // depth, escapes in keys and strings, and broken text.
+            let texts = [
+                s.clone(),
+                format!("{{{s}}}"),
+                format!(r#"{{"aps":{{"a\u0062":{s}}}}}"#),
+                format!(r#"{{"k":{v},"k":{s}}}"#),
+                format!(r#"[{{"a":1}},{{"b":{v},"b":2}}]"#),
+                format!(r#"{{"esc\"aped":"x\ny","esc\"aped":{v}}}"#),
+                serde_json::to_string(&v).unwrap(),
+            ];
+            for text in texts {
+                let ours = strict::parse(text.as_bytes()).map(|j| j.to_value());
+                proptest::prop_assert_eq!(ours, parse_strict(text.as_bytes()), "{}", text);
+            }
         }
 
         #[test]
@@ -1244,7 +1264,12 @@ mod tests {
             // repeated) must be an object whose content-available is the integer 1, without alert, badge or sound.
             let model = |bytes: &[u8]| match serde_json::from_slice::<Value>(bytes) {
                 Ok(Value::Object(root)) => match root.get("aps") {
-                    Some(Value::Object(aps)) if is_content_available_only(aps) => Background,
+                    Some(Value::Object(aps))
+                        if aps.get("content-available").and_then(Value::as_u64) == Some(1)
+                            && !["alert", "badge", "sound"].iter().any(|k| aps.contains_key(*k)) =>
+                    {
+                        Background
+                    }
                     _ => Alert,
                 },
                 _ => Alert,
