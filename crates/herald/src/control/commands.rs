@@ -790,6 +790,13 @@ mod tests {
         );
         assert_eq!(words(r#"x """#), vec!["x", ""]);
         assert!(words("   ").is_empty());
+        // As Momentum's console reads a line (and unlike a POSIX shell, `shlex`): single quotes and backslashes
+        // are ordinary characters, and a quote left open runs to the end of the line.
+        assert_eq!(
+            words(r#"config reload /etc/it's\here"#),
+            vec!["config", "reload", r#"/etc/it's\here"#]
+        );
+        assert_eq!(words(r#"status "a b"#), vec!["status", "a b"]);
     }
 
     #[test]

@@ -431,6 +431,12 @@ mod tests {
         let err = csv("aa\nbb,cc\n\"open\n").unwrap_err().to_string();
         assert!(err.contains("t.csv:2: 2 columns"), "{err}");
         assert!(err.contains("t.csv:3: column 1: unclosed quote"), "{err}");
+        // Refused, not read as `ab` (as a lenient CSV reader would): a stray quote in a token file is a mistake.
+        let err = csv("token,alert\naa,\"a\"b\n").unwrap_err().to_string();
+        assert!(
+            err.contains("t.csv:2: column 2: text after a closing quote"),
+            "{err}"
+        );
         let err = csv("token,colour\n").unwrap_err().to_string();
         assert!(err.contains("t.csv:1: unknown column \"colour\""), "{err}");
         let err = csv("token,priority\naa,high\n").unwrap_err().to_string();
