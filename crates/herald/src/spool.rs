@@ -58,8 +58,9 @@ impl Durable for SpoolBridge {
 }
 
 impl QueueObserver for SpoolBridge {
-    fn finished(&self, id: MessageId) {
-        self.spool.remove(&[SpoolKey(id.0)]);
+    fn finished(&self, ids: &[MessageId]) {
+        let keys: Vec<SpoolKey> = ids.iter().map(|id| SpoolKey(id.0)).collect();
+        self.spool.remove(&keys);
     }
 
     fn hand_back(&self, id: MessageId, _retries: u32, delay: Duration) -> bool {

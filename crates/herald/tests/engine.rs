@@ -681,8 +681,8 @@ struct Observed {
 }
 
 impl herald::queue::QueueObserver for Observed {
-    fn finished(&self, id: MessageId) {
-        self.finished.lock().unwrap().push(id);
+    fn finished(&self, ids: &[MessageId]) {
+        self.finished.lock().unwrap().extend_from_slice(ids);
     }
     fn rescheduled(&self, id: MessageId, retries: u32, _next: std::time::SystemTime) {
         self.rescheduled.lock().unwrap().push((id, retries));

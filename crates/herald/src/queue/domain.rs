@@ -200,6 +200,9 @@ pub struct DomainTask {
     stats: Arc<DomainStats>,
     /// When the oldest queued notification is looked for next (see [`DomainTask::scan_oldest`]).
     next_oldest_scan: Instant,
+    /// Notifications that reached their final outcome since the observer was last told (see
+    /// [`DomainTask::report_finished`]).
+    finished: Vec<MessageId>,
 }
 
 impl DomainTask {
@@ -227,6 +230,7 @@ impl DomainTask {
             shared,
             stats,
             next_oldest_scan: Instant::now(),
+            finished: Vec::new(),
         }
     }
 
@@ -235,6 +239,7 @@ impl DomainTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.dispatch();
+            self.report_finished();
             tokio::select! {
                 event = self.events.recv() => {
                     let Some(event) = event else { break };
@@ -248,6 +253,23 @@ impl DomainTask {
                 }
                 _ = tick.tick() => self.on_tick(),
             }
+        }
+        self.report_finished();
+    }
+
+    /// A notification reached its final outcome: its memory is released now, and the observer (the spool, which
+    /// forgets it) hears of it with the others of this turn, in one call ([`DomainTask::report_finished`]).
+    fn finished(&mut self, item: &Queued) {
+        self.shared.release();
+        self.finished.push(item.notification.id);
+    }
+
+    /// Tells the observer of the notifications finished since the last call: once per turn of the task's loop, so
+    /// a busy domain hands the spool one removal per batch of answers rather than one per notification.
+    fn report_finished(&mut self) {
+        if !self.finished.is_empty() {
+            self.shared.finished(&self.finished);
+            self.finished.clear();
         }
     }
 
@@ -564,7 +586,7 @@ impl DomainTask {
                     answer,
                 );
                 self.stats.delivered(item.enqueued.elapsed());
-                self.shared.finished(&item);
+                self.finished(&item);
             }
             PushResult::NotSent(why) => {
                 tracing::trace!(id = %item.notification.id, ?why, "requeued unsent");
@@ -733,7 +755,7 @@ impl DomainTask {
         if let Some(invalid) = invalid {
             self.shared.invalid_token(invalid);
         }
-        self.shared.finished(&item);
+        self.finished(&item);
     }
 
     /// A connection attempt failed while notifications wait for it: the oldest waiting one gets a transient-failure

@@ -159,8 +159,9 @@ pub enum SubmitError {
 /// Told about the life of each queued notification; the spool implements it to forget delivered and failed
 /// notifications and to keep retry schedules across restarts.
 pub trait QueueObserver: Send + Sync + 'static {
-    /// Final outcome (delivered or failed): the notification leaves the queue.
-    fn finished(&self, id: MessageId);
+    /// Final outcomes (delivered or failed): the notifications leave the queue. A domain's queue reports the
+    /// ones of each turn of its task together.
+    fn finished(&self, ids: &[MessageId]);
     /// A transient failure: the next attempt is due at `next_attempt`, after `retries` retries.
     fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime);
     /// Asked before a transient failure waits `delay` here: true when the store took the notification back to
@@ -193,10 +194,14 @@ impl EngineShared {
     }
 
     /// A notification reached its final outcome: it no longer takes memory.
-    pub(crate) fn finished(&self, item: &Queued) {
+    pub(crate) fn release(&self) {
         self.resident.add_permits(1);
+    }
+
+    /// Notifications reached their final outcome: the observer forgets them.
+    pub(crate) fn finished(&self, ids: &[MessageId]) {
         if let Some(o) = self.observer.get() {
-            o.finished(item.notification.id);
+            o.finished(ids);
         }
     }
 
