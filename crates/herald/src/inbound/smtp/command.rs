@@ -98,10 +98,15 @@ fn path<'a>(
     what: &'static str,
 ) -> Result<(&'a str, &'a str), CommandError> {
     let syntax = CommandError::Syntax { verb, what };
-    if rest.len() < prefix.len() || !rest[..prefix.len()].eq_ignore_ascii_case(prefix) {
+    // `get` rather than indexing: the line is the client's, and a character may straddle the prefix's end.
+    let Some(rest) = rest
+        .get(..prefix.len())
+        .filter(|head| head.eq_ignore_ascii_case(prefix))
+        .and_then(|_| rest.get(prefix.len()..))
+    else {
         return Err(syntax);
-    }
-    let rest = rest[prefix.len()..].trim_start();
+    };
+    let rest = rest.trim_start();
     let rest = rest.strip_prefix('<').ok_or(syntax.clone())?;
     let end = rest.find('>').ok_or(syntax)?;
     let addr = &rest[..end];
@@ -218,5 +223,26 @@ mod tests {
         assert_eq!(parse(b"DATA now"), Err(CommandError::NoArguments("DATA")));
         assert!(matches!(parse(b"EHLO"), Err(CommandError::Syntax { .. })));
         assert_eq!(parse(b"\xff"), Err(CommandError::NotUtf8));
+    }
+
+    #[test]
+    fn a_character_across_the_prefix_end_is_a_syntax_error() {
+        // Found by the `smtp_command` fuzz target: `FROM:` / `TO:` compared by byte length used to slice inside
+        // the `é` and panic the session.
+        for line in [
+            "MAIL <\u{e9}p\u{e9}",
+            "MAIL FRO\u{e9}:<a@b>",
+            "RCPT T\u{e9}<a@b>",
+            "RCPT \u{e9}\u{e9}",
+        ] {
+            assert!(
+                matches!(parse(line.as_bytes()), Err(CommandError::Syntax { .. })),
+                "{line}"
+            );
+        }
+        assert!(matches!(
+            parse("MAIL FROM:<\u{e9}@b.example>".as_bytes()),
+            Ok(Command::Mail { .. })
+        ));
     }
 }
