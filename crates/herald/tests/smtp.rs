@@ -506,6 +506,23 @@ async fn pipelined_commands_are_answered_in_order() {
     assert_eq!(h.sim.record()[0].payload.as_bytes(), json.as_bytes());
 }
 
+// A line whose non-ASCII character straddles where `FROM:` would end used to panic the session (found by fuzzing,
+// fuzz/README.md): it is a syntax error, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_ascii_mail_argument_is_a_syntax_error_and_the_session_goes_on() {
+    let h = Harness::start(allow_conf).await;
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 220);
+    c.send("EHLO client.example\r\n").await;
+    assert_eq!(c.reply().await.0, 250);
+    c.send("MAIL <\u{e9}p\u{e9}\r\nNOOP\r\nQUIT\r\n").await;
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 501, "{text}");
+    assert_eq!(c.reply().await, (250, "2.0.0 ok".into()));
+    assert_eq!(c.reply().await, (221, "2.0.0 herald closing".into()));
+    c.assert_closed().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
     let h = Harness::start(allow_conf).await;
