@@ -189,11 +189,18 @@ pub const BROADCAST_PAYLOAD_LIMIT: usize = 5120;
 /// push type): `background` for a `content-available`-only `aps`, otherwise `alert`. Unparseable payloads
 /// give `alert`, and [`validate`] then says what is wrong with them.
 ///
-/// It reads the payload as serde_json would into a `Value` (a repeated key: the last one counts) but builds
-/// nothing: only `aps`'s keys are looked at, every other value is skipped.
+/// It answers as a reading into a serde_json `Value` would (a repeated key: the last one counts), without building
+/// one for the usual answer: only `aps`'s keys are looked at and every other value is skipped. Skipping does not
+/// check everything a `Value` reading refuses (invalid UTF-8 or a lone surrogate in a string, a number out of
+/// range, nesting deeper than 128), so a `background` answer, the rare one, is confirmed by that reading.
 pub fn infer_push_type(payload: &[u8]) -> PushType {
     match serde_json::from_slice::<Root>(payload) {
-        Ok(Root(Some(aps))) if aps.is_content_available_only() => PushType::Background,
+        Ok(Root(Some(aps)))
+            if aps.is_content_available_only()
+                && serde_json::from_slice::<serde_json::Value>(payload).is_ok() =>
+        {
+            PushType::Background
+        }
         _ => PushType::Alert,
     }
 }
@@ -1173,6 +1180,25 @@ mod tests {
         );
         assert_eq!(infer_push_type(br#"{"aps":{"alert":"x"}}"#), Alert);
         assert_eq!(infer_push_type(b"garbage"), Alert);
+        // What skipping a value does not check, a Value reading refuses (found by the `apns_infer` fuzz target).
+        for refused in [
+            &b"{\"aps\":{\"content-available\":1,\"t\":\"x\xff\xff\xff\xf0\"}}"[..],
+            br#"{"aps":{"content-available":1},"x":1e400}"#,
+            br#"{"aps":{"content-available":1},"x":"\ud800"}"#,
+        ] {
+            assert_eq!(
+                infer_push_type(refused),
+                Alert,
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+        let deep = format!(
+            r#"{{"aps":{{"content-available":1}},"x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(infer_push_type(deep.as_bytes()), Alert);
         // What it infers passes validation at the priority that type needs.
         let silent = br#"{"aps":{"content-available":1}}"#;
         assert_eq!(
