@@ -14,13 +14,11 @@
 //!   may not use priority 10 (docs/apns-protocol.md#binary-command-2 item 5).
 //! - `content-available` and `mutable-content` accept 0 or 1; a sound's `critical` accepts 0 or 1.
 
+mod infer;
 mod strict;
 
-use std::fmt;
-
-use serde::de::{self, MapAccess, SeqAccess, Visitor};
-
 use crate::push::{Priority, Protocol, PushType};
+pub use infer::infer_push_type;
 use strict::{Json, Object};
 
 /// The rule a payload broke, naming the key or size at fault.
@@ -184,184 +182,6 @@ pub fn validate_broadcast(payload: &[u8]) -> Result<(), PayloadError> {
 
 /// The largest broadcast payload APNs accepts (docs/apns-protocol.md#payload-limits, docs/apns-protocol.md#history).
 pub const BROADCAST_PAYLOAD_LIMIT: usize = 5120;
-
-/// The push type a payload implies when the sender named none (Momentum's binary-era submissions have no
-/// push type): `background` for a `content-available`-only `aps`, otherwise `alert`. Unparseable payloads
-/// give `alert`, and [`validate`] then says what is wrong with them.
-///
-/// It answers as a reading into a serde_json `Value` would (a repeated key: the last one counts), without building
-/// one for the usual answer: only `aps`'s keys are looked at and every other value is skipped. Skipping does not
-/// check everything a `Value` reading refuses (invalid UTF-8 or a lone surrogate in a string, a number out of
-/// range, nesting deeper than 128), so a `background` answer, the rare one, is confirmed by that reading.
-pub fn infer_push_type(payload: &[u8]) -> PushType {
-    match serde_json::from_slice::<Root>(payload) {
-        Ok(Root(Some(aps)))
-            if aps.is_content_available_only()
-                && serde_json::from_slice::<serde_json::Value>(payload).is_ok() =>
-        {
-            PushType::Background
-        }
-        _ => PushType::Alert,
-    }
-}
-
-/// A payload's root object as [`infer_push_type`] reads it: what its (last) `aps` holds, `None` without one.
-struct Root(Option<ApsKeys>);
-
-/// What an `aps` value says about the push type: `None` in [`Root`] when `aps` is not an object.
-#[derive(Default)]
-struct ApsKeys {
-    /// The (last) `content-available` is the integer 1.
-    content_available: bool,
-    /// `alert`, `badge` or `sound` is present.
-    visible: bool,
-}
-
-impl ApsKeys {
-    fn is_content_available_only(&self) -> bool {
-        self.content_available && !self.visible
-    }
-}
-
-/// The keys [`infer_push_type`] tells apart, read without allocating.
-#[derive(serde::Deserialize)]
-#[serde(field_identifier)]
-enum Key {
-    #[serde(rename = "aps")]
-    Aps,
-    #[serde(rename = "content-available")]
-    ContentAvailable,
-    #[serde(rename = "alert", alias = "badge", alias = "sound")]
-    Visible,
-    #[serde(other)]
-    Other,
-}
-
-impl<'de> de::Deserialize<'de> for Root {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Root, D::Error> {
-        struct RootVisitor;
-        impl<'de> Visitor<'de> for RootVisitor {
-            type Value = Root;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Root, A::Error> {
-                let mut aps = None;
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::Aps => aps = map.next_value::<MaybeAps>()?.0,
-                        _ => {
-                            map.next_value::<de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(Root(aps))
-            }
-        }
-        deserializer.deserialize_map(RootVisitor)
-    }
-}
-
-/// An `aps` value of any JSON type: its keys when it is an object.
-struct MaybeAps(Option<ApsKeys>);
-
-impl<'de> de::Deserialize<'de> for MaybeAps {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<MaybeAps, D::Error> {
-        struct ApsVisitor;
-        impl<'de> Visitor<'de> for ApsVisitor {
-            type Value = MaybeAps;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeAps, A::Error> {
-                let mut keys = ApsKeys::default();
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::ContentAvailable => {
-                            keys.content_available = map.next_value::<IsOne>()?.0;
-                        }
-                        Key::Visible => {
-                            keys.visible = true;
-                            map.next_value::<de::IgnoredAny>()?;
-                        }
-                        Key::Aps | Key::Other => {
-                            map.next_value::<de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(MaybeAps(Some(keys)))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeAps, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(MaybeAps(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<MaybeAps, E> {
-                Ok(MaybeAps(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<MaybeAps, E> {
-                Ok(MaybeAps(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<MaybeAps, E> {
-                Ok(MaybeAps(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<MaybeAps, E> {
-                Ok(MaybeAps(None))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<MaybeAps, E> {
-                Ok(MaybeAps(None))
-            }
-            fn visit_unit<E>(self) -> Result<MaybeAps, E> {
-                Ok(MaybeAps(None))
-            }
-        }
-        deserializer.deserialize_any(ApsVisitor)
-    }
-}
-
-/// Whether a value is the integer 1 (what `serde_json::Value::as_u64` reads as `Some(1)`); any other value is skipped.
-struct IsOne(bool);
-
-impl<'de> de::Deserialize<'de> for IsOne {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<IsOne, D::Error> {
-        struct OneVisitor;
-        impl<'de> Visitor<'de> for OneVisitor {
-            type Value = IsOne;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<IsOne, E> {
-                Ok(IsOne(v == 1))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<IsOne, E> {
-                Ok(IsOne(v == 1))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IsOne, A::Error> {
-                while map
-                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(IsOne(false))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<IsOne, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(IsOne(false))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<IsOne, E> {
-                Ok(IsOne(false))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<IsOne, E> {
-                Ok(IsOne(false))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<IsOne, E> {
-                Ok(IsOne(false))
-            }
-            fn visit_unit<E>(self) -> Result<IsOne, E> {
-                Ok(IsOne(false))
-            }
-        }
-        deserializer.deserialize_any(OneVisitor)
-    }
-}
 
 fn check_priority(
     push_type: PushType,
@@ -686,9 +506,10 @@ fn one_of_text(allowed: &[&str]) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::de::DeserializeSeed;
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
     use serde_json::{Map, Value};
     use std::cell::RefCell;
+    use std::fmt;
 
     /// The strict reading into serde_json's `Value` that [`strict::parse`] replaced: the model it must agree with.
     /// Parses one JSON value with nothing but whitespace after it, refusing repeated keys in any object.
