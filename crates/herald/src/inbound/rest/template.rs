@@ -34,11 +34,11 @@ impl<'a> Template<'a> {
         let mut rest = source;
         let mut literal_start = 0;
         let mut offset = 0;
+        let mut closers = [NextClose::new("%>"), NextClose::new("%]")];
         while let Some(at) = rest.find(['<', '[']) {
-            let candidate = &rest[at..];
-            match marker(candidate) {
+            let start = offset + at;
+            match marker(source, start, &mut closers) {
                 Some((key, len)) => {
-                    let start = offset + at;
                     if start > literal_start {
                         parts.push(Part::Literal(&source[literal_start..start]));
                     }
@@ -48,7 +48,7 @@ impl<'a> Template<'a> {
                     rest = &source[offset..];
                 }
                 None => {
-                    offset += at + 1;
+                    offset = start + 1;
                     rest = &source[offset..];
                 }
             }
@@ -86,19 +86,51 @@ impl<'a> Template<'a> {
     }
 }
 
-/// `<%= :key %>` or `[%= :key %]` at the start of `s`: the key and the marker's length.
-fn marker(s: &str) -> Option<(&str, usize)> {
-    let close = match s.as_bytes().get(..3)? {
-        b"<%=" => "%>",
-        b"[%=" => "%]",
+/// Where the next `%>` (or `%]`) at or after a position is. The parser asks with positions that only grow, and the
+/// text is searched again only once a position passes the last answer: a template full of openers without a closer
+/// costs one search, not one per opener (which made a large request's parse quadratic).
+struct NextClose {
+    close: &'static str,
+    /// The last search: where it started and what it found (absolute), `None` when nothing was left.
+    last: Option<(usize, Option<usize>)>,
+}
+
+impl NextClose {
+    fn new(close: &'static str) -> NextClose {
+        NextClose { close, last: None }
+    }
+
+    fn at_or_after(&mut self, source: &str, pos: usize) -> Option<usize> {
+        match self.last {
+            Some((from, found)) if from <= pos && found.is_none_or(|f| f >= pos) => found,
+            _ => {
+                let found = source[pos..].find(self.close).map(|i| pos + i);
+                self.last = Some((pos, found));
+                found
+            }
+        }
+    }
+}
+
+/// `<%= :key %>` or `[%= :key %]` at `start` of `source`: the key and the marker's length.
+fn marker<'s>(
+    source: &'s str,
+    start: usize,
+    closers: &mut [NextClose; 2],
+) -> Option<(&'s str, usize)> {
+    let s = &source[start..];
+    let closer = match s.as_bytes().get(..3)? {
+        b"<%=" => &mut closers[0],
+        b"[%=" => &mut closers[1],
         _ => return None,
     };
-    let end = s.find(close)?;
+    let close_len = closer.close.len();
+    let end = closer.at_or_after(source, start)? - start;
     let inner = s[3..end].trim().strip_prefix(':')?.trim();
     if inner.is_empty() || inner.contains(char::is_whitespace) {
         return None;
     }
-    Some((inner, end + close.len()))
+    Some((inner, end + close_len))
 }
 
 /// Appends `text` with every line ending (LF, CR or CRLF) written as CRLF.
@@ -172,5 +204,58 @@ mod tests {
             "a\r\nb\r\nc\r\nd\r\n"
         );
         assert_eq!(render("<%=:v%>", &[("v", "1\n2")]).unwrap(), "1\r\n2");
+    }
+
+    /// The parse as first written, one search for a closer per opener: the model the linear parse must agree with.
+    fn parse_by_searching_each_time(source: &str) -> Vec<Part<'_>> {
+        let mut parts = Vec::new();
+        let (mut literal_start, mut offset) = (0, 0);
+        while let Some(at) = source[offset..].find(['<', '[']) {
+            let start = offset + at;
+            let s = &source[start..];
+            let found = match s.as_bytes().get(..3) {
+                Some(b"<%=") => Some("%>"),
+                Some(b"[%=") => Some("%]"),
+                _ => None,
+            }
+            .and_then(|close| {
+                let end = s.find(close)?;
+                let inner = s[3..end].trim().strip_prefix(':')?.trim();
+                (!inner.is_empty() && !inner.contains(char::is_whitespace))
+                    .then_some((inner, end + close.len()))
+            });
+            match found {
+                Some((key, len)) => {
+                    if start > literal_start {
+                        parts.push(Part::Literal(&source[literal_start..start]));
+                    }
+                    parts.push(Part::Key(key.to_lowercase()));
+                    literal_start = start + len;
+                    offset = literal_start;
+                }
+                None => offset = start + 1,
+            }
+        }
+        if literal_start < source.len() {
+            parts.push(Part::Literal(&source[literal_start..]));
+        }
+        parts
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_linear_parse_reads_what_searching_per_opener_reads(s in "([<\\[%=\\]>: ]|:k|x|é){0,60}") {
+            proptest::prop_assert_eq!(Template::parse(&s).parts, parse_by_searching_each_time(&s));
+        }
+    }
+
+    #[test]
+    fn openers_without_a_closer_stay_text() {
+        // Found by reading the code while fuzzing (fuzz/README.md): 100,000 `<%=` with no `%>` searched the rest of the
+        // template once per opener. They are text, and one search answers them all.
+        let source = "<%=".repeat(100_000) + "[%= :k %]";
+        let t = Template::parse(&source);
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["k"]);
+        assert_eq!(t.parts.len(), 2);
     }
 }
