@@ -118,7 +118,13 @@ pub fn parse_id(text: &str) -> Option<OutcomeKey> {
     if b.len() != 20 || b[2] != b'/' || b[5] != b'-' || b[11] != b'-' {
         return None;
     }
-    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    // Digits only: `from_str_radix` alone would also take a sign (`+F`), an id no one was given.
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|c| c.is_ascii_hexdigit())
+            .then(|| u64::from_str_radix(s, 16).ok())
+            .flatten()
+    };
     let node = u8::try_from(hex(text.get(0..2)?)?).ok()?;
     let high = hex(text.get(3..5)?)?;
     let run_text = text.get(6..11)?;
@@ -126,11 +132,7 @@ pub fn parse_id(text: &str) -> Option<OutcomeKey> {
         return None;
     }
     let run: u32 = run_text.parse().ok()?;
-    let low_text = text.get(12..20)?;
-    if !low_text.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let low = hex(low_text)?;
+    let low = hex(text.get(12..20)?)?;
     Some(pack(node, run, (high << 32) | low))
 }
 
@@ -153,6 +155,11 @@ mod tests {
             "03/AB-00123-1234567",
             "03/AB-0012x-12345678",
             "03/AB-00123-1234567g",
+            // A sign is not a digit, though `from_str_radix` takes one.
+            "+3/AB-00123-12345678",
+            "03/+B-00123-12345678",
+            "03/AB-00123-+2345678",
+            "03/AB-+0123-12345678",
         ] {
             assert_eq!(parse_id(bad), None, "{bad}");
         }
