@@ -174,3 +174,36 @@ HEADERS = [
     ["pushtotalk", "07", "\u00e9.voip-ptt", "ok", "123e4567-E89b-12d3-a456-426614174000", "", "zz"],
 ]
 write("apns_headers", ["\0".join(h) for h in HEADERS])
+
+# binary_frames: a piece-size byte, then notifications in the three formats (docs/apns-protocol.md#binary-command-0,
+# #binary-command-1, #binary-command-2), a feedback tuple and an error packet.
+import struct
+
+TOKEN_BYTES = bytes.fromhex(TOKEN)
+PAYLOAD = b'{"aps":{"alert":"x"}}'
+
+
+def simple(token=TOKEN_BYTES, payload=PAYLOAD):
+    return b"\x00" + struct.pack(">H", len(token)) + token + struct.pack(">H", len(payload)) + payload
+
+
+def enhanced(ident=7, expiry=0, token=TOKEN_BYTES, payload=PAYLOAD):
+    return (b"\x01" + struct.pack(">IIH", ident, expiry, len(token)) + token + struct.pack(">H", len(payload))
+            + payload)
+
+
+def frame(ident=9, expiry=1, priority=10, token=TOKEN_BYTES, payload=PAYLOAD):
+    items = (b"\x01" + struct.pack(">H", len(token)) + token + b"\x02" + struct.pack(">H", len(payload)) + payload
+             + b"\x03\x00\x04" + struct.pack(">I", ident) + b"\x04\x00\x04" + struct.pack(">I", expiry)
+             + b"\x05\x00\x01" + bytes([priority]))
+    return b"\x02" + struct.pack(">I", len(items)) + items
+
+
+write("binary_frames", [
+    b"\x00" + simple(),
+    b"\x05" + enhanced() + frame(),
+    b"\x81" + frame(token=b"\x01" * 8) + simple(),
+    b"\x3f" + frame(priority=5) + frame()[:40],
+    b"\x01" + struct.pack(">IH", 1700000000, 32) + TOKEN_BYTES,
+    b"\x02" + b"\x08\x08\x00\x00\x00\x09",
+])

@@ -21,31 +21,37 @@ use super::RestState;
 use super::error::{ApiError, describe_json_error, json_response, push_json_string, read_body};
 use super::template::Template;
 use crate::inbound::accept::{Intake, Refusal, Source};
-use crate::inbound::mcmt::{self, Parsed};
+use crate::inbound::mcmt::{self, Parsed, PartSubmission};
 use crate::queue::message::{MessageId, Notification};
 
 /// The request body. Members Momentum defines that herald has no use for (`site`, `vctx`) are accepted and
 /// ignored, as are unknown ones, so Momentum clients work unchanged.
 #[derive(Debug, Deserialize)]
-struct InjectBody {
+pub struct InjectBody {
     #[serde(default)]
-    template: Option<String>,
+    pub template: Option<String>,
     #[serde(default)]
-    recipients: Option<Vec<Recipient>>,
+    pub recipients: Option<Vec<Recipient>>,
 }
 
+/// One entry of `recipients`.
 #[derive(Debug, Deserialize)]
-struct Recipient {
+pub struct Recipient {
     #[serde(default)]
-    to: Option<String>,
+    pub to: Option<String>,
     #[serde(default)]
-    from: Option<String>,
+    pub from: Option<String>,
     #[serde(default)]
-    keys: Option<Map<String, Value>>,
+    pub keys: Option<Map<String, Value>>,
     /// Validation context for policy scripts; herald has none, so it is only checked to be an object.
     #[serde(default)]
-    #[allow(dead_code)]
-    vctx: Option<Map<String, Value>>,
+    pub vctx: Option<Map<String, Value>>,
+}
+
+/// Parses the body; on failure, parses it again while tracking the path so the error names the field.
+pub fn parse(body: &[u8]) -> Result<InjectBody, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(describe_json_error::<InjectBody>(body, e)))
 }
 
 /// `GET /v1.0/inject`: Momentum's connectivity check, an empty `200`.
@@ -99,8 +105,7 @@ async fn inject_batch(
     source: &Source,
     max_notifications: usize,
 ) -> Result<Response, ApiError> {
-    let request: InjectBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(describe_json_error::<InjectBody>(body, e)))?;
+    let request = parse(body)?;
     let Some(template) = request.template.as_deref() else {
         return Err(ApiError::bad_request(
             "template: missing; give the message to inject",
@@ -176,15 +181,36 @@ fn recipient_notifications(
     recipient: &Recipient,
     source: &Source,
 ) -> Result<Vec<Notification>, Refusal> {
+    let parts = recipient_submissions(template, recipient).map_err(Refusal::Permanent)?;
+    let many = parts.len() > 1;
+    parts
+        .into_iter()
+        .map(|p| {
+            intake.prepare(p.submission, source).map_err(|r| match r {
+                Refusal::Permanent(m) if many => {
+                    Refusal::Permanent(format!("part {}: {m}", p.part))
+                }
+                other => other,
+            })
+        })
+        .collect()
+}
+
+/// A recipient's message: the template rendered with its keys (and `to`, `from`), read as MCMT, one submission
+/// per push part. The error is the recipient's refusal as the answer shows it.
+pub fn recipient_submissions(
+    template: &Template<'_>,
+    recipient: &Recipient,
+) -> Result<Vec<PartSubmission>, String> {
     let to = recipient
         .to
         .as_deref()
-        .ok_or_else(|| Refusal::Permanent("to: missing; give the recipient address".into()))?;
+        .ok_or_else(|| "to: missing; give the recipient address".to_string())?;
     let from = recipient.from.as_deref().unwrap_or("");
     if !to.contains('@') {
-        return Err(Refusal::Permanent(format!(
+        return Err(format!(
             "to: {to:?} is not an address; write TOKEN@DOMAIN, where DOMAIN is the app's domain"
-        )));
+        ));
     }
     let keys: HashMap<String, Cow<'_, str>> = recipient
         .keys
@@ -199,27 +225,16 @@ fn recipient_notifications(
             None if key == "from" => Some(Cow::Borrowed(from)),
             None => None,
         })
-        .map_err(|e| Refusal::Permanent(format!("template: {e}")))?;
-    let parsed = mcmt::parse(message.as_bytes()).map_err(|e| Refusal::Permanent(e.to_string()))?;
+        .map_err(|e| format!("template: {e}"))?;
+    let parsed = mcmt::parse(message.as_bytes()).map_err(|e| e.to_string())?;
     let Parsed::Mcmt(mcmt) = parsed else {
-        return Err(Refusal::Permanent(
+        return Err(
             "the message is not multipart/vnd.msys.mcmt: herald delivers push notifications only, \
              as message/vnd.msys.apn parts of an MCMT message"
                 .into(),
-        ));
+        );
     };
-    let many = mcmt.push_parts.len() > 1;
-    mcmt.submissions(&[to.to_owned()], from)
-        .into_iter()
-        .map(|p| {
-            intake.prepare(p.submission, source).map_err(|r| match r {
-                Refusal::Permanent(m) if many => {
-                    Refusal::Permanent(format!("part {}: {m}", p.part))
-                }
-                other => other,
-            })
-        })
-        .collect()
+    Ok(mcmt.submissions(&[to.to_owned()], from))
 }
 
 /// A key's substitution text: strings as they are, other JSON values as their JSON text, `null` as nothing.

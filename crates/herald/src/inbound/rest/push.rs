@@ -22,7 +22,7 @@ use herald_apns::notification::PushHeaders;
 /// The request body. Borrowed from the request bytes: payloads stay the exact text the client sent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PushBody<'a> {
+pub struct PushBody<'a> {
     #[serde(borrow, default)]
     domain: Option<Text<'a>>,
     #[serde(borrow, default)]
@@ -112,35 +112,12 @@ async fn accept_batch(
     max_notifications: usize,
 ) -> Result<Vec<ItemResult>, ApiError> {
     let request = parse(body)?;
-    let count = request
-        .tokens
-        .as_ref()
-        .map_or(0, Vec::len)
-        .max(request.notifications.as_ref().map_or(0, Vec::len));
+    let count = request.count();
     if count > max_notifications {
         return Err(too_many(count, max_notifications));
     }
-    let domain = match request.domain.as_deref().map(str::trim) {
-        None => {
-            return Err(ApiError::bad_request(
-                "domain: missing; name the app's domain",
-            ));
-        }
-        Some("") => {
-            return Err(ApiError::bad_request(
-                "domain: empty; name the app's domain",
-            ));
-        }
-        Some(d) => d,
-    };
-    let binding = match request.binding.as_deref().map(str::trim) {
-        Some("") => {
-            return Err(ApiError::bad_request(
-                "binding: empty; name a declared binding or leave the field out for `default`",
-            ));
-        }
-        b => b.map(str::to_owned),
-    };
+    let domain = request.domain()?;
+    let binding = request.binding()?;
     // Every item goes to this one domain: an unknown or undeliverable one refuses the whole request.
     intake.warm(binding.as_deref(), domain).await;
     intake
@@ -150,93 +127,130 @@ async fn accept_batch(
             None => ApiError::bad_request(format!("domain: {e}")),
         })?;
     intake.has_room(count).map_err(refusal_error)?;
-    let opts = &request;
-    let mut results = Vec::new();
-    let mut accepted = Vec::new();
-    match (&request.tokens, &request.notifications) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "tokens, notifications: give one of them, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "tokens, notifications: one of them is required",
-            ));
-        }
-        (Some(tokens), None) => {
-            if tokens.is_empty() {
-                return Err(ApiError::bad_request(
-                    "tokens: empty; list at least one device token",
-                ));
-            }
-            let Some(payload) = request.payload else {
-                return Err(ApiError::bad_request(
-                    "payload: missing; \"tokens\" needs the payload to send to each of them",
-                ));
-            };
-            let payload = Bytes::copy_from_slice(payload.get().as_bytes());
-            results.reserve_exact(tokens.len());
-            accepted.reserve_exact(tokens.len());
-            for token in tokens {
-                let submission = Submission {
-                    domain: domain.to_owned(),
-                    recipient: recipient(token, domain),
-                    token: str::to_owned(token),
-                    payload: payload.clone(),
-                    headers: PushHeaders {
-                        topic: opts.topic.as_deref().map(str::to_owned),
-                        push_type: opts.push_type.as_deref().map(str::to_owned),
-                        priority: opts.priority,
-                        expiration: opts.expiration,
-                        collapse_id: opts.collapse_id.as_deref().map(str::to_owned),
-                        apns_id: None,
-                    },
-                    sender: String::new(),
-                    binding: binding.clone(),
-                };
-                take(intake, submission, source, &mut results, &mut accepted)?;
-            }
-        }
-        (None, Some(items)) => {
-            if items.is_empty() {
-                return Err(ApiError::bad_request(
-                    "notifications: empty; list at least one notification",
-                ));
-            }
-            if request.payload.is_some() {
-                return Err(ApiError::bad_request(
-                    "payload: not allowed with \"notifications\"; each notification carries its own",
-                ));
-            }
-            results.reserve_exact(items.len());
-            accepted.reserve_exact(items.len());
-            for item in items {
-                let submission = Submission {
-                    domain: domain.to_owned(),
-                    recipient: recipient(&item.token, domain),
-                    token: str::to_owned(&item.token),
-                    payload: Bytes::copy_from_slice(item.payload.get().as_bytes()),
-                    headers: PushHeaders {
-                        topic: either(&item.topic, &opts.topic),
-                        push_type: either(&item.push_type, &opts.push_type),
-                        priority: item.priority.or(opts.priority),
-                        expiration: item.expiration.or(opts.expiration),
-                        collapse_id: either(&item.collapse_id, &opts.collapse_id),
-                        apns_id: item.apns_id.as_deref().map(str::to_owned),
-                    },
-                    sender: String::new(),
-                    binding: binding.clone(),
-                };
-                take(intake, submission, source, &mut results, &mut accepted)?;
-            }
-        }
+    let submissions = request.submissions(domain, &binding)?;
+    let mut results = Vec::with_capacity(submissions.len());
+    let mut accepted = Vec::with_capacity(submissions.len());
+    for submission in submissions {
+        take(intake, submission, source, &mut results, &mut accepted)?;
     }
     intake
         .commit(accepted, source)
         .await
         .map_err(refusal_error)?;
     Ok(results)
+}
+
+impl<'a> PushBody<'a> {
+    /// The number of notifications the request carries (for the listener's limit, before anything is built).
+    pub fn count(&self) -> usize {
+        self.tokens
+            .as_ref()
+            .map_or(0, Vec::len)
+            .max(self.notifications.as_ref().map_or(0, Vec::len))
+    }
+
+    /// The domain every notification goes to: required, trimmed.
+    pub fn domain(&self) -> Result<&str, ApiError> {
+        match self.domain.as_deref().map(str::trim) {
+            None => Err(ApiError::bad_request(
+                "domain: missing; name the app's domain",
+            )),
+            Some("") => Err(ApiError::bad_request(
+                "domain: empty; name the app's domain",
+            )),
+            Some(d) => Ok(d),
+        }
+    }
+
+    /// The binding every notification is delivered from; `None` for `default`.
+    pub fn binding(&self) -> Result<Option<String>, ApiError> {
+        match self.binding.as_deref().map(str::trim) {
+            Some("") => Err(ApiError::bad_request(
+                "binding: empty; name a declared binding or leave the field out for `default`",
+            )),
+            b => Ok(b.map(str::to_owned)),
+        }
+    }
+
+    /// The submissions, in request order: each token with the shared payload and options, or each notification
+    /// with its own (and the shared options it leaves out). A request of the wrong shape is refused whole.
+    pub fn submissions(
+        &self,
+        domain: &str,
+        binding: &Option<String>,
+    ) -> Result<Vec<Submission>, ApiError> {
+        let submission = |token: &str, payload: Bytes, headers: PushHeaders| Submission {
+            domain: domain.to_owned(),
+            recipient: recipient(token, domain),
+            token: token.to_owned(),
+            payload,
+            headers,
+            sender: String::new(),
+            binding: binding.clone(),
+        };
+        match (&self.tokens, &self.notifications) {
+            (Some(_), Some(_)) => Err(ApiError::bad_request(
+                "tokens, notifications: give one of them, not both",
+            )),
+            (None, None) => Err(ApiError::bad_request(
+                "tokens, notifications: one of them is required",
+            )),
+            (Some(tokens), None) => {
+                if tokens.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "tokens: empty; list at least one device token",
+                    ));
+                }
+                let Some(payload) = self.payload else {
+                    return Err(ApiError::bad_request(
+                        "payload: missing; \"tokens\" needs the payload to send to each of them",
+                    ));
+                };
+                let payload = Bytes::copy_from_slice(payload.get().as_bytes());
+                Ok(tokens
+                    .iter()
+                    .map(|token| {
+                        let headers = PushHeaders {
+                            topic: self.topic.as_deref().map(str::to_owned),
+                            push_type: self.push_type.as_deref().map(str::to_owned),
+                            priority: self.priority,
+                            expiration: self.expiration,
+                            collapse_id: self.collapse_id.as_deref().map(str::to_owned),
+                            apns_id: None,
+                        };
+                        submission(token, payload.clone(), headers)
+                    })
+                    .collect())
+            }
+            (None, Some(items)) => {
+                if items.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "notifications: empty; list at least one notification",
+                    ));
+                }
+                if self.payload.is_some() {
+                    return Err(ApiError::bad_request(
+                        "payload: not allowed with \"notifications\"; each notification carries its own",
+                    ));
+                }
+                Ok(items
+                    .iter()
+                    .map(|item| {
+                        let headers = PushHeaders {
+                            topic: either(&item.topic, &self.topic),
+                            push_type: either(&item.push_type, &self.push_type),
+                            priority: item.priority.or(self.priority),
+                            expiration: item.expiration.or(self.expiration),
+                            collapse_id: either(&item.collapse_id, &self.collapse_id),
+                            apns_id: item.apns_id.as_deref().map(str::to_owned),
+                        };
+                        let payload = Bytes::copy_from_slice(item.payload.get().as_bytes());
+                        submission(&item.token, payload, headers)
+                    })
+                    .collect())
+            }
+        }
+    }
 }
 
 /// Validates one item: accepted ones join the batch to commit, rejected ones keep their reason.
@@ -290,7 +304,7 @@ fn recipient(token: &str, domain: &str) -> String {
 }
 
 /// Parses the body; on failure, parses it again while tracking the path so the error names the field.
-fn parse(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
+pub fn parse(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
     match serde_json::from_slice::<PushBody<'_>>(body) {
         Ok(request) => Ok(request),
         Err(first) => Err(ApiError::bad_request(describe_json_error::<PushBody<'_>>(
