@@ -474,3 +474,30 @@ async fn the_overview_names_the_oldest_queued_notification_and_the_spool_backend
     assert_eq!(o["spool_backend"], "embedded");
     assert!(o["jetstream"].is_null(), "{o:#}");
 }
+
+#[tokio::test]
+async fn the_outcomes_list_refuses_a_malformed_or_unknown_parameter_by_name() {
+    let s = setup().await;
+    let get = |query: &'static str| {
+        s.client
+            .get(format!("{}/dashboard/api/outcomes?{query}", s.base))
+            .bearer_auth(READER)
+            .send()
+    };
+    let r = get("kind=permanent&limit=5").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["outcomes"].is_array(), "{body}");
+    for (query, names) in [
+        ("limit=null", "limit"),
+        ("after=x", "after"),
+        ("kind=failed", "kind"),
+        ("limt=5", "\"limt\""),
+    ] {
+        let r = get(query).await.unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(names), "{query}: {body}");
+    }
+}

@@ -22,9 +22,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{self, Access, Refusal, Sessions};
-use super::outcomes::Filter;
+use super::outcomes::{Filter, KINDS};
 use super::sampler::Hub;
 use crate::control::ServerHandle;
+use crate::ops::percent_decode;
 
 /// Every (method, path) the dashboard answers; `docs/openapi.yaml` documents them (HEAD is implied by GET).
 pub const ROUTES: &[(&str, &str)] = &[
@@ -544,51 +545,61 @@ async fn domain_action(
     }
 }
 
-/// Decodes `%XX` and `+` in a query value.
-fn unescape(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(v.get(i + 1..i + 3).unwrap_or(""), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 async fn outcomes(State(d): State<Dash>, RawQuery(raw): RawQuery) -> Response {
-    let mut filter = Filter::default();
-    let (mut after, mut limit) = (0u64, 200usize);
-    for pair in raw.as_deref().unwrap_or("").split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = unescape(v);
-        match k {
-            "domain" => filter.domain = Some(v),
-            "kind" => filter.kind = Some(v),
-            "token" => filter.token_prefix = Some(v),
-            "reason" => filter.reason = Some(v),
-            "after" => after = v.parse().unwrap_or(0),
-            "limit" => limit = v.parse().unwrap_or(200),
-            _ => {}
-        }
-    }
+    let (filter, after, limit) = match outcomes_query(raw.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let list = d
         .hub
         .outcomes
         .since(after, &filter, limit.min(super::outcomes::CAPACITY));
     Json(json!({ "outcomes": list, "last_seq": d.hub.outcomes.last_seq() })).into_response()
+}
+
+/// `limit` of `/dashboard/api/outcomes` when the query gives none.
+const OUTCOMES_DEFAULT_LIMIT: usize = 200;
+
+/// Reads the query of `/dashboard/api/outcomes`: the filter, `after` (a sequence number) and `limit`. An unknown
+/// parameter, a number that is not one or a kind that is none of herald's is refused, naming it: a misspelt filter
+/// would otherwise answer with everything.
+fn outcomes_query(raw: &str) -> Result<(Filter, u64, usize), String> {
+    let mut filter = Filter::default();
+    let (mut after, mut limit) = (0u64, OUTCOMES_DEFAULT_LIMIT);
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "domain" => filter.domain = Some(value),
+            "kind" => {
+                let known = KINDS.iter().any(|k| value.eq_ignore_ascii_case(k));
+                if !value.is_empty() && !known {
+                    return Err(format!(
+                        "kind: {value:?} is not one of {}",
+                        KINDS.join(", ")
+                    ));
+                }
+                filter.kind = Some(value);
+            }
+            "token" => filter.token_prefix = Some(value),
+            "reason" => filter.reason = Some(value),
+            "after" => after = whole_number("after", &value)?,
+            "limit" => limit = whole_number("limit", &value)?,
+            other => {
+                return Err(format!(
+                    "unknown parameter {:?}; use domain, kind, token, reason, after and limit",
+                    percent_decode(other)
+                ));
+            }
+        }
+    }
+    Ok((filter, after, limit))
+}
+
+fn whole_number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{what}: {value:?} is not a whole number"))
 }
 
 /// The include tree of `path`: the files it includes (by `include` / `readonly_include`), recursively.
@@ -699,4 +710,49 @@ async fn events(
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outcomes_query_reads_its_filter_and_numbers() {
+        let (filter, after, limit) = outcomes_query(
+            "domain=apps.example&kind=Permanent&token=ab&reason=Bad%20token&after=7&limit=50",
+        )
+        .unwrap();
+        assert_eq!(filter.domain.as_deref(), Some("apps.example"));
+        assert_eq!(filter.kind.as_deref(), Some("Permanent"));
+        assert_eq!(filter.token_prefix.as_deref(), Some("ab"));
+        assert_eq!(filter.reason.as_deref(), Some("Bad token"));
+        assert_eq!((after, limit), (7, 50));
+        let (filter, after, limit) = outcomes_query("").unwrap();
+        assert!(filter.kind.is_none());
+        assert_eq!((after, limit), (0, OUTCOMES_DEFAULT_LIMIT));
+        // An empty kind is no filter, as the page's select sends it.
+        assert_eq!(outcomes_query("kind=").unwrap().0.kind.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn the_outcomes_query_names_what_it_refuses() {
+        for (query, error) in [
+            ("limit=null", "limit: \"null\" is not a whole number"),
+            ("after=-1", "after: \"-1\" is not a whole number"),
+            (
+                "kind=failed",
+                "kind: \"failed\" is not one of delivered, transient, permanent",
+            ),
+            (
+                "domian=a",
+                "unknown parameter \"domian\"; use domain, kind, token, reason, after and limit",
+            ),
+        ] {
+            assert_eq!(
+                outcomes_query(query).err().as_deref(),
+                Some(error),
+                "{query}"
+            );
+        }
+    }
 }

@@ -75,12 +75,15 @@ pub struct RecentOutcomes {
     pub last_errors: super::LastErrors,
 }
 
+/// The kinds an outcome has, as the list shows them and its `kind` filter takes them.
+pub const KINDS: [&str; 3] = ["delivered", "transient", "permanent"];
+
 impl RecentOutcomes {
     pub fn record(&self, r: &OutcomeRecord<'_>) {
         let kind = match r.kind {
-            OutcomeKind::Delivered => "delivered",
-            OutcomeKind::Transient => "transient",
-            OutcomeKind::Permanent => "permanent",
+            OutcomeKind::Delivered => KINDS[0],
+            OutcomeKind::Transient => KINDS[1],
+            OutcomeKind::Permanent => KINDS[2],
         };
         if r.kind != OutcomeKind::Delivered {
             self.last_errors.set(
