@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use herald_apns::binary::{BinaryFormat, ErrorPacket, FeedbackTuple, NotificationDecoder, Status};
@@ -65,39 +64,26 @@ pub(crate) async fn serve(
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<BinaryContext>,
     service: Service,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let Some((tcp, peer)) =
-            crate::accept::next_connection(&listener, &mut stop, format!("{service:?}")).await
-        else {
-            return;
-        };
-        let _ = tcp.set_nodelay(true);
-        ctx.stats.peer_connected(peer.ip());
-        let acceptor = acceptor.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        ctx.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("{service:?}: TLS handshake with {peer} failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        ctx.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                };
-            match service {
-                Service::Gateway => gateway_connection(ctx, stream).await,
-                Service::Feedback => feedback_connection(ctx, stream).await,
+    let stats = ctx.stats.clone();
+    crate::accept::serve_tls(
+        listener,
+        tls,
+        stop,
+        format!("{service:?}"),
+        stats,
+        move |_peer| {
+            let ctx = ctx.clone();
+            move |stream| async move {
+                match service {
+                    Service::Gateway => gateway_connection(ctx, stream).await,
+                    Service::Feedback => feedback_connection(ctx, stream).await,
+                }
             }
-        });
-    }
+        },
+    )
+    .await
 }
 
 async fn close_with(stream: &mut TlsStream<TcpStream>, packet: Option<ErrorPacket>) {

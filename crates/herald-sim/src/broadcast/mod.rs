@@ -52,7 +52,8 @@ pub(crate) use channels::ChannelStore;
 
 use crate::config::{AuthPolicy, Environment};
 use crate::h2::KeyRing;
-use crate::h2::auth::{CertAuth, TokenAuth, topic_base};
+use crate::h2::auth::topic_base;
+use crate::h2::request::ConnAuth;
 use crate::record::{DeliveryRecord, RecordProtocol, Recorder};
 use crate::registry::now_ms;
 use crate::stats::Stats;
@@ -125,35 +126,21 @@ pub(crate) async fn serve(
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<BroadcastContext>,
     port: Port,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let Some((tcp, peer)) =
-            crate::accept::next_connection(&listener, &mut stop, format!("{port:?}")).await
-        else {
-            return;
-        };
-        let _ = tcp.set_nodelay(true);
-        ctx.stats.peer_connected(peer.ip());
-        let acceptor = acceptor.clone();
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => serve_connection(ctx, stream, port).await,
-                _ => {
-                    ctx.stats
-                        .tls_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        });
-    }
-}
-
-enum ConnAuth {
-    Cert(CertAuth),
-    Token(TokenAuth),
+    let stats = ctx.stats.clone();
+    crate::accept::serve_tls(
+        listener,
+        tls,
+        stop,
+        format!("{port:?}"),
+        stats,
+        move |_peer| {
+            let ctx = ctx.clone();
+            move |stream| serve_connection(ctx, stream, port)
+        },
+    )
+    .await
 }
 
 async fn serve_connection(
@@ -161,21 +148,13 @@ async fn serve_connection(
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     port: Port,
 ) {
-    let peer_cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.to_vec());
-    let mut auth = match peer_cert {
-        Some(der) => ConnAuth::Cert(CertAuth::from_der(&der, ctx.environment)),
-        None => ConnAuth::Token(TokenAuth::new(
-            ctx.keys.clone(),
-            ctx.environment,
-            ctx.token_max_age,
-            ctx.token_update_interval,
-        )),
-    };
+    let mut auth = ConnAuth::of_connection(
+        &tls,
+        ctx.environment,
+        &ctx.keys,
+        ctx.token_max_age,
+        ctx.token_update_interval,
+    );
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(1000)

@@ -18,7 +18,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::H2Context;
-use super::auth::{CertAuth, TokenAuth};
 use super::io::{FrameControl, FrameIo, Injection};
 use super::request::{self, Checked, ConnAuth, Rejection};
 use crate::config::AuthPolicy;
@@ -79,21 +78,13 @@ impl IdMaker {
 
 pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStream>, ordinal: u64) {
     let _open = ctx.stats.h2_connections.opened();
-    let peer_cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.to_vec());
-    let mut auth = match peer_cert {
-        Some(der) => ConnAuth::Cert(CertAuth::from_der(&der, ctx.environment)),
-        None => ConnAuth::Token(TokenAuth::new(
-            ctx.keys.clone(),
-            ctx.environment,
-            ctx.token_max_age,
-            ctx.token_update_interval,
-        )),
-    };
+    let mut auth = ConnAuth::of_connection(
+        &tls,
+        ctx.environment,
+        &ctx.keys,
+        ctx.token_max_age,
+        ctx.token_update_interval,
+    );
     let gated = matches!(auth, ConnAuth::Token(_)) && ctx.auth == AuthPolicy::Required;
     let max = ctx.max_streams.max(1);
     let control = Arc::new(FrameControl::new(max));

@@ -37,7 +37,7 @@ pub(crate) mod auth;
 mod conn;
 mod delay;
 pub mod io;
-mod request;
+pub(crate) mod request;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,31 +79,13 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<H2Context>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let Some((tcp, peer)) = crate::accept::next_connection(&listener, &mut stop, "h2").await
-        else {
-            return;
-        };
-        let _ = tcp.set_nodelay(true);
-        ctx.stats.peer_connected(peer.ip());
-        let acceptor = acceptor.clone();
+    let stats = ctx.stats.clone();
+    crate::accept::serve_tls(listener, tls, stop, "h2", stats, move |_peer| {
         let ctx = ctx.clone();
         let ordinal = ctx.ordinal.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => conn::serve_connection(ctx, stream, ordinal).await,
-                Ok(Err(e)) => {
-                    ctx.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("h2 TLS handshake with {peer} failed: {e}");
-                }
-                Err(_) => {
-                    ctx.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("h2 TLS handshake with {peer} timed out");
-                }
-            }
-        });
-    }
+        move |stream| conn::serve_connection(ctx, stream, ordinal)
+    })
+    .await
 }

@@ -9,14 +9,40 @@ use herald_apns::reason::Reason;
 use herald_apns::token_hex::{apns_length_ok, validate_hex};
 
 use super::auth::{CertAuth, TokenAuth, topic_base, topic_syntax_ok};
-use crate::config::AuthPolicy;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::KeyRing;
+use crate::config::{AuthPolicy, Environment};
 use crate::registry::TokenRegistry;
 use crate::scenario::TokenState;
 
-/// How a connection authenticates.
+/// How a connection authenticates: by its client certificate, or (without one) by provider tokens.
 pub(crate) enum ConnAuth {
     Cert(CertAuth),
     Token(TokenAuth),
+}
+
+impl ConnAuth {
+    /// The authentication of a connection whose TLS handshake just finished: the certificate's when the client
+    /// showed one, provider tokens (checked against `keys`, with the token age and update limits) otherwise.
+    pub(crate) fn of_connection<IO>(
+        tls: &tokio_rustls::server::TlsStream<IO>,
+        environment: Environment,
+        keys: &Arc<KeyRing>,
+        token_max_age: Duration,
+        token_update_interval: Duration,
+    ) -> ConnAuth {
+        match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            Some(der) => ConnAuth::Cert(CertAuth::from_der(der, environment)),
+            None => ConnAuth::Token(TokenAuth::new(
+                keys.clone(),
+                environment,
+                token_max_age,
+                token_update_interval,
+            )),
+        }
+    }
 }
 
 /// A request whose headers passed every check.
