@@ -357,7 +357,7 @@ impl DomainTask {
                 items.extend(waiting.into_iter().map(|j| j.tag));
                 let n = items.len();
                 for item in items {
-                    self.finish_permanent(item, None, None, &reason, &reason, false, None);
+                    self.finish_permanent(item, Attempt::NONE, &reason, &reason, None);
                 }
                 let _ = reply.send(n);
             }
@@ -416,7 +416,7 @@ impl DomainTask {
             if let MessageAction::Fail(reason) = action
                 && let Some(item) = self.active.remove(pos)
             {
-                self.finish_permanent(item, None, None, &reason, &reason, false, None);
+                self.finish_permanent(item, Attempt::NONE, &reason, &reason, None);
             }
             return Some(entry);
         }
@@ -444,7 +444,7 @@ impl DomainTask {
             MessageAction::Details => self.delayed.push(Reverse(d)),
             MessageAction::Retry => self.active.push_back(d.item),
             MessageAction::Fail(reason) => {
-                self.finish_permanent(d.item, None, None, &reason, &reason, false, None)
+                self.finish_permanent(d.item, Attempt::NONE, &reason, &reason, None)
             }
         }
         Some(entry)
@@ -522,7 +522,7 @@ impl DomainTask {
                 break;
             };
             if let Some(reason) = self.refuse_before_attempt(&mut item, now) {
-                self.finish_permanent(item, None, None, &reason, &reason, false, None);
+                self.finish_permanent(item, Attempt::NONE, &reason, &reason, None);
                 continue;
             }
             let mut request = item.request();
@@ -569,22 +569,13 @@ impl DomainTask {
                 transaction_id,
                 unique_id,
             } => {
-                let own = item.notification.push.apns_id.map(|id| id.encode());
-                let tx = transaction_id.as_deref().or(id_text(&own));
                 let answer = ApnsAnswer {
+                    transaction_id: transaction_id.as_deref(),
                     unique_id: unique_id.as_deref(),
                     timestamp_ms: None,
                 };
-                self.log_answer(
-                    &item,
-                    OutcomeKind::Delivered,
-                    remote,
-                    tx,
-                    None,
-                    "",
-                    true,
-                    answer,
-                );
+                let attempt = Attempt::on_connection(remote, None);
+                self.log_answer(&item, OutcomeKind::Delivered, attempt, "", answer);
                 self.stats.delivered(item.enqueued.elapsed());
                 self.finished(&item);
             }
@@ -609,41 +600,22 @@ impl DomainTask {
                         c.stream, c.connection
                     ));
                 }
-                self.transient(item, remote, None, &error, "ResponseTimeout", true);
+                let attempt = Attempt::on_connection(remote, None);
+                self.transient(item, attempt, &error, "ResponseTimeout");
             }
             PushResult::Rejected(rejection) => {
                 let class = rejection.class();
-                let status = Some(rejection.code());
-                let tx = item.notification.push.apns_id.map(|id| id.encode());
+                let attempt = Attempt::on_connection(remote, Some(rejection.code()));
+                let text = rejection.text();
                 match class {
-                    FailureClass::Transient => self.transient(
-                        item,
-                        remote,
-                        status,
-                        rejection.text(),
-                        rejection.text(),
-                        true,
-                    ),
+                    FailureClass::Transient => self.transient(item, attempt, text, text),
                     // A fresh token failing again (a clock far off, a revoked key) takes the normal schedule.
-                    FailureClass::RefreshTokenAndRetry if item.retries > 0 => self.transient(
-                        item,
-                        remote,
-                        status,
-                        rejection.text(),
-                        rejection.text(),
-                        true,
-                    ),
+                    FailureClass::RefreshTokenAndRetry if item.retries > 0 => {
+                        self.transient(item, attempt, text, text)
+                    }
                     FailureClass::RefreshTokenAndRetry => {
                         // The connection has retired the stale token; try again at once with a fresh one.
-                        self.log(
-                            &item,
-                            OutcomeKind::Transient,
-                            remote,
-                            id_text(&tx),
-                            status,
-                            rejection.text(),
-                            true,
-                        );
+                        self.log(&item, OutcomeKind::Transient, attempt, text);
                         self.stats.transient(rejection.text());
                         item.retries += 1;
                         self.active.push_front(item);
@@ -662,8 +634,7 @@ impl DomainTask {
                                 herald_apns::client::Rejection::Binary { .. } => None,
                             },
                         });
-                        let text = rejection.text();
-                        self.finish_permanent(item, remote, status, text, text, true, invalid);
+                        self.finish_permanent(item, attempt, text, text, invalid);
                     }
                 }
             }
@@ -673,29 +644,11 @@ impl DomainTask {
     /// A transient failure: retried later, or final once retries or time run out. `error` is what the logs say;
     /// `label` is the reason metrics count it under (an APNs reason or a herald class such as `ConnectionFailed`,
     /// never addresses or OS text, so that the number of series stays bounded).
-    #[allow(clippy::too_many_arguments)]
-    fn transient(
-        &mut self,
-        mut item: Box<Queued>,
-        remote: Option<std::net::IpAddr>,
-        status: Option<u16>,
-        error: &str,
-        label: &str,
-        connected: bool,
-    ) {
+    fn transient(&mut self, mut item: Box<Queued>, attempt: Attempt, error: &str, label: &str) {
         let age = Duration::from_secs(unix_now().saturating_sub(item.notification.received_at));
         match self.settings.retry.after_failure(item.retries, age) {
             RetryDecision::RetryIn(delay) => {
-                let tx = item.notification.push.apns_id.map(|id| id.encode());
-                self.log(
-                    &item,
-                    OutcomeKind::Transient,
-                    remote,
-                    id_text(&tx),
-                    status,
-                    error,
-                    connected,
-                );
+                self.log(&item, OutcomeKind::Transient, attempt, error);
                 self.stats.transient(label);
                 item.retries += 1;
                 if self.shared.handed_back(&item, delay) {
@@ -712,45 +665,36 @@ impl DomainTask {
             RetryDecision::RetriesExhausted => {
                 let reason = format!("exceeded max retries; last error: {error}");
                 let label = format!("exceeded max retries; last error: {label}");
-                self.finish_permanent(item, remote, status, &reason, &label, connected, None);
+                self.finish_permanent(item, attempt, &reason, &label, None);
             }
             RetryDecision::Expired => {
                 let reason = format!(
                     "554 5.4.7 [internal] exceeded max time without delivery; last error: {error}"
                 );
                 let label = format!("exceeded max time without delivery; last error: {label}");
-                self.finish_permanent(item, remote, None, &reason, &label, connected, None);
+                let attempt = Attempt {
+                    status: None,
+                    ..attempt
+                };
+                self.finish_permanent(item, attempt, &reason, &label, None);
             }
         }
     }
 
     /// A final failure: logged with `error`, counted under `label` (see [`DomainTask::transient`]).
-    #[allow(clippy::too_many_arguments)]
     fn finish_permanent(
         &mut self,
         item: Box<Queued>,
-        remote: Option<std::net::IpAddr>,
-        status: Option<u16>,
+        attempt: Attempt,
         error: &str,
         label: &str,
-        connected: bool,
         invalid: Option<InvalidToken>,
     ) {
-        let tx = item.notification.push.apns_id.map(|id| id.encode());
         let answer = ApnsAnswer {
-            unique_id: None,
             timestamp_ms: invalid.as_ref().and_then(|i| i.timestamp_ms),
+            ..ApnsAnswer::default()
         };
-        self.log_answer(
-            &item,
-            OutcomeKind::Permanent,
-            remote,
-            id_text(&tx),
-            status,
-            error,
-            connected,
-            answer,
-        );
+        self.log_answer(&item, OutcomeKind::Permanent, attempt, error, answer);
         self.stats.permanent(label);
         if let Some(invalid) = invalid {
             self.shared.invalid_token(invalid);
@@ -777,16 +721,7 @@ impl DomainTask {
         let waiting = self.pool.take_waiting();
         let oldest = waiting.first().map(|j| &j.tag).or(self.active.front());
         if let Some(item) = oldest {
-            let tx = item.notification.push.apns_id.map(|id| id.encode());
-            self.log(
-                item,
-                OutcomeKind::Transient,
-                None,
-                id_text(&tx),
-                None,
-                &error,
-                false,
-            );
+            self.log(item, OutcomeKind::Transient, Attempt::NONE, &error);
             self.connect_failure_logged = Some(now);
         }
         for job in waiting {
@@ -808,58 +743,37 @@ impl DomainTask {
         }
         let active = std::mem::take(&mut self.active);
         for item in waiting.into_iter().map(|j| j.tag).chain(active) {
-            self.transient(item, None, None, &error, "ConnectionFailed", false);
+            self.transient(item, Attempt::NONE, &error, "ConnectionFailed");
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &self,
-        item: &Queued,
-        kind: OutcomeKind,
-        remote: Option<std::net::IpAddr>,
-        transaction_id: Option<&str>,
-        status: Option<u16>,
-        error: &str,
-        connected: bool,
-    ) {
-        let answer = ApnsAnswer::default();
-        self.log_answer(
-            item,
-            kind,
-            remote,
-            transaction_id,
-            status,
-            error,
-            connected,
-            answer,
-        );
+    /// Logs an outcome of `item` (and tells the outcome listener): `error` as the logs say it.
+    fn log(&self, item: &Queued, kind: OutcomeKind, attempt: Attempt, error: &str) {
+        self.log_answer(item, kind, attempt, error, ApnsAnswer::default());
     }
 
-    /// [`Self::log`] with what else APNs' answer said.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Self::log`] with what else APNs' answer said. The transaction id is APNs' when it gave one, else the
+    /// notification's own `apns-id`.
     fn log_answer(
         &self,
         item: &Queued,
         kind: OutcomeKind,
-        remote: Option<std::net::IpAddr>,
-        transaction_id: Option<&str>,
-        status: Option<u16>,
+        attempt: Attempt,
         error: &str,
-        connected: bool,
         answer: ApnsAnswer<'_>,
     ) {
+        let own = item.notification.push.apns_id.map(|id| id.encode());
         let record = OutcomeRecord {
             kind,
             notification: &item.notification,
             binding_group: &self.settings.binding_group,
             binding: &self.settings.binding,
             retries: item.retries,
-            remote_ip: remote,
-            transaction_id,
-            status,
+            remote_ip: attempt.remote,
+            transaction_id: answer.transaction_id.or(id_text(&own)),
+            status: attempt.status,
             error,
-            connected,
+            connected: attempt.connected,
             bytes: self.settings.wire_bytes(item),
             at: unix_now(),
             apns_unique_id: answer.unique_id,
@@ -875,8 +789,40 @@ impl DomainTask {
 /// What an APNs answer said beyond status and reason, for the outcome record.
 #[derive(Debug, Clone, Copy, Default)]
 struct ApnsAnswer<'a> {
+    /// The `apns-id` of the answer (binary: none); the notification's own is logged without one.
+    transaction_id: Option<&'a str>,
     unique_id: Option<&'a str>,
     timestamp_ms: Option<u64>,
+}
+
+/// Where an outcome happened, as its record shows it.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    /// The APNs address the notification was sent to.
+    remote: Option<std::net::IpAddr>,
+    /// APNs' HTTP status or binary status byte.
+    status: Option<u16>,
+    /// Whether the notification reached a connection (Momentum's logs tell a failed connection from a failed
+    /// delivery).
+    connected: bool,
+}
+
+impl Attempt {
+    /// No attempt: the notification never reached a connection.
+    const NONE: Attempt = Attempt {
+        remote: None,
+        status: None,
+        connected: false,
+    };
+
+    /// An attempt on a connection to `remote`, with the status APNs answered, if it answered one.
+    fn on_connection(remote: Option<std::net::IpAddr>, status: Option<u16>) -> Attempt {
+        Attempt {
+            remote,
+            status,
+            connected: true,
+        }
+    }
 }
 
 /// The text of an encoded `apns-id` ([`herald_apns::push::ApnsId::encode`]), without allocating.
