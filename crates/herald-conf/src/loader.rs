@@ -275,12 +275,14 @@ impl Loader {
                         self.option(node, &name, name_pos, value, value_pos, ctx);
                     }
                 }
+                // Inside a discarded part (a scope refused above), nested scopes set nothing either.
+                Stmt::Scope { body, .. } if discard => self.apply(body, node, ctx, true),
                 Stmt::Scope {
                     kind,
                     kind_pos,
                     name,
                     body,
-                } => self.scope(node, &kind, kind_pos, &name, body, ctx, discard),
+                } => self.scope(node, &kind, kind_pos, &name, body, ctx),
                 Stmt::Include { path, pos, .. } => {
                     if !discard {
                         self.include(node, &path, pos, ctx);
@@ -369,7 +371,7 @@ impl Loader {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A scope statement to apply (not in a discarded part): checked, then its body applied to its node.
     fn scope(
         &mut self,
         node: &mut Node,
@@ -378,11 +380,7 @@ impl Loader {
         name: &Option<Scalar>,
         body: Vec<Stmt>,
         ctx: &FileCtx,
-        discard: bool,
     ) {
-        if discard {
-            return self.apply(body, node, ctx, true);
-        }
         let Some(kind) = ScopeKind::from_keyword(kind_word) else {
             let mut msg = format!("unknown scope {}", quote(kind_word));
             if options::lookup(kind_word).is_some() {
