@@ -275,7 +275,7 @@ impl Loader {
                         self.option(node, &name, name_pos, value, value_pos, ctx);
                     }
                 }
-                // Inside a discarded part (a scope refused above), nested scopes set nothing either.
+                // Inside a refused scope, nested scopes set nothing either.
                 Stmt::Scope { body, .. } if discard => self.apply(body, node, ctx, true),
                 Stmt::Scope {
                     kind,
