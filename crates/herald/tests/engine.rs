@@ -760,3 +760,68 @@ async fn restored_notifications_wait_for_their_next_attempt() {
     let d: Vec<_> = main.iter().filter(|f| f[4] == "D").collect();
     assert_eq!(d[0][9], "1", "the retry count survives the restart");
 }
+
+/// A domain with nothing left to do rests: once its last connection closed it takes no more looks until work comes,
+/// so that thousands of quiet domains in one process cost no CPU, and the figures it rests with say so (no
+/// connection, nothing queued, no oldest notification).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_domain_rests_until_work_comes_and_rests_with_true_figures() {
+    let h = Harness::start(|_| {}).await;
+    let mut settings = h.h2_token();
+    settings.idle_timeout = Some(Duration::from_millis(300));
+    let (engine, _) = h.engine(settings);
+    let tokens: Vec<String> = (0..20).map(token).collect();
+    submit(&engine, &tokens).await;
+    wait_finished(&engine, 20).await;
+    let stats = engine.stats(DOMAIN).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !stats.resting.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the domain never came to rest");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats.connections.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.active.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.delayed.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.oldest_queued_s.load(Ordering::Relaxed), 0);
+    // While it rests, time passing wakes nothing (a busy task looks every 50 ms: 20 looks in this second).
+    let looks = stats.looks.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stats.looks.load(Ordering::Relaxed), looks);
+    assert!(stats.resting.load(Ordering::Relaxed));
+    // Work wakes it, and it is delivered as before.
+    submit(&engine, &[token(100)]).await;
+    wait_finished(&engine, 21).await;
+    h.sim.wait_for_records(21, WAIT).await;
+    assert!(stats.looks.load(Ordering::Relaxed) > looks);
+}
+
+/// A resting domain with a notification waiting for its retry wakes at the retry time, not before and not every
+/// tick: the retry is attempted while the task otherwise rests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resting_domain_wakes_for_its_next_retry() {
+    let h = Harness::start(|c| {
+        c.scenario.errors.insert("ServiceUnavailable".into(), 1.0);
+    })
+    .await;
+    let mut settings = h.h2_token();
+    settings.idle_timeout = Some(Duration::from_millis(200));
+    settings.retry.retry_interval = Duration::from_millis(1500);
+    settings.retry.max_retry_interval = Duration::from_millis(1500);
+    let (engine, _) = h.engine(settings);
+    submit(&engine, &[token(1)]).await;
+    let stats = engine.stats(DOMAIN).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !(stats.resting.load(Ordering::Relaxed) && stats.delayed.load(Ordering::Relaxed) == 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the domain never came to rest with its retry"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_ne!(stats.next_retry_ms.load(Ordering::Relaxed), 0);
+    let rejected = h.sim.stats().rejected.total;
+    while h.sim.stats().rejected.total == rejected {
+        assert!(Instant::now() < deadline, "the retry was never attempted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

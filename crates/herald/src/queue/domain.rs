@@ -3,14 +3,19 @@
 //! report the token, as the retry policy and the outcome class say (docs/momentum-compat.md#retries,
 //! docs/architecture.md#outcome, docs/apns-protocol.md#classification).
 //!
-//! The delayed queue is a binary heap ordered by due time, looked at every [`TICK`], not tokio-util's
-//! `DelayQueue`: the console and the dashboard list it in due order, `flush` makes all of it due at once and
-//! message actions find entries by id, none of which `DelayQueue` offers without a second index beside it; retry
-//! times are seconds to hours apart, so a 50 ms look costs nothing and no timer is kept per notification.
+//! The task looks at its queues and pool every [`TICK`] while it has work (notifications ready or in flight,
+//! connections open); without any it rests, woken only by its events and by its first retry time, so that a process
+//! serving thousands of quiet apps spends nothing on them.
+//!
+//! The delayed queue is a binary heap ordered by due time, not tokio-util's `DelayQueue`: the console and the
+//! dashboard list it in due order, `flush` makes all of it due at once and message actions find entries by id, none
+//! of which `DelayQueue` offers without a second index beside it; retry times are seconds to hours apart, so the
+//! first due time is all a timer is needed for, and no timer is kept per notification.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use herald_apns::client::{ConnectionInfo, Job, NotSentReason, OutcomeSink, PushResult};
@@ -237,9 +242,24 @@ impl DomainTask {
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether the last look was taken since the task had nothing more to look after (see `Self::busy`).
+        let mut settled = false;
         loop {
             self.dispatch();
             self.report_finished();
+            let busy = self.busy();
+            if !busy && !settled {
+                // One more look, so that the figures it publishes (no connection, the sizes, the next retry, the
+                // oldest notification still here) are those the task rests with.
+                self.on_tick();
+                self.scan_oldest();
+                settled = true;
+                self.stats.resting.store(true, Ordering::Relaxed);
+            } else if busy && settled {
+                settled = false;
+                self.stats.resting.store(false, Ordering::Relaxed);
+            }
+            let next_retry = self.delayed.peek().map(|Reverse(d)| d.due);
             tokio::select! {
                 event = self.events.recv() => {
                     let Some(event) = event else { break };
@@ -251,10 +271,23 @@ impl DomainTask {
                         }
                     }
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick(), if busy => self.on_tick(),
+                // At rest, only the first delayed notification's retry time wakes the task.
+                _ = sleep_until(next_retry), if !busy && next_retry.is_some() => self.on_tick(),
             }
         }
         self.report_finished();
+    }
+
+    /// Whether the task has something to look after every [`TICK`]: notifications ready or handed to the pool,
+    /// connections open or being opened (idle timeouts, the figures), a pool replaced by a reload still finishing.
+    /// A domain without any rests: it wakes for its events and for its next retry time only, so that thousands of
+    /// quiet domains cost no CPU.
+    fn busy(&self) -> bool {
+        !self.active.is_empty()
+            || self.outstanding.count > 0
+            || self.pool.is_active()
+            || !self.retired.is_empty()
     }
 
     /// A notification reached its final outcome: its memory is released now, and the observer (the spool, which
@@ -451,6 +484,7 @@ impl DomainTask {
     }
 
     fn on_tick(&mut self) {
+        self.stats.looks.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         while self.delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
             if let Some(Reverse(d)) = self.delayed.pop() {
@@ -512,7 +546,7 @@ impl DomainTask {
 
     /// Moves ready notifications to the pool while it has room.
     fn dispatch(&mut self) {
-        if self.shared.is_held() || self.stats.paused.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.shared.is_held() || self.stats.paused.load(Ordering::Relaxed) {
             return;
         }
         let limit = self.pool.dispatch_limit();
@@ -822,6 +856,14 @@ impl Attempt {
             status,
             connected: true,
         }
+    }
+}
+
+/// Sleeps until `due` (a `None` never comes: the branch using it is disabled then).
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
     }
 }
 

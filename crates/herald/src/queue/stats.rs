@@ -69,6 +69,11 @@ pub struct DomainStats {
     failures: Mutex<FailureCounts>,
     /// Delivery of this queue is paused by an operator (the dashboard's pause): it queues, it does not send.
     pub paused: std::sync::atomic::AtomicBool,
+    /// Looks the domain's task took at its queues and pool: one per tick while it has work, one as it comes to rest,
+    /// one at each retry time while it rests.
+    pub looks: AtomicU64,
+    /// The task rests: nothing ready, in flight or connected; it wakes for its events and its next retry time only.
+    pub resting: std::sync::atomic::AtomicBool,
 }
 
 impl DomainStats {

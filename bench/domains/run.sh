@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# What quiet domains cost: one herald serves DOMAINS apps (one regex domain stanza, provider-token auth against the
+# simulator). Measures herald's CPU (utime+stime from /proc) over SECONDS while nothing is sent, first before any
+# domain saw traffic (the reference: the process alone), then after one notification went to each domain, all were
+# delivered and every connection closed on its idle timeout. Each domain's queue task and pool stay in memory
+# afterwards; the second figure is what they cost while quiet.
+#
+# Usage: bench/domains/run.sh [DOMAINS] [SECONDS] [HERALD]   (defaults 1000, 20, a release build of this tree)
+# Needs: python3, curl. Prints a Markdown table row (also target/bench-domains.md).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DOMAINS=${1:-1000}
+SECONDS_QUIET=${2:-20}
+if [ -n "${3:-}" ]; then
+  HERALD=$(realpath "$3")
+else
+  cargo build --release -p herald >&2
+  HERALD=$PWD/target/release/herald
+fi
+WORK=$(mktemp -d)
+SIM_PID= SERVE_PID=
+trap 'kill $SERVE_PID $SIM_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+"$HERALD" sim pki "$WORK/pki" --topic com.example.bench >/dev/null
+. "$PWD/bench/lib.sh"
+sim_up
+H2=$(j "$WORK/addrs" '["h2"]')
+ADMIN=$(j "$WORK/addrs" '["admin"]')
+cat > "$WORK/bench.conf" <<CONF
+spool_dir = "$WORK/spool"
+http_listener { listen "127.0.0.1:0" { api_key = "bench" http_services = ( push metrics ) } }
+domain "/^app[0-9]+\\.bench\$/" {
+$(token_auth_options "$WORK/pki" "$H2" com.example.bench)
+  idle_timeout = 1
+}
+CONF
+"$HERALD" serve -c "$WORK/bench.conf" > "$WORK/serve.json" 2> "$WORK/serve.log" &
+SERVE_PID=$!
+for _ in $(seq 200); do [ -s "$WORK/serve.json" ] && break; sleep 0.05; done
+HTTP=$(j "$WORK/serve.json" '["http"][0]')
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVE_PID/stat"; }
+# quiet_cpu: herald's CPU over SECONDS_QUIET, in percent of one core.
+quiet_cpu() {
+  local t0 t1 hz
+  hz=$(getconf CLK_TCK)
+  t0=$(cpu_ticks)
+  sleep "$SECONDS_QUIET"
+  t1=$(cpu_ticks)
+  python3 -c "print(round(100 * ($t1 - $t0) / $hz / $SECONDS_QUIET, 2))"
+}
+metric_sum() { curl -s -H "Authorization: Bearer bench" "http://$HTTP/metrics" | awk -v m="$1" '$1 ~ "^"m {s += $2} END {print s + 0}'; }
+
+sleep 2
+before=$(quiet_cpu)
+python3 - "$HTTP" "$DOMAINS" <<'PY'
+import sys, urllib.request
+http, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    body = ('{"domain":"app%d.bench","tokens":["%064x"],"payload":{"aps":{"alert":"x"}}}' % (i, i)).encode()
+    req = urllib.request.Request(f"http://{http}/api/v1/push", data=body,
+                                 headers={"Authorization": "Bearer bench", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 202, r.status
+PY
+while [ "$(accepted)" -lt "$DOMAINS" ]; do sleep 0.2; done
+while [ "$(metric_sum herald_connections_open)" != 0 ]; do sleep 0.2; done
+sleep 2
+after=$(quiet_cpu)
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status")
+
+OUT=target/bench-domains.md
+mkdir -p target
+{
+  echo "| herald | quiet, no domain used (% of a core) | quiet, $DOMAINS domains used (% of a core) | RSS after (KiB) |"
+  echo "|---|---|---|---|"
+  echo "| $("$HERALD" --version) | $before | $after | $rss |"
+} | tee "$OUT"
