@@ -2,7 +2,7 @@
 //! (fields separated by NUL bytes): an APNs error body (`herald_apns::reason::parse_error_body`), a provider token as
 //! the simulator reads it from a client (`provider_token::decode_unverified`), a console command line
 //! (`herald::control::commands::parse`), a `POST /api/v1/broadcast` body (`herald::broadcasts::api::parse`), a
-//! channel id (`ChannelId::parse`) and a status id as `GET /api/v1/status/{id}` and the console's `status` read it
+//! channel id (`ChannelId::parse`) and a status id as `GET /api/v1/notifications/{id}` and the console's `status` read it
 //! (`herald::outcomes::parse_id`).
 //!
 //! Checks: nothing panics; a status id that parses prints back as given (ids are written in uppercase hex and
