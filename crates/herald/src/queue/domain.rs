@@ -38,6 +38,9 @@ const OLDEST_SCAN_EVERY: Duration = Duration::from_secs(1);
 const EVENT_BATCH: usize = 512;
 /// At most one transient-failure line per queue this often for failed connection attempts.
 const CONNECT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
+/// Slots a busy queue keeps however little it holds (see [`shrunk_capacity`]), so that one filled and emptied in
+/// every turn is not shrunk and grown again each time; a resting task keeps none.
+const BUSY_QUEUE_FLOOR: usize = 4096;
 
 /// What a domain's task is told.
 pub enum DomainEvent {
@@ -253,6 +256,7 @@ impl DomainTask {
                 // oldest notification still here) are those the task rests with.
                 self.on_tick();
                 self.scan_oldest();
+                self.give_back_memory(0);
                 settled = true;
                 self.stats.resting.store(true, Ordering::Relaxed);
             } else if busy && settled {
@@ -508,6 +512,19 @@ impl DomainTask {
         self.publish_sizes();
         if now >= self.next_oldest_scan {
             self.scan_oldest();
+        }
+        self.give_back_memory(BUSY_QUEUE_FLOOR);
+    }
+
+    /// Shrinks the active and delayed queues a burst or an outage left much larger than what they hold (to no less
+    /// than `floor` slots), so that a domain does not keep the memory of its largest backlog for the rest of the
+    /// process's life.
+    fn give_back_memory(&mut self, floor: usize) {
+        if let Some(c) = shrunk_capacity(self.active.len(), self.active.capacity(), floor) {
+            self.active.shrink_to(c);
+        }
+        if let Some(c) = shrunk_capacity(self.delayed.len(), self.delayed.capacity(), floor) {
+            self.delayed.shrink_to(c);
         }
     }
 
@@ -859,6 +876,14 @@ impl Attempt {
     }
 }
 
+/// The capacity a queue holding `len` items in `capacity` slots should shrink to, if it should: once it uses less
+/// than a quarter of them, to twice what it holds, but not below `floor`. A queue must lose half of what it held
+/// after a shrink before the next, and grows by doubling, so shrinking costs O(1) per item amortized.
+fn shrunk_capacity(len: usize, capacity: usize, floor: usize) -> Option<usize> {
+    let target = len.saturating_mul(2).max(floor);
+    (len < capacity / 4 && target < capacity).then_some(target)
+}
+
 /// Sleeps until `due` (a `None` never comes: the branch using it is disabled then).
 async fn sleep_until(due: Option<Instant>) {
     match due {
@@ -870,4 +895,49 @@ async fn sleep_until(due: Option<Instant>) {
 /// The text of an encoded `apns-id` ([`herald_apns::push::ApnsId::encode`]), without allocating.
 fn id_text(id: &Option<[u8; 36]>) -> Option<&str> {
     id.as_ref().and_then(|t| std::str::from_utf8(t).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_shrinks_only_once_it_uses_less_than_a_quarter_of_its_room() {
+        const F: usize = BUSY_QUEUE_FLOOR;
+        // A burst of a million left a million slots: once the queue is down to 10,000, it shrinks to 20,000.
+        assert_eq!(shrunk_capacity(10_000, 1 << 20, F), Some(20_000));
+        assert_eq!(shrunk_capacity(0, 1 << 20, F), Some(F));
+        // A queue a quarter full or more keeps its room, and a busy one keeps the floor.
+        assert_eq!(shrunk_capacity(300_000, 1 << 20, F), None);
+        assert_eq!(shrunk_capacity(0, F, F), None);
+        assert_eq!(shrunk_capacity(10, 2 * F, F), Some(F));
+        // At rest an empty queue gives back everything.
+        assert_eq!(shrunk_capacity(0, F, 0), Some(0));
+        assert_eq!(shrunk_capacity(0, 0, 0), None);
+        // After a shrink the queue must halve again before the next one.
+        let after = shrunk_capacity(10_000, 1 << 20, F).unwrap();
+        assert_eq!(shrunk_capacity(10_000, after, F), None);
+        assert_eq!(shrunk_capacity(4_999, after, F), Some(9_998));
+    }
+
+    #[test]
+    fn the_active_and_delayed_queues_take_the_shrunk_capacity() {
+        let mut active: VecDeque<u64> = (0..100_000).collect();
+        active.drain(..99_990);
+        let c = shrunk_capacity(active.len(), active.capacity(), 0).unwrap();
+        active.shrink_to(c);
+        assert!(active.capacity() < 1_000, "{}", active.capacity());
+        assert_eq!(
+            active.iter().copied().collect::<Vec<_>>(),
+            (99_990..100_000).collect::<Vec<_>>()
+        );
+        let mut delayed: BinaryHeap<Reverse<u64>> = (0..100_000).map(Reverse).collect();
+        while delayed.len() > 10 {
+            delayed.pop();
+        }
+        let c = shrunk_capacity(delayed.len(), delayed.capacity(), 0).unwrap();
+        delayed.shrink_to(c);
+        assert!(delayed.capacity() < 1_000, "{}", delayed.capacity());
+        assert_eq!(delayed.peek(), Some(&Reverse(99_990)));
+    }
 }
