@@ -584,7 +584,9 @@ fn outcomes_query(raw: &str) -> Result<(Filter, u64, usize), String> {
             "token" => filter.token_prefix = Some(value),
             "reason" => filter.reason = Some(value),
             "after" => after = whole_number("after", &value)?,
-            "limit" => limit = whole_number("limit", &value)?,
+            "limit" => {
+                limit = usize::try_from(whole_number("limit", &value)?).unwrap_or(usize::MAX)
+            }
             other => {
                 return Err(format!(
                     "unknown parameter {:?}; use domain, kind, token, reason, after and limit",
@@ -596,10 +598,13 @@ fn outcomes_query(raw: &str) -> Result<(Filter, u64, usize), String> {
     Ok((filter, after, limit))
 }
 
-fn whole_number<T: std::str::FromStr>(what: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{what}: {value:?} is not a whole number"))
+fn whole_number(what: &str, value: &str) -> Result<u64, String> {
+    value.parse().map_err(|_| {
+        format!(
+            "{what}: {value:?} is not a whole number from 0 to {}",
+            u64::MAX
+        )
+    })
 }
 
 /// The include tree of `path`: the files it includes (by `include` / `readonly_include`), recursively.
@@ -737,8 +742,18 @@ mod tests {
     #[test]
     fn the_outcomes_query_names_what_it_refuses() {
         for (query, error) in [
-            ("limit=null", "limit: \"null\" is not a whole number"),
-            ("after=-1", "after: \"-1\" is not a whole number"),
+            (
+                "limit=null",
+                "limit: \"null\" is not a whole number from 0 to 18446744073709551615",
+            ),
+            (
+                "after=-1",
+                "after: \"-1\" is not a whole number from 0 to 18446744073709551615",
+            ),
+            (
+                "after=18446744073709551616",
+                "after: \"18446744073709551616\" is not a whole number from 0 to 18446744073709551615",
+            ),
             (
                 "kind=failed",
                 "kind: \"failed\" is not one of delivered, transient, permanent",
