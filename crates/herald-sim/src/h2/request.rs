@@ -1,5 +1,8 @@
 //! Header validation of one HTTP/2 request, in the order listed in the [`crate::h2`] module documentation.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
 use http::{HeaderMap, Method};
@@ -8,11 +11,8 @@ use herald_apns::push::{PushType, parse_expiration, validate_apns_id, validate_c
 use herald_apns::reason::Reason;
 use herald_apns::token_hex::{apns_length_ok, validate_hex};
 
-use super::auth::{CertAuth, TokenAuth, topic_base, topic_syntax_ok};
-use std::sync::Arc;
-use std::time::Duration;
-
 use super::KeyRing;
+use super::auth::{CertAuth, TokenAuth, topic_base, topic_syntax_ok};
 use crate::config::{AuthPolicy, Environment};
 use crate::registry::TokenRegistry;
 use crate::scenario::TokenState;
