@@ -1,5 +1,5 @@
-# Shell helpers the benchmark scripts source: JSON field reading, the simulator's accepted count, and the lines of
-# a domain stanza that deliver to the simulator with a test PKI's provider key.
+# Shell helpers the benchmark scripts source: JSON field reading, the simulator's accepted count, CPU ticks of processes,
+# and the lines of a domain stanza that deliver to the simulator with a test PKI's provider key.
 
 # j FILE EXPR: prints the JSON value at EXPR (a Python subscript such as '["admin"]') of FILE (/dev/stdin allowed).
 j() { python3 -c 'import json,sys;d=json.load(open(sys.argv[1]));print(eval("d"+sys.argv[2]))' "$@"; }
@@ -30,4 +30,13 @@ sim_up() {
   "$HERALD" sim --pki "$WORK/pki" "$@" > "$WORK/addrs" 2> "$WORK/sim.log" &
   SIM_PID=$!
   for _ in $(seq 200); do [ -s "$WORK/addrs" ] && break; sleep 0.05; done
+}
+
+# cpu_ticks PID...: user + system CPU ticks of the processes so far (getconf CLK_TCK of them make a second).
+cpu_ticks() {
+  local total=0 p
+  for p in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
 }

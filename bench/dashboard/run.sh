@@ -40,7 +40,6 @@ CONF
 "$HERALD" serve -c "$WORK/herald.conf" > "$WORK/herald.addrs" 2> "$WORK/herald.log" &
 HERALD_PID=$!; PIDS+=("$HERALD_PID")
 # herald's CPU time so far, in clock ticks (utime + stime).
-cpu() { awk '{print $14 + $15}' "/proc/$HERALD_PID/stat"; }
 TCK=$(getconf CLK_TCK)
 for _ in $(seq 600); do [ -s "$WORK/herald.addrs" ] && break; sleep 0.05; done
 HTTP=$(j "$WORK/herald.addrs" '["http"][0]')
@@ -48,7 +47,7 @@ HTTP=$(j "$WORK/herald.addrs" '["http"][0]')
 # One round: N distinct tokens through REST; prints the rate, N / (first post .. the simulator accepted all of
 # them), and herald's CPU microseconds per notification over the round.
 round() {
-  local base c0 c1; base=$(accepted); c0=$(cpu)
+  local base c0 c1; base=$(accepted); c0=$(cpu_ticks "$HERALD_PID")
   python3 -c "
 import sys
 for i in range(int(sys.argv[1])): print('%064x' % (int(sys.argv[2]) + i))" "$N" "$1" > "$WORK/tokens.csv"
@@ -56,7 +55,7 @@ for i in range(int(sys.argv[1])): print('%064x' % (int(sys.argv[2]) + i))" "$N" 
   HERALD_API_KEY=$KEY "$HERALD" send --url "http://$HTTP" --domain dash.example \
     --file "$WORK/tokens.csv" --payload '{"aps":{"alert":"dash"}}' --batch 1000 --parallel 8 > /dev/null
   while [ "$(accepted)" -lt $((base + N)) ]; do sleep 0.02; done
-  t1=$(date +%s.%N); c1=$(cpu)
+  t1=$(date +%s.%N); c1=$(cpu_ticks "$HERALD_PID")
   awk -v n="$N" -v a="$t0" -v b="$t1" -v c="$((c1 - c0))" -v hz="$TCK" 'BEGIN{printf "%.0f/%.2f", n/(b-a), c*1e6/hz/n}'
 }
 

@@ -40,14 +40,13 @@ SERVE_PID=$!
 for _ in $(seq 200); do [ -s "$WORK/serve.json" ] && break; sleep 0.05; done
 HTTP=$(j "$WORK/serve.json" '["http"][0]')
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVE_PID/stat"; }
 # quiet_cpu: herald's CPU over SECONDS_QUIET, in percent of one core.
 quiet_cpu() {
   local t0 t1 hz
   hz=$(getconf CLK_TCK)
-  t0=$(cpu_ticks)
+  t0=$(cpu_ticks "$SERVE_PID")
   sleep "$SECONDS_QUIET"
-  t1=$(cpu_ticks)
+  t1=$(cpu_ticks "$SERVE_PID")
   python3 -c "print(round(100 * ($t1 - $t0) / $hz / $SECONDS_QUIET, 2))"
 }
 metric_sum() { curl -s -H "Authorization: Bearer bench" "http://$HTTP/metrics" | awk -v m="$1" '$1 ~ "^"m {s += $2} END {print s + 0}'; }

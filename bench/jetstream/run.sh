@@ -37,14 +37,6 @@ start_sim() {
 }
 start_sim
 
-# cpu_ticks PID...: user + system CPU ticks of the processes so far.
-cpu_ticks() {
-  local total=0 p
-  for p in "$@"; do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
 
 # nats_up NAME [ARGS…]: starts a nats-server with JetStream under $WORK/NAME; prints "PID PORT MONITOR-PORT".
 nats_up() {
