@@ -571,6 +571,13 @@ option_table! {
         GLOBAL,
         "Notifications herald holds in memory at once (queued, retrying or in flight); while it is full, listeners refuse new ones (REST `503` with `retry-after`, ESMTP `452 4.3.1`) instead of growing; read at start; a herald addition.",
     ),
+    IdleQueueTimeout => opt(
+        "idle_queue_timeout",
+        Kind::Seconds,
+        Some("600"),
+        GLOBAL,
+        "Seconds a domain's queue that holds nothing and has no connection keeps its task and connection pool; then they are let go (its counters stay, and its next notification starts them again); 0 keeps them for the process's life; read at start; a herald addition.",
+    ),
     // --- listeners (docs/momentum-compat.md#mcmt-reception, docs/momentum-compat.md#rest-injector,
     // docs/momentum-compat.md#fallback) ---
     Enable => opt(
@@ -1315,6 +1322,9 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         "max_notifications_per_message" => "the ESMTP listener",
         "max_resident_notifications" => {
             "intake (REST and ESMTP refuse new work while the resident queue is full)"
+        }
+        "idle_queue_timeout" => {
+            "the delivery queues (how long an idle domain keeps its task and pool)"
         }
         "log_format" => "`herald serve`: the format of its standard-error diagnostics",
         "file_mode" | "control_password" => "the control listener",

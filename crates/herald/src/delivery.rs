@@ -358,6 +358,13 @@ impl SettingsResolver for ConfigResolver {
             .cloned()
     }
 
+    fn forget(&self, binding: &str, domain: &str) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state
+            .settings
+            .remove(&(binding.to_owned(), domain.to_owned()));
+    }
+
     /// The settings of (binding, domain) under the configuration in force, built on first use. Refusals are not
     /// kept: an unknown domain costs a lookup each time, and cannot fill the cache.
     fn resolve_binding(

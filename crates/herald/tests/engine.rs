@@ -130,12 +130,20 @@ impl Harness {
     }
 
     fn engine(&self, settings: DeliverySettings) -> (Engine, Arc<MemoryInvalidTokens>) {
+        self.engine_with(settings, EngineLimits::default())
+    }
+
+    fn engine_with(
+        &self,
+        settings: DeliverySettings,
+        limits: EngineLimits,
+    ) -> (Engine, Arc<MemoryInvalidTokens>) {
         let invalid = Arc::new(MemoryInvalidTokens::default());
         let engine = Engine::new(
             Arc::new(StaticResolver::default().with(settings)),
             self.logs.clone(),
             invalid.clone(),
-            EngineLimits::default(),
+            limits,
         );
         (engine, invalid)
     }
@@ -824,4 +832,131 @@ async fn a_resting_domain_wakes_for_its_next_retry() {
         assert!(Instant::now() < deadline, "the retry was never attempted");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until `engine` runs no queue: the domain's queue retired (its task and pool let go).
+async fn wait_retired(engine: &Engine) {
+    let deadline = Instant::now() + WAIT;
+    while !engine.queues().is_empty() {
+        assert!(Instant::now() < deadline, "the idle queue never retired");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A queue with nothing queued and no connection for `idle_queue_timeout` lets its task and pool go, so that a
+/// process serving many apps does not keep one per app used once; its counters stay (totals never go back), a
+/// console action on it answers as for an empty queue, and its next notification starts it again with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_queue_retires_and_its_next_notification_starts_it_with_its_counters() {
+    let h = Harness::start(|_| {}).await;
+    let mut settings = h.h2_token();
+    settings.idle_timeout = Some(Duration::from_millis(100));
+    let limits = EngineLimits {
+        idle_queue_timeout: Some(Duration::from_millis(200)),
+        ..EngineLimits::default()
+    };
+    let (engine, _) = h.engine_with(settings, limits);
+    let tokens: Vec<String> = (0..20).map(token).collect();
+    submit(&engine, &tokens).await;
+    wait_finished(&engine, 20).await;
+    assert_eq!(engine.queues().len(), 1);
+    wait_retired(&engine).await;
+    let stats = engine
+        .stats(DOMAIN)
+        .expect("a retired queue keeps its counters");
+    assert_eq!(stats.retired.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.delivered.load(Ordering::Relaxed), 20);
+    assert_eq!(stats.received.load(Ordering::Relaxed), 20);
+    assert_eq!(stats.connections.load(Ordering::Relaxed), 0);
+    // The console's view of a retired queue: known, and empty.
+    assert_eq!(
+        engine.showqueue(DOMAIN, 10, 0).await.map(|q| q.len()),
+        Some(0)
+    );
+    assert_eq!(engine.fail_domain(DOMAIN, "test").await, Some(0));
+    assert!(engine.flush(DOMAIN));
+    assert_eq!(
+        engine
+            .showqueue("other.example", 10, 0)
+            .await
+            .map(|q| q.len()),
+        None
+    );
+    // A pause set while it is retired holds the queue that starts again.
+    assert!(engine.set_paused(DOMAIN, true));
+    submit(&engine, &[token(100)]).await;
+    assert_eq!(engine.queues().len(), 1);
+    assert_eq!(
+        engine.showqueue(DOMAIN, 10, 0).await.map(|q| q.len()),
+        Some(1)
+    );
+    assert!(engine.set_paused(DOMAIN, false));
+    wait_finished(&engine, 21).await;
+    let again = engine.stats(DOMAIN).unwrap();
+    assert!(
+        Arc::ptr_eq(&stats, &again),
+        "the new task counts on the same counters"
+    );
+    assert_eq!(again.received.load(Ordering::Relaxed), 21);
+    let counts = settled_record_counts(&h.sim, 21).await;
+    assert_eq!(counts.len(), 21);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    wait_retired(&engine).await;
+    assert_eq!(stats.retired.load(Ordering::Relaxed), 2);
+}
+
+/// Notifications submitted while their queue retires are neither lost nor sent twice: submitters hand them over
+/// under the lock the queue retires under, and a queue retires only with an empty channel. Each round waits for the
+/// queue to rest, then submits around the moment it retires (`idle_queue_timeout` of 2 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_submitted_as_their_queue_retires_are_neither_lost_nor_sent_twice() {
+    let h = Harness::start(|_| {}).await;
+    let mut settings = h.h2_token();
+    settings.idle_timeout = Some(Duration::from_millis(20));
+    let limits = EngineLimits {
+        idle_queue_timeout: Some(Duration::from_millis(2)),
+        ..EngineLimits::default()
+    };
+    let (engine, _) = h.engine_with(settings, limits);
+    let engine = Arc::new(engine);
+    const ROUNDS: usize = 30;
+    const SUBMITTERS: usize = 4;
+    let mut sent = 0;
+    for round in 0..ROUNDS {
+        if round > 0 {
+            wait_finished(&engine, sent as u64).await;
+            let stats = engine.stats(DOMAIN).unwrap();
+            let deadline = Instant::now() + WAIT;
+            while !(stats.resting.load(Ordering::Relaxed) || engine.queues().is_empty()) {
+                assert!(Instant::now() < deadline, "the queue never came to rest");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let mut submitters = Vec::new();
+        for k in 0..SUBMITTERS {
+            let engine = engine.clone();
+            let t = token(round * SUBMITTERS + k);
+            submitters.push(tokio::spawn(async move {
+                // Spread over the few milliseconds around the retirement.
+                tokio::time::sleep(Duration::from_micros(
+                    ((round * 7 + k * 13) % 40) as u64 * 100,
+                ))
+                .await;
+                submit(&engine, &[t]).await;
+            }));
+        }
+        for s in submitters {
+            s.await.unwrap();
+        }
+        sent += SUBMITTERS;
+    }
+    wait_finished(&engine, sent as u64).await;
+    let counts = settled_record_counts(&h.sim, sent).await;
+    assert_eq!(counts.len(), sent, "every notification delivered");
+    assert!(counts.values().all(|&n| n == 1), "none twice: {counts:?}");
+    let stats = engine.stats(DOMAIN).unwrap();
+    assert_eq!(stats.received.load(Ordering::Relaxed), sent as u64);
+    assert_eq!(stats.delivered.load(Ordering::Relaxed), sent as u64);
+    wait_retired(&engine).await;
+    assert!(stats.retired.load(Ordering::Relaxed) >= 1);
 }

@@ -247,6 +247,8 @@ impl DomainTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Whether the last look was taken since the task had nothing more to look after (see `Self::busy`).
         let mut settled = false;
+        // When the task came to rest: with nothing delayed either, it retires `idle_queue_timeout` later.
+        let mut rest_since = Instant::now();
         loop {
             self.dispatch();
             self.report_finished();
@@ -258,12 +260,18 @@ impl DomainTask {
                 self.scan_oldest();
                 self.give_back_memory(0);
                 settled = true;
+                rest_since = Instant::now();
                 self.stats.resting.store(true, Ordering::Relaxed);
             } else if busy && settled {
                 settled = false;
                 self.stats.resting.store(false, Ordering::Relaxed);
             }
             let next_retry = self.delayed.peek().map(|Reverse(d)| d.due);
+            let retire_at = self
+                .shared
+                .idle_queue_timeout()
+                .filter(|_| settled && self.delayed.is_empty())
+                .map(|after| rest_since + after);
             tokio::select! {
                 event = self.events.recv() => {
                     let Some(event) = event else { break };
@@ -278,6 +286,13 @@ impl DomainTask {
                 _ = tick.tick(), if busy => self.on_tick(),
                 // At rest, only the first delayed notification's retry time wakes the task.
                 _ = sleep_until(next_retry), if !busy && next_retry.is_some() => self.on_tick(),
+                // Idle for `idle_queue_timeout`: the task and its pool go, unless something came meanwhile.
+                _ = sleep_until(retire_at), if retire_at.is_some() => {
+                    if self.shared.retire(&self.settings.binding, &self.settings.domain, &self.events) {
+                        break;
+                    }
+                    rest_since = Instant::now();
+                }
             }
         }
         self.report_finished();

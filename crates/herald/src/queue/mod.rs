@@ -4,6 +4,11 @@
 //! the [`DeliverySettings`] of that (binding, domain) the first time: each has its own queue and connection pool.
 //! Console commands and counters that name a domain cover every binding it is delivered from. A semaphore bounds the notifications held in memory, so a slow or dead
 //! APNs makes submitters wait instead of growing memory without limit.
+//!
+//! A queue that has held nothing and had no connection for `idle_queue_timeout` lets its task and pool go
+//! ([`EngineShared::retire`]); its counters stay, and its next notification starts a new task with them. Every
+//! notification is handed to a queue's channel under the engine's lock, so a queue that retires under the same lock
+//! with an empty channel cannot leave a notification behind.
 
 pub mod domain;
 pub mod stats;
@@ -84,6 +89,10 @@ pub trait SettingsResolver: Send + Sync + 'static {
     fn cached(&self, _binding: &str, _domain: &str) -> Option<Arc<DeliverySettings>> {
         None
     }
+
+    /// Drops what was kept to answer [`cached`](SettingsResolver::cached) for (binding, domain): its queue
+    /// retired, and the settings are built again if it starts again.
+    fn forget(&self, _binding: &str, _domain: &str) {}
 
     /// Every binding notifications may name (`default` first).
     fn bindings(&self) -> Vec<String> {
@@ -182,6 +191,11 @@ pub struct EngineShared {
     listener: OnceLock<Arc<dyn OutcomeListener>>,
     /// Delivery is held (`apn { enabled = false }`): notifications are accepted and queued, not sent.
     held: std::sync::atomic::AtomicBool,
+    resolver: Arc<dyn SettingsResolver>,
+    /// One queue per (domain, binding); a retired queue keeps its counters here.
+    queues: Mutex<HashMap<QueueKey, DomainHandle>>,
+    /// How long a queue rests with nothing queued before it retires (`None`: never).
+    idle_queue_timeout: Option<std::time::Duration>,
 }
 
 impl EngineShared {
@@ -232,10 +246,48 @@ impl EngineShared {
     pub(crate) fn listener(&self) -> Option<&Arc<dyn OutcomeListener>> {
         self.listener.get()
     }
+
+    /// How long a queue may rest with nothing queued before it retires (`idle_queue_timeout`; `None`: never).
+    pub(crate) fn idle_queue_timeout(&self) -> Option<std::time::Duration> {
+        self.idle_queue_timeout
+    }
+
+    /// Retires the queue of (`binding`, `domain`) whose task holds `events`: true when it is no longer reachable
+    /// (the task may end), false when notifications or commands wait in its channel (it goes on). Notifications
+    /// are handed over under the same lock ([`Engine::hand_over`]), so none can arrive once this returns true.
+    pub(crate) fn retire(
+        &self,
+        binding: &Arc<str>,
+        domain: &Arc<str>,
+        events: &mpsc::UnboundedReceiver<DomainEvent>,
+    ) -> bool {
+        let key = QueueKey {
+            domain: domain.clone(),
+            binding: binding.clone(),
+        };
+        {
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            if !events.is_empty() {
+                return false;
+            }
+            if let Some(handle) = queues.get_mut(&key) {
+                handle.sender = None;
+                handle
+                    .stats
+                    .retired
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.resolver.forget(binding, domain);
+        tracing::debug!(%domain, %binding, "idle queue retired");
+        true
+    }
 }
 
+/// A queue in the engine's map: its channel while its task runs, and its counters, which outlive the task.
 struct DomainHandle {
-    sender: DomainSender,
+    /// `None` once the queue retired (see [`EngineShared::retire`]).
+    sender: Option<DomainSender>,
     stats: Arc<DomainStats>,
 }
 
@@ -252,25 +304,39 @@ struct QueueKey {
 pub struct EngineLimits {
     /// Most notifications held in memory at once.
     pub max_resident: usize,
+    /// How long a queue with nothing queued and no connection keeps its task and pool (`None`: for good).
+    pub idle_queue_timeout: Option<std::time::Duration>,
 }
+
+/// Default `idle_queue_timeout`.
+pub const DEFAULT_IDLE_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Default `max_resident_notifications`.
 pub const DEFAULT_MAX_RESIDENT: usize = 1_000_000;
 
 impl EngineLimits {
-    /// The limits `config` sets (`max_resident_notifications`).
+    /// The limits `config` sets (`max_resident_notifications`, `idle_queue_timeout`).
     pub fn from_config(config: &herald_conf::Config) -> Self {
+        let global = herald_conf::ScopePath::global();
         let max_resident = config
-            .eval_opt(
-                &herald_conf::ScopePath::global(),
-                herald_conf::Opt::MaxResidentNotifications,
-            )
+            .eval_opt(&global, herald_conf::Opt::MaxResidentNotifications)
             .ok()
             .and_then(|v| v.as_int())
             .and_then(|n| usize::try_from(n).ok())
             .filter(|n| *n > 0)
             .unwrap_or(DEFAULT_MAX_RESIDENT);
-        EngineLimits { max_resident }
+        let idle_queue_timeout = config
+            .eval_opt(&global, herald_conf::Opt::IdleQueueTimeout)
+            .ok()
+            .and_then(|v| v.as_int())
+            .and_then(|n| u64::try_from(n).ok())
+            .map_or(Some(DEFAULT_IDLE_QUEUE_TIMEOUT), |secs| {
+                (secs > 0).then_some(std::time::Duration::from_secs(secs))
+            });
+        EngineLimits {
+            max_resident,
+            idle_queue_timeout,
+        }
     }
 }
 
@@ -278,6 +344,7 @@ impl Default for EngineLimits {
     fn default() -> Self {
         EngineLimits {
             max_resident: DEFAULT_MAX_RESIDENT,
+            idle_queue_timeout: Some(DEFAULT_IDLE_QUEUE_TIMEOUT),
         }
     }
 }
@@ -290,9 +357,14 @@ pub struct Reservation(Option<tokio::sync::OwnedSemaphorePermit>);
 pub struct Engine {
     max_resident: usize,
     shared: Arc<EngineShared>,
-    resolver: Arc<dyn SettingsResolver>,
-    /// One queue per (domain, binding).
-    domains: Mutex<HashMap<QueueKey, DomainHandle>>,
+}
+
+/// What [`Engine::send_to_queue`] did with an event.
+enum Handed {
+    /// Sent to the queue's task (or refused: the task is gone because the runtime shuts down).
+    Done(Result<(), SubmitError>),
+    /// No task runs for the queue: the event comes back.
+    NoQueue(DomainEvent),
 }
 
 impl Engine {
@@ -314,9 +386,10 @@ impl Engine {
                 observer: OnceLock::new(),
                 listener: OnceLock::new(),
                 held: std::sync::atomic::AtomicBool::new(false),
+                resolver,
+                queues: Mutex::new(HashMap::new()),
+                idle_queue_timeout: limits.idle_queue_timeout,
             }),
-            resolver,
-            domains: Mutex::new(HashMap::new()),
         }
     }
 
@@ -434,92 +507,96 @@ impl Engine {
         if let Some(l) = self.shared.listener.get() {
             l.queued(&item.notification, item.retries);
         }
-        let sent = self
-            .domain_sender(&item.notification.domain, &item.notification.binding)
-            .await
-            .and_then(|sender| {
-                let event = match delay {
-                    Some(d) => DomainEvent::EnqueueDelayed(item, d),
-                    None => DomainEvent::Enqueue(item),
-                };
-                sender.0.send(event).map_err(|_| SubmitError::ShuttingDown)
-            });
+        let key = QueueKey {
+            domain: item.notification.domain.clone(),
+            binding: item.notification.binding.clone(),
+        };
+        let event = match delay {
+            Some(d) => DomainEvent::EnqueueDelayed(item, d),
+            None => DomainEvent::Enqueue(item),
+        };
+        let sent = match self.send_to_queue(&key, event) {
+            Handed::Done(sent) => sent,
+            Handed::NoQueue(event) => self.start_queue(key, event).await,
+        };
         if sent.is_err() {
             self.shared.resident.add_permits(1);
         }
         sent
     }
 
-    /// The queue of (binding, domain), started on first use. The engine-wide lock is held only to look the queue
-    /// up and to insert it: a first notification's settings (which may read credential files, parse a PKCS#12
-    /// identity and sign a provider token) are resolved outside it, on a blocking thread, so other submitters
-    /// and the async threads do not wait for them.
-    async fn domain_sender(
-        &self,
-        domain: &Arc<str>,
-        binding: &Arc<str>,
-    ) -> Result<DomainSender, SubmitError> {
-        let key = QueueKey {
-            domain: domain.clone(),
-            binding: binding.clone(),
-        };
-        if let Some(sender) = self.existing_sender(&key) {
-            return Ok(sender);
-        }
-        let settings = resolve_blocking(self.resolver.clone(), binding.clone(), domain.clone())
-            .await?
-            .map_err(|reason| SubmitError::Unroutable {
-                domain: domain.to_string(),
-                reason,
-            })?;
-        let mut domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
-        // Another submitter may have started the queue meanwhile: use it.
-        if let Some(handle) = domains.get(&key) {
-            handle
-                .stats
-                .received
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(handle.sender.clone());
-        }
-        tracing::debug!(
-            %domain, %binding, binding_group = %settings.binding_group, endpoint = %settings.endpoint,
-            bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
-            "queue started"
-        );
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sender = DomainSender(tx);
-        let stats = Arc::new(DomainStats::default());
-        stats
-            .received
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let task = DomainTask::new(
-            settings,
-            sender.clone(),
-            rx,
-            self.shared.clone(),
-            stats.clone(),
-        );
-        tokio::spawn(task.run());
-        domains.insert(
-            key,
-            DomainHandle {
-                sender: sender.clone(),
+    /// Sends `event` to the running queue of `key` (counting the notification it carries), under the engine-wide
+    /// lock: a queue retires under the same lock, so it cannot retire between this look and the send.
+    fn send_to_queue(&self, key: &QueueKey, event: DomainEvent) -> Handed {
+        let queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        match queues.get(key) {
+            Some(DomainHandle {
+                sender: Some(sender),
                 stats,
-            },
-        );
-        Ok(sender)
+            }) => {
+                stats
+                    .received
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Handed::Done(sender.0.send(event).map_err(|_| SubmitError::ShuttingDown))
+            }
+            _ => Handed::NoQueue(event),
+        }
     }
 
-    /// The queue of `key` if it is running (counting the notification it is about to receive).
-    fn existing_sender(&self, key: &QueueKey) -> Option<DomainSender> {
-        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
-        domains.get(key).map(|handle| {
-            handle
-                .stats
-                .received
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            handle.sender.clone()
-        })
+    /// Starts the queue of `key` and sends it `event` (or sends it to the queue another submitter started
+    /// meanwhile). The engine-wide lock is held only to look the queue up and to insert it: a first
+    /// notification's settings (which may read credential files, parse a PKCS#12 identity and sign a provider
+    /// token) are resolved outside it, on a blocking thread, so other submitters and the async threads do not
+    /// wait for them. A retired queue starts again with its counters.
+    async fn start_queue(&self, key: QueueKey, event: DomainEvent) -> Result<(), SubmitError> {
+        let settings = resolve_blocking(
+            self.shared.resolver.clone(),
+            key.binding.clone(),
+            key.domain.clone(),
+        )
+        .await?
+        .map_err(|reason| SubmitError::Unroutable {
+            domain: key.domain.to_string(),
+            reason,
+        })?;
+        let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let handle = queues.entry(key).or_insert_with(|| DomainHandle {
+            sender: None,
+            stats: Arc::new(DomainStats::default()),
+        });
+        handle
+            .stats
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Another submitter may have started the queue meanwhile: use it.
+        let sender = match &handle.sender {
+            Some(sender) => sender.clone(),
+            None => {
+                tracing::debug!(
+                    domain = %settings.domain, binding = %settings.binding,
+                    binding_group = %settings.binding_group, endpoint = %settings.endpoint,
+                    bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
+                    "queue started"
+                );
+                let (tx, rx) = mpsc::unbounded_channel();
+                let sender = DomainSender(tx);
+                handle
+                    .stats
+                    .resting
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                let task = DomainTask::new(
+                    settings,
+                    sender.clone(),
+                    rx,
+                    self.shared.clone(),
+                    handle.stats.clone(),
+                );
+                tokio::spawn(task.run());
+                handle.sender = Some(sender.clone());
+                sender
+            }
+        };
+        sender.0.send(event).map_err(|_| SubmitError::ShuttingDown)
     }
 
     /// Counters of one domain (over every binding it is delivered from), if it has seen traffic.
@@ -532,7 +609,7 @@ impl Engine {
 
     /// Counters of one domain delivered from one binding, if that queue has seen traffic.
     pub fn binding_stats(&self, binding: &str, domain: &str) -> Option<Arc<DomainStats>> {
-        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         domains
             .iter()
             .find(|(k, _)| &*k.domain == domain && &*k.binding == binding)
@@ -542,7 +619,7 @@ impl Engine {
     /// Every domain that has seen traffic, with its counters. A domain delivered from several bindings has one
     /// queue per binding: its counters here are their sum at the time of the call.
     pub fn all_stats(&self) -> Vec<(Arc<str>, Arc<DomainStats>)> {
-        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         let mut by_domain: std::collections::BTreeMap<Arc<str>, Vec<Arc<DomainStats>>> =
             std::collections::BTreeMap::new();
         for (k, h) in domains.iter() {
@@ -564,12 +641,14 @@ impl Engine {
             .collect()
     }
 
-    /// Every queue as (binding, domain), sorted.
+    /// Every running queue as (binding, domain), sorted (not those retired for idleness: see
+    /// [`EngineShared::retire`]).
     pub fn queues(&self) -> Vec<(Arc<str>, Arc<str>)> {
-        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+        let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         let mut keys: Vec<(Arc<str>, Arc<str>)> = domains
-            .keys()
-            .map(|k| (k.binding.clone(), k.domain.clone()))
+            .iter()
+            .filter(|(_, h)| h.sender.is_some())
+            .map(|(k, _)| (k.binding.clone(), k.domain.clone()))
             .collect();
         keys.sort();
         keys
@@ -584,52 +663,58 @@ impl Engine {
         }
     }
 
-    /// Makes every delayed notification of `domain` (from every binding) due now.
+    /// Makes every delayed notification of `domain` (from every binding) due now. False when the domain has no
+    /// queue (a retired one has nothing delayed).
     pub fn flush(&self, domain: &str) -> bool {
-        let senders = self.senders(Some(domain));
-        let mut any = false;
+        let Some(senders) = self.senders(Some(domain)) else {
+            return false;
+        };
         for s in senders {
-            any |= s.0.send(DomainEvent::Flush).is_ok();
+            let _ = s.0.send(DomainEvent::Flush);
+        }
+        true
+    }
+
+    /// Pauses (`true`) or resumes delivery to `domain` from every binding: a paused queue keeps accepting and
+    /// holds what it has; a retired one is paused when it starts again. False when the domain has no queue.
+    /// The mark is set under the engine-wide lock, so that a queue retiring meanwhile keeps it.
+    pub fn set_paused(&self, domain: &str, paused: bool) -> bool {
+        let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut any = false;
+        for (_, h) in domains.iter().filter(|(k, _)| &*k.domain == domain) {
+            any = true;
+            h.stats
+                .paused
+                .store(paused, std::sync::atomic::Ordering::Relaxed);
+            if let Some(sender) = &h.sender {
+                let _ = sender.0.send(DomainEvent::Wake);
+            }
         }
         any
     }
 
-    /// Pauses (`true`) or resumes delivery to `domain` from every binding: a paused queue keeps accepting and
-    /// holds what it has. False when the domain has no queue.
-    pub fn set_paused(&self, domain: &str, paused: bool) -> bool {
-        let queues: Vec<(Arc<DomainStats>, DomainSender)> = {
-            let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
-            domains
-                .iter()
-                .filter(|(k, _)| &*k.domain == domain)
-                .map(|(_, h)| (h.stats.clone(), h.sender.clone()))
-                .collect()
-        };
-        for (stats, sender) in &queues {
-            stats
-                .paused
-                .store(paused, std::sync::atomic::Ordering::Relaxed);
-            let _ = sender.0.send(DomainEvent::Wake);
-        }
-        !queues.is_empty()
-    }
-
-    /// The queues of `domain` (one per binding it is delivered from), or of every domain.
-    fn senders(&self, domain: Option<&str>) -> Vec<DomainSender> {
+    /// The running queues of `domain` (one per binding it is delivered from), or of every domain; `None` when
+    /// the domain has no queue, running or retired.
+    fn senders(&self, domain: Option<&str>) -> Option<Vec<DomainSender>> {
         self.senders_of(None, domain)
     }
 
     /// [`Engine::senders`], of one binding only when `binding` is given.
-    fn senders_of(&self, binding: Option<&str>, domain: Option<&str>) -> Vec<DomainSender> {
-        let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+    fn senders_of(&self, binding: Option<&str>, domain: Option<&str>) -> Option<Vec<DomainSender>> {
+        let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = false;
         let mut keyed: Vec<(&QueueKey, DomainSender)> = domains
             .iter()
             .filter(|(k, _)| domain.is_none_or(|d| &*k.domain == d))
             .filter(|(k, _)| binding.is_none_or(|b| &*k.binding == b))
-            .map(|(k, h)| (k, h.sender.clone()))
+            .inspect(|_| known = true)
+            .filter_map(|(k, h)| Some((k, h.sender.clone()?)))
             .collect();
+        if !known && domain.is_some() {
+            return None;
+        }
         keyed.sort_by(|a, b| a.0.cmp(b.0));
-        keyed.into_iter().map(|(_, s)| s).collect()
+        Some(keyed.into_iter().map(|(_, s)| s).collect())
     }
 
     /// Queued notifications of `domain` (active first, then delayed by due time; binding after binding, by name),
@@ -651,10 +736,7 @@ impl Engine {
         limit: usize,
         offset: usize,
     ) -> Option<Vec<QueueEntry>> {
-        let senders = self.senders_of(binding, Some(domain));
-        if senders.is_empty() {
-            return None;
-        }
+        let senders = self.senders_of(binding, Some(domain))?;
         let mut all = Vec::new();
         for sender in senders {
             let (reply, rx) = tokio::sync::oneshot::channel();
@@ -682,10 +764,7 @@ impl Engine {
 
     /// Fails every queued notification of `domain` (from every binding) that is not on the wire; returns how many.
     pub async fn fail_domain(&self, domain: &str, reason: &str) -> Option<usize> {
-        let senders = self.senders(Some(domain));
-        if senders.is_empty() {
-            return None;
-        }
+        let senders = self.senders(Some(domain))?;
         let mut total = 0;
         for sender in senders {
             let (reply, rx) = tokio::sync::oneshot::channel();
@@ -706,7 +785,7 @@ impl Engine {
 
     /// Finds a queued notification by id in any domain and applies `action` (`message details|retry|fail`).
     pub async fn message(&self, id: &str, action: MessageAction) -> Option<QueueEntry> {
-        for sender in self.senders(None) {
+        for sender in self.senders(None).unwrap_or_default() {
             let (reply, rx) = tokio::sync::oneshot::channel();
             let event = DomainEvent::Message {
                 id: id.to_owned(),
@@ -731,15 +810,15 @@ impl Engine {
     /// on a blocking thread.
     pub async fn reconfigure(&self) -> Vec<(String, ResolveError)> {
         let queues: Vec<(QueueKey, DomainSender)> = {
-            let domains = self.domains.lock().unwrap_or_else(|p| p.into_inner());
+            let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
             let mut queues: Vec<_> = domains
                 .iter()
-                .map(|(k, h)| (k.clone(), h.sender.clone()))
+                .filter_map(|(k, h)| Some((k.clone(), h.sender.clone()?)))
                 .collect();
             queues.sort_by(|a, b| a.0.cmp(&b.0));
             queues
         };
-        let resolver = self.resolver.clone();
+        let resolver = self.shared.resolver.clone();
         let resolved = run_blocking(move || {
             queues
                 .into_iter()
@@ -794,5 +873,30 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
         Ok(value) => Some(value),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_conf::Config;
+
+    fn limits(text: &str) -> EngineLimits {
+        let config = Config::parse_str("herald.conf", text).expect("the test configuration parses");
+        EngineLimits::from_config(&config)
+    }
+
+    #[test]
+    fn idle_queue_timeout_is_read_in_seconds_and_zero_keeps_queues() {
+        assert_eq!(
+            limits("").idle_queue_timeout,
+            Some(DEFAULT_IDLE_QUEUE_TIMEOUT)
+        );
+        assert_eq!(
+            limits("idle_queue_timeout = 30\n").idle_queue_timeout,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(limits("idle_queue_timeout = 0\n").idle_queue_timeout, None);
+        assert_eq!(limits("max_resident_notifications = 7\n").max_resident, 7);
     }
 }

@@ -74,6 +74,8 @@ pub struct DomainStats {
     pub looks: AtomicU64,
     /// The task rests: nothing ready, in flight or connected; it wakes for its events and its next retry time only.
     pub resting: std::sync::atomic::AtomicBool,
+    /// Times the queue's task and pool were let go after `idle_queue_timeout` at rest with nothing queued.
+    pub retired: AtomicU64,
 }
 
 impl DomainStats {
@@ -169,6 +171,7 @@ impl DomainStats {
     /// The counters of several queues added up (a domain delivered from several bindings), as of now.
     pub fn sum<S: std::ops::Deref<Target = DomainStats>>(parts: &[S]) -> DomainStats {
         let total = DomainStats::default();
+        total.resting.store(!parts.is_empty(), Ordering::Relaxed);
         let add64 = |to: &AtomicU64, from: &AtomicU64| {
             to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
         };
@@ -188,6 +191,11 @@ impl DomainStats {
             add(&total.stream_limit, &p.stream_limit);
             add64(&total.streams_cancelled, &p.streams_cancelled);
             add64(&total.latency_micros, &p.latency_micros);
+            add64(&total.looks, &p.looks);
+            add64(&total.retired, &p.retired);
+            if !p.resting.load(Ordering::Relaxed) {
+                total.resting.store(false, Ordering::Relaxed);
+            }
             // The earliest of the parts' times; 0 means none.
             for (to, from) in [
                 (&total.next_retry_ms, &p.next_retry_ms),
@@ -232,7 +240,14 @@ mod tests {
         a.transient("ConnectionFailed");
         a.set_connections(2);
         b.set_connections(3);
+        a.retired.store(1, Ordering::Relaxed);
+        b.retired.store(2, Ordering::Relaxed);
+        a.resting.store(true, Ordering::Relaxed);
         let total = DomainStats::sum(&[&a, &b]);
+        assert_eq!(total.retired.load(Ordering::Relaxed), 3);
+        assert!(!total.resting.load(Ordering::Relaxed), "one part is busy");
+        b.resting.store(true, Ordering::Relaxed);
+        assert!(DomainStats::sum(&[&a, &b]).resting.load(Ordering::Relaxed));
         assert_eq!(total.delivered.load(Ordering::Relaxed), 2);
         assert_eq!(total.connections.load(Ordering::Relaxed), 5);
         a.permanent("BadDeviceToken");
