@@ -156,6 +156,13 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
         "Streams the open APNs connections may keep in flight now (adaptive, at most the servers' limits).",
         &|s| s.stream_limit.load(Ordering::Relaxed),
     );
+    header(
+        &mut out,
+        "herald_queues_running",
+        "(binding, domain) queues whose task and connection pool run; one idle for idle_queue_timeout retires and keeps only its counters.",
+        "gauge",
+    );
+    let _ = writeln!(out, "herald_queues_running {}", engine.queues().len());
 
     let name = "herald_delivery_latency_seconds";
     header(

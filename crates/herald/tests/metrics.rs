@@ -517,6 +517,11 @@ fn expected(s: &Setup) -> BTreeMap<&'static str, BTreeMap<Labels, f64>> {
             "herald_streams_in_flight",
             by_domain(&[(OK, 0.0), (BUSY, 0.0), (HELD, 0.0)]),
         ),
+        // Three domains, one binding: three queues, none idle long enough (idle_queue_timeout) to retire.
+        (
+            "herald_queues_running",
+            BTreeMap::from([(Labels::new(), 3.0)]),
+        ),
         // Every answer came in time: no stream was cancelled.
         (
             "herald_streams_cancelled_total",
@@ -636,6 +641,7 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_connections_open", "gauge"),
             ("herald_streams_in_flight", "gauge"),
             ("herald_stream_limit", "gauge"),
+            ("herald_queues_running", "gauge"),
             ("herald_streams_cancelled_total", "counter"),
             ("herald_delivery_latency_seconds", "histogram"),
             ("herald_certificate_expiry_timestamp_seconds", "gauge"),
