@@ -15,9 +15,10 @@ use crate::control::ServerHandle;
 
 /// Seconds of history the Overview charts show.
 pub const HISTORY_SECS: usize = 15 * 60;
-/// Per-domain totals are kept every this many seconds, for an hour.
+/// Per-domain totals are looked at every this many seconds, and kept for an hour.
 const DOMAIN_STEP: u64 = 5;
-const DOMAIN_POINTS: usize = 3600 / DOMAIN_STEP as usize + 1;
+/// The longest window a domain's totals are kept for.
+const DOMAIN_HISTORY_SECS: u64 = 3600;
 /// Outcomes one tick carries at most.
 const TICK_OUTCOMES: usize = 200;
 
@@ -40,8 +41,44 @@ struct Totals {
     permanent: u64,
 }
 
-/// A domain's (unix seconds, delivered, failed) points.
-type Points = VecDeque<(u64, u64, u64)>;
+/// A domain's totals over the last hour: a (unix seconds, delivered, failed) point each time they changed (looked
+/// at every [`DOMAIN_STEP`] seconds), so that a quiet domain keeps one point however long it stays quiet, and a busy
+/// one at most an hour's worth.
+#[derive(Debug, Default)]
+struct Points(VecDeque<(u64, u64, u64)>);
+
+impl Points {
+    /// The totals at `t`: kept when they differ from the last ones kept. Points older than the hour go, except the
+    /// last one before it, which holds the totals at the hour's start.
+    fn record(&mut self, t: u64, delivered: u64, failed: u64) {
+        if self
+            .0
+            .back()
+            .is_none_or(|&(_, d, f)| (d, f) != (delivered, failed))
+        {
+            self.0.push_back((t, delivered, failed));
+        }
+        let start = t.saturating_sub(DOMAIN_HISTORY_SECS);
+        while self.0.get(1).is_some_and(|&(t1, _, _)| t1 <= start) {
+            self.0.pop_front();
+        }
+    }
+
+    /// Deliveries and failures over the `secs` before `now`, given the totals now: against the totals at the
+    /// window's start (the last point at or before it), or the first point kept when the domain was first seen
+    /// within the window.
+    fn since(&self, now: u64, secs: u64, delivered: u64, failed: u64) -> (u64, u64) {
+        let start = now.saturating_sub(secs);
+        let base = self
+            .0
+            .iter()
+            .rev()
+            .find(|&&(t, _, _)| t <= start)
+            .or_else(|| self.0.front());
+        base.map(|&(_, d, f)| (delivered.saturating_sub(d), failed.saturating_sub(f)))
+            .unwrap_or((0, 0))
+    }
+}
 
 /// What the dashboard keeps for every listener of one server.
 #[derive(Debug)]
@@ -101,15 +138,8 @@ impl Hub {
             return Windows::default();
         };
         let now = unix_now();
-        let back = |secs: u64| {
-            points
-                .iter()
-                .find(|(t, _, _)| now.saturating_sub(*t) <= secs)
-                .map(|&(_, d, f)| (delivered.saturating_sub(d), failed.saturating_sub(f)))
-                .unwrap_or((0, 0))
-        };
-        let (delivered_1m, failed_1m) = back(60);
-        let (delivered_1h, failed_1h) = back(3600);
+        let (delivered_1m, failed_1m) = points.since(now, 60, delivered, failed);
+        let (delivered_1h, failed_1h) = points.since(now, DOMAIN_HISTORY_SECS, delivered, failed);
         Windows {
             delivered_1m,
             failed_1m,
@@ -172,15 +202,11 @@ pub fn spawn_sampler(hub: Arc<Hub>, server: Weak<dyn ServerHandle>) -> tokio::ta
             if step.is_multiple_of(DOMAIN_STEP) {
                 let mut w = hub.windows.lock().unwrap_or_else(|p| p.into_inner());
                 for (domain, d) in server.engine().all_stats() {
-                    let points = w.entry(domain).or_default();
-                    if points.len() == DOMAIN_POINTS {
-                        points.pop_front();
-                    }
-                    points.push_back((
+                    w.entry(domain).or_default().record(
                         sample.t,
                         d.delivered.load(Ordering::Relaxed),
                         d.permanent.load(Ordering::Relaxed) + d.transient.load(Ordering::Relaxed),
-                    ));
+                    );
                 }
             }
             step += 1;
@@ -201,4 +227,58 @@ pub fn spawn_sampler(hub: Arc<Hub>, server: Weak<dyn ServerHandle>) -> tokio::ta
             let _ = hub.ticks.send(Arc::from(tick.to_string()));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A domain's totals looked at every 5 s for `secs` from `t0`, delivering `per_step` each time while `busy`.
+    fn run(points: &mut Points, t0: u64, secs: u64, per_step: u64, total: &mut u64) {
+        for t in (t0..t0 + secs).step_by(DOMAIN_STEP as usize) {
+            *total += per_step;
+            points.record(t, *total, 0);
+        }
+    }
+
+    #[test]
+    fn a_quiet_domain_keeps_one_point_and_a_busy_one_at_most_an_hour() {
+        let mut p = Points::default();
+        let mut total = 0;
+        run(&mut p, 1_000, 60, 10, &mut total);
+        assert_eq!(p.0.len(), 12);
+        // Quiet for a day: the totals do not change, nothing is added, the hour's start is kept.
+        run(&mut p, 1_060, 86_400, 0, &mut total);
+        assert_eq!(p.0.len(), 1);
+        assert_eq!(p.0[0], (1_055, 120, 0));
+        // Busy for two hours: an hour's points and the one before it.
+        run(&mut p, 100_000, 7_200, 1, &mut total);
+        assert!(
+            p.0.len() <= (DOMAIN_HISTORY_SECS / DOMAIN_STEP) as usize + 1,
+            "{}",
+            p.0.len()
+        );
+        assert!(p.0[1].0 > 100_000 + 7_200 - DOMAIN_HISTORY_SECS - DOMAIN_STEP);
+    }
+
+    #[test]
+    fn windows_count_from_the_totals_at_their_start() {
+        let mut p = Points::default();
+        // First seen at t=1000 with 50 delivered and 2 failed.
+        p.record(1_000, 50, 2);
+        assert_eq!(
+            p.since(1_030, 60, 70, 3),
+            (20, 1),
+            "first seen within the window"
+        );
+        p.record(1_005, 60, 2);
+        p.record(1_010, 60, 2);
+        p.record(2_000, 90, 4);
+        // At 2,030: the minute starts at 1,970, when the totals were those of 1,005 (unchanged until 2,000).
+        assert_eq!(p.since(2_030, 60, 100, 4), (40, 2));
+        // The hour starts before the first point: counted from it.
+        assert_eq!(p.since(2_030, 3_600, 100, 4), (50, 2));
+        // Nothing kept: nothing to count from.
+        assert_eq!(Points::default().since(2_030, 60, 5, 5), (0, 0));
+    }
 }
