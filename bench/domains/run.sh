@@ -2,16 +2,25 @@
 # What quiet domains cost: one herald serves DOMAINS apps (one regex domain stanza, provider-token auth against the
 # simulator). Measures herald's CPU (utime+stime from /proc) over SECONDS while nothing is sent, first before any
 # domain saw traffic (the reference: the process alone), then after one notification went to each domain, all were
-# delivered and every connection closed on its idle timeout. Each domain's queue task and pool stay in memory
-# afterwards; the second figure is what they cost while quiet.
+# delivered and every connection closed on its idle timeout: what the resting queues (task, pool, counters) cost
+# while quiet. Then WAVES-1 more waves of DOMAINS new domains each (app names never used before), the resident
+# memory taken after each wave once its queues retired: whether memory grows with every app ever seen or only with
+# the apps in use.
 #
 # Usage: bench/domains/run.sh [DOMAINS] [SECONDS] [HERALD]   (defaults 1000, 20, a release build of this tree)
+#   WAVES=N (default 3). RETIRE=S sets idle_queue_timeout = S (default SECONDS + 10, so that the quiet measurement
+#   sees resting queues; each wave then waits until herald_queues_running is 0); RETIRE=off leaves the option out
+#   (builds without it; queues stay).
 # Needs: python3, curl. Prints a Markdown table row (also target/bench-domains.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DOMAINS=${1:-1000}
 SECONDS_QUIET=${2:-20}
+WAVES=${WAVES:-3}
+RETIRE=${RETIRE:-$((SECONDS_QUIET + 10))}
+RETIRE_LINE=
+[ "$RETIRE" != off ] && RETIRE_LINE="idle_queue_timeout = $RETIRE"
 if [ -n "${3:-}" ]; then
   HERALD=$(realpath "$3")
 else
@@ -34,6 +43,7 @@ domain "/^app[0-9]+\\.bench\$/" {
 $(token_auth_options "$WORK/pki" "$H2" com.example.bench)
   idle_timeout = 1
 }
+$RETIRE_LINE
 CONF
 "$HERALD" serve -c "$WORK/bench.conf" > "$WORK/serve.json" 2> "$WORK/serve.log" &
 SERVE_PID=$!
@@ -53,26 +63,41 @@ metric_sum() { curl -s -H "Authorization: Bearer bench" "http://$HTTP/metrics" |
 
 sleep 2
 before=$(quiet_cpu)
-python3 - "$HTTP" "$DOMAINS" <<'PY'
+# wave W: one notification to each of DOMAINS domains never used before; waits until all were delivered and
+# their connections closed.
+wave() {
+  python3 - "$HTTP" "$DOMAINS" "$1" <<'PY'
 import sys, urllib.request
-http, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
+http, n, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(w * n, (w + 1) * n):
     body = ('{"domain":"app%d.bench","tokens":["%064x"],"payload":{"aps":{"alert":"x"}}}' % (i, i)).encode()
     req = urllib.request.Request(f"http://{http}/api/v1/push", data=body,
                                  headers={"Authorization": "Bearer bench", "Content-Type": "application/json"})
     with urllib.request.urlopen(req) as r:
         assert r.status == 202, r.status
 PY
-while [ "$(accepted)" -lt "$DOMAINS" ]; do sleep 0.2; done
-while [ "$(metric_sum herald_connections_open)" != 0 ]; do sleep 0.2; done
+  while [ "$(accepted)" -lt "$(( ($1 + 1) * DOMAINS ))" ]; do sleep 0.2; done
+  while [ "$(metric_sum herald_connections_open)" != 0 ]; do sleep 0.2; done
+}
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status"; }
+
+wave 0
 sleep 2
 after=$(quiet_cpu)
-rss=$(awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status")
+rss=()
+for w in $(seq 0 $((WAVES - 1))); do
+  [ "$w" -gt 0 ] && wave "$w"
+  if [ "$RETIRE" != off ] && [ "$RETIRE" != 0 ]; then
+    while [ "$(metric_sum herald_queues_running)" != 0 ]; do sleep 0.5; done
+  fi
+  sleep 2
+  rss+=("$(rss_kib)")
+done
 
 OUT=target/bench-domains.md
 mkdir -p target
 {
-  echo "| herald | quiet, no domain used (% of a core) | quiet, $DOMAINS domains used (% of a core) | RSS after (KiB) |"
-  echo "|---|---|---|---|"
-  echo "| $("$HERALD" --version) | $before | $after | $rss |"
+  echo "| herald | idle_queue_timeout | quiet, no domain used (% of a core) | quiet, $DOMAINS domains used (% of a core) | RSS after each wave of $DOMAINS new domains (KiB) |"
+  echo "|---|---|---|---|---|"
+  echo "| $("$HERALD" --version) | $RETIRE | $before | $after | ${rss[*]} |"
 } | tee "$OUT"
