@@ -271,7 +271,7 @@ impl DomainTask {
                 .shared
                 .idle_queue_timeout()
                 .filter(|_| settled && self.delayed.is_empty())
-                .map(|after| rest_since + after);
+                .and_then(|after| rest_since.checked_add(after));
             tokio::select! {
                 event = self.events.recv() => {
                     let Some(event) = event else { break };
