@@ -201,14 +201,7 @@ impl Config {
         binding: Option<&str>,
         domain: &str,
     ) -> Arc<DomainSettings> {
-        let group = binding_group.or_else(|| binding.and_then(|b| eval::group_of(&self.root, b)));
-        let domain_lc = domain.to_ascii_lowercase();
-        let key = format!(
-            "{}\0{}\0{}",
-            group.unwrap_or(""),
-            binding.unwrap_or(""),
-            domain_lc
-        );
+        let (group, domain_lc, key) = self.settings_key(binding_group, binding, domain);
         if let Ok(cache) = self.cache.read()
             && let Some(hit) = cache.get(&key)
         {
@@ -222,6 +215,38 @@ impl Config {
             cache.insert(key, settings.clone());
         }
         settings
+    }
+
+    /// Drops the cached [`Config::domain_settings`] of (`binding_group`, `binding`, `domain`): the caller no longer
+    /// needs them (a queue that retired); they are resolved again if asked for.
+    pub fn forget_domain_settings(
+        &self,
+        binding_group: Option<&str>,
+        binding: Option<&str>,
+        domain: &str,
+    ) {
+        let (_, _, key) = self.settings_key(binding_group, binding, domain);
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(&key);
+        }
+    }
+
+    /// The group a lookup resolves in, the lower-cased domain, and the cache key of the lookup.
+    fn settings_key<'a>(
+        &'a self,
+        binding_group: Option<&'a str>,
+        binding: Option<&str>,
+        domain: &str,
+    ) -> (Option<&'a str>, String, String) {
+        let group = binding_group.or_else(|| binding.and_then(|b| eval::group_of(&self.root, b)));
+        let domain_lc = domain.to_ascii_lowercase();
+        let key = format!(
+            "{}\0{}\0{}",
+            group.unwrap_or(""),
+            binding.unwrap_or(""),
+            domain_lc
+        );
+        (group, domain_lc, key)
     }
 
     /// `max_outbound_connections` of the `host` stanzas for connections to `host` from (`binding_group`,

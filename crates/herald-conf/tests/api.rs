@@ -74,6 +74,21 @@ fn domain_settings_are_typed_and_cached() {
     assert_eq!(in_b.apn_binary_format, ApnBinaryFormat::Enhanced);
     assert_eq!(in_b.apn_topic.as_deref(), Some("com.example.app"));
     assert_eq!(c.bindings(), vec![(None, "default"), (Some("g"), "b")]);
+    // Forgotten (a queue that retired): the next lookup resolves again, to the same values; other keys stay.
+    c.forget_domain_settings(None, None, "App.Example");
+    let fresh = c.domain_settings(None, None, "app.example");
+    assert!(!Arc::ptr_eq(&d, &fresh), "resolved again after forget");
+    assert_eq!(*fresh, *d);
+    c.forget_domain_settings(None, Some("b"), "app.example");
+    let in_b_again = c.domain_settings(Some("g"), Some("b"), "app.example");
+    assert!(
+        !Arc::ptr_eq(&in_b, &in_b_again),
+        "the binding's group is found as in a lookup"
+    );
+    assert!(Arc::ptr_eq(
+        &fresh,
+        &c.domain_settings(None, None, "app.example")
+    ));
 }
 
 #[test]

@@ -363,6 +363,9 @@ impl SettingsResolver for ConfigResolver {
         state
             .settings
             .remove(&(binding.to_owned(), domain.to_owned()));
+        state
+            .config
+            .forget_domain_settings(None, Some(binding), domain);
     }
 
     /// The settings of (binding, domain) under the configuration in force, built on first use. Refusals are not
@@ -459,6 +462,22 @@ domain "token.example" {{
         resolver.replace(config(&pki, 2195, 5));
         let c = resolver.resolve("cert.example").unwrap();
         assert_eq!(c.max_connections, 5, "a reload builds the settings again");
+        // A retired queue's settings are forgotten (with the configuration's lookup), and built again when the
+        // queue starts again, sharing the TLS configuration: the same connections.
+        assert!(resolver.cached(DEFAULT_BINDING, "cert.example").is_some());
+        let domain_settings =
+            resolver
+                .config()
+                .domain_settings(None, Some(DEFAULT_BINDING), "cert.example");
+        resolver.forget(DEFAULT_BINDING, "cert.example");
+        assert!(resolver.cached(DEFAULT_BINDING, "cert.example").is_none());
+        let again = resolver
+            .config()
+            .domain_settings(None, Some(DEFAULT_BINDING), "cert.example");
+        assert!(!Arc::ptr_eq(&domain_settings, &again));
+        let d = resolver.resolve("cert.example").unwrap();
+        assert!(!Arc::ptr_eq(&c, &d));
+        assert!(c.same_connections(&d));
     }
 
     /// Each reason a (binding, domain) cannot deliver is its own variant, for callers to match on.
