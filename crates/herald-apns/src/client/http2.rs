@@ -407,11 +407,14 @@ impl<T: Send + 'static> Dispatcher<T> {
                     let idle_for = last_activity.elapsed();
                     if let Some(sent) = ping_sent {
                         if sent.elapsed() > self.opts.response_timeout {
-                            tracing::info!(conn = self.info.id, remote = %self.info.remote,
+                            tracing::info!(conn = self.info.id, remote = %self.info.remote, in_flight = in_flight.len(),
                                 "no PING answer within {:?}; closing the connection", self.opts.response_timeout);
-                            break;
+                            // Streams opened since the PING went out end with their own response timeout (an
+                            // attempt APNs may have answered), so that none is dropped unreported.
+                            taking = false;
+                            ping_sent = None;
                         }
-                    } else if in_flight.is_empty() {
+                    } else if in_flight.is_empty() && taking {
                         if self.opts.idle_timeout.is_some_and(|idle| idle_for >= idle) {
                             tracing::debug!(conn = self.info.id, "idle timeout");
                             taking = false;
@@ -424,16 +427,8 @@ impl<T: Send + 'static> Dispatcher<T> {
                 }
             }
         }
-        // Anything still in flight (only after a PING timeout) never got an answer: hand it back.
-        while let Some(answer) =
-            futures_util::future::FutureExt::now_or_never(in_flight.next()).flatten()
-        {
-            self.sink.report(
-                answer.tag,
-                PushResult::NotSent(NotSentReason::ConnectionLost),
-                &self.info,
-            );
-        }
+        // The loop ends only with nothing in flight: every stream was reported.
+        debug_assert!(in_flight.is_empty());
         drop(in_flight);
         self.state.set_in_flight(0);
         self.state.set_closed();
@@ -720,6 +715,7 @@ mod tests {
     //! (docs/apns-protocol.md#hpack).
 
     use super::*;
+    use crate::client::Job;
     use crate::push::ApnsId;
     use crate::token_hex::DeviceToken;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -912,5 +908,178 @@ mod tests {
         assert_eq!(values.expiration(1_700_000_000), "1700000000");
         assert_eq!(values.expiration(1_700_000_000), "1700000000");
         assert_eq!(values.expiration(0), "0");
+    }
+
+    /// Results by tag, as the connection reports them.
+    #[derive(Default)]
+    struct Results(
+        std::sync::Mutex<Vec<(u32, PushResult)>>,
+        tokio::sync::Notify,
+    );
+
+    impl OutcomeSink<u32> for Results {
+        fn report(&self, tag: u32, result: PushResult, _conn: &ConnectionInfo) {
+            self.0.lock().unwrap().push((tag, result));
+            self.1.notify_one();
+        }
+    }
+
+    impl Results {
+        async fn wait_for(&self, n: usize) -> Vec<(u32, PushResult)> {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let notified = self.1.notified();
+                if self.0.lock().unwrap().len() >= n {
+                    return self.0.lock().unwrap().clone();
+                }
+                tokio::time::timeout_at(deadline, notified)
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("{n} results never came: {:?}", self.0.lock().unwrap())
+                    });
+            }
+        }
+    }
+
+    /// What the frame-level server below saw.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Ping,
+        Headers(u32),
+    }
+
+    /// A server that answers the first request with 200 and then answers nothing, not even a PING: a peer gone
+    /// silent. Tells what it sees.
+    async fn silent_after_first(
+        mut sock: TcpStream,
+        seen: tokio::sync::mpsc::UnboundedSender<Seen>,
+    ) {
+        let mut preface = [0u8; 24];
+        sock.read_exact(&mut preface).await.unwrap();
+        sock.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        let mut answered = false;
+        loop {
+            let mut head = [0u8; 9];
+            if sock.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if sock.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            const DATA: u8 = 0x0;
+            const PING: u8 = 0x6;
+            match head[3] {
+                SETTINGS if head[4] & 1 == 0 => {
+                    sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
+                        .await
+                        .unwrap();
+                }
+                HEADERS => {
+                    let _ = seen.send(Seen::Headers(stream));
+                }
+                // The end of the first request's body: `:status 200` (static table index 8), ending the stream.
+                DATA if head[4] & 1 == 1 && !answered => {
+                    answered = true;
+                    let s = stream.to_be_bytes();
+                    sock.write_all(&[0, 0, 1, HEADERS, 0x5, s[0], s[1], s[2], s[3], 0x88])
+                        .await
+                        .unwrap();
+                }
+                PING if head[4] & 1 == 0 => {
+                    let _ = seen.send(Seen::Ping);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A job taken after a keep-alive PING went out, on a connection whose peer no longer answers, is reported
+    /// (as timed out: APNs may have received it) when the connection gives up on the PING, never dropped.
+    #[tokio::test]
+    async fn a_stream_opened_after_an_unanswered_ping_is_reported_when_the_connection_gives_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            silent_after_first(sock, seen_tx).await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+        let ping = connection.ping_pong();
+        let opts = Arc::new(Http2Options {
+            endpoint: Endpoint::new("127.0.0.1", addr.port()),
+            tls: crate::identity::client_config(None, crate::identity::RootSource::NoVerify, true)
+                .unwrap(),
+            auth: None,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_millis(400),
+            idle_timeout: None,
+            keepalive: Duration::from_millis(100),
+        });
+        let (jobs_tx, jobs) = async_channel::unbounded();
+        let results = Arc::new(Results::default());
+        let dispatcher = Dispatcher {
+            opts,
+            authority: Authority::from_static("api.push.apple.com"),
+            send,
+            ping,
+            driver: Some(Box::pin(connection)),
+            jobs,
+            sink: results.clone(),
+            state: ConnectionState::unsettled(1),
+            info: ConnectionInfo {
+                remote: addr,
+                id: 1,
+            },
+            values: ValueCache::default(),
+            start_limit: None,
+        };
+        let run = tokio::spawn(dispatcher.run());
+        jobs_tx
+            .send(Job {
+                request: request(1),
+                tag: 1,
+            })
+            .await
+            .unwrap();
+        let first = results.wait_for(1).await;
+        assert!(
+            matches!(first[0], (1, PushResult::Delivered { .. })),
+            "{first:?}"
+        );
+        // Idle for the keep-alive time: the PING goes out, and the peer says nothing more.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), seen.recv()).await {
+                Ok(Some(Seen::Ping)) => break,
+                Ok(Some(_)) => continue,
+                other => panic!("no PING came: {other:?}"),
+            }
+        }
+        // The job comes half a response time after the PING: its own timeout would end after the connection
+        // gives up on the PING.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        jobs_tx
+            .send(Job {
+                request: request(2),
+                tag: 2,
+            })
+            .await
+            .unwrap();
+        let all = results.wait_for(2).await;
+        assert!(
+            matches!(all[1], (2, PushResult::TimedOut { .. })),
+            "the second job is reported as timed out: {all:?}"
+        );
+        // The connection closed after reporting it.
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the connection ends")
+            .unwrap();
     }
 }
