@@ -126,12 +126,13 @@ async fn run<T: Send + 'static, S>(
             }
             job = jobs.recv(), if taking && window.len() < opts.max_window => {
                 let Ok(job) = job else { taking = false; continue };
-                last_activity = Instant::now();
+                let batch_start = window.len();
                 let mut job = Some(job);
                 // Gather what is already queued into one write.
                 while let Some(j) = job.take() {
                     match encode_job(&opts, &mut buf, next_id, &j) {
                         Ok(()) => {
+                            // `at` is set once the write is done (below).
                             window.push_back(Written { identifier: next_id, at: last_activity, tag: j.tag });
                             next_id = next_id.wrapping_add(1);
                         }
@@ -163,6 +164,12 @@ async fn run<T: Send + 'static, S>(
                     break;
                 }
                 buf.clear();
+                // The response window counts from when the notifications were written, not from when they were
+                // taken: a write that waited on a slow reader must not make them look answered by silence.
+                last_activity = Instant::now();
+                for w in window.range_mut(batch_start..) {
+                    w.at = last_activity;
+                }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
@@ -272,5 +279,128 @@ fn delivered(identifier: u32) -> PushResult {
     PushResult::Delivered {
         transaction_id: Some(identifier.to_string()),
         unique_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binary::{ErrorPacket, Status};
+    use crate::client::PushRequest;
+    use crate::identity::{RootSource, client_config};
+    use crate::token_hex::DeviceToken;
+    use bytes::Bytes;
+    use std::sync::Mutex;
+
+    /// Results by tag, as the connection reports them.
+    #[derive(Default)]
+    struct Results(Mutex<Vec<(u32, PushResult)>>, tokio::sync::Notify);
+
+    impl OutcomeSink<u32> for Results {
+        fn report(&self, tag: u32, result: PushResult, _conn: &ConnectionInfo) {
+            self.0.lock().unwrap().push((tag, result));
+            self.1.notify_one();
+        }
+    }
+
+    fn job(tag: u32) -> Job<u32> {
+        Job {
+            request: PushRequest {
+                token: DeviceToken::from_bytes(vec![tag as u8; 32]).unwrap(),
+                topic: None,
+                push_type: None,
+                priority: None,
+                expiration: None,
+                collapse_id: None,
+                apns_id: None,
+                payload: Bytes::from(format!("{{\"aps\":{{\"alert\":\"{}\"}}}}", "x".repeat(100))),
+            },
+            tag,
+        }
+    }
+
+    /// The response window counts from when a notification was written: a write held up by a server reading
+    /// slowly (longer than the response timeout) does not make the notifications it carried count as delivered
+    /// before the server could answer them (docs/apns-protocol.md#binary-error-packet: silence for the response
+    /// time means delivered).
+    #[tokio::test]
+    async fn a_write_held_up_by_a_slow_reader_does_not_count_as_answered_silence() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let opts = Arc::new(BinaryOptions {
+            endpoint: Endpoint::new("127.0.0.1", 2195),
+            tls: client_config(None, RootSource::NoVerify, false).unwrap(),
+            format: BinaryFormat::Frame,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_millis(200),
+            idle_timeout: None,
+            max_window: 100,
+        });
+        let (tx, rx) = async_channel::unbounded();
+        for tag in 1..=3 {
+            tx.send(job(tag)).await.unwrap();
+        }
+        let results = Arc::new(Results::default());
+        let info = ConnectionInfo {
+            remote: "127.0.0.1:2195".parse().unwrap(),
+            id: 1,
+        };
+        let conn = tokio::spawn(run(
+            opts,
+            client,
+            rx,
+            results.clone(),
+            ConnectionState::new(100),
+            info,
+        ));
+        // The server reads nothing for three response times (the write waits meanwhile), then reads what was
+        // written and, 50 ms later (within the response time), refuses the first notification.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < 3 * 150 {
+            let n = tokio::io::AsyncReadExt::read(&mut server, &mut buf)
+                .await
+                .unwrap();
+            assert!(n > 0, "the connection closed early");
+            got.extend_from_slice(&buf[..n]);
+            if tokio::time::timeout(Duration::from_millis(20), std::future::pending::<()>())
+                .await
+                .is_err()
+                && got.len() >= 3 * 150
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let packet = ErrorPacket {
+            status: Status::InvalidToken,
+            identifier: 1,
+        };
+        tokio::io::AsyncWriteExt::write_all(&mut server, &packet.encode())
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while results.0.lock().unwrap().len() < 3 {
+            tokio::time::timeout_at(deadline, results.1.notified())
+                .await
+                .expect("every notification reported");
+        }
+        let mut reported = results.0.lock().unwrap().clone();
+        reported.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(
+            reported,
+            vec![
+                (
+                    1,
+                    PushResult::Rejected(Rejection::Binary {
+                        status: Status::InvalidToken
+                    })
+                ),
+                (2, PushResult::NotSent(NotSentReason::AfterRejected)),
+                (3, PushResult::NotSent(NotSentReason::AfterRejected)),
+            ]
+        );
+        drop(tx);
+        conn.await.unwrap();
     }
 }
