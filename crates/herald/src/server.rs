@@ -714,8 +714,8 @@ impl Server {
             .collect()
     }
 
-    /// Stops accepting, waits up to `grace` for sessions and in-flight deliveries, then stores the last final
-    /// outcomes and flushes the spool.
+    /// Stops accepting and holds delivery, waits up to `grace` for sessions and for the notifications already on
+    /// their way to APNs, then stores the last final outcomes and flushes the spool (which keeps the rest).
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         self.stop_listeners.cancel();
@@ -732,17 +732,38 @@ impl Server {
                 task.abort();
             }
         }
-        while Instant::now() < deadline {
-            let busy: usize = self
-                .engine
+        // Nothing more goes out: what is queued stays in the spool for the next start (or, with JetStream, goes
+        // back to the stream for another node), and only what is already on its way out finishes. Delivering the
+        // backlog meanwhile would send notifications whose outcome may come after the spool closed, to be sent
+        // again after the restart.
+        self.engine.set_held(true);
+        let on_the_way = || -> usize {
+            self.engine
                 .all_stats()
                 .iter()
-                .map(|(_, s)| s.in_flight.load(Ordering::Relaxed))
-                .sum();
-            if busy == 0 {
-                break;
+                .map(|(_, s)| s.dispatched.load(Ordering::Relaxed))
+                .sum()
+        };
+        // Quiet twice in a row, a little apart: a queue that was dispatching as delivery was held publishes what
+        // it handed out right after.
+        let mut quiet_once = false;
+        while Instant::now() < deadline {
+            if on_the_way() == 0 {
+                if quiet_once {
+                    break;
+                }
+                quiet_once = true;
+            } else {
+                quiet_once = false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = on_the_way();
+        if left > 0 {
+            tracing::warn!(
+                "at shutdown: {left} notification(s) still on their way to APNs after the grace period; they may be \
+                 sent again after the restart"
+            );
         }
         // The outcomes of the last deliveries: stored now, so that status lookups and webhooks have them after the
         // restart.

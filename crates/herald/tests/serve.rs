@@ -232,6 +232,50 @@ async fn notifications_accepted_before_a_clean_stop_are_delivered_after_the_next
     daemon.terminate();
 }
 
+/// A clean stop while a backlog is being delivered holds delivery: what was on its way to APNs finishes within the
+/// grace period and is recorded, the rest stays in the spool, and after the next start every notification has
+/// reached the simulator exactly once. (Delivering the backlog through the grace period would send notifications
+/// whose outcome comes after the spool closed, to be sent again after the restart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_during_a_backlog_sends_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    // APNs answers 500 notifications a second, at most 50 at once on a connection: a backlog for a few seconds.
+    let mut sim_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    sim_config.h2_port = port;
+    sim_config.scenario.rate = 500;
+    sim_config.scenario.max_concurrent_streams = Some(50);
+    let sim = Simulator::start(sim_config).await.unwrap();
+    let config = write_config(dir.path(), &pki, port);
+    let daemon = Daemon::start_with(&config, &["--grace", "2"]);
+    let acked = post_batches(&daemon.http, 0, 3000, 500).await.unwrap();
+    sim.wait_for_records(200, WAIT).await;
+    daemon.terminate();
+    let before_restart = sim.record().len();
+    assert!(
+        before_restart < acked.len(),
+        "the backlog was delivered before the stop ({before_restart}): nothing was left to hold"
+    );
+
+    let daemon = Daemon::start(&config);
+    wait_for_tokens(&sim, &acked).await;
+    daemon.terminate();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in sim.record() {
+        *counts.entry(r.token).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} notifications sent more than once (of {} before the restart), e.g. {:?}",
+        twice.len(),
+        before_restart,
+        twice.iter().take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(counts.len(), acked.len());
+}
+
 /// Notifications the crash test injects unless `HERALD_CRASH_COUNT` says otherwise. 100,000 takes about a minute
 /// in a debug build, so the default is smaller; `bench/crash.sh` runs 100,000 in release mode.
 const DEFAULT_CRASH_COUNT: usize = 20_000;

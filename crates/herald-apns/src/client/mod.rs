@@ -117,7 +117,22 @@ impl Rejection {
             Rejection::Binary { status } => status.apple_text(),
         }
     }
+
+    /// The reason as counters name it: one of APNs' documented reasons (or binary status texts), else
+    /// [`UNRECOGNIZED_REASON`]. The logged text may be anything the server sent (a proxy's HTML page, a made-up
+    /// reason); counting under it would let a misbehaving server add a series per answer.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::Http { reason, .. } => reason
+                .parse::<crate::reason::Reason>()
+                .map_or(UNRECOGNIZED_REASON, crate::reason::Reason::as_str),
+            Rejection::Binary { status } => status.apple_text(),
+        }
+    }
 }
+
+/// The counter label of an HTTP/2 rejection whose reason is not one APNs documents ([`Rejection::label`]).
+pub const UNRECOGNIZED_REASON: &str = "UnrecognizedReason";
 
 /// Why a job was handed back unsent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,4 +276,29 @@ pub enum ConnectionError {
     Handshake { host: String, source: h2::Error },
     #[error("connection to {host} timed out after {secs} s")]
     Timeout { host: String, secs: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_labels_are_documented_reasons_only() {
+        let http = |reason: &str| Rejection::Http {
+            status: 400,
+            reason: reason.to_owned(),
+            timestamp_ms: None,
+        };
+        assert_eq!(http("BadDeviceToken").label(), "BadDeviceToken");
+        assert_eq!(http("BadDeviceToken").text(), "BadDeviceToken");
+        // A proxy's page or an invented reason: logged as sent, counted under one label.
+        let page = http("<html><body>502 Bad Gateway</body></html>");
+        assert_eq!(page.label(), UNRECOGNIZED_REASON);
+        assert_eq!(page.text(), "<html><body>502 Bad Gateway</body></html>");
+        assert_eq!(http("badDeviceToken").label(), UNRECOGNIZED_REASON);
+        let binary = Rejection::Binary {
+            status: Status::InvalidToken,
+        };
+        assert_eq!(binary.label(), binary.text());
+    }
 }

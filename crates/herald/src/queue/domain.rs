@@ -569,6 +569,9 @@ impl DomainTask {
             self.active.len() + self.outstanding.count,
             self.delayed.len(),
         );
+        self.stats
+            .dispatched
+            .store(self.outstanding.count, Ordering::Relaxed);
         let next = self.delayed.peek().map(|Reverse(d)| {
             let wait = d.due.saturating_duration_since(Instant::now());
             unix_now_ms() + wait.as_millis() as u64
@@ -602,6 +605,10 @@ impl DomainTask {
             self.pool.submit(Job { request, tag: item });
         }
         self.pool.maintain(self.active.len());
+        // Published at once, so that a stop holding delivery sees what is on its way out (`Server::shutdown`).
+        self.stats
+            .dispatched
+            .store(self.outstanding.count, Ordering::Relaxed);
     }
 
     /// Fixes the APNs expiration at the first attempt (a notification received without one gets
@@ -673,16 +680,18 @@ impl DomainTask {
                 let class = rejection.class();
                 let attempt = Attempt::on_connection(remote, Some(rejection.code()));
                 let text = rejection.text();
+                // Logs say what the server said; counters name only reasons APNs documents.
+                let label = rejection.label();
                 match class {
-                    FailureClass::Transient => self.transient(item, attempt, text, text),
+                    FailureClass::Transient => self.transient(item, attempt, text, label),
                     // A fresh token failing again (a clock far off, a revoked key) takes the normal schedule.
                     FailureClass::RefreshTokenAndRetry if item.retries > 0 => {
-                        self.transient(item, attempt, text, text)
+                        self.transient(item, attempt, text, label)
                     }
                     FailureClass::RefreshTokenAndRetry => {
                         // The connection has retired the stale token; try again at once with a fresh one.
                         self.log(&item, OutcomeKind::Transient, attempt, text);
-                        self.stats.transient(rejection.text());
+                        self.stats.transient(label);
                         item.retries += 1;
                         self.active.push_front(item);
                     }
@@ -700,7 +709,7 @@ impl DomainTask {
                                 herald_apns::client::Rejection::Binary { .. } => None,
                             },
                         });
-                        self.finish_permanent(item, attempt, text, text, invalid);
+                        self.finish_permanent(item, attempt, text, label, invalid);
                     }
                 }
             }

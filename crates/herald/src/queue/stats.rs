@@ -50,6 +50,8 @@ pub struct DomainStats {
     pub requeued: AtomicU64,
     pub active: AtomicUsize,
     pub delayed: AtomicUsize,
+    /// Of `active`: handed to the connections and not yet reported back (waiting for a stream or in flight).
+    pub dispatched: AtomicUsize,
     /// When the earliest delayed notification is due, Unix milliseconds; 0 when none is delayed.
     pub next_retry_ms: AtomicU64,
     /// Reception time of the oldest notification queued here (active or delayed), epoch seconds; 0 when none.
@@ -186,6 +188,7 @@ impl DomainStats {
             add64(&total.requeued, &p.requeued);
             add(&total.active, &p.active);
             add(&total.delayed, &p.delayed);
+            add(&total.dispatched, &p.dispatched);
             add(&total.connections, &p.connections);
             add(&total.in_flight, &p.in_flight);
             add(&total.stream_limit, &p.stream_limit);

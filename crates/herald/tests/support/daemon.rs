@@ -23,9 +23,15 @@ impl Drop for Daemon {
 impl Daemon {
     /// Starts `herald serve -c CONFIG` and returns once it printed its ready line.
     pub fn start(config: &Path) -> Daemon {
+        Daemon::start_with(config, &[])
+    }
+
+    /// [`Daemon::start`] with more arguments to `herald serve` (`--grace N`).
+    pub fn start_with(config: &Path, args: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "-c"])
             .arg(config)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
