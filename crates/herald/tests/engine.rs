@@ -433,6 +433,39 @@ async fn dropped_connections_lose_nothing() {
     assert!(finals.values().all(|f| f[4] == "D"));
 }
 
+/// A notification that is lost with its connection every time (here: the server drops every connection a request
+/// arrives on) is not sent again at the pace connections open for ever: every third loss counts as a failed
+/// attempt (`ConnectionLost`), which takes the retry schedule, and `max_retries` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_lost_with_every_connection_runs_out_of_retries() {
+    let h = Harness::start(|c| {
+        c.scenario.drop_rate = 1.0;
+    })
+    .await;
+    let mut settings = h.h2_token();
+    settings.retry.retry_interval = Duration::from_millis(100);
+    settings.retry.max_retry_interval = Duration::from_millis(100);
+    settings.retry.max_retries = herald::queue::retry::MaxRetries::Limit(2);
+    let (engine, _) = h.engine(settings);
+    let ids = submit(&engine, &[token(1)]).await;
+    wait_finished(&engine, 1).await;
+    let stats = engine.stats(DOMAIN).unwrap();
+    assert_eq!(stats.delivered.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.permanent.load(Ordering::Relaxed), 1);
+    // Two counted attempts, then the third ends it: three losses each.
+    assert_eq!(stats.transient.load(Ordering::Relaxed), 2);
+    assert_eq!(h.sim.stats().dropped_connections, 9);
+    let finals = final_outcomes(&h, &ids);
+    let line = &finals[&ids[0].to_string()];
+    assert_eq!(line[4], "P");
+    assert!(
+        line.iter().any(
+            |f| f.contains("exceeded max retries") && f.contains("connection was lost 3 times")
+        ),
+        "{line:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_limit_of_one_is_never_overrun() {
     let h = Harness::start(|c| c.max_concurrent_streams = 1).await;

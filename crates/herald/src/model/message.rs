@@ -207,6 +207,9 @@ pub struct Queued {
     pub retries: u32,
     /// When it entered this process's queue (monotonic), for latency figures.
     pub enqueued: Instant,
+    /// Connections lost with it on the wire, without an answer, since its last counted attempt (see
+    /// `queue::domain::LOSSES_PER_ATTEMPT`).
+    pub losses: u8,
 }
 
 impl Queued {
@@ -215,6 +218,7 @@ impl Queued {
             notification,
             retries: 0,
             enqueued: Instant::now(),
+            losses: 0,
         })
     }
 

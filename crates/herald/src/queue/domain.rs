@@ -41,6 +41,11 @@ const CONNECT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Slots a busy queue keeps however little it holds (see [`shrunk_capacity`]), so that one filled and emptied in
 /// every turn is not shrunk and grown again each time; a resting task keeps none.
 const BUSY_QUEUE_FLOOR: usize = 4096;
+/// A notification on a connection that is lost before it is answered goes back to the queue without counting an
+/// attempt (APNs most likely never processed it); every third such loss in a row counts as a failed attempt
+/// (`ConnectionLost`, retried on the domain's schedule), so that one notification that makes the connection drop
+/// cannot be sent again and again at the pace connections open.
+pub(crate) const LOSSES_PER_ATTEMPT: u8 = 3;
 
 /// What a domain's task is told.
 pub enum DomainEvent {
@@ -652,8 +657,24 @@ impl DomainTask {
                 self.stats.delivered(item.enqueued.elapsed());
                 self.finished(&item);
             }
+            PushResult::NotSent(NotSentReason::ConnectionLost)
+                if item.losses + 1 >= LOSSES_PER_ATTEMPT =>
+            {
+                // Lost with the connection again and again: a notification that makes APNs (or something on the
+                // way) drop the connection would otherwise be sent at once on every new one, for ever. It takes
+                // the retry schedule like any failed attempt.
+                item.losses = 0;
+                let error = format!(
+                    "the connection was lost {LOSSES_PER_ATTEMPT} times while the notification was on it, without an answer"
+                );
+                let attempt = Attempt::on_connection(remote, None);
+                self.transient(item, attempt, &error, "ConnectionLost");
+            }
             PushResult::NotSent(why) => {
                 tracing::trace!(id = %item.notification.id, ?why, "requeued unsent");
+                if why == NotSentReason::ConnectionLost {
+                    item.losses += 1;
+                }
                 if why == NotSentReason::ConnectionLost || why == NotSentReason::Refused {
                     self.stats.requeued();
                 }
