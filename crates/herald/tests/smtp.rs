@@ -867,6 +867,126 @@ async fn size_recipient_and_line_limits_come_from_the_listen_stanza() {
     assert_eq!(h.reception_lines().len(), 1);
 }
 
+// RFC 5321 §4.1.1.4, §2.3.8: only <CRLF>.<CRLF> ends the data. A dot line after a bare LF, also after an over-long
+// line ending in a bare LF, is content: the commands after it cannot open a second transaction (SMTP smuggling past
+// the listener's access lists), and the whole data gets one reply, the refusal of the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_lf_before_the_dot_does_not_end_the_data() {
+    let h = Harness::start_with(allow_conf, |l| l.max_text_line = 600).await;
+    let smuggled = stuff(&mcmt(&[push_part(
+        &[],
+        "{\"aps\":{\"alert\":\"smuggled\"}}",
+    )]));
+    for (head, refusal) in [
+        (
+            "x\n".to_string(),
+            "5.6.0 the message contains a bare LF: lines must end with CRLF",
+        ),
+        (
+            format!("{}\n", "x".repeat(700)),
+            "5.6.0 a message line is longer than 600 bytes including CRLF; send long payloads base64-encoded",
+        ),
+    ] {
+        let mut c = h.greeted().await;
+        assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(50))).await.0,
+            250
+        );
+        assert_eq!(c.cmd("DATA").await.0, 354);
+        c.send(&format!(
+            "{head}.\r\nMAIL FROM:<app@backend.example>\r\nRCPT TO:<{}@{DOMAIN}>\r\nDATA\r\n{smuggled}.\r\nQUIT\r\n",
+            token(51)
+        ))
+        .await;
+        assert_eq!(c.reply().await, (550, refusal.to_string()));
+        assert_eq!(
+            c.reply().await,
+            (221, "2.0.0 herald closing".into()),
+            "the data got a second reply: {head:?}.<CRLF> ended it"
+        );
+        c.assert_closed().await;
+    }
+    assert!(h.reception_lines().is_empty());
+    assert!(h.sim.record().is_empty());
+}
+
+// Replies wait while pipelined input is unread (RFC 2920), but not without bound: a client that always leaves a
+// partial command unread gets its replies once more than MAX_PENDING_OUTPUT bytes wait, before its last byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_flow_while_a_partial_command_stays_unread() {
+    const PER_WRITE: usize = 16;
+    // HELP replies are over 64 bytes: at least four times the bound.
+    let writes = 4 * smtp::io::MAX_PENDING_OUTPUT / 64 / PER_WRITE;
+    let h = Harness::start(allow_conf).await;
+    let Raw { mut r, mut w } = h.raw().await;
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).await.unwrap();
+    assert!(greeting.starts_with("220 "), "{greeting:?}");
+    let (seen_tx, mut seen) = watch::channel(0usize);
+    let reader = tokio::spawn(async move {
+        let mut helps = 0;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap() == 0 || !line.starts_with("214 ") {
+                return (helps, line);
+            }
+            helps += 1;
+            seen_tx.send_replace(helps);
+        }
+    });
+    // Each write ends inside a HELP, so herald never finds its input fully read.
+    w.write_all(b"H").await.unwrap();
+    for _ in 0..writes {
+        w.write_all("ELP\r\nH".repeat(PER_WRITE).as_bytes())
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(WAIT, seen.wait_for(|n| *n > 0))
+        .await
+        .expect("no reply before the last byte: herald buffers replies without bound")
+        .unwrap();
+    w.write_all(b"ELP\r\nQUIT\r\n").await.unwrap();
+    let (helps, last) = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("replies did not finish")
+        .unwrap();
+    assert_eq!(helps, writes * PER_WRITE + 1);
+    assert_eq!(last, "221 2.0.0 herald closing\r\n");
+}
+
+// A client that pipelines commands and never reads the replies is disconnected once a flush waits longer than the
+// listener's timeout, instead of holding its session (and herald's buffer) forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_disconnected_after_the_timeout() {
+    let h = Harness::start_with(allow_conf, |l| l.idle_timeout = Duration::from_millis(500)).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window (no autotuning): a few MB of replies fill the buffers.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket
+        .connect(([127, 0, 0, 1], h.port).into())
+        .await
+        .unwrap();
+    let chunk = "OP\r\nNO".repeat(16 * 1024);
+    c.write_all(b"NO").await.unwrap();
+    let err = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = c.write_all(chunk.as_bytes()).await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("still connected: herald keeps a session whose client does not read");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_fall_back_to_the_listener_then_to_the_defaults() {
     let h = Harness::start(|_| {

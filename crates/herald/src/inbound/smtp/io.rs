@@ -1,10 +1,12 @@
 //! The connection under an SMTP session: plain TCP or TLS after STARTTLS, a read buffer that yields lines with a
-//! length limit, and an output buffer flushed when the client's pipelined commands are all read (RFC 2920).
+//! length limit, and an output buffer flushed when the client's pipelined commands are all read (RFC 2920) or when
+//! it holds more than [`MAX_PENDING_OUTPUT`]; every flush is bounded by the listener's `timeout`.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -57,13 +59,19 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// Queued replies beyond which they are sent although pipelined input is still unread. Without it a client that
+/// pipelines commands forever, always leaving a partial line unread, and never reads its replies would grow the
+/// output buffer without limit; sending early is harmless, since the replies stay in command order.
+pub const MAX_PENDING_OUTPUT: usize = 64 * 1024;
+
 /// One read from [`LineIo::read_line`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadLine {
     /// A whole line, with its line feed.
     Line(Bytes),
-    /// A line longer than the limit; it was read and dropped up to its line feed.
-    TooLong,
+    /// A line longer than the limit; it was read and dropped up to its line feed. `crlf` says whether it ended
+    /// with CRLF, which DATA needs: only a dot line after a CRLF ends the data.
+    TooLong { crlf: bool },
     /// The client closed the connection (a partial last line is dropped).
     Eof,
 }
@@ -73,8 +81,12 @@ pub struct LineIo {
     conn: Option<Conn>,
     input: BytesMut,
     output: Vec<u8>,
+    /// How long one flush may wait for the client to take the replies (the listener's `timeout`).
+    write_timeout: Duration,
     /// Dropping the rest of an over-long line.
     discarding: bool,
+    /// Whether the last byte dropped while discarding was a CR (the LF ending the line may come in a later read).
+    dropped_cr: bool,
 }
 
 /// What STARTTLS could not do.
@@ -87,12 +99,15 @@ pub enum UpgradeError {
 }
 
 impl LineIo {
-    pub fn new(stream: TcpStream) -> LineIo {
+    /// A connection whose flushes each give the client `write_timeout` to take the replies.
+    pub fn new(stream: TcpStream, write_timeout: Duration) -> LineIo {
         LineIo {
             conn: Some(Conn::Plain(stream)),
             input: BytesMut::with_capacity(8192),
             output: Vec::with_capacity(1024),
+            write_timeout,
             discarding: false,
+            dropped_cr: false,
         }
     }
 
@@ -100,9 +115,10 @@ impl LineIo {
         matches!(self.conn, Some(Conn::Tls(_)))
     }
 
-    /// Whether the client sent bytes that are not yet read (pipelined commands).
-    pub fn has_buffered_input(&self) -> bool {
-        !self.input.is_empty()
+    /// Whether the queued replies should be sent now: once every command the client pipelined is answered
+    /// (RFC 2920), or as soon as more than [`MAX_PENDING_OUTPUT`] bytes wait, however much input is buffered.
+    pub fn flush_due(&self) -> bool {
+        self.input.is_empty() || self.output.len() > MAX_PENDING_OUTPUT
     }
 
     /// Drops unread input (bytes pipelined after STARTTLS must not be taken as sent over TLS, RFC 3207 §4.2).
@@ -117,19 +133,22 @@ impl LineIo {
     pub async fn read_line(&mut self, limit: usize) -> io::Result<ReadLine> {
         loop {
             if let Some(i) = memchr(b'\n', &self.input) {
-                if self.discarding {
+                if self.discarding || i + 1 > limit {
+                    let crlf = match i.checked_sub(1) {
+                        Some(cr) => self.input[cr] == b'\r',
+                        None => self.discarding && self.dropped_cr,
+                    };
                     let _ = self.input.split_to(i + 1);
                     self.discarding = false;
-                    return Ok(ReadLine::TooLong);
-                }
-                if i + 1 > limit {
-                    let _ = self.input.split_to(i + 1);
-                    return Ok(ReadLine::TooLong);
+                    return Ok(ReadLine::TooLong { crlf });
                 }
                 return Ok(ReadLine::Line(self.input.split_to(i + 1).freeze()));
             }
             if self.discarding || self.input.len() >= limit {
                 self.discarding = true;
+                if let Some(&last) = self.input.last() {
+                    self.dropped_cr = last == b'\r';
+                }
                 self.input.clear();
             }
             let conn = self.conn.as_mut().ok_or_else(closed)?;
@@ -145,13 +164,21 @@ impl LineIo {
         &mut self.output
     }
 
+    /// Sends what is queued. Fails with `TimedOut` when the client has not taken it within the write timeout, so
+    /// a client that never reads cannot hold its session (the connection is then unusable: close it).
     pub async fn flush(&mut self) -> io::Result<()> {
         if self.output.is_empty() {
             return Ok(());
         }
         let conn = self.conn.as_mut().ok_or_else(closed)?;
-        conn.write_all(&self.output).await?;
-        conn.flush().await?;
+        let output = &self.output;
+        let write = async {
+            conn.write_all(output).await?;
+            conn.flush().await
+        };
+        tokio::time::timeout(self.write_timeout, write)
+            .await
+            .map_err(|_| not_reading(self.write_timeout))??;
         self.output.clear();
         Ok(())
     }
@@ -173,17 +200,26 @@ impl LineIo {
         Ok(())
     }
 
-    /// Flushes what is queued and closes the write side.
-    pub async fn close(&mut self) {
-        let _ = self.flush().await;
+    /// Flushes what is queued and closes the write side, each within the write timeout (a TLS close is a write
+    /// too). The error is the flush's: whether the last replies reached the client.
+    pub async fn close(&mut self) -> io::Result<()> {
+        self.flush().await?;
         if let Some(conn) = self.conn.as_mut() {
-            let _ = conn.shutdown().await;
+            let _ = tokio::time::timeout(self.write_timeout, conn.shutdown()).await;
         }
+        Ok(())
     }
 }
 
 fn closed() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "the connection is closed")
+}
+
+fn not_reading(waited: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the client did not read its replies for {waited:?}"),
+    )
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
@@ -195,11 +231,13 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
     async fn pair() -> (LineIo, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
-        (LineIo::new(server), client)
+        (LineIo::new(server, WRITE_TIMEOUT), client)
     }
 
     #[tokio::test]
@@ -215,7 +253,10 @@ mod tests {
             io.read_line(10).await.unwrap(),
             ReadLine::Line(Bytes::from("ab\r\n"))
         );
-        assert_eq!(io.read_line(10).await.unwrap(), ReadLine::TooLong);
+        assert_eq!(
+            io.read_line(10).await.unwrap(),
+            ReadLine::TooLong { crlf: true }
+        );
         assert_eq!(
             io.read_line(10).await.unwrap(),
             ReadLine::Line(Bytes::from("cd\r\n"))
@@ -234,6 +275,84 @@ mod tests {
             io.read_line(10).await.unwrap(),
             ReadLine::Line(Bytes::from("12345678\r\n"))
         );
-        assert_eq!(io.read_line(10).await.unwrap(), ReadLine::TooLong);
+        assert_eq!(
+            io.read_line(10).await.unwrap(),
+            ReadLine::TooLong { crlf: true }
+        );
+    }
+
+    // DATA ends only on a dot line after CRLF, so a dropped line must still say how it ended: within one read, and
+    // when the CR and the LF come in different reads while the line is being discarded.
+    #[tokio::test]
+    async fn too_long_lines_say_whether_they_ended_with_crlf() {
+        let (mut io, mut client) = pair().await;
+        let long = "x".repeat(30);
+        client
+            .write_all(format!("{long}\n{long}\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(
+            io.read_line(10).await.unwrap(),
+            ReadLine::TooLong { crlf: false }
+        );
+        assert_eq!(
+            io.read_line(10).await.unwrap(),
+            ReadLine::TooLong { crlf: true }
+        );
+        for (first, second, crlf) in [("\r", "\n", true), ("", "\n", false), ("\r", "y\n", false)] {
+            client
+                .write_all(format!("{long}{first}").as_bytes())
+                .await
+                .unwrap();
+            // The first part is read and dropped before the rest is sent.
+            let (read, written) = tokio::join!(io.read_line(10), async {
+                tokio::task::yield_now().await;
+                client.write_all(second.as_bytes()).await
+            });
+            written.unwrap();
+            assert_eq!(
+                read.unwrap(),
+                ReadLine::TooLong { crlf },
+                "{first:?} then {second:?}"
+            );
+        }
+    }
+
+    // A client that keeps a partial line unread still gets its replies once they pass the bound.
+    #[tokio::test]
+    async fn replies_are_due_past_the_bound_even_with_input_buffered() {
+        let (mut io, mut client) = pair().await;
+        client.write_all(b"NOOP\r\nNO").await.unwrap();
+        assert_eq!(
+            io.read_line(10).await.unwrap(),
+            ReadLine::Line(Bytes::from("NOOP\r\n"))
+        );
+        assert!(!io.flush_due(), "pipelined input is left to answer");
+        io.queue().resize(MAX_PENDING_OUTPUT, b'x');
+        assert!(!io.flush_due());
+        io.queue().push(b'x');
+        assert!(io.flush_due(), "past the bound");
+        io.flush().await.unwrap();
+        let mut got = vec![0; MAX_PENDING_OUTPUT + 1];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(!io.flush_due(), "nothing left to send");
+    }
+
+    // A client that never reads makes a flush fail once the write timeout passes, instead of holding it forever.
+    #[tokio::test]
+    async fn a_flush_to_a_client_that_does_not_read_times_out() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small receive window (no autotuning): a few MB fill both ends' buffers.
+        socket.set_recv_buffer_size(4096).unwrap();
+        let _client = socket.connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        let mut io = LineIo::new(server, Duration::from_millis(200));
+        io.queue().resize(16 << 20, b'x');
+        let err = tokio::time::timeout(WRITE_TIMEOUT, io.flush())
+            .await
+            .expect("the flush was not bounded")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     }
 }

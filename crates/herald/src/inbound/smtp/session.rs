@@ -3,9 +3,10 @@
 //! the message is read as MCMT and its notifications are prepared and committed in one batch.
 //!
 //! Protocol choices (docs/smtp.md): lines must end in CRLF (a bare LF in a command is refused, a bare LF in
-//! message data refuses the message, and only CRLF.CRLF ends the data); `VRFY` is answered `502`; a recipient
-//! whose domain herald does not deliver is refused at `RCPT` ([`Intake::check_domain`]); the transaction is
-//! all-or-nothing: one refused notification refuses the message.
+//! message data refuses the message, and only CRLF.CRLF ends the data, never LF.CRLF); `VRFY` is answered `502`;
+//! replies are sent once the pipelined commands are answered or past a bound, and a client that does not take
+//! them within `timeout` is disconnected; a recipient whose domain herald does not deliver is refused at `RCPT`
+//! ([`Intake::check_domain`]); the transaction is all-or-nothing: one refused notification refuses the message.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,7 +76,7 @@ impl Session {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let reception = config.listener.mcmt_reception_for(peer.ip());
         Session {
-            io: LineIo::new(stream),
+            io: LineIo::new(stream, config.limits.idle_timeout),
             peer,
             config,
             config_rx,
@@ -101,11 +102,11 @@ impl Session {
                 ),
             )
             .write_to(self.io.queue());
-            self.io.close().await;
+            let _ = self.io.close().await;
             return;
         }
         Reply::new(220, "", format!("{host} ESMTP herald ready")).write_to(self.io.queue());
-        if self.io.flush().await.is_err() {
+        if !self.flush().await {
             return;
         }
         loop {
@@ -118,7 +119,7 @@ impl Session {
                 Ok(Event::Shutdown) => Step::Close(shutting_down(&host)),
                 Ok(Event::Idle) => Step::Close(idle(&host, &self.config)),
                 Ok(Event::Read(ReadLine::Eof)) => Step::Gone,
-                Ok(Event::Read(ReadLine::TooLong)) => Step::Reply(Reply::new(
+                Ok(Event::Read(ReadLine::TooLong { .. })) => Step::Reply(Reply::new(
                     500,
                     "5.5.2",
                     format!("command line too long: the limit is {limit} bytes including CRLF"),
@@ -134,7 +135,7 @@ impl Session {
             match step {
                 Step::Reply(r) => {
                     r.write_to(self.io.queue());
-                    if !self.io.has_buffered_input() && self.io.flush().await.is_err() {
+                    if self.io.flush_due() && !self.flush().await {
                         return;
                     }
                 }
@@ -146,7 +147,21 @@ impl Session {
                 Step::Silent => {}
             }
         }
-        self.io.close().await;
+        if let Err(e) = self.io.close().await {
+            tracing::debug!(peer = %self.peer, error = %e, "ESMTP last reply not sent");
+        }
+    }
+
+    /// Sends the queued replies; `false` when they could not be sent, the client having left or read nothing for
+    /// `timeout` (the session then ends).
+    async fn flush(&mut self) -> bool {
+        match self.io.flush().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "ESMTP replies not sent; closing");
+                false
+            }
+        }
     }
 
     /// The next line, unless the client stays silent too long or herald shuts down first.
@@ -311,7 +326,7 @@ impl Session {
             ));
         }
         Reply::new(220, "2.0.0", "ready to start TLS").write_to(self.io.queue());
-        if self.io.flush().await.is_err() {
+        if !self.flush().await {
             return Step::Gone;
         }
         let dropped = self.io.discard_buffered_input();
@@ -353,7 +368,7 @@ impl Session {
         }
         Reply::new(354, "", "send the MCMT message; end with <CRLF>.<CRLF>")
             .write_to(self.io.queue());
-        if self.io.flush().await.is_err() {
+        if !self.flush().await {
             return Step::Gone;
         }
         let envelope = std::mem::take(&mut self.envelope);
@@ -361,6 +376,8 @@ impl Session {
         let host = limits.hostname.clone();
         let mut message = Vec::with_capacity(4096);
         let (mut too_big, mut long_line, mut bare_lf) = (false, false, false);
+        // The DATA command's CRLF precedes the first line.
+        let mut after_crlf = true;
         // Each line must come within `timeout`, and the whole message within DATA_TIMEOUTS of them (RFC 5321
         // §4.5.3.2.6: 10 minutes with the default), so a client trickling lines cannot hold a session for good.
         let data_limit = limits.idle_timeout.saturating_mul(DATA_TIMEOUTS);
@@ -380,16 +397,18 @@ impl Session {
                 Err(_) | Ok(Event::Read(ReadLine::Eof)) => return Step::Gone,
                 Ok(Event::Shutdown) => return Step::Close(shutting_down(&host)),
                 Ok(Event::Idle) => return Step::Close(idle(&host, &self.config)),
-                Ok(Event::Read(ReadLine::TooLong)) => {
+                Ok(Event::Read(ReadLine::TooLong { crlf })) => {
                     long_line = true;
+                    after_crlf = crlf;
                     continue;
                 }
                 Ok(Event::Read(ReadLine::Line(line))) => line,
             };
-            if &line[..] == b".\r\n" {
+            if ends_data(&line, after_crlf) {
                 break;
             }
-            if !line.ends_with(b"\r\n") {
+            after_crlf = line.ends_with(b"\r\n");
+            if !after_crlf {
                 bare_lf = true;
             }
             let body = line.strip_prefix(b".").unwrap_or(&line);
@@ -552,16 +571,24 @@ impl Session {
     }
 }
 
-/// Tells a client over the listener's session limit to come back later, and closes.
 /// How many idle timeouts (`timeout`) the whole message of a DATA command may take.
 pub const DATA_TIMEOUTS: u32 = 10;
 
+/// Whether a data line ends the data: a lone dot after a CRLF (RFC 5321 §4.1.1.4, §2.3.8: `<CRLF>.<CRLF>`). After
+/// a bare LF (`x<LF>.<CRLF>`) the dot line is message content, which the bare LF refuses at the real end: ending
+/// there would let a client, or a relay passing bare LFs, end a message early and have the rest read as commands
+/// (SMTP smuggling).
+fn ends_data(line: &[u8], after_crlf: bool) -> bool {
+    after_crlf && line == b".\r\n"
+}
+
+/// Tells a client over the listener's session limit to come back later, and closes.
 pub(crate) async fn refuse_busy(
     stream: TcpStream,
     limits: super::SmtpLimits,
     busy: crate::inbound::doors::Busy,
 ) {
-    let mut io = LineIo::new(stream);
+    let mut io = LineIo::new(stream, limits.idle_timeout);
     Reply::new(
         421,
         "4.7.0",
@@ -571,7 +598,7 @@ pub(crate) async fn refuse_busy(
         ),
     )
     .write_to(io.queue());
-    io.close().await;
+    let _ = io.close().await;
 }
 
 /// A temporary refusal: `452 4.3.1` when storage or memory is full (RFC 3463 "mail system full"), else
@@ -619,6 +646,16 @@ fn idle(host: &str, config: &SmtpConfig) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_dot_line_after_crlf_ends_the_data() {
+        // The first line of the data follows the CRLF of the DATA command.
+        assert!(ends_data(b".\r\n", true));
+        assert!(!ends_data(b".\r\n", false), "x<LF>.<CRLF> is content");
+        assert!(!ends_data(b".\n", true), "<CRLF>.<LF> is content");
+        assert!(!ends_data(b"..\r\n", true), "a stuffed dot is content");
+        assert!(!ends_data(b". \r\n", true));
+    }
 
     #[test]
     fn full_storage_or_memory_is_452_other_temporary_failures_451() {
