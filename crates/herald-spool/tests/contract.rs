@@ -23,7 +23,7 @@ use herald_spool::{
 #[allow(async_fn_in_trait)]
 trait Backend {
     async fn open(&mut self) -> Arc<dyn Spool>;
-    /// What the spool offers for delivery now, by token (keys may differ: JetStream gives pulled ones new keys).
+    /// What the spool offers for delivery now, by token (by token, the key aside).
     async fn pending(
         &mut self,
         spool: Arc<dyn Spool>,

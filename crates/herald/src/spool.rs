@@ -304,9 +304,11 @@ pub fn spawn_restore(
     })
 }
 
-/// Queues the notifications this node pulls from the JetStream spool, as long as the engine runs. A notification
-/// that cannot be queued (unreadable, or of a domain this node does not know) goes back to the stream after a delay,
-/// for a node that can.
+/// Queues the notifications this node pulls from the JetStream spool, as long as the engine runs. Each keeps the id
+/// its sender was answered on the node that accepted it (its spool key, carried in the message): it is delivered,
+/// logged, looked up and reported to webhooks under that id, and the spool acks, naks or hands back its message by
+/// that id ([`QueueObserver`] above). A notification that cannot be queued (unreadable, or of a domain this node does
+/// not know) goes back to the stream after a delay, for a node that can.
 pub fn spawn_pull(spool: Arc<herald_spool::JetStreamSpool>, engine: Arc<Engine>) {
     let Some(mut deliveries) = spool.take_deliveries() else {
         return;

@@ -221,6 +221,115 @@ async fn one_node_delivers_through_the_stream_and_an_incompatible_stream_is_refu
     );
 }
 
+/// Message ids of the mainlog's delivery (`D`) lines (`time@id@batch@conn@D@…`).
+fn delivery_ids(mainlog: &Path) -> Vec<String> {
+    std::fs::read_to_string(mainlog)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split('@').collect::<Vec<_>>())
+        .filter(|f| f.get(4) == Some(&"D"))
+        .map(|f| f[1].to_owned())
+        .collect()
+}
+
+/// The state `GET /api/v1/notifications/{id}` answers on `http` (`None` for a 404: not known there).
+async fn state_on(client: &reqwest::Client, http: &str, id: &str) -> Option<String> {
+    let r = client
+        .get(format!(
+            "http://{http}/api/v1/notifications/{}",
+            id.replace('/', "%2F")
+        ))
+        .send()
+        .await
+        .unwrap();
+    if r.status().as_u16() == 404 {
+        return None;
+    }
+    assert_eq!(r.status().as_u16(), 200, "status of {id} on {http}");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["id"], id, "{v}");
+    v["state"].as_str().map(str::to_owned)
+}
+
+/// A notification pulled from the stream keeps the id its sender was answered, on whichever node delivers it: the
+/// delivering nodes' mainlog `D` lines carry exactly the ids node A answered (each once), and the status API of the
+/// node that delivered one answers `delivered` under that id (the other node's answers 404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_delivered_logged_and_looked_up_under_the_id_their_sender_was_given() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let (sim, port) = start_sim(&pki).await;
+    let nodes: Vec<(Daemon, PathBuf)> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let config = write_config(dir.path(), n, &pki, port, &server.url(), "");
+            let mainlog = config.parent().unwrap().join("mainlog.ec");
+            (Daemon::start(&config), mainlog)
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let tokens: Vec<String> = (0..200).map(|i| token(300_000 + i)).collect();
+    let mut ids = Vec::new();
+    for chunk in tokens.chunks(50) {
+        let (status, text) = post(&client, &nodes[0].0.http, chunk).await.unwrap();
+        assert_eq!(status, 202, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for r in v["results"].as_array().unwrap() {
+            assert_eq!(r["status"], "accepted", "{r}");
+            ids.push(r["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), tokens.len());
+    let (lost, dups) = wait_all_delivered(&sim, &tokens, Duration::from_secs(60)).await;
+    assert_eq!((lost, dups), (0, 0));
+
+    // (a) The D lines of the delivering nodes: exactly the ids answered, each once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let by_node = loop {
+        let by_node: Vec<Vec<String>> = nodes.iter().map(|(_, log)| delivery_ids(log)).collect();
+        if by_node.iter().map(Vec::len).sum::<usize>() >= ids.len() || Instant::now() > deadline {
+            break by_node;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut logged: Vec<String> = by_node.iter().flatten().cloned().collect();
+    logged.sort_unstable();
+    let mut answered = ids.clone();
+    answered.sort_unstable();
+    assert_eq!(
+        logged, answered,
+        "the mainlog D lines do not carry the ids the sender was given"
+    );
+
+    // (b) The status API of the node that delivered each one answers delivered, under that id.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        let at = by_node.iter().position(|l| l.contains(id)).unwrap();
+        let http = &nodes[at].0.http;
+        loop {
+            let state = state_on(&client, http, id).await;
+            if state.as_deref() == Some("delivered") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} on the node that delivered it: {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The status book is each node's own: the other node does not know it (docs/scale-out.md).
+        let other = &nodes[1 - at].0.http;
+        assert_eq!(state_on(&client, other, id).await, None, "{id} on {other}");
+    }
+    for (daemon, _) in nodes {
+        daemon.terminate();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_at_start_means_refusals_then_delivery_once_it_is_up() {
     if !nats::available() {
