@@ -23,7 +23,7 @@ use herald_spool::{
 #[allow(async_fn_in_trait)]
 trait Backend {
     async fn open(&mut self) -> Arc<dyn Spool>;
-    /// What the spool offers for delivery now, by token (by token, the key aside).
+    /// What the spool offers for delivery now, by token.
     async fn pending(
         &mut self,
         spool: Arc<dyn Spool>,
