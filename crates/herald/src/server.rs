@@ -299,7 +299,12 @@ impl Server {
         let idempotency = Arc::new(Idempotency::new(outcome_store));
         let started = Instant::now();
         // New message ids sort after everything spooled; the backlog is queued again while the server serves.
-        let ids = IdGenerator::above(0, spool.recovery_bound().map(|k| MessageId(k.0)));
+        // Nodes sharing a JetStream stream issue ids in one space: each puts a byte of its name in the first field,
+        // so that two nodes started in the same millisecond do not issue the same ids.
+        let node = jetstream
+            .as_ref()
+            .map_or(0, |js| IdGenerator::node_of(js.node_name()));
+        let ids = IdGenerator::above(node, spool.recovery_bound().map(|k| MessageId(k.0)));
         let restore_progress = Arc::new(RestoreProgress::default());
         spawn_restore(spool.clone(), engine.clone(), restore_progress.clone());
         if let Some(js) = &jetstream {

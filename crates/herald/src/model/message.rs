@@ -103,6 +103,17 @@ impl IdGenerator {
         IdGenerator::above(node, None)
     }
 
+    /// The node field of a named node's ids (a JetStream node's name): a hash of the name, never 0 (the embedded
+    /// spool's).
+    pub fn node_of(name: &str) -> u8 {
+        // FNV-1a, folded to one byte.
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let byte = hash.to_le_bytes().iter().fold(0u8, |a, b| a ^ b);
+        byte.max(1)
+    }
+
     /// A generator whose ids all sort after `floor` (the greatest id already spooled), even if the clock went back.
     pub fn above(node: u8, floor: Option<MessageId>) -> Self {
         let now = SystemTime::now()
@@ -272,6 +283,28 @@ mod tests {
             proptest::prop_assert_eq!(text.as_str(), expected.as_str());
             proptest::prop_assert_eq!(id.to_string(), expected);
         }
+    }
+
+    #[test]
+    fn named_nodes_issue_ids_apart_from_each_other_and_from_the_embedded_spool() {
+        assert_eq!(
+            IdGenerator::node_of("herald-a"),
+            IdGenerator::node_of("herald-a")
+        );
+        let names = [
+            "herald-a", "herald-b", "herald-c", "node1", "node2", "node3",
+        ];
+        let bytes: std::collections::BTreeSet<u8> =
+            names.iter().map(|n| IdGenerator::node_of(n)).collect();
+        assert_eq!(bytes.len(), names.len(), "distinct for these names");
+        assert!(!bytes.contains(&0));
+        assert_ne!(IdGenerator::node_of(""), 0);
+        // Started in the same millisecond, two nodes still issue different ids.
+        let (a, b) = (
+            IdGenerator::above(IdGenerator::node_of("node1"), None),
+            IdGenerator::above(IdGenerator::node_of("node2"), None),
+        );
+        assert_ne!(a.next(), b.next());
     }
 
     #[test]
