@@ -24,7 +24,7 @@ use futures_util::future::join_all;
 use crate::error::SpoolError;
 use crate::key::SpoolKey;
 use crate::nodes::{self, ClusterView, NodeBeat};
-use crate::record::StoredNotification;
+use crate::record::{DecodeError, RECORD_VERSION, StoredNotification};
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 
 /// Publishes awaiting their ack, over all the batches of a node. A batch takes its share at once (a larger one goes
@@ -34,6 +34,10 @@ pub const MAX_PUBLISHES_IN_FLIGHT: usize = 8192;
 /// A message pulled while another one of the same id is held, and whose content differs (two notifications under
 /// one id), goes back to the stream for this long: it comes again once the held one is finished.
 pub const SAME_ID_DELAY: Duration = Duration::from_secs(5);
+
+/// A pulled notification this node cannot read (a newer record format or field value, from a newer herald during
+/// a rolling upgrade) goes back to the stream for this long, for a node that reads it; it is never dropped.
+pub const NEWER_FORMAT_DELAY: Duration = Duration::from_secs(60);
 
 /// How to reach NATS and which stream to use.
 #[derive(Debug, Clone)]
@@ -409,11 +413,6 @@ impl JetStreamSpool {
         self.ack(key.0, AckKind::Nak(Some(delay)));
     }
 
-    /// Removes a pulled message that is not a notification herald can read, for good.
-    pub fn drop_unreadable(&self, key: SpoolKey) {
-        self.ack(key.0, AckKind::Term);
-    }
-
     /// Acks (or naks, or terminates) every message held for the notification `key`, and forgets it.
     fn ack(&self, key: u128, kind: AckKind) {
         for message in lock(&self.held).take(key) {
@@ -711,6 +710,20 @@ async fn pull_loop(
                         .retries
                         .max(u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX));
                     s
+                }
+                // A record of a newer format (a rolling upgrade: a newer node accepted it) goes back to the
+                // stream for a node that reads it; anything else is not a herald notification.
+                Err(
+                    e @ (DecodeError::UnknownVersion(RECORD_VERSION..) | DecodeError::BadFlags(_)),
+                ) => {
+                    tracing::warn!(
+                        "JetStream message in a record format this build does not read ({e}); back to the stream \
+                         for {NEWER_FORMAT_DELAY:?}, for a node that reads it"
+                    );
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(NEWER_FORMAT_DELAY)))
+                        .await;
+                    continue;
                 }
                 Err(e) => {
                     tracing::warn!("JetStream message is not a herald notification ({e}); dropped");
@@ -1200,6 +1213,63 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A message in a record format this build does not read (as a newer herald writes during a rolling upgrade)
+    /// is neither queued nor dropped: it goes back to the stream, for a node that reads it. A damaged record (its
+    /// checksum does not match) is dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_of_a_newer_format_stays_in_the_stream_and_a_damaged_one_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let mut options = JetStreamOptions::new(vec![url], "newer");
+        options.ack_wait = Duration::from_secs(60);
+        let spool = JetStreamSpool::connect(options).await.unwrap();
+        let mut rx = spool.take_deliveries().unwrap();
+        wait_for("the stream set up", Duration::from_secs(20), async || {
+            spool.connected()
+        })
+        .await;
+        let mut newer = encode_message(&notification(9, 0xcc));
+        newer[16] = RECORD_VERSION + 1;
+        let subject = spool.subject.clone();
+        // A record of this format whose checksum does not match: damaged, not newer.
+        let mut damaged = encode_message(&notification(10, 0xdd));
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        for payload in [newer, damaged] {
+            spool
+                .ctx
+                .publish(subject.clone(), payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let mut stream = spool.ctx.get_stream("newer").await.unwrap();
+        // Both pulled: the damaged one terminated, the newer record given back with a delay.
+        wait_for("both pulled", Duration::from_secs(20), async || {
+            spool.pulled.load(Ordering::Relaxed) == 0
+                && stream.info().await.unwrap().state.messages == 1
+        })
+        .await;
+        assert!(rx.try_recv().is_err(), "nothing was queued");
+        assert_eq!(spool.held(), 0);
+        let info = spool
+            .ctx
+            .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                spool.options.consumer.as_str(),
+                "newer",
+            )
+            .await;
+        let mut consumer = info.unwrap();
+        let c = consumer.info().await.unwrap();
+        assert_eq!(
+            c.num_ack_pending, 1,
+            "the newer record waits for its redelivery"
+        );
     }
 
     /// A pulled notification keeps the key it was accepted under; JetStream delivering its message again to the

@@ -326,9 +326,13 @@ pub fn spawn_pull(spool: Arc<herald_spool::JetStreamSpool>, engine: Arc<Engine>)
                         }
                     }
                 }
+                // A field value this build does not know (a newer herald accepted it): for a node that does.
                 Err(e) => {
-                    tracing::warn!("{e}; dropped from the stream");
-                    spool.drop_unreadable(key);
+                    let delay = herald_spool::jetstream::NEWER_FORMAT_DELAY;
+                    tracing::warn!(
+                        "{e}; back to the stream for {delay:?}, for a node that reads it"
+                    );
+                    spool.release(key, delay);
                 }
             }
         }
