@@ -1,13 +1,14 @@
 //! Fuzz target: the `/v1.0/inject` template (`herald::inbound::rest::template::Template`). The input is the
 //! template text, then a NUL byte, then substitution keys as `key=value` entries separated by NUL bytes. The template
 //! is parsed and rendered with those keys (plus `to` and `from` when the keys lack them, as inject.rs does). Any text
-//! must parse and render or name a missing key, never panic; a rendered message has only CRLF line endings.
+//! must parse and render, name a missing key or refuse a rendering past herald's limit, never panic; a rendered
+//! message has only CRLF line endings.
 #![no_main]
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use herald::inbound::rest::template::{Template, TemplateError};
+use herald::inbound::rest::template::{MAX_RENDERED, Template, TemplateError};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -54,5 +55,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = herald::inbound::mcmt::parse(b);
         }
         Err(TemplateError::MissingKey(k)) => assert!(template.keys().any(|t| t == k)),
+        // The template was parsed without `with_limit`: the refusal names the default limit.
+        Err(TemplateError::TooLarge { limit }) => assert_eq!(limit, MAX_RENDERED),
     }
 });

@@ -598,6 +598,42 @@ async fn inject_is_transactional() {
     assert_eq!(h.received(), 0);
 }
 
+/// A template of 100,000 markers and a 1 MB value rendered 100 GB for one recipient and ended the process. The
+/// rendering stops at herald's limit for one recipient's message, which refuses the recipient naming the limit;
+/// the listener then still injects an ordinary template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendering_past_the_limit_refuses_its_recipient() {
+    let h = Harness::start(|_, _| {}).await;
+    let request = json!({"template": "<%=:a%>".repeat(100_000), "recipients": [
+        {"to": format!("x@{DOMAIN}"), "keys": {"a": "x".repeat(1 << 20)}}
+    ]});
+    let (status, answer) = h.post("/v1.0/inject", &request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["status"], "failure");
+    let limit = "exceeds 10485760 bytes, the most herald renders for one recipient";
+    assert!(
+        error_text(&answer).starts_with("recipients[0]: template: ")
+            && error_text(&answer).contains(limit),
+        "{answer}"
+    );
+    let reason = answer["results"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("550 template: ") && reason.contains(limit),
+        "{reason}"
+    );
+
+    let template = mcmt_template(r#"{"aps":{"alert":"still here"}}"#);
+    let request = json!({"template": template, "recipients": [
+        {"to": format!("x@{DOMAIN}"), "from": "s@example.com",
+         "keys": {"token": token(70), "subject": "s", "name": "n"}}
+    ]});
+    let (status, answer) = h.post("/v1.0/inject", &request).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let records = h.records(1).await;
+    assert_eq!(records[0].token, token(70));
+    assert_eq!(records[0].payload, r#"{"aps":{"alert":"still here"}}"#);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_injects_like_momentums_example() {
     let h = Harness::start(|_, _| {}).await;
@@ -1136,6 +1172,141 @@ http_listener {{
         .await
         .unwrap();
     assert_eq!(push.status(), StatusCode::BAD_REQUEST);
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Sends `request`; the status and the JSON answer.
+async fn answer_of(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text:?}"));
+    (status, value)
+}
+
+/// Asserts that `answer` is Momentum's failure shape: an error text starting with `error` and
+/// `"status": "failure"`.
+fn assert_momentum_failure(answer: &Value, error: &str) {
+    assert!(error_text(answer).starts_with(error), "{answer}");
+    assert_eq!(answer["status"], "failure", "{answer}");
+}
+
+/// Asserts that `answer` is herald's own error shape: an error text starting with `error` and nothing else.
+fn assert_plain_error(answer: &Value, error: &str) {
+    assert!(error_text(answer).starts_with(error), "{answer}");
+    assert_eq!(answer.as_object().map(|o| o.len()), Some(1), "{answer}");
+}
+
+/// The refusals given before the injector runs, the API keys' (401) and the address lists' (403), carry
+/// Momentum's `"status": "failure"` on its paths (docs/api.md#errors): Momentum clients test that member. Other
+/// paths keep herald's `{"error": …}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injectors_key_and_address_refusals_say_failure() {
+    let h = Harness::start(|s, _| s.api_keys = vec!["k-one".into()]).await;
+    let client = h.client();
+    let inject = json!({"template": "x", "recipients": [{"to": format!("x@{DOMAIN}")}]});
+    for path in ["/v1.0/inject", "/v1.0/inject/"] {
+        for (auth, expected) in [
+            (None, "missing API key"),
+            (Some("Bearer wrong"), "the API key is not accepted"),
+        ] {
+            let mut request = client.post(h.url(path)).json(&inject);
+            if let Some(a) = auth {
+                request = request.header("authorization", a);
+            }
+            let (status, answer) = answer_of(request).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} {auth:?}");
+            assert_momentum_failure(&answer, expected);
+        }
+        let (status, answer) = answer_of(client.get(h.url(path))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "GET {path}");
+        assert_momentum_failure(&answer, "missing API key");
+    }
+    let push = json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {}});
+    let (status, answer) = answer_of(client.post(h.url("/api/v1/push")).json(&push)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_plain_error(&answer, "missing API key");
+
+    let h = Harness::start(|s, _| {
+        s.acl.deny = vec!["127.0.0.0/8".parse::<Cidr>().unwrap()];
+    })
+    .await;
+    let client = h.client();
+    let refused = "client address 127.0.0.1 is not allowed";
+    let (status, answer) = answer_of(client.post(h.url("/v1.0/inject")).json(&inject)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_momentum_failure(&answer, refused);
+    let (status, answer) = answer_of(client.post(h.url("/api/v1/push")).json(&push)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_plain_error(&answer, refused);
+    assert_eq!(h.received(), 0);
+}
+
+/// The listener's own answers on the injector's paths carry `"status": "failure"` too: 405 for another method,
+/// 404 where the listener does not serve `inject`. A path under it that is none of the injector's
+/// (`/v1.0/inject/nope`) and other paths keep herald's `{"error": …}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injectors_404_and_405_say_failure() {
+    let h = Harness::start(|_, _| {}).await;
+    let client = h.client();
+    for path in ["/v1.0/inject", "/v1.0/inject/"] {
+        let (status, answer) = answer_of(client.put(h.url(path))).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "PUT {path}");
+        assert_momentum_failure(&answer, &format!("{path} does not accept PUT"));
+    }
+    let (status, answer) = answer_of(client.get(h.url("/api/v1/push"))).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_plain_error(&answer, "/api/v1/push does not accept GET");
+    let (status, answer) = answer_of(client.post(h.url("/v1.0/inject/nope"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_plain_error(&answer, "no such endpoint: POST /v1.0/inject/nope");
+
+    let h = Harness::start(|s, _| s.http_services.inject = false).await;
+    let client = h.client();
+    for path in ["/v1.0/inject", "/v1.0/inject/"] {
+        let (status, answer) = answer_of(client.post(h.url(path))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "POST {path}");
+        let expected = format!("POST {path}: this listener does not serve \"inject\"");
+        assert_momentum_failure(&answer, &expected);
+    }
+}
+
+/// `restinjector { enabled = false }`: the injector's 403 says `"status": "failure"` (so does a 405 there); the
+/// native API's 403 keeps herald's `{"error": …}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injection_turned_off_says_failure_on_the_injectors_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\nrestinjector {{ enabled = false }}\nhttp_listener {{ listen \"127.0.0.1:0\" {{ }} }}\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let server = herald::server::Server::start(&config).await.unwrap();
+    let base = format!("http://{}", server.addrs().await.http[0]);
+    let client = reqwest::Client::new();
+    let off =
+        "REST injection is turned off in this configuration (restinjector { enabled = false })";
+    for path in ["/v1.0/inject", "/v1.0/inject/"] {
+        let inject = json!({"template": "x", "recipients": [{"to": "x@x.example"}]});
+        let (status, answer) = answer_of(client.post(format!("{base}{path}")).json(&inject)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "POST {path}");
+        assert_momentum_failure(&answer, off);
+        let (status, answer) = answer_of(client.get(format!("{base}{path}"))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "GET {path}");
+        assert_momentum_failure(&answer, off);
+        let (status, answer) = answer_of(client.delete(format!("{base}{path}"))).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "DELETE {path}");
+        assert_momentum_failure(&answer, &format!("{path} does not accept DELETE"));
+    }
+    let push = json!({"domain": "x.example", "tokens": [token(0)], "payload": {}});
+    let (status, answer) = answer_of(client.post(format!("{base}/api/v1/push")).json(&push)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_plain_error(&answer, off);
     server.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -1,8 +1,9 @@
 //! The dashboard's routes: the embedded page and assets (no data in them), login / logout, the JSON data calls,
 //! the event stream and the actions. Every data call and the event stream pass [`auth::access`] (401 without);
-//! every action passes [`auth::may_act`] (403 for a cross-site request, a missing CSRF token or a key without the
-//! admin right). Secret option values are masked everywhere, key file contents are never read into an answer,
-//! device tokens are shown as a short prefix.
+//! every action passes [`auth::may_act_at`] (403 for a cross-site request, a missing CSRF token or a key without
+//! the admin right). The origin checks take the request's URI too: over HTTP/2 the host is its authority, and
+//! there is no `Host` header. Secret option values are masked everywhere, key file contents are never read into an
+//! answer, device tokens are shown as a short prefix.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use axum::extract::{Path as UrlPath, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -178,7 +179,7 @@ struct LoginBody {
 }
 
 async fn login(State(d): State<Dash>, request: Request) -> Response {
-    if let Err(r) = auth::same_origin(request.headers()) {
+    if let Err(r) = auth::same_origin_at(request.headers(), request.uri()) {
         return refused(r);
     }
     let ip = crate::inbound::rest::peer_ip(request.extensions());
@@ -203,8 +204,8 @@ async fn login(State(d): State<Dash>, request: Request) -> Response {
     response
 }
 
-async fn logout(State(d): State<Dash>, headers: HeaderMap) -> Response {
-    if let Err(r) = auth::same_origin(&headers) {
+async fn logout(State(d): State<Dash>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Err(r) = auth::same_origin_at(&headers, &uri) {
         return refused(r);
     }
     if let Some(id) = auth::session_cookie(&headers) {
@@ -501,10 +502,11 @@ async fn domain_detail(State(d): State<Dash>, UrlPath(domain): UrlPath<String>) 
 async fn domain_action(
     State(d): State<Dash>,
     Extension(a): Extension<Access>,
+    uri: Uri,
     headers: HeaderMap,
     UrlPath((domain, action)): UrlPath<(String, String)>,
 ) -> Response {
-    if let Err(r) = auth::may_act(&a, &headers) {
+    if let Err(r) = auth::may_act_at(&a, &headers, &uri) {
         return refused(r);
     }
     let server = match d.server() {
@@ -675,9 +677,10 @@ async fn config(State(d): State<Dash>) -> Response {
 async fn reload(
     State(d): State<Dash>,
     Extension(a): Extension<Access>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = auth::may_act(&a, &headers) {
+    if let Err(r) = auth::may_act_at(&a, &headers, &uri) {
         return refused(r);
     }
     let server = match d.server() {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Uri, header};
 use herald_conf::ListenerSettings;
 
 /// The session cookie's name.
@@ -200,9 +200,10 @@ pub fn access(
 }
 
 /// Refuses a state-changing request that another site may have caused: `Sec-Fetch-Site` other than
-/// `same-origin` / `none`, or an `Origin` whose host is not the request's `Host`. A request with neither header
-/// (a script, not a browser) passes this check.
-pub fn same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
+/// `same-origin` / `none`, or an `Origin` whose host is not the request's (see [`request_host`]). A request with
+/// neither header (a script, not a browser) passes this check. `uri` is the request's: over HTTP/2 it carries the
+/// host, and there is no `Host` header.
+pub fn same_origin_at(headers: &HeaderMap, uri: &Uri) -> Result<(), Refusal> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("");
         if site != "same-origin" && site != "none" {
@@ -211,10 +212,7 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
+        let host = request_host(headers, uri).unwrap_or("");
         let origin_host = origin
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"))
@@ -226,9 +224,20 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The host (with its port, if any) a request was addressed to: the `Host` header, else the authority of the
+/// request URI, where hyper puts HTTP/2's `:authority` (browsers speak HTTP/2 to a TLS listener and send no
+/// `Host` there, so reading only the header refused every browser action over HTTPS).
+pub fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .filter(|h| !h.is_empty())
+}
+
 /// The checks of a state-changing call: same origin, the admin right, and a browser session's CSRF token.
-pub fn may_act(access: &Access, headers: &HeaderMap) -> Result<(), Refusal> {
-    same_origin(headers)?;
+pub fn may_act_at(access: &Access, headers: &HeaderMap, uri: &Uri) -> Result<(), Refusal> {
+    same_origin_at(headers, uri)?;
     if let Some(csrf) = &access.csrf {
         let sent = headers
             .get(CSRF_HEADER)
@@ -257,25 +266,54 @@ mod tests {
         h
     }
 
+    /// The URI of an HTTP/1 request as hyper gives it: only the path (the host is in the `Host` header).
+    fn path() -> Uri {
+        Uri::from_static("/dashboard/api/config/reload")
+    }
+
     #[test]
     fn cross_site_requests_are_refused() {
-        assert!(same_origin(&headers(&[("host", "h:1")])).is_ok());
-        assert!(same_origin(&headers(&[("host", "h:1"), ("origin", "http://h:1")])).is_ok());
+        let same_origin = |pairs: &[(&'static str, &str)]| same_origin_at(&headers(pairs), &path());
+        assert!(same_origin(&[("host", "h:1")]).is_ok());
+        assert!(same_origin(&[("host", "h:1"), ("origin", "http://h:1")]).is_ok());
         assert_eq!(
-            same_origin(&headers(&[("host", "h:1"), ("origin", "http://evil:1")])),
+            same_origin(&[("host", "h:1"), ("origin", "http://evil:1")]),
             Err(Refusal::CrossSite)
         );
         assert_eq!(
-            same_origin(&headers(&[
-                ("host", "h:1"),
-                ("sec-fetch-site", "cross-site")
-            ])),
+            same_origin(&[("host", "h:1"), ("sec-fetch-site", "cross-site")]),
             Err(Refusal::CrossSite)
         );
         assert_eq!(
-            same_origin(&headers(&[("host", "h:1"), ("origin", "null")])),
+            same_origin(&[("host", "h:1"), ("origin", "null")]),
             Err(Refusal::CrossSite)
         );
+    }
+
+    #[test]
+    fn over_http2_the_host_is_the_uris_authority() {
+        // An HTTP/2 request as hyper gives it: `:authority` in the URI, no Host header.
+        let uri: Uri = "https://h:1/dashboard/api/config/reload".parse().unwrap();
+        let browser = headers(&[("origin", "https://h:1"), ("sec-fetch-site", "same-origin")]);
+        assert_eq!(request_host(&browser, &uri), Some("h:1"));
+        assert!(same_origin_at(&browser, &uri).is_ok());
+        let evil = headers(&[("origin", "https://evil:1")]);
+        assert_eq!(same_origin_at(&evil, &uri), Err(Refusal::CrossSite));
+        // The Host header, when there is one, is the host (HTTP/1, whose URI is only a path).
+        let path: Uri = "/dashboard/api/login".parse().unwrap();
+        let http1 = headers(&[("host", "h:2"), ("origin", "http://h:2")]);
+        assert_eq!(request_host(&http1, &path), Some("h:2"));
+        assert!(same_origin_at(&http1, &path).is_ok());
+        // Neither: nothing to compare the Origin with.
+        assert_eq!(request_host(&evil, &path), None);
+        assert_eq!(same_origin_at(&browser, &path), Err(Refusal::CrossSite));
+        let admin = Access {
+            admin: true,
+            via: "key",
+            csrf: None,
+        };
+        assert!(may_act_at(&admin, &browser, &uri).is_ok());
+        assert_eq!(may_act_at(&admin, &evil, &uri), Err(Refusal::CrossSite));
     }
 
     #[test]
@@ -292,10 +330,12 @@ mod tests {
         .remove(0);
         let a = access(&settings, &sessions, None, &headers(&[("cookie", &cookie)])).unwrap();
         assert!(a.admin);
-        assert_eq!(may_act(&a, &headers(&[])), Err(Refusal::Csrf));
-        assert!(may_act(&a, &headers(&[(CSRF_HEADER, &csrf)])).is_ok());
+        let may_act =
+            |a: &Access, pairs: &[(&'static str, &str)]| may_act_at(a, &headers(pairs), &path());
+        assert_eq!(may_act(&a, &[]), Err(Refusal::Csrf));
+        assert!(may_act(&a, &[(CSRF_HEADER, &csrf)]).is_ok());
         let reader = access(&settings, &sessions, None, &headers(&[("x-api-key", "k")])).unwrap();
-        assert_eq!(may_act(&reader, &headers(&[])), Err(Refusal::NotAdmin));
+        assert_eq!(may_act(&reader, &[]), Err(Refusal::NotAdmin));
         assert_eq!(
             access(&settings, &sessions, None, &headers(&[("x-api-key", "no")])),
             Err(Refusal::Unauthenticated)

@@ -52,13 +52,21 @@ impl Filter {
         eq(&self.domain, &o.domain)
             && eq(&self.kind, o.kind)
             && eq(&self.reason, &o.reason)
-            && self.token_prefix.as_deref().is_none_or(|p| {
-                let p = p.to_ascii_lowercase();
-                // Only the stored prefix can match: a longer filter compares on what is kept.
-                let n = p.len().min(o.token.len());
-                o.token.starts_with(&p[..n])
-            })
+            && self
+                .token_prefix
+                .as_deref()
+                .is_none_or(|p| token_matches(&o.token, p))
     }
+}
+
+/// Whether the stored token prefix `token` starts with the filter `prefix` (either case). Only the stored prefix
+/// can match: a longer filter compares on what is kept. Compared as bytes, as the filter is whatever the query
+/// gave: cutting it as text at the stored length could fall inside a multi-byte character (`0000000é`), which
+/// panicked the request; a filter with a non-hex character there matches no token, which is all hex.
+fn token_matches(token: &str, prefix: &str) -> bool {
+    let (token, prefix) = (token.as_bytes(), prefix.as_bytes());
+    let n = prefix.len().min(token.len());
+    token[..n].eq_ignore_ascii_case(&prefix[..n])
 }
 
 #[derive(Debug, Default)]
@@ -204,5 +212,27 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(f(by_token), 1);
+    }
+
+    #[test]
+    fn a_token_filter_is_compared_as_bytes_whatever_it_holds() {
+        let o = outcome("a.example", "delivered", "0000000a", "");
+        let by_token = |p: &str| {
+            Filter {
+                token_prefix: Some(p.into()),
+                ..Filter::default()
+            }
+            .matches(&o)
+        };
+        // `é` is two bytes from byte 7: cutting the filter at 8 bytes as text panicked.
+        assert!(!by_token("0000000é"));
+        assert!(!by_token("é"));
+        assert!(!by_token("000000é0"));
+        assert!(by_token("0000000A"));
+        assert!(
+            by_token("0000000aé"),
+            "beyond the stored prefix nothing is compared"
+        );
+        assert!(by_token(""));
     }
 }

@@ -1,6 +1,7 @@
 //! Who may use the REST listener: the `always_allow` / `always_deny` CIDR lists (403) and the listener's API
 //! keys, sent as `authorization: Bearer KEY` or `x-api-key: KEY` (401 with `www-authenticate`). Both follow the most specific
-//! `peer` stanza that contains the client's address, as the ESMTP listener does.
+//! `peer` stanza that contains the client's address, as the ESMTP listener does. On Momentum's injector paths both
+//! refusals also carry `"status": "failure"` (see [`inject::error_for_path`]).
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -9,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::RestState;
 use super::error::ApiError;
+use super::inject;
 
 /// Paths answered without an API key (still subject to the address lists), for load-balancer probes.
 pub const KEYLESS_PATHS: &[&str] = &["/healthz"];
@@ -16,25 +18,26 @@ pub const KEYLESS_PATHS: &[&str] = &["/healthz"];
 /// The alternative to `authorization: Bearer KEY`.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// Middleware: the address lists, then the API key.
+/// Middleware: the address lists, then the API key. Both refusals take the shape of the path's answers, so a
+/// Momentum client of `/v1.0/inject` finds its `"status": "failure"` in them too.
 pub async fn guard(State(state): State<RestState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
     // Without a peer address (an embedding that did not record it) the lists cannot apply; the keys still do.
     let ip = super::peer_ip(request.extensions());
     if let Some(ip) = ip.filter(|&ip| !state.settings.permits(ip)) {
-        return ApiError::new(
+        let error = ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
                 "client address {ip} is not allowed by this listener's always_deny / always_allow lists"
             ),
-        )
-        .into_response();
+        );
+        return inject::error_for_path(path, error).into_response();
     }
     let keys = match ip {
         Some(ip) => state.settings.api_keys_for(ip),
         None => &state.settings.api_keys,
     };
     // The dashboard checks its own way (session cookie, key or address; see `dashboard::auth`).
-    let path = request.uri().path();
     let own_checks = path == "/dashboard" || path.starts_with("/dashboard/");
     if !keys.is_empty() && !KEYLESS_PATHS.contains(&path) && !own_checks {
         let headers = request.headers();
@@ -59,7 +62,7 @@ pub async fn guard(State(state): State<RestState>, request: Request, next: Next)
         if let Some(message) = refusal {
             let mut error = ApiError::new(StatusCode::UNAUTHORIZED, message);
             error.challenge = true;
-            return error.into_response();
+            return inject::error_for_path(path, error).into_response();
         }
     }
     next.run(request).await

@@ -54,6 +54,22 @@ pub fn parse(body: &[u8]) -> Result<InjectBody, ApiError> {
         .map_err(|e| ApiError::bad_request(describe_json_error::<InjectBody>(body, e)))
 }
 
+/// The paths of Momentum's injector: `/v1.0/inject`, and `/v1.0/inject/` as Momentum's examples spell it.
+pub fn is_inject_path(path: &str) -> bool {
+    matches!(path, "/v1.0/inject" | "/v1.0/inject/")
+}
+
+/// `error` in the shape `path` answers with: on the injector's paths Momentum's, with `"status": "failure"`, as
+/// Momentum clients test that member (docs/api.md#errors). For the answers given before [`inject`] runs: the
+/// address lists and API keys, injection turned off, 404 and 405.
+pub fn error_for_path(path: &str, error: ApiError) -> ApiError {
+    if is_inject_path(path) {
+        error.momentum()
+    } else {
+        error
+    }
+}
+
 /// `GET /v1.0/inject`: Momentum's connectivity check, an empty `200`.
 pub async fn check() -> StatusCode {
     StatusCode::OK
@@ -298,6 +314,7 @@ fn render(outcomes: &[Outcome], error: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
 
     #[test]
     fn success_has_momentums_shape() {
@@ -327,6 +344,35 @@ mod tests {
         assert_eq!(v["results"][0]["status"], "skipped");
         assert_eq!(v["results"][1]["status"], "failure");
         assert_eq!(v["results"][1]["reason"], "550 device token: bad");
+    }
+
+    #[test]
+    fn errors_on_the_injectors_paths_carry_momentums_status() {
+        let refused = || ApiError::new(StatusCode::FORBIDDEN, "REST injection is off");
+        for path in ["/v1.0/inject", "/v1.0/inject/"] {
+            assert!(error_for_path(path, refused()).momentum, "{path}");
+        }
+        for path in ["/api/v1/push", "/v1.0/injectx", "/v1.0/inject/x", "/"] {
+            assert!(!error_for_path(path, refused()).momentum, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_momentum_error_answer_says_failure() {
+        let response = error_for_path(
+            "/v1.0/inject",
+            ApiError::new(StatusCode::UNAUTHORIZED, "missing API key"),
+        )
+        .into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": "missing API key", "status": "failure"})
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The routes of the REST listener and the answers for everything else: a JSON `404` for unknown paths and a
-//! JSON `405` (with `allow`) for a known path with the wrong method.
+//! JSON `405` (with `allow`) for a known path with the wrong method. On Momentum's injector paths these answers,
+//! and the `403` of injection turned off, carry `"status": "failure"` as the injector's own do
+//! ([`inject::error_for_path`]).
 
 use axum::Router;
 use axum::extract::State;
@@ -59,12 +61,13 @@ pub fn router_with(state: RestState, extra: Router) -> Router {
 }
 
 /// Every injection route while REST injection is turned off.
-async fn injection_off(State(state): State<RestState>) -> Response {
+async fn injection_off(State(state): State<RestState>, uri: Uri) -> Response {
     let reason = state
         .injection_off
         .as_deref()
         .unwrap_or("REST injection is off");
-    ApiError::new(StatusCode::FORBIDDEN, reason.to_owned()).into_response()
+    let error = ApiError::new(StatusCode::FORBIDDEN, reason.to_owned());
+    inject::error_for_path(uri.path(), error).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -79,7 +82,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
         ),
         None => format!("no such endpoint: {method} {path}"),
     };
-    ApiError::new(StatusCode::NOT_FOUND, text).into_response()
+    inject::error_for_path(path, ApiError::new(StatusCode::NOT_FOUND, text)).into_response()
 }
 
 /// The `http_services` word of a path herald can serve, for a listener that does not.
@@ -96,9 +99,10 @@ fn service_of(path: &str) -> Option<&'static str> {
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    ApiError::new(
+    let path = uri.path();
+    let error = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} does not accept {method}", uri.path()),
-    )
-    .into_response()
+        format!("{path} does not accept {method}"),
+    );
+    inject::error_for_path(path, error).into_response()
 }

@@ -2,14 +2,22 @@
 //! `[%= :key %]` markers. Both spellings are plain text substitution: the value goes in as it is, with no MIME, header
 //! or JSON encoding, and keys match case-insensitively. After substitution every line ending becomes CRLF.
 //!
-//! A template is parsed once per request ([`Template::parse`]) and rendered once per recipient.
+//! A template is parsed once per request ([`Template::parse`]) and rendered once per recipient, each rendering
+//! bounded by [`MAX_RENDERED`].
 
 use std::borrow::Cow;
+
+/// The most bytes one recipient's message may render to: the ESMTP listener's default `max_message_size`, as the
+/// rendered message is read as that listener reads a received one. Without a bound, a template repeating a marker
+/// 100,000 times and a 1 MB value rendered 100 GB for one recipient and ended the process.
+pub const MAX_RENDERED: usize = crate::inbound::smtp::DEFAULT_MAX_MESSAGE_SIZE as usize;
 
 /// A parsed template: literal text and keys, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template<'a> {
     parts: Vec<Part<'a>>,
+    /// The most bytes a rendering may have ([`MAX_RENDERED`] unless [`Template::with_limit`] sets another).
+    limit: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +32,10 @@ enum Part<'a> {
 pub enum TemplateError {
     #[error("the template uses the key {0:?}, which this recipient's keys do not give")]
     MissingKey(String),
+    #[error(
+        "the message rendered for this recipient exceeds {limit} bytes, the most herald renders for one recipient"
+    )]
+    TooLarge { limit: usize },
 }
 
 impl<'a> Template<'a> {
@@ -56,7 +68,16 @@ impl<'a> Template<'a> {
         if literal_start < source.len() {
             parts.push(Part::Literal(&source[literal_start..]));
         }
-        Template { parts }
+        Template {
+            parts,
+            limit: MAX_RENDERED,
+        }
+    }
+
+    /// The same template with renderings bounded by `limit` bytes instead of [`MAX_RENDERED`].
+    pub fn with_limit(mut self, limit: usize) -> Template<'a> {
+        self.limit = limit;
+        self
     }
 
     /// The keys the template uses (lowercase), in order, with repeats.
@@ -67,7 +88,9 @@ impl<'a> Template<'a> {
         })
     }
 
-    /// The message for one recipient, with CRLF line endings. `lookup` gets each lowercase key.
+    /// The message for one recipient, with CRLF line endings. `lookup` gets each lowercase key. Rendering stops
+    /// at the first part that takes the message over the template's limit: a message that large is refused, and
+    /// what is rendered so far stays within about twice the limit.
     pub fn render<'v>(
         &self,
         mut lookup: impl FnMut(&str) -> Option<Cow<'v, str>>,
@@ -75,14 +98,28 @@ impl<'a> Template<'a> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
-                Part::Literal(text) => push_crlf(&mut out, text),
+                Part::Literal(text) => self.push_within(&mut out, text)?,
                 Part::Key(key) => match lookup(key) {
-                    Some(value) => push_crlf(&mut out, &value),
+                    Some(value) => self.push_within(&mut out, &value)?,
                     None => return Err(TemplateError::MissingKey(key.clone())),
                 },
             }
         }
         Ok(out)
+    }
+
+    /// Appends `text` (line endings as CRLF) unless the message would exceed the limit. Line endings only add
+    /// bytes, so a text longer than what is left is refused before it is copied.
+    fn push_within(&self, out: &mut String, text: &str) -> Result<(), TemplateError> {
+        let too_large = TemplateError::TooLarge { limit: self.limit };
+        if text.len() > self.limit.saturating_sub(out.len()) {
+            return Err(too_large);
+        }
+        push_crlf(out, text);
+        if out.len() > self.limit {
+            return Err(too_large);
+        }
+        Ok(())
     }
 }
 
@@ -204,6 +241,50 @@ mod tests {
             "a\r\nb\r\nc\r\nd\r\n"
         );
         assert_eq!(render("<%=:v%>", &[("v", "1\n2")]).unwrap(), "1\r\n2");
+    }
+
+    #[test]
+    fn a_rendering_stops_at_the_limit() {
+        let t = Template::parse("ab<%=:v%>").with_limit(5);
+        let value = |v: &'static str| move |_: &str| Some(Cow::Borrowed(v));
+        assert_eq!(t.render(value("cde")).unwrap(), "abcde");
+        assert_eq!(
+            t.render(value("cdef")),
+            Err(TemplateError::TooLarge { limit: 5 })
+        );
+        // Line endings written as CRLF count: "ab" + "c\r\nd" is 6 bytes.
+        assert_eq!(
+            t.render(value("c\nd")),
+            Err(TemplateError::TooLarge { limit: 5 })
+        );
+        assert_eq!(
+            Template::parse("abcdef").with_limit(5).render(value("")),
+            Err(TemplateError::TooLarge { limit: 5 })
+        );
+    }
+
+    #[test]
+    fn a_marker_repeated_with_a_large_value_stops_early() {
+        // A 700 KB template of 100,000 markers and a 1 MB value rendered 100 GB before there was a limit. It stops
+        // at the first value past the default limit, having looked up (and copied) only the ones before it.
+        let source = "<%=:a%>".repeat(100_000);
+        let value = "x".repeat(1 << 20);
+        let mut lookups = 0;
+        let rendered = Template::parse(&source).render(|_| {
+            lookups += 1;
+            Some(Cow::Borrowed(value.as_str()))
+        });
+        assert_eq!(
+            rendered,
+            Err(TemplateError::TooLarge {
+                limit: MAX_RENDERED
+            })
+        );
+        assert_eq!(lookups, MAX_RENDERED / value.len() + 1);
+        assert_eq!(
+            rendered.unwrap_err().to_string(),
+            "the message rendered for this recipient exceeds 10485760 bytes, the most herald renders for one recipient"
+        );
     }
 
     /// The parse as first written, one search for a closer per opener: the model the linear parse must agree with.
