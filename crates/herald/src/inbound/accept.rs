@@ -416,10 +416,31 @@ impl Intake {
     /// Makes `batch` durable, then logs and queues it. When this returns `Ok`, the sender may be told yes. A
     /// batch the engine has no room for in memory is refused ([`Refusal::Temporary`], back-pressure) before
     /// anything is stored.
-    pub async fn commit(&self, batch: Vec<Notification>, source: &Source) -> Result<(), Refusal> {
+    ///
+    /// Once started, a commit runs to its end on a task of its own, even when the caller stops waiting for it (a
+    /// client that hangs up mid-request drops its handler): a batch the spool has taken is always queued as well,
+    /// never left in the spool until the next start.
+    pub async fn commit(
+        self: &Arc<Self>,
+        batch: Vec<Notification>,
+        source: &Source,
+    ) -> Result<(), Refusal> {
         if batch.is_empty() {
             return Ok(());
         }
+        let intake = self.clone();
+        let source = source.clone();
+        match tokio::spawn(async move { intake.commit_here(batch, &source).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Refusal::Temporary(Unavailable::Queueing(
+                SubmitError::ShuttingDown,
+            ))),
+        }
+    }
+
+    /// [`Intake::commit`]'s work, in the caller's task.
+    async fn commit_here(&self, batch: Vec<Notification>, source: &Source) -> Result<(), Refusal> {
         if self.durable.queues_elsewhere() {
             self.durable
                 .persist(&batch)
@@ -749,5 +770,79 @@ mod tests {
         gate_tx.send(()).unwrap();
         slow_task.await.unwrap().unwrap();
         assert_eq!(engine.queues().len(), 2);
+    }
+
+    /// A spool whose writes wait for the test to let them finish, telling when one started.
+    struct GatedDurable {
+        started: tokio::sync::Notify,
+        gate: tokio::sync::Notify,
+    }
+
+    impl Durable for GatedDurable {
+        fn persist<'a>(
+            &'a self,
+            _batch: &'a [Notification],
+        ) -> BoxFuture<'a, Result<(), SpoolError>> {
+            Box::pin(async move {
+                self.started.notify_one();
+                self.gate.notified().await;
+                Ok(())
+            })
+        }
+    }
+
+    /// A sender that goes away while its batch is being made durable (its request's future dropped) does not
+    /// leave the batch in the spool unqueued until the next start: the commit finishes on its own task and queues it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_whose_caller_goes_away_still_queues_what_the_spool_took() {
+        let resolver = Arc::new(StaticResolver::default().with(settings("apps.example")));
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        engine.set_held(true);
+        let spool = Arc::new(GatedDurable {
+            started: tokio::sync::Notify::new(),
+            gate: tokio::sync::Notify::new(),
+        });
+        let intake = Arc::new(Intake::new(
+            resolver,
+            spool.clone(),
+            engine.clone(),
+            IdGenerator::new(1),
+        ));
+        let submission = Submission {
+            domain: "apps.example".into(),
+            token: "ab".repeat(32),
+            payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+            ..Submission::default()
+        };
+        let source = source(&intake);
+        let batch = vec![intake.prepare(submission, &source).unwrap()];
+        {
+            let commit = intake.commit(batch, &source);
+            tokio::select! {
+                _ = commit => panic!("the spool write was let through"),
+                _ = spool.started.notified() => {}
+            }
+            // The caller gives up here: its future is dropped mid-write.
+        }
+        spool.gate.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let received = engine
+                .stats("apps.example")
+                .map_or(0, |s| s.received.load(std::sync::atomic::Ordering::Relaxed));
+            if received == 1 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the notification the spool took was never queued"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

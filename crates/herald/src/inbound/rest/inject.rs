@@ -116,7 +116,7 @@ enum Outcome {
 }
 
 async fn inject_batch(
-    intake: &Intake,
+    intake: &std::sync::Arc<Intake>,
     body: &Bytes,
     source: &Source,
     max_notifications: usize,

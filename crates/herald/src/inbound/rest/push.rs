@@ -106,7 +106,7 @@ pub async fn push(State(state): State<RestState>, request: Request) -> Result<Re
 
 /// Parses, validates and commits one batch; the results are in request order.
 async fn accept_batch(
-    intake: &Intake,
+    intake: &std::sync::Arc<Intake>,
     body: &Bytes,
     source: &Source,
     max_notifications: usize,
