@@ -594,3 +594,44 @@ async fn over_http2_the_dashboards_own_origin_may_log_in_and_act() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
+
+/// The event stream is one long answer: the listener's `keepalive_timeout` (idle between requests) does not cut
+/// it while it is being sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_outlives_the_keepalive_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "http_services = ( push dashboard ) }",
+        "http_services = ( push dashboard ) keepalive_timeout = 1 }",
+    );
+    assert!(text.contains("keepalive_timeout = 1"));
+    std::fs::write(&config, text).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let base = format!("http://{}", server.addrs().await.http[0]);
+    let mut r = reqwest::Client::new()
+        .get(format!("{base}/dashboard/api/events"))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A tick a second: four of them take three seconds, three times the keep-alive timeout.
+    let mut ticks = 0;
+    let read = async {
+        while ticks < 4 {
+            let chunk = r
+                .chunk()
+                .await
+                .expect("the stream reads")
+                .expect("the stream was cut");
+            ticks += String::from_utf8_lossy(&chunk)
+                .matches("event: tick")
+                .count();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("four ticks within 30 s");
+}

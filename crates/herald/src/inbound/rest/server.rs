@@ -431,6 +431,32 @@ impl hyper::body::Body for TimedBody {
     }
 }
 
+/// An answer's body, holding its request open (see [`RequestGuard`]) until the body is sent or dropped.
+struct WhileSending {
+    body: axum::body::Body,
+    _open: RequestGuard,
+}
+
+impl hyper::body::Body for WhileSending {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// One accepted connection.
 struct Conn {
     app: Router,
@@ -472,9 +498,11 @@ impl Conn {
             extensions.insert(ConnId(conn_id));
             let mut app = app.clone();
             async move {
-                let response = app.call(request).await;
-                drop(open);
-                response
+                // The request stays open until its answer's body is sent (an event stream, a large answer), so that
+                // the watchdog does not take a connection still sending for an idle one.
+                app.call(request).await.map(|response| {
+                    response.map(|body| axum::body::Body::new(WhileSending { body, _open: open }))
+                })
             }
         });
         let stream = super::json_errors::JsonErrorIo::new(stream);
