@@ -1186,7 +1186,7 @@ option_table! {
         },
         Some("10000"),
         GLOBAL,
-        "Notifications one node pulls and holds unfinished at most: the rest of the consumer's room (spool_nats_max_ack_pending) stays for the other nodes, and a node that dies leaves at most this many waiting out the ack wait; a herald addition.",
+        "Notifications one node pulls and holds unfinished at most: the rest of the consumer's room (spool_nats_max_ack_pending) stays for the other nodes, and a node that dies leaves at most this many waiting out the ack wait; never more than max_resident_notifications (a larger value is lowered, with a warning); a herald addition.",
     ),
 }
 

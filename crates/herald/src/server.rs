@@ -220,7 +220,8 @@ impl Server {
         let dir = spool_settings.dir.clone();
         let (spool, jetstream): (Arc<dyn Spool>, Option<Arc<JetStreamSpool>>) =
             if spool_settings.backend == SpoolBackend::JetStream {
-                let js = JetStreamSpool::connect(jetstream_options(&spool_settings))
+                let options = node_options(&spool_settings, &config);
+                let js = JetStreamSpool::connect(options)
                     .await
                     .map_err(StartError::JetStream)?;
                 (js.clone(), Some(js))
@@ -912,6 +913,23 @@ impl crate::control::ServerHandle for Server {
 }
 
 /// The JetStream spool's options from the configuration.
+/// This node's JetStream options: the configuration's, holding no more than the engine takes in memory (beyond,
+/// its pull would wait on the engine while messages it fetched go unacknowledged, to be redelivered to another node
+/// and sent twice).
+fn node_options(s: &herald_conf::SpoolSettings, config: &herald_conf::Config) -> JetStreamOptions {
+    let mut options = jetstream_options(s);
+    let max_resident = EngineLimits::from_config(config).max_resident;
+    if options.max_held > max_resident {
+        tracing::warn!(
+            "spool_nats_max_held = {} is above max_resident_notifications = {max_resident}; this node holds at \
+             most {max_resident}",
+            options.max_held
+        );
+        options.max_held = max_resident;
+    }
+    options
+}
+
 fn jetstream_options(s: &herald_conf::SpoolSettings) -> JetStreamOptions {
     let mut o = JetStreamOptions::new(s.nats_servers(), &s.nats_stream);
     o.replicas = s.nats_replicas as usize;

@@ -665,6 +665,54 @@ async fn concurrent_batches_beyond_the_clients_publish_ack_cap_are_all_accepted(
     node.terminate();
 }
 
+/// A node holds no more than its engine takes in memory: with `spool_nats_max_held` above
+/// `max_resident_notifications` it holds the latter, so that its pull never waits on the engine while messages it
+/// fetched go unacknowledged (to be redelivered elsewhere and sent twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_no_more_than_max_resident_notifications() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let (_sim, port) = start_sim(&pki).await;
+    let a = Daemon::start(&write_config(
+        dir.path(),
+        "a",
+        &pki,
+        port,
+        &server.url(),
+        "spool_nats_max_held = 100\nmax_resident_notifications = 40\napn { enabled = false }",
+    ));
+    let client = reqwest::Client::new();
+    let tokens: Vec<String> = (0..200).map(|i| token(300_000 + i)).collect();
+    let (status, text) = post(&client, &a.http, &tokens).await.unwrap();
+    assert_eq!(status, 202, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = client
+            .get(format!("http://{}/metrics", a.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let held = metric(&m, "herald_jetstream_held");
+        assert!(
+            held <= 40,
+            "node A holds {held}, above max_resident_notifications\n{m}"
+        );
+        if held == 40 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node A holds {held}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.terminate();
+}
+
 /// A node pulls no more than `spool_nats_max_held`: the rest stays in the stream for the other nodes, and a node
 /// killed with SIGKILL leaves only that many to JetStream's ack wait; another node delivers the rest at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -393,9 +393,10 @@ impl Intake {
 
     /// Whether the engine has room in memory for `n` more notifications; a [`Refusal::Temporary`] naming
     /// `max_resident_notifications` if not. Listeners ask before they build a large batch; [`Intake::commit`]
-    /// takes the room for good.
+    /// takes the room for good. With a store that queues elsewhere (JetStream) accepted notifications do not take
+    /// this engine's memory (whichever node pulls them holds them, within its own limits): always room.
     pub fn has_room(&self, n: usize) -> Result<(), Refusal> {
-        if n <= self.engine.resident_room() {
+        if self.durable.queues_elsewhere() || n <= self.engine.resident_room() {
             Ok(())
         } else {
             Err(self.queue_full(n))
