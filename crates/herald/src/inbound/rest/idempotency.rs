@@ -25,8 +25,6 @@ pub const TTL: Duration = Duration::from_secs(24 * 3600);
 pub const HEADER: &str = "idempotency-key";
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 255;
-/// Largest answer remembered (a bigger one is sent but not remembered, with a warning).
-const MAX_ANSWER: usize = 16 << 20;
 
 /// The idempotency keys of every REST listener of a server.
 pub struct Idempotency {
@@ -127,7 +125,9 @@ impl Idempotency {
             return Ok(response);
         }
         let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, MAX_ANSWER).await.map_err(|e| {
+        // The answer is built in memory already, bounded by the request's own limits: it is remembered whatever its
+        // size, since the notifications it accepted are queued and a retry must not queue them again.
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
             err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 e.to_string(),
@@ -146,10 +146,14 @@ impl Idempotency {
         .await;
         match written {
             Ok(Ok(())) => {}
+            // The notifications are queued: the answer goes out all the same (a refusal now would have the sender
+            // retry, and queue them again under new ids); only a retry with this key would run again.
             Ok(Err(e)) => {
-                tracing::warn!(key = %key_text, "cannot remember an idempotency key: {e}")
+                tracing::warn!(key = %key_text, "cannot remember an idempotency key (the answer is sent; a retry with this key would be processed again): {e}")
             }
-            Err(e) => tracing::warn!(key = %key_text, "cannot remember an idempotency key: {e}"),
+            Err(e) => {
+                tracing::warn!(key = %key_text, "cannot remember an idempotency key (the answer is sent; a retry with this key would be processed again): {e}")
+            }
         }
         Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
     }
