@@ -634,6 +634,26 @@ async fn a_rendering_past_the_limit_refuses_its_recipient() {
     assert_eq!(records[0].payload, r#"{"aps":{"alert":"still here"}}"#);
 }
 
+/// One request's recipients render within a budget together (256 MiB): forty recipients of 9 MB each (each within
+/// its own limit) make the request a 413 naming the budget, and nothing is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_rendering_past_its_budget_is_refused_whole() {
+    let h = Harness::start(|_, _| {}).await;
+    let value = "x".repeat(9 * 1024);
+    let recipients: Vec<_> = (0..40)
+        .map(|i| json!({"to": format!("r{i}@{DOMAIN}"), "keys": {"a": value}}))
+        .collect();
+    let request = json!({"template": "<%=:a%>".repeat(1000), "recipients": recipients});
+    let (status, answer) = h.post("/v1.0/inject", &request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(answer["status"], "failure");
+    let text = error_text(&answer);
+    assert!(
+        text.contains("exceed 268435456 bytes together") && text.starts_with("recipients["),
+        "{answer}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_injects_like_momentums_example() {
     let h = Harness::start(|_, _| {}).await;

@@ -19,10 +19,15 @@ use serde_json::{Map, Value};
 
 use super::RestState;
 use super::error::{ApiError, describe_json_error, json_response, push_json_string, read_body};
-use super::template::Template;
+use super::template::{Template, TemplateError};
 use crate::inbound::accept::{Intake, Refusal, Source};
 use crate::inbound::mcmt::{self, Parsed, PartSubmission};
 use crate::queue::message::{MessageId, Notification};
+
+/// The most bytes the messages of one request may render to together (each recipient's within
+/// [`super::template::MAX_RENDERED`]): a request of many recipients, each rendering a large message, would
+/// otherwise cost minutes of copying; a larger one is refused with `413` before anything is accepted.
+pub const MAX_RENDERED_PER_REQUEST: usize = 256 << 20;
 
 /// The request body. Members Momentum defines that herald has no use for (`site`, `vctx`) are accepted and
 /// ignored, as are unknown ones, so Momentum clients work unchanged.
@@ -156,27 +161,44 @@ async fn inject_batch(
     for domain in domains {
         intake.warm(None, domain).await;
     }
-    let mut outcomes = Vec::with_capacity(recipients.len());
-    let mut batch = Vec::with_capacity(recipients.len());
-    let mut first_failure = None;
-    for (i, recipient) in recipients.iter().enumerate() {
-        match recipient_notifications(intake, &template, recipient, source) {
-            Ok(notifications) => {
-                outcomes.push(Outcome::Injected(
-                    notifications.iter().map(|n| n.id).collect(),
+    // Rendering and reading every recipient's message is CPU work: the runtime moves its other tasks off this
+    // thread meanwhile.
+    let (outcomes, batch, first_failure) = crate::queue::in_place(|| {
+        let mut outcomes = Vec::with_capacity(recipients.len());
+        let mut batch = Vec::with_capacity(recipients.len());
+        let mut first_failure = None;
+        let mut budget = MAX_RENDERED_PER_REQUEST;
+        for (i, recipient) in recipients.iter().enumerate() {
+            let notifications =
+                recipient_notifications(intake, &template, recipient, source, &mut budget);
+            if budget == 0 {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "recipients[{i}]: the messages rendered for this request exceed {MAX_RENDERED_PER_REQUEST} bytes \
+                         together; send the recipients in several requests"
+                    ),
                 ));
-                batch.extend(notifications);
-                if batch.len() > max_notifications {
-                    return Err(super::push::too_many(batch.len(), max_notifications));
+            }
+            match notifications {
+                Ok(notifications) => {
+                    outcomes.push(Outcome::Injected(
+                        notifications.iter().map(|n| n.id).collect(),
+                    ));
+                    batch.extend(notifications);
+                    if batch.len() > max_notifications {
+                        return Err(super::push::too_many(batch.len(), max_notifications));
+                    }
+                }
+                Err(Refusal::Temporary(m)) => return Err(ApiError::unavailable(m)),
+                Err(Refusal::Permanent(m)) => {
+                    first_failure.get_or_insert_with(|| format!("recipients[{i}]: {m}"));
+                    outcomes.push(Outcome::Failed(m));
                 }
             }
-            Err(Refusal::Temporary(m)) => return Err(ApiError::unavailable(m)),
-            Err(Refusal::Permanent(m)) => {
-                first_failure.get_or_insert_with(|| format!("recipients[{i}]: {m}"));
-                outcomes.push(Outcome::Failed(m));
-            }
         }
-    }
+        Ok::<_, ApiError>((outcomes, batch, first_failure))
+    })?;
     if let Some(error) = first_failure {
         return Ok(json_response(
             StatusCode::BAD_REQUEST,
@@ -196,8 +218,10 @@ fn recipient_notifications(
     template: &Template<'_>,
     recipient: &Recipient,
     source: &Source,
+    budget: &mut usize,
 ) -> Result<Vec<Notification>, Refusal> {
-    let parts = recipient_submissions(template, recipient).map_err(Refusal::Permanent)?;
+    let parts =
+        recipient_submissions_within(template, recipient, budget).map_err(Refusal::Permanent)?;
     let many = parts.len() > 1;
     parts
         .into_iter()
@@ -218,6 +242,18 @@ pub fn recipient_submissions(
     template: &Template<'_>,
     recipient: &Recipient,
 ) -> Result<Vec<PartSubmission>, String> {
+    let mut unbounded = usize::MAX;
+    recipient_submissions_within(template, recipient, &mut unbounded)
+}
+
+/// [`recipient_submissions`] within what is left of a request's rendering budget (`budget` bytes), which the
+/// rendered message's size is taken from; a message the budget cannot hold empties it (the request is then
+/// refused as a whole, see [`MAX_RENDERED_PER_REQUEST`]).
+pub fn recipient_submissions_within(
+    template: &Template<'_>,
+    recipient: &Recipient,
+    budget: &mut usize,
+) -> Result<Vec<PartSubmission>, String> {
     let to = recipient
         .to
         .as_deref()
@@ -234,14 +270,27 @@ pub fn recipient_submissions(
         .flatten()
         .map(|(k, v)| (k.to_lowercase(), key_text(v)))
         .collect();
-    let message = template
-        .render(|key| match keys.get(key) {
+    let rendered = template.render_at_most(
+        |key| match keys.get(key) {
             Some(v) => Some(Cow::Borrowed(v.as_ref())),
             None if key == "to" => Some(Cow::Borrowed(to)),
             None if key == "from" => Some(Cow::Borrowed(from)),
             None => None,
-        })
-        .map_err(|e| format!("template: {e}"))?;
+        },
+        *budget,
+    );
+    let message = match rendered {
+        Ok(message) => {
+            // Never down to 0, which stands for "used up" (a request rendering exactly the budget is accepted).
+            *budget = budget.saturating_sub(message.len()).max(1);
+            message
+        }
+        Err(e @ TemplateError::TooLarge { limit }) if limit == *budget => {
+            *budget = 0;
+            return Err(format!("template: {e}"));
+        }
+        Err(e) => return Err(format!("template: {e}")),
+    };
     let parsed = mcmt::parse(message.as_bytes()).map_err(|e| e.to_string())?;
     let Parsed::Mcmt(mcmt) = parsed else {
         return Err(

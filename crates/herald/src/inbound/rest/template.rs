@@ -93,34 +93,45 @@ impl<'a> Template<'a> {
     /// what is rendered so far stays within about twice the limit.
     pub fn render<'v>(
         &self,
-        mut lookup: impl FnMut(&str) -> Option<Cow<'v, str>>,
+        lookup: impl FnMut(&str) -> Option<Cow<'v, str>>,
     ) -> Result<String, TemplateError> {
+        self.render_at_most(lookup, self.limit)
+    }
+
+    /// [`Template::render`] within `limit` bytes when that is less than the template's own limit (what is left of
+    /// a request's rendering budget).
+    pub fn render_at_most<'v>(
+        &self,
+        mut lookup: impl FnMut(&str) -> Option<Cow<'v, str>>,
+        limit: usize,
+    ) -> Result<String, TemplateError> {
+        let limit = limit.min(self.limit);
         let mut out = String::new();
         for part in &self.parts {
             match part {
-                Part::Literal(text) => self.push_within(&mut out, text)?,
+                Part::Literal(text) => push_within(&mut out, text, limit)?,
                 Part::Key(key) => match lookup(key) {
-                    Some(value) => self.push_within(&mut out, &value)?,
+                    Some(value) => push_within(&mut out, &value, limit)?,
                     None => return Err(TemplateError::MissingKey(key.clone())),
                 },
             }
         }
         Ok(out)
     }
+}
 
-    /// Appends `text` (line endings as CRLF) unless the message would exceed the limit. Line endings only add
-    /// bytes, so a text longer than what is left is refused before it is copied.
-    fn push_within(&self, out: &mut String, text: &str) -> Result<(), TemplateError> {
-        let too_large = TemplateError::TooLarge { limit: self.limit };
-        if text.len() > self.limit.saturating_sub(out.len()) {
-            return Err(too_large);
-        }
-        push_crlf(out, text);
-        if out.len() > self.limit {
-            return Err(too_large);
-        }
-        Ok(())
+/// Appends `text` (line endings as CRLF) unless the message would exceed `limit`. Line endings only add bytes, so
+/// a text longer than what is left is refused before it is copied.
+fn push_within(out: &mut String, text: &str, limit: usize) -> Result<(), TemplateError> {
+    let too_large = TemplateError::TooLarge { limit };
+    if text.len() > limit.saturating_sub(out.len()) {
+        return Err(too_large);
     }
+    push_crlf(out, text);
+    if out.len() > limit {
+        return Err(too_large);
+    }
+    Ok(())
 }
 
 /// Where the next `%>` (or `%]`) at or after a position is. The parser asks with positions that only grow, and the
