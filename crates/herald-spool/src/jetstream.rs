@@ -1215,6 +1215,25 @@ mod tests {
         }
     }
 
+    /// A spool on `stream` at `url` with an ack wait of a minute (longer than any test), set up, and what it pulls.
+    async fn connected(
+        url: String,
+        stream: &str,
+    ) -> (
+        Arc<JetStreamSpool>,
+        tokio::sync::mpsc::Receiver<StoredNotification>,
+    ) {
+        let mut options = JetStreamOptions::new(vec![url], stream);
+        options.ack_wait = Duration::from_secs(60);
+        let spool = JetStreamSpool::connect(options).await.unwrap();
+        let rx = spool.take_deliveries().unwrap();
+        wait_for("the stream set up", Duration::from_secs(20), async || {
+            spool.connected()
+        })
+        .await;
+        (spool, rx)
+    }
+
     /// A message in a record format this build does not read (as a newer herald writes during a rolling upgrade)
     /// is neither queued nor dropped: it goes back to the stream, for a node that reads it. A damaged record (its
     /// checksum does not match) is dropped.
@@ -1224,14 +1243,7 @@ mod tests {
         let Some((_server, url)) = nats(dir.path()) else {
             return;
         };
-        let mut options = JetStreamOptions::new(vec![url], "newer");
-        options.ack_wait = Duration::from_secs(60);
-        let spool = JetStreamSpool::connect(options).await.unwrap();
-        let mut rx = spool.take_deliveries().unwrap();
-        wait_for("the stream set up", Duration::from_secs(20), async || {
-            spool.connected()
-        })
-        .await;
+        let (spool, mut rx) = connected(url, "newer").await;
         let mut newer = encode_message(&notification(9, 0xcc));
         newer[16] = RECORD_VERSION + 1;
         let subject = spool.subject.clone();
@@ -1282,15 +1294,8 @@ mod tests {
         let Some((_server, url)) = nats(dir.path()) else {
             return;
         };
-        let mut options = JetStreamOptions::new(vec![url], "held");
         // No redelivery by the ack wait during the test: only the nak below causes one.
-        options.ack_wait = Duration::from_secs(60);
-        let spool = JetStreamSpool::connect(options).await.unwrap();
-        let mut rx = spool.take_deliveries().unwrap();
-        wait_for("the stream set up", Duration::from_secs(20), async || {
-            spool.connected()
-        })
-        .await;
+        let (spool, mut rx) = connected(url, "held").await;
         let id = 0x42u128 << 64 | 7;
         spool.append(vec![notification(id, 0xaa)]).await.unwrap();
         let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
