@@ -190,6 +190,12 @@ fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>
     }
 }
 
+/// The key of this run's first broadcast: after every stored one (`last_seq` the greatest stored key, 0 for none),
+/// and in the clock's space (milliseconds, 16 bits of counter), even when the clock is now behind the earlier run's.
+fn first_seq(last_seq: u64, now_ms: u64) -> u64 {
+    last_seq.saturating_add(1).max(now_ms << 16)
+}
+
 impl Broadcaster {
     /// Loads the broadcasts stored by an earlier run and starts sending.
     pub fn start(
@@ -237,7 +243,7 @@ impl Broadcaster {
             sending: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             conns: Mutex::new(HashMap::new()),
             counts: Mutex::new(BTreeMap::new()),
-            seq: AtomicU64::new(last_seq.max(now_ms() << 16)),
+            seq: AtomicU64::new(first_seq(last_seq, now_ms())),
         });
         tokio::spawn(me.clone().run());
         Ok(me)
@@ -635,6 +641,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clock behind the earlier run's (or a key stored ahead of it) never gives the first new broadcast the key of
+    /// a stored one, which would replace it unsent.
+    #[test]
+    fn the_first_key_comes_after_every_stored_one() {
+        let now = 1_800_000_000_000u64;
+        assert_eq!(first_seq(0, now), now << 16);
+        let stored_ahead = (now + 60_000) << 16;
+        assert_eq!(first_seq(stored_ahead, now), stored_ahead + 1);
+        assert_eq!(first_seq((now - 1) << 16, now), now << 16);
+    }
 
     #[test]
     fn a_stored_broadcast_reads_back_and_older_records_get_defaults() {
