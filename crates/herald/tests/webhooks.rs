@@ -423,3 +423,56 @@ async fn outcomes_of_the_last_deliveries_before_a_graceful_stop_survive_it() {
     daemon.terminate();
     sim.shutdown().await;
 }
+
+/// A receiver that redirects is not taken as having the outcomes: following a 302 would turn the POST into a GET
+/// without them, whose 2xx would count the batch delivered (docs/api.md: only a 2xx to the POST takes a batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_taken_for_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let _sim = start_sim(&pki, port, &[]).await;
+    let gets = Arc::new(AtomicUsize::new(0));
+    let counted = gets.clone();
+    let app = axum::Router::new()
+        .route(
+            "/moved",
+            post(|| async { (StatusCode::FOUND, [("location", "/elsewhere")]) }),
+        )
+        .route(
+            "/elsewhere",
+            axum::routing::get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::OK }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{addr}/moved");
+    let config = write_config(dir.path(), &pki, port, &[("hooks.example", &url, 100_000)]);
+    let daemon = Daemon::start(&config);
+    push(&daemon.http, "hooks.example", &[token(1), token(2)]).await;
+    let deadline = Instant::now() + WAIT;
+    while metric(
+        &daemon.http,
+        "herald_webhook_failures_total{domain=\"hooks.example\"}",
+    )
+    .await
+    .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the webhook was never attempted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gets.load(Ordering::SeqCst), 0, "the redirect was followed");
+    assert_eq!(
+        metric(
+            &daemon.http,
+            "herald_webhook_delivered_total{domain=\"hooks.example\"}"
+        )
+        .await,
+        Some(0)
+    );
+    daemon.terminate();
+}

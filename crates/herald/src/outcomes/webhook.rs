@@ -303,8 +303,11 @@ impl Webhooks {
             handoff_dropped: AtomicU64::new(0),
             senders,
             stop_senders,
+            // A redirect is not followed: a 301/302/303 would turn the POST into a GET without the outcomes,
+            // whose 2xx would take the batch for delivered. It is a failure like any other non-2xx (retried).
             http: reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
         });
