@@ -12,6 +12,7 @@ pub const SECRET_OPTIONS: &[&str] = &[
     "control_password",
     "dashboard_admin_keys",
     "outcome_webhook_secret",
+    "spool_nats_token",
     "tls_pkcs12_password",
 ];
 
@@ -62,5 +63,21 @@ mod tests {
         }
         assert!(is_secret_name("API_KEY"));
         assert!(!is_secret_name("apn_key"));
+    }
+
+    /// An option named like a secret (a password, a secret, a token value) is masked; a new one cannot be added
+    /// without being listed.
+    #[test]
+    fn every_option_named_like_a_secret_is_masked() {
+        for def in crate::OPTIONS {
+            let name = def.name;
+            if name.ends_with("password") || name.ends_with("secret") || name.ends_with("_token") {
+                assert!(is_secret_name(name), "{name} is not masked");
+            }
+        }
+        assert_eq!(
+            render_option_value("spool_nats_token", &Value::Str("tok".into()), true),
+            MASK
+        );
     }
 }
