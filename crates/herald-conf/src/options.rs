@@ -599,7 +599,7 @@ option_table! {
         Kind::Cidrs,
         None,
         LISTENER_PEER,
-        "Client addresses always accepted; with a list set, others are refused unless no list matches and `always_deny` is empty.",
+        "Client addresses always accepted, even when `always_deny` matches them; on its own it refuses no one (only `always_deny` refuses).",
     ),
     AlwaysDeny => opt(
         "always_deny",

@@ -1,8 +1,9 @@
 //! Configuration warnings: listeners and the console open wider than their protection (see the parent module).
 //!
 //! - a TCP control listener on an address other than loopback without `control_password`;
-//! - an ESMTP or HTTP listener on every address (`0.0.0.0`, `::`, `:PORT`) with no `always_allow` list and, for
-//!   HTTP, no API key;
+//! - an ESMTP or HTTP listener on every address (`0.0.0.0`, `::`, `:PORT`) with no address restriction and, for
+//!   HTTP, no API key. An `always_allow` list alone restricts nothing (an address outside it is refused only when
+//!   it matches `always_deny`): the restriction is an `always_deny` list (with `always_allow` for the clients);
 //! - an empty `api_key` or `api_keys` entry;
 //! - a control socket `file_mode` wider than 0660.
 
@@ -103,15 +104,19 @@ fn check_listen(
         (ScopeKind::EsmtpListener | ScopeKind::HttpListener, ListenAddr::Tcp(sa))
             if sa.ip().is_unspecified() =>
         {
-            let allow_list = non_empty_list(resolved(listen, listener, Opt::AlwaysAllow));
+            // Only a deny list refuses anyone: an address outside `always_allow` is still accepted unless it
+            // matches `always_deny` (settings::Acl::permits).
+            let deny_list = non_empty_list(resolved(listen, listener, Opt::AlwaysDeny));
             let http = listener.kind == ScopeKind::HttpListener;
             let keys = non_empty_str(resolved(listen, listener, Opt::ApiKey))
                 || non_empty_list(resolved(listen, listener, Opt::ApiKeys));
-            if !(allow_list || (http && keys)) {
+            if !(deny_list || (http && keys)) {
                 let protect = if http {
-                    "set api_key (or api_keys) or an always_allow list of the clients' addresses"
+                    "set api_key (or api_keys), or always_deny = ( 0.0.0.0/0 ::/0 ) with an always_allow list of \
+                     the clients' addresses"
                 } else {
-                    "set an always_allow list of the clients' addresses"
+                    "set always_deny = ( 0.0.0.0/0 ::/0 ) with an always_allow list of the clients' addresses (an \
+                     always_allow list alone refuses no one)"
                 };
                 diags.warning(
                     at,
@@ -190,7 +195,7 @@ mod tests {
     fn listeners_open_to_every_address_need_keys_or_an_allow_list() {
         one(
             "http_listener {\n  listen \":8080\" { }\n}\n",
-            &["t.conf:2", "api_key", "always_allow"],
+            &["t.conf:2", "api_key", "always_deny", "always_allow"],
         );
         one(
             "esmtp_listener {\n\n  listen \"0.0.0.0:25\" { }\n}\n",
@@ -201,9 +206,17 @@ mod tests {
             warnings("http_listener { api_keys = ( \"k\" )\n listen \"[::]:8080\" { } }")
                 .is_empty()
         );
+        // An allow list alone lets every address in (docs/momentum-compat.md: always_allow wins over always_deny,
+        // and what neither names is accepted): still open.
+        one(
+            "esmtp_listener { always_allow = ( 10.0.0.0/8 )\n listen \":25\" { } }",
+            &["t.conf:2", "always_deny", "refuses no one"],
+        );
         assert!(
-            warnings("esmtp_listener { always_allow = ( 10.0.0.0/8 )\n listen \":25\" { } }")
-                .is_empty()
+            warnings(
+                "esmtp_listener { always_allow = ( 10.0.0.0/8 ) always_deny = ( 0.0.0.0/0 ::/0 )\n listen \":25\" { } }"
+            )
+            .is_empty()
         );
         assert!(warnings("esmtp_listener { listen \"127.0.0.1:25\" { } }").is_empty());
         assert!(
