@@ -489,6 +489,37 @@ async fn the_control_listener_caps_its_connections_per_client() {
     h.stop().await;
 }
 
+/// A console client that sends commands and never reads the replies does not hold its connection for good: a reply
+/// not taken within the listener's `timeout` closes the connection (it would otherwise hold a slot of
+/// `max_connections` past every timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_client_that_does_not_read_is_disconnected() {
+    let h = Herald::start(Opts {
+        control: "timeout = 1",
+        ..Opts::default()
+    })
+    .await;
+    let socket = TcpSocket::new_v4().unwrap();
+    // A small window, so that unread replies fill both ends' buffers soon.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(h.control).await.unwrap();
+    // Each line gets "Authentication required…": far more reply bytes than the buffers hold.
+    let lines = "help\n".repeat(16 * 1024);
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            if s.write_all(lines.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open while its client read nothing"
+    );
+    h.stop().await;
+}
+
 /// Sends `request` on a fresh connection and returns the whole answer (the server closes or answers in full).
 async fn raw_http(to: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(to).await.unwrap();

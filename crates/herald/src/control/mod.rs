@@ -348,13 +348,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             () = stop.cancelled() => return,
             read = tokio::time::timeout(rules.timeout, protocol::read_request(&mut r)) => match read {
                 Err(_) => {
-                    let _ = protocol::write_reply(&mut w, &Reply::err("Idle timeout; closing.\n")).await;
+                    send(&mut w, &Reply::err("Idle timeout; closing.\n"), rules.timeout, &stop).await;
                     return;
                 }
                 Ok(Ok(Some(line))) => line,
                 Ok(Ok(None)) => return,
                 Ok(Err(e)) => {
-                    let _ = protocol::write_reply(&mut w, &Reply::err(format!("{e}\n"))).await;
+                    send(&mut w, &Reply::err(format!("{e}\n")), rules.timeout, &stop).await;
                     return;
                 }
             },
@@ -416,9 +416,30 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 (commands::execute(server.as_ref(), cmd).await, close)
             }
         };
-        if protocol::write_reply(&mut w, &reply).await.is_err() || close {
+        if !send(&mut w, &reply, rules.timeout, &stop).await || close {
             return;
         }
+    }
+}
+
+/// Writes `reply`; false when it could not be written within `timeout` (a client that does not read its replies
+/// must not hold its connection slot for good), the connection failed, or the listener stops meanwhile.
+async fn send<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    reply: &Reply,
+    timeout: std::time::Duration,
+    stop: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        written = tokio::time::timeout(timeout, protocol::write_reply(w, reply)) => match written {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::debug!("control connection closed: its client did not read a reply for {timeout:?}");
+                false
+            }
+        },
     }
 }
 
