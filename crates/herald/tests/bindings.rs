@@ -238,6 +238,18 @@ binding "b_domain" {{
     assert_eq!(from("default", "b3"), COUNT);
     assert_eq!(from("g", "in_group"), COUNT);
     assert_eq!(from("default", "b_domain"), COUNT);
+    // The mainlog's R lines name them as well (the last two fields), as its D lines do.
+    let mainlog = support::log_fields(&rig.dir.path().join("mainlog.ec"));
+    let received = |group: &str, binding: &str| {
+        mainlog
+            .iter()
+            .filter(|f| f[4] == "R" && f[f.len() - 2] == group && f[f.len() - 1] == binding)
+            .count()
+    };
+    assert_eq!(received("default", "default"), COUNT);
+    assert_eq!(received("default", "b3"), COUNT);
+    assert_eq!(received("g", "in_group"), COUNT);
+    assert_eq!(received("default", "b_domain"), COUNT);
     rig.server.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -403,6 +403,17 @@ impl Intake {
         }
     }
 
+    /// The binding group `n` is delivered from, for its R line: `None` (`default`) for the default binding, with no
+    /// lookup on the common path; else the group of its binding's settings, which the door checks built already.
+    fn binding_group(&self, n: &Notification) -> Option<Arc<str>> {
+        if &*n.binding == DEFAULT_BINDING {
+            return None;
+        }
+        self.resolver
+            .cached(&n.binding, &n.domain)
+            .map(|s| s.binding_group.clone())
+    }
+
     fn queue_full(&self, n: usize) -> Refusal {
         Refusal::Temporary(Unavailable::QueueFull {
             held: self
@@ -449,7 +460,12 @@ impl Intake {
                 .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
             let logs = self.engine.logs().clone();
             for n in &batch {
-                logs.reception(n, source.ip, source.protocol);
+                logs.reception(
+                    n,
+                    source.ip,
+                    source.protocol,
+                    self.binding_group(n).as_deref().unwrap_or(DEFAULT_BINDING),
+                );
             }
             return Ok(());
         }
@@ -464,7 +480,12 @@ impl Intake {
             .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
         let logs = self.engine.logs().clone();
         for n in &batch {
-            logs.reception(n, source.ip, source.protocol);
+            logs.reception(
+                n,
+                source.ip,
+                source.protocol,
+                self.binding_group(n).as_deref().unwrap_or(DEFAULT_BINDING),
+            );
         }
         for n in batch {
             self.engine

@@ -48,7 +48,15 @@ impl MainLog {
         &self.file
     }
 
-    pub fn reception(&self, n: &Notification, source_ip: Option<IpAddr>, protocol: &str) {
+    /// The R line of `n`, accepted from `source_ip` over `protocol`, to be delivered from `binding_group`'s
+    /// `n.binding`.
+    pub fn reception(
+        &self,
+        n: &Notification,
+        source_ip: Option<IpAddr>,
+        protocol: &str,
+        binding_group: &str,
+    ) {
         if !self.log_receptions {
             return;
         }
@@ -77,7 +85,10 @@ impl MainLog {
         }
         let _ = write!(line, "@{}@", n.push.payload.len());
         push_escaped(&mut line, protocol);
-        line.push_str("@default@default");
+        line.push('@');
+        push_escaped(&mut line, binding_group);
+        line.push('@');
+        push_escaped(&mut line, &n.binding);
         self.file.write_line(&line);
     }
 

@@ -157,9 +157,16 @@ impl Logs {
         }
     }
 
-    pub fn reception(&self, n: &Notification, source_ip: Option<IpAddr>, protocol: &str) {
+    /// The R line of `n` (see [`mainlog::MainLog::reception`]).
+    pub fn reception(
+        &self,
+        n: &Notification,
+        source_ip: Option<IpAddr>,
+        protocol: &str,
+        binding_group: &str,
+    ) {
         if let Some(m) = &self.mainlog {
-            m.reception(n, source_ip, protocol);
+            m.reception(n, source_ip, protocol, binding_group);
         }
     }
 
