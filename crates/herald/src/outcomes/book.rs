@@ -325,6 +325,19 @@ impl OutcomeListener for StatusBook {
         });
     }
 
+    /// Gone to another node for its retry: that node's book follows it, and this one forgets it (a lookup here
+    /// answers 404, as on any node that does not deliver it), so that entries do not pile up here.
+    fn left(&self, id: MessageId) {
+        let key = key_of(id);
+        let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
+        if shard
+            .get_mut(&key)
+            .is_some_and(|e| !matches!(e.phase, Phase::Final(_)))
+        {
+            shard.remove(&key);
+        }
+    }
+
     fn outcome(&self, r: &OutcomeRecord<'_>) {
         let key = key_of(r.notification.id);
         let record = {
@@ -526,6 +539,36 @@ mod tests {
             assert!(matches!(found, Lookup::Found(_)), "{key:?}: {found:?}");
         }
         assert_eq!(book.stats().tracked, 0);
+    }
+
+    /// A notification given back to the JetStream stream for its retry leaves this node's book (another node
+    /// follows it); one that is finished here is not forgotten by it.
+    #[tokio::test]
+    async fn a_notification_that_left_for_another_node_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let ids = IdGenerator::new(0);
+        let n = notification(ids.next(), "book.example", 1);
+        book.queued(&n, 0);
+        book.in_flight(n.id);
+        let mut failed = delivered(&n);
+        failed.kind = OutcomeKind::Transient;
+        failed.error = "503 ServiceUnavailable";
+        book.outcome(&failed);
+        assert_eq!(book.stats().tracked, 1);
+        book.left(n.id);
+        assert_eq!(book.stats().tracked, 0);
+        assert_eq!(book.lookup(&key_of(n.id)).unwrap(), Found::Unknown);
+        // Finished here: kept (until stored), whatever `left` says after.
+        let done = notification(ids.next(), "book.example", 2);
+        book.queued(&done, 0);
+        book.outcome(&delivered(&done));
+        book.left(done.id);
+        assert!(matches!(
+            book.lookup(&key_of(done.id)).unwrap(),
+            Found::Status(_)
+        ));
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub trait OutcomeListener: Send + Sync + 'static {
     fn outcome(&self, record: &OutcomeRecord<'_>);
     /// After a transient failure: the next attempt is due at `next_attempt`.
     fn rescheduled(&self, _id: MessageId, _retries: u32, _next_attempt: SystemTime) {}
+    /// After a transient failure: the notification went back to the shared store for its retry (the JetStream
+    /// spool), to be delivered by whichever node pulls it; this node hears nothing more of it.
+    fn left(&self, _id: MessageId) {}
 }
 
 /// How long a writer thread (final outcomes, webhook events) lets work gather after a batch that did not fill
@@ -80,6 +83,9 @@ impl OutcomeListener for Fanout {
         self.0
             .iter()
             .for_each(|l| l.rescheduled(id, retries, next_attempt));
+    }
+    fn left(&self, id: MessageId) {
+        self.0.iter().for_each(|l| l.left(id));
     }
 }
 

@@ -228,6 +228,9 @@ impl EngineShared {
             .is_some_and(|o| o.hand_back(item.notification.id, item.retries, delay));
         if taken {
             self.resident.add_permits(1);
+            if let Some(l) = self.listener.get() {
+                l.left(item.notification.id);
+            }
         }
         taken
     }
