@@ -283,7 +283,8 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
     let reply = smtp_send(&daemon.esmtp, &token(1001)).await;
     assert!(reply.starts_with("452 4.3.1"), "{reply}");
 
-    // APNs comes back: what herald holds is delivered, and the removals wait in memory.
+    // APNs comes back: what herald holds is delivered, and the removals wait in memory. The final outcomes cannot
+    // be stored for status lookups either: they are counted as dropped, not lost silently.
     let sim = start_sim(&pki, port).await;
     sim.wait_for_records(held.len() as u64, WAIT).await;
     wait_metrics(
@@ -291,6 +292,7 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
         &[
             ("herald_spool_pending_removals", held.len() as u64),
             ("herald_spool_writable", 0),
+            ("herald_outcomes_dropped_total", held.len() as u64),
         ],
     )
     .await;

@@ -185,7 +185,8 @@ pub struct BookStats {
     pub tracked: u64,
     /// Final outcomes in the store.
     pub stored: u64,
-    /// Final outcomes dropped because the writer fell [`WRITE_BACKLOG`] behind.
+    /// Final outcomes dropped because the writer fell [`WRITE_BACKLOG`] behind or the store refused them (disk
+    /// full or failing).
     pub dropped: u64,
     /// Outcomes pruned after the retention or beyond the bound.
     pub pruned: u64,
@@ -450,8 +451,15 @@ fn write_loop(rx: Receiver<Stored>, book: Weak<StatusBook>) {
         let mut tries = 0;
         while let Err(e) = book.store.put(&entries) {
             tries += 1;
-            tracing::error!("storing {} final outcomes: {e}", entries.len());
             if tries >= 3 {
+                // Lost for lookups (they answer 404): counted with the other dropped outcomes.
+                book.dropped
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                tracing::error!(
+                    "storing {} final outcomes: {e}; dropped (status lookups answer 404 for them; see \
+                     herald_outcomes_dropped_total)",
+                    entries.len()
+                );
                 break;
             }
         }

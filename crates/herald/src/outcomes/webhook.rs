@@ -651,7 +651,13 @@ fn store_chunk(hooks: &Arc<Webhooks>, domain: &Arc<str>, chunk: ChunkBuilder) {
     let n = chunk.len() as u64;
     let first_seq = q.next_seq.fetch_add(n, Ordering::Relaxed);
     if let Err(e) = hooks.store.hook_append(domain, first_seq, chunk.as_bytes()) {
-        tracing::error!(%domain, "storing {n} webhook outcomes: {e}");
+        // Not queued (the store refuses writes: disk full or failing): counted as dropped, as the docs promise
+        // of every outcome that does not reach the receiver.
+        q.dropped.fetch_add(n, Ordering::Relaxed);
+        tracing::error!(
+            %domain,
+            "storing {n} webhook outcomes: {e}; dropped (see herald_webhook_dropped_total)"
+        );
         return;
     }
     let bound = hooks.settings(domain).map_or(u64::MAX, |s| s.backlog);
