@@ -317,8 +317,15 @@ pub(crate) fn candidates<'a>(root: &'a Node, path: &ScopePath) -> Candidates<'a>
             let p = path.name_of(ScopeKind::Peer);
             let lap = la.zip(p).and_then(|(la, p)| la.find_peer(p));
             let lp = l.zip(p).and_then(|(l, p)| l.find_peer(p));
+            // As the listeners apply them (settings::listeners): the most specific peer stanza containing the
+            // address, the listen stanza's own on a tie, then listen, then listener.
+            let peer = match (lap, lp) {
+                (Some(a), Some(b)) if peer_prefix(b) > peer_prefix(a) => Some(b),
+                (Some(a), _) => Some(a),
+                (None, b) => b,
+            };
             Candidates {
-                nodes: [lap, la, lp, l].into_iter().flatten().collect(),
+                nodes: [peer, la, l].into_iter().flatten().collect(),
                 host: false,
             }
         }
@@ -381,6 +388,14 @@ pub(crate) fn first_value<'a>(c: &Candidates<'a>, id: OptId) -> &'a Value {
         return &UNLIMITED;
     }
     options::default_value(id)
+}
+
+/// The prefix length of a `peer` stanza's CIDR (0 when its name is not one).
+fn peer_prefix(peer: &Node) -> u8 {
+    peer.name
+        .as_deref()
+        .and_then(|n| n.parse::<crate::net::Cidr>().ok())
+        .map_or(0, |c| c.prefix)
 }
 
 #[cfg(test)]

@@ -560,6 +560,56 @@ esmtp_listener {
     );
 }
 
+/// `config eval` answers what the listener applies: a listener-level `peer` wins over its listen stanza for the
+/// addresses it contains (docs/momentum-compat.md#fallback: peer -> listen -> listener), and the most specific peer
+/// wins wherever it is declared.
+#[test]
+fn a_listener_level_peer_wins_over_the_listen_stanza_in_eval_as_at_run_time() {
+    let c = Config::parse_str(
+        "p.conf",
+        r#"
+esmtp_listener {
+  peer "10.0.0.0/8" { mcmt_reception = reject }
+  peer "10.1.0.0/16" { mcmt_reception = passthru }
+  listen ":25" {
+    mcmt_reception = allow
+    peer "10.0.0.0/8" { mcmt_reception = allow }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let e = |ip: &str| {
+        eval(
+            &c,
+            &[
+                "esmtp_listener",
+                "listen",
+                ":25",
+                "peer",
+                ip,
+                "mcmt_reception",
+            ],
+        )
+    };
+    let listener = &c.listeners()[0];
+    for (ip, want) in [
+        // The listen stanza's own 10/8 overrides the listener's 10/8.
+        ("10.9.9.9", "allow"),
+        // The listener's 10.1/16 is more specific than the listen stanza's 10/8.
+        ("10.1.2.3", "passthru"),
+        // No peer: the listen stanza.
+        ("8.8.8.8", "allow"),
+    ] {
+        assert_eq!(e(ip), Value::Str(want.into()), "eval for {ip}");
+        assert_eq!(
+            listener.mcmt_reception_for(ip.parse().unwrap()).word(),
+            want,
+            "run time for {ip}"
+        );
+    }
+}
+
 #[test]
 fn scope_path_errors() {
     let c = Config::parse_str("e.conf", "").unwrap();
