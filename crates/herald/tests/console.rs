@@ -14,7 +14,8 @@ use support::{free_port, token_auth_options};
 
 const TOPIC: &str = "com.example.console";
 const WAIT: Duration = Duration::from_secs(60);
-const PASSWORD: &str = "s3cret word";
+/// With a space and double quotes: the console sends any password whole.
+const PASSWORD: &str = r#"s3cret "word""#;
 
 /// What one `herald console` run printed.
 #[derive(Debug)]
@@ -90,7 +91,7 @@ ec_logger "main" {{ mainlog = "{log}" }}
 http_listener {{ listen "127.0.0.1:0" {{ }} }}
 control_listener {{
   listen "{sock}" {{ file_mode = 0600 }}
-  listen "127.0.0.1:0" {{ control_password = "{PASSWORD}" }}
+  listen "127.0.0.1:0" {{ control_password = '{PASSWORD}' }}
 }}
 "#,
         spool = dir.join("spool").display(),

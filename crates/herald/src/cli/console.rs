@@ -113,9 +113,9 @@ impl Connection {
             }
         };
         if let Some(p) = password {
-            let reply = conn
-                .send(&format!("auth {}", command_line(&[p.to_string()])))
-                .await?;
+            // Always quoted: the listener takes what is between the quotes as written, so that any password
+            // (spaces, double quotes) arrives whole.
+            let reply = conn.send(&format!("auth \"{p}\"")).await?;
             if !reply.ok {
                 bail!("{}: {}", target.label(), reply.text.trim_end());
             }

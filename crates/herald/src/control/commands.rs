@@ -218,6 +218,23 @@ pub fn words(line: &str) -> Vec<String> {
     out
 }
 
+/// The password of an `auth` line, taken as written after the command (a password may hold any character,
+/// double quotes included, which word splitting would drop): one wrapped in double quotes loses them. `None` for
+/// another command, or `auth` with nothing after it (a usage error).
+fn auth_password(line: &str) -> Option<String> {
+    let line = line.trim();
+    let (command, rest) = line.split_once(char::is_whitespace)?;
+    if !command.eq_ignore_ascii_case("auth") {
+        return None;
+    }
+    let rest = rest.trim();
+    let password = match rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) => inner,
+        None => rest,
+    };
+    (!rest.is_empty()).then(|| password.to_owned())
+}
+
 fn number(what: &'static str, word: &str) -> Result<usize, ParseError> {
     word.parse().map_err(|_| ParseError::NotANumber {
         what,
@@ -227,6 +244,9 @@ fn number(what: &'static str, word: &str) -> Result<usize, ParseError> {
 
 /// Parses one command line. `Ok(None)` for an empty line.
 pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
+    if let Some(password) = auth_password(line) {
+        return Ok(Some(Command::Auth(password)));
+    }
     let w = words(line);
     let Some(first) = w.first() else {
         return Ok(None);
@@ -781,6 +801,21 @@ fn invalid_tokens(server: &dyn ServerHandle, domain: Option<&str>, since: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_is_taken_as_written() {
+        let auth = |line: &str| match parse(line) {
+            Ok(Some(Command::Auth(p))) => p,
+            other => panic!("{line:?}: {other:?}"),
+        };
+        assert_eq!(auth("auth s3cret"), "s3cret");
+        assert_eq!(auth(r#"auth a"b"#), r#"a"b"#);
+        assert_eq!(auth(r#"AUTH "two words""#), "two words");
+        assert_eq!(auth("auth two words"), "two words");
+        assert_eq!(auth(r#"auth """#), "");
+        assert!(matches!(parse("auth"), Err(ParseError::Usage(_))));
+        assert!(matches!(parse("auth   "), Err(ParseError::Usage(_))));
+    }
 
     #[test]
     fn words_split_on_blanks_and_keep_quoted_groups() {
