@@ -51,9 +51,9 @@ impl Harness {
         let mainlog = dir.path().join("log/mainlog.ec");
         let apnlog = dir.path().join("log/apnlog.ec");
         let logs = Logs {
-            mainlog: Some(Arc::new(MainLog::new(
+            mainlog: vec![Arc::new(MainLog::new(
                 LogFile::open(&mainlog, 0o644).unwrap(),
-            ))),
+            ))],
             apnlog: vec![Arc::new(ApnLog::new(
                 LogFile::open(&apnlog, 0o644).unwrap(),
                 ApnLogFormats::default(),

@@ -84,9 +84,9 @@ impl Harness {
             .unwrap();
         let mainlog = dir.path().join("mainlog.ec");
         let logs = Logs {
-            mainlog: Some(Arc::new(MainLog::new(
+            mainlog: vec![Arc::new(MainLog::new(
                 LogFile::open(&mainlog, 0o644).unwrap(),
-            ))),
+            ))],
             apnlog: vec![],
             recent: None,
         };

@@ -123,7 +123,8 @@ impl BroadcastRecord<'_> {
 /// The configured logs; either may be absent.
 #[derive(Debug, Default, Clone)]
 pub struct Logs {
-    pub mainlog: Option<Arc<mainlog::MainLog>>,
+    /// One per enabled `ec_logger` with a mainlog, each with its own file and options.
+    pub mainlog: Vec<Arc<mainlog::MainLog>>,
     pub apnlog: Vec<Arc<apnlog::ApnLog>>,
     /// The web dashboard's ring of recent outcomes (kept small; see `dashboard::outcomes`).
     pub recent: Option<Arc<crate::dashboard::outcomes::RecentOutcomes>>,
@@ -134,7 +135,7 @@ impl Logs {
         if let Some(r) = &self.recent {
             r.record(record);
         }
-        if let Some(m) = &self.mainlog {
+        for m in &self.mainlog {
             m.outcome(record);
         }
         for a in &self.apnlog {
@@ -145,9 +146,7 @@ impl Logs {
     /// A broadcast's outcome, in the mainlog and every apn_logger (each writes its outcome kinds as for device
     /// pushes: a log that leaves deliveries out leaves delivered broadcasts out too).
     pub fn broadcast(&self, record: &BroadcastRecord<'_>) {
-        if let Some(m) = &self.mainlog
-            && m.logs_result(record.result)
-        {
+        for m in self.mainlog.iter().filter(|m| m.logs_result(record.result)) {
             m.file().write_line(&record.mainlog_line());
         }
         for a in &self.apnlog {
@@ -165,13 +164,13 @@ impl Logs {
         protocol: &str,
         binding_group: &str,
     ) {
-        if let Some(m) = &self.mainlog {
+        for m in &self.mainlog {
             m.reception(n, source_ip, protocol, binding_group);
         }
     }
 
     pub fn heartbeat(&self, at: u64) {
-        if let Some(m) = &self.mainlog {
+        for m in &self.mainlog {
             m.heartbeat(at);
         }
         for a in &self.apnlog {
@@ -183,7 +182,7 @@ impl Logs {
     /// full disk, a removed directory). Lines that could not be written stay buffered for the next flush.
     pub fn flush(&self) -> Vec<file::LogFileError> {
         let mut errors = Vec::new();
-        if let Some(m) = &self.mainlog {
+        for m in &self.mainlog {
             errors.extend(m.file().flush().err());
         }
         for a in &self.apnlog {
@@ -195,7 +194,7 @@ impl Logs {
     /// Reopens every log file (after logrotate); returns the errors of those that failed.
     pub fn reopen(&self) -> Vec<file::LogFileError> {
         let mut errors = Vec::new();
-        if let Some(m) = &self.mainlog {
+        for m in &self.mainlog {
             errors.extend(m.file().reopen().err());
         }
         for a in &self.apnlog {
@@ -241,7 +240,7 @@ impl Logs {
             m.log_transient_failures = ec.log_transient_failures;
             m.log_permanent_failures = ec.log_permanent_failures;
             m.heartbeat = ec.heartbeat;
-            logs.mainlog = Some(Arc::new(m));
+            logs.mainlog.push(Arc::new(m));
             heartbeat = min_opt(heartbeat, ec.heartbeat);
         }
         for a in config.apn_loggers().iter().filter(|a| a.enabled) {
@@ -267,8 +266,11 @@ impl Logs {
             let mut flush = tokio::time::interval(flush_every);
             let start = tokio::time::Instant::now();
             let every = |h: Option<std::time::Duration>| h.filter(|_| heartbeat.is_some());
-            let mut main_next =
-                every(logs.mainlog.as_ref().and_then(|m| m.heartbeat)).map(|h| (start + h, h));
+            let mut main_next: Vec<_> = logs
+                .mainlog
+                .iter()
+                .map(|m| every(m.heartbeat).map(|h| (start + h, h)))
+                .collect();
             let mut last_warned: Option<tokio::time::Instant> = None;
             let mut apn_next: Vec<_> = logs
                 .apnlog
@@ -279,11 +281,13 @@ impl Logs {
                 flush.tick().await;
                 let now = tokio::time::Instant::now();
                 let at = crate::model::message::unix_now();
-                if let (Some(m), Some((due, h))) = (&logs.mainlog, main_next)
-                    && now >= due
-                {
-                    m.heartbeat(at);
-                    main_next = Some((due + h, h));
+                for (m, next) in logs.mainlog.iter().zip(main_next.iter_mut()) {
+                    if let Some((due, h)) = *next
+                        && now >= due
+                    {
+                        m.heartbeat(at);
+                        *next = Some((due + h, h));
+                    }
                 }
                 for (a, next) in logs.apnlog.iter().zip(apn_next.iter_mut()) {
                     if let Some((due, h)) = *next
@@ -393,7 +397,7 @@ mod tests {
         let file = file::LogFile::open(std::path::Path::new("/dev/full"), 0o644).unwrap();
         file.write_line("a line that cannot be written");
         let logs = Logs {
-            mainlog: Some(Arc::new(mainlog::MainLog::new(file))),
+            mainlog: vec![Arc::new(mainlog::MainLog::new(file))],
             apnlog: Vec::new(),
             recent: None,
         };
@@ -401,5 +405,32 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].to_string().contains("/dev/full"), "{}", errors[0]);
         assert!(Logs::default().flush().is_empty());
+    }
+
+    /// Every enabled `ec_logger` writes its own mainlog, with its own options (the last one used to be the only one
+    /// written: the others' files were created and stayed empty).
+    #[test]
+    fn every_ec_logger_writes_its_mainlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.ec"), dir.path().join("b.ec"));
+        let text = format!(
+            "ec_logger \"a\" {{ mainlog = \"{}\" }}\nec_logger \"b\" {{ mainlog = \"{}\" }}\n",
+            a.display(),
+            b.display()
+        );
+        let config = herald_conf::Config::parse_str("logs.conf", &text).unwrap();
+        let (logs, _) = Logs::open(&config).unwrap();
+        assert_eq!(logs.mainlog.len(), 2);
+        let n = crate::outcomes::fixtures::notification(
+            crate::queue::message::MessageId::from_parts(0, 1_800_000_000_000, 1),
+            "logs.example",
+            1,
+        );
+        logs.reception(&n, None, "rest", "default");
+        assert!(logs.flush().is_empty());
+        for path in [&a, &b] {
+            let text = std::fs::read_to_string(path).unwrap();
+            assert!(text.contains("@R@"), "{}: {text:?}", path.display());
+        }
     }
 }
