@@ -127,6 +127,9 @@ pub struct Server {
     baseline: Mutex<Baseline>,
     generation: AtomicU64,
     stop_requested: tokio::sync::Notify,
+    /// Held by a reload from start to end: reloads asked for at once (SIGHUP, the console, the dashboard) run one
+    /// after the other, so the configuration in force and the running listeners always come from the same one.
+    reloading: tokio::sync::Mutex<()>,
     /// Parent of every listener's stop token: cancelled at shutdown.
     stop_listeners: CancellationToken,
     /// The server itself, for listener tasks that call back into it (the control listener).
@@ -343,6 +346,7 @@ impl Server {
             }),
             generation: AtomicU64::new(0),
             stop_requested: tokio::sync::Notify::new(),
+            reloading: tokio::sync::Mutex::new(()),
             stop_listeners: CancellationToken::new(),
         });
         crate::dashboard::spawn_sampler(
@@ -527,6 +531,7 @@ impl Server {
     /// Reads the configuration again (from `path`, or the file it was started with) and, if it is valid, puts it
     /// in force. If it is not, nothing changes and the error lists every problem.
     pub async fn reload(&self, path: Option<&Path>) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let path = path.unwrap_or(&self.path).to_owned();
         // Read and validated on a blocking thread: a slow disk or a large file never stalls the listeners.
         let load_path = path.clone();
