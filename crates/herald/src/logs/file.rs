@@ -104,13 +104,31 @@ impl LogFile {
         })
     }
 
-    /// Flushes, then reopens the path: after logrotate renamed the file, new lines go to a new file.
+    /// Flushes, then reopens the path: after logrotate renamed the file, new lines go to a new file. Lines the old
+    /// file did not take (a full disk) are not lost: they go to the new one, and the old file's error is returned.
     pub fn reopen(&self) -> Result<(), LogFileError> {
         let file = open_append(&self.path, self.mode)?;
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = out.flush();
-        *out = BufWriter::with_capacity(256 * 1024, file);
-        Ok(())
+        let flushed = out.flush();
+        let old = std::mem::replace(&mut *out, BufWriter::with_capacity(256 * 1024, file));
+        // Without flushing again (the dropped writer would): what is left is written once, to the new file.
+        let (_, pending) = old.into_parts();
+        let pending = pending.unwrap_or_else(|p| p.into_inner());
+        let carried = out.write_all(&pending);
+        flushed.and(carried).map_err(|source| LogFileError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Bytes written and not yet taken by the file.
+    #[cfg(test)]
+    fn pending(&self) -> usize {
+        self.out
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .buffer()
+            .len()
     }
 }
 
@@ -165,6 +183,24 @@ pub fn push_escaped(line: &mut String, field: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reopen whose flush fails (the disk is full: `/dev/full`) reports it, and keeps the lines for the new file
+    /// instead of dropping them.
+    #[test]
+    fn a_reopen_that_cannot_flush_keeps_the_lines_and_says_so() {
+        let file = LogFile::open(Path::new("/dev/full"), 0o644).unwrap();
+        file.write_line("a line the full disk does not take");
+        let err = file.reopen().unwrap_err();
+        assert!(err.to_string().contains("/dev/full"), "{err}");
+        assert_eq!(file.pending(), "a line the full disk does not take\n".len());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("main.ec");
+        let ok = LogFile::open(&path, 0o644).unwrap();
+        ok.write_line("kept");
+        ok.reopen().unwrap();
+        ok.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "kept\n");
+    }
 
     #[test]
     fn escaping_keeps_one_line_and_the_field_count() {
