@@ -582,7 +582,8 @@ mod tests {
         }
     }
 
-    fn intake() -> Intake {
+    /// An engine delivering apps.example (to a closed port), and its resolver.
+    fn engine() -> (Arc<StaticResolver>, Arc<Engine>) {
         let resolver = Arc::new(StaticResolver::default().with(settings("apps.example")));
         let engine = Arc::new(Engine::new(
             resolver.clone(),
@@ -590,6 +591,11 @@ mod tests {
             Arc::new(MemoryInvalidTokens::default()),
             EngineLimits::default(),
         ));
+        (resolver, engine)
+    }
+
+    fn intake() -> Intake {
+        let (resolver, engine) = engine();
         Intake::new(resolver, Arc::new(NotDurable), engine, IdGenerator::new(1))
     }
 
@@ -817,13 +823,7 @@ mod tests {
     /// leave the batch in the spool unqueued until the next start: the commit finishes on its own task and queues it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_whose_caller_goes_away_still_queues_what_the_spool_took() {
-        let resolver = Arc::new(StaticResolver::default().with(settings("apps.example")));
-        let engine = Arc::new(Engine::new(
-            resolver.clone(),
-            crate::logs::Logs::default(),
-            Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits::default(),
-        ));
+        let (resolver, engine) = engine();
         engine.set_held(true);
         let spool = Arc::new(GatedDurable {
             started: tokio::sync::Notify::new(),
