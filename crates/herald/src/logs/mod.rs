@@ -422,7 +422,7 @@ mod tests {
         let (logs, _) = Logs::open(&config).unwrap();
         assert_eq!(logs.mainlog.len(), 2);
         let n = crate::outcomes::fixtures::notification(
-            crate::queue::message::MessageId::from_parts(0, 1_800_000_000_000, 1),
+            crate::model::message::MessageId::from_parts(0, 1_800_000_000_000, 1),
             "logs.example",
             1,
         );
