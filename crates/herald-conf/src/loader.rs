@@ -22,6 +22,22 @@ use crate::{
 
 /// The most files one load reads (guards against include fan-out).
 const MAX_FILES: usize = 10_000;
+/// The deepest chain of includes (each level holds its file while the next is read).
+const MAX_INCLUDE_DEPTH: usize = 32;
+
+/// A file's identity (device, inode): the same for every path and hard link to it.
+type FileId = (u64, u64);
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_path: &Path) -> Option<FileId> {
+    None
+}
 /// The largest configuration file read, in bytes (each file, includes too).
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
@@ -85,8 +101,9 @@ pub(crate) struct Loader {
     pub diags: Diagnostics,
     /// Syntax errors of the files being read (innermost last), reported in text order among the semantic ones.
     pending: Vec<std::collections::VecDeque<parser::SyntaxError>>,
-    /// Canonical paths of the files being read, outermost first (for cycle detection).
-    stack: Vec<PathBuf>,
+    /// The files being read, outermost first: canonical path and file identity (for cycle detection: a hard link
+    /// is another path to the same file).
+    stack: Vec<(PathBuf, Option<FileId>)>,
     files: usize,
 }
 
@@ -121,7 +138,7 @@ impl Loader {
         match read_config_file(path) {
             Ok(bytes) => {
                 let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-                self.stack.push(canonical);
+                self.stack.push((canonical, file_id(path)));
                 self.load_text(name, dir_of(path), &bytes, root, true);
                 self.stack.pop();
             }
@@ -509,15 +526,31 @@ impl Loader {
 
     fn include_file(&mut self, node: &mut Node, path: &Path, at: Pos, ctx: &FileCtx) {
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if let Some(i) = self.stack.iter().position(|p| *p == canonical) {
+        let id = file_id(path);
+        if let Some(i) = self
+            .stack
+            .iter()
+            .position(|(p, f)| *p == canonical || (id.is_some() && *f == id))
+        {
             let chain: Vec<String> = self.stack[i..]
                 .iter()
+                .map(|(p, _)| p)
                 .chain(std::iter::once(&canonical))
                 .map(|p| p.display().to_string())
                 .collect();
             self.diags.error(
                 ctx.loc(at),
                 format!("include cycle: {}", chain.join(" includes ")),
+            );
+            return;
+        }
+        if self.stack.len() >= MAX_INCLUDE_DEPTH {
+            self.diags.error(
+                ctx.loc(at),
+                format!(
+                    "includes nested more than {MAX_INCLUDE_DEPTH} files deep; stopping at {}",
+                    quote(&path.display().to_string())
+                ),
             );
             return;
         }
@@ -538,7 +571,7 @@ impl Loader {
                 return;
             }
         };
-        self.stack.push(canonical);
+        self.stack.push((canonical, id));
         self.load_text(
             Arc::from(path.display().to_string()),
             dir_of(path),

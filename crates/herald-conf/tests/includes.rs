@@ -107,6 +107,50 @@ fn self_include_is_a_cycle() {
     assert!(d.to_string().contains("include cycle"), "{d}");
 }
 
+/// A hard link is another path to the same file: including it is a cycle too. Here a directory holds a file that
+/// includes its own directory and two hard links to it: by path each link is a new file, and the load recursed
+/// through every order of them (each level holding its file) until the file count stopped it.
+#[test]
+fn a_hard_link_back_to_an_including_file_is_a_cycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    fs::create_dir(&dir).unwrap();
+    let f = write(&dir, "a.conf", "include \".\"\n");
+    for name in ["b.conf", "c.conf"] {
+        fs::hard_link(&f, dir.join(name)).unwrap();
+    }
+    let main = write(tmp.path(), "main.conf", "include \"d\"\n");
+    let d = Config::load(&main).unwrap_err();
+    assert!(
+        d.errors().all(|e| e.message.contains("include cycle")),
+        "{d}"
+    );
+    // Each of the three files, read once from the directory, sees the three (one file by identity) as a cycle.
+    assert_eq!(d.errors().count(), 9, "{d}");
+}
+
+/// A chain of includes deeper than 32 files stops with an error naming the limit, however many files it has.
+#[test]
+fn includes_nested_too_deep_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..40 {
+        write(
+            tmp.path(),
+            &format!("f{i}.conf"),
+            &format!("include \"f{}.conf\"\n", i + 1),
+        );
+    }
+    write(tmp.path(), "f40.conf", "retry_interval = 1\n");
+    let d = Config::load(tmp.path().join("f0.conf")).unwrap_err();
+    assert!(
+        d.to_string().contains("nested more than 32 files deep"),
+        "{d}"
+    );
+    // Within the limit, a chain loads.
+    write(tmp.path(), "f20.conf", "retry_interval = 1\n");
+    assert!(Config::load(tmp.path().join("f0.conf")).is_ok());
+}
+
 #[test]
 fn missing_include_is_reported_at_the_include() {
     let tmp = tempfile::tempdir().unwrap();
