@@ -716,6 +716,7 @@ mod tests {
 
     use super::*;
     use crate::client::Job;
+    use crate::client::test_sink::Results;
     use crate::push::ApnsId;
     use crate::token_hex::DeviceToken;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -908,37 +909,6 @@ mod tests {
         assert_eq!(values.expiration(1_700_000_000), "1700000000");
         assert_eq!(values.expiration(1_700_000_000), "1700000000");
         assert_eq!(values.expiration(0), "0");
-    }
-
-    /// Results by tag, as the connection reports them.
-    #[derive(Default)]
-    struct Results(
-        std::sync::Mutex<Vec<(u32, PushResult)>>,
-        tokio::sync::Notify,
-    );
-
-    impl OutcomeSink<u32> for Results {
-        fn report(&self, tag: u32, result: PushResult, _conn: &ConnectionInfo) {
-            self.0.lock().unwrap().push((tag, result));
-            self.1.notify_one();
-        }
-    }
-
-    impl Results {
-        async fn wait_for(&self, n: usize) -> Vec<(u32, PushResult)> {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                let notified = self.1.notified();
-                if self.0.lock().unwrap().len() >= n {
-                    return self.0.lock().unwrap().clone();
-                }
-                tokio::time::timeout_at(deadline, notified)
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!("{n} results never came: {:?}", self.0.lock().unwrap())
-                    });
-            }
-        }
     }
 
     /// What the frame-level server below saw.

@@ -287,21 +287,10 @@ mod tests {
     use super::*;
     use crate::binary::{ErrorPacket, Status};
     use crate::client::PushRequest;
+    use crate::client::test_sink::Results;
     use crate::identity::{RootSource, client_config};
     use crate::token_hex::DeviceToken;
     use bytes::Bytes;
-    use std::sync::Mutex;
-
-    /// Results by tag, as the connection reports them.
-    #[derive(Default)]
-    struct Results(Mutex<Vec<(u32, PushResult)>>, tokio::sync::Notify);
-
-    impl OutcomeSink<u32> for Results {
-        fn report(&self, tag: u32, result: PushResult, _conn: &ConnectionInfo) {
-            self.0.lock().unwrap().push((tag, result));
-            self.1.notify_one();
-        }
-    }
 
     fn job(tag: u32) -> Job<u32> {
         Job {
@@ -379,13 +368,7 @@ mod tests {
         tokio::io::AsyncWriteExt::write_all(&mut server, &packet.encode())
             .await
             .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while results.0.lock().unwrap().len() < 3 {
-            tokio::time::timeout_at(deadline, results.1.notified())
-                .await
-                .expect("every notification reported");
-        }
-        let mut reported = results.0.lock().unwrap().clone();
+        let mut reported = results.wait_for(3).await;
         reported.sort_by_key(|(tag, _)| *tag);
         assert_eq!(
             reported,

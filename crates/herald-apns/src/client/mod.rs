@@ -278,6 +278,46 @@ pub enum ConnectionError {
     Timeout { host: String, secs: u64 },
 }
 
+/// What the connection tests collect: every result reported, by tag.
+#[cfg(test)]
+pub(crate) mod test_sink {
+    use std::time::Duration;
+
+    use super::{ConnectionInfo, OutcomeSink, PushResult};
+
+    /// Results by tag, as a connection reports them.
+    #[derive(Default)]
+    pub(crate) struct Results(
+        std::sync::Mutex<Vec<(u32, PushResult)>>,
+        tokio::sync::Notify,
+    );
+
+    impl OutcomeSink<u32> for Results {
+        fn report(&self, tag: u32, result: PushResult, _conn: &ConnectionInfo) {
+            self.0.lock().unwrap().push((tag, result));
+            self.1.notify_one();
+        }
+    }
+
+    impl Results {
+        /// The results once there are `n` of them (failing after 20 s), in the order they were reported.
+        pub(crate) async fn wait_for(&self, n: usize) -> Vec<(u32, PushResult)> {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let notified = self.1.notified();
+                if self.0.lock().unwrap().len() >= n {
+                    return self.0.lock().unwrap().clone();
+                }
+                tokio::time::timeout_at(deadline, notified)
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("{n} results never came: {:?}", self.0.lock().unwrap())
+                    });
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
