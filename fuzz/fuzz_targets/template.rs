@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = herald::inbound::mcmt::parse(b);
         }
         Err(TemplateError::MissingKey(k)) => assert!(template.keys().any(|t| t == k)),
-        // The template was parsed without `with_limit`: the refusal names the default limit.
+        // `render` bounds the message by the default limit: the refusal names it.
         Err(TemplateError::TooLarge { limit }) => assert_eq!(limit, MAX_RENDERED),
     }
 });

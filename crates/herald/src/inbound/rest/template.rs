@@ -16,8 +16,6 @@ pub const MAX_RENDERED: usize = crate::inbound::smtp::DEFAULT_MAX_MESSAGE_SIZE a
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template<'a> {
     parts: Vec<Part<'a>>,
-    /// The most bytes a rendering may have ([`MAX_RENDERED`] unless [`Template::with_limit`] sets another).
-    limit: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,16 +66,7 @@ impl<'a> Template<'a> {
         if literal_start < source.len() {
             parts.push(Part::Literal(&source[literal_start..]));
         }
-        Template {
-            parts,
-            limit: MAX_RENDERED,
-        }
-    }
-
-    /// The same template with renderings bounded by `limit` bytes instead of [`MAX_RENDERED`].
-    pub fn with_limit(mut self, limit: usize) -> Template<'a> {
-        self.limit = limit;
-        self
+        Template { parts }
     }
 
     /// The keys the template uses (lowercase), in order, with repeats.
@@ -89,23 +78,23 @@ impl<'a> Template<'a> {
     }
 
     /// The message for one recipient, with CRLF line endings. `lookup` gets each lowercase key. Rendering stops
-    /// at the first part that takes the message over the template's limit: a message that large is refused, and
+    /// at the first part that takes the message over [`MAX_RENDERED`]: a message that large is refused, and
     /// what is rendered so far stays within about twice the limit.
     pub fn render<'v>(
         &self,
         lookup: impl FnMut(&str) -> Option<Cow<'v, str>>,
     ) -> Result<String, TemplateError> {
-        self.render_at_most(lookup, self.limit)
+        self.render_at_most(lookup, MAX_RENDERED)
     }
 
-    /// [`Template::render`] within `limit` bytes when that is less than the template's own limit (what is left of
-    /// a request's rendering budget).
+    /// [`Template::render`] within `limit` bytes when that is less than [`MAX_RENDERED`] (what is left of a
+    /// request's rendering budget).
     pub fn render_at_most<'v>(
         &self,
         mut lookup: impl FnMut(&str) -> Option<Cow<'v, str>>,
         limit: usize,
     ) -> Result<String, TemplateError> {
-        let limit = limit.min(self.limit);
+        let limit = limit.min(MAX_RENDERED);
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -256,20 +245,20 @@ mod tests {
 
     #[test]
     fn a_rendering_stops_at_the_limit() {
-        let t = Template::parse("ab<%=:v%>").with_limit(5);
+        let t = Template::parse("ab<%=:v%>");
         let value = |v: &'static str| move |_: &str| Some(Cow::Borrowed(v));
-        assert_eq!(t.render(value("cde")).unwrap(), "abcde");
+        assert_eq!(t.render_at_most(value("cde"), 5).unwrap(), "abcde");
         assert_eq!(
-            t.render(value("cdef")),
+            t.render_at_most(value("cdef"), 5),
             Err(TemplateError::TooLarge { limit: 5 })
         );
         // Line endings written as CRLF count: "ab" + "c\r\nd" is 6 bytes.
         assert_eq!(
-            t.render(value("c\nd")),
+            t.render_at_most(value("c\nd"), 5),
             Err(TemplateError::TooLarge { limit: 5 })
         );
         assert_eq!(
-            Template::parse("abcdef").with_limit(5).render(value("")),
+            Template::parse("abcdef").render_at_most(value(""), 5),
             Err(TemplateError::TooLarge { limit: 5 })
         );
     }
