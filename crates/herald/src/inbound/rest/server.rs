@@ -162,7 +162,7 @@ pub async fn serve_limited(
             Err(busy) => {
                 refusals.note(local, peer, busy);
                 if acceptor.is_none() {
-                    refuse_busy(&stream, busy);
+                    refuse_busy(stream, busy);
                 }
                 continue;
             }
@@ -207,8 +207,13 @@ pub async fn serve_limited(
     Ok(())
 }
 
-/// Tells a plain-HTTP client refused at connect why, without waiting for it (best effort), then closes.
-fn refuse_busy(stream: &tokio::net::TcpStream, busy: Busy) {
+/// How long a refused plain-HTTP client is given to take the refusal.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Tells a plain-HTTP client refused at connect why, on a task of its own (the accept loop does not wait; the
+/// write is bounded by [`REFUSAL_WRITE`]), then closes. A write tried at once could find the new socket not yet
+/// known writable and send nothing.
+fn refuse_busy(mut stream: tokio::net::TcpStream, busy: Busy) {
     let mut body = String::from("{\"error\":");
     super::error::push_json_string(
         &mut body,
@@ -220,7 +225,14 @@ fn refuse_busy(stream: &tokio::net::TcpStream, busy: Busy) {
          connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.try_write(response.as_bytes());
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await
+        })
+        .await;
+    });
 }
 
 /// Logs refused connections at most once a second per listener, with how many were refused meanwhile.
