@@ -1091,8 +1091,9 @@ fn decode_message(payload: &[u8]) -> Result<StoredNotification, crate::record::D
     StoredNotification::decode(SpoolKey(u128::from_be_bytes(*key)), record)
 }
 
+/// Its NATS helpers (`nats`, `connected`, `wait_for`) serve the tests of [`crate::peer_lookup`] too.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::process::{Child, Command, Stdio};
     use std::time::Instant;
@@ -1138,7 +1139,7 @@ mod tests {
         assert_eq!(held.arrive(5, (2, 2), same), Arrival::New);
     }
 
-    struct Nats(Child);
+    pub(crate) struct Nats(Child);
 
     impl Drop for Nats {
         fn drop(&mut self) {
@@ -1148,7 +1149,7 @@ mod tests {
     }
 
     /// A `nats-server -js` on a loopback port, or `None` (with a message; a failure under `CI`) without one.
-    fn nats(dir: &std::path::Path) -> Option<(Nats, String)> {
+    pub(crate) fn nats(dir: &std::path::Path) -> Option<(Nats, String)> {
         let installed = Command::new("nats-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -1207,7 +1208,11 @@ mod tests {
         }
     }
 
-    async fn wait_for(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    pub(crate) async fn wait_for(
+        what: &str,
+        within: Duration,
+        mut cond: impl AsyncFnMut() -> bool,
+    ) {
         let deadline = Instant::now() + within;
         while !cond().await {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -1216,7 +1221,7 @@ mod tests {
     }
 
     /// A spool on `stream` at `url` with an ack wait of a minute (longer than any test), set up, and what it pulls.
-    async fn connected(
+    pub(crate) async fn connected(
         url: String,
         stream: &str,
     ) -> (

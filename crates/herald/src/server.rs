@@ -110,6 +110,8 @@ pub struct Server {
     pub dashboard: Arc<crate::dashboard::Hub>,
     /// Every notification's state and, for `outcome_retention`, its final outcome (status lookups).
     pub status_book: Arc<StatusBook>,
+    /// On the JetStream spool: the other nodes, asked for the ids the book does not know, and answered from it.
+    status_peers: Option<Arc<herald_spool::PeerLookup>>,
     /// `Idempotency-Key`s of the REST listeners.
     pub idempotency: Arc<Idempotency>,
     /// The domains' outcome webhooks.
@@ -291,6 +293,13 @@ impl Server {
             listeners.push(status_book.clone());
         }
         engine.set_outcome_listener(Arc::new(Fanout(listeners)));
+        // On JetStream, each node's book knows what that node delivered: the nodes answer each other's lookups.
+        let status_peers = match &jetstream {
+            Some(js) if !retention.is_zero() => {
+                Some(crate::outcomes::peers::serve(js, status_book.clone()))
+            }
+            _ => None,
+        };
         let broadcasts = crate::broadcasts::Broadcaster::start(
             outcome_store.clone(),
             resolver.clone(),
@@ -329,6 +338,7 @@ impl Server {
             dashboard,
             invalid_tokens,
             status_book,
+            status_peers,
             webhooks,
             idempotency,
             channels: crate::channels::ChannelManager::new(resolver.clone()),
@@ -475,7 +485,12 @@ impl Server {
                     ));
                 }
                 if settings.http_services.push || settings.http_services.inject {
-                    extra = extra.merge(crate::outcomes::api::routes(self.status_book.clone()));
+                    extra = extra.merge(crate::outcomes::api::routes(
+                        crate::outcomes::api::StatusState {
+                            book: self.status_book.clone(),
+                            peers: self.status_peers.clone(),
+                        },
+                    ));
                 }
                 if settings.http_services.push {
                     extra = extra.merge(crate::channels::api::routes(self.channels.clone()));

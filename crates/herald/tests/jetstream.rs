@@ -253,7 +253,8 @@ async fn state_on(client: &reqwest::Client, http: &str, id: &str) -> Option<Stri
 
 /// A notification pulled from the stream keeps the id its sender was answered, on whichever node delivers it: the
 /// delivering nodes' mainlog `D` lines carry exactly the ids node A answered (each once), and the status API of the
-/// node that delivered one answers `delivered` under that id (the other node's answers 404).
+/// node that delivered one answers `delivered` under that id, and so does the other node's (asking the delivering
+/// node over NATS), one id at a time and in one batch query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_are_delivered_logged_and_looked_up_under_the_id_their_sender_was_given() {
     if !nats::available() {
@@ -321,9 +322,42 @@ async fn notifications_are_delivered_logged_and_looked_up_under_the_id_their_sen
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // The status book is each node's own: the other node does not know it (docs/scale-out.md).
+        // The other node's book does not know it: it asks the node that delivered it (docs/scale-out.md). Its
+        // list of live nodes comes from heartbeats: until it has seen the delivering one, it answers 404.
         let other = &nodes[1 - at].0.http;
-        assert_eq!(state_on(&client, other, id).await, None, "{id} on {other}");
+        loop {
+            let state = state_on(&client, other, id).await;
+            if state.as_deref() == Some("delivered") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id} on {other}: {state:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // (c) The batch query on either node answers every id, delivered, in request order.
+    for (daemon, _) in &nodes {
+        let r = client
+            .post(format!("http://{}/api/v1/notifications/query", daemon.http))
+            .json(&serde_json::json!({ "ids": ids }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "query on {}", daemon.http);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            v["not_found"],
+            serde_json::json!([]),
+            "query on {}",
+            daemon.http
+        );
+        let found: Vec<(&str, &str)> = v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["id"].as_str().unwrap(), s["state"].as_str().unwrap()))
+            .collect();
+        let expected: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "delivered")).collect();
+        assert_eq!(found, expected, "query on {}", daemon.http);
     }
     for (daemon, _) in nodes {
         daemon.terminate();

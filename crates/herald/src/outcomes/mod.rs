@@ -3,7 +3,8 @@
 //! The delivery path reports through one narrow seam, [`OutcomeListener`]: the queue calls it when a notification
 //! is queued, handed to a connection, and at every attempt's outcome. The calls are made on the domain task, so an
 //! implementation must be cheap and must never block (record in memory, hand the rest to a thread). The
-//! [`book::StatusBook`] implements it to answer `GET /api/v1/notifications/{id}` ([`api`]); other consumers (a
+//! [`book::StatusBook`] implements it to answer `GET /api/v1/notifications/{id}` ([`api`]; on the JetStream spool
+//! together with the other nodes' books, [`peers`]); other consumers (a
 //! dashboard) implement it too and are combined with [`Fanout`].
 //!
 //! Ids are looked up by their printed form (`NN/NN-PPPPP-XXXXXXXX`, see [`MessageId`]), which is what every
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod book;
 pub mod codec;
+pub mod peers;
 pub mod slots;
 pub mod webhook;
 

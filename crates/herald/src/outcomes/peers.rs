@@ -1,0 +1,238 @@
+//! Status lookups across the nodes of a JetStream spool (docs/scale-out.md): each node's status book knows the
+//! notifications that node delivered, so an id this node's book does not know is asked of the other nodes.
+//!
+//! It owns the questions and answers of those lookups (JSON carried by [`PeerLookup`]): a question is
+//! `{"ids": ["01/2A-12345-0000002A", …]}`, an answer `{"found": [status, …]}` with the ids the answering node's book
+//! holds a state for, from that book only (a node never asks further, so questions cannot loop); and the merging of
+//! the answers ([`merge`]). A node asks at most [`PEER_WAIT`] per lookup; when no answer comes (NATS unreachable,
+//! nodes gone), the lookup answers as the book alone does.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_spool::{JetStreamSpool, OutcomeKey, PeerLookup};
+use serde::{Deserialize, Serialize};
+
+use super::api::MAX_BATCH;
+use super::book::{Found, Status, StatusBook};
+use super::parse_id;
+
+/// How long a lookup waits for the other nodes' answers at most: one exchange over NATS, normally a few
+/// milliseconds; a node that died less than the heartbeats' 15 seconds ago is still counted, and its answer is
+/// waited for until then.
+pub const PEER_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Serialize, Deserialize)]
+struct Question {
+    ids: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    found: Vec<Status>,
+}
+
+/// Answers the other nodes' status questions from `book`, for as long as the returned handle lives (it asks them
+/// too: [`ask`]).
+pub fn serve(spool: &Arc<JetStreamSpool>, book: Arc<StatusBook>) -> Arc<PeerLookup> {
+    Arc::new(PeerLookup::start(spool, move |question| {
+        answer(&book, question)
+    }))
+}
+
+/// The answer to another node's question: the states `book` holds for the ids asked (at most [`MAX_BATCH`]; a
+/// question that cannot be read gets an empty answer, so the asker does not wait for it).
+pub fn answer(book: &StatusBook, question: &[u8]) -> Vec<u8> {
+    let ids = serde_json::from_slice::<Question>(question)
+        .map(|q| q.ids)
+        .unwrap_or_default();
+    let found = ids
+        .iter()
+        .take(MAX_BATCH)
+        .filter_map(|id| parse_id(id))
+        .filter_map(|key| match book.lookup(&key) {
+            Ok(Found::Status(s)) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    serde_json::to_vec(&Answer { found }).unwrap_or_default()
+}
+
+/// What the other nodes know of `ids` (printed ids this node's book does not know), by key; empty when no other
+/// node is live, when NATS does not answer, or when nobody knows them.
+pub async fn ask(peers: &PeerLookup, ids: &[String]) -> HashMap<OutcomeKey, Status> {
+    let asked: HashSet<OutcomeKey> = ids.iter().filter_map(|id| parse_id(id)).collect();
+    let expect = peers.live_peers();
+    if asked.is_empty() || expect == 0 {
+        return HashMap::new();
+    }
+    let Ok(question) = serde_json::to_vec(&Question { ids: ids.to_vec() }) else {
+        return HashMap::new();
+    };
+    match peers.ask(question, expect, PEER_WAIT).await {
+        Ok(answers) => gather(&answers, &asked),
+        Err(e) => {
+            tracing::debug!("asking the other nodes for {} ids: {e}", ids.len());
+            HashMap::new()
+        }
+    }
+}
+
+/// The states of the `asked` keys in `answers`, merged ([`merge`]); an answer that cannot be read, and a state of
+/// an id not asked, are left out.
+fn gather(answers: &[Vec<u8>], asked: &HashSet<OutcomeKey>) -> HashMap<OutcomeKey, Status> {
+    let mut found = HashMap::new();
+    for answer in answers {
+        let Ok(answer) = serde_json::from_slice::<Answer>(answer) else {
+            continue;
+        };
+        for status in answer.found {
+            if let Some(key) = parse_id(&status.id).filter(|k| asked.contains(k)) {
+                merge(&mut found, key, status);
+            }
+        }
+    }
+    found
+}
+
+/// Puts `status` in `found` unless the state there says more: a final state (delivered, failed) wins over
+/// `in_flight`, which wins over `queued`, and `delivered` over `failed` (two nodes answer for one id when the stream
+/// gave it to a second node while the first still worked on it); between equal states, the one with more attempts,
+/// else the first.
+pub fn merge(found: &mut HashMap<OutcomeKey, Status>, key: OutcomeKey, status: Status) {
+    let rank = |s: &Status| {
+        let state = match s.state.as_str() {
+            "delivered" => 3,
+            "failed" => 2,
+            "in_flight" => 1,
+            _ => 0,
+        };
+        (state, s.attempts)
+    };
+    match found.get(&key) {
+        Some(kept) if rank(kept) >= rank(&status) => {}
+        _ => {
+            found.insert(key, status);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcomes::OutcomeListener;
+    use crate::outcomes::fixtures::{delivered, notification};
+    use crate::queue::message::IdGenerator;
+    use herald_spool::OutcomeStore;
+
+    fn status(id: &str, state: &str, attempts: u32) -> Status {
+        Status {
+            id: id.to_owned(),
+            state: state.to_owned(),
+            domain: "d.example".into(),
+            token: "ab".into(),
+            accepted_at: 1,
+            attempts,
+            last_reason: None,
+            next_attempt_at: None,
+            finished_at: None,
+            apns_id: None,
+            reason: None,
+            status: None,
+            invalid_token: false,
+            apns_unique_id: None,
+            unregistered_at_ms: None,
+        }
+    }
+
+    const ID: &str = "01/2A-12345-0000002A";
+
+    /// The state kept after merging `states` in this order.
+    fn merged(states: &[(&str, u32)]) -> (String, u32) {
+        let key = parse_id(ID).unwrap();
+        let mut found = HashMap::new();
+        for (state, attempts) in states {
+            merge(&mut found, key, status(ID, state, *attempts));
+        }
+        let s = &found[&key];
+        (s.state.clone(), s.attempts)
+    }
+
+    #[test]
+    fn a_final_state_wins_over_a_queued_or_in_flight_one_in_any_order() {
+        for fin in ["delivered", "failed"] {
+            for other in ["queued", "in_flight"] {
+                assert_eq!(merged(&[(other, 3), (fin, 0)]), (fin.into(), 0));
+                assert_eq!(merged(&[(fin, 0), (other, 3)]), (fin.into(), 0));
+            }
+        }
+        assert_eq!(merged(&[("queued", 0), ("in_flight", 0)]).0, "in_flight");
+        assert_eq!(merged(&[("in_flight", 0), ("queued", 5)]).0, "in_flight");
+        assert_eq!(
+            merged(&[("queued", 1), ("queued", 2)]),
+            ("queued".into(), 2)
+        );
+        assert_eq!(merged(&[("delivered", 0), ("failed", 2)]).0, "delivered");
+        assert_eq!(merged(&[("failed", 2), ("delivered", 0)]).0, "delivered");
+    }
+
+    #[test]
+    fn answers_keep_the_ids_asked_and_skip_what_cannot_be_read() {
+        let other = "01/2A-12345-0000002B";
+        let asked: HashSet<OutcomeKey> = [parse_id(ID).unwrap()].into();
+        let answers = vec![
+            serde_json::to_vec(&Answer {
+                found: vec![status(ID, "queued", 1), status(other, "delivered", 0)],
+            })
+            .unwrap(),
+            b"not json".to_vec(),
+            serde_json::to_vec(&Answer {
+                found: vec![status(ID, "delivered", 1)],
+            })
+            .unwrap(),
+        ];
+        let found = gather(&answers, &asked);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[&parse_id(ID).unwrap()].state, "delivered");
+    }
+
+    /// A node answers with what its own book holds: not the ids it does not know, nor text that is no id.
+    #[tokio::test]
+    async fn a_node_answers_from_its_own_book_only_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let ids = IdGenerator::new(0x2A);
+        let queued = notification(ids.next(), "peer.example", 1);
+        book.queued(&queued, 0);
+        let done = notification(ids.next(), "peer.example", 2);
+        book.queued(&done, 0);
+        book.outcome(&delivered(&done));
+        let unknown = ids.next();
+        let question = serde_json::to_vec(&Question {
+            ids: vec![
+                queued.id.to_string(),
+                "not an id".into(),
+                unknown.to_string(),
+                done.id.to_string(),
+            ],
+        })
+        .unwrap();
+        let answered: Answer = serde_json::from_slice(&answer(&book, &question)).unwrap();
+        let states: Vec<(String, String)> = answered
+            .found
+            .into_iter()
+            .map(|s| (s.id, s.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (queued.id.to_string(), "queued".to_owned()),
+                (done.id.to_string(), "delivered".to_owned()),
+            ]
+        );
+        let empty: Answer = serde_json::from_slice(&answer(&book, b"{")).unwrap();
+        assert!(empty.found.is_empty());
+    }
+}
