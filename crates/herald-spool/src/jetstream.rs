@@ -357,6 +357,11 @@ impl JetStreamSpool {
         &self.ctx
     }
 
+    /// The largest message the connected NATS server takes (its `max_payload`).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
     /// The stream's replica count (1 or 3).
     pub fn replicas(&self) -> usize {
         self.options.replicas

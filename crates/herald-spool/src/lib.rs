@@ -5,9 +5,10 @@
 //! the embedded store [`DiskSpool`] (fjall, chosen by measurement: see BENCHMARKS.md "Spool") whose writer thread
 //! gives group commit (concurrent appends share one fsync), recovery after a crash, and [`MemorySpool`], a
 //! non-durable stand-in for tests, and [`JetStreamSpool`], a NATS JetStream stream several herald nodes share
-//! (docs/scale-out.md), with the [`SharedMap`] key-value bucket next to it. It knows nothing of herald's queue or protocols: herald converts its
+//! (docs/scale-out.md), with the [`SharedMap`] and [`ClaimBucket`] key-value buckets next to it. It knows nothing of herald's queue or protocols: herald converts its
 //! notifications to and from [`StoredNotification`].
 
+pub mod claims;
 pub mod engine;
 pub mod error;
 pub mod fjall_engine;
@@ -22,6 +23,7 @@ pub mod shared_map;
 pub mod spool;
 pub mod store;
 
+pub use claims::{ClaimBucket, ClaimError, Entry as ClaimEntry};
 pub use engine::{CommitBatch, Engine, Table};
 pub use error::SpoolError;
 pub use fjall_engine::{FjallEngine, FjallOptions};

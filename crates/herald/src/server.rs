@@ -309,7 +309,11 @@ impl Server {
             dir: dir.clone(),
             error,
         })?;
-        let idempotency = Arc::new(Idempotency::new(outcome_store));
+        // With JetStream, every node reads and writes the keys in one shared bucket: a retry may reach another node.
+        let idempotency = Arc::new(match &jetstream {
+            Some(js) => Idempotency::shared(js.clone()),
+            None => Idempotency::local(outcome_store),
+        });
         let started = Instant::now();
         // New message ids sort after everything spooled; the backlog is queued again while the server serves.
         // Nodes sharing a JetStream stream issue ids in one space: each puts a byte of its name in the first field,

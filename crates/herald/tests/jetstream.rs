@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use sha2::Digest;
 use support::daemon::Daemon;
 use support::{free_port, nats, token_auth_options};
 
@@ -1044,4 +1045,137 @@ fn demo_cluster_delivers_every_acknowledged_notification_despite_a_killed_node()
     );
     assert!(stdout.contains("lost 0"), "{stdout}");
     assert!(stdout.contains("SIGKILL herald node-a"), "{stdout}");
+}
+
+/// POSTs `body` (raw JSON) to `/api/v1/push` with `key`: (status, replayed, body).
+async fn post_keyed(
+    client: &reqwest::Client,
+    http: &str,
+    key: &str,
+    body: &str,
+) -> (u16, bool, String) {
+    let r = client
+        .post(format!("http://{http}/api/v1/push"))
+        .header("content-type", "application/json")
+        .header("Idempotency-Key", key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let replayed = r.headers().contains_key("idempotent-replayed");
+    (status, replayed, r.text().await.unwrap())
+}
+
+/// An `Idempotency-Key` is one for every node of a JetStream spool (docs/api.md "Idempotent requests"): the retry
+/// through another node replays the first answer and sends nothing twice, another body is refused there, a claim
+/// held by a live request is refused, and one left by a node that is gone is taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_one_for_every_node() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let (sim, port) = start_sim(&pki).await;
+    let nodes: Vec<Daemon> = ["a", "b"]
+        .iter()
+        .map(|n| Daemon::start(&write_config(dir.path(), n, &pki, port, &server.url(), "")))
+        .collect();
+    let client = reqwest::Client::new();
+    let body_of = |from: usize| {
+        let tokens: Vec<String> = (from..from + 20).map(token).collect();
+        serde_json::json!({"domain": DOMAIN, "tokens": tokens, "payload": {"aps": {"alert": "once"}}})
+            .to_string()
+    };
+
+    // The first request through node a, its retry through node b: the same answer, replayed, nothing queued.
+    let body = body_of(700_000);
+    let (status, replayed, first) = post_keyed(&client, &nodes[0].http, "order-1", &body).await;
+    assert_eq!((status, replayed), (202, false), "{first}");
+    let (status, replayed, again) = post_keyed(&client, &nodes[1].http, "order-1", &body).await;
+    assert_eq!((status, replayed), (202, true), "{again}");
+    assert_eq!(again, first);
+    // Another body under that key, through either node: 409 naming the key.
+    let (status, _, refused) =
+        post_keyed(&client, &nodes[1].http, "order-1", &body_of(800_000)).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused.contains("order-1") && refused.contains("another body"),
+        "{refused}"
+    );
+
+    // Claims written as a node would (docs/api.md): one by a live request, one left by a node that is gone.
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(nc)
+        .get_key_value("herald_idempotency")
+        .await
+        .unwrap();
+    let claim = |body: &str, node: &str, age: Duration| {
+        // The bucket's framing (0: the value is inline), then the claim.
+        let mut v = vec![0, b'C'];
+        v.extend_from_slice(&sha2::Sha256::digest(body.as_bytes()));
+        let at = std::time::SystemTime::now() - age;
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        v.extend_from_slice(&ms.to_be_bytes());
+        v.extend_from_slice(node.as_bytes());
+        v
+    };
+    let bucket_key = |key: &str| {
+        let d = sha2::Sha256::digest(format!("push\0{key}").as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let running = body_of(900_000);
+    kv.put(
+        bucket_key("order-2"),
+        claim(&running, "node-busy", Duration::ZERO).into(),
+    )
+    .await
+    .unwrap();
+    let (status, _, text) = post_keyed(&client, &nodes[0].http, "order-2", &running).await;
+    assert_eq!(status, 409, "{text}");
+    assert!(text.contains("still being processed"), "{text}");
+    let orphaned = body_of(1_000_000);
+    kv.put(
+        bucket_key("order-3"),
+        claim(&orphaned, "node-gone", Duration::from_secs(60)).into(),
+    )
+    .await
+    .unwrap();
+    // Node b judges by the heartbeats once it has read them (its own among them).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let taken = loop {
+        let (status, replayed, text) =
+            post_keyed(&client, &nodes[1].http, "order-3", &orphaned).await;
+        if status == 202 {
+            assert!(!replayed, "{text}");
+            break text;
+        }
+        assert_eq!(status, 409, "{text}");
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned claim was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (status, replayed, text) = post_keyed(&client, &nodes[0].http, "order-3", &orphaned).await;
+    assert_eq!((status, replayed, text), (202, true, taken));
+
+    // Every token of the accepted requests reached APNs once; the refused body's tokens never did.
+    let accepted: Vec<String> = (700_000..700_020)
+        .chain(1_000_000..1_000_020)
+        .map(token)
+        .collect();
+    let (lost, dups) = wait_all_delivered(&sim, &accepted, Duration::from_secs(60)).await;
+    assert_eq!((lost, dups), (0, 0));
+    let got = delivered(&sim);
+    assert!((800_000..800_020).all(|i| !got.contains_key(&token(i))));
+    assert!((900_000..900_020).all(|i| !got.contains_key(&token(i))));
+    for daemon in nodes {
+        daemon.terminate();
+    }
 }

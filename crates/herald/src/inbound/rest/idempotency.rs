@@ -3,8 +3,16 @@
 //! body is a `409` naming the key; the same key while its first request is still running is a `409` too.
 //!
 //! Keys are scoped by route. Only accepted requests (2xx answers) are remembered: a refused one may be retried as
-//! is. The answer is written synced to the [`OutcomeStore`] in the spool directory after the notifications are
-//! durable and before it is sent, so a key the client saw acknowledged still deduplicates after a crash.
+//! is. The answer is written after the notifications are durable and before it is sent, so a key the client saw
+//! acknowledged still deduplicates after a crash. Where keys live depends on the spool:
+//! - the embedded spool: this node's [`OutcomeStore`] (synced writes), with the requests still running in memory;
+//! - the JetStream spool: a key-value bucket every node shares (`<stream>_idempotency`, a [`ClaimBucket`]), so that a
+//!   retry through another node finds the first request. A request first *claims* its key there (created only if
+//!   absent); the claim becomes the answer when the request is accepted, and is removed when it is refused. A claim
+//!   whose node is gone (its heartbeat expired) or older than [`MAX_CLAIM_AGE`] is taken over by the next request.
+//!
+//! Once claimed, a request runs to its end on a task of its own: a client that hangs up mid-way leaves neither its
+//! key claimed nor its accepted notifications unremembered.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -14,7 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use herald_spool::OutcomeStore;
+use herald_spool::nodes::BEAT_MAX_AGE;
+use herald_spool::{ClaimBucket, ClusterView, JetStreamSpool, OutcomeStore};
 use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, json_response};
@@ -25,26 +34,60 @@ pub const TTL: Duration = Duration::from_secs(24 * 3600);
 pub const HEADER: &str = "idempotency-key";
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 255;
+/// A shared claim older than this is taken for abandoned even if its node still lives: no request runs this long.
+pub const MAX_CLAIM_AGE: Duration = Duration::from_secs(600);
+
+/// A shared bucket entry that is an answer: digest, status, body follow.
+const ANSWERED: u8 = b'A';
+/// A shared bucket entry that is a claim: digest, claim time (u64 ms), node name follow.
+const CLAIMED: u8 = b'C';
 
 /// The idempotency keys of every REST listener of a server.
 pub struct Idempotency {
-    store: Arc<OutcomeStore>,
-    running: Mutex<HashSet<Vec<u8>>>,
+    keys: Keys,
+}
+
+enum Keys {
+    /// This node's outcome store, and the keys of the requests running here.
+    Local {
+        store: Arc<OutcomeStore>,
+        running: Mutex<HashSet<Vec<u8>>>,
+    },
+    /// The bucket the nodes of a JetStream spool share; the spool tells which nodes live.
+    Shared {
+        bucket: Box<ClaimBucket>,
+        spool: Arc<JetStreamSpool>,
+    },
+}
+
+/// What a request with a key does: answer at once (a replay), or run holding its claim.
+enum Step {
+    Answered(Response),
+    Run(Claim),
+}
+
+/// A key held by a running request.
+enum Claim {
+    /// Released when dropped.
+    Local(Running),
+    /// The bucket entry, at the revision this request wrote.
+    Shared { key: String, revision: u64 },
 }
 
 /// Releases a running key when its request ends, however it ends.
-struct Running<'a> {
-    owner: &'a Idempotency,
+struct Running {
+    owner: Arc<Idempotency>,
     key: Vec<u8>,
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
-        self.owner
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
+        if let Keys::Local { running, .. } = &self.owner.keys {
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.key);
+        }
     }
 }
 
@@ -55,18 +98,87 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn still_running(key: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "Idempotency-Key {key:?}: a request with this key is still being processed; retry once it has been answered"
+        ),
+    )
+}
+
+/// The shared bucket's key of `route` and `key`: a digest, since a bucket key takes only a few characters.
+fn shared_key(route: &str, key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(route.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A shared bucket entry, decoded.
+#[derive(Debug, PartialEq, Eq)]
+enum SharedRecord<'a> {
+    /// The first answer, in the local store's layout (digest, status, body).
+    Answered(&'a [u8]),
+    Claimed {
+        node: &'a str,
+        at_ms: u64,
+    },
+}
+
+impl<'a> SharedRecord<'a> {
+    fn claim(digest: &[u8; 32], node: &str, at_ms: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(41 + node.len());
+        v.push(CLAIMED);
+        v.extend_from_slice(digest);
+        v.extend_from_slice(&at_ms.to_be_bytes());
+        v.extend_from_slice(node.as_bytes());
+        v
+    }
+
+    fn decode(value: &'a [u8]) -> Option<SharedRecord<'a>> {
+        match value.split_first()? {
+            (&ANSWERED, rest) if rest.len() >= 34 => Some(SharedRecord::Answered(rest)),
+            (&CLAIMED, rest) if rest.len() >= 40 => {
+                let mut at = [0u8; 8];
+                at.copy_from_slice(&rest[32..40]);
+                Some(SharedRecord::Claimed {
+                    node: std::str::from_utf8(&rest[40..]).ok()?,
+                    at_ms: u64::from_be_bytes(at),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Idempotency {
-    pub fn new(store: Arc<OutcomeStore>) -> Self {
+    /// Keys in this node's outcome store (the embedded spool).
+    pub fn local(store: Arc<OutcomeStore>) -> Self {
         Idempotency {
-            store,
-            running: Mutex::new(HashSet::new()),
+            keys: Keys::Local {
+                store,
+                running: Mutex::new(HashSet::new()),
+            },
+        }
+    }
+
+    /// Keys in the bucket `<stream>_idempotency` that every node of the JetStream spool `spool` shares.
+    pub fn shared(spool: Arc<JetStreamSpool>) -> Self {
+        let name = format!("{}_idempotency", spool.stream_name());
+        Idempotency {
+            keys: Keys::Shared {
+                bucket: Box::new(ClaimBucket::new(spool.clone(), &name, TTL)),
+                spool,
+            },
         }
     }
 
     /// Runs `handle` unless `headers` carry a key seen before: then answers as described in the module
     /// documentation. `momentum` selects the error shape of `/v1.0/inject`.
     pub async fn run<F>(
-        &self,
+        self: &Arc<Self>,
         route: &str,
         headers: &HeaderMap,
         body: &Bytes,
@@ -74,7 +186,7 @@ impl Idempotency {
         handle: F,
     ) -> Result<Response, ApiError>
     where
-        F: Future<Output = Result<Response, ApiError>>,
+        F: Future<Output = Result<Response, ApiError>> + Send + 'static,
     {
         let err = |e: ApiError| if momentum { e.momentum() } else { e };
         let Some(value) = headers.get(HEADER) else {
@@ -88,75 +200,219 @@ impl Idempotency {
                 ))));
             }
         };
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        let step = match &self.keys {
+            Keys::Local { store, running } => {
+                self.claim_local(store, running, route, &key_text, &digest)
+            }
+            Keys::Shared { bucket, spool } => {
+                claim_shared(bucket, spool, route, &key_text, &digest).await
+            }
+        };
+        let claim = match step.map_err(err)? {
+            Step::Answered(response) => return Ok(response),
+            Step::Run(claim) => claim,
+        };
+        // The request runs to its end on a task of its own (see the module documentation).
+        let this = self.clone();
+        tokio::spawn(async move { this.finish(claim, digest, key_text, handle).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the request failed: {e}"),
+                ))
+            })
+            .map_err(err)
+    }
+
+    fn claim_local(
+        self: &Arc<Self>,
+        store: &OutcomeStore,
+        running: &Mutex<HashSet<Vec<u8>>>,
+        route: &str,
+        key_text: &str,
+        digest: &[u8; 32],
+    ) -> Result<Step, ApiError> {
         let mut key = Vec::with_capacity(route.len() + 1 + key_text.len());
         key.extend_from_slice(route.as_bytes());
         key.push(0);
         key.extend_from_slice(key_text.as_bytes());
-        let digest: [u8; 32] = Sha256::digest(body).into();
-        let stored = self
-            .store
+        let stored = store
             .idempotent_get(&key, now_ms())
-            .map_err(|e| err(ApiError::unavailable(format!("Idempotency-Key: {e}"))))?;
+            .map_err(|e| ApiError::unavailable(format!("Idempotency-Key: {e}")))?;
         if let Some(stored) = stored {
-            return replay(&stored, &digest, &key_text).map_err(err);
+            return replay(&stored, digest, key_text).map(Step::Answered);
         }
-        let _running = {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if !running.insert(key.clone()) {
-                return Err(err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "Idempotency-Key {key_text:?}: a request with this key is still being processed; retry once it has been answered"
-                    ),
-                )));
-            }
-            Running {
-                owner: self,
-                key: key.clone(),
-            }
+        if !running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return Err(still_running(key_text));
+        }
+        let guard = Running {
+            owner: self.clone(),
+            key: key.clone(),
         };
         // A request with this key may have finished between the lookup and the claim.
-        if let Ok(Some(stored)) = self.store.idempotent_get(&key, now_ms()) {
-            return replay(&stored, &digest, &key_text).map_err(err);
+        if let Ok(Some(stored)) = store.idempotent_get(&key, now_ms()) {
+            return replay(&stored, digest, key_text).map(Step::Answered);
         }
-        let response = handle.await?;
+        Ok(Step::Run(Claim::Local(guard)))
+    }
+
+    /// Runs the request holding `claim`; an accepted answer is remembered, a refused one releases the key.
+    async fn finish<F>(
+        &self,
+        claim: Claim,
+        digest: [u8; 32],
+        key_text: String,
+        handle: F,
+    ) -> Result<Response, ApiError>
+    where
+        F: Future<Output = Result<Response, ApiError>>,
+    {
+        let response = match handle.await {
+            Ok(r) if r.status().is_success() => r,
+            other => {
+                self.release(claim).await;
+                return other;
+            }
+        };
         let status = response.status();
-        if !status.is_success() {
-            return Ok(response);
-        }
         let (parts, body) = response.into_parts();
         // The answer is built in memory already, bounded by the request's own limits: it is remembered whatever its
         // size, since the notifications it accepted are queued and a retry must not queue them again.
-        let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
-            err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.to_string(),
-            ))
-        })?;
-        let mut value = Vec::with_capacity(34 + bytes.len());
-        value.extend_from_slice(&digest);
-        value.extend_from_slice(&status.as_u16().to_be_bytes());
-        value.extend_from_slice(&bytes);
-        let expires = now_ms() + TTL.as_millis() as u64;
-        let store = self.store.clone();
-        let key_for_write = key.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            store.idempotent_put(&key_for_write, expires, &value, true)
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {}
-            // The notifications are queued: the answer goes out all the same (a refusal now would have the sender
-            // retry, and queue them again under new ids); only a retry with this key would run again.
-            Ok(Err(e)) => {
-                tracing::warn!(key = %key_text, "cannot remember an idempotency key (the answer is sent; a retry with this key would be processed again): {e}")
-            }
+        let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(b) => b,
             Err(e) => {
-                tracing::warn!(key = %key_text, "cannot remember an idempotency key (the answer is sent; a retry with this key would be processed again): {e}")
+                self.release(claim).await;
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    e.to_string(),
+                ));
             }
+        };
+        let mut answer = Vec::with_capacity(34 + bytes.len());
+        answer.extend_from_slice(&digest);
+        answer.extend_from_slice(&status.as_u16().to_be_bytes());
+        answer.extend_from_slice(&bytes);
+        // The notifications are queued: the answer goes out whatever happens to the record (a refusal now would
+        // have the sender retry, and queue them again under new ids); only a retry with this key would run again.
+        if let Err(e) = self.remember(&claim, answer).await {
+            tracing::warn!(key = %key_text, "cannot remember an idempotency key (the answer is sent; a retry with this key would be processed again): {e}");
         }
+        drop(claim);
         Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
     }
+
+    /// Stores an accepted request's answer under its claim.
+    async fn remember(&self, claim: &Claim, answer: Vec<u8>) -> Result<(), String> {
+        match (&self.keys, claim) {
+            (Keys::Local { store, .. }, Claim::Local(running)) => {
+                let store = store.clone();
+                let key = running.key.clone();
+                let expires = now_ms() + TTL.as_millis() as u64;
+                tokio::task::spawn_blocking(move || {
+                    store.idempotent_put(&key, expires, &answer, true)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+            }
+            (Keys::Shared { bucket, .. }, Claim::Shared { key, revision }) => {
+                let mut value = Vec::with_capacity(1 + answer.len());
+                value.push(ANSWERED);
+                value.extend_from_slice(&answer);
+                match bucket.replace(key, *revision, &value).await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(format!(
+                        "its claim in {} was taken over by another request",
+                        bucket.name()
+                    )),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            _ => Err("claim of another store".into()),
+        }
+    }
+
+    /// Frees the key of a request that was refused (it may be retried as is).
+    async fn release(&self, claim: Claim) {
+        if let (Keys::Shared { bucket, .. }, Claim::Shared { key, revision }) = (&self.keys, &claim)
+            && let Err(e) = bucket.remove(key, *revision).await
+        {
+            // Left in place, the claim is taken over once it is abandoned (MAX_CLAIM_AGE).
+            tracing::warn!("cannot release an idempotency key after a refused request: {e}");
+        }
+    }
+}
+
+/// Claims `key_text` in the shared bucket, or answers from what the bucket holds for it.
+async fn claim_shared(
+    bucket: &ClaimBucket,
+    spool: &JetStreamSpool,
+    route: &str,
+    key_text: &str,
+    digest: &[u8; 32],
+) -> Result<Step, ApiError> {
+    let key = shared_key(route, key_text);
+    let unavailable = |e: herald_spool::ClaimError| {
+        ApiError::unavailable(format!("Idempotency-Key {key_text:?}: {e}; retry later"))
+    };
+    // Each pass either decides or saw another request change the entry between its read and its write.
+    for _ in 0..3 {
+        let now = now_ms();
+        let claim = SharedRecord::claim(digest, spool.node_name(), now);
+        let Some(entry) = bucket.read(&key).await.map_err(unavailable)? else {
+            match bucket.create(&key, &claim).await.map_err(unavailable)? {
+                Some(revision) => return Ok(Step::Run(Claim::Shared { key, revision })),
+                None => continue,
+            }
+        };
+        match SharedRecord::decode(&entry.value) {
+            Some(SharedRecord::Answered(stored)) => {
+                return replay(stored, digest, key_text).map(Step::Answered);
+            }
+            Some(SharedRecord::Claimed { node, at_ms }) => {
+                if !abandoned(&spool.cluster_view(), node, at_ms, now) {
+                    return Err(still_running(key_text));
+                }
+                tracing::info!(key = %key_text, "taking over the idempotency key of a request whose node ({node}) is gone");
+                match bucket
+                    .replace(&key, entry.revision, &claim)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    Some(revision) => return Ok(Step::Run(Claim::Shared { key, revision })),
+                    None => continue,
+                }
+            }
+            None => {
+                return Err(ApiError::unavailable(format!(
+                    "Idempotency-Key {key_text:?}: its record in {} is not one this herald reads (written by a newer version?)",
+                    bucket.name()
+                )));
+            }
+        }
+    }
+    Err(still_running(key_text))
+}
+
+/// Whether a claim made by `node` at `at_ms` belongs to a request that will never answer: too old, or its node's
+/// heartbeat is gone from `view`. A claim younger than a heartbeat's life is never judged by the heartbeats (its node
+/// may not have written its first yet), nor while the view does not include this node itself (not read yet).
+fn abandoned(view: &ClusterView, node: &str, at_ms: u64, now_ms: u64) -> bool {
+    let age = now_ms.saturating_sub(at_ms);
+    if age > MAX_CLAIM_AGE.as_millis() as u64 {
+        return true;
+    }
+    if age <= BEAT_MAX_AGE.as_millis() as u64 || node == view.this_node {
+        return false;
+    }
+    let live = |name: &str| view.nodes.iter().any(|b| b.node == name);
+    live(&view.this_node) && !live(node)
 }
 
 /// The first answer again, or 409 when the body differs.
@@ -178,4 +434,149 @@ fn replay(stored: &[u8], digest: &[u8; 32], key: &str) -> Result<Response, ApiEr
         axum::http::HeaderValue::from_static("true"),
     );
     Ok(response.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_spool::NodeBeat;
+
+    fn view(this: &str, live: &[&str]) -> ClusterView {
+        ClusterView {
+            nodes: live
+                .iter()
+                .map(|n| NodeBeat {
+                    node: (*n).into(),
+                    started_ms: 0,
+                    seen_ms: 0,
+                    held: 0,
+                    pulled: 0,
+                })
+                .collect(),
+            this_node: this.into(),
+            ..ClusterView::default()
+        }
+    }
+
+    #[test]
+    fn shared_records_read_back_and_unknown_ones_are_refused() {
+        let digest = [7u8; 32];
+        let claim = SharedRecord::claim(&digest, "host-a-12-1f", 1_700_000_000_123);
+        assert_eq!(
+            SharedRecord::decode(&claim),
+            Some(SharedRecord::Claimed {
+                node: "host-a-12-1f",
+                at_ms: 1_700_000_000_123
+            })
+        );
+        let mut answer = vec![ANSWERED];
+        answer.extend_from_slice(&digest);
+        answer.extend_from_slice(&202u16.to_be_bytes());
+        answer.extend_from_slice(b"{}");
+        assert_eq!(
+            SharedRecord::decode(&answer),
+            Some(SharedRecord::Answered(&answer[1..]))
+        );
+        assert_eq!(SharedRecord::decode(b"Z12345"), None);
+        assert_eq!(SharedRecord::decode(&claim[..30]), None);
+        assert_eq!(SharedRecord::decode(b""), None);
+        // The bucket key is a digest of route and key: hex, the same for the same pair, another per route.
+        let k = shared_key("push", "order-1");
+        assert_eq!(k.len(), 64);
+        assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(k, shared_key("push", "order-1"));
+        assert_ne!(k, shared_key("inject", "order-1"));
+    }
+
+    #[test]
+    fn a_claim_is_abandoned_when_its_node_is_gone_or_it_is_too_old() {
+        let now = 10_000_000;
+        let old = now - BEAT_MAX_AGE.as_millis() as u64 - 1;
+        // Its node's heartbeat is gone, and this node sees itself in the view: abandoned.
+        assert!(abandoned(&view("b", &["a", "b"]), "c", old, now));
+        // Its node lives, or it is this node's own: not abandoned.
+        assert!(!abandoned(&view("b", &["a", "b"]), "a", old, now));
+        assert!(!abandoned(&view("b", &["a"]), "b", old, now));
+        // Younger than a heartbeat's life: its node may not have written one yet.
+        assert!(!abandoned(&view("b", &["a", "b"]), "c", now - 1000, now));
+        // The view is not read yet (this node is not in it): no judgment.
+        assert!(!abandoned(&view("b", &[]), "c", old, now));
+        // Older than any request runs: abandoned whatever the view says.
+        let ancient = now - MAX_CLAIM_AGE.as_millis() as u64 - 1;
+        assert!(abandoned(&view("b", &["a", "b"]), "a", ancient, now));
+    }
+
+    fn headers(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, key.parse().unwrap());
+        h
+    }
+
+    /// A client that hangs up while its request is being made durable: the request runs on, and its answer is
+    /// remembered, so the client's retry replays it instead of queueing the notifications again.
+    #[tokio::test]
+    async fn a_request_whose_client_hangs_up_is_still_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let idem = Arc::new(Idempotency::local(store));
+        let body = Bytes::from_static(b"{\"tokens\": [\"aa\"]}");
+        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ran_tx, mut ran_rx) = tokio::sync::mpsc::unbounded_channel();
+        let handle = async move {
+            let _ = gate_rx.await;
+            let _ = ran_tx.send(());
+            Ok(json_response(StatusCode::ACCEPTED, "{\"id\": 1}".into()))
+        };
+        let first = {
+            let idem = idem.clone();
+            let body = body.clone();
+            tokio::spawn(
+                async move { idem.run("push", &headers("k1"), &body, false, handle).await },
+            )
+        };
+        // Once it runs, the key is taken.
+        let claimed = || match &idem.keys {
+            Keys::Local { running, .. } => !running.lock().unwrap().is_empty(),
+            Keys::Shared { .. } => unreachable!(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !claimed() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the key was never claimed"
+            );
+            tokio::task::yield_now().await;
+        }
+        let again = idem
+            .run("push", &headers("k1"), &body, false, async {
+                panic!("a second request ran while the first held its key")
+            })
+            .await;
+        assert_eq!(again.unwrap_err().status, StatusCode::CONFLICT);
+        // The client hangs up (its request future is dropped), then the request completes.
+        first.abort();
+        let _ = first.await;
+        gate_tx.send(()).unwrap();
+        ran_rx.recv().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let retry = idem
+                .run("push", &headers("k1"), &body, false, async {
+                    panic!("the retry ran again")
+                })
+                .await;
+            match retry {
+                Ok(r) => {
+                    assert_eq!(r.status(), StatusCode::ACCEPTED);
+                    assert!(r.headers().contains_key("idempotent-replayed"));
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(e.status, StatusCode::CONFLICT, "{e}");
+                    assert!(std::time::Instant::now() < deadline, "never remembered");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
 }

@@ -95,17 +95,19 @@ pub async fn inject(
         batch_id: state.intake.next_id(),
         conn_id: super::conn_id(&state.intake, &parts.extensions),
     };
-    let handle = async {
+    let idempotency = state.idempotency.clone();
+    let batch = body.clone();
+    let handle = async move {
         inject_batch(
             &state.intake,
-            &body,
+            &batch,
             &source,
             state.limits.max_notifications,
         )
         .await
         .map_err(ApiError::momentum)
     };
-    match &state.idempotency {
+    match idempotency {
         Some(idem) => {
             idem.run("inject", &parts.headers, &body, true, handle)
                 .await

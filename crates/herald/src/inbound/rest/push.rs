@@ -85,10 +85,12 @@ pub async fn push(State(state): State<RestState>, request: Request) -> Result<Re
         batch_id: state.intake.next_id(),
         conn_id: super::conn_id(&state.intake, &parts.extensions),
     };
-    let handle = async {
+    let idempotency = state.idempotency.clone();
+    let batch = body.clone();
+    let handle = async move {
         let results = accept_batch(
             &state.intake,
-            &body,
+            &batch,
             &source,
             state.limits.max_notifications,
         )
@@ -98,7 +100,7 @@ pub async fn push(State(state): State<RestState>, request: Request) -> Result<Re
             render_results(&results),
         ))
     };
-    match &state.idempotency {
+    match idempotency {
         Some(idem) => idem.run("push", &parts.headers, &body, false, handle).await,
         None => handle.await,
     }

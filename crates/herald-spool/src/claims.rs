@@ -1,0 +1,293 @@
+//! A key-value bucket of claims that every node of a JetStream spool shares, with compare-and-set writes: herald
+//! keeps its `Idempotency-Key`s there, so that a request retried through another node finds the first one's claim
+//! or answer.
+//!
+//! It owns the bucket (created on first use, next to the stream, with the stream's replica count and an age limit),
+//! the atomic operations herald needs (create only when absent, replace or remove only at a known revision), and the
+//! framing that lets a value exceed what one NATS message carries: a large value is written as chunks under
+//! `<key>.c<i>` before the entry that names them. It knows nothing of what the values mean.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::jetstream::JetStreamSpool;
+
+/// The value is stored in the entry itself.
+const INLINE: u8 = 0;
+/// The entry names chunks: a u32 count and a u64 total length follow (big-endian).
+const CHUNKED: u8 = 1;
+/// Room left in a NATS message for the headers JetStream adds to a key-value put.
+const HEADER_ROOM: usize = 4096;
+
+/// What a bucket operation can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClaimError {
+    /// NATS did not answer, or refused the operation.
+    #[error("key-value bucket {bucket}: {detail}")]
+    Unavailable { bucket: String, detail: String },
+    /// An entry that cannot be read back: a chunk missing (expired with the entry) or a framing this build does not
+    /// know (written by a newer herald).
+    #[error("key-value bucket {bucket}: entry {key}: {detail}")]
+    Unreadable {
+        bucket: String,
+        key: String,
+        detail: String,
+    },
+}
+
+/// An entry as read: its value and the revision a [`ClaimBucket::replace`] or [`ClaimBucket::remove`] must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub revision: u64,
+    pub value: Bytes,
+}
+
+/// The bucket's handle. Cheap to share; the bucket is opened (created when missing) by the first operation.
+pub struct ClaimBucket {
+    spool: Arc<JetStreamSpool>,
+    name: String,
+    max_age: Duration,
+    store: tokio::sync::OnceCell<kv::Store>,
+}
+
+impl ClaimBucket {
+    /// The bucket `name`; an entry lives `max_age` after its last write. An existing bucket is used with its own
+    /// settings.
+    pub fn new(spool: Arc<JetStreamSpool>, name: &str, max_age: Duration) -> ClaimBucket {
+        ClaimBucket {
+            spool,
+            name: name.to_owned(),
+            max_age,
+            store: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn unavailable(&self, detail: impl std::fmt::Display) -> ClaimError {
+        ClaimError::Unavailable {
+            bucket: self.name.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    async fn store(&self) -> Result<&kv::Store, ClaimError> {
+        self.store
+            .get_or_try_init(|| async {
+                let ctx = self.spool.context();
+                if let Ok(store) = ctx.get_key_value(&self.name).await {
+                    return Ok(store);
+                }
+                ctx.create_key_value(kv::Config {
+                    bucket: self.name.clone(),
+                    history: 1,
+                    max_age: self.max_age,
+                    num_replicas: self.spool.replicas(),
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.unavailable(format!("cannot open or create it: {e}")))
+            })
+            .await
+    }
+
+    /// The largest piece of a value one put carries.
+    fn chunk_size(&self) -> usize {
+        // Before the first connection the server's limit is unknown: NATS's default, 1 MiB.
+        let max = match self.spool.max_payload() {
+            0 => 1 << 20,
+            n => n,
+        };
+        max.saturating_sub(HEADER_ROOM).max(1024)
+    }
+
+    /// The value of `key`, `None` when absent (never written, removed, or expired).
+    pub async fn read(&self, key: &str) -> Result<Option<Entry>, ClaimError> {
+        let store = self.store().await?;
+        let entry = match store.entry(key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => e,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(self.unavailable(format!("reading {key}: {e}"))),
+        };
+        let unreadable = |detail: String| ClaimError::Unreadable {
+            bucket: self.name.clone(),
+            key: key.to_owned(),
+            detail,
+        };
+        let framed = entry.value;
+        let value = match framed.first() {
+            Some(&INLINE) => framed.slice(1..),
+            Some(&CHUNKED) if framed.len() == 13 => {
+                let count = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]);
+                let mut total = [0u8; 8];
+                total.copy_from_slice(&framed[5..13]);
+                let total = u64::from_be_bytes(total) as usize;
+                let mut value = BytesMut::with_capacity(total.min(64 << 20));
+                for i in 0..count {
+                    let chunk_key = chunk_key(key, i);
+                    match store.get(&chunk_key).await {
+                        Ok(Some(chunk)) => value.put(chunk),
+                        Ok(None) => {
+                            return Err(unreadable(format!("chunk {chunk_key} is missing")));
+                        }
+                        Err(e) => {
+                            return Err(self.unavailable(format!("reading {chunk_key}: {e}")));
+                        }
+                    }
+                }
+                if value.len() != total {
+                    return Err(unreadable(format!(
+                        "its chunks hold {} bytes, not {total}",
+                        value.len()
+                    )));
+                }
+                value.freeze()
+            }
+            other => {
+                return Err(unreadable(format!(
+                    "unknown framing {other:?} (written by a newer herald?)"
+                )));
+            }
+        };
+        Ok(Some(Entry {
+            revision: entry.revision,
+            value,
+        }))
+    }
+
+    /// Writes the chunks of a large `value` and returns the entry's own bytes.
+    async fn frame(&self, key: &str, value: &[u8]) -> Result<Bytes, ClaimError> {
+        let size = self.chunk_size();
+        if value.len() < size {
+            let mut framed = BytesMut::with_capacity(1 + value.len());
+            framed.put_u8(INLINE);
+            framed.put_slice(value);
+            return Ok(framed.freeze());
+        }
+        let store = self.store().await?;
+        let mut count = 0u32;
+        for chunk in value.chunks(size) {
+            let chunk_key = chunk_key(key, count);
+            store
+                .put(&chunk_key, Bytes::copy_from_slice(chunk))
+                .await
+                .map_err(|e| self.unavailable(format!("writing {chunk_key}: {e}")))?;
+            count += 1;
+        }
+        let mut framed = BytesMut::with_capacity(13);
+        framed.put_u8(CHUNKED);
+        framed.put_u32(count);
+        framed.put_u64(value.len() as u64);
+        Ok(framed.freeze())
+    }
+
+    /// Stores `value` under `key` only if the key holds nothing: `Some(revision)`, or `None` when it holds a value
+    /// already (another request got there first).
+    pub async fn create(&self, key: &str, value: &[u8]) -> Result<Option<u64>, ClaimError> {
+        let framed = self.frame(key, value).await?;
+        let store = self.store().await?;
+        match store.create(key, framed).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(self.unavailable(format!("creating {key}: {e}"))),
+        }
+    }
+
+    /// Replaces the value of `key` if it is still at `revision`: `Some(new revision)`, or `None` when it was
+    /// changed or removed meanwhile.
+    pub async fn replace(
+        &self,
+        key: &str,
+        revision: u64,
+        value: &[u8],
+    ) -> Result<Option<u64>, ClaimError> {
+        let framed = self.frame(key, value).await?;
+        let store = self.store().await?;
+        match store.update(key, framed, revision).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(self.unavailable(format!("replacing {key}: {e}"))),
+        }
+    }
+
+    /// Removes `key` if it is still at `revision` (a changed one is left alone).
+    pub async fn remove(&self, key: &str, revision: u64) -> Result<(), ClaimError> {
+        let store = self.store().await?;
+        match store.delete_expect_revision(key, Some(revision)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
+            Err(e) => Err(self.unavailable(format!("removing {key}: {e}"))),
+        }
+    }
+}
+
+fn chunk_key(key: &str, i: u32) -> String {
+    format!("{key}.c{i}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jetstream::tests::{connected, nats};
+
+    /// Create only when absent, replace and remove only at the revision read, values larger than a NATS message
+    /// read back whole, and a removed key can be created again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claims_are_created_once_replaced_at_their_revision_and_large_values_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let (spool, _rx) = connected(url, "claims").await;
+        let bucket = ClaimBucket::new(spool.clone(), "claims_test", Duration::from_secs(60));
+        assert_eq!(bucket.read("k1").await.unwrap(), None);
+
+        let first = bucket.create("k1", b"claim").await.unwrap().unwrap();
+        assert_eq!(bucket.create("k1", b"other").await.unwrap(), None);
+        let read = bucket.read("k1").await.unwrap().unwrap();
+        assert_eq!((read.revision, &read.value[..]), (first, &b"claim"[..]));
+
+        // Replacing at a stale revision changes nothing.
+        let second = bucket
+            .replace("k1", first, b"answer")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(bucket.replace("k1", first, b"late").await.unwrap(), None);
+        assert_eq!(
+            &bucket.read("k1").await.unwrap().unwrap().value[..],
+            b"answer"
+        );
+
+        // Removing at a stale revision leaves it; at its revision, the key is free again.
+        bucket.remove("k1", first).await.unwrap();
+        assert!(bucket.read("k1").await.unwrap().is_some());
+        bucket.remove("k1", second).await.unwrap();
+        assert_eq!(bucket.read("k1").await.unwrap(), None);
+        assert!(bucket.create("k1", b"again").await.unwrap().is_some());
+
+        // A value three times NATS's largest message goes out in chunks and reads back byte for byte.
+        let large: Vec<u8> = (0..3 * spool.max_payload() + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let claim = bucket.create("k2", b"claim").await.unwrap().unwrap();
+        assert!(bucket.replace("k2", claim, &large).await.unwrap().is_some());
+        let read = bucket.read("k2").await.unwrap().unwrap();
+        assert_eq!(read.value.len(), large.len());
+        assert!(read.value[..] == large[..]);
+
+        // A chunk gone (expired before its entry) is reported, not taken for a shorter value.
+        let store = bucket.store().await.unwrap();
+        store.purge("k2.c1").await.unwrap();
+        let err = bucket.read("k2").await.unwrap_err();
+        assert!(err.to_string().contains("k2.c1 is missing"), "{err}");
+        crate::Spool::close(&*spool).await.unwrap();
+    }
+}
