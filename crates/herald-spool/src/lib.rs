@@ -5,8 +5,9 @@
 //! the embedded store [`DiskSpool`] (fjall, chosen by measurement: see BENCHMARKS.md "Spool") whose writer thread
 //! gives group commit (concurrent appends share one fsync), recovery after a crash, and [`MemorySpool`], a
 //! non-durable stand-in for tests, and [`JetStreamSpool`], a NATS JetStream stream several herald nodes share
-//! (docs/scale-out.md), with the [`SharedMap`] and [`ClaimBucket`] key-value buckets next to it. It knows nothing of herald's queue or protocols: herald converts its
-//! notifications to and from [`StoredNotification`].
+//! (docs/scale-out.md), with the [`SharedMap`] and [`ClaimBucket`] key-value buckets next to it and
+//! [`PeerLookup`], the questions its nodes ask each other. It knows nothing of herald's queue or protocols: herald
+//! converts its notifications to and from [`StoredNotification`].
 
 pub mod claims;
 pub mod engine;
