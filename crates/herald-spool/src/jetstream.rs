@@ -420,7 +420,10 @@ impl JetStreamSpool {
 
     /// Acks (or naks, or terminates) every message held for the notification `key`, and forgets it.
     fn ack(&self, key: u128, kind: AckKind) {
-        for message in lock(&self.held).take(key) {
+        // Queued under the held lock, as [`keep_alive`] queues its in-progress acks: none of those can follow this
+        // ack (a nak's delay would be reset to the ack wait by an in-progress ack arriving after it).
+        let mut held = lock(&self.held);
+        for message in held.take(key) {
             let _ = self.acks.send(AckJob::Ack(message, kind));
         }
     }
@@ -522,10 +525,17 @@ enum AckJob {
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Sends the acks of finished notifications, in order.
+/// Sends the acks of finished notifications and the in-progress acks of held ones, in the order they were queued.
 async fn ack_loop(mut jobs: tokio::sync::mpsc::UnboundedReceiver<AckJob>) {
     while let Some(job) = jobs.recv().await {
         match job {
+            AckJob::Ack(message, AckKind::Progress) => {
+                // Sent again at the next keep-alive; a notification whose in-progress acks all fail goes to
+                // another node after the ack wait.
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!("JetStream in-progress ack failed: {e}");
+                }
+            }
             AckJob::Ack(message, kind) => {
                 if let Err(e) = message.ack_with(kind).await {
                     tracing::warn!(
@@ -801,11 +811,18 @@ async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
             return;
         }
         // Every message held, a redelivered one's earlier copies too: whichever the server counts stays alive.
-        let held: Vec<jetstream::Message> = lock(&spool.held).messages().cloned().collect();
-        drop(spool);
-        for chunk in held.chunks(512) {
-            join_all(chunk.iter().map(|m| m.ack_with(AckKind::Progress))).await;
+        // They go through the ordered ack queue, queued under the held lock: a notification finished or given back
+        // meanwhile has its ack queued after these (its in-progress ack cannot undo a nak's delay), or is no longer
+        // held and gets none.
+        {
+            let held = lock(&spool.held);
+            for message in held.messages() {
+                let _ = spool
+                    .acks
+                    .send(AckJob::Ack(message.clone(), AckKind::Progress));
+            }
         }
+        drop(spool);
     }
 }
 
@@ -1371,6 +1388,50 @@ pub(crate) mod tests {
             stream.info().await.unwrap().state.messages == 0
         })
         .await;
+        spool.close().await.unwrap();
+    }
+
+    /// In-progress acks keep a held notification with its node past the ack wait (they go through the ordered ack
+    /// queue, as the acks do); given back with a delay, it comes again after that delay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_notification_stays_past_the_ack_wait_and_comes_back_after_its_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let mut options = JetStreamOptions::new(vec![url], "alive");
+        options.ack_wait = Duration::from_secs(1);
+        let spool = JetStreamSpool::connect(options).await.unwrap();
+        let mut rx = spool.take_deliveries().unwrap();
+        wait_for("the stream set up", Duration::from_secs(20), async || {
+            spool.connected()
+        })
+        .await;
+        let id = 0x43u128 << 64 | 9;
+        spool.append(vec![notification(id, 0xcc)]).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.key, SpoolKey(id));
+        // Three ack waits, held: JetStream never delivers it again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            lock(&spool.held).messages_of(id),
+            1,
+            "redelivered while held"
+        );
+        assert_eq!(spool.stream_stats().redelivered_here, 0);
+        // Given back for 300 ms: it comes again (to this node, the only one), long before another ack wait
+        // would have passed many times over.
+        spool.release(SpoolKey(id), Duration::from_millis(300));
+        assert_eq!(spool.held(), 0);
+        let again = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the given-back notification came again")
+            .unwrap();
+        assert_eq!(again.key, SpoolKey(id));
+        spool.remove(&[SpoolKey(id)]);
         spool.close().await.unwrap();
     }
 }
