@@ -881,6 +881,9 @@ impl crate::control::ServerHandle for Server {
     fn status_book(&self) -> Option<&StatusBook> {
         Some(&self.status_book)
     }
+    fn status_peers(&self) -> Option<&herald_spool::PeerLookup> {
+        self.status_peers.as_deref()
+    }
 
     fn webhooks(&self) -> Option<&Webhooks> {
         Some(&self.webhooks)

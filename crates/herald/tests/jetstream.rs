@@ -360,6 +360,16 @@ async fn notifications_are_delivered_logged_and_looked_up_under_the_id_their_sen
         let expected: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "delivered")).collect();
         assert_eq!(found, expected, "query on {}", daemon.http);
     }
+    // (d) The console's `status ID` on the node that did not deliver an id asks the other one too.
+    let id = &ids[0];
+    let at = by_node.iter().position(|l| l.contains(id)).unwrap();
+    let socket = dir.path().join(["a", "b"][1 - at]).join("control.sock");
+    let out = console(&socket, &["status", id]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("state:") && l.ends_with("delivered")),
+        "{out}"
+    );
     for (daemon, _) in nodes {
         daemon.terminate();
     }

@@ -110,8 +110,9 @@ Commands:
   quit | exit                           close the console
 ";
 
-/// `status ID`.
-fn notification_status(server: &dyn ServerHandle, id: &str) -> Reply {
+/// `status ID`. On the JetStream spool, an id this node's book does not know is asked of the other nodes, as the
+/// status routes do.
+async fn notification_status(server: &dyn ServerHandle, id: &str) -> Reply {
     use crate::outcomes::book::Found;
     let Some(book) = server.status_book() else {
         return Reply::err("this server keeps no notification status\n");
@@ -122,26 +123,37 @@ fn notification_status(server: &dyn ServerHandle, id: &str) -> Reply {
         ));
     };
     match book.lookup(&key) {
-        Ok(Found::Status(s)) => {
-            let mut out = String::new();
-            if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(&*s) {
-                for (k, v) in fields {
-                    let v = match v {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    out.push_str(&format!("{:<16} {v}\n", format!("{k}:")));
-                }
-            }
-            Reply::ok(out)
-        }
+        Ok(Found::Status(s)) => Reply::ok(status_lines(&s)),
         Ok(Found::Expired) => Reply::err(format!(
             "{id}: expired (finished longer than outcome_retention, {} s, ago)\n",
             book.retention().as_secs()
         )),
-        Ok(Found::Unknown) => Reply::err(format!("{id}: unknown\n")),
+        Ok(Found::Unknown) => {
+            if let Some(peers) = server.status_peers() {
+                let found = crate::outcomes::peers::ask(peers, &[id.to_owned()]).await;
+                if let Some(s) = found.get(&key) {
+                    return Reply::ok(status_lines(s));
+                }
+            }
+            Reply::err(format!("{id}: unknown\n"))
+        }
         Err(e) => Reply::err(format!("{id}: {e}\n")),
     }
+}
+
+/// A notification's state, a `name: value` line per field.
+fn status_lines(status: &crate::outcomes::book::Status) -> String {
+    let mut out = String::new();
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(status) {
+        for (k, v) in fields {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            out.push_str(&format!("{:<16} {v}\n", format!("{k}:")));
+        }
+    }
+    out
 }
 
 /// `webhooks`.
@@ -463,7 +475,7 @@ pub async fn execute(server: &dyn ServerHandle, cmd: Command) -> Reply {
         }
         Command::Version => Reply::ok(format!("herald {}\n", env!("CARGO_PKG_VERSION"))),
         Command::Pid => Reply::ok(format!("{}\n", std::process::id())),
-        Command::Status(id) => notification_status(server, &id),
+        Command::Status(id) => notification_status(server, &id).await,
         Command::Webhooks => webhooks(server),
         Command::Channels(domain) => channels(server, &domain).await,
         Command::Shutdown => {

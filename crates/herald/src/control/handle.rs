@@ -36,6 +36,10 @@ pub trait ServerHandle: Send + Sync {
     fn status_book(&self) -> Option<&crate::outcomes::book::StatusBook> {
         None
     }
+    /// On the JetStream spool, the other nodes (`status ID` asks them for an id the book does not know).
+    fn status_peers(&self) -> Option<&herald_spool::PeerLookup> {
+        None
+    }
     /// The outcome webhooks (`webhooks`), when the server runs them.
     fn webhooks(&self) -> Option<&crate::outcomes::webhook::Webhooks> {
         None
