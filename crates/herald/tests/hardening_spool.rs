@@ -77,6 +77,8 @@ domain "full.example" {{
 {credentials}  retry_interval = 1
   max_retry_interval = 1
   mx_failures_to_delay = 0
+  outcome_webhook_url = "http://127.0.0.1:9/hook"
+  outcome_webhook_secret = "full-disk-secret"
 }}
 "#,
         spool = spool.display(),
@@ -284,7 +286,7 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
     assert!(reply.starts_with("452 4.3.1"), "{reply}");
 
     // APNs comes back: what herald holds is delivered, and the removals wait in memory. The final outcomes cannot
-    // be stored for status lookups either: they are counted as dropped, not lost silently.
+    // be stored for status lookups, nor their webhook events: both are counted as dropped, not lost silently.
     let sim = start_sim(&pki, port).await;
     sim.wait_for_records(held.len() as u64, WAIT).await;
     wait_metrics(
@@ -293,6 +295,10 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
             ("herald_spool_pending_removals", held.len() as u64),
             ("herald_spool_writable", 0),
             ("herald_outcomes_dropped_total", held.len() as u64),
+            (
+                "herald_webhook_dropped_total{domain=\"full.example\"}",
+                held.len() as u64,
+            ),
         ],
     )
     .await;
