@@ -5,7 +5,9 @@
 //! It owns the bucket (created on first use, next to the stream, with the stream's replica count and an age limit),
 //! the atomic operations herald needs (create only when absent, replace or remove only at a known revision), and the
 //! framing that lets a value exceed what one NATS message carries: a large value is written as chunks under
-//! `<key>.c<i>` before the entry that names them. It knows nothing of what the values mean.
+//! `<key>.<nonce>.c<i>` before the entry that names them (a nonce per write, so that two writers racing for one
+//! entry never overwrite each other's chunks: the loser's are left to expire). It knows nothing of what the values
+//! mean.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +19,10 @@ use crate::jetstream::JetStreamSpool;
 
 /// The value is stored in the entry itself.
 const INLINE: u8 = 0;
-/// The entry names chunks: a u32 count and a u64 total length follow (big-endian).
+/// The entry names chunks: a u32 count, a u64 total length and the u64 nonce of their keys follow (big-endian).
 const CHUNKED: u8 = 1;
+/// Length of a chunked entry's own bytes.
+const CHUNKED_LEN: usize = 21;
 /// Room left in a NATS message for the headers JetStream adds to a key-value put.
 const HEADER_ROOM: usize = 4096;
 
@@ -38,11 +42,14 @@ pub enum ClaimError {
     },
 }
 
-/// An entry as read: its value and the revision a [`ClaimBucket::replace`] or [`ClaimBucket::remove`] must name.
+/// An entry as read: its value, the revision a [`ClaimBucket::replace`] or [`ClaimBucket::remove`] must name, and
+/// when the NATS server stored it (the server's clock, Unix milliseconds: comparable across nodes whose clocks
+/// differ).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub revision: u64,
     pub value: Bytes,
+    pub stored_ms: u64,
 }
 
 /// The bucket's handle. Cheap to share; the bucket is opened (created when missing) by the first operation.
@@ -124,14 +131,16 @@ impl ClaimBucket {
         let framed = entry.value;
         let value = match framed.first() {
             Some(&INLINE) => framed.slice(1..),
-            Some(&CHUNKED) if framed.len() == 13 => {
+            Some(&CHUNKED) if framed.len() == CHUNKED_LEN => {
                 let count = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]);
-                let mut total = [0u8; 8];
-                total.copy_from_slice(&framed[5..13]);
-                let total = u64::from_be_bytes(total) as usize;
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&framed[5..13]);
+                let total = u64::from_be_bytes(word) as usize;
+                word.copy_from_slice(&framed[13..21]);
+                let nonce = u64::from_be_bytes(word);
                 let mut value = BytesMut::with_capacity(total.min(64 << 20));
                 for i in 0..count {
-                    let chunk_key = chunk_key(key, i);
+                    let chunk_key = chunk_key(key, nonce, i);
                     match store.get(&chunk_key).await {
                         Ok(Some(chunk)) => value.put(chunk),
                         Ok(None) => {
@@ -159,6 +168,7 @@ impl ClaimBucket {
         Ok(Some(Entry {
             revision: entry.revision,
             value,
+            stored_ms: (entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
         }))
     }
 
@@ -172,19 +182,21 @@ impl ClaimBucket {
             return Ok(framed.freeze());
         }
         let store = self.store().await?;
+        let nonce = nonce();
         let mut count = 0u32;
         for chunk in value.chunks(size) {
-            let chunk_key = chunk_key(key, count);
+            let chunk_key = chunk_key(key, nonce, count);
             store
                 .put(&chunk_key, Bytes::copy_from_slice(chunk))
                 .await
                 .map_err(|e| self.unavailable(format!("writing {chunk_key}: {e}")))?;
             count += 1;
         }
-        let mut framed = BytesMut::with_capacity(13);
+        let mut framed = BytesMut::with_capacity(CHUNKED_LEN);
         framed.put_u8(CHUNKED);
         framed.put_u32(count);
         framed.put_u64(value.len() as u64);
+        framed.put_u64(nonce);
         Ok(framed.freeze())
     }
 
@@ -228,8 +240,17 @@ impl ClaimBucket {
     }
 }
 
-fn chunk_key(key: &str, i: u32) -> String {
-    format!("{key}.c{i}")
+/// A number no other write is likely to draw: std's randomly keyed hasher over a count.
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish()
+}
+
+fn chunk_key(key: &str, nonce: u64, i: u32) -> String {
+    format!("{key}.{nonce:016x}.c{i}")
 }
 
 #[cfg(test)]
@@ -283,11 +304,39 @@ mod tests {
         assert_eq!(read.value.len(), large.len());
         assert!(read.value[..] == large[..]);
 
+        // A writer that lost the race for the entry (its replace names a revision gone by) wrote its chunks
+        // first: they do not overwrite the winner's.
+        let other: Vec<u8> = large.iter().map(|b| b ^ 0x5a).collect();
+        assert_eq!(bucket.replace("k2", claim, &other).await.unwrap(), None);
+        let read = bucket.read("k2").await.unwrap().unwrap();
+        assert!(
+            read.value[..] == large[..],
+            "the winner's value was overwritten"
+        );
+        assert!(read.stored_ms > 0);
+
         // A chunk gone (expired before its entry) is reported, not taken for a shorter value.
         let store = bucket.store().await.unwrap();
-        store.purge("k2.c1").await.unwrap();
-        let err = bucket.read("k2").await.unwrap_err();
-        assert!(err.to_string().contains("k2.c1 is missing"), "{err}");
+        let mut keys = store.keys().await.unwrap();
+        let mut seconds = Vec::new();
+        while let Some(k) = futures_util::StreamExt::next(&mut keys).await {
+            let k = k.unwrap();
+            if k.starts_with("k2.") && k.ends_with(".c1") {
+                seconds.push(k);
+            }
+        }
+        // The winner's and the loser's second chunks.
+        assert_eq!(seconds.len(), 2, "{seconds:?}");
+        for k in &seconds {
+            store.purge(k).await.unwrap();
+        }
+        match bucket.read("k2").await {
+            Err(e) => assert!(e.to_string().contains(".c1 is missing"), "{e}"),
+            Ok(entry) => panic!(
+                "read {:?} bytes with a chunk missing",
+                entry.map(|e| e.value.len())
+            ),
+        }
         crate::Spool::close(&*spool).await.unwrap();
     }
 }

@@ -163,6 +163,12 @@ pub struct JetStreamSpool {
     started_ms: u64,
     /// The heartbeat bucket, once open (this node's entry is deleted from it on close).
     beats: Mutex<Option<async_nats::jetstream::kv::Store>>,
+    /// This node's heartbeat was written at least once.
+    beating: AtomicBool,
+    /// This node answers the other nodes' status lookups (said in its heartbeat).
+    serves_lookups: AtomicBool,
+    /// In-progress acks queued and not yet sent: the keep-alive queues a round only once the last one went out.
+    progress_queued: Arc<AtomicU64>,
 }
 
 impl JetStreamSpool {
@@ -232,7 +238,8 @@ impl JetStreamSpool {
         let subject = options.subject();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let (acks, ack_jobs) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(ack_loop(ack_jobs));
+        let progress_queued = Arc::new(AtomicU64::new(0));
+        tokio::spawn(ack_loop(ack_jobs, progress_queued.clone()));
         let first_try = options.connect_timeout;
         let spool = Arc::new(JetStreamSpool {
             client,
@@ -257,6 +264,9 @@ impl JetStreamSpool {
             publish_permits: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
             started_ms: nodes::unix_ms(),
             beats: Mutex::new(None),
+            beating: AtomicBool::new(false),
+            serves_lookups: AtomicBool::new(false),
+            progress_queued,
             options,
         });
         match tokio::time::timeout(first_try, spool.setup()).await {
@@ -412,6 +422,26 @@ impl JetStreamSpool {
         &self.options.node
     }
 
+    /// Whether this node's heartbeat has been written (the other nodes can see it live).
+    pub fn beating(&self) -> bool {
+        self.beating.load(Ordering::Relaxed)
+    }
+
+    /// Whether `node` has a heartbeat now, read from the server: `false` once it has been silent for
+    /// [`nodes::BEAT_MAX_AGE`] by the server's clock. An error while the heartbeats cannot be read.
+    pub async fn node_alive(&self, node: &str) -> Result<bool, String> {
+        let store = lock(&self.beats).clone();
+        match store {
+            Some(store) => nodes::has_beat(&store, node).await,
+            None => Err("the node heartbeats are not read yet".into()),
+        }
+    }
+
+    /// Says in this node's heartbeat whether it answers the other nodes' status lookups.
+    pub fn set_serves_lookups(&self, serves: bool) {
+        self.serves_lookups.store(serves, Ordering::Relaxed);
+    }
+
     /// Gives a pulled notification back to the stream (every message held for it), to be delivered again (by any
     /// node) after `delay`.
     pub fn release(&self, key: SpoolKey, delay: Duration) {
@@ -526,7 +556,10 @@ enum AckJob {
 }
 
 /// Sends the acks of finished notifications and the in-progress acks of held ones, in the order they were queued.
-async fn ack_loop(mut jobs: tokio::sync::mpsc::UnboundedReceiver<AckJob>) {
+async fn ack_loop(
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<AckJob>,
+    progress_queued: Arc<AtomicU64>,
+) {
     while let Some(job) = jobs.recv().await {
         match job {
             AckJob::Ack(message, AckKind::Progress) => {
@@ -535,6 +568,7 @@ async fn ack_loop(mut jobs: tokio::sync::mpsc::UnboundedReceiver<AckJob>) {
                 if let Err(e) = message.ack_with(AckKind::Progress).await {
                     tracing::debug!("JetStream in-progress ack failed: {e}");
                 }
+                progress_queued.fetch_sub(1, Ordering::Relaxed);
             }
             AckJob::Ack(message, kind) => {
                 if let Err(e) = message.ack_with(kind).await {
@@ -814,12 +848,19 @@ async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
         // They go through the ordered ack queue, queued under the held lock: a notification finished or given back
         // meanwhile has its ack queued after these (its in-progress ack cannot undo a nak's delay), or is no longer
         // held and gets none.
-        {
+        // A round still queued (NATS unreachable: nothing goes out) is not followed by another, so the queue holds
+        // at most one in-progress ack per held message.
+        if spool.progress_queued.load(Ordering::Relaxed) == 0 {
             let held = lock(&spool.held);
             for message in held.messages() {
-                let _ = spool
+                spool.progress_queued.fetch_add(1, Ordering::Relaxed);
+                if spool
                     .acks
-                    .send(AckJob::Ack(message.clone(), AckKind::Progress));
+                    .send(AckJob::Ack(message.clone(), AckKind::Progress))
+                    .is_err()
+                {
+                    spool.progress_queued.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         drop(spool);
@@ -853,11 +894,13 @@ async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
                 seen_ms: now,
                 held: me.held(),
                 pulled: me.pulled.load(Ordering::Relaxed),
+                lookups: me.serves_lookups.load(Ordering::Relaxed),
             };
-            if let Err(e) = store.put(&beat.node, beat.encode().into()).await {
-                tracing::debug!("node heartbeat: {e}");
+            match store.put(&beat.node, beat.encode().into()).await {
+                Ok(_) => me.beating.store(true, Ordering::Relaxed),
+                Err(e) => tracing::debug!("node heartbeat: {e}"),
             }
-            match nodes::read_beats(store, now).await {
+            match nodes::read_beats(store).await {
                 Ok(beats) => lock(&me.figures.view).nodes = beats,
                 Err(e) => tracing::debug!("reading the node heartbeats: {e}"),
             }

@@ -28,14 +28,21 @@ pub struct NodeBeat {
     pub held: u64,
     /// Notifications it pulled since it started.
     pub pulled: u64,
+    /// It answers the other nodes' status lookups (crate::PeerLookup).
+    pub lookups: bool,
 }
 
 impl NodeBeat {
     /// The bucket's value: `key=value` pairs, one per line (readable with `nats kv get`).
     pub fn encode(&self) -> String {
         format!(
-            "node={}\nstarted_ms={}\nseen_ms={}\nheld={}\npulled={}\n",
-            self.node, self.started_ms, self.seen_ms, self.held, self.pulled
+            "node={}\nstarted_ms={}\nseen_ms={}\nheld={}\npulled={}\nlookups={}\n",
+            self.node,
+            self.started_ms,
+            self.seen_ms,
+            self.held,
+            self.pulled,
+            u8::from(self.lookups)
         )
     }
 
@@ -48,6 +55,7 @@ impl NodeBeat {
             seen_ms: 0,
             held: 0,
             pulled: 0,
+            lookups: false,
         };
         for line in text.lines() {
             let Some((k, v)) = line.split_once('=') else {
@@ -60,6 +68,7 @@ impl NodeBeat {
                 "seen_ms" => beat.seen_ms = number(),
                 "held" => beat.held = number(),
                 "pulled" => beat.pulled = number(),
+                "lookups" => beat.lookups = number() == 1,
                 _ => {}
             }
         }
@@ -150,21 +159,42 @@ pub async fn open_bucket(
     .map_err(|e| format!("key-value bucket {name}: {e}"))
 }
 
-/// Every heartbeat in the bucket not older than [`BEAT_MAX_AGE`] at `now_ms`, sorted by node name.
-pub async fn read_beats(store: &kv::Store, now_ms: u64) -> Result<Vec<NodeBeat>, String> {
+/// Every heartbeat in the bucket, sorted by node name, but those written more than [`BEAT_MAX_AGE`] before the
+/// newest. Age is judged by the NATS server's clock (when it stored each entry), not by the nodes' own clocks,
+/// which may differ; the bucket's age limit removes a silent node's entry by the same clock.
+pub async fn read_beats(store: &kv::Store) -> Result<Vec<NodeBeat>, String> {
     let mut keys = store.keys().await.map_err(|e| e.to_string())?;
     let mut beats = Vec::new();
     while let Some(key) = keys.next().await {
         let Ok(key) = key else { continue };
-        if let Ok(Some(value)) = store.get(&key).await
-            && let Some(beat) = std::str::from_utf8(&value).ok().and_then(NodeBeat::decode)
-            && now_ms.saturating_sub(beat.seen_ms) <= BEAT_MAX_AGE.as_millis() as u64
+        if let Ok(Some(entry)) = store.entry(&key).await
+            && entry.operation == kv::Operation::Put
+            && let Some(beat) = std::str::from_utf8(&entry.value)
+                .ok()
+                .and_then(NodeBeat::decode)
         {
-            beats.push(beat);
+            let stored_ms = (entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            beats.push((stored_ms, beat));
         }
     }
+    let newest = beats.iter().map(|(at, _)| *at).max().unwrap_or(0);
+    let mut beats: Vec<NodeBeat> = beats
+        .into_iter()
+        .filter(|(at, _)| newest.saturating_sub(*at) <= BEAT_MAX_AGE.as_millis() as u64)
+        .map(|(_, beat)| beat)
+        .collect();
     beats.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(beats)
+}
+
+/// Whether `node` has a heartbeat in the bucket now (read from the server, not from the last refreshed view): an
+/// entry is removed by the server once the node has been silent for [`BEAT_MAX_AGE`].
+pub async fn has_beat(store: &kv::Store, node: &str) -> Result<bool, String> {
+    match store.entry(node).await {
+        Ok(Some(entry)) => Ok(entry.operation == kv::Operation::Put),
+        Ok(None) => Ok(false),
+        Err(e) => Err(format!("reading the heartbeat of {node}: {e}")),
+    }
 }
 
 pub fn unix_ms() -> u64 {
@@ -186,6 +216,7 @@ mod tests {
             seen_ms: 1_700_000_002_000,
             held: 12,
             pulled: 3400,
+            lookups: true,
         };
         assert_eq!(NodeBeat::decode(&beat.encode()), Some(beat.clone()));
         let newer = format!("{}zone=eu-1\n", beat.encode());

@@ -65,6 +65,9 @@ pub struct PeerLookup {
 impl Drop for PeerLookup {
     fn drop(&mut self) {
         self.serving.abort();
+        if let Some(spool) = self.spool.upgrade() {
+            spool.set_serves_lookups(false);
+        }
     }
 }
 
@@ -86,6 +89,7 @@ impl PeerLookup {
             node.clone(),
             Arc::new(answer),
             subscribed.clone(),
+            Arc::downgrade(spool),
         ));
         PeerLookup {
             client,
@@ -107,8 +111,9 @@ impl PeerLookup {
         self.subscribed.load(Ordering::Relaxed)
     }
 
-    /// The other nodes with a live heartbeat (the spool's [`crate::ClusterView`]): the answers a question can
-    /// expect. 0 while NATS is not reachable.
+    /// The other nodes with a live heartbeat that says they answer lookups (the spool's [`crate::ClusterView`]):
+    /// the answers a question can expect. A node of an older herald, or one that keeps no status book, is not
+    /// waited for. 0 while NATS is not reachable.
     pub fn live_peers(&self) -> usize {
         let Some(spool) = self.spool.upgrade() else {
             return 0;
@@ -119,7 +124,7 @@ impl PeerLookup {
         let view = spool.cluster_view();
         view.nodes
             .iter()
-            .filter(|n| n.node != view.this_node)
+            .filter(|n| n.node != view.this_node && n.lookups)
             .count()
     }
 
@@ -197,6 +202,7 @@ async fn serve<F>(
     node: String,
     answer: Arc<F>,
     subscribed: Arc<AtomicBool>,
+    spool: Weak<JetStreamSpool>,
 ) where
     F: Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
 {
@@ -212,6 +218,10 @@ async fn serve<F>(
     // The subscription is at the server once the server answered a ping sent after it.
     if client.flush().await.is_ok() {
         subscribed.store(true, Ordering::Relaxed);
+    }
+    // The heartbeat says so from now on: the other nodes count this one among those they wait for.
+    if let Some(spool) = spool.upgrade() {
+        spool.set_serves_lookups(true);
     }
     let room = Arc::new(tokio::sync::Semaphore::new(ANSWERING_AT_ONCE));
     while let Some(question) = questions.next().await {

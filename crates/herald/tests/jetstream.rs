@@ -1116,22 +1116,26 @@ async fn an_idempotency_key_is_one_for_every_node() {
         "{refused}"
     );
 
-    // Claims written as a node would (docs/api.md): one by a live request, one left by a node that is gone.
-    let nc = async_nats::connect(server.url()).await.unwrap();
-    let kv = async_nats::jetstream::new(nc)
-        .get_key_value("herald_idempotency")
+    // Claims written as a node would (docs/api.md): one by a node that lives (its heartbeat is in the bucket),
+    // one left by a node that has none.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let kv = js.get_key_value("herald_idempotency").await.unwrap();
+    let mut names = js
+        .get_key_value("herald_nodes")
+        .await
+        .unwrap()
+        .keys()
         .await
         .unwrap();
-    let claim = |body: &str, node: &str, age: Duration| {
-        // The bucket's framing (0: the value is inline), then the claim.
+    let live_node = futures_util::StreamExt::next(&mut names)
+        .await
+        .unwrap()
+        .unwrap();
+    let claim = |body: &str, node: &str| {
+        // The bucket's framing (0: the value is inline), then the claim: digest, the request's number, node.
         let mut v = vec![0, b'C'];
         v.extend_from_slice(&sha2::Sha256::digest(body.as_bytes()));
-        let at = std::time::SystemTime::now() - age;
-        let ms = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        v.extend_from_slice(&ms.to_be_bytes());
+        v.extend_from_slice(&42u64.to_be_bytes());
         v.extend_from_slice(node.as_bytes());
         v
     };
@@ -1140,44 +1144,42 @@ async fn an_idempotency_key_is_one_for_every_node() {
         d.iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     let running = body_of(900_000);
-    kv.put(
-        bucket_key("order-2"),
-        claim(&running, "node-busy", Duration::ZERO).into(),
-    )
-    .await
-    .unwrap();
-    let (status, _, text) = post_keyed(&client, &nodes[0].http, "order-2", &running).await;
-    assert_eq!(status, 409, "{text}");
-    assert!(text.contains("still being processed"), "{text}");
+    kv.put(bucket_key("order-2"), claim(&running, &live_node).into())
+        .await
+        .unwrap();
+    for node in &nodes {
+        let (status, _, text) = post_keyed(&client, &node.http, "order-2", &running).await;
+        assert_eq!(status, 409, "a live node's claim was taken over: {text}");
+        assert!(text.contains("still being processed"), "{text}");
+    }
     let orphaned = body_of(1_000_000);
-    kv.put(
-        bucket_key("order-3"),
-        claim(&orphaned, "node-gone", Duration::from_secs(60)).into(),
-    )
-    .await
-    .unwrap();
-    // Node b judges by the heartbeats once it has read them (its own among them).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let taken = loop {
-        let (status, replayed, text) =
-            post_keyed(&client, &nodes[1].http, "order-3", &orphaned).await;
-        if status == 202 {
-            assert!(!replayed, "{text}");
-            break text;
-        }
-        assert_eq!(status, 409, "{text}");
-        assert!(
-            Instant::now() < deadline,
-            "the abandoned claim was never taken over"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    kv.put(bucket_key("order-3"), claim(&orphaned, "node-gone").into())
+        .await
+        .unwrap();
+    let (status, replayed, taken) = post_keyed(&client, &nodes[1].http, "order-3", &orphaned).await;
+    assert_eq!((status, replayed), (202, false), "{taken}");
     let (status, replayed, text) = post_keyed(&client, &nodes[0].http, "order-3", &orphaned).await;
     assert_eq!((status, replayed, text), (202, true, taken));
+
+    // Eight requests with one key at once through both nodes: one runs, the others are told it runs or get its
+    // answer.
+    let racing = body_of(1_100_000);
+    let answers = futures_util::future::join_all((0..8).map(|i| {
+        let (client, http, racing) = (client.clone(), nodes[i % 2].http.clone(), racing.clone());
+        async move { post_keyed(&client, &http, "order-4", &racing).await }
+    }))
+    .await;
+    let ran = answers.iter().filter(|(s, r, _)| *s == 202 && !r).count();
+    assert_eq!(ran, 1, "{answers:?}");
+    assert!(
+        answers.iter().all(|(s, _, _)| *s == 202 || *s == 409),
+        "{answers:?}"
+    );
 
     // Every token of the accepted requests reached APNs once; the refused body's tokens never did.
     let accepted: Vec<String> = (700_000..700_020)
         .chain(1_000_000..1_000_020)
+        .chain(1_100_000..1_100_020)
         .map(token)
         .collect();
     let (lost, dups) = wait_all_delivered(&sim, &accepted, Duration::from_secs(60)).await;

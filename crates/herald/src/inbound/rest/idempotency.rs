@@ -8,8 +8,10 @@
 //! - the embedded spool: this node's [`OutcomeStore`] (synced writes), with the requests still running in memory;
 //! - the JetStream spool: a key-value bucket every node shares (`<stream>_idempotency`, a [`ClaimBucket`]), so that a
 //!   retry through another node finds the first request. A request first *claims* its key there (created only if
-//!   absent); the claim becomes the answer when the request is accepted, and is removed when it is refused. A claim
-//!   whose node is gone (its heartbeat expired) or older than [`MAX_CLAIM_AGE`] is taken over by the next request.
+//!   absent); the claim becomes the answer when the request is accepted, and is removed when it is refused. A node
+//!   claims only once its heartbeat is written, so a claim whose node has no heartbeat any more (removed by the
+//!   NATS server after the node's silence: no node's clock is involved) is taken over by the next request, as is
+//!   one older than [`MAX_CLAIM_AGE`].
 //!
 //! Once claimed, a request runs to its end on a task of its own: a client that hangs up mid-way leaves neither its
 //! key claimed nor its accepted notifications unremembered.
@@ -22,8 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use herald_spool::nodes::BEAT_MAX_AGE;
-use herald_spool::{ClaimBucket, ClusterView, JetStreamSpool, OutcomeStore};
+use herald_spool::{ClaimBucket, JetStreamSpool, OutcomeStore};
 use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, json_response};
@@ -36,6 +37,8 @@ pub const HEADER: &str = "idempotency-key";
 pub const MAX_KEY_LEN: usize = 255;
 /// A shared claim older than this is taken for abandoned even if its node still lives: no request runs this long.
 pub const MAX_CLAIM_AGE: Duration = Duration::from_secs(600);
+/// How long an answer the shared bucket did not take at once is written again in the background.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(120);
 
 /// A shared bucket entry that is an answer: digest, status, body follow.
 const ANSWERED: u8 = b'A';
@@ -121,18 +124,17 @@ fn shared_key(route: &str, key: &str) -> String {
 enum SharedRecord<'a> {
     /// The first answer, in the local store's layout (digest, status, body).
     Answered(&'a [u8]),
-    Claimed {
-        node: &'a str,
-        at_ms: u64,
-    },
+    /// A running request's claim: the node running it, and a number drawn by that request (so that it knows its
+    /// own claim when it reads it back after a write whose answer was lost).
+    Claimed { node: &'a str, nonce: u64 },
 }
 
 impl<'a> SharedRecord<'a> {
-    fn claim(digest: &[u8; 32], node: &str, at_ms: u64) -> Vec<u8> {
+    fn claim(digest: &[u8; 32], node: &str, nonce: u64) -> Vec<u8> {
         let mut v = Vec::with_capacity(41 + node.len());
         v.push(CLAIMED);
         v.extend_from_slice(digest);
-        v.extend_from_slice(&at_ms.to_be_bytes());
+        v.extend_from_slice(&nonce.to_be_bytes());
         v.extend_from_slice(node.as_bytes());
         v
     }
@@ -141,16 +143,25 @@ impl<'a> SharedRecord<'a> {
         match value.split_first()? {
             (&ANSWERED, rest) if rest.len() >= 34 => Some(SharedRecord::Answered(rest)),
             (&CLAIMED, rest) if rest.len() >= 40 => {
-                let mut at = [0u8; 8];
-                at.copy_from_slice(&rest[32..40]);
+                let mut nonce = [0u8; 8];
+                nonce.copy_from_slice(&rest[32..40]);
                 Some(SharedRecord::Claimed {
                     node: std::str::from_utf8(&rest[40..]).ok()?,
-                    at_ms: u64::from_be_bytes(at),
+                    nonce: u64::from_be_bytes(nonce),
                 })
             }
             _ => None,
         }
     }
+}
+
+/// A number no other request is likely to draw: std's randomly keyed hasher over a count.
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish()
 }
 
 impl Idempotency {
@@ -201,29 +212,32 @@ impl Idempotency {
             }
         };
         let digest: [u8; 32] = Sha256::digest(body).into();
-        let step = match &self.keys {
-            Keys::Local { store, running } => {
-                self.claim_local(store, running, route, &key_text, &digest)
-            }
-            Keys::Shared { bucket, spool } => {
-                claim_shared(bucket, spool, route, &key_text, &digest).await
-            }
-        };
-        let claim = match step.map_err(err)? {
-            Step::Answered(response) => return Ok(response),
-            Step::Run(claim) => claim,
-        };
-        // The request runs to its end on a task of its own (see the module documentation).
+        // From the claim on, the request runs to its end on a task of its own (see the module documentation): a
+        // client hanging up can leave neither a claim without its request nor an accepted request unremembered.
         let this = self.clone();
-        tokio::spawn(async move { this.finish(claim, digest, key_text, handle).await })
-            .await
-            .unwrap_or_else(|e| {
-                Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the request failed: {e}"),
-                ))
-            })
-            .map_err(err)
+        let route = route.to_owned();
+        tokio::spawn(async move {
+            let step = match &this.keys {
+                Keys::Local { store, running } => {
+                    this.claim_local(store, running, &route, &key_text, &digest)
+                }
+                Keys::Shared { bucket, spool } => {
+                    claim_shared(bucket, spool, &route, &key_text, &digest).await
+                }
+            };
+            match step? {
+                Step::Answered(response) => Ok(response),
+                Step::Run(claim) => this.finish(claim, digest, key_text, handle).await,
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the request failed: {e}"),
+            ))
+        })
+        .map_err(err)
     }
 
     fn claim_local(
@@ -264,7 +278,7 @@ impl Idempotency {
 
     /// Runs the request holding `claim`; an accepted answer is remembered, a refused one releases the key.
     async fn finish<F>(
-        &self,
+        self: &Arc<Self>,
         claim: Claim,
         digest: [u8; 32],
         key_text: String,
@@ -308,7 +322,7 @@ impl Idempotency {
     }
 
     /// Stores an accepted request's answer under its claim.
-    async fn remember(&self, claim: &Claim, answer: Vec<u8>) -> Result<(), String> {
+    async fn remember(self: &Arc<Self>, claim: &Claim, answer: Vec<u8>) -> Result<(), String> {
         match (&self.keys, claim) {
             (Keys::Local { store, .. }, Claim::Local(running)) => {
                 let store = store.clone();
@@ -331,10 +345,43 @@ impl Idempotency {
                         "its claim in {} was taken over by another request",
                         bucket.name()
                     )),
-                    Err(e) => Err(e.to_string()),
+                    // NATS did not answer: the claim stays, and the answer is written again in the background
+                    // (until then a retry with this key is told the request is still running).
+                    Err(e) => {
+                        let this = self.clone();
+                        let (key, revision) = (key.clone(), *revision);
+                        tokio::spawn(
+                            async move { this.remember_later(key, revision, value).await },
+                        );
+                        Err(format!("{e}; writing it again in the background"))
+                    }
                 }
             }
             _ => Err("claim of another store".into()),
+        }
+    }
+
+    /// Writes an answer the shared bucket did not take at once, a few times over [`REMEMBER_FOR`].
+    async fn remember_later(self: Arc<Self>, key: String, revision: u64, value: Vec<u8>) {
+        let Keys::Shared { bucket, .. } = &self.keys else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + REMEMBER_FOR;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            tokio::time::sleep(delay).await;
+            match bucket.replace(&key, revision, &value).await {
+                // Written; or taken over meanwhile (the entry moved past the claim, whatever wrote it): done.
+                Ok(_) => return,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(
+                        "cannot remember an idempotency key in {} (a retry with it is refused until its claim is taken over): {e}",
+                        bucket.name()
+                    );
+                    return;
+                }
+                Err(_) => delay = (delay * 2).min(Duration::from_secs(10)),
+            }
         }
     }
 
@@ -349,7 +396,17 @@ impl Idempotency {
     }
 }
 
+/// How long a request waits for this node's first heartbeat before it may claim a key (a node starting up).
+const BEAT_WAIT: Duration = Duration::from_secs(5);
+/// Reads and writes of one claim that found the entry changed by another request meanwhile, at most.
+const CLAIM_PASSES: u32 = 5;
+
 /// Claims `key_text` in the shared bucket, or answers from what the bucket holds for it.
+///
+/// A node claims keys only once its heartbeat is written, so a claim whose node has no heartbeat any more (the
+/// server removes it after the node's silence) belongs to a node that died or was cut off, and is taken over. An
+/// error of a write whose outcome is unknown (a timeout) is settled by reading the entry back: the claim carries a
+/// number this request drew, so it knows its own.
 async fn claim_shared(
     bucket: &ClaimBucket,
     spool: &JetStreamSpool,
@@ -358,61 +415,89 @@ async fn claim_shared(
     digest: &[u8; 32],
 ) -> Result<Step, ApiError> {
     let key = shared_key(route, key_text);
-    let unavailable = |e: herald_spool::ClaimError| {
+    let unavailable = |e: &dyn std::fmt::Display| {
         ApiError::unavailable(format!("Idempotency-Key {key_text:?}: {e}; retry later"))
     };
-    // Each pass either decides or saw another request change the entry between its read and its write.
-    for _ in 0..3 {
-        let now = now_ms();
-        let claim = SharedRecord::claim(digest, spool.node_name(), now);
-        let Some(entry) = bucket.read(&key).await.map_err(unavailable)? else {
-            match bucket.create(&key, &claim).await.map_err(unavailable)? {
-                Some(revision) => return Ok(Step::Run(Claim::Shared { key, revision })),
-                None => continue,
-            }
+    let deadline = tokio::time::Instant::now() + BEAT_WAIT;
+    while !spool.beating() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(unavailable(
+                &"this node has not yet announced itself to the other nodes (its heartbeat is not written)",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let nonce = nonce();
+    let claim = SharedRecord::claim(digest, spool.node_name(), nonce);
+    // Whether the entry now holds this request's claim (after a write whose answer was lost).
+    let mine = |entry: &herald_spool::ClaimEntry| {
+        matches!(SharedRecord::decode(&entry.value),
+            Some(SharedRecord::Claimed { nonce: n, .. }) if n == nonce)
+    };
+    for pass in 0..CLAIM_PASSES {
+        if pass > 0 {
+            // Another request changed the entry between this one's read and write: look again shortly (a
+            // replica may also have answered the read with an older state).
+            tokio::time::sleep(Duration::from_millis(10 * u64::from(pass))).await;
+        }
+        let entry = bucket.read(&key).await.map_err(|e| unavailable(&e))?;
+        let written = match &entry {
+            None => bucket.create(&key, &claim).await,
+            Some(entry) => match SharedRecord::decode(&entry.value) {
+                Some(SharedRecord::Answered(stored)) => {
+                    return replay(stored, digest, key_text).map(Step::Answered);
+                }
+                Some(SharedRecord::Claimed { node, .. }) => {
+                    if !abandoned(spool, node, entry.stored_ms, now_ms())
+                        .await
+                        .map_err(|e| unavailable(&e))?
+                    {
+                        return Err(still_running(key_text));
+                    }
+                    tracing::info!(key = %key_text, "taking over the idempotency key of a request whose node ({node}) is gone");
+                    bucket.replace(&key, entry.revision, &claim).await
+                }
+                None => {
+                    return Err(ApiError::unavailable(format!(
+                        "Idempotency-Key {key_text:?}: its record in {} is not one this herald reads (written by a newer version?)",
+                        bucket.name()
+                    )));
+                }
+            },
         };
-        match SharedRecord::decode(&entry.value) {
-            Some(SharedRecord::Answered(stored)) => {
-                return replay(stored, digest, key_text).map(Step::Answered);
-            }
-            Some(SharedRecord::Claimed { node, at_ms }) => {
-                if !abandoned(&spool.cluster_view(), node, at_ms, now) {
-                    return Err(still_running(key_text));
+        match written {
+            Ok(Some(revision)) => return Ok(Step::Run(Claim::Shared { key, revision })),
+            Ok(None) => continue,
+            Err(e) => match bucket.read(&key).await {
+                Ok(Some(entry)) if mine(&entry) => {
+                    return Ok(Step::Run(Claim::Shared {
+                        key,
+                        revision: entry.revision,
+                    }));
                 }
-                tracing::info!(key = %key_text, "taking over the idempotency key of a request whose node ({node}) is gone");
-                match bucket
-                    .replace(&key, entry.revision, &claim)
-                    .await
-                    .map_err(unavailable)?
-                {
-                    Some(revision) => return Ok(Step::Run(Claim::Shared { key, revision })),
-                    None => continue,
-                }
-            }
-            None => {
-                return Err(ApiError::unavailable(format!(
-                    "Idempotency-Key {key_text:?}: its record in {} is not one this herald reads (written by a newer version?)",
-                    bucket.name()
-                )));
-            }
+                _ => return Err(unavailable(&e)),
+            },
         }
     }
     Err(still_running(key_text))
 }
 
-/// Whether a claim made by `node` at `at_ms` belongs to a request that will never answer: too old, or its node's
-/// heartbeat is gone from `view`. A claim younger than a heartbeat's life is never judged by the heartbeats (its node
-/// may not have written its first yet), nor while the view does not include this node itself (not read yet).
-fn abandoned(view: &ClusterView, node: &str, at_ms: u64, now_ms: u64) -> bool {
-    let age = now_ms.saturating_sub(at_ms);
-    if age > MAX_CLAIM_AGE.as_millis() as u64 {
-        return true;
+/// Whether a claim made by `node` (stored at `stored_ms` by the NATS server's clock) belongs to a request that will
+/// never answer: its node's heartbeat is gone, or the claim is older than [`MAX_CLAIM_AGE`] (by this node's clock
+/// against the server's: a safety net for a claim its own live node could not turn into an answer).
+async fn abandoned(
+    spool: &JetStreamSpool,
+    node: &str,
+    stored_ms: u64,
+    now_ms: u64,
+) -> Result<bool, String> {
+    if now_ms.saturating_sub(stored_ms) > MAX_CLAIM_AGE.as_millis() as u64 {
+        return Ok(true);
     }
-    if age <= BEAT_MAX_AGE.as_millis() as u64 || node == view.this_node {
-        return false;
+    if node == spool.node_name() {
+        return Ok(false);
     }
-    let live = |name: &str| view.nodes.iter().any(|b| b.node == name);
-    live(&view.this_node) && !live(node)
+    Ok(!spool.node_alive(node).await?)
 }
 
 /// The first answer again, or 409 when the body differs.
@@ -439,36 +524,19 @@ fn replay(stored: &[u8], digest: &[u8; 32], key: &str) -> Result<Response, ApiEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_spool::NodeBeat;
-
-    fn view(this: &str, live: &[&str]) -> ClusterView {
-        ClusterView {
-            nodes: live
-                .iter()
-                .map(|n| NodeBeat {
-                    node: (*n).into(),
-                    started_ms: 0,
-                    seen_ms: 0,
-                    held: 0,
-                    pulled: 0,
-                })
-                .collect(),
-            this_node: this.into(),
-            ..ClusterView::default()
-        }
-    }
 
     #[test]
     fn shared_records_read_back_and_unknown_ones_are_refused() {
         let digest = [7u8; 32];
-        let claim = SharedRecord::claim(&digest, "host-a-12-1f", 1_700_000_000_123);
+        let claim = SharedRecord::claim(&digest, "host-a-12-1f", 0x1234_5678_9abc_def0);
         assert_eq!(
             SharedRecord::decode(&claim),
             Some(SharedRecord::Claimed {
                 node: "host-a-12-1f",
-                at_ms: 1_700_000_000_123
+                nonce: 0x1234_5678_9abc_def0
             })
         );
+        assert_ne!(nonce(), nonce());
         let mut answer = vec![ANSWERED];
         answer.extend_from_slice(&digest);
         answer.extend_from_slice(&202u16.to_be_bytes());
@@ -486,24 +554,6 @@ mod tests {
         assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(k, shared_key("push", "order-1"));
         assert_ne!(k, shared_key("inject", "order-1"));
-    }
-
-    #[test]
-    fn a_claim_is_abandoned_when_its_node_is_gone_or_it_is_too_old() {
-        let now = 10_000_000;
-        let old = now - BEAT_MAX_AGE.as_millis() as u64 - 1;
-        // Its node's heartbeat is gone, and this node sees itself in the view: abandoned.
-        assert!(abandoned(&view("b", &["a", "b"]), "c", old, now));
-        // Its node lives, or it is this node's own: not abandoned.
-        assert!(!abandoned(&view("b", &["a", "b"]), "a", old, now));
-        assert!(!abandoned(&view("b", &["a"]), "b", old, now));
-        // Younger than a heartbeat's life: its node may not have written one yet.
-        assert!(!abandoned(&view("b", &["a", "b"]), "c", now - 1000, now));
-        // The view is not read yet (this node is not in it): no judgment.
-        assert!(!abandoned(&view("b", &[]), "c", old, now));
-        // Older than any request runs: abandoned whatever the view says.
-        let ancient = now - MAX_CLAIM_AGE.as_millis() as u64 - 1;
-        assert!(abandoned(&view("b", &["a", "b"]), "a", ancient, now));
     }
 
     fn headers(key: &str) -> HeaderMap {
