@@ -24,6 +24,9 @@ use crate::jetstream::JetStreamSpool;
 /// The largest question a node answers (and asks): a question above it is not answered.
 pub const MAX_QUESTION_BYTES: usize = 64 * 1024;
 
+/// Room left in an answer's NATS message for its headers.
+const ANSWER_HEADER_ROOM: usize = 4096;
+
 /// Questions one node answers at once; the next ones wait for room.
 const ANSWERING_AT_ONCE: usize = 8;
 
@@ -73,11 +76,12 @@ impl Drop for PeerLookup {
 
 impl PeerLookup {
     /// Subscribes to the questions of `spool`'s stream (in the background: NATS may be unreachable now) and
-    /// answers each question from another node with `answer(question)`, run off the async threads (it may read
-    /// from disk). Needs a Tokio runtime.
+    /// answers each question from another node with `answer(question, limit)`, run off the async threads (it may
+    /// read from disk); `limit` is the most bytes the answer may hold (what the NATS server carries in one message,
+    /// less room for headers). Needs a Tokio runtime.
     pub fn start<F>(spool: &Arc<JetStreamSpool>, answer: F) -> PeerLookup
     where
-        F: Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
+        F: Fn(&[u8], usize) -> Vec<u8> + Send + Sync + 'static,
     {
         let client = spool.context().client();
         let subject = subject(spool.stream_name());
@@ -204,7 +208,7 @@ async fn serve<F>(
     subscribed: Arc<AtomicBool>,
     spool: Weak<JetStreamSpool>,
 ) where
-    F: Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static,
+    F: Fn(&[u8], usize) -> Vec<u8> + Send + Sync + 'static,
 {
     let mut questions = match client.subscribe(subject.clone()).await {
         Ok(s) => s,
@@ -247,7 +251,13 @@ async fn serve<F>(
         tokio::spawn(async move {
             let _permit = permit;
             let payload = question.payload;
-            let Ok(bytes) = tokio::task::spawn_blocking(move || answer(&payload)).await else {
+            let limit = match client.server_info().max_payload {
+                0 => 1 << 20,
+                n => n,
+            }
+            .saturating_sub(ANSWER_HEADER_ROOM);
+            let Ok(bytes) = tokio::task::spawn_blocking(move || answer(&payload, limit)).await
+            else {
                 return;
             };
             let mut headers = HeaderMap::new();
@@ -275,7 +285,7 @@ mod tests {
         let asked = Arc::new(AtomicUsize::new(0));
         let count = asked.clone();
         let name = spool.node_name().to_owned();
-        let lookup = PeerLookup::start(&spool, move |q| {
+        let lookup = PeerLookup::start(&spool, move |q, _limit| {
             count.fetch_add(1, Ordering::Relaxed);
             [name.as_bytes(), b":", q].concat()
         });

@@ -36,27 +36,39 @@ struct Answer {
 /// Answers the other nodes' status questions from `book`, for as long as the returned handle lives (it asks them
 /// too: [`ask`]).
 pub fn serve(spool: &Arc<JetStreamSpool>, book: Arc<StatusBook>) -> Arc<PeerLookup> {
-    Arc::new(PeerLookup::start(spool, move |question| {
-        answer(&book, question)
+    Arc::new(PeerLookup::start(spool, move |question, limit| {
+        answer(&book, question, limit)
     }))
 }
 
 /// The answer to another node's question: the states `book` holds for the ids asked (at most [`MAX_BATCH`]; a
-/// question that cannot be read gets an empty answer, so the asker does not wait for it).
-pub fn answer(book: &StatusBook, question: &[u8]) -> Vec<u8> {
+/// question that cannot be read gets an empty answer, so the asker does not wait for it), in at most `limit` bytes
+/// (the states that would not fit are left out: the asker takes them for unknown).
+pub fn answer(book: &StatusBook, question: &[u8], limit: usize) -> Vec<u8> {
     let ids = serde_json::from_slice::<Question>(question)
         .map(|q| q.ids)
         .unwrap_or_default();
-    let found = ids
-        .iter()
-        .take(MAX_BATCH)
-        .filter_map(|id| parse_id(id))
-        .filter_map(|key| match book.lookup(&key) {
-            Ok(Found::Status(s)) => Some(*s),
-            _ => None,
-        })
-        .collect();
-    serde_json::to_vec(&Answer { found }).unwrap_or_default()
+    let mut out = b"{\"found\":[".to_vec();
+    let mut first = true;
+    for key in ids.iter().take(MAX_BATCH).filter_map(|id| parse_id(id)) {
+        let Ok(Found::Status(status)) = book.lookup(&key) else {
+            continue;
+        };
+        let Ok(json) = serde_json::to_vec(&*status) else {
+            continue;
+        };
+        if out.len() + json.len() + 3 > limit {
+            tracing::debug!("a status answer reached {limit} bytes; the rest is left out");
+            break;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(&json);
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// What the other nodes know of `ids` (printed ids this node's book does not know), by key; empty when no other
@@ -219,7 +231,7 @@ mod tests {
             ],
         })
         .unwrap();
-        let answered: Answer = serde_json::from_slice(&answer(&book, &question)).unwrap();
+        let answered: Answer = serde_json::from_slice(&answer(&book, &question, 1 << 20)).unwrap();
         let states: Vec<(String, String)> = answered
             .found
             .into_iter()
@@ -232,7 +244,13 @@ mod tests {
                 (done.id.to_string(), "delivered".to_owned()),
             ]
         );
-        let empty: Answer = serde_json::from_slice(&answer(&book, b"{")).unwrap();
+        let empty: Answer = serde_json::from_slice(&answer(&book, b"{", 1 << 20)).unwrap();
         assert!(empty.found.is_empty());
+        // Within a limit that holds one state: the first, and still JSON.
+        let whole = answer(&book, &question, 1 << 20);
+        let cut: Answer =
+            serde_json::from_slice(&answer(&book, &question, whole.len() - 10)).unwrap();
+        assert_eq!(cut.found.len(), 1);
+        assert_eq!(cut.found[0].id, queued.id.to_string());
     }
 }
