@@ -240,8 +240,8 @@ impl ClaimBucket {
     }
 }
 
-/// A number no other write is likely to draw: std's randomly keyed hasher over a count.
-fn nonce() -> u64 {
+/// A number no other write (or request) is likely to draw: std's randomly keyed hasher over a count.
+pub fn nonce() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use herald_spool::claims::nonce;
 use herald_spool::{ClaimBucket, JetStreamSpool, OutcomeStore};
 use sha2::{Digest, Sha256};
 
@@ -153,15 +154,6 @@ impl<'a> SharedRecord<'a> {
             _ => None,
         }
     }
-}
-
-/// A number no other request is likely to draw: std's randomly keyed hasher over a count.
-fn nonce() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    h.finish()
 }
 
 impl Idempotency {
