@@ -5,7 +5,9 @@
 //!   HTTP, no API key. An `always_allow` list alone restricts nothing (an address outside it is refused only when
 //!   it matches `always_deny`): the restriction is an `always_deny` list (with `always_allow` for the clients);
 //! - an empty `api_key` or `api_keys` entry;
-//! - a control socket `file_mode` wider than 0660.
+//! - a control socket `file_mode` wider than 0660;
+//! - a NATS token, credentials file or password in `spool_nats_url` sent without TLS to a server on another
+//!   machine.
 
 use crate::{
     diag::{Diagnostics, Location},
@@ -61,6 +63,62 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
         }
     }
     empty_api_keys(root, diags);
+    nats_secrets_in_clear(root, diags);
+}
+
+/// The NATS servers of `spool_nats_url` not on this machine that would be reached without TLS, when a secret
+/// (`spool_nats_token`, `spool_nats_credentials`, a password in the URL) goes to them.
+fn nats_secrets_in_clear(root: &Node, diags: &mut Diagnostics) {
+    let Some(urls) = root.get(Opt::SpoolNatsUrl.id()) else {
+        return;
+    };
+    let Some(text) = urls.value.as_str() else {
+        return;
+    };
+    if root.get(Opt::SpoolNatsTlsCa.id()).is_some() {
+        return;
+    }
+    let secret = [Opt::SpoolNatsToken, Opt::SpoolNatsCredentials]
+        .into_iter()
+        .find_map(|o| root.get(o.id()).map(|s| (s.id.def().name, s.at.clone())));
+    for url in text.split([',', ' ']).filter(|u| !u.is_empty()) {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("nats", url));
+        if scheme.eq_ignore_ascii_case("tls") {
+            continue;
+        }
+        let (userinfo, host_port) = match rest.rsplit_once('@') {
+            Some((user, host)) => (Some(user), host),
+            None => (None, rest),
+        };
+        let host_port = host_port.split('/').next().unwrap_or(host_port);
+        let host = match host_port.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+        };
+        let local = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if local {
+            continue;
+        }
+        let what = match (&secret, userinfo) {
+            (Some((name, _)), _) => name.to_string(),
+            (None, Some(_)) => "the user and password in spool_nats_url".to_string(),
+            (None, None) => continue,
+        };
+        let at = secret
+            .as_ref()
+            .map_or_else(|| urls.at.clone(), |(_, at)| at.clone());
+        diags.warning(
+            at,
+            format!(
+                "{what} goes to the NATS server {host_port:?} in clear: nothing encrypts the connection; set \
+                 spool_nats_tls_ca (the CA of the servers' certificates) or use tls:// URLs"
+            ),
+        );
+        return;
+    }
 }
 
 fn check_listen(
@@ -234,6 +292,36 @@ mod tests {
             "http_listener {\n  api_keys = ( \"a\" \"\" )\n  listen \"127.0.0.1:8080\" { }\n}\n",
             &["t.conf:2", "api_keys"],
         );
+    }
+
+    #[test]
+    fn a_nats_secret_sent_in_clear_to_another_machine_is_named() {
+        one(
+            "spool_nats_url = \"nats://10.0.0.1:4222, nats://10.0.0.2:4222\"\nspool_nats_token = \"t0k\"\n",
+            &[
+                "t.conf:2",
+                "spool_nats_token",
+                "10.0.0.1:4222",
+                "spool_nats_tls_ca",
+            ],
+        );
+        one(
+            "spool_nats_url = \"nats://herald:pw@nats.example:4222\"\n",
+            &[
+                "t.conf:1",
+                "password in spool_nats_url",
+                "nats.example:4222",
+            ],
+        );
+        // TLS, a server on this machine, or no secret at all: nothing to say.
+        for quiet in [
+            "spool_nats_url = \"nats://10.0.0.1:4222\"\nspool_nats_token = \"t\"\nspool_nats_tls_ca = \"/ca.pem\"\n",
+            "spool_nats_url = \"tls://10.0.0.1:4222\"\nspool_nats_token = \"t\"\n",
+            "spool_nats_url = \"nats://127.0.0.1:4222, localhost:4223, nats://[::1]:4224\"\nspool_nats_token = \"t\"\n",
+            "spool_nats_url = \"nats://10.0.0.1:4222\"\n",
+        ] {
+            assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
+        }
     }
 
     #[test]
