@@ -185,8 +185,8 @@ pub struct SimConfig {
     pub choppy_streams: bool,
     /// A provider token whose `iat` is older than this is refused with ExpiredProviderToken (default 1 h).
     pub token_max_age: Duration,
-    /// A different token on the same connection sooner than this after the last one was adopted is refused with
-    /// 429 TooManyProviderTokenUpdates (default 20 min).
+    /// A different token on the same connection whose `iat` is less than this after the current token's `iat`
+    /// is refused with 429 TooManyProviderTokenUpdates (default 20 min); a connection's first token never is.
     pub token_update_interval: Duration,
     /// Add `apns-unique-id` to responses; `None` = only in the sandbox environment.
     pub unique_id: Option<bool>,

@@ -717,7 +717,7 @@ async fn token_pinning_and_update_rate() {
         (429, Some("TooManyProviderTokenUpdates"))
     );
     // A fresh connection takes the other key.
-    let mut c2 = h2_connect(t.sim.addrs.h2, cfg).await;
+    let mut c2 = h2_connect(t.sim.addrs.h2, cfg.clone()).await;
     let a = send(
         &mut c2,
         "POST",
@@ -727,6 +727,27 @@ async fn token_pinning_and_update_rate() {
     )
     .await;
     assert_eq!(a.status, 200);
+
+    // The 20 minutes are counted between the tokens' issue times, not from the connection's first use of the
+    // current token: a connection opened when the shared token is 45 minutes old takes its renewal at once.
+    let mut c3 = h2_connect(t.sim.addrs.h2, cfg).await;
+    for iat in [now() - 45 * 60, now()] {
+        let bearer = format!("bearer {}", jwt(pki, iat));
+        let a = send(
+            &mut c3,
+            "POST",
+            &path,
+            &[("apns-topic", TOPIC), ("authorization", &bearer)],
+            PAYLOAD,
+        )
+        .await;
+        assert_eq!(
+            (a.status, a.reason()),
+            (200, None),
+            "token issued at now - {} s",
+            now() - iat
+        );
+    }
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_apns::identity::{CertEnvironment, CertificateInfo};
@@ -167,7 +167,6 @@ impl CertAuth {
 struct Adopted {
     raw: Bytes,
     iat: u64,
-    adopted_at: Instant,
     key_id: String,
 }
 
@@ -265,9 +264,13 @@ impl TokenAuth {
         if now > claims.iat + self.max_age {
             return Err(Reason::ExpiredProviderToken);
         }
+        // A token may replace the current one only if it was issued at least `update_interval` (20 minutes)
+        // after it (docs/apns-protocol.md#provider-tokens): judged by the tokens' `iat`, not by when this
+        // connection first used the current token, so a connection opened late in a shared token's life takes
+        // its renewal at once. A current token that has expired may always be replaced.
         if let Some(cur) = &self.current {
             let cur_fresh = now <= cur.iat + self.max_age;
-            if cur_fresh && cur.adopted_at.elapsed() < self.update_interval {
+            if cur_fresh && claims.iat < cur.iat.saturating_add(self.update_interval.as_secs()) {
                 return Err(Reason::TooManyProviderTokenUpdates);
             }
         }
@@ -275,7 +278,6 @@ impl TokenAuth {
         self.current = Some(Adopted {
             raw: Bytes::copy_from_slice(value),
             iat: claims.iat,
-            adopted_at: Instant::now(),
             key_id: known.meta.key_id.clone(),
         });
         Ok(known.meta.topics.as_deref())
