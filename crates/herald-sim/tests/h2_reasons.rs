@@ -322,6 +322,27 @@ async fn every_request_reason_is_provoked() {
         Case {
             headers: vec![
                 ("apns-topic", TOPIC.into()),
+                ("authorization", "Bearer x".into()),
+            ],
+            ..case(
+                "InvalidProviderToken (Bearer x)",
+                Conn::Bare,
+                403,
+                Some("InvalidProviderToken"),
+            )
+        },
+        Case {
+            headers: vec![("apns-topic", TOPIC.into()), ("authorization", "xyz".into())],
+            ..case(
+                "InvalidProviderToken (no bearer)",
+                Conn::Bare,
+                403,
+                Some("InvalidProviderToken"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
                 ("authorization", format!("bearer {}", tamper(&jwt_now))),
             ],
             ..case(
@@ -702,7 +723,11 @@ async fn token_pinning_and_update_rate() {
         PAYLOAD,
     )
     .await;
-    assert_eq!(a.reason().as_deref(), Some("InvalidProviderToken"));
+    assert_eq!(
+        a.reason().as_deref(),
+        Some("UnrelatedKeyIdInToken"),
+        "another team's key on a connection bound to this team"
+    );
     let newer = format!("bearer {}", jwt(pki, now() - 1));
     let a = send(
         &mut c,

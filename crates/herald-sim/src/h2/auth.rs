@@ -212,15 +212,17 @@ impl TokenAuth {
     /// Checks the `authorization` header (docs/apns-protocol.md#provider-tokens, docs/apns-protocol.md#key-scoping,
     /// docs/apns-protocol.md#simulator token validator); on success returns the key's topic restriction.
     pub fn check(&mut self, header: Option<&[u8]>) -> Result<Option<&[String]>, Reason> {
+        // No header, or one without a token in it, is a missing token; a header that holds anything else but
+        // `bearer <token>` is a malformed one (docs/apns-protocol.md#reasons: InvalidProviderToken).
         let Some(value) = header else {
             return Err(Reason::MissingProviderToken);
         };
-        let jwt = value
-            .strip_prefix(b"bearer ")
-            .ok_or(Reason::MissingProviderToken)?;
-        if jwt.is_empty() {
+        if matches!(value.trim_ascii(), b"" | b"bearer") {
             return Err(Reason::MissingProviderToken);
         }
+        let jwt = value
+            .strip_prefix(b"bearer ")
+            .ok_or(Reason::InvalidProviderToken)?;
         let now = now_secs();
         if let Some(cur) = &self.current
             && cur.raw.as_ref() == value
@@ -248,8 +250,10 @@ impl TokenAuth {
         if claims.iss != known.meta.team_id {
             return Err(Reason::InvalidProviderToken);
         }
+        // A connection is bound to the team of its first token (docs/apns-protocol.md#key-scoping): another team's
+        // key is unrelated to it.
         if self.team.as_deref().is_some_and(|t| t != claims.iss) {
-            return Err(Reason::InvalidProviderToken);
+            return Err(Reason::UnrelatedKeyIdInToken);
         }
         if self
             .current
