@@ -7,7 +7,8 @@
 //! - an empty `api_key` or `api_keys` entry;
 //! - a control socket `file_mode` wider than 0660;
 //! - a NATS token, credentials file or password in `spool_nats_url` sent without TLS to a server on another
-//!   machine.
+//!   machine; likewise API keys on an HTTP listener, or `control_password` on a TCP control listener, on an
+//!   address other than loopback without `tls_certificate`.
 
 use crate::{
     diag::{Diagnostics, Location},
@@ -130,6 +131,31 @@ fn check_listen(
     diags: &mut Diagnostics,
 ) {
     let keyword = listener.kind.keyword();
+    if let ListenAddr::Tcp(sa) = addr
+        && !sa.ip().is_loopback()
+        && resolved(listen, listener, Opt::TlsCertificate).is_none()
+    {
+        let secret = match listener.kind {
+            ScopeKind::HttpListener => [Opt::ApiKey, Opt::ApiKeys, Opt::DashboardAdminKeys]
+                .into_iter()
+                .find(|o| resolved(listen, listener, *o).is_some()),
+            ScopeKind::ControlListener => {
+                Some(Opt::ControlPassword).filter(|o| non_empty_str(resolved(listen, listener, *o)))
+            }
+            _ => None,
+        };
+        if let Some(opt) = secret {
+            diags.warning(
+                at.clone(),
+                format!(
+                    "{keyword} listen {address:?} takes {} from other machines in clear: nothing encrypts the \
+                     connection; set tls_certificate and tls_key in this listener, or listen on loopback behind a \
+                     TLS proxy",
+                    opt.id().def().name
+                ),
+            );
+        }
+    }
     match (listener.kind, addr) {
         (ScopeKind::ControlListener, ListenAddr::Tcp(sa))
             if !sa.ip().is_loopback()
@@ -217,6 +243,9 @@ fn empty_api_keys(node: &Node, diags: &mut Diagnostics) {
 mod tests {
     use crate::Config;
 
+    /// A listener's server certificate, so that the keys and passwords of a test travel encrypted.
+    const TLS: &str = "tls_certificate = \"/c.pem\"\n tls_key = \"/k.pem\"\n";
+
     fn warnings(text: &str) -> Vec<String> {
         let config = Config::parse_str("t.conf", text).unwrap_or_else(|d| panic!("{d:?}"));
         config.warnings().iter().map(|d| d.to_string()).collect()
@@ -237,12 +266,14 @@ mod tests {
             &["t.conf:2", "control_password", "127.0.0.1"],
         );
         assert!(
-            warnings("control_listener { listen \"0.0.0.0:2025\" { control_password = \"s3\" } }")
-                .is_empty()
+            warnings(&format!(
+                "control_listener {{ {TLS} listen \"0.0.0.0:2025\" {{ control_password = \"s3\" }} }}"
+            ))
+            .is_empty()
         );
         assert!(
             warnings(
-                "control_listener { control_password = \"s3\"\n listen \"10.0.0.1:2025\" { } }"
+                "control_listener { control_password = \"s3\"\n tls_certificate = \"/c.pem\"\n listen \"10.0.0.1:2025\" { } }"
             )
             .is_empty()
         );
@@ -259,10 +290,18 @@ mod tests {
             "esmtp_listener {\n\n  listen \"0.0.0.0:25\" { }\n}\n",
             &["t.conf:3", "always_allow"],
         );
-        assert!(warnings("http_listener { listen \":8080\" { api_key = \"k\" } }").is_empty());
+        // (With TLS: keys are not taken in clear, see secrets_taken_in_clear_from_other_machines_are_named.)
         assert!(
-            warnings("http_listener { api_keys = ( \"k\" )\n listen \"[::]:8080\" { } }")
-                .is_empty()
+            warnings(&format!(
+                "http_listener {{ {TLS} listen \":8080\" {{ api_key = \"k\" }} }}"
+            ))
+            .is_empty()
+        );
+        assert!(
+            warnings(&format!(
+                "http_listener {{ {TLS} api_keys = ( \"k\" )\n listen \"[::]:8080\" {{ }} }}"
+            ))
+            .is_empty()
         );
         // An allow list alone lets every address in (docs/momentum-compat.md: always_allow wins over always_deny,
         // and what neither names is accepted): still open.
@@ -319,6 +358,25 @@ mod tests {
             "spool_nats_url = \"tls://10.0.0.1:4222\"\nspool_nats_token = \"t\"\n",
             "spool_nats_url = \"nats://127.0.0.1:4222, localhost:4223, nats://[::1]:4224\"\nspool_nats_token = \"t\"\n",
             "spool_nats_url = \"nats://10.0.0.1:4222\"\n",
+        ] {
+            assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
+        }
+    }
+
+    #[test]
+    fn secrets_taken_in_clear_from_other_machines_are_named() {
+        one(
+            "http_listener {\n  api_key = \"k\"\n  listen \"10.0.0.5:8080\" { }\n}\n",
+            &["t.conf:3", "api_key", "in clear", "tls_certificate"],
+        );
+        one(
+            "control_listener {\n  listen \"10.0.0.5:2025\" { control_password = \"s3\" }\n}\n",
+            &["t.conf:2", "control_password", "in clear"],
+        );
+        for quiet in [
+            "http_listener { api_key = \"k\"\n listen \"127.0.0.1:8080\" { } }",
+            "http_listener { api_key = \"k\"\n tls_certificate = \"/c.pem\"\n tls_key = \"/k.pem\"\n listen \"10.0.0.5:8080\" { } }",
+            "control_listener { listen \"127.0.0.1:2025\" { control_password = \"s3\" } }",
         ] {
             assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
         }
