@@ -35,7 +35,7 @@ pub enum TokenState {
     Active,
     /// HTTP/2: 410 Unregistered with a timestamp. Binary: accepted, and listed by the feedback service.
     Unregistered,
-    /// HTTP/2: 410 ExpiredToken.
+    /// HTTP/2: 410 ExpiredToken with a timestamp (as every 410).
     Expired,
     /// HTTP/2: 400 BadDeviceToken. Binary: error packet status 8.
     Bad,

@@ -62,8 +62,13 @@ async fn every_request_reason_is_provoked() {
         c.scenario = Scenario {
             bad: vec![token(3)],
             unregistered: vec![],
-            expired: vec![token(5)],
             tokens: vec![
+                TokenRule {
+                    token: token(5),
+                    state: TokenState::Expired,
+                    topic: None,
+                    timestamp_ms: Some(1_700_000_000_456),
+                },
                 TokenRule {
                     token: token(4),
                     state: TokenState::Unregistered,
@@ -550,11 +555,17 @@ async fn every_request_reason_is_provoked() {
         } else {
             assert_eq!(a.headers["content-type"], "application/json", "{}", c.name);
         }
-        if c.reason == Some("Unregistered") {
+        if c.status == 410 {
+            // docs/apns-protocol.md#http2-response: every 410 carries the timestamp (ms).
             let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+            let expected = match c.reason {
+                Some("Unregistered") => 1_700_000_000_123u64,
+                _ => 1_700_000_000_456u64,
+            };
             assert_eq!(
-                v["timestamp"], 1_700_000_000_123u64,
-                "410 carries the timestamp in ms"
+                v["timestamp"], expected,
+                "{}: 410 carries the timestamp in ms",
+                c.name
             );
         } else if c.status != 200 {
             let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();

@@ -20,7 +20,8 @@
 //! 11. topic: malformed -> BadTopic; not covered by the certificate or key, or not matching the push type's
 //!     suffix -> TopicDisallowed (topic-specific key: InvalidProviderToken)
 //! 12. token state from the scenario: bad -> BadDeviceToken; registered to another topic ->
-//!     DeviceTokenNotForTopic; unregistered -> 410 Unregistered + timestamp; expired -> 410 ExpiredToken
+//!     DeviceTokenNotForTopic; unregistered -> 410 Unregistered + timestamp; expired -> 410 ExpiredToken +
+//!     timestamp
 //! 13. (after the body) empty -> PayloadEmpty; over 4096 bytes (voip 5120) -> 413 PayloadTooLarge
 //! 14. pace ([`crate::pace`]): under a rate, wait for the request's turn; then the scenario's dropped connections
 //!     and random transient errors; then the request is accepted and recorded, and the answer leaves after the

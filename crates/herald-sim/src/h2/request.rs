@@ -225,7 +225,13 @@ pub(crate) fn check(
                     timestamp_ms: Some(entry.timestamp_ms),
                 });
             }
-            TokenState::Expired => return Err(Reason::ExpiredToken.into()),
+            // Every 410 carries the moment the token stopped being valid (docs/apns-protocol.md#http2-response).
+            TokenState::Expired => {
+                return Err(Rejection {
+                    reason: Reason::ExpiredToken,
+                    timestamp_ms: Some(entry.timestamp_ms),
+                });
+            }
             TokenState::Active | TokenState::Bad => {}
         }
     }
