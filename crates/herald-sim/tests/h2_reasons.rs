@@ -489,6 +489,26 @@ async fn every_request_reason_is_provoked() {
             )
         },
         Case {
+            headers: vec![("apns-topic", format!("{TOPIC}.voip"))],
+            body: big(5120),
+            ..case(
+                "voip without apns-push-type: 5120 bytes fit",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
+        Case {
+            headers: vec![("apns-topic", format!("{TOPIC}.voip"))],
+            body: big(5121),
+            ..case(
+                "voip without apns-push-type: PayloadTooLarge over 5120",
+                Conn::Cert(CertVariant::Universal),
+                413,
+                Some("PayloadTooLarge"),
+            )
+        },
+        Case {
             headers: vec![
                 ("apns-topic", format!("{TOPIC}.voip")),
                 ("apns-push-type", "voip".into()),
@@ -585,7 +605,7 @@ async fn every_request_reason_is_provoked() {
     );
     let stats = t.sim.stats();
     assert_eq!(stats.accepted.h2, accepted);
-    assert_eq!(stats.rejected.by_reason["PayloadTooLarge"], 2);
+    assert_eq!(stats.rejected.by_reason["PayloadTooLarge"], 3);
 }
 
 fn big(n: usize) -> Vec<u8> {

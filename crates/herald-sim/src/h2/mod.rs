@@ -22,7 +22,8 @@
 //! 12. token state from the scenario: bad -> BadDeviceToken; registered to another topic ->
 //!     DeviceTokenNotForTopic; unregistered -> 410 Unregistered + timestamp; expired -> 410 ExpiredToken +
 //!     timestamp
-//! 13. (after the body) empty -> PayloadEmpty; over 4096 bytes (voip 5120) -> 413 PayloadTooLarge
+//! 13. (after the body) empty -> PayloadEmpty; over 4096 bytes (voip 5120: push type `voip`, or none and a
+//!     `.voip` topic) -> 413 PayloadTooLarge
 //! 14. pace ([`crate::pace`]): under a rate, wait for the request's turn; then the scenario's dropped connections
 //!     and random transient errors; then the request is accepted and recorded, and the answer leaves after the
 //!     latency (a stream the client resets before its answer stays accepted; only the answer is left out).

@@ -236,8 +236,13 @@ pub(crate) fn check(
         }
     }
 
+    // Without `apns-push-type`, a `.voip` topic still makes a VoIP push, with VoIP's limit
+    // (docs/apns-protocol.md#payload-limits).
     let payload_limit = push_type
-        .unwrap_or(PushType::Alert)
+        .unwrap_or(match PushType::Voip.topic_suffix() {
+            Some(voip) if topic.ends_with(voip) => PushType::Voip,
+            _ => PushType::Alert,
+        })
         .payload_limit(herald_apns::push::Protocol::Http2);
     Ok(Checked {
         token: match keep {
