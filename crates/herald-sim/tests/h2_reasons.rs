@@ -206,6 +206,73 @@ async fn every_request_reason_is_provoked() {
                 Some("BadPriority"),
             )
         },
+        // docs/apns-protocol.md#push-types: background at priority 10 and pushtotalk at another priority or with
+        // an expiration other than 0 are errors.
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-push-type", "background".into()),
+                ("apns-priority", "10".into()),
+            ],
+            body: BACKGROUND.to_vec(),
+            ..case(
+                "BadPriority (background at 10)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadPriority"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-push-type", "background".into()),
+                ("apns-priority", "5".into()),
+            ],
+            body: BACKGROUND.to_vec(),
+            ..case(
+                "background at 5",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.voip-ptt")),
+                ("apns-push-type", "pushtotalk".into()),
+                ("apns-priority", "5".into()),
+                ("apns-expiration", "0".into()),
+            ],
+            ..case(
+                "BadPriority (pushtotalk at 5)",
+                Conn::Token,
+                400,
+                Some("BadPriority"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.voip-ptt")),
+                ("apns-push-type", "pushtotalk".into()),
+                ("apns-priority", "10".into()),
+                ("apns-expiration", (now() + 3600).to_string()),
+            ],
+            ..case(
+                "BadExpirationDate (pushtotalk stored)",
+                Conn::Token,
+                400,
+                Some("BadExpirationDate"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.voip-ptt")),
+                ("apns-push-type", "pushtotalk".into()),
+                ("apns-priority", "10".into()),
+                ("apns-expiration", "0".into()),
+            ],
+            ..case("pushtotalk at 10, expiration 0", Conn::Token, 200, None)
+        },
         Case {
             headers: vec![
                 ("apns-topic", TOPIC.into()),
@@ -607,6 +674,8 @@ async fn every_request_reason_is_provoked() {
     assert_eq!(stats.accepted.h2, accepted);
     assert_eq!(stats.rejected.by_reason["PayloadTooLarge"], 3);
 }
+
+const BACKGROUND: &[u8] = br#"{"aps":{"content-available":1}}"#;
 
 fn big(n: usize) -> Vec<u8> {
     let head = br#"{"aps":{"alert":""#;

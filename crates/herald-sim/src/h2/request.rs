@@ -166,6 +166,22 @@ pub(crate) fn check(
         Ok(Some(e)) => Some(parse_expiration(e).map_err(|_| Reason::BadExpirationDate)?),
         Ok(None) => None,
     };
+    // Push type and header values Apple calls errors together (docs/apns-protocol.md#push-types): `background`
+    // at priority 10, `pushtotalk` at a priority other than 10 or with an expiration other than 0. Apple names
+    // no reason for them (docs/apns-protocol.md#unknowns); the simulator answers the reason of the header at
+    // fault. Only values sent are judged: an absent header is left to Apple's default.
+    match (push_type, header(h, &APNS_PRIORITY), expiration) {
+        (Some(PushType::Background), Some(_), _) if priority == 10 => {
+            return Err(Reason::BadPriority.into());
+        }
+        (Some(PushType::PushToTalk), Some(_), _) if priority != 10 => {
+            return Err(Reason::BadPriority.into());
+        }
+        (Some(PushType::PushToTalk), _, Some(e)) if e != 0 => {
+            return Err(Reason::BadExpirationDate.into());
+        }
+        _ => {}
+    }
     let path = parts.uri.path();
     let Some(token) = path.strip_prefix("/3/device/") else {
         return Err(Reason::BadPath.into());
