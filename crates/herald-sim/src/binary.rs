@@ -4,6 +4,8 @@
 //! Gateway: commands 0, 1 and 2 are decoded with herald-apns's incremental decoder. Accepted notifications get no
 //! answer. The first bad one gets the 6-byte error packet (the decoder's status, 8 for a token the scenario marks
 //! bad, or a scenario status) naming its identifier, and the connection closes; a command-0 error just closes.
+//! A scenario status 10 (shutdown) names the last notification processed: the one it falls on is accepted and
+//! recorded first, then named.
 //! On a shutdown request (admin `POST /shutdown-binary`) every connection sends status 10 with the identifier of
 //! its last accepted notification and closes.
 //!
@@ -127,7 +129,10 @@ async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpSt
                             .roll_binary_error(&mut rng)
                             .and_then(Status::from_code);
                     }
-                    if let Some(status) = status {
+                    // Status 10 (shutdown) names the last notification processed
+                    // (docs/apns-protocol.md#binary-error-packet): this one is accepted and recorded, then named.
+                    let shutdown = status == Some(Status::Shutdown);
+                    if let Some(status) = status.filter(|_| !shutdown) {
                         ctx.stats.reject_binary(status.code());
                         let packet = d.format.sends_error_packet().then_some(ErrorPacket {
                             status,
@@ -159,6 +164,15 @@ async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpSt
                         };
                         rec.set_payload(&n.payload);
                         ctx.recorder.push(rec);
+                    }
+                    if shutdown {
+                        ctx.stats.reject_binary(Status::Shutdown.code());
+                        let packet = d.format.sends_error_packet().then_some(ErrorPacket {
+                            status: Status::Shutdown,
+                            identifier: n.identifier,
+                        });
+                        close_with(&mut stream, packet).await;
+                        return;
                     }
                 }
                 Err(e) => {

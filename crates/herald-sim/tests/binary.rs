@@ -194,6 +194,27 @@ async fn scenario_statuses_and_shutdown() {
         assert_eq!((p.status.code(), p.identifier), (code, 99));
     }
 
+    // Status 10 names the last notification processed (docs/apns-protocol.md#binary-error-packet): the one it
+    // names was accepted and recorded; what followed it was not.
+    let t = start_with(|c, _| {
+        c.scenario.binary_errors.insert("10".into(), 1.0);
+    })
+    .await;
+    let mut bytes = encoded(&note(98, vec![3; 32], PAYLOAD), BinaryFormat::Frame);
+    bytes.extend(encoded(
+        &note(99, vec![3; 32], PAYLOAD),
+        BinaryFormat::Frame,
+    ));
+    let out = exchange(&t, &bytes).await;
+    let p = ErrorPacket::decode(&out).unwrap();
+    assert_eq!((p.status, p.identifier), (Status::Shutdown, 98));
+    assert_eq!(t.sim.stats().accepted.binary, 1);
+    assert_eq!(t.sim.stats().rejected.binary_by_status["10"], 1);
+    assert_eq!(t.sim.wait_for_records(1, Duration::from_secs(5)).await, 1);
+    let rec = t.sim.record();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].identifier, Some(98));
+
     let t = start().await;
     let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
     let mut io = tls(
