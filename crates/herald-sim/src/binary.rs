@@ -5,7 +5,8 @@
 //! answer. The first bad one gets the 6-byte error packet (the decoder's status, 8 for a token the scenario marks
 //! bad, or a scenario status) naming its identifier, and the connection closes; a command-0 error just closes.
 //! A scenario status 10 (shutdown) names the last notification processed: the one it falls on is accepted and
-//! recorded first, then named.
+//! recorded first, then named. A closing connection reads and discards what the client still sends until the
+//! client closes (5 s and 4 MiB at most), so that the client gets the packet and a clean end rather than a reset.
 //! On a shutdown request (admin `POST /shutdown-binary`) every connection sends status 10 with the identifier of
 //! its last accepted notification and closes.
 //!
@@ -14,6 +15,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use herald_apns::binary::{BinaryFormat, ErrorPacket, FeedbackTuple, NotificationDecoder, Status};
@@ -88,12 +90,33 @@ pub(crate) async fn serve(
     .await
 }
 
+/// How long a closing connection keeps reading what the client still sends, at most.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// How many bytes a closing connection reads (and discards) from the client, at most.
+const DRAIN_BYTES: usize = 4 << 20;
+
+/// Writes the error packet (if any), shuts the write side, then reads and discards what the client still sends
+/// until it closes (within [`DRAIN_TIME`] and [`DRAIN_BYTES`]), and only then closes, as the HTTP/2 side does
+/// (`FrameIo::poll_shutdown`). Closing a socket with unread data makes the kernel reset the connection, and a
+/// client still writing the notifications that followed the failed one would get the reset instead of a clean
+/// end, and could lose the packet before reading it.
 async fn close_with(stream: &mut TlsStream<TcpStream>, packet: Option<ErrorPacket>) {
     if let Some(p) = packet {
         let _ = stream.write_all(&p.encode()).await;
     }
     let _ = stream.flush().await;
     let _ = stream.shutdown().await;
+    let mut scratch = vec![0u8; 16 * 1024];
+    let mut drained = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while drained < DRAIN_BYTES {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpStream>) {

@@ -158,6 +158,69 @@ fn hex(s: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// A client still writing after the notification that failed reads the error packet and sees the connection end
+/// cleanly: the gateway reads (and discards) what follows until the client closes, since closing a socket with
+/// unread data makes the kernel reset the connection, and a reset can throw away the packet before the client
+/// reads it (docs/apns-protocol.md#binary-error-packet). Notification 1 of 1,000 has a bad token; the client
+/// writes the first two, and the other 998 one by one once the packet is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_error_packet_reaches_a_client_that_keeps_writing() {
+    let t = start_with(|c, _| c.scenario.bad = vec![token(8)]).await;
+    let frames: Vec<Vec<u8>> = (0..1000u32)
+        .map(|id| {
+            let tok = if id == 1 { hex(&token(8)) } else { vec![1; 32] };
+            encoded(&note(id, tok, PAYLOAD), BinaryFormat::Frame)
+        })
+        .collect();
+    let frames = std::sync::Arc::new(frames);
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let cfg = client_config(&t.pki, Some((&cert, &key)), false);
+    for run in 0..5 {
+        let io = tls(t.sim.addrs.binary, cfg.clone()).await;
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let (packet_in, wait_packet) = tokio::sync::oneshot::channel::<()>();
+        let all = frames.clone();
+        let writer = tokio::spawn(async move {
+            wr.write_all(&all[..2].concat()).await?;
+            wr.flush().await?;
+            let _ = wait_packet.await;
+            for f in &all[2..] {
+                wr.write_all(f).await?;
+                wr.flush().await?;
+            }
+            Ok::<_, std::io::Error>(wr)
+        });
+        let mut packet = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut packet))
+            .await
+            .expect("the error packet in time")
+            .unwrap_or_else(|e| panic!("run {run}: no error packet: {e}"));
+        assert_eq!(packet, [8, 8, 0, 0, 0, 1], "run {run}");
+        let _ = packet_in.send(());
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut rest))
+            .await
+            .expect("the gateway closes");
+        assert!(
+            end.is_ok() && rest.is_empty(),
+            "run {run}: a clean end after the packet: {end:?} {rest:?}"
+        );
+        let wr = tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("the writes end")
+            .unwrap()
+            .unwrap_or_else(|e| {
+                panic!("run {run}: the gateway reset the connection while the client wrote: {e}")
+            });
+        drop((rd, wr));
+        wait_stats(&t.sim, "the gateway closes once the client has", |s| {
+            s.connections.binary.open == 0
+        })
+        .await;
+    }
+    assert_eq!(t.sim.stats().accepted.binary, 5, "notification 0 of each run");
+}
+
 #[tokio::test]
 async fn command_zero_errors_close_without_a_packet_and_all_formats_deliver() {
     let t = start().await;
