@@ -79,7 +79,8 @@ pub struct Scenario {
     pub goaway_every: Option<u64>,
     /// The `reason` in the GOAWAY debug data (default "Shutdown").
     pub goaway_reason: Option<String>,
-    /// Close a connection (GOAWAY `{"reason":"IdleTimeout"}`) after this many seconds without a request.
+    /// Close a connection (GOAWAY `{"reason":"IdleTimeout"}`) after this many seconds without a request or a PING
+    /// from the client.
     pub idle_timeout_secs: Option<u64>,
     pub environment: Option<Environment>,
     pub auth: Option<AuthPolicy>,

@@ -270,6 +270,42 @@ async fn idle_connections_get_goaway_idle_timeout() {
     while raw.next().await.is_some() {}
 }
 
+/// docs/apns-protocol.md#http2-connection: a PING keeps an idle connection alive. Idle timeout 2 s, a PING every
+/// 0.5 s for 5 s: no GOAWAY; once the PINGs stop, GOAWAY IdleTimeout.
+#[tokio::test]
+async fn pings_keep_an_idle_connection_open() {
+    let t = start_with(|c, _| c.scenario.idle_timeout_secs = Some(2)).await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    let started = tokio::time::Instant::now();
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(5) {
+        every.tick().await;
+        n += 1;
+        raw.io
+            .write_all(&frame(PING, 0, 0, &n.to_be_bytes()))
+            .await
+            .unwrap();
+        let f = raw
+            .until(|f| f.kind == GOAWAY || (f.kind == PING && f.flags & 1 == 1))
+            .await;
+        assert_ne!(
+            f.kind,
+            GOAWAY,
+            "GOAWAY after {:?} while PINGs came every 0.5 s: {:?}",
+            started.elapsed(),
+            herald_apns::reason::goaway_reason(f.payload.get(8..).unwrap_or_default())
+        );
+        assert_eq!(f.payload, n.to_be_bytes());
+    }
+    assert_eq!(t.sim.stats().goaways, 0);
+    let g = raw.until(|f| f.kind == GOAWAY).await;
+    assert_eq!(
+        herald_apns::reason::goaway_reason(&g.payload[8..]).as_deref(),
+        Some("IdleTimeout")
+    );
+}
+
 #[tokio::test]
 async fn ping_is_answered_and_admin_goaway_reaches_every_connection() {
     let t = start().await;

@@ -234,8 +234,19 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                 }
             }
             _ = &mut idle, if idle_after.is_some() && inflight.is_empty() && !going_away => {
-                send_goaway(&ctx, &control, last_stream, Bytes::from_static(br#"{"reason":"IdleTimeout"}"#));
-                going_away = true;
+                // A PING keeps an idle connection alive (docs/apns-protocol.md#http2-connection): the idle time
+                // counts from the last one.
+                let after_ping = control
+                    .last_ping()
+                    .zip(idle_after)
+                    .map(|(ping, after)| tokio::time::Instant::from_std(ping) + after)
+                    .filter(|until| *until > tokio::time::Instant::now());
+                if let Some(until) = after_ping {
+                    idle.as_mut().reset(until);
+                } else {
+                    send_goaway(&ctx, &control, last_stream, Bytes::from_static(br#"{"reason":"IdleTimeout"}"#));
+                    going_away = true;
+                }
             }
             changed = goaway_all.changed(), if !going_away => {
                 if changed.is_ok() {

@@ -7,7 +7,8 @@
 //! before `h2`'s initial SETTINGS). Once the simulator has sent its own GOAWAY, later GOAWAYs from `h2` are
 //! dropped so the client sees exactly one. Incoming: the client's SETTINGS ACKs are matched in order to the
 //! SETTINGS frames sent; ACKs of injected ones are removed (`h2` would call them a protocol error) and publish the
-//! newly acknowledged stream limit.
+//! newly acknowledged stream limit; the client's PINGs are noted ([`FrameControl::last_ping`]) so that they keep an
+//! idle connection open.
 
 use std::collections::VecDeque;
 use std::io;
@@ -20,6 +21,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const FRAME_SETTINGS: u8 = 0x4;
+const FRAME_PING: u8 = 0x6;
 const FRAME_GOAWAY: u8 = 0x7;
 const FLAG_ACK: u8 = 0x1;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
@@ -46,6 +48,8 @@ pub struct FrameControl {
     suppress_goaway: AtomicBool,
     /// Completed flushes: after one that follows a response being queued, the response is on the wire.
     flushes: AtomicU64,
+    /// When the client last sent a PING (not an ACK): it keeps an idle connection alive.
+    last_ping: Mutex<Option<std::time::Instant>>,
 }
 
 impl FrameControl {
@@ -56,6 +60,7 @@ impl FrameControl {
             acked_limit: AtomicU32::new(initial_limit),
             suppress_goaway: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
+            last_ping: Mutex::new(None),
         }
     }
 
@@ -80,6 +85,12 @@ impl FrameControl {
 
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Acquire)
+    }
+
+    /// When the client last sent a PING (docs/apns-protocol.md#http2-connection: a PING keeps an idle connection
+    /// alive).
+    pub fn last_ping(&self) -> Option<std::time::Instant> {
+        *self.last_ping.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn take(&self) -> Vec<Injection> {
@@ -416,6 +427,13 @@ impl<S> FrameIo<S> {
                     }
                     None => {}
                 }
+            }
+            if h[3] == FRAME_PING && h[4] & FLAG_ACK == 0 {
+                *self
+                    .control
+                    .last_ping
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
             }
             self.fwd += 9;
             self.in_remaining = len;
