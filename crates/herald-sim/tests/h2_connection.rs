@@ -161,16 +161,11 @@ async fn token_connections_get_one_stream_until_a_valid_token() {
     let t = start().await;
     let mut raw = Raw::connect(&t, false, true).await;
     let first = raw.until(|f| f.max_streams().is_some()).await;
-    assert_eq!(first.max_streams(), Some(1000), "h2's own SETTINGS first");
-    let gate = raw.until(|f| f.max_streams().is_some()).await;
     assert_eq!(
-        gate.max_streams(),
+        first.max_streams(),
         Some(1),
-        "then the limit of an unauthenticated token connection"
+        "the first SETTINGS has the limit of an unauthenticated token connection"
     );
-    // Wait until the simulator has our ACK: a PING round trip after it.
-    raw.io.write_all(&frame(PING, 0, 0, &[1; 8])).await.unwrap();
-    raw.until(|f| f.kind == PING && f.flags & 1 == 1).await;
 
     // Stream 1 stays open (no body yet); stream 3 exceeds the limit of 1 and is refused.
     raw.request(1, None, None).await;
@@ -190,6 +185,33 @@ async fn token_connections_get_one_stream_until_a_valid_token() {
     let ok = raw.until(|f| f.kind == HEADERS && f.stream == 5).await;
     assert!(is_200(&ok));
     assert_eq!(t.sim.stats().streams.refused, 1);
+}
+
+/// A client may open streams before it has read the server's SETTINGS: on a token connection, all but one are
+/// refused, and the first SETTINGS already says 1 (docs/apns-protocol.md#http2-connection).
+#[tokio::test]
+async fn a_token_connection_allows_one_stream_before_its_settings_are_read() {
+    let t = start().await;
+    let mut raw = Raw::connect(&t, false, true).await;
+    // Three requests at once, nothing read yet; no body, so stream 1 stays open.
+    for stream in [1, 3, 5] {
+        raw.request(stream, None, None).await;
+    }
+    let first = raw.until(|f| f.max_streams().is_some()).await;
+    assert_eq!(first.max_streams(), Some(1), "the server's first SETTINGS");
+    let mut refused = Vec::new();
+    while refused.len() < 2 {
+        let rst = raw.until(|f| f.kind == RST_STREAM || f.kind == HEADERS).await;
+        assert_eq!(rst.kind, RST_STREAM, "stream {} answered", rst.stream);
+        assert_eq!(rst.payload, 7u32.to_be_bytes(), "REFUSED_STREAM");
+        refused.push(rst.stream);
+    }
+    assert_eq!(refused, [3, 5]);
+    raw.io.write_all(&frame(DATA, 1, 1, PAYLOAD)).await.unwrap();
+    let answer = raw.until(|f| f.kind == HEADERS).await;
+    assert_eq!(answer.stream, 1);
+    assert!(!is_200(&answer), "no token: rejected");
+    assert_eq!(t.sim.stats().streams.refused, 2);
 }
 
 #[tokio::test]

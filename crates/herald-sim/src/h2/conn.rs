@@ -87,12 +87,12 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
     );
     let gated = matches!(auth, ConnAuth::Token(_)) && ctx.auth == AuthPolicy::Required;
     let max = ctx.max_streams.max(1);
-    let control = Arc::new(FrameControl::new(max));
-    let mut advertised = max;
-    if gated && max > 1 {
-        control.inject(Injection::MaxConcurrentStreams(1));
-        advertised = 1;
-    }
+    // A token connection gets one stream until a valid token (docs/apns-protocol.md#http2-connection): its first
+    // SETTINGS says so, and streams beyond are refused from the start. h2 itself is built with the full limit,
+    // which the connection advertises once authenticated.
+    let first = if gated { 1 } else { max };
+    let control = Arc::new(FrameControl::new(first));
+    let mut advertised = first;
     let mut builder = h2::server::Builder::new();
     builder
         .max_concurrent_streams(max)
@@ -101,7 +101,7 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
         .max_header_list_size(16 * 1024);
     let mut conn = match tokio::time::timeout(
         Duration::from_secs(10),
-        builder.handshake::<_, Bytes>(FrameIo::new(tls, control.clone())),
+        builder.handshake::<_, Bytes>(FrameIo::new(tls, control.clone()).first_limit(first)),
     )
     .await
     {

@@ -1,7 +1,8 @@
 //! An I/O shim between a TLS stream and the `h2` server that lets the simulator do what `h2` has no API for:
-//! change `SETTINGS_MAX_CONCURRENT_STREAMS` after the handshake (1 until a token connection authenticates, and
-//! back to 1 after a rejection when streams are "choppy", docs/apns-protocol.md#http2-connection,
-//! docs/apns-protocol.md#simulator) and send GOAWAY with JSON debug data.
+//! advertise `SETTINGS_MAX_CONCURRENT_STREAMS` 1 in the first SETTINGS of a token connection and change it after
+//! the handshake (up once the token connection authenticates, and back to 1 after a rejection when streams are
+//! "choppy", docs/apns-protocol.md#http2-connection, docs/apns-protocol.md#simulator), and send GOAWAY with JSON
+//! debug data.
 //!
 //! Outgoing: frames from `h2` pass through untouched; injected frames are written between two of them (never
 //! before `h2`'s initial SETTINGS). Once the simulator has sent its own GOAWAY, later GOAWAYs from `h2` are
@@ -140,6 +141,8 @@ pub struct FrameIo<S> {
     eof: bool,
     /// Our write side is shut; reads are drained until the client closes (lingering close).
     write_shut: bool,
+    /// The stream limit h2's first SETTINGS frame is to advertise instead of h2's own ([`FrameIo::first_limit`]).
+    first_limit: Option<u32>,
 }
 
 impl<S> FrameIo<S> {
@@ -160,7 +163,18 @@ impl<S> FrameIo<S> {
             preface_left: PREFACE_LEN,
             in_remaining: 0,
             eof: false,
+            first_limit: None,
         }
+    }
+
+    /// Makes h2's first SETTINGS frame advertise `limit` concurrent streams in place of the limit h2 was built
+    /// with: a token connection says 1 from its first frame on (docs/apns-protocol.md#http2-connection), while h2
+    /// keeps the full limit internally so that the connection can raise it later by an injected SETTINGS. (h2
+    /// writes its whole first SETTINGS frame in one write; were it ever split, the frame would pass unchanged and
+    /// the connection would still refuse streams beyond [`FrameControl::limit`].)
+    pub fn first_limit(mut self, limit: u32) -> Self {
+        self.first_limit = Some(limit);
+        self
     }
 
     pub fn get_ref(&self) -> &S {
@@ -244,6 +258,25 @@ fn frame_len(h: &[u8]) -> usize {
     u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize
 }
 
+/// `frame`, a whole SETTINGS frame, with SETTINGS_MAX_CONCURRENT_STREAMS set to `limit` (added if absent).
+fn with_max_streams(frame: &[u8], limit: u32) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let mut found = false;
+    for entry in out[9..].chunks_exact_mut(6) {
+        if entry[..2] == SETTINGS_MAX_CONCURRENT_STREAMS.to_be_bytes() {
+            entry[2..].copy_from_slice(&limit.to_be_bytes());
+            found = true;
+        }
+    }
+    if !found {
+        out.extend_from_slice(&SETTINGS_MAX_CONCURRENT_STREAMS.to_be_bytes());
+        out.extend_from_slice(&limit.to_be_bytes());
+        let len = (out.len() - 9) as u32;
+        out[..3].copy_from_slice(&len.to_be_bytes()[1..]);
+    }
+    out
+}
+
 impl<S: AsyncWrite + Unpin> FrameIo<S> {
     fn poll_inject(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.inject_pos < self.inject_buf.len() {
@@ -271,6 +304,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
         }
         if this.inject_pos < this.inject_buf.len() {
             return Poll::Pending;
+        }
+        if this.frames_out == 0
+            && this.at_boundary()
+            && let Some(limit) = this.first_limit
+            && buf.len() >= 9
+            && buf[3] == FRAME_SETTINGS
+            && buf[4] & FLAG_ACK == 0
+            && buf.len() >= 9 + frame_len(buf)
+        {
+            // h2's first SETTINGS, with our stream limit: it goes out through the injection buffer.
+            this.first_limit = None;
+            let total = 9 + frame_len(buf);
+            let frame = with_max_streams(&buf[..total], limit);
+            this.track_out(&frame);
+            this.inject_buf.clear();
+            this.inject_buf.extend_from_slice(&frame);
+            this.inject_pos = 0;
+            if let Poll::Ready(Err(e)) = this.poll_inject(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(total));
         }
         if this.skip_out > 0 {
             let n = this.skip_out.min(buf.len());
@@ -533,6 +587,35 @@ mod tests {
         expected.extend_from_slice(&PING);
         assert_eq!(seen, expected);
         assert_eq!(control.limit(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_first_settings_can_advertise_another_stream_limit() {
+        let (a, mut peer) = tokio::io::duplex(4096);
+        let control = Arc::new(FrameControl::new(1));
+        let mut io = FrameIo::new(a, control.clone()).first_limit(1);
+        // h2's SETTINGS (header table size, then the stream limit) and a PING in one buffer.
+        let mut h2_settings = vec![0, 0, 12, FRAME_SETTINGS, 0, 0, 0, 0, 0, 0, 1, 0, 0, 16, 0];
+        h2_settings.extend_from_slice(&[0, 3, 0, 0, 3, 232]);
+        let mut out = h2_settings.clone();
+        out.extend_from_slice(&PING);
+        let mut written = 0;
+        while written < out.len() {
+            written += io.write(&out[written..]).await.unwrap();
+        }
+        io.flush().await.unwrap();
+        let mut expected = h2_settings[..15].to_vec();
+        expected.extend_from_slice(&[0, 3, 0, 0, 0, 1]);
+        expected.extend_from_slice(&PING);
+        let mut got = vec![0u8; expected.len()];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(control.limit(), 1);
+        // Without the stream limit in it, the entry is added.
+        assert_eq!(
+            with_max_streams(&[0, 0, 0, FRAME_SETTINGS, 0, 0, 0, 0, 0], 1),
+            settings(1)
+        );
     }
 
     #[tokio::test]
