@@ -342,6 +342,20 @@ async fn every_request_reason_is_provoked() {
             path: "/3/device/x".into(),
             ..bc(std_headers(&[]), UPDATE, "BadPath")
         },
+        // docs/apns-protocol.md#broadcast: the bundle id in a path has no push-type suffix.
+        Case {
+            path: format!("/4/broadcasts/apps/{TOPIC}.push-type.liveactivity"),
+            ..bc(std_headers(&[]), UPDATE, "BadPath")
+        },
+        Case {
+            path: format!("/1/apps/{TOPIC}.push-type.liveactivity/channels"),
+            ..mg(
+                "POST",
+                auth.clone(),
+                r#"{"message-storage-policy":0,"push-type":"LiveActivity"}"#,
+                "BadPath",
+            )
+        },
         Case {
             method: "GET",
             ..bc(std_headers(&[]), "", "MethodNotAllowed")

@@ -6,7 +6,8 @@
 //!
 //! Checks, first failure wins:
 //! 1. a repeated `apns-*` header -> BadRequestParams; `apns-request-id` not a UUID -> BadMessageId
-//! 2. a path of the other port or no path at all -> 404 BadPath; a method the path does not serve -> 405
+//! 2. a path of the other port or no path at all, or a bundle id in it with the `.push-type.liveactivity` suffix
+//!    (Apple's paths carry none; it names no reason) -> 404 BadPath; a method the path does not serve -> 405
 //!    MethodNotAllowed
 //! 3. authentication: certificate (BadCertificate, BadCertificateEnvironment; a certificate for another app ->
 //!    TopicMismatch) or token (MissingProviderToken, InvalidProviderToken, ExpiredProviderToken,
@@ -45,7 +46,7 @@ use tokio::sync::watch;
 use herald_apns::broadcast::request::{APNS_CHANNEL_ID, APNS_REQUEST_ID};
 use herald_apns::broadcast::{BroadcastReason, ChannelId, StoragePolicy};
 use herald_apns::payload::{BROADCAST_PAYLOAD_LIMIT, PayloadError, validate_broadcast};
-use herald_apns::push::{parse_expiration, validate_apns_id};
+use herald_apns::push::{PushType, parse_expiration, validate_apns_id};
 use herald_apns::reason::Reason;
 
 pub(crate) use channels::ChannelStore;
@@ -295,6 +296,15 @@ fn check_head(
         ),
     };
     if bundle.is_empty() || bundle.contains('/') {
+        return Err(BroadcastReason::BadPath);
+    }
+    // The bundle id of a path carries no push-type suffix (docs/apns-protocol.md#broadcast,
+    // docs/apns-protocol.md#broadcast-decisions). Apple names no reason for one that does: BadPath, the reason of
+    // a path the port does not serve.
+    if PushType::LiveActivity
+        .topic_suffix()
+        .is_some_and(|suffix| bundle.ends_with(suffix))
+    {
         return Err(BroadcastReason::BadPath);
     }
     let method = &parts.method;
