@@ -1,5 +1,9 @@
 //! Counters of what arrived, all atomics: accepted per protocol and per topic, rejected per reason (HTTP/2) and
 //! per status (binary), connections, streams, GOAWAYs. [`Stats::snapshot`] renders them for `GET /stats`.
+//!
+//! Topics are counted one by one up to [`MAX_TOPICS`]; the notifications of further topics are counted together
+//! under [`OTHER_TOPICS`], so that clients pushing to ever new topics cannot grow the map without bound (the
+//! totals stay exact). Each connection keeps the counters of at most [`TopicCache::CAPACITY`] topics at hand.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,6 +11,13 @@ use std::sync::{Arc, RwLock};
 
 use herald_apns::reason::Reason;
 use serde::{Deserialize, Serialize};
+
+/// Topics `by_topic` counts one by one.
+pub const MAX_TOPICS: usize = 10_000;
+
+/// The `by_topic` key under which the topics beyond [`MAX_TOPICS`] are counted together (it holds a space, which
+/// no APNs topic does).
+pub const OTHER_TOPICS: &str = "(other topics)";
 
 /// Accepted counters of one topic.
 #[derive(Debug, Default)]
@@ -127,7 +138,8 @@ pub struct AcceptedStats {
     pub total: u64,
     pub h2: u64,
     pub binary: u64,
-    /// topic -> {"h2": n, "binary": n}
+    /// topic -> {"h2": n, "binary": n}; at most [`MAX_TOPICS`] topics, the others together under
+    /// [`OTHER_TOPICS`].
     pub by_topic: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
@@ -165,12 +177,40 @@ pub struct StreamStats {
     pub cancelled: u64,
 }
 
+/// The topic counters one connection keeps at hand, at most [`TopicCache::CAPACITY`] topics: beyond, the counters
+/// are looked up in [`Stats`] for each notification.
+#[derive(Debug, Default)]
+pub(crate) struct TopicCache {
+    map: HashMap<String, Arc<TopicCounters>>,
+}
+
+impl TopicCache {
+    pub const CAPACITY: usize = 64;
+
+    pub fn get(&mut self, stats: &Stats, topic: &str) -> Arc<TopicCounters> {
+        if let Some(c) = self.map.get(topic) {
+            return c.clone();
+        }
+        let counters = stats.topic(topic);
+        if self.map.len() < Self::CAPACITY {
+            self.map.insert(topic.to_owned(), counters.clone());
+        }
+        counters
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 fn reason_index(reason: Reason) -> usize {
     Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
 }
 
 impl Stats {
-    /// The counters of `topic`; callers cache the `Arc` per connection so the map is read once per topic.
+    /// The counters of `topic` (those of [`OTHER_TOPICS`] once [`MAX_TOPICS`] topics are counted); callers cache
+    /// the `Arc` per connection ([`TopicCache`]) so the map is read once per topic.
     pub fn topic(&self, topic: &str) -> Arc<TopicCounters> {
         if let Some(c) = self
             .by_topic
@@ -181,7 +221,15 @@ impl Stats {
             return c.clone();
         }
         let mut map = self.by_topic.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(topic.to_owned()).or_default().clone()
+        if let Some(c) = map.get(topic) {
+            return c.clone();
+        }
+        let key = if map.len() < MAX_TOPICS {
+            topic
+        } else {
+            OTHER_TOPICS
+        };
+        map.entry(key.to_owned()).or_default().clone()
     }
 
     pub fn reject(&self, reason: Reason) {
@@ -309,5 +357,26 @@ mod tests {
         assert_eq!(snap.rejected.total, 2);
         assert_eq!(snap.connections.open, 0);
         assert_eq!(snap.connections.h2.total, 1);
+    }
+
+    #[test]
+    fn topics_beyond_the_cap_are_counted_together() {
+        let s = Stats::default();
+        let mut cache = TopicCache::default();
+        for i in 0..MAX_TOPICS + 5 {
+            cache
+                .get(&s, &format!("com.example.app{i}"))
+                .h2
+                .fetch_add(1, Ordering::Relaxed);
+            assert!(cache.len() <= TopicCache::CAPACITY);
+        }
+        // A topic already counted keeps its own counters.
+        s.topic("com.example.app0").h2.fetch_add(1, Ordering::Relaxed);
+        let by_topic = s.snapshot().accepted.by_topic;
+        assert_eq!(by_topic.len(), MAX_TOPICS + 1);
+        assert_eq!(by_topic["com.example.app0"]["h2"], 2);
+        assert_eq!(by_topic[OTHER_TOPICS]["h2"], 5);
+        let counted: u64 = by_topic.values().map(|c| c["h2"]).sum();
+        assert_eq!(counted, MAX_TOPICS as u64 + 6);
     }
 }

@@ -2,7 +2,6 @@
 //! GOAWAY (every N requests, idle, shutdown), and the per-request futures that read the body, apply the payload
 //! and scenario rules, record and answer.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,7 +23,7 @@ use crate::config::AuthPolicy;
 use crate::record::{DeliveryRecord, RecordProtocol};
 use crate::registry::now_ms;
 use crate::scenario::Rng;
-use crate::stats::TopicCounters;
+use crate::stats::{TopicCache, TopicCounters};
 
 /// Bodies beyond this are not read further: the answer is PayloadTooLarge either way.
 const MAX_BODY_READ: usize = 64 * 1024;
@@ -124,7 +123,7 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
         ),
         arena: BytesMut::new(),
     };
-    let mut topics: HashMap<String, Arc<TopicCounters>> = HashMap::new();
+    let mut topics = TopicCache::default();
     let mut inflight = FuturesUnordered::new();
     let mut requests = 0u64;
     let mut going_away = false;
@@ -186,15 +185,7 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                     plan.transient = ctx.scenario.roll_error(&mut rng);
                     plan.drop = ctx.scenario.roll_drop(&mut rng);
                     plan.answer_at = ctx.pace.latency(&mut rng).map(|d| arrived + d);
-                    let counter = match topics.get(c.topic.as_str()) {
-                        Some(c) => c.clone(),
-                        None => {
-                            let counter = ctx.stats.topic(&c.topic);
-                            topics.insert(c.topic.clone(), counter.clone());
-                            counter
-                        }
-                    };
-                    plan.counter = Some(counter);
+                    plan.counter = Some(topics.get(&ctx.stats, &c.topic));
                 }
                 if let Some(n) = ctx.scenario.goaway_every
                     && requests.is_multiple_of(n) {
