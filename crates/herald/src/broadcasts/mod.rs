@@ -250,7 +250,14 @@ impl Broadcaster {
     }
 
     /// Checks a broadcast, stores it durably and queues it; returns its stored form (its id among it).
-    pub async fn accept(&self, new: NewBroadcast) -> Result<Broadcast, BroadcastRefusal> {
+    ///
+    /// Once checked, the broadcast is stored and queued on a task of its own, which runs to its end even when the
+    /// caller stops waiting for it (a client that hangs up mid-request drops its handler): a broadcast handed to
+    /// the store is always queued as well, never left stored and unsent until the next start.
+    pub async fn accept(
+        self: &Arc<Self>,
+        new: NewBroadcast,
+    ) -> Result<Broadcast, BroadcastRefusal> {
         let domain = new.domain.trim().to_ascii_lowercase();
         let target = self.target(&domain).await?;
         let id = new
@@ -281,6 +288,23 @@ impl Broadcaster {
             due_ms: 0,
         };
         let key = self.next_key();
+        let me = self.clone();
+        match tokio::spawn(async move { me.store_and_queue(key, broadcast).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(BroadcastRefusal::NotDurable(
+                "herald is stopping: the broadcast was not queued".into(),
+            )),
+        }
+    }
+
+    /// [`Broadcaster::accept`]'s store and queueing, on the task it spawned: stores `broadcast` synced under `key`,
+    /// then queues it for its first attempt.
+    async fn store_and_queue(
+        &self,
+        key: Vec<u8>,
+        broadcast: Broadcast,
+    ) -> Result<Broadcast, BroadcastRefusal> {
         let value = encode(&broadcast);
         let (done, stored) = tokio::sync::oneshot::channel();
         self.writes
@@ -641,6 +665,140 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_apns::broadcast::StoragePolicy;
+    use herald_sim::{Pki, RecordProtocol, SimConfig, SimHandle, Simulator};
+    use std::pin::Pin;
+    use std::task::Poll;
+    use std::time::Instant;
+
+    const TOPIC: &str = "com.example.unit";
+    const DOMAIN: &str = "unit.example";
+    const WAIT: Duration = Duration::from_secs(30);
+
+    /// A simulator and a configuration whose domain [`DOMAIN`] broadcasts to it with token auth.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        sim: SimHandle,
+        resolver: Arc<ConfigResolver>,
+    }
+
+    impl Fixture {
+        /// `global` goes before the domain stanza, `domain` inside it.
+        async fn new(global: &str, domain: &str) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+            let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+                .await
+                .unwrap();
+            let m = &pki.manifest;
+            let text = format!(
+                r#"
+{global}
+domain "{DOMAIN}" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{h2}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  apn_key = "{p8}"
+  apn_key_id = "{kid}"
+  apn_team_id = "{tid}"
+  apn_topic = "{TOPIC}"
+  apn_channel_route = "https://127.0.0.1:{manage}"
+  apn_broadcast_route = "https://127.0.0.1:{bcast}"
+{domain}
+}}
+"#,
+                h2 = sim.addrs.h2.port(),
+                manage = sim.addrs.management.port(),
+                bcast = sim.addrs.broadcast.port(),
+                ca = m.ca_cert.display(),
+                p8 = m.token_key.p8.display(),
+                kid = m.token_key.key_id,
+                tid = m.token_key.team_id,
+            );
+            let config = herald_conf::Config::parse_str("herald.conf", &text).unwrap();
+            Fixture {
+                dir,
+                sim,
+                resolver: Arc::new(ConfigResolver::new(Arc::new(config))),
+            }
+        }
+
+        fn store(&self) -> Arc<OutcomeStore> {
+            Arc::new(OutcomeStore::open(&self.dir.path().join("spool")).unwrap())
+        }
+
+        async fn channel(&self) -> ChannelId {
+            crate::channels::ChannelManager::new(self.resolver.clone())
+                .create(DOMAIN, StoragePolicy::MostRecentMessage)
+                .await
+                .unwrap()
+                .channel
+        }
+
+        fn broadcasts(&self) -> Vec<herald_sim::DeliveryRecord> {
+            self.sim
+                .record()
+                .into_iter()
+                .filter(|r| r.protocol == RecordProtocol::Broadcast)
+                .collect()
+        }
+    }
+
+    fn update(channel: &ChannelId, expiration: Option<u64>) -> NewBroadcast {
+        NewBroadcast {
+            domain: DOMAIN.into(),
+            channel: channel.clone(),
+            payload: Bytes::from_static(
+                br#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{"score":1}}}"#,
+            ),
+            priority: 10,
+            expiration,
+            request_id: None,
+        }
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A client that hangs up once its broadcast was handed to the store drops the handler's future there: the
+    /// broadcast is queued and sent all the same (it is not left stored and unsent until the next start).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_whose_caller_stops_waiting_after_the_store_is_still_sent() {
+        let f = Fixture::new("", "").await;
+        let channel = f.channel().await;
+        let broadcaster =
+            Broadcaster::start(f.store(), f.resolver.clone(), Logs::default()).unwrap();
+        let key_before = broadcaster.seq.load(Ordering::Relaxed);
+        let mut accept: Pin<Box<_>> = Box::pin(broadcaster.accept(update(&channel, None)));
+        // Polled until it has taken its key, which it hands to the store in the same step, then dropped.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(accept.as_mut().poll(cx))).await;
+            assert!(
+                polled.is_pending(),
+                "accept finished before the test could drop it: {polled:?}"
+            );
+            if broadcaster.seq.load(Ordering::Relaxed) != key_before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "accept never reached the store");
+            tokio::task::yield_now().await;
+        }
+        drop(accept);
+        wait_for("the broadcast in the simulator's record", || {
+            f.broadcasts()
+                .iter()
+                .any(|r| r.channel_id.as_deref() == Some(channel.as_str()))
+        })
+        .await;
+        wait_for("the broadcast to finish", || broadcaster.queued() == 0).await;
+    }
 
     /// A clock behind the earlier run's (or a key stored ahead of it) never gives the first new broadcast the key of
     /// a stored one, which would replace it unsent.
