@@ -5,7 +5,8 @@
 //! attempt and is logged once; FeatureNotEnabled is permanent too; an unreachable broadcast host is transient,
 //! retried by the domain's schedule and failed when `max_retries` is used up; a Live Activity start is refused at
 //! the door with the field named; broadcasts accepted before a restart are delivered after it; every reason of the
-//! broadcast error table, answered by the simulator, is classified (permanent: one attempt; temporary: retried).
+//! broadcast error table, answered by the simulator, is classified (permanent: one attempt; temporary: retried); an
+//! expired broadcast fails without an attempt.
 
 mod support;
 
@@ -312,6 +313,34 @@ async fn feature_not_enabled_is_permanent() {
     let lines = broadcast_lines(&mainlog, 2);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0][10], "FeatureNotEnabled", "{lines:?}");
+}
+
+/// A broadcast whose expiration has passed is accepted, then failed without an attempt: one `P` line with the
+/// notifications' reason and no status, nothing sent.
+#[tokio::test]
+async fn an_expired_broadcast_fails_without_an_attempt() {
+    let s = setup(false).await;
+    let channel = create_channel(&s, TOKEN).await;
+    let (status, v) = broadcast(
+        &s,
+        json!({"domain": TOKEN, "channel_id": channel, "payload": update(7), "expiration": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let mainlog = s.dir.path().join("mainlog.ec");
+    wait_for("the permanent failure", || {
+        broadcast_lines(&mainlog, 2).iter().any(|f| f[5] == "P")
+    })
+    .await;
+    let lines = broadcast_lines(&mainlog, 2);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0][7], "0", "no retry: {lines:?}");
+    assert_eq!(lines[0][9], "", "no APNs status: {lines:?}");
+    assert_eq!(
+        lines[0][10], "Delivery not attempted (APNs expiration passed)",
+        "{lines:?}"
+    );
+    assert_eq!(s.sim.stats().broadcast.accepted, 0);
 }
 
 #[tokio::test]

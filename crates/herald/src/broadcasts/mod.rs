@@ -7,7 +7,8 @@
 //! delivered (APNs answered 200), failed permanently (a permanent reason such as `ChannelNotRegistered`, or the
 //! domain's retries used up or its `message_expiration` passed), or retried after a transient one on the domain's
 //! retry schedule (`retry_interval` doubling up to `max_retry_interval`). Broadcasts still stored at start are sent
-//! again. Each outcome is logged once, in the mainlog and every apn_logger, in the broadcast forms
+//! again. Before each attempt, a broadcast whose APNs expiration passed, or that is `message_expiration` old, is
+//! failed permanently without one, with the reasons a notification gets. Each outcome is logged once, in the mainlog and every apn_logger, in the broadcast forms
 //! docs/operations.md describes, and counted per domain for `/metrics`.
 //!
 //! With the JetStream spool a broadcast is durable on the node that accepted it (its local outcome store), not in
@@ -422,10 +423,21 @@ impl Broadcaster {
         }
     }
 
-    /// One attempt: send, then log, count and finish or reschedule.
+    /// One attempt: send, then log, count and finish or reschedule. A broadcast that expired is finished as a
+    /// permanent failure without an attempt ([`not_attempted`]).
     async fn attempt(&self, key: Vec<u8>, mut b: Broadcast) {
         let started = now_ms();
-        let result = match self.target(&b.domain).await {
+        let target = self.target(&b.domain).await;
+        let secs = (started / 1000).saturating_sub(b.accepted_at);
+        // A domain that stopped resolving has no schedule of its own: Momentum's defaults apply, as to its retries.
+        let policy = target.as_ref().map(|t| t.retry).unwrap_or_default();
+        if let Some(why) = not_attempted(&b, &policy, started / 1000) {
+            self.count(&b.domain, "permanent", why);
+            self.log(&b, 'P', secs, None, why, None);
+            self.finish(&key);
+            return;
+        }
+        let result = match target {
             Ok(target) => self.send(&target, &b).await.map(|r| (r, target)),
             Err(refusal) => Err(Failure {
                 class: FailureClass::Transient,
@@ -435,7 +447,6 @@ impl Broadcaster {
                 retry: None,
             }),
         };
-        let secs = (started / 1000).saturating_sub(b.accepted_at);
         match result {
             Ok((request_id, _)) => {
                 self.count(&b.domain, "delivered", "");
@@ -644,6 +655,23 @@ fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPol
     }
 }
 
+/// Why `b` is finished without an attempt at `now` (Unix seconds), as a notification is
+/// (docs/apns-protocol.md#classification): its APNs expiration is set (not 0) and passed, or it is
+/// `message_expiration` old. The text is the log's error and the counter's reason.
+fn not_attempted(
+    b: &Broadcast,
+    policy: &crate::model::retry::RetryPolicy,
+    now: u64,
+) -> Option<&'static str> {
+    if b.expiration.is_some_and(|e| e != 0 && e < now) {
+        return Some("Delivery not attempted (APNs expiration passed)");
+    }
+    if policy.is_expired(Duration::from_secs(now.saturating_sub(b.accepted_at))) {
+        return Some("Delivery not attempted (message expired)");
+    }
+    None
+}
+
 fn encode(b: &Broadcast) -> Vec<u8> {
     serde_json::to_vec(b).unwrap_or_default()
 }
@@ -835,6 +863,62 @@ domain "{DOMAIN}" {{
             (first.retries, first.due_ms, first.expiration),
             (0, 0, None)
         );
+    }
+
+    /// Expired broadcasts are finished without an attempt, with the notifications' reasons: one stored by an earlier
+    /// run that outlived `message_expiration` meanwhile, one whose APNs expiration passed meanwhile, and a new one
+    /// accepted with an expiration already past; a stored one still in time is sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_broadcasts_end_without_an_attempt() {
+        let f = Fixture::new("", "  message_expiration = 3600").await;
+        let channel = f.channel().await;
+        let store = f.store();
+        let now = now_ms() / 1000;
+        let stored = |n: u64, accepted_at: u64, expiration: Option<u64>| {
+            let b = Broadcast {
+                id: format!("00000000-0000-4000-8000-{n:012x}"),
+                domain: DOMAIN.into(),
+                channel: channel.as_str().to_owned(),
+                payload: r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#
+                    .into(),
+                priority: 10,
+                expiration,
+                accepted_at,
+                retries: 0,
+                due_ms: 0,
+            };
+            (n.to_be_bytes().to_vec(), encode(&b))
+        };
+        store
+            .broadcast_put(&[
+                stored(1, now - 3600, None),
+                stored(2, now - 10, Some(now - 5)),
+                stored(3, now - 10, Some(now + 3600)),
+            ])
+            .unwrap();
+        let broadcaster = Broadcaster::start(store, f.resolver.clone(), Logs::default()).unwrap();
+        broadcaster
+            .accept(update(&channel, Some(1)))
+            .await
+            .expect("a past expiration is not refused at the door");
+        wait_for("every broadcast to finish", || broadcaster.queued() == 0).await;
+        let sent: Vec<Option<String>> = f.broadcasts().into_iter().map(|r| r.apns_id).collect();
+        assert_eq!(
+            sent,
+            [Some("00000000-0000-4000-8000-000000000003".to_owned())],
+            "only the broadcast still in time is sent"
+        );
+        let mut metrics = String::new();
+        broadcaster.render_metrics(&mut metrics);
+        for (reason, n) in [
+            ("Delivery not attempted (message expired)", 1),
+            ("Delivery not attempted (APNs expiration passed)", 2),
+        ] {
+            let line = format!(
+                "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"permanent\",reason=\"{reason}\"}} {n}"
+            );
+            assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+        }
     }
 
     #[test]
