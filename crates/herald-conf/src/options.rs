@@ -571,6 +571,16 @@ option_table! {
         GLOBAL,
         "Notifications herald holds in memory at once (queued, retrying or in flight); while it is full, listeners refuse new ones (REST `503` with `retry-after`, ESMTP `452 4.3.1`) instead of growing; read at start; a herald addition.",
     ),
+    MaxQueuedBroadcasts => opt(
+        "max_queued_broadcasts",
+        Kind::Int {
+            min: 1,
+            max: 10_000_000,
+        },
+        Some("100000"),
+        GLOBAL,
+        "Broadcasts (`POST /api/v1/broadcast`) one node holds accepted and not finished (waiting, retrying or in flight); while it holds this many, new ones are refused with `503` and `retry-after` instead of growing; a reload applies at once; a herald addition.",
+    ),
     IdleQueueTimeout => opt(
         "idle_queue_timeout",
         Kind::Seconds,
@@ -1322,6 +1332,9 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         "max_notifications_per_message" => "the ESMTP listener",
         "max_resident_notifications" => {
             "intake (REST and ESMTP refuse new work while the resident queue is full)"
+        }
+        "max_queued_broadcasts" => {
+            "broadcast pushes (REST /api/v1/broadcast refuses new ones while this many are not finished)"
         }
         "idle_queue_timeout" => {
             "the delivery queues (how long an idle domain keeps its task and pool)"

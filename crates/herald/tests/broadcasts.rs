@@ -25,6 +25,8 @@ const TOKEN: &str = "token.example";
 const CERT: &str = "cert.example";
 /// A domain whose broadcast route nothing listens on: retried once, a second apart, then failed.
 const DOWN: &str = "down.example";
+/// A domain whose broadcast route nothing listens on, retried an hour later: its broadcasts stay queued.
+const HELD: &str = "held.example";
 const KEY: &str = "broadcast-test-key";
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -44,12 +46,18 @@ async fn start_sim(pki: &Pki, disabled: bool) -> SimHandle {
 }
 
 async fn setup(disabled: bool) -> Setup {
+    setup_with(disabled, "").await
+}
+
+/// [`setup`] with `global` options added to the configuration.
+async fn setup_with(disabled: bool, global: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
     let sim = start_sim(&pki, disabled).await;
     let down = free_port();
     let config = dir.path().join("herald.conf");
-    std::fs::write(&config, config_text(dir.path(), &pki, &sim, down)).unwrap();
+    let text = format!("{global}\n{}", config_text(dir.path(), &pki, &sim, down));
+    std::fs::write(&config, text).unwrap();
     let server = Server::start(&config).await.unwrap();
     let http = server.addrs().await.http[0].to_string();
     Setup {
@@ -85,6 +93,10 @@ domain "{DOWN}" {{
 {token}  apn_broadcast_route = "https://127.0.0.1:{down}"
   retry_interval = 1
   max_retries = 1
+}}
+domain "{HELD}" {{
+{token}  apn_broadcast_route = "https://127.0.0.1:{down}"
+  retry_interval = 3600
 }}
 "#,
         spool = dir.join("spool").display(),
@@ -313,6 +325,55 @@ async fn feature_not_enabled_is_permanent() {
     let lines = broadcast_lines(&mainlog, 2);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0][10], "FeatureNotEnabled", "{lines:?}");
+}
+
+/// `max_queued_broadcasts` bounds the broadcasts accepted and not finished: up to it they are accepted, the next
+/// one is `503` with `retry-after` and an error naming the option; once one finishes there is room again.
+#[tokio::test]
+async fn broadcasts_beyond_max_queued_broadcasts_are_refused_with_503() {
+    let s = setup_with(false, "max_queued_broadcasts = 2").await;
+    let channel = "dHN0LXNyY2gtY2hubA==";
+    let held = |n: u32| json!({"domain": HELD, "channel_id": channel, "payload": update(n)});
+    let (status, v) = broadcast(&s, held(0)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    // One that finishes at once (expired) gives its room back.
+    let (status, v) = broadcast(
+        &s,
+        json!({"domain": TOKEN, "channel_id": channel, "payload": update(1), "expiration": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    wait_for("the expired broadcast to finish", || {
+        s.server.broadcasts.queued() == 1
+    })
+    .await;
+    let (status, v) = broadcast(&s, held(2)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "at the bound: {v}");
+    assert_eq!(s.server.broadcasts.queued(), 2);
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/broadcast", s.http))
+        .bearer_auth(KEY)
+        .json(&held(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        response.headers().contains_key("retry-after"),
+        "{:?}",
+        response.headers()
+    );
+    let v: Value = response.json().await.unwrap();
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("max_queued_broadcasts = 2") && error.contains("holds 2"),
+        "{error}"
+    );
+    assert_eq!(
+        s.server.broadcasts.queued(),
+        2,
+        "the refused one is not queued"
+    );
 }
 
 /// A broadcast whose expiration has passed is accepted, then failed without an attempt: one `P` line with the

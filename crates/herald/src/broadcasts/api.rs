@@ -45,7 +45,7 @@ async fn broadcast(State(broadcaster): State<Arc<Broadcaster>>, body: Bytes) -> 
             StatusCode::ACCEPTED,
             json!({ "id": b.id, "domain": b.domain, "channel_id": b.channel }),
         ),
-        Err(e @ BroadcastRefusal::NotDurable(_)) => (
+        Err(e @ (BroadcastRefusal::NotDurable(_) | BroadcastRefusal::Full { .. })) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(CONTENT_TYPE, "application/json"), (RETRY_AFTER, "5")],
             json!({ "error": e.to_string() }).to_string(),

@@ -8,8 +8,10 @@
 //! domain's retries used up or its `message_expiration` passed), or retried after a transient one on the domain's
 //! retry schedule (`retry_interval` doubling up to `max_retry_interval`). Broadcasts still stored at start are sent
 //! again. Before each attempt, a broadcast whose APNs expiration passed, or that is `message_expiration` old, is
-//! failed permanently without one, with the reasons a notification gets. Each outcome is logged once, in the mainlog and every apn_logger, in the broadcast forms
-//! docs/operations.md describes, and counted per domain for `/metrics`.
+//! failed permanently without one, with the reasons a notification gets. Each outcome is logged once, in the
+//! mainlog and every apn_logger, in the broadcast forms docs/operations.md describes, and counted per domain for
+//! `/metrics`. At most `max_queued_broadcasts` broadcasts are held unfinished; beyond, [`Broadcaster::accept`]
+//! refuses new ones ([`BroadcastRefusal::Full`]).
 //!
 //! With the JetStream spool a broadcast is durable on the node that accepted it (its local outcome store), not in
 //! the shared stream.
@@ -19,7 +21,7 @@ pub mod api;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +41,8 @@ use crate::model::retry::RetryDecision;
 const MAX_IN_FLIGHT: usize = 256;
 /// Bounds connecting to the broadcast host and each send.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `max_queued_broadcasts`.
+pub const DEFAULT_MAX_QUEUED: usize = 100_000;
 
 /// A stored broadcast: what was accepted and how far its delivery got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +90,11 @@ pub enum BroadcastRefusal {
     /// The broadcast could not be made durable: nothing was accepted, try again.
     #[error("the broadcast could not be stored: {0}")]
     NotDurable(String),
+    /// `max_queued_broadcasts` broadcasts are accepted and not finished: try again later.
+    #[error(
+        "broadcast queue full: herald holds {held} broadcasts not finished yet (max_queued_broadcasts = {max}) and cannot take another now; retry later"
+    )]
+    Full { held: usize, max: usize },
 }
 
 /// A domain's target and the configuration it was resolved under.
@@ -109,6 +118,8 @@ pub struct Broadcaster {
     due: Mutex<BinaryHeap<Reverse<Due>>>,
     /// Every stored broadcast not yet finished, by key.
     pending: Mutex<HashMap<Vec<u8>, Broadcast>>,
+    /// Broadcasts not finished, counting those being stored: what `max_queued_broadcasts` bounds.
+    held: AtomicUsize,
     wake: Notify,
     sending: Arc<Semaphore>,
     conns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
@@ -239,6 +250,7 @@ impl Broadcaster {
             resolver,
             logs,
             due: Mutex::new(due),
+            held: AtomicUsize::new(pending.len()),
             pending: Mutex::new(pending),
             wake: Notify::new(),
             sending: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
@@ -288,9 +300,26 @@ impl Broadcaster {
             retries: 0,
             due_ms: 0,
         };
+        let max = max_queued(&self.resolver.config());
+        if let Err(held) = self
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+        {
+            return Err(BroadcastRefusal::Full { held, max });
+        }
         let key = self.next_key();
         let me = self.clone();
-        match tokio::spawn(async move { me.store_and_queue(key, broadcast).await }).await {
+        match tokio::spawn(async move {
+            let result = me.store_and_queue(key, broadcast).await;
+            if result.is_err() {
+                me.held.fetch_sub(1, Ordering::SeqCst);
+            }
+            result
+        })
+        .await
+        {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(BroadcastRefusal::NotDurable(
@@ -579,7 +608,9 @@ impl Broadcaster {
     }
 
     fn finish(&self, key: &[u8]) {
-        lock(&self.pending).remove(key);
+        if lock(&self.pending).remove(key).is_some() {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
         // Deleted by the writer thread with its next write: no store write on this thread.
         if self.writes.send(Write::Finished(key.to_vec())).is_err()
             && let Err(e) = self.store.broadcast_remove(key)
@@ -670,6 +701,20 @@ fn not_attempted(
         return Some("Delivery not attempted (message expired)");
     }
     None
+}
+
+/// `max_queued_broadcasts` of `config`.
+fn max_queued(config: &herald_conf::Config) -> usize {
+    config
+        .eval_opt(
+            &herald_conf::ScopePath::global(),
+            herald_conf::Opt::MaxQueuedBroadcasts,
+        )
+        .ok()
+        .and_then(|v| v.as_int())
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_MAX_QUEUED)
 }
 
 fn encode(b: &Broadcast) -> Vec<u8> {
