@@ -501,7 +501,7 @@ option_table! {
         Kind::Routes,
         None,
         GLOBAL_DOMAIN,
-        "Where herald sends the domain's broadcast pushes (`POST /api/v1/broadcast`), an `https://HOST[:PORT]` route; unset: the domain's own route when it is an Apple host (Apple serves broadcasts on the device-push hosts), none for a route that is not Apple's; a herald addition.",
+        "Where herald sends the domain's broadcast pushes (`POST /api/v1/broadcast`), an `https://HOST[:PORT]` route; unset: the domain's own route when it is an Apple HTTP/2 host (Apple serves broadcasts on the device-push hosts), none for a binary (`apn://`) route or a route that is not Apple's; a herald addition.",
     ),
     RetryInterval => opt(
         "retry_interval",

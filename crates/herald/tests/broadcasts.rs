@@ -27,6 +27,8 @@ const CERT: &str = "cert.example";
 const DOWN: &str = "down.example";
 /// A domain whose broadcast route nothing listens on, retried an hour later: its broadcasts stay queued.
 const HELD: &str = "held.example";
+/// A domain routed to Apple's binary gateway, without `apn_broadcast_route`: it cannot broadcast.
+const BINARY: &str = "binary.example";
 const KEY: &str = "broadcast-test-key";
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -69,6 +71,9 @@ async fn setup_with(disabled: bool, global: &str) -> Setup {
 }
 
 fn config_text(dir: &Path, pki: &Pki, sim: &SimHandle, down: u16) -> String {
+    let client = pki
+        .client(TOPIC, herald_sim::CertVariant::Universal)
+        .unwrap();
     let h2 = sim.addrs.h2.port();
     let manage = sim.addrs.management.port();
     let bcast = sim.addrs.broadcast.port();
@@ -98,12 +103,21 @@ domain "{HELD}" {{
 {token}  apn_broadcast_route = "https://127.0.0.1:{down}"
   retry_interval = 3600
 }}
+domain "{BINARY}" {{
+  delivery_method = apn
+  routes = ( "apn://gateway.push.apple.com?port=2195" )
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+  apn_topic = "{TOPIC}"
+}}
 "#,
         spool = dir.join("spool").display(),
         mainlog = dir.join("mainlog.ec").display(),
         apnlog = dir.join("apn.log").display(),
         token = token_auth_options(pki, h2, TOPIC),
         cert_auth = cert_auth_options(pki, h2, TOPIC),
+        cert = client.cert.display(),
+        key = client.key.display(),
     )
 }
 
@@ -428,6 +442,12 @@ async fn bad_broadcasts_are_refused_at_the_door_naming_the_field() {
             "nowhere.example",
         ),
         (json!({"domain": TOKEN, "channel_id": channel}), "payload"),
+        // Routed to the binary gateway: no broadcast host to default to.
+        (
+            json!({"domain": BINARY, "channel_id": channel, "payload": update(1)}),
+            "domain \"binary.example\" cannot send broadcasts: apn_broadcast_route is not set and the \
+             domain's route apn://gateway.push.apple.com?port=2195 speaks the binary protocol",
+        ),
     ];
     for (body, want) in cases {
         let (status, v) = broadcast(&s, body.clone()).await;

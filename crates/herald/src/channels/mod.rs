@@ -233,6 +233,14 @@ pub(crate) fn resolve_for(
             let route = d.routes.first().ok_or_else(|| {
                 format!("no routes are configured and {name} is not set; set {name}")
             })?;
+            // Broadcasts go to the device-push host itself, which must then speak HTTP/2: a binary gateway
+            // (`apn://…`) does not serve them. Management hosts are Apple's own, whatever the route speaks.
+            if purpose == Purpose::Broadcast && route.protocol != RouteProtocol::Http2 {
+                return Err(format!(
+                    "{name} is not set and the domain's route {route} speaks the binary protocol, which carries no \
+                     broadcasts (they are HTTP/2 only); set {name} to an https:// route"
+                ));
+            }
             let (host, port) = purpose
                 .default_host(&route.host, route.port)
                 .ok_or_else(|| {
