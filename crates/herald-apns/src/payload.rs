@@ -79,6 +79,11 @@ pub enum PayloadError {
     BroadcastTooLarge { size: usize, limit: usize },
     #[error("aps.event is \"start\": a broadcast cannot start a Live Activity (use update or end)")]
     BroadcastStart,
+    #[error(
+        "{push_type} pushes need HTTP/2, and this domain is routed to the binary protocol, which has no push type \
+         or topic suffix to carry one; route the domain to an https:// host"
+    )]
+    NeedsHttp2 { push_type: PushType },
 }
 
 /// Checks `payload` for a push of `push_type` sent over `protocol` at `priority`
@@ -89,6 +94,10 @@ pub fn validate(
     protocol: Protocol,
     priority: Priority,
 ) -> Result<(), PayloadError> {
+    // Rule 9: a Live Activity cannot go over the binary protocol.
+    if protocol == Protocol::Binary && push_type == PushType::LiveActivity {
+        return Err(PayloadError::NeedsHttp2 { push_type });
+    }
     // Rule 1: non-empty, within the limit.
     if payload.is_empty() {
         return Err(PayloadError::Empty);
@@ -979,6 +988,25 @@ mod tests {
             ),
             PayloadError::WrongType { .. }
         ));
+        // A valid Live Activity update, on a domain routed to the binary protocol.
+        let on_binary = err(
+            r#"{"aps":{"timestamp":1,"event":"update","content-state":{}}}"#,
+            LiveActivity,
+            Binary,
+            Immediate,
+        );
+        assert_eq!(
+            on_binary,
+            PayloadError::NeedsHttp2 {
+                push_type: LiveActivity
+            }
+        );
+        assert!(
+            on_binary
+                .to_string()
+                .starts_with("liveactivity pushes need HTTP/2"),
+            "{on_binary}"
+        );
     }
 
     #[test]
@@ -1140,7 +1168,8 @@ mod tests {
         #[test]
         fn never_panics_on_json_like_text(s in r#"[\[\]{}":,0-9a-z\-. ]{0,120}"#) {
             let _ = validate(s.as_bytes(), Alert, Http2, Immediate);
-            let _ = validate(format!(r#"{{"aps":{s}}}"#).as_bytes(), LiveActivity, Binary, Conserve);
+            let _ = validate(format!(r#"{{"aps":{s}}}"#).as_bytes(), LiveActivity, Http2, Conserve);
+            let _ = validate(format!(r#"{{"aps":{s}}}"#).as_bytes(), Alert, Binary, Immediate);
         }
     }
 }

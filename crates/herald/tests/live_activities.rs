@@ -1,7 +1,7 @@
 //! Live Activities through the REST door (docs/apns-protocol.md §5.3 rule 9, §6.1): start (to a push-to-start
 //! token, which is a device token like any other), update and end are accepted and reach the simulator with the
 //! `.push-type.liveactivity` topic suffix added to the domain's bare topic; a malformed one is refused at the door
-//! with the field named.
+//! with the field named, and so is a Live Activity for a domain routed to the binary protocol.
 
 mod support;
 
@@ -133,4 +133,84 @@ async fn start_update_end_accepted_and_malformed_refused() {
         assert!(events.iter().any(|x| x == e), "{events:?}");
     }
     assert!(records.iter().any(|r| r.token == push_to_start));
+}
+
+/// A REST listener in front of an engine that delivers what `resolver` knows; its address.
+async fn rest_door(resolver: Arc<StaticResolver>) -> std::net::SocketAddr {
+    let engine = Arc::new(Engine::new(
+        resolver.clone(),
+        Logs::default(),
+        Arc::new(MemoryInvalidTokens::default()),
+        EngineLimits::default(),
+    ));
+    let intake = Arc::new(Intake::new(
+        resolver,
+        Arc::new(NotDurable),
+        engine,
+        IdGenerator::new(4),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(rest::serve(
+        listener,
+        listener_settings(),
+        intake,
+        None,
+        CancellationToken::new(),
+    ));
+    addr
+}
+
+/// The binary protocol has no push type: a Live Activity for a domain routed to it is refused at the door (rule
+/// 9), naming the push type and what the domain would need, while an alert for the same domain is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_activity_for_a_binary_protocol_domain_is_refused_at_the_door() {
+    use herald::outbound::settings::RouteProtocol;
+    use herald_apns::binary::BinaryFormat;
+    use herald_apns::client::connect::Endpoint;
+    use herald_apns::identity::{RootSource, client_config};
+    const BINARY: &str = "binary.example";
+    let tls = client_config(None, RootSource::NoVerify, false).unwrap();
+    let settings = support::test_settings(
+        BINARY,
+        TOPIC,
+        RouteProtocol::Binary(BinaryFormat::Frame),
+        Endpoint::new("127.0.0.1".to_owned(), support::free_port()),
+        tls,
+        None,
+    );
+    let addr = rest_door(Arc::new(StaticResolver::default().with(settings))).await;
+    let update = json!({"aps": {"event": "update", "timestamp": 1_700_000_100, "content-state": {"score": "1-0"}}});
+    let client = reqwest::Client::new();
+    let push = |body: Value| {
+        client
+            .post(format!("http://{addr}/api/v1/push"))
+            .json(&body)
+            .send()
+    };
+    let token = "cd".repeat(32);
+    let answer: Value = push(
+        json!({"domain": BINARY, "push_type": "liveactivity", "priority": 10,
+        "tokens": [token], "payload": update}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let result = &answer["results"][0];
+    assert_eq!(result["status"], "rejected", "{answer}");
+    let reason = result["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("liveactivity pushes need HTTP/2") && reason.contains("binary protocol"),
+        "{reason}"
+    );
+    let answer: Value = push(json!({"domain": BINARY, "tokens": [token],
+        "payload": {"aps": {"alert": "hi"}}}))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
 }
