@@ -43,6 +43,15 @@ pub fn load_identity(d: &DomainSettings) -> Option<(PathBuf, Result<ClientIdenti
     Some((cert.clone(), identity))
 }
 
+/// The topic of the domain's client certificate (its UID, the bundle id; else its first listed topic), as channel
+/// management takes it; `None` without a certificate, or when it cannot be read or names none (the TLS
+/// configuration reports an unreadable certificate).
+fn certificate_topic(d: &DomainSettings) -> Option<String> {
+    let (_, identity) = load_identity(d)?;
+    let info = identity.ok()?.info().ok()?;
+    info.default_topic().ok().map(str::to_owned)
+}
+
 /// Resolves domains against a loaded configuration.
 pub struct ConfigResolver {
     state: RwLock<ResolverState>,
@@ -253,6 +262,10 @@ impl ConfigResolver {
             return Err(ResolveError::BinaryNeedsCertificate);
         }
         let tls = self.tls_config(&d, h2)?;
+        let certificate_topic = match (&d.apn_topic, h2) {
+            (None, true) => certificate_topic(&d).map(Arc::from),
+            _ => None,
+        };
         let retry = retry_policy(&d);
         let limit = |n: i64| {
             if n < 0 {
@@ -277,6 +290,7 @@ impl ConfigResolver {
             tls,
             auth,
             default_topic: d.apn_topic.as_deref().map(Arc::from),
+            certificate_topic,
             max_connections,
             host_budget,
             idle_timeout: (!d.idle_timeout.is_zero()).then_some(d.idle_timeout),

@@ -1,7 +1,8 @@
 //! Live Activities through the REST door (docs/apns-protocol.md §5.3 rule 9, §6.1): start (to a push-to-start
 //! token, which is a device token like any other), update and end are accepted and reach the simulator with the
 //! `.push-type.liveactivity` topic suffix added to the domain's bare topic; a malformed one is refused at the door
-//! with the field named, and so is a Live Activity for a domain routed to the binary protocol.
+//! with the field named, and so is a Live Activity for a domain routed to the binary protocol. A certificate domain
+//! without `apn_topic` sends its Live Activities with the certificate's bundle id and the suffix.
 
 mod support;
 
@@ -213,4 +214,90 @@ async fn a_live_activity_for_a_binary_protocol_domain_is_refused_at_the_door() {
     .await
     .unwrap();
     assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+}
+
+/// A domain authenticated by a client certificate and configured without `apn_topic`: a Live Activity takes the
+/// certificate's bundle id with the `.push-type.liveactivity` suffix as its topic (without a topic, APNs' default is
+/// the bare bundle id, which a Live Activity cannot use), and reaches the simulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_domain_without_apn_topic_sends_live_activities_with_the_suffixed_topic() {
+    use herald_sim::{CertVariant, ClientCertSpec};
+    const KEY: &str = "live-activity-test-key";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let mut spec = ClientCertSpec::for_topic(TOPIC, CertVariant::Universal);
+    spec.topics.push(format!("{TOPIC}.push-type.liveactivity"));
+    let client = pki.issue_client(&spec, "live").unwrap();
+    let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+spool_dir = "{spool}"
+http_listener {{ listen "127.0.0.1:0" {{ api_keys = ( "{KEY}" ) }} }}
+domain "{DOMAIN}" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{port}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+}}
+"#,
+            spool = dir.path().join("spool").display(),
+            port = sim.addrs.h2.port(),
+            ca = pki.manifest.ca_cert.display(),
+            cert = client.cert.display(),
+            key = client.key.display(),
+        ),
+    )
+    .unwrap();
+    let server = herald::server::Server::start(&config).await.unwrap();
+    let http = server.addrs().await.http[0].to_string();
+    let client = reqwest::Client::new();
+    let update = json!({"aps": {"event": "update", "timestamp": 1_700_000_100, "content-state": {"score": "1-0"}}});
+    let answer: Value = client
+        .post(format!("http://{http}/api/v1/push"))
+        .bearer_auth(KEY)
+        .json(
+            &json!({"domain": DOMAIN, "push_type": "liveactivity", "priority": 10,
+            "tokens": ["ef".repeat(32)], "payload": update}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+    let id = answer["results"][0]["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let v: Value = client
+            .get(format!("http://{http}/api/v1/notifications/{id}"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        if v["state"] == "delivered" || v["state"] == "failed" {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never finished: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(state["state"], "delivered", "{state}");
+    let records = sim.record();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].topic, format!("{TOPIC}.push-type.liveactivity"));
+    assert_eq!(records[0].push_type.as_deref(), Some("liveactivity"));
+    server.shutdown(Duration::from_secs(5)).await;
 }

@@ -331,12 +331,18 @@ impl Intake {
             None => push_type.default_priority(),
         };
         // The sender's topic is kept as given; the domain's `apn_topic` (usually the bare bundle id) gains the
-        // Live Activity suffix for a liveactivity push (docs/apns-protocol.md §6.1).
+        // Live Activity suffix for a liveactivity push (docs/apns-protocol.md §6.1). Without `apn_topic`, a Live
+        // Activity takes the client certificate's bundle id instead: APNs' default topic, the bare bundle id, would
+        // lack the suffix.
         let default_topic = match s.headers.topic {
             Some(_) => None,
             None => settings
                 .default_topic
                 .as_deref()
+                .or(match push_type {
+                    PushType::LiveActivity => settings.certificate_topic.as_deref(),
+                    _ => None,
+                })
                 .map(|t| live_activity_topic(t, push_type)),
         };
         let parts = NotificationParts {
@@ -563,6 +569,7 @@ mod tests {
             tls: client_config(None, RootSource::NoVerify, true).unwrap(),
             auth: None,
             default_topic: Some(Arc::from("com.example.app")),
+            certificate_topic: None,
             max_connections: 1,
             host_budget: None,
             idle_timeout: None,

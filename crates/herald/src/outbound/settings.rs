@@ -32,6 +32,10 @@ pub struct DeliverySettings {
     pub auth: Option<ProviderTokenCache>,
     /// `apn_topic`: sent when a notification names no topic.
     pub default_topic: Option<Arc<str>>,
+    /// Without `apn_topic`, the topic of the domain's client certificate (its bundle id) on HTTP/2: what a Live
+    /// Activity's topic is made of when the sender names none (APNs' own default, the bare bundle id, lacks the
+    /// `.push-type.liveactivity` suffix). `None` with `apn_topic`, without a certificate, or on the binary protocol.
+    pub certificate_topic: Option<Arc<str>>,
     /// `max_outbound_connections` of this (binding, domain).
     pub max_connections: usize,
     /// The connection budget of the route's host when a `host` stanza caps it, shared by every pool routed there.
@@ -151,6 +155,8 @@ impl std::fmt::Debug for DeliverySettings {
             .field("protocol", &self.protocol)
             .field("endpoint", &self.endpoint)
             .field("token_auth", &self.auth.is_some())
+            .field("default_topic", &self.default_topic)
+            .field("certificate_topic", &self.certificate_topic)
             .field("max_connections", &self.max_connections)
             .field(
                 "host_budget",

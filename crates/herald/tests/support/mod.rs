@@ -87,6 +87,7 @@ pub fn test_settings(
         tls,
         auth,
         default_topic: Some(Arc::from(topic)),
+        certificate_topic: None,
         max_connections: 2,
         host_budget: None,
         idle_timeout: Some(Duration::from_secs(30)),
