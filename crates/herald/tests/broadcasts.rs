@@ -455,6 +455,21 @@ async fn bad_broadcasts_are_refused_at_the_door_naming_the_field() {
         let error = v["error"].as_str().unwrap_or_default();
         assert!(error.contains(want), "{body}: {error}");
     }
+    // A key repeated inside the payload: the strict check sees the payload as sent, and names the key.
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/broadcast", s.http))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"domain":"{TOKEN}","channel_id":"{channel}","payload":{{"aps":{{"event":"start","timestamp":1,"content-state":{{}},"event":"update"}}}}}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let v: Value = response.json().await.unwrap();
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(error.contains("repeats the key \"event\""), "{error}");
     assert_eq!(s.sim.stats().broadcast.accepted, 0);
     // Without the API key: refused.
     let response = reqwest::Client::new()

@@ -1,6 +1,10 @@
 //! `POST /api/v1/broadcast` (docs/api.md "Broadcasts"): a JSON body naming the domain, the channel id, the payload
 //! and optionally the priority (10, 5 or 1; default 10), the expiration (Unix seconds) and the `apns_id` (sent as
 //! `apns-request-id`). Answered 202 with the broadcast's id once it is durable; every refusal names the field.
+//!
+//! The payload is kept as the bytes the client sent (as `POST /api/v1/push` keeps it), so the broadcast checks see
+//! the original: a key repeated inside it, or a number no JSON reader keeps exactly, is not hidden by a reading and
+//! rewriting of the JSON.
 
 use std::sync::Arc;
 
@@ -12,7 +16,9 @@ use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use herald_apns::broadcast::ChannelId;
-use serde_json::{Map, Value, json};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
 use super::{BroadcastRefusal, Broadcaster, NewBroadcast};
 
@@ -57,23 +63,74 @@ async fn broadcast(State(broadcaster): State<Arc<Broadcaster>>, body: Bytes) -> 
 
 const FIELDS: &str = "domain, channel_id, payload, priority, expiration and apns_id";
 
+/// The members of a JSON object in order, each value as the text sent (a key sent twice appears twice).
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+/// The request's fields by name: the payload as its text, the others read as JSON values.
+struct Fields<'a> {
+    payload: Option<&'a RawValue>,
+    values: std::collections::HashMap<String, Value>,
+}
+
+impl Fields<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.values.get(name)
+    }
+}
+
 /// Reads a broadcast request; every error names the field.
 pub fn parse(body: &[u8]) -> Result<NewBroadcast, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
+    let raw: &RawValue = serde_json::from_slice(body).map_err(|e| {
         format!(
             "invalid JSON: {e}; send {{\"domain\": \"…\", \"channel_id\": \"…\", \"payload\": {{\"aps\": {{…}}}}}}"
         )
     })?;
-    let Value::Object(fields) = v else {
+    if !raw.get().starts_with('{') {
         return Err("the body must be a JSON object".into());
+    }
+    let Members(members) = serde_json::from_str(raw.get())
+        .map_err(|e| format!("invalid JSON: {e}; the body must be a JSON object"))?;
+    let mut fields = Fields {
+        payload: None,
+        values: std::collections::HashMap::new(),
     };
-    if let Some(key) = fields.keys().find(|k| {
-        !matches!(
-            k.as_str(),
+    for (key, value) in members {
+        if !matches!(
+            key.as_str(),
             "domain" | "channel_id" | "payload" | "priority" | "expiration" | "apns_id"
-        )
-    }) {
-        return Err(format!("unknown field {key:?}; use {FIELDS}"));
+        ) {
+            return Err(format!("unknown field {key:?}; use {FIELDS}"));
+        }
+        if fields.values.contains_key(&key) || (key == "payload" && fields.payload.is_some()) {
+            return Err(format!("{key}: given more than once; send each field once"));
+        }
+        if key == "payload" {
+            fields.payload = Some(value);
+        } else {
+            let v = serde_json::from_str(value.get()).map_err(|e| format!("{key}: {e}"))?;
+            fields.values.insert(key, v);
+        }
     }
     let domain = string(&fields, "domain")?
         .ok_or("domain: missing; name the app's domain")?
@@ -84,9 +141,10 @@ pub fn parse(body: &[u8]) -> Result<NewBroadcast, String> {
     }
     let channel = string(&fields, "channel_id")?.ok_or("channel_id: missing")?;
     let channel = ChannelId::parse(channel).map_err(|e| format!("channel_id: {e}"))?;
-    let payload = match fields.get("payload") {
-        Some(p @ Value::Object(_)) => Bytes::from(p.to_string()),
-        Some(other) => return Err(format!("payload: {other} is not a JSON object")),
+    let payload = match fields.payload {
+        // The text as sent, byte for byte: the broadcast checks read it strictly.
+        Some(p) if p.get().starts_with('{') => Bytes::copy_from_slice(p.get().as_bytes()),
+        Some(other) => return Err(format!("payload: {} is not a JSON object", other.get())),
         None => {
             return Err("payload: missing; send the Live Activity update as a JSON object".into());
         }
@@ -125,7 +183,7 @@ pub fn parse(body: &[u8]) -> Result<NewBroadcast, String> {
     })
 }
 
-fn string<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
+fn string<'a>(fields: &'a Fields<'_>, name: &str) -> Result<Option<&'a str>, String> {
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -149,6 +207,36 @@ mod tests {
         assert_eq!(n.domain, "live.example");
         assert_eq!(n.channel.as_str(), CHANNEL);
         assert_eq!((n.priority, n.expiration, n.request_id), (10, None, None));
+    }
+
+    /// The payload is the text sent, byte for byte (spacing, a key repeated inside it, an integer beyond 64 bits),
+    /// for the broadcast checks to read; a field of the request sent twice is refused.
+    #[test]
+    fn the_payload_is_kept_as_sent_and_a_repeated_field_is_refused() {
+        let payload = r#"{ "aps": {"event": "update", "timestamp": 123456789012345678901234567890, "event": "end"} }"#;
+        let n = parse(
+            format!(r#" {{"domain":"d","channel_id":"{CHANNEL}","payload": {payload} }} "#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(std::str::from_utf8(&n.payload).unwrap(), payload);
+        for field in ["domain", "payload", "priority"] {
+            let body = format!(
+                r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":{{}},"priority":5,"{field}":{}}}"#,
+                if field == "domain" {
+                    r#""e""#
+                } else if field == "payload" {
+                    "{}"
+                } else {
+                    "10"
+                }
+            );
+            let err = parse(body.as_bytes()).err().unwrap_or_default();
+            assert_eq!(
+                err,
+                format!("{field}: given more than once; send each field once")
+            );
+        }
     }
 
     #[test]
