@@ -136,11 +136,15 @@ async fn call(s: &Setup, method: reqwest::Method, path: &str, body: Value) -> (S
 }
 
 async fn create_channel(s: &Setup, domain: &str) -> String {
+    create_channel_with(s, domain, 1).await
+}
+
+async fn create_channel_with(s: &Setup, domain: &str, policy: u8) -> String {
     let (status, v) = call(
         s,
         reqwest::Method::POST,
         "/api/v1/channels",
-        json!({"domain": domain, "message_storage_policy": 1, "push_type": "liveactivity"}),
+        json!({"domain": domain, "message_storage_policy": policy, "push_type": "liveactivity"}),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
@@ -387,6 +391,44 @@ async fn broadcasts_beyond_max_queued_broadcasts_are_refused_with_503() {
         s.server.broadcasts.queued(),
         2,
         "the refused one is not queued"
+    );
+}
+
+/// herald does not know a channel's storage policy at the door (docs/api.md "Broadcasts"): a non-zero expiration
+/// to a channel that stores nothing is accepted, then fails permanently at its one attempt with APNs'
+/// `BadExpirationDate`; expiration 0 to the same channel is delivered.
+#[tokio::test]
+async fn a_non_zero_expiration_to_a_channel_that_stores_nothing_fails_at_apns() {
+    let s = setup(false).await;
+    let channel = create_channel_with(&s, TOKEN, 0).await;
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    for expiration in [later, 0] {
+        let (status, v) = broadcast(
+            &s,
+            json!({"domain": TOKEN, "channel_id": channel, "payload": update(8), "expiration": expiration}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "expiration {expiration}: {v}");
+    }
+    let mainlog = s.dir.path().join("mainlog.ec");
+    wait_for("both broadcasts to end", || {
+        broadcast_lines(&mainlog, 2).len() == 2
+    })
+    .await;
+    let lines = broadcast_lines(&mainlog, 2);
+    let mut results: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|f| (f[5].as_str(), f[9].as_str(), f[10].as_str()))
+        .collect();
+    results.sort();
+    assert_eq!(
+        results,
+        [("D", "", ""), ("P", "400", "BadExpirationDate")],
+        "{lines:?}"
     );
 }
 
