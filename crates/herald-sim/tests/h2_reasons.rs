@@ -206,8 +206,8 @@ async fn every_request_reason_is_provoked() {
                 Some("BadPriority"),
             )
         },
-        // docs/apns-protocol.md#push-types: background at priority 10 and pushtotalk at another priority or with
-        // an expiration other than 0 are errors.
+        // docs/apns-protocol.md#push-types: background at priority 10, liveactivity at priority 1 and pushtotalk
+        // at another priority or with an expiration other than 0 are errors.
         Case {
             headers: vec![
                 ("apns-topic", TOPIC.into()),
@@ -235,6 +235,31 @@ async fn every_request_reason_is_provoked() {
                 200,
                 None,
             )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.push-type.liveactivity")),
+                ("apns-push-type", "liveactivity".into()),
+                ("apns-priority", "1".into()),
+            ],
+            ..case(
+                "BadPriority (liveactivity at 1)",
+                Conn::Token,
+                400,
+                Some("BadPriority"),
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.push-type.liveactivity")),
+                ("apns-push-type", "liveactivity".into()),
+                ("apns-priority", "5".into()),
+            ],
+            ..case("liveactivity at 5", Conn::Token, 200, None)
+        },
+        Case {
+            headers: vec![("apns-topic", TOPIC.into()), ("apns-priority", "1".into())],
+            ..case("alert at 1", Conn::Cert(CertVariant::Universal), 200, None)
         },
         Case {
             headers: vec![
@@ -404,7 +429,10 @@ async fn every_request_reason_is_provoked() {
             )
         },
         Case {
-            headers: vec![("apns-topic", TOPIC.into()), ("authorization", "xyz".into())],
+            headers: vec![
+                ("apns-topic", TOPIC.into()),
+                ("authorization", "xyz".into()),
+            ],
             ..case(
                 "InvalidProviderToken (no bearer)",
                 Conn::Bare,

@@ -12,8 +12,9 @@
 //! 6. `apns-priority` not 10, 5 or 1 -> BadPriority
 //! 7. unknown `apns-push-type` -> InvalidPushType
 //! 8. `apns-expiration` not an integer -> BadExpirationDate; then push type and values that Apple calls errors
-//!    together: `background` with `apns-priority: 10` or `pushtotalk` with another priority -> BadPriority,
-//!    `pushtotalk` with an expiration other than 0 -> BadExpirationDate
+//!    together: `background` with `apns-priority: 10`, `liveactivity` with `apns-priority: 1` (it takes 5 or
+//!    10) or `pushtotalk` with another priority -> BadPriority, `pushtotalk` with an expiration other than 0 ->
+//!    BadExpirationDate
 //! 9. `:path` not `/3/device/…` -> 404 BadPath; empty token -> MissingDeviceToken; not hex of 32 bytes (64
 //!    digits, either case) -> BadDeviceToken
 //! 10. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,

@@ -167,11 +167,15 @@ pub(crate) fn check(
         Ok(None) => None,
     };
     // Push type and header values Apple calls errors together (docs/apns-protocol.md#push-types): `background`
-    // at priority 10, `pushtotalk` at a priority other than 10 or with an expiration other than 0. Apple names
+    // at priority 10, `liveactivity` at priority 1 (it takes 5 or 10), `pushtotalk` at a priority other than 10 or
+    // with an expiration other than 0. Apple names
     // no reason for them (docs/apns-protocol.md#unknowns); the simulator answers the reason of the header at
     // fault. Only values sent are judged: an absent header is left to Apple's default.
     match (push_type, header(h, &APNS_PRIORITY), expiration) {
         (Some(PushType::Background), Some(_), _) if priority == 10 => {
+            return Err(Reason::BadPriority.into());
+        }
+        (Some(PushType::LiveActivity), Some(_), _) if priority == 1 => {
             return Err(Reason::BadPriority.into());
         }
         (Some(PushType::PushToTalk), Some(_), _) if priority != 10 => {
