@@ -498,7 +498,10 @@ impl Server {
                 }
                 if settings.http_services.push {
                     extra = extra.merge(crate::channels::api::routes(self.channels.clone()));
-                    extra = extra.merge(crate::broadcasts::api::routes(self.broadcasts.clone()));
+                    extra = extra.merge(crate::broadcasts::api::routes(
+                        self.broadcasts.clone(),
+                        Some(self.idempotency.clone()),
+                    ));
                 }
                 let limits = Arc::new(DoorLimits::from_config(&self.config(), &settings));
                 let state = rest::RestState::new(settings.clone(), self.intake.clone())

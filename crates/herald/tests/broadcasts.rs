@@ -432,6 +432,60 @@ async fn a_non_zero_expiration_to_a_channel_that_stores_nothing_fails_at_apns() 
     );
 }
 
+/// `Idempotency-Key` on the broadcast route: the same key and body answer the first answer again (marked
+/// `idempotent-replayed`) without a second broadcast; the same key with another body is `409` naming the key.
+#[tokio::test]
+async fn an_idempotency_key_replays_an_accepted_broadcast_and_refuses_another_body() {
+    let s = setup(false).await;
+    let channel = create_channel(&s, TOKEN).await;
+    let client = reqwest::Client::new();
+    let send = |body: String| {
+        client
+            .post(format!("http://{}/api/v1/broadcast", s.http))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "bcast-1")
+            .body(body)
+            .send()
+    };
+    let body = json!({"domain": TOKEN, "channel_id": channel, "payload": update(9)}).to_string();
+    let first = send(body.clone()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let again = send(body.clone()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first, "the first answer, id included");
+    let other = json!({"domain": TOKEN, "channel_id": channel, "payload": update(10)}).to_string();
+    let conflict = send(other).await.unwrap();
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    let v: Value = conflict.json().await.unwrap();
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("\"bcast-1\"") && error.contains("another body"),
+        "{error}"
+    );
+    // One broadcast was sent: the replay queued nothing.
+    wait_for("the broadcast to finish", || {
+        s.server.broadcasts.queued() == 0
+    })
+    .await;
+    assert_eq!(broadcasts_in(&s.sim).len(), 1);
+    let metrics = metrics_text(&client, &s.http).await;
+    let line = format!(
+        "herald_broadcasts_total{{domain=\"{TOKEN}\",outcome=\"delivered\",reason=\"\"}} 1\n"
+    );
+    assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+}
+
 /// A broadcast whose expiration has passed is accepted, then failed without an attempt: one `P` line with the
 /// notifications' reason and no status, nothing sent.
 #[tokio::test]

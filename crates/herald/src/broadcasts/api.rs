@@ -1,6 +1,8 @@
 //! `POST /api/v1/broadcast` (docs/api.md "Broadcasts"): a JSON body naming the domain, the channel id, the payload
 //! and optionally the priority (10, 5 or 1; default 10), the expiration (Unix seconds) and the `apns_id` (sent as
-//! `apns-request-id`). Answered 202 with the broadcast's id once it is durable; every refusal names the field.
+//! `apns-request-id`). Answered 202 with the broadcast's id once it is durable; every refusal names the field. An
+//! `Idempotency-Key` header works as on the injection routes (route name `broadcast`): an accepted broadcast's
+//! answer is given again to the same key and body, without a second broadcast.
 //!
 //! The payload is kept as the bytes the client sent (as `POST /api/v1/push` keeps it), so the broadcast checks see
 //! the original: a key repeated inside it, or a number no JSON reader keeps exactly, is not hidden by a reading and
@@ -11,8 +13,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use herald_apns::broadcast::ChannelId;
@@ -21,15 +23,31 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{BroadcastRefusal, Broadcaster, NewBroadcast};
+use crate::inbound::rest::error::ApiError;
+use crate::inbound::rest::idempotency::Idempotency;
 
 /// Every (method, path) [`routes`] answers, as `docs/openapi.yaml` documents them.
 pub const ROUTES: &[(&str, &str)] = &[("POST", "/api/v1/broadcast")];
 
-/// The broadcast route over `broadcaster`.
-pub fn routes(broadcaster: Arc<Broadcaster>) -> Router {
+/// The route name `Idempotency-Key`s are scoped by.
+pub const IDEMPOTENCY_ROUTE: &str = "broadcast";
+
+/// What the broadcast route works with.
+#[derive(Clone)]
+struct BroadcastState {
+    broadcaster: Arc<Broadcaster>,
+    /// Where `Idempotency-Key`s are remembered; `None` ignores the header.
+    idempotency: Option<Arc<Idempotency>>,
+}
+
+/// The broadcast route over `broadcaster`, remembering `Idempotency-Key`s in `idempotency`.
+pub fn routes(broadcaster: Arc<Broadcaster>, idempotency: Option<Arc<Idempotency>>) -> Router {
     Router::new()
         .route("/api/v1/broadcast", post(broadcast))
-        .with_state(broadcaster)
+        .with_state(BroadcastState {
+            broadcaster,
+            idempotency,
+        })
 }
 
 fn answer(status: StatusCode, body: Value) -> Response {
@@ -41,8 +59,27 @@ fn answer(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-async fn broadcast(State(broadcaster): State<Arc<Broadcaster>>, body: Bytes) -> Response {
-    let new = match parse(&body) {
+async fn broadcast(
+    State(state): State<BroadcastState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let broadcaster = state.broadcaster.clone();
+    let request = body.clone();
+    let handle = async move { Ok::<_, ApiError>(accept(&broadcaster, &request).await) };
+    let answer = match &state.idempotency {
+        Some(keys) => {
+            keys.run(IDEMPOTENCY_ROUTE, &headers, &body, false, handle)
+                .await
+        }
+        None => handle.await,
+    };
+    answer.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Reads, checks and accepts one broadcast: the answer, 202 or the refusal.
+async fn accept(broadcaster: &Arc<Broadcaster>, body: &[u8]) -> Response {
+    let new = match parse(body) {
         Ok(n) => n,
         Err(message) => return answer(StatusCode::BAD_REQUEST, json!({ "error": message })),
     };
