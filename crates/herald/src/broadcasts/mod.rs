@@ -7,8 +7,8 @@
 //! delivered (APNs answered 200), failed permanently (a permanent reason such as `ChannelNotRegistered`, or the
 //! domain's retries used up or its `message_expiration` passed), or retried after a transient one on the domain's
 //! retry schedule (`retry_interval` doubling up to `max_retry_interval`). Broadcasts still stored at start are sent
-//! again. Before each attempt, a broadcast whose APNs expiration passed, or that is `message_expiration` old, is
-//! failed permanently without one, with the reasons a notification gets. Each outcome is logged once, in the
+//! again. Before each attempt, a broadcast whose APNs expiration passed, or (with `never_attempt_expired_messages`)
+//! that is `message_expiration` old, is failed permanently without one, as a notification is and with its reasons. Each outcome is logged once, in the
 //! mainlog and every apn_logger, in the broadcast forms docs/operations.md describes, and counted per domain for
 //! `/metrics`. At most `max_queued_broadcasts` broadcasts are held unfinished; beyond, [`Broadcaster::accept`]
 //! refuses new ones ([`BroadcastRefusal::Full`]).
@@ -687,8 +687,9 @@ fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPol
 }
 
 /// Why `b` is finished without an attempt at `now` (Unix seconds), as a notification is
-/// (docs/apns-protocol.md#classification): its APNs expiration is set (not 0) and passed, or it is
-/// `message_expiration` old. The text is the log's error and the counter's reason.
+/// (docs/apns-protocol.md#classification): its APNs expiration is set (not 0) and passed, or, with
+/// `never_attempt_expired_messages`, it is `message_expiration` old. The text is the log's error and the counter's
+/// reason.
 fn not_attempted(
     b: &Broadcast,
     policy: &crate::model::retry::RetryPolicy,
@@ -697,7 +698,9 @@ fn not_attempted(
     if b.expiration.is_some_and(|e| e != 0 && e < now) {
         return Some("Delivery not attempted (APNs expiration passed)");
     }
-    if policy.is_expired(Duration::from_secs(now.saturating_sub(b.accepted_at))) {
+    if policy.never_attempt_expired
+        && policy.is_expired(Duration::from_secs(now.saturating_sub(b.accepted_at)))
+    {
         return Some("Delivery not attempted (message expired)");
     }
     None
@@ -915,7 +918,11 @@ domain "{DOMAIN}" {{
     /// accepted with an expiration already past; a stored one still in time is sent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn expired_broadcasts_end_without_an_attempt() {
-        let f = Fixture::new("", "  message_expiration = 3600").await;
+        let f = Fixture::new(
+            "",
+            "  message_expiration = 3600\n  never_attempt_expired_messages = true",
+        )
+        .await;
         let channel = f.channel().await;
         let store = f.store();
         let now = now_ms() / 1000;
