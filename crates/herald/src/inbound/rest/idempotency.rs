@@ -1,5 +1,5 @@
-//! `Idempotency-Key` on the injection routes (`POST /api/v1/push`, `POST /v1.0/inject`): the same key with the
-//! same body within [`TTL`] answers the first request's answer again and queues nothing; the same key with another
+//! `Idempotency-Key` on the routes that accept work (`POST /api/v1/push`, `POST /v1.0/inject`,
+//! `POST /api/v1/broadcast`): the same key with the same body within [`TTL`] answers the first request's answer again and queues nothing; the same key with another
 //! body is a `409` naming the key; the same key while its first request is still running is a `409` too.
 //!
 //! Keys are scoped by route. Only accepted requests (2xx answers) are remembered: a refused one may be retried as
