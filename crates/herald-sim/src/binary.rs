@@ -164,6 +164,8 @@ async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpSt
                         close_with(&mut stream, packet).await;
                         return;
                     }
+                    // Room in the record first, so that counting and recording go together.
+                    let slot = ctx.recorder.slot().await;
                     ctx.stats.accepted_binary.fetch_add(1, Ordering::Relaxed);
                     counter.binary.fetch_add(1, Ordering::Relaxed);
                     last_good = n.identifier;
@@ -186,7 +188,7 @@ async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpSt
                             channel_id: None,
                         };
                         rec.set_payload(&n.payload);
-                        ctx.recorder.push(rec);
+                        slot.push(rec);
                     }
                     if shutdown {
                         ctx.stats.reject_binary(Status::Shutdown.code());

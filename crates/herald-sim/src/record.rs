@@ -4,6 +4,10 @@
 //! only push onto a channel and a dedicated thread serializes, writes through a buffered writer, and flushes
 //! whenever the channel runs dry, so readers see each line promptly.
 //!
+//! The channel holds at most [`QUEUE`] records: a handler takes room in it ([`Recorder::slot`]) before it counts
+//! its notification as accepted, and when the writer is that far behind (a slow disk) the handler waits, as a
+//! busy server would, instead of the queue growing without bound. Nothing is dropped.
+//!
 //! Line format (one JSON object per line):
 //! `{"protocol":"h2","token":"<lowercase hex>","topic":"…","apns_id":"…","priority":10,"expiration":null,
 //!   "collapse_id":null,"push_type":"alert","payload":"<the payload>","received_ms":…}`
@@ -84,10 +88,13 @@ impl DeliveryRecord {
     }
 }
 
+/// Records the writer thread may be behind by; handlers wait for room beyond.
+pub const QUEUE: usize = 16_384;
+
 /// The sending side, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Recorder {
-    tx: Option<mpsc::UnboundedSender<DeliveryRecord>>,
+    tx: Option<mpsc::Sender<DeliveryRecord>>,
     pub memory: Arc<Mutex<Vec<DeliveryRecord>>>,
     pub written: watch::Receiver<u64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -95,12 +102,35 @@ pub(crate) struct Recorder {
     in_memory: bool,
 }
 
+/// Room for one record in the writer's queue ([`Recorder::slot`]).
+pub(crate) struct Slot<'a> {
+    recorder: &'a Recorder,
+    permit: Option<mpsc::Permit<'a, DeliveryRecord>>,
+}
+
 impl Recorder {
     /// `file`: append JSON lines there; `in_memory`: keep records for [`Recorder::memory`]. Neither: disabled.
     pub fn start(file: Option<&Path>, in_memory: bool) -> std::io::Result<Recorder> {
+        let out: Option<Box<dyn Write + Send>> = match file {
+            Some(p) => Some(Box::new(
+                File::options().create(true).append(true).open(p)?,
+            )),
+            None => None,
+        };
+        let enabled = out.is_some() || in_memory;
+        Recorder::start_with(out, enabled, in_memory, QUEUE)
+    }
+
+    /// [`Recorder::start`] with any sink for the lines and a queue of `queue` records.
+    fn start_with(
+        out: Option<Box<dyn Write + Send>>,
+        enabled: bool,
+        in_memory: bool,
+        queue: usize,
+    ) -> std::io::Result<Recorder> {
         let (count_tx, written) = watch::channel(0u64);
         let memory = Arc::new(Mutex::new(Vec::new()));
-        if file.is_none() && !in_memory {
+        if !enabled {
             return Ok(Recorder {
                 tx: None,
                 memory,
@@ -109,14 +139,8 @@ impl Recorder {
                 in_memory,
             });
         }
-        let mut out = match file {
-            Some(p) => Some(BufWriter::with_capacity(
-                1 << 16,
-                File::options().create(true).append(true).open(p)?,
-            )),
-            None => None,
-        };
-        let (tx, mut rx) = mpsc::unbounded_channel::<DeliveryRecord>();
+        let mut out = out.map(|o| BufWriter::with_capacity(1 << 16, o));
+        let (tx, mut rx) = mpsc::channel::<DeliveryRecord>(queue.max(1));
         let thread = std::thread::Builder::new()
             .name("herald-sim-record".into())
             .spawn(move || {
@@ -158,17 +182,37 @@ impl Recorder {
         self.tx.is_some()
     }
 
+    /// Room for one record: at once, unless the writer thread is [`QUEUE`] records behind. A handler takes it
+    /// before it counts its notification as accepted, so that nothing between counting and recording waits (or
+    /// can be cancelled).
+    pub async fn slot(&self) -> Slot<'_> {
+        let permit = match &self.tx {
+            Some(tx) => tx.reserve().await.ok(),
+            None => None,
+        };
+        Slot {
+            recorder: self,
+            permit,
+        }
+    }
+}
+
+impl Slot<'_> {
     /// Records `rec`: in memory at once (before the simulator answers), in the file by the writer thread, which
     /// also counts it for [`crate::SimHandle::wait_for_records`].
-    pub fn push(&self, rec: DeliveryRecord) {
-        if let Some(tx) = &self.tx {
-            if self.in_memory {
-                self.memory
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(rec.clone());
-            }
-            let _ = tx.send(rec);
+    pub fn push(self, rec: DeliveryRecord) {
+        if self.recorder.tx.is_none() {
+            return;
+        }
+        if self.recorder.in_memory {
+            self.recorder
+                .memory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(rec.clone());
+        }
+        if let Some(permit) = self.permit {
+            permit.send(rec);
         }
     }
 }
@@ -207,31 +251,33 @@ mod tests {
         r
     }
 
-    #[test]
-    fn the_memory_record_holds_a_push_at_once() {
+    #[tokio::test]
+    async fn the_memory_record_holds_a_push_at_once() {
         let r = Recorder::start(None, true).unwrap();
         for i in 0..100 {
-            r.push(rec(&format!("{i:02x}"), b"{}"));
+            r.slot().await.push(rec(&format!("{i:02x}"), b"{}"));
             // No wait: the record is there as soon as push returns (the simulator answers after that).
             assert_eq!(r.memory.lock().unwrap().len(), i + 1);
         }
     }
 
-    #[test]
-    fn records_reach_file_and_memory_exactly_once() {
+    #[tokio::test]
+    async fn records_reach_file_and_memory_exactly_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rec.jsonl");
         let r = Recorder::start(Some(&path), true).unwrap();
-        r.push(rec("aa", br#"{"aps":{"alert":"hi \u00e9"}}"#));
-        r.push(rec("bb", &[0xff, 0x00]));
+        r.slot()
+            .await
+            .push(rec("aa", br#"{"aps":{"alert":"hi \u00e9"}}"#));
+        r.slot().await.push(rec("bb", &[0xff, 0x00]));
         let mut written = r.written.clone();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            written.wait_for(|n| *n == 2).await.unwrap();
-        });
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            written.wait_for(|n| *n == 2),
+        )
+        .await
+        .expect("both lines written in time")
+        .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<DeliveryRecord> = text
             .lines()
@@ -244,5 +290,88 @@ mod tests {
         );
         assert_eq!(lines[1].payload_bytes(), vec![0xff, 0x00]);
         assert_eq!(r.memory.lock().unwrap().len(), 2);
+    }
+
+    /// A sink whose writes wait until its gate opens, counting the lines it takes.
+    struct Gate {
+        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        lines: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, turn) = &*self.open;
+            let mut is_open = open.lock().unwrap();
+            while !*is_open {
+                is_open = turn.wait(is_open).unwrap();
+            }
+            let n = buf.iter().filter(|b| **b == b'\n').count();
+            self.lines
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Opens the gate when dropped (also when the test fails, so the writer thread ends).
+    struct Opener(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+    impl Drop for Opener {
+        fn drop(&mut self) {
+            *self.0.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            self.0.1.notify_all();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_far_behind_holds_new_records_back_and_loses_none() {
+        use futures_util::FutureExt;
+        let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let lines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let gate = Gate {
+            open: open.clone(),
+            lines: lines.clone(),
+        };
+        let r = Recorder::start_with(Some(Box::new(gate)), true, false, 8).unwrap();
+        let opener = Opener(open);
+        // The writer thread is stuck at its gate: once its buffer and the queue are full, a record has to wait.
+        let mut pushed = 0u64;
+        let mut waiting = None;
+        while pushed < 10_000 {
+            // Unconstrained: tokio's cooperative budget would otherwise make a ready slot look pending.
+            let mut slot = Box::pin(tokio::task::unconstrained(r.slot()));
+            match (&mut slot).now_or_never() {
+                Some(s) => {
+                    s.push(rec("aa", b"{}"));
+                    pushed += 1;
+                }
+                None => {
+                    waiting = Some(slot);
+                    break;
+                }
+            }
+        }
+        let waiting = waiting.expect("a record waits for room once the writer is far behind");
+        drop(opener);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("room once the writer catches up")
+            .push(rec("bb", b"{}"));
+        let mut written = r.written.clone();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            written.wait_for(|n| *n == pushed + 1),
+        )
+        .await
+        .expect("every record written in time")
+        .unwrap();
+        drop(r);
+        assert_eq!(
+            lines.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            pushed + 1
+        );
     }
 }

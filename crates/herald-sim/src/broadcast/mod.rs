@@ -473,6 +473,8 @@ async fn finish(
                 return Err(r);
             }
             let _ = b.policy;
+            // Room in the record first, so that counting and recording go together.
+            let slot = ctx.recorder.slot().await;
             ctx.accepted(&b.bundle);
             if ctx.recorder.enabled() {
                 let mut rec = DeliveryRecord {
@@ -492,7 +494,7 @@ async fn finish(
                     channel_id: Some(b.channel),
                 };
                 rec.set_payload(&body);
-                ctx.recorder.push(rec);
+                slot.push(rec);
             }
             Ok(Answer {
                 status: 200,

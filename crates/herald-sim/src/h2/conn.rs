@@ -370,7 +370,9 @@ async fn handle_stream(
         );
     }
 
-    // Processed now: accepted and recorded whatever happens to the answer (see crate::pace).
+    // Processed now: accepted and recorded whatever happens to the answer (see crate::pace). The record's room is
+    // taken first (a wait only when its writer is far behind), so that counting and recording go together.
+    let slot = ctx.recorder.slot().await;
     ctx.stats.accepted_h2.fetch_add(1, Ordering::Relaxed);
     if let Some(c) = &plan.counter {
         c.h2.fetch_add(1, Ordering::Relaxed);
@@ -393,7 +395,7 @@ async fn handle_stream(
             channel_id: None,
         };
         rec.set_payload(&payload);
-        ctx.recorder.push(rec);
+        slot.push(rec);
     }
     if !answer_after(&ctx, &mut respond, plan.answer_at).await {
         return Outcome::Broken;
