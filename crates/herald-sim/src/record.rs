@@ -112,9 +112,7 @@ impl Recorder {
     /// `file`: append JSON lines there; `in_memory`: keep records for [`Recorder::memory`]. Neither: disabled.
     pub fn start(file: Option<&Path>, in_memory: bool) -> std::io::Result<Recorder> {
         let out: Option<Box<dyn Write + Send>> = match file {
-            Some(p) => Some(Box::new(
-                File::options().create(true).append(true).open(p)?,
-            )),
+            Some(p) => Some(Box::new(File::options().create(true).append(true).open(p)?)),
             None => None,
         };
         let enabled = out.is_some() || in_memory;

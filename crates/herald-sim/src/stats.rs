@@ -371,7 +371,9 @@ mod tests {
             assert!(cache.len() <= TopicCache::CAPACITY);
         }
         // A topic already counted keeps its own counters.
-        s.topic("com.example.app0").h2.fetch_add(1, Ordering::Relaxed);
+        s.topic("com.example.app0")
+            .h2
+            .fetch_add(1, Ordering::Relaxed);
         let by_topic = s.snapshot().accepted.by_topic;
         assert_eq!(by_topic.len(), MAX_TOPICS + 1);
         assert_eq!(by_topic["com.example.app0"]["h2"], 2);

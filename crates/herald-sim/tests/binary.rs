@@ -218,7 +218,11 @@ async fn the_error_packet_reaches_a_client_that_keeps_writing() {
         })
         .await;
     }
-    assert_eq!(t.sim.stats().accepted.binary, 5, "notification 0 of each run");
+    assert_eq!(
+        t.sim.stats().accepted.binary,
+        5,
+        "notification 0 of each run"
+    );
 }
 
 #[tokio::test]

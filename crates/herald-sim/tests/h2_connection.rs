@@ -201,7 +201,9 @@ async fn a_token_connection_allows_one_stream_before_its_settings_are_read() {
     assert_eq!(first.max_streams(), Some(1), "the server's first SETTINGS");
     let mut refused = Vec::new();
     while refused.len() < 2 {
-        let rst = raw.until(|f| f.kind == RST_STREAM || f.kind == HEADERS).await;
+        let rst = raw
+            .until(|f| f.kind == RST_STREAM || f.kind == HEADERS)
+            .await;
         assert_eq!(rst.kind, RST_STREAM, "stream {} answered", rst.stream);
         assert_eq!(rst.payload, 7u32.to_be_bytes(), "REFUSED_STREAM");
         refused.push(rst.stream);
