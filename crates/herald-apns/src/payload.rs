@@ -203,6 +203,9 @@ fn check_priority(
         }
         (_, PushType::Background, Priority::Immediate) => "background pushes must use priority 5",
         (_, PushType::LiveActivity, Priority::Low) => "live activity pushes use priority 5 or 10",
+        (_, PushType::PushToTalk, Priority::Conserve | Priority::Low) => {
+            "push-to-talk pushes must use priority 10"
+        }
         _ => return Ok(()),
     };
     Err(PayloadError::PriorityNotAllowed { priority, why })
@@ -927,6 +930,18 @@ mod tests {
             err(r#"{"aps":{"alert":"x"}}"#, Alert, Binary, Low),
             PayloadError::PriorityNotAllowed { .. }
         ));
+    }
+
+    #[test]
+    fn push_to_talk_takes_priority_10_only() {
+        // docs/apns-protocol.md#push-types.
+        ok(r#"{"aps":{}}"#, PushToTalk, Http2, Immediate);
+        for p in [Conserve, Low] {
+            assert!(matches!(
+                err(r#"{"aps":{}}"#, PushToTalk, Http2, p),
+                PayloadError::PriorityNotAllowed { why, .. } if why.contains("priority 10")
+            ));
+        }
     }
 
     #[test]

@@ -364,6 +364,17 @@ impl Intake {
             ),
             None => None,
         };
+        // A push-to-talk push is delivered now or never (docs/apns-protocol.md §3.2.1): expiration 0, which is also
+        // what it gets when the sender gives none (not the reception time + apn_expiry of the other types).
+        let expiration = match (push_type, expiration) {
+            (PushType::PushToTalk, Some(e)) if e != 0 => {
+                return Err(Refusal::Permanent(format!(
+                    "expiration: push-to-talk pushes must use expiration 0, not {e}"
+                )));
+            }
+            (PushType::PushToTalk, None) => Some(0),
+            (_, e) => e,
+        };
         let apns_id = match s.headers.apns_id.as_deref() {
             Some(id) => Some(
                 id.parse::<ApnsId>()
@@ -385,7 +396,10 @@ impl Intake {
                 token,
                 topic,
                 push_type: Some(push_type),
-                priority: s.headers.priority.map(|_| priority),
+                // As given; without one, the push type's default goes on the wire only where it is not APNs' own
+                // (10): a background push says 5, since APNs would take a missing priority for 10.
+                priority: (s.headers.priority.is_some() || priority != Priority::Immediate)
+                    .then_some(priority),
                 expiration,
                 collapse_id: s.headers.collapse_id.map(Arc::from),
                 apns_id,
@@ -634,6 +648,60 @@ mod tests {
             "domain \"unknown.example\" cannot take push notifications: domain \"unknown.example\" is not configured"
         );
         assert_eq!(intake.refused(), 0, "a check is not a refusal");
+    }
+
+    /// docs/apns-protocol.md §3.2.1: a background push goes out at priority 5 also when its sender gave none (APNs
+    /// takes a missing priority for 10, an error for background), and a push-to-talk push at priority 10 with
+    /// expiration 0.
+    #[test]
+    fn background_says_priority_5_and_push_to_talk_is_delivered_now_or_never() {
+        use herald_apns::push::Priority;
+        let intake = intake();
+        let submit = |payload: &'static str,
+                      push_type: Option<&str>,
+                      priority: Option<u8>,
+                      expiration: Option<u64>| {
+            let mut s = Submission {
+                domain: "apps.example".into(),
+                token: "ab".repeat(32),
+                payload: Bytes::from_static(payload.as_bytes()),
+                ..Submission::default()
+            };
+            s.headers.push_type = push_type.map(str::to_owned);
+            s.headers.priority = priority;
+            s.headers.expiration = expiration;
+            if push_type == Some("pushtotalk") {
+                s.headers.topic = Some("com.example.app.voip-ptt".into());
+            }
+            intake.prepare(s, &source(&intake))
+        };
+        let silent = r#"{"aps":{"content-available":1}}"#;
+        for push_type in [None, Some("background")] {
+            let n = submit(silent, push_type, None, None).unwrap();
+            assert_eq!(n.push.priority, Some(Priority::Conserve), "{push_type:?}");
+        }
+        // Other types without a priority leave it to APNs' default, 10.
+        let n = submit(r#"{"aps":{"alert":"x"}}"#, None, None, None).unwrap();
+        assert_eq!(n.push.priority, None);
+
+        let talk = r#"{"aps":{}}"#;
+        let n = submit(talk, Some("pushtotalk"), None, None).unwrap();
+        assert_eq!((n.push.priority, n.push.expiration), (None, Some(0)));
+        let n = submit(talk, Some("pushtotalk"), Some(10), Some(0)).unwrap();
+        assert_eq!(n.push.expiration, Some(0));
+        for (priority, expiration, want) in [
+            (
+                None,
+                Some(1_900_000_000),
+                "push-to-talk pushes must use expiration 0",
+            ),
+            (Some(5), None, "push-to-talk pushes must use priority 10"),
+        ] {
+            match submit(talk, Some("pushtotalk"), priority, expiration) {
+                Err(Refusal::Permanent(why)) => assert!(why.contains(want), "{why}"),
+                other => panic!("{priority:?}/{expiration:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
