@@ -21,7 +21,7 @@
 //! 6. broadcast: `apns-channel-id` (MissingChannelId, BadChannelId), `apns-push-type` `liveactivity` (any case;
 //!    missing -> MissingPushType, other -> InvalidPushType), `apns-priority` 10, 5 or 1 (BadPriority),
 //!    `apns-expiration` an integer (BadExpirationDate), an `apns-topic` for another app -> TopicDisallowed, the
-//!    channel known (ChannelNotRegistered), expiration 0 on a no-storage channel (BadExpirationDate); then the
+//!    channel known (ChannelNotRegistered), an expiration other than 0 on a no-storage channel (BadExpirationDate); then the
 //!    body: empty -> PayloadEmpty, over 5120 bytes -> 413 PayloadTooLarge, not a Live Activity update (including
 //!    an `event` of `start`: a broadcast cannot start an activity) -> BadRequestPayload
 //! 7. failures queued by the test ([`crate::SimHandle::fail_next_broadcasts`]) are answered next, in order
