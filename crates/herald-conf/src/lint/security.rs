@@ -7,8 +7,9 @@
 //! - an empty `api_key` or `api_keys` entry;
 //! - a control socket `file_mode` wider than 0660;
 //! - a NATS token, credentials file or password in `spool_nats_url` sent without TLS to a server on another
-//!   machine; likewise API keys on an HTTP listener, or `control_password` on a TCP control listener, on an
-//!   address other than loopback without `tls_certificate`.
+//!   machine; likewise API keys on an HTTP listener without `tls_certificate`, or `control_password` on a TCP
+//!   control listener (the console has no TLS), on an address other than loopback;
+//! - `tls_certificate` on a control listener (no effect).
 
 use crate::{
     diag::{Diagnostics, Location},
@@ -131,26 +132,45 @@ fn check_listen(
     diags: &mut Diagnostics,
 ) {
     let keyword = listener.kind.keyword();
+    if listener.kind == ScopeKind::ControlListener
+        && let Some(cert) = resolved(listen, listener, Opt::TlsCertificate)
+    {
+        diags.warning(
+            cert.at.clone(),
+            format!(
+                "tls_certificate has no effect on {keyword} listen {address:?}: the console speaks plain text; \
+                 listen on 127.0.0.1 or a Unix socket and reach it over SSH"
+            ),
+        );
+    }
     if let ListenAddr::Tcp(sa) = addr
         && !sa.ip().is_loopback()
-        && resolved(listen, listener, Opt::TlsCertificate).is_none()
     {
-        let secret = match listener.kind {
-            ScopeKind::HttpListener => [Opt::ApiKey, Opt::ApiKeys, Opt::DashboardAdminKeys]
-                .into_iter()
-                .find(|o| resolved(listen, listener, *o).is_some()),
-            ScopeKind::ControlListener => {
-                Some(Opt::ControlPassword).filter(|o| non_empty_str(resolved(listen, listener, *o)))
+        let (secret, advice) = match listener.kind {
+            ScopeKind::HttpListener
+                if resolved(listen, listener, Opt::TlsCertificate).is_none() =>
+            {
+                (
+                    [Opt::ApiKey, Opt::ApiKeys, Opt::DashboardAdminKeys]
+                        .into_iter()
+                        .find(|o| resolved(listen, listener, *o).is_some()),
+                    "set tls_certificate and tls_key in this listener, or listen on loopback behind a TLS proxy",
+                )
             }
-            _ => None,
+            // The console has no TLS of its own.
+            ScopeKind::ControlListener => (
+                Some(Opt::ControlPassword)
+                    .filter(|o| non_empty_str(resolved(listen, listener, *o))),
+                "listen on 127.0.0.1 or a Unix socket and reach it over SSH",
+            ),
+            _ => (None, ""),
         };
         if let Some(opt) = secret {
             diags.warning(
                 at.clone(),
                 format!(
                     "{keyword} listen {address:?} takes {} from other machines in clear: nothing encrypts the \
-                     connection; set tls_certificate and tls_key in this listener, or listen on loopback behind a \
-                     TLS proxy",
+                     connection; {advice}",
                     opt.id().def().name
                 ),
             );
@@ -265,18 +285,14 @@ mod tests {
             "control_listener {\n  listen \"0.0.0.0:2025\" { }\n}\n",
             &["t.conf:2", "control_password", "127.0.0.1"],
         );
-        assert!(
-            warnings(&format!(
-                "control_listener {{ {TLS} listen \"0.0.0.0:2025\" {{ control_password = \"s3\" }} }}"
-            ))
-            .is_empty()
-        );
-        assert!(
-            warnings(
-                "control_listener { control_password = \"s3\"\n tls_certificate = \"/c.pem\"\n listen \"10.0.0.1:2025\" { } }"
-            )
-            .is_empty()
-        );
+        // With a password, only the warning that it travels in clear (the console has no TLS).
+        for config in [
+            "control_listener { listen \"0.0.0.0:2025\" { control_password = \"s3\" } }",
+            "control_listener { control_password = \"s3\"\n listen \"10.0.0.1:2025\" { } }",
+        ] {
+            let w = warnings(config);
+            assert!(w.len() == 1 && w[0].contains("in clear"), "{config}: {w:?}");
+        }
         assert!(warnings("control_listener { listen \"127.0.0.1:2025\" { } }").is_empty());
     }
 
@@ -371,8 +387,19 @@ mod tests {
         );
         one(
             "control_listener {\n  listen \"10.0.0.5:2025\" { control_password = \"s3\" }\n}\n",
-            &["t.conf:2", "control_password", "in clear"],
+            &["t.conf:2", "control_password", "in clear", "SSH"],
         );
+        // A certificate changes nothing for the console, and that is said too.
+        let w = warnings(
+            "control_listener {\n  tls_certificate = \"/c.pem\"\n  listen \"10.0.0.5:2025\" { control_password = \"s3\" }\n}\n",
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w.iter()
+                .any(|x| x.contains("t.conf:2") && x.contains("no effect")),
+            "{w:?}"
+        );
+        assert!(w.iter().any(|x| x.contains("in clear")), "{w:?}");
         for quiet in [
             "http_listener { api_key = \"k\"\n listen \"127.0.0.1:8080\" { } }",
             "http_listener { api_key = \"k\"\n tls_certificate = \"/c.pem\"\n tls_key = \"/k.pem\"\n listen \"10.0.0.5:8080\" { } }",
