@@ -196,6 +196,12 @@ impl Node {
             out.push_str(" = ");
             if mask && crate::secrets::is_secret(s.id) {
                 render_masked(&s.raw, out);
+            } else if let (true, RawValue::Scalar(v)) = (
+                mask && crate::secrets::is_url_option_name(s.id.def().name),
+                &s.raw,
+            ) && let Some(masked) = crate::secrets::mask_url_credentials(&v.text)
+            {
+                out.push_str(&render_value(&masked, true));
             } else {
                 render_raw(&s.raw, out);
             }

@@ -227,7 +227,9 @@ impl JetStreamSpool {
             .retry_on_initial_connect()
             .connect(servers)
             .await
-            .map_err(|e| SpoolError::Unreachable(format!("{:?}: {e}", options.servers)))?;
+            .map_err(|e| {
+                SpoolError::Unreachable(format!("{}: {e}", shown_servers(&options.servers)))
+            })?;
         // The context's own cap on publishes awaiting their ack is taken one publish at a time: batches sent
         // side by side, each holding part of it while waiting for the rest, would wait on each other for ever.
         // herald bounds them itself, a batch's whole share at once (`publish_permits`), below the context's cap.
@@ -325,7 +327,7 @@ impl JetStreamSpool {
         tx: tokio::sync::mpsc::Sender<StoredNotification>,
     ) {
         tracing::warn!(
-            servers = ?self.options.servers,
+            servers = %shown_servers(&self.options.servers),
             "NATS JetStream not reachable yet ({why}): notifications are refused until it is; retrying"
         );
         *lock(&self.last_error) = Some(SpoolError::Unreachable(why));
@@ -608,6 +610,23 @@ pub struct JetStreamStats {
     pub redelivered_here: u64,
     /// Notifications this node gave back to the stream for a later retry (nak with delay).
     pub handed_back: u64,
+}
+
+/// The server URLs for a log line or an error: without their user information (a password or token may be in it).
+fn shown_servers(servers: &[String]) -> String {
+    servers
+        .iter()
+        .map(|url| {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            match rest[..authority_end].rsplit_once('@') {
+                Some((_, host)) if scheme.is_empty() => format!("{host}{}", &rest[authority_end..]),
+                Some((_, host)) => format!("{scheme}://{host}{}", &rest[authority_end..]),
+                None => url.clone(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1167,6 +1186,19 @@ pub(crate) mod tests {
 
     fn same(a: &Handle, b: &Handle) -> bool {
         a.0 == b.0
+    }
+
+    #[test]
+    fn server_urls_are_shown_without_their_credentials() {
+        let servers = [
+            "nats://herald:s3cret@10.0.0.1:4222".to_owned(),
+            "tok@10.0.0.2:4222".to_owned(),
+            "tls://10.0.0.3:4222".to_owned(),
+        ];
+        assert_eq!(
+            shown_servers(&servers),
+            "nats://10.0.0.1:4222, 10.0.0.2:4222, tls://10.0.0.3:4222"
+        );
     }
 
     #[test]

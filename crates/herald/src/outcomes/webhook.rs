@@ -789,7 +789,8 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         let error = match result {
             Ok(r) if r.status().is_success() => None,
             Ok(r) => Some(format!("the receiver answered {}", r.status())),
-            Err(e) => Some(format!("request failed: {e}")),
+            // Without the URL: its query may carry a secret, and the text reaches the console and the dashboard.
+            Err(e) => Some(format!("request failed: {}", e.without_url())),
         };
         match error {
             None => {
@@ -809,7 +810,7 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             }
             Some(e) => {
                 q.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%domain, url = %settings.url, "outcome webhook: {e}; retrying in {backoff:?}");
+                tracing::debug!(%domain, "outcome webhook: {e}; retrying in {backoff:?}");
                 *lock(&q.last_error) = Some(e);
                 drop(h);
                 tokio::time::sleep(backoff).await;
