@@ -9,7 +9,8 @@
 //! - a NATS token, credentials file or password in `spool_nats_url` sent without TLS to a server on another
 //!   machine; likewise API keys on an HTTP listener without `tls_certificate`, or `control_password` on a TCP
 //!   control listener (the console has no TLS), on an address other than loopback;
-//! - `tls_certificate` on a control listener (no effect).
+//! - `tls_certificate` on a control listener (no effect);
+//! - an outcome webhook without `outcome_webhook_secret`, or over plain HTTP to another machine.
 
 use crate::{
     diag::{Diagnostics, Location},
@@ -66,6 +67,56 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
     }
     empty_api_keys(root, diags);
     nats_secrets_in_clear(root, diags);
+    webhooks(root, root, diags);
+}
+
+/// An outcome webhook without a secret (its signature is then an HMAC with an empty key: anyone can forge it), or
+/// sent over plain HTTP to another machine (the events carry whole device tokens).
+fn webhooks(root: &Node, node: &Node, diags: &mut Diagnostics) {
+    if let Some(url) = node.get(Opt::OutcomeWebhookUrl.id())
+        && let Some(text) = url.value.as_str()
+    {
+        let scope = node.name.as_deref().map_or_else(
+            || "globally".to_owned(),
+            |n| format!("for {} {n:?}", node.kind.keyword()),
+        );
+        let secret = [node, root]
+            .iter()
+            .any(|n| non_empty_str(n.get(Opt::OutcomeWebhookSecret.id())));
+        if !secret {
+            diags.warning(
+                url.at.clone(),
+                format!(
+                    "outcome_webhook_url is set {scope} without outcome_webhook_secret: the herald-signature of \
+                     each batch is then keyed with nothing, and anyone can forge one; set outcome_webhook_secret"
+                ),
+            );
+        }
+        if let Some(rest) = text.strip_prefix("http://") {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let host = match host_port.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(v6),
+                None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+            };
+            let local = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !local {
+                diags.warning(
+                    url.at.clone(),
+                    format!(
+                        "outcome_webhook_url {scope} sends device tokens to {host_port:?} over plain HTTP: use \
+                         https://"
+                    ),
+                );
+            }
+        }
+    }
+    for child in node.children() {
+        webhooks(root, child, diags);
+    }
 }
 
 /// The NATS servers of `spool_nats_url` not on this machine that would be reached without TLS, when a secret
@@ -404,6 +455,24 @@ mod tests {
             "http_listener { api_key = \"k\"\n listen \"127.0.0.1:8080\" { } }",
             "http_listener { api_key = \"k\"\n tls_certificate = \"/c.pem\"\n tls_key = \"/k.pem\"\n listen \"10.0.0.5:8080\" { } }",
             "control_listener { listen \"127.0.0.1:2025\" { control_password = \"s3\" } }",
+        ] {
+            assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
+        }
+    }
+
+    #[test]
+    fn webhooks_without_a_secret_or_over_plain_http_are_named() {
+        one(
+            "domain \"a.example\" {\n  outcome_webhook_url = \"https://h.example/x\"\n}\n",
+            &["t.conf:2", "domain \"a.example\"", "outcome_webhook_secret"],
+        );
+        one(
+            "outcome_webhook_secret = \"s\"\ndomain \"a.example\" {\n  outcome_webhook_url = \"http://h.example/x\"\n}\n",
+            &["t.conf:3", "plain HTTP", "h.example"],
+        );
+        for quiet in [
+            "domain \"a.example\" { outcome_webhook_url = \"https://h.example/x\"\n outcome_webhook_secret = \"s\" }",
+            "outcome_webhook_secret = \"s\"\ndomain \"a.example\" { outcome_webhook_url = \"http://127.0.0.1:9/x\" }",
         ] {
             assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
         }
