@@ -193,15 +193,22 @@ async fn login(State(d): State<Dash>, request: Request) -> Response {
         return refused(Refusal::Unauthenticated);
     };
     let (id, csrf) = d.sessions.create(admin);
-    let cookie = format!(
-        "{}={id}; Path=/dashboard; HttpOnly; SameSite=Strict",
-        auth::COOKIE
-    );
+    let cookie = session_cookie(&id, d.settings.tls_certificate.is_some());
     let mut response = Json(json!({ "admin": admin, "csrf": csrf })).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
+}
+
+/// The session cookie `id`: for the dashboard's paths only, out of the page's scripts' reach, never sent by another
+/// site's page, and on a TLS listener never sent over plain HTTP (`Secure`), where it could be read on the way.
+fn session_cookie(id: &str, tls: bool) -> String {
+    format!(
+        "{}={id}; Path=/dashboard; HttpOnly; SameSite=Strict{}",
+        auth::COOKIE,
+        if tls { "; Secure" } else { "" }
+    )
 }
 
 async fn logout(State(d): State<Dash>, uri: Uri, headers: HeaderMap) -> Response {
@@ -213,8 +220,13 @@ async fn logout(State(d): State<Dash>, uri: Uri, headers: HeaderMap) -> Response
     }
     let mut response = Json(json!({ "ok": true })).into_response();
     let gone = format!(
-        "{}=; Path=/dashboard; Max-Age=0; HttpOnly; SameSite=Strict",
-        auth::COOKIE
+        "{}=; Path=/dashboard; Max-Age=0; HttpOnly; SameSite=Strict{}",
+        auth::COOKIE,
+        if d.settings.tls_certificate.is_some() {
+            "; Secure"
+        } else {
+            ""
+        }
     );
     if let Ok(v) = HeaderValue::from_str(&gone) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -723,6 +735,17 @@ async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_session_cookie_is_secure_on_a_tls_listener() {
+        let plain = session_cookie("abc", false);
+        assert!(
+            plain.contains("HttpOnly") && plain.contains("SameSite=Strict"),
+            "{plain}"
+        );
+        assert!(!plain.contains("Secure"), "{plain}");
+        assert!(session_cookie("abc", true).ends_with("; Secure"));
+    }
 
     #[test]
     fn the_outcomes_query_reads_its_filter_and_numbers() {
