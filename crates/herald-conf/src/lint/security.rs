@@ -93,16 +93,7 @@ fn webhooks(root: &Node, node: &Node, diags: &mut Diagnostics) {
             );
         }
         if let Some(rest) = text.strip_prefix("http://") {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            let host = match host_port.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or(v6),
-                None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
-            };
-            let local = host.eq_ignore_ascii_case("localhost")
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
+            let (_, host_port, local) = url_authority(rest);
             if !local {
                 diags.warning(
                     url.at.clone(),
@@ -117,6 +108,25 @@ fn webhooks(root: &Node, node: &Node, diags: &mut Diagnostics) {
     for child in node.children() {
         webhooks(root, child, diags);
     }
+}
+
+/// The authority of a URL given without its scheme (`user:pw@host:port/path?q`): its user information, `host:port`,
+/// and whether the host is this machine (`localhost` or a loopback address).
+fn url_authority(rest: &str) -> (Option<&str>, &str, bool) {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let (userinfo, host_port) = match authority.rsplit_once('@') {
+        Some((user, host)) => (Some(user), host),
+        None => (None, authority),
+    };
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (userinfo, host_port, local)
 }
 
 /// The NATS servers of `spool_nats_url` not on this machine that would be reached without TLS, when a secret
@@ -139,19 +149,7 @@ fn nats_secrets_in_clear(root: &Node, diags: &mut Diagnostics) {
         if scheme.eq_ignore_ascii_case("tls") {
             continue;
         }
-        let (userinfo, host_port) = match rest.rsplit_once('@') {
-            Some((user, host)) => (Some(user), host),
-            None => (None, rest),
-        };
-        let host_port = host_port.split('/').next().unwrap_or(host_port);
-        let host = match host_port.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(v6),
-            None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
-        };
-        let local = host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
+        let (userinfo, host_port, local) = url_authority(rest);
         if local {
             continue;
         }
