@@ -233,6 +233,31 @@ async fn every_data_call_needs_a_key() {
     assert!(!html.contains("held.example"));
 }
 
+/// Wrong keys at the login are refused; after five within a minute the address is locked out, the right key
+/// included, as the console's `auth` is (docs/operations.md).
+#[tokio::test]
+async fn the_login_locks_out_an_address_that_guesses_keys() {
+    let s = setup().await;
+    let host = s.base.trim_start_matches("http://").to_owned();
+    let login = |key: &'static str| {
+        s.client
+            .post(format!("{}/dashboard/api/login", s.base))
+            .header(ORIGIN, format!("http://{host}"))
+            .json(&serde_json::json!({ "key": key }))
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            login("wrong").await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let r = login(ADMIN).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(body_of(r).await.contains("too many wrong keys"));
+}
+
 #[tokio::test]
 async fn actions_refuse_cross_site_requests_readers_and_missing_csrf_tokens() {
     let s = setup().await;

@@ -70,6 +70,8 @@ struct Dash {
     server: Weak<dyn ServerHandle>,
     settings: Arc<ListenerSettings>,
     sessions: Arc<Sessions>,
+    /// Wrong keys per client address at the login: the console's lockout (5 within a minute).
+    logins: Arc<crate::control::AuthThrottle>,
 }
 
 impl Dash {
@@ -104,6 +106,7 @@ pub fn routes(
         server,
         settings,
         sessions: Arc::default(),
+        logins: Arc::default(),
     };
     let data = Router::new()
         .route("/dashboard/api/session", get(session))
@@ -189,9 +192,25 @@ async fn login(State(d): State<Dash>, request: Request) -> Response {
     let Ok(LoginBody { key }) = serde_json::from_slice(&body) else {
         return error(StatusCode::BAD_REQUEST, "send {\"key\": \"API KEY\"}");
     };
+    if let Some(wait) = d.logins.locked(ip) {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many wrong keys from this address: try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
     let Some(admin) = auth::key_rights(&d.settings, ip, key.trim()) else {
+        let n = d.logins.failed(ip);
+        tracing::warn!(client = ?ip, failures = n, "dashboard login with a wrong key");
         return refused(Refusal::Unauthenticated);
     };
+    d.logins.succeeded(ip);
     let (id, csrf) = d.sessions.create(admin);
     let cookie = session_cookie(&id, d.settings.tls_certificate.is_some());
     let mut response = Json(json!({ "admin": admin, "csrf": csrf })).into_response();
