@@ -460,7 +460,7 @@ impl Broadcaster {
         let secs = (started / 1000).saturating_sub(b.accepted_at);
         // A domain that stopped resolving has no schedule of its own: Momentum's defaults apply, as to its retries.
         let policy = target.as_ref().map(|t| t.retry).unwrap_or_default();
-        if let Some(why) = not_attempted(&b, &policy, started / 1000) {
+        if let Some(why) = policy.not_attempted(b.expiration, b.accepted_at, started / 1000) {
             self.count(&b.domain, "permanent", why);
             self.log(&b, 'P', secs, None, why, None);
             self.finish(&key);
@@ -684,26 +684,6 @@ fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPol
         text,
         retry,
     }
-}
-
-/// Why `b` is finished without an attempt at `now` (Unix seconds), as a notification is
-/// (docs/apns-protocol.md#classification): its APNs expiration is set (not 0) and passed, or, with
-/// `never_attempt_expired_messages`, it is `message_expiration` old. The text is the log's error and the counter's
-/// reason.
-fn not_attempted(
-    b: &Broadcast,
-    policy: &crate::model::retry::RetryPolicy,
-    now: u64,
-) -> Option<&'static str> {
-    if b.expiration.is_some_and(|e| e != 0 && e < now) {
-        return Some("Delivery not attempted (APNs expiration passed)");
-    }
-    if policy.never_attempt_expired
-        && policy.is_expired(Duration::from_secs(now.saturating_sub(b.accepted_at)))
-    {
-        return Some("Delivery not attempted (message expired)");
-    }
-    None
 }
 
 /// `max_queued_broadcasts` of `config`.

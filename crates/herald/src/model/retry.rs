@@ -95,6 +95,25 @@ impl RetryPolicy {
     pub fn is_expired(&self, age: Duration) -> bool {
         age >= self.message_expiration
     }
+
+    /// Why a push (a notification or a broadcast) received at `received_at` must fail at `now` (Unix seconds)
+    /// without an attempt: its APNs expiration is set (not 0) and passed, or, with `never_attempt_expired_messages`,
+    /// it is `message_expiration` old. The text is the log's error and the counter's reason.
+    pub fn not_attempted(
+        &self,
+        expiration: Option<u64>,
+        received_at: u64,
+        now: u64,
+    ) -> Option<&'static str> {
+        if expiration.is_some_and(|e| e != 0 && e < now) {
+            return Some("Delivery not attempted (APNs expiration passed)");
+        }
+        let age = Duration::from_secs(now.saturating_sub(received_at));
+        if self.never_attempt_expired && self.is_expired(age) {
+            return Some("Delivery not attempted (message expired)");
+        }
+        None
+    }
 }
 
 #[cfg(test)]

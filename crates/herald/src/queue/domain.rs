@@ -626,14 +626,10 @@ impl DomainTask {
                 .saturating_add(self.settings.apn_expiry.as_secs());
             u32::try_from(at).unwrap_or(u32::MAX)
         });
-        if expiry != 0 && u64::from(expiry) < now {
-            return Some("Delivery not attempted (APNs expiration passed)".into());
-        }
-        let age = Duration::from_secs(now.saturating_sub(n.received_at));
-        if self.settings.retry.never_attempt_expired && self.settings.retry.is_expired(age) {
-            return Some("Delivery not attempted (message expired)".into());
-        }
-        None
+        self.settings
+            .retry
+            .not_attempted(Some(u64::from(expiry)), n.received_at, now)
+            .map(str::to_owned)
     }
 
     fn on_outcome(
