@@ -6,6 +6,7 @@
 //! every outcome is written to the Momentum-format [`logs`]. [`delivery`] turns the configuration into the
 //! settings each domain delivers with.
 
+pub mod access;
 pub mod broadcasts;
 pub mod channels;
 pub mod control;

@@ -481,11 +481,13 @@ impl Server {
                     settings.http_services,
                     Some(self.more_metrics()),
                 );
+                let guesses = Arc::new(crate::access::GuessThrottle::default());
                 if settings.http_services.dashboard {
                     extra = extra.merge(crate::dashboard::routes(
                         self.dashboard.clone(),
                         self.me.clone() as std::sync::Weak<dyn crate::control::ServerHandle>,
                         Arc::new(settings.clone()),
+                        guesses.clone(),
                     ));
                 }
                 if settings.http_services.push || settings.http_services.inject {
@@ -507,6 +509,7 @@ impl Server {
                 let state = rest::RestState::new(settings.clone(), self.intake.clone())
                     .with_limits(limits.clone())
                     .with_injection_off(injection_off(&self.config()))
+                    .with_guesses(guesses)
                     .with_idempotency(Some(self.idempotency.clone()));
                 let app = rest::router_with(state, extra);
                 let intake = self.intake.clone();

@@ -170,7 +170,7 @@ fn assert_no_secrets(what: &str, text: &str, key_lines: &[String]) {
 #[tokio::test]
 async fn every_data_call_needs_a_key() {
     let s = setup().await;
-    for path in DATA {
+    for (i, path) in DATA.iter().enumerate() {
         let r = s
             .client
             .get(format!("{}{path}", s.base))
@@ -189,11 +189,13 @@ async fn every_data_call_needs_a_key() {
             .send()
             .await
             .unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::UNAUTHORIZED,
-            "GET {path} with a wrong key"
-        );
+        // Past five wrong keys, the address is locked out (herald::access).
+        let refused = if i < herald::access::MAX_GUESSES {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(r.status(), refused, "GET {path} with a wrong key");
         let r = s
             .client
             .get(format!("{}{path}", s.base))
@@ -256,6 +258,63 @@ async fn the_login_locks_out_an_address_that_guesses_keys() {
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
     assert!(body_of(r).await.contains("too many wrong keys"));
+}
+
+/// The REST API and the dashboard of one listener count wrong keys together: an address that guessed five times on
+/// the API is refused even the right key on both (429 + retry-after), on Momentum's inject path in its shape too.
+#[tokio::test]
+async fn wrong_api_keys_lock_an_address_out_of_the_api_and_the_dashboard() {
+    let s = setup().await;
+    let push = |key: &'static str| {
+        s.client
+            .post(format!("{}/api/v1/push", s.base))
+            .bearer_auth(key)
+            .json(&serde_json::json!({
+                "domain": "held.example",
+                "tokens": [format!("{:064x}", 1)],
+                "payload": {"aps": {"alert": "x"}},
+            }))
+            .send()
+    };
+    // A request without a key is not a guess.
+    let r = s
+        .client
+        .get(format!("{}/api/v1/status/x", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    for n in 0..5 {
+        let r = push("wrong").await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "wrong key {n}");
+    }
+    let r = push(READER).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        body_of(r)
+            .await
+            .contains("too many wrong API keys from 127.0.0.1")
+    );
+    let r = s
+        .client
+        .post(format!("{}/v1.0/inject", s.base))
+        .bearer_auth(READER)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(body_of(r).await.contains("\"status\":\"failure\""));
+    let r = s
+        .client
+        .get(format!("{}/dashboard/api/overview", s.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
 }
 
 #[tokio::test]

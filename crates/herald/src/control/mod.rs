@@ -17,18 +17,18 @@ pub mod protocol;
 
 pub use handle::ServerHandle;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use herald_conf::{Config, ListenAddr, ListenerSettings, ScopeKind, ScopePath};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{GuessThrottle, same_secret};
 use crate::inbound::doors::{ConnLimiter, DoorLimits};
 use commands::Command;
 use protocol::Reply;
@@ -36,49 +36,9 @@ use protocol::Reply;
 /// The idle timeout when the configuration does not say (docs/momentum-compat.md#console).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Wrong passwords one client address may send within [`AUTH_WINDOW`] before it is locked out.
-pub const AUTH_FAILURES: usize = 5;
+pub const AUTH_FAILURES: usize = crate::access::MAX_GUESSES;
 /// The window over which wrong passwords are counted, and how long a lockout lasts after the last one.
-pub const AUTH_WINDOW: Duration = Duration::from_secs(60);
-
-/// Recent wrong passwords per client address (`None`: the Unix socket).
-#[derive(Debug, Default)]
-pub struct AuthThrottle {
-    failures: Mutex<HashMap<Option<IpAddr>, Vec<Instant>>>,
-}
-
-impl AuthThrottle {
-    /// How long `client` must still wait before it may try a password, if it is locked out.
-    pub fn locked(&self, client: Option<IpAddr>) -> Option<Duration> {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let recent = failures.get_mut(&client)?;
-        recent.retain(|t| t.elapsed() < AUTH_WINDOW);
-        let last = *recent.last()?;
-        if recent.len() >= AUTH_FAILURES {
-            Some(AUTH_WINDOW.saturating_sub(last.elapsed()))
-        } else {
-            None
-        }
-    }
-
-    /// Notes a wrong password from `client`; returns how many it sent within the window.
-    pub fn failed(&self, client: Option<IpAddr>) -> usize {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget addresses that stopped trying, so the map stays small.
-        failures.retain(|_, v| v.last().is_some_and(|t| t.elapsed() < AUTH_WINDOW));
-        let recent = failures.entry(client).or_default();
-        recent.retain(|t| t.elapsed() < AUTH_WINDOW);
-        recent.push(Instant::now());
-        recent.len()
-    }
-
-    /// A right password: the address starts again from zero.
-    pub fn succeeded(&self, client: Option<IpAddr>) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&client);
-    }
-}
+pub const AUTH_WINDOW: Duration = crate::access::GUESS_WINDOW;
 
 /// Why a control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -151,22 +111,47 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<ControlSocket, ControlError
         }
         let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+    let bind_err = |source| ControlError::Bind {
         addr: path.display().to_string(),
         source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        ControlError::Mode {
+    };
+    let mode_err = |source| ControlError::Mode {
+        path: path.to_owned(),
+        mode,
+        source,
+    };
+    // The socket is made in a directory only herald may enter, given its mode there, then moved into place: at
+    // `path` it never has the default (umask) mode, under which another local user could connect in between.
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = tempfile::Builder::new()
+        .prefix(".herald-control")
+        .tempdir_in(parent)
+        .map_err(bind_err)?;
+    let staged = private.path().join("s");
+    if staged.as_os_str().len() >= UNIX_PATH_MAX {
+        // Too long a name for a socket: bind in place (the mode is then set right after the bind).
+        drop(private);
+        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(mode_err)?;
+        return Ok(ControlSocket::Unix {
+            listener,
             path: path.to_owned(),
-            mode,
-            source,
-        }
-    })?;
+        });
+    }
+    let listener = UnixListener::bind(&staged).map_err(bind_err)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).map_err(mode_err)?;
+    std::fs::rename(&staged, path).map_err(bind_err)?;
     Ok(ControlSocket::Unix {
         listener,
         path: path.to_owned(),
     })
 }
+
+/// Bytes a Unix socket's path may have (`sun_path`, with its terminating zero).
+const UNIX_PATH_MAX: usize = 108;
 
 /// What one connection is held to, read from the configuration in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +191,7 @@ pub async fn serve(
 ) {
     let settings = Arc::new(settings);
     let conns = ConnLimiter::control();
-    let throttle = Arc::new(AuthThrottle::default());
+    let throttle = Arc::new(GuessThrottle::default());
     loop {
         let conn_stop = stop.clone();
         tokio::select! {
@@ -287,7 +272,7 @@ pub async fn serve(
 /// Who is on the other end of a connection, and the listener's record of wrong passwords.
 struct Peer {
     client: Option<IpAddr>,
-    throttle: Arc<AuthThrottle>,
+    throttle: Arc<GuessThrottle>,
 }
 
 /// A client for the logs: its address, or the Unix socket.
@@ -379,7 +364,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         true,
                     )
                 }
-                Some(p) if constant_time_eq(p.as_bytes(), given.as_bytes()) => {
+                Some(p) if same_secret(p.as_bytes(), given.as_bytes()) => {
                     peer.throttle.succeeded(peer.client);
                     authenticated = true;
                     (Reply::ok("Authenticated.\n"), false)
@@ -443,14 +428,6 @@ async fn send<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Compares without stopping at the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,13 +459,6 @@ mod tests {
         assert_eq!(rules.timeout, DEFAULT_TIMEOUT);
     }
 
-    #[test]
-    fn password_comparison_is_exact() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
-
     #[tokio::test]
     async fn a_unix_socket_gets_its_mode_and_a_stale_file_is_replaced_but_a_live_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -502,6 +472,14 @@ mod tests {
         let live = ControlSocket::bind(&s).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // It was made in a private directory and moved into place; nothing of that is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["control.sock"]);
+        let client = tokio::net::UnixStream::connect(&path).await;
+        assert!(client.is_ok(), "the socket answers at its path");
         assert!(matches!(
             ControlSocket::bind(&s).await,
             Err(ControlError::InUse { .. })
@@ -510,6 +488,22 @@ mod tests {
         assert!(path.exists());
         let again = ControlSocket::bind(&s).await.unwrap();
         assert!(matches!(again, ControlSocket::Unix { .. }));
+
+        // A path too long to stage in a private directory is bound in place, with its mode.
+        let deep = dir
+            .path()
+            .join("d".repeat(92 - dir.path().as_os_str().len().min(80)));
+        std::fs::create_dir(&deep).unwrap();
+        let long = deep.join("c.sock");
+        assert!(long.as_os_str().len() < UNIX_PATH_MAX);
+        let text = format!(
+            r#"control_listener {{ listen "{}" {{ file_mode = 0640 }} }}"#,
+            long.display()
+        );
+        let c = Config::parse_str("t.conf", &text).unwrap();
+        let _bound = ControlSocket::bind(&control_settings(&c)).await.unwrap();
+        let mode = std::fs::metadata(&long).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
 
         let plain = dir.path().join("plain");
         std::fs::write(&plain, "x").unwrap();

@@ -25,6 +25,7 @@ use serde_json::json;
 use super::auth::{self, Access, Refusal, Sessions};
 use super::outcomes::{Filter, KINDS};
 use super::sampler::Hub;
+use crate::access::GuessThrottle;
 use crate::control::ServerHandle;
 use crate::ops::percent_decode;
 
@@ -70,8 +71,9 @@ struct Dash {
     server: Weak<dyn ServerHandle>,
     settings: Arc<ListenerSettings>,
     sessions: Arc<Sessions>,
-    /// Wrong keys per client address at the login: the console's lockout (5 within a minute).
-    logins: Arc<crate::control::AuthThrottle>,
+    /// Wrong keys per client address, at the login and on every request: the listener's, shared with its REST
+    /// API (5 within a minute lock an address out, as the console's passwords do).
+    guesses: Arc<GuessThrottle>,
 }
 
 impl Dash {
@@ -89,24 +91,37 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 fn refused(r: Refusal) -> Response {
     let status = match r {
         Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Refusal::TooManyGuesses { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,
     };
-    error(status, r)
+    let wait = match r {
+        Refusal::TooManyGuesses { seconds } => Some(seconds),
+        _ => None,
+    };
+    let mut response = error(status, r);
+    if let Some(seconds) = wait {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// The dashboard of one listener. Merge it with `inbound::rest::router_with` (which skips its API-key check for
-/// `/dashboard` paths: the dashboard checks its own way) so that the address lists still apply.
+/// `/dashboard` paths: the dashboard checks its own way) so that the address lists still apply; `guesses` is the
+/// listener's count of wrong keys, the one its REST state holds.
 pub fn routes(
     hub: Arc<Hub>,
     server: Weak<dyn ServerHandle>,
     settings: Arc<ListenerSettings>,
+    guesses: Arc<GuessThrottle>,
 ) -> Router {
     let dash = Dash {
         hub,
         server,
         settings,
         sessions: Arc::default(),
-        logins: Arc::default(),
+        guesses,
     };
     let data = Router::new()
         .route("/dashboard/api/session", get(session))
@@ -163,7 +178,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 
 async fn require_access(State(d): State<Dash>, mut request: Request, next: Next) -> Response {
     let ip = crate::inbound::rest::peer_ip(request.extensions());
-    match auth::access(&d.settings, &d.sessions, ip, request.headers()) {
+    match auth::access(&d.settings, &d.sessions, &d.guesses, ip, request.headers()) {
         Ok(access) => {
             request.extensions_mut().insert(access);
             let mut response = next.run(request).await;
@@ -192,25 +207,17 @@ async fn login(State(d): State<Dash>, request: Request) -> Response {
     let Ok(LoginBody { key }) = serde_json::from_slice(&body) else {
         return error(StatusCode::BAD_REQUEST, "send {\"key\": \"API KEY\"}");
     };
-    if let Some(wait) = d.logins.locked(ip) {
-        let mut response = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many wrong keys from this address: try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        );
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return response;
+    if let Some(wait) = d.guesses.locked(ip) {
+        return refused(Refusal::TooManyGuesses {
+            seconds: wait.as_secs().max(1),
+        });
     }
     let Some(admin) = auth::key_rights(&d.settings, ip, key.trim()) else {
-        let n = d.logins.failed(ip);
+        let n = d.guesses.failed(ip);
         tracing::warn!(client = ?ip, failures = n, "dashboard login with a wrong key");
         return refused(Refusal::Unauthenticated);
     };
-    d.logins.succeeded(ip);
+    d.guesses.succeeded(ip);
     let (id, csrf) = d.sessions.create(admin);
     let cookie = session_cookie(&id, d.settings.tls_certificate.is_some());
     let mut response = Json(json!({ "admin": admin, "csrf": csrf })).into_response();

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, Uri, header};
 use herald_conf::ListenerSettings;
 
+use crate::access::{GuessThrottle, same_secret};
+
 /// The session cookie's name.
 pub const COOKIE: &str = "herald_dashboard";
 /// The header a browser session sends its CSRF token in.
@@ -43,6 +45,8 @@ pub enum Refusal {
     CrossSite,
     #[error("missing or wrong CSRF token")]
     Csrf,
+    #[error("too many wrong keys from this address: try again in {seconds} s")]
+    TooManyGuesses { seconds: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -141,30 +145,28 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-/// Compares keys in time that does not depend on where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// Whether `key` is accepted from `ip`, and with the admin right. `None` if it is not accepted.
 pub fn key_rights(settings: &ListenerSettings, ip: Option<IpAddr>, key: &str) -> Option<bool> {
     let (keys, admin_keys) = match ip {
         Some(ip) => (settings.api_keys_for(ip), settings.admin_keys_for(ip)),
         None => (settings.api_keys.as_slice(), settings.admin_keys.as_slice()),
     };
-    let admin = admin_keys.iter().any(|k| same(k, key));
-    let known = admin || keys.iter().any(|k| same(k, key));
+    let admin = admin_keys
+        .iter()
+        .any(|k| same_secret(k.as_bytes(), key.as_bytes()));
+    let known = admin
+        || keys
+            .iter()
+            .any(|k| same_secret(k.as_bytes(), key.as_bytes()));
     known.then_some(admin)
 }
 
-/// What the request may do, from its session cookie, its key, or its address.
+/// What the request may do, from its session cookie, its key, or its address. A wrong key counts in `guesses`
+/// (the listener's, shared with its REST API), and an address locked out there is refused any key.
 pub fn access(
     settings: &ListenerSettings,
     sessions: &Sessions,
+    guesses: &GuessThrottle,
     ip: Option<IpAddr>,
     headers: &HeaderMap,
 ) -> Result<Access, Refusal> {
@@ -176,13 +178,22 @@ pub fn access(
         });
     }
     if let Some(key) = presented_key(headers) {
+        if let Some(wait) = guesses.locked(ip) {
+            return Err(Refusal::TooManyGuesses {
+                seconds: wait.as_secs().max(1),
+            });
+        }
         return match key_rights(settings, ip, key) {
             Some(admin) => Ok(Access {
                 admin,
                 via: "key",
                 csrf: None,
             }),
-            None => Err(Refusal::Unauthenticated),
+            None => {
+                let failures = guesses.failed(ip);
+                tracing::warn!(client = ?ip, failures, "dashboard request with a wrong key");
+                Err(Refusal::Unauthenticated)
+            }
         };
     }
     let keys = match ip {
@@ -243,7 +254,7 @@ pub fn may_act_at(access: &Access, headers: &HeaderMap, uri: &Uri) -> Result<(),
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !same(csrf, sent) {
+        if !same_secret(csrf.as_bytes(), sent.as_bytes()) {
             return Err(Refusal::Csrf);
         }
     }
@@ -318,6 +329,7 @@ mod tests {
 
     #[test]
     fn sessions_need_their_csrf_token_and_the_admin_right() {
+        let guesses = GuessThrottle::default();
         let sessions = Sessions::default();
         let (id, csrf) = sessions.create(true);
         let cookie = format!("a=b; {COOKIE}={id}");
@@ -328,21 +340,61 @@ mod tests {
         .unwrap()
         .listeners()
         .remove(0);
-        let a = access(&settings, &sessions, None, &headers(&[("cookie", &cookie)])).unwrap();
+        let a = access(
+            &settings,
+            &sessions,
+            &guesses,
+            None,
+            &headers(&[("cookie", &cookie)]),
+        )
+        .unwrap();
         assert!(a.admin);
         let may_act =
             |a: &Access, pairs: &[(&'static str, &str)]| may_act_at(a, &headers(pairs), &path());
         assert_eq!(may_act(&a, &[]), Err(Refusal::Csrf));
         assert!(may_act(&a, &[(CSRF_HEADER, &csrf)]).is_ok());
-        let reader = access(&settings, &sessions, None, &headers(&[("x-api-key", "k")])).unwrap();
+        let reader = access(
+            &settings,
+            &sessions,
+            &guesses,
+            None,
+            &headers(&[("x-api-key", "k")]),
+        )
+        .unwrap();
         assert_eq!(may_act(&reader, &[]), Err(Refusal::NotAdmin));
         assert_eq!(
-            access(&settings, &sessions, None, &headers(&[("x-api-key", "no")])),
+            access(
+                &settings,
+                &sessions,
+                &guesses,
+                None,
+                &headers(&[("x-api-key", "no")])
+            ),
             Err(Refusal::Unauthenticated)
         );
         assert_eq!(
-            access(&settings, &sessions, None, &headers(&[])),
+            access(&settings, &sessions, &guesses, None, &headers(&[])),
             Err(Refusal::Unauthenticated)
         );
+        // The wrong key above counted; after the limit, the address is refused even the right key.
+        for _ in 1..crate::access::MAX_GUESSES {
+            let _ = access(
+                &settings,
+                &sessions,
+                &guesses,
+                None,
+                &headers(&[("x-api-key", "no")]),
+            );
+        }
+        assert!(matches!(
+            access(
+                &settings,
+                &sessions,
+                &guesses,
+                None,
+                &headers(&[("x-api-key", "k")])
+            ),
+            Err(Refusal::TooManyGuesses { .. })
+        ));
     }
 }

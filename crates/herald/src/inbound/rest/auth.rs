@@ -1,7 +1,9 @@
 //! Who may use the REST listener: the `always_allow` / `always_deny` CIDR lists (403) and the listener's API
 //! keys, sent as `authorization: Bearer KEY` or `x-api-key: KEY` (401 with `www-authenticate`). Both follow the most specific
-//! `peer` stanza that contains the client's address, as the ESMTP listener does. On Momentum's injector paths both
-//! refusals also carry `"status": "failure"` (see [`inject::error_for_path`]).
+//! `peer` stanza that contains the client's address, as the ESMTP listener does. An address that sent
+//! [`crate::access::MAX_GUESSES`] wrong keys within [`crate::access::GUESS_WINDOW`] is refused (429 with `retry-after`, whatever
+//! key it sends) until the window has passed since its last wrong one. On Momentum's injector paths the refusals
+//! also carry `"status": "failure"` (see [`inject::error_for_path`]).
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -11,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::RestState;
 use super::error::ApiError;
 use super::inject;
+use crate::access::same_secret;
 
 /// Paths answered without an API key (still subject to the address lists), for load-balancer probes.
 pub const KEYLESS_PATHS: &[&str] = &["/healthz"];
@@ -49,15 +52,42 @@ pub async fn guard(State(state): State<RestState>, request: Request, next: Next)
             (None, Some(v)) => Some(Some(v.as_bytes().trim_ascii()).filter(|k| !k.is_empty())),
             (None, None) => None,
         };
+        if presented.is_some()
+            && let Some(wait) = state.guesses.locked(ip)
+        {
+            let seconds = wait.as_secs().max(1);
+            let error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many wrong API keys from {}: try again in {seconds} s",
+                    ip.map_or_else(|| "this client".to_owned(), |ip| ip.to_string())
+                ),
+            );
+            let mut response = inject::error_for_path(path, error).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            return response;
+        }
         let refusal = match presented {
             None => Some("missing API key: send the header \"authorization: Bearer KEY\""),
             Some(None) => {
                 Some("the authorization header is not \"Bearer KEY\" (or x-api-key is empty)")
             }
-            Some(Some(key)) if !keys.iter().any(|k| same_key(k.as_bytes(), key)) => {
+            Some(Some(key)) if !keys.iter().any(|k| same_secret(k.as_bytes(), key)) => {
+                let failures = state.guesses.failed(ip);
+                tracing::warn!(
+                    client = ?ip,
+                    failures,
+                    "REST listener {}: a wrong API key",
+                    state.settings.address
+                );
                 Some("the API key is not accepted by this listener")
             }
-            Some(Some(_)) => None,
+            Some(Some(_)) => {
+                state.guesses.succeeded(ip);
+                None
+            }
         };
         if let Some(message) = refusal {
             let mut error = ApiError::new(StatusCode::UNAUTHORIZED, message);
@@ -78,18 +108,6 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     (!key.is_empty()).then_some(key)
 }
 
-/// Compares keys in time that does not depend on where they differ.
-fn same_key(expected: &[u8], presented: &[u8]) -> bool {
-    if expected.len() != presented.len() {
-        return false;
-    }
-    expected
-        .iter()
-        .zip(presented)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,12 +121,5 @@ mod tests {
         assert_eq!(bearer_token(b"Basic abc"), None);
         assert_eq!(bearer_token(b"Bearerabc"), None);
         assert_eq!(bearer_token(b"short"), None);
-    }
-
-    #[test]
-    fn keys_compare_exactly() {
-        assert!(same_key(b"secret", b"secret"));
-        assert!(!same_key(b"secret", b"secreT"));
-        assert!(!same_key(b"secret", b"secrets"));
     }
 }

@@ -44,6 +44,8 @@ pub struct RestState {
     pub injection_off: Option<Arc<str>>,
     /// Remembers `Idempotency-Key`s; `None`: the header is ignored (no store).
     pub idempotency: Option<Arc<idempotency::Idempotency>>,
+    /// Wrong API keys per client address; shared with the listener's dashboard.
+    pub guesses: Arc<crate::access::GuessThrottle>,
 }
 
 impl RestState {
@@ -54,6 +56,7 @@ impl RestState {
             limits: Arc::new(DoorLimits::default()),
             injection_off: None,
             idempotency: None,
+            guesses: Arc::default(),
         }
     }
 
@@ -66,6 +69,12 @@ impl RestState {
     /// The same state remembering `Idempotency-Key`s in `idempotency`.
     pub fn with_idempotency(mut self, idempotency: Option<Arc<idempotency::Idempotency>>) -> Self {
         self.idempotency = idempotency;
+        self
+    }
+
+    /// The same state counting wrong API keys in `guesses` (the one its listener's dashboard counts in).
+    pub fn with_guesses(mut self, guesses: Arc<crate::access::GuessThrottle>) -> Self {
+        self.guesses = guesses;
         self
     }
 
