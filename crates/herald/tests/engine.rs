@@ -800,6 +800,13 @@ async fn restored_notifications_wait_for_their_next_attempt() {
     let main = h.mainlog_lines();
     let d: Vec<_> = main.iter().filter(|f| f[4] == "D").collect();
     assert_eq!(d[0][9], "1", "the retry count survives the restart");
+    // Notifications from the spool were received before (by an earlier start, or by the node that accepted them
+    // into the shared stream): they do not count as received again; a new one does.
+    assert_eq!(stats.received.load(Ordering::Relaxed), 0);
+    engine.submit(make(3)).await.unwrap();
+    assert_eq!(stats.received.load(Ordering::Relaxed), 1);
+    engine.count_received(&make(4));
+    assert_eq!(stats.received.load(Ordering::Relaxed), 2);
 }
 
 /// A domain with nothing left to do rests: once its last connection closed it takes no more looks until work comes,

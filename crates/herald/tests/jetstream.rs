@@ -306,6 +306,19 @@ async fn notifications_are_delivered_logged_and_looked_up_under_the_id_their_sen
         logged, answered,
         "the mainlog D lines do not carry the ids the sender was given"
     );
+    // Received counts where a notification was accepted, once: not again on the node that pulled it.
+    let received = format!("herald_received_total{{domain=\"{DOMAIN}\"}}");
+    let mut counted = Vec::new();
+    for (daemon, _) in &nodes {
+        let m = reqwest::get(format!("http://{}/metrics", daemon.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        counted.push(metric(&m, &received));
+    }
+    assert_eq!(counted, [ids.len() as u64, 0], "received per node");
 
     // (b) The status API of the node that delivered each one answers delivered, under that id.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -486,6 +486,7 @@ impl Intake {
                     source.protocol,
                     self.binding_group(n).as_deref().unwrap_or(DEFAULT_BINDING),
                 );
+                self.engine.count_received(n);
             }
             return Ok(());
         }

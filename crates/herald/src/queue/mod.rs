@@ -288,6 +288,14 @@ impl EngineShared {
 }
 
 /// A queue in the engine's map: its channel while its task runs, and its counters, which outlive the task.
+/// How a notification comes to a queue: newly accepted (it counts as received), or again from the spool — at
+/// start, or pulled from the shared stream, where the node that accepted it counted it ([`Engine::count_received`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    New,
+    Restored,
+}
+
 struct DomainHandle {
     /// `None` once the queue retired (see [`EngineShared::retire`]).
     sender: Option<DomainSender>,
@@ -424,7 +432,27 @@ impl Engine {
         self.shared.listener.set(listener).is_ok()
     }
 
-    /// Queues a notification recovered from the spool with its retry count and next attempt time.
+    /// Counts `notification` as received without queueing it here: it was accepted into a spool other nodes
+    /// deliver from (the JetStream spool), and whichever node pulls it does not count it again.
+    pub fn count_received(&self, notification: &Notification) {
+        let key = QueueKey {
+            domain: notification.domain.clone(),
+            binding: notification.binding.clone(),
+        };
+        let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues
+            .entry(key)
+            .or_insert_with(|| DomainHandle {
+                sender: None,
+                stats: Arc::new(DomainStats::default()),
+            })
+            .stats
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Queues a notification recovered from the spool with its retry count and next attempt time. It does not
+    /// count as received again (the start that accepted it, or the node that did, counted it).
     pub async fn restore(
         &self,
         notification: Notification,
@@ -434,13 +462,15 @@ impl Engine {
         let mut item = Queued::new(notification);
         item.retries = retries;
         let delay = next_attempt.and_then(|t| t.duration_since(SystemTime::now()).ok());
-        self.enqueue(item, delay.filter(|d| !d.is_zero())).await
+        self.enqueue(item, delay.filter(|d| !d.is_zero()), Arrival::Restored)
+            .await
     }
 
     /// Queues a notification for delivery; waits while the engine holds its maximum in memory.
     /// Must run inside a tokio runtime (a domain's first notification starts its task).
     pub async fn submit(&self, notification: Notification) -> Result<(), SubmitError> {
-        self.enqueue(Queued::new(notification), None).await
+        self.enqueue(Queued::new(notification), None, Arrival::New)
+            .await
     }
 
     /// Takes a memory permit (waiting for one), then hands `item` to its domain's task, due now or after
@@ -449,6 +479,7 @@ impl Engine {
         &self,
         item: Box<Queued>,
         delay: Option<std::time::Duration>,
+        arrival: Arrival,
     ) -> Result<(), SubmitError> {
         let permit = self
             .shared
@@ -457,7 +488,7 @@ impl Engine {
             .await
             .map_err(|_| SubmitError::ShuttingDown)?;
         permit.forget();
-        self.hand_over(item, delay).await
+        self.hand_over(item, delay, arrival).await
     }
 
     /// Room for `n` more notifications in memory, taken now, or `None` when the engine cannot hold them
@@ -495,17 +526,19 @@ impl Engine {
         match reservation.0.as_mut().and_then(|p| p.split(1)) {
             Some(one) => {
                 one.forget();
-                self.hand_over(Queued::new(notification), None).await
+                self.hand_over(Queued::new(notification), None, Arrival::New)
+                    .await
             }
             None => self.submit(notification).await,
         }
     }
 
-    /// Hands `item`, whose memory permit is taken, to its domain's task.
+    /// Hands `item`, whose memory permit is taken, to its domain's task; a new one counts as received.
     async fn hand_over(
         &self,
         item: Box<Queued>,
         delay: Option<std::time::Duration>,
+        arrival: Arrival,
     ) -> Result<(), SubmitError> {
         if let Some(l) = self.shared.listener.get() {
             l.queued(&item.notification, item.retries);
@@ -518,9 +551,9 @@ impl Engine {
             Some(d) => DomainEvent::EnqueueDelayed(item, d),
             None => DomainEvent::Enqueue(item),
         };
-        let sent = match self.send_to_queue(&key, event) {
+        let sent = match self.send_to_queue(&key, event, arrival) {
             Handed::Done(sent) => sent,
-            Handed::NoQueue(event) => self.start_queue(key, event).await,
+            Handed::NoQueue(event) => self.start_queue(key, event, arrival).await,
         };
         if sent.is_err() {
             self.shared.resident.add_permits(1);
@@ -528,18 +561,20 @@ impl Engine {
         sent
     }
 
-    /// Sends `event` to the running queue of `key` (counting the notification it carries), under the engine-wide
-    /// lock: a queue retires under the same lock, so it cannot retire between this look and the send.
-    fn send_to_queue(&self, key: &QueueKey, event: DomainEvent) -> Handed {
+    /// Sends `event` to the running queue of `key` (counting the notification it carries when it is new), under the
+    /// engine-wide lock: a queue retires under the same lock, so it cannot retire between this look and the send.
+    fn send_to_queue(&self, key: &QueueKey, event: DomainEvent, arrival: Arrival) -> Handed {
         let queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         match queues.get(key) {
             Some(DomainHandle {
                 sender: Some(sender),
                 stats,
             }) => {
-                stats
-                    .received
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if arrival == Arrival::New {
+                    stats
+                        .received
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Handed::Done(sender.0.send(event).map_err(|_| SubmitError::ShuttingDown))
             }
             _ => Handed::NoQueue(event),
@@ -551,7 +586,12 @@ impl Engine {
     /// notification's settings (which may read credential files, parse a PKCS#12 identity and sign a provider
     /// token) are resolved outside it, on a blocking thread, so other submitters and the async threads do not
     /// wait for them. A retired queue starts again with its counters.
-    async fn start_queue(&self, key: QueueKey, event: DomainEvent) -> Result<(), SubmitError> {
+    async fn start_queue(
+        &self,
+        key: QueueKey,
+        event: DomainEvent,
+        arrival: Arrival,
+    ) -> Result<(), SubmitError> {
         let settings = resolve_blocking(
             self.shared.resolver.clone(),
             key.binding.clone(),
@@ -567,10 +607,12 @@ impl Engine {
             sender: None,
             stats: Arc::new(DomainStats::default()),
         });
-        handle
-            .stats
-            .received
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if arrival == Arrival::New {
+            handle
+                .stats
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         // Another submitter may have started the queue meanwhile: use it.
         let sender = match &handle.sender {
             Some(sender) => sender.clone(),
