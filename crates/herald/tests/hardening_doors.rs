@@ -978,3 +978,65 @@ domain "{DOMAIN}" {{
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     drop(flood);
 }
+
+/// On a dual-stack listener (`[::]:port`) an IPv4 client arrives as `::ffff:a.b.c.d`: the address lists and the
+/// key lockout must still see the IPv4 address (else an IPv4 block in `always_deny` would not apply, and every IPv4
+/// client would share one /64 of wrong keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_listener_sees_ipv4_clients_as_ipv4() {
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        return; // no IPv6 on this machine
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let config = path.join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+spool_dir = "{spool}"
+http_listener {{
+  listen "[::]:0" {{ api_key = "{KEY}" always_deny = ( 127.0.0.2/32 ) }}
+}}
+domain "{DOMAIN}" {{ apn_topic = "{TOPIC}" }}
+"#,
+            spool = path.join("spool").display(),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let port = server.addrs().await.http[0].port();
+    let client = |from: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(from.parse().unwrap()))
+            .build()
+            .unwrap()
+    };
+    let r = client("127.0.0.2")
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("client address 127.0.0.2 is not allowed")
+    );
+    // Wrong keys from one IPv4 client lock out that client only.
+    let push = |from: &str, key: &str| {
+        client(from)
+            .get(format!("http://127.0.0.1:{port}/api/v1/tokens/invalid"))
+            .bearer_auth(key)
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(push("127.0.0.3", "wrong").await.unwrap().status(), 401);
+    }
+    let r = push("127.0.0.3", KEY).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.text().await.unwrap().contains("from 127.0.0.3"));
+    assert_eq!(push("127.0.0.4", KEY).await.unwrap().status(), 200);
+    server.shutdown(Duration::from_secs(2)).await;
+}

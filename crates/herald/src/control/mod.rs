@@ -206,7 +206,7 @@ pub async fn serve(
                     };
                     let client = match &stream {
                         Stream::Unix(_) => None,
-                        Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip()),
+                        Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip().to_canonical()),
                     };
                     let guard = match conns.admit(client, &limits) {
                         Ok(guard) => guard,
@@ -300,7 +300,7 @@ async fn accept(
         }
         ControlSocket::Tcp(listener) => {
             let (s, peer) = listener.accept().await?;
-            if settings.permits(peer.ip()) {
+            if settings.permits(peer.ip().to_canonical()) {
                 Ok(Some(Stream::Tcp(s)))
             } else {
                 tracing::info!("control listener {}: refused {peer}", settings.address);

@@ -89,11 +89,14 @@ impl RestState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnId(pub MessageId);
 
-/// The client's address, as [`serve`] (or axum's `into_make_service_with_connect_info`) recorded it.
+/// The client's address, as [`serve`] (or axum's `into_make_service_with_connect_info`) recorded it. An IPv4
+/// client of a dual-stack listener (`[::]:port`) arrives as `::ffff:a.b.c.d`: it is given back as the IPv4
+/// address, so that IPv4 blocks in the address lists and `peer` stanzas match it and each IPv4 client counts
+/// its wrong keys on its own.
 pub fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
     extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+        .map(|c| c.0.ip().to_canonical())
 }
 
 /// The connection id of a request; a fresh one when the server did not set it (one per request then).
