@@ -70,8 +70,10 @@ pub enum Unavailable {
         max: usize,
         wanted: usize,
     },
-    /// The spool took the batch and the queue could not (shutting down): the spool delivers it after a restart.
-    #[error("queueing failed after the spool took it: {0}")]
+    /// herald stopped while the batch was being stored: whatever of it the spool took is queued at the next start.
+    #[error(
+        "herald stopped while storing the notifications ({0}); any the spool took are delivered after a restart"
+    )]
     Queueing(#[source] SubmitError),
 }
 
@@ -508,11 +510,17 @@ impl Intake {
                 self.binding_group(n).as_deref().unwrap_or(DEFAULT_BINDING),
             );
         }
+        // The batch is durable and its receptions are logged: from here the sender is told yes whatever happens,
+        // as a "try again" would have it send notifications the spool already holds a second time. One the engine
+        // cannot queue now (a reload removed its domain meanwhile, or herald is stopping) stays in the spool and
+        // is queued again at the next start.
         for n in batch {
-            self.engine
-                .submit_reserved(n, &mut room)
-                .await
-                .map_err(|e| Refusal::Temporary(Unavailable::Queueing(e)))?;
+            let id = n.id;
+            if let Err(e) = self.engine.submit_reserved(n, &mut room).await {
+                tracing::warn!(
+                    "notification {id} is in the spool but could not be queued now ({e}); the next start queues it"
+                );
+            }
         }
         Ok(())
     }
@@ -893,6 +901,40 @@ mod tests {
                 Ok(())
             })
         }
+    }
+
+    /// Once the spool took a batch, the sender is told yes even when the engine cannot queue it now (here: the
+    /// engine no longer routes the domain, as after a reload that removed it while the batch was written): a
+    /// "try again" would have the sender send stored notifications a second time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_batch_is_acknowledged_even_when_the_engine_cannot_queue_it_now() {
+        let (resolver, _) = engine();
+        let unrouted = Arc::new(Engine::new(
+            Arc::new(StaticResolver::default()),
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        let intake = Arc::new(Intake::new(
+            resolver,
+            Arc::new(NotDurable),
+            unrouted.clone(),
+            IdGenerator::new(1),
+        ));
+        let source = source(&intake);
+        let batch: Vec<_> = (0..2)
+            .map(|i| {
+                let submission = Submission {
+                    domain: "apps.example".into(),
+                    token: format!("{i:02x}").repeat(32),
+                    payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+                    ..Submission::default()
+                };
+                intake.prepare(submission, &source).unwrap()
+            })
+            .collect();
+        assert!(intake.commit(batch, &source).await.is_ok());
+        assert_eq!(unrouted.resident_room(), unrouted.max_resident());
     }
 
     /// A sender that goes away while its batch is being made durable (its request's future dropped) does not
