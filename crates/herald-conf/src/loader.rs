@@ -158,8 +158,9 @@ impl Loader {
         self.load_text(name, dir, bytes, root, false);
     }
 
-    /// Loads one file's bytes. With `from_file`, a file that is not a configuration (not UTF-8, or errors and not
-    /// one statement without a syntax error: a key, a password file) is reported without quoting any of it.
+    /// Loads one file's bytes. With `from_file`, a file that is not a configuration (not UTF-8, or errors, not one
+    /// statement without a syntax error and not starting like a configuration: a key, a password file) is reported
+    /// without quoting any of it.
     fn load_text(
         &mut self,
         name: Arc<str>,
@@ -218,7 +219,7 @@ impl Loader {
             .iter()
             .filter(|d| d.severity == crate::diag::Severity::Error)
             .count();
-        if from_file && errors_here > 0 && well_formed == 0 {
+        if from_file && errors_here > 0 && well_formed == 0 && !starts_like_a_configuration(&text) {
             let line = self.diags.all()[mark..]
                 .iter()
                 .find(|d| d.severity == crate::diag::Severity::Error && d.location.file == ctx.name)
@@ -637,4 +638,67 @@ fn check_name(kind: ScopeKind, name: &str) -> Result<Option<regex::Regex>, Strin
 fn first_line(s: &str) -> String {
     let line = s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s);
     quote(line.trim()).trim_matches('`').to_string()
+}
+
+/// True if the text's first word is one a configuration starts with: a scope keyword, an option name or an
+/// include. Such a file is a configuration with mistakes, whose errors are worth showing in full; a key or a password
+/// file does not start that way.
+fn starts_like_a_configuration(text: &str) -> bool {
+    match crate::lexer::Lexer::new(text).next() {
+        Some(t) if t.kind == crate::lexer::TokenKind::Word => {
+            let w = t.value.as_ref();
+            ScopeKind::from_keyword(w).is_some()
+                || options::lookup(w).is_some()
+                || w.eq_ignore_ascii_case("include")
+                || w.eq_ignore_ascii_case("readonly_include")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::Config;
+
+    fn write(dir: &Path, name: &str, text: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_syntax_error_in_an_included_configuration_is_shown_with_its_position_and_hint() {
+        // The file's one statement has a syntax error, but it starts like a configuration: its real error is
+        // shown, not "does not look like a herald configuration".
+        let tmp = tempfile::tempdir().unwrap();
+        write(
+            tmp.path(),
+            "conf.d/app.conf",
+            b"# app\n\ndomain \"x\" { routes = ( apn://h?port=2195 ) }\n",
+        );
+        let p = write(tmp.path(), "main.conf", b"include \"conf.d/app.conf\"\n");
+        let d = Config::load(&p).unwrap_err();
+        let errs: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("app.conf:3:37: error:"), "{errs:?}");
+        assert!(errs[0].contains("must be quoted"), "{errs:?}");
+        assert!(!errs[0].contains("does not look like"), "{errs:?}");
+        // The same file loaded on its own.
+        let d = Config::load(tmp.path().join("conf.d/app.conf")).unwrap_err();
+        assert!(d.to_string().contains("app.conf:3:37: error:"), "{d}");
+
+        // A file that does not start like a configuration is still not quoted.
+        write(tmp.path(), "conf.d/app.conf", b"secret = ( a=b )\n");
+        let all = Config::load(&p).unwrap_err().to_string();
+        assert!(
+            all.contains("does not look like a herald configuration"),
+            "{all}"
+        );
+        assert!(!all.contains("secret"), "{all}");
+    }
 }

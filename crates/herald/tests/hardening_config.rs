@@ -436,3 +436,22 @@ fn console_config_reload_of_another_path_is_limited_quoted_safely_and_logged_wit
         "{logged:?}"
     );
 }
+
+#[test]
+fn check_shows_the_syntax_error_of_an_included_file_that_starts_like_a_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/app.conf"),
+        "# app\n\ndomain \"x\" { routes = ( apn://h?port=2195 ) }\n",
+    )
+    .unwrap();
+    let main = dir.path().join("herald.conf");
+    std::fs::write(&main, "include \"conf.d/app.conf\"\n").unwrap();
+    let o = herald(&["check", "-c", main.to_str().unwrap()]);
+    let all = text(&o.stdout) + &text(&o.stderr);
+    assert!(!o.status.success(), "{all}");
+    assert!(all.contains("app.conf:3:37: error:"), "{all}");
+    assert!(all.contains("must be quoted"), "{all}");
+    assert!(!all.contains("does not look like"), "{all}");
+}
