@@ -196,6 +196,10 @@ pub struct EngineShared {
     queues: Mutex<HashMap<QueueKey, DomainHandle>>,
     /// How long a queue rests with nothing queued before it retires (`None`: never).
     idle_queue_timeout: Option<std::time::Duration>,
+    /// Bumped by [`Engine::reconfigure`] as it lists the queues (under the lock of `queues`): a queue started with
+    /// settings resolved before a reload, and inserted after the reload listed the queues, sees the count changed
+    /// and resolves its settings again.
+    reconfigurations: std::sync::atomic::AtomicU64,
 }
 
 impl EngineShared {
@@ -400,6 +404,7 @@ impl Engine {
                 resolver,
                 queues: Mutex::new(HashMap::new()),
                 idle_queue_timeout: limits.idle_queue_timeout,
+                reconfigurations: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -592,6 +597,11 @@ impl Engine {
         event: DomainEvent,
         arrival: Arrival,
     ) -> Result<(), SubmitError> {
+        let seen = self
+            .shared
+            .reconfigurations
+            .load(std::sync::atomic::Ordering::Acquire);
+        let (binding, domain) = (key.binding.clone(), key.domain.clone());
         let settings = resolve_blocking(
             self.shared.resolver.clone(),
             key.binding.clone(),
@@ -602,46 +612,66 @@ impl Engine {
             domain: key.domain.to_string(),
             reason,
         })?;
-        let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let handle = queues.entry(key).or_insert_with(|| DomainHandle {
-            sender: None,
-            stats: Arc::new(DomainStats::default()),
-        });
-        if arrival == Arrival::New {
-            handle
-                .stats
-                .received
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        // Another submitter may have started the queue meanwhile: use it.
-        let sender = match &handle.sender {
-            Some(sender) => sender.clone(),
-            None => {
-                tracing::debug!(
-                    domain = %settings.domain, binding = %settings.binding,
-                    binding_group = %settings.binding_group, endpoint = %settings.endpoint,
-                    bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
-                    "queue started"
-                );
-                let (tx, rx) = mpsc::unbounded_channel();
-                let sender = DomainSender(tx);
+        let (sender, stale) = {
+            let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let handle = queues.entry(key).or_insert_with(|| DomainHandle {
+                sender: None,
+                stats: Arc::new(DomainStats::default()),
+            });
+            if arrival == Arrival::New {
                 handle
                     .stats
-                    .resting
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                let task = DomainTask::new(
-                    settings,
-                    sender.clone(),
-                    rx,
-                    self.shared.clone(),
-                    handle.stats.clone(),
-                );
-                tokio::spawn(task.run());
-                handle.sender = Some(sender.clone());
-                sender
+                    .received
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            // Another submitter may have started the queue meanwhile: use it.
+            let sender = match &handle.sender {
+                Some(sender) => sender.clone(),
+                None => {
+                    tracing::debug!(
+                        domain = %settings.domain, binding = %settings.binding,
+                        binding_group = %settings.binding_group, endpoint = %settings.endpoint,
+                        bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
+                        "queue started"
+                    );
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let sender = DomainSender(tx);
+                    handle
+                        .stats
+                        .resting
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    let task = DomainTask::new(
+                        settings,
+                        sender.clone(),
+                        rx,
+                        self.shared.clone(),
+                        handle.stats.clone(),
+                    );
+                    tokio::spawn(task.run());
+                    handle.sender = Some(sender.clone());
+                    sender
+                }
+            };
+            let stale = self
+                .shared
+                .reconfigurations
+                .load(std::sync::atomic::Ordering::Acquire)
+                != seen;
+            (sender, stale)
         };
-        sender.0.send(event).map_err(|_| SubmitError::ShuttingDown)
+        sender
+            .0
+            .send(event)
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        if stale {
+            // A reload listed the queues while these settings were resolved from the configuration before it.
+            if let Ok(Ok(settings)) =
+                resolve_blocking(self.shared.resolver.clone(), binding, domain).await
+            {
+                let _ = sender.0.send(DomainEvent::Reconfigure(settings));
+            }
+        }
+        Ok(())
     }
 
     /// Counters of one domain (over every binding it is delivered from), if it has seen traffic.
@@ -856,6 +886,9 @@ impl Engine {
     pub async fn reconfigure(&self) -> Vec<(String, ResolveError)> {
         let queues: Vec<(QueueKey, DomainSender)> = {
             let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+            self.shared
+                .reconfigurations
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             let mut queues: Vec<_> = domains
                 .iter()
                 .filter_map(|(k, h)| Some((k.clone(), h.sender.clone()?)))
@@ -925,6 +958,121 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
 mod tests {
     use super::*;
     use herald_conf::Config;
+
+    /// A resolver whose first answer is the settings in force when it was asked, given only once the test lets
+    /// it go: a queue starting while a reload happens.
+    struct SlowFirstResolver {
+        current: Mutex<Arc<DeliverySettings>>,
+        asked: std::sync::mpsc::SyncSender<()>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+        first: std::sync::atomic::AtomicBool,
+    }
+
+    impl SettingsResolver for SlowFirstResolver {
+        fn resolve(&self, _domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            let settings = self.current.lock().unwrap().clone();
+            if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                self.asked.send(()).unwrap();
+                self.go.lock().unwrap().recv().unwrap();
+            }
+            Ok(settings)
+        }
+    }
+
+    fn settings_to(port: u16) -> DeliverySettings {
+        use herald_apns::client::connect::Endpoint;
+        use herald_apns::identity::{RootSource, client_config};
+        use retry::{MaxRetries, RetryPolicy};
+        use std::time::Duration;
+        DeliverySettings {
+            domain: Arc::from("apps.example"),
+            binding_group: Arc::from("default"),
+            binding: Arc::from("default"),
+            protocol: crate::outbound::settings::RouteProtocol::Http2,
+            endpoint: Endpoint::new("127.0.0.1", port),
+            tls: client_config(None, RootSource::NoVerify, true).unwrap(),
+            auth: None,
+            default_topic: Some(Arc::from("com.example.app")),
+            certificate_topic: None,
+            max_connections: 1,
+            host_budget: None,
+            idle_timeout: None,
+            response_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            keepalive: Duration::from_secs(30),
+            mx_failures_to_delay: 1000,
+            retry: RetryPolicy {
+                retry_interval: Duration::from_secs(1),
+                max_retry_interval: Duration::from_secs(1),
+                max_retries: MaxRetries::Unlimited,
+                message_expiration: Duration::from_secs(600),
+                never_attempt_expired: false,
+            },
+            apn_expiry: Duration::from_secs(600),
+            max_window: 1,
+        }
+    }
+
+    /// A queue whose first settings were resolved from the configuration before a reload, and which started after
+    /// the reload listed the queues, still gets the new configuration (here: a new route, which it connects to).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_starting_during_a_reload_gets_the_new_settings() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let old_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let new_route = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let new_port = new_route.local_addr().unwrap().port();
+        let (asked_tx, asked_rx) = std::sync::mpsc::sync_channel(1);
+        let (go_tx, go_rx) = std::sync::mpsc::sync_channel(1);
+        let resolver = Arc::new(SlowFirstResolver {
+            current: Mutex::new(Arc::new(settings_to(old_port))),
+            asked: asked_tx,
+            go: Mutex::new(go_rx),
+            first: std::sync::atomic::AtomicBool::new(true),
+        });
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        let notification = Notification {
+            id: MessageId::NONE,
+            batch_id: MessageId::NONE,
+            conn_id: MessageId::NONE,
+            domain: Arc::from("apps.example"),
+            binding: Arc::from("default"),
+            push: herald_apns::client::PushRequest {
+                token: herald_apns::token_hex::DeviceToken::from_hex(&"ab".repeat(32)).unwrap(),
+                topic: None,
+                push_type: None,
+                priority: None,
+                expiration: None,
+                collapse_id: None,
+                apns_id: None,
+                payload: bytes::Bytes::from_static(b"{}"),
+            },
+            sender: Arc::from(""),
+            recipient_given: None,
+            received_at: message::unix_now(),
+        };
+        let submitter = engine.clone();
+        let submit = tokio::spawn(async move { submitter.submit(notification).await });
+        tokio::task::spawn_blocking(move || asked_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // The reload: the configuration changes, and the engine lists its queues (none yet).
+        *resolver.current.lock().unwrap() = Arc::new(settings_to(new_port));
+        assert!(engine.reconfigure().await.is_empty());
+        go_tx.send(()).unwrap();
+        submit.await.unwrap().unwrap();
+        let accepted =
+            tokio::time::timeout(std::time::Duration::from_secs(20), new_route.accept()).await;
+        assert!(
+            accepted.is_ok(),
+            "the queue never connected to the new route"
+        );
+    }
 
     fn limits(text: &str) -> EngineLimits {
         let config = Config::parse_str("herald.conf", text).expect("the test configuration parses");
