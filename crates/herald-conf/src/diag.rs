@@ -170,7 +170,7 @@ impl Diagnostics {
 /// The longest piece of offending text quoted in a diagnostic, in characters.
 pub const MAX_QUOTE: usize = 60;
 
-/// Quotes offending text for a message: backticked, control characters escaped, cut to [`MAX_QUOTE`] characters
+/// Quotes offending text for a message: backticked, control and invisible characters escaped (`\u{feff}`), cut to [`MAX_QUOTE`] characters
 /// with the full length noted, so a 10 MB token yields a short message.
 pub fn quote(text: &str) -> String {
     let mut out = String::from("`");
@@ -184,7 +184,9 @@ pub fn quote(text: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if c.is_control() || crate::suggest::is_invisible(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
             c => out.push(c),
         }
     }

@@ -13,6 +13,7 @@
 use std::fmt;
 
 use crate::{
+    diag::quote,
     options::{self, Opt, OptId},
     scopes::{SCOPES, ScopeKind},
     suggest,
@@ -36,7 +37,7 @@ pub struct ScopePath {
 /// Why a scope path or option could not be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
-    #[error("unknown option `{name}`{}", did_you_mean(.suggestion))]
+    #[error("unknown option {}{}{}", quote(.name), invisible(.name, false), did_you_mean(.suggestion))]
     UnknownOption {
         name: String,
         suggestion: Option<&'static str>,
@@ -47,7 +48,7 @@ pub enum EvalError {
         scope: ScopeKind,
         valid: String,
     },
-    #[error("unknown scope `{word}`{}", did_you_mean(.suggestion))]
+    #[error("unknown scope {}{}{}", quote(.word), invisible(.word, true), did_you_mean(.suggestion))]
     UnknownScope {
         word: String,
         suggestion: Option<&'static str>,
@@ -60,6 +61,18 @@ pub enum EvalError {
     NoOption,
     #[error("no such scope in the configuration: {0}")]
     NotFound(String),
+}
+
+/// What is wrong with an option name (`scope`: a scope keyword) that holds an invisible character, if it does.
+fn invisible(word: &str, scope: bool) -> String {
+    suggest::invisible_note(word, |w| {
+        if scope {
+            ScopeKind::from_keyword(w).is_some()
+        } else {
+            options::lookup(w).is_some()
+        }
+    })
+    .unwrap_or_default()
 }
 
 fn did_you_mean(s: &Option<&'static str>) -> String {
@@ -466,5 +479,19 @@ mod tests {
             e.to_string(),
             "unknown option `rotues`; did you mean `routes`?"
         );
+        // An invisible character is named and escaped; the same visible word is never suggested.
+        let e = resolve_option("\u{feff}routes", ScopeKind::Domain).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown option `\\u{feff}routes`; it contains the invisible character U+FEFF (a byte-order mark, or \
+             zero-width no-break space), which is not part of any name: delete it to write `routes`"
+        );
+        let e = ScopePath::parse_scope_words(&["dom\u{200b}ain", "x"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("unknown scope `dom\\u{200b}ain`; it contains"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("did you mean"), "{e}");
     }
 }

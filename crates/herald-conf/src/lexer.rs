@@ -69,11 +69,20 @@ fn is_punct(c: char) -> bool {
     )
 }
 
+/// The byte-order mark some editors put at the start of a UTF-8 file.
+const BOM: char = '\u{feff}';
+
 impl<'a> Lexer<'a> {
+    /// A lexer over one file's text. A byte-order mark at its start is not part of the text: it is skipped, and
+    /// the first character after it is column 1.
     pub fn new(src: &'a str) -> Self {
         Self {
             src,
-            pos: 0,
+            pos: if src.starts_with(BOM) {
+                BOM.len_utf8()
+            } else {
+                0
+            },
             line: 1,
             col: 1,
             errors: Vec::new(),
@@ -414,6 +423,17 @@ mod tests {
                 ("f".into(), 3, 3)
             ]
         );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped() {
+        let toks = kinds("\u{feff}max_outbound_connections = 4\n");
+        assert_eq!(toks[0].1, "max_outbound_connections");
+        assert_eq!((toks[0].2, toks[0].3), (1, 1));
+        assert_eq!(toks[1].3, 26);
+        // Only at the start: elsewhere it is a character of the word (and reported as invisible there).
+        let toks = kinds("a \u{feff}b");
+        assert_eq!(toks[1].1, "\u{feff}b");
     }
 
     #[test]

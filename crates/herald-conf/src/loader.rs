@@ -182,7 +182,13 @@ impl Loader {
                     .rposition(|b| *b == b'\n')
                     .map(|i| i + 1)
                     .unwrap_or(0);
-                let col = String::from_utf8_lossy(&good[last..]).chars().count() as u32 + 1;
+                // A byte-order mark at the start is not a column (the lexer skips it too).
+                let first = if last == 0 {
+                    good.strip_prefix("\u{feff}".as_bytes()).unwrap_or(good)
+                } else {
+                    &good[last..]
+                };
+                let col = String::from_utf8_lossy(first).chars().count() as u32 + 1;
                 if from_file {
                     // Not text: nothing of it is parsed or quoted.
                     self.diags.error(
@@ -327,8 +333,14 @@ impl Loader {
                     quote(name),
                     name.to_ascii_lowercase()
                 ));
-            } else if let Some(s) = options::suggest_option(name) {
-                msg.push_str(&format!("; did you mean `{s}`?"));
+            } else {
+                if let Some(note) = suggest::invisible_note(name, |w| options::lookup(w).is_some())
+                {
+                    msg.push_str(&note);
+                }
+                if let Some(s) = options::suggest_option(name) {
+                    msg.push_str(&format!("; did you mean `{s}`?"));
+                }
             }
             self.diags.error(ctx.loc(at), msg);
             return;
@@ -407,8 +419,15 @@ impl Loader {
                     quote(kind_word),
                     kind_word
                 ));
-            } else if let Some(s) = suggest::closest(kind_word, SCOPES.iter().map(|d| d.keyword)) {
-                msg.push_str(&format!("; did you mean `{s}`?"));
+            } else {
+                if let Some(note) =
+                    suggest::invisible_note(kind_word, |w| ScopeKind::from_keyword(w).is_some())
+                {
+                    msg.push_str(&note);
+                }
+                if let Some(s) = suggest::closest(kind_word, SCOPES.iter().map(|d| d.keyword)) {
+                    msg.push_str(&format!("; did you mean `{s}`?"));
+                }
             }
             self.diags.error(ctx.loc(at), msg);
             return self.apply(body, node, ctx, true);
@@ -700,5 +719,62 @@ mod tests {
             "{all}"
         );
         assert!(!all.contains("secret"), "{all}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_of_a_file_or_an_include_is_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(
+            tmp.path(),
+            "conf.d/app.conf",
+            "\u{feff}domain \"x\" { max_outbound_connections = 3 }\n".as_bytes(),
+        );
+        let p = write(
+            tmp.path(),
+            "main.conf",
+            "\u{feff}max_outbound_connections = 4\ninclude \"conf.d/app.conf\"\n".as_bytes(),
+        );
+        let c = Config::load(&p).unwrap_or_else(|d| panic!("{d}"));
+        let eval = |words: &[&str]| c.eval_words(words).unwrap().1;
+        assert_eq!(eval(&["max_outbound_connections"]), crate::Value::Int(4));
+        assert_eq!(
+            eval(&["domain", "x", "max_outbound_connections"]),
+            crate::Value::Int(3)
+        );
+        // Positions after the mark count from its end.
+        let d = Config::parse_str("t.conf", "\u{feff}retry_interval = x\n").unwrap_err();
+        assert!(d.to_string().starts_with("t.conf:1:18: error:"), "{d}");
+        let d = Config::parse_bytes("t.conf", b"\xef\xbb\xbfab\xff").unwrap_err();
+        assert!(d.to_string().starts_with("t.conf:1:3: error:"), "{d}");
+    }
+
+    #[test]
+    fn an_invisible_character_in_a_name_is_named_and_never_suggested_away() {
+        let d = Config::parse_str("t.conf", "max_\u{200b}outbound_connections = 4\n").unwrap_err();
+        let m = d.to_string();
+        assert!(
+            m.contains("unknown option `max_\\u{200b}outbound_connections`"),
+            "{m}"
+        );
+        assert!(m.contains("invisible character U+200B"), "{m}");
+        assert!(
+            m.contains("delete it to write `max_outbound_connections`"),
+            "{m}"
+        );
+        assert!(!m.contains("did you mean"), "{m}");
+        // Not at the start of the file, a byte-order mark is a character of the word.
+        let d =
+            Config::parse_str("t.conf", "idle_timeout = 5\n\u{feff}domain x { }\n").unwrap_err();
+        let m = d.to_string();
+        assert!(m.contains("unknown scope `\\u{feff}domain`"), "{m}");
+        assert!(m.contains("U+FEFF (a byte-order mark"), "{m}");
+        assert!(m.contains("delete it to write `domain`"), "{m}");
+        assert!(!m.contains("did you mean"), "{m}");
+        // A typo as well: the invisible character is named and the typo gets its suggestion.
+        let m = Config::parse_str("t.conf", "\u{200b}idle_timout = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("U+200B"), "{m}");
+        assert!(m.contains("did you mean `idle_timeout`?"), "{m}");
     }
 }

@@ -455,3 +455,26 @@ fn check_shows_the_syntax_error_of_an_included_file_that_starts_like_a_configura
     assert!(all.contains("must be quoted"), "{all}");
     assert!(!all.contains("does not look like"), "{all}");
 }
+
+#[test]
+fn check_accepts_files_saved_with_a_byte_order_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.conf"),
+        "\u{feff}domain \"x\" { max_outbound_connections = 3 }\n",
+    )
+    .unwrap();
+    let main = dir.path().join("herald.conf");
+    std::fs::write(
+        &main,
+        format!(
+            "\u{feff}max_outbound_connections = 4\nspool_dir = \"{}\"\ninclude \"app.conf\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let o = herald(&["check", "-c", main.to_str().unwrap()]);
+    let all = text(&o.stdout) + &text(&o.stderr);
+    assert!(o.status.success(), "{all}");
+    assert!(!all.contains("unknown option"), "{all}");
+}
