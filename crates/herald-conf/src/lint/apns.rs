@@ -1,5 +1,6 @@
 //! Delivery options that are valid one by one but misbehave with APNs, checked for every domain stanza that
-//! delivers with `delivery_method = apn` (along the same fallback path delivery uses):
+//! delivers with `delivery_method = apn` (along the same fallback path delivery uses: a top-level domain stanza
+//! through binding `default`, which notifications naming no binding use):
 //!
 //! - `idle_timeout = 0` keeps idle connections open for good; APNs closes idle connections itself, so a connection
 //!   kept forever is found dead by the next notification.
@@ -21,6 +22,9 @@ use crate::{
     tree::Node,
     value::{RouteProtocol, Value},
 };
+
+/// The binding of notifications that name none; delivery resolves top-level domain stanzas through it.
+const DEFAULT_BINDING: &str = "default";
 
 /// A domain stanza and the containers it sits in.
 struct DomainSite<'a> {
@@ -45,7 +49,9 @@ fn domain_sites(root: &Node) -> Vec<DomainSite<'_>> {
         }
     }
     let mut out = Vec::new();
-    add(&mut out, root, None, None);
+    // A top-level domain stanza is delivered through binding `default` (a notification that names no binding),
+    // so a `binding "default"` stanza (and its group) is on its path, as in delivery.
+    add(&mut out, root, None, Some(DEFAULT_BINDING));
     for b in root.children_of(ScopeKind::Binding) {
         add(&mut out, b, None, b.name.as_deref());
     }
@@ -81,15 +87,15 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
     let mut report =
         |kind: u8, at: Location, domain: &str, message: Box<dyn Fn(&str) -> String>| {
             let key = (kind, at.file.to_string(), at.line, at.col);
-            findings
-                .entry(key)
-                .or_insert_with(|| Finding {
-                    at,
-                    message,
-                    domains: Vec::new(),
-                })
-                .domains
-                .push(domain.to_string());
+            let f = findings.entry(key).or_insert_with(|| Finding {
+                at,
+                message,
+                domains: Vec::new(),
+            });
+            // The same domain in several stanzas on one path (top level and in `binding "default"`) counts once.
+            if !f.domains.iter().any(|d| d == domain) {
+                f.domains.push(domain.to_string());
+            }
         };
     for site in domain_sites(root) {
         let Some(domain) = site.node.name.as_deref() else {
@@ -223,6 +229,46 @@ mod tests {
         assert!(warnings(&text.replace("= 2000", "= 1999")).is_empty());
         // HTTP/2 routes answer each request: the rule is for the binary protocol.
         assert!(warnings(&text.replace(BINARY, "routes = ( \"https://h\" )")).is_empty());
+    }
+
+    #[test]
+    fn top_level_domains_are_checked_through_binding_default() {
+        // Delivery resolves a top-level domain stanza through binding `default`: its settings apply.
+        let w = warnings(
+            "binding \"default\" {\n  idle_timeout = 0\n}\n\
+             domain \"a.example\" { delivery_method = apn routes = ( \"https://h\" ) }\n",
+        );
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].starts_with("t.conf:2:3: warning: `idle_timeout = 0` keeps idle APNs connections open forever for domain `a.example`:"),
+            "{w:#?}"
+        );
+        // Also when `default` sits in a binding group, and for the binary route's response timeout.
+        let w = warnings(&format!(
+            "binding_group \"g\" {{\n  binding \"default\" {{\n    idle_timeout = 2\n    \
+             delivery_response_timeout = 2000\n    apn_feedback_interval = 60\n  }}\n}}\n\
+             domain \"legacy.example\" {{ delivery_method = apn {BINARY} }}\n"
+        ));
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].starts_with("t.conf:4:5: warning: `delivery_response_timeout = 2000`"),
+            "{w:#?}"
+        );
+        // Another binding's settings are not on the path of a top-level domain.
+        assert!(
+            warnings(
+                "binding \"other\" {\n  idle_timeout = 0\n}\n\
+                 domain \"a.example\" { delivery_method = apn routes = ( \"https://h\" ) }\n",
+            )
+            .is_empty()
+        );
+        // The same domain at the top level and in `binding "default"` is one domain.
+        let w = warnings(
+            "idle_timeout = 0\nbinding \"default\" {\n  domain \"a.example\" { routes = ( \"https://h\" ) }\n}\n\
+             domain \"a.example\" { delivery_method = apn routes = ( \"https://h\" ) }\n",
+        );
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].contains("for domain `a.example`:"), "{w:#?}");
     }
 
     #[test]
