@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::file::{LogFile, push_escaped};
+use super::file::{LogFile, push_escaped, push_escaped_in_quotes};
 use super::{OutcomeKind, OutcomeRecord};
 
 pub const DEFAULT_DELIVERY_FORMAT: &str = "%t@D@%i@\"%sa\"@\"%da\"@%d@%g@%b@%H@%B@%ti";
@@ -103,11 +103,22 @@ impl LogFormat {
         Ok(LogFormat(segments))
     }
 
+    /// Writes the line of `r`. A field between double quotes (an odd number of `"` in the literals before it, as
+    /// `"%sa"` in the default formats) has its `"` escaped as `\"`, so that it cannot end the quotes early.
     fn render(&self, r: &OutcomeRecord<'_>, line: &mut String) {
         let n = r.notification;
+        let mut quoted = false;
         for segment in &self.0 {
+            let push_escaped = if quoted {
+                push_escaped_in_quotes
+            } else {
+                push_escaped
+            };
             match segment {
-                Segment::Literal(s) => line.push_str(s),
+                Segment::Literal(s) => {
+                    line.push_str(s);
+                    quoted ^= s.matches('"').count() % 2 == 1;
+                }
                 Segment::Macro(m) => match m {
                     Macro::Time => {
                         let _ = write!(line, "{}", r.at);
@@ -261,6 +272,42 @@ mod tests {
                 Segment::Literal("%".into()),
             ]
         );
+    }
+
+    /// A sender with a double quote (SMTP `MAIL FROM:<"x\" y"@…>`, the REST `from`) used to end the default
+    /// formats' `"%sa"` early; inside quotes `"` is escaped, outside (the P format's bare `%sa`) it is left as is.
+    #[test]
+    fn a_quote_inside_a_quoted_field_is_escaped() {
+        let mut n = crate::outcomes::fixtures::notification(
+            crate::model::message::MessageId::from_parts(0, 1_800_000_000_000, 1),
+            "quotes.example",
+            1,
+        );
+        n.sender = std::sync::Arc::from("x\" y@a@b");
+        n.recipient_given = Some(std::sync::Arc::from("\"r\"@quotes.example"));
+        let delivered = crate::outcomes::fixtures::delivered(&n);
+        let render = |format: &str, r: &OutcomeRecord<'_>| {
+            let mut line = String::new();
+            LogFormat::parse(format).unwrap().render(r, &mut line);
+            line
+        };
+        let line = render(DEFAULT_DELIVERY_FORMAT, &delivered);
+        assert!(
+            line.contains(r#"@"x\" y\@a\@b"@"\"r\"\@quotes.example"@quotes.example@"#),
+            "{line}"
+        );
+        let permanent = OutcomeRecord {
+            kind: OutcomeKind::Permanent,
+            ..delivered
+        };
+        let line = render(DEFAULT_PERMFAIL_FORMAT, &permanent);
+        assert!(
+            line.contains(r#"@x" y\@a\@b@"r"\@quotes.example@quotes.example@"#),
+            "{line}"
+        );
+        // Quotes in the literals open and close: only the fields between them are escaped.
+        let line = render(r#"%sa "%da" %sa"#, &delivered);
+        assert_eq!(line, r#"x" y\@a\@b "\"r\"\@quotes.example" x" y\@a\@b"#);
     }
 
     #[test]

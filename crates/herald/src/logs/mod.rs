@@ -179,7 +179,9 @@ impl Logs {
     }
 
     /// Writes out what every log holds in memory; returns the errors of the files that could not take it (a
-    /// full disk, a removed directory). Lines that could not be written stay buffered for the next flush.
+    /// full disk, a removed directory), each with the lines it dropped since it last took a write. Whole lines that
+    /// could not be written stay in memory for the next flush, up to 256 KiB per file; later lines are dropped and
+    /// counted ([`Logs::dropped_lines`]).
     pub fn flush(&self) -> Vec<file::LogFileError> {
         let mut errors = Vec::new();
         for m in &self.mainlog {
@@ -189,6 +191,14 @@ impl Logs {
             errors.extend(a.file().flush().err());
         }
         errors
+    }
+
+    /// Lines the mainlogs and apn_logger files dropped since they were opened because their files took no writes
+    /// (a full disk) while their memory buffers were full.
+    pub fn dropped_lines(&self) -> u64 {
+        let main = self.mainlog.iter().map(|m| m.file().dropped_lines());
+        let apn = self.apnlog.iter().map(|a| a.file().dropped_lines());
+        main.chain(apn).sum()
     }
 
     /// Reopens every log file (after logrotate); returns the errors of those that failed.
@@ -405,6 +415,31 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].to_string().contains("/dev/full"), "{}", errors[0]);
         assert!(Logs::default().flush().is_empty());
+    }
+
+    /// Lines a full disk makes a log drop (its memory buffer is full too) are counted, and the flush error says how
+    /// many (they used to be dropped without a trace).
+    #[test]
+    fn lines_dropped_on_a_full_disk_are_counted_and_reported() {
+        let file = file::LogFile::open(std::path::Path::new("/dev/full"), 0o644).unwrap();
+        let line = "x".repeat(1023);
+        for _ in 0..300 {
+            file.write_line(&line);
+        }
+        let logs = Logs {
+            mainlog: Vec::new(),
+            apnlog: vec![Arc::new(apnlog::ApnLog::new(file, Default::default()))],
+            recent: None,
+        };
+        // 256 lines of 1 KiB fill the buffer; the other 44 are dropped.
+        assert_eq!(logs.dropped_lines(), 44);
+        let errors = logs.flush();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].to_string().contains("44 line(s) dropped"),
+            "{}",
+            errors[0]
+        );
     }
 
     /// Every enabled `ec_logger` writes its own mainlog, with its own options (the last one used to be the only one
