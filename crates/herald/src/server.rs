@@ -741,13 +741,12 @@ impl Server {
         self.stop_requested.notified().await;
     }
 
-    /// `reopen logs`: returns what could not be reopened.
+    /// `reopen logs`: reopens the mainlogs, the apn_logger files and the feedback log (`feedback_logfile`); returns
+    /// what could not be reopened.
     pub fn reopen_logs(&self) -> Vec<String> {
-        self.logs
-            .reopen()
-            .into_iter()
-            .map(|e| e.to_string())
-            .collect()
+        let mut errors = self.logs.reopen();
+        errors.extend(self.invalid_tokens.reopen_log());
+        errors.into_iter().map(|e| e.to_string()).collect()
     }
 
     /// Stops accepting and holds delivery, waits up to `grace` for sessions and for the notifications already on

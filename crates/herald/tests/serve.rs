@@ -643,3 +643,59 @@ domain "legacy.example" {{
         "{stored}"
     );
 }
+
+/// SIGHUP after logrotate moved the logs away: the next lines go to new files at the configured paths, the feedback
+/// log (`feedback_logfile`) included (it used to keep writing to the rotated file until a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_mainlog_and_the_feedback_log_after_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let (before, after) = (token(1), token(2));
+    let mut sim_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    sim_config.h2_port = port;
+    sim_config.scenario.unregistered = vec![before.clone(), after.clone()];
+    let _sim = Simulator::start(sim_config).await.unwrap();
+    let config = write_config(dir.path(), &pki, port);
+    let feedback_log = dir.path().join("feedback.log");
+    let mainlog = dir.path().join("mainlog.ec");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "feedback_logfile = \"{}\"\n",
+        feedback_log.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let wait_for = |p: PathBuf, what: String| async move {
+        let deadline = Instant::now() + WAIT;
+        while !read(&p).contains(&what) {
+            assert!(Instant::now() < deadline, "{what} never in {}", p.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    post_batches(&daemon.http, 1, 1, 1).await.unwrap();
+    wait_for(feedback_log.clone(), before.clone()).await;
+    let (feedback_old, mainlog_old) = (
+        dir.path().join("feedback.log.1"),
+        dir.path().join("mainlog.ec.1"),
+    );
+    std::fs::rename(&feedback_log, &feedback_old).unwrap();
+    std::fs::rename(&mainlog, &mainlog_old).unwrap();
+    daemon.signal("-HUP");
+    let deadline = Instant::now() + WAIT;
+    while !(feedback_log.exists() && mainlog.exists()) {
+        assert!(Instant::now() < deadline, "the logs were not reopened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    post_batches(&daemon.http, 2, 1, 1).await.unwrap();
+    wait_for(feedback_log.clone(), after.clone()).await;
+    wait_for(mainlog.clone(), after.clone()).await;
+    daemon.terminate();
+    let (old, new) = (read(&feedback_old), read(&feedback_log));
+    assert!(old.contains(&before) && !old.contains(&after), "{old}");
+    assert!(!new.contains(&before), "{new}");
+    assert!(!read(&mainlog_old).contains(&after));
+}

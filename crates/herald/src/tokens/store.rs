@@ -6,11 +6,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::logs::file::{LogFile, push_escaped};
+use crate::logs::file::{LogFile, LogFileError, push_escaped};
 use crate::queue::{InvalidToken, InvalidTokenSink};
 
 /// One invalid token.
@@ -38,6 +38,9 @@ fn shared_key(entry: &InvalidTokenEntry) -> String {
     key
 }
 
+/// How often a feedback log that keeps failing to take writes is warned about (as the other logs are).
+const LOG_ERROR_EVERY: Duration = Duration::from_secs(10);
+
 /// Why the store could not be opened or written.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenStoreError {
@@ -58,6 +61,8 @@ pub struct InvalidTokenStore {
     path: PathBuf,
     inner: Mutex<Inner>,
     feedback_log: Option<LogFile>,
+    /// When a failed write of the feedback log was last warned about (once per [`LOG_ERROR_EVERY`] while it lasts).
+    log_warned: Mutex<Option<Instant>>,
     /// With the JetStream spool: the key-value bucket every node shares (new entries are put there too).
     shared: std::sync::OnceLock<herald_spool::SharedMap>,
 }
@@ -102,6 +107,7 @@ impl InvalidTokenStore {
                 out: BufWriter::new(file),
             }),
             feedback_log,
+            log_warned: Mutex::new(None),
             shared: std::sync::OnceLock::new(),
         })
     }
@@ -163,7 +169,9 @@ impl InvalidTokenStore {
         }
         if let Some(log) = self.feedback_log.as_ref().filter(|_| learnt_here) {
             log.write_line(&feedback_line(&entry));
-            let _ = log.flush();
+            if let Err(e) = log.flush() {
+                self.warn_log_error(&e);
+            }
         }
         inner.index.insert(key, entry);
         true
@@ -197,8 +205,24 @@ impl InvalidTokenStore {
     }
 
     /// Reopens the feedback log (logrotate).
-    pub fn reopen_log(&self) -> Option<crate::logs::file::LogFileError> {
+    pub fn reopen_log(&self) -> Option<LogFileError> {
         self.feedback_log.as_ref().and_then(|l| l.reopen().err())
+    }
+
+    /// The feedback log (`feedback_logfile`), when one is configured: its path and the lines it dropped
+    /// ([`LogFile::dropped_lines`]).
+    pub fn feedback_log(&self) -> Option<&LogFile> {
+        self.feedback_log.as_ref()
+    }
+
+    /// A failed write of the feedback log, warned about as the other logs' (once per [`LOG_ERROR_EVERY`] while it
+    /// lasts; the lines wait in memory, and past its buffer are dropped and counted).
+    fn warn_log_error(&self, e: &LogFileError) {
+        let mut last = self.log_warned.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= LOG_ERROR_EVERY) {
+            tracing::warn!("feedback log: {e}");
+            *last = Some(Instant::now());
+        }
     }
 }
 
@@ -300,6 +324,46 @@ mod tests {
                 .unwrap()
                 .ends_with("@apps.example@aa@Unregistered@10@apns")
         );
+    }
+
+    /// After logrotate renamed the feedback log, `reopen_log` sends the next lines to a new file at the configured
+    /// path.
+    #[test]
+    fn the_feedback_log_follows_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("feedback.log");
+        let store = InvalidTokenStore::open(
+            &dir.path().join("invalid.jsonl"),
+            Some(LogFile::open(&log_path, 0o644).unwrap()),
+        )
+        .unwrap();
+        assert!(store.record(entry("aa", 10)));
+        std::fs::rename(&log_path, dir.path().join("feedback.log.1")).unwrap();
+        assert!(store.reopen_log().is_none());
+        assert!(store.record(entry("bb", 11)));
+        let old = std::fs::read_to_string(dir.path().join("feedback.log.1")).unwrap();
+        let new = std::fs::read_to_string(&log_path).unwrap();
+        assert!(old.contains("@aa@") && !old.contains("@bb@"), "{old}");
+        assert!(new.contains("@bb@") && !new.contains("@aa@"), "{new}");
+        assert_eq!(store.feedback_log().map(LogFile::dropped_lines), Some(0));
+    }
+
+    /// A feedback log on a full disk does not stop the store; the lines it cannot keep are counted.
+    #[test]
+    fn a_feedback_log_on_a_full_disk_counts_what_it_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = InvalidTokenStore::open(
+            &dir.path().join("invalid.jsonl"),
+            Some(LogFile::open(Path::new("/dev/full"), 0o644).unwrap()),
+        )
+        .unwrap();
+        // About 90 bytes a line: 4000 lines are more than the 256 KiB the log keeps in memory.
+        for i in 0..4000u64 {
+            assert!(store.record(entry(&format!("{i:064x}"), i + 1)));
+        }
+        assert_eq!(store.len(), 4000);
+        let dropped = store.feedback_log().map_or(0, LogFile::dropped_lines);
+        assert!(dropped > 0 && dropped < 4000, "{dropped}");
     }
 
     #[test]
