@@ -55,7 +55,9 @@ fn certificate_topic(d: &DomainSettings) -> Option<String> {
 /// Resolves domains against a loaded configuration.
 pub struct ConfigResolver {
     state: RwLock<ResolverState>,
-    keys: Mutex<HashMap<(PathBuf, String, String), ProviderTokenCache>>,
+    /// Provider-token caches by (key file, key id, team id), with a hash of the key file they were made from: a key
+    /// replaced at the same path makes a new cache at the next reload.
+    keys: Mutex<HashMap<(PathBuf, String, String), (Option<u64>, ProviderTokenCache)>>,
     tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
     /// Host-wide connection budgets, kept across reloads (a reload changes their limits).
     hosts: HostBudgets,
@@ -180,16 +182,19 @@ impl ConfigResolver {
             .apn_team_id
             .clone()
             .ok_or("apn_key is set but apn_team_id is not")?;
+        let content = content_hash(path);
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         let cache_key = (path.clone(), key_id.clone(), team_id.clone());
-        if let Some(cache) = keys.get(&cache_key) {
+        if let Some((made_from, cache)) = keys.get(&cache_key)
+            && *made_from == content
+        {
             return Ok(Some(cache.clone()));
         }
         let key = SigningKey::from_p8_file(path, &key_id, &team_id)
             .map_err(|e| format!("apn_key {}: {e}", path.display()))?;
         let cache = ProviderTokenCache::new(key, TOKEN_REFRESH)
             .map_err(|e| format!("apn_key {}: signing a provider token: {e}", path.display()))?;
-        keys.insert(cache_key, cache.clone());
+        keys.insert(cache_key, (content, cache.clone()));
         Ok(Some(cache))
     }
 
@@ -561,5 +566,24 @@ domain "bare.example" { delivery_method = apn  routes = ( "apn://127.0.0.1?port=
         let after = resolver.resolve("cert.example").unwrap();
         assert!(!before.same_connections(&after));
         assert!(!Arc::ptr_eq(&before.tls, &after.tls));
+    }
+
+    /// A provider-token key replaced in place (same path, key id and team, new content) signs from the next reload
+    /// on, with new connections; an unchanged one keeps its cache (a new cache would mint a token early).
+    #[test]
+    fn a_replaced_token_key_file_makes_new_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &[TOPIC.to_string()]).unwrap();
+        let resolver = ConfigResolver::new(config(&pki, 2195, 2));
+        let before = resolver.resolve("token.example").unwrap();
+        resolver.replace(config(&pki, 2195, 2));
+        let unchanged = resolver.resolve("token.example").unwrap();
+        assert!(before.same_connections(&unchanged));
+        let other = tempfile::tempdir().unwrap();
+        let renewed = Pki::generate(other.path(), &[TOPIC.to_string()]).unwrap();
+        std::fs::copy(&renewed.manifest.token_key.p8, &pki.manifest.token_key.p8).unwrap();
+        resolver.replace(config(&pki, 2195, 2));
+        let after = resolver.resolve("token.example").unwrap();
+        assert!(!before.same_connections(&after));
     }
 }
