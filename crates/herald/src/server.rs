@@ -181,7 +181,14 @@ impl Server {
         let hooks = self.webhooks.clone();
         let channels = self.channels.clone();
         let broadcasts = self.broadcasts.clone();
+        let logs = self.engine.logs().clone();
+        let tokens = self.invalid_tokens.clone();
         Arc::new(move |out: &mut String| {
+            let dropped_lines =
+                logs.dropped_lines() + tokens.feedback_log().map_or(0, |f| f.dropped_lines());
+            out.push_str(&format!(
+                "# HELP herald_log_lines_dropped_total Lines of the mainlog, apn_logger and feedback log files dropped because their disk took no writes while their buffers were full.\n# TYPE herald_log_lines_dropped_total counter\nherald_log_lines_dropped_total {dropped_lines}\n"
+            ));
             let s = book.stats();
             out.push_str(&format!(
                 "# HELP herald_outcomes_stored Final outcomes kept for status lookups.\n# TYPE herald_outcomes_stored gauge\nherald_outcomes_stored {}\n\

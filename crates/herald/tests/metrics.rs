@@ -653,6 +653,7 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_spool_disk_full", "gauge"),
             ("herald_spool_pending_removals", "gauge"),
             ("herald_invalid_tokens_total", "counter"),
+            ("herald_log_lines_dropped_total", "counter"),
             ("herald_outcomes_stored", "gauge"),
             ("herald_outcomes_tracked", "gauge"),
             ("herald_outcomes_dropped_total", "counter"),
