@@ -176,7 +176,11 @@ fn payload(i: usize) -> Bytes {
 
 /// Submits notifications for `tokens`; returns their ids in order.
 async fn submit(engine: &Engine, tokens: &[String]) -> Vec<MessageId> {
-    let ids = IdGenerator::new(1);
+    submit_with(engine, tokens, &IdGenerator::new(1)).await
+}
+
+/// [`submit`], with ids from `ids` (one generator for several submissions gives them distinct ids).
+async fn submit_with(engine: &Engine, tokens: &[String], ids: &IdGenerator) -> Vec<MessageId> {
     let mut out = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
         let id = ids.next();
@@ -506,6 +510,117 @@ async fn a_connection_the_server_closed_when_idle_does_not_eat_the_next_notifica
     assert_eq!(record_counts(&h.sim).len(), 10);
     let finals = final_outcomes(&h, &ids);
     assert!(finals.values().all(|f| f[4] == "D"));
+}
+
+/// A TCP relay to the simulator whose connections can be made to vanish: after [`Relay::vanish`] the connections
+/// open until then forward nothing more either way, yet stay open (a peer gone without FIN or RST, as behind a
+/// failed NAT or a dead route); connections opened later are relayed as usual.
+struct Relay {
+    addr: std::net::SocketAddr,
+    /// Connections numbered below this forward nothing.
+    cut_below: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::AtomicU64;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut_below = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (cut, count) = (cut_below.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Relay::pipe(n, cr, sw, cut.clone()));
+                tokio::spawn(Relay::pipe(n, sr, cw, cut.clone()));
+            }
+        });
+        Relay {
+            addr,
+            cut_below,
+            accepted,
+        }
+    }
+
+    /// Copies `from` to `to` until either ends; once connection `n` is cut, reads and drops what comes.
+    async fn pipe(
+        n: u64,
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        cut_below: Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let read = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            if n < cut_below.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..read]).await.is_err() {
+                break;
+            }
+        }
+        // Keep the other side open while cut: a vanished peer sends no FIN.
+        if n < cut_below.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Every connection open now vanishes.
+    fn vanish(&self) {
+        self.cut_below
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// A connection whose peer vanishes while it carries traffic is found out and replaced: the streams it carried when
+/// the peer vanished time out (APNs may have had them) and are retried; the connection then asks with a PING, takes
+/// no more work, and lets the pool open a new one even at `max_outbound_connections = 1`, so that nothing else is
+/// eaten by it until TCP gives up (never, here: the relay keeps the socket open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_peer_vanishes_under_traffic_is_replaced_and_eats_nothing_more() {
+    let h = Harness::start(|_| {}).await;
+    let relay = Relay::start(h.sim.addrs.h2).await;
+    let mut settings = h.h2_token();
+    settings.endpoint = endpoint(relay.addr);
+    settings.max_connections = 1;
+    settings.response_timeout = Duration::from_millis(500);
+    let (engine, _) = h.engine(settings);
+    let gen_ids = IdGenerator::new(1);
+    let mut ids = submit_with(&engine, &(0..20).map(token).collect::<Vec<_>>(), &gen_ids).await;
+    wait_finished(&engine, 20).await;
+    assert_eq!(relay.connections(), 1);
+    relay.vanish();
+    ids.extend(submit_with(&engine, &(20..60).map(token).collect::<Vec<_>>(), &gen_ids).await);
+    wait_finished(&engine, 60).await;
+    assert_eq!(relay.connections(), 2, "one replacement connection");
+    assert_eq!(settled_record_counts(&h.sim, 60).await.len(), 60);
+    let finals = final_outcomes(&h, &ids);
+    assert!(finals.values().all(|f| f[4] == "D"));
+    // Only what the connection carried when the peer vanished timed out, each once.
+    let mut timeouts: HashMap<String, usize> = HashMap::new();
+    for f in h.mainlog_lines() {
+        if f.len() > 4 && f[4] == "T" && f.iter().any(|x| x.contains("no answer within")) {
+            *timeouts.entry(f[1].clone()).or_default() += 1;
+        }
+    }
+    assert!(timeouts.values().all(|n| *n == 1), "{timeouts:?}");
+    assert!(timeouts.len() <= 40, "{timeouts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

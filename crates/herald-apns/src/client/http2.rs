@@ -8,7 +8,10 @@
 //! written; a stream that times out is cancelled (`RST_STREAM CANCEL`) before it is reported. Answers are matched by stream, never by `apns-id`. After a GOAWAY no
 //! stream opens; streams the server did not process come back as [`PushResult::NotSent`]. An idle connection
 //! is checked with PING, so a peer that vanished is found before a notification is trusted to it, and it closes
-//! after `idle_timeout`.
+//! after `idle_timeout`. A busy one is checked too: when a stream times out, or streams are open and nothing came
+//! from the peer for half the response timeout, a PING goes out and no work is taken until its PONG; with no PONG
+//! within the response timeout the connection stops taking work for good, tells the pool it is draining (so the
+//! pool opens another), and closes once its open streams have ended with their own timeouts.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -268,23 +271,32 @@ impl ValueCache {
     }
 }
 
+/// A PING waiting for its PONG.
+#[derive(Debug, Clone, Copy)]
+struct PingSent {
+    at: Instant,
+    /// Sent because the peer may be gone (a stream timed out, or streams are open and nothing was heard for a
+    /// while), not to keep an idle connection alive: no work is taken until the PONG comes.
+    suspect: bool,
+}
+
 /// The provider token a request carried, so an `ExpiredProviderToken` answer retires exactly that one.
 type TokenUsed = Option<Arc<str>>;
 
 impl<T: Send + 'static> Dispatcher<T> {
     async fn run(mut self) {
         let mut in_flight = FuturesUnordered::new();
-        let tick_every = self
-            .opts
-            .keepalive
-            .min(self.opts.idle_timeout.unwrap_or(Duration::MAX))
-            / 4;
+        // Streams open and nothing heard from the peer for this long: a PING asks whether it is still there.
+        let silence = self.opts.keepalive.min(self.opts.response_timeout / 2);
+        let tick_every = silence.min(self.opts.idle_timeout.unwrap_or(Duration::MAX)) / 4;
         let mut tick = tokio::time::interval(
             tick_every.clamp(Duration::from_millis(50), Duration::from_secs(1)),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_activity = Instant::now();
-        let mut ping_sent: Option<Instant> = None;
+        // The last answer from the peer (a response, a refusal, a PONG): a timed-out stream is not one.
+        let mut last_heard = last_activity;
+        let mut ping_sent: Option<PingSent> = None;
         let mut taking = true;
         let mut auth_cache: Option<(Arc<str>, HeaderValue)> = None;
         // Streams open right after requests last went out (see the answers below).
@@ -316,7 +328,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                         tracing::debug!(conn = self.info.id, error = %e, "connection ended");
                     }
                     self.driver = None;
-                    taking = false;
+                    self.stop_taking(&mut taking);
                 }
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                     // Every answer already in is handled in this turn, not one per turn of the loop.
@@ -329,16 +341,30 @@ impl<T: Send + 'static> Dispatcher<T> {
                     // often over several turns before the next requests are sent, and all but the first few
                     // would find the connection half empty).
                     let open = filled.max(in_flight.len() + 1);
+                    let mut timed_out = false;
                     while let Some(Answer { tag, result, token_used, rtt }) = next.take() {
                         if let Some(rtt) = rtt {
                             limiter.on_sample(rtt, open, last_activity);
                         }
+                        if matches!(result, PushResult::TimedOut { .. }) {
+                            timed_out = true;
+                        } else {
+                            last_heard = last_activity;
+                        }
                         if self.on_answer(&result, token_used) {
-                            taking = false;
+                            self.stop_taking(&mut taking);
                         }
                         self.sink.report(tag, result, &self.info);
                         if !in_flight.is_empty() {
                             next = in_flight.next().now_or_never().flatten();
+                        }
+                    }
+                    // A stream went unanswered: before another notification is trusted to the connection, a PING
+                    // asks whether the peer is still there (a slow server answers it at once, a vanished one never).
+                    if timed_out && taking {
+                        match ping_sent.as_mut() {
+                            Some(sent) => sent.suspect = true,
+                            None => ping_sent = self.send_ping(true),
                         }
                     }
                 }
@@ -347,9 +373,13 @@ impl<T: Send + 'static> Dispatcher<T> {
                 ready = async {
                     poll_fn(|cx| self.send.poll_ready(cx)).await?;
                     Ok::<_, h2::Error>(self.jobs.recv().await)
-                }, if taking && in_flight.len() < limit => match ready {
+                }, if taking && !ping_sent.is_some_and(|p| p.suspect) && in_flight.len() < limit => match ready {
                     Ok(Ok(job)) => {
                         last_activity = Instant::now();
+                        if in_flight.is_empty() {
+                            // Silence counts from when streams are open (see `silence`).
+                            last_heard = last_activity;
+                        }
                         // Jobs already waiting are started in this turn while the limit has room and the
                         // connection can open a stream at once, not one per turn of the loop.
                         let mut next = Some(job);
@@ -369,7 +399,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                                 Ok(Err(e)) => {
                                     tracing::debug!(conn = self.info.id, error = %e, "stream could not open");
                                     self.sink.report(job.tag, PushResult::NotSent(not_sent_reason(&e)), &self.info);
-                                    taking = false;
+                                    self.stop_taking(&mut taking);
                                 }
                             }
                             let room = in_flight.len() < limit.min(self.send.current_max_send_streams());
@@ -383,10 +413,10 @@ impl<T: Send + 'static> Dispatcher<T> {
                         filled = in_flight.len();
                     }
                     // The pool closed the queue: finish what is in flight.
-                    Ok(Err(_)) => taking = false,
+                    Ok(Err(_)) => self.stop_taking(&mut taking),
                     Err(e) => {
                         tracing::debug!(conn = self.info.id, error = %e, "connection no longer accepts streams");
-                        taking = false;
+                        self.stop_taking(&mut taking);
                     }
                 },
                 pong = poll_fn(|cx| match self.ping.as_mut() {
@@ -395,10 +425,11 @@ impl<T: Send + 'static> Dispatcher<T> {
                 }), if ping_sent.is_some() => {
                     if let Some(Err(e)) = pong {
                         tracing::debug!(conn = self.info.id, error = %e, "PING failed");
-                        taking = false;
+                        self.stop_taking(&mut taking);
                     }
                     ping_sent = None;
                     last_activity = Instant::now();
+                    last_heard = last_activity;
                 }
                 _ = tick.tick() => {
                     if self.state.is_draining() {
@@ -406,23 +437,27 @@ impl<T: Send + 'static> Dispatcher<T> {
                     }
                     let idle_for = last_activity.elapsed();
                     if let Some(sent) = ping_sent {
-                        if sent.elapsed() > self.opts.response_timeout {
+                        if sent.at.elapsed() > self.opts.response_timeout {
                             tracing::info!(conn = self.info.id, remote = %self.info.remote, in_flight = in_flight.len(),
-                                "no PING answer within {:?}; closing the connection", self.opts.response_timeout);
-                            // Streams opened since the PING went out end with their own response timeout (an
-                            // attempt APNs may have answered), so that none is dropped unreported.
-                            taking = false;
+                                "no PING answer within {:?}; the connection takes no more work and closes",
+                                self.opts.response_timeout);
+                            // The pool no longer counts on it and opens another while work waits. Streams still
+                            // open end with their own response timeout (an attempt APNs may have answered), so
+                            // that none is dropped unreported.
+                            self.stop_taking(&mut taking);
                             ping_sent = None;
                         }
-                    } else if in_flight.is_empty() && taking {
+                    } else if !in_flight.is_empty() {
+                        if taking && last_heard.elapsed() >= silence {
+                            ping_sent = self.send_ping(true);
+                        }
+                    } else if taking {
                         if self.opts.idle_timeout.is_some_and(|idle| idle_for >= idle) {
                             tracing::debug!(conn = self.info.id, "idle timeout");
-                            taking = false;
-                        } else if idle_for >= self.opts.keepalive
-                            && let Some(ping) = self.ping.as_mut()
-                                && ping.send_ping(h2::Ping::opaque()).is_ok() {
-                                    ping_sent = Some(Instant::now());
-                                }
+                            self.stop_taking(&mut taking);
+                        } else if idle_for >= self.opts.keepalive {
+                            ping_sent = self.send_ping(false);
+                        }
                     }
                 }
             }
@@ -438,6 +473,26 @@ impl<T: Send + 'static> Dispatcher<T> {
         if let Some(driver) = self.driver.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;
         }
+    }
+
+    /// Stops taking work for good, and tells the pool so (the connection counts as draining), so that it opens
+    /// another while work waits instead of waiting for this one to close.
+    fn stop_taking(&self, taking: &mut bool) {
+        *taking = false;
+        self.state.drain();
+    }
+
+    /// Sends a PING; `suspect` when the peer may be gone (then no work is taken until the PONG).
+    fn send_ping(&mut self, suspect: bool) -> Option<PingSent> {
+        let ping = self.ping.as_mut()?;
+        ping.send_ping(h2::Ping::opaque()).ok()?;
+        if suspect {
+            tracing::debug!(conn = self.info.id, "no answer from the peer lately: PING");
+        }
+        Some(PingSent {
+            at: Instant::now(),
+            suspect,
+        })
     }
 
     /// Handles what an answer means for the connection itself. Returns true when it should stop taking work.
@@ -968,13 +1023,19 @@ mod tests {
         }
     }
 
-    /// A job taken after a keep-alive PING went out, on a connection whose peer no longer answers, is reported
-    /// (as timed out: APNs may have received it) when the connection gives up on the PING, never dropped.
-    #[tokio::test]
-    async fn a_stream_opened_after_an_unanswered_ping_is_reported_when_the_connection_gives_up() {
+    /// A connection's dispatcher against [`silent_after_first`], with what the test drives it by.
+    struct SilentPeer {
+        jobs: async_channel::Sender<Job<u32>>,
+        results: Arc<Results>,
+        state: Arc<ConnectionState>,
+        seen: tokio::sync::mpsc::UnboundedReceiver<Seen>,
+        run: tokio::task::JoinHandle<()>,
+    }
+
+    async fn silent_peer(response_timeout: Duration, keepalive: Duration) -> SilentPeer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let (sock, _) = listener.accept().await.unwrap();
             silent_after_first(sock, seen_tx).await;
@@ -988,12 +1049,13 @@ mod tests {
                 .unwrap(),
             auth: None,
             connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_millis(400),
+            response_timeout,
             idle_timeout: None,
-            keepalive: Duration::from_millis(100),
+            keepalive,
         });
         let (jobs_tx, jobs) = async_channel::unbounded();
         let results = Arc::new(Results::default());
+        let state = ConnectionState::unsettled(1);
         let dispatcher = Dispatcher {
             opts,
             authority: Authority::from_static("api.push.apple.com"),
@@ -1002,7 +1064,7 @@ mod tests {
             driver: Some(Box::pin(connection)),
             jobs,
             sink: results.clone(),
-            state: ConnectionState::unsettled(1),
+            state: state.clone(),
             info: ConnectionInfo {
                 remote: addr,
                 id: 1,
@@ -1010,14 +1072,82 @@ mod tests {
             values: ValueCache::default(),
             start_limit: None,
         };
-        let run = tokio::spawn(dispatcher.run());
-        jobs_tx
-            .send(Job {
-                request: request(1),
-                tag: 1,
-            })
+        SilentPeer {
+            jobs: jobs_tx,
+            results,
+            state,
+            seen,
+            run: tokio::spawn(dispatcher.run()),
+        }
+    }
+
+    async fn send_job(jobs: &async_channel::Sender<Job<u32>>, tag: u32) {
+        jobs.send(Job {
+            request: request(tag as u8),
+            tag,
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A peer that vanishes while the connection carries traffic (no FIN, no RST: nothing more comes) is found
+    /// out: the stream it leaves unanswered makes the connection ask with a PING, take no more work meanwhile, and
+    /// when no PONG comes, tell the pool it is draining and close. Work that comes later stays in the shared queue
+    /// for another connection instead of timing out here one stream after another until TCP gives up.
+    #[tokio::test]
+    async fn a_peer_gone_silent_under_traffic_is_pinged_and_the_connection_takes_no_more_work() {
+        let mut peer = silent_peer(Duration::from_millis(300), Duration::from_secs(30)).await;
+        send_job(&peer.jobs, 1).await;
+        let first = peer.results.wait_for(1).await;
+        assert!(
+            matches!(first[0], (1, PushResult::Delivered { .. })),
+            "{first:?}"
+        );
+        // The peer goes silent: the next stream is not answered.
+        send_job(&peer.jobs, 2).await;
+        let both = peer.results.wait_for(2).await;
+        assert!(
+            matches!(both[1], (2, PushResult::TimedOut { .. })),
+            "{both:?}"
+        );
+        // Work keeps coming.
+        for tag in 3..=7 {
+            send_job(&peer.jobs, tag).await;
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), peer.seen.recv()).await {
+                Ok(Some(Seen::Ping)) => break,
+                Ok(Some(_)) => continue,
+                other => panic!("no PING came: {other:?}"),
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(20), peer.run)
             .await
+            .expect("the connection gives up on the PING and ends")
             .unwrap();
+        assert!(peer.state.is_draining() && peer.state.is_closed());
+        // Nothing after the silence was taken, so nothing more timed out.
+        assert_eq!(peer.jobs.len(), 5, "{:?}", peer.results.wait_for(2).await);
+        assert_eq!(peer.results.wait_for(2).await.len(), 2);
+        let mut headers = 0;
+        while let Ok(seen) = peer.seen.try_recv() {
+            headers += usize::from(matches!(seen, Seen::Headers(_)));
+        }
+        assert_eq!(headers, 0, "no request after the PING");
+    }
+
+    /// A job taken after a keep-alive PING went out, on a connection whose peer no longer answers, is reported
+    /// (as timed out: APNs may have received it) when the connection gives up on the PING, never dropped.
+    #[tokio::test]
+    async fn a_stream_opened_after_an_unanswered_ping_is_reported_when_the_connection_gives_up() {
+        let SilentPeer {
+            jobs: jobs_tx,
+            results,
+            mut seen,
+            run,
+            ..
+        } = silent_peer(Duration::from_millis(400), Duration::from_millis(100)).await;
+        send_job(&jobs_tx, 1).await;
         let first = results.wait_for(1).await;
         assert!(
             matches!(first[0], (1, PushResult::Delivered { .. })),

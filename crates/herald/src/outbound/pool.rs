@@ -6,7 +6,8 @@
 //! (saturated), or uses all of an adaptive limit that is still ramping up with fast answers. A connection held back
 //! by its adaptive limit because answers are slow does neither, so slowness never opens connections; one the server
 //! has not answered yet (one stream until the provider token got through) waits for its answer. Never more than
-//! `max_outbound_connections` (counting those being opened), several at once when the backlog asks for them; a
+//! `max_outbound_connections` taking work (counting those being opened; a draining connection, which only finishes
+//! what it carries, is not counted), several at once when the backlog asks for them; a
 //! further HTTP/2 connection starts its adaptive limit at the level the open ones reached rather than ramping up
 //! from the start. They all pull from
 //! one queue, so work spreads over whichever has room. A connection closes itself after `idle_timeout`, on an
@@ -280,8 +281,10 @@ impl Pool {
             return;
         }
         let max = self.settings.max_connections.max(1);
-        while self.connections.len() + self.connecting < max && Instant::now() >= self.next_attempt
-        {
+        // A draining connection (a reload, an idle host slot, a connection that stopped taking work: a peer gone
+        // silent, a GOAWAY, an expired provider token) finishes what it carries but takes nothing new, so it does
+        // not count against the limit: work waiting gets a new connection now rather than when it has closed.
+        while self.serving() + self.connecting < max && Instant::now() >= self.next_attempt {
             match self.room_to_grow() {
                 Some(room) if waiting + queued > room => {}
                 _ => return,
@@ -290,6 +293,14 @@ impl Pool {
                 return;
             }
         }
+    }
+
+    /// Open connections that still take work (not draining).
+    fn serving(&self) -> usize {
+        self.connections
+            .iter()
+            .filter(|c| !c.is_closed() && !c.is_draining())
+            .count()
     }
 
     /// How much more work the open connections could take on at the servers' stream limits, counting each attempt
