@@ -392,6 +392,25 @@ impl Config {
         settings::log_format(&self.root)
     }
 
+    /// The options read only at start (the option table's [`OptionDef::start_only`]: the spool, the status book,
+    /// the invalid-token store, the loggers, …) whose effective value differs between `old` and `new`, each with
+    /// the scope where it does, in the order of `new`'s scopes (then those only `old` has) and of the option table.
+    /// A reload from `old` to `new` does not apply them: the daemon warns that they take effect at the next start.
+    /// A logger stanza added or removed counts as its `enabled` changing (a missing stanza is a logger that does
+    /// not run), along with the options it sets. Values are not returned, so no secret is exposed.
+    pub fn start_only_changes(old: &Config, new: &Config) -> Vec<(&'static str, ScopePath)> {
+        let mut out = Vec::new();
+        start_only_walk(
+            old,
+            new,
+            Some(&old.root),
+            Some(&new.root),
+            &ScopePath::global(),
+            &mut out,
+        );
+        out
+    }
+
     /// The whole configuration written in the language, secrets included (see [`Config::render_masked`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -453,6 +472,60 @@ impl Config {
 }
 
 /// Same as [`Config::parse_str`] with the name `<string>`.
+/// [`Config::start_only_changes`] for the scope at `path` (`old_node` / `new_node`: its stanza in each, if any) and
+/// the scopes below it.
+fn start_only_walk(
+    old: &Config,
+    new: &Config,
+    old_node: Option<&Node>,
+    new_node: Option<&Node>,
+    path: &ScopePath,
+    out: &mut Vec<(&'static str, ScopePath)>,
+) {
+    let Some(kind) = new_node.or(old_node).map(|n| n.kind) else {
+        return;
+    };
+    /// The value in force at `path`; `enabled` is false where the stanza is missing (nothing of it runs).
+    fn effective<'a>(
+        config: &'a Config,
+        node: Option<&Node>,
+        path: &ScopePath,
+        id: OptId,
+    ) -> &'a Value {
+        static NOT_RUNNING: Value = Value::Bool(false);
+        if node.is_none() && id == Opt::Enabled.id() {
+            return &NOT_RUNNING;
+        }
+        config.eval_id(path, id)
+    }
+    // A stanza turned off (or missing) on both sides runs neither before nor after: its other options do not matter.
+    let enabled = Opt::Enabled.id();
+    let off = |config, node| *effective(config, node, path, enabled) == Value::Bool(false);
+    let idle = enabled.def().is_start_only_in(kind) && off(old, old_node) && off(new, new_node);
+    for (i, def) in OPTIONS.iter().enumerate() {
+        if idle || !def.is_start_only_in(kind) {
+            continue;
+        }
+        let id = OptId(i as u16);
+        if effective(old, old_node, path, id) != effective(new, new_node, path, id) {
+            out.push((def.name, path.clone()));
+        }
+    }
+    fn child<'a>(node: Option<&'a Node>, c: &Node) -> Option<&'a Node> {
+        node.and_then(|n| n.child(c.kind, c.name.as_deref()))
+    }
+    for c in new_node.map(Node::children).unwrap_or_default() {
+        let below = path.clone().then(c.kind, c.name.as_deref());
+        start_only_walk(old, new, child(old_node, c), Some(c), &below, out);
+    }
+    for c in old_node.map(Node::children).unwrap_or_default() {
+        if child(new_node, c).is_none() {
+            let below = path.clone().then(c.kind, c.name.as_deref());
+            start_only_walk(old, new, Some(c), None, &below, out);
+        }
+    }
+}
+
 impl std::str::FromStr for Config {
     type Err = Diagnostics;
 
@@ -488,4 +561,126 @@ pub struct HostConnectionCap {
     pub limit: i64,
     /// The stanza that sets it, as a scope path (`host "h"`, `binding "b" host "h"`, …).
     pub scope: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(old: &str, new: &str) -> Vec<String> {
+        let old = Config::parse_str("old.conf", old).unwrap_or_else(|d| panic!("{d}"));
+        let new = Config::parse_str("new.conf", new).unwrap_or_else(|d| panic!("{d}"));
+        Config::start_only_changes(&old, &new)
+            .into_iter()
+            .map(|(name, path)| format!("{name} @ {path}"))
+            .collect()
+    }
+
+    #[test]
+    fn options_read_only_at_start_are_listed_when_a_reload_changes_them() {
+        let base =
+            "spool_dir = \"/var/spool/a\"\noutcome_retention = 60\nmax_outbound_connections = 3\n";
+        assert!(changes(base, base).is_empty());
+        // Start-only options changed, set or unset.
+        assert_eq!(
+            changes(
+                base,
+                "spool_dir = \"/var/spool/b\"\nmax_outbound_connections = 3\nspool_backend = jetstream\n\
+                 spool_nats_url = \"nats://n:4222\"\ninvalid_tokens_file = \"/t\"\n"
+            ),
+            // In the option table's order.
+            [
+                "outcome_retention @ global",
+                "invalid_tokens_file @ global",
+                "spool_dir @ global",
+                "spool_backend @ global",
+                "spool_nats_url @ global"
+            ]
+        );
+        // A reload applies these: not listed.
+        assert!(
+            changes(
+                base,
+                "spool_dir = \"/var/spool/a\"\noutcome_retention = 60\nmax_outbound_connections = 9\n\
+                 log_format = json\nmax_queued_broadcasts = 5\n"
+            )
+            .is_empty()
+        );
+        // Writing out the default changes nothing.
+        assert!(changes("", "spool_dir = \"/var/spool/herald\"\n").is_empty());
+    }
+
+    #[test]
+    fn logger_changes_are_listed_per_logger() {
+        let one = "apn_logger \"a\" {\n  logfile = \"/l/a\"\n  debug_level = error\n}\n\
+                   apn { enabled = true }\n";
+        assert_eq!(
+            changes(
+                one,
+                "apn_logger \"a\" {\n  logfile = \"/l/b\"\n  debug_level = debug\n}\n\
+                 apn { enabled = false }\nec_logger \"m\" { mainlog = \"/l/main\" }\n"
+            ),
+            [
+                "logfile @ apn_logger a",
+                "enabled @ ec_logger m",
+                "mainlog @ ec_logger m"
+            ]
+        );
+        // A logger removed stops only at the next start.
+        assert_eq!(
+            changes(one, "apn { }\n"),
+            ["enabled @ apn_logger a", "logfile @ apn_logger a"]
+        );
+        // A logger that does not run before or after: nothing of it matters.
+        let off = "apn_logger \"a\" {\n  enabled = false\n  logfile = \"/l/a\"\n}\n";
+        assert!(changes(off, "").is_empty());
+        assert!(changes(off, &off.replace("/l/a", "/l/b")).is_empty());
+        assert_eq!(
+            changes(off, &off.replace("false", "true")),
+            ["enabled @ apn_logger a"]
+        );
+    }
+
+    #[test]
+    fn the_option_table_marks_what_is_read_only_at_start() {
+        for name in [
+            "spool_dir",
+            "spool_backend",
+            "spool_nats_url",
+            "spool_nats_max_held",
+            "outcome_retention",
+            "outcome_max_entries",
+            "invalid_tokens_file",
+            "feedback_logfile",
+            "max_resident_notifications",
+            "idle_queue_timeout",
+            "mainlog",
+            "logfile",
+        ] {
+            let def = options::lookup(name).unwrap().def();
+            assert!(!def.start_only.is_empty(), "{name}");
+            assert!(
+                options::options_markdown()
+                    .lines()
+                    .any(|l| l.starts_with(&format!("| `{name}` |"))
+                        && l.contains("**Read at start only")),
+                "{name}"
+            );
+        }
+        for name in [
+            "max_outbound_connections",
+            "log_format",
+            "outcome_webhook_url",
+            "debug_level",
+        ] {
+            assert!(
+                options::lookup(name).unwrap().def().start_only.is_empty(),
+                "{name}"
+            );
+        }
+        let enabled = Opt::Enabled.def();
+        assert!(enabled.is_start_only_in(ScopeKind::ApnLogger));
+        assert!(enabled.is_start_only_in(ScopeKind::EcLogger));
+        assert!(!enabled.is_start_only_in(ScopeKind::Apn));
+    }
 }

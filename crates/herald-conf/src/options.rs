@@ -5,6 +5,8 @@
 //! [`lookup`] is the by-name path and returns `None` for an unknown name. From then on it is parsed, type-checked, scope-checked, evaluated
 //! with fallback (`Config::eval`, `herald config eval`), shown, suggested for typos and required in
 //! docs/configuration.md. A field in a typed view (`settings.rs`) is needed only where code wants it as a Rust type.
+//! An option herald reads only when it starts is marked `.read_at_start()` (or `.read_at_start_in(scopes)`) on its
+//! row: the document says so, and [`crate::Config::start_only_changes`] lists it when a reload changes it.
 
 use std::{collections::HashMap, sync::OnceLock};
 
@@ -18,6 +20,9 @@ use crate::{
 pub struct Scopes(u32);
 
 impl Scopes {
+    /// No scope.
+    pub const NONE: Scopes = Scopes(0);
+
     pub const fn of(kinds: &[ScopeKind]) -> Scopes {
         let mut bits = 0u32;
         let mut i = 0;
@@ -30,6 +35,10 @@ impl Scopes {
 
     pub fn contains(self, kind: ScopeKind) -> bool {
         self.0 & (1 << (kind as u32)) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
     }
 
     /// The kinds in the set, in [`ScopeKind::ALL`] order.
@@ -61,6 +70,33 @@ pub struct OptionDef {
     pub doc: &'static str,
     /// Set for options herald accepts for compatibility but does not act on; `herald check` warns with this text.
     pub inert: Option<&'static str>,
+    /// The scopes in which herald reads the option only when it starts: a reload leaves what it did with it as it
+    /// was, and a new value takes effect at the next start ([`crate::Config::start_only_changes`] lists them).
+    /// Empty for an option a reload applies.
+    pub start_only: Scopes,
+}
+
+impl OptionDef {
+    /// Marks the option as read only at start, in every scope it is valid in.
+    const fn read_at_start(self) -> OptionDef {
+        OptionDef {
+            start_only: self.scopes,
+            ..self
+        }
+    }
+
+    /// Marks the option as read only at start in `scopes` (a reload applies it in its other scopes).
+    const fn read_at_start_in(self, scopes: Scopes) -> OptionDef {
+        OptionDef {
+            start_only: scopes,
+            ..self
+        }
+    }
+
+    /// True if herald reads the option in a scope of kind `kind` only when it starts (a reload does not apply it).
+    pub fn is_start_only_in(&self, kind: ScopeKind) -> bool {
+        self.start_only.contains(kind)
+    }
 }
 
 /// Index of an option in [`OPTIONS`].
@@ -248,6 +284,7 @@ const fn opt(
         scopes,
         doc,
         inert: None,
+        start_only: Scopes::NONE,
     }
 }
 
@@ -266,6 +303,7 @@ const fn inert(
         scopes,
         doc,
         inert: Some(why),
+        start_only: Scopes::NONE,
     }
 }
 
@@ -569,8 +607,9 @@ option_table! {
         },
         Some("1000000"),
         GLOBAL,
-        "Notifications herald holds in memory at once (queued, retrying or in flight); while it is full, listeners refuse new ones (REST `503` with `retry-after`, ESMTP `452 4.3.1`) instead of growing; read at start; a herald addition.",
-    ),
+        "Notifications herald holds in memory at once (queued, retrying or in flight); while it is full, listeners refuse new ones (REST `503` with `retry-after`, ESMTP `452 4.3.1`) instead of growing; a herald addition.",
+    )
+    .read_at_start(),
     MaxQueuedBroadcasts => opt(
         "max_queued_broadcasts",
         Kind::Int {
@@ -586,8 +625,9 @@ option_table! {
         Kind::Seconds,
         Some("600"),
         GLOBAL,
-        "Seconds a domain's queue that holds nothing and has no connection keeps its task and connection pool; then they are let go (its counters stay, and its next notification starts them again); 0 keeps them for the process's life; read at start; a herald addition.",
-    ),
+        "Seconds a domain's queue that holds nothing and has no connection keeps its task and connection pool; then they are let go (its counters stay, and its next notification starts them again); 0 keeps them for the process's life; a herald addition.",
+    )
+    .read_at_start(),
     // --- listeners (docs/momentum-compat.md#mcmt-reception, docs/momentum-compat.md#rest-injector,
     // docs/momentum-compat.md#fallback) ---
     Enable => opt(
@@ -788,7 +828,8 @@ option_table! {
         Some("true"),
         MODULES,
         "Whether the module is active: `apn` off holds delivery (notifications are accepted and spooled, not sent), `httpsrv` off starts no http_listener, `restinjector` off answers REST injection with 403, a logger off writes nothing.",
-    ),
+    )
+    .read_at_start_in(LOGGERS),
     DebugLevel => opt(
         "debug_level",
         Kind::Enum(DEBUG_LEVELS),
@@ -811,70 +852,80 @@ option_table! {
         Some("60"),
         LOGGERS,
         "Seconds between heartbeat (`M`) lines of this logger instance, independently of the others; 0 writes none.",
-    ),
+    )
+    .read_at_start(),
     LogDelivery => opt(
         "log_delivery",
         Kind::Bool,
         Some("true"),
         APNLOG,
         "Log deliveries (`D`).",
-    ),
+    )
+    .read_at_start(),
     LogDeliveryFormat => opt(
         "log_delivery_format",
         Kind::Str,
         Some("%t@D@%i@\"%sa\"@\"%da\"@%d@%g@%b@%H@%B@%ti"),
         APNLOG,
         "Format of delivery lines.",
-    ),
+    )
+    .read_at_start(),
     LogHeartbeatFormat => opt(
         "log_heartbeat_format",
         Kind::Str,
         Some("%t@M"),
         APNLOG,
         "Format of heartbeat lines.",
-    ),
+    )
+    .read_at_start(),
     LogPermfail => opt(
         "log_permfail",
         Kind::Bool,
         Some("true"),
         APNLOG,
         "Log permanent failures (`P`).",
-    ),
+    )
+    .read_at_start(),
     LogPermfailFormat => opt(
         "log_permfail_format",
         Kind::Str,
         Some("%t@P@%i@%sa@%da@%d@%g@%b@%H@%S@%e"),
         APNLOG,
         "Format of permanent-failure lines (no quotes around %sa/%da, as Momentum).",
-    ),
+    )
+    .read_at_start(),
     LogTempfail => opt(
         "log_tempfail",
         Kind::Bool,
         Some("true"),
         APNLOG,
         "Log transient failures (`T`).",
-    ),
+    )
+    .read_at_start(),
     LogTempfailFormat => opt(
         "log_tempfail_format",
         Kind::Str,
         Some("%t@T@%i@\"%sa\"@\"%da\"@%d@%g@%b@%H@%B@%ti@%S@%e"),
         APNLOG,
         "Format of transient-failure lines.",
-    ),
+    )
+    .read_at_start(),
     Logfile => opt(
         "logfile",
         Kind::Path,
         Some("/var/log/ecelerity/apnlog.ec"),
         APNLOG,
         "The apn_logger's file (Momentum's documentation shows it without the leading `/`).",
-    ),
+    )
+    .read_at_start(),
     Logmode => opt(
         "logmode",
         Kind::Mode,
         Some("0644"),
         APNLOG,
         "Mode of a newly created apn_logger file, octal.",
-    ),
+    )
+    .read_at_start(),
     Namespace => inert(
         "namespace",
         Kind::Str,
@@ -898,7 +949,8 @@ option_table! {
         Some("/var/log/ecelerity/mainlog.ec"),
         ECLOG,
         "The mainlog file (R, D, T, P, M lines).",
-    ),
+    )
+    .read_at_start(),
     Paniclog => inert(
         "paniclog",
         Kind::Path,
@@ -937,7 +989,8 @@ option_table! {
         Some("0644"),
         ECLOG,
         "Mode of a new mainlog file.",
-    ),
+    )
+    .read_at_start(),
     PaniclogMode => inert(
         "paniclog_mode",
         Kind::Mode,
@@ -976,28 +1029,32 @@ option_table! {
         Some("true"),
         ECLOG,
         "Log receptions (`R`).",
-    ),
+    )
+    .read_at_start(),
     LogDeliveries => opt(
         "log_deliveries",
         Kind::Bool,
         Some("true"),
         ECLOG,
         "Log deliveries (`D`).",
-    ),
+    )
+    .read_at_start(),
     LogTransientFailures => opt(
         "log_transient_failures",
         Kind::Bool,
         Some("true"),
         ECLOG,
         "Log transient failures (`T`).",
-    ),
+    )
+    .read_at_start(),
     LogPermanentFailures => opt(
         "log_permanent_failures",
         Kind::Bool,
         Some("true"),
         ECLOG,
         "Log permanent failures (`P`).",
-    ),
+    )
+    .read_at_start(),
     LogRejections => inert(
         "log_rejections",
         Kind::Bool,
@@ -1021,7 +1078,8 @@ option_table! {
         Some("86400"),
         GLOBAL,
         "Seconds a notification's final outcome stays available to `GET /api/v1/notifications/{id}` (kept in spool_dir/outcomes, pruned in the background); 0 turns status lookups off; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     OutcomeMaxEntries => opt(
         "outcome_max_entries",
         Kind::Int {
@@ -1031,7 +1089,8 @@ option_table! {
         Some("10000000"),
         GLOBAL,
         "Most final outcomes kept; beyond it the oldest are pruned before their retention ends; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     OutcomeWebhookUrl => opt(
         "outcome_webhook_url",
         Kind::Str,
@@ -1077,14 +1136,16 @@ option_table! {
         None,
         GLOBAL,
         "File of the invalid-token store (JSON lines); unset: invalid-tokens.jsonl in spool_dir; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     FeedbackLogfile => opt(
         "feedback_logfile",
         Kind::Path,
         None,
         GLOBAL,
         "Log of every invalid device token reported by APNs or its feedback service, one `@`-delimited line each; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     // --- diagnostics on standard error (herald addition) ---
     LogFormat => opt(
         "log_format",
@@ -1100,84 +1161,96 @@ option_table! {
         Some("/var/spool/herald"),
         GLOBAL,
         "Directory of the embedded spool; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolBackend => opt(
         "spool_backend",
         Kind::Enum(SpoolBackend::WORDS),
         Some("embedded"),
         GLOBAL,
         "Spool store: the embedded one, or a NATS JetStream stream shared by several nodes; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsUrl => opt(
         "spool_nats_url",
         Kind::Str,
         None,
         GLOBAL,
         "NATS server URL for the `jetstream` spool, or several separated by commas or spaces (the servers of a cluster; herald connects to one and fails over to the others); required with `spool_backend = jetstream`; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsStream => opt(
         "spool_nats_stream",
         Kind::Str,
         Some("herald"),
         GLOBAL,
         "JetStream stream name for the `jetstream` spool; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsReplicas => opt(
         "spool_nats_replicas",
         Kind::Int { min: 1, max: 3 },
         Some("1"),
         GLOBAL,
         "Replicas of the JetStream stream herald creates: 1, or 3 on a three-server cluster (a publish is acknowledged once a quorum wrote it); an existing stream with another count is refused at start; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsCredentials => opt(
         "spool_nats_credentials",
         Kind::Path,
         None,
         GLOBAL,
         "NATS credentials file (JWT and NKey seed) for the `jetstream` spool's connection; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsToken => opt(
         "spool_nats_token",
         Kind::Str,
         None,
         GLOBAL,
         "NATS authentication token for the `jetstream` spool's connection (never logged); a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsTlsCa => opt(
         "spool_nats_tls_ca",
         Kind::Path,
         None,
         GLOBAL,
         "PEM file of the certificate authorities that sign the NATS servers' certificates; set, the connection requires TLS; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsTlsCert => opt(
         "spool_nats_tls_cert",
         Kind::Path,
         None,
         GLOBAL,
         "PEM client certificate for NATS servers that verify clients (with `spool_nats_tls_key`); a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsTlsKey => opt(
         "spool_nats_tls_key",
         Kind::Path,
         None,
         GLOBAL,
         "PEM private key of `spool_nats_tls_cert`; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsTimeout => opt(
         "spool_nats_timeout",
         Kind::Seconds,
         Some("5"),
         GLOBAL,
         "Limit on connecting to NATS at start and on each JetStream request (a publish ack): past it the sender gets a temporary refusal; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsAckWait => opt(
         "spool_nats_ack_wait",
         Kind::Seconds,
         Some("30"),
         GLOBAL,
         "How long a notification pulled by a node that stopped answering waits before JetStream hands it to another node; a live node extends it with in-progress acks; a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsMaxAckPending => opt(
         "spool_nats_max_ack_pending",
         Kind::Int {
@@ -1187,7 +1260,8 @@ option_table! {
         Some("100000"),
         GLOBAL,
         "Notifications pulled and not yet finished, over all nodes (the shared consumer's limit); a herald addition.",
-    ),
+    )
+    .read_at_start(),
     SpoolNatsMaxHeld => opt(
         "spool_nats_max_held",
         Kind::Int {
@@ -1197,7 +1271,8 @@ option_table! {
         Some("10000"),
         GLOBAL,
         "Notifications one node pulls and holds unfinished at most: the rest of the consumer's room (spool_nats_max_ack_pending) stays for the other nodes, and a node that dies leaves at most this many waiting out the ack wait; never more than max_resident_notifications (a larger value is lowered, with a warning); a herald addition.",
-    ),
+    )
+    .read_at_start(),
 }
 
 /// FNV-1a: option names are short and few; SipHash's DoS resistance buys nothing here.
@@ -1413,6 +1488,16 @@ pub fn options_markdown() -> String {
         let mut meaning = cell(d.doc);
         if let Some(why) = d.inert {
             meaning.push_str(&format!(" **No effect in herald:** {}.", cell(why)));
+        }
+        if !d.start_only.is_empty() {
+            let only_in = if d.start_only == d.scopes {
+                String::new()
+            } else {
+                format!(" in {}", d.start_only.describe())
+            };
+            meaning.push_str(&format!(
+                " **Read at start only{only_in}:** a reload does not apply a new value; restart herald."
+            ));
         }
         let reader = if d.inert.is_some() {
             "nothing (accepted; `herald check` warns)"
