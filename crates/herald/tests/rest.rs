@@ -1378,3 +1378,109 @@ async fn throughput_smoke() {
         total as f64 / delivered.as_secs_f64()
     );
 }
+
+/// Writes `request` on a fresh connection and reads one answer (up to its content-length); its status and JSON.
+async fn raw_answer(to: SocketAddr, request: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(to).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let answer = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                });
+                if n == 0 || len.is_some_and(|len| body.len() >= len) {
+                    return text;
+                }
+            } else if n == 0 {
+                return text;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no answer: {:?}", String::from_utf8_lossy(&got)));
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let json = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
+    (status, json)
+}
+
+/// Every route that reads a body, the injection routes and the ones `herald serve` merges in (broadcasts, channel
+/// creation, status queries), holds it to the listener's `max_request_size` and `body_timeout` with the same `413`
+/// and `408` answers; a body over HTTP's usual 2 MiB but within `max_request_size` is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_reading_a_body_holds_it_to_max_request_size_and_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\nhttp_listener {{ listen \"127.0.0.1:0\" {{ http_services = ( inject push ) body_timeout = 1 }} }}\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let server = herald::server::Server::start(&config).await.unwrap();
+    let addr = server.addrs().await.http[0];
+    let client = reqwest::Client::new();
+    let filler = format!("{{\"filler\":\"{}\"}}", "x".repeat(3 * 1024 * 1024));
+    for path in [
+        "/api/v1/push",
+        "/v1.0/inject",
+        "/api/v1/broadcast",
+        "/api/v1/channels",
+        "/api/v1/notifications/query",
+    ] {
+        let head = |length: usize| {
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+            )
+        };
+        // Declared over the limit: refused before reading.
+        let (status, answer) = raw_answer(addr, head(10_485_761).as_bytes()).await;
+        assert_eq!(status, 413, "{path}: {answer}");
+        assert!(
+            error_text(&answer).contains(
+                "request body is 10485761 bytes; this listener's max_request_size is 10485760"
+            ),
+            "{path}: {answer}"
+        );
+        // 3 MiB, within the limit: read, then refused for what it says.
+        let response = client
+            .post(format!("http://{addr}{path}"))
+            .header("content-type", "application/json")
+            .body(filler.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        assert!(
+            !error_text(&answer).contains("max_request_size"),
+            "{path}: {answer}"
+        );
+        // Part of the body, then nothing: 408 after body_timeout.
+        let (status, answer) =
+            raw_answer(addr, format!("{}{{\"ids\":", head(100)).as_bytes()).await;
+        assert_eq!(status, 408, "{path}: {answer}");
+        assert!(
+            error_text(&answer).contains("(this listener's body_timeout)"),
+            "{path}: {answer}"
+        );
+    }
+    server.shutdown(Duration::from_secs(1)).await;
+}

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use herald_apns::broadcast::ChannelId;
@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use super::{BroadcastRefusal, Broadcaster, NewBroadcast};
 use crate::inbound::rest::error::ApiError;
 use crate::inbound::rest::idempotency::Idempotency;
+use crate::inbound::rest::server::read_request_body;
 
 /// Every (method, path) [`routes`] answers, as `docs/openapi.yaml` documents them.
 pub const ROUTES: &[(&str, &str)] = &[("POST", "/api/v1/broadcast")];
@@ -59,17 +60,18 @@ fn answer(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-async fn broadcast(
-    State(state): State<BroadcastState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn broadcast(State(state): State<BroadcastState>, request: Request) -> Response {
+    // Within the listener's max_request_size (413) and body_timeout (408), as the injection routes.
+    let (parts, body) = match read_request_body(request).await {
+        Ok(read) => read,
+        Err(e) => return e.into_response(),
+    };
     let broadcaster = state.broadcaster.clone();
     let request = body.clone();
     let handle = async move { Ok::<_, ApiError>(accept(&broadcaster, &request).await) };
     let answer = match &state.idempotency {
         Some(keys) => {
-            keys.run(IDEMPOTENCY_ROUTE, &headers, &body, false, handle)
+            keys.run(IDEMPOTENCY_ROUTE, &parts.headers, &body, false, handle)
                 .await
         }
         None => handle.await,

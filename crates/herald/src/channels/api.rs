@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +15,7 @@ use herald_apns::broadcast::{ChannelId, StoragePolicy};
 use serde_json::{Value, json};
 
 use super::{ChannelError, ChannelManager};
+use crate::inbound::rest::server::read_request_body;
 
 /// Every (method, path) [`routes`] answers, as `docs/openapi.yaml` documents them.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -173,7 +173,12 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, String> {
     Ok(CreateRequest { domain, policy })
 }
 
-async fn create(State(manager): State<Arc<ChannelManager>>, body: Bytes) -> Response {
+async fn create(State(manager): State<Arc<ChannelManager>>, request: Request) -> Response {
+    // Within the listener's max_request_size (413) and body_timeout (408), as the injection routes.
+    let body = match read_request_body(request).await {
+        Ok((_, body)) => body,
+        Err(e) => return e.into_response(),
+    };
     let request = match parse_create(&body) {
         Ok(r) => r,
         Err(message) => return bad_request(message),

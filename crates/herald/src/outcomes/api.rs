@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +19,7 @@ use serde_json::json;
 
 use super::book::{Found, Status, StatusBook};
 use super::{parse_id, peers};
+use crate::inbound::rest::server::read_request_body;
 
 /// Most ids one batch lookup takes.
 pub const MAX_BATCH: usize = 1000;
@@ -128,7 +128,12 @@ struct Query {
 }
 
 /// `{"notifications": [status, …], "not_found": [{"id", "found", "error"}, …]}`, in request order.
-async fn query(State(state): State<StatusState>, body: Bytes) -> Response {
+async fn query(State(state): State<StatusState>, request: Request) -> Response {
+    // Within the listener's max_request_size (413) and body_timeout (408), as the injection routes.
+    let body = match read_request_body(request).await {
+        Ok((_, body)) => body,
+        Err(e) => return e.into_response(),
+    };
     let q: Query = match serde_json::from_slice(&body) {
         Ok(q) => q,
         Err(e) => {

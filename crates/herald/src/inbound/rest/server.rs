@@ -443,6 +443,35 @@ impl hyper::body::Body for TimedBody {
     }
 }
 
+/// The `max_request_size` of the listener a request arrived on (`None`: no limit), as a request extension. The
+/// routes merged into the REST application (the `extra` of [`super::router_with`]) hold no listener state: they
+/// read their bodies with [`read_request_body`], which takes the limit from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxRequestSize(pub Option<u64>);
+
+/// The default of `max_request_size` (10 MiB, from the option table), for a request that carries no
+/// [`MaxRequestSize`].
+pub fn default_max_request_size() -> Option<u64> {
+    const TEN_MIB: u64 = 10 * 1024 * 1024;
+    let default = herald_conf::Opt::MaxRequestSize.def().default;
+    Some(default.and_then(|d| d.parse().ok()).unwrap_or(TEN_MIB)).filter(|&n| n > 0)
+}
+
+/// Reads the whole body of `request` as the injection routes read theirs ([`super::error::read_body`]): over the
+/// listener's `max_request_size` ([`MaxRequestSize`], else its default) it is a `413` naming the option, slower
+/// than its `body_timeout` a `408`.
+pub async fn read_request_body(
+    request: axum::extract::Request,
+) -> Result<(axum::http::request::Parts, bytes::Bytes), super::error::ApiError> {
+    let (parts, body) = request.into_parts();
+    let limit = parts
+        .extensions
+        .get::<MaxRequestSize>()
+        .map_or_else(default_max_request_size, |m| m.0);
+    let body = super::error::read_body(&parts.headers, body, limit).await?;
+    Ok((parts, body))
+}
+
 /// An answer's body, holding its request open (see [`RequestGuard`]) until the body is sent or dropped.
 struct WhileSending {
     body: axum::body::Body,
@@ -529,5 +558,55 @@ impl Conn {
                 tracing::debug!(%peer, "REST connection closed: {option} passed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+
+    use super::*;
+
+    #[test]
+    fn the_default_max_request_size_is_the_option_tables() {
+        assert_eq!(default_max_request_size(), Some(10_485_760));
+    }
+
+    fn request(body: &'static [u8], limit: Option<MaxRequestSize>) -> axum::extract::Request {
+        let mut request = Request::post("/").body(Body::from(body)).unwrap();
+        if let Some(limit) = limit {
+            request.extensions_mut().insert(limit);
+        }
+        request
+    }
+
+    /// A merged route's body is held to the limit its request carries; without one, to the option's default.
+    #[tokio::test]
+    async fn bodies_are_read_within_the_limit_the_request_carries() {
+        let over = read_request_body(request(b"0123456789x", Some(MaxRequestSize(Some(10)))))
+            .await
+            .unwrap_err();
+        assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            over.message
+                .contains("this listener's max_request_size is 10"),
+            "{}",
+            over.message
+        );
+        let (_, body) = read_request_body(request(b"0123456789x", Some(MaxRequestSize(None))))
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"0123456789x");
+        let mut declared = request(b"", None);
+        declared
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, "10485761".parse().unwrap());
+        let over = read_request_body(declared).await.unwrap_err();
+        assert!(
+            over.message.contains("max_request_size is 10485760"),
+            "{}",
+            over.message
+        );
     }
 }
