@@ -679,6 +679,111 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
     assert_eq!(h.reception_lines().len(), 1);
 }
 
+// docs/smtp.md#refusals: a message nesting MIME parts deeper than herald's limit (32 levels) is refused by the
+// part, and the server goes on. 50000 nested message/rfc822 header blocks (1.6 MB, under the size limit) once
+// made the MIME parser build a message per level, whose drop overflowed a worker's stack and aborted the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_mime_is_refused_and_the_server_lives_on() {
+    let h = Harness::start(allow_conf).await;
+    let rcpt = vec![format!("{}@{DOMAIN}", token(40))];
+    let good = push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}");
+    let deep = "Content-Type: message/rfc822\r\n\r\n".repeat(50_000);
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[deep, good.clone()])).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.6.0 part 2: its MIME parts nest more than 32 levels deep (herald's limit, counting the MCMT container)"
+        )
+    );
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[good])).await;
+    assert_eq!(code, 250, "{text}");
+    h.sim.wait_for_records(1, WAIT).await;
+    assert_eq!(h.reception_lines().len(), 1);
+}
+
+// docs/smtp.md#message-format: every delimiter line of the container is a part, numbered by its ordinal. A part
+// the MIME parser used to drop (no blank line after its headers) or swallow (behind an email part whose multipart
+// never closes) refuses the message instead of leaving it `250 accepted` with fewer notifications; so does a
+// header a push part repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_that_would_be_lost_or_ambiguous_refuse_the_message() {
+    let h = Harness::start(allow_conf).await;
+    let rcpt = vec![format!("{}@{DOMAIN}", token(41))];
+    let good = push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}");
+    let not_a_header = "line 3 of the part is not a MIME header (Name: value): a part's MIME headers must be followed by a blank line, then its body";
+
+    // A push part without the blank line between its headers and the JSON, between two good ones.
+    let no_blank = format!(
+        "Content-Type: message/vnd.msys.apn\r\nX-Device-Token: {}\r\n{{\"aps\":{{\"alert\":\"x\"}}}}",
+        token(41)
+    );
+    let (code, text) = h
+        .send_raw(
+            &rcpt,
+            &mcmt(&[good.clone(), no_blank.clone(), good.clone()]),
+        )
+        .await;
+    assert_eq!((code, text), (550, format!("5.6.0 part 3: {not_a_header}")));
+    // As the only part: named, not "no parts".
+    let only = format!(
+        "MIME-Version: 1.0\r\nContent-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n\r\n--B\r\n{no_blank}\r\n--B--\r\n"
+    );
+    let (code, text) = h.send_raw(&rcpt, &only).await;
+    assert_eq!((code, text), (550, format!("5.6.0 part 1: {not_a_header}")));
+
+    // An email part whose multipart never closes, then two push parts.
+    let unclosed = "Content-Type: message/rfc822\r\n\r\nSubject: x\r\n\
+                    Content-Type: multipart/alternative; boundary=\"C\"\r\n\r\n--C\r\n\
+                    Content-Type: text/plain\r\n\r\nhello"
+        .to_owned();
+    let message = format!(
+        "MIME-Version: 1.0\r\nContent-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n\r\n\
+         --B\r\n{unclosed}\r\n--B\r\n{good}\r\n--B\r\n{good}\r\n--B--\r\n"
+    );
+    let (code, text) = h.send_raw(&rcpt, &message).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.6.0 part 1: its multipart/alternative (boundary \"C\") is never closed: no --C-- line before the part ends"
+        )
+    );
+
+    // A push part repeating X-Device-Token, and one giving the topic under both of its names.
+    let twice = push_part(
+        &[
+            ("X-Device-Token", &token(41)),
+            ("X-Device-Token", &token(42)),
+        ],
+        "{\"aps\":{}}",
+    );
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[twice])).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.6.0 part 2: header X-Device-Token is given more than once in the inner header block (APNs refuses repeated headers: give each once)"
+        )
+    );
+    let both = push_part(
+        &[("X-APNs-Topic", TOPIC), ("apns-topic", TOPIC)],
+        "{\"aps\":{}}",
+    );
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[good.clone(), both])).await;
+    assert_eq!(code, 550);
+    assert!(
+        text.starts_with(
+            "5.6.0 part 3: header X-APNs-Topic (or apns-topic) is given more than once"
+        ),
+        "{text}"
+    );
+
+    // Nothing of them was accepted.
+    assert!(h.reception_lines().is_empty());
+    assert!(h.sim.record().is_empty());
+}
+
 // docs/momentum-compat.md#mcmt-reception: mcmt_reception per listen stanza and per peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcmt_reception_reject_passthru_and_peer_override() {

@@ -10,10 +10,17 @@
 //! a blank line, then a body that starts with its own header block (`X-Device-Token: …`), a blank line, and the
 //! JSON. A body that starts with `{` has no inner header block. Attribute headers are looked up in the inner block
 //! first, then among the MIME part headers.
+//!
+//! The container is split at its delimiter lines by [`mime`], not by the MIME parser, so every `--BOUNDARY` line
+//! is a part and refusals name parts by that ordinal: a part whose headers run into its body (no blank line), an
+//! email part with a multipart that never closes, or more than [`MAX_MIME_DEPTH`] nested levels refuse the
+//! message instead of hiding or shifting parts. The MIME parser reads only single header blocks.
+
+mod mime;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use mail_parser::MessageParser;
 
 use super::accept::Submission;
 use herald_apns::notification::PushHeaders;
@@ -36,7 +43,25 @@ pub mod headers {
     pub const APNS_ID: &[&str] = &["X-APNs-Id", "apns-id"];
     /// The binding to deliver from (a top-level header of the message, or a push part's own).
     pub const BINDING: &[&str] = &["X-Binding"];
+    /// The headers a push part gives at most once in each of its header blocks.
+    pub const SINGLE: &[&[&str]] = &[
+        DEVICE_TOKEN,
+        RETURN_PATH,
+        TRANSFER_ENCODING,
+        TOPIC,
+        PUSH_TYPE,
+        PRIORITY,
+        EXPIRATION,
+        COLLAPSE_ID,
+        APNS_ID,
+        BINDING,
+    ];
 }
+
+/// How deep MIME containers may nest, counting the MCMT container as the first level: an email part
+/// (`message/rfc822`) is the second, a multipart inside it the third. Real mail stays far below; a deeper message
+/// is refused (each level costs the MIME tools that read it a stack frame or more).
+pub const MAX_MIME_DEPTH: usize = 32;
 
 /// Why a message is not a usable MCMT message. The text is what the SMTP client reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +75,14 @@ pub enum McmtError {
     )]
     NoParts,
     #[error(
+        "the MCMT container is not closed: no --{boundary}-- line follows its last part (is the message truncated?)"
+    )]
+    Unclosed { boundary: String },
+    #[error(
+        "a --{boundary} line follows the MCMT container's close delimiter --{boundary}--: the parts after it would be lost"
+    )]
+    DelimiterAfterClose { boundary: String },
+    #[error(
         "herald delivers push notifications only: the MCMT message has no message/vnd.msys.apn part"
     )]
     NoPushPart,
@@ -57,9 +90,29 @@ pub enum McmtError {
     Part { part: usize, reason: PartError },
 }
 
-/// What is wrong with one push part.
+/// What is wrong with one part.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PartError {
+    #[error(
+        "line {line} of the part is not a MIME header (Name: value): a part's MIME headers must be followed by a blank line, then its body"
+    )]
+    MimeHeadersNotEnded { line: usize },
+    #[error(
+        "its MIME parts nest more than {limit} levels deep (herald's limit, counting the MCMT container)"
+    )]
+    TooDeep { limit: usize },
+    #[error(
+        "its {ctype} (boundary {boundary:?}) is never closed: no --{boundary}-- line before the part ends"
+    )]
+    UnclosedMultipart { ctype: String, boundary: String },
+    #[error(
+        "header {} is given more than once in {block} (APNs refuses repeated headers: give each once)",
+        spelled(names)
+    )]
+    RepeatedHeader {
+        names: &'static [&'static str],
+        block: HeaderBlockName,
+    },
     #[error("Content-Transfer-Encoding {0:?} is not supported (use 7bit, 8bit or base64)")]
     UnsupportedEncoding(String),
     #[error("the base64 body does not decode: {0}")]
@@ -76,6 +129,33 @@ pub enum PartError {
         value: String,
         expected: &'static str,
     },
+}
+
+/// The header block of a push part that repeats a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderBlockName {
+    /// The part's MIME headers.
+    Mime,
+    /// The header block at the start of the part's body.
+    Inner,
+}
+
+impl std::fmt::Display for HeaderBlockName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HeaderBlockName::Mime => "the part's MIME headers",
+            HeaderBlockName::Inner => "the inner header block",
+        })
+    }
+}
+
+/// `X-APNs-Topic (or apns-topic)`.
+fn spelled(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [first, rest @ ..] => format!("{first} (or {})", rest.join(", ")),
+    }
 }
 
 /// Whether a message is MCMT at all.
@@ -172,62 +252,64 @@ fn strip_angle(s: &str) -> &str {
 
 /// Reads a received message (after dot-unstuffing) and finds its push parts.
 pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
-    // The MIME parser is a dependency that asserts on some malformed nestings (found by fuzzing, fuzz/README.md):
+    // Only the top-level header block goes to the MIME parser; the body is split here, line by line.
+    let body_start = mime::top_block_end(raw);
+    let top_block = raw.get(..body_start).unwrap_or_default();
+    // The MIME parser is a dependency that asserted on some malformed input (found by fuzzing, fuzz/README.md):
     // whatever a client sends, the message is refused with an answer rather than the session ended by a panic.
-    let message = std::panic::catch_unwind(|| MessageParser::new().parse(raw))
+    let message = std::panic::catch_unwind(|| MessageParser::new().parse_headers(top_block))
         .map_err(|_| McmtError::Malformed)?
         .ok_or(McmtError::NoHeaders)?;
     let root = message.root_part();
-    let is_mcmt = root.content_type().is_some_and(|ct| {
-        ct.ctype().eq_ignore_ascii_case(MCMT_TYPE.0)
-            && ct
-                .subtype()
-                .is_some_and(|s| s.eq_ignore_ascii_case(MCMT_TYPE.1))
-    });
-    if !is_mcmt {
+    let Some(root_type) = mime::mime_type_of(root) else {
+        return Ok(Parsed::NotMcmt);
+    };
+    if !root_type.is(MCMT_TYPE) {
         return Ok(Parsed::NotMcmt);
     }
-    let Some(children) = root.sub_parts() else {
+    let Some(boundary) = root_type.boundary.as_deref().filter(|b| !b.is_empty()) else {
         return Err(McmtError::NoParts);
     };
-    if children.is_empty() {
-        return Err(McmtError::NoParts);
-    }
-    let source = message.raw_message();
-    let mut push_parts = Vec::new();
-    for (i, &id) in children.iter().enumerate() {
-        let number = i + 1;
-        let Some(part) = message.part(id) else {
-            continue;
-        };
-        let is_push = part.content_type().is_some_and(|ct| {
-            ct.ctype().eq_ignore_ascii_case(APN_PART_TYPE.0)
-                && ct
-                    .subtype()
-                    .is_some_and(|s| s.eq_ignore_ascii_case(APN_PART_TYPE.1))
-        });
-        if !is_push || matches!(part.body, PartType::Multipart(_)) {
-            continue;
+    let body = raw.get(body_start..).unwrap_or_default();
+    // The container's structure first: a truncated message is named as such rather than by its cut last part.
+    let boundary_text = || String::from_utf8_lossy(boundary).into_owned();
+    match mime::Parts::new(body, boundary).ending() {
+        mime::Ending::Closed => {}
+        mime::Ending::NoParts => return Err(McmtError::NoParts),
+        mime::Ending::Unclosed => {
+            return Err(McmtError::Unclosed {
+                boundary: boundary_text(),
+            });
         }
-        let mime_headers: HeaderList = part
-            .headers()
-            .iter()
-            .map(|h| {
-                let value = source
-                    .get(h.offset_start as usize..h.offset_end as usize)
-                    .map(|v| unfold(&String::from_utf8_lossy(v)))
-                    .unwrap_or_default();
-                (h.name.as_str().to_owned(), value)
-            })
-            .collect();
-        let body = source
-            .get(part.raw_body_offset() as usize..part.raw_end_offset() as usize)
-            .unwrap_or_default();
-        let push = push_part(number, &mime_headers, body).map_err(|reason| McmtError::Part {
+        mime::Ending::DelimiterAfterClose => {
+            return Err(McmtError::DelimiterAfterClose {
+                boundary: boundary_text(),
+            });
+        }
+    }
+    let mut push_parts = Vec::new();
+    let mut count = 0;
+    for (i, part) in mime::Parts::new(body, boundary).enumerate() {
+        let number = i + 1;
+        count = number;
+        let refuse = |reason| McmtError::Part {
             part: number,
             reason,
-        })?;
-        push_parts.push(push);
+        };
+        let block = mime::header_block(part)
+            .map_err(|bad| refuse(PartError::MimeHeadersNotEnded { line: bad.number }))?;
+        let part_type =
+            mime::mime_type(part.get(..block.body).unwrap_or_default()).unwrap_or_default();
+        let part_body = part.get(block.body..).unwrap_or_default();
+        if part_type.is(APN_PART_TYPE) {
+            let push = push_part(number, &block.fields, part_body).map_err(refuse)?;
+            push_parts.push(push);
+        } else if part_type.ctype == "message" || part_type.ctype == "multipart" {
+            mime::check_email_part(&part_type, part_body).map_err(refuse)?;
+        }
+    }
+    if count == 0 {
+        return Err(McmtError::NoParts);
     }
     if push_parts.is_empty() {
         return Err(McmtError::NoPushPart);
@@ -240,7 +322,7 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
                     .iter()
                     .any(|n| h.name.as_str().eq_ignore_ascii_case(n))
             })
-            .and_then(|h| source.get(h.offset_start as usize..h.offset_end as usize))
+            .and_then(|h| top_block.get(h.offset_start as usize..h.offset_end as usize))
             .map(|v| unfold(&String::from_utf8_lossy(v)).trim().to_owned())
             .filter(|v| !v.is_empty())
     };
@@ -296,9 +378,11 @@ impl Headers<'_> {
 }
 
 fn push_part(number: usize, mime: &[(String, String)], body: &[u8]) -> Result<PushPart, PartError> {
+    no_repeats(mime, HeaderBlockName::Mime)?;
     let outer = Headers { inner: &[], mime };
     let decoded = decode(outer.string(headers::TRANSFER_ENCODING).as_deref(), body)?;
     let (inner, json) = split_inner_headers(&decoded)?;
+    no_repeats(&inner, HeaderBlockName::Inner)?;
     // A transfer encoding named in the inner block applies to the JSON after it (docs/momentum-compat.md#mcmt-push-part
     // lists Content-Transfer-Encoding among the push part's own headers).
     let inner_cte = Headers {
@@ -351,6 +435,21 @@ fn decode(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, PartError> {
     }
 }
 
+/// Refuses a header of [`headers::SINGLE`] given twice (under any of its names) in one header block. Across the
+/// two blocks of a push part the inner one wins, as documented.
+fn no_repeats(list: &[(String, String)], block: HeaderBlockName) -> Result<(), PartError> {
+    for names in headers::SINGLE {
+        let given = list
+            .iter()
+            .filter(|(n, _)| names.iter().any(|want| n.eq_ignore_ascii_case(want)))
+            .count();
+        if given > 1 {
+            return Err(PartError::RepeatedHeader { names, block });
+        }
+    }
+    Ok(())
+}
+
 /// Splits a push part body into its inner header block and the JSON. A body whose first non-blank byte is `{`
 /// has no inner block.
 fn split_inner_headers(body: &[u8]) -> Result<(HeaderList, &[u8]), PartError> {
@@ -358,43 +457,17 @@ fn split_inner_headers(body: &[u8]) -> Result<(HeaderList, &[u8]), PartError> {
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(body.len());
-    if body.get(start) == Some(&b'{') || start == body.len() {
-        return Ok((Vec::new(), &body[start..]));
+    let rest = body.get(start..).unwrap_or_default();
+    if rest.first().is_none_or(|&b| b == b'{') {
+        return Ok((Vec::new(), rest));
     }
-    let rest = &body[start..];
-    let mut headers: HeaderList = Vec::new();
-    let mut pos = 0;
-    let mut line_no = 0;
-    loop {
-        let Some(nl) = rest[pos..].iter().position(|&b| b == b'\n') else {
-            return Err(PartError::UnterminatedHeaders);
-        };
-        let raw_line = &rest[pos..pos + nl];
-        pos += nl + 1;
-        line_no += 1;
-        let line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
-        if line.iter().all(|b| *b == b' ' || *b == b'\t') {
-            return Ok((headers, &rest[pos..]));
+    match mime::header_block(rest) {
+        Ok(block) if block.blank_line => {
+            Ok((block.fields, rest.get(block.body..).unwrap_or_default()))
         }
-        let text = String::from_utf8_lossy(line);
-        if line[0] == b' ' || line[0] == b'\t' {
-            match headers.last_mut() {
-                Some((_, v)) => {
-                    v.push(' ');
-                    v.push_str(text.trim());
-                }
-                None => return Err(PartError::BadHeaderLine { line: line_no }),
-            }
-            continue;
-        }
-        match text.split_once(':') {
-            Some((name, value))
-                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic()) =>
-            {
-                headers.push((name.to_owned(), value.trim().to_owned()));
-            }
-            _ => return Err(PartError::BadHeaderLine { line: line_no }),
-        }
+        Ok(_) => Err(PartError::UnterminatedHeaders),
+        Err(bad) if bad.json || bad.last => Err(PartError::UnterminatedHeaders),
+        Err(bad) => Err(PartError::BadHeaderLine { line: bad.number }),
     }
 }
 
@@ -627,11 +700,182 @@ mod tests {
         );
     }
 
+    const APN: &str =
+        "Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: ab\r\n\r\n{\"aps\":{}}";
+
+    // Parsed on a thread with a small stack: nothing in the parse may recurse once per MIME level.
+    fn parse_on_small_stack(raw: Vec<u8>) -> Result<Parsed, McmtError> {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || parse(&raw))
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn deep_mime_nesting_is_refused_naming_the_limit() {
+        // 50000 nested message/rfc822 header blocks (1.6 MB): the MIME parser used to build one nested message per
+        // level, whose drop overflowed the stack and aborted the process.
+        let deep = "Content-Type: message/rfc822\r\n\r\n".repeat(50_000);
+        let raw = mcmt(&[&deep, APN]);
+        let e = parse_on_small_stack(raw).unwrap_err();
+        assert_eq!(
+            e,
+            McmtError::Part {
+                part: 1,
+                reason: PartError::TooDeep {
+                    limit: MAX_MIME_DEPTH
+                }
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "part 1: its MIME parts nest more than 32 levels deep (herald's limit, counting the MCMT container)"
+        );
+        // Multiparts nest as deep, each with its own boundary; and an email part that is a multipart itself.
+        let mut deep = String::new();
+        for i in 0..20_000 {
+            deep.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"
+            ));
+        }
+        let raw = mcmt(&[APN, &deep]);
+        assert_eq!(
+            parse_on_small_stack(raw).unwrap_err(),
+            McmtError::Part {
+                part: 2,
+                reason: PartError::TooDeep {
+                    limit: MAX_MIME_DEPTH
+                }
+            }
+        );
+        // At the limit (the container, then 31 messages): the email part is read and ignored; one more is refused.
+        let ok = "Content-Type: message/rfc822\r\n\r\n".repeat(MAX_MIME_DEPTH - 1)
+            + "Subject: x\r\n\r\nbody";
+        let m = parsed(&mcmt(&[&ok, APN]));
+        assert_eq!(m.push_parts[0].number, 2);
+        let too_deep = format!("Content-Type: message/rfc822\r\n\r\n{ok}");
+        assert!(parse(&mcmt(&[&too_deep, APN])).is_err());
+    }
+
+    #[test]
+    fn a_part_whose_headers_run_into_its_body_is_refused_by_its_ordinal() {
+        let no_blank = "Content-Type: message/vnd.msys.apn\r\nX-Device-Token: ab\r\n{\"aps\":{\"alert\":\"x\"}}";
+        let raw = mcmt(&[APN, no_blank, APN]);
+        let e = parse(&raw).unwrap_err();
+        assert_eq!(
+            e,
+            McmtError::Part {
+                part: 2,
+                reason: PartError::MimeHeadersNotEnded { line: 3 }
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "part 2: line 3 of the part is not a MIME header (Name: value): a part's MIME headers must be followed by a blank line, then its body"
+        );
+        // The only part: named, not "the container has no parts".
+        assert_eq!(
+            parse(&mcmt(&[no_blank])).unwrap_err(),
+            McmtError::Part {
+                part: 1,
+                reason: PartError::MimeHeadersNotEnded { line: 3 }
+            }
+        );
+        // Part numbers are delimiter ordinals, also after an empty part.
+        let raw = mcmt(&["", APN]);
+        assert_eq!(parsed(&raw).push_parts[0].number, 2);
+    }
+
+    #[test]
+    fn an_email_part_with_an_unclosed_multipart_is_refused() {
+        let unclosed = UnclosedMultipart("multipart/alternative", "C");
+        for email in [
+            "Content-Type: message/rfc822\r\n\r\nSubject: x\r\nContent-Type: multipart/alternative; boundary=C\r\n\r\n--C\r\nContent-Type: text/plain\r\n\r\nhi",
+            "Content-Type: multipart/alternative; boundary=C\r\n\r\n--C\r\nContent-Type: text/plain\r\n\r\nhi",
+        ] {
+            let e = parse(&mcmt(&[email, APN, APN])).unwrap_err();
+            assert_eq!(
+                e,
+                McmtError::Part {
+                    part: 1,
+                    reason: unclosed.clone().into()
+                }
+            );
+            assert_eq!(
+                e.to_string(),
+                "part 1: its multipart/alternative (boundary \"C\") is never closed: no --C-- line before the part ends"
+            );
+        }
+        // Closed, the same email part is fine.
+        let closed =
+            "Content-Type: multipart/alternative; boundary=C\r\n\r\n--C\r\n\r\nhi\r\n--C--";
+        assert_eq!(parsed(&mcmt(&[closed, APN, APN])).push_parts.len(), 2);
+    }
+
+    #[derive(Clone)]
+    struct UnclosedMultipart(&'static str, &'static str);
+
+    impl From<UnclosedMultipart> for PartError {
+        fn from(u: UnclosedMultipart) -> PartError {
+            PartError::UnclosedMultipart {
+                ctype: u.0.into(),
+                boundary: u.1.into(),
+            }
+        }
+    }
+
+    #[test]
+    fn the_container_must_be_closed_once() {
+        let mut raw = mcmt(&[APN]);
+        let cut = raw.len() - "--B--\r\n".len();
+        assert_eq!(
+            parse(&raw[..cut]).unwrap_err().to_string(),
+            "the MCMT container is not closed: no --B-- line follows its last part (is the message truncated?)"
+        );
+        raw.extend_from_slice(b"--B\r\n");
+        raw.extend_from_slice(APN.as_bytes());
+        raw.extend_from_slice(b"\r\n--B--\r\n");
+        assert_eq!(
+            parse(&raw).unwrap_err(),
+            McmtError::DelimiterAfterClose {
+                boundary: "B".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_header_given_twice_in_a_block_is_refused() {
+        let raw = mcmt(&[
+            APN,
+            "Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: aa\r\nX-Device-Token: bb\r\n\r\n{}",
+        ]);
+        let e = parse(&raw).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "part 2: header X-Device-Token is given more than once in the inner header block (APNs refuses repeated headers: give each once)"
+        );
+        let raw = mcmt(&[
+            "Content-Type: message/vnd.msys.apn\r\nX-APNs-Topic: a\r\napns-topic: b\r\n\r\n{}",
+        ]);
+        assert_eq!(
+            parse(&raw).unwrap_err().to_string(),
+            "part 1: header X-APNs-Topic (or apns-topic) is given more than once in the part's MIME headers (APNs refuses repeated headers: give each once)"
+        );
+        // One in each block: the inner one wins, as documented.
+        let raw = mcmt(&[
+            "Content-Type: message/vnd.msys.apn\r\nX-APNs-Priority: 5\r\n\r\nX-APNs-Priority: 10\r\n\r\n{}",
+        ]);
+        assert_eq!(parsed(&raw).push_parts[0].headers.priority, Some(10));
+    }
+
     #[test]
     fn a_mime_nesting_the_parser_asserts_on_is_refused_not_a_panic() {
         // Found by the `mcmt` fuzz target: a part whose delimiter follows a bare LF and a stray byte, then a part
-        // with no blank line after its header. mail-parser asserts (debug builds) that it lost the enclosing
-        // multipart; either way the message is not accepted and the session goes on.
+        // with no blank line after its header. mail-parser asserted (debug builds) that it lost the enclosing
+        // multipart when it read the parts; it now reads header blocks only. Either way the message is not
+        // accepted and the session goes on.
         let raw = b"From: t2.0\r\nContent-Type: multipart/vnd.mss.mcmt; boundary=\"B\"\r\n\r\n--B\r\n\
 Content-Type: message/rfc822\r\n\r\nSuype: m\n\r\xf5--B\r\nContent-Type: message/rfc822\r\nound\r\n\r\n\r\n--B--\r\n";
         let result = parse(raw);
@@ -639,6 +883,9 @@ Content-Type: message/rfc822\r\n\r\nSuype: m\n\r\xf5--B\r\nContent-Type: message
             matches!(result, Ok(Parsed::NotMcmt) | Err(McmtError::Malformed)),
             "{result:?}"
         );
+        // As MCMT: `--B` after a stray byte is content, not a delimiter line, so all is one email part.
+        let raw = String::from_utf8_lossy(raw).replace("vnd.mss.mcmt", "vnd.msys.mcmt");
+        assert_eq!(parse(raw.as_bytes()), Err(McmtError::NoPushPart));
         assert_eq!(
             McmtError::Malformed.to_string(),
             "the message's MIME structure cannot be read (its parts and boundaries do not nest)"
