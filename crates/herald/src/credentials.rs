@@ -80,6 +80,74 @@ pub fn check(config: &Arc<Config>, now: SystemTime) -> Vec<Finding> {
     findings
 }
 
+/// One finding about a listener's TLS identity (`tls_certificate`, `tls_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerFinding {
+    /// `http_listener ADDRESS` or `esmtp_listener ADDRESS`.
+    pub listener: String,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl std::fmt::Display for ListenerFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}: {level}: {}", self.listener, self.message)
+    }
+}
+
+/// Loads the TLS identity of every HTTP and ESMTP listener that has one, as `herald serve` does at start and at a
+/// reload: what it would refuse is an error here. A file missing on this machine is a warning (the configuration
+/// may be checked elsewhere than where it runs).
+pub fn check_listeners(config: &Config) -> Vec<ListenerFinding> {
+    let mut findings = Vec::new();
+    for l in config.listeners() {
+        let kind = match l.kind {
+            herald_conf::ListenerKind::Http => "http_listener",
+            herald_conf::ListenerKind::Esmtp => "esmtp_listener",
+            _ => continue,
+        };
+        let Some(cert) = &l.tls_certificate else {
+            continue;
+        };
+        let listener = format!("{kind} {}", l.address);
+        let missing: Vec<_> = [Some(cert), l.tls_key.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.exists())
+            .collect();
+        if !missing.is_empty() {
+            for p in missing {
+                findings.push(ListenerFinding {
+                    listener: listener.clone(),
+                    severity: Severity::Warning,
+                    message: format!("{} {MISSING_FILE}", p.display()),
+                });
+            }
+            continue;
+        }
+        let loaded = match l.kind {
+            herald_conf::ListenerKind::Http => crate::inbound::rest::tls_config(&l)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            _ => crate::inbound::smtp::tls::server_config(cert, l.tls_key.as_deref())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(message) = loaded {
+            findings.push(ListenerFinding {
+                listener,
+                severity: Severity::Error,
+                message,
+            });
+        }
+    }
+    findings
+}
+
 /// How a finding about a credential file that is not on this machine ends.
 const MISSING_FILE: &str = "does not exist here; the credentials in it were not checked";
 

@@ -52,12 +52,15 @@ fn certificate_topic(d: &DomainSettings) -> Option<String> {
     info.default_topic().ok().map(str::to_owned)
 }
 
+/// A provider-token key: its file, key id and team id.
+type TokenKeyId = (PathBuf, String, String);
+
 /// Resolves domains against a loaded configuration.
 pub struct ConfigResolver {
     state: RwLock<ResolverState>,
     /// Provider-token caches by (key file, key id, team id), with a hash of the key file they were made from: a key
     /// replaced at the same path makes a new cache at the next reload.
-    keys: Mutex<HashMap<(PathBuf, String, String), (Option<u64>, ProviderTokenCache)>>,
+    keys: Mutex<HashMap<TokenKeyId, (Option<u64>, ProviderTokenCache)>>,
     tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
     /// Host-wide connection budgets, kept across reloads (a reload changes their limits).
     hosts: HostBudgets,

@@ -83,6 +83,24 @@ struct RunningListener {
     task: JoinHandle<()>,
     /// ESMTP: sessions see a new configuration generation through this.
     smtp_config: Option<watch::Sender<Arc<smtp::SmtpConfig>>>,
+    /// What the listener's `tls_certificate` and `tls_key` files held when it started (HTTP): a reload restarts it
+    /// when they hold something else (a certificate renewed in place).
+    tls_files: Option<u64>,
+}
+
+/// A hash of the files of a listener's TLS identity (`None` without one; an unreadable file hashes as empty: loading
+/// it reports why).
+fn tls_files_hash(settings: &ListenerSettings) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let cert = settings.tls_certificate.as_ref()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in [Some(cert), settings.tls_key.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::read(path).unwrap_or_default().hash(&mut h);
+    }
+    Some(h.finish())
 }
 
 /// Counter values at the last `summary reset`.
@@ -463,6 +481,7 @@ impl Server {
                     stop,
                     task,
                     smtp_config: Some(config_tx),
+                    tls_files: None,
                 }))
             }
             ListenerKind::Http => {
@@ -478,6 +497,7 @@ impl Server {
                 let addr = socket
                     .local_addr()
                     .map_err(|e| listener_err(e.to_string()))?;
+                let tls_files = tls_files_hash(&settings);
                 let tls = rest::tls_config(&settings).map_err(|e| listener_err(e.to_string()))?;
                 let mut extra = crate::ops::routes(
                     self.engine.clone(),
@@ -534,6 +554,7 @@ impl Server {
                     stop,
                     task,
                     smtp_config: None,
+                    tls_files,
                 }))
             }
             ListenerKind::Control => {
@@ -554,6 +575,7 @@ impl Server {
                     stop,
                     task,
                     smtp_config: None,
+                    tls_files: None,
                 }))
             }
             ListenerKind::Ecstream => Ok(None),
@@ -588,6 +610,12 @@ impl Server {
             warnings: config.warnings().iter().map(|w| w.to_string()).collect(),
             ..ReloadReport::default()
         };
+        for (option, scope) in Config::start_only_changes(&old_config, &config) {
+            report.warnings.push(format!(
+                "{option} changed in scope '{scope}': it is read at start only; the running value stays until \
+                 herald restarts"
+            ));
+        }
         self.resolver.replace(config.clone());
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
         self.generation.fetch_add(1, Ordering::Relaxed);
@@ -629,15 +657,28 @@ impl Server {
                 }
                 Some(new) if running.kind == ListenerKind::Esmtp => {
                     // Sessions notice the new generation and answer 421 4.3.2 at their next command.
-                    match smtp::SmtpConfig::from_config(&config, new.clone()) {
-                        Ok(c) => {
-                            if let Some(tx) = &running.smtp_config {
-                                let _ = tx.send(Arc::new(c));
+                    let c = match smtp::SmtpConfig::from_config(&config, new.clone()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // The other new settings (address lists, limits, …) apply; only the TLS identity
+                            // stays the one that loaded.
+                            report.listener_errors.push(format!(
+                                "{name}: its new TLS identity cannot be loaded ({e}); it keeps the old one, with \
+                                 its other new settings"
+                            ));
+                            let old_tls = running
+                                .smtp_config
+                                .as_ref()
+                                .and_then(|tx| tx.borrow().tls.clone());
+                            smtp::SmtpConfig {
+                                listener: new.clone(),
+                                limits: smtp::SmtpLimits::from_config(&config, new),
+                                tls: old_tls,
                             }
                         }
-                        Err(e) => report
-                            .warnings
-                            .push(format!("{name}: keeping the old TLS identity: {e}")),
+                    };
+                    if let Some(tx) = &running.smtp_config {
+                        let _ = tx.send(Arc::new(c));
                     }
                     let mut running = running;
                     running.settings = new.clone();
@@ -647,19 +688,47 @@ impl Server {
                     if *new == running.settings
                         && DoorLimits::from_config(&config, new)
                             == DoorLimits::from_config(&old_config, new)
-                        && !(running.kind == ListenerKind::Http && rest_toggled) =>
+                        && !(running.kind == ListenerKind::Http && rest_toggled)
+                        && (running.kind != ListenerKind::Http
+                            || tls_files_hash(new) == running.tls_files) =>
                 {
                     keep.push(running)
                 }
                 Some(new) => {
                     let new = new.clone();
+                    // What can fail before the old listener stops: a new TLS identity that does not load keeps
+                    // the old listener running as it was.
+                    if running.kind == ListenerKind::Http
+                        && let Err(e) = rest::tls_config(&new)
+                    {
+                        report.listener_errors.push(format!(
+                            "{name}: its new TLS identity cannot be loaded ({e}); it keeps running with its \
+                             previous settings"
+                        ));
+                        keep.push(running);
+                        continue;
+                    }
+                    let previous = running.settings.clone();
                     stop_listener(running).await;
                     match self.start_listener(new).await {
-                        Ok(Some(l)) => keep.push(l),
-                        Ok(None) => {}
-                        Err(e) => report.warnings.push(format!("{name}: {e}")),
+                        Ok(Some(l)) => {
+                            keep.push(l);
+                            report.listeners_restarted.push(name);
+                        }
+                        Ok(None) => report.listeners_restarted.push(name),
+                        Err(e) => match self.start_listener(previous).await {
+                            Ok(Some(l)) => {
+                                keep.push(l);
+                                report.listener_errors.push(format!(
+                                    "{name}: {e}; it runs again with its previous settings"
+                                ));
+                            }
+                            Ok(None) => report.listener_errors.push(format!("{name}: {e}")),
+                            Err(again) => report.listener_errors.push(format!(
+                                "{name}: {e}; with its previous settings: {again}; it is down"
+                            )),
+                        },
                     }
-                    report.listeners_restarted.push(name);
                 }
             }
         }
@@ -677,7 +746,7 @@ impl Server {
                     report.listeners_started.push(name);
                 }
                 Ok(None) => {}
-                Err(e) => report.warnings.push(format!("{name}: {e}")),
+                Err(e) => report.listener_errors.push(format!("{name}: {e}")),
             }
         }
         *listeners = keep;

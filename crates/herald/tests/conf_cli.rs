@@ -347,3 +347,29 @@ fn config_show_one_scope_and_one_option() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no such scope"), "{}", stderr(&o));
 }
+
+/// `herald check` loads the TLS identity of HTTP and ESMTP listeners as `herald serve` does: a file that is not a
+/// certificate is an error naming the listener; a file missing on this machine is a warning.
+#[test]
+fn check_loads_the_tls_identity_of_listeners() {
+    let tmp = tempfile::tempdir().unwrap();
+    let garbage = write(tmp.path(), "garbage.pem", "not a certificate\n");
+    let text = format!(
+        "http_listener {{ listen \"127.0.0.1:8443\" {{ tls_certificate = \"{garbage}\" tls_key = \"{garbage}\" }} }}\n\
+         esmtp_listener {{ listen \"127.0.0.1:2525\" {{ tls_certificate = \"/nowhere/smtp.pem\" tls_key = \"/nowhere/smtp.key\" }} }}\n"
+    );
+    let p = write(tmp.path(), "l.conf", &text);
+    let o = herald(&["check", "-c", &p]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("http_listener 127.0.0.1:8443: error:"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "esmtp_listener 127.0.0.1:2525: warning: /nowhere/smtp.pem does not exist here"
+        ),
+        "{err}"
+    );
+}

@@ -595,3 +595,98 @@ async fn reload_of_a_broken_file_keeps_the_running_configuration() {
         "the old connections stay; none reopened"
     );
 }
+
+/// An HTTP listener's TLS identity at a reload: one that does not load leaves the listener running as it was (and
+/// the reload says so, as an error); one that loads restarts it on HTTPS; a certificate renewed in place (same
+/// paths, new content) is picked up by the next reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_listener_keeps_running_when_its_new_tls_identity_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = support::free_port();
+    let config = dir.path().join("herald.conf");
+    let write = |listen_options: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "spool_dir = \"{}\"\nhttp_listener {{ listen \"127.0.0.1:{port}\" {{ {listen_options} }} }}\n",
+                dir.path().join("spool").display()
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let server = Server::start(&config).await.unwrap();
+    let plain = reqwest::Client::new();
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    assert_eq!(plain.get(&healthz).send().await.unwrap().status(), 200);
+
+    let missing = dir.path().join("missing.pem");
+    write(&format!(
+        "tls_certificate = \"{0}\" tls_key = \"{0}\"",
+        missing.display()
+    ));
+    let report = server.reload(None).await.unwrap();
+    assert_eq!(report.listener_errors.len(), 1, "{report:?}");
+    assert!(
+        report.listener_errors[0].contains("keeps running with its previous settings"),
+        "{report:?}"
+    );
+    assert!(report.listeners_restarted.is_empty(), "{report:?}");
+    assert_eq!(plain.get(&healthz).send().await.unwrap().status(), 200);
+
+    // A loadable identity: the listener restarts on HTTPS.
+    let (cert, key) = (dir.path().join("live.pem"), dir.path().join("live.key"));
+    std::fs::copy(&pki.manifest.server_cert, &cert).unwrap();
+    std::fs::copy(&pki.manifest.server_key, &key).unwrap();
+    write(&format!(
+        "tls_certificate = \"{}\" tls_key = \"{}\"",
+        cert.display(),
+        key.display()
+    ));
+    let report = server.reload(None).await.unwrap();
+    assert!(report.listener_errors.is_empty(), "{report:?}");
+    assert_eq!(report.listeners_restarted.len(), 1, "{report:?}");
+    let https = |ca: &Path| {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap(),
+            )
+            .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
+            .build()
+            .unwrap()
+    };
+    let secure = format!("https://localhost:{port}/healthz");
+    let r = https(&pki.manifest.ca_cert).get(&secure).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+
+    // Renewed in place: the same text, new files.
+    let other = tempfile::tempdir().unwrap();
+    let renewed = Pki::generate(other.path(), &[TOPIC.to_string()]).unwrap();
+    std::fs::copy(&renewed.manifest.server_cert, &cert).unwrap();
+    std::fs::copy(&renewed.manifest.server_key, &key).unwrap();
+    let report = server.reload(None).await.unwrap();
+    assert_eq!(report.listeners_restarted.len(), 1, "{report:?}");
+    let r = https(&renewed.manifest.ca_cert).get(&secure).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+    assert!(
+        https(&pki.manifest.ca_cert)
+            .get(&secure)
+            .send()
+            .await
+            .is_err()
+    );
+
+    // An option read only at start: the reload says its new value waits for a restart.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("outcome_retention = 60\n{text}")).unwrap();
+    let report = server.reload(None).await.unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("outcome_retention changed") && w.contains("read at start only")),
+        "{report:?}"
+    );
+    server.shutdown(Duration::from_secs(2)).await;
+}

@@ -48,17 +48,25 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             for f in &findings {
                 eprintln!("{name}: {f}");
             }
+            let listener_findings = herald::credentials::check_listeners(&config);
+            for f in &listener_findings {
+                eprintln!("{name}: {f}");
+            }
             let credential_errors = findings
                 .iter()
                 .filter(|f| f.severity == herald::credentials::Severity::Error)
-                .count();
+                .count()
+                + listener_findings
+                    .iter()
+                    .filter(|f| f.severity == herald::credentials::Severity::Error)
+                    .count();
             if credential_errors > 0 {
                 eprintln!("{name}: {credential_errors} credential error(s)");
                 std::mem::forget(config);
                 return Ok(ExitCode::FAILURE);
             }
             // Every warning printed above: the configuration's and the credential findings'.
-            let warnings = config.warnings().len() + findings.len();
+            let warnings = config.warnings().len() + findings.len() + listener_findings.len();
             println!(
                 "{name}: ok: {} domains, {} listeners, {} warnings",
                 config.domains().len(),

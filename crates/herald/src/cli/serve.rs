@@ -60,7 +60,12 @@ async fn run_until_stopped(server: &Server, signals: Signals) -> anyhow::Result<
                     tracing::error!("reopening logs: {e}");
                 }
                 match server.reload(None).await {
-                    Ok(report) => tracing::info!(?report, "SIGHUP: configuration reloaded"),
+                    Ok(report) => {
+                        for e in &report.listener_errors {
+                            tracing::error!("SIGHUP: reload: listener {e}");
+                        }
+                        tracing::info!(?report, "SIGHUP: configuration reloaded");
+                    }
                     Err(e) => tracing::error!("SIGHUP: {e}"),
                 }
             }

@@ -603,10 +603,17 @@ async fn config_reload_inner(server: &dyn ServerHandle, path: Option<PathBuf>) -
                     let _ = writeln!(out, "Listener {what}: {l}");
                 }
             }
+            for e in &report.listener_errors {
+                let _ = writeln!(out, "Listener error: {e}");
+            }
             for w in &report.warnings {
                 let _ = writeln!(out, "{w}");
             }
-            Reply::ok(out)
+            if report.listener_errors.is_empty() {
+                Reply::ok(out)
+            } else {
+                Reply::err(out)
+            }
         }
         Err(e) => Reply::err(format!("{e}\n")),
     }

@@ -731,6 +731,7 @@ async fn reload(
             "ok": true,
             "generation": server.generation(),
             "warnings": report.warnings,
+            "listener_errors": report.listener_errors,
             "unroutable": report.unroutable,
         }))
         .into_response(),
