@@ -1379,6 +1379,164 @@ async fn throughput_smoke() {
     );
 }
 
+/// An intake for a listener whose tests accept no notification (nothing is configured to deliver to).
+fn idle_intake() -> Arc<Intake> {
+    let resolver = Arc::new(StaticResolver::default());
+    let engine = Arc::new(Engine::new(
+        resolver.clone(),
+        Logs {
+            mainlog: vec![],
+            apnlog: vec![],
+            recent: None,
+        },
+        Arc::new(MemoryInvalidTokens::default()),
+        EngineLimits::default(),
+    ));
+    Arc::new(Intake::new(
+        resolver,
+        Arc::new(NotDurable),
+        engine,
+        IdGenerator::new(7),
+    ))
+}
+
+/// One HTTP/2 connection carries at most `HTTP2_MAX_CONCURRENT_STREAMS` requests at once (each may hold a body of
+/// up to `max_request_size`): a client sending three times as many at once on it gets every answer right, the
+/// ones beyond the limit waiting for a stream, and the server never holds more than the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_carries_at_most_its_stream_limit_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let limit = rest::server::HTTP2_MAX_CONCURRENT_STREAMS as usize;
+    let open = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let held = {
+        let (open, most) = (open.clone(), most.clone());
+        axum::Router::new().route(
+            "/held/{n}",
+            axum::routing::get(move |axum::extract::Path(n): axum::extract::Path<usize>| {
+                let (open, most, mut released) = (open.clone(), most.clone(), released.clone());
+                async move {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    format!("request {n}")
+                }
+            }),
+        )
+    };
+    let intake = idle_intake();
+    let app = rest::router_with(
+        rest::RestState::new(listener_settings(), intake.clone()),
+        held,
+    );
+    // One connection per client: every request below goes over the same HTTP/2 connection.
+    let limits = Arc::new(herald::inbound::doors::DoorLimits {
+        max_connections_per_client: 1,
+        ..Default::default()
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(rest::serve_limited(
+        listener,
+        app,
+        intake,
+        None,
+        limits,
+        stop.clone(),
+    ));
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let ok = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.version(), reqwest::Version::HTTP_2);
+    let requests: Vec<_> = (0..3 * limit)
+        .map(|n| {
+            let request = client.get(format!("http://{addr}/held/{n}")).send();
+            tokio::spawn(async move {
+                let response = request.await.unwrap();
+                (response.status(), response.text().await.unwrap())
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while open.load(Ordering::SeqCst) < limit && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time for any request beyond the limit to arrive, were it let in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(open.load(Ordering::SeqCst), limit, "requests open at once");
+    release.send(true).unwrap();
+    for (n, request) in requests.into_iter().enumerate() {
+        let (status, text) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "request {n}: {text}");
+        assert_eq!(text, format!("request {n}"));
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        limit,
+        "most requests open at once"
+    );
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// The HTTP/2 SETTINGS the listener sends: the stream limit and the header list size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http2_settings_announce_the_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let h = Harness::start(|_, _| {}).await;
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    // The client preface, then an empty SETTINGS frame.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let settings = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut head = [0u8; 9];
+            stream.read_exact(&mut head).await.unwrap();
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            // SETTINGS (type 4), not an acknowledgement (flag 1).
+            if head[3] == 4 && head[4] & 1 == 0 {
+                return payload
+                    .chunks_exact(6)
+                    .map(|c| {
+                        (
+                            u16::from_be_bytes([c[0], c[1]]),
+                            u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                        )
+                    })
+                    .collect::<std::collections::BTreeMap<_, _>>();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // SETTINGS_MAX_CONCURRENT_STREAMS and SETTINGS_MAX_HEADER_LIST_SIZE.
+    assert_eq!(
+        settings.get(&3),
+        Some(&rest::server::HTTP2_MAX_CONCURRENT_STREAMS),
+        "{settings:?}"
+    );
+    assert_eq!(
+        settings.get(&6),
+        Some(&rest::server::HTTP2_MAX_HEADER_LIST_SIZE),
+        "{settings:?}"
+    );
+}
+
 /// Writes `request` on a fresh connection and reads one answer (up to its content-length); its status and JSON.
 async fn raw_answer(to: SocketAddr, request: &[u8]) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

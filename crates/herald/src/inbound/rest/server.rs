@@ -6,7 +6,9 @@
 //! (in all, or from its client address) with a `503` where the connection is plain HTTP; it is closed when it
 //! sends nothing within `first_byte_timeout`, when a request's headers take longer than `header_timeout` from
 //! its first byte, or when it stays idle between requests for `keepalive_timeout`; a request body that takes
-//! longer than `body_timeout` fails with `408`.
+//! longer than `body_timeout` fails with `408`. An HTTP/2 connection carries at most
+//! [`HTTP2_MAX_CONCURRENT_STREAMS`] requests at once, so that it holds no more request bodies in memory than that
+//! many HTTP/1 connections would.
 
 use std::io;
 use std::net::SocketAddr;
@@ -140,6 +142,13 @@ pub async fn serve_limited(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None);
+    // Each request's body may be read whole into memory (up to max_request_size): bound the requests one
+    // connection carries at once, as HTTP/1 does (one at a time), to a few. A client sending more streams is told
+    // in SETTINGS; well-behaved clients queue them, others get them refused (RST_STREAM REFUSED_STREAM).
+    builder
+        .http2()
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(HTTP2_MAX_HEADER_LIST_SIZE);
     let conns = ConnLimiter::network();
     let mut refusals = RefusalLog::default();
     let local = listener.local_addr()?;
@@ -206,6 +215,15 @@ pub async fn serve_limited(
     tracing::info!(%local, "REST listener stopped");
     Ok(())
 }
+
+/// Requests one HTTP/2 connection may carry at once (`SETTINGS_MAX_CONCURRENT_STREAMS`). With each request's body
+/// bounded by `max_request_size`, a listener holds at most `max_connections` × this × `max_request_size` bytes of
+/// request bodies (docs/api.md, "Listener options").
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 8;
+
+/// The largest HTTP/2 request head accepted, in bytes of decoded header fields (`SETTINGS_MAX_HEADER_LIST_SIZE`);
+/// a larger one is refused with `431`.
+pub const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
 /// How long a refused plain-HTTP client is given to take the refusal.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
