@@ -1013,6 +1013,97 @@ fn documented_routes(yaml: &str) -> std::collections::BTreeMap<(String, String),
     out
 }
 
+/// The answers (status codes) and parameter references each operation of an OpenAPI file's `paths` documents (a
+/// line-level reading: sections such as `responses` and `parameters` at six spaces, their entries at eight).
+fn documented_answers(
+    yaml: &str,
+) -> std::collections::BTreeMap<(String, String), BTreeSet<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let (mut in_paths, mut path, mut operation, mut section) = (false, None, None, String::new());
+    for line in yaml.lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            in_paths = line.trim_end() == "paths:";
+            continue;
+        }
+        if !in_paths || line.trim().is_empty() {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let text = line.trim().trim_end_matches(':');
+        match indent {
+            2 => path = Some(text.trim_matches(['"', '\'']).to_string()),
+            4 => operation = Some((text.to_ascii_uppercase(), path.clone().unwrap())),
+            6 => section = text.to_string(),
+            8 => {
+                let Some(key) = operation.clone() else {
+                    continue;
+                };
+                let entry: &mut BTreeSet<String> = out.entry(key).or_default();
+                match section.as_str() {
+                    "responses" => {
+                        entry.insert(text.trim_matches('"').to_string());
+                    }
+                    "parameters" => {
+                        if let Some(name) = text.strip_prefix("- $ref: \"#/components/parameters/")
+                        {
+                            entry.insert(name.trim_end_matches('"').to_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The answers the handlers can give are documented: both spellings of the injector take `Idempotency-Key` (409)
+/// as they run one handler; every route reading a body documents its `408` and `413`; a status lookup its `500`;
+/// every route behind the API keys its `429` next to the `401`.
+#[test]
+fn openapi_documents_the_answers_the_routes_give() {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/openapi.yaml"
+    ))
+    .unwrap();
+    let answers = documented_answers(&yaml);
+    let of = |method: &str, path: &str| {
+        answers
+            .get(&(method.to_string(), path.to_string()))
+            .unwrap_or_else(|| panic!("{method} {path} is not documented"))
+    };
+    assert_eq!(of("POST", "/v1.0/inject/"), of("POST", "/v1.0/inject"));
+    for wanted in ["IdempotencyKey", "409"] {
+        assert!(of("POST", "/v1.0/inject/").contains(wanted), "{wanted}");
+    }
+    for path in [
+        "/v1.0/inject",
+        "/v1.0/inject/",
+        "/api/v1/push",
+        "/api/v1/broadcast",
+        "/api/v1/channels",
+        "/api/v1/notifications/query",
+    ] {
+        for status in ["408", "413"] {
+            assert!(
+                of("POST", path).contains(status),
+                "POST {path} does not document {status}: {:?}",
+                of("POST", path)
+            );
+        }
+    }
+    assert!(of("GET", "/api/v1/notifications/{id}").contains("500"));
+    for ((method, path), codes) in &answers {
+        assert_eq!(
+            codes.contains("401"),
+            codes.contains("429"),
+            "{method} {path}: 401 and 429 go together"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_documents_exactly_the_routes_the_server_answers() {
     let yaml = std::fs::read_to_string(concat!(
