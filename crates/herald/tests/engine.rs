@@ -829,6 +829,55 @@ async fn repeated_connection_failures_delay_the_queue() {
     );
 }
 
+/// A client certificate the server refuses under TLS 1.3 is refused after the client has finished its side of the
+/// handshake, so the refusal (a TLS alert) is the first thing the client reads. That is a failed connection attempt,
+/// not a connection lost after opening: each attempt backs off, the TLS reason is in the logs, and after
+/// `mx_failures_to_delay` of them the queue is delayed (docs/apns-protocol.md#http2-connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_refused_after_the_tls_handshake_is_a_connection_failure() {
+    let h = Harness::start(|_| {}).await;
+    // A certificate from another CA than the one the simulator trusts.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Pki::generate(&other_dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let files = other.client(TOPIC, CertVariant::Universal).unwrap();
+    let identity = ClientIdentity::from_pem_files(&files.cert, Some(&files.key)).unwrap();
+    let tls = client_config(Some(&identity), h.roots(), true).unwrap();
+    let mut settings = h.base_settings(RouteProtocol::Http2, endpoint(h.sim.addrs.h2), tls);
+    settings.mx_failures_to_delay = 3;
+    settings.retry.retry_interval = Duration::from_secs(600);
+    settings.retry.max_retry_interval = Duration::from_secs(600);
+    let (engine, _) = h.engine(settings);
+    submit(&engine, &(0..10).map(token).collect::<Vec<_>>()).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let stats = engine.stats(DOMAIN).unwrap();
+        if stats.delayed.load(Ordering::Relaxed) == 10 {
+            assert_eq!(stats.transient.load(Ordering::Relaxed), 10);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue was never delayed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Three attempts, backing off, then none while the queue waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.sim.stats().tls_failures, 3);
+    assert_eq!(h.sim.stats().accepted.total, 0);
+    let t: Vec<_> = h
+        .mainlog_lines()
+        .into_iter()
+        .filter(|f| f[4] == "T")
+        .collect();
+    // The first failed attempt logs one line for the oldest waiting notification; the delay then logs each.
+    assert_eq!(t.len(), 11, "{t:?}");
+    assert!(
+        t.iter().all(|f| f[9] == "0"
+            && f[13].contains("connection to 127.0.0.1")
+            && f[13].contains("TLS handshake with 127.0.0.1: received fatal alert")),
+        "{:?}",
+        t[0]
+    );
+}
+
 /// Records what the queue tells its observer.
 #[derive(Default)]
 struct Observed {

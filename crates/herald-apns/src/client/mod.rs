@@ -274,6 +274,9 @@ pub enum ConnectionError {
     ServerName(String),
     #[error("HTTP/2 handshake with {host}: {source}")]
     Handshake { host: String, source: h2::Error },
+    /// The server's HTTP/2 connection preface (its first SETTINGS frame) did not come as it should.
+    #[error("HTTP/2 handshake with {host}: {detail}")]
+    Preface { host: String, detail: String },
     #[error("connection to {host} timed out after {secs} s")]
     Timeout { host: String, secs: u64 },
 }
