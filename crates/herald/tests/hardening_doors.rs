@@ -1040,3 +1040,29 @@ domain "{DOMAIN}" {{ apn_topic = "{TOPIC}" }}
     assert_eq!(push("127.0.0.4", KEY).await.unwrap().status(), 200);
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// The routes merged into the REST application (status queries, broadcasts, channels) hold a body to the
+/// listener's own `max_request_size`, not to the option's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_holds_a_body_to_the_listeners_max_request_size() {
+    let h = Herald::start(Opts {
+        http: "max_request_size = 1000",
+        ..Opts::default()
+    })
+    .await;
+    let ids: Vec<String> = (0..100).map(|i| format!("{i:032x}")).collect();
+    let body = serde_json::json!({ "ids": ids }).to_string();
+    assert!(body.len() > 1000);
+    let r = reqwest::Client::new()
+        .post(h.url("/api/v1/notifications/query"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("max_request_size is 1000"), "{text}");
+    h.stop().await;
+}

@@ -56,6 +56,9 @@ pub fn router_with(state: RestState, extra: Router) -> Router {
         .merge(extra)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(super::server::MaxRequestSize(
+            state.settings.max_request_size,
+        )))
         .layer(middleware::from_fn_with_state(state, auth::guard))
         .layer(middleware::map_response(super::json_errors::json_errors))
 }
