@@ -1351,7 +1351,7 @@ pub fn suggest_option(name: &str) -> Option<&'static str> {
 pub fn read_by(name: &str) -> Option<&'static str> {
     const DELIVERY_PART: &str =
         "delivery: the queue and connection pool of each (binding, domain), resolved with fallback";
-    const TLS_BOTH: &str = "delivery (client identity); the ESMTP and REST listeners (server certificate; the console has no TLS)";
+    const TLS_BOTH: &str = "delivery (client identity); the ESMTP, REST and TCP control listeners (server certificate)";
     Some(match name {
         "delivery_method" => "intake (which domains take notifications) and delivery",
         "routes"

@@ -656,3 +656,56 @@ async fn status_prints_a_notifications_outcome() {
     s.server.shutdown(Duration::from_secs(1)).await;
     sim.shutdown().await;
 }
+
+/// A TCP control listener with `tls_certificate` speaks TLS: `herald console --tls --ca CA` authenticates and runs
+/// commands over it, a client that does not trust the certificate is refused by its own TLS check, and one that
+/// speaks plain text gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_listener_with_a_certificate_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\ncontrol_listener {{ listen \"127.0.0.1:0\" {{ tls_certificate = \"{}\" tls_key = \"{}\" control_password = \"pw\" }} }}\n",
+            dir.path().join("spool").display(),
+            pki.manifest.server_cert.display(),
+            pki.manifest.server_key.display(),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let port = server.addrs().await.control[0]
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    let run = |flags: Vec<String>| async move {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg("console")
+            .args(flags)
+            .arg(format!("localhost:{port}"))
+            .arg("summary")
+            .env("HERALD_CONSOLE_PASSWORD", "pw");
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca = pki.manifest.ca_cert.display().to_string();
+    let (ok, stdout, stderr) = run(vec!["--ca".into(), ca]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("Received"), "{stdout}");
+    // Without the CA, the web's roots do not trust the test PKI.
+    let (ok, _, stderr) = run(vec!["--tls".into()]).await;
+    assert!(!ok);
+    assert!(stderr.contains("TLS handshake"), "{stderr}");
+    // Plain text to a TLS listener: no answer.
+    let (ok, _, _) = run(vec![]).await;
+    assert!(!ok);
+    server.shutdown(Duration::from_secs(2)).await;
+}

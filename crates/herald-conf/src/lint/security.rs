@@ -7,9 +7,9 @@
 //! - an empty `api_key` or `api_keys` entry;
 //! - a control socket `file_mode` wider than 0660;
 //! - a NATS token, credentials file or password in `spool_nats_url` sent without TLS to a server on another
-//!   machine; likewise API keys on an HTTP listener without `tls_certificate`, or `control_password` on a TCP
-//!   control listener (the console has no TLS), on an address other than loopback;
-//! - `tls_certificate` on a control listener (no effect);
+//!   machine; likewise API keys on an HTTP listener, or `control_password` on a TCP control listener, without
+//!   `tls_certificate`, on an address other than loopback;
+//! - `tls_certificate` on a control listener's Unix socket (a Unix socket takes no TLS: herald refuses to start);
 //! - an outcome webhook without `outcome_webhook_secret`, or over plain HTTP to another machine.
 
 use crate::{
@@ -182,13 +182,14 @@ fn check_listen(
 ) {
     let keyword = listener.kind.keyword();
     if listener.kind == ScopeKind::ControlListener
+        && matches!(addr, ListenAddr::Unix(_))
         && let Some(cert) = resolved(listen, listener, Opt::TlsCertificate)
     {
         diags.warning(
             cert.at.clone(),
             format!(
-                "tls_certificate has no effect on {keyword} listen {address:?}: the console speaks plain text; \
-                 listen on 127.0.0.1 or a Unix socket and reach it over SSH"
+                "tls_certificate on {keyword} listen {address:?}: a Unix socket takes no TLS, and herald refuses \
+                 to open it so; set it only in the stanzas of host:port control listeners"
             ),
         );
     }
@@ -206,12 +207,16 @@ fn check_listen(
                     "set tls_certificate and tls_key in this listener, or listen on loopback behind a TLS proxy",
                 )
             }
-            // The console has no TLS of its own.
-            ScopeKind::ControlListener => (
-                Some(Opt::ControlPassword)
-                    .filter(|o| non_empty_str(resolved(listen, listener, *o))),
-                "listen on 127.0.0.1 or a Unix socket and reach it over SSH",
-            ),
+            ScopeKind::ControlListener
+                if resolved(listen, listener, Opt::TlsCertificate).is_none() =>
+            {
+                (
+                    Some(Opt::ControlPassword)
+                        .filter(|o| non_empty_str(resolved(listen, listener, *o))),
+                    "set tls_certificate and tls_key in this listener (and use herald console --tls), or listen \
+                     on 127.0.0.1 or a Unix socket and reach it over SSH",
+                )
+            }
             _ => (None, ""),
         };
         if let Some(opt) = secret {
@@ -334,7 +339,7 @@ mod tests {
             "control_listener {\n  listen \"0.0.0.0:2025\" { }\n}\n",
             &["t.conf:2", "control_password", "127.0.0.1"],
         );
-        // With a password, only the warning that it travels in clear (the console has no TLS).
+        // With a password and no certificate, only the warning that it travels in clear.
         for config in [
             "control_listener { listen \"0.0.0.0:2025\" { control_password = \"s3\" } }",
             "control_listener { control_password = \"s3\"\n listen \"10.0.0.1:2025\" { } }",
@@ -438,17 +443,16 @@ mod tests {
             "control_listener {\n  listen \"10.0.0.5:2025\" { control_password = \"s3\" }\n}\n",
             &["t.conf:2", "control_password", "in clear", "SSH"],
         );
-        // A certificate changes nothing for the console, and that is said too.
+        // With a certificate the console speaks TLS: the password no longer crosses in clear.
         let w = warnings(
-            "control_listener {\n  tls_certificate = \"/c.pem\"\n  listen \"10.0.0.5:2025\" { control_password = \"s3\" }\n}\n",
+            "control_listener {\n  tls_certificate = \"/c.pem\"\n  tls_key = \"/k.pem\"\n  listen \"10.0.0.5:2025\" { control_password = \"s3\" }\n}\n",
         );
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(
-            w.iter()
-                .any(|x| x.contains("t.conf:2") && x.contains("no effect")),
-            "{w:?}"
+        assert!(w.is_empty(), "{w:?}");
+        // A Unix socket takes none.
+        one(
+            "control_listener {\n  tls_certificate = \"/c.pem\"\n  listen \"/tmp/c.sock\" { }\n}\n",
+            &["t.conf:2", "Unix socket takes no TLS"],
         );
-        assert!(w.iter().any(|x| x.contains("in clear")), "{w:?}");
         for quiet in [
             "http_listener { api_key = \"k\"\n listen \"127.0.0.1:8080\" { } }",
             "http_listener { api_key = \"k\"\n tls_certificate = \"/c.pem\"\n tls_key = \"/k.pem\"\n listen \"10.0.0.5:8080\" { } }",

@@ -1,6 +1,9 @@
 //! `herald console [SOCKET] [COMMAND…]`: talks to a running herald's control listener, like Momentum's
 //! ec_console.
 //!
+//! With `--tls`, a `host:port` socket is reached over TLS (a control listener with `tls_certificate`), its
+//! certificate checked against `--ca FILE` (else the web's public roots) and the host name.
+//!
 //! SOCKET is a Unix socket path (default `/tmp/2025`, or `$HERALD_CONSOLE_SOCKET`) or `[user@]host:port`. With a
 //! command, or when standard input is not a terminal, it runs in batch mode: it sends the command (or each line of
 //! standard input), prints the answers and exits 1 if any command failed. Otherwise it is interactive, with line
@@ -25,6 +28,13 @@ pub struct ConsoleArgs {
     /// A file holding the control listener's password (else `$HERALD_CONSOLE_PASSWORD`).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// Speak TLS to a `host:port` control listener (one with `tls_certificate`).
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA certificate (PEM) that signed the control listener's certificate; implies `--tls`. Without it, `--tls`
+    /// trusts the web's public roots.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// `[SOCKET] [COMMAND…]`: SOCKET is a path or `[user@]host:port` (a first word with `/` or `:`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
@@ -88,8 +98,44 @@ struct Connection {
     writer: Box<dyn AsyncWrite + Unpin + Send>,
 }
 
+/// How the console reaches a TCP control listener over TLS.
+#[derive(Clone)]
+struct TlsClient {
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl TlsClient {
+    fn new(ca: Option<&std::path::Path>) -> anyhow::Result<TlsClient> {
+        use herald_apns::identity::{RootSource, client_config};
+        let roots = match ca {
+            Some(path) => RootSource::CaFile(path.to_owned()),
+            None => RootSource::System,
+        };
+        let config =
+            client_config(None, roots, false).context("the console's TLS configuration")?;
+        Ok(TlsClient {
+            connector: tokio_rustls::TlsConnector::from(config),
+        })
+    }
+
+    /// The name the listener's certificate must carry: the host of `host:port` (`[v6]:port` too).
+    fn server_name(address: &str) -> anyhow::Result<rustls_pki_types::ServerName<'static>> {
+        let host = address
+            .rsplit_once(':')
+            .map_or(address, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        rustls_pki_types::ServerName::try_from(host.to_owned())
+            .with_context(|| format!("{address}: {host:?} is not a host name or an address"))
+    }
+}
+
 impl Connection {
-    async fn open(target: &Target, password: Option<&str>) -> anyhow::Result<Connection> {
+    async fn open(
+        target: &Target,
+        password: Option<&str>,
+        tls: Option<&TlsClient>,
+    ) -> anyhow::Result<Connection> {
         let mut conn = match target {
             Target::Unix(p) => {
                 let s = tokio::net::UnixStream::connect(p)
@@ -105,10 +151,27 @@ impl Connection {
                 let s = tokio::net::TcpStream::connect(a)
                     .await
                     .with_context(|| format!("connecting to {a}"))?;
-                let (r, w) = s.into_split();
-                Connection {
-                    reader: Box::new(BufReader::new(r)),
-                    writer: Box::new(w),
+                match tls {
+                    Some(tls) => {
+                        let name = TlsClient::server_name(a)?;
+                        let s = tls
+                            .connector
+                            .connect(name, s)
+                            .await
+                            .with_context(|| format!("TLS handshake with {a}"))?;
+                        let (r, w) = tokio::io::split(s);
+                        Connection {
+                            reader: Box::new(BufReader::new(r)),
+                            writer: Box::new(w),
+                        }
+                    }
+                    None => {
+                        let (r, w) = s.into_split();
+                        Connection {
+                            reader: Box::new(BufReader::new(r)),
+                            writer: Box::new(w),
+                        }
+                    }
                 }
             }
         };
@@ -134,6 +197,7 @@ struct Session {
     runtime: Runtime,
     target: Target,
     password: Option<String>,
+    tls: Option<TlsClient>,
     conn: Option<Connection>,
 }
 
@@ -141,9 +205,11 @@ impl Session {
     fn run(&mut self, line: &str) -> anyhow::Result<Reply> {
         for attempt in 0..2 {
             if self.conn.is_none() {
-                let conn = self
-                    .runtime
-                    .block_on(Connection::open(&self.target, self.password.as_deref()))?;
+                let conn = self.runtime.block_on(Connection::open(
+                    &self.target,
+                    self.password.as_deref(),
+                    self.tls.as_ref(),
+                ))?;
                 self.conn = Some(conn);
             }
             let Some(conn) = self.conn.as_mut() else {
@@ -180,10 +246,19 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting tokio")?;
+    let tls = match (&target, args.tls || args.ca.is_some()) {
+        (Target::Unix(p), true) => bail!(
+            "{}: --tls is for a host:port control listener, not a Unix socket",
+            p.display()
+        ),
+        (_, true) => Some(TlsClient::new(args.ca.as_deref())?),
+        (_, false) => None,
+    };
     let mut session = Session {
         runtime,
         target,
         password: password(&args)?,
+        tls,
         conn: None,
     };
     if !command.is_empty() {

@@ -1,7 +1,8 @@
 //! The control listener (`control_listener` stanza): the socket `herald console` talks to.
 //!
 //! A `listen "/path"` stanza is a Unix socket created with the stanza's `file_mode`; `listen "host:port"` is TCP,
-//! filtered by `always_allow`/`always_deny`. Where `control_password` is set, a connection must send
+//! filtered by `always_allow`/`always_deny`, and speaks TLS when the stanza has `tls_certificate` (and `tls_key`),
+//! so that its password and commands cross the network encrypted (`herald console --tls`). Where `control_password` is set, a connection must send
 //! `auth PASSWORD` before anything else. A connection that sends nothing for `timeout` seconds (default 60) is
 //! closed. Both are read from the configuration in force when a connection arrives, so a reload changes them for
 //! new connections. The wire format is in [`protocol`]; the commands in [`commands`].
@@ -33,6 +34,8 @@ use crate::inbound::doors::{ConnLimiter, DoorLimits};
 use commands::Command;
 use protocol::Reply;
 
+/// How long a client of a TLS control listener has to complete its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The idle timeout when the configuration does not say (docs/momentum-compat.md#console).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Wrong passwords one client address may send within [`AUTH_WINDOW`] before it is locked out.
@@ -58,6 +61,15 @@ pub enum ControlError {
         mode: u32,
         source: std::io::Error,
     },
+    #[error("listen {addr}: its TLS identity: {source}")]
+    Tls {
+        addr: String,
+        source: crate::inbound::smtp::tls::TlsSetupError,
+    },
+    #[error(
+        "listen {addr}: a Unix socket takes no TLS (tls_certificate is for a host:port listener)"
+    )]
+    TlsOnUnixSocket { addr: String },
 }
 
 /// A bound control socket.
@@ -66,7 +78,11 @@ pub enum ControlSocket {
         listener: UnixListener,
         path: PathBuf,
     },
-    Tcp(TcpListener),
+    Tcp {
+        listener: TcpListener,
+        /// Set when the listen stanza has `tls_certificate`: every connection speaks TLS.
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    },
 }
 
 impl ControlSocket {
@@ -74,13 +90,28 @@ impl ControlSocket {
     pub async fn bind(settings: &ListenerSettings) -> Result<ControlSocket, ControlError> {
         match &settings.addr {
             ListenAddr::Tcp(a) => {
-                TcpListener::bind(a)
+                let tls = match &settings.tls_certificate {
+                    Some(cert) => Some(tokio_rustls::TlsAcceptor::from(
+                        crate::inbound::smtp::tls::server_config(cert, settings.tls_key.as_deref())
+                            .map_err(|source| ControlError::Tls {
+                                addr: settings.address.clone(),
+                                source,
+                            })?,
+                    )),
+                    None => None,
+                };
+                let listener = TcpListener::bind(a)
                     .await
-                    .map(ControlSocket::Tcp)
                     .map_err(|source| ControlError::Bind {
                         addr: settings.address.clone(),
                         source,
-                    })
+                    })?;
+                Ok(ControlSocket::Tcp { listener, tls })
+            }
+            ListenAddr::Unix(_) if settings.tls_certificate.is_some() => {
+                Err(ControlError::TlsOnUnixSocket {
+                    addr: settings.address.clone(),
+                })
             }
             ListenAddr::Unix(path) => bind_unix(path, settings.file_mode).await,
         }
@@ -89,7 +120,7 @@ impl ControlSocket {
     /// The bound TCP address; `0.0.0.0:0` for a Unix socket.
     pub fn local_addr(&self) -> SocketAddr {
         match self {
-            ControlSocket::Tcp(l) => l
+            ControlSocket::Tcp { listener: l, .. } => l
                 .local_addr()
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
             ControlSocket::Unix { .. } => SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -216,6 +247,10 @@ pub async fn serve(
                                 settings.address,
                                 describe(client)
                             );
+                            if matches!(&socket, ControlSocket::Tcp { tls: Some(_), .. }) {
+                                // A TLS client would read plain text as garbage: it is closed without a word.
+                                continue;
+                            }
                             tokio::spawn(tokio::time::timeout(Duration::from_secs(2), async move {
                                 let text = format!("Too many connections ({busy}).\n");
                                 match stream {
@@ -231,6 +266,10 @@ pub async fn serve(
                     let peer = Peer {
                         client,
                         throttle: throttle.clone(),
+                    };
+                    let tls = match &socket {
+                        ControlSocket::Tcp { tls, .. } => tls.clone(),
+                        ControlSocket::Unix { .. } => None,
                     };
                     tokio::spawn(async move {
                         let _slot = guard;
@@ -251,7 +290,21 @@ pub async fn serve(
                                     Ok(a) => format!("tcp client {a}"),
                                     Err(_) => "tcp client (address unknown)".to_owned(),
                                 };
-                                connection(s, client, server, settings, peer, conn_stop).await
+                                let Some(tls) = tls else {
+                                    return connection(s, client, server, settings, peer, conn_stop).await;
+                                };
+                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(s)).await {
+                                    Ok(Ok(s)) => connection(s, client, server, settings, peer, conn_stop).await,
+                                    Ok(Err(e)) => tracing::info!(
+                                        "control listener {}: TLS handshake with {client} failed: {e}",
+                                        settings.address
+                                    ),
+                                    Err(_) => tracing::info!(
+                                        "control listener {}: {client} did not complete its TLS handshake within {} s",
+                                        settings.address,
+                                        TLS_HANDSHAKE_TIMEOUT.as_secs()
+                                    ),
+                                }
                             }
                         }
                     });
@@ -298,7 +351,7 @@ async fn accept(
             let (s, _) = listener.accept().await?;
             Ok(Some(Stream::Unix(s)))
         }
-        ControlSocket::Tcp(listener) => {
+        ControlSocket::Tcp { listener, .. } => {
             let (s, peer) = listener.accept().await?;
             if settings.permits(peer.ip().to_canonical()) {
                 Ok(Some(Stream::Tcp(s)))
