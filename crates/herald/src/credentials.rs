@@ -83,7 +83,7 @@ pub fn check(config: &Arc<Config>, now: SystemTime) -> Vec<Finding> {
 /// One finding about a listener's TLS identity (`tls_certificate`, `tls_key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerFinding {
-    /// `http_listener ADDRESS` or `esmtp_listener ADDRESS`.
+    /// `http_listener ADDRESS`, `esmtp_listener ADDRESS` or `control_listener ADDRESS`.
     pub listener: String,
     pub severity: Severity,
     pub message: String,
@@ -99,8 +99,8 @@ impl std::fmt::Display for ListenerFinding {
     }
 }
 
-/// Loads the TLS identity of every HTTP and ESMTP listener that has one, as `herald serve` does at start and at a
-/// reload: what it would refuse is an error here. A file missing on this machine is a warning (the configuration
+/// Loads the TLS identity of every HTTP, ESMTP and control listener that has one, as `herald serve` does at start
+/// and at a reload: what it would refuse is an error here. A file missing on this machine is a warning (the configuration
 /// may be checked elsewhere than where it runs).
 pub fn check_listeners(config: &Config) -> Vec<ListenerFinding> {
     let mut findings = Vec::new();
@@ -108,6 +108,7 @@ pub fn check_listeners(config: &Config) -> Vec<ListenerFinding> {
         let kind = match l.kind {
             herald_conf::ListenerKind::Http => "http_listener",
             herald_conf::ListenerKind::Esmtp => "esmtp_listener",
+            herald_conf::ListenerKind::Control => "control_listener",
             _ => continue,
         };
         let Some(cert) = &l.tls_certificate else {

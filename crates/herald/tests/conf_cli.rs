@@ -356,7 +356,8 @@ fn check_loads_the_tls_identity_of_listeners() {
     let garbage = write(tmp.path(), "garbage.pem", "not a certificate\n");
     let text = format!(
         "http_listener {{ listen \"127.0.0.1:8443\" {{ tls_certificate = \"{garbage}\" tls_key = \"{garbage}\" }} }}\n\
-         esmtp_listener {{ listen \"127.0.0.1:2525\" {{ tls_certificate = \"/nowhere/smtp.pem\" tls_key = \"/nowhere/smtp.key\" }} }}\n"
+         esmtp_listener {{ listen \"127.0.0.1:2525\" {{ tls_certificate = \"/nowhere/smtp.pem\" tls_key = \"/nowhere/smtp.key\" }} }}\n\
+         control_listener {{ listen \"127.0.0.1:2026\" {{ tls_certificate = \"{garbage}\" tls_key = \"{garbage}\" }} }}\n"
     );
     let p = write(tmp.path(), "l.conf", &text);
     let o = herald(&["check", "-c", &p]);
