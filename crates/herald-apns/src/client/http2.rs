@@ -6,7 +6,9 @@
 //! shared queue only while both have room and `h2` says another stream may open, so work above the limit waits in the
 //! queue, where another connection of the pool can take it. The response timeout counts from when a request's body was
 //! written; a stream that times out is cancelled (`RST_STREAM CANCEL`) before it is reported. Answers are matched by stream, never by `apns-id`. After a GOAWAY no
-//! stream opens; streams the server did not process come back as [`PushResult::NotSent`]. An idle connection
+//! stream opens; streams the server did not process (refused, above the GOAWAY's last stream id, or lost with the
+//! connection before the request was written in full) come back as [`PushResult::NotSent`], and a request written
+//! in full whose stream ends without an answer as [`PushResult::Unanswered`] (APNs may have processed it). An idle connection
 //! is checked with PING, so a peer that vanished is found before a notification is trusted to it, and it closes
 //! after `idle_timeout`. A busy one is checked too: when a stream times out, or streams are open and nothing came
 //! from the peer for half the response timeout, a PING goes out and no work is taken until its PONG; with no PONG
@@ -839,15 +841,40 @@ async fn exchange<T>(
     // The server may answer, and close the stream, before the body is written (a refusal of the headers, under
     // load on either side): that answer is the outcome, so it is read whether or not the body went out. A stream
     // reset or a lost connection fails the read with the same cause.
-    if let Err(e) = stream.send_data(payload, true) {
-        tracing::debug!(conn, "request body not written ({e}); reading the answer");
-    }
+    let sent = match stream.send_data(payload, true) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(conn, "request body not written ({e}); reading the answer");
+            false
+        }
+    };
     let written = Instant::now();
     // The deadline from the clock read just taken (a plain `timeout` would read the clock again).
     let deadline = tokio::time::Instant::from_std(written + timeout);
     let result = match tokio::time::timeout_at(deadline, read_answer(response)).await {
         Ok(Ok(result)) => result,
-        Ok(Err(e)) => PushResult::NotSent(not_sent_reason(&e)),
+        Ok(Err(e)) => match not_sent_reason(&e) {
+            // Refused by the server (REFUSED_STREAM, or above the last stream id of its GOAWAY): not processed.
+            NotSentReason::Refused => PushResult::NotSent(NotSentReason::Refused),
+            // The whole request went out and the stream ended without an answer (the connection lost, the stream
+            // reset): APNs may have processed it (RFC 9113 §6.8), so, as after a timeout, the outcome is unknown.
+            _ if sent => {
+                let stream_id = u32::from(stream.stream_id());
+                tracing::info!(
+                    conn,
+                    stream = stream_id,
+                    "stream ended without an answer after the request was sent ({e}); APNs may have accepted it"
+                );
+                PushResult::Unanswered {
+                    stream: CancelledStream {
+                        connection: conn,
+                        stream: stream_id,
+                    },
+                    cause: e.to_string(),
+                }
+            }
+            why => PushResult::NotSent(why),
+        },
         Err(_) => {
             let stream_id = u32::from(stream.stream_id());
             stream.send_reset(h2::Reason::CANCEL);
@@ -1303,6 +1330,32 @@ mod tests {
             let (sock, _) = listener.accept().await.unwrap();
             silent_after_first(sock, seen_tx).await;
         });
+        let conn = test_conn(addr, response_timeout, keepalive, &[]).await;
+        SilentPeer {
+            jobs: conn.jobs,
+            results: conn.results,
+            state: conn.state,
+            seen,
+            run: conn.run,
+        }
+    }
+
+    /// A connection's dispatcher driven by a test.
+    struct TestConn {
+        jobs: async_channel::Sender<Job<u32>>,
+        results: Arc<Results>,
+        state: Arc<ConnectionState>,
+        run: tokio::task::JoinHandle<()>,
+    }
+
+    /// A dispatcher on a connection to `addr`, with the jobs `queued` waiting in its queue when it starts (so that
+    /// it takes them in one turn).
+    async fn test_conn(
+        addr: std::net::SocketAddr,
+        response_timeout: Duration,
+        keepalive: Duration,
+        queued: &[u32],
+    ) -> TestConn {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
         let ping = connection.ping_pong();
@@ -1317,6 +1370,9 @@ mod tests {
             keepalive,
         });
         let (jobs_tx, jobs) = async_channel::unbounded();
+        for tag in queued {
+            send_job(&jobs_tx, *tag).await;
+        }
         let results = Arc::new(Results::default());
         let state = ConnectionState::unsettled(1);
         let dispatcher = Dispatcher {
@@ -1335,13 +1391,102 @@ mod tests {
             values: ValueCache::default(),
             start_limit: None,
         };
-        SilentPeer {
+        TestConn {
             jobs: jobs_tx,
             results,
             state,
-            seen,
             run: tokio::spawn(dispatcher.run()),
         }
+    }
+
+    /// A server that reads `requests` whole requests, answers none, and then sends GOAWAY with `last_stream_id`
+    /// (`None`: the last stream it got) and closes the connection.
+    async fn goaway_then_close(mut sock: TcpStream, requests: usize, last_stream_id: Option<u32>) {
+        let mut preface = [0u8; 24];
+        sock.read_exact(&mut preface).await.unwrap();
+        sock.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        let (mut complete, mut last) = (0, 0);
+        while complete < requests {
+            let mut head = [0u8; 9];
+            sock.read_exact(&mut head).await.unwrap();
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            sock.read_exact(&mut payload).await.unwrap();
+            const DATA: u8 = 0x0;
+            match head[3] {
+                SETTINGS if head[4] & 1 == 0 => {
+                    sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
+                        .await
+                        .unwrap();
+                }
+                DATA if head[4] & 1 == 1 => {
+                    complete += 1;
+                    last = last.max(stream);
+                }
+                _ => {}
+            }
+        }
+        const GOAWAY: u8 = 0x7;
+        let l = last_stream_id.unwrap_or(last).to_be_bytes();
+        sock.write_all(&[
+            0, 0, 8, GOAWAY, 0, 0, 0, 0, 0, l[0], l[1], l[2], l[3], 0, 0, 0, 0,
+        ])
+        .await
+        .unwrap();
+        sock.flush().await.unwrap();
+        drop(sock);
+    }
+
+    /// Results of two requests sent at once to [`goaway_then_close`].
+    async fn goaway_then_close_results(last_stream_id: Option<u32>) -> Vec<(u32, PushResult)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            goaway_then_close(sock, 2, last_stream_id).await;
+        });
+        let conn = test_conn(
+            addr,
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+            &[1, 2],
+        )
+        .await;
+        let mut results = conn.results.wait_for(2).await;
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        results.sort_by_key(|(tag, _)| *tag);
+        results
+    }
+
+    /// A request written in full whose connection closes before its answer may have been processed, even when the
+    /// server's GOAWAY named its stream among those it processes (RFC 9113 §6.8: they "might have been processed"):
+    /// its outcome is unknown, as after a timeout, and it is never handed back as unsent.
+    #[tokio::test]
+    async fn requests_written_in_full_and_lost_with_the_connection_are_unanswered_not_unsent() {
+        let results = goaway_then_close_results(None).await;
+        for (tag, result) in &results {
+            assert!(
+                matches!(result, PushResult::Unanswered { stream, .. } if stream.stream == 2 * tag - 1),
+                "{results:?}"
+            );
+        }
+        // A stream above the GOAWAY's last stream id was not processed: unsent.
+        let results = goaway_then_close_results(Some(1)).await;
+        assert!(
+            matches!(&results[0], (1, PushResult::Unanswered { stream, .. }) if stream.stream == 1),
+            "{results:?}"
+        );
+        assert_eq!(
+            results[1],
+            (2, PushResult::NotSent(NotSentReason::Refused)),
+            "{results:?}"
+        );
     }
 
     async fn send_job(jobs: &async_channel::Sender<Job<u32>>, tag: u32) {

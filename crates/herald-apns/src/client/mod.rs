@@ -3,9 +3,10 @@
 //!
 //! A connection pulls [`Job`]s from a queue shared by every connection of its pool (so work spreads by itself
 //! across connections that have room), sends them, and reports each one's [`PushResult`] exactly once to an
-//! [`OutcomeSink`]. A job the connection could not get accepted or refused by APNs (stream refused, GOAWAY,
-//! connection lost before an answer) comes back as [`PushResult::NotSent`] so the caller can requeue it without
-//! counting an attempt. The caller's tag `T` travels with the job and comes back untouched.
+//! [`OutcomeSink`]. A job APNs did not process (stream refused, above the last stream id of a GOAWAY, connection
+//! lost before the request was written in full) comes back as [`PushResult::NotSent`] so the caller can requeue it
+//! without counting an attempt; one written in full whose answer never came may have been processed, and says so
+//! ([`PushResult::TimedOut`], [`PushResult::Unanswered`]). The caller's tag `T` travels with the job and comes back untouched.
 
 pub mod connect;
 pub mod http2;
@@ -64,15 +65,25 @@ pub enum PushResult {
     },
     /// APNs refused this notification.
     Rejected(Rejection),
-    /// APNs did not process it (refused stream, GOAWAY, connection lost, or a binary notification written after
-    /// a failed one): send it again without counting an attempt.
+    /// APNs did not process it (refused stream, above the last stream id of a GOAWAY, connection lost before the
+    /// request was written in full; binary: written after a failed notification, or in the window of a connection
+    /// lost without an error packet): send it again without counting an attempt.
     NotSent(NotSentReason),
     /// Sent, but no answer came within the response timeout: whether APNs accepted it is unknown. On HTTP/2 the
     /// stream was cancelled (`RST_STREAM CANCEL`) before this report, so it can no longer be answered.
     TimedOut { cancelled: Option<CancelledStream> },
+    /// HTTP/2: sent in full, then the stream ended without an answer: the connection was lost (even after a GOAWAY
+    /// whose last stream id covers it), or the stream was reset for another reason than `REFUSED_STREAM`. APNs
+    /// may have processed it (RFC 9113 §6.8), so, as with [`PushResult::TimedOut`], whether it was accepted is
+    /// unknown. `cause` says how the stream ended.
+    Unanswered {
+        stream: CancelledStream,
+        cause: String,
+    },
 }
 
-/// An HTTP/2 stream herald cancelled after its response timeout, named for the logs.
+/// An HTTP/2 stream named for the logs: one herald cancelled after its response timeout, or one that ended
+/// without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CancelledStream {
     /// The connection's number (as in the connection logs).
@@ -139,7 +150,8 @@ pub const UNRECOGNIZED_REASON: &str = "UnrecognizedReason";
 pub enum NotSentReason {
     /// The server refused the stream (RST_STREAM REFUSED_STREAM) or announced GOAWAY before processing it.
     Refused,
-    /// The connection failed or closed before an answer.
+    /// The connection failed or closed: on HTTP/2 before the request was written in full; on the binary protocol
+    /// with the notification in the response window and no error packet (docs/apns-protocol.md#binary-error-packet).
     ConnectionLost,
     /// Binary protocol: written after a notification APNs rejected, so APNs discarded it.
     AfterRejected,

@@ -41,8 +41,9 @@ const CONNECT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Slots a busy queue keeps however little it holds (see [`shrunk_capacity`]), so that one filled and emptied in
 /// every turn is not shrunk and grown again each time; a resting task keeps none.
 const BUSY_QUEUE_FLOOR: usize = 4096;
-/// A notification on a connection that is lost before it is answered goes back to the queue without counting an
-/// attempt (APNs most likely never processed it); every third such loss in a row counts as a failed attempt
+/// A notification on a connection that is lost before it was written in full goes back to the queue without
+/// counting an attempt (APNs never had all of it; one written in full is reported as unanswered and takes the retry
+/// schedule, as APNs may have processed it); every third such loss in a row counts as a failed attempt
 /// (`ConnectionLost`, retried on the domain's schedule), so that one notification that makes the connection drop
 /// cannot be sent again and again at the pace connections open.
 pub(crate) const LOSSES_PER_ATTEMPT: u8 = 3;
@@ -692,6 +693,18 @@ impl DomainTask {
                 }
                 let attempt = Attempt::on_connection(remote, None);
                 self.transient(item, attempt, &error, "ResponseTimeout");
+            }
+            PushResult::Unanswered { stream, cause } => {
+                // Written in full and lost with its connection (or its stream reset) before the answer: APNs may
+                // have accepted it, as after a timeout, so it takes the retry schedule and the log names the stream
+                // so that a duplicate is explained (RFC 9113 §6.8: even streams at or below a GOAWAY's last stream
+                // id may or may not have been processed when the connection closes before their answers).
+                let error = format!(
+                    "no answer before the stream ended ({cause}); stream {} on connection {}, APNs may have accepted it",
+                    stream.stream, stream.connection
+                );
+                let attempt = Attempt::on_connection(remote, None);
+                self.transient(item, attempt, &error, "ConnectionLost");
             }
             PushResult::Rejected(rejection) => {
                 let class = rejection.class();
