@@ -760,8 +760,11 @@ fn build_request(
     Ok(request)
 }
 
+/// Why a stream that ended without an answer was not processed, as far as its error says: a stream the server
+/// refused (`REFUSED_STREAM`) or left above the last stream id of its GOAWAY was not; any other end (a GOAWAY h2
+/// raised itself on a protocol error, a lost connection) says nothing of the kind.
 fn not_sent_reason(e: &h2::Error) -> NotSentReason {
-    if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+    if (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
         NotSentReason::Refused
     } else {
         NotSentReason::ConnectionLost
@@ -1356,9 +1359,6 @@ mod tests {
         keepalive: Duration,
         queued: &[u32],
     ) -> TestConn {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (send, mut connection) = h2::client::handshake(tcp).await.unwrap();
-        let ping = connection.ping_pong();
         let opts = Arc::new(Http2Options {
             endpoint: Endpoint::new("127.0.0.1", addr.port()),
             tls: crate::identity::client_config(None, crate::identity::RootSource::NoVerify, true)
@@ -1369,6 +1369,9 @@ mod tests {
             idle_timeout: None,
             keepalive,
         });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        // As `open` does: the server's SETTINGS are in before the first request.
+        let (send, ping, driver) = handshake(tcp, &opts).await.unwrap();
         let (jobs_tx, jobs) = async_channel::unbounded();
         for tag in queued {
             send_job(&jobs_tx, *tag).await;
@@ -1380,7 +1383,7 @@ mod tests {
             authority: Authority::from_static("api.push.apple.com"),
             send,
             ping,
-            driver: Some(Box::pin(connection)),
+            driver: Some(driver),
             jobs,
             sink: results.clone(),
             state: state.clone(),
@@ -1462,6 +1465,100 @@ mod tests {
             .unwrap();
         results.sort_by_key(|(tag, _)| *tag);
         results
+    }
+
+    /// A server that reads `count` request HEADERS (or whole requests, with `whole`), then breaks the protocol (a
+    /// DATA frame on stream 0, to which h2 answers with a GOAWAY of its own) and reads until the client closes.
+    /// With `no_window` it grants no flow-control window, so no request body can be written.
+    async fn protocol_error_after(mut sock: TcpStream, count: usize, whole: bool, no_window: bool) {
+        let mut preface = [0u8; 24];
+        sock.read_exact(&mut preface).await.unwrap();
+        if no_window {
+            // SETTINGS_INITIAL_WINDOW_SIZE = 0.
+            sock.write_all(&[0, 0, 6, SETTINGS, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+                .await
+                .unwrap();
+        } else {
+            sock.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+                .await
+                .unwrap();
+        }
+        const DATA: u8 = 0x0;
+        let mut seen = 0;
+        loop {
+            let mut head = [0u8; 9];
+            if sock.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if sock.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let counted = match head[3] {
+                SETTINGS if head[4] & 1 == 0 => {
+                    sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
+                        .await
+                        .unwrap();
+                    false
+                }
+                HEADERS => !whole,
+                DATA => whole && head[4] & 1 == 1,
+                _ => false,
+            };
+            if counted {
+                seen += 1;
+                if seen == count {
+                    sock.write_all(&[0, 0, 0, DATA, 0, 0, 0, 0, 0])
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    async fn protocol_error_results(whole: bool, no_window: bool) -> Vec<(u32, PushResult)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            protocol_error_after(sock, 2, whole, no_window).await;
+        });
+        let conn = test_conn(
+            addr,
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+            &[1, 2],
+        )
+        .await;
+        let mut results = conn.results.wait_for(2).await;
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        results.sort_by_key(|(tag, _)| *tag);
+        results
+    }
+
+    /// A GOAWAY h2 raises itself (the server broke the protocol) is no word from the server that it left streams
+    /// unprocessed: requests written in full end unanswered (outcome unknown), and those whose body never went out
+    /// come back as lost with the connection (counted towards the loss cap), never as refused.
+    #[tokio::test]
+    async fn a_goaway_raised_by_h2_itself_does_not_make_streams_refused() {
+        let results = protocol_error_results(true, false).await;
+        assert!(
+            results
+                .iter()
+                .all(|(_, r)| matches!(r, PushResult::Unanswered { .. })),
+            "{results:?}"
+        );
+        let results = protocol_error_results(false, true).await;
+        assert!(
+            results
+                .iter()
+                .all(|(_, r)| *r == PushResult::NotSent(NotSentReason::ConnectionLost)),
+            "{results:?}"
+        );
     }
 
     /// A request written in full whose connection closes before its answer may have been processed, even when the
