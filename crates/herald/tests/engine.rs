@@ -658,6 +658,86 @@ async fn expired_provider_token_is_refreshed_and_the_notification_retried() {
     assert_eq!(transient_lines(&h), 1);
 }
 
+/// `ExpiredProviderToken` after an earlier transient failure is retried at once too, once the token has been
+/// renewed: the retry does not wait for the doubled interval of a second failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_provider_token_after_a_transient_failure_is_retried_at_once() {
+    // Every request that gets through authentication is answered 503; a token is expired after 4 s.
+    let h = Harness::start(|c| {
+        c.token_max_age = Duration::from_secs(4);
+        c.scenario.errors.insert("ServiceUnavailable".into(), 1.0);
+    })
+    .await;
+    let clock = Arc::new(ManualClock::new(unix_now()));
+    let cache = h.token_cache(Some(clock.clone()));
+    let mut settings = h.h2_token();
+    settings.auth = Some(cache.clone());
+    settings.retry.retry_interval = Duration::from_secs(5);
+    settings.retry.max_retry_interval = Duration::from_secs(60);
+    settings.retry.max_retries = herald::queue::retry::MaxRetries::Limit(2);
+    let (engine, _) = h.engine(settings);
+    let ids = submit(&engine, &[token(1)]).await;
+    let rejected = |reason: &str| {
+        h.sim
+            .stats()
+            .rejected
+            .by_reason
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + WAIT;
+    // The first attempt: 503, and the next one in 5 s.
+    while rejected("ServiceUnavailable") < 1 {
+        assert!(Instant::now() < deadline, "no first attempt");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Meanwhile the token grows old enough for herald to renew it when APNs calls it expired.
+    clock.advance(Duration::from_secs(20 * 60));
+    while rejected("ExpiredProviderToken") < 1 {
+        assert!(Instant::now() < deadline, "no second attempt");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let expired_at = Instant::now();
+    wait_finished(&engine, 1).await;
+    assert!(
+        expired_at.elapsed() < Duration::from_secs(3),
+        "the third attempt waited {:?} after ExpiredProviderToken",
+        expired_at.elapsed()
+    );
+    assert_eq!(cache.mints(), 2);
+    assert_eq!(rejected("ServiceUnavailable"), 2);
+    assert_eq!(rejected("ExpiredProviderToken"), 1);
+    let finals = final_outcomes(&h, &ids);
+    let line = &finals[&ids[0].to_string()];
+    assert_eq!(line[4], "P");
+    assert_eq!(transient_lines(&h), 2);
+}
+
+/// `ExpiredProviderToken` for a token herald cannot renew yet (younger than 20 minutes by its clock: the clocks
+/// disagree) is not retried at once, which would only be refused again: it takes the retry schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_provider_token_without_a_renewal_takes_the_schedule() {
+    let h = Harness::start(|c| c.token_max_age = Duration::ZERO).await;
+    // Herald's clock says the token is new; the simulator's says it is 10 s old, past its limit.
+    let clock = Arc::new(ManualClock::new(unix_now() - 10));
+    let cache = h.token_cache(Some(clock));
+    let mut settings = h.h2_token();
+    settings.auth = Some(cache.clone());
+    settings.retry.max_retries = herald::queue::retry::MaxRetries::Limit(0);
+    let (engine, _) = h.engine(settings);
+    let ids = submit(&engine, &[token(1)]).await;
+    wait_finished(&engine, 1).await;
+    assert_eq!(cache.mints(), 1, "too young to renew");
+    assert_eq!(
+        h.sim.stats().rejected.by_reason.get("ExpiredProviderToken"),
+        Some(&1),
+        "no retry at once"
+    );
+    let finals = final_outcomes(&h, &ids);
+    assert_eq!(finals[&ids[0].to_string()][4], "P");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_error_packet_mid_burst_resends_exactly_what_followed() {
     let n = 400;

@@ -516,7 +516,8 @@ impl<T: Send + 'static> Dispatcher<T> {
                         } else {
                             last_heard = last_activity;
                         }
-                        if self.on_answer(&result, token_used) {
+                        let (result, stop) = self.on_answer(result, token_used);
+                        if stop {
                             self.stop_taking(&mut taking);
                         }
                         self.sink.report(tag, result, &self.info);
@@ -660,21 +661,25 @@ impl<T: Send + 'static> Dispatcher<T> {
         })
     }
 
-    /// Handles what an answer means for the connection itself. Returns true when it should stop taking work.
-    fn on_answer(&self, result: &PushResult, token_used: TokenUsed) -> bool {
+    /// Handles what an answer means for the connection itself: returns the result to report, and whether the
+    /// connection should stop taking work.
+    fn on_answer(&self, result: PushResult, token_used: TokenUsed) -> (PushResult, bool) {
         match result {
-            PushResult::Rejected(Rejection::Http { reason, .. })
-                if reason == "ExpiredProviderToken" =>
+            PushResult::Rejected(rejection @ Rejection::Http { .. })
+                if rejection.text() == "ExpiredProviderToken" =>
             {
-                if let (Some(cache), Some(token)) = (&self.opts.auth, token_used) {
-                    cache.expired(&token);
-                }
+                // The first report about a token renews it (docs/apns-protocol.md#provider-tokens); the
+                // notification can be retried at once if the token in force is no longer the one it carried.
+                let renewed = match (&self.opts.auth, token_used) {
+                    (Some(cache), Some(token)) => *cache.expired(&token) != *token,
+                    _ => false,
+                };
                 // APNs wedges a connection after this answer (docs/apns-protocol.md#http2-connection); a fresh one gets
                 // the new token without tripping TooManyProviderTokenUpdates.
-                true
+                (PushResult::TokenExpired { rejection, renewed }, true)
             }
-            PushResult::NotSent(NotSentReason::ConnectionLost) => true,
-            _ => false,
+            PushResult::NotSent(NotSentReason::ConnectionLost) => (result, true),
+            other => (other, false),
         }
     }
 

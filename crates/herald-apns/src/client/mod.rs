@@ -65,6 +65,11 @@ pub enum PushResult {
     },
     /// APNs refused this notification.
     Rejected(Rejection),
+    /// HTTP/2 `403 ExpiredProviderToken`: the provider token the request carried was too old. `renewed` says
+    /// whether the token in force is a newer one by now, so that a retry at once can succeed; if not (the token is
+    /// younger than 20 minutes by herald's clock, which APNs disagrees with), a retry at once would be refused
+    /// again.
+    TokenExpired { rejection: Rejection, renewed: bool },
     /// APNs did not process it (refused stream, above the last stream id of a GOAWAY, connection lost before the
     /// request was written in full; binary: written after a failed notification, or in the window of a connection
     /// lost without an error packet): send it again without counting an attempt.

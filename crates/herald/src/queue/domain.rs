@@ -706,6 +706,24 @@ impl DomainTask {
                 let attempt = Attempt::on_connection(remote, None);
                 self.transient(item, attempt, &error, "ConnectionLost");
             }
+            PushResult::TokenExpired { rejection, renewed } => {
+                let attempt = Attempt::on_connection(remote, Some(rejection.code()));
+                let (text, label) = (rejection.text(), rejection.label());
+                if renewed {
+                    // The connection has retired the stale token and a newer one is in force: try again at once,
+                    // whatever failed before (docs/apns-protocol.md#provider-tokens). Each such retry needs the
+                    // token it was refused with to have been renewed, and a token is renewed once and never within
+                    // 20 minutes of its minting, so a notification is retried at once at most once per token.
+                    self.log(&item, OutcomeKind::Transient, attempt, text);
+                    self.stats.transient(label);
+                    item.retries += 1;
+                    self.active.push_front(item);
+                } else {
+                    // The token in force is the one refused (herald's clock and APNs' disagree, or a revoked key):
+                    // a retry at once would be refused again.
+                    self.transient(item, attempt, text, label);
+                }
+            }
             PushResult::Rejected(rejection) => {
                 let class = rejection.class();
                 let attempt = Attempt::on_connection(remote, Some(rejection.code()));
@@ -713,17 +731,10 @@ impl DomainTask {
                 // Logs say what the server said; counters name only reasons APNs documents.
                 let label = rejection.label();
                 match class {
-                    FailureClass::Transient => self.transient(item, attempt, text, label),
-                    // A fresh token failing again (a clock far off, a revoked key) takes the normal schedule.
-                    FailureClass::RefreshTokenAndRetry if item.retries > 0 => {
+                    // A refresh-and-retry reason not reported as `TokenExpired` (no provider token was sent)
+                    // takes the normal schedule.
+                    FailureClass::Transient | FailureClass::RefreshTokenAndRetry => {
                         self.transient(item, attempt, text, label)
-                    }
-                    FailureClass::RefreshTokenAndRetry => {
-                        // The connection has retired the stale token; try again at once with a fresh one.
-                        self.log(&item, OutcomeKind::Transient, attempt, text);
-                        self.stats.transient(label);
-                        item.retries += 1;
-                        self.active.push_front(item);
                     }
                     FailureClass::Permanent | FailureClass::InvalidToken => {
                         // docs/apns-protocol.md#classification: BadDeviceToken, Unregistered (with its timestamp),
