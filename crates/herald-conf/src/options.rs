@@ -751,6 +751,16 @@ option_table! {
         HTTP_PEER,
         "Which of the listener's API keys have the admin right on the web dashboard (flush, fail the queue, pause, resume, reload); other keys and `always_allow` clients only read; a herald addition.",
     ),
+    AuthFailureLimit => opt(
+        "auth_failure_limit",
+        Kind::Int {
+            min: 0,
+            max: 1_000,
+        },
+        Some("5"),
+        HTTP_PEER,
+        "Wrong API keys one client address (one /64 for IPv6) may send within a minute, to the REST API and the dashboard together, before it is refused any key (`429` with `retry-after`) until a minute has passed since its last wrong one; 0 = never refused (for a proxy or a NAT many clients share: set it in a `peer` stanza of that address); a herald addition.",
+    ),
     Pathway => inert(
         "pathway",
         Kind::Str,
@@ -1395,6 +1405,7 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         | "api_key"
         | "api_keys"
         | "dashboard_admin_keys"
+        | "auth_failure_limit"
         | "max_notifications_per_request"
         | "first_byte_timeout"
         | "header_timeout"

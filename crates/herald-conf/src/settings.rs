@@ -228,6 +228,8 @@ pub struct PeerSettings {
     pub api_keys: Vec<String>,
     /// `dashboard_admin_keys`: the keys with the dashboard's admin right.
     pub admin_keys: Vec<String>,
+    /// `auth_failure_limit`: wrong keys a client may send within a minute before it is refused (0 = never).
+    pub auth_failure_limit: u32,
 }
 
 /// One `listen` stanza of a listener, resolved (listen → listener → default).
@@ -247,6 +249,8 @@ pub struct ListenerSettings {
     pub api_keys: Vec<String>,
     /// `dashboard_admin_keys`: which keys have the web dashboard's admin right.
     pub admin_keys: Vec<String>,
+    /// `auth_failure_limit`: wrong keys a client may send within a minute before it is refused (0 = never).
+    pub auth_failure_limit: u32,
     pub max_request_size: Option<u64>,
     /// `http_services`: what an HTTP listener serves.
     pub http_services: HttpServices,
@@ -345,6 +349,20 @@ impl ListenerSettings {
             .map(|p| p.api_keys.as_slice())
             .unwrap_or(&self.api_keys)
     }
+
+    /// The `auth_failure_limit` that applies to `ip` (its `peer` stanza's, else the listen stanza's); `None` (no
+    /// address): the listen stanza's.
+    pub fn auth_failure_limit_for(&self, ip: Option<IpAddr>) -> u32 {
+        ip.and_then(|ip| self.peer_for(ip))
+            .map_or(self.auth_failure_limit, |p| p.auth_failure_limit)
+    }
+}
+
+fn auth_failure_limit(r: &Resolver<'_>) -> u32 {
+    r.value(Opt::AuthFailureLimit)
+        .as_int()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(5)
 }
 
 fn api_keys(r: &Resolver<'_>) -> Vec<String> {
@@ -390,6 +408,7 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                         },
                         api_keys: api_keys(&r),
                         admin_keys: r.value(Opt::DashboardAdminKeys).as_list().to_vec(),
+                        auth_failure_limit: auth_failure_limit(&r),
                     })
                 })
                 .collect();
@@ -414,6 +433,7 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                 },
                 api_keys: api_keys(&r),
                 admin_keys: r.value(Opt::DashboardAdminKeys).as_list().to_vec(),
+                auth_failure_limit: auth_failure_limit(&r),
                 max_request_size: r
                     .value(Opt::MaxRequestSize)
                     .as_int()

@@ -719,3 +719,54 @@ async fn the_event_stream_outlives_the_keepalive_timeout() {
         .await
         .expect("four ticks within 30 s");
 }
+
+/// `auth_failure_limit` in a `peer` stanza: 0 turns the lockout off for a shared address (a proxy), and a right
+/// key does not wipe the wrong ones counted before it (else a reader key would let its holder guess the admin key).
+#[tokio::test]
+async fn the_failure_limit_follows_peer_stanzas_and_a_right_key_does_not_reset_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"spool_dir = "{}"
+http_listener {{
+  listen "127.0.0.1:0" {{
+    http_services = ( push dashboard )
+    api_keys = ( "{READER}" "{ADMIN}" ) dashboard_admin_keys = ( "{ADMIN}" ) auth_failure_limit = 3
+    peer "127.0.0.2/32" {{ api_keys = ( "{READER}" ) auth_failure_limit = 0 }}
+  }}
+}}
+"#,
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let port = server.addrs().await.http[0].port();
+    let get = |from: &str, key: &'static str| {
+        reqwest::Client::builder()
+            .local_address(Some(from.parse().unwrap()))
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{port}/dashboard/api/session"))
+            .bearer_auth(key)
+            .send()
+    };
+    // 127.0.0.1: two wrong keys, a right one, a third wrong one: locked (the right key cleared nothing).
+    for key in ["wrong", "wrong"] {
+        assert_eq!(get("127.0.0.1", key).await.unwrap().status(), 401);
+    }
+    assert_eq!(get("127.0.0.1", READER).await.unwrap().status(), 200);
+    assert_eq!(get("127.0.0.1", "wrong").await.unwrap().status(), 401);
+    assert_eq!(
+        get("127.0.0.1", ADMIN).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // 127.0.0.2 (a proxy's address, limit 0): never locked.
+    for _ in 0..10 {
+        assert_eq!(get("127.0.0.2", "wrong").await.unwrap().status(), 401);
+    }
+    assert_eq!(get("127.0.0.2", READER).await.unwrap().status(), 200);
+    server.shutdown(std::time::Duration::from_secs(2)).await;
+}

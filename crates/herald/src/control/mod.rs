@@ -402,7 +402,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => (Reply::err(format!("{e}\n")), false),
             Ok(Some(Command::Quit)) => (Reply::ok(""), true),
             Ok(Some(Command::Auth(given))) => match &rules.password {
-                Some(_) if let Some(wait) = peer.throttle.locked(peer.client) => {
+                Some(_) if let Some(wait) = peer.throttle.locked(peer.client, AUTH_FAILURES) => {
                     tracing::warn!(
                         "control listener {}: auth from {} refused: locked out after {AUTH_FAILURES} wrong passwords",
                         settings.address,
@@ -423,7 +423,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     (Reply::ok("Authenticated.\n"), false)
                 }
                 Some(_) => {
-                    let failures = peer.throttle.failed(peer.client);
+                    let failures = peer.throttle.failed(peer.client, AUTH_FAILURES);
                     tracing::warn!(
                         "control listener {}: wrong password from {} ({failures} within {} s)",
                         settings.address,

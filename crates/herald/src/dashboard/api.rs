@@ -207,17 +207,17 @@ async fn login(State(d): State<Dash>, request: Request) -> Response {
     let Ok(LoginBody { key }) = serde_json::from_slice(&body) else {
         return error(StatusCode::BAD_REQUEST, "send {\"key\": \"API KEY\"}");
     };
-    if let Some(wait) = d.guesses.locked(ip) {
+    let limit = d.settings.auth_failure_limit_for(ip) as usize;
+    if let Some(wait) = d.guesses.locked(ip, limit) {
         return refused(Refusal::TooManyGuesses {
             seconds: wait.as_secs().max(1),
         });
     }
     let Some(admin) = auth::key_rights(&d.settings, ip, key.trim()) else {
-        let n = d.guesses.failed(ip);
+        let n = d.guesses.failed(ip, limit);
         tracing::warn!(client = ?ip, failures = n, "dashboard login with a wrong key");
         return refused(Refusal::Unauthenticated);
     };
-    d.guesses.succeeded(ip);
     let (id, csrf) = d.sessions.create(admin);
     let cookie = session_cookie(&id, d.settings.tls_certificate.is_some());
     let mut response = Json(json!({ "admin": admin, "csrf": csrf })).into_response();

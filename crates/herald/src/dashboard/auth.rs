@@ -178,7 +178,8 @@ pub fn access(
         });
     }
     if let Some(key) = presented_key(headers) {
-        if let Some(wait) = guesses.locked(ip) {
+        let limit = settings.auth_failure_limit_for(ip) as usize;
+        if let Some(wait) = guesses.locked(ip, limit) {
             return Err(Refusal::TooManyGuesses {
                 seconds: wait.as_secs().max(1),
             });
@@ -190,7 +191,7 @@ pub fn access(
                 csrf: None,
             }),
             None => {
-                let failures = guesses.failed(ip);
+                let failures = guesses.failed(ip, limit);
                 tracing::warn!(client = ?ip, failures, "dashboard request with a wrong key");
                 Err(Refusal::Unauthenticated)
             }

@@ -52,8 +52,9 @@ pub async fn guard(State(state): State<RestState>, request: Request, next: Next)
             (None, Some(v)) => Some(Some(v.as_bytes().trim_ascii()).filter(|k| !k.is_empty())),
             (None, None) => None,
         };
+        let limit = state.settings.auth_failure_limit_for(ip) as usize;
         if presented.is_some()
-            && let Some(wait) = state.guesses.locked(ip)
+            && let Some(wait) = state.guesses.locked(ip, limit)
         {
             let seconds = wait.as_secs().max(1);
             let error = ApiError::new(
@@ -75,7 +76,7 @@ pub async fn guard(State(state): State<RestState>, request: Request, next: Next)
                 Some("the authorization header is not \"Bearer KEY\" (or x-api-key is empty)")
             }
             Some(Some(key)) if !keys.iter().any(|k| same_secret(k.as_bytes(), key)) => {
-                let failures = state.guesses.failed(ip);
+                let failures = state.guesses.failed(ip, limit);
                 tracing::warn!(
                     client = ?ip,
                     failures,
@@ -84,10 +85,7 @@ pub async fn guard(State(state): State<RestState>, request: Request, next: Next)
                 );
                 Some("the API key is not accepted by this listener")
             }
-            Some(Some(_)) => {
-                state.guesses.succeeded(ip);
-                None
-            }
+            Some(Some(_)) => None,
         };
         if let Some(message) = refusal {
             let mut error = ApiError::new(StatusCode::UNAUTHORIZED, message);
