@@ -518,7 +518,8 @@ impl Intake {
             let id = n.id;
             if let Err(e) = self.engine.submit_reserved(n, &mut room).await {
                 tracing::warn!(
-                    "notification {id} is in the spool but could not be queued now ({e}); the next start queues it"
+                    "notification {id} is in the spool but could not be queued now ({e}); a start whose \
+                     configuration delivers its domain queues it"
                 );
             }
         }

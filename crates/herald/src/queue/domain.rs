@@ -86,6 +86,10 @@ pub enum DomainEvent {
     },
     /// New settings (after a configuration reload): open connections drain, new ones use these.
     Reconfigure(Arc<DeliverySettings>),
+    /// The configuration in force cannot deliver this queue (a reload removed its route, its binding, its APNs
+    /// delivery, or its credentials fail): nothing more is sent until a [`DomainEvent::Reconfigure`] comes; the
+    /// notifications wait, as they would in the spool across a restart.
+    Unroutable(String),
 }
 
 /// What `message` commands do.
@@ -217,6 +221,8 @@ pub struct DomainTask {
     /// Notifications that reached their final outcome since the observer was last told (see
     /// [`DomainTask::report_finished`]).
     finished: Vec<MessageId>,
+    /// Why the configuration in force cannot deliver this queue, while it cannot (see [`DomainEvent::Unroutable`]).
+    unroutable: Option<String>,
 }
 
 impl DomainTask {
@@ -245,6 +251,7 @@ impl DomainTask {
             stats,
             next_oldest_scan: Instant::now(),
             finished: Vec::new(),
+            unroutable: None,
         }
     }
 
@@ -422,7 +429,28 @@ impl DomainTask {
             DomainEvent::Message { id, action, reply } => {
                 let _ = reply.send(self.message(&id, action));
             }
+            DomainEvent::Unroutable(reason) => {
+                if self.unroutable.is_none() {
+                    tracing::warn!(
+                        domain = %self.settings.domain, binding = %self.settings.binding,
+                        "the configuration in force cannot deliver this queue ({reason}): its notifications wait \
+                         until a reload can (or a restart)"
+                    );
+                }
+                self.unroutable = Some(reason);
+                // What the pool had not put on a connection yet comes back to wait here.
+                for job in self.pool.take_waiting() {
+                    self.outstanding.remove(&job.tag);
+                    self.active.push_front(job.tag);
+                }
+            }
             DomainEvent::Reconfigure(settings) => {
+                if self.unroutable.take().is_some() {
+                    tracing::info!(
+                        domain = %settings.domain, binding = %settings.binding,
+                        "the configuration in force delivers this queue again"
+                    );
+                }
                 if self.pool.settings().same_connections(&settings) {
                     // Same route and credentials: the connections stay; a lower limit drains the surplus.
                     self.pool.reconfigure(settings.clone());
@@ -587,7 +615,10 @@ impl DomainTask {
 
     /// Moves ready notifications to the pool while it has room.
     fn dispatch(&mut self) {
-        if self.shared.is_held() || self.stats.paused.load(Ordering::Relaxed) {
+        if self.shared.is_held()
+            || self.stats.paused.load(Ordering::Relaxed)
+            || self.unroutable.is_some()
+        {
             return;
         }
         let limit = self.pool.dispatch_limit();

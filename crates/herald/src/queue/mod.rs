@@ -665,10 +665,14 @@ impl Engine {
             .map_err(|_| SubmitError::ShuttingDown)?;
         if stale {
             // A reload listed the queues while these settings were resolved from the configuration before it.
-            if let Ok(Ok(settings)) =
-                resolve_blocking(self.shared.resolver.clone(), binding, domain).await
-            {
-                let _ = sender.0.send(DomainEvent::Reconfigure(settings));
+            match resolve_blocking(self.shared.resolver.clone(), binding, domain).await {
+                Ok(Ok(settings)) => {
+                    let _ = sender.0.send(DomainEvent::Reconfigure(settings));
+                }
+                Ok(Err(e)) => {
+                    let _ = sender.0.send(DomainEvent::Unroutable(e.to_string()));
+                }
+                Err(_) => {}
             }
         }
         Ok(())
@@ -914,7 +918,11 @@ impl Engine {
                 Ok(settings) => {
                     let _ = sender.0.send(DomainEvent::Reconfigure(settings));
                 }
-                Err(e) => errors.push((Engine::queue_name(&key.binding, &key.domain), e)),
+                Err(e) => {
+                    // Its notifications wait instead of going out on settings no longer in force.
+                    let _ = sender.0.send(DomainEvent::Unroutable(e.to_string()));
+                    errors.push((Engine::queue_name(&key.binding, &key.domain), e));
+                }
             }
         }
         errors
@@ -1011,6 +1019,82 @@ mod tests {
             apn_expiry: Duration::from_secs(600),
             max_window: 1,
         }
+    }
+
+    /// A resolver whose answer the test changes (a reload).
+    struct SwitchResolver(Mutex<Result<Arc<DeliverySettings>, ResolveError>>);
+
+    impl SettingsResolver for SwitchResolver {
+        fn resolve(&self, _domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn notification(i: u8) -> Notification {
+        Notification {
+            id: MessageId::NONE,
+            batch_id: MessageId::NONE,
+            conn_id: MessageId::NONE,
+            domain: Arc::from("apps.example"),
+            binding: Arc::from("default"),
+            push: herald_apns::client::PushRequest {
+                token: herald_apns::token_hex::DeviceToken::from_hex(
+                    &format!("{i:02x}").repeat(32),
+                )
+                .unwrap(),
+                topic: None,
+                push_type: None,
+                priority: None,
+                expiration: None,
+                collapse_id: None,
+                apns_id: None,
+                payload: bytes::Bytes::from_static(b"{}"),
+            },
+            sender: Arc::from(""),
+            recipient_given: None,
+            received_at: message::unix_now(),
+        }
+    }
+
+    /// A reload whose configuration cannot deliver a running queue (its domain or route removed) stops that queue
+    /// sending on the settings no longer in force: its notifications wait, and go out once a reload delivers them
+    /// again (here to a new route).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_the_new_configuration_cannot_deliver_sends_nothing_until_one_can() {
+        let old_route = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        old_route.set_nonblocking(true).unwrap();
+        let new_route = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut old_settings = settings_to(old_route.local_addr().unwrap().port());
+        old_settings.idle_timeout = Some(std::time::Duration::from_millis(10));
+        let resolver = Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(old_settings)))));
+        let engine = Engine::new(
+            resolver.clone(),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        );
+        engine.set_held(true);
+        engine.submit(notification(1)).await.unwrap();
+        // The reload: the domain is no longer configured.
+        *resolver.0.lock().unwrap() = Err(ResolveError::UnknownDomain("apps.example".into()));
+        assert_eq!(engine.reconfigure().await.len(), 1);
+        engine.set_held(false);
+        engine.submit(notification(2)).await.unwrap();
+        // A reload that routes it again, elsewhere: the waiting notifications go there.
+        *resolver.0.lock().unwrap() = Ok(Arc::new(settings_to(
+            new_route.local_addr().unwrap().port(),
+        )));
+        assert!(engine.reconfigure().await.is_empty());
+        let accepted =
+            tokio::time::timeout(std::time::Duration::from_secs(20), new_route.accept()).await;
+        assert!(
+            accepted.is_ok(),
+            "the queue never delivered to the new route"
+        );
+        assert!(
+            old_route.accept().is_err(),
+            "the queue connected to the route of the configuration no longer in force"
+        );
     }
 
     /// A queue whose first settings were resolved from the configuration before a reload, and which started after
