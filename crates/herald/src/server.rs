@@ -83,9 +83,12 @@ struct RunningListener {
     task: JoinHandle<()>,
     /// ESMTP: sessions see a new configuration generation through this.
     smtp_config: Option<watch::Sender<Arc<smtp::SmtpConfig>>>,
-    /// What the listener's `tls_certificate` and `tls_key` files held when it started (HTTP): a reload restarts it
-    /// when they hold something else (a certificate renewed in place).
+    /// What the listener's `tls_certificate` and `tls_key` files held when it started or its certificate was last
+    /// replaced (HTTP and control listeners): a reload acts when they hold something else (a certificate renewed in
+    /// place).
     tls_files: Option<u64>,
+    /// HTTP over TLS: the certificate a reload replaces in place when its files were renewed.
+    certificate: Option<Arc<rest::ListenerCertificate>>,
 }
 
 /// A hash of the files of a listener's TLS identity (`None` without one; an unreadable file hashes as empty: loading
@@ -482,6 +485,7 @@ impl Server {
                     task,
                     smtp_config: Some(config_tx),
                     tls_files: None,
+                    certificate: None,
                 }))
             }
             ListenerKind::Http => {
@@ -498,7 +502,11 @@ impl Server {
                     .local_addr()
                     .map_err(|e| listener_err(e.to_string()))?;
                 let tls_files = tls_files_hash(&settings);
-                let tls = rest::tls_config(&settings).map_err(|e| listener_err(e.to_string()))?;
+                let (tls, certificate) =
+                    match rest::tls_server(&settings).map_err(|e| listener_err(e.to_string()))? {
+                        Some((config, certificate)) => (Some(config), Some(certificate)),
+                        None => (None, None),
+                    };
                 let mut extra = crate::ops::routes(
                     self.engine.clone(),
                     self.spool.clone(),
@@ -555,9 +563,11 @@ impl Server {
                     task,
                     smtp_config: None,
                     tls_files,
+                    certificate,
                 }))
             }
             ListenerKind::Control => {
+                let tls_files = tls_files_hash(&settings);
                 let socket = crate::control::ControlSocket::bind(&settings)
                     .await
                     .map_err(|e| listener_err(e.to_string()))?;
@@ -575,7 +585,8 @@ impl Server {
                     stop,
                     task,
                     smtp_config: None,
-                    tls_files: None,
+                    tls_files,
+                    certificate: None,
                 }))
             }
             ListenerKind::Ecstream => Ok(None),
@@ -645,6 +656,8 @@ impl Server {
         let wanted = wanted_listeners(&config);
         let mut listeners = self.listeners.lock().await;
         let mut keep = Vec::new();
+        // Listeners restarted above (whether or not they came back): not started a second time below.
+        let mut tried = Vec::new();
         for running in listeners.drain(..) {
             let name = format!("{:?} {}", running.kind, running.settings.address);
             match wanted
@@ -689,18 +702,53 @@ impl Server {
                         && DoorLimits::from_config(&config, new)
                             == DoorLimits::from_config(&old_config, new)
                         && !(running.kind == ListenerKind::Http && rest_toggled)
-                        && (running.kind != ListenerKind::Http
+                        && (running.kind == ListenerKind::Esmtp
                             || tls_files_hash(new) == running.tls_files) =>
                 {
                     keep.push(running)
+                }
+                Some(new)
+                    if *new == running.settings
+                        && DoorLimits::from_config(&config, new)
+                            == DoorLimits::from_config(&old_config, new)
+                        && !(running.kind == ListenerKind::Http && rest_toggled)
+                        && running.certificate.is_some() =>
+                {
+                    // Only the certificate's files changed (renewed in place): the new one is put in force without
+                    // a restart, so the port never closes and the listener's sessions stay.
+                    let mut running = running;
+                    match rest::certified_key(new) {
+                        Ok(Some(key)) => {
+                            if let Some(certificate) = &running.certificate {
+                                certificate.replace(key);
+                            }
+                            running.tls_files = tls_files_hash(new);
+                            report.certificates_reloaded.push(name);
+                        }
+                        Ok(None) => {}
+                        Err(e) => report.listener_errors.push(format!(
+                            "{name}: its renewed TLS identity cannot be loaded ({e}); it keeps serving the previous \
+                             one"
+                        )),
+                    }
+                    keep.push(running);
                 }
                 Some(new) => {
                     let new = new.clone();
                     // What can fail before the old listener stops: a new TLS identity that does not load keeps
                     // the old listener running as it was.
-                    if running.kind == ListenerKind::Http
-                        && let Err(e) = rest::tls_config(&new)
-                    {
+                    let identity = match (running.kind, &new.tls_certificate) {
+                        (ListenerKind::Http, _) => rest::tls_config(&new)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        (ListenerKind::Control, Some(cert)) => {
+                            smtp::tls::server_config(cert, new.tls_key.as_deref())
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = identity {
                         report.listener_errors.push(format!(
                             "{name}: its new TLS identity cannot be loaded ({e}); it keeps running with its \
                              previous settings"
@@ -709,6 +757,7 @@ impl Server {
                         continue;
                     }
                     let previous = running.settings.clone();
+                    tried.push((running.kind, running.settings.address.clone()));
                     stop_listener(running).await;
                     match self.start_listener(new).await {
                         Ok(Some(l)) => {
@@ -736,6 +785,7 @@ impl Server {
             if keep
                 .iter()
                 .any(|k| k.kind == new.kind && k.settings.address == new.address)
+                || tried.contains(&(new.kind, new.address.clone()))
             {
                 continue;
             }

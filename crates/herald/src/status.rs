@@ -24,6 +24,9 @@ pub struct ReloadReport {
     pub listeners_started: Vec<String>,
     pub listeners_stopped: Vec<String>,
     pub listeners_restarted: Vec<String>,
+    /// HTTP listeners whose certificate files were renewed in place: the new certificate is in force, without a
+    /// restart.
+    pub certificates_reloaded: Vec<String>,
     /// Listeners that could not take their new settings: each says what it runs with now (its previous settings,
     /// or nothing: down). The console answers a reload with any of these as an error.
     pub listener_errors: Vec<String>,

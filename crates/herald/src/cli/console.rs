@@ -35,6 +35,10 @@ pub struct ConsoleArgs {
     /// trusts the web's public roots.
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// Send a password over plain TCP to a host other than loopback (refused without it: anyone on the way could
+    /// read it; prefer `--tls`).
+    #[arg(long, conflicts_with_all = ["tls", "ca"])]
+    pub plain: bool,
     /// `[SOCKET] [COMMAND…]`: SOCKET is a path or `[user@]host:port` (a first word with `/` or `:`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
@@ -62,6 +66,19 @@ impl Target {
             Target::Tcp(a) => a.clone(),
         }
     }
+}
+
+/// Whether `host:port` names this machine (`localhost`, or a loopback address).
+fn is_loopback(address: &str) -> bool {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Splits `[SOCKET] [COMMAND…]`: the first word names a socket when it has a `/` or a `:`.
@@ -254,10 +271,22 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         (_, true) => Some(TlsClient::new(args.ca.as_deref())?),
         (_, false) => None,
     };
+    let password = password(&args)?;
+    if let Target::Tcp(address) = &target
+        && tls.is_none()
+        && password.is_some()
+        && !args.plain
+        && !is_loopback(address)
+    {
+        bail!(
+            "{address}: refusing to send the console password in clear to another machine: use --tls (the control \
+             listener needs tls_certificate), or --plain to send it anyway"
+        );
+    }
     let mut session = Session {
         runtime,
         target,
-        password: password(&args)?,
+        password,
         tls,
         conn: None,
     };
@@ -357,6 +386,25 @@ fn interactive(session: &mut Session) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_apart_from_other_machines() {
+        for here in [
+            "127.0.0.1:2025",
+            "localhost:2025",
+            "[::1]:2025",
+            "127.3.4.5:1",
+        ] {
+            assert!(is_loopback(here), "{here}");
+        }
+        for there in [
+            "10.0.0.1:2025",
+            "mta.example.net:2025",
+            "[2001:db8::1]:2025",
+        ] {
+            assert!(!is_loopback(there), "{there}");
+        }
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

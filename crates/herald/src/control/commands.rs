@@ -598,6 +598,7 @@ async fn config_reload_inner(server: &dyn ServerHandle, path: Option<PathBuf>) -
                 ("started", &report.listeners_started),
                 ("stopped", &report.listeners_stopped),
                 ("restarted", &report.listeners_restarted),
+                ("certificate reloaded", &report.certificates_reloaded),
             ] {
                 for l in list {
                     let _ = writeln!(out, "Listener {what}: {l}");

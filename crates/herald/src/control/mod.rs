@@ -468,8 +468,10 @@ async fn send<W: AsyncWrite + Unpin>(
     timeout: std::time::Duration,
     stop: &CancellationToken,
 ) -> bool {
+    // The reply first: a command that stops this very listener (a reload that rebinds it, `shutdown`) still gets
+    // its answer when the client reads it.
     tokio::select! {
-        () = stop.cancelled() => false,
+        biased;
         written = tokio::time::timeout(timeout, protocol::write_reply(w, reply)) => match written {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
@@ -478,6 +480,7 @@ async fn send<W: AsyncWrite + Unpin>(
                 false
             }
         },
+        () = stop.cancelled() => false,
     }
 }
 

@@ -30,7 +30,10 @@ use crate::inbound::doors::DoorLimits;
 use crate::queue::message::MessageId;
 
 pub use router::{ROUTES, router, router_with};
-pub use server::{BodyTimeout, TlsSetupError, serve, serve_app, serve_limited, tls_config};
+pub use server::{
+    BodyTimeout, ListenerCertificate, TlsSetupError, certified_key, serve, serve_app,
+    serve_limited, tls_config, tls_server,
+};
 
 /// What every handler of one listener shares.
 #[derive(Clone)]

@@ -58,6 +58,52 @@ pub enum TlsSetupError {
 pub fn tls_config(
     settings: &ListenerSettings,
 ) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSetupError> {
+    Ok(tls_server(settings)?.map(|(config, _)| config))
+}
+
+/// A listener's certificate and key, which a reload replaces in place when their files were renewed: handshakes
+/// from then on present the new one, while the listener keeps its socket, its connections and its state.
+#[derive(Debug)]
+pub struct ListenerCertificate(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl ListenerCertificate {
+    /// Puts `key` in force for the handshakes to come.
+    pub fn replace(&self, key: Arc<rustls::sign::CertifiedKey>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ListenerCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// A listener's TLS configuration and the handle that replaces its certificate.
+pub type TlsServer = (Arc<rustls::ServerConfig>, Arc<ListenerCertificate>);
+
+/// [`tls_config`], with the handle that replaces its certificate.
+pub fn tls_server(settings: &ListenerSettings) -> Result<Option<TlsServer>, TlsSetupError> {
+    let Some(key) = certified_key(settings)? else {
+        return Ok(None);
+    };
+    let certificate = Arc::new(ListenerCertificate(std::sync::RwLock::new(key)));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certificate.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some((Arc::new(config), certificate)))
+}
+
+/// The certificate chain and key the listener's `tls_certificate` and `tls_key` hold, checked to belong together.
+pub fn certified_key(
+    settings: &ListenerSettings,
+) -> Result<Option<Arc<rustls::sign::CertifiedKey>>, TlsSetupError> {
     let (cert, key) = match (&settings.tls_certificate, &settings.tls_key) {
         (None, None) => return Ok(None),
         (Some(c), Some(k)) => (c, k),
@@ -84,13 +130,10 @@ pub fn tls_config(
             detail: e.to_string(),
         })
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(config)))
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    Ok(Some(Arc::new(rustls::sign::CertifiedKey::from_der(
+        chain, key, &provider,
+    )?)))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
