@@ -762,6 +762,14 @@ async fn binary_error_packet_mid_burst_resends_exactly_what_followed() {
     assert_eq!(failed[13], "8 Invalid token");
     assert_eq!(invalid.0.lock().unwrap().len(), 1);
     assert_eq!(finals.values().filter(|f| f[4] == "D").count(), n - 1);
+    // What the gateway discarded after the rejected one went out again without an attempt: requeued.
+    let requeued = engine
+        .stats(DOMAIN)
+        .unwrap()
+        .requeued
+        .load(Ordering::Relaxed);
+    eprintln!("requeued after the error packet: {requeued}");
+    assert!(requeued > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

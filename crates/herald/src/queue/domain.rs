@@ -703,7 +703,10 @@ impl DomainTask {
                 if why == NotSentReason::ConnectionLost {
                     item.losses += 1;
                 }
-                if why == NotSentReason::ConnectionLost || why == NotSentReason::Refused {
+                // Sent again without an attempt counted: what went out on a connection (lost with it, refused,
+                // or discarded by the binary gateway after a rejected one); not what a closing connection never
+                // took.
+                if why != NotSentReason::Closing {
                     self.stats.requeued();
                 }
                 self.active.push_front(item);

@@ -46,7 +46,8 @@ pub struct DomainStats {
     pub delivered: AtomicU64,
     pub transient: AtomicU64,
     pub permanent: AtomicU64,
-    /// Requeued without an attempt (refused stream, GOAWAY, lost connection).
+    /// Requeued without an attempt (refused stream, GOAWAY, lost connection, or discarded by the binary gateway
+    /// after a rejected notification).
     pub requeued: AtomicU64,
     pub active: AtomicUsize,
     pub delayed: AtomicUsize,
