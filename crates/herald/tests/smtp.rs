@@ -703,9 +703,9 @@ async fn deeply_nested_mime_is_refused_and_the_server_lives_on() {
 }
 
 // docs/smtp.md#message-format: every delimiter line of the container is a part, numbered by its ordinal. A part
-// the MIME parser used to drop (no blank line after its headers) or swallow (behind an email part whose multipart
-// never closes) refuses the message instead of leaving it `250 accepted` with fewer notifications; so does a
-// header a push part repeats.
+// the MIME parser used to drop (no blank line after its headers, or a first line of white space) refuses the
+// message instead of leaving it `250 accepted` with fewer notifications; so does a header a push part repeats, and
+// a Content-Type any part repeats.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parts_that_would_be_lost_or_ambiguous_refuse_the_message() {
     let h = Harness::start(allow_conf).await;
@@ -732,21 +732,29 @@ async fn parts_that_would_be_lost_or_ambiguous_refuse_the_message() {
     let (code, text) = h.send_raw(&rcpt, &only).await;
     assert_eq!((code, text), (550, format!("5.6.0 part 1: {not_a_header}")));
 
-    // An email part whose multipart never closes, then two push parts.
-    let unclosed = "Content-Type: message/rfc822\r\n\r\nSubject: x\r\n\
-                    Content-Type: multipart/alternative; boundary=\"C\"\r\n\r\n--C\r\n\
-                    Content-Type: text/plain\r\n\r\nhello"
-        .to_owned();
-    let message = format!(
-        "MIME-Version: 1.0\r\nContent-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n\r\n\
-         --B\r\n{unclosed}\r\n--B\r\n{good}\r\n--B\r\n{good}\r\n--B--\r\n"
-    );
-    let (code, text) = h.send_raw(&rcpt, &message).await;
+    // A push part whose first line is white space: it continues no header, so the part cannot be read.
+    let (code, text) = h
+        .send_raw(&rcpt, &mcmt(&[good.clone(), format!(" \r\n{good}")]))
+        .await;
     assert_eq!(
         (code, text.as_str()),
         (
             550,
-            "5.6.0 part 1: its multipart/alternative (boundary \"C\") is never closed: no --C-- line before the part ends"
+            "5.6.0 part 3: its first line starts with a space or tab, but no MIME header precedes it to continue (a line of spaces or tabs continues the header before it; only an empty line ends a part's MIME headers)"
+        )
+    );
+
+    // Two Content-Types: the last one used to decide, and a push part could be ignored as text.
+    let two_types = format!(
+        "Content-Type: message/vnd.msys.apn\r\nContent-Type: text/plain\r\n{}",
+        &good["Content-Type: message/vnd.msys.apn\r\n".len()..]
+    );
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[good.clone(), two_types])).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.6.0 part 3: Content-Type is given more than once in the part's MIME headers: whether it is a push part (message/vnd.msys.apn) would be ambiguous"
         )
     );
 
@@ -782,6 +790,48 @@ async fn parts_that_would_be_lost_or_ambiguous_refuse_the_message() {
     // Nothing of them was accepted.
     assert!(h.reception_lines().is_empty());
     assert!(h.sim.record().is_empty());
+}
+
+// docs/smtp.md#message-format: what RFC 5322 and RFC 2046 allow is read as mail readers read it, every push part
+// delivered. A line of white space inside a part's headers is a folded continuation, not their end (it once made
+// herald drop the push part and answer 250 with one notification fewer); field names are RFC 5322's (`X-Foo/Bar`);
+// the close delimiter may repeat in the epilogue; an email part's multipart that never closes is the email
+// part's business.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_mail_readers_accept_are_all_delivered() {
+    let h = Harness::start(allow_conf).await;
+    let rcpt = vec![format!("{}@{DOMAIN}", token(43))];
+    let json = |n: usize| format!("{{\"aps\":{{\"alert\":\"part {n}\"}}}}");
+    let folded = format!(
+        "X-Mailer: backend\r\n \r\nContent-Type: message/vnd.msys.apn\r\nX-Foo/Bar: 1\r\n\r\n\
+         X-Foo[1]: 1\r\nX-APNs-Topic: {TOPIC}\r\n\t\r\nX-APNs-Priority: 5\r\n\r\n{}",
+        json(3)
+    );
+    let unclosed = "Content-Type: multipart/alternative; boundary=\"C\"\r\n\r\n--C\r\n\
+                    Content-Type: text/plain\r\n\r\nhello"
+        .to_owned();
+    let message = mcmt(&[
+        push_part(&[], &json(2)),
+        folded,
+        unclosed,
+        push_part(&[], &json(5)),
+    ]) + "epilogue\r\n--MCMT_BOUNDARY--\r\n";
+    let (code, text) = h.send_raw(&rcpt, &message).await;
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        text.starts_with("2.0.0 accepted 3 notifications as batch "),
+        "{text}"
+    );
+    assert_eq!(h.sim.wait_for_records(3, WAIT).await, 3);
+    let mut got: Vec<(String, u8)> = h
+        .sim
+        .record()
+        .iter()
+        .map(|r| (r.payload.clone(), r.priority))
+        .collect();
+    got.sort();
+    assert_eq!(got, [(json(2), 10), (json(3), 5), (json(5), 10)]);
+    assert_eq!(h.reception_lines().len(), 3);
 }
 
 // docs/momentum-compat.md#mcmt-reception: mcmt_reception per listen stanza and per peer.

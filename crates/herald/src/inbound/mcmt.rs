@@ -12,9 +12,9 @@
 //! first, then among the MIME part headers.
 //!
 //! The container is split at its delimiter lines by [`mime`], not by the MIME parser, so every `--BOUNDARY` line
-//! is a part and refusals name parts by that ordinal: a part whose headers run into its body (no blank line), an
-//! email part with a multipart that never closes, or more than [`MAX_MIME_DEPTH`] nested levels refuse the
-//! message instead of hiding or shifting parts. The MIME parser reads only single header blocks.
+//! is a part and refusals name parts by that ordinal: a part whose headers run into its body (no empty line), a
+//! part that gives `Content-Type` twice, or more than [`MAX_MIME_DEPTH`] nested levels refuse the message instead
+//! of hiding or shifting parts. The MIME parser reads only single header blocks.
 
 mod mime;
 
@@ -66,6 +66,7 @@ pub const MAX_MIME_DEPTH: usize = 32;
 /// Why a message is not a usable MCMT message. The text is what the SMTP client reads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum McmtError {
+    /// The message is empty. (A message whose first line is empty has no headers and is [`Parsed::NotMcmt`].)
     #[error("the message has no header block")]
     NoHeaders,
     #[error("the message's MIME structure cannot be read (its parts and boundaries do not nest)")]
@@ -79,7 +80,7 @@ pub enum McmtError {
     )]
     Unclosed { boundary: String },
     #[error(
-        "a --{boundary} line follows the MCMT container's close delimiter --{boundary}--: the parts after it would be lost"
+        "a --{boundary} line follows the MCMT container's close delimiter --{boundary}--: the part after it would be lost"
     )]
     DelimiterAfterClose { boundary: String },
     #[error(
@@ -98,13 +99,17 @@ pub enum PartError {
     )]
     MimeHeadersNotEnded { line: usize },
     #[error(
+        "its first line starts with a space or tab, but no MIME header precedes it to continue (a line of spaces or tabs continues the header before it; only an empty line ends a part's MIME headers)"
+    )]
+    MimeHeadersStartFolded,
+    #[error(
+        "Content-Type is given more than once in the part's MIME headers: whether it is a push part (message/vnd.msys.apn) would be ambiguous"
+    )]
+    RepeatedContentType,
+    #[error(
         "its MIME parts nest more than {limit} levels deep (herald's limit, counting the MCMT container)"
     )]
     TooDeep { limit: usize },
-    #[error(
-        "its {ctype} (boundary {boundary:?}) is never closed: no --{boundary}-- line before the part ends"
-    )]
-    UnclosedMultipart { ctype: String, boundary: String },
     #[error(
         "header {} is given more than once in {block} (APNs refuses repeated headers: give each once)",
         spelled(names)
@@ -257,9 +262,13 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
     let top_block = raw.get(..body_start).unwrap_or_default();
     // The MIME parser is a dependency that asserted on some malformed input (found by fuzzing, fuzz/README.md):
     // whatever a client sends, the message is refused with an answer rather than the session ended by a panic.
-    let message = std::panic::catch_unwind(|| MessageParser::new().parse_headers(top_block))
-        .map_err(|_| McmtError::Malformed)?
-        .ok_or(McmtError::NoHeaders)?;
+    let message = match std::panic::catch_unwind(|| MessageParser::new().parse_headers(top_block)) {
+        Err(_) => return Err(McmtError::Malformed),
+        Ok(Some(message)) => message,
+        Ok(None) if raw.is_empty() => return Err(McmtError::NoHeaders),
+        // A first line that is empty (or folded): no headers, so no Content-Type, as before the body was split here.
+        Ok(None) => return Ok(Parsed::NotMcmt),
+    };
     let root = message.root_part();
     let Some(root_type) = mime::mime_type_of(root) else {
         return Ok(Parsed::NotMcmt);
@@ -296,8 +305,22 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
             part: number,
             reason,
         };
-        let block = mime::header_block(part)
-            .map_err(|bad| refuse(PartError::MimeHeadersNotEnded { line: bad.number }))?;
+        let block = mime::header_block(part).map_err(|bad| {
+            refuse(if bad.folded {
+                PartError::MimeHeadersStartFolded
+            } else {
+                PartError::MimeHeadersNotEnded { line: bad.number }
+            })
+        })?;
+        // The Content-Type decides whether the part is a push part: one only, never the last of several.
+        let content_types = block
+            .fields
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Content-Type"))
+            .count();
+        if content_types > 1 {
+            return Err(refuse(PartError::RepeatedContentType));
+        }
         let part_type =
             mime::mime_type(part.get(..block.body).unwrap_or_default()).unwrap_or_default();
         let part_body = part.get(block.body..).unwrap_or_default();
@@ -416,11 +439,11 @@ fn push_part(number: usize, mime: &[(String, String)], body: &[u8]) -> Result<Pu
     })
 }
 
-/// Applies a `Content-Transfer-Encoding`.
+/// Applies a `Content-Transfer-Encoding` (its comments aside: `base64 (json)` is base64).
 fn decode(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, PartError> {
-    let cte = cte.map(|c| c.trim().to_ascii_lowercase());
+    let cte = cte.map(|c| mime::without_comments(c).to_ascii_lowercase());
     match cte.as_deref() {
-        None | Some("7bit") | Some("8bit") | Some("binary") => Ok(body.to_vec()),
+        None | Some("" | "7bit" | "8bit" | "binary") => Ok(body.to_vec()),
         Some("base64") => {
             let compact: Vec<u8> = body
                 .iter()
@@ -756,7 +779,15 @@ mod tests {
         let m = parsed(&mcmt(&[&ok, APN]));
         assert_eq!(m.push_parts[0].number, 2);
         let too_deep = format!("Content-Type: message/rfc822\r\n\r\n{ok}");
-        assert!(parse(&mcmt(&[&too_deep, APN])).is_err());
+        assert_eq!(
+            parse(&mcmt(&[&too_deep, APN])).unwrap_err(),
+            McmtError::Part {
+                part: 1,
+                reason: PartError::TooDeep {
+                    limit: MAX_MIME_DEPTH
+                }
+            }
+        );
     }
 
     #[test]
@@ -783,46 +814,30 @@ mod tests {
                 reason: PartError::MimeHeadersNotEnded { line: 3 }
             }
         );
-        // Part numbers are delimiter ordinals, also after an empty part.
+        // Part numbers are delimiter ordinals, also after an empty part: one holding an empty line, and one whose
+        // delimiter line is followed directly by the next (`--B` CRLF `--B`: the CRLF belongs to the delimiter).
         let raw = mcmt(&["", APN]);
         assert_eq!(parsed(&raw).push_parts[0].number, 2);
+        let raw = format!(
+            "Content-Type: multipart/vnd.msys.mcmt; boundary=B\r\n\r\n--B\r\n--B\r\n{APN}\r\n--B--\r\n"
+        );
+        let m = parsed(raw.as_bytes());
+        assert_eq!(m.push_parts.len(), 1);
+        assert_eq!(m.push_parts[0].number, 2);
     }
 
+    // The container is split at its own delimiter lines first, so an email part's multipart that never closes
+    // cannot swallow the parts after it: the email part is not herald's to judge and is ignored.
     #[test]
-    fn an_email_part_with_an_unclosed_multipart_is_refused() {
-        let unclosed = UnclosedMultipart("multipart/alternative", "C");
+    fn an_email_part_with_an_unclosed_multipart_is_ignored() {
         for email in [
             "Content-Type: message/rfc822\r\n\r\nSubject: x\r\nContent-Type: multipart/alternative; boundary=C\r\n\r\n--C\r\nContent-Type: text/plain\r\n\r\nhi",
             "Content-Type: multipart/alternative; boundary=C\r\n\r\n--C\r\nContent-Type: text/plain\r\n\r\nhi",
+            "Content-Type: multipart/alternative; boundary=C\r\n\r\n--C\r\n\r\nhi\r\n--C--",
         ] {
-            let e = parse(&mcmt(&[email, APN, APN])).unwrap_err();
-            assert_eq!(
-                e,
-                McmtError::Part {
-                    part: 1,
-                    reason: unclosed.clone().into()
-                }
-            );
-            assert_eq!(
-                e.to_string(),
-                "part 1: its multipart/alternative (boundary \"C\") is never closed: no --C-- line before the part ends"
-            );
-        }
-        // Closed, the same email part is fine.
-        let closed =
-            "Content-Type: multipart/alternative; boundary=C\r\n\r\n--C\r\n\r\nhi\r\n--C--";
-        assert_eq!(parsed(&mcmt(&[closed, APN, APN])).push_parts.len(), 2);
-    }
-
-    #[derive(Clone)]
-    struct UnclosedMultipart(&'static str, &'static str);
-
-    impl From<UnclosedMultipart> for PartError {
-        fn from(u: UnclosedMultipart) -> PartError {
-            PartError::UnclosedMultipart {
-                ctype: u.0.into(),
-                boundary: u.1.into(),
-            }
+            let m = parsed(&mcmt(&[email, APN, APN]));
+            let numbers: Vec<usize> = m.push_parts.iter().map(|p| p.number).collect();
+            assert_eq!(numbers, [2, 3], "{email}");
         }
     }
 
@@ -834,15 +849,150 @@ mod tests {
             parse(&raw[..cut]).unwrap_err().to_string(),
             "the MCMT container is not closed: no --B-- line follows its last part (is the message truncated?)"
         );
+        // RFC 2046 §5.1.1: the epilogue is ignored; a close delimiter repeated there opens no part.
+        raw.extend_from_slice(b"epilogue\r\n--B--\r\n--B--  \r\n");
+        assert_eq!(parsed(&raw).push_parts.len(), 1);
+        // An opening delimiter there would start a part that is never read.
         raw.extend_from_slice(b"--B\r\n");
         raw.extend_from_slice(APN.as_bytes());
         raw.extend_from_slice(b"\r\n--B--\r\n");
+        let e = parse(&raw).unwrap_err();
         assert_eq!(
-            parse(&raw).unwrap_err(),
+            e,
             McmtError::DelimiterAfterClose {
                 boundary: "B".into()
             }
         );
+        assert_eq!(
+            e.to_string(),
+            "a --B line follows the MCMT container's close delimiter --B--: the part after it would be lost"
+        );
+    }
+
+    // RFC 5322 §4.2: a line of spaces or tabs in a header block continues the header before it; only an empty line
+    // ends the block. Such a line once ended a push part's MIME headers, which dropped the part (`250` with one
+    // notification fewer), and the top-level headers, which lost X-Binding and Return-Path.
+    #[test]
+    fn a_white_space_line_in_a_header_block_is_a_continuation() {
+        let folded = "X-Mailer: app\r\n \r\nContent-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: cd\r\n\r\n{}";
+        let m = parsed(&mcmt(&[APN, folded]));
+        let got: Vec<_> = m
+            .push_parts
+            .iter()
+            .map(|p| (p.number, p.token.as_deref()))
+            .collect();
+        assert_eq!(got, [(1, Some("ab")), (2, Some("cd"))]);
+        // In the inner block: the topic after it is a header, not the start of the payload.
+        let inner = "Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: ab\r\n\t\r\nX-APNs-Topic: t\r\n\r\n{}";
+        let p = &parsed(&mcmt(&[inner])).push_parts[0];
+        assert_eq!(
+            (p.headers.topic.as_deref(), &p.payload[..]),
+            (Some("t"), &b"{}"[..])
+        );
+        // At the top level.
+        let raw = format!(
+            "Subject: x\r\n \r\nContent-Type: multipart/vnd.msys.mcmt; boundary=B\r\n\t \r\nX-Binding: b2\r\n\
+             Return-Path: <r@example.com>\r\n\r\n--B\r\n{APN}\r\n--B--\r\n"
+        );
+        let m = parsed(raw.as_bytes());
+        assert_eq!(m.binding.as_deref(), Some("b2"));
+        assert_eq!(m.return_path.as_deref(), Some("<r@example.com>"));
+        // First in a part, it continues nothing: the part cannot be read, and is named rather than dropped.
+        let first = " \r\nContent-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: cd\r\n\r\n{}";
+        let e = parse(&mcmt(&[APN, first])).unwrap_err();
+        assert_eq!(
+            e,
+            McmtError::Part {
+                part: 2,
+                reason: PartError::MimeHeadersStartFolded
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "part 2: its first line starts with a space or tab, but no MIME header precedes it to continue (a line of spaces or tabs continues the header before it; only an empty line ends a part's MIME headers)"
+        );
+    }
+
+    // A message whose first line is empty has no headers: not MCMT, as before the body was split by herald (the
+    // REST injector says so; SMTP answers 554 for both). An empty message has no header block.
+    #[test]
+    fn a_message_starting_with_an_empty_line_is_not_mcmt() {
+        let raw = format!(
+            "\r\nContent-Type: multipart/vnd.msys.mcmt; boundary=B\r\n\r\n--B\r\n{APN}\r\n--B--\r\n"
+        );
+        assert_eq!(parse(raw.as_bytes()), Ok(Parsed::NotMcmt));
+        assert_eq!(parse(b"\n"), Ok(Parsed::NotMcmt));
+        assert_eq!(parse(b" \r\nSubject: x\r\n\r\n"), Ok(Parsed::NotMcmt));
+        assert_eq!(parse(b""), Err(McmtError::NoHeaders));
+    }
+
+    // RFC 5322 field names (printable ASCII but `:`) in both header blocks of a push part; a JSON line after the
+    // headers is still no header.
+    #[test]
+    fn rfc_5322_field_names_are_headers() {
+        let part = "Content-Type: message/vnd.msys.apn\r\nX-Foo/Bar: 1\r\n\r\nX-Foo[1]: 1\r\nX-Device-Token: ab\r\n\r\n{}";
+        let m = parsed(&mcmt(&[part]));
+        assert_eq!(m.push_parts[0].token.as_deref(), Some("ab"));
+        let json_in_mime = "Content-Type: message/vnd.msys.apn\r\nX-Foo/Bar: 1\r\n{\"aps\":{}}";
+        assert_eq!(
+            parse(&mcmt(&[json_in_mime])).unwrap_err(),
+            McmtError::Part {
+                part: 1,
+                reason: PartError::MimeHeadersNotEnded { line: 3 }
+            }
+        );
+        let json_in_inner =
+            "Content-Type: message/vnd.msys.apn\r\n\r\nX-Foo[1]: 1\r\n{\"aps\":{}}\r\n";
+        assert_eq!(
+            parse(&mcmt(&[json_in_inner])).unwrap_err(),
+            McmtError::Part {
+                part: 1,
+                reason: PartError::UnterminatedHeaders
+            }
+        );
+    }
+
+    // The Content-Type decides whether a part is a push part: given twice, whichever comes first or last, the part
+    // is refused rather than read by the last one.
+    #[test]
+    fn a_repeated_content_type_is_refused() {
+        for twice in [
+            "Content-Type: message/vnd.msys.apn\r\ncontent-type: text/plain\r\n\r\n{}",
+            "Content-Type: text/plain\r\nCONTENT-TYPE: message/vnd.msys.apn\r\n\r\n{}",
+            "Content-Type: message/vnd.msys.apn\r\nContent-Type: message/vnd.msys.apn\r\n\r\n{}",
+        ] {
+            let e = parse(&mcmt(&[APN, twice])).unwrap_err();
+            assert_eq!(
+                e,
+                McmtError::Part {
+                    part: 2,
+                    reason: PartError::RepeatedContentType
+                },
+                "{twice}"
+            );
+        }
+        assert_eq!(
+            McmtError::Part {
+                part: 2,
+                reason: PartError::RepeatedContentType
+            }
+            .to_string(),
+            "part 2: Content-Type is given more than once in the part's MIME headers: whether it is a push part (message/vnd.msys.apn) would be ambiguous"
+        );
+    }
+
+    // A Content-Transfer-Encoding is read without its comments.
+    #[test]
+    fn a_transfer_encoding_comment_is_not_the_encoding() {
+        let inner = "X-Device-Token: abcd\r\n\r\n{\"aps\":{}}";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(inner);
+        let part = format!(
+            "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: base64 (the whole body)\r\n\r\n{b64}"
+        );
+        let p = &parsed(&mcmt(&[&part])).push_parts[0];
+        assert_eq!(p.token.as_deref(), Some("abcd"));
+        let part = "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: (plain) 7bit\r\n\r\n{}";
+        assert_eq!(&parsed(&mcmt(&[part])).push_parts[0].payload[..], b"{}");
     }
 
     #[test]

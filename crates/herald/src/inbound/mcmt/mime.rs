@@ -3,9 +3,11 @@
 //! The container is split at its delimiter lines here, never by the MIME parser: every `--BOUNDARY` line is a part,
 //! numbered by its ordinal, whatever the parts hold. The MIME parser (mail-parser) only ever reads single header
 //! blocks, so a client's nesting never reaches it. Email parts (`message/rfc822`, `multipart/*`) are not delivered
-//! but their structure is checked by [`check_email_part`]: at most [`super::MAX_MIME_DEPTH`] levels, and every
-//! multipart inside them closed before the part ends. Both scans are linear in the message size and use no
-//! recursion.
+//! but their nesting is bounded by [`check_email_part`]: at most [`super::MAX_MIME_DEPTH`] levels. Both scans are
+//! linear in the message size and use no recursion.
+//!
+//! A header block ends at an empty line only: a line of spaces and tabs inside one is a folded continuation of the
+//! header before it (RFC 5322 §4.2, obsolete syntax that mail readers and the MIME parser accept).
 
 use mail_parser::{MessageParser, MessagePart, MimeHeaders};
 
@@ -58,9 +60,14 @@ impl<'a> Iterator for Lines<'a> {
     }
 }
 
-/// A line of nothing but spaces and tabs: the end of a header block.
-pub(super) fn is_blank(line: &[u8]) -> bool {
+/// A line of nothing but spaces and tabs (or nothing at all).
+fn is_white(line: &[u8]) -> bool {
     line.iter().all(|b| *b == b' ' || *b == b'\t')
+}
+
+/// The empty line that ends a header block. A line of spaces or tabs does not: it continues the header before it.
+fn ends_block(line: &[u8]) -> bool {
+    line.is_empty()
 }
 
 /// Whether `line` is a delimiter line of `boundary` (RFC 2046 §5.1.1: `--` boundary, then `--` for the close
@@ -71,7 +78,7 @@ pub(super) fn delimiter(line: &[u8], boundary: &[u8]) -> Option<bool> {
         Some(r) => (true, r),
         None => (false, rest),
     };
-    is_blank(rest).then_some(close)
+    is_white(rest).then_some(close)
 }
 
 /// How the parts of a container end.
@@ -79,11 +86,12 @@ pub(super) fn delimiter(line: &[u8], boundary: &[u8]) -> Option<bool> {
 pub(super) enum Ending {
     /// No delimiter line at all.
     NoParts,
-    /// Parts, then the close delimiter and an epilogue without delimiter lines.
+    /// Parts, then the close delimiter and an epilogue (ignored, RFC 2046 §5.1.1) in which only close delimiters
+    /// may repeat.
     Closed,
     /// Parts, but no close delimiter: the message ends inside the last part.
     Unclosed,
-    /// A delimiter line after the close delimiter: what follows it would not be read as parts.
+    /// A delimiter line that opens a part after the close delimiter: that part would not be read.
     DelimiterAfterClose,
 }
 
@@ -143,6 +151,10 @@ impl<'a> Iterator for Parts<'a> {
                 continue;
             };
             if self.closed {
+                // A close delimiter in the epilogue starts nothing; an opening one would start a part that is lost.
+                if close {
+                    continue;
+                }
                 self.ending = Some(Ending::DelimiterAfterClose);
                 return None;
             }
@@ -178,29 +190,32 @@ impl<'a> Iterator for Parts<'a> {
 #[derive(Debug)]
 pub(super) struct HeaderBlock {
     pub fields: HeaderList,
-    /// Offset of the body (after the blank line), or the text's length when there is none.
+    /// Offset of the body (after the empty line), or the text's length when there is none.
     pub body: usize,
-    /// Whether a blank line ended the block.
+    /// Whether an empty line ended the block.
     pub blank_line: bool,
 }
 
-/// A line of a header block that is neither a field, a continuation of one, nor the blank line.
+/// A line of a header block that is neither a field, a continuation of one, nor the empty line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct BadLine {
     /// 1-based line number within the block.
     pub number: usize,
-    /// The line starts with `{`: a JSON payload where a header or the blank line was due.
+    /// The line starts with `{` or `[`: a JSON payload where a header or the empty line was due.
     pub json: bool,
     /// The line is the last of the text and has no line ending.
     pub last: bool,
+    /// The line starts with a space or tab (a continuation) but no header precedes it.
+    pub folded: bool,
 }
 
-/// Reads `Name: value` lines (a line starting with a space or tab continues the previous one) up to a blank line.
-/// Names are RFC 9110 tokens, so a JSON line is never taken for a header.
+/// Reads `Name: value` lines up to an empty line. A line starting with a space or tab continues the previous one,
+/// also a line of nothing else (RFC 5322 obsolete folding: it is no end of the block). Names are RFC 5322 field
+/// names (printable ASCII but `:`) that do not start with `{` or `[`, so a JSON line is never taken for a header.
 pub(super) fn header_block(text: &[u8]) -> Result<HeaderBlock, BadLine> {
     let mut fields: HeaderList = Vec::new();
     for (i, line) in Lines::new(text).enumerate() {
-        if is_blank(line.text) {
+        if ends_block(line.text) {
             return Ok(HeaderBlock {
                 fields,
                 body: line.end,
@@ -209,22 +224,28 @@ pub(super) fn header_block(text: &[u8]) -> Result<HeaderBlock, BadLine> {
         }
         let bad = BadLine {
             number: i + 1,
-            json: line.text.first() == Some(&b'{'),
+            json: matches!(line.text.first(), Some(b'{' | b'[')),
             last: !line.terminated,
+            folded: false,
         };
         let value = String::from_utf8_lossy(line.text);
         if matches!(line.text.first(), Some(b' ' | b'\t')) {
-            let (_, v) = fields.last_mut().ok_or(bad)?;
-            if !v.is_empty() {
+            let (_, v) = fields.last_mut().ok_or(BadLine {
+                folded: true,
+                ..bad
+            })?;
+            let more = value.trim();
+            if !v.is_empty() && !more.is_empty() {
                 v.push(' ');
             }
-            v.push_str(value.trim());
+            v.push_str(more);
             continue;
         }
         match value.split_once(':') {
             Some((name, v)) => {
+                // RFC 5322 §4.5.3 (obsolete): white space between the name and the colon.
                 let name = name.trim_end_matches([' ', '\t']);
-                if name.is_empty() || !name.bytes().all(is_tchar) {
+                if !is_field_name(name.as_bytes()) {
                     return Err(bad);
                 }
                 fields.push((name.to_owned(), v.trim().to_owned()));
@@ -239,17 +260,61 @@ pub(super) fn header_block(text: &[u8]) -> Result<HeaderBlock, BadLine> {
     })
 }
 
-/// RFC 9110 `tchar`: what a header name is made of.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// An RFC 5322 field name (`ftext`: printable ASCII, 33 to 126, but `:`) that does not start with `{` or `[`: a JSON
+/// value does (`{"aps":…}` would otherwise be the field `{"aps"`), and no header name in use does.
+fn is_field_name(name: &[u8]) -> bool {
+    match name.first() {
+        None | Some(b'{' | b'[') => false,
+        Some(_) => name.iter().all(|&b| (33..=126).contains(&b) && b != b':'),
+    }
 }
 
-/// Where the top-level header block of a message ends: the offset of the body (after the first blank line), or
-/// the message's length when it has no blank line.
+/// Where the top-level header block of a message ends: the offset of the body (after the first empty line), or
+/// the message's length when it has no empty line.
 pub(super) fn top_block_end(raw: &[u8]) -> usize {
     Lines::new(raw)
-        .find(|l| is_blank(l.text))
+        .find(|l| ends_block(l.text))
         .map_or(raw.len(), |l| l.end)
+}
+
+/// A header value without its RFC 5322 comments (`(…)`, nested, `\` quoting the next character) and with its runs
+/// of white space made one space, trimmed: `7bit (plain)` is `7bit`. Quoted strings are kept as they are.
+pub(super) fn without_comments(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut depth = 0usize;
+    let mut quoted = false;
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if depth > 0 || quoted => {
+                let next = chars.next();
+                if depth == 0 {
+                    out.push(c);
+                    out.extend(next);
+                }
+            }
+            '(' if !quoted => {
+                // A comment separates what is around it, as white space does.
+                if depth == 0 && !out.is_empty() && !out.ends_with(' ') {
+                    out.push(' ');
+                }
+                depth += 1;
+            }
+            ')' if depth > 0 => depth -= 1,
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            _ if depth > 0 => {}
+            c if c.is_whitespace() && !quoted => {
+                if !out.is_empty() && !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.trim_end().to_owned()
 }
 
 /// What the `Content-Type` and `Content-Transfer-Encoding` of a header block say.
@@ -259,7 +324,8 @@ pub(super) struct MimeType {
     pub ctype: String,
     pub subtype: String,
     pub boundary: Option<Vec<u8>>,
-    /// No transfer encoding, or 7bit, 8bit or binary: an encapsulated message can be read as it is.
+    /// Any transfer encoding but base64 (comments aside): an encapsulated message is scanned as it is. Under base64
+    /// its bytes say nothing and it is a leaf. An unknown encoding is scanned, so the depth check stays on.
     pub identity: bool,
 }
 
@@ -306,11 +372,9 @@ pub(super) fn mime_type(block: &[u8]) -> Option<MimeType> {
 /// The MIME type of a part the MIME parser has read.
 pub(super) fn mime_type_of(root: &MessagePart<'_>) -> Option<MimeType> {
     let ct = root.content_type()?;
-    let identity = root.content_transfer_encoding().is_none_or(|e| {
-        ["7bit", "8bit", "binary"]
-            .iter()
-            .any(|x| e.trim().eq_ignore_ascii_case(x))
-    });
+    let identity = root
+        .content_transfer_encoding()
+        .is_none_or(|e| !without_comments(e).eq_ignore_ascii_case("base64"));
     Some(MimeType {
         ctype: ct.ctype().to_ascii_lowercase(),
         subtype: ct.subtype().unwrap_or_default().to_ascii_lowercase(),
@@ -324,7 +388,6 @@ enum Frame {
     Multipart {
         boundary: Vec<u8>,
         digest: bool,
-        ctype: String,
     },
     /// An encapsulated message: it ends where the enclosing part ends.
     Message,
@@ -338,18 +401,16 @@ enum Mode {
     Body,
 }
 
-/// Checks the structure inside an email part (type `mime`, body `body`): containers nest at most
-/// [`MAX_MIME_DEPTH`] levels counting the MCMT container, and every multipart is closed by its close delimiter
-/// before the part, or the part of an enclosing multipart it sits in, ends. Nothing is decoded: a base64
-/// `message/rfc822` is a leaf.
+/// Checks the nesting inside an email part (type `mime`, body `body`): containers nest at most [`MAX_MIME_DEPTH`]
+/// levels counting the MCMT container. Nothing else is judged: a multipart that is never closed ends with the part
+/// (or with the enclosing multipart whose delimiter comes first), as mail readers take it. Nothing is decoded: a
+/// base64 `message/rfc822` is a leaf.
 pub(super) fn check_email_part(mime: &MimeType, body: &[u8]) -> Result<(), PartError> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut mode = enter(&mut stack, mime, 0)?;
     for line in Lines::new(body) {
         if let Some((k, close)) = find_delimiter(&stack, line.text) {
-            if let Some(unclosed) = stack[k + 1..].iter().rev().find_map(multipart) {
-                return Err(unclosed);
-            }
+            // Containers opened inside the part this delimiter ends end with it, closed or not.
             stack.truncate(k + 1);
             let digest = matches!(stack.last(), Some(Frame::Multipart { digest: true, .. }));
             if close {
@@ -364,7 +425,7 @@ pub(super) fn check_email_part(mime: &MimeType, body: &[u8]) -> Result<(), PartE
             continue;
         }
         if let Mode::Headers { start, digest } = mode
-            && is_blank(line.text)
+            && ends_block(line.text)
         {
             let block = body.get(start..line.end).unwrap_or_default();
             let found = mime_type(block).filter(|t| !t.ctype.is_empty());
@@ -376,10 +437,7 @@ pub(super) fn check_email_part(mime: &MimeType, body: &[u8]) -> Result<(), PartE
             mode = enter(&mut stack, &t, line.end)?;
         }
     }
-    match stack.iter().rev().find_map(multipart) {
-        Some(unclosed) => Err(unclosed),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// Opens the container a part of type `t` is (if it is one), its body starting at `body`.
@@ -388,7 +446,6 @@ fn enter(stack: &mut Vec<Frame>, t: &MimeType, body: usize) -> Result<Mode, Part
         stack.push(Frame::Multipart {
             boundary: boundary.to_vec(),
             digest: t.subtype == "digest",
-            ctype: format!("{}/{}", t.ctype, t.subtype),
         });
         Mode::Body
     } else if t.is_message() && t.identity {
@@ -418,19 +475,6 @@ fn find_delimiter(stack: &[Frame], line: &[u8]) -> Option<(usize, bool)> {
         Frame::Multipart { boundary, .. } => delimiter(line, boundary).map(|close| (k, close)),
         Frame::Message => None,
     })
-}
-
-/// The refusal for a multipart left open.
-fn multipart(f: &Frame) -> Option<PartError> {
-    match f {
-        Frame::Multipart {
-            boundary, ctype, ..
-        } => Some(PartError::UnclosedMultipart {
-            ctype: ctype.clone(),
-            boundary: String::from_utf8_lossy(boundary).into_owned(),
-        }),
-        Frame::Message => None,
-    }
 }
 
 #[cfg(test)]
@@ -476,6 +520,12 @@ mod tests {
             (got, end),
             (vec!["\r\none".to_owned()], Ending::DelimiterAfterClose)
         );
+        // The epilogue is ignored: a close delimiter repeated there opens no part.
+        let (got, end) = parts(
+            "--B\r\n\r\none\r\n--B--\r\n--B--\r\nepilogue\r\n--B-- \r\n",
+            "B",
+        );
+        assert_eq!((got, end), (vec!["\r\none".to_owned()], Ending::Closed));
     }
 
     #[test]
@@ -493,13 +543,75 @@ mod tests {
             BadLine {
                 number: 2,
                 json: true,
-                last: false
+                last: false,
+                folded: false
             }
         );
-        assert!(header_block(b" folded first\r\n\r\n").is_err());
+        let e = header_block(b" folded first\r\n\r\n").unwrap_err();
+        assert!(e.folded && e.number == 1, "{e:?}");
         let b = header_block(b"A: 1\r\nB: 2").unwrap();
         assert!(!b.blank_line);
         assert_eq!(b.fields.len(), 2);
+    }
+
+    // RFC 5322 §4.2: a line of spaces or tabs in a header block is a folded (empty) continuation; only an empty line
+    // ends the block, with either line ending.
+    #[test]
+    fn a_line_of_white_space_continues_a_header_block() {
+        let text = b"X-Mailer: app\r\n \t\r\nContent-Type: message/vnd.msys.apn\r\n\r\nbody";
+        let b = header_block(text).unwrap();
+        assert_eq!(
+            b.fields,
+            [
+                ("X-Mailer".into(), "app".into()),
+                ("Content-Type".into(), "message/vnd.msys.apn".into())
+            ]
+        );
+        assert_eq!(&text[b.body..], b"body");
+        let b = header_block(b"A: 1\n  \n  more\n\nbody").unwrap();
+        assert_eq!(b.fields, [("A".into(), "1 more".into())]);
+        // First in a block, it continues nothing.
+        let e = header_block(b" \r\nContent-Type: message/vnd.msys.apn\r\n\r\n").unwrap_err();
+        assert!(e.folded && e.number == 1, "{e:?}");
+        // The top-level block too: it ends at the empty line, not at the white-space line.
+        let raw = b"Subject: x\r\n \r\nX-Binding: b\r\n\r\n--B--\r\n";
+        assert_eq!(&raw[top_block_end(raw)..], b"--B--\r\n");
+    }
+
+    // RFC 5322 §3.6.8: a field name is printable ASCII but `:`, not only an RFC 9110 token; a JSON line is still no
+    // header.
+    #[test]
+    fn field_names_are_rfc_5322_names_but_json_is_not_one() {
+        let b = header_block(b"X-Foo/Bar: 1\r\nX-Foo[1]: 2\r\nX-\"q\"@{}: 3\r\nObs : 4\r\n\r\n")
+            .unwrap();
+        let names: Vec<&str> = b.fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["X-Foo/Bar", "X-Foo[1]", "X-\"q\"@{}", "Obs"]);
+        for json in [&b"{\"aps\":{}}"[..], b"[\"a\":1]", b"{ \"aps\": {}}"] {
+            let text = [&b"A: 1\r\n"[..], json, b"\r\n\r\n"].concat();
+            let e = header_block(&text).unwrap_err();
+            assert!(e.json && e.number == 2, "{e:?}");
+        }
+        for bad in [
+            &b"X Y: 1"[..],
+            b"X\x01Y: 1",
+            b"X\xc3\xa9: 1",
+            b": 1",
+            b"no colon",
+        ] {
+            let text = [bad, b"\r\n\r\n"].concat();
+            let e = header_block(&text).unwrap_err();
+            assert!(!e.json && e.number == 1, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn comments_are_removed_from_header_values() {
+        assert_eq!(without_comments("7bit (plain)"), "7bit");
+        assert_eq!(without_comments(" (a (nested) one) base64 "), "base64");
+        assert_eq!(without_comments("a(x)b"), "a b");
+        assert_eq!(without_comments("8bit (\\) still comment)"), "8bit");
+        assert_eq!(without_comments("\"(kept)\"  x\t y"), "\"(kept)\" x y");
+        assert_eq!(without_comments("(only)"), "");
     }
 
     fn email(body: &str) -> Result<(), PartError> {
@@ -515,37 +627,81 @@ mod tests {
              --C\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nbody\r\n--C--\r\nepilogue",
         )
         .unwrap();
-        // A digest's parts are messages by default.
-        email(
-            "Content-Type: multipart/digest; boundary=G\r\n\r\n--G\r\n\r\nSubject: a\r\n\r\nx\r\n--G--",
-        )
-        .unwrap();
     }
 
+    // RFC 2046 §5.1.5: a part of a multipart/digest without Content-Type is a message/rfc822, so its own nesting
+    // counts: the container, the email part, the digest and the digest's part are 4 levels.
     #[test]
-    fn an_unclosed_multipart_is_named() {
-        let e = email("Content-Type: multipart/mixed; boundary=\"C\"\r\n\r\n--C\r\n\r\ntext\r\n")
-            .unwrap_err();
+    fn a_digest_part_without_content_type_counts_as_a_message() {
+        let digest = |inner: usize, part_headers: &str| {
+            format!(
+                "Content-Type: multipart/digest; boundary=G\r\n\r\n--G\r\n{part_headers}\r\n{}Subject: a\r\n\r\nx\r\n--G--",
+                "Content-Type: message/rfc822\r\n\r\n".repeat(inner)
+            )
+        };
+        email(&digest(28, "")).unwrap();
         assert_eq!(
-            e,
-            PartError::UnclosedMultipart {
-                ctype: "multipart/mixed".into(),
-                boundary: "C".into()
-            }
+            email(&digest(29, "")),
+            Err(PartError::TooDeep { limit: 32 })
         );
-        // Closed by the delimiter of an enclosing multipart instead of its own.
-        let e = email(
+        // Only the Content-Type is defaulted: a part's other headers do not make it text.
+        assert_eq!(
+            email(&digest(29, "Content-Description: one\r\n")),
+            Err(PartError::TooDeep { limit: 32 })
+        );
+        // A part that says it is text is a leaf, whatever its body looks like.
+        email(&digest(29, "Content-Type: text/plain\r\n")).unwrap();
+    }
+
+    // A multipart inside an email part that is never closed ends with the part (or the enclosing multipart): the
+    // email part is not herald's to judge, and the container's parts are split before it is read.
+    #[test]
+    fn an_unclosed_multipart_ends_with_its_part() {
+        email("Content-Type: multipart/mixed; boundary=\"C\"\r\n\r\n--C\r\n\r\ntext\r\n").unwrap();
+        email(
             "Content-Type: multipart/mixed; boundary=C\r\n\r\n--C\r\n\
              Content-Type: multipart/related; boundary=D\r\n\r\n--D\r\n\r\nx\r\n--C--\r\n",
         )
-        .unwrap_err();
-        assert_eq!(
-            e,
-            PartError::UnclosedMultipart {
-                ctype: "multipart/related".into(),
-                boundary: "D".into()
-            }
-        );
+        .unwrap();
+        // The levels it opened end with it: the next part of the enclosing multipart starts at its level.
+        let mut s = String::from("Content-Type: multipart/mixed; boundary=C\r\n\r\n--C\r\n");
+        for i in 0..20 {
+            s.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=u{i}\r\n\r\n--u{i}\r\n"
+            ));
+        }
+        s.push_str("\r\nx\r\n--C\r\n");
+        s.push_str(&"Content-Type: message/rfc822\r\n\r\n".repeat(28));
+        s.push_str("\r\nleaf\r\n--C--\r\n");
+        email(&s).unwrap();
+    }
+
+    // Content-Transfer-Encoding comments are no encoding: a `7bit (plain)` message is scanned, a `base64 (x)` one is
+    // opaque.
+    #[test]
+    fn transfer_encoding_comments_do_not_hide_nesting() {
+        let nested = |cte: &str| {
+            format!(
+                "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{}Subject: x\r\n\r\nbody",
+                "Content-Type: message/rfc822\r\n\r\n".repeat(31)
+            )
+        };
+        for cte in [
+            "7bit",
+            "7bit (plain)",
+            "(c) 8bit",
+            "quoted-printable",
+            "x-unknown",
+        ] {
+            assert_eq!(
+                email(&nested(cte)),
+                Err(PartError::TooDeep { limit: 32 }),
+                "{cte}"
+            );
+        }
+        for cte in ["base64", "BASE64 (encoded)", "(c) base64"] {
+            assert_eq!(email(&nested(cte)), Ok(()), "{cte}");
+        }
     }
 
     #[test]
