@@ -1120,26 +1120,7 @@ mod tests {
             Arc::new(MemoryInvalidTokens::default()),
             EngineLimits::default(),
         ));
-        let notification = Notification {
-            id: MessageId::NONE,
-            batch_id: MessageId::NONE,
-            conn_id: MessageId::NONE,
-            domain: Arc::from("apps.example"),
-            binding: Arc::from("default"),
-            push: herald_apns::client::PushRequest {
-                token: herald_apns::token_hex::DeviceToken::from_hex(&"ab".repeat(32)).unwrap(),
-                topic: None,
-                push_type: None,
-                priority: None,
-                expiration: None,
-                collapse_id: None,
-                apns_id: None,
-                payload: bytes::Bytes::from_static(b"{}"),
-            },
-            sender: Arc::from(""),
-            recipient_given: None,
-            received_at: message::unix_now(),
-        };
+        let notification = notification(0xab);
         let submitter = engine.clone();
         let submit = tokio::spawn(async move { submitter.submit(notification).await });
         tokio::task::spawn_blocking(move || asked_rx.recv().unwrap())
