@@ -317,6 +317,8 @@ async fn apn_logger_lines_field_by_field_for_both_protocols() {
         &BINARY_BYTES.to_string(),
     ]));
     assert_eq!(t[..9].to_vec(), e);
+    // %ti: the notification identifier the binary connection sent it with, as on its D lines.
+    assert!(t[9].parse::<u32>().is_ok(), "identifier {t:?}");
     assert_eq!(t[10..].to_vec(), s(&["1", "Processing error"]));
 
     // SMTP: %sa is MAIL FROM, %da the RCPT TO address; in the file `@` inside a field is written `\@`.

@@ -140,7 +140,7 @@ async fn run<T: Send + 'static, S>(
                             tracing::warn!(conn = info.id, error = %e, "notification cannot be encoded");
                             sink.report(
                                 j.tag,
-                                PushResult::Rejected(Rejection::Binary { status: Status::ProtocolError }),
+                                PushResult::Rejected(Rejection::Binary { status: Status::ProtocolError, identifier: None }),
                                 &info,
                             );
                         }
@@ -261,6 +261,7 @@ fn settle_error_packet<T: 'static>(
             w.tag,
             PushResult::Rejected(Rejection::Binary {
                 status: packet.status,
+                identifier: Some(w.identifier),
             }),
             info,
         );
@@ -376,7 +377,8 @@ mod tests {
                 (
                     1,
                     PushResult::Rejected(Rejection::Binary {
-                        status: Status::InvalidToken
+                        status: Status::InvalidToken,
+                        identifier: Some(1),
                     })
                 ),
                 (2, PushResult::NotSent(NotSentReason::AfterRejected)),

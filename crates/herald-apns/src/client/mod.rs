@@ -106,6 +106,9 @@ pub enum Rejection {
     },
     Binary {
         status: Status,
+        /// The notification identifier it was sent with (what the error packet names); `None` when it could not
+        /// be encoded, so was never sent.
+        identifier: Option<u32>,
     },
 }
 
@@ -114,7 +117,16 @@ impl Rejection {
     pub fn class(&self) -> FailureClass {
         match self {
             Rejection::Http { status, reason, .. } => classify_http(*status, Some(reason.as_str())),
-            Rejection::Binary { status } => classify_binary(*status),
+            Rejection::Binary { status, .. } => classify_binary(*status),
+        }
+    }
+
+    /// The binary notification identifier the rejected notification was sent with (`None` on HTTP/2, where the
+    /// answer's `apns-id` names it).
+    pub fn identifier(&self) -> Option<u32> {
+        match self {
+            Rejection::Http { .. } => None,
+            Rejection::Binary { identifier, .. } => *identifier,
         }
     }
 
@@ -122,7 +134,7 @@ impl Rejection {
     pub fn code(&self) -> u16 {
         match self {
             Rejection::Http { status, .. } => *status,
-            Rejection::Binary { status } => u16::from(status.code()),
+            Rejection::Binary { status, .. } => u16::from(status.code()),
         }
     }
 
@@ -130,7 +142,7 @@ impl Rejection {
     pub fn text(&self) -> &str {
         match self {
             Rejection::Http { reason, .. } => reason,
-            Rejection::Binary { status } => status.apple_text(),
+            Rejection::Binary { status, .. } => status.apple_text(),
         }
     }
 
@@ -142,7 +154,7 @@ impl Rejection {
             Rejection::Http { reason, .. } => reason
                 .parse::<crate::reason::Reason>()
                 .map_or(UNRECOGNIZED_REASON, crate::reason::Reason::as_str),
-            Rejection::Binary { status } => status.apple_text(),
+            Rejection::Binary { status, .. } => status.apple_text(),
         }
     }
 }
@@ -358,7 +370,9 @@ mod tests {
         assert_eq!(http("badDeviceToken").label(), UNRECOGNIZED_REASON);
         let binary = Rejection::Binary {
             status: Status::InvalidToken,
+            identifier: Some(7),
         };
+        assert_eq!(binary.identifier(), Some(7));
         assert_eq!(binary.label(), binary.text());
     }
 }

@@ -760,7 +760,10 @@ impl DomainTask {
             }
             PushResult::Rejected(rejection) => {
                 let class = rejection.class();
-                let attempt = Attempt::on_connection(remote, Some(rejection.code()));
+                let attempt = Attempt {
+                    binary_id: rejection.identifier(),
+                    ..Attempt::on_connection(remote, Some(rejection.code()))
+                };
                 let text = rejection.text();
                 // Logs say what the server said; counters name only reasons APNs documents.
                 let label = rejection.label();
@@ -913,6 +916,7 @@ impl DomainTask {
         answer: ApnsAnswer<'_>,
     ) {
         let own = item.notification.push.apns_id.map(|id| id.encode());
+        let binary = attempt.binary_id.map(|id| id.to_string());
         let record = OutcomeRecord {
             kind,
             notification: &item.notification,
@@ -920,7 +924,10 @@ impl DomainTask {
             binding: &self.settings.binding,
             retries: item.retries,
             remote_ip: attempt.remote,
-            transaction_id: answer.transaction_id.or(id_text(&own)),
+            transaction_id: answer
+                .transaction_id
+                .or(binary.as_deref())
+                .or(id_text(&own)),
             status: attempt.status,
             error,
             connected: attempt.connected,
@@ -955,6 +962,8 @@ struct Attempt {
     /// Whether the notification reached a connection (Momentum's logs tell a failed connection from a failed
     /// delivery).
     connected: bool,
+    /// Binary protocol: the notification identifier it was sent with, the transaction id of its log lines.
+    binary_id: Option<u32>,
 }
 
 impl Attempt {
@@ -963,6 +972,7 @@ impl Attempt {
         remote: None,
         status: None,
         connected: false,
+        binary_id: None,
     };
 
     /// An attempt on a connection to `remote`, with the status APNs answered, if it answered one.
@@ -971,6 +981,7 @@ impl Attempt {
             remote,
             status,
             connected: true,
+            binary_id: None,
         }
     }
 }
