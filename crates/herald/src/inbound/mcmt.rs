@@ -89,6 +89,10 @@ pub enum McmtError {
     NoPushPart,
     #[error("part {part}: {reason}")]
     Part { part: usize, reason: PartError },
+    #[error(
+        "the message's header block is over {limit} bytes (herald's limit on one header block)"
+    )]
+    HeadersTooLarge { limit: usize },
 }
 
 /// What is wrong with one part.
@@ -106,6 +110,8 @@ pub enum PartError {
         "Content-Type is given more than once in the part's MIME headers: whether it is a push part (message/vnd.msys.apn) would be ambiguous"
     )]
     RepeatedContentType,
+    #[error("a header block in it is over {limit} bytes (herald's limit on one header block)")]
+    HeadersTooLarge { limit: usize },
     #[error(
         "its MIME parts nest more than {limit} levels deep (herald's limit, counting the MCMT container)"
     )]
@@ -259,6 +265,11 @@ fn strip_angle(s: &str) -> &str {
 pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
     // Only the top-level header block goes to the MIME parser; the body is split here, line by line.
     let body_start = mime::top_block_end(raw);
+    if body_start > mime::MAX_HEADER_BLOCK {
+        return Err(McmtError::HeadersTooLarge {
+            limit: mime::MAX_HEADER_BLOCK,
+        });
+    }
     let top_block = raw.get(..body_start).unwrap_or_default();
     // The MIME parser is a dependency that asserted on some malformed input (found by fuzzing, fuzz/README.md):
     // whatever a client sends, the message is refused with an answer rather than the session ended by a panic.
@@ -305,6 +316,11 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
             part: number,
             reason,
         };
+        if mime::block_over_limit(part) {
+            return Err(refuse(PartError::HeadersTooLarge {
+                limit: mime::MAX_HEADER_BLOCK,
+            }));
+        }
         let block = mime::header_block(part).map_err(|bad| {
             refuse(if bad.folded {
                 PartError::MimeHeadersStartFolded
@@ -483,6 +499,11 @@ fn split_inner_headers(body: &[u8]) -> Result<(HeaderList, &[u8]), PartError> {
     let rest = body.get(start..).unwrap_or_default();
     if rest.first().is_none_or(|&b| b == b'{') {
         return Ok((Vec::new(), rest));
+    }
+    if mime::block_over_limit(rest) {
+        return Err(PartError::HeadersTooLarge {
+            limit: mime::MAX_HEADER_BLOCK,
+        });
     }
     match mime::header_block(rest) {
         Ok(block) if block.blank_line => {
@@ -734,6 +755,55 @@ mod tests {
             .unwrap()
             .join()
             .unwrap()
+    }
+
+    #[test]
+    fn a_header_block_over_the_limit_is_refused_wherever_it_is() {
+        // 2.5 million 4-byte header lines in 10 MB: the MIME parser would keep every one (gigabytes).
+        let lines = "a:\r\n".repeat(mime::MAX_HEADER_BLOCK / 4 + 10);
+        let top = format!(
+            "{lines}Content-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n\r\n--B\r\n{APN}\r\n--B--\r\n"
+        );
+        assert_eq!(
+            parse(top.as_bytes()).unwrap_err(),
+            McmtError::HeadersTooLarge {
+                limit: mime::MAX_HEADER_BLOCK
+            }
+        );
+        let too_large = PartError::HeadersTooLarge {
+            limit: mime::MAX_HEADER_BLOCK,
+        };
+        // A part's MIME headers.
+        let part = format!("{lines}Content-Type: text/plain\r\n\r\nhi");
+        assert_eq!(
+            parse(&mcmt(&[APN, &part])).unwrap_err(),
+            McmtError::Part {
+                part: 2,
+                reason: too_large.clone()
+            }
+        );
+        // A push part's inner header block.
+        let push = format!("Content-Type: message/vnd.msys.apn\r\n\r\n{lines}\r\n{{\"aps\":{{}}}}");
+        assert_eq!(
+            parse(&mcmt(&[&push])).unwrap_err(),
+            McmtError::Part {
+                part: 1,
+                reason: too_large.clone()
+            }
+        );
+        // A header block inside an email part.
+        let email = format!("Content-Type: message/rfc822\r\n\r\n{lines}\r\nbody");
+        assert_eq!(
+            parse(&mcmt(&[&email, APN])).unwrap_err(),
+            McmtError::Part {
+                part: 1,
+                reason: too_large
+            }
+        );
+        // Just under the limit is read.
+        let under = "a:\r\n".repeat(mime::MAX_HEADER_BLOCK / 4 - 100);
+        let part = format!("{under}Content-Type: text/plain\r\n\r\nhi");
+        assert_eq!(parsed(&mcmt(&[APN, &part])).push_parts.len(), 1);
     }
 
     #[test]

@@ -358,6 +358,24 @@ impl MimeType {
     }
 }
 
+/// The most bytes one header block may have (the message's, a part's, or one inside an email part): as Postfix's
+/// `header_size_limit`. The MIME parser keeps every header it reads, some 200 bytes for a 4-byte line, so an
+/// unbounded block would let a 10 MiB message take gigabytes.
+pub(super) const MAX_HEADER_BLOCK: usize = 100 * 1024;
+
+/// Whether the header block at the start of `text` (up to its first empty line) is over [`MAX_HEADER_BLOCK`].
+pub(super) fn block_over_limit(text: &[u8]) -> bool {
+    for line in Lines::new(text) {
+        if line.start > MAX_HEADER_BLOCK {
+            return true;
+        }
+        if ends_block(line.text) {
+            return false;
+        }
+    }
+    false
+}
+
 /// The MIME type of a header block, read by the MIME parser (which handles quoting, comments and RFC 2231
 /// parameters). `None` when the block has no readable `Content-Type`, or the parser gave up.
 pub(super) fn mime_type(block: &[u8]) -> Option<MimeType> {
@@ -423,6 +441,13 @@ pub(super) fn check_email_part(mime: &MimeType, body: &[u8]) -> Result<(), PartE
                 };
             }
             continue;
+        }
+        if let Mode::Headers { start, .. } = mode
+            && line.start.saturating_sub(start) > MAX_HEADER_BLOCK
+        {
+            return Err(PartError::HeadersTooLarge {
+                limit: MAX_HEADER_BLOCK,
+            });
         }
         if let Mode::Headers { start, digest } = mode
             && ends_block(line.text)
