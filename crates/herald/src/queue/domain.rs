@@ -85,12 +85,26 @@ pub enum DomainEvent {
         reply: oneshot::Sender<Option<QueueEntry>>,
     },
     /// New settings (after a configuration reload): open connections drain, new ones use these.
-    Reconfigure(Arc<DeliverySettings>),
+    Reconfigure {
+        settings: Arc<DeliverySettings>,
+        /// The engine's reconfiguration count read before these settings were resolved (see [`Epoch`]).
+        epoch: Epoch,
+    },
     /// The configuration in force cannot deliver this queue (a reload removed its route, its binding, its APNs
     /// delivery, or its credentials fail): nothing more is sent until a [`DomainEvent::Reconfigure`] comes; the
     /// notifications wait, as they would in the spool across a restart.
-    Unroutable(String),
+    Unroutable {
+        reason: String,
+        /// As for [`DomainEvent::Reconfigure`].
+        epoch: Epoch,
+    },
 }
+
+/// How many reloads the engine had listed its queues for when a queue's settings were resolved. Resolutions run
+/// on blocking threads and their answers can arrive out of order (two reloads back to back, a queue starting
+/// during one): a queue applies an answer only if it is not older than the last one it applied, so an earlier
+/// configuration's verdict never overrides a later one's.
+pub type Epoch = u64;
 
 /// What `message` commands do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,11 +237,14 @@ pub struct DomainTask {
     finished: Vec<MessageId>,
     /// Why the configuration in force cannot deliver this queue, while it cannot (see [`DomainEvent::Unroutable`]).
     unroutable: Option<String>,
+    /// The epoch of the settings in force (see [`Epoch`]).
+    epoch: Epoch,
 }
 
 impl DomainTask {
     pub fn new(
         settings: Arc<DeliverySettings>,
+        epoch: Epoch,
         sender: DomainSender,
         events: mpsc::UnboundedReceiver<DomainEvent>,
         shared: Arc<EngineShared>,
@@ -252,6 +269,7 @@ impl DomainTask {
             next_oldest_scan: Instant::now(),
             finished: Vec::new(),
             unroutable: None,
+            epoch,
         }
     }
 
@@ -370,15 +388,14 @@ impl DomainTask {
                     Some(retired) => retired,
                     None => &mut self.pool,
                 };
+                // While the queue is unroutable, an attempt started before on the route no longer in force
+                // neither delays nor logs its notifications: they wait for a configuration that delivers them.
+                let current = generation == self.generation && self.unroutable.is_none();
                 match pool.on_connected(generation, result) {
-                    ConnectOutcome::Failed { delay_domain: true }
-                        if generation == self.generation =>
-                    {
-                        self.delay_domain()
-                    }
+                    ConnectOutcome::Failed { delay_domain: true } if current => self.delay_domain(),
                     ConnectOutcome::Failed {
                         delay_domain: false,
-                    } if generation == self.generation => self.log_connect_failure(),
+                    } if current => self.log_connect_failure(),
                     ConnectOutcome::Opened
                     | ConnectOutcome::Failed { .. }
                     | ConnectOutcome::Stale => {}
@@ -429,7 +446,16 @@ impl DomainTask {
             DomainEvent::Message { id, action, reply } => {
                 let _ = reply.send(self.message(&id, action));
             }
-            DomainEvent::Unroutable(reason) => {
+            DomainEvent::Unroutable { epoch, .. } | DomainEvent::Reconfigure { epoch, .. }
+                if epoch < self.epoch =>
+            {
+                tracing::debug!(
+                    domain = %self.settings.domain, binding = %self.settings.binding,
+                    "a verdict on settings older than those in force is ignored"
+                );
+            }
+            DomainEvent::Unroutable { reason, epoch } => {
+                self.epoch = epoch;
                 if self.unroutable.is_none() {
                     tracing::warn!(
                         domain = %self.settings.domain, binding = %self.settings.binding,
@@ -444,7 +470,8 @@ impl DomainTask {
                     self.active.push_front(job.tag);
                 }
             }
-            DomainEvent::Reconfigure(settings) => {
+            DomainEvent::Reconfigure { settings, epoch } => {
+                self.epoch = epoch;
                 if self.unroutable.take().is_some() {
                     tracing::info!(
                         domain = %settings.domain, binding = %settings.binding,

@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::logs::Logs;
 use crate::outbound::settings::DeliverySettings;
 use crate::outcomes::OutcomeListener;
-use domain::{DomainEvent, DomainSender, DomainTask};
+use domain::{DomainEvent, DomainSender, DomainTask, Epoch};
 pub use domain::{MessageAction, QueueEntry};
 use message::{MessageId, Notification, Queued};
 use stats::DomainStats;
@@ -642,6 +642,7 @@ impl Engine {
                         .store(false, std::sync::atomic::Ordering::Relaxed);
                     let task = DomainTask::new(
                         settings,
+                        seen,
                         sender.clone(),
                         rx,
                         self.shared.clone(),
@@ -665,12 +666,19 @@ impl Engine {
             .map_err(|_| SubmitError::ShuttingDown)?;
         if stale {
             // A reload listed the queues while these settings were resolved from the configuration before it.
+            let epoch = self
+                .shared
+                .reconfigurations
+                .load(std::sync::atomic::Ordering::Acquire);
             match resolve_blocking(self.shared.resolver.clone(), binding, domain).await {
                 Ok(Ok(settings)) => {
-                    let _ = sender.0.send(DomainEvent::Reconfigure(settings));
+                    let _ = sender.0.send(DomainEvent::Reconfigure { settings, epoch });
                 }
                 Ok(Err(e)) => {
-                    let _ = sender.0.send(DomainEvent::Unroutable(e.to_string()));
+                    let _ = sender.0.send(DomainEvent::Unroutable {
+                        reason: e.to_string(),
+                        epoch,
+                    });
                 }
                 Err(_) => {}
             }
@@ -888,17 +896,19 @@ impl Engine {
     /// The engine-wide lock is held only to list the queues: settings are resolved without it (submitters go on),
     /// on a blocking thread.
     pub async fn reconfigure(&self) -> Vec<(String, ResolveError)> {
-        let queues: Vec<(QueueKey, DomainSender)> = {
+        let (epoch, queues): (Epoch, Vec<(QueueKey, DomainSender)>) = {
             let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-            self.shared
+            let epoch = self
+                .shared
                 .reconfigurations
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+                + 1;
             let mut queues: Vec<_> = domains
                 .iter()
                 .filter_map(|(k, h)| Some((k.clone(), h.sender.clone()?)))
                 .collect();
             queues.sort_by(|a, b| a.0.cmp(&b.0));
-            queues
+            (epoch, queues)
         };
         let resolver = self.shared.resolver.clone();
         let resolved = run_blocking(move || {
@@ -916,11 +926,14 @@ impl Engine {
         for (key, sender, settings) in resolved {
             match settings {
                 Ok(settings) => {
-                    let _ = sender.0.send(DomainEvent::Reconfigure(settings));
+                    let _ = sender.0.send(DomainEvent::Reconfigure { settings, epoch });
                 }
                 Err(e) => {
                     // Its notifications wait instead of going out on settings no longer in force.
-                    let _ = sender.0.send(DomainEvent::Unroutable(e.to_string()));
+                    let _ = sender.0.send(DomainEvent::Unroutable {
+                        reason: e.to_string(),
+                        epoch,
+                    });
                     errors.push((Engine::queue_name(&key.binding, &key.domain), e));
                 }
             }
@@ -1136,6 +1149,129 @@ mod tests {
         assert!(
             accepted.is_ok(),
             "the queue never connected to the new route"
+        );
+    }
+
+    /// A resolver whose answer the test changes, and which can hold one resolution (with the answer it read
+    /// when asked) until the test lets it go.
+    struct GatedResolver {
+        current: Mutex<Result<Arc<DeliverySettings>, ResolveError>>,
+        gate: Mutex<
+            Option<(
+                std::sync::mpsc::SyncSender<()>,
+                std::sync::mpsc::Receiver<()>,
+            )>,
+        >,
+    }
+
+    impl SettingsResolver for GatedResolver {
+        fn resolve(&self, _domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            let answer = self.current.lock().unwrap().clone();
+            let gate = self.gate.lock().unwrap().take();
+            if let Some((asked, go)) = gate {
+                asked.send(()).unwrap();
+                go.recv().unwrap();
+            }
+            answer
+        }
+    }
+
+    /// Two reloads back to back whose resolutions finish in the wrong order: the first (whose configuration could
+    /// not deliver the queue) answers after the second (which routes it again). The queue keeps the later
+    /// verdict and delivers; it does not wait, unroutable, for a third reload.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_reloads_late_verdict_does_not_override_a_newer_one() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let old_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let new_route = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let resolver = Arc::new(GatedResolver {
+            current: Mutex::new(Ok(Arc::new(settings_to(old_port)))),
+            gate: Mutex::new(None),
+        });
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        engine.set_held(true);
+        engine.submit(notification(0xcd)).await.unwrap();
+        // The first reload removes the domain; its resolution is held after reading that.
+        let (asked_tx, asked_rx) = std::sync::mpsc::sync_channel(1);
+        let (go_tx, go_rx) = std::sync::mpsc::sync_channel(1);
+        *resolver.current.lock().unwrap() = Err(ResolveError::UnknownDomain("apps.example".into()));
+        *resolver.gate.lock().unwrap() = Some((asked_tx, go_rx));
+        let first = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.reconfigure().await.len() }
+        });
+        tokio::task::spawn_blocking(move || asked_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // The second reload routes it to a new place and finishes first.
+        *resolver.current.lock().unwrap() = Ok(Arc::new(settings_to(
+            new_route.local_addr().unwrap().port(),
+        )));
+        assert!(engine.reconfigure().await.is_empty());
+        go_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 1, "the first reload's verdict");
+        engine.set_held(false);
+        let accepted =
+            tokio::time::timeout(std::time::Duration::from_secs(20), new_route.accept()).await;
+        assert!(
+            accepted.is_ok(),
+            "the queue took the older reload's verdict and never delivered"
+        );
+    }
+
+    /// A connection attempt to the old route, under way when a reload made the queue unroutable, fails after it:
+    /// its notifications are not charged a retry (here `mx_failures_to_delay` is 1, so a counted failure would
+    /// delay them all); they wait for a configuration that delivers them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connect_failure_on_the_old_route_does_not_delay_an_unroutable_queue() {
+        use tokio::io::AsyncReadExt;
+        // Accepts the connection and never answers the TLS handshake: the attempt times out after 1 s.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut settings = settings_to(silent.local_addr().unwrap().port());
+        settings.mx_failures_to_delay = 1;
+        let resolver = Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(settings)))));
+        let engine = Engine::new(
+            resolver.clone(),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        );
+        engine.submit(notification(0xef)).await.unwrap();
+        let (mut attempt, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(20), silent.accept())
+                .await
+                .expect("the queue connects")
+                .unwrap();
+        *resolver.0.lock().unwrap() = Err(ResolveError::UnknownDomain("apps.example".into()));
+        assert_eq!(engine.reconfigure().await.len(), 1);
+        // The attempt gives up (the client closes the connection).
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            attempt.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(closed.is_ok(), "the connection attempt never gave up");
+        let queued = engine
+            .showqueue("apps.example", 10, 0)
+            .await
+            .expect("the queue is still there");
+        assert_eq!(queued.len(), 1);
+        assert_eq!(
+            (queued[0].queue, queued[0].retries),
+            ("active", 0),
+            "the notification was charged the failed attempt of a route no longer in force"
+        );
+        let stats = engine.stats("apps.example").unwrap();
+        assert_eq!(
+            stats.transient.load(std::sync::atomic::Ordering::Relaxed),
+            0
         );
     }
 
