@@ -8,7 +8,7 @@
 //! as they age: a right key does not wipe them (else one valid key would let its holder guess others without limit),
 //! except on the console, whose single password proves everything a guess could find.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +21,9 @@ use sha2::{Digest, Sha256};
 pub const MAX_GUESSES: usize = 5;
 /// The window over which wrong secrets are counted, and how long a lockout lasts after the last one.
 pub const GUESS_WINDOW: Duration = Duration::from_secs(60);
-/// Addresses a throttle follows at once. Beyond it, wrong secrets from new addresses are not counted (the memory
-/// stays bounded however many addresses a guesser uses; such a guesser is not locked out).
+/// Addresses (each with a limit it is judged by) a throttle follows at once. Beyond it, wrong secrets from new
+/// addresses are not counted (the memory stays bounded however many addresses a guesser uses; such a guesser is not
+/// locked out).
 pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
 /// How often, at most, the addresses that stopped guessing are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -37,8 +38,16 @@ pub fn same_secret(expected: &[u8], presented: &[u8]) -> bool {
         == 0
 }
 
-/// Recent wrong secrets per client address (`None`: a Unix socket client). IPv6 addresses count per /64, the
-/// block one host is usually given, so that a guesser cannot start afresh from each of its addresses.
+/// Recent wrong secrets per client address (`None`: a Unix socket client), each address judged by its own limit.
+///
+/// IPv6 addresses count per /64, the block one host is usually given, so that a guesser cannot start afresh from
+/// each of its addresses. Wrong secrets are counted apart per limit as well: the addresses of one block checked
+/// against the same limit count together, and one that a `peer` stanza gives another `auth_failure_limit` counts
+/// only with those sharing it. So in a /64 holding a proxy (lockout off, or a high limit) and other clients with a
+/// low one, a client is locked after its limit of wrong secrets from the addresses judged like it, whatever the
+/// proxy lets through, and the proxy's count is neither raised by the others' guesses nor cut short by their lower
+/// limit. Wrong secrets under limit 0 are not recorded at all. An address given another limit (by a reload) starts
+/// afresh under it.
 #[derive(Debug)]
 pub struct GuessThrottle {
     inner: Mutex<Inner>,
@@ -49,7 +58,7 @@ pub struct GuessThrottle {
 
 #[derive(Debug)]
 struct Inner {
-    failures: HashMap<Option<IpAddr>, Vec<Instant>>,
+    failures: BTreeMap<Key, Vec<Instant>>,
     pruned: Instant,
 }
 
@@ -57,7 +66,7 @@ impl Default for GuessThrottle {
     fn default() -> Self {
         GuessThrottle {
             inner: Mutex::new(Inner {
-                failures: HashMap::new(),
+                failures: BTreeMap::new(),
                 pruned: Instant::now(),
             }),
             tracked: AtomicUsize::new(0),
@@ -65,7 +74,10 @@ impl Default for GuessThrottle {
     }
 }
 
-/// The key a client's failures are counted under.
+/// What failures are counted under: the client's address (its /64 for IPv6) and the limit it is judged by.
+type Key = (Option<IpAddr>, usize);
+
+/// The address a client's failures are counted under.
 fn bucket(client: Option<IpAddr>) -> Option<IpAddr> {
     client.map(|ip| match ip {
         IpAddr::V4(_) => ip,
@@ -93,15 +105,15 @@ impl GuessThrottle {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How long `client` must still wait before it may present a secret, if it sent `limit` wrong ones within the
-    /// window (`limit` 0: never locked).
+    /// How long `client` must still wait before it may present a secret, if it (or its block, under the same
+    /// limit) sent `limit` wrong ones within the window (`limit` 0: never locked).
     pub fn locked(&self, client: Option<IpAddr>, limit: usize) -> Option<Duration> {
         if limit == 0 || self.tracked.load(Ordering::Acquire) == 0 {
             return None;
         }
         let mut inner = self.lock();
         inner.prune(false);
-        let key = bucket(client);
+        let key = (bucket(client), limit);
         let wait = inner.failures.get_mut(&key).and_then(|recent| {
             recent.retain(|t| t.elapsed() < GUESS_WINDOW);
             let last = *recent.last()?;
@@ -114,11 +126,15 @@ impl GuessThrottle {
         wait
     }
 
-    /// Notes a wrong secret from `client`; returns how many it sent within the window (counting at most `keep`,
-    /// the largest limit it is checked against).
-    pub fn failed(&self, client: Option<IpAddr>, keep: usize) -> usize {
+    /// Notes a wrong secret from `client`, which is checked against `limit`; returns how many it (or its block,
+    /// under the same limit) sent within the window, counting at most `limit`. Under `limit` 0 nothing is recorded
+    /// (the checks stay lock-free) and the count is 1, this one.
+    pub fn failed(&self, client: Option<IpAddr>, limit: usize) -> usize {
+        if limit == 0 {
+            return 1;
+        }
         let mut inner = self.lock();
-        let key = bucket(client);
+        let key = (bucket(client), limit);
         if !inner.failures.contains_key(&key) && inner.failures.len() >= MAX_TRACKED_ADDRESSES {
             inner.prune(false);
             if inner.failures.len() >= MAX_TRACKED_ADDRESSES {
@@ -128,22 +144,29 @@ impl GuessThrottle {
         let recent = inner.failures.entry(key).or_default();
         recent.retain(|t| t.elapsed() < GUESS_WINDOW);
         recent.push(Instant::now());
-        let keep = keep.max(1);
-        if recent.len() > keep {
-            recent.drain(..recent.len() - keep);
+        if recent.len() > limit {
+            recent.drain(..recent.len() - limit);
         }
         let n = recent.len();
         self.tracked.store(inner.failures.len(), Ordering::Release);
         n
     }
 
-    /// A right password on the console: the address starts again from zero.
+    /// A right password on the console: the address (its block, under every limit) starts again from zero.
     pub fn succeeded(&self, client: Option<IpAddr>) {
         if self.tracked.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut inner = self.lock();
-        inner.failures.remove(&bucket(client));
+        let block = bucket(client);
+        let keys: Vec<Key> = inner
+            .failures
+            .range((block, 0)..=(block, usize::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            inner.failures.remove(&key);
+        }
         self.tracked.store(inner.failures.len(), Ordering::Release);
     }
 
@@ -187,7 +210,7 @@ mod tests {
             None,
             "another address is not locked"
         );
-        // A higher limit is not reached yet; a limit of 0 never locks.
+        // Under another limit the address has a count of its own; a limit of 0 never locks.
         assert_eq!(t.locked(ip, MAX_GUESSES + 1), None);
         assert_eq!(t.locked(ip, 0), None);
         // Further failures keep the count at the bound.
@@ -207,6 +230,90 @@ mod tests {
         assert!(t.locked(same_block, MAX_GUESSES).is_some());
         let next_block = Some("2001:db8:1:3::1".parse().unwrap());
         assert_eq!(t.locked(next_block, MAX_GUESSES), None);
+    }
+
+    #[test]
+    fn addresses_of_one_block_with_other_limits_are_each_judged_by_their_own() {
+        let t = GuessThrottle::default();
+        let low: Option<IpAddr> = Some("2001:db8:1:2::1".parse().unwrap());
+        let high: Option<IpAddr> = Some("2001:db8:1:2::2".parse().unwrap());
+        let low_too: Option<IpAddr> = Some("2001:db8:1:2::3".parse().unwrap());
+        for n in 1..10 {
+            assert_eq!(t.failed(high, 10), n);
+        }
+        assert_eq!(t.locked(high, 10), None);
+        assert_eq!(
+            t.locked(low, 2),
+            None,
+            "the higher limit's wrong secrets do not count against the lower one"
+        );
+        assert_eq!(t.failed(low, 2), 1);
+        assert_eq!(t.locked(low, 2), None);
+        assert_eq!(t.failed(low, 2), 2);
+        assert!(t.locked(low, 2).is_some(), "locked after 2 of its own");
+        assert!(
+            t.locked(low_too, 2).is_some(),
+            "the block counts together under one limit"
+        );
+        assert_eq!(
+            t.locked(high, 10),
+            None,
+            "the lower limit's wrong secrets do not count against the higher one"
+        );
+        assert_eq!(
+            t.failed(high, 10),
+            10,
+            "nor does the lower limit cut the higher one's count short"
+        );
+        assert!(t.locked(high, 10).is_some());
+        // Further failures under the lower limit keep its count at its bound, the higher one's untouched.
+        assert_eq!(t.failed(low, 2), 2);
+        assert_eq!(t.failed(high, 10), 10);
+    }
+
+    #[test]
+    fn wrong_secrets_under_limit_0_are_not_recorded() {
+        let t = GuessThrottle::default();
+        let proxy: Option<IpAddr> = Some("2001:db8:1:2::1".parse().unwrap());
+        let neighbour: Option<IpAddr> = Some("2001:db8:1:2::2".parse().unwrap());
+        for _ in 0..100 {
+            assert_eq!(t.failed(proxy, 0), 1);
+        }
+        assert_eq!(t.locked(proxy, 0), None);
+        assert_eq!(
+            t.followed(),
+            0,
+            "nothing followed: the checks stay lock-free"
+        );
+        assert_eq!(t.failed(neighbour, 2), 1);
+        assert_eq!(
+            t.locked(neighbour, 2),
+            None,
+            "the proxy's wrong secrets do not lock its neighbour out"
+        );
+    }
+
+    #[test]
+    fn a_right_password_clears_the_block_under_every_limit() {
+        let t = GuessThrottle::default();
+        let ip: Option<IpAddr> = Some("2001:db8:1:2::1".parse().unwrap());
+        let same_block: Option<IpAddr> = Some("2001:db8:1:2::2".parse().unwrap());
+        let next_block: Option<IpAddr> = Some("2001:db8:1:3::1".parse().unwrap());
+        for _ in 0..2 {
+            t.failed(ip, 2);
+            t.failed(same_block, 3);
+            t.failed(next_block, 2);
+        }
+        t.failed(same_block, 3);
+        assert!(t.locked(ip, 2).is_some() && t.locked(same_block, 3).is_some());
+        t.succeeded(ip);
+        assert_eq!(t.locked(ip, 2), None);
+        assert_eq!(t.locked(same_block, 3), None);
+        assert!(
+            t.locked(next_block, 2).is_some(),
+            "another block keeps its count"
+        );
+        assert_eq!(t.followed(), 1);
     }
 
     #[test]
