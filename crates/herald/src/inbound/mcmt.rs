@@ -89,6 +89,8 @@ pub enum McmtError {
     NoPushPart,
     #[error("part {part}: {reason}")]
     Part { part: usize, reason: PartError },
+    /// The top-level header block of a `multipart/vnd.msys.mcmt` message is over the limit. (A message of another
+    /// type with such a block is [`Parsed::NotMcmt`].)
     #[error(
         "the message's header block is over {limit} bytes (herald's limit on one header block)"
     )]
@@ -264,12 +266,17 @@ fn strip_angle(s: &str) -> &str {
 /// Reads a received message (after dot-unstuffing) and finds its push parts.
 pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
     // Only the top-level header block goes to the MIME parser; the body is split here, line by line.
-    let body_start = mime::top_block_end(raw);
-    if body_start > mime::MAX_HEADER_BLOCK {
-        return Err(McmtError::HeadersTooLarge {
-            limit: mime::MAX_HEADER_BLOCK,
-        });
-    }
+    let Some(body_start) = mime::top_block_end(raw) else {
+        // The block is over the limit and the MIME parser is not given it. Its Content-Type field alone says whether
+        // the message is MCMT: ordinary mail is answered as not MCMT, as with a smaller header block, and only an
+        // MCMT message is refused for the size of its header block.
+        return match mime::top_content_type(raw) {
+            Some(t) if t.is(MCMT_TYPE) => Err(McmtError::HeadersTooLarge {
+                limit: mime::MAX_HEADER_BLOCK,
+            }),
+            _ => Ok(Parsed::NotMcmt),
+        };
+    };
     let top_block = raw.get(..body_start).unwrap_or_default();
     // The MIME parser is a dependency that asserted on some malformed input (found by fuzzing, fuzz/README.md):
     // whatever a client sends, the message is refused with an answer rather than the session ended by a panic.
@@ -804,6 +811,187 @@ mod tests {
         let under = "a:\r\n".repeat(mime::MAX_HEADER_BLOCK / 4 - 100);
         let part = format!("{under}Content-Type: text/plain\r\n\r\nhi");
         assert_eq!(parsed(&mcmt(&[APN, &part])).push_parts.len(), 1);
+    }
+
+    /// `fields`, then an `X-Pad` header that makes the block `len` bytes long with its line endings (CRLF).
+    fn block_of(fields: &str, len: usize) -> String {
+        block_ending(fields, len, "\r\n")
+    }
+
+    /// [`block_of`] with the line ending `eol`.
+    fn block_ending(fields: &str, len: usize, eol: &str) -> String {
+        let pad = len - fields.len() - "X-Pad: ".len() - eol.len();
+        let block = format!("{fields}X-Pad: {}{eol}", "a".repeat(pad));
+        assert_eq!(block.len(), len);
+        block
+    }
+
+    // A header block is measured by its length, whatever its lines: one line running past the limit with no empty
+    // line after it (a REST template may end a part there) is over the limit as much as many short lines. Such a
+    // line once reached the MIME parser whole.
+    #[test]
+    fn one_long_header_line_without_an_empty_line_is_over_the_limit() {
+        let too_large = |part| McmtError::Part {
+            part,
+            reason: PartError::HeadersTooLarge {
+                limit: mime::MAX_HEADER_BLOCK,
+            },
+        };
+        let long = "a".repeat(10 * 1024 * 1024);
+        // A part's MIME headers: one 10 MB line, no line ending, no body.
+        let part = format!("X-Pad: {long}");
+        assert_eq!(parse(&mcmt(&[APN, &part])).unwrap_err(), too_large(2));
+        // The Content-Type itself, with a line ending but no empty line after it.
+        let part = format!("Content-Type: text/plain; x=\"{long}\"\r\n");
+        assert_eq!(parse(&mcmt(&[&part, APN])).unwrap_err(), too_large(1));
+        // A push part's inner header block.
+        let push = format!("Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: {long}");
+        assert_eq!(parse(&mcmt(&[APN, &push])).unwrap_err(), too_large(2));
+        // A header block inside an email part.
+        let email = format!("Content-Type: message/rfc822\r\n\r\nSubject: {long}");
+        assert_eq!(parse(&mcmt(&[APN, &email])).unwrap_err(), too_large(2));
+        // A line past the limit that is not a header ends the block before it: that line is what is named.
+        let json =
+            format!("Content-Type: message/vnd.msys.apn\r\n{{\"aps\":{{\"alert\":\"{long}\"}}}}");
+        assert_eq!(
+            parse(&mcmt(&[&json])).unwrap_err(),
+            McmtError::Part {
+                part: 1,
+                reason: PartError::MimeHeadersNotEnded { line: 2 }
+            }
+        );
+        // The refusal names the part.
+        assert_eq!(
+            too_large(2).to_string(),
+            "part 2: a header block in it is over 102400 bytes (herald's limit on one header block)"
+        );
+    }
+
+    // The message's own header block and the parts' blocks are measured alike: the header lines with their line
+    // endings, the empty line that ends the block not counted. A block of exactly the limit is read at every level,
+    // one byte more is refused at every level.
+    #[test]
+    fn a_header_block_of_exactly_the_limit_is_read_at_every_level() {
+        let max = mime::MAX_HEADER_BLOCK;
+        let top = |len| {
+            let block = block_of("Content-Type: multipart/vnd.msys.mcmt; boundary=B\r\n", len);
+            format!("{block}\r\n--B\r\n{APN}\r\n--B--\r\n")
+        };
+        assert_eq!(parsed(top(max).as_bytes()).push_parts.len(), 1);
+        assert_eq!(
+            parse(top(max + 1).as_bytes()).unwrap_err(),
+            McmtError::HeadersTooLarge { limit: max }
+        );
+        // With LF line endings (REST templates) as with CRLF.
+        let top_lf = |len| {
+            let block = block_ending(
+                "Content-Type: multipart/vnd.msys.mcmt; boundary=B\n",
+                len,
+                "\n",
+            );
+            format!("{block}\n--B\n{}\n--B--\n", APN.replace("\r\n", "\n"))
+        };
+        assert_eq!(parsed(top_lf(max).as_bytes()).push_parts.len(), 1);
+        assert_eq!(
+            parse(top_lf(max + 1).as_bytes()).unwrap_err(),
+            McmtError::HeadersTooLarge { limit: max }
+        );
+
+        let too_large = |part| McmtError::Part {
+            part,
+            reason: PartError::HeadersTooLarge { limit: max },
+        };
+        // A part's MIME headers.
+        let part = |len| format!("{}\r\nhi", block_of("Content-Type: text/plain\r\n", len));
+        assert_eq!(parsed(&mcmt(&[APN, &part(max)])).push_parts.len(), 1);
+        assert_eq!(
+            parse(&mcmt(&[APN, &part(max + 1)])).unwrap_err(),
+            too_large(2)
+        );
+        // A push part's inner header block.
+        let push = |len| {
+            format!(
+                "Content-Type: message/vnd.msys.apn\r\n\r\n{}\r\n{{}}",
+                block_of("X-Device-Token: ab\r\n", len)
+            )
+        };
+        assert_eq!(
+            parsed(&mcmt(&[&push(max)])).push_parts[0].token.as_deref(),
+            Some("ab")
+        );
+        assert_eq!(parse(&mcmt(&[&push(max + 1)])).unwrap_err(), too_large(1));
+        // A header block inside an email part.
+        let email = |len| {
+            format!(
+                "Content-Type: message/rfc822\r\n\r\n{}\r\nbody",
+                block_of("Subject: x\r\n", len)
+            )
+        };
+        assert_eq!(parsed(&mcmt(&[&email(max), APN])).push_parts[0].number, 2);
+        assert_eq!(
+            parse(&mcmt(&[&email(max + 1), APN])).unwrap_err(),
+            too_large(1)
+        );
+    }
+
+    // Ordinary mail whose header block is over the limit is not MCMT, as with a smaller block: its Content-Type (the
+    // last one, as the MIME parser reads) is looked up without the MIME parser reading the block. Only an MCMT
+    // message is refused for the size of its header block.
+    #[test]
+    fn ordinary_mail_with_a_large_header_block_is_not_mcmt() {
+        let lines = "Received: from x\r\n".repeat(mime::MAX_HEADER_BLOCK / 18 + 10);
+        let mcmt_type = "Content-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n";
+        let body = format!("\r\n--B\r\n{APN}\r\n--B--\r\n");
+        let too_large = Err(McmtError::HeadersTooLarge {
+            limit: mime::MAX_HEADER_BLOCK,
+        });
+        for (raw, want) in [
+            // Text mail, its Content-Type before or after the limit, or none at all.
+            (
+                format!("Content-Type: text/plain\r\n{lines}\r\nhello\r\n"),
+                Ok(Parsed::NotMcmt),
+            ),
+            (
+                format!("{lines}Content-Type: text/plain\r\n\r\nhello\r\n"),
+                Ok(Parsed::NotMcmt),
+            ),
+            (
+                format!("Subject: hi\r\n{lines}\r\nhello\r\n"),
+                Ok(Parsed::NotMcmt),
+            ),
+            (format!("{lines}\r\n\r\nhello\r\n"), Ok(Parsed::NotMcmt)),
+            // The last Content-Type decides, folded or not.
+            (
+                format!("{mcmt_type}{lines}Content-Type:\r\n text/plain\r\n{body}"),
+                Ok(Parsed::NotMcmt),
+            ),
+            (
+                format!(
+                    "Content-Type: text/plain\r\n{lines}Content-Type:\r\n\tmultipart/vnd.msys.mcmt;\r\n boundary=B\r\n{body}"
+                ),
+                too_large.clone(),
+            ),
+            // MCMT, its Content-Type before or after the limit.
+            (format!("{mcmt_type}{lines}{body}"), too_large.clone()),
+            (format!("{lines}{mcmt_type}{body}"), too_large.clone()),
+            // A Content-Type field over the limit itself: its type comes first.
+            (
+                format!(
+                    "Content-Type: multipart/vnd.msys.mcmt; boundary=B; x=\"{}\"\r\n{body}",
+                    "a".repeat(10 * 1024 * 1024)
+                ),
+                too_large.clone(),
+            ),
+            (
+                format!(
+                    "Content-Type: text/plain; x=\"{}\"\r\n\r\nhello",
+                    "a".repeat(2 * mime::MAX_HEADER_BLOCK)
+                ),
+                Ok(Parsed::NotMcmt),
+            ),
+        ] {
+            assert_eq!(parse(raw.as_bytes()), want, "{}", &raw[..80]);
+        }
     }
 
     #[test]

@@ -228,8 +228,8 @@ pub(super) fn header_block(text: &[u8]) -> Result<HeaderBlock, BadLine> {
             last: !line.terminated,
             folded: false,
         };
-        let value = String::from_utf8_lossy(line.text);
         if matches!(line.text.first(), Some(b' ' | b'\t')) {
+            let value = String::from_utf8_lossy(line.text);
             let (_, v) = fields.last_mut().ok_or(BadLine {
                 folded: true,
                 ..bad
@@ -241,23 +241,35 @@ pub(super) fn header_block(text: &[u8]) -> Result<HeaderBlock, BadLine> {
             v.push_str(more);
             continue;
         }
-        match value.split_once(':') {
-            Some((name, v)) => {
-                // RFC 5322 §4.5.3 (obsolete): white space between the name and the colon.
-                let name = name.trim_end_matches([' ', '\t']);
-                if !is_field_name(name.as_bytes()) {
-                    return Err(bad);
-                }
-                fields.push((name.to_owned(), v.trim().to_owned()));
-            }
-            None => return Err(bad),
-        }
+        let (name, v) = field(line.text).ok_or(bad)?;
+        fields.push((
+            String::from_utf8_lossy(name).into_owned(),
+            String::from_utf8_lossy(v).trim().to_owned(),
+        ));
     }
     Ok(HeaderBlock {
         fields,
         body: text.len(),
         blank_line: false,
     })
+}
+
+/// A header field line split into its name and its value (after the colon), if it is one: the name is an RFC 5322
+/// field name, white space before the colon aside (RFC 5322 §4.5.3, obsolete syntax).
+fn field(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let (name, value) = line.split_at(colon);
+    let name = trim_end_white(name);
+    is_field_name(name).then(|| (name, value.get(1..).unwrap_or_default()))
+}
+
+/// `text` without the spaces and tabs at its end.
+fn trim_end_white(text: &[u8]) -> &[u8] {
+    let end = text
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(0, |i| i + 1);
+    text.get(..end).unwrap_or_default()
 }
 
 /// An RFC 5322 field name (`ftext`: printable ASCII, 33 to 126, but `:`) that does not start with `{` or `[`: a JSON
@@ -270,11 +282,54 @@ fn is_field_name(name: &[u8]) -> bool {
 }
 
 /// Where the top-level header block of a message ends: the offset of the body (after the first empty line), or
-/// the message's length when it has no empty line.
-pub(super) fn top_block_end(raw: &[u8]) -> usize {
-    Lines::new(raw)
-        .find(|l| ends_block(l.text))
-        .map_or(raw.len(), |l| l.end)
+/// the message's length when it has no empty line. `None` when the block is over [`MAX_HEADER_BLOCK`]; the scan
+/// then stops at the limit.
+pub(super) fn top_block_end(raw: &[u8]) -> Option<usize> {
+    let head = limit_head(raw);
+    for line in Lines::new(head) {
+        if ends_block(line.text) {
+            return Some(line.end);
+        }
+        if line.end > MAX_HEADER_BLOCK {
+            return None;
+        }
+    }
+    // No empty line: the whole message is the block, within the limit unless the message goes on past the head.
+    (head.len() == raw.len()).then_some(raw.len())
+}
+
+/// The MIME type the last `Content-Type` field of a message's top-level header block gives (the MIME parser reads
+/// the last one), for a block over [`MAX_HEADER_BLOCK`] that the MIME parser is never given: the block is scanned
+/// to its empty line without being copied, and only that field, at most [`MAX_HEADER_BLOCK`] bytes of it (the type
+/// comes first), is parsed.
+pub(super) fn top_content_type(raw: &[u8]) -> Option<MimeType> {
+    // Start and end of the last Content-Type field, with its continuation lines.
+    let mut last: Option<(usize, usize)> = None;
+    let mut in_content_type = false;
+    for line in Lines::new(raw) {
+        if ends_block(line.text) {
+            break;
+        }
+        if matches!(line.text.first(), Some(b' ' | b'\t')) {
+            if let (true, Some((_, end))) = (in_content_type, last.as_mut()) {
+                *end = line.end;
+            }
+            continue;
+        }
+        in_content_type =
+            field(line.text).is_some_and(|(name, _)| name.eq_ignore_ascii_case(b"Content-Type"));
+        if in_content_type {
+            last = Some((line.start, line.end));
+        }
+    }
+    let (start, end) = last?;
+    let end = end.min(start.saturating_add(MAX_HEADER_BLOCK));
+    let mut field = raw.get(start..end)?.to_vec();
+    // The MIME parser reads a field up to its line ending: a field cut at the limit is given one.
+    if !field.ends_with(b"\n") {
+        field.extend_from_slice(b"\r\n");
+    }
+    mime_type(&field)
 }
 
 /// A header value without its RFC 5322 comments (`(…)`, nested, `\` quoting the next character) and with its runs
@@ -358,22 +413,50 @@ impl MimeType {
     }
 }
 
-/// The most bytes one header block may have (the message's, a part's, or one inside an email part): as Postfix's
-/// `header_size_limit`. The MIME parser keeps every header it reads, some 200 bytes for a 4-byte line, so an
-/// unbounded block would let a 10 MiB message take gigabytes.
+/// The most bytes one header block may have (the message's, a part's, or one inside an email part), its lines
+/// counted with their line endings and the empty line that ends it not counted: as Postfix's `header_size_limit`.
+/// The MIME parser keeps every header it reads, some 200 bytes for a 4-byte line, so an unbounded block would let a
+/// 10 MiB message take gigabytes.
 pub(super) const MAX_HEADER_BLOCK: usize = 100 * 1024;
 
-/// Whether the header block at the start of `text` (up to its first empty line) is over [`MAX_HEADER_BLOCK`].
+/// The part of `text` a limit check reads: [`MAX_HEADER_BLOCK`] bytes and two more, so that an empty line starting
+/// right at the limit is seen whole (CRLF) and any other line there is seen to go past it.
+fn limit_head(text: &[u8]) -> &[u8] {
+    text.get(..MAX_HEADER_BLOCK + 2).unwrap_or(text)
+}
+
+/// Whether the header block at the start of `text` is over [`MAX_HEADER_BLOCK`]: its lines up to the first empty
+/// line, or up to the first line that is not a header (where [`header_block`] stops and names that line), with
+/// their line endings, the empty line not counted. The block's length counts, whatever its lines: one line that
+/// runs past the limit with no empty line after it is over it as much as many short ones. No more than the limit
+/// and two bytes is read.
 pub(super) fn block_over_limit(text: &[u8]) -> bool {
-    for line in Lines::new(text) {
-        if line.start > MAX_HEADER_BLOCK {
-            return true;
-        }
+    let head = limit_head(text);
+    for (i, line) in Lines::new(head).enumerate() {
         if ends_block(line.text) {
             return false;
         }
+        // A line that runs past the head is seen only in part.
+        let cut = !line.terminated && head.len() < text.len();
+        if !is_header_line(line.text, i == 0, cut) {
+            return false;
+        }
+        if line.end > MAX_HEADER_BLOCK {
+            return true;
+        }
     }
     false
+}
+
+/// Whether [`header_block`] reads `line` as part of a block (`first`: as its first line): a field, or a
+/// continuation of the field before. A `cut` line, seen only in part, is a field if the part seen is one, or the
+/// start of one (a field name with no colon yet).
+fn is_header_line(line: &[u8], first: bool, cut: bool) -> bool {
+    match line.first() {
+        Some(b' ' | b'\t') => !first,
+        _ if cut && !line.contains(&b':') => is_field_name(trim_end_white(line)),
+        _ => field(line).is_some(),
+    }
 }
 
 /// The MIME type of a header block, read by the MIME parser (which handles quoting, comments and RFC 2231
@@ -442,8 +525,11 @@ pub(super) fn check_email_part(mime: &MimeType, body: &[u8]) -> Result<(), PartE
             }
             continue;
         }
+        // The MIME parser reads every line of a block up to its empty line: each counts, with its line ending, the
+        // empty line not counted (as at the top level and in the container's parts).
         if let Mode::Headers { start, .. } = mode
-            && line.start.saturating_sub(start) > MAX_HEADER_BLOCK
+            && !ends_block(line.text)
+            && line.end.saturating_sub(start) > MAX_HEADER_BLOCK
         {
             return Err(PartError::HeadersTooLarge {
                 limit: MAX_HEADER_BLOCK,
@@ -600,7 +686,90 @@ mod tests {
         assert!(e.folded && e.number == 1, "{e:?}");
         // The top-level block too: it ends at the empty line, not at the white-space line.
         let raw = b"Subject: x\r\n \r\nX-Binding: b\r\n\r\n--B--\r\n";
-        assert_eq!(&raw[top_block_end(raw)..], b"--B--\r\n");
+        assert_eq!(
+            top_block_end(raw).map(|b| &raw[b..]),
+            Some(&b"--B--\r\n"[..])
+        );
+    }
+
+    /// A header line of `len` bytes with its line ending `eol`.
+    fn line_of(len: usize, eol: &str) -> String {
+        format!("X: {}{eol}", "a".repeat(len - "X: ".len() - eol.len()))
+    }
+
+    // A header block is over the limit by its length with its line endings, whatever its lines; the empty line that
+    // ends it is not counted. One line running past the limit with no empty line after it is over it.
+    #[test]
+    fn the_header_block_limit_counts_the_length_whatever_the_lines() {
+        let max = MAX_HEADER_BLOCK;
+        for eol in ["\r\n", "\n"] {
+            let within = line_of(max, eol);
+            let over = line_of(max + 1, eol);
+            assert!(!block_over_limit(format!("{within}{eol}body").as_bytes()));
+            assert!(block_over_limit(format!("{over}{eol}body").as_bytes()));
+            assert!(!block_over_limit(within.as_bytes()));
+            assert!(block_over_limit(over.as_bytes()));
+            // Many short lines count alike.
+            let short = format!("A: 1{eol}").repeat(max / (4 + eol.len()) + 1);
+            assert!(block_over_limit(short.as_bytes()));
+            // The message's own block is measured the same way.
+            let body = format!("{within}{eol}body");
+            assert_eq!(top_block_end(body.as_bytes()), Some(max + eol.len()));
+            assert_eq!(top_block_end(within.as_bytes()), Some(max));
+            assert_eq!(top_block_end(format!("{over}{eol}body").as_bytes()), None);
+            assert_eq!(top_block_end(over.as_bytes()), None);
+        }
+        // One line, no line ending.
+        assert!(!block_over_limit(line_of(max, "").as_bytes()));
+        assert!(block_over_limit(line_of(max + 1, "").as_bytes()));
+        assert!(block_over_limit(line_of(10 * 1024 * 1024, "").as_bytes()));
+        assert_eq!(
+            top_block_end(line_of(10 * 1024 * 1024, "").as_bytes()),
+            None
+        );
+        // A field name still being read at the limit, and a continuation across it, are header.
+        assert!(block_over_limit("X".repeat(2 * max).as_bytes()));
+        let folded = format!("A: 1\r\n {}", "a".repeat(2 * max));
+        assert!(block_over_limit(folded.as_bytes()));
+        // A line that is not a header ends the block, before the limit or across it: header_block names that line.
+        let json = format!("A: 1\r\n{{\"aps\":\"{}\"}}", "a".repeat(2 * max));
+        assert!(!block_over_limit(json.as_bytes()));
+        let text = format!("A: 1\r\nnot a header\r\n{}", line_of(2 * max, "\r\n"));
+        assert!(!block_over_limit(text.as_bytes()));
+        assert!(!block_over_limit(
+            format!(" {}", "a".repeat(2 * max)).as_bytes()
+        ));
+    }
+
+    // The type of a top-level block over the limit comes from its last Content-Type field (as the MIME parser reads
+    // the block), folded or not, cut at the limit when the field is longer.
+    #[test]
+    fn the_type_of_a_large_top_level_block_is_its_last_content_type() {
+        let filler = "Received: x\r\n".repeat(MAX_HEADER_BLOCK / 13);
+        let ctype = |raw: String| top_content_type(raw.as_bytes()).map(|t| (t.ctype, t.subtype));
+        let mcmt = Some(("multipart".to_owned(), "vnd.msys.mcmt".to_owned()));
+        let text = Some(("text".to_owned(), "plain".to_owned()));
+        assert_eq!(
+            ctype(format!(
+                "{filler}content-type: multipart/vnd.msys.mcmt; boundary=B\r\n\r\n"
+            )),
+            mcmt
+        );
+        assert_eq!(
+            ctype(format!(
+                "Content-Type: multipart/vnd.msys.mcmt; boundary=B\r\n{filler}Content-Type :\r\n text/plain\r\n\r\n"
+            )),
+            text
+        );
+        assert_eq!(
+            ctype(format!("{filler}\r\nContent-Type: text/plain\r\n")),
+            None
+        );
+        let long = format!(
+            "Content-Type: multipart/vnd.msys.mcmt; boundary=B; x=\"{}\"\r\n\r\n",
+            "a".repeat(2 * MAX_HEADER_BLOCK)
+        );
+        assert_eq!(ctype(long), mcmt);
     }
 
     // RFC 5322 §3.6.8: a field name is printable ASCII but `:`, not only an RFC 9110 token; a JSON line is still no
