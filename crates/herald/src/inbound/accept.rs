@@ -576,41 +576,11 @@ mod tests {
 
     use std::time::Duration;
 
-    use herald_apns::client::connect::Endpoint;
-    use herald_apns::identity::{RootSource, client_config};
-
     use super::*;
-    use crate::queue::retry::{MaxRetries, RetryPolicy};
     use crate::queue::{EngineLimits, MemoryInvalidTokens, StaticResolver};
 
     fn settings(domain: &str) -> DeliverySettings {
-        DeliverySettings {
-            domain: Arc::from(domain),
-            binding_group: Arc::from("default"),
-            binding: Arc::from("default"),
-            protocol: RouteProtocol::Http2,
-            endpoint: Endpoint::new("127.0.0.1", 1),
-            tls: client_config(None, RootSource::NoVerify, true).unwrap(),
-            auth: None,
-            default_topic: Some(Arc::from("com.example.app")),
-            certificate_topic: None,
-            max_connections: 1,
-            host_budget: None,
-            idle_timeout: None,
-            response_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            keepalive: Duration::from_secs(30),
-            mx_failures_to_delay: 50,
-            retry: RetryPolicy {
-                retry_interval: Duration::from_secs(1),
-                max_retry_interval: Duration::from_secs(1),
-                max_retries: MaxRetries::Unlimited,
-                message_expiration: Duration::from_secs(60),
-                never_attempt_expired: false,
-            },
-            apn_expiry: Duration::from_secs(60),
-            max_window: 1,
-        }
+        DeliverySettings::for_tests(domain, 1)
     }
 
     /// An engine delivering apps.example (to a closed port), and its resolver.

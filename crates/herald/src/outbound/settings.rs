@@ -146,6 +146,45 @@ impl DeliverySettings {
     }
 }
 
+#[cfg(test)]
+impl DeliverySettings {
+    /// Settings for unit tests: `domain` from the default binding over HTTP/2 to 127.0.0.1:`port` without
+    /// certificate checks, one connection, one-second timeouts and retry intervals, unlimited retries, and
+    /// `mx_failures_to_delay` high enough that failed connection attempts never delay the queue.
+    pub(crate) fn for_tests(domain: &str, port: u16) -> Self {
+        use crate::model::retry::MaxRetries;
+        use herald_apns::identity::{RootSource, client_config};
+        DeliverySettings {
+            domain: Arc::from(domain),
+            binding_group: Arc::from("default"),
+            binding: Arc::from("default"),
+            protocol: RouteProtocol::Http2,
+            endpoint: Endpoint::new("127.0.0.1", port),
+            tls: client_config(None, RootSource::NoVerify, true)
+                .expect("a client TLS configuration without certificate checks"),
+            auth: None,
+            default_topic: Some(Arc::from("com.example.app")),
+            certificate_topic: None,
+            max_connections: 1,
+            host_budget: None,
+            idle_timeout: None,
+            response_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            keepalive: Duration::from_secs(30),
+            mx_failures_to_delay: 1000,
+            retry: RetryPolicy {
+                retry_interval: Duration::from_secs(1),
+                max_retry_interval: Duration::from_secs(1),
+                max_retries: MaxRetries::Unlimited,
+                message_expiration: Duration::from_secs(600),
+                never_attempt_expired: false,
+            },
+            apn_expiry: Duration::from_secs(600),
+            max_window: 1,
+        }
+    }
+}
+
 impl std::fmt::Debug for DeliverySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeliverySettings")

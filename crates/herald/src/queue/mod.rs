@@ -1001,37 +1001,7 @@ mod tests {
     }
 
     fn settings_to(port: u16) -> DeliverySettings {
-        use herald_apns::client::connect::Endpoint;
-        use herald_apns::identity::{RootSource, client_config};
-        use retry::{MaxRetries, RetryPolicy};
-        use std::time::Duration;
-        DeliverySettings {
-            domain: Arc::from("apps.example"),
-            binding_group: Arc::from("default"),
-            binding: Arc::from("default"),
-            protocol: crate::outbound::settings::RouteProtocol::Http2,
-            endpoint: Endpoint::new("127.0.0.1", port),
-            tls: client_config(None, RootSource::NoVerify, true).unwrap(),
-            auth: None,
-            default_topic: Some(Arc::from("com.example.app")),
-            certificate_topic: None,
-            max_connections: 1,
-            host_budget: None,
-            idle_timeout: None,
-            response_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(1),
-            keepalive: Duration::from_secs(30),
-            mx_failures_to_delay: 1000,
-            retry: RetryPolicy {
-                retry_interval: Duration::from_secs(1),
-                max_retry_interval: Duration::from_secs(1),
-                max_retries: MaxRetries::Unlimited,
-                message_expiration: Duration::from_secs(600),
-                never_attempt_expired: false,
-            },
-            apn_expiry: Duration::from_secs(600),
-            max_window: 1,
-        }
+        DeliverySettings::for_tests("apps.example", port)
     }
 
     /// A resolver whose answer the test changes (a reload).
