@@ -68,13 +68,22 @@ impl Target {
     }
 }
 
+/// The host part of a console address: `name:port` and `192.0.2.1:port` give what is before the colon,
+/// `[2001:db8::1]:port` and `[2001:db8::1]` the address inside the brackets, a bare IP address (`::1`) itself, and
+/// text without a colon is taken whole. The port is not checked here.
+fn host_of(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(host, _)| host);
+    }
+    if address.parse::<std::net::IpAddr>().is_ok() {
+        return address;
+    }
+    address.rsplit_once(':').map_or(address, |(h, _)| h)
+}
+
 /// Whether `host:port` names this machine (`localhost`, or a loopback address).
 fn is_loopback(address: &str) -> bool {
-    let host = address
-        .rsplit_once(':')
-        .map_or(address, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let host = host_of(address);
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
@@ -137,11 +146,7 @@ impl TlsClient {
 
     /// The name the listener's certificate must carry: the host of `host:port` (`[v6]:port` too).
     fn server_name(address: &str) -> anyhow::Result<rustls_pki_types::ServerName<'static>> {
-        let host = address
-            .rsplit_once(':')
-            .map_or(address, |(h, _)| h)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
+        let host = host_of(address);
         rustls_pki_types::ServerName::try_from(host.to_owned())
             .with_context(|| format!("{address}: {host:?} is not a host name or an address"))
     }
@@ -386,6 +391,41 @@ fn interactive(session: &mut Session) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_is_read_from_each_address_form() {
+        assert_eq!(host_of("127.0.0.1:2025"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:2025"), "::1");
+        assert_eq!(host_of("[2001:db8::1]:2025"), "2001:db8::1");
+        assert_eq!(host_of("mta.example.net:2025"), "mta.example.net");
+        assert_eq!(host_of("localhost:"), "localhost");
+        assert_eq!(host_of("localhost"), "localhost");
+        // Without a port, an IPv6 address is read whole, bracketed or not.
+        assert_eq!(host_of("::1"), "::1");
+        assert_eq!(host_of("[::1]"), "::1");
+        assert_eq!(host_of("2001:db8::1"), "2001:db8::1");
+    }
+
+    #[test]
+    fn the_server_name_is_the_host_of_the_address() {
+        use rustls_pki_types::ServerName;
+        assert_eq!(
+            TlsClient::server_name("mta.example.net:2025").unwrap(),
+            ServerName::try_from("mta.example.net").unwrap()
+        );
+        assert_eq!(
+            TlsClient::server_name("192.0.2.1:2025").unwrap(),
+            ServerName::try_from("192.0.2.1").unwrap()
+        );
+        assert_eq!(
+            TlsClient::server_name("[2001:db8::1]:2025").unwrap(),
+            ServerName::try_from("2001:db8::1").unwrap()
+        );
+        assert_eq!(
+            TlsClient::server_name("::1").unwrap(),
+            ServerName::try_from("::1").unwrap()
+        );
+    }
 
     #[test]
     fn loopback_hosts_are_told_apart_from_other_machines() {
