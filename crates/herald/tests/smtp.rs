@@ -539,6 +539,18 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
         "5.6.0 herald delivers push notifications only: this message is not MCMT (multipart/vnd.msys.mcmt with message/vnd.msys.apn parts)"
     );
 
+    // Ordinary mail whose header block is over herald's 100 KiB limit is still answered as not MCMT, not as a
+    // malformed MCMT message (docs/smtp.md, the refusal table).
+    let received = "Received: from relay.example by mx.example\r\n".repeat(5_000);
+    let (code, text) = h
+        .send_raw(
+            &rcpt,
+            &format!("{received}Subject: hello\r\n\r\nplain mail\r\n"),
+        )
+        .await;
+    assert_eq!(code, 554, "{text}");
+    assert!(text.contains("this message is not MCMT"), "{text}");
+
     // MCMT without a push part.
     let (code, text) = h.send_raw(&rcpt, &mcmt(&[])).await;
     assert_eq!(code, 554);
