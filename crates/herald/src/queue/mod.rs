@@ -1000,6 +1000,16 @@ mod tests {
         }
     }
 
+    /// An engine on `resolver` with the default limits and no logs.
+    fn test_engine(resolver: Arc<dyn SettingsResolver>) -> Engine {
+        Engine::new(
+            resolver,
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        )
+    }
+
     fn settings_to(port: u16) -> DeliverySettings {
         DeliverySettings::for_tests("apps.example", port)
     }
@@ -1050,12 +1060,7 @@ mod tests {
         let mut old_settings = settings_to(old_route.local_addr().unwrap().port());
         old_settings.idle_timeout = Some(std::time::Duration::from_millis(10));
         let resolver = Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(old_settings)))));
-        let engine = Engine::new(
-            resolver.clone(),
-            Logs::default(),
-            Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits::default(),
-        );
+        let engine = test_engine(resolver.clone());
         engine.set_held(true);
         engine.submit(notification(1)).await.unwrap();
         // The reload: the domain is no longer configured.
@@ -1097,12 +1102,7 @@ mod tests {
             go: Mutex::new(go_rx),
             first: std::sync::atomic::AtomicBool::new(true),
         });
-        let engine = Arc::new(Engine::new(
-            resolver.clone(),
-            Logs::default(),
-            Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits::default(),
-        ));
+        let engine = Arc::new(test_engine(resolver.clone()));
         let notification = notification(0xab);
         let submitter = engine.clone();
         let submit = tokio::spawn(async move { submitter.submit(notification).await });
@@ -1159,12 +1159,7 @@ mod tests {
             current: Mutex::new(Ok(Arc::new(settings_to(old_port)))),
             gate: Mutex::new(None),
         });
-        let engine = Arc::new(Engine::new(
-            resolver.clone(),
-            Logs::default(),
-            Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits::default(),
-        ));
+        let engine = Arc::new(test_engine(resolver.clone()));
         engine.set_held(true);
         engine.submit(notification(0xcd)).await.unwrap();
         // The first reload removes the domain; its resolution is held after reading that.
@@ -1206,12 +1201,7 @@ mod tests {
         let mut settings = settings_to(silent.local_addr().unwrap().port());
         settings.mx_failures_to_delay = 1;
         let resolver = Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(settings)))));
-        let engine = Engine::new(
-            resolver.clone(),
-            Logs::default(),
-            Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits::default(),
-        );
+        let engine = test_engine(resolver.clone());
         engine.submit(notification(0xef)).await.unwrap();
         let (mut attempt, _) =
             tokio::time::timeout(std::time::Duration::from_secs(20), silent.accept())
