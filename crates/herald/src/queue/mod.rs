@@ -666,22 +666,25 @@ impl Engine {
             .map_err(|_| SubmitError::ShuttingDown)?;
         if stale {
             // A reload listed the queues while these settings were resolved from the configuration before it.
-            let epoch = self
-                .shared
-                .reconfigurations
-                .load(std::sync::atomic::Ordering::Acquire);
-            match resolve_blocking(self.shared.resolver.clone(), binding, domain).await {
-                Ok(Ok(settings)) => {
-                    let _ = sender.0.send(DomainEvent::Reconfigure { settings, epoch });
+            // On a task of its own, so that the queue hears the verdict even if this submitter goes away.
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let epoch = shared
+                    .reconfigurations
+                    .load(std::sync::atomic::Ordering::Acquire);
+                match resolve_blocking(shared.resolver.clone(), binding, domain).await {
+                    Ok(Ok(settings)) => {
+                        let _ = sender.0.send(DomainEvent::Reconfigure { settings, epoch });
+                    }
+                    Ok(Err(e)) => {
+                        let _ = sender.0.send(DomainEvent::Unroutable {
+                            reason: e.to_string(),
+                            epoch,
+                        });
+                    }
+                    Err(_) => {}
                 }
-                Ok(Err(e)) => {
-                    let _ = sender.0.send(DomainEvent::Unroutable {
-                        reason: e.to_string(),
-                        epoch,
-                    });
-                }
-                Err(_) => {}
-            }
+            });
         }
         Ok(())
     }
@@ -896,50 +899,61 @@ impl Engine {
     /// The engine-wide lock is held only to list the queues: settings are resolved without it (submitters go on),
     /// on a blocking thread.
     pub async fn reconfigure(&self) -> Vec<(String, ResolveError)> {
-        let (epoch, queues): (Epoch, Vec<(QueueKey, DomainSender)>) = {
-            let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-            let epoch = self
-                .shared
-                .reconfigurations
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-                + 1;
-            let mut queues: Vec<_> = domains
-                .iter()
-                .filter_map(|(k, h)| Some((k.clone(), h.sender.clone()?)))
-                .collect();
-            queues.sort_by(|a, b| a.0.cmp(&b.0));
-            (epoch, queues)
-        };
-        let resolver = self.shared.resolver.clone();
-        let resolved = run_blocking(move || {
-            queues
-                .into_iter()
-                .map(|(key, sender)| {
-                    let settings = resolver.resolve_binding(&key.binding, &key.domain);
-                    (key, sender, settings)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        let mut errors = Vec::new();
-        for (key, sender, settings) in resolved {
-            match settings {
-                Ok(settings) => {
-                    let _ = sender.0.send(DomainEvent::Reconfigure { settings, epoch });
-                }
-                Err(e) => {
-                    // Its notifications wait instead of going out on settings no longer in force.
-                    let _ = sender.0.send(DomainEvent::Unroutable {
-                        reason: e.to_string(),
-                        epoch,
-                    });
-                    errors.push((Engine::queue_name(&key.binding, &key.domain), e));
-                }
+        // The verdicts are delivered even if the caller goes away meanwhile (a dashboard request whose client hung
+        // up): a reload stopped between counting itself and telling the queues would leave them on settings no
+        // longer in force until the next one.
+        match tokio::spawn(reconfigure_queues(self.shared.clone())).await {
+            Ok(errors) => errors,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// [`Engine::reconfigure`]'s work, on a task of its own.
+async fn reconfigure_queues(shared: Arc<EngineShared>) -> Vec<(String, ResolveError)> {
+    let (epoch, queues): (Epoch, Vec<(QueueKey, DomainSender)>) = {
+        let domains = shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = shared
+            .reconfigurations
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        let mut queues: Vec<_> = domains
+            .iter()
+            .filter_map(|(k, h)| Some((k.clone(), h.sender.clone()?)))
+            .collect();
+        queues.sort_by(|a, b| a.0.cmp(&b.0));
+        (epoch, queues)
+    };
+    let resolver = shared.resolver.clone();
+    let resolved = run_blocking(move || {
+        queues
+            .into_iter()
+            .map(|(key, sender)| {
+                let settings = resolver.resolve_binding(&key.binding, &key.domain);
+                (key, sender, settings)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut errors = Vec::new();
+    for (key, sender, settings) in resolved {
+        match settings {
+            Ok(settings) => {
+                let _ = sender.0.send(DomainEvent::Reconfigure { settings, epoch });
+            }
+            Err(e) => {
+                // Its notifications wait instead of going out on settings no longer in force.
+                let _ = sender.0.send(DomainEvent::Unroutable {
+                    reason: e.to_string(),
+                    epoch,
+                });
+                errors.push((Engine::queue_name(&key.binding, &key.domain), e));
             }
         }
-        errors
     }
+    errors
 }
 
 /// Resolves the settings of (binding, domain) on a blocking thread (see [`run_blocking`]).
