@@ -68,15 +68,13 @@ impl Target {
     }
 }
 
-/// The host part of a console address: `name:port` and `192.0.2.1:port` give what is before the colon,
-/// `[2001:db8::1]:port` and `[2001:db8::1]` the address inside the brackets, a bare IP address (`::1`) itself, and
-/// text without a colon is taken whole. The port is not checked here.
+/// The host part of a console address, read as the connection reads it: `name:port` and `192.0.2.1:port` give
+/// what is before the last colon, `[2001:db8::1]:port` and `[2001:db8::1]` the address inside the brackets, and
+/// text without a colon is taken whole. An IPv6 address without brackets has its last group read as the port
+/// (`::1:2025` is host `::1`, port 2025), as by the connection. The port is not checked here.
 fn host_of(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
         return rest.split_once(']').map_or(rest, |(host, _)| host);
-    }
-    if address.parse::<std::net::IpAddr>().is_ok() {
-        return address;
     }
     address.rsplit_once(':').map_or(address, |(h, _)| h)
 }
@@ -400,10 +398,9 @@ mod tests {
         assert_eq!(host_of("mta.example.net:2025"), "mta.example.net");
         assert_eq!(host_of("localhost:"), "localhost");
         assert_eq!(host_of("localhost"), "localhost");
-        // Without a port, an IPv6 address is read whole, bracketed or not.
-        assert_eq!(host_of("::1"), "::1");
+        // Without brackets, an IPv6 address's last group is its port, as when connecting.
+        assert_eq!(host_of("::1:2025"), "::1");
         assert_eq!(host_of("[::1]"), "::1");
-        assert_eq!(host_of("2001:db8::1"), "2001:db8::1");
     }
 
     #[test]
@@ -422,8 +419,8 @@ mod tests {
             ServerName::try_from("2001:db8::1").unwrap()
         );
         assert_eq!(
-            TlsClient::server_name("::1").unwrap(),
-            ServerName::try_from("::1").unwrap()
+            TlsClient::server_name("2001:db8::1:2025").unwrap(),
+            ServerName::try_from("2001:db8::1").unwrap()
         );
     }
 
