@@ -994,24 +994,34 @@ mod tests {
     use super::*;
     use herald_conf::Config;
 
-    /// A resolver whose first answer is the settings in force when it was asked, given only once the test lets
-    /// it go: a queue starting while a reload happens.
-    struct SlowFirstResolver {
-        current: Mutex<Arc<DeliverySettings>>,
-        asked: std::sync::mpsc::SyncSender<()>,
-        go: Mutex<std::sync::mpsc::Receiver<()>>,
-        first: std::sync::atomic::AtomicBool,
+    /// A resolver whose answer the test changes, and which can hold one resolution (with the answer it read
+    /// when asked) until the test lets it go.
+    struct GatedResolver {
+        current: Mutex<Result<Arc<DeliverySettings>, ResolveError>>,
+        gate: Mutex<
+            Option<(
+                std::sync::mpsc::SyncSender<()>,
+                std::sync::mpsc::Receiver<()>,
+            )>,
+        >,
     }
 
-    impl SettingsResolver for SlowFirstResolver {
+    impl SettingsResolver for GatedResolver {
         fn resolve(&self, _domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
-            let settings = self.current.lock().unwrap().clone();
-            if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                self.asked.send(()).unwrap();
-                self.go.lock().unwrap().recv().unwrap();
+            let answer = self.current.lock().unwrap().clone();
+            let gate = self.gate.lock().unwrap().take();
+            if let Some((asked, go)) = gate {
+                asked.send(()).unwrap();
+                go.recv().unwrap();
             }
-            Ok(settings)
+            answer
         }
+    }
+
+    /// A port nothing listens on.
+    fn closed_port() -> u16 {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        closed.local_addr().unwrap().port()
     }
 
     /// An engine on `resolver` with the default limits and no logs.
@@ -1103,18 +1113,14 @@ mod tests {
     /// the reload listed the queues, still gets the new configuration (here: a new route, which it connects to).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queue_starting_during_a_reload_gets_the_new_settings() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let old_port = closed.local_addr().unwrap().port();
-        drop(closed);
+        let old_port = closed_port();
         let new_route = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let new_port = new_route.local_addr().unwrap().port();
         let (asked_tx, asked_rx) = std::sync::mpsc::sync_channel(1);
         let (go_tx, go_rx) = std::sync::mpsc::sync_channel(1);
-        let resolver = Arc::new(SlowFirstResolver {
-            current: Mutex::new(Arc::new(settings_to(old_port))),
-            asked: asked_tx,
-            go: Mutex::new(go_rx),
-            first: std::sync::atomic::AtomicBool::new(true),
+        let resolver = Arc::new(GatedResolver {
+            current: Mutex::new(Ok(Arc::new(settings_to(old_port)))),
+            gate: Mutex::new(Some((asked_tx, go_rx))),
         });
         let engine = Arc::new(test_engine(resolver.clone()));
         let notification = notification(0xab);
@@ -1124,7 +1130,7 @@ mod tests {
             .await
             .unwrap();
         // The reload: the configuration changes, and the engine lists its queues (none yet).
-        *resolver.current.lock().unwrap() = Arc::new(settings_to(new_port));
+        *resolver.current.lock().unwrap() = Ok(Arc::new(settings_to(new_port)));
         assert!(engine.reconfigure().await.is_empty());
         go_tx.send(()).unwrap();
         submit.await.unwrap().unwrap();
@@ -1136,38 +1142,12 @@ mod tests {
         );
     }
 
-    /// A resolver whose answer the test changes, and which can hold one resolution (with the answer it read
-    /// when asked) until the test lets it go.
-    struct GatedResolver {
-        current: Mutex<Result<Arc<DeliverySettings>, ResolveError>>,
-        gate: Mutex<
-            Option<(
-                std::sync::mpsc::SyncSender<()>,
-                std::sync::mpsc::Receiver<()>,
-            )>,
-        >,
-    }
-
-    impl SettingsResolver for GatedResolver {
-        fn resolve(&self, _domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
-            let answer = self.current.lock().unwrap().clone();
-            let gate = self.gate.lock().unwrap().take();
-            if let Some((asked, go)) = gate {
-                asked.send(()).unwrap();
-                go.recv().unwrap();
-            }
-            answer
-        }
-    }
-
     /// Two reloads back to back whose resolutions finish in the wrong order: the first (whose configuration could
     /// not deliver the queue) answers after the second (which routes it again). The queue keeps the later
     /// verdict and delivers; it does not wait, unroutable, for a third reload.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_older_reloads_late_verdict_does_not_override_a_newer_one() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let old_port = closed.local_addr().unwrap().port();
-        drop(closed);
+        let old_port = closed_port();
         let new_route = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let resolver = Arc::new(GatedResolver {
             current: Mutex::new(Ok(Arc::new(settings_to(old_port)))),
