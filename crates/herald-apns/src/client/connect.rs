@@ -1,6 +1,12 @@
 //! Opening the TLS connection under either protocol: a fresh DNS lookup per connection (Apple asks for
-//! uncached lookups, docs/apns-protocol.md#http2-connection), TCP with Nagle off, then TLS with the caller's rustls
-//! configuration.
+//! uncached lookups, docs/apns-protocol.md#http2-connection), TCP with Nagle off and the system's liveness checks
+//! on, then TLS with the caller's rustls configuration.
+//!
+//! Liveness: a connection whose peer vanished without a word (a NAT that forgot it, a host powered off) must end
+//! before it takes the next notification. TCP keepalive probes an idle connection ([`TCP_KEEPALIVE_IDLE`]), and
+//! `TCP_USER_TIMEOUT` ends one whose written bytes stay unacknowledged ([`TCP_USER_TIMEOUT`]), so a write into a
+//! dead connection fails within a bounded time instead of the system's ~15 minutes of retransmissions. HTTP/2 adds
+//! its own PINGs on top; the binary protocol has nothing else (docs/apns-protocol.md#binary-transport).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,6 +18,15 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::ConnectionError;
+
+/// An outbound connection idle this long gets its first TCP keepalive probe.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Time between unanswered keepalive probes.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered keepalive probes after which the system ends the connection.
+pub const TCP_KEEPALIVE_PROBES: u32 = 3;
+/// How long written bytes may stay unacknowledged by the peer before the system ends the connection (Linux).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where to connect: a host name or address and a port, and the local address to connect from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -86,6 +101,19 @@ pub async fn connect_tls(
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<(TlsStream<TcpStream>, SocketAddr), ConnectionError> {
+    connect_tls_over(endpoint, tls, timeout, |tcp| tcp).await
+}
+
+/// [`connect_tls`] with TLS running over `wrap(tcp)`: a layer that watches the raw socket's traffic.
+pub(crate) async fn connect_tls_over<S>(
+    endpoint: &Endpoint,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    wrap: impl FnOnce(TcpStream) -> S,
+) -> Result<(TlsStream<S>, SocketAddr), ConnectionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let fut = async {
         let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, endpoint.port))
@@ -138,10 +166,11 @@ pub async fn connect_tls(
         };
         // Nagle would hold small frames back; both protocols batch their own writes.
         let _ = tcp.set_nodelay(true);
+        set_liveness(&tcp);
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| ConnectionError::ServerName(endpoint.host.clone()))?;
         let tls_stream = TlsConnector::from(tls)
-            .connect(name, tcp)
+            .connect(name, wrap(tcp))
             .await
             .map_err(|source| ConnectionError::Tls {
                 host: endpoint.host.clone(),
@@ -158,9 +187,50 @@ pub async fn connect_tls(
     }
 }
 
+/// Turns on the system's dead-peer checks on an outbound socket (see the module comment). A system that refuses
+/// one is not worth failing the connection for: the protocols' own timeouts still apply.
+fn set_liveness(tcp: &TcpStream) {
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE_IDLE);
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "TCP keepalive not set");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Endpoint;
+    use super::*;
+
+    /// Every outbound socket probes an idle peer and bounds unacknowledged writes, so a dead APNs connection ends
+    /// on its own instead of taking notifications (module comment).
+    #[tokio::test]
+    async fn outbound_sockets_have_keepalive_and_a_bound_on_unacknowledged_writes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        set_liveness(&tcp);
+        let sock = socket2::SockRef::from(&tcp);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_IDLE);
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(
+                sock.tcp_keepalive_interval().unwrap(),
+                TCP_KEEPALIVE_INTERVAL
+            );
+            assert_eq!(sock.tcp_keepalive_retries().unwrap(), TCP_KEEPALIVE_PROBES);
+            assert_eq!(sock.tcp_user_timeout().unwrap(), Some(TCP_USER_TIMEOUT));
+        }
+    }
 
     #[test]
     fn authority_len_is_the_length_of_the_authority() {

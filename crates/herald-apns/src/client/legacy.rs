@@ -6,6 +6,13 @@
 //! ones written before it were processed and are delivered, it gets its status, and every one written after it
 //! was discarded by APNs and comes back unsent (docs/apns-protocol.md#binary-error-packet). Status 10 (shutdown) names
 //! the last notification processed instead. A connection lost with no error packet hands the whole window back unsent.
+//!
+//! Silence proves nothing while the bytes have not reached APNs: a write counts once it has left the process (the
+//! TLS layer flushed), and where the system tells (Linux), a notification's silence counts only from when APNs'
+//! TCP stack acknowledged the write that carried it ([`super::acked`]). A peer that vanished without a word
+//! therefore never turns a notification into a delivery: its bytes stay unacknowledged until the system ends the
+//! connection (`TCP_USER_TIMEOUT`, see [`super::connect`]) and the window comes back unsent. A write that cannot
+//! complete within `write_timeout` ends the connection the same way.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,7 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::connect::{Endpoint, connect_tls};
+use super::acked::{Acknowledged, counted};
+use super::connect::{Endpoint, connect_tls_over};
 use super::{
     ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver, NotSentReason, OutcomeSink,
     PushResult, Rejection,
@@ -24,6 +32,9 @@ use crate::push::Priority;
 
 /// How many bytes to gather before one write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Default [`BinaryOptions::write_timeout`]: as long as the system lets written bytes go unacknowledged.
+pub const WRITE_TIMEOUT: Duration = super::connect::TCP_USER_TIMEOUT;
 
 /// Settings of a binary connection.
 #[derive(Clone)]
@@ -35,6 +46,9 @@ pub struct BinaryOptions {
     pub connect_timeout: Duration,
     /// `delivery_response_timeout`: silence this long after a write means delivered.
     pub response_timeout: Duration,
+    /// Longest a write (one batch, flushed) may take; a connection whose peer stopped reading for this long is
+    /// ended and its window comes back unsent.
+    pub write_timeout: Duration,
     /// Close after this long with an empty window and nothing taken; `None` keeps the connection open.
     pub idle_timeout: Option<Duration>,
     /// Most notifications inside the response window; above it the connection takes no more work, which bounds
@@ -48,6 +62,7 @@ impl std::fmt::Debug for BinaryOptions {
             .field("endpoint", &self.endpoint)
             .field("format", &self.format)
             .field("response_timeout", &self.response_timeout)
+            .field("write_timeout", &self.write_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_window", &self.max_window)
             .finish()
@@ -56,7 +71,11 @@ impl std::fmt::Debug for BinaryOptions {
 
 struct Written<T> {
     identifier: u32,
+    /// When its silence started counting: the write, or the moment its acknowledgement was seen.
     at: Instant,
+    /// Bytes written to the socket once its write was done: acknowledged when the peer has acknowledged as many.
+    end: u64,
+    acknowledged: bool,
     tag: T,
 }
 
@@ -74,16 +93,24 @@ pub async fn open<T: Send + 'static>(
     jobs: JobReceiver<T>,
     sink: Arc<dyn OutcomeSink<T>>,
 ) -> Result<Arc<ConnectionState>, ConnectionError> {
-    let (tls, remote) = connect_tls(&opts.endpoint, opts.tls.clone(), opts.connect_timeout).await?;
+    let mut acks = None;
+    let wrap = |tcp| {
+        let (tcp, reader) = counted(tcp);
+        acks = reader;
+        tcp
+    };
+    let (tls, remote) =
+        connect_tls_over(&opts.endpoint, opts.tls.clone(), opts.connect_timeout, wrap).await?;
     let state = ConnectionState::new(opts.max_window);
     let info = ConnectionInfo { remote, id };
-    tokio::spawn(run(opts, tls, jobs, sink, state.clone(), info));
+    tokio::spawn(run(opts, tls, acks, jobs, sink, state.clone(), info));
     Ok(state)
 }
 
 async fn run<T: Send + 'static, S>(
     opts: Arc<BinaryOptions>,
     stream: S,
+    acks: Option<Acknowledged>,
     jobs: JobReceiver<T>,
     sink: Arc<dyn OutcomeSink<T>>,
     state: Arc<ConnectionState>,
@@ -113,6 +140,8 @@ async fn run<T: Send + 'static, S>(
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_activity = Instant::now();
+    // How many notifications at the front of the window are known acknowledged.
+    let mut acknowledged = 0;
     let mut taking = true;
     let mut end: Option<ReadEnd> = None;
 
@@ -133,7 +162,13 @@ async fn run<T: Send + 'static, S>(
                     match encode_job(&opts, &mut buf, next_id, &j) {
                         Ok(()) => {
                             // `at` is set once the write is done (below).
-                            window.push_back(Written { identifier: next_id, at: last_activity, tag: j.tag });
+                            window.push_back(Written {
+                                identifier: next_id,
+                                at: last_activity,
+                                end: 0,
+                                acknowledged: false,
+                                tag: j.tag,
+                            });
                             next_id = next_id.wrapping_add(1);
                         }
                         Err(e) => {
@@ -154,7 +189,19 @@ async fn run<T: Send + 'static, S>(
                         job = jobs.try_recv().ok();
                     }
                 }
-                if let Err(e) = writer.write_all(&buf).await {
+                // Flushed, or the TLS layer may keep the tail of the batch and silence would "deliver" it.
+                let written = async {
+                    writer.write_all(&buf).await?;
+                    writer.flush().await
+                };
+                let written = match tokio::time::timeout(opts.write_timeout, written).await {
+                    Ok(r) => r,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("a write took over {} ms; the peer stopped reading", opts.write_timeout.as_millis()),
+                    )),
+                };
+                if let Err(e) = written {
                     tracing::debug!(conn = info.id, error = %e, "write failed");
                     // The server may have written an error packet before closing: give the reader a moment.
                     end = Some(match tokio::time::timeout(opts.response_timeout, &mut read_rx).await {
@@ -167,14 +214,35 @@ async fn run<T: Send + 'static, S>(
                 // The response window counts from when the notifications were written, not from when they were
                 // taken: a write that waited on a slow reader must not make them look answered by silence.
                 last_activity = Instant::now();
+                let end = acks.as_ref().map_or(0, Acknowledged::written);
                 for w in window.range_mut(batch_start..) {
                     w.at = last_activity;
+                    w.end = end;
+                    // Without a way to ask, the write is all the proof there is.
+                    w.acknowledged = acks.is_none();
                 }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                while window.front().is_some_and(|w| now.duration_since(w.at) >= opts.response_timeout) {
+                if let Some(acks) = &acks {
+                    // A system that cannot tell counts everything written as acknowledged.
+                    let upto = acks.acknowledged().unwrap_or_else(|| acks.written());
+                    for w in window.range_mut(acknowledged..) {
+                        if w.end > upto {
+                            break;
+                        }
+                        // Acknowledged since the last look: the silence counts from now.
+                        w.acknowledged = true;
+                        w.at = w.at.max(now);
+                        acknowledged += 1;
+                    }
+                }
+                let answered_by_silence = |w: &Written<T>| {
+                    w.acknowledged && now.duration_since(w.at) >= opts.response_timeout
+                };
+                while window.front().is_some_and(answered_by_silence) {
                     if let Some(w) = window.pop_front() {
+                        acknowledged = acknowledged.saturating_sub(1);
                         sink.report(w.tag, delivered(w.identifier), &info);
                     }
                 }
@@ -309,25 +377,37 @@ mod tests {
         }
     }
 
-    /// The response window counts from when a notification was written: a write held up by a server reading
-    /// slowly (longer than the response timeout) does not make the notifications it carried count as delivered
-    /// before the server could answer them (docs/apns-protocol.md#binary-error-packet: silence for the response
-    /// time means delivered).
-    #[tokio::test]
-    async fn a_write_held_up_by_a_slow_reader_does_not_count_as_answered_silence() {
-        let (client, mut server) = tokio::io::duplex(64);
-        let opts = Arc::new(BinaryOptions {
+    /// Options with a 200 ms response window.
+    fn options(write_timeout: Duration) -> Arc<BinaryOptions> {
+        Arc::new(BinaryOptions {
             endpoint: Endpoint::new("127.0.0.1", 2195),
             tls: client_config(None, RootSource::NoVerify, false).unwrap(),
             format: BinaryFormat::Frame,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_millis(200),
+            write_timeout,
             idle_timeout: None,
-            max_window: 100,
-        });
+            max_window: 10_000,
+        })
+    }
+
+    /// Runs a connection over `stream` with notifications 1..=`jobs` waiting for it.
+    fn start<S>(
+        stream: S,
+        acks: Option<Acknowledged>,
+        jobs: u32,
+        write_timeout: Duration,
+    ) -> (
+        async_channel::Sender<Job<u32>>,
+        Arc<Results>,
+        tokio::task::JoinHandle<()>,
+    )
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         let (tx, rx) = async_channel::unbounded();
-        for tag in 1..=3 {
-            tx.send(job(tag)).await.unwrap();
+        for tag in 1..=jobs {
+            tx.try_send(job(tag)).unwrap();
         }
         let results = Arc::new(Results::default());
         let info = ConnectionInfo {
@@ -335,13 +415,42 @@ mod tests {
             id: 1,
         };
         let conn = tokio::spawn(run(
-            opts,
-            client,
+            options(write_timeout),
+            stream,
+            acks,
             rx,
             results.clone(),
-            ConnectionState::new(100),
+            ConnectionState::new(10_000),
             info,
         ));
+        (tx, results, conn)
+    }
+
+    /// Reads from `server` until `len` bytes came (failing after 20 s).
+    async fn read_at_least<R: tokio::io::AsyncRead + Unpin>(server: &mut R, len: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got.len() < len {
+            let n =
+                tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(server, &mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("only {} of {len} bytes came", got.len()))
+                    .unwrap();
+            assert!(n > 0, "the connection closed after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// The response window counts from when a notification was written: a write held up by a server reading
+    /// slowly (longer than the response timeout) does not make the notifications it carried count as delivered
+    /// before the server could answer them (docs/apns-protocol.md#binary-error-packet: silence for the response
+    /// time means delivered).
+    #[tokio::test]
+    async fn a_write_held_up_by_a_slow_reader_does_not_count_as_answered_silence() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let (tx, results, conn) = start(client, None, 3, WRITE_TIMEOUT);
         // The server reads nothing for three response times (the write waits meanwhile), then reads what was
         // written and, 50 ms later (within the response time), refuses the first notification.
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -387,5 +496,159 @@ mod tests {
         );
         drop(tx);
         conn.await.unwrap();
+    }
+
+    /// A batch leaves the process before its silence counts: a stream that holds written bytes until it is flushed
+    /// (as TLS does with the tail of a write the socket could not take) still gets every notification to the peer,
+    /// and none is reported delivered while it sits in the buffer (docs/apns-protocol.md#binary-error-packet).
+    #[tokio::test]
+    async fn a_batch_is_flushed_before_its_silence_counts() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let buffered = tokio::io::BufWriter::with_capacity(1 << 20, client);
+        let (_tx, results, _conn) = start(buffered, None, 3, WRITE_TIMEOUT);
+        let one = {
+            let mut b = BytesMut::new();
+            encode_job(&options(WRITE_TIMEOUT), &mut b, 1, &job(1)).unwrap();
+            b.len()
+        };
+        read_at_least(&mut server, 3 * one).await;
+        let reported = results.wait_for(3).await;
+        assert!(
+            reported
+                .iter()
+                .all(|(_, r)| matches!(r, PushResult::Delivered { .. })),
+            "{reported:?}"
+        );
+    }
+
+    /// A write the peer does not take within `write_timeout` ends the connection and hands its window back unsent:
+    /// a peer that stopped reading never turns the notifications into silent deliveries.
+    #[tokio::test]
+    async fn a_write_the_peer_never_takes_ends_the_connection_with_the_window_unsent() {
+        let (client, _server) = tokio::io::duplex(64);
+        let (_tx, results, conn) = start(client, None, 3, Duration::from_millis(300));
+        let reported = results.wait_for(3).await;
+        assert!(
+            reported
+                .iter()
+                .all(|(_, r)| *r == PushResult::NotSent(NotSentReason::ConnectionLost)),
+            "{reported:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(20), conn)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Silence counts only once the peer's TCP stack acknowledged what was written: notifications sitting in the
+    /// socket's send queue of a peer that does not read (a full receive window, as with a vanished peer whose
+    /// bytes are never acknowledged) are not reported delivered, however long the silence; once the peer reads,
+    /// its error packet settles them as usual (docs/apns-protocol.md#binary-error-packet).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn silence_counts_only_after_the_peer_acknowledged_the_bytes() {
+        // The server's receive buffer is tiny and it does not read; the client's send buffer holds everything.
+        let listener = tokio::net::TcpSocket::new_v4().unwrap();
+        listener.set_recv_buffer_size(4096).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listener.listen(1).unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_send_buffer_size(1 << 20).unwrap();
+        let client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (client, acks) = counted(client);
+        let jobs = 200;
+        let (_tx, results, conn) = start(client, acks, jobs, WRITE_TIMEOUT);
+        let one = {
+            let mut b = BytesMut::new();
+            encode_job(&options(WRITE_TIMEOUT), &mut b, 1, &job(1)).unwrap();
+            b.len()
+        };
+        // Three response windows of silence with the bytes unacknowledged: nothing is delivered.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            results.wait_for(0).await,
+            vec![],
+            "silence before the bytes were acknowledged"
+        );
+        // The server reads everything, then refuses the first notification within the response window.
+        read_at_least(&mut server, jobs as usize * one).await;
+        let packet = ErrorPacket {
+            status: Status::InvalidToken,
+            identifier: 1,
+        };
+        tokio::io::AsyncWriteExt::write_all(&mut server, &packet.encode())
+            .await
+            .unwrap();
+        let reported = results.wait_for(jobs as usize).await;
+        assert_eq!(
+            reported[0],
+            (
+                1,
+                PushResult::Rejected(Rejection::Binary {
+                    status: Status::InvalidToken,
+                    identifier: Some(1),
+                })
+            )
+        );
+        assert!(
+            reported[1..]
+                .iter()
+                .all(|(_, r)| *r == PushResult::NotSent(NotSentReason::AfterRejected)),
+            "{reported:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(20), conn)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Acknowledgement is tracked per write: a notification the peer took is delivered by silence while later
+    /// writes still wait behind the peer's full receive window, so a busy connection keeps delivering.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_acknowledged_write_is_delivered_while_later_ones_wait() {
+        let listener = tokio::net::TcpSocket::new_v4().unwrap();
+        listener.set_recv_buffer_size(4096).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listener.listen(1).unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_send_buffer_size(1 << 20).unwrap();
+        let client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (client, acks) = counted(client);
+        let (tx, results, _conn) = start(client, acks, 1, WRITE_TIMEOUT);
+        let one = {
+            let mut b = BytesMut::new();
+            encode_job(&options(WRITE_TIMEOUT), &mut b, 1, &job(1)).unwrap();
+            b.len()
+        };
+        read_at_least(&mut server, one).await;
+        for tag in 2..=200 {
+            tx.send(job(tag)).await.unwrap();
+        }
+        // The first is delivered; the rest, unread by the server, are not.
+        let reported = results.wait_for(1).await;
+        assert_eq!(reported, vec![(1, delivered(1))]);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            results.wait_for(1).await.len(),
+            1,
+            "unacknowledged notifications delivered"
+        );
+        read_at_least(&mut server, 199 * one).await;
+        let reported = results.wait_for(200).await;
+        assert!(
+            reported
+                .iter()
+                .all(|(_, r)| matches!(r, PushResult::Delivered { .. })),
+            "{reported:?}"
+        );
     }
 }

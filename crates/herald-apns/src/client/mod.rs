@@ -8,6 +8,7 @@
 //! without counting an attempt; one written in full whose answer never came may have been processed, and says so
 //! ([`PushResult::TimedOut`], [`PushResult::Unanswered`]). The caller's tag `T` travels with the job and comes back untouched.
 
+mod acked;
 pub mod connect;
 pub mod http2;
 pub mod legacy;

@@ -111,6 +111,7 @@ impl Pool {
             format,
             connect_timeout: settings.connect_timeout,
             response_timeout: settings.response_timeout,
+            write_timeout: legacy::WRITE_TIMEOUT,
             idle_timeout: settings.idle_timeout,
             max_window: settings.max_window,
         });
