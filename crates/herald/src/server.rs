@@ -123,6 +123,8 @@ pub struct Server {
     pub engine: Arc<Engine>,
     pub intake: Arc<Intake>,
     pub spool: Arc<dyn Spool>,
+    /// Keeps the spool in step with the queue; holds final outcomes' removals until their records are stored.
+    bridge: Arc<SpoolBridge>,
     /// Every device token APNs or its feedback service reported invalid.
     pub invalid_tokens: Arc<InvalidTokenStore>,
     /// The background restore of what the spool held at start.
@@ -321,6 +323,12 @@ impl Server {
             listeners.push(status_book.clone());
         }
         engine.set_outcome_listener(Arc::new(Fanout(listeners)));
+        // A notification leaves the spool only once its status record and webhook event are stored.
+        let mut writers: Vec<Arc<dyn crate::outcomes::OutcomeWriter>> = vec![webhooks.clone()];
+        if !retention.is_zero() {
+            writers.push(status_book.clone());
+        }
+        bridge.gate_removals_on(writers);
         // On JetStream, each node's book knows what that node delivered: the nodes answer each other's lookups.
         let status_peers = match &jetstream {
             Some(js) if !retention.is_zero() => {
@@ -359,13 +367,19 @@ impl Server {
             resolver.clone(),
             invalid_tokens.clone(),
         ));
-        let intake = Arc::new(Intake::new(resolver.clone(), bridge, engine.clone(), ids));
+        let intake = Arc::new(Intake::new(
+            resolver.clone(),
+            bridge.clone(),
+            engine.clone(),
+            ids,
+        ));
 
         let server = Arc::new_cyclic(|me| Server {
             me: me.clone(),
             engine,
             intake,
             spool,
+            bridge,
             restore_progress,
             dashboard,
             invalid_tokens,
@@ -939,6 +953,13 @@ impl Server {
         if !self.webhooks.flush(within).await {
             tracing::warn!(
                 "at shutdown: webhook outcomes still waiting for their queue were not stored"
+            );
+        }
+        let kept = self.bridge.release_removals();
+        if kept > 0 {
+            tracing::warn!(
+                "at shutdown: {kept} delivered notification(s) stay spooled because their outcomes were not stored; \
+                 they are sent again after the restart"
             );
         }
         if let Err(e) = self.spool.close().await {

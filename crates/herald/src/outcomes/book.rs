@@ -198,6 +198,10 @@ pub struct StatusBook {
     shards: Vec<Mutex<Slots<Entry>>>,
     store: Arc<OutcomeStore>,
     writer: SyncSender<Stored>,
+    /// Held while a final outcome is handed to the writer and counted, so that the channel's order is the
+    /// count's order: `written` reaching a value of `submitted` then means every outcome counted by it is stored
+    /// ([`super::OutcomeWriter`]).
+    handing: Mutex<()>,
     /// Final outcomes handed to the writer, and those it has stored (or given up on): see [`StatusBook::flush`].
     submitted: AtomicU64,
     written: AtomicU64,
@@ -216,6 +220,7 @@ impl StatusBook {
                 .collect(),
             store: store.clone(),
             writer: tx,
+            handing: Mutex::new(()),
             submitted: AtomicU64::new(0),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -369,10 +374,14 @@ impl OutcomeListener for StatusBook {
             finished_ms: r.at * 1000,
             record,
         };
-        match self.writer.try_send(stored) {
-            Ok(()) => {
-                self.submitted.fetch_add(1, Ordering::Release);
-            }
+        let handing = self.handing.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = self.writer.try_send(stored);
+        if sent.is_ok() {
+            self.submitted.fetch_add(1, Ordering::Release);
+        }
+        drop(handing);
+        match sent {
+            Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.shard(&key)
                     .lock()
@@ -406,6 +415,16 @@ impl OutcomeListener for StatusBook {
                 };
             }
         });
+    }
+}
+
+impl super::OutcomeWriter for StatusBook {
+    fn handed(&self) -> u64 {
+        self.submitted.load(Ordering::Acquire)
+    }
+
+    fn stored(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
     }
 }
 

@@ -44,6 +44,19 @@ pub trait OutcomeListener: Send + Sync + 'static {
     fn left(&self, _id: MessageId) {}
 }
 
+/// A writer of outcome records (the status book's final outcomes, webhook events) that a crash must not lose:
+/// the spool forgets a notification only once its records are stored, or a `kill -9` in between would lose them
+/// with nothing left to deliver again ([`crate::spool::SpoolBridge::gate_removals_on`]).
+///
+/// The two counts are such that once [`OutcomeWriter::stored`] reaches a value [`OutcomeWriter::handed`] had
+/// after a record was handed over, that record is stored (or given up on, counted as dropped).
+pub trait OutcomeWriter: Send + Sync + 'static {
+    /// Records handed to the writer so far.
+    fn handed(&self) -> u64;
+    /// Records the writer has stored, or given up on, so far.
+    fn stored(&self) -> u64;
+}
+
 /// How long a writer thread (final outcomes, webhook events) lets work gather after a batch that did not fill
 /// up, before it looks again. While it waits, the delivery path hands work over without waking it: at tens of
 /// thousands of outcomes a second, waking per handful cost more CPU (futex wakes, context switches, one store

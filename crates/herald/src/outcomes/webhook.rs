@@ -593,6 +593,16 @@ impl OutcomeListener for Webhooks {
     }
 }
 
+impl super::OutcomeWriter for Webhooks {
+    fn handed(&self) -> u64 {
+        lock(&self.domains).written
+    }
+
+    fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Acquire)
+    }
+}
+
 /// Appends `bytes` as lowercase hex.
 fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -635,11 +645,15 @@ fn write_loop(hooks: Weak<Webhooks>) {
             std::thread::park_timeout(Duration::from_secs(1));
             continue;
         }
+        // Counted once the whole pass is stored: `stored` then equals what `Domains::written` was when the pass
+        // took its chunks, so reaching a value of it means every event counted by it is stored
+        // (super::OutcomeWriter).
+        let mut n = 0;
         for (domain, chunk) in taken {
-            let n = chunk.len() as u64;
+            n += chunk.len() as u64;
             store_chunk(&h, &domain, chunk);
-            h.stored.fetch_add(n, Ordering::Release);
         }
+        h.stored.fetch_add(n, Ordering::Release);
         drop(h);
         std::thread::sleep(super::WRITER_PAUSE);
     }

@@ -1,10 +1,12 @@
 //! The bridge between the queue and herald-spool: accepted notifications become [`StoredNotification`]s (the
 //! message id is the spool key), final outcomes remove them, transient failures record the next attempt, and on
 //! start every spooled notification is queued again with its retry state, in the background while the server
-//! already serves.
+//! already serves. A final outcome's removal waits until the outcome's records are stored ([`removals`]).
+
+pub mod removals;
 
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -14,6 +16,7 @@ use herald_apns::token_hex::DeviceToken;
 use herald_spool::{RecoveryReport, Spool, SpoolError, SpoolKey, StoredNotification};
 
 use crate::inbound::accept::{BoxFuture, Durable};
+use crate::outcomes::OutcomeWriter;
 use crate::queue::message::{DEFAULT_BINDING, MessageId, Notification};
 use crate::queue::{Engine, QueueObserver, SubmitError};
 
@@ -22,6 +25,8 @@ pub struct SpoolBridge {
     spool: Arc<dyn Spool>,
     /// The JetStream spool: accepted notifications are delivered by whichever node pulls them.
     shared: bool,
+    /// Where final outcomes' removals wait for the outcome writers, once they are known.
+    removals: OnceLock<Arc<removals::RemovalGate>>,
 }
 
 impl SpoolBridge {
@@ -29,6 +34,7 @@ impl SpoolBridge {
         SpoolBridge {
             spool,
             shared: false,
+            removals: OnceLock::new(),
         }
     }
 
@@ -38,11 +44,30 @@ impl SpoolBridge {
         SpoolBridge {
             spool,
             shared: true,
+            removals: OnceLock::new(),
         }
     }
 
     pub fn spool(&self) -> &Arc<dyn Spool> {
         &self.spool
+    }
+
+    /// From now on, a finished notification leaves the spool only once `writers` have stored its outcome
+    /// ([`removals`]). Set once; later calls are ignored. Needs a tokio runtime.
+    pub fn gate_removals_on(&self, writers: Vec<Arc<dyn OutcomeWriter>>) {
+        if self.removals.get().is_none() {
+            let _ = self
+                .removals
+                .set(removals::RemovalGate::start(writers, &self.spool));
+        }
+    }
+
+    /// At a graceful stop, after the outcome writers were flushed: applies the removals whose outcomes are
+    /// stored; returns how many notifications stay spooled because theirs are not.
+    pub fn release_removals(&self) -> usize {
+        self.removals
+            .get()
+            .map_or(0, |gate| gate.release(&*self.spool))
     }
 }
 
@@ -60,7 +85,10 @@ impl Durable for SpoolBridge {
 impl QueueObserver for SpoolBridge {
     fn finished(&self, ids: &[MessageId]) {
         let keys: Vec<SpoolKey> = ids.iter().map(|id| SpoolKey(id.0)).collect();
-        self.spool.remove(&keys);
+        match self.removals.get() {
+            Some(gate) => gate.remove(&*self.spool, keys),
+            None => self.spool.remove(&keys),
+        }
     }
 
     fn hand_back(&self, id: MessageId, _retries: u32, delay: Duration) -> bool {
@@ -340,8 +368,13 @@ pub fn spawn_pull(spool: Arc<herald_spool::JetStreamSpool>, engine: Arc<Engine>)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A stored notification to put in a test spool.
+    pub(crate) fn stored_sample() -> StoredNotification {
+        to_stored(&sample())
+    }
 
     fn sample() -> Notification {
         Notification {
