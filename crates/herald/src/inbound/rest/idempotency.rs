@@ -195,13 +195,10 @@ impl Idempotency {
         let Some(value) = headers.get(HEADER) else {
             return handle.await;
         };
-        let key_text = match value.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= MAX_KEY_LEN => k.to_owned(),
-            _ => {
-                return Err(err(ApiError::bad_request(format!(
-                    "Idempotency-Key: must be 1 to {MAX_KEY_LEN} visible ASCII characters"
-                ))));
-            }
+        let Some(key_text) = key_text(value) else {
+            return Err(err(ApiError::bad_request(format!(
+                "Idempotency-Key: must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            ))));
         };
         let digest: [u8; 32] = Sha256::digest(body).into();
         // From the claim on, the request runs to its end on a task of its own (see the module documentation): a
@@ -513,9 +510,34 @@ fn replay(stored: &[u8], digest: &[u8; 32], key: &str) -> Result<Response, ApiEr
     Ok(response.into_response())
 }
 
+/// The key a header value gives: 1 to [`MAX_KEY_LEN`] visible ASCII characters (no space, no tab, no control).
+fn key_text(value: &axum::http::HeaderValue) -> Option<String> {
+    let bytes = value.as_bytes();
+    let visible = bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+    (visible && !bytes.is_empty() && bytes.len() <= MAX_KEY_LEN)
+        .then(|| String::from_utf8_lossy(bytes).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/api.md "Idempotent requests": a key is 1 to 255 visible ASCII characters; a space or a tab inside
+    /// is refused like any other invalid key.
+    #[test]
+    fn a_key_is_one_to_255_visible_ascii_characters() {
+        let key = |v: &[u8]| key_text(&axum::http::HeaderValue::from_bytes(v).unwrap());
+        assert_eq!(key(b"order-42").as_deref(), Some("order-42"));
+        assert_eq!(
+            key(&[b'k'; MAX_KEY_LEN]).map(|k| k.len()),
+            Some(MAX_KEY_LEN)
+        );
+        assert_eq!(key(&[b'k'; MAX_KEY_LEN + 1]), None);
+        assert_eq!(key(b""), None);
+        assert_eq!(key(b"a b"), None);
+        assert_eq!(key(b"a\tb"), None);
+        assert_eq!(key("caf\u{e9}".as_bytes()), None);
+    }
 
     #[test]
     fn shared_records_read_back_and_unknown_ones_are_refused() {
