@@ -458,7 +458,11 @@ impl<T: Send + 'static> Dispatcher<T> {
             tick_every.clamp(Duration::from_millis(50), Duration::from_secs(1)),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The last request taken or answer in: `idle_timeout` counts from it, and a PING does not reset it (with
+        // `keepalive` shorter than `idle_timeout`, PONGs would otherwise keep an idle connection open for good).
         let mut last_activity = Instant::now();
+        // The last traffic of any kind, PONGs included: the keep-alive PING goes out after `keepalive` of none.
+        let mut last_keepalive = last_activity;
         // The last answer from the peer (a response, a refusal, a PONG): a timed-out stream is not one.
         let mut last_heard = last_activity;
         let mut ping_sent: Option<PingSent> = None;
@@ -500,6 +504,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                     let mut next = Some(answer);
                     // One clock read for the answers of this turn.
                     last_activity = Instant::now();
+                    last_keepalive = last_activity;
                     self.state.set_settled();
                     // Whether the limit was in use is judged by how full the connection was when requests last
                     // went out, not by what is left as the answers of a round trip come in (they come together,
@@ -542,6 +547,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                 }, if taking && !ping_sent.is_some_and(|p| p.suspect) && in_flight.len() < limit => match ready {
                     Ok(Ok(job)) => {
                         last_activity = Instant::now();
+                        last_keepalive = last_activity;
                         if in_flight.is_empty() {
                             // Silence counts from when streams are open (see `silence`).
                             last_heard = last_activity;
@@ -594,8 +600,9 @@ impl<T: Send + 'static> Dispatcher<T> {
                         self.stop_taking(&mut taking);
                     }
                     ping_sent = None;
-                    last_activity = Instant::now();
-                    last_heard = last_activity;
+                    // A PONG keeps the connection alive but is not work: the idle time goes on counting.
+                    last_keepalive = Instant::now();
+                    last_heard = last_keepalive;
                 }
                 _ = tick.tick() => {
                     if self.state.is_draining() {
@@ -621,7 +628,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                         if self.opts.idle_timeout.is_some_and(|idle| idle_for >= idle) {
                             tracing::debug!(conn = self.info.id, "idle timeout");
                             self.stop_taking(&mut taking);
-                        } else if idle_for >= self.opts.keepalive {
+                        } else if last_keepalive.elapsed() >= self.opts.keepalive {
                             ping_sent = self.send_ping(false);
                         }
                     }
@@ -791,7 +798,8 @@ struct Answer<T> {
 /// The body goes out once the stream is open on the wire and flow control has room for all of it, and the response
 /// timeout counts from then: time spent behind the server's stream limit or an exhausted window is not the
 /// server's. A request whose body could not be written within the timeout is cancelled and comes back unsent (APNs
-/// never had all of it). A request written and not answered within the timeout is cancelled with
+/// never had all of it). A stream that ends while its body waits for credit is reported by what ended it: refused
+/// (unsent, the connection unharmed), answered early (that answer), or lost with its connection. A request written and not answered within the timeout is cancelled with
 /// `RST_STREAM(CANCEL)` before it is reported, so it is never sent again while this stream could still be
 /// answered; whether APNs had already accepted it is unknown, and the report says so.
 async fn exchange<T>(
@@ -813,27 +821,36 @@ async fn exchange<T>(
     if len > 0 {
         stream.reserve_capacity(len);
     }
+    // Whether the body may still be written: not once the stream stopped waiting for credit because its send side
+    // ended (see below).
+    let mut writable = true;
     // Usually the window has room at once: no timer is armed then.
     if len > 0 && stream.capacity() < len {
         let credit = tokio::time::timeout(timeout, async {
             while stream.capacity() < len {
                 match poll_fn(|cx| stream.poll_capacity(cx)).await {
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(Some(e)),
-                    None => return Err(None),
+                    // h2 has no more credit to give once the stream can no longer send: the server refused it
+                    // (`REFUSED_STREAM`, or above the last stream id of its GOAWAY), answered it early and reset it
+                    // (RFC 9113 §8.1), or the connection failed.
+                    Some(Err(_)) | None => return false,
                 }
             }
-            Ok(())
+            true
         })
         .await;
         match credit {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                // The stream was reset or the connection failed before the body left.
-                let why = e
-                    .as_ref()
-                    .map_or(NotSentReason::ConnectionLost, not_sent_reason);
-                return unsent(tag, PushResult::NotSent(why));
+            Ok(true) => {}
+            Ok(false) => {
+                // What ended the stream is read below with its answer: a refusal is unsent and leaves the
+                // connection alone, an early answer is the outcome, and only a connection really lost before the
+                // body left counts as a loss (docs/apns-protocol.md#http2-connection).
+                tracing::debug!(
+                    conn,
+                    stream = u32::from(stream.stream_id()),
+                    "stream ended while its body waited for flow-control credit; reading the answer"
+                );
+                writable = false;
             }
             Err(_) => {
                 stream.send_reset(h2::Reason::CANCEL);
@@ -849,13 +866,14 @@ async fn exchange<T>(
     // The server may answer, and close the stream, before the body is written (a refusal of the headers, under
     // load on either side): that answer is the outcome, so it is read whether or not the body went out. A stream
     // reset or a lost connection fails the read with the same cause.
-    let sent = match stream.send_data(payload, true) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(conn, "request body not written ({e}); reading the answer");
-            false
-        }
-    };
+    let sent = writable
+        && match stream.send_data(payload, true) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(conn, "request body not written ({e}); reading the answer");
+                false
+            }
+        };
     let written = Instant::now();
     // The deadline from the clock read just taken (a plain `timeout` would read the clock again).
     let deadline = tokio::time::Instant::from_std(written + timeout);
@@ -909,7 +927,8 @@ async fn exchange<T>(
         PushResult::Rejected(Rejection::Http { status, .. }) => *status >= 500 || *status == 429,
         _ => false,
     };
-    let rtt = timed.then(|| written.elapsed());
+    // A body never written in full has no last frame to time the answer from.
+    let rtt = (sent && timed).then(|| written.elapsed());
     Answer {
         tag,
         result,
@@ -1364,7 +1383,20 @@ mod tests {
         keepalive: Duration,
         queued: &[u32],
     ) -> TestConn {
-        let opts = Arc::new(Http2Options {
+        let jobs = queued.iter().map(|&tag| Job {
+            request: request(tag as u8),
+            tag,
+        });
+        test_conn_with(addr, test_opts(addr, response_timeout, keepalive), jobs).await
+    }
+
+    /// The options of [`test_conn`]: no idle timeout.
+    fn test_opts(
+        addr: std::net::SocketAddr,
+        response_timeout: Duration,
+        keepalive: Duration,
+    ) -> Http2Options {
+        Http2Options {
             endpoint: Endpoint::new("127.0.0.1", addr.port()),
             tls: crate::identity::client_config(None, crate::identity::RootSource::NoVerify, true)
                 .unwrap(),
@@ -1373,13 +1405,22 @@ mod tests {
             response_timeout,
             idle_timeout: None,
             keepalive,
-        });
+        }
+    }
+
+    /// [`test_conn`] with the given options and jobs.
+    async fn test_conn_with(
+        addr: std::net::SocketAddr,
+        opts: Http2Options,
+        queued: impl IntoIterator<Item = Job<u32>>,
+    ) -> TestConn {
+        let opts = Arc::new(opts);
         let tcp = TcpStream::connect(addr).await.unwrap();
         // As `open` does: the server's SETTINGS are in before the first request.
         let (send, ping, driver) = handshake(tcp, &opts).await.unwrap();
         let (jobs_tx, jobs) = async_channel::unbounded();
-        for tag in queued {
-            send_job(&jobs_tx, *tag).await;
+        for job in queued {
+            jobs_tx.send(job).await.unwrap();
         }
         let results = Arc::new(Results::default());
         let state = ConnectionState::unsettled(1);
@@ -1691,5 +1732,289 @@ mod tests {
             .await
             .expect("the connection ends")
             .unwrap();
+    }
+
+    // Frames a scripted server sends.
+    const DATA: u8 = 0x0;
+    const RST_STREAM: u8 = 0x3;
+    const PING: u8 = 0x6;
+    const GOAWAY: u8 = 0x7;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const REFUSED_STREAM: u32 = 0x7;
+    const NO_ERROR: u32 = 0x0;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A HEADERS frame carrying only `:status`, as an index of HPACK's static table (`0x88`: 200, `0x8c`: 400).
+    fn status(stream: u32, index: u8, end_stream: bool) -> Vec<u8> {
+        let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+        frame(HEADERS, flags, stream, &[index])
+    }
+
+    fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+        frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+    }
+
+    fn window_update(stream: u32, increment: u32) -> Vec<u8> {
+        frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes())
+    }
+
+    fn goaway(last_stream_id: u32, code: u32) -> Vec<u8> {
+        let mut payload = last_stream_id.to_be_bytes().to_vec();
+        payload.extend_from_slice(&code.to_be_bytes());
+        frame(GOAWAY, 0, 0, &payload)
+    }
+
+    /// A frame-level server: sends its SETTINGS (`settings`: identifier and value pairs), acknowledges the
+    /// client's, answers PINGs, and hands every frame the client sends to `on_frame` (type, flags, stream,
+    /// payload), writing what it returns; it reads until the client closes.
+    async fn scripted_server<F>(mut sock: TcpStream, settings: &[(u16, u32)], mut on_frame: F)
+    where
+        F: FnMut(u8, u8, u32, &[u8]) -> Vec<u8>,
+    {
+        let mut preface = [0u8; 24];
+        sock.read_exact(&mut preface).await.unwrap();
+        assert_eq!(preface, PREFACE);
+        let mut payload = Vec::new();
+        for (id, value) in settings {
+            payload.extend_from_slice(&id.to_be_bytes());
+            payload.extend_from_slice(&value.to_be_bytes());
+        }
+        sock.write_all(&frame(SETTINGS, 0, 0, &payload))
+            .await
+            .unwrap();
+        loop {
+            let mut head = [0u8; 9];
+            if sock.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if sock.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let mut out = match head[3] {
+                SETTINGS if head[4] & 1 == 0 => frame(SETTINGS, 1, 0, &[]),
+                PING if head[4] & 1 == 0 => frame(PING, 1, 0, &payload),
+                _ => Vec::new(),
+            };
+            out.extend(on_frame(head[3], head[4], stream, &payload));
+            if !out.is_empty() && sock.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A dispatcher on a connection to a [`scripted_server`], with `jobs` queued when it starts.
+    async fn scripted_conn<F>(
+        settings: &'static [(u16, u32)],
+        opts: impl FnOnce(std::net::SocketAddr) -> Http2Options,
+        jobs: Vec<Job<u32>>,
+        on_frame: F,
+    ) -> TestConn
+    where
+        F: FnMut(u8, u8, u32, &[u8]) -> Vec<u8> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            scripted_server(sock, settings, on_frame).await;
+        });
+        test_conn_with(addr, opts(addr), jobs).await
+    }
+
+    /// `SETTINGS_INITIAL_WINDOW_SIZE` = 0: no request body can be written before the server grants credit.
+    const NO_WINDOW: &[(u16, u32)] = &[(0x4, 0)];
+
+    fn job(tag: u32) -> Job<u32> {
+        Job {
+            request: request(tag as u8),
+            tag,
+        }
+    }
+
+    fn delivered() -> PushResult {
+        PushResult::Delivered {
+            transaction_id: None,
+            unique_id: None,
+        }
+    }
+
+    /// Under load the last requests wait for flow-control credit after their HEADERS went out; APNs may refuse one
+    /// of them (`RST_STREAM(REFUSED_STREAM)` above a lowered stream limit, docs/apns-protocol.md#http2-connection).
+    /// The refused notification is unsent (requeued, no attempt counted) and the connection goes on: it does not
+    /// drain, as after a lost connection, and the other requests go out once credit comes.
+    #[tokio::test]
+    async fn a_stream_refused_while_its_body_waits_for_credit_is_unsent_and_the_connection_goes_on()
+    {
+        // 20 bodies of 4 KiB: the connection's window (65,535 bytes) takes 15 of them; the rest wait for credit.
+        let n = 20u32;
+        let jobs = (1..=n)
+            .map(|tag| {
+                let mut job = job(tag);
+                job.request.payload = Bytes::from(vec![b' '; 4096]);
+                job
+            })
+            .collect();
+        let mut streams = Vec::new();
+        let conn = scripted_conn(
+            &[],
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            jobs,
+            move |kind, flags, stream, _| match kind {
+                HEADERS => {
+                    streams.push(stream);
+                    if streams.len() < n as usize {
+                        return Vec::new();
+                    }
+                    // Every stream is open: the last one, still waiting for credit, is refused, and then the
+                    // connection's window is opened for the others.
+                    let mut out = rst_stream(stream, REFUSED_STREAM);
+                    out.extend(window_update(0, 65_535));
+                    out
+                }
+                DATA if flags & END_STREAM != 0 => status(stream, 0x88, true),
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        let mut results = conn.results.wait_for(n as usize).await;
+        results.sort_by_key(|(tag, _)| *tag);
+        let mut expected: Vec<_> = (1..n).map(|tag| (tag, delivered())).collect();
+        expected.push((n, PushResult::NotSent(NotSentReason::Refused)));
+        assert_eq!(results, expected);
+        assert!(
+            !conn.state.is_draining(),
+            "a refused stream made the connection stop taking work"
+        );
+        conn.run.abort();
+    }
+
+    /// A GOAWAY whose last stream id is below a stream still waiting for flow-control credit says the server never
+    /// processed that stream: it comes back unsent (refused, not a loss; docs/apns-protocol.md#http2-connection),
+    /// while the stream the GOAWAY covers is carried to its answer.
+    #[tokio::test]
+    async fn a_stream_above_a_goaway_while_its_body_waits_for_credit_is_unsent() {
+        let mut headers = 0;
+        let conn = scripted_conn(
+            NO_WINDOW,
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            vec![job(1), job(2)],
+            move |kind, flags, stream, _| match kind {
+                HEADERS => {
+                    headers += 1;
+                    if headers < 2 {
+                        return Vec::new();
+                    }
+                    // Both bodies wait for credit: the first stream gets some, the second is left above the GOAWAY.
+                    let mut out = window_update(1, 1024);
+                    out.extend(goaway(1, NO_ERROR));
+                    out
+                }
+                DATA if flags & END_STREAM != 0 => status(stream, 0x88, true),
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        let mut results = conn.results.wait_for(2).await;
+        results.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(
+            results,
+            [
+                (1, delivered()),
+                (2, PushResult::NotSent(NotSentReason::Refused))
+            ]
+        );
+        // After a GOAWAY no stream opens: the connection finishes and closes.
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+    }
+
+    /// APNs may answer a request from its headers alone (`400 BadDeviceToken`) while the body still waits for
+    /// flow-control credit, and then stop the body with `RST_STREAM(NO_ERROR)` (RFC 9113 §8.1): that answer is the
+    /// outcome (docs/apns-protocol.md#http2-connection), not a lost connection, and the connection goes on.
+    #[tokio::test]
+    async fn an_answer_that_comes_while_the_body_waits_for_credit_is_the_outcome() {
+        let conn = scripted_conn(
+            NO_WINDOW,
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            vec![job(1)],
+            |kind, _, stream, _| match kind {
+                HEADERS => {
+                    let body = br#"{"reason":"BadDeviceToken"}"#;
+                    let mut out = status(stream, 0x8c, false);
+                    out.extend(frame(DATA, END_STREAM, stream, body));
+                    out.extend(rst_stream(stream, NO_ERROR));
+                    out
+                }
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        let results = conn.results.wait_for(1).await;
+        assert_eq!(
+            results,
+            [(
+                1,
+                PushResult::Rejected(Rejection::Http {
+                    status: 400,
+                    reason: "BadDeviceToken".to_owned(),
+                    timestamp_ms: None,
+                })
+            )]
+        );
+        assert!(!conn.state.is_draining());
+        conn.run.abort();
+    }
+
+    /// `idle_timeout` counts from the last request or answer, not from the last PONG: with keep-alive PINGs more
+    /// frequent than the idle timeout (production PINGs after 60 s without traffic), an idle connection still
+    /// closes after `idle_timeout` (docs/apns-protocol.md#http2-connection), its PINGs answered meanwhile.
+    #[tokio::test]
+    async fn an_idle_connection_closes_after_idle_timeout_though_its_pings_are_answered() {
+        let idle_timeout = Duration::from_secs(1);
+        let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = pings.clone();
+        let started = Instant::now();
+        let conn = scripted_conn(
+            &[],
+            |addr| Http2Options {
+                idle_timeout: Some(idle_timeout),
+                ..test_opts(addr, Duration::from_secs(5), Duration::from_millis(200))
+            },
+            vec![job(1)],
+            move |kind, flags, stream, _| match kind {
+                DATA if flags & END_STREAM != 0 => status(stream, 0x88, true),
+                PING if flags & 1 == 0 => {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        let results = conn.results.wait_for(1).await;
+        assert_eq!(results, [(1, delivered())]);
+        tokio::time::timeout(Duration::from_secs(10), conn.run)
+            .await
+            .expect("the idle connection closes")
+            .unwrap();
+        assert!(started.elapsed() >= idle_timeout);
+        assert!(conn.state.is_draining() && conn.state.is_closed());
+        // PINGs went out every 200 ms and were answered, and did not keep the connection open.
+        let pings = pings.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(pings >= 2, "{pings} PINGs answered");
     }
 }
