@@ -3,7 +3,11 @@
 //! status becomes [`BroadcastClientError::Rejected`] with the reason and its class. With token auth, an
 //! `ExpiredProviderToken` answer mints a new token and the call is tried once more.
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -58,6 +62,13 @@ impl BroadcastClientError {
             }
             _ => FailureClass::Transient,
         }
+    }
+
+    /// Whether the server did not process the call, so that it can be sent again at once, on a new connection, as
+    /// never sent: its stream was refused (`RST_STREAM(REFUSED_STREAM)`) or left above the last stream id of the
+    /// server's GOAWAY (RFC 9113 §8.7, docs/apns-protocol.md §3.7).
+    pub fn not_processed(&self) -> bool {
+        matches!(self, BroadcastClientError::Http { source, .. } if not_processed(source))
     }
 
     /// The reason text of a rejection.
@@ -115,19 +126,20 @@ impl BroadcastClient {
         timeout: Duration,
     ) -> Result<BroadcastClient, ConnectionError> {
         let (stream, _remote) = connect_tls(endpoint, tls, timeout).await?;
-        let handshake = h2::client::Builder::new()
-            .enable_push(false)
-            .handshake::<_, Bytes>(stream);
-        let (send, connection) = tokio::time::timeout(timeout, handshake)
-            .await
-            .map_err(|_| ConnectionError::Timeout {
-                host: endpoint.host.clone(),
-                secs: timeout.as_secs(),
-            })?
-            .map_err(|source| ConnectionError::Handshake {
-                host: endpoint.host.clone(),
-                source,
-            })?;
+        BroadcastClient::over(stream, endpoint, auth, timeout).await
+    }
+
+    /// [`BroadcastClient::connect`] on an established transport: the HTTP/2 handshake, within `timeout`.
+    async fn over<S>(
+        io: S,
+        endpoint: &Endpoint,
+        auth: Option<ProviderTokenCache>,
+        timeout: Duration,
+    ) -> Result<BroadcastClient, ConnectionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, connection) = handshake(io, &endpoint.host, timeout).await?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("broadcast connection ended: {e}");
@@ -145,6 +157,11 @@ impl BroadcastClient {
             timeout,
             _driver: Arc::new(DriverGuard(driver)),
         })
+    }
+
+    /// Whether `other` is a clone of this client (calls on both share one connection).
+    pub fn same_connection(&self, other: &BroadcastClient) -> bool {
+        Arc::ptr_eq(&self._driver, &other._driver)
     }
 
     /// Whether the connection has ended (closed by the server, GOAWAY, an error): a caller that keeps a client
@@ -351,8 +368,354 @@ impl BroadcastClient {
     }
 }
 
+/// The h2 connection future: reads and writes frames until the connection ends.
+type Driver = Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>>;
+
+/// The HTTP/2 handshake on an established transport, complete only once the server's connection preface (its first
+/// SETTINGS frame, RFC 9113 §3.4) has arrived, within `timeout`. Until then the connection assumes the strictest
+/// stream limit, one stream (APNs' limit for a token connection until a request has authenticated it,
+/// docs/apns-protocol.md §3.7): calls made at once on a new connection then wait in h2 for the server's limit
+/// instead of opening streams the server refuses.
+///
+/// The device connection (`crate::client::http2`) does the same; this is a small copy of it (its handshake is
+/// private to that module and bound to its options).
+async fn handshake<S>(
+    io: S,
+    host: &str,
+    timeout: Duration,
+) -> Result<(SendRequest<Bytes>, Driver), ConnectionError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let first_frame = Arc::new(AtomicU8::new(PREFACE_WAITING));
+    let opened = async {
+        let (send, connection) = h2::client::Builder::new()
+            .initial_max_send_streams(1)
+            .enable_push(false)
+            .handshake::<_, Bytes>(FirstFrame {
+                io,
+                head: [0; 9],
+                got: 0,
+                first_frame: first_frame.clone(),
+            })
+            .await
+            .map_err(|source| ConnectionError::Handshake {
+                host: host.to_owned(),
+                source,
+            })?;
+        let mut driver: Driver = Box::pin(connection);
+        poll_fn(|cx| {
+            // Driving the connection reads what the server sent, its preface first.
+            if let Poll::Ready(ended) = driver.as_mut().poll(cx) {
+                return Poll::Ready(Err(match ended {
+                    Err(source) => ConnectionError::Handshake {
+                        host: host.to_owned(),
+                        source,
+                    },
+                    Ok(()) => ConnectionError::Preface {
+                        host: host.to_owned(),
+                        detail: "the connection ended before the server's SETTINGS".to_owned(),
+                    },
+                }));
+            }
+            match first_frame.load(Ordering::Acquire) {
+                PREFACE_WAITING => Poll::Pending,
+                PREFACE_SETTINGS => Poll::Ready(Ok(())),
+                _ => Poll::Ready(Err(ConnectionError::Preface {
+                    host: host.to_owned(),
+                    detail: "the server's first frame is not SETTINGS".to_owned(),
+                })),
+            }
+        })
+        .await?;
+        Ok((send, driver))
+    };
+    tokio::time::timeout(timeout, opened)
+        .await
+        .map_err(|_| ConnectionError::Timeout {
+            host: host.to_owned(),
+            secs: timeout.as_secs(),
+        })?
+}
+
+/// [`FirstFrame`]: no frame header read yet.
+const PREFACE_WAITING: u8 = 0;
+/// [`FirstFrame`]: the server's first frame is a SETTINGS frame (not an acknowledgement): its preface.
+const PREFACE_SETTINGS: u8 = 1;
+/// [`FirstFrame`]: the server's first frame is something else, which breaks the protocol.
+const PREFACE_OTHER: u8 = 2;
+
+/// The connection's transport, noting whether the server's first frame is its SETTINGS, so that [`handshake`] knows
+/// when the server's preface came. After the first nine bytes it only passes through.
+struct FirstFrame<S> {
+    io: S,
+    head: [u8; 9],
+    got: usize,
+    /// One of the `PREFACE_*` values.
+    first_frame: Arc<AtomicU8>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstFrame<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.got < this.head.len() {
+            let new = &buf.filled()[before..];
+            let take = new.len().min(this.head.len() - this.got);
+            this.head[this.got..this.got + take].copy_from_slice(&new[..take]);
+            this.got += take;
+            if this.got == this.head.len() {
+                const SETTINGS: u8 = 0x4;
+                const ACK: u8 = 0x1;
+                let settings = this.head[3] == SETTINGS && this.head[4] & ACK == 0;
+                this.first_frame.store(
+                    if settings {
+                        PREFACE_SETTINGS
+                    } else {
+                        PREFACE_OTHER
+                    },
+                    Ordering::Release,
+                );
+            }
+        }
+        read
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstFrame<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Whether a stream that ended with `e` was not processed by the server: it refused the stream (`REFUSED_STREAM`)
+/// or left it above the last stream id of its GOAWAY (RFC 9113 §8.7). Any other end (a GOAWAY h2 raised itself, a
+/// lost connection) says nothing of the kind. As the device connection's `not_sent_reason`.
+fn not_processed(e: &h2::Error) -> bool {
+    (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM)
+}
+
 fn request_id(h: &http::HeaderMap) -> Option<String> {
     h.get(&APNS_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection's stream limit and its refused streams, against servers on 127.0.0.1.
+
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    const SETTINGS: u8 = 0x4;
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn update() -> BroadcastSend {
+        BroadcastSend {
+            bundle_id: "com.example.app".into(),
+            channel: ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap(),
+            priority: 10,
+            expiration: None,
+            request_id: None,
+            payload: Bytes::from_static(
+                br#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{"score":1}}}"#,
+            ),
+        }
+    }
+
+    /// A client on a new TCP connection to `addr`.
+    async fn client(addr: std::net::SocketAddr) -> Result<BroadcastClient, ConnectionError> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        BroadcastClient::over(tcp, &Endpoint::new("127.0.0.1", addr.port()), None, WAIT).await
+    }
+
+    /// An h2 server allowing one stream at a time (as APNs does on a token connection not yet authenticated)
+    /// answers calls made at once on a new connection: every one goes out within the limit, none is refused.
+    #[tokio::test]
+    async fn calls_at_once_on_a_new_connection_keep_to_the_servers_stream_limit() {
+        const CALLS: usize = 8;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counted = answered.clone();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::Builder::new()
+                .max_concurrent_streams(1)
+                .handshake::<_, Bytes>(sock)
+                .await
+                .unwrap();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    while let Some(chunk) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.unwrap().len());
+                    }
+                    let answer = http::Response::builder().status(200).body(()).unwrap();
+                    respond.send_response(answer, true).unwrap();
+                    counted.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        let c = client(addr).await.unwrap();
+        let send = update();
+        let results = futures_util::future::join_all((0..CALLS).map(|_| c.broadcast(&send))).await;
+        for r in &results {
+            assert!(r.is_ok(), "a call failed: {r:?}");
+        }
+        assert_eq!(answered.load(Ordering::SeqCst), CALLS);
+    }
+
+    /// A stream the server refused was not processed, and the connection takes the next call.
+    #[tokio::test]
+    async fn a_refused_stream_is_not_processed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(sock).await.unwrap();
+            let mut first = true;
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                if std::mem::take(&mut first) {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                } else {
+                    let answer = http::Response::builder().status(200).body(()).unwrap();
+                    respond.send_response(answer, true).unwrap();
+                }
+            }
+        });
+        let c = client(addr).await.unwrap();
+        let e = c.broadcast(&update()).await.unwrap_err();
+        assert!(e.not_processed(), "{e}");
+        assert_eq!(e.class(), FailureClass::Transient);
+        c.broadcast(&update()).await.unwrap();
+    }
+
+    /// A server that answers no request: once a request's HEADERS came it sends GOAWAY with `last_stream_id`
+    /// and closes the connection.
+    async fn goaway_then_close(mut sock: TcpStream, last_stream_id: u32) {
+        let mut preface = [0u8; 24];
+        sock.read_exact(&mut preface).await.unwrap();
+        sock.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        loop {
+            let mut head = [0u8; 9];
+            sock.read_exact(&mut head).await.unwrap();
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            sock.read_exact(&mut payload).await.unwrap();
+            const HEADERS: u8 = 0x1;
+            match head[3] {
+                SETTINGS if head[4] & 1 == 0 => {
+                    sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
+                        .await
+                        .unwrap();
+                }
+                HEADERS => break,
+                _ => {}
+            }
+        }
+        const GOAWAY: u8 = 0x7;
+        let l = last_stream_id.to_be_bytes();
+        #[rustfmt::skip]
+        let frame = [0, 0, 8, GOAWAY, 0, 0, 0, 0, 0, l[0], l[1], l[2], l[3], 0, 0, 0, 0];
+        sock.write_all(&frame).await.unwrap();
+        drop(sock);
+    }
+
+    /// A stream above the last stream id of the server's GOAWAY was not processed; one at or below it may have
+    /// been (RFC 9113 §6.8), and is not said to be unprocessed.
+    #[tokio::test]
+    async fn a_stream_above_the_goaways_last_stream_id_is_not_processed() {
+        for (last, unprocessed) in [(0, true), (1, false)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (sock, _) = listener.accept().await.unwrap();
+                goaway_then_close(sock, last).await;
+            });
+            let c = client(addr).await.unwrap();
+            let e = c.broadcast(&update()).await.unwrap_err();
+            assert_eq!(e.not_processed(), unprocessed, "last stream id {last}: {e}");
+        }
+    }
+
+    /// A connection is open only once the server's SETTINGS came: a server that sends something else first, closes,
+    /// or says nothing within the timeout fails the connection.
+    #[tokio::test]
+    async fn a_connection_is_open_only_once_the_servers_settings_came() {
+        async fn with(timeout: Duration, first: &'static [u8]) -> Result<(), ConnectionError> {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (done, closed) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut preface = [0u8; 24];
+                sock.read_exact(&mut preface).await.unwrap();
+                sock.write_all(first).await.unwrap();
+                // Kept open until the client is done with it, except when told to close at once.
+                if !first.is_empty() {
+                    let _ = closed.await;
+                }
+            });
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let r = BroadcastClient::over(tcp, &Endpoint::new("127.0.0.1", 1), None, timeout)
+                .await
+                .map(|_| ());
+            drop(done);
+            r
+        }
+        const SETTINGS_FRAME: &[u8] = &[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
+        const PING: &[u8] = &[0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        with(WAIT, SETTINGS_FRAME).await.unwrap();
+        let e = with(WAIT, PING).await.unwrap_err();
+        assert!(matches!(e, ConnectionError::Preface { .. }), "{e}");
+        let e = with(WAIT, &[]).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConnectionError::Preface { .. } | ConnectionError::Handshake { .. }
+            ),
+            "{e}"
+        );
+        // Nothing at all: a SETTINGS header cut short never completes.
+        let e = with(Duration::from_millis(300), &[0, 0, 0])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ConnectionError::Timeout { .. }), "{e}");
+    }
 }

@@ -41,6 +41,9 @@ use crate::model::retry::RetryDecision;
 const MAX_IN_FLIGHT: usize = 256;
 /// Bounds connecting to the broadcast host and each send.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Times one attempt sends a broadcast again, at once and on a new connection, after APNs did not process it (its
+/// stream refused, or above the last stream id of a GOAWAY) before the attempt fails as a transient failure.
+const MAX_UNPROCESSED_RESENDS: u32 = 3;
 /// Default `max_queued_broadcasts`.
 pub const DEFAULT_MAX_QUEUED: usize = 100_000;
 
@@ -546,29 +549,41 @@ impl Broadcaster {
             request_id: Some(b.id.clone()),
             payload: Bytes::from(b.payload.clone()),
         };
-        let client = self
-            .client(&b.domain, target)
-            .await
-            .map_err(|e| failure(&e, retry))?;
-        let answer = tokio::time::timeout(SEND_TIMEOUT, client.broadcast(&send)).await;
-        match answer {
-            Ok(Ok(request_id)) => Ok(request_id),
-            Ok(Err(e)) => {
-                if !matches!(e, BroadcastClientError::Rejected { .. }) {
-                    self.forget(&b.domain);
+        // A broadcast the server did not process (its stream refused, or above the last stream id of a GOAWAY) is
+        // sent again at once on a new connection, as never sent: no attempt counted, nothing logged. A server that
+        // keeps refusing it ends the attempt as a transient failure after `MAX_UNPROCESSED_RESENDS` resends.
+        let mut resends = 0;
+        loop {
+            let client = self
+                .client(&b.domain, target)
+                .await
+                .map_err(|e| failure(&e, retry))?;
+            let answer = tokio::time::timeout(SEND_TIMEOUT, client.broadcast(&send)).await;
+            return match answer {
+                Ok(Ok(request_id)) => Ok(request_id),
+                Ok(Err(e)) if e.not_processed() && resends < MAX_UNPROCESSED_RESENDS => {
+                    resends += 1;
+                    tracing::debug!(id = %b.id, domain = %b.domain, "broadcast not processed by APNs, sent again on a new connection: {e}");
+                    self.forget_connection(&b.domain, &client).await;
+                    continue;
                 }
-                Err(failure(&e, retry))
-            }
-            Err(_) => {
-                self.forget(&b.domain);
-                Err(Failure {
-                    class: FailureClass::Transient,
-                    status: None,
-                    reason: "ResponseTimeout".into(),
-                    text: format!("no answer within {} s", SEND_TIMEOUT.as_secs()),
-                    retry,
-                })
-            }
+                Ok(Err(e)) => {
+                    if !matches!(e, BroadcastClientError::Rejected { .. }) {
+                        self.forget(&b.domain);
+                    }
+                    Err(failure(&e, retry))
+                }
+                Err(_) => {
+                    self.forget(&b.domain);
+                    Err(Failure {
+                        class: FailureClass::Transient,
+                        status: None,
+                        reason: "ResponseTimeout".into(),
+                        text: format!("no answer within {} s", SEND_TIMEOUT.as_secs()),
+                        retry,
+                    })
+                }
+            };
         }
     }
 
@@ -605,6 +620,21 @@ impl Broadcaster {
 
     fn forget(&self, domain: &str) {
         lock(&self.conns).remove(domain);
+    }
+
+    /// Drops the domain's connection if it is still `failed`'s: of the broadcasts that failed on one connection
+    /// together, the first makes a new connection and the others use it rather than drop it in turn.
+    async fn forget_connection(&self, domain: &str, failed: &BroadcastClient) {
+        let slot = lock(&self.conns).get(domain).cloned();
+        if let Some(slot) = slot {
+            let mut slot = slot.lock().await;
+            if slot
+                .as_ref()
+                .is_some_and(|c| c.client.same_connection(failed))
+            {
+                *slot = None;
+            }
+        }
     }
 
     fn finish(&self, key: &[u8]) {
@@ -741,12 +771,25 @@ mod tests {
     impl Fixture {
         /// `global` goes before the domain stanza, `domain` inside it.
         async fn new(global: &str, domain: &str) -> Fixture {
+            Fixture::routed(global, domain, None).await.0
+        }
+
+        /// [`Fixture::new`], with the domain's broadcasts going to a [`RawApns`] started with `raw` when given.
+        async fn routed(
+            global: &str,
+            domain: &str,
+            raw: Option<(Option<u32>, Option<Refuse>)>,
+        ) -> (Fixture, Option<RawApns>) {
             let dir = tempfile::tempdir().unwrap();
             let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
             let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
                 .await
                 .unwrap();
             let m = &pki.manifest;
+            let raw = match raw {
+                Some((limit, first)) => Some(RawApns::start(m, limit, first).await),
+                None => None,
+            };
             let text = format!(
                 r#"
 {global}
@@ -766,18 +809,19 @@ domain "{DOMAIN}" {{
 "#,
                 h2 = sim.addrs.h2.port(),
                 manage = sim.addrs.management.port(),
-                bcast = sim.addrs.broadcast.port(),
+                bcast = raw.as_ref().map_or(sim.addrs.broadcast.port(), |r| r.port),
                 ca = m.ca_cert.display(),
                 p8 = m.token_key.p8.display(),
                 kid = m.token_key.key_id,
                 tid = m.token_key.team_id,
             );
             let config = herald_conf::Config::parse_str("herald.conf", &text).unwrap();
-            Fixture {
+            let fixture = Fixture {
                 dir,
                 sim,
                 resolver: Arc::new(ConfigResolver::new(Arc::new(config))),
-            }
+            };
+            (fixture, raw)
         }
 
         fn store(&self) -> Arc<OutcomeStore> {
@@ -951,6 +995,233 @@ domain "{DOMAIN}" {{
             );
             assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
         }
+    }
+
+    /// How [`RawApns`] treats the first request it gets.
+    #[derive(Debug, Clone, Copy)]
+    enum Refuse {
+        /// `RST_STREAM(REFUSED_STREAM)`.
+        Stream,
+        /// GOAWAY with last stream id 0, and the connection closed.
+        GoAway,
+    }
+
+    /// A broadcast host on 127.0.0.1 (TLS with the fixture's server certificate, ALPN `h2`) that speaks HTTP/2 frame
+    /// by frame: its SETTINGS first (with `SETTINGS_MAX_CONCURRENT_STREAMS` when it has a limit), then `200` to every
+    /// request once its body came; the first request of all gets the `first` refusal instead, and a stream opened
+    /// while `limit` others are open is refused and counted.
+    struct RawApns {
+        port: u16,
+        connections: Arc<AtomicUsize>,
+        answered: Arc<AtomicUsize>,
+        over_limit: Arc<AtomicUsize>,
+    }
+
+    impl RawApns {
+        async fn start(
+            m: &herald_sim::PkiManifest,
+            limit: Option<u32>,
+            first: Option<Refuse>,
+        ) -> RawApns {
+            let tls =
+                herald_sim::TlsMaterial::from_files(&m.server_cert, &m.server_key, &m.ca_cert)
+                    .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(
+                herald_sim::tls::server_config(&tls, false, true).unwrap(),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let raw = RawApns {
+                port: listener.local_addr().unwrap().port(),
+                connections: Arc::default(),
+                answered: Arc::default(),
+                over_limit: Arc::default(),
+            };
+            let first = Arc::new(Mutex::new(first));
+            let (connections, answered, over_limit) = (
+                raw.connections.clone(),
+                raw.answered.clone(),
+                raw.over_limit.clone(),
+            );
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let acceptor = acceptor.clone();
+                    let (first, answered, over_limit) =
+                        (first.clone(), answered.clone(), over_limit.clone());
+                    tokio::spawn(async move {
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            let _ = serve_raw(tls, limit, &first, &answered, &over_limit).await;
+                        }
+                    });
+                }
+            });
+            raw
+        }
+    }
+
+    /// One connection of [`RawApns`].
+    async fn serve_raw<S>(
+        mut io: S,
+        limit: Option<u32>,
+        first: &Mutex<Option<Refuse>>,
+        answered: &AtomicUsize,
+        over_limit: &AtomicUsize,
+    ) -> std::io::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const DATA: u8 = 0x0;
+        const HEADERS: u8 = 0x1;
+        const RST_STREAM: u8 = 0x3;
+        const SETTINGS: u8 = 0x4;
+        const GOAWAY: u8 = 0x7;
+        const END_STREAM: u8 = 0x1;
+        const ACK: u8 = 0x1;
+        const END_HEADERS: u8 = 0x4;
+        let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+            let len = (payload.len() as u32).to_be_bytes();
+            let mut f = vec![len[1], len[2], len[3], kind, flags];
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        };
+        // `:status: 200`, index 8 of HPACK's static table.
+        let ok = |stream: u32| frame(HEADERS, END_STREAM | END_HEADERS, stream, &[0x88]);
+        let refused = |stream: u32| frame(RST_STREAM, 0, stream, &7u32.to_be_bytes());
+        let mut preface = [0u8; 24];
+        io.read_exact(&mut preface).await?;
+        let settings = match limit {
+            Some(n) => [&[0, 3][..], &n.to_be_bytes()].concat(),
+            None => Vec::new(),
+        };
+        io.write_all(&frame(SETTINGS, 0, 0, &settings)).await?;
+        io.flush().await?;
+        // Streams whose request is coming, not answered yet.
+        let mut open = std::collections::HashSet::new();
+        loop {
+            let mut head = [0u8; 9];
+            io.read_exact(&mut head).await?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            io.read_exact(&mut payload).await?;
+            let scripted = if kind == HEADERS {
+                lock(first).take()
+            } else {
+                None
+            };
+            let out = match kind {
+                SETTINGS if flags & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
+                HEADERS => match scripted {
+                    Some(Refuse::GoAway) => {
+                        let goaway = frame(GOAWAY, 0, 0, &[0; 8]);
+                        io.write_all(&goaway).await?;
+                        io.shutdown().await?;
+                        return Ok(());
+                    }
+                    Some(Refuse::Stream) => refused(stream),
+                    None if limit.is_some_and(|n| open.len() >= n as usize) => {
+                        over_limit.fetch_add(1, Ordering::SeqCst);
+                        refused(stream)
+                    }
+                    None if flags & END_STREAM != 0 => {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        ok(stream)
+                    }
+                    None => {
+                        open.insert(stream);
+                        continue;
+                    }
+                },
+                DATA if flags & END_STREAM != 0 && open.remove(&stream) => {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    ok(stream)
+                }
+                _ => continue,
+            };
+            io.write_all(&out).await?;
+            io.flush().await?;
+        }
+    }
+
+    /// `herald_broadcasts_total` lines of `broadcaster` other than those of delivered broadcasts.
+    fn not_delivered(broadcaster: &Broadcaster) -> Vec<String> {
+        let mut metrics = String::new();
+        broadcaster.render_metrics(&mut metrics);
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("herald_broadcasts_total{") && !l.contains("delivered"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A broadcast APNs did not process (its stream refused, or above the last stream id of a GOAWAY) is sent again
+    /// at once on a new connection and delivered, without an attempt counted: not after `retry_interval`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_apns_did_not_process_is_sent_again_at_once() {
+        for refuse in [Refuse::Stream, Refuse::GoAway] {
+            let (f, raw) =
+                Fixture::routed("", "  retry_interval = 3600", Some((None, Some(refuse)))).await;
+            let raw = raw.unwrap();
+            let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+            let broadcaster =
+                Broadcaster::start(f.store(), f.resolver.clone(), Logs::default()).unwrap();
+            broadcaster.accept(update(&channel, None)).await.unwrap();
+            wait_for("the broadcast to be delivered", || {
+                broadcaster.queued() == 0
+            })
+            .await;
+            assert_eq!(raw.answered.load(Ordering::SeqCst), 1, "{refuse:?}");
+            assert_eq!(raw.connections.load(Ordering::SeqCst), 2, "{refuse:?}");
+            assert!(
+                not_delivered(&broadcaster).is_empty(),
+                "{refuse:?}: {:?}",
+                not_delivered(&broadcaster)
+            );
+        }
+    }
+
+    /// Broadcasts due together on a new connection to a host that allows one stream at a time (as APNs does on a
+    /// token connection not yet authenticated) keep to its limit: none is refused, all are delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broadcasts_due_together_keep_to_the_hosts_stream_limit() {
+        const COUNT: u64 = 8;
+        let (f, raw) = Fixture::routed("", "  retry_interval = 3600", Some((Some(1), None))).await;
+        let raw = raw.unwrap();
+        let store = f.store();
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = (1..=COUNT)
+            .map(|n| {
+                let b = Broadcast {
+                    id: format!("00000000-0000-4000-8000-{n:012x}"),
+                    domain: DOMAIN.into(),
+                    channel: "dHN0LXNyY2gtY2hubA==".into(),
+                    payload:
+                        r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#
+                            .into(),
+                    priority: 10,
+                    expiration: None,
+                    accepted_at: now_ms() / 1000,
+                    retries: 0,
+                    due_ms: 0,
+                };
+                (n.to_be_bytes().to_vec(), encode(&b))
+            })
+            .collect();
+        store.broadcast_put(&stored).unwrap();
+        let broadcaster = Broadcaster::start(store, f.resolver.clone(), Logs::default()).unwrap();
+        wait_for("every broadcast to be delivered", || {
+            broadcaster.queued() == 0
+        })
+        .await;
+        assert_eq!(raw.over_limit.load(Ordering::SeqCst), 0);
+        assert_eq!(raw.answered.load(Ordering::SeqCst), COUNT as usize);
+        assert!(
+            not_delivered(&broadcaster).is_empty(),
+            "{:?}",
+            not_delivered(&broadcaster)
+        );
     }
 
     #[test]
