@@ -74,6 +74,26 @@ async fn push(
     (status, r.json().await.unwrap(), replayed)
 }
 
+/// Posts `tokens` to a daemon that may be killed meanwhile: their ids if they were acknowledged, `None` if the
+/// request failed.
+async fn push_quietly(http: &str, tokens: &[String]) -> Option<Vec<String>> {
+    let body = serde_json::json!({
+        "domain": "outcomes.example",
+        "tokens": tokens,
+        "payload": {"aps": {"alert": "more"}},
+    });
+    let r = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/push"))
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    if r.status().as_u16() != 202 {
+        return None;
+    }
+    Some(ids(&r.json().await.ok()?))
+}
+
 fn ids(answer: &serde_json::Value) -> Vec<String> {
     answer["results"]
         .as_array()
@@ -270,6 +290,101 @@ async fn a_retried_request_after_kill_9_sends_each_notification_once() {
     for t in &tokens {
         let n = record.iter().filter(|r| &r.token == t).count();
         assert_eq!(n, 1, "{t} was sent {n} times");
+    }
+    daemon.terminate();
+    sim.shutdown().await;
+}
+
+/// A `kill -9` in the middle of delivery loses no outcome: a notification leaves the spool only once its final
+/// outcome is stored, so every id that was acknowledged has a final state after the restart, whether it was
+/// delivered before the crash (its outcome stored) or sent again after it (docs/api.md "Status of a notification").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_id_has_its_final_state_after_a_kill_9_mid_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), &pki, port, 3600);
+    let daemon = Daemon::start(&config);
+    let total = 20_000;
+    let mut all = Vec::with_capacity(total);
+    for batch in (0..total).collect::<Vec<_>>().chunks(5_000) {
+        let tokens: Vec<String> = batch.iter().map(|&i| token(1_000 + i)).collect();
+        let (code, answer, _) = push(&daemon.http, &tokens, None, "crash").await;
+        assert_eq!(code, 202, "{answer}");
+        all.extend(ids(&answer));
+    }
+    // APNs comes up; the crash lands while notifications stream out and new ones keep coming in (their spool
+    // commits carry the removals of the delivered ones).
+    let sim = start_sim(&pki, port, &[]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pushers: Vec<_> = (0..2)
+        .map(|p| {
+            let (http, stop) = (daemon.http.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut round = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let tokens: Vec<String> = (0..200)
+                        .map(|i| token(100_000 * (p + 1) + round * 200 + i))
+                        .collect();
+                    round += 1;
+                    match push_quietly(&http, &tokens).await {
+                        Some(ids) => acknowledged.extend(ids),
+                        None => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let seen = sim.wait_for_accepted(total as u64 / 4, WAIT).await;
+    assert!(seen >= total as u64 / 4, "only {seen} reached APNs");
+    daemon.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in pushers {
+        all.extend(p.await.unwrap());
+    }
+    let before = sim.stats().accepted.total;
+    assert!(
+        before < total as u64,
+        "everything was delivered before the crash: nothing to test"
+    );
+
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    let mut waiting: Vec<String> = all.clone();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for chunk in waiting.chunks(1_000) {
+            let v: serde_json::Value = client
+                .post(format!("http://{}/api/v1/notifications/query", daemon.http))
+                .json(&serde_json::json!({ "ids": chunk }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for n in v["notifications"].as_array().unwrap() {
+                if n["state"] != "delivered" {
+                    still.push(n["id"].as_str().unwrap().to_owned());
+                }
+            }
+            for n in v["not_found"].as_array().unwrap() {
+                still.push(n["id"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(
+            Instant::now() < deadline || still.is_empty(),
+            "{} acknowledged ids have no final state after the restart (crash after {before} reached APNs), e.g. {:?}",
+            still.len(),
+            &still[..still.len().min(3)]
+        );
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     daemon.terminate();
     sim.shutdown().await;
