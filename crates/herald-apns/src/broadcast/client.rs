@@ -3,11 +3,7 @@
 //! status becomes [`BroadcastClientError::Rejected`] with the reason and its class. With token auth, an
 //! `ExpiredProviderToken` answer mints a new token and the call is tried once more.
 
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,8 +17,8 @@ use super::request::{
     APNS_CHANNEL_ID, APNS_REQUEST_ID, BroadcastSend, ChannelId, ChannelOp, RequestError,
     StoragePolicy, bundle_for_path,
 };
-use crate::client::ConnectionError;
 use crate::client::connect::{Endpoint, connect_tls};
+use crate::client::{ConnectionError, not_processed, preface};
 use crate::outcome::FailureClass;
 use crate::provider_token::ProviderTokenCache;
 use crate::reason::parse_error_body;
@@ -129,7 +125,8 @@ impl BroadcastClient {
         BroadcastClient::over(stream, endpoint, auth, timeout).await
     }
 
-    /// [`BroadcastClient::connect`] on an established transport: the HTTP/2 handshake, within `timeout`.
+    /// [`BroadcastClient::connect`] on an established transport: the HTTP/2 handshake, complete once the server's
+    /// preface came ([`preface::open`]), within `timeout`.
     async fn over<S>(
         io: S,
         endpoint: &Endpoint,
@@ -139,7 +136,11 @@ impl BroadcastClient {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, connection) = handshake(io, &endpoint.host, timeout).await?;
+        // Complete only once the server's SETTINGS came: until then the connection keeps to one stream, so calls
+        // made at once on a new connection wait for the server's limit instead of opening streams it refuses.
+        let mut builder = h2::client::Builder::new();
+        builder.enable_push(false);
+        let (send, connection) = preface::open(io, builder, &endpoint.host, timeout).await?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("broadcast connection ended: {e}");
@@ -368,162 +369,6 @@ impl BroadcastClient {
     }
 }
 
-/// The h2 connection future: reads and writes frames until the connection ends.
-type Driver = Pin<Box<dyn Future<Output = Result<(), h2::Error>> + Send>>;
-
-/// The HTTP/2 handshake on an established transport, complete only once the server's connection preface (its first
-/// SETTINGS frame, RFC 9113 §3.4) has arrived, within `timeout`. Until then the connection assumes the strictest
-/// stream limit, one stream (APNs' limit for a token connection until a request has authenticated it,
-/// docs/apns-protocol.md §3.7): calls made at once on a new connection then wait in h2 for the server's limit
-/// instead of opening streams the server refuses.
-///
-/// The device connection (`crate::client::http2`) does the same; this is a small copy of it (its handshake is
-/// private to that module and bound to its options).
-async fn handshake<S>(
-    io: S,
-    host: &str,
-    timeout: Duration,
-) -> Result<(SendRequest<Bytes>, Driver), ConnectionError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let first_frame = Arc::new(AtomicU8::new(PREFACE_WAITING));
-    let opened = async {
-        let (send, connection) = h2::client::Builder::new()
-            .initial_max_send_streams(1)
-            .enable_push(false)
-            .handshake::<_, Bytes>(FirstFrame {
-                io,
-                head: [0; 9],
-                got: 0,
-                first_frame: first_frame.clone(),
-            })
-            .await
-            .map_err(|source| ConnectionError::Handshake {
-                host: host.to_owned(),
-                source,
-            })?;
-        let mut driver: Driver = Box::pin(connection);
-        poll_fn(|cx| {
-            // Driving the connection reads what the server sent, its preface first.
-            if let Poll::Ready(ended) = driver.as_mut().poll(cx) {
-                return Poll::Ready(Err(match ended {
-                    Err(source) => ConnectionError::Handshake {
-                        host: host.to_owned(),
-                        source,
-                    },
-                    Ok(()) => ConnectionError::Preface {
-                        host: host.to_owned(),
-                        detail: "the connection ended before the server's SETTINGS".to_owned(),
-                    },
-                }));
-            }
-            match first_frame.load(Ordering::Acquire) {
-                PREFACE_WAITING => Poll::Pending,
-                PREFACE_SETTINGS => Poll::Ready(Ok(())),
-                _ => Poll::Ready(Err(ConnectionError::Preface {
-                    host: host.to_owned(),
-                    detail: "the server's first frame is not SETTINGS".to_owned(),
-                })),
-            }
-        })
-        .await?;
-        Ok((send, driver))
-    };
-    tokio::time::timeout(timeout, opened)
-        .await
-        .map_err(|_| ConnectionError::Timeout {
-            host: host.to_owned(),
-            secs: timeout.as_secs(),
-        })?
-}
-
-/// [`FirstFrame`]: no frame header read yet.
-const PREFACE_WAITING: u8 = 0;
-/// [`FirstFrame`]: the server's first frame is a SETTINGS frame (not an acknowledgement): its preface.
-const PREFACE_SETTINGS: u8 = 1;
-/// [`FirstFrame`]: the server's first frame is something else, which breaks the protocol.
-const PREFACE_OTHER: u8 = 2;
-
-/// The connection's transport, noting whether the server's first frame is its SETTINGS, so that [`handshake`] knows
-/// when the server's preface came. After the first nine bytes it only passes through.
-struct FirstFrame<S> {
-    io: S,
-    head: [u8; 9],
-    got: usize,
-    /// One of the `PREFACE_*` values.
-    first_frame: Arc<AtomicU8>,
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstFrame<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.got < this.head.len() {
-            let new = &buf.filled()[before..];
-            let take = new.len().min(this.head.len() - this.got);
-            this.head[this.got..this.got + take].copy_from_slice(&new[..take]);
-            this.got += take;
-            if this.got == this.head.len() {
-                const SETTINGS: u8 = 0x4;
-                const ACK: u8 = 0x1;
-                let settings = this.head[3] == SETTINGS && this.head[4] & ACK == 0;
-                this.first_frame.store(
-                    if settings {
-                        PREFACE_SETTINGS
-                    } else {
-                        PREFACE_OTHER
-                    },
-                    Ordering::Release,
-                );
-            }
-        }
-        read
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstFrame<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-/// Whether a stream that ended with `e` was not processed by the server: it refused the stream (`REFUSED_STREAM`)
-/// or left it above the last stream id of its GOAWAY (RFC 9113 §8.7). Any other end (a GOAWAY h2 raised itself, a
-/// lost connection) says nothing of the kind. As the device connection's `not_sent_reason`.
-fn not_processed(e: &h2::Error) -> bool {
-    (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM)
-}
-
 fn request_id(h: &http::HeaderMap) -> Option<String> {
     h.get(&APNS_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -535,7 +380,7 @@ mod tests {
     //! The connection's stream limit and its refused streams, against servers on 127.0.0.1.
 
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 

@@ -18,8 +18,7 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,9 +32,10 @@ use http::{Method, Request, Uri};
 
 use super::connect::{Endpoint, connect_tls};
 use super::limit::AdaptiveLimit;
+use super::preface;
 use super::{
     CancelledStream, ConnectionError, ConnectionInfo, ConnectionState, JobReceiver, NotSentReason,
-    OutcomeSink, PushRequest, PushResult, Rejection,
+    OutcomeSink, PushRequest, PushResult, Rejection, not_processed,
 };
 use crate::provider_token::ProviderTokenCache;
 use crate::push::{Priority, PushType};
@@ -131,11 +131,9 @@ pub async fn open_starting_at<T: Send + 'static>(
 /// The h2 connection future: reads and writes frames until the connection ends.
 type Driver = Pin<Box<dyn std::future::Future<Output = Result<(), h2::Error>> + Send>>;
 
-/// The HTTP/2 handshake on an established transport, complete only once the server's connection preface (its
-/// first SETTINGS frame, RFC 9113 §3.4) has arrived, within `connect_timeout`. A connection that fails before
-/// then failed to connect: under TLS 1.3 a server rejects a client certificate only after the client's handshake
-/// is done, so the rejection (a TLS alert) is the first thing read, and it is reported here with its reason
-/// rather than as a connection lost after opening.
+/// The HTTP/2 handshake on an established transport with this connection's settings, complete only once the
+/// server's connection preface has arrived, within `connect_timeout` ([`preface::open`]: a TLS alert before it,
+/// such as the refusal of the client certificate, is reported with its reason).
 async fn handshake<S>(
     io: S,
     opts: &Http2Options,
@@ -143,173 +141,19 @@ async fn handshake<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let host = || opts.endpoint.host.clone();
-    let preface = Arc::new(Preface::default());
-    let opened = async {
-        let (send, mut connection) = h2::client::Builder::new()
-            // Until the server's SETTINGS arrive assume the strictest limit: token connections start at 1 stream.
-            .initial_max_send_streams(1)
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .max_concurrent_streams(0)
-            .enable_push(false)
-            .handshake::<_, Bytes>(FirstFrame::new(io, preface.clone()))
-            .await
-            .map_err(|e| handshake_error(e, &preface, host()))?;
-        let ping = connection.ping_pong();
-        // The connection is driven by the dispatcher's own task, not a task of its own: the frames a request
-        // queues are written in the same turn, and no wake-up crosses between threads per request.
-        let mut driver: Driver = Box::pin(connection);
-        poll_fn(|cx| {
-            // Driving the connection reads what the server sent, the preface first.
-            if let Poll::Ready(ended) = driver.as_mut().poll(cx) {
-                return Poll::Ready(Err(match ended {
-                    Err(e) => handshake_error(e, &preface, host()),
-                    Ok(()) => ConnectionError::Preface {
-                        host: host(),
-                        detail: "the connection ended before the server's SETTINGS".to_owned(),
-                    },
-                }));
-            }
-            match preface.first_frame.load(Ordering::Acquire) {
-                PREFACE_WAITING => Poll::Pending,
-                PREFACE_SETTINGS => Poll::Ready(Ok(())),
-                _ => Poll::Ready(Err(ConnectionError::Preface {
-                    host: host(),
-                    detail: "the server's first frame is not SETTINGS".to_owned(),
-                })),
-            }
-        })
-        .await?;
-        Ok((send, ping, driver))
-    };
-    tokio::time::timeout(opts.connect_timeout, opened)
-        .await
-        .map_err(|_| ConnectionError::Timeout {
-            host: host(),
-            secs: opts.connect_timeout.as_secs(),
-        })?
-}
-
-/// [`FirstFrame`]: no frame header read yet.
-const PREFACE_WAITING: u8 = 0;
-/// [`FirstFrame`]: the server's first frame is a SETTINGS frame (not an acknowledgement): its preface.
-const PREFACE_SETTINGS: u8 = 1;
-/// [`FirstFrame`]: the server's first frame is something else, which breaks the protocol.
-const PREFACE_OTHER: u8 = 2;
-
-/// What [`FirstFrame`] saw of the server's preface.
-#[derive(Debug, Default)]
-struct Preface {
-    /// One of the `PREFACE_*` values.
-    first_frame: AtomicU8,
-    /// A TLS failure reading before the preface came (h2 keeps only the text of an I/O error).
-    tls_error: std::sync::Mutex<Option<rustls::Error>>,
-}
-
-/// The connection's transport, noting what the server's first frame header is, so that [`handshake`] knows when the
-/// server's preface came, and a TLS failure before it. After the first nine bytes it only passes through.
-struct FirstFrame<S> {
-    io: S,
-    head: [u8; 9],
-    got: usize,
-    preface: Arc<Preface>,
-}
-
-impl<S> FirstFrame<S> {
-    fn new(io: S, preface: Arc<Preface>) -> Self {
-        FirstFrame {
-            io,
-            head: [0; 9],
-            got: 0,
-            preface,
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstFrame<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.got < this.head.len()
-            && let Poll::Ready(Err(e)) = &read
-            && let Some(tls) = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            && let Ok(mut slot) = this.preface.tls_error.lock()
-        {
-            *slot = Some(tls.clone());
-        }
-        if this.got < this.head.len() {
-            let new = &buf.filled()[before..];
-            let take = new.len().min(this.head.len() - this.got);
-            this.head[this.got..this.got + take].copy_from_slice(&new[..take]);
-            this.got += take;
-            if this.got == this.head.len() {
-                const SETTINGS: u8 = 0x4;
-                const ACK: u8 = 0x1;
-                let settings = this.head[3] == SETTINGS && this.head[4] & ACK == 0;
-                this.preface.first_frame.store(
-                    if settings {
-                        PREFACE_SETTINGS
-                    } else {
-                        PREFACE_OTHER
-                    },
-                    Ordering::Release,
-                );
-            }
-        }
-        read
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstFrame<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-/// A connection error from h2 before the connection was open: a TLS failure (an alert from the server, such as
-/// its refusal of the client certificate) is reported as one, with the TLS reason; anything else as a failed
-/// HTTP/2 handshake.
-fn handshake_error(e: h2::Error, preface: &Preface, host: String) -> ConnectionError {
-    let tls = preface.tls_error.lock().ok().and_then(|mut t| t.take());
-    match tls {
-        Some(tls) => ConnectionError::Tls {
-            host,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, tls),
-        },
-        None => ConnectionError::Handshake { host, source: e },
-    }
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_streams(0)
+        .enable_push(false);
+    let (send, mut connection) =
+        preface::open(io, builder, &opts.endpoint.host, opts.connect_timeout).await?;
+    let ping = connection.ping_pong();
+    // The connection is driven by the dispatcher's own task, not a task of its own: the frames a request
+    // queues are written in the same turn, and no wake-up crosses between threads per request.
+    let driver: Driver = Box::pin(connection);
+    Ok((send, ping, driver))
 }
 
 struct Dispatcher<T> {
@@ -772,11 +616,11 @@ fn build_request(
     Ok(request)
 }
 
-/// Why a stream that ended without an answer was not processed, as far as its error says: a stream the server
-/// refused (`REFUSED_STREAM`) or left above the last stream id of its GOAWAY was not; any other end (a GOAWAY h2
-/// raised itself on a protocol error, a lost connection) says nothing of the kind.
+/// Why a stream that ended without an answer was not processed, as far as its error says ([`not_processed`]): a
+/// stream the server refused or left above the last stream id of its GOAWAY was not; any other end says nothing of
+/// the kind, and counts as lost with the connection.
 fn not_sent_reason(e: &h2::Error) -> NotSentReason {
-    if (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+    if not_processed(e) {
         NotSentReason::Refused
     } else {
         NotSentReason::ConnectionLost
@@ -1040,106 +884,6 @@ mod tests {
             }
         }
         sizes
-    }
-
-    fn handshake_opts(connect_timeout: Duration) -> Http2Options {
-        Http2Options {
-            endpoint: Endpoint::new("127.0.0.1", 1),
-            tls: crate::identity::client_config(None, crate::identity::RootSource::NoVerify, true)
-                .unwrap(),
-            auth: None,
-            connect_timeout,
-            response_timeout: Duration::from_secs(1),
-            idle_timeout: None,
-            keepalive: Duration::from_secs(30),
-        }
-    }
-
-    /// [`handshake`] against a server that reads the client's preface and then does what `serve` does.
-    async fn handshake_with<F, Fut>(
-        connect_timeout: Duration,
-        serve: F,
-    ) -> Result<(), ConnectionError>
-    where
-        F: FnOnce(TcpStream) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut sock, _) = listener.accept().await.unwrap();
-            let mut preface = [0u8; 24];
-            sock.read_exact(&mut preface).await.unwrap();
-            serve(sock).await;
-        });
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        handshake(tcp, &handshake_opts(connect_timeout))
-            .await
-            .map(|_| ())
-    }
-
-    /// A connection counts as open only once the server's preface (a SETTINGS frame) came: one that ends or
-    /// breaks the protocol before, or says nothing within the connect timeout, failed to connect.
-    #[tokio::test]
-    async fn a_connection_is_open_only_once_the_servers_settings_came() {
-        let settings = |mut sock: TcpStream| async move {
-            sock.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        };
-        assert!(
-            handshake_with(Duration::from_secs(5), settings)
-                .await
-                .is_ok()
-        );
-        // The SETTINGS frame in pieces.
-        let split = |mut sock: TcpStream| async move {
-            for b in [0, 0, 0, SETTINGS, 0, 0, 0, 0, 0] {
-                sock.write_all(&[b]).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        };
-        assert!(handshake_with(Duration::from_secs(5), split).await.is_ok());
-        let closes = |sock: TcpStream| async move { drop(sock) };
-        let e = handshake_with(Duration::from_secs(5), closes)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                ConnectionError::Handshake { .. } | ConnectionError::Preface { .. }
-            ),
-            "{e}"
-        );
-        let silent = |sock: TcpStream| async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            drop(sock);
-        };
-        let started = Instant::now();
-        let e = handshake_with(Duration::from_millis(300), silent)
-            .await
-            .unwrap_err();
-        assert!(matches!(e, ConnectionError::Timeout { .. }), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(3));
-        // A PING before any SETTINGS breaks the protocol.
-        let ping_first = |mut sock: TcpStream| async move {
-            sock.write_all(&[0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        };
-        let e = handshake_with(Duration::from_secs(5), ping_first)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                ConnectionError::Handshake { .. } | ConnectionError::Preface { .. }
-            ),
-            "{e}"
-        );
     }
 
     /// A provider token is about 250 bytes and the same on every request of a connection: it goes into the HPACK

@@ -13,6 +13,7 @@ pub mod connect;
 pub mod http2;
 pub mod legacy;
 pub mod limit;
+pub(crate) mod preface;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -175,6 +176,14 @@ pub enum NotSentReason {
     AfterRejected,
     /// The connection is closing (idle, error, reload) and did not send it.
     Closing,
+}
+
+/// Whether an HTTP/2 stream that ended with `e` was not processed by the server: it refused the stream
+/// (`RST_STREAM(REFUSED_STREAM)`) or left it above the last stream id of its GOAWAY (RFC 9113 §8.7,
+/// docs/apns-protocol.md#http2-connection). Any other end (a GOAWAY h2 raised itself on a protocol error, a lost
+/// connection) says nothing of the kind.
+pub(crate) fn not_processed(e: &h2::Error) -> bool {
+    (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// Where a connection reports results. Called once per job, from the connection's task: keep it cheap.
