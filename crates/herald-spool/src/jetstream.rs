@@ -65,6 +65,9 @@ pub struct JetStreamOptions {
     pub max_ack_pending: i64,
     /// Notifications this node holds unfinished at most; it stops pulling at this many.
     pub max_held: usize,
+    /// Notifications this node parks at most besides `max_held` (held without being sent, their queue paused or
+    /// without a route); above, its queues hand the newest back ([`JetStreamSpool::park`]).
+    pub max_parked: usize,
     /// The duplicate window of message ids.
     pub duplicate_window: Duration,
     /// Name of this node in the message ids it publishes and in the connection name.
@@ -88,6 +91,7 @@ impl JetStreamOptions {
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 100_000,
             max_held: 10_000,
+            max_parked: 10_000,
             duplicate_window: Duration::from_secs(120),
             node: default_node_name(),
         }
@@ -155,6 +159,9 @@ pub struct JetStreamSpool {
     pulled: AtomicU64,
     redelivered_here: AtomicU64,
     handed_back: AtomicU64,
+    /// Held notifications whose queue holds them back for now (paused, no route): they take no pull room, up to
+    /// `max_parked` of them ([`JetStreamSpool::park`]).
+    parked: std::sync::atomic::AtomicI64,
     last_error: Mutex<Option<SpoolError>>,
     /// Acks go out in order from one task ([`ack_loop`]), not a task each.
     acks: tokio::sync::mpsc::UnboundedSender<AckJob>,
@@ -261,6 +268,7 @@ impl JetStreamSpool {
             pulled: AtomicU64::new(0),
             redelivered_here: AtomicU64::new(0),
             handed_back: AtomicU64::new(0),
+            parked: std::sync::atomic::AtomicI64::new(0),
             last_error: Mutex::new(None),
             acks,
             publish_permits: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
@@ -395,6 +403,21 @@ impl JetStreamSpool {
         lock(&self.held).len() as u64
     }
 
+    /// Held notifications parked by their queue (paused, no route), as far as they take no pull room: at most
+    /// `max_parked`.
+    pub fn parked(&self) -> u64 {
+        let parked = self.parked.load(Ordering::Relaxed).max(0) as u64;
+        parked.min(self.options.max_parked as u64)
+    }
+
+    /// How many more notifications the pull may fetch: `max_held` for those being delivered, besides those
+    /// parked (up to `max_parked` more), so that a paused or unroutable domain does not stop the pull for the
+    /// others.
+    fn room(&self) -> usize {
+        let held = self.held() as usize;
+        (self.options.max_held + self.parked() as usize).saturating_sub(held)
+    }
+
     /// The stream's and the consumer's figures, as last refreshed (every second).
     pub fn stream_stats(&self) -> JetStreamStats {
         JetStreamStats {
@@ -406,6 +429,7 @@ impl JetStreamSpool {
             consumer_redelivered: self.figures.redelivered.load(Ordering::Relaxed),
             oldest_ms: self.figures.oldest_ms.load(Ordering::Relaxed),
             held: self.held(),
+            parked: self.parked(),
             pulled: self.pulled.load(Ordering::Relaxed),
             redelivered_here: self.redelivered_here.load(Ordering::Relaxed),
             handed_back: self.handed_back.load(Ordering::Relaxed),
@@ -604,6 +628,8 @@ pub struct JetStreamStats {
     pub oldest_ms: u64,
     /// Pulled by this node, not yet finished.
     pub held: u64,
+    /// ...of which parked by their queue (paused, no route) and taking no pull room (at most `max_parked`).
+    pub parked: u64,
     /// Pulled by this node since start.
     pub pulled: u64,
     /// ...of which had been delivered before (to this or another node).
@@ -728,7 +754,7 @@ async fn pull_loop(
             if s.closed.load(Ordering::Relaxed) || tx.is_closed() {
                 return;
             }
-            let room = s.options.max_held.saturating_sub(s.held() as usize);
+            let room = s.room();
             drop(s);
             if room > 0 {
                 // Batches of at most a quarter of the room: little is fetched ahead when the room is small.
@@ -809,7 +835,7 @@ async fn pull_loop(
                 let arrival = held.arrive(key.0, message, same_message);
                 (arrival, held.len())
             };
-            let full = held >= spool.options.max_held;
+            let full = held >= spool.options.max_held + spool.parked() as usize;
             match arrival {
                 Arrival::New => {
                     drop(spool);
@@ -1088,6 +1114,13 @@ impl Spool for JetStreamSpool {
                     .unwrap_or_else(|| SpoolError::Unreachable("not connected to NATS".into())),
             )
         }
+    }
+
+    fn park(&self, delta: i64) -> usize {
+        let parked = self.parked.fetch_add(delta, Ordering::Relaxed) + delta;
+        usize::try_from(parked.max(0))
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.options.max_parked)
     }
 
     fn hand_back(&self, key: SpoolKey, delay: Duration) -> bool {

@@ -75,6 +75,14 @@ pub trait Spool: Send + Sync + 'static {
         false
     }
 
+    /// The caller now parks `delta` more notifications (fewer when negative): it holds them without sending
+    /// them for now, their queue paused or without a route. Returns how many of all parked ones are above what
+    /// the spool lets the node park, for the caller to hand back. A spool that does not share its work with
+    /// other nodes lets it park everything (0).
+    fn park(&self, _delta: i64) -> usize {
+        0
+    }
+
     /// The shared stream's figures, for a spool on NATS JetStream (`None` for the embedded spool).
     fn stream_stats(&self) -> Option<crate::jetstream::JetStreamStats> {
         None

@@ -248,7 +248,7 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
         let _ = writeln!(out, "herald_spool_pending_removals {}", h.pending_removals);
     }
     if let Some(j) = extra.stream {
-        let rows: [(&str, &str, &str, u64); 9] = [
+        let rows: [(&str, &str, &str, u64); 10] = [
             (
                 "herald_jetstream_connected",
                 "1 while this node is connected to NATS and the stream is set up, else 0 (notifications are refused meanwhile).",
@@ -290,6 +290,12 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
                 "Notifications this node pulled and has not finished.",
                 "gauge",
                 j.held,
+            ),
+            (
+                "herald_jetstream_parked",
+                "Of the held notifications, those whose queue is paused or has no route: they take no pull room, up to spool_nats_max_held of them.",
+                "gauge",
+                j.parked,
             ),
             (
                 "herald_jetstream_pulled_total",

@@ -1106,6 +1106,8 @@ fn node_options(s: &herald_conf::SpoolSettings, config: &herald_conf::Config) ->
         );
         options.max_held = max_resident;
     }
+    // Parked notifications take engine memory too: as many as held ones at most, within what is left of it.
+    options.max_parked = options.max_held.min(max_resident - options.max_held);
     options
 }
 
@@ -1122,6 +1124,7 @@ fn jetstream_options(s: &herald_conf::SpoolSettings) -> JetStreamOptions {
     o.ack_wait = s.nats_ack_wait.max(Duration::from_secs(1));
     o.max_ack_pending = i64::from(s.nats_max_ack_pending);
     o.max_held = s.nats_max_held as usize;
+    o.max_parked = o.max_held;
     o
 }
 

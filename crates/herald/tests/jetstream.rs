@@ -21,6 +21,8 @@ use support::daemon::Daemon;
 use support::{free_port, nats, token_auth_options};
 
 const TOPIC: &str = "com.example.js";
+/// How long a test waits for something that should happen within a few seconds.
+const WAIT: Duration = Duration::from_secs(30);
 const DOMAIN: &str = "js.example";
 
 fn write_config(
@@ -1203,4 +1205,151 @@ async fn an_idempotency_key_is_one_for_every_node() {
     for daemon in nodes {
         daemon.terminate();
     }
+}
+
+/// A domain paused on a node (or left without a route by a reload) holds its notifications there without
+/// sending them; they take no pull room, so the node keeps pulling and delivering every other domain. It parks at
+/// most `spool_nats_max_held` of them; the newest above that go back to the stream for a minute (docs/scale-out.md,
+/// "No head-of-line blocking").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_domain_does_not_stop_the_pull_for_the_others() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::single(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let (sim, port) = start_sim(&pki).await;
+    let node = dir.path().join("a");
+    std::fs::create_dir_all(&node).unwrap();
+    let config = node.join("herald.conf");
+    let creds = token_auth_options(&pki, port, TOPIC);
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+spool_backend = jetstream
+spool_nats_url = "{url}"
+spool_nats_stream = "herald"
+spool_dir = "{spool}"
+spool_nats_timeout = 2
+spool_nats_max_held = 50
+spool_nats_ack_wait = 600
+http_listener {{
+  api_keys = ( "adminkey" )
+  dashboard_admin_keys = ( "adminkey" )
+  listen "127.0.0.1:0" {{ http_services = ( push metrics dashboard ) }}
+}}
+esmtp_listener {{ listen "127.0.0.1:0" {{ }} }}
+domain "{DOMAIN}" {{
+{creds}}}
+domain "paused.example" {{
+{creds}}}
+"#,
+            url = server.url(),
+            spool = node.join("spool").display(),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let push = |domain: &'static str, tokens: Vec<String>| {
+        let (client, http) = (client.clone(), daemon.http.clone());
+        async move {
+            let body = serde_json::json!({"domain": domain, "tokens": tokens, "payload": {"aps": {"alert": "x"}}});
+            let r = client
+                .post(format!("http://{http}/api/v1/push"))
+                .header("x-api-key", "adminkey")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+        }
+    };
+    let metrics = || {
+        let (client, http) = (client.clone(), daemon.http.clone());
+        async move {
+            client
+                .get(format!("http://{http}/metrics"))
+                .header("x-api-key", "adminkey")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let act = |action: &'static str| {
+        let (client, http) = (client.clone(), daemon.http.clone());
+        async move {
+            let r = client
+                .post(format!(
+                    "http://{http}/dashboard/api/domains/paused.example/{action}"
+                ))
+                .header("x-api-key", "adminkey")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status().as_u16(),
+                200,
+                "{action}: {}",
+                r.text().await.unwrap()
+            );
+        }
+    };
+    // The paused domain's queue exists (one delivered), then it is paused on this node and gets 100 more.
+    let first = vec![token(900_000)];
+    push("paused.example", first.clone()).await;
+    assert_eq!(wait_all_delivered(&sim, &first, WAIT).await.0, 0);
+    act("pause").await;
+    let parked: Vec<String> = (900_001..900_101).map(token).collect();
+    push("paused.example", parked.clone()).await;
+    // It parks what the node lets it park (50); the rest went back to the stream for a minute.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = metrics().await;
+        let (parked_now, back) = (
+            metric(&m, "herald_jetstream_parked"),
+            metric(&m, "herald_jetstream_handed_back_total"),
+        );
+        if parked_now == 50 && back == 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "parked {parked_now}, handed back {back}\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The node still pulls and delivers another domain.
+    let healthy: Vec<String> = (0..10).map(token).collect();
+    push(DOMAIN, healthy.clone()).await;
+    let (lost, _) = wait_all_delivered(&sim, &healthy, WAIT).await;
+    assert_eq!(lost, 0, "a healthy domain stalled behind a paused one");
+    assert!(
+        delivered(&sim).keys().all(|t| !parked.contains(t)),
+        "a paused domain's notification was sent"
+    );
+    // Resumed, the parked ones go out.
+    act("resume").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sent = parked
+            .iter()
+            .filter(|t| delivered(&sim).contains_key(*t))
+            .count();
+        if sent >= 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sent} parked notifications sent after the resume"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&metrics().await, "herald_jetstream_parked"), 0);
+    daemon.terminate();
 }

@@ -41,6 +41,9 @@ const CONNECT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Slots a busy queue keeps however little it holds (see [`shrunk_capacity`]), so that one filled and emptied in
 /// every turn is not shrunk and grown again each time; a resting task keeps none.
 const BUSY_QUEUE_FLOOR: usize = 4096;
+/// How long a parked notification above the node's parking room goes back to the shared stream for (see
+/// [`DomainTask::report_parked`]): long enough not to come straight back while the queue stays parked.
+const PARKED_HAND_BACK: Duration = Duration::from_secs(60);
 /// A notification on a connection that is lost before it was written in full goes back to the queue without
 /// counting an attempt (APNs never had all of it; one written in full is reported as unanswered and takes the retry
 /// schedule, as APNs may have processed it); every third such loss in a row counts as a failed attempt
@@ -239,6 +242,8 @@ pub struct DomainTask {
     unroutable: Option<String>,
     /// The epoch of the settings in force (see [`Epoch`]).
     epoch: Epoch,
+    /// How many notifications the observer was last told this queue parks (see [`DomainTask::report_parked`]).
+    parked: usize,
 }
 
 impl DomainTask {
@@ -270,6 +275,7 @@ impl DomainTask {
             finished: Vec::new(),
             unroutable: None,
             epoch,
+            parked: 0,
         }
     }
 
@@ -283,6 +289,7 @@ impl DomainTask {
         loop {
             self.dispatch();
             self.report_finished();
+            self.report_parked();
             let busy = self.busy();
             if !busy && !settled {
                 // One more look, so that the figures it publishes (no connection, the sizes, the next retry, the
@@ -327,6 +334,7 @@ impl DomainTask {
             }
         }
         self.report_finished();
+        self.shared.parked(-(self.parked as i64));
     }
 
     /// Whether the task has something to look after every [`TICK`]: notifications ready or handed to the pool,
@@ -353,6 +361,48 @@ impl DomainTask {
         if !self.finished.is_empty() {
             self.shared.finished(&self.finished);
             self.finished.clear();
+        }
+    }
+
+    /// Tells the observer how many notifications this queue parks: while it is paused or has no route, everything
+    /// waiting here. On the JetStream spool they take no pull room, so that a parked domain does not stop the node
+    /// pulling for the others (docs/scale-out.md); above the node's parking room the newest go back to the stream
+    /// for [`PARKED_HAND_BACK`], for another node or for later.
+    fn report_parked(&mut self) {
+        let parking = self.stats.paused.load(Ordering::Relaxed) || self.unroutable.is_some();
+        let now = if parking {
+            self.active.len() + self.delayed.len()
+        } else {
+            0
+        };
+        if now == self.parked {
+            return;
+        }
+        let excess = self.shared.parked(now as i64 - self.parked as i64);
+        self.parked = now;
+        if excess == 0 || !parking {
+            return;
+        }
+        let mut given = 0;
+        while given < excess {
+            let Some(item) = self.active.pop_back() else {
+                break;
+            };
+            if !self.shared.handed_back(&item, PARKED_HAND_BACK) {
+                self.active.push_back(item);
+                break;
+            }
+            given += 1;
+        }
+        if given > 0 {
+            self.shared.parked(-(given as i64));
+            self.parked -= given;
+            tracing::info!(
+                domain = %self.settings.domain,
+                "{given} parked notification(s) went back to the stream for {} s: the node parks no more \
+                 (spool_nats_max_held)",
+                PARKED_HAND_BACK.as_secs()
+            );
         }
     }
 

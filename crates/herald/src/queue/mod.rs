@@ -179,6 +179,12 @@ pub trait QueueObserver: Send + Sync + 'static {
     fn hand_back(&self, _id: MessageId, _retries: u32, _delay: std::time::Duration) -> bool {
         false
     }
+    /// A queue now parks `delta` more notifications (fewer when negative): paused or without a route, it holds
+    /// them without sending them. Returns how many of the node's parked notifications are above what the store
+    /// lets it park (the JetStream spool: `spool_nats_max_held`), for the queue to hand back; 0 by default.
+    fn parked(&self, _delta: i64) -> usize {
+        0
+    }
 }
 
 /// What every domain task shares.
@@ -237,6 +243,14 @@ impl EngineShared {
             }
         }
         taken
+    }
+
+    /// See [`QueueObserver::parked`].
+    pub(crate) fn parked(&self, delta: i64) -> usize {
+        match self.observer.get() {
+            Some(o) if delta != 0 => o.parked(delta),
+            _ => 0,
+        }
     }
 
     pub(crate) fn rescheduled(&self, item: &Queued, delay: std::time::Duration) {

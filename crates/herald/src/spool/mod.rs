@@ -95,6 +95,14 @@ impl QueueObserver for SpoolBridge {
         self.shared && delay >= HAND_BACK_AFTER && self.spool.hand_back(SpoolKey(id.0), delay)
     }
 
+    fn parked(&self, delta: i64) -> usize {
+        if self.shared {
+            self.spool.park(delta)
+        } else {
+            0
+        }
+    }
+
     fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime) {
         let ms = next_attempt
             .duration_since(UNIX_EPOCH)
