@@ -128,7 +128,7 @@ impl<S> Counted<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -137,17 +137,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn acknowledged_counts_what_the_peer_took() {
-        let listener = tokio::net::TcpSocket::new_v4().unwrap();
-        listener.set_recv_buffer_size(4096).unwrap();
-        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = listener.listen(1).unwrap();
-        let client = tokio::net::TcpSocket::new_v4().unwrap();
-        client.set_send_buffer_size(1 << 20).unwrap();
-        let client = client
-            .connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (client, mut server) = tight_pair().await;
         let (mut counted, acked) = counted(client);
         let acked = acked.unwrap();
 
@@ -167,6 +157,23 @@ mod tests {
         let mut rest = vec![0u8; more];
         server.read_exact(&mut rest).await.unwrap();
         wait_until(|| acked.acknowledged() == Some(acked.written())).await;
+    }
+
+    /// A loopback TCP connection whose server side has a tiny receive buffer and does not read, while the
+    /// client's send buffer takes a megabyte: what the client writes beyond a few KiB stays unacknowledged.
+    pub(crate) async fn tight_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpSocket::new_v4().unwrap();
+        listener.set_recv_buffer_size(4096).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listener.listen(1).unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_send_buffer_size(1 << 20).unwrap();
+        let client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
     }
 
     async fn wait_until(mut done: impl FnMut() -> bool) {

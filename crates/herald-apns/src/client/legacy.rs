@@ -356,6 +356,8 @@ mod tests {
     use super::*;
     use crate::binary::{ErrorPacket, Status};
     use crate::client::PushRequest;
+    #[cfg(target_os = "linux")]
+    use crate::client::acked::tests::tight_pair;
     use crate::client::test_sink::Results;
     use crate::identity::{RootSource, client_config};
     use crate::token_hex::DeviceToken;
@@ -389,6 +391,13 @@ mod tests {
             idle_timeout: None,
             max_window: 10_000,
         })
+    }
+
+    /// The size of one test notification on the wire.
+    fn encoded_len() -> usize {
+        let mut b = BytesMut::new();
+        encode_job(&options(WRITE_TIMEOUT), &mut b, 1, &job(1)).unwrap();
+        b.len()
     }
 
     /// Runs a connection over `stream` with notifications 1..=`jobs` waiting for it.
@@ -506,11 +515,7 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(1 << 20);
         let buffered = tokio::io::BufWriter::with_capacity(1 << 20, client);
         let (_tx, results, _conn) = start(buffered, None, 3, WRITE_TIMEOUT);
-        let one = {
-            let mut b = BytesMut::new();
-            encode_job(&options(WRITE_TIMEOUT), &mut b, 1, &job(1)).unwrap();
-            b.len()
-        };
+        let one = encoded_len();
         read_at_least(&mut server, 3 * one).await;
         let reported = results.wait_for(3).await;
         assert!(
@@ -547,26 +552,12 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn silence_counts_only_after_the_peer_acknowledged_the_bytes() {
-        // The server's receive buffer is tiny and it does not read; the client's send buffer holds everything.
-        let listener = tokio::net::TcpSocket::new_v4().unwrap();
-        listener.set_recv_buffer_size(4096).unwrap();
-        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = listener.listen(1).unwrap();
-        let client = tokio::net::TcpSocket::new_v4().unwrap();
-        client.set_send_buffer_size(1 << 20).unwrap();
-        let client = client
-            .connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        // The server does not read; the client's send buffer holds everything.
+        let (client, mut server) = tight_pair().await;
         let (client, acks) = counted(client);
         let jobs = 200;
         let (_tx, results, conn) = start(client, acks, jobs, WRITE_TIMEOUT);
-        let one = {
-            let mut b = BytesMut::new();
-            encode_job(&options(WRITE_TIMEOUT), &mut b, 1, &job(1)).unwrap();
-            b.len()
-        };
+        let one = encoded_len();
         // Three response windows of silence with the bytes unacknowledged: nothing is delivered.
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(
@@ -611,24 +602,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn an_acknowledged_write_is_delivered_while_later_ones_wait() {
-        let listener = tokio::net::TcpSocket::new_v4().unwrap();
-        listener.set_recv_buffer_size(4096).unwrap();
-        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = listener.listen(1).unwrap();
-        let client = tokio::net::TcpSocket::new_v4().unwrap();
-        client.set_send_buffer_size(1 << 20).unwrap();
-        let client = client
-            .connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (client, mut server) = tight_pair().await;
         let (client, acks) = counted(client);
         let (tx, results, _conn) = start(client, acks, 1, WRITE_TIMEOUT);
-        let one = {
-            let mut b = BytesMut::new();
-            encode_job(&options(WRITE_TIMEOUT), &mut b, 1, &job(1)).unwrap();
-            b.len()
-        };
+        let one = encoded_len();
         read_at_least(&mut server, one).await;
         for tag in 2..=200 {
             tx.send(job(tag)).await.unwrap();
