@@ -41,8 +41,8 @@ const CONNECT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Slots a busy queue keeps however little it holds (see [`shrunk_capacity`]), so that one filled and emptied in
 /// every turn is not shrunk and grown again each time; a resting task keeps none.
 const BUSY_QUEUE_FLOOR: usize = 4096;
-/// How long a parked notification above the node's parking room goes back to the shared stream for (see
-/// [`DomainTask::report_parked`]): long enough not to come straight back while the queue stays parked.
+/// The shortest time a parked notification above the node's parking room goes back to the shared stream for
+/// (see [`DomainTask::report_parked`]): long enough not to come straight back while the queue stays parked.
 const PARKED_HAND_BACK: Duration = Duration::from_secs(60);
 /// A notification on a connection that is lost before it was written in full goes back to the queue without
 /// counting an attempt (APNs never had all of it; one written in full is reported as unanswered and takes the retry
@@ -366,8 +366,11 @@ impl DomainTask {
 
     /// Tells the observer how many notifications this queue parks: while it is paused or has no route, everything
     /// waiting here. On the JetStream spool they take no pull room, so that a parked domain does not stop the node
-    /// pulling for the others (docs/scale-out.md); above the node's parking room the newest go back to the stream
-    /// for [`PARKED_HAND_BACK`], for another node or for later.
+    /// pulling for the others (docs/scale-out.md). Above the node's parking room the oldest go back to the stream,
+    /// for another node or for later, for as long as the retry schedule would make them wait (at least
+    /// [`PARKED_HAND_BACK`]): the stream counts each return as a retry, so a notification parked again and again
+    /// runs out of retries no sooner than one retried on the schedule would. One whose retries or
+    /// `message_expiration` would not allow that stays parked here.
     fn report_parked(&mut self) {
         let parking = self.stats.paused.load(Ordering::Relaxed) || self.unroutable.is_some();
         let now = if parking {
@@ -383,16 +386,29 @@ impl DomainTask {
         if excess == 0 || !parking {
             return;
         }
+        let now_s = unix_now();
         let mut given = 0;
+        let mut kept = VecDeque::new();
         while given < excess {
-            let Some(item) = self.active.pop_back() else {
+            let Some(item) = self.active.pop_front() else {
                 break;
             };
-            if !self.shared.handed_back(&item, PARKED_HAND_BACK) {
-                self.active.push_back(item);
+            let age = Duration::from_secs(now_s.saturating_sub(item.notification.received_at));
+            let delay = match self.settings.retry.after_failure(item.retries, age) {
+                RetryDecision::RetryIn(delay) => delay.max(PARKED_HAND_BACK),
+                RetryDecision::RetriesExhausted | RetryDecision::Expired => {
+                    kept.push_back(item);
+                    continue;
+                }
+            };
+            if !self.shared.handed_back(&item, delay) {
+                kept.push_back(item);
                 break;
             }
             given += 1;
+        }
+        while let Some(item) = kept.pop_back() {
+            self.active.push_front(item);
         }
         if given > 0 {
             self.shared.parked(-(given as i64));
