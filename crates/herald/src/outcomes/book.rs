@@ -205,6 +205,8 @@ pub struct StatusBook {
     /// Final outcomes handed to the writer, and those it has stored (or given up on): see [`StatusBook::flush`].
     submitted: AtomicU64,
     written: AtomicU64,
+    /// The writer thread could not start or ended while the book exists (see [`super::OutcomeWriter`]).
+    writer_gone: std::sync::atomic::AtomicBool,
     dropped: AtomicU64,
     pruned: Arc<AtomicU64>,
     retention: Duration,
@@ -223,6 +225,7 @@ impl StatusBook {
             handing: Mutex::new(()),
             submitted: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            writer_gone: std::sync::atomic::AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             pruned: Arc::new(AtomicU64::new(0)),
             retention,
@@ -233,6 +236,7 @@ impl StatusBook {
             .spawn(move || write_loop(rx, weak));
         if let Err(e) = spawned {
             tracing::error!("cannot start the outcome writer thread: {e}");
+            book.writer_gone.store(true, Ordering::Release);
         }
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(prune_loop(
@@ -424,6 +428,9 @@ impl super::OutcomeWriter for StatusBook {
     }
 
     fn stored(&self) -> u64 {
+        if self.writer_gone.load(Ordering::Acquire) {
+            return u64::MAX;
+        }
         self.written.load(Ordering::Acquire)
     }
 }
@@ -450,6 +457,13 @@ struct Stored {
 /// Stores final outcomes in batches, then lets them leave memory; pauses [`super::WRITER_PAUSE`] after a batch
 /// that did not fill up. Ends when the book is gone.
 fn write_loop(rx: Receiver<Stored>, book: Weak<StatusBook>) {
+    let owner = book.clone();
+    let _exit = super::OnExit(move || {
+        if let Some(book) = owner.upgrade() {
+            tracing::error!("the outcome writer thread ended; final outcomes are no longer stored");
+            book.writer_gone.store(true, Ordering::Release);
+        }
+    });
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.clear();

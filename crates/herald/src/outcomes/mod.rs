@@ -50,11 +50,24 @@ pub trait OutcomeListener: Send + Sync + 'static {
 ///
 /// The two counts are such that once [`OutcomeWriter::stored`] reaches a value [`OutcomeWriter::handed`] had
 /// after a record was handed over, that record is stored (or given up on, counted as dropped).
+///
+/// A writer whose thread is gone (it could not start, or it panicked) answers `u64::MAX` for `stored`: nothing it
+/// was handed will be stored, and removals must not wait for it for ever.
 pub trait OutcomeWriter: Send + Sync + 'static {
     /// Records handed to the writer so far.
     fn handed(&self) -> u64;
     /// Records the writer has stored, or given up on, so far.
     fn stored(&self) -> u64;
+}
+
+/// Runs its closure when dropped: how a writer thread says it ended, however it ended (a panic unwinds through
+/// it too).
+pub(crate) struct OnExit<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnExit<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
 
 /// How long a writer thread (final outcomes, webhook events) lets work gather after a batch that did not fill
@@ -160,6 +173,20 @@ pub fn parse_id(text: &str) -> Option<OutcomeKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer thread that panics still says it ended, so the spool's removals stop waiting for it
+    /// ([`OutcomeWriter`]).
+    #[test]
+    fn a_writer_thread_that_panics_says_it_ended() {
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = gone.clone();
+        let thread = std::thread::spawn(move || {
+            let _exit = OnExit(move || flag.store(true, std::sync::atomic::Ordering::Release));
+            panic!("a writer failing");
+        });
+        assert!(thread.join().is_err());
+        assert!(gone.load(std::sync::atomic::Ordering::Acquire));
+    }
 
     #[test]
     fn printed_ids_map_to_the_same_key() {

@@ -231,6 +231,8 @@ pub struct Webhooks {
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     /// Events the writer has stored (or given up on), against [`Domains::written`]: see [`Webhooks::flush`].
     stored: AtomicU64,
+    /// The writer thread could not start or ended while the webhooks exist (see [`super::OutcomeWriter`]).
+    writer_gone: std::sync::atomic::AtomicBool,
     handoff_dropped: AtomicU64,
     /// The sender thread's runtime, where every domain's sender task runs (see [`sender_thread`]).
     senders: tokio::runtime::Handle,
@@ -300,6 +302,7 @@ impl Webhooks {
             writer: std::sync::OnceLock::new(),
             queues: Mutex::new(HashMap::new()),
             stored: AtomicU64::new(0),
+            writer_gone: std::sync::atomic::AtomicBool::new(false),
             handoff_dropped: AtomicU64::new(0),
             senders,
             stop_senders,
@@ -346,7 +349,10 @@ impl Webhooks {
             Ok(handle) => {
                 let _ = hooks.writer.set(handle.thread().clone());
             }
-            Err(e) => tracing::error!("cannot start the webhook writer thread: {e}"),
+            Err(e) => {
+                tracing::error!("cannot start the webhook writer thread: {e}");
+                hooks.writer_gone.store(true, Ordering::Release);
+            }
         }
         hooks
     }
@@ -599,6 +605,9 @@ impl super::OutcomeWriter for Webhooks {
     }
 
     fn stored(&self) -> u64 {
+        if self.writer_gone.load(Ordering::Acquire) {
+            return u64::MAX;
+        }
         self.stored.load(Ordering::Acquire)
     }
 }
@@ -619,6 +628,15 @@ fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
 /// writes on meanwhile without waking it), and after an empty one sleeps until the next first event. Ends when the
 /// webhooks are gone.
 fn write_loop(hooks: Weak<Webhooks>) {
+    let owner = hooks.clone();
+    let _exit = super::OnExit(move || {
+        if let Some(hooks) = owner.upgrade() {
+            tracing::error!(
+                "the webhook writer thread ended; webhook outcomes are no longer stored"
+            );
+            hooks.writer_gone.store(true, Ordering::Release);
+        }
+    });
     loop {
         let Some(h) = hooks.upgrade() else {
             return;
