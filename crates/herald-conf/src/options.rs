@@ -1280,7 +1280,7 @@ option_table! {
         },
         Some("10000"),
         GLOBAL,
-        "Notifications one node pulls and holds unfinished at most: the rest of the consumer's room (spool_nats_max_ack_pending) stays for the other nodes, and a node that dies leaves at most this many waiting out the ack wait; never more than max_resident_notifications (a larger value is lowered, with a warning); a herald addition.",
+        "Notifications one node pulls and holds unfinished at most: the rest of the consumer's room (spool_nats_max_ack_pending) stays for the other nodes, and a node that dies leaves at most this many waiting out the ack wait; never more than max_resident_notifications (a larger value is lowered, with a warning). A domain paused on the node or without a route parks up to as many again besides, within max_resident_notifications (scale-out.md); a herald addition.",
     )
     .read_at_start(),
 }
