@@ -112,6 +112,10 @@ pub enum PartError {
         "Content-Type is given more than once in the part's MIME headers: whether it is a push part (message/vnd.msys.apn) would be ambiguous"
     )]
     RepeatedContentType,
+    #[error(
+        "its Content-Type {value:?} is not a MIME type (type/subtype): whether it is a push part (message/vnd.msys.apn) cannot be told"
+    )]
+    UnreadableContentType { value: String },
     #[error("a header block in it is over {limit} bytes (herald's limit on one header block)")]
     HeadersTooLarge { limit: usize },
     #[error(
@@ -288,7 +292,9 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
         Ok(None) => return Ok(Parsed::NotMcmt),
     };
     let root = message.root_part();
-    let Some(root_type) = mime::mime_type_of(root) else {
+    // Read from the block with its folds joined, as a part's type is: the MIME parser alone reads a type folded
+    // after its `/` as having no subtype.
+    let Some(root_type) = mime::mime_type(top_block) else {
         return Ok(Parsed::NotMcmt);
     };
     if !root_type.is(MCMT_TYPE) {
@@ -346,6 +352,15 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
         }
         let part_type =
             mime::mime_type(part.get(..block.body).unwrap_or_default()).unwrap_or_default();
+        if content_types == 1 && (part_type.ctype.is_empty() || part_type.subtype.is_empty()) {
+            let value = block
+                .fields
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("Content-Type"))
+                .map(|(_, v)| v.trim().chars().take(100).collect())
+                .unwrap_or_default();
+            return Err(refuse(PartError::UnreadableContentType { value }));
+        }
         let part_body = part.get(block.body..).unwrap_or_default();
         if part_type.is(APN_PART_TYPE) {
             let push = push_part(number, &block.fields, part_body).map_err(refuse)?;
@@ -1208,6 +1223,57 @@ mod tests {
                 reason: PartError::UnterminatedHeaders
             }
         );
+    }
+
+    // A Content-Type folded anywhere a structured header may be (RFC 5322 §2.2.3), after the `/` included, is read
+    // as written: the part is a push part, not skipped. At the top level, the container is MCMT.
+    #[test]
+    fn a_folded_content_type_is_read_as_written() {
+        for folded in [
+            "Content-Type: message/\r\n vnd.msys.apn\r\n\r\nX-Device-Token: cd\r\n\r\n{}",
+            "Content-Type: message/\r\n\tvnd.msys.apn\r\n\r\nX-Device-Token: cd\r\n\r\n{}",
+            "Content-Type: message /\r\n vnd.msys.apn\r\n\r\nX-Device-Token: cd\r\n\r\n{}",
+            "Content-Type: message/\n vnd.msys.apn\n\nX-Device-Token: cd\n\n{}",
+        ] {
+            assert_eq!(
+                parsed(&mcmt(&[APN, folded])).push_parts.len(),
+                2,
+                "{folded:?}"
+            );
+        }
+        let top = String::from_utf8(mcmt(&[APN]))
+            .unwrap()
+            .replace("multipart/vnd.msys.mcmt", "multipart/\r\n vnd.msys.mcmt");
+        assert_eq!(parsed(top.as_bytes()).push_parts.len(), 1);
+    }
+
+    // A part whose Content-Type is not type/subtype cannot be told a push part or not: refused, naming it, rather
+    // than skipped with the message accepted.
+    #[test]
+    fn a_content_type_that_is_not_a_mime_type_is_refused() {
+        for (bad, value) in [
+            (
+                "Content-Type: message\r\n\r\nX-Device-Token: cd\r\n\r\n{}",
+                "message",
+            ),
+            (
+                "Content-Type: ;message/vnd.msys.apn\r\n\r\n{}",
+                ";message/vnd.msys.apn",
+            ),
+        ] {
+            assert_eq!(
+                parse(&mcmt(&[APN, bad])).unwrap_err(),
+                McmtError::Part {
+                    part: 2,
+                    reason: PartError::UnreadableContentType {
+                        value: value.to_owned()
+                    }
+                },
+                "{bad:?}"
+            );
+        }
+        // A part with no Content-Type at all is plain text (RFC 2045 §5.2): not a push part, not refused.
+        assert_eq!(parsed(&mcmt(&[APN, "\r\nhello"])).push_parts.len(), 1);
     }
 
     // The Content-Type decides whether a part is a push part: given twice, whichever comes first or last, the part

@@ -460,14 +460,43 @@ fn is_header_line(line: &[u8], first: bool, cut: bool) -> bool {
 }
 
 /// The MIME type of a header block, read by the MIME parser (which handles quoting, comments and RFC 2231
-/// parameters). `None` when the block has no readable `Content-Type`, or the parser gave up.
+/// parameters) once the block's folded lines are joined (see [`unfolded`]). `None` when the block has no readable
+/// `Content-Type`, or the parser gave up.
 pub(super) fn mime_type(block: &[u8]) -> Option<MimeType> {
+    let block = unfolded(block);
     // The MIME parser is a dependency that asserted on some malformed input (found by fuzzing, fuzz/README.md):
     // whatever a client sends, the message gets an answer rather than the session ending in a panic.
-    let headers = std::panic::catch_unwind(|| MessageParser::new().parse_headers(block))
+    let headers = std::panic::catch_unwind(|| MessageParser::new().parse_headers(&block))
         .ok()
         .flatten()?;
     mime_type_of(headers.root_part())
+}
+
+/// `block` with its folds removed (RFC 5322 §2.2.3: a line break followed by a space or tab is taken out, the
+/// white space stays). The MIME parser ends a type or a subtype at a line break, so `message/` folded before
+/// `vnd.msys.apn`, which is legal, would read as the type `message` with no subtype.
+fn unfolded(block: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let folded = |i: usize| matches!(block.get(i), Some(b' ' | b'\t'));
+    if !block
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && folded(i + 1))
+    {
+        return std::borrow::Cow::Borrowed(block);
+    }
+    let mut out = Vec::with_capacity(block.len());
+    let mut i = 0;
+    while let Some(&b) = block.get(i) {
+        if b == b'\r' && block.get(i + 1) == Some(&b'\n') && folded(i + 2) {
+            i += 2;
+        } else if b == b'\n' && folded(i + 1) {
+            i += 1;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The MIME type of a part the MIME parser has read.
