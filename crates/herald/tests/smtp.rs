@@ -1229,6 +1229,33 @@ async fn unknown_domain_is_refused_at_rcpt() {
     );
     h.sim.wait_for_records(1, WAIT).await;
     assert_eq!(h.sim.record()[0].token, token(22));
+
+    // The same recipient twice (its domain in another case) is one recipient: one notification, not two.
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    let again = format!("{}@apps.example", token(23));
+    assert_eq!(c.cmd(&format!("RCPT TO:<{again}>")).await.0, 250);
+    let same = format!("{}@APPS.example", token(23));
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{same}>")).await,
+        (
+            250,
+            format!(
+                "2.1.5 recipient <{same}> ok (already given: it gets one notification per push part)"
+            )
+        )
+    );
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&stuff(&mcmt(&[push_part(
+        &[],
+        "{\"aps\":{\"alert\":\"once\"}}",
+    )])))
+    .await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        text.starts_with("2.0.0 accepted 1 notification as batch "),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

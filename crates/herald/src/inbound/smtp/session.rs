@@ -278,6 +278,21 @@ impl Session {
         if self.envelope.from.is_none() {
             return Reply::new(503, "5.5.1", "RCPT before MAIL");
         }
+        // The same recipient again would send the same notification to the same device twice.
+        if self
+            .envelope
+            .recipients
+            .iter()
+            .any(|r| same_recipient(r, &to))
+        {
+            return Reply::new(
+                250,
+                "2.1.5",
+                format!(
+                    "recipient <{to}> ok (already given: it gets one notification per push part)"
+                ),
+            );
+        }
         let max = self.config.limits.max_recipients;
         if self.envelope.recipients.len() >= max {
             return Reply::new(
@@ -603,6 +618,15 @@ pub(crate) async fn refuse_busy(
 
 /// A temporary refusal: `452 4.3.1` when storage or memory is full (RFC 3463 "mail system full"), else
 /// `451 4.3.0`; chosen by the kind of refusal, never by its text.
+/// Whether two recipient addresses are one: the local part as written (RFC 5321 §2.4: it may be case-sensitive),
+/// the domain in any case.
+fn same_recipient(a: &str, b: &str) -> bool {
+    match (a.rsplit_once('@'), b.rsplit_once('@')) {
+        (Some((la, da)), Some((lb, db))) => la == lb && da.eq_ignore_ascii_case(db),
+        _ => a == b,
+    }
+}
+
 fn temporary(why: &Unavailable) -> Reply {
     if why.is_full() {
         Reply::new(452, "4.3.1", why.to_string())
@@ -646,6 +670,13 @@ fn idle(host: &str, config: &SmtpConfig) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recipient_is_the_same_whatever_the_case_of_its_domain_not_of_its_local_part() {
+        assert!(same_recipient("ab12@Apps.Example", "ab12@apps.example"));
+        assert!(!same_recipient("AB12@apps.example", "ab12@apps.example"));
+        assert!(!same_recipient("ab12@apps.example", "ab12@other.example"));
+    }
 
     #[test]
     fn only_a_dot_line_after_crlf_ends_the_data() {
