@@ -369,7 +369,12 @@ impl Loader {
                     }),
                     format!(
                         "invalid value {} for `{}`: {}",
-                        quote(&e.text),
+                        // A secret's value is never quoted (its reason does not quote it either).
+                        if crate::secrets::is_secret(id) {
+                            parser::MASKED.to_string()
+                        } else {
+                            quote(&e.text)
+                        },
                         def.name,
                         e.reason
                     ),

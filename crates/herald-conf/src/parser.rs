@@ -8,6 +8,9 @@ use crate::{
     ast::{Pos, RawValue, Scalar, Stmt},
     diag::quote,
     lexer::{Lexer, Token, TokenKind},
+    options,
+    scopes::ScopeKind,
+    secrets,
 };
 
 /// The deepest scope nesting accepted (Momentum's deepest legal nesting is 3).
@@ -16,6 +19,9 @@ pub const MAX_DEPTH: usize = 16;
 /// Added when a stray `=` most likely belongs to an unquoted value.
 const EQUALS_HINT: &str =
     " (a value containing `=`, such as `apn://host?port=2195`, must be quoted)";
+
+/// How the value of a secret option (and any text of its statement) is quoted in a message.
+pub const MASKED: &str = "`********`";
 
 /// A syntax error at a position in the parsed text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +52,10 @@ pub struct Parser<'a> {
     lx: Lexer<'a>,
     ahead: VecDeque<Token<'a>>,
     errors: Vec<SyntaxError>,
+    /// The secret option (canonical name) whose statement is being read: its tokens are never quoted.
+    secret: Option<&'static str>,
+    /// The line of the last token consumed.
+    last_line: u32,
 }
 
 impl<'a> Parser<'a> {
@@ -54,6 +64,8 @@ impl<'a> Parser<'a> {
             lx: Lexer::new(src),
             ahead: VecDeque::new(),
             errors: Vec::new(),
+            secret: None,
+            last_line: 1,
         }
     }
 
@@ -90,16 +102,27 @@ fn pos(t: &Token<'_>) -> Pos {
     }
 }
 
-/// `domain `x`` or `apn`, for messages about a scope.
+/// The canonical name of the secret option named `word` (any case), if it is one.
+fn secret_option(word: &str) -> Option<&'static str> {
+    options::lookup(word)
+        .filter(|id| secrets::is_secret(*id))
+        .map(|id| id.def().name)
+}
+
+/// `domain `x`` or `apn`, for messages about a scope. The name after a secret option's name (`control_password
+/// NAME {`) is masked: it is most likely the secret.
 fn describe_scope(kw: &str, name: Option<&str>) -> String {
     match name {
+        Some(_) if secret_option(kw).is_some() => format!("{kw} {MASKED}"),
         Some(n) => format!("{kw} {}", quote(n)),
         None => kw.to_string(),
     }
 }
 
-fn describe(t: &Token<'_>) -> String {
+/// A token for a message: words and strings quoted (masked within a secret option's statement), punctuation named.
+fn describe(t: &Token<'_>, secret: bool) -> String {
     match t.kind {
+        TokenKind::Word | TokenKind::Quoted if secret => MASKED.to_string(),
         TokenKind::Word | TokenKind::Quoted => quote(&t.value),
         k => k.describe().to_string(),
     }
@@ -119,13 +142,28 @@ impl<'a> Parser<'a> {
     }
 
     fn next(&mut self) -> Option<Token<'a>> {
-        if let Some(t) = self.ahead.pop_front() {
-            return Some(t);
+        let t = match self.ahead.pop_front() {
+            Some(t) => Some(t),
+            None => self.lx.next(),
+        };
+        if let Some(t) = &t {
+            self.last_line = t.line;
         }
-        self.lx.next()
+        t
     }
 
+    /// A token for a message, masked inside a secret option's statement.
+    fn describe(&self, t: &Token<'_>) -> String {
+        describe(t, self.secret.is_some())
+    }
+
+    /// Records an error. Within a secret option's statement, a message that does not name the option is
+    /// prefixed with it (its tokens are masked, so the name says where the error is).
     fn error(&mut self, pos: Pos, message: String) {
+        let message = match self.secret {
+            Some(name) if !message.contains(name) => format!("`{name}`: {message}"),
+            _ => message,
+        };
         self.errors.push(SyntaxError { pos, message });
     }
 
@@ -199,7 +237,7 @@ impl<'a> Parser<'a> {
                 None => Step::Skipped,
             },
             _ => {
-                let (p, d) = (pos(t), describe(t));
+                let (p, d) = (pos(t), describe(t, false));
                 let hint = if t.kind == TokenKind::Equals {
                     EQUALS_HINT
                 } else {
@@ -224,8 +262,101 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Reads one statement starting with a word. A statement naming a secret option is read with its tokens
+    /// masked in messages, and what follows it that does not start a statement is taken as more of its value.
     fn statement(&mut self, depth: usize) -> Option<Stmt> {
         let w = self.next()?;
+        let Some(secret) = secret_option(&w.value) else {
+            return self.statement_of(w, depth);
+        };
+        let start = pos(&w);
+        let errors = self.errors.len();
+        self.secret = Some(secret);
+        let stmt = self.statement_of(w, depth);
+        self.secret = None;
+        if !matches!(stmt, Some(Stmt::Scope { .. })) {
+            self.secret_tail(secret, start, self.errors.len() > errors);
+        }
+        stmt
+    }
+
+    /// Whether the lexer reported a problem (an unterminated string or comment) at or after `start`.
+    fn lexed_badly_since(&self, start: Pos) -> bool {
+        self.lx
+            .errors
+            .last()
+            .is_some_and(|e| (e.line, e.col) >= (start.line, start.col))
+    }
+
+    /// After a secret option's statement that started at `start`: skips (reporting once, masked, unless
+    /// `reported`) whatever follows that does not start a statement, so that no piece of a value of several words
+    /// (or one spread over lines by an unterminated string) is quoted as a statement of its own. On the line where
+    /// the statement ended (and the next one after an unterminated string) only a known option, scope or `include`
+    /// starts a statement.
+    fn secret_tail(&mut self, name: &'static str, start: Pos, mut reported: bool) {
+        let strict_until = self.last_line + u32::from(self.lexed_badly_since(start));
+        loop {
+            let Some(t) = self.peek() else {
+                return;
+            };
+            if t.kind == TokenKind::RBrace {
+                return;
+            }
+            let (p, strict) = (pos(t), t.line <= strict_until);
+            if self.starts_statement(strict) {
+                return;
+            }
+            if !reported {
+                let what = match options::lookup(name).map(|id| id.def().kind) {
+                    Some(crate::value::Kind::List) => "a list `( … )`, one word or a quoted string",
+                    _ => "one word or a quoted string",
+                };
+                self.error(
+                    p,
+                    format!("`{name}`: the value must be {what}; found more after it"),
+                );
+                reported = true;
+            }
+            if self.next().is_some_and(|t| t.kind == TokenKind::LBrace) {
+                self.skip_block();
+            }
+        }
+    }
+
+    /// Whether the next tokens start a statement. On a later line than the secret's (not `strict`): a known option,
+    /// scope or `include`, or any word followed by `=`, `{` or `NAME {` (a mistake of its own, reported as such).
+    /// On the secret's line (`strict`): only a known option, scope or `include` followed by what it needs
+    /// (`NAME =`, `KIND {`, `KIND NAME {`, `include PATH`); anything else there is more of the value.
+    fn starts_statement(&mut self, strict: bool) -> bool {
+        let Some(t) = self.peek() else {
+            return true;
+        };
+        if t.kind != TokenKind::Word {
+            return false;
+        }
+        let include = t.value.eq_ignore_ascii_case("include")
+            || t.value.eq_ignore_ascii_case("readonly_include");
+        let known = include
+            || options::lookup(&t.value).is_some()
+            || ScopeKind::from_keyword(&t.value).is_some();
+        if !strict && known {
+            return true;
+        }
+        if strict && !known {
+            return false;
+        }
+        let kind = |t: Option<&Token<'_>>| t.map(|t| t.kind);
+        match kind(self.peek_n(1)) {
+            Some(TokenKind::Word | TokenKind::Quoted) if include => true,
+            Some(TokenKind::Equals | TokenKind::LBrace) => !include,
+            Some(TokenKind::Word | TokenKind::Quoted) => {
+                kind(self.peek_n(2)) == Some(TokenKind::LBrace)
+            }
+            _ => false,
+        }
+    }
+
+    fn statement_of(&mut self, w: Token<'a>, depth: usize) -> Option<Stmt> {
         let wpos = pos(&w);
         let lower = w.value.to_ascii_lowercase();
         if lower == "include" || lower == "readonly_include" {
@@ -269,8 +400,9 @@ impl<'a> Parser<'a> {
                     return self.scope_body(w, Some(Self::scalar(name)), pos(&brace), depth);
                 }
                 if line == wpos.line {
+                    let secret = self.secret.is_some();
                     let t = self.peek()?;
-                    let (p, d) = (pos(t), describe(t));
+                    let (p, d) = (pos(t), describe(t, secret));
                     self.error(
                         p,
                         format!(
@@ -288,9 +420,10 @@ impl<'a> Parser<'a> {
                 None
             }
             Some((_, _)) | None => {
+                let secret = self.secret.is_some();
                 let found = self
                     .peek()
-                    .map(describe)
+                    .map(|t| describe(t, secret))
                     .unwrap_or_else(|| "the end of the file".into());
                 self.error(
                     wpos,
@@ -335,6 +468,7 @@ impl<'a> Parser<'a> {
     }
 
     fn value(&mut self, eq: Pos, name: &str) -> Option<RawValue> {
+        let secret = self.secret.is_some();
         let Some(t) = self.peek() else {
             self.error(eq, format!("{} has no value after `=`", quote(name)));
             return None;
@@ -362,7 +496,7 @@ impl<'a> Parser<'a> {
                         TokenKind::Word | TokenKind::Quoted => items.push(Self::scalar(t)),
                         TokenKind::RParen => return Some(RawValue::List(items)),
                         _ => {
-                            let (p, d) = (pos(&t), describe(&t));
+                            let (p, d) = (pos(&t), self.describe(&t));
                             let hint = if t.kind == TokenKind::Equals {
                                 EQUALS_HINT
                             } else {
@@ -409,12 +543,14 @@ impl<'a> Parser<'a> {
                                     pairs.push((key, Self::scalar(v)));
                                 }
                                 _ => {
+                                    let key_text = if self.secret.is_some() {
+                                        "********".to_string()
+                                    } else {
+                                        key.text.escape_debug().to_string()
+                                    };
                                     self.error(
                                         key.pos,
-                                        format!(
-                                            "expected `{} = value` inside `[ … ]`",
-                                            key.text.escape_debug()
-                                        ),
+                                        format!("expected `{key_text} = value` inside `[ … ]`"),
                                     );
                                     self.skip_line(key.pos.line);
                                     return None;
@@ -422,7 +558,7 @@ impl<'a> Parser<'a> {
                             }
                         }
                         _ => {
-                            let (p, d) = (pos(&k), describe(&k));
+                            let (p, d) = (pos(&k), self.describe(&k));
                             self.error(p, format!("expected `key = value` or `]`, found {d}"));
                             if k.kind == TokenKind::RBrace {
                                 self.ahead.push_front(k);
@@ -435,7 +571,7 @@ impl<'a> Parser<'a> {
                 }
             }
             _ => {
-                let (p, d) = (pos(t), describe(t));
+                let (p, d) = (pos(t), describe(t, secret));
                 self.error(p, format!("expected a value after `=`, found {d}"));
                 self.skip_line(p.line);
                 None
