@@ -23,7 +23,7 @@ use crate::outcomes::Fanout;
 use crate::outcomes::book::StatusBook;
 use crate::outcomes::webhook::{HookResolver, HookSettings, Webhooks};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +89,9 @@ struct RunningListener {
     tls_files: Option<u64>,
     /// HTTP over TLS: the certificate a reload replaces in place when its files were renewed.
     certificate: Option<Arc<rest::ListenerCertificate>>,
+    /// HTTP: told once the stopped listener closed its socket (its open requests may still be finishing), so that
+    /// a reload binds the address again without waiting for them.
+    closed: Option<oneshot::Receiver<()>>,
 }
 
 /// A hash of the files of a listener's TLS identity (`None` without one; an unreadable file hashes as empty: loading
@@ -500,6 +503,7 @@ impl Server {
                     smtp_config: Some(config_tx),
                     tls_files: None,
                     certificate: None,
+                    closed: None,
                 }))
             }
             ListenerKind::Http => {
@@ -537,6 +541,7 @@ impl Server {
                         self.me.clone() as std::sync::Weak<dyn crate::control::ServerHandle>,
                         Arc::new(settings.clone()),
                         guesses.clone(),
+                        stop.clone(),
                     ));
                 }
                 if settings.http_services.push || settings.http_services.inject {
@@ -562,9 +567,12 @@ impl Server {
                     .with_idempotency(Some(self.idempotency.clone()));
                 let app = rest::router_with(state, extra);
                 let intake = self.intake.clone();
+                let (closed_tx, closed) = oneshot::channel();
                 let task = tokio::spawn(async move {
-                    if let Err(e) =
-                        rest::serve_limited(socket, app, intake, tls, limits, stop_rx).await
+                    if let Err(e) = rest::server::serve_limited_closing(
+                        socket, app, intake, tls, limits, stop_rx, closed_tx,
+                    )
+                    .await
                     {
                         tracing::error!("REST listener stopped: {e}");
                     }
@@ -578,6 +586,7 @@ impl Server {
                     smtp_config: None,
                     tls_files,
                     certificate,
+                    closed: Some(closed),
                 }))
             }
             ListenerKind::Control => {
@@ -601,6 +610,7 @@ impl Server {
                     smtp_config: None,
                     tls_files,
                     certificate: None,
+                    closed: None,
                 }))
             }
             ListenerKind::Ecstream => Ok(None),
@@ -672,16 +682,16 @@ impl Server {
         let mut keep = Vec::new();
         // Listeners restarted above (whether or not they came back): not started a second time below.
         let mut tried = Vec::new();
+        // Listeners whose address the new configuration no longer has: stopped below, once what replaces them is
+        // bound (or kept, when it cannot be).
+        let mut orphans = Vec::new();
         for running in listeners.drain(..) {
             let name = format!("{:?} {}", running.kind, running.settings.address);
             match wanted
                 .iter()
                 .find(|w| w.kind == running.kind && w.address == running.settings.address)
             {
-                None => {
-                    stop_listener(running).await;
-                    report.listeners_stopped.push(name);
-                }
+                None => orphans.push(running),
                 Some(new) if running.kind == ListenerKind::Esmtp => {
                     // Sessions notice the new generation and answer 421 4.3.2 at their next command.
                     let c = match smtp::SmtpConfig::from_config(&config, new.clone()) {
@@ -795,27 +805,106 @@ impl Server {
                 }
             }
         }
-        for new in wanted {
-            if keep
+        let fresh: Vec<ListenerSettings> = wanted
+            .into_iter()
+            .filter(|new| {
+                !keep
+                    .iter()
+                    .any(|k| k.kind == new.kind && k.settings.address == new.address)
+                    && !tried.contains(&(new.kind, new.address.clone()))
+            })
+            .collect();
+        // Each new listener replaces an orphan of its kind, if there is one (the one on an overlapping address
+        // first, then in the order of the files): the orphan keeps its address until the new one is bound, and
+        // keeps it when the new one cannot be. The orphans nothing replaces stop first, freeing their addresses.
+        let mut pairs = Vec::new();
+        for new in fresh {
+            let replaced = orphans
                 .iter()
-                .any(|k| k.kind == new.kind && k.settings.address == new.address)
-                || tried.contains(&(new.kind, new.address.clone()))
-            {
-                continue;
-            }
-            let name = format!("{:?} {}", new.kind, new.address);
-            match self.start_listener(new).await {
-                Ok(Some(l)) => {
-                    keep.push(l);
-                    report.listeners_started.push(name);
-                }
-                Ok(None) => {}
-                Err(e) => report.listener_errors.push(format!("{name}: {e}")),
-            }
+                .position(|o| o.kind == new.kind && overlaps(&o.settings.addr, &new.addr))
+                .or_else(|| orphans.iter().position(|o| o.kind == new.kind))
+                .map(|i| orphans.remove(i));
+            pairs.push((new, replaced));
+        }
+        for orphan in orphans {
+            let name = format!("{:?} {}", orphan.kind, orphan.settings.address);
+            stop_listener(orphan).await;
+            report.listeners_stopped.push(name);
+        }
+        for (new, replaced) in pairs {
+            self.replace_listener(new, replaced, &mut keep, &mut report)
+                .await;
         }
         *listeners = keep;
         tracing::info!(path = %path.display(), "configuration reloaded");
         Ok(report)
+    }
+
+    /// Starts `new` at a reload, in place of `replaced` (a listener whose address the new configuration no longer
+    /// has), which stops once `new` is bound. When `new` cannot be bound, `replaced` keeps running with its
+    /// previous settings; when their addresses overlap (the same port), `replaced` lets go of it for a second try
+    /// and, if that fails too, is started again.
+    async fn replace_listener(
+        &self,
+        new: ListenerSettings,
+        replaced: Option<RunningListener>,
+        keep: &mut Vec<RunningListener>,
+        report: &mut ReloadReport,
+    ) {
+        let name = format!("{:?} {}", new.kind, new.address);
+        let e = match self.start_listener(new.clone()).await {
+            Ok(started) => {
+                if let Some(l) = started {
+                    keep.push(l);
+                    report.listeners_started.push(name);
+                }
+                if let Some(old) = replaced {
+                    let old_name = format!("{:?} {}", old.kind, old.settings.address);
+                    stop_listener(old).await;
+                    report.listeners_stopped.push(old_name);
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        let Some(old) = replaced else {
+            report.listener_errors.push(format!("{name}: {e}"));
+            return;
+        };
+        let old_name = format!("{:?} {}", old.kind, old.settings.address);
+        if !overlaps(&old.settings.addr, &new.addr) {
+            report.listener_errors.push(format!(
+                "{name}: {e}; {old_name} keeps running with its previous settings"
+            ));
+            keep.push(old);
+            return;
+        }
+        let previous = old.settings.clone();
+        stop_listener(old).await;
+        match self.start_listener(new).await {
+            Ok(started) => {
+                if let Some(l) = started {
+                    keep.push(l);
+                    report.listeners_started.push(name);
+                }
+                report.listeners_stopped.push(old_name);
+            }
+            Err(e) => match self.start_listener(previous).await {
+                Ok(Some(l)) => {
+                    keep.push(l);
+                    report.listener_errors.push(format!(
+                        "{name}: {e}; {old_name} runs again with its previous settings"
+                    ));
+                }
+                Ok(None) => report.listener_errors.push(format!("{name}: {e}")),
+                Err(again) => {
+                    report.listener_errors.push(format!(
+                        "{name}: {e}; {old_name} with its previous settings: {again}; it is down"
+                    ));
+                    report.listeners_stopped.push(old_name);
+                }
+            },
+        }
     }
 
     /// Totals since start or the last [`Server::reset_summary`].
@@ -893,9 +982,12 @@ impl Server {
     /// their way to APNs, then stores the last final outcomes and flushes the spool (which keeps the rest).
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
+        // Every listener stops accepting at once (the dashboard's event streams end); the sessions and requests
+        // still open finish within the grace period while the deliveries on their way do, not before them: a
+        // slow client cannot take the time those deliveries are given.
         self.stop_listeners.cancel();
         let running: Vec<RunningListener> = self.listeners.lock().await.drain(..).collect();
-        for l in running {
+        let sessions = futures_util::future::join_all(running.into_iter().map(|l| async move {
             let mut task = l.task;
             if tokio::time::timeout(
                 deadline.saturating_duration_since(Instant::now()),
@@ -906,12 +998,19 @@ impl Server {
             {
                 task.abort();
             }
-        }
+        }));
         // Nothing more goes out: what is queued stays in the spool for the next start (or, with JetStream, goes
         // back to the stream for another node), and only what is already on its way out finishes. Delivering the
         // backlog meanwhile would send notifications whose outcome may come after the spool closed, to be sent
         // again after the restart.
         self.engine.set_held(true);
+        let deliveries = self.wait_for_deliveries(deadline);
+        tokio::join!(sessions, deliveries);
+        self.finish_shutdown(deadline).await;
+    }
+
+    /// At shutdown: waits until no notification is on its way to APNs any more, or `deadline`.
+    async fn wait_for_deliveries(&self, deadline: Instant) {
         let on_the_way = || -> usize {
             self.engine
                 .all_stats()
@@ -940,6 +1039,11 @@ impl Server {
                  sent again after the restart"
             );
         }
+    }
+
+    /// At shutdown, once the listeners and the deliveries are done: stores the last outcomes, closes the spool and
+    /// flushes the logs.
+    async fn finish_shutdown(&self, deadline: Instant) {
         // The outcomes of the last deliveries: stored now, so that status lookups and webhooks have them after the
         // restart.
         let within = deadline
@@ -978,14 +1082,37 @@ impl Server {
     }
 }
 
+/// How long a reload waits for a stopped listener to let go of its address before giving up on it (aborting it).
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Stops a listener at a reload. Returns once its socket is closed, so that its address can be bound again at
+/// once: an HTTP listener's open requests finish meanwhile in the background (within [`rest::server::DRAIN`]; its
+/// dashboard event streams end at once), other listeners are waited for (at most [`STOP_WAIT`]).
 async fn stop_listener(l: RunningListener) {
     l.stop.cancel();
     let mut task = l.task;
-    if tokio::time::timeout(Duration::from_secs(5), &mut task)
-        .await
-        .is_err()
-    {
+    if let Some(closed) = l.closed {
+        if tokio::time::timeout(STOP_WAIT, closed).await.is_err() {
+            task.abort();
+        }
+        return;
+    }
+    if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
         task.abort();
+    }
+}
+
+/// Whether two listen addresses may take the same socket: the same Unix path, or the same TCP port (not 0, any
+/// free one) on the same address or where one of them is the wildcard address.
+fn overlaps(a: &ListenAddr, b: &ListenAddr) -> bool {
+    match (a, b) {
+        (ListenAddr::Tcp(a), ListenAddr::Tcp(b)) => {
+            a.port() == b.port()
+                && a.port() != 0
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        (ListenAddr::Unix(a), ListenAddr::Unix(b)) => a == b,
+        _ => false,
     }
 }
 

@@ -21,6 +21,7 @@ use axum::{Extension, Json, Router};
 use herald_conf::{Config, ListenerSettings, OPTIONS, ScopePath, Value};
 use serde::Deserialize;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Access, Refusal, Sessions};
 use super::outcomes::{Filter, KINDS};
@@ -74,6 +75,10 @@ struct Dash {
     /// Wrong keys per client address, at the login and on every request: the listener's, shared with its REST
     /// API (5 within a minute lock an address out, as the console's passwords do).
     guesses: Arc<GuessThrottle>,
+    /// The listener's stop: its event streams end when it is cancelled (the listener stops, or a reload restarts
+    /// it), so that its connections close at once and a client reconnects to what replaced it, and is
+    /// authenticated again.
+    stop: CancellationToken,
 }
 
 impl Dash {
@@ -109,12 +114,14 @@ fn refused(r: Refusal) -> Response {
 
 /// The dashboard of one listener. Merge it with `inbound::rest::router_with` (which skips its API-key check for
 /// `/dashboard` paths: the dashboard checks its own way) so that the address lists still apply; `guesses` is the
-/// listener's count of wrong keys, the one its REST state holds.
+/// listener's count of wrong keys, the one its REST state holds; `stop` is the listener's stop, which ends its
+/// event streams.
 pub fn routes(
     hub: Arc<Hub>,
     server: Weak<dyn ServerHandle>,
     settings: Arc<ListenerSettings>,
     guesses: Arc<GuessThrottle>,
+    stop: CancellationToken,
 ) -> Router {
     let dash = Dash {
         hub,
@@ -122,6 +129,7 @@ pub fn routes(
         settings,
         sessions: Arc::default(),
         guesses,
+        stop,
     };
     let data = Router::new()
         .route("/dashboard/api/session", get(session))
@@ -445,23 +453,28 @@ async fn domains(State(d): State<Dash>) -> Response {
 /// masked) and where it came from.
 pub fn effective_options(config: &Config, domain: &str) -> Vec<serde_json::Value> {
     let path = ScopePath::domain(domain);
-    let global = ScopePath::global();
+    let root = config.tree();
+    let exact = config.node(&path);
+    // The scopes `config eval domain NAME OPTION` looks in, in its order: the domain's own stanza, each matching
+    // regular-expression stanza in declaration order, then the global scope. The value comes from the first that
+    // sets the option, and that one is its scope.
+    let nodes: Vec<&herald_conf::Node> = root
+        .matching_named(herald_conf::ScopeKind::Domain, domain)
+        .chain(std::iter::once(root))
+        .collect();
     OPTIONS
         .iter()
         .filter_map(|def| {
             let value = config.eval(&path, def.name).ok()?;
-            let set_here = matches!(config.get(&path, def.name), Ok(Some(_)));
-            let set_global = matches!(config.get(&global, def.name), Ok(Some(_)));
-            let is_default = herald_conf::options::lookup(def.name)
-                .is_some_and(|id| *herald_conf::options::default_value(id) == value);
-            let scope = if set_here {
-                format!("domain \"{domain}\"")
-            } else if set_global {
-                "global".to_owned()
-            } else if is_default {
-                "default".to_owned()
-            } else {
-                "domain pattern".to_owned()
+            let from = herald_conf::options::lookup(def.name)
+                .and_then(|id| nodes.iter().copied().find(|n| n.get(id).is_some()));
+            let scope = match from {
+                None => "default".to_owned(),
+                Some(n) if std::ptr::eq(n, root) => "global".to_owned(),
+                Some(n) if exact.is_some_and(|e| std::ptr::eq(n, e)) => {
+                    format!("domain \"{domain}\"")
+                }
+                Some(_) => "domain pattern".to_owned(),
             };
             let shown = match value {
                 Value::Unset => "(unset)".to_owned(),
@@ -746,6 +759,7 @@ async fn reload(
 async fn events(
     State(d): State<Dash>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    use futures_util::StreamExt;
     let rx = d.hub.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         loop {
@@ -755,13 +769,58 @@ async fn events(
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
-    });
+    })
+    // The stream never ends by itself: it ends when its listener stops, so that neither a restart nor a shutdown
+    // waits on it, and a client whose key a reload revoked is not fed any longer.
+    .take_until(d.stop.clone().cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scope shown is the one the value came from: a regular-expression stanza wins over the global scope
+    /// (docs/configuration.md, "Regex domains"), and the domain's own stanza over both.
+    #[test]
+    fn an_options_scope_is_the_stanza_its_value_came_from() {
+        let config = Config::parse_str(
+            "test.conf",
+            r#"
+max_outbound_connections = 32
+retry_interval = 120
+domain "push.example.org" { retry_interval = 60 }
+domain "/[.]example[.]org$/" { max_outbound_connections = 4 idle_timeout = 90 }
+"#,
+        )
+        .unwrap();
+        let options = effective_options(&config, "push.example.org");
+        let option = |name: &str| {
+            options
+                .iter()
+                .find(|o| o["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {options:?}"))
+                .clone()
+        };
+        assert_eq!(
+            option("max_outbound_connections"),
+            json!({ "name": "max_outbound_connections", "value": "4", "scope": "domain pattern" })
+        );
+        assert_eq!(option("idle_timeout")["scope"], "domain pattern");
+        assert_eq!(
+            option("retry_interval"),
+            json!({ "name": "retry_interval", "value": "60", "scope": "domain \"push.example.org\"" })
+        );
+        assert_eq!(option("max_retries")["scope"], "default");
+        // Another domain the pattern does not match: the global value, and its scope.
+        let other = effective_options(&config, "push.example.com");
+        let max = other
+            .iter()
+            .find(|o| o["name"] == "max_outbound_connections")
+            .unwrap();
+        assert_eq!(max["value"], "32");
+        assert_eq!(max["scope"], "global");
+    }
 
     #[test]
     fn the_session_cookie_is_secure_on_a_tls_listener() {

@@ -177,6 +177,38 @@ pub async fn serve_limited(
     limits: Arc<DoorLimits>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    serve_until(listener, app, intake, tls, limits, shutdown, None).await
+}
+
+/// [`serve_limited`] that sends on `closed` as soon as it stopped accepting and closed its socket, before the
+/// requests still open finish (within [`DRAIN`]): from then on the address can be bound again, by a listener that
+/// replaces this one at a reload.
+pub async fn serve_limited_closing(
+    listener: TcpListener,
+    app: Router,
+    intake: Arc<Intake>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Arc<DoorLimits>,
+    shutdown: CancellationToken,
+    closed: tokio::sync::oneshot::Sender<()>,
+) -> io::Result<()> {
+    serve_until(listener, app, intake, tls, limits, shutdown, Some(closed)).await
+}
+
+/// How long a stopped listener's open requests are given to finish; the connections still open then are left to
+/// their own timeouts. Answers that never end by themselves (the dashboard's event stream) end when the listener
+/// stops.
+pub const DRAIN: Duration = Duration::from_secs(30);
+
+async fn serve_until(
+    listener: TcpListener,
+    app: Router,
+    intake: Arc<Intake>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Arc<DoorLimits>,
+    shutdown: CancellationToken,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
+) -> io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -254,7 +286,15 @@ pub async fn serve_limited(
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    if let Some(closed) = closed {
+        let _ = closed.send(());
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(%local, "REST listener stopped with requests still open after {} s", DRAIN.as_secs());
+    }
     tracing::info!(%local, "REST listener stopped");
     Ok(())
 }
