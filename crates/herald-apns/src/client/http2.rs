@@ -643,9 +643,10 @@ struct Answer<T> {
 /// timeout counts from then: time spent behind the server's stream limit or an exhausted window is not the
 /// server's. A request whose body could not be written within the timeout is cancelled and comes back unsent (APNs
 /// never had all of it). A stream that ends while its body waits for credit is reported by what ended it: refused
-/// (unsent, the connection unharmed), answered early (that answer), or lost with its connection. A request written and not answered within the timeout is cancelled with
-/// `RST_STREAM(CANCEL)` before it is reported, so it is never sent again while this stream could still be
-/// answered; whether APNs had already accepted it is unknown, and the report says so.
+/// (unsent, the connection unharmed), answered early (that answer), or lost with its connection. A request
+/// written and not answered within the timeout is cancelled with `RST_STREAM(CANCEL)` before it is reported, so
+/// it is never sent again while this stream could still be answered; whether APNs had already accepted it is
+/// unknown, and the report says so.
 async fn exchange<T>(
     mut stream: SendStream<Bytes>,
     response: ResponseFuture,
