@@ -1800,3 +1800,21 @@ async fn live_activities_over_mcmt_gain_the_topic_suffix_and_malformed_ones_are_
     );
     assert_eq!(h.sim.record().len(), 3);
 }
+
+// `timeout` takes any number of seconds: one too large for the clock (the whole-DATA deadline is ten of them)
+// means no deadline in practice, not a panic that ends the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_too_large_for_the_clock_still_takes_a_message() {
+    let h = Harness::start_with(allow_conf, |l| {
+        l.idle_timeout = Duration::from_secs(i64::MAX as u64)
+    })
+    .await;
+    let rcpt = format!("{}@{DOMAIN}", token(31));
+    let (code, text) = h
+        .send_raw(
+            &[rcpt],
+            &mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"late\"}}")]),
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+}

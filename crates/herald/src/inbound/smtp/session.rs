@@ -396,7 +396,13 @@ impl Session {
         // Each line must come within `timeout`, and the whole message within DATA_TIMEOUTS of them (RFC 5321
         // §4.5.3.2.6: 10 minutes with the default), so a client trickling lines cannot hold a session for good.
         let data_limit = limits.idle_timeout.saturating_mul(DATA_TIMEOUTS);
-        let data_deadline = std::time::Instant::now() + data_limit;
+        // A `timeout` too large for the clock (a configuration may give any number of seconds) means no deadline
+        // in practice: a century.
+        let now = std::time::Instant::now();
+        let data_deadline = now
+            .checked_add(data_limit)
+            .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 86_400)))
+            .unwrap_or(now);
         loop {
             if std::time::Instant::now() > data_deadline {
                 return Step::Close(Reply::new(
