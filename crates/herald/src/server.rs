@@ -981,10 +981,7 @@ impl Server {
     /// Stops accepting and holds delivery, waits up to `grace` for sessions and for the notifications already on
     /// their way to APNs, then stores the last final outcomes and flushes the spool (which keeps the rest).
     pub async fn shutdown(&self, grace: Duration) {
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(grace)
-            .unwrap_or(now + Duration::from_secs(86_400));
+        let deadline = crate::model::instant_after(grace);
         // Every listener stops accepting at once (the dashboard's event streams end); the sessions and requests
         // still open finish within the grace period while the deliveries on their way do, not before them: a
         // slow client cannot take the time those deliveries are given.

@@ -41,15 +41,6 @@ const CONNECT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 /// Slots a busy queue keeps however little it holds (see [`shrunk_capacity`]), so that one filled and emptied in
 /// every turn is not shrunk and grown again each time; a resting task keeps none.
 const BUSY_QUEUE_FLOOR: usize = 4096;
-/// When `delay` from now has passed: a delay too large for the clock (the retry options take any number of
-/// seconds) is a century.
-fn later(delay: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(delay)
-        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
-        .unwrap_or(now)
-}
-
 /// The shortest time a parked notification above the node's parking room goes back to the shared stream for
 /// (see [`DomainTask::report_parked`]): long enough not to come straight back while the queue stays parked.
 const PARKED_HAND_BACK: Duration = Duration::from_secs(60);
@@ -439,7 +430,7 @@ impl DomainTask {
             DomainEvent::EnqueueDelayed(item, delay) => {
                 self.seq += 1;
                 self.delayed.push(Reverse(Delayed {
-                    due: later(delay),
+                    due: crate::model::instant_after(delay),
                     seq: self.seq,
                     item,
                 }));
@@ -912,7 +903,7 @@ impl DomainTask {
                 self.shared.rescheduled(&item, delay);
                 self.seq += 1;
                 self.delayed.push(Reverse(Delayed {
-                    due: later(delay),
+                    due: crate::model::instant_after(delay),
                     seq: self.seq,
                     item,
                 }));
@@ -1112,16 +1103,6 @@ fn id_text(id: &Option<[u8; 36]>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A retry delay from options at the top of their range (any number of seconds) is a time far ahead, not a
-    /// panic of the queue's task.
-    #[test]
-    fn a_delay_too_large_for_the_clock_is_a_century() {
-        let far = later(Duration::from_secs(i64::MAX as u64));
-        assert!(far > Instant::now() + Duration::from_secs(99 * 365 * 86_400));
-        let soon = later(Duration::from_secs(5));
-        assert!(soon <= Instant::now() + Duration::from_secs(5));
-    }
 
     #[test]
     fn a_queue_shrinks_only_once_it_uses_less_than_a_quarter_of_its_room() {

@@ -397,12 +397,8 @@ impl Session {
         // §4.5.3.2.6: 10 minutes with the default), so a client trickling lines cannot hold a session for good.
         let data_limit = limits.idle_timeout.saturating_mul(DATA_TIMEOUTS);
         // A `timeout` too large for the clock (a configuration may give any number of seconds) means no deadline
-        // in practice: a century.
-        let now = std::time::Instant::now();
-        let data_deadline = now
-            .checked_add(data_limit)
-            .or_else(|| now.checked_add(std::time::Duration::from_secs(100 * 365 * 86_400)))
-            .unwrap_or(now);
+        // in practice.
+        let data_deadline = crate::model::instant_after(data_limit);
         loop {
             if std::time::Instant::now() > data_deadline {
                 return Step::Close(Reply::new(
