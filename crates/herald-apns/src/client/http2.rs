@@ -843,6 +843,29 @@ mod tests {
     const HEADERS: u8 = 0x1;
     const SETTINGS: u8 = 0x4;
 
+    /// One frame a test server read: its type, flags, stream and payload.
+    struct Frame {
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        payload: Vec<u8>,
+    }
+
+    /// Reads the next frame; `None` once the connection ended.
+    async fn read_frame(sock: &mut TcpStream) -> Option<Frame> {
+        let mut head = [0u8; 9];
+        sock.read_exact(&mut head).await.ok()?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        sock.read_exact(&mut payload).await.ok()?;
+        Some(Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+            payload,
+        })
+    }
+
     fn request(n: u8) -> PushRequest {
         let mut id = [0u8; 16];
         id[0] = n;
@@ -869,18 +892,14 @@ mod tests {
             .unwrap();
         let mut sizes = Vec::new();
         while sizes.len() < count {
-            let mut head = [0u8; 9];
-            sock.read_exact(&mut head).await.unwrap();
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            sock.read_exact(&mut payload).await.unwrap();
-            match head[3] {
-                SETTINGS if head[4] & 1 == 0 => {
+            let f = read_frame(&mut sock).await.expect("a frame");
+            match f.kind {
+                SETTINGS if f.flags & 1 == 0 => {
                     sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
                         .await
                         .unwrap();
                 }
-                HEADERS => sizes.push(len),
+                HEADERS => sizes.push(f.payload.len()),
                 _ => {}
             }
         }
@@ -1048,36 +1067,29 @@ mod tests {
             .unwrap();
         let mut answered = false;
         loop {
-            let mut head = [0u8; 9];
-            if sock.read_exact(&mut head).await.is_err() {
+            let Some(f) = read_frame(&mut sock).await else {
                 return;
-            }
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let mut payload = vec![0u8; len];
-            if sock.read_exact(&mut payload).await.is_err() {
-                return;
-            }
+            };
             const DATA: u8 = 0x0;
             const PING: u8 = 0x6;
-            match head[3] {
-                SETTINGS if head[4] & 1 == 0 => {
+            match f.kind {
+                SETTINGS if f.flags & 1 == 0 => {
                     sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
                         .await
                         .unwrap();
                 }
                 HEADERS => {
-                    let _ = seen.send(Seen::Headers(stream));
+                    let _ = seen.send(Seen::Headers(f.stream));
                 }
                 // The end of the first request's body: `:status 200` (static table index 8), ending the stream.
-                DATA if head[4] & 1 == 1 && !answered => {
+                DATA if f.flags & 1 == 1 && !answered => {
                     answered = true;
-                    let s = stream.to_be_bytes();
+                    let s = f.stream.to_be_bytes();
                     sock.write_all(&[0, 0, 1, HEADERS, 0x5, s[0], s[1], s[2], s[3], 0x88])
                         .await
                         .unwrap();
                 }
-                PING if head[4] & 1 == 0 => {
+                PING if f.flags & 1 == 0 => {
                     let _ = seen.send(Seen::Ping);
                 }
                 _ => {}
@@ -1203,22 +1215,17 @@ mod tests {
             .unwrap();
         let (mut complete, mut last) = (0, 0);
         while complete < requests {
-            let mut head = [0u8; 9];
-            sock.read_exact(&mut head).await.unwrap();
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let mut payload = vec![0u8; len];
-            sock.read_exact(&mut payload).await.unwrap();
+            let f = read_frame(&mut sock).await.expect("a frame");
             const DATA: u8 = 0x0;
-            match head[3] {
-                SETTINGS if head[4] & 1 == 0 => {
+            match f.kind {
+                SETTINGS if f.flags & 1 == 0 => {
                     sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
                         .await
                         .unwrap();
                 }
-                DATA if head[4] & 1 == 1 => {
+                DATA if f.flags & 1 == 1 => {
                     complete += 1;
-                    last = last.max(stream);
+                    last = last.max(f.stream);
                 }
                 _ => {}
             }
@@ -1277,24 +1284,18 @@ mod tests {
         const DATA: u8 = 0x0;
         let mut seen = 0;
         loop {
-            let mut head = [0u8; 9];
-            if sock.read_exact(&mut head).await.is_err() {
+            let Some(f) = read_frame(&mut sock).await else {
                 return;
-            }
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            if sock.read_exact(&mut payload).await.is_err() {
-                return;
-            }
-            let counted = match head[3] {
-                SETTINGS if head[4] & 1 == 0 => {
+            };
+            let counted = match f.kind {
+                SETTINGS if f.flags & 1 == 0 => {
                     sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0])
                         .await
                         .unwrap();
                     false
                 }
                 HEADERS => !whole,
-                DATA => whole && head[4] & 1 == 1,
+                DATA => whole && f.flags & 1 == 1,
                 _ => false,
             };
             if counted {
@@ -1537,22 +1538,15 @@ mod tests {
             .await
             .unwrap();
         loop {
-            let mut head = [0u8; 9];
-            if sock.read_exact(&mut head).await.is_err() {
+            let Some(f) = read_frame(&mut sock).await else {
                 return;
-            }
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let mut payload = vec![0u8; len];
-            if sock.read_exact(&mut payload).await.is_err() {
-                return;
-            }
-            let mut out = match head[3] {
-                SETTINGS if head[4] & 1 == 0 => frame(SETTINGS, 1, 0, &[]),
-                PING if head[4] & 1 == 0 => frame(PING, 1, 0, &payload),
+            };
+            let mut out = match f.kind {
+                SETTINGS if f.flags & 1 == 0 => frame(SETTINGS, 1, 0, &[]),
+                PING if f.flags & 1 == 0 => frame(PING, 1, 0, &f.payload),
                 _ => Vec::new(),
             };
-            out.extend(on_frame(head[3], head[4], stream, &payload));
+            out.extend(on_frame(f.kind, f.flags, f.stream, &f.payload));
             if !out.is_empty() && sock.write_all(&out).await.is_err() {
                 return;
             }
