@@ -27,6 +27,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthPolicy, ConfigError, Environment};
 
+/// The longest `idle_timeout_secs` a scenario may set: a year (a longer one is as good as none, and one beyond the
+/// clock's range cannot be scheduled).
+const MAX_IDLE_TIMEOUT_SECS: u64 = 365 * 86_400;
+
 /// The state a scenario gives a device token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -187,6 +191,13 @@ impl Scenario {
         if self.goaway_every == Some(0) {
             return Err("goaway_every must be at least 1".into());
         }
+        if let Some(secs) = self.idle_timeout_secs
+            && !(1..=MAX_IDLE_TIMEOUT_SECS).contains(&secs)
+        {
+            return Err(format!(
+                "idle_timeout_secs {secs} is not within 1..={MAX_IDLE_TIMEOUT_SECS} (leave it out for no idle timeout)"
+            ));
+        }
         let reason = self.goaway_reason.as_deref().unwrap_or("Shutdown");
         let goaway_debug = serde_json::json!({ "reason": reason }).to_string().into();
         Ok(CompiledScenario {
@@ -291,6 +302,10 @@ mod tests {
         );
         assert!(bad(r#"{"drop_rate": 2}"#).contains("drop_rate"));
         assert!(bad(r#"{"bad": ["xyz"]}"#).contains("xyz"));
+        assert!(bad(r#"{"idle_timeout_secs": 0}"#).contains("idle_timeout_secs 0"));
+        assert!(
+            bad(r#"{"idle_timeout_secs": 18446744073709551615}"#).contains("idle_timeout_secs")
+        );
         assert!(serde_json::from_str::<Scenario>(r#"{"nope": 1}"#).is_err());
     }
 

@@ -410,7 +410,8 @@ async fn an_https_listener_with_a_private_ca() {
 }
 
 /// `--wait` polls the status API until every notification has its final outcome and prints them; the ids are
-/// printed (docs/api.md "Status of a notification").
+/// printed (docs/api.md "Status of a notification"). A `--wait-timeout` beyond the clock's range is as good as
+/// none (it was a panic).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_prints_the_ids_and_the_final_outcomes() {
     let s = setup().await;
@@ -419,7 +420,15 @@ async fn wait_prints_the_ids_and_the_final_outcomes() {
     let file = write(s.dir.path(), "wait.csv", &csv);
     let run = send(
         &s,
-        &["--file", file.to_str().unwrap(), "--alert", "w", "--wait"],
+        &[
+            "--file",
+            file.to_str().unwrap(),
+            "--alert",
+            "w",
+            "--wait",
+            "--wait-timeout",
+            "18446744073709551615",
+        ],
         "",
     )
     .await;

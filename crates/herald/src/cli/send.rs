@@ -132,7 +132,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     out.flush()?;
     if args.wait && !ids.is_empty() {
         let deadline =
-            std::time::Instant::now() + std::time::Duration::from_secs(args.wait_timeout);
+            herald::model::instant_after(std::time::Duration::from_secs(args.wait_timeout));
         let finals = runtime.block_on(wait_for_outcomes(&client, &ids, deadline))?;
         write_outcomes(&mut out, &finals, ids.len())?;
         out.flush()?;
