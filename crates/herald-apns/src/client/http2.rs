@@ -666,27 +666,53 @@ async fn exchange<T>(
     if len > 0 {
         stream.reserve_capacity(len);
     }
+    // The answer is awaited from the start: the server may answer (and end its side of the stream) before the
+    // body is written, and such an answer is the outcome whether or not the body ever goes out.
+    let mut answer = std::pin::pin!(read_answer(response));
     // Whether the body may still be written: not once the stream stopped waiting for credit because its send side
-    // ended (see below).
+    // ended or the server answered (see below).
     let mut writable = true;
+    let mut early = None;
     // Usually the window has room at once: no timer is armed then.
     if len > 0 && stream.capacity() < len {
         let credit = tokio::time::timeout(timeout, async {
             while stream.capacity() < len {
-                match poll_fn(|cx| stream.poll_capacity(cx)).await {
-                    Some(Ok(_)) => {}
-                    // h2 has no more credit to give once the stream can no longer send: the server refused it
-                    // (`REFUSED_STREAM`, or above the last stream id of its GOAWAY), answered it early and reset it
-                    // (RFC 9113 §8.1), or the connection failed.
-                    Some(Err(_)) | None => return false,
+                tokio::select! {
+                    biased;
+                    // A complete answer before the body went out (RFC 9113 §8.1). The server should reset the
+                    // stream after it; one that does not would otherwise leave the body waiting for credit that
+                    // never comes, and the answer unread until the timeout.
+                    read = &mut answer => return Credit::Answered(read),
+                    capacity = poll_fn(|cx| stream.poll_capacity(cx)) => match capacity {
+                        Some(Ok(_)) => {}
+                        // h2 has no more credit to give once the stream can no longer send: the server refused it
+                        // (`REFUSED_STREAM`, or above the last stream id of its GOAWAY), answered it early and
+                        // reset it, or the connection failed.
+                        Some(Err(_)) | None => return Credit::Ended,
+                    },
                 }
             }
-            true
+            Credit::Granted
         })
         .await;
         match credit {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Credit::Granted) => {}
+            Ok(Credit::Answered(read)) => {
+                if read.is_ok() {
+                    // The body will not be written: the stream is closed on this side too (the server may not
+                    // have reset it), so it no longer counts against the server's stream limit.
+                    stream.send_reset(h2::Reason::CANCEL);
+                }
+                tracing::debug!(
+                    conn,
+                    stream = u32::from(stream.stream_id()),
+                    answered = read.is_ok(),
+                    "stream ended or answered while its body waited for flow-control credit"
+                );
+                writable = false;
+                early = Some(read);
+            }
+            Ok(Credit::Ended) => {
                 // What ended the stream is read below with its answer: a refusal is unsent and leaves the
                 // connection alone, an early answer is the outcome, and only a connection really lost before the
                 // body left counts as a loss (docs/apns-protocol.md#http2-connection).
@@ -722,7 +748,11 @@ async fn exchange<T>(
     let written = Instant::now();
     // The deadline from the clock read just taken (a plain `timeout` would read the clock again).
     let deadline = tokio::time::Instant::from_std(written + timeout);
-    let result = match tokio::time::timeout_at(deadline, read_answer(response)).await {
+    let read = match early {
+        Some(read) => Ok(read),
+        None => tokio::time::timeout_at(deadline, answer).await,
+    };
+    let result = match read {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => match not_sent_reason(&e) {
             // Refused by the server (REFUSED_STREAM, or above the last stream id of its GOAWAY): not processed.
@@ -780,6 +810,16 @@ async fn exchange<T>(
         token_used,
         rtt,
     }
+}
+
+/// How the wait for a request body's flow-control credit ended (within the response timeout).
+enum Credit {
+    /// The window has room for the whole body.
+    Granted,
+    /// The server answered first: the answer, or why it could not be read.
+    Answered(Result<PushResult, h2::Error>),
+    /// The stream can no longer send (refused, reset, or its connection failed).
+    Ended,
 }
 
 async fn read_answer(response: ResponseFuture) -> Result<PushResult, h2::Error> {
@@ -1490,6 +1530,7 @@ mod tests {
     const END_HEADERS: u8 = 0x4;
     const REFUSED_STREAM: u32 = 0x7;
     const NO_ERROR: u32 = 0x0;
+    const CANCEL: u32 = 0x8;
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
@@ -1713,6 +1754,63 @@ mod tests {
                     timestamp_ms: None,
                 })
             )]
+        );
+        assert!(!conn.state.is_draining());
+        conn.run.abort();
+    }
+
+    /// The same early answer without the server's `RST_STREAM` (RFC 9113 §8.1 says it should send one; nothing
+    /// forces it): the answer is the outcome at once, not a timeout waiting for credit that will never come, and
+    /// the client closes the stream itself (`RST_STREAM(CANCEL)`) so it stops counting against the stream limit.
+    #[tokio::test]
+    async fn an_early_answer_without_a_reset_is_the_outcome_and_the_stream_is_closed() {
+        let resets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = resets.clone();
+        let started = Instant::now();
+        let conn = scripted_conn(
+            NO_WINDOW,
+            |addr| test_opts(addr, Duration::from_secs(30), Duration::from_secs(30)),
+            vec![job(1)],
+            move |kind, _, stream, payload| match kind {
+                HEADERS => {
+                    let body = br#"{"reason":"BadDeviceToken"}"#;
+                    let mut out = status(stream, 0x8c, false);
+                    out.extend(frame(DATA, END_STREAM, stream, body));
+                    out
+                }
+                RST_STREAM => {
+                    seen.lock().unwrap().push((stream, payload.to_vec()));
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        let results = conn.results.wait_for(1).await;
+        assert_eq!(
+            results,
+            [(
+                1,
+                PushResult::Rejected(Rejection::Http {
+                    status: 400,
+                    reason: "BadDeviceToken".to_owned(),
+                    timestamp_ms: None,
+                })
+            )]
+        );
+        // Not after the 30 s response timeout: the answer was read while the body waited.
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while resets.lock().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the client never reset the stream"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            *resets.lock().unwrap(),
+            [(1, CANCEL.to_be_bytes().to_vec())]
         );
         assert!(!conn.state.is_draining());
         conn.run.abort();
