@@ -1,6 +1,6 @@
 //! One call that checks everything about a notification before it is accepted: device token format for the
-//! protocol, topic against push type, collapse id, apns-id, expiration and payload
-//! (docs/apns-protocol.md#provider-checks, docs/apns-protocol.md#http2-request,
+//! protocol, push type against the route's authentication, topic against push type, collapse id, apns-id,
+//! expiration and payload (docs/apns-protocol.md#provider-checks, docs/apns-protocol.md#http2-request,
 //! docs/apns-protocol.md#binary-command-2). The accept layer uses it to refuse a bad notification at the door with a
 //! reason naming the field.
 
@@ -26,8 +26,19 @@ pub struct PushHeaders {
     pub apns_id: Option<String>,
 }
 
+/// How the connections of a notification's route prove who the provider is (docs/apns-protocol.md#authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// Provider tokens (docs/apns-protocol.md#provider-tokens): an HTTP/2 route whose domain has a signing key.
+    Token,
+    /// A TLS client certificate alone (docs/apns-protocol.md#certificates): every binary route, and an HTTP/2
+    /// route whose domain has no signing key.
+    Certificate,
+}
+
 /// A notification as the door checks it: the sender's token and [`PushHeaders`], with what herald resolved for
-/// the headers left out (push type, priority, the domain's topic) and the protocol of the route.
+/// the headers left out (push type, priority, the domain's topic) and the protocol and authentication of the
+/// route.
 #[derive(Debug, Clone, Copy)]
 pub struct NotificationParts<'a> {
     /// Device token as hex.
@@ -42,6 +53,8 @@ pub struct NotificationParts<'a> {
     /// The priority sent: `headers.priority` checked, or the push type's default.
     pub priority: Priority,
     pub protocol: Protocol,
+    /// How the route authenticates; the binary protocol knows only [`RouteAuth::Certificate`], whatever is given.
+    pub auth: RouteAuth,
     pub payload: &'a [u8],
 }
 
@@ -61,15 +74,49 @@ pub enum NotificationError {
     Attribute(#[from] PushError),
     #[error(transparent)]
     Payload(#[from] PayloadError),
+    /// A push type APNs takes only over token-authenticated connections (docs/apns-protocol.md#rule-10), for a
+    /// domain whose route authenticates with a certificate.
+    #[error(
+        "push type {push_type} needs token (JWT) authentication, and {}",
+        route_without_token(*.protocol)
+    )]
+    NeedsTokenAuth {
+        push_type: PushType,
+        protocol: Protocol,
+    },
+}
+
+/// Why a route of `protocol` has no token authentication, and what gives it one.
+fn route_without_token(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Binary => {
+            "this domain is routed to the binary protocol, which authenticates with a client certificate only; \
+             route the domain to an https:// host and give it a signing key (apn_key, apn_key_id, apn_team_id)"
+        }
+        Protocol::Http2 => {
+            "this domain's HTTP/2 route authenticates with a client certificate; give the domain a signing key \
+             (apn_key, apn_key_id, apn_team_id)"
+        }
+    }
 }
 
 /// Checks every part and returns the parsed device token.
 ///
 /// The binary protocol needs a 32-byte token and a 32-bit expiry; it has no push type, topic, collapse id
-/// or apns-id on the wire, so those are checked only when given and are otherwise ignored there.
+/// or apns-id on the wire, so those are checked only when given and are otherwise ignored there. A push type
+/// that needs token authentication is refused on a certificate route and on every binary route.
 pub fn validate_notification(
     parts: &NotificationParts<'_>,
 ) -> Result<DeviceToken, NotificationError> {
+    // Rule 10: location pushes only over token-authenticated connections, which the binary protocol never has.
+    if parts.push_type.requires_token_auth()
+        && (parts.protocol == Protocol::Binary || parts.auth == RouteAuth::Certificate)
+    {
+        return Err(NotificationError::NeedsTokenAuth {
+            push_type: parts.push_type,
+            protocol: parts.protocol,
+        });
+    }
     let token = DeviceToken::from_hex(parts.token)?;
     token.check_apns()?;
     if parts.protocol == Protocol::Binary {
@@ -123,6 +170,7 @@ mod tests {
             default_topic: None,
             push_type: PushType::Alert,
             protocol: Protocol::Http2,
+            auth: RouteAuth::Certificate,
             priority: Priority::Immediate,
             payload: br#"{"aps":{"alert":"hi"}}"#,
         }
@@ -277,5 +325,57 @@ mod tests {
         let upper = with(&h);
         let e = validate_notification(&upper).unwrap_err();
         assert!(e.to_string().contains("lowercase"), "{e}");
+    }
+
+    /// docs/apns-protocol.md#rule-10: a location push goes only over a token-authenticated HTTP/2 route; a
+    /// certificate route and a binary route (certificates only) refuse it, naming the push type and the route.
+    #[test]
+    fn location_pushes_need_a_token_authenticated_http2_route() {
+        let h = PushHeaders {
+            topic: Some("com.example.app.location-query".into()),
+            push_type: Some("location".into()),
+            ..headers()
+        };
+        let location = NotificationParts {
+            push_type: PushType::Location,
+            payload: br#"{"aps":{}}"#,
+            ..with(&h)
+        };
+        let token = NotificationParts {
+            auth: RouteAuth::Token,
+            ..location
+        };
+        assert!(validate_notification(&token).is_ok());
+
+        let certificate = validate_notification(&location).unwrap_err();
+        assert_eq!(
+            certificate,
+            NotificationError::NeedsTokenAuth {
+                push_type: PushType::Location,
+                protocol: Protocol::Http2,
+            }
+        );
+        let text = certificate.to_string();
+        assert!(
+            text.starts_with("push type location needs token (JWT) authentication")
+                && text.contains("HTTP/2 route authenticates with a client certificate")
+                && text.contains("apn_key"),
+            "{text}"
+        );
+        // The binary protocol has no token authentication, whatever the domain is given.
+        for auth in [RouteAuth::Certificate, RouteAuth::Token] {
+            let binary = NotificationParts {
+                protocol: Protocol::Binary,
+                auth,
+                ..location
+            };
+            let e = validate_notification(&binary).unwrap_err();
+            assert!(
+                e.to_string().contains("routed to the binary protocol"),
+                "{auth:?}: {e}"
+            );
+        }
+        // Other push types keep going over certificate routes.
+        assert!(validate_notification(&parts()).is_ok());
     }
 }

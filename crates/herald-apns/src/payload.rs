@@ -10,8 +10,10 @@
 //!   mdm, ...) carry app-defined payloads, so their `aps` is checked only when present.
 //! - Unknown keys inside `aps` and `alert` are accepted (APNs ignores them).
 //! - An alert push over HTTP/2 must carry `alert`, `badge` or `sound`; a `content-available`-only payload
-//!   belongs to the background push type. On the binary protocol, which has no push type, such a payload
-//!   may not use priority 10 (docs/apns-protocol.md#binary-command-2 item 5).
+//!   belongs to the background push type, whose `aps` holds nothing but `content-available: 1`. The binary
+//!   protocol has no push type, so neither rule applies there: a payload without `alert`, `badge` or `sound`
+//!   that sets `content-available` may hold other `aps` keys, but may not use priority 10
+//!   (docs/apns-protocol.md#binary-command-2 item 5).
 //! - `content-available` and `mutable-content` accept 0 or 1; a sound's `critical` accepts 0 or 1.
 
 mod infer;
@@ -201,7 +203,11 @@ fn check_priority(
         (Protocol::Binary, _, Priority::Low) => {
             "the binary protocol knows only priorities 10 and 5"
         }
-        (_, PushType::Background, Priority::Immediate) => "background pushes must use priority 5",
+        // On the binary protocol, which has no push type, the content-available rule of
+        // `check_push_type_rules` says the same about the payload itself.
+        (Protocol::Http2, PushType::Background, Priority::Immediate) => {
+            "background pushes must use priority 5"
+        }
         (_, PushType::LiveActivity, Priority::Low) => "live activity pushes use priority 5 or 10",
         (_, PushType::PushToTalk, Priority::Conserve | Priority::Low) => {
             "push-to-talk pushes must use priority 10"
@@ -226,8 +232,11 @@ fn check_push_type_rules(
     priority: Priority,
 ) -> Result<(), PayloadError> {
     match (push_type, protocol) {
-        (PushType::Background, _) => {
-            // Rule 3: only content-available: 1.
+        // Rule 3, HTTP/2 only: the binary protocol has no push type, so a binary push that herald takes for a
+        // background one (Momentum-era payloads with `category`, `mutable-content` or the like beside
+        // `content-available`) is held only to the binary priority rule below.
+        (PushType::Background, Protocol::Http2) => {
+            // Only content-available: 1.
             if let Some(key) = aps.keys().find(|k| &**k != "content-available") {
                 return Err(PayloadError::BackgroundExtraKey {
                     key: key.to_string(),
@@ -894,6 +903,35 @@ mod tests {
             }
         ));
         ok(r#"{"aps":{"content-available":1}}"#, Background, Http2, Low);
+    }
+
+    /// docs/apns-protocol.md#rule-3 and docs/apns-protocol.md#rule-4: "only content-available in aps" is an HTTP/2
+    /// push-type rule. On the binary protocol, which has no push type, a Momentum-era silent push that herald infers
+    /// as background may carry other aps keys; only its priority is held to the binary rule.
+    #[test]
+    fn binary_background_pushes_may_carry_other_aps_keys() {
+        for payload in [
+            r#"{"aps":{"content-available":1,"category":"NEWS"}}"#,
+            r#"{"aps":{"content-available":1,"mutable-content":1}}"#,
+        ] {
+            assert_eq!(infer_push_type(payload.as_bytes()), Background, "{payload}");
+            ok(payload, Background, Binary, Conserve);
+            assert!(
+                matches!(
+                    err(payload, Background, Http2, Conserve),
+                    PayloadError::BackgroundExtraKey { .. }
+                ),
+                "{payload}"
+            );
+            assert_eq!(
+                err(payload, Background, Binary, Immediate),
+                PayloadError::PriorityNotAllowed {
+                    priority: Immediate,
+                    why: "a content-available-only notification must use priority 5",
+                },
+                "{payload}"
+            );
+        }
     }
 
     #[test]

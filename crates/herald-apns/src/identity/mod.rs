@@ -43,6 +43,18 @@ pub enum IdentityError {
     Pkcs12 { path: String, detail: String },
     #[error("{path}: the PKCS#12 file holds no private key with its certificate")]
     Pkcs12NoKey { path: String },
+    #[error(
+        "{path}: the PKCS#12 file holds {} identities (private key with certificate): {}; herald cannot tell \
+         which one the route needs; export only the push certificate of the route's environment with its key (in \
+         Keychain Access, select that one certificate, then export it)",
+        .identities.len(),
+        describe_identities(.identities)
+    )]
+    Pkcs12SeveralKeys {
+        path: String,
+        /// Each identity's alias (friendly name) and its certificate's subject, in the file's alias order.
+        identities: Vec<(String, String)>,
+    },
     #[error("{path}: the private key does not match the certificate's public key")]
     KeyMismatch { path: String },
     #[error("unsupported private key: {detail}")]
@@ -69,6 +81,15 @@ pub enum IdentityError {
     ClientAuthRefused { detail: String },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+}
+
+/// `"alias" (subject …)` for each identity of a PKCS#12 file, for [`IdentityError::Pkcs12SeveralKeys`].
+fn describe_identities(identities: &[(String, String)]) -> String {
+    identities
+        .iter()
+        .map(|(alias, subject)| format!("{alias:?} (subject {subject})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A certificate chain (leaf first) and its private key.
@@ -171,7 +192,8 @@ impl ClientIdentity {
         Ok(identity)
     }
 
-    /// Loads a PKCS#12 (.p12/.pfx) file, modern (PBES2/AES) or legacy (RC2, 3DES); `""` for no password.
+    /// Loads a PKCS#12 (.p12/.pfx) file, modern (PBES2/AES) or legacy (RC2, 3DES); `""` for no password. The file
+    /// must hold exactly one identity (private key with its certificate); extra CA certificates are fine.
     pub fn from_pkcs12(path: &Path, password: &str) -> Result<ClientIdentity, IdentityError> {
         ClientIdentity::from_pkcs12_der(&read(path)?, password, &path.display().to_string())
     }
@@ -197,9 +219,31 @@ impl ClientIdentity {
                 detail: other.to_string(),
             },
         })?;
-        let (_, key_chain) = store
-            .private_key_chain()
-            .ok_or_else(|| IdentityError::Pkcs12NoKey { path: name.into() })?;
+        // A file with several identities (a Keychain export of a development and a production push certificate)
+        // has no right one to pick: p12-keystore's first-by-alias choice would be arbitrary.
+        let key_chains: Vec<(&String, &p12_keystore::PrivateKeyChain)> = store
+            .entries()
+            .filter_map(|(alias, entry)| match entry {
+                p12_keystore::KeyStoreEntry::PrivateKeyChain(chain) => Some((alias, chain)),
+                _ => None,
+            })
+            .collect();
+        let key_chain = match key_chains.as_slice() {
+            [] => return Err(IdentityError::Pkcs12NoKey { path: name.into() }),
+            [(_, chain)] => *chain,
+            several => {
+                return Err(IdentityError::Pkcs12SeveralKeys {
+                    path: name.into(),
+                    identities: several
+                        .iter()
+                        .map(|(alias, chain)| {
+                            let subject = chain.certs().first().map_or("none", |c| c.subject());
+                            ((*alias).clone(), subject.to_owned())
+                        })
+                        .collect(),
+                });
+            }
+        };
         let chain: Vec<CertificateDer<'static>> = key_chain
             .certs()
             .iter()

@@ -566,6 +566,69 @@ fn pkcs12_written_by_p12_keystore() {
     ));
 }
 
+/// docs/apns-protocol.md#certificates: a development and a production certificate of one app, exported together
+/// from a Keychain, make a PKCS#12 file with two identities. Loading one of them would pick by alias, and every
+/// push could then fail with `BadCertificateEnvironment`: the file is refused, naming it and what it holds.
+#[test]
+fn pkcs12_with_two_identities_is_refused_naming_each() {
+    use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
+    let mut store = KeyStore::new();
+    for (alias, key_id, dev, prod) in [
+        (
+            "Apple Development IOS Push Services: com.example.two",
+            b"dev",
+            true,
+            false,
+        ),
+        ("Apple Push Services: com.example.two", b"prd", false, true),
+    ] {
+        let (cert_pem, key_pem) = push_cert(&CertSpec {
+            uid: Some("com.example.two"),
+            dev,
+            prod,
+            ..CertSpec::default()
+        });
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let chain = PrivateKeyChain::new(
+            key_id.to_vec(),
+            PrivateKey::from_der(key_der.secret_der()).unwrap(),
+            vec![Certificate::from_der(&cert_der).unwrap()],
+        );
+        store.add_entry(alias, KeyStoreEntry::PrivateKeyChain(chain));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p12 = write(dir.path(), "both.p12", store.writer("pw").write().unwrap());
+    let e = ClientIdentity::from_pkcs12(&p12, "pw").unwrap_err();
+    let IdentityError::Pkcs12SeveralKeys { path, identities } = &e else {
+        panic!("{e}");
+    };
+    assert_eq!(path, &p12.display().to_string());
+    let aliases: Vec<&str> = identities.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        aliases,
+        [
+            "Apple Development IOS Push Services: com.example.two",
+            "Apple Push Services: com.example.two",
+        ]
+    );
+    assert!(
+        identities
+            .iter()
+            .all(|(_, subject)| subject.contains("com.example.two")),
+        "{identities:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "{}: the PKCS#12 file holds 2 identities",
+            p12.display()
+        )) && text.contains("\"Apple Push Services: com.example.two\" (subject ")
+            && text.contains("export only the push certificate"),
+        "{text}"
+    );
+}
+
 #[test]
 fn client_configs() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_apns::client::PushRequest;
-use herald_apns::notification::{NotificationParts, PushHeaders, validate_notification};
+use herald_apns::notification::{NotificationParts, PushHeaders, RouteAuth, validate_notification};
 use herald_apns::payload::infer_push_type;
 use herald_apns::push::{ApnsId, Priority, Protocol, PushType, validate_expiration};
 
@@ -347,6 +347,12 @@ impl Intake {
                 })
                 .map(|t| live_activity_topic(t, push_type)),
         };
+        // A domain with a signing key sends provider tokens (HTTP/2 only); any other route proves itself with its
+        // client certificate, which some push types do not take (docs/apns-protocol.md#rule-10).
+        let auth = match (protocol, &settings.auth) {
+            (Protocol::Http2, Some(_)) => RouteAuth::Token,
+            _ => RouteAuth::Certificate,
+        };
         let parts = NotificationParts {
             token: &s.token,
             headers: &s.headers,
@@ -354,6 +360,7 @@ impl Intake {
             push_type,
             priority,
             protocol,
+            auth,
             payload: &s.payload,
         };
         let topic = parts.topic().map(|t| self.strings.intern(t));
@@ -682,6 +689,61 @@ mod tests {
                 other => panic!("{priority:?}/{expiration:?}: {other:?}"),
             }
         }
+    }
+
+    /// docs/apns-protocol.md#rule-10: a location push is refused at the door for a domain whose route authenticates
+    /// with a client certificate (HTTP/2 without a signing key, or any binary route), naming the push type and the
+    /// route, and accepted for a domain that sends provider tokens.
+    #[test]
+    fn location_pushes_are_refused_at_the_door_unless_the_domain_uses_token_auth() {
+        use herald_apns::binary::BinaryFormat;
+        use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
+        let dir = tempfile::tempdir().unwrap();
+        let pki = herald_sim::Pki::generate(dir.path(), &[]).unwrap();
+        let key = &pki.manifest.token_key;
+        let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
+        let mut token = settings("token.example");
+        token.auth = Some(ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap());
+        let mut binary = settings("binary.example");
+        binary.protocol = RouteProtocol::Binary(BinaryFormat::Frame);
+        let resolver = Arc::new(
+            StaticResolver::default()
+                .with(settings("cert.example"))
+                .with(token)
+                .with(binary),
+        );
+        let (_, engine) = engine();
+        let intake = Intake::new(resolver, Arc::new(NotDurable), engine, IdGenerator::new(1));
+        let submit = |domain: &str| {
+            let mut s = Submission {
+                domain: domain.into(),
+                token: "ab".repeat(32),
+                payload: Bytes::from_static(br#"{"aps":{}}"#),
+                ..Submission::default()
+            };
+            s.headers.push_type = Some("location".into());
+            s.headers.topic = Some("com.example.app.location-query".into());
+            intake.prepare(s, &source(&intake))
+        };
+        let accepted = submit("token.example").unwrap();
+        assert_eq!(accepted.push.push_type, Some(PushType::Location));
+        for (domain, route) in [
+            (
+                "cert.example",
+                "HTTP/2 route authenticates with a client certificate",
+            ),
+            ("binary.example", "routed to the binary protocol"),
+        ] {
+            match submit(domain) {
+                Err(Refusal::Permanent(why)) => assert!(
+                    why.starts_with("push type location needs token (JWT) authentication")
+                        && why.contains(route),
+                    "{domain}: {why}"
+                ),
+                other => panic!("{domain}: {other:?}"),
+            }
+        }
+        assert_eq!(intake.refused(), 2);
     }
 
     #[test]
