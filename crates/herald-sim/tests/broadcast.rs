@@ -1,7 +1,8 @@
 //! Channel management and broadcast push against the simulator over real TLS + HTTP/2 (docs/apns-protocol.md
 //! §6.2): every management call and a broadcast with token and with certificate auth through herald-apns's
 //! broadcast client, asserting the record; every broadcast reason provoked (table-driven, raw requests) and
-//! classified; a broadcast to a deleted channel failing permanently with ChannelNotRegistered.
+//! classified; a broadcast to a deleted channel failing permanently with ChannelNotRegistered; an `apns-topic`
+//! ignored; a topic-specific key that does not cover the bundle id answered TopicMismatch.
 
 mod common;
 
@@ -14,7 +15,7 @@ use herald_apns::broadcast::{
 use herald_apns::client::connect::Endpoint;
 use herald_apns::outcome::FailureClass;
 use herald_apns::provider_token::ProviderTokenCache;
-use herald_sim::{CertVariant, RecordProtocol, Scenario};
+use herald_sim::{CertVariant, ProviderKey, RecordProtocol, Scenario};
 
 const UPDATE: &str =
     r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{"score":"1-0"}}}"#;
@@ -212,7 +213,11 @@ struct Case {
     reason: &'static str,
 }
 
-/// Every reason a request can provoke, raw over HTTP/2, then classified as herald classifies it.
+/// Every reason a request can provoke, raw over HTTP/2, then classified as herald classifies it. The answers
+/// follow Apple's broadcast and channel-management error table (docs/apns-protocol.md §6.2, "Broadcast errors"):
+/// a push-type suffix on the bundle id of the path is TopicDisallowed (not BadPath: that is for a path the port
+/// does not serve); a create body with an attribute APNs does not know is BadRequestParams; a bad `apns-id` is
+/// BadMessageId; a storage policy that is missing or not 0/1 has been seen answered MissingChannelQueueSize.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_reason_is_provoked() {
     let t = start_with(|c, _| {
@@ -298,6 +303,22 @@ async fn every_request_reason_is_provoked() {
             UPDATE,
             "BadMessageId",
         ),
+        // §6.2: BadMessageId is the answer to an `apns-id` that is not a UUID.
+        bc(
+            std_headers(&[("apns-id", "not-a-uuid")]),
+            UPDATE,
+            "BadMessageId",
+        ),
+        mg(
+            "GET",
+            vec![
+                ("authorization", bearer.clone()),
+                ("apns-channel-id", ch.to_string()),
+                ("apns-id", "123".into()),
+            ],
+            "",
+            "BadMessageId",
+        ),
         bc(
             std_headers(&[("apns-push-type", "")]),
             UPDATE,
@@ -312,11 +333,6 @@ async fn every_request_reason_is_provoked() {
             std_headers(&[("apns-expiration", "soon")]),
             UPDATE,
             "BadExpirationDate",
-        ),
-        bc(
-            std_headers(&[("apns-topic", "com.other.app")]),
-            UPDATE,
-            "TopicDisallowed",
         ),
         bc(
             std_headers(&[("apns-priority", "7")]),
@@ -342,10 +358,11 @@ async fn every_request_reason_is_provoked() {
             path: "/3/device/x".into(),
             ..bc(std_headers(&[]), UPDATE, "BadPath")
         },
-        // docs/apns-protocol.md#broadcast: the bundle id in a path has no push-type suffix.
+        // §6.2: the bundle id of a path carries no push-type suffix, and Apple's table answers one that does
+        // with TopicDisallowed, on both ports.
         Case {
             path: format!("/4/broadcasts/apps/{TOPIC}.push-type.liveactivity"),
-            ..bc(std_headers(&[]), UPDATE, "BadPath")
+            ..bc(std_headers(&[]), UPDATE, "TopicDisallowed")
         },
         Case {
             path: format!("/1/apps/{TOPIC}.push-type.liveactivity/channels"),
@@ -353,8 +370,12 @@ async fn every_request_reason_is_provoked() {
                 "POST",
                 auth.clone(),
                 r#"{"message-storage-policy":0,"push-type":"LiveActivity"}"#,
-                "BadPath",
+                "TopicDisallowed",
             )
+        },
+        Case {
+            path: format!("/1/apps/{TOPIC}.push-type.liveactivity/all-channels"),
+            ..mg("GET", auth.clone(), "", "TopicDisallowed")
         },
         Case {
             method: "GET",
@@ -366,10 +387,24 @@ async fn every_request_reason_is_provoked() {
             r#"{"push-type":"LiveActivity"}"#,
             "MissingChannelQueueSize",
         ),
+        // §6.2: an invalid storage policy, like a missing one, has been seen answered MissingChannelQueueSize.
         mg(
             "POST",
             auth.clone(),
             r#"{"message-storage-policy":5,"push-type":"LiveActivity"}"#,
+            "MissingChannelQueueSize",
+        ),
+        mg(
+            "POST",
+            auth.clone(),
+            r#"{"message-storage-policy":"one","push-type":"LiveActivity"}"#,
+            "MissingChannelQueueSize",
+        ),
+        // §6.2: BadRequestParams is Apple's answer to an attribute it does not recognise in the request's JSON.
+        mg(
+            "POST",
+            auth.clone(),
+            r#"{"message-storage-policy":0,"push-type":"LiveActivity","ttl":60}"#,
             "BadRequestParams",
         ),
         mg(
@@ -457,5 +492,120 @@ async fn every_request_reason_is_provoked() {
     assert_eq!(a.reason().as_deref(), Some("TopicMismatch"));
     assert_eq!(a.status, 403);
     let a = send(&mut certc, "POST", &send_path, &h, UPDATE.as_bytes()).await;
+    assert_eq!(a.status, 200, "{:?}", a.reason());
+}
+
+/// `apns-topic` is not used by the broadcast and channel-management APIs (docs/apns-protocol.md §6.2): the
+/// bundle id comes from the path, and TopicDisallowed is about a suffix there. A broadcast carrying an
+/// `apns-topic`, even one naming another app or a suffixed topic, is accepted and recorded under the path's
+/// bundle id; so is a create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_topic_is_ignored() {
+    let t = start().await;
+    let bearer = format!("bearer {}", jwt(&t.pki, now()));
+    let mut m = h2_connect(t.sim.addrs.management, client_config(&t.pki, None, true)).await;
+    let a = send(
+        &mut m,
+        "POST",
+        &format!("/1/apps/{TOPIC}/channels"),
+        &[
+            ("authorization", bearer.as_str()),
+            ("apns-topic", "com.other.app"),
+        ],
+        br#"{"message-storage-policy":1,"push-type":"LiveActivity"}"#,
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.reason());
+    let ch = a.headers["apns-channel-id"].to_str().unwrap().to_owned();
+    let mut b = h2_connect(t.sim.addrs.broadcast, client_config(&t.pki, None, true)).await;
+    let path = format!("/4/broadcasts/apps/{TOPIC}");
+    let other = format!("{TOPIC}.push-type.liveactivity");
+    for topic in ["com.other.app", other.as_str()] {
+        let a = send(
+            &mut b,
+            "POST",
+            &path,
+            &[
+                ("authorization", bearer.as_str()),
+                ("apns-channel-id", ch.as_str()),
+                ("apns-push-type", "liveactivity"),
+                ("apns-topic", topic),
+            ],
+            UPDATE.as_bytes(),
+        )
+        .await;
+        assert_eq!(a.status, 200, "{topic}: {:?}", a.reason());
+    }
+    t.sim.wait_for_records(2, Duration::from_secs(10)).await;
+    assert!(t.sim.record().iter().all(|r| r.topic == TOPIC));
+    assert_eq!(t.sim.stats().broadcast.accepted, 2);
+}
+
+/// A provider token whose key is restricted to other apps' topics: Apple's broadcast table answers 403
+/// TopicMismatch when the bundle ids of the token (or certificate) do not include the one in the path
+/// (docs/apns-protocol.md §6.2), on both ports; herald classifies it permanent. The same token works for the app
+/// it covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_other_apps_is_topic_mismatch() {
+    const KID: &str = "BCASTKEY01";
+    let t = start_with(|c, pki| {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let path = pki.manifest.dir.join(format!("AuthKey_{KID}.p8"));
+        std::fs::write(&path, kp.serialize_pem()).unwrap();
+        let mut k = ProviderKey::from_p8_file(&path, KID, &pki.manifest.team_id).unwrap();
+        k.topics = Some(vec!["com.example.allowed".into()]);
+        c.provider_keys.push(k);
+    })
+    .await;
+    let key = herald_apns::provider_token::SigningKey::from_p8_file(
+        &t.pki.manifest.dir.join(format!("AuthKey_{KID}.p8")),
+        KID,
+        &t.pki.manifest.team_id,
+    )
+    .unwrap();
+    let bearer = format!("bearer {}", key.sign(now()).unwrap());
+    let auth = [("authorization", bearer.as_str())];
+    let mut m = h2_connect(t.sim.addrs.management, client_config(&t.pki, None, true)).await;
+    let a = send(
+        &mut m,
+        "GET",
+        &format!("/1/apps/{TOPIC}/all-channels"),
+        &auth,
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (403, Some("TopicMismatch"))
+    );
+    assert_eq!(
+        herald_apns::broadcast::classify_broadcast(a.status, a.reason().as_deref()),
+        FailureClass::Permanent
+    );
+    let mut b = h2_connect(t.sim.addrs.broadcast, client_config(&t.pki, None, true)).await;
+    let a = send(
+        &mut b,
+        "POST",
+        &format!("/4/broadcasts/apps/{TOPIC}"),
+        &[
+            ("authorization", bearer.as_str()),
+            ("apns-channel-id", "AAAAAAAAAAAAAAAAAAAAAA=="),
+            ("apns-push-type", "liveactivity"),
+        ],
+        UPDATE.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.reason().as_deref()),
+        (403, Some("TopicMismatch"))
+    );
+    let a = send(
+        &mut m,
+        "GET",
+        "/1/apps/com.example.allowed/all-channels",
+        &auth,
+        b"",
+    )
+    .await;
     assert_eq!(a.status, 200, "{:?}", a.reason());
 }

@@ -5,26 +5,27 @@
 //! token in `authorization`) and answer every failure with `{"reason":…}` and `apns-request-id`.
 //!
 //! Checks, first failure wins:
-//! 1. a repeated `apns-*` header -> BadRequestParams; `apns-request-id` not a UUID -> BadMessageId
-//! 2. a path of the other port or no path at all, or a bundle id in it with the `.push-type.liveactivity` suffix
-//!    (Apple's paths carry none; it names no reason) -> 404 BadPath; a method the path does not serve -> 405
+//! 1. a repeated `apns-*` header -> BadRequestParams; `apns-id` or `apns-request-id` not a UUID -> BadMessageId
+//! 2. a path of the other port or no path at all -> 404 BadPath; a method the path does not serve -> 405
 //!    MethodNotAllowed
-//! 3. authentication: certificate (BadCertificate, BadCertificateEnvironment; a certificate for another app ->
-//!    TopicMismatch) or token (MissingProviderToken, InvalidProviderToken, ExpiredProviderToken,
-//!    TooManyProviderTokenUpdates)
-//! 4. the bundle id's broadcast capability off (scenario `broadcast_disabled`) -> FeatureNotEnabled
-//! 5. management: read and delete need `apns-channel-id` (MissingChannelId, BadChannelId, ChannelNotRegistered);
-//!    create needs a JSON body (BadRequestPayload) with `message-storage-policy` 0 or 1 (missing ->
-//!    MissingChannelQueueSize, other values -> BadRequestParams) and `push-type` `LiveActivity` (missing ->
-//!    MissingPushType, other -> InvalidPushType); at the limit (10,000 per bundle id) -> CannotCreateChannelConfig.
-//!    Success: 201 with `apns-channel-id`, 200 with the channel as JSON, 204, 200 with `{"channels":[…]}`.
-//! 6. broadcast: `apns-channel-id` (MissingChannelId, BadChannelId), `apns-push-type` `liveactivity` (any case;
+//! 3. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,
+//!    InvalidProviderToken, ExpiredProviderToken, TooManyProviderTokenUpdates)
+//! 4. the bundle id of the path with a push-type suffix (`.push-type.liveactivity`, `.voip`, …) -> TopicDisallowed;
+//!    a bundle id the certificate's topics or the token's key do not cover -> 403 TopicMismatch
+//! 5. the bundle id's broadcast capability off (scenario `broadcast_disabled`) -> FeatureNotEnabled
+//! 6. management: read and delete need `apns-channel-id` (MissingChannelId, BadChannelId, ChannelNotRegistered);
+//!    create needs a JSON object body (BadRequestPayload) holding no attribute but `message-storage-policy` and
+//!    `push-type` (BadRequestParams), with `message-storage-policy` 0 or 1 (missing or any other value ->
+//!    MissingChannelQueueSize) and `push-type` `LiveActivity` (missing -> MissingPushType, other ->
+//!    InvalidPushType); at the limit (10,000 per bundle id) -> CannotCreateChannelConfig. Success: 201 with
+//!    `apns-channel-id`, 200 with the channel as JSON, 204, 200 with `{"channels":[…]}`.
+//! 7. broadcast: `apns-channel-id` (MissingChannelId, BadChannelId), `apns-push-type` `liveactivity` (any case;
 //!    missing -> MissingPushType, other -> InvalidPushType), `apns-priority` 10, 5 or 1 (BadPriority),
-//!    `apns-expiration` an integer (BadExpirationDate), an `apns-topic` for another app -> TopicDisallowed, the
-//!    channel known (ChannelNotRegistered), an expiration other than 0 on a no-storage channel (BadExpirationDate); then the
-//!    body: empty -> PayloadEmpty, over 5120 bytes -> 413 PayloadTooLarge, not a Live Activity update (including
-//!    an `event` of `start`: a broadcast cannot start an activity) -> BadRequestPayload
-//! 7. failures queued by the test ([`crate::SimHandle::fail_next_broadcasts`]) are answered next, in order
+//!    `apns-expiration` an integer (BadExpirationDate), the channel known (ChannelNotRegistered), an expiration
+//!    other than 0 on a no-storage channel (BadExpirationDate); then the body: empty -> PayloadEmpty, over 5120
+//!    bytes -> 413 PayloadTooLarge, not a Live Activity update (including an `event` of `start`: a broadcast
+//!    cannot start an activity) -> BadRequestPayload. `apns-topic` is not part of these APIs and is ignored.
+//! 8. failures queued by the test ([`crate::SimHandle::fail_next_broadcasts`]) are answered next, in order
 //!
 //! An accepted broadcast answers 200 with `apns-request-id` and is recorded once (`"protocol":"broadcast"`) and
 //! counted in `/stats` under `broadcast`.
@@ -46,7 +47,7 @@ use tokio::sync::watch;
 use herald_apns::broadcast::request::{APNS_CHANNEL_ID, APNS_REQUEST_ID};
 use herald_apns::broadcast::{BroadcastReason, ChannelId, StoragePolicy};
 use herald_apns::payload::{BROADCAST_PAYLOAD_LIMIT, PayloadError, validate_broadcast};
-use herald_apns::push::{PushType, parse_expiration, validate_apns_id};
+use herald_apns::push::{parse_expiration, validate_apns_id};
 use herald_apns::reason::Reason;
 
 pub(crate) use channels::ChannelStore;
@@ -62,7 +63,7 @@ use crate::stats::Stats;
 static APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
 static APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
 static APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
-static APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+static APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
 /// Bodies beyond this are not read further: the answer is PayloadTooLarge either way.
 const MAX_BODY_READ: usize = 64 * 1024;
@@ -261,7 +262,17 @@ fn auth_reason(r: Reason) -> BroadcastReason {
     }
 }
 
-/// Checks 1–4 and the header part of 5–6.
+/// A UUID header that is absent or well formed; BadMessageId otherwise.
+fn check_uuid_header(h: &HeaderMap, name: &HeaderName) -> Result<(), BroadcastReason> {
+    match h.get(name) {
+        Some(v) if v.to_str().map_or(true, |s| validate_apns_id(s).is_err()) => {
+            Err(BroadcastReason::BadMessageId)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks 1–5 and the header part of 6–7.
 fn check_head(
     ctx: &BroadcastContext,
     parts: &Parts,
@@ -272,11 +283,10 @@ fn check_head(
     if has_duplicate_apns_header(h) {
         return Err(BroadcastReason::BadRequestParams);
     }
-    if let Some(id) = h.get(&APNS_REQUEST_ID)
-        && id.to_str().map_or(true, |s| validate_apns_id(s).is_err())
-    {
-        return Err(BroadcastReason::BadMessageId);
-    }
+    // docs/apns-protocol.md#broadcast: BadMessageId answers a bad `apns-id`; `apns-request-id` is held to the
+    // same form.
+    check_uuid_header(h, &APNS_ID)?;
+    check_uuid_header(h, &APNS_REQUEST_ID)?;
     let path = parts.uri.path();
     let (bundle, kind) = match port {
         Port::Management => {
@@ -298,15 +308,6 @@ fn check_head(
     if bundle.is_empty() || bundle.contains('/') {
         return Err(BroadcastReason::BadPath);
     }
-    // The bundle id of a path carries no push-type suffix (docs/apns-protocol.md#broadcast,
-    // docs/apns-protocol.md#broadcast-decisions). Apple names no reason for one that does: BadPath, the reason of
-    // a path the port does not serve.
-    if PushType::LiveActivity
-        .topic_suffix()
-        .is_some_and(|suffix| bundle.ends_with(suffix))
-    {
-        return Err(BroadcastReason::BadPath);
-    }
     let method = &parts.method;
     let allowed = match kind {
         "channels" => [Method::POST, Method::GET, Method::DELETE].contains(method),
@@ -318,24 +319,27 @@ fn check_head(
     }
     let unauthenticated_ok = ctx.auth == AuthPolicy::AllowUnauthenticated
         && h.get(http::header::AUTHORIZATION).is_none();
-    match auth {
+    // The bundle ids the credentials cover (None: any), once they are known to be good.
+    let covered = match auth {
         ConnAuth::Cert(c) => {
             c.status.map_err(auth_reason)?;
-            if !c.bases.iter().any(|b| b == bundle) {
-                return Err(BroadcastReason::TopicMismatch);
-            }
+            Some(c.bases.iter().any(|b| b == bundle))
         }
-        ConnAuth::Token(t) if !unauthenticated_ok => {
-            let topics = t
-                .check(h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()))
-                .map_err(auth_reason)?;
-            if let Some(list) = topics
-                && !list.iter().any(|k| k == bundle)
-            {
-                return Err(BroadcastReason::InvalidProviderToken);
-            }
-        }
-        ConnAuth::Token(_) => {}
+        ConnAuth::Token(t) if !unauthenticated_ok => t
+            .check(h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()))
+            .map_err(auth_reason)?
+            .map(|list| list.iter().any(|k| k == bundle)),
+        ConnAuth::Token(_) => None,
+    };
+    // The bundle id of a path carries no push-type suffix: Apple answers one that does with TopicDisallowed
+    // (docs/apns-protocol.md#broadcast).
+    if topic_base(bundle) != bundle {
+        return Err(BroadcastReason::TopicDisallowed);
+    }
+    // Certificate or token, credentials that do not cover the bundle id of the path: TopicMismatch
+    // (docs/apns-protocol.md#broadcast).
+    if covered == Some(false) {
+        return Err(BroadcastReason::TopicMismatch);
     }
     if ctx.disabled.iter().any(|d| d == bundle) {
         return Err(BroadcastReason::FeatureNotEnabled);
@@ -378,11 +382,6 @@ fn check_broadcast(
         Ok(None) => None,
         Ok(Some(e)) => Some(parse_expiration(e).map_err(|_| BroadcastReason::BadExpirationDate)?),
     };
-    if let Ok(Some(topic)) = header_str(h, &APNS_TOPIC)
-        && topic_base(topic) != bundle
-    {
-        return Err(BroadcastReason::TopicDisallowed);
-    }
     let policy = ctx.channels.get(&bundle, &channel)?;
     if policy == StoragePolicy::NoStorage && expiration.is_some_and(|e| e != 0) {
         return Err(BroadcastReason::BadExpirationDate);
@@ -505,20 +504,23 @@ async fn finish(
     }
 }
 
-/// The storage policy of a create body (check 5).
+/// The attributes of a create body.
+const CREATE_ATTRIBUTES: [&str; 2] = ["message-storage-policy", "push-type"];
+
+/// The storage policy of a create body (check 6). docs/apns-protocol.md#broadcast: an unrecognised attribute is
+/// BadRequestParams; a missing or invalid storage policy has been seen answered MissingChannelQueueSize.
 fn create_body(body: &[u8]) -> Result<StoragePolicy, BroadcastReason> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| BroadcastReason::BadRequestPayload)?;
     let obj = v.as_object().ok_or(BroadcastReason::BadRequestPayload)?;
-    let policy = match obj.get("message-storage-policy") {
-        None | Some(serde_json::Value::Null) => {
-            return Err(BroadcastReason::MissingChannelQueueSize);
-        }
-        Some(p) => p
-            .as_i64()
-            .and_then(|n| StoragePolicy::try_from(n).ok())
-            .ok_or(BroadcastReason::BadRequestParams)?,
-    };
+    if obj.keys().any(|k| !CREATE_ATTRIBUTES.contains(&k.as_str())) {
+        return Err(BroadcastReason::BadRequestParams);
+    }
+    let policy = obj
+        .get("message-storage-policy")
+        .and_then(serde_json::Value::as_i64)
+        .and_then(|n| StoragePolicy::try_from(n).ok())
+        .ok_or(BroadcastReason::MissingChannelQueueSize)?;
     match obj.get("push-type").map(|p| p.as_str()) {
         None => Err(BroadcastReason::MissingPushType),
         Some(Some(p)) if p.eq_ignore_ascii_case("liveactivity") => Ok(policy),
@@ -579,14 +581,27 @@ mod tests {
     fn create_bodies() {
         let ok = br#"{"message-storage-policy":1,"push-type":"LiveActivity"}"#;
         assert_eq!(create_body(ok), Ok(StoragePolicy::MostRecentMessage));
-        let cases: [(&[u8], BroadcastReason); 5] = [
+        let cases: [(&[u8], BroadcastReason); 9] = [
             (b"nope", BroadcastReason::BadRequestPayload),
+            (b"[1]", BroadcastReason::BadRequestPayload),
             (
                 br#"{"push-type":"LiveActivity"}"#,
                 BroadcastReason::MissingChannelQueueSize,
             ),
             (
+                br#"{"message-storage-policy":null,"push-type":"LiveActivity"}"#,
+                BroadcastReason::MissingChannelQueueSize,
+            ),
+            (
                 br#"{"message-storage-policy":3,"push-type":"LiveActivity"}"#,
+                BroadcastReason::MissingChannelQueueSize,
+            ),
+            (
+                br#"{"message-storage-policy":"1","push-type":"LiveActivity"}"#,
+                BroadcastReason::MissingChannelQueueSize,
+            ),
+            (
+                br#"{"message-storage-policy":1,"push-type":"LiveActivity","ttl":5}"#,
                 BroadcastReason::BadRequestParams,
             ),
             (
