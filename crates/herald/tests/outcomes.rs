@@ -352,7 +352,8 @@ async fn every_acknowledged_id_has_its_final_state_after_a_kill_9_mid_delivery()
 
     let daemon = Daemon::start(&config);
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
+    // Redelivering thousands takes a while on a loaded machine: the deadline is for progress, not for all of it.
+    let mut deadline = Instant::now() + WAIT;
     let mut waiting: Vec<String> = all.clone();
     while !waiting.is_empty() {
         let mut still = Vec::new();
@@ -377,10 +378,13 @@ async fn every_acknowledged_id_has_its_final_state_after_a_kill_9_mid_delivery()
         }
         assert!(
             Instant::now() < deadline || still.is_empty(),
-            "{} acknowledged ids have no final state after the restart (crash after {before} reached APNs), e.g. {:?}",
+            "{} acknowledged ids got no final state for {WAIT:?} after the restart (crash after {before} reached APNs), e.g. {:?}",
             still.len(),
             &still[..still.len().min(3)]
         );
+        if still.len() < waiting.len() {
+            deadline = Instant::now() + WAIT;
+        }
         waiting = still;
         if !waiting.is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
