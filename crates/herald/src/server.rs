@@ -978,8 +978,9 @@ impl Server {
         errors.into_iter().map(|e| e.to_string()).collect()
     }
 
-    /// Stops accepting and holds delivery, waits up to `grace` for sessions and for the notifications already on
-    /// their way to APNs, then stores the last final outcomes and flushes the spool (which keeps the rest).
+    /// Stops accepting and holds delivery (of notifications and broadcasts), waits up to `grace` for sessions and for
+    /// the notifications and broadcasts already on their way to APNs, then stores the last final outcomes and
+    /// flushes the spool (which keeps the rest).
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = crate::model::instant_after(grace);
         // Every listener stops accepting at once (the dashboard's event streams end); the sessions and requests
@@ -1005,7 +1006,18 @@ impl Server {
         // again after the restart.
         self.engine.set_held(true);
         let deliveries = self.wait_for_deliveries(deadline);
-        tokio::join!(sessions, deliveries);
+        // Broadcasts alike: none starts any more, and those being sent finish, so that their outcomes are stored
+        // before the last flush (a broadcast answered after it would be sent again at the next start).
+        let broadcasts = async {
+            let left = self.broadcasts.hold(deadline).await;
+            if left > 0 {
+                tracing::warn!(
+                    "at shutdown: {left} broadcast(s) still on their way to APNs after the grace period; they may be \
+                     sent again after the restart"
+                );
+            }
+        };
+        tokio::join!(sessions, deliveries, broadcasts);
         self.finish_shutdown(deadline).await;
     }
 

@@ -1,7 +1,9 @@
 //! One HTTP/2 connection to a channel management host or a broadcast host (docs/apns-protocol.md §6.2). Each
 //! call is one stream; answers are read whole (bodies are small) and any status other than the call's success
 //! status becomes [`BroadcastClientError::Rejected`] with the reason and its class. With token auth, an
-//! `ExpiredProviderToken` answer mints a new token and the call is tried once more.
+//! `ExpiredProviderToken` answer to a management call mints a new token and the call is tried once more; one to a
+//! broadcast is returned at once, never sent again on this connection, which APNs may no longer serve
+//! ([`BroadcastClientError::token_expired`] says whether the token was renewed for a retry on a new one).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,18 @@ use crate::reason::parse_error_body;
 
 /// Largest answer body read; channel lists of 10,000 ids fit well within it.
 const MAX_BODY: usize = 1024 * 1024;
+/// The reason APNs gives for a provider token too old.
+const EXPIRED_PROVIDER_TOKEN: &str = "ExpiredProviderToken";
+
+/// What [`BroadcastClient::call`] does with an `ExpiredProviderToken` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnExpiredToken {
+    /// Sends the call once more on this connection, with the token the cache gives (management calls).
+    ResendHere,
+    /// Renews the token and returns the rejection, marked with whether the token was renewed (broadcasts: the
+    /// caller sends again on a new connection, [`BroadcastClientError::token_expired`]).
+    Return,
+}
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +79,22 @@ impl BroadcastClientError {
     /// server's GOAWAY (RFC 9113 §8.7, docs/apns-protocol.md §3.7).
     pub fn not_processed(&self) -> bool {
         matches!(self, BroadcastClientError::Http { source, .. } if not_processed(source))
+    }
+
+    /// For an `ExpiredProviderToken` answer to a broadcast: whether the provider token in force is a newer one than
+    /// the refused one by now (`Some(true)`, the class is then [`FailureClass::RefreshTokenAndRetry`]), so that the
+    /// broadcast can be sent again at once on a new connection; `Some(false)` when it is still the refused one (it is
+    /// younger than 20 minutes by herald's clock, or the connection has no token), a transient failure. `None` for
+    /// any other error.
+    pub fn token_expired(&self) -> Option<bool> {
+        match self {
+            BroadcastClientError::Rejected { reason, class, .. }
+                if reason == EXPIRED_PROVIDER_TOKEN =>
+            {
+                Some(*class == FailureClass::RefreshTokenAndRetry)
+            }
+            _ => None,
+        }
     }
 
     /// The reason text of a rejection.
@@ -241,7 +271,14 @@ impl BroadcastClient {
         let path = send.path()?;
         let headers = send.headers()?;
         let a = self
-            .call(Method::POST, &path, &headers, send.payload.clone(), 200)
+            .call(
+                Method::POST,
+                &path,
+                &headers,
+                send.payload.clone(),
+                200,
+                OnExpiredToken::Return,
+            )
             .await?;
         Ok(request_id(&a.headers))
     }
@@ -259,10 +296,13 @@ impl BroadcastClient {
             &headers,
             op.body(),
             op.success_status(),
+            OnExpiredToken::ResendHere,
         )
         .await
     }
 
+    /// One call; the answer when it has the `success` status. `on_expired` says what an `ExpiredProviderToken`
+    /// answer leads to.
     async fn call(
         &self,
         method: Method,
@@ -270,6 +310,7 @@ impl BroadcastClient {
         headers: &[(HeaderName, HeaderValue)],
         body: Bytes,
         success: u16,
+        on_expired: OnExpiredToken,
     ) -> Result<Answer, BroadcastClientError> {
         let mut token = self.auth.as_ref().map(|a| a.current());
         for attempt in 0..2 {
@@ -280,13 +321,30 @@ impl BroadcastClient {
                 return Ok(answer);
             }
             let reason = parse_error_body(&answer.body).ok().map(|b| b.reason);
-            let class = classify_broadcast(answer.status, reason.as_deref());
-            if class == FailureClass::RefreshTokenAndRetry
-                && attempt == 0
-                && let (Some(auth), Some(seen)) = (&self.auth, &token)
-            {
-                token = Some(auth.expired(seen));
-                continue;
+            let mut class = classify_broadcast(answer.status, reason.as_deref());
+            if class == FailureClass::RefreshTokenAndRetry {
+                match on_expired {
+                    OnExpiredToken::ResendHere => {
+                        if attempt == 0
+                            && let (Some(auth), Some(seen)) = (&self.auth, &token)
+                        {
+                            token = Some(auth.expired(seen));
+                            continue;
+                        }
+                    }
+                    OnExpiredToken::Return => {
+                        // The first report about a token renews it (docs/apns-protocol.md#provider-tokens). A
+                        // token it keeps (younger than 20 minutes here) would be refused again: the call then
+                        // waits for the caller's retry schedule.
+                        let renewed = match (&self.auth, &token) {
+                            (Some(auth), Some(seen)) => *auth.expired(seen) != **seen,
+                            _ => false,
+                        };
+                        if !renewed {
+                            class = FailureClass::Transient;
+                        }
+                    }
+                }
             }
             return Err(BroadcastClientError::Rejected {
                 status: answer.status,
@@ -442,6 +500,134 @@ mod tests {
             assert!(r.is_ok(), "a call failed: {r:?}");
         }
         assert_eq!(answered.load(Ordering::SeqCst), CALLS);
+    }
+
+    /// A token cache on a clock the test moves: the first token is minted at the clock's start.
+    fn token_cache(clock: &crate::provider_token::ManualClock) -> ProviderTokenCache {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        use base64::Engine as _;
+        let der =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        let key = crate::provider_token::SigningKey::from_p8_pem(&pem, "KEYID12345", "TEAMID1234")
+            .unwrap();
+        ProviderTokenCache::with_clock(
+            key,
+            crate::provider_token::MAX_REFRESH,
+            Arc::new(clock.clone()),
+        )
+        .unwrap()
+    }
+
+    /// The `authorization` header of every stream, per TCP connection in the order they were accepted.
+    type Streams = Arc<std::sync::Mutex<Vec<Vec<String>>>>;
+
+    /// An h2 server that answers the first stream of all `403 {"reason":"ExpiredProviderToken"}` and every other
+    /// one 200, and records the streams of each connection.
+    async fn expired_token_server() -> (std::net::SocketAddr, Streams) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let streams: Streams = Arc::default();
+        let record = streams.clone();
+        tokio::spawn(async move {
+            let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            while let Ok((sock, _)) = listener.accept().await {
+                let conn_no = {
+                    let mut all = record.lock().unwrap();
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                let (record, first) = (record.clone(), first.clone());
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(sock).await.unwrap();
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let auth = req
+                            .headers()
+                            .get(AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned();
+                        record.lock().unwrap()[conn_no].push(auth);
+                        if first.swap(false, Ordering::SeqCst) {
+                            let answer = http::Response::builder().status(403).body(()).unwrap();
+                            let mut body = respond.send_response(answer, false).unwrap();
+                            let reason =
+                                Bytes::from_static(br#"{"reason":"ExpiredProviderToken"}"#);
+                            body.send_data(reason, true).unwrap();
+                        } else {
+                            let answer = http::Response::builder().status(200).body(()).unwrap();
+                            respond.send_response(answer, true).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, streams)
+    }
+
+    /// A client with token auth from `auth` on a new TCP connection to `addr`.
+    async fn token_client(
+        addr: std::net::SocketAddr,
+        auth: &ProviderTokenCache,
+    ) -> BroadcastClient {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let endpoint = Endpoint::new("127.0.0.1", addr.port());
+        BroadcastClient::over(tcp, &endpoint, Some(auth.clone()), WAIT)
+            .await
+            .unwrap()
+    }
+
+    /// `ExpiredProviderToken` for a token old enough to renew: the broadcast is not sent again on the connection that
+    /// answered it (APNs may no longer serve it), the error says the token was renewed, and the retry, made on a new
+    /// connection, carries the new token and is delivered.
+    #[tokio::test]
+    async fn an_expired_token_renewed_is_retried_on_a_new_connection_only() {
+        let (addr, streams) = expired_token_server().await;
+        let clock = crate::provider_token::ManualClock::new(1_800_000_000);
+        let auth = token_cache(&clock);
+        clock.advance(Duration::from_secs(25 * 60));
+        let first = token_client(addr, &auth).await;
+        let e = first.broadcast(&update()).await.unwrap_err();
+        assert_eq!(e.token_expired(), Some(true), "{e}");
+        assert_eq!(e.class(), FailureClass::RefreshTokenAndRetry);
+        assert_eq!(auth.mints(), 2, "the refused token was renewed");
+        token_client(addr, &auth)
+            .await
+            .broadcast(&update())
+            .await
+            .unwrap();
+        let streams = streams.lock().unwrap().clone();
+        assert_eq!(streams.len(), 2, "{streams:?}");
+        assert_eq!(
+            streams.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1, 1],
+            "one stream per connection: {streams:?}"
+        );
+        assert_ne!(
+            streams[0][0], streams[1][0],
+            "the retry carries the new token"
+        );
+    }
+
+    /// `ExpiredProviderToken` for a token too young to renew (the clocks disagree): no second stream is sent with
+    /// the token just refused; the broadcast is a transient failure, for the caller's retry schedule.
+    #[tokio::test]
+    async fn an_expired_token_not_renewed_is_not_sent_again() {
+        let (addr, streams) = expired_token_server().await;
+        let clock = crate::provider_token::ManualClock::new(1_800_000_000);
+        let auth = token_cache(&clock);
+        let c = token_client(addr, &auth).await;
+        let e = c.broadcast(&update()).await.unwrap_err();
+        assert_eq!(e.token_expired(), Some(false), "{e}");
+        assert_eq!(e.class(), FailureClass::Transient);
+        assert_eq!(auth.mints(), 1);
+        assert_eq!(
+            streams.lock().unwrap().clone(),
+            [vec![format!("bearer {}", auth.current())]]
+        );
     }
 
     /// A stream the server refused was not processed, and the connection takes the next call.

@@ -7,7 +7,8 @@
 //! delivered (APNs answered 200), failed permanently (a permanent reason such as `ChannelNotRegistered`, or the
 //! domain's retries used up or its `message_expiration` passed), or retried after a transient one on the domain's
 //! retry schedule (`retry_interval` doubling up to `max_retry_interval`). Broadcasts still stored at start are sent
-//! again. Before each attempt, a broadcast whose APNs expiration passed, or (with `never_attempt_expired_messages`)
+//! again; at a stop none starts any more, and those being sent are waited for ([`Broadcaster::hold`]), so that one
+//! APNs answered is not sent again at the next start. Before each attempt, a broadcast whose APNs expiration passed, or (with `never_attempt_expired_messages`)
 //! that is `message_expiration` old, is failed permanently without one, as a notification is and with its reasons. Each outcome is logged once, in the
 //! mainlog and every apn_logger, in the broadcast forms docs/operations.md describes, and counted per domain for
 //! `/metrics`. At most `max_queued_broadcasts` broadcasts are held unfinished; beyond, [`Broadcaster::accept`]
@@ -21,7 +22,7 @@ pub mod api;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_UNPROCESSED_RESENDS: u32 = 3;
 /// Default `max_queued_broadcasts`.
 pub const DEFAULT_MAX_QUEUED: usize = 100_000;
+/// The furthest ahead a retry is scheduled: a retry option can take any number of seconds.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// A stored broadcast: what was accepted and how far its delivery got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +127,9 @@ pub struct Broadcaster {
     /// Broadcasts not finished, counting those being stored: what `max_queued_broadcasts` bounds.
     held: AtomicUsize,
     wake: Notify,
+    /// Set at a stop ([`Broadcaster::hold`]): no send starts any more.
+    holding: AtomicBool,
+    /// One permit per broadcast being sent; all of them free when none is.
     sending: Arc<Semaphore>,
     conns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
     /// (domain, outcome, reason) -> count.
@@ -256,6 +262,7 @@ impl Broadcaster {
             held: AtomicUsize::new(pending.len()),
             pending: Mutex::new(pending),
             wake: Notify::new(),
+            holding: AtomicBool::new(false),
             sending: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             conns: Mutex::new(HashMap::new()),
             counts: Mutex::new(BTreeMap::new()),
@@ -366,6 +373,25 @@ impl Broadcaster {
         }
     }
 
+    /// At a stop, before [`Broadcaster::flush`]: starts no send any more (neither a new broadcast nor a due retry:
+    /// they stay stored for the next start) and waits until no broadcast is being sent, or until `deadline`. A send
+    /// cut off by the stop would have its outcome lost, and the broadcast, perhaps delivered, be sent again at the
+    /// next start. Returns how many are still being sent.
+    pub async fn hold(&self, deadline: std::time::Instant) -> usize {
+        self.holding.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        // Every permit free: nothing is being sent. A send starts only with a permit, and checks `holding` once it
+        // has it, so none starts after this.
+        let all = self.sending.acquire_many(MAX_IN_FLIGHT as u32);
+        let _ = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), all).await;
+        self.in_flight()
+    }
+
+    /// Broadcasts being sent now.
+    fn in_flight(&self) -> usize {
+        MAX_IN_FLIGHT.saturating_sub(self.sending.available_permits())
+    }
+
     /// Broadcasts accepted and not finished yet.
     pub fn queued(&self) -> usize {
         lock(&self.pending).len()
@@ -422,9 +448,13 @@ impl Broadcaster {
             .to_vec()
     }
 
-    /// Starts every due broadcast (at most [`MAX_IN_FLIGHT`] at once) and sleeps until the next is due.
+    /// Starts every due broadcast (at most [`MAX_IN_FLIGHT`] at once) and sleeps until the next is due; ends at a
+    /// stop ([`Broadcaster::hold`]).
     async fn run(self: Arc<Self>) {
         loop {
+            if self.holding.load(Ordering::SeqCst) {
+                return;
+            }
             let now = now_ms();
             let next = loop {
                 let key = {
@@ -442,6 +472,11 @@ impl Broadcaster {
                 let Ok(permit) = self.sending.clone().acquire_owned().await else {
                     return;
                 };
+                if self.holding.load(Ordering::SeqCst) {
+                    // Stopping: left due, and stored, for the next start.
+                    lock(&self.due).push(Reverse((b.due_ms, key)));
+                    return;
+                }
                 let me = self.clone();
                 tokio::spawn(async move {
                     me.attempt(key, b).await;
@@ -500,7 +535,7 @@ impl Broadcaster {
                     RetryDecision::RetryIn(delay) => {
                         self.log(&b, 'T', secs, f.status, &f.text, None);
                         b.retries += 1;
-                        b.due_ms = now_ms() + delay.as_millis() as u64;
+                        b.due_ms = due_after(now_ms(), delay);
                         let retry = Write::Retry {
                             key: key.clone(),
                             value: encode(&b),
@@ -553,6 +588,8 @@ impl Broadcaster {
         // sent again at once on a new connection, as never sent: no attempt counted, nothing logged. A server that
         // keeps refusing it ends the attempt as a transient failure after `MAX_UNPROCESSED_RESENDS` resends.
         let mut resends = 0;
+        // Whether the broadcast was sent again after `ExpiredProviderToken` (once per attempt).
+        let mut token_resent = false;
         loop {
             let client = self
                 .client(&b.domain, target)
@@ -566,6 +603,19 @@ impl Broadcaster {
                     tracing::debug!(id = %b.id, domain = %b.domain, "broadcast not processed by APNs, sent again on a new connection: {e}");
                     self.forget_connection(&b.domain, &client).await;
                     continue;
+                }
+                Ok(Err(e)) if e.token_expired().is_some() => {
+                    let renewed = e.token_expired() == Some(true);
+                    // APNs may stop serving a connection after this answer (docs/apns-protocol.md#http2-connection):
+                    // it is dropped, and the broadcast sent again at once on a new one when the token was renewed,
+                    // else it waits for the retry schedule.
+                    self.forget_connection(&b.domain, &client).await;
+                    if renewed && !token_resent {
+                        token_resent = true;
+                        tracing::debug!(id = %b.id, domain = %b.domain, "provider token renewed after ExpiredProviderToken, broadcast sent again on a new connection");
+                        continue;
+                    }
+                    Err(failure(&e, retry))
                 }
                 Ok(Err(e)) => {
                     if !matches!(e, BroadcastClientError::Rejected { .. }) {
@@ -734,6 +784,12 @@ fn encode(b: &Broadcast) -> Vec<u8> {
     serde_json::to_vec(b).unwrap_or_default()
 }
 
+/// When a retry `delay` after `now_ms` is due, in Unix milliseconds: at most [`MAX_RETRY_DELAY`] ahead.
+fn due_after(now_ms: u64, delay: Duration) -> u64 {
+    let delay = u64::try_from(delay.min(MAX_RETRY_DELAY).as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_add(delay)
+}
+
 fn key_seq(key: &[u8]) -> u64 {
     <[u8; 8]>::try_from(key).map_or(0, u64::from_be_bytes)
 }
@@ -778,7 +834,7 @@ mod tests {
         async fn routed(
             global: &str,
             domain: &str,
-            raw: Option<(Option<u32>, Option<Refuse>)>,
+            raw: Option<RawOptions>,
         ) -> (Fixture, Option<RawApns>) {
             let dir = tempfile::tempdir().unwrap();
             let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
@@ -787,7 +843,7 @@ mod tests {
                 .unwrap();
             let m = &pki.manifest;
             let raw = match raw {
-                Some((limit, first)) => Some(RawApns::start(m, limit, first).await),
+                Some(options) => Some(RawApns::start(m, options).await),
                 None => None,
             };
             let text = format!(
@@ -1004,25 +1060,45 @@ domain "{DOMAIN}" {{
         Stream,
         /// GOAWAY with last stream id 0, and the connection closed.
         GoAway,
+        /// `403 {"reason":"ExpiredProviderToken"}`, the connection kept open.
+        ExpiredToken,
+    }
+
+    /// How a [`RawApns`] behaves.
+    #[derive(Debug, Clone, Copy, Default)]
+    struct RawOptions {
+        /// Its `SETTINGS_MAX_CONCURRENT_STREAMS`: a stream opened while as many others are open is refused.
+        limit: Option<u32>,
+        /// What the first request of all gets instead of `200`.
+        first: Option<Refuse>,
+        /// How long it takes to answer `200` once a request came in full.
+        latency: Duration,
+    }
+
+    impl RawOptions {
+        fn first(refuse: Refuse) -> RawOptions {
+            RawOptions {
+                first: Some(refuse),
+                ..RawOptions::default()
+            }
+        }
     }
 
     /// A broadcast host on 127.0.0.1 (TLS with the fixture's server certificate, ALPN `h2`) that speaks HTTP/2 frame
     /// by frame: its SETTINGS first (with `SETTINGS_MAX_CONCURRENT_STREAMS` when it has a limit), then `200` to every
-    /// request once its body came; the first request of all gets the `first` refusal instead, and a stream opened
-    /// while `limit` others are open is refused and counted.
+    /// request once its body came and the latency passed; the first request of all gets the `first` refusal instead,
+    /// and a stream opened while `limit` others are open is refused and counted.
     struct RawApns {
         port: u16,
         connections: Arc<AtomicUsize>,
         answered: Arc<AtomicUsize>,
         over_limit: Arc<AtomicUsize>,
+        /// Requests (streams opened) per connection, in the order the connections came.
+        streams: Arc<Mutex<Vec<usize>>>,
     }
 
     impl RawApns {
-        async fn start(
-            m: &herald_sim::PkiManifest,
-            limit: Option<u32>,
-            first: Option<Refuse>,
-        ) -> RawApns {
+        async fn start(m: &herald_sim::PkiManifest, options: RawOptions) -> RawApns {
             let tls =
                 herald_sim::TlsMaterial::from_files(&m.server_cert, &m.server_key, &m.ca_cert)
                     .unwrap();
@@ -1035,37 +1111,56 @@ domain "{DOMAIN}" {{
                 connections: Arc::default(),
                 answered: Arc::default(),
                 over_limit: Arc::default(),
+                streams: Arc::default(),
             };
-            let first = Arc::new(Mutex::new(first));
-            let (connections, answered, over_limit) = (
-                raw.connections.clone(),
-                raw.answered.clone(),
-                raw.over_limit.clone(),
-            );
+            let first = Arc::new(Mutex::new(options.first));
+            let counters = Counters {
+                answered: raw.answered.clone(),
+                over_limit: raw.over_limit.clone(),
+                streams: raw.streams.clone(),
+            };
+            let connections = raw.connections.clone();
             tokio::spawn(async move {
                 while let Ok((tcp, _)) = listener.accept().await {
                     connections.fetch_add(1, Ordering::SeqCst);
+                    let conn = {
+                        let mut streams = lock(&counters.streams);
+                        streams.push(0);
+                        streams.len() - 1
+                    };
                     let acceptor = acceptor.clone();
-                    let (first, answered, over_limit) =
-                        (first.clone(), answered.clone(), over_limit.clone());
+                    let (first, counters) = (first.clone(), counters.clone());
                     tokio::spawn(async move {
                         if let Ok(tls) = acceptor.accept(tcp).await {
-                            let _ = serve_raw(tls, limit, &first, &answered, &over_limit).await;
+                            let _ = serve_raw(tls, options, &first, &counters, conn).await;
                         }
                     });
                 }
             });
             raw
         }
+
+        /// Requests it got, over all connections.
+        fn requests(&self) -> usize {
+            lock(&self.streams).iter().sum()
+        }
     }
 
-    /// One connection of [`RawApns`].
+    /// What a [`RawApns`] counts.
+    #[derive(Clone)]
+    struct Counters {
+        answered: Arc<AtomicUsize>,
+        over_limit: Arc<AtomicUsize>,
+        streams: Arc<Mutex<Vec<usize>>>,
+    }
+
+    /// One connection of [`RawApns`], the `conn`th.
     async fn serve_raw<S>(
         mut io: S,
-        limit: Option<u32>,
+        options: RawOptions,
         first: &Mutex<Option<Refuse>>,
-        answered: &AtomicUsize,
-        over_limit: &AtomicUsize,
+        counters: &Counters,
+        conn: usize,
     ) -> std::io::Result<()>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -1079,6 +1174,7 @@ domain "{DOMAIN}" {{
         const END_STREAM: u8 = 0x1;
         const ACK: u8 = 0x1;
         const END_HEADERS: u8 = 0x4;
+        let limit = options.limit;
         let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
             let len = (payload.len() as u32).to_be_bytes();
             let mut f = vec![len[1], len[2], len[3], kind, flags];
@@ -1089,6 +1185,17 @@ domain "{DOMAIN}" {{
         // `:status: 200`, index 8 of HPACK's static table.
         let ok = |stream: u32| frame(HEADERS, END_STREAM | END_HEADERS, stream, &[0x88]);
         let refused = |stream: u32| frame(RST_STREAM, 0, stream, &7u32.to_be_bytes());
+        // `:status: 403` (a literal without indexing, the name index 8), then the reason as the body.
+        let expired = |stream: u32| {
+            let mut f = frame(HEADERS, END_HEADERS, stream, &[0x08, 3, b'4', b'0', b'3']);
+            f.extend(frame(
+                DATA,
+                END_STREAM,
+                stream,
+                br#"{"reason":"ExpiredProviderToken"}"#,
+            ));
+            f
+        };
         let mut preface = [0u8; 24];
         io.read_exact(&mut preface).await?;
         let settings = match limit {
@@ -1108,12 +1215,13 @@ domain "{DOMAIN}" {{
             let mut payload = vec![0u8; len];
             io.read_exact(&mut payload).await?;
             let scripted = if kind == HEADERS {
+                lock(&counters.streams)[conn] += 1;
                 lock(first).take()
             } else {
                 None
             };
-            let out = match kind {
-                SETTINGS if flags & ACK == 0 => frame(SETTINGS, ACK, 0, &[]),
+            let answer = match kind {
+                SETTINGS if flags & ACK == 0 => Some(frame(SETTINGS, ACK, 0, &[])),
                 HEADERS => match scripted {
                     Some(Refuse::GoAway) => {
                         let goaway = frame(GOAWAY, 0, 0, &[0; 8]);
@@ -1121,25 +1229,31 @@ domain "{DOMAIN}" {{
                         io.shutdown().await?;
                         return Ok(());
                     }
-                    Some(Refuse::Stream) => refused(stream),
+                    Some(Refuse::Stream) => Some(refused(stream)),
+                    Some(Refuse::ExpiredToken) => Some(expired(stream)),
                     None if limit.is_some_and(|n| open.len() >= n as usize) => {
-                        over_limit.fetch_add(1, Ordering::SeqCst);
-                        refused(stream)
+                        counters.over_limit.fetch_add(1, Ordering::SeqCst);
+                        Some(refused(stream))
                     }
-                    None if flags & END_STREAM != 0 => {
-                        answered.fetch_add(1, Ordering::SeqCst);
-                        ok(stream)
-                    }
+                    None if flags & END_STREAM != 0 => None,
                     None => {
                         open.insert(stream);
                         continue;
                     }
                 },
-                DATA if flags & END_STREAM != 0 && open.remove(&stream) => {
-                    answered.fetch_add(1, Ordering::SeqCst);
+                DATA if flags & END_STREAM != 0 && open.remove(&stream) => None,
+                _ => continue,
+            };
+            // A request come in full is answered 200 once the latency passed.
+            let out = match answer {
+                Some(out) => out,
+                None => {
+                    if !options.latency.is_zero() {
+                        tokio::time::sleep(options.latency).await;
+                    }
+                    counters.answered.fetch_add(1, Ordering::SeqCst);
                     ok(stream)
                 }
-                _ => continue,
             };
             io.write_all(&out).await?;
             io.flush().await?;
@@ -1162,8 +1276,12 @@ domain "{DOMAIN}" {{
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broadcast_apns_did_not_process_is_sent_again_at_once() {
         for refuse in [Refuse::Stream, Refuse::GoAway] {
-            let (f, raw) =
-                Fixture::routed("", "  retry_interval = 3600", Some((None, Some(refuse)))).await;
+            let (f, raw) = Fixture::routed(
+                "",
+                "  retry_interval = 3600",
+                Some(RawOptions::first(refuse)),
+            )
+            .await;
             let raw = raw.unwrap();
             let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
             let broadcaster =
@@ -1188,7 +1306,11 @@ domain "{DOMAIN}" {{
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn broadcasts_due_together_keep_to_the_hosts_stream_limit() {
         const COUNT: u64 = 8;
-        let (f, raw) = Fixture::routed("", "  retry_interval = 3600", Some((Some(1), None))).await;
+        let options = RawOptions {
+            limit: Some(1),
+            ..RawOptions::default()
+        };
+        let (f, raw) = Fixture::routed("", "  retry_interval = 3600", Some(options)).await;
         let raw = raw.unwrap();
         let store = f.store();
         let stored: Vec<(Vec<u8>, Vec<u8>)> = (1..=COUNT)
@@ -1222,6 +1344,76 @@ domain "{DOMAIN}" {{
             "{:?}",
             not_delivered(&broadcaster)
         );
+    }
+
+    /// A stop holds the broadcaster: the broadcast on its way to APNs when it comes (answered a second later) is
+    /// waited for and its end stored, and one accepted meanwhile is not sent. After a restart on the same store,
+    /// only the second is left to send: each reaches APNs once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_waits_for_the_broadcast_being_sent_and_starts_no_other() {
+        let options = RawOptions {
+            latency: Duration::from_secs(1),
+            ..RawOptions::default()
+        };
+        let (f, raw) = Fixture::routed("", "  retry_interval = 3600", Some(options)).await;
+        let raw = raw.unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let store = f.store();
+        let first = Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
+        first.accept(update(&channel, None)).await.unwrap();
+        wait_for("the broadcast on its way to APNs", || raw.requests() == 1).await;
+        let grace = std::time::Instant::now() + WAIT;
+        assert_eq!(first.hold(grace).await, 0, "a broadcast still being sent");
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 1);
+        let during_the_stop = first.accept(update(&channel, None)).await.unwrap();
+        first.flush().await;
+        let restarted = Broadcaster::start(store, f.resolver.clone(), Logs::default()).unwrap();
+        let left: Vec<String> = lock(&restarted.pending)
+            .values()
+            .map(|b| b.id.clone())
+            .collect();
+        assert_eq!(left, [during_the_stop.id], "left for the restart");
+        wait_for("the restart to deliver it", || restarted.queued() == 0).await;
+        assert_eq!(raw.requests(), 2, "each broadcast reaches APNs once");
+    }
+
+    /// `ExpiredProviderToken` for a token herald cannot renew yet (minted moments ago) is not answered by sending the
+    /// broadcast again at once with that token: it is a transient failure on the retry schedule, and the connection
+    /// that answered it is dropped, so the retry goes out on a new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_token_drops_the_connection_and_takes_the_retry_schedule() {
+        let options = RawOptions::first(Refuse::ExpiredToken);
+        let (f, raw) = Fixture::routed("", "  retry_interval = 1", Some(options)).await;
+        let raw = raw.unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let broadcaster =
+            Broadcaster::start(f.store(), f.resolver.clone(), Logs::default()).unwrap();
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the broadcast to be delivered", || {
+            broadcaster.queued() == 0
+        })
+        .await;
+        assert_eq!(*lock(&raw.streams), [1, 1], "requests per connection");
+        assert_eq!(
+            not_delivered(&broadcaster),
+            [format!(
+                "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"transient\",reason=\"ExpiredProviderToken\"}} 1"
+            )]
+        );
+    }
+
+    /// A retry delay too large for the clock (retry options take any number of seconds) is due a century ahead,
+    /// not at a time wrapped around.
+    #[test]
+    fn a_retry_delay_too_large_is_due_a_century_ahead() {
+        let now = 1_800_000_000_000u64;
+        let century = 100 * 365 * 86_400 * 1000;
+        assert_eq!(
+            due_after(now, Duration::from_secs(i64::MAX as u64)),
+            now + century
+        );
+        assert_eq!(due_after(now, Duration::from_secs(5)), now + 5000);
+        assert_eq!(due_after(u64::MAX - 1, Duration::from_secs(5)), u64::MAX);
     }
 
     #[test]
