@@ -1,5 +1,5 @@
 //! Outcome webhooks against `herald serve` as a process, the APNs simulator and a receiver in the test: outcomes
-//! arrive signed (HMAC-SHA256 over `TIMESTAMP.BODY`) and each exactly once; a receiver that fails its first
+//! arrive signed (HMAC-SHA256 over `TIMESTAMP.BODY`) and each once to a receiver that answers promptly (delivery is at least once); a receiver that fails its first
 //! requests still gets everything; a dead receiver keeps a bounded backlog while delivery goes on; outcomes older
 //! than `outcome_webhook_max_age` are dropped and counted; a `kill -9` with outcomes pending loses none of them
 //! (docs/api.md "Outcome webhooks").
@@ -222,7 +222,7 @@ async fn outcomes_arrive_signed_once_each_even_when_the_first_attempts_fail() {
             assert_eq!(e["apns_unique_id"].as_str().map(str::len), Some(36), "{e}");
         }
     }
-    // Nothing more arrives after a later outcome (exactly once).
+    // Nothing more arrives after a later outcome (once each: this receiver answers at once).
     let later = push(&daemon.http, "hooks.example", &[token(77)]).await;
     let events = wait_events(&receiver, ids.len() + 1).await;
     assert_eq!(events.len(), ids.len() + 1);

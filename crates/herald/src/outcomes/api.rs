@@ -1,8 +1,13 @@
 //! The status routes: `GET /api/v1/notifications/{id}` and the batch form `POST /api/v1/notifications/query`
 //! (`{"ids": [...]}`, at most [`MAX_BATCH`]). They answer from the [`StatusBook`]; on the JetStream spool, the ids
-//! the book does not know are asked of the other nodes, once per request ([`super::peers`]). An id herald does not
-//! know is a `404` whose `error` says whether it is unknown or expired (finished longer ago than
-//! `outcome_retention`).
+//! the book holds no state for (unknown or expired to it) are asked of the other nodes, once per request
+//! ([`super::peers`]). An id herald does not know is a `404` whose `error` says whether it is unknown or expired
+//! (finished longer ago than `outcome_retention`).
+//!
+//! An id this node's book calls expired is asked too: the book says expired for an id not stored and at or below
+//! the highest number pruned from its run, but on the JetStream spool any node stores outcomes of another node's
+//! run, so that mark can pass an id this node never held and another node still holds (queued, retried, or
+//! finished later). It is answered expired only when no other node holds it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,8 +40,8 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub struct StatusState {
     /// This node's book.
     pub book: Arc<StatusBook>,
-    /// The other nodes of the JetStream spool, asked for the ids the book does not know; `None` on the embedded
-    /// spool, where the book knows every notification of this herald.
+    /// The other nodes of the JetStream spool, asked for the ids the book holds no state for (unknown or expired
+    /// to it); `None` on the embedded spool, where the book knows every notification of this herald.
     pub peers: Option<Arc<PeerLookup>>,
 }
 
@@ -61,8 +66,9 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
 struct Answer {
     status: StatusCode,
     body: serde_json::Value,
-    /// The id's key when the book does not know it (not `expired`: that one was known here): another node may.
-    unknown: Option<OutcomeKey>,
+    /// The id's key when the book holds no state for it (unknown or expired here): another node may. On the
+    /// JetStream spool `expired` is no proof: the book's prune mark for a run can pass ids other nodes hold.
+    ask: Option<OutcomeKey>,
 }
 
 fn status_body(s: &Status) -> serde_json::Value {
@@ -73,7 +79,7 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
     let reply = |status, body| Answer {
         status,
         body,
-        unknown: None,
+        ask: None,
     };
     let Some(key) = parse_id(id) else {
         return reply(
@@ -81,31 +87,40 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
             json!({"id": id, "error": format!("{id:?} is not a notification id (they look like 01/00-12345-0000002A)")}),
         );
     };
-    match book.lookup(&key) {
-        Ok(Found::Status(s)) => reply(StatusCode::OK, status_body(&s)),
-        Ok(Found::Expired) => reply(
+    let (found, error) = match book.lookup(&key) {
+        Ok(Found::Status(s)) => return reply(StatusCode::OK, status_body(&s)),
+        Ok(Found::Expired) => (
+            "expired",
+            format!(
+                "{id}: expired: its outcome was kept for outcome_retention ({} s) and is gone",
+                book.retention().as_secs()
+            ),
+        ),
+        Ok(Found::Unknown) => (
+            "unknown",
+            format!("{id}: unknown: herald has no notification with this id"),
+        ),
+        Err(e) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"id": id, "error": e.to_string()}),
+            );
+        }
+    };
+    // Unknown or expired here: another node may hold it (see the module's notes on `expired`).
+    Answer {
+        ask: Some(key),
+        ..reply(
             StatusCode::NOT_FOUND,
-            json!({"id": id, "found": "expired", "error": format!(
-                "{id}: expired: its outcome was kept for outcome_retention ({} s) and is gone", book.retention().as_secs())}),
-        ),
-        Ok(Found::Unknown) => Answer {
-            unknown: Some(key),
-            ..reply(
-                StatusCode::NOT_FOUND,
-                json!({"id": id, "found": "unknown", "error": format!("{id}: unknown: herald has no notification with this id")}),
-            )
-        },
-        Err(e) => reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"id": id, "error": e.to_string()}),
-        ),
+            json!({"id": id, "found": found, "error": error}),
+        )
     }
 }
 
-/// What the other nodes know of `unknown`, ids this node's book does not know (one question for all of them).
-async fn ask_peers(state: &StatusState, unknown: &[String]) -> HashMap<OutcomeKey, Status> {
+/// What the other nodes know of `ids`, ids this node's book holds no state for (one question for all of them).
+async fn ask_peers(state: &StatusState, ids: &[String]) -> HashMap<OutcomeKey, Status> {
     match &state.peers {
-        Some(peers) if !unknown.is_empty() => peers::ask(peers, unknown).await,
+        Some(peers) if !ids.is_empty() => peers::ask(peers, ids).await,
         _ => HashMap::new(),
     }
 }
@@ -113,7 +128,7 @@ async fn ask_peers(state: &StatusState, unknown: &[String]) -> HashMap<OutcomeKe
 async fn one(State(state): State<StatusState>, Path(id): Path<String>) -> Response {
     let id = id.trim_start_matches('/');
     let local = answer(&state.book, id);
-    if let Some(key) = local.unknown
+    if let Some(key) = local.ask
         && let Some(s) = ask_peers(&state, &[id.to_owned()]).await.get(&key)
     {
         return json(StatusCode::OK, status_body(s));
@@ -150,18 +165,18 @@ async fn query(State(state): State<StatusState>, request: Request) -> Response {
         );
     }
     let answers: Vec<Answer> = q.ids.iter().map(|id| answer(&state.book, id)).collect();
-    let unknown: Vec<String> = q
+    let asked: Vec<String> = q
         .ids
         .iter()
         .zip(&answers)
-        .filter(|(_, a)| a.unknown.is_some())
+        .filter(|(_, a)| a.ask.is_some())
         .map(|(id, _)| id.clone())
         .collect();
-    let from_peers = ask_peers(&state, &unknown).await;
+    let from_peers = ask_peers(&state, &asked).await;
     let mut found = Vec::new();
     let mut not_found = Vec::new();
     for a in answers {
-        match a.unknown.and_then(|key| from_peers.get(&key)) {
+        match a.ask.and_then(|key| from_peers.get(&key)) {
             Some(s) => found.push(status_body(s)),
             None if a.status == StatusCode::OK => found.push(a.body),
             None => not_found.push(a.body),
@@ -171,4 +186,152 @@ async fn query(State(state): State<StatusState>, request: Request) -> Response {
         StatusCode::OK,
         json!({"notifications": found, "not_found": not_found}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use herald_spool::{
+        JetStreamOptions, JetStreamSpool, Lookup, OutcomeStore, StoredNotification,
+    };
+
+    use super::*;
+    use crate::outcomes::fixtures::{delivered, notification};
+    use crate::outcomes::{OutcomeListener, key_of};
+    use crate::queue::message::IdGenerator;
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A node of the JetStream spool `url`: its spool (and what it pulls), its book, and its end of the lookups.
+    async fn node(
+        url: &str,
+        dir: &std::path::Path,
+    ) -> (
+        Arc<JetStreamSpool>,
+        tokio::sync::mpsc::Receiver<StoredNotification>,
+        Arc<StatusBook>,
+        Arc<PeerLookup>,
+    ) {
+        let spool = JetStreamSpool::connect(JetStreamOptions::new(vec![url.to_owned()], "status"))
+            .await
+            .unwrap();
+        let pulled = spool.take_deliveries().unwrap();
+        wait_for("the stream set up", || spool.connected()).await;
+        let store = Arc::new(OutcomeStore::open(dir).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let peers = peers::serve(&spool, book.clone());
+        (spool, pulled, book, peers)
+    }
+
+    /// The status routes of `state` on a loopback port: their base URL.
+    async fn serve(state: StatusState) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, routes(state)).await });
+        format!("http://{addr}/api/v1/notifications")
+    }
+
+    /// On the JetStream spool a node's prune mark for a run can pass ids it never held: node B stored and pruned
+    /// the outcome of the newest id of node A's run, so its book calls A's older ids expired, yet A holds them (one
+    /// still queued, one delivered). B asks A about them and answers their states; an id no node holds stays
+    /// `404` expired.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_id_expired_to_this_node_is_answered_by_the_node_that_holds_it() {
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let server = herald_testkit::nats::single(dir.path());
+        let url = server.url();
+        let (_spool_a, _pulled_a, book_a, _peers_a) = node(&url, &dir.path().join("a")).await;
+        let (_spool_b, _pulled_b, book_b, peers_b) = node(&url, &dir.path().join("b")).await;
+
+        // Node A's run: A holds the first two ids (one still queued, one delivered); B delivered the third.
+        let ids = IdGenerator::new(0x2A);
+        let queued = notification(ids.next(), "status.example", 1);
+        let done = notification(ids.next(), "status.example", 2);
+        let pruned = notification(ids.next(), "status.example", 3);
+        book_a.queued(&queued, 0);
+        book_a.queued(&done, 0);
+        book_a.outcome(&delivered(&done));
+        book_b.queued(&pruned, 0);
+        book_b.outcome(&delivered(&pruned));
+        assert!(book_b.flush(Duration::from_secs(30)).await);
+        // B prunes it (past outcome_retention): its mark for A's run now covers A's two ids.
+        assert_eq!(book_b.store().prune(u64::MAX, u64::MAX).unwrap(), 1);
+        for n in [&queued, &done, &pruned] {
+            assert_eq!(
+                book_b.store().lookup(&key_of(n.id)).unwrap(),
+                Lookup::Expired
+            );
+        }
+
+        wait_for("node B to see node A", || peers_b.live_peers() == 1).await;
+        let base = serve(StatusState {
+            book: book_b,
+            peers: Some(peers_b),
+        })
+        .await;
+        let client = reqwest::Client::new();
+        for (n, state) in [(&queued, "queued"), (&done, "delivered")] {
+            let r = client
+                .get(format!("{base}/{}", n.id.to_string().replace('/', "%2F")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{}", n.id);
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(
+                (&v["id"], &v["state"]),
+                (&json!(n.id.to_string()), &json!(state))
+            );
+        }
+        let r = client
+            .get(format!(
+                "{base}/{}",
+                pruned.id.to_string().replace('/', "%2F")
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["found"], "expired", "{v}");
+
+        // The batch form, in one question.
+        let v: serde_json::Value = client
+            .post(format!("{base}/query"))
+            .json(&json!({"ids": [pruned.id.to_string(), queued.id.to_string(), done.id.to_string()]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let states: Vec<(&str, &str)> = v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["id"].as_str().unwrap(), s["state"].as_str().unwrap()))
+            .collect();
+        let (q, d) = (queued.id.to_string(), done.id.to_string());
+        assert_eq!(
+            states,
+            [(q.as_str(), "queued"), (d.as_str(), "delivered")],
+            "{v}"
+        );
+        let not_found = v["not_found"].as_array().unwrap();
+        assert_eq!(not_found.len(), 1, "{v}");
+        assert_eq!(
+            (&not_found[0]["id"], &not_found[0]["found"]),
+            (&json!(pruned.id.to_string()), &json!("expired"))
+        );
+    }
 }

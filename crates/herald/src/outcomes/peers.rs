@@ -1,5 +1,7 @@
 //! Status lookups across the nodes of a JetStream spool (docs/scale-out.md): each node's status book knows the
-//! notifications that node delivered, so an id this node's book does not know is asked of the other nodes.
+//! notifications that node delivered, so an id this node's book holds no state for is asked of the other nodes:
+//! one it does not know, and one it takes for expired (its prune mark for the id's run can pass ids that other
+//! nodes delivered later or still hold, see [`super::api`]).
 //!
 //! It owns the questions and answers of those lookups (JSON carried by [`PeerLookup`]): a question is
 //! `{"ids": ["01/2A-12345-0000002A", …]}`, an answer `{"found": [status, …]}` with the ids the answering node's book
@@ -71,7 +73,7 @@ pub fn answer(book: &StatusBook, question: &[u8], limit: usize) -> Vec<u8> {
     out
 }
 
-/// What the other nodes know of `ids` (printed ids this node's book does not know), by key; empty when no other
+/// What the other nodes know of `ids` (printed ids this node's book holds no state for), by key; empty when no other
 /// node is live, when NATS does not answer, or when nobody knows them.
 pub async fn ask(peers: &PeerLookup, ids: &[String]) -> HashMap<OutcomeKey, Status> {
     let asked: HashSet<OutcomeKey> = ids.iter().filter_map(|id| parse_id(id)).collect();

@@ -10,7 +10,8 @@
 //! deletes the chunks wholly behind that point. A receiver that is down keeps its events in its own queue, bounded
 //! by `outcome_webhook_backlog`: beyond it the oldest are dropped with a counter and a log line. After a crash,
 //! the events of a partly delivered chunk that were sent after the last recorded point are sent again (at least
-//! once, never lost).
+//! once, never lost). So is a batch whose 2xx comes after [`REQUEST_TIMEOUT`] or is lost in transit: herald takes
+//! it for a failure and retries; receivers deduplicate by `id`.
 //!
 //! The request: `POST` with `content-type: application/json`, body `{"outcomes": [event, …]}` (docs/openapi.yaml
 //! `WebhookBatch`), headers `herald-timestamp: UNIX_SECONDS` and `herald-signature: v1=HEX` where HEX is
@@ -367,10 +368,14 @@ impl Webhooks {
         super::reached(&self.stored, target, within).await
     }
 
-    /// Forgets the options resolved so far (after a configuration reload); events already written stay.
+    /// Forgets the options resolved so far (after a configuration reload); events already written stay. Wakes
+    /// every domain's sender: one whose webhook had been removed waits for a wake-up, and its webhook may be back.
     pub fn reconfigure(&self) {
         for d in lock(&self.domains).by_name.values_mut() {
             d.settings = None;
+        }
+        for q in lock(&self.queues).values() {
+            q.wake.notify_one();
         }
     }
 
@@ -780,7 +785,8 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             continue;
         };
         let Some(settings) = h.settings(&Arc::from(domain.as_str())) else {
-            // The webhook was removed from the configuration: its queue waits until it comes back.
+            // The webhook was removed from the configuration: its queue waits until it comes back (a reload wakes
+            // it: `reconfigure`).
             drop(h);
             q.wake.notified().await;
             continue;
@@ -1061,6 +1067,100 @@ mod tests {
             .flat_map(|q| q.chunks.iter().map(|(_, n)| n))
             .sum();
         assert_eq!(stored, 300);
+    }
+
+    /// A receiver on a loopback port that takes every batch (204): its URL and the ids it took.
+    async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+        let took = Arc::new(Mutex::new(Vec::new()));
+        let kept = took.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    for e in v["outcomes"].as_array().unwrap() {
+                        lock(&kept).push(e["id"].as_str().unwrap().to_owned());
+                    }
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/hook"), took)
+    }
+
+    /// A domain's webhook removed by a reload, its events waiting, and added back by the next: the events go out
+    /// then, without another outcome of the domain to wake its sender.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhook_removed_and_added_back_sends_its_waiting_events() {
+        use crate::outcomes::fixtures::{delivered, notification};
+        use crate::queue::message::IdGenerator;
+        use std::time::Instant;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let hook = |url: &str| {
+            Some(Arc::new(HookSettings {
+                url: url.to_owned(),
+                secret: "s".into(),
+                delivered: true,
+                failed: true,
+                invalid_token: true,
+                max_age: Duration::from_secs(3600),
+                backlog: 1_000_000,
+            }))
+        };
+        // What the configuration says now, and how often it was read while it had no webhook.
+        let current = Arc::new(Mutex::new(hook("http://127.0.0.1:9/hook")));
+        let read_without = Arc::new(AtomicU64::new(0));
+        let (config, without) = (current.clone(), read_without.clone());
+        let hooks = Webhooks::start(
+            store,
+            Box::new(move |_| {
+                let settings = lock(&config).clone();
+                if settings.is_none() {
+                    without.fetch_add(1, Ordering::SeqCst);
+                }
+                settings
+            }),
+        );
+        // Outcomes while the receiver is unreachable: they wait in the queue.
+        let ids = IdGenerator::new(0);
+        let mut sent = Vec::new();
+        for i in 0..5u8 {
+            let n = notification(ids.next(), "hooks.example", i);
+            hooks.outcome(&delivered(&n));
+            sent.push(n.id.to_string());
+        }
+        assert!(hooks.flush(Duration::from_secs(30)).await);
+        // A reload removes the webhook; the sender finds it gone (the only one reading the options now) and waits.
+        *lock(&current) = None;
+        hooks.reconfigure();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while read_without.load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the sender never found the webhook gone"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The next reload adds it back, with a receiver that takes the batch.
+        let (url, took) = receiver().await;
+        *lock(&current) = hook(&url);
+        hooks.reconfigure();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lock(&took).len() < sent.len() || hooks.stats()[0].backlog > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the waiting events did not go out after the webhook came back: {:?}",
+                lock(&took)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*lock(&took), sent);
+        assert_eq!(hooks.stats()[0].delivered, sent.len() as u64);
     }
 
     #[test]
