@@ -1,8 +1,8 @@
-//! Outcome webhooks against `herald serve` as a process, the APNs simulator and a receiver in the test: outcomes
-//! arrive signed (HMAC-SHA256 over `TIMESTAMP.BODY`) and each once to a receiver that answers promptly (delivery is at least once); a receiver that fails its first
-//! requests still gets everything; a dead receiver keeps a bounded backlog while delivery goes on; outcomes older
-//! than `outcome_webhook_max_age` are dropped and counted; a `kill -9` with outcomes pending loses none of them
-//! (docs/api.md "Outcome webhooks").
+//! Outcome webhooks against `herald serve` as a process, the APNs simulator and a receiver in the test: outcomes arrive
+//! signed (HMAC-SHA256 over `TIMESTAMP.BODY`), each once to a receiver that answers promptly (delivery is at least
+//! once); a receiver that fails its first requests still gets everything; a dead receiver keeps a bounded backlog while
+//! delivery goes on; outcomes older than `outcome_webhook_max_age` are dropped and counted; a `kill -9` with outcomes
+//! pending loses none of them (docs/api.md "Outcome webhooks").
 
 mod support;
 
