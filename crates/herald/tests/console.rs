@@ -114,9 +114,21 @@ domain "{domain}" {{
 }
 
 async fn setup(pki_dir: tempfile::TempDir, pki: &Pki, routes: &[(&str, u16)], retry: u32) -> Setup {
+    setup_with(pki_dir, pki, routes, retry, "").await
+}
+
+/// [`setup`] with `extra` appended to the configuration.
+async fn setup_with(
+    pki_dir: tempfile::TempDir,
+    pki: &Pki,
+    routes: &[(&str, u16)],
+    retry: u32,
+    extra: &str,
+) -> Setup {
     let dir = pki_dir.path().to_owned();
     let config = dir.join("herald.conf");
-    std::fs::write(&config, config_text(&dir, pki, routes, retry)).unwrap();
+    let text = config_text(&dir, pki, routes, retry) + extra;
+    std::fs::write(&config, text).unwrap();
     let server = Server::start(&config).await.unwrap();
     let addrs = server.addrs().await;
     let socket = dir.join("control.sock").display().to_string();
@@ -139,11 +151,19 @@ async fn start_sim(pki: &Pki, port: u16, unregistered: &[String]) -> SimHandle {
 }
 
 async fn push(http: &str, domain: &str, tokens: &[String]) {
-    let body = serde_json::json!({
+    push_from(http, None, domain, tokens).await
+}
+
+/// [`push`] from `binding` (none: the request names no binding).
+async fn push_from(http: &str, binding: Option<&str>, domain: &str, tokens: &[String]) {
+    let mut body = serde_json::json!({
         "domain": domain,
         "tokens": tokens,
         "payload": {"aps": {"alert": "console"}},
     });
+    if let Some(b) = binding {
+        body["binding"] = serde_json::Value::from(b);
+    }
     let r = reqwest::Client::new()
         .post(format!("http://{http}/api/v1/push"))
         .json(&body)
@@ -587,6 +607,125 @@ async fn queue_commands_list_retry_flush_and_fail_while_apns_is_down() {
     assert_eq!(
         ok(sock, &["flush", "domain", "all"]).await,
         "2 domain(s) flushed.\n"
+    );
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `mailq` has a row per (binding, domain) queue naming its group and binding, `--binding` selects a binding's
+/// rows, and `domain NAME` has a block per binding with that binding's counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailq_and_domain_report_each_binding_s_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&tmp.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    // Nothing listens on the route: everything stays delayed an hour.
+    let down = free_port();
+    let groups = r#"
+binding_group "g" { binding "b" { } }
+binding "solo" { }
+"#;
+    let s = setup_with(tmp, &pki, &[("held.example", down)], 3600, groups).await;
+    let sock = s.socket.as_str();
+    push_from(
+        &s.http,
+        None,
+        "held.example",
+        &(0..2).map(token).collect::<Vec<_>>(),
+    )
+    .await;
+    push_from(
+        &s.http,
+        Some("b"),
+        "held.example",
+        &(10..13).map(token).collect::<Vec<_>>(),
+    )
+    .await;
+    push_from(
+        &s.http,
+        Some("solo"),
+        "held.example",
+        &(20..21).map(token).collect::<Vec<_>>(),
+    )
+    .await;
+    until(sock, &["showqueue", "held.example"], |o| {
+        o.matches("[delayed/").count() == 6
+    })
+    .await;
+
+    let rows = |text: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    };
+    let mailq = ok(sock, &["mailq"]).await;
+    assert!(mailq.starts_with("Group/Binding"), "{mailq}");
+    assert_eq!(
+        rows(&mailq),
+        [
+            ["default", "held.example", "0", "2"],
+            ["g/b", "held.example", "0", "3"],
+            ["solo", "held.example", "0", "1"],
+        ],
+        "{mailq}"
+    );
+    for selector in [["-b", "b"], ["--binding", "g/b"]] {
+        let only_b = ok(sock, &["mailq", selector[0], selector[1]]).await;
+        assert_eq!(
+            rows(&only_b),
+            [["g/b", "held.example", "0", "3"]],
+            "{only_b}"
+        );
+    }
+    let two = ok(
+        sock,
+        &["mailq", "-b", "default", "-b", "solo", "-d", "held.example"],
+    )
+    .await;
+    assert_eq!(rows(&two).len(), 2, "{two}");
+    let limited = ok(sock, &["mailq", "-l", "1"]).await;
+    assert_eq!(
+        rows(&limited),
+        [["default", "held.example", "0", "2"]],
+        "{limited}"
+    );
+
+    // `domain NAME`: one block per binding, each with its routes and its own counters.
+    let domain = ok(sock, &["domain", "held.example"]).await;
+    assert!(domain.starts_with("Domain: held.example\n"), "{domain}");
+    assert_eq!(domain.matches("Domain: ").count(), 1, "{domain}");
+    let blocks: Vec<(&str, Option<String>, Option<String>)> = domain
+        .split("  Binding: ")
+        .skip(1)
+        .map(|block| {
+            let value = |label: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix(&format!("{label}:")))
+                    .map(|v| v.trim().to_string())
+            };
+            (
+                block.lines().next().unwrap(),
+                value("Receptions"),
+                value("Delayed Queue"),
+            )
+        })
+        .collect();
+    let some = |n: &str| Some(n.to_string());
+    assert_eq!(
+        blocks,
+        [
+            ("default", some("2"), some("2")),
+            ("b", some("3"), some("3")),
+            ("solo", some("1"), some("1")),
+        ],
+        "{domain}"
+    );
+    assert_eq!(
+        domain
+            .matches(&format!("  Route: https://127.0.0.1:{down}"))
+            .count(),
+        3,
+        "{domain}"
     );
     s.server.shutdown(Duration::from_secs(5)).await;
 }

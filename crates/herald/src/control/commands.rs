@@ -3,13 +3,15 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use herald_conf::{Config, EvalError, ScopePath, Value, options};
+use herald_conf::{Config, DomainSettings, EvalError, ScopePath, Value, options};
 
 use super::protocol::Reply;
 use crate::control::ServerHandle;
+use crate::queue::message::DEFAULT_BINDING;
 use crate::queue::{MessageAction, QueueEntry};
 
 /// The reason `fail domain` and `message fail` record, as Momentum words it.
@@ -31,6 +33,8 @@ pub enum Command {
     Domain(Option<String>),
     Mailq {
         domains: Vec<String>,
+        /// `--binding NAME`: only these bindings' queues (empty: every binding's).
+        bindings: Vec<String>,
         limit: usize,
     },
     Showqueue {
@@ -90,7 +94,7 @@ Commands:
   config eval [SCOPE [NAME]]... OPTION  an option's effective value, with fallback
   config show [SCOPE [NAME]]... [OPTION] the configuration as parsed, one scope of it, or one option set there
   domain NAME|all                       counters, queues and connections of a domain
-  mailq [-d DOMAIN]... [-l LIMIT]       queue sizes per domain (default limit 20)
+  mailq [-d DOMAIN]... [-b BINDING]... [-l LIMIT]  queue sizes per binding and domain (default limit 20)
   showqueue [binding NAME|all] DOMAIN [LIMIT,OFFSET]  queued notifications (default 100,0)
   flush domain NAME|all                 make delayed notifications due now
   fail domain NAME [quiet]              fail every queued notification of a domain (554 Message manually purged.)
@@ -340,8 +344,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
 }
 
 fn parse_mailq(args: &[&str]) -> Result<Command, ParseError> {
-    const USAGE: &str = "mailq [--domain|-d DOMAIN]... [--limit|-l N]";
+    const USAGE: &str = "mailq [--domain|-d DOMAIN]... [--binding|-b BINDING]... [--limit|-l N]";
     let mut domains = Vec::new();
+    let mut bindings = Vec::new();
     let mut limit = MAILQ_DEFAULT_LIMIT;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -349,13 +354,20 @@ fn parse_mailq(args: &[&str]) -> Result<Command, ParseError> {
             "--domain" | "-d" => {
                 domains.push(it.next().ok_or(ParseError::Usage(USAGE))?.to_string())
             }
+            "--binding" | "-b" => {
+                bindings.push(it.next().ok_or(ParseError::Usage(USAGE))?.to_string())
+            }
             "--limit" | "-l" => {
                 limit = number("mailq --limit", it.next().ok_or(ParseError::Usage(USAGE))?)?
             }
             _ => return Err(ParseError::Usage(USAGE)),
         }
     }
-    Ok(Command::Mailq { domains, limit })
+    Ok(Command::Mailq {
+        domains,
+        bindings,
+        limit,
+    })
 }
 
 fn parse_tokens(args: &[&str]) -> Result<Command, ParseError> {
@@ -425,7 +437,11 @@ pub async fn execute(server: &dyn ServerHandle, cmd: Command) -> Reply {
             Err(e) => Reply::err(format!("{e}\n")),
         },
         Command::Domain(name) => domain(server, name.as_deref()),
-        Command::Mailq { domains, limit } => Reply::ok(mailq(server, &domains, limit)),
+        Command::Mailq {
+            domains,
+            bindings,
+            limit,
+        } => Reply::ok(mailq(server, &domains, &bindings, limit)),
         Command::Showqueue {
             binding,
             domain,
@@ -663,14 +679,12 @@ pub fn config_show(config: &Config, words: &[String]) -> Result<String, EvalErro
 }
 
 fn domain(server: &dyn ServerHandle, name: Option<&str>) -> Reply {
-    let all = server.engine().all_stats();
-    let chosen: Vec<_> = match name {
-        None => all,
-        Some(n) => all
-            .into_iter()
-            .filter(|(d, _)| d.eq_ignore_ascii_case(n))
-            .collect(),
-    };
+    let chosen: Vec<_> = server
+        .engine()
+        .binding_stats_all()
+        .into_iter()
+        .filter(|(_, d, _)| name.is_none_or(|n| d.eq_ignore_ascii_case(n)))
+        .collect();
     if chosen.is_empty() {
         return match name {
             Some(n) => Reply::err(no_queue(n)),
@@ -679,13 +693,18 @@ fn domain(server: &dyn ServerHandle, name: Option<&str>) -> Reply {
     }
     let config = server.config();
     let mut out = String::new();
-    for (d, s) in chosen {
-        let settings = config.domain_settings(None, None, &d);
-        let _ = writeln!(out, "Domain: {d}");
+    let mut previous: Option<Arc<str>> = None;
+    // One block per binding the domain is delivered from (`default` first): its routes, then its counters.
+    for (b, d, s) in chosen {
+        if previous.as_deref() != Some(&*d) {
+            let _ = writeln!(out, "Domain: {d}");
+            previous = Some(d.clone());
+        }
+        let settings = binding_settings(&config, &b, &d);
         for r in &settings.routes {
             let _ = writeln!(out, "  Route: {r}");
         }
-        let _ = writeln!(out, "  Binding: default");
+        let _ = writeln!(out, "  Binding: {b}");
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let loadu = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed);
         for (label, v) in [
@@ -709,26 +728,54 @@ fn domain(server: &dyn ServerHandle, name: Option<&str>) -> Reply {
     Reply::ok(out)
 }
 
-fn mailq(server: &dyn ServerHandle, domains: &[String], limit: usize) -> String {
+/// The delivery settings of `domain` from `binding` (looked up in the group that declares it).
+fn binding_settings(config: &Config, binding: &str, domain: &str) -> Arc<DomainSettings> {
+    if binding == DEFAULT_BINDING {
+        config.domain_settings(None, None, domain)
+    } else {
+        config.domain_settings(None, Some(binding), domain)
+    }
+}
+
+/// `mailq`'s Group/Binding: `group/binding` for a binding declared in a `binding_group`, else the binding's name.
+fn group_binding(config: &Config, binding: &str, domain: &str) -> String {
+    match &binding_settings(config, binding, domain).binding_group {
+        Some(group) => format!("{group}/{binding}"),
+        None => binding.to_owned(),
+    }
+}
+
+fn mailq(
+    server: &dyn ServerHandle,
+    domains: &[String],
+    bindings: &[String],
+    limit: usize,
+) -> String {
     let mut out = format!(
         "{:<24} {:<32} {:>8} {:>8}\n",
         "Group/Binding", "Domain", "AQ", "DQ"
     );
+    let config = server.config();
+    // One row per (binding, domain) queue; a binding is selected by its name or by its `group/binding`.
     let rows = server
         .engine()
-        .all_stats()
+        .binding_stats_all()
         .into_iter()
-        .filter(|(d, _)| domains.is_empty() || domains.iter().any(|w| w.eq_ignore_ascii_case(d)))
-        .filter(|(_, s)| {
+        .filter(|(_, d, _)| domains.is_empty() || domains.iter().any(|w| w.eq_ignore_ascii_case(d)))
+        .filter(|(_, _, s)| {
             !domains.is_empty()
                 || s.active.load(Ordering::Relaxed) + s.delayed.load(Ordering::Relaxed) > 0
         })
+        .map(|(b, d, s)| (group_binding(&config, &b, &d), b, d, s))
+        .filter(|(label, b, _, _)| {
+            bindings.is_empty() || bindings.iter().any(|w| w == &**b || w == label)
+        })
         .take(limit);
-    for (d, s) in rows {
+    for (label, _, d, s) in rows {
         let _ = writeln!(
             out,
             "{:<24} {:<32} {:>8} {:>8}",
-            "default",
+            label,
             d,
             s.active.load(Ordering::Relaxed),
             s.delayed.load(Ordering::Relaxed)
@@ -882,7 +929,16 @@ mod tests {
             p("mailq -d a.example --limit 5"),
             Command::Mailq {
                 domains: vec!["a.example".into()],
+                bindings: vec![],
                 limit: 5
+            }
+        );
+        assert_eq!(
+            p("mailq --binding b -b c"),
+            Command::Mailq {
+                domains: vec![],
+                bindings: vec!["b".into(), "c".into()],
+                limit: MAILQ_DEFAULT_LIMIT
             }
         );
         assert_eq!(

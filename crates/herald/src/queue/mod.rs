@@ -745,6 +745,26 @@ impl Engine {
             .collect()
     }
 
+    /// Every (binding, domain) queue that has seen traffic (running or retired for idleness), as (binding, domain,
+    /// its own counters): by domain, then by binding with `default` first.
+    pub fn binding_stats_all(&self) -> Vec<(Arc<str>, Arc<str>, Arc<DomainStats>)> {
+        let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(Arc<str>, Arc<str>, Arc<DomainStats>)> = domains
+            .iter()
+            .map(|(k, h)| (k.binding.clone(), k.domain.clone(), h.stats.clone()))
+            .collect();
+        drop(domains);
+        let rank = |(binding, domain, _): &(Arc<str>, Arc<str>, Arc<DomainStats>)| {
+            (
+                domain.clone(),
+                &**binding != message::DEFAULT_BINDING,
+                binding.clone(),
+            )
+        };
+        out.sort_by_key(rank);
+        out
+    }
+
     /// Every running queue as (binding, domain), sorted (not those retired for idleness: see
     /// [`EngineShared::retire`]).
     pub fn queues(&self) -> Vec<(Arc<str>, Arc<str>)> {
