@@ -337,9 +337,10 @@ impl Config {
         out
     }
 
-    /// Every declared binding as (group, binding); `default` always exists and comes first.
+    /// Every declared binding as (group, binding), each once (a binding name is declared in one place only);
+    /// `default` always exists and comes first, with its group if a binding group declares it.
     pub fn bindings(&self) -> Vec<(Option<&str>, &str)> {
-        let mut out = vec![(None, "default")];
+        let mut out = vec![(eval::group_of(&self.root, "default"), "default")];
         for c in self.root.children() {
             match c.kind {
                 ScopeKind::Binding => {
@@ -349,7 +350,7 @@ impl Config {
                 }
                 ScopeKind::BindingGroup => {
                     for b in c.children_of(ScopeKind::Binding) {
-                        if let Some(n) = b.name.as_deref() {
+                        if let Some(n) = b.name.as_deref().filter(|n| *n != "default") {
                             out.push((c.name.as_deref(), n));
                         }
                     }

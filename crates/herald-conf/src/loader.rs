@@ -3,6 +3,7 @@
 //! scope and option tables. Every problem becomes a diagnostic and loading goes on, so one run reports them all.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -105,6 +106,11 @@ pub(crate) struct Loader {
     /// is another path to the same file).
     stack: Vec<(PathBuf, Option<FileId>)>,
     files: usize,
+    /// The kinds of the scopes being applied, outermost first (the global scope left out).
+    scopes: Vec<ScopeKind>,
+    /// Where each binding was first declared, and the binding group that holds it (`None`: the top level). A
+    /// binding name is one binding: delivery and `config eval` find it by name alone.
+    bindings: HashMap<String, (Option<String>, Location)>,
 }
 
 struct FileCtx {
@@ -129,6 +135,8 @@ impl Loader {
             pending: Vec::new(),
             stack: Vec::new(),
             files: 0,
+            scopes: Vec::new(),
+            bindings: HashMap::new(),
         }
     }
 
@@ -327,7 +335,9 @@ impl Loader {
     ) {
         let Some(id) = options::lookup(name) else {
             let mut msg = format!("unknown option {}", quote(name));
-            if ScopeKind::from_keyword(name).is_some() {
+            if let Some(note) = self.momentum_auth_note(name) {
+                msg.push_str(&note);
+            } else if ScopeKind::from_keyword(name).is_some() {
                 msg.push_str(&format!(
                     "; {} is a scope: write `{} NAME {{ … }}`",
                     quote(name),
@@ -354,6 +364,23 @@ impl Loader {
                     def.name,
                     node.kind,
                     def.scopes.describe()
+                ),
+            );
+            return;
+        }
+        if def.top_level_domain_only
+            && node.kind == ScopeKind::Domain
+            && let Some(&outer) = self.scopes.iter().rev().nth(1)
+        {
+            let domain = node.name.as_deref().unwrap_or_default();
+            self.diags.error(
+                ctx.loc(at),
+                format!(
+                    "option `{}` is not valid in a domain stanza inside a {outer}: herald reads it for the domain \
+                     whatever the binding, so it would have no effect here; set it in the top-level `domain {}` \
+                     stanza",
+                    def.name,
+                    crate::lexer::render_value(domain, true)
                 ),
             );
             return;
@@ -490,8 +517,99 @@ impl Loader {
             }
         }
         let norm = name.as_ref().map(|n| kind.normalize_name(&n.text));
+        if let (Some(n), Some(written)) = (name, norm.as_deref())
+            && let Err(why) = self.check_identity(node, kind, written, ctx.loc(n.pos))
+        {
+            self.diags.error(ctx.loc(n.pos), why);
+            return self.apply(body, node, ctx, true);
+        }
         let child = node.child_mut(kind, norm, regex, ctx.loc(at));
+        self.scopes.push(kind);
         self.apply(body, child, ctx, false);
+        self.scopes.pop();
+    }
+
+    /// Refuses a stanza naming what another stanza already names under another identity: a binding declared in
+    /// two places (the top level and a binding group, or two groups), or a `listen` / `peer` stanza whose address
+    /// another stanza of the same scope writes differently (`":25"` and `"*:25"`). Records a binding's first
+    /// declaration.
+    fn check_identity(
+        &mut self,
+        node: &Node,
+        kind: ScopeKind,
+        name: &str,
+        at: Location,
+    ) -> Result<(), String> {
+        match kind {
+            ScopeKind::Binding => {
+                let group = (node.kind == ScopeKind::BindingGroup)
+                    .then(|| node.name.clone())
+                    .flatten();
+                let place = |g: &Option<String>| match g {
+                    Some(g) => format!("binding_group {}", crate::lexer::render_value(g, true)),
+                    None => "the top level".to_string(),
+                };
+                match self.bindings.get(name) {
+                    Some((first, first_at)) if *first != group => Err(format!(
+                        "binding {} is already declared in {} at {first_at}; a binding name names one binding \
+                         (delivery and `config eval` find it by its name alone): declare it in one place, or \
+                         give this one another name",
+                        crate::lexer::render_value(name, true),
+                        place(first),
+                    )),
+                    Some(_) => Ok(()),
+                    None => {
+                        self.bindings.insert(name.to_string(), (group, at));
+                        Ok(())
+                    }
+                }
+            }
+            ScopeKind::Listen | ScopeKind::Peer => match node.child(kind, Some(name)) {
+                Some(other) if other.name.as_deref() != Some(name) => {
+                    let what = if kind == ScopeKind::Listen {
+                        "address"
+                    } else {
+                        "address block"
+                    };
+                    Err(format!(
+                        "{kind} {} names the same {what} ({}) as {kind} {}{}; write one stanza for it",
+                        crate::lexer::render_value(name, true),
+                        kind.index_key(name),
+                        crate::lexer::render_value(other.name.as_deref().unwrap_or_default(), true),
+                        other
+                            .at
+                            .as_ref()
+                            .map(|a| format!(" at {a}"))
+                            .unwrap_or_default(),
+                    ))
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// For Momentum's authentication options, which herald does not implement, what to write instead.
+    fn momentum_auth_note(&self, name: &str) -> Option<String> {
+        let known = ["Enable_Authentication", "AuthDigestMD5Parameters"]
+            .into_iter()
+            .any(|o| o.eq_ignore_ascii_case(name));
+        if !known {
+            return None;
+        }
+        let control = self.scopes.first() == Some(&ScopeKind::ControlListener);
+        Some(if control {
+            "; herald does not implement Momentum's console authentication (`Enable_Authentication`, \
+             `AuthDigestMD5Parameters`): to require a password on this control listener, set \
+             `control_password = \"…\"` in its `control_listener` or `listen` stanza (a console then sends \
+             `auth PASSWORD` first)"
+                .to_string()
+        } else {
+            "; herald does not implement Momentum's authentication options (`Enable_Authentication`, \
+             `AuthDigestMD5Parameters`): a control listener requires a password with `control_password`, an HTTP \
+             listener an API key with `api_key`"
+                .to_string()
+        })
     }
 
     fn include(&mut self, node: &mut Node, path: &Scalar, at: Pos, ctx: &FileCtx) {

@@ -31,6 +31,17 @@ pub enum NetError {
 }
 
 impl Cidr {
+    /// The block with its address's host bits cleared: `10.0.0.1/8` is `10.0.0.0/8`.
+    pub fn network(&self) -> Cidr {
+        match IpNet::new(self.addr, self.prefix) {
+            Ok(net) => Cidr {
+                addr: net.network(),
+                prefix: self.prefix,
+            },
+            Err(_) => *self,
+        }
+    }
+
     /// Whether `ip` is in the block; an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) counts as its IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let Ok(net) = IpNet::new(self.addr, self.prefix) else {

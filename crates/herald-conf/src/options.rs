@@ -74,6 +74,9 @@ pub struct OptionDef {
     /// was, and a new value takes effect at the next start ([`crate::Config::start_only_changes`] lists them).
     /// Empty for an option a reload applies.
     pub start_only: Scopes,
+    /// Read per domain only (for the domain itself, whatever the binding): in a `domain` stanza it is valid only
+    /// at the top level, not in one inside a binding or a binding group, where nothing would read it.
+    pub top_level_domain_only: bool,
 }
 
 impl OptionDef {
@@ -89,6 +92,15 @@ impl OptionDef {
     const fn read_at_start_in(self, scopes: Scopes) -> OptionDef {
         OptionDef {
             start_only: scopes,
+            ..self
+        }
+    }
+
+    /// Marks the option as read per domain only: a `domain` stanza inside a binding or a binding group may not set
+    /// it ([`OptionDef::top_level_domain_only`]).
+    const fn domain_only_at_top_level(self) -> OptionDef {
+        OptionDef {
+            top_level_domain_only: true,
             ..self
         }
     }
@@ -285,6 +297,7 @@ const fn opt(
         doc,
         inert: None,
         start_only: Scopes::NONE,
+        top_level_domain_only: false,
     }
 }
 
@@ -304,6 +317,7 @@ const fn inert(
         doc,
         inert: Some(why),
         start_only: Scopes::NONE,
+        top_level_domain_only: false,
     }
 }
 
@@ -423,21 +437,21 @@ option_table! {
     ),
     TlsCa => opt(
         "tls_ca",
-        Kind::Path,
+        Kind::PathOrNone,
         None,
         DELIVERY,
         "PEM file of CA certificates to trust instead of the system roots (e.g. the simulator's CA); a herald addition.",
     ),
     TlsCertificate => opt(
         "tls_certificate",
-        Kind::Path,
+        Kind::PathOrNone,
         None,
         TLS_ID,
-        "PEM client certificate for certificate-based APNs auth (the file may also hold the key); on a listener, its server certificate.",
+        "PEM client certificate for certificate-based APNs auth (the file may also hold the key); on a listener, its server certificate. `none` (Momentum's special value) unsets one a wider scope sets, as it does for `tls_key`, `tls_ca`, `tls_pkcs12` and `apn_key`.",
     ),
     TlsKey => opt(
         "tls_key",
-        Kind::Path,
+        Kind::PathOrNone,
         None,
         TLS_ID,
         "PEM private key for `tls_certificate`.",
@@ -452,7 +466,7 @@ option_table! {
     ),
     TlsPkcs12 => opt(
         "tls_pkcs12",
-        Kind::Path,
+        Kind::PathOrNone,
         None,
         DELIVERY,
         "PKCS#12 (.p12) file holding the client certificate and key, instead of `tls_certificate`/`tls_key`; a herald addition.",
@@ -487,7 +501,7 @@ option_table! {
     ),
     ApnKey => opt(
         "apn_key",
-        Kind::Path,
+        Kind::PathOrNone,
         None,
         DELIVERY,
         "Token-based auth: the `.p8` signing key file; a herald addition.",
@@ -533,14 +547,16 @@ option_table! {
         None,
         GLOBAL_DOMAIN,
         "Where herald sends Live Activity channel management requests (create, read, delete, list), an `https://HOST[:PORT]` route; unset: Apple's management host for the environment of the domain's route (`api-manage-broadcast.sandbox.push.apple.com:2195` for a sandbox or development host, `api-manage-broadcast.push.apple.com:2196` for another Apple host), none for a route that is not Apple's; a herald addition.",
-    ),
+    )
+    .domain_only_at_top_level(),
     ApnBroadcastRoute => opt(
         "apn_broadcast_route",
         Kind::Routes,
         None,
         GLOBAL_DOMAIN,
         "Where herald sends the domain's broadcast pushes (`POST /api/v1/broadcast`), an `https://HOST[:PORT]` route; unset: the domain's own route when it is an Apple HTTP/2 host (Apple serves broadcasts on the device-push hosts), none for a binary (`apn://`) route or a route that is not Apple's; a herald addition.",
-    ),
+    )
+    .domain_only_at_top_level(),
     RetryInterval => opt(
         "retry_interval",
         Kind::Seconds,
@@ -1107,28 +1123,32 @@ option_table! {
         None,
         GLOBAL_DOMAIN,
         "URL herald POSTs the domain's final outcomes to, in batches, signed with `outcome_webhook_secret` (docs/api.md \"Outcome webhooks\"); unset: none; a herald addition.",
-    ),
+    )
+    .domain_only_at_top_level(),
     OutcomeWebhookSecret => opt(
         "outcome_webhook_secret",
         Kind::Str,
         None,
         GLOBAL_DOMAIN,
         "Key of the HMAC-SHA256 signature in the `herald-signature` header of every webhook request; a herald addition.",
-    ),
+    )
+    .domain_only_at_top_level(),
     OutcomeWebhookEvents => opt(
         "outcome_webhook_events",
         Kind::Words(WEBHOOK_EVENTS),
         Some("delivered failed invalid_token"),
         GLOBAL_DOMAIN,
         "Which final outcomes the webhook gets: `delivered`, `failed` (failures other than invalid tokens), `invalid_token`; a herald addition.",
-    ),
+    )
+    .domain_only_at_top_level(),
     OutcomeWebhookMaxAge => opt(
         "outcome_webhook_max_age",
         Kind::Seconds,
         Some("86400"),
         GLOBAL_DOMAIN,
         "Seconds herald keeps retrying an outcome the webhook receiver has not taken; older ones are dropped and counted; a herald addition.",
-    ),
+    )
+    .domain_only_at_top_level(),
     OutcomeWebhookBacklog => opt(
         "outcome_webhook_backlog",
         Kind::Int {
@@ -1138,7 +1158,8 @@ option_table! {
         Some("100000"),
         GLOBAL_DOMAIN,
         "Most outcomes waiting for a domain's webhook receiver; beyond it the oldest are dropped with a counter and a log line; a herald addition.",
-    ),
+    )
+    .domain_only_at_top_level(),
     // --- invalid tokens (herald additions, docs/architecture.md#outcome) ---
     InvalidTokensFile => opt(
         "invalid_tokens_file",
@@ -1509,6 +1530,12 @@ pub fn options_markdown() -> String {
             meaning.push_str(&format!(
                 " **Read at start only{only_in}:** a reload does not apply a new value; restart herald."
             ));
+        }
+        if d.top_level_domain_only {
+            meaning.push_str(
+                " **Top-level `domain` stanzas only:** herald reads it for the domain whatever the binding, so a \
+                 `domain` stanza inside a binding or binding group may not set it.",
+            );
         }
         let reader = if d.inert.is_some() {
             "nothing (accepted; `herald check` warns)"

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::net::{Cidr, ListenAddr};
+
 /// A kind of scope. `Global` is the top level of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ScopeKind {
@@ -250,6 +252,24 @@ impl ScopeKind {
             name.to_ascii_lowercase()
         } else {
             name.to_string()
+        }
+    }
+}
+
+impl ScopeKind {
+    /// The identity of a (normalised) scope name within its container: stanzas whose names have the same key are
+    /// the same scope. A `listen` name is keyed by the address it parses to (`":25"`, `"*:25"` and `"0.0.0.0:25"`
+    /// are one address, as in Momentum), a `peer` name by its address block (`"127.0.0.1"` is `"127.0.0.1/32"`);
+    /// other names, and names that do not parse, are their own key.
+    pub fn index_key(self, name: &str) -> String {
+        match self {
+            Listen => name
+                .parse::<ListenAddr>()
+                .map_or_else(|_| name.to_string(), |a| a.to_string()),
+            Peer => name
+                .parse::<Cidr>()
+                .map_or_else(|_| name.to_string(), |c| c.network().to_string()),
+            _ => name.to_string(),
         }
     }
 }

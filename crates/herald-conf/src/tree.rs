@@ -99,8 +99,9 @@ impl Node {
         }
     }
 
-    /// The child scope `kind name`, created if absent (repeated stanzas merge into one node). `regex` is the
-    /// compiled pattern of a `/…/` domain or host name.
+    /// The child scope `kind name`, created if absent (repeated stanzas merge into one node, keyed by
+    /// [`ScopeKind::index_key`]; the node keeps the name as first written). `regex` is the compiled pattern of a
+    /// `/…/` domain or host name.
     pub fn child_mut(
         &mut self,
         kind: ScopeKind,
@@ -108,7 +109,7 @@ impl Node {
         regex: Option<Regex>,
         at: Location,
     ) -> &mut Node {
-        let key = (kind, name.clone().unwrap_or_default());
+        let key = (kind, kind.index_key(name.as_deref().unwrap_or_default()));
         let i = match self.index.get(&key) {
             Some(&i) => i,
             None => {
@@ -124,10 +125,10 @@ impl Node {
         &mut self.children[i]
     }
 
-    /// The child scope with exactly this kind and (normalised) name.
+    /// The child scope with exactly this kind and (normalised) name; a `listen` or `peer` name matches the stanza
+    /// of the same address however either is written ([`ScopeKind::index_key`]).
     pub fn child(&self, kind: ScopeKind, name: Option<&str>) -> Option<&Node> {
-        // Avoids allocating for the common exact lookup.
-        let key = (kind, name.unwrap_or_default().to_string());
+        let key = (kind, kind.index_key(name.unwrap_or_default()));
         self.index.get(&key).map(|&i| &self.children[i])
     }
 

@@ -16,9 +16,9 @@ pub enum Kind {
     Bool,
     /// A decimal integer between `min` and `max`.
     Int { min: i64, max: i64 },
-    /// A non-negative number of seconds.
+    /// A non-negative number of seconds, at most [`MAX_SECONDS`] (100 years).
     Seconds,
-    /// A non-negative number of milliseconds.
+    /// A non-negative number of milliseconds, at most [`MAX_MILLIS`] (100 years).
     Millis,
     /// A non-negative number of bytes.
     Bytes,
@@ -28,6 +28,10 @@ pub enum Kind {
     Str,
     /// A file or directory path.
     Path,
+    /// A file path, or Momentum's special value `none` (any case, quoted or not: quotes change nothing in
+    /// Momentum's language), which unsets the option in its scope: a domain can drop a certificate it would
+    /// otherwise inherit. `none` reads as [`Value::Unset`].
+    PathOrNone,
     /// One of the listed words, case-insensitive; stored in the spelling of the list.
     Enum(&'static [&'static str]),
     /// A list of words `( a b c )`; a single value is a one-item list.
@@ -59,6 +63,7 @@ impl Kind {
             Kind::Mode => "octal file mode".into(),
             Kind::Str => "string".into(),
             Kind::Path => "path".into(),
+            Kind::PathOrNone => "path or `none`".into(),
             Kind::Enum(words) => words.join(" | "),
             Kind::List => "list of strings".into(),
             Kind::Words(words) => format!("list of: {}", words.join(" | ")),
@@ -233,7 +238,8 @@ pub enum Value {
     Routes(Vec<Route>),
     MaxRetries(MaxRetries),
     Cidrs(Vec<Cidr>),
-    /// The option is not set anywhere along the scope path and has no default.
+    /// The option is not set anywhere along the scope path and has no default, or is unset with `none`
+    /// ([`Kind::PathOrNone`]).
     Unset,
 }
 
@@ -333,6 +339,13 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// The longest duration an option takes, in seconds: 100 years (of 365 days). herald adds durations to clocks
+/// (the next retry, the next heartbeat), which must not overflow.
+pub const MAX_SECONDS: i64 = 100 * 365 * 86_400;
+
+/// [`MAX_SECONDS`] in milliseconds.
+pub const MAX_MILLIS: i64 = MAX_SECONDS * 1_000;
+
 fn parse_scalar(kind: Kind, s: &str) -> Result<Value, String> {
     let nonneg = |s: &str| -> Result<Value, String> {
         s.parse::<u64>()
@@ -340,6 +353,17 @@ fn parse_scalar(kind: Kind, s: &str) -> Result<Value, String> {
             .and_then(|n| i64::try_from(n).ok())
             .map(Value::Int)
             .ok_or_else(|| "expected a non-negative whole number".to_string())
+    };
+    // A duration: a non-negative whole number of `unit`s, at most `max` (100 years).
+    let duration = |s: &str, max: i64, unit: &str| -> Result<Value, String> {
+        let too_long = || format!("more than the maximum of {max} {unit} (100 years)");
+        match nonneg(s) {
+            Ok(Value::Int(n)) if n > max => Err(too_long()),
+            Ok(v) => Ok(v),
+            // Digits only, but past what a 64-bit number holds.
+            Err(_) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => Err(too_long()),
+            Err(e) => Err(format!("{e} of {unit}")),
+        }
     };
     match kind {
         Kind::Bool => parse_bool(s).map(Value::Bool).ok_or_else(|| {
@@ -353,15 +377,16 @@ fn parse_scalar(kind: Kind, s: &str) -> Result<Value, String> {
             )),
             Err(_) => Err(format!("expected an {}", kind.describe())),
         },
-        Kind::Seconds => nonneg(s).map_err(|e| format!("{e} of seconds")),
-        Kind::Millis => nonneg(s).map_err(|e| format!("{e} of milliseconds")),
+        Kind::Seconds => duration(s, MAX_SECONDS, "seconds"),
+        Kind::Millis => duration(s, MAX_MILLIS, "milliseconds"),
         Kind::Bytes => nonneg(s).map_err(|e| format!("{e} of bytes")),
         Kind::Mode => match u32::from_str_radix(s, 8) {
             Ok(m) if m <= 0o7777 && !s.starts_with(['+', '-']) => Ok(Value::Mode(m)),
             _ => Err("expected an octal file mode such as 0644".into()),
         },
         Kind::Str => Ok(Value::Str(s.to_string())),
-        Kind::Path => {
+        Kind::PathOrNone if s.eq_ignore_ascii_case("none") => Ok(Value::Unset),
+        Kind::Path | Kind::PathOrNone => {
             if s.is_empty() {
                 Err("expected a path, found an empty string".into())
             } else {

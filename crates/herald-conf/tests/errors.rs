@@ -217,3 +217,199 @@ fn unquoted_equals_in_a_list_gets_a_hint() {
     assert_eq!((l, c), (2, 35));
     assert!(m.contains("must be quoted"), "{m}");
 }
+
+#[test]
+fn a_binding_declared_in_two_places_is_refused_naming_both() {
+    // Two binding groups.
+    let (l, c, m) = single(
+        "binding_group g1 { binding b { max_outbound_connections = 1 } }\n\
+         binding_group g2 { binding b { max_outbound_connections = 2 } }\n",
+    );
+    assert_eq!((l, c), (2, 28));
+    assert!(
+        m.contains("binding \"b\" is already declared in binding_group \"g1\" at t.conf:1:28"),
+        "{m}"
+    );
+    // The top level and a group, in either order.
+    let (l, c, m) = single("binding b { }\nbinding_group g { binding b { } }\n");
+    assert_eq!((l, c), (2, 27));
+    assert!(
+        m.contains("binding \"b\" is already declared in the top level at t.conf:1:9"),
+        "{m}"
+    );
+    let (l, c, m) =
+        single("binding_group g { binding \"b\" { } }\nbinding b { idle_timeout = 3 }\n");
+    assert_eq!((l, c), (2, 9));
+    assert!(
+        m.contains("already declared in binding_group \"g\" at t.conf:1:27"),
+        "{m}"
+    );
+    // Repeated in the same place, stanzas merge as before; names are case-sensitive.
+    let c = Config::parse_str(
+        "t.conf",
+        "binding_group g { binding b { idle_timeout = 3 } }\nbinding_group g { binding b { retry_interval = 4 } }\n\
+         binding x { }\nbinding x { }\nbinding B { }\n",
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        c.bindings(),
+        [
+            (None, "default"),
+            (Some("g"), "b"),
+            (None, "x"),
+            (None, "B")
+        ]
+    );
+    // `default`, declared in a group, is listed once, with its group.
+    let c = Config::parse_str("t.conf", "binding_group g { binding default { } }\n").unwrap();
+    assert_eq!(c.bindings(), [(Some("g"), "default")]);
+    let (_, _, m) = single("binding default { }\nbinding_group g { binding default { } }\n");
+    assert!(m.contains("binding \"default\" is already declared"), "{m}");
+}
+
+#[test]
+fn per_domain_options_are_refused_in_a_domain_stanza_inside_a_binding_or_group() {
+    for (text, outer) in [
+        (
+            "binding \"b\" {\n  domain \"x\" { outcome_webhook_url = \"https://h/x\" }\n}\n",
+            "binding",
+        ),
+        (
+            "binding_group g {\n  domain \"x\" { outcome_webhook_url = \"https://h/x\" }\n}\n",
+            "binding_group",
+        ),
+        (
+            "binding_group g { binding b {\n  domain \"x\" { outcome_webhook_url = \"https://h/x\" }\n} }\n",
+            "binding",
+        ),
+    ] {
+        let (l, c, m) = single(text);
+        assert_eq!((l, c), (2, 16), "{text}");
+        assert!(
+            m.contains(&format!(
+                "option `outcome_webhook_url` is not valid in a domain stanza inside a {outer}"
+            )),
+            "{m}"
+        );
+        assert!(
+            m.contains("set it in the top-level `domain \"x\"` stanza"),
+            "{m}"
+        );
+    }
+    for name in [
+        "apn_channel_route = \"https://m.example\"",
+        "apn_broadcast_route = \"https://b.example\"",
+        "outcome_webhook_secret = s",
+        "outcome_webhook_events = delivered",
+        "outcome_webhook_max_age = 60",
+        "outcome_webhook_backlog = 5",
+    ] {
+        let (_, _, m) = single(&format!("binding b {{ domain x {{ {name} }} }}\n"));
+        assert!(m.contains("top-level `domain \"x\"`"), "{name}: {m}");
+    }
+    // At the top level they stay valid, and delivery options stay valid in nested domain stanzas.
+    Config::parse_str(
+        "t.conf",
+        "domain x { outcome_webhook_url = \"https://h/x\"  apn_broadcast_route = \"https://b.example\" }\n\
+         domain \"/^y/\" { outcome_webhook_backlog = 5 }\n\
+         binding b { domain x { routes = ( \"https://api.push.apple.com\" )  mx_failures_to_delay = 3 } }\n",
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+}
+
+#[test]
+fn durations_are_bounded_at_a_hundred_years() {
+    let (l, c, m) = single("retry_interval = 9223372036854775000\n");
+    assert_eq!((l, c), (1, 18));
+    assert!(
+        m.contains("`retry_interval`: more than the maximum of 3153600000 seconds (100 years)"),
+        "{m}"
+    );
+    // Past what 64 bits hold, the same reason.
+    let (_, _, m) = single("ec_logger m { heartbeat = 99999999999999999999999 }\n");
+    assert!(
+        m.contains("`heartbeat`: more than the maximum of 3153600000 seconds"),
+        "{m}"
+    );
+    let (_, _, m) = single("delivery_response_timeout = 3153600000001\n");
+    assert!(
+        m.contains("`delivery_response_timeout`: more than the maximum of 3153600000000 milliseconds (100 years)"),
+        "{m}"
+    );
+    // The maximum itself is accepted; words are still words.
+    let c = Config::parse_str(
+        "t.conf",
+        "retry_interval = 3153600000\ndelivery_response_timeout = 3153600000000\n",
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        c.domain_settings(None, None, "x")
+            .retry
+            .retry_interval
+            .as_secs(),
+        3_153_600_000
+    );
+    let (_, _, m) = single("retry_interval = soon\n");
+    assert!(
+        m.contains("expected a non-negative whole number of seconds"),
+        "{m}"
+    );
+}
+
+#[test]
+fn momentum_console_authentication_points_to_control_password() {
+    // Momentum's own Control_Listener example.
+    let list = error_list(
+        "Control_Listener {\n  Listen \"/tmp/2025\" { File_Mode = 0666 }\n  Listen \":2025\" {\n    \
+         Enable_Authentication = \"true\"\n    \
+         AuthDigestMD5Parameters = [ uri = \"digest:///opt/msys/ecelerity/etc/console_passwd\" ]\n  }\n}\n",
+    );
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!((list[0].0, list[0].1), (4, 5));
+    assert_eq!((list[1].0, list[1].1), (5, 5));
+    for (_, _, m) in &list {
+        assert!(m.starts_with("unknown option `"), "{m}");
+        assert!(
+            m.contains("to require a password on this control listener, set `control_password"),
+            "{m}"
+        );
+        assert!(!m.contains("did you mean"), "{m}");
+    }
+    // Elsewhere, the same options still name herald's ways.
+    let (_, _, m) = single("esmtp_listener { enable_authentication = true }\n");
+    assert!(
+        m.contains("`control_password`") && m.contains("`api_key`"),
+        "{m}"
+    );
+}
+
+#[test]
+fn two_stanzas_naming_one_listen_address_or_peer_block_are_refused() {
+    let (l, c, m) = single("esmtp_listener {\n  listen \":25\" { }\n  listen \"*:25\" { }\n}\n");
+    assert_eq!((l, c), (3, 10));
+    assert!(
+        m.contains(
+            "listen \"*:25\" names the same address (0.0.0.0:25) as listen \":25\" at t.conf:2:3"
+        ),
+        "{m}"
+    );
+    let (_, _, m) = single("http_listener { listen \"[*]:80\" { } listen \"[::]:80\" { } }\n");
+    assert!(m.contains("([::]:80)"), "{m}");
+    let (l, c, m) = single(
+        "esmtp_listener {\n  peer \"10.0.0.0/8\" { }\n  listen \":25\" { peer \"10.0.0.0/8\" { } }\n  peer \"10.1.2.3/8\" { }\n}\n",
+    );
+    assert_eq!((l, c), (4, 8));
+    assert!(
+        m.contains(
+            "peer \"10.1.2.3/8\" names the same address block (10.0.0.0/8) as peer \"10.0.0.0/8\""
+        ),
+        "{m}"
+    );
+    // The same spelling twice merges, as any repeated stanza.
+    let c = Config::parse_str(
+        "t.conf",
+        "esmtp_listener { listen \":25\" { } listen \":25\" { enable = false } peer \"127.0.0.1\" { } }\n",
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(c.listeners().len(), 1);
+}

@@ -204,12 +204,15 @@ fn example_2_binding_group() {
     );
 }
 
-#[test]
-fn full_precedence_order() {
-    // docs/architecture.md#configuration: binding_group::binding::domain > binding::domain > binding_group::domain >
-    // binding > binding_group > global domain > global > default. Remove levels one at a time, most specific first; the
-    // binding `b` is declared both inside group `g` and at the top level.
-    let levels = ["GBD", "BD", "GD", "GB", "B", "G", "D", "GLOBAL"];
+/// Removes the levels of `levels` one at a time, most specific first, and checks that `retry_interval` comes from
+/// the most specific level left for (`group`, `binding`, d.com), in delivery and in `config eval`. `text` writes
+/// the configuration from the line of each level (empty when removed).
+fn precedence(
+    levels: &[&str],
+    text: impl Fn(&dyn Fn(&str) -> String) -> String,
+    group: Option<&str>,
+    binding: &str,
+) {
     for skip in 0..=levels.len() {
         let v = |tag: &str| {
             let n = levels.iter().position(|t| *t == tag).unwrap() + 1;
@@ -219,40 +222,74 @@ fn full_precedence_order() {
                 format!("retry_interval = {n}")
             }
         };
-        let text = format!(
-            "{}\ndomain d.com {{ {} }}\nbinding_group g {{ {} domain d.com {{ {} }} binding b {{ {} domain d.com {{ {} }} }} }}\nbinding b {{ {} domain d.com {{ {} }} }}\n",
-            v("GLOBAL"),
-            v("D"),
-            v("G"),
-            v("GD"),
-            v("GB"),
-            v("GBD"),
-            v("B"),
-            v("BD")
-        );
-        let c = Config::parse_str("order.conf", &text).unwrap();
+        let text = text(&v);
+        let c = Config::parse_str("order.conf", &text).unwrap_or_else(|d| panic!("{d}\n{text}"));
         let expected = if skip < levels.len() {
             skip as u64 + 1
         } else {
             1200
         };
-        let got = c
-            .domain_settings(Some("g"), Some("b"), "d.com")
-            .retry
-            .retry_interval
-            .as_secs();
-        assert_eq!(got, expected, "skip {skip}\n{text}");
-        let words = [
-            "binding_group",
-            "g",
-            "binding",
-            "b",
-            "domain",
-            "d.com",
-            "retry_interval",
-        ];
+        // With its group named, or found from the binding.
+        for g in [group, None] {
+            let got = c
+                .domain_settings(g, Some(binding), "d.com")
+                .retry
+                .retry_interval
+                .as_secs();
+            assert_eq!(got, expected, "skip {skip}\n{text}");
+        }
+        let mut words = Vec::new();
+        if let Some(g) = group {
+            words.extend(["binding_group", g]);
+        }
+        words.extend(["binding", binding, "domain", "d.com", "retry_interval"]);
         assert_eq!(eval(&c, &words), Value::Int(expected as i64));
+        assert_eq!(
+            eval(&c, &words[words.len() - 5..]),
+            Value::Int(expected as i64)
+        );
     }
+}
+
+#[test]
+fn full_precedence_order() {
+    // docs/architecture.md#configuration: binding_group::binding::domain > binding::domain > binding_group::domain >
+    // binding > binding_group > global domain > global > default. A binding is declared in one place, so a binding
+    // in a group goes binding_group::binding::domain > binding_group::domain > binding > binding_group > …, and a
+    // top-level one binding::domain > binding > …; the other group and binding of each configuration are there to
+    // show they do not apply.
+    precedence(
+        &["GBD", "GD", "GB", "G", "D", "GLOBAL"],
+        |v| {
+            format!(
+                "{}\ndomain d.com {{ {} }}\nbinding_group g {{ {} domain d.com {{ {} }} binding b {{ {} domain d.com {{ {} }} }} }}\n\
+                 binding other {{ retry_interval = 99 domain d.com {{ retry_interval = 98 }} }}\n",
+                v("GLOBAL"),
+                v("D"),
+                v("G"),
+                v("GD"),
+                v("GB"),
+                v("GBD"),
+            )
+        },
+        Some("g"),
+        "b",
+    );
+    precedence(
+        &["BD", "B", "D", "GLOBAL"],
+        |v| {
+            format!(
+                "{}\ndomain d.com {{ {} }}\nbinding b {{ {} domain d.com {{ {} }} }}\n\
+                 binding_group g {{ retry_interval = 99 domain d.com {{ retry_interval = 98 }} binding o {{ }} }}\n",
+                v("GLOBAL"),
+                v("D"),
+                v("B"),
+                v("BD"),
+            )
+        },
+        None,
+        "b",
+    );
 }
 
 #[test]
@@ -779,4 +816,120 @@ binding_group "g" {
     );
     assert_eq!(cap(None, None, "unset"), None);
     assert_eq!(cap(None, None, "elsewhere"), None);
+}
+
+#[test]
+fn listen_and_peer_stanzas_are_found_by_address_however_written() {
+    let c = Config::parse_str(
+        "t.conf",
+        r#"esmtp_listener {
+             mcmt_reception = allow
+             listen ":25" { mcmt_reception = reject  peer "10.1.2.3/16" { mcmt_reception = passthru } }
+             listen "[*]:26" { mcmt_reception = reject }
+             peer "192.168.1.1" { always_deny = ( 0.0.0.0/0 ) }
+           }"#,
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    for addr in [":25", "*:25", "0.0.0.0:25", "\":25\""] {
+        assert_eq!(
+            eval(&c, &["esmtp_listener", "listen", addr, "mcmt_reception"]),
+            Value::Str("reject".into()),
+            "{addr}"
+        );
+    }
+    assert_eq!(
+        eval(
+            &c,
+            &["esmtp_listener", "listen", "[::]:26", "mcmt_reception"]
+        ),
+        Value::Str("reject".into())
+    );
+    // A peer block however written.
+    for peer in ["10.1.0.0/16", "10.1.2.3/16", "10.1.9.9"] {
+        assert_eq!(
+            eval(
+                &c,
+                &[
+                    "esmtp_listener",
+                    "listen",
+                    "*:25",
+                    "peer",
+                    peer,
+                    "mcmt_reception"
+                ]
+            ),
+            Value::Str("passthru".into()),
+            "{peer}"
+        );
+    }
+    assert_eq!(
+        eval(
+            &c,
+            &["esmtp_listener", "peer", "192.168.1.1/32", "always_deny"]
+        )
+        .render(),
+        "(\n  0.0.0.0/0\n)"
+    );
+    // The listener keeps the address as written.
+    let l = c.listeners();
+    assert_eq!(l[0].address, ":25");
+}
+
+#[test]
+fn none_unsets_a_certificate_or_key_in_its_scope() {
+    let c = Config::parse_str(
+        "t.conf",
+        r#"tls_certificate = "/etc/herald/c.pem"
+           tls_key = "/etc/herald/k.pem"
+           apn_key = "/etc/herald/a.p8"
+           tls_ca = "/etc/herald/ca.pem"
+           domain "plain.example" { tls_certificate = none  tls_key = "NONE"  apn_key = None  tls_ca = none
+                                    tls_pkcs12 = none }
+           domain "file.example" { tls_certificate = "./none" }
+           binding b { tls_certificate = none }
+           http_listener {
+             tls_certificate = "/etc/herald/server.pem"
+             tls_key = "/etc/herald/server.key"
+             listen "127.0.0.1:8080" { tls_certificate = none  tls_key = none }
+             listen "127.0.0.1:8443" { }
+           }"#,
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let d = c.domain_settings(None, None, "plain.example");
+    assert_eq!(d.tls_certificate, None);
+    assert_eq!(d.tls_key, None);
+    assert_eq!(d.apn_key, None);
+    assert_eq!(d.tls_ca, None);
+    assert_eq!(d.tls_pkcs12, None);
+    assert_eq!(
+        eval(&c, &["domain", "plain.example", "tls_certificate"]),
+        Value::Unset
+    );
+    // Elsewhere the global values still apply; `./none` is a file.
+    let other = c.domain_settings(None, None, "other.example");
+    assert_eq!(
+        other.tls_certificate.as_deref(),
+        Some(std::path::Path::new("/etc/herald/c.pem"))
+    );
+    assert_eq!(
+        c.domain_settings(None, None, "file.example")
+            .tls_certificate
+            .as_deref(),
+        Some(std::path::Path::new("./none"))
+    );
+    // A binding unsets it for all its domains; its domain stanzas could set it again.
+    assert_eq!(
+        c.domain_settings(None, Some("b"), "other.example")
+            .tls_certificate,
+        None
+    );
+    let l = c.listeners();
+    assert_eq!(
+        (l[0].tls_certificate.as_ref(), l[0].tls_key.as_ref()),
+        (None, None)
+    );
+    assert!(l[1].tls_certificate.is_some());
+    // `config show` writes `none` back, and it reads the same.
+    let again = Config::parse_str("shown.conf", &c.render()).unwrap();
+    assert_eq!(again.tree(), c.tree());
 }

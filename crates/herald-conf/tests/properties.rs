@@ -37,6 +37,12 @@ fn value_for(kind: Kind) -> BoxedStrategy<String> {
         Kind::Path => "/[a-z]{1,8}(/[a-z.]{1,8}){0,3}"
             .prop_flat_map(quoted_or_bare)
             .boxed(),
+        Kind::PathOrNone => prop_oneof![
+            3 => "/[a-z]{1,8}(/[a-z.]{1,8}){0,3}",
+            1 => prop::sample::select(vec!["none", "NONE", "None"]).prop_map(str::to_string),
+        ]
+        .prop_flat_map(quoted_or_bare)
+        .boxed(),
         Kind::Enum(words) => (prop::sample::select(words.to_vec()), any::<bool>())
             .prop_map(|(w, up)| {
                 if up {
@@ -97,9 +103,15 @@ fn value_for(kind: Kind) -> BoxedStrategy<String> {
 
 /// Lines `name = value` valid in `scope`.
 fn settings(scope: ScopeKind, max: usize) -> BoxedStrategy<Vec<String>> {
+    settings_where(scope, max, true)
+}
+
+/// Lines `name = value` valid in `scope`; without `top_level`, for a domain stanza inside a binding or binding
+/// group (no option herald reads for the domain alone).
+fn settings_where(scope: ScopeKind, max: usize, top_level: bool) -> BoxedStrategy<Vec<String>> {
     let defs: Vec<_> = OPTIONS
         .iter()
-        .filter(|d| d.scopes.contains(scope))
+        .filter(|d| d.scopes.contains(scope) && (top_level || !d.top_level_domain_only))
         .collect();
     let one = prop::sample::select(defs)
         .prop_flat_map(|d| (case_variant(d.name), value_for(d.kind)))
@@ -148,8 +160,19 @@ fn none() -> BoxedStrategy<Vec<String>> {
 
 const DOMAINS: &[&str] = &["a.com", "B.example", "c.org", "/[.]net$/", "/^x/"];
 
+/// A domain stanza inside a binding or binding group: it may not set what herald reads for the domain alone.
+fn nested_domain() -> BoxedStrategy<String> {
+    (
+        prop::sample::select(DOMAINS.to_vec()),
+        any::<bool>(),
+        settings_where(ScopeKind::Domain, 4, false),
+    )
+        .prop_map(|(n, q, lines)| scope("domain", Some(render_value(n, q)), lines, vec![]))
+        .boxed()
+}
+
 fn domains(parent_max: usize) -> BoxedStrategy<Vec<String>> {
-    let d = named("domain", DOMAINS.to_vec(), ScopeKind::Domain, none());
+    let d = nested_domain();
     let h = named(
         "host",
         vec!["mx.a.com", "mx2.b.com"],
@@ -160,27 +183,24 @@ fn domains(parent_max: usize) -> BoxedStrategy<Vec<String>> {
 }
 
 fn config() -> impl Strategy<Value = String> {
-    let binding = |max| {
-        named(
-            "binding",
-            vec!["b1", "b2", "Bx"],
-            ScopeKind::Binding,
-            domains(max),
+    // A binding name is declared in one place: the top level, or one binding group (which may repeat).
+    let binding =
+        |names: Vec<&'static str>, max| named("binding", names, ScopeKind::Binding, domains(max));
+    let group = prop::sample::select(vec!["g1", "g2"]).prop_flat_map(move |g| {
+        let names = if g == "g1" {
+            vec!["g1b1", "g1b2"]
+        } else {
+            vec!["g2b1", "G2b1"]
+        };
+        (
+            any::<bool>(),
+            settings(ScopeKind::BindingGroup, 4),
+            prop::collection::vec(prop_oneof![binding(names, 2), nested_domain()], 0..3),
         )
-    };
-    let group = named(
-        "binding_group",
-        vec!["g1", "g2"],
-        ScopeKind::BindingGroup,
-        prop::collection::vec(
-            prop_oneof![
-                binding(2),
-                named("domain", DOMAINS.to_vec(), ScopeKind::Domain, none())
-            ],
-            0..3,
-        )
-        .boxed(),
-    );
+            .prop_map(move |(q, lines, children)| {
+                scope("binding_group", Some(render_value(g, q)), lines, children)
+            })
+    });
     let peer = named(
         "peer",
         vec!["10.0.0.0/8", "192.168.1.1", "::1"],
@@ -221,7 +241,7 @@ fn config() -> impl Strategy<Value = String> {
         settings(ScopeKind::Global, 2).prop_map(|l| l.join("\n")),
         named("domain", DOMAINS.to_vec(), ScopeKind::Domain, none()),
         group,
-        binding(3),
+        binding(vec!["b1", "b2", "Bx"], 3),
         listener.boxed(),
         module,
         Just("# a comment\n/* and\n another */".to_string()),

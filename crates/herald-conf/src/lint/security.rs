@@ -22,8 +22,13 @@ use crate::{
 };
 
 /// The setting of `name` in the listen stanza, else in its listener.
+/// The setting in force for a listen stanza (its own, else its listener's); `None` when neither sets it or the one
+/// in force unsets it (`tls_certificate = none`).
 fn resolved<'a>(listen: &'a Node, listener: &'a Node, opt: Opt) -> Option<&'a Setting> {
-    listen.get(opt.id()).or_else(|| listener.get(opt.id()))
+    listen
+        .get(opt.id())
+        .or_else(|| listener.get(opt.id()))
+        .filter(|s| !s.value.is_unset())
 }
 
 fn enabled(n: &Node) -> bool {
@@ -452,6 +457,19 @@ mod tests {
         one(
             "control_listener {\n  tls_certificate = \"/c.pem\"\n  listen \"/tmp/c.sock\" { }\n}\n",
             &["t.conf:2", "Unix socket takes no TLS"],
+        );
+        // A listen stanza that unsets the listener's certificate (`none`) has none: its socket is fine, and a TCP
+        // one takes the password in clear.
+        assert!(
+            warnings(
+                "control_listener {\n  tls_certificate = \"/c.pem\"\n  listen \"/tmp/c.sock\" { tls_certificate = none }\n}\n"
+            )
+            .is_empty()
+        );
+        one(
+            "control_listener {\n  tls_certificate = \"/c.pem\"\n  tls_key = \"/k.pem\"\n  listen \"10.0.0.5:2025\" { \
+             control_password = \"s3\"  tls_certificate = \"NONE\" }\n}\n",
+            &["t.conf:4", "control_password", "in clear"],
         );
         for quiet in [
             "http_listener { api_key = \"k\"\n listen \"127.0.0.1:8080\" { } }",
