@@ -727,12 +727,22 @@ binding "solo" { }
         3,
         "{domain}"
     );
+    // `message details` names the binding of the queue the notification is in.
+    let listing = ok(sock, &["showqueue", "binding", "solo", "held.example"]).await;
+    let solo = ids_of_listing(&listing);
+    assert_eq!(solo.len(), 1, "{listing}");
+    let details = ok(sock, &["message", "details", &solo[0]]).await;
+    assert!(details.contains("Queue: delayed/solo\n"), "{details}");
     s.server.shutdown(Duration::from_secs(5)).await;
 }
 
 async fn ids_of(sock: &str, domain: &str) -> Vec<String> {
-    ok(sock, &["showqueue", domain])
-        .await
+    ids_of_listing(&ok(sock, &["showqueue", domain]).await)
+}
+
+/// The ids of a `showqueue` answer.
+fn ids_of_listing(listing: &str) -> Vec<String> {
+    listing
         .lines()
         .filter_map(|l| l.strip_prefix('['))
         .filter_map(|l| l.split(' ').nth(1).map(str::to_string))

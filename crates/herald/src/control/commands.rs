@@ -114,8 +114,8 @@ Commands:
   quit | exit                           close the console
 ";
 
-/// `status ID`. On the JetStream spool, an id this node's book does not know is asked of the other nodes, as the
-/// status routes do.
+/// `status ID`. On the JetStream spool, an id this node's book does not hold (unknown, or taken for pruned: any
+/// node stores outcomes of another node's run) is asked of the other nodes, as the status routes do.
 async fn notification_status(server: &dyn ServerHandle, id: &str) -> Reply {
     use crate::outcomes::book::Found;
     let Some(book) = server.status_book() else {
@@ -126,22 +126,23 @@ async fn notification_status(server: &dyn ServerHandle, id: &str) -> Reply {
             "{id:?} is not a notification id (they look like 01/00-12345-0000002A)\n"
         ));
     };
-    match book.lookup(&key) {
-        Ok(Found::Status(s)) => Reply::ok(status_lines(&s)),
-        Ok(Found::Expired) => Reply::err(format!(
+    let found = match book.lookup(&key) {
+        Ok(Found::Status(s)) => return Reply::ok(status_lines(&s)),
+        Ok(found) => found,
+        Err(e) => return Reply::err(format!("{id}: {e}\n")),
+    };
+    if let Some(peers) = server.status_peers() {
+        let held = crate::outcomes::peers::ask(peers, &[id.to_owned()]).await;
+        if let Some(s) = held.get(&key) {
+            return Reply::ok(status_lines(s));
+        }
+    }
+    match found {
+        Found::Expired => Reply::err(format!(
             "{id}: expired (finished longer than outcome_retention, {} s, ago)\n",
             book.retention().as_secs()
         )),
-        Ok(Found::Unknown) => {
-            if let Some(peers) = server.status_peers() {
-                let found = crate::outcomes::peers::ask(peers, &[id.to_owned()]).await;
-                if let Some(s) = found.get(&key) {
-                    return Reply::ok(status_lines(s));
-                }
-            }
-            Reply::err(format!("{id}: unknown\n"))
-        }
-        Err(e) => Reply::err(format!("{id}: {e}\n")),
+        _ => Reply::err(format!("{id}: unknown\n")),
     }
 }
 
@@ -833,7 +834,7 @@ async fn message(server: &dyn ServerHandle, id: &str, action: MessageAction) -> 
     let mut out = String::new();
     let _ = writeln!(out, "Message ID: {}", e.id);
     let _ = writeln!(out, "Domain: {}", e.domain);
-    let _ = writeln!(out, "Queue: {}/default", e.queue);
+    let _ = writeln!(out, "Queue: {}/{}", e.queue, e.binding);
     let _ = writeln!(out, "Created: {}", e.received_at);
     let _ = writeln!(out, "From: <{}>", e.sender);
     let _ = writeln!(out, "To: <{}>", e.recipient);
