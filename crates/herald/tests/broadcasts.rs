@@ -659,8 +659,9 @@ async fn a_broadcast_acknowledged_before_a_kill_9_is_delivered_after_the_restart
     assert_eq!(broadcasts_in(&sim).len(), 1);
 }
 
-/// `herald send --channel ID` sends one broadcast through the REST API and prints its id; a refusal exits non-zero
-/// with the server's words.
+/// `herald send --channel ID` sends one broadcast through the REST API and prints its id, the payload byte for byte
+/// (spacing and key order kept); a refusal exits non-zero with the server's words, and a payload with a repeated
+/// key is refused as the REST route refuses it (not sent with one of the two values).
 #[tokio::test]
 async fn herald_send_channel_sends_one_broadcast() {
     let s = setup(false).await;
@@ -679,12 +680,8 @@ async fn herald_send_channel_sends_one_broadcast() {
             ])
             .output()
     };
-    let ok = send(
-        channel.clone(),
-        r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{"score":"1-0"}}}"#,
-    )
-    .await
-    .unwrap();
+    let payload = r#"{"aps": {"timestamp": 1700000000, "event": "update", "content-state": {"score": "1-0"}}}"#;
+    let ok = send(channel.clone(), payload).await.unwrap();
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
         ok.status.success(),
@@ -698,6 +695,19 @@ async fn herald_send_channel_sends_one_broadcast() {
             .any(|r| r.channel_id.as_deref() == Some(channel.as_str()) && r.priority == 5)
     })
     .await;
+    assert_eq!(broadcasts_in(&s.sim)[0].payload, payload);
+    let repeated = send(
+        channel.clone(),
+        r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{"score":"1-0"},"event":"end"}}"#,
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&repeated.stdout);
+    assert!(!repeated.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("refused") && stdout.contains("repeats the key \"event\""),
+        "{stdout}"
+    );
     let refused = send(
         channel,
         r#"{"aps":{"event":"start","timestamp":1,"content-state":{},"attributes-type":"T","attributes":{}}}"#,

@@ -1,7 +1,8 @@
 //! Live Activity channel management through herald (docs/api.md "Channels", docs/apns-protocol.md §6.2): every
 //! call of `POST/GET/DELETE /api/v1/channels` performed against the simulator's management port with token auth
 //! and with certificate auth, checked against the simulator's own channel list; APNs' refusals passed back with
-//! their reason (ChannelNotRegistered as 404, FeatureNotEnabled as 403), an unreachable management host as 503,
+//! their reason (ChannelNotRegistered as 404, FeatureNotEnabled as 403), an unreachable management host as 503, a
+//! create sent and not answered as 504 or 502 without `retry-after` (the channel may exist),
 //! bad input as 400 naming the field, a request without the listener's API key or from an address its lists
 //! deny refused, a reload moving the management route, the console's `channels DOMAIN`, and the operation
 //! counters of `/metrics`.
@@ -509,4 +510,128 @@ async fn a_reload_moves_the_management_route() {
     let on_second = create(&s, TOKEN, 0).await;
     assert_eq!(second.channels(TOPIC), vec![on_second]);
     assert_eq!(s.sim.channels(TOPIC), vec![on_first]);
+}
+
+/// A management host (TLS with the simulator's certificate, ALPN h2) that takes requests and never answers them:
+/// with `lose`, it drops the connection as soon as a request came; else it keeps the connection open, silent.
+/// Returns its port and one `METHOD PATH` per request received.
+async fn silent_management_host(
+    sim_config: &SimConfig,
+    lose: bool,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tls = herald_sim::tls::server_config(&sim_config.tls, false, true).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let seen = seen.clone();
+            let (came, mut arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let _ = seen.send(format!("{} {}", request.method(), request.uri().path()));
+                let _ = came.send(());
+                async move {
+                    std::future::pending::<()>().await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Empty::<bytes::Bytes>::new(),
+                    ))
+                }
+            });
+            tokio::spawn(async move {
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    // Dropping the connection closes the socket: no GOAWAY, no answer.
+                    Some(()) = arrived.recv(), if lose => {}
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+/// A create whose request went out and got no answer (none in time, or the connection lost under it) may have
+/// been done at APNs: it is answered 504 or 502 without `retry-after`, with `channel_may_exist` and a text saying
+/// to list the channels before creating again (a blind retry could make a second channel). A create that never
+/// left (nothing listens) stays 503 with `retry-after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_sent_and_not_answered_is_not_to_be_retried_blindly() {
+    const HANG: &str = "hang.example";
+    const LOST: &str = "lost.example";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    let (hang_port, mut hang_seen) = silent_management_host(&sim_config, false).await;
+    let (lost_port, mut lost_seen) = silent_management_host(&sim_config, true).await;
+    let sim = Simulator::start(sim_config).await.unwrap();
+    let token = token_auth_options(&pki, sim.addrs.h2.port(), TOPIC);
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "{}domain \"{HANG}\" {{\n{token}  apn_channel_route = \"https://127.0.0.1:{hang_port}\"\n}}\n\
+             domain \"{LOST}\" {{\n{token}  apn_channel_route = \"https://127.0.0.1:{lost_port}\"\n}}\n",
+            config_text(dir.path(), &pki, &sim)
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let http = server.addrs().await.http[0].to_string();
+    let create = |domain: &'static str| {
+        reqwest::Client::new()
+            .post(format!("http://{http}/api/v1/channels"))
+            .bearer_auth(KEY)
+            .json(&json!({"domain": domain, "message_storage_policy": 1}))
+            .send()
+    };
+    // Both at once: the silent host keeps herald waiting its whole call timeout.
+    let (hung, lost, down) = tokio::join!(create(HANG), create(LOST), create(DOWN));
+    for (domain, response, status, seen) in [
+        (
+            HANG,
+            hung.unwrap(),
+            StatusCode::GATEWAY_TIMEOUT,
+            &mut hang_seen,
+        ),
+        (LOST, lost.unwrap(), StatusCode::BAD_GATEWAY, &mut lost_seen),
+    ] {
+        assert_eq!(
+            seen.try_recv().ok().as_deref(),
+            Some(format!("POST /1/apps/{TOPIC}/channels").as_str()),
+            "{domain}: the create went out"
+        );
+        assert_eq!(response.status(), status, "{domain}");
+        assert!(
+            response.headers().get("retry-after").is_none(),
+            "{domain}: {:?}",
+            response.headers()
+        );
+        let v: Value = response.json().await.unwrap();
+        assert_eq!(v["channel_may_exist"], true, "{domain}: {v}");
+        assert_eq!(v["domain"], domain, "{v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains("may have been created")
+                && error.contains(&format!("GET /api/v1/channels?domain={domain}")),
+            "{domain}: {error}"
+        );
+    }
+    // Nothing listens: the create never left, and may be retried.
+    let down = down.unwrap();
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        down.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let v: Value = down.json().await.unwrap();
+    assert!(v.get("channel_may_exist").is_none(), "{v}");
 }

@@ -196,12 +196,17 @@ pub fn parse(body: &[u8]) -> Result<NewBroadcast, String> {
         },
         Some(other) => return Err(format!("priority: {other} is not a number; use 10, 5 or 1")),
     };
+    // Checked as a device push's (0 to 4294967295, herald's 32 bits), whatever the broadcast then carries.
     let expiration = match fields.get("expiration") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(
-            n.as_u64()
-                .ok_or_else(|| format!("expiration: {n} is not Unix seconds"))?,
-        ),
+        Some(Value::Number(n)) => {
+            let seconds = n
+                .as_u64()
+                .ok_or_else(|| format!("expiration: {n} is not Unix seconds"))?;
+            herald_apns::push::validate_expiration(seconds)
+                .map_err(|e| format!("expiration: {e}"))?;
+            Some(seconds)
+        }
         Some(other) => {
             return Err(format!(
                 "expiration: {other} is not a number of Unix seconds"
@@ -210,7 +215,8 @@ pub fn parse(body: &[u8]) -> Result<NewBroadcast, String> {
     };
     let request_id = string(&fields, "apns_id")?.map(str::to_owned);
     if let Some(id) = &request_id {
-        herald_apns::push::validate_apns_id(id).map_err(|e| format!("apns_id: {e}"))?;
+        // Lowercase, as for a device push: the id herald sends is the one it was given, in the form APNs takes.
+        herald_apns::push::validate_canonical_apns_id(id).map_err(|e| format!("apns_id: {e}"))?;
     }
     Ok(NewBroadcast {
         domain,
@@ -314,6 +320,19 @@ mod tests {
                 ),
                 "apns_id",
             ),
+            // As for a device push: an expiration beyond 32 bits, an apns_id with uppercase hex digits.
+            (
+                format!(
+                    r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":{{}},"expiration":4294967296}}"#
+                ),
+                "expiration: apns-expiration 4294967296 is out of range",
+            ),
+            (
+                format!(
+                    r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":{{}},"apns_id":"5B6F7C3E-1D2A-4B8C-9E0F-A1B2C3D4E5F6"}}"#
+                ),
+                "apns_id: apns-id \"5B6F7C3E-1D2A-4B8C-9E0F-A1B2C3D4E5F6\" has uppercase hex digits",
+            ),
             (
                 format!(r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":{{}},"colour":1}}"#),
                 "unknown field \"colour\"",
@@ -323,5 +342,13 @@ mod tests {
             let err = parse(body.as_bytes()).err().unwrap_or_default();
             assert!(err.contains(want), "{body}: {err}");
         }
+        let edge = parse(
+            format!(
+                r#"{{"domain":"d","channel_id":"{CHANNEL}","payload":{{}},"expiration":4294967295,"apns_id":"5b6f7c3e-1d2a-4b8c-9e0f-a1b2c3d4e5f6"}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(edge.expiration, Some(4294967295));
     }
 }

@@ -47,7 +47,9 @@ fn bad_request(message: String) -> Response {
     answer(StatusCode::BAD_REQUEST, json!({ "error": message }))
 }
 
-/// An operation's failure: the mapped status, the text, and APNs' status and reason when APNs answered.
+/// An operation's failure: the mapped status, the text, and APNs' status and reason when APNs answered. A create
+/// that may have been done at APNs says so (`channel_may_exist`) and gets no `retry-after`: only a 503 has one, and
+/// it is never the answer to such a create.
 fn failure(e: &ChannelError, domain: &str) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut body = json!({ "error": e.to_string(), "domain": domain });
@@ -55,8 +57,11 @@ fn failure(e: &ChannelError, domain: &str) -> Response {
         body["apns_status"] = json!(apns_status);
         body["apns_reason"] = json!(reason);
     }
+    if e.may_exist() {
+        body["channel_may_exist"] = json!(true);
+    }
     let mut response = answer(status, body);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if status == StatusCode::SERVICE_UNAVAILABLE && !e.may_exist() {
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));

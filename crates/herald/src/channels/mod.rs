@@ -63,15 +63,50 @@ pub enum ChannelError {
         #[source]
         source: BroadcastClientError,
     },
+    /// A create whose request went out and got no usable answer (none within [`CALL_TIMEOUT`], the connection
+    /// lost before it came, or an unreadable one): APNs may have created the channel, so it is not to be sent
+    /// again blindly (a second channel would be made, the first orphaned, both counting toward Apple's limit).
+    #[error(
+        "channel management of domain {domain} at {endpoint}: create sent, outcome unknown: {source}; the channel \
+         may have been created all the same: list the domain's channels (GET /api/v1/channels?domain={domain}) \
+         before creating one again"
+    )]
+    CreateUncertain {
+        domain: String,
+        endpoint: String,
+        #[source]
+        source: BroadcastClientError,
+    },
+}
+
+/// Whether a create that failed with `e` may have been done at APNs: its request went out and no answer was
+/// read (a timeout, a connection or stream lost other than by a refusal APNs guarantees unprocessed, an answer
+/// herald could not read). A create that never left (no connection), or that APNs answered, is certain.
+fn create_may_be_done(e: &BroadcastClientError) -> bool {
+    match e {
+        BroadcastClientError::Timeout { .. } | BroadcastClientError::BadAnswer(_) => true,
+        BroadcastClientError::Http { .. } => !e.not_processed(),
+        BroadcastClientError::Connection(_)
+        | BroadcastClientError::Request(_)
+        | BroadcastClientError::Rejected { .. } => false,
+    }
 }
 
 impl ChannelError {
     /// The HTTP status of the REST answer: the caller's mistakes are 4xx (an unknown channel 404, the channel
     /// limit 409, broadcast not enabled for the app 403, other APNs 400s 400); APNs refusing herald's own request
-    /// or credentials, or answering nonsense, is 502; APNs unreachable, slow or asking to retry later is 503.
+    /// or credentials, or answering nonsense, is 502; APNs unreachable, slow or asking to retry later is 503. A
+    /// create whose outcome is unknown is 504 when no answer came in time, else 502: never 503, which invites a
+    /// retry that could make a second channel.
     pub fn http_status(&self) -> u16 {
         let source = match self {
             ChannelError::Domain { .. } => return 400,
+            ChannelError::CreateUncertain { source, .. } => {
+                return match source {
+                    BroadcastClientError::Timeout { .. } => 504,
+                    _ => 502,
+                };
+            }
             ChannelError::Apns { source, .. } => source,
         };
         match source {
@@ -106,19 +141,26 @@ impl ChannelError {
         }
     }
 
+    /// Whether the operation was a create that APNs may have done all the same ([`ChannelError::CreateUncertain`]).
+    pub fn may_exist(&self) -> bool {
+        matches!(self, ChannelError::CreateUncertain { .. })
+    }
+
     /// The `result` label of the operation counter.
     fn result(&self) -> String {
         match self {
             ChannelError::Domain { .. } => "not_configured".into(),
-            ChannelError::Apns { source, .. } => match source {
-                BroadcastClientError::Rejected { reason, .. } => reason.clone(),
-                BroadcastClientError::Request(_) => "bad_request".into(),
-                BroadcastClientError::BadAnswer(_) => "bad_answer".into(),
-                BroadcastClientError::Timeout { .. } => "timeout".into(),
-                BroadcastClientError::Connection(_) | BroadcastClientError::Http { .. } => {
-                    "unreachable".into()
+            ChannelError::Apns { source, .. } | ChannelError::CreateUncertain { source, .. } => {
+                match source {
+                    BroadcastClientError::Rejected { reason, .. } => reason.clone(),
+                    BroadcastClientError::Request(_) => "bad_request".into(),
+                    BroadcastClientError::BadAnswer(_) => "bad_answer".into(),
+                    BroadcastClientError::Timeout { .. } => "timeout".into(),
+                    BroadcastClientError::Connection(_) | BroadcastClientError::Http { .. } => {
+                        "unreachable".into()
+                    }
                 }
-            },
+            }
         }
     }
 }
@@ -462,6 +504,21 @@ impl ChannelManager {
             }
         }
         .await;
+        // A create that went out and got no usable answer may have been done: say so, and not "retry later".
+        let result = match result {
+            Err(ChannelError::Apns {
+                domain,
+                endpoint,
+                source,
+            }) if matches!(call, Call::Create(_)) && create_may_be_done(&source) => {
+                Err(ChannelError::CreateUncertain {
+                    domain,
+                    endpoint,
+                    source,
+                })
+            }
+            other => other,
+        };
         let outcome = match &result {
             Ok(_) => "ok".to_owned(),
             Err(e) => e.result(),
@@ -575,6 +632,32 @@ mod tests {
         assert_eq!(timeout.http_status(), 503);
         assert_eq!(timeout.apns(), None);
         assert_eq!(timeout.result(), "timeout");
+        assert!(!timeout.may_exist());
+        // A create sent and not answered may exist: 504 (no answer in time) or 502, never 503 (retry).
+        let uncertain = |source| ChannelError::CreateUncertain {
+            domain: "d".into(),
+            endpoint: "h:1".into(),
+            source,
+        };
+        let late = uncertain(BroadcastClientError::Timeout {
+            host: "h".into(),
+            secs: 10,
+        });
+        assert_eq!(late.http_status(), 504);
+        assert_eq!(late.result(), "timeout");
+        assert!(late.may_exist());
+        assert!(late.to_string().contains("may have been created"), "{late}");
+        let unreadable = uncertain(BroadcastClientError::BadAnswer("x".into()));
+        assert_eq!(unreadable.http_status(), 502);
+        assert!(create_may_be_done(&BroadcastClientError::Timeout {
+            host: "h".into(),
+            secs: 10
+        }));
+        assert!(!create_may_be_done(&BroadcastClientError::Rejected {
+            status: 503,
+            reason: "ServiceUnavailable".into(),
+            class: FailureClass::Transient,
+        }));
         let domain = ChannelError::Domain {
             domain: "d".into(),
             reason: "x".into(),

@@ -153,24 +153,10 @@ fn broadcast(args: &SendArgs, channel: &str) -> anyhow::Result<ExitCode> {
         .payload
         .as_deref()
         .context("--channel needs the Live Activity update as --payload JSON")?;
-    let payload: serde_json::Value = serde_json::from_str(payload)
-        .map_err(|e| anyhow::anyhow!("--payload: invalid JSON: {e}"))?;
-    if !payload.is_object() {
-        anyhow::bail!(
-            "--payload: must be a JSON object, such as {{\"aps\":{{\"event\":\"update\",…}}}}"
-        );
-    }
-    let mut body = serde_json::json!({
-        "domain": args.domain,
-        "channel_id": channel,
-        "payload": payload,
-    });
-    if let Some(p) = args.priority {
-        body["priority"] = p.into();
-    }
-    if let Some(e) = args.expiration {
-        body["expiration"] = e.into();
-    }
+    // Byte for byte, as a device push's --payload: not read into a JSON value, which would drop a repeated key
+    // (the server refuses it), reorder the keys and round big numbers.
+    let payload = input::parse_payload(payload)?;
+    let body = broadcast_body(args, channel, &payload)?;
     let ca = match &args.ca {
         Some(path) => Some(
             std::fs::read(path).with_context(|| format!("--ca {}: cannot read", path.display()))?,
@@ -184,7 +170,7 @@ fn broadcast(args: &SendArgs, channel: &str) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting tokio")?;
     let mut out = std::io::stdout().lock();
-    match runtime.block_on(client.broadcast(&body)) {
+    match runtime.block_on(client.broadcast(body)) {
         Ok(id) => {
             writeln!(
                 out,
@@ -202,6 +188,32 @@ fn broadcast(args: &SendArgs, channel: &str) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The JSON body of `POST /api/v1/broadcast` for `--channel`: the payload as its text, as written.
+fn broadcast_body(
+    args: &SendArgs,
+    channel: &str,
+    payload: &serde_json::value::RawValue,
+) -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        domain: &'a str,
+        channel_id: &'a str,
+        payload: &'a serde_json::value::RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        priority: Option<u8>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expiration: Option<u64>,
+    }
+    serde_json::to_string(&Body {
+        domain: &args.domain,
+        channel_id: channel,
+        payload,
+        priority: args.priority,
+        expiration: args.expiration,
+    })
+    .context("writing the broadcast request")
 }
 
 /// The environment variable `herald send` reads the API key from when neither --api-key nor --api-key-file is given.

@@ -241,14 +241,19 @@ impl PushClient {
 }
 
 impl PushClient {
-    /// Sends one broadcast (`POST /api/v1/broadcast`): the body is `body` as given; the answer's `id`.
-    pub async fn broadcast(&self, body: &serde_json::Value) -> Result<String, RequestError> {
+    /// Sends one broadcast (`POST /api/v1/broadcast`): the body is the JSON text `body`, byte for byte; the
+    /// answer's `id`.
+    pub async fn broadcast(&self, body: String) -> Result<String, RequestError> {
         let url = self.url.replace("/api/v1/push", "/api/v1/broadcast");
         let transport = |e: reqwest::Error| RequestError::Transport {
             url: url.clone(),
             message: error_chain(&e),
         };
-        let mut req = self.http.post(&url).json(body);
+        let mut req = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key);
         }
