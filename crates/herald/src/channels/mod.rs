@@ -118,6 +118,9 @@ impl ChannelError {
                 "ChannelNotRegistered" => 404,
                 "CannotCreateChannelConfig" => 409,
                 "FeatureNotEnabled" => 403,
+                // The path's bundle id comes from the domain's topic: a push-type suffix on it is the
+                // configuration's fault, not the caller's.
+                "TopicDisallowed" => 502,
                 _ if *class == FailureClass::Transient => 503,
                 _ if *status == 400 => 400,
                 _ => 502,
@@ -614,6 +617,7 @@ mod tests {
         assert_eq!(rejected(400, "BadChannelId").http_status(), 400);
         assert_eq!(rejected(403, "InvalidProviderToken").http_status(), 502);
         assert_eq!(rejected(403, "TopicMismatch").http_status(), 502);
+        assert_eq!(rejected(400, "TopicDisallowed").http_status(), 502);
         assert_eq!(rejected(429, "TooManyRequests").http_status(), 503);
         assert_eq!(rejected(503, "ServiceUnavailable").http_status(), 503);
         assert_eq!(rejected(500, "InternalServerError").http_status(), 503);
