@@ -5,21 +5,51 @@
 //! the accepting process (its "run") and whose last 8 bytes increase within it; an expiry index (finish time, key)
 //! lets [`OutcomeStore::prune`] delete what is older than the retention, or the oldest beyond a bound, in finish
 //! order. Per run it remembers the greatest key pruned, so that a lookup can say "expired" rather than "unknown".
+//! How many outcomes the index names is stored with it, in the same writes, so that the bound counts exactly across
+//! restarts. Idempotency answers have an expiry index of their own, so that
+//! [`OutcomeStore::prune_idempotency`] visits only what has expired.
+//!
 //! Outcome writes are buffered (they reach the operating system, which keeps them across a crash of the process);
-//! idempotency answers can be written synced.
+//! idempotency answers can be written synced. After a failed write (disk full, I/O error) fjall refuses every later
+//! write until the keyspace is opened again: the store reopens it, as the spool does its own, once there is room: at
+//! the next write, then at most every [`REOPEN_INTERVAL`], and at once when a failed write finds room again.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use crate::error::SpoolError;
-use crate::fjall_engine::error;
+use crate::fjall_engine::{REOPEN_FREE_BYTES, error, probe_free_space};
 
 /// The keyspace directory inside the spool directory.
 pub const OUTCOMES_DIR: &str = "outcomes";
+
+/// While the store refuses writes, the next write tries to reopen it at once, later ones at most this often (the
+/// spool's default `retry_interval`).
+pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Idempotency index entries handled per write by [`OutcomeStore::prune_idempotency`] and by the one-time indexing
+/// of a store written by an earlier version.
+const IDEMPOTENCY_BATCH: usize = 256;
+
+/// `meta` key: the outcome references in the expiry index (u64 BE), written in every batch that changes them.
+const COUNT_KEY: &[u8] = b"outcome_count";
+/// `meta` key, present once every idempotency answer has its expiry index entry (stores of earlier versions get
+/// them at their first open).
+const IDEMPOTENCY_INDEX_KEY: &[u8] = b"idempotency_index";
+
+/// Every idempotency answer has its expiry index entry, and [`IDEMPOTENCY_INDEX_KEY`] says so.
+const INDEX_MARKED: u8 = 0;
+/// Every idempotency answer has its expiry index entry; the first one stored writes [`IDEMPOTENCY_INDEX_KEY`].
+const INDEX_COMPLETE: u8 = 1;
+/// The answers of an earlier version could not all be indexed: the key is not written, so the next open tries
+/// again.
+const INDEX_INCOMPLETE: u8 = 2;
 
 /// Events of a webhook queue stored as one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +74,8 @@ pub type StoredBroadcast = (Vec<u8>, Vec<u8>);
 /// An outcome's key: run (8 bytes), then a number increasing within the run (8 bytes).
 pub type OutcomeKey = [u8; 16];
 
-/// Final outcomes and idempotency answers, durable across restarts.
-pub struct OutcomeStore {
+/// The open keyspace and its partitions.
+struct Parts {
     keyspace: Keyspace,
     outcomes: PartitionHandle,
     /// (finish ms BE, first key) -> the keys of outcomes finished in that second (16 bytes each; empty: the key
@@ -55,15 +85,194 @@ pub struct OutcomeStore {
     pruned: PartitionHandle,
     /// idempotency key -> (expires ms BE, value).
     idempotency: PartitionHandle,
+    /// (expires ms BE, idempotency key) -> nothing.
+    idempotency_expiry: PartitionHandle,
     /// Webhook queues: (queue name, 0, first sequence BE) -> a chunk of events ([`ChunkBuilder`]).
     webhook: PartitionHandle,
     /// Webhook queue name -> the first sequence number not yet done with (BE).
     webhook_heads: PartitionHandle,
     /// Broadcasts accepted and not finished: id -> encoded broadcast (herald's encoding).
     broadcasts: PartitionHandle,
+    /// [`COUNT_KEY`] and [`IDEMPOTENCY_INDEX_KEY`].
+    meta: PartitionHandle,
+}
+
+/// What opening the keyspace found.
+struct Opened {
+    parts: Parts,
+    /// `INDEX_*`: whether every idempotency answer has its expiry index entry, and whether that is written.
+    indexed: u8,
+    /// The outcome references in the expiry index.
+    count: u64,
+    watermarks: HashMap<[u8; 8], u64>,
+}
+
+impl Parts {
+    /// Opens the keyspace in `dir` (`spool_dir/outcomes`); a store of an earlier version gets its count and its
+    /// idempotency index here, once (should writing them fail, the next open does it).
+    fn open(dir: &Path, context: &'static str) -> Result<Opened, SpoolError> {
+        let keyspace = Config::new(dir)
+            .cache_size(8 << 20)
+            .open()
+            .map_err(|e| error(context, e))?;
+        let part = |name: &str| {
+            keyspace
+                .open_partition(name, PartitionCreateOptions::default())
+                .map_err(|e| error(context, e))
+        };
+        let outcomes = part("outcomes")?;
+        let expiry = part("expiry")?;
+        let pruned = part("pruned")?;
+        let idempotency = part("idempotency")?;
+        let idempotency_expiry = part("idempotency_expiry")?;
+        // The webhook queue's chunks are deleted once the receiver has them, mostly before a flush: compressing
+        // them would cost CPU for data that rarely reaches a segment (the option applies to a new store only).
+        let webhook = keyspace
+            .open_partition(
+                "webhook",
+                PartitionCreateOptions::default().compression(fjall::CompressionType::None),
+            )
+            .map_err(|e| error(context, e))?;
+        let webhook_heads = part("webhook_heads")?;
+        let broadcasts = part("broadcasts")?;
+        let meta = part("meta")?;
+        let parts = Parts {
+            keyspace,
+            outcomes,
+            expiry,
+            pruned,
+            idempotency,
+            idempotency_expiry,
+            webhook,
+            webhook_heads,
+            broadcasts,
+            meta,
+        };
+        let mut watermarks = HashMap::new();
+        for kv in parts.pruned.iter() {
+            let (k, v) = kv.map_err(|e| error(context, e))?;
+            if let (Ok(run), Ok(mark)) = (<[u8; 8]>::try_from(&*k), <[u8; 8]>::try_from(&*v)) {
+                watermarks.insert(run, u64::from_be_bytes(mark));
+            }
+        }
+        let stored = parts
+            .meta
+            .get(COUNT_KEY)
+            .map_err(|e| error(context, e))?
+            .and_then(|v| <[u8; 8]>::try_from(&*v).ok())
+            .map(u64::from_be_bytes);
+        let count = match stored {
+            Some(count) => count,
+            None => {
+                let count = parts.count_index().map_err(|e| error(context, e))?;
+                // The next put or prune writes it in any case: only a store of an earlier version that holds
+                // outcomes has it written now (a new one is not written to before it is used).
+                if count > 0
+                    && let Err(e) = parts.meta.insert(COUNT_KEY, count.to_be_bytes())
+                {
+                    tracing::warn!("{}", error("storing the outcome count", e));
+                }
+                count
+            }
+        };
+        let marked = parts
+            .meta
+            .get(IDEMPOTENCY_INDEX_KEY)
+            .map_err(|e| error(context, e))?
+            .is_some();
+        let indexed = if marked {
+            INDEX_MARKED
+        } else {
+            match parts.index_idempotency() {
+                Ok(0) => INDEX_COMPLETE,
+                Ok(n) => {
+                    tracing::info!(
+                        keys = n,
+                        "outcome store: idempotency keys of an earlier version indexed by expiry"
+                    );
+                    INDEX_MARKED
+                }
+                // Their keys do not expire until an open that indexes them; later keys do.
+                Err(e) => {
+                    tracing::warn!(
+                        "{}; retried at the next open",
+                        error("indexing the idempotency keys of an earlier version", e)
+                    );
+                    INDEX_INCOMPLETE
+                }
+            }
+        };
+        Ok(Opened {
+            parts,
+            count,
+            indexed,
+            watermarks,
+        })
+    }
+
+    /// The outcome references in the expiry index, counted (for a store of an earlier version).
+    fn count_index(&self) -> Result<u64, fjall::Error> {
+        let mut n = 0;
+        for kv in self.expiry.iter() {
+            let (k, v) = kv?;
+            if k.len() == 24 {
+                n += if v.is_empty() {
+                    1
+                } else {
+                    (v.len() / 16) as u64
+                };
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes the expiry index entry of every idempotency answer, then [`IDEMPOTENCY_INDEX_KEY`]; returns how many
+    /// were indexed. Reads every stored answer: done once, for a store of an earlier version. With none, it writes
+    /// nothing (the first answer stored writes the key).
+    fn index_idempotency(&self) -> Result<u64, fjall::Error> {
+        let mut n = 0;
+        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+        for kv in self.idempotency.iter() {
+            let (k, v) = kv?;
+            batch.insert(
+                &self.idempotency_expiry,
+                idempotency_index_key(expires_of(&v), &k),
+                [],
+            );
+            n += 1;
+            if batch.len() >= IDEMPOTENCY_BATCH {
+                batch.commit()?;
+                batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
+            }
+        }
+        if n > 0 {
+            batch.insert(&self.meta, IDEMPOTENCY_INDEX_KEY, [1]);
+            batch.commit()?;
+        }
+        Ok(n)
+    }
+}
+
+/// Final outcomes and idempotency answers, durable across restarts.
+pub struct OutcomeStore {
+    /// The keyspace directory (`spool_dir/outcomes`).
+    dir: PathBuf,
+    retry_interval: Duration,
+    /// `None` after a reopen that closed the old keyspace but could not open the new one.
+    parts: RwLock<Option<Parts>>,
+    /// Set by a failed write, cleared by one that succeeds.
+    broken: Mutex<Option<Broken>>,
     /// run -> greatest pruned suffix, cached.
     watermarks: Mutex<HashMap<[u8; 8], u64>>,
+    /// The outcome references in the expiry index, as stored under [`COUNT_KEY`]; changed under `count_lock`
+    /// together with the write that stores it.
     count: AtomicU64,
+    count_lock: Mutex<()>,
+    /// `INDEX_*` (see [`Opened`]).
+    idempotency_indexed: AtomicU8,
+    /// Held by the write of an idempotency answer and by each batch of [`OutcomeStore::prune_idempotency`], so that
+    /// a key stored again is not deleted on the strength of its earlier, expired answer.
+    idempotency_lock: Mutex<()>,
 }
 
 /// What [`OutcomeStore::lookup`] found.
@@ -76,57 +285,206 @@ pub enum Lookup {
     Unknown,
 }
 
+/// The store refuses writes: when to try a reopen.
+#[derive(Debug, Clone, Copy)]
+struct Broken {
+    /// A write from then on first reopens the keyspace.
+    reopen_at: Instant,
+    /// The last failure found the disk full.
+    full: bool,
+}
+
+/// What one call of [`OutcomeStore::prune_idempotency`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct IdempotencyPruned {
+    /// Answers deleted.
+    deleted: u64,
+    /// Expiry index entries read (each one expired).
+    visited: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn closed(context: &'static str) -> SpoolError {
+    SpoolError::Storage {
+        context,
+        detail: "the outcome store is closed after a failed reopen; it is reopened once the disk has room again"
+            .into(),
+        temporary: true,
+    }
+}
+
 impl OutcomeStore {
     /// Opens (or creates) the store in `spool_dir/outcomes`.
     pub fn open(spool_dir: &Path) -> Result<OutcomeStore, SpoolError> {
-        const CTX: &str = "opening the outcome store";
-        let keyspace = Config::new(spool_dir.join(OUTCOMES_DIR))
-            .cache_size(8 << 20)
-            .open()
-            .map_err(|e| error(CTX, e))?;
-        let part = |name: &str| {
-            keyspace
-                .open_partition(name, PartitionCreateOptions::default())
-                .map_err(|e| error(CTX, e))
-        };
-        let outcomes = part("outcomes")?;
-        let expiry = part("expiry")?;
-        let pruned = part("pruned")?;
-        let idempotency = part("idempotency")?;
-        // The webhook queue's chunks are deleted once the receiver has them, mostly before a flush: compressing
-        // them would cost CPU for data that rarely reaches a segment (the option applies to a new store only).
-        let webhook = keyspace
-            .open_partition(
-                "webhook",
-                PartitionCreateOptions::default().compression(fjall::CompressionType::None),
-            )
-            .map_err(|e| error(CTX, e))?;
-        let webhook_heads = part("webhook_heads")?;
-        let broadcasts = part("broadcasts")?;
-        let mut watermarks = HashMap::new();
-        for kv in pruned.iter() {
-            let (k, v) = kv.map_err(|e| error(CTX, e))?;
-            if let (Ok(run), Ok(mark)) = (<[u8; 8]>::try_from(&*k), <[u8; 8]>::try_from(&*v)) {
-                watermarks.insert(run, u64::from_be_bytes(mark));
-            }
-        }
-        let count = outcomes.approximate_len() as u64;
+        OutcomeStore::open_with(spool_dir, REOPEN_INTERVAL)
+    }
+
+    fn open_with(spool_dir: &Path, retry_interval: Duration) -> Result<OutcomeStore, SpoolError> {
+        let dir = spool_dir.join(OUTCOMES_DIR);
+        let opened = Parts::open(&dir, "opening the outcome store")?;
         Ok(OutcomeStore {
-            keyspace,
-            outcomes,
-            expiry,
-            pruned,
-            idempotency,
-            webhook,
-            webhook_heads,
-            broadcasts,
-            watermarks: Mutex::new(watermarks),
-            count: AtomicU64::new(count),
+            dir,
+            retry_interval,
+            parts: RwLock::new(Some(opened.parts)),
+            broken: Mutex::new(None),
+            watermarks: Mutex::new(opened.watermarks),
+            count: AtomicU64::new(opened.count),
+            count_lock: Mutex::new(()),
+            idempotency_indexed: AtomicU8::new(opened.indexed),
+            idempotency_lock: Mutex::new(()),
         })
     }
 
-    /// Outcomes stored now, approximately (one stored twice, as after a crash and a second delivery, counts twice
-    /// until the store is next opened).
+    /// The keyspace, for a read or (`writing`) a write. While writes fail, a write first reopens it when that is
+    /// due: at once after the first failure, then at most every `retry_interval`, except that a failed write that
+    /// finds room on a disk found full makes it due at once (see [`OutcomeStore::failed`]). A read reopens it too
+    /// when a failed reopen left it closed.
+    fn parts(
+        &self,
+        context: &'static str,
+        writing: bool,
+    ) -> Result<RwLockReadGuard<'_, Option<Parts>>, SpoolError> {
+        let guard = self.parts.read().unwrap_or_else(|p| p.into_inner());
+        if (writing || guard.is_none()) && self.claim_reopen() {
+            drop(guard);
+            if let Err(e) = self.reopen() {
+                if let Some(b) = lock(&self.broken).as_mut() {
+                    b.full = e.is_disk_full();
+                }
+                return Err(e);
+            }
+            let guard = self.parts.read().unwrap_or_else(|p| p.into_inner());
+            return match *guard {
+                Some(_) => Ok(guard),
+                None => Err(closed(context)),
+            };
+        }
+        match *guard {
+            Some(_) => Ok(guard),
+            None => Err(closed(context)),
+        }
+    }
+
+    /// True when a reopen is due; it then counts as tried now.
+    fn claim_reopen(&self) -> bool {
+        match lock(&self.broken).as_mut() {
+            Some(b) if Instant::now() >= b.reopen_at => {
+                b.reopen_at = Instant::now() + self.retry_interval;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Closes the keyspace and opens it again, once the disk has room: fjall refuses every write after a failed
+    /// one until then. The count is read again from the keyspace, where it is written with what it counts.
+    fn reopen(&self) -> Result<(), SpoolError> {
+        const CTX: &str = "reopening the outcome store";
+        probe_free_space(&self.dir, REOPEN_FREE_BYTES)?;
+        let mut guard = self.parts.write().unwrap_or_else(|p| p.into_inner());
+        // The old keyspace must be gone (its journal closed) before the directory is opened again.
+        *guard = None;
+        let opened = Parts::open(&self.dir, CTX)?;
+        self.count.store(opened.count, Ordering::Relaxed);
+        self.idempotency_indexed
+            .store(opened.indexed, Ordering::Relaxed);
+        let mut marks = lock(&self.watermarks);
+        for (run, mark) in opened.watermarks {
+            let m = marks.entry(run).or_insert(0);
+            *m = (*m).max(mark);
+        }
+        drop(marks);
+        *guard = Some(opened.parts);
+        tracing::info!("outcome store reopened");
+        Ok(())
+    }
+
+    /// Runs the write `f` on the keyspace (see [`OutcomeStore::parts`]), remembering whether it failed.
+    fn write<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Parts) -> Result<T, fjall::Error>,
+    ) -> Result<T, SpoolError> {
+        self.write_if(context, |p| f(p).map(|t| (t, true)))
+    }
+
+    /// Runs `f`, which says whether it wrote anything, on the keyspace: as [`OutcomeStore::write`], except that
+    /// only a write that took place shows that the keyspace takes writes again.
+    fn write_if<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Parts) -> Result<(T, bool), fjall::Error>,
+    ) -> Result<T, SpoolError> {
+        let guard = self.parts(context, true)?;
+        let Some(parts) = guard.as_ref() else {
+            return Err(closed(context));
+        };
+        let result = f(parts);
+        drop(guard);
+        match result {
+            Ok((t, wrote)) => {
+                if wrote && lock(&self.broken).take().is_some() {
+                    tracing::info!("the outcome store takes writes again");
+                }
+                Ok(t)
+            }
+            Err(e) => Err(self.failed(context, e)),
+        }
+    }
+
+    /// Notes a failed write and maps its error. fjall answers a failed journal write with "poisoned" and no cause,
+    /// so the disk is checked for the room a reopen wants: where there is none, the error says the disk is full;
+    /// where there is again, after a failure that found it full, the next write reopens the keyspace without
+    /// waiting for `retry_interval` (the writers of outcomes and webhook events drop what a few quick tries do not
+    /// store). On a full disk the check fails at its first block.
+    fn failed(&self, context: &'static str, e: fjall::Error) -> SpoolError {
+        let mut e = error(context, e);
+        if !e.is_disk_full()
+            && let Err(SpoolError::DiskFull { source, .. }) =
+                probe_free_space(&self.dir, REOPEN_FREE_BYTES)
+        {
+            e = SpoolError::DiskFull { context, source };
+        }
+        let full = e.is_disk_full();
+        let mut broken = lock(&self.broken);
+        match broken.as_mut() {
+            None => {
+                *broken = Some(Broken {
+                    reopen_at: Instant::now(),
+                    full,
+                });
+                tracing::error!(
+                    "the outcome store refuses writes ({e}); it is reopened once the disk has room again"
+                );
+            }
+            Some(b) => {
+                if b.full && !full {
+                    b.reopen_at = Instant::now();
+                }
+                b.full = full;
+            }
+        }
+        e
+    }
+
+    /// Runs the read `f` on the keyspace.
+    fn read<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Parts) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
+        let guard = self.parts(context, false)?;
+        let Some(parts) = guard.as_ref() else {
+            return Err(closed(context));
+        };
+        f(parts)
+    }
+
+    /// Outcomes stored now (one stored twice, as after a crash and a second delivery, counts twice until both
+    /// are pruned).
     pub fn len(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
@@ -142,47 +500,43 @@ impl OutcomeStore {
     /// the order given). An index entry with an empty value (written by earlier versions) stands for the one key
     /// in its own key.
     pub fn put<V: AsRef<[u8]>>(&self, entries: &[(OutcomeKey, u64, V)]) -> Result<(), SpoolError> {
-        const CTX: &str = "writing outcomes";
-        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-        let mut groups: Vec<(u64, OutcomeKey, Vec<u8>)> = Vec::new();
-        for (key, finished_ms, value) in entries {
-            batch.insert(&self.outcomes, key, value.as_ref());
-            match groups
-                .iter_mut()
-                .find(|(at, _, _)| at / 1000 == finished_ms / 1000)
-            {
-                Some((at, _, keys)) => {
-                    *at = (*at).max(*finished_ms);
-                    keys.extend_from_slice(key);
+        self.write("writing outcomes", |p| {
+            let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
+            let mut groups: Vec<(u64, OutcomeKey, Vec<u8>)> = Vec::new();
+            for (key, finished_ms, value) in entries {
+                batch.insert(&p.outcomes, key, value.as_ref());
+                match groups
+                    .iter_mut()
+                    .find(|(at, _, _)| at / 1000 == finished_ms / 1000)
+                {
+                    Some((at, _, keys)) => {
+                        *at = (*at).max(*finished_ms);
+                        keys.extend_from_slice(key);
+                    }
+                    None => groups.push((*finished_ms, *key, key.to_vec())),
                 }
-                None => groups.push((*finished_ms, *key, key.to_vec())),
             }
-        }
-        for (finished_ms, first, keys) in &groups {
-            batch.insert(
-                &self.expiry,
-                expiry_key(*finished_ms, first),
-                keys.as_slice(),
-            );
-        }
-        batch.commit().map_err(|e| error(CTX, e))?;
-        // A final outcome is stored once; counting without a read per entry keeps the write path cheap.
-        self.count
-            .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        Ok(())
+            for (finished_ms, first, keys) in &groups {
+                batch.insert(&p.expiry, expiry_key(*finished_ms, first), keys.as_slice());
+            }
+            // A final outcome is stored once; counting without a read per entry keeps the write path cheap.
+            let _counting = lock(&self.count_lock);
+            let count = self.len() + entries.len() as u64;
+            batch.insert(&p.meta, COUNT_KEY, count.to_be_bytes());
+            batch.commit()?;
+            self.count.store(count, Ordering::Relaxed);
+            Ok(())
+        })
     }
 
     /// The outcome stored under `key`.
     pub fn lookup(&self, key: &OutcomeKey) -> Result<Lookup, SpoolError> {
-        if let Some(v) = self
-            .outcomes
-            .get(key)
-            .map_err(|e| error("reading outcomes", e))?
-        {
+        const CTX: &str = "reading outcomes";
+        if let Some(v) = self.read(CTX, |p| p.outcomes.get(key).map_err(|e| error(CTX, e)))? {
             return Ok(Lookup::Found(v.to_vec()));
         }
         let (run, suffix) = split(key);
-        let marks = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+        let marks = lock(&self.watermarks);
         Ok(match marks.get(&run) {
             Some(mark) if suffix <= *mark => Lookup::Expired,
             _ => Lookup::Unknown,
@@ -192,83 +546,94 @@ impl OutcomeStore {
     /// Deletes outcomes finished before `cutoff_ms`, then the oldest while more than `max_entries` remain. Returns
     /// how many were deleted. Works in batches of at most 10,000 so that lookups go on meanwhile.
     pub fn prune(&self, cutoff_ms: u64, max_entries: u64) -> Result<u64, SpoolError> {
-        const CTX: &str = "pruning outcomes";
         let mut total = 0;
         loop {
-            let over = self.len().saturating_sub(max_entries) as usize;
-            // Index entries to delete, the outcomes they name, and (at most one) index entry cut short by the bound.
-            let mut index_doomed: Vec<Vec<u8>> = Vec::new();
-            let mut doomed: Vec<OutcomeKey> = Vec::new();
-            let mut rewrite: Option<(Vec<u8>, Vec<u8>)> = None;
-            for kv in self.expiry.iter() {
-                let (k, v) = kv.map_err(|e| error(CTX, e))?;
-                if k.len() != 24 || doomed.len() >= 10_000 {
-                    break;
-                }
-                let mut fin = [0u8; 8];
-                fin.copy_from_slice(&k[..8]);
-                let keys: Vec<OutcomeKey> = if v.is_empty() {
-                    k[8..].try_into().into_iter().collect()
-                } else {
-                    v.chunks_exact(16)
-                        .filter_map(|c| c.try_into().ok())
-                        .collect()
-                };
-                let take = if u64::from_be_bytes(fin) < cutoff_ms {
-                    keys.len()
-                } else {
-                    over.saturating_sub(doomed.len()).min(keys.len())
-                };
-                if take == 0 {
-                    break;
-                }
-                doomed.extend_from_slice(&keys[..take]);
-                if take == keys.len() {
-                    index_doomed.push(k.to_vec());
-                } else {
-                    rewrite = Some((k.to_vec(), keys[take..].concat()));
-                    break;
-                }
-            }
-            if doomed.is_empty() {
+            let n = self.write_if("pruning outcomes", |p| {
+                let n = self.prune_batch(p, cutoff_ms, max_entries)?;
+                Ok((n, n > 0))
+            })?;
+            if n == 0 {
                 return Ok(total);
             }
-            let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-            let mut marks = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
-            for ek in &index_doomed {
-                batch.remove(&self.expiry, ek.as_slice());
-            }
-            if let Some((ek, rest)) = &rewrite {
-                batch.insert(&self.expiry, ek.as_slice(), rest.as_slice());
-            }
-            for key in &doomed {
-                batch.remove(&self.outcomes, key.as_slice());
-                let (run, suffix) = split(key);
-                let mark = marks.entry(run).or_insert(0);
-                if suffix > *mark {
-                    *mark = suffix;
-                    batch.insert(&self.pruned, run, suffix.to_be_bytes());
-                }
-            }
-            batch.commit().map_err(|e| error(CTX, e))?;
-            drop(marks);
-            let n = doomed.len() as u64;
             total += n;
-            let _ = self
-                .count
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                    Some(c.saturating_sub(n))
-                });
         }
+    }
+
+    /// One batch of [`OutcomeStore::prune`]: how many it deleted.
+    fn prune_batch(
+        &self,
+        p: &Parts,
+        cutoff_ms: u64,
+        max_entries: u64,
+    ) -> Result<u64, fjall::Error> {
+        let over = self.len().saturating_sub(max_entries) as usize;
+        // Index entries to delete, the outcomes they name, and (at most one) index entry cut short by the bound.
+        let mut index_doomed: Vec<Vec<u8>> = Vec::new();
+        let mut doomed: Vec<OutcomeKey> = Vec::new();
+        let mut rewrite: Option<(Vec<u8>, Vec<u8>)> = None;
+        for kv in p.expiry.iter() {
+            let (k, v) = kv?;
+            if k.len() != 24 || doomed.len() >= 10_000 {
+                break;
+            }
+            let mut fin = [0u8; 8];
+            fin.copy_from_slice(&k[..8]);
+            let keys: Vec<OutcomeKey> = if v.is_empty() {
+                k[8..].try_into().into_iter().collect()
+            } else {
+                v.chunks_exact(16)
+                    .filter_map(|c| c.try_into().ok())
+                    .collect()
+            };
+            let take = if u64::from_be_bytes(fin) < cutoff_ms {
+                keys.len()
+            } else {
+                over.saturating_sub(doomed.len()).min(keys.len())
+            };
+            if take == 0 {
+                break;
+            }
+            doomed.extend_from_slice(&keys[..take]);
+            if take == keys.len() {
+                index_doomed.push(k.to_vec());
+            } else {
+                rewrite = Some((k.to_vec(), keys[take..].concat()));
+                break;
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
+        let mut marks = lock(&self.watermarks);
+        for ek in &index_doomed {
+            batch.remove(&p.expiry, ek.as_slice());
+        }
+        if let Some((ek, rest)) = &rewrite {
+            batch.insert(&p.expiry, ek.as_slice(), rest.as_slice());
+        }
+        for key in &doomed {
+            batch.remove(&p.outcomes, key.as_slice());
+            let (run, suffix) = split(key);
+            let mark = marks.entry(run).or_insert(0);
+            if suffix > *mark {
+                *mark = suffix;
+                batch.insert(&p.pruned, run, suffix.to_be_bytes());
+            }
+        }
+        let n = doomed.len() as u64;
+        let _counting = lock(&self.count_lock);
+        let count = self.len().saturating_sub(n);
+        batch.insert(&p.meta, COUNT_KEY, count.to_be_bytes());
+        batch.commit()?;
+        self.count.store(count, Ordering::Relaxed);
+        Ok(n)
     }
 
     /// The answer stored for idempotency key `key`, if it has not expired at `now_ms`.
     pub fn idempotent_get(&self, key: &[u8], now_ms: u64) -> Result<Option<Vec<u8>>, SpoolError> {
-        let Some(v) = self
-            .idempotency
-            .get(key)
-            .map_err(|e| error("reading idempotency keys", e))?
-        else {
+        const CTX: &str = "reading idempotency keys";
+        let Some(v) = self.read(CTX, |p| p.idempotency.get(key).map_err(|e| error(CTX, e)))? else {
             return Ok(None);
         };
         if v.len() < 8 {
@@ -290,51 +655,119 @@ impl OutcomeStore {
         value: &[u8],
         sync: bool,
     ) -> Result<(), SpoolError> {
-        const CTX: &str = "writing an idempotency key";
         let mut v = Vec::with_capacity(8 + value.len());
         v.extend_from_slice(&expires_ms.to_be_bytes());
         v.extend_from_slice(value);
-        self.idempotency.insert(key, v).map_err(|e| error(CTX, e))?;
-        if sync {
-            self.keyspace
-                .persist(PersistMode::SyncAll)
-                .map_err(|e| error(CTX, e))?;
-        }
-        Ok(())
+        let mode = if sync {
+            PersistMode::SyncAll
+        } else {
+            PersistMode::Buffer
+        };
+        self.write("writing an idempotency key", |p| {
+            let mut batch = p.keyspace.batch().durability(Some(mode));
+            batch.insert(&p.idempotency, key, v);
+            batch.insert(
+                &p.idempotency_expiry,
+                idempotency_index_key(expires_ms, key),
+                [],
+            );
+            let mark = self.idempotency_indexed.load(Ordering::Relaxed) == INDEX_COMPLETE;
+            if mark {
+                batch.insert(&p.meta, IDEMPOTENCY_INDEX_KEY, [1]);
+            }
+            let _writing = lock(&self.idempotency_lock);
+            batch.commit()?;
+            if mark {
+                self.idempotency_indexed
+                    .store(INDEX_MARKED, Ordering::Relaxed);
+            }
+            Ok(())
+        })
     }
 
-    /// Deletes idempotency keys expired at `now_ms`; returns how many.
+    /// Deletes idempotency keys expired at `now_ms`; returns how many. Visits only the expired ones (by their
+    /// expiry index), in writes of at most a few hundred.
     pub fn prune_idempotency(&self, now_ms: u64) -> Result<u64, SpoolError> {
-        const CTX: &str = "pruning idempotency keys";
-        let mut doomed = Vec::new();
-        for kv in self.idempotency.iter() {
-            let (k, v) = kv.map_err(|e| error(CTX, e))?;
-            let expired = v.len() < 8 || {
-                let mut exp = [0u8; 8];
-                exp.copy_from_slice(&v[..8]);
-                u64::from_be_bytes(exp) <= now_ms
-            };
-            if expired {
-                doomed.push(k.to_vec());
+        self.prune_idempotency_counted(now_ms).map(|r| r.deleted)
+    }
+
+    fn prune_idempotency_counted(&self, now_ms: u64) -> Result<IdempotencyPruned, SpoolError> {
+        let mut total = IdempotencyPruned::default();
+        // The last index entry visited: the next batch starts after it, not at the deletions of this one.
+        let mut after = None;
+        loop {
+            let batch = self.write_if("pruning idempotency keys", |p| {
+                let batch = self.prune_idempotency_batch(p, now_ms, &mut after)?;
+                Ok((batch, batch.visited > 0))
+            })?;
+            total.deleted += batch.deleted;
+            total.visited += batch.visited;
+            if batch.visited < IDEMPOTENCY_BATCH as u64 {
+                return Ok(total);
             }
         }
-        for k in &doomed {
-            self.idempotency
-                .remove(k.as_slice())
-                .map_err(|e| error(CTX, e))?;
+    }
+
+    /// One batch of [`OutcomeStore::prune_idempotency`]: deletes the index entries expired at `now_ms` (at most
+    /// [`IDEMPOTENCY_BATCH`], from the one after `after` on, which it moves to the last one) and the answers they
+    /// name unless stored again since with a later expiry.
+    fn prune_idempotency_batch(
+        &self,
+        p: &Parts,
+        now_ms: u64,
+        after: &mut Option<Vec<u8>>,
+    ) -> Result<IdempotencyPruned, fjall::Error> {
+        let _writing = lock(&self.idempotency_lock);
+        // Index keys start with the expiry: those before (now + 1) have expired.
+        let end = match now_ms.checked_add(1) {
+            Some(end) => Bound::Excluded(end.to_be_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let start = match after.take() {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        let expired = p.idempotency_expiry.range((start, end));
+        let mut result = IdempotencyPruned::default();
+        let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
+        // A key stored again has an index entry per answer: it is deleted once.
+        let mut deleted: Vec<Vec<u8>> = Vec::new();
+        for kv in expired.take(IDEMPOTENCY_BATCH) {
+            let (ik, _) = kv?;
+            result.visited += 1;
+            batch.remove(&p.idempotency_expiry, ik.clone());
+            *after = Some(ik.to_vec());
+            let Some(key) = ik.get(8..).map(<[u8]>::to_vec) else {
+                continue;
+            };
+            if deleted.contains(&key) {
+                continue;
+            }
+            // An answer stored again since has a later expiry: it stays (its own index entry names it).
+            if p.idempotency
+                .get(&key)?
+                .is_some_and(|v| expires_of(&v) <= now_ms)
+            {
+                batch.remove(&p.idempotency, key.as_slice());
+                deleted.push(key);
+                result.deleted += 1;
+            }
         }
-        Ok(doomed.len() as u64)
+        if result.visited > 0 {
+            batch.commit()?;
+        }
+        Ok(result)
     }
 
     /// Appends a chunk of events (built with [`ChunkBuilder`]) whose first is numbered `first_seq` to the webhook
     /// queue `queue`: one buffered write, one entry (a queue's events are written, read and deleted by the chunk,
     /// not one by one).
     pub fn hook_append(&self, queue: &str, first_seq: u64, chunk: &[u8]) -> Result<(), SpoolError> {
-        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-        batch.insert(&self.webhook, hook_key(queue, first_seq), chunk);
-        batch
-            .commit()
-            .map_err(|e| error("writing webhook outcomes", e))
+        self.write("writing webhook outcomes", |p| {
+            let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
+            batch.insert(&p.webhook, hook_key(queue, first_seq), chunk);
+            batch.commit()
+        })
     }
 
     /// The chunks of webhook queue `queue` from the one numbered `from_first_seq` on, until they hold `limit`
@@ -350,38 +783,40 @@ impl OutcomeStore {
     ) -> Result<Vec<HookChunk>, SpoolError> {
         const CTX: &str = "reading webhook outcomes";
         let range = hook_key(queue, from_first_seq)..=hook_key(queue, u64::MAX);
-        let mut out = Vec::new();
-        let mut events = 0;
-        for kv in self.webhook.range(range) {
-            if events >= limit {
-                break;
+        self.read(CTX, |p| {
+            let mut out = Vec::new();
+            let mut events = 0;
+            for kv in p.webhook.range(range) {
+                if events >= limit {
+                    break;
+                }
+                let (k, v) = kv.map_err(|e| error(CTX, e))?;
+                let (Some(first_seq), Some(chunk)) = (hook_seq(&k), decode_chunk(&v)) else {
+                    // Its events cannot be sent; the ones after it still are.
+                    tracing::error!("{}: skipped", corrupt_chunk(queue));
+                    continue;
+                };
+                events += chunk.len();
+                out.push(HookChunk {
+                    first_seq,
+                    events: chunk,
+                });
             }
-            let (k, v) = kv.map_err(|e| error(CTX, e))?;
-            let (Some(first_seq), Some(chunk)) = (hook_seq(&k), decode_chunk(&v)) else {
-                // Its events cannot be sent; the ones after it still are.
-                tracing::error!("{}: skipped", corrupt_chunk(queue));
-                continue;
-            };
-            events += chunk.len();
-            out.push(HookChunk {
-                first_seq,
-                events: chunk,
-            });
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Records that every event of webhook queue `queue` numbered below `head` is done with (delivered or
     /// dropped) and deletes the chunks `done` (by their first numbers), in one buffered write.
     pub fn hook_advance(&self, queue: &str, head: u64, done: &[u64]) -> Result<(), SpoolError> {
-        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-        for first_seq in done {
-            batch.remove(&self.webhook, hook_key(queue, *first_seq));
-        }
-        batch.insert(&self.webhook_heads, queue.as_bytes(), head.to_be_bytes());
-        batch
-            .commit()
-            .map_err(|e| error("deleting webhook outcomes", e))
+        self.write("deleting webhook outcomes", |p| {
+            let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
+            for first_seq in done {
+                batch.remove(&p.webhook, hook_key(queue, *first_seq));
+            }
+            batch.insert(&p.webhook_heads, queue.as_bytes(), head.to_be_bytes());
+            batch.commit()
+        })
     }
 
     /// Every webhook queue with events or a recorded number: its name, the number recorded by
@@ -389,44 +824,46 @@ impl OutcomeStore {
     /// events), oldest first.
     pub fn hook_queues(&self) -> Result<Vec<HookQueue>, SpoolError> {
         const CTX: &str = "reading webhook outcomes";
-        let mut out: Vec<HookQueue> = Vec::new();
-        for kv in self.webhook.iter() {
-            let (k, v) = kv.map_err(|e| error(CTX, e))?;
-            let Some(name_len) = k.len().checked_sub(9) else {
-                continue;
-            };
-            let name = String::from_utf8_lossy(&k[..name_len]).into_owned();
-            let (Some(first_seq), Some(events)) = (hook_seq(&k), chunk_len(&v)) else {
-                tracing::error!("{}: skipped", corrupt_chunk(&name));
-                continue;
-            };
-            match out.last_mut() {
-                Some(last) if last.name == name => last.chunks.push((first_seq, events)),
-                _ => out.push(HookQueue {
-                    name,
-                    head: 0,
-                    chunks: vec![(first_seq, events)],
-                }),
+        self.read(CTX, |p| {
+            let mut out: Vec<HookQueue> = Vec::new();
+            for kv in p.webhook.iter() {
+                let (k, v) = kv.map_err(|e| error(CTX, e))?;
+                let Some(name_len) = k.len().checked_sub(9) else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(&k[..name_len]).into_owned();
+                let (Some(first_seq), Some(events)) = (hook_seq(&k), chunk_len(&v)) else {
+                    tracing::error!("{}: skipped", corrupt_chunk(&name));
+                    continue;
+                };
+                match out.last_mut() {
+                    Some(last) if last.name == name => last.chunks.push((first_seq, events)),
+                    _ => out.push(HookQueue {
+                        name,
+                        head: 0,
+                        chunks: vec![(first_seq, events)],
+                    }),
+                }
             }
-        }
-        // A queue whose chunks are all done keeps its number, so that its next events are numbered after it.
-        for kv in self.webhook_heads.iter() {
-            let (k, v) = kv.map_err(|e| error(CTX, e))?;
-            let Ok(head) = <[u8; 8]>::try_from(&*v) else {
-                continue;
-            };
-            let name = String::from_utf8_lossy(&k);
-            match out.iter_mut().find(|q| q.name == name) {
-                Some(q) => q.head = u64::from_be_bytes(head),
-                None => out.push(HookQueue {
-                    name: name.into_owned(),
-                    head: u64::from_be_bytes(head),
-                    chunks: Vec::new(),
-                }),
+            // A queue whose chunks are all done keeps its number, so that its next events are numbered after it.
+            for kv in p.webhook_heads.iter() {
+                let (k, v) = kv.map_err(|e| error(CTX, e))?;
+                let Ok(head) = <[u8; 8]>::try_from(&*v) else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(&k);
+                match out.iter_mut().find(|q| q.name == name) {
+                    Some(q) => q.head = u64::from_be_bytes(head),
+                    None => out.push(HookQueue {
+                        name: name.into_owned(),
+                        head: u64::from_be_bytes(head),
+                        chunks: Vec::new(),
+                    }),
+                }
             }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
     }
 
     /// Stores broadcasts under their keys and makes them durable (synced) before returning: a broadcast is
@@ -442,52 +879,75 @@ impl OutcomeStore {
         entries: &[(Vec<u8>, Vec<u8>)],
         finished: &[Vec<u8>],
     ) -> Result<(), SpoolError> {
-        const CTX: &str = "storing broadcasts";
         let mode = if entries.is_empty() {
             PersistMode::Buffer
         } else {
             PersistMode::SyncAll
         };
-        let mut batch = self.keyspace.batch().durability(Some(mode));
-        for (k, v) in entries {
-            batch.insert(&self.broadcasts, k.as_slice(), v.as_slice());
-        }
-        for k in finished {
-            batch.remove(&self.broadcasts, k.as_slice());
-        }
-        batch.commit().map_err(|e| error(CTX, e))
+        self.write("storing broadcasts", |p| {
+            let mut batch = p.keyspace.batch().durability(Some(mode));
+            for (k, v) in entries {
+                batch.insert(&p.broadcasts, k.as_slice(), v.as_slice());
+            }
+            for k in finished {
+                batch.remove(&p.broadcasts, k.as_slice());
+            }
+            batch.commit()
+        })
     }
 
     /// Replaces a stored broadcast (a retry's new state), buffered like a reschedule of the spool.
     pub fn broadcast_update(&self, key: &[u8], value: &[u8]) -> Result<(), SpoolError> {
-        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-        batch.insert(&self.broadcasts, key, value);
-        batch.commit().map_err(|e| error("updating a broadcast", e))
+        self.write("updating a broadcast", |p| {
+            let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
+            batch.insert(&p.broadcasts, key, value);
+            batch.commit()
+        })
     }
 
     /// Deletes a finished broadcast.
     pub fn broadcast_remove(&self, key: &[u8]) -> Result<(), SpoolError> {
-        let mut batch = self.keyspace.batch().durability(Some(PersistMode::Buffer));
-        batch.remove(&self.broadcasts, key);
-        batch.commit().map_err(|e| error("deleting a broadcast", e))
+        self.write("deleting a broadcast", |p| {
+            let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
+            batch.remove(&p.broadcasts, key);
+            batch.commit()
+        })
     }
 
     /// Every stored broadcast, in key order.
     pub fn broadcast_all(&self) -> Result<Vec<StoredBroadcast>, SpoolError> {
-        let mut out = Vec::new();
-        for kv in self.broadcasts.iter() {
-            let (k, v) = kv.map_err(|e| error("reading broadcasts", e))?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        const CTX: &str = "reading broadcasts";
+        self.read(CTX, |p| {
+            let mut out = Vec::new();
+            for kv in p.broadcasts.iter() {
+                let (k, v) = kv.map_err(|e| error(CTX, e))?;
+                out.push((k.to_vec(), v.to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     /// Makes everything written so far durable.
     pub fn sync(&self) -> Result<(), SpoolError> {
-        self.keyspace
-            .persist(PersistMode::SyncAll)
-            .map_err(|e| error("syncing the outcome store", e))
+        self.write("syncing the outcome store", |p| {
+            p.keyspace.persist(PersistMode::SyncAll)
+        })
     }
+}
+
+/// When a stored idempotency answer expires (ms); a value too short to say counts as expired, as
+/// [`OutcomeStore::idempotent_get`] treats it.
+fn expires_of(value: &[u8]) -> u64 {
+    value
+        .first_chunk::<8>()
+        .map_or(0, |b| u64::from_be_bytes(*b))
+}
+
+fn idempotency_index_key(expires_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&expires_ms.to_be_bytes());
+    k.extend_from_slice(key);
+    k
 }
 
 fn expiry_key(finished_ms: u64, key: &OutcomeKey) -> [u8; 24] {
@@ -629,6 +1089,14 @@ fn split(key: &OutcomeKey) -> ([u8; 8], u64) {
 mod tests {
     use super::*;
 
+    impl OutcomeStore {
+        /// Runs `f` on the open keyspace: to write as an earlier version did.
+        fn raw<T>(&self, f: impl FnOnce(&Parts) -> T) -> T {
+            let guard = self.parts.read().unwrap();
+            f(guard.as_ref().unwrap())
+        }
+    }
+
     fn key(run: u8, n: u64) -> OutcomeKey {
         let mut k = [0u8; 16];
         k[0] = run;
@@ -690,16 +1158,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = OutcomeStore::open(dir.path()).unwrap();
         // As an earlier version wrote it: one index entry per outcome, the key inside the index key.
-        store.outcomes.insert(key(2, 1), b"old").unwrap();
-        store
-            .expiry
-            .insert(expiry_key(500, &key(2, 1)), [])
-            .unwrap();
+        store.raw(|p| {
+            p.outcomes.insert(key(2, 1), b"old").unwrap();
+            p.expiry.insert(expiry_key(500, &key(2, 1)), []).unwrap();
+        });
         let entries: Vec<_> = (1..=6)
             .map(|n| (key(3, n), 1_000 + n, vec![n as u8]))
             .collect();
         store.put(&entries).unwrap();
         store.put(&[(key(3, 7), 9_000, vec![7])]).unwrap();
+        // Nor did it store a count: the next open counts the index.
+        store.raw(|p| p.meta.remove(COUNT_KEY).unwrap());
         drop(store);
         let store = OutcomeStore::open(dir.path()).unwrap();
         assert_eq!(store.len(), 8);
@@ -784,10 +1253,11 @@ mod tests {
     fn a_webhook_event_stored_alone_by_an_earlier_version_reads_as_a_chunk_of_one() {
         let dir = tempfile::tempdir().unwrap();
         let store = OutcomeStore::open(dir.path()).unwrap();
-        store
-            .webhook
-            .insert(hook_key("a.example", 7), br#"{"id":"x"}"#)
-            .unwrap();
+        store.raw(|p| {
+            p.webhook
+                .insert(hook_key("a.example", 7), br#"{"id":"x"}"#)
+                .unwrap()
+        });
         assert_eq!(
             store.hook_queues().unwrap(),
             vec![HookQueue {
@@ -838,7 +1308,7 @@ mod tests {
         // Stored, it is passed over: the queue goes on with the chunks after it.
         let dir = tempfile::tempdir().unwrap();
         let store = OutcomeStore::open(dir.path()).unwrap();
-        store.webhook.insert(hook_key("a.example", 1), cut).unwrap();
+        store.raw(|p| p.webhook.insert(hook_key("a.example", 1), cut).unwrap());
         store
             .hook_append("a.example", 2, &encode_chunk(&[b"ok"]))
             .unwrap();
@@ -864,5 +1334,252 @@ mod tests {
         assert_eq!(store.idempotent_get(b"k", 100).unwrap(), None);
         assert_eq!(store.prune_idempotency(100).unwrap(), 1);
         assert_eq!(store.idempotent_get(b"k", 50).unwrap(), None);
+    }
+
+    /// Restarted with its expiry index, prune and the deletions it leaves in the tree, the store counts exactly what
+    /// it holds: the bound deletes nothing while fewer are stored.
+    #[test]
+    fn after_a_reopen_the_count_is_exact_and_the_bound_keeps_new_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = OutcomeStore::open(dir.path()).unwrap();
+            for batch in 0..10u64 {
+                let entries: Vec<_> = (0..100)
+                    .map(|n| (key(1, batch * 100 + n), 1_000 + batch, vec![1u8; 64]))
+                    .collect();
+                store.put(&entries).unwrap();
+            }
+            assert_eq!(store.len(), 1_000);
+            assert_eq!(store.prune(u64::MAX, u64::MAX).unwrap(), 1_000);
+            assert_eq!(store.len(), 0);
+            store.sync().unwrap();
+        }
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(store.len(), 0);
+        let entries: Vec<_> = (1..=100)
+            .map(|n| (key(2, n), 50_000 + n, vec![2u8; 64]))
+            .collect();
+        store.put(&entries).unwrap();
+        assert_eq!(store.len(), 100);
+        assert_eq!(store.prune(0, 1_500).unwrap(), 0);
+        for n in 1..=100 {
+            assert!(matches!(
+                store.lookup(&key(2, n)).unwrap(),
+                Lookup::Found(_)
+            ));
+        }
+        drop(store);
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(store.len(), 100);
+        assert_eq!(store.prune(0, 40).unwrap(), 60);
+        assert_eq!(store.len(), 40);
+    }
+
+    /// A tick of the idempotency prune reads only the expired keys (through their expiry index), in bounded
+    /// batches; a key stored again keeps its newer answer.
+    #[test]
+    fn the_idempotency_prune_visits_only_expired_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        let expiring = IDEMPOTENCY_BATCH as u64 + 44;
+        for n in 0..expiring {
+            store
+                .idempotent_put(format!("k{n}").as_bytes(), 1_000, b"answer", false)
+                .unwrap();
+        }
+        store
+            .idempotent_put(b"late", 5_000, b"later", true)
+            .unwrap();
+        let nothing = IdempotencyPruned::default();
+        assert_eq!(store.prune_idempotency_counted(999).unwrap(), nothing);
+        assert_eq!(
+            store.prune_idempotency_counted(1_000).unwrap(),
+            IdempotencyPruned {
+                deleted: expiring,
+                visited: expiring
+            }
+        );
+        assert_eq!(store.idempotent_get(b"k0", 0).unwrap(), None);
+        assert_eq!(store.raw(|p| p.idempotency.len().unwrap()), 1);
+        assert_eq!(store.prune_idempotency_counted(1_000).unwrap(), nothing);
+        assert_eq!(
+            store.idempotent_get(b"late", 1_000).unwrap(),
+            Some(b"later".to_vec())
+        );
+        // Stored again with a later expiry: its first index entry goes, the answer stays.
+        store
+            .idempotent_put(b"again", 2_000, b"first", false)
+            .unwrap();
+        store
+            .idempotent_put(b"again", 8_000, b"second", false)
+            .unwrap();
+        assert_eq!(
+            store.prune_idempotency_counted(3_000).unwrap(),
+            IdempotencyPruned {
+                deleted: 0,
+                visited: 1
+            }
+        );
+        assert_eq!(
+            store.idempotent_get(b"again", 3_000).unwrap(),
+            Some(b"second".to_vec())
+        );
+        assert_eq!(store.prune_idempotency(8_000).unwrap(), 2);
+        assert_eq!(store.raw(|p| p.idempotency.len().unwrap()), 0);
+        assert_eq!(store.raw(|p| p.idempotency_expiry.len().unwrap()), 0);
+    }
+
+    /// Answers stored by a version without the idempotency expiry index are indexed at the first open, and expire.
+    #[test]
+    fn idempotency_keys_of_an_earlier_version_still_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = OutcomeStore::open(dir.path()).unwrap();
+            store.raw(|p| {
+                let mut old = 1_000u64.to_be_bytes().to_vec();
+                old.extend_from_slice(b"answer");
+                p.idempotency.insert(b"old", old).unwrap();
+                p.idempotency.insert(b"cut", b"x").unwrap();
+                p.meta.remove(IDEMPOTENCY_INDEX_KEY).unwrap();
+            });
+            store.sync().unwrap();
+        }
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.idempotent_get(b"old", 999).unwrap(),
+            Some(b"answer".to_vec())
+        );
+        // A value too short to hold its expiry has expired, as a lookup reads it.
+        assert_eq!(store.prune_idempotency(999).unwrap(), 1);
+        assert_eq!(store.prune_idempotency(1_000).unwrap(), 1);
+        assert_eq!(store.raw(|p| p.idempotency.len().unwrap()), 0);
+        drop(store);
+        // Indexed once: the next open reads nothing.
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(store.raw(|p| p.idempotency_expiry.len().unwrap()), 0);
+        assert_eq!(
+            store.prune_idempotency_counted(u64::MAX).unwrap(),
+            IdempotencyPruned::default()
+        );
+    }
+
+    /// A tmpfs mounted at a directory, unmounted when dropped.
+    struct Tmpfs(std::path::PathBuf);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    /// Mounts a tmpfs of `size` at `dir` (root or CAP_SYS_ADMIN); where that is refused, says so and gives `None`
+    /// (the test passes), except when `CI` is set, where it fails.
+    fn tmpfs(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but a tmpfs cannot be mounted at {}",
+                dir.display()
+            );
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs at {} (needs root or CAP_SYS_ADMIN)",
+                dir.display()
+            );
+        }
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Writes a file in `dir` until its file system is full.
+    fn fill(dir: &Path) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = dir.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![7u8; 64 << 10];
+        loop {
+            if let Err(e) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
+                assert_eq!(e.raw_os_error(), Some(28), "filling: {e}");
+                return path;
+            }
+        }
+    }
+
+    /// fjall refuses every write after one failed; the store reopens its keyspace once the disk has room, without
+    /// a restart, and keeps what it held.
+    #[test]
+    fn after_a_full_disk_the_store_takes_writes_again_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let Some(_mount) = tmpfs(&spool, "8m") else {
+            return;
+        };
+        // Reopens that fail are not tried again within the hour: the one that succeeds is not due to the interval.
+        let store = OutcomeStore::open_with(&spool, Duration::from_secs(3600)).unwrap();
+        store.put(&[(key(1, 0), 1_000, b"before")]).unwrap();
+        let filler = fill(&spool);
+        // The filler may leave a few blocks the first writes still fit in.
+        let mut n = 0;
+        let refused = loop {
+            n += 1;
+            match store.put(&[(key(1, n), 1_000, [0u8; 4096])]) {
+                Ok(()) => assert!(n < 10_000, "a full disk never refused a write"),
+                Err(e) => break e,
+            }
+        };
+        assert!(refused.is_disk_full(), "{refused}");
+        let chunk = encode_chunk(&[b"event"]);
+        assert!(
+            store
+                .idempotent_put(b"k", u64::MAX, b"answer", true)
+                .is_err()
+        );
+        assert!(store.hook_append("a.example", 1, &chunk).is_err());
+
+        std::fs::remove_file(&filler).unwrap();
+        // The first write still meets the refusing keyspace and finds room; the next one reopens it (the outcome
+        // writer tries three times before it drops a batch).
+        let after = [(key(2, 1), 2_000, b"after")];
+        if let Err(e) = store.put(&after) {
+            assert!(!e.is_disk_full(), "{e}");
+            store.put(&after).unwrap();
+        }
+        store
+            .idempotent_put(b"k", u64::MAX, b"answer", true)
+            .unwrap();
+        store.hook_append("a.example", 1, &chunk).unwrap();
+
+        // What it held is still there, counted exactly.
+        let held = |store: &OutcomeStore| {
+            (0..=n)
+                .filter(|&i| matches!(store.lookup(&key(1, i)).unwrap(), Lookup::Found(_)))
+                .count() as u64
+        };
+        assert_eq!(
+            store.lookup(&key(1, 0)).unwrap(),
+            Lookup::Found(b"before".to_vec())
+        );
+        assert_eq!(store.len(), held(&store) + 1);
+        store.sync().unwrap();
+        drop(store);
+        let store = OutcomeStore::open(&spool).unwrap();
+        assert_eq!(
+            store.lookup(&key(2, 1)).unwrap(),
+            Lookup::Found(b"after".to_vec())
+        );
+        assert_eq!(store.len(), held(&store) + 1);
+        assert_eq!(
+            store.idempotent_get(b"k", 0).unwrap(),
+            Some(b"answer".to_vec())
+        );
+        assert_eq!(store.hook_queues().unwrap()[0].chunks, vec![(1, 1)]);
     }
 }

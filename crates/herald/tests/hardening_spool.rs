@@ -1,7 +1,8 @@
 //! `herald serve` with its spool on a small tmpfs that fills up and empties again. While the disk is full new
 //! notifications are refused (REST 503, SMTP 452 4.3.1), `/readyz`, `/metrics` and the console say so, what herald
-//! holds is still delivered and the removals wait in memory; once there is room intake resumes by itself, and after
-//! a restart nothing is delivered twice. herald also starts on a full disk.
+//! holds is still delivered and the removals wait in memory; once there is room intake resumes by itself, final
+//! outcomes are stored again for status lookups, and after a restart nothing is delivered twice. herald also starts
+//! on a full disk.
 //!
 //! The test mounts its own tmpfs (root or CAP_SYS_ADMIN); where that is refused it prints why and passes, except
 //! when `CI` is set, where it fails.
@@ -110,9 +111,25 @@ async fn post(http: &str, tokens: &[String]) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn post_accepted(http: &str, tokens: &[String]) {
+/// Posts `tokens`, which must be accepted; returns their ids.
+async fn post_accepted(http: &str, tokens: &[String]) -> Vec<String> {
     let (status, text) = post(http, tokens).await;
     assert_eq!(status, 202, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The status lookup of notification `id`: HTTP status and body.
+async fn notification_status(http: &str, id: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://{http}/api/v1/notifications/{id}"))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 async fn readyz(http: &str) -> (u16, String) {
@@ -150,7 +167,14 @@ async fn wait_metrics(http: &str, want: &[(&str, u64)]) {
             Instant::now() < deadline,
             "metrics never reached {want:?}:\n{}",
             text.lines()
-                .filter(|l| l.starts_with("herald_spool") || l.starts_with("herald_queue"))
+                .filter(|l| [
+                    "herald_spool",
+                    "herald_queue",
+                    "herald_outcomes",
+                    "herald_webhook"
+                ]
+                .iter()
+                .any(|p| l.starts_with(p)))
                 .collect::<Vec<_>>()
                 .join("\n")
         );
@@ -327,9 +351,31 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
         Some("0")
     );
     let later: Vec<String> = (100..120).map(token).collect();
-    post_accepted(&daemon.http, &later).await;
+    let later_ids = post_accepted(&daemon.http, &later).await;
     sim.wait_for_records((held.len() + later.len()) as u64, WAIT)
         .await;
+    // The outcome store takes writes again too: the final outcomes of these leave memory stored, not dropped, and
+    // their status lookups are answered from it. (A write refused on the full disk may still be stored when the
+    // store is reopened: `herald_outcomes_stored` can count more than these.)
+    wait_metrics(
+        &daemon.http,
+        &[
+            ("herald_outcomes_tracked", 0),
+            ("herald_outcomes_dropped_total", held.len() as u64),
+        ],
+    )
+    .await;
+    assert!(
+        metric(&metrics(&daemon.http).await, "herald_outcomes_stored") >= Some(later.len() as u64)
+    );
+    for id in &later_ids {
+        let (code, v) = notification_status(&daemon.http, id).await;
+        assert_eq!(
+            (code, v["state"].as_str()),
+            (200, Some("delivered")),
+            "{id}: {v}"
+        );
+    }
 
     // The disk fills while herald runs: refused again, and again it recovers by itself.
     let filler = fill(&spool);

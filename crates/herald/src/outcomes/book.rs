@@ -534,20 +534,29 @@ async fn prune_loop(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let cutoff = now_ms.saturating_sub(retention.as_millis() as u64);
+        // Expired idempotency keys are deleted whether or not the outcomes could be pruned.
         let result = tokio::task::spawn_blocking(move || {
-            let n = store.prune(cutoff, max_entries)?;
-            store.prune_idempotency(now_ms)?;
-            Ok::<u64, SpoolError>(n)
+            (
+                store.prune(cutoff, max_entries),
+                store.prune_idempotency(now_ms),
+            )
         })
         .await;
         match result {
-            Ok(Ok(n)) => {
-                if n > 0 {
-                    tracing::debug!(pruned = n, "outcome store pruned");
+            Ok((outcomes, idempotency)) => {
+                match outcomes {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(pruned = n, "outcome store pruned");
+                        }
+                        pruned.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!("pruning the outcome store: {e}"),
                 }
-                pruned.fetch_add(n, Ordering::Relaxed);
+                if let Err(e) = idempotency {
+                    tracing::warn!("pruning the outcome store's idempotency keys: {e}");
+                }
             }
-            Ok(Err(e)) => tracing::warn!("pruning the outcome store: {e}"),
             Err(e) => tracing::warn!("pruning the outcome store: {e}"),
         }
     }
