@@ -858,3 +858,112 @@ async fn a_control_listener_with_a_certificate_speaks_tls() {
     assert!(!ok);
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// One answer of the control protocol (`OK LEN` / `ERR LEN`, then LEN bytes); `None` once the server closed.
+async fn answer<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Option<(bool, String)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut status = String::new();
+    if r.read_line(&mut status).await.ok()? == 0 {
+        return None;
+    }
+    let (word, len) = status.trim_end().split_once(' ')?;
+    let mut text = vec![0; len.parse().unwrap()];
+    r.read_exact(&mut text).await.ok()?;
+    Some((word == "OK", String::from_utf8(text).unwrap()))
+}
+
+/// A connection to a listener with `control_password` must log in within `timeout` of connecting: refused
+/// commands sent more often than `timeout` do not keep it open. A session that logged in stays while it is busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_does_not_log_in_within_timeout_is_closed_however_busy() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\ncontrol_listener {{ listen \"127.0.0.1:0\" {{ control_password = \"pw\" timeout = 1 }} }}\n",
+            dir.path().join("spool").display(),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let addr = server.addrs().await.control[0].clone();
+    let every = Duration::from_millis(500);
+
+    // Never logged in, never idle: closed with a word, within a few seconds. Answers are read as they come, and
+    // commands go out between the half seconds the deadline falls on, so none is written into a closed socket.
+    let connected = Instant::now();
+    let (r, mut w) = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap()
+        .into_split();
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut r = tokio::io::BufReader::new(r);
+        loop {
+            let a = answer(&mut r).await;
+            let end = a.is_none();
+            if answers.send(a).is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every / 2, every);
+    let mut refused = 0;
+    let last = loop {
+        let left = Duration::from_secs(10).saturating_sub(connected.elapsed());
+        tokio::select! {
+            _ = tick.tick() => w.write_all(b"version\n").await.unwrap(),
+            a = answered.recv() => match a.unwrap() {
+                Some((false, text)) if text.starts_with("Authentication required") => refused += 1,
+                other => break other,
+            },
+            () = tokio::time::sleep(left) => panic!("still open after {:?}, {refused} commands refused", connected.elapsed()),
+        }
+    };
+    let closed_after = connected.elapsed();
+    assert!(refused >= 1, "{refused} commands were refused before");
+    assert_eq!(
+        last,
+        Some((
+            false,
+            "Not authenticated within 1 s of connecting (timeout); closing.\n".to_owned()
+        ))
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, answered.recv()).await.unwrap(),
+        Some(None),
+        "the server closed the connection"
+    );
+    assert!(
+        closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?}"
+    );
+
+    // Logged in: busy beyond the login deadline (and several `timeout`s), it stays.
+    let connected = Instant::now();
+    let (r, mut w) = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap()
+        .into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    w.write_all(b"auth pw\n").await.unwrap();
+    assert_eq!(
+        answer(&mut r).await,
+        Some((true, "Authenticated.\n".to_owned()))
+    );
+    let version = format!("herald {}\n", env!("CARGO_PKG_VERSION"));
+    let mut tick = tokio::time::interval(every);
+    while connected.elapsed() < Duration::from_secs(3) {
+        tick.tick().await;
+        w.write_all(b"version\n").await.unwrap();
+        assert_eq!(
+            tokio::time::timeout(WAIT, answer(&mut r)).await.unwrap(),
+            Some((true, version.clone())),
+            "after {:?}",
+            connected.elapsed()
+        );
+    }
+    server.shutdown(Duration::from_secs(2)).await;
+}

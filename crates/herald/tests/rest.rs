@@ -728,6 +728,87 @@ async fn address_lists_refuse_with_403_naming_the_address() {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
+/// What a page on another site can make a browser send to a listener without keys (`fetch(url, {method: "POST",
+/// mode: "no-cors", body})`), or a page under a name rebound to herald's address: refused with `403` naming the
+/// header, and nothing is queued. The same request from an API client, without those headers, is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_browsers_send_for_web_pages_are_refused() {
+    let h = Harness::start(|s, _| {
+        s.acl.deny = vec!["0.0.0.0/0".parse::<Cidr>().unwrap()];
+        s.acl.allow = vec!["127.0.0.1".parse::<Cidr>().unwrap()];
+    })
+    .await;
+    let body = |i: usize| {
+        format!(
+            r#"{{"domain": "{DOMAIN}", "tokens": ["{}"], "payload": {{"aps": {{"alert": "x"}}}}}}"#,
+            token(i)
+        )
+    };
+    let client = h.client();
+    let port = h.addr.port();
+    let no_cors = |i: usize| {
+        client
+            .post(h.url("/api/v1/push"))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(body(i))
+    };
+    for (request, says) in [
+        (
+            no_cors(1)
+                .header("origin", "https://evil.example")
+                .header("sec-fetch-site", "cross-site")
+                .header("sec-fetch-mode", "no-cors"),
+            "browser request refused: sec-fetch-site: cross-site says a page of another site sent it",
+        ),
+        (
+            no_cors(2).header("sec-fetch-site", "same-site"),
+            "browser request refused: sec-fetch-site: same-site",
+        ),
+        // A browser without Fetch Metadata still sends the page's origin.
+        (
+            no_cors(3).header("origin", "https://evil.example"),
+            "cross-origin request refused: origin \"https://evil.example\" is not this listener's host",
+        ),
+        // DNS rebinding: the page's origin is the name it was loaded under, now resolving to herald.
+        (
+            no_cors(4)
+                .header("host", format!("rebound.example:{port}"))
+                .header("origin", format!("http://rebound.example:{port}"))
+                .header("sec-fetch-site", "same-origin"),
+            "browser request refused: sec-fetch-site: same-origin says a web page at \"rebound.example:",
+        ),
+    ] {
+        let (status, answer) = answer_of(request).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+        assert!(error_text(&answer).contains(says), "{answer}");
+    }
+    let (status, answer) = answer_of(
+        client
+            .get(h.url("/healthz"))
+            .header("host", format!("rebound.example:{port}"))
+            .header("sec-fetch-site", "same-origin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert_eq!(h.received(), 0, "nothing refused was queued");
+
+    // An API client sends no such header; an origin naming the listener's own host, or a direct visit
+    // (`sec-fetch-site: none`), passes too.
+    let (status, answer) = answer_of(no_cors(5)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let (status, answer) = answer_of(
+        no_cors(6)
+            .header("origin", format!("http://{}", h.addr))
+            .header("sec-fetch-site", "none"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let mut got: Vec<String> = h.records(2).await.into_iter().map(|r| r.token).collect();
+    got.sort();
+    assert_eq!(got, [token(5), token(6)]);
+    assert_eq!(h.received(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_are_required_when_configured() {
     let h = Harness::start(|s, _| s.api_keys = vec!["k-one".into(), "k-two".into()]).await;

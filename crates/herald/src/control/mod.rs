@@ -3,8 +3,8 @@
 //! A `listen "/path"` stanza is a Unix socket created with the stanza's `file_mode`; `listen "host:port"` is TCP,
 //! filtered by `always_allow`/`always_deny`, and speaks TLS when the stanza has `tls_certificate` (and `tls_key`),
 //! so that its password and commands cross the network encrypted (`herald console --tls`). Where `control_password` is set, a connection must send
-//! `auth PASSWORD` before anything else. A connection that sends nothing for `timeout` seconds (default 60) is
-//! closed. Both are read from the configuration in force when a connection arrives, so a reload changes them for
+//! `auth PASSWORD` before anything else, within `timeout` seconds of connecting, whatever else it sends meanwhile.
+//! A connection that sends nothing for `timeout` seconds (default 60) is closed. Both are read from the configuration in force when a connection arrives, so a reload changes them for
 //! new connections. The wire format is in [`protocol`]; the commands in [`commands`].
 //!
 //! The listener keeps at most `max_connections` connections open, `max_connections_per_client` from one TCP
@@ -363,7 +363,8 @@ async fn accept(
     }
 }
 
-/// Reads commands and answers them until `quit`, end of stream, the idle timeout, or the listener stops.
+/// Reads commands and answers them until `quit`, end of stream, the idle timeout, the login deadline (where a
+/// password is required: `timeout` from the connection's arrival), or the listener stops.
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     client: String,
@@ -381,9 +382,25 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let (r, mut w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     let mut authenticated = rules.password.is_none();
+    // Where a password is required, the connection has `timeout` from its arrival to log in, however busy it is
+    // meanwhile: commands refused for want of `auth` must not keep it (and its slot) open for good.
+    let login_deadline = tokio::time::Instant::now() + rules.timeout;
     loop {
         let line = tokio::select! {
             () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(login_deadline), if !authenticated => {
+                tracing::info!(
+                    "control listener {}: closed {client}: no `auth` within {} s of connecting",
+                    settings.address,
+                    rules.timeout.as_secs()
+                );
+                let text = format!(
+                    "Not authenticated within {} s of connecting (timeout); closing.\n",
+                    rules.timeout.as_secs()
+                );
+                send(&mut w, &Reply::err(text), rules.timeout, &stop).await;
+                return;
+            }
             read = tokio::time::timeout(rules.timeout, protocol::read_request(&mut r)) => match read {
                 Err(_) => {
                     send(&mut w, &Reply::err("Idle timeout; closing.\n"), rules.timeout, &stop).await;

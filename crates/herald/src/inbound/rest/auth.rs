@@ -4,9 +4,14 @@
 //! [`crate::access::MAX_GUESSES`] wrong keys within [`crate::access::GUESS_WINDOW`] is refused (429 with `retry-after`, whatever
 //! key it sends) until the window has passed since its last wrong one. On Momentum's injector paths the refusals
 //! also carry `"status": "failure"` (see [`inject::error_for_path`]).
+//!
+//! Every route but the dashboard's (which checks its own way) is for programs, not web pages: a request a browser
+//! sent on behalf of a page is refused with `403` naming the header that gave it away (see [`browser_refusal`]),
+//! so that a page on another site cannot make the browser of someone inside `always_allow` push notifications
+//! through a listener without keys, nor read its answers after rebinding its own name to herald's address.
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -14,6 +19,7 @@ use super::RestState;
 use super::error::ApiError;
 use super::inject;
 use crate::access::same_secret;
+use crate::dashboard::auth::request_host;
 
 /// Paths answered without an API key (still subject to the address lists), for load-balancer probes.
 pub const KEYLESS_PATHS: &[&str] = &["/healthz"];
@@ -21,7 +27,8 @@ pub const KEYLESS_PATHS: &[&str] = &["/healthz"];
 /// The alternative to `authorization: Bearer KEY`.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// Middleware: the address lists, then the API key. Both refusals take the shape of the path's answers, so a
+/// Middleware: the address lists, then the browser check ([`browser_refusal`], not on the dashboard's routes), then
+/// the API key. The refusals take the shape of the path's answers, so a
 /// Momentum client of `/v1.0/inject` finds its `"status": "failure"` in them too.
 pub async fn guard(State(state): State<RestState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
@@ -36,12 +43,21 @@ pub async fn guard(State(state): State<RestState>, request: Request, next: Next)
         );
         return inject::error_for_path(path, error).into_response();
     }
+    // The dashboard checks its own way (session cookie, key or address; see `dashboard::auth`).
+    let own_checks = path == "/dashboard" || path.starts_with("/dashboard/");
+    if !own_checks && let Some(reason) = browser_refusal(request.headers(), request.uri()) {
+        tracing::info!(
+            client = ?ip,
+            "REST listener {}: refused {path}: {reason}",
+            state.settings.address
+        );
+        let error = ApiError::new(StatusCode::FORBIDDEN, reason);
+        return inject::error_for_path(path, error).into_response();
+    }
     let keys = match ip {
         Some(ip) => state.settings.api_keys_for(ip),
         None => &state.settings.api_keys,
     };
-    // The dashboard checks its own way (session cookie, key or address; see `dashboard::auth`).
-    let own_checks = path == "/dashboard" || path.starts_with("/dashboard/");
     if !keys.is_empty() && !KEYLESS_PATHS.contains(&path) && !own_checks {
         let headers = request.headers();
         let presented = match (
@@ -96,6 +112,52 @@ pub async fn guard(State(state): State<RestState>, request: Request, next: Next)
     next.run(request).await
 }
 
+/// Why a request to a route for programs is refused as one a web page made a browser send, if it is:
+///
+/// - `sec-fetch-site` other than `none`: `cross-site` and `same-site` are another site's page; `same-origin` is a
+///   page at this very host and port, and herald serves no page that calls these routes, so it is a page reached
+///   under a name rebound to herald's address (DNS rebinding), which would read the answers. `none` is a visit the
+///   user made directly (address bar, bookmark).
+/// - an `origin` whose host is not the request's (see [`request_host`]), for browsers without `sec-fetch-site`.
+///
+/// API clients send neither header, and pass.
+pub fn browser_refusal(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    if let Some(site) = headers.get(SEC_FETCH_SITE) {
+        let site = String::from_utf8_lossy(site.as_bytes());
+        if site != "none" {
+            let from = match site.as_ref() {
+                "cross-site" | "same-site" => "a page of another site".to_owned(),
+                "same-origin" => format!(
+                    "a web page at {:?} (a name rebound to this listener's address?)",
+                    request_host(headers, uri).unwrap_or("")
+                ),
+                _ => "a web page".to_owned(),
+            };
+            return Some(format!(
+                "browser request refused: sec-fetch-site: {site} says {from} sent it; this route is for API \
+                 clients, which send no sec-fetch-site"
+            ));
+        }
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    let host = request_host(headers, uri).unwrap_or("");
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    if host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        return Some(format!(
+            "cross-origin request refused: origin {origin:?} is not this listener's host {host:?}; this route is \
+             for API clients, which send no origin"
+        ));
+    }
+    None
+}
+
+/// The header of the Fetch Metadata a browser sends with each request: whose page caused it.
+const SEC_FETCH_SITE: &str = "sec-fetch-site";
+
 /// The credentials of an `authorization: Bearer …` value (scheme case-insensitive), if it is one.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(6)?;
@@ -119,5 +181,55 @@ mod tests {
         assert_eq!(bearer_token(b"Basic abc"), None);
         assert_eq!(bearer_token(b"Bearerabc"), None);
         assert_eq!(bearer_token(b"short"), None);
+    }
+
+    #[test]
+    fn requests_browsers_send_for_pages_are_refused() {
+        use axum::http::HeaderValue;
+        let check = |pairs: &[(&'static str, &str)], uri: &str| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_str(v).unwrap());
+            }
+            browser_refusal(&h, &uri.parse().unwrap())
+        };
+        let path = "/api/v1/push";
+        // API clients, and a direct visit.
+        assert_eq!(check(&[("host", "h:1")], path), None);
+        assert_eq!(
+            check(&[("host", "h:1"), ("sec-fetch-site", "none")], path),
+            None
+        );
+        assert_eq!(
+            check(&[("host", "h:1"), ("origin", "http://h:1")], path),
+            None
+        );
+        // Over HTTP/2 the host is the URI's authority.
+        assert_eq!(
+            check(&[("origin", "https://h:1")], "https://h:1/api/v1/push"),
+            None
+        );
+        let refused = |pairs: &[(&'static str, &str)], says: &str| {
+            let why = check(pairs, path).expect("refused");
+            assert!(why.contains(says), "{why}");
+        };
+        refused(
+            &[("host", "h:1"), ("sec-fetch-site", "cross-site")],
+            "sec-fetch-site: cross-site says a page of another site",
+        );
+        refused(
+            &[("host", "h:1"), ("sec-fetch-site", "same-site")],
+            "sec-fetch-site: same-site",
+        );
+        refused(
+            &[("host", "evil:1"), ("sec-fetch-site", "same-origin")],
+            "a web page at \"evil:1\"",
+        );
+        refused(
+            &[("host", "h:1"), ("origin", "https://evil.example")],
+            "origin \"https://evil.example\" is not this listener's host \"h:1\"",
+        );
+        refused(&[("host", "h:1"), ("origin", "null")], "origin \"null\"");
+        refused(&[("origin", "http://h:1")], "host \"\"");
     }
 }
