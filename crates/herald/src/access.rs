@@ -77,8 +77,9 @@ impl Default for GuessThrottle {
 /// What failures are counted under: the client's address (its /64 for IPv6) and the limit it is judged by.
 type Key = (Option<IpAddr>, usize);
 
-/// The address a client's failures are counted under.
-fn bucket(client: Option<IpAddr>) -> Option<IpAddr> {
+/// The address a client's failures are counted under: an IPv4 address as it is, an IPv6 address as its /64
+/// (callers pass IPv4-mapped addresses already canonicalised). The connection caps count per the same.
+pub(crate) fn bucket(client: Option<IpAddr>) -> Option<IpAddr> {
     client.map(|ip| match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {

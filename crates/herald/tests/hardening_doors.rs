@@ -253,6 +253,57 @@ async fn idle_and_slow_http_connections_are_closed_by_their_timeouts() {
     h.stop().await;
 }
 
+/// An HTTP/2 client that leaves its flow-control window at 0 never takes its answer: its request stays open, so no
+/// idle timeout applies, but the connection is closed once it has sent nothing for the send timeout, and its slot
+/// is free again. (The h2 client is reqwest's, with a stream window of 0: it sends no WINDOW_UPDATE until it reads
+/// data, and none can arrive.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_never_takes_its_answer_is_disconnected() {
+    use herald::inbound::rest::server::SEND_TIMEOUT_MIN;
+    let h = Herald::start(Opts {
+        http: "first_byte_timeout = 1 header_timeout = 1 body_timeout = 1 keepalive_timeout = 1 \
+               max_connections = 2",
+        ..Opts::default()
+    })
+    .await;
+    let stalled = || {
+        reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .http2_initial_stream_window_size(0)
+            .build()
+            .unwrap()
+    };
+    // Two such connections fill the listener (/healthz needs no key).
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let answer = stalled().get(h.url("/healthz")).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        answers.push(answer);
+    }
+    let healthz = || raw_http(h.http, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+    let full = healthz().await;
+    assert!(full.starts_with("HTTP/1.1 503"), "{full}");
+    // The body never arrives; the server ends the connection (1 s timeouts: the send timeout is its least).
+    for mut answer in answers {
+        let body = tokio::time::timeout(SEND_TIMEOUT_MIN + WAIT, answer.chunk()).await;
+        let Ok(body) = body else {
+            panic!("the connection is still open");
+        };
+        assert!(body.is_err(), "{body:?}");
+    }
+    // The listener serves again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = healthz().await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_stops_at_the_caps_and_the_console_still_answers() {
     let h = Herald::start(Opts {
@@ -1038,6 +1089,73 @@ domain "{DOMAIN}" {{ apn_topic = "{TOPIC}" }}
     assert_eq!(r.status(), 429);
     assert!(r.text().await.unwrap().contains("from 127.0.0.3"));
     assert_eq!(push("127.0.0.4", KEY).await.unwrap().status(), 200);
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+/// On a dual-stack listener (`[::]:port`) each IPv4 client has its own `max_connections_per_client`, on the HTTP
+/// and ESMTP listeners alike: counted as `::ffff:a.b.c.d`, all of them would share the one /64 `::/64`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_listener_caps_each_ipv4_client_apart() {
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        return; // no IPv6 on this machine
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let config = path.join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+spool_dir = "{spool}"
+http_listener {{ listen "[::]:0" {{ max_connections_per_client = 2 }} }}
+esmtp_listener {{ listen "[::]:0" {{ max_connections_per_client = 2 }} }}
+domain "{DOMAIN}" {{ apn_topic = "{TOPIC}" }}
+"#,
+            spool = path.join("spool").display(),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let addrs = server.addrs().await;
+    let v4 = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    for (name, door) in [
+        ("http", v4(addrs.http[0].port())),
+        ("smtp", v4(addrs.esmtp[0].port())),
+    ] {
+        // What a new connection from `from` is told first (after a request, over HTTP, when `ask`: a refused
+        // client is told at once, and a request could reset the connection before the refusal is read).
+        let greeting = |from: &'static str, ask: bool| async move {
+            let mut s = connect_from(from, door).await;
+            if name == "http" && ask {
+                s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            (s, String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        let admitted = |text: &str| text.starts_with("HTTP/1.1 200") || text.starts_with("220");
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (s, text) = greeting("127.0.0.2", true).await;
+            assert!(admitted(&text), "{name}: {text:?}");
+            held.push(s);
+        }
+        let (_s, text) = greeting("127.0.0.2", false).await;
+        assert!(
+            text.contains("max_connections_per_client"),
+            "{name}: {text:?}"
+        );
+        let (_s, text) = greeting("127.0.0.3", true).await;
+        assert!(
+            admitted(&text),
+            "{name}: another IPv4 client is refused: {text:?}"
+        );
+    }
     server.shutdown(Duration::from_secs(2)).await;
 }
 

@@ -6,7 +6,9 @@
 //! [`raise_fd_limit`] runs once at start: it raises the soft `RLIMIT_NOFILE` to the hard limit and sets the
 //! budget to that limit minus [`FD_RESERVE`]. Every ESMTP and HTTP connection takes a slot of the budget, its
 //! listener's and its client's ([`ConnLimiter::admit`]); the control listener counts against its own caps only,
-//! so a console still connects while the network listeners are full.
+//! so a console still connects while the network listeners are full. A client is an IPv4 address or an IPv6 /64
+//! (the block one host is usually given), an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, an IPv4 client of a
+//! dual-stack listener) counting as the IPv4 address it is.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -176,13 +178,16 @@ impl DoorLimits {
 pub enum Busy {
     #[error("this listener holds {0} connections, its max_connections")]
     Listener(usize),
-    #[error("this client holds {0} connections, the listener's max_connections_per_client")]
+    #[error(
+        "this client address (its /64 for IPv6) holds {0} connections, the listener's max_connections_per_client"
+    )]
     Client(usize),
     #[error("herald holds {0} network connections, all its file descriptors allow")]
     Process(usize),
 }
 
-/// Counts the open connections of one listener, in all and per client address.
+/// Counts the open connections of one listener, in all and per client: an IPv4 address, or an IPv6 /64 (see
+/// [`client_key`]).
 #[derive(Debug)]
 pub struct ConnLimiter {
     /// Whether connections also count against the process's network budget (ESMTP, HTTP; not control).
@@ -193,7 +198,16 @@ pub struct ConnLimiter {
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
+    /// Open connections per [`client_key`].
     per_client: HashMap<IpAddr, usize>,
+}
+
+/// What a client's connections are counted under for `max_connections_per_client`: an IPv4 address as it is, an
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack listener sees an IPv4 client) as that IPv4
+/// address, any other IPv6 address as its /64, the block one host is usually given, so that a host cannot take
+/// a fresh share of the listener from each address of its block. The same grouping as the guess throttle's.
+fn client_key(ip: IpAddr) -> Option<IpAddr> {
+    crate::access::bucket(Some(ip.to_canonical()))
 }
 
 impl ConnLimiter {
@@ -218,13 +232,14 @@ impl ConnLimiter {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).total
     }
 
-    /// Takes a slot for a connection from `client`, or says which cap is reached. The slot is given back when
-    /// the guard is dropped.
+    /// Takes a slot for a connection from `client`, or says which cap is reached; the client's share is counted
+    /// per [`client_key`] (IPv4 address or IPv6 /64). The slot is given back when the guard is dropped.
     pub fn admit(
         self: &Arc<Self>,
         client: Option<IpAddr>,
         limits: &DoorLimits,
     ) -> Result<ConnGuard, Busy> {
+        let client = client.and_then(client_key);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.total >= limits.max_connections {
             return Err(Busy::Listener(open.total));
@@ -258,6 +273,7 @@ impl ConnLimiter {
 #[derive(Debug)]
 pub struct ConnGuard {
     limiter: Arc<ConnLimiter>,
+    /// The [`client_key`] the connection counts under.
     client: Option<IpAddr>,
 }
 
@@ -303,6 +319,42 @@ mod tests {
         let _a3 = l.admit(Some(a), &limits).unwrap();
         let err = l.admit(None, &limits).unwrap_err();
         assert!(err.to_string().contains("max_connections"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64_and_ipv4_mapped_ones_as_ipv4() {
+        let limits = DoorLimits {
+            max_connections: 100,
+            max_connections_per_client: 2,
+            ..DoorLimits::default()
+        };
+        let l = ConnLimiter::control();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // Two addresses of one /64 share its two slots; the next /64 is another client.
+        let _a = l.admit(ip("2001:db8:1:2::1"), &limits).unwrap();
+        let b = l
+            .admit(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), &limits)
+            .unwrap();
+        assert_eq!(
+            l.admit(ip("2001:db8:1:2::3"), &limits).unwrap_err(),
+            Busy::Client(2)
+        );
+        let _c = l.admit(ip("2001:db8:1:3::1"), &limits).unwrap();
+        drop(b);
+        let _d = l.admit(ip("2001:db8:1:2::4"), &limits).unwrap();
+        // An IPv4 client of a dual-stack listener counts as its IPv4 address, not as one of ::ffff:0:0/64.
+        let _e = l.admit(ip("::ffff:192.0.2.1"), &limits).unwrap();
+        let _f = l.admit(ip("192.0.2.1"), &limits).unwrap();
+        assert_eq!(
+            l.admit(ip("::ffff:192.0.2.1"), &limits).unwrap_err(),
+            Busy::Client(2)
+        );
+        let _g = l.admit(ip("::ffff:192.0.2.2"), &limits).unwrap();
+        let _h = l.admit(ip("::ffff:192.0.2.3"), &limits).unwrap();
+        // IPv4 addresses are not grouped.
+        let _i = l.admit(ip("192.0.2.4"), &limits).unwrap();
+        let _j = l.admit(ip("192.0.2.5"), &limits).unwrap();
+        assert_eq!(l.open(), 9);
     }
 
     #[test]

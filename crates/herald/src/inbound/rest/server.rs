@@ -6,9 +6,13 @@
 //! (in all, or from its client address) with a `503` where the connection is plain HTTP; it is closed when it
 //! sends nothing within `first_byte_timeout`, when a request's headers take longer than `header_timeout` from
 //! its first byte, or when it stays idle between requests for `keepalive_timeout`; a request body that takes
-//! longer than `body_timeout` fails with `408`. An HTTP/2 connection carries at most
-//! [`HTTP2_MAX_CONCURRENT_STREAMS`] requests at once, so that it holds no more request bodies in memory than that
-//! many HTTP/1 connections would.
+//! longer than `body_timeout` fails with `408`. A connection with a request open is not idle, but it is closed
+//! when it has sent nothing for [`send_timeout`] (the longest of `keepalive_timeout`, `body_timeout` and
+//! [`SEND_TIMEOUT_MIN`]) since that request arrived: a client that never takes its answer (an HTTP/2 client that
+//! leaves its flow-control window at 0, an HTTP/1 client that does not read) cannot hold the connection for good,
+//! while an answer sent slowly, or the dashboard's event stream (a keep-alive every 15 s), goes on as long as
+//! bytes leave. An HTTP/2 connection carries at most [`HTTP2_MAX_CONCURRENT_STREAMS`] requests at once, so that
+//! it holds no more request bodies in memory than that many HTTP/1 connections would.
 
 use std::io;
 use std::net::SocketAddr;
@@ -241,7 +245,8 @@ async fn serve_until(
             },
             () = shutdown.cancelled() => break,
         };
-        let guard = match conns.admit(Some(peer.ip()), &limits) {
+        // An IPv4 client of a dual-stack listener counts as its IPv4 address, not as ::ffff:0:0/64.
+        let guard = match conns.admit(Some(peer.ip().to_canonical()), &limits) {
             Ok(guard) => guard,
             Err(busy) => {
                 refusals.note(local, peer, busy);
@@ -361,8 +366,27 @@ impl RefusalLog {
 /// No time recorded.
 const NONE: u64 = u64::MAX;
 
-/// What a connection's watchdog looks at: open requests, when the connection last became idle, and when a byte
-/// last arrived while it was idle (a request on its way).
+/// The least [`send_timeout`]: twice the 15 s between the keep-alives of the dashboard's event stream, so that a
+/// stream with nothing to say is never taken for one its client does not read.
+pub const SEND_TIMEOUT_MIN: Duration = Duration::from_secs(30);
+
+/// How long a connection with a request open may send nothing (no byte written to the socket) since the later of
+/// that request's arrival and the last byte it sent, before it is closed: the longest of the listener's
+/// `keepalive_timeout`, its `body_timeout` (a body still arriving within it is not cut short) and
+/// [`SEND_TIMEOUT_MIN`].
+pub fn send_timeout(limits: &DoorLimits) -> Duration {
+    limits
+        .keepalive_timeout
+        .max(limits.body_timeout)
+        .max(SEND_TIMEOUT_MIN)
+}
+
+/// Grace past [`send_timeout`] before the watchdog closes a connection, so that a body failing at a
+/// `body_timeout` equal to it gets its `408` out first.
+const SEND_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
+
+/// What a connection's watchdog looks at: open requests, when the connection last became idle, when a byte
+/// last arrived while it was idle (a request on its way), and when it last sent something or took a request.
 struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
@@ -371,6 +395,8 @@ struct Activity {
     idle_since: AtomicU64,
     /// Milliseconds since `start` of the first byte read since the connection became idle; [`NONE`] if none.
     first_byte: AtomicU64,
+    /// Milliseconds since `start` of the last write that took bytes, or of the last request's arrival if later.
+    sent: AtomicU64,
 }
 
 impl Activity {
@@ -381,6 +407,7 @@ impl Activity {
             requests: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             first_byte: AtomicU64::new(NONE),
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -401,43 +428,57 @@ impl Activity {
         }
     }
 
+    /// The connection's socket took bytes to send.
+    fn wrote_some(&self) {
+        self.sent.fetch_max(self.now(), Ordering::Relaxed);
+    }
+
     fn request_started(self: &Arc<Self>) -> RequestGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.sent.fetch_max(self.now(), Ordering::Relaxed);
+        // Release: a watchdog that sees the request open sees its arrival in `sent` too.
+        self.in_flight.fetch_add(1, Ordering::Release);
         self.requests.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
     }
 
-    /// Waits until the connection broke one of its timeouts; returns the option's name.
+    /// Waits until the connection broke one of its timeouts; returns which.
     async fn watchdog(&self, limits: &DoorLimits) -> &'static str {
         let shortest = limits
             .first_byte_timeout
             .min(limits.header_timeout)
             .min(limits.keepalive_timeout);
         let tick = (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE - 1);
         loop {
             tokio::time::sleep(tick).await;
-            if self.in_flight.load(Ordering::Relaxed) > 0 {
-                continue;
-            }
-            let now = self.now();
-            let first = self.first_byte.load(Ordering::Relaxed);
-            if first != NONE {
-                if now.saturating_sub(first) > ms(limits.header_timeout) {
-                    return "header_timeout";
-                }
-                continue;
-            }
-            let idle = now.saturating_sub(self.idle_since.load(Ordering::Relaxed));
-            let (limit, name) = if self.requests.load(Ordering::Relaxed) == 0 {
-                (limits.first_byte_timeout, "first_byte_timeout")
-            } else {
-                (limits.keepalive_timeout, "keepalive_timeout")
-            };
-            if idle > ms(limit) {
-                return name;
+            if let Some(broken) = self.broken(self.now(), limits) {
+                return broken;
             }
         }
+    }
+
+    /// The timeout the connection broke at `now` (milliseconds since `start`), if any.
+    fn broken(&self, now: u64, limits: &DoorLimits) -> Option<&'static str> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE - 1);
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            // Not idle; but an answer its client never takes (an HTTP/2 window left at 0) must not hold it for
+            // good.
+            let silent = now.saturating_sub(self.sent.load(Ordering::Relaxed));
+            return (silent > ms(send_timeout(limits) + SEND_TIMEOUT_GRACE)).then_some(
+                "nothing sent for the longest of keepalive_timeout, body_timeout and 30 s with a request open",
+            );
+        }
+        let first = self.first_byte.load(Ordering::Relaxed);
+        if first != NONE {
+            return (now.saturating_sub(first) > ms(limits.header_timeout))
+                .then_some("header_timeout passed");
+        }
+        let idle = now.saturating_sub(self.idle_since.load(Ordering::Relaxed));
+        let (limit, name) = if self.requests.load(Ordering::Relaxed) == 0 {
+            (limits.first_byte_timeout, "first_byte_timeout passed")
+        } else {
+            (limits.keepalive_timeout, "keepalive_timeout passed")
+        };
+        (idle > ms(limit)).then_some(name)
     }
 }
 
@@ -454,7 +495,7 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The TCP stream of a connection, noting when bytes arrive.
+/// The TCP stream of a connection, noting when bytes arrive and when bytes leave.
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
@@ -481,7 +522,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_some();
+        }
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -497,7 +542,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote_some();
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -655,8 +704,8 @@ impl Conn {
                     tracing::debug!(%peer, error = %e, "REST connection ended with an error");
                 }
             }
-            option = activity.watchdog(&limits) => {
-                tracing::debug!(%peer, "REST connection closed: {option} passed");
+            why = activity.watchdog(&limits) => {
+                tracing::debug!(%peer, "REST connection closed: {why}");
             }
         }
     }
@@ -668,6 +717,68 @@ mod tests {
     use axum::http::{Request, StatusCode, header};
 
     use super::*;
+
+    fn one_second_timeouts() -> DoorLimits {
+        let second = Duration::from_secs(1);
+        DoorLimits {
+            first_byte_timeout: second,
+            header_timeout: second,
+            body_timeout: second,
+            keepalive_timeout: second,
+            ..DoorLimits::default()
+        }
+    }
+
+    /// A connection `age` old.
+    fn activity_aged(age: Duration) -> Arc<Activity> {
+        let a = Activity::new();
+        Arc::new(Activity {
+            start: a.start.checked_sub(age).unwrap(),
+            ..a
+        })
+    }
+
+    /// An answer that leaves slowly but steadily is not cut, however long it takes; one that stops leaving is,
+    /// after the send timeout, whatever keepalive_timeout says.
+    #[test]
+    fn a_request_open_is_closed_only_when_nothing_leaves_for_the_send_timeout() {
+        let limits = one_second_timeouts();
+        assert_eq!(send_timeout(&limits), SEND_TIMEOUT_MIN);
+        let a = Arc::new(Activity::new());
+        let _open = a.request_started();
+        let t0 = a.sent.load(Ordering::Relaxed);
+        for k in 1..=20 {
+            assert_eq!(a.broken(t0 + k * 10_000 - 1, &limits), None, "{k}");
+            a.sent.fetch_max(t0 + k * 10_000, Ordering::Relaxed);
+        }
+        let last = t0 + 200_000;
+        assert_eq!(a.broken(last + 30_000, &limits), None);
+        let broken = a.broken(last + 60_000, &limits).unwrap();
+        assert!(broken.contains("nothing sent"), "{broken}");
+    }
+
+    /// The send timeout counts from a request's arrival, not from what the connection sent before it.
+    #[test]
+    fn a_request_after_a_long_pause_is_not_taken_for_a_stalled_one() {
+        let limits = DoorLimits {
+            keepalive_timeout: Duration::from_secs(300),
+            ..DoorLimits::default()
+        };
+        assert_eq!(send_timeout(&limits), Duration::from_secs(300));
+        let a = activity_aged(Duration::from_secs(1000));
+        // Its last answer left at 10 s; a request arrives now, at 1000 s.
+        a.sent.store(10_000, Ordering::Relaxed);
+        let _open = a.request_started();
+        let now = a.now();
+        assert_eq!(a.broken(now + 1_000, &limits), None);
+        assert!(a.broken(now + 302_000, &limits).is_some());
+        // A body may take its body_timeout when that is the longest.
+        let slow_bodies = DoorLimits {
+            body_timeout: Duration::from_secs(600),
+            ..limits
+        };
+        assert_eq!(a.broken(now + 590_000, &slow_bodies), None);
+    }
 
     #[test]
     fn the_default_max_request_size_is_the_option_tables() {

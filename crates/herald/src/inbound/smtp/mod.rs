@@ -120,7 +120,8 @@ pub async fn serve(
                         max_connections_per_client: limits.max_connections_per_client,
                         ..DoorLimits::default()
                     };
-                    let guard = match conns.admit(Some(peer.ip()), &caps) {
+                    // An IPv4 client of a dual-stack listener counts as its IPv4 address, not as ::ffff:0:0/64.
+                    let guard = match conns.admit(Some(peer.ip().to_canonical()), &caps) {
                         Ok(guard) => guard,
                         Err(busy) => {
                             tracing::debug!(%peer, "ESMTP connection refused: {busy}");
