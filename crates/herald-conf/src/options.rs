@@ -737,7 +737,7 @@ option_table! {
         },
         Some("100"),
         DOORS,
-        "Open connections one client address may hold on a listen stanza; further ones are refused at connect; a herald addition.",
+        "Open connections one client (an IPv4 address, or an IPv6 /64) may hold on a listen stanza; further ones are refused at connect; a herald addition.",
     ),
     HttpServices => opt(
         "http_services",
