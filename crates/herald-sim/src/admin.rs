@@ -8,7 +8,8 @@
 //! - `POST /shutdown-binary`: every binary connection sends error status 10 (shutdown) and closes.
 //! - `POST /goaway`: every HTTP/2 connection sends GOAWAY `{"reason":"Shutdown"}` and closes.
 //! - `GET /pace`: `{"latency_ms": …, "latency_jitter_ms": …, "rate": …}`; `POST /pace` with any of these fields
-//!   changes them while running (see [`crate::pace`]) and answers with every value.
+//!   changes them while running (see [`crate::pace`]) and answers with every value; a latency or jitter over
+//!   [`crate::pace::MAX_LATENCY_MS`] (one hour) is refused with 400 naming the field, and nothing changes.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -103,11 +104,14 @@ async fn route(
                 }
             };
             match serde_json::from_slice::<crate::pace::PaceSettings>(&body) {
-                Ok(settings) => {
-                    ctx.pace.set(settings);
-                    tracing::info!(?settings, "pace changed");
-                    json(StatusCode::OK, &ctx.pace.get())
-                }
+                Ok(settings) => match settings.check() {
+                    Ok(()) => {
+                        ctx.pace.set(settings);
+                        tracing::info!(?settings, "pace changed");
+                        json(StatusCode::OK, &ctx.pace.get())
+                    }
+                    Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                },
                 Err(e) => reply(
                     StatusCode::BAD_REQUEST,
                     "text/plain",

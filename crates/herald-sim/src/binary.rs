@@ -1,9 +1,13 @@
 //! The legacy binary gateway (docs/apns-protocol.md#legacy-binary) and feedback service
 //! (docs/apns-protocol.md#feedback-service), both TLS with a required client certificate whose UID names the topic.
+//! Apple ran separate hosts per environment, each taking only certificates for its own environment (or universal
+//! ones): a certificate for the other environment gets nothing, its connection is closed as soon as the TLS
+//! handshake is over, before a byte is decoded, recorded or served.
 //!
 //! Gateway: commands 0, 1 and 2 are decoded with herald-apns's incremental decoder. Accepted notifications get no
 //! answer. The first bad one gets the 6-byte error packet (the decoder's status, 8 for a token the scenario marks
-//! bad, or a scenario status) naming its identifier, and the connection closes; a command-0 error just closes.
+//! bad, or a scenario status) naming its identifier, and the connection closes; a command-0 error and an unknown
+//! command byte just close (zero bytes back).
 //! A scenario status 10 (shutdown) names the last notification processed: the one it falls on is accepted and
 //! recorded first, then named. A closing connection reads and discards what the client still sends until the
 //! client closes (5 s and 4 MiB at most), so that the client gets the packet and a clean end rather than a reset.
@@ -25,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
+use crate::config::Environment;
 use crate::record::{DeliveryRecord, RecordProtocol, Recorder};
 use crate::registry::{TokenRegistry, now_ms};
 use crate::scenario::{CompiledScenario, Rng, TokenState};
@@ -36,6 +41,8 @@ pub(crate) struct BinaryContext {
     pub recorder: Arc<Recorder>,
     pub registry: Arc<TokenRegistry>,
     pub scenario: CompiledScenario,
+    /// The environment the simulator plays: certificates for the other one are turned away.
+    pub environment: Environment,
     pub ordinal: std::sync::atomic::AtomicU64,
     /// Bumped by `POST /shutdown-binary`.
     pub shutdown: watch::Receiver<u64>,
@@ -58,9 +65,19 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn cert_topic(stream: &TlsStream<TcpStream>) -> Option<String> {
-    let der = stream.get_ref().1.peer_certificates()?.first()?.to_vec();
-    CertificateInfo::from_der(&der).ok()?.uid
+/// The topic (UID) of the client certificate, if it has one and is valid in `environment`.
+fn cert_topic(stream: &TlsStream<TcpStream>, environment: Environment) -> Option<String> {
+    let der = stream.get_ref().1.peer_certificates()?.first()?;
+    let info = CertificateInfo::from_der(der).ok()?;
+    if !crate::h2::auth::cert_fits_environment(info.environment, environment) {
+        tracing::debug!(
+            "binary: a {} client certificate on the {} simulator; closing",
+            info.environment,
+            environment.as_str()
+        );
+        return None;
+    }
+    info.uid
 }
 
 pub(crate) async fn serve(
@@ -121,8 +138,8 @@ async fn close_with(stream: &mut TlsStream<TcpStream>, packet: Option<ErrorPacke
 
 async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpStream>) {
     let _open = ctx.stats.binary_connections.opened();
-    let Some(topic) = cert_topic(&stream) else {
-        tracing::debug!("binary: client certificate has no UID; closing");
+    let Some(topic) = cert_topic(&stream, ctx.environment) else {
+        tracing::debug!("binary: no usable client certificate; closing");
         close_with(&mut stream, None).await;
         return;
     };
@@ -147,10 +164,7 @@ async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpSt
                         _ => None,
                     };
                     if status.is_none() {
-                        status = ctx
-                            .scenario
-                            .roll_binary_error(&mut rng)
-                            .and_then(Status::from_code);
+                        status = ctx.scenario.roll_binary_error(&mut rng);
                     }
                     // Status 10 (shutdown) names the last notification processed
                     // (docs/apns-protocol.md#binary-error-packet): this one is accepted and recorded, then named.
@@ -226,7 +240,8 @@ async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpSt
 
 async fn feedback_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpStream>) {
     let _open = ctx.stats.feedback_connections.opened();
-    let Some(topic) = cert_topic(&stream) else {
+    // Only a certificate valid here may read (and so empty) its topic's list.
+    let Some(topic) = cert_topic(&stream, ctx.environment) else {
         close_with(&mut stream, None).await;
         return;
     };

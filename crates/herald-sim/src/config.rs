@@ -188,6 +188,10 @@ pub struct SimConfig {
     /// A different token on the same connection whose `iat` is less than this after the current token's `iat`
     /// is refused with 429 TooManyProviderTokenUpdates (default 20 min); a connection's first token never is.
     pub token_update_interval: Duration,
+    /// A request whose body has not ended this long after its HEADERS has its stream reset
+    /// (`RST_STREAM(REFUSED_STREAM)`: not processed), so that a stalled stream neither holds its place under the
+    /// stream limit nor keeps the connection from its idle close (default 10 s).
+    pub body_timeout: Duration,
     /// Add `apns-unique-id` to responses; `None` = only in the sandbox environment.
     pub unique_id: Option<bool>,
     pub scenario: Scenario,
@@ -228,6 +232,7 @@ impl SimConfig {
             choppy_streams: false,
             token_max_age: Duration::from_secs(3600),
             token_update_interval: Duration::from_secs(20 * 60),
+            body_timeout: Duration::from_secs(10),
             unique_id: None,
             scenario: Scenario::default(),
             record_path: None,

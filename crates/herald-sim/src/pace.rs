@@ -4,15 +4,18 @@
 //! With a rate of N requests/s, valid requests over every connection are taken in turn, one every 1/N s; a request
 //! waits for its turn, as at a busy server (APNs slows down under load; its 429 TooManyRequests is about too many
 //! pushes to one device token, so the rate does not answer 429). A request is processed (accepted or rejected, and
-//! recorded) when its turn comes; its answer leaves when the latency has passed since the request arrived, plus the wait for its turn (the
-//! simulator's own processing is inside the latency, as APNs' is inside its round trip), on a clock precise to a
-//! fraction of a millisecond (`h2::delay`). A stream the client resets before its
-//! answer is processed all the same — a server that has read a request may well act on it, and a client must not
-//! count on a cancel — and only its answer is left out; such streams are counted (`streams.cancelled` in
-//! `GET /stats`), so that a test can match duplicates to the client's cancellations.
+//! recorded) when its turn comes; its answer leaves when the latency has passed since the request arrived, plus the
+//! wait for its turn (the simulator's own processing is inside the latency, as APNs' is inside its round trip), on
+//! a clock precise to a fraction of a millisecond (`h2::delay`). A stream the client resets before its answer is
+//! processed all the same — a server that has read a request may well act on it, and a client must not count on a
+//! cancel — and only its answer is left out (its stream, closed, no longer counts against the stream limit while it
+//! waits); such streams are counted (`streams.cancelled` in `GET /stats`), so that a test can match duplicates to
+//! the client's cancellations.
 //!
 //! Changed at run time through the admin port (`POST /pace`) or [`crate::SimHandle::set_pace`]; the new values
-//! apply to requests that arrive afterwards.
+//! apply to requests that arrive afterwards. The latency and its jitter are each at most [`MAX_LATENCY_MS`] (one
+//! hour): a scenario or `POST /pace` beyond is refused naming the field, and [`crate::SimHandle::set_pace`] caps
+//! them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::scenario::Rng;
+
+/// The longest `latency_ms`, and the longest `latency_jitter_ms`: one hour. A slower answer is as good as none to
+/// any client, and the sum of both must stay within the clock's range.
+pub const MAX_LATENCY_MS: u64 = 3_600_000;
 
 /// The pace values as set and shown (`GET/POST /pace`); absent fields are left as they are.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +42,25 @@ pub struct PaceSettings {
     pub rate: Option<u64>,
 }
 
+impl PaceSettings {
+    /// Refuses a latency or jitter over [`MAX_LATENCY_MS`], naming the field and the maximum.
+    pub fn check(&self) -> Result<(), String> {
+        for (field, value) in [
+            ("latency_ms", self.latency_ms),
+            ("latency_jitter_ms", self.latency_jitter_ms),
+        ] {
+            if let Some(v) = value
+                && v > MAX_LATENCY_MS
+            {
+                return Err(format!(
+                    "{field} {v} is over the maximum of {MAX_LATENCY_MS} (one hour)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The live pace, shared by every connection.
 #[derive(Debug)]
 pub struct Pace {
@@ -47,23 +73,27 @@ pub struct Pace {
 }
 
 impl Pace {
+    /// The latency and jitter are capped at [`MAX_LATENCY_MS`].
     pub fn new(latency_ms: u64, jitter_ms: u64, rate: u64) -> Pace {
         Pace {
-            latency_ms: AtomicU64::new(latency_ms),
-            jitter_ms: AtomicU64::new(jitter_ms),
+            latency_ms: AtomicU64::new(latency_ms.min(MAX_LATENCY_MS)),
+            jitter_ms: AtomicU64::new(jitter_ms.min(MAX_LATENCY_MS)),
             rate: AtomicU64::new(rate),
             next_turn_ns: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
 
-    /// Applies the fields that are set.
+    /// Applies the fields that are set, the latency and jitter capped at [`MAX_LATENCY_MS`] (see
+    /// [`PaceSettings::check`] to refuse them instead).
     pub fn set(&self, s: PaceSettings) {
         if let Some(l) = s.latency_ms {
-            self.latency_ms.store(l, Ordering::Relaxed);
+            self.latency_ms
+                .store(l.min(MAX_LATENCY_MS), Ordering::Relaxed);
         }
         if let Some(j) = s.latency_jitter_ms {
-            self.jitter_ms.store(j, Ordering::Relaxed);
+            self.jitter_ms
+                .store(j.min(MAX_LATENCY_MS), Ordering::Relaxed);
         }
         if let Some(r) = s.rate {
             self.rate.store(r, Ordering::Relaxed);
@@ -86,12 +116,13 @@ impl Pace {
         if base == 0 && jitter == 0 {
             return None;
         }
+        // Saturating, so no value can overflow (they are capped anyway).
         let extra = if jitter > 0 {
-            rng.next_u64() % (jitter + 1)
+            rng.next_u64() % jitter.saturating_add(1)
         } else {
             0
         };
-        Some(Duration::from_millis(base + extra))
+        Some(Duration::from_millis(base.saturating_add(extra)))
     }
 
     /// Takes the next turn under the rate: when this request may be processed. `None` without a rate.
@@ -151,5 +182,44 @@ mod tests {
         assert_eq!(pace.get().rate, Some(100));
         assert_eq!(pace.get().latency_ms, Some(10));
         assert!(serde_json::from_str::<PaceSettings>(r#"{"latency": 10}"#).is_err());
+    }
+
+    #[test]
+    fn latency_and_jitter_are_capped_at_an_hour() {
+        let huge = PaceSettings {
+            latency_ms: Some(u64::MAX),
+            latency_jitter_ms: Some(u64::MAX),
+            rate: Some(u64::MAX),
+        };
+        let e = huge.check().unwrap_err();
+        assert!(e.contains("latency_ms") && e.contains("3600000"), "{e}");
+        let e = PaceSettings {
+            latency_jitter_ms: Some(MAX_LATENCY_MS + 1),
+            ..PaceSettings::default()
+        }
+        .check()
+        .unwrap_err();
+        assert!(e.contains("latency_jitter_ms"), "{e}");
+        assert!(
+            PaceSettings {
+                latency_ms: Some(MAX_LATENCY_MS),
+                latency_jitter_ms: Some(MAX_LATENCY_MS),
+                rate: Some(u64::MAX),
+            }
+            .check()
+            .is_ok()
+        );
+        // Set anyway (as SimHandle::set_pace does): capped, and a latency is still computed without overflow.
+        for pace in [Pace::new(u64::MAX, u64::MAX, 0), Pace::new(0, 0, 0)] {
+            pace.set(huge);
+            assert_eq!(pace.get().latency_ms, Some(MAX_LATENCY_MS));
+            assert_eq!(pace.get().latency_jitter_ms, Some(MAX_LATENCY_MS));
+            let mut rng = Rng::new(1, 2);
+            for _ in 0..100 {
+                let d = pace.latency(&mut rng).unwrap();
+                assert!(d <= Duration::from_millis(2 * MAX_LATENCY_MS), "{d:?}");
+            }
+            assert!(pace.turn().is_some());
+        }
     }
 }

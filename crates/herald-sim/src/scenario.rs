@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use herald_apns::binary::Status;
 use herald_apns::reason::Reason;
 use serde::{Deserialize, Serialize};
 
@@ -71,10 +72,12 @@ pub struct Scenario {
     pub tokens: Vec<TokenRule>,
     /// Reason name -> probability per otherwise valid HTTP/2 request.
     pub errors: BTreeMap<String, f64>,
-    /// Binary status code -> probability per otherwise valid binary notification.
+    /// Binary status code (one of the error packet's statuses; there is no 9) -> probability per otherwise valid
+    /// binary notification.
     pub binary_errors: BTreeMap<String, f64>,
     /// Probability per otherwise valid request that the connection is dropped without an answer.
     pub drop_rate: f64,
+    /// At most [`crate::pace::MAX_LATENCY_MS`] (one hour), as `latency_jitter_ms`.
     pub latency_ms: u64,
     pub latency_jitter_ms: u64,
     /// HTTP/2 requests answered per second over all connections (0 = no limit); see [`crate::pace`].
@@ -102,7 +105,7 @@ pub struct Scenario {
 pub(crate) struct CompiledScenario {
     /// Cumulative probabilities: roll < bound picks the reason.
     pub errors: Vec<(f64, Reason)>,
-    pub binary_errors: Vec<(f64, u8)>,
+    pub binary_errors: Vec<(f64, Status)>,
     pub drop_rate: f64,
     pub goaway_every: Option<u64>,
     pub goaway_debug: bytes::Bytes,
@@ -173,9 +176,13 @@ impl Scenario {
         let mut binary_errors = Vec::new();
         let mut acc = 0.0;
         for (code, rate) in &self.binary_errors {
-            let status: u8 = code
-                .parse()
-                .map_err(|_| format!("binary_errors key {code:?} is not a status code"))?;
+            let status = code
+                .parse::<u8>()
+                .ok()
+                .and_then(Status::from_code)
+                .ok_or_else(|| {
+                    format!("binary_errors key {code:?} is not a status code of the error packet")
+                })?;
             check_rate(code, *rate)?;
             acc += rate;
             binary_errors.push((acc, status));
@@ -184,6 +191,12 @@ impl Scenario {
             return Err(format!("binary error rates add up to {acc}, more than 1"));
         }
         check_rate("drop_rate", self.drop_rate)?;
+        crate::pace::PaceSettings {
+            latency_ms: Some(self.latency_ms),
+            latency_jitter_ms: Some(self.latency_jitter_ms),
+            rate: Some(self.rate),
+        }
+        .check()?;
         for rule in self.token_rules() {
             herald_apns::token_hex::DeviceToken::from_hex(&rule.token)
                 .map_err(|e| format!("token {:?}: {e}", rule.token))?;
@@ -250,7 +263,7 @@ impl CompiledScenario {
             .map(|(_, r)| *r)
     }
 
-    pub fn roll_binary_error(&self, rng: &mut Rng) -> Option<u8> {
+    pub fn roll_binary_error(&self, rng: &mut Rng) -> Option<Status> {
         if self.binary_errors.is_empty() {
             return None;
         }
@@ -301,12 +314,43 @@ mod tests {
                 .contains("more than 1")
         );
         assert!(bad(r#"{"drop_rate": 2}"#).contains("drop_rate"));
+        // There is no status 9 (docs/apns-protocol.md#binary-error-packet), nor 11: refused, not dropped silently.
+        assert!(bad(r#"{"binary_errors": {"9": 0.1}}"#).contains(r#""9""#));
+        assert!(bad(r#"{"binary_errors": {"1": 0.1, "11": 0.1}}"#).contains(r#""11""#));
+        assert!(bad(r#"{"binary_errors": {"x": 0.1}}"#).contains(r#""x""#));
+        // A latency or jitter beyond an hour is refused, naming the field and the maximum.
+        for field in ["latency_ms", "latency_jitter_ms"] {
+            let e = bad(&format!(r#"{{"{field}": 18446744073709551615}}"#));
+            assert!(e.contains(field) && e.contains("3600000"), "{e}");
+            let e = bad(&format!(r#"{{"{field}": 3600001}}"#));
+            assert!(e.contains(field), "{e}");
+        }
         assert!(bad(r#"{"bad": ["xyz"]}"#).contains("xyz"));
         assert!(bad(r#"{"idle_timeout_secs": 0}"#).contains("idle_timeout_secs 0"));
         assert!(
             bad(r#"{"idle_timeout_secs": 18446744073709551615}"#).contains("idle_timeout_secs")
         );
         assert!(serde_json::from_str::<Scenario>(r#"{"nope": 1}"#).is_err());
+    }
+
+    #[test]
+    fn every_error_packet_status_compiles_and_an_hour_of_latency_is_allowed() {
+        let s: Scenario = serde_json::from_str(
+            r#"{"binary_errors": {"1": 0.2, "10": 0.2, "128": 0.2, "255": 0.2},
+                "latency_ms": 3600000, "latency_jitter_ms": 3600000}"#,
+        )
+        .unwrap();
+        let c = s.compile().unwrap();
+        let statuses: Vec<Status> = c.binary_errors.iter().map(|(_, s)| *s).collect();
+        assert_eq!(
+            statuses,
+            [
+                Status::ProcessingError,
+                Status::Shutdown,
+                Status::ProtocolError,
+                Status::Unknown
+            ]
+        );
     }
 
     #[test]

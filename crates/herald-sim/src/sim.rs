@@ -163,6 +163,8 @@ impl Simulator {
             choppy_streams: config.choppy_streams,
             token_max_age: config.token_max_age,
             token_update_interval: config.token_update_interval,
+            // Capped at a year, a deadline the clock can hold.
+            body_timeout: config.body_timeout.min(Duration::from_secs(365 * 86_400)),
             unique_id: config.sends_unique_id(),
             ordinal: AtomicU64::new(0),
             goaway_all: goaway_all_rx,
@@ -172,6 +174,7 @@ impl Simulator {
             recorder: recorder.clone(),
             registry: registry.clone(),
             scenario: compiled,
+            environment: config.environment,
             ordinal: AtomicU64::new(0),
             shutdown: shutdown_binary_rx,
         });
@@ -285,7 +288,8 @@ impl SimHandle {
         self.registry.set(token_hex, state, topic, timestamp_ms);
     }
 
-    /// Changes the HTTP/2 latency or rate while running (as the admin `POST /pace`); returns every value now.
+    /// Changes the HTTP/2 latency or rate while running (as the admin `POST /pace`, but a latency or jitter over
+    /// [`crate::pace::MAX_LATENCY_MS`] is capped rather than refused); returns every value now.
     pub fn set_pace(&self, settings: PaceSettings) -> PaceSettings {
         self.pace.set(settings);
         self.pace.get()

@@ -68,6 +68,8 @@ pub struct Stats {
     pub streams_refused: AtomicU64,
     /// Streams the client reset before their answer: processed (and, if valid, accepted and recorded) all the same.
     pub streams_cancelled: AtomicU64,
+    /// Streams reset by the simulator because their body did not end within the body timeout.
+    pub streams_timed_out: AtomicU64,
     pub goaways: AtomicU64,
     pub dropped_connections: AtomicU64,
     pub feedback_tuples: AtomicU64,
@@ -92,6 +94,7 @@ impl Default for Stats {
             streams_total: AtomicU64::new(0),
             streams_refused: AtomicU64::new(0),
             streams_cancelled: AtomicU64::new(0),
+            streams_timed_out: AtomicU64::new(0),
             goaways: AtomicU64::new(0),
             dropped_connections: AtomicU64::new(0),
             feedback_tuples: AtomicU64::new(0),
@@ -175,6 +178,9 @@ pub struct StreamStats {
     /// hearing so).
     #[serde(default)]
     pub cancelled: u64,
+    /// Reset (`REFUSED_STREAM`, unprocessed) because the request body did not end within the body timeout.
+    #[serde(default)]
+    pub timed_out: u64,
 }
 
 /// The topic counters one connection keeps at hand, at most [`TopicCache::CAPACITY`] topics: beyond, the counters
@@ -321,6 +327,7 @@ impl Stats {
                 total: load(&self.streams_total),
                 refused: load(&self.streams_refused),
                 cancelled: load(&self.streams_cancelled),
+                timed_out: load(&self.streams_timed_out),
             },
             goaways: load(&self.goaways),
             dropped_connections: load(&self.dropped_connections),

@@ -140,3 +140,43 @@ async fn tokens_can_be_invalidated_at_run_time() {
     let (status, _) = http(t.sim.addrs.admin, "GET", "/nope", "").await;
     assert_eq!(status, 404);
 }
+
+/// A latency or jitter beyond an hour is refused by `POST /pace` (400 naming the field and the maximum) and changes
+/// nothing; before, a jitter of u64::MAX was taken and the next request's connection died computing it.
+#[tokio::test]
+async fn pace_refuses_a_latency_beyond_an_hour() {
+    let t = start().await;
+    let admin = t.sim.addrs.admin;
+    for field in ["latency_jitter_ms", "latency_ms"] {
+        let (status, body) = http(
+            admin,
+            "POST",
+            "/pace",
+            &format!(r#"{{"{field}": 18446744073709551615}}"#),
+        )
+        .await;
+        assert_eq!(status, 400, "{field}: {body}");
+        assert!(body.contains(field) && body.contains("3600000"), "{body}");
+    }
+    let (status, body) = http(admin, "GET", "/pace", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"latency_ms": 0, "latency_jitter_ms": 0, "rate": 0}),
+        "nothing changed"
+    );
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut client = h2_connect(
+        t.sim.addrs.h2,
+        client_config(&t.pki, Some((&cert, &key)), true),
+    )
+    .await;
+    let path = format!("/3/device/{}", token(1));
+    assert_eq!(
+        send(&mut client, "POST", &path, &[], PAYLOAD).await.status,
+        200
+    );
+    // An hour is allowed.
+    let (status, body) = http(admin, "POST", "/pace", r#"{"latency_jitter_ms": 3600000}"#).await;
+    assert_eq!(status, 200, "{body}");
+}

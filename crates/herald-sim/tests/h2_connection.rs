@@ -413,3 +413,112 @@ async fn dropped_connections_and_latency_follow_the_scenario() {
         "the configured latency is applied"
     );
 }
+
+/// Under a rate, a request waits for its turn; one the client resets while it waits is closed, and no longer holds
+/// its place under the stream limit (docs/apns-protocol.md#simulator). Limit 1, one request a second: stream 1 is
+/// answered, stream 3 waits its turn and is reset by the client, and stream 5, opened with nothing else open, is
+/// taken (not refused) and answered in its own turn. The reset and stream 5 go in one write, so the server reads
+/// both at once.
+#[tokio::test]
+async fn a_stream_reset_while_it_waits_its_turn_frees_its_place() {
+    let t = start_with(|c, _| {
+        c.max_concurrent_streams = 1;
+        c.scenario.rate = 1;
+    })
+    .await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    let s = raw.until(|f| f.max_streams().is_some()).await;
+    assert_eq!(s.max_streams(), Some(1));
+    raw.request(1, None, Some(PAYLOAD)).await;
+    let first = raw
+        .until(|f| f.kind == HEADERS || f.kind == RST_STREAM)
+        .await;
+    assert!(is_200(&first) && first.stream == 1, "{first:?}");
+    raw.request(3, None, Some(PAYLOAD)).await;
+    // Stream 3 is taken and waits for its turn (about a second after stream 1's).
+    wait_stats(&t.sim, "stream 3 taken", |s| s.streams.total == 2).await;
+    assert_eq!(t.sim.stats().accepted.h2, 1, "stream 3 is still waiting");
+    let mut both = frame(RST_STREAM, 0, 3, &8u32.to_be_bytes()); // CANCEL
+    let mut block = Vec::new();
+    literal(&mut block, ":method", "POST");
+    literal(&mut block, ":scheme", "https");
+    literal(&mut block, ":path", &format!("/3/device/{}", token(7)));
+    literal(&mut block, ":authority", "localhost");
+    literal(&mut block, "apns-topic", TOPIC);
+    both.extend(frame(HEADERS, 0x4, 5, &block));
+    both.extend(frame(DATA, 0x1, 5, PAYLOAD));
+    raw.io.write_all(&both).await.unwrap();
+    let answer = raw
+        .until(|f| f.kind == HEADERS || f.kind == RST_STREAM)
+        .await;
+    assert_eq!(
+        (answer.kind, answer.stream),
+        (HEADERS, 5),
+        "stream 5 answered, not refused: {answer:?}"
+    );
+    assert!(is_200(&answer));
+    let s = t.sim.stats();
+    assert_eq!(s.streams.refused, 0);
+    // Stream 3 was processed in its turn all the same (crate::pace), without an answer.
+    assert_eq!(s.accepted.h2, 3);
+    assert_eq!(s.streams.cancelled, 1);
+}
+
+/// A request whose body stalls (HEADERS without END_STREAM, then nothing) has its stream reset unprocessed
+/// (`REFUSED_STREAM`) after the body timeout, so it neither holds its place nor keeps the connection from its idle
+/// close. Body timeout 1 s, idle timeout 1 s: the reset, then GOAWAY IdleTimeout.
+#[tokio::test]
+async fn a_stalled_body_is_reset_and_the_idle_close_follows() {
+    let t = start_with(|c, _| {
+        c.body_timeout = Duration::from_secs(1);
+        c.scenario.idle_timeout_secs = Some(1);
+    })
+    .await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    raw.request(1, None, None).await;
+    let rst = raw
+        .until(|f| f.kind == RST_STREAM || f.kind == HEADERS || f.kind == GOAWAY)
+        .await;
+    assert_eq!(
+        (rst.kind, rst.stream, rst.payload.as_slice()),
+        (RST_STREAM, 1, &7u32.to_be_bytes()[..]),
+        "REFUSED_STREAM on the stalled stream"
+    );
+    let g = raw.until(|f| f.kind == GOAWAY).await;
+    assert_eq!(
+        herald_apns::reason::goaway_reason(&g.payload[8..]).as_deref(),
+        Some("IdleTimeout")
+    );
+    let s = t.sim.stats();
+    assert_eq!((s.streams.timed_out, s.accepted.h2), (1, 0));
+}
+
+/// A body over the limit in several DATA frames is counted in full (only what fits the limit is ever kept) and
+/// answered PayloadTooLarge, as is one far over it.
+#[tokio::test]
+async fn an_oversized_body_in_pieces_is_payload_too_large() {
+    let t = start().await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    for (stream, pieces, size) in [(1u32, 3, 2000usize), (3, 10, 16_000)] {
+        raw.request(stream, None, None).await;
+        for i in 0..pieces {
+            let end = if i + 1 == pieces { 1 } else { 0 };
+            raw.io
+                .write_all(&frame(DATA, end, stream, &vec![b' '; size]))
+                .await
+                .unwrap();
+        }
+        let answer = raw.until(|f| f.kind == HEADERS && f.stream == stream).await;
+        assert!(!is_200(&answer));
+        let body = raw.until(|f| f.kind == DATA && f.stream == stream).await;
+        assert_eq!(
+            herald_apns::reason::goaway_reason(&body.payload).as_deref(),
+            Some("PayloadTooLarge"),
+            "stream {stream}"
+        );
+    }
+    wait_stats(&t.sim, "two PayloadTooLarge", |s| {
+        s.rejected.by_reason.get("PayloadTooLarge") == Some(&2)
+    })
+    .await;
+}

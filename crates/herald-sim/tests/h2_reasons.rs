@@ -995,3 +995,156 @@ async fn topic_specific_keys_only_cover_their_topics() {
         "push type needs the .voip topic"
     );
 }
+
+/// Every 410 carries a timestamp (docs/apns-protocol.md#http2-response), those a scenario injects included: the
+/// moment of the answer.
+#[tokio::test]
+async fn injected_410s_carry_a_timestamp() {
+    for reason in ["Unregistered", "ExpiredToken"] {
+        let t = start_with(|c, _| {
+            c.scenario.errors.insert(reason.to_string(), 1.0);
+        })
+        .await;
+        let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+        let mut client = h2_connect(
+            t.sim.addrs.h2,
+            client_config(&t.pki, Some((&cert, &key)), true),
+        )
+        .await;
+        let before = now() * 1000;
+        let a = send(
+            &mut client,
+            "POST",
+            &format!("/3/device/{}", token(1)),
+            &[],
+            PAYLOAD,
+        )
+        .await;
+        let after = (now() + 1) * 1000;
+        assert_eq!((a.status, a.reason().as_deref()), (410, Some(reason)));
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        let ts = v["timestamp"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{reason}: no timestamp in {v}"));
+        assert!((before..=after).contains(&ts), "{reason}: {ts}");
+    }
+}
+
+/// Header rules as Apple states them (docs/apns-protocol.md#http2-request, #reasons, #simulator): a repeated
+/// `authorization` is DuplicateHeaders; a topic that is not ASCII is BadTopic, but only after authentication; a
+/// collapse id is limited in bytes only, so UTF-8 within 64 bytes passes.
+#[tokio::test]
+async fn header_rules_follow_apple() {
+    let t = start().await;
+    let pki = &t.pki;
+    let bearer = format!("bearer {}", jwt(pki, now()));
+    let path = format!("/3/device/{}", token(1));
+    let (cert, key) = cert_identity(pki, CertVariant::Universal);
+    let by_cert = h2_connect(
+        t.sim.addrs.h2,
+        client_config(pki, Some((&cert, &key)), true),
+    )
+    .await;
+    let by_token = h2_connect(t.sim.addrs.h2, client_config(pki, None, true)).await;
+    let bare = h2_connect(t.sim.addrs.h2, client_config(pki, None, true)).await;
+    let topic = "com.exämple.herald";
+    type HeaderCase<'a> = (
+        &'a str,
+        H2Client,
+        Vec<(&'a str, String)>,
+        u16,
+        Option<&'a str>,
+    );
+    let cases: Vec<HeaderCase> = vec![
+        (
+            "authorization twice",
+            bare.clone(),
+            vec![
+                ("apns-topic", TOPIC.into()),
+                ("authorization", bearer.clone()),
+                ("authorization", bearer.clone()),
+            ],
+            400,
+            Some("DuplicateHeaders"),
+        ),
+        (
+            "non-ASCII topic without a token: authentication first",
+            by_token.clone(),
+            vec![("apns-topic", topic.into())],
+            403,
+            Some("MissingProviderToken"),
+        ),
+        (
+            "non-ASCII topic with a token",
+            by_token.clone(),
+            vec![
+                ("apns-topic", topic.into()),
+                ("authorization", bearer.clone()),
+            ],
+            400,
+            Some("BadTopic"),
+        ),
+        (
+            "non-ASCII topic with a certificate",
+            by_cert.clone(),
+            vec![("apns-topic", topic.into())],
+            400,
+            Some("BadTopic"),
+        ),
+        (
+            "UTF-8 collapse id of 64 bytes",
+            by_cert.clone(),
+            vec![("apns-collapse-id", format!("{}{}", "é".repeat(31), "xy"))],
+            200,
+            None,
+        ),
+        (
+            "UTF-8 collapse id of 66 bytes",
+            by_cert.clone(),
+            vec![("apns-collapse-id", "é".repeat(33))],
+            400,
+            Some("BadCollapseId"),
+        ),
+    ];
+    for (name, mut client, headers, status, reason) in cases {
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let a = send(&mut client, "POST", &path, &hs, PAYLOAD).await;
+        assert_eq!(
+            (a.status, a.reason().as_deref()),
+            (status, reason),
+            "{name}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    assert_eq!(
+        t.sim
+            .wait_for_records(1, std::time::Duration::from_secs(5))
+            .await,
+        1
+    );
+    let rec = t.sim.record();
+    assert_eq!(
+        rec[0].collapse_id.as_deref(),
+        Some(format!("{}xy", "é".repeat(31)).as_str())
+    );
+}
+
+/// A provider token with an absurd `iat` (u64::MAX) is judged without overflowing (which used to end the
+/// connection): the connection answers it and the next request.
+#[tokio::test]
+async fn an_absurd_issued_at_does_not_break_the_connection() {
+    let t = start().await;
+    let bearer = format!("bearer {}", jwt(&t.pki, u64::MAX));
+    let mut client = h2_connect(t.sim.addrs.h2, client_config(&t.pki, None, true)).await;
+    for _ in 0..2 {
+        let a = send(
+            &mut client,
+            "POST",
+            &format!("/3/device/{}", token(1)),
+            &[("apns-topic", TOPIC), ("authorization", &bearer)],
+            PAYLOAD,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{:?}", a.reason());
+    }
+}

@@ -142,12 +142,14 @@ impl DecodeError {
         }
     }
 
-    /// The error packet a server should answer with: `None` for command 0, whose errors APNs answers only by
-    /// closing (docs/apns-protocol.md#binary-command-0). The identifier is 0 when it was not known.
+    /// The error packet a server should answer with. `None` for command 0, whose errors APNs answers only by
+    /// closing (docs/apns-protocol.md#binary-command-0), and for an unknown command byte, after which APNs sends
+    /// nothing back and closes (docs/apns-protocol.md#binary-error-packet). The identifier is 0 when it was not
+    /// known.
     pub fn error_packet(&self) -> Option<ErrorPacket> {
         match self.format {
-            Some(BinaryFormat::Simple) => None,
-            _ => Some(ErrorPacket {
+            None | Some(BinaryFormat::Simple) => None,
+            Some(_) => Some(ErrorPacket {
                 status: self.status(),
                 identifier: self.identifier.unwrap_or(0),
             }),
@@ -866,21 +868,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_command_is_a_protocol_error() {
-        // docs/apns-protocol.md#binary-error-packet status 128.
+    fn unknown_command_is_a_protocol_error_answered_by_closing() {
+        // docs/apns-protocol.md#binary-error-packet: counted as status 128, but an unknown command byte gets zero
+        // bytes back, only the close.
         for c in [3u8, 8, 0x7f, 0xff] {
             let mut buf = BytesMut::from(&[c, 0, 0][..]);
             let e = NotificationDecoder::default().decode(&mut buf).unwrap_err();
             assert_eq!(e.status(), Status::ProtocolError);
             assert_eq!(e.kind(), &DecodeErrorKind::UnknownCommand(c));
             assert_eq!(e.identifier(), None);
-            assert_eq!(
-                e.error_packet(),
-                Some(ErrorPacket {
-                    status: Status::ProtocolError,
-                    identifier: 0
-                })
-            );
+            assert_eq!(e.error_packet(), None);
         }
     }
 

@@ -44,6 +44,17 @@ pub(crate) fn topic_syntax_ok(topic: &str) -> bool {
     !topic.is_empty() && topic.len() <= 255 && topic.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Whether a certificate marked for `cert` may be used on the simulator of `env` (universal ones everywhere;
+/// docs/apns-protocol.md#certificates).
+pub(crate) fn cert_fits_environment(cert: CertEnvironment, env: Environment) -> bool {
+    matches!(
+        (cert, env),
+        (CertEnvironment::Universal, _)
+            | (CertEnvironment::Production, Environment::Production)
+            | (CertEnvironment::Development, Environment::Sandbox)
+    )
+}
+
 /// A key the simulator verifies tokens with.
 pub(crate) struct KnownKey {
     pub meta: ProviderKey,
@@ -110,12 +121,7 @@ impl CertAuth {
                 bases: vec![],
             };
         };
-        let env_ok = matches!(
-            (info.environment, env),
-            (CertEnvironment::Universal, _)
-                | (CertEnvironment::Production, Environment::Production)
-                | (CertEnvironment::Development, Environment::Sandbox)
-        );
+        let env_ok = cert_fits_environment(info.environment, env);
         let allowed: Vec<String> = if info.topics.is_empty() {
             vec![
                 uid.clone(),
@@ -227,7 +233,7 @@ impl TokenAuth {
         if let Some(cur) = &self.current
             && cur.raw.as_ref() == value
         {
-            if now > cur.iat + self.max_age {
+            if now > cur.iat.saturating_add(self.max_age) {
                 return Err(Reason::ExpiredProviderToken);
             }
             return Ok(self
@@ -265,7 +271,8 @@ impl TokenAuth {
         if known.meta.environment.is_some_and(|e| e != self.env) {
             return Err(Reason::BadEnvironmentKeyIdInToken);
         }
-        if now > claims.iat + self.max_age {
+        // `iat` is the client's: saturating, so an absurd one cannot overflow.
+        if now > claims.iat.saturating_add(self.max_age) {
             return Err(Reason::ExpiredProviderToken);
         }
         // A token may replace the current one only if it was issued at least `update_interval` (20 minutes)
@@ -273,7 +280,7 @@ impl TokenAuth {
         // connection first used the current token, so a connection opened late in a shared token's life takes
         // its renewal at once. A current token that has expired may always be replaced.
         if let Some(cur) = &self.current {
-            let cur_fresh = now <= cur.iat + self.max_age;
+            let cur_fresh = now <= cur.iat.saturating_add(self.max_age);
             if cur_fresh && claims.iat < cur.iat.saturating_add(self.update_interval.as_secs()) {
                 return Err(Reason::TooManyProviderTokenUpdates);
             }

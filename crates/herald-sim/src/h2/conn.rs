@@ -3,7 +3,7 @@
 //! and scenario rules, record and answer.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -25,7 +25,8 @@ use crate::registry::now_ms;
 use crate::scenario::Rng;
 use crate::stats::{TopicCache, TopicCounters};
 
-/// Bodies beyond this are not read further: the answer is PayloadTooLarge either way.
+/// Bodies beyond this are not read further: the answer is PayloadTooLarge (or the head's rejection) either way.
+/// Only the bytes of a body within its payload limit are kept ([`BodyBuf`]); the rest is only counted.
 const MAX_BODY_READ: usize = 64 * 1024;
 
 enum Outcome {
@@ -45,7 +46,40 @@ struct Plan {
     /// When the answer may leave: the request's arrival plus the latency (so the simulator's own processing time
     /// is part of the round trip, not added to it). `None` without latency.
     answer_at: Option<std::time::Instant>,
+    /// The body must have ended by then (the request's arrival plus the body timeout), else the stream is reset.
+    body_deadline: tokio::time::Instant,
     counter: Option<Arc<TopicCounters>>,
+    /// The request's place under the stream limit.
+    slot: StreamSlot,
+}
+
+/// A request's place under the connection's stream limit: given back when the request is done, or as soon as the
+/// client is seen to reset its stream (a reset stream is closed, whatever the simulator still does with it).
+struct StreamSlot {
+    open: Arc<AtomicU32>,
+    held: bool,
+}
+
+impl StreamSlot {
+    fn take(open: &Arc<AtomicU32>) -> StreamSlot {
+        open.fetch_add(1, Ordering::Relaxed);
+        StreamSlot {
+            open: open.clone(),
+            held: true,
+        }
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// Generates lowercase UUIDs (v4 layout) as header values, carving them out of one shared buffer so a request
@@ -125,6 +159,8 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
     };
     let mut topics = TopicCache::default();
     let mut inflight = FuturesUnordered::new();
+    // Streams that count against the limit: taken but neither done nor reset by the client.
+    let open = Arc::new(AtomicU32::new(0));
     let mut requests = 0u64;
     let mut going_away = false;
     let mut goaway_all = ctx.goaway_all.clone();
@@ -154,11 +190,26 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                 let arrived = std::time::Instant::now();
                 ctx.stats.streams_total.fetch_add(1, Ordering::Relaxed);
                 let stream_id = u32::from(respond.stream_id());
-                if going_away || inflight.len() as u32 >= control.limit() {
+                if !going_away && open.load(Ordering::Relaxed) >= control.limit() {
+                    // h2 may have read a client's reset of a waiting stream together with this new stream: let
+                    // the waiting streams look for their resets (giving their places back) before refusing.
+                    while open.load(Ordering::Relaxed) >= control.limit() {
+                        match inflight.next().now_or_never() {
+                            Some(Some(outcome)) => {
+                                if !settle(&ctx, &control, max, &mut advertised, outcome) {
+                                    return;
+                                }
+                            }
+                            Some(None) | None => break,
+                        }
+                    }
+                }
+                if going_away || open.load(Ordering::Relaxed) >= control.limit() {
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                     ctx.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
+                let slot = StreamSlot::take(&open);
                 last_stream = last_stream.max(stream_id);
                 requests += 1;
                 if let Some(after) = idle_after {
@@ -179,12 +230,14 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                     transient: None,
                     drop: false,
                     answer_at: None,
+                    body_deadline: tokio::time::Instant::from_std(arrived) + ctx.body_timeout,
                     counter: None,
+                    slot,
                 };
                 if let Ok(c) = &plan.checked {
                     plan.transient = ctx.scenario.roll_error(&mut rng);
                     plan.drop = ctx.scenario.roll_drop(&mut rng);
-                    plan.answer_at = ctx.pace.latency(&mut rng).map(|d| arrived + d);
+                    plan.answer_at = ctx.pace.latency(&mut rng).and_then(|d| arrived.checked_add(d));
                     plan.counter = Some(topics.get(&ctx.stats, &c.topic));
                 }
                 if let Some(n) = ctx.scenario.goaway_every
@@ -198,24 +251,8 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                 // Take every finished request now, so their responses leave in one write.
                 let mut next = Some(first);
                 while let Some(outcome) = next {
-                    match outcome {
-                        Outcome::Accepted => {
-                            if ctx.choppy_streams && advertised == 1 && max > 1 {
-                                control.inject(Injection::MaxConcurrentStreams(max));
-                                advertised = max;
-                            }
-                        }
-                        Outcome::Rejected => {
-                            if ctx.choppy_streams && advertised > 1 {
-                                control.inject(Injection::MaxConcurrentStreams(1));
-                                advertised = 1;
-                            }
-                        }
-                        Outcome::Dropped => {
-                            ctx.stats.dropped_connections.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                        Outcome::Broken => {}
+                    if !settle(&ctx, &control, max, &mut advertised, outcome) {
+                        return;
                     }
                     // The next select! polls `inflight` again with the task's waker.
                     next = inflight.next().now_or_never().flatten();
@@ -270,6 +307,39 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
     .await;
 }
 
+/// What a finished request does to its connection: the choppy stream limit follows its outcome. False when the
+/// scenario drops the connection.
+fn settle(
+    ctx: &H2Context,
+    control: &FrameControl,
+    max: u32,
+    advertised: &mut u32,
+    outcome: Outcome,
+) -> bool {
+    match outcome {
+        Outcome::Accepted => {
+            if ctx.choppy_streams && *advertised == 1 && max > 1 {
+                control.inject(Injection::MaxConcurrentStreams(max));
+                *advertised = max;
+            }
+        }
+        Outcome::Rejected => {
+            if ctx.choppy_streams && *advertised > 1 {
+                control.inject(Injection::MaxConcurrentStreams(1));
+                *advertised = 1;
+            }
+        }
+        Outcome::Dropped => {
+            ctx.stats
+                .dropped_connections
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        Outcome::Broken => {}
+    }
+    true
+}
+
 fn send_goaway(ctx: &H2Context, control: &FrameControl, last_stream_id: u32, debug: Bytes) {
     ctx.stats.goaways.fetch_add(1, Ordering::Relaxed);
     control.inject(Injection::GoAway {
@@ -279,36 +349,79 @@ fn send_goaway(ctx: &H2Context, control: &FrameControl, last_stream_id: u32, deb
     });
 }
 
-/// Reads the body (bounded), returning its bytes and total length.
-async fn read_body(body: &mut RecvStream) -> Result<(Bytes, usize), h2::Error> {
-    let mut first: Option<Bytes> = None;
-    let mut more: Option<BytesMut> = None;
-    let mut total = 0usize;
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
-        let n = chunk.len();
-        let _ = body.flow_control().release_capacity(n);
-        total += n;
-        if total > MAX_BODY_READ {
-            return Ok((Bytes::new(), total));
+/// A request body as it arrives: every byte counted, but kept only while the body is within `keep` bytes (its
+/// payload limit; 0 for a request already rejected by its head). A larger body is answered without its bytes, so
+/// they are let go as soon as it is known to be too large.
+struct BodyBuf {
+    keep: usize,
+    total: usize,
+    first: Option<Bytes>,
+    more: Option<BytesMut>,
+}
+
+impl BodyBuf {
+    fn new(keep: usize) -> BodyBuf {
+        BodyBuf {
+            keep,
+            total: 0,
+            first: None,
+            more: None,
         }
-        match (&mut first, &mut more) {
-            (None, None) => first = Some(chunk),
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        let n = chunk.len();
+        self.total = self.total.saturating_add(n);
+        if self.total > self.keep {
+            self.first = None;
+            self.more = None;
+            return;
+        }
+        match (&mut self.first, &mut self.more) {
+            (None, None) => self.first = Some(chunk),
             (Some(f), None) => {
                 let mut m = BytesMut::with_capacity(f.len() + n);
                 m.extend_from_slice(f);
                 m.extend_from_slice(&chunk);
-                more = Some(m);
+                self.more = Some(m);
             }
             (_, Some(m)) => m.extend_from_slice(&chunk),
         }
     }
-    let bytes = match (first, more) {
-        (_, Some(m)) => m.freeze(),
-        (Some(f), None) => f,
-        (None, None) => Bytes::new(),
-    };
-    Ok((bytes, total))
+
+    /// Bytes held now.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.more
+            .as_ref()
+            .map(|m| m.len())
+            .or(self.first.as_ref().map(|f| f.len()))
+            .unwrap_or(0)
+    }
+
+    /// The body (empty when it was over `keep`) and its length.
+    fn finish(self) -> (Bytes, usize) {
+        let bytes = match (self.first, self.more) {
+            (_, Some(m)) => m.freeze(),
+            (Some(f), None) => f,
+            (None, None) => Bytes::new(),
+        };
+        (bytes, self.total)
+    }
+}
+
+/// Reads the body (counted up to [`MAX_BODY_READ`], kept up to `keep` bytes), returning its bytes and length.
+async fn read_body(body: &mut RecvStream, keep: usize) -> Result<(Bytes, usize), h2::Error> {
+    let mut buf = BodyBuf::new(keep);
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.push(chunk);
+        if buf.total > MAX_BODY_READ {
+            break;
+        }
+    }
+    Ok(buf.finish())
 }
 
 async fn handle_stream(
@@ -317,13 +430,23 @@ async fn handle_stream(
     mut respond: SendResponse<Bytes>,
     mut plan: Plan,
 ) -> Outcome {
-    let (payload, total) = match read_body(&mut body).await {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::debug!("h2 stream error while reading the body: {e}");
-            return Outcome::Broken;
-        }
-    };
+    let keep = plan.checked.as_ref().map_or(0, |c| c.payload_limit);
+    let (payload, total) =
+        match tokio::time::timeout_at(plan.body_deadline, read_body(&mut body, keep)).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::debug!("h2 stream error while reading the body: {e}");
+                return Outcome::Broken;
+            }
+            Err(_) => {
+                // A body that stalls would hold the stream (and its place under the limit) for ever and keep
+                // the connection from being idle: the stream is reset, unprocessed, so the client may retry it.
+                tracing::debug!("h2: the request body did not end in time; resetting the stream");
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                ctx.stats.streams_timed_out.fetch_add(1, Ordering::Relaxed);
+                return Outcome::Broken;
+            }
+        };
     let checked = match plan.checked {
         Ok(c) => c,
         Err(rej) => return reject(&ctx, &mut respond, rej, plan.apns_id, plan.unique_id),
@@ -347,12 +470,23 @@ async fn handle_stream(
         );
     }
     // Under a rate, wait for this request's turn. Like a busy server that has read the request, a reset does not
-    // take it out of the queue: it is processed when its turn comes (see crate::pace).
+    // take it out of the queue: it is processed when its turn comes (see crate::pace). But its stream is closed,
+    // so from the reset on it no longer counts against the stream limit.
     // The time spent waiting for the turn comes on top of the latency (queueing at the server, then the way back).
     if let Some(turn) = ctx.pace.turn() {
         let waited = turn.saturating_duration_since(tokio::time::Instant::now());
-        tokio::time::sleep_until(turn).await;
-        plan.answer_at = plan.answer_at.map(|at| at + waited);
+        let sleep = tokio::time::sleep_until(turn);
+        tokio::pin!(sleep);
+        tokio::select! {
+            _ = &mut sleep => {}
+            _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
+                plan.slot.release();
+                sleep.await;
+            }
+        }
+        plan.answer_at = plan
+            .answer_at
+            .map(|at| at.checked_add(waited).unwrap_or(at));
     }
     if plan.drop {
         return Outcome::Dropped;
@@ -361,13 +495,13 @@ async fn handle_stream(
         if !answer_after(&ctx, &mut respond, plan.answer_at).await {
             return Outcome::Broken;
         }
-        return reject(
-            &ctx,
-            &mut respond,
-            reason.into(),
-            plan.apns_id,
-            plan.unique_id,
-        );
+        // Every 410 carries the moment the token stopped being valid (docs/apns-protocol.md#http2-response): for
+        // one the scenario injects, now.
+        let rejection = Rejection {
+            reason,
+            timestamp_ms: (reason.status() == 410).then(now_ms),
+        };
+        return reject(&ctx, &mut respond, rejection, plan.apns_id, plan.unique_id);
     }
 
     // Processed now: accepted and recorded whatever happens to the answer (see crate::pace). The record's room is
@@ -469,4 +603,35 @@ fn reject(
         }
     }
     Outcome::Rejected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_kept_only_within_its_limit_and_counted_in_full() {
+        let mut b = BodyBuf::new(10);
+        b.push(Bytes::from_static(b"0123"));
+        b.push(Bytes::from_static(b"456789"));
+        assert_eq!(b.held(), 10);
+        assert_eq!(b.finish(), (Bytes::from_static(b"0123456789"), 10));
+
+        // Over the limit: nothing more is held, but every byte is counted (PayloadTooLarge needs only the count).
+        let mut b = BodyBuf::new(10);
+        for _ in 0..100 {
+            b.push(Bytes::from(vec![b'x'; 7]));
+            assert!(b.held() <= 10, "{} bytes held", b.held());
+        }
+        assert_eq!(b.held(), 0);
+        assert_eq!(b.finish(), (Bytes::new(), 700));
+
+        // A single chunk over the limit is not held either; a request rejected by its head keeps nothing.
+        let mut b = BodyBuf::new(4096);
+        b.push(Bytes::from(vec![b'y'; 5000]));
+        assert_eq!((b.held(), b.total), (0, 5000));
+        let mut b = BodyBuf::new(0);
+        b.push(Bytes::from_static(b"{}"));
+        assert_eq!(b.finish(), (Bytes::new(), 2));
+    }
 }

@@ -4,11 +4,11 @@
 //!
 //! Requests are checked in this order, the first failure wins (docs/apns-protocol.md#simulator):
 //!
-//! 1. a repeated `apns-*` header -> DuplicateHeaders
+//! 1. a repeated `apns-*` or `authorization` header -> DuplicateHeaders
 //! 2. `apns-id` not a UUID -> BadMessageId
 //! 3. `:method` not POST -> 405 MethodNotAllowed
 //! 4. no `apns-topic` where one is required (token connections, certificates for several apps) -> MissingTopic
-//! 5. `apns-collapse-id` over 64 bytes -> BadCollapseId
+//! 5. `apns-collapse-id` over 64 bytes -> BadCollapseId (only its size: UTF-8 within 64 bytes passes)
 //! 6. `apns-priority` not 10, 5 or 1 -> BadPriority
 //! 7. unknown `apns-push-type` -> InvalidPushType
 //! 8. `apns-expiration` not an integer -> BadExpirationDate; then push type and values that Apple calls errors
@@ -20,23 +20,29 @@
 //! 10. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,
 //!     InvalidProviderToken, UnrelatedKeyIdInToken, BadEnvironmentKeyIdInToken, ExpiredProviderToken,
 //!     429 TooManyProviderTokenUpdates)
-//! 11. topic: malformed -> BadTopic; not covered by the certificate or key, or not matching the push type's
-//!     suffix -> TopicDisallowed (topic-specific key: InvalidProviderToken)
+//! 11. topic: malformed (not printable ASCII, so never before authentication) -> BadTopic; not covered by the
+//!     certificate or key, or not matching the push type's suffix -> TopicDisallowed (topic-specific key:
+//!     InvalidProviderToken)
 //! 12. token state from the scenario: bad -> BadDeviceToken; registered to another topic ->
 //!     DeviceTokenNotForTopic; unregistered -> 410 Unregistered + timestamp; expired -> 410 ExpiredToken +
 //!     timestamp
 //! 13. (after the body) empty -> PayloadEmpty; over 4096 bytes (voip 5120: push type `voip`, or none and a
-//!     `.voip` topic) -> 413 PayloadTooLarge
+//!     `.voip` topic) -> 413 PayloadTooLarge (only a body within its limit is kept; a longer one is only
+//!     counted). A body that has not ended [`crate::SimConfig::body_timeout`] (10 s) after the request's HEADERS
+//!     gets its stream reset (`REFUSED_STREAM`, unprocessed).
 //! 14. pace ([`crate::pace`]): under a rate, wait for the request's turn; then the scenario's dropped connections
-//!     and random transient errors; then the request is accepted and recorded, and the answer leaves after the
-//!     latency (a stream the client resets before its answer stays accepted; only the answer is left out).
+//!     and random transient errors (an injected 410 carries the time of the answer as its `timestamp`); then the
+//!     request is accepted and recorded, and the answer leaves after the latency (a stream the client resets before
+//!     its answer stays accepted; only the answer is left out).
 //!
-//! Connections: a token connection (no client certificate) advertises `SETTINGS_MAX_CONCURRENT_STREAMS` 1 until
-//! its first valid token, then the configured limit (default 1000); with `choppy_streams` any connection drops to 1
+//! Connections: a token connection (no client certificate) advertises `SETTINGS_MAX_CONCURRENT_STREAMS` 1 until its
+//! first valid token, then the configured limit (default 1000); with `choppy_streams` any connection drops to 1
 //! after a rejection and goes back up after the next success. Streams beyond the acknowledged limit get
-//! `RST_STREAM(REFUSED_STREAM)`. GOAWAY carries JSON debug data: `{"reason":"Shutdown"}` (every N requests, admin
-//! `POST /goaway`, simulator shutdown) or `{"reason":"IdleTimeout"}`; the connection then finishes what it took and
-//! closes. The SETTINGS changes and GOAWAY debug data go through [`io::FrameIo`], since `h2` has no API for them.
+//! `RST_STREAM(REFUSED_STREAM)`; a stream the client resets stops counting against the limit as soon as the reset
+//! is seen, even while it waits its turn under a rate. GOAWAY carries JSON debug data: `{"reason":"Shutdown"}`
+//! (every N requests, admin `POST /goaway`, simulator shutdown) or `{"reason":"IdleTimeout"}`; the connection then
+//! finishes what it took and closes. The SETTINGS changes and GOAWAY debug data go through [`io::FrameIo`], since
+//! `h2` has no API for them.
 
 pub(crate) mod auth;
 mod conn;
@@ -73,6 +79,8 @@ pub(crate) struct H2Context {
     pub choppy_streams: bool,
     pub token_max_age: Duration,
     pub token_update_interval: Duration,
+    /// How long a request's body may take to end, from its HEADERS.
+    pub body_timeout: Duration,
     pub unique_id: bool,
     pub ordinal: AtomicU64,
     /// Bumped to make every connection send GOAWAY `{"reason":"Shutdown"}` and close.
