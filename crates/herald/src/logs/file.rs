@@ -1,15 +1,39 @@
-//! A log file that many tasks append lines to: buffered, flushed on a short interval and on demand, and reopened
-//! on request so logrotate can move it away.
+//! A log file that many tasks append lines to: buffered in memory, written out by a thread of its own (when a buffer
+//! fills, on a short interval and on demand), and reopened on request so logrotate can move it away.
+//!
+//! No caller ever waits for the disk: [`LogFile::write_line`] only appends to a memory buffer under a short lock,
+//! and the file's writer thread takes the buffer out under that lock and writes it with the lock released. A file
+//! that takes no writes (a full disk, a hung NFS server, a FIFO nobody reads) only makes its lines wait in memory,
+//! then be dropped and counted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-/// How many bytes of lines a log holds in memory before it writes them out; while its file takes no writes (a full
-/// disk), lines past this are dropped and counted.
-const BUFFER: usize = 256 * 1024;
+/// How many bytes of lines wait in memory before the writer thread is woken to write them out (otherwise it
+/// writes them at the next flush, every 200 ms).
+const FILL: usize = 256 * 1024;
+
+/// How many bytes of lines a log holds in memory at most, those being written included: while its file takes no
+/// writes (a full disk, a blocked write), lines past this are dropped and counted. Big enough for a burst at
+/// 80,000 lines a second to wait out a disk that stalls for a few hundred milliseconds.
+pub const CAP: usize = 8 * 1024 * 1024;
+
+/// How often a file whose last write failed is tried again while lines wait for it.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// How long [`LogFile::flush`] waits for the writer thread before it reports the file as stalled.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// How long [`LogFile::reopen`] waits for the writer thread (busy with a write to the old file) before it returns.
+const REOPEN_WAIT: Duration = Duration::from_secs(1);
+
+/// How long the flush at shutdown waits for the files ([`flush_all_within`]); lines not written by then are
+/// dropped and counted.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a log file could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +52,36 @@ pub enum LogFileError {
         /// Lines dropped since the file last took a write (the memory buffer was full).
         dropped: u64,
     },
+    /// A write to the file did not return within `waited` (a hung network file system, a FIFO whose reader
+    /// stopped); lines wait in memory meanwhile, up to [`CAP`], and are dropped past that.
+    #[error(
+        "log file {path}: a write did not return within {:.1} s; new lines wait in memory ({dropped} line(s) \
+         dropped since it last took a write)",
+        .waited.as_secs_f64()
+    )]
+    Stalled {
+        path: PathBuf,
+        waited: Duration,
+        dropped: u64,
+    },
+    /// At shutdown the file did not take its lines within `waited`: they are dropped (and counted).
+    #[error(
+        "log file {path} took no writes within {:.1} s: {lines} line(s) dropped",
+        .waited.as_secs_f64()
+    )]
+    Abandoned {
+        path: PathBuf,
+        waited: Duration,
+        lines: u64,
+    },
 }
 
 /// Whether `path` could be opened for appending, as [`LogFile::open`] would (creating it and its missing
 /// parents), without creating or changing anything: an existing file must open for appending; otherwise the
 /// nearest existing ancestor must be a directory a file can be created in (checked with a probe file that is
-/// removed at once).
-pub fn check_writable(path: &Path) -> Result<(), String> {
+/// removed at once). `Ok(Some(note))` when it can be used but deserves a word: a FIFO that no process reads yet
+/// (it is opened without waiting for a reader; `herald serve` waits for one at start).
+pub fn check_writable(path: &Path) -> Result<Option<String>, String> {
     if path.as_os_str().is_empty() {
         return Err("no file name".into());
     }
@@ -42,11 +89,23 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
         return Err("is a directory".into());
     }
     if path.exists() {
-        return OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map(|_| ())
-            .map_err(|e| format!("cannot be opened for appending: {e}"));
+        let mut options = OpenOptions::new();
+        options.append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // A plain open of a FIFO blocks until a process opens it for reading.
+            options.custom_flags(libc::O_NONBLOCK);
+        }
+        return match options.open(path) {
+            Ok(_) => Ok(None),
+            #[cfg(unix)]
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) && is_fifo(path) => Ok(Some(
+                "is a FIFO that no process reads yet: herald serve waits at start until one opens it for reading"
+                    .into(),
+            )),
+            Err(e) => Err(format!("cannot be opened for appending: {e}")),
+        };
     }
     let mut dir = path.parent();
     while let Some(d) = dir {
@@ -63,7 +122,7 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
             return match OpenOptions::new().write(true).create_new(true).open(&probe) {
                 Ok(_) => {
                     let _ = std::fs::remove_file(&probe);
-                    Ok(())
+                    Ok(None)
                 }
                 Err(e) => Err(format!("cannot create files in {}: {e}", d.display())),
             };
@@ -73,155 +132,593 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
     Err("no existing parent directory".into())
 }
 
-/// An append-only log file. Lines are kept in memory, whole, until a flush (or a full buffer) writes them out; a line
-/// is never split between two writes that could land apart: when the file takes only part of the buffer, the rest
-/// (beginning with the end of the torn line) waits for the next write, and while the file takes nothing, new lines
-/// past [`BUFFER`] bytes are dropped, counted, and reported (a warning when dropping starts and when the file takes
-/// writes again, the count in [`LogFile::flush`]'s error and [`LogFile::dropped_lines`]).
+#[cfg(unix)]
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// An append-only log file. Lines are kept in memory, whole, until its writer thread writes them out (when
+/// [`FILL`] bytes wait, at a flush, at a reopen); a line is never split between two writes that could land apart:
+/// when the file takes only part of the buffer, the rest (beginning with the end of the torn line) is written before
+/// anything else, and while the file takes nothing, new lines past [`CAP`] bytes are dropped, counted, and reported
+/// (a warning when dropping starts and when the file takes writes again, the count in [`LogFile::flush`]'s error
+/// and [`LogFile::dropped_lines`]). A file whose last write failed is tried again every 200 ms.
 pub struct LogFile {
+    shared: Arc<Shared>,
+}
+
+/// What a log file's callers and its writer thread share.
+struct Shared {
     path: PathBuf,
     mode: u32,
-    capacity: usize,
-    out: Mutex<Out>,
+    /// Bytes waiting in `front` that wake the writer thread.
+    fill: usize,
+    /// Bytes held in memory at most (see [`CAP`]).
+    cap: usize,
+    state: Mutex<State>,
+    /// Wakes the writer thread.
+    work: Condvar,
+    /// Wakes those waiting for a flush or a reopen to be done.
+    done: Condvar,
     /// Lines dropped since the file was opened.
     dropped: AtomicU64,
 }
 
-struct Out {
-    sink: Box<dyn Write + Send>,
-    /// Lines not yet taken by the file. Whole lines, except that when `torn` it begins with the end of a line
-    /// whose beginning the file took.
-    buf: Vec<u8>,
-    torn: bool,
-    /// Whether the last write failed.
-    failing: bool,
+struct State {
+    /// Lines appended since the writer thread last took them.
+    front: Vec<u8>,
+    /// Bytes held elsewhere: in the writer thread's buffer (not yet taken by the file; when the last write tore a
+    /// line it begins with that line's end) and in `reopen`.
+    held: usize,
+    /// Lines (newlines) held in memory, in `front` and elsewhere.
+    lines: u64,
+    /// Whether the writer was woken for a full `front` and has not taken it yet.
+    woken: bool,
+    /// Flushes asked for, and the last one the writer thread finished (it wrote or tried to write everything
+    /// appended before it was asked for).
+    flush_asked: u64,
+    flush_done: u64,
+    /// A reopen asked for and not yet begun: the lines appended before it, for the old file.
+    reopen: Option<Vec<u8>>,
+    reopen_asked: u64,
+    reopen_done: u64,
+    /// Why the last reopen failed (`Ok` when it did not).
+    reopen_result: Result<(), Failure>,
+    /// Why the last write failed, while the file takes no writes.
+    error: Option<std::io::Error>,
     /// Lines dropped since the file last took a write.
     dropped_now: u64,
+    /// The writer thread ends after its next round.
+    closing: bool,
+    /// Given up at shutdown: nothing more is written, new lines are dropped.
+    abandoned: bool,
+}
+
+enum Failure {
+    Open(std::io::Error),
+    Write(std::io::Error),
 }
 
 impl std::fmt::Debug for LogFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogFile")
-            .field("path", &self.path)
-            .field("mode", &format_args!("{:o}", self.mode))
+            .field("path", &self.shared.path)
+            .field("mode", &format_args!("{:o}", self.shared.mode))
             .field("dropped", &self.dropped_lines())
             .finish_non_exhaustive()
     }
 }
 
 impl LogFile {
-    /// Opens (creating with `mode`, e.g. 0o644) `path` for appending; creates missing parent directories.
+    /// Opens (creating with `mode`, e.g. 0o644) `path` for appending; creates missing parent directories. Starts
+    /// the file's writer thread.
     pub fn open(path: &Path, mode: u32) -> Result<Self, LogFileError> {
-        let file = open_append(path, mode)?;
-        Ok(Self::with_sink(path, mode, Box::new(file), BUFFER))
+        Self::open_sized(path, mode, FILL, CAP)
     }
 
-    fn with_sink(path: &Path, mode: u32, sink: Box<dyn Write + Send>, capacity: usize) -> Self {
-        LogFile {
+    /// [`LogFile::open`] holding at most `cap` bytes in memory (and woken at that much).
+    #[cfg(test)]
+    pub(crate) fn open_with_cap(path: &Path, mode: u32, cap: usize) -> Result<Self, LogFileError> {
+        Self::open_sized(path, mode, cap, cap)
+    }
+
+    fn open_sized(path: &Path, mode: u32, fill: usize, cap: usize) -> Result<Self, LogFileError> {
+        open_append(path, mode)
+            .and_then(|file| Self::start(path, mode, Box::new(file), fill, cap))
+            .map_err(|source| LogFileError::Open {
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    /// A log file writing to `sink` (tests), its writer thread woken when `fill` bytes wait and holding at most `cap`.
+    #[cfg(test)]
+    pub(crate) fn with_sink(
+        path: &Path,
+        mode: u32,
+        sink: Box<dyn Write + Send>,
+        fill: usize,
+        cap: usize,
+    ) -> Self {
+        Self::start(path, mode, sink, fill, cap).expect("starting a log writer thread")
+    }
+
+    fn start(
+        path: &Path,
+        mode: u32,
+        sink: Box<dyn Write + Send>,
+        fill: usize,
+        cap: usize,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
             path: path.to_owned(),
             mode,
-            capacity,
-            out: Mutex::new(Out {
-                sink,
-                buf: Vec::with_capacity(capacity),
-                torn: false,
-                failing: false,
+            fill,
+            cap,
+            state: Mutex::new(State {
+                front: Vec::with_capacity(fill),
+                held: 0,
+                lines: 0,
+                woken: false,
+                flush_asked: 0,
+                flush_done: 0,
+                reopen: None,
+                reopen_asked: 0,
+                reopen_done: 0,
+                reopen_result: Ok(()),
+                error: None,
                 dropped_now: 0,
+                closing: false,
+                abandoned: false,
             }),
+            work: Condvar::new(),
+            done: Condvar::new(),
             dropped: AtomicU64::new(0),
-        }
+        });
+        let writer = Writer {
+            shared: shared.clone(),
+            sink,
+            back: Vec::with_capacity(fill),
+            torn: false,
+        };
+        std::thread::Builder::new()
+            .name("herald-log".into())
+            .spawn(move || writer.run())?;
+        Ok(LogFile { shared })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
-    /// Lines dropped since the file was opened because it took no writes (a full disk) while the memory buffer was
-    /// full.
+    /// Lines dropped since the file was opened because it took no writes (a full disk, a blocked write) while the
+    /// memory buffer was full, or because it still held them when the flush at shutdown gave up on it.
     pub fn dropped_lines(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Appends one line (the newline is added here). A full disk does not stop the caller: the line waits in
-    /// memory, or is dropped and counted when memory is full too.
+    /// Appends one line (the newline is added here). Never waits for the disk: the line waits in memory for the
+    /// writer thread, or is dropped and counted when memory is full. Wakes the writer thread when [`FILL`] bytes
+    /// wait (once, not for every line past that).
     pub fn write_line(&self, line: &str) {
+        let shared = &*self.shared;
         let len = line.len() + 1;
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if !out.buf.is_empty() && out.buf.len() + len > self.capacity {
-            // The error is reported by the next flush.
-            let _ = self.write_out(&mut out);
-            if !out.buf.is_empty() && out.buf.len() + len > self.capacity {
-                self.drop_line(&mut out);
-                return;
-            }
+        let mut st = shared.lock();
+        let pending = st.front.len() + st.held;
+        if st.abandoned || (pending > 0 && pending + len > shared.cap) {
+            shared.drop_lines(&mut st, 1);
+            return;
         }
-        out.buf.extend_from_slice(line.as_bytes());
-        out.buf.push(b'\n');
-        if out.buf.len() >= self.capacity {
-            // A line longer than the buffer: written at once.
-            let _ = self.write_out(&mut out);
+        st.front.extend_from_slice(line.as_bytes());
+        st.front.push(b'\n');
+        st.lines += 1;
+        let wake = st.front.len() >= shared.fill && !st.woken;
+        if wake {
+            st.woken = true;
+        }
+        drop(st);
+        if wake {
+            shared.work.notify_one();
         }
     }
 
-    /// Writes out the lines held in memory.
+    /// Has the writer thread write out the lines held in memory, and waits for it (at most 5 s: a file whose write
+    /// does not return is reported as [`LogFileError::Stalled`]). Blocks the calling thread: async tasks use
+    /// [`LogFile::flush_soon`] (or [`flush_all_within`]).
     pub fn flush(&self) -> Result<(), LogFileError> {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        self.write_out(&mut out)
-            .map_err(|source| self.write_error(&out, source))
+        let asked = self.ask_flush();
+        self.wait_flushed(asked, Instant::now() + FLUSH_WAIT)
     }
 
-    /// Flushes, then reopens the path: after logrotate renamed the file, new lines go to a new file. Whole lines the
-    /// old file did not take (a full disk) are not lost: they go to the new one, and the old file's error is
-    /// returned. The end of a line the old file took only the beginning of is dropped (and counted), not written as
-    /// a fragment at the top of the new file.
-    pub fn reopen(&self) -> Result<(), LogFileError> {
-        let file = open_append(&self.path, self.mode)?;
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let flushed = self.write_out(&mut out);
-        if out.torn {
-            let end = out
-                .buf
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(out.buf.len(), |i| i + 1);
-            out.buf.drain(..end);
-            out.torn = false;
-            self.drop_line(&mut out);
+    /// Has the writer thread write out the lines held in memory, without waiting for it; returns the error of the
+    /// file's last write while the file takes no writes.
+    pub fn flush_soon(&self) -> Result<(), LogFileError> {
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        st.flush_asked += 1;
+        shared.work.notify_one();
+        match &st.error {
+            Some(e) => Err(shared.write_error(&st, copy_error(e))),
+            None => Ok(()),
         }
-        out.sink = Box::new(file);
-        let carried = self.write_out(&mut out);
-        flushed
-            .and(carried)
-            .map_err(|source| self.write_error(&out, source))
     }
 
-    fn write_error(&self, out: &Out, source: std::io::Error) -> LogFileError {
+    /// Asks for a flush; returns its number for [`LogFile::wait_flushed`].
+    fn ask_flush(&self) -> u64 {
+        let mut st = self.shared.lock();
+        st.flush_asked += 1;
+        self.shared.work.notify_one();
+        st.flush_asked
+    }
+
+    /// Whether flush `asked` is done (or the file was given up).
+    fn flushed(&self, asked: u64) -> bool {
+        let st = self.shared.lock();
+        st.flush_done >= asked || st.abandoned
+    }
+
+    /// Waits until flush `asked` is done, or `deadline`.
+    fn wait_flushed(&self, asked: u64, deadline: Instant) -> Result<(), LogFileError> {
+        let shared = &*self.shared;
+        let started = Instant::now();
+        let mut st = shared.lock();
+        while st.flush_done < asked && !st.abandoned {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(LogFileError::Stalled {
+                    path: shared.path.clone(),
+                    waited: started.elapsed(),
+                    dropped: st.dropped_now,
+                });
+            }
+            st = shared
+                .done
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        match &st.error {
+            Some(e) => Err(shared.write_error(&st, copy_error(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes out what the file holds, then reopens the path: after logrotate renamed the file, new lines go to a
+    /// new file. Lines written before the call go to the old file, later ones to the new file. Whole lines the old
+    /// file did not take (a full disk) are not lost: they go to the new one, and the old file's error is returned.
+    /// The end of a line the old file took only the beginning of is dropped (and counted), not written as a
+    /// fragment at the top of the new file. The writer thread opens the new file; this waits for it at most 1 s (a
+    /// write to the old file that does not return: [`LogFileError::Stalled`], and the reopen happens when it
+    /// returns).
+    pub fn reopen(&self) -> Result<(), LogFileError> {
+        let asked = self.ask_reopen();
+        self.wait_reopened(asked, Instant::now() + REOPEN_WAIT)
+    }
+
+    /// Asks for a reopen; returns its number for [`LogFile::wait_reopened`].
+    fn ask_reopen(&self) -> u64 {
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        let before = std::mem::replace(&mut st.front, Vec::with_capacity(shared.fill));
+        st.held += before.len();
+        match &mut st.reopen {
+            // Asked again before the writer thread began the first one: these lines go to the old file too.
+            Some(old) => old.extend_from_slice(&before),
+            None => st.reopen = Some(before),
+        }
+        st.reopen_asked += 1;
+        shared.work.notify_one();
+        st.reopen_asked
+    }
+
+    fn wait_reopened(&self, asked: u64, deadline: Instant) -> Result<(), LogFileError> {
+        let shared = &*self.shared;
+        let started = Instant::now();
+        let mut st = shared.lock();
+        while st.reopen_done < asked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if st.abandoned || left.is_zero() {
+                return Err(LogFileError::Stalled {
+                    path: shared.path.clone(),
+                    waited: started.elapsed(),
+                    dropped: st.dropped_now,
+                });
+            }
+            st = shared
+                .done
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        match &st.reopen_result {
+            Ok(()) => Ok(()),
+            Err(Failure::Open(e)) => Err(LogFileError::Open {
+                path: shared.path.clone(),
+                source: copy_error(e),
+            }),
+            Err(Failure::Write(e)) => Err(shared.write_error(&st, copy_error(e))),
+        }
+    }
+
+    /// Gives the file up (the flush at shutdown ran out of time): the lines it holds are dropped and counted, and so
+    /// are later ones; its writer thread ends when its write returns. Returns the lines dropped here.
+    fn abandon(&self) -> u64 {
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        if st.abandoned {
+            return 0;
+        }
+        st.abandoned = true;
+        let lines = st.lines;
+        st.lines = 0;
+        st.front = Vec::new();
+        st.reopen = None;
+        shared.dropped.fetch_add(lines, Ordering::Relaxed);
+        st.dropped_now += lines;
+        shared.work.notify_one();
+        shared.done.notify_all();
+        lines
+    }
+
+    /// Bytes written and not yet taken by the file.
+    #[cfg(test)]
+    fn pending(&self) -> usize {
+        let st = self.shared.lock();
+        st.front.len() + st.held
+    }
+}
+
+impl Drop for LogFile {
+    /// Writes out what the file holds (waiting at most 5 s), then lets its writer thread end.
+    fn drop(&mut self) {
+        let _ = self.flush();
+        let mut st = self.shared.lock();
+        st.closing = true;
+        self.shared.work.notify_one();
+    }
+}
+
+/// Has every file write out what it holds, and waits (without blocking the runtime) until they did or `limit`
+/// passed: the files that did not take their lines by then (a write that does not return) are given up, their
+/// lines dropped and counted ([`LogFileError::Abandoned`]). For the flush at shutdown, with [`SHUTDOWN_WAIT`].
+/// Returns the errors of the files that could not be written.
+pub async fn flush_all_within(files: &[&LogFile], limit: Duration) -> Vec<LogFileError> {
+    let started = Instant::now();
+    let asked: Vec<u64> = files.iter().map(|f| f.ask_flush()).collect();
+    while !files.iter().zip(&asked).all(|(f, &a)| f.flushed(a)) && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut errors = Vec::new();
+    for (f, &a) in files.iter().zip(&asked) {
+        if f.flushed(a) {
+            // Done: its result (at once).
+            errors.extend(f.wait_flushed(a, Instant::now()).err());
+        } else {
+            let lines = f.abandon();
+            errors.push(LogFileError::Abandoned {
+                path: f.shared.path.clone(),
+                waited: started.elapsed(),
+                lines,
+            });
+        }
+    }
+    errors
+}
+
+/// Waits for flushes asked for with [`LogFile::ask_flush`], all until `deadline` (blocking).
+fn wait_all_flushed(files: &[&LogFile], asked: &[u64], deadline: Instant) -> Vec<LogFileError> {
+    files
+        .iter()
+        .zip(asked)
+        .filter_map(|(f, &a)| f.wait_flushed(a, deadline).err())
+        .collect()
+}
+
+/// Has every file write out what it holds and waits for them (at most 5 s together; a file whose write does not
+/// return is reported as [`LogFileError::Stalled`]). Blocks the calling thread.
+pub fn flush_all(files: &[&LogFile]) -> Vec<LogFileError> {
+    let asked: Vec<u64> = files.iter().map(|f| f.ask_flush()).collect();
+    wait_all_flushed(files, &asked, Instant::now() + FLUSH_WAIT)
+}
+
+/// Reopens every file (see [`LogFile::reopen`]), waiting at most 1 s for them together.
+pub fn reopen_all(files: &[&LogFile]) -> Vec<LogFileError> {
+    let asked: Vec<u64> = files.iter().map(|f| f.ask_reopen()).collect();
+    let deadline = Instant::now() + REOPEN_WAIT;
+    files
+        .iter()
+        .zip(&asked)
+        .filter_map(|(f, &a)| f.wait_reopened(a, deadline).err())
+        .collect()
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_error(&self, st: &State, source: std::io::Error) -> LogFileError {
         LogFileError::Write {
             path: self.path.clone(),
             source,
-            dropped: out.dropped_now,
+            dropped: st.dropped_now,
         }
     }
 
-    fn drop_line(&self, out: &mut Out) {
-        out.dropped_now += 1;
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        if out.dropped_now == 1 {
+    fn drop_lines(&self, st: &mut State, n: u64) {
+        st.dropped_now += n;
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        if st.dropped_now == n && !st.abandoned {
             tracing::warn!(
                 "log file {}: the file takes no writes and {} KiB of lines wait in memory: new lines are dropped \
                  until it takes writes again",
                 self.path.display(),
-                out.buf.len() / 1024
+                (st.front.len() + st.held) / 1024
             );
         }
     }
+}
 
-    /// Writes what the buffer holds, keeping in it what the file did not take.
-    fn write_out(&self, out: &mut Out) -> std::io::Result<()> {
+/// A copy of `e` (an `io::Error` is not `Clone`): the same OS error, or the same kind and text.
+fn copy_error(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// A log file's writer thread: the only one that touches the file.
+struct Writer {
+    shared: Arc<Shared>,
+    sink: Box<dyn Write + Send>,
+    /// Lines taken out of `front` and not yet taken by the file. Whole lines, except that when `torn` it begins
+    /// with the end of a line whose beginning the file took.
+    back: Vec<u8>,
+    torn: bool,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let shared = self.shared.clone();
+        let mut last_try = Instant::now();
+        loop {
+            let mut st = shared.lock();
+            loop {
+                if st.abandoned {
+                    return;
+                }
+                if st.front.len() >= shared.fill
+                    || st.flush_asked > st.flush_done
+                    || st.reopen.is_some()
+                    || st.closing
+                {
+                    break;
+                }
+                // Asleep from here: the next line that fills `front` wakes it.
+                st.woken = false;
+                let waiting = !st.front.is_empty() || st.held > 0;
+                if st.error.is_some() && waiting {
+                    // Tried again every RETRY while lines wait for a file whose last write failed.
+                    let left = RETRY.saturating_sub(last_try.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    st = shared
+                        .work
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                } else {
+                    st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            let flush = st.flush_asked;
+            let closing = st.closing;
+            if let Some(before) = st.reopen.take() {
+                let asked = st.reopen_asked;
+                drop(st);
+                let result = self.reopen(before);
+                let mut st = shared.lock();
+                st.reopen_done = asked;
+                st.reopen_result = result;
+                shared.done.notify_all();
+            } else {
+                drop(st);
+            }
+            // Whatever the file holds after the reopen, then what was appended meanwhile.
+            let mut st = shared.lock();
+            let took = self.back.is_empty();
+            if took {
+                std::mem::swap(&mut st.front, &mut self.back);
+                st.held = self.held(&st);
+            }
+            drop(st);
+            let mut result = self.write_out();
+            if result.is_ok() && !took {
+                let mut st = shared.lock();
+                std::mem::swap(&mut st.front, &mut self.back);
+                st.held = self.held(&st);
+                drop(st);
+                result = self.write_out();
+            }
+            last_try = Instant::now();
+            let mut st = shared.lock();
+            self.settle(&mut st, result.err());
+            st.flush_done = st.flush_done.max(flush);
+            shared.done.notify_all();
+            drop(st);
+            if self.back.is_empty() && self.back.capacity() > 2 * shared.fill {
+                // A long outage grew the buffers: give the memory back.
+                self.back.shrink_to(shared.fill);
+            }
+            if closing {
+                return;
+            }
+        }
+    }
+
+    /// Writes `back` to the old file, opens the path again, and writes to the new file what the old one did not
+    /// take (except the end of a torn line); `before` holds the lines appended before the reopen was asked for.
+    fn reopen(&mut self, before: Vec<u8>) -> Result<(), Failure> {
+        if self.back.is_empty() {
+            self.back = before;
+        } else {
+            self.back.extend_from_slice(&before);
+        }
+        // When the path cannot be opened, the lines stay for the old file.
+        let file = open_append(&self.shared.path, self.shared.mode).map_err(Failure::Open)?;
+        let flushed = self.write_out();
+        let mut st = self.shared.lock();
+        self.settle(&mut st, flushed.as_ref().err().map(copy_error));
+        if self.torn {
+            let end = memchr::memchr(b'\n', &self.back).map_or(self.back.len(), |i| i + 1);
+            self.back.drain(..end);
+            self.torn = false;
+            st.held = self.held(&st);
+            st.lines -= 1;
+            self.shared.drop_lines(&mut st, 1);
+        }
+        drop(st);
+        self.sink = Box::new(file);
+        let carried = self.write_out();
+        let mut st = self.shared.lock();
+        self.settle(&mut st, carried.as_ref().err().map(copy_error));
+        flushed.and(carried).map_err(Failure::Write)
+    }
+
+    /// Bytes held outside `front`.
+    fn held(&self, st: &State) -> usize {
+        self.back.len() + st.reopen.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Records a write's outcome: what is held, and whether the file takes writes.
+    fn settle(&self, st: &mut State, error: Option<std::io::Error>) {
+        st.held = self.held(st);
+        match error {
+            None if st.error.is_some() => {
+                st.error = None;
+                if st.dropped_now > 0 {
+                    tracing::warn!(
+                        "log file {} takes writes again; {} line(s) were dropped meanwhile",
+                        self.shared.path.display(),
+                        st.dropped_now
+                    );
+                }
+                st.dropped_now = 0;
+            }
+            None => {}
+            Some(e) => st.error = Some(e),
+        }
+    }
+
+    /// Writes what `back` holds, keeping in it what the file did not take; the lines it took are no longer
+    /// counted as held.
+    fn write_out(&mut self) -> std::io::Result<()> {
         let mut written = 0;
         let mut result = Ok(());
-        while written < out.buf.len() {
-            match out.sink.write(&out.buf[written..]) {
+        while written < self.back.len() {
+            match self.sink.write(&self.back[written..]) {
                 Ok(0) => {
                     result = Err(ErrorKind::WriteZero.into());
                     break;
@@ -235,47 +732,21 @@ impl LogFile {
             }
         }
         if written > 0 {
-            out.torn = out.buf[written - 1] != b'\n';
-            out.buf.drain(..written);
+            self.torn = self.back[written - 1] != b'\n';
+            let lines = memchr::memchr_iter(b'\n', &self.back[..written]).count() as u64;
+            self.back.drain(..written);
+            let mut st = self.shared.lock();
+            st.lines = st.lines.saturating_sub(lines);
+            st.held = self.held(&st);
         }
-        let result = result.and_then(|_| out.sink.flush());
-        match &result {
-            Ok(()) if out.failing => {
-                out.failing = false;
-                if out.dropped_now > 0 {
-                    tracing::warn!(
-                        "log file {} takes writes again; {} line(s) were dropped meanwhile",
-                        self.path.display(),
-                        out.dropped_now
-                    );
-                }
-                out.dropped_now = 0;
-            }
-            Ok(()) => {}
-            Err(_) => out.failing = true,
-        }
-        result
-    }
-
-    /// Bytes written and not yet taken by the file.
-    #[cfg(test)]
-    fn pending(&self) -> usize {
-        self.out.lock().unwrap_or_else(|p| p.into_inner()).buf.len()
+        result.and_then(|_| self.sink.flush())
     }
 }
 
-impl Drop for LogFile {
-    fn drop(&mut self) {
-        let _ = self.flush();
-    }
-}
-
-fn open_append(path: &Path, mode: u32) -> Result<File, LogFileError> {
+/// Opens `path` for appending, creating it with `mode` and its missing parent directories.
+fn open_append(path: &Path, mode: u32) -> std::io::Result<File> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| LogFileError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(parent)?;
     }
     let mut options = OpenOptions::new();
     options.create(true).append(true);
@@ -286,10 +757,7 @@ fn open_append(path: &Path, mode: u32) -> Result<File, LogFileError> {
     }
     #[cfg(not(unix))]
     let _ = mode;
-    options.open(path).map_err(|source| LogFileError::Open {
-        path: path.to_owned(),
-        source,
-    })
+    options.open(path)
 }
 
 /// Appends `field` to `line`, escaping what would break the `@`-delimited layout: `@`, `\`, and control
@@ -319,6 +787,48 @@ fn escape(line: &mut String, field: &str, in_quotes: bool) {
                 let _ = write!(line, "\\x{:02x}", c as u32);
             }
             c => line.push(c),
+        }
+    }
+}
+
+/// Sinks for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::io::Write;
+    use std::sync::{Arc, Condvar, Mutex};
+
+    /// A file whose writes block while its gate is closed (a FIFO whose reader was stopped, a hung NFS server), and
+    /// keeps what it is given once the gate is open.
+    #[derive(Clone, Default)]
+    pub struct Gate {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        data: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Gate {
+        pub fn open(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+
+        pub fn text(&self) -> String {
+            String::from_utf8(self.data.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, opened) = &*self.open;
+            let mut is_open = open.lock().unwrap();
+            while !*is_open {
+                is_open = opened.wait(is_open).unwrap();
+            }
+            self.data.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 }
@@ -386,7 +896,7 @@ mod tests {
     #[test]
     fn a_full_disk_drops_whole_lines_counts_them_and_never_merges_two() {
         let disk = Disk::with_room(30);
-        let log = LogFile::with_sink(Path::new("test.log"), 0o644, Box::new(disk.clone()), 64);
+        let log = LogFile::with_sink(Path::new("test.log"), 0o644, Box::new(disk.clone()), 64, 64);
         let lines: Vec<String> = (0..40)
             .map(|i| format!("record {i:0>width$}", width = 1 + i % 4))
             .collect();
@@ -438,7 +948,13 @@ mod tests {
     #[test]
     fn a_line_that_would_fill_the_buffer_to_the_byte_is_not_kept_without_its_newline() {
         let disk = Disk::with_room(0);
-        let log = LogFile::with_sink(Path::new("exact.log"), 0o644, Box::new(disk.clone()), 64);
+        let log = LogFile::with_sink(
+            Path::new("exact.log"),
+            0o644,
+            Box::new(disk.clone()),
+            64,
+            64,
+        );
         let first = "a".repeat(31);
         let second = "b".repeat(32);
         log.write_line(&first);
@@ -460,7 +976,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("apnlog.ec");
         let disk = Disk::with_room(5);
-        let log = LogFile::with_sink(&path, 0o644, Box::new(disk.clone()), 1024);
+        let log = LogFile::with_sink(&path, 0o644, Box::new(disk.clone()), 1024, 1024);
         log.write_line("first line");
         log.write_line("second line");
         assert!(log.flush().is_err());
@@ -476,17 +992,99 @@ mod tests {
         );
     }
 
-    /// A line longer than the buffer is written whole.
+    /// A line longer than the buffer is written whole; so is a line longer than what memory holds when nothing
+    /// else waits.
     #[test]
     fn a_line_longer_than_the_buffer_is_written_whole() {
         let disk = Disk::with_room(1 << 20);
-        let log = LogFile::with_sink(Path::new("big.log"), 0o644, Box::new(disk.clone()), 16);
+        let log = LogFile::with_sink(
+            Path::new("big.log"),
+            0o644,
+            Box::new(disk.clone()),
+            16,
+            1024,
+        );
         log.write_line("short");
         let long = "x".repeat(100);
         log.write_line(&long);
         log.flush().unwrap();
         assert_eq!(disk.text(), format!("short\n{long}\n"));
         assert_eq!(log.dropped_lines(), 0);
+
+        let disk = Disk::with_room(1 << 20);
+        let log = LogFile::with_sink(Path::new("big.log"), 0o644, Box::new(disk.clone()), 16, 16);
+        log.write_line(&long);
+        log.flush().unwrap();
+        assert_eq!(disk.text(), format!("{long}\n"));
+        assert_eq!(log.dropped_lines(), 0);
+    }
+
+    /// The flush at shutdown does not wait for a file whose write does not return: after its time limit it gives
+    /// the file up and counts the lines it held as dropped (the stop used to hang in the flush until SIGKILL).
+    #[test]
+    fn the_flush_at_shutdown_gives_up_on_a_blocked_file_in_time() {
+        let gate = testing::Gate::default();
+        let log = LogFile::with_sink(
+            Path::new("blocked.log"),
+            0o644,
+            Box::new(gate.clone()),
+            16,
+            1024,
+        );
+        for i in 0..10 {
+            log.write_line(&format!("line {i}"));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let errors = runtime.block_on(flush_all_within(&[&log], Duration::from_millis(300)));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("blocked.log") && text.contains("line(s) dropped"),
+            "{text}"
+        );
+        // Every line is accounted for: those the blocked write held and those still waiting are dropped.
+        assert_eq!(log.dropped_lines(), 10);
+        log.write_line("after the stop");
+        assert_eq!(log.dropped_lines(), 11);
+        gate.open();
+    }
+
+    /// `herald check` on a log path that is a FIFO nobody reads: opening it for writing used to wait for a reader
+    /// forever. It is now noted at once, and a FIFO with a reader is fine.
+    #[cfg(unix)]
+    #[test]
+    fn checking_a_fifo_without_a_reader_does_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("mainlog.fifo");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(check_writable(&path));
+        });
+        let checked = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("checking a FIFO without a reader hangs");
+        let note = checked.unwrap().expect("a note about the missing reader");
+        assert!(note.contains("FIFO"), "{note}");
+
+        use std::os::unix::fs::OpenOptionsExt;
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        assert_eq!(check_writable(&fifo), Ok(None));
     }
 
     #[test]

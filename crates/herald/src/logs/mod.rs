@@ -178,39 +178,51 @@ impl Logs {
         }
     }
 
-    /// Writes out what every log holds in memory; returns the errors of the files that could not take it (a
-    /// full disk, a removed directory), each with the lines it dropped since it last took a write. Whole lines that
-    /// could not be written stay in memory for the next flush, up to 256 KiB per file; later lines are dropped and
-    /// counted ([`Logs::dropped_lines`]).
+    /// The files of the mainlogs and apn_loggers.
+    fn files(&self) -> Vec<&file::LogFile> {
+        let main = self.mainlog.iter().map(|m| m.file());
+        main.chain(self.apnlog.iter().map(|a| a.file())).collect()
+    }
+
+    /// Writes out what every log holds in memory and waits for it (blocking the calling thread, at most 5 s
+    /// together); returns the errors of the files that could not take it (a full disk, a removed directory, a write
+    /// that does not return), each with the lines it dropped since it last took a write. Whole lines that could not
+    /// be written stay in memory, up to [`file::CAP`] bytes per file; later lines are dropped and counted
+    /// ([`Logs::dropped_lines`]).
     pub fn flush(&self) -> Vec<file::LogFileError> {
-        let mut errors = Vec::new();
-        for m in &self.mainlog {
-            errors.extend(m.file().flush().err());
-        }
-        for a in &self.apnlog {
-            errors.extend(a.file().flush().err());
-        }
-        errors
+        file::flush_all(&self.files())
+    }
+
+    /// Has every log's writer thread write out what it holds, without waiting; returns the errors of the files
+    /// whose last write failed.
+    pub fn flush_soon(&self) -> Vec<file::LogFileError> {
+        self.files()
+            .into_iter()
+            .filter_map(|f| f.flush_soon().err())
+            .collect()
+    }
+
+    /// The flush at shutdown: writes out what every log and `also` (the feedback log) hold, waiting at most
+    /// [`file::SHUTDOWN_WAIT`] without blocking the runtime; a file that has not taken its lines by then (a write
+    /// that does not return) is given up and its lines are counted as dropped. Returns the errors.
+    pub async fn flush_at_shutdown(&self, also: Option<&file::LogFile>) -> Vec<file::LogFileError> {
+        let mut files = self.files();
+        files.extend(also);
+        file::flush_all_within(&files, file::SHUTDOWN_WAIT).await
     }
 
     /// Lines the mainlogs and apn_logger files dropped since they were opened because their files took no writes
-    /// (a full disk) while their memory buffers were full.
+    /// (a full disk, a blocked write) while their memory buffers were full.
     pub fn dropped_lines(&self) -> u64 {
         let main = self.mainlog.iter().map(|m| m.file().dropped_lines());
         let apn = self.apnlog.iter().map(|a| a.file().dropped_lines());
         main.chain(apn).sum()
     }
 
-    /// Reopens every log file (after logrotate); returns the errors of those that failed.
+    /// Reopens every log file (after logrotate); returns the errors of those that failed. Waits at most 1 s for
+    /// their writer threads ([`file::LogFile::reopen`]).
     pub fn reopen(&self) -> Vec<file::LogFileError> {
-        let mut errors = Vec::new();
-        for m in &self.mainlog {
-            errors.extend(m.file().reopen().err());
-        }
-        for a in &self.apnlog {
-            errors.extend(a.file().reopen().err());
-        }
-        errors
+        file::reopen_all(&self.files())
     }
 }
 
@@ -307,7 +319,8 @@ impl Logs {
                         *next = Some((due + h, h));
                     }
                 }
-                let errors = logs.flush();
+                // The writer threads write; this task never waits for a disk.
+                let errors = logs.flush_soon();
                 // Said once per FLUSH_ERROR_EVERY while it lasts, not at every flush.
                 if !errors.is_empty()
                     && last_warned
@@ -351,7 +364,8 @@ fn apn_formats(a: &herald_conf::ApnLoggerSettings) -> Result<apnlog::ApnLogForma
 
 /// What `herald serve` would refuse when opening the logs, found without opening them: every apn_logger format
 /// that does not parse, and every log file (mainlog, apn_logger logfile, feedback_logfile) that cannot be
-/// written. Nothing is created or changed.
+/// written. Nothing is created or changed. A log file that is a FIFO no process reads yet is no error (`herald
+/// serve` waits for a reader at start): a note about it goes to standard error.
 pub fn check(config: &herald_conf::Config) -> Vec<String> {
     let mut problems = Vec::new();
     let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
@@ -380,8 +394,10 @@ pub fn check(config: &herald_conf::Config) -> Vec<String> {
         files.push(("feedback_logfile".into(), p.into()));
     }
     for (what, path) in files {
-        if let Err(e) = file::check_writable(&path) {
-            problems.push(format!("{what} {}: {e}", path.display()));
+        match file::check_writable(&path) {
+            Ok(None) => {}
+            Ok(Some(note)) => eprintln!("note: {what} {}: {note}", path.display()),
+            Err(e) => problems.push(format!("{what} {}: {e}", path.display())),
         }
     }
     problems
@@ -421,7 +437,9 @@ mod tests {
     /// many (they used to be dropped without a trace).
     #[test]
     fn lines_dropped_on_a_full_disk_are_counted_and_reported() {
-        let file = file::LogFile::open(std::path::Path::new("/dev/full"), 0o644).unwrap();
+        let file =
+            file::LogFile::open_with_cap(std::path::Path::new("/dev/full"), 0o644, 256 * 1024)
+                .unwrap();
         let line = "x".repeat(1023);
         for _ in 0..300 {
             file.write_line(&line);
@@ -440,6 +458,83 @@ mod tests {
             "{}",
             errors[0]
         );
+    }
+
+    /// A log file whose writes block (a FIFO whose reader was stopped, a hung NFS server) does not stop the runtime:
+    /// with two workers, tasks writing lines far past the buffer and the 200 ms flush task used to block in the
+    /// file's write (or on its lock) and nothing else ran (`/readyz`, the console, the stop). Once the file takes
+    /// writes again, every line memory held arrives, in order.
+    #[test]
+    fn a_file_whose_writes_block_does_not_stop_the_runtime() {
+        use std::sync::mpsc::channel;
+        use std::time::Duration;
+        const LINES: usize = 5_000;
+        let gate = file::testing::Gate::default();
+        let file = file::LogFile::with_sink(
+            std::path::Path::new("blocked.ec"),
+            0o644,
+            Box::new(gate.clone()),
+            4 * 1024,
+            64 * 1024,
+        );
+        let logs = Logs {
+            mainlog: vec![Arc::new(mainlog::MainLog::new(file))],
+            apnlog: Vec::new(),
+            recent: None,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (wrote, writers_done) = channel();
+        runtime.block_on(async { logs.spawn_maintenance(Duration::from_millis(10), None) });
+        for task in 0..2 {
+            let (logs, wrote) = (logs.clone(), wrote.clone());
+            runtime.spawn(async move {
+                for i in 0..LINES {
+                    logs.mainlog[0]
+                        .file()
+                        .write_line(&format!("task {task} line {i:05}"));
+                    if i % 500 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                let _ = wrote.send(());
+            });
+        }
+        let writers = (0..2).all(|_| writers_done.recv_timeout(Duration::from_secs(2)).is_ok());
+        let (slept, sleeper_done) = channel();
+        runtime.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let _ = slept.send(());
+        });
+        let sleeper = sleeper_done.recv_timeout(Duration::from_secs(2)).is_ok();
+        // Unblocked before asserting, so that a failure does not leave the runtime stuck.
+        gate.open();
+        assert!(writers, "the tasks writing lines were blocked");
+        assert!(
+            sleeper,
+            "a 10 ms sleep did not end within 2 s: the runtime was blocked"
+        );
+
+        assert!(logs.flush().is_empty());
+        let dropped = logs.dropped_lines();
+        assert!(dropped > 0, "the lines did not fill memory");
+        let text = gate.text();
+        assert!(text.len() <= 64 * 1024, "{}", text.len());
+        let mut next = [0usize; 2];
+        for line in text.lines() {
+            let task = usize::from(line.as_bytes()[5] - b'0');
+            assert_eq!(
+                line,
+                format!("task {task} line {:05}", next[task]),
+                "out of order"
+            );
+            next[task] += 1;
+        }
+        assert_eq!((next[0] + next[1]) as u64 + dropped, 2 * LINES as u64);
+        runtime.shutdown_timeout(Duration::from_secs(1));
     }
 
     /// Every enabled `ec_logger` writes its own mainlog, with its own options (the last one used to be the only one

@@ -168,8 +168,10 @@ impl InvalidTokenStore {
             }
         }
         if let Some(log) = self.feedback_log.as_ref().filter(|_| learnt_here) {
+            // Appended in memory and handed to the log's writer thread at once: no wait for its disk here, under
+            // the store's lock.
             log.write_line(&feedback_line(&entry));
-            if let Err(e) = log.flush() {
+            if let Err(e) = log.flush_soon() {
                 self.warn_log_error(&e);
             }
         }
@@ -305,6 +307,7 @@ mod tests {
             "a later invalidation replaces the entry"
         );
         assert!(store.record(entry("bb", 15)));
+        // Dropping the store writes out its feedback log.
         drop(store);
         let store = InvalidTokenStore::open(&path, None).unwrap();
         let all = store.list(None, 0);
@@ -341,6 +344,7 @@ mod tests {
         std::fs::rename(&log_path, dir.path().join("feedback.log.1")).unwrap();
         assert!(store.reopen_log().is_none());
         assert!(store.record(entry("bb", 11)));
+        store.feedback_log().unwrap().flush().unwrap();
         let old = std::fs::read_to_string(dir.path().join("feedback.log.1")).unwrap();
         let new = std::fs::read_to_string(&log_path).unwrap();
         assert!(old.contains("@aa@") && !old.contains("@bb@"), "{old}");
@@ -354,10 +358,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = InvalidTokenStore::open(
             &dir.path().join("invalid.jsonl"),
-            Some(LogFile::open(Path::new("/dev/full"), 0o644).unwrap()),
+            Some(LogFile::open_with_cap(Path::new("/dev/full"), 0o644, 256 * 1024).unwrap()),
         )
         .unwrap();
-        // About 90 bytes a line: 4000 lines are more than the 256 KiB the log keeps in memory.
+        // About 90 bytes a line: 4000 lines are more than the 256 KiB this log keeps in memory.
         for i in 0..4000u64 {
             assert!(store.record(entry(&format!("{i:064x}"), i + 1)));
         }
