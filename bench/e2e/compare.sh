@@ -6,6 +6,8 @@
 # so the checks for a Momentum-style submission (push type inferred, then validated) run for each notification.
 #
 # Usage: bench/e2e/compare.sh BASE_BINARY NEW_BINARY [N] [RUNS]   (defaults 100000 and 4)
+# LOGS=1 in the environment also writes a mainlog and an apn_logger file (an R and a D line per notification, and
+# an apn_logger line), so the log writers' cost is in the measure.
 # Needs python3 and curl. The first binary also runs the simulator.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,8 +29,14 @@ PIDS+=("$!")
 for _ in $(seq 200); do [ -s "$WORK/sim.addrs" ] && break; sleep 0.05; done
 ADMIN=$(j "$WORK/sim.addrs" '["admin"]')
 
+LOGGERS=""
+if [ "${LOGS:-0}" = 1 ]; then
+  LOGGERS="ec_logger \"main\" { mainlog = \"$WORK/mainlog.ec\" }
+apn_logger \"apn\" { logfile = \"$WORK/apn.log\" }"
+fi
 cat > "$WORK/herald.conf" <<CONF
 spool_dir = "$WORK/spool"
+$LOGGERS
 http_listener { listen "127.0.0.1:0" { } }
 domain "e2e.example" {
 $(token_auth_options "$WORK/pki" "127.0.0.1:$SIM_PORT" com.example.e2e)
@@ -42,10 +50,11 @@ for i in range(int(sys.argv[1])): print('%064x' % (0xe2e000000000 + i))" "$N" > 
 # one_run BINARY: prints "rate cpu_seconds writer_switches".
 one_run() {
   local bin=$1 before t0 t1 pid http cpu switches
-  rm -rf "$WORK/spool" "$WORK/herald.addrs"
+  rm -rf "$WORK/spool" "$WORK/herald.addrs" "$WORK/mainlog.ec" "$WORK/apn.log"
   "$bin" serve -c "$WORK/herald.conf" > "$WORK/herald.addrs" 2> "$WORK/herald.log" &
   pid=$!; PIDS+=("$pid")
   for _ in $(seq 600); do [ -s "$WORK/herald.addrs" ] && break; sleep 0.05; done
+  if [ ! -s "$WORK/herald.addrs" ]; then echo "$bin did not start:" >&2; cat "$WORK/herald.log" >&2; exit 1; fi
   http=$(j "$WORK/herald.addrs" '["http"][0]')
   before=$(accepted)
   t0=$(date +%s.%N)
