@@ -1088,7 +1088,11 @@ impl Server {
             self.broadcasts.flush(),
         )
         .await;
-        for e in self.logs.flush_at_shutdown(self.invalid_tokens.feedback_log()).await {
+        for e in self
+            .logs
+            .flush_at_shutdown(self.invalid_tokens.feedback_log())
+            .await
+        {
             tracing::error!("at shutdown: {e}");
         }
     }
