@@ -361,23 +361,7 @@ impl LogFile {
     /// Waits until flush `asked` is done, or `deadline`.
     fn wait_flushed(&self, asked: u64, deadline: Instant) -> Result<(), LogFileError> {
         let shared = &*self.shared;
-        let started = Instant::now();
-        let mut st = shared.lock();
-        while st.flush_done < asked && !st.abandoned {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(LogFileError::Stalled {
-                    path: shared.path.clone(),
-                    waited: started.elapsed(),
-                    dropped: st.dropped_now,
-                });
-            }
-            st = shared
-                .done
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let st = self.wait_until(deadline, |st| Ok(st.flush_done >= asked || st.abandoned))?;
         match &st.error {
             Some(e) => Err(shared.write_error(&st, copy_error(e))),
             None => Ok(()),
@@ -414,23 +398,13 @@ impl LogFile {
 
     fn wait_reopened(&self, asked: u64, deadline: Instant) -> Result<(), LogFileError> {
         let shared = &*self.shared;
-        let started = Instant::now();
-        let mut st = shared.lock();
-        while st.reopen_done < asked {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if st.abandoned || left.is_zero() {
-                return Err(LogFileError::Stalled {
-                    path: shared.path.clone(),
-                    waited: started.elapsed(),
-                    dropped: st.dropped_now,
-                });
+        let st = self.wait_until(deadline, |st| {
+            if st.reopen_done < asked && st.abandoned {
+                Err(())
+            } else {
+                Ok(st.reopen_done >= asked)
             }
-            st = shared
-                .done
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        })?;
         match &st.reopen_result {
             Ok(()) => Ok(()),
             Err(Failure::Open(e)) => Err(LogFileError::Open {
@@ -438,6 +412,37 @@ impl LogFile {
                 source: copy_error(e),
             }),
             Err(Failure::Write(e)) => Err(shared.write_error(&st, copy_error(e))),
+        }
+    }
+
+    /// Waits on the writer thread until `done` says so, or `deadline` ([`LogFileError::Stalled`]). `done` may also
+    /// say the wait is hopeless (`Err`), which is reported as a stall at once.
+    fn wait_until(
+        &self,
+        deadline: Instant,
+        mut done: impl FnMut(&State) -> Result<bool, ()>,
+    ) -> Result<MutexGuard<'_, State>, LogFileError> {
+        let shared = &*self.shared;
+        let started = Instant::now();
+        let mut st = shared.lock();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done(&st) {
+                Ok(true) => return Ok(st),
+                Ok(false) if !left.is_zero() => {}
+                _ => {
+                    return Err(LogFileError::Stalled {
+                        path: shared.path.clone(),
+                        waited: started.elapsed(),
+                        dropped: st.dropped_now,
+                    });
+                }
+            }
+            st = shared
+                .done
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
