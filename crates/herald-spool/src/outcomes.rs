@@ -1463,41 +1463,7 @@ mod tests {
         );
     }
 
-    /// A tmpfs mounted at a directory, unmounted when dropped.
-    struct Tmpfs(std::path::PathBuf);
-
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-
-    /// Mounts a tmpfs of `size` at `dir` (root or CAP_SYS_ADMIN); where that is refused, says so and gives `None`
-    /// (the test passes), except when `CI` is set, where it fails.
-    fn tmpfs(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but a tmpfs cannot be mounted at {}",
-                dir.display()
-            );
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs at {} (needs root or CAP_SYS_ADMIN)",
-                dir.display()
-            );
-        }
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
+    use herald_testkit::tmpfs::mount as tmpfs;
 
     /// Writes a file in `dir` until its file system is full.
     fn fill(dir: &Path) -> std::path::PathBuf {

@@ -15,36 +15,7 @@ use std::time::Duration;
 use common::{notification, wait_until};
 use herald_spool::{DiskSpool, Spool, SpoolKey, SpoolOptions};
 
-/// Unmounts the test file system when dropped.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
-    std::fs::create_dir_all(dir).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but a tmpfs cannot be mounted at {}: the full-disk tests must run in CI",
-            dir.display()
-        );
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs at {} (needs root or CAP_SYS_ADMIN); the full-disk cycle is not tested here",
-            dir.display()
-        );
-    }
-    ok.then(|| Mount(dir.to_path_buf()))
-}
+use herald_testkit::tmpfs::mount as mount_tmpfs;
 
 fn options() -> SpoolOptions {
     SpoolOptions {

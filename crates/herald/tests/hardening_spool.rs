@@ -11,7 +11,7 @@ mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
@@ -22,35 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 const TOPIC: &str = "com.example.full";
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
-    std::fs::create_dir_all(dir).unwrap();
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but a tmpfs cannot be mounted at {}: the full-disk test must run in CI",
-            dir.display()
-        );
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs at {} (needs root or CAP_SYS_ADMIN); the full-disk cycle is not tested",
-            dir.display()
-        );
-    }
-    ok.then(|| Mount(dir.to_path_buf()))
-}
+use herald_testkit::tmpfs::mount as mount_tmpfs;
 
 /// Writes a file in `dir` until its file system is full.
 fn fill(dir: &Path) -> PathBuf {
