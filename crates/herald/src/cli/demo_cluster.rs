@@ -57,8 +57,29 @@ pub fn nats_server_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Starts three clustered servers; returns them and their client URLs.
+/// Starts three clustered servers; returns them and their client URLs. Ports are picked free and then handed to
+/// `nats-server`, so another process may take one in between: a cluster whose server exits before it is healthy is
+/// started again on fresh ports, up to three times. Each server logs to `nats-<attempt>-<i>.log` under `dir`.
 fn start_nats(dir: &Path) -> anyhow::Result<(Children, Vec<String>)> {
+    let mut failures = Vec::new();
+    for attempt in 0..3 {
+        match try_start_nats(dir, attempt)? {
+            Ok(started) => return Ok(started),
+            Err(why) => failures.push(why),
+        }
+    }
+    bail!(
+        "the NATS cluster did not start in 3 attempts:\n{}",
+        failures.join("\n")
+    )
+}
+
+/// One attempt: `Ok(Err(why))` when a server exited or the cluster was not healthy in time (worth another try on
+/// other ports), `Err` when nothing can be started at all.
+fn try_start_nats(
+    dir: &Path,
+    attempt: usize,
+) -> anyhow::Result<Result<(Children, Vec<String>), String>> {
     let routes: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
     let route_list = routes
         .iter()
@@ -70,6 +91,9 @@ fn start_nats(dir: &Path) -> anyhow::Result<(Children, Vec<String>)> {
     let mut monitors = Vec::new();
     for (i, route) in routes.iter().enumerate() {
         let (port, monitor) = (free_port()?, free_port()?);
+        let log_path = dir.join(format!("nats-{attempt}-{i}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let child = Command::new("nats-server")
             .args([
                 "-a",
@@ -80,28 +104,37 @@ fn start_nats(dir: &Path) -> anyhow::Result<(Children, Vec<String>)> {
                 &monitor.to_string(),
             ])
             .args(["-js", "-sd"])
-            .arg(dir.join(format!("nats-{i}")))
+            .arg(dir.join(format!("nats-{attempt}-{i}")))
             .args(["--name", &format!("n{i}"), "--cluster_name", "herald-demo"])
             .args(["--cluster", &format!("nats://127.0.0.1:{route}")])
             .args(["--routes", &route_list])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("starting nats-server")?;
         children.0.push(child);
         urls.push(format!("nats://127.0.0.1:{port}"));
-        monitors.push(monitor);
+        monitors.push((monitor, log_path));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    for m in monitors {
-        while !healthy(m) {
+    for (i, (monitor, log_path)) in monitors.iter().enumerate() {
+        while !healthy(*monitor) {
+            if let Ok(Some(status)) = children.0[i].try_wait() {
+                return Ok(Err(format!(
+                    "nats-server n{i} exited ({status}) before it was healthy; see {}",
+                    log_path.display()
+                )));
+            }
             if Instant::now() > deadline {
-                bail!("the NATS cluster did not become healthy within 60 s");
+                return Ok(Err(format!(
+                    "nats-server n{i} was not healthy within 60 s; see {}",
+                    log_path.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    Ok((children, urls))
+    Ok(Ok((children, urls)))
 }
 
 fn write_config(
