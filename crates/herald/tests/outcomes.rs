@@ -393,3 +393,59 @@ async fn every_acknowledged_id_has_its_final_state_after_a_kill_9_mid_delivery()
     daemon.terminate();
     sim.shutdown().await;
 }
+
+/// Idempotency keys belong to the caller: on a listener with two API keys, the same `Idempotency-Key` and body
+/// sent under each key are two requests (each queued, each with its own ids), and each caller's retry replays its
+/// own answer (docs/api.md "Idempotent requests").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_of_two_api_keys_do_not_meet() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let config = write_config(dir.path(), &pki, free_port(), 3600);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        r#"http_listener { listen "127.0.0.1:0" { } }"#,
+        r#"http_listener { listen "127.0.0.1:0" { api_keys = ( "key-a" "key-b" ) } }"#,
+    );
+    assert!(text.contains("key-a"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config);
+    let post = |api_key: &'static str, alert: &'static str| {
+        let http = daemon.http.clone();
+        async move {
+            let body = serde_json::json!({
+                "domain": "outcomes.example",
+                "tokens": [token(40), token(41)],
+                "payload": {"aps": {"alert": alert}},
+            });
+            let r = reqwest::Client::new()
+                .post(format!("http://{http}/api/v1/push"))
+                .header("authorization", format!("Bearer {api_key}"))
+                .header("Idempotency-Key", "order-1")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let replayed = r.headers().get("idempotent-replayed").is_some();
+            let answer: serde_json::Value = r.json().await.unwrap();
+            (status, answer, replayed)
+        }
+    };
+    let (code, a, replayed) = post("key-a", "same").await;
+    assert_eq!((code, replayed), (202, false), "{a}");
+    let (code, b, replayed) = post("key-b", "same").await;
+    assert_eq!((code, replayed), (202, false), "{b}");
+    assert_ne!(
+        ids(&a),
+        ids(&b),
+        "the second caller got the first one's answer"
+    );
+    let (code, a_again, replayed) = post("key-a", "same").await;
+    assert_eq!((code, replayed, &a_again), (202, true, &a));
+    let (code, b_again, replayed) = post("key-b", "same").await;
+    assert_eq!((code, replayed, &b_again), (202, true, &b));
+    // Each caller's key is still its own: another body under it is a conflict.
+    let (code, conflict, _) = post("key-b", "other").await;
+    assert_eq!(code, 409, "{conflict}");
+    daemon.terminate();
+}

@@ -71,7 +71,7 @@ async fn broadcast(State(state): State<BroadcastState>, request: Request) -> Res
     let handle = async move { Ok::<_, ApiError>(accept(&broadcaster, &request).await) };
     let answer = match &state.idempotency {
         Some(keys) => {
-            keys.run(IDEMPOTENCY_ROUTE, &parts.headers, &body, false, handle)
+            keys.run(IDEMPOTENCY_ROUTE, &parts, &body, false, handle)
                 .await
         }
         None => handle.await,

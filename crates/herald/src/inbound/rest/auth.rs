@@ -30,7 +30,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// Middleware: the address lists, then the browser check ([`browser_refusal`], not on the dashboard's routes), then
 /// the API key. The refusals take the shape of the path's answers, so a
 /// Momentum client of `/v1.0/inject` finds its `"status": "failure"` in them too.
-pub async fn guard(State(state): State<RestState>, request: Request, next: Next) -> Response {
+pub async fn guard(State(state): State<RestState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     // Without a peer address (an embedding that did not record it) the lists cannot apply; the keys still do.
     let ip = super::peer_ip(request.extensions());
@@ -108,8 +108,39 @@ pub async fn guard(State(state): State<RestState>, request: Request, next: Next)
             error.challenge = true;
             return inject::error_for_path(path, error).into_response();
         }
+        if let Some(Some(key)) = presented {
+            let caller = ApiCaller::new(key);
+            request.extensions_mut().insert(caller);
+        }
     }
     next.run(request).await
+}
+
+/// The API key a request was accepted with (a request extension): requests under different keys are different
+/// callers, whose `Idempotency-Key`s must not meet (see [`super::idempotency`]). Its `Debug` does not show the key.
+#[derive(Clone)]
+pub struct ApiCaller(Box<[u8]>);
+
+impl ApiCaller {
+    /// The caller that presented `key` (an accepted one).
+    pub fn new(key: &[u8]) -> Self {
+        ApiCaller(key.into())
+    }
+
+    /// A short digest naming the key without revealing it: hex of the first 16 bytes of its SHA-256.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(&self.0)[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for ApiCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiCaller({})", self.fingerprint())
+    }
 }
 
 /// Why a request to a route for programs is refused as one a web page made a browser send, if it is:

@@ -2,7 +2,8 @@
 //! `POST /api/v1/broadcast`): the same key with the same body within [`TTL`] answers the first request's answer again and queues nothing; the same key with another
 //! body is a `409` naming the key; the same key while its first request is still running is a `409` too.
 //!
-//! Keys are scoped by route. Only accepted requests (2xx answers) are remembered: a refused one may be retried as
+//! Keys are scoped by route and by the API key the request was accepted with ([`ApiCaller`]): two callers with
+//! their own API keys never see each other's keys (a listener without API keys has one scope per route). Only accepted requests (2xx answers) are remembered: a refused one may be retried as
 //! is. The answer is written after the notifications are durable and before it is sent, so a key the client saw
 //! acknowledged still deduplicates after a crash. Where keys live depends on the spool:
 //! - the embedded spool: this node's [`OutcomeStore`] (synced writes), with the requests still running in memory;
@@ -22,12 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use herald_spool::claims::nonce;
 use herald_spool::{ClaimBucket, JetStreamSpool, OutcomeStore};
 use sha2::{Digest, Sha256};
 
+use super::auth::ApiCaller;
 use super::error::{ApiError, json_response};
 
 /// How long an accepted key is remembered.
@@ -111,6 +114,16 @@ fn still_running(key: &str) -> ApiError {
     )
 }
 
+/// Where a request's keys live: its route, and for a request accepted with an API key, that key's fingerprint (so
+/// that callers with their own keys cannot meet). Without an API key, the route alone (as before keys were scoped
+/// by caller, so that keys remembered then still answer).
+fn scope(route: &str, caller: Option<&ApiCaller>) -> String {
+    match caller {
+        Some(caller) => format!("{route}\0key:{}", caller.fingerprint()),
+        None => route.to_owned(),
+    }
+}
+
 /// The shared bucket's key of `route` and `key`: a digest, since a bucket key takes only a few characters.
 fn shared_key(route: &str, key: &str) -> String {
     let mut h = Sha256::new();
@@ -178,12 +191,12 @@ impl Idempotency {
         }
     }
 
-    /// Runs `handle` unless `headers` carry a key seen before: then answers as described in the module
-    /// documentation. `momentum` selects the error shape of `/v1.0/inject`.
+    /// Runs `handle` unless the request's headers carry a key seen before (on `route`, from the same caller): then
+    /// answers as described in the module documentation. `momentum` selects the error shape of `/v1.0/inject`.
     pub async fn run<F>(
         self: &Arc<Self>,
         route: &str,
-        headers: &HeaderMap,
+        request: &Parts,
         body: &Bytes,
         momentum: bool,
         handle: F,
@@ -192,7 +205,7 @@ impl Idempotency {
         F: Future<Output = Result<Response, ApiError>> + Send + 'static,
     {
         let err = |e: ApiError| if momentum { e.momentum() } else { e };
-        let Some(value) = headers.get(HEADER) else {
+        let Some(value) = request.headers.get(HEADER) else {
             return handle.await;
         };
         let Some(key_text) = key_text(value) else {
@@ -204,7 +217,7 @@ impl Idempotency {
         // From the claim on, the request runs to its end on a task of its own (see the module documentation): a
         // client hanging up can leave neither a claim without its request nor an accepted request unremembered.
         let this = self.clone();
-        let route = route.to_owned();
+        let route = scope(route, request.extensions.get::<ApiCaller>());
         tokio::spawn(async move {
             let step = match &this.keys {
                 Keys::Local { store, running } => {
@@ -568,12 +581,27 @@ mod tests {
         assert!(k.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(k, shared_key("push", "order-1"));
         assert_ne!(k, shared_key("inject", "order-1"));
+        // A caller with an API key has a scope of its own, named by a digest (the key itself is not in it).
+        let caller = |key: &[u8]| ApiCaller::new(key);
+        assert_eq!(scope("push", None), "push");
+        let a = scope("push", Some(&caller(b"secret-a")));
+        assert!(
+            a.starts_with("push\0key:") && !a.contains("secret"),
+            "{a:?}"
+        );
+        assert_eq!(a, scope("push", Some(&caller(b"secret-a"))));
+        assert_ne!(a, scope("push", Some(&caller(b"secret-b"))));
+        assert_ne!(a, scope("inject", Some(&caller(b"secret-a"))));
+        assert!(!format!("{:?}", caller(b"secret-a")).contains("secret"));
     }
 
-    fn headers(key: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(HEADER, key.parse().unwrap());
-        h
+    fn headers(key: &str) -> Parts {
+        axum::http::Request::builder()
+            .header(HEADER, key)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
     }
 
     /// A client that hangs up while its request is being made durable: the request runs on, and its answer is

@@ -108,10 +108,7 @@ pub async fn inject(
         .map_err(ApiError::momentum)
     };
     match idempotency {
-        Some(idem) => {
-            idem.run("inject", &parts.headers, &body, true, handle)
-                .await
-        }
+        Some(idem) => idem.run("inject", &parts, &body, true, handle).await,
         None => handle.await,
     }
 }

@@ -101,7 +101,7 @@ pub async fn push(State(state): State<RestState>, request: Request) -> Result<Re
         ))
     };
     match idempotency {
-        Some(idem) => idem.run("push", &parts.headers, &body, false, handle).await,
+        Some(idem) => idem.run("push", &parts, &body, false, handle).await,
         None => handle.await,
     }
 }
