@@ -17,13 +17,10 @@ use herald_apns::identity::{RootSource, client_config};
 use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
 use herald_sim::{Pki, SimHandle};
 
-/// A TCP port on 127.0.0.1 that nothing listens on right now (for a simulator started later, or a closed route).
+/// A TCP port on 127.0.0.1 that nothing listens on right now (for a simulator started later, or a closed route),
+/// outside the ephemeral range (see [`herald_testkit::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    herald_testkit::free_port()
 }
 
 /// The lines of a `domain` stanza that deliver over HTTP/2 to a simulator on 127.0.0.1:`port` with token auth:
