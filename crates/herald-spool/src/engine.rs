@@ -61,6 +61,11 @@ pub trait Engine: Send + Sync + 'static {
     fn sync(&self) -> Result<(), SpoolError>;
 
     /// Visits the entries of `table` with keys up to `upto` (inclusive) in key order, until `visit` breaks.
+    ///
+    /// `visit` may take long (recovery hands each record to herald, which may wait for room in memory): an engine
+    /// that [`Engine::reopen`]s must not keep the store locked, nor an iterator open, across calls to it. The scan
+    /// need not be one snapshot: it may see commits made while it runs (keys up to `upto` are only ever removed
+    /// meanwhile, and a removed entry not yet visited is then not visited).
     fn scan(
         &self,
         table: Table,

@@ -4,10 +4,11 @@
 //! to the operating system, which keeps them across a crash of the process).
 
 use std::io::Write;
-use std::ops::ControlFlow;
+use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
@@ -33,6 +34,15 @@ impl Default for FjallOptions {
     }
 }
 
+/// At most this many entries are read with the store locked during a scan ([`Engine::scan`])...
+const SCAN_CHUNK: usize = 1024;
+/// ...or about this many bytes of keys and values.
+const SCAN_CHUNK_BYTES: usize = 4 << 20;
+/// Entries read in one go: keys and values, as fjall hands them out (they outlive the read and the lock).
+type Chunk = Vec<(fjall::Slice, fjall::Slice)>;
+/// How long a scan waits for the store when a reopen could not open it again, before it fails.
+const SCAN_REOPEN_WAIT: Duration = Duration::from_secs(30);
+
 /// Free space [`FjallEngine::reopen`] wants to see before it reopens the store: enough for the journal to take
 /// commits again, so that a reopen on a disk that is still nearly full does not fail at the next write.
 pub const REOPEN_FREE_BYTES: u64 = 1 << 20;
@@ -40,7 +50,9 @@ pub const REOPEN_FREE_BYTES: u64 = 1 << 20;
 /// A spool store in a fjall keyspace.
 ///
 /// The keyspace sits behind a lock so that [`Engine::reopen`] can replace it: after a failed write or fsync fjall
-/// refuses every later write ("poisoned") until it is opened again.
+/// refuses every later write ("poisoned") until it is opened again. Reads hold the lock briefly: a scan takes it
+/// for one chunk at a time, so that a recovery paced by its visitor (hours, for a large backlog while APNs is down)
+/// never keeps a reopen waiting.
 pub struct FjallEngine {
     dir: PathBuf,
     options: FjallOptions,
@@ -153,6 +165,58 @@ impl FjallEngine {
 }
 
 impl FjallEngine {
+    /// The entries of `table` after the key `after` (from the first when `None`) up to `end` inclusive, at most
+    /// [`SCAN_CHUNK`] of them or about [`SCAN_CHUNK_BYTES`], and whether they are all there is.
+    fn read_chunk(
+        &self,
+        table: Table,
+        after: Option<&fjall::Slice>,
+        end: &[u8; 16],
+    ) -> Result<(Chunk, bool), SpoolError> {
+        const CTX: &str = "reading the spool";
+        let guard = self.store_for_reading(CTX)?;
+        let Some(store) = guard.as_ref() else {
+            return Err(SpoolError::Closed);
+        };
+        let start = match after {
+            Some(key) => Bound::Excluded(key.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for kv in store
+            .partition(table)
+            .range((start, Bound::Included(end.to_vec())))
+        {
+            let (k, v) = kv.map_err(|e| error(CTX, e))?;
+            bytes += k.len() + v.len();
+            chunk.push((k, v));
+            if chunk.len() >= SCAN_CHUNK || bytes >= SCAN_CHUNK_BYTES {
+                return Ok((chunk, false));
+            }
+        }
+        Ok((chunk, true))
+    }
+
+    /// The store to read, waiting up to [`SCAN_REOPEN_WAIT`] for it when a reopen closed it and could not open it
+    /// again yet (the writer thread keeps trying): a scan that spans a reopen goes on in the reopened store.
+    fn store_for_reading(
+        &self,
+        context: &'static str,
+    ) -> Result<RwLockReadGuard<'_, Option<Store>>, SpoolError> {
+        let deadline = Instant::now() + SCAN_REOPEN_WAIT;
+        loop {
+            match self.store(context) {
+                Err(SpoolError::Storage {
+                    temporary: true, ..
+                }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Maps an error of a write. fjall answers a failed journal write with "poisoned" and no cause: when the disk
     /// turns out to be full, that is what is reported.
     fn classify(&self, context: &'static str, e: fjall::Error) -> SpoolError {
@@ -236,32 +300,37 @@ impl Engine for FjallEngine {
             .map_err(|e| self.classify(CTX, e))
     }
 
+    /// Reads in chunks of at most [`SCAN_CHUNK`] entries or [`SCAN_CHUNK_BYTES`], each with the store locked and
+    /// an iterator of its own; `visit` runs between them, with the lock free. The next chunk starts after the last
+    /// key read, in the store as it is then (reopened meanwhile, perhaps).
     fn scan(
         &self,
         table: Table,
         upto: SpoolKey,
         visit: &mut dyn FnMut(SpoolKey, &[u8]) -> ControlFlow<()>,
     ) -> Result<(), SpoolError> {
-        const CTX: &str = "reading the spool";
-        let guard = self.store(CTX)?;
-        let Some(store) = guard.as_ref() else {
-            return Err(SpoolError::Closed);
-        };
-        for kv in store.partition(table).range(..=upto.to_be_bytes()) {
-            let (k, v) = kv.map_err(|e| error("reading the spool", e))?;
-            match key_of(&k) {
-                Some(key) => {
-                    if visit(key, &v).is_break() {
-                        break;
+        let end = upto.to_be_bytes();
+        let mut after: Option<fjall::Slice> = None;
+        loop {
+            let (chunk, complete) = self.read_chunk(table, after.as_ref(), &end)?;
+            for (k, v) in &chunk {
+                match key_of(k) {
+                    Some(key) => {
+                        if visit(key, v).is_break() {
+                            return Ok(());
+                        }
                     }
+                    None => tracing::warn!(
+                        len = k.len(),
+                        "spool: skipping an entry whose key is not 16 bytes"
+                    ),
                 }
-                None => tracing::warn!(
-                    len = k.len(),
-                    "spool: skipping an entry whose key is not 16 bytes"
-                ),
+            }
+            match chunk.into_iter().next_back() {
+                Some((last, _)) if !complete && *last != end[..] => after = Some(last),
+                _ => return Ok(()),
             }
         }
-        Ok(())
     }
 
     fn last_key(&self, table: Table) -> Result<Option<SpoolKey>, SpoolError> {
@@ -291,13 +360,14 @@ impl Engine for FjallEngine {
     fn reopen(&self) -> Result<(), SpoolError> {
         const CTX: &str = "reopening the spool store";
         probe_free_space(&self.dir, REOPEN_FREE_BYTES)?;
-        // A recovery reading the store holds the lock for long: try again later rather than block the writer.
+        // A scan holds the lock for one chunk at most, `last_key` and `disk_bytes` for a moment: never wait here
+        // all the same, the writer thread tries again later.
         let mut guard = match self.store.try_write() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::WouldBlock) => {
                 return Err(SpoolError::Storage {
                     context: CTX,
-                    detail: "the store is being read (recovery); retrying later".into(),
+                    detail: "the store is being read; retrying later".into(),
                     temporary: true,
                 });
             }

@@ -2,7 +2,10 @@
 //!
 //! A record value is `version (1 byte) | crc32 (4 bytes, LE) | body`. The checksum covers the record's key, the
 //! version byte and the body, so a torn or corrupted value, or a value stored under the wrong key, is detected on
-//! recovery. Version 1 body, in order: domain, token, a presence-flags byte, the optional topic, push type,
+//! recovery. Every version keeps this frame, so that a build tells a record it cannot read because a newer herald
+//! wrote it (checksum right; a greater version, a presence flag or a trailing field it does not know: see
+//! [`DecodeError::is_newer_format`]) from a damaged one (checksum or structure wrong): recovery keeps the first for
+//! the newer herald and deletes the second. Version 1 body, in order: domain, token, a presence-flags byte, the optional topic, push type,
 //! priority, expiration, collapse id, apns-id and binding, then payload, sender, recipient, received_at, batch_id, conn_id,
 //! retries, next_attempt_ms. Strings and byte strings are a LEB128 length then the bytes; integers are
 //! little-endian of fixed width. The binding (flag 64) is written only for a notification delivered from a binding
@@ -80,6 +83,24 @@ pub enum DecodeError {
     BadFlags(u8),
 }
 
+impl DecodeError {
+    /// True when the record is intact (its checksum is right) but written by a newer herald: a greater format
+    /// version, a presence flag or fields after the last one this build knows. Such a record is kept for that
+    /// herald, neither delivered nor deleted. Every other error means the record is damaged or torn. Meaningful for
+    /// [`StoredNotification::decode`], which checks the checksum before anything else.
+    pub fn is_newer_format(&self) -> bool {
+        match self {
+            DecodeError::UnknownVersion(v) => *v > RECORD_VERSION,
+            DecodeError::BadFlags(_) | DecodeError::TrailingBytes(_) => true,
+            DecodeError::Empty
+            | DecodeError::Checksum { .. }
+            | DecodeError::Truncated(_)
+            | DecodeError::InvalidUtf8(_)
+            | DecodeError::BadLength(_) => false,
+        }
+    }
+}
+
 const HAS_TOPIC: u8 = 1;
 const HAS_PUSH_TYPE: u8 = 2;
 const HAS_PRIORITY: u8 = 4;
@@ -148,12 +169,11 @@ impl StoredNotification {
         out
     }
 
-    /// Decodes the value stored under `key`, checking version and checksum first.
+    /// Decodes the value stored under `key`, checking checksum and version first: a value of another version is
+    /// [`DecodeError::UnknownVersion`] only when its checksum is right (else it is damaged, a flipped version byte
+    /// included).
     pub fn decode(key: SpoolKey, value: &[u8]) -> Result<StoredNotification, DecodeError> {
         let (&version, rest) = value.split_first().ok_or(DecodeError::Empty)?;
-        if version != RECORD_VERSION {
-            return Err(DecodeError::UnknownVersion(version));
-        }
         if rest.len() < 4 {
             return Err(DecodeError::Truncated("checksum"));
         }
@@ -162,6 +182,9 @@ impl StoredNotification {
         let computed = checksum(key, version, body);
         if stored != computed {
             return Err(DecodeError::Checksum { stored, computed });
+        }
+        if version != RECORD_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
         }
         let mut r = Reader { buf: body };
         let domain = r.string("domain")?;
@@ -430,10 +453,23 @@ pub(crate) mod tests {
         ));
     }
 
+    /// `value` with its checksum made right again after a change.
+    fn reseal(key: u128, mut value: Vec<u8>) -> Vec<u8> {
+        let crc = checksum(SpoolKey(key), value[0], &value[HEADER_LEN..]);
+        value[1..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        value
+    }
+
     #[test]
     fn unknown_version_is_a_typed_error() {
         let mut v = sample(1).encode();
         v[0] = 2;
+        // A changed version byte alone is damage: the checksum covers it.
+        assert!(matches!(
+            StoredNotification::decode(SpoolKey(1), &v),
+            Err(DecodeError::Checksum { .. })
+        ));
+        let v = reseal(1, v);
         assert_eq!(
             StoredNotification::decode(SpoolKey(1), &v),
             Err(DecodeError::UnknownVersion(2))
@@ -448,6 +484,48 @@ pub(crate) mod tests {
             Schedule::decode(SpoolKey(1), &s),
             Err(DecodeError::UnknownVersion(0))
         );
+    }
+
+    /// What a newer herald may write (a greater version, a new presence flag, a field after the last) is told
+    /// apart from damage (a torn or flipped record, an older version that never existed).
+    #[test]
+    fn records_of_a_newer_herald_are_told_apart_from_damaged_ones() {
+        let key = 7;
+        let v = sample(key).encode();
+        let newer = |value: Vec<u8>| {
+            StoredNotification::decode(SpoolKey(key), &value)
+                .unwrap_err()
+                .is_newer_format()
+        };
+        let mut version = v.clone();
+        version[0] = RECORD_VERSION + 1;
+        assert!(newer(reseal(key, version.clone())));
+        assert!(
+            !newer(version),
+            "a version byte changed without its checksum"
+        );
+        let mut zero = v.clone();
+        zero[0] = 0;
+        assert!(!newer(reseal(key, zero)), "version 0 was never written");
+
+        let flags_at = HEADER_LEN + 1 + "com.example.app".len() + 1 + 32;
+        let mut flags = v.clone();
+        flags[flags_at] |= 0x80;
+        assert_eq!(
+            StoredNotification::decode(SpoolKey(key), &reseal(key, flags.clone())),
+            Err(DecodeError::BadFlags(flags[flags_at]))
+        );
+        assert!(newer(reseal(key, flags.clone())));
+        assert!(!newer(flags));
+
+        let mut trailing = v.clone();
+        trailing.extend_from_slice(&[1, 2, 3]);
+        assert!(newer(reseal(key, trailing.clone())));
+        assert!(!newer(trailing));
+
+        assert!(!newer(v[..v.len() - 1].to_vec()));
+        assert!(!newer(reseal(key, v[..v.len() - 1].to_vec())), "truncated");
+        assert!(!newer(Vec::new()));
     }
 
     #[test]

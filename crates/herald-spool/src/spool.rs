@@ -40,7 +40,8 @@ pub trait Spool: Send + Sync + 'static {
 
     /// Visits every notification stored when the spool was opened (keys up to [`Spool::recovery_bound`]) in key
     /// order, with its latest schedule, until `visit` breaks. Records that fail their checksum or cannot be decoded
-    /// are skipped with a warning, counted in the report, and deleted. Appends, reschedules and removals may run
+    /// are skipped with a warning, counted in the report, and deleted; records a newer herald wrote are counted
+    /// apart and kept, not visited, with one warning. Appends, reschedules and removals may run
     /// concurrently: a notification removed after it was visited is simply gone. Blocking: call it from a blocking
     /// thread.
     fn recover_each(
@@ -105,8 +106,11 @@ pub trait Spool: Send + Sync + 'static {
 pub struct RecoveryReport {
     /// Notifications handed to the visitor.
     pub recovered: u64,
-    /// Records skipped because they were corrupt, torn or of an unknown version.
+    /// Records skipped because they were corrupt or torn (their checksum or structure is wrong), deleted.
     pub skipped: u64,
+    /// Records kept, neither delivered nor deleted, because a newer herald wrote them (a newer format version, or
+    /// fields this build does not know): they wait for that herald.
+    pub newer_format: u64,
     /// Schedules whose record no longer exists (removed earlier), deleted.
     pub orphan_schedules: u64,
 }
@@ -121,8 +125,8 @@ pub struct Recovered {
 /// Figures about a spool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolStats {
-    /// Notifications stored now: those found by recovery plus those appended since, less those removed (once the
-    /// removals are committed). Before recovery it counts only this run's appends.
+    /// Notifications stored now: those found by recovery (also those kept for a newer herald) plus those appended
+    /// since, less those removed (once the removals are committed). Before recovery it counts only this run's appends.
     pub records: u64,
     /// Size of the store's files.
     pub bytes_on_disk: u64,

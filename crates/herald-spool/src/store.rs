@@ -6,9 +6,21 @@
 //! Reschedules and removals are collected and committed with the next group of appends, or after
 //! [`SpoolOptions::maintenance_interval`], whichever comes first; a commit of those alone is written to the
 //! operating system without an fsync (it survives a crash of the process; the next fsync covers it).
+//!
+//! When a commit fails (a full disk, an I/O error), part of its appends may still have reached the store's journal,
+//! although their senders are told to try again. Their keys are deleted with the first commit that succeeds again,
+//! and until then listed in a file of the spool directory ([`REFUSED_FILE`], its room reserved at open so that it
+//! can be rewritten on a full disk): a herald restarted before the store takes writes again does not deliver them
+//! either, and deletes them.
+//!
+//! Recovery ([`Spool::recover_each`]) hands every readable record to its visitor, deletes the damaged ones (and the
+//! schedules of records that are gone), and keeps, without delivering them, the records a newer herald wrote
+//! ([`crate::DecodeError::is_newer_format`]), so that going back to an older herald loses nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -22,7 +34,7 @@ use crate::engine::{CommitBatch, Engine, Table};
 use crate::error::SpoolError;
 use crate::fjall_engine::{FjallEngine, FjallOptions, REOPEN_FREE_BYTES, probe_free_space};
 use crate::key::{KeyGenerator, SpoolKey};
-use crate::record::{Schedule, StoredNotification};
+use crate::record::{DecodeError, RECORD_VERSION, Schedule, StoredNotification};
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 
 /// Tuning of a [`DiskSpool`].
@@ -73,7 +85,7 @@ enum Op {
     Remove(Vec<SpoolKey>),
     /// Removal of records recovery could not read (not counted as stored), and of orphan schedules.
     Purge(Vec<SpoolKey>),
-    /// Keys that recovery found with a schedule entry.
+    /// Keys that recovery found with a schedule entry (readable or not), so that their removal deletes it.
     Scheduled(Vec<SpoolKey>),
     Flush(Reply),
     Close(Reply),
@@ -110,6 +122,8 @@ pub struct DiskSpool<E: Engine = FjallEngine> {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// The lock on the spool directory, held for the spool's life (released by the kernel if the process dies).
     lock: Option<std::fs::File>,
+    /// Keys of appends refused before the last stop ([`REFUSED_FILE`]): recovery does not deliver them.
+    refused_at_open: HashSet<SpoolKey>,
 }
 
 impl DiskSpool<FjallEngine> {
@@ -119,12 +133,13 @@ impl DiskSpool<FjallEngine> {
         let dir = dir.as_ref();
         prepare_dir(dir)?;
         let lock = lock_dir(dir)?;
+        let refusals = RefusalLog::open(dir);
         let engine = FjallEngine::open(dir, options.store)?;
         // On a full disk the spool opens refusing appends, so that what it holds can still be delivered.
         let full = probe_free_space(dir, REOPEN_FREE_BYTES)
             .err()
             .filter(SpoolError::is_disk_full);
-        let mut spool = DiskSpool::start(engine, options, full)?;
+        let mut spool = DiskSpool::start(engine, options, full, refusals)?;
         spool.lock = Some(lock);
         Ok(spool)
     }
@@ -183,22 +198,41 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, SpoolError> {
 }
 
 impl<E: Engine> DiskSpool<E> {
-    /// A spool over an opened engine; starts the writer thread.
+    /// A spool over an opened engine; starts the writer thread. The keys of appends a failed commit refused are
+    /// only kept in memory (see [`DiskSpool::with_engine_in`]).
     pub fn with_engine(engine: E, options: SpoolOptions) -> Result<Self, SpoolError> {
-        DiskSpool::start(engine, options, None)
+        DiskSpool::start(engine, options, None, (None, Vec::new()))
     }
 
-    /// Starts the writer thread; with `unwritable`, refusing appends until the store takes writes again.
+    /// A spool over an opened engine whose files are in `dir`: like [`DiskSpool::open`], it locks `dir` and lists
+    /// the keys of refused appends in `dir/`[`REFUSED_FILE`] until they are deleted.
+    pub fn with_engine_in(
+        engine: E,
+        dir: impl AsRef<Path>,
+        options: SpoolOptions,
+    ) -> Result<Self, SpoolError> {
+        let dir = dir.as_ref();
+        prepare_dir(dir)?;
+        let lock = lock_dir(dir)?;
+        let mut spool = DiskSpool::start(engine, options, None, RefusalLog::open(dir))?;
+        spool.lock = Some(lock);
+        Ok(spool)
+    }
+
+    /// Starts the writer thread; with `unwritable`, refusing appends until the store takes writes again. `refused`
+    /// lists the keys of appends refused before the last stop: they are deleted with the first commit.
     fn start(
         engine: E,
         options: SpoolOptions,
         unwritable: Option<SpoolError>,
+        (refusals, refused): (Option<RefusalLog>, Vec<SpoolKey>),
     ) -> Result<Self, SpoolError> {
         let engine = Arc::new(engine);
         let recovery_bound = engine
             .last_key(Table::Records)?
             .max(engine.last_key(Table::Schedules)?);
-        let keys = KeyGenerator::new(recovery_bound);
+        // Above the refused keys too: they may be gone from the store but are still listed, to be deleted.
+        let keys = KeyGenerator::new(recovery_bound.max(refused.iter().max().copied()));
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
@@ -213,8 +247,22 @@ impl<E: Engine> DiskSpool<E> {
             scheduled: HashSet::new(),
             broken: None,
             refused: Vec::new(),
+            unpurged: Vec::new(),
+            refusals,
         };
         let mut writer = writer;
+        let refused_at_open: HashSet<SpoolKey> = refused.iter().copied().collect();
+        if !refused.is_empty() {
+            tracing::info!(
+                count = refused.len(),
+                "spool: deleting the notifications refused before the last stop (a failed write may have stored part \
+                 of them); they are not delivered"
+            );
+            writer.purged += refused.len();
+            writer.pending.removes.extend(&refused);
+            writer.unpurged = refused;
+            writer.pending_since = Some(Instant::now());
+        }
         if let Some(e) = unwritable {
             writer.mark_broken(e, Instant::now() + options.retry_interval, false);
         }
@@ -230,6 +278,7 @@ impl<E: Engine> DiskSpool<E> {
             recovery_bound,
             writer: Mutex::new(Some(handle)),
             lock: None,
+            refused_at_open,
         })
     }
 
@@ -307,6 +356,9 @@ impl<E: Engine> Spool for DiskSpool<E> {
             return Ok(report);
         };
         let mut schedules: HashMap<SpoolKey, Schedule> = HashMap::new();
+        // Keys whose schedule cannot be read: the record's own state applies, and the entry goes with the record
+        // (or, without one, as an orphan).
+        let mut unreadable_schedules: HashSet<SpoolKey> = HashSet::new();
         self.engine
             .scan(Table::Schedules, bound, &mut |key, value| {
                 match Schedule::decode(key, value) {
@@ -315,6 +367,7 @@ impl<E: Engine> Spool for DiskSpool<E> {
                     }
                     Err(e) => {
                         tracing::warn!(%key, error = %e, "spool: skipping a corrupt schedule; the record's own applies");
+                        unreadable_schedules.insert(key);
                     }
                 }
                 ControlFlow::Continue(())
@@ -322,6 +375,8 @@ impl<E: Engine> Spool for DiskSpool<E> {
         // The store is read on a helper thread while this one decodes: the two halves take similar time.
         let mut corrupt = Vec::new();
         let mut stopped = false;
+        let mut refused = 0u64;
+        let mut newest_version = None;
         let engine = &*self.engine;
         std::thread::scope(|scope| -> Result<(), SpoolError> {
             let (chunks, received) = mpsc::sync_channel::<Vec<(SpoolKey, Vec<u8>)>>(8);
@@ -344,11 +399,24 @@ impl<E: Engine> Spool for DiskSpool<E> {
             });
             'chunks: for chunk in received.iter() {
                 for (key, value) in chunk {
+                    if self.refused_at_open.contains(&key) {
+                        // Refused before the last stop, and being deleted: never delivered.
+                        refused += 1;
+                        schedules.remove(&key);
+                        unreadable_schedules.remove(&key);
+                        continue;
+                    }
                     match StoredNotification::decode(key, &value) {
                         Ok(mut n) => {
-                            if let Some(s) = schedules.remove(&key) {
-                                n.retries = s.retries;
-                                n.next_attempt_ms = s.next_attempt_ms;
+                            let scheduled = match schedules.remove(&key) {
+                                Some(s) => {
+                                    n.retries = s.retries;
+                                    n.next_attempt_ms = s.next_attempt_ms;
+                                    true
+                                }
+                                None => unreadable_schedules.remove(&key),
+                            };
+                            if scheduled {
                                 // Before the visit: a removal the visit leads to must also delete the schedule.
                                 let _ = self.ops.send(Op::Scheduled(vec![key]));
                             }
@@ -359,9 +427,24 @@ impl<E: Engine> Spool for DiskSpool<E> {
                                 break 'chunks;
                             }
                         }
+                        Err(e) if e.is_newer_format() => {
+                            // Intact, but this build cannot read it: kept for the herald that wrote it, with its
+                            // schedule. Counted as stored; one warning at the end, not one per record.
+                            tracing::debug!(%key, error = %e, "spool: keeping a record of a newer format");
+                            if let DecodeError::UnknownVersion(v) = e {
+                                newest_version = newest_version.max(Some(v));
+                            }
+                            report.newer_format += 1;
+                            self.counters.records.fetch_add(1, Ordering::Relaxed);
+                            schedules.remove(&key);
+                            unreadable_schedules.remove(&key);
+                        }
                         Err(e) => {
                             tracing::warn!(%key, error = %e, "spool: skipping a corrupt or torn record");
                             report.skipped += 1;
+                            // Its schedule goes with it (a purge deletes both).
+                            schedules.remove(&key);
+                            unreadable_schedules.remove(&key);
                             corrupt.push(key);
                         }
                     }
@@ -377,12 +460,35 @@ impl<E: Engine> Spool for DiskSpool<E> {
                 }),
             }
         })?;
-        // Delete what cannot be used, so the warnings are not repeated at every start. The schedule of a corrupt
-        // record goes with it; a corrupt schedule is rewritten by the next reschedule or goes with its record. A
-        // recovery stopped early has not seen every record, so its leftover schedules are not orphans.
+        if report.newer_format > 0 {
+            let format = match newest_version {
+                Some(v) => {
+                    format!("record format version {v}; this build reads version {RECORD_VERSION}")
+                }
+                None => format!(
+                    "record format version {RECORD_VERSION} with fields this build does not know"
+                ),
+            };
+            tracing::error!(
+                count = report.newer_format,
+                "spool: {} notifications were written by a newer herald ({format}); they are kept in the spool, \
+                 neither delivered nor deleted: run that herald version or a later one on this spool to deliver them",
+                report.newer_format
+            );
+        }
+        if refused > 0 {
+            tracing::info!(
+                count = refused,
+                "spool: skipped notifications refused before the last stop"
+            );
+        }
+        // Delete what cannot be used, so the warnings are not repeated at every start: corrupt records with their
+        // schedules, and schedules without a record (readable or not). A recovery stopped early has not seen every
+        // record, so its leftover schedules are not orphans.
         if !stopped {
-            report.orphan_schedules = schedules.len() as u64;
+            report.orphan_schedules = (schedules.len() + unreadable_schedules.len()) as u64;
             corrupt.extend(schedules.into_keys());
+            corrupt.extend(unreadable_schedules);
         }
         if !corrupt.is_empty() {
             let _ = self.ops.send(Op::Purge(corrupt));
@@ -451,10 +557,15 @@ struct Writer<E: Engine> {
     /// Set while the store refuses writes: the error, when to try again in the background, and whether the next
     /// request may try at once (only the first after a failed commit).
     broken: Option<(SpoolError, Instant, bool)>,
-    /// Keys of appends refused by a failed commit. Part of such a commit may still reach the disk (the store's
-    /// journal is flushed when it is reopened): they are deleted with the first commit that succeeds again, so a
-    /// refused notification never comes back.
+    /// Keys of appends refused by a failed commit, to be deleted by the next commit. Part of such a commit may still
+    /// reach the disk (the store's journal is flushed when it is reopened): they are deleted with the first commit
+    /// that succeeds again.
     refused: Vec<SpoolKey>,
+    /// Refused keys whose deletion is not durable yet: what [`REFUSED_FILE`] lists, so that a restart before then
+    /// deletes them too. The commit that deletes them is synced, and the file cleared after it.
+    unpurged: Vec<SpoolKey>,
+    /// The file listing `unpurged` (`None` for a spool without a directory, or when it cannot be opened).
+    refusals: Option<RefusalLog>,
 }
 
 /// One group: the appends and requests answered by the next commit.
@@ -615,8 +726,11 @@ impl<E: Engine> Writer<E> {
         // Appends are acknowledged only once durable, and a flush or close promises durability; reschedules and
         // removals alone are only written to the operating system (they survive a crash of herald; a crash of the
         // machine before the next fsync can only bring back a delivered notification or an older schedule).
-        batch.sync =
-            !batch.inserts.is_empty() || !group.replies.is_empty() || group.close.is_some();
+        // The deletion of refused appends is synced too, so that their listing can be cleared.
+        batch.sync = !batch.inserts.is_empty()
+            || !group.replies.is_empty()
+            || group.close.is_some()
+            || !self.unpurged.is_empty();
         let result = if !batch.is_empty() {
             self.engine.commit(&batch)
         } else if batch.sync && self.unsynced {
@@ -647,6 +761,18 @@ impl<E: Engine> Writer<E> {
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
                             Some(r.saturating_add(inserted).saturating_sub(removed))
                         });
+                if !self.unpurged.is_empty() {
+                    // Every refused key is in this synced commit's deletions (they stay pending until one succeeds).
+                    self.unpurged.clear();
+                    if let Some(log) = &mut self.refusals
+                        && let Err(e) = log.clear()
+                    {
+                        tracing::warn!(
+                            "spool: cannot clear {}: {e}; the next start deletes again what is already deleted",
+                            log.path.display()
+                        );
+                    }
+                }
                 batch.clear();
                 self.pending = batch;
                 self.pending_since = None;
@@ -669,8 +795,14 @@ impl<E: Engine> Writer<E> {
                 );
                 // The appends are refused (and deleted once writable, in case part of them reached the disk);
                 // reschedules and removals are kept for the next commit. The next request tries again at once,
-                // the background after `retry_interval`.
-                self.refused.extend(batch.inserts.drain(..).map(|(k, _)| k));
+                // the background after `retry_interval`. Their keys are listed before the senders are answered,
+                // so that a restart before the store takes writes again does not deliver them either.
+                if !batch.inserts.is_empty() {
+                    let keys: Vec<SpoolKey> = batch.inserts.drain(..).map(|(k, _)| k).collect();
+                    self.unpurged.extend_from_slice(&keys);
+                    self.refused.extend(keys);
+                    self.record_refusals();
+                }
                 trim_front(&mut batch.schedules, self.options.maintenance_cap);
                 self.pending = batch;
                 self.pending_since = Some(Instant::now());
@@ -685,6 +817,28 @@ impl<E: Engine> Writer<E> {
             .pending_removals
             .store(self.pending.removes.len() as u64, Ordering::Relaxed);
         self.answer(group, result)
+    }
+
+    /// Writes `unpurged` to [`REFUSED_FILE`]; says what a restart would bring back when it cannot.
+    fn record_refusals(&mut self) {
+        let listed = match &mut self.refusals {
+            Some(log) => log
+                .write(&self.unpurged)
+                .map_err(|e| format!("cannot write {}: {e}", log.path.display())),
+            // A spool without a directory, or whose file could not be opened (said at open).
+            None => return,
+        };
+        let unlisted = match listed {
+            Ok(n) if n == self.unpurged.len() => return,
+            Ok(n) => format!("{} has room for {n} keys", REFUSED_FILE),
+            Err(why) => why,
+        };
+        tracing::error!(
+            refused = self.unpurged.len(),
+            "spool: the keys of refused notifications cannot all be recorded ({unlisted}): if herald restarts before \
+             the spool takes writes again, those a failed write stored in part may be delivered although their \
+             senders were told to try again"
+        );
     }
 
     fn mark_broken(&mut self, error: SpoolError, retry_at: Instant, request_retry: bool) {
@@ -725,6 +879,154 @@ impl<E: Engine> Writer<E> {
     }
 }
 
+/// The file in the spool directory that lists the keys of appends refused by a failed commit, until a commit that
+/// succeeds again deletes them from the store.
+pub const REFUSED_FILE: &str = "refused-keys";
+/// The room [`REFUSED_FILE`] is given at open (written with zeros, so that rewriting it needs no new space on a
+/// full disk): 65,535 keys.
+pub const REFUSED_FILE_BYTES: u64 = 1 << 20;
+const REFUSED_MAGIC: [u8; 4] = *b"HRK1";
+/// Magic, count (u32 LE), CRC-32 of the count and the keys (u32 LE); then the keys, 16 big-endian bytes each.
+const REFUSED_HEADER: usize = 12;
+
+/// [`REFUSED_FILE`], open for rewriting in place.
+struct RefusalLog {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Keys it has room for.
+    capacity: usize,
+}
+
+impl RefusalLog {
+    /// Opens `dir/`[`REFUSED_FILE`], reads the keys it lists and reserves its room. Without it (it cannot be
+    /// opened) refused keys are only kept in memory: said once here.
+    fn open(dir: &Path) -> (Option<RefusalLog>, Vec<SpoolKey>) {
+        let path = dir.join(REFUSED_FILE);
+        let keys = match std::fs::read(&path) {
+            Ok(bytes) => parse_refused(&bytes).unwrap_or_else(|why| {
+                tracing::warn!(
+                    "spool: ignoring {}: {why}; notifications refused before the last stop may be delivered",
+                    path.display()
+                );
+                Vec::new()
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(
+                    "spool: cannot read {}: {e}; notifications refused before the last stop may be delivered",
+                    path.display()
+                );
+                Vec::new()
+            }
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path);
+        let file = match file {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(
+                    "spool: cannot open {}: {e}; the keys of notifications refused by a failed write are kept in \
+                     memory only",
+                    path.display()
+                );
+                return (None, keys);
+            }
+        };
+        let mut log = RefusalLog {
+            file,
+            path,
+            capacity: 0,
+        };
+        if let Err(e) = log.reserve() {
+            // A full disk: what room there is serves; more is reserved at the next start.
+            tracing::debug!("spool: cannot reserve room in {}: {e}", log.path.display());
+        }
+        (Some(log), keys)
+    }
+
+    /// Extends the file with zeros to [`REFUSED_FILE_BYTES`] (written, not a hole: rewriting it must not need space).
+    fn reserve(&mut self) -> io::Result<()> {
+        let mut len = self.file.metadata()?.len();
+        let result = (|| {
+            let zeros = vec![0u8; 64 << 10];
+            while len < REFUSED_FILE_BYTES {
+                let n = (REFUSED_FILE_BYTES - len).min(zeros.len() as u64) as usize;
+                self.file.write_all_at(&zeros[..n], len)?;
+                len += n as u64;
+            }
+            self.file.sync_all()
+        })();
+        let len = self.file.metadata().map_or(0, |m| m.len());
+        self.capacity = (len.min(REFUSED_FILE_BYTES) as usize).saturating_sub(REFUSED_HEADER) / 16;
+        result
+    }
+
+    /// Lists `keys` (as many as there is room for: their number is returned), durably.
+    fn write(&mut self, keys: &[SpoolKey]) -> io::Result<usize> {
+        let n = keys.len().min(self.capacity);
+        self.file.write_all_at(&encode_refused(&keys[..n]), 0)?;
+        self.file.sync_data()?;
+        Ok(n)
+    }
+
+    /// Lists no key, durably.
+    fn clear(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&encode_refused(&[]), 0)?;
+        self.file.sync_data()
+    }
+}
+
+fn encode_refused(keys: &[SpoolKey]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(REFUSED_HEADER + 16 * keys.len());
+    out.extend_from_slice(&REFUSED_MAGIC);
+    out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    for k in keys {
+        out.extend_from_slice(&k.to_be_bytes());
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[4..8]);
+    crc.update(&out[REFUSED_HEADER..]);
+    out[8..REFUSED_HEADER].copy_from_slice(&crc.finalize().to_le_bytes());
+    out
+}
+
+/// The keys a [`REFUSED_FILE`] lists; an empty or zeroed file (never written) lists none.
+fn parse_refused(bytes: &[u8]) -> Result<Vec<SpoolKey>, String> {
+    if bytes.len() < REFUSED_HEADER || bytes[..REFUSED_HEADER].iter().all(|&b| b == 0) {
+        return Ok(Vec::new());
+    }
+    if bytes[..4] != REFUSED_MAGIC {
+        return Err("it does not start with the expected magic bytes".into());
+    }
+    let count = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let stored = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let Some(body) = count
+        .checked_mul(16)
+        .and_then(|len| bytes.get(REFUSED_HEADER..REFUSED_HEADER + len))
+    else {
+        return Err(format!(
+            "it lists {count} keys but is {} bytes long",
+            bytes.len()
+        ));
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes[4..8]);
+    crc.update(body);
+    if crc.finalize() != stored {
+        return Err("its checksum does not match (a write was torn)".into());
+    }
+    Ok(body
+        .chunks_exact(16)
+        .filter_map(|c| <[u8; 16]>::try_from(c).ok())
+        .map(SpoolKey::from_be_bytes)
+        .collect())
+}
+
 fn trim_front<T>(v: &mut Vec<T>, cap: usize) {
     if v.len() > cap {
         let excess = v.len() - cap;
@@ -733,5 +1035,59 @@ fn trim_front<T>(v: &mut Vec<T>, cap: usize) {
             "spool: dropping pending maintenance after failed commits"
         );
         v.drain(..excess);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_file_round_trips_and_a_torn_one_lists_nothing() {
+        let keys = vec![SpoolKey(3), SpoolKey(u128::MAX), SpoolKey(1 << 70)];
+        let encoded = encode_refused(&keys);
+        assert_eq!(parse_refused(&encoded), Ok(keys.clone()));
+        // Room reserved after it, or never written at all: read the same.
+        let mut reserved = encoded.clone();
+        reserved.resize(4096, 0);
+        assert_eq!(parse_refused(&reserved), Ok(keys));
+        assert_eq!(parse_refused(&[]), Ok(Vec::new()));
+        assert_eq!(parse_refused(&[0; 4096]), Ok(Vec::new()));
+        assert_eq!(parse_refused(&encode_refused(&[])), Ok(Vec::new()));
+        // A torn or damaged one is refused with the reason.
+        assert!(parse_refused(&encoded[..encoded.len() - 1]).is_err());
+        let mut flipped = encoded.clone();
+        flipped[REFUSED_HEADER + 5] ^= 1;
+        assert!(parse_refused(&flipped).unwrap_err().contains("checksum"));
+        let mut magic = encoded;
+        magic[0] = b'X';
+        assert!(parse_refused(&magic).unwrap_err().contains("magic"));
+    }
+
+    #[test]
+    fn the_refusal_file_reserves_its_room_and_keeps_its_keys_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, keys) = RefusalLog::open(dir.path());
+        let mut log = log.unwrap();
+        assert!(keys.is_empty());
+        assert_eq!(
+            std::fs::metadata(dir.path().join(REFUSED_FILE))
+                .unwrap()
+                .len(),
+            REFUSED_FILE_BYTES
+        );
+        assert_eq!(log.capacity, 65_535);
+        let many: Vec<SpoolKey> = (0..70_000).map(SpoolKey).collect();
+        assert_eq!(
+            log.write(&many).unwrap(),
+            65_535,
+            "as many as there is room for"
+        );
+        assert_eq!(log.write(&many[..2]).unwrap(), 2);
+        drop(log);
+        let (log, keys) = RefusalLog::open(dir.path());
+        assert_eq!(keys, many[..2]);
+        log.unwrap().clear().unwrap();
+        assert!(RefusalLog::open(dir.path()).1.is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! The spool on a disk that fills up and empties again, on a small tmpfs the test mounts itself: appends are
 //! refused while it is full, removals wait in memory, the spool takes writes again by itself once there is room,
-//! nothing refused comes back and nothing delivered is found again after a restart. It also opens on a full disk.
+//! nothing refused comes back and nothing delivered is found again after a restart. It also opens on a full disk,
+//! and takes writes again while a recovery paced by a slow visitor is still reading it.
 //!
 //! Mounting needs root (or CAP_SYS_ADMIN); where it is refused the tests say so and pass, except when `CI` is set.
 
@@ -8,8 +9,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{notification, wait_until};
@@ -177,5 +181,96 @@ async fn a_spool_opens_on_a_full_disk_delivers_what_it_holds_and_takes_writes_on
         recovered_keys(&spool),
         held[60..].iter().copied().collect::<BTreeSet<_>>()
     );
+    spool.close().await.unwrap();
+}
+
+/// More records than recovery reads ahead of a visitor that waits (ten chunks of 1024).
+const BACKLOG: usize = 20_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_clears_while_a_slow_recovery_waits() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("small");
+    let Some(_mount) = mount_tmpfs(&dir, "64m") else {
+        return;
+    };
+    let mut backlog = Vec::with_capacity(BACKLOG);
+    {
+        let spool = DiskSpool::open(&dir, options()).unwrap();
+        for _ in 0..BACKLOG / 1000 {
+            let keys: Vec<SpoolKey> = (0..1000).map(|_| spool.next_key()).collect();
+            spool
+                .append(keys.iter().map(|&k| notification(k)).collect())
+                .await
+                .unwrap();
+            backlog.extend(keys);
+        }
+        spool.close().await.unwrap();
+    }
+    let spool = Arc::new(DiskSpool::open(&dir, options()).unwrap());
+
+    // A restore whose visitor waits (for memory, APNs being down) at its 100th notification until told to go on.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let visited = Arc::new(AtomicUsize::new(0));
+    let recovery = {
+        let spool = Arc::clone(&spool);
+        let visited = Arc::clone(&visited);
+        std::thread::spawn(move || {
+            let mut keys = Vec::new();
+            spool
+                .recover_each(&mut |n| {
+                    keys.push(n.key);
+                    if visited.fetch_add(1, Ordering::SeqCst) + 1 == 100 {
+                        let _ = wait.recv();
+                    }
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            keys
+        })
+    };
+    wait_until(10, "the visitor to wait", || {
+        visited.load(Ordering::SeqCst) == 100
+    });
+
+    // The disk fills and a write fails; the operator makes room: the store is reopened although the restore is
+    // still under way.
+    let filler = fill(&dir);
+    let (accepted, refused) = append_until_refused(&*spool).await;
+    assert!(spool.stats().disk_full);
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(10, "the store to take writes again", || {
+        !spool.stats().unwritable
+    });
+    assert_eq!(
+        visited.load(Ordering::SeqCst),
+        100,
+        "the visitor still waits"
+    );
+    let later: Vec<SpoolKey> = (0..10).map(|_| spool.next_key()).collect();
+    spool
+        .append(later.iter().map(|&k| notification(k)).collect())
+        .await
+        .unwrap();
+
+    go.send(()).unwrap();
+    let keys = recovery.join().unwrap();
+    assert_eq!(
+        keys, backlog,
+        "every record once, in order, across the reopen"
+    );
+    spool.close().await.unwrap();
+    drop(spool);
+
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    let got = recovered_keys(&spool);
+    let want: BTreeSet<SpoolKey> = backlog
+        .iter()
+        .chain(&accepted)
+        .chain(&later)
+        .copied()
+        .collect();
+    assert_eq!(got, want);
+    assert!(refused.iter().all(|k| !got.contains(k)));
     spool.close().await.unwrap();
 }
