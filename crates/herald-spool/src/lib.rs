@@ -1,7 +1,7 @@
 //! herald-spool: the durable queue of accepted notifications.
 //!
 //! It owns the versioned record format of a spooled notification ([`StoredNotification`], checksummed so a torn or
-//! corrupt record is skipped on recovery), the small object-safe [`Spool`] trait herald holds as `Arc<dyn Spool>`,
+//! corrupt record is skipped on recovery, while an intact one of a newer format is kept for the herald that wrote it), the small object-safe [`Spool`] trait herald holds as `Arc<dyn Spool>`,
 //! the embedded store [`DiskSpool`] (fjall, chosen by measurement: see BENCHMARKS.md "Spool") whose writer thread
 //! gives group commit (concurrent appends share one fsync), recovery after a crash, and [`MemorySpool`], a
 //! non-durable stand-in for tests, and [`JetStreamSpool`], a NATS JetStream stream several herald nodes share
