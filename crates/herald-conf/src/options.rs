@@ -767,6 +767,13 @@ option_table! {
         HTTP_PEER,
         "Which of the listener's API keys have the admin right on the web dashboard (flush, fail the queue, pause, resume, reload); other keys and `always_allow` clients only read; a herald addition.",
     ),
+    DashboardHosts => opt(
+        "dashboard_hosts",
+        Kind::List,
+        None,
+        HTTP,
+        "Host names under which a browser may read the web dashboard without a key (an `always_allow` client, or any client of a listener without keys), besides IP literals and `localhost`; a browser's key-less request to another name is refused (`401`), so that a page whose name is rebound to herald's address (DNS rebinding) cannot read the dashboard. Logins and keys are not affected; a herald addition.",
+    ),
     AuthFailureLimit => opt(
         "auth_failure_limit",
         Kind::Int {
@@ -1426,6 +1433,7 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         | "api_key"
         | "api_keys"
         | "dashboard_admin_keys"
+        | "dashboard_hosts"
         | "auth_failure_limit"
         | "max_notifications_per_request"
         | "first_byte_timeout"

@@ -249,6 +249,9 @@ pub struct ListenerSettings {
     pub api_keys: Vec<String>,
     /// `dashboard_admin_keys`: which keys have the web dashboard's admin right.
     pub admin_keys: Vec<String>,
+    /// `dashboard_hosts`: the host names (besides IP literals and `localhost`) under which a browser may read the
+    /// dashboard by its address, without a key.
+    pub dashboard_hosts: Vec<String>,
     /// `auth_failure_limit`: wrong keys a client may send within a minute before it is refused (0 = never).
     pub auth_failure_limit: u32,
     pub max_request_size: Option<u64>,
@@ -433,6 +436,7 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                 },
                 api_keys: api_keys(&r),
                 admin_keys: r.value(Opt::DashboardAdminKeys).as_list().to_vec(),
+                dashboard_hosts: r.value(Opt::DashboardHosts).as_list().to_vec(),
                 auth_failure_limit: auth_failure_limit(&r),
                 max_request_size: r
                     .value(Opt::MaxRequestSize)

@@ -164,7 +164,8 @@ fn certificate_expiry(config: &Config) -> Vec<(String, String, u64)> {
 }
 
 /// `GET /api/v1/tokens/invalid?domain=D&since=UNIX_SECONDS`: `{"tokens": [{domain, token, reason, timestamp_ms,
-/// source}, …]}`, oldest first; 400 naming the parameter when one is malformed.
+/// learnt_ms, source}, …]}` in the order herald learnt them, `since` compared with when herald learnt each (not
+/// APNs' timestamp, which may be days older); 400 naming the parameter when one is malformed.
 fn invalid_tokens_answer(store: &InvalidTokenStore, query: &str) -> Response {
     let json = |status: StatusCode, body: serde_json::Value| {
         (
@@ -236,14 +237,17 @@ mod tests {
     fn store_with(entries: &[(&str, &str, u64)]) -> (tempfile::TempDir, InvalidTokenStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = InvalidTokenStore::open(&dir.path().join("invalid.jsonl"), None).unwrap();
+        // Learnt when APNs invalidated them.
         for (domain, token, ts) in entries {
-            store.record(InvalidTokenEntry {
+            let entry = InvalidTokenEntry {
                 domain: domain.to_string(),
                 token: token.to_string(),
                 reason: "Unregistered".into(),
                 timestamp_ms: *ts,
+                learnt_ms: 0,
                 source: "apns".into(),
-            });
+            };
+            store.record_learnt(entry, true, *ts);
         }
         (dir, store)
     }

@@ -67,6 +67,7 @@ fn listener_settings() -> ListenerSettings {
         },
         api_keys: vec![],
         admin_keys: vec![],
+        dashboard_hosts: vec![],
         auth_failure_limit: 5,
         max_request_size: None,
         http_services: HttpServices::default(),

@@ -847,8 +847,9 @@ async fn message(server: &dyn ServerHandle, id: &str, action: MessageAction) -> 
     Reply::ok(out)
 }
 
-/// `tokens invalid [DOMAIN] [SINCE]`: one line per token, `TIMESTAMP_MS DOMAIN TOKEN REASON SOURCE`, oldest
-/// first, then a total. SINCE is Unix seconds.
+/// `tokens invalid [DOMAIN] [SINCE]`: one line per token, `TIMESTAMP_MS DOMAIN TOKEN REASON SOURCE` (APNs'
+/// time), in the order herald learnt them, then a total. SINCE is Unix seconds, compared with when herald learnt
+/// each token.
 fn invalid_tokens(server: &dyn ServerHandle, domain: Option<&str>, since: Option<u64>) -> String {
     let since_ms = since.unwrap_or(0).saturating_mul(1000);
     let list = server

@@ -95,7 +95,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 
 fn refused(r: Refusal) -> Response {
     let status = match r {
-        Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Refusal::Unauthenticated | Refusal::UnknownHost { .. } => StatusCode::UNAUTHORIZED,
         Refusal::TooManyGuesses { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::FORBIDDEN,
     };
@@ -186,7 +186,14 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 
 async fn require_access(State(d): State<Dash>, mut request: Request, next: Next) -> Response {
     let ip = crate::inbound::rest::peer_ip(request.extensions());
-    match auth::access(&d.settings, &d.sessions, &d.guesses, ip, request.headers()) {
+    match auth::access(
+        &d.settings,
+        &d.sessions,
+        &d.guesses,
+        ip,
+        request.headers(),
+        request.uri(),
+    ) {
         Ok(access) => {
             request.extensions_mut().insert(access);
             let mut response = next.run(request).await;
@@ -485,6 +492,9 @@ pub fn effective_options(config: &Config, domain: &str) -> Vec<serde_json::Value
         .collect()
 }
 
+/// Invalid tokens the Domain page shows, the newest.
+const DETAIL_INVALID_TOKENS: usize = 50;
+
 async fn domain_detail(State(d): State<Dash>, UrlPath(domain): UrlPath<String>) -> Response {
     let server = match d.server() {
         Ok(s) => s,
@@ -515,26 +525,27 @@ async fn domain_detail(State(d): State<Dash>, UrlPath(domain): UrlPath<String>) 
         })
         .unwrap_or_default();
     failures.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)).then(a.0.cmp(b.0)));
+    // The newest few only: the store reads no more than these under its lock, which delivery takes for every
+    // invalid token.
     let invalid: Vec<_> = server
         .invalid_tokens()
-        .list(Some(&domain), 0)
+        .newest(&domain, DETAIL_INVALID_TOKENS)
         .into_iter()
-        .rev()
-        .take(50)
         .map(|t| {
             let mut token = t.token;
             token.truncate(super::outcomes::TOKEN_PREFIX);
-            json!({ "token": token, "reason": t.reason, "timestamp_ms": t.timestamp_ms, "source": t.source })
+            json!({
+                "token": token,
+                "reason": t.reason,
+                "timestamp_ms": t.timestamp_ms,
+                "learnt_ms": t.learnt_ms,
+                "source": t.source,
+            })
         })
         .collect();
-    let active = stats
-        .as_ref()
-        .map(|s| s.active.load(Ordering::Relaxed))
-        .unwrap_or(0);
-    let next_retry = match server.engine().showqueue(&domain, 1, active).await {
-        Some(entries) => entries.first().and_then(|e| e.due_in_secs),
-        None => None,
-    };
+    // The earliest delayed notification's due time, as the domain's counters keep it (asking the delivery task for
+    // its queue would have it sort every delayed notification).
+    let next_retry = row["next_retry_secs"].clone();
     let filter = Filter {
         domain: Some(domain.clone()),
         ..Filter::default()

@@ -4,6 +4,12 @@
 //! `always_allow` list (or any client of a listener without keys) reads without one. Only a key listed in
 //! `dashboard_admin_keys` may act. Every state-changing call must come from the dashboard's own origin (`Origin`
 //! and `Sec-Fetch-Site` are checked) and, from a browser session, carry the session's CSRF token.
+//!
+//! Reading without a key goes by the client's address, which a browser does not choose: a page of another site
+//! whose name is then rebound to herald's address (DNS rebinding) is the same origin as the dashboard, and its
+//! scripts would read the dashboard through the operator's browser. So a browser's request read by address must
+//! be addressed to an IP literal, `localhost` or a name of the listener's `dashboard_hosts` ([`host_allowed`]);
+//! a session or a key is not affected (the rebound page does not have them).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -47,6 +53,11 @@ pub enum Refusal {
     Csrf,
     #[error("too many wrong keys from this address: try again in {seconds} s")]
     TooManyGuesses { seconds: u64 },
+    #[error(
+        "a browser reached the dashboard under the host name {host:?}, which may be another site's name rebound to \
+         this listener's address: add it to dashboard_hosts in this listen stanza, or log in with an API key"
+    )]
+    UnknownHost { host: String },
 }
 
 #[derive(Debug, Clone)]
@@ -162,13 +173,16 @@ pub fn key_rights(settings: &ListenerSettings, ip: Option<IpAddr>, key: &str) ->
 }
 
 /// What the request may do, from its session cookie, its key, or its address. A wrong key counts in `guesses`
-/// (the listener's, shared with its REST API), and an address locked out there is refused any key.
+/// (the listener's, shared with its REST API), and an address locked out there is refused any key. A browser's
+/// request read by address must be addressed to a host [`host_allowed`] accepts. `uri` is the request's (over
+/// HTTP/2 it carries the host).
 pub fn access(
     settings: &ListenerSettings,
     sessions: &Sessions,
     guesses: &GuessThrottle,
     ip: Option<IpAddr>,
     headers: &HeaderMap,
+    uri: &Uri,
 ) -> Result<Access, Refusal> {
     if let Some(s) = session_cookie(headers).and_then(|id| sessions.lookup(id)) {
         return Ok(Access {
@@ -202,6 +216,15 @@ pub fn access(
         None => settings.api_keys.as_slice(),
     };
     if ip.is_some_and(|ip| settings.always_allowed(ip)) || keys.is_empty() {
+        if is_browser(headers) {
+            let host = request_host(headers, uri).unwrap_or("");
+            if !host_allowed(host, &settings.dashboard_hosts) {
+                tracing::warn!(client = ?ip, host, "dashboard: a browser read by address under a host name not in dashboard_hosts");
+                return Err(Refusal::UnknownHost {
+                    host: host.to_owned(),
+                });
+            }
+        }
         return Ok(Access {
             admin: false,
             via: "address",
@@ -209,6 +232,50 @@ pub fn access(
         });
     }
     Err(Refusal::Unauthenticated)
+}
+
+/// Whether a browser sent the request: it carries `sec-fetch-site` or `origin` (a script sends neither).
+fn is_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key("sec-fetch-site") || headers.contains_key(header::ORIGIN)
+}
+
+/// The host name of a `Host` value (or an HTTP/2 authority): without its port, an IPv6 literal without its
+/// brackets, without a trailing dot. `None` for a value that is no host (empty, or an opening bracket not closed).
+pub fn host_name(host: &str) -> Option<&str> {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.starts_with(':')) {
+            return None;
+        }
+        inside
+    } else {
+        match host.rsplit_once(':') {
+            // More than one colon and no brackets: a bare IPv6 literal.
+            Some((name, _)) if name.contains(':') => host,
+            Some((name, _)) => name,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    (!name.is_empty()).then_some(name)
+}
+
+/// Whether a browser reading the dashboard by its address (no key, no session) may address it as `host` (the
+/// request's `Host`, port included): an IP literal, `localhost`, or a name of `dashboard_hosts` (case-insensitive;
+/// a port written there is not compared).
+/// Another name may be another site's, rebound to the listener's address to read the dashboard with the browser's
+/// address.
+pub fn host_allowed(host: &str, dashboard_hosts: &[String]) -> bool {
+    let Some(name) = host_name(host) else {
+        return false;
+    };
+    name.parse::<IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || dashboard_hosts
+            .iter()
+            .filter_map(|h| host_name(h))
+            .any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Refuses a state-changing request that another site may have caused: `Sec-Fetch-Site` other than
@@ -347,6 +414,7 @@ mod tests {
             &guesses,
             None,
             &headers(&[("cookie", &cookie)]),
+            &path(),
         )
         .unwrap();
         assert!(a.admin);
@@ -360,6 +428,7 @@ mod tests {
             &guesses,
             None,
             &headers(&[("x-api-key", "k")]),
+            &path(),
         )
         .unwrap();
         assert_eq!(may_act(&reader, &[]), Err(Refusal::NotAdmin));
@@ -369,12 +438,13 @@ mod tests {
                 &sessions,
                 &guesses,
                 None,
-                &headers(&[("x-api-key", "no")])
+                &headers(&[("x-api-key", "no")]),
+                &path(),
             ),
             Err(Refusal::Unauthenticated)
         );
         assert_eq!(
-            access(&settings, &sessions, &guesses, None, &headers(&[])),
+            access(&settings, &sessions, &guesses, None, &headers(&[]), &path()),
             Err(Refusal::Unauthenticated)
         );
         // The wrong key above counted; after the limit, the address is refused even the right key.
@@ -385,6 +455,7 @@ mod tests {
                 &guesses,
                 None,
                 &headers(&[("x-api-key", "no")]),
+                &path(),
             );
         }
         assert!(matches!(
@@ -393,9 +464,185 @@ mod tests {
                 &sessions,
                 &guesses,
                 None,
-                &headers(&[("x-api-key", "k")])
+                &headers(&[("x-api-key", "k")]),
+                &path(),
             ),
             Err(Refusal::TooManyGuesses { .. })
         ));
+    }
+
+    #[test]
+    fn host_names_lose_their_port_brackets_and_trailing_dot() {
+        assert_eq!(host_name("herald.internal:8082"), Some("herald.internal"));
+        assert_eq!(host_name("Herald.Internal."), Some("Herald.Internal"));
+        assert_eq!(host_name("127.0.0.1:80"), Some("127.0.0.1"));
+        assert_eq!(host_name("[::1]:8082"), Some("::1"));
+        assert_eq!(host_name("[::1]"), Some("::1"));
+        assert_eq!(host_name("::1"), Some("::1"));
+        assert_eq!(host_name("[::1"), None);
+        assert_eq!(host_name("[::1]x"), None);
+        assert_eq!(host_name(""), None);
+        assert_eq!(host_name(":80"), None);
+    }
+
+    #[test]
+    fn a_browser_reading_by_address_must_name_a_known_host() {
+        let known = ["herald.internal".to_owned()];
+        for host in [
+            "127.0.0.1:8082",
+            "[::1]:8082",
+            "[2001:db8::1]",
+            "10.1.2.3",
+            "localhost:8082",
+            "LOCALHOST",
+            "herald.internal:8082",
+            "HERALD.internal.",
+        ] {
+            assert!(host_allowed(host, &known), "{host}");
+        }
+        for host in [
+            "evil.example:8082",
+            "herald.internal.evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "",
+            "[::1",
+        ] {
+            assert!(!host_allowed(host, &known), "{host}");
+        }
+        assert!(!host_allowed("herald.internal", &[]));
+        assert!(host_allowed(
+            "herald.internal:8082",
+            &["Herald.Internal:80".to_owned()]
+        ));
+    }
+
+    /// DNS rebinding: a page of evil.example, whose name now resolves to herald's address, is the dashboard's own
+    /// origin; reading by address it is refused, naming the host. A script, a key and a session are not affected.
+    #[test]
+    fn address_access_by_a_browser_checks_the_host() {
+        let settings = |extra: &str| {
+            herald_conf::Config::parse_str(
+                "t.conf",
+                &format!(
+                    r#"http_listener {{ always_allow = ( "127.0.0.1" ) api_key = "k" listen "127.0.0.1:0" {{ {extra} }} }}"#
+                ),
+            )
+            .unwrap()
+            .listeners()
+            .remove(0)
+        };
+        let plain = settings("");
+        let named = settings(r#"dashboard_hosts = ( "herald.internal" )"#);
+        let (guesses, sessions) = (GuessThrottle::default(), Sessions::default());
+        let ip = Some(IpAddr::from([127, 0, 0, 1]));
+        let read = |settings: &ListenerSettings, pairs: &[(&'static str, &str)]| {
+            access(settings, &sessions, &guesses, ip, &headers(pairs), &path())
+        };
+        let browser = |host: &'static str| [("host", host), ("sec-fetch-site", "same-origin")];
+        assert_eq!(
+            read(&plain, &browser("evil.example:8082")),
+            Err(Refusal::UnknownHost {
+                host: "evil.example:8082".into()
+            })
+        );
+        let message = Refusal::UnknownHost {
+            host: "evil.example:8082".into(),
+        }
+        .to_string();
+        assert!(
+            message.contains("\"evil.example:8082\"") && message.contains("dashboard_hosts"),
+            "{message}"
+        );
+        // An Origin alone marks a browser too (one that sends no sec-fetch-site).
+        assert!(matches!(
+            read(
+                &plain,
+                &[("host", "evil.example"), ("origin", "http://evil.example")]
+            ),
+            Err(Refusal::UnknownHost { .. })
+        ));
+        assert_eq!(
+            read(&plain, &browser("127.0.0.1:8082")).unwrap().via,
+            "address"
+        );
+        assert_eq!(
+            read(&plain, &browser("localhost:8082")).unwrap().via,
+            "address"
+        );
+        assert!(matches!(
+            read(&plain, &browser("herald.internal:8082")),
+            Err(Refusal::UnknownHost { .. })
+        ));
+        assert_eq!(
+            read(&named, &browser("herald.internal:8082")).unwrap().via,
+            "address"
+        );
+        // Not a browser: no check.
+        assert_eq!(
+            read(&plain, &[("host", "evil.example:8082")]).unwrap().via,
+            "address"
+        );
+        // A key or a session: no check.
+        let with_key = [
+            ("host", "evil.example:8082"),
+            ("sec-fetch-site", "same-origin"),
+            ("x-api-key", "k"),
+        ];
+        assert_eq!(read(&plain, &with_key).unwrap().via, "key");
+        let (id, _) = sessions.create(false);
+        let cookie = format!("{COOKIE}={id}");
+        let with_session = [
+            ("host", "evil.example:8082"),
+            ("sec-fetch-site", "same-origin"),
+            ("cookie", cookie.as_str()),
+        ];
+        assert_eq!(read(&plain, &with_session).unwrap().via, "session");
+        // Over HTTP/2 the host is the URI's authority.
+        let uri: Uri = "http://evil.example:8082/dashboard/api/config"
+            .parse()
+            .unwrap();
+        assert!(matches!(
+            access(
+                &plain,
+                &sessions,
+                &guesses,
+                ip,
+                &headers(&[("sec-fetch-site", "same-origin")]),
+                &uri
+            ),
+            Err(Refusal::UnknownHost { .. })
+        ));
+        // A listener without keys: any client reads by address, and the same check applies.
+        let open = herald_conf::Config::parse_str(
+            "t.conf",
+            r#"http_listener { listen "127.0.0.1:0" { } }"#,
+        )
+        .unwrap()
+        .listeners()
+        .remove(0);
+        let other = Some(IpAddr::from([192, 0, 2, 1]));
+        assert!(matches!(
+            access(
+                &open,
+                &sessions,
+                &guesses,
+                other,
+                &headers(&browser("evil.example")),
+                &path()
+            ),
+            Err(Refusal::UnknownHost { .. })
+        ));
+        assert!(
+            access(
+                &open,
+                &sessions,
+                &guesses,
+                other,
+                &headers(&browser("192.0.2.9")),
+                &path()
+            )
+            .is_ok()
+        );
     }
 }

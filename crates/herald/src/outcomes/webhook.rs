@@ -68,6 +68,10 @@ struct Queue {
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
     chunks: Mutex<Chunks>,
+    /// The head last recorded in the store. The writer's trim and the sender's advance compute their heads under
+    /// `chunks` but record them after releasing it, in either order: each records under this lock, and never a
+    /// head below it ([`record_head`]).
+    stored_head: Mutex<u64>,
     wake: tokio::sync::Notify,
 }
 
@@ -239,7 +243,9 @@ pub struct Webhooks {
     senders: tokio::runtime::Handle,
     /// Ends the sender thread when the webhooks go; `None` when the senders run on the main runtime.
     stop_senders: Option<tokio::sync::oneshot::Sender<()>>,
-    http: reqwest::Client,
+    /// The client every webhook is POSTed with, or why it could not be built: then no webhook is sent, and each
+    /// domain's queue keeps its events (within its backlog) with this error as its last one.
+    http: Result<reqwest::Client, String>,
 }
 
 /// What the delivery path writes to, behind one lock.
@@ -283,10 +289,38 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     out
 }
 
+/// The client webhooks are POSTed with: [`REQUEST_TIMEOUT`] per request, and no redirect followed (a
+/// 301/302/303 would turn the POST into a GET without the outcomes, whose 2xx would take the batch for delivered;
+/// it is a failure like any other non-2xx, retried). There is no fallback to a client without these: an error
+/// names why it could not be built.
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| {
+            format!("the webhook HTTP client could not be built ({e}): no webhook is sent")
+        })
+}
+
 impl Webhooks {
     /// Webhooks over `store`, resuming the queues it holds, their senders on a thread of their own. Must be called
-    /// inside a tokio runtime (the fallback for the senders when their thread cannot start).
+    /// inside a tokio runtime (the fallback for the senders when their thread cannot start). When the HTTP client
+    /// cannot be built, that is logged as an error, and every domain's webhook reports it as its last error and
+    /// sends nothing (its events wait in its queue, within its backlog).
     pub fn start(store: Arc<OutcomeStore>, resolve: Box<HookResolver>) -> Arc<Webhooks> {
+        let http = http_client();
+        if let Err(e) = &http {
+            tracing::error!("{e}");
+        }
+        Self::start_with(store, resolve, http)
+    }
+
+    fn start_with(
+        store: Arc<OutcomeStore>,
+        resolve: Box<HookResolver>,
+        http: Result<reqwest::Client, String>,
+    ) -> Arc<Webhooks> {
         let (senders, stop_senders) = match sender_thread() {
             Ok((handle, stop)) => (handle, Some(stop)),
             Err(e) => {
@@ -307,13 +341,7 @@ impl Webhooks {
             handoff_dropped: AtomicU64::new(0),
             senders,
             stop_senders,
-            // A redirect is not followed: a 301/302/303 would turn the POST into a GET without the outcomes,
-            // whose 2xx would take the batch for delivered. It is a failure like any other non-2xx (retried).
-            http: reqwest::Client::builder()
-                .timeout(REQUEST_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
+            http,
         });
         match store.hook_queues() {
             Ok(queues) => {
@@ -321,6 +349,7 @@ impl Webhooks {
                     let q = hooks.queue(&stored.name);
                     let mut chunks = lock(&q.chunks);
                     chunks.head = stored.head;
+                    *lock(&q.stored_head) = stored.head;
                     let mut next = stored.head.max(1);
                     for (first_seq, count) in stored.chunks {
                         next = next.max(first_seq + count);
@@ -706,7 +735,7 @@ fn store_chunk(hooks: &Arc<Webhooks>, domain: &Arc<str>, chunk: ChunkBuilder) {
         let (k, done) = chunks.advance(to);
         q.len.fetch_sub(k, Ordering::Relaxed);
         drop(chunks);
-        if let Err(e) = hooks.store.hook_advance(domain, to, &done) {
+        if let Err(e) = record_head(&hooks.store, &q, domain, to, &done) {
             tracing::error!(%domain, "trimming the webhook backlog: {e}");
         }
         let before = q.dropped.fetch_add(k, Ordering::Relaxed);
@@ -813,10 +842,24 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         let sent = fresh.len() as u64;
         drop(fresh);
         drop(events);
+        let http = match &h.http {
+            Ok(http) => http,
+            Err(e) => {
+                // Nothing is sent without the client's timeout and redirect policy: the events wait.
+                q.failures.fetch_add(1, Ordering::Relaxed);
+                let first = lock(&q.last_error).replace(e.clone()).as_ref() != Some(e);
+                if first {
+                    tracing::error!(%domain, "outcome webhook: {e}; its outcomes wait in its queue");
+                }
+                drop(h);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
         let ts = now_secs();
         let sig = signature(settings.secret.as_bytes(), ts, &body);
-        let result = h
-            .http
+        let result = http
             .post(&settings.url)
             .header("content-type", "application/json")
             .header("herald-timestamp", ts.to_string())
@@ -895,17 +938,34 @@ async fn read_back(h: &Webhooks, domain: &str, from: u64) -> Result<Vec<HookChun
 
 /// Everything of `domain`'s queue numbered below `to` is done with: moves the head there, takes what it passed off
 /// the backlog, and records it in the store with the chunks left behind deleted. Returns how many events it passed.
-async fn done_with(h: &Webhooks, domain: &str, q: &Queue, to: u64) -> u64 {
+async fn done_with(h: &Webhooks, domain: &str, q: &Arc<Queue>, to: u64) -> u64 {
     let (k, done) = lock(&q.chunks).advance(to);
     q.len.fetch_sub(k, Ordering::Relaxed);
-    let (store, d) = (h.store.clone(), domain.to_owned());
+    let (store, d, queue) = (h.store.clone(), domain.to_owned(), q.clone());
     let stored = h
-        .store_call(move || store.hook_advance(&d, to, &done))
+        .store_call(move || record_head(&store, &queue, &d, to, &done))
         .await;
     if let Err(e) = stored {
         tracing::error!(%domain, "recording delivered webhook outcomes: {e}");
     }
     k
+}
+
+/// Records in the store that every event of `domain`'s queue below `to` is done with and deletes the chunks
+/// `done`; the head recorded never goes back (a call that computed a lower head than one already recorded records
+/// that one again: see [`Queue::stored_head`]).
+fn record_head(
+    store: &OutcomeStore,
+    q: &Queue,
+    domain: &str,
+    to: u64,
+    done: &[u64],
+) -> Result<(), herald_spool::SpoolError> {
+    let mut stored = lock(&q.stored_head);
+    let head = to.max(*stored);
+    store.hook_advance(domain, head, done)?;
+    *stored = head;
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1161,6 +1221,79 @@ mod tests {
         }
         assert_eq!(*lock(&took), sent);
         assert_eq!(hooks.stats()[0].delivered, sent.len() as u64);
+    }
+
+    /// Without its HTTP client (it could not be built), a webhook sends nothing, not even with a client of other
+    /// settings: its events wait, and its last error says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_its_http_client_no_webhook_is_sent_and_the_error_says_why() {
+        use crate::outcomes::fixtures::{delivered, notification};
+        use crate::queue::message::IdGenerator;
+        use std::time::Instant;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let (url, took) = receiver().await;
+        let settings = Arc::new(HookSettings {
+            url,
+            secret: "s".into(),
+            delivered: true,
+            failed: true,
+            invalid_token: true,
+            max_age: Duration::from_secs(3600),
+            backlog: 1_000_000,
+        });
+        let hooks = Webhooks::start_with(
+            store,
+            Box::new(move |_| Some(settings.clone())),
+            Err("the webhook HTTP client could not be built (test): no webhook is sent".into()),
+        );
+        let ids = IdGenerator::new(0);
+        for i in 0..5u8 {
+            hooks.outcome(&delivered(&notification(ids.next(), "hooks.example", i)));
+        }
+        assert!(hooks.flush(Duration::from_secs(30)).await);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stats = loop {
+            let mut stats = hooks.stats();
+            if stats.first().is_some_and(|s| s.last_error.is_some()) {
+                break stats.remove(0);
+            }
+            assert!(Instant::now() < deadline, "no error reported: {stats:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            stats
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("could not be built")),
+            "{stats:?}"
+        );
+        assert_eq!(stats.backlog, 5);
+        assert_eq!(stats.delivered, 0);
+        assert!(lock(&took).is_empty());
+    }
+
+    /// The writer's trim and the sender's advance record their heads after releasing the queue's lock, in either
+    /// order: a head computed lower than one already recorded does not move the stored head back.
+    #[test]
+    fn the_stored_head_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        let q = Queue::default();
+        let head = |store: &OutcomeStore| {
+            store
+                .hook_queues()
+                .unwrap()
+                .into_iter()
+                .find(|q| q.name == "hooks.example")
+                .map(|q| q.head)
+        };
+        record_head(&store, &q, "hooks.example", 10, &[]).unwrap();
+        assert_eq!(head(&store), Some(10));
+        record_head(&store, &q, "hooks.example", 5, &[]).unwrap();
+        assert_eq!(head(&store), Some(10));
+        record_head(&store, &q, "hooks.example", 12, &[]).unwrap();
+        assert_eq!(head(&store), Some(12));
     }
 
     #[test]

@@ -145,6 +145,7 @@ pub async fn poll_from(
                     token: token.to_hex(),
                     reason: "feedback".into(),
                     timestamp_ms: u64::from(tuple.timestamp) * 1000,
+                    learnt_ms: 0,
                     source: "feedback".into(),
                 });
                 count += 1;

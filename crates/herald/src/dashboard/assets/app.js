@@ -3,7 +3,11 @@
 "use strict";
 
 const state = { session: null, csrf: null, events: null, overview: null, domains: [], outcomes: [],
-  sort: { key: "domain", dir: 1 }, filter: "", outcomeFilter: { domain: "", kind: "", token: "", reason: "" } };
+  sort: { key: "domain", dir: 1 }, filter: "", outcomeFilter: { domain: "", kind: "", token: "", reason: "" },
+  domainTicks: 0 };
+// The Domain page asks for its detail again every this many ticks, not every second: herald resolves the
+// domain's options and reads its invalid tokens for each answer.
+const DOMAIN_REFRESH_TICKS = 5;
 
 const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -101,7 +105,7 @@ function onTick(t) {
   if (page.name === "overview" && state.overview) renderOverview();
   else if (page.name === "domains") renderDomains();
   else if (page.name === "outcomes") renderOutcomes();
-  else if (page.name === "domain") refreshDomain(page.arg, true);
+  else if (page.name === "domain" && ++state.domainTicks % DOMAIN_REFRESH_TICKS === 0) refreshDomain(page.arg, true);
 }
 
 function currentPage() {
