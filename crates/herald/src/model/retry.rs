@@ -37,6 +37,9 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The most retries `max_retries = auto` allows, however many fit into `message_expiration`.
+pub const AUTO_LIMIT_MOST: u32 = 10_000;
+
 /// What to do after a transient failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryDecision {
@@ -58,18 +61,45 @@ impl RetryPolicy {
         delay.min(self.max_retry_interval.max(self.retry_interval))
     }
 
-    /// The retry count `auto` allows: how many retries the schedule fits into `message_expiration`.
+    /// The retry count `auto` allows: how many retries the schedule fits into `message_expiration` (at most
+    /// [`AUTO_LIMIT_MOST`]).
+    ///
+    /// Asked at every transient failure, on the queue's task: it costs at most 33 steps, whatever the settings.
+    /// The intervals double until they reach `max_retry_interval` (or stop doubling after 31 doublings) and stay
+    /// the same from there, so the retries of that second part are counted with one division.
     pub fn auto_limit(&self) -> u32 {
+        self.auto_limit_counted().0
+    }
+
+    /// [`RetryPolicy::auto_limit`], and the intervals it looked at to find it.
+    fn auto_limit_counted(&self) -> (u32, u32) {
         let mut total = Duration::ZERO;
-        let mut retries = 0;
-        while retries < 10_000 {
-            total += self.interval(retries + 1);
-            if total > self.message_expiration {
+        let mut retries: u32 = 0;
+        let cap = self.max_retry_interval.max(self.retry_interval);
+        // The doubling part: at most 32 intervals, each below the cap.
+        loop {
+            let next = self.interval(retries + 1);
+            if next >= cap || retries >= 31 {
                 break;
+            }
+            total = total.saturating_add(next);
+            if total > self.message_expiration {
+                return (retries, retries + 1);
             }
             retries += 1;
         }
-        retries
+        // Every later interval is `step`: as many more as fit in what is left of `message_expiration`.
+        let looked = retries + 1;
+        let step = self.interval(retries + 1).as_nanos();
+        if step == 0 {
+            return (AUTO_LIMIT_MOST, looked);
+        }
+        let room = self.message_expiration.saturating_sub(total).as_nanos();
+        let more = room / step;
+        let limit = u32::try_from(u128::from(retries) + more)
+            .unwrap_or(u32::MAX)
+            .min(AUTO_LIMIT_MOST);
+        (limit, looked)
     }
 
     /// Decides after a failure. `retries_so_far` counts the retries already made (0 after the first attempt
@@ -175,6 +205,91 @@ mod tests {
             p.after_failure(6, secs(75600)),
             RetryDecision::RetriesExhausted
         );
+    }
+
+    /// How `auto_limit` counted before it was computed: one interval at a time, up to [`AUTO_LIMIT_MOST`] of
+    /// them at every transient failure.
+    fn auto_limit_by_steps(p: &RetryPolicy) -> u32 {
+        let mut total = Duration::ZERO;
+        let mut retries = 0;
+        while retries < AUTO_LIMIT_MOST {
+            total += p.interval(retries + 1);
+            if total > p.message_expiration {
+                break;
+            }
+            retries += 1;
+        }
+        retries
+    }
+
+    #[test]
+    fn auto_limit_counts_as_the_schedule_steps_at_the_edges() {
+        let policy = |interval: u64, cap: u64, expiration: u64| RetryPolicy {
+            retry_interval: secs(interval),
+            max_retry_interval: secs(cap),
+            message_expiration: secs(expiration),
+            ..RetryPolicy::default()
+        };
+        for p in [
+            RetryPolicy::default(),
+            // A retry due exactly at the expiration still fits.
+            policy(1200, 1200, 6000),
+            policy(1200, 1200, 5999),
+            // Fixed 1 s retries over a year: capped.
+            policy(1, 1, 31_536_000),
+            // No interval: capped.
+            policy(0, 0, 10),
+            policy(0, 60, 10),
+            // The cap below the first interval: the first interval throughout.
+            policy(100, 10, 1000),
+            // Doubling without a cap in reach: 31 doublings, then the same interval.
+            policy(1, u64::MAX / 4, u64::MAX / 2),
+            policy(5, 1_000_000, 0),
+        ] {
+            assert_eq!(p.auto_limit(), auto_limit_by_steps(&p), "{p:?}");
+        }
+        assert_eq!(policy(1200, 1200, 6000).auto_limit(), 5);
+        assert_eq!(policy(1, 1, 31_536_000).auto_limit(), AUTO_LIMIT_MOST);
+    }
+
+    /// `auto_limit` is asked at every transient failure, on the queue's task (once per queued notification when a
+    /// domain is delayed): it looks at a bounded number of intervals, not at every retry it counts.
+    #[test]
+    fn auto_limit_looks_at_a_bounded_number_of_intervals() {
+        let fixed = RetryPolicy {
+            retry_interval: secs(1),
+            max_retry_interval: secs(1),
+            message_expiration: secs(31_536_000),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(fixed.auto_limit_counted(), (AUTO_LIMIT_MOST, 1));
+        let doubling = RetryPolicy {
+            retry_interval: Duration::from_millis(1),
+            max_retry_interval: secs(u64::MAX / 4),
+            message_expiration: secs(u64::MAX / 2),
+            ..RetryPolicy::default()
+        };
+        let (limit, looked) = doubling.auto_limit_counted();
+        assert_eq!(limit, AUTO_LIMIT_MOST);
+        assert!(looked <= 33, "{looked} intervals");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn auto_limit_counts_as_the_schedule_steps(
+            interval in 0u64..100_000,
+            cap in 0u64..2_000_000,
+            expiration in 0u64..100_000_000,
+            interval_ms in 0u64..1000,
+        ) {
+            let p = RetryPolicy {
+                retry_interval: Duration::from_secs(interval) + Duration::from_millis(interval_ms),
+                max_retry_interval: secs(cap),
+                message_expiration: secs(expiration),
+                ..RetryPolicy::default()
+            };
+            proptest::prop_assert_eq!(p.auto_limit(), auto_limit_by_steps(&p));
+        }
     }
 
     #[test]

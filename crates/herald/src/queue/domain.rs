@@ -11,6 +11,10 @@
 //! dashboard list it in due order, `flush` makes all of it due at once and message actions find entries by id, none
 //! of which `DelayQueue` offers without a second index beside it; retry times are seconds to hours apart, so the
 //! first due time is all a timer is needed for, and no timer is kept per notification.
+//!
+//! A task that panics does not take its queue with it: [`DomainTask::run`] catches the panic, the engine forgets
+//! the task ([`EngineShared::queue_failed`]) and what it held goes to a new task of the same queue, with the same
+//! counters ([`DomainTask::failed`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -32,6 +36,11 @@ use crate::outbound::settings::DeliverySettings;
 
 /// How often the delayed queue and the pool are looked at.
 const TICK: Duration = Duration::from_millis(50);
+/// How long what a failed task held waits in the new task before it is sent again, after the queue's first
+/// failure; doubled at each later one, up to [`FAILED_TASK_HOLD_MAX`]. Should one notification make the task
+/// panic, the queue fails at most once per hold instead of as fast as tasks can start.
+const FAILED_TASK_HOLD: Duration = Duration::from_secs(1);
+const FAILED_TASK_HOLD_MAX: Duration = Duration::from_secs(64);
 /// How often, at most, the oldest queued notification is looked for.
 const OLDEST_SCAN_EVERY: Duration = Duration::from_secs(1);
 /// Events handled per loop before work is dispatched again.
@@ -101,6 +110,29 @@ pub enum DomainEvent {
         /// As for [`DomainEvent::Reconfigure`].
         epoch: Epoch,
     },
+    /// The outcome of a notification that a failed task of this queue had put on a connection
+    /// ([`DomainTask::failed`]): handled as any outcome, but it was never handed to this task's pool.
+    Adopt {
+        tag: Box<Queued>,
+        result: PushResult,
+        remote: Option<std::net::IpAddr>,
+    },
+    /// Makes the task panic (tests of what follows a failed task).
+    #[cfg(test)]
+    Panic,
+}
+
+impl DomainEvent {
+    /// The notification the event carries, if it carries one (and with it a memory permit).
+    pub(crate) fn notification_id(&self) -> Option<MessageId> {
+        match self {
+            DomainEvent::Enqueue(item)
+            | DomainEvent::EnqueueDelayed(item, _)
+            | DomainEvent::Outcome { tag: item, .. }
+            | DomainEvent::Adopt { tag: item, .. } => Some(item.notification.id),
+            _ => None,
+        }
+    }
 }
 
 /// How many reloads the engine had listed its queues for when a queue's settings were resolved. Resolutions run
@@ -244,6 +276,11 @@ pub struct DomainTask {
     epoch: Epoch,
     /// How many notifications the observer was last told this queue parks (see [`DomainTask::report_parked`]).
     parked: usize,
+    /// Notifications whose memory permit this task holds: taken with [`DomainEvent::Enqueue`],
+    /// [`DomainEvent::EnqueueDelayed`] and [`DomainEvent::Adopt`], given back at their final outcome or when the
+    /// store takes them back. What a panic takes with it is counted here, so that its memory is given back
+    /// ([`DomainTask::failed`]).
+    owned: usize,
 }
 
 impl DomainTask {
@@ -276,10 +313,28 @@ impl DomainTask {
             unroutable: None,
             epoch,
             parked: 0,
+            owned: 0,
         }
     }
 
+    /// Runs the queue until it retires. A panic of its work ends this task, not the queue: see
+    /// [`DomainTask::failed`].
     pub async fn run(mut self) {
+        let ended = {
+            let work = std::pin::pin!(self.work());
+            CatchUnwind(work).await
+        };
+        match ended {
+            Ok(()) => {
+                self.report_finished();
+                self.shared.parked(-(self.parked as i64));
+            }
+            Err(panic) => self.failed(panic).await,
+        }
+    }
+
+    /// The task's loop: events, looks every [`TICK`] while busy, rest, retirement.
+    async fn work(&mut self) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Whether the last look was taken since the task had nothing more to look after (see `Self::busy`).
@@ -333,8 +388,131 @@ impl DomainTask {
                 }
             }
         }
-        self.report_finished();
-        self.shared.parked(-(self.parked as i64));
+    }
+
+    /// The task panicked (a defect): the engine forgets it, so that the queue's next notification starts a new task
+    /// with the same counters, and what it held goes to that task. Notifications queued or delayed here, or waiting
+    /// for a connection, are handed over at once, due after a hold that doubles with each failure of the queue
+    /// ([`FAILED_TASK_HOLD`]); those on a connection are handed over with their outcome, as the connections finish
+    /// what they carry and close; those that arrive meanwhile are handed over as they come. What the panic took with
+    /// it (the notifications being handled at that moment) gives its memory back and stays in the spool, for the
+    /// next start (the JetStream spool delivers it again once its ack wait ends).
+    async fn failed(self, panic: Box<dyn std::any::Any + Send>) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        let DomainTask {
+            settings,
+            active,
+            delayed,
+            pool,
+            retired,
+            sender,
+            mut events,
+            shared,
+            mut finished,
+            parked,
+            mut owned,
+            stats,
+            ..
+        } = self;
+        // Nothing is queued, in flight or connected here any more (the new task publishes its own figures).
+        stats.set_queue_sizes(0, 0);
+        stats.dispatched.store(0, Ordering::Relaxed);
+        stats.set_connections(0);
+        stats.set_in_flight(0);
+        stats.set_stream_limit(0);
+        stats.resting.store(true, Ordering::Relaxed);
+        let failures = shared.queue_failed(&settings.binding, &settings.domain, &sender);
+        tracing::error!(
+            domain = %settings.domain, binding = %settings.binding,
+            "the queue's task failed ({what}); a new task takes over its notifications"
+        );
+        let key = (settings.binding.clone(), settings.domain.clone());
+        // The observer's calls may be what panicked: one panicking again leaves the spool as it is (the notifications
+        // finished here come back at the next start).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if !finished.is_empty() {
+                shared.finished(&finished);
+                finished.clear();
+            }
+            shared.parked(-(parked as i64));
+        }));
+        let hold = FAILED_TASK_HOLD
+            .saturating_mul(1 << failures.saturating_sub(1).min(6))
+            .min(FAILED_TASK_HOLD_MAX);
+        let now = Instant::now();
+        let mut rescued: Vec<DomainEvent> = active
+            .into_iter()
+            .map(|item| DomainEvent::EnqueueDelayed(item, hold))
+            .chain(delayed.into_iter().map(|Reverse(d)| {
+                let due = d.due.saturating_duration_since(now).max(hold);
+                DomainEvent::EnqueueDelayed(d.item, due)
+            }))
+            .collect();
+        let mut pool = pool;
+        if let Ok(waiting) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.take_waiting()))
+        {
+            rescued.extend(
+                waiting
+                    .into_iter()
+                    .map(|job| DomainEvent::EnqueueDelayed(job.tag, hold)),
+            );
+        }
+        // The connections finish what they carry and close; their outcomes come here.
+        drop(pool);
+        drop(retired);
+        drop(sender);
+        owned = owned.saturating_sub(rescued.len());
+        for event in rescued {
+            let _ = shared
+                .hand_event(&key.0, &key.1, event, super::Arrival::Restored)
+                .await;
+        }
+        // Until the last sender is gone: the connections' outcomes and what was sent to this task before the
+        // engine forgot it.
+        while let Some(event) = events.recv().await {
+            let event = match event {
+                // Their permits came with them: this task never counted them.
+                DomainEvent::Enqueue(_)
+                | DomainEvent::EnqueueDelayed(..)
+                | DomainEvent::Adopt { .. } => event,
+                DomainEvent::Outcome {
+                    tag,
+                    result,
+                    remote,
+                } => {
+                    owned = owned.saturating_sub(1);
+                    DomainEvent::Adopt {
+                        tag,
+                        result,
+                        remote,
+                    }
+                }
+                DomainEvent::Connected {
+                    result: Ok(state), ..
+                } => {
+                    state.drain();
+                    continue;
+                }
+                // Replies not sent: the asker sees the queue as gone.
+                _ => continue,
+            };
+            let _ = shared
+                .hand_event(&key.0, &key.1, event, super::Arrival::Restored)
+                .await;
+        }
+        if owned > 0 {
+            shared.release_many(owned);
+            tracing::warn!(
+                domain = %settings.domain, binding = %settings.binding,
+                "{owned} notification(s) went with the failed task of the queue: they stay in the spool, delivered \
+                 again at the next start"
+            );
+        }
     }
 
     /// Whether the task has something to look after every [`TICK`]: notifications ready or handed to the pool,
@@ -352,6 +530,7 @@ impl DomainTask {
     /// forgets it) hears of it with the others of this turn, in one call ([`DomainTask::report_finished`]).
     fn finished(&mut self, item: &Queued) {
         self.shared.release();
+        self.owned = self.owned.saturating_sub(1);
         self.finished.push(item.notification.id);
     }
 
@@ -405,6 +584,7 @@ impl DomainTask {
                 kept.push_back(item);
                 break;
             }
+            self.owned = self.owned.saturating_sub(1);
             given += 1;
         }
         while let Some(item) = kept.pop_back() {
@@ -425,9 +605,11 @@ impl DomainTask {
     fn handle(&mut self, event: DomainEvent) {
         match event {
             DomainEvent::Enqueue(item) => {
+                self.owned += 1;
                 self.active.push_back(item);
             }
             DomainEvent::EnqueueDelayed(item, delay) => {
+                self.owned += 1;
                 self.seq += 1;
                 self.delayed.push(Reverse(Delayed {
                     due: crate::model::instant_after(delay),
@@ -443,6 +625,16 @@ impl DomainTask {
                 self.outstanding.remove(&tag);
                 self.on_outcome(tag, result, remote);
             }
+            DomainEvent::Adopt {
+                tag,
+                result,
+                remote,
+            } => {
+                self.owned += 1;
+                self.on_outcome(tag, result, remote);
+            }
+            #[cfg(test)]
+            DomainEvent::Panic => panic!("a test made the queue's task panic"),
             DomainEvent::Connected { generation, result } => {
                 // An attempt a replaced pool started goes back to that pool, which closes it and counts it
                 // until it has.
@@ -898,6 +1090,7 @@ impl DomainTask {
                 self.stats.transient(label);
                 item.retries += 1;
                 if self.shared.handed_back(&item, delay) {
+                    self.owned = self.owned.saturating_sub(1);
                     return;
                 }
                 self.shared.rescheduled(&item, delay);
@@ -1085,6 +1278,28 @@ impl Attempt {
 fn shrunk_capacity(len: usize, capacity: usize, floor: usize) -> Option<usize> {
     let target = len.saturating_mul(2).max(floor);
     (len < capacity / 4 && target < capacity).then_some(target)
+}
+
+/// Polls a future and catches a panic of its poll (as `futures::FutureExt::catch_unwind` does): the future is
+/// not polled again after one.
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(&mut *inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(value)) => std::task::Poll::Ready(Ok(value)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// Sleeps until `due` (a `None` never comes: the branch using it is disabled then).

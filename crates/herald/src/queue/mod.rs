@@ -8,7 +8,12 @@
 //! A queue that has held nothing and had no connection for `idle_queue_timeout` lets its task and pool go
 //! ([`EngineShared::retire`]); its counters stay, and its next notification starts a new task with them. Every
 //! notification is handed to a queue's channel under the engine's lock, so a queue that retires under the same lock
-//! with an empty channel cannot leave a notification behind.
+//! with an empty channel cannot leave a notification behind. The counters of at most about
+//! [`MAX_RETIRED_QUEUES`] retired queues are kept: beyond, the least recently used are forgotten
+//! ([`EngineShared::make_room`]), and such a domain's counters start again from 0.
+//!
+//! A queue whose task panics goes on: the task hands what it held to a new task with the same counters
+//! ([`domain::DomainTask::failed`]).
 
 pub mod domain;
 pub mod stats;
@@ -206,6 +211,11 @@ pub struct EngineShared {
     /// settings resolved before a reload, and inserted after the reload listed the queues, sees the count changed
     /// and resolves its settings again.
     reconfigurations: std::sync::atomic::AtomicU64,
+    /// `queues` is looked over for retired queues to forget once it holds this many (see
+    /// [`EngineShared::make_room`]); changed under its lock.
+    look_over_at: std::sync::atomic::AtomicUsize,
+    /// Counts the uses of queues, to order them by their last ([`DomainHandle::last_used`]).
+    uses: std::sync::atomic::AtomicU64,
 }
 
 impl EngineShared {
@@ -273,6 +283,273 @@ impl EngineShared {
         self.idle_queue_timeout
     }
 
+    /// Hands `event`, which carries a notification and its memory permit, to the queue of (`binding`, `domain`),
+    /// starting the queue if no task runs for it (a new notification counts as received). When it cannot, the
+    /// permit is given back and the outcome listener hears that the notification left (it is not queued here).
+    async fn hand_event(
+        self: &Arc<Self>,
+        binding: &Arc<str>,
+        domain: &Arc<str>,
+        event: DomainEvent,
+        arrival: Arrival,
+    ) -> Result<(), SubmitError> {
+        let key = QueueKey {
+            domain: domain.clone(),
+            binding: binding.clone(),
+        };
+        let id = event.notification_id();
+        let sent = match self.send_to_queue(&key, event, arrival) {
+            Handed::Sent => Ok(()),
+            Handed::NoQueue(event) => self.start_queue(key, event, arrival).await,
+        };
+        if sent.is_err() {
+            self.resident.add_permits(1);
+            if let (Some(l), Some(id)) = (self.listener.get(), id) {
+                l.left(id);
+            }
+        }
+        sent
+    }
+
+    /// Sends `event` to the running queue of `key` (counting the notification it carries when it is new), under the
+    /// engine-wide lock: a queue retires under the same lock, so it cannot retire between this look and the send.
+    /// A queue whose task is gone without retiring (it could not go on) is forgotten here: the event comes back, for
+    /// a new task with the same counters.
+    fn send_to_queue(&self, key: &QueueKey, event: DomainEvent, arrival: Arrival) -> Handed {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(handle) = queues.get_mut(key) else {
+            return Handed::NoQueue(event);
+        };
+        let Some(sender) = &handle.sender else {
+            return Handed::NoQueue(event);
+        };
+        // Counted before the send, so that the counters never show an outcome before its reception.
+        if arrival == Arrival::New {
+            handle
+                .stats
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match sender.0.send(event) {
+            Ok(()) => Handed::Sent,
+            Err(mpsc::error::SendError(event)) => {
+                if arrival == Arrival::New {
+                    // Counted again when the new task takes it.
+                    handle
+                        .stats
+                        .received
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Its task ended without retiring (a task that panics hands its queue over itself, so this is a
+                // task the runtime dropped, or a defect).
+                tracing::error!(
+                    domain = %key.domain, binding = %key.binding,
+                    "the queue's task is gone; a new task starts"
+                );
+                handle.sender = None;
+                handle
+                    .stats
+                    .task_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Handed::NoQueue(event)
+            }
+        }
+    }
+
+    /// Starts the queue of `key` and sends it `event` (or sends it to the queue another submitter started
+    /// meanwhile). The engine-wide lock is held only to look the queue up and to insert it: a first
+    /// notification's settings (which may read credential files, parse a PKCS#12 identity and sign a provider
+    /// token) are resolved outside it, on a blocking thread, so other submitters and the async threads do not
+    /// wait for them. A retired queue starts again with its counters.
+    ///
+    /// A boxed future: the task it starts may fail and hand its notifications over with [`EngineShared::hand_event`],
+    /// which comes here ([`domain::DomainTask::failed`]).
+    fn start_queue(
+        self: &Arc<Self>,
+        key: QueueKey,
+        event: DomainEvent,
+        arrival: Arrival,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), SubmitError>> + Send + '_>> {
+        Box::pin(self.start_queue_now(key, event, arrival))
+    }
+
+    /// [`EngineShared::start_queue`]'s work.
+    async fn start_queue_now(
+        self: &Arc<Self>,
+        key: QueueKey,
+        event: DomainEvent,
+        arrival: Arrival,
+    ) -> Result<(), SubmitError> {
+        let seen = self
+            .reconfigurations
+            .load(std::sync::atomic::Ordering::Acquire);
+        let (binding, domain) = (key.binding.clone(), key.domain.clone());
+        let settings = resolve_blocking(
+            self.resolver.clone(),
+            key.binding.clone(),
+            key.domain.clone(),
+        )
+        .await?
+        .map_err(|reason| SubmitError::Unroutable {
+            domain: key.domain.to_string(),
+            reason,
+        })?;
+        let (sender, stale) = {
+            let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let handle = self.handle_of(&mut queues, key);
+            if arrival == Arrival::New {
+                handle
+                    .stats
+                    .received
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Another submitter may have started the queue meanwhile: use it.
+            let sender = match &handle.sender {
+                Some(sender) => sender.clone(),
+                None => {
+                    tracing::debug!(
+                        domain = %settings.domain, binding = %settings.binding,
+                        binding_group = %settings.binding_group, endpoint = %settings.endpoint,
+                        bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
+                        "queue started"
+                    );
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let sender = DomainSender(tx);
+                    handle
+                        .stats
+                        .resting
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    let task = DomainTask::new(
+                        settings,
+                        seen,
+                        sender.clone(),
+                        rx,
+                        self.clone(),
+                        handle.stats.clone(),
+                    );
+                    tokio::spawn(task.run());
+                    handle.sender = Some(sender.clone());
+                    sender
+                }
+            };
+            let stale = self
+                .reconfigurations
+                .load(std::sync::atomic::Ordering::Acquire)
+                != seen;
+            (sender, stale)
+        };
+        sender
+            .0
+            .send(event)
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        if stale {
+            // A reload listed the queues while these settings were resolved from the configuration before it.
+            // On a task of its own, so that the queue hears the verdict even if this submitter goes away.
+            let shared = self.clone();
+            tokio::spawn(async move {
+                let epoch = shared
+                    .reconfigurations
+                    .load(std::sync::atomic::Ordering::Acquire);
+                match resolve_blocking(shared.resolver.clone(), binding, domain).await {
+                    Ok(Ok(settings)) => {
+                        let _ = sender.0.send(DomainEvent::Reconfigure { settings, epoch });
+                    }
+                    Ok(Err(e)) => {
+                        let _ = sender.0.send(DomainEvent::Unroutable {
+                            reason: e.to_string(),
+                            epoch,
+                        });
+                    }
+                    Err(_) => {}
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The task of (`binding`, `domain`) whose channel `sender` is failed ([`domain::DomainTask::failed`]): the
+    /// engine forgets it, so that the queue's next notification starts a new task with the same counters. Returns
+    /// how many times the queue's task has failed.
+    pub(crate) fn queue_failed(
+        &self,
+        binding: &Arc<str>,
+        domain: &Arc<str>,
+        sender: &DomainSender,
+    ) -> u64 {
+        let key = QueueKey {
+            domain: domain.clone(),
+            binding: binding.clone(),
+        };
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(handle) = queues.get_mut(&key) else {
+            return 1;
+        };
+        if handle
+            .sender
+            .as_ref()
+            .is_some_and(|s| s.0.same_channel(&sender.0))
+        {
+            handle.sender = None;
+        }
+        handle
+            .stats
+            .task_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    /// `n` notifications no longer take memory (see [`EngineShared::release`]).
+    pub(crate) fn release_many(&self, n: usize) {
+        self.resident.add_permits(n.min(Semaphore::MAX_PERMITS));
+    }
+
+    /// The handle of `key` in `queues` (the engine's map, locked), made with new counters if there is none, and
+    /// marked used now.
+    fn handle_of<'a>(
+        &self,
+        queues: &'a mut HashMap<QueueKey, DomainHandle>,
+        key: QueueKey,
+    ) -> &'a mut DomainHandle {
+        if !queues.contains_key(&key) {
+            self.make_room(queues);
+        }
+        let handle = queues.entry(key).or_insert_with(DomainHandle::new);
+        handle.last_used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        handle
+    }
+
+    /// Keeps the engine's map from growing with every domain ever seen (a regex `domain` stanza, or a global
+    /// `delivery_method = apn`, makes a queue for any recipient domain): beyond [`MAX_RETIRED_QUEUES`] retired
+    /// queues (and domains counted without a queue here), the least recently used are forgotten, counters and all;
+    /// their next notification starts them with new counters, from 0. Running queues and paused ones (an operator's
+    /// mark) are kept. The map is looked over only once it has grown by an eighth since the last look, so that this
+    /// costs O(1) per new queue, amortized.
+    fn make_room(&self, queues: &mut HashMap<QueueKey, DomainHandle>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if queues.len() < self.look_over_at.load(Relaxed) {
+            return;
+        }
+        let mut retired: Vec<(u64, QueueKey)> = queues
+            .iter()
+            .filter(|(_, h)| h.sender.is_none() && !h.stats.paused.load(Relaxed))
+            .map(|(k, h)| (h.last_used, k.clone()))
+            .collect();
+        if retired.len() >= MAX_RETIRED_QUEUES {
+            // Room for the one about to be made.
+            let excess = retired.len() + 1 - MAX_RETIRED_QUEUES;
+            retired.select_nth_unstable_by_key(excess - 1, |(used, _)| *used);
+            for (_, key) in &retired[..excess] {
+                queues.remove(key);
+            }
+            tracing::debug!(
+                forgotten = excess,
+                "retired queues forgotten: more than {MAX_RETIRED_QUEUES} kept"
+            );
+        }
+        let next = queues.len() + (queues.len() / 8).max(MAX_RETIRED_QUEUES / 8);
+        self.look_over_at.store(next, Relaxed);
+    }
+
     /// Retires the queue of (`binding`, `domain`) whose task holds `events`: true when it is no longer reachable
     /// (the task may end), false when notifications or commands wait in its channel (it goes on). Notifications
     /// are handed over under the same lock ([`Engine::hand_over`]), so none can arrive once this returns true.
@@ -293,6 +570,7 @@ impl EngineShared {
             }
             if let Some(handle) = queues.get_mut(&key) {
                 handle.sender = None;
+                handle.last_used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 handle
                     .stats
                     .retired
@@ -318,7 +596,25 @@ struct DomainHandle {
     /// `None` once the queue retired (see [`EngineShared::retire`]).
     sender: Option<DomainSender>,
     stats: Arc<DomainStats>,
+    /// When the queue was last made, retired, or counted without a task (a count of such events, see
+    /// [`EngineShared::uses`]): which retired queues are forgotten first ([`EngineShared::make_room`]).
+    last_used: u64,
 }
+
+impl DomainHandle {
+    fn new() -> Self {
+        DomainHandle {
+            sender: None,
+            stats: Arc::new(DomainStats::default()),
+            last_used: 0,
+        }
+    }
+}
+
+/// Retired queues (and domains counted without a queue here) whose counters the engine keeps: beyond it (looked at
+/// each time the engine's map has grown by an eighth) the least recently used are forgotten, their counters with
+/// them ([`EngineShared::make_room`]).
+pub const MAX_RETIRED_QUEUES: usize = 10_000;
 
 /// What a queue and its pool serve: one domain delivered from one binding
 /// (docs/momentum-compat.md#outbound-connections: connections are limited "on a domain/binding level").
@@ -335,6 +631,10 @@ pub struct EngineLimits {
     pub max_resident: usize,
     /// How long a queue with nothing queued and no connection keeps its task and pool (`None`: for good).
     pub idle_queue_timeout: Option<std::time::Duration>,
+    /// The global `message_expiration`: how long a notification pulled from the shared stream whose domain no
+    /// queue here can deliver goes back to the stream before it fails ([`Engine::fail_unqueued`]); its domain's
+    /// own value is not known here.
+    pub message_expiration: std::time::Duration,
 }
 
 /// Default `idle_queue_timeout`.
@@ -362,9 +662,19 @@ impl EngineLimits {
             .map_or(Some(DEFAULT_IDLE_QUEUE_TIMEOUT), |secs| {
                 (secs > 0).then_some(std::time::Duration::from_secs(secs))
             });
+        let message_expiration = config
+            .eval_opt(&global, herald_conf::Opt::MessageExpiration)
+            .ok()
+            .and_then(|v| v.as_int())
+            .and_then(|n| u64::try_from(n).ok())
+            .map_or(
+                retry::RetryPolicy::default().message_expiration,
+                std::time::Duration::from_secs,
+            );
         EngineLimits {
             max_resident,
             idle_queue_timeout,
+            message_expiration,
         }
     }
 }
@@ -374,6 +684,7 @@ impl Default for EngineLimits {
         EngineLimits {
             max_resident: DEFAULT_MAX_RESIDENT,
             idle_queue_timeout: Some(DEFAULT_IDLE_QUEUE_TIMEOUT),
+            message_expiration: retry::RetryPolicy::default().message_expiration,
         }
     }
 }
@@ -385,13 +696,15 @@ pub struct Reservation(Option<tokio::sync::OwnedSemaphorePermit>);
 /// The delivery engine: per-domain queues and pools.
 pub struct Engine {
     max_resident: usize,
+    /// See [`EngineLimits::message_expiration`].
+    message_expiration: std::time::Duration,
     shared: Arc<EngineShared>,
 }
 
-/// What [`Engine::send_to_queue`] did with an event.
+/// What [`EngineShared::send_to_queue`] did with an event.
 enum Handed {
-    /// Sent to the queue's task (or refused: the task is gone because the runtime shuts down).
-    Done(Result<(), SubmitError>),
+    /// Sent to the queue's task.
+    Sent,
     /// No task runs for the queue: the event comes back.
     NoQueue(DomainEvent),
 }
@@ -408,6 +721,7 @@ impl Engine {
         ));
         Engine {
             max_resident: limits.max_resident,
+            message_expiration: limits.message_expiration,
             shared: Arc::new(EngineShared {
                 logs,
                 invalid,
@@ -419,6 +733,8 @@ impl Engine {
                 queues: Mutex::new(HashMap::new()),
                 idle_queue_timeout: limits.idle_queue_timeout,
                 reconfigurations: std::sync::atomic::AtomicU64::new(0),
+                look_over_at: std::sync::atomic::AtomicUsize::new(MAX_RETIRED_QUEUES),
+                uses: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -459,12 +775,8 @@ impl Engine {
             binding: notification.binding.clone(),
         };
         let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues
-            .entry(key)
-            .or_insert_with(|| DomainHandle {
-                sender: None,
-                stats: Arc::new(DomainStats::default()),
-            })
+        self.shared
+            .handle_of(&mut queues, key)
             .stats
             .received
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -535,6 +847,56 @@ impl Engine {
         self.max_resident
     }
 
+    /// The global `message_expiration` (see [`EngineLimits::message_expiration`]).
+    pub fn message_expiration(&self) -> std::time::Duration {
+        self.message_expiration
+    }
+
+    /// Fails `notification`, which no queue here takes (its domain cannot be delivered), permanently with
+    /// `error`: logged and reported (status book, webhooks) as a queue's final failure is, counted under `label`
+    /// in its domain's counters, and forgotten by the observer (the spool removes it).
+    pub fn fail_unqueued(
+        &self,
+        notification: &Notification,
+        retries: u32,
+        error: &str,
+        label: &str,
+    ) {
+        let own = notification.push.apns_id.map(|id| id.encode());
+        let record = crate::logs::OutcomeRecord {
+            kind: crate::logs::OutcomeKind::Permanent,
+            notification,
+            binding_group: &notification.binding,
+            binding: &notification.binding,
+            retries,
+            remote_ip: None,
+            transaction_id: own.as_ref().and_then(|t| std::str::from_utf8(t).ok()),
+            status: None,
+            error,
+            connected: false,
+            bytes: notification.push.payload.len(),
+            at: message::unix_now(),
+            apns_unique_id: None,
+            apns_timestamp_ms: None,
+        };
+        self.shared.logs.outcome(&record);
+        if let Some(l) = self.shared.listener.get() {
+            l.queued(notification, retries);
+            l.outcome(&record);
+        }
+        let key = QueueKey {
+            domain: notification.domain.clone(),
+            binding: notification.binding.clone(),
+        };
+        let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared
+            .handle_of(&mut queues, key)
+            .stats
+            .permanent(label);
+        drop(queues);
+        self.shared.finished(&[notification.id]);
+    }
+
     /// [`Engine::submit`] with room taken by [`Engine::try_reserve`]; waits for room only when the reservation
     /// is used up.
     pub async fn submit_reserved(
@@ -562,145 +924,17 @@ impl Engine {
         if let Some(l) = self.shared.listener.get() {
             l.queued(&item.notification, item.retries);
         }
-        let key = QueueKey {
-            domain: item.notification.domain.clone(),
-            binding: item.notification.binding.clone(),
-        };
+        let (binding, domain) = (
+            item.notification.binding.clone(),
+            item.notification.domain.clone(),
+        );
         let event = match delay {
             Some(d) => DomainEvent::EnqueueDelayed(item, d),
             None => DomainEvent::Enqueue(item),
         };
-        let sent = match self.send_to_queue(&key, event, arrival) {
-            Handed::Done(sent) => sent,
-            Handed::NoQueue(event) => self.start_queue(key, event, arrival).await,
-        };
-        if sent.is_err() {
-            self.shared.resident.add_permits(1);
-        }
-        sent
-    }
-
-    /// Sends `event` to the running queue of `key` (counting the notification it carries when it is new), under the
-    /// engine-wide lock: a queue retires under the same lock, so it cannot retire between this look and the send.
-    fn send_to_queue(&self, key: &QueueKey, event: DomainEvent, arrival: Arrival) -> Handed {
-        let queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-        match queues.get(key) {
-            Some(DomainHandle {
-                sender: Some(sender),
-                stats,
-            }) => {
-                if arrival == Arrival::New {
-                    stats
-                        .received
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Handed::Done(sender.0.send(event).map_err(|_| SubmitError::ShuttingDown))
-            }
-            _ => Handed::NoQueue(event),
-        }
-    }
-
-    /// Starts the queue of `key` and sends it `event` (or sends it to the queue another submitter started
-    /// meanwhile). The engine-wide lock is held only to look the queue up and to insert it: a first
-    /// notification's settings (which may read credential files, parse a PKCS#12 identity and sign a provider
-    /// token) are resolved outside it, on a blocking thread, so other submitters and the async threads do not
-    /// wait for them. A retired queue starts again with its counters.
-    async fn start_queue(
-        &self,
-        key: QueueKey,
-        event: DomainEvent,
-        arrival: Arrival,
-    ) -> Result<(), SubmitError> {
-        let seen = self
-            .shared
-            .reconfigurations
-            .load(std::sync::atomic::Ordering::Acquire);
-        let (binding, domain) = (key.binding.clone(), key.domain.clone());
-        let settings = resolve_blocking(
-            self.shared.resolver.clone(),
-            key.binding.clone(),
-            key.domain.clone(),
-        )
-        .await?
-        .map_err(|reason| SubmitError::Unroutable {
-            domain: key.domain.to_string(),
-            reason,
-        })?;
-        let (sender, stale) = {
-            let mut queues = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
-            let handle = queues.entry(key).or_insert_with(|| DomainHandle {
-                sender: None,
-                stats: Arc::new(DomainStats::default()),
-            });
-            if arrival == Arrival::New {
-                handle
-                    .stats
-                    .received
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            // Another submitter may have started the queue meanwhile: use it.
-            let sender = match &handle.sender {
-                Some(sender) => sender.clone(),
-                None => {
-                    tracing::debug!(
-                        domain = %settings.domain, binding = %settings.binding,
-                        binding_group = %settings.binding_group, endpoint = %settings.endpoint,
-                        bind_address = ?settings.endpoint.bind, max_connections = settings.max_connections,
-                        "queue started"
-                    );
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    let sender = DomainSender(tx);
-                    handle
-                        .stats
-                        .resting
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                    let task = DomainTask::new(
-                        settings,
-                        seen,
-                        sender.clone(),
-                        rx,
-                        self.shared.clone(),
-                        handle.stats.clone(),
-                    );
-                    tokio::spawn(task.run());
-                    handle.sender = Some(sender.clone());
-                    sender
-                }
-            };
-            let stale = self
-                .shared
-                .reconfigurations
-                .load(std::sync::atomic::Ordering::Acquire)
-                != seen;
-            (sender, stale)
-        };
-        sender
-            .0
-            .send(event)
-            .map_err(|_| SubmitError::ShuttingDown)?;
-        if stale {
-            // A reload listed the queues while these settings were resolved from the configuration before it.
-            // On a task of its own, so that the queue hears the verdict even if this submitter goes away.
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                let epoch = shared
-                    .reconfigurations
-                    .load(std::sync::atomic::Ordering::Acquire);
-                match resolve_blocking(shared.resolver.clone(), binding, domain).await {
-                    Ok(Ok(settings)) => {
-                        let _ = sender.0.send(DomainEvent::Reconfigure { settings, epoch });
-                    }
-                    Ok(Err(e)) => {
-                        let _ = sender.0.send(DomainEvent::Unroutable {
-                            reason: e.to_string(),
-                            epoch,
-                        });
-                    }
-                    Err(_) => {}
-                }
-            });
-        }
-        Ok(())
+        self.shared
+            .hand_event(&binding, &domain, event, arrival)
+            .await
     }
 
     /// Counters of one domain (over every binding it is delivered from), if it has seen traffic.
@@ -1263,6 +1497,129 @@ mod tests {
         );
     }
 
+    /// A simulator, and a resolver whose configuration delivers `apps.example` to it with token auth.
+    async fn simulated_apns(
+        dir: &std::path::Path,
+    ) -> (herald_sim::SimHandle, Arc<crate::delivery::ConfigResolver>) {
+        use herald_sim::{Pki, SimConfig, Simulator};
+        let pki = Pki::generate(&dir.join("pki"), &["com.example.app".to_owned()]).unwrap();
+        let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+            .await
+            .unwrap();
+        let m = &pki.manifest;
+        let text = format!(
+            r#"
+domain "apps.example" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{h2}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  apn_key = "{p8}"
+  apn_key_id = "{kid}"
+  apn_team_id = "{tid}"
+  apn_topic = "com.example.app"
+}}
+"#,
+            h2 = sim.addrs.h2.port(),
+            ca = m.ca_cert.display(),
+            p8 = m.token_key.p8.display(),
+            kid = m.token_key.key_id,
+            tid = m.token_key.team_id,
+        );
+        let config = Config::parse_str("herald.conf", &text).unwrap();
+        let resolver = Arc::new(crate::delivery::ConfigResolver::new(Arc::new(config)));
+        (sim, resolver)
+    }
+
+    /// Waits (at most 60 s) until `done` holds.
+    async fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}: never");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A queue whose task fails (a panic: a defect) goes on with a new task, with the same counters: the
+    /// notifications the failed task held and those submitted afterwards are all delivered, each once, and the
+    /// memory they took is given back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queue_whose_task_fails_goes_on_with_a_new_task() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let (sim, resolver) = simulated_apns(dir.path()).await;
+        let engine = Engine::new(
+            resolver,
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident: 100,
+                ..EngineLimits::default()
+            },
+        );
+        engine.set_held(true);
+        for i in 0..3 {
+            engine.submit(notification(i)).await.unwrap();
+        }
+        for sender in engine.senders(Some("apps.example")).unwrap() {
+            sender.0.send(DomainEvent::Panic).unwrap();
+        }
+        let stats = engine.stats("apps.example").unwrap();
+        wait_until("the task failed", || {
+            stats.task_failures.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        engine.set_held(false);
+        for i in 3..5 {
+            engine.submit(notification(i)).await.unwrap();
+        }
+        wait_until("every notification delivered", || {
+            stats.delivered.load(Ordering::Relaxed) == 5
+        })
+        .await;
+        wait_until("the memory given back", || engine.resident_room() == 100).await;
+        let mut tokens: Vec<String> = sim.record().into_iter().map(|r| r.token).collect();
+        tokens.sort();
+        let expected: Vec<String> = (0..5u8).map(|i| format!("{i:02x}").repeat(32)).collect();
+        assert_eq!(tokens, expected, "each notification delivered once");
+        assert_eq!(stats.received.load(Ordering::Relaxed), 5);
+        assert_eq!(stats.task_failures.load(Ordering::Relaxed), 1);
+    }
+
+    /// Domains seen once each, beyond [`MAX_RETIRED_QUEUES`] (a regex domain stanza serving any recipient
+    /// domain): the engine forgets the least recently used, not a paused one, and keeps the recent ones.
+    #[tokio::test]
+    async fn retired_queues_beyond_the_bound_are_forgotten_least_recently_used_first() {
+        let engine = test_engine(Arc::new(StaticResolver::default()));
+        let to = |domain: &str| {
+            let mut n = notification(0);
+            n.domain = Arc::from(domain);
+            n
+        };
+        engine.count_received(&to("paused.example"));
+        assert!(engine.set_paused("paused.example", true));
+        engine.count_received(&to("first.example"));
+        let seen = MAX_RETIRED_QUEUES + MAX_RETIRED_QUEUES / 4;
+        for i in 0..seen {
+            engine.count_received(&to(&format!("d{i}.example")));
+        }
+        let kept = engine.binding_stats_all().len();
+        assert!(
+            kept <= MAX_RETIRED_QUEUES + MAX_RETIRED_QUEUES / 8 + 2,
+            "{kept} kept"
+        );
+        assert!(
+            engine.stats("paused.example").is_some(),
+            "a paused one is kept"
+        );
+        assert!(
+            engine.stats("first.example").is_none(),
+            "the least recently used is forgotten"
+        );
+        let last = engine.stats(&format!("d{}.example", seen - 1)).unwrap();
+        assert_eq!(last.received.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
     fn limits(text: &str) -> EngineLimits {
         let config = Config::parse_str("herald.conf", text).expect("the test configuration parses");
         EngineLimits::from_config(&config)
@@ -1280,5 +1637,13 @@ mod tests {
         );
         assert_eq!(limits("idle_queue_timeout = 0\n").idle_queue_timeout, None);
         assert_eq!(limits("max_resident_notifications = 7\n").max_resident, 7);
+        assert_eq!(
+            limits("").message_expiration,
+            std::time::Duration::from_secs(86400)
+        );
+        assert_eq!(
+            limits("message_expiration = 120\n").message_expiration,
+            std::time::Duration::from_secs(120)
+        );
     }
 }

@@ -79,6 +79,8 @@ pub struct DomainStats {
     pub resting: std::sync::atomic::AtomicBool,
     /// Times the queue's task and pool were let go after `idle_queue_timeout` at rest with nothing queued.
     pub retired: AtomicU64,
+    /// Times the queue's task failed (a panic, a defect) and a new one took over its notifications.
+    pub task_failures: AtomicU64,
 }
 
 impl DomainStats {
@@ -197,6 +199,7 @@ impl DomainStats {
             add64(&total.latency_micros, &p.latency_micros);
             add64(&total.looks, &p.looks);
             add64(&total.retired, &p.retired);
+            add64(&total.task_failures, &p.task_failures);
             if !p.resting.load(Ordering::Relaxed) {
                 total.resting.store(false, Ordering::Relaxed);
             }
@@ -246,9 +249,11 @@ mod tests {
         b.set_connections(3);
         a.retired.store(1, Ordering::Relaxed);
         b.retired.store(2, Ordering::Relaxed);
+        a.task_failures.store(1, Ordering::Relaxed);
         a.resting.store(true, Ordering::Relaxed);
         let total = DomainStats::sum(&[&a, &b]);
         assert_eq!(total.retired.load(Ordering::Relaxed), 3);
+        assert_eq!(total.task_failures.load(Ordering::Relaxed), 1);
         assert!(!total.resting.load(Ordering::Relaxed), "one part is busy");
         b.resting.store(true, Ordering::Relaxed);
         assert!(DomainStats::sum(&[&a, &b]).resting.load(Ordering::Relaxed));

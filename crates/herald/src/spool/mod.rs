@@ -69,6 +69,12 @@ impl SpoolBridge {
             .get()
             .map_or(0, |gate| gate.release(&*self.spool))
     }
+
+    /// Finished notifications whose removal from the spool waits for the outcome writers now
+    /// ([`removals::RemovalGate::held`]).
+    pub fn held_removals(&self) -> usize {
+        self.removals.get().map_or(0, |gate| gate.held())
+    }
 }
 
 impl Durable for SpoolBridge {
@@ -233,18 +239,90 @@ impl RestoreProgress {
 /// Notifications handed from the spool's reading thread to the queueing task at a time.
 const RESTORE_CHUNK: usize = 512;
 
+/// The wait before the restore reads the spool again after a failed read; doubled after each failure in a row, up
+/// to [`RESTORE_RETRY_MAX`].
+const RESTORE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const RESTORE_RETRY_MAX: Duration = Duration::from_secs(300);
+
 /// Reads every notification the spool held when it was opened and queues it again, with its retry state. The
 /// spool may already take new notifications meanwhile (recovery does not visit them), so a server can serve while
 /// its backlog is restored. Stops early, leaving the rest spooled, when the queue shuts down.
+///
+/// A read of the spool that fails (an I/O error) is tried again after a wait that doubles up to
+/// [`RESTORE_RETRY_MAX`], one warning per attempt, until it succeeds or the spool is closed: the next read skips
+/// what the failed ones queued (the spool is read in key order), so nothing is queued twice.
 pub async fn restore(
     spool: Arc<dyn Spool>,
     engine: Arc<Engine>,
     progress: &RestoreProgress,
 ) -> Result<Restored, SpoolError> {
+    restore_retrying(spool, engine, progress, RESTORE_RETRY_FIRST).await
+}
+
+/// [`restore`], with `first_wait` before the first read again.
+async fn restore_retrying(
+    spool: Arc<dyn Spool>,
+    engine: Arc<Engine>,
+    progress: &RestoreProgress,
+    first_wait: Duration,
+) -> Result<Restored, SpoolError> {
+    let mut pass = RestorePass::default();
+    let mut wait = first_wait;
+    let mut attempt = 1u32;
+    loop {
+        match restore_pass(spool.clone(), engine.clone(), progress, &mut pass).await {
+            Ok(report) => {
+                pass.restored.report = RecoveryReport {
+                    recovered: pass.recovered,
+                    ..report
+                };
+                return Ok(pass.restored);
+            }
+            Err(SpoolError::Closed) => return Err(SpoolError::Closed),
+            Err(e) => {
+                let resume = pass
+                    .last
+                    .map_or_else(|| "from the start".to_owned(), |k| format!("after {k}"));
+                tracing::warn!(
+                    attempt,
+                    queued = pass.restored.queued,
+                    "restoring the spool failed: {e}; reading it again in {wait:?}, {resume}"
+                );
+                tokio::time::sleep(wait).await;
+                wait = wait.saturating_mul(2).min(RESTORE_RETRY_MAX);
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// What the reads of a restore have done so far.
+#[derive(Default)]
+struct RestorePass {
+    restored: Restored,
+    /// The last key handed to the queue (queued or dropped): a read again skips up to it.
+    last: Option<SpoolKey>,
+    /// Notifications handed to the queue, over every read.
+    recovered: u64,
+    /// Domains that cannot deliver, warned about once each.
+    unroutable: std::collections::HashSet<String>,
+}
+
+/// One read of the spool for [`restore`]: queues what comes after `pass.last`.
+async fn restore_pass(
+    spool: Arc<dyn Spool>,
+    engine: Arc<Engine>,
+    progress: &RestoreProgress,
+    pass: &mut RestorePass,
+) -> Result<RecoveryReport, SpoolError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StoredNotification>>(8);
+    let after = pass.last;
     let reader = tokio::task::spawn_blocking(move || {
         let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
         let report = spool.recover_each(&mut |n| {
+            if after.is_some_and(|after| n.key <= after) {
+                return ControlFlow::Continue(());
+            }
             chunk.push(n);
             if chunk.len() < RESTORE_CHUNK {
                 return ControlFlow::Continue(());
@@ -256,50 +334,55 @@ pub async fn restore(
                 Err(_) => ControlFlow::Break(()),
             }
         });
+        // Also after a failed read: what it visited is queued, and the next read starts after it.
         let _ = tx.blocking_send(chunk);
         report
     });
-    let mut restored = Restored::default();
-    let mut unroutable = std::collections::HashSet::new();
     'chunks: while let Some(chunk) = rx.recv().await {
         for stored in chunk {
-            let id = MessageId(stored.key.0);
+            let key = stored.key;
+            let id = MessageId(key.0);
             match from_stored(stored) {
                 Ok((n, retries, next)) => match engine.restore(n, retries, next).await {
                     Ok(()) => {
-                        restored.queued += 1;
+                        pass.restored.queued += 1;
                         progress
                             .queued
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(SubmitError::ShuttingDown) => {
-                        restored.interrupted = true;
+                        pass.restored.interrupted = true;
                         break 'chunks;
                     }
                     Err(SubmitError::Unroutable { domain, reason }) => {
-                        restored.dropped += 1;
+                        pass.restored.dropped += 1;
                         // Once per domain: a domain removed from the configuration may hold many.
-                        if !unroutable.contains(&domain) {
+                        if !pass.unroutable.contains(&domain) {
                             tracing::warn!(
                                 "spooled notifications of {domain:?} stay in the spool, not queued: the domain \
                                  cannot deliver: {reason} (first: {id})"
                             );
-                            unroutable.insert(domain);
+                            pass.unroutable.insert(domain);
                         }
                     }
                 },
                 Err(e) => {
-                    restored.dropped += 1;
+                    pass.restored.dropped += 1;
                     tracing::warn!("{e}");
                 }
             }
+            pass.last = Some(key);
+            pass.recovered += 1;
         }
     }
     drop(rx);
-    restored.report = reader.await.map_err(|e| {
+    let report = reader.await.map_err(|e| {
         SpoolError::from_io("recovery thread", std::io::Error::other(e.to_string()))
-    })??;
-    Ok(restored)
+    })?;
+    if pass.restored.interrupted {
+        return Ok(report.unwrap_or_default());
+    }
+    report
 }
 
 /// Restores the spool (see [`restore`]) in a task of its own and logs the outcome: the server serves meanwhile.
@@ -332,7 +415,7 @@ pub fn spawn_restore(
             ),
             Ok(_) => {}
             Err(e) => tracing::error!(
-                "restoring the spool failed after {:?}: {e}; what was not queued stays spooled until the next start",
+                "restoring the spool stopped after {:?}: {e}; what was not queued stays spooled until the next start",
                 started.elapsed()
             ),
         }
@@ -340,39 +423,128 @@ pub fn spawn_restore(
     })
 }
 
+/// How long a pulled notification of a domain this node cannot deliver goes back to the stream for.
+const UNROUTED_RELEASE: Duration = Duration::from_secs(60);
+
+/// At most one warning per domain this often about pulled notifications this node cannot deliver.
+const UNROUTED_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// Queues the notifications this node pulls from the JetStream spool, as long as the engine runs. Each keeps the id
 /// its sender was answered on the node that accepted it (its spool key, carried in the message): it is delivered,
 /// logged, looked up and reported to webhooks under that id, and the spool acks, naks or hands back its message by
 /// that id ([`QueueObserver`] above). A notification that cannot be queued (unreadable, or of a domain this node does
-/// not know) goes back to the stream after a delay, for a node that can.
+/// not know) goes back to the stream after a delay, for a node that can; one of a domain this node cannot deliver
+/// fails once the global `message_expiration` has passed since its reception, as an expired one does.
 pub fn spawn_pull(spool: Arc<herald_spool::JetStreamSpool>, engine: Arc<Engine>) {
     let Some(mut deliveries) = spool.take_deliveries() else {
         return;
     };
     tokio::spawn(async move {
+        let mut warnings = UnroutedWarnings::default();
+        let release = |key: SpoolKey, delay: Duration| spool.release(key, delay);
         while let Some(stored) = deliveries.recv().await {
-            let key = stored.key;
-            match from_stored(stored) {
-                Ok((n, retries, next)) => {
-                    if let Err(e) = engine.restore(n, retries, next).await {
-                        tracing::warn!("{key}: not queued ({e}); back to the stream for a minute");
-                        spool.release(key, Duration::from_secs(60));
-                        if matches!(e, SubmitError::ShuttingDown) {
-                            return;
-                        }
-                    }
-                }
-                // A field value this build does not know (a newer herald accepted it): for a node that does.
-                Err(e) => {
-                    let delay = herald_spool::jetstream::NEWER_FORMAT_DELAY;
-                    tracing::warn!(
-                        "{e}; back to the stream for {delay:?}, for a node that reads it"
-                    );
-                    spool.release(key, delay);
-                }
+            if pull_one(&engine, stored, &release, &mut warnings)
+                .await
+                .is_break()
+            {
+                return;
             }
         }
     });
+}
+
+/// Queues one notification pulled from the shared stream, or gives it back to the stream with `release` (or fails
+/// it: see [`spawn_pull`]). Breaks when the engine shuts down.
+async fn pull_one(
+    engine: &Engine,
+    stored: StoredNotification,
+    release: &(dyn Fn(SpoolKey, Duration) + Send + Sync),
+    warnings: &mut UnroutedWarnings,
+) -> ControlFlow<()> {
+    let key = stored.key;
+    let (n, retries, next) = match from_stored(stored) {
+        Ok(restored) => restored,
+        // A field value this build does not know (a newer herald accepted it): for a node that does.
+        Err(e) => {
+            let delay = herald_spool::jetstream::NEWER_FORMAT_DELAY;
+            tracing::warn!("{e}; back to the stream for {delay:?}, for a node that reads it");
+            release(key, delay);
+            return ControlFlow::Continue(());
+        }
+    };
+    // Kept to fail it if it cannot be queued (a clone shares the token and the payload).
+    let pulled = n.clone();
+    match engine.restore(n, retries, next).await {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(e @ SubmitError::ShuttingDown) => {
+            tracing::warn!("{key}: not queued ({e}); back to the stream for a minute");
+            release(key, UNROUTED_RELEASE);
+            ControlFlow::Break(())
+        }
+        Err(SubmitError::Unroutable { domain, reason }) => {
+            let age = Duration::from_secs(
+                crate::queue::message::unix_now().saturating_sub(pulled.received_at),
+            );
+            if age >= engine.message_expiration() {
+                let error = format!(
+                    "554 5.4.7 [internal] exceeded max time without delivery; last error: domain {domain:?} \
+                     cannot be delivered here: {reason}"
+                );
+                engine.fail_unqueued(
+                    &pulled,
+                    retries,
+                    &error,
+                    "exceeded max time without delivery; last error: Unroutable",
+                );
+                return ControlFlow::Continue(());
+            }
+            release(key, UNROUTED_RELEASE);
+            if let Some(count) = warnings.note(&domain, std::time::Instant::now()) {
+                tracing::warn!(
+                    "{count} pulled notification(s) of {domain:?} not queued ({reason}); each goes back to the \
+                     stream for {} s, for a node that delivers the domain, and fails once message_expiration \
+                     ({} s) has passed since its reception",
+                    UNROUTED_RELEASE.as_secs(),
+                    engine.message_expiration().as_secs()
+                );
+            }
+            ControlFlow::Continue(())
+        }
+    }
+}
+
+/// Counts the pulled notifications of each domain this node cannot deliver, so that it warns about them at most
+/// once per domain per [`UNROUTED_WARN_EVERY`], with how many there were.
+#[derive(Default)]
+struct UnroutedWarnings {
+    /// By domain: when its last warning was given, and the notifications since then.
+    domains: std::collections::HashMap<String, (std::time::Instant, u64)>,
+}
+
+impl UnroutedWarnings {
+    /// Domains remembered before those not warned about lately are forgotten.
+    const REMEMBERED: usize = 1024;
+
+    /// Counts one notification of `domain` at `now`: `Some(count)` when a warning is due, with the notifications
+    /// it covers (this one included).
+    fn note(&mut self, domain: &str, now: std::time::Instant) -> Option<u64> {
+        if let Some((warned, count)) = self.domains.get_mut(domain) {
+            *count += 1;
+            if now.duration_since(*warned) < UNROUTED_WARN_EVERY {
+                return None;
+            }
+            let covered = *count;
+            *warned = now;
+            *count = 0;
+            return Some(covered);
+        }
+        if self.domains.len() >= Self::REMEMBERED {
+            self.domains
+                .retain(|_, (warned, _)| now.duration_since(*warned) < UNROUTED_WARN_EVERY);
+        }
+        self.domains.insert(domain.to_owned(), (now, 0));
+        Some(1)
+    }
 }
 
 #[cfg(test)]
@@ -411,6 +583,232 @@ pub(crate) mod tests {
         }
     }
 
+    /// A spool whose first reads fail after visiting `visits_before_failing` notifications.
+    struct FailingReads {
+        inner: herald_spool::MemorySpool,
+        failures_left: std::sync::atomic::AtomicU32,
+        visits_before_failing: usize,
+    }
+
+    impl Spool for FailingReads {
+        fn next_key(&self) -> SpoolKey {
+            self.inner.next_key()
+        }
+        fn append(&self, batch: Vec<StoredNotification>) -> herald_spool::SpoolFuture<()> {
+            self.inner.append(batch)
+        }
+        fn reschedule(&self, key: SpoolKey, retries: u32, next_attempt_ms: u64) {
+            self.inner.reschedule(key, retries, next_attempt_ms)
+        }
+        fn remove(&self, keys: &[SpoolKey]) {
+            self.inner.remove(keys)
+        }
+        fn recovery_bound(&self) -> Option<SpoolKey> {
+            self.inner.recovery_bound()
+        }
+        fn recover_each(
+            &self,
+            visit: &mut dyn FnMut(StoredNotification) -> ControlFlow<()>,
+        ) -> Result<RecoveryReport, SpoolError> {
+            let failing = self
+                .failures_left
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+            if !failing {
+                return self.inner.recover_each(visit);
+            }
+            let mut visited = 0;
+            self.inner.recover_each(&mut |n| {
+                if visited == self.visits_before_failing {
+                    return ControlFlow::Break(());
+                }
+                visited += 1;
+                visit(n)
+            })?;
+            Err(SpoolError::Io {
+                context: "reading the test spool",
+                source: Arc::new(std::io::Error::other("a read error of the test")),
+            })
+        }
+        fn stats(&self) -> herald_spool::SpoolStats {
+            self.inner.stats()
+        }
+        fn flush(&self) -> herald_spool::SpoolFuture<()> {
+            self.inner.flush()
+        }
+        fn close(&self) -> herald_spool::SpoolFuture<()> {
+            self.inner.close()
+        }
+    }
+
+    /// A read of the spool that fails part-way through the restore is tried again, after a wait, from where it
+    /// stopped: every spooled notification is queued, none twice.
+    #[tokio::test]
+    async fn a_failed_read_of_the_spool_is_tried_again_from_where_it_stopped() {
+        use crate::logs::Logs;
+        use crate::outbound::settings::DeliverySettings;
+        use crate::queue::{EngineLimits, MemoryInvalidTokens, StaticResolver};
+        use herald_spool::MemorySpool;
+
+        let before = MemorySpool::new();
+        let mut n = sample();
+        n.binding = Arc::from(DEFAULT_BINDING);
+        let ids: Vec<MessageId> = (0..10u64)
+            .map(|i| MessageId::from_parts(1, 1_800_000_000_000, i))
+            .collect();
+        for id in &ids {
+            n.id = *id;
+            before.append(vec![to_stored(&n)]).await.unwrap();
+        }
+        let spool: Arc<dyn Spool> = Arc::new(FailingReads {
+            inner: before.reopened(),
+            failures_left: std::sync::atomic::AtomicU32::new(2),
+            visits_before_failing: 4,
+        });
+        // A route nothing listens on, with delivery held: the notifications stay queued to be counted.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let engine = Arc::new(Engine::new(
+            Arc::new(
+                StaticResolver::default().with(DeliverySettings::for_tests("apps.example", port)),
+            ),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        engine.set_held(true);
+        let progress = RestoreProgress::default();
+        let restored = restore_retrying(
+            spool.clone(),
+            engine.clone(),
+            &progress,
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!((restored.queued, restored.dropped), (10, 0));
+        assert_eq!(restored.report.recovered, 10);
+        assert!(!restored.interrupted);
+        let mut queued: Vec<MessageId> = engine
+            .showqueue("apps.example", 100, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        queued.sort();
+        assert_eq!(queued, ids, "each spooled notification queued once");
+    }
+
+    /// Told which notifications finished (the spool's side of the queue).
+    #[derive(Default)]
+    struct Finished(std::sync::Mutex<Vec<MessageId>>);
+
+    impl QueueObserver for Finished {
+        fn finished(&self, ids: &[MessageId]) {
+            self.0.lock().unwrap().extend_from_slice(ids);
+        }
+        fn rescheduled(&self, _: MessageId, _: u32, _: SystemTime) {}
+    }
+
+    /// Outcomes as the status book and the webhooks hear them.
+    #[derive(Default)]
+    struct Outcomes(std::sync::Mutex<Vec<(MessageId, crate::logs::OutcomeKind, String)>>);
+
+    impl crate::outcomes::OutcomeListener for Outcomes {
+        fn outcome(&self, r: &crate::logs::OutcomeRecord<'_>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((r.notification.id, r.kind, r.error.to_owned()));
+        }
+    }
+
+    /// A notification pulled from the shared stream whose domain this node cannot deliver goes back to the stream
+    /// while it is younger than the global `message_expiration`, and fails permanently once it is older, as an
+    /// expired notification does: logged and reported with the reason, and removed from the stream.
+    #[tokio::test]
+    async fn a_pulled_notification_no_node_delivers_fails_once_it_expires() {
+        use crate::logs::{Logs, OutcomeKind};
+        use crate::queue::{EngineLimits, MemoryInvalidTokens, StaticResolver};
+
+        let engine = Engine::new(
+            Arc::new(StaticResolver::default()),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                message_expiration: Duration::from_secs(3600),
+                ..EngineLimits::default()
+            },
+        );
+        let finished = Arc::new(Finished::default());
+        let outcomes = Arc::new(Outcomes::default());
+        engine.set_observer(finished.clone());
+        engine.set_outcome_listener(outcomes.clone());
+        let released = std::sync::Mutex::new(Vec::new());
+        let release = |key: SpoolKey, delay: Duration| released.lock().unwrap().push((key, delay));
+        let mut warnings = UnroutedWarnings::default();
+        let now = crate::queue::message::unix_now();
+        let mut young = sample();
+        young.id = MessageId::from_parts(1, 1_800_000_000_000, 1);
+        young.received_at = now - 60;
+        let mut old = sample();
+        old.id = MessageId::from_parts(1, 1_800_000_000_000, 2);
+        old.received_at = now - 3601;
+
+        let flow = pull_one(&engine, to_stored(&young), &release, &mut warnings).await;
+        assert!(flow.is_continue());
+        assert_eq!(
+            *released.lock().unwrap(),
+            vec![(SpoolKey(young.id.0), UNROUTED_RELEASE)]
+        );
+        assert!(finished.0.lock().unwrap().is_empty());
+        assert!(outcomes.0.lock().unwrap().is_empty());
+
+        let flow = pull_one(&engine, to_stored(&old), &release, &mut warnings).await;
+        assert!(flow.is_continue());
+        assert_eq!(
+            released.lock().unwrap().len(),
+            1,
+            "the expired one is not given back"
+        );
+        assert_eq!(*finished.0.lock().unwrap(), vec![old.id]);
+        let outcomes = outcomes.0.lock().unwrap();
+        assert_eq!(outcomes.len(), 1);
+        let (id, kind, error) = &outcomes[0];
+        assert_eq!((*id, *kind), (old.id, OutcomeKind::Permanent));
+        assert!(
+            error.starts_with("554 5.4.7 [internal] exceeded max time without delivery")
+                && error.contains("apps.example"),
+            "{error}"
+        );
+        let stats = engine.stats("apps.example").unwrap();
+        assert_eq!(
+            stats.permanent.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    /// One warning per domain per interval, counting the notifications it covers.
+    #[test]
+    fn unrouted_warnings_are_one_per_domain_per_interval_with_a_count() {
+        let mut w = UnroutedWarnings::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(w.note("a.example", t0), Some(1));
+        assert_eq!(w.note("b.example", t0), Some(1));
+        for s in 1..=3 {
+            assert_eq!(w.note("a.example", t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(w.note("a.example", t0 + UNROUTED_WARN_EVERY), Some(4));
+        assert_eq!(w.note("a.example", t0 + UNROUTED_WARN_EVERY), None);
+        assert_eq!(w.note("b.example", t0 + UNROUTED_WARN_EVERY * 2), Some(1));
+    }
+
     #[test]
     fn a_notification_survives_the_round_trip_through_its_record() {
         let n = sample();
@@ -427,12 +825,14 @@ pub(crate) mod tests {
     }
 
     /// Notifications of a domain the configuration no longer has are not queued and stay in the spool (the next
-    /// start with the domain configured again delivers them).
+    /// start with the domain configured again delivers them). The status book does not follow them: a lookup does
+    /// not call them queued, and the book does not grow with each of them.
     #[tokio::test]
     async fn notifications_of_an_unconfigured_domain_stay_spooled() {
         use crate::logs::Logs;
+        use crate::outcomes::book::{Found, StatusBook};
         use crate::queue::{EngineLimits, MemoryInvalidTokens, StaticResolver};
-        use herald_spool::MemorySpool;
+        use herald_spool::{MemorySpool, OutcomeStore};
 
         let before = MemorySpool::new();
         let mut n = sample();
@@ -448,8 +848,21 @@ pub(crate) mod tests {
             Arc::new(MemoryInvalidTokens::default()),
             EngineLimits::default(),
         ));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1000);
+        engine.set_outcome_listener(book.clone());
         let progress = RestoreProgress::default();
         let restored = restore(spool.clone(), engine, &progress).await.unwrap();
+        assert_eq!(
+            book.stats().tracked,
+            0,
+            "the book follows notifications not queued"
+        );
+        assert!(matches!(
+            book.lookup(&crate::outcomes::key_of(n.id)).unwrap(),
+            Found::Unknown
+        ));
         assert_eq!(progress.queued(), 0);
         assert_eq!(
             (restored.report.recovered, restored.queued, restored.dropped),

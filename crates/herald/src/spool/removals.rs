@@ -7,6 +7,11 @@
 //! over when it was made ([`OutcomeWriter`]), until every writer has stored that much. A crash before then
 //! delivers the notification again after the restart, as a crash between a delivery and its removal always could,
 //! and its outcome is recorded again with it.
+//!
+//! Held removals wait in the order they were made, with their counts read in that order under the gate's lock:
+//! each writer's count only grows, so a removal is released no sooner than the ones before it, and the gate looks
+//! only at the front of the line. A writer that stalls without failing makes the line grow (one entry per finished
+//! batch, see [`RemovalGate::held`]) but not the cost of each look.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
@@ -23,7 +28,10 @@ const LOOK_EVERY: Duration = Duration::from_millis(2);
 /// Removals waiting for outcome writers (see the module documentation).
 pub struct RemovalGate {
     writers: Vec<Arc<dyn OutcomeWriter>>,
+    /// In the order the removals were made, so in ticket order (see the module documentation).
     held: Mutex<VecDeque<Held>>,
+    /// Notifications in `held`, for [`RemovalGate::held`] without the lock.
+    held_keys: std::sync::atomic::AtomicUsize,
     wake: Arc<Notify>,
 }
 
@@ -40,6 +48,7 @@ impl RemovalGate {
         let gate = Arc::new(RemovalGate {
             writers,
             held: Mutex::new(VecDeque::new()),
+            held_keys: std::sync::atomic::AtomicUsize::new(0),
             wake: Arc::new(Notify::new()),
         });
         tokio::spawn(release_loop(
@@ -53,19 +62,28 @@ impl RemovalGate {
     /// Removes `keys` from `spool` at once when no removal is held and every writer has stored all it was handed;
     /// holds them otherwise. Called after the notifications' outcomes were handed to the writers.
     pub fn remove(&self, spool: &dyn Spool, keys: Vec<SpoolKey>) {
-        let ticket: Vec<u64> = self.writers.iter().map(|w| w.handed()).collect();
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock, so that the line is in ticket order (the module documentation).
+        let ticket: Vec<u64> = self.writers.iter().map(|w| w.handed()).collect();
         if held.is_empty() && self.stored(&ticket) {
             drop(held);
             spool.remove(&keys);
             return;
         }
         let first = held.is_empty();
+        self.held_keys
+            .fetch_add(keys.len(), std::sync::atomic::Ordering::Relaxed);
         held.push_back(Held { ticket, keys });
         drop(held);
         if first {
             self.wake.notify_one();
         }
+    }
+
+    /// Notifications whose removal waits for the outcome writers now: they stay in the spool meanwhile, and a
+    /// number that keeps growing means a writer that stores nothing any more (a hung disk).
+    pub fn held(&self) -> usize {
+        self.held_keys.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// At a graceful stop, once the writers were flushed: removes every held removal whose outcomes are stored,
@@ -75,12 +93,7 @@ impl RemovalGate {
         if !keys.is_empty() {
             spool.remove(&keys);
         }
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|h| h.keys.len())
-            .sum()
+        self.held()
     }
 
     fn stored(&self, ticket: &[u64]) -> bool {
@@ -92,19 +105,29 @@ impl RemovalGate {
 
     /// The keys of the held removals whose outcomes are stored now, taken out of the gate.
     fn take_released(&self) -> Vec<SpoolKey> {
+        self.take_released_looking().0
+    }
+
+    /// [`RemovalGate::take_released`], and how many held removals it looked at: those released, and the first one
+    /// still waiting (the line is in ticket order, so none after it can be released).
+    fn take_released_looking(&self) -> (Vec<SpoolKey>, usize) {
         let stored: Vec<u64> = self.writers.iter().map(|w| w.stored()).collect();
         let mut keys = Vec::new();
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain_mut(|h| {
-                let released = h.ticket.iter().zip(&stored).all(|(t, s)| s >= t);
-                if released {
-                    keys.append(&mut h.keys);
-                }
-                !released
-            });
-        keys
+        let mut looked = 0;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(front) = held.front() {
+            looked += 1;
+            if !front.ticket.iter().zip(&stored).all(|(t, s)| s >= t) {
+                break;
+            }
+            if let Some(mut h) = held.pop_front() {
+                keys.append(&mut h.keys);
+            }
+        }
+        drop(held);
+        self.held_keys
+            .fetch_sub(keys.len(), std::sync::atomic::Ordering::Relaxed);
+        (keys, looked)
     }
 
     fn is_holding(&self) -> bool {
@@ -232,6 +255,38 @@ mod tests {
         let gate = RemovalGate::start(vec![book.clone()], &dyn_spool);
         gate.remove(&*spool, vec![key(1)]);
         assert!(spool.get(key(1)).is_none());
+    }
+
+    /// A writer that stalls without failing holds every removal after it; each look of the gate costs what it
+    /// releases, not what it holds, and releases in the order the removals were made.
+    #[tokio::test]
+    async fn a_stalled_writer_makes_the_line_grow_not_the_cost_of_each_look() {
+        let spool = spool_of(1).await;
+        let dyn_spool: Arc<dyn Spool> = spool.clone();
+        let book = Arc::new(Counts::default());
+        let gate = RemovalGate::start(vec![book.clone()], &dyn_spool);
+        for i in 0..1000u32 {
+            book.handed.store(u64::from(i) + 1, Ordering::SeqCst);
+            gate.remove(&*spool, vec![SpoolKey(1000 + u128::from(i))]);
+        }
+        assert_eq!(gate.held(), 1000);
+        let (keys, looked) = gate.take_released_looking();
+        assert!(keys.is_empty());
+        assert_eq!(
+            looked, 1,
+            "a look with nothing stored sees only the first removal"
+        );
+        book.stored.store(10, Ordering::SeqCst);
+        let (keys, looked) = gate.take_released_looking();
+        assert_eq!(
+            keys,
+            (0..10u128).map(|i| SpoolKey(1000 + i)).collect::<Vec<_>>()
+        );
+        assert_eq!(looked, 11, "the ten released and the first still waiting");
+        assert_eq!(gate.held(), 990);
+        book.stored.store(1000, Ordering::SeqCst);
+        assert_eq!(gate.release(&*spool), 0);
+        assert_eq!(gate.held(), 0);
     }
 
     /// At a graceful stop the released removals are applied and the ones still waiting are counted (they stay
