@@ -76,6 +76,12 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
     );
     counter(
         &mut out,
+        "herald_queue_task_failures_total",
+        "Times a queue's task failed (a panic: a defect of herald) and a new task took its notifications over.",
+        &|s| s.task_failures.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "herald_streams_cancelled_total",
         "HTTP/2 streams cancelled (RST_STREAM CANCEL) after no answer within the response timeout.",
         &|s| s.streams_cancelled.load(Ordering::Relaxed),

@@ -209,6 +209,7 @@ impl Server {
         let broadcasts = self.broadcasts.clone();
         let logs = self.engine.logs().clone();
         let tokens = self.invalid_tokens.clone();
+        let bridge = self.bridge.clone();
         Arc::new(move |out: &mut String| {
             let dropped_lines =
                 logs.dropped_lines() + tokens.feedback_log().map_or(0, |f| f.dropped_lines());
@@ -221,6 +222,10 @@ impl Server {
                  # HELP herald_outcomes_tracked Notifications followed in memory by the status book.\n# TYPE herald_outcomes_tracked gauge\nherald_outcomes_tracked {}\n\
                  # HELP herald_outcomes_dropped_total Final outcomes not stored because the store fell behind or refused them.\n# TYPE herald_outcomes_dropped_total counter\nherald_outcomes_dropped_total {}\n",
                 s.stored, s.tracked, s.dropped + hooks.handoff_dropped()
+            ));
+            out.push_str(&format!(
+                "# HELP herald_spool_removals_waiting_for_outcomes Finished notifications whose removal from the spool waits until their outcome is stored.\n# TYPE herald_spool_removals_waiting_for_outcomes gauge\nherald_spool_removals_waiting_for_outcomes {}\n",
+                bridge.held_removals()
             ));
             hooks.render_metrics(out);
             channels.render_metrics(out);

@@ -527,6 +527,11 @@ fn expected(s: &Setup) -> BTreeMap<&'static str, BTreeMap<Labels, f64>> {
             "herald_streams_cancelled_total",
             by_domain(&[(OK, 0.0), (BUSY, 0.0), (HELD, 0.0)]),
         ),
+        // No queue's task failed.
+        (
+            "herald_queue_task_failures_total",
+            by_domain(&[(OK, 0.0), (BUSY, 0.0), (HELD, 0.0)]),
+        ),
         (
             "herald_delivery_latency_seconds_count",
             by_domain(&[(OK, GOOD as f64), (BUSY, 0.0), (HELD, 0.0)]),
@@ -553,6 +558,11 @@ fn expected(s: &Setup) -> BTreeMap<&'static str, BTreeMap<Labels, f64>> {
         ),
         (
             "herald_spool_restored_total",
+            BTreeMap::from([(Labels::new(), 0.0)]),
+        ),
+        // Every outcome was stored: no removal waits for one.
+        (
+            "herald_spool_removals_waiting_for_outcomes",
             BTreeMap::from([(Labels::new(), 0.0)]),
         ),
         (
@@ -642,6 +652,7 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_streams_in_flight", "gauge"),
             ("herald_stream_limit", "gauge"),
             ("herald_queues_running", "gauge"),
+            ("herald_queue_task_failures_total", "counter"),
             ("herald_streams_cancelled_total", "counter"),
             ("herald_delivery_latency_seconds", "histogram"),
             ("herald_certificate_expiry_timestamp_seconds", "gauge"),
@@ -657,6 +668,7 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_outcomes_stored", "gauge"),
             ("herald_outcomes_tracked", "gauge"),
             ("herald_outcomes_dropped_total", "counter"),
+            ("herald_spool_removals_waiting_for_outcomes", "gauge"),
             ("herald_webhook_backlog", "gauge"),
             ("herald_webhook_delivered_total", "counter"),
             ("herald_webhook_dropped_total", "counter"),
