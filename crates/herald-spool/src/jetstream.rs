@@ -10,16 +10,18 @@
 //! Unlike the embedded spool it has nothing to recover at start: what a node did not finish is redelivered by
 //! JetStream, to whichever node pulls next, once the consumer's ack wait has passed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::FromConsumer;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 
 use crate::error::SpoolError;
 use crate::key::SpoolKey;
@@ -38,6 +40,29 @@ pub const SAME_ID_DELAY: Duration = Duration::from_secs(5);
 /// A pulled notification this node cannot read (a newer record format or field value, from a newer herald during
 /// a rolling upgrade) goes back to the stream for this long, for a node that reads it; it is never dropped.
 pub const NEWER_FORMAT_DELAY: Duration = Duration::from_secs(60);
+
+/// A pull asks for this many messages at most (fewer when the node has less room).
+pub const MAX_PULL_BATCH: usize = 512;
+
+/// How long the server keeps a pull open while it has nothing to deliver.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Pulls failing one after the other (no responders: the consumer was deleted) before the node sets the stream and
+/// the consumer up again.
+const PULL_FAILURES_BEFORE_SETUP: u32 = 3;
+
+/// Final acks awaiting the server's answer at most; past it the ack queue waits for answers.
+const MAX_ACKS_IN_FLIGHT: usize = 4096;
+
+/// Times a final ack (or term) is sent when the server does not confirm it.
+const FINAL_ACK_ATTEMPTS: u32 = 4;
+
+/// Notifications finished lately that the node remembers (their stream sequences), at most: a redelivery of one of
+/// them (its final ack was lost) is acked again, not delivered again ([`Finished`]).
+pub const MAX_RECENTLY_FINISHED: usize = 100_000;
+
+/// How often at most a failure that lasts (a heartbeat not written, a consumer that does not fit) is reported again.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// How to reach NATS and which stream to use.
 #[derive(Debug, Clone)]
@@ -176,6 +201,9 @@ pub struct JetStreamSpool {
     serves_lookups: AtomicBool,
     /// In-progress acks queued and not yet sent: the keep-alive queues a round only once the last one went out.
     progress_queued: Arc<AtomicU64>,
+    /// The consumer's ack wait as the server has it (milliseconds), which may differ from `options.ack_wait` when
+    /// another node changed it: in-progress acks go every third of it.
+    consumer_ack_wait_ms: AtomicU64,
 }
 
 impl JetStreamSpool {
@@ -248,7 +276,8 @@ impl JetStreamSpool {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let (acks, ack_jobs) = tokio::sync::mpsc::unbounded_channel();
         let progress_queued = Arc::new(AtomicU64::new(0));
-        tokio::spawn(ack_loop(ack_jobs, progress_queued.clone()));
+        let consumer_ack_wait_ms = AtomicU64::new(duration_ms(options.ack_wait));
+        tokio::spawn(ack_loop(client.clone(), ack_jobs, progress_queued.clone()));
         let first_try = options.connect_timeout;
         let spool = Arc::new(JetStreamSpool {
             client,
@@ -277,6 +306,7 @@ impl JetStreamSpool {
             beating: AtomicBool::new(false),
             serves_lookups: AtomicBool::new(false),
             progress_queued,
+            consumer_ack_wait_ms,
             options,
         });
         match tokio::time::timeout(first_try, spool.setup()).await {
@@ -289,7 +319,10 @@ impl JetStreamSpool {
         Ok(spool)
     }
 
-    /// Creates or checks the stream and the consumer.
+    /// Creates or checks the stream and the consumer. An existing consumer is brought to this node's settings
+    /// where they can change in place (its ack wait, its room for unacked messages, ...); one that cannot serve
+    /// herald as it is (another ack policy, a delivery limit, another filter) is refused with a
+    /// [`SpoolError::Config`] naming the setting.
     async fn setup(
         &self,
     ) -> Result<(consumer::PullConsumer, jetstream::stream::Stream), SpoolError> {
@@ -299,19 +332,62 @@ impl JetStreamSpool {
             .get_stream(&self.options.stream)
             .await
             .map_err(|e| nats_error("opening the stream", e))?;
-        let consumer_config = consumer::pull::Config {
-            durable_name: Some(self.options.consumer.clone()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.options.ack_wait,
-            max_deliver: -1,
-            max_ack_pending: self.options.max_ack_pending,
-            filter_subject: self.subject.clone(),
-            ..Default::default()
+        let name = self.options.consumer.as_str();
+        let consumer: consumer::PullConsumer = match stream.consumer_info(name).await {
+            Ok(info) => match reconcile_consumer(&info.config, &self.options, &self.subject) {
+                Err(why) => {
+                    return Err(SpoolError::Config(format!(
+                        "the existing JetStream consumer {name:?} of stream {:?} does not fit herald: {why}; delete \
+                         it (nats consumer rm {} {name}: the notifications stay in the stream) and herald creates \
+                         it again, or name another one",
+                        self.options.stream, self.options.stream
+                    )));
+                }
+                Ok(None) => {
+                    let config =
+                        consumer::pull::Config::try_from_consumer_config(info.config.clone())
+                            .map_err(|e| nats_error("reading the consumer", e))?;
+                    consumer::PullConsumer::new(config, info, self.ctx.clone())
+                }
+                Ok(Some((wanted, changes))) => {
+                    let config = consumer::pull::Config::try_from_consumer_config(wanted)
+                        .map_err(|e| nats_error("updating the consumer", e))?;
+                    let updated = stream
+                        .update_consumer(config)
+                        .await
+                        .map_err(|e| nats_error("updating the consumer", e))?;
+                    tracing::info!(
+                        stream = %self.options.stream,
+                        consumer = %name,
+                        "updated the JetStream consumer: {}",
+                        changes.join(", ")
+                    );
+                    updated
+                }
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::ConsumerInfoErrorKind::NotFound
+                ) =>
+            {
+                let created = stream
+                    .create_consumer(wanted_consumer(&self.options, &self.subject))
+                    .await
+                    .map_err(|e| nats_error("creating the consumer", e))?;
+                tracing::info!(
+                    stream = %self.options.stream,
+                    consumer = %name,
+                    "created the JetStream consumer"
+                );
+                created
+            }
+            Err(e) => return Err(nats_error("reading the consumer", e)),
         };
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(&self.options.consumer, consumer_config)
-            .await
-            .map_err(|e| nats_error("creating the consumer", e))?;
+        self.consumer_ack_wait_ms.store(
+            duration_ms(consumer.cached_info().config.ack_wait),
+            Ordering::Relaxed,
+        );
         Ok((consumer, stream))
     }
 
@@ -341,6 +417,7 @@ impl JetStreamSpool {
         *lock(&self.last_error) = Some(SpoolError::Unreachable(why));
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut reported = Reported::default();
             loop {
                 let Some(spool) = me.upgrade() else {
                     return;
@@ -353,6 +430,16 @@ impl JetStreamSpool {
                         tracing::info!("NATS JetStream reachable: the spool is ready");
                         spool.start_tasks(consumer, stream, tx);
                         return;
+                    }
+                    // A stream or consumer that does not fit is the operator's to fix: said as an error (once, and
+                    // again every minute while it lasts), and tried again.
+                    Err(e @ SpoolError::Config(_)) => {
+                        if reported.due(&e.to_string()) {
+                            tracing::error!(
+                                "JetStream setup: {e}; notifications are refused until it is fixed"
+                            );
+                        }
+                        *lock(&spool.last_error) = Some(e);
                     }
                     Err(e) => {
                         tracing::debug!("JetStream setup: {e}");
@@ -448,7 +535,8 @@ impl JetStreamSpool {
         &self.options.node
     }
 
-    /// Whether this node's heartbeat has been written (the other nodes can see it live).
+    /// Whether this node's last heartbeat was written (the other nodes can see it live); false until the first one
+    /// is, and while they fail.
     pub fn beating(&self) -> bool {
         self.beating.load(Ordering::Relaxed)
     }
@@ -474,14 +562,101 @@ impl JetStreamSpool {
         self.ack(key.0, AckKind::Nak(Some(delay)));
     }
 
-    /// Acks (or naks, or terminates) every message held for the notification `key`, and forgets it.
+    /// Acks (or naks, or terminates) every message held for the notification `key`, and forgets it. A final
+    /// outcome (ack, term) is remembered for a while by the messages' stream sequences ([`Finished`]).
     fn ack(&self, key: u128, kind: AckKind) {
+        let finished = matches!(kind, AckKind::Ack | AckKind::Term);
+        let (now, keep) = (Instant::now(), self.finished_for());
         // Queued under the held lock, as [`keep_alive`] queues its in-progress acks: none of those can follow this
         // ack (a nak's delay would be reset to the ack wait by an in-progress ack arriving after it).
         let mut held = lock(&self.held);
         for message in held.take(key) {
+            if finished && let Ok(info) = message.info() {
+                held.finished.record(info.stream_sequence, key, now, keep);
+            }
             let _ = self.acks.send(AckJob::Ack(message, kind));
         }
+    }
+
+    /// How often held notifications get an in-progress ack: a third of the consumer's ack wait.
+    fn progress_every(&self) -> Duration {
+        (self.consumer_ack_wait() / 3).max(Duration::from_millis(100))
+    }
+
+    /// The consumer's ack wait, as the server last said.
+    fn consumer_ack_wait(&self) -> Duration {
+        Duration::from_millis(self.consumer_ack_wait_ms.load(Ordering::Relaxed))
+    }
+
+    /// How long a finished notification is remembered: a redelivery after a lost final ack comes one ack wait after
+    /// the last in-progress ack at most (two, for good measure).
+    fn finished_for(&self) -> Duration {
+        self.consumer_ack_wait() * 2
+    }
+}
+
+/// The notifications a node finished lately (acked or terminated), by the stream sequences of their messages.
+/// Should a final ack be lost (the connection dropped just after it went out, its confirmation never came),
+/// JetStream delivers the message again once the ack wait has passed: when it comes back to this node, it is
+/// acked again rather than delivered a second time. Each is kept for a while ([`JetStreamSpool::finished_for`]),
+/// [`MAX_RECENTLY_FINISHED`] at most (the oldest forgotten first).
+#[derive(Debug)]
+struct Finished {
+    /// Stream sequence -> notification id.
+    by_seq: HashMap<u64, u128>,
+    /// When each was recorded, oldest first.
+    order: VecDeque<(Instant, u64)>,
+    cap: usize,
+}
+
+impl Default for Finished {
+    fn default() -> Self {
+        Finished::with_cap(MAX_RECENTLY_FINISHED)
+    }
+}
+
+impl Finished {
+    fn with_cap(cap: usize) -> Self {
+        Finished {
+            by_seq: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// The message at stream sequence `seq`, notification `id`, got its final ack at `now`.
+    fn record(&mut self, seq: u64, id: u128, now: Instant, keep: Duration) {
+        self.expire(now, keep);
+        if self.by_seq.insert(seq, id).is_none() {
+            self.order.push_back((now, seq));
+        }
+        while self.order.len() > self.cap {
+            if let Some((_, oldest)) = self.order.pop_front() {
+                self.by_seq.remove(&oldest);
+            }
+        }
+    }
+
+    /// Whether the message at `seq`, of notification `id`, was finished less than `keep` ago. The id must match too:
+    /// a stream deleted and created again numbers its messages from 1 again.
+    fn matches(&mut self, seq: u64, id: u128, now: Instant, keep: Duration) -> bool {
+        self.expire(now, keep);
+        self.by_seq.get(&seq) == Some(&id)
+    }
+
+    fn expire(&mut self, now: Instant, keep: Duration) {
+        while let Some(&(at, seq)) = self.order.front() {
+            if now.saturating_duration_since(at) < keep {
+                break;
+            }
+            self.order.pop_front();
+            self.by_seq.remove(&seq);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_seq.len()
     }
 }
 
@@ -492,12 +667,15 @@ impl JetStreamSpool {
 #[derive(Debug)]
 struct Held<M> {
     by_id: HashMap<u128, Vec<M>>,
+    /// What the node finished lately, kept here so that an arrival and a final ack never cross unseen.
+    finished: Finished,
 }
 
 impl<M> Default for Held<M> {
     fn default() -> Self {
         Held {
             by_id: HashMap::new(),
+            finished: Finished::default(),
         }
     }
 }
@@ -531,6 +709,12 @@ impl<M> Held<M> {
                 }
             }
         }
+    }
+
+    /// Whether a pulled message (stream sequence `seq`) is a notification this node finished lately and does not
+    /// hold: its final ack was lost, and it is to be acked again, not delivered.
+    fn finished_lately(&mut self, id: u128, seq: u64, now: Instant, keep: Duration) -> bool {
+        !self.contains(id) && self.finished.matches(seq, id, now, keep)
     }
 
     /// Every message held for `id`, forgotten here (none when the id is not held).
@@ -582,11 +766,35 @@ enum AckJob {
 }
 
 /// Sends the acks of finished notifications and the in-progress acks of held ones, in the order they were queued.
+/// A final ack (or term) waits for the server's answer ([`final_ack`]), many at once; a barrier is answered once
+/// every final ack queued before it was answered (or given up).
 async fn ack_loop(
+    client: async_nats::Client,
     mut jobs: tokio::sync::mpsc::UnboundedReceiver<AckJob>,
     progress_queued: Arc<AtomicU64>,
 ) {
-    while let Some(job) = jobs.recv().await {
+    let mut confirming = FuturesUnordered::new();
+    loop {
+        let job = if confirming.len() >= MAX_ACKS_IN_FLIGHT {
+            confirming.next().await;
+            continue;
+        } else if confirming.is_empty() {
+            match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            }
+        } else {
+            tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => job,
+                    None => {
+                        while confirming.next().await.is_some() {}
+                        return;
+                    }
+                },
+                _ = confirming.next() => continue,
+            }
+        };
         match job {
             AckJob::Ack(message, AckKind::Progress) => {
                 // Sent again at the next keep-alive; a notification whose in-progress acks all fail goes to
@@ -596,6 +804,9 @@ async fn ack_loop(
                 }
                 progress_queued.fetch_sub(1, Ordering::Relaxed);
             }
+            AckJob::Ack(message, kind @ (AckKind::Ack | AckKind::Term)) => {
+                confirming.push(final_ack(client.clone(), message, kind));
+            }
             AckJob::Ack(message, kind) => {
                 if let Err(e) = message.ack_with(kind).await {
                     tracing::warn!(
@@ -604,7 +815,34 @@ async fn ack_loop(
                 }
             }
             AckJob::Barrier(done) => {
+                while confirming.next().await.is_some() {}
                 let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Sends a final ack (or term) and waits for the server to answer that it has it, sending it again when no answer
+/// comes (the connection dropped after it went out), [`FINAL_ACK_ATTEMPTS`] times at most. One that is never
+/// answered leaves the message to be redelivered after the ack wait: to this node, it is acked again
+/// ([`Finished`]); to another, it is delivered a second time.
+async fn final_ack(client: async_nats::Client, message: jetstream::Message, kind: AckKind) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let mut pause = Duration::from_millis(500);
+    for attempt in 1..=FINAL_ACK_ATTEMPTS {
+        match client.request(reply.clone(), kind.into()).await {
+            Ok(_) => return,
+            Err(e) if attempt == FINAL_ACK_ATTEMPTS => {
+                tracing::warn!(
+                    "JetStream ack not confirmed after {attempt} attempts ({e}); the notification may be redelivered"
+                );
+            }
+            Err(e) => {
+                tracing::debug!("JetStream ack not confirmed ({e}); sending it again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
             }
         }
     }
@@ -686,6 +924,9 @@ async fn ensure_stream(
                 storage: stream::StorageType::File,
                 num_replicas: options.replicas,
                 duplicate_window: options.duplicate_window,
+                // Should someone set a limit on the stream later, a full stream refuses new notifications (the
+                // senders are told to retry) rather than deleting accepted ones.
+                discard: stream::DiscardPolicy::New,
                 ..Default::default()
             };
             ctx.create_stream(config)
@@ -735,19 +976,221 @@ pub fn check_compatible(
     if config.storage != stream::StorageType::File {
         return refuse("its storage is memory, herald needs file storage".into());
     }
+    // Limits that delete accepted notifications: an age limit deletes them whatever the discard policy, and with
+    // discard Old a full stream makes room by deleting the oldest. With discard New a full stream refuses new
+    // notifications instead (the senders are told to retry), which loses nothing.
+    if !config.max_age.is_zero() {
+        return refuse(format!(
+            "its max_age is {:?}, which deletes notifications not yet delivered; remove it (nats stream edit {} --max-age=0)",
+            config.max_age, options.stream
+        ));
+    }
+    if config.max_messages_per_subject > 0 {
+        return refuse(format!(
+            "its max_msgs_per_subject is {}, which deletes notifications not yet delivered; remove it (nats stream \
+             edit {} --max-msgs-per-subject=-1)",
+            config.max_messages_per_subject, options.stream
+        ));
+    }
+    if config.discard == stream::DiscardPolicy::Old {
+        for (field, value, flag) in [
+            ("max_msgs", config.max_messages, "--max-msgs=-1"),
+            ("max_bytes", config.max_bytes, "--max-bytes=-1"),
+        ] {
+            if value > 0 {
+                return refuse(format!(
+                    "its {field} is {value} with discard Old, which deletes the oldest notifications not yet \
+                     delivered when the stream is full; set discard New (nats stream edit {} --discard=new) or \
+                     remove the limit ({flag})",
+                    options.stream
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
+/// The consumer this node creates when there is none: a durable pull consumer on the notifications' subject,
+/// explicit acks, redelivered without limit (herald counts the retries itself).
+fn wanted_consumer(options: &JetStreamOptions, subject: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(options.consumer.clone()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: options.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: options.max_ack_pending,
+        filter_subject: subject.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// What an existing consumer needs to serve this node: `Err` says which of its settings cannot serve herald and
+/// cannot change in place (another ack policy, a delivery limit, another filter, ...); `Ok(Some((config,
+/// changes)))` is its configuration with what may change in place set to this node's options (the ack wait, the
+/// room for unacked messages, and limits that would get in the way of its pulls), with what changed, to update it
+/// with; `Ok(None)` when it fits as it is.
+fn reconcile_consumer(
+    existing: &consumer::Config,
+    options: &JetStreamOptions,
+    subject: &str,
+) -> Result<Option<(consumer::Config, Vec<String>)>, String> {
+    if let Some(deliver) = &existing.deliver_subject {
+        return Err(format!(
+            "it is a push consumer (deliver_subject {deliver:?}), herald needs a pull consumer"
+        ));
+    }
+    if existing.ack_policy != consumer::AckPolicy::Explicit {
+        return Err(format!(
+            "its ack_policy is {:?}, herald needs Explicit",
+            existing.ack_policy
+        ));
+    }
+    if existing.max_deliver > 0 {
+        return Err(format!(
+            "its max_deliver is {}, herald needs it unlimited (-1): it counts the retries itself, and a \
+             notification delivered that many times would stay in the stream undelivered",
+            existing.max_deliver
+        ));
+    }
+    let filters: Vec<&str> = if existing.filter_subject.is_empty() {
+        existing
+            .filter_subjects
+            .iter()
+            .map(String::as_str)
+            .collect()
+    } else {
+        vec![existing.filter_subject.as_str()]
+    };
+    if filters != [subject] {
+        return Err(format!(
+            "its filter subject is {filters:?}, herald needs {subject:?}"
+        ));
+    }
+    if existing.deliver_policy != consumer::DeliverPolicy::All {
+        return Err(format!(
+            "its deliver_policy is {:?}, herald needs All",
+            existing.deliver_policy
+        ));
+    }
+    if existing.headers_only {
+        return Err("it delivers headers only, herald needs the messages' content".into());
+    }
+    let mut wanted = existing.clone();
+    let mut changes = Vec::new();
+    if wanted.ack_wait != options.ack_wait {
+        changes.push(format!(
+            "ack_wait {:?} -> {:?}",
+            wanted.ack_wait, options.ack_wait
+        ));
+        wanted.ack_wait = options.ack_wait;
+    }
+    if wanted.max_ack_pending != options.max_ack_pending {
+        changes.push(format!(
+            "max_ack_pending {} -> {}",
+            wanted.max_ack_pending, options.max_ack_pending
+        ));
+        wanted.max_ack_pending = options.max_ack_pending;
+    }
+    // A backoff list replaces the ack wait of redeliveries: a held notification would go to another node before
+    // its in-progress ack.
+    if !wanted.backoff.is_empty() {
+        changes.push(format!("backoff {:?} -> none", wanted.backoff));
+        wanted.backoff.clear();
+    }
+    // A durable consumer with an inactivity threshold is deleted by the server when no node pulls for that long.
+    if !wanted.inactive_threshold.is_zero() {
+        changes.push(format!(
+            "inactive_threshold {:?} -> none",
+            wanted.inactive_threshold
+        ));
+        wanted.inactive_threshold = Duration::ZERO;
+    }
+    if wanted.max_batch > 0 && wanted.max_batch < MAX_PULL_BATCH as i64 {
+        changes.push(format!("max_batch {} -> none", wanted.max_batch));
+        wanted.max_batch = 0;
+    }
+    if !wanted.max_expires.is_zero() && wanted.max_expires < PULL_EXPIRES {
+        changes.push(format!("max_expires {:?} -> none", wanted.max_expires));
+        wanted.max_expires = Duration::ZERO;
+    }
+    Ok((!changes.is_empty()).then_some((wanted, changes)))
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether a repeated failure is to be reported again: when its text changed, or a minute after it was last.
+#[derive(Debug, Default)]
+struct Reported {
+    last: Option<(String, Instant)>,
+}
+
+impl Reported {
+    fn due(&mut self, what: &str) -> bool {
+        let now = Instant::now();
+        let due = match &self.last {
+            Some((text, at)) => text != what || now.duration_since(*at) >= REPORT_EVERY,
+            None => true,
+        };
+        if due {
+            self.last = Some((what.to_owned(), now));
+        }
+        due
+    }
+
+    /// The failure is over: the next one is reported at once.
+    fn clear(&mut self) -> bool {
+        self.last.take().is_some()
+    }
+}
+
 /// Pulls notifications for this node and hands them over; reconnects by itself.
+///
+/// Each pull asks for no more than the node's free room, and every message the server delivers for it is read and
+/// taken in, so none is left unread to come back after the ack wait (counted as one more delivery, hence one more
+/// retry). Should pulls keep failing (the consumer was deleted: no responders), the stream and the consumer are set
+/// up again.
 async fn pull_loop(
     spool: std::sync::Weak<JetStreamSpool>,
-    consumer: consumer::PullConsumer,
+    mut consumer: consumer::PullConsumer,
     tx: tokio::sync::mpsc::Sender<StoredNotification>,
 ) {
+    let mut failures = 0u32;
+    let mut reported = Reported::default();
     loop {
+        if failures >= PULL_FAILURES_BEFORE_SETUP {
+            let Some(s) = spool.upgrade() else {
+                return;
+            };
+            if s.closed.load(Ordering::Relaxed) {
+                return;
+            }
+            match s.setup().await {
+                Ok((fresh, _)) => {
+                    consumer = fresh;
+                    failures = 0;
+                }
+                // Someone changed the consumer or the stream so that it no longer fits: the operator's to fix.
+                Err(e @ SpoolError::Config(_)) => {
+                    if reported.due(&e.to_string()) {
+                        tracing::error!(
+                            "JetStream pulls fail and the stream or consumer no longer fits: {e}; this node \
+                             delivers nothing until it is fixed"
+                        );
+                    }
+                }
+                Err(e) => tracing::debug!("JetStream setup after failed pulls: {e}"),
+            }
+            drop(s);
+            if failures > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
         // Room first: a node pulls no more than it holds at most (`max_held`), so that the consumer's room is
         // shared among the nodes and a node that dies leaves at most that many to the ack wait.
-        let batch = loop {
+        let (batch, connects) = loop {
             let Some(s) = spool.upgrade() else {
                 return;
             };
@@ -755,17 +1198,17 @@ async fn pull_loop(
                 return;
             }
             let room = s.room();
+            let connects = s.client.statistics().connects.load(Ordering::Relaxed);
             drop(s);
             if room > 0 {
-                // Batches of at most a quarter of the room: little is fetched ahead when the room is small.
-                break (room / 4).clamp(1, 256);
+                break (room.min(MAX_PULL_BATCH), connects);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .expires(Duration::from_secs(5))
+            .batch()
+            .max_messages(batch)
+            .expires(PULL_EXPIRES)
             .messages()
             .await;
         let mut messages = match messages {
@@ -775,11 +1218,32 @@ async fn pull_loop(
                 if tx.is_closed() {
                     return;
                 }
+                failures += 1;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
-        while let Some(next) = messages.next().await {
+        let mut failed = false;
+        loop {
+            // The pull ends when the server delivered all it asked for or said it expired. A reconnection loses
+            // the server's answer: a pull that is idle after one is given up (nothing delivered for it is left in
+            // the subscription) and asked again.
+            let next = match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(_) => {
+                    let Some(s) = spool.upgrade() else {
+                        return;
+                    };
+                    if s.closed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if s.client.statistics().connects.load(Ordering::Relaxed) != connects {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let Some(spool) = spool.upgrade() else {
                 return;
             };
@@ -789,11 +1253,24 @@ async fn pull_loop(
             let message = match next {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::debug!("JetStream pull: {e}");
-                    continue;
+                    // No responders (the consumer is gone), the consumer deleted, a leader change: the pull ends.
+                    if failures + 1 >= PULL_FAILURES_BEFORE_SETUP {
+                        tracing::warn!("JetStream pull: {e}; setting the consumer up again");
+                    } else {
+                        tracing::debug!("JetStream pull: {e}");
+                    }
+                    failed = true;
+                    break;
                 }
             };
-            let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+            failures = 0;
+            if reported.clear() {
+                tracing::info!("JetStream pulls work again");
+            }
+            let (delivered, seq) = match message.info() {
+                Ok(i) => (i.delivered, Some(i.stream_sequence)),
+                Err(_) => (1, None),
+            };
             // The notification keeps the key the accepting node gave it, the id its sender was answered: it is
             // logged, looked up and reported under that id on whichever node delivers it.
             let stored = match decode_message(&message.payload) {
@@ -825,17 +1302,32 @@ async fn pull_loop(
                     continue;
                 }
             };
+            let key = stored.key;
+            let (now, keep) = (Instant::now(), spool.finished_for());
+            let arrival = {
+                let mut held = lock(&spool.held);
+                if seq.is_some_and(|seq| held.finished_lately(key.0, seq, now, keep)) {
+                    Err(message)
+                } else {
+                    Ok(held.arrive(key.0, message, same_message))
+                }
+            };
+            let arrival = match arrival {
+                Ok(arrival) => arrival,
+                Err(message) => {
+                    // Finished here already: its final ack was lost. Acked again, not delivered a second time.
+                    tracing::debug!(
+                        "{key}: delivered again by JetStream after this node finished it; acked again, not \
+                         delivered twice"
+                    );
+                    let _ = spool.acks.send(AckJob::Ack(message, AckKind::Ack));
+                    continue;
+                }
+            };
             spool.pulled.fetch_add(1, Ordering::Relaxed);
             if delivered > 1 {
                 spool.redelivered_here.fetch_add(1, Ordering::Relaxed);
             }
-            let key = stored.key;
-            let (arrival, held) = {
-                let mut held = lock(&spool.held);
-                let arrival = held.arrive(key.0, message, same_message);
-                (arrival, held.len())
-            };
-            let full = held >= spool.options.max_held + spool.parked() as usize;
             match arrival {
                 Arrival::New => {
                     drop(spool);
@@ -861,28 +1353,31 @@ async fn pull_loop(
                     drop(spool);
                 }
             }
-            if full {
-                // The pull stream is dropped: what it fetched ahead and this node did not read (at most two
-                // batches) goes to a node after the ack wait; nothing read is ever dropped, so nothing is sent
-                // twice.
-                break;
-            }
+        }
+        if failed {
+            failures += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }
 
 /// Sends in-progress acks for every held notification, so a slow delivery or a retry wait is not redelivered to
-/// another node while this one still has it.
+/// another node while this one still has it: a round every third of the consumer's ack wait as the server has it
+/// (another node may have changed it), looked at again at every check.
 async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
-    let period = match spool.upgrade() {
-        Some(s) => (s.options.ack_wait / 3).max(Duration::from_millis(100)),
-        None => return,
-    };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let mut last_round = Instant::now();
     loop {
-        tick.tick().await;
+        let period = match spool.upgrade() {
+            Some(s) => s.progress_every(),
+            None => return,
+        };
+        let due = last_round + period;
+        let now = Instant::now();
+        if now < due {
+            tokio::time::sleep(due.duration_since(now).min(Duration::from_millis(250))).await;
+            continue;
+        }
+        last_round = now;
         let Some(spool) = spool.upgrade() else {
             return;
         };
@@ -913,8 +1408,14 @@ async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
 }
 
 /// Writes this node's heartbeat and reads every node's, every [`nodes::BEAT_EVERY`].
+///
+/// A heartbeat that cannot be written (the bucket was lost: a memory-stored bucket on a single NATS server that
+/// restarted, a whole cluster restarted; or NATS is unreachable) makes the node open the bucket again, creating it
+/// when it is missing, and try again at once. Meanwhile [`JetStreamSpool::beating`] is false (this node claims no
+/// idempotency key: the other nodes cannot see it live) and a warning says so, once a minute at most.
 async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
-    let mut store = None;
+    let mut store: Option<async_nats::jetstream::kv::Store> = None;
+    let mut reported = Reported::default();
     loop {
         let Some(me) = spool.upgrade() else {
             return;
@@ -922,16 +1423,21 @@ async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
         if me.closed.load(Ordering::Relaxed) {
             return;
         }
-        if store.is_none() {
-            match nodes::open_bucket(&me.ctx, &me.options.stream, me.options.replicas).await {
-                Ok(s) => {
-                    *lock(&me.beats) = Some(s.clone());
-                    store = Some(s);
+        let mut failure = None;
+        for attempt in 0..2 {
+            if store.is_none() {
+                match nodes::open_bucket(&me.ctx, &me.options.stream, me.options.replicas).await {
+                    Ok(s) => {
+                        *lock(&me.beats) = Some(s.clone());
+                        store = Some(s);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
-                Err(e) => tracing::debug!("node heartbeats: {e}"),
             }
-        }
-        if let Some(store) = &store {
+            let Some(bucket) = &store else { break };
             let now = nodes::unix_ms();
             let beat = NodeBeat {
                 node: me.options.node.clone(),
@@ -941,11 +1447,47 @@ async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
                 pulled: me.pulled.load(Ordering::Relaxed),
                 lookups: me.serves_lookups.load(Ordering::Relaxed),
             };
-            match store.put(&beat.node, beat.encode().into()).await {
-                Ok(_) => me.beating.store(true, Ordering::Relaxed),
-                Err(e) => tracing::debug!("node heartbeat: {e}"),
+            match bucket.put(&beat.node, beat.encode().into()).await {
+                Ok(_) => {
+                    failure = None;
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(format!(
+                        "writing to {}: {e}",
+                        nodes::bucket_name(&me.options.stream)
+                    ));
+                    // The bucket may be gone: opened (or created) again, and the beat written again at once.
+                    store = None;
+                    if attempt == 0 {
+                        tracing::debug!("node heartbeat: {e}; opening the bucket again");
+                    }
+                }
             }
-            match nodes::read_beats(store).await {
+        }
+        match failure {
+            None => {
+                me.beating.store(true, Ordering::Relaxed);
+                if reported.clear() {
+                    tracing::info!(
+                        "node heartbeat written again: the other nodes see this one live"
+                    );
+                }
+            }
+            Some(e) => {
+                me.beating.store(false, Ordering::Relaxed);
+                // Once a minute, whatever the error says this time.
+                if reported.due("heartbeat") {
+                    tracing::warn!(
+                        "node heartbeat not written ({e}): the other nodes do not see this one live, and it \
+                         claims no Idempotency-Key until it is; retrying every {:?}",
+                        nodes::BEAT_EVERY
+                    );
+                }
+            }
+        }
+        if let Some(bucket) = &store {
+            match nodes::read_beats(bucket).await {
                 Ok(beats) => lock(&me.figures.view).nodes = beats,
                 Err(e) => tracing::debug!("reading the node heartbeats: {e}"),
             }
@@ -955,11 +1497,13 @@ async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
     }
 }
 
-/// Reads the stream's and the consumer's figures every second.
+/// Reads the stream's and the consumer's figures every second. A stream edited meanwhile so that it would delete
+/// notifications (a limit with discard Old, an age limit) is reported as an error, once a minute while it lasts.
 async fn refresh_figures(
     spool: std::sync::Weak<JetStreamSpool>,
     mut stream: jetstream::stream::Stream,
 ) {
+    let mut reported = Reported::default();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(spool) = spool.upgrade() else {
@@ -969,6 +1513,16 @@ async fn refresh_figures(
             return;
         }
         if let Ok(info) = stream.info().await {
+            match check_compatible(&info.config, &spool.options, &spool.subject) {
+                Ok(()) => {
+                    reported.clear();
+                }
+                Err(e) => {
+                    if reported.due(&e.to_string()) {
+                        tracing::error!("{e}");
+                    }
+                }
+            }
             spool
                 .figures
                 .messages
@@ -1000,6 +1554,13 @@ async fn refresh_figures(
             f.pending.store(info.num_pending, Ordering::Relaxed);
             f.redelivered
                 .store(info.num_redelivered as u64, Ordering::Relaxed);
+            // Another node may have changed the ack wait (its spool_nats_ack_wait differs): the in-progress acks
+            // follow what the server has.
+            if !info.config.ack_wait.is_zero() {
+                spool
+                    .consumer_ack_wait_ms
+                    .store(duration_ms(info.config.ack_wait), Ordering::Relaxed);
+            }
         }
     }
 }
@@ -1268,6 +1829,143 @@ pub(crate) mod tests {
         assert_eq!(held.arrive(5, (2, 2), same), Arrival::New);
     }
 
+    /// A final ack is remembered by stream sequence and id for a while: a redelivery of that message matches (not
+    /// one of another notification at that sequence), until it expires or the oldest give way to newer ones.
+    #[test]
+    fn a_finished_notification_is_remembered_for_a_while_and_within_bounds() {
+        let keep = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut f = Finished::with_cap(3);
+        f.record(10, 0xa, t0, keep);
+        assert!(f.matches(10, 0xa, t0 + Duration::from_secs(1), keep));
+        assert!(
+            !f.matches(10, 0xb, t0, keep),
+            "another notification at that sequence"
+        );
+        assert!(!f.matches(11, 0xa, t0, keep), "another sequence");
+        assert!(!f.matches(10, 0xa, t0 + keep, keep), "kept past its time");
+        assert_eq!(f.len(), 0);
+        for seq in 1..=5u64 {
+            f.record(seq, u128::from(seq), t0, keep);
+        }
+        assert_eq!(f.len(), 3, "bounded");
+        assert!(!f.matches(2, 2, t0, keep), "the oldest give way");
+        assert!(f.matches(5, 5, t0, keep));
+
+        // Held and finished: only a notification the node does not hold counts as finished.
+        let mut held: Held<Handle> = Held::default();
+        held.finished.record(7, 0x42, t0, keep);
+        assert!(held.finished_lately(0x42, 7, t0, keep));
+        assert_eq!(held.arrive(0x42, (7, 2), same), Arrival::New);
+        assert!(!held.finished_lately(0x42, 7, t0, keep));
+    }
+
+    /// An existing consumer with other changeable settings is updated to this node's (the ack wait above all: the
+    /// in-progress acks go by it); one whose settings cannot serve herald is refused, naming the setting.
+    #[test]
+    fn an_existing_consumer_is_updated_where_it_can_change_and_refused_where_it_cannot() {
+        use consumer::IntoConsumerConfig as _;
+        let subject = "herald.notifications";
+        let mut options = JetStreamOptions::new(vec![], "herald");
+        options.ack_wait = Duration::from_secs(120);
+        let fits = {
+            let mut c = wanted_consumer(&options, subject).into_consumer_config();
+            c.name = c.durable_name.clone();
+            c
+        };
+        assert_eq!(reconcile_consumer(&fits, &options, subject), Ok(None));
+
+        let mut older = fits.clone();
+        older.ack_wait = Duration::from_secs(30);
+        older.max_ack_pending = 1000;
+        older.backoff = vec![Duration::from_secs(1)];
+        older.inactive_threshold = Duration::from_secs(3600);
+        let (updated, changes) = reconcile_consumer(&older, &options, subject)
+            .unwrap()
+            .expect("an update");
+        assert_eq!(updated, fits, "{changes:?}");
+        assert!(changes[0].contains("ack_wait 30s -> 120s"), "{changes:?}");
+        assert_eq!(changes.len(), 4, "{changes:?}");
+
+        let refused = |edit: &dyn Fn(&mut consumer::Config)| {
+            let mut c = fits.clone();
+            edit(&mut c);
+            reconcile_consumer(&c, &options, subject).expect_err("refused")
+        };
+        let why = refused(&|c| c.ack_policy = consumer::AckPolicy::All);
+        assert!(why.contains("ack_policy is All"), "{why}");
+        let why = refused(&|c| c.max_deliver = 5);
+        assert!(why.contains("max_deliver is 5"), "{why}");
+        let why = refused(&|c| c.filter_subject = "herald.>".into());
+        assert!(
+            why.contains("filter subject") && why.contains("herald.>"),
+            "{why}"
+        );
+        let why = refused(&|c| c.filter_subject.clear());
+        assert!(why.contains("filter subject is []"), "{why}");
+        let why = refused(&|c| c.deliver_subject = Some("push.here".into()));
+        assert!(why.contains("push consumer"), "{why}");
+        let why = refused(&|c| c.headers_only = true);
+        assert!(why.contains("headers only"), "{why}");
+        // The same filter given as a list fits.
+        let mut listed = fits.clone();
+        listed.filter_subject.clear();
+        listed.filter_subjects = vec![subject.into()];
+        assert_eq!(reconcile_consumer(&listed, &options, subject), Ok(None));
+    }
+
+    /// A stream whose limits would delete accepted notifications is refused, naming the stream, the limit and its
+    /// value; a limit with discard New (a full stream refuses new notifications) is accepted.
+    #[test]
+    fn a_stream_whose_limits_delete_notifications_is_refused() {
+        let subject = "herald.notifications";
+        let options = JetStreamOptions::new(vec![], "herald");
+        let fits = stream::Config {
+            name: "herald".into(),
+            subjects: vec![subject.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            max_messages: -1,
+            max_bytes: -1,
+            max_messages_per_subject: -1,
+            ..Default::default()
+        };
+        // As an older herald created it: discard Old, no limit.
+        assert!(check_compatible(&fits, &options, subject).is_ok());
+        let check = |edit: &dyn Fn(&mut stream::Config)| {
+            let mut c = fits.clone();
+            edit(&mut c);
+            check_compatible(&c, &options, subject).map_err(|e| e.to_string())
+        };
+        let why = check(&|c| c.max_age = Duration::from_secs(3600)).unwrap_err();
+        assert!(
+            why.contains("\"herald\"") && why.contains("max_age is 3600s"),
+            "{why}"
+        );
+        let why = check(&|c| c.max_messages = 10).unwrap_err();
+        assert!(
+            why.contains("max_msgs is 10 with discard Old") && why.contains("--discard=new"),
+            "{why}"
+        );
+        let why = check(&|c| c.max_bytes = 1 << 30).unwrap_err();
+        assert!(why.contains("max_bytes is 1073741824"), "{why}");
+        let why = check(&|c| {
+            c.max_messages_per_subject = 1;
+            c.discard = stream::DiscardPolicy::New;
+        })
+        .unwrap_err();
+        assert!(why.contains("max_msgs_per_subject is 1"), "{why}");
+        assert!(
+            check(&|c| {
+                c.max_messages = 10;
+                c.max_bytes = 1 << 30;
+                c.discard = stream::DiscardPolicy::New;
+            })
+            .is_ok()
+        );
+    }
+
     /// A `nats-server -js` on a loopback port (herald-testkit), or `None` (with a message; a failure under `CI`)
     /// without one.
     pub(crate) fn nats(
@@ -1347,6 +2045,14 @@ pub(crate) mod tests {
         let (spool, mut rx) = connected(url, "newer").await;
         let mut newer = encode_message(&notification(9, 0xcc));
         newer[16] = RECORD_VERSION + 1;
+        // Its checksum made right for that version (it covers the key, the version byte and the body), as a newer
+        // herald writes it.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&newer[..16]);
+        crc.update(&newer[16..17]);
+        crc.update(&newer[21..]);
+        let crc = crc.finalize().to_le_bytes();
+        newer[17..21].copy_from_slice(&crc);
         let subject = spool.subject.clone();
         // A record of this format whose checksum does not match: damaged, not newer.
         let mut damaged = encode_message(&notification(10, 0xdd));
@@ -1462,6 +2168,94 @@ pub(crate) mod tests {
             stream.info().await.unwrap().state.messages == 0
         })
         .await;
+        spool.close().await.unwrap();
+    }
+
+    /// A final ack that never reached the server (the connection dropped just after it went out) leaves the
+    /// message to be delivered again: to the node that finished it, it is acked again, not delivered twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redelivery_of_a_notification_finished_here_is_acked_not_delivered_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let (spool, mut rx) = connected(url, "finished").await;
+        let id = 0x44u128 << 64 | 3;
+        spool.append(vec![notification(id, 0xaa)]).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.key, SpoolKey(id));
+        // Finished here as `remove` does, but its ack lost on the way: JetStream delivers the message again (at
+        // once here, as after the ack wait).
+        let message = {
+            let mut held = lock(&spool.held);
+            let mut messages = held.take(id);
+            assert_eq!(messages.len(), 1);
+            let message = messages.remove(0);
+            let seq = message.info().unwrap().stream_sequence;
+            held.finished
+                .record(seq, id, Instant::now(), spool.finished_for());
+            message
+        };
+        message.ack_with(AckKind::Nak(None)).await.unwrap();
+        // Acked on its arrival: the stream empties, and nothing was queued or held.
+        let mut stream = spool.ctx.get_stream("finished").await.unwrap();
+        wait_for("the stream empty", Duration::from_secs(20), async || {
+            stream.info().await.unwrap().state.messages == 0
+        })
+        .await;
+        assert!(rx.try_recv().is_err(), "delivered a second time");
+        assert_eq!(spool.held(), 0);
+        spool.close().await.unwrap();
+    }
+
+    /// Another node may set the consumer's ack wait shorter than this node's `ack_wait` (its own option differs):
+    /// this node's in-progress acks follow what the server has, and what it holds is not redelivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_in_progress_acks_follow_the_ack_wait_the_server_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        // An ack wait of a minute here: in-progress acks every 20 seconds by this node's own option.
+        let (spool, mut rx) = connected(url, "follow").await;
+        let stream = spool.ctx.get_stream("follow").await.unwrap();
+        let mut config = stream.consumer_info("herald").await.unwrap().config;
+        config.ack_wait = Duration::from_secs(2);
+        stream
+            .update_consumer(consumer::pull::Config::try_from_consumer_config(config).unwrap())
+            .await
+            .unwrap();
+        wait_for(
+            "the new ack wait seen",
+            Duration::from_secs(20),
+            async || spool.consumer_ack_wait() == Duration::from_secs(2),
+        )
+        .await;
+        let id = 0x45u128 << 64 | 1;
+        spool.append(vec![notification(id, 0xbb)]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // Held for three of the server's ack waits: never delivered again.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(
+            lock(&spool.held).messages_of(id),
+            1,
+            "redelivered while held"
+        );
+        assert_eq!(
+            stream
+                .consumer_info("herald")
+                .await
+                .unwrap()
+                .num_redelivered,
+            0
+        );
+        spool.remove(&[SpoolKey(id)]);
         spool.close().await.unwrap();
     }
 

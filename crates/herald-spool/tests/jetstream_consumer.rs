@@ -1,0 +1,321 @@
+//! The JetStream spool against what it finds on the NATS servers and what happens to them while it runs
+//! (docs/scale-out.md): a consumer made with other settings, a stream whose limits would delete notifications, a
+//! node at its bound, a heartbeat bucket lost with a server restart, a consumer deleted under a running node.
+//!
+//! Each test starts its own `nats-server` on a loopback port (herald-testkit) and kills it at the end; without
+//! `nats-server` on PATH they are skipped with a message (failing under `CI`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use herald_spool::{JetStreamOptions, JetStreamSpool, Spool, SpoolError, SpoolKey};
+use herald_testkit::nats::{self, NatsServer};
+use tokio::sync::mpsc::Receiver;
+
+fn server(dir: &std::path::Path) -> Option<NatsServer> {
+    nats::available().then(|| nats::single(dir))
+}
+
+async fn wait_for(what: &str, within: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain JetStream client, to set up or change what the spool finds.
+async fn raw(url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(url).await.unwrap())
+}
+
+/// The stream as herald creates it.
+fn herald_stream(name: &str) -> stream::Config {
+    stream::Config {
+        name: name.into(),
+        subjects: vec![format!("{name}.notifications")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// The consumer as herald creates it.
+fn herald_consumer(stream: &str, ack_wait: Duration) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some("herald".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        filter_subject: format!("{stream}.notifications"),
+        ..Default::default()
+    }
+}
+
+async fn start(
+    options: JetStreamOptions,
+) -> Result<
+    (
+        Arc<JetStreamSpool>,
+        Receiver<herald_spool::StoredNotification>,
+    ),
+    SpoolError,
+> {
+    let spool = JetStreamSpool::connect(options).await?;
+    let rx = spool.take_deliveries().unwrap();
+    wait_for("the stream set up", Duration::from_secs(20), async || {
+        spool.connected()
+    })
+    .await;
+    Ok((spool, rx))
+}
+
+/// A consumer left by an earlier start with a shorter ack wait (spool_nats_ack_wait raised since) is brought to
+/// the configured one: a notification held longer than the old ack wait is not delivered again (to this node or
+/// another), where it used to be, the in-progress acks going by the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_with_a_shorter_ack_wait_is_updated_and_what_is_held_is_not_redelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = server(dir.path()) else {
+        return;
+    };
+    let ctx = raw(&server.url()).await;
+    let stream = ctx.create_stream(herald_stream("upd")).await.unwrap();
+    stream
+        .create_consumer(herald_consumer("upd", Duration::from_secs(2)))
+        .await
+        .unwrap();
+
+    let mut options = JetStreamOptions::new(vec![server.url()], "upd");
+    options.ack_wait = Duration::from_secs(30);
+    let (spool, mut rx) = start(options).await.unwrap();
+
+    let key = SpoolKey(0x51u128 << 64 | 1);
+    spool.append(vec![common::notification(key)]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.key, key);
+    // Held (a slow APNs) for twice the old ack wait.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let info = stream.consumer_info("herald").await.unwrap();
+    assert_eq!(info.num_redelivered, 0, "delivered again while held");
+    assert_eq!(spool.stream_stats().redelivered_here, 0);
+    assert_eq!(
+        info.config.ack_wait,
+        Duration::from_secs(30),
+        "the consumer's ack wait"
+    );
+    spool.remove(&[key]);
+    spool.close().await.unwrap();
+}
+
+/// A consumer that cannot serve herald and cannot be changed in place (here, a delivery limit) is refused at start,
+/// naming the consumer and the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_with_a_delivery_limit_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = server(dir.path()) else {
+        return;
+    };
+    let ctx = raw(&server.url()).await;
+    let stream = ctx.create_stream(herald_stream("limited")).await.unwrap();
+    let mut config = herald_consumer("limited", Duration::from_secs(30));
+    config.max_deliver = 5;
+    stream.create_consumer(config).await.unwrap();
+
+    let options = JetStreamOptions::new(vec![server.url()], "limited");
+    match JetStreamSpool::connect(options).await {
+        Err(SpoolError::Config(why)) => {
+            assert!(why.contains("consumer \"herald\""), "{why}");
+            assert!(why.contains("max_deliver is 5"), "{why}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a consumer with max_deliver = 5 was accepted"),
+    }
+}
+
+/// A stream that deletes its oldest messages when full is refused at start, saying which limit and how to fix it;
+/// a stream herald creates refuses new messages when full instead (discard New).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_deletes_its_oldest_messages_when_full_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = server(dir.path()) else {
+        return;
+    };
+    let ctx = raw(&server.url()).await;
+    let mut config = herald_stream("small");
+    config.max_messages = 10;
+    config.discard = stream::DiscardPolicy::Old;
+    ctx.create_stream(config).await.unwrap();
+
+    match JetStreamSpool::connect(JetStreamOptions::new(vec![server.url()], "small")).await {
+        Err(SpoolError::Config(why)) => {
+            assert!(why.contains("stream \"small\""), "{why}");
+            assert!(why.contains("max_msgs is 10 with discard Old"), "{why}");
+            assert!(why.contains("--discard=new"), "{why}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a stream with max_msgs = 10, discard Old was accepted"),
+    }
+
+    let (spool, _rx) = start(JetStreamOptions::new(vec![server.url()], "fresh"))
+        .await
+        .unwrap();
+    let mut created = ctx.get_stream("fresh").await.unwrap();
+    assert_eq!(
+        created.info().await.unwrap().config.discard,
+        stream::DiscardPolicy::New
+    );
+    spool.close().await.unwrap();
+}
+
+/// A node that reaches its bound (`max_held`) leaves nothing the server delivered to it unread: no notification
+/// comes back after the ack wait with one more delivery (one more retry) counted. The node here finishes what it
+/// holds in bursts, so that each pull starts with room for many and ends at the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_at_its_bound_reads_everything_it_was_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = server(dir.path()) else {
+        return;
+    };
+    let max_held = 20u64;
+    let mut options = JetStreamOptions::new(vec![server.url()], "bound");
+    options.max_held = max_held as usize;
+    options.max_parked = 0;
+    options.ack_wait = Duration::from_secs(2);
+    let (spool, mut rx) = start(options).await.unwrap();
+    let count = 200u64;
+    let batch: Vec<_> = (1..=count)
+        .map(|n| common::notification(SpoolKey(0x52u128 << 64 | u128::from(n))))
+        .collect();
+    spool.append(batch).await.unwrap();
+
+    let mut seen = BTreeSet::new();
+    let mut rounds = 0;
+    while (seen.len() as u64) < count {
+        rounds += 1;
+        assert!(rounds < 1000, "{} of {count} delivered", seen.len());
+        // The node fills up to its bound (or takes what is left)...
+        let expect = max_held.min(count - seen.len() as u64);
+        wait_for(
+            "the node at its bound",
+            Duration::from_secs(20),
+            async || spool.held() >= expect,
+        )
+        .await;
+        let mut round = Vec::new();
+        while let Ok(n) = rx.try_recv() {
+            round.push(n);
+        }
+        if round.is_empty() {
+            round.push(
+                tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                    .await
+                    .expect("the next notification")
+                    .unwrap(),
+            );
+        }
+        // ... and finishes all it holds at once.
+        for n in &round {
+            assert_eq!(n.retries, 0, "{}: delivered more than once", n.key);
+            assert!(seen.insert(n.key), "{} came twice", n.key);
+        }
+        let keys: Vec<SpoolKey> = round.iter().map(|n| n.key).collect();
+        spool.remove(&keys);
+    }
+    let stream = raw(&server.url()).await.get_stream("bound").await.unwrap();
+    let info = stream.consumer_info("herald").await.unwrap();
+    assert_eq!(
+        info.num_redelivered, 0,
+        "messages left unread and delivered again"
+    );
+    assert!(rx.try_recv().is_err());
+    spool.close().await.unwrap();
+}
+
+/// The heartbeat bucket is stored in memory: a single NATS server that restarts loses it. The node makes it again
+/// and its heartbeat is back, where it used to fail for ever (the node missing from the list of nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_is_back_after_the_nats_server_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut server) = server(dir.path()) else {
+        return;
+    };
+    let (spool, _rx) = start(JetStreamOptions::new(vec![server.url()], "beats"))
+        .await
+        .unwrap();
+    let node = spool.node_name().to_owned();
+    let beat = async |ctx: &jetstream::Context| match ctx.get_key_value("beats_nodes").await {
+        Ok(store) => matches!(store.entry(&node).await, Ok(Some(_))),
+        Err(_) => false,
+    };
+    let ctx = raw(&server.url()).await;
+    wait_for("the first heartbeat", Duration::from_secs(20), async || {
+        spool.beating() && beat(&ctx).await
+    })
+    .await;
+
+    server.restart();
+    server.wait_healthy(Duration::from_secs(30));
+    let ctx = raw(&server.url()).await;
+    wait_for(
+        "the heartbeat back after the restart",
+        Duration::from_secs(40),
+        async || beat(&ctx).await,
+    )
+    .await;
+    wait_for("the node beating", Duration::from_secs(20), async || {
+        spool.beating()
+    })
+    .await;
+    spool.close().await.unwrap();
+}
+
+/// A consumer deleted under a running node (by hand, by mistake) is made again by the node, and delivery resumes
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_is_made_again_and_delivery_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = server(dir.path()) else {
+        return;
+    };
+    let (spool, mut rx) = start(JetStreamOptions::new(vec![server.url()], "gone"))
+        .await
+        .unwrap();
+    let first = SpoolKey(0x53u128 << 64 | 1);
+    spool
+        .append(vec![common::notification(first)])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.key, first);
+    spool.remove(&[first]);
+
+    let ctx = raw(&server.url()).await;
+    let stream = ctx.get_stream("gone").await.unwrap();
+    stream.delete_consumer("herald").await.unwrap();
+
+    let second = SpoolKey(0x53u128 << 64 | 2);
+    spool
+        .append(vec![common::notification(second)])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("delivery resumed after the consumer was deleted")
+        .unwrap();
+    assert_eq!(got.key, second);
+    assert!(stream.consumer_info("herald").await.is_ok());
+    spool.remove(&[second]);
+    spool.close().await.unwrap();
+}
