@@ -26,7 +26,7 @@ use futures_util::stream::FuturesUnordered;
 use crate::error::SpoolError;
 use crate::key::SpoolKey;
 use crate::nodes::{self, ClusterView, NodeBeat};
-use crate::record::{DecodeError, RECORD_VERSION, StoredNotification};
+use crate::record::{DecodeError, StoredNotification};
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 
 /// Publishes awaiting their ack, over all the batches of a node. A batch takes its share at once (a larger one goes
@@ -1284,9 +1284,7 @@ async fn pull_loop(
                 }
                 // A record of a newer format (a rolling upgrade: a newer node accepted it) goes back to the
                 // stream for a node that reads it; anything else is not a herald notification.
-                Err(
-                    e @ (DecodeError::UnknownVersion(RECORD_VERSION..) | DecodeError::BadFlags(_)),
-                ) => {
+                Err(e) if e.is_newer_format() => {
                     tracing::warn!(
                         "JetStream message in a record format this build does not read ({e}); back to the stream \
                          for {NEWER_FORMAT_DELAY:?}, for a node that reads it"
@@ -1762,9 +1760,9 @@ fn encode_message(s: &StoredNotification) -> Vec<u8> {
     out
 }
 
-fn decode_message(payload: &[u8]) -> Result<StoredNotification, crate::record::DecodeError> {
+fn decode_message(payload: &[u8]) -> Result<StoredNotification, DecodeError> {
     let Some((key, record)) = payload.split_first_chunk::<16>() else {
-        return Err(crate::record::DecodeError::Truncated("message key"));
+        return Err(DecodeError::Truncated("message key"));
     };
     StoredNotification::decode(SpoolKey(u128::from_be_bytes(*key)), record)
 }
@@ -1773,6 +1771,7 @@ fn decode_message(payload: &[u8]) -> Result<StoredNotification, crate::record::D
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::record::RECORD_VERSION;
     use std::time::Instant;
 
     /// A message handle stand-in: (stream sequence, delivery count).
@@ -2043,22 +2042,28 @@ pub(crate) mod tests {
             return;
         };
         let (spool, mut rx) = connected(url, "newer").await;
+        // Its checksum made right (it covers the key, the version byte and the body), as a newer herald writes it.
+        let checksum = |record: &mut Vec<u8>| {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&record[..16]);
+            crc.update(&record[16..17]);
+            crc.update(&record[21..]);
+            let crc = crc.finalize().to_le_bytes();
+            record[17..21].copy_from_slice(&crc);
+        };
+        // A higher record version, and this version with a field appended at the end.
         let mut newer = encode_message(&notification(9, 0xcc));
         newer[16] = RECORD_VERSION + 1;
-        // Its checksum made right for that version (it covers the key, the version byte and the body), as a newer
-        // herald writes it.
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&newer[..16]);
-        crc.update(&newer[16..17]);
-        crc.update(&newer[21..]);
-        let crc = crc.finalize().to_le_bytes();
-        newer[17..21].copy_from_slice(&crc);
+        checksum(&mut newer);
+        let mut longer = encode_message(&notification(11, 0xee));
+        longer.push(0x01);
+        checksum(&mut longer);
         let subject = spool.subject.clone();
         // A record of this format whose checksum does not match: damaged, not newer.
         let mut damaged = encode_message(&notification(10, 0xdd));
         let last = damaged.len() - 1;
         damaged[last] ^= 0xff;
-        for payload in [newer, damaged] {
+        for payload in [newer, longer, damaged] {
             spool
                 .ctx
                 .publish(subject.clone(), payload.into())
@@ -2068,10 +2073,10 @@ pub(crate) mod tests {
                 .unwrap();
         }
         let mut stream = spool.ctx.get_stream("newer").await.unwrap();
-        // Both pulled: the damaged one terminated, the newer record given back with a delay.
-        wait_for("both pulled", Duration::from_secs(20), async || {
+        // All pulled: the damaged one terminated, the newer records given back with a delay.
+        wait_for("all pulled", Duration::from_secs(20), async || {
             spool.pulled.load(Ordering::Relaxed) == 0
-                && stream.info().await.unwrap().state.messages == 1
+                && stream.info().await.unwrap().state.messages == 2
         })
         .await;
         assert!(rx.try_recv().is_err(), "nothing was queued");
@@ -2086,8 +2091,8 @@ pub(crate) mod tests {
         let mut consumer = info.unwrap();
         let c = consumer.info().await.unwrap();
         assert_eq!(
-            c.num_ack_pending, 1,
-            "the newer record waits for its redelivery"
+            c.num_ack_pending, 2,
+            "the newer records wait for their redelivery"
         );
     }
 
