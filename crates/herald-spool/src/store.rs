@@ -124,6 +124,9 @@ pub struct DiskSpool<E: Engine = FjallEngine> {
     lock: Option<std::fs::File>,
     /// Keys of appends refused before the last stop ([`REFUSED_FILE`]): recovery does not deliver them.
     refused_at_open: HashSet<SpoolKey>,
+    /// The last key an earlier recovery counted in `records`: a recovery run again (after a failed read) visits
+    /// those records again and must not count them twice.
+    counted_through: Mutex<Option<SpoolKey>>,
 }
 
 impl DiskSpool<FjallEngine> {
@@ -279,6 +282,7 @@ impl<E: Engine> DiskSpool<E> {
             writer: Mutex::new(Some(handle)),
             lock: None,
             refused_at_open,
+            counted_through: Mutex::new(None),
         })
     }
 
@@ -377,8 +381,13 @@ impl<E: Engine> Spool for DiskSpool<E> {
         let mut stopped = false;
         let mut refused = 0u64;
         let mut newest_version = None;
+        let counted_before = *self
+            .counted_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut counted_through = counted_before;
         let engine = &*self.engine;
-        std::thread::scope(|scope| -> Result<(), SpoolError> {
+        let read = std::thread::scope(|scope| -> Result<(), SpoolError> {
             let (chunks, received) = mpsc::sync_channel::<Vec<(SpoolKey, Vec<u8>)>>(8);
             let reader = scope.spawn(move || {
                 let mut chunk = Vec::with_capacity(RECOVERY_CHUNK);
@@ -421,7 +430,10 @@ impl<E: Engine> Spool for DiskSpool<E> {
                                 let _ = self.ops.send(Op::Scheduled(vec![key]));
                             }
                             report.recovered += 1;
-                            self.counters.records.fetch_add(1, Ordering::Relaxed);
+                            if counted_before.is_none_or(|c| key > c) {
+                                self.counters.records.fetch_add(1, Ordering::Relaxed);
+                                counted_through = Some(key);
+                            }
                             if visit(n).is_break() {
                                 stopped = true;
                                 break 'chunks;
@@ -435,7 +447,10 @@ impl<E: Engine> Spool for DiskSpool<E> {
                                 newest_version = newest_version.max(Some(v));
                             }
                             report.newer_format += 1;
-                            self.counters.records.fetch_add(1, Ordering::Relaxed);
+                            if counted_before.is_none_or(|c| key > c) {
+                                self.counters.records.fetch_add(1, Ordering::Relaxed);
+                                counted_through = Some(key);
+                            }
                             schedules.remove(&key);
                             unreadable_schedules.remove(&key);
                         }
@@ -459,7 +474,13 @@ impl<E: Engine> Spool for DiskSpool<E> {
                     temporary: false,
                 }),
             }
-        })?;
+        });
+        // Also after a failed read: what it counted stays counted.
+        *self
+            .counted_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = counted_through;
+        read?;
         if report.newer_format > 0 {
             let format = match newest_version {
                 Some(v) => {

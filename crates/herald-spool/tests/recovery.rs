@@ -364,3 +364,101 @@ async fn appends_refused_by_a_failed_write_stay_refused_after_a_restart() {
         spool.close().await.unwrap();
     }
 }
+
+/// The fjall engine whose first read of the records fails after `fail_after` of them (an I/O error part-way).
+struct ReadFailsOnce {
+    inner: FjallEngine,
+    fail_after: usize,
+    failed: AtomicBool,
+}
+
+impl Engine for ReadFailsOnce {
+    fn name(&self) -> &'static str {
+        "read-fails-once"
+    }
+
+    fn commit(&self, batch: &CommitBatch) -> Result<(), SpoolError> {
+        self.inner.commit(batch)
+    }
+
+    fn sync(&self) -> Result<(), SpoolError> {
+        self.inner.sync()
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        upto: SpoolKey,
+        visit: &mut dyn FnMut(SpoolKey, &[u8]) -> ControlFlow<()>,
+    ) -> Result<(), SpoolError> {
+        if table != Table::Records || self.failed.swap(true, Ordering::SeqCst) {
+            return self.inner.scan(table, upto, visit);
+        }
+        let mut seen = 0;
+        let mut broke = false;
+        self.inner.scan(table, upto, &mut |key, value| {
+            if seen == self.fail_after {
+                broke = true;
+                return ControlFlow::Break(());
+            }
+            seen += 1;
+            visit(key, value)
+        })?;
+        if broke {
+            return Err(SpoolError::from_io(
+                "reading the spool",
+                io::Error::other("injected read error"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn last_key(&self, table: Table) -> Result<Option<SpoolKey>, SpoolError> {
+        self.inner.last_key(table)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.inner.disk_bytes()
+    }
+
+    fn reopen(&self) -> Result<(), SpoolError> {
+        self.inner.reopen()
+    }
+}
+
+/// A recovery read again after a failed one (as herald's restore does) visits the first records again: the
+/// spool's record count stays the number of records, not the number of visits.
+#[tokio::test]
+async fn a_recovery_read_again_after_a_failure_counts_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = DiskSpool::open(dir.path(), options()).unwrap();
+        append(&spool, 3000).await;
+        spool.close().await.unwrap();
+    }
+    let engine = ReadFailsOnce {
+        inner: FjallEngine::open(dir.path(), FjallOptions::default()).unwrap(),
+        fail_after: 2500,
+        failed: AtomicBool::new(false),
+    };
+    let spool = DiskSpool::with_engine(engine, options()).unwrap();
+    let mut visited = 0;
+    let first = spool.recover_each(&mut |_| {
+        visited += 1;
+        ControlFlow::Continue(())
+    });
+    assert!(first.is_err(), "the injected read error");
+    // The records read before the error (in whole chunks) were visited.
+    let before = visited;
+    assert!(before > 0 && before < 3000, "{before}");
+    let again = spool
+        .recover_each(&mut |_| {
+            visited += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(again.recovered, 3000);
+    assert_eq!(visited, before + 3000);
+    assert_eq!(spool.stats().records, 3000, "each record counted once");
+    spool.close().await.unwrap();
+}

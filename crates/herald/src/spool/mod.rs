@@ -406,13 +406,18 @@ pub fn spawn_restore(
                 "spool restore stopped by shutdown after {:?}; the rest stays spooled",
                 started.elapsed()
             ),
-            Ok(r) if r.report.recovered > 0 || r.report.skipped > 0 => tracing::info!(
-                queued = r.queued,
-                dropped = r.dropped,
-                skipped = r.report.skipped,
-                "restored the spool in {:?}",
-                started.elapsed()
-            ),
+            Ok(r)
+                if r.report.recovered > 0 || r.report.skipped > 0 || r.report.newer_format > 0 =>
+            {
+                tracing::info!(
+                    queued = r.queued,
+                    dropped = r.dropped,
+                    skipped = r.report.skipped,
+                    kept_for_a_newer_herald = r.report.newer_format,
+                    "restored the spool in {:?}",
+                    started.elapsed()
+                )
+            }
             Ok(_) => {}
             Err(e) => tracing::error!(
                 "restoring the spool stopped after {:?}: {e}; what was not queued stays spooled until the next start",
