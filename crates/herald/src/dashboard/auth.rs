@@ -219,7 +219,9 @@ pub fn access(
         if is_browser(headers) {
             let host = request_host(headers, uri).unwrap_or("");
             if !host_allowed(host, &settings.dashboard_hosts) {
-                tracing::warn!(client = ?ip, host, "dashboard: a browser read by address under a host name not in dashboard_hosts");
+                if warn_now() {
+                    tracing::warn!(client = ?ip, host, "dashboard: a browser read by address under a host name not in dashboard_hosts (said at most once a minute)");
+                }
                 return Err(Refusal::UnknownHost {
                     host: host.to_owned(),
                 });
@@ -234,9 +236,30 @@ pub fn access(
     Err(Refusal::Unauthenticated)
 }
 
-/// Whether a browser sent the request: it carries `sec-fetch-site` or `origin` (a script sends neither).
+/// Whether a browser sent the request: it carries `sec-fetch-site` or `origin`, or a browser's `user-agent`
+/// (`Mozilla/…`, for browsers that send neither header on a same-origin read). Scripts send none of them (a page's
+/// scripts cannot change the user agent).
 fn is_browser(headers: &HeaderMap) -> bool {
-    headers.contains_key("sec-fetch-site") || headers.contains_key(header::ORIGIN)
+    headers.contains_key("sec-fetch-site")
+        || headers.contains_key(header::ORIGIN)
+        || headers
+            .get(header::USER_AGENT)
+            .is_some_and(|ua| ua.as_bytes().starts_with(b"Mozilla/"))
+}
+
+/// Whether to log a refused read by an unknown host name now: at most once a minute (a refused page polls every
+/// second).
+fn warn_now() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    (last == 0 || now >= last + 60)
+        && LAST
+            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// The host name of a `Host` value (or an HTTP/2 authority): without its port, an IPv6 literal without its
@@ -553,6 +576,26 @@ mod tests {
         assert!(
             message.contains("\"evil.example:8082\"") && message.contains("dashboard_hosts"),
             "{message}"
+        );
+        // A browser's user agent alone marks a browser too (one that sends neither header on a same-origin read).
+        assert!(matches!(
+            read(
+                &plain,
+                &[
+                    ("host", "evil.example"),
+                    ("user-agent", "Mozilla/5.0 (Macintosh) Safari/605.1.15")
+                ]
+            ),
+            Err(Refusal::UnknownHost { .. })
+        ));
+        assert_eq!(
+            read(
+                &plain,
+                &[("host", "herald.internal"), ("user-agent", "curl/8.5.0")]
+            )
+            .unwrap()
+            .via,
+            "address"
         );
         // An Origin alone marks a browser too (one that sends no sec-fetch-site).
         assert!(matches!(

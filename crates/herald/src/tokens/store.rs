@@ -40,6 +40,13 @@ pub struct InvalidTokenEntry {
     pub source: String,
 }
 
+/// A report without an APNs timestamp (BadDeviceToken, binary status 8) of a token already listed is written again
+/// (file, feedback log, shared bucket; its `learnt_ms` renewed) only once this long has passed since herald learnt
+/// it: a sender that keeps sending to a bad token writes one line a day for it, not one per notification, and a
+/// client polling with `since` is told again about a token that still fails a day later.
+pub const UNTIMED_REPORT_AGAIN_AFTER: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
+
 /// The key of an entry in the shared bucket: the token, then the domain in hex (a subject token allows no other
 /// characters a domain may hold).
 fn shared_key(entry: &InvalidTokenEntry) -> String {
@@ -361,11 +368,15 @@ impl InvalidTokenStore {
     fn record_here(&self, entry: InvalidTokenEntry, learnt_here: bool, timed: bool) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // News: a token not known, a later APNs timestamp (invalidated again after it was registered again), or a
-        // report without a timestamp for another reason than the one known.
+        // report without a timestamp (whatever its reason: two bindings may name one failure differently) once
+        // [`UNTIMED_REPORT_AGAIN_AFTER`] has passed since herald learnt the known one.
         let news = match inner.index.get(&entry.domain, &entry.token) {
             None => true,
             Some(old) if timed => old.timestamp_ms < entry.timestamp_ms,
-            Some(old) => old.reason != entry.reason,
+            Some(old) => {
+                entry.learnt_ms.saturating_sub(old.learnt_ms)
+                    >= UNTIMED_REPORT_AGAIN_AFTER.as_millis() as u64
+            }
         };
         if !news {
             return false;
@@ -610,18 +621,20 @@ mod tests {
             sink.record(report(1, "BadDeviceToken", None));
         }
         assert_eq!(lines(&path).len(), 1);
-        // Another reason without a timestamp is news once (binary status 8 after an HTTP/2 answer).
-        for _ in 0..10 {
+        // Nor another reason without a timestamp, in turn with the first (a domain with an HTTP/2 binding and a
+        // binary one naming the same failure differently).
+        for _ in 0..500 {
             sink.record(report(1, "invalid token", None));
+            sink.record(report(1, "BadDeviceToken", None));
         }
-        assert_eq!(lines(&path).len(), 2);
+        assert_eq!(lines(&path).len(), 1);
         // An APNs timestamp later than what is known is news (the token was registered again, and dropped).
         let later = now_ms() + 60_000;
         sink.record(report(1, "Unregistered", Some(later)));
         sink.record(report(1, "Unregistered", Some(later)));
-        assert_eq!(lines(&path).len(), 3);
+        assert_eq!(lines(&path).len(), 2);
         store.feedback_log().unwrap().flush().unwrap();
-        assert_eq!(lines(&log_path).len(), 3);
+        assert_eq!(lines(&log_path).len(), 2);
         assert_eq!(store.len(), 1);
         // After a restart the bad token is still known: no new line.
         drop(store);
@@ -629,7 +642,18 @@ mod tests {
         let sink: &dyn InvalidTokenSink = &store;
         sink.record(report(2, "BadDeviceToken", None));
         sink.record(report(2, "BadDeviceToken", None));
+        assert_eq!(lines(&path).len(), 3);
+        // A day after herald learnt it, a token still reported bad is news again (learnt anew).
+        let first = store.list(None, 0)[0].clone();
+        let day_later = first.learnt_ms + UNTIMED_REPORT_AGAIN_AFTER.as_millis() as u64;
+        let again = InvalidTokenEntry {
+            reason: "invalid token".into(),
+            ..first.clone()
+        };
+        assert!(!store.record_learnt(again.clone(), false, day_later - 1));
+        assert!(store.record_learnt(again, false, day_later));
         assert_eq!(lines(&path).len(), 4);
+        assert_eq!(store.list(None, day_later).len(), 1);
     }
 
     /// A file grown by superseded lines (by a herald that wrote every report) is rewritten at open with the live
