@@ -51,7 +51,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// the consumer up again.
 const PULL_FAILURES_BEFORE_SETUP: u32 = 3;
 
-/// Final acks awaiting the server's answer at most; past it the ack queue waits for answers.
+/// Final acks awaiting the server's answer at most; past it further final acks wait their turn in [`ack_loop`],
+/// while the in-progress acks and naks queued behind them go on.
 const MAX_ACKS_IN_FLIGHT: usize = 4096;
 
 /// Times a final ack (or term) is sent when the server does not confirm it.
@@ -277,7 +278,11 @@ impl JetStreamSpool {
         let (acks, ack_jobs) = tokio::sync::mpsc::unbounded_channel();
         let progress_queued = Arc::new(AtomicU64::new(0));
         let consumer_ack_wait_ms = AtomicU64::new(duration_ms(options.ack_wait));
-        tokio::spawn(ack_loop(client.clone(), ack_jobs, progress_queued.clone()));
+        tokio::spawn(ack_loop(
+            NatsAcks(client.clone()),
+            ack_jobs,
+            progress_queued.clone(),
+        ));
         let first_try = options.connect_timeout;
         let spool = Arc::new(JetStreamSpool {
             client,
@@ -756,29 +761,86 @@ fn same_message(a: &jetstream::Message, b: &jetstream::Message) -> bool {
     }
 }
 
-/// Work for [`ack_loop`]. Nearly every job is an ack: boxing the message to shrink the rare barrier would cost an
-/// allocation per notification.
+/// Work for [`ack_loop`]: acks of pulled messages (`M`: [`jetstream::Message`] in service). Nearly every job is an
+/// ack: boxing the message to shrink the rare barrier would cost an allocation per notification.
 #[allow(clippy::large_enum_variant)]
-enum AckJob {
-    Ack(jetstream::Message, AckKind),
+enum AckJob<M = jetstream::Message> {
+    Ack(M, AckKind),
     /// Answered once every ack queued before it went out (a stop waits for it).
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
+/// How [`ack_loop`] reaches the server: [`NatsAcks`] in service, a stand-in in its tests.
+trait AckClient: Clone + Send + Sync + 'static {
+    /// A pulled message, which the acks answer.
+    type Message: Send + 'static;
+
+    /// Sends `kind` (an in-progress ack, a nak) for `message` without waiting for an answer.
+    fn send(
+        &self,
+        message: &Self::Message,
+        kind: AckKind,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Sends `kind` (a final ack, a term) for `message` once, and waits for the server to answer that it has it.
+    fn confirm(
+        &self,
+        message: &Self::Message,
+        kind: AckKind,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Acks over the node's NATS connection.
+#[derive(Clone)]
+struct NatsAcks(async_nats::Client);
+
+impl AckClient for NatsAcks {
+    type Message = jetstream::Message;
+
+    async fn send(&self, message: &jetstream::Message, kind: AckKind) -> Result<(), String> {
+        message.ack_with(kind).await.map_err(|e| e.to_string())
+    }
+
+    async fn confirm(&self, message: &jetstream::Message, kind: AckKind) -> Result<(), String> {
+        // Not a JetStream message (nothing to answer): nothing to confirm.
+        let Some(reply) = message.reply.clone() else {
+            return Ok(());
+        };
+        self.0
+            .request(reply, kind.into())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Sends the acks of finished notifications and the in-progress acks of held ones, in the order they were queued.
-/// A final ack (or term) waits for the server's answer ([`final_ack`]), many at once; a barrier is answered once
-/// every final ack queued before it was answered (or given up).
-async fn ack_loop(
-    client: async_nats::Client,
-    mut jobs: tokio::sync::mpsc::UnboundedReceiver<AckJob>,
+/// A final ack (or term) waits for the server's answer ([`final_ack`]), [`MAX_ACKS_IN_FLIGHT`] at once; further
+/// ones wait their turn here, in order, while the loop goes on reading its queue: the in-progress acks and naks
+/// queued behind them go out at once, so that final acks a slow server does not answer (a leader election) never
+/// hold up the in-progress acks that keep this node's held notifications from going to other nodes. No ack is
+/// overtaken that it must follow: a notification leaves `held` before its final ack is queued, so no in-progress
+/// ack or nak of it comes after. A barrier is answered once every final ack queued before it was answered (or
+/// given up).
+async fn ack_loop<A: AckClient>(
+    client: A,
+    mut jobs: tokio::sync::mpsc::UnboundedReceiver<AckJob<A::Message>>,
     progress_queued: Arc<AtomicU64>,
 ) {
     let mut confirming = FuturesUnordered::new();
+    // Final acks beyond the room of `confirming`, oldest first.
+    let mut waiting: VecDeque<(A::Message, AckKind)> = VecDeque::new();
+    let start_waiting = |confirming: &mut FuturesUnordered<_>,
+                         waiting: &mut VecDeque<(A::Message, AckKind)>| {
+        while confirming.len() < MAX_ACKS_IN_FLIGHT
+            && let Some((message, kind)) = waiting.pop_front()
+        {
+            confirming.push(final_ack(client.clone(), message, kind));
+        }
+    };
     loop {
-        let job = if confirming.len() >= MAX_ACKS_IN_FLIGHT {
-            confirming.next().await;
-            continue;
-        } else if confirming.is_empty() {
+        start_waiting(&mut confirming, &mut waiting);
+        let job = if confirming.is_empty() {
             match jobs.recv().await {
                 Some(job) => job,
                 None => return,
@@ -788,8 +850,12 @@ async fn ack_loop(
                 job = jobs.recv() => match job {
                     Some(job) => job,
                     None => {
-                        while confirming.next().await.is_some() {}
-                        return;
+                        loop {
+                            start_waiting(&mut confirming, &mut waiting);
+                            if confirming.next().await.is_none() {
+                                return;
+                            }
+                        }
                     }
                 },
                 _ = confirming.next() => continue,
@@ -799,23 +865,28 @@ async fn ack_loop(
             AckJob::Ack(message, AckKind::Progress) => {
                 // Sent again at the next keep-alive; a notification whose in-progress acks all fail goes to
                 // another node after the ack wait.
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                if let Err(e) = client.send(&message, AckKind::Progress).await {
                     tracing::debug!("JetStream in-progress ack failed: {e}");
                 }
                 progress_queued.fetch_sub(1, Ordering::Relaxed);
             }
             AckJob::Ack(message, kind @ (AckKind::Ack | AckKind::Term)) => {
-                confirming.push(final_ack(client.clone(), message, kind));
+                waiting.push_back((message, kind));
             }
             AckJob::Ack(message, kind) => {
-                if let Err(e) = message.ack_with(kind).await {
+                if let Err(e) = client.send(&message, kind).await {
                     tracing::warn!(
                         "JetStream ack failed (the notification will be redelivered): {e}"
                     );
                 }
             }
             AckJob::Barrier(done) => {
-                while confirming.next().await.is_some() {}
+                loop {
+                    start_waiting(&mut confirming, &mut waiting);
+                    if confirming.next().await.is_none() {
+                        break;
+                    }
+                }
                 let _ = done.send(());
             }
         }
@@ -826,14 +897,11 @@ async fn ack_loop(
 /// comes (the connection dropped after it went out), [`FINAL_ACK_ATTEMPTS`] times at most. One that is never
 /// answered leaves the message to be redelivered after the ack wait: to this node, it is acked again
 /// ([`Finished`]); to another, it is delivered a second time.
-async fn final_ack(client: async_nats::Client, message: jetstream::Message, kind: AckKind) {
-    let Some(reply) = message.reply.clone() else {
-        return;
-    };
+async fn final_ack<A: AckClient>(client: A, message: A::Message, kind: AckKind) {
     let mut pause = Duration::from_millis(500);
     for attempt in 1..=FINAL_ACK_ATTEMPTS {
-        match client.request(reply.clone(), kind.into()).await {
-            Ok(_) => return,
+        match client.confirm(&message, kind).await {
+            Ok(()) => return,
             Err(e) if attempt == FINAL_ACK_ATTEMPTS => {
                 tracing::warn!(
                     "JetStream ack not confirmed after {attempt} attempts ({e}); the notification may be redelivered"
@@ -872,7 +940,8 @@ pub struct JetStreamStats {
     pub pulled: u64,
     /// ...of which had been delivered before (to this or another node).
     pub redelivered_here: u64,
-    /// Notifications this node gave back to the stream for a later retry (nak with delay).
+    /// Notifications this node gave back to the stream for a later retry, or that a failed queue task left (nak
+    /// with delay).
     pub handed_back: u64,
 }
 
@@ -1963,6 +2032,101 @@ pub(crate) mod tests {
             })
             .is_ok()
         );
+    }
+
+    /// A server that sends nothing back for final acks until it is told to ([`AckClient`] stand-in): what goes
+    /// out without an answer (in-progress acks, naks) is recorded, by message, in order.
+    #[derive(Clone)]
+    struct SilentServer {
+        sent: tokio::sync::mpsc::UnboundedSender<(u64, String)>,
+        /// Final acks sent so far, and those answered.
+        confirms: Arc<AtomicU64>,
+        confirmed: Arc<AtomicU64>,
+        /// Whether the server answers the final acks now.
+        answers: tokio::sync::watch::Receiver<bool>,
+    }
+
+    impl AckClient for SilentServer {
+        type Message = u64;
+
+        fn send(
+            &self,
+            message: &u64,
+            kind: AckKind,
+        ) -> impl Future<Output = Result<(), String>> + Send {
+            let _ = self.sent.send((*message, format!("{kind:?}")));
+            async { Ok(()) }
+        }
+
+        fn confirm(
+            &self,
+            _message: &u64,
+            _kind: AckKind,
+        ) -> impl Future<Output = Result<(), String>> + Send {
+            self.confirms.fetch_add(1, Ordering::Relaxed);
+            let mut answers = self.answers.clone();
+            let confirmed = self.confirmed.clone();
+            async move {
+                let _ = answers.wait_for(|answers| *answers).await;
+                confirmed.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// More final acks than may await an answer at once, none answered (a server electing a leader): the
+    /// in-progress ack and the nak queued after them go out without waiting for those answers, and the final
+    /// acks beyond the room go out once answers free it, every one of them before a barrier queued after them.
+    #[tokio::test]
+    async fn final_acks_awaiting_answers_do_not_hold_up_in_progress_acks() {
+        let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+        let (answer, answers) = tokio::sync::watch::channel(false);
+        let server = SilentServer {
+            sent: sent_tx,
+            confirms: Arc::new(AtomicU64::new(0)),
+            confirmed: Arc::new(AtomicU64::new(0)),
+            answers,
+        };
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        let progress_queued = Arc::new(AtomicU64::new(0));
+        tokio::spawn(ack_loop(server.clone(), queue, progress_queued.clone()));
+        let finals = 5000u64;
+        for message in 0..finals {
+            jobs.send(AckJob::Ack(message, AckKind::Ack)).unwrap();
+        }
+        progress_queued.fetch_add(1, Ordering::Relaxed);
+        jobs.send(AckJob::Ack(finals, AckKind::Progress)).unwrap();
+        jobs.send(AckJob::Ack(finals + 1, AckKind::Nak(None)))
+            .unwrap();
+        let within = Duration::from_secs(20);
+        let first = tokio::time::timeout(within, sent.recv())
+            .await
+            .expect("the in-progress ack waited for the answers to the final acks queued before it")
+            .unwrap();
+        assert_eq!(first, (finals, "Progress".to_owned()));
+        let second = tokio::time::timeout(within, sent.recv())
+            .await
+            .expect("the nak waited for the answers to the final acks")
+            .unwrap();
+        assert_eq!(second, (finals + 1, "Nak(None)".to_owned()));
+        wait_for("the in-progress ack counted out", within, async || {
+            progress_queued.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        wait_for("the final acks sent", within, async || {
+            server.confirms.load(Ordering::Relaxed) == MAX_ACKS_IN_FLIGHT as u64
+        })
+        .await;
+        // No more than the room awaits an answer; the rest go out as answers come.
+        let (barrier, passed) = tokio::sync::oneshot::channel();
+        jobs.send(AckJob::Barrier(barrier)).unwrap();
+        answer.send(true).unwrap();
+        tokio::time::timeout(within, passed)
+            .await
+            .expect("the barrier answered once the final acks were")
+            .unwrap();
+        assert_eq!(server.confirmed.load(Ordering::Relaxed), finals);
+        assert_eq!(server.confirms.load(Ordering::Relaxed), finals);
     }
 
     /// A `nats-server -js` on a loopback port (herald-testkit), or `None` (with a message; a failure under `CI`)

@@ -14,7 +14,9 @@
 //!
 //! A task that panics does not take its queue with it: [`DomainTask::run`] catches the panic, the engine forgets
 //! the task ([`EngineShared::queue_failed`]) and what it held goes to a new task of the same queue, with the same
-//! counters ([`DomainTask::failed`]).
+//! counters ([`DomainTask::failed`]). The task knows by id every notification whose memory permit it holds
+//! ([`Owned`]), so that those the panic took with it are known too: their memory is given back and the spool is
+//! told ([`EngineShared::abandoned`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -58,6 +60,12 @@ const PARKED_HAND_BACK: Duration = Duration::from_secs(60);
 /// schedule, as APNs may have processed it); every third such loss in a row counts as a failed attempt
 /// (`ConnectionLost`, retried on the domain's schedule), so that one notification that makes the connection drop
 /// cannot be sent again and again at the pace connections open.
+///
+/// A refused stream (`REFUSED_STREAM`, or above the last stream id of a GOAWAY: APNs did not process it) counts
+/// alike, in the same count ([`Queued::losses`]): the notification goes back to the queue at once, and the third
+/// time in a row it comes back unanswered, lost or refused, it takes a failed attempt (`StreamRefused` when the
+/// last was a refusal), so that stream limits that keep changing cannot refuse it again and again until it
+/// expires without ever reaching `max_retries`.
 pub(crate) const LOSSES_PER_ATTEMPT: u8 = 3;
 
 /// What a domain's task is told.
@@ -117,9 +125,11 @@ pub enum DomainEvent {
         result: PushResult,
         remote: Option<std::net::IpAddr>,
     },
-    /// Makes the task panic (tests of what follows a failed task).
+    /// Makes the task panic (tests of what follows a failed task); with a notification (and its memory permit),
+    /// the task takes it in as an [`DomainEvent::Enqueue`] and panics with it in hand, so that the panic takes it
+    /// with it.
     #[cfg(test)]
-    Panic,
+    Panic(Option<Box<Queued>>),
 }
 
 impl DomainEvent {
@@ -130,6 +140,8 @@ impl DomainEvent {
             | DomainEvent::EnqueueDelayed(item, _)
             | DomainEvent::Outcome { tag: item, .. }
             | DomainEvent::Adopt { tag: item, .. } => Some(item.notification.id),
+            #[cfg(test)]
+            DomainEvent::Panic(Some(item)) => Some(item.notification.id),
             _ => None,
         }
     }
@@ -248,6 +260,45 @@ impl Outstanding {
     }
 }
 
+/// The notifications whose memory permit a task holds, by id: what a panic took with it is what is left here once
+/// the failed task has handed over the rest ([`DomainTask::failed`]). An id may be held more than once (tests give
+/// notifications no id): each counts.
+#[derive(Debug, Default)]
+struct Owned {
+    by_id: rustc_hash::FxHashMap<MessageId, u32>,
+    count: usize,
+}
+
+impl Owned {
+    fn add(&mut self, id: MessageId) {
+        *self.by_id.entry(id).or_default() += 1;
+        self.count += 1;
+    }
+
+    /// Forgets one of `id`; nothing when it is not held.
+    fn remove(&mut self, id: MessageId) {
+        if let std::collections::hash_map::Entry::Occupied(mut held) = self.by_id.entry(id) {
+            *held.get_mut() -= 1;
+            if *held.get() == 0 {
+                held.remove();
+            }
+            self.count -= 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Every id held, as many times as it is.
+    fn into_ids(self) -> Vec<MessageId> {
+        self.by_id
+            .into_iter()
+            .flat_map(|(id, n)| std::iter::repeat_n(id, n as usize))
+            .collect()
+    }
+}
+
 pub struct DomainTask {
     settings: Arc<DeliverySettings>,
     active: VecDeque<Box<Queued>>,
@@ -278,9 +329,9 @@ pub struct DomainTask {
     parked: usize,
     /// Notifications whose memory permit this task holds: taken with [`DomainEvent::Enqueue`],
     /// [`DomainEvent::EnqueueDelayed`] and [`DomainEvent::Adopt`], given back at their final outcome or when the
-    /// store takes them back. What a panic takes with it is counted here, so that its memory is given back
-    /// ([`DomainTask::failed`]).
-    owned: usize,
+    /// store takes them back. What a panic takes with it is left here, so that its memory is given back and the
+    /// spool hears of it ([`DomainTask::failed`]).
+    owned: Owned,
 }
 
 impl DomainTask {
@@ -313,7 +364,7 @@ impl DomainTask {
             unroutable: None,
             epoch,
             parked: 0,
-            owned: 0,
+            owned: Owned::default(),
         }
     }
 
@@ -394,9 +445,13 @@ impl DomainTask {
     /// with the same counters, and what it held goes to that task. Notifications queued or delayed here, or waiting
     /// for a connection, are handed over at once, due after a hold that doubles with each failure of the queue
     /// ([`FAILED_TASK_HOLD`]); those on a connection are handed over with their outcome, as the connections finish
-    /// what they carry and close; those that arrive meanwhile are handed over as they come. What the panic took with
-    /// it (the notifications being handled at that moment) gives its memory back and stays in the spool, for the
-    /// next start (the JetStream spool delivers it again once its ack wait ends).
+    /// what they carry and close; those that arrive meanwhile are handed over as they come.
+    ///
+    /// What the panic took with it (the notifications being handled at that moment: what is left in [`Owned`] once
+    /// the rest is handed over), and whatever cannot be handed to a new task (its domain no longer configured, the
+    /// engine shutting down), gives its memory back and is told to the observer ([`EngineShared::abandoned`]): the
+    /// JetStream spool gives it back to the stream, to be pulled again after the same hold (by this node or
+    /// another); the embedded spool keeps it for the next start.
     async fn failed(self, panic: Box<dyn std::any::Any + Send>) {
         let what = panic
             .downcast_ref::<&str>()
@@ -443,6 +498,13 @@ impl DomainTask {
         let hold = FAILED_TASK_HOLD
             .saturating_mul(1 << failures.saturating_sub(1).min(6))
             .min(FAILED_TASK_HOLD_MAX);
+        // Tells the observer of notifications no task holds any more (their memory is given back already): true
+        // when the store took them back to deliver them again. The observer may be what panicked: one panicking
+        // again leaves them as they are (in the spool for the next start).
+        let abandon = |ids: &[MessageId]| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.abandoned(ids, hold)))
+                .unwrap_or(false)
+        };
         let now = Instant::now();
         let mut rescued: Vec<DomainEvent> = active
             .into_iter()
@@ -466,11 +528,23 @@ impl DomainTask {
         drop(pool);
         drop(retired);
         drop(sender);
-        owned = owned.saturating_sub(rescued.len());
+        // Not handed to a new task (its permit is given back by `hand_event`).
+        let mut unqueued = Vec::new();
         for event in rescued {
-            let _ = shared
+            let id = event.notification_id();
+            if let Some(id) = id {
+                owned.remove(id);
+            }
+            if shared
                 .hand_event(&key.0, &key.1, event, super::Arrival::Restored)
-                .await;
+                .await
+                .is_err()
+            {
+                unqueued.extend(id);
+            }
+        }
+        if !unqueued.is_empty() {
+            abandon(&unqueued);
         }
         // Until the last sender is gone: the connections' outcomes and what was sent to this task before the
         // engine forgot it.
@@ -485,7 +559,7 @@ impl DomainTask {
                     result,
                     remote,
                 } => {
-                    owned = owned.saturating_sub(1);
+                    owned.remove(tag.notification.id);
                     DomainEvent::Adopt {
                         tag,
                         result,
@@ -501,17 +575,34 @@ impl DomainTask {
                 // Replies not sent: the asker sees the queue as gone.
                 _ => continue,
             };
-            let _ = shared
+            let id = event.notification_id();
+            if shared
                 .hand_event(&key.0, &key.1, event, super::Arrival::Restored)
-                .await;
+                .await
+                .is_err()
+                && let Some(id) = id
+            {
+                abandon(&[id]);
+            }
         }
-        if owned > 0 {
-            shared.release_many(owned);
-            tracing::warn!(
-                domain = %settings.domain, binding = %settings.binding,
-                "{owned} notification(s) went with the failed task of the queue: they stay in the spool, delivered \
-                 again at the next start"
-            );
+        if !owned.is_empty() {
+            let lost = owned.into_ids();
+            shared.release_many(lost.len());
+            let count = lost.len();
+            if abandon(&lost) {
+                tracing::warn!(
+                    domain = %settings.domain, binding = %settings.binding,
+                    "{count} notification(s) went with the failed task of the queue: they go back to the stream, \
+                     to be delivered again in {} s",
+                    hold.as_secs()
+                );
+            } else {
+                tracing::warn!(
+                    domain = %settings.domain, binding = %settings.binding,
+                    "{count} notification(s) went with the failed task of the queue: they stay in the spool, \
+                     delivered again at the next start"
+                );
+            }
         }
     }
 
@@ -529,9 +620,21 @@ impl DomainTask {
     /// A notification reached its final outcome: its memory is released now, and the observer (the spool, which
     /// forgets it) hears of it with the others of this turn, in one call ([`DomainTask::report_finished`]).
     fn finished(&mut self, item: &Queued) {
+        self.owned.remove(item.notification.id);
         self.shared.release();
-        self.owned = self.owned.saturating_sub(1);
         self.finished.push(item.notification.id);
+    }
+
+    /// Asks the store to take `item` back for a retry after `delay` ([`EngineShared::handed_back`]); true when it
+    /// did, and its memory is given back. The task forgets it before the outcome listener hears that it left: should
+    /// the listener panic, [`DomainTask::failed`] does not give the same memory back a second time.
+    fn hand_back(&mut self, item: &Queued, delay: Duration) -> bool {
+        if !self.shared.handed_back(item, delay) {
+            return false;
+        }
+        self.owned.remove(item.notification.id);
+        self.shared.left(item.notification.id);
+        true
     }
 
     /// Tells the observer of the notifications finished since the last call: once per turn of the task's loop, so
@@ -580,11 +683,10 @@ impl DomainTask {
                     continue;
                 }
             };
-            if !self.shared.handed_back(&item, delay) {
+            if !self.hand_back(&item, delay) {
                 kept.push_back(item);
                 break;
             }
-            self.owned = self.owned.saturating_sub(1);
             given += 1;
         }
         while let Some(item) = kept.pop_back() {
@@ -605,11 +707,11 @@ impl DomainTask {
     fn handle(&mut self, event: DomainEvent) {
         match event {
             DomainEvent::Enqueue(item) => {
-                self.owned += 1;
+                self.owned.add(item.notification.id);
                 self.active.push_back(item);
             }
             DomainEvent::EnqueueDelayed(item, delay) => {
-                self.owned += 1;
+                self.owned.add(item.notification.id);
                 self.seq += 1;
                 self.delayed.push(Reverse(Delayed {
                     due: crate::model::instant_after(delay),
@@ -630,11 +732,16 @@ impl DomainTask {
                 result,
                 remote,
             } => {
-                self.owned += 1;
+                self.owned.add(tag.notification.id);
                 self.on_outcome(tag, result, remote);
             }
             #[cfg(test)]
-            DomainEvent::Panic => panic!("a test made the queue's task panic"),
+            DomainEvent::Panic(item) => {
+                if let Some(item) = &item {
+                    self.owned.add(item.notification.id);
+                }
+                panic!("a test made the queue's task panic");
+            }
             DomainEvent::Connected { generation, result } => {
                 // An attempt a replaced pool started goes back to that pool, which closes it and counts it
                 // until it has.
@@ -978,14 +1085,28 @@ impl DomainTask {
                 // the retry schedule like any failed attempt.
                 item.losses = 0;
                 let error = format!(
-                    "the connection was lost {LOSSES_PER_ATTEMPT} times while the notification was on it, without an answer"
+                    "the connection was lost while the notification was on it, without an answer; \
+                     {LOSSES_PER_ATTEMPT} times in a row unanswered (connections lost or streams refused)"
                 );
                 let attempt = Attempt::on_connection(remote, None);
                 self.transient(item, attempt, &error, "ConnectionLost");
             }
+            PushResult::NotSent(NotSentReason::Refused)
+                if item.losses + 1 >= LOSSES_PER_ATTEMPT =>
+            {
+                // Refused (or lost) again and again: stream limits that keep changing would otherwise have it sent
+                // at once, and refused, until it expires, without ever reaching `max_retries`.
+                item.losses = 0;
+                let error = format!(
+                    "the server refused the notification's stream without processing it; \
+                     {LOSSES_PER_ATTEMPT} times in a row unanswered (streams refused or connections lost)"
+                );
+                let attempt = Attempt::on_connection(remote, None);
+                self.transient(item, attempt, &error, "StreamRefused");
+            }
             PushResult::NotSent(why) => {
                 tracing::trace!(id = %item.notification.id, ?why, "requeued unsent");
-                if why == NotSentReason::ConnectionLost {
+                if matches!(why, NotSentReason::ConnectionLost | NotSentReason::Refused) {
                     item.losses += 1;
                 }
                 // Sent again without an attempt counted: what went out on a connection (lost with it, refused,
@@ -1089,8 +1210,7 @@ impl DomainTask {
                 self.log(&item, OutcomeKind::Transient, attempt, error);
                 self.stats.transient(label);
                 item.retries += 1;
-                if self.shared.handed_back(&item, delay) {
-                    self.owned = self.owned.saturating_sub(1);
+                if self.hand_back(&item, delay) {
                     return;
                 }
                 self.shared.rescheduled(&item, delay);
@@ -1318,6 +1438,139 @@ fn id_text(id: &Option<[u8; 36]>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logs::Logs;
+    use crate::outcomes::OutcomeListener;
+    use crate::queue::{Engine, EngineLimits, MemoryInvalidTokens, QueueObserver, StaticResolver};
+
+    /// An engine holding at most `max_resident` notifications, whose queue of `apps.example` delivers to a port
+    /// nothing listens on.
+    fn engine(max_resident: usize) -> Engine {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        Engine::new(
+            Arc::new(
+                StaticResolver::default().with(DeliverySettings::for_tests("apps.example", port)),
+            ),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident,
+                ..EngineLimits::default()
+            },
+        )
+    }
+
+    /// A task of `engine`'s queue that the test drives by hand (no loop runs), and its channel.
+    fn task_of(engine: &Engine) -> (DomainTask, DomainSender) {
+        let settings = engine.shared.resolver.resolve("apps.example").unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sender = DomainSender(tx);
+        let task = DomainTask::new(
+            settings,
+            0,
+            sender.clone(),
+            rx,
+            engine.shared.clone(),
+            Arc::new(DomainStats::default()),
+        );
+        (task, sender)
+    }
+
+    /// A notification for `task`, with the memory permit it takes, as the engine hands it over.
+    fn enqueue(engine: &Engine, task: &mut DomainTask, token: u8) {
+        engine.shared.resident.try_acquire().unwrap().forget();
+        let item = Queued::new(crate::queue::tests::notification(token));
+        task.handle(DomainEvent::Enqueue(item));
+    }
+
+    /// A store that takes back every notification it is offered, and lets the node park none.
+    struct TakesEverythingBack;
+
+    impl QueueObserver for TakesEverythingBack {
+        fn finished(&self, _: &[MessageId]) {}
+        fn rescheduled(&self, _: MessageId, _: u32, _: std::time::SystemTime) {}
+        fn hand_back(&self, _: MessageId, _: u32, _: Duration) -> bool {
+            true
+        }
+        fn parked(&self, delta: i64) -> usize {
+            usize::try_from(delta).unwrap_or(0)
+        }
+    }
+
+    /// An outcome listener that fails (panics) when told that a notification left.
+    struct FailsOnLeft;
+
+    impl OutcomeListener for FailsOnLeft {
+        fn outcome(&self, _: &OutcomeRecord<'_>) {}
+        fn left(&self, _: MessageId) {
+            panic!("the outcome listener failed");
+        }
+    }
+
+    /// The store takes a parked notification back and the outcome listener, told it left, fails: the task fails
+    /// with it, and the notification's memory is given back once, not a second time by the failed task.
+    #[tokio::test]
+    async fn a_listener_failing_as_a_notification_is_handed_back_gives_its_memory_back_once() {
+        let engine = engine(10);
+        engine.set_observer(Arc::new(TakesEverythingBack));
+        engine.set_outcome_listener(Arc::new(FailsOnLeft));
+        let (mut task, sender) = task_of(&engine);
+        enqueue(&engine, &mut task, 1);
+        assert_eq!(engine.resident_room(), 9);
+        // Paused, above the node's parking room: the notification goes back to the store.
+        task.stats.paused.store(true, Ordering::Relaxed);
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.report_parked()))
+            .expect_err("the listener's failure fails the task");
+        drop(sender);
+        task.failed(panic).await;
+        assert_eq!(
+            engine.resident_room(),
+            10,
+            "the notification's memory given back once"
+        );
+    }
+
+    /// A notification whose stream is refused goes back to the queue at once, without an attempt counted, but not
+    /// for ever: the third refusal in a row counts as a failed attempt, retried on the domain's schedule.
+    #[tokio::test]
+    async fn a_notification_refused_again_and_again_takes_a_failed_attempt() {
+        let engine = engine(10);
+        let (mut task, _sender) = task_of(&engine);
+        enqueue(&engine, &mut task, 2);
+        for refusal in 1..=LOSSES_PER_ATTEMPT {
+            let item = task
+                .active
+                .pop_front()
+                .unwrap_or_else(|| panic!("not sent again at once before refusal {refusal}"));
+            task.handle(DomainEvent::Outcome {
+                tag: item,
+                result: PushResult::NotSent(NotSentReason::Refused),
+                remote: None,
+            });
+        }
+        assert!(
+            task.active.is_empty(),
+            "refused {LOSSES_PER_ATTEMPT} times and still sent again at once"
+        );
+        let Some(Reverse(delayed)) = task.delayed.peek() else {
+            panic!("not retried on the domain's schedule");
+        };
+        assert_eq!((delayed.item.retries, delayed.item.losses), (1, 0));
+        assert_eq!(task.stats.transient.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            task.stats.requeued.load(Ordering::Relaxed),
+            u64::from(LOSSES_PER_ATTEMPT - 1)
+        );
+        let failures = task.stats.failures();
+        assert_eq!(
+            failures.get(&(
+                super::super::stats::FailureKind::Transient,
+                "StreamRefused".to_owned()
+            )),
+            Some(&1),
+            "{failures:?}"
+        );
+    }
 
     #[test]
     fn a_queue_shrinks_only_once_it_uses_less_than_a_quarter_of_its_room() {

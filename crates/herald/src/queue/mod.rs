@@ -13,7 +13,8 @@
 //! ([`EngineShared::make_room`]), and such a domain's counters start again from 0.
 //!
 //! A queue whose task panics goes on: the task hands what it held to a new task with the same counters
-//! ([`domain::DomainTask::failed`]).
+//! ([`domain::DomainTask::failed`]); what the panic took with it is told to the observer
+//! ([`QueueObserver::abandoned`]).
 
 pub mod domain;
 pub mod stats;
@@ -190,6 +191,14 @@ pub trait QueueObserver: Send + Sync + 'static {
     fn parked(&self, _delta: i64) -> usize {
         0
     }
+    /// Notifications this node no longer holds in any queue, their memory given back: the task of their queue
+    /// failed with them in hand (a defect), or could not hand them to a new task (their domain is no longer
+    /// configured, the engine is stopping). True when the store took them back to deliver them again after `hold`
+    /// (the JetStream spool: by whichever node pulls them then); by default (the embedded spool) they stay stored
+    /// as they are and are delivered again at the next start.
+    fn abandoned(&self, _ids: &[MessageId], _hold: std::time::Duration) -> bool {
+        false
+    }
 }
 
 /// What every domain task shares.
@@ -240,7 +249,7 @@ impl EngineShared {
     }
 
     /// True when the store took `item` back for a retry after `delay` (see [`QueueObserver::hand_back`]): it no
-    /// longer takes memory here.
+    /// longer takes memory here. The caller forgets it, then tells the outcome listener ([`EngineShared::left`]).
     pub(crate) fn handed_back(&self, item: &Queued, delay: std::time::Duration) -> bool {
         let taken = self
             .observer
@@ -248,9 +257,23 @@ impl EngineShared {
             .is_some_and(|o| o.hand_back(item.notification.id, item.retries, delay));
         if taken {
             self.resident.add_permits(1);
-            if let Some(l) = self.listener.get() {
-                l.left(item.notification.id);
-            }
+        }
+        taken
+    }
+
+    /// Tells the outcome listener that notification `id` left this node (the store took it back).
+    pub(crate) fn left(&self, id: MessageId) {
+        if let Some(l) = self.listener.get() {
+            l.left(id);
+        }
+    }
+
+    /// Notifications no queue holds any more, their memory given back (see [`QueueObserver::abandoned`]): true
+    /// when the store took them back, and the outcome listener hears that they left.
+    pub(crate) fn abandoned(&self, ids: &[MessageId], hold: std::time::Duration) -> bool {
+        let taken = self.observer.get().is_some_and(|o| o.abandoned(ids, hold));
+        if taken {
+            ids.iter().for_each(|id| self.left(*id));
         }
         taken
     }
@@ -1315,7 +1338,7 @@ mod tests {
         }
     }
 
-    fn notification(i: u8) -> Notification {
+    pub(super) fn notification(i: u8) -> Notification {
         Notification {
             id: MessageId::NONE,
             batch_id: MessageId::NONE,
@@ -1562,7 +1585,7 @@ domain "apps.example" {{
             engine.submit(notification(i)).await.unwrap();
         }
         for sender in engine.senders(Some("apps.example")).unwrap() {
-            sender.0.send(DomainEvent::Panic).unwrap();
+            sender.0.send(DomainEvent::Panic(None)).unwrap();
         }
         let stats = engine.stats("apps.example").unwrap();
         wait_until("the task failed", || {
@@ -1584,6 +1607,139 @@ domain "apps.example" {{
         assert_eq!(tokens, expected, "each notification delivered once");
         assert_eq!(stats.received.load(Ordering::Relaxed), 5);
         assert_eq!(stats.task_failures.load(Ordering::Relaxed), 1);
+    }
+
+    /// With the JetStream spool, a pulled notification that the queue's task fails with in hand (a panic: a
+    /// defect) is not left held by this node, where its in-progress acks would keep it from every node until the
+    /// process stops: it goes back to the stream, comes again, and is delivered; the node holds nothing after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pulled_notification_a_failed_task_took_with_it_goes_back_to_the_stream() {
+        use herald_spool::Spool as _;
+        use std::sync::atomic::Ordering;
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let nats = herald_testkit::nats::single(&dir.path().join("nats"));
+        let (sim, resolver) = simulated_apns(dir.path()).await;
+        let mut options = herald_spool::JetStreamOptions::new(vec![nats.url()], "failed_task");
+        // Longer than the test: only a release by this node can bring the notification back.
+        options.ack_wait = std::time::Duration::from_secs(300);
+        let spool = herald_spool::JetStreamSpool::connect(options)
+            .await
+            .unwrap();
+        let mut pulled = spool.take_deliveries().unwrap();
+        wait_until("the stream set up", || spool.connected()).await;
+        let engine = Arc::new(Engine::new(
+            resolver,
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident: 100,
+                ..EngineLimits::default()
+            },
+        ));
+        engine.set_observer(Arc::new(crate::spool::SpoolBridge::shared(spool.clone())));
+        let mut n = notification(0x5a);
+        n.id = MessageId::from_parts(1, 1_800_000_000_000, 7);
+        spool
+            .append(vec![crate::spool::to_stored(&n)])
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(20), pulled.recv())
+            .await
+            .expect("the notification pulled")
+            .unwrap();
+        // The queue's task takes it in, with its memory permit as the engine hands it over, and fails with it.
+        let (restored, retries, _) = crate::spool::from_stored(first).unwrap();
+        let mut item = Queued::new(restored);
+        item.retries = retries;
+        engine.shared.resident.acquire().await.unwrap().forget();
+        let (binding, domain) = (n.binding.clone(), n.domain.clone());
+        engine
+            .shared
+            .hand_event(
+                &binding,
+                &domain,
+                DomainEvent::Panic(Some(item)),
+                Arrival::Restored,
+            )
+            .await
+            .unwrap();
+        // What the stream hands this node again is queued, as the pull queues it.
+        let puller = tokio::spawn({
+            let engine = engine.clone();
+            async move {
+                while let Some(stored) = pulled.recv().await {
+                    let (n, retries, next) = crate::spool::from_stored(stored).unwrap();
+                    engine.restore(n, retries, next).await.unwrap();
+                }
+            }
+        });
+        let stats = engine.stats("apps.example").unwrap();
+        wait_until("the notification delivered", || {
+            stats.delivered.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        wait_until("nothing held by the node", || spool.held() == 0).await;
+        wait_until("the memory given back", || engine.resident_room() == 100).await;
+        assert_eq!(stats.task_failures.load(Ordering::Relaxed), 1);
+        let tokens: Vec<String> = sim.record().into_iter().map(|r| r.token).collect();
+        assert_eq!(tokens, vec!["5a".repeat(32)], "delivered once");
+        puller.abort();
+        spool.close().await.unwrap();
+    }
+
+    /// Told which notifications no queue holds any more.
+    #[derive(Default)]
+    struct Abandoned(Mutex<Vec<(MessageId, std::time::Duration)>>);
+
+    impl QueueObserver for Abandoned {
+        fn finished(&self, _: &[MessageId]) {}
+        fn rescheduled(&self, _: MessageId, _: u32, _: SystemTime) {}
+        fn abandoned(&self, ids: &[MessageId], hold: std::time::Duration) -> bool {
+            let mut all = self.0.lock().unwrap();
+            all.extend(ids.iter().map(|id| (*id, hold)));
+            true
+        }
+    }
+
+    /// A queue whose task fails while a reload has removed its domain: what the task held cannot go to a new task;
+    /// its memory is given back and the observer (the spool) hears of it, with the hold of the failed queue, rather
+    /// than the spool keeping it as held for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_failed_task_cannot_hand_over_is_told_to_the_observer() {
+        let resolver = Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(settings_to(
+            closed_port(),
+        ))))));
+        let engine = Engine::new(
+            resolver.clone(),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident: 10,
+                ..EngineLimits::default()
+            },
+        );
+        let abandoned = Arc::new(Abandoned::default());
+        engine.set_observer(abandoned.clone());
+        engine.set_held(true);
+        let mut n = notification(0x3c);
+        n.id = MessageId::from_parts(1, 1_800_000_000_000, 9);
+        engine.submit(n.clone()).await.unwrap();
+        *resolver.0.lock().unwrap() = Err(ResolveError::UnknownDomain("apps.example".into()));
+        for sender in engine.senders(Some("apps.example")).unwrap() {
+            sender.0.send(DomainEvent::Panic(None)).unwrap();
+        }
+        wait_until("the observer told", || {
+            !abandoned.0.lock().unwrap().is_empty()
+        })
+        .await;
+        assert_eq!(
+            *abandoned.0.lock().unwrap(),
+            vec![(n.id, std::time::Duration::from_secs(1))]
+        );
+        wait_until("the memory given back", || engine.resident_room() == 10).await;
     }
 
     /// Domains seen once each, beyond [`MAX_RETIRED_QUEUES`] (a regex domain stanza serving any recipient

@@ -109,6 +109,20 @@ impl QueueObserver for SpoolBridge {
         }
     }
 
+    /// The JetStream spool gives each back to the stream for `hold` (a nak with that delay, counted as a hand-back),
+    /// for whichever node pulls it then; otherwise it could not go to another node before this one stops, as its
+    /// in-progress acks keep it here. The embedded spool keeps them as they are: they are delivered again at the
+    /// next start (its records cannot be read one by one while it serves).
+    fn abandoned(&self, ids: &[MessageId], hold: Duration) -> bool {
+        if !self.shared {
+            return false;
+        }
+        for id in ids {
+            self.spool.hand_back(SpoolKey(id.0), hold);
+        }
+        true
+    }
+
     fn rescheduled(&self, id: MessageId, retries: u32, next_attempt: SystemTime) {
         let ms = next_attempt
             .duration_since(UNIX_EPOCH)
