@@ -218,8 +218,8 @@ pub struct Queued {
     pub retries: u32,
     /// When it entered this process's queue (monotonic), for latency figures.
     pub enqueued: Instant,
-    /// Connections lost with it on the wire, without an answer, since its last counted attempt (see
-    /// `queue::domain::LOSSES_PER_ATTEMPT`).
+    /// Connections lost with it on the wire without an answer, and streams APNs refused for it, since its last
+    /// counted attempt (see `queue::domain::LOSSES_PER_ATTEMPT`).
     pub losses: u8,
 }
 
