@@ -45,8 +45,9 @@ pub struct NotificationParts<'a> {
     pub token: &'a str,
     /// The request headers as given; their expiration, collapse id, apns-id and topic are checked.
     pub headers: &'a PushHeaders,
-    /// The topic checked when `headers` names none (the domain's); `None` lets a single-topic certificate supply
-    /// it.
+    /// The topic checked when `headers` names none (the domain's, with the push type's suffix); `None` lets a
+    /// certificate supply it, which only an HTTP/2 certificate route can, and only for a push type without a
+    /// suffix ([`NotificationError::MissingTopic`]).
     pub default_topic: Option<&'a str>,
     /// The push type sent: `headers.push_type` parsed, or the one inferred from the payload.
     pub push_type: PushType,
@@ -84,6 +85,32 @@ pub enum NotificationError {
         push_type: PushType,
         protocol: Protocol,
     },
+    /// No topic on HTTP/2 where APNs needs one (docs/apns-protocol.md#http2-request): on a token-authenticated
+    /// connection (`MissingTopic`), or for a push type with a suffix, which the certificate's bare bundle id that
+    /// APNs would use lacks (`TopicDisallowed`).
+    #[error(
+        "apns-topic is missing: {}; give the notification its topic",
+        missing_topic_reason(*.push_type, *.auth)
+    )]
+    MissingTopic {
+        push_type: PushType,
+        auth: RouteAuth,
+    },
+}
+
+/// Why a notification without a topic cannot go ([`NotificationError::MissingTopic`]).
+fn missing_topic_reason(push_type: PushType, auth: RouteAuth) -> String {
+    match (auth, push_type.topic_suffix()) {
+        (RouteAuth::Token, _) => {
+            "APNs requires a topic on token-authenticated connections (it answers MissingTopic)"
+                .to_owned()
+        }
+        (RouteAuth::Certificate, suffix) => format!(
+            "push type {push_type} needs the bundle id followed by {:?}, and without a topic APNs uses the \
+             certificate's bare bundle id",
+            suffix.unwrap_or_default()
+        ),
+    }
 }
 
 /// Why a route of `protocol` has no token authentication, and what gives it one.
@@ -126,8 +153,21 @@ pub fn validate_notification(
     if let Some(exp) = headers.expiration {
         push::validate_expiration(exp)?;
     }
-    if let Some(topic) = parts.topic() {
-        push::validate_topic(topic, parts.push_type)?;
+    match parts.topic() {
+        Some(topic) => {
+            push::validate_topic(topic, parts.push_type)?;
+        }
+        // The binary protocol carries no topic; a certificate route without one sends the certificate's bundle id,
+        // which only push types without a suffix take.
+        None if parts.protocol == Protocol::Http2
+            && (parts.auth == RouteAuth::Token || parts.push_type.topic_suffix().is_some()) =>
+        {
+            return Err(NotificationError::MissingTopic {
+                push_type: parts.push_type,
+                auth: parts.auth,
+            });
+        }
+        None => {}
     }
     if let Some(id) = headers.collapse_id.as_deref() {
         push::validate_collapse_id(id)?;
@@ -325,6 +365,60 @@ mod tests {
         let upper = with(&h);
         let e = validate_notification(&upper).unwrap_err();
         assert!(e.to_string().contains("lowercase"), "{e}");
+    }
+
+    /// docs/apns-protocol.md#http2-request: without a topic, a token route (every push type) and a certificate route
+    /// (push types with a suffix) are refused on HTTP/2; a certificate route lets the certificate name an alert's
+    /// topic, and the binary protocol carries none.
+    #[test]
+    fn a_missing_topic_is_refused_where_apns_needs_one() {
+        let none = PushHeaders {
+            topic: None,
+            ..headers()
+        };
+        let alert = with(&none);
+        assert!(validate_notification(&alert).is_ok());
+        let token = NotificationParts {
+            auth: RouteAuth::Token,
+            ..alert
+        };
+        let e = validate_notification(&token).unwrap_err();
+        assert_eq!(
+            e,
+            NotificationError::MissingTopic {
+                push_type: PushType::Alert,
+                auth: RouteAuth::Token
+            }
+        );
+        assert!(
+            e.to_string().starts_with("apns-topic is missing")
+                && e.to_string().contains("MissingTopic"),
+            "{e}"
+        );
+        let h = PushHeaders {
+            push_type: Some("voip".into()),
+            ..none.clone()
+        };
+        let voip = NotificationParts {
+            push_type: PushType::Voip,
+            payload: b"{}",
+            ..with(&h)
+        };
+        let e = validate_notification(&voip).unwrap_err();
+        assert!(
+            e.to_string().contains("\".voip\"") && !e.to_string().contains("  "),
+            "{e}"
+        );
+        let derived = NotificationParts {
+            default_topic: Some("com.example.app.voip"),
+            ..voip
+        };
+        assert!(validate_notification(&derived).is_ok());
+        let binary = NotificationParts {
+            protocol: Protocol::Binary,
+            ..voip
+        };
+        assert!(validate_notification(&binary).is_ok());
     }
 
     /// docs/apns-protocol.md#rule-10: a location push goes only over a token-authenticated HTTP/2 route; a

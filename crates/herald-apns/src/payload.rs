@@ -20,7 +20,7 @@ mod infer;
 mod strict;
 
 use crate::push::{Priority, Protocol, PushType};
-pub use infer::infer_push_type;
+pub use infer::{infer_push_type, infer_push_type_for};
 use strict::{Json, Object};
 
 /// The rule a payload broke, naming the key or size at fault.
@@ -61,6 +61,13 @@ pub enum PayloadError {
         value: String,
         allowed: &'static str,
     },
+    /// A Live Activity time (`timestamp`, `stale-date`, `dismissal-date`) above [`MAX_LIVE_ACTIVITY_SECONDS`]: a
+    /// count of milliseconds, most likely, where APNs takes seconds.
+    #[error(
+        "{key} is {value}, which looks like milliseconds: Live Activity times are seconds since the epoch (at most \
+         {MAX_LIVE_ACTIVITY_SECONDS}, the year 5138); divide it by 1000"
+    )]
+    TimeInMilliseconds { key: String, value: String },
     #[error("{key} is required in {context}")]
     MissingKey {
         key: &'static str,
@@ -190,6 +197,11 @@ pub fn validate_broadcast(payload: &[u8]) -> Result<(), PayloadError> {
         Priority::Immediate,
     )
 }
+
+/// The largest Live Activity time (`timestamp`, `stale-date`, `dismissal-date`) herald takes: 10^11 seconds since the
+/// epoch, in the year 5138. A larger value is a time in milliseconds (docs/apns-protocol.md#rule-8), which the
+/// device would read as a date thousands of years away: an update it never shows, an activity that never goes stale.
+pub const MAX_LIVE_ACTIVITY_SECONDS: u64 = 100_000_000_000;
 
 /// The largest broadcast payload APNs accepts (docs/apns-protocol.md#payload-limits, docs/apns-protocol.md#history).
 pub const BROADCAST_PAYLOAD_LIMIT: usize = 5120;
@@ -343,6 +355,13 @@ fn check_aps_types(aps: &Object<'_>, push_type: PushType) -> Result<(), PayloadE
                         key: path(),
                         value: value.to_string(),
                         allowed: "seconds since the epoch, not negative",
+                    });
+                }
+                // Today's time in milliseconds is about 1.8e12; in seconds 1e11 is reached in the year 5138.
+                if n > MAX_LIVE_ACTIVITY_SECONDS as f64 {
+                    return Err(PayloadError::TimeInMilliseconds {
+                        key: path(),
+                        value: value.to_string(),
                     });
                 }
             }
@@ -1032,6 +1051,40 @@ mod tests {
             ),
             PayloadError::BadValue { .. }
         ));
+        // Times in milliseconds (docs/apns-protocol.md#rule-8): refused naming the field, up to 10^11 seconds pass.
+        for (key, payload) in [
+            (
+                "aps.timestamp",
+                r#"{"aps":{"timestamp":1767225600000,"event":"update","content-state":{}}}"#,
+            ),
+            (
+                "aps.stale-date",
+                r#"{"aps":{"timestamp":1,"event":"update","stale-date":1767229200000}}"#,
+            ),
+            (
+                "aps.dismissal-date",
+                r#"{"aps":{"timestamp":1,"event":"end","dismissal-date":1.7672292e12}}"#,
+            ),
+        ] {
+            let e = err(payload, LiveActivity, Http2, Immediate);
+            assert!(
+                matches!(&e, PayloadError::TimeInMilliseconds { key: k, .. } if k == key),
+                "{payload}: {e}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("{key} is 1"))
+                    && text.contains("looks like milliseconds")
+                    && !text.contains("  "),
+                "{text}"
+            );
+        }
+        ok(
+            r#"{"aps":{"timestamp":100000000000,"event":"update","stale-date":1767229200}}"#,
+            LiveActivity,
+            Http2,
+            Immediate,
+        );
         assert!(matches!(
             err(
                 r#"{"aps":{"timestamp":1,"event":"end","content-state":[]}}"#,
@@ -1106,6 +1159,67 @@ mod tests {
         assert_eq!(
             validate(silent, infer_push_type(silent), Http2, Conserve),
             Ok(())
+        );
+    }
+
+    /// docs/apns-protocol.md#push-types: without a push type, the topic's suffix decides before the payload, so a
+    /// VoIP payload without `aps` to a `.voip` topic is a voip push (5120 bytes, no `aps` needed).
+    #[test]
+    fn push_type_inference_reads_the_topic_first() {
+        let voip = format!(r#"{{"callId":"{}"}}"#, "c".repeat(4500));
+        assert_eq!(
+            infer_push_type_for(Some("com.x.voip"), voip.as_bytes()),
+            PushType::Voip
+        );
+        assert_eq!(
+            validate(voip.as_bytes(), PushType::Voip, Http2, Immediate),
+            Ok(())
+        );
+        for (topic, want) in [
+            ("com.x.voip-ptt", PushType::PushToTalk),
+            ("com.x.complication", PushType::Complication),
+            ("com.x.push-type.liveactivity", PushType::LiveActivity),
+            ("com.x.push-type.widgets", PushType::Widgets),
+            ("com.x.push-type.controls", PushType::Controls),
+            ("com.x.pushkit.fileprovider", PushType::FileProvider),
+            ("com.x.location-query", PushType::Location),
+        ] {
+            // Even a payload that reads as background: the topic decides.
+            assert_eq!(
+                infer_push_type_for(Some(topic), br#"{"aps":{"content-available":1}}"#),
+                want,
+                "{topic}"
+            );
+        }
+        // A bare bundle id, or no topic: the payload decides.
+        let silent = br#"{"aps":{"content-available":1}}"#;
+        assert_eq!(infer_push_type_for(Some("com.x"), silent), Background);
+        assert_eq!(infer_push_type_for(None, silent), Background);
+        assert_eq!(
+            infer_push_type_for(Some("com.x"), br#"{"aps":{"alert":"x"}}"#),
+            Alert
+        );
+        // A one-word suffix may end the bundle id itself (an app `com.x.voip`): a payload that shows something is
+        // its alert. A multi-word suffix ends no bundle id: it decides whatever the payload.
+        for topic in ["com.x.voip", "com.x.voip-ptt", "com.x.complication"] {
+            for visible in [
+                r#"{"aps":{"alert":"x"}}"#,
+                r#"{"aps":{"badge":1}}"#,
+                r#"{"aps":{"sound":"default"}}"#,
+            ] {
+                assert_eq!(
+                    infer_push_type_for(Some(topic), visible.as_bytes()),
+                    Alert,
+                    "{topic} {visible}"
+                );
+            }
+        }
+        assert_eq!(
+            infer_push_type_for(
+                Some("com.x.push-type.liveactivity"),
+                br#"{"aps":{"alert":"x","event":"update","timestamp":1}}"#
+            ),
+            PushType::LiveActivity
         );
     }
 

@@ -133,6 +133,17 @@ impl PushType {
         }
     }
 
+    /// The push type whose suffix `topic` ends in after a non-empty bundle id (docs/apns-protocol.md#push-types):
+    /// `com.example.app.voip` is `voip`, `com.example.app.voip-ptt` is `pushtotalk`. `None` for a topic without
+    /// one of the suffixes (a bare bundle id: alert, background or mdm, which only the payload tells apart). No
+    /// suffix of the table ends in another, so at most one matches.
+    pub fn from_topic_suffix(topic: &str) -> Option<PushType> {
+        PushType::ALL.into_iter().find(|p| {
+            p.topic_suffix()
+                .is_some_and(|s| topic.len() > s.len() && topic.ends_with(s))
+        })
+    }
+
     /// Largest payload in bytes: 2048 on the binary protocol; on HTTP/2 5120 for VoIP and 4096 otherwise
     /// (docs/apns-protocol.md#size-limits, docs/apns-protocol.md#payload-limits).
     pub fn payload_limit(self, protocol: Protocol) -> usize {
@@ -386,6 +397,29 @@ pub fn topic_for(bundle: &str, push_type: PushType) -> String {
     }
 }
 
+/// The bundle id of `topic`: the topic without the push-type suffix it ends in ([`PushType::from_topic_suffix`]),
+/// else the whole topic.
+pub fn bundle_id(topic: &str) -> &str {
+    PushType::from_topic_suffix(topic)
+        .and_then(PushType::topic_suffix)
+        .and_then(|suffix| topic.strip_suffix(suffix))
+        .unwrap_or(topic)
+}
+
+/// The topic a push of `push_type` takes from the domain's topic or the certificate's bundle id `base`, when its
+/// sender named none (docs/apns-protocol.md#push-types): for a push type with a suffix, `base` when it already ends
+/// in that suffix, else its bundle id ([`bundle_id`], so that `com.example.app.voip` gives
+/// `com.example.app.push-type.liveactivity`, not a topic with two suffixes) plus the suffix; for alert,
+/// background and mdm, `base` unchanged.
+pub fn derive_topic(base: &str, push_type: PushType) -> String {
+    match push_type.topic_suffix() {
+        Some(suffix) if !(base.len() > suffix.len() && base.ends_with(suffix)) => {
+            topic_for(bundle_id(base), push_type)
+        }
+        _ => base.to_owned(),
+    }
+}
+
 /// Checks that `topic` fits `push_type`: non-empty printable ASCII, and for push types that have a suffix it
 /// must end with it after a non-empty bundle id (docs/apns-protocol.md#push-types, docs/apns-protocol.md#rule-3).
 /// Returns the bundle id.
@@ -484,6 +518,49 @@ mod tests {
         for p in PushType::ALL {
             assert_eq!(validate_topic(&topic_for(b, p), p), Ok(b));
         }
+    }
+
+    #[test]
+    fn topic_suffixes_name_their_push_type() {
+        // docs/apns-protocol.md#push-types: every suffix of the table, after a bundle id, names its type.
+        let b = "com.example.app";
+        for p in PushType::ALL {
+            let topic = topic_for(b, p);
+            let named = PushType::from_topic_suffix(&topic);
+            match p.topic_suffix() {
+                Some(_) => assert_eq!(named, Some(p), "{topic}"),
+                None => assert_eq!(named, None, "{topic}"),
+            }
+            assert_eq!(bundle_id(&topic), b, "{topic}");
+        }
+        // A suffix alone is no topic of its type; an unknown ending is none.
+        assert_eq!(PushType::from_topic_suffix(".voip"), None);
+        assert_eq!(PushType::from_topic_suffix("com.example.voipx"), None);
+        assert_eq!(bundle_id(".voip"), ".voip");
+    }
+
+    #[test]
+    fn derived_topics_carry_one_suffix() {
+        let b = "com.example.app";
+        for p in PushType::ALL {
+            assert_eq!(derive_topic(b, p), topic_for(b, p), "{p}");
+            // A base that already ends in the type's suffix is kept.
+            assert_eq!(derive_topic(&topic_for(b, p), p), topic_for(b, p), "{p}");
+        }
+        // Another type's suffix is replaced, not added to.
+        assert_eq!(
+            derive_topic("com.example.app.voip", PushType::LiveActivity),
+            "com.example.app.push-type.liveactivity"
+        );
+        assert_eq!(
+            derive_topic("com.example.app.voip", PushType::PushToTalk),
+            "com.example.app.voip-ptt"
+        );
+        // Alert, background and mdm take the base as it is.
+        assert_eq!(
+            derive_topic("com.example.app.voip", PushType::Alert),
+            "com.example.app.voip"
+        );
     }
 
     #[test]

@@ -149,6 +149,13 @@ pub fn check_listeners(config: &Config) -> Vec<ListenerFinding> {
     findings
 }
 
+/// The finding about a token-authenticated domain with no topic to give a notification whose sender names none
+/// (docs/apns-protocol.md#http2-request): herald refuses such notifications at the door, since APNs would answer
+/// `MissingTopic`.
+const TOKEN_WITHOUT_TOPIC: &str = "apn_key without apn_topic: APNs requires a topic on token-authenticated \
+     connections, so every notification must name its topic (REST \"topic\", MCMT X-APNs-Topic) or herald refuses \
+     it; set apn_topic = \"<bundle id>\" to give the others one (push types with a suffix get it appended)";
+
 /// How a finding about a credential file that is not on this machine ends.
 const MISSING_FILE: &str = "does not exist here; the credentials in it were not checked";
 
@@ -268,6 +275,9 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
                 Severity::Error,
                 "provider tokens (apn_key) work only over HTTP/2 routes".into(),
             );
+        } else if d.apn_topic.is_none() && d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
+            // A warning, not an error: senders may name the topic of every notification themselves.
+            say(Severity::Warning, TOKEN_WITHOUT_TOPIC.into());
         }
     } else if d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
         say(
@@ -317,4 +327,52 @@ pub async fn check_reachable(resolver: &ConfigResolver, timeout: Duration) -> Ve
         }
     }
     findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token-authenticated domain without `apn_topic` (and no certificate to take a bundle id from) is reported
+    /// as a warning: herald refuses its notifications that name no topic. With `apn_topic` it is clean.
+    #[test]
+    fn apn_key_without_apn_topic_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = herald_sim::Pki::generate(dir.path(), &[]).unwrap();
+        let key = &pki.manifest.token_key;
+        let config = |topic: &str| {
+            let text = format!(
+                "domain \"token.example\" {{\n delivery_method = apn\n routes = ( \"https://127.0.0.1:1\" )\n \
+                 tls_verify = ca\n tls_ca = \"{ca}\"\n apn_key = \"{p8}\"\n apn_key_id = \"{kid}\"\n \
+                 apn_team_id = \"{tid}\"\n{topic}}}\n",
+                ca = pki.manifest.ca_cert.display(),
+                p8 = key.p8.display(),
+                kid = key.key_id,
+                tid = key.team_id,
+            );
+            Arc::new(Config::parse_str("check.conf", &text).unwrap())
+        };
+        let findings = check(&config(""), SystemTime::now());
+        assert_eq!(
+            findings,
+            vec![Finding {
+                domain: "token.example".into(),
+                severity: Severity::Warning,
+                message: TOKEN_WITHOUT_TOPIC.into(),
+            }]
+        );
+        assert!(
+            findings[0]
+                .to_string()
+                .starts_with("domain token.example: warning: apn_key without apn_topic"),
+            "{}",
+            findings[0]
+        );
+        assert!(!TOKEN_WITHOUT_TOPIC.contains("  "));
+        let findings = check(
+            &config(" apn_topic = \"com.example.app\"\n"),
+            SystemTime::now(),
+        );
+        assert_eq!(findings, vec![]);
+    }
 }

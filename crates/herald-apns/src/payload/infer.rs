@@ -1,11 +1,39 @@
-//! Which push type a payload implies when the sender named none: [`infer_push_type`], read without building the
-//! payload's JSON tree.
+//! Which push type a notification implies when the sender named none: [`infer_push_type_for`], from the topic's
+//! suffix first and then from the payload ([`infer_push_type`], read without building the payload's JSON tree).
 
 use std::fmt;
 
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 
 use crate::push::PushType;
+
+/// The push type of a notification whose sender named none (docs/apns-protocol.md#push-types): the one the suffix
+/// of its `topic` names (`.voip` is `voip`, `.push-type.liveactivity` is `liveactivity`, …,
+/// [`PushType::from_topic_suffix`]), else the one its payload implies ([`infer_push_type`]). `topic` is the topic
+/// the notification will carry as far as it is known: the sender's, else the domain's.
+///
+/// The topic comes first because it is what APNs routes by: a VoIP payload (`{"callId":…}`, no `aps`) to a `.voip`
+/// topic sent as `alert` would be refused for lacking `aps`, held to 4096 bytes instead of 5120, and go to APNs with
+/// a push type its topic contradicts. The one-word suffixes (`.voip`, `.voip-ptt`, `.complication`) may also end a
+/// bundle id itself (`com.example.voip`): a payload that shows something (`aps` with `alert`, `badge` or `sound`) to
+/// such a topic is taken for an alert to that app, as it was before topics were read; the multi-word suffixes
+/// (`.push-type.liveactivity`, `.pushkit.fileprovider`, …) end no bundle id and always decide.
+pub fn infer_push_type_for(topic: Option<&str>, payload: &[u8]) -> PushType {
+    match topic.and_then(PushType::from_topic_suffix) {
+        Some(PushType::Voip | PushType::PushToTalk | PushType::Complication)
+            if shows_something(payload) =>
+        {
+            infer_push_type(payload)
+        }
+        Some(suffixed) => suffixed,
+        None => infer_push_type(payload),
+    }
+}
+
+/// Whether the payload's (last) `aps` is an object with `alert`, `badge` or `sound`.
+fn shows_something(payload: &[u8]) -> bool {
+    matches!(serde_json::from_slice::<Root>(payload), Ok(Root(Some(aps))) if aps.visible)
+}
 
 /// The push type a payload implies when the sender named none (Momentum's binary-era submissions have no
 /// push type): `background` for a `content-available`-only `aps`, otherwise `alert`. Unparseable payloads

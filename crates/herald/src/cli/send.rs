@@ -45,7 +45,7 @@ pub struct SendArgs {
     /// Shorthand for --payload '{"aps":{"alert":TEXT}}'.
     #[arg(long)]
     pub alert: Option<String>,
-    /// apns-push-type (alert, background, voip, …); default: inferred from the payload.
+    /// apns-push-type (alert, background, voip, …); default: from the topic's suffix, else the payload.
     #[arg(long)]
     pub push_type: Option<String>,
     /// apns-priority (10, 5 or 1).
@@ -57,7 +57,7 @@ pub struct SendArgs {
     /// apns-collapse-id.
     #[arg(long)]
     pub collapse_id: Option<String>,
-    /// apns-topic; default: the domain's apn_topic.
+    /// apns-topic; default: the domain's apn_topic (with the push type's suffix, if it has one).
     #[arg(long)]
     pub topic: Option<String>,
     /// Read notifications from this file (`-` for stdin).

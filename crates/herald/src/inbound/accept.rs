@@ -15,8 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_apns::client::PushRequest;
 use herald_apns::notification::{NotificationParts, PushHeaders, RouteAuth, validate_notification};
-use herald_apns::payload::infer_push_type;
-use herald_apns::push::{ApnsId, Priority, Protocol, PushType, validate_expiration};
+use herald_apns::payload::infer_push_type_for;
+use herald_apns::push::{ApnsId, Priority, Protocol, PushType, derive_topic, validate_expiration};
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::message::{DEFAULT_BINDING, IdGenerator, MessageId, Notification, unix_now};
@@ -320,11 +320,19 @@ impl Intake {
             RouteProtocol::Http2 => Protocol::Http2,
             RouteProtocol::Binary(_) => Protocol::Binary,
         };
+        // Without a push type, the topic's suffix names it (the sender's topic, else the domain's), and only a bare
+        // bundle id leaves it to the payload (docs/apns-protocol.md#push-types).
         let push_type = match s.headers.push_type.as_deref() {
             Some(t) => t
                 .parse::<PushType>()
                 .map_err(|e| Refusal::Permanent(format!("push_type: {e}")))?,
-            None => infer_push_type(&s.payload),
+            None => infer_push_type_for(
+                s.headers
+                    .topic
+                    .as_deref()
+                    .or(settings.default_topic.as_deref()),
+                &s.payload,
+            ),
         };
         let priority = match s.headers.priority {
             Some(p) => {
@@ -332,26 +340,15 @@ impl Intake {
             }
             None => push_type.default_priority(),
         };
-        // The sender's topic is kept as given; the domain's `apn_topic` (usually the bare bundle id) gains the
-        // Live Activity suffix for a liveactivity push (docs/apns-protocol.md §6.1). Without `apn_topic`, a Live
-        // Activity takes the client certificate's bundle id instead: APNs' default topic, the bare bundle id, would
-        // lack the suffix.
-        let default_topic = match s.headers.topic {
-            Some(_) => None,
-            None => settings
-                .default_topic
-                .as_deref()
-                .or(match push_type {
-                    PushType::LiveActivity => settings.certificate_topic.as_deref(),
-                    _ => None,
-                })
-                .map(|t| live_activity_topic(t, push_type)),
-        };
         // A domain with a signing key sends provider tokens (HTTP/2 only); any other route proves itself with its
         // client certificate, which some push types do not take (docs/apns-protocol.md#rule-10).
         let auth = match (protocol, &settings.auth) {
             (Protocol::Http2, Some(_)) => RouteAuth::Token,
             _ => RouteAuth::Certificate,
+        };
+        let default_topic = match s.headers.topic {
+            Some(_) => None,
+            None => default_topic(&settings, push_type, protocol, auth)?,
         };
         let parts = NotificationParts {
             token: &s.token,
@@ -534,35 +531,68 @@ impl Intake {
     }
 }
 
-/// The domain's topic for a push of `push_type`: for `liveactivity`, the topic with `.push-type.liveactivity`
-/// appended when it lacks it; otherwise unchanged.
-fn live_activity_topic(topic: &str, push_type: PushType) -> String {
-    match push_type.topic_suffix() {
-        Some(suffix) if push_type == PushType::LiveActivity && !topic.ends_with(suffix) => {
-            herald_apns::push::topic_for(topic, push_type)
-        }
-        _ => topic.to_owned(),
+/// The topic of a notification whose sender named none (docs/apns-protocol.md#http2-request, `apns-topic`), or why
+/// there is none to send.
+///
+/// The topic is made of the domain's `apn_topic` (usually the bare bundle id), else, on HTTP/2, the bundle id of the
+/// domain's client certificate: a push type with a suffix gets the bundle id plus its suffix ([`derive_topic`]),
+/// alert, background and mdm the topic as it is. On a certificate route alert, background and mdm pushes without
+/// `apn_topic` send none, and APNs takes the certificate's bundle id; that bare bundle id is what APNs would use for
+/// the other types too, which their topic must not be (`TopicDisallowed`), hence the derived one. A token route
+/// must always send a topic (APNs answers `MissingTopic` without one), and a push type with a suffix needs one on
+/// any HTTP/2 route: when neither `apn_topic` nor a certificate gives a bundle id, the notification is refused here,
+/// naming the two ways to give one, rather than accepted to fail for good at APNs. The binary protocol carries no
+/// topic (the certificate decides), so nothing is refused for it there.
+fn default_topic(
+    settings: &DeliverySettings,
+    push_type: PushType,
+    protocol: Protocol,
+    auth: RouteAuth,
+) -> Result<Option<String>, Refusal> {
+    let apn_topic = settings.default_topic.as_deref();
+    let bundle = apn_topic.or(settings.certificate_topic.as_deref());
+    let needs_topic = protocol == Protocol::Http2
+        && (auth == RouteAuth::Token || push_type.topic_suffix().is_some());
+    match (push_type.topic_suffix(), bundle) {
+        (Some(_), Some(base)) => Ok(Some(derive_topic(base, push_type))),
+        (None, _) if apn_topic.is_some() => Ok(apn_topic.map(str::to_owned)),
+        (None, Some(base)) if auth == RouteAuth::Token => Ok(Some(base.to_owned())),
+        _ if needs_topic => Err(Refusal::Permanent(missing_topic(
+            &settings.domain,
+            push_type,
+            auth,
+        ))),
+        _ => Ok(None),
     }
+}
+
+/// Why a notification has no topic to send, and what gives it one ([`default_topic`]).
+fn missing_topic(domain: &str, push_type: PushType, auth: RouteAuth) -> String {
+    let why = match (auth, push_type.topic_suffix()) {
+        (RouteAuth::Token, _) => {
+            "its route authenticates with a provider token (apn_key), for which APNs requires \
+             a topic (it would refuse the notification with MissingTopic)"
+                .to_owned()
+        }
+        (RouteAuth::Certificate, Some(suffix)) => format!(
+            "push type {push_type} needs the app's bundle id followed by {suffix:?}, and its client certificate names \
+             no bundle id to make it of"
+        ),
+        (RouteAuth::Certificate, None) => "its client certificate names no bundle id".to_owned(),
+    };
+    let example = match push_type.topic_suffix() {
+        Some(suffix) => format!("<bundle id>{suffix}"),
+        None => "<bundle id>".to_owned(),
+    };
+    format!(
+        "apns-topic: the notification names no topic and domain {domain:?} has no apn_topic to take it from; {why}. \
+         Give the notification its topic (REST \"topic\", MCMT X-APNs-Topic, herald send --topic), e.g. \
+         \"{example}\", or set apn_topic = \"<bundle id>\" in the domain's configuration"
+    )
 }
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn live_activity_pushes_gain_the_topic_suffix() {
-        use herald_apns::push::PushType;
-        let t = |topic, p| super::live_activity_topic(topic, p);
-        assert_eq!(
-            t("com.x", PushType::LiveActivity),
-            "com.x.push-type.liveactivity"
-        );
-        assert_eq!(
-            t("com.x.push-type.liveactivity", PushType::LiveActivity),
-            "com.x.push-type.liveactivity"
-        );
-        assert_eq!(t("com.x", PushType::Alert), "com.x");
-        assert_eq!(t("com.x", PushType::Voip), "com.x");
-    }
 
     #[test]
     fn equal_topics_and_senders_share_one_allocation() {
@@ -744,6 +774,137 @@ mod tests {
             }
         }
         assert_eq!(intake.refused(), 2);
+    }
+
+    /// docs/apns-protocol.md#push-types: a notification without a topic takes `apn_topic`, else the certificate's
+    /// bundle id, with its push type's suffix; where no topic can be made and one is needed (a token route, a push
+    /// type with a suffix on HTTP/2), it is refused, naming the topic and the two ways to give one.
+    #[test]
+    fn topics_are_derived_for_every_suffix_or_the_notification_is_refused() {
+        let topic = |apn_topic: Option<&str>,
+                     certificate: Option<&str>,
+                     push_type: PushType,
+                     protocol: Protocol,
+                     auth: RouteAuth| {
+            let mut s = settings("apps.example");
+            s.default_topic = apn_topic.map(Arc::from);
+            s.certificate_topic = certificate.map(Arc::from);
+            default_topic(&s, push_type, protocol, auth).map_err(|r| r.to_string())
+        };
+        use Protocol::*;
+        use PushType::*;
+        use RouteAuth::*;
+        for p in PushType::ALL {
+            let suffixed = herald_apns::push::topic_for("com.x", p);
+            // From apn_topic, on any route.
+            for (protocol, auth) in [(Http2, Token), (Http2, Certificate), (Binary, Certificate)] {
+                assert_eq!(
+                    topic(Some("com.x"), None, p, protocol, auth),
+                    Ok(Some(suffixed.clone())),
+                    "{p} {protocol:?} {auth:?}"
+                );
+            }
+            // From the certificate's bundle id when the type has a suffix or the route sends tokens.
+            let from_certificate = topic(None, Some("com.x"), p, Http2, Certificate);
+            if p.topic_suffix().is_some() {
+                assert_eq!(from_certificate, Ok(Some(suffixed.clone())), "{p}");
+            } else {
+                assert_eq!(
+                    from_certificate,
+                    Ok(None),
+                    "{p}: APNs takes the certificate's"
+                );
+            }
+            assert_eq!(
+                topic(None, Some("com.x"), p, Http2, Token),
+                Ok(Some(suffixed))
+            );
+            // No bundle id at all: a token route refuses every type, a certificate route those with a suffix.
+            let refused = |auth| match topic(None, None, p, Http2, auth) {
+                Err(why) => {
+                    assert!(
+                        why.starts_with("apns-topic: the notification names no topic")
+                            && why.contains("\"apps.example\" has no apn_topic")
+                            && why.contains("REST \"topic\"")
+                            && why.contains("set apn_topic")
+                            && !why.contains("  "),
+                        "{p} {auth:?}: {why}"
+                    );
+                    true
+                }
+                Ok(None) => false,
+                Ok(t) => panic!("{p} {auth:?}: {t:?}"),
+            };
+            assert!(refused(Token), "{p}");
+            assert_eq!(refused(Certificate), p.topic_suffix().is_some(), "{p}");
+            // The binary protocol carries no topic: nothing to refuse.
+            assert_eq!(topic(None, None, p, Binary, Certificate), Ok(None), "{p}");
+        }
+        let why = topic(None, None, Voip, Http2, Certificate).unwrap_err();
+        assert!(
+            why.contains("\".voip\"") && why.contains("<bundle id>.voip"),
+            "{why}"
+        );
+        let why = topic(None, None, Alert, Http2, Token).unwrap_err();
+        assert!(
+            why.contains("MissingTopic") && why.contains("apn_key"),
+            "{why}"
+        );
+        // A domain topic with another type's suffix gives its bundle id the right one.
+        assert_eq!(
+            topic(Some("com.x.voip"), None, LiveActivity, Http2, Token),
+            Ok(Some("com.x.push-type.liveactivity".into()))
+        );
+        assert_eq!(
+            topic(
+                Some("com.x.push-type.liveactivity"),
+                None,
+                LiveActivity,
+                Http2,
+                Token
+            ),
+            Ok(Some("com.x.push-type.liveactivity".into()))
+        );
+    }
+
+    /// docs/apns-protocol.md#push-types: without a push type, the topic's suffix decides (the sender's topic, else
+    /// the domain's), so a VoIP payload without `aps` to a `.voip` topic is accepted as voip, with VoIP's 5120
+    /// bytes.
+    #[test]
+    fn the_push_type_is_guessed_from_the_topic_first() {
+        let voip_payload = format!(r#"{{"callId":"{}"}}"#, "c".repeat(4500));
+        let mut voip_domain = settings("voip.example");
+        voip_domain.default_topic = Some(Arc::from("com.x.voip"));
+        let resolver = Arc::new(
+            StaticResolver::default()
+                .with(settings("apps.example"))
+                .with(voip_domain),
+        );
+        let (_, engine) = engine();
+        let intake = Intake::new(resolver, Arc::new(NotDurable), engine, IdGenerator::new(1));
+        let submit = |domain: &str, topic: Option<&str>, payload: &str| {
+            let mut s = Submission {
+                domain: domain.into(),
+                token: "ab".repeat(32),
+                payload: Bytes::from(payload.to_owned()),
+                ..Submission::default()
+            };
+            s.headers.topic = topic.map(str::to_owned);
+            intake.prepare(s, &source(&intake))
+        };
+        for (domain, topic) in [("apps.example", Some("com.x.voip")), ("voip.example", None)] {
+            let n = submit(domain, topic, &voip_payload).unwrap();
+            assert_eq!(n.push.push_type, Some(PushType::Voip), "{domain}");
+            assert_eq!(n.push.topic.as_deref(), Some("com.x.voip"), "{domain}");
+        }
+        let n = submit("apps.example", Some("com.x.voip-ptt"), r#"{"aps":{}}"#).unwrap();
+        assert_eq!(n.push.push_type, Some(PushType::PushToTalk));
+        assert_eq!(n.push.expiration, Some(0));
+        // A bare bundle id leaves it to the payload.
+        let n = submit("apps.example", None, r#"{"aps":{"content-available":1}}"#).unwrap();
+        assert_eq!(n.push.push_type, Some(PushType::Background));
+        let n = submit("apps.example", Some("com.x"), r#"{"aps":{"alert":"x"}}"#).unwrap();
+        assert_eq!(n.push.push_type, Some(PushType::Alert));
     }
 
     #[test]
