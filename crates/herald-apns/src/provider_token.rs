@@ -394,9 +394,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The provider token every connection of one key uses. Cloning shares it. A new token is minted when the
-/// current one is `refresh_after` old by the monotonic clock (clamped to 20-60 minutes), and on
-/// `ExpiredProviderToken` once per stale token; never more often than every 20 minutes, except when the
-/// wall clock shows the token is past APNs's one-hour limit (after a suspend, say).
+/// current one is `refresh_after` old (clamped to 20-60 minutes) by either clock: the monotonic one, or the wall
+/// clock its `iat` is read from, which alone moves on while the machine is suspended (a virtual machine paused, a
+/// laptop asleep) and which APNs judges the token by. A wall clock set back leaves the monotonic age in force. So a
+/// token is renewed only once one of the clocks says it is 20 minutes old. On `ExpiredProviderToken` a new one is
+/// minted once per stale token, when it is 20 minutes old by the monotonic clock or an hour old by the wall clock.
 #[derive(Debug, Clone)]
 pub struct ProviderTokenCache {
     inner: Arc<CacheInner>,
@@ -484,11 +486,17 @@ impl ProviderTokenCache {
         lock(&self.inner.state).mints
     }
 
-    /// The token to send now, minting a new one first if the current one is due.
+    /// The token to send now, minting a new one first if the current one is due by either clock.
     pub fn current(&self) -> Arc<str> {
         let mut state = lock(&self.inner.state);
-        if self.inner.clock.monotonic().saturating_sub(state.minted_at) >= self.inner.refresh_after
-        {
+        let refresh = self.inner.refresh_after;
+        let age = self.inner.clock.monotonic().saturating_sub(state.minted_at);
+        let wall_age = self
+            .inner
+            .clock
+            .unix_seconds()
+            .saturating_sub(state.issued_at);
+        if age >= refresh || wall_age >= refresh.as_secs() {
             self.mint(&mut state);
         }
         state.token.clone()
@@ -860,13 +868,55 @@ mod tests {
         let first = c.current();
         clock.advance(MIN);
         clock.set_unix(1_700_000_000 + 2 * 3600);
-        assert_eq!(c.current(), first);
         let second = c.expired(&first);
         assert_ne!(second, first);
         assert_eq!(
             decode_unverified(&second).unwrap().1.iat,
             1_700_000_000 + 2 * 3600
         );
+    }
+
+    /// The monotonic clock stands still while the machine is suspended; the wall clock, which the token's `iat`
+    /// comes from and APNs judges it by, does not. A token the wall clock shows `refresh_after` old is renewed
+    /// before it is sent again; a shorter jump changes nothing.
+    #[test]
+    fn a_token_the_wall_clock_shows_due_is_renewed_though_the_monotonic_clock_stood_still() {
+        let iat = |t: &str| decode_unverified(t).unwrap().1.iat;
+        let (c, clock) = cache(DEFAULT_REFRESH);
+        let first = c.current();
+        clock.set_unix(1_700_000_000 + DEFAULT_REFRESH.as_secs() - 1);
+        assert_eq!(c.current(), first);
+        assert_eq!(c.mints(), 1);
+        // Suspended for an hour: only the wall clock moved.
+        clock.set_unix(1_700_000_000 + 3600);
+        let second = c.current();
+        assert_ne!(second, first);
+        assert_eq!(iat(&second), 1_700_000_000 + 3600);
+        assert_eq!(c.mints(), 2);
+        // The new token is young by both clocks: it stays until one of them says it is due.
+        clock.advance(MIN * 49);
+        assert_eq!(c.current(), second);
+        clock.advance(MIN);
+        assert_ne!(c.current(), second);
+        assert_eq!(c.mints(), 3);
+    }
+
+    /// A wall clock set back makes the token look younger, never older: the monotonic age still renews it on time.
+    #[test]
+    fn a_wall_clock_set_back_leaves_the_monotonic_age_in_force() {
+        let (c, clock) = cache(DEFAULT_REFRESH);
+        let first = c.current();
+        clock.set_unix(1_600_000_000);
+        clock.advance(MIN * 49);
+        assert_eq!(c.current(), first);
+        clock.advance(MIN);
+        let second = c.current();
+        assert_ne!(second, first);
+        assert_eq!(
+            decode_unverified(&second).unwrap().1.iat,
+            1_600_000_000 + 50 * 60
+        );
+        assert_eq!(c.mints(), 2);
     }
 
     #[test]

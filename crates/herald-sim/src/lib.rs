@@ -11,7 +11,7 @@
 //!
 //! Behaviour beyond validation comes from a [`Scenario`]: bad/unregistered/expired tokens, seeded random
 //! transient errors and dropped connections, latency and an overall request rate (both changeable while running,
-//! [`pace`]), GOAWAY every N requests, idle close.
+//! [`pace`]), GOAWAY every N requests or at the first one, idle close.
 //! Everything accepted is counted ([`StatsSnapshot`]) and recorded exactly once ([`DeliveryRecord`], optionally
 //! as JSON lines in a file).
 //!

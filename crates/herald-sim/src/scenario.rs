@@ -12,7 +12,7 @@
 //!   "binary_errors": {"1": 0.01},
 //!   "drop_rate": 0.001,
 //!   "latency_ms": 5, "latency_jitter_ms": 10, "rate": 1000,
-//!   "goaway_every": 1000, "goaway_reason": "Shutdown",
+//!   "goaway_every": 1000, "goaway_reason": "Shutdown", "goaway_first_request": false,
 //!   "idle_timeout_secs": 60,
 //!   "environment": "production", "auth": "allow-unauthenticated",
 //!   "max_concurrent_streams": 100, "choppy_streams": true
@@ -86,6 +86,9 @@ pub struct Scenario {
     pub goaway_every: Option<u64>,
     /// The `reason` in the GOAWAY debug data (default "Shutdown").
     pub goaway_reason: Option<String>,
+    /// Answer a connection's first request with GOAWAY (last stream id 0, so nothing processed; with
+    /// `goaway_reason`) and close: a server that takes connections and processes nothing on them.
+    pub goaway_first_request: bool,
     /// Close a connection (GOAWAY `{"reason":"IdleTimeout"}`) after this many seconds without a request or a PING
     /// from the client.
     pub idle_timeout_secs: Option<u64>,
@@ -108,6 +111,7 @@ pub(crate) struct CompiledScenario {
     pub binary_errors: Vec<(f64, Status)>,
     pub drop_rate: f64,
     pub goaway_every: Option<u64>,
+    pub goaway_first_request: bool,
     pub goaway_debug: bytes::Bytes,
     pub idle_timeout_secs: Option<u64>,
     pub seed: u64,
@@ -218,6 +222,7 @@ impl Scenario {
             binary_errors,
             drop_rate: self.drop_rate,
             goaway_every: self.goaway_every,
+            goaway_first_request: self.goaway_first_request,
             goaway_debug,
             idle_timeout_secs: self.idle_timeout_secs,
             seed: self.seed,

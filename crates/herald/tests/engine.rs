@@ -637,11 +637,13 @@ async fn a_connection_whose_peer_vanishes_under_traffic_is_replaced_and_eats_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_provider_token_is_refreshed_and_the_notification_retried() {
     let h = Harness::start(|_| {}).await;
-    // The first token is minted 4000 s in the past: APNs answers ExpiredProviderToken
-    // (docs/apns-protocol.md#provider-tokens).
+    // The first token is minted 4000 s in the past by a clock that then runs 25 minutes: herald takes its token
+    // for 25 minutes old (not due for renewal), APNs for over an hour old and answers ExpiredProviderToken
+    // (docs/apns-protocol.md#provider-tokens). The renewed token (issued at the clock's now - 2500 s) passes. A wall
+    // clock that jumped ahead alone would have herald renew before sending (see herald-apns' provider_token tests).
     let clock = Arc::new(ManualClock::new(unix_now() - 4000));
     let cache = h.token_cache(Some(clock.clone()));
-    clock.set_unix(unix_now());
+    clock.advance(Duration::from_secs(25 * 60));
     let mut settings = h.h2_token();
     settings.auth = Some(cache.clone());
     let (engine, _) = h.engine(settings);

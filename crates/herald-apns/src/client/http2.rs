@@ -10,10 +10,16 @@
 //! connection before the request was written in full) come back as [`PushResult::NotSent`], and a request written
 //! in full whose stream ends without an answer as [`PushResult::Unanswered`] (APNs may have processed it). An idle connection
 //! is checked with PING, so a peer that vanished is found before a notification is trusted to it, and it closes
-//! after `idle_timeout`. A busy one is checked too: when a stream times out, or streams are open and nothing came
+//! after `idle_timeout`. A job taken when nothing has been heard from the peer for [`LIVENESS_THRESHOLD`] (no answer,
+//! no PONG: a NAT may have dropped the connection between keep-alive PINGs) waits for the answer to a PING; without
+//! one within [`LIVENESS_PING_TIMEOUT`] the job comes back unsent ([`NotSentReason::Closing`], never written) and the
+//! connection closes. A busy one is checked too: when a stream times out, or streams are open and nothing came
 //! from the peer for half the response timeout, a PING goes out and no work is taken until its PONG; with no PONG
 //! within the response timeout the connection stops taking work for good, tells the pool it is draining (so the
-//! pool opens another), and closes once its open streams have ended with their own timeouts.
+//! pool opens another), and closes once its open streams have ended with their own timeouts. `503 Shutdown` (the
+//! APNs server is going down) stops the connection taking work as well. Every such stop is recorded as the
+//! connection's fault ([`ConnectionState::fault`]), which the pool weighs against the connection's age; the GOAWAY
+//! that ended a connection is logged with its error code and reason.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -32,11 +38,12 @@ use http::{Method, Request, Uri};
 
 use super::connect::{Endpoint, connect_tls};
 use super::limit::AdaptiveLimit;
-use super::preface;
+use super::preface::{self, FrameWatch, GoAwaySeen};
 use super::{
-    CancelledStream, ConnectionError, ConnectionInfo, ConnectionState, JobReceiver, NotSentReason,
-    OutcomeSink, PushRequest, PushResult, Rejection, not_processed,
+    CancelledStream, ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver,
+    NotSentReason, OutcomeSink, PushRequest, PushResult, Rejection, not_processed,
 };
+use crate::outcome::FailureClass;
 use crate::provider_token::ProviderTokenCache;
 use crate::push::{Priority, PushType};
 use crate::reason::parse_error_body;
@@ -51,6 +58,19 @@ static APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id"
 
 /// Largest error body read from APNs; real ones are a few dozen bytes.
 const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// A connection from which nothing has been heard for this long (no answer, no PONG) is asked with a PING before
+/// it is given work, and the work waits for the PONG (docs/apns-protocol.md#http2-connection): a peer or a NAT that
+/// dropped the connection without a word between keep-alive PINGs would otherwise take the next notification into a
+/// dead socket, where it would time out as an attempt APNs may have answered.
+pub const LIVENESS_THRESHOLD: Duration = Duration::from_secs(10);
+
+/// How long the PING of [`LIVENESS_THRESHOLD`] may go unanswered (never longer than the response timeout) before
+/// the connection is given up and the notification waiting for it is handed back unsent, for another connection.
+pub const LIVENESS_PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The longest GOAWAY reason put in a log line or a connection's fault; APNs' reasons are a word or a sentence.
+const MAX_GOAWAY_REASON: usize = 200;
 
 /// Settings of an HTTP/2 connection.
 #[derive(Clone)]
@@ -103,7 +123,7 @@ pub async fn open_starting_at<T: Send + 'static>(
     start_limit: Option<usize>,
 ) -> Result<Arc<ConnectionState>, ConnectionError> {
     let (tls, remote) = connect_tls(&opts.endpoint, opts.tls.clone(), opts.connect_timeout).await?;
-    let (send, ping, driver) = handshake(tls, &opts).await?;
+    let (send, ping, driver, watch) = handshake(tls, &opts).await?;
     let authority: Authority = opts
         .endpoint
         .authority()
@@ -123,6 +143,9 @@ pub async fn open_starting_at<T: Send + 'static>(
         info,
         values: ValueCache::default(),
         start_limit,
+        watch,
+        liveness: LIVENESS_THRESHOLD,
+        closed_by_us: None,
     };
     tokio::spawn(task.run());
     Ok(state)
@@ -137,7 +160,15 @@ type Driver = Pin<Box<dyn std::future::Future<Output = Result<(), h2::Error>> + 
 async fn handshake<S>(
     io: S,
     opts: &Http2Options,
-) -> Result<(SendRequest<Bytes>, Option<h2::PingPong>, Driver), ConnectionError>
+) -> Result<
+    (
+        SendRequest<Bytes>,
+        Option<h2::PingPong>,
+        Driver,
+        Arc<FrameWatch>,
+    ),
+    ConnectionError,
+>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -147,13 +178,13 @@ where
         .initial_connection_window_size(4 << 20)
         .max_concurrent_streams(0)
         .enable_push(false);
-    let (send, mut connection) =
-        preface::open(io, builder, &opts.endpoint.host, opts.connect_timeout).await?;
+    let (send, mut connection, watch) =
+        preface::open_watched(io, builder, &opts.endpoint.host, opts.connect_timeout).await?;
     let ping = connection.ping_pong();
     // The connection is driven by the dispatcher's own task, not a task of its own: the frames a request
     // queues are written in the same turn, and no wake-up crosses between threads per request.
     let driver: Driver = Box::pin(connection);
-    Ok((send, ping, driver))
+    Ok((send, ping, driver, watch))
 }
 
 struct Dispatcher<T> {
@@ -170,6 +201,14 @@ struct Dispatcher<T> {
     values: ValueCache,
     /// Where the adaptive limit starts (see [`open_starting_at`]).
     start_limit: Option<usize>,
+    /// What the connection's reader saw of the server's frames (its GOAWAY).
+    watch: Arc<FrameWatch>,
+    /// A job taken when nothing has been heard from the peer for this long waits for a PING's answer
+    /// ([`LIVENESS_THRESHOLD`]).
+    liveness: Duration,
+    /// Set when herald stopped the connection taking work for its own reasons, with the server's GOAWAY seen
+    /// until then (see [`Dispatcher::close_ourselves`]).
+    closed_by_us: Option<Option<GoAwaySeen>>,
 }
 
 /// The last topic, expiration and header set sent on a connection: consecutive requests mostly repeat them, and a
@@ -297,7 +336,10 @@ impl<T: Send + 'static> Dispatcher<T> {
         let mut in_flight = FuturesUnordered::new();
         // Streams open and nothing heard from the peer for this long: a PING asks whether it is still there.
         let silence = self.opts.keepalive.min(self.opts.response_timeout / 2);
-        let tick_every = silence.min(self.opts.idle_timeout.unwrap_or(Duration::MAX)) / 4;
+        let tick_every = silence
+            .min(self.opts.idle_timeout.unwrap_or(Duration::MAX))
+            .min(self.probe_timeout())
+            / 4;
         let mut tick = tokio::time::interval(
             tick_every.clamp(Duration::from_millis(50), Duration::from_secs(1)),
         );
@@ -307,9 +349,16 @@ impl<T: Send + 'static> Dispatcher<T> {
         let mut last_activity = Instant::now();
         // The last traffic of any kind, PONGs included: the keep-alive PING goes out after `keepalive` of none.
         let mut last_keepalive = last_activity;
-        // The last answer from the peer (a response, a refusal, a PONG): a timed-out stream is not one.
+        // The last answer from the peer (a response, a refusal, a PONG): a timed-out stream is not one. While no
+        // stream is open it moves to when the next one opens, since silence only counts with streams open.
         let mut last_heard = last_activity;
+        // The last answer or PONG from the peer (its preface, at first), whether streams were open or not: a job
+        // taken when it is `liveness` old waits for a PING's answer before it is sent.
+        let mut last_received = last_activity;
         let mut ping_sent: Option<PingSent> = None;
+        // A job taken when nothing had been heard from the peer for `liveness`, waiting for the PONG of the PING
+        // that asks whether the peer is still there; and when it was taken.
+        let mut held: Option<(Job<T>, Instant)> = None;
         let mut taking = true;
         let mut auth_cache: Option<(Arc<str>, HeaderValue)> = None;
         // Streams open right after requests last went out (see the answers below).
@@ -327,6 +376,14 @@ impl<T: Send + 'static> Dispatcher<T> {
             self.state.set_capacity(server_max);
             self.state.set_limit(limit);
             self.state.set_ramping(limiter.in_slow_start());
+            if !taking && let Some((job, _)) = held.take() {
+                // Never written: it goes to another connection, without an attempt counted.
+                self.sink.report(
+                    job.tag,
+                    PushResult::NotSent(NotSentReason::Closing),
+                    &self.info,
+                );
+            }
             if !taking && in_flight.is_empty() {
                 break;
             }
@@ -337,11 +394,11 @@ impl<T: Send + 'static> Dispatcher<T> {
                     Some(driver) => driver.as_mut().poll(cx),
                     None => Poll::Pending,
                 }), if self.driver.is_some() => {
-                    if let Err(e) = ended {
+                    if let Err(e) = &ended {
                         tracing::debug!(conn = self.info.id, error = %e, "connection ended");
                     }
                     self.driver = None;
-                    self.stop_taking(&mut taking);
+                    self.give_up(&mut taking, || self.ended_cause(ended.err().as_ref()));
                 }
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                     // Every answer already in is handled in this turn, not one per turn of the loop.
@@ -364,10 +421,11 @@ impl<T: Send + 'static> Dispatcher<T> {
                             timed_out = true;
                         } else {
                             last_heard = last_activity;
+                            last_received = last_activity;
                         }
                         let (result, stop) = self.on_answer(result, token_used);
-                        if stop {
-                            self.stop_taking(&mut taking);
+                        if let Some(cause) = stop {
+                            self.give_up(&mut taking, || cause);
                         }
                         self.sink.report(tag, result, &self.info);
                         if !in_flight.is_empty() {
@@ -388,51 +446,57 @@ impl<T: Send + 'static> Dispatcher<T> {
                 ready = async {
                     poll_fn(|cx| self.send.poll_ready(cx)).await?;
                     Ok::<_, h2::Error>(self.jobs.recv().await)
-                }, if taking && !ping_sent.is_some_and(|p| p.suspect) && in_flight.len() < limit => match ready {
+                }, if taking
+                    && held.is_none()
+                    && !ping_sent.is_some_and(|p| p.suspect)
+                    && in_flight.len() < limit => match ready {
                     Ok(Ok(job)) => {
                         last_activity = Instant::now();
                         last_keepalive = last_activity;
-                        if in_flight.is_empty() {
-                            // Silence counts from when streams are open (see `silence`).
-                            last_heard = last_activity;
-                        }
-                        // Jobs already waiting are started in this turn while the limit has room and the
-                        // connection can open a stream at once, not one per turn of the loop.
-                        let mut next = Some(job);
-                        // The provider token is looked up once for the jobs started in this turn.
-                        let (token_used, auth) = self.authorization(&mut auth_cache);
-                        while let Some(job) = next.take() {
-                            let token_used = token_used.clone();
-                            match self.start(&job.request, auth.clone()) {
-                                Ok(Ok((response, stream))) => in_flight.push(exchange(
-                                    stream, response, job.request.payload, job.tag, token_used,
-                                    self.opts.response_timeout, self.info.id)),
-                                // A value no header can carry is refused as APNs would, never sent without it.
-                                Err(rejection) => {
-                                    tracing::warn!(conn = self.info.id, ?rejection, "request not sent: a header value is not valid");
-                                    self.sink.report(job.tag, PushResult::Rejected(rejection), &self.info);
+                        if last_activity.saturating_duration_since(last_received) >= self.liveness {
+                            // Nothing heard from the peer for a while: it may have dropped the connection without a
+                            // word (a NAT that forgot it, a dead route). A PING asks first, and the job waits for
+                            // the PONG; without one it goes to another connection unsent (see the tick below).
+                            match ping_sent.as_mut() {
+                                Some(sent) => sent.suspect = true,
+                                None => ping_sent = self.send_ping(true),
+                            }
+                            if ping_sent.is_some() {
+                                held = Some((job, last_activity));
+                            } else {
+                                self.sink.report(job.tag, PushResult::NotSent(NotSentReason::Closing), &self.info);
+                                self.give_up(&mut taking, || "no PING could be sent".to_owned());
+                            }
+                        } else {
+                            if in_flight.is_empty() {
+                                // Silence counts from when streams are open (see `silence`).
+                                last_heard = last_activity;
+                            }
+                            // Jobs already waiting are started in this turn while the limit has room and the
+                            // connection can open a stream at once, not one per turn of the loop.
+                            let mut next = Some(job);
+                            // The provider token is looked up once for the jobs started in this turn.
+                            let (token_used, auth) = self.authorization(&mut auth_cache);
+                            while let Some(job) = next.take() {
+                                if let Some(exchange) = self.launch(job, token_used.clone(), auth.clone(), &mut taking) {
+                                    in_flight.push(exchange);
                                 }
-                                Ok(Err(e)) => {
-                                    tracing::debug!(conn = self.info.id, error = %e, "stream could not open");
-                                    self.sink.report(job.tag, PushResult::NotSent(not_sent_reason(&e)), &self.info);
-                                    self.stop_taking(&mut taking);
+                                let room = in_flight.len() < limit.min(self.send.current_max_send_streams());
+                                if taking
+                                    && room
+                                    && matches!(poll_fn(|cx| self.send.poll_ready(cx)).now_or_never(), Some(Ok(())))
+                                {
+                                    next = self.jobs.try_recv().ok();
                                 }
                             }
-                            let room = in_flight.len() < limit.min(self.send.current_max_send_streams());
-                            if taking
-                                && room
-                                && matches!(poll_fn(|cx| self.send.poll_ready(cx)).now_or_never(), Some(Ok(())))
-                            {
-                                next = self.jobs.try_recv().ok();
-                            }
+                            filled = in_flight.len();
                         }
-                        filled = in_flight.len();
                     }
                     // The pool closed the queue: finish what is in flight.
-                    Ok(Err(_)) => self.stop_taking(&mut taking),
+                    Ok(Err(_)) => self.close_ourselves(&mut taking),
                     Err(e) => {
                         tracing::debug!(conn = self.info.id, error = %e, "connection no longer accepts streams");
-                        self.stop_taking(&mut taking);
+                        self.give_up(&mut taking, || self.ended_cause(Some(&e)));
                     }
                 },
                 pong = poll_fn(|cx| match self.ping.as_mut() {
@@ -441,19 +505,42 @@ impl<T: Send + 'static> Dispatcher<T> {
                 }), if ping_sent.is_some() => {
                     if let Some(Err(e)) = pong {
                         tracing::debug!(conn = self.info.id, error = %e, "PING failed");
-                        self.stop_taking(&mut taking);
+                        self.give_up(&mut taking, || format!("PING failed: {e}"));
                     }
                     ping_sent = None;
                     // A PONG keeps the connection alive but is not work: the idle time goes on counting.
                     last_keepalive = Instant::now();
                     last_heard = last_keepalive;
+                    last_received = last_keepalive;
+                    // The peer is there: the job that waited for its answer goes out now.
+                    if taking && let Some((job, _)) = held.take() {
+                        let (token_used, auth) = self.authorization(&mut auth_cache);
+                        if let Some(exchange) = self.launch(job, token_used, auth, &mut taking) {
+                            in_flight.push(exchange);
+                        }
+                        filled = in_flight.len();
+                    }
                 }
                 _ = tick.tick() => {
-                    if self.state.is_draining() {
-                        taking = false;
+                    if taking && self.state.is_draining() {
+                        // The pool asked (a reload, a lower connection limit): not a fault.
+                        self.close_ourselves(&mut taking);
                     }
                     let idle_for = last_activity.elapsed();
-                    if let Some(sent) = ping_sent {
+                    if let Some((_, since)) = &held
+                        && since.elapsed() >= self.probe_timeout()
+                    {
+                        let quiet = last_received.elapsed();
+                        tracing::info!(conn = self.info.id, remote = %self.info.remote,
+                            "nothing heard from the peer for {} ms and no PING answer within {} ms; the connection \
+                             closes and the notification waiting for it goes to another connection unsent",
+                            quiet.as_millis(), self.probe_timeout().as_millis());
+                        self.give_up(&mut taking, || {
+                            format!("no PING answer within {} ms after {} ms without a word from the peer",
+                                self.probe_timeout().as_millis(), quiet.as_millis())
+                        });
+                        ping_sent = None;
+                    } else if let Some(sent) = ping_sent {
                         if sent.at.elapsed() > self.opts.response_timeout {
                             tracing::info!(conn = self.info.id, remote = %self.info.remote, in_flight = in_flight.len(),
                                 "no PING answer within {:?}; the connection takes no more work and closes",
@@ -461,7 +548,9 @@ impl<T: Send + 'static> Dispatcher<T> {
                             // The pool no longer counts on it and opens another while work waits. Streams still
                             // open end with their own response timeout (an attempt APNs may have answered), so
                             // that none is dropped unreported.
-                            self.stop_taking(&mut taking);
+                            self.give_up(&mut taking, || {
+                                format!("no PING answer within {} ms", self.opts.response_timeout.as_millis())
+                            });
                             ping_sent = None;
                         }
                     } else if !in_flight.is_empty() {
@@ -471,7 +560,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                     } else if taking {
                         if self.opts.idle_timeout.is_some_and(|idle| idle_for >= idle) {
                             tracing::debug!(conn = self.info.id, "idle timeout");
-                            self.stop_taking(&mut taking);
+                            self.close_ourselves(&mut taking);
                         } else if last_keepalive.elapsed() >= self.opts.keepalive {
                             ping_sent = self.send_ping(false);
                         }
@@ -480,7 +569,7 @@ impl<T: Send + 'static> Dispatcher<T> {
             }
         }
         // The loop ends only with nothing in flight: every stream was reported.
-        debug_assert!(in_flight.is_empty());
+        debug_assert!(in_flight.is_empty() && held.is_none());
         drop(in_flight);
         self.state.set_in_flight(0);
         self.state.set_closed();
@@ -490,6 +579,21 @@ impl<T: Send + 'static> Dispatcher<T> {
         if let Some(driver) = self.driver.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;
         }
+        // A GOAWAY the server sent in reply to herald closing the connection says nothing worth a log line.
+        let goaway = match self.closed_by_us.take() {
+            Some(seen) => seen,
+            None => self.watch.goaway(),
+        };
+        if let Some(goaway) = goaway {
+            log_goaway(&self.info, &goaway);
+        }
+    }
+
+    /// How long the PING asking whether a peer not heard from for [`Dispatcher::liveness`] is still there may go
+    /// unanswered before the connection is given up: [`LIVENESS_PING_TIMEOUT`], never more than the response
+    /// timeout.
+    fn probe_timeout(&self) -> Duration {
+        LIVENESS_PING_TIMEOUT.min(self.opts.response_timeout)
     }
 
     /// Stops taking work for good, and tells the pool so (the connection counts as draining), so that it opens
@@ -497,6 +601,32 @@ impl<T: Send + 'static> Dispatcher<T> {
     fn stop_taking(&self, taking: &mut bool) {
         *taking = false;
         self.state.drain();
+    }
+
+    /// [`Self::stop_taking`] for herald's own reasons (`idle_timeout`, the pool's drain, the queue closed), noting
+    /// the server's GOAWAY seen until then: only one that came before is the server ending the connection.
+    fn close_ourselves(&mut self, taking: &mut bool) {
+        if self.closed_by_us.is_none() {
+            self.closed_by_us = Some(self.watch.goaway());
+        }
+        self.stop_taking(taking);
+    }
+
+    /// [`Self::stop_taking`] because of the server or the network (`why` says what happened): the connection's
+    /// state records the fault, and the pool counts it as a failed connection attempt when the connection is young
+    /// and APNs has accepted nothing on it (docs/apns-protocol.md#http2-connection).
+    fn give_up(&self, taking: &mut bool, why: impl FnOnce() -> String) {
+        self.state.set_fault(why);
+        self.stop_taking(taking);
+    }
+
+    /// What ended the connection, for its fault: the server's GOAWAY when it sent one, else `error`.
+    fn ended_cause(&self, error: Option<&h2::Error>) -> String {
+        match (self.watch.goaway(), error) {
+            (Some(goaway), _) => goaway_text(&goaway),
+            (None, Some(e)) => format!("the connection ended: {e}"),
+            (None, None) => "the server closed the connection".to_owned(),
+        }
     }
 
     /// Sends a PING; `suspect` when the peer may be gone (then no work is taken until the PONG).
@@ -512,9 +642,54 @@ impl<T: Send + 'static> Dispatcher<T> {
         })
     }
 
-    /// Handles what an answer means for the connection itself: returns the result to report, and whether the
-    /// connection should stop taking work.
-    fn on_answer(&self, result: PushResult, token_used: TokenUsed) -> (PushResult, bool) {
+    /// Opens the stream of `job` (its HEADERS are queued): returns the exchange to carry in flight, or `None` when
+    /// the job was reported at once (a header value no request can carry; a stream that could not open, after
+    /// which the connection takes no more work).
+    fn launch(
+        &mut self,
+        job: Job<T>,
+        token_used: TokenUsed,
+        auth: Option<HeaderValue>,
+        taking: &mut bool,
+    ) -> Option<impl std::future::Future<Output = Answer<T>> + Send + use<T>> {
+        match self.start(&job.request, auth) {
+            Ok(Ok((response, stream))) => Some(exchange(
+                stream,
+                response,
+                job.request.payload,
+                job.tag,
+                token_used,
+                self.opts.response_timeout,
+                self.info.id,
+            )),
+            // A value no header can carry is refused as APNs would, never sent without it.
+            Err(rejection) => {
+                tracing::warn!(
+                    conn = self.info.id,
+                    ?rejection,
+                    "request not sent: a header value is not valid"
+                );
+                self.sink
+                    .report(job.tag, PushResult::Rejected(rejection), &self.info);
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(conn = self.info.id, error = %e, "stream could not open");
+                self.sink.report(
+                    job.tag,
+                    PushResult::NotSent(not_sent_reason(&e)),
+                    &self.info,
+                );
+                self.give_up(taking, || format!("a stream could not open: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Handles what an answer means for the connection itself: returns the result to report, and why the
+    /// connection should stop taking work, if it should. An answer that shows APNs processes what the connection
+    /// carries proves the connection ([`ConnectionState::is_proven`]).
+    fn on_answer(&self, result: PushResult, token_used: TokenUsed) -> (PushResult, Option<String>) {
         match result {
             PushResult::Rejected(rejection @ Rejection::Http { .. })
                 if rejection.text() == "ExpiredProviderToken" =>
@@ -527,10 +702,35 @@ impl<T: Send + 'static> Dispatcher<T> {
                 };
                 // APNs wedges a connection after this answer (docs/apns-protocol.md#http2-connection); a fresh one gets
                 // the new token without tripping TooManyProviderTokenUpdates.
-                (PushResult::TokenExpired { rejection, renewed }, true)
+                let cause = format!("{} ExpiredProviderToken", rejection.code());
+                (PushResult::TokenExpired { rejection, renewed }, Some(cause))
             }
-            PushResult::NotSent(NotSentReason::ConnectionLost) => (result, true),
-            other => (other, false),
+            // The APNs server is going down: every stream opened on this connection until its GOAWAY would get the
+            // same answer. The connection takes no more work, and the pool opens another for what waits (it hands
+            // the notification back unsent once, `outbound::pool` in herald).
+            PushResult::Rejected(rejection @ Rejection::Http { .. })
+                if rejection.text() == "Shutdown" =>
+            {
+                let cause = format!("{} Shutdown", rejection.code());
+                (PushResult::Rejected(rejection), Some(cause))
+            }
+            PushResult::NotSent(NotSentReason::ConnectionLost) => {
+                (result, Some("the connection was lost".to_owned()))
+            }
+            PushResult::Delivered { .. } => {
+                self.state.set_proven();
+                (result, None)
+            }
+            PushResult::Rejected(ref rejection)
+                if matches!(
+                    rejection.class(),
+                    FailureClass::Permanent | FailureClass::InvalidToken
+                ) =>
+            {
+                self.state.set_proven();
+                (result, None)
+            }
+            other => (other, None),
         }
     }
 
@@ -562,6 +762,32 @@ impl<T: Send + 'static> Dispatcher<T> {
     ) -> Result<Result<(ResponseFuture, SendStream<Bytes>), h2::Error>, Rejection> {
         let request = build_request(&self.authority, req, auth, &mut self.values)?;
         Ok(self.send.send_request(request, false))
+    }
+}
+
+/// How a GOAWAY reads in the logs and in a connection's fault: its error code and the reason of its debug data
+/// (APNs sends `{"reason":"…"}`, or a line of text), escaped and cut to [`MAX_GOAWAY_REASON`] characters.
+fn goaway_text(goaway: &GoAwaySeen) -> String {
+    let code = h2::Reason::from(goaway.error_code);
+    match crate::reason::goaway_reason(&goaway.debug) {
+        Some(reason) => {
+            let reason: String = reason.escape_debug().take(MAX_GOAWAY_REASON).collect();
+            format!("GOAWAY {code:?} ({reason})")
+        }
+        None => format!("GOAWAY {code:?}"),
+    }
+}
+
+/// Logs the GOAWAY that ended a connection, with its error code and reason: a warning unless the code is
+/// `NO_ERROR` (a server going down or closing an idle connection says so with `NO_ERROR`).
+fn log_goaway(info: &ConnectionInfo, goaway: &GoAwaySeen) {
+    let text = goaway_text(goaway);
+    if goaway.error_code == 0 {
+        tracing::info!(conn = info.id, remote = %info.remote, last_stream_id = goaway.last_stream_id,
+            "the server ended the connection: {text}");
+    } else {
+        tracing::warn!(conn = info.id, remote = %info.remote, last_stream_id = goaway.last_stream_id,
+            "the server ended the connection: {text}");
     }
 }
 
@@ -1147,6 +1373,15 @@ mod tests {
     }
 
     async fn silent_peer(response_timeout: Duration, keepalive: Duration) -> SilentPeer {
+        silent_peer_liveness(response_timeout, keepalive, LIVENESS_THRESHOLD).await
+    }
+
+    /// [`silent_peer`], checking the peer before work after `liveness` without a word from it.
+    async fn silent_peer_liveness(
+        response_timeout: Duration,
+        keepalive: Duration,
+        liveness: Duration,
+    ) -> SilentPeer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
@@ -1154,7 +1389,8 @@ mod tests {
             let (sock, _) = listener.accept().await.unwrap();
             silent_after_first(sock, seen_tx).await;
         });
-        let conn = test_conn(addr, response_timeout, keepalive, &[]).await;
+        let opts = test_opts(addr, response_timeout, keepalive);
+        let conn = test_conn_liveness(addr, opts, [], liveness).await;
         SilentPeer {
             jobs: conn.jobs,
             results: conn.results,
@@ -1211,10 +1447,20 @@ mod tests {
         opts: Http2Options,
         queued: impl IntoIterator<Item = Job<u32>>,
     ) -> TestConn {
+        test_conn_liveness(addr, opts, queued, LIVENESS_THRESHOLD).await
+    }
+
+    /// [`test_conn_with`], checking the peer before work after `liveness` without a word from it.
+    async fn test_conn_liveness(
+        addr: std::net::SocketAddr,
+        opts: Http2Options,
+        queued: impl IntoIterator<Item = Job<u32>>,
+        liveness: Duration,
+    ) -> TestConn {
         let opts = Arc::new(opts);
         let tcp = TcpStream::connect(addr).await.unwrap();
         // As `open` does: the server's SETTINGS are in before the first request.
-        let (send, ping, driver) = handshake(tcp, &opts).await.unwrap();
+        let (send, ping, driver, watch) = handshake(tcp, &opts).await.unwrap();
         let (jobs_tx, jobs) = async_channel::unbounded();
         for job in queued {
             jobs_tx.send(job).await.unwrap();
@@ -1236,6 +1482,9 @@ mod tests {
             },
             values: ValueCache::default(),
             start_limit: None,
+            watch,
+            liveness,
+            closed_by_us: None,
         };
         TestConn {
             jobs: jobs_tx,
@@ -1853,5 +2102,168 @@ mod tests {
         // PINGs went out every 200 ms and were answered, and did not keep the connection open.
         let pings = pings.load(std::sync::atomic::Ordering::Relaxed);
         assert!(pings >= 2, "{pings} PINGs answered");
+    }
+
+    /// A job for a connection from which nothing has been heard for the liveness threshold waits for a PING's
+    /// answer, and then goes out on it: a peer that is there costs one round trip, not a notification.
+    #[tokio::test]
+    async fn a_connection_not_heard_from_lately_is_pinged_before_it_is_given_work() {
+        let liveness = Duration::from_millis(300);
+        let frames = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = frames.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            scripted_server(sock, &[], move |kind, flags, stream, _| {
+                match kind {
+                    HEADERS => seen.lock().unwrap().push(Seen::Headers(stream)),
+                    PING if flags & 1 == 0 => seen.lock().unwrap().push(Seen::Ping),
+                    _ => {}
+                }
+                match kind {
+                    DATA if flags & END_STREAM != 0 => status(stream, 0x88, true),
+                    _ => Vec::new(),
+                }
+            })
+            .await;
+        });
+        let opts = test_opts(addr, Duration::from_secs(10), Duration::from_secs(30));
+        let conn = test_conn_liveness(addr, opts, [job(1)], liveness).await;
+        assert_eq!(conn.results.wait_for(1).await, [(1, delivered())]);
+        // Nothing is heard from the peer for longer than the threshold (keep-alive PINGs come after 30 s).
+        let answered = Instant::now();
+        tokio::time::sleep_until((answered + 2 * liveness).into()).await;
+        send_job(&conn.jobs, 2).await;
+        assert_eq!(
+            conn.results.wait_for(2).await,
+            [(1, delivered()), (2, delivered())]
+        );
+        assert_eq!(
+            *frames.lock().unwrap(),
+            [Seen::Headers(1), Seen::Ping, Seen::Headers(3)],
+            "the second request waited for the PING's answer"
+        );
+        assert!(!conn.state.is_draining() && conn.state.fault().is_none());
+        conn.run.abort();
+    }
+
+    /// A peer that dropped the connection without a word while it was idle (no FIN, no RST: a NAT that forgot it)
+    /// does not get the next job: the PING asked first goes unanswered, and the job comes back unsent (never
+    /// written, no attempt counted) while the connection stops taking work and closes, so that the pool sends it
+    /// on another (docs/apns-protocol.md#http2-connection).
+    #[tokio::test]
+    async fn a_job_for_a_connection_whose_peer_went_silent_while_idle_comes_back_unsent() {
+        let liveness = Duration::from_millis(300);
+        let mut peer = silent_peer_liveness(
+            Duration::from_millis(800),
+            Duration::from_secs(30),
+            liveness,
+        )
+        .await;
+        send_job(&peer.jobs, 1).await;
+        let first = peer.results.wait_for(1).await;
+        assert!(
+            matches!(first[0], (1, PushResult::Delivered { .. })),
+            "{first:?}"
+        );
+        let answered = Instant::now();
+        tokio::time::sleep_until((answered + 2 * liveness).into()).await;
+        send_job(&peer.jobs, 2).await;
+        let both = peer.results.wait_for(2).await;
+        assert_eq!(
+            both[1],
+            (2, PushResult::NotSent(NotSentReason::Closing)),
+            "{both:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(20), peer.run)
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        assert!(peer.state.is_draining() && peer.state.is_closed());
+        let (_, fault) = peer.state.fault().expect("a fault is recorded");
+        assert!(fault.contains("no PING answer"), "{fault}");
+        let mut seen = Vec::new();
+        while let Ok(s) = peer.seen.try_recv() {
+            seen.push(s);
+        }
+        assert_eq!(
+            seen,
+            [Seen::Headers(1), Seen::Ping],
+            "the second request was never written"
+        );
+    }
+
+    /// `503 Shutdown`: the APNs server is going down and would answer every new stream the same until its GOAWAY.
+    /// The connection takes no more work (what waits stays in the shared queue for another connection), records
+    /// the fault and closes; the answer itself is reported as it came.
+    #[tokio::test]
+    async fn a_shutdown_answer_stops_the_connection_taking_work() {
+        let conn = scripted_conn(
+            &[],
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            vec![job(1)],
+            |kind, flags, stream, _| match kind {
+                DATA if flags & END_STREAM != 0 => {
+                    // `:status 503`: a literal with the static table's `:status` name (index 8).
+                    let mut out = frame(HEADERS, END_HEADERS, stream, &[0x08, 3, b'5', b'0', b'3']);
+                    out.extend(frame(DATA, END_STREAM, stream, br#"{"reason":"Shutdown"}"#));
+                    out
+                }
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        let results = conn.results.wait_for(1).await;
+        assert_eq!(
+            results,
+            [(
+                1,
+                PushResult::Rejected(Rejection::Http {
+                    status: 503,
+                    reason: "Shutdown".to_owned(),
+                    timestamp_ms: None,
+                })
+            )]
+        );
+        // No idle timeout: the connection closes because it takes no more work.
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        assert!(conn.state.is_draining() && !conn.state.is_proven());
+        let (_, fault) = conn.state.fault().expect("a fault is recorded");
+        assert_eq!(fault, "503 Shutdown");
+    }
+
+    /// A GOAWAY ends the connection with its code and reason as the fault (h2 itself says nothing of a
+    /// `NO_ERROR` GOAWAY's debug data); an accepted notification proves the connection.
+    #[tokio::test]
+    async fn a_goaway_is_the_fault_with_its_reason() {
+        let conn = scripted_conn(
+            &[],
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            vec![job(1)],
+            |kind, flags, stream, _| match kind {
+                DATA if flags & END_STREAM != 0 => {
+                    let mut out = status(stream, 0x88, true);
+                    let mut payload = stream.to_be_bytes().to_vec();
+                    payload.extend_from_slice(&NO_ERROR.to_be_bytes());
+                    payload.extend_from_slice(br#"{"reason":"Maintenance\nnow"}"#);
+                    out.extend(frame(GOAWAY, 0, 0, &payload));
+                    out
+                }
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        assert_eq!(conn.results.wait_for(1).await, [(1, delivered())]);
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        assert!(conn.state.is_proven());
+        let (_, fault) = conn.state.fault().expect("a fault is recorded");
+        assert_eq!(fault, r"GOAWAY NO_ERROR (Maintenance\nnow)");
     }
 }

@@ -16,8 +16,9 @@ pub mod limit;
 pub(crate) mod preface;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -199,7 +200,7 @@ pub struct ConnectionInfo {
 }
 
 /// Live state of one connection, shared with its pool.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectionState {
     in_flight: AtomicUsize,
     capacity: AtomicUsize,
@@ -211,6 +212,33 @@ pub struct ConnectionState {
     settled: AtomicBool,
     /// The adaptive limit is still in its slow start (see [`ConnectionState::is_ramping_up`]).
     ramping: AtomicBool,
+    /// When the connection opened.
+    opened: Instant,
+    /// APNs has judged a notification on it (see [`ConnectionState::is_proven`]).
+    proven: AtomicBool,
+    /// When the connection stopped taking work through a fault (see [`ConnectionState::fault`]): milliseconds after
+    /// it opened, plus one; 0 while there was none.
+    fault_after_ms: AtomicU64,
+    /// What that fault was.
+    fault: Mutex<Option<String>>,
+}
+
+impl Default for ConnectionState {
+    fn default() -> Self {
+        ConnectionState {
+            in_flight: AtomicUsize::new(0),
+            capacity: AtomicUsize::new(0),
+            limit: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
+            ramping: AtomicBool::new(false),
+            opened: Instant::now(),
+            proven: AtomicBool::new(false),
+            fault_after_ms: AtomicU64::new(0),
+            fault: Mutex::new(None),
+        }
+    }
 }
 
 impl ConnectionState {
@@ -287,6 +315,50 @@ impl ConnectionState {
     pub(crate) fn set_closed(&self) {
         self.closed.store(true, Ordering::Release);
     }
+    /// How long ago the connection opened.
+    pub fn age(&self) -> Duration {
+        self.opened.elapsed()
+    }
+    /// True once APNs has accepted a notification on the connection, or refused one for a fault of the
+    /// notification itself (a bad device token, say): APNs processes what the connection carries. A refusal of the
+    /// connection's credentials or of the server's state (`ExpiredProviderToken`, 5xx, 429) proves nothing.
+    pub fn is_proven(&self) -> bool {
+        self.proven.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_proven(&self) {
+        if !self.proven.load(Ordering::Relaxed) {
+            self.proven.store(true, Ordering::Relaxed);
+        }
+    }
+    /// Why, and how long after opening, the connection stopped taking work through a fault of the server or the
+    /// network (a GOAWAY, the connection lost, `ExpiredProviderToken`, `503 Shutdown`, a PING unanswered), if it
+    /// did; an idle close, a drain the pool asked for or a closed queue is no fault. The pool counts a young
+    /// connection's fault as a failed connection attempt (docs/apns-protocol.md#http2-connection).
+    pub fn fault(&self) -> Option<(Duration, String)> {
+        let after = self.fault_after_ms.load(Ordering::Acquire);
+        if after == 0 {
+            return None;
+        }
+        let why = lock(&self.fault).clone().unwrap_or_default();
+        Some((Duration::from_millis(after - 1), why))
+    }
+    /// Records the connection's first fault (later ones are consequences of it).
+    pub(crate) fn set_fault(&self, why: impl FnOnce() -> String) {
+        if self.fault_after_ms.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let mut slot = lock(&self.fault);
+        if slot.is_none() {
+            *slot = Some(why());
+            let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            self.fault_after_ms
+                .store(ms.saturating_add(1), Ordering::Release);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Why a connection ended.
@@ -318,6 +390,13 @@ pub enum ConnectionError {
     Preface { host: String, detail: String },
     #[error("connection to {host} timed out after {secs} s")]
     Timeout { host: String, secs: u64 },
+    /// A connection that opened and then stopped taking work through a fault within its first seconds, before
+    /// APNs had accepted a notification on it ([`ConnectionState::fault`]): the pool counts it as a failed
+    /// connection attempt (docs/apns-protocol.md#http2-connection).
+    #[error(
+        "the connection stopped taking work {after_ms} ms after it opened, before APNs accepted a notification on it: {cause}"
+    )]
+    EndedEarly { after_ms: u64, cause: String },
 }
 
 /// What the connection tests collect: every result reported, by tag.

@@ -27,15 +27,37 @@ use super::ConnectionError;
 /// caller drives it (its own task, or alongside its requests) for as long as it is used.
 pub(crate) async fn open<S>(
     io: S,
-    mut builder: Builder,
+    builder: Builder,
     host: &str,
     timeout: Duration,
 ) -> Result<(SendRequest<Bytes>, Connection<FirstFrame<S>, Bytes>), ConnectionError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let (send, connection, _) = open_watched(io, builder, host, timeout).await?;
+    Ok((send, connection))
+}
+
+/// [`open`], with what the connection reads watched for the server's GOAWAY frames ([`FrameWatch`]).
+pub(crate) async fn open_watched<S>(
+    io: S,
+    mut builder: Builder,
+    host: &str,
+    timeout: Duration,
+) -> Result<
+    (
+        SendRequest<Bytes>,
+        Connection<FirstFrame<S>, Bytes>,
+        Arc<FrameWatch>,
+    ),
+    ConnectionError,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let host = || host.to_owned();
     let preface = Arc::new(Preface::default());
+    let watch = preface.clone();
     let opened = async {
         let (send, mut connection) = builder
             // Until the server's SETTINGS arrive assume the strictest limit: token connections start at 1 stream.
@@ -64,7 +86,7 @@ where
             }
         })
         .await?;
-        Ok((send, connection))
+        Ok((send, connection, watch))
     };
     tokio::time::timeout(timeout, opened)
         .await
@@ -81,21 +103,53 @@ const PREFACE_SETTINGS: u8 = 1;
 /// [`FirstFrame`]: the server's first frame is something else, which breaks the protocol.
 const PREFACE_OTHER: u8 = 2;
 
-/// What [`FirstFrame`] saw of the server's preface.
+/// What [`FirstFrame`] saw of the server's frames: its preface, and the last GOAWAY it sent.
 #[derive(Debug, Default)]
-struct Preface {
+pub(crate) struct Preface {
     /// One of the `PREFACE_*` values.
     first_frame: AtomicU8,
     /// A TLS failure reading before the preface came (h2 keeps only the text of an I/O error).
     tls_error: std::sync::Mutex<Option<rustls::Error>>,
+    /// The last GOAWAY frame the server sent.
+    goaway: std::sync::Mutex<Option<GoAwaySeen>>,
+}
+
+/// What the connection's reader saw: see [`Preface`].
+pub(crate) type FrameWatch = Preface;
+
+/// A GOAWAY frame the server sent: h2 passes its error code and debug data on only when the code is an error
+/// (after `NO_ERROR` the connection just ends), so the reader keeps them for the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GoAwaySeen {
+    pub last_stream_id: u32,
+    pub error_code: u32,
+    /// The debug data, at most [`MAX_GOAWAY_DEBUG`] bytes of it.
+    pub debug: Vec<u8>,
+}
+
+/// The most GOAWAY debug data kept: APNs sends a short JSON object (`{"reason":"Shutdown"}`) or a line of text.
+const MAX_GOAWAY_DEBUG: usize = 1024;
+
+impl Preface {
+    /// The last GOAWAY the server sent, if it sent one.
+    pub(crate) fn goaway(&self) -> Option<GoAwaySeen> {
+        self.goaway.lock().ok().and_then(|g| g.clone())
+    }
 }
 
 /// The connection's transport, noting what the server's first frame header is, so that [`open`] knows when the
-/// server's preface came, and a TLS failure before it. After the first nine bytes it only passes through.
+/// server's preface came, and a TLS failure before it. After the preface it follows the frame boundaries of what
+/// it reads (headers only, payloads are skipped) to keep the server's GOAWAY frames ([`Preface::goaway`]).
 pub(crate) struct FirstFrame<S> {
     io: S,
+    /// The header of the frame being read, `got` bytes of it so far; once whole, `remaining` payload bytes follow.
     head: [u8; 9],
     got: usize,
+    remaining: usize,
+    /// Whether the first frame header has been read.
+    first_seen: bool,
+    /// The payload of a GOAWAY being read (up to its first 8 bytes and [`MAX_GOAWAY_DEBUG`] of debug data).
+    goaway: Option<Vec<u8>>,
     preface: Arc<Preface>,
 }
 
@@ -105,7 +159,74 @@ impl<S> FirstFrame<S> {
             io,
             head: [0; 9],
             got: 0,
+            remaining: 0,
+            first_seen: false,
+            goaway: None,
             preface,
+        }
+    }
+
+    /// Follows the frames in `data`, the next bytes read.
+    fn scan(&mut self, mut data: &[u8]) {
+        const SETTINGS: u8 = 0x4;
+        const GOAWAY: u8 = 0x7;
+        const ACK: u8 = 0x1;
+        while !data.is_empty() {
+            if self.got < self.head.len() {
+                let take = data.len().min(self.head.len() - self.got);
+                self.head[self.got..self.got + take].copy_from_slice(&data[..take]);
+                self.got += take;
+                data = &data[take..];
+                if self.got < self.head.len() {
+                    return;
+                }
+                if !self.first_seen {
+                    self.first_seen = true;
+                    let settings = self.head[3] == SETTINGS && self.head[4] & ACK == 0;
+                    self.preface.first_frame.store(
+                        if settings {
+                            PREFACE_SETTINGS
+                        } else {
+                            PREFACE_OTHER
+                        },
+                        Ordering::Release,
+                    );
+                }
+                self.remaining = usize::from(self.head[0]) << 16
+                    | usize::from(self.head[1]) << 8
+                    | usize::from(self.head[2]);
+                self.goaway = (self.head[3] == GOAWAY).then(Vec::new);
+            } else {
+                let take = data.len().min(self.remaining);
+                if let Some(payload) = &mut self.goaway {
+                    let room = (8 + MAX_GOAWAY_DEBUG).saturating_sub(payload.len());
+                    payload.extend_from_slice(&data[..take.min(room)]);
+                }
+                self.remaining -= take;
+                data = &data[take..];
+            }
+            if self.remaining == 0 {
+                // The frame is complete.
+                self.got = 0;
+                if let Some(payload) = self.goaway.take()
+                    && payload.len() >= 8
+                    && let Ok(mut slot) = self.preface.goaway.lock()
+                {
+                    let word = |at: usize| {
+                        u32::from_be_bytes([
+                            payload[at],
+                            payload[at + 1],
+                            payload[at + 2],
+                            payload[at + 3],
+                        ])
+                    };
+                    *slot = Some(GoAwaySeen {
+                        last_stream_id: word(0) & 0x7fff_ffff,
+                        error_code: word(4),
+                        debug: payload[8..].to_vec(),
+                    });
+                }
+            }
         }
     }
 }
@@ -119,7 +240,7 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstFrame<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if this.got < this.head.len()
+        if !this.first_seen
             && let Poll::Ready(Err(e)) = &read
             && let Some(tls) = e
                 .get_ref()
@@ -128,23 +249,10 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstFrame<S> {
         {
             *slot = Some(tls.clone());
         }
-        if this.got < this.head.len() {
-            let new = &buf.filled()[before..];
-            let take = new.len().min(this.head.len() - this.got);
-            this.head[this.got..this.got + take].copy_from_slice(&new[..take]);
-            this.got += take;
-            if this.got == this.head.len() {
-                const SETTINGS: u8 = 0x4;
-                const ACK: u8 = 0x1;
-                let settings = this.head[3] == SETTINGS && this.head[4] & ACK == 0;
-                this.preface.first_frame.store(
-                    if settings {
-                        PREFACE_SETTINGS
-                    } else {
-                        PREFACE_OTHER
-                    },
-                    Ordering::Release,
-                );
+        if let Poll::Ready(Ok(())) = &read {
+            let filled = buf.filled();
+            if filled.len() > before {
+                this.scan(&filled[before..]);
             }
         }
         read
@@ -282,5 +390,59 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// The reader follows frame boundaries however the bytes arrive, skips payloads, and keeps the last GOAWAY's
+    /// last stream id, error code and debug data (the debug data cut at its limit).
+    #[test]
+    fn the_servers_goaway_is_kept_whatever_the_reads() {
+        fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+            let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+            let mut out = vec![len[1], len[2], len[3], kind, 0, 0, 0, 0, 0];
+            out.extend_from_slice(payload);
+            out
+        }
+        fn goaway(last: u32, code: u32, debug: &[u8]) -> Vec<u8> {
+            let mut payload = last.to_be_bytes().to_vec();
+            payload.extend_from_slice(&code.to_be_bytes());
+            payload.extend_from_slice(debug);
+            frame(0x7, &payload)
+        }
+        let mut bytes = frame(SETTINGS, &[0, 3, 0, 0, 0, 100]);
+        // A DATA frame whose payload looks like a GOAWAY header: skipped.
+        bytes.extend(frame(0x0, &goaway(9, 9, b"not one")));
+        bytes.extend(goaway(5, 0, br#"{"reason":"Shutdown"}"#));
+        let long = vec![b'x'; 3 * MAX_GOAWAY_DEBUG];
+        let mut with_long = bytes.clone();
+        with_long.extend(frame(0x6, &[0; 8]));
+        with_long.extend(goaway(7, 2, &long));
+        for chunk in [1, 5, 9, 10, 4096] {
+            let preface = Arc::new(Preface::default());
+            let mut reader = FirstFrame::new((), preface.clone());
+            for piece in bytes.chunks(chunk) {
+                reader.scan(piece);
+            }
+            assert_eq!(
+                preface.first_frame.load(Ordering::Acquire),
+                PREFACE_SETTINGS
+            );
+            assert_eq!(
+                preface.goaway(),
+                Some(GoAwaySeen {
+                    last_stream_id: 5,
+                    error_code: 0,
+                    debug: br#"{"reason":"Shutdown"}"#.to_vec(),
+                }),
+                "chunks of {chunk}"
+            );
+            let preface = Arc::new(Preface::default());
+            let mut reader = FirstFrame::new((), preface.clone());
+            for piece in with_long.chunks(chunk) {
+                reader.scan(piece);
+            }
+            let last = preface.goaway().unwrap();
+            assert_eq!((last.last_stream_id, last.error_code), (7, 2));
+            assert_eq!(last.debug, long[..MAX_GOAWAY_DEBUG]);
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! One HTTP/2 connection: authentication mode from the TLS session, the request loop, stream-limit changes,
-//! GOAWAY (every N requests, idle, shutdown), and the per-request futures that read the body, apply the payload
+//! GOAWAY (on the first request, every N requests, idle, shutdown), and the per-request futures that read the body, apply the payload
 //! and scenario rules, record and answer.
 
 use std::sync::Arc;
@@ -190,6 +190,11 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                 let arrived = std::time::Instant::now();
                 ctx.stats.streams_total.fetch_add(1, Ordering::Relaxed);
                 let stream_id = u32::from(respond.stream_id());
+                if ctx.scenario.goaway_first_request && !going_away {
+                    // Nothing is processed: the GOAWAY names no stream, and this one is refused.
+                    send_goaway(&ctx, &control, 0, ctx.scenario.goaway_debug.clone());
+                    going_away = true;
+                }
                 if !going_away && open.load(Ordering::Relaxed) >= control.limit() {
                     // h2 may have read a client's reset of a waiting stream together with this new stream: let
                     // the waiting streams look for their resets (giving their places back) before refusing.

@@ -40,8 +40,8 @@
 //! after a rejection and goes back up after the next success. Streams beyond the acknowledged limit get
 //! `RST_STREAM(REFUSED_STREAM)`; a stream the client resets stops counting against the limit as soon as the reset
 //! is seen, even while it waits its turn under a rate. GOAWAY carries JSON debug data: `{"reason":"Shutdown"}`
-//! (every N requests, admin `POST /goaway`, simulator shutdown) or `{"reason":"IdleTimeout"}`; the connection then
-//! finishes what it took and closes. The SETTINGS changes and GOAWAY debug data go through [`io::FrameIo`], since
+//! (every N requests, or at the first request with nothing processed, with the scenario's `goaway_reason`; admin
+//! `POST /goaway`, simulator shutdown) or `{"reason":"IdleTimeout"}`; the connection then finishes what it took and closes. The SETTINGS changes and GOAWAY debug data go through [`io::FrameIo`], since
 //! `h2` has no API for them.
 
 pub(crate) mod auth;

@@ -13,29 +13,46 @@
 //! one queue, so work spreads over whichever has room. A connection closes itself after `idle_timeout`, on an
 //! exception, or (binary) after an error packet. Failed connection attempts back off exponentially; after
 //! `mx_failures_to_delay` of them in a row the pool says so, and the domain's queue is delayed instead of spun on.
+//! An HTTP/2 connection that opens but stops taking work through a fault within its first [`PROBATION`], before
+//! APNs has accepted a notification on it (a GOAWAY right after its SETTINGS, `ExpiredProviderToken` for a token
+//! the host's clock thinks young, `503 Shutdown`), is such a failed attempt too: opening alone does not end a run
+//! of failures, so a server that takes connections and refuses all work on them gets backoff, not a reconnect per
+//! notification. A notification answered `503 Shutdown` comes back unsent once, for another connection
+//! ([`ShutdownOnce`]).
 //! When a `host` stanza caps the route's host, every connection also takes a slot of that host's budget, shared
 //! with every other pool routed there ([`super::hosts`]); a pool whose host has all it may have waits for a slot,
 //! and while a lowered cap leaves the host over it, pools drain their newest connections.
 //!
-//! The pool is owned by its domain's task and is not shared: no locks.
+//! The pool is owned by its domain's task and is not shared: no locks (but the one [`ShutdownOnce`] takes for a
+//! Shutdown answer, on the connections' side).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_apns::client::{
-    ConnectionError, ConnectionState, Job, JobReceiver, JobSender, OutcomeSink, http2, legacy,
+    ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver, JobSender, NotSentReason,
+    OutcomeSink, PushResult, Rejection, http2, legacy,
 };
 
 use super::hosts::{HostSlot, HostWaiter};
 use super::settings::{DeliverySettings, RouteProtocol};
-use crate::model::message::Queued;
+use crate::model::message::{MessageId, Queued};
 
 /// Work waiting for a connection beyond what open connections can carry, so that saturation is visible.
 const BACKLOG: usize = 256;
 /// First and longest pause between failed connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A new HTTP/2 connection's first seconds: one that stops taking work through a fault of the server or the network
+/// ([`ConnectionState::fault`]) within this long of opening, before APNs has accepted a notification on it, counts
+/// as a failed connection attempt (backoff, `mx_failures_to_delay`); the run of failed attempts ends only with a
+/// connection that carried an accepted notification or lived this long (docs/apns-protocol.md#http2-connection).
+pub const PROBATION: Duration = Duration::from_secs(10);
+/// The most notifications [`ShutdownOnce`] remembers; when full it forgets them all (each then gets one more
+/// hand-back at most).
+const MAX_HANDED_BACK: usize = 100_000;
 
 /// Numbers connections across the whole process, for logs.
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -76,6 +93,12 @@ pub struct Pool {
     host_waiter: Option<HostWaiter>,
     consecutive_failures: u32,
     next_attempt: Instant,
+    /// HTTP/2 connections opened and not yet judged: their attempt succeeded once they carry an accepted
+    /// notification or live [`PROBATION`], and failed if they stop on a fault sooner.
+    young: Vec<Arc<ConnectionState>>,
+    /// Young connections' faults reached `mx_failures_to_delay`: the report the pool sent its owner (see
+    /// [`Pool::on_connected`]) delays the domain.
+    delay_due: bool,
     last_error: Option<String>,
     sink: Arc<dyn OutcomeSink<Box<Queued>>>,
     events: Arc<dyn PoolEvents>,
@@ -92,6 +115,7 @@ impl Pool {
         events: Arc<dyn PoolEvents>,
     ) -> Self {
         let (jobs_tx, jobs_rx) = async_channel::unbounded();
+        let sink: Arc<dyn OutcomeSink<Box<Queued>>> = Arc::new(ShutdownOnce::new(sink));
         let h2 = Arc::new(http2::Http2Options {
             endpoint: settings.endpoint.clone(),
             tls: settings.tls.clone(),
@@ -127,6 +151,8 @@ impl Pool {
             host_waiter: None,
             consecutive_failures: 0,
             next_attempt: Instant::now(),
+            young: Vec::new(),
+            delay_due: false,
             last_error: None,
             sink,
             events,
@@ -162,8 +188,10 @@ impl Pool {
         self.prune();
     }
 
-    /// Forgets closed connections, giving their host slots back, and marks the slots of draining ones.
+    /// Forgets closed connections, giving their host slots back, and marks the slots of draining ones; judges
+    /// the young connections (see [`PROBATION`]).
     pub fn prune(&mut self) {
+        self.judge_young();
         self.connections.retain(|c| !c.is_closed());
         self.slots.retain(|(c, _)| !c.is_closed());
         for (c, slot) in &mut self.slots {
@@ -171,6 +199,79 @@ impl Pool {
                 slot.set_draining();
             }
         }
+    }
+
+    /// Settles the attempts of young connections: one that carried an accepted notification, or lived
+    /// [`PROBATION`], ends the run of failed attempts; one that stopped on a fault sooner is a failed attempt.
+    fn judge_young(&mut self) {
+        let mut i = 0;
+        while i < self.young.len() {
+            let c = &self.young[i];
+            let fault = c.fault();
+            let failed = match &fault {
+                _ if c.is_proven() => Some(false),
+                Some((after, _)) => Some(*after < PROBATION),
+                // Closed without a fault (idle, drained by the pool): it says nothing either way.
+                None if c.is_closed() => None,
+                None if c.age() >= PROBATION => Some(false),
+                None => {
+                    i += 1;
+                    continue;
+                }
+            };
+            self.young.swap_remove(i);
+            match (failed, fault) {
+                (Some(false), _) => self.consecutive_failures = 0,
+                (Some(true), Some((after, cause))) => {
+                    let error = ConnectionError::EndedEarly {
+                        after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                        cause,
+                    };
+                    self.attempt_failed(&error);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Counts a failed connection attempt: the next one waits (exponential backoff), and `mx_failures_to_delay` of
+    /// them in a row with no connection taking work make the pool ask for the domain to be delayed (its return; for
+    /// a young connection's fault, [`ConnectionError::EndedEarly`], through a report to the owner, see
+    /// [`Pool::on_connected`]).
+    fn attempt_failed(&mut self, error: &ConnectionError) -> bool {
+        let young = matches!(error, ConnectionError::EndedEarly { .. });
+        self.consecutive_failures += 1;
+        let backoff = BACKOFF_MIN
+            .saturating_mul(1 << self.consecutive_failures.min(16).saturating_sub(1))
+            .min(BACKOFF_MAX);
+        self.next_attempt = Instant::now() + backoff;
+        tracing::warn!(domain = %self.settings.domain, endpoint = %self.settings.endpoint,
+            failures = self.consecutive_failures, "connection failed: {error}");
+        self.last_error = Some(error.to_string());
+        let limit = self.settings.mx_failures_to_delay;
+        let delay_domain = limit > 0
+            && self.consecutive_failures >= limit
+            && if young {
+                self.serving() == 0
+            } else {
+                self.connections.is_empty()
+            };
+        if delay_domain {
+            self.consecutive_failures = 0;
+            // A young connection's failure is no attempt the owner waits on: it hears that the domain is to be
+            // delayed from a report the pool sends itself (the warning above is the failure's log line).
+            if let ConnectionError::EndedEarly { after_ms, cause } = error
+                && !self.jobs_tx.is_closed()
+            {
+                self.delay_due = true;
+                let report = ConnectionError::EndedEarly {
+                    after_ms: *after_ms,
+                    cause: cause.clone(),
+                };
+                self.events.connected(self.generation, Err(report));
+            }
+        }
+        delay_domain
     }
 
     /// While the host has more serving connections than its cap (a reload lowered it), drains this pool's
@@ -374,13 +475,20 @@ impl Pool {
         true
     }
 
-    /// Records the end of a connection attempt.
+    /// Records the end of a connection attempt. A failed young connection's report (a
+    /// [`ConnectionError::EndedEarly`] the pool sent itself, once such failures reach `mx_failures_to_delay`) is
+    /// no attempt under way: it only says that the domain is to be delayed.
     pub fn on_connected(&mut self, generation: u64, result: ConnectResult) -> ConnectOutcome {
         if generation != self.generation {
             if let Ok(state) = result {
                 state.drain();
             }
             return ConnectOutcome::Stale;
+        }
+        if let Err(ConnectionError::EndedEarly { .. }) = &result {
+            return ConnectOutcome::Failed {
+                delay_domain: std::mem::take(&mut self.delay_due),
+            };
         }
         self.connecting = self.connecting.saturating_sub(1);
         // The attempt's host slot: kept by the connection it opened, given back if it failed.
@@ -396,27 +504,18 @@ impl Pool {
                 ConnectOutcome::Stale
             }
             Ok(state) => {
-                self.consecutive_failures = 0;
+                match self.settings.protocol {
+                    // Open is not yet proof that the server takes work: see `judge_young`.
+                    RouteProtocol::Http2 => self.young.push(state.clone()),
+                    RouteProtocol::Binary(_) => self.consecutive_failures = 0,
+                }
                 self.next_attempt = Instant::now();
                 self.opened_total += 1;
                 self.connections.push(state);
                 ConnectOutcome::Opened
             }
             Err(e) => {
-                self.consecutive_failures += 1;
-                let backoff = BACKOFF_MIN
-                    .saturating_mul(1 << self.consecutive_failures.min(16).saturating_sub(1))
-                    .min(BACKOFF_MAX);
-                self.next_attempt = Instant::now() + backoff;
-                tracing::warn!(domain = %self.settings.domain, endpoint = %self.settings.endpoint,
-                    failures = self.consecutive_failures, "connection failed: {e}");
-                self.last_error = Some(e.to_string());
-                let limit = self.settings.mx_failures_to_delay;
-                let delay_domain =
-                    limit > 0 && self.consecutive_failures >= limit && self.connections.is_empty();
-                if delay_domain {
-                    self.consecutive_failures = 0;
-                }
+                let delay_domain = self.attempt_failed(&e);
                 ConnectOutcome::Failed { delay_domain }
             }
         }
@@ -451,5 +550,69 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// The connections' results on their way to the queue. A notification APNs answered `503 Shutdown` (the APNs
+/// server is going down, docs/apns-protocol.md#reasons) comes back unsent, to go out at once on another connection
+/// without an attempt counted (the connection that got the answer takes no more work); a second Shutdown in a row
+/// for the same notification counts as the transient failure it is, so that a server answering nothing else cannot
+/// keep a notification going round for free.
+struct ShutdownOnce {
+    inner: Arc<dyn OutcomeSink<Box<Queued>>>,
+    /// Notifications handed back after a Shutdown whose next result has not come yet.
+    handed_back: Mutex<HashSet<MessageId>>,
+    /// How many there are, read on every other result instead of taking the lock.
+    marked: AtomicUsize,
+}
+
+impl ShutdownOnce {
+    fn new(inner: Arc<dyn OutcomeSink<Box<Queued>>>) -> Self {
+        ShutdownOnce {
+            inner,
+            handed_back: Mutex::new(HashSet::new()),
+            marked: AtomicUsize::new(0),
+        }
+    }
+
+    fn marked(&self) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
+        self.handed_back
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl OutcomeSink<Box<Queued>> for ShutdownOnce {
+    fn report(&self, tag: Box<Queued>, result: PushResult, conn: &ConnectionInfo) {
+        let id = tag.notification.id;
+        let result = match result {
+            PushResult::Rejected(rejection @ Rejection::Http { .. })
+                if rejection.text() == "Shutdown" =>
+            {
+                let mut marked = self.marked();
+                let result = if marked.remove(&id) {
+                    PushResult::Rejected(rejection)
+                } else {
+                    if marked.len() >= MAX_HANDED_BACK {
+                        marked.clear();
+                    }
+                    marked.insert(id);
+                    tracing::debug!(%id, conn = conn.id, "503 Shutdown: handed back unsent for another connection");
+                    PushResult::NotSent(NotSentReason::Refused)
+                };
+                self.marked.store(marked.len(), Ordering::Relaxed);
+                result
+            }
+            other => {
+                if self.marked.load(Ordering::Relaxed) > 0 {
+                    let mut marked = self.marked();
+                    if marked.remove(&id) {
+                        self.marked.store(marked.len(), Ordering::Relaxed);
+                    }
+                }
+                other
+            }
+        };
+        self.inner.report(tag, result, conn);
     }
 }
