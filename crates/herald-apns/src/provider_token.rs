@@ -486,16 +486,20 @@ impl ProviderTokenCache {
         lock(&self.inner.state).mints
     }
 
+    /// The current token's age by the monotonic clock, and by the wall clock in seconds (0 if that clock went back).
+    fn ages(&self, state: &TokenState) -> (Duration, u64) {
+        let clock = &self.inner.clock;
+        (
+            clock.monotonic().saturating_sub(state.minted_at),
+            clock.unix_seconds().saturating_sub(state.issued_at),
+        )
+    }
+
     /// The token to send now, minting a new one first if the current one is due by either clock.
     pub fn current(&self) -> Arc<str> {
         let mut state = lock(&self.inner.state);
         let refresh = self.inner.refresh_after;
-        let age = self.inner.clock.monotonic().saturating_sub(state.minted_at);
-        let wall_age = self
-            .inner
-            .clock
-            .unix_seconds()
-            .saturating_sub(state.issued_at);
+        let (age, wall_age) = self.ages(&state);
         if age >= refresh || wall_age >= refresh.as_secs() {
             self.mint(&mut state);
         }
@@ -508,12 +512,7 @@ impl ProviderTokenCache {
     pub fn expired(&self, seen: &str) -> Arc<str> {
         let mut state = lock(&self.inner.state);
         if &*state.token == seen {
-            let age = self.inner.clock.monotonic().saturating_sub(state.minted_at);
-            let wall_age = self
-                .inner
-                .clock
-                .unix_seconds()
-                .saturating_sub(state.issued_at);
+            let (age, wall_age) = self.ages(&state);
             if age >= MIN_REFRESH || wall_age >= MAX_REFRESH.as_secs() {
                 self.mint(&mut state);
             } else {
