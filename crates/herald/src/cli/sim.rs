@@ -123,6 +123,10 @@ struct ServeArgs {
     /// GOAWAY (reason Shutdown) after this many requests on a connection.
     #[arg(long)]
     goaway_every: Option<u64>,
+    /// Answer every connection's first request with GOAWAY (nothing processed) and close: a server that takes
+    /// connections and refuses all work on them.
+    #[arg(long)]
+    goaway_first_request: bool,
     /// Close connections idle for this many seconds (GOAWAY reason IdleTimeout).
     #[arg(long)]
     idle_timeout: Option<u64>,
@@ -210,6 +214,9 @@ fn build_config(a: ServeArgs) -> anyhow::Result<SimConfig> {
     if a.goaway_every.is_some() {
         sc.goaway_every = a.goaway_every;
     }
+    if a.goaway_first_request {
+        sc.goaway_first_request = true;
+    }
     if a.idle_timeout.is_some() {
         sc.idle_timeout_secs = a.idle_timeout;
     }
@@ -254,4 +261,34 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn scenario_flags_reach_the_simulators_scenario() {
+        let dir = tempfile::tempdir().unwrap();
+        Pki::generate(dir.path(), &["com.example.flags".to_owned()]).unwrap();
+        let pki = dir.path().to_str().unwrap();
+        let config = |extra: &[&str]| {
+            let mut argv = vec!["sim", "--pki", pki];
+            argv.extend_from_slice(extra);
+            build_config(Serve::try_parse_from(argv).unwrap().args).unwrap()
+        };
+        let plain = config(&[]);
+        assert!(!plain.scenario.goaway_first_request);
+        assert_eq!(plain.scenario.goaway_every, None);
+        let set = config(&["--goaway-first-request", "--goaway-every", "7"]);
+        assert!(set.scenario.goaway_first_request);
+        assert_eq!(set.scenario.goaway_every, Some(7));
+    }
 }
