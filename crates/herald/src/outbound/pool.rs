@@ -23,12 +23,10 @@
 //! with every other pool routed there ([`super::hosts`]); a pool whose host has all it may have waits for a slot,
 //! and while a lowered cap leaves the host over it, pools drain their newest connections.
 //!
-//! The pool is owned by its domain's task and is not shared: no locks (but the one [`ShutdownOnce`] takes for a
-//! Shutdown answer, on the connections' side).
+//! The pool is owned by its domain's task and is not shared: no locks.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_apns::client::{
@@ -38,7 +36,7 @@ use herald_apns::client::{
 
 use super::hosts::{HostSlot, HostWaiter};
 use super::settings::{DeliverySettings, RouteProtocol};
-use crate::model::message::{MessageId, Queued};
+use crate::model::message::Queued;
 
 /// Work waiting for a connection beyond what open connections can carry, so that saturation is visible.
 const BACKLOG: usize = 256;
@@ -50,9 +48,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// as a failed connection attempt (backoff, `mx_failures_to_delay`); the run of failed attempts ends only with a
 /// connection that carried an accepted notification or lived this long (docs/apns-protocol.md#http2-connection).
 pub const PROBATION: Duration = Duration::from_secs(10);
-/// The most notifications [`ShutdownOnce`] remembers; when full it forgets them all (each then gets one more
-/// hand-back at most).
-const MAX_HANDED_BACK: usize = 100_000;
 
 /// Numbers connections across the whole process, for logs.
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -115,7 +110,7 @@ impl Pool {
         events: Arc<dyn PoolEvents>,
     ) -> Self {
         let (jobs_tx, jobs_rx) = async_channel::unbounded();
-        let sink: Arc<dyn OutcomeSink<Box<Queued>>> = Arc::new(ShutdownOnce::new(sink));
+        let sink: Arc<dyn OutcomeSink<Box<Queued>>> = Arc::new(ShutdownOnce { inner: sink });
         let h2 = Arc::new(http2::Http2Options {
             endpoint: settings.endpoint.clone(),
             tls: settings.tls.clone(),
@@ -556,60 +551,24 @@ impl Drop for Pool {
 /// The connections' results on their way to the queue. A notification APNs answered `503 Shutdown` (the APNs
 /// server is going down, docs/apns-protocol.md#reasons) comes back unsent, to go out at once on another connection
 /// without an attempt counted (the connection that got the answer takes no more work); a second Shutdown in a row
-/// for the same notification counts as the transient failure it is, so that a server answering nothing else cannot
-/// keep a notification going round for free.
+/// for the same notification ([`Queued::shutdown_handed_back`]) counts as the transient failure it is, so that a
+/// server answering nothing else cannot keep a notification going round for free.
 struct ShutdownOnce {
     inner: Arc<dyn OutcomeSink<Box<Queued>>>,
-    /// Notifications handed back after a Shutdown whose next result has not come yet.
-    handed_back: Mutex<HashSet<MessageId>>,
-    /// How many there are, read on every other result instead of taking the lock.
-    marked: AtomicUsize,
-}
-
-impl ShutdownOnce {
-    fn new(inner: Arc<dyn OutcomeSink<Box<Queued>>>) -> Self {
-        ShutdownOnce {
-            inner,
-            handed_back: Mutex::new(HashSet::new()),
-            marked: AtomicUsize::new(0),
-        }
-    }
-
-    fn marked(&self) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
-        self.handed_back
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 impl OutcomeSink<Box<Queued>> for ShutdownOnce {
-    fn report(&self, tag: Box<Queued>, result: PushResult, conn: &ConnectionInfo) {
-        let id = tag.notification.id;
+    fn report(&self, mut tag: Box<Queued>, result: PushResult, conn: &ConnectionInfo) {
         let result = match result {
             PushResult::Rejected(rejection @ Rejection::Http { .. })
-                if rejection.text() == "Shutdown" =>
+                if rejection.text() == "Shutdown" && !tag.shutdown_handed_back =>
             {
-                let mut marked = self.marked();
-                let result = if marked.remove(&id) {
-                    PushResult::Rejected(rejection)
-                } else {
-                    if marked.len() >= MAX_HANDED_BACK {
-                        marked.clear();
-                    }
-                    marked.insert(id);
-                    tracing::debug!(%id, conn = conn.id, "503 Shutdown: handed back unsent for another connection");
-                    PushResult::NotSent(NotSentReason::Refused)
-                };
-                self.marked.store(marked.len(), Ordering::Relaxed);
-                result
+                tag.shutdown_handed_back = true;
+                tracing::debug!(id = %tag.notification.id, conn = conn.id, "503 Shutdown: handed back unsent for another connection");
+                PushResult::NotSent(NotSentReason::Refused)
             }
             other => {
-                if self.marked.load(Ordering::Relaxed) > 0 {
-                    let mut marked = self.marked();
-                    if marked.remove(&id) {
-                        self.marked.store(marked.len(), Ordering::Relaxed);
-                    }
-                }
+                tag.shutdown_handed_back = false;
                 other
             }
         };
