@@ -973,6 +973,10 @@ impl RefusalLog {
     fn reserve(&mut self) -> io::Result<()> {
         let mut len = self.file.metadata()?.len();
         let result = (|| {
+            if len >= REFUSED_FILE_BYTES {
+                // Reserved at an earlier start: nothing to write or sync.
+                return Ok(());
+            }
             let zeros = vec![0u8; 64 << 10];
             while len < REFUSED_FILE_BYTES {
                 let n = (REFUSED_FILE_BYTES - len).min(zeros.len() as u64) as usize;
