@@ -1,9 +1,10 @@
 //! One HTTP/2 connection to a channel management host or a broadcast host (docs/apns-protocol.md §6.2). Each
 //! call is one stream; answers are read whole (bodies are small) and any status other than the call's success
 //! status becomes [`BroadcastClientError::Rejected`] with the reason and its class. With token auth, an
-//! `ExpiredProviderToken` answer to a management call mints a new token and the call is tried once more; one to a
-//! broadcast is returned at once, never sent again on this connection, which APNs may no longer serve
-//! ([`BroadcastClientError::token_expired`] says whether the token was renewed for a retry on a new one).
+//! `ExpiredProviderToken` answer, to a management call or a broadcast alike, is returned at once and the call never
+//! sent again on this connection, which APNs may no longer serve (docs/apns-protocol.md §3.7); the refused token is
+//! renewed when it may be, and [`BroadcastClientError::token_expired`] says whether it was, for a retry on a new
+//! connection. A call the connection could not take is [`BroadcastClientError::NotSent`]: nothing went out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,16 +31,6 @@ const MAX_BODY: usize = 1024 * 1024;
 /// The reason APNs gives for a provider token too old.
 const EXPIRED_PROVIDER_TOKEN: &str = "ExpiredProviderToken";
 
-/// What [`BroadcastClient::call`] does with an `ExpiredProviderToken` answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnExpiredToken {
-    /// Sends the call once more on this connection, with the token the cache gives (management calls).
-    ResendHere,
-    /// Renews the token and returns the rejection, marked with whether the token was renewed (broadcasts: the
-    /// caller sends again on a new connection, [`BroadcastClientError::token_expired`]).
-    Return,
-}
-
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum BroadcastClientError {
@@ -47,6 +38,12 @@ pub enum BroadcastClientError {
     Connection(#[from] ConnectionError),
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// The connection could not take the request (it had failed, or was going away, before the request was handed
+    /// to it): nothing was sent, and the call can be made again on a new connection.
+    #[error("HTTP/2 connection to {host} could not take the request, nothing was sent: {source}")]
+    NotSent { host: String, source: h2::Error },
+    /// The connection or the call's stream failed once the request was handed to the connection: it may have
+    /// reached the server and been processed, unless [`BroadcastClientError::not_processed`] says otherwise.
     #[error("HTTP/2 error talking to {host}: {source}")]
     Http { host: String, source: h2::Error },
     #[error("no answer from {host} within {secs} s")]
@@ -75,17 +72,22 @@ impl BroadcastClientError {
     }
 
     /// Whether the server did not process the call, so that it can be sent again at once, on a new connection, as
-    /// never sent: its stream was refused (`RST_STREAM(REFUSED_STREAM)`) or left above the last stream id of the
-    /// server's GOAWAY (RFC 9113 §8.7, docs/apns-protocol.md §3.7).
+    /// never sent: it was not sent at all ([`BroadcastClientError::NotSent`]), or its stream was refused
+    /// (`RST_STREAM(REFUSED_STREAM)`) or left above the last stream id of the server's GOAWAY (RFC 9113 §8.7,
+    /// docs/apns-protocol.md §3.7).
     pub fn not_processed(&self) -> bool {
-        matches!(self, BroadcastClientError::Http { source, .. } if not_processed(source))
+        match self {
+            BroadcastClientError::NotSent { .. } => true,
+            BroadcastClientError::Http { source, .. } => not_processed(source),
+            _ => false,
+        }
     }
 
-    /// For an `ExpiredProviderToken` answer to a broadcast: whether the provider token in force is a newer one than
-    /// the refused one by now (`Some(true)`, the class is then [`FailureClass::RefreshTokenAndRetry`]), so that the
-    /// broadcast can be sent again at once on a new connection; `Some(false)` when it is still the refused one (it is
-    /// younger than 20 minutes by herald's clock, or the connection has no token), a transient failure. `None` for
-    /// any other error.
+    /// For an `ExpiredProviderToken` answer (to a management call or a broadcast): whether the provider token in
+    /// force is a newer one than the refused one by now (`Some(true)`, the class is then
+    /// [`FailureClass::RefreshTokenAndRetry`]), so that the call can be sent again at once on a new connection;
+    /// `Some(false)` when it is still the refused one (it is younger than 20 minutes by herald's clock, or the
+    /// connection has no token), a transient failure. `None` for any other error.
     pub fn token_expired(&self) -> Option<bool> {
         match self {
             BroadcastClientError::Rejected { reason, class, .. }
@@ -271,14 +273,7 @@ impl BroadcastClient {
         let path = send.path()?;
         let headers = send.headers()?;
         let a = self
-            .call(
-                Method::POST,
-                &path,
-                &headers,
-                send.payload.clone(),
-                200,
-                OnExpiredToken::Return,
-            )
+            .call(Method::POST, &path, &headers, send.payload.clone(), 200)
             .await?;
         Ok(request_id(&a.headers))
     }
@@ -296,13 +291,15 @@ impl BroadcastClient {
             &headers,
             op.body(),
             op.success_status(),
-            OnExpiredToken::ResendHere,
         )
         .await
     }
 
-    /// One call; the answer when it has the `success` status. `on_expired` says what an `ExpiredProviderToken`
-    /// answer leads to.
+    /// One call; the answer when it has the `success` status. An `ExpiredProviderToken` answer is never followed by
+    /// another stream on this connection, which APNs may no longer serve (docs/apns-protocol.md §3.7): the refused
+    /// token is renewed when the cache allows, and the rejection returned, [`FailureClass::RefreshTokenAndRetry`]
+    /// when it was (the caller sends again on a new connection) and [`FailureClass::Transient`] when the cache kept
+    /// it (younger than 20 minutes here: it would be refused again).
     async fn call(
         &self,
         method: Method,
@@ -310,49 +307,31 @@ impl BroadcastClient {
         headers: &[(HeaderName, HeaderValue)],
         body: Bytes,
         success: u16,
-        on_expired: OnExpiredToken,
     ) -> Result<Answer, BroadcastClientError> {
-        let mut token = self.auth.as_ref().map(|a| a.current());
-        for attempt in 0..2 {
-            let answer = self
-                .once(&method, path, headers, body.clone(), token.as_deref())
-                .await?;
-            if answer.status == success {
-                return Ok(answer);
-            }
-            let reason = parse_error_body(&answer.body).ok().map(|b| b.reason);
-            let mut class = classify_broadcast(answer.status, reason.as_deref());
-            if class == FailureClass::RefreshTokenAndRetry {
-                match on_expired {
-                    OnExpiredToken::ResendHere => {
-                        if attempt == 0
-                            && let (Some(auth), Some(seen)) = (&self.auth, &token)
-                        {
-                            token = Some(auth.expired(seen));
-                            continue;
-                        }
-                    }
-                    OnExpiredToken::Return => {
-                        // The first report about a token renews it (docs/apns-protocol.md#provider-tokens). A
-                        // token it keeps (younger than 20 minutes here) would be refused again: the call then
-                        // waits for the caller's retry schedule.
-                        let renewed = match (&self.auth, &token) {
-                            (Some(auth), Some(seen)) => *auth.expired(seen) != **seen,
-                            _ => false,
-                        };
-                        if !renewed {
-                            class = FailureClass::Transient;
-                        }
-                    }
-                }
-            }
-            return Err(BroadcastClientError::Rejected {
-                status: answer.status,
-                reason: reason.unwrap_or_else(|| "-".into()),
-                class,
-            });
+        let token = self.auth.as_ref().map(|a| a.current());
+        let answer = self
+            .once(&method, path, headers, body, token.as_deref())
+            .await?;
+        if answer.status == success {
+            return Ok(answer);
         }
-        Err(BroadcastClientError::BadAnswer("retry loop ended".into()))
+        let reason = parse_error_body(&answer.body).ok().map(|b| b.reason);
+        let mut class = classify_broadcast(answer.status, reason.as_deref());
+        if class == FailureClass::RefreshTokenAndRetry {
+            // The first report about a token renews it (docs/apns-protocol.md#provider-tokens).
+            let renewed = match (&self.auth, &token) {
+                (Some(auth), Some(seen)) => *auth.expired(seen) != **seen,
+                _ => false,
+            };
+            if !renewed {
+                class = FailureClass::Transient;
+            }
+        }
+        Err(BroadcastClientError::Rejected {
+            status: answer.status,
+            reason: reason.unwrap_or_else(|| "-".into()),
+            class,
+        })
     }
 
     async fn once(
@@ -364,6 +343,10 @@ impl BroadcastClient {
         token: Option<&str>,
     ) -> Result<Answer, BroadcastClientError> {
         let http_err = |source| BroadcastClientError::Http {
+            host: self.host.clone(),
+            source,
+        };
+        let not_sent = |source| BroadcastClientError::NotSent {
             host: self.host.clone(),
             source,
         };
@@ -389,9 +372,11 @@ impl BroadcastClient {
             for (k, v) in headers {
                 h.insert(k.clone(), v.clone());
             }
-            let mut send = self.send.clone().ready().await.map_err(http_err)?;
+            // Until `send_request` took it, the request is nowhere but here: a connection that fails, or is going
+            // away, before then sent nothing.
+            let mut send = self.send.clone().ready().await.map_err(not_sent)?;
             let end = body.is_empty();
-            let (response, mut stream) = send.send_request(req, end).map_err(http_err)?;
+            let (response, mut stream) = send.send_request(req, end).map_err(not_sent)?;
             // The server may answer, and close the stream, before the body is written (a refusal of the headers):
             // that answer is the outcome, so it is read whether or not the body went out.
             // A stream reset or a lost connection fails the read with the same cause.
@@ -628,6 +613,112 @@ mod tests {
             streams.lock().unwrap().clone(),
             [vec![format!("bearer {}", auth.current())]]
         );
+    }
+
+    /// A management call gets the same treatment as a broadcast: `ExpiredProviderToken` for a token too young to
+    /// renew is not answered by a second stream with the token just refused, on a connection APNs may no longer
+    /// serve; the create is a transient failure. For a token old enough, it is renewed and the error says so, for a
+    /// retry on a new connection, and still nothing more goes out on this one.
+    #[tokio::test]
+    async fn an_expired_token_to_a_management_call_is_not_sent_again_on_its_connection() {
+        for (age, renewed) in [
+            (Duration::ZERO, false),
+            (Duration::from_secs(25 * 60), true),
+        ] {
+            let (addr, streams) = expired_token_server().await;
+            let clock = crate::provider_token::ManualClock::new(1_800_000_000);
+            let auth = token_cache(&clock);
+            clock.advance(age);
+            let refused = format!("bearer {}", auth.current());
+            let c = token_client(addr, &auth).await;
+            let e = c
+                .create_channel("com.example.app", StoragePolicy::MostRecentMessage)
+                .await
+                .unwrap_err();
+            assert_eq!(e.token_expired(), Some(renewed), "{e}");
+            let class = if renewed {
+                FailureClass::RefreshTokenAndRetry
+            } else {
+                FailureClass::Transient
+            };
+            assert_eq!(e.class(), class, "{e}");
+            assert_eq!(auth.mints(), if renewed { 2 } else { 1 });
+            assert_eq!(streams.lock().unwrap().clone(), [vec![refused]]);
+        }
+    }
+
+    /// APNs publishes no size for channel ids: a create answered with a 400-character id gives that id, and a list
+    /// holding it lists it.
+    #[tokio::test]
+    async fn channel_ids_from_apns_are_not_held_to_a_size_herald_guessed() {
+        let long = "QUJD".repeat(100);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let id = long.clone();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(sock).await.unwrap();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let answer = if req.method() == Method::POST {
+                    http::Response::builder()
+                        .status(201)
+                        .header("apns-channel-id", id.as_str())
+                        .body(())
+                        .unwrap()
+                } else {
+                    http::Response::builder().status(200).body(()).unwrap()
+                };
+                let list = format!(r#"{{"channels":["{id}"]}}"#);
+                if req.method() == Method::POST {
+                    respond.send_response(answer, true).unwrap();
+                } else {
+                    let mut body = respond.send_response(answer, false).unwrap();
+                    body.send_data(Bytes::from(list), true).unwrap();
+                }
+            }
+        });
+        let c = client(addr).await.unwrap();
+        let created = c
+            .create_channel("com.example.app", StoragePolicy::NoStorage)
+            .await
+            .unwrap();
+        assert_eq!(created.as_str(), long);
+        assert_eq!(c.list_channels("com.example.app").await.unwrap(), [created]);
+    }
+
+    /// A call on a connection that had already ended (the server closed it) was not sent at all: the error says so,
+    /// and that the server did not process it, so that it can be made again at once on a new connection.
+    #[tokio::test]
+    async fn a_call_on_a_connection_that_ended_was_not_sent() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, closing) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(sock).await.unwrap();
+            tokio::select! {
+                _ = closing => {}
+                _ = conn.accept() => {}
+            }
+            // Dropping the connection closes the socket: no GOAWAY.
+        });
+        let c = client(addr).await.unwrap();
+        close.send(()).unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !c.is_closed() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let e = c
+            .create_channel("com.example.app", StoragePolicy::NoStorage)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BroadcastClientError::NotSent { .. }), "{e:?}");
+        assert!(e.not_processed(), "{e}");
+        assert_eq!(e.class(), FailureClass::Transient);
     }
 
     /// A stream the server refused was not processed, and the connection takes the next call.

@@ -526,13 +526,15 @@ impl Broadcaster {
                 self.finish(&key);
             }
             Err(f) => {
-                self.count(&b.domain, "transient", &f.reason);
+                // Counted once, as the attempt ends: transient when it is retried, permanent when it ends the
+                // broadcast (retries used up, or `message_expiration` passed).
                 // A domain that stopped resolving (a reload removed it) has no schedule of its own: Momentum's
                 // defaults bound its retries, so it is not retried for ever.
                 let policy = f.retry.unwrap_or_default();
                 let decision = policy.after_failure(b.retries, Duration::from_secs(secs));
                 match decision {
                     RetryDecision::RetryIn(delay) => {
+                        self.count(&b.domain, "transient", &f.reason);
                         self.log(&b, 'T', secs, f.status, &f.text, None);
                         b.retries += 1;
                         b.due_ms = due_after(now_ms(), delay);
@@ -748,9 +750,9 @@ fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPol
         BroadcastClientError::Request(_) => (None, "BadRequest".into()),
         BroadcastClientError::BadAnswer(_) => (None, "BadAnswer".into()),
         BroadcastClientError::Timeout { .. } => (None, "ResponseTimeout".into()),
-        BroadcastClientError::Connection(_) | BroadcastClientError::Http { .. } => {
-            (None, "ConnectionFailed".into())
-        }
+        BroadcastClientError::Connection(_)
+        | BroadcastClientError::NotSent { .. }
+        | BroadcastClientError::Http { .. } => (None, "ConnectionFailed".into()),
     };
     // APNs' reason alone for its refusals (the status has a field of its own), herald's words otherwise.
     let text = match e {
@@ -1062,6 +1064,8 @@ domain "{DOMAIN}" {{
         GoAway,
         /// `403 {"reason":"ExpiredProviderToken"}`, the connection kept open.
         ExpiredToken,
+        /// `503 {"reason":"ServiceUnavailable"}`, the connection kept open.
+        Unavailable,
     }
 
     /// How a [`RawApns`] behaves.
@@ -1185,15 +1189,15 @@ domain "{DOMAIN}" {{
         // `:status: 200`, index 8 of HPACK's static table.
         let ok = |stream: u32| frame(HEADERS, END_STREAM | END_HEADERS, stream, &[0x88]);
         let refused = |stream: u32| frame(RST_STREAM, 0, stream, &7u32.to_be_bytes());
-        // `:status: 403` (a literal without indexing, the name index 8), then the reason as the body.
-        let expired = |stream: u32| {
-            let mut f = frame(HEADERS, END_HEADERS, stream, &[0x08, 3, b'4', b'0', b'3']);
-            f.extend(frame(
-                DATA,
-                END_STREAM,
+        // `:status` (a literal without indexing, the name index 8), then the reason as the body.
+        let refusal = |stream: u32, status: &[u8; 3], body: &[u8]| {
+            let mut f = frame(
+                HEADERS,
+                END_HEADERS,
                 stream,
-                br#"{"reason":"ExpiredProviderToken"}"#,
-            ));
+                &[&[0x08, 3][..], status].concat(),
+            );
+            f.extend(frame(DATA, END_STREAM, stream, body));
             f
         };
         let mut preface = [0u8; 24];
@@ -1230,7 +1234,16 @@ domain "{DOMAIN}" {{
                         return Ok(());
                     }
                     Some(Refuse::Stream) => Some(refused(stream)),
-                    Some(Refuse::ExpiredToken) => Some(expired(stream)),
+                    Some(Refuse::ExpiredToken) => Some(refusal(
+                        stream,
+                        b"403",
+                        br#"{"reason":"ExpiredProviderToken"}"#,
+                    )),
+                    Some(Refuse::Unavailable) => Some(refusal(
+                        stream,
+                        b"503",
+                        br#"{"reason":"ServiceUnavailable"}"#,
+                    )),
                     None if limit.is_some_and(|n| open.len() >= n as usize) => {
                         counters.over_limit.fetch_add(1, Ordering::SeqCst);
                         Some(refused(stream))
@@ -1398,6 +1411,27 @@ domain "{DOMAIN}" {{
             not_delivered(&broadcaster),
             [format!(
                 "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"transient\",reason=\"ExpiredProviderToken\"}} 1"
+            )]
+        );
+    }
+
+    /// An attempt is counted once in `herald_broadcasts_total`, by how it ended: a transient failure with no retry
+    /// left ends the broadcast, and is counted as permanent only, not as transient as well.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_attempt_that_uses_up_the_retries_is_counted_once() {
+        let options = RawOptions::first(Refuse::Unavailable);
+        let (f, raw) = Fixture::routed("", "  max_retries = 0", Some(options)).await;
+        let raw = raw.unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let broadcaster =
+            Broadcaster::start(f.store(), f.resolver.clone(), Logs::default()).unwrap();
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the broadcast to end", || broadcaster.queued() == 0).await;
+        assert_eq!(raw.requests(), 1, "one attempt, no retry");
+        assert_eq!(
+            not_delivered(&broadcaster),
+            [format!(
+                "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"permanent\",reason=\"ServiceUnavailableExhausted\"}} 1"
             )]
         );
     }

@@ -6,7 +6,10 @@
 //!
 //! [`ChannelManager`] keeps one HTTP/2 connection per domain and opens it again when it closed or when the
 //! domain's route or credentials changed (a reload). It counts every operation per domain, operation and result
-//! for the metrics. The REST routes are in [`api`]; the console's `channels DOMAIN` calls [`ChannelManager::list`].
+//! for the metrics. A call APNs did not process (never sent, or refused unprocessed), one refused for a provider
+//! token that was renewed since, and a read, delete or list whose kept connection died under it are made once more
+//! on a new connection; a create that may have been done is not ([`ChannelError::CreateUncertain`]). The REST
+//! routes are in [`api`]; the console's `channels DOMAIN` calls [`ChannelManager::list`].
 
 pub mod api;
 
@@ -79,17 +82,37 @@ pub enum ChannelError {
     },
 }
 
-/// Whether a create that failed with `e` may have been done at APNs: its request went out and no answer was
-/// read (a timeout, a connection or stream lost other than by a refusal APNs guarantees unprocessed, an answer
-/// herald could not read). A create that never left (no connection), or that APNs answered, is certain.
+/// Whether a create that failed with `e` may have been done at APNs: its request was handed to the connection and
+/// no answer was read (a timeout, a connection or stream lost other than by a refusal APNs guarantees unprocessed,
+/// an answer herald could not read). A create that never left (no connection, or one that could not take the
+/// request), or that APNs answered, is certain.
 fn create_may_be_done(e: &BroadcastClientError) -> bool {
     match e {
         BroadcastClientError::Timeout { .. } | BroadcastClientError::BadAnswer(_) => true,
         BroadcastClientError::Http { .. } => !e.not_processed(),
         BroadcastClientError::Connection(_)
+        | BroadcastClientError::NotSent { .. }
         | BroadcastClientError::Request(_)
         | BroadcastClientError::Rejected { .. } => false,
     }
+}
+
+/// Whether a call that failed with `e` is made once more, at once, on a new connection (`fresh`: the failed try
+/// was on a connection opened for it):
+/// - any call APNs did not process (never sent, its stream refused, or above the last stream id of a GOAWAY): it
+///   was not done, a create included;
+/// - any call answered `ExpiredProviderToken` once the token was renewed: it was refused, and APNs may no longer
+///   serve the connection that answered (docs/apns-protocol.md §3.7); a token the cache kept would be refused again;
+/// - a read, delete or list whose kept connection died under it (an idle connection APNs closed): a read or list
+///   done twice does no harm, and a delete done by the first try is told by the second one's answer
+///   ([`ChannelManager::run_on`]). A create is not: it might have been done, and a second one would make a second
+///   channel.
+fn try_again(call: &Call, e: &BroadcastClientError, fresh: bool) -> bool {
+    e.not_processed()
+        || e.token_expired() == Some(true)
+        || (matches!(e, BroadcastClientError::Http { .. })
+            && !fresh
+            && !matches!(call, Call::Create(_)))
 }
 
 impl ChannelError {
@@ -128,6 +151,7 @@ impl ChannelError {
             BroadcastClientError::Request(_) => 400,
             BroadcastClientError::BadAnswer(_) => 502,
             BroadcastClientError::Connection(_)
+            | BroadcastClientError::NotSent { .. }
             | BroadcastClientError::Http { .. }
             | BroadcastClientError::Timeout { .. } => 503,
         }
@@ -159,9 +183,9 @@ impl ChannelError {
                     BroadcastClientError::Request(_) => "bad_request".into(),
                     BroadcastClientError::BadAnswer(_) => "bad_answer".into(),
                     BroadcastClientError::Timeout { .. } => "timeout".into(),
-                    BroadcastClientError::Connection(_) | BroadcastClientError::Http { .. } => {
-                        "unreachable".into()
-                    }
+                    BroadcastClientError::Connection(_)
+                    | BroadcastClientError::NotSent { .. }
+                    | BroadcastClientError::Http { .. } => "unreachable".into(),
                 }
             }
         }
@@ -437,9 +461,7 @@ impl ChannelManager {
         }
     }
 
-    /// Runs one call on the domain's connection (opened first if needed) and counts it. A read, delete or list
-    /// whose connection turned out closed is tried once more on a new one; a create is not (it might have been
-    /// done).
+    /// Runs one call on the domain's connection (opened first if needed) and counts it ([`ChannelManager::run_on`]).
     async fn run(&self, domain: &str, call: Call) -> Result<(String, Done), ChannelError> {
         let domain = domain.trim().to_ascii_lowercase();
         let resolver = self.resolver.clone();
@@ -451,6 +473,22 @@ impl ChannelManager {
                 domain: domain.clone(),
                 reason,
             })?;
+        self.run_on(&domain, target, call).await
+    }
+
+    /// Runs one call for `domain` (lowercase) on its connection to `target` (opened first if needed) and counts
+    /// it. A failed call is made once more on a new connection when [`try_again`] says so. A delete whose first try
+    /// may have been done (its answer lost with the connection) and which the second try finds gone
+    /// (`ChannelNotRegistered`) is done: APNs never reuses a channel id, so the channel the caller named is gone
+    /// either way. The connection is dropped after any failure but an answer from APNs, and after an
+    /// `ExpiredProviderToken` answer too.
+    async fn run_on(
+        &self,
+        domain: &str,
+        target: Target,
+        call: Call,
+    ) -> Result<(String, Done), ChannelError> {
+        let domain = domain.to_owned();
         let slot = self
             .conns
             .lock()
@@ -476,6 +514,9 @@ impl ChannelManager {
                 let client = target.connect().await.map_err(|e| apns_err(e.into()))?;
                 *slot = Some(Cached { target, client });
             }
+            // Whether the call was made again, and whether its first try may have been done at APNs.
+            let mut again = false;
+            let mut first_may_be_done = false;
             loop {
                 let Some(cached) = slot.as_ref() else {
                     return Err(apns_err(BroadcastClientError::BadAnswer(
@@ -483,27 +524,35 @@ impl ChannelManager {
                     )));
                 };
                 let client = cached.client.clone();
-                match perform(&client, &bundle, &call).await {
-                    Err(BroadcastClientError::Http { .. })
-                        if !fresh && !matches!(call, Call::Create(_)) =>
-                    {
-                        // The kept connection died under the call: once more on a new one.
-                        let target = match slot.take() {
-                            Some(c) => c.target,
-                            None => continue,
-                        };
-                        let client = target.connect().await.map_err(|e| apns_err(e.into()))?;
-                        *slot = Some(Cached { target, client });
-                        fresh = true;
-                    }
-                    Err(e) => {
-                        if !matches!(e, BroadcastClientError::Rejected { .. }) {
-                            *slot = None;
-                        }
-                        return Err(apns_err(e));
-                    }
+                let e = match perform(&client, &bundle, &call).await {
                     Ok(done) => return Ok(done),
+                    Err(e) => e,
+                };
+                if first_may_be_done
+                    && matches!(call, Call::Delete(_))
+                    && e.reason() == Some("ChannelNotRegistered")
+                {
+                    tracing::debug!(%domain, "delete: its first try, unanswered, deleted the channel");
+                    return Ok(Done::Deleted);
                 }
+                if again || !try_again(&call, &e, fresh) {
+                    if !matches!(e, BroadcastClientError::Rejected { .. })
+                        || e.token_expired().is_some()
+                    {
+                        *slot = None;
+                    }
+                    return Err(apns_err(e));
+                }
+                let op = call.name();
+                tracing::debug!(%domain, op, "channel operation made again on a new connection: {e}");
+                first_may_be_done = matches!(e, BroadcastClientError::Http { .. }) && !e.not_processed();
+                let Some(Cached { target, .. }) = slot.take() else {
+                    continue;
+                };
+                let client = target.connect().await.map_err(|e| apns_err(e.into()))?;
+                *slot = Some(Cached { target, client });
+                fresh = true;
+                again = true;
             }
         }
         .await;
@@ -571,6 +620,406 @@ impl ChannelManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use herald_apns::provider_token::{MAX_REFRESH, ManualClock, SigningKey};
+    use herald_sim::Pki;
+
+    const TOPIC: &str = "com.example.manage";
+    const DOMAIN: &str = "manage.example";
+    const WAIT: Duration = Duration::from_secs(30);
+    const NOT_REGISTERED: &str = r#"{"reason":"ChannelNotRegistered"}"#;
+
+    /// What a [`ScriptedHost`] does with a request.
+    #[derive(Debug, Clone)]
+    enum Act {
+        /// Answers `status`, with `apns-channel-id` when given, and `body` when not empty.
+        Answer {
+            status: u16,
+            channel: Option<String>,
+            body: &'static str,
+        },
+        /// Sends GOAWAY with this last stream id and closes the connection: a request above it was not processed.
+        GoAway(u32),
+        /// Closes the connection without an answer: the request may have been done.
+        Close,
+    }
+
+    fn answer(status: u16, body: &'static str) -> Act {
+        Act::Answer {
+            status,
+            channel: None,
+            body,
+        }
+    }
+
+    fn created(id: &str) -> Act {
+        Act::Answer {
+            status: 201,
+            channel: Some(id.to_owned()),
+            body: "",
+        }
+    }
+
+    /// An HPACK integer with a 7-bit prefix (RFC 7541 §5.1), the prefix's other bit 0.
+    fn hpack_int(mut n: usize, out: &mut Vec<u8>) {
+        if n < 127 {
+            out.push(n as u8);
+            return;
+        }
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
+
+    /// A management host on 127.0.0.1 (TLS with the test PKI's server certificate, ALPN `h2`) that speaks HTTP/2
+    /// frame by frame: its SETTINGS first, then, once a request came in full, what the script says for it (the nth
+    /// request of all, over its connections; the last entry for any beyond).
+    struct ScriptedHost {
+        port: u16,
+        /// Requests per connection, in the order the connections came.
+        streams: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl ScriptedHost {
+        async fn start(m: &herald_sim::PkiManifest, script: Vec<Act>) -> ScriptedHost {
+            let tls =
+                herald_sim::TlsMaterial::from_files(&m.server_cert, &m.server_key, &m.ca_cert)
+                    .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(
+                herald_sim::tls::server_config(&tls, false, true).unwrap(),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let host = ScriptedHost {
+                port: listener.local_addr().unwrap().port(),
+                streams: Arc::default(),
+            };
+            let streams = host.streams.clone();
+            let script = Arc::new(script);
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let conn = {
+                        let mut streams = streams.lock().unwrap();
+                        streams.push(0);
+                        streams.len() - 1
+                    };
+                    let acceptor = acceptor.clone();
+                    let (streams, script, next) = (streams.clone(), script.clone(), next.clone());
+                    tokio::spawn(async move {
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            let _ = serve(tls, &script, &next, &streams, conn).await;
+                        }
+                    });
+                }
+            });
+            host
+        }
+
+        fn streams(&self) -> Vec<usize> {
+            self.streams.lock().unwrap().clone()
+        }
+    }
+
+    /// One connection of a [`ScriptedHost`], the `conn`th.
+    async fn serve<S>(
+        mut io: S,
+        script: &[Act],
+        next: &std::sync::atomic::AtomicUsize,
+        streams: &Mutex<Vec<usize>>,
+        conn: usize,
+    ) -> std::io::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const DATA: u8 = 0x0;
+        const HEADERS: u8 = 0x1;
+        const SETTINGS: u8 = 0x4;
+        const GOAWAY: u8 = 0x7;
+        const END_STREAM: u8 = 0x1;
+        const ACK: u8 = 0x1;
+        const END_HEADERS: u8 = 0x4;
+        let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+            let len = (payload.len() as u32).to_be_bytes();
+            let mut f = vec![len[1], len[2], len[3], kind, flags];
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        };
+        let mut preface = [0u8; 24];
+        io.read_exact(&mut preface).await?;
+        io.write_all(&frame(SETTINGS, 0, 0, &[])).await?;
+        io.flush().await?;
+        // Streams whose request is coming.
+        let mut open = std::collections::HashSet::new();
+        loop {
+            let mut head = [0u8; 9];
+            io.read_exact(&mut head).await?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            io.read_exact(&mut payload).await?;
+            let complete = match kind {
+                SETTINGS if flags & ACK == 0 => {
+                    io.write_all(&frame(SETTINGS, ACK, 0, &[])).await?;
+                    io.flush().await?;
+                    false
+                }
+                HEADERS => {
+                    streams.lock().unwrap()[conn] += 1;
+                    flags & END_STREAM != 0 || !open.insert(stream)
+                }
+                DATA => flags & END_STREAM != 0 && open.remove(&stream),
+                _ => false,
+            };
+            if !complete {
+                continue;
+            }
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match script[n.min(script.len() - 1)].clone() {
+                Act::Answer {
+                    status,
+                    channel,
+                    body,
+                } => {
+                    // `:status` as a literal without indexing (name index 8), `apns-channel-id` as one with a new
+                    // name, no Huffman coding.
+                    let mut block = vec![0x08, 3];
+                    block.extend_from_slice(status.to_string().as_bytes());
+                    if let Some(id) = channel {
+                        block.push(0);
+                        hpack_int(APNS_CHANNEL_ID_NAME.len(), &mut block);
+                        block.extend_from_slice(APNS_CHANNEL_ID_NAME.as_bytes());
+                        hpack_int(id.len(), &mut block);
+                        block.extend_from_slice(id.as_bytes());
+                    }
+                    let end = if body.is_empty() { END_STREAM } else { 0 };
+                    io.write_all(&frame(HEADERS, END_HEADERS | end, stream, &block))
+                        .await?;
+                    if !body.is_empty() {
+                        io.write_all(&frame(DATA, END_STREAM, stream, body.as_bytes()))
+                            .await?;
+                    }
+                    io.flush().await?;
+                }
+                Act::GoAway(last) => {
+                    let payload = [&last.to_be_bytes()[..], &[0; 4]].concat();
+                    io.write_all(&frame(GOAWAY, 0, 0, &payload)).await?;
+                    io.shutdown().await?;
+                    return Ok(());
+                }
+                Act::Close => return Ok(()),
+            }
+        }
+    }
+
+    const APNS_CHANNEL_ID_NAME: &str = "apns-channel-id";
+
+    /// A channel manager whose domain [`DOMAIN`] manages its channels, with token auth, at a [`ScriptedHost`].
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        pki: Pki,
+        host: ScriptedHost,
+        resolver: Arc<ConfigResolver>,
+        manager: Arc<ChannelManager>,
+    }
+
+    impl Fixture {
+        async fn new(script: Vec<Act>) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+            let m = &pki.manifest;
+            let host = ScriptedHost::start(m, script).await;
+            let text = format!(
+                r#"
+domain "{DOMAIN}" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:{port}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  apn_key = "{p8}"
+  apn_key_id = "{kid}"
+  apn_team_id = "{tid}"
+  apn_topic = "{TOPIC}"
+  apn_channel_route = "https://127.0.0.1:{port}"
+}}
+"#,
+                port = host.port,
+                ca = m.ca_cert.display(),
+                p8 = m.token_key.p8.display(),
+                kid = m.token_key.key_id,
+                tid = m.token_key.team_id,
+            );
+            let config = herald_conf::Config::parse_str("herald.conf", &text).unwrap();
+            let resolver = Arc::new(ConfigResolver::new(Arc::new(config)));
+            Fixture {
+                _dir: dir,
+                pki,
+                host,
+                manager: ChannelManager::new(resolver.clone()),
+                resolver,
+            }
+        }
+
+        /// The domain's target with provider tokens from `auth`.
+        fn target(&self, auth: &ProviderTokenCache) -> Target {
+            Target {
+                auth: Some(auth.clone()),
+                ..resolve(&self.resolver, DOMAIN).unwrap()
+            }
+        }
+
+        /// A token cache with the domain's key on `clock`.
+        fn tokens(&self, clock: &ManualClock) -> ProviderTokenCache {
+            let k = &self.pki.manifest.token_key;
+            let key = SigningKey::from_p8_file(&k.p8, &k.key_id, &k.team_id).unwrap();
+            ProviderTokenCache::with_clock(key, MAX_REFRESH, Arc::new(clock.clone())).unwrap()
+        }
+    }
+
+    fn create() -> Call {
+        Call::Create(StoragePolicy::MostRecentMessage)
+    }
+
+    /// `ExpiredProviderToken` to a create: with a token old enough to renew, the create is made again on a new
+    /// connection with the new token and done; with one the cache keeps (minted moments ago), nothing more goes out
+    /// with it, the create is a transient failure (503, certain: not created), and the connection that answered is
+    /// not used again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_token_is_followed_only_by_a_renewed_one_on_a_new_connection() {
+        let within = tokio::time::timeout(WAIT, async {
+            for (age, renewed) in [
+                (Duration::from_secs(25 * 60), true),
+                (Duration::ZERO, false),
+            ] {
+                let f = Fixture::new(vec![
+                    answer(403, r#"{"reason":"ExpiredProviderToken"}"#),
+                    created("YWJj"),
+                ])
+                .await;
+                let clock = ManualClock::new(1_800_000_000);
+                let auth = f.tokens(&clock);
+                clock.advance(age);
+                let result = f.manager.run_on(DOMAIN, f.target(&auth), create()).await;
+                if renewed {
+                    match result {
+                        Ok((_, Done::Created(id))) => assert_eq!(id.as_str(), "YWJj"),
+                        Ok(_) => panic!("another answer than a create's"),
+                        Err(e) => panic!("{e}"),
+                    }
+                    assert_eq!(auth.mints(), 2);
+                    assert_eq!(f.host.streams(), [1, 1], "one request per connection");
+                } else {
+                    let Err(e) = result else {
+                        panic!("the refused token was sent again")
+                    };
+                    assert_eq!(e.apns(), Some((403, "ExpiredProviderToken")), "{e}");
+                    assert_eq!(e.http_status(), 503, "{e}");
+                    assert!(!e.may_exist(), "{e}");
+                    assert_eq!(auth.mints(), 1);
+                    assert_eq!(f.host.streams(), [1], "nothing more on that connection");
+                    assert!(
+                        f.manager
+                            .run_on(DOMAIN, f.target(&auth), create())
+                            .await
+                            .is_ok(),
+                        "the next create"
+                    );
+                    assert_eq!(
+                        f.host.streams(),
+                        [1, 1],
+                        "the next create on a new connection"
+                    );
+                }
+            }
+        });
+        within.await.expect("the test took too long");
+    }
+
+    /// A delete whose kept connection was lost under it (APNs may have deleted the channel, the answer never came)
+    /// is made again on a new connection; `ChannelNotRegistered` to that retry means the first try deleted it: the
+    /// delete is done. A delete APNs certainly did not process (above a GOAWAY's last stream id) keeps a
+    /// `ChannelNotRegistered` to its retry: the channel did not exist.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_whose_answer_was_lost_is_done_when_its_retry_finds_the_channel_gone() {
+        let id = ChannelId::parse("YWJj").unwrap();
+        for (lost, deleted) in [(Act::Close, true), (Act::GoAway(1), false)] {
+            let f = Fixture::new(vec![
+                answer(200, r#"{"channels":[]}"#),
+                lost.clone(),
+                answer(400, NOT_REGISTERED),
+            ])
+            .await;
+            tokio::time::timeout(WAIT, f.manager.list(DOMAIN))
+                .await
+                .unwrap()
+                .unwrap();
+            let result = tokio::time::timeout(WAIT, f.manager.delete(DOMAIN, &id))
+                .await
+                .unwrap();
+            assert_eq!(f.host.streams(), [2, 1], "{lost:?}");
+            if deleted {
+                result.unwrap_or_else(|e| panic!("{lost:?}: {e}"));
+            } else {
+                let e = result.unwrap_err();
+                assert_eq!(e.http_status(), 404, "{lost:?}: {e}");
+            }
+        }
+    }
+
+    /// A create APNs did not process (its stream above the last stream id of a GOAWAY on the kept connection) was
+    /// not done: it is made again at once on a new connection, and done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_apns_did_not_process_is_made_again_on_a_new_connection() {
+        let f = Fixture::new(vec![created("YWJj"), Act::GoAway(1), created("ZGVm")]).await;
+        let first = tokio::time::timeout(WAIT, f.manager.create(DOMAIN, StoragePolicy::NoStorage))
+            .await
+            .unwrap()
+            .unwrap();
+        let second = tokio::time::timeout(WAIT, f.manager.create(DOMAIN, StoragePolicy::NoStorage))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (first.channel.as_str(), second.channel.as_str()),
+            ("YWJj", "ZGVm")
+        );
+        assert_eq!(f.host.streams(), [2, 1]);
+    }
+
+    /// APNs publishes no size for channel ids: a create answered with a 400-character id gives that id (not an
+    /// unreadable answer, which would leave the channel orphaned), and the id is taken back for a read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_id_of_400_characters_is_created_and_read() {
+        let long = "QUJD".repeat(100);
+        let f = Fixture::new(vec![
+            created(&long),
+            answer(
+                200,
+                r#"{"message-storage-policy":1,"push-type":"LiveActivity"}"#,
+            ),
+        ])
+        .await;
+        let made = tokio::time::timeout(
+            WAIT,
+            f.manager.create(DOMAIN, StoragePolicy::MostRecentMessage),
+        )
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(made.channel.as_str(), long);
+        // As the REST routes take it from a caller.
+        let id = ChannelId::parse(&long).unwrap();
+        let info = tokio::time::timeout(WAIT, f.manager.read(DOMAIN, &id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.policy, StoragePolicy::MostRecentMessage);
+    }
 
     #[test]
     fn apple_device_hosts_map_to_their_management_hosts() {
