@@ -1,5 +1,5 @@
 //! From configuration to delivery: resolves a domain's options (herald-conf) into [`DeliverySettings`], once per
-//! domain and configuration, loading each TLS identity and provider key once and sharing one provider-token cache
+//! domain and configuration (kept for at most [`SETTINGS_CACHE_LIMIT`] domains), loading each TLS identity and provider key once and sharing one provider-token cache
 //! per key across every domain and connection that uses it (so a key's token is refreshed once, never per
 //! connection). A reload that leaves a domain's credential files as they were yields the same TLS configuration
 //! and token cache, so its connections can stay up.
@@ -27,6 +27,10 @@ const TOKEN_REFRESH: Duration = Duration::from_secs(50 * 60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(60);
 const MAX_WINDOW: usize = 100_000;
+/// Settings kept built at most for this many (binding, domain) pairs, as the configuration's own cache of
+/// resolved options: every domain a client names is resolved (an SMTP `RCPT` is enough), and with APNs options at
+/// global scope every domain resolves. Past it the kept settings are dropped and built again on next use.
+pub const SETTINGS_CACHE_LIMIT: usize = 100_000;
 
 /// The client identity a domain names: `tls_pkcs12` (with its password) first, else `tls_certificate` with
 /// `tls_key`. Returns the file it came from; `None` when the domain names neither. Errors name the option and file.
@@ -64,10 +68,12 @@ pub struct ConfigResolver {
     tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
     /// Host-wide connection budgets, kept across reloads (a reload changes their limits).
     hosts: HostBudgets,
+    /// The most settings kept built ([`SETTINGS_CACHE_LIMIT`]).
+    settings_limit: usize,
 }
 
 /// The configuration in force and the settings built from it, by (binding, domain) (built on first use, not per
-/// notification).
+/// notification), for at most [`SETTINGS_CACHE_LIMIT`] pairs.
 struct ResolverState {
     config: Arc<Config>,
     generation: u64,
@@ -140,6 +146,16 @@ impl ConfigResolver {
             keys: Mutex::new(HashMap::new()),
             tls: Mutex::new(HashMap::new()),
             hosts: HostBudgets::new(),
+            settings_limit: SETTINGS_CACHE_LIMIT,
+        }
+    }
+
+    /// A resolver keeping at most `limit` settings built (tests of the bound).
+    #[cfg(test)]
+    fn with_settings_limit(config: Arc<Config>, limit: usize) -> Self {
+        ConfigResolver {
+            settings_limit: limit,
+            ..ConfigResolver::new(config)
         }
     }
 
@@ -390,8 +406,10 @@ impl SettingsResolver for ConfigResolver {
             .forget_domain_settings(None, Some(binding), domain);
     }
 
-    /// The settings of (binding, domain) under the configuration in force, built on first use. Refusals are not
-    /// kept: an unknown domain costs a lookup each time, and cannot fill the cache.
+    /// The settings of (binding, domain) under the configuration in force, built on first use and kept for
+    /// [`SETTINGS_CACHE_LIMIT`] pairs: when that many are kept, they are dropped for the new one (the busy ones are
+    /// built again on next use, with the same TLS configuration and token cache). Refusals are not kept: an
+    /// unknown domain costs a lookup each time.
     fn resolve_binding(
         &self,
         binding: &str,
@@ -409,6 +427,9 @@ impl SettingsResolver for ConfigResolver {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         // Built under a configuration a reload has since replaced: use it once, do not keep it.
         if state.generation == generation {
+            if state.settings.len() >= self.settings_limit && !state.settings.contains_key(&key) {
+                state.settings.clear();
+            }
             state.settings.insert(key, settings.clone());
         }
         Ok(settings)
@@ -500,6 +521,40 @@ domain "token.example" {{
         let d = resolver.resolve("cert.example").unwrap();
         assert!(!Arc::ptr_eq(&c, &d));
         assert!(c.same_connections(&d));
+    }
+
+    /// Every domain resolves when APNs is configured at global scope, and clients name any domain they like: the
+    /// settings kept built stay within their bound, and a domain resolved past it is kept like any other.
+    #[test]
+    fn the_settings_kept_stay_within_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &[TOPIC.to_string()]).unwrap();
+        let m = &pki.manifest;
+        let text = format!(
+            r#"
+delivery_method = apn
+routes = ( "https://127.0.0.1:2195" )
+tls_verify = ca
+tls_ca = "{ca}"
+apn_key = "{p8}"
+apn_key_id = "{kid}"
+apn_team_id = "{tid}"
+apn_topic = "{TOPIC}"
+"#,
+            ca = m.ca_cert.display(),
+            p8 = m.token_key.p8.display(),
+            kid = m.token_key.key_id,
+            tid = m.token_key.team_id,
+        );
+        let config = Arc::new(Config::parse_str("herald.conf", &text).unwrap());
+        let resolver = ConfigResolver::with_settings_limit(config, 8);
+        for i in 0..50 {
+            let domain = format!("app{i}.example");
+            let settings = resolver.resolve(&domain).unwrap();
+            assert_eq!(&*settings.domain, domain);
+            assert!(resolver.read().settings.len() <= 8, "{i}");
+            assert!(resolver.cached(DEFAULT_BINDING, &domain).is_some(), "{i}");
+        }
     }
 
     /// Each reason a (binding, domain) cannot deliver is its own variant, for callers to match on.

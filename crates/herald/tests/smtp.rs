@@ -20,7 +20,9 @@ use herald::logs::file::LogFile;
 use herald::logs::mainlog::MainLog;
 use herald::queue::message::IdGenerator;
 use herald::queue::message::Notification;
-use herald::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
+use herald::queue::{
+    Engine, EngineLimits, MemoryInvalidTokens, ResolveError, SettingsResolver, StaticResolver,
+};
 use herald_apns::identity::{RootSource, client_config};
 use herald_conf::Config;
 use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
@@ -77,6 +79,31 @@ impl Harness {
         limits: impl FnOnce(&mut SmtpLimits),
         durable: Arc<dyn Durable>,
     ) -> Harness {
+        Harness::start_custom(
+            conf,
+            limits,
+            durable,
+            EngineLimits::default(),
+            |pki, sim, _| {
+                Arc::new(
+                    StaticResolver::default()
+                        .with(token_auth_settings(pki, sim, DOMAIN, TOPIC))
+                        .with(token_auth_settings(pki, sim, DOMAIN2, TOPIC)),
+                )
+            },
+        )
+        .await
+    }
+
+    /// [`Harness::start_full`] with the engine's limits, and the resolver of the engine and the intake made from
+    /// the PKI, the simulator and the test's directory.
+    async fn start_custom(
+        conf: impl FnOnce(&Pki) -> String,
+        limits: impl FnOnce(&mut SmtpLimits),
+        durable: Arc<dyn Durable>,
+        engine_limits: EngineLimits,
+        resolver: impl FnOnce(&Pki, &SimHandle, &Path) -> Arc<dyn SettingsResolver>,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
         let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
@@ -90,16 +117,12 @@ impl Harness {
             apnlog: vec![],
             recent: None,
         };
-        let resolver = Arc::new(
-            StaticResolver::default()
-                .with(token_auth_settings(&pki, &sim, DOMAIN, TOPIC))
-                .with(token_auth_settings(&pki, &sim, DOMAIN2, TOPIC)),
-        );
+        let resolver = resolver(&pki, &sim, dir.path());
         let engine = Arc::new(Engine::new(
             resolver.clone(),
             logs.clone(),
             Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits::default(),
+            engine_limits,
         ));
         let intake = Arc::new(Intake::new(resolver, durable, engine, IdGenerator::new(3)));
         let text = conf(&pki);
@@ -269,22 +292,59 @@ impl Raw {
             .expect("connection closed before a reply")
     }
 
+    /// One reply: its code and its text, the lines of a reply that a long text goes on over joined.
     async fn try_reply(&mut self) -> Option<(u16, String)> {
+        let lines = self.try_reply_lines().await?;
+        let code: u16 = lines[0][..3].parse().unwrap();
+        let status = lines[0][4..]
+            .split_once(' ')
+            .map(|(s, _)| s)
+            .filter(|s| s.len() >= 5 && s.as_bytes()[1] == b'.')
+            .unwrap_or("");
+        // Without an enhanced status (EHLO) each line is its own; with one, a long text goes on over the lines.
+        let last = lines[lines.len() - 1][4..].trim_end().to_owned();
+        if status.is_empty() {
+            return Some((code, last));
+        }
+        let mut text = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            let body = line[4..].trim_end_matches("\r\n");
+            if i == 0 {
+                text.push_str(body);
+            } else {
+                text.push_str(body.strip_prefix(&format!("{status} ")).unwrap_or(body));
+            }
+        }
+        Some((code, text.trim_end().to_owned()))
+    }
+
+    /// The lines of one reply as they came, CRLF included (RFC 5321 §4.5.3.1.5 bounds each at 512 octets).
+    async fn try_reply_lines(&mut self) -> Option<Vec<String>> {
         tokio::time::timeout(WAIT, async {
+            let mut lines = Vec::new();
             loop {
                 let mut line = String::new();
                 if self.r.read_line(&mut line).await.ok()? == 0 {
                     return None;
                 }
                 assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
-                let code: u16 = line[..3].parse().unwrap();
-                if line.as_bytes()[3] == b' ' {
-                    return Some((code, line[4..].trim_end().to_owned()));
+                let last = line.as_bytes()[3] == b' ';
+                lines.push(line);
+                if last {
+                    return Some(lines);
                 }
             }
         })
         .await
         .expect("no reply in time")
+    }
+
+    /// Sends a command and returns the lines of its reply.
+    async fn cmd_lines(&mut self, line: &str) -> Vec<String> {
+        self.send(&format!("{line}\r\n")).await;
+        self.try_reply_lines()
+            .await
+            .expect("connection closed before a reply")
     }
 
     /// Asserts that the server closed the connection.
@@ -865,13 +925,14 @@ async fn mcmt_reception_reject_passthru_and_peer_override() {
         )
     );
 
-    // The default is passthru: MCMT is ordinary mail, which herald does not deliver.
+    // The default is passthru: MCMT is ordinary mail, which herald does not deliver. The listener is
+    // misconfigured, not the message: the sender is told to retry (RFC 3463 4.3.5) while the operator sets allow.
     let h = Harness::start(|_| "esmtp_listener { listen \"127.0.0.1:0\" { } }".into()).await;
     let (code, text) = h.send_raw(&rcpt, &message).await;
-    assert_eq!(code, 554);
+    assert_eq!(code, 451);
     assert_eq!(
         text,
-        "5.6.0 herald delivers push notifications only, and this listener passes MCMT messages through as ordinary mail (mcmt_reception = passthru); set mcmt_reception = \"allow\" to deliver push parts"
+        "4.3.5 herald delivers push notifications only, and this listener passes MCMT messages through as ordinary mail (mcmt_reception = passthru); set mcmt_reception = \"allow\" to deliver push parts"
     );
 
     let h = Harness::start(|_| {
@@ -1085,7 +1146,8 @@ async fn replies_flow_while_a_partial_command_stays_unread() {
     const PER_WRITE: usize = 16;
     // HELP replies are over 64 bytes: at least four times the bound.
     let writes = 4 * smtp::io::MAX_PENDING_OUTPUT / 64 / PER_WRITE;
-    let h = Harness::start(allow_conf).await;
+    // Thousands of HELPs are junk a session is not otherwise let send.
+    let h = Harness::start_with(allow_conf, |l| l.max_junk = usize::MAX).await;
     let Raw { mut r, mut w } = h.raw().await;
     let mut greeting = String::new();
     r.read_line(&mut greeting).await.unwrap();
@@ -1817,4 +1879,367 @@ async fn a_timeout_too_large_for_the_clock_still_takes_a_message() {
         )
         .await;
     assert_eq!(code, 250, "{text}");
+}
+
+/// A resolver delivering `DOMAIN` from the default binding and from binding `gated`, whose settings it builds
+/// only once the test opens the gate (as a slow build, reading credential files, would), saying when a build
+/// started waiting.
+struct GatedResolver {
+    fast: StaticResolver,
+    gated: Arc<herald::outbound::settings::DeliverySettings>,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    entered: tokio::sync::Notify,
+}
+
+impl GatedResolver {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    fn is_open(&self) -> bool {
+        *self.open.lock().unwrap()
+    }
+}
+
+impl SettingsResolver for GatedResolver {
+    fn resolve(
+        &self,
+        domain: &str,
+    ) -> Result<Arc<herald::outbound::settings::DeliverySettings>, ResolveError> {
+        self.fast.resolve(domain)
+    }
+
+    fn bindings(&self) -> Vec<String> {
+        vec!["default".into(), "gated".into()]
+    }
+
+    fn cached(
+        &self,
+        binding: &str,
+        domain: &str,
+    ) -> Option<Arc<herald::outbound::settings::DeliverySettings>> {
+        match binding {
+            "gated" => (self.is_open() && domain == DOMAIN).then(|| self.gated.clone()),
+            _ => self.fast.cached(binding, domain),
+        }
+    }
+
+    fn resolve_binding(
+        &self,
+        binding: &str,
+        domain: &str,
+    ) -> Result<Arc<herald::outbound::settings::DeliverySettings>, ResolveError> {
+        if binding != "gated" {
+            return self.fast.resolve_binding(binding, domain);
+        }
+        self.entered.notify_one();
+        let open = self.open.lock().unwrap();
+        let (open, _) = self.opened.wait_timeout_while(open, WAIT, |o| !*o).unwrap();
+        assert!(*open, "the gate was never opened");
+        if domain == DOMAIN {
+            Ok(self.gated.clone())
+        } else {
+            Err(ResolveError::UnknownDomain(domain.to_owned()))
+        }
+    }
+}
+
+/// An engine that holds at most `max` notifications in memory.
+fn resident(max: usize) -> EngineLimits {
+    EngineLimits {
+        max_resident: max,
+        ..EngineLimits::default()
+    }
+}
+
+/// Sends MAIL, one RCPT per recipient and DATA on `c`, then `message`; returns without reading the reply to the
+/// end of the data.
+async fn send_message(c: &mut Raw, rcpts: &[String], message: &str) {
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    for r in rcpts {
+        let (code, text) = c.cmd(&format!("RCPT TO:<{r}>")).await;
+        assert_eq!(code, 250, "{text}");
+    }
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&stuff(message)).await;
+    c.send(".\r\n").await;
+}
+
+// A message that makes more notifications than the engine ever holds in memory can never be taken: it is refused
+// for good (552 5.3.4, naming both options), not deferred to be retried until the sender gives up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_queue_ever_holds_is_refused_for_good() {
+    let h = Harness::start_custom(
+        allow_conf,
+        |_| {},
+        Arc::new(NotDurable),
+        resident(10),
+        |pki, sim, _| {
+            Arc::new(StaticResolver::default().with(token_auth_settings(pki, sim, DOMAIN, TOPIC)))
+        },
+    )
+    .await;
+    let two_parts = mcmt(&[
+        push_part(&[], "{\"aps\":{\"alert\":\"one\"}}"),
+        push_part(&[], "{\"aps\":{\"alert\":\"two\"}}"),
+    ]);
+    let six: Vec<String> = (0..6)
+        .map(|i| format!("{}@{DOMAIN}", token(600 + i)))
+        .collect();
+    let (code, text) = h.send_raw(&six, &two_parts).await;
+    assert_eq!(code, 552, "{text}");
+    assert_eq!(
+        text,
+        "5.3.4 the message would make 12 notifications (2 push parts × 6 recipients), more than herald ever holds \
+         in memory at once (max_resident_notifications = 10); send it as smaller messages (this listener's \
+         max_notifications_per_message is 100000, above max_resident_notifications)"
+    );
+    assert!(h.reception_lines().is_empty());
+    // As many as the engine holds fit.
+    let (code, text) = h.send_raw(&six[..5], &two_parts).await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(h.sim.wait_for_records(10, WAIT).await, 10);
+}
+
+// The room a message needs is taken before its notifications are built: while one session builds a message (its
+// X-Binding's settings are being built), another whose message needs more than the room left is told to retry
+// at once, before anything of it is built, and the first is accepted with the room it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_for_a_message_is_taken_before_it_is_built() {
+    let gate: Arc<std::sync::OnceLock<Arc<GatedResolver>>> = Arc::default();
+    let made = gate.clone();
+    let h = Harness::start_custom(
+        allow_conf,
+        |_| {},
+        Arc::new(NotDurable),
+        resident(10),
+        move |pki, sim, _| {
+            let mut gated = token_auth_settings(pki, sim, DOMAIN, TOPIC);
+            gated.binding = Arc::from("gated");
+            let resolver = Arc::new(GatedResolver {
+                fast: StaticResolver::default().with(token_auth_settings(pki, sim, DOMAIN, TOPIC)),
+                gated: Arc::new(gated),
+                open: std::sync::Mutex::new(false),
+                opened: std::sync::Condvar::new(),
+                entered: tokio::sync::Notify::new(),
+            });
+            made.set(resolver.clone()).ok().unwrap();
+            resolver
+        },
+    )
+    .await;
+    let gate = gate.get().unwrap().clone();
+    let rcpts = |from: usize| -> Vec<String> {
+        (from..from + 6)
+            .map(|i| format!("{}@{DOMAIN}", token(i)))
+            .collect()
+    };
+    // A: 6 notifications from binding `gated`; it waits while their settings are built.
+    let mut a = h.greeted().await;
+    let gated = mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"a\"}}")]).replacen(
+        "MIME-Version: 1.0\r\n",
+        "MIME-Version: 1.0\r\nX-Binding: gated\r\n",
+        1,
+    );
+    send_message(&mut a, &rcpts(700), &gated).await;
+    tokio::time::timeout(WAIT, gate.entered.notified())
+        .await
+        .expect("session A never started building its message");
+    // B: 6 more do not fit in the 4 left.
+    let mut b = h.greeted().await;
+    send_message(
+        &mut b,
+        &rcpts(710),
+        &mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"b\"}}")]),
+    )
+    .await;
+    assert_eq!(
+        b.reply().await,
+        (
+            452,
+            "4.3.1 queue full: herald holds 6 notifications in memory (max_resident_notifications = 10) and \
+             cannot take 6 more now; retry later"
+                .into()
+        )
+    );
+    gate.open();
+    let (code, text) = a.reply().await;
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        text.starts_with("2.0.0 accepted 6 notifications as batch "),
+        "{text}"
+    );
+    assert_eq!(h.sim.wait_for_records(6, WAIT).await, 6);
+    assert_eq!(h.reception_lines().len(), 6);
+}
+
+// A domain herald is configured to deliver, whose credentials cannot be read now (its apn_key file is missing), is
+// herald's problem for the operator to fix: its recipients are deferred (451 4.3.5), not refused for good, and
+// taken once the file is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_whose_credentials_cannot_be_read_is_deferred_not_refused() {
+    let key_path: Arc<std::sync::OnceLock<PathBuf>> = Arc::default();
+    let key = key_path.clone();
+    let h = Harness::start_custom(
+        allow_conf,
+        |_| {},
+        Arc::new(NotDurable),
+        EngineLimits::default(),
+        move |pki, sim, dir| {
+            let missing = dir.join("keys").join("later.p8");
+            let options = support::token_auth_options(pki, sim.addrs.h2.port(), TOPIC).replace(
+                &pki.manifest.token_key.p8.display().to_string(),
+                &missing.display().to_string(),
+            );
+            key.set(missing).unwrap();
+            let text = format!("domain \"{DOMAIN}\" {{\n{options}}}\n");
+            let config = Config::parse_str("credentials.conf", &text).unwrap();
+            Arc::new(herald::delivery::ConfigResolver::new(Arc::new(config)))
+        },
+    )
+    .await;
+    let missing = key_path.get().unwrap().clone();
+    let rcpt = format!("{}@{DOMAIN}", token(800));
+    let mut c = h.greeted().await;
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    let (code, text) = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "4.3.5 <{rcpt}>: domain \"{DOMAIN}\" cannot take push notifications: apn_key {}",
+            missing.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("(herald's configuration must be fixed; retry later)"),
+        "{text}"
+    );
+    // Unknown domains are still refused for good.
+    let unknown = format!("{}@unknown.example", token(801));
+    assert_eq!(c.cmd(&format!("RCPT TO:<{unknown}>")).await.0, 550);
+    // The operator puts the key in place: the same recipient is taken, and its notification delivered.
+    std::fs::create_dir_all(missing.parent().unwrap()).unwrap();
+    std::fs::copy(&h.pki.manifest.token_key.p8, &missing).unwrap();
+    let (code, text) = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&stuff(&mcmt(&[push_part(
+        &[],
+        "{\"aps\":{\"alert\":\"keyed\"}}",
+    )])))
+    .await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(h.sim.wait_for_records(1, WAIT).await, 1);
+    assert_eq!(h.sim.record()[0].token, token(800));
+}
+
+// RFC 5321 §4.5.3.1.5: no reply line is longer than 512 octets, whatever the client sent: text of its own that a
+// reply repeats (a greeting name, addresses, an MCMT boundary) is cut and marked with an ellipsis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_never_repeat_client_text_past_a_reply_line() {
+    let h = Harness::start_with(allow_conf, |l| {
+        l.max_command_line = 20_000;
+        l.max_text_line = 20_000;
+    })
+    .await;
+    let within = |lines: &[String]| {
+        for line in lines {
+            assert!(line.len() <= 512, "{} octets: {line:?}", line.len());
+        }
+    };
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 220);
+    let long = "é".repeat(2500);
+    let lines = c.cmd_lines(&format!("EHLO {long}")).await;
+    within(&lines);
+    assert!(lines[0].contains("…"), "{lines:?}");
+    let lines = c
+        .cmd_lines(&format!("MAIL FROM:<{long}@backend.example>"))
+        .await;
+    within(&lines);
+    assert!(lines[0].starts_with("250 2.1.0 sender <é"), "{lines:?}");
+    let lines = c.cmd_lines(&format!("RCPT TO:<{long}@{DOMAIN}>")).await;
+    within(&lines);
+    assert!(lines[0].starts_with("250 2.1.5 recipient <é"), "{lines:?}");
+    let lines = c.cmd_lines(&format!("RCPT TO:<{long}@x.{long}>")).await;
+    within(&lines);
+    assert!(lines[0].starts_with("501 5.1.3 recipient <é"), "{lines:?}");
+    // A boundary of 5000 bytes that is never closed.
+    let boundary = "b".repeat(5000);
+    let message = format!(
+        "MIME-Version: 1.0\r\nContent-Type: multipart/vnd.msys.mcmt; boundary=\"{boundary}\"\r\n\r\n\
+         --{boundary}\r\nContent-Type: message/vnd.msys.apn\r\n\r\n{{\"aps\":{{}}}}\r\n"
+    );
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&stuff(&message)).await;
+    let lines = c.cmd_lines(".").await;
+    within(&lines);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "550 5.6.0 malformed MCMT message: the MCMT container is not closed: no --{}…-- line follows its last \
+             part (is the message truncated?)\r\n",
+            "b".repeat(100)
+        )
+    );
+}
+
+// A session that makes 20 errors without having a message accepted (as Postfix's smtpd_hard_error_limit) is told
+// 421 4.7.0 and closed; commands that do nothing count past 100 (smtpd_junk_command_limit), refused recipients
+// past the listener's recipient limit; an accepted message starts the count over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_keeps_erring_is_closed() {
+    let h = Harness::start_with(allow_conf, |l| l.max_recipients = 3).await;
+    let closing = (
+        421,
+        "4.7.0 herald: too many errors (20 refused commands or messages without a message accepted); closing"
+            .to_owned(),
+    );
+    let mut c = h.greeted().await;
+    for _ in 0..19 {
+        assert_eq!(c.cmd("XYZZY").await.0, 500);
+    }
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(901))).await.0,
+        250
+    );
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&stuff(&mcmt(&[push_part(
+        &[],
+        "{\"aps\":{\"alert\":\"hi\"}}",
+    )])))
+    .await;
+    assert_eq!(c.cmd(".").await.0, 250);
+    // The accepted message wiped the slate: 19 more errors, and as many refused recipients as a transaction may
+    // carry, are let through.
+    for _ in 0..19 {
+        assert_eq!(c.cmd("XYZZY").await.0, 500);
+    }
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    for i in 0..3 {
+        let unknown = format!("{}@unknown.example", token(910 + i));
+        assert_eq!(c.cmd(&format!("RCPT TO:<{unknown}>")).await.0, 550);
+    }
+    assert_eq!(c.cmd("NOOP").await, (250, "2.0.0 ok".into()));
+    // One refused recipient more is the 20th error: answered, then the session is closed.
+    let unknown = format!("{}@unknown.example", token(913));
+    assert_eq!(c.cmd(&format!("RCPT TO:<{unknown}>")).await.0, 550);
+    assert_eq!(c.reply().await, closing);
+    c.assert_closed().await;
+
+    // NOOP now and then: the first 100 commands that do nothing (the EHLO among them) are free, the 20 after them
+    // are errors.
+    let mut c = h.greeted().await;
+    for _ in 0..118 {
+        assert_eq!(c.cmd("NOOP").await, (250, "2.0.0 ok".into()));
+    }
+    assert_eq!(c.cmd("NOOP").await, (250, "2.0.0 ok".into()));
+    assert_eq!(c.reply().await, closing);
+    c.assert_closed().await;
 }

@@ -3,9 +3,12 @@
 //! [`Intake::prepare`] turns a [`Submission`] into a [`Notification`] or refuses it with a reason that names the
 //! field (unknown domain, bad token for the domain's protocol, payload rules, header values): a bad notification
 //! is refused here, never failed later. [`Intake::check_domain`] answers the first of those questions alone, typed
-//! ([`DomainRefusal`]), for listeners that refuse a recipient before its content arrives. [`Intake::commit`] makes a batch durable ([`Durable`], group-committed by
-//! the spool) and only then logs the receptions and queues them: the listener acknowledges after `commit`
-//! returns `Ok`, so an acknowledged notification is on disk.
+//! ([`DomainRefusal`]), for listeners that refuse a recipient before its content arrives; a domain whose
+//! credentials cannot be read now is a temporary refusal, the operator's to fix. [`Intake::reserve`] takes the
+//! memory a batch needs before the listener builds it ([`Room`]), so concurrent senders cannot all build large
+//! batches on one snapshot of the room left. [`Intake::commit`] (or [`Intake::commit_reserved`] with that room)
+//! makes a batch durable ([`Durable`], group-committed by the spool) and only then logs the receptions and queues
+//! them: the listener acknowledges after `commit` returns `Ok`, so an acknowledged notification is on disk.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -18,9 +21,11 @@ use herald_apns::notification::{NotificationParts, PushHeaders, RouteAuth, valid
 use herald_apns::payload::infer_push_type_for;
 use herald_apns::push::{ApnsId, Priority, Protocol, PushType, derive_topic, validate_expiration};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::message::{DEFAULT_BINDING, IdGenerator, MessageId, Notification, unix_now};
-use crate::queue::{Engine, ResolveError, SettingsResolver, SubmitError};
+use crate::queue::{Engine, Reservation, ResolveError, SettingsResolver, SubmitError};
 use herald_spool::SpoolError;
 
 /// One notification as a listener received it, before validation.
@@ -75,6 +80,20 @@ pub enum Unavailable {
         "herald stopped while storing the notifications ({0}); any the spool took are delivered after a restart"
     )]
     Queueing(#[source] SubmitError),
+    /// With a store that queues elsewhere (JetStream): the batches being built and stored at once hold as many
+    /// notifications as this node builds at a time (as many as `max_resident_notifications`).
+    #[error(
+        "busy: herald is building {building} notifications of other batches (at most max_resident_notifications = {max} at once) and cannot take {wanted} more now; retry later"
+    )]
+    Building {
+        building: usize,
+        max: usize,
+        wanted: usize,
+    },
+    /// The domain's delivery settings cannot be built now for a reason on herald's side (its credential files
+    /// cannot be read or used): the operator fixes it, the sender retries.
+    #[error("{0} (herald's configuration must be fixed; retry later)")]
+    Configuration(DomainRefusal),
 }
 
 impl Unavailable {
@@ -82,9 +101,14 @@ impl Unavailable {
     pub fn is_full(&self) -> bool {
         match self {
             Unavailable::Spool(e) => e.is_disk_full(),
-            Unavailable::QueueFull { .. } => true,
-            Unavailable::Queueing(_) => false,
+            Unavailable::QueueFull { .. } | Unavailable::Building { .. } => true,
+            Unavailable::Queueing(_) | Unavailable::Configuration(_) => false,
         }
+    }
+
+    /// Whether herald's own configuration is at fault (RFC 3463's "system incorrectly configured", 4.3.5).
+    pub fn is_misconfigured(&self) -> bool {
+        matches!(self, Unavailable::Configuration(_))
     }
 }
 
@@ -95,13 +119,15 @@ impl From<Unavailable> for String {
 }
 
 /// Why a domain cannot take notifications ([`Intake::check_domain`]). [`Intake::prepare`] refuses such a
-/// submission with [`Refusal::Permanent`] carrying this text.
+/// submission with this text: [`Refusal::Temporary`] ([`Unavailable::Configuration`]) when
+/// [`is_temporary`](DomainRefusal::is_temporary), else [`Refusal::Permanent`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainRefusal {
     /// The recipient names no domain.
     #[error("no domain: the recipient must name the app's domain")]
     Missing,
-    /// No `domain` stanza delivers this domain to APNs (unknown, another delivery method, unusable credentials).
+    /// No `domain` stanza delivers this domain to APNs (unknown, another delivery method), or its credentials
+    /// cannot be used.
     #[error("domain {domain:?} cannot take push notifications: {reason}")]
     NotPush {
         domain: String,
@@ -110,9 +136,67 @@ pub enum DomainRefusal {
     },
 }
 
+impl DomainRefusal {
+    /// Whether the refusal lasts only until the operator fixes herald's side: the domain is configured for APNs,
+    /// but its credentials ([`ResolveError::Credentials`]: `apn_key`, `tls_certificate`, … cannot be read or
+    /// used) make its settings fail now. Senders are told to retry rather than to drop the notifications.
+    pub fn is_temporary(&self) -> bool {
+        matches!(
+            self,
+            DomainRefusal::NotPush {
+                reason: ResolveError::Credentials(_),
+                ..
+            }
+        )
+    }
+}
+
 impl From<DomainRefusal> for Refusal {
     fn from(d: DomainRefusal) -> Refusal {
-        Refusal::Permanent(d.to_string())
+        if d.is_temporary() {
+            Refusal::Temporary(Unavailable::Configuration(d))
+        } else {
+            Refusal::Permanent(d.to_string())
+        }
+    }
+}
+
+/// Room taken for a batch before it is built ([`Intake::reserve`]) and handed to [`Intake::commit_reserved`];
+/// what is not used is given back when it is dropped.
+#[derive(Debug)]
+pub struct Room(RoomKind);
+
+#[derive(Debug)]
+enum RoomKind {
+    /// Memory in this engine's queue, where the batch goes once stored.
+    Resident(Reservation),
+    /// A share of the notifications this node builds at once, with a store that queues elsewhere, held until
+    /// the batch is stored; `None` for an empty batch.
+    Building {
+        _share: Option<OwnedSemaphorePermit>,
+    },
+}
+
+/// Why [`Intake::reserve`] took no room.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NoRoom {
+    /// The batch is larger than the engine ever holds in memory: it can never be taken as one, and the sender
+    /// must split it (or the operator raise `max_resident_notifications`).
+    #[error(
+        "{wanted} notifications are more than herald ever holds in memory at once (max_resident_notifications = {max})"
+    )]
+    Never { wanted: usize, max: usize },
+    /// Not now: retry later.
+    #[error(transparent)]
+    Now(Unavailable),
+}
+
+impl From<NoRoom> for Refusal {
+    fn from(n: NoRoom) -> Refusal {
+        match n {
+            NoRoom::Never { .. } => Refusal::Permanent(n.to_string()),
+            NoRoom::Now(why) => Refusal::Temporary(why),
+        }
     }
 }
 
@@ -162,6 +246,10 @@ pub struct Intake {
     refused: std::sync::atomic::AtomicU64,
     /// Topics and senders, shared between the notifications that carry the same one.
     strings: Interner,
+    /// With a store that queues elsewhere, the notifications being built and stored at once ([`Intake::reserve`]),
+    /// at most [`Intake::building_max`].
+    building: Arc<Semaphore>,
+    building_max: usize,
 }
 
 /// Shares one allocation between equal strings of many notifications (topics, senders: few distinct values, each
@@ -195,6 +283,7 @@ impl Intake {
         engine: Arc<Engine>,
         ids: IdGenerator,
     ) -> Self {
+        let building_max = engine.max_resident().clamp(1, Semaphore::MAX_PERMITS);
         Intake {
             resolver,
             durable,
@@ -202,6 +291,8 @@ impl Intake {
             ids,
             refused: std::sync::atomic::AtomicU64::new(0),
             strings: Interner::default(),
+            building: Arc::new(Semaphore::new(building_max)),
+            building_max,
         }
     }
 
@@ -417,15 +508,51 @@ impl Intake {
         })
     }
 
-    /// Whether the engine has room in memory for `n` more notifications; a [`Refusal::Temporary`] naming
-    /// `max_resident_notifications` if not. Listeners ask before they build a large batch; [`Intake::commit`]
-    /// takes the room for good. With a store that queues elsewhere (JetStream) accepted notifications do not take
-    /// this engine's memory (whichever node pulls them holds them, within its own limits): always room.
+    /// Whether the engine has room in memory for `n` more notifications now; a [`Refusal::Temporary`] naming
+    /// `max_resident_notifications` if not. A snapshot, for an early answer (SMTP at `MAIL`): listeners take the
+    /// room for a batch with [`Intake::reserve`] before they build it. With a store that queues elsewhere
+    /// (JetStream) accepted notifications do not take this engine's memory (whichever node pulls them holds them,
+    /// within its own limits): always room.
     pub fn has_room(&self, n: usize) -> Result<(), Refusal> {
         if self.durable.queues_elsewhere() || n <= self.engine.resident_room() {
             Ok(())
         } else {
             Err(self.queue_full(n))
+        }
+    }
+
+    /// Takes the room a batch of `n` notifications needs before the listener builds it, to hand to
+    /// [`Intake::commit_reserved`]: the engine's memory (as the commit would take it), or with a store that queues
+    /// elsewhere a share of the notifications this node builds at once (as many as `max_resident_notifications`;
+    /// a larger batch takes all of it, and waits for no other). [`NoRoom::Never`] when the engine can never hold
+    /// `n` at once; [`NoRoom::Now`] (queue full, busy) when not now.
+    pub fn reserve(&self, n: usize) -> Result<Room, NoRoom> {
+        if self.durable.queues_elsewhere() {
+            let take = n.min(self.building_max);
+            if take == 0 {
+                return Ok(Room(RoomKind::Building { _share: None }));
+            }
+            return u32::try_from(take)
+                .ok()
+                .and_then(|t| self.building.clone().try_acquire_many_owned(t).ok())
+                .map(|p| Room(RoomKind::Building { _share: Some(p) }))
+                .ok_or_else(|| {
+                    NoRoom::Now(Unavailable::Building {
+                        building: self
+                            .building_max
+                            .saturating_sub(self.building.available_permits()),
+                        max: self.building_max,
+                        wanted: n,
+                    })
+                });
+        }
+        let max = self.engine.max_resident();
+        if n > max {
+            return Err(NoRoom::Never { wanted: n, max });
+        }
+        match self.engine.try_reserve(n) {
+            Some(r) => Ok(Room(RoomKind::Resident(r))),
+            None => Err(NoRoom::Now(self.queue_full_now(n))),
         }
     }
 
@@ -441,14 +568,18 @@ impl Intake {
     }
 
     fn queue_full(&self, n: usize) -> Refusal {
-        Refusal::Temporary(Unavailable::QueueFull {
+        Refusal::Temporary(self.queue_full_now(n))
+    }
+
+    fn queue_full_now(&self, n: usize) -> Unavailable {
+        Unavailable::QueueFull {
             held: self
                 .engine
                 .max_resident()
                 .saturating_sub(self.engine.resident_room()),
             max: self.engine.max_resident(),
             wanted: n,
-        })
+        }
     }
 
     /// Makes `batch` durable, then logs and queues it. When this returns `Ok`, the sender may be told yes. A
@@ -463,12 +594,32 @@ impl Intake {
         batch: Vec<Notification>,
         source: &Source,
     ) -> Result<(), Refusal> {
+        self.commit_with(batch, source, None).await
+    }
+
+    /// [`Intake::commit`] of a batch built within `room`, taken by [`Intake::reserve`] before it was built: the
+    /// engine's memory is already taken, so the batch is not refused for want of it.
+    pub async fn commit_reserved(
+        self: &Arc<Self>,
+        batch: Vec<Notification>,
+        source: &Source,
+        room: Room,
+    ) -> Result<(), Refusal> {
+        self.commit_with(batch, source, Some(room)).await
+    }
+
+    async fn commit_with(
+        self: &Arc<Self>,
+        batch: Vec<Notification>,
+        source: &Source,
+        room: Option<Room>,
+    ) -> Result<(), Refusal> {
         if batch.is_empty() {
             return Ok(());
         }
         let intake = self.clone();
         let source = source.clone();
-        match tokio::spawn(async move { intake.commit_here(batch, &source).await }).await {
+        match tokio::spawn(async move { intake.commit_here(batch, &source, room).await }).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(Refusal::Temporary(Unavailable::Queueing(
@@ -477,8 +628,14 @@ impl Intake {
         }
     }
 
-    /// [`Intake::commit`]'s work, in the caller's task.
-    async fn commit_here(&self, batch: Vec<Notification>, source: &Source) -> Result<(), Refusal> {
+    /// [`Intake::commit`]'s work, in the caller's task. `room` (the building share, or the engine's memory) is
+    /// held until the batch is stored, or queued.
+    async fn commit_here(
+        &self,
+        batch: Vec<Notification>,
+        source: &Source,
+        room: Option<Room>,
+    ) -> Result<(), Refusal> {
         if self.durable.queues_elsewhere() {
             self.durable
                 .persist(&batch)
@@ -496,7 +653,11 @@ impl Intake {
             }
             return Ok(());
         }
-        let Some(mut room) = self.engine.try_reserve(batch.len()) else {
+        let reserved = match room {
+            Some(Room(RoomKind::Resident(r))) => Some(r),
+            _ => self.engine.try_reserve(batch.len()),
+        };
+        let Some(mut room) = reserved else {
             self.refused
                 .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             return Err(self.queue_full(batch.len()));
@@ -1076,6 +1237,180 @@ mod tests {
         gate_tx.send(()).unwrap();
         slow_task.await.unwrap().unwrap();
         assert_eq!(engine.queues().len(), 2);
+    }
+
+    /// A store whose accepted notifications are queued by whichever node pulls them (as JetStream's).
+    struct Elsewhere;
+
+    impl Durable for Elsewhere {
+        fn persist<'a>(
+            &'a self,
+            _batch: &'a [Notification],
+        ) -> BoxFuture<'a, Result<(), SpoolError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn queues_elsewhere(&self) -> bool {
+            true
+        }
+    }
+
+    fn small_engine(resolver: Arc<StaticResolver>, max_resident: usize) -> Arc<Engine> {
+        Arc::new(Engine::new(
+            resolver,
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident,
+                ..EngineLimits::default()
+            },
+        ))
+    }
+
+    /// The room a batch needs is taken before it is built: a second batch finds it taken; one larger than the
+    /// engine ever holds is refused for good; a committed batch keeps the room it took (no second reservation).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn room_is_taken_before_a_batch_is_built_and_carried_into_its_commit() {
+        let (resolver, _) = engine();
+        let engine = small_engine(resolver.clone(), 10);
+        engine.set_held(true);
+        let intake = Arc::new(Intake::new(
+            resolver,
+            Arc::new(NotDurable),
+            engine.clone(),
+            IdGenerator::new(1),
+        ));
+        assert!(matches!(
+            intake.reserve(11),
+            Err(NoRoom::Never {
+                wanted: 11,
+                max: 10
+            })
+        ));
+        let room = intake.reserve(6).unwrap();
+        assert_eq!(engine.resident_room(), 4);
+        assert!(matches!(
+            intake.reserve(6),
+            Err(NoRoom::Now(Unavailable::QueueFull {
+                held: 6,
+                max: 10,
+                wanted: 6
+            }))
+        ));
+        let source = source(&intake);
+        let batch: Vec<_> = (0..6)
+            .map(|i| {
+                let submission = Submission {
+                    domain: "apps.example".into(),
+                    token: format!("{i:02x}").repeat(32),
+                    payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+                    ..Submission::default()
+                };
+                intake.prepare(submission, &source).unwrap()
+            })
+            .collect();
+        intake.commit_reserved(batch, &source, room).await.unwrap();
+        assert_eq!(
+            engine.resident_room(),
+            4,
+            "held by the queued notifications"
+        );
+        // Room not used is given back.
+        drop(intake.reserve(4).unwrap());
+        assert_eq!(engine.resident_room(), 4);
+    }
+
+    /// With a store that queues elsewhere the engine's memory is not taken, but what is built at once is bounded
+    /// like it: a batch larger than the bound takes all of it rather than never fitting.
+    #[test]
+    fn with_a_store_that_queues_elsewhere_what_is_built_at_once_is_bounded() {
+        let (resolver, _) = engine();
+        let engine = small_engine(resolver.clone(), 10);
+        let intake = Intake::new(
+            resolver,
+            Arc::new(Elsewhere),
+            engine.clone(),
+            IdGenerator::new(1),
+        );
+        let first = intake.reserve(6).unwrap();
+        assert_eq!(engine.resident_room(), 10);
+        let refused = intake.reserve(6).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                NoRoom::Now(Unavailable::Building {
+                    building: 6,
+                    max: 10,
+                    wanted: 6
+                })
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("max_resident_notifications = 10")
+        );
+        drop(first);
+        let all = intake.reserve(25).unwrap();
+        assert!(intake.reserve(1).is_err());
+        drop(all);
+        assert!(intake.reserve(0).is_ok());
+    }
+
+    /// A resolver whose domain is configured but whose credentials cannot be read.
+    struct UnreadableKey;
+
+    impl SettingsResolver for UnreadableKey {
+        fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            match domain {
+                "keyed.example" => Err(ResolveError::Credentials(
+                    "apn_key /etc/herald/key.p8: No such file or directory (os error 2)".into(),
+                )),
+                _ => Err(ResolveError::UnknownDomain(domain.to_owned())),
+            }
+        }
+    }
+
+    /// Credentials that cannot be read are herald's problem: a temporary refusal that names them, while an
+    /// unknown domain stays a permanent one.
+    #[test]
+    fn unreadable_credentials_are_a_temporary_refusal() {
+        let (_, engine) = engine();
+        let intake = Intake::new(
+            Arc::new(UnreadableKey),
+            Arc::new(NotDurable),
+            engine,
+            IdGenerator::new(1),
+        );
+        let refusal = intake.check_domain("keyed.example").unwrap_err();
+        assert!(refusal.is_temporary());
+        assert!(
+            !intake
+                .check_domain("unknown.example")
+                .unwrap_err()
+                .is_temporary()
+        );
+        let submission = |domain: &str| Submission {
+            domain: domain.into(),
+            token: "ab".repeat(32),
+            payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+            ..Submission::default()
+        };
+        match intake.prepare(submission("keyed.example"), &source(&intake)) {
+            Err(Refusal::Temporary(why)) => {
+                assert!(why.is_misconfigured() && !why.is_full());
+                assert!(
+                    why.to_string().contains("apn_key /etc/herald/key.p8"),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            intake.prepare(submission("unknown.example"), &source(&intake)),
+            Err(Refusal::Permanent(_))
+        ));
     }
 
     /// A spool whose writes wait for the test to let them finish, telling when one started.

@@ -4,7 +4,8 @@
 //! [`parse`] reads a message received over SMTP and returns its push parts, each with its device token (if the
 //! part names one), JSON payload and APNs attributes; [`McmtMessage::submissions`] turns them into one
 //! [`Submission`] per push part per recipient. Parsing never validates the payload or the token: the intake does,
-//! and the caller names the part in the refusal.
+//! and the caller names the part in the refusal. A refusal repeats at most [`ECHO_LIMIT`] characters of a value
+//! taken from the message ([`echo`]).
 //!
 //! A push part is laid out as Momentum documents it: the MIME part headers (`Content-Type: message/vnd.msys.apn`),
 //! a blank line, then a body that starts with its own header block (`X-Device-Token: …`), a blank line, and the
@@ -56,6 +57,19 @@ pub mod headers {
         APNS_ID,
         BINDING,
     ];
+}
+
+/// The most characters of a value from the message (a boundary, a header value) that a refusal repeats: the
+/// rest is cut and marked `…`, so a refusal stays within a reply line (RFC 5321 §4.5.3.1.5: 512 octets).
+pub const ECHO_LIMIT: usize = 100;
+
+/// `text` as a refusal or reply repeats it: its first [`ECHO_LIMIT`] characters, then `…` when there were more
+/// (cut on a character boundary).
+pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(ECHO_LIMIT) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..cut])),
+    }
 }
 
 /// How deep MIME containers may nest, counting the MCMT container as the first level: an email part
@@ -305,7 +319,7 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
     };
     let body = raw.get(body_start..).unwrap_or_default();
     // The container's structure first: a truncated message is named as such rather than by its cut last part.
-    let boundary_text = || String::from_utf8_lossy(boundary).into_owned();
+    let boundary_text = || echo(&String::from_utf8_lossy(boundary)).into_owned();
     match mime::Parts::new(body, boundary).ending() {
         mime::Ending::Closed => {}
         mime::Ending::NoParts => return Err(McmtError::NoParts),
@@ -357,7 +371,7 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
                 .fields
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case("Content-Type"))
-                .map(|(_, v)| v.trim().chars().take(100).collect())
+                .map(|(_, v)| echo(v.trim()).into_owned())
                 .unwrap_or_default();
             return Err(refuse(PartError::UnreadableContentType { value }));
         }
@@ -431,7 +445,7 @@ impl Headers<'_> {
             None => Ok(None),
             Some(v) => v.parse::<T>().map(Some).map_err(|_| PartError::BadHeader {
                 name: names[0],
-                value: v,
+                value: echo(&v).into_owned(),
                 expected,
             }),
         }
@@ -492,7 +506,7 @@ fn decode(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, PartError> {
                 .decode(&compact)
                 .map_err(|e| PartError::BadBase64(e.to_string()))
         }
-        Some(other) => Err(PartError::UnsupportedEncoding(other.to_owned())),
+        Some(other) => Err(PartError::UnsupportedEncoding(echo(other).into_owned())),
     }
 }
 

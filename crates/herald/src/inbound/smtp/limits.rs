@@ -1,7 +1,7 @@
 //! The limits an ESMTP session is held to, and how they are read from a `listen` stanza (falling back to its
 //! `esmtp_listener`, then to the option table's default): `max_message_size`, `max_recipients_per_message`,
 //! `max_line_length`, `timeout`, `max_connections`, `max_connections_per_client` and
-//! `max_notifications_per_message`. The server name is not a configuration option.
+//! `max_notifications_per_message`. The server name and the error limits are not configuration options.
 
 use std::time::Duration;
 
@@ -31,6 +31,13 @@ pub struct SmtpLimits {
     /// Notifications one message may become (push parts × recipients); beyond it `552 5.3.4`.
     /// `max_notifications_per_message`.
     pub max_notifications: usize,
+    /// Errors a session may make without a message accepted: the one that reaches it is answered, then the
+    /// session gets `421 4.7.0` and is closed (as Postfix's `smtpd_hard_error_limit`).
+    pub max_errors: usize,
+    /// Commands that do nothing (`NOOP`, `RSET`, `VRFY`, `HELP`, `EHLO`, `HELO`) a session may send without a
+    /// message accepted; each one past it is an error (as Postfix's `smtpd_junk_command_limit`), so a client
+    /// cannot hold a session open for good with a `NOOP` now and then.
+    pub max_junk: usize,
 }
 
 /// Default `SIZE` (`max_message_size`): 10 MiB.
@@ -41,6 +48,10 @@ pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
 pub const DEFAULT_MAX_LINE: usize = 1000;
 /// Default open sessions per listener (`max_connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = crate::inbound::doors::DEFAULT_MAX_CONNECTIONS;
+/// Default [`SmtpLimits::max_errors`].
+pub const DEFAULT_MAX_ERRORS: usize = 20;
+/// Default [`SmtpLimits::max_junk`].
+pub const DEFAULT_MAX_JUNK: usize = 100;
 /// Default idle timeout: Momentum's documented `timeout` default, which herald applies to every listener it reads
 /// `timeout` for (docs/smtp.md explains why not RFC 5321's 5 minutes).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,6 +68,8 @@ impl Default for SmtpLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_client: crate::inbound::doors::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             max_notifications: crate::inbound::doors::DEFAULT_MAX_NOTIFICATIONS,
+            max_errors: DEFAULT_MAX_ERRORS,
+            max_junk: DEFAULT_MAX_JUNK,
         }
     }
 }

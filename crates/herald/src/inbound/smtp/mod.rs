@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use super::accept::Intake;
 use super::doors::{ConnLimiter, DoorLimits};
 pub use limits::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_LINE, DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_MAX_RECIPIENTS, SmtpLimits,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_ERRORS, DEFAULT_MAX_JUNK,
+    DEFAULT_MAX_LINE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_RECIPIENTS, SmtpLimits,
 };
 pub use tls::TlsSetupError;
 

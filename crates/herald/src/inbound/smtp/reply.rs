@@ -1,7 +1,14 @@
 //! SMTP replies: a code, an enhanced status code (RFC 3463) and a text naming what happened, rendered one or
-//! several lines long.
+//! several lines long. No line on the wire is longer than RFC 5321's 512 octets (§4.5.3.1.5): a longer text goes
+//! on as further lines of the reply, and a text is cut at [`MAX_TEXT`] bytes.
 
 use std::fmt;
+
+/// The longest reply line, code and CRLF included (RFC 5321 §4.5.3.1.5).
+pub const MAX_LINE: usize = 512;
+/// The most bytes of one text a reply carries (over as many lines as it takes); beyond it the text is cut and
+/// marked `…`. Texts that repeat the client's own are cut shorter where they are made.
+pub const MAX_TEXT: usize = 2048;
 
 /// One SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,13 +43,25 @@ impl Reply {
         self.code == 421 || self.code == 221
     }
 
-    /// Appends the wire form to `out`. Line breaks in a text are never sent raw: each becomes its own line.
+    /// Appends the wire form to `out`. Line breaks in a text are never sent raw: each becomes its own line, as
+    /// does each piece of a line too long for [`MAX_LINE`] (cut after a space where there is one).
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let lines: Vec<&str> = self
-            .lines
+        // Code, separator, status and its space, CRLF.
+        let room = MAX_LINE
+            - 4
+            - if self.status.is_empty() {
+                0
+            } else {
+                self.status.len() + 1
+            }
+            - 2;
+        let texts: Vec<std::borrow::Cow<'_, str>> =
+            self.lines.iter().map(|l| clip(l, MAX_TEXT)).collect();
+        let lines: Vec<&str> = texts
             .iter()
             .flat_map(|l| l.split(['\r', '\n']))
             .filter(|l| !l.is_empty())
+            .flat_map(|l| pieces(l, room))
             .collect();
         let lines = if lines.is_empty() { vec![""] } else { lines };
         for (i, line) in lines.iter().enumerate() {
@@ -57,6 +76,37 @@ impl Reply {
             out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, `…` marking the cut.
+fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut cut = max - '…'.len_utf8();
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &text[..cut]))
+}
+
+/// `line` in pieces of at most `room` bytes, each cut after its last space where it has one, else on a character
+/// boundary.
+fn pieces(mut line: &str, room: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    while line.len() > room {
+        let mut cut = room;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if let Some(space) = line[..cut].rfind(' ').filter(|i| *i > 0) {
+            cut = space + 1;
+        }
+        out.push(&line[..cut]);
+        line = &line[cut..];
+    }
+    out.push(line);
+    out
 }
 
 impl fmt::Display for Reply {
@@ -79,6 +129,37 @@ mod tests {
         let mut out = Vec::new();
         Reply::multi(250, vec!["herald".into(), "PIPELINING".into()]).write_to(&mut out);
         assert_eq!(out, b"250-herald\r\n250 PIPELINING\r\n");
+    }
+
+    /// RFC 5321 §4.5.3.1.5: a text too long for one line goes on over further lines, each at most 512 octets;
+    /// one too long for a reply is cut, on a character boundary.
+    #[test]
+    fn no_line_is_longer_than_512_octets() {
+        let words = "word ".repeat(300);
+        let mut out = Vec::new();
+        Reply::new(550, "5.6.0", words.trim_end()).write_to(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.split_inclusive("\r\n").collect();
+        assert!(lines.len() > 1, "{text}");
+        for (i, line) in lines.iter().enumerate() {
+            assert!(line.len() <= MAX_LINE, "{}: {line}", line.len());
+            let sep = if i + 1 == lines.len() { " " } else { "-" };
+            assert!(line.starts_with(&format!("550{sep}5.6.0 word")), "{line}");
+        }
+        // Cut after a space: no word is split.
+        let joined: String = lines
+            .iter()
+            .map(|l| l[10..].trim_end_matches("\r\n"))
+            .collect();
+        assert_eq!(joined, words.trim_end());
+
+        let one_word = "é".repeat(3000);
+        let mut out = Vec::new();
+        Reply::new(550, "5.6.0", one_word).write_to(&mut out);
+        let text = String::from_utf8(out).expect("cut on character boundaries");
+        assert!(text.len() < MAX_TEXT + 5 * 20, "{}", text.len());
+        assert!(text.trim_end().ends_with('…'));
+        assert!(text.split_inclusive("\r\n").all(|l| l.len() <= MAX_LINE));
     }
 
     #[test]

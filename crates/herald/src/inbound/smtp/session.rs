@@ -6,7 +6,11 @@
 //! message data refuses the message, and only CRLF.CRLF ends the data, never LF.CRLF); `VRFY` is answered `502`;
 //! replies are sent once the pipelined commands are answered or past a bound, and a client that does not take
 //! them within `timeout` is disconnected; a recipient whose domain herald does not deliver is refused at `RCPT`
-//! ([`Intake::check_domain`]); the transaction is all-or-nothing: one refused notification refuses the message.
+//! ([`Intake::check_domain`]), and one whose domain's credentials cannot be used now is told to retry; the room a
+//! message needs is taken before its notifications are built ([`Intake::reserve`]); the transaction is
+//! all-or-nothing: one refused notification refuses the message. Text of the client's echoed in a reply is cut
+//! to [`mcmt::echo`]'s length, and a session that makes `max_errors` errors without a message accepted is closed
+//! ([`SmtpLimits`](super::SmtpLimits)).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +24,8 @@ use super::SmtpConfig;
 use super::command::{self, Command};
 use super::io::{LineIo, ReadLine};
 use super::reply::Reply;
-use crate::inbound::accept::{DomainRefusal, Intake, Refusal, Source, Unavailable};
-use crate::inbound::mcmt::{self, McmtError, Parsed};
+use crate::inbound::accept::{DomainRefusal, Intake, NoRoom, Refusal, Source, Unavailable};
+use crate::inbound::mcmt::{self, McmtError, Parsed, echo};
 use crate::queue::message::MessageId;
 
 /// What waiting for the client produced.
@@ -61,6 +65,21 @@ pub(crate) struct Session {
     /// The EHLO/HELO name; `None` until the client greeted (again after STARTTLS).
     greeted: Option<String>,
     envelope: Envelope,
+    /// What the client did wrong since it last had a message accepted.
+    strikes: Strikes,
+}
+
+/// The counts behind the limits `max_errors` and `max_junk` ([`SmtpLimits`](super::SmtpLimits)), since the last
+/// message accepted.
+#[derive(Debug, Default)]
+struct Strikes {
+    /// Refusals of commands and messages (4xx, 5xx), refused recipients past the listener's recipient limit, and
+    /// junk commands past `max_junk`.
+    errors: usize,
+    junk: usize,
+    /// Recipients refused: as many as one transaction may give are not held against the client (a message to
+    /// many recipients, some of them unknown, is no misbehaviour).
+    refused_recipients: usize,
 }
 
 impl Session {
@@ -86,6 +105,7 @@ impl Session {
             reception,
             greeted: None,
             envelope: Envelope::default(),
+            strikes: Strikes::default(),
         }
     }
 
@@ -119,11 +139,14 @@ impl Session {
                 Ok(Event::Shutdown) => Step::Close(shutting_down(&host)),
                 Ok(Event::Idle) => Step::Close(idle(&host, &self.config)),
                 Ok(Event::Read(ReadLine::Eof)) => Step::Gone,
-                Ok(Event::Read(ReadLine::TooLong { .. })) => Step::Reply(Reply::new(
-                    500,
-                    "5.5.2",
-                    format!("command line too long: the limit is {limit} bytes including CRLF"),
-                )),
+                Ok(Event::Read(ReadLine::TooLong { .. })) => {
+                    self.strikes.errors += 1;
+                    Step::Reply(Reply::new(
+                        500,
+                        "5.5.2",
+                        format!("command line too long: the limit is {limit} bytes including CRLF"),
+                    ))
+                }
                 Ok(Event::Read(ReadLine::Line(line))) => {
                     if self.config_rx.has_changed().unwrap_or(false) {
                         Step::Close(Reply::new(421, "4.3.2", "Reconfiguration in progress"))
@@ -135,6 +158,19 @@ impl Session {
             match step {
                 Step::Reply(r) => {
                     r.write_to(self.io.queue());
+                    let max_errors = self.config.limits.max_errors;
+                    if self.strikes.errors >= max_errors {
+                        tracing::info!(peer = %self.peer, errors = self.strikes.errors, "ESMTP session closed after too many errors");
+                        Reply::new(
+                            421,
+                            "4.7.0",
+                            format!(
+                                "{host}: too many errors ({max_errors} refused commands or messages without a message accepted); closing"
+                            ),
+                        )
+                        .write_to(self.io.queue());
+                        break;
+                    }
                     if self.io.flush_due() && !self.flush().await {
                         return;
                     }
@@ -181,6 +217,7 @@ impl Session {
 
     async fn line(&mut self, line: &[u8]) -> Step {
         let Some(text) = line.strip_suffix(b"\r\n") else {
+            self.strikes.errors += 1;
             return Step::Reply(Reply::new(
                 500,
                 "5.5.2",
@@ -189,10 +226,50 @@ impl Session {
         };
         match command::parse(text) {
             Err(e) => {
+                self.strikes.errors += 1;
                 let (code, status) = e.code();
                 Step::Reply(Reply::new(code, status, e.to_string()))
             }
-            Ok(cmd) => self.command(cmd).await,
+            Ok(cmd) => {
+                let junk = matches!(
+                    cmd,
+                    Command::Noop
+                        | Command::Rset
+                        | Command::Vrfy
+                        | Command::Help
+                        | Command::Ehlo(_)
+                        | Command::Helo(_)
+                );
+                let rcpt = matches!(cmd, Command::Rcpt { .. });
+                let step = self.command(cmd).await;
+                self.tally(&step, junk, rcpt);
+                step
+            }
+        }
+    }
+
+    /// Counts what a command's answer holds against the client ([`Strikes`]).
+    fn tally(&mut self, step: &Step, junk: bool, rcpt: bool) {
+        let s = &mut self.strikes;
+        if junk {
+            s.junk += 1;
+            if s.junk > self.config.limits.max_junk {
+                s.errors += 1;
+            }
+        }
+        let Step::Reply(reply) = step else {
+            return;
+        };
+        if reply.code < 400 {
+            return;
+        }
+        if rcpt {
+            s.refused_recipients += 1;
+            if s.refused_recipients > self.config.limits.max_recipients {
+                s.errors += 1;
+            }
+        } else {
+            s.errors += 1;
         }
     }
 
@@ -202,7 +279,7 @@ impl Session {
             Command::Ehlo(name) => {
                 self.envelope = Envelope::default();
                 let mut lines = vec![
-                    format!("{host} greets {name}"),
+                    format!("{host} greets {}", echo(&name)),
                     "PIPELINING".into(),
                     format!("SIZE {}", self.config.limits.max_message_size),
                     "8BITMIME".into(),
@@ -269,7 +346,7 @@ impl Session {
         if let Err(refusal) = self.intake.has_room(1) {
             return Reply::new(452, "4.3.1", refusal.to_string());
         }
-        let reply = Reply::new(250, "2.1.0", format!("sender <{from}> ok"));
+        let reply = Reply::new(250, "2.1.0", format!("sender <{}> ok", echo(&from)));
         self.envelope.from = Some(from);
         reply
     }
@@ -289,7 +366,8 @@ impl Session {
                 250,
                 "2.1.5",
                 format!(
-                    "recipient <{to}> ok (already given: it gets one notification per push part)"
+                    "recipient <{}> ok (already given: it gets one notification per push part)",
+                    echo(&to)
                 ),
             );
         }
@@ -308,16 +386,28 @@ impl Session {
                     501,
                     "5.1.3",
                     format!(
-                        "recipient <{to}> must be <token-or-name@app-domain>: the domain picks the app"
+                        "recipient <{}> must be <token-or-name@app-domain>: the domain picks the app",
+                        echo(&to)
                     ),
                 );
             }
         };
+        if domain.len() > MAX_DOMAIN {
+            return Reply::new(
+                501,
+                "5.1.3",
+                format!(
+                    "recipient <{}>: its domain is {} octets long, over the {MAX_DOMAIN} a domain may have (RFC 5321 §4.5.3.1.2)",
+                    echo(&to),
+                    domain.len()
+                ),
+            );
+        }
         self.intake.warm(None, domain).await;
         if let Err(e) = self.intake.check_domain(domain) {
             return unknown_domain(&to, &e);
         }
-        let reply = Reply::new(250, "2.1.5", format!("recipient <{to}> ok"));
+        let reply = Reply::new(250, "2.1.5", format!("recipient <{}> ok", echo(&to)));
         self.envelope.recipients.push(to);
         reply
     }
@@ -462,6 +552,9 @@ impl Session {
         } else {
             self.deliver(&message, envelope).await
         };
+        if reply.code == 250 {
+            self.strikes = Strikes::default();
+        }
         Step::Reply(reply)
     }
 
@@ -486,10 +579,12 @@ impl Session {
                     "MCMT messages are refused on this listener (mcmt_reception = reject)",
                 );
             }
+            // Not the sender's fault: herald can never pass mail through, so the listener is misconfigured (passthru
+            // is the option's default). The sender retries while the operator sets `allow`.
             McmtReception::Passthru => {
                 return Reply::new(
-                    554,
-                    "5.6.0",
+                    451,
+                    "4.3.5",
                     "herald delivers push notifications only, and this listener passes MCMT messages through as ordinary mail (mcmt_reception = passthru); set mcmt_reception = \"allow\" to deliver push parts",
                 );
             }
@@ -534,12 +629,23 @@ impl Session {
                 ),
             );
         }
-        if let Err(refusal) = self.intake.has_room(count) {
-            return match refusal {
-                Refusal::Temporary(why) => temporary(&why),
-                Refusal::Permanent(text) => Reply::new(451, "4.3.0", text),
-            };
-        }
+        // The room is taken before anything is built: sessions cannot all build on one look at the room left.
+        let room = match self.intake.reserve(count) {
+            Ok(room) => room,
+            Err(NoRoom::Never { max, .. }) => {
+                return Reply::new(
+                    552,
+                    "5.3.4",
+                    format!(
+                        "the message would make {count} notifications ({} push parts × {} recipients), more than herald ever holds in memory at once (max_resident_notifications = {max}); send it as smaller messages (this listener's max_notifications_per_message is {}, above max_resident_notifications)",
+                        message.push_parts.len(),
+                        envelope.recipients.len(),
+                        self.config.limits.max_notifications
+                    ),
+                );
+            }
+            Err(NoRoom::Now(why)) => return temporary(&why),
+        };
         let subs = message.submissions(&envelope.recipients, &from);
         // Parts may name a binding of their own (X-Binding): build those settings off the async threads too.
         let mut pairs: Vec<(Option<&str>, &str)> = subs
@@ -565,14 +671,18 @@ impl Session {
                     return Reply::new(
                         550,
                         "5.6.0",
-                        format!("part {}, recipient <{}>: {text}", s.part, s.recipient),
+                        format!(
+                            "part {}, recipient <{}>: {text}",
+                            s.part,
+                            echo(&s.recipient)
+                        ),
                     );
                 }
                 Err(Refusal::Temporary(why)) => return temporary(&why),
             }
         }
         let count = batch.len();
-        match self.intake.commit(batch, &source).await {
+        match self.intake.commit_reserved(batch, &source, room).await {
             Ok(()) => Reply::new(
                 250,
                 "2.0.0",
@@ -587,6 +697,9 @@ impl Session {
         }
     }
 }
+
+/// The longest domain (RFC 5321 §4.5.3.1.2), in octets.
+const MAX_DOMAIN: usize = 255;
 
 /// How many idle timeouts (`timeout`) the whole message of a DATA command may take.
 pub const DATA_TIMEOUTS: u32 = 10;
@@ -618,8 +731,6 @@ pub(crate) async fn refuse_busy(
     let _ = io.close().await;
 }
 
-/// A temporary refusal: `452 4.3.1` when storage or memory is full (RFC 3463 "mail system full"), else
-/// `451 4.3.0`; chosen by the kind of refusal, never by its text.
 /// Whether two recipient addresses are one: the local part as written (RFC 5321 §2.4: it may be case-sensitive),
 /// the domain in any case.
 fn same_recipient(a: &str, b: &str) -> bool {
@@ -629,17 +740,32 @@ fn same_recipient(a: &str, b: &str) -> bool {
     }
 }
 
+/// A temporary refusal: `452 4.3.1` when storage or memory is full (RFC 3463 "mail system full"), `451 4.3.5`
+/// when herald's configuration is at fault ("system incorrectly configured"), else `451 4.3.0`; chosen by the
+/// kind of refusal, never by its text.
 fn temporary(why: &Unavailable) -> Reply {
     if why.is_full() {
         Reply::new(452, "4.3.1", why.to_string())
+    } else if why.is_misconfigured() {
+        Reply::new(451, "4.3.5", why.to_string())
     } else {
         Reply::new(451, "4.3.0", why.to_string())
     }
 }
 
-/// A recipient whose domain herald cannot deliver (RFC 3463 5.1.2, bad destination system).
+/// A recipient whose domain herald cannot deliver (RFC 3463 5.1.2, bad destination system); `451 4.3.5` when
+/// the domain is configured but its credentials cannot be used now, which the operator fixes.
 fn unknown_domain(recipient: &str, refusal: &DomainRefusal) -> Reply {
-    Reply::new(550, "5.1.2", format!("<{recipient}>: {refusal}"))
+    let recipient = echo(recipient);
+    if refusal.is_temporary() {
+        Reply::new(
+            451,
+            "4.3.5",
+            format!("<{recipient}>: {refusal} (herald's configuration must be fixed; retry later)"),
+        )
+    } else {
+        Reply::new(550, "5.1.2", format!("<{recipient}>: {refusal}"))
+    }
 }
 
 fn not_mcmt() -> Reply {
@@ -713,5 +839,17 @@ mod tests {
             crate::queue::SubmitError::ShuttingDown,
         ));
         assert_eq!((r.code, r.status), (451, "4.3.0"));
+        let r = temporary(&Unavailable::Building {
+            building: 10,
+            max: 10,
+            wanted: 1,
+        });
+        assert_eq!((r.code, r.status), (452, "4.3.1"));
+        // Credentials that cannot be read: herald's configuration is at fault (RFC 3463 4.3.5).
+        let r = temporary(&Unavailable::Configuration(DomainRefusal::NotPush {
+            domain: "apps.example".into(),
+            reason: crate::queue::ResolveError::Credentials("apn_key /k.p8: missing".into()),
+        }));
+        assert_eq!((r.code, r.status), (451, "4.3.5"));
     }
 }
