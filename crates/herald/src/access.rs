@@ -1,9 +1,10 @@
 //! What a client presents to prove who it is: API keys and the console password, compared without telling a guesser
-//! anything by the time the comparison takes, and the lockout of an address that keeps guessing.
+//! anything by the time the comparison takes, and the lockout of a client that keeps guessing.
 //!
 //! Every listener that takes a secret uses both: the REST guard and the dashboard share one [`GuessThrottle`] per
 //! HTTP listener, locking an address out after `auth_failure_limit` wrong keys within [`GUESS_WINDOW`] (0: never);
-//! the console's control listener has its own, with the fixed [`MAX_GUESSES`]. A locked-out address is refused
+//! the console's control listener has its own, with the fixed [`MAX_GUESSES`], where a Unix socket client is judged
+//! by its user id (each local user has a count of its own). A locked-out client is refused
 //! (right secret or wrong) until [`GUESS_WINDOW`] has passed since its last wrong one. Wrong keys are forgotten only
 //! as they age: a right key does not wipe them (else one valid key would let its holder guess others without limit),
 //! except on the console, whose single password proves everything a guess could find.
@@ -38,7 +39,8 @@ pub fn same_secret(expected: &[u8], presented: &[u8]) -> bool {
         == 0
 }
 
-/// Recent wrong secrets per client address (`None`: a Unix socket client), each address judged by its own limit.
+/// Recent wrong secrets per [`Client`] (a network client's address, a Unix socket client's user), each judged by its
+/// own limit.
 ///
 /// IPv6 addresses count per /64, the block one host is usually given, so that a guesser cannot start afresh from
 /// each of its addresses. Wrong secrets are counted apart per limit as well: the addresses of one block checked
@@ -74,19 +76,67 @@ impl Default for GuessThrottle {
     }
 }
 
-/// What failures are counted under: the client's address (its /64 for IPv6) and the limit it is judged by.
-type Key = (Option<IpAddr>, usize);
+/// Who wrong secrets are counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Client {
+    /// A network client, by its address (an IPv6 one counts with the rest of its /64).
+    Address(IpAddr),
+    /// A Unix socket client, by the user id its connection carries; `None` when it could not be read (such clients
+    /// count together).
+    LocalUser(Option<u32>),
+}
+
+impl From<IpAddr> for Client {
+    fn from(ip: IpAddr) -> Client {
+        Client::Address(ip)
+    }
+}
+
+/// A client address, or `None` for a Unix socket client whose user is not known.
+impl From<Option<IpAddr>> for Client {
+    fn from(ip: Option<IpAddr>) -> Client {
+        ip.map_or(Client::LocalUser(None), Client::Address)
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Address(ip) => write!(f, "{ip}"),
+            Client::LocalUser(Some(uid)) => write!(f, "local user uid={uid}"),
+            Client::LocalUser(None) => f.write_str("a Unix socket client"),
+        }
+    }
+}
+
+impl Client {
+    /// What this client's failures are counted under: its address's block, or its user.
+    fn bucket(self) -> Client {
+        match self {
+            Client::Address(ip) => Client::Address(block(ip)),
+            local => local,
+        }
+    }
+}
+
+/// What failures are counted under: the client (an address's /64 for IPv6) and the limit it is judged by.
+type Key = (Client, usize);
 
 /// The address a client's failures are counted under: an IPv4 address as it is, an IPv6 address as its /64
 /// (callers pass IPv4-mapped addresses already canonicalised). The connection caps count per the same.
 pub(crate) fn bucket(client: Option<IpAddr>) -> Option<IpAddr> {
-    client.map(|ip| match ip {
+    client.map(block)
+}
+
+/// An IPv4 address as it is, an IPv6 address as its /64.
+fn block(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(prefix.into())
         }
-    })
+    }
 }
 
 impl Inner {
@@ -108,13 +158,13 @@ impl GuessThrottle {
 
     /// How long `client` must still wait before it may present a secret, if it (or its block, under the same
     /// limit) sent `limit` wrong ones within the window (`limit` 0: never locked).
-    pub fn locked(&self, client: Option<IpAddr>, limit: usize) -> Option<Duration> {
+    pub fn locked(&self, client: impl Into<Client>, limit: usize) -> Option<Duration> {
         if limit == 0 || self.tracked.load(Ordering::Acquire) == 0 {
             return None;
         }
         let mut inner = self.lock();
         inner.prune(false);
-        let key = (bucket(client), limit);
+        let key = (client.into().bucket(), limit);
         let wait = inner.failures.get_mut(&key).and_then(|recent| {
             recent.retain(|t| t.elapsed() < GUESS_WINDOW);
             let last = *recent.last()?;
@@ -130,12 +180,12 @@ impl GuessThrottle {
     /// Notes a wrong secret from `client`, which is checked against `limit`; returns how many it (or its block,
     /// under the same limit) sent within the window, counting at most `limit`. Under `limit` 0 nothing is recorded
     /// (the checks stay lock-free) and the count is 1, this one.
-    pub fn failed(&self, client: Option<IpAddr>, limit: usize) -> usize {
+    pub fn failed(&self, client: impl Into<Client>, limit: usize) -> usize {
         if limit == 0 {
             return 1;
         }
         let mut inner = self.lock();
-        let key = (bucket(client), limit);
+        let key = (client.into().bucket(), limit);
         if !inner.failures.contains_key(&key) && inner.failures.len() >= MAX_TRACKED_ADDRESSES {
             inner.prune(false);
             if inner.failures.len() >= MAX_TRACKED_ADDRESSES {
@@ -153,13 +203,13 @@ impl GuessThrottle {
         n
     }
 
-    /// A right password on the console: the address (its block, under every limit) starts again from zero.
-    pub fn succeeded(&self, client: Option<IpAddr>) {
+    /// A right password on the console: the client (an address's block, under every limit) starts again from zero.
+    pub fn succeeded(&self, client: impl Into<Client>) {
         if self.tracked.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut inner = self.lock();
-        let block = bucket(client);
+        let block = client.into().bucket();
         let keys: Vec<Key> = inner
             .failures
             .range((block, 0)..=(block, usize::MAX))
@@ -315,6 +365,40 @@ mod tests {
             "another block keeps its count"
         );
         assert_eq!(t.followed(), 1);
+    }
+
+    /// Unix socket clients are counted by user: one local user's wrong passwords lock that user out, not the
+    /// others, and none of them counts with a network address.
+    #[test]
+    fn local_users_are_each_judged_apart() {
+        let t = GuessThrottle::default();
+        let guesser = Client::LocalUser(Some(1001));
+        let operator = Client::LocalUser(Some(1000));
+        for _ in 0..MAX_GUESSES {
+            t.failed(guesser, MAX_GUESSES);
+        }
+        assert!(t.locked(guesser, MAX_GUESSES).is_some());
+        assert_eq!(
+            t.locked(operator, MAX_GUESSES),
+            None,
+            "another local user is not locked out"
+        );
+        assert_eq!(t.locked(Client::LocalUser(None), MAX_GUESSES), None);
+        assert_eq!(
+            t.locked(Some("192.0.2.7".parse::<IpAddr>().unwrap()), MAX_GUESSES),
+            None
+        );
+        t.succeeded(operator);
+        assert!(
+            t.locked(guesser, MAX_GUESSES).is_some(),
+            "another user's right password does not free the guesser"
+        );
+        t.succeeded(guesser);
+        assert_eq!(t.locked(guesser, MAX_GUESSES), None);
+        assert_eq!(
+            Client::LocalUser(Some(1000)).to_string(),
+            "local user uid=1000"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! [`Server::start`] opens the logs and the spool, queues again whatever the spool holds, binds every enabled
 //! listener and returns a [`Server`] that knows its bound addresses. [`Server::reload`] reads the configuration
 //! again and, only if it is valid, puts it in force: domains drain their old connections and open new ones with
-//! the new values, ESMTP sessions of the old generation are told `421 4.3.2`, changed listeners are rebound.
+//! the new values, ESMTP sessions of the old generation are told `421 4.3.2`, changed listeners are rebound, and
+//! spooled notifications the start left in the spool (their domain could not be delivered) are queued once their
+//! domain can be. A reload runs on a task of its own, so that a caller that goes away does not stop it half-way.
 //! [`Server::shutdown`] stops accepting, lets sessions and in-flight deliveries finish for a moment, and flushes
 //! the spool: whatever did not finish stays spooled and is delivered after the next start.
 
@@ -33,8 +35,10 @@ use crate::inbound::doors::DoorLimits;
 use crate::inbound::{rest, smtp};
 use crate::logs::Logs;
 use crate::queue::message::{IdGenerator, MessageId};
-use crate::queue::{Engine, EngineLimits};
-use crate::spool::{RestoreProgress, SpoolBridge, spawn_pull, spawn_restore};
+use crate::queue::{Engine, EngineLimits, SettingsResolver};
+use crate::spool::{
+    LeftInSpool, RestoreProgress, SpoolBridge, spawn_pull, spawn_requeue, spawn_restore,
+};
 use crate::tokens::InvalidTokenStore;
 
 pub use crate::status::{ReloadError, ReloadReport, Summary};
@@ -92,6 +96,16 @@ struct RunningListener {
     /// HTTP: told once the stopped listener closed its socket (its open requests may still be finishing), so that
     /// a reload binds the address again without waiting for them.
     closed: Option<oneshot::Receiver<()>>,
+    /// Control: the rules its new connections are held to, replaced by each reload whose configuration has the
+    /// listener's stanza (and kept as they are by one that has not).
+    control_rules: Option<watch::Sender<Arc<crate::control::ControlRules>>>,
+}
+
+impl RunningListener {
+    /// A control listener's rules in force.
+    fn control_rules(&self) -> Option<Arc<crate::control::ControlRules>> {
+        self.control_rules.as_ref().map(|tx| tx.borrow().clone())
+    }
 }
 
 /// A hash of the files of a listener's TLS identity (`None` without one; an unreadable file hashes as empty: loading
@@ -146,7 +160,12 @@ pub struct Server {
     pub channels: Arc<crate::channels::ChannelManager>,
     /// Broadcast pushes (REST `/api/v1/broadcast`), durable in the outcome store.
     pub broadcasts: Arc<crate::broadcasts::Broadcaster>,
-    path: PathBuf,
+    /// The configuration file: the one herald started with, or the one the last successful `config reload PATH`
+    /// read. A reload without a path reads it.
+    path: RwLock<PathBuf>,
+    /// The spooled notifications the start-up restore could not queue (their domain could not be delivered); a
+    /// reload queues those whose domain it makes deliverable. Held by whichever restore runs.
+    left_in_spool: Arc<tokio::sync::Mutex<LeftInSpool>>,
     resolver: Arc<ConfigResolver>,
     logs: Logs,
     listeners: tokio::sync::Mutex<Vec<RunningListener>>,
@@ -367,7 +386,13 @@ impl Server {
             .map_or(0, |js| IdGenerator::node_of(js.node_name()));
         let ids = IdGenerator::above(node, spool.recovery_bound().map(|k| MessageId(k.0)));
         let restore_progress = Arc::new(RestoreProgress::default());
-        spawn_restore(spool.clone(), engine.clone(), restore_progress.clone());
+        let left_in_spool = Arc::new(tokio::sync::Mutex::new(LeftInSpool::default()));
+        spawn_restore(
+            spool.clone(),
+            engine.clone(),
+            restore_progress.clone(),
+            left_in_spool.clone(),
+        );
         if let Some(js) = &jetstream {
             spawn_pull(js.clone(), engine.clone());
         }
@@ -397,7 +422,8 @@ impl Server {
             idempotency,
             channels: crate::channels::ChannelManager::new(resolver.clone()),
             broadcasts,
-            path: path.to_owned(),
+            path: RwLock::new(path.to_owned()),
+            left_in_spool,
             resolver,
             logs,
             listeners: tokio::sync::Mutex::new(Vec::new()),
@@ -426,7 +452,7 @@ impl Server {
         }
         let mut running = Vec::new();
         for settings in wanted_listeners(&config) {
-            if let Some(listener) = server.start_listener(settings).await? {
+            if let Some(listener) = server.start_listener(settings, None).await? {
                 running.push(listener);
             }
         }
@@ -442,9 +468,10 @@ impl Server {
             .clone()
     }
 
-    /// The file the configuration was loaded from.
-    pub fn config_path(&self) -> &Path {
-        &self.path
+    /// The file a reload without a path reads: the one herald started with, or the one the last successful reload
+    /// from another path read.
+    pub fn config_path(&self) -> PathBuf {
+        self.path.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn logs(&self) -> &Logs {
@@ -473,9 +500,13 @@ impl Server {
         addrs
     }
 
+    /// Starts the listener of `settings`. A control listener is held to `control_rules` where given (a listener
+    /// started again with its previous settings keeps the rules it ran with) and the configuration in force has no
+    /// stanza for its address; otherwise to the rules the configuration in force gives it.
     async fn start_listener(
         &self,
         settings: ListenerSettings,
+        control_rules: Option<Arc<crate::control::ControlRules>>,
     ) -> Result<Option<RunningListener>, StartError> {
         let listener_err = |e: String| {
             StartError::Listener(format!(
@@ -509,6 +540,7 @@ impl Server {
                     tls_files: None,
                     certificate: None,
                     closed: None,
+                    control_rules: None,
                 }))
             }
             ListenerKind::Http => {
@@ -592,6 +624,7 @@ impl Server {
                     tls_files,
                     certificate,
                     closed: Some(closed),
+                    control_rules: None,
                 }))
             }
             ListenerKind::Control => {
@@ -600,9 +633,22 @@ impl Server {
                     .await
                     .map_err(|e| listener_err(e.to_string()))?;
                 let addr = socket.local_addr();
+                let config = self.config();
+                let rules = match control_rules {
+                    Some(rules)
+                        if !crate::control::ControlRules::has_stanza(&config, &settings) =>
+                    {
+                        rules
+                    }
+                    _ => Arc::new(crate::control::ControlRules::from_config(
+                        &config, &settings,
+                    )),
+                };
+                let (rules_tx, rules_rx) = watch::channel(rules);
                 let task = tokio::spawn(crate::control::serve(
                     socket,
                     settings.clone(),
+                    rules_rx,
                     self.me.clone() as std::sync::Weak<dyn crate::control::ServerHandle>,
                     stop_rx,
                 ));
@@ -616,17 +662,40 @@ impl Server {
                     tls_files,
                     certificate: None,
                     closed: None,
+                    control_rules: Some(rules_tx),
                 }))
             }
             ListenerKind::Ecstream => Ok(None),
         }
     }
 
-    /// Reads the configuration again (from `path`, or the file it was started with) and, if it is valid, puts it
-    /// in force. If it is not, nothing changes and the error lists every problem.
+    /// Reads the configuration again (from `path`, or [`Server::config_path`]) and, if it is valid, puts it in
+    /// force; from then on, a reload without a path reads `path`. If it is not valid, nothing changes and the error
+    /// lists every problem.
+    ///
+    /// The work runs on a task of its own and finishes even if the caller goes away meanwhile (a dashboard request
+    /// whose client hung up, its watchdog): stopped half-way, it would leave listeners running that the server no
+    /// longer knows of.
     pub async fn reload(&self, path: Option<&Path>) -> Result<ReloadReport, ReloadError> {
+        let path = path.map(Path::to_owned);
+        let Some(me) = self.me.upgrade() else {
+            return self.reload_now(path).await;
+        };
+        let shown = path.clone().unwrap_or_else(|| self.config_path());
+        match tokio::spawn(async move { me.reload_now(path).await }).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ReloadError::Interrupted {
+                path: shown,
+                why: e.to_string(),
+            }),
+        }
+    }
+
+    /// [`Server::reload`]'s work.
+    async fn reload_now(&self, path: Option<PathBuf>) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
-        let path = path.unwrap_or(&self.path).to_owned();
+        let path = path.unwrap_or_else(|| self.config_path());
         // Read and validated on a blocking thread: a slow disk or a large file never stalls the listeners.
         let load_path = path.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&load_path))
@@ -658,6 +727,7 @@ impl Server {
         }
         self.resolver.replace(config.clone());
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        *self.path.write().unwrap_or_else(|p| p.into_inner()) = path.clone();
         self.generation.fetch_add(1, Ordering::Relaxed);
         report.unroutable = self
             .engine
@@ -666,6 +736,27 @@ impl Server {
             .into_iter()
             .map(|(queue, why)| (queue, why.to_string()))
             .collect();
+        // Domains without a queue now (idle, or not used since the start) are checked as well: a reload that
+        // breaks one says so now, not at its next notification.
+        let named: std::collections::HashSet<String> =
+            report.unroutable.iter().map(|(q, _)| q.clone()).collect();
+        let (checked, resolver) = (config.clone(), self.resolver.clone());
+        let idle =
+            tokio::task::spawn_blocking(move || undeliverable_domains(&checked, &resolver, &named))
+                .await
+                .unwrap_or_default();
+        report.unroutable.extend(idle);
+        for (queue, why) in &report.unroutable {
+            tracing::warn!("reload: domain {queue} cannot be delivered: {why}");
+        }
+        // Spooled notifications the start left in the spool are queued once their domain can be delivered.
+        spawn_requeue(
+            self.spool.clone(),
+            self.engine.clone(),
+            self.restore_progress.clone(),
+            self.left_in_spool.clone(),
+            self.resolver.clone() as Arc<dyn SettingsResolver>,
+        );
         self.webhooks.reconfigure();
         // A domain's new settings are in force when at least one of its (binding, domain) queues took them.
         let unroutable: std::collections::HashSet<&str> = report
@@ -786,15 +877,16 @@ impl Server {
                         continue;
                     }
                     let previous = running.settings.clone();
+                    let previous_rules = running.control_rules();
                     tried.push((running.kind, running.settings.address.clone()));
                     stop_listener(running).await;
-                    match self.start_listener(new).await {
+                    match self.start_listener(new, None).await {
                         Ok(Some(l)) => {
                             keep.push(l);
                             report.listeners_restarted.push(name);
                         }
                         Ok(None) => report.listeners_restarted.push(name),
-                        Err(e) => match self.start_listener(previous).await {
+                        Err(e) => match self.start_listener(previous, previous_rules).await {
                             Ok(Some(l)) => {
                                 keep.push(l);
                                 report.listener_errors.push(format!(
@@ -840,6 +932,18 @@ impl Server {
             self.replace_listener(new, replaced, &mut keep, &mut report)
                 .await;
         }
+        // The control listeners the new configuration has a stanza for take its rules; the others (kept on their old
+        // address) keep theirs.
+        for l in &keep {
+            if let Some(tx) = &l.control_rules
+                && crate::control::ControlRules::has_stanza(&config, &l.settings)
+            {
+                tx.send_replace(Arc::new(crate::control::ControlRules::from_config(
+                    &config,
+                    &l.settings,
+                )));
+            }
+        }
         *listeners = keep;
         tracing::info!(path = %path.display(), "configuration reloaded");
         Ok(report)
@@ -857,7 +961,7 @@ impl Server {
         report: &mut ReloadReport,
     ) {
         let name = format!("{:?} {}", new.kind, new.address);
-        let e = match self.start_listener(new.clone()).await {
+        let e = match self.start_listener(new.clone(), None).await {
             Ok(started) => {
                 if let Some(l) = started {
                     keep.push(l);
@@ -885,8 +989,9 @@ impl Server {
             return;
         }
         let previous = old.settings.clone();
+        let previous_rules = old.control_rules();
         stop_listener(old).await;
-        match self.start_listener(new).await {
+        match self.start_listener(new, None).await {
             Ok(started) => {
                 if let Some(l) = started {
                     keep.push(l);
@@ -894,7 +999,7 @@ impl Server {
                 }
                 report.listeners_stopped.push(old_name);
             }
-            Err(e) => match self.start_listener(previous).await {
+            Err(e) => match self.start_listener(previous, previous_rules).await {
                 Ok(Some(l)) => {
                     keep.push(l);
                     report.listener_errors.push(format!(
@@ -1161,6 +1266,31 @@ fn injection_off(config: &Config) -> Option<&'static str> {
     )
 }
 
+/// The exactly named domains delivered with `delivery_method = apn` (as `herald check` picks them) whose settings
+/// for the `default` binding cannot be resolved under `config`, with why; those named in `skip` (already reported
+/// by their queue) are left out. Blocking: credential files are read.
+fn undeliverable_domains(
+    config: &Config,
+    resolver: &ConfigResolver,
+    skip: &std::collections::HashSet<String>,
+) -> Vec<(String, String)> {
+    config
+        .domains()
+        .into_iter()
+        .filter(|d| !d.starts_with('/') && !skip.contains(*d))
+        .filter(|d| {
+            config.domain_settings(None, None, d).delivery_method
+                == herald_conf::DeliveryMethod::Apn
+        })
+        .filter_map(|d| {
+            resolver
+                .resolve(d)
+                .err()
+                .map(|e| (d.to_owned(), e.to_string()))
+        })
+        .collect()
+}
+
 /// The listeners to run: every enabled one, except HTTP listeners when `httpsrv { enabled = false }` turns the
 /// HTTP server off.
 fn wanted_listeners(config: &Config) -> Vec<ListenerSettings> {
@@ -1175,7 +1305,7 @@ fn wanted_listeners(config: &Config) -> Vec<ListenerSettings> {
 /// What the console may do with the running server (the control listener holds only this handle).
 impl crate::control::ServerHandle for Server {
     fn config_path(&self) -> PathBuf {
-        self.path.clone()
+        Server::config_path(self)
     }
 
     fn status_book(&self) -> Option<&StatusBook> {

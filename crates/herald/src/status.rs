@@ -11,6 +11,9 @@ pub enum ReloadError {
         "{path}: the new configuration has errors; the running one stays in force:\n{diagnostics}"
     )]
     Invalid { path: PathBuf, diagnostics: String },
+    /// The reload's task ended before it finished (herald is stopping): what it had put in force stays.
+    #[error("{path}: the reload did not finish: {why} (herald is stopping)")]
+    Interrupted { path: PathBuf, why: String },
 }
 
 /// What a reload changed.
@@ -19,7 +22,7 @@ pub struct ReloadReport {
     pub path: PathBuf,
     /// Domains whose new settings are in force (their old connections drain).
     pub domains: usize,
-    /// Domains with traffic that the new configuration cannot deliver: (domain, why).
+    /// Domains (with traffic or not) that the new configuration cannot deliver: (domain, why).
     pub unroutable: Vec<(String, String)>,
     pub listeners_started: Vec<String>,
     pub listeners_stopped: Vec<String>,

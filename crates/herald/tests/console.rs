@@ -967,3 +967,173 @@ async fn a_connection_that_does_not_log_in_within_timeout_is_closed_however_busy
     }
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Sends `lines` on a new connection to the control listener at `addr`, one at a time, and returns each answer
+/// (`None` once the server closed the connection).
+async fn session(addr: &str, lines: &[&str]) -> Vec<Option<(bool, String)>> {
+    use tokio::io::AsyncWriteExt;
+    let (r, mut w) = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap()
+        .into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    let mut answers = Vec::new();
+    for line in lines {
+        if w.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+            answers.push(None);
+            continue;
+        }
+        answers.push(
+            tokio::time::timeout(WAIT, answer(&mut r))
+                .await
+                .expect("an answer"),
+        );
+    }
+    answers
+}
+
+/// A TCP control listener is held to the rules of its `listen` stanza in the configuration in force; one that a
+/// reload cannot move (its new address is taken) keeps its old address and the rules it last ran with. The
+/// configuration in force has no stanza for that address, whose defaults would ask for no password: its password is
+/// still asked for, and `shutdown` without it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_listener_kept_on_its_old_address_keeps_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    let port = free_port();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    let write = |port: u16, password: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "spool_dir = \"{}\"\ncontrol_listener {{ listen \"127.0.0.1:{port}\" {{ control_password = \"{password}\" }} }}\n",
+                dir.path().join("spool").display(),
+            ),
+        )
+        .unwrap()
+    };
+    write(port, "first");
+    let server = Server::start(&config).await.unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let pid = format!("{}\n", std::process::id());
+    let required = Some((
+        false,
+        "Authentication required: send `auth PASSWORD` first.\n".to_owned(),
+    ));
+    let authenticated = Some((true, "Authenticated.\n".to_owned()));
+    let failed = Some((false, "Authentication failed.\n".to_owned()));
+    assert_eq!(session(&addr, &["pid"]).await, vec![required.clone()]);
+
+    // The same address with a new password: the listener stays, and new connections want the new password.
+    write(port, "second");
+    let report = server.reload(None).await.unwrap();
+    assert!(report.listener_errors.is_empty(), "{report:?}");
+    assert!(report.listeners_restarted.is_empty(), "{report:?}");
+    assert_eq!(session(&addr, &["auth first"]).await, vec![failed]);
+    assert_eq!(
+        session(&addr, &["auth second", "pid"]).await,
+        vec![authenticated.clone(), Some((true, pid.clone()))]
+    );
+
+    // Moved to a taken address: it keeps running on its old one, still wanting its password.
+    write(taken, "third");
+    let report = server.reload(None).await.unwrap();
+    assert_eq!(report.listener_errors.len(), 1, "{report:?}");
+    assert!(
+        report.listener_errors[0].contains(&format!(
+            "Control {addr} keeps running with its previous settings"
+        )),
+        "{report:?}"
+    );
+    assert_eq!(server.addrs().await.control, vec![addr.clone()]);
+    assert_eq!(session(&addr, &["shutdown"]).await, vec![required]);
+    assert_eq!(
+        session(&addr, &["auth second", "pid"]).await,
+        vec![authenticated, Some((true, pid))]
+    );
+    drop(holder);
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+/// `config reload` names each domain the configuration it put in force cannot deliver, even one without traffic,
+/// with why, after its usual first line; the reload itself succeeds (the configuration is valid and in force).
+/// `config reload PATH` makes PATH the file later reloads read, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_names_an_undeliverable_domain_and_remembers_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let config = dir.path().join("herald.conf");
+    let socket = dir.path().join("control.sock");
+    let port = free_port();
+    let text = |extra: &str| {
+        format!(
+            "spool_dir = \"{spool}\"\ncontrol_listener {{ listen \"{sock}\" {{ }} }}\ndomain \"idle.example\" {{\n{credentials}{extra}}}\n",
+            spool = dir.path().join("spool").display(),
+            sock = socket.display(),
+            credentials = token_auth_options(&pki, port, TOPIC),
+        )
+    };
+    std::fs::write(&config, text("")).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let sock = socket.to_str().unwrap();
+
+    let missing = dir.path().join("no-such-key.p8");
+    std::fs::write(
+        &config,
+        text(&format!("  apn_key = \"{}\"\n", missing.display())),
+    )
+    .unwrap();
+    let out = console(sock, &["config", "reload"], None).await;
+    assert!(out.ok, "a valid configuration is in force: {out:?}");
+    assert!(
+        out.stdout.starts_with(&format!(
+            "Configuration reloaded from {} (generation 1).\n",
+            config.display()
+        )),
+        "{out:?}"
+    );
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Domain idle.example cannot be delivered: "))
+        .unwrap_or_else(|| panic!("the domain is not named: {out:?}"));
+    assert!(
+        line.contains("apn_key") && line.contains(&missing.display().to_string()),
+        "{line}"
+    );
+    assert_eq!(server.generation(), 1, "the configuration is in force");
+
+    // Another file: in force, and read by the reloads after it.
+    let other = dir.path().join("other.conf");
+    std::fs::write(&other, text("  retry_interval = 9\n")).unwrap();
+    let out = ok(sock, &["config", "reload", other.to_str().unwrap()]).await;
+    assert!(
+        out.contains(&format!(
+            "Later reloads (config reload without a path, SIGHUP, the dashboard) read {}.",
+            other.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(server.config_path(), other);
+    std::fs::write(&config, "this is not a configuration {").unwrap();
+    std::fs::write(&other, text("  retry_interval = 11\n")).unwrap();
+    let out = ok(sock, &["config", "reload"]).await;
+    assert!(
+        out.starts_with(&format!(
+            "Configuration reloaded from {} (generation 3).\n",
+            other.display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("Later reloads"), "{out}");
+    assert_eq!(
+        ok(
+            sock,
+            &["config", "eval", "domain", "idle.example", "retry_interval"]
+        )
+        .await,
+        "retry_interval = 11\n"
+    );
+    server.shutdown(Duration::from_secs(2)).await;
+}

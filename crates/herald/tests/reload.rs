@@ -695,3 +695,153 @@ async fn an_http_listener_keeps_running_when_its_new_tls_identity_does_not_load(
     );
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// A configuration with one domain, `idle.example`, that `extra` (inside its scope, after the simulator's options)
+/// may break, and an HTTP listener; no traffic.
+fn idle_domain_config(dir: &Path, pki: &Pki, port: u16, extra: &str) -> String {
+    format!(
+        r#"spool_dir = "{spool}"
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+domain "{IDLE}" {{
+{credentials}{extra}
+}}
+"#,
+        spool = dir.join("spool").display(),
+        credentials = token_auth_options(pki, port, TOPIC),
+    )
+}
+
+const IDLE: &str = "idle.example";
+
+/// A reload that leaves a domain without a queue (no traffic since the start) unable to deliver — its provider key
+/// pointed at a file that does not exist — names it and why, as it does for a domain with traffic; the new
+/// configuration is in force all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_names_an_idle_domain_it_leaves_undeliverable() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let config = dir.path().join("herald.conf");
+    let port = support::free_port();
+    std::fs::write(&config, idle_domain_config(dir.path(), &pki, port, "")).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    assert!(server.engine.queues().is_empty(), "the domain has no queue");
+
+    let report = server.reload(None).await.unwrap();
+    assert!(report.unroutable.is_empty(), "{report:?}");
+
+    let missing = dir.path().join("no-such-key.p8");
+    std::fs::write(
+        &config,
+        idle_domain_config(
+            dir.path(),
+            &pki,
+            port,
+            &format!("  apn_key = \"{}\"\n", missing.display()),
+        ),
+    )
+    .unwrap();
+    let report = server.reload(None).await.unwrap();
+    assert_eq!(report.unroutable.len(), 1, "{report:?}");
+    let (domain, why) = &report.unroutable[0];
+    assert_eq!(domain, IDLE);
+    assert!(
+        why.contains("apn_key") && why.contains(&missing.display().to_string()),
+        "{why}"
+    );
+    assert_eq!(server.generation(), 2, "the configuration is in force");
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Spooled notifications of a domain whose provider key was missing when herald started stay in the spool (they
+/// cannot be queued); the reload that puts a usable key in force queues them, and they are delivered, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_notifications_of_a_domain_fixed_by_a_reload_are_delivered() {
+    use herald_spool::{DiskSpool, Spool, SpoolOptions, StoredNotification};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = start_sim(&pki).await;
+    let port = sim.addrs.h2.port();
+    // What an earlier run accepted and did not deliver.
+    let tokens: Vec<String> = (0..20).map(|i| token(0x5b00_0000_0000, i)).collect();
+    {
+        let spool = DiskSpool::open(dir.path().join("spool"), SpoolOptions::default()).unwrap();
+        let records = tokens
+            .iter()
+            .map(|t| StoredNotification {
+                key: spool.next_key(),
+                domain: IDLE.to_owned(),
+                token: (0..32)
+                    .map(|i| u8::from_str_radix(&t[i * 2..i * 2 + 2], 16).unwrap())
+                    .collect(),
+                topic: Some(TOPIC.to_owned()),
+                push_type: Some("alert".to_owned()),
+                priority: None,
+                expiration: None,
+                collapse_id: None,
+                apns_id: None,
+                binding: None,
+                payload: br#"{"aps":{"alert":"left in the spool"}}"#.to_vec(),
+                sender: String::new(),
+                recipient: format!("{t}@{IDLE}"),
+                received_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+                batch_id: 0,
+                conn_id: 0,
+                retries: 0,
+                next_attempt_ms: 0,
+            })
+            .collect();
+        spool.append(records).await.unwrap();
+        spool.close().await.unwrap();
+    }
+    let config = dir.path().join("herald.conf");
+    let missing = dir.path().join("no-such-key.p8");
+    std::fs::write(
+        &config,
+        idle_domain_config(
+            dir.path(),
+            &pki,
+            port,
+            &format!("  apn_key = \"{}\"\n", missing.display()),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    wait_until("the start-up restore to finish", || {
+        !server.restore_progress.is_running()
+    })
+    .await;
+    assert_eq!(server.restore_progress.queued(), 0);
+    assert_eq!(accepted(&sim), 0);
+
+    std::fs::write(&config, idle_domain_config(dir.path(), &pki, port, "")).unwrap();
+    let report = server.reload(None).await.unwrap();
+    assert!(report.unroutable.is_empty(), "{report:?}");
+    wait_until("the spooled notifications to be delivered", || {
+        sim.record().len() >= tokens.len()
+    })
+    .await;
+    let mut delivered: Vec<String> = sim.record().into_iter().map(|r| r.token).collect();
+    delivered.sort();
+    assert_eq!(
+        delivered, tokens,
+        "each spooled notification delivered once"
+    );
+    wait_until("herald to count them delivered", || {
+        server.summary().delivered == tokens.len() as u64
+    })
+    .await;
+    // Nothing is left for a later reload to queue a second time.
+    let report = server.reload(None).await.unwrap();
+    assert!(report.unroutable.is_empty(), "{report:?}");
+    wait_until("the delivered notifications to leave the spool", || {
+        server.spool.stats().removed >= tokens.len() as u64
+    })
+    .await;
+    assert_eq!(sim.record().len(), tokens.len());
+    server.shutdown(Duration::from_secs(2)).await;
+    sim.shutdown().await;
+}

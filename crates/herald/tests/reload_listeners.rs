@@ -340,3 +340,105 @@ domain "{DOMAIN}" {{
     );
     sim.shutdown().await;
 }
+
+/// A reload whose caller goes away (a dashboard request whose client hung up, the request's watchdog) still
+/// finishes: the new configuration is in force, the server knows every listener it runs, with its new settings, and
+/// the next reload has nothing to trip over.
+///
+/// The runtime has one thread, so the test decides when the caller's future is polled. First it polls it until the
+/// reload holds the listeners (it is stopping the control listener, which cannot finish before the test yields) and
+/// drops it there, or sees it finish first (the reload runs on a task of its own, which the scheduler may drive to
+/// its end meanwhile). Then it drops a reload's future right after its first poll.
+#[tokio::test]
+async fn a_reload_whose_caller_goes_away_finishes() {
+    use futures_util::FutureExt;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    let http_port = support::free_port();
+    let control = dir.path().join("control.sock");
+    let write = |mode: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"spool_dir = "{spool}"
+http_listener {{ listen "127.0.0.1:{http_port}" {{ }} }}
+control_listener {{ listen "{control}" {{ file_mode = {mode} }} }}
+"#,
+                spool = dir.path().join("spool").display(),
+                control = control.display(),
+            ),
+        )
+        .unwrap()
+    };
+    let mode = || std::fs::metadata(&control).unwrap().permissions().mode() & 0o777;
+    write("0600");
+    let server = Server::start(&config).await.unwrap();
+    let before = server.addrs().await;
+
+    // A new file mode: the control listener is stopped and bound again. The caller goes away while the reload
+    // rebinds it.
+    write("0640");
+    let mut reload = Box::pin(server.reload(None));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(done) = (&mut reload).now_or_never() {
+            done.unwrap();
+            break;
+        }
+        if server.addrs().now_or_never().is_none() {
+            // The reload holds the listeners.
+            drop(reload);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reload never reached its listeners"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Waits for the listeners, which the reload gives back once it is done with them.
+    let after = tokio::time::timeout(WAIT, server.addrs())
+        .await
+        .expect("the reload gives the listeners back");
+    assert_eq!(after, before, "the server forgot listeners it runs");
+    assert_eq!(
+        mode(),
+        0o640,
+        "the control listener runs with its new settings"
+    );
+    assert_eq!(server.generation(), 1);
+
+    // The caller goes away at once: the reload is done all the same.
+    write("0600");
+    let mut reload = Box::pin(server.reload(None));
+    assert!((&mut reload).now_or_never().is_none());
+    drop(reload);
+    let deadline = Instant::now() + WAIT;
+    while server.generation() < 2 || mode() != 0o600 {
+        assert!(
+            Instant::now() < deadline,
+            "the reload whose caller went away did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        tokio::time::timeout(WAIT, server.addrs()).await.unwrap(),
+        before
+    );
+
+    // The next reload rebinds the control listener again, without an address in use.
+    write("0640");
+    let report = server.reload(None).await.unwrap();
+    assert!(report.listener_errors.is_empty(), "{report:?}");
+    assert_eq!(
+        report.listeners_restarted,
+        vec![format!("Control {}", control.display())],
+        "{report:?}"
+    );
+    assert_eq!(server.addrs().await, before);
+    assert_eq!(mode(), 0o640);
+    assert!(tokio::net::UnixStream::connect(&control).await.is_ok());
+    server.shutdown(Duration::from_secs(2)).await;
+}

@@ -90,7 +90,7 @@ pub enum ParseError {
 const HELP: &str = "\
 Commands:
   summary [reset]                       global counters; `reset` starts them again from zero
-  config reload [PATH]                  read the configuration again (or PATH) and put it in force if it is valid
+  config reload [PATH]                  read the configuration again (or PATH, read from then on) and put it in force if valid
   config eval [SCOPE [NAME]]... OPTION  an option's effective value, with fallback
   config show [SCOPE [NAME]]... [OPTION] the configuration as parsed, one scope of it, or one option set there
   domain NAME|all                       counters, queues and connections of a domain
@@ -599,6 +599,10 @@ fn config_reload(
     Box::pin(async move { config_reload_inner(server, path).await })
 }
 
+/// The answer: `OK` once the new configuration is in force, naming on lines of their own the domains it cannot
+/// deliver, with why (a warning: the configuration is valid, and a domain's credentials may be put in place
+/// after it); `ERR` (with the same first line: the configuration is in force all the same) when a listener could
+/// not take its new settings.
 async fn config_reload_inner(server: &dyn ServerHandle, path: Option<PathBuf>) -> Reply {
     match server.reload(path.as_deref()).await {
         Ok(report) => {
@@ -607,6 +611,13 @@ async fn config_reload_inner(server: &dyn ServerHandle, path: Option<PathBuf>) -
                 report.path.display(),
                 server.generation()
             );
+            if path.is_some() {
+                let _ = writeln!(
+                    out,
+                    "Later reloads (config reload without a path, SIGHUP, the dashboard) read {}.",
+                    report.path.display()
+                );
+            }
             let _ = writeln!(out, "Domains reconfigured: {}", report.domains);
             for (d, why) in &report.unroutable {
                 let _ = writeln!(out, "Domain {d} cannot be delivered: {why}");

@@ -19,7 +19,8 @@ use crate::tokens::InvalidTokenStore;
 pub trait ServerHandle: Send + Sync {
     /// The configuration in force.
     fn config(&self) -> Arc<Config>;
-    /// The file the configuration was loaded from.
+    /// The file a reload without a path reads: the one herald started with, or the one the last successful reload
+    /// from another path read.
     fn config_path(&self) -> std::path::PathBuf;
     /// How many configurations were put in force since start (1 for the first).
     fn generation(&self) -> u64;
@@ -52,7 +53,9 @@ pub trait ServerHandle: Send + Sync {
     fn request_stop(&self);
     /// Reopens the log files; one message per file that could not be reopened.
     fn reopen_logs(&self) -> Vec<String>;
-    /// Reads the configuration again (from `path`, or the file herald started with) and puts it in force if valid.
+    /// Reads the configuration again (from `path`, or [`ServerHandle::config_path`]) and puts it in force if valid;
+    /// once `path` is in force, later reloads without a path read it. The reload finishes even if the returned
+    /// future is dropped.
     fn reload<'a>(
         &'a self,
         path: Option<&'a Path>,

@@ -4,13 +4,18 @@
 //! filtered by `always_allow`/`always_deny`, and speaks TLS when the stanza has `tls_certificate` (and `tls_key`),
 //! so that its password and commands cross the network encrypted (`herald console --tls`). Where `control_password` is set, a connection must send
 //! `auth PASSWORD` before anything else, within `timeout` seconds of connecting, whatever else it sends meanwhile.
-//! A connection that sends nothing for `timeout` seconds (default 60) is closed. Both are read from the configuration in force when a connection arrives, so a reload changes them for
-//! new connections. The wire format is in [`protocol`]; the commands in [`commands`].
+//! A connection that sends nothing for `timeout` seconds (default 60) is closed. These and the connection caps are
+//! the listener's [`ControlRules`]: read from its `listen` stanza in the configuration in force, and put in force
+//! for new connections by every reload whose configuration still has that stanza. A listener the configuration in
+//! force no longer has (one kept on its old address because its new one could not be bound, or one a reload is
+//! about to stop) keeps the rules it last ran with: it is never judged by the defaults. The wire format is in
+//! [`protocol`]; the commands in [`commands`].
 //!
 //! The listener keeps at most `max_connections` connections open, `max_connections_per_client` from one TCP
-//! client address. A wrong password is logged with the client's address; after [`AUTH_FAILURES`] of them
-//! within [`AUTH_WINDOW`], that address is refused every `auth` (right or wrong) until [`AUTH_WINDOW`] has
-//! passed since its last failure.
+//! client address; a client beyond them is told so (at most [`MAX_REFUSALS`] such answers are being written at
+//! once; beyond, the connection is closed without one). A wrong password is logged with the client's address (a
+//! Unix socket client's user id); after [`AUTH_FAILURES`] of them within [`AUTH_WINDOW`], that address (that local
+//! user) is refused every `auth` (right or wrong) until [`AUTH_WINDOW`] has passed since its last failure.
 
 pub mod commands;
 mod handle;
@@ -18,18 +23,19 @@ pub mod protocol;
 
 pub use handle::ServerHandle;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herald_conf::{Config, ListenAddr, ListenerSettings, ScopeKind, ScopePath};
+use herald_conf::{Config, ListenAddr, ListenerKind, ListenerSettings, ScopeKind, ScopePath};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{GuessThrottle, same_secret};
+use crate::access::{Client, GuessThrottle, same_secret};
 use crate::inbound::doors::{ConnLimiter, DoorLimits};
 use commands::Command;
 use protocol::Reply;
@@ -42,6 +48,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const AUTH_FAILURES: usize = crate::access::MAX_GUESSES;
 /// The window over which wrong passwords are counted, and how long a lockout lasts after the last one.
 pub const AUTH_WINDOW: Duration = crate::access::GUESS_WINDOW;
+/// "Too many connections" answers a listener writes at once; a connection refused beyond them is closed at once.
+pub const MAX_REFUSALS: usize = 16;
+/// How long a "Too many connections" answer may take to be written before its connection is closed regardless.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -184,15 +194,18 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<ControlSocket, ControlError
 /// Bytes a Unix socket's path may have (`sun_path`, with its terminating zero).
 const UNIX_PATH_MAX: usize = 108;
 
-/// What one connection is held to, read from the configuration in force.
+/// What the connections of one control listener are held to: its `listen` stanza's `control_password`, `timeout`
+/// and connection caps (each falling back to the `control_listener` scope, then the defaults).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct ConnectionRules {
+pub struct ControlRules {
     password: Option<String>,
     timeout: Duration,
+    limits: DoorLimits,
 }
 
-impl ConnectionRules {
-    fn from_config(config: &Config, settings: &ListenerSettings) -> ConnectionRules {
+impl ControlRules {
+    /// The rules `config` gives the listener of `settings` (by its address).
+    pub fn from_config(config: &Config, settings: &ListenerSettings) -> ControlRules {
         let path = ScopePath::global()
             .then(ScopeKind::ControlListener, None)
             .then(ScopeKind::Listen, Some(&settings.address));
@@ -208,93 +221,98 @@ impl ConnectionRules {
             .filter(|s| *s > 0)
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TIMEOUT);
-        ConnectionRules { password, timeout }
+        ControlRules {
+            password,
+            timeout,
+            limits: DoorLimits::from_config(config, settings),
+        }
+    }
+
+    /// Whether `config` has a `listen` stanza for the control listener at `settings`' address: only then may its
+    /// rules come from `config` (elsewhere its option lookups would fall back to the defaults, such as no password).
+    pub fn has_stanza(config: &Config, settings: &ListenerSettings) -> bool {
+        config
+            .listeners()
+            .iter()
+            .any(|l| l.kind == ListenerKind::Control && l.address == settings.address)
     }
 }
 
 /// Accepts console connections until `stop` is cancelled; each connection runs commands on the server (while it
-/// still exists). The Unix socket file is removed when the listener stops.
+/// still exists), held to the rules `rules` holds when it arrives (see [`ControlRules`]). The Unix socket file is
+/// removed when the listener stops.
 pub async fn serve(
     socket: ControlSocket,
     settings: ListenerSettings,
+    rules: watch::Receiver<Arc<ControlRules>>,
     server: Weak<dyn ServerHandle>,
     stop: CancellationToken,
 ) {
     let settings = Arc::new(settings);
     let conns = ConnLimiter::control();
     let throttle = Arc::new(GuessThrottle::default());
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
         let conn_stop = stop.clone();
         tokio::select! {
             () = stop.cancelled() => break,
             accepted = accept(&socket, &settings) => match accepted {
                 Ok(Some(stream)) => {
-                    let Some(limits) = server
-                        .upgrade()
-                        .map(|s| DoorLimits::from_config(&s.config(), &settings))
-                    else {
+                    if server.strong_count() == 0 {
                         continue;
-                    };
+                    }
+                    let rules = rules.borrow().clone();
                     let client = match &stream {
                         Stream::Unix(_) => None,
                         Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip().to_canonical()),
                     };
-                    let guard = match conns.admit(client, &limits) {
+                    let guard = match conns.admit(client, &rules.limits) {
                         Ok(guard) => guard,
                         Err(busy) => {
                             tracing::warn!(
                                 "control listener {}: refused {}: {busy}",
                                 settings.address,
-                                describe(client)
+                                Client::from(client)
                             );
                             if matches!(&socket, ControlSocket::Tcp { tls: Some(_), .. }) {
                                 // A TLS client would read plain text as garbage: it is closed without a word.
                                 continue;
                             }
-                            tokio::spawn(tokio::time::timeout(Duration::from_secs(2), async move {
-                                let text = format!("Too many connections ({busy}).\n");
-                                match stream {
-                                    Stream::Unix(mut s) => protocol::write_reply(&mut s, &Reply::err(text)).await,
-                                    Stream::Tcp(mut s) => protocol::write_reply(&mut s, &Reply::err(text)).await,
-                                }
-                            }));
+                            refuse(stream, format!("Too many connections ({busy}).\n"), &refusals);
                             continue;
                         }
                     };
                     let server = server.clone();
                     let settings = settings.clone();
-                    let peer = Peer {
-                        client,
-                        throttle: throttle.clone(),
-                    };
                     let tls = match &socket {
                         ControlSocket::Tcp { tls, .. } => tls.clone(),
                         ControlSocket::Unix { .. } => None,
                     };
+                    let throttle = throttle.clone();
                     tokio::spawn(async move {
                         let _slot = guard;
                         match stream {
                             Stream::Unix(s) => {
-                                let client = match s.peer_cred() {
-                                    Ok(c) => format!(
-                                        "unix client uid={} pid={}",
-                                        c.uid(),
-                                        c.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
-                                    ),
-                                    Err(_) => "unix client (credentials unknown)".to_owned(),
-                                };
-                                connection(s, client, server, settings, peer, conn_stop).await
+                                let (client, who) = unix_client(&s);
+                                let peer = Peer { who, throttle };
+                                connection(s, client, server, settings, rules, peer, conn_stop).await
                             }
                             Stream::Tcp(s) => {
                                 let client = match s.peer_addr() {
                                     Ok(a) => format!("tcp client {a}"),
                                     Err(_) => "tcp client (address unknown)".to_owned(),
                                 };
+                                let peer = Peer {
+                                    who: Client::from(s.peer_addr().ok().map(|a| a.ip().to_canonical())),
+                                    throttle,
+                                };
                                 let Some(tls) = tls else {
-                                    return connection(s, client, server, settings, peer, conn_stop).await;
+                                    return connection(s, client, server, settings, rules, peer, conn_stop).await;
                                 };
                                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(s)).await {
-                                    Ok(Ok(s)) => connection(s, client, server, settings, peer, conn_stop).await,
+                                    Ok(Ok(s)) => {
+                                        connection(s, client, server, settings, rules, peer, conn_stop).await
+                                    }
                                     Ok(Err(e)) => tracing::info!(
                                         "control listener {}: TLS handshake with {client} failed: {e}",
                                         settings.address
@@ -322,18 +340,50 @@ pub async fn serve(
     }
 }
 
-/// Who is on the other end of a connection, and the listener's record of wrong passwords.
-struct Peer {
-    client: Option<IpAddr>,
-    throttle: Arc<GuessThrottle>,
+/// Answers a connection refused for want of a slot with `text`, on a task of its own that holds one of `slots`
+/// for at most [`REFUSAL_TIMEOUT`]; with every slot taken (a flood of connections), closes it at once instead, so
+/// that the refused connections cannot pile up. Returns whether an answer is on its way.
+fn refuse(stream: Stream, text: String, slots: &Arc<Semaphore>) -> bool {
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        return false;
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let reply = Reply::err(text);
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async move {
+            match stream {
+                Stream::Unix(mut s) => protocol::write_reply(&mut s, &reply).await,
+                Stream::Tcp(mut s) => protocol::write_reply(&mut s, &reply).await,
+            }
+        })
+        .await;
+    });
+    true
 }
 
-/// A client for the logs: its address, or the Unix socket.
-fn describe(client: Option<IpAddr>) -> String {
-    match client {
-        Some(ip) => ip.to_string(),
-        None => "a Unix socket client".into(),
+/// A Unix socket client: how the logs name it, and who its wrong passwords count against (its user id).
+fn unix_client(s: &tokio::net::UnixStream) -> (String, Client) {
+    match s.peer_cred() {
+        Ok(c) => (
+            format!(
+                "unix client uid={} pid={}",
+                c.uid(),
+                c.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
+            ),
+            Client::LocalUser(Some(c.uid())),
+        ),
+        Err(_) => (
+            "unix client (credentials unknown)".to_owned(),
+            Client::LocalUser(None),
+        ),
     }
+}
+
+/// Who is on the other end of a connection (what its wrong passwords count against), and the listener's record of
+/// wrong passwords.
+struct Peer {
+    who: Client,
+    throttle: Arc<GuessThrottle>,
 }
 
 enum Stream {
@@ -370,15 +420,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     client: String,
     server: Weak<dyn ServerHandle>,
     settings: Arc<ListenerSettings>,
+    rules: Arc<ControlRules>,
     peer: Peer,
     stop: CancellationToken,
 ) {
-    let Some(rules) = server
-        .upgrade()
-        .map(|s| ConnectionRules::from_config(&s.config(), &settings))
-    else {
-        return;
-    };
     let (r, mut w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     let mut authenticated = rules.password.is_none();
@@ -419,32 +464,32 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => (Reply::err(format!("{e}\n")), false),
             Ok(Some(Command::Quit)) => (Reply::ok(""), true),
             Ok(Some(Command::Auth(given))) => match &rules.password {
-                Some(_) if let Some(wait) = peer.throttle.locked(peer.client, AUTH_FAILURES) => {
+                Some(_) if let Some(wait) = peer.throttle.locked(peer.who, AUTH_FAILURES) => {
                     tracing::warn!(
                         "control listener {}: auth from {} refused: locked out after {AUTH_FAILURES} wrong passwords",
                         settings.address,
-                        describe(peer.client)
+                        peer.who
                     );
                     (
                         Reply::err(format!(
                             "Too many failed authentications from {}; try again in {} s.\n",
-                            describe(peer.client),
+                            peer.who,
                             wait.as_secs().max(1)
                         )),
                         true,
                     )
                 }
                 Some(p) if same_secret(p.as_bytes(), given.as_bytes()) => {
-                    peer.throttle.succeeded(peer.client);
+                    peer.throttle.succeeded(peer.who);
                     authenticated = true;
                     (Reply::ok("Authenticated.\n"), false)
                 }
                 Some(_) => {
-                    let failures = peer.throttle.failed(peer.client, AUTH_FAILURES);
+                    let failures = peer.throttle.failed(peer.who, AUTH_FAILURES);
                     tracing::warn!(
                         "control listener {}: wrong password from {} ({failures} within {} s)",
                         settings.address,
-                        describe(peer.client),
+                        peer.who,
                         AUTH_WINDOW.as_secs()
                     );
                     (Reply::err("Authentication failed.\n"), true)
@@ -519,17 +564,23 @@ mod tests {
                }"#,
         )
         .unwrap();
-        let rules = ConnectionRules::from_config(&c, &control_settings(&c));
+        let rules = ControlRules::from_config(&c, &control_settings(&c));
         assert_eq!(rules.password.as_deref(), Some("outer"));
         assert_eq!(rules.timeout, Duration::from_secs(5));
+        assert!(ControlRules::has_stanza(&c, &control_settings(&c)));
 
         let c = Config::parse_str("t.conf", r#"control_listener { listen "/tmp/x.sock" { } }"#)
             .unwrap();
         let s = control_settings(&c);
         assert_eq!(s.file_mode, 0o660);
-        let rules = ConnectionRules::from_config(&c, &s);
+        let rules = ControlRules::from_config(&c, &s);
         assert_eq!(rules.password, None);
         assert_eq!(rules.timeout, DEFAULT_TIMEOUT);
+
+        // Another configuration without a stanza for that address has no say over it.
+        let other = Config::parse_str("t.conf", r#"control_listener { listen "/tmp/y.sock" { } }"#)
+            .unwrap();
+        assert!(!ControlRules::has_stanza(&other, &s));
     }
 
     #[tokio::test]
@@ -589,5 +640,81 @@ mod tests {
             ControlSocket::bind(&control_settings(&c)).await,
             Err(ControlError::NotASocket { .. })
         ));
+    }
+
+    /// A Unix socket client's wrong passwords count against its user: the one this process runs as here.
+    #[tokio::test]
+    async fn a_unix_client_is_known_by_its_user_id() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mine = std::fs::metadata(dir.path()).unwrap().uid();
+        let (server_side, _client_side) = tokio::net::UnixStream::pair().unwrap();
+        let (name, who) = unix_client(&server_side);
+        assert_eq!(who, Client::LocalUser(Some(mine)));
+        assert!(
+            name.starts_with(&format!("unix client uid={mine} pid=")),
+            "{name}"
+        );
+    }
+
+    /// A refused connection is answered on a task holding one of a fixed number of slots; with every slot taken
+    /// (answers to clients that do not read), the next one is closed at once, without an answer.
+    #[tokio::test]
+    async fn refusals_beyond_the_cap_are_closed_at_once() {
+        use tokio::io::AsyncReadExt;
+        let slots = Arc::new(Semaphore::new(2));
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let (server_side, client_side) = tokio::net::UnixStream::pair().unwrap();
+            // A client that reads nothing while its buffers are full: its answer waits.
+            let filler = vec![0u8; 64 * 1024];
+            while server_side.try_write(&filler).is_ok() {}
+            assert!(refuse(
+                Stream::Unix(server_side),
+                "Too many connections (test).\n".into(),
+                &slots
+            ));
+            stalled.push(client_side);
+        }
+        assert_eq!(slots.available_permits(), 0);
+        let (server_side, mut client_side) = tokio::net::UnixStream::pair().unwrap();
+        assert!(!refuse(
+            Stream::Unix(server_side),
+            "Too many connections (test).\n".into(),
+            &slots
+        ));
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(30),
+            client_side.read_to_end(&mut answer),
+        )
+        .await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?} {answer:?}");
+
+        // Once the stalled answers give up, their slots come back and refusals are answered again.
+        drop(stalled);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while slots.available_permits() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the slots never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (server_side, mut client_side) = tokio::net::UnixStream::pair().unwrap();
+        assert!(refuse(
+            Stream::Unix(server_side),
+            "Too many connections (test).\n".into(),
+            &slots
+        ));
+        let mut answer = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client_side.read_to_string(&mut answer),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(answer, "ERR 29\nToo many connections (test).\n");
     }
 }

@@ -1,10 +1,13 @@
 //! The bridge between the queue and herald-spool: accepted notifications become [`StoredNotification`]s (the
 //! message id is the spool key), final outcomes remove them, transient failures record the next attempt, and on
 //! start every spooled notification is queued again with its retry state, in the background while the server
-//! already serves. A final outcome's removal waits until the outcome's records are stored ([`removals`]).
+//! already serves. Those of a domain that cannot be delivered then stay in the spool, noted in a [`LeftInSpool`]:
+//! after a reload, [`spawn_requeue`] queues the ones whose domain the new configuration delivers. A final outcome's
+//! removal waits until the outcome's records are stored ([`removals`]).
 
 pub mod removals;
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,7 +21,7 @@ use herald_spool::{RecoveryReport, Spool, SpoolError, SpoolKey, StoredNotificati
 use crate::inbound::accept::{BoxFuture, Durable};
 use crate::outcomes::OutcomeWriter;
 use crate::queue::message::{DEFAULT_BINDING, MessageId, Notification};
-use crate::queue::{Engine, QueueObserver, SubmitError};
+use crate::queue::{Engine, QueueObserver, SettingsResolver, SubmitError};
 
 /// Makes accepted notifications durable in a spool, and keeps the spool in step with the queue.
 pub struct SpoolBridge {
@@ -231,6 +234,110 @@ pub struct Restored {
     pub interrupted: bool,
 }
 
+/// The spooled notifications a restore left in the spool because their domain could not be delivered (from their
+/// binding) then: spans of spool keys by domain and binding. A later restore restricted to them ([`spawn_requeue`])
+/// queues exactly those, none that was queued already.
+#[derive(Debug, Default)]
+pub struct LeftInSpool {
+    /// By domain, then binding.
+    queues: HashMap<Arc<str>, HashMap<Arc<str>, Spans>>,
+}
+
+/// Spans of keys `(first, last)` in increasing order. While the restore that records them runs, the last one is
+/// `open` until a notification of its queue is queued: a span holds no key of its queue that was queued.
+#[derive(Debug, Default)]
+struct Spans {
+    spans: Vec<(SpoolKey, SpoolKey)>,
+    open: bool,
+}
+
+impl LeftInSpool {
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    /// The domains it holds notifications of, sorted.
+    pub fn domains(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.queues.keys().map(|d| d.to_string()).collect();
+        out.sort();
+        out
+    }
+
+    /// Notes that `key`, of (`binding`, `domain`) and greater than every key noted before, stays in the spool.
+    fn left(&mut self, binding: &Arc<str>, domain: &Arc<str>, key: SpoolKey) {
+        let spans = self
+            .queues
+            .entry(domain.clone())
+            .or_default()
+            .entry(binding.clone())
+            .or_default();
+        match spans.spans.last_mut() {
+            Some(last) if spans.open => last.1 = key,
+            _ => spans.spans.push((key, key)),
+        }
+        spans.open = true;
+    }
+
+    /// Notes that a notification of (`binding`, `domain`) was queued: the span open ends before it.
+    fn queued(&mut self, binding: &str, domain: &str) {
+        if let Some(spans) = self.queues.get_mut(domain).and_then(|b| b.get_mut(binding)) {
+            spans.open = false;
+        }
+    }
+
+    /// Whether `key` of (`binding`, `domain`) is in one of its spans.
+    fn holds(&self, binding: &str, domain: &str, key: SpoolKey) -> bool {
+        self.queues
+            .get(domain)
+            .and_then(|b| b.get(binding))
+            .is_some_and(|s| {
+                let i = s.spans.partition_point(|(_, last)| *last < key);
+                s.spans.get(i).is_some_and(|(first, _)| *first <= key)
+            })
+    }
+
+    /// The (binding, domain) queues it holds spans of.
+    fn queues(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        self.queues
+            .iter()
+            .flat_map(|(d, bindings)| bindings.keys().map(|b| (b.clone(), d.clone())))
+            .collect()
+    }
+
+    /// Takes the spans of `queues` out.
+    fn take(&mut self, queues: &[(Arc<str>, Arc<str>)]) -> LeftInSpool {
+        let mut out = LeftInSpool::default();
+        for (binding, domain) in queues {
+            let Some(bindings) = self.queues.get_mut(domain) else {
+                continue;
+            };
+            if let Some(spans) = bindings.remove(binding) {
+                out.queues
+                    .entry(domain.clone())
+                    .or_default()
+                    .insert(binding.clone(), spans);
+            }
+            if bindings.is_empty() {
+                self.queues.remove(domain);
+            }
+        }
+        out
+    }
+
+    /// Adds the spans `other` holds; every span is closed.
+    fn merge(&mut self, other: LeftInSpool) {
+        for (domain, bindings) in other.queues {
+            let mine = self.queues.entry(domain).or_default();
+            for (binding, spans) in bindings {
+                let merged = mine.entry(binding).or_default();
+                merged.spans.extend(spans.spans);
+                merged.spans.sort();
+                merged.open = false;
+            }
+        }
+    }
+}
+
 /// How far the restore of the spool is: for metrics while it runs in the background.
 #[derive(Debug, Default)]
 pub struct RestoreProgress {
@@ -270,27 +377,39 @@ pub async fn restore(
     engine: Arc<Engine>,
     progress: &RestoreProgress,
 ) -> Result<Restored, SpoolError> {
-    restore_retrying(spool, engine, progress, RESTORE_RETRY_FIRST).await
+    restore_retrying(spool, engine, progress, RESTORE_RETRY_FIRST, None)
+        .await
+        .map(|(restored, _)| restored)
 }
 
-/// [`restore`], with `first_wait` before the first read again.
+/// [`restore`], with `first_wait` before the first read again, of the notifications `only` holds (all without it);
+/// also returns what it left in the spool.
 async fn restore_retrying(
     spool: Arc<dyn Spool>,
     engine: Arc<Engine>,
     progress: &RestoreProgress,
     first_wait: Duration,
-) -> Result<Restored, SpoolError> {
+    only: Option<Arc<LeftInSpool>>,
+) -> Result<(Restored, LeftInSpool), SpoolError> {
     let mut pass = RestorePass::default();
     let mut wait = first_wait;
     let mut attempt = 1u32;
     loop {
-        match restore_pass(spool.clone(), engine.clone(), progress, &mut pass).await {
+        match restore_pass(
+            spool.clone(),
+            engine.clone(),
+            progress,
+            &mut pass,
+            only.clone(),
+        )
+        .await
+        {
             Ok(report) => {
                 pass.restored.report = RecoveryReport {
                     recovered: pass.recovered,
                     ..report
                 };
-                return Ok(pass.restored);
+                return Ok((pass.restored, pass.left));
             }
             Err(SpoolError::Closed) => return Err(SpoolError::Closed),
             Err(e) => {
@@ -320,14 +439,17 @@ struct RestorePass {
     recovered: u64,
     /// Domains that cannot deliver, warned about once each.
     unroutable: std::collections::HashSet<String>,
+    /// The notifications left in the spool because their domain cannot deliver.
+    left: LeftInSpool,
 }
 
-/// One read of the spool for [`restore`]: queues what comes after `pass.last`.
+/// One read of the spool for [`restore`]: queues what comes after `pass.last` (of it, what `only` holds).
 async fn restore_pass(
     spool: Arc<dyn Spool>,
     engine: Arc<Engine>,
     progress: &RestoreProgress,
     pass: &mut RestorePass,
+    only: Option<Arc<LeftInSpool>>,
 ) -> Result<RecoveryReport, SpoolError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StoredNotification>>(8);
     let after = pass.last;
@@ -335,6 +457,15 @@ async fn restore_pass(
         let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
         let report = spool.recover_each(&mut |n| {
             if after.is_some_and(|after| n.key <= after) {
+                return ControlFlow::Continue(());
+            }
+            if let Some(only) = &only
+                && !only.holds(
+                    n.binding.as_deref().unwrap_or(DEFAULT_BINDING),
+                    &n.domain,
+                    n.key,
+                )
+            {
                 return ControlFlow::Continue(());
             }
             chunk.push(n);
@@ -357,29 +488,38 @@ async fn restore_pass(
             let key = stored.key;
             let id = MessageId(key.0);
             match from_stored(stored) {
-                Ok((n, retries, next)) => match engine.restore(n, retries, next).await {
-                    Ok(()) => {
-                        pass.restored.queued += 1;
-                        progress
-                            .queued
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Err(SubmitError::ShuttingDown) => {
-                        pass.restored.interrupted = true;
-                        break 'chunks;
-                    }
-                    Err(SubmitError::Unroutable { domain, reason }) => {
-                        pass.restored.dropped += 1;
-                        // Once per domain: a domain removed from the configuration may hold many.
-                        if !pass.unroutable.contains(&domain) {
-                            tracing::warn!(
-                                "spooled notifications of {domain:?} stay in the spool, not queued: the domain \
-                                 cannot deliver: {reason} (first: {id})"
-                            );
-                            pass.unroutable.insert(domain);
+                Ok((n, retries, next)) => {
+                    let (binding, domain) = (n.binding.clone(), n.domain.clone());
+                    match engine.restore(n, retries, next).await {
+                        Ok(()) => {
+                            pass.left.queued(&binding, &domain);
+                            pass.restored.queued += 1;
+                            progress
+                                .queued
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(SubmitError::ShuttingDown) => {
+                            pass.restored.interrupted = true;
+                            break 'chunks;
+                        }
+                        Err(SubmitError::Unroutable {
+                            domain: name,
+                            reason,
+                        }) => {
+                            pass.restored.dropped += 1;
+                            pass.left.left(&binding, &domain, key);
+                            // Once per domain: a domain removed from the configuration may hold many.
+                            if !pass.unroutable.contains(&name) {
+                                tracing::warn!(
+                                    "spooled notifications of {name:?} stay in the spool, not queued: the domain \
+                                 cannot deliver: {reason} (first: {id}); a reload that makes it deliverable \
+                                 queues them"
+                                );
+                                pass.unroutable.insert(name);
+                            }
                         }
                     }
-                },
+                }
                 Err(e) => {
                     pass.restored.dropped += 1;
                     tracing::warn!("{e}");
@@ -400,17 +540,31 @@ async fn restore_pass(
 }
 
 /// Restores the spool (see [`restore`]) in a task of its own and logs the outcome: the server serves meanwhile.
+/// What it leaves in the spool is noted in `left`, which it holds until it is done.
 pub fn spawn_restore(
     spool: Arc<dyn Spool>,
     engine: Arc<Engine>,
     progress: Arc<RestoreProgress>,
+    left: Arc<tokio::sync::Mutex<LeftInSpool>>,
 ) -> tokio::task::JoinHandle<Result<Restored, SpoolError>> {
     progress
         .running
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    // Taken now, before anything (a reload's requeue) can ask for it.
+    let held = left.clone().try_lock_owned();
     tokio::spawn(async move {
+        let mut held = match held {
+            Ok(held) => held,
+            Err(_) => left.lock_owned().await,
+        };
         let started = std::time::Instant::now();
-        let result = restore(spool, engine, &progress).await;
+        let result = restore_retrying(spool, engine, &progress, RESTORE_RETRY_FIRST, None)
+            .await
+            .map(|(restored, left)| {
+                held.merge(left);
+                restored
+            });
+        drop(held);
         progress
             .running
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -439,6 +593,71 @@ pub fn spawn_restore(
             ),
         }
         result
+    })
+}
+
+/// After a reload: queues the notifications a restore left in the spool (`left`) of every (binding, domain) that
+/// `resolver` now resolves, in a task of its own, once the start-up restore and the passes of earlier reloads are
+/// done. What it still cannot queue stays noted for the next reload. Returns how many it queued.
+///
+/// The JetStream spool leaves nothing there (its recovery reads nothing locally): a pulled notification of a domain
+/// this node cannot deliver goes back to the stream for [`UNROUTED_RELEASE`] and is pulled again ([`spawn_pull`]), so
+/// after a reload that makes its domain deliverable it is delivered at its next pull.
+pub fn spawn_requeue(
+    spool: Arc<dyn Spool>,
+    engine: Arc<Engine>,
+    progress: Arc<RestoreProgress>,
+    left: Arc<tokio::sync::Mutex<LeftInSpool>>,
+    resolver: Arc<dyn SettingsResolver>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut left = left.lock_owned().await;
+        if left.is_empty() {
+            return 0;
+        }
+        let queues = left.queues();
+        let ready = crate::queue::run_blocking(move || {
+            queues
+                .into_iter()
+                .filter(|(binding, domain)| resolver.resolve_binding(binding, domain).is_ok())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        if ready.is_empty() {
+            return 0;
+        }
+        let wanted = left.take(&ready);
+        let domains = wanted.domains().join(", ");
+        let started = std::time::Instant::now();
+        match restore_retrying(
+            spool,
+            engine,
+            &progress,
+            RESTORE_RETRY_FIRST,
+            Some(Arc::new(wanted)),
+        )
+        .await
+        {
+            Ok((restored, still)) => {
+                left.merge(still);
+                tracing::info!(
+                    queued = restored.queued,
+                    left = restored.dropped,
+                    "queued spooled notifications of {domains} left in the spool at start, now that the \
+                     configuration delivers them, in {:?}",
+                    started.elapsed()
+                );
+                restored.queued
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "queueing the spooled notifications of {domains} stopped: {e}; they stay in the spool until \
+                     the next start"
+                );
+                0
+            }
+        }
     })
 }
 
@@ -702,11 +921,12 @@ pub(crate) mod tests {
         ));
         engine.set_held(true);
         let progress = RestoreProgress::default();
-        let restored = restore_retrying(
+        let (restored, _) = restore_retrying(
             spool.clone(),
             engine.clone(),
             &progress,
             Duration::from_millis(1),
+            None,
         )
         .await
         .unwrap();
@@ -826,6 +1046,38 @@ pub(crate) mod tests {
         assert_eq!(w.note("a.example", t0 + UNROUTED_WARN_EVERY), Some(4));
         assert_eq!(w.note("a.example", t0 + UNROUTED_WARN_EVERY), None);
         assert_eq!(w.note("b.example", t0 + UNROUTED_WARN_EVERY * 2), Some(1));
+    }
+
+    /// A restore notes the keys it leaves in the spool in spans per queue; a key of the queue it queued in between
+    /// ends a span, so that a later pass over the spans queues none that is queued already.
+    #[test]
+    fn the_keys_left_in_the_spool_are_noted_in_spans_a_queued_one_ends() {
+        let (b, d, other): (Arc<str>, Arc<str>, Arc<str>) = (
+            Arc::from(DEFAULT_BINDING),
+            Arc::from("a.example"),
+            Arc::from("b.example"),
+        );
+        let mut left = LeftInSpool::default();
+        left.left(&b, &d, SpoolKey(1));
+        left.left(&b, &other, SpoolKey(2));
+        left.left(&b, &d, SpoolKey(3));
+        left.queued(&b, &d);
+        left.left(&b, &d, SpoolKey(5));
+        left.left(&b, &d, SpoolKey(6));
+        // Spans are ranges of keys: key 2 (another domain's) is in one, but is never a notification of this queue.
+        let held: Vec<u128> = (0..8u128)
+            .filter(|k| left.holds(&b, &d, SpoolKey(*k)))
+            .collect();
+        assert_eq!(held, [1, 2, 3, 5, 6], "key 4 of the queue was queued");
+        assert!(!left.holds("other-binding", &d, SpoolKey(1)));
+        assert!(left.holds(&b, &other, SpoolKey(2)));
+
+        let taken = left.take(&[(b.clone(), d.clone())]);
+        assert_eq!(taken.domains(), ["a.example"]);
+        assert_eq!(left.domains(), ["b.example"]);
+        assert!(!left.holds(&b, &d, SpoolKey(1)));
+        left.merge(taken);
+        assert!(left.holds(&b, &d, SpoolKey(6)) && !left.holds(&b, &d, SpoolKey(4)));
     }
 
     #[test]
