@@ -1184,3 +1184,58 @@ async fn every_route_holds_a_body_to_the_listeners_max_request_size() {
     assert!(text.contains("max_request_size is 1000"), "{text}");
     h.stop().await;
 }
+
+/// A request needing more notifications than the queue ever holds at once is refused for good (413, naming the
+/// option), not told to retry (503) for ever; one that fits later is told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_the_queue_ever_holds_is_refused_for_good() {
+    let h = Herald::start(Opts {
+        global: "max_resident_notifications = 100",
+        ..Opts::default()
+    })
+    .await;
+    let (status, retry, json) = push(&h, &tokens_body(0..101)).await;
+    assert_eq!(status, 413, "{json}");
+    assert_eq!(retry, None, "{json}");
+    assert!(
+        error_of(&json).contains("101 notifications")
+            && error_of(&json).contains("max_resident_notifications = 100")
+            && error_of(&json).contains("split"),
+        "{json}"
+    );
+    let (status, _, json) = push(&h, &tokens_body(0..100)).await;
+    assert_eq!(status, 202, "100 fit: {json}");
+    let (status, _, json) = push(&h, &tokens_body(100..101)).await;
+    assert_eq!(status, 503, "full now, room later: {json}");
+    h.stop().await;
+}
+
+/// A domain whose provider key herald cannot read is the operator's to fix: the native API answers 503 (retry), not
+/// 400, naming the key file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_whose_key_cannot_be_read_is_a_temporary_refusal() {
+    let h = Herald::start(Opts::default()).await;
+    let config = h.dir.join("herald.conf");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let missing = h.dir.join("no-such-key.p8");
+    let broken: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("apn_key ") {
+                format!("  apn_key = \"{}\"\n", missing.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_ne!(broken, text, "the configuration names an apn_key");
+    std::fs::write(&config, broken).unwrap();
+    h.server.reload(None).await.unwrap();
+    let (status, _, json) = push(&h, &tokens_body(0..1)).await;
+    assert_eq!(status, 503, "{json}");
+    assert!(
+        error_of(&json).contains("no-such-key.p8"),
+        "the key file is named: {json}"
+    );
+    h.stop().await;
+}

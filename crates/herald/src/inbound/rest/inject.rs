@@ -147,9 +147,11 @@ async fn inject_batch(
     if recipients.len() > max_notifications {
         return Err(super::push::too_many(recipients.len(), max_notifications));
     }
-    intake
-        .has_room(recipients.len())
-        .map_err(super::push::refusal_error)?;
+    // The room is taken before anything is rendered (a message of several parts renders more notifications than
+    // recipients: those beyond it wait for room as they are queued).
+    let room = intake
+        .reserve(recipients.len())
+        .map_err(super::push::no_room_error)?;
     let template = Template::parse(template);
     let mut domains: Vec<&str> = recipients
         .iter()
@@ -205,7 +207,7 @@ async fn inject_batch(
         ));
     }
     intake
-        .commit(batch, source)
+        .commit_reserved(batch, source, room)
         .await
         .map_err(super::push::refusal_error)?;
     Ok(json_response(StatusCode::OK, render(&outcomes, None)))

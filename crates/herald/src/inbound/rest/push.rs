@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use super::RestState;
 use super::error::{ApiError, describe_json_error, json_response, push_json_string, read_body};
 use super::text::Text;
-use crate::inbound::accept::{Intake, Refusal, Source, Submission};
+use crate::inbound::accept::{Intake, NoRoom, Refusal, Source, Submission};
 use crate::queue::message::MessageId;
 use herald_apns::notification::PushHeaders;
 
@@ -124,11 +124,21 @@ async fn accept_batch(
     intake.warm(binding.as_deref(), domain).await;
     intake
         .check_binding_domain(binding.as_deref(), domain)
-        .map_err(|e| match &binding {
-            Some(_) => ApiError::bad_request(format!("domain, binding: {e}")),
-            None => ApiError::bad_request(format!("domain: {e}")),
+        .map_err(|e| {
+            let message = match &binding {
+                Some(_) => format!("domain, binding: {e}"),
+                None => format!("domain: {e}"),
+            };
+            // Credentials herald cannot read now are the operator's to fix: the sender retries (503).
+            if e.is_temporary() {
+                ApiError::unavailable(message)
+            } else {
+                ApiError::bad_request(message)
+            }
         })?;
-    intake.has_room(count).map_err(refusal_error)?;
+    // The room is taken before anything is built, so that concurrent requests cannot together build more than the
+    // queue holds.
+    let room = intake.reserve(count).map_err(no_room_error)?;
     let submissions = request.submissions(domain, &binding)?;
     let mut results = Vec::with_capacity(submissions.len());
     let mut accepted = Vec::with_capacity(submissions.len());
@@ -136,10 +146,22 @@ async fn accept_batch(
         take(intake, submission, source, &mut results, &mut accepted)?;
     }
     intake
-        .commit(accepted, source)
+        .commit_reserved(accepted, source, room)
         .await
         .map_err(refusal_error)?;
     Ok(results)
+}
+
+/// A request the queue has no room for: 413 when it never will (more notifications than
+/// `max_resident_notifications`: split it), else 503 (retry later).
+pub(super) fn no_room_error(no_room: NoRoom) -> ApiError {
+    match no_room {
+        NoRoom::Never { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{no_room}: split the request into smaller ones"),
+        ),
+        NoRoom::Now(why) => refusal_error(Refusal::Temporary(why)),
+    }
 }
 
 impl<'a> PushBody<'a> {
