@@ -9,7 +9,8 @@
 //! restarts. Idempotency answers have an expiry index of their own, so that
 //! [`OutcomeStore::prune_idempotency`] visits only what has expired.
 //!
-//! Outcome writes are buffered (they reach the operating system, which keeps them across a crash of the process);
+//! Outcome writes are buffered (they reach the operating system, which keeps them across a crash of the process, not
+//! across a power loss); [`OutcomeStore::sync`] makes them durable (herald calls it at a graceful stop), and
 //! idempotency answers can be written synced. After a failed write (disk full, I/O error) fjall refuses every later
 //! write until the keyspace is opened again: the store reopens it, as the spool does its own, once there is room: at
 //! the next write, then at most every [`REOPEN_INTERVAL`], and at once when a failed write finds room again.
@@ -17,7 +18,7 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -273,6 +274,10 @@ pub struct OutcomeStore {
     /// Held by the write of an idempotency answer and by each batch of [`OutcomeStore::prune_idempotency`], so that
     /// a key stored again is not deleted on the strength of its earlier, expired answer.
     idempotency_lock: Mutex<()>,
+    /// Set by [`OutcomeStore::refuse_writes`]: every write fails as on a failing disk (tests of the writers).
+    refusing: AtomicBool,
+    /// Writes refused while `refusing` was set.
+    refused: AtomicU64,
 }
 
 /// What [`OutcomeStore::lookup`] found.
@@ -335,6 +340,8 @@ impl OutcomeStore {
             count_lock: Mutex::new(()),
             idempotency_indexed: AtomicU8::new(opened.indexed),
             idempotency_lock: Mutex::new(()),
+            refusing: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -422,6 +429,15 @@ impl OutcomeStore {
         let Some(parts) = guard.as_ref() else {
             return Err(closed(context));
         };
+        if self.refusing.load(Ordering::Relaxed) {
+            drop(guard);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            let e = SpoolError::Io {
+                context,
+                source: std::sync::Arc::new(std::io::Error::from_raw_os_error(libc::EIO)),
+            };
+            return Err(self.note_failure(e));
+        }
         let result = f(parts);
         drop(guard);
         match result {
@@ -435,11 +451,25 @@ impl OutcomeStore {
         }
     }
 
+    /// From now on (`on`) every write fails with an I/O error, as on a failing disk, and the store takes it for a
+    /// failed write (it reopens its keyspace when a reopen is due, as after a real one); until called again with
+    /// `false`. For the tests of the writers that must outlast such a failure.
+    #[doc(hidden)]
+    pub fn refuse_writes(&self, on: bool) {
+        self.refusing.store(on, Ordering::Relaxed);
+    }
+
+    /// Writes refused by [`OutcomeStore::refuse_writes`] so far.
+    #[doc(hidden)]
+    pub fn writes_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// Notes a failed write and maps its error. fjall answers a failed journal write with "poisoned" and no cause,
     /// so the disk is checked for the room a reopen wants: where there is none, the error says the disk is full;
     /// where there is again, after a failure that found it full, the next write reopens the keyspace without
-    /// waiting for `retry_interval` (the writers of outcomes and webhook events drop what a few quick tries do not
-    /// store). On a full disk the check fails at its first block.
+    /// waiting for `retry_interval` (the writers of outcomes and webhook events keep what was not stored and try
+    /// again, no sooner than that). On a full disk the check fails at its first block.
     fn failed(&self, context: &'static str, e: fjall::Error) -> SpoolError {
         let mut e = error(context, e);
         if !e.is_disk_full()
@@ -448,6 +478,12 @@ impl OutcomeStore {
         {
             e = SpoolError::DiskFull { context, source };
         }
+        self.note_failure(e)
+    }
+
+    /// Notes a failed write whose error is `e`: the store refuses writes until a reopen (see
+    /// [`OutcomeStore::failed`]).
+    fn note_failure(&self, e: SpoolError) -> SpoolError {
         let full = e.is_disk_full();
         let mut broken = lock(&self.broken);
         match broken.as_mut() {
@@ -815,6 +851,24 @@ impl OutcomeStore {
                 batch.remove(&p.webhook, hook_key(queue, *first_seq));
             }
             batch.insert(&p.webhook_heads, queue.as_bytes(), head.to_be_bytes());
+            batch.commit()
+        })
+    }
+
+    /// Forgets webhook queue `queue`, whose events are all done with: deletes its recorded number and whatever chunk
+    /// is still stored under its name (one whose deletion failed), in one buffered write. A later queue of that name
+    /// then numbers its events from the start and meets nothing of this one.
+    pub fn hook_forget(&self, queue: &str) -> Result<(), SpoolError> {
+        self.write("forgetting a webhook queue", |p| {
+            let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
+            for kv in p
+                .webhook
+                .range(hook_key(queue, 0)..=hook_key(queue, u64::MAX))
+            {
+                let (k, _) = kv?;
+                batch.remove(&p.webhook, k);
+            }
+            batch.remove(&p.webhook_heads, queue.as_bytes());
             batch.commit()
         })
     }
@@ -1247,6 +1301,15 @@ mod tests {
         // A queue with every chunk done is still listed, with its number.
         store.hook_advance("a.example", 4, &[3]).unwrap();
         assert_eq!(store.hook_queues().unwrap()[0], queue("a.example", 4, &[]));
+        // Forgotten, it is gone, with a chunk whose deletion was missed; the other queue stays.
+        store
+            .hook_append("a.example", 9, &encode_chunk(&[b"9"]))
+            .unwrap();
+        store.hook_forget("a.example").unwrap();
+        assert_eq!(
+            store.hook_queues().unwrap(),
+            vec![queue("b.example", 0, &[(1, 1)])]
+        );
     }
 
     #[test]
@@ -1463,6 +1526,38 @@ mod tests {
         );
     }
 
+    /// Writes refused for a test fail as on a failing disk (a temporary error, the store reopened when due); once
+    /// they are taken again, nothing stored before is lost and the count is exact.
+    #[test]
+    fn refused_writes_fail_as_on_a_failing_disk_and_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open_with(dir.path(), Duration::from_millis(1)).unwrap();
+        store.put(&[(key(1, 1), 1_000, b"before")]).unwrap();
+        store.refuse_writes(true);
+        let refused = store.put(&[(key(1, 2), 1_000, b"refused")]).unwrap_err();
+        assert!(refused.is_temporary(), "{refused}");
+        assert!(
+            refused.to_string().contains("writing outcomes"),
+            "{refused}"
+        );
+        assert!(store.hook_append("a.example", 1, b"x").is_err());
+        assert_eq!(store.writes_refused(), 2);
+        // Reads go on meanwhile.
+        assert_eq!(
+            store.lookup(&key(1, 1)).unwrap(),
+            Lookup::Found(b"before".to_vec())
+        );
+        store.refuse_writes(false);
+        std::thread::sleep(Duration::from_millis(2));
+        store.put(&[(key(1, 2), 1_000, b"after")]).unwrap();
+        assert_eq!(
+            store.lookup(&key(1, 2)).unwrap(),
+            Lookup::Found(b"after".to_vec())
+        );
+        assert_eq!(store.len(), 2);
+        store.sync().unwrap();
+    }
+
     use herald_testkit::tmpfs::mount as tmpfs;
 
     /// Writes a file in `dir` until its file system is full.
@@ -1512,7 +1607,7 @@ mod tests {
 
         std::fs::remove_file(&filler).unwrap();
         // The first write still meets the refusing keyspace and finds room; the next one reopens it (the outcome
-        // writer tries three times before it drops a batch).
+        // writers try again until a write is stored).
         let after = [(key(2, 1), 2_000, b"after")];
         if let Err(e) = store.put(&after) {
             assert!(!e.is_disk_full(), "{e}");

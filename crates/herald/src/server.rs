@@ -239,7 +239,7 @@ impl Server {
             out.push_str(&format!(
                 "# HELP herald_outcomes_stored Final outcomes kept for status lookups.\n# TYPE herald_outcomes_stored gauge\nherald_outcomes_stored {}\n\
                  # HELP herald_outcomes_tracked Notifications followed in memory by the status book.\n# TYPE herald_outcomes_tracked gauge\nherald_outcomes_tracked {}\n\
-                 # HELP herald_outcomes_dropped_total Final outcomes not stored because the store fell behind or refused them.\n# TYPE herald_outcomes_dropped_total counter\nherald_outcomes_dropped_total {}\n",
+                 # HELP herald_outcomes_dropped_total Final outcomes not stored because the writer fell 100,000 behind (refused writes are tried again, not dropped).\n# TYPE herald_outcomes_dropped_total counter\nherald_outcomes_dropped_total {}\n",
                 s.stored, s.tracked, s.dropped + hooks.handoff_dropped()
             ));
             out.push_str(&format!(

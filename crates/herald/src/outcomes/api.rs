@@ -1,8 +1,10 @@
 //! The status routes: `GET /api/v1/notifications/{id}` and the batch form `POST /api/v1/notifications/query`
 //! (`{"ids": [...]}`, at most [`MAX_BATCH`]). They answer from the [`StatusBook`]; on the JetStream spool, the ids
 //! the book holds no state for (unknown or expired to it) are asked of the other nodes, once per request
-//! ([`super::peers`]). An id herald does not know is a `404` whose `error` says whether it is unknown or expired
-//! (finished longer ago than `outcome_retention`).
+//! ([`super::peers`]). An id herald does not know is a `404` whose `found` says whether it is unknown or expired
+//! (finished longer ago than `outcome_retention`). Unknown is not final: a notification accepted but held by no
+//! book yet (waiting in the JetStream stream, handed back to it for a retry, in the embedded spool while it is
+//! restored after a start) is unknown until a node queues it, and its `error` says so.
 //!
 //! An id this node's book calls expired is asked too: the book says expired for an id not stored and at or below
 //! the highest number pruned from its run, but on the JetStream spool any node stores outcomes of another node's
@@ -98,7 +100,11 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
         ),
         Ok(Found::Unknown) => (
             "unknown",
-            format!("{id}: unknown: herald has no notification with this id"),
+            format!(
+                "{id}: unknown: herald holds no state for this id now: it was never accepted, or it was accepted and \
+                 waits to be queued (in the JetStream stream, handed back to it for a retry, or in the spool while \
+                 it is restored after a start); ask again later"
+            ),
         ),
         Err(e) => {
             return reply(
@@ -236,6 +242,28 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, routes(state)).await });
         format!("http://{addr}/api/v1/notifications")
+    }
+
+    /// An id no book holds is `404` `unknown`, and the text says it may still be on its way to a queue (accepted,
+    /// not yet queued by any node): unknown is not final.
+    #[tokio::test]
+    async fn an_unknown_id_is_404_and_says_it_may_still_be_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let id = IdGenerator::new(7).next().to_string();
+        let a = answer(&book, &id);
+        assert_eq!(a.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            (&a.body["id"], &a.body["found"]),
+            (&json!(id), &json!("unknown"))
+        );
+        let error = a.body["error"].as_str().unwrap();
+        assert!(
+            error.starts_with(&format!("{id}: unknown: ")) && error.contains("waits to be queued"),
+            "{error}"
+        );
+        assert!(a.ask.is_some(), "another node may hold it");
     }
 
     /// On the JetStream spool a node's prune mark for a run can pass ids it never held: node B stored and pruned

@@ -3,9 +3,12 @@
 //! Notifications still in the queue are kept in memory (sharded maps in id order, [`super::slots`], updated by the
 //! [`OutcomeListener`] calls of the delivery path); a final outcome is handed to a writer thread that stores it in
 //! the [`OutcomeStore`] (in the spool directory, so it survives a restart) and only then leaves memory, so a lookup
-//! never misses it in between. The hand-over never blocks delivery: past [`WRITE_BACKLOG`] waiting outcomes, new
-//! ones are dropped with a counter and a log line. A graceful stop waits for the writer ([`StatusBook::flush`]). A
-//! background task prunes what is older than the retention, or the oldest beyond `outcome_max_entries`.
+//! never misses it in between. A batch the store refuses (disk full, I/O error) stays in memory and is tried again
+//! until it is stored ([`super::StoreRetry`]); the spool keeps its notifications meanwhile. The hand-over never
+//! blocks delivery: past [`WRITE_BACKLOG`] waiting outcomes (a writer that falls behind, or waits for a refusing
+//! store), new ones are dropped with a counter and a log line. A graceful stop waits for the writer and syncs the
+//! store ([`StatusBook::flush`]). A background task prunes what is older than the retention, or the oldest beyond
+//! `outcome_max_entries`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -185,8 +188,8 @@ pub struct BookStats {
     pub tracked: u64,
     /// Final outcomes in the store.
     pub stored: u64,
-    /// Final outcomes dropped because the writer fell [`WRITE_BACKLOG`] behind or the store refused them (disk
-    /// full or failing).
+    /// Final outcomes dropped because the writer fell [`WRITE_BACKLOG`] behind (a store that refuses writes makes
+    /// it fall behind: the writer keeps trying its batch meanwhile).
     pub dropped: u64,
     /// Outcomes pruned after the retention or beyond the bound.
     pub pruned: u64,
@@ -202,7 +205,7 @@ pub struct StatusBook {
     /// count's order: `written` reaching a value of `submitted` then means every outcome counted by it is stored
     /// ([`super::OutcomeWriter`]).
     handing: Mutex<()>,
-    /// Final outcomes handed to the writer, and those it has stored (or given up on): see [`StatusBook::flush`].
+    /// Final outcomes handed to the writer, and those it has stored: see [`StatusBook::flush`].
     submitted: AtomicU64,
     written: AtomicU64,
     /// The writer thread could not start or ended while the book exists (see [`super::OutcomeWriter`]).
@@ -256,9 +259,14 @@ impl StatusBook {
     /// Waits (at most `within`) until every final outcome handed to the writer so far is stored: at a graceful
     /// stop, so that the outcomes of the last deliveries are still there after the restart. False when the time ran
     /// out first.
+    /// The store is synced then, stored or not (outcome writes are buffered: durable across a crash of the process,
+    /// and across a power loss once synced).
     pub async fn flush(&self, within: Duration) -> bool {
         let target = self.submitted.load(Ordering::Acquire);
-        super::reached(&self.written, target, within).await
+        let started = std::time::Instant::now();
+        let reached = super::reached(&self.written, target, within).await;
+        super::sync_store(&self.store, within.saturating_sub(started.elapsed())).await;
+        reached
     }
 
     pub fn retention(&self) -> Duration {
@@ -455,7 +463,8 @@ struct Stored {
 }
 
 /// Stores final outcomes in batches, then lets them leave memory; pauses [`super::WRITER_PAUSE`] after a batch
-/// that did not fill up. Ends when the book is gone.
+/// that did not fill up. A batch the store refuses is tried again until it is stored ([`super::StoreRetry`]). Ends
+/// when the book is gone.
 fn write_loop(rx: Receiver<Stored>, book: Weak<StatusBook>) {
     let owner = book.clone();
     let _exit = super::OnExit(move || {
@@ -465,6 +474,7 @@ fn write_loop(rx: Receiver<Stored>, book: Weak<StatusBook>) {
         }
     });
     let mut batch = Vec::new();
+    let mut retry = super::StoreRetry::new("final outcomes");
     while let Ok(first) = rx.recv() {
         batch.clear();
         batch.push(first);
@@ -474,29 +484,38 @@ fn write_loop(rx: Receiver<Stored>, book: Weak<StatusBook>) {
                 Err(_) => break,
             }
         }
-        let Some(book) = book.upgrade() else {
-            return;
-        };
         let entries: Vec<_> = batch
             .iter()
             .map(|s| (s.key, s.finished_ms, &*s.record))
             .collect();
-        let mut tries = 0;
-        while let Err(e) = book.store.put(&entries) {
-            tries += 1;
-            if tries >= 3 {
-                // Lost for lookups (they answer 404): counted with the other dropped outcomes.
-                book.dropped
-                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                tracing::error!(
-                    "storing {} final outcomes: {e}; dropped (status lookups answer 404 for them; see \
-                     herald_outcomes_dropped_total)",
-                    entries.len()
-                );
-                break;
+        // Stored, however long the store refuses writes (super::StoreRetry): until then the batch stays in memory,
+        // for lookups, and uncounted, so that the spool keeps its notifications. A buffered write, not synced per
+        // batch: it outlives a crash of the process, which is what the spool's removal waits for, and an fsync
+        // every few milliseconds would cost the writer more than the outcomes it stores; a graceful stop syncs
+        // ([`StatusBook::flush`]), and a power loss can lose the last outcomes as it can the spool's own
+        // buffered removals.
+        loop {
+            let Some(owner) = book.upgrade() else {
+                return;
+            };
+            match owner.store.put(&entries) {
+                Ok(()) => {
+                    retry.stored();
+                    break;
+                }
+                Err(e) => {
+                    let wait = retry.refused(&e, entries.len());
+                    drop(owner);
+                    if !super::pause_while(|| book.strong_count() > 0, wait) {
+                        return;
+                    }
+                }
             }
         }
         drop(entries);
+        let Some(book) = book.upgrade() else {
+            return;
+        };
         for s in &batch {
             let mut shard = book.shard(&s.key).lock().unwrap_or_else(|p| p.into_inner());
             if shard

@@ -49,14 +49,15 @@ pub trait OutcomeListener: Send + Sync + 'static {
 /// with nothing left to deliver again ([`crate::spool::SpoolBridge::gate_removals_on`]).
 ///
 /// The two counts are such that once [`OutcomeWriter::stored`] reaches a value [`OutcomeWriter::handed`] had
-/// after a record was handed over, that record is stored (or given up on, counted as dropped).
+/// after a record was handed over, that record is stored: a writer never counts a record it could not store (it
+/// keeps it and tries again, [`StoreRetry`]).
 ///
 /// A writer whose thread is gone (it could not start, or it panicked) answers `u64::MAX` for `stored`: nothing it
 /// was handed will be stored, and removals must not wait for it for ever.
 pub trait OutcomeWriter: Send + Sync + 'static {
     /// Records handed to the writer so far.
     fn handed(&self) -> u64;
-    /// Records the writer has stored, or given up on, so far.
+    /// Records the writer has stored so far.
     fn stored(&self) -> u64;
 }
 
@@ -76,6 +77,105 @@ impl<F: FnMut()> Drop for OnExit<F> {
 /// commit each) than storing them. Lookups read a final outcome from memory until it is stored, so the pause is
 /// not visible to them.
 pub const WRITER_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The first wait of a writer thread after the outcome store refused a write: the store reopens its keyspace at most
+/// this often after a failure, so a sooner try would meet the same refusal.
+pub const STORE_RETRY_FIRST: std::time::Duration = herald_spool::outcomes::REOPEN_INTERVAL;
+/// The longest wait between two tries of a refused write.
+pub const STORE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How a writer thread (final outcomes, webhook events) outlasts an outcome store that refuses writes (disk full, I/O
+/// error): what it could not store stays in its hands, uncounted as stored, so the spool keeps the notifications
+/// (their removals are held, [`OutcomeWriter`]) and lookups still read final outcomes from memory; it tries again
+/// after [`STORE_RETRY_FIRST`], the wait doubling up to [`STORE_RETRY_MAX`], until the write is stored or its owner
+/// is gone. Meanwhile new work waits in the writer's bounded hand-off, and past that bound is dropped and counted,
+/// as when the writer falls behind. One error is logged per episode of refusals, and one line when a write is
+/// stored again.
+pub(crate) struct StoreRetry {
+    /// What the writer stores, for the log lines.
+    what: &'static str,
+    wait: std::time::Duration,
+    /// Since when, and how many tries were refused, while the store refuses writes.
+    failing: Option<(std::time::Instant, u64)>,
+}
+
+impl StoreRetry {
+    pub(crate) fn new(what: &'static str) -> StoreRetry {
+        StoreRetry {
+            what,
+            wait: STORE_RETRY_FIRST,
+            failing: None,
+        }
+    }
+
+    /// After a refused write of `held` records: logs the first refusal of an episode, and returns how long to wait
+    /// before the next try.
+    pub(crate) fn refused(
+        &mut self,
+        error: &dyn std::fmt::Display,
+        held: usize,
+    ) -> std::time::Duration {
+        match &mut self.failing {
+            Some((_, tries)) => *tries += 1,
+            None => {
+                tracing::error!(
+                    "storing {held} {}: {error}; kept in memory and tried again until the outcome store takes                      them (the notifications stay spooled meanwhile)",
+                    self.what
+                );
+                self.failing = Some((std::time::Instant::now(), 1));
+            }
+        }
+        let wait = self.wait;
+        self.wait = (self.wait * 2).min(STORE_RETRY_MAX);
+        wait
+    }
+
+    /// After a write that was stored: ends an episode of refusals (logged) and the backoff.
+    pub(crate) fn stored(&mut self) {
+        if let Some((since, tries)) = self.failing.take() {
+            tracing::info!(
+                "the outcome store takes {} again, after {tries} refused tries over {:?}",
+                self.what,
+                since.elapsed()
+            );
+        }
+        self.wait = STORE_RETRY_FIRST;
+    }
+}
+
+/// Sleeps `wait` on a writer thread, in short slices: false as soon as `alive` says the writer's owner is gone (the
+/// thread then ends instead of waiting out a long backoff).
+pub(crate) fn pause_while(alive: impl Fn() -> bool, wait: std::time::Duration) -> bool {
+    const SLICE: std::time::Duration = std::time::Duration::from_millis(50);
+    let until = std::time::Instant::now() + wait;
+    loop {
+        if !alive() {
+            return false;
+        }
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(SLICE));
+    }
+}
+
+/// Makes what the outcome store holds durable (at a graceful stop, after a writer's flush), waiting at most `within`
+/// (at least a second) for it; a failure is logged.
+async fn sync_store(store: &Arc<herald_spool::OutcomeStore>, within: std::time::Duration) {
+    let store = store.clone();
+    let synced = tokio::time::timeout(
+        within.max(std::time::Duration::from_secs(1)),
+        tokio::task::spawn_blocking(move || store.sync()),
+    )
+    .await;
+    match synced {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("{e}"),
+        Ok(Err(e)) => tracing::warn!("syncing the outcome store: {e}"),
+        Err(_) => tracing::warn!("syncing the outcome store: not done within {within:?}"),
+    }
+}
 
 /// Waits (at most `within`) until `done` reaches `target`: a writer's count of work finished, against what was
 /// handed to it (the flushes at a graceful stop). False when the time ran out first.
@@ -186,6 +286,106 @@ mod tests {
         });
         assert!(thread.join().is_err());
         assert!(gone.load(std::sync::atomic::Ordering::Acquire));
+    }
+
+    /// An outcome store that refuses writes for a while (a failing disk) loses nothing: the writers keep what they
+    /// hold and try again until it is stored, the spool keeps the notifications meanwhile, every lookup answers the
+    /// final state (from memory, then from the store), every webhook event arrives, and the held removals go
+    /// through once it is all stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outcomes_outlast_a_store_that_refuses_writes_for_a_while() {
+        use crate::outcomes::book::{Found, StatusBook};
+        use crate::outcomes::fixtures::{delivered, notification, receiver, wait_until};
+        use crate::outcomes::webhook::{HookSettings, Webhooks};
+        use crate::queue::message::IdGenerator;
+        use crate::spool::removals::RemovalGate;
+        use herald_spool::{Lookup, MemorySpool, OutcomeStore, Spool, SpoolKey};
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store.clone(), Duration::from_secs(3600), 1_000_000);
+        let (url, took) = receiver().await;
+        let settings = Arc::new(HookSettings {
+            url,
+            secret: "s".into(),
+            delivered: true,
+            failed: true,
+            invalid_token: true,
+            max_age: Duration::from_secs(3600),
+            backlog: 1_000_000,
+        });
+        let hooks = Webhooks::start(store.clone(), Box::new(move |_| Some(settings.clone())));
+        let memory = Arc::new(MemorySpool::new());
+        let spool: Arc<dyn Spool> = memory.clone();
+        let gate = RemovalGate::start(vec![book.clone(), hooks.clone()], &spool);
+        const N: u32 = 300;
+        let records = (0..N)
+            .map(|i| {
+                let mut r = crate::spool::tests::stored_sample();
+                r.key = SpoolKey(u128::from(i) + 1);
+                r
+            })
+            .collect();
+        memory.append(records).await.unwrap();
+
+        store.refuse_writes(true);
+        let ids = IdGenerator::new(0);
+        let mut done = Vec::new();
+        for i in 0..N {
+            let n = notification(ids.next(), "refused.example", i as u8);
+            book.queued(&n, 0);
+            book.in_flight(n.id);
+            book.outcome(&delivered(&n));
+            hooks.outcome(&delivered(&n));
+            gate.remove(&*memory, vec![SpoolKey(u128::from(i) + 1)]);
+            done.push(n);
+        }
+        // Both writers met refusals, and tried again after one (a writer that gave up after a few quick tries would
+        // have dropped its work by now).
+        wait_until("the writers tried again after a refusal", || {
+            store.writes_refused() >= 4
+        })
+        .await;
+        assert_eq!(
+            memory.stats().records,
+            u64::from(N),
+            "removed with outcomes not stored"
+        );
+        assert_eq!(gate.held(), N as usize);
+        for n in &done {
+            match book.lookup(&key_of(n.id)).unwrap() {
+                Found::Status(s) => assert_eq!(s.state, "delivered", "{}", n.id),
+                other => panic!("{}: {other:?}", n.id),
+            }
+        }
+
+        store.refuse_writes(false);
+        wait_until("every webhook event arrived", || {
+            took.lock().unwrap().len() >= N as usize
+        })
+        .await;
+        wait_until("the held removals went through", || {
+            gate.held() == 0 && memory.stats().records == 0
+        })
+        .await;
+        wait_until("the book's memory emptied", || book.stats().tracked == 0).await;
+        for n in &done {
+            assert!(
+                matches!(store.lookup(&key_of(n.id)).unwrap(), Lookup::Found(_)),
+                "{} not stored",
+                n.id
+            );
+            match book.lookup(&key_of(n.id)).unwrap() {
+                Found::Status(s) => assert_eq!(s.state, "delivered", "{}", n.id),
+                other => panic!("{}: {other:?}", n.id),
+            }
+        }
+        let sent: Vec<String> = done.iter().map(|n| n.id.to_string()).collect();
+        assert_eq!(*took.lock().unwrap(), sent);
+        assert_eq!(book.stats().dropped, 0);
+        assert_eq!(hooks.handoff_dropped(), 0);
+        assert_eq!(hooks.stats()[0].dropped, 0);
     }
 
     #[test]

@@ -167,10 +167,17 @@ impl<V> Slots<V> {
                 self.spill_front();
             }
         }
-        let i = (idx - self.base) as usize;
-        match &mut self.window[i] {
+        // The spill can pass the slot just filled (a straggler far behind the front finds a window of mostly empty
+        // slots): its value then went to the map with the front.
+        let Some(i) = idx.checked_sub(self.base) else {
+            return match self.other.get_mut(&key) {
+                Some(v) => v,
+                None => unreachable!("a slot passed by the front has its value in the map"),
+            };
+        };
+        match &mut self.window[i as usize] {
             Some(v) => v,
-            None => unreachable!("the slot was filled above and the front never passes it"),
+            None => unreachable!("the slot was filled above and only a spill moves the front"),
         }
     }
 
@@ -373,6 +380,139 @@ mod tests {
         assert_eq!((s.in_window, s.other.len()), (1, 1));
         assert_eq!(s.get(&key(2, 3)), Some(&"this run, early"));
         assert_eq!(s.get(&key(2, 4)), Some(&"this run"));
+    }
+
+    /// A key filled into a window so empty that the spill that follows passes it: its value is in the map, found
+    /// there, and the window keeps its bound.
+    #[test]
+    fn a_slot_passed_by_the_spill_it_caused_is_found_in_the_map() {
+        let mut s = Slots::new(ONE);
+        s.get_or_insert_with(key(1, 0), || 0u64);
+        for c in (1..=10_000).filter(|&c| c != 5) {
+            s.get_or_insert_with(key(1, c), || c);
+        }
+        for c in 1..=10_000 {
+            s.remove(&key(1, c));
+        }
+        assert_eq!(*s.get_or_insert_with(key(1, 5), || 5), 5);
+        assert!(s.window.len() as u64 <= WINDOW);
+        assert_eq!(s.get(&key(1, 5)), Some(&5));
+        assert_eq!(s.get(&key(1, 0)), Some(&0));
+        *s.get_or_insert_with(key(1, 5), || 99) += 1;
+        assert_eq!(s.remove(&key(1, 5)), Some(6));
+        assert_eq!(s.remove(&key(1, 0)), Some(0));
+        assert!(s.is_empty());
+    }
+
+    /// Inserts, lookups and removals in a random order (fixed seed) answer as a map does: ids mostly queued and
+    /// finished in order, with stragglers left behind, ids queued late far behind the front, jumps ahead, other
+    /// runs, over a deal of several shards.
+    #[test]
+    fn slots_answer_as_a_map_does() {
+        use std::collections::BTreeMap;
+        let deal = Deal {
+            shards: 2,
+            block: 4,
+        };
+        // xorshift64*: a fixed sequence without a crate.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        for round in 0..2 {
+            let mut s = Slots::new(deal);
+            // By key: this run's keys sort by counter.
+            let mut model: BTreeMap<OutcomeKey, u64> = BTreeMap::new();
+            // Keys that stay long (retried many times), finished rarely.
+            let mut stragglers: std::collections::BTreeSet<OutcomeKey> = Default::default();
+            // Shard 0's positions (as the book deals counters to it).
+            let mut front = 0u64;
+            for step in 0..80_000u64 {
+                let r = next();
+                let at = |index: u64| key(1, deal.counter(0, index));
+                let mut insert = |s: &mut Slots<u64>, k: OutcomeKey| {
+                    let v = *s.get_or_insert_with(k, || step);
+                    assert_eq!(
+                        v,
+                        *model.entry(k).or_insert(step),
+                        "round {round} step {step}"
+                    );
+                    if (r >> 20) % 64 == 0 {
+                        stragglers.insert(k);
+                    }
+                };
+                // Bursts: ids queued faster than they finish, then finishing faster than they come.
+                let burst = (step / 20_000) % 2 == 0;
+                let op = match (r % 20, burst) {
+                    (0..=11, true) | (0, false) => 0,
+                    (12, true) | (1..=3, false) => 7,
+                    (13..=14, true) | (4..=14, false) => 8,
+                    (n, _) => n,
+                };
+                match op {
+                    // The next id, now and then far ahead, or of another run.
+                    0 => {
+                        front += 1 + if (r >> 5) % 50_000 == 0 {
+                            3 * WINDOW
+                        } else {
+                            0
+                        };
+                        let k = if (r >> 12) % 64 == 0 {
+                            key(2, front)
+                        } else {
+                            at(front)
+                        };
+                        insert(&mut s, k);
+                    }
+                    // An id queued late, behind the front: below the window, or in its empty slots.
+                    7 if front > 0 => {
+                        let k = at(front - (r >> 8) % (2 * WINDOW).min(front));
+                        insert(&mut s, k);
+                    }
+                    // The oldest ids that are not stragglers finish: one, or (after a burst) many at once.
+                    8 => {
+                        let many = if burst || (r >> 8) % 64 != 0 {
+                            1
+                        } else {
+                            4 * WINDOW
+                        };
+                        for _ in 0..many {
+                            let Some(k) = model.keys().find(|k| !stragglers.contains(*k)).copied()
+                            else {
+                                break;
+                            };
+                            assert_eq!(s.remove(&k), model.remove(&k), "round {round} step {step}");
+                        }
+                    }
+                    // Now and then the oldest straggler finishes.
+                    15 if (r >> 8) % 16 == 0 => {
+                        if let Some(k) = stragglers.pop_first() {
+                            assert_eq!(s.remove(&k), model.remove(&k), "round {round} step {step}");
+                        }
+                    }
+                    16 | 17 => {
+                        let k = at(front.saturating_sub((r >> 8) % (3 * WINDOW)));
+                        if let Some(v) = s.get_mut(&k) {
+                            *v += 1;
+                        }
+                        if let Some(v) = model.get_mut(&k) {
+                            *v += 1;
+                        }
+                    }
+                    _ => {
+                        let k = at(front.saturating_sub((r >> 8) % (3 * WINDOW)));
+                        assert_eq!(s.get(&k), model.get(&k), "round {round} step {step}");
+                    }
+                }
+                assert_eq!(s.len(), model.len(), "round {round} step {step}");
+            }
+            for (k, v) in &model {
+                assert_eq!(s.get(k), Some(v), "round {round}");
+            }
+        }
     }
 
     #[test]

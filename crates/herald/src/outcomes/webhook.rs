@@ -4,14 +4,18 @@
 //! The delivery path only writes a small JSON event into its domain's open chunk ([`OutcomeListener`]); it never
 //! waits: past [`HANDOFF`] waiting events new ones are dropped and counted. A writer thread takes the open chunks
 //! every pass and appends each to its domain's queue in the outcome store (one store write that survives a crash
-//! of the process), keeping the newest chunks' events in memory; a sender task per domain (all on the sender
-//! thread, away from the delivery workers) POSTs the oldest events (from memory, or read back from the store after
-//! a restart or beyond [`CACHE_BYTES`]), and once the receiver answered 2xx records how far the queue is done and
-//! deletes the chunks wholly behind that point. A receiver that is down keeps its events in its own queue, bounded
-//! by `outcome_webhook_backlog`: beyond it the oldest are dropped with a counter and a log line. After a crash,
-//! the events of a partly delivered chunk that were sent after the last recorded point are sent again (at least
-//! once, never lost). So is a batch whose 2xx comes after [`REQUEST_TIMEOUT`] or is lost in transit: herald takes
-//! it for a failure and retries; receivers deduplicate by `id`.
+//! of the process; a chunk the store refuses is kept and tried again until it is stored, [`super::StoreRetry`],
+//! while the events behind it wait within [`HANDOFF`]), keeping the newest chunks' events in memory; a sender task
+//! per domain (all on the sender thread, away from the delivery workers) POSTs the oldest events (from memory, or
+//! read back from the store after a restart or beyond [`CACHE_BYTES`]), and once the receiver answered 2xx records
+//! how far the queue is done and deletes the chunks wholly behind that point. A receiver that answers `413` gets
+//! smaller batches ([`BatchSize`]); an event it refuses alone is dropped and counted. A receiver that is down keeps
+//! its events in its own queue, bounded by `outcome_webhook_backlog`: beyond it the oldest are dropped with a
+//! counter and a log line. After a crash, the events of a partly delivered chunk that were sent after the last
+//! recorded point are sent again (at least once, never lost). So is a batch whose 2xx comes after
+//! [`REQUEST_TIMEOUT`] or is lost in transit: herald takes it for a failure and retries; receivers deduplicate by
+//! `id`. A queue with nothing waiting for [`RETIRE_AFTER`] retires (its sender ends, its rows leave the store, its
+//! counters stay), so that domains whose names keep changing do not grow memory for good.
 //!
 //! The request: `POST` with `content-type: application/json`, body `{"outcomes": [event, …]}` (docs/openapi.yaml
 //! `WebhookBatch`), headers `herald-timestamp: UNIX_SECONDS` and `herald-signature: v1=HEX` where HEX is
@@ -35,11 +39,15 @@ use crate::logs::{OutcomeKind, OutcomeRecord};
 
 /// Events waiting for the writer thread before new ones are dropped.
 pub const HANDOFF: usize = 100_000;
-/// Events per request.
+/// Events per request at most (fewer after a receiver answered `413 Payload Too Large`: see [`BatchSize`]).
 pub const BATCH: usize = 500;
 /// Bytes of events a queue keeps in memory for its sender; chunks written beyond are read back from the store.
 pub const CACHE_BYTES: usize = 16 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a domain's queue stays with nothing waiting before it retires (its sender task ends, its rows leave the
+/// store, its counters stay), and how long a domain's options and open chunk stay unused before they are forgotten
+/// (resolved again at its next outcome): a regex domain with ever new names does not grow memory for good.
+pub const RETIRE_AFTER: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A domain's webhook options.
@@ -103,6 +111,19 @@ impl Cached {
     fn event(&self, i: usize) -> Bytes {
         let (start, end) = self.spans[i];
         self.data.slice(start as usize..end as usize)
+    }
+}
+
+impl Queue {
+    fn stats(&self, domain: &str) -> HookStats {
+        HookStats {
+            domain: domain.to_owned(),
+            backlog: self.len.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            last_error: lock(&self.last_error).clone(),
+        }
     }
 }
 
@@ -234,7 +255,12 @@ pub struct Webhooks {
     /// The writer thread, woken when the first event of a pass is written.
     writer: std::sync::OnceLock<std::thread::Thread>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
-    /// Events the writer has stored (or given up on), against [`Domains::written`]: see [`Webhooks::flush`].
+    /// The counters of retired queues ([`RETIRE_AFTER`]), by domain: taken back by the queue when the domain's
+    /// events come again.
+    retired: Mutex<HashMap<String, HookStats>>,
+    /// [`RETIRE_AFTER`] (shorter in tests).
+    retire_after: Duration,
+    /// Events the writer has stored, against [`Domains::written`]: see [`Webhooks::flush`].
     stored: AtomicU64,
     /// The writer thread could not start or ended while the webhooks exist (see [`super::OutcomeWriter`]).
     writer_gone: std::sync::atomic::AtomicBool,
@@ -264,6 +290,8 @@ struct DomainHook {
     settings: Option<Option<Arc<HookSettings>>>,
     /// Events not yet taken by the writer.
     open: ChunkBuilder,
+    /// Resolved since the writer's last sweep (see [`RETIRE_AFTER`]).
+    used: bool,
 }
 
 fn now_secs() -> u64 {
@@ -313,13 +341,14 @@ impl Webhooks {
         if let Err(e) = &http {
             tracing::error!("{e}");
         }
-        Self::start_with(store, resolve, http)
+        Self::start_with(store, resolve, http, RETIRE_AFTER)
     }
 
     fn start_with(
         store: Arc<OutcomeStore>,
         resolve: Box<HookResolver>,
         http: Result<reqwest::Client, String>,
+        retire_after: Duration,
     ) -> Arc<Webhooks> {
         let (senders, stop_senders) = match sender_thread() {
             Ok((handle, stop)) => (handle, Some(stop)),
@@ -336,6 +365,8 @@ impl Webhooks {
             domains: Mutex::new(Domains::default()),
             writer: std::sync::OnceLock::new(),
             queues: Mutex::new(HashMap::new()),
+            retired: Mutex::new(HashMap::new()),
+            retire_after,
             stored: AtomicU64::new(0),
             writer_gone: std::sync::atomic::AtomicBool::new(false),
             handoff_dropped: AtomicU64::new(0),
@@ -388,13 +419,18 @@ impl Webhooks {
     }
 
     /// Waits (at most `within`) until every event written so far is in its queue in the store: at a graceful stop,
-    /// so that the outcomes of the last deliveries are sent after the restart. False when the time ran out first.
+    /// so that the outcomes of the last deliveries are sent after the restart. False when the time ran out first. The
+    /// store is synced then, stored or not (its writes are buffered: durable across a crash of the process, and
+    /// across a power loss once synced).
     pub async fn flush(&self, within: Duration) -> bool {
         let target = lock(&self.domains).written;
         if let Some(writer) = self.writer.get() {
             writer.unpark();
         }
-        super::reached(&self.stored, target, within).await
+        let started = std::time::Instant::now();
+        let reached = super::reached(&self.stored, target, within).await;
+        super::sync_store(&self.store, within.saturating_sub(started.elapsed())).await;
+        reached
     }
 
     /// Forgets the options resolved so far (after a configuration reload); events already written stay. Wakes
@@ -428,6 +464,7 @@ impl Webhooks {
             .by_name
             .get_mut(domain)
             .unwrap_or_else(|| unreachable!("inserted above"));
+        d.used = true;
         let settings = d.settings.get_or_insert_with(|| (self.resolve)(domain));
         (settings, &mut d.open)
     }
@@ -448,14 +485,20 @@ impl Webhooks {
             .and_then(|r| r.map_err(|e| e.to_string()))
     }
 
-    /// The queue of `domain`, created (with its sender task) on first use.
+    /// The queue of `domain`, created (with its sender task) on first use, or again after it retired (with the
+    /// counters it had).
     fn queue(self: &Arc<Self>, domain: &str) -> Arc<Queue> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(q) = queues.get(domain) {
             return q.clone();
         }
+        let before = lock(&self.retired).remove(domain).unwrap_or_default();
         let q = Arc::new(Queue {
             next_seq: AtomicU64::new(1),
+            delivered: AtomicU64::new(before.delivered),
+            dropped: AtomicU64::new(before.dropped),
+            failures: AtomicU64::new(before.failures),
+            last_error: Mutex::new(before.last_error),
             ..Queue::default()
         });
         queues.insert(domain.to_owned(), q.clone());
@@ -467,26 +510,56 @@ impl Webhooks {
         q
     }
 
-    /// Every domain's figures, by domain.
+    /// Every domain's figures, by domain (retired queues' too).
     pub fn stats(&self) -> Vec<HookStats> {
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<HookStats> = queues
-            .iter()
-            .map(|(d, q)| HookStats {
-                domain: d.clone(),
-                backlog: q.len.load(Ordering::Relaxed),
-                delivered: q.delivered.load(Ordering::Relaxed),
-                dropped: q.dropped.load(Ordering::Relaxed),
-                failures: q.failures.load(Ordering::Relaxed),
-                last_error: q
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-            })
-            .collect();
+        let mut out: Vec<HookStats> = queues.iter().map(|(d, q)| q.stats(d)).collect();
+        drop(queues);
+        out.extend(
+            lock(&self.retired)
+                .values()
+                .filter(|r| !out.iter().any(|s| s.domain == r.domain))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         out.sort_by(|a, b| a.domain.cmp(&b.domain));
         out
+    }
+
+    /// Retires `domain`'s queue `q` when nothing waits in it and nothing but the map and its sender holds it (a
+    /// writer storing into it holds it too, and takes it from the map under the same lock): forgets it in the
+    /// store, keeps its counters, and removes it, so that its sender ends. A later event of the domain makes a new
+    /// queue, numbered from the start. False when it stays.
+    fn retire(&self, domain: &str, q: &Arc<Queue>) -> bool {
+        let mut queues = lock(&self.queues);
+        if !queues.get(domain).is_some_and(|x| Arc::ptr_eq(x, q)) || Arc::strong_count(q) != 2 {
+            return false;
+        }
+        {
+            let chunks = lock(&q.chunks);
+            if !chunks.live.is_empty() || q.len.load(Ordering::Relaxed) != 0 {
+                return false;
+            }
+        }
+        // Under the lock: no new queue of the name numbers events before its old rows are gone.
+        if let Err(e) = self.store.hook_forget(domain) {
+            tracing::debug!(%domain, "an idle webhook queue stays: {e}");
+            return false;
+        }
+        queues.remove(domain);
+        lock(&self.retired).insert(domain.to_owned(), q.stats(domain));
+        true
+    }
+
+    /// Forgets the options and open chunk of every domain not resolved since the last sweep and with no event
+    /// waiting for the writer (see [`RETIRE_AFTER`]).
+    fn sweep_domains(&self) {
+        let mut domains = lock(&self.domains);
+        domains.by_name.retain(|_, d| {
+            let keep = d.used || !d.open.is_empty();
+            d.used = false;
+            keep
+        });
     }
 
     /// Events dropped before they reached a queue (the writer fell [`HANDOFF`] behind).
@@ -662,6 +735,7 @@ fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
 /// writes on meanwhile without waking it), and after an empty one sleeps until the next first event. Ends when the
 /// webhooks are gone.
 fn write_loop(hooks: Weak<Webhooks>) {
+    let mut retry = super::StoreRetry::new("webhook outcomes");
     let owner = hooks.clone();
     let _exit = super::OnExit(move || {
         if let Some(hooks) = owner.upgrade() {
@@ -671,10 +745,15 @@ fn write_loop(hooks: Weak<Webhooks>) {
             hooks.writer_gone.store(true, Ordering::Release);
         }
     });
+    let mut swept = std::time::Instant::now();
     loop {
         let Some(h) = hooks.upgrade() else {
             return;
         };
+        if swept.elapsed() >= h.retire_after {
+            h.sweep_domains();
+            swept = std::time::Instant::now();
+        }
         let taken: Vec<(Arc<str>, ChunkBuilder)> = {
             let mut domains = lock(&h.domains);
             domains.open_events = 0;
@@ -697,36 +776,79 @@ fn write_loop(hooks: Weak<Webhooks>) {
             std::thread::park_timeout(Duration::from_secs(1));
             continue;
         }
-        // Counted once the whole pass is stored: `stored` then equals what `Domains::written` was when the pass
-        // took its chunks, so reaching a value of it means every event counted by it is stored
-        // (super::OutcomeWriter).
-        let mut n = 0;
-        for (domain, chunk) in taken {
-            n += chunk.len() as u64;
-            store_chunk(&h, &domain, chunk);
-        }
-        h.stored.fetch_add(n, Ordering::Release);
+        // Numbered once: a chunk the store refuses is tried again under the same numbers.
+        let n: u64 = taken.iter().map(|(_, c)| c.len() as u64).sum();
+        let mut pending: Vec<Pending> = taken
+            .into_iter()
+            .map(|(domain, chunk)| {
+                let q = h.queue(&domain);
+                let first_seq = q.next_seq.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                Pending {
+                    domain,
+                    q,
+                    first_seq,
+                    chunk,
+                }
+            })
+            .collect();
         drop(h);
+        // Every chunk stored, however long the store refuses writes (super::StoreRetry). Counted once the whole
+        // pass is stored: `stored` then equals what `Domains::written` was when the pass took its chunks, so
+        // reaching a value of it means every event counted by it is stored (super::OutcomeWriter).
+        loop {
+            let Some(h) = hooks.upgrade() else {
+                return;
+            };
+            let mut refused = None;
+            let mut left = Vec::new();
+            for p in pending {
+                match h
+                    .store
+                    .hook_append(&p.domain, p.first_seq, p.chunk.as_bytes())
+                {
+                    Ok(()) => queued(&h, p),
+                    Err(e) => {
+                        refused = Some(e);
+                        left.push(p);
+                    }
+                }
+            }
+            pending = left;
+            let Some(e) = refused else {
+                retry.stored();
+                h.stored.fetch_add(n, Ordering::Release);
+                break;
+            };
+            let held = pending.iter().map(|p| p.chunk.len()).sum();
+            let wait = retry.refused(&e, held);
+            drop(h);
+            if !super::pause_while(|| hooks.strong_count() > 0, wait) {
+                return;
+            }
+        }
         std::thread::sleep(super::WRITER_PAUSE);
     }
 }
 
-/// Appends `chunk` to `domain`'s queue, in the store and in memory, and drops the oldest beyond the backlog.
-fn store_chunk(hooks: &Arc<Webhooks>, domain: &Arc<str>, chunk: ChunkBuilder) {
-    let q = hooks.queue(domain);
+/// A chunk taken by the writer, numbered for its domain's queue, until it is stored.
+struct Pending {
+    domain: Arc<str>,
+    q: Arc<Queue>,
+    first_seq: u64,
+    chunk: ChunkBuilder,
+}
+
+/// A chunk just appended to its domain's queue in the store: in memory too, with the oldest events dropped beyond
+/// the backlog.
+fn queued(hooks: &Arc<Webhooks>, p: Pending) {
+    let Pending {
+        domain,
+        q,
+        first_seq,
+        chunk,
+    } = p;
     let n = chunk.len() as u64;
-    let first_seq = q.next_seq.fetch_add(n, Ordering::Relaxed);
-    if let Err(e) = hooks.store.hook_append(domain, first_seq, chunk.as_bytes()) {
-        // Not queued (the store refuses writes: disk full or failing): counted as dropped, as the docs promise
-        // of every outcome that does not reach the receiver.
-        q.dropped.fetch_add(n, Ordering::Relaxed);
-        tracing::error!(
-            %domain,
-            "storing {n} webhook outcomes: {e}; dropped (see herald_webhook_dropped_total)"
-        );
-        return;
-    }
-    let bound = hooks.settings(domain).map_or(u64::MAX, |s| s.backlog);
+    let bound = hooks.settings(&domain).map_or(u64::MAX, |s| s.backlog);
     let mut chunks = lock(&q.chunks);
     chunks.push(first_seq, chunk);
     let len = q.len.fetch_add(n, Ordering::Relaxed) + n;
@@ -735,7 +857,7 @@ fn store_chunk(hooks: &Arc<Webhooks>, domain: &Arc<str>, chunk: ChunkBuilder) {
         let (k, done) = chunks.advance(to);
         q.len.fetch_sub(k, Ordering::Relaxed);
         drop(chunks);
-        if let Err(e) = record_head(&hooks.store, &q, domain, to, &done) {
+        if let Err(e) = record_head(&hooks.store, &q, &domain, to, &done) {
             tracing::error!(%domain, "trimming the webhook backlog: {e}");
         }
         let before = q.dropped.fetch_add(k, Ordering::Relaxed);
@@ -783,20 +905,23 @@ fn sender_thread() -> std::io::Result<(tokio::runtime::Handle, tokio::sync::ones
     Ok((handle, stop))
 }
 
-/// POSTs the oldest events of `domain`'s queue until it is empty, then waits for more.
+/// POSTs the oldest events of `domain`'s queue until it is empty, then waits for more; ends when the queue retires
+/// after [`RETIRE_AFTER`] with nothing waiting.
 async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
     let mut backoff = Duration::from_millis(250);
+    let mut size = BatchSize::default();
     loop {
         let Some(h) = hooks.upgrade() else {
             return;
         };
-        let next = lock(&q.chunks).next(BATCH);
+        let limit = size.limit();
+        let next = lock(&q.chunks).next(limit);
         let events = match next {
             Next::Events(events) => events,
-            Next::Stored(from) => match read_back(&h, &domain, from).await {
+            Next::Stored(from) => match read_back(&h, &domain, from, limit).await {
                 Ok(chunks) => {
                     let head = lock(&q.chunks).head;
-                    waiting_events(chunks, head, BATCH)
+                    waiting_events(chunks, head, limit)
                 }
                 Err(e) => {
                     tracing::error!(%domain, "reading the webhook queue: {e}");
@@ -809,8 +934,16 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             Next::Empty => Vec::new(),
         };
         let Some(last_seq) = events.last().map(|(seq, _)| *seq) else {
+            let retire_after = h.retire_after;
             drop(h);
-            q.wake.notified().await;
+            // Idle for that long, the queue retires (unless events came meanwhile) and its sender ends.
+            if tokio::time::timeout(retire_after, q.wake.notified())
+                .await
+                .is_err()
+                && hooks.upgrade().is_some_and(|h| h.retire(&domain, &q))
+            {
+                return;
+            }
             continue;
         };
         let Some(settings) = h.settings(&Arc::from(domain.as_str())) else {
@@ -858,6 +991,7 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             }
         };
         let ts = now_secs();
+        let body_len = body.len();
         let sig = signature(settings.secret.as_bytes(), ts, &body);
         let result = http
             .post(&settings.url)
@@ -869,12 +1003,34 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             .await;
         let error = match result {
             Ok(r) if r.status().is_success() => None,
+            Ok(r) if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
+                // Too large for the receiver: smaller batches, at once; one outcome refused alone is dropped.
+                q.failures.fetch_add(1, Ordering::Relaxed);
+                let e = format!(
+                    "the receiver answered {} to a batch of {sent} outcomes ({body_len} bytes)",
+                    r.status()
+                );
+                *lock(&q.last_error) = Some(e.clone());
+                if size.refused(sent) {
+                    tracing::debug!(%domain, "outcome webhook: {e}; sending {} per batch", size.limit());
+                } else {
+                    let k = done_with(&h, &domain, &q, last_seq + 1).await;
+                    q.dropped.fetch_add(k, Ordering::Relaxed);
+                    tracing::error!(
+                        %domain, dropped = k,
+                        "outcome webhook: {e}: the receiver refuses this outcome alone as too large; dropped \
+                         (see herald_webhook_dropped_total)"
+                    );
+                }
+                continue;
+            }
             Ok(r) => Some(format!("the receiver answered {}", r.status())),
             // Without the URL: its query may carry a secret, and the text reaches the console and the dashboard.
             Err(e) => Some(format!("request failed: {}", e.without_url())),
         };
         match error {
             None => {
+                size.taken();
                 let k = done_with(&h, &domain, &q, last_seq + 1).await;
                 // What the head passed: the events sent, and the stale ones left out (fewer when the writer
                 // dropped some of them meanwhile, beyond the backlog).
@@ -929,11 +1085,74 @@ fn waiting_events(chunks: Vec<HookChunk>, head: u64, limit: usize) -> Vec<(u64, 
         .collect()
 }
 
-/// Reads chunks of `domain`'s queue from the chunk numbered `from` on, on the blocking pool.
-async fn read_back(h: &Webhooks, domain: &str, from: u64) -> Result<Vec<HookChunk>, String> {
+/// Reads chunks of `domain`'s queue from the chunk numbered `from` on, until they hold `limit` events, on the
+/// blocking pool.
+async fn read_back(
+    h: &Webhooks,
+    domain: &str,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<HookChunk>, String> {
     let (store, domain) = (h.store.clone(), domain.to_owned());
-    h.store_call(move || store.hook_chunks(&domain, from, BATCH))
+    h.store_call(move || store.hook_chunks(&domain, from, limit))
         .await
+}
+
+/// How many events a sender puts in one request: [`BATCH`], halved at each `413 Payload Too Large` (down to one
+/// event), and doubled again after [`GROW_AFTER`] batches taken in a row, so that a receiver whose limit was raised
+/// gets full batches again, at the cost of one refused request now and then. After an event refused alone (too
+/// large by itself, dropped), batches go back to the size last taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchSize {
+    limit: usize,
+    /// Batches taken since the last change of `limit`.
+    taken: u32,
+    /// The limit of the last batch taken (0: none yet).
+    good: usize,
+}
+
+/// Batches a receiver takes in a row before a sender tries batches twice as large again, after a 413.
+const GROW_AFTER: u32 = 64;
+
+impl Default for BatchSize {
+    fn default() -> Self {
+        BatchSize {
+            limit: BATCH,
+            taken: 0,
+            good: 0,
+        }
+    }
+}
+
+impl BatchSize {
+    fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A batch of `sent` events was answered 413: halves the batches. False when `sent` was one event: no smaller
+    /// batch can carry it (it is dropped, and the next batches have the size last taken).
+    fn refused(&mut self, sent: u64) -> bool {
+        self.taken = 0;
+        if sent <= 1 {
+            self.limit = self.good.max(1);
+            return false;
+        }
+        self.limit = usize::try_from(sent / 2).unwrap_or(BATCH).clamp(1, BATCH);
+        true
+    }
+
+    /// A batch was taken (2xx).
+    fn taken(&mut self) {
+        self.good = self.limit;
+        if self.limit >= BATCH {
+            return;
+        }
+        self.taken += 1;
+        if self.taken >= GROW_AFTER {
+            self.limit = (self.limit * 2).min(BATCH);
+            self.taken = 0;
+        }
+    }
 }
 
 /// Everything of `domain`'s queue numbered below `to` is done with: moves the head there, takes what it passed off
@@ -1129,29 +1348,6 @@ mod tests {
         assert_eq!(stored, 300);
     }
 
-    /// A receiver on a loopback port that takes every batch (204): its URL and the ids it took.
-    async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
-        let took = Arc::new(Mutex::new(Vec::new()));
-        let kept = took.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let kept = kept.clone();
-                async move {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    for e in v["outcomes"].as_array().unwrap() {
-                        lock(&kept).push(e["id"].as_str().unwrap().to_owned());
-                    }
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (format!("http://{addr}/hook"), took)
-    }
-
     /// A domain's webhook removed by a reload, its events waiting, and added back by the next: the events go out
     /// then, without another outcome of the domain to wake its sender.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1207,7 +1403,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // The next reload adds it back, with a receiver that takes the batch.
-        let (url, took) = receiver().await;
+        let (url, took) = crate::outcomes::fixtures::receiver().await;
         *lock(&current) = hook(&url);
         hooks.reconfigure();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -1232,7 +1428,7 @@ mod tests {
         use std::time::Instant;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
-        let (url, took) = receiver().await;
+        let (url, took) = crate::outcomes::fixtures::receiver().await;
         let settings = Arc::new(HookSettings {
             url,
             secret: "s".into(),
@@ -1246,6 +1442,7 @@ mod tests {
             store,
             Box::new(move |_| Some(settings.clone())),
             Err("the webhook HTTP client could not be built (test): no webhook is sent".into()),
+            RETIRE_AFTER,
         );
         let ids = IdGenerator::new(0);
         for i in 0..5u8 {
@@ -1271,6 +1468,176 @@ mod tests {
         assert_eq!(stats.backlog, 5);
         assert_eq!(stats.delivered, 0);
         assert!(lock(&took).is_empty());
+    }
+
+    #[test]
+    fn batches_halve_at_each_413_and_grow_back_once_taken_for_a_while() {
+        let mut size = BatchSize::default();
+        assert_eq!(size.limit(), BATCH);
+        assert!(size.refused(500));
+        assert_eq!(size.limit(), 250);
+        // Fewer sent than the limit (stale events left out): half of what was sent.
+        assert!(size.refused(100));
+        assert_eq!(size.limit(), 50);
+        size.taken();
+        // An event refused alone: dropped, and the batches go back to the size last taken.
+        assert!(size.refused(50));
+        assert!(size.refused(25));
+        assert_eq!(size.limit(), 12);
+        for sent in [12, 6, 3] {
+            assert!(size.refused(sent));
+        }
+        assert!(!size.refused(1));
+        assert_eq!(size.limit(), 50);
+        for _ in 0..GROW_AFTER {
+            size.taken();
+        }
+        assert_eq!(size.limit(), 100);
+        for _ in 0..4 * GROW_AFTER {
+            size.taken();
+        }
+        assert_eq!(size.limit(), BATCH);
+        // Never refused: one event refused alone leaves one per batch until one is taken.
+        let mut size = BatchSize::default();
+        assert!(!size.refused(1));
+        assert_eq!(size.limit(), 1);
+    }
+
+    /// A receiver that refuses bodies above 64 KB (413) gets every outcome, in smaller batches; an outcome it refuses
+    /// alone is dropped and counted, and the ones after it still go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_that_refuses_large_bodies_gets_every_outcome_in_smaller_batches() {
+        use crate::outcomes::fixtures::{delivered, notification, receiver_refusing, wait_until};
+        use crate::queue::message::IdGenerator;
+        // The one outcome refused whatever its batch: its token, in hex.
+        let poison = "ee".repeat(32).into_bytes();
+        let (url, took) = receiver_refusing(move |body| {
+            body.len() > 64 << 10 || body.windows(poison.len()).any(|w| w == poison.as_slice())
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let settings = Arc::new(HookSettings {
+            url,
+            secret: "s".into(),
+            delivered: true,
+            failed: true,
+            invalid_token: true,
+            max_age: Duration::from_secs(3600),
+            backlog: 1_000_000,
+        });
+        let hooks = Webhooks::start(store, Box::new(move |_| Some(settings.clone())));
+        let ids = IdGenerator::new(0);
+        let mut sent = Vec::new();
+        let total = 3 * BATCH;
+        for i in 0..total {
+            let token = if i == total / 2 {
+                0xEE
+            } else {
+                (i % 200) as u8
+            };
+            let n = notification(ids.next(), "hooks.example", token);
+            hooks.outcome(&delivered(&n));
+            if token != 0xEE {
+                sent.push(n.id.to_string());
+            }
+        }
+        wait_until("every outcome but the refused one arrived", || {
+            lock(&took).len() >= sent.len()
+                && hooks
+                    .stats()
+                    .first()
+                    .is_some_and(|s| s.backlog == 0 && s.dropped == 1)
+        })
+        .await;
+        assert_eq!(*lock(&took), sent);
+        let stats = hooks.stats().remove(0);
+        assert_eq!((stats.delivered, stats.dropped), (sent.len() as u64, 1));
+        assert!(
+            stats
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("413")),
+            "{stats:?}"
+        );
+    }
+
+    /// A queue with nothing waiting retires after a while: its sender ends, its rows leave the store, its domain's
+    /// options are forgotten, its counters stay. The domain's next events make a queue again, numbered from the
+    /// start, and arrive; a restart finds the store consistent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_queue_retires_and_a_later_event_makes_it_again() {
+        use crate::outcomes::fixtures::{delivered, notification, receiver, wait_until};
+        use crate::queue::message::IdGenerator;
+        let (url, took) = receiver().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let settings = Arc::new(HookSettings {
+            url,
+            secret: "s".into(),
+            delivered: true,
+            failed: true,
+            invalid_token: true,
+            max_age: Duration::from_secs(3600),
+            backlog: 1_000_000,
+        });
+        let resolve = move |_: &str| Some(settings.clone());
+        let hooks = Webhooks::start_with(
+            store.clone(),
+            Box::new(resolve.clone()),
+            http_client(),
+            Duration::from_millis(200),
+        );
+        let ids = IdGenerator::new(0);
+        let mut sent = Vec::new();
+        let send = |hooks: &Webhooks, domain: &str, n: u8, sent: &mut Vec<String>| {
+            for i in 0..n {
+                let n = notification(ids.next(), domain, i);
+                hooks.outcome(&delivered(&n));
+                sent.push(n.id.to_string());
+            }
+        };
+        send(&hooks, "a.example", 5, &mut sent);
+        wait_until("the first events arrived", || lock(&took).len() == 5).await;
+        wait_until("the idle queue retired", || {
+            lock(&hooks.queues).is_empty()
+                && lock(&hooks.domains).by_name.is_empty()
+                && store.hook_queues().unwrap().is_empty()
+        })
+        .await;
+        let stats = hooks.stats();
+        assert_eq!(
+            (stats.len(), stats[0].delivered, stats[0].backlog),
+            (1, 5, 0),
+            "{stats:?}"
+        );
+
+        send(&hooks, "a.example", 3, &mut sent);
+        wait_until("the later events arrived", || lock(&took).len() == 8).await;
+        assert_eq!(*lock(&took), sent);
+        wait_until("the queue recorded them", || {
+            hooks.stats()[0].delivered == 8
+                && store
+                    .hook_queues()
+                    .unwrap()
+                    .first()
+                    .is_some_and(|q| q.head == 4 && q.chunks.is_empty())
+        })
+        .await;
+        drop(hooks);
+        // Restarted: nothing is sent again, and a new event goes out after the ones before.
+        let again = Webhooks::start_with(
+            store.clone(),
+            Box::new(resolve),
+            http_client(),
+            RETIRE_AFTER,
+        );
+        send(&again, "a.example", 1, &mut sent);
+        wait_until("the event after the restart arrived", || {
+            lock(&took).len() == 9
+        })
+        .await;
+        assert_eq!(*lock(&took), sent);
     }
 
     /// The writer's trim and the sender's advance record their heads after releasing the queue's lock, in either

@@ -78,7 +78,43 @@ enum Claim {
     /// Released when dropped.
     Local(Running),
     /// The bucket entry, at the revision this request wrote.
-    Shared { key: String, revision: u64 },
+    Shared(SharedClaim),
+}
+
+/// A claim in the shared bucket, at the revision this request wrote. Settled by the request (its answer stored,
+/// or the claim removed after a refusal); dropped unsettled (the request panicked, or its runtime stopped), it is
+/// removed in the background, so that a retry is not told for up to [`MAX_CLAIM_AGE`] that the request still runs.
+struct SharedClaim {
+    owner: Arc<Idempotency>,
+    key: String,
+    revision: u64,
+    settled: bool,
+}
+
+impl Drop for SharedClaim {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Without a runtime (it is shutting down) the claim stays, and is taken over once its node is gone.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (owner, key, revision) = (
+            self.owner.clone(),
+            std::mem::take(&mut self.key),
+            self.revision,
+        );
+        runtime.spawn(async move {
+            if let Keys::Shared { bucket, .. } = &owner.keys
+                && let Err(e) = bucket.remove(&key, revision).await
+            {
+                tracing::warn!(
+                    "cannot release the idempotency key of a request that failed before its answer: {e}"
+                );
+            }
+        });
+    }
 }
 
 /// Releases a running key when its request ends, however it ends.
@@ -224,7 +260,7 @@ impl Idempotency {
                     this.claim_local(store, running, &route, &key_text, &digest)
                 }
                 Keys::Shared { bucket, spool } => {
-                    claim_shared(bucket, spool, &route, &key_text, &digest).await
+                    claim_shared(&this, bucket, spool, &route, &key_text, &digest).await
                 }
             };
             match step? {
@@ -281,7 +317,7 @@ impl Idempotency {
     /// Runs the request holding `claim`; an accepted answer is remembered, a refused one releases the key.
     async fn finish<F>(
         self: &Arc<Self>,
-        claim: Claim,
+        mut claim: Claim,
         digest: [u8; 32],
         key_text: String,
         handle: F,
@@ -316,15 +352,16 @@ impl Idempotency {
         answer.extend_from_slice(&bytes);
         // The notifications are queued: the answer goes out whatever happens to the record (a refusal now would
         // have the sender retry, and queue them again under new ids); only a retry with this key would run again.
-        if let Err(e) = self.remember(&claim, answer).await {
+        if let Err(e) = self.remember(&mut claim, answer).await {
             tracing::warn!(key = %key_text, "cannot remember an idempotency key (the answer is sent; a retry with this key would be processed again): {e}");
         }
         drop(claim);
         Ok(Response::from_parts(parts, axum::body::Body::from(bytes)))
     }
 
-    /// Stores an accepted request's answer under its claim.
-    async fn remember(self: &Arc<Self>, claim: &Claim, answer: Vec<u8>) -> Result<(), String> {
+    /// Stores an accepted request's answer under its claim (which it settles: a shared claim is then the answer,
+    /// another request's, or written again in the background).
+    async fn remember(self: &Arc<Self>, claim: &mut Claim, answer: Vec<u8>) -> Result<(), String> {
         match (&self.keys, claim) {
             (Keys::Local { store, .. }, Claim::Local(running)) => {
                 let store = store.clone();
@@ -337,11 +374,14 @@ impl Idempotency {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())
             }
-            (Keys::Shared { bucket, .. }, Claim::Shared { key, revision }) => {
+            (Keys::Shared { bucket, .. }, Claim::Shared(claim)) => {
                 let mut value = Vec::with_capacity(1 + answer.len());
                 value.push(ANSWERED);
                 value.extend_from_slice(&answer);
-                match bucket.replace(key, *revision, &value).await {
+                let (key, revision) = (&claim.key, &claim.revision);
+                let written = bucket.replace(key, *revision, &value).await;
+                claim.settled = true;
+                match written {
                     Ok(Some(_)) => Ok(()),
                     Ok(None) => Err(format!(
                         "its claim in {} was taken over by another request",
@@ -388,12 +428,13 @@ impl Idempotency {
     }
 
     /// Frees the key of a request that was refused (it may be retried as is).
-    async fn release(&self, claim: Claim) {
-        if let (Keys::Shared { bucket, .. }, Claim::Shared { key, revision }) = (&self.keys, &claim)
-            && let Err(e) = bucket.remove(key, *revision).await
-        {
-            // Left in place, the claim is taken over once it is abandoned (MAX_CLAIM_AGE).
-            tracing::warn!("cannot release an idempotency key after a refused request: {e}");
+    async fn release(&self, mut claim: Claim) {
+        if let (Keys::Shared { bucket, .. }, Claim::Shared(claim)) = (&self.keys, &mut claim) {
+            claim.settled = true;
+            if let Err(e) = bucket.remove(&claim.key, claim.revision).await {
+                // Left in place, the claim is taken over once it is abandoned (MAX_CLAIM_AGE).
+                tracing::warn!("cannot release an idempotency key after a refused request: {e}");
+            }
         }
     }
 }
@@ -410,6 +451,7 @@ const CLAIM_PASSES: u32 = 5;
 /// error of a write whose outcome is unknown (a timeout) is settled by reading the entry back: the claim carries a
 /// number this request drew, so it knows its own.
 async fn claim_shared(
+    owner: &Arc<Idempotency>,
     bucket: &ClaimBucket,
     spool: &JetStreamSpool,
     route: &str,
@@ -467,16 +509,19 @@ async fn claim_shared(
                 }
             },
         };
+        let held = |key, revision| {
+            Step::Run(Claim::Shared(SharedClaim {
+                owner: owner.clone(),
+                key,
+                revision,
+                settled: false,
+            }))
+        };
         match written {
-            Ok(Some(revision)) => return Ok(Step::Run(Claim::Shared { key, revision })),
+            Ok(Some(revision)) => return Ok(held(key, revision)),
             Ok(None) => continue,
             Err(e) => match bucket.read(&key).await {
-                Ok(Some(entry)) if mine(&entry) => {
-                    return Ok(Step::Run(Claim::Shared {
-                        key,
-                        revision: entry.revision,
-                    }));
-                }
+                Ok(Some(entry)) if mine(&entry) => return Ok(held(key, entry.revision)),
                 _ => return Err(unavailable(&e)),
             },
         }
@@ -602,6 +647,56 @@ mod tests {
             .unwrap()
             .into_parts()
             .0
+    }
+
+    /// On the shared bucket, a request whose handler panics leaves no claim behind: the key is released, and a
+    /// retry with it runs instead of being told for minutes that the first one still runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_claim_is_released_when_its_request_panics() {
+        use herald_spool::{JetStreamOptions, JetStreamSpool};
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let server = herald_testkit::nats::single(dir.path());
+        let spool = JetStreamSpool::connect(JetStreamOptions::new(vec![server.url()], "idem"))
+            .await
+            .unwrap();
+        let _pulled = spool.take_deliveries();
+        let idem = Arc::new(Idempotency::shared(spool));
+        let body = Bytes::from_static(b"{\"tokens\": [\"aa\"]}");
+        let failed = idem
+            .run("push", &headers("k-panic"), &body, false, async {
+                panic!("a handler failing")
+            })
+            .await;
+        assert_eq!(
+            failed.unwrap_err().status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let retry = idem
+                .run("push", &headers("k-panic"), &body, false, async {
+                    Ok(json_response(StatusCode::ACCEPTED, "{\"id\": 1}".into()))
+                })
+                .await;
+            match retry {
+                Ok(r) => {
+                    assert_eq!(r.status(), StatusCode::ACCEPTED);
+                    assert!(!r.headers().contains_key("idempotent-replayed"));
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(e.status, StatusCode::CONFLICT, "{e}");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the key stayed claimed after its request panicked: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
     }
 
     /// A client that hangs up while its request is being made durable: the request runs on, and its answer is
