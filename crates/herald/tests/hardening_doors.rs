@@ -1239,3 +1239,47 @@ async fn a_domain_whose_key_cannot_be_read_is_a_temporary_refusal() {
     );
     h.stop().await;
 }
+
+/// An injection whose template has two push parts renders two notifications per recipient: the room it takes
+/// before rendering (one per recipient) is topped up before anything is stored, or the request is refused with
+/// nothing stored (503) — never stored and then left waiting for room unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injection_rendering_more_than_the_room_left_is_refused_before_it_is_stored() {
+    let h = Herald::start(Opts {
+        global: "max_resident_notifications = 100",
+        ..Opts::default()
+    })
+    .await;
+    let template = "From: a@b\nTo: <%= :to %>\nMIME-Version: 1.0\nContent-Type: multipart/vnd.msys.mcmt; boundary=B\n\n\
+        --B\nContent-Type: message/vnd.msys.apn\n\n\n{\"aps\":{\"alert\":\"one\"}}\n\
+        --B\nContent-Type: message/vnd.msys.apn\n\n\n{\"aps\":{\"alert\":\"two\"}}\n--B--\n";
+    let inject = |range: std::ops::Range<usize>| {
+        let recipients: Vec<serde_json::Value> = range
+            .map(|i| serde_json::json!({"to": format!("{}@{DOMAIN}", token(i))}))
+            .collect();
+        reqwest::Client::new()
+            .post(h.url("/v1.0/inject"))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(20))
+            .json(&serde_json::json!({"template": template, "recipients": recipients}))
+            .send()
+    };
+    // 60 recipients, 120 notifications: more than the 100 the queue holds.
+    let answer = inject(0..60).await.expect("answered, not left waiting");
+    assert_eq!(answer.status(), 503);
+    let json: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        error_of(&json).contains("max_resident_notifications = 100"),
+        "{json}"
+    );
+    assert_eq!(
+        h.server.engine.resident_room(),
+        100,
+        "nothing was taken or stored"
+    );
+    // 40 recipients, 80 notifications: accepted.
+    let answer = inject(100..140).await.unwrap();
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    assert_eq!(h.server.engine.resident_room(), 20);
+    h.stop().await;
+}

@@ -653,7 +653,16 @@ impl Intake {
             }
             return Ok(());
         }
+        // Room for the whole batch is taken before anything is stored: a batch built within less room than it
+        // turned out to need (an injection renders a message of several parts into more notifications than it has
+        // recipients) takes the rest now or is refused, as once stored it must be queued without waiting.
         let reserved = match room {
+            Some(Room(RoomKind::Resident(mut r))) if r.len() < batch.len() => {
+                self.engine.try_reserve(batch.len() - r.len()).map(|more| {
+                    r.merge(more);
+                    r
+                })
+            }
             Some(Room(RoomKind::Resident(r))) => Some(r),
             _ => self.engine.try_reserve(batch.len()),
         };

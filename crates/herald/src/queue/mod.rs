@@ -716,6 +716,27 @@ impl Default for EngineLimits {
 #[derive(Debug)]
 pub struct Reservation(Option<tokio::sync::OwnedSemaphorePermit>);
 
+impl Reservation {
+    /// Notifications this reservation still holds room for.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |p| p.num_permits())
+    }
+
+    /// Whether it holds room for none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `more`'s room to this one.
+    pub fn merge(&mut self, more: Reservation) {
+        match (&mut self.0, more.0) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+    }
+}
+
 /// The delivery engine: per-domain queues and pools.
 pub struct Engine {
     max_resident: usize,

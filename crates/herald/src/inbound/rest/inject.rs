@@ -147,8 +147,9 @@ async fn inject_batch(
     if recipients.len() > max_notifications {
         return Err(super::push::too_many(recipients.len(), max_notifications));
     }
-    // The room is taken before anything is rendered (a message of several parts renders more notifications than
-    // recipients: those beyond it wait for room as they are queued).
+    // The room is taken before anything is rendered; a message of several parts renders more notifications than
+    // it has recipients, and the commit takes room for those too before it stores anything (or refuses the
+    // request: 503, nothing stored).
     let room = intake
         .reserve(recipients.len())
         .map_err(super::push::no_room_error)?;
