@@ -1,6 +1,7 @@
 //! The lexer: turns configuration text into tokens (words, quoted strings, punctuation), skipping whitespace and
 //! `#` / `/* */` comments, and reporting unterminated strings and comments. It streams: memory stays bounded by one
-//! token, and every character is looked at a constant number of times.
+//! token (and at most [`MAX_KEPT_ERRORS`] errors: past them errors are only counted), and every character is looked
+//! at a constant number of times.
 
 use std::borrow::Cow;
 
@@ -53,13 +54,24 @@ pub struct LexError {
     pub message: String,
 }
 
-/// Streams tokens from a text. Lexing errors are collected in `errors` and lexing goes on after them.
+/// The most errors one lexer records; later ones are counted ([`Lexer::hidden_errors`]), not kept, so that a
+/// file of 16 MiB of unterminated strings costs no more memory than one of 201.
+pub const MAX_KEPT_ERRORS: usize = crate::diag::MAX_ERRORS + 1;
+
+/// Streams tokens from a text. Lexing errors are collected in `errors` (the first [`MAX_KEPT_ERRORS`] of them;
+/// a reader may drain it) and lexing goes on after them.
 pub struct Lexer<'a> {
     src: &'a str,
     pos: usize,
     line: u32,
     col: u32,
     pub errors: Vec<LexError>,
+    /// Every error found, kept or not.
+    found: usize,
+    /// Where the last error found is, kept or not.
+    last_error_at: Option<(u32, u32)>,
+    /// Where the first error not kept is.
+    first_hidden_at: Option<(u32, u32)>,
 }
 
 fn is_punct(c: char) -> bool {
@@ -86,7 +98,43 @@ impl<'a> Lexer<'a> {
             line: 1,
             col: 1,
             errors: Vec::new(),
+            found: 0,
+            last_error_at: None,
+            first_hidden_at: None,
         }
+    }
+
+    /// Records an error at (`line`, `col`), or only counts it past [`MAX_KEPT_ERRORS`].
+    fn report(&mut self, line: u32, col: u32, message: impl FnOnce() -> String) {
+        self.found += 1;
+        self.last_error_at = Some((line, col));
+        if self.found > MAX_KEPT_ERRORS {
+            self.first_hidden_at.get_or_insert((line, col));
+            return;
+        }
+        self.errors.push(LexError {
+            line,
+            col,
+            message: message(),
+        });
+    }
+
+    /// How many errors were found, kept or not.
+    pub fn errors_found(&self) -> usize {
+        self.found
+    }
+
+    /// Where the last error found is (kept or not).
+    pub fn last_error_at(&self) -> Option<(u32, u32)> {
+        self.last_error_at
+    }
+
+    /// How many errors were found past [`MAX_KEPT_ERRORS`] and not kept, and where the first of them is.
+    pub fn hidden_errors(&self) -> (usize, Option<(u32, u32)>) {
+        (
+            self.found.saturating_sub(MAX_KEPT_ERRORS),
+            self.first_hidden_at,
+        )
     }
 
     fn peek(&self) -> Option<char> {
@@ -161,10 +209,8 @@ impl<'a> Lexer<'a> {
                     match self.src[self.pos + 2..].find("*/") {
                         Some(n) => self.advance_across_lines(self.pos + 2 + n + 2),
                         None => {
-                            self.errors.push(LexError {
-                                line,
-                                col,
-                                message: "unterminated comment: `/*` has no closing `*/`".into(),
+                            self.report(line, col, || {
+                                "unterminated comment: `/*` has no closing `*/`".into()
                             });
                             self.pos = self.src.len();
                         }
@@ -199,12 +245,10 @@ impl<'a> Lexer<'a> {
                 i += 1;
             }
             if i >= bytes.len() || bytes[i] == b'\n' {
-                self.errors.push(LexError {
-                    line,
-                    col,
-                    message: format!(
+                self.report(line, col, || {
+                    format!(
                         "unterminated string: {quote} opened here is not closed on the same line"
-                    ),
+                    )
                 });
                 let rest = &self.src[start..i];
                 // `domain "name {`: end the string before a trailing `{`, so the scope still opens.
@@ -407,6 +451,23 @@ mod tests {
             .collect();
         assert_eq!(toks[1], (TokenKind::Quoted, "a.com".to_string(), 8));
         assert_eq!(toks[2], (TokenKind::LBrace, "{".to_string(), 15));
+    }
+
+    #[test]
+    fn errors_past_the_cap_are_counted_not_kept() {
+        let src = "\"\n".repeat(1000);
+        let mut lx = Lexer::new(&src);
+        assert_eq!(lx.by_ref().count(), 1000);
+        assert_eq!(lx.errors.len(), MAX_KEPT_ERRORS);
+        assert_eq!(lx.errors_found(), 1000);
+        assert_eq!(
+            lx.hidden_errors(),
+            (
+                1000 - MAX_KEPT_ERRORS,
+                Some((MAX_KEPT_ERRORS as u32 + 1, 1))
+            )
+        );
+        assert_eq!(lx.last_error_at(), Some((1000, 1)));
     }
 
     #[test]

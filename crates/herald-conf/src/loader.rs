@@ -95,8 +95,86 @@ pub fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
     }
     Ok(bytes)
 }
-/// The largest compiled regex accepted for a regex domain.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// The largest compiled form of one regex domain or host name, in bytes (256 KiB). A domain pattern needs a few
+/// KiB at most; Unicode classes repeated (`\w{20}`) are what reach it.
+pub const REGEX_SIZE_LIMIT: usize = 256 << 10;
+/// The most regex domain and host stanzas one configuration declares: a lookup tries each of its container's.
+pub const MAX_REGEX_STANZAS: usize = 1_000;
+/// The most bytes the compiled regex names of one configuration take together (64 MiB). Each counts as the
+/// smallest power of two from [`REGEX_PROBE_START`] up that holds its compiled form.
+pub const REGEX_BUDGET_BYTES: usize = 64 << 20;
+/// The size limit a regex is first compiled with; each retry doubles it, up to [`REGEX_SIZE_LIMIT`].
+const REGEX_PROBE_START: usize = 1 << 10;
+
+/// Why a regex name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum RegexRefusal {
+    #[error("not a valid regular expression: {0}")]
+    Invalid(String),
+    #[error(
+        "the regular expression compiles to more than {REGEX_SIZE_LIMIT} bytes (256 KiB), the most one regex name \
+         may take; write a smaller one (Unicode classes such as `\\w` are large: `[a-z0-9-]` is enough for a \
+         domain name)"
+    )]
+    TooBig,
+    #[error(
+        "more than {MAX_REGEX_STANZAS} regex domain and host stanzas: a configuration may declare at most \
+         {MAX_REGEX_STANZAS} (a lookup tries each one); this and any later regex stanza are refused"
+    )]
+    TooMany,
+    #[error(
+        "the regex domain and host names compile to more than {REGEX_BUDGET_BYTES} bytes (64 MiB) together, the \
+         most a configuration may hold; this and any later regex stanza are refused"
+    )]
+    OverBudget,
+}
+
+/// What the regex names of one load have taken: how many, and their compiled size ([`REGEX_BUDGET_BYTES`]).
+#[derive(Debug, Default)]
+struct RegexBudget {
+    count: usize,
+    bytes: usize,
+    /// Set once a stanza went over the budget: later ones are refused without another message.
+    spent: bool,
+}
+
+impl RegexBudget {
+    /// Compiles `pattern` (case-insensitively: domain names are) and charges it to the budget. The compiled size
+    /// is found by compiling with a size limit that doubles from [`REGEX_PROBE_START`] until the pattern fits,
+    /// never past [`REGEX_SIZE_LIMIT`] or what is left of the budget; a failed try stops at its limit, so the
+    /// tries cost less than the final compilation twice over.
+    fn compile(&mut self, pattern: &str) -> Result<regex::Regex, RegexRefusal> {
+        if self.count >= MAX_REGEX_STANZAS {
+            return Err(RegexRefusal::TooMany);
+        }
+        let left = REGEX_BUDGET_BYTES - self.bytes;
+        if left == 0 {
+            return Err(RegexRefusal::OverBudget);
+        }
+        let cap = REGEX_SIZE_LIMIT.min(left);
+        let mut limit = REGEX_PROBE_START.min(cap);
+        loop {
+            let built = RegexBuilder::new(pattern)
+                .case_insensitive(true)
+                .size_limit(limit)
+                .dfa_size_limit(REGEX_SIZE_LIMIT)
+                .build();
+            match built {
+                Ok(re) => {
+                    self.count += 1;
+                    self.bytes += limit;
+                    return Ok(re);
+                }
+                Err(regex::Error::CompiledTooBig(_)) if limit < cap => limit = (limit * 2).min(cap),
+                Err(regex::Error::CompiledTooBig(_)) if cap < REGEX_SIZE_LIMIT => {
+                    return Err(RegexRefusal::OverBudget);
+                }
+                Err(regex::Error::CompiledTooBig(_)) => return Err(RegexRefusal::TooBig),
+                Err(e) => return Err(RegexRefusal::Invalid(first_line(&e.to_string()))),
+            }
+        }
+    }
+}
 
 pub(crate) struct Loader {
     pub diags: Diagnostics,
@@ -111,6 +189,8 @@ pub(crate) struct Loader {
     /// Where each binding was first declared, and the binding group that holds it (`None`: the top level). A
     /// binding name is one binding: delivery and `config eval` find it by name alone.
     bindings: HashMap<String, (Option<String>, Location)>,
+    /// What the regex domain and host names declared so far have taken.
+    regexes: RegexBudget,
 }
 
 struct FileCtx {
@@ -137,6 +217,7 @@ impl Loader {
             files: 0,
             scopes: Vec::new(),
             bindings: HashMap::new(),
+            regexes: RegexBudget::default(),
         }
     }
 
@@ -213,20 +294,23 @@ impl Loader {
         // Statements are applied as they are parsed: a large file never exists as a whole syntax tree.
         let mut parser = parser::Parser::new(&text);
         self.pending.push(Default::default());
-        // Statements that parsed without a syntax error: a configuration with mistakes has some.
+        // Statements that parsed without a syntax error: a configuration with mistakes has some. Counted by
+        // errors found, since past the parser's cap errors are counted but not returned.
         let mut well_formed = 0usize;
+        let mut found = 0usize;
         while let Some(stmt) = parser.next_statement() {
-            let syntax = parser.take_errors();
-            if syntax.is_empty() {
+            self.queue(parser.take_errors());
+            if parser.errors_found() == found {
                 well_formed += 1;
             }
-            self.queue(syntax);
+            found = parser.errors_found();
             self.apply_one(stmt, root, &ctx, false);
             if self.diags.is_full() {
                 break;
             }
         }
         self.queue(parser.take_errors());
+        self.queue(parser.hidden_errors().into_iter().collect());
         self.flush(&ctx, None);
         self.pending.pop();
         let errors_here = self.diags.all()[mark..]
@@ -315,9 +399,13 @@ impl Loader {
                     name,
                     body,
                 } => self.scope(node, &kind, kind_pos, &name, body, ctx),
-                Stmt::Include { path, pos, .. } => {
+                Stmt::Include {
+                    path,
+                    pos,
+                    readonly,
+                } => {
                     if !discard {
-                        self.include(node, &path, pos, ctx);
+                        self.include(node, &path, pos, readonly, ctx);
                     }
                 }
             }
@@ -503,20 +591,43 @@ impl Loader {
             }
             _ => {}
         }
+        if let Some(n) = name
+            && let Err(why) = check_name(kind, &n.text)
+        {
+            self.diags.error(
+                ctx.loc(n.pos),
+                format!("bad {kind} name {}: {why}", quote(&n.text)),
+            );
+            return self.apply(body, node, ctx, true);
+        }
+        let norm = name.as_ref().map(|n| kind.normalize_name(&n.text));
+        // A regex name is compiled when its stanza is first declared (a repeated stanza merges into it).
         let mut regex = None;
-        if let Some(n) = name {
-            match check_name(kind, &n.text) {
-                Ok(re) => regex = re,
+        if let (Some(n), Some(written)) = (name, norm.as_deref())
+            && matches!(kind, ScopeKind::Domain | ScopeKind::Host)
+            && is_regex_name(written)
+            && node.child(kind, Some(written)).is_none()
+        {
+            if self.regexes.spent {
+                return self.apply(body, node, ctx, true);
+            }
+            match self.regexes.compile(&written[1..written.len() - 1]) {
+                Ok(re) => regex = Some(re),
                 Err(why) => {
-                    self.diags.error(
-                        ctx.loc(n.pos),
-                        format!("bad {kind} name {}: {why}", quote(&n.text)),
-                    );
+                    let message = match why {
+                        RegexRefusal::Invalid(_) | RegexRefusal::TooBig => {
+                            format!("bad {kind} name {}: {why}", quote(&n.text))
+                        }
+                        RegexRefusal::TooMany | RegexRefusal::OverBudget => {
+                            self.regexes.spent = true;
+                            format!("{kind} {}: {why}", quote(&n.text))
+                        }
+                    };
+                    self.diags.error(ctx.loc(n.pos), message);
                     return self.apply(body, node, ctx, true);
                 }
             }
         }
-        let norm = name.as_ref().map(|n| kind.normalize_name(&n.text));
         if let (Some(n), Some(written)) = (name, norm.as_deref())
             && let Err(why) = self.check_identity(node, kind, written, ctx.loc(n.pos))
         {
@@ -612,7 +723,28 @@ impl Loader {
         })
     }
 
-    fn include(&mut self, node: &mut Node, path: &Scalar, at: Pos, ctx: &FileCtx) {
+    fn include(&mut self, node: &mut Node, path: &Scalar, at: Pos, readonly: bool, ctx: &FileCtx) {
+        if path.text.trim().is_empty() {
+            // Joined to a directory, an empty path is that directory: every file in it would be read.
+            self.diags.error(
+                ctx.loc(path.pos),
+                format!(
+                    "`{} {}`: the path is empty{}; name the file or directory to include",
+                    if readonly {
+                        "readonly_include"
+                    } else {
+                        "include"
+                    },
+                    crate::lexer::render_value(&path.text, true),
+                    if path.text.is_empty() {
+                        ""
+                    } else {
+                        " (only spaces)"
+                    },
+                ),
+            );
+            return;
+        }
         let wanted = Path::new(&path.text);
         let mut tried = Vec::new();
         let found = if wanted.is_absolute() {
@@ -733,26 +865,15 @@ fn dir_of(path: &Path) -> PathBuf {
     }
 }
 
-/// Checks a scope name; returns the compiled regex of a `/…/` domain or host name.
-fn check_name(kind: ScopeKind, name: &str) -> Result<Option<regex::Regex>, String> {
+/// Checks a scope name. A `/…/` domain or host name is checked when it is compiled ([`RegexBudget::compile`]).
+fn check_name(kind: ScopeKind, name: &str) -> Result<(), String> {
     match kind {
-        ScopeKind::Domain | ScopeKind::Host if is_regex_name(name) => {
-            RegexBuilder::new(&name[1..name.len() - 1])
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map(Some)
-                .map_err(|e| {
-                    format!(
-                        "not a valid regular expression: {}",
-                        first_line(&e.to_string())
-                    )
-                })
-        }
+        ScopeKind::Domain | ScopeKind::Host if is_regex_name(name) => Ok(()),
         ScopeKind::Domain | ScopeKind::Host => {
             if name.is_empty() || name.chars().any(char::is_whitespace) {
                 Err("a domain name cannot be empty or contain spaces".into())
             } else {
-                Ok(None)
+                Ok(())
             }
         }
         ScopeKind::Binding | ScopeKind::BindingGroup => {
@@ -762,18 +883,15 @@ fn check_name(kind: ScopeKind, name: &str) -> Result<Option<regex::Regex>, Strin
                         .into(),
                 )
             } else {
-                Ok(None)
+                Ok(())
             }
         }
         ScopeKind::Listen => name
             .parse::<ListenAddr>()
-            .map(|_| None)
+            .map(|_| ())
             .map_err(|e| e.to_string()),
-        ScopeKind::Peer => name
-            .parse::<Cidr>()
-            .map(|_| None)
-            .map_err(|e| e.to_string()),
-        _ => Ok(None),
+        ScopeKind::Peer => name.parse::<Cidr>().map(|_| ()).map_err(|e| e.to_string()),
+        _ => Ok(()),
     }
 }
 

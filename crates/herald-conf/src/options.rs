@@ -356,7 +356,16 @@ const LISTENER_PEER: Scopes = Scopes::of(&[
     Listen,
     Peer,
 ]);
-const MCMT: Scopes = Scopes::of(&[EsmtpListener, Listen, Peer, PathwayGroup, Pathway]);
+/// `mcmt_reception`: Momentum's scopes, and the `http_listener` (whose listen and peer stanzas Momentum gives every
+/// ESMTP listener option), where it is accepted without effect and `herald check` warns.
+const MCMT: Scopes = Scopes::of(&[
+    EsmtpListener,
+    HttpListener,
+    Listen,
+    Peer,
+    PathwayGroup,
+    Pathway,
+]);
 const HTTP: Scopes = Scopes::of(&[HttpListener, Listen]);
 /// The services an HTTP listener can offer (`http_services`).
 pub const HTTP_SERVICES: &[&str] = &["inject", "push", "tokens", "metrics", "dashboard"];
@@ -394,7 +403,7 @@ option_table! {
         Kind::Routes,
         None,
         GLOBAL_DOMAIN,
-        "Where to deliver: `apn://HOST?port=2195` is the legacy binary protocol, `https://HOST[:PORT]` (port 443 by default) is HTTP/2, a herald addition.",
+        "Where to deliver: `apn://HOST?port=2195` (or Momentum's `http://HOST?port=2195`; port 2195 by default) is the legacy binary protocol, `https://HOST[:PORT]` (port 443 by default) is HTTP/2, a herald addition.",
     ),
     IdleTimeout => opt(
         "idle_timeout",
@@ -1764,11 +1773,11 @@ mod tests {
             ),
             (
                 r#"esmtp_listener { max_message_size = 0 }"#,
-                "0 is out of range (expected integer ≥ 1)",
+                "0 is out of range (expected integer 1..4294967295)",
             ),
             (
                 r#"esmtp_listener { max_recipients_per_message = 0 }"#,
-                "0 is out of range (expected integer ≥ 1)",
+                "0 is out of range (expected integer 1..4294967295)",
             ),
             (
                 r#"max_message_size = 5000"#,

@@ -1,13 +1,15 @@
 //! The parser: builds the syntax tree of one file from the lexer's tokens. It never stops at the first error: after
 //! a bad statement it skips to the next line (or past a balanced `{ … }` block) and goes on, so that every error in
-//! a file is reported. Nesting depth is bounded, so hostile input cannot exhaust the stack.
+//! a file is reported, up to [`MAX_ERRORS`] of them: later ones are counted, not kept, so that a hostile file
+//! cannot pile up millions of messages ([`Parser::hidden_errors`] says how many more there were). Nesting depth is
+//! bounded, so hostile input cannot exhaust the stack.
 
 use std::collections::VecDeque;
 
 use crate::{
     ast::{Pos, RawValue, Scalar, Stmt},
-    diag::quote,
-    lexer::{Lexer, Token, TokenKind},
+    diag::{MAX_ERRORS, quote},
+    lexer::{Lexer, MAX_KEPT_ERRORS, Token, TokenKind},
     options,
     scopes::ScopeKind,
     secrets,
@@ -30,14 +32,17 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Parses a whole file. Returns the statements it could read and every syntax error, in text order.
+/// Parses a whole file. Returns the statements it could read and its syntax errors in text order: the first
+/// [`MAX_ERRORS`], then, if there were more, one that says how many more ([`Parser::hidden_errors`]).
 pub fn parse(src: &str) -> (Vec<Stmt>, Vec<SyntaxError>) {
     let mut p = Parser::new(src);
     let mut body = Vec::new();
     while let Some(s) = p.next_statement() {
         body.push(s);
     }
-    (body, p.take_errors())
+    let mut errors = p.take_errors();
+    errors.extend(p.hidden_errors());
+    (body, errors)
 }
 
 enum Step {
@@ -52,6 +57,13 @@ pub struct Parser<'a> {
     lx: Lexer<'a>,
     ahead: VecDeque<Token<'a>>,
     errors: Vec<SyntaxError>,
+    /// The parser's own errors found, kept or not.
+    found: usize,
+    /// Errors (the parser's and the lexer's) returned by [`Parser::take_errors`]: at most [`MAX_ERRORS`].
+    handed: usize,
+    /// Errors not kept or not returned (the lexer's own uncounted), and where the first of them is.
+    hidden: usize,
+    first_hidden: Option<Pos>,
     /// The secret option (canonical name) whose statement is being read: its tokens are never quoted.
     secret: Option<&'static str>,
     /// The line of the last token consumed.
@@ -64,6 +76,10 @@ impl<'a> Parser<'a> {
             lx: Lexer::new(src),
             ahead: VecDeque::new(),
             errors: Vec::new(),
+            found: 0,
+            handed: 0,
+            hidden: 0,
+            first_hidden: None,
             secret: None,
             last_line: 1,
         }
@@ -80,7 +96,8 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// The syntax errors found so far (lexer and parser), in text order, and forgets them.
+    /// The syntax errors found since the last call (lexer and parser), in text order, and forgets them. Over the
+    /// parser's life it returns at most [`MAX_ERRORS`]; the others are counted in [`Parser::hidden_errors`].
     pub fn take_errors(&mut self) -> Vec<SyntaxError> {
         let mut errors = std::mem::take(&mut self.errors);
         errors.extend(self.lx.errors.drain(..).map(|e| SyntaxError {
@@ -91,7 +108,52 @@ impl<'a> Parser<'a> {
             message: e.message,
         }));
         errors.sort_by_key(|e| (e.pos.line, e.pos.col));
+        let room = MAX_ERRORS - self.handed;
+        if errors.len() > room {
+            for e in errors.drain(room..) {
+                self.hide(e.pos);
+            }
+        }
+        self.handed += errors.len();
         errors
+    }
+
+    /// How many syntax errors (lexer and parser) were found, returned or not. A statement that adds none is
+    /// well-formed.
+    pub fn errors_found(&self) -> usize {
+        self.found + self.lx.errors_found()
+    }
+
+    /// When more syntax errors were found than [`Parser::take_errors`] returns: one error, at the first of those
+    /// not returned, that says how many there were.
+    pub fn hidden_errors(&self) -> Option<SyntaxError> {
+        let (lexer, lexer_at) = self.lx.hidden_errors();
+        let more = self.hidden + lexer;
+        if more == 0 {
+            return None;
+        }
+        let lexer_at = lexer_at.map(|(line, col)| Pos { line, col });
+        let pos = match (self.first_hidden, lexer_at) {
+            (Some(a), Some(b)) => std::cmp::min_by_key(a, b, |p| (p.line, p.col)),
+            (a, b) => a.or(b).unwrap_or_default(),
+        };
+        Some(SyntaxError {
+            pos,
+            message: format!(
+                "too many syntax errors: {more} more after the first {MAX_ERRORS} are not shown"
+            ),
+        })
+    }
+
+    /// Counts an error that is not returned.
+    fn hide(&mut self, pos: Pos) {
+        self.hidden += 1;
+        if self
+            .first_hidden
+            .is_none_or(|f| (pos.line, pos.col) < (f.line, f.col))
+        {
+            self.first_hidden = Some(pos);
+        }
     }
 }
 
@@ -157,9 +219,15 @@ impl<'a> Parser<'a> {
         describe(t, self.secret.is_some())
     }
 
-    /// Records an error. Within a secret option's statement, a message that does not name the option is
-    /// prefixed with it (its tokens are masked, so the name says where the error is).
+    /// Records an error (past [`MAX_KEPT_ERRORS`], only counts it). Within a secret option's statement, a
+    /// message that does not name the option is prefixed with it (its tokens are masked, so the name says where the
+    /// error is).
     fn error(&mut self, pos: Pos, message: String) {
+        self.found += 1;
+        if self.found > MAX_KEPT_ERRORS {
+            self.hide(pos);
+            return;
+        }
         let message = match self.secret {
             Some(name) if !message.contains(name) => format!("`{name}`: {message}"),
             _ => message,
@@ -270,12 +338,12 @@ impl<'a> Parser<'a> {
             return self.statement_of(w, depth);
         };
         let start = pos(&w);
-        let errors = self.errors.len();
+        let errors = self.found;
         self.secret = Some(secret);
         let stmt = self.statement_of(w, depth);
         self.secret = None;
         if !matches!(stmt, Some(Stmt::Scope { .. })) {
-            self.secret_tail(secret, start, self.errors.len() > errors);
+            self.secret_tail(secret, start, self.found > errors);
         }
         stmt
     }
@@ -283,9 +351,8 @@ impl<'a> Parser<'a> {
     /// Whether the lexer reported a problem (an unterminated string or comment) at or after `start`.
     fn lexed_badly_since(&self, start: Pos) -> bool {
         self.lx
-            .errors
-            .last()
-            .is_some_and(|e| (e.line, e.col) >= (start.line, start.col))
+            .last_error_at()
+            .is_some_and(|at| at >= (start.line, start.col))
     }
 
     /// After a secret option's statement that started at `start`: skips (reporting once, masked, unless
@@ -664,6 +731,42 @@ mod tests {
         let src = "a {".repeat(100_000);
         let (_, e) = parse(&src);
         assert!(!e.is_empty());
+    }
+
+    #[test]
+    fn errors_pile_up_only_to_the_cap_and_the_rest_are_counted() {
+        let src = "}\n".repeat(1 << 20);
+        let e = errs(&src);
+        assert_eq!(e.len(), MAX_ERRORS + 1, "{:?}", &e[..3]);
+        assert!(
+            e[..MAX_ERRORS]
+                .iter()
+                .all(|(_, _, m)| m.contains("unexpected `}`"))
+        );
+        assert_eq!((e[0].0, e[0].1), (1, 1));
+        let (line, col, last) = &e[MAX_ERRORS];
+        assert_eq!((*line, *col), (MAX_ERRORS as u32 + 1, 1));
+        assert_eq!(
+            last,
+            &format!(
+                "too many syntax errors: {} more after the first {MAX_ERRORS} are not shown",
+                (1 << 20) - MAX_ERRORS
+            )
+        );
+        // Lexer errors (unterminated strings) count together with the parser's.
+        let src = "\"\n}\n".repeat(1000);
+        let e = errs(&src);
+        assert_eq!(e.len(), MAX_ERRORS + 1);
+        // Three per line pair: the open string, the string where a name belongs, the stray `}`.
+        assert!(
+            e[MAX_ERRORS]
+                .2
+                .contains(&format!("{} more", 3000 - MAX_ERRORS)),
+            "{:?}",
+            e[MAX_ERRORS]
+        );
+        // Under the cap nothing changes.
+        assert_eq!(errs(&"}\n".repeat(MAX_ERRORS)).len(), MAX_ERRORS);
     }
 
     #[test]

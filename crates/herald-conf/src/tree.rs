@@ -101,7 +101,7 @@ impl Node {
 
     /// The child scope `kind name`, created if absent (repeated stanzas merge into one node, keyed by
     /// [`ScopeKind::index_key`]; the node keeps the name as first written). `regex` is the compiled pattern of a
-    /// `/…/` domain or host name.
+    /// `/…/` domain or host name (compiled case-insensitively: it is matched against the lower-cased name).
     pub fn child_mut(
         &mut self,
         kind: ScopeKind,

@@ -40,7 +40,8 @@ pub enum Kind {
     Words(&'static [&'static str]),
     /// `[ key = value … ]`.
     Pairs,
-    /// A list of delivery routes (`apn://host?port=2195`, `https://host[:port]`).
+    /// A list of delivery routes (`apn://host?port=2195` or Momentum's `http://host?port=2195`,
+    /// `https://host[:port]`).
     Routes,
     /// `auto`, `none` or a non-negative integer.
     MaxRetries,
@@ -86,13 +87,14 @@ impl Kind {
 /// How a notification is carried to APNs, chosen by the route's scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteProtocol {
-    /// `apn://host?port=2195`: the legacy binary protocol over TLS.
+    /// `apn://host?port=2195`: the legacy binary protocol over TLS. Momentum lets the protocol part be written
+    /// `http` (docs/momentum-compat.md#routes), so `http://host?port=2195` is this protocol too.
     Binary,
     /// `https://host[:port]`: the HTTP/2 provider API.
     Http2,
 }
 
-/// One entry of `routes`.
+/// One entry of `routes`. It prints as `apn://HOST?port=N` or `https://HOST[:PORT]`, however it was written.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     pub protocol: RouteProtocol,
@@ -119,11 +121,12 @@ impl fmt::Display for Route {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error(
-        "a route needs a scheme: apn://HOST?port=2195 (binary) or https://HOST[:PORT] (HTTP/2)"
+        "a route needs a scheme: apn://HOST?port=2195 (binary; Momentum's http://HOST?port=2195 too) or \
+         https://HOST[:PORT] (HTTP/2)"
     )]
     NoScheme,
     #[error(
-        "unsupported route scheme `{0}`: herald delivers with apn:// (binary) or https:// (HTTP/2)"
+        "unsupported route scheme `{0}`: herald delivers with apn:// or http:// (binary) or https:// (HTTP/2)"
     )]
     Scheme(String),
     #[error("the route has no host")]
@@ -132,7 +135,7 @@ pub enum RouteError {
     Port(String),
     #[error("unknown route parameter `{0}` (only `port` is understood)")]
     Param(String),
-    #[error("an https:// route takes no path or query")]
+    #[error("a route takes no path, and an https:// route no query")]
     Path,
 }
 
@@ -142,7 +145,9 @@ impl FromStr for Route {
     fn from_str(s: &str) -> Result<Self, RouteError> {
         let (scheme, rest) = s.split_once("://").ok_or(RouteError::NoScheme)?;
         let protocol = match scheme.to_ascii_lowercase().as_str() {
-            "apn" => RouteProtocol::Binary,
+            // Momentum: "Specifying the protocol as mm7, apn and gcm is optional. Instead, you can use http";
+            // the delivery method says which protocol is meant, and herald's is APNs.
+            "apn" | "http" => RouteProtocol::Binary,
             "https" => RouteProtocol::Http2,
             other => return Err(RouteError::Scheme(other.to_string())),
         };
@@ -346,6 +351,12 @@ pub const MAX_SECONDS: i64 = 100 * 365 * 86_400;
 /// [`MAX_SECONDS`] in milliseconds.
 pub const MAX_MILLIS: i64 = MAX_SECONDS * 1_000;
 
+/// True for an optional sign followed by one or more decimal digits.
+fn is_whole_number(s: &str) -> bool {
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn parse_scalar(kind: Kind, s: &str) -> Result<Value, String> {
     let nonneg = |s: &str| -> Result<Value, String> {
         s.parse::<u64>()
@@ -369,14 +380,19 @@ fn parse_scalar(kind: Kind, s: &str) -> Result<Value, String> {
         Kind::Bool => parse_bool(s).map(Value::Bool).ok_or_else(|| {
             "expected a boolean (on/off, true/false, enabled/disabled, yes/no, 1/0)".into()
         }),
-        Kind::Int { min, max } => match s.parse::<i64>() {
-            Ok(n) if n >= min && n <= max => Ok(Value::Int(n)),
-            Ok(n) => Err(format!(
-                "{n} is out of range (expected {})",
-                kind.describe()
-            )),
-            Err(_) => Err(format!("expected an {}", kind.describe())),
-        },
+        Kind::Int { min, max } => {
+            // Both bounds, whatever the documentation table shows (`integer ≥ -1` when the maximum is large).
+            let range = format!("expected integer {min}..{max}");
+            match s.parse::<i64>() {
+                Ok(n) if n >= min && n <= max => Ok(Value::Int(n)),
+                Ok(n) => Err(format!("{n} is out of range ({range})")),
+                // Digits only (with a sign), but past what a 64-bit number holds (not repeated: it may be long).
+                Err(_) if is_whole_number(s) => {
+                    Err(format!("the number is out of range ({range})"))
+                }
+                Err(_) => Err(format!("expected an {}", kind.describe())),
+            }
+        }
         Kind::Seconds => duration(s, MAX_SECONDS, "seconds"),
         Kind::Millis => duration(s, MAX_MILLIS, "milliseconds"),
         Kind::Bytes => nonneg(s).map_err(|e| format!("{e} of bytes")),
@@ -651,8 +667,61 @@ mod tests {
         );
         assert!("smtp://x".parse::<Route>().is_err());
         assert!("gateway.push.apple.com".parse::<Route>().is_err());
+        assert!("http://x/path?port=2195".parse::<Route>().is_err());
+    }
+
+    #[test]
+    fn momentums_http_scheme_is_the_binary_protocol() {
+        // docs/momentum-compat.md#routes: the protocol part may be written `http`.
+        let r: Route = "http://gateway.push.apple.com?port=2195".parse().unwrap();
+        assert_eq!(
+            r,
+            Route {
+                protocol: RouteProtocol::Binary,
+                host: "gateway.push.apple.com".into(),
+                port: 2195
+            }
+        );
+        assert_eq!(r.to_string(), "apn://gateway.push.apple.com?port=2195");
+        let r: Route = "HTTP://Gateway.Sandbox.Push.Apple.Com".parse().unwrap();
+        assert_eq!(
+            (r.protocol, r.host.as_str(), r.port),
+            (
+                RouteProtocol::Binary,
+                "gateway.sandbox.push.apple.com",
+                2195
+            )
+        );
+        let r: Route = "http://127.0.0.1:2196".parse().unwrap();
+        assert_eq!((r.protocol, r.port), (RouteProtocol::Binary, 2196));
+        // https stays HTTP/2.
+        let r: Route = "https://api.push.apple.com".parse().unwrap();
+        assert_eq!((r.protocol, r.port), (RouteProtocol::Http2, 443));
         assert!("apn://x?port=0".parse::<Route>().is_err());
         assert!("apn://x?pref=10".parse::<Route>().is_err());
+    }
+
+    #[test]
+    fn an_integer_out_of_range_names_both_bounds() {
+        let k = Kind::Int {
+            min: -1,
+            max: u32::MAX as i64,
+        };
+        let e = parse_value(k, &scalar("5000000000")).unwrap_err();
+        assert_eq!(
+            e.reason,
+            "5000000000 is out of range (expected integer -1..4294967295)"
+        );
+        let e = parse_value(k, &scalar("-2")).unwrap_err();
+        assert!(e.reason.contains("-1..4294967295"), "{}", e.reason);
+        // Past 64 bits: still out of range, not "expected an integer", and the digits are not repeated.
+        let e = parse_value(k, &scalar(&"9".repeat(40))).unwrap_err();
+        assert_eq!(
+            e.reason,
+            "the number is out of range (expected integer -1..4294967295)"
+        );
+        let e = parse_value(k, &scalar("many")).unwrap_err();
+        assert_eq!(e.reason, "expected an integer ≥ -1");
     }
 
     #[test]

@@ -165,3 +165,30 @@ fn scope_path_builders_and_get() {
     );
     assert!(c.eval(&ScopePath::host("x"), "retry_interval").is_err());
 }
+
+#[test]
+fn momentums_http_route_is_the_binary_protocol_on_port_2195() {
+    // docs/momentum-compat.md#routes: "Specifying the protocol as mm7, apn and gcm is optional. Instead, you can
+    // use http".
+    let c = Config::parse_str(
+        "t.conf",
+        r#"domain "apn_example.com" {
+  delivery_method = "apn"
+  routes = ("http://gateway.push.apple.com?port=2195")
+}
+domain "sandbox.example" { delivery_method = apn  routes = ( "http://gateway.sandbox.push.apple.com" ) }
+domain "h2.example" { delivery_method = apn  routes = ( "https://api.push.apple.com" ) }
+"#,
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let route = |d: &str| c.domain_settings(None, None, d).routes[0].clone();
+    let r = route("apn_example.com");
+    assert_eq!(
+        (r.protocol, r.host.as_str(), r.port),
+        (RouteProtocol::Binary, "gateway.push.apple.com", 2195)
+    );
+    let r = route("sandbox.example");
+    assert_eq!((r.protocol, r.port), (RouteProtocol::Binary, 2195));
+    let r = route("h2.example");
+    assert_eq!((r.protocol, r.port), (RouteProtocol::Http2, 443));
+}

@@ -75,6 +75,29 @@ fn value_of_the_wrong_type() {
 }
 
 #[test]
+fn an_integer_out_of_range_names_its_maximum() {
+    let (l, c, m) = single("domain a.com {\n  max_outbound_connections = 5000000000\n}\n");
+    assert_eq!((l, c), (2, 30));
+    assert_eq!(
+        m,
+        "invalid value `5000000000` for `max_outbound_connections`: 5000000000 is out of range (expected \
+         integer -1..4294967295)"
+    );
+}
+
+#[test]
+fn syntax_errors_past_the_cap_are_counted_not_kept() {
+    // 8 MiB of stray `}`: every one is an error; the load reports the cap's worth and says there were more.
+    let d = errors(&"}\n".repeat(1 << 22));
+    assert_eq!(d.error_count(), herald_conf::diag::MAX_ERRORS + 1);
+    let last = d.errors().last().unwrap().to_string();
+    assert!(
+        last.starts_with("t.conf:201:1: error: too many errors (200)"),
+        "{last}"
+    );
+}
+
+#[test]
 fn option_in_the_wrong_scope() {
     let (l, c, m) = single("binding_group g {\n  delivery_response_timeout = 100\n}\n");
     assert_eq!((l, c), (2, 3));

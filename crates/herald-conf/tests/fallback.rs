@@ -666,7 +666,7 @@ fn scope_path_errors() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("valid in: esmtp_listener, listen, peer"),
+            .contains("valid in: esmtp_listener, http_listener, listen, peer"),
         "{err}"
     );
     let err = c

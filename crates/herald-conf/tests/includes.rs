@@ -187,3 +187,30 @@ fn missing_top_level_file() {
         "{d}"
     );
 }
+
+#[test]
+fn an_empty_include_path_is_refused_not_read_as_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Joined to the directory, "" would name it, and every file in it would be included.
+    write(tmp.path(), "conf/other.conf", "retry_interval = 9\n");
+    let main = write(
+        tmp.path(),
+        "conf/main.conf",
+        "retry_interval = 3\ninclude \"\"\nreadonly_include \"  \"\n",
+    );
+    let d = Config::load(&main).unwrap_err();
+    let errors: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].ends_with("main.conf:2:9: error: `include \"\"`: the path is empty; name the file or directory to include"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].contains(
+            "main.conf:3:18: error: `readonly_include \"  \"`: the path is empty (only spaces)"
+        ),
+        "{errors:#?}"
+    );
+    // Not read: no include cycle through main.conf, no setting from other.conf.
+    assert!(!d.to_string().contains("cycle"), "{d}");
+}
