@@ -42,7 +42,9 @@ impl Cidr {
         }
     }
 
-    /// Whether `ip` is in the block; an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) counts as its IPv4 address.
+    /// Whether `ip` is in the block; an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) counts as its IPv4 address,
+    /// and a block written in the mapped form (within `::ffff:0:0/96`, such as `::ffff:10.0.0.0/104`) holds the
+    /// IPv4 addresses it maps. A wider IPv6 block (`::/0`) holds IPv6 clients only.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let Ok(net) = IpNet::new(self.addr, self.prefix) else {
             return false;
@@ -51,6 +53,11 @@ impl Cidr {
             (IpNet::V4(_), IpAddr::V6(v6)) => v6
                 .to_ipv4_mapped()
                 .is_some_and(|v4| net.contains(&IpAddr::V4(v4))),
+            (IpNet::V6(v6net), IpAddr::V4(v4)) => {
+                v6net.prefix_len() >= 96
+                    && v6net.network().to_ipv4_mapped().is_some()
+                    && net.contains(&IpAddr::V6(v4.to_ipv6_mapped()))
+            }
             _ => net.contains(&ip),
         }
     }
@@ -119,6 +126,24 @@ impl fmt::Display for ListenAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d` and herald as `a.b.c.d`: a block written in
+    /// the mapped form still holds it, while `::/0` stays a block of IPv6 clients.
+    #[test]
+    fn a_block_in_the_mapped_form_holds_the_ipv4_addresses_it_maps() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let all_mapped: Cidr = "::ffff:0:0/96".parse().unwrap();
+        assert!(all_mapped.contains(v4("10.0.0.1")));
+        let ten: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(ten.contains(v4("10.1.2.3")));
+        assert!(!ten.contains(v4("11.0.0.1")));
+        let one: Cidr = "::ffff:192.0.2.7".parse().unwrap();
+        assert!(one.contains(v4("192.0.2.7")));
+        assert!(!one.contains(v4("192.0.2.8")));
+        let any_v6: Cidr = "::/0".parse().unwrap();
+        assert!(!any_v6.contains(v4("10.0.0.1")));
+        assert!(any_v6.contains(v4("2001:db8::1")));
+    }
 
     #[test]
     fn cidr_contains() {
