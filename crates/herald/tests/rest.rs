@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::inbound::accept::{BoxFuture, Durable, Intake, NotDurable};
+use herald::inbound::doors::{AddressLists, DoorLimits};
 use herald::inbound::rest;
 use herald::logs::Logs;
 use herald::logs::file::LogFile;
@@ -85,6 +86,16 @@ impl Harness {
         adjust: impl FnOnce(&mut ListenerSettings, &Pki),
         durable: Arc<dyn Durable>,
     ) -> Harness {
+        Harness::start_limited(adjust, durable, None).await
+    }
+
+    /// A harness whose listener is held to `limits` (with the listener's address lists at connect), else the
+    /// defaults.
+    async fn start_limited(
+        adjust: impl FnOnce(&mut ListenerSettings, &Pki),
+        durable: Arc<dyn Durable>,
+        limits: Option<DoorLimits>,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
         let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
@@ -121,7 +132,21 @@ impl Harness {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let is_tls = tls.is_some();
-        let server = tokio::spawn(rest::serve(listener, settings, intake, tls, stopped));
+        let server = match limits {
+            None => tokio::spawn(rest::serve(listener, settings, intake, tls, stopped)),
+            Some(limits) => {
+                let limits = Arc::new(DoorLimits {
+                    addresses: Some(AddressLists::of(&settings)),
+                    ..limits
+                });
+                let app = rest::router(
+                    rest::RestState::new(settings, intake.clone()).with_limits(limits.clone()),
+                );
+                tokio::spawn(rest::serve_limited(
+                    listener, app, intake, tls, limits, stopped,
+                ))
+            }
+        };
         Harness {
             dir,
             pki,
@@ -702,22 +727,35 @@ async fn curl_injects_like_momentums_example() {
     assert_eq!(records[0].payload, r#"{"aps":{"alert":"from curl"}}"#);
 }
 
+/// A client address the lists refuse is answered `403` naming the address as soon as its connection is accepted
+/// (before any slot is taken), and closed; a request that reaches the application from such an address anyway (an
+/// embedding that serves it without the lists at connect) is refused with the same `403`. `always_allow` wins over
+/// `always_deny`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn address_lists_refuse_with_403_naming_the_address() {
+async fn address_lists_close_refused_connections_and_refuse_their_requests_with_403() {
     let h = Harness::start(|s, _| {
         s.acl.deny = vec!["127.0.0.0/8".parse::<Cidr>().unwrap()];
     })
     .await;
-    let (status, answer) = h
-        .post(
-            "/api/v1/push",
-            &json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(error_text(&answer).contains("client address 127.0.0.1 is not allowed"));
-    let response = h.client().get(h.url("/healthz")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let refused = h.client().get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let text = refused.text().await.unwrap();
+    assert!(
+        text.contains("client address 127.0.0.1 is not allowed"),
+        "{text}"
+    );
+    let mut settings = listener_settings();
+    settings.acl.deny = vec!["127.0.0.0/8".parse::<Cidr>().unwrap()];
+    let app = rest::router(rest::RestState::new(settings, idle_intake()));
+    let push = json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {}});
+    let (status, answer) = app_answer(&app, "127.0.0.1", "POST", "/api/v1/push", &push).await;
+    assert_eq!(status, 403);
+    assert!(
+        error_text(&answer).contains("client address 127.0.0.1 is not allowed"),
+        "{answer}"
+    );
+    let (status, _) = app_answer(&app, "127.0.0.1", "GET", "/healthz", &Value::Null).await;
+    assert_eq!(status, 403);
 
     // always_allow wins over always_deny.
     let h = Harness::start(|s, _| {
@@ -727,6 +765,46 @@ async fn address_lists_refuse_with_403_naming_the_address() {
     .await;
     let response = h.client().get(h.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// The status and JSON answer of `app` to `method path` (with `body` as JSON unless it is null) from a client at
+/// `from`, as the server records the peer address, without a socket.
+async fn app_answer(
+    app: &axum::Router,
+    from: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
+    use tower::Service;
+    let body = if body.is_null() {
+        axum::body::Body::empty()
+    } else {
+        axum::body::Body::from(body.to_string())
+    };
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let peer: SocketAddr = SocketAddr::new(from.parse().unwrap(), 40000);
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    let response = app.clone().call(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "answer is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, value)
 }
 
 /// What a page on another site can make a browser send to a listener without keys (`fetch(url, {method: "POST",
@@ -1422,19 +1500,31 @@ async fn the_injectors_key_and_address_refusals_say_failure() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_plain_error(&answer, "missing API key");
 
+    // The application's own check (an embedding serving it without the lists at connect) answers as the path's
+    // answers do.
+    let mut settings = listener_settings();
+    settings.acl.deny = vec!["127.0.0.0/8".parse::<Cidr>().unwrap()];
+    let intake = idle_intake();
+    let app = rest::router(rest::RestState::new(settings, intake.clone()));
+    let refused = "client address 127.0.0.1 is not allowed";
+    let (status, answer) = app_answer(&app, "127.0.0.1", "POST", "/v1.0/inject", &inject).await;
+    assert_eq!(status, 403);
+    assert_momentum_failure(&answer, refused);
+    let (status, answer) = app_answer(&app, "127.0.0.1", "POST", "/api/v1/push", &push).await;
+    assert_eq!(status, 403);
+    assert_plain_error(&answer, refused);
+
+    // The refusal at connect, over a socket, takes the same shapes.
     let h = Harness::start(|s, _| {
         s.acl.deny = vec!["127.0.0.0/8".parse::<Cidr>().unwrap()];
     })
     .await;
-    let client = h.client();
-    let refused = "client address 127.0.0.1 is not allowed";
-    let (status, answer) = answer_of(client.post(h.url("/v1.0/inject")).json(&inject)).await;
+    let (status, answer) = answer_of(h.client().post(h.url("/v1.0/inject")).json(&inject)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_momentum_failure(&answer, refused);
-    let (status, answer) = answer_of(client.post(h.url("/api/v1/push")).json(&push)).await;
+    let (status, answer) = answer_of(h.client().post(h.url("/api/v1/push")).json(&push)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_plain_error(&answer, refused);
-    assert_eq!(h.received(), 0);
 }
 
 /// The listener's own answers on the injector's paths carry `"status": "failure"` too: 405 for another method,
@@ -1607,7 +1697,7 @@ async fn an_http2_connection_carries_at_most_its_stream_limit_at_once() {
         held,
     );
     // One connection per client: every request below goes over the same HTTP/2 connection.
-    let limits = Arc::new(herald::inbound::doors::DoorLimits {
+    let limits = Arc::new(DoorLimits {
         max_connections_per_client: 1,
         ..Default::default()
     });
@@ -1815,4 +1905,113 @@ async fn every_route_reading_a_body_holds_it_to_max_request_size_and_body_timeou
         );
     }
     server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A spool slow to make a batch durable (a group commit's fsync on a slow disk): it takes `delay` per batch.
+struct SlowDisk {
+    delay: Duration,
+}
+
+impl Durable for SlowDisk {
+    fn persist<'a>(
+        &'a self,
+        _batch: &'a [Notification],
+    ) -> BoxFuture<'a, Result<(), herald_spool::SpoolError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            Ok(())
+        })
+    }
+}
+
+/// While the server works on a request (here its spool takes longer than the send timeout to make the
+/// notifications durable) the client waits and gets its answer: cut off, it would take the stored notifications
+/// for refused and send them again. (Timeouts of 1 s make the send timeout its least, `SEND_TIMEOUT_MIN`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_ready_after_the_send_timeout_still_reaches_its_client() {
+    let second = Duration::from_secs(1);
+    let limits = DoorLimits {
+        first_byte_timeout: second,
+        header_timeout: second,
+        body_timeout: second,
+        keepalive_timeout: second,
+        ..DoorLimits::default()
+    };
+    // Past the send timeout, its grace of a second and a tick of the watchdog.
+    let delay = rest::server::send_timeout(&limits) + Duration::from_secs(4);
+    let h = Harness::start_limited(|_, _| {}, Arc::new(SlowDisk { delay }), Some(limits)).await;
+    let body =
+        json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {"aps": {"alert": "slow"}}});
+    let answer = tokio::time::timeout(delay + WAIT, h.post("/api/v1/push", &body)).await;
+    let Ok((status, answer)) = answer else {
+        panic!("no answer within {:?}", delay + WAIT);
+    };
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(h.records(1).await[0].token, token(0));
+}
+
+/// A client address the lists refuse takes no connection slot: with `max_connections = 1`, a refused client
+/// holding a connection open does not keep an allowed one (another loopback address) out. Its connection is answered
+/// `403` naming its address and closed at once, well before any timeout of the listener would close it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_addresses_take_no_connection_slot() {
+    use tokio::io::AsyncReadExt;
+
+    let long = Duration::from_secs(600);
+    let limits = DoorLimits {
+        max_connections: 1,
+        first_byte_timeout: long,
+        header_timeout: long,
+        keepalive_timeout: long,
+        ..DoorLimits::default()
+    };
+    let h = Harness::start_limited(
+        |s, _| s.acl.deny = vec!["127.0.0.1/32".parse::<Cidr>().unwrap()],
+        Arc::new(NotDurable),
+        Some(limits),
+    )
+    .await;
+    let mut refused = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let allowed = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let response = allowed.get(h.url("/healthz")).send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    // Told why, then closed.
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(WAIT, refused.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "the refused connection is still open");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 403 "), "{got}");
+    assert!(
+        got.contains("client address 127.0.0.1 is not allowed by this listener's always_deny / always_allow lists"),
+        "{got}"
+    );
+    // A refused client's request is read and answered 403, not reset.
+    let refused_client = reqwest::Client::new();
+    let response = refused_client.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+/// A proxy's `authorization: Basic …` does not hide the key in `x-api-key`; a Bearer token is still taken first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxys_basic_authorization_leaves_the_key_to_x_api_key() {
+    let h = Harness::start(|s, _| s.api_keys = vec!["k-one".into()]).await;
+    let body = json!({"domain": DOMAIN, "tokens": [token(0)], "payload": {"aps": {"alert": "p"}}});
+    let send = |authorization: &'static str, key: &'static str| {
+        h.client()
+            .post(h.url("/api/v1/push"))
+            .header("authorization", authorization)
+            .header("x-api-key", key)
+            .json(&body)
+            .send()
+    };
+    let response = send("Basic cHJveHk6c2VjcmV0", "k-one").await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(h.records(1).await[0].token, token(0));
+    let response = send("Bearer wrong", "k-one").await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }

@@ -1,7 +1,8 @@
 //! What every listener holds its clients to before any protocol starts: how many connections it keeps open in
 //! all and per client address (`max_connections`, `max_connections_per_client`), the HTTP timeouts
-//! (`first_byte_timeout`, `header_timeout`, `body_timeout`, `keepalive_timeout`), and the process-wide budget
-//! of file descriptors network clients may use, which leaves a reserve for the spool, the logs and the console.
+//! (`first_byte_timeout`, `header_timeout`, `body_timeout`, `keepalive_timeout`), an HTTP listener's address
+//! lists ([`AddressLists`], checked before a connection takes a slot), and the process-wide budget of file
+//! descriptors network clients may use, which leaves a reserve for the spool, the logs and the console.
 //!
 //! [`raise_fd_limit`] runs once at start: it raises the soft `RLIMIT_NOFILE` to the hard limit and sets the
 //! budget to that limit minus [`FD_RESERVE`]. Every ESMTP and HTTP connection takes a slot of the budget, its
@@ -104,6 +105,39 @@ pub struct DoorLimits {
     /// Notifications one request (`max_notifications_per_request`) or message (`max_notifications_per_message`)
     /// may carry.
     pub max_notifications: usize,
+    /// HTTP: the `always_allow` / `always_deny` lists a connection is checked against as soon as it is accepted,
+    /// before it takes a slot or starts TLS; `None`: none at connect (each request is still checked).
+    pub addresses: Option<AddressLists>,
+}
+
+/// The address lists of one listener (`always_allow` / `always_deny`, with its `peer` stanzas' overrides), as
+/// [`ListenerSettings::permits`] applies them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AddressLists(Arc<ListenerSettings>);
+
+impl AddressLists {
+    /// The lists of `listener`.
+    pub fn of(listener: &ListenerSettings) -> AddressLists {
+        AddressLists(Arc::new(listener.clone()))
+    }
+
+    /// Whether a client at `ip` may connect. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, an IPv4 client of a
+    /// dual-stack listener) is checked as the IPv4 address it is, as each request is.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.0.permits(ip.to_canonical())
+    }
+}
+
+/// Shows the lists, not the rest of the listener's settings (its API keys).
+impl std::fmt::Debug for AddressLists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressLists")
+            .field("listener", &self.0.address)
+            .field("allow", &self.0.acl.allow)
+            .field("deny", &self.0.acl.deny)
+            .field("peers", &self.0.peers.len())
+            .finish()
+    }
 }
 
 impl Default for DoorLimits {
@@ -116,6 +150,7 @@ impl Default for DoorLimits {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             max_notifications: DEFAULT_MAX_NOTIFICATIONS,
+            addresses: None,
         }
     }
 }
@@ -162,6 +197,7 @@ impl DoorLimits {
                 limits.keepalive_timeout = secs(Opt::KeepaliveTimeout, DEFAULT_KEEPALIVE_TIMEOUT);
                 limits.max_notifications =
                     count(Opt::MaxNotificationsPerRequest, DEFAULT_MAX_NOTIFICATIONS);
+                limits.addresses = Some(AddressLists::of(listener));
             }
             ListenerKind::Esmtp => {
                 limits.max_notifications =
@@ -386,6 +422,46 @@ mod tests {
         let smtp = DoorLimits::from_config(&config, smtp);
         assert_eq!(smtp.max_notifications, 9);
         assert_eq!(smtp.max_connections, DEFAULT_MAX_CONNECTIONS);
+    }
+
+    /// An HTTP listener's limits carry its address lists, peer stanzas included, for the check at connect; an
+    /// IPv4 client of a dual-stack listener is checked as its IPv4 address.
+    #[test]
+    fn an_http_listeners_limits_carry_its_address_lists() {
+        let config = Config::parse_str(
+            "t.conf",
+            r#"http_listener {
+                 listen "127.0.0.1:1" {
+                   api_key = "secret-key"
+                   always_deny = ( "192.0.2.0/24" )
+                   peer "192.0.2.7" { always_allow = ( "192.0.2.7" ) }
+                 }
+               }
+               esmtp_listener { listen "127.0.0.1:2" { always_deny = ( "192.0.2.0/24" ) } }"#,
+        )
+        .unwrap();
+        let listeners = config.listeners();
+        let http = listeners
+            .iter()
+            .find(|l| l.kind == ListenerKind::Http)
+            .unwrap();
+        let lists = DoorLimits::from_config(&config, http).addresses.unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!lists.permits(ip("192.0.2.1")));
+        assert!(!lists.permits(ip("::ffff:192.0.2.1")));
+        assert!(lists.permits(ip("192.0.2.7")));
+        assert!(lists.permits(ip("198.51.100.1")));
+        // Its Debug shows the lists, not the listener's keys.
+        let shown = format!("{lists:?}");
+        assert!(
+            shown.contains("prefix: 24") && !shown.contains("secret-key"),
+            "{shown}"
+        );
+        let smtp = listeners
+            .iter()
+            .find(|l| l.kind == ListenerKind::Esmtp)
+            .unwrap();
+        assert_eq!(DoorLimits::from_config(&config, smtp).addresses, None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Who may use the REST listener: the `always_allow` / `always_deny` CIDR lists (403) and the listener's API
-//! keys, sent as `authorization: Bearer KEY` or `x-api-key: KEY` (401 with `www-authenticate`). Both follow the most specific
-//! `peer` stanza that contains the client's address, as the ESMTP listener does. An address that sent
+//! Who may use the REST listener: the `always_allow` / `always_deny` CIDR lists (403; the server already closes a
+//! refused address's connections at connect when its limits carry the lists, see [`super::server`]) and the
+//! listener's API keys, sent as `authorization: Bearer KEY` or `x-api-key: KEY` (401 with `www-authenticate`; see
+//! [`presented_key`] when both are sent). Both follow the most specific `peer` stanza that contains the client's
+//! address, as the ESMTP listener does. An address that sent
 //! [`crate::access::MAX_GUESSES`] wrong keys within [`crate::access::GUESS_WINDOW`] is refused (429 with `retry-after`, whatever
 //! key it sends) until the window has passed since its last wrong one. On Momentum's injector paths the refusals
 //! also carry `"status": "failure"` (see [`inject::error_for_path`]).
@@ -59,15 +61,7 @@ pub async fn guard(State(state): State<RestState>, mut request: Request, next: N
         None => &state.settings.api_keys,
     };
     if !keys.is_empty() && !KEYLESS_PATHS.contains(&path) && !own_checks {
-        let headers = request.headers();
-        let presented = match (
-            headers.get(header::AUTHORIZATION),
-            headers.get(API_KEY_HEADER),
-        ) {
-            (Some(v), _) => Some(bearer_token(v.as_bytes())),
-            (None, Some(v)) => Some(Some(v.as_bytes().trim_ascii()).filter(|k| !k.is_empty())),
-            (None, None) => None,
-        };
+        let presented = presented_key(request.headers());
         let limit = state.settings.auth_failure_limit_for(ip) as usize;
         if presented.is_some()
             && let Some(wait) = state.guesses.locked(ip, limit)
@@ -189,6 +183,21 @@ pub fn browser_refusal(headers: &HeaderMap, uri: &Uri) -> Option<String> {
 /// The header of the Fetch Metadata a browser sends with each request: whose page caused it.
 const SEC_FETCH_SITE: &str = "sec-fetch-site";
 
+/// The API key a request presents: `Some(None)` when it sent one in a shape that is not a key, `None` when it sent
+/// none. `authorization: Bearer KEY` is taken first (also over a different `x-api-key`); an `authorization` of
+/// another scheme (a proxy's `Basic` credentials, say) leaves the key to `x-api-key`, and is a malformed key only
+/// without one.
+fn presented_key(headers: &HeaderMap) -> Option<Option<&[u8]>> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| bearer_token(v.as_bytes()));
+    match (bearer, headers.get(API_KEY_HEADER)) {
+        (Some(Some(key)), _) => Some(Some(key)),
+        (_, Some(v)) => Some(Some(v.as_bytes().trim_ascii()).filter(|k| !k.is_empty())),
+        (bearer, None) => bearer,
+    }
+}
+
 /// The credentials of an `authorization: Bearer …` value (scheme case-insensitive), if it is one.
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(6)?;
@@ -212,6 +221,41 @@ mod tests {
         assert_eq!(bearer_token(b"Basic abc"), None);
         assert_eq!(bearer_token(b"Bearerabc"), None);
         assert_eq!(bearer_token(b"short"), None);
+    }
+
+    /// A Bearer token is the key, whatever x-api-key says; any other authorization (a proxy's Basic credentials)
+    /// leaves the key to x-api-key.
+    #[test]
+    fn the_key_is_a_bearer_token_else_x_api_key() {
+        use axum::http::HeaderValue;
+        let presented = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            presented_key(&h).map(|k| k.map(<[u8]>::to_vec))
+        };
+        let key = |k: &str| Some(Some(k.as_bytes().to_vec()));
+        assert_eq!(presented(&[]), None);
+        assert_eq!(presented(&[("authorization", "Bearer a")]), key("a"));
+        assert_eq!(presented(&[("x-api-key", " b ")]), key("b"));
+        assert_eq!(
+            presented(&[("authorization", "Bearer a"), ("x-api-key", "b")]),
+            key("a")
+        );
+        assert_eq!(
+            presented(&[("authorization", "Basic dXNlcjpwdw=="), ("x-api-key", "b")]),
+            key("b")
+        );
+        assert_eq!(
+            presented(&[("authorization", "Basic dXNlcjpwdw==")]),
+            Some(None)
+        );
+        assert_eq!(presented(&[("authorization", "Bearer ")]), Some(None));
+        assert_eq!(
+            presented(&[("authorization", "Basic dXNlcjpwdw=="), ("x-api-key", "")]),
+            Some(None)
+        );
     }
 
     #[test]

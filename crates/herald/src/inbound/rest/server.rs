@@ -2,17 +2,22 @@
 //! ALPN when the listener has `tls_certificate` / `tls_key`. Each connection gets an id and its peer address
 //! for the handlers; on shutdown the listener stops accepting and in-flight requests finish.
 //!
-//! Every connection is held to the listener's [`DoorLimits`]: it is refused at connect beyond `max_connections`
-//! (in all, or from its client address) with a `503` where the connection is plain HTTP; it is closed when it
-//! sends nothing within `first_byte_timeout`, when a request's headers take longer than `header_timeout` from
-//! its first byte, or when it stays idle between requests for `keepalive_timeout`; a request body that takes
-//! longer than `body_timeout` fails with `408`. A connection with a request open is not idle, but it is closed
-//! when it has sent nothing for [`send_timeout`] (the longest of `keepalive_timeout`, `body_timeout` and
-//! [`SEND_TIMEOUT_MIN`]) since that request arrived: a client that never takes its answer (an HTTP/2 client that
-//! leaves its flow-control window at 0, an HTTP/1 client that does not read) cannot hold the connection for good,
-//! while an answer sent slowly, or the dashboard's event stream (a keep-alive every 15 s), goes on as long as
-//! bytes leave. An HTTP/2 connection carries at most [`HTTP2_MAX_CONCURRENT_STREAMS`] requests at once, so that
-//! it holds no more request bodies in memory than that many HTTP/1 connections would.
+//! A connection from an address the listener's `always_allow` / `always_deny` lists refuse ([`DoorLimits`]'s
+//! `addresses`) is refused as soon as it is accepted, with a `403` where the connection is plain HTTP (closed over
+//! TLS): it takes no slot and no TLS handshake.
+//! Every other connection is held to the listener's [`DoorLimits`]: it is refused at connect beyond
+//! `max_connections` (in all, or from its client address) with a `503` where the connection is plain HTTP; it is
+//! closed when it sends nothing within `first_byte_timeout`, when a request's headers take longer than
+//! `header_timeout` from its first byte, or when it stays idle between requests for `keepalive_timeout`; a
+//! request body that takes longer than `body_timeout` fails with `408`. A connection with a request open is not
+//! idle. While the handler works on a request (reading its body, making the notifications durable) nothing is
+//! expected of the connection; once an answer is ready to send, the connection is closed when it has sent nothing
+//! for [`send_timeout`] (the longest of `keepalive_timeout`, `body_timeout` and [`SEND_TIMEOUT_MIN`]) since then:
+//! a client that never takes its answer (an HTTP/2 client that leaves its flow-control window at 0, an HTTP/1
+//! client that does not read) cannot hold the connection for good, while an answer sent slowly, or the
+//! dashboard's event stream (a keep-alive every 15 s), goes on as long as bytes leave. An HTTP/2 connection
+//! carries at most [`HTTP2_MAX_CONCURRENT_STREAMS`] requests at once, so that it holds no more request bodies in
+//! memory than that many HTTP/1 connections would.
 
 use std::io;
 use std::net::SocketAddr;
@@ -40,7 +45,7 @@ use tower::Service;
 
 use super::{ConnId, RestState, router};
 use crate::inbound::accept::Intake;
-use crate::inbound::doors::{Busy, ConnGuard, ConnLimiter, DoorLimits};
+use crate::inbound::doors::{AddressLists, Busy, ConnGuard, ConnLimiter, DoorLimits};
 
 /// Why the listener's TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +153,8 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsSetupError> {
 }
 
 /// Serves the REST API of one `http_listener` `listen` stanza until `shutdown` is cancelled, then waits for
-/// in-flight requests to finish. The listener is held to the default [`DoorLimits`].
+/// in-flight requests to finish. The listener is held to the default [`DoorLimits`] and to its own address lists,
+/// at connect as on each request.
 pub async fn serve(
     listener: TcpListener,
     settings: ListenerSettings,
@@ -156,11 +162,16 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let app = router(RestState::new(settings, intake.clone()));
-    serve_app(listener, app, intake, tls, shutdown).await
+    let limits = Arc::new(DoorLimits {
+        addresses: Some(AddressLists::of(&settings)),
+        ..DoorLimits::default()
+    });
+    let app = router(RestState::new(settings, intake.clone()).with_limits(limits.clone()));
+    serve_limited(listener, app, intake, tls, limits, shutdown).await
 }
 
-/// [`serve`] for an application built with [`super::router_with`] (extra routes), with the default limits.
+/// [`serve`] for an application built with [`super::router_with`] (extra routes), with the default limits: no
+/// address lists at connect (the application's still refuse each request with `403`).
 pub async fn serve_app(
     listener: TcpListener,
     app: Router,
@@ -172,7 +183,8 @@ pub async fn serve_app(
     serve_limited(listener, app, intake, tls, limits, shutdown).await
 }
 
-/// [`serve_app`] held to `limits`.
+/// [`serve_app`] held to `limits`: a connection from an address their `addresses` refuse is refused at connect
+/// ([`DoorLimits::from_config`] gives a listener its own lists).
 pub async fn serve_limited(
     listener: TcpListener,
     app: Router,
@@ -246,7 +258,27 @@ async fn serve_until(
             () = shutdown.cancelled() => break,
         };
         // An IPv4 client of a dual-stack listener counts as its IPv4 address, not as ::ffff:0:0/64.
-        let guard = match conns.admit(Some(peer.ip().to_canonical()), &limits) {
+        let ip = peer.ip().to_canonical();
+        // A refused address gets no slot and no TLS handshake: were it let in to be answered 403 per request, a
+        // few refused addresses could fill max_connections. Over plain HTTP it is told why (403), as a client
+        // refused for want of a slot is (503); over TLS it is closed.
+        if let Some(lists) = &limits.addresses
+            && !lists.permits(ip)
+        {
+            tracing::debug!(%local, %peer, "REST connection refused at connect: its address is refused by always_deny / always_allow");
+            if acceptor.is_none() {
+                refuse_at_connect(
+                    stream,
+                    "403 Forbidden",
+                    "",
+                    &format!(
+                        "client address {ip} is not allowed by this listener's always_deny / always_allow lists"
+                    ),
+                );
+            }
+            continue;
+        }
+        let guard = match conns.admit(Some(ip), &limits) {
             Ok(guard) => guard,
             Err(busy) => {
                 refusals.note(local, peer, busy);
@@ -316,26 +348,94 @@ pub const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// How long a refused plain-HTTP client is given to take the refusal.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
-/// Tells a plain-HTTP client refused at connect why, on a task of its own (the accept loop does not wait; the
-/// write is bounded by [`REFUSAL_WRITE`]), then closes. A write tried at once could find the new socket not yet
-/// known writable and send nothing.
-fn refuse_busy(mut stream: tokio::net::TcpStream, busy: Busy) {
-    let mut body = String::from("{\"error\":");
-    super::error::push_json_string(
-        &mut body,
+/// Tells a plain-HTTP client refused at connect for want of a slot why (503, retry in a second).
+fn refuse_busy(stream: tokio::net::TcpStream, busy: Busy) {
+    refuse_at_connect(
+        stream,
+        "503 Service Unavailable",
+        "retry-after: 1\r\n",
         &format!("too many connections: {busy}; try again later"),
     );
-    body.push('}');
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+}
+
+/// Most bytes of a refused client's request read (and dropped) around its refusal.
+const REFUSAL_DRAIN: usize = 64 * 1024;
+
+/// Most bytes of a refused request's head kept to find its path (the answer's shape follows the path).
+const REFUSAL_HEAD: usize = 8 * 1024;
+
+/// Tells a plain-HTTP client refused at connect why (`{"error": message}` with `status`; on the injector's paths
+/// with Momentum's `"status": "failure"` too), on a task of its own (the accept loop does not wait; the whole
+/// exchange is bounded by [`REFUSAL_WRITE`] twice and [`REFUSAL_DRAIN`]), then closes. The refusal follows the head
+/// of the client's request, as an HTTP client takes an answer that comes before its request for a broken
+/// connection; the rest of the request is read and dropped after it, as closing with bytes unread would reset the
+/// connection and could destroy the refusal on its way.
+fn refuse_at_connect(
+    mut stream: tokio::net::TcpStream,
+    status: &'static str,
+    headers: &'static str,
+    message: &str,
+) {
+    let message = message.to_owned();
     tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 4096];
+        let mut head: Vec<u8> = Vec::new();
+        let mut drained = 0;
+        // The request's head (up to its blank line), or what the client sends within the bounds: a client that
+        // sends nothing is answered all the same.
+        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+            while drained < REFUSAL_DRAIN {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                drained += n;
+                let from = head.len().saturating_sub(3);
+                head.extend_from_slice(&buf[..n]);
+                if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+                if head.len() > REFUSAL_HEAD {
+                    // The request line is all that is needed: keep it, and the last three bytes to find the
+                    // blank line.
+                    let line = head.iter().position(|&b| b == b'\n').unwrap_or(0);
+                    let tail = head.len() - 3;
+                    head.drain(line.min(tail)..tail);
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        let path = std::str::from_utf8(
+            head.split(|&b| b == b'\r' || b == b'\n')
+                .next()
+                .unwrap_or(&[]),
+        )
+        .ok()
+        .and_then(|line| line.split(' ').nth(1))
+        .map(|target| target.split('?').next().unwrap_or(target));
+        let mut body = String::from("{\"error\":");
+        super::error::push_json_string(&mut body, &message);
+        if path.is_some_and(super::inject::is_inject_path) {
+            body.push_str(",\"status\":\"failure\"");
+        }
+        body.push('}');
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}\
+             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
         let _ = tokio::time::timeout(REFUSAL_WRITE, async {
             stream.write_all(response.as_bytes()).await?;
-            stream.shutdown().await
+            stream.shutdown().await?;
+            while drained < REFUSAL_DRAIN {
+                match stream.read(&mut buf).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            Ok::<_, std::io::Error>(())
         })
         .await;
     });
@@ -370,10 +470,11 @@ const NONE: u64 = u64::MAX;
 /// stream with nothing to say is never taken for one its client does not read.
 pub const SEND_TIMEOUT_MIN: Duration = Duration::from_secs(30);
 
-/// How long a connection with a request open may send nothing (no byte written to the socket) since the later of
-/// that request's arrival and the last byte it sent, before it is closed: the longest of the listener's
-/// `keepalive_timeout`, its `body_timeout` (a body still arriving within it is not cut short) and
-/// [`SEND_TIMEOUT_MIN`].
+/// How long a connection with an answer to send may send nothing (no byte written to the socket) since the later
+/// of that answer being ready and the last byte it sent, before it is closed: the longest of the listener's
+/// `keepalive_timeout`, its `body_timeout` and [`SEND_TIMEOUT_MIN`]. The time a handler takes before its answer is
+/// ready does not count: reading the body is bounded by `body_timeout`, and a client cut off while its
+/// notifications are being made durable would send them again.
 pub fn send_timeout(limits: &DoorLimits) -> Duration {
     limits
         .keepalive_timeout
@@ -381,21 +482,23 @@ pub fn send_timeout(limits: &DoorLimits) -> Duration {
         .max(SEND_TIMEOUT_MIN)
 }
 
-/// Grace past [`send_timeout`] before the watchdog closes a connection, so that a body failing at a
-/// `body_timeout` equal to it gets its `408` out first.
+/// Grace past [`send_timeout`] before the watchdog closes a connection.
 const SEND_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 
-/// What a connection's watchdog looks at: open requests, when the connection last became idle, when a byte
-/// last arrived while it was idle (a request on its way), and when it last sent something or took a request.
+/// What a connection's watchdog looks at: open requests and how many of them have an answer to send, when the
+/// connection last became idle, when a byte last arrived while it was idle (a request on its way), and when it
+/// last sent something or had an answer ready.
 struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
+    /// Open requests whose handler returned: an answer being sent.
+    answering: AtomicUsize,
     requests: AtomicU64,
     /// Milliseconds since `start` when the last request finished (0: the connection's start).
     idle_since: AtomicU64,
     /// Milliseconds since `start` of the first byte read since the connection became idle; [`NONE`] if none.
     first_byte: AtomicU64,
-    /// Milliseconds since `start` of the last write that took bytes, or of the last request's arrival if later.
+    /// Milliseconds since `start` of the last write that took bytes, or of the last answer ready if later.
     sent: AtomicU64,
 }
 
@@ -404,6 +507,7 @@ impl Activity {
         Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            answering: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             first_byte: AtomicU64::new(NONE),
@@ -434,11 +538,12 @@ impl Activity {
     }
 
     fn request_started(self: &Arc<Self>) -> RequestGuard {
-        self.sent.fetch_max(self.now(), Ordering::Relaxed);
-        // Release: a watchdog that sees the request open sees its arrival in `sent` too.
         self.in_flight.fetch_add(1, Ordering::Release);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self.clone())
+        RequestGuard {
+            activity: self.clone(),
+            answering: false,
+        }
     }
 
     /// Waits until the connection broke one of its timeouts; returns which.
@@ -460,11 +565,15 @@ impl Activity {
     fn broken(&self, now: u64, limits: &DoorLimits) -> Option<&'static str> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE - 1);
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            // Not idle; but an answer its client never takes (an HTTP/2 window left at 0) must not hold it for
-            // good.
+            // Not idle. While no answer is ready the handler is at work (its body read within body_timeout): the
+            // client waits and is not cut off. An answer its client never takes (an HTTP/2 window left at 0) must
+            // not hold the connection for good.
+            if self.answering.load(Ordering::Acquire) == 0 {
+                return None;
+            }
             let silent = now.saturating_sub(self.sent.load(Ordering::Relaxed));
             return (silent > ms(send_timeout(limits) + SEND_TIMEOUT_GRACE)).then_some(
-                "nothing sent for the longest of keepalive_timeout, body_timeout and 30 s with a request open",
+                "nothing sent for the longest of keepalive_timeout, body_timeout and 30 s with an answer to send",
             );
         }
         let first = self.first_byte.load(Ordering::Relaxed);
@@ -483,11 +592,32 @@ impl Activity {
 }
 
 /// One open request; when the last one ends the connection is idle again.
-struct RequestGuard(Arc<Activity>);
+struct RequestGuard {
+    activity: Arc<Activity>,
+    /// Its handler returned an answer, which is being sent.
+    answering: bool,
+}
+
+impl RequestGuard {
+    /// The request's answer is ready: from now on the connection must send it (see [`send_timeout`]).
+    fn answering(mut self) -> RequestGuard {
+        if !self.answering {
+            let a = &self.activity;
+            a.sent.fetch_max(a.now(), Ordering::Relaxed);
+            // Release: a watchdog that sees the answer ready sees its time in `sent` too.
+            a.answering.fetch_add(1, Ordering::Release);
+            self.answering = true;
+        }
+        self
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let a = &self.0;
+        let a = &self.activity;
+        if self.answering {
+            a.answering.fetch_sub(1, Ordering::Relaxed);
+        }
         if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             a.idle_since.store(a.now(), Ordering::Relaxed);
             a.first_byte.store(NONE, Ordering::Relaxed);
@@ -691,7 +821,10 @@ impl Conn {
             async move {
                 // The request stays open until its answer's body is sent (an event stream, a large answer), so that
                 // the watchdog does not take a connection still sending for an idle one.
+                // The watchdog's send timeout counts from here: the handler's own time (a slow body within
+                // body_timeout, a slow disk making the notifications durable) is not the client's fault.
                 app.call(request).await.map(|response| {
+                    let open = open.answering();
                     response.map(|body| axum::body::Body::new(WhileSending { body, _open: open }))
                 })
             }
@@ -745,7 +878,7 @@ mod tests {
         let limits = one_second_timeouts();
         assert_eq!(send_timeout(&limits), SEND_TIMEOUT_MIN);
         let a = Arc::new(Activity::new());
-        let _open = a.request_started();
+        let _open = a.request_started().answering();
         let t0 = a.sent.load(Ordering::Relaxed);
         for k in 1..=20 {
             assert_eq!(a.broken(t0 + k * 10_000 - 1, &limits), None, "{k}");
@@ -757,18 +890,18 @@ mod tests {
         assert!(broken.contains("nothing sent"), "{broken}");
     }
 
-    /// The send timeout counts from a request's arrival, not from what the connection sent before it.
+    /// The send timeout counts from an answer being ready, not from what the connection sent before it.
     #[test]
-    fn a_request_after_a_long_pause_is_not_taken_for_a_stalled_one() {
+    fn an_answer_after_a_long_pause_is_not_taken_for_a_stalled_one() {
         let limits = DoorLimits {
             keepalive_timeout: Duration::from_secs(300),
             ..DoorLimits::default()
         };
         assert_eq!(send_timeout(&limits), Duration::from_secs(300));
         let a = activity_aged(Duration::from_secs(1000));
-        // Its last answer left at 10 s; a request arrives now, at 1000 s.
+        // Its last answer left at 10 s; the answer to a request is ready now, at 1000 s.
         a.sent.store(10_000, Ordering::Relaxed);
-        let _open = a.request_started();
+        let _open = a.request_started().answering();
         let now = a.now();
         assert_eq!(a.broken(now + 1_000, &limits), None);
         assert!(a.broken(now + 302_000, &limits).is_some());
@@ -778,6 +911,31 @@ mod tests {
             ..limits
         };
         assert_eq!(a.broken(now + 590_000, &slow_bodies), None);
+    }
+
+    /// While the handler works on a request (a body arriving slowly, then a slow disk making its notifications
+    /// durable) the connection is not cut, however long that takes: its client would take the reset for a failure
+    /// and send the notifications again. The send timeout counts from the answer being ready.
+    #[test]
+    fn a_request_being_handled_is_not_cut_however_long_it_takes() {
+        let limits = DoorLimits::default();
+        let cut = u64::try_from((send_timeout(&limits) + SEND_TIMEOUT_GRACE).as_millis()).unwrap();
+        let a = Arc::new(Activity::new());
+        let open = a.request_started();
+        let arrived = a.now();
+        assert_eq!(a.broken(arrived + 10 * cut, &limits), None);
+        // Another request on the connection (HTTP/2) is answered and its answer goes: still nothing to cut.
+        let other = a.request_started().answering();
+        drop(other);
+        assert_eq!(a.broken(arrived + 10 * cut, &limits), None);
+        let open = open.answering();
+        let ready = a.now();
+        assert_eq!(a.broken(ready + cut - 1, &limits), None);
+        let broken = a.broken(ready + cut + 1, &limits).unwrap();
+        assert!(broken.contains("nothing sent"), "{broken}");
+        drop(open);
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(a.answering.load(Ordering::Relaxed), 0);
     }
 
     #[test]
