@@ -50,6 +50,14 @@ impl Acknowledged {
         self.written.load(Ordering::Acquire)
     }
 
+    /// Makes the connection end with a reset when it closes (`SO_LINGER` 0): what still waits in the send queue is
+    /// discarded rather than sent after the connection has handed its notifications back to be sent again.
+    pub(crate) fn abort(&self) {
+        if let Err(e) = self.socket.set_linger(Some(std::time::Duration::ZERO)) {
+            tracing::debug!(error = %e, "SO_LINGER not set");
+        }
+    }
+
     /// Bytes the peer has acknowledged so far; `None` where the system cannot tell. The count is read before the
     /// queue, so a write landing in between can only make the answer smaller, never claim too much.
     pub(crate) fn acknowledged(&self) -> Option<u64> {

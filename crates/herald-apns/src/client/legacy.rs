@@ -5,21 +5,36 @@
 //! window as delivered when that time passes with no error packet. An error packet names one notification: the
 //! ones written before it were processed and are delivered, it gets its status, and every one written after it
 //! was discarded by APNs and comes back unsent (docs/apns-protocol.md#binary-error-packet). Status 10 (shutdown) names
-//! the last notification processed instead. A connection lost with no error packet hands the whole window back unsent.
+//! the last notification processed instead. A connection lost with no error packet hands back unsent what was still
+//! inside the window at the moment it was lost; what had been answered by silence before then is delivered.
+//!
+//! The window is swept (what the peer acknowledged noted, what silence answered delivered) before every batch is
+//! taken and on a timer, also while a write waits, so a connection that always has work waiting keeps delivering
+//! and its window holds only the last `response_timeout` of writes.
 //!
 //! Silence proves nothing while the bytes have not reached APNs: a write counts once it has left the process (the
 //! TLS layer flushed), and where the system tells (Linux), a notification's silence counts only from when APNs'
 //! TCP stack acknowledged the write that carried it ([`super::acked`]). A peer that vanished without a word
-//! therefore never turns a notification into a delivery: its bytes stay unacknowledged until the system ends the
-//! connection (`TCP_USER_TIMEOUT`, see [`super::connect`]) and the window comes back unsent. A write that cannot
-//! complete within `write_timeout` ends the connection the same way.
+//! therefore never turns a notification into a delivery: its bytes stay unacknowledged and the window comes back
+//! unsent. A peer that takes nothing for `response_timeout` (a write that waits, or written bytes whose
+//! acknowledgement makes no progress) makes the connection take no more work, so the pool opens another for what
+//! waits; one that still takes nothing after `write_timeout` ends the connection with a TCP reset (nothing still in
+//! the send queue may reach APNs after the window was handed back), as the system would at `TCP_USER_TIMEOUT`
+//! ([`super::connect`]).
+//!
+//! The connection's state tells the pool how it went ([`ConnectionState::is_proven`], [`ConnectionState::fault`]):
+//! a notification delivered, or refused for a fault of its own, proves that APNs processes what the connection
+//! carries; a connection lost, a transient error packet or a stalled write is a fault, which the pool counts as a
+//! failed connection attempt while the connection is young and unproven.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::acked::{Acknowledged, counted};
 use super::connect::{Endpoint, connect_tls_over};
@@ -28,13 +43,32 @@ use super::{
     PushResult, Rejection,
 };
 use crate::binary::{BinaryFormat, BinaryNotification, ErrorPacket, Status, encode};
+use crate::outcome::FailureClass;
 use crate::push::Priority;
 
 /// How many bytes to gather before one write.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
-/// Default [`BinaryOptions::write_timeout`]: as long as the system lets written bytes go unacknowledged.
+/// The longest [`BinaryOptions::write_timeout`]: as long as the system lets written bytes go unacknowledged.
 pub const WRITE_TIMEOUT: Duration = super::connect::TCP_USER_TIMEOUT;
+
+/// The shortest [`BinaryOptions::write_timeout`] [`write_timeout_for`] gives.
+pub const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The write timeout for a `delivery_response_timeout`: four of them, within [`MIN_WRITE_TIMEOUT`] and
+/// [`WRITE_TIMEOUT`]. A write is pending only while the socket's send buffer is full, that is while the peer takes
+/// nothing; the connection stops taking work after one response timeout of that (or of written bytes going
+/// unacknowledged) and gives up after this long.
+pub fn write_timeout_for(response_timeout: Duration) -> Duration {
+    response_timeout
+        .saturating_mul(4)
+        .clamp(MIN_WRITE_TIMEOUT, WRITE_TIMEOUT)
+}
+
+/// The first notification identifier of a connection. Identifiers count up from it; before one would wrap the
+/// connection takes no more work, so a fresh connection starts again here (APNs names identifier 0 in the error
+/// packet of a frame it could not read).
+const FIRST_IDENTIFIER: u32 = 1;
 
 /// Settings of a binary connection.
 #[derive(Clone)]
@@ -44,10 +78,12 @@ pub struct BinaryOptions {
     pub tls: Arc<rustls::ClientConfig>,
     pub format: BinaryFormat,
     pub connect_timeout: Duration,
-    /// `delivery_response_timeout`: silence this long after a write means delivered.
+    /// `delivery_response_timeout`: silence this long after a write means delivered. A peer that takes nothing for
+    /// this long (a write pending, written bytes unacknowledged) makes the connection take no more work.
     pub response_timeout: Duration,
-    /// Longest a write (one batch, flushed) may take; a connection whose peer stopped reading for this long is
-    /// ended and its window comes back unsent.
+    /// Longest the peer may take nothing (a write of one batch pending, or written bytes unacknowledged); a
+    /// connection whose peer stopped reading for this long is ended and what is still inside its window comes
+    /// back unsent ([`write_timeout_for`]).
     pub write_timeout: Duration,
     /// Close after this long with an empty window and nothing taken; `None` keeps the connection open.
     pub idle_timeout: Option<Duration>,
@@ -74,16 +110,68 @@ struct Written<T> {
     /// When its silence started counting: the write, or the moment its acknowledgement was seen.
     at: Instant,
     /// Bytes written to the socket once its write was done: acknowledged when the peer has acknowledged as many.
+    /// [`NOT_WRITTEN`] while its write is under way (or failed).
     end: u64,
     acknowledged: bool,
     tag: T,
 }
 
+/// [`Written::end`] of a notification whose write has not completed: no acknowledgement reaches it.
+const NOT_WRITTEN: u64 = u64::MAX;
+
+/// What was written within the response window, oldest first.
+struct Window<T> {
+    entries: VecDeque<Written<T>>,
+    /// How many entries at the front are known acknowledged.
+    acknowledged: usize,
+    /// Bytes the peer had acknowledged at the last look, and since when nothing more was while written bytes
+    /// waited for it (or since when none waited).
+    acked_bytes: u64,
+    progress_at: Instant,
+}
+
+impl<T> Window<T> {
+    fn new() -> Window<T> {
+        Window {
+            entries: VecDeque::new(),
+            acknowledged: 0,
+            acked_bytes: 0,
+            progress_at: Instant::now(),
+        }
+    }
+
+    /// Whether a notification whose write is done waits for the peer's acknowledgement.
+    fn awaits_acknowledgement(&self) -> bool {
+        self.entries
+            .get(self.acknowledged)
+            .is_some_and(|w| w.end != NOT_WRITTEN)
+    }
+
+    /// How long written bytes have waited at `now` with the peer acknowledging nothing more: the peer stopped
+    /// reading (or vanished), though the send buffer took the writes.
+    fn unacknowledged_for(&self, now: Instant) -> Option<Duration> {
+        self.awaits_acknowledgement()
+            .then(|| now.saturating_duration_since(self.progress_at))
+    }
+}
+
 /// What the reader half saw.
 enum ReadEnd {
     Packet(ErrorPacket),
-    /// EOF or an I/O error with no (complete, valid) error packet.
-    Lost(String),
+    /// EOF or an I/O error with no (complete, valid) error packet, and when it happened.
+    Lost {
+        why: String,
+        at: Instant,
+    },
+}
+
+impl ReadEnd {
+    fn lost(why: impl Into<String>) -> ReadEnd {
+        ReadEnd::Lost {
+            why: why.into(),
+            at: Instant::now(),
+        }
+    }
 }
 
 /// Opens a connection and starts its task, which pulls from `jobs` until it closes. Returns its live state.
@@ -103,181 +191,386 @@ pub async fn open<T: Send + 'static>(
         connect_tls_over(&opts.endpoint, opts.tls.clone(), opts.connect_timeout, wrap).await?;
     let state = ConnectionState::new(opts.max_window);
     let info = ConnectionInfo { remote, id };
-    tokio::spawn(run(opts, tls, acks, jobs, sink, state.clone(), info));
+    let conn = Connection {
+        opts,
+        acks,
+        sink,
+        state: state.clone(),
+        info,
+    };
+    tokio::spawn(conn.run(tls, jobs, FIRST_IDENTIFIER));
     Ok(state)
 }
 
-async fn run<T: Send + 'static, S>(
+/// What a connection's task works with.
+struct Connection<T> {
     opts: Arc<BinaryOptions>,
-    stream: S,
     acks: Option<Acknowledged>,
-    jobs: JobReceiver<T>,
     sink: Arc<dyn OutcomeSink<T>>,
     state: Arc<ConnectionState>,
     info: ConnectionInfo,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-{
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (read_tx, mut read_rx) = tokio::sync::oneshot::channel();
-    let reader_task = tokio::spawn(async move {
-        let mut buf = [0u8; 6];
-        let end = match reader.read_exact(&mut buf).await {
-            Ok(_) => match ErrorPacket::decode(&buf) {
-                Ok(p) => ReadEnd::Packet(p),
-                Err(e) => ReadEnd::Lost(format!("unreadable error packet: {e}")),
-            },
-            Err(e) => ReadEnd::Lost(e.to_string()),
-        };
-        let _ = read_tx.send(end);
-    });
+}
 
-    let mut window: VecDeque<Written<T>> = VecDeque::new();
-    let mut next_id: u32 = 1;
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES + 4096);
-    let tick_every =
-        (opts.response_timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
-    let mut tick = tokio::time::interval(tick_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_activity = Instant::now();
-    // How many notifications at the front of the window are known acknowledged.
-    let mut acknowledged = 0;
-    let mut taking = true;
-    let mut end: Option<ReadEnd> = None;
-
-    loop {
-        state.set_in_flight(window.len());
-        tokio::select! {
-            biased;
-            got = &mut read_rx => {
-                end = Some(got.unwrap_or_else(|_| ReadEnd::Lost("reader stopped".into())));
-                break;
-            }
-            job = jobs.recv(), if taking && window.len() < opts.max_window => {
-                let Ok(job) = job else { taking = false; continue };
-                let batch_start = window.len();
-                let mut job = Some(job);
-                // Gather what is already queued into one write.
-                while let Some(j) = job.take() {
-                    match encode_job(&opts, &mut buf, next_id, &j) {
-                        Ok(()) => {
-                            // `at` is set once the write is done (below).
-                            window.push_back(Written {
-                                identifier: next_id,
-                                at: last_activity,
-                                end: 0,
-                                acknowledged: false,
-                                tag: j.tag,
-                            });
-                            next_id = next_id.wrapping_add(1);
-                        }
-                        Err(e) => {
-                            tracing::warn!(conn = info.id, error = %e, "notification cannot be encoded");
-                            sink.report(
-                                j.tag,
-                                PushResult::Rejected(Rejection::Binary { status: Status::ProtocolError, identifier: None }),
-                                &info,
-                            );
-                        }
-                    }
-                    if next_id == u32::MAX {
-                        // Identifiers would wrap; a fresh connection starts over.
-                        state.drain();
+impl<T: Send + 'static> Connection<T> {
+    /// Notes what the peer acknowledged since the last look (its silence counts from `now` on), then reports
+    /// delivered every notification acknowledged and silent for the response timeout at `now`.
+    fn sweep(&self, window: &mut Window<T>, now: Instant) {
+        match self
+            .acks
+            .as_ref()
+            .filter(|_| window.awaits_acknowledgement())
+        {
+            None => window.progress_at = now,
+            Some(acks) => {
+                // A system that cannot tell counts everything written as acknowledged.
+                let upto = acks.acknowledged().unwrap_or_else(|| acks.written());
+                if upto > window.acked_bytes {
+                    window.acked_bytes = upto;
+                    window.progress_at = now;
+                }
+                for w in window.entries.range_mut(window.acknowledged..) {
+                    if w.end > upto {
                         break;
                     }
-                    if buf.len() < WRITE_BATCH_BYTES && window.len() < opts.max_window {
-                        job = jobs.try_recv().ok();
-                    }
-                }
-                // Flushed, or the TLS layer may keep the tail of the batch and silence would "deliver" it.
-                let written = async {
-                    writer.write_all(&buf).await?;
-                    writer.flush().await
-                };
-                let written = match tokio::time::timeout(opts.write_timeout, written).await {
-                    Ok(r) => r,
-                    Err(_) => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("a write took over {} ms; the peer stopped reading", opts.write_timeout.as_millis()),
-                    )),
-                };
-                if let Err(e) = written {
-                    tracing::debug!(conn = info.id, error = %e, "write failed");
-                    // The server may have written an error packet before closing: give the reader a moment.
-                    end = Some(match tokio::time::timeout(opts.response_timeout, &mut read_rx).await {
-                        Ok(Ok(got)) => got,
-                        _ => ReadEnd::Lost(e.to_string()),
-                    });
-                    break;
-                }
-                buf.clear();
-                // The response window counts from when the notifications were written, not from when they were
-                // taken: a write that waited on a slow reader must not make them look answered by silence.
-                last_activity = Instant::now();
-                let end = acks.as_ref().map_or(0, Acknowledged::written);
-                for w in window.range_mut(batch_start..) {
-                    w.at = last_activity;
-                    w.end = end;
-                    // Without a way to ask, the write is all the proof there is.
-                    w.acknowledged = acks.is_none();
+                    // Acknowledged since the last look: the silence counts from now.
+                    w.acknowledged = true;
+                    w.at = w.at.max(now);
+                    window.acknowledged += 1;
                 }
             }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if let Some(acks) = &acks {
-                    // A system that cannot tell counts everything written as acknowledged.
-                    let upto = acks.acknowledged().unwrap_or_else(|| acks.written());
-                    for w in window.range_mut(acknowledged..) {
-                        if w.end > upto {
+        }
+        if window.entries.is_empty() {
+            return;
+        }
+        let timeout = self.opts.response_timeout;
+        let answered_by_silence =
+            |w: &Written<T>| w.acknowledged && now.saturating_duration_since(w.at) >= timeout;
+        let mut delivered_any = false;
+        while window.entries.front().is_some_and(answered_by_silence) {
+            if let Some(w) = window.entries.pop_front() {
+                window.acknowledged = window.acknowledged.saturating_sub(1);
+                self.sink.report(w.tag, delivered(w.identifier), &self.info);
+                delivered_any = true;
+            }
+        }
+        if delivered_any {
+            self.state.set_proven();
+        }
+    }
+
+    async fn run<S>(self, stream: S, jobs: JobReceiver<T>, first_identifier: u32)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let opts = self.opts.clone();
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (read_tx, mut read_rx) = oneshot::channel();
+        let reader_task = tokio::spawn(async move {
+            let mut buf = [0u8; 6];
+            let end = match reader.read_exact(&mut buf).await {
+                Ok(_) => match ErrorPacket::decode(&buf) {
+                    Ok(p) => ReadEnd::Packet(p),
+                    Err(e) => ReadEnd::lost(format!("unreadable error packet: {e}")),
+                },
+                Err(e) => ReadEnd::lost(e.to_string()),
+            };
+            let _ = read_tx.send(end);
+        });
+        let reader_stopped = || ReadEnd::lost("reader stopped");
+
+        let mut window = Window::new();
+        let mut next_id = first_identifier;
+        let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES + 4096);
+        let tick_every =
+            (opts.response_timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_activity = Instant::now();
+        let mut taking = true;
+
+        let end: Option<ReadEnd> = loop {
+            // An error packet or the end of the connection settles the window as it stands.
+            match read_rx.try_recv() {
+                Ok(got) => break Some(got),
+                Err(oneshot::error::TryRecvError::Closed) => break Some(reader_stopped()),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            // Swept before every batch, not only on the timer: with work always waiting the timer's turn would
+            // never come, and nothing would leave the window.
+            let now = Instant::now();
+            self.sweep(&mut window, now);
+            // Written bytes the peer does not acknowledge: it stopped reading, as with a write that waits.
+            if let Some(waited) = window.unacknowledged_for(now) {
+                if waited >= opts.write_timeout {
+                    break Some(ReadEnd::Lost {
+                        why: format!(
+                            "written bytes went unacknowledged for over {} ms; the peer stopped reading",
+                            opts.write_timeout.as_millis()
+                        ),
+                        at: now,
+                    });
+                }
+                if waited >= opts.response_timeout {
+                    self.stop_taking_stalled(&mut taking, "written bytes went unacknowledged");
+                }
+            }
+            if self.state.is_draining() {
+                taking = false;
+            }
+            if window.entries.is_empty() {
+                let idle = opts
+                    .idle_timeout
+                    .is_some_and(|idle| now.saturating_duration_since(last_activity) >= idle);
+                if !taking || idle {
+                    break None;
+                }
+            }
+            self.state.set_in_flight(window.entries.len());
+            tokio::select! {
+                biased;
+                got = &mut read_rx => break Some(got.unwrap_or_else(|_| reader_stopped())),
+                job = jobs.recv(), if taking && window.entries.len() < opts.max_window => {
+                    let Ok(job) = job else { taking = false; continue };
+                    let batch_start = window.entries.len();
+                    let mut job = Some(job);
+                    // Gather what is already queued into one write.
+                    while let Some(j) = job.take() {
+                        match encode_job(&opts, &mut buf, next_id, &j) {
+                            Ok(()) => {
+                                // `at` and `end` are set once the write is done (below).
+                                window.entries.push_back(Written {
+                                    identifier: next_id,
+                                    at: last_activity,
+                                    end: NOT_WRITTEN,
+                                    acknowledged: false,
+                                    tag: j.tag,
+                                });
+                                next_id = next_id.wrapping_add(1);
+                            }
+                            Err(e) => {
+                                tracing::warn!(conn = self.info.id, error = %e, "notification cannot be encoded");
+                                self.sink.report(
+                                    j.tag,
+                                    PushResult::Rejected(Rejection::Binary { status: Status::ProtocolError, identifier: None }),
+                                    &self.info,
+                                );
+                            }
+                        }
+                        if next_id == u32::MAX {
+                            // Identifiers would wrap (past 0, which APNs names for a frame it could not read): this
+                            // connection takes no more, and a fresh one starts over.
+                            taking = false;
+                            self.state.drain();
                             break;
                         }
-                        // Acknowledged since the last look: the silence counts from now.
-                        w.acknowledged = true;
-                        w.at = w.at.max(now);
-                        acknowledged += 1;
+                        if buf.len() < WRITE_BATCH_BYTES && window.entries.len() < opts.max_window {
+                            job = jobs.try_recv().ok();
+                        }
+                    }
+                    if let Some(lost) = self.write_batch(&mut writer, &buf, &mut read_rx, &mut window, &mut tick, &mut taking).await {
+                        break Some(lost);
+                    }
+                    buf.clear();
+                    // The response window counts from when the notifications were written, not from when they were
+                    // taken: a write that waited on a slow reader must not make them look answered by silence.
+                    last_activity = Instant::now();
+                    let end = self.acks.as_ref().map_or(0, Acknowledged::written);
+                    for w in window.entries.range_mut(batch_start..) {
+                        w.at = last_activity;
+                        w.end = end;
+                        // Without a way to ask, the write is all the proof there is.
+                        w.acknowledged = self.acks.is_none();
                     }
                 }
-                let answered_by_silence = |w: &Written<T>| {
-                    w.acknowledged && now.duration_since(w.at) >= opts.response_timeout
-                };
-                while window.front().is_some_and(answered_by_silence) {
-                    if let Some(w) = window.pop_front() {
-                        acknowledged = acknowledged.saturating_sub(1);
-                        sink.report(w.tag, delivered(w.identifier), &info);
-                    }
-                }
-                if state.is_draining() {
-                    taking = false;
-                }
-                if window.is_empty() {
-                    let idle = opts.idle_timeout.is_some_and(|idle| now.duration_since(last_activity) >= idle);
-                    if !taking || idle {
-                        break;
-                    }
+                _ = tick.tick() => {}
+            }
+        };
+
+        let lost = matches!(end, Some(ReadEnd::Lost { .. }));
+        match end {
+            Some(ReadEnd::Packet(packet)) => self.settle_error_packet(packet, &mut window),
+            Some(ReadEnd::Lost { why, at }) => {
+                // What silence had answered by the time the connection was lost is delivered; the rest of the
+                // window, still waiting for its answer (or for APNs to acknowledge it), comes back unsent.
+                self.sweep(&mut window, at);
+                self.state.set_fault(|| {
+                    format!("the connection was lost without an error packet: {why}")
+                });
+                if !window.entries.is_empty() {
+                    tracing::info!(conn = self.info.id, remote = %self.info.remote, in_window = window.entries.len(),
+                        "connection lost without an error packet ({why}); requeueing the window");
                 }
             }
+            None => {}
         }
+        for w in window.entries.drain(..) {
+            self.sink.report(
+                w.tag,
+                PushResult::NotSent(NotSentReason::ConnectionLost),
+                &self.info,
+            );
+        }
+        self.state.set_in_flight(0);
+        self.state.set_closed();
+        if lost {
+            // What it carried is on its way again: nothing still queued on this connection may follow it out.
+            if let Some(acks) = &self.acks {
+                acks.abort();
+            }
+        } else {
+            // A peer that stopped reading would keep a close_notify waiting as long as the batch before it.
+            let _ = tokio::time::timeout(opts.response_timeout, writer.shutdown()).await;
+        }
+        reader_task.abort();
     }
 
-    match end {
-        Some(ReadEnd::Packet(packet)) => settle_error_packet(packet, &mut window, &*sink, &info),
-        Some(ReadEnd::Lost(why)) if !window.is_empty() => {
-            tracing::info!(conn = info.id, remote = %info.remote, in_window = window.len(),
-                "connection lost without an error packet ({why}); requeueing the window");
+    /// Writes one batch, flushed (else the TLS layer may keep its tail, and silence would "deliver" it), sweeping
+    /// the window meanwhile. A write still pending after the response timeout (the peer stopped reading) makes the
+    /// connection take no more work (a fault: the pool opens another for what waits); one pending after the write
+    /// timeout, or failing, ends the connection: returns how, with the error packet the server may have written
+    /// before closing.
+    async fn write_batch<W>(
+        &self,
+        writer: &mut W,
+        buf: &[u8],
+        read_rx: &mut oneshot::Receiver<ReadEnd>,
+        window: &mut Window<T>,
+        tick: &mut tokio::time::Interval,
+        taking: &mut bool,
+    ) -> Option<ReadEnd>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let opts = &self.opts;
+        let started = Instant::now();
+        let stalled_at = started + opts.response_timeout;
+        let give_up_at = started + opts.write_timeout;
+        let written = async {
+            writer.write_all(buf).await?;
+            writer.flush().await
+        };
+        tokio::pin!(written);
+        let mut stalled = false;
+        let failed = loop {
+            tokio::select! {
+                biased;
+                got = &mut *read_rx => {
+                    return Some(got.unwrap_or_else(|_| ReadEnd::lost("reader stopped")));
+                }
+                r = &mut written => match r {
+                    Ok(()) => return None,
+                    Err(e) => break e,
+                },
+                _ = tokio::time::sleep_until(give_up_at) => {
+                    break std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("a write took over {} ms; the peer stopped reading", opts.write_timeout.as_millis()),
+                    );
+                }
+                _ = tokio::time::sleep_until(stalled_at), if !stalled => {
+                    stalled = true;
+                    self.stop_taking_stalled(taking, "a write waited");
+                }
+                _ = tick.tick() => self.sweep(window, Instant::now()),
+            }
+        };
+        let at = Instant::now();
+        tracing::debug!(conn = self.info.id, error = %failed, "write failed");
+        // The server may have written an error packet before closing: give the reader a moment.
+        Some(
+            match tokio::time::timeout(opts.response_timeout, &mut *read_rx).await {
+                Ok(Ok(ReadEnd::Packet(p))) => ReadEnd::Packet(p),
+                _ => ReadEnd::Lost {
+                    why: failed.to_string(),
+                    at,
+                },
+            },
+        )
+    }
+
+    /// The peer has taken nothing for the response timeout (`what` waited): the connection takes no more work, so
+    /// the pool, which does not count a draining connection against its limit, opens another for what waits; a
+    /// fault, which counts as a failed connection attempt while the connection is young and unproven.
+    fn stop_taking_stalled(&self, taking: &mut bool, what: &str) {
+        if !*taking && self.state.is_draining() && self.state.fault().is_some() {
+            return;
         }
-        Some(ReadEnd::Lost(_)) | None => {}
+        *taking = false;
+        self.state.set_fault(|| {
+            format!(
+                "{what} over {} ms; the peer stopped reading",
+                self.opts.response_timeout.as_millis()
+            )
+        });
+        self.state.drain();
+        tracing::debug!(conn = self.info.id, "{what}; taking no more work");
     }
-    for w in window.drain(..) {
-        sink.report(
-            w.tag,
-            PushResult::NotSent(NotSentReason::ConnectionLost),
-            &info,
-        );
+
+    /// Applies docs/apns-protocol.md#binary-error-packet to the window: before the named notification delivered, it
+    /// failed, after it unsent.
+    fn settle_error_packet(&self, packet: ErrorPacket, window: &mut Window<T>) {
+        let shutdown = packet.status == Status::Shutdown;
+        let named = || {
+            format!(
+                "error packet {}@{} for notification {}",
+                packet.status.code(),
+                packet.status.apple_text(),
+                packet.identifier
+            )
+        };
+        let Some(pos) = window
+            .entries
+            .iter()
+            .position(|w| w.identifier == packet.identifier)
+        else {
+            tracing::warn!(
+                conn = self.info.id,
+                identifier = packet.identifier,
+                status = packet.status.code(),
+                "error packet names a notification outside the response window; requeueing the window"
+            );
+            self.state
+                .set_fault(|| format!("{}, outside the response window", named()));
+            return;
+        };
+        // With status 10 the identifier is the last notification APNs processed
+        // (docs/apns-protocol.md#binary-error-packet).
+        let processed = if shutdown { pos + 1 } else { pos };
+        if processed > 0 {
+            self.state.set_proven();
+        }
+        for w in window.entries.drain(..processed) {
+            self.sink.report(w.tag, delivered(w.identifier), &self.info);
+        }
+        if shutdown {
+            self.state.set_fault(named);
+        } else if let Some(w) = window.entries.pop_front() {
+            let rejection = Rejection::Binary {
+                status: packet.status,
+                identifier: Some(w.identifier),
+            };
+            // A refusal of the notification itself shows that APNs processes what the connection carries; a
+            // transient status is the server's.
+            if matches!(
+                rejection.class(),
+                FailureClass::Permanent | FailureClass::InvalidToken
+            ) {
+                self.state.set_proven();
+            } else {
+                self.state.set_fault(named);
+            }
+            self.sink
+                .report(w.tag, PushResult::Rejected(rejection), &self.info);
+        }
+        for w in window.entries.drain(..) {
+            self.sink.report(
+                w.tag,
+                PushResult::NotSent(NotSentReason::AfterRejected),
+                &self.info,
+            );
+        }
+        window.acknowledged = 0;
     }
-    state.set_in_flight(0);
-    state.set_closed();
-    let _ = writer.shutdown().await;
-    reader_task.abort();
 }
 
 fn encode_job<T>(
@@ -295,52 +588,6 @@ fn encode_job<T>(
         payload: r.payload.clone(),
     };
     encode(&notification, opts.format, buf).map_err(|e| e.to_string())
-}
-
-/// Applies docs/apns-protocol.md#binary-error-packet to the window: before the named notification delivered, it failed,
-/// after it unsent.
-fn settle_error_packet<T: 'static>(
-    packet: ErrorPacket,
-    window: &mut VecDeque<Written<T>>,
-    sink: &dyn OutcomeSink<T>,
-    info: &ConnectionInfo,
-) {
-    let shutdown = packet.status == Status::Shutdown;
-    let Some(pos) = window
-        .iter()
-        .position(|w| w.identifier == packet.identifier)
-    else {
-        tracing::warn!(
-            conn = info.id,
-            identifier = packet.identifier,
-            status = packet.status.code(),
-            "error packet names a notification outside the response window; requeueing the window"
-        );
-        return;
-    };
-    // With status 10 the identifier is the last notification APNs processed
-    // (docs/apns-protocol.md#binary-error-packet).
-    let processed = if shutdown { pos + 1 } else { pos };
-    for w in window.drain(..processed) {
-        sink.report(w.tag, delivered(w.identifier), info);
-    }
-    if !shutdown && let Some(w) = window.pop_front() {
-        sink.report(
-            w.tag,
-            PushResult::Rejected(Rejection::Binary {
-                status: packet.status,
-                identifier: Some(w.identifier),
-            }),
-            info,
-        );
-    }
-    for w in window.drain(..) {
-        sink.report(
-            w.tag,
-            PushResult::NotSent(NotSentReason::AfterRejected),
-            info,
-        );
-    }
 }
 
 /// The binary protocol's transaction id is the notification identifier.
@@ -400,6 +647,14 @@ mod tests {
         b.len()
     }
 
+    /// A connection under test: the queue it pulls from, what it reported, its state and its task.
+    struct Started {
+        tx: async_channel::Sender<Job<u32>>,
+        results: Arc<Results>,
+        state: Arc<ConnectionState>,
+        conn: tokio::task::JoinHandle<()>,
+    }
+
     /// Runs a connection over `stream` with notifications 1..=`jobs` waiting for it.
     fn start<S>(
         stream: S,
@@ -414,25 +669,44 @@ mod tests {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
+        let s = start_with(stream, acks, jobs, options(write_timeout), FIRST_IDENTIFIER);
+        (s.tx, s.results, s.conn)
+    }
+
+    /// [`start`] with `opts`, numbering notifications from `first_identifier`.
+    fn start_with<S>(
+        stream: S,
+        acks: Option<Acknowledged>,
+        jobs: u32,
+        opts: Arc<BinaryOptions>,
+        first_identifier: u32,
+    ) -> Started
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         let (tx, rx) = async_channel::unbounded();
         for tag in 1..=jobs {
             tx.try_send(job(tag)).unwrap();
         }
         let results = Arc::new(Results::default());
-        let info = ConnectionInfo {
-            remote: "127.0.0.1:2195".parse().unwrap(),
-            id: 1,
-        };
-        let conn = tokio::spawn(run(
-            options(write_timeout),
-            stream,
+        let state = ConnectionState::new(opts.max_window);
+        let connection = Connection {
+            opts,
             acks,
-            rx,
-            results.clone(),
-            ConnectionState::new(10_000),
-            info,
-        ));
-        (tx, results, conn)
+            sink: results.clone(),
+            state: state.clone(),
+            info: ConnectionInfo {
+                remote: "127.0.0.1:2195".parse().unwrap(),
+                id: 1,
+            },
+        };
+        let conn = tokio::spawn(connection.run(stream, rx, first_identifier));
+        Started {
+            tx,
+            results,
+            state,
+            conn,
+        }
     }
 
     /// Reads from `server` until `len` bytes came (failing after 20 s).
@@ -627,5 +901,370 @@ mod tests {
                 .all(|(_, r)| matches!(r, PushResult::Delivered { .. })),
             "{reported:?}"
         );
+    }
+
+    /// A loopback TCP connection with the system's usual buffers.
+    async fn loopback_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Waits until `done` holds (failing after 20 s).
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The identifiers of the notifications in `bytes` (frame format).
+    fn identifiers(bytes: &[u8]) -> Vec<u32> {
+        let mut buf = BytesMut::from(bytes);
+        let mut decoder = crate::binary::NotificationDecoder::default();
+        let mut ids = Vec::new();
+        while let Some(d) = decoder.decode(&mut buf).unwrap() {
+            ids.push(d.notification.identifier);
+        }
+        assert!(
+            buf.is_empty(),
+            "{} bytes of a cut-off notification",
+            buf.len()
+        );
+        ids
+    }
+
+    /// A connection that always has work waiting still delivers by silence: the window is swept before every
+    /// batch, not only when the queue leaves the timer a turn, so it holds only the last response time of writes;
+    /// and when the peer then drops the connection without an error packet, what silence had answered stays
+    /// delivered and only the rest of the window comes back unsent (docs/apns-protocol.md#binary-error-packet).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silence_delivers_under_a_constant_backlog_and_a_lost_connection_requeues_only_the_window()
+     {
+        let (client, mut server) = loopback_pair().await;
+        let (client, acks) = counted(client);
+        let mut opts = (*options(WRITE_TIMEOUT)).clone();
+        // No window limit to fall back on: only the sweep can empty it.
+        opts.max_window = usize::MAX;
+        let response_timeout = opts.response_timeout;
+        let s = start_with(client, acks, 0, Arc::new(opts), FIRST_IDENTIFIER);
+        // The server reads everything and answers nothing, until told to drop the connection.
+        let (drop_tx, mut drop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                tokio::select! {
+                    _ = &mut drop_rx => return,
+                    n = tokio::io::AsyncReadExt::read(&mut server, &mut buf) => {
+                        if n.map_or(true, |n| n == 0) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        // The queue never runs dry for three response times, and until deliveries came.
+        let template = job(1).request;
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(20);
+        let mut sent = 0u32;
+        let mut next_look = started;
+        let mut peak_in_flight = 0;
+        let delivered_under_load = loop {
+            while s.tx.len() < 20_000 {
+                sent += 1;
+                s.tx.try_send(Job {
+                    request: template.clone(),
+                    tag: sent,
+                })
+                .unwrap();
+            }
+            peak_in_flight = peak_in_flight.max(s.state.in_flight());
+            let now = tokio::time::Instant::now();
+            if now >= next_look {
+                next_look = now + Duration::from_millis(50);
+                let delivered = s.results.wait_for(0).await.len();
+                if now - started >= 3 * response_timeout && delivered > 0 {
+                    break delivered;
+                }
+            }
+            assert!(
+                now < deadline,
+                "nothing delivered while the queue never ran dry ({sent} queued, {} in flight)",
+                s.state.in_flight()
+            );
+            tokio::task::yield_now().await;
+        };
+        let _ = drop_tx.send(());
+        server_task.await.unwrap();
+        s.tx.close();
+        tokio::time::timeout(Duration::from_secs(20), s.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let taken = sent as usize - s.tx.len();
+        let reported = s.results.wait_for(taken).await;
+        assert_eq!(reported.len(), taken, "each notification reported once");
+        let mut tags: Vec<u32> = reported.iter().map(|(t, _)| *t).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags.len(), taken, "a notification reported twice");
+        // The first batches were answered by silence long before the connection was lost.
+        let first = reported.iter().find(|(t, _)| *t == 1).unwrap();
+        assert_eq!(first.1, delivered(1));
+        let lost = reported
+            .iter()
+            .filter(|(_, r)| *r == PushResult::NotSent(NotSentReason::ConnectionLost))
+            .count();
+        assert!(
+            reported
+                .iter()
+                .all(|(_, r)| matches!(r, PushResult::Delivered { .. })
+                    || *r == PushResult::NotSent(NotSentReason::ConnectionLost)),
+            "{:?}",
+            reported
+                .iter()
+                .find(|(_, r)| !matches!(r, PushResult::Delivered { .. }))
+        );
+        assert!(
+            lost < taken && peak_in_flight < taken,
+            "the window kept everything: {lost} of {taken} requeued, {peak_in_flight} at most in flight"
+        );
+        eprintln!(
+            "{sent} queued, {taken} taken, {delivered_under_load} delivered under load, {lost} requeued, \
+             {peak_in_flight} at most in flight"
+        );
+    }
+
+    /// While a write waits on a peer that stopped reading, the window is still swept: what was written before
+    /// and answered by silence is delivered, and only the batch the peer never took comes back unsent when the
+    /// write times out.
+    #[tokio::test]
+    async fn a_stalled_write_delivers_what_silence_answered_before_it_and_requeues_the_rest() {
+        // Room for the first batch (64 KiB) but not the second; the server never reads.
+        let (client, _server) = tokio::io::duplex(100_000);
+        let jobs = 1000;
+        let s = start_with(
+            client,
+            None,
+            jobs,
+            options(Duration::from_secs(2)),
+            FIRST_IDENTIFIER,
+        );
+        tokio::time::timeout(Duration::from_secs(20), s.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let taken = (jobs as usize) - s.tx.len();
+        let reported = s.results.wait_for(taken).await;
+        let delivered_count = reported
+            .iter()
+            .take_while(|(_, r)| matches!(r, PushResult::Delivered { .. }))
+            .count();
+        assert!(
+            delivered_count > 0,
+            "the first batch was requeued: {:?}",
+            reported[0]
+        );
+        assert!(
+            reported[delivered_count..]
+                .iter()
+                .all(|(_, r)| *r == PushResult::NotSent(NotSentReason::ConnectionLost)),
+            "{reported:?}"
+        );
+        assert!(delivered_count < taken, "the stalled batch was delivered");
+        let tags: Vec<u32> = reported.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, (1..=taken as u32).collect::<Vec<_>>());
+    }
+
+    /// A write still pending after the response timeout (the peer stopped reading) makes the connection take no
+    /// more work and records a fault, long before the write timeout ends it: the pool does not count a draining
+    /// connection against its limit, so what waits goes to a new connection meanwhile. At the write timeout what
+    /// the peer never took comes back unsent.
+    #[tokio::test]
+    async fn a_write_pending_past_the_response_timeout_drains_the_connection() {
+        let (client, _server) = tokio::io::duplex(64);
+        let s = start_with(
+            client,
+            None,
+            3,
+            options(Duration::from_secs(2)),
+            FIRST_IDENTIFIER,
+        );
+        wait_until("the stalled connection drains", || s.state.is_draining()).await;
+        let results = s.results.clone();
+        let (_, why) = s.state.fault().expect("a stalled write is a fault");
+        assert!(
+            why.contains("a write waited over 200 ms"),
+            "the stall was noticed only at the write timeout: {why}"
+        );
+        // Nothing more is taken; the stalled batch comes back unsent at the write timeout.
+        s.tx.try_send(job(4)).unwrap();
+        let reported = results.wait_for(3).await;
+        assert!(
+            reported
+                .iter()
+                .all(|(_, r)| *r == PushResult::NotSent(NotSentReason::ConnectionLost)),
+            "{reported:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(20), s.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.tx.len(), 1, "the draining connection took more work");
+        assert!(s.state.is_closed());
+    }
+
+    /// Identifiers never wrap on one connection: before the next would be `u32::MAX` the connection takes no more
+    /// work (0 is the identifier APNs names for a frame it could not read), delivers what it wrote and closes,
+    /// leaving the rest for a fresh connection.
+    #[tokio::test]
+    async fn identifiers_never_wrap_on_a_connection() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let s = start_with(client, None, 5, options(WRITE_TIMEOUT), u32::MAX - 2);
+        let read = tokio::spawn(async move {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut server, &mut got)
+                .await
+                .unwrap();
+            got
+        });
+        tokio::time::timeout(Duration::from_secs(20), s.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        let written = tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(identifiers(&written), vec![u32::MAX - 2, u32::MAX - 1]);
+        assert_eq!(
+            s.results.wait_for(2).await,
+            vec![(1, delivered(u32::MAX - 2)), (2, delivered(u32::MAX - 1))]
+        );
+        assert_eq!(s.tx.len(), 3, "taken after the identifiers ran out");
+        assert!(s.state.is_draining());
+    }
+
+    /// How a connection went, for the pool's judgement of young connections: one the server closes right after
+    /// the handshake, before any answer, ends on a fault and is not proven; one whose notification was answered
+    /// by silence is proven.
+    #[tokio::test]
+    async fn a_connection_closed_before_any_answer_is_a_fault_and_a_delivery_proves_it() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        drop(server);
+        let s = start_with(client, None, 1, options(WRITE_TIMEOUT), FIRST_IDENTIFIER);
+        let reported = s.results.wait_for(1).await;
+        assert_eq!(
+            reported[0].1,
+            PushResult::NotSent(NotSentReason::ConnectionLost)
+        );
+        tokio::time::timeout(Duration::from_secs(20), s.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!s.state.is_proven());
+        let (_, why) = s.state.fault().expect("a connection lost is a fault");
+        assert!(why.contains("lost"), "{why}");
+
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let s = start_with(client, None, 1, options(WRITE_TIMEOUT), FIRST_IDENTIFIER);
+        read_at_least(&mut server, encoded_len()).await;
+        assert_eq!(s.results.wait_for(1).await, vec![(1, delivered(1))]);
+        assert!(s.state.is_proven());
+        assert!(s.state.fault().is_none());
+    }
+
+    /// An error packet with a transient status (here 1, processing error) on a connection where nothing was
+    /// processed is a fault of the server's; one refusing a notification for its own fault (8, invalid token)
+    /// proves the connection.
+    #[tokio::test]
+    async fn error_packets_prove_or_fault_the_connection_by_their_status() {
+        for (status, proven) in [
+            (Status::ProcessingError, false),
+            (Status::InvalidToken, true),
+        ] {
+            let (client, mut server) = tokio::io::duplex(1 << 16);
+            let s = start_with(client, None, 1, options(WRITE_TIMEOUT), FIRST_IDENTIFIER);
+            read_at_least(&mut server, encoded_len()).await;
+            let packet = ErrorPacket {
+                status,
+                identifier: 1,
+            };
+            tokio::io::AsyncWriteExt::write_all(&mut server, &packet.encode())
+                .await
+                .unwrap();
+            let reported = s.results.wait_for(1).await;
+            assert!(
+                matches!(reported[0].1, PushResult::Rejected(_)),
+                "{reported:?}"
+            );
+            tokio::time::timeout(Duration::from_secs(20), s.conn)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.state.is_proven(), proven, "{status:?}");
+            assert_eq!(s.state.fault().is_some(), !proven, "{status:?}");
+        }
+    }
+
+    /// A peer that stops reading while the send buffer still takes the writes: no write waits, but the bytes go
+    /// unacknowledged. After the response timeout with no progress the connection takes no more work (a fault);
+    /// after the write timeout it ends with a reset, so nothing still queued follows the notifications it hands
+    /// back unsent. Only what the peer's TCP stack acknowledged and then left unanswered is delivered.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn bytes_the_peer_never_acknowledges_drain_then_reset_the_connection() {
+        let (client, mut server) = tight_pair().await;
+        let (client, acks) = counted(client);
+        let jobs = 200;
+        let s = start_with(
+            client,
+            acks,
+            jobs,
+            options(Duration::from_secs(2)),
+            FIRST_IDENTIFIER,
+        );
+        wait_until("the connection drains", || s.state.is_draining()).await;
+        let (_, why) = s.state.fault().expect("unacknowledged bytes are a fault");
+        assert!(
+            why.contains("written bytes went unacknowledged over 200 ms"),
+            "{why}"
+        );
+        let reported = s.results.wait_for(jobs as usize).await;
+        let delivered_count = reported
+            .iter()
+            .take_while(|(_, r)| matches!(r, PushResult::Delivered { .. }))
+            .count();
+        assert!(
+            delivered_count < jobs as usize / 2,
+            "{delivered_count} delivered"
+        );
+        assert!(
+            reported[delivered_count..]
+                .iter()
+                .all(|(_, r)| *r == PushResult::NotSent(NotSentReason::ConnectionLost)),
+            "{reported:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(20), s.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        // The server reads what reached it, then the reset: the rest of what was written never arrives.
+        let mut got = 0;
+        let mut buf = [0u8; 65536];
+        let end = loop {
+            match tokio::io::AsyncReadExt::read(&mut server, &mut buf).await {
+                Ok(0) => break None,
+                Ok(n) => got += n,
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        assert_eq!(end, Some(std::io::ErrorKind::ConnectionReset));
+        assert!(got < jobs as usize * encoded_len(), "{got} bytes arrived");
     }
 }

@@ -11,13 +11,17 @@
 //! further HTTP/2 connection starts its adaptive limit at the level the open ones reached rather than ramping up
 //! from the start. They all pull from
 //! one queue, so work spreads over whichever has room. A connection closes itself after `idle_timeout`, on an
-//! exception, or (binary) after an error packet. Failed connection attempts back off exponentially; after
-//! `mx_failures_to_delay` of them in a row the pool says so, and the domain's queue is delayed instead of spun on.
-//! An HTTP/2 connection that opens but stops taking work through a fault within its first [`PROBATION`], before
-//! APNs has accepted a notification on it (a GOAWAY right after its SETTINGS, `ExpiredProviderToken` for a token
-//! the host's clock thinks young, `503 Shutdown`), is such a failed attempt too: opening alone does not end a run
-//! of failures, so a server that takes connections and refuses all work on them gets backoff, not a reconnect per
-//! notification. A notification answered `503 Shutdown` comes back unsent once, for another connection
+//! exception, or (binary) after an error packet; a binary connection whose write waits longer than
+//! `delivery_response_timeout` (the server stopped reading) drains, so work waiting gets a new connection, and
+//! closes at its write timeout ([`legacy::write_timeout_for`]). Failed connection attempts back off exponentially;
+//! after `mx_failures_to_delay` of them in a row the pool says so, and the domain's queue is delayed instead of spun
+//! on. A connection that opens but stops taking work through a fault within its first [`PROBATION`], before APNs
+//! has accepted a notification on it, is such a failed attempt too: on HTTP/2 a GOAWAY right after its SETTINGS,
+//! `ExpiredProviderToken` for a token the host's clock thinks young, `503 Shutdown`; on the binary protocol a
+//! connection closed before any answer (a certificate for the other environment is refused right after the TLS
+//! handshake), a transient error packet before anything was processed, a stalled write. Opening alone does not end
+//! a run of failures, so a server that takes connections and refuses all work on them gets backoff, not a
+//! reconnect per notification. A notification answered `503 Shutdown` comes back unsent once, for another connection
 //! ([`ShutdownOnce`]).
 //! When a `host` stanza caps the route's host, every connection also takes a slot of that host's budget, shared
 //! with every other pool routed there ([`super::hosts`]); a pool whose host has all it may have waits for a slot,
@@ -43,10 +47,11 @@ const BACKLOG: usize = 256;
 /// First and longest pause between failed connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// A new HTTP/2 connection's first seconds: one that stops taking work through a fault of the server or the network
-/// ([`ConnectionState::fault`]) within this long of opening, before APNs has accepted a notification on it, counts
-/// as a failed connection attempt (backoff, `mx_failures_to_delay`); the run of failed attempts ends only with a
-/// connection that carried an accepted notification or lived this long (docs/apns-protocol.md#http2-connection).
+/// A new connection's first seconds (HTTP/2 or binary): one that stops taking work through a fault of the server or
+/// the network ([`ConnectionState::fault`]) within this long of opening, before APNs has accepted a notification on
+/// it, counts as a failed connection attempt (backoff, `mx_failures_to_delay`); the run of failed attempts ends
+/// only with a connection that carried an accepted notification or lived this long
+/// (docs/apns-protocol.md#http2-connection, docs/apns-protocol.md#binary-error-packet).
 pub const PROBATION: Duration = Duration::from_secs(10);
 
 /// Numbers connections across the whole process, for logs.
@@ -88,8 +93,8 @@ pub struct Pool {
     host_waiter: Option<HostWaiter>,
     consecutive_failures: u32,
     next_attempt: Instant,
-    /// HTTP/2 connections opened and not yet judged: their attempt succeeded once they carry an accepted
-    /// notification or live [`PROBATION`], and failed if they stop on a fault sooner.
+    /// Connections opened and not yet judged: their attempt succeeded once they carry an accepted notification or
+    /// live [`PROBATION`], and failed if they stop on a fault sooner.
     young: Vec<Arc<ConnectionState>>,
     /// Young connections' faults reached `mx_failures_to_delay`: the report the pool sent its owner (see
     /// [`Pool::on_connected`]) delays the domain.
@@ -130,7 +135,7 @@ impl Pool {
             format,
             connect_timeout: settings.connect_timeout,
             response_timeout: settings.response_timeout,
-            write_timeout: legacy::WRITE_TIMEOUT,
+            write_timeout: legacy::write_timeout_for(settings.response_timeout),
             idle_timeout: settings.idle_timeout,
             max_window: settings.max_window,
         });
@@ -499,11 +504,8 @@ impl Pool {
                 ConnectOutcome::Stale
             }
             Ok(state) => {
-                match self.settings.protocol {
-                    // Open is not yet proof that the server takes work: see `judge_young`.
-                    RouteProtocol::Http2 => self.young.push(state.clone()),
-                    RouteProtocol::Binary(_) => self.consecutive_failures = 0,
-                }
+                // Open is not yet proof that the server takes work: see `judge_young`.
+                self.young.push(state.clone());
                 self.next_attempt = Instant::now();
                 self.opened_total += 1;
                 self.connections.push(state);

@@ -1,6 +1,7 @@
 //! Polling the binary feedback service (docs/apns-protocol.md#feedback-service): for each domain with a binary route
 //! and an `apn_feedback_interval`, connect with the domain's client certificate, read the 38-byte tuples until the
-//! service closes, and record each token in the invalid-token store. A domain is polled from every binding that
+//! service closes (with TLS close_notify or, as some servers do, with the bare TCP close), and record each token in
+//! the invalid-token store. A domain is polled from every binding that
 //! reaches APNs differently (its own route, `bind_address` or certificate), each with the options that binding
 //! resolves (docs/configuration.md, "Bindings in delivery"): the service lists the tokens of the certificate
 //! that asks.
@@ -130,10 +131,13 @@ pub async fn poll_from(
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut count = 0;
         loop {
-            let n = stream
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| service(e.to_string()))?;
+            let n = match stream.read_buf(&mut buf).await {
+                Ok(n) => n,
+                // The service closed TCP without TLS close_notify: the end of its list all the same (a tuple cut
+                // off there is reported below, as at any end of stream).
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(service(e.to_string())),
+            };
             while let Some(tuple) = decoder
                 .decode(&mut buf)
                 .map_err(|e| service(e.to_string()))?
@@ -213,5 +217,96 @@ pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenSt
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_sim::{CertVariant, Pki, SimConfig};
+    use tokio::io::AsyncWriteExt;
+
+    const TOPIC: &str = "com.example.feedback";
+    const DOMAIN: &str = "legacy.example";
+
+    /// One feedback tuple (docs/apns-protocol.md#feedback-service) for a token of 32 bytes `fill`.
+    fn tuple(timestamp: u32, fill: u8) -> Vec<u8> {
+        let mut t = timestamp.to_be_bytes().to_vec();
+        t.extend_from_slice(&32u16.to_be_bytes());
+        t.extend_from_slice(&[fill; 32]);
+        t
+    }
+
+    /// A feedback service on 127.0.0.1 that writes `bytes` to the first connection and then drops the TCP
+    /// connection without TLS close_notify; returns its address.
+    async fn abrupt_service(pki: &Pki, bytes: Vec<u8>) -> std::net::SocketAddr {
+        let material = SimConfig::from_pki(&pki.manifest).unwrap().tls;
+        let tls = herald_sim::tls::server_config(&material, true, false).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut stream = tokio_rustls::TlsAcceptor::from(tls)
+                .accept(tcp)
+                .await
+                .unwrap();
+            stream.write_all(&bytes).await.unwrap();
+            stream.flush().await.unwrap();
+            // Dropped without `shutdown`: no close_notify, only the TCP FIN.
+            drop(stream);
+        });
+        addr
+    }
+
+    fn resolver(pki: &Pki, feedback: std::net::SocketAddr) -> ConfigResolver {
+        let client = pki.client(TOPIC, CertVariant::Universal).unwrap();
+        let text = format!(
+            r#"
+domain "{DOMAIN}" {{
+  delivery_method = apn
+  routes = ( "apn://127.0.0.1?port=2195" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+  apn_feedback_address = "{feedback}"
+}}
+"#,
+            ca = pki.manifest.ca_cert.display(),
+            cert = client.cert.display(),
+            key = client.key.display(),
+        );
+        ConfigResolver::new(Arc::new(Config::parse_str("herald.conf", &text).unwrap()))
+    }
+
+    /// A feedback service that closes TCP without TLS close_notify after its last whole tuple has ended its list
+    /// all the same: the poll succeeds with every tuple recorded. A tuple cut off there is still an error.
+    #[tokio::test]
+    async fn a_service_closing_without_close_notify_ends_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let store = InvalidTokenStore::open(&dir.path().join("tokens"), None).unwrap();
+
+        let two = [tuple(1_700_000_000, 0xaa), tuple(1_700_000_001, 0xbb)].concat();
+        let service = abrupt_service(&pki, two).await;
+        let polled = poll_once(&resolver(&pki, service), &store, DOMAIN).await;
+        assert_eq!(polled.unwrap(), 2);
+        let mut tokens: Vec<String> = store
+            .list(Some(DOMAIN), 0)
+            .into_iter()
+            .map(|e| e.token)
+            .collect();
+        tokens.sort();
+        assert_eq!(tokens, vec!["aa".repeat(32), "bb".repeat(32)]);
+
+        let cut = [
+            tuple(1_700_000_002, 0xcc),
+            tuple(1_700_000_003, 0xdd)[..20].to_vec(),
+        ]
+        .concat();
+        let service = abrupt_service(&pki, cut).await;
+        let polled = poll_once(&resolver(&pki, service), &store, DOMAIN).await;
+        let err = polled.unwrap_err().to_string();
+        assert!(err.contains("20 bytes of a cut-off tuple"), "{err}");
     }
 }
