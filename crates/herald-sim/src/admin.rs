@@ -1,7 +1,8 @@
 //! The admin port (HTTP/1.1, no TLS): what arrived and a few levers for tests.
 //!
 //! - `GET /stats`: [`crate::stats::StatsSnapshot`] as JSON.
-//! - `GET /record`: the in-memory delivery record as JSON lines (when kept in memory).
+//! - `GET /record`: the in-memory delivery record as JSON lines (when kept in memory), oldest first; the header
+//!   `herald-sim-records-dropped` says how many older ones were dropped to keep it within its limit.
 //! - `GET /healthz`: `ok`.
 //! - `POST /tokens` with `{"token": "<hex>", "state": "unregistered"|"expired"|"bad"|"active", "topic": …,
 //!   "timestamp_ms": …}`: changes a token's state (unregistered tokens also go to the feedback list).
@@ -21,7 +22,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::record::DeliveryRecord;
+use crate::record::MemoryRecord;
 use crate::registry::TokenRegistry;
 use crate::scenario::TokenRule;
 use crate::stats::Stats;
@@ -29,7 +30,7 @@ use crate::stats::Stats;
 pub(crate) struct AdminContext {
     pub stats: Arc<Stats>,
     pub registry: Arc<TokenRegistry>,
-    pub memory: Option<Arc<Mutex<Vec<DeliveryRecord>>>>,
+    pub memory: Option<Arc<Mutex<MemoryRecord>>>,
     pub shutdown_binary: watch::Sender<u64>,
     pub goaway_all: watch::Sender<u64>,
     pub pace: Arc<crate::pace::Pace>,
@@ -65,17 +66,29 @@ async fn route(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let r = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/stats") => json(StatusCode::OK, &ctx.stats.snapshot()),
+        (&Method::GET, "/stats") => {
+            let mut snapshot = ctx.stats.snapshot();
+            if let Some(mem) = &ctx.memory {
+                snapshot.records_dropped = mem.lock().unwrap_or_else(|e| e.into_inner()).dropped();
+            }
+            json(StatusCode::OK, &snapshot)
+        }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/record") => match &ctx.memory {
             Some(mem) => {
                 let mut out = Vec::new();
-                for rec in mem.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let mem = mem.lock().unwrap_or_else(|e| e.into_inner());
+                for rec in mem.iter() {
                     if serde_json::to_writer(&mut out, rec).is_ok() {
                         out.push(b'\n');
                     }
                 }
-                reply(StatusCode::OK, "application/x-ndjson", out)
+                let mut r = reply(StatusCode::OK, "application/x-ndjson", out);
+                r.headers_mut().insert(
+                    "herald-sim-records-dropped",
+                    http::HeaderValue::from(mem.dropped()),
+                );
+                r
             }
             None => reply(
                 StatusCode::NOT_FOUND,

@@ -1,5 +1,5 @@
 //! What a simulator serves: addresses, TLS material, provider-token keys, environment, authentication policy,
-//! stream limits, the scenario and the delivery record.
+//! stream limits and HTTP/2 settings, the scenario and the delivery record.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -55,6 +55,60 @@ pub enum AuthPolicy {
     AllowUnauthenticated,
 }
 
+/// What a stream opened beyond the stream limit the client has acknowledged gets (docs/apns-protocol.md#http2-connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamOverrun {
+    /// `RST_STREAM(REFUSED_STREAM)` for that stream; the connection carries on.
+    #[default]
+    Refuse,
+    /// GOAWAY (`PROTOCOL_ERROR`, the plain-text debug data [`STREAM_OVERRUN_DEBUG`], as Apple has been seen to
+    /// send), that stream refused; the connection finishes the streams it took and closes.
+    Goaway,
+}
+
+/// The GOAWAY debug data of [`StreamOverrun::Goaway`]: plain text, as observed from APNs.
+pub const STREAM_OVERRUN_DEBUG: &str = "Maximum active streams violated for this endpoint.";
+
+/// `SETTINGS_INITIAL_WINDOW_SIZE` observed from APNs (docs/apns-protocol.md#hpack).
+pub const APPLE_INITIAL_WINDOW_SIZE: u32 = 65_535;
+/// The connection window of an APNs connection: HTTP/2's initial 65,535, never raised.
+pub const APPLE_CONNECTION_WINDOW_SIZE: u32 = 65_535;
+/// `SETTINGS_MAX_HEADER_LIST_SIZE` observed from APNs (docs/apns-protocol.md#hpack).
+pub const APPLE_MAX_HEADER_LIST_SIZE: u32 = 8000;
+/// HTTP/2's largest flow-control window (RFC 9113 §6.9.1).
+pub const MAX_WINDOW_SIZE: u32 = (1 << 31) - 1;
+/// HTTP/2's initial connection window (RFC 9113 §6.9.2): a connection window can only grow from it.
+pub const INITIAL_CONNECTION_WINDOW_SIZE: u32 = 65_535;
+/// In-memory delivery records kept by default ([`SimConfig::record_memory_limit`]).
+pub const DEFAULT_RECORD_MEMORY_LIMIT: usize = 100_000;
+
+/// The values `initial_window_size` may take.
+pub(crate) const INITIAL_WINDOW_RANGE: (u32, u32) = (1, MAX_WINDOW_SIZE);
+/// The values `connection_window_size` may take.
+pub(crate) const CONNECTION_WINDOW_RANGE: (u32, u32) =
+    (INITIAL_CONNECTION_WINDOW_SIZE, MAX_WINDOW_SIZE);
+/// The values `max_header_list_size` may take.
+pub(crate) const HEADER_LIST_RANGE: (u32, u32) = (1, u32::MAX);
+
+/// Checks an HTTP/2 setting against its range, naming it.
+pub(crate) fn check_setting(
+    name: &'static str,
+    value: u32,
+    (min, max): (u32, u32),
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Setting {
+            name,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
 /// Errors in the simulator's configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -71,6 +125,13 @@ pub enum ConfigError {
     ProviderKey { key_id: String, message: String },
     #[error("scenario {path}: {message}")]
     Scenario { path: PathBuf, message: String },
+    #[error("{name} {value} is not within {min}..={max}")]
+    Setting {
+        name: &'static str,
+        value: u32,
+        min: u32,
+        max: u32,
+    },
 }
 
 /// A provider-token key the simulator knows (the public half of a `.p8`).
@@ -183,6 +244,17 @@ pub struct SimConfig {
     /// Drop the advertised stream limit to 1 after a rejected request and restore it after the next accepted
     /// one, as observed at Apple (docs/apns-protocol.md#http2-connection).
     pub choppy_streams: bool,
+    /// What a stream beyond the acknowledged limit gets (default [`StreamOverrun::Refuse`]).
+    pub stream_overrun: StreamOverrun,
+    /// `SETTINGS_INITIAL_WINDOW_SIZE`, each stream's receive window, 1..=2^31-1 (default 1 MiB; APNs:
+    /// [`APPLE_INITIAL_WINDOW_SIZE`], see [`SimConfig::apple_settings`]). Also on the broadcast ports.
+    pub initial_window_size: u32,
+    /// The connection's receive window, 65,535..=2^31-1: above HTTP/2's initial 65,535 it is raised by a
+    /// WINDOW_UPDATE right after the SETTINGS (default 8 MiB; APNs: [`APPLE_CONNECTION_WINDOW_SIZE`]).
+    pub connection_window_size: u32,
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, at least 1 (default 16,384; APNs: [`APPLE_MAX_HEADER_LIST_SIZE`]); a
+    /// larger request head is answered 431 and its stream reset. Also on the broadcast ports.
+    pub max_header_list_size: u32,
     /// A provider token whose `iat` is older than this is refused with ExpiredProviderToken (default 1 h).
     pub token_max_age: Duration,
     /// A different token on the same connection whose `iat` is less than this after the current token's `iat`
@@ -190,15 +262,19 @@ pub struct SimConfig {
     pub token_update_interval: Duration,
     /// A request whose body has not ended this long after its HEADERS has its stream reset
     /// (`RST_STREAM(REFUSED_STREAM)`: not processed), so that a stalled stream neither holds its place under the
-    /// stream limit nor keeps the connection from its idle close (default 10 s).
+    /// stream limit nor keeps the connection from its idle close (default 10 s). Also on the broadcast ports.
     pub body_timeout: Duration,
     /// Add `apns-unique-id` to responses; `None` = only in the sandbox environment.
     pub unique_id: Option<bool>,
     pub scenario: Scenario,
     /// Append every accepted notification to this file as a JSON line.
     pub record_path: Option<PathBuf>,
-    /// Keep every accepted notification in memory for [`crate::SimHandle::record`] (default true).
+    /// Keep accepted notifications in memory for [`crate::SimHandle::record`] (default true).
     pub record_in_memory: bool,
+    /// The most notifications kept in memory (at least 1; default [`DEFAULT_RECORD_MEMORY_LIMIT`]): beyond, the
+    /// oldest is dropped and counted ([`crate::SimHandle::record_dropped`]), so a long run does not grow without
+    /// bound. The `record_path` file keeps every one.
+    pub record_memory_limit: usize,
 }
 
 impl SimConfig {
@@ -230,6 +306,10 @@ impl SimConfig {
             auth: AuthPolicy::Required,
             max_concurrent_streams: 1000,
             choppy_streams: false,
+            stream_overrun: StreamOverrun::Refuse,
+            initial_window_size: 1 << 20,
+            connection_window_size: 8 << 20,
+            max_header_list_size: 16 * 1024,
             token_max_age: Duration::from_secs(3600),
             token_update_interval: Duration::from_secs(20 * 60),
             body_timeout: Duration::from_secs(10),
@@ -237,7 +317,35 @@ impl SimConfig {
             scenario: Scenario::default(),
             record_path: None,
             record_in_memory: true,
+            record_memory_limit: DEFAULT_RECORD_MEMORY_LIMIT,
         }
+    }
+
+    /// Applies the HTTP/2 settings observed from APNs (docs/apns-protocol.md#hpack): stream window 65,535, a
+    /// connection window never raised from 65,535, header lists of at most 8000 bytes.
+    pub fn apple_settings(&mut self) {
+        self.initial_window_size = APPLE_INITIAL_WINDOW_SIZE;
+        self.connection_window_size = APPLE_CONNECTION_WINDOW_SIZE;
+        self.max_header_list_size = APPLE_MAX_HEADER_LIST_SIZE;
+    }
+
+    /// Refuses HTTP/2 settings the simulator cannot serve, naming the field and its range.
+    pub(crate) fn check_settings(&self) -> Result<(), ConfigError> {
+        check_setting(
+            "initial_window_size",
+            self.initial_window_size,
+            INITIAL_WINDOW_RANGE,
+        )?;
+        check_setting(
+            "connection_window_size",
+            self.connection_window_size,
+            CONNECTION_WINDOW_RANGE,
+        )?;
+        check_setting(
+            "max_header_list_size",
+            self.max_header_list_size,
+            HEADER_LIST_RANGE,
+        )
     }
 
     pub(crate) fn sends_unique_id(&self) -> bool {

@@ -3,7 +3,8 @@
 //! It serves, on 127.0.0.1 by default and each on an ephemeral port unless told otherwise:
 //! - the HTTP/2 provider API (`POST /3/device/<token>`, TLS with ALPN `h2` or prior knowledge), checking every
 //!   header rule in Apple's order with Apple's reason strings, certificate and provider-token authentication,
-//!   stream limits and GOAWAY ([`h2`] module docs list the order);
+//!   stream limits, GOAWAY and configurable HTTP/2 settings (Apple's observed ones with
+//!   [`SimConfig::apple_settings`]; [`h2`] module docs list the order);
 //! - the legacy binary gateway (commands 0/1/2, error packets) and the feedback service ([`binary`]);
 //! - channel management and broadcast push on two ports of their own ([`broadcast`]);
 //! - an admin HTTP/1.1 port: `GET /stats`, `GET /record`, `POST /tokens`, `POST /shutdown-binary`,
@@ -52,7 +53,10 @@ mod sim;
 pub mod stats;
 pub mod tls;
 
-pub use config::{AuthPolicy, ConfigError, Environment, ProviderKey, SimConfig, TlsMaterial};
+pub use config::{
+    AuthPolicy, ConfigError, Environment, ProviderKey, STREAM_OVERRUN_DEBUG, SimConfig,
+    StreamOverrun, TlsMaterial,
+};
 pub use pace::PaceSettings;
 pub use pki::{
     CertVariant, ClientCertSpec, ClientFiles, DEFAULT_TOPIC, P12_PASSWORD, Pki, PkiError,

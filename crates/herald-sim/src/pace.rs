@@ -9,7 +9,8 @@
 //! a clock precise to a fraction of a millisecond (`h2::delay`). A stream the client resets before its answer is
 //! processed all the same — a server that has read a request may well act on it, and a client must not count on a
 //! cancel — and only its answer is left out (its stream, closed, no longer counts against the stream limit while it
-//! waits); such streams are counted (`streams.cancelled` in `GET /stats`), so that a test can match duplicates to
+//! waits, but a connection holds at most twice its stream limit of requests, such ones included, and refuses new
+//! streams beyond); such streams are counted (`streams.cancelled` in `GET /stats`), so that a test can match duplicates to
 //! the client's cancellations.
 //!
 //! Changed at run time through the admin port (`POST /pace`) or [`crate::SimHandle::set_pace`]; the new values

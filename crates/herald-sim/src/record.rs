@@ -1,6 +1,8 @@
 //! The delivery record: every accepted notification, exactly once, as a JSON line in `--record FILE` and/or in
 //! memory for [`crate::SimHandle::record`]. The memory record is appended by the request handler itself, before
-//! the answer goes out, so a client that has its answer finds the notification there; for the file, handlers
+//! the answer goes out, so a client that has its answer finds the notification there; it keeps the latest
+//! [`crate::SimConfig::record_memory_limit`] notifications (100,000 by default), dropping and counting the oldest
+//! beyond ([`MemoryRecord`]), so that a long run does not grow without bound. For the file, handlers
 //! only push onto a channel and a dedicated thread serializes, writes through a buffered writer, and flushes
 //! whenever the channel runs dry, so readers see each line promptly.
 //!
@@ -17,6 +19,7 @@
 //! carry `identifier` and the command `format` (0, 1, 2). Broadcasts have `"protocol":"broadcast"`, an empty
 //! `token`, the bundle id as `topic`, the `apns-request-id` as `apns_id`, and `channel_id`.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -91,11 +94,53 @@ impl DeliveryRecord {
 /// Records the writer thread may be behind by; handlers wait for room beyond.
 pub const QUEUE: usize = 16_384;
 
+/// The in-memory record: the latest `limit` notifications, oldest first, and how many older ones were dropped.
+#[derive(Debug)]
+pub(crate) struct MemoryRecord {
+    records: VecDeque<DeliveryRecord>,
+    limit: usize,
+    dropped: u64,
+}
+
+impl MemoryRecord {
+    /// Keeps at most `limit` records (at least 1).
+    pub fn new(limit: usize) -> MemoryRecord {
+        MemoryRecord {
+            records: VecDeque::new(),
+            limit: limit.max(1),
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, rec: DeliveryRecord) {
+        if self.records.len() >= self.limit {
+            self.records.pop_front();
+            self.dropped += 1;
+        }
+        self.records.push_back(rec);
+    }
+
+    /// The records kept, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &DeliveryRecord> {
+        self.records.iter()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Records dropped to stay within the limit.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
 /// The sending side, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Recorder {
     tx: Option<mpsc::Sender<DeliveryRecord>>,
-    pub memory: Arc<Mutex<Vec<DeliveryRecord>>>,
+    pub memory: Arc<Mutex<MemoryRecord>>,
     pub written: watch::Receiver<u64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Records go to `memory` as they are pushed, so the memory record never trails an answer the simulator sent.
@@ -109,14 +154,19 @@ pub(crate) struct Slot<'a> {
 }
 
 impl Recorder {
-    /// `file`: append JSON lines there; `in_memory`: keep records for [`Recorder::memory`]. Neither: disabled.
-    pub fn start(file: Option<&Path>, in_memory: bool) -> std::io::Result<Recorder> {
+    /// `file`: append JSON lines there; `in_memory`: keep the latest `memory_limit` records for
+    /// [`Recorder::memory`]. Neither: disabled.
+    pub fn start(
+        file: Option<&Path>,
+        in_memory: bool,
+        memory_limit: usize,
+    ) -> std::io::Result<Recorder> {
         let out: Option<Box<dyn Write + Send>> = match file {
             Some(p) => Some(Box::new(File::options().create(true).append(true).open(p)?)),
             None => None,
         };
         let enabled = out.is_some() || in_memory;
-        Recorder::start_with(out, enabled, in_memory, QUEUE)
+        Recorder::start_with(out, enabled, in_memory, memory_limit, QUEUE)
     }
 
     /// [`Recorder::start`] with any sink for the lines and a queue of `queue` records.
@@ -124,10 +174,11 @@ impl Recorder {
         out: Option<Box<dyn Write + Send>>,
         enabled: bool,
         in_memory: bool,
+        memory_limit: usize,
         queue: usize,
     ) -> std::io::Result<Recorder> {
         let (count_tx, written) = watch::channel(0u64);
-        let memory = Arc::new(Mutex::new(Vec::new()));
+        let memory = Arc::new(Mutex::new(MemoryRecord::new(memory_limit)));
         if !enabled {
             return Ok(Recorder {
                 tx: None,
@@ -251,7 +302,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_memory_record_holds_a_push_at_once() {
-        let r = Recorder::start(None, true).unwrap();
+        let r = Recorder::start(None, true, 1000).unwrap();
         for i in 0..100 {
             r.slot().await.push(rec(&format!("{i:02x}"), b"{}"));
             // No wait: the record is there as soon as push returns (the simulator answers after that).
@@ -263,7 +314,7 @@ mod tests {
     async fn records_reach_file_and_memory_exactly_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rec.jsonl");
-        let r = Recorder::start(Some(&path), true).unwrap();
+        let r = Recorder::start(Some(&path), true, 1000).unwrap();
         r.slot()
             .await
             .push(rec("aa", br#"{"aps":{"alert":"hi \u00e9"}}"#));
@@ -288,6 +339,37 @@ mod tests {
         );
         assert_eq!(lines[1].payload_bytes(), vec![0xff, 0x00]);
         assert_eq!(r.memory.lock().unwrap().len(), 2);
+    }
+
+    /// Beyond its limit the memory record drops its oldest notifications and counts them; the file keeps all.
+    #[tokio::test]
+    async fn the_memory_record_keeps_the_latest_within_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec.jsonl");
+        let r = Recorder::start(Some(&path), true, 3).unwrap();
+        for i in 0..5u8 {
+            r.slot().await.push(rec(&format!("{i:02x}"), b"{}"));
+        }
+        {
+            let mem = r.memory.lock().unwrap();
+            let tokens: Vec<&str> = mem.iter().map(|r| r.token.as_str()).collect();
+            assert_eq!(tokens, ["02", "03", "04"]);
+            assert_eq!((mem.len(), mem.dropped()), (3, 2));
+        }
+        let mut written = r.written.clone();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            written.wait_for(|n| *n == 5),
+        )
+        .await
+        .expect("every line written in time")
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
+        // A limit of 0 keeps one, as the simulator never keeps none when asked to keep the record in memory.
+        let mut m = MemoryRecord::new(0);
+        m.push(rec("aa", b"{}"));
+        m.push(rec("bb", b"{}"));
+        assert_eq!((m.len(), m.dropped()), (1, 1));
     }
 
     /// A sink whose writes wait until its gate opens, counting the lines it takes.
@@ -333,7 +415,7 @@ mod tests {
             open: open.clone(),
             lines: lines.clone(),
         };
-        let r = Recorder::start_with(Some(Box::new(gate)), true, false, 8).unwrap();
+        let r = Recorder::start_with(Some(Box::new(gate)), true, false, 1, 8).unwrap();
         let opener = Opener(open);
         // The writer thread is stuck at its gate: once its buffer and the queue are full, a record has to wait.
         let mut pushed = 0u64;

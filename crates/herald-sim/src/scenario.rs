@@ -1,6 +1,7 @@
 //! Scenarios: what the simulator does beyond validating — device tokens that are unregistered, expired or bad,
 //! random transient errors and dropped connections (seeded, so runs reproduce), response latency, GOAWAY every
-//! N requests, idle close, and overrides of the environment, authentication policy and stream limits.
+//! N requests, idle close, and overrides of the environment, authentication policy, stream limits and HTTP/2
+//! settings.
 //!
 //! A scenario is a JSON file (`herald sim --scenario FILE`); every field is optional:
 //! ```json
@@ -15,9 +16,13 @@
 //!   "goaway_every": 1000, "goaway_reason": "Shutdown", "goaway_first_request": false,
 //!   "idle_timeout_secs": 60,
 //!   "environment": "production", "auth": "allow-unauthenticated",
-//!   "max_concurrent_streams": 100, "choppy_streams": true
+//!   "max_concurrent_streams": 100, "choppy_streams": true, "stream_overrun": "goaway",
+//!   "apple_settings": true, "initial_window_size": 65535, "connection_window_size": 65535,
+//!   "max_header_list_size": 8000
 //! }
 //! ```
+//! `apple_settings` applies the HTTP/2 settings observed from APNs ([`crate::SimConfig::apple_settings`]); the
+//! three settings named after it override it one by one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,7 +31,10 @@ use herald_apns::binary::Status;
 use herald_apns::reason::Reason;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AuthPolicy, ConfigError, Environment};
+use crate::config::{
+    AuthPolicy, CONNECTION_WINDOW_RANGE, ConfigError, Environment, HEADER_LIST_RANGE,
+    INITIAL_WINDOW_RANGE, StreamOverrun, check_setting,
+};
 
 /// The longest `idle_timeout_secs` a scenario may set: a year (a longer one is as good as none, and one beyond the
 /// clock's range cannot be scheduled).
@@ -96,6 +104,18 @@ pub struct Scenario {
     pub auth: Option<AuthPolicy>,
     pub max_concurrent_streams: Option<u32>,
     pub choppy_streams: Option<bool>,
+    /// What a stream beyond the acknowledged stream limit gets: `refuse` (RST_STREAM REFUSED_STREAM, the default)
+    /// or `goaway` (GOAWAY with Apple's plain-text debug data, then close).
+    pub stream_overrun: Option<StreamOverrun>,
+    /// Serve the HTTP/2 settings observed from APNs (stream and connection windows 65,535, header lists of
+    /// 8000 bytes); the three fields below override it.
+    pub apple_settings: bool,
+    /// `SETTINGS_INITIAL_WINDOW_SIZE`, 1..=2^31-1.
+    pub initial_window_size: Option<u32>,
+    /// The connection's receive window, 65535..=2^31-1.
+    pub connection_window_size: Option<u32>,
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, at least 1.
+    pub max_header_list_size: Option<u32>,
     /// Bundle ids whose broadcast capability is off: every management and broadcast request for them answers
     /// FeatureNotEnabled.
     pub broadcast_disabled: Vec<String>,
@@ -214,6 +234,27 @@ impl Scenario {
             return Err(format!(
                 "idle_timeout_secs {secs} is not within 1..={MAX_IDLE_TIMEOUT_SECS} (leave it out for no idle timeout)"
             ));
+        }
+        for (name, value, range) in [
+            (
+                "initial_window_size",
+                self.initial_window_size,
+                INITIAL_WINDOW_RANGE,
+            ),
+            (
+                "connection_window_size",
+                self.connection_window_size,
+                CONNECTION_WINDOW_RANGE,
+            ),
+            (
+                "max_header_list_size",
+                self.max_header_list_size,
+                HEADER_LIST_RANGE,
+            ),
+        ] {
+            if let Some(v) = value {
+                check_setting(name, v, range).map_err(|e| e.to_string())?;
+            }
         }
         let reason = self.goaway_reason.as_deref().unwrap_or("Shutdown");
         let goaway_debug = serde_json::json!({ "reason": reason }).to_string().into();
@@ -336,6 +377,43 @@ mod tests {
             bad(r#"{"idle_timeout_secs": 18446744073709551615}"#).contains("idle_timeout_secs")
         );
         assert!(serde_json::from_str::<Scenario>(r#"{"nope": 1}"#).is_err());
+        // HTTP/2 settings out of range are refused, naming the setting and its range.
+        let e = bad(r#"{"initial_window_size": 0}"#);
+        assert!(
+            e.contains("initial_window_size 0") && e.contains("2147483647"),
+            "{e}"
+        );
+        let e = bad(r#"{"initial_window_size": 2147483648}"#);
+        assert!(e.contains("initial_window_size"), "{e}");
+        let e = bad(r#"{"connection_window_size": 65534}"#);
+        assert!(
+            e.contains("connection_window_size 65534") && e.contains("65535.."),
+            "{e}"
+        );
+        assert!(bad(r#"{"max_header_list_size": 0}"#).contains("max_header_list_size 0"));
+        assert!(serde_json::from_str::<Scenario>(r#"{"stream_overrun": "drop"}"#).is_err());
+    }
+
+    #[test]
+    fn connection_options_parse() {
+        let s: Scenario = serde_json::from_str(
+            r#"{"stream_overrun": "goaway", "apple_settings": true, "initial_window_size": 65535,
+                "connection_window_size": 65535, "max_header_list_size": 8000}"#,
+        )
+        .unwrap();
+        s.compile().unwrap();
+        assert_eq!(s.stream_overrun, Some(StreamOverrun::Goaway));
+        assert!(s.apple_settings);
+        assert_eq!(
+            (
+                s.initial_window_size,
+                s.connection_window_size,
+                s.max_header_list_size
+            ),
+            (Some(65535), Some(65535), Some(8000))
+        );
+        let s: Scenario = serde_json::from_str(r#"{"stream_overrun": "refuse"}"#).unwrap();
+        assert_eq!(s.stream_overrun, Some(StreamOverrun::Refuse));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::admin::{self, AdminContext};
 use crate::binary::{self, BinaryContext, Service};
 use crate::broadcast::{self, BroadcastContext, ChannelStore, Port};
 use crate::config::{ConfigError, SimConfig};
-use crate::h2::{self as h2srv, H2Context, KeyRing};
+use crate::h2::{self as h2srv, ConnSettings, H2Context, KeyRing};
 use crate::pace::{Pace, PaceSettings};
 use crate::record::{DeliveryRecord, Recorder};
 use crate::registry::TokenRegistry;
@@ -98,7 +98,26 @@ impl Simulator {
         if let Some(c) = sc.choppy_streams {
             config.choppy_streams = c;
         }
+        if let Some(o) = sc.stream_overrun {
+            config.stream_overrun = o;
+        }
+        if sc.apple_settings {
+            config.apple_settings();
+        }
+        if let Some(w) = sc.initial_window_size {
+            config.initial_window_size = w;
+        }
+        if let Some(w) = sc.connection_window_size {
+            config.connection_window_size = w;
+        }
+        if let Some(m) = sc.max_header_list_size {
+            config.max_header_list_size = m;
+        }
         let compiled = sc.compile().map_err(SimError::Scenario)?;
+        config.check_settings()?;
+        let settings = ConnSettings::of(&config);
+        // Capped at a year, a deadline the clock can hold.
+        let body_timeout = config.body_timeout.min(Duration::from_secs(365 * 86_400));
 
         let h2_tls = server_config(&config.tls, false, true)?;
         let bin_tls = server_config(&config.tls, true, false)?;
@@ -129,8 +148,12 @@ impl Simulator {
 
         let stats = Arc::new(Stats::default());
         let recorder = Arc::new(
-            Recorder::start(config.record_path.as_deref(), config.record_in_memory)
-                .map_err(SimError::Record)?,
+            Recorder::start(
+                config.record_path.as_deref(),
+                config.record_in_memory,
+                config.record_memory_limit,
+            )
+            .map_err(SimError::Record)?,
         );
         let registry = Arc::new(TokenRegistry::new(&sc.token_rules()));
         let (stop, stop_rx) = watch::channel(false);
@@ -149,6 +172,8 @@ impl Simulator {
             channels: ChannelStore::new(sc.max_channels.unwrap_or(10_000)),
             disabled: sc.broadcast_disabled.clone(),
             fail_next: Mutex::default(),
+            settings,
+            body_timeout,
         });
         let h2_ctx = Arc::new(H2Context {
             stats: stats.clone(),
@@ -159,12 +184,12 @@ impl Simulator {
             pace: pace.clone(),
             environment: config.environment,
             auth: config.auth,
-            max_streams: config.max_concurrent_streams.max(1),
+            settings,
             choppy_streams: config.choppy_streams,
+            stream_overrun: config.stream_overrun,
             token_max_age: config.token_max_age,
             token_update_interval: config.token_update_interval,
-            // Capped at a year, a deadline the clock can hold.
-            body_timeout: config.body_timeout.min(Duration::from_secs(365 * 86_400)),
+            body_timeout,
             unique_id: config.sends_unique_id(),
             ordinal: AtomicU64::new(0),
             goaway_all: goaway_all_rx,
@@ -240,7 +265,9 @@ impl Simulator {
 impl SimHandle {
     /// The counters now.
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        let mut snapshot = self.stats.snapshot();
+        snapshot.records_dropped = self.record_dropped();
+        snapshot
     }
 
     /// The live counters (cheaper than a snapshot for polling one number).
@@ -248,14 +275,27 @@ impl SimHandle {
         &self.stats
     }
 
-    /// Every accepted notification recorded so far (requires `record_in_memory`, the default). A notification is
-    /// in it before the simulator answers it; the `--record` file trails slightly ([`SimHandle::wait_for_records`]).
+    /// The accepted notifications recorded so far, oldest first: the latest [`SimConfig::record_memory_limit`]
+    /// (requires `record_in_memory`, the default). A notification is in it before the simulator answers it; the
+    /// `--record` file trails slightly ([`SimHandle::wait_for_records`]).
     pub fn record(&self) -> Vec<DeliveryRecord> {
         self.recorder
             .memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Notifications dropped from the in-memory record, oldest first, to keep it within
+    /// [`SimConfig::record_memory_limit`]; [`SimHandle::record`] holds the ones after them.
+    pub fn record_dropped(&self) -> u64 {
+        self.recorder
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dropped()
     }
 
     /// Waits until at least `n` notifications were recorded (file and memory), or `timeout`. Returns the count.

@@ -119,6 +119,10 @@ pub struct StatsSnapshot {
     /// Broadcast pushes and channel management (the broadcast and management ports).
     #[serde(default)]
     pub broadcast: BroadcastStats,
+    /// Notifications dropped from the in-memory record, oldest first, to keep it within
+    /// [`crate::SimConfig::record_memory_limit`] (the `--record` file keeps them).
+    #[serde(default)]
+    pub records_dropped: u64,
 }
 
 /// The broadcast side of `GET /stats`.
@@ -338,6 +342,8 @@ impl Stats {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            // Filled in from the record by the simulator's handle and the admin port.
+            records_dropped: 0,
         }
     }
 }

@@ -180,3 +180,43 @@ async fn pace_refuses_a_latency_beyond_an_hour() {
     let (status, body) = http(admin, "POST", "/pace", r#"{"latency_jitter_ms": 3600000}"#).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// The in-memory record keeps the latest `record_memory_limit` notifications: older ones are dropped and counted
+/// (`SimHandle::record_dropped`, `/stats` `records_dropped`, the `GET /record` header), the file keeps them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_record_keeps_the_latest_within_its_limit() {
+    let record = tempfile::NamedTempFile::new().unwrap();
+    let path = record.path().to_owned();
+    let t = start_with(|c, _| {
+        c.record_path = Some(path.clone());
+        c.record_memory_limit = 2;
+    })
+    .await;
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut client = h2_connect(
+        t.sim.addrs.h2,
+        client_config(&t.pki, Some((&cert, &key)), true),
+    )
+    .await;
+    for n in 1..=3u8 {
+        let a = send(
+            &mut client,
+            "POST",
+            &format!("/3/device/{}", token(n)),
+            &[],
+            PAYLOAD,
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+    let kept: Vec<String> = t.sim.record().into_iter().map(|r| r.token).collect();
+    assert_eq!(kept, [token(2), token(3)]);
+    assert_eq!(t.sim.record_dropped(), 1);
+    assert_eq!(t.sim.stats().records_dropped, 1);
+    let (status, body) = http(t.sim.addrs.admin, "GET", "/stats", "").await;
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["records_dropped"], 1);
+    assert_eq!(t.sim.wait_for_records(3, Duration::from_secs(10)).await, 3);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+}

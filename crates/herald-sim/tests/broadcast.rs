@@ -609,3 +609,69 @@ async fn a_token_for_other_apps_is_topic_mismatch() {
     .await;
     assert_eq!(a.status, 200, "{:?}", a.reason());
 }
+
+/// The management and broadcast ports serve the device port's HTTP/2 limits: its stream limit, its header list
+/// size (a larger head is answered 431 before any check) and its body timeout (a body that has not ended in time
+/// has its stream reset, `REFUSED_STREAM`, unprocessed), so one connection cannot hold unbounded headers or
+/// stalled streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ports_serve_the_device_ports_limits() {
+    let t = start_with(|c, _| {
+        c.apple_settings();
+        c.max_concurrent_streams = 5;
+        c.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let ch = cert_client(&t, t.sim.addrs.management)
+        .await
+        .create_channel(TOPIC, StoragePolicy::NoStorage)
+        .await
+        .unwrap();
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let management = format!("/1/apps/{TOPIC}/channels");
+    let broadcast = format!("/4/broadcasts/apps/{TOPIC}");
+    let ch_header = ch.to_string();
+    for (addr, path, headers) in [
+        (t.sim.addrs.management, &management, vec![]),
+        (
+            t.sim.addrs.broadcast,
+            &broadcast,
+            vec![
+                ("apns-channel-id", ch_header.as_str()),
+                ("apns-push-type", "liveactivity"),
+            ],
+        ),
+    ] {
+        let mut client = h2_connect(addr, client_config(&t.pki, Some((&cert, &key)), true)).await;
+        // A first exchange, so that both sides have applied each other's SETTINGS.
+        let first = send(&mut client, "POST", path, &headers, b"{").await;
+        assert_eq!(first.status, 400, "{path}: {:?}", first.reason());
+        assert_eq!(client.current_max_send_streams(), 5, "{path}");
+        let pad = "x".repeat(9000);
+        let mut padded = headers.clone();
+        padded.push(("x-pad", &pad));
+        let big = send(&mut client, "POST", path, &padded, UPDATE.as_bytes()).await;
+        assert_eq!(big.status, 431, "{path}");
+        // HEADERS that pass every check, and a body that never comes.
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://localhost{path}"));
+        for (k, v) in &headers {
+            req = req.header(*k, *v);
+        }
+        let mut ready = client.clone().ready().await.unwrap();
+        let (resp, _body) = ready.send_request(req.body(()).unwrap(), false).unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("the stalled stream is reset in time")
+            .expect_err("no answer to a body that never ends");
+        assert_eq!(
+            err.reason(),
+            Some(h2::Reason::REFUSED_STREAM),
+            "{path}: {err}"
+        );
+    }
+    let s = t.sim.stats();
+    assert_eq!(s.broadcast.accepted, 0);
+    assert_eq!(s.broadcast.channel_ops.get("create"), Some(&1));
+}

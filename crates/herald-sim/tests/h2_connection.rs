@@ -522,3 +522,250 @@ async fn an_oversized_body_in_pieces_is_payload_too_large() {
     })
     .await;
 }
+
+/// A request block for `stream` on the certificate connection (no authorization), ending its HEADERS only.
+fn request_block() -> Vec<u8> {
+    let mut block = Vec::new();
+    literal(&mut block, ":method", "POST");
+    literal(&mut block, ":scheme", "https");
+    literal(&mut block, ":path", &format!("/3/device/{}", token(7)));
+    literal(&mut block, ":authority", "localhost");
+    literal(&mut block, "apns-topic", TOPIC);
+    block
+}
+
+/// Rapid Reset under a rate: a client that opens a stream and resets it while it waits its turn, again and again,
+/// frees its place under the stream limit each time, but every such request is still processed in its turn
+/// (crate::pace) and so held. The connection holds at most twice its stream limit of them and refuses the streams
+/// beyond, instead of queueing without bound. Limit 2, one request a second: of 60 request-and-reset pairs, at
+/// most a handful (4, plus one per second the test takes) are taken.
+#[tokio::test]
+async fn rapid_reset_under_a_rate_is_bounded() {
+    const PAIRS: u32 = 60;
+    let t = start_with(|c, _| {
+        c.max_concurrent_streams = 2;
+        c.scenario.rate = 1;
+    })
+    .await;
+    let mut raw = Raw::connect(&t, true, true).await;
+    let s = raw.until(|f| f.max_streams().is_some()).await;
+    assert_eq!(s.max_streams(), Some(2));
+    // The first request takes the turn due now; the ones after wait a second each.
+    raw.request(1, None, Some(PAYLOAD)).await;
+    let first = raw
+        .until(|f| f.kind == HEADERS || f.kind == RST_STREAM)
+        .await;
+    assert!(is_200(&first) && first.stream == 1, "{first:?}");
+    for i in 0..PAIRS {
+        let stream = 3 + 2 * i;
+        let mut out = frame(HEADERS, 0x4, stream, &request_block());
+        out.extend(frame(DATA, 0x1, stream, PAYLOAD));
+        raw.io.write_all(&out).await.unwrap();
+        // Reset only once the server has taken (or refused) the stream, so that it is a reset of a stream the
+        // simulator holds, not one h2 drops before handing it over.
+        wait_stats(&t.sim, "the stream taken or refused", |s| {
+            s.streams.total == u64::from(i) + 2
+        })
+        .await;
+        raw.io
+            .write_all(&frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()))
+            .await
+            .unwrap();
+    }
+    let s = t.sim.stats();
+    let taken = u64::from(PAIRS) - s.streams.refused;
+    assert!(
+        taken <= u64::from(PAIRS) / 2,
+        "{taken} of {PAIRS} reset requests held by one connection: {s:?}"
+    );
+    // The connection still serves once the queue drains: a PING is answered.
+    raw.io.write_all(&frame(PING, 0, 0, &[5; 8])).await.unwrap();
+    raw.until(|f| f.kind == PING && f.flags & 1 == 1).await;
+}
+
+/// Beyond the acknowledged stream limit: by default `RST_STREAM(REFUSED_STREAM)` and the connection carries on;
+/// with `stream_overrun` `goaway`, a GOAWAY with PROTOCOL_ERROR and APNs' plain-text debug data, the stream taken
+/// before it answered, then the connection closes (docs/apns-protocol.md#http2-connection).
+#[tokio::test]
+async fn a_stream_overrun_is_refused_or_answered_with_goaway() {
+    for overrun in [
+        herald_sim::StreamOverrun::Refuse,
+        herald_sim::StreamOverrun::Goaway,
+    ] {
+        let t = start_with(|c, _| {
+            c.max_concurrent_streams = 1;
+            c.stream_overrun = overrun;
+        })
+        .await;
+        let mut raw = Raw::connect(&t, true, true).await;
+        // Reading the SETTINGS acknowledges it (Raw::until), and a PING answered shows the ACK was read.
+        let s = raw.until(|f| f.max_streams().is_some()).await;
+        assert_eq!(s.max_streams(), Some(1));
+        raw.io.write_all(&frame(PING, 0, 0, &[3; 8])).await.unwrap();
+        raw.until(|f| f.kind == PING && f.flags & 1 == 1).await;
+        raw.request(1, None, None).await;
+        raw.request(3, None, None).await;
+        let f = raw
+            .until(|f| f.kind == RST_STREAM || f.kind == GOAWAY || f.kind == HEADERS)
+            .await;
+        match overrun {
+            herald_sim::StreamOverrun::Refuse => {
+                assert_eq!(
+                    (f.kind, f.stream, f.payload.as_slice()),
+                    (RST_STREAM, 3, &7u32.to_be_bytes()[..]),
+                    "REFUSED_STREAM on stream 3"
+                );
+                raw.io.write_all(&frame(DATA, 1, 1, PAYLOAD)).await.unwrap();
+                assert!(is_200(&raw.until(|f| f.kind == HEADERS).await));
+                assert_eq!(t.sim.stats().goaways, 0);
+            }
+            herald_sim::StreamOverrun::Goaway => {
+                assert_eq!(f.kind, GOAWAY, "{f:?}");
+                assert_eq!(&f.payload[..4], &1u32.to_be_bytes(), "last stream 1");
+                assert_eq!(&f.payload[4..8], &1u32.to_be_bytes(), "PROTOCOL_ERROR");
+                assert_eq!(
+                    &f.payload[8..],
+                    b"Maximum active streams violated for this endpoint."
+                );
+                assert_eq!(herald_sim::STREAM_OVERRUN_DEBUG.as_bytes(), &f.payload[8..]);
+                // Stream 1, taken before, is still answered; then the connection closes.
+                raw.io.write_all(&frame(DATA, 1, 1, PAYLOAD)).await.unwrap();
+                let answer = raw.until(|f| f.kind == HEADERS).await;
+                assert!(is_200(&answer) && answer.stream == 1, "{answer:?}");
+                loop {
+                    match raw.next().await {
+                        None => break,
+                        Some(f) => assert!(f.kind != HEADERS, "nothing more answered: {f:?}"),
+                    }
+                }
+                assert_eq!(t.sim.stats().goaways, 1);
+            }
+        }
+        assert_eq!(t.sim.stats().streams.refused, 1, "{overrun:?}");
+    }
+}
+
+/// In goaway mode, streams a client opens before it has acknowledged the first SETTINGS break no rule: they are
+/// refused, with no GOAWAY, as by default.
+#[tokio::test]
+async fn streams_before_the_settings_ack_are_refused_without_goaway() {
+    let t = start_with(|c, _| c.stream_overrun = herald_sim::StreamOverrun::Goaway).await;
+    let mut raw = Raw::connect(&t, false, true).await;
+    for stream in [1, 3] {
+        raw.request(stream, None, None).await;
+    }
+    let rst = raw
+        .until(|f| f.kind == RST_STREAM || f.kind == GOAWAY)
+        .await;
+    assert_eq!((rst.kind, rst.stream), (RST_STREAM, 3), "{rst:?}");
+    assert_eq!(t.sim.stats().goaways, 0);
+}
+
+/// The SETTINGS values of one connection: (INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE) from the first SETTINGS,
+/// and the connection-window increments sent before the answer to one request.
+async fn served_settings(t: &TestSim) -> (Option<u32>, Option<u32>, u32) {
+    let mut raw = Raw::connect(t, true, true).await;
+    let mut settings = None;
+    let mut increments = 0u32;
+    raw.request(1, None, Some(PAYLOAD)).await;
+    loop {
+        let f = raw.until(|_| true).await;
+        if f.kind == SETTINGS && f.flags & 1 == 0 && settings.is_none() {
+            settings = Some(f.payload.clone());
+        }
+        if f.kind == 8 && f.stream == 0 {
+            increments +=
+                u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]);
+        }
+        if f.kind == HEADERS && f.stream == 1 {
+            assert!(is_200(&f), "{f:?}");
+            break;
+        }
+    }
+    let settings = settings.expect("the server's SETTINGS");
+    let value = |id: u16| {
+        settings
+            .chunks(6)
+            .find(|c| c[..2] == id.to_be_bytes())
+            .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
+    };
+    (value(4), value(6), increments)
+}
+
+/// The stream window, the connection window and the header list size are configurable; by default they stay as
+/// they were (1 MiB, 8 MiB, 16,384), and `apple_settings` serves the values observed from APNs (65,535, a
+/// connection window never raised, 8000; docs/apns-protocol.md#hpack).
+#[tokio::test]
+async fn settings_carry_the_configured_windows_and_header_list_size() {
+    let t = start().await;
+    assert_eq!(
+        served_settings(&t).await,
+        (Some(1 << 20), Some(16 * 1024), (8 << 20) - 65_535)
+    );
+    let t = start_with(|c, _| c.apple_settings()).await;
+    assert_eq!(served_settings(&t).await, (Some(65_535), Some(8000), 0));
+    let t = start_with(|c, _| {
+        c.scenario.apple_settings = true;
+        c.scenario.initial_window_size = Some(100_000);
+        c.scenario.connection_window_size = Some(1 << 20);
+        c.scenario.max_header_list_size = Some(9000);
+    })
+    .await;
+    assert_eq!(
+        served_settings(&t).await,
+        (Some(100_000), Some(9000), (1 << 20) - 65_535)
+    );
+}
+
+/// Settings the simulator cannot serve are refused at start, naming the setting.
+#[tokio::test]
+async fn settings_out_of_range_are_refused() {
+    let (_dir, pki) = pki();
+    for name in [
+        "connection_window_size 1000",
+        "initial_window_size 2147483648",
+        "max_header_list_size 0",
+    ] {
+        let mut config = herald_sim::SimConfig::from_pki(&pki.manifest).unwrap();
+        match name.split(' ').next() {
+            Some("connection_window_size") => config.connection_window_size = 1000,
+            Some("initial_window_size") => config.initial_window_size = 1 << 31,
+            _ => config.max_header_list_size = 0,
+        }
+        let e = match herald_sim::Simulator::start(config).await {
+            Ok(_) => panic!("{name}: started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(name), "{e}");
+    }
+}
+
+/// A request head over the header list size is answered 431 by the HTTP/2 layer and never reaches the checks.
+#[tokio::test]
+async fn a_head_over_the_header_list_size_is_refused() {
+    let t = start_with(|c, _| c.apple_settings()).await;
+    let (c, k) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut client = h2_connect(t.sim.addrs.h2, client_config(&t.pki, Some((&c, &k)), true)).await;
+    let path = format!("/3/device/{}", token(1));
+    let pad = "x".repeat(7000);
+    let ok = send(
+        &mut client,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC), ("x-pad", &pad)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(ok.status, 200, "7000 bytes fit in 8000");
+    let pad = "x".repeat(9000);
+    let big = send(
+        &mut client,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC), ("x-pad", &pad)],
+        PAYLOAD,
+    )
+    .await;
+    assert_eq!(big.status, 431);
+    assert_eq!(t.sim.stats().accepted.h2, 1);
+}

@@ -332,6 +332,24 @@ async fn every_request_reason_is_provoked() {
             )
         },
         Case {
+            path: format!("/3/device/{}?x=1", token(1)),
+            ..case(
+                "BadPath (a query)",
+                Conn::Cert(CertVariant::Universal),
+                404,
+                Some("BadPath"),
+            )
+        },
+        Case {
+            path: format!("/3/device/{}?", token(1)),
+            ..case(
+                "BadPath (an empty query)",
+                Conn::Token,
+                404,
+                Some("BadPath"),
+            )
+        },
+        Case {
             path: "/3/device/".into(),
             ..case(
                 "MissingDeviceToken",
@@ -496,13 +514,25 @@ async fn every_request_reason_is_provoked() {
         Case {
             headers: vec![
                 ("apns-topic", format!("{TOPIC}.voip")),
-                ("apns-push-type", "alert".into()),
+                ("apns-push-type", "voip".into()),
             ],
             ..case(
                 "voip topic on the certificate",
                 Conn::Cert(CertVariant::Universal),
                 200,
                 None,
+            )
+        },
+        Case {
+            headers: vec![
+                ("apns-topic", format!("{TOPIC}.voip")),
+                ("apns-push-type", "alert".into()),
+            ],
+            ..case(
+                "TopicDisallowed (alert to the certificate's voip topic)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("TopicDisallowed"),
             )
         },
         Case {
@@ -994,6 +1024,156 @@ async fn topic_specific_keys_only_cover_their_topics() {
         (400, Some("TopicDisallowed")),
         "push type needs the .voip topic"
     );
+}
+
+/// A push type without a topic suffix (alert, background, mdm) may not go to a topic whose suffix names another
+/// type (docs/apns-protocol.md#push-types): a two-label suffix (`.push-type.*`, `.pushkit.fileprovider`) always
+/// names its type; a one-label one (`.voip`, `.complication`, …) only where the connection knows its apps' bundle
+/// ids (certificate, topic-specific key) and the topic is not one of them, since a bundle id may end in `.voip`.
+#[tokio::test]
+async fn push_types_without_a_suffix_stay_off_other_types_topics() {
+    let t = start_with(|c, pki| {
+        let team = pki.manifest.team_id.clone();
+        let mut k = extra_key(&team, "TOPICKEY02", &pki.manifest.dir, None);
+        k.topics = Some(vec!["com.example.keyed".into()]);
+        c.provider_keys.push(k);
+    })
+    .await;
+    let pki = &t.pki;
+    let path = format!("/3/device/{}", token(1));
+    let team_bearer = format!("bearer {}", jwt(pki, now()));
+    let keyed = signing_key_for(
+        &pki.manifest.dir.join("AuthKey_TOPICKEY02.p8"),
+        "TOPICKEY02",
+        &pki.manifest.team_id,
+    );
+    let keyed_bearer = format!("bearer {}", keyed.sign(now()).unwrap());
+    // A certificate for an app whose bundle id itself ends in `.voip`.
+    let voip_app = pki
+        .issue_client(
+            &ClientCertSpec {
+                uid: Some("com.example.voip".into()),
+                topics: vec![],
+                variant: CertVariant::Universal,
+            },
+            "voip-app",
+        )
+        .unwrap();
+    let (cert, key) = cert_identity(pki, CertVariant::Universal);
+
+    let mut team = h2_connect(t.sim.addrs.h2, client_config(pki, None, true)).await;
+    let mut keyed_conn = h2_connect(t.sim.addrs.h2, client_config(pki, None, true)).await;
+    let mut herald_cert = h2_connect(
+        t.sim.addrs.h2,
+        client_config(pki, Some((&cert, &key)), true),
+    )
+    .await;
+    let mut voip_cert = h2_connect(
+        t.sim.addrs.h2,
+        client_config(pki, Some((&voip_app.cert, &voip_app.key)), true),
+    )
+    .await;
+    let check = async |conn: &mut H2Client,
+                       bearer: Option<&str>,
+                       topic: &str,
+                       push_type: &str,
+                       expect: (u16, Option<&str>)| {
+        let mut headers = vec![("apns-topic", topic), ("apns-push-type", push_type)];
+        if let Some(b) = bearer {
+            headers.push(("authorization", b));
+        }
+        // A background push goes at priority 5 with only content-available (BadPriority otherwise).
+        let body: &[u8] = if push_type == "background" {
+            headers.push(("apns-priority", "5"));
+            br#"{"aps":{"content-available":1}}"#
+        } else {
+            PAYLOAD
+        };
+        let a = send(conn, "POST", &path, &headers, body).await;
+        assert_eq!(
+            (a.status, a.reason().as_deref()),
+            expect,
+            "{push_type} to {topic}"
+        );
+    };
+    let disallowed = (400, Some("TopicDisallowed"));
+    let ok = (200, None);
+    let team_b = Some(team_bearer.as_str());
+    let keyed_b = Some(keyed_bearer.as_str());
+    // Two-label suffixes name their type on any connection.
+    for (topic, push_type) in [
+        (format!("{TOPIC}.push-type.liveactivity"), "alert"),
+        (format!("{TOPIC}.push-type.widgets"), "background"),
+        (format!("{TOPIC}.push-type.controls"), "alert"),
+        (format!("{TOPIC}.pushkit.fileprovider"), "alert"),
+    ] {
+        check(&mut team, team_b, &topic, push_type, disallowed).await;
+    }
+    // A team key covers apps the simulator does not know: a one-label suffix is taken as part of a bundle id.
+    check(&mut team, team_b, "com.example.voip", "alert", ok).await;
+    check(
+        &mut team,
+        team_b,
+        &format!("{TOPIC}.complication"),
+        "alert",
+        ok,
+    )
+    .await;
+    // A topic-specific key names its bundle ids: beyond them, `.voip` is the VoIP topic.
+    check(&mut keyed_conn, keyed_b, "com.example.keyed", "alert", ok).await;
+    check(
+        &mut keyed_conn,
+        keyed_b,
+        "com.example.keyed.voip",
+        "alert",
+        disallowed,
+    )
+    .await;
+    check(
+        &mut keyed_conn,
+        keyed_b,
+        "com.example.keyed.voip",
+        "voip",
+        ok,
+    )
+    .await;
+    // So does a certificate.
+    check(
+        &mut herald_cert,
+        None,
+        &format!("{TOPIC}.voip"),
+        "background",
+        disallowed,
+    )
+    .await;
+    check(
+        &mut herald_cert,
+        None,
+        &format!("{TOPIC}.complication"),
+        "alert",
+        disallowed,
+    )
+    .await;
+    check(
+        &mut herald_cert,
+        None,
+        &format!("{TOPIC}.complication"),
+        "complication",
+        ok,
+    )
+    .await;
+    check(&mut herald_cert, None, TOPIC, "alert", ok).await;
+    // An app whose bundle id ends in `.voip`: alert to the bundle id, VoIP to the bundle id plus `.voip`.
+    check(&mut voip_cert, None, "com.example.voip", "alert", ok).await;
+    check(&mut voip_cert, None, "com.example.voip.voip", "voip", ok).await;
+    check(
+        &mut voip_cert,
+        None,
+        "com.example.voip.voip",
+        "alert",
+        disallowed,
+    )
+    .await;
 }
 
 /// Every 410 carries a timestamp (docs/apns-protocol.md#http2-response), those a scenario injects included: the

@@ -394,3 +394,93 @@ fn the_pace_is_set_by_flags_and_changed_at_run_time() {
     }
     assert_eq!(curl_status(&m, "production", h2, &"ab".repeat(32)).0, "200");
 }
+
+/// `curl` over HTTP/2 with a client certificate and one extra header; returns the status code.
+fn curl_with_header(m: &serde_json::Value, h2: &str, header: &str) -> String {
+    let files = &m["clients"]["com.example.herald"]["universal"];
+    let out = Command::new("curl")
+        .args([
+            "--http2",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+        ])
+        .arg(m["ca_cert"].as_str().unwrap())
+        .args([
+            "--cert",
+            files["cert"].as_str().unwrap(),
+            "--key",
+            files["key"].as_str().unwrap(),
+            "-H",
+            header,
+        ])
+        .args(["--data-binary", r#"{"aps":{}}"#])
+        .arg(format!("https://{h2}/3/device/{}", "ab".repeat(32)))
+        .output()
+        .expect(
+            "curl is not installed; install it with `apt-get install -y curl` (this test needs it)",
+        );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `--apple-settings` serves APNs' header list size (8000 bytes) and `--max-header-list-size` overrides it; a
+/// larger request head is answered 431. `--record-memory-limit` keeps the latest notifications in memory, counting
+/// the ones dropped (admin `GET /record` header and `GET /stats`). A setting out of range is refused, named.
+#[test]
+fn settings_and_record_limit_flags_shape_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = pki(dir.path(), &[]);
+    let (_sim, addrs) = start_sim(dir.path(), &["--apple-settings"]);
+    let h2 = addrs["h2"].as_str().unwrap();
+    let pad = |n: usize| format!("x-pad: {}", "x".repeat(n));
+    assert_eq!(curl_with_header(&m, h2, &pad(7000)), "200");
+    assert_eq!(curl_with_header(&m, h2, &pad(8500)), "431");
+    drop(_sim);
+
+    let (_sim, addrs) = start_sim(
+        dir.path(),
+        &[
+            "--apple-settings",
+            "--max-header-list-size",
+            "10000",
+            "--record-in-memory",
+            "--record-memory-limit",
+            "1",
+        ],
+    );
+    let h2 = addrs["h2"].as_str().unwrap();
+    assert_eq!(curl_with_header(&m, h2, &pad(8500)), "200");
+    assert_eq!(curl_with_header(&m, h2, "x-n: 2"), "200");
+    let admin: SocketAddr = addrs["admin"].as_str().unwrap().parse().unwrap();
+    let mut s = TcpStream::connect(admin).unwrap();
+    write!(
+        s,
+        "GET /record HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("herald-sim-records-dropped: 1"),
+        "{head}"
+    );
+    assert_eq!(body.lines().count(), 1, "{body}");
+    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats")).unwrap();
+    assert_eq!(stats["records_dropped"], 1);
+    assert_eq!(stats["accepted"]["total"], 2);
+
+    let out = herald()
+        .args(["sim", "--pki"])
+        .arg(dir.path())
+        .args(["--connection-window-size", "100"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connection_window_size 100"), "{err}");
+}

@@ -29,6 +29,11 @@
 //!
 //! An accepted broadcast answers 200 with `apns-request-id` and is recorded once (`"protocol":"broadcast"`) and
 //! counted in `/stats` under `broadcast`.
+//!
+//! Both ports serve the device port's HTTP/2 limits (stream limit, windows, header list size:
+//! [`crate::SimConfig`]) and its body timeout: a request whose body has not ended in time has its stream reset
+//! (`REFUSED_STREAM`, unprocessed). Of a body, only what a payload may hold (5120 bytes, and one more to tell a
+//! longer one) is kept; the rest is counted up to 64 KiB and not read beyond.
 
 mod channels;
 
@@ -53,9 +58,9 @@ use herald_apns::reason::Reason;
 pub(crate) use channels::ChannelStore;
 
 use crate::config::{AuthPolicy, Environment};
-use crate::h2::KeyRing;
 use crate::h2::auth::topic_base;
 use crate::h2::request::ConnAuth;
+use crate::h2::{ConnSettings, KeyRing};
 use crate::record::{DeliveryRecord, RecordProtocol, Recorder};
 use crate::registry::now_ms;
 use crate::stats::Stats;
@@ -88,6 +93,10 @@ pub(crate) struct BroadcastContext {
     pub disabled: Vec<String>,
     /// Reasons to answer to the next broadcasts, in order.
     pub fail_next: Mutex<VecDeque<BroadcastReason>>,
+    /// The device port's HTTP/2 limits.
+    pub settings: ConnSettings,
+    /// How long a request's body may take to end, from its HEADERS.
+    pub body_timeout: Duration,
 }
 
 impl BroadcastContext {
@@ -157,11 +166,7 @@ async fn serve_connection(
         ctx.token_max_age,
         ctx.token_update_interval,
     );
-    let mut builder = h2::server::Builder::new();
-    builder
-        .max_concurrent_streams(1000)
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(8 << 20);
+    let builder = ctx.settings.builder();
     let mut conn =
         match tokio::time::timeout(Duration::from_secs(10), builder.handshake::<_, Bytes>(tls))
             .await
@@ -170,7 +175,8 @@ async fn serve_connection(
             _ => return,
         };
     while let Some(accepted) = conn.accept().await {
-        let (req, respond) = match accepted {
+        let body_deadline = tokio::time::Instant::now() + ctx.body_timeout;
+        let (req, mut respond) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!("{port:?} connection error: {e}");
@@ -188,7 +194,19 @@ async fn serve_connection(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let result = match checked {
-                Ok(call) => finish(&ctx, call, &request_id, body).await,
+                // The body, within the body timeout: a stalled one is reset, unprocessed, rather than held for
+                // ever.
+                Ok(call) => match tokio::time::timeout_at(body_deadline, read_body(body)).await {
+                    Ok(Ok(body)) => finish(&ctx, call, &request_id, body).await,
+                    Ok(Err(r)) => Err(r),
+                    Err(_) => {
+                        tracing::debug!(
+                            "{port:?}: the request body did not end in time; resetting the stream"
+                        );
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        return;
+                    }
+                },
                 Err(r) => Err(r),
             };
             match result {
@@ -395,26 +413,33 @@ fn check_broadcast(
     })
 }
 
+/// Bytes of a body kept: a payload's limit and one more, so that a longer body is still seen to be too long.
+const BODY_KEPT: usize = BROADCAST_PAYLOAD_LIMIT + 1;
+
+/// Reads a body, keeping its first [`BODY_KEPT`] bytes and reading at most [`MAX_BODY_READ`].
 async fn read_body(mut body: RecvStream) -> Result<Bytes, BroadcastReason> {
     let mut buf = BytesMut::new();
+    let mut total = 0usize;
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|_| BroadcastReason::BadRequestPayload)?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        if buf.len() < MAX_BODY_READ {
-            buf.extend_from_slice(&chunk);
+        total = total.saturating_add(chunk.len());
+        let room = BODY_KEPT.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..room.min(chunk.len())]);
+        if total > MAX_BODY_READ {
+            break;
         }
     }
     Ok(buf.freeze())
 }
 
-/// Reads the body and completes the call.
+/// Completes the call with its body.
 async fn finish(
     ctx: &BroadcastContext,
     call: Call,
     request_id: &HeaderValue,
-    body: RecvStream,
+    body: Bytes,
 ) -> Result<Answer, BroadcastReason> {
-    let body = read_body(body).await?;
     match call {
         Call::Create { bundle } => {
             let policy = create_body(&body)?;

@@ -1,6 +1,6 @@
-//! One HTTP/2 connection: authentication mode from the TLS session, the request loop, stream-limit changes,
-//! GOAWAY (on the first request, every N requests, idle, shutdown), and the per-request futures that read the body, apply the payload
-//! and scenario rules, record and answer.
+//! One HTTP/2 connection: authentication mode from the TLS session, the request loop, stream-limit changes and
+//! overruns, GOAWAY (on the first request, every N requests, a stream-limit overrun, idle, shutdown), and the
+//! per-request futures that read the body, apply the payload and scenario rules, record and answer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,7 +19,7 @@ use tokio_rustls::server::TlsStream;
 use super::H2Context;
 use super::io::{FrameControl, FrameIo, Injection};
 use super::request::{self, Checked, ConnAuth, Rejection};
-use crate::config::AuthPolicy;
+use crate::config::{AuthPolicy, STREAM_OVERRUN_DEBUG, StreamOverrun};
 use crate::record::{DeliveryRecord, RecordProtocol};
 use crate::registry::now_ms;
 use crate::scenario::Rng;
@@ -28,6 +28,15 @@ use crate::stats::{TopicCache, TopicCounters};
 /// Bodies beyond this are not read further: the answer is PayloadTooLarge (or the head's rejection) either way.
 /// Only the bytes of a body within its payload limit are kept ([`BodyBuf`]); the rest is only counted.
 const MAX_BODY_READ: usize = 64 * 1024;
+
+/// HTTP/2 error code PROTOCOL_ERROR (RFC 9113 §7), the code of the GOAWAY for a stream-limit overrun.
+const PROTOCOL_ERROR: u32 = 0x1;
+
+/// Requests a connection holds at most, per stream of its limit: those open, and those the client reset while
+/// they wait their turn under a rate (they are still processed, [`crate::pace`], but no longer count against the
+/// limit). Beyond, a new stream is refused, so a client that opens and resets streams in a loop (Rapid Reset)
+/// cannot grow the queue without bound.
+const QUEUED_PER_STREAM: usize = 2;
 
 enum Outcome {
     Accepted,
@@ -119,19 +128,18 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
         ctx.token_update_interval,
     );
     let gated = matches!(auth, ConnAuth::Token(_)) && ctx.auth == AuthPolicy::Required;
-    let max = ctx.max_streams.max(1);
+    let max = ctx.settings.max_streams.max(1);
+    let max_queued = (max as usize).saturating_mul(QUEUED_PER_STREAM);
     // A token connection gets one stream until a valid token (docs/apns-protocol.md#http2-connection): its first
-    // SETTINGS says so, and streams beyond are refused from the start. h2 itself is built with the full limit,
-    // which the connection advertises once authenticated.
+    // SETTINGS says so, and streams beyond are refused from the start. The connection advertises the full limit
+    // once authenticated.
     let first = if gated { 1 } else { max };
     let control = Arc::new(FrameControl::new(first));
     let mut advertised = first;
-    let mut builder = h2::server::Builder::new();
-    builder
-        .max_concurrent_streams(max)
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(8 << 20)
-        .max_header_list_size(16 * 1024);
+    // h2 is built with room beyond the limit (up to the queue's bound), so that the connection sees the streams
+    // that overrun it and answers them as the scenario says, h2 refusing only beyond that room.
+    let mut builder = ctx.settings.builder();
+    builder.max_concurrent_streams(u32::try_from(max_queued).unwrap_or(u32::MAX));
     let mut conn = match tokio::time::timeout(
         Duration::from_secs(10),
         builder.handshake::<_, Bytes>(FrameIo::new(tls, control.clone()).first_limit(first)),
@@ -195,10 +203,13 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                     send_goaway(&ctx, &control, 0, ctx.scenario.goaway_debug.clone());
                     going_away = true;
                 }
-                if !going_away && open.load(Ordering::Relaxed) >= control.limit() {
+                let full = |inflight: &FuturesUnordered<_>| {
+                    open.load(Ordering::Relaxed) >= control.limit() || inflight.len() >= max_queued
+                };
+                if !going_away && full(&inflight) {
                     // h2 may have read a client's reset of a waiting stream together with this new stream: let
                     // the waiting streams look for their resets (giving their places back) before refusing.
-                    while open.load(Ordering::Relaxed) >= control.limit() {
+                    while full(&inflight) {
                         match inflight.next().now_or_never() {
                             Some(Some(outcome)) => {
                                 if !settle(&ctx, &control, max, &mut advertised, outcome) {
@@ -209,7 +220,23 @@ pub(crate) async fn serve_connection(ctx: Arc<H2Context>, tls: TlsStream<TcpStre
                         }
                     }
                 }
-                if going_away || open.load(Ordering::Relaxed) >= control.limit() {
+                if !going_away
+                    && ctx.stream_overrun == StreamOverrun::Goaway
+                    && control.limit_binds(stream_id)
+                    && open.load(Ordering::Relaxed) >= control.limit()
+                {
+                    // Beyond the limit the client knows: GOAWAY as APNs has answered it, plain text and all
+                    // (docs/apns-protocol.md#http2-connection). The streams taken are finished; this one is not.
+                    send_goaway_code(
+                        &ctx,
+                        &control,
+                        last_stream,
+                        PROTOCOL_ERROR,
+                        Bytes::from_static(STREAM_OVERRUN_DEBUG.as_bytes()),
+                    );
+                    going_away = true;
+                }
+                if going_away || full(&inflight) {
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                     ctx.stats.streams_refused.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -345,11 +372,22 @@ fn settle(
     true
 }
 
+/// GOAWAY with NO_ERROR.
 fn send_goaway(ctx: &H2Context, control: &FrameControl, last_stream_id: u32, debug: Bytes) {
+    send_goaway_code(ctx, control, last_stream_id, 0, debug);
+}
+
+fn send_goaway_code(
+    ctx: &H2Context,
+    control: &FrameControl,
+    last_stream_id: u32,
+    error_code: u32,
+    debug: Bytes,
+) {
     ctx.stats.goaways.fetch_add(1, Ordering::Relaxed);
     control.inject(Injection::GoAway {
         last_stream_id,
-        error_code: 0,
+        error_code,
         debug,
     });
 }
@@ -476,7 +514,8 @@ async fn handle_stream(
     }
     // Under a rate, wait for this request's turn. Like a busy server that has read the request, a reset does not
     // take it out of the queue: it is processed when its turn comes (see crate::pace). But its stream is closed,
-    // so from the reset on it no longer counts against the stream limit.
+    // so from the reset on it no longer counts against the stream limit; it still counts against the
+    // connection's queue ([`QUEUED_PER_STREAM`]).
     // The time spent waiting for the turn comes on top of the latency (queueing at the server, then the way back).
     if let Some(turn) = ctx.pace.turn() {
         let waited = turn.saturating_duration_since(tokio::time::Instant::now());

@@ -1,14 +1,15 @@
 //! An I/O shim between a TLS stream and the `h2` server that lets the simulator do what `h2` has no API for:
 //! advertise `SETTINGS_MAX_CONCURRENT_STREAMS` 1 in the first SETTINGS of a token connection and change it after
 //! the handshake (up once the token connection authenticates, and back to 1 after a rejection when streams are
-//! "choppy", docs/apns-protocol.md#http2-connection, docs/apns-protocol.md#simulator), and send GOAWAY with JSON
-//! debug data.
+//! "choppy", docs/apns-protocol.md#http2-connection, docs/apns-protocol.md#simulator), and send GOAWAY with any
+//! error code and debug data (JSON, or Apple's plain text for a stream-limit overrun).
 //!
 //! Outgoing: frames from `h2` pass through untouched; injected frames are written between two of them (never
 //! before `h2`'s initial SETTINGS). Once the simulator has sent its own GOAWAY, later GOAWAYs from `h2` are
 //! dropped so the client sees exactly one. Incoming: the client's SETTINGS ACKs are matched in order to the
 //! SETTINGS frames sent; ACKs of injected ones are removed (`h2` would call them a protocol error) and publish the
-//! newly acknowledged stream limit; the client's PINGs are noted ([`FrameControl::last_ping`]) so that they keep an
+//! newly acknowledged stream limit; every ACK is noted with the highest stream the client had opened by then
+//! ([`FrameControl::limit_binds`]); the client's PINGs are noted ([`FrameControl::last_ping`]) so that they keep an
 //! idle connection open.
 
 use std::collections::VecDeque;
@@ -21,6 +22,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+const FRAME_HEADERS: u8 = 0x1;
 const FRAME_SETTINGS: u8 = 0x4;
 const FRAME_PING: u8 = 0x6;
 const FRAME_GOAWAY: u8 = 0x7;
@@ -46,6 +48,11 @@ pub struct FrameControl {
     has_pending: AtomicBool,
     /// The stream limit the client has acknowledged (or a raise already sent, which can only help the client).
     acked_limit: AtomicU32,
+    /// The client has acknowledged the server's first SETTINGS.
+    settings_acked: AtomicBool,
+    /// The highest stream the client had opened when it acknowledged the latest SETTINGS: the streams after it
+    /// were opened knowing the limit.
+    acked_through: AtomicU32,
     suppress_goaway: AtomicBool,
     /// Completed flushes: after one that follows a response being queued, the response is on the wire.
     flushes: AtomicU64,
@@ -59,6 +66,8 @@ impl FrameControl {
             pending: Mutex::new(VecDeque::new()),
             has_pending: AtomicBool::new(false),
             acked_limit: AtomicU32::new(initial_limit),
+            settings_acked: AtomicBool::new(false),
+            acked_through: AtomicU32::new(0),
             suppress_goaway: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
             last_ping: Mutex::new(None),
@@ -82,6 +91,13 @@ impl FrameControl {
 
     pub fn limit(&self) -> u32 {
         self.acked_limit.load(Ordering::Acquire)
+    }
+
+    /// Whether the client opened `stream_id` knowing the stream limit in force: after acknowledging the SETTINGS
+    /// that set it. Before, a client may open streams beyond it without breaking the protocol (RFC 9113 §5.1.2).
+    pub fn limit_binds(&self, stream_id: u32) -> bool {
+        self.settings_acked.load(Ordering::Acquire)
+            && stream_id > self.acked_through.load(Ordering::Acquire)
     }
 
     pub fn flushes(&self) -> u64 {
@@ -143,6 +159,8 @@ pub struct FrameIo<S> {
     write_shut: bool,
     /// The stream limit h2's first SETTINGS frame is to advertise instead of h2's own ([`FrameIo::first_limit`]).
     first_limit: Option<u32>,
+    /// The highest stream id of the client's HEADERS read so far.
+    max_stream_seen: u32,
 }
 
 impl<S> FrameIo<S> {
@@ -164,6 +182,7 @@ impl<S> FrameIo<S> {
             in_remaining: 0,
             eof: false,
             first_limit: None,
+            max_stream_seen: 0,
         }
     }
 
@@ -440,6 +459,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for FrameIo<S> {
 }
 
 impl<S> FrameIo<S> {
+    /// A SETTINGS ACK from the client: the limits it acknowledges bind the streams it opens after it.
+    fn note_ack(&self) {
+        self.control
+            .acked_through
+            .store(self.max_stream_seen, Ordering::Release);
+        self.control.settings_acked.store(true, Ordering::Release);
+    }
+
     /// Extends `fwd` over bytes that go to h2 unchanged; removes ACKs of injected SETTINGS at the front.
     fn classify(&mut self) {
         loop {
@@ -472,15 +499,21 @@ impl<S> FrameIo<S> {
                             return;
                         }
                         self.origins.pop_front();
+                        self.note_ack();
                         self.control.acked_limit.store(v, Ordering::Release);
                         self.in_buf.advance(9 + len.min(self.in_buf.len() - 9));
                         continue;
                     }
                     Some(SettingsOrigin::H2) => {
                         self.origins.pop_front();
+                        self.note_ack();
                     }
                     None => {}
                 }
+            }
+            if h[3] == FRAME_HEADERS {
+                let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                self.max_stream_seen = self.max_stream_seen.max(id);
             }
             if h[3] == FRAME_PING && h[4] & FLAG_ACK == 0 {
                 *self

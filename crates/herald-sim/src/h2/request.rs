@@ -105,6 +105,21 @@ fn has_duplicate_header(h: &HeaderMap) -> bool {
     })
 }
 
+/// Whether a topic ending in the suffix of `named` ([`PushType::from_topic_suffix`]) names that push type, so
+/// that a push type without a suffix may not go to it. A suffix of two labels (`.push-type.liveactivity`,
+/// `.push-type.widgets`, `.push-type.controls`, `.pushkit.fileprovider`) always does. A one-label suffix (`.voip`,
+/// `.voip-ptt`, `.complication`, `.location-query`) may also end a bundle id (`com.example.voip` is a valid one, and
+/// herald's client allows it), so it names its type only where the connection knows its apps' bundle ids (a
+/// certificate's, a topic-specific key's: `is_bundle` says whether the topic is one of them) and the topic is not
+/// one of them. A team key covers every app of its team, which the simulator does not know (`is_bundle` `None`):
+/// there such a topic is taken as a bundle id.
+fn names_push_type(named: PushType, is_bundle: Option<bool>) -> bool {
+    let two_labels = named
+        .topic_suffix()
+        .is_some_and(|s| s.matches('.').count() > 1);
+    two_labels || is_bundle == Some(false)
+}
+
 /// The echoed `apns-id`, if the request had a valid one.
 pub(crate) fn request_apns_id(h: &HeaderMap) -> Option<&http::HeaderValue> {
     let v = h.get(&APNS_ID)?;
@@ -197,6 +212,10 @@ pub(crate) fn check(
         }
         _ => {}
     }
+    // The path is all there is to it: a query makes it another path (docs/apns-protocol.md#simulator).
+    if parts.uri.query().is_some() {
+        return Err(Reason::BadPath.into());
+    }
     let path = parts.uri.path();
     let Some(token) = path.strip_prefix("/3/device/") else {
         return Err(Reason::BadPath.into());
@@ -212,11 +231,20 @@ pub(crate) fn check(
         return Err(Reason::BadDeviceToken.into());
     }
 
-    // Authentication, then the topic against what it allows.
-    match auth {
+    // Authentication, then the topic against what it allows. A push type without a suffix (alert, background,
+    // mdm) may not go to a topic whose suffix names another type ([`names_push_type`]); that needs the bundle ids
+    // the connection knows, so it is judged here.
+    let other_type = match push_type {
+        Some(p) if p.topic_suffix().is_none() => PushType::from_topic_suffix(&topic),
+        _ => None,
+    };
+    let misdirected = match auth {
         ConnAuth::Cert(c) => {
             c.status?;
             c.check_topic(&topic, push_type)?;
+            other_type.is_some_and(|named| {
+                names_push_type(named, Some(c.uid == topic || c.bases.contains(&topic)))
+            })
         }
         ConnAuth::Token(t) => {
             let key_topics = match unauthenticated_ok {
@@ -232,7 +260,13 @@ pub(crate) fn check(
             {
                 return Err(Reason::InvalidProviderToken.into());
             }
+            other_type
+                .is_some_and(|named| names_push_type(named, key_topics.map(|l| l.contains(&topic))))
         }
+    };
+    // The push type and the topic's suffix must agree (docs/apns-protocol.md#push-types).
+    if misdirected {
+        return Err(Reason::TopicDisallowed.into());
     }
     if let Some(p) = push_type
         && !topic.is_empty()

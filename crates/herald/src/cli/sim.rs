@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use herald_sim::{AuthPolicy, Environment, Pki, Scenario, SimConfig, Simulator};
+use herald_sim::{AuthPolicy, Environment, Pki, Scenario, SimConfig, Simulator, StreamOverrun};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -53,6 +53,14 @@ enum AuthArg {
     None,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OverrunArg {
+    /// RST_STREAM(REFUSED_STREAM) for the stream; the connection carries on.
+    Refuse,
+    /// GOAWAY (PROTOCOL_ERROR, "Maximum active streams violated for this endpoint."), then close.
+    Goaway,
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// The PKI directory written by `herald sim pki` (its pki.json is read).
@@ -88,6 +96,22 @@ struct ServeArgs {
     /// Drop the stream limit to 1 after a rejection and restore it after a success.
     #[arg(long)]
     choppy_streams: bool,
+    /// What a stream beyond the acknowledged stream limit gets (default refuse).
+    #[arg(long, value_enum)]
+    stream_overrun: Option<OverrunArg>,
+    /// Serve the HTTP/2 settings observed from APNs: stream and connection windows 65535, header lists of at most
+    /// 8000 bytes (the three flags below override it).
+    #[arg(long)]
+    apple_settings: bool,
+    /// SETTINGS_INITIAL_WINDOW_SIZE, each stream's receive window (default 1048576).
+    #[arg(long)]
+    initial_window_size: Option<u32>,
+    /// The connection's receive window, at least 65535 (default 8388608).
+    #[arg(long)]
+    connection_window_size: Option<u32>,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE (default 16384).
+    #[arg(long)]
+    max_header_list_size: Option<u32>,
     /// Seed of the scenario's random choices.
     #[arg(long)]
     seed: Option<u64>,
@@ -136,6 +160,9 @@ struct ServeArgs {
     /// Keep the record in memory too (served at admin GET /record).
     #[arg(long)]
     record_in_memory: bool,
+    /// The most notifications kept in memory; beyond, the oldest are dropped and counted (default 100000).
+    #[arg(long)]
+    record_memory_limit: Option<usize>,
 }
 
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
@@ -185,6 +212,24 @@ fn build_config(a: ServeArgs) -> anyhow::Result<SimConfig> {
     if a.choppy_streams {
         sc.choppy_streams = Some(true);
     }
+    if let Some(o) = a.stream_overrun {
+        sc.stream_overrun = Some(match o {
+            OverrunArg::Refuse => StreamOverrun::Refuse,
+            OverrunArg::Goaway => StreamOverrun::Goaway,
+        });
+    }
+    if a.apple_settings {
+        sc.apple_settings = true;
+    }
+    if a.initial_window_size.is_some() {
+        sc.initial_window_size = a.initial_window_size;
+    }
+    if a.connection_window_size.is_some() {
+        sc.connection_window_size = a.connection_window_size;
+    }
+    if a.max_header_list_size.is_some() {
+        sc.max_header_list_size = a.max_header_list_size;
+    }
     if let Some(s) = a.seed {
         sc.seed = s;
     }
@@ -223,6 +268,9 @@ fn build_config(a: ServeArgs) -> anyhow::Result<SimConfig> {
     config.scenario = sc;
     config.record_path = a.record;
     config.record_in_memory = a.record_in_memory;
+    if let Some(n) = a.record_memory_limit {
+        config.record_memory_limit = n;
+    }
     Ok(config)
 }
 
@@ -290,5 +338,46 @@ mod tests {
         let set = config(&["--goaway-first-request", "--goaway-every", "7"]);
         assert!(set.scenario.goaway_first_request);
         assert_eq!(set.scenario.goaway_every, Some(7));
+    }
+
+    #[test]
+    fn connection_flags_reach_the_scenario_and_config() {
+        let dir = tempfile::tempdir().unwrap();
+        Pki::generate(dir.path(), &["com.example.flags".to_owned()]).unwrap();
+        let pki = dir.path().to_str().unwrap();
+        let config = |extra: &[&str]| {
+            let mut argv = vec!["sim", "--pki", pki];
+            argv.extend_from_slice(extra);
+            build_config(Serve::try_parse_from(argv).unwrap().args).unwrap()
+        };
+        let plain = config(&[]);
+        assert_eq!(plain.scenario.stream_overrun, None);
+        assert!(!plain.scenario.apple_settings);
+        assert_eq!(plain.record_memory_limit, 100_000);
+        let set = config(&[
+            "--stream-overrun",
+            "goaway",
+            "--apple-settings",
+            "--initial-window-size",
+            "1000",
+            "--connection-window-size",
+            "70000",
+            "--max-header-list-size",
+            "9000",
+            "--record-memory-limit",
+            "5",
+        ]);
+        let sc = &set.scenario;
+        assert_eq!(sc.stream_overrun, Some(StreamOverrun::Goaway));
+        assert!(sc.apple_settings);
+        assert_eq!(
+            (
+                sc.initial_window_size,
+                sc.connection_window_size,
+                sc.max_header_list_size
+            ),
+            (Some(1000), Some(70000), Some(9000))
+        );
+        assert_eq!(set.record_memory_limit, 5);
     }
 }
