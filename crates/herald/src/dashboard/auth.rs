@@ -139,21 +139,22 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
-/// The API key a request carries in `authorization: Bearer` or `x-api-key`.
+/// The API key a request carries: an `authorization: Bearer` token first, else `x-api-key` (an `authorization` of
+/// another scheme, such as a proxy's `Basic`, leaves the key to `x-api-key`), as the REST API reads it.
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        let (scheme, key) = v.split_once(' ')?;
-        return (scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty())
-            .then(|| key.trim());
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, key)| scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty())
+        .map(|(_, key)| key.trim());
+    bearer.or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+    })
 }
 
 /// Whether `key` is accepted from `ip`, and with the admin right. `None` if it is not accepted.
@@ -366,6 +367,37 @@ mod tests {
             h.append(*k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    /// A Bearer token is the key; a proxy's `Basic` authorization leaves it to `x-api-key`.
+    #[test]
+    fn the_key_is_a_bearer_token_else_x_api_key() {
+        assert_eq!(
+            presented_key(&headers(&[
+                ("authorization", "Bearer k1"),
+                ("x-api-key", "k2")
+            ])),
+            Some("k1")
+        );
+        assert_eq!(
+            presented_key(&headers(&[
+                ("authorization", "Basic cHJveHk6cw=="),
+                ("x-api-key", "k2")
+            ])),
+            Some("k2")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Basic cHJveHk6cw==")])),
+            None
+        );
+        assert_eq!(
+            presented_key(&headers(&[("x-api-key", " k2 ")])),
+            Some("k2")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer  ")])),
+            None
+        );
     }
 
     /// The URI of an HTTP/1 request as hyper gives it: only the path (the host is in the `Host` header).
