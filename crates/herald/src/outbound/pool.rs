@@ -412,20 +412,17 @@ impl Pool {
     /// ramping up with fast answers does when the work waiting is more than it will ever carry, and a burst that one
     /// connection will take on soon opens no other.
     fn room_to_grow(&self) -> Option<usize> {
-        let mut room = 0usize;
-        let mut smallest: Option<usize> = None;
-        for c in self.connections.iter().filter(|c| !c.is_draining()) {
-            if !(c.is_saturated() || c.is_ramping_up()) {
-                return None;
-            }
-            room += c.capacity().saturating_sub(c.in_flight());
-            smallest = Some(smallest.map_or(c.capacity(), |s| s.min(c.capacity())));
-        }
-        if self.connecting > 0 {
-            // Without an open connection to go by, wait for the attempt under way.
-            room += self.connecting * smallest?;
-        }
-        Some(room)
+        room_to_grow(
+            self.connections
+                .iter()
+                .filter(|c| !c.is_draining())
+                .map(|c| Load {
+                    needs_help: c.is_saturated() || c.is_ramping_up(),
+                    capacity: c.capacity(),
+                    in_flight: c.in_flight(),
+                }),
+            self.connecting,
+        )
     }
 
     /// Starts one connection attempt; false when the host's budget has no slot for it.
@@ -575,5 +572,80 @@ impl OutcomeSink<Box<Queued>> for ShutdownOnce {
             }
         };
         self.inner.report(tag, result, conn);
+    }
+}
+
+/// What [`Pool::room_to_grow`] reads of one connection taking work.
+struct Load {
+    /// Saturated at the server's stream limit, or ramping up with fast answers.
+    needs_help: bool,
+    capacity: usize,
+    in_flight: usize,
+}
+
+/// [`Pool::room_to_grow`] over the connections taking work and the attempts under way.
+fn room_to_grow(connections: impl Iterator<Item = Load>, connecting: usize) -> Option<usize> {
+    let mut room = 0usize;
+    let mut smallest: Option<usize> = None;
+    for c in connections {
+        if !c.needs_help {
+            return None;
+        }
+        // A server that sends no SETTINGS_MAX_CONCURRENT_STREAMS allows any number of streams: h2 shows that as
+        // `usize::MAX`, so the sums saturate.
+        room = room.saturating_add(c.capacity.saturating_sub(c.in_flight));
+        smallest = Some(smallest.map_or(c.capacity, |s| s.min(c.capacity)));
+    }
+    if connecting > 0 {
+        // Without an open connection to go by, wait for the attempt under way.
+        room = room.saturating_add(connecting.saturating_mul(smallest?));
+    }
+    Some(room)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(capacity: usize, in_flight: usize) -> Load {
+        Load {
+            needs_help: true,
+            capacity,
+            in_flight,
+        }
+    }
+
+    #[test]
+    fn room_is_what_the_connections_and_attempts_could_still_take() {
+        assert_eq!(
+            room_to_grow([load(100, 100), load(100, 40)].into_iter(), 0),
+            Some(60)
+        );
+        assert_eq!(
+            room_to_grow([load(100, 100), load(50, 50)].into_iter(), 2),
+            Some(100)
+        );
+        let idle = Load {
+            needs_help: false,
+            capacity: 100,
+            in_flight: 3,
+        };
+        assert_eq!(room_to_grow([load(100, 100), idle].into_iter(), 0), None);
+        assert_eq!(
+            room_to_grow(std::iter::empty(), 1),
+            None,
+            "nothing to go by"
+        );
+    }
+
+    /// A server without SETTINGS_MAX_CONCURRENT_STREAMS: the capacity h2 shows is `usize::MAX`, and the room
+    /// saturates instead of overflowing (a panic in a debug build, wrapped sums in a release one).
+    #[test]
+    fn an_unlimited_server_saturates_the_room() {
+        let unlimited = load(usize::MAX, 10);
+        assert_eq!(
+            room_to_grow([unlimited, load(usize::MAX, 0)].into_iter(), 3),
+            Some(usize::MAX)
+        );
     }
 }
