@@ -1,6 +1,8 @@
 //! Provider tokens for token-based (JWT) authentication (docs/apns-protocol.md#provider-tokens): signing ES256 JWTs
-//! from a `.p8` key, the cache every connection of a key shares (refreshed every 20-60 minutes, never more often), and
-//! verification for the simulator, which accepts both the JOSE and the DER signature encodings.
+//! from a `.p8` key, the cache every connection of a key shares (refreshed every 20-60 minutes, never more often),
+//! the token each connection has adopted from it ([`ConnectionToken`]: never a new one within 20 minutes of the
+//! last on the same connection), and verification for the simulator, which accepts both the JOSE and the DER
+//! signature encodings.
 
 use std::fmt;
 use std::path::Path;
@@ -24,6 +26,10 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(20 * 60);
 pub const MAX_REFRESH: Duration = Duration::from_secs(60 * 60);
 /// Default refresh period (the one pushy uses).
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(50 * 60);
+/// A connection keeps the token it adopted, after the shared one was renewed, only while that token is younger than
+/// [`MAX_REFRESH`] less this margin (see [`ConnectionToken`]): the clocks of herald and APNs need not agree to the
+/// second, and a token APNs would call expired is worse than a new connection.
+pub const KEEP_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 /// What went wrong with a key or a provider token.
 #[derive(Debug, thiserror::Error)]
@@ -543,6 +549,104 @@ impl ProviderTokenCache {
     }
 }
 
+/// The provider token one connection sends, and when the connection adopted it (its first request with it).
+///
+/// APNs answers `429 TooManyProviderTokenUpdates` to a new token on a connection less than 20 minutes
+/// ([`MIN_REFRESH`]) after the last one was adopted there, whatever the tokens' `iat`. The shared cache is renewed
+/// on its own schedule, so a connection that took the shared token late in its life (opened, say, when the token
+/// was 45 minutes old) would otherwise switch to the renewal minutes later. So, when the shared token is not the one
+/// the connection adopted ([`ProviderTokenCache::for_connection`]):
+///
+/// - adopted 20 minutes ago or more: the connection adopts the shared token;
+/// - adopted less than 20 minutes ago, and younger than [`MAX_REFRESH`] less [`KEEP_MARGIN`] (55 minutes, by either
+///   clock as the cache judges age): the connection keeps sending its own token, still valid;
+/// - else: [`TokenChoice::Retire`]. The connection can neither keep its token nor take a new one, and stops taking
+///   work; the connection opened in its place adopts the shared token.
+///
+/// With the default renewal after 50 minutes, a connection that adopted a token when it was 30 to 35 minutes old
+/// switches to the renewal 20 minutes after adopting; one that adopted it when older is retired when it is 55
+/// minutes old.
+#[derive(Default)]
+pub struct ConnectionToken {
+    held: Option<HeldToken>,
+}
+
+/// A token a connection adopted, with what its age is judged by.
+struct HeldToken {
+    token: Arc<str>,
+    /// The token's minting on the cache's monotonic clock, and its `iat`.
+    minted_at: Duration,
+    issued_at: u64,
+    /// When the connection adopted it, on the cache's monotonic clock.
+    adopted_at: Duration,
+}
+
+impl fmt::Debug for ConnectionToken {
+    /// Never shows the token itself.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionToken")
+            .field("issued_at", &self.held.as_ref().map(|h| h.issued_at))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a connection does about its provider token ([`ProviderTokenCache::for_connection`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenChoice {
+    /// Send this token: the one the connection adopted (just now, or earlier and kept).
+    Send(Arc<str>),
+    /// Stop taking work: the shared token was renewed, the connection adopted its own `adopted_for` ago (less than
+    /// [`MIN_REFRESH`]), and that token is `token_age` old, too close to its hour to keep.
+    Retire {
+        adopted_for: Duration,
+        token_age: Duration,
+    },
+}
+
+impl ProviderTokenCache {
+    /// The token `conn` sends now, by the rules of [`ConnectionToken`]: the shared token (renewed first when due,
+    /// as [`ProviderTokenCache::current`]), adopted when the connection has none yet or adopted its own 20 minutes
+    /// ago or more; else the connection's own while it is young enough; else retirement. One lock of the cache, as
+    /// [`ProviderTokenCache::current`].
+    pub fn for_connection(&self, conn: &mut ConnectionToken) -> TokenChoice {
+        let mut state = lock(&self.inner.state);
+        let refresh = self.inner.refresh_after;
+        let (age, wall_age) = self.ages(&state);
+        if age >= refresh || wall_age >= refresh.as_secs() {
+            self.mint(&mut state);
+        }
+        let now = self.inner.clock.monotonic();
+        if let Some(held) = &conn.held {
+            if Arc::ptr_eq(&held.token, &state.token) {
+                return TokenChoice::Send(held.token.clone());
+            }
+            let adopted_for = now.saturating_sub(held.adopted_at);
+            if adopted_for < MIN_REFRESH {
+                let token_age = now.saturating_sub(held.minted_at).max(Duration::from_secs(
+                    self.inner
+                        .clock
+                        .unix_seconds()
+                        .saturating_sub(held.issued_at),
+                ));
+                if token_age + KEEP_MARGIN < MAX_REFRESH {
+                    return TokenChoice::Send(held.token.clone());
+                }
+                return TokenChoice::Retire {
+                    adopted_for,
+                    token_age,
+                };
+            }
+        }
+        conn.held = Some(HeldToken {
+            token: state.token.clone(),
+            minted_at: state.minted_at,
+            issued_at: state.issued_at,
+            adopted_at: now,
+        });
+        TokenChoice::Send(state.token.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -916,6 +1020,100 @@ mod tests {
             1_600_000_000 + 50 * 60
         );
         assert_eq!(c.mints(), 2);
+    }
+
+    /// A connection that adopted the shared token when it was 45 minutes old does not take its renewal (at 50
+    /// minutes) on the same connection within 20 minutes (APNs: `TooManyProviderTokenUpdates`): it keeps its own
+    /// while that is younger than 55 minutes, and is then retired; a new connection takes the renewal.
+    #[test]
+    fn a_connection_keeps_a_token_it_adopted_late_and_is_retired_near_its_hour() {
+        let (c, clock) = cache(DEFAULT_REFRESH);
+        let first = c.current();
+        clock.advance(MIN * 45);
+        let mut conn = ConnectionToken::default();
+        assert_eq!(
+            c.for_connection(&mut conn),
+            TokenChoice::Send(first.clone())
+        );
+        clock.advance(MIN * 5);
+        // The shared token is renewed; this connection keeps the one it adopted 5 minutes ago.
+        assert_eq!(
+            c.for_connection(&mut conn),
+            TokenChoice::Send(first.clone())
+        );
+        let renewed = c.current();
+        assert_ne!(renewed, first);
+        assert_eq!(c.mints(), 2);
+        clock.advance(MIN * 4 + Duration::from_secs(59));
+        assert_eq!(
+            c.for_connection(&mut conn),
+            TokenChoice::Send(first.clone())
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            c.for_connection(&mut conn),
+            TokenChoice::Retire {
+                adopted_for: MIN * 10,
+                token_age: MIN * 55,
+            }
+        );
+        let mut fresh = ConnectionToken::default();
+        assert_eq!(c.for_connection(&mut fresh), TokenChoice::Send(renewed));
+    }
+
+    /// A connection takes the renewed token once it adopted its own 20 minutes ago or more: at once when that was
+    /// long before the renewal, else when the 20 minutes are up.
+    #[test]
+    fn a_connection_takes_the_renewal_20_minutes_after_it_adopted_its_token() {
+        let (c, clock) = cache(DEFAULT_REFRESH);
+        let first = c.current();
+        clock.advance(MIN * 25);
+        let mut early = ConnectionToken::default();
+        assert_eq!(
+            c.for_connection(&mut early),
+            TokenChoice::Send(first.clone())
+        );
+        clock.advance(MIN * 7);
+        let mut later = ConnectionToken::default();
+        assert_eq!(
+            c.for_connection(&mut later),
+            TokenChoice::Send(first.clone())
+        );
+        clock.advance(MIN * 18);
+        let renewed = c.current();
+        assert_ne!(renewed, first);
+        assert_eq!(
+            c.for_connection(&mut early),
+            TokenChoice::Send(renewed.clone())
+        );
+        assert_eq!(
+            c.for_connection(&mut later),
+            TokenChoice::Send(first.clone())
+        );
+        clock.advance(MIN * 2);
+        assert_eq!(
+            c.for_connection(&mut later),
+            TokenChoice::Send(renewed.clone())
+        );
+        // Each has adopted the renewal now, and counts from then.
+        assert_eq!(c.for_connection(&mut early), TokenChoice::Send(renewed));
+        assert_eq!(c.mints(), 2);
+    }
+
+    /// The age of a kept token is judged by either clock, as the cache judges its own: after a suspend (the wall
+    /// clock jumped, the monotonic one stood still) a token APNs would call expired is not kept.
+    #[test]
+    fn a_kept_token_the_wall_clock_shows_old_is_not_kept() {
+        let (c, clock) = cache(DEFAULT_REFRESH);
+        let first = c.current();
+        clock.advance(MIN * 45);
+        let mut conn = ConnectionToken::default();
+        assert_eq!(c.for_connection(&mut conn), TokenChoice::Send(first));
+        clock.set_unix(1_700_000_000 + 2 * 3600);
+        assert!(matches!(
+            c.for_connection(&mut conn),
+            TokenChoice::Retire { token_age, .. } if token_age == Duration::from_secs(2 * 3600)
+        ));
     }
 
     #[test]

@@ -257,8 +257,8 @@ pub struct SimConfig {
     pub max_header_list_size: u32,
     /// A provider token whose `iat` is older than this is refused with ExpiredProviderToken (default 1 h).
     pub token_max_age: Duration,
-    /// A different token on the same connection whose `iat` is less than this after the current token's `iat`
-    /// is refused with 429 TooManyProviderTokenUpdates (default 20 min); a connection's first token never is.
+    /// A different token on the same connection less than this after the connection adopted its current one is
+    /// refused with 429 TooManyProviderTokenUpdates (default 20 min); a connection's first token never is.
     pub token_update_interval: Duration,
     /// A request whose body has not ended this long after its HEADERS has its stream reset
     /// (`RST_STREAM(REFUSED_STREAM)`: not processed), so that a stalled stream neither holds its place under the

@@ -23,7 +23,7 @@ use super::request::{
 use crate::client::connect::{Endpoint, connect_tls};
 use crate::client::{ConnectionError, not_processed, preface};
 use crate::outcome::FailureClass;
-use crate::provider_token::ProviderTokenCache;
+use crate::provider_token::{ConnectionToken, ProviderTokenCache, TokenChoice};
 use crate::reason::parse_error_body;
 
 /// Largest answer body read; channel lists of 10,000 ids fit well within it.
@@ -42,6 +42,18 @@ pub enum BroadcastClientError {
     /// to it): nothing was sent, and the call can be made again on a new connection.
     #[error("HTTP/2 connection to {host} could not take the request, nothing was sent: {source}")]
     NotSent { host: String, source: h2::Error },
+    /// The connection can no longer send a provider token APNs takes: the shared token was renewed less than 20
+    /// minutes after this connection adopted its own, which is too close to its hour to keep
+    /// ([`TokenChoice::Retire`]). Nothing was sent; the call can be made again on a new connection.
+    #[error(
+        "HTTP/2 connection to {host} retired, nothing was sent: it adopted its provider token {adopted_secs} s ago \
+         (a new one within 20 minutes would be refused) and that token, {token_age_secs} s old, is too close to its hour"
+    )]
+    TokenRetired {
+        host: String,
+        adopted_secs: u64,
+        token_age_secs: u64,
+    },
     /// The connection or the call's stream failed once the request was handed to the connection: it may have
     /// reached the server and been processed, unless [`BroadcastClientError::not_processed`] says otherwise.
     #[error("HTTP/2 error talking to {host}: {source}")]
@@ -77,7 +89,9 @@ impl BroadcastClientError {
     /// docs/apns-protocol.md §3.7).
     pub fn not_processed(&self) -> bool {
         match self {
-            BroadcastClientError::NotSent { .. } => true,
+            BroadcastClientError::NotSent { .. } | BroadcastClientError::TokenRetired { .. } => {
+                true
+            }
             BroadcastClientError::Http { source, .. } => not_processed(source),
             _ => false,
         }
@@ -132,6 +146,9 @@ pub struct BroadcastClient {
     authority: Authority,
     host: String,
     auth: Option<ProviderTokenCache>,
+    /// The provider token this connection adopted, and when (shared by the clones, which share the connection):
+    /// a connection takes a renewed token only 20 minutes after adopting its own.
+    token: Arc<std::sync::Mutex<ConnectionToken>>,
     timeout: Duration,
     _driver: Arc<DriverGuard>,
 }
@@ -187,6 +204,7 @@ impl BroadcastClient {
             authority,
             host: endpoint.host.clone(),
             auth,
+            token: Arc::default(),
             timeout,
             _driver: Arc::new(DriverGuard(driver)),
         })
@@ -308,7 +326,28 @@ impl BroadcastClient {
         body: Bytes,
         success: u16,
     ) -> Result<Answer, BroadcastClientError> {
-        let token = self.auth.as_ref().map(|a| a.current());
+        let token = match &self.auth {
+            None => None,
+            Some(auth) => {
+                let mut held = self
+                    .token
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match auth.for_connection(&mut held) {
+                    TokenChoice::Send(token) => Some(token),
+                    TokenChoice::Retire {
+                        adopted_for,
+                        token_age,
+                    } => {
+                        return Err(BroadcastClientError::TokenRetired {
+                            host: self.host.clone(),
+                            adopted_secs: adopted_for.as_secs(),
+                            token_age_secs: token_age.as_secs(),
+                        });
+                    }
+                }
+            }
+        };
         let answer = self
             .once(&method, path, headers, body, token.as_deref())
             .await?;
@@ -489,6 +528,14 @@ mod tests {
 
     /// A token cache on a clock the test moves: the first token is minted at the clock's start.
     fn token_cache(clock: &crate::provider_token::ManualClock) -> ProviderTokenCache {
+        token_cache_renewed_after(clock, crate::provider_token::MAX_REFRESH)
+    }
+
+    /// [`token_cache`] renewing its token after `refresh`.
+    fn token_cache_renewed_after(
+        clock: &crate::provider_token::ManualClock,
+        refresh: Duration,
+    ) -> ProviderTokenCache {
         use aws_lc_rs::rand::SystemRandom;
         use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
         use base64::Engine as _;
@@ -499,12 +546,7 @@ mod tests {
         let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
         let key = crate::provider_token::SigningKey::from_p8_pem(&pem, "KEYID12345", "TEAMID1234")
             .unwrap();
-        ProviderTokenCache::with_clock(
-            key,
-            crate::provider_token::MAX_REFRESH,
-            Arc::new(clock.clone()),
-        )
-        .unwrap()
+        ProviderTokenCache::with_clock(key, refresh, Arc::new(clock.clone())).unwrap()
     }
 
     /// The `authorization` header of every stream, per TCP connection in the order they were accepted.
@@ -551,6 +593,87 @@ mod tests {
             }
         });
         (addr, streams)
+    }
+
+    /// An h2 server that answers every stream 200 and records the streams of each connection.
+    async fn recording_server() -> (std::net::SocketAddr, Streams) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let streams: Streams = Arc::default();
+        let record = streams.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let conn_no = {
+                    let mut all = record.lock().unwrap();
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(sock).await.unwrap();
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let auth = req
+                            .headers()
+                            .get(AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned();
+                        record.lock().unwrap()[conn_no].push(auth);
+                        let answer = http::Response::builder().status(200).body(()).unwrap();
+                        respond.send_response(answer, true).unwrap();
+                    }
+                });
+            }
+        });
+        (addr, streams)
+    }
+
+    /// A kept connection takes a renewed provider token only 20 minutes after adopting its own (APNs answers
+    /// TooManyProviderTokenUpdates sooner): it keeps its token while that is young enough, and is then retired,
+    /// nothing sent, for a new connection to adopt the renewal (docs/apns-protocol.md#provider-tokens).
+    #[tokio::test]
+    async fn a_kept_connection_keeps_its_token_then_retires_instead_of_switching_within_20_minutes()
+    {
+        let (addr, streams) = recording_server().await;
+        let clock = crate::provider_token::ManualClock::new(1_800_000_000);
+        let auth = token_cache_renewed_after(&clock, Duration::from_secs(50 * 60));
+        // The shared token is 45 minutes old when this connection adopts it.
+        clock.advance(Duration::from_secs(45 * 60));
+        let c = token_client(addr, &auth).await;
+        c.broadcast(&update()).await.unwrap();
+        // Renewed at 50 minutes; the connection adopted its own 6 minutes ago, and keeps it (51 minutes old).
+        clock.advance(Duration::from_secs(6 * 60));
+        c.broadcast(&update()).await.unwrap();
+        assert_eq!(auth.mints(), 2, "the shared token was renewed");
+        // 56 minutes old, adopted 11 minutes ago: neither kept nor switched.
+        clock.advance(Duration::from_secs(5 * 60));
+        let e = c.broadcast(&update()).await.unwrap_err();
+        assert!(
+            matches!(e, BroadcastClientError::TokenRetired { .. }),
+            "{e}"
+        );
+        assert!(e.not_processed(), "made again on a new connection: {e}");
+        // A new connection adopts the renewal.
+        token_client(addr, &auth)
+            .await
+            .broadcast(&update())
+            .await
+            .unwrap();
+        let streams = streams.lock().unwrap().clone();
+        assert_eq!(streams.len(), 2, "{streams:?}");
+        assert_eq!(
+            streams[0].len(),
+            2,
+            "nothing sent once retired: {streams:?}"
+        );
+        assert_eq!(
+            streams[0][0], streams[0][1],
+            "the kept connection kept its token"
+        );
+        assert_ne!(
+            streams[1][0], streams[0][0],
+            "the new connection adopted the renewal"
+        );
     }
 
     /// A client with token auth from `auth` on a new TCP connection to `addr`.

@@ -1,6 +1,8 @@
 //! Opening the TLS connection under either protocol: a fresh DNS lookup per connection (Apple asks for
 //! uncached lookups, docs/apns-protocol.md#http2-connection), TCP with Nagle off and the system's liveness checks
-//! on, then TLS with the caller's rustls configuration.
+//! on, then TLS with the caller's rustls configuration. The addresses of a name are tried in the order the resolver
+//! gives them, each with its share of what is left of the connect timeout ([`attempt_budget`]), so one that drops
+//! the connection attempt without a word (an IPv6 route that goes nowhere) does not use up the time of the others.
 //!
 //! Liveness: a connection whose peer vanished without a word (a NAT that forgot it, a host powered off) must end
 //! before it takes the next notification. TCP keepalive probes an idle connection ([`TCP_KEEPALIVE_IDLE`]), and
@@ -27,6 +29,9 @@ pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 pub const TCP_KEEPALIVE_PROBES: u32 = 3;
 /// How long written bytes may stay unacknowledged by the peer before the system ends the connection (Linux).
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The least time a TCP connect to one address of several is given before the next address is tried (unless less
+/// is left of the connect timeout).
+pub const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// Where to connect: a host name or address and a port, and the local address to connect from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -114,6 +119,7 @@ pub(crate) async fn connect_tls_over<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let deadline = tokio::time::Instant::now() + timeout;
     let fut = async {
         let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, endpoint.port))
@@ -123,21 +129,20 @@ where
                 source,
             })?
             .collect();
-        let mut last_err = None;
-        let mut stream = None;
-        for addr in &addrs {
-            // A bind address of the other family cannot reach this address: skip it.
-            if endpoint.bind.is_some_and(|b| b.is_ipv4() != addr.is_ipv4()) {
-                continue;
-            }
-            match connect_from(endpoint.bind, *addr).await {
-                Ok(s) => {
-                    stream = Some((s, *addr));
-                    break;
-                }
-                Err(e) => last_err = Some((addr, e)),
-            }
-        }
+        // A bind address of the other family cannot reach an address: such addresses are skipped.
+        let reachable: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|addr| endpoint.bind.is_none_or(|b| b.is_ipv4() == addr.is_ipv4()))
+            .collect();
+        let (stream, last_err) = match connect_any(&reachable, deadline, |addr| {
+            connect_from(endpoint.bind, addr)
+        })
+        .await
+        {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, e),
+        };
         let (tcp, remote) = match (stream, last_err) {
             (Some(s), _) => s,
             (None, Some((addr, source))) => {
@@ -185,6 +190,58 @@ where
             secs: timeout.as_secs(),
         }),
     }
+}
+
+/// How long a connect to the next of `left` addresses may take when `remaining` is left of the connect timeout: an
+/// equal share of it, at least [`MIN_ATTEMPT`], never more than is left. The last address gets all that is left.
+fn attempt_budget(remaining: Duration, left: usize) -> Duration {
+    let share = remaining / u32::try_from(left.max(1)).unwrap_or(u32::MAX);
+    share.max(MIN_ATTEMPT).min(remaining)
+}
+
+/// Connects to the first of `addrs` that answers, in order, each attempt but the last cut off after its
+/// [`attempt_budget`] of the time left until `deadline` (the last one runs until the caller's own timeout). Returns
+/// the connection and its address, or the last address's error (`None` when there was no address).
+async fn connect_any<T, F, Fut>(
+    addrs: &[SocketAddr],
+    deadline: tokio::time::Instant,
+    mut connect: F,
+) -> Result<(T, SocketAddr), Option<(SocketAddr, std::io::Error)>>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let mut last_err = None;
+    for (i, &addr) in addrs.iter().enumerate() {
+        let left = addrs.len() - i;
+        let attempt = connect(addr);
+        let result = if left == 1 {
+            attempt.await
+        } else {
+            let budget = attempt_budget(
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                left,
+            );
+            match tokio::time::timeout(budget, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer within {} ms; trying the next address",
+                        budget.as_millis()
+                    ),
+                )),
+            }
+        };
+        match result {
+            Ok(s) => return Ok((s, addr)),
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "TCP connect failed");
+                last_err = Some((addr, e));
+            }
+        }
+    }
+    Err(last_err)
 }
 
 /// Turns on the system's dead-peer checks on an outbound socket (see the module comment). A system that refuses
@@ -249,5 +306,74 @@ mod tests {
                 "{host} {port}"
             );
         }
+    }
+
+    #[test]
+    fn each_address_gets_its_share_of_the_time_left() {
+        let s = Duration::from_secs;
+        assert_eq!(attempt_budget(s(10), 2), s(5));
+        assert_eq!(attempt_budget(s(9), 3), s(3));
+        assert_eq!(attempt_budget(s(10), 1), s(10));
+        // At least a second each, never more than is left.
+        assert_eq!(attempt_budget(s(3), 8), MIN_ATTEMPT);
+        assert_eq!(
+            attempt_budget(Duration::from_millis(400), 2),
+            Duration::from_millis(400)
+        );
+        assert_eq!(attempt_budget(Duration::ZERO, 2), Duration::ZERO);
+        assert_eq!(attempt_budget(s(10), 0), s(10));
+    }
+
+    /// A first address that drops the connection attempt without a word (a black-holed IPv6 route) gets its share
+    /// of the connect timeout, not all of it: the next address is tried in time, and gets all that is left.
+    #[tokio::test]
+    async fn a_silent_first_address_leaves_time_for_the_next() {
+        let silent: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let answers: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        // Two addresses: a second each.
+        let timeout = 2 * MIN_ATTEMPT;
+        let started = tokio::time::Instant::now();
+        let tried = std::sync::Mutex::new(Vec::new());
+        let outcome = tokio::time::timeout(
+            timeout,
+            connect_any(&[silent, answers], started + timeout, |addr| {
+                tried.lock().unwrap().push((addr, started.elapsed()));
+                async move {
+                    if addr == silent {
+                        std::future::pending::<std::io::Result<()>>().await
+                    } else {
+                        Ok(())
+                    }
+                }
+            }),
+        )
+        .await
+        .expect("an address answered within the connect timeout");
+        assert!(matches!(outcome, Ok(((), addr)) if addr == answers));
+        let tried = tried.into_inner().unwrap();
+        assert_eq!(
+            tried.iter().map(|(addr, _)| *addr).collect::<Vec<_>>(),
+            [silent, answers]
+        );
+        // The silent one had its whole share.
+        assert!(tried[1].1 >= MIN_ATTEMPT, "{tried:?}");
+        // Addresses that refuse at once leave the time to the next.
+        let refused = connect_any(
+            &[silent, answers],
+            tokio::time::Instant::now() + timeout,
+            |_| async { Err::<(), _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) },
+        )
+        .await;
+        match refused {
+            Err(Some((addr, e))) => {
+                assert_eq!(addr, answers);
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            connect_any(&[], tokio::time::Instant::now(), |_| async { Ok(()) }).await,
+            Err(None)
+        ));
     }
 }

@@ -19,7 +19,10 @@
 //! pool opens another), and closes once its open streams have ended with their own timeouts. `503 Shutdown` (the
 //! APNs server is going down) stops the connection taking work as well. Every such stop is recorded as the
 //! connection's fault ([`ConnectionState::fault`]), which the pool weighs against the connection's age; the GOAWAY
-//! that ended a connection is logged with its error code and reason.
+//! that ended a connection is logged with its error code and reason. Request bodies that wait for flow-control
+//! credit take turns for it ([`exchange`]). A token connection sends the provider token it adopted, and takes a
+//! renewed one only 20 minutes after that ([`ConnectionToken`]); one that can keep neither stops taking work (no
+//! fault), so that the pool opens one that adopts the new token.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -35,6 +38,7 @@ use h2::client::{ResponseFuture, SendRequest};
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri};
+use tokio::sync::Semaphore;
 
 use super::connect::{Endpoint, connect_tls};
 use super::limit::AdaptiveLimit;
@@ -44,7 +48,7 @@ use super::{
     NotSentReason, OutcomeSink, PushRequest, PushResult, Rejection, not_processed,
 };
 use crate::outcome::FailureClass;
-use crate::provider_token::ProviderTokenCache;
+use crate::provider_token::{ConnectionToken, ProviderTokenCache, TokenChoice};
 use crate::push::{Priority, PushType};
 use crate::reason::parse_error_body;
 
@@ -146,6 +150,7 @@ pub async fn open_starting_at<T: Send + 'static>(
         watch,
         liveness: LIVENESS_THRESHOLD,
         closed_by_us: None,
+        credit: Arc::new(Semaphore::new(1)),
     };
     tokio::spawn(task.run());
     Ok(state)
@@ -209,6 +214,8 @@ struct Dispatcher<T> {
     /// Set when herald stopped the connection taking work for its own reasons, with the server's GOAWAY seen
     /// until then (see [`Dispatcher::close_ourselves`]).
     closed_by_us: Option<Option<GoAwaySeen>>,
+    /// The turns of the streams whose body waits for flow-control credit (see [`exchange`]).
+    credit: Arc<Semaphore>,
 }
 
 /// The last topic, expiration and header set sent on a connection: consecutive requests mostly repeat them, and a
@@ -331,6 +338,14 @@ struct PingSent {
 /// The provider token a request carried, so an `ExpiredProviderToken` answer retires exactly that one.
 type TokenUsed = Option<Arc<str>>;
 
+/// A connection's provider token ([`ConnectionToken`]: the one it adopted, and when) and the `authorization` value
+/// built from it, built once per token.
+#[derive(Default)]
+struct ConnectionAuth {
+    token: ConnectionToken,
+    header: Option<(Arc<str>, HeaderValue)>,
+}
+
 impl<T: Send + 'static> Dispatcher<T> {
     async fn run(mut self) {
         let mut in_flight = FuturesUnordered::new();
@@ -360,7 +375,7 @@ impl<T: Send + 'static> Dispatcher<T> {
         // that asks whether the peer is still there; and when it was taken.
         let mut held: Option<(Job<T>, Instant)> = None;
         let mut taking = true;
-        let mut auth_cache: Option<(Arc<str>, HeaderValue)> = None;
+        let mut conn_auth = ConnectionAuth::default();
         // Streams open right after requests last went out (see the answers below).
         let mut filled = 0usize;
         let mut limiter = match self.start_limit {
@@ -413,9 +428,21 @@ impl<T: Send + 'static> Dispatcher<T> {
                     // would find the connection half empty).
                     let open = filled.max(in_flight.len() + 1);
                     let mut timed_out = false;
-                    while let Some(Answer { tag, result, token_used, rtt }) = next.take() {
+                    while let Some(Answer { tag, result, token_used, rtt, no_credit }) = next.take() {
                         if let Some(rtt) = rtt {
                             limiter.on_sample(rtt, open, last_activity);
+                        }
+                        if no_credit && taking {
+                            // The server gave no window for a whole response timeout: logged once, as the
+                            // connection's fault, before the loss it is reported as.
+                            let timeout = self.opts.response_timeout.as_millis();
+                            tracing::info!(conn = self.info.id, remote = %self.info.remote,
+                                "a request body got no flow-control credit within {timeout} ms; the connection takes \
+                                 no more work and closes, and the notifications waiting for credit go to another \
+                                 connection unsent");
+                            self.give_up(&mut taking, || {
+                                format!("no flow-control credit for a request body within {timeout} ms")
+                            });
                         }
                         if matches!(result, PushResult::TimedOut { .. }) {
                             timed_out = true;
@@ -476,17 +503,25 @@ impl<T: Send + 'static> Dispatcher<T> {
                             // connection can open a stream at once, not one per turn of the loop.
                             let mut next = Some(job);
                             // The provider token is looked up once for the jobs started in this turn.
-                            let (token_used, auth) = self.authorization(&mut auth_cache);
-                            while let Some(job) = next.take() {
-                                if let Some(exchange) = self.launch(job, token_used.clone(), auth.clone(), &mut taking) {
-                                    in_flight.push(exchange);
-                                }
-                                let room = in_flight.len() < limit.min(self.send.current_max_send_streams());
-                                if taking
-                                    && room
-                                    && matches!(poll_fn(|cx| self.send.poll_ready(cx)).now_or_never(), Some(Ok(())))
-                                {
-                                    next = self.jobs.try_recv().ok();
+                            match self.authorization(&mut conn_auth, &mut taking) {
+                                Some((token_used, auth)) => while let Some(job) = next.take() {
+                                    if let Some(exchange) = self.launch(job, token_used.clone(), auth.clone(), &mut taking) {
+                                        in_flight.push(exchange);
+                                    }
+                                    let room = in_flight.len() < limit.min(self.send.current_max_send_streams());
+                                    if taking
+                                        && room
+                                        && matches!(poll_fn(|cx| self.send.poll_ready(cx)).now_or_never(), Some(Ok(())))
+                                    {
+                                        next = self.jobs.try_recv().ok();
+                                    }
+                                },
+                                // No token this connection may send: the job goes to another connection, never
+                                // written.
+                                None => {
+                                    if let Some(job) = next.take() {
+                                        self.sink.report(job.tag, PushResult::NotSent(NotSentReason::Closing), &self.info);
+                                    }
                                 }
                             }
                             filled = in_flight.len();
@@ -514,9 +549,13 @@ impl<T: Send + 'static> Dispatcher<T> {
                     last_received = last_keepalive;
                     // The peer is there: the job that waited for its answer goes out now.
                     if taking && let Some((job, _)) = held.take() {
-                        let (token_used, auth) = self.authorization(&mut auth_cache);
-                        if let Some(exchange) = self.launch(job, token_used, auth, &mut taking) {
-                            in_flight.push(exchange);
+                        match self.authorization(&mut conn_auth, &mut taking) {
+                            Some((token_used, auth)) => {
+                                if let Some(exchange) = self.launch(job, token_used, auth, &mut taking) {
+                                    in_flight.push(exchange);
+                                }
+                            }
+                            None => self.sink.report(job.tag, PushResult::NotSent(NotSentReason::Closing), &self.info),
                         }
                         filled = in_flight.len();
                     }
@@ -661,6 +700,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                 token_used,
                 self.opts.response_timeout,
                 self.info.id,
+                self.credit.clone(),
             )),
             // A value no header can carry is refused as APNs would, never sent without it.
             Err(rejection) => {
@@ -734,15 +774,41 @@ impl<T: Send + 'static> Dispatcher<T> {
         }
     }
 
+    /// The provider token for the requests started now and its header value (`None`, `None` on a certificate
+    /// connection): the token this connection adopted, by the rules of [`ConnectionToken`]. `None` when the
+    /// connection may send neither the token it adopted (too near its hour) nor the renewed one (APNs would answer
+    /// `TooManyProviderTokenUpdates`, docs/apns-protocol.md#provider-tokens): the connection then stops taking
+    /// work, and the pool opens one that adopts the renewed token.
     fn authorization(
-        &self,
-        cached: &mut Option<(Arc<str>, HeaderValue)>,
-    ) -> (TokenUsed, Option<HeaderValue>) {
-        let Some(cache) = &self.opts.auth else {
-            return (None, None);
+        &mut self,
+        conn_auth: &mut ConnectionAuth,
+        taking: &mut bool,
+    ) -> Option<(TokenUsed, Option<HeaderValue>)> {
+        let choice = match &self.opts.auth {
+            Some(cache) => cache.for_connection(&mut conn_auth.token),
+            None => return Some((None, None)),
         };
-        let token = cache.current();
-        match cached {
+        let token = match choice {
+            TokenChoice::Send(token) => token,
+            TokenChoice::Retire {
+                adopted_for,
+                token_age,
+            } => {
+                tracing::info!(
+                    conn = self.info.id,
+                    remote = %self.info.remote,
+                    "the provider token was renewed {} s after this connection adopted its own, which is {} s old: \
+                     APNs refuses a new token on a connection within 20 minutes of the last and the old one is near \
+                     its hour, so the connection takes no more work and closes; the next one takes the new token",
+                    adopted_for.as_secs(),
+                    token_age.as_secs()
+                );
+                self.close_ourselves(taking);
+                return None;
+            }
+        };
+        let cached = &mut conn_auth.header;
+        Some(match cached {
             Some((t, v)) if Arc::ptr_eq(t, &token) => (Some(token), Some(v.clone())),
             _ => {
                 let value = HeaderValue::try_from(format!("bearer {token}")).ok();
@@ -751,7 +817,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                 }
                 (Some(token), value)
             }
-        }
+        })
     }
 
     /// Sends the request's HEADERS; the body follows in [`exchange`], once flow control lets it go.
@@ -861,33 +927,38 @@ struct Answer<T> {
     /// Time from the request's last frame to its answer (the timeout, when it timed out); `None` when it was not
     /// answered (never fully written, refused, connection lost).
     rtt: Option<Duration>,
+    /// The body was not written in full within the response timeout for want of flow-control credit.
+    no_credit: bool,
 }
 
 /// Writes the body of one request and waits for its answer.
 ///
-/// The body goes out once the stream is open on the wire and flow control has room for all of it, and the response
-/// timeout counts from then: time spent behind the server's stream limit or an exhausted window is not the
-/// server's. A request whose body could not be written within the timeout is cancelled and comes back unsent (APNs
-/// never had all of it). A stream that ends while its body waits for credit is reported by what ended it: refused
-/// (unsent, the connection unharmed), answered early (that answer), or lost with its connection. A request
-/// written and not answered within the timeout is cancelled with `RST_STREAM(CANCEL)` before it is reported, so
-/// it is never sent again while this stream could still be answered; whether APNs had already accepted it is
-/// unknown, and the report says so.
+/// The body goes out once the stream is open on the wire and flow control has room for it, and the response timeout
+/// counts from when its last byte was written: time spent behind the server's stream limit or an exhausted window
+/// is not the server's. Usually the window has room for the whole body at once, and it goes out in one piece. When
+/// it has not, the stream hands back whatever part of the window it was given and waits its turn at the
+/// connection's `credit` gate (first come, first served): one stream at a time gathers credit, and writes its body
+/// as the credit comes, in pieces if the server's window gives it no more at once (a stream window smaller than the
+/// body), so no credit is ever held by a stream that cannot use it. (Without the gate, h2 spreads returning credit
+/// over every waiting stream in turn; with hundreds of them each would hold part of what its body needs, none could
+/// send, and a server that returns window only as it reads would have nothing to read: the connection would stall.)
+/// A request whose body was not written in full within the timeout is cancelled and comes back unsent (APNs never
+/// had all of it: a request without its last byte is never processed). A stream that ends while its body waits for
+/// credit is reported by what ended it: refused (unsent, the connection unharmed), answered early (that answer), or
+/// lost with its connection. A request written and not answered within the timeout is cancelled with
+/// `RST_STREAM(CANCEL)` before it is reported, so it is never sent again while this stream could still be answered;
+/// whether APNs had already accepted it is unknown, and the report says so.
+#[allow(clippy::too_many_arguments)]
 async fn exchange<T>(
     mut stream: SendStream<Bytes>,
     response: ResponseFuture,
-    payload: Bytes,
+    mut payload: Bytes,
     tag: T,
     token_used: TokenUsed,
     timeout: Duration,
     conn: u64,
+    credit: Arc<Semaphore>,
 ) -> Answer<T> {
-    let unsent = |tag, result| Answer {
-        tag,
-        result,
-        token_used: None,
-        rtt: None,
-    };
     let len = payload.len();
     if len > 0 {
         stream.reserve_capacity(len);
@@ -899,15 +970,44 @@ async fn exchange<T>(
     // ended or the server answered (see below).
     let mut writable = true;
     let mut early = None;
-    // Usually the window has room at once: no timer is armed then.
+    // Usually the window has room at once: no timer is armed and the gate is not touched then.
     if len > 0 && stream.capacity() < len {
-        let credit = tokio::time::timeout(timeout, async {
-            while stream.capacity() < len {
+        // Part of the window held while waiting for the rest would be missing from every other stream: it goes
+        // back to the connection (to the stream whose turn it is) before this one waits for its own turn.
+        stream.reserve_capacity(0);
+        let waited = tokio::time::timeout(timeout, async {
+            // The turn ends when this future does, whatever ends it (the body written, an answer, the stream
+            // ended, the timeout, the connection's task dropping it): the next stream's turn never waits on it.
+            let _turn = tokio::select! {
+                biased;
+                // A complete answer before the body went out (RFC 9113 §8.1). The server should reset the
+                // stream after it; one that does not would otherwise leave the body waiting for credit that
+                // never comes, and the answer unread until the timeout.
+                read = &mut answer => return Credit::Answered(read),
+                turn = credit.acquire() => match turn {
+                    Ok(turn) => turn,
+                    // The gate is never closed; were it, there would be no turn to wait for.
+                    Err(_) => return Credit::Ended,
+                },
+            };
+            // h2 assigns credit to the streams that asked, in order: now only this one asks.
+            stream.reserve_capacity(payload.len());
+            loop {
+                let capacity = stream.capacity();
+                if capacity >= payload.len() {
+                    return Credit::Granted;
+                }
+                if capacity > 0 {
+                    // What credit there is is used at once (the rest of the body follows as more comes), so the
+                    // server reads it and can give the window back. The request is not complete, and not
+                    // processed, until its last piece.
+                    let piece = payload.split_to(capacity);
+                    if stream.send_data(piece, false).is_err() {
+                        return Credit::Ended;
+                    }
+                }
                 tokio::select! {
                     biased;
-                    // A complete answer before the body went out (RFC 9113 §8.1). The server should reset the
-                    // stream after it; one that does not would otherwise leave the body waiting for credit that
-                    // never comes, and the answer unread until the timeout.
                     read = &mut answer => return Credit::Answered(read),
                     capacity = poll_fn(|cx| stream.poll_capacity(cx)) => match capacity {
                         Some(Ok(_)) => {}
@@ -918,10 +1018,9 @@ async fn exchange<T>(
                     },
                 }
             }
-            Credit::Granted
         })
         .await;
-        match credit {
+        match waited {
             Ok(Credit::Granted) => {}
             Ok(Credit::Answered(read)) => {
                 if read.is_ok() {
@@ -954,9 +1053,16 @@ async fn exchange<T>(
                 tracing::debug!(
                     conn,
                     stream = u32::from(stream.stream_id()),
-                    "request body not writable within {timeout:?}; stream cancelled"
+                    "request body not written in full within {timeout:?}: no flow-control credit for it; \
+                     stream cancelled"
                 );
-                return unsent(tag, PushResult::NotSent(NotSentReason::ConnectionLost));
+                return Answer {
+                    tag,
+                    result: PushResult::NotSent(NotSentReason::ConnectionLost),
+                    token_used: None,
+                    rtt: None,
+                    no_credit: true,
+                };
             }
         }
     }
@@ -1035,12 +1141,13 @@ async fn exchange<T>(
         result,
         token_used,
         rtt,
+        no_credit: false,
     }
 }
 
 /// How the wait for a request body's flow-control credit ended (within the response timeout).
 enum Credit {
-    /// The window has room for the whole body.
+    /// The window has room for the whole body, or for what is left of it once the rest went out in pieces.
     Granted,
     /// The server answered first: the answer, or why it could not be read.
     Answered(Result<PushResult, h2::Error>),
@@ -1457,6 +1564,17 @@ mod tests {
         queued: impl IntoIterator<Item = Job<u32>>,
         liveness: Duration,
     ) -> TestConn {
+        test_conn_starting_at(addr, opts, queued, liveness, None).await
+    }
+
+    /// [`test_conn_liveness`], with the adaptive limit starting at `start_limit` streams when given.
+    async fn test_conn_starting_at(
+        addr: std::net::SocketAddr,
+        opts: Http2Options,
+        queued: impl IntoIterator<Item = Job<u32>>,
+        liveness: Duration,
+        start_limit: Option<usize>,
+    ) -> TestConn {
         let opts = Arc::new(opts);
         let tcp = TcpStream::connect(addr).await.unwrap();
         // As `open` does: the server's SETTINGS are in before the first request.
@@ -1481,10 +1599,11 @@ mod tests {
                 id: 1,
             },
             values: ValueCache::default(),
-            start_limit: None,
+            start_limit,
             watch,
             liveness,
             closed_by_us: None,
+            credit: Arc::new(Semaphore::new(1)),
         };
         TestConn {
             jobs: jobs_tx,
@@ -2265,5 +2384,285 @@ mod tests {
         assert!(conn.state.is_proven());
         let (_, fault) = conn.state.fault().expect("a fault is recorded");
         assert_eq!(fault, r"GOAWAY NO_ERROR (Maintenance\nnow)");
+    }
+
+    /// A frame-level server like APNs as seen (docs/apns-protocol.md#http2-connection): 1,000 streams, the default
+    /// 65,535-byte windows, and window given back only as it reads request bodies (a connection WINDOW_UPDATE for
+    /// every DATA frame read); every request is answered `200` once its body has ended.
+    async fn window_returning_conn(jobs: Vec<Job<u32>>) -> TestConn {
+        const MAX_CONCURRENT_STREAMS_1000: &[(u16, u32)] = &[(0x3, 1000)];
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            scripted_server(
+                sock,
+                MAX_CONCURRENT_STREAMS_1000,
+                |kind, flags, stream, payload| {
+                    let mut out = Vec::new();
+                    if kind == DATA && !payload.is_empty() {
+                        out.extend(window_update(0, u32::try_from(payload.len()).unwrap()));
+                    }
+                    if kind == DATA && flags & END_STREAM != 0 {
+                        out.extend(status(stream, 0x88, true));
+                    }
+                    out
+                },
+            )
+            .await;
+        });
+        let opts = test_opts(addr, Duration::from_secs(10), Duration::from_secs(30));
+        test_conn_starting_at(addr, opts, jobs, LIVENESS_THRESHOLD, Some(1000)).await
+    }
+
+    /// Hundreds of streams whose bodies wait for connection credit at once (the adaptive limit grown towards
+    /// APNs' 1,000 streams, a 65,535-byte connection window): the window must not end up spread over streams
+    /// that each hold part of what their body needs, none able to send, while the server, with nothing to read,
+    /// gives no window back. Every notification is delivered and the connection goes on.
+    #[tokio::test]
+    async fn hundreds_of_bodies_waiting_for_connection_credit_all_go_out() {
+        let n = 400u32;
+        let jobs = (1..=n)
+            .map(|tag| {
+                let mut job = job(tag);
+                // 1,000 to 4,096 bytes.
+                let len = 1000 + (tag as usize * 7919) % 3097;
+                job.request.payload = Bytes::from(vec![b' '; len]);
+                job
+            })
+            .collect();
+        let conn = window_returning_conn(jobs).await;
+        let mut results = conn.results.wait_for(n as usize).await;
+        results.sort_by_key(|(tag, _)| *tag);
+        let expected: Vec<_> = (1..=n).map(|tag| (tag, delivered())).collect();
+        assert_eq!(results, expected);
+        assert!(
+            !conn.state.is_draining() && conn.state.fault().is_none(),
+            "the connection was given up: {:?}",
+            conn.state.fault()
+        );
+        conn.run.abort();
+    }
+
+    /// `SETTINGS_INITIAL_WINDOW_SIZE` = 1,024 (below APNs' 4 KiB payloads) and 1,000 streams.
+    const SMALL_STREAM_WINDOW: &[(u16, u32)] = &[(0x4, 1024), (0x3, 1000)];
+
+    fn jobs_of(count: u32, len: usize) -> Vec<Job<u32>> {
+        (1..=count)
+            .map(|tag| {
+                let mut job = job(tag);
+                job.request.payload = Bytes::from(vec![b' '; len]);
+                job
+            })
+            .collect()
+    }
+
+    /// A server whose stream window (1,024 bytes) is smaller than the bodies (4,096) can never give one stream
+    /// credit for a whole body at once; it gives the window back as it reads. The bodies go out in pieces, one
+    /// stream at a time, and are delivered.
+    #[tokio::test]
+    async fn bodies_larger_than_the_stream_window_go_out_in_pieces() {
+        let n = 5;
+        let conn = scripted_conn(
+            SMALL_STREAM_WINDOW,
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            jobs_of(n, 4096),
+            |kind, flags, stream, payload| {
+                let mut out = Vec::new();
+                if kind != DATA {
+                    return out;
+                }
+                let read = u32::try_from(payload.len()).unwrap();
+                if read > 0 {
+                    out.extend(window_update(0, read));
+                }
+                if flags & END_STREAM != 0 {
+                    out.extend(status(stream, 0x88, true));
+                } else if read > 0 {
+                    out.extend(window_update(stream, read));
+                }
+                out
+            },
+        )
+        .await;
+        let mut results = conn.results.wait_for(n as usize).await;
+        results.sort_by_key(|(tag, _)| *tag);
+        let expected: Vec<_> = (1..=n).map(|tag| (tag, delivered())).collect();
+        assert_eq!(results, expected);
+        assert!(!conn.state.is_draining() && conn.state.fault().is_none());
+        conn.run.abort();
+    }
+
+    /// A server that never gives a request body the credit it needs: the body not written in full within the
+    /// response timeout comes back unsent, and the connection stops taking work with a fault that names flow
+    /// control, not a lost connection.
+    #[tokio::test]
+    async fn a_body_the_server_never_gives_credit_for_is_unsent_and_the_fault_names_flow_control() {
+        let conn = scripted_conn(
+            SMALL_STREAM_WINDOW,
+            |addr| test_opts(addr, Duration::from_millis(500), Duration::from_secs(30)),
+            jobs_of(2, 4096),
+            |_, _, _, _| Vec::new(),
+        )
+        .await;
+        let results = conn.results.wait_for(2).await;
+        assert!(
+            results
+                .iter()
+                .all(|(_, r)| *r == PushResult::NotSent(NotSentReason::ConnectionLost)),
+            "{results:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        let (_, fault) = conn.state.fault().expect("a fault is recorded");
+        assert_eq!(
+            fault,
+            "no flow-control credit for a request body within 500 ms"
+        );
+    }
+
+    /// The stream whose turn it is to gather credit ends its turn however it ends: answered before its body could
+    /// go out, it hands the turn on, and the next stream's body goes out once credit comes.
+    #[tokio::test]
+    async fn a_stream_answered_while_waiting_for_credit_hands_on_its_turn() {
+        let conn = scripted_conn(
+            NO_WINDOW,
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            vec![job(1), job(2)],
+            |kind, flags, stream, _| match kind {
+                // The first request is refused from its headers alone, its stream left open; the second one's
+                // stream gets credit.
+                HEADERS if stream == 1 => {
+                    let mut out = status(stream, 0x8c, false);
+                    out.extend(frame(
+                        DATA,
+                        END_STREAM,
+                        stream,
+                        br#"{"reason":"BadDeviceToken"}"#,
+                    ));
+                    out
+                }
+                HEADERS => window_update(stream, 1024),
+                DATA if flags & END_STREAM != 0 => status(stream, 0x88, true),
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        let mut results = conn.results.wait_for(2).await;
+        results.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(results[1], (2, delivered()), "{results:?}");
+        assert!(
+            matches!(&results[0], (1, PushResult::Rejected(r)) if r.text() == "BadDeviceToken"),
+            "{results:?}"
+        );
+        conn.run.abort();
+    }
+
+    /// An h2 server that accepts connections on `listener` and answers every request `200` once its body is in;
+    /// returns the `authorization` value of every request, per connection in the order they were accepted.
+    fn authorization_recorder(listener: TcpListener) -> Arc<std::sync::Mutex<Vec<Vec<String>>>> {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let conn_index = {
+                    let mut seen = record.lock().unwrap();
+                    seen.push(Vec::new());
+                    seen.len() - 1
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(sock).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let auth = req
+                            .headers()
+                            .get(AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        record.lock().unwrap()[conn_index].push(auth);
+                        tokio::spawn(async move {
+                            let mut body = req.into_body();
+                            while let Some(Ok(data)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(data.len());
+                            }
+                            let _ = respond.send_response(
+                                http::Response::builder().status(200).body(()).unwrap(),
+                                true,
+                            );
+                        });
+                    }
+                });
+            }
+        });
+        seen
+    }
+
+    /// A provider-token cache on `clock` (renewed after the default 50 minutes), its first token minted now.
+    fn token_cache(clock: &crate::provider_token::ManualClock) -> ProviderTokenCache {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        use base64::Engine as _;
+        let der =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        let key = crate::provider_token::SigningKey::from_p8_pem(&pem, "KEYID12345", "TEAMID1234")
+            .unwrap();
+        ProviderTokenCache::with_clock(
+            key,
+            crate::provider_token::DEFAULT_REFRESH,
+            Arc::new(clock.clone()),
+        )
+        .unwrap()
+    }
+
+    /// APNs refuses a new provider token on a connection within 20 minutes of the last one
+    /// (`TooManyProviderTokenUpdates`), counted from when the connection took it. A connection opened when the
+    /// shared token A is 45 minutes old does not send its renewal B 5 minutes later: it keeps A. When A is 55
+    /// minutes old (10 minutes after the connection took it) the connection can keep neither: its next job comes
+    /// back unsent and it closes without a fault, and a new connection sends B.
+    #[tokio::test]
+    async fn a_connection_does_not_take_a_renewed_token_within_20_minutes_of_adopting_its_own() {
+        const MIN: Duration = Duration::from_secs(60);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = authorization_recorder(listener);
+        let clock = crate::provider_token::ManualClock::new(1_700_000_000);
+        let cache = token_cache(&clock);
+        let a = format!("bearer {}", cache.current());
+        clock.advance(MIN * 45);
+        let opts = || Http2Options {
+            auth: Some(cache.clone()),
+            ..test_opts(addr, Duration::from_secs(10), Duration::from_secs(30))
+        };
+        let conn = test_conn_with(addr, opts(), [job(1)]).await;
+        assert_eq!(conn.results.wait_for(1).await, [(1, delivered())]);
+        clock.advance(MIN * 5);
+        send_job(&conn.jobs, 2).await;
+        assert_eq!(conn.results.wait_for(2).await[1], (2, delivered()));
+        let b = format!("bearer {}", cache.current());
+        assert_ne!(a, b, "the shared token was renewed");
+        assert_eq!(*seen.lock().unwrap(), [vec![a.clone(), a.clone()]]);
+        clock.advance(MIN * 5);
+        send_job(&conn.jobs, 3).await;
+        assert_eq!(
+            conn.results.wait_for(3).await[2],
+            (3, PushResult::NotSent(NotSentReason::Closing))
+        );
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        assert!(conn.state.is_draining() && conn.state.fault().is_none());
+        let next = test_conn_with(addr, opts(), [job(4)]).await;
+        assert_eq!(next.results.wait_for(1).await, [(4, delivered())]);
+        assert_eq!(*seen.lock().unwrap(), [vec![a.clone(), a], vec![b]]);
+        next.run.abort();
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_apns::identity::{CertEnvironment, CertificateInfo};
@@ -168,12 +168,20 @@ impl CertAuth {
     }
 }
 
+/// How far ahead of the simulator's clock a token's `iat` may be. Apple does not document what APNs answers to
+/// a token issued in the future; the simulator refuses one further ahead than this (a client whose clock is that
+/// far off, or a forged `iat` that would otherwise keep a token fresh for longer) as `403 InvalidProviderToken`,
+/// and allows the skew of clocks kept by NTP.
+const MAX_IAT_AHEAD: Duration = Duration::from_secs(5 * 60);
+
 /// The token adopted by a connection.
 #[derive(Debug)]
 struct Adopted {
     raw: Bytes,
     iat: u64,
     key_id: String,
+    /// When this connection took it (its first request with it): a different token is judged by the time since.
+    adopted_at: Instant,
 }
 
 /// Token-connection state: pinned team and key, the current token.
@@ -218,6 +226,17 @@ impl TokenAuth {
     /// Checks the `authorization` header (docs/apns-protocol.md#provider-tokens, docs/apns-protocol.md#key-scoping,
     /// docs/apns-protocol.md#simulator token validator); on success returns the key's topic restriction.
     pub fn check(&mut self, header: Option<&[u8]>) -> Result<Option<&[String]>, Reason> {
+        self.check_at(header, Instant::now(), now_secs())
+    }
+
+    /// [`TokenAuth::check`] at the given time: `now` on the monotonic clock (when a token is adopted, and how long
+    /// ago), `now_secs` on the wall clock (what a token's `iat` is compared with).
+    fn check_at(
+        &mut self,
+        header: Option<&[u8]>,
+        now: Instant,
+        now_secs: u64,
+    ) -> Result<Option<&[String]>, Reason> {
         // No header, or one without a token in it, is a missing token; a header that holds anything else but
         // `bearer <token>` is a malformed one (docs/apns-protocol.md#reasons: InvalidProviderToken).
         let Some(value) = header else {
@@ -229,11 +248,10 @@ impl TokenAuth {
         let jwt = value
             .strip_prefix(b"bearer ")
             .ok_or(Reason::InvalidProviderToken)?;
-        let now = now_secs();
         if let Some(cur) = &self.current
             && cur.raw.as_ref() == value
         {
-            if now > cur.iat.saturating_add(self.max_age) {
+            if now_secs > cur.iat.saturating_add(self.max_age) {
                 return Err(Reason::ExpiredProviderToken);
             }
             return Ok(self
@@ -272,16 +290,20 @@ impl TokenAuth {
             return Err(Reason::BadEnvironmentKeyIdInToken);
         }
         // `iat` is the client's: saturating, so an absurd one cannot overflow.
-        if now > claims.iat.saturating_add(self.max_age) {
+        if claims.iat > now_secs.saturating_add(MAX_IAT_AHEAD.as_secs()) {
+            return Err(Reason::InvalidProviderToken);
+        }
+        if now_secs > claims.iat.saturating_add(self.max_age) {
             return Err(Reason::ExpiredProviderToken);
         }
-        // A token may replace the current one only if it was issued at least `update_interval` (20 minutes)
-        // after it (docs/apns-protocol.md#provider-tokens): judged by the tokens' `iat`, not by when this
-        // connection first used the current token, so a connection opened late in a shared token's life takes
-        // its renewal at once. A current token that has expired may always be replaced.
+        // A token may replace the current one only `update_interval` (20 minutes) after this connection adopted
+        // the current one (docs/apns-protocol.md#provider-tokens: "more than once every 20 minutes on the same
+        // connection"): judged by when the connection took it, not by the tokens' `iat`, so a connection that took
+        // a shared token late in its life cannot take the token's renewal for 20 minutes. A current token that has
+        // expired may always be replaced.
         if let Some(cur) = &self.current {
-            let cur_fresh = now <= cur.iat.saturating_add(self.max_age);
-            if cur_fresh && claims.iat < cur.iat.saturating_add(self.update_interval.as_secs()) {
+            let cur_fresh = now_secs <= cur.iat.saturating_add(self.max_age);
+            if cur_fresh && now.saturating_duration_since(cur.adopted_at) < self.update_interval {
                 return Err(Reason::TooManyProviderTokenUpdates);
             }
         }
@@ -290,6 +312,7 @@ impl TokenAuth {
             raw: Bytes::copy_from_slice(value),
             iat: claims.iat,
             key_id: known.meta.key_id.clone(),
+            adopted_at: now,
         });
         Ok(known.meta.topics.as_deref())
     }
@@ -308,5 +331,91 @@ mod tests {
         assert!(!topic_syntax_ok("a b"));
         assert!(!topic_syntax_ok(""));
         assert!(topic_syntax_ok("com.example.app"));
+    }
+
+    /// A token connection's state on a ring of one key, and that key to sign with.
+    fn token_conn() -> (TokenAuth, herald_apns::provider_token::SigningKey) {
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .unwrap()
+            .serialize_pem();
+        let meta = ProviderKey {
+            key_id: "KEY1234567".to_owned(),
+            team_id: "TEAM123456".to_owned(),
+            p8_pem: pem.clone(),
+            environment: None,
+            topics: None,
+        };
+        let ring = Arc::new(KeyRing::new(&[meta]).unwrap());
+        let signer =
+            herald_apns::provider_token::SigningKey::from_p8_pem(&pem, "KEY1234567", "TEAM123456")
+                .unwrap();
+        let auth = TokenAuth::new(
+            ring,
+            Environment::Sandbox,
+            Duration::from_secs(3600),
+            Duration::from_secs(20 * 60),
+        );
+        (auth, signer)
+    }
+
+    fn bearer(signer: &herald_apns::provider_token::SigningKey, iat: u64) -> Vec<u8> {
+        format!("bearer {}", signer.sign(iat).unwrap()).into_bytes()
+    }
+
+    const NOW: u64 = 1_700_000_000;
+    const MIN: u64 = 60;
+
+    /// A new token is judged by how long ago this connection adopted its current one, not by the tokens' `iat`
+    /// (APNs: "more than once every 20 minutes on the same connection"): a connection that took a 45-minute-old
+    /// token cannot take its renewal 5 minutes later, though the two were issued 50 minutes apart; 20 minutes
+    /// after it adopted the first, it can.
+    #[test]
+    fn a_new_token_is_judged_by_when_the_connection_adopted_its_current_one() {
+        let (mut auth, signer) = token_conn();
+        let start = Instant::now();
+        let first = bearer(&signer, NOW - 45 * MIN);
+        assert!(auth.check_at(Some(&first), start, NOW).is_ok());
+        let renewed = bearer(&signer, NOW + 5 * MIN);
+        let later = start + Duration::from_secs(5 * MIN);
+        assert_eq!(
+            auth.check_at(Some(&renewed), later, NOW + 5 * MIN),
+            Err(Reason::TooManyProviderTokenUpdates)
+        );
+        // The adopted token still goes through.
+        assert!(auth.check_at(Some(&first), later, NOW + 5 * MIN).is_ok());
+        // Two tokens issued a minute apart, the second sent 20 minutes after the connection adopted the first.
+        let (mut auth, signer) = token_conn();
+        let first = bearer(&signer, NOW);
+        assert!(auth.check_at(Some(&first), start, NOW).is_ok());
+        let next = bearer(&signer, NOW + MIN);
+        let at = start + Duration::from_secs(20 * MIN);
+        assert!(auth.check_at(Some(&next), at, NOW + 20 * MIN).is_ok());
+        // And the connection now counts from that adoption.
+        let third = bearer(&signer, NOW + 2 * MIN);
+        assert_eq!(
+            auth.check_at(
+                Some(&third),
+                at + Duration::from_secs(19 * MIN),
+                NOW + 39 * MIN
+            ),
+            Err(Reason::TooManyProviderTokenUpdates)
+        );
+    }
+
+    /// A token whose `iat` is further in the future than clocks drift apart is refused as invalid; one a little
+    /// ahead is taken.
+    #[test]
+    fn a_token_issued_in_the_future_is_invalid() {
+        let (mut auth, signer) = token_conn();
+        let now = Instant::now();
+        let ahead = bearer(&signer, NOW + 5 * MIN + 1);
+        assert_eq!(
+            auth.check_at(Some(&ahead), now, NOW),
+            Err(Reason::InvalidProviderToken)
+        );
+        assert!(!auth.authenticated());
+        let slightly = bearer(&signer, NOW + 4 * MIN);
+        assert!(auth.check_at(Some(&slightly), now, NOW).is_ok());
+        assert!(auth.authenticated());
     }
 }

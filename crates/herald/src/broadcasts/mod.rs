@@ -752,6 +752,7 @@ fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPol
         BroadcastClientError::Timeout { .. } => (None, "ResponseTimeout".into()),
         BroadcastClientError::Connection(_)
         | BroadcastClientError::NotSent { .. }
+        | BroadcastClientError::TokenRetired { .. }
         | BroadcastClientError::Http { .. } => (None, "ConnectionFailed".into()),
     };
     // APNs' reason alone for its refusals (the status has a field of its own), herald's words otherwise.

@@ -92,6 +92,7 @@ fn create_may_be_done(e: &BroadcastClientError) -> bool {
         BroadcastClientError::Http { .. } => !e.not_processed(),
         BroadcastClientError::Connection(_)
         | BroadcastClientError::NotSent { .. }
+        | BroadcastClientError::TokenRetired { .. }
         | BroadcastClientError::Request(_)
         | BroadcastClientError::Rejected { .. } => false,
     }
@@ -152,6 +153,7 @@ impl ChannelError {
             BroadcastClientError::BadAnswer(_) => 502,
             BroadcastClientError::Connection(_)
             | BroadcastClientError::NotSent { .. }
+        | BroadcastClientError::TokenRetired { .. }
             | BroadcastClientError::Http { .. }
             | BroadcastClientError::Timeout { .. } => 503,
         }
@@ -185,6 +187,7 @@ impl ChannelError {
                     BroadcastClientError::Timeout { .. } => "timeout".into(),
                     BroadcastClientError::Connection(_)
                     | BroadcastClientError::NotSent { .. }
+        | BroadcastClientError::TokenRetired { .. }
                     | BroadcastClientError::Http { .. } => "unreachable".into(),
                 }
             }
