@@ -153,7 +153,7 @@ impl ChannelError {
             BroadcastClientError::BadAnswer(_) => 502,
             BroadcastClientError::Connection(_)
             | BroadcastClientError::NotSent { .. }
-        | BroadcastClientError::TokenRetired { .. }
+            | BroadcastClientError::TokenRetired { .. }
             | BroadcastClientError::Http { .. }
             | BroadcastClientError::Timeout { .. } => 503,
         }
@@ -187,7 +187,7 @@ impl ChannelError {
                     BroadcastClientError::Timeout { .. } => "timeout".into(),
                     BroadcastClientError::Connection(_)
                     | BroadcastClientError::NotSent { .. }
-        | BroadcastClientError::TokenRetired { .. }
+                    | BroadcastClientError::TokenRetired { .. }
                     | BroadcastClientError::Http { .. } => "unreachable".into(),
                 }
             }
