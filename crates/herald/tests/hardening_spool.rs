@@ -1,7 +1,8 @@
 //! `herald serve` with its spool on a small tmpfs that fills up and empties again. While the disk is full new
 //! notifications are refused (REST 503, SMTP 452 4.3.1), `/readyz`, `/metrics` and the console say so, what herald
-//! holds is still delivered and the removals wait in memory; once there is room intake resumes by itself, final
-//! outcomes are stored again for status lookups, and after a restart nothing is delivered twice. herald also starts
+//! holds is still delivered, its final outcomes are kept and tried again, and the removals wait for them in memory;
+//! once there is room intake resumes by itself, the outcomes are stored for status lookups, and after a restart
+//! nothing is delivered twice. herald also starts
 //! on a full disk.
 //!
 //! The test mounts its own tmpfs (root or CAP_SYS_ADMIN); where that is refused it prints why and passes, except
@@ -252,7 +253,7 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
     let held: Vec<String> = (0..40).map(token).collect();
     let daemon = Daemon::start(&config);
     assert_eq!(readyz(&daemon.http).await.0, 200);
-    post_accepted(&daemon.http, &held).await;
+    let held_ids = post_accepted(&daemon.http, &held).await;
     daemon.terminate();
 
     // herald starts on the full disk: up, not ready for intake, and it says why.
@@ -281,36 +282,47 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
     let reply = smtp_send(&daemon.esmtp, &token(1001)).await;
     assert!(reply.starts_with("452 4.3.1"), "{reply}");
 
-    // APNs comes back: what herald holds is delivered, and the removals wait in memory. The final outcomes cannot
-    // be stored for status lookups, nor their webhook events: both are counted as dropped, not lost silently.
+    // APNs comes back: what herald holds is delivered. The final outcomes cannot be stored for status lookups, nor
+    // their webhook events: they are kept and tried again, and the notifications' removals wait for them in memory
+    // (nothing dropped; a crash now would deliver them again rather than lose their outcomes).
     let sim = start_sim(&pki, port).await;
     sim.wait_for_records(held.len() as u64, WAIT).await;
     wait_metrics(
         &daemon.http,
         &[
-            ("herald_spool_pending_removals", held.len() as u64),
-            ("herald_spool_writable", 0),
-            ("herald_outcomes_dropped_total", held.len() as u64),
             (
-                "herald_webhook_dropped_total{domain=\"full.example\"}",
+                "herald_spool_removals_waiting_for_outcomes",
                 held.len() as u64,
             ),
+            ("herald_spool_writable", 0),
+            ("herald_outcomes_dropped_total", 0),
+            ("herald_webhook_dropped_total{domain=\"full.example\"}", 0),
         ],
     )
     .await;
 
-    // The operator makes room: intake resumes without a restart, and the removals are written.
+    // The operator makes room: intake resumes without a restart, the kept outcomes are stored, and the removals
+    // are written.
     std::fs::remove_file(&filler).unwrap();
     wait_metrics(
         &daemon.http,
         &[
             ("herald_spool_writable", 1),
             ("herald_spool_disk_full", 0),
+            ("herald_spool_removals_waiting_for_outcomes", 0),
             ("herald_spool_pending_removals", 0),
             ("herald_spool_records", 0),
         ],
     )
     .await;
+    for id in &held_ids {
+        let (code, v) = notification_status(&daemon.http, id).await;
+        assert_eq!(
+            (code, v["state"].as_str()),
+            (200, Some("delivered")),
+            "delivered while the disk was full: {id}: {v}"
+        );
+    }
     assert_eq!(readyz(&daemon.http).await, (200, "ready".to_owned()));
     let summary = console_summary(&socket).await;
     assert_eq!(
@@ -333,7 +345,7 @@ async fn a_full_disk_refuses_intake_delivers_what_is_held_recovers_by_itself_and
         &daemon.http,
         &[
             ("herald_outcomes_tracked", 0),
-            ("herald_outcomes_dropped_total", held.len() as u64),
+            ("herald_outcomes_dropped_total", 0),
         ],
     )
     .await;
