@@ -6,7 +6,8 @@
 # so the checks for a Momentum-style submission (push type inferred, then validated) run for each notification.
 #
 # Usage: bench/e2e/compare.sh BASE_BINARY NEW_BINARY [N] [RUNS]   (defaults 100000 and 4)
-# LOGS=1 in the environment also writes a mainlog and an apn_logger file (an R and a D line per notification, and
+# SIM_ARGS in the environment are passed to the simulator (e.g. SIM_ARGS=--apple-settings for the windows APNs was
+# seen to use). LOGS=1 in the environment also writes a mainlog and an apn_logger file (an R and a D line per notification, and
 # an apn_logger line), so the log writers' cost is in the measure.
 # Needs python3 and curl. The first binary also runs the simulator.
 set -euo pipefail
@@ -24,7 +25,7 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 "$HERALD" sim pki "$WORK/pki" --topic com.example.e2e >/dev/null
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 SIM_PORT=$(free_port)
-"$HERALD" sim --pki "$WORK/pki" --h2-port "$SIM_PORT" > "$WORK/sim.addrs" 2> "$WORK/sim.log" &
+"$HERALD" sim --pki "$WORK/pki" --h2-port "$SIM_PORT" ${SIM_ARGS:-} > "$WORK/sim.addrs" 2> "$WORK/sim.log" &
 PIDS+=("$!")
 for _ in $(seq 200); do [ -s "$WORK/sim.addrs" ] && break; sleep 0.05; done
 ADMIN=$(j "$WORK/sim.addrs" '["admin"]')

@@ -8,7 +8,8 @@
 # `callgrind_annotate`, which names the functions the difference comes from.
 #
 # Usage: bench/e2e/instructions.sh BASE_BINARY NEW_BINARY [N] [RUNS]   (defaults 20000 and 2)
-# Needs valgrind, python3 and curl. The simulator runs natively (the first binary's). LOGS=1 as in compare.sh.
+# Needs valgrind, python3 and curl. The simulator runs natively (the first binary's). LOGS=1 and SIM_ARGS as in
+# compare.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BASE=$1
@@ -26,7 +27,7 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 "$HERALD" sim pki "$WORK/pki" --topic com.example.e2e >/dev/null
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 SIM_PORT=$(free_port)
-"$HERALD" sim --pki "$WORK/pki" --h2-port "$SIM_PORT" > "$WORK/sim.addrs" 2> "$WORK/sim.log" &
+"$HERALD" sim --pki "$WORK/pki" --h2-port "$SIM_PORT" ${SIM_ARGS:-} > "$WORK/sim.addrs" 2> "$WORK/sim.log" &
 PIDS+=("$!")
 for _ in $(seq 200); do [ -s "$WORK/sim.addrs" ] && break; sleep 0.05; done
 ADMIN=$(j "$WORK/sim.addrs" '["admin"]')

@@ -395,8 +395,10 @@ fn the_pace_is_set_by_flags_and_changed_at_run_time() {
     assert_eq!(curl_status(&m, "production", h2, &"ab".repeat(32)).0, "200");
 }
 
-/// `curl` over HTTP/2 with a client certificate and one extra header; returns the status code.
-fn curl_with_header(m: &serde_json::Value, h2: &str, header: &str) -> String {
+/// `curl` over HTTP/2 with a client certificate and one extra header, with a payload or (`body` false) none;
+/// returns the status code. A head the server refuses (431) is sent without a body: the server resets the stream
+/// after its answer, which fails a curl still sending the body (`000`) on some schedules.
+fn curl_with_header(m: &serde_json::Value, h2: &str, header: &str, body: bool) -> String {
     let files = &m["clients"]["com.example.herald"]["universal"];
     let out = Command::new("curl")
         .args([
@@ -417,7 +419,11 @@ fn curl_with_header(m: &serde_json::Value, h2: &str, header: &str) -> String {
             "-H",
             header,
         ])
-        .args(["--data-binary", r#"{"aps":{}}"#])
+        .args(if body {
+            ["--data-binary", r#"{"aps":{}}"#]
+        } else {
+            ["-X", "POST"]
+        })
         .arg(format!("https://{h2}/3/device/{}", "ab".repeat(32)))
         .output()
         .expect(
@@ -436,8 +442,8 @@ fn settings_and_record_limit_flags_shape_the_simulator() {
     let (_sim, addrs) = start_sim(dir.path(), &["--apple-settings"]);
     let h2 = addrs["h2"].as_str().unwrap();
     let pad = |n: usize| format!("x-pad: {}", "x".repeat(n));
-    assert_eq!(curl_with_header(&m, h2, &pad(7000)), "200");
-    assert_eq!(curl_with_header(&m, h2, &pad(8500)), "431");
+    assert_eq!(curl_with_header(&m, h2, &pad(7000), true), "200");
+    assert_eq!(curl_with_header(&m, h2, &pad(8500), false), "431");
     drop(_sim);
 
     let (_sim, addrs) = start_sim(
@@ -452,8 +458,8 @@ fn settings_and_record_limit_flags_shape_the_simulator() {
         ],
     );
     let h2 = addrs["h2"].as_str().unwrap();
-    assert_eq!(curl_with_header(&m, h2, &pad(8500)), "200");
-    assert_eq!(curl_with_header(&m, h2, "x-n: 2"), "200");
+    assert_eq!(curl_with_header(&m, h2, &pad(8500), true), "200");
+    assert_eq!(curl_with_header(&m, h2, "x-n: 2", true), "200");
     let admin: SocketAddr = addrs["admin"].as_str().unwrap().parse().unwrap();
     let mut s = TcpStream::connect(admin).unwrap();
     write!(
