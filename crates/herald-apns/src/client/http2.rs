@@ -975,51 +975,57 @@ async fn exchange<T>(
         // Part of the window held while waiting for the rest would be missing from every other stream: it goes
         // back to the connection (to the stream whose turn it is) before this one waits for its own turn.
         stream.reserve_capacity(0);
-        let waited = tokio::time::timeout(timeout, async {
-            // The turn ends when this future does, whatever ends it (the body written, an answer, the stream
-            // ended, the timeout, the connection's task dropping it): the next stream's turn never waits on it.
-            let _turn = tokio::select! {
-                biased;
-                // A complete answer before the body went out (RFC 9113 §8.1). The server should reset the
-                // stream after it; one that does not would otherwise leave the body waiting for credit that
-                // never comes, and the answer unread until the timeout.
-                read = &mut answer => return Credit::Answered(read),
-                turn = credit.acquire() => match turn {
-                    Ok(turn) => turn,
-                    // The gate is never closed; were it, there would be no turn to wait for.
-                    Err(_) => return Credit::Ended,
-                },
-            };
-            // h2 assigns credit to the streams that asked, in order: now only this one asks.
-            stream.reserve_capacity(payload.len());
-            loop {
-                let capacity = stream.capacity();
-                if capacity >= payload.len() {
-                    return Credit::Granted;
-                }
-                if capacity > 0 {
-                    // What credit there is is used at once (the rest of the body follows as more comes), so the
-                    // server reads it and can give the window back. The request is not complete, and not
-                    // processed, until its last piece.
-                    let piece = payload.split_to(capacity);
-                    if stream.send_data(piece, false).is_err() {
-                        return Credit::Ended;
+        // The wait for the turn is not timed: the streams ahead each have their own time for their credit, and the
+        // server is not slow while they use it (a connection given up for that would hand back every stream
+        // waiting). An answer, or the stream's or connection's end, still ends the wait.
+        let turn = tokio::select! {
+            biased;
+            // A complete answer before the body went out (RFC 9113 §8.1). The server should reset the stream after
+            // it; one that does not would otherwise leave the body waiting for credit that never comes.
+            read = &mut answer => Err(Credit::Answered(read)),
+            turn = credit.acquire() => match turn {
+                Ok(turn) => Ok(turn),
+                // Closed by a stream that got no credit within its time: the connection is given up.
+                Err(_) => Err(Credit::NoTurn),
+            },
+        };
+        let waited =
+            match turn {
+                Err(ended) => Ok(ended),
+                // The turn ends when this arm does, whatever ends it (the body written, an answer, the stream ended,
+                // the timeout, the connection's task dropping the future): the next stream's turn never waits on it.
+                Ok(_turn) => tokio::time::timeout(timeout, async {
+                    // h2 assigns credit to the streams that asked, in order: now only this one asks.
+                    stream.reserve_capacity(payload.len());
+                    loop {
+                        let capacity = stream.capacity();
+                        if capacity >= payload.len() {
+                            return Credit::Granted;
+                        }
+                        if capacity > 0 {
+                            // What credit there is is used at once (the rest of the body follows as more comes), so the
+                            // server reads it and can give the window back. The request is not complete, and not
+                            // processed, until its last piece.
+                            let piece = payload.split_to(capacity);
+                            if stream.send_data(piece, false).is_err() {
+                                return Credit::Ended;
+                            }
+                        }
+                        tokio::select! {
+                            biased;
+                            read = &mut answer => return Credit::Answered(read),
+                            capacity = poll_fn(|cx| stream.poll_capacity(cx)) => match capacity {
+                                Some(Ok(_)) => {}
+                                // h2 has no more credit to give once the stream can no longer send: the server refused it
+                                // (`REFUSED_STREAM`, or above the last stream id of its GOAWAY), answered it early and
+                                // reset it, or the connection failed.
+                                Some(Err(_)) | None => return Credit::Ended,
+                            },
+                        }
                     }
-                }
-                tokio::select! {
-                    biased;
-                    read = &mut answer => return Credit::Answered(read),
-                    capacity = poll_fn(|cx| stream.poll_capacity(cx)) => match capacity {
-                        Some(Ok(_)) => {}
-                        // h2 has no more credit to give once the stream can no longer send: the server refused it
-                        // (`REFUSED_STREAM`, or above the last stream id of its GOAWAY), answered it early and
-                        // reset it, or the connection failed.
-                        Some(Err(_)) | None => return Credit::Ended,
-                    },
-                }
-            }
-        })
-        .await;
+                })
+                .await,
+            };
         match waited {
             Ok(Credit::Granted) => {}
             Ok(Credit::Answered(read)) => {
@@ -1048,7 +1054,25 @@ async fn exchange<T>(
                 );
                 writable = false;
             }
+            Ok(Credit::NoTurn) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                tracing::debug!(
+                    conn,
+                    stream = u32::from(stream.stream_id()),
+                    "the connection got no flow-control credit for a body ahead of this one; stream cancelled"
+                );
+                return Answer {
+                    tag,
+                    result: PushResult::NotSent(NotSentReason::ConnectionLost),
+                    token_used: None,
+                    rtt: None,
+                    no_credit: false,
+                };
+            }
             Err(_) => {
+                // No stream behind this one waits for a turn that would get no more credit than it did: they all
+                // come back unsent at once, and the connection is given up (`no_credit`).
+                credit.close();
                 stream.send_reset(h2::Reason::CANCEL);
                 tracing::debug!(
                     conn,
@@ -1153,6 +1177,9 @@ enum Credit {
     Answered(Result<PushResult, h2::Error>),
     /// The stream can no longer send (refused, reset, or its connection failed).
     Ended,
+    /// The connection gave up waiting for credit (a stream ahead got none within the response timeout): no turn
+    /// comes, and the body never went out.
+    NoTurn,
 }
 
 async fn read_answer(response: ResponseFuture) -> Result<PushResult, h2::Error> {
@@ -2490,6 +2517,46 @@ mod tests {
         let expected: Vec<_> = (1..=n).map(|tag| (tag, delivered())).collect();
         assert_eq!(results, expected);
         assert!(!conn.state.is_draining() && conn.state.fault().is_none());
+        conn.run.abort();
+    }
+
+    /// Streams waiting their turn for credit wait longer, all together, than the response timeout while the server
+    /// gives credit steadily: the wait for a turn is not the server's slowness, so none is handed back and the
+    /// connection is not given up (each turn has the timeout for its own credit).
+    #[tokio::test]
+    async fn the_wait_for_a_turn_at_credit_is_not_timed() {
+        let n = 400;
+        let conn = scripted_conn(
+            SMALL_STREAM_WINDOW,
+            |addr| test_opts(addr, Duration::from_millis(500), Duration::from_secs(30)),
+            jobs_of(n, 4096),
+            |kind, flags, stream, payload| {
+                let mut out = Vec::new();
+                if kind != DATA {
+                    return out;
+                }
+                let read = u32::try_from(payload.len()).unwrap();
+                if read > 0 {
+                    out.extend(window_update(0, read));
+                }
+                if flags & END_STREAM != 0 {
+                    out.extend(status(stream, 0x88, true));
+                } else if read > 0 {
+                    out.extend(window_update(stream, read));
+                }
+                out
+            },
+        )
+        .await;
+        let mut results = conn.results.wait_for(n as usize).await;
+        results.sort_by_key(|(tag, _)| *tag);
+        let expected: Vec<_> = (1..=n).map(|tag| (tag, delivered())).collect();
+        assert_eq!(results, expected);
+        assert!(
+            !conn.state.is_draining() && conn.state.fault().is_none(),
+            "the connection was given up: {:?}",
+            conn.state.fault()
+        );
         conn.run.abort();
     }
 
