@@ -2015,3 +2015,46 @@ async fn a_proxys_basic_authorization_leaves_the_key_to_x_api_key() {
     let response = send("Bearer wrong", "k-one").await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// Refusals at connect are written at most `MAX_REFUSALS` at once: with that many refused clients taking their time
+/// to send a request head, the next refused connection is closed without an answer instead of holding a task and a
+/// descriptor of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_at_connect_beyond_the_cap_are_closed_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let h = Harness::start(|s, _| {
+        s.acl.deny = vec!["127.0.0.1/32".parse::<Cidr>().unwrap()];
+    })
+    .await;
+    // Each sends half a request head and waits: its refusal waits for the rest (up to a second).
+    let mut slow = Vec::new();
+    for _ in 0..rest::server::MAX_REFUSALS {
+        let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        slow.push(s);
+    }
+    let mut beyond = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, beyond.read_to_end(&mut got))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(
+        got.is_empty(),
+        "answered instead of closed: {}",
+        String::from_utf8_lossy(&got)
+    );
+    // The slow ones are answered once their wait is over.
+    let mut first = slow.swap_remove(0);
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, first.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 403 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}

@@ -242,6 +242,8 @@ async fn serve_until(
         .max_header_list_size(HTTP2_MAX_HEADER_LIST_SIZE);
     let conns = ConnLimiter::network();
     let mut refusals = RefusalLog::default();
+    // Refusals being written at once; a connection refused beyond them is closed without one.
+    let answering = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     let local = listener.local_addr()?;
     tracing::info!(%local, tls = acceptor.is_some(), "REST listener accepting");
     loop {
@@ -269,6 +271,7 @@ async fn serve_until(
             if acceptor.is_none() {
                 refuse_at_connect(
                     stream,
+                    &answering,
                     "403 Forbidden",
                     "",
                     &format!(
@@ -283,7 +286,7 @@ async fn serve_until(
             Err(busy) => {
                 refusals.note(local, peer, busy);
                 if acceptor.is_none() {
-                    refuse_busy(stream, busy);
+                    refuse_busy(stream, &answering, busy);
                 }
                 continue;
             }
@@ -345,13 +348,18 @@ pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 8;
 /// a larger one is refused with `431`.
 pub const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
+/// Refusals at connect (`403` for a refused address, `503` beyond the connection limits) a listener writes at
+/// once; a connection refused beyond them is closed without an answer.
+pub const MAX_REFUSALS: usize = 64;
+
 /// How long a refused plain-HTTP client is given to take the refusal.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 /// Tells a plain-HTTP client refused at connect for want of a slot why (503, retry in a second).
-fn refuse_busy(stream: tokio::net::TcpStream, busy: Busy) {
+fn refuse_busy(stream: tokio::net::TcpStream, answering: &Arc<tokio::sync::Semaphore>, busy: Busy) {
     refuse_at_connect(
         stream,
+        answering,
         "503 Service Unavailable",
         "retry-after: 1\r\n",
         &format!("too many connections: {busy}; try again later"),
@@ -372,12 +380,19 @@ const REFUSAL_HEAD: usize = 8 * 1024;
 /// connection and could destroy the refusal on its way.
 fn refuse_at_connect(
     mut stream: tokio::net::TcpStream,
+    answering: &Arc<tokio::sync::Semaphore>,
     status: &'static str,
     headers: &'static str,
     message: &str,
 ) {
+    // At most MAX_REFUSALS at once: a flood of refused connections closes at once beyond them instead of holding
+    // a task and a descriptor each.
+    let Ok(answer) = answering.clone().try_acquire_owned() else {
+        return;
+    };
     let message = message.to_owned();
     tokio::spawn(async move {
+        let _answer = answer;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut buf = vec![0u8; 4096];
         let mut head: Vec<u8> = Vec::new();
