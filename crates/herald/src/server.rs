@@ -1168,15 +1168,19 @@ impl Server {
     async fn finish_shutdown(&self, deadline: Instant) {
         // The outcomes of the last deliveries: stored now, so that status lookups and webhooks have them after the
         // restart.
-        let within = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        if !self.status_book.flush(within).await {
+        // Each step gets what is left of the grace period (at least a second): a store that takes no writes must
+        // not make the stop last twice the grace.
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1))
+        };
+        if !self.status_book.flush(left()).await {
             tracing::warn!(
                 "at shutdown: final outcomes still waiting for the outcome store were not stored"
             );
         }
-        if !self.webhooks.flush(within).await {
+        if !self.webhooks.flush(left()).await {
             tracing::warn!(
                 "at shutdown: webhook outcomes still waiting for their queue were not stored"
             );
