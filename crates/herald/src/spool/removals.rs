@@ -25,6 +25,12 @@ use crate::outcomes::OutcomeWriter;
 /// How often held removals are looked at while some wait (the writers store every few milliseconds).
 const LOOK_EVERY: Duration = Duration::from_millis(2);
 
+/// Notifications whose removals are held at most. An outcome store that takes no writes for hours while delivery
+/// goes on would otherwise grow the line without bound; beyond this many the oldest removals are made without
+/// waiting (those notifications would not be delivered again after a crash, their outcomes not stored yet), with a
+/// warning. Outcomes the writers could not even keep (their hand-off full) were dropped and counted already.
+pub const MAX_HELD: usize = 1_000_000;
+
 /// Removals waiting for outcome writers (see the module documentation).
 pub struct RemovalGate {
     writers: Vec<Arc<dyn OutcomeWriter>>,
@@ -32,6 +38,11 @@ pub struct RemovalGate {
     held: Mutex<VecDeque<Held>>,
     /// Notifications in `held`, for [`RemovalGate::held`] without the lock.
     held_keys: std::sync::atomic::AtomicUsize,
+    /// [`MAX_HELD`], smaller in tests.
+    max_held: usize,
+    /// Removals made without waiting because the line was full, and when that was last said (Unix seconds).
+    forced: std::sync::atomic::AtomicU64,
+    forced_said: std::sync::atomic::AtomicU64,
     wake: Arc<Notify>,
 }
 
@@ -45,10 +56,22 @@ impl RemovalGate {
     /// A gate on `writers`, with its task (on the current tokio runtime) handing released removals to `spool`.
     /// The task ends when the gate or the spool is gone.
     pub fn start(writers: Vec<Arc<dyn OutcomeWriter>>, spool: &Arc<dyn Spool>) -> Arc<RemovalGate> {
+        RemovalGate::start_holding(writers, spool, MAX_HELD)
+    }
+
+    /// [`RemovalGate::start`] holding at most `max_held` notifications' removals.
+    fn start_holding(
+        writers: Vec<Arc<dyn OutcomeWriter>>,
+        spool: &Arc<dyn Spool>,
+        max_held: usize,
+    ) -> Arc<RemovalGate> {
         let gate = Arc::new(RemovalGate {
             writers,
             held: Mutex::new(VecDeque::new()),
             held_keys: std::sync::atomic::AtomicUsize::new(0),
+            max_held,
+            forced: std::sync::atomic::AtomicU64::new(0),
+            forced_said: std::sync::atomic::AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
         });
         tokio::spawn(release_loop(
@@ -71,13 +94,59 @@ impl RemovalGate {
             return;
         }
         let first = held.is_empty();
-        self.held_keys
-            .fetch_add(keys.len(), std::sync::atomic::Ordering::Relaxed);
+        let mut now_held = self
+            .held_keys
+            .fetch_add(keys.len(), std::sync::atomic::Ordering::Relaxed)
+            + keys.len();
         held.push_back(Held { ticket, keys });
+        // A full line: the oldest removals are made now (see MAX_HELD).
+        let mut forced = Vec::new();
+        while now_held > self.max_held {
+            let Some(mut h) = held.pop_front() else {
+                break;
+            };
+            now_held -= h.keys.len();
+            forced.append(&mut h.keys);
+        }
         drop(held);
+        if !forced.is_empty() {
+            self.held_keys
+                .fetch_sub(forced.len(), std::sync::atomic::Ordering::Relaxed);
+            spool.remove(&forced);
+            self.note_forced(forced.len());
+        }
         if first {
             self.wake.notify_one();
         }
+    }
+
+    /// Counts removals made without their outcomes stored, and warns about them at most once a minute.
+    fn note_forced(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        let total = self.forced.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let said = self.forced_said.load(Ordering::Relaxed);
+        if (said == 0 || now >= said + 60)
+            && self
+                .forced_said
+                .compare_exchange(said, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                "{} removal(s) of delivered notifications waited for outcomes the outcome store does not take: \
+                 the oldest are made without waiting ({total} so far); their notifications would not be delivered \
+                 again after a crash, and their outcomes are stored only if the store takes writes again before \
+                 the writers give them up",
+                self.max_held
+            );
+        }
+    }
+
+    /// Removals made without waiting because [`MAX_HELD`] were held.
+    pub fn forced(&self) -> u64 {
+        self.forced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Notifications whose removal waits for the outcome writers now: they stay in the spool meanwhile, and a
@@ -242,6 +311,26 @@ mod tests {
         hooks.stored.store(1, Ordering::SeqCst);
         wait_until(|| spool.get(key(1)).is_none()).await;
         assert!(spool.get(key(2)).is_some());
+    }
+
+    /// A writer that stores nothing for good does not grow the line without bound: beyond the cap the oldest
+    /// removals are made without waiting, and counted.
+    #[tokio::test]
+    async fn the_line_of_held_removals_is_bounded() {
+        let spool = spool_of(5).await;
+        let dyn_spool: Arc<dyn Spool> = spool.clone();
+        let book = Arc::new(Counts::default());
+        let gate = RemovalGate::start_holding(vec![book.clone()], &dyn_spool, 3);
+        for i in 1..=5 {
+            book.handed.store(u64::from(i), Ordering::SeqCst);
+            gate.remove(&*spool, vec![key(i)]);
+        }
+        assert_eq!(gate.held(), 3);
+        assert_eq!(gate.forced(), 2);
+        assert!(spool.get(key(1)).is_none() && spool.get(key(2)).is_none());
+        for i in 3..=5 {
+            assert!(spool.get(key(i)).is_some(), "{i} is held, not removed");
+        }
     }
 
     /// With everything stored and nothing held, a removal goes through at once, on the caller's thread.
