@@ -356,14 +356,38 @@ pub const MAX_REFUSALS: usize = 64;
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 /// Tells a plain-HTTP client refused at connect for want of a slot why (503, retry in a second).
-fn refuse_busy(stream: tokio::net::TcpStream, answering: &Arc<tokio::sync::Semaphore>, busy: Busy) {
-    refuse_at_connect(
-        stream,
-        answering,
-        "503 Service Unavailable",
-        "retry-after: 1\r\n",
+///
+/// The answer is written at once, not after the request's head: at the connection limits the refused connections
+/// come in floods, and each is done with as soon as its answer is written, so that the descriptors they hold are
+/// given back at once (a client that sends its request first may find the answer already there).
+fn refuse_busy(
+    mut stream: tokio::net::TcpStream,
+    answering: &Arc<tokio::sync::Semaphore>,
+    busy: Busy,
+) {
+    let Ok(answer) = answering.clone().try_acquire_owned() else {
+        return;
+    };
+    let mut body = String::from("{\"error\":");
+    super::error::push_json_string(
+        &mut body,
         &format!("too many connections: {busy}; try again later"),
     );
+    body.push('}');
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _answer = answer;
+        let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await
+        })
+        .await;
+    });
 }
 
 /// Most bytes of a refused client's request read (and dropped) around its refusal.
