@@ -2484,51 +2484,13 @@ mod tests {
             .collect()
     }
 
-    /// A server whose stream window (1,024 bytes) is smaller than the bodies (4,096) can never give one stream
-    /// credit for a whole body at once; it gives the window back as it reads. The bodies go out in pieces, one
-    /// stream at a time, and are delivered.
-    #[tokio::test]
-    async fn bodies_larger_than_the_stream_window_go_out_in_pieces() {
-        let n = 5;
+    /// `n` bodies of 4,096 bytes to a server whose stream window (1,024 bytes) is smaller than each, and which
+    /// gives the window back (of the stream and of the connection) as it reads: every one is delivered, and the
+    /// connection is not given up.
+    async fn bodies_in_pieces_are_all_delivered(n: u32, response_timeout: Duration) {
         let conn = scripted_conn(
             SMALL_STREAM_WINDOW,
-            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
-            jobs_of(n, 4096),
-            |kind, flags, stream, payload| {
-                let mut out = Vec::new();
-                if kind != DATA {
-                    return out;
-                }
-                let read = u32::try_from(payload.len()).unwrap();
-                if read > 0 {
-                    out.extend(window_update(0, read));
-                }
-                if flags & END_STREAM != 0 {
-                    out.extend(status(stream, 0x88, true));
-                } else if read > 0 {
-                    out.extend(window_update(stream, read));
-                }
-                out
-            },
-        )
-        .await;
-        let mut results = conn.results.wait_for(n as usize).await;
-        results.sort_by_key(|(tag, _)| *tag);
-        let expected: Vec<_> = (1..=n).map(|tag| (tag, delivered())).collect();
-        assert_eq!(results, expected);
-        assert!(!conn.state.is_draining() && conn.state.fault().is_none());
-        conn.run.abort();
-    }
-
-    /// Streams waiting their turn for credit wait longer, all together, than the response timeout while the server
-    /// gives credit steadily: the wait for a turn is not the server's slowness, so none is handed back and the
-    /// connection is not given up (each turn has the timeout for its own credit).
-    #[tokio::test]
-    async fn the_wait_for_a_turn_at_credit_is_not_timed() {
-        let n = 400;
-        let conn = scripted_conn(
-            SMALL_STREAM_WINDOW,
-            |addr| test_opts(addr, Duration::from_millis(500), Duration::from_secs(30)),
+            |addr| test_opts(addr, response_timeout, Duration::from_secs(30)),
             jobs_of(n, 4096),
             |kind, flags, stream, payload| {
                 let mut out = Vec::new();
@@ -2558,6 +2520,22 @@ mod tests {
             conn.state.fault()
         );
         conn.run.abort();
+    }
+
+    /// A server whose stream window (1,024 bytes) is smaller than the bodies (4,096) can never give one stream
+    /// credit for a whole body at once; it gives the window back as it reads. The bodies go out in pieces, one
+    /// stream at a time, and are delivered.
+    #[tokio::test]
+    async fn bodies_larger_than_the_stream_window_go_out_in_pieces() {
+        bodies_in_pieces_are_all_delivered(5, Duration::from_secs(10)).await;
+    }
+
+    /// Streams waiting their turn for credit wait longer, all together, than the response timeout while the server
+    /// gives credit steadily: the wait for a turn is not the server's slowness, so none is handed back and the
+    /// connection is not given up (each turn has the timeout for its own credit).
+    #[tokio::test]
+    async fn the_wait_for_a_turn_at_credit_is_not_timed() {
+        bodies_in_pieces_are_all_delivered(400, Duration::from_millis(500)).await;
     }
 
     /// A server that never gives a request body the credit it needs: the body not written in full within the
