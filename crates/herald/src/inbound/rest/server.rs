@@ -368,16 +368,11 @@ fn refuse_busy(
     let Ok(answer) = answering.clone().try_acquire_owned() else {
         return;
     };
-    let mut body = String::from("{\"error\":");
-    super::error::push_json_string(
-        &mut body,
+    let response = refusal(
+        "503 Service Unavailable",
+        "retry-after: 1\r\n",
         &format!("too many connections: {busy}; try again later"),
-    );
-    body.push('}');
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+        false,
     );
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
@@ -388,6 +383,22 @@ fn refuse_busy(
         })
         .await;
     });
+}
+
+/// A whole HTTP/1.1 answer refusing a connection: `status`, extra `headers` (each ending in CRLF) and
+/// `{"error": message}`, with Momentum's `"status": "failure"` when `momentum`; the connection closes after it.
+fn refusal(status: &str, headers: &str, message: &str, momentum: bool) -> String {
+    let mut body = String::from("{\"error\":");
+    super::error::push_json_string(&mut body, message);
+    if momentum {
+        body.push_str(",\"status\":\"failure\"");
+    }
+    body.push('}');
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}connection: close\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Most bytes of a refused client's request read (and dropped) around its refusal.
@@ -454,16 +465,11 @@ fn refuse_at_connect(
         .ok()
         .and_then(|line| line.split(' ').nth(1))
         .map(|target| target.split('?').next().unwrap_or(target));
-        let mut body = String::from("{\"error\":");
-        super::error::push_json_string(&mut body, &message);
-        if path.is_some_and(super::inject::is_inject_path) {
-            body.push_str(",\"status\":\"failure\"");
-        }
-        body.push('}');
-        let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}\
-             connection: close\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
+        let response = refusal(
+            status,
+            headers,
+            &message,
+            path.is_some_and(super::inject::is_inject_path),
         );
         let _ = tokio::time::timeout(REFUSAL_WRITE, async {
             stream.write_all(response.as_bytes()).await?;
