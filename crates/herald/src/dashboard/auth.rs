@@ -251,16 +251,8 @@ fn is_browser(headers: &HeaderMap) -> bool {
 /// Whether to log a refused read by an unknown host name now: at most once a minute (a refused page polls every
 /// second).
 fn warn_now() -> bool {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = LAST.load(Ordering::Relaxed);
-    (last == 0 || now >= last + 60)
-        && LAST
-            .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+    static REFUSALS: crate::logs::throttle::OncePer = crate::logs::throttle::OncePer::new(60);
+    REFUSALS.now()
 }
 
 /// The host name of a `Host` value (or an HTTP/2 authority): without its port, an IPv6 literal without its

@@ -7,6 +7,7 @@ pub mod file;
 pub mod levels;
 pub mod mainlog;
 pub mod stderr;
+pub mod throttle;
 
 use std::fmt::Write as _;
 use std::net::IpAddr;

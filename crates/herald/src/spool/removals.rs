@@ -42,7 +42,7 @@ pub struct RemovalGate {
     max_held: usize,
     /// Removals made without waiting because the line was full, and when that was last said (Unix seconds).
     forced: std::sync::atomic::AtomicU64,
-    forced_said: std::sync::atomic::AtomicU64,
+    forced_said: crate::logs::throttle::OncePer,
     wake: Arc<Notify>,
 }
 
@@ -71,7 +71,7 @@ impl RemovalGate {
             held_keys: std::sync::atomic::AtomicUsize::new(0),
             max_held,
             forced: std::sync::atomic::AtomicU64::new(0),
-            forced_said: std::sync::atomic::AtomicU64::new(0),
+            forced_said: crate::logs::throttle::OncePer::new(60),
             wake: Arc::new(Notify::new()),
         });
         tokio::spawn(release_loop(
@@ -124,16 +124,7 @@ impl RemovalGate {
     fn note_forced(&self, n: usize) {
         use std::sync::atomic::Ordering;
         let total = self.forced.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let said = self.forced_said.load(Ordering::Relaxed);
-        if (said == 0 || now >= said + 60)
-            && self
-                .forced_said
-                .compare_exchange(said, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.forced_said.now() {
             tracing::warn!(
                 "{} removal(s) of delivered notifications waited for outcomes the outcome store does not take: \
                  the oldest are made without waiting ({total} so far); their notifications would not be delivered \
