@@ -246,6 +246,10 @@ impl Server {
                 "# HELP herald_spool_removals_waiting_for_outcomes Finished notifications whose removal from the spool waits until their outcome is stored.\n# TYPE herald_spool_removals_waiting_for_outcomes gauge\nherald_spool_removals_waiting_for_outcomes {}\n",
                 bridge.held_removals()
             ));
+            out.push_str(&format!(
+                "# HELP herald_spool_removals_forced_total Removals made without waiting for their outcomes because 1,000,000 already waited (those notifications would not be delivered again after a crash).\n# TYPE herald_spool_removals_forced_total counter\nherald_spool_removals_forced_total {}\n",
+                bridge.forced_removals()
+            ));
             hooks.render_metrics(out);
             channels.render_metrics(out);
             broadcasts.render_metrics(out);

@@ -566,6 +566,10 @@ fn expected(s: &Setup) -> BTreeMap<&'static str, BTreeMap<Labels, f64>> {
             BTreeMap::from([(Labels::new(), 0.0)]),
         ),
         (
+            "herald_spool_removals_forced_total",
+            BTreeMap::from([(Labels::new(), 0.0)]),
+        ),
+        (
             "herald_invalid_tokens_total",
             BTreeMap::from([(Labels::new(), (BAD + UNREGISTERED + EXPIRED) as f64)]),
         ),
@@ -669,6 +673,7 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_outcomes_tracked", "gauge"),
             ("herald_outcomes_dropped_total", "counter"),
             ("herald_spool_removals_waiting_for_outcomes", "gauge"),
+            ("herald_spool_removals_forced_total", "counter"),
             ("herald_webhook_backlog", "gauge"),
             ("herald_webhook_delivered_total", "counter"),
             ("herald_webhook_dropped_total", "counter"),

@@ -78,6 +78,12 @@ impl SpoolBridge {
     pub fn held_removals(&self) -> usize {
         self.removals.get().map_or(0, |gate| gate.held())
     }
+
+    /// Removals made without waiting for their outcomes because the line of held ones was full
+    /// ([`removals::RemovalGate::forced`]).
+    pub fn forced_removals(&self) -> u64 {
+        self.removals.get().map_or(0, |gate| gate.forced())
+    }
 }
 
 impl Durable for SpoolBridge {
