@@ -52,12 +52,16 @@ pub struct Entry {
     pub stored_ms: u64,
 }
 
-/// The bucket's handle. Cheap to share; the bucket is opened (created when missing) by the first operation.
+/// The bucket's handle. Cheap to share; the bucket is opened (created when missing) by the first operation, and
+/// opened (or created) again by the next one after an operation failed: a bucket lost meanwhile (a NATS server of a
+/// one-replica bucket restarted on an empty store, the bucket deleted by hand) is made again rather than failing
+/// every operation until herald restarts.
 pub struct ClaimBucket {
     spool: Arc<JetStreamSpool>,
     name: String,
     max_age: Duration,
-    store: tokio::sync::OnceCell<kv::Store>,
+    /// The bucket as last opened; `None` until the first operation and after a failed one.
+    store: tokio::sync::Mutex<Option<Arc<kv::Store>>>,
 }
 
 impl ClaimBucket {
@@ -68,7 +72,7 @@ impl ClaimBucket {
             spool,
             name: name.to_owned(),
             max_age,
-            store: tokio::sync::OnceCell::new(),
+            store: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -84,14 +88,18 @@ impl ClaimBucket {
         }
     }
 
-    async fn store(&self) -> Result<&kv::Store, ClaimError> {
-        self.store
-            .get_or_try_init(|| async {
-                let ctx = self.spool.context();
-                if let Ok(store) = ctx.get_key_value(&self.name).await {
-                    return Ok(store);
-                }
-                ctx.create_key_value(kv::Config {
+    /// The bucket, opened (or created when missing) if it is not open.
+    async fn store(&self) -> Result<Arc<kv::Store>, ClaimError> {
+        // Held while opening: concurrent operations wait for one opening rather than each making their own.
+        let mut cached = self.store.lock().await;
+        if let Some(store) = &*cached {
+            return Ok(store.clone());
+        }
+        let ctx = self.spool.context();
+        let store = match ctx.get_key_value(&self.name).await {
+            Ok(store) => store,
+            Err(_) => ctx
+                .create_key_value(kv::Config {
                     bucket: self.name.clone(),
                     history: 1,
                     max_age: self.max_age,
@@ -100,9 +108,22 @@ impl ClaimBucket {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| self.unavailable(format!("cannot open or create it: {e}")))
-            })
-            .await
+                .map_err(|e| self.unavailable(format!("cannot open or create it: {e}")))?,
+        };
+        let store = Arc::new(store);
+        *cached = Some(store.clone());
+        Ok(store)
+    }
+
+    /// An operation on `store` failed (NATS unreachable, or the bucket gone: no responders, stream not found): the
+    /// next operation opens the bucket again, creating it when it is missing. A handle opened since by another
+    /// operation is kept.
+    async fn failed(&self, store: &Arc<kv::Store>, e: ClaimError) -> ClaimError {
+        let mut cached = self.store.lock().await;
+        if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, store)) {
+            *cached = None;
+        }
+        e
     }
 
     /// The largest piece of a value one put carries.
@@ -121,7 +142,10 @@ impl ClaimBucket {
         let entry = match store.entry(key).await {
             Ok(Some(e)) if e.operation == kv::Operation::Put => e,
             Ok(_) => return Ok(None),
-            Err(e) => return Err(self.unavailable(format!("reading {key}: {e}"))),
+            Err(e) => {
+                let e = self.unavailable(format!("reading {key}: {e}"));
+                return Err(self.failed(&store, e).await);
+            }
         };
         let unreadable = |detail: String| ClaimError::Unreadable {
             bucket: self.name.clone(),
@@ -147,7 +171,8 @@ impl ClaimBucket {
                             return Err(unreadable(format!("chunk {chunk_key} is missing")));
                         }
                         Err(e) => {
-                            return Err(self.unavailable(format!("reading {chunk_key}: {e}")));
+                            let e = self.unavailable(format!("reading {chunk_key}: {e}"));
+                            return Err(self.failed(&store, e).await);
                         }
                     }
                 }
@@ -186,10 +211,10 @@ impl ClaimBucket {
         let mut count = 0u32;
         for chunk in value.chunks(size) {
             let chunk_key = chunk_key(key, nonce, count);
-            store
-                .put(&chunk_key, Bytes::copy_from_slice(chunk))
-                .await
-                .map_err(|e| self.unavailable(format!("writing {chunk_key}: {e}")))?;
+            if let Err(e) = store.put(&chunk_key, Bytes::copy_from_slice(chunk)).await {
+                let e = self.unavailable(format!("writing {chunk_key}: {e}"));
+                return Err(self.failed(&store, e).await);
+            }
             count += 1;
         }
         let mut framed = BytesMut::with_capacity(CHUNKED_LEN);
@@ -208,7 +233,10 @@ impl ClaimBucket {
         match store.create(key, framed).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(self.unavailable(format!("creating {key}: {e}"))),
+            Err(e) => {
+                let e = self.unavailable(format!("creating {key}: {e}"));
+                Err(self.failed(&store, e).await)
+            }
         }
     }
 
@@ -225,7 +253,10 @@ impl ClaimBucket {
         match store.update(key, framed, revision).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(e) => Err(self.unavailable(format!("replacing {key}: {e}"))),
+            Err(e) => {
+                let e = self.unavailable(format!("replacing {key}: {e}"));
+                Err(self.failed(&store, e).await)
+            }
         }
     }
 
@@ -235,7 +266,10 @@ impl ClaimBucket {
         match store.delete_expect_revision(key, Some(revision)).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
-            Err(e) => Err(self.unavailable(format!("removing {key}: {e}"))),
+            Err(e) => {
+                let e = self.unavailable(format!("removing {key}: {e}"));
+                Err(self.failed(&store, e).await)
+            }
         }
     }
 }
@@ -256,7 +290,7 @@ fn chunk_key(key: &str, nonce: u64, i: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jetstream::tests::{connected, nats};
+    use crate::jetstream::tests::{connected, nats, wait_for};
 
     /// Create only when absent, replace and remove only at the revision read, values larger than a NATS message
     /// read back whole, and a removed key can be created again.
@@ -337,6 +371,43 @@ mod tests {
                 entry.map(|e| e.value.len())
             ),
         }
+        crate::Spool::close(&*spool).await.unwrap();
+    }
+
+    /// The bucket deleted under a running node (as a one-replica bucket is lost when its NATS server restarts on
+    /// an empty store): the operations fail while it is gone, then the bucket is made again and claims work again,
+    /// without a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_bucket_is_made_again_and_claims_work_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let (spool, _rx) = connected(url, "lost").await;
+        let bucket = ClaimBucket::new(spool.clone(), "lost_claims", Duration::from_secs(60));
+        assert!(bucket.create("k1", b"claim").await.unwrap().is_some());
+
+        spool
+            .context()
+            .delete_key_value("lost_claims")
+            .await
+            .unwrap();
+        let mut attempt = 0u32;
+        wait_for(
+            "a claim after the bucket was lost",
+            Duration::from_secs(20),
+            async || {
+                attempt += 1;
+                matches!(
+                    bucket.create(&format!("k{attempt}-again"), b"claim").await,
+                    Ok(Some(_))
+                )
+            },
+        )
+        .await;
+        assert!(spool.context().get_key_value("lost_claims").await.is_ok());
+        assert_eq!(bucket.read("k1").await.unwrap(), None, "the lost entry");
+        assert!(bucket.create("k1", b"claim").await.unwrap().is_some());
         crate::Spool::close(&*spool).await.unwrap();
     }
 }

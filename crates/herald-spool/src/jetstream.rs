@@ -55,8 +55,17 @@ const PULL_FAILURES_BEFORE_SETUP: u32 = 3;
 /// while the in-progress acks and naks queued behind them go on.
 const MAX_ACKS_IN_FLIGHT: usize = 4096;
 
-/// Times a final ack (or term) is sent when the server does not confirm it.
-const FINAL_ACK_ATTEMPTS: u32 = 4;
+/// The pause before a final ack (or term) the server did not confirm is sent again; it doubles with each attempt,
+/// up to [`FINAL_ACK_MAX_PAUSE`].
+const FINAL_ACK_FIRST_PAUSE: Duration = Duration::from_millis(500);
+
+/// The longest pause between two attempts of a final ack.
+const FINAL_ACK_MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// A final ack is sent again until the server confirms it, for the consumer's ack wait and never less than this: a
+/// NATS leader election (the server leading the consumer died) answers "no responders" for several seconds, up to
+/// some ten.
+const FINAL_ACK_MIN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Notifications finished lately that the node remembers (their stream sequences), at most: a redelivery of one of
 /// them (its final ack was lost) is acked again, not delivered again ([`Finished`]).
@@ -196,15 +205,17 @@ pub struct JetStreamSpool {
     started_ms: u64,
     /// The heartbeat bucket, once open (this node's entry is deleted from it on close).
     beats: Mutex<Option<async_nats::jetstream::kv::Store>>,
-    /// This node's heartbeat was written at least once.
-    beating: AtomicBool,
+    /// When the last heartbeat written was sent (taken just before it went out); `None` until the first one is
+    /// written and once one fails.
+    last_beat: Mutex<Option<Instant>>,
     /// This node answers the other nodes' status lookups (said in its heartbeat).
     serves_lookups: AtomicBool,
     /// In-progress acks queued and not yet sent: the keep-alive queues a round only once the last one went out.
     progress_queued: Arc<AtomicU64>,
     /// The consumer's ack wait as the server has it (milliseconds), which may differ from `options.ack_wait` when
-    /// another node changed it: in-progress acks go every third of it.
-    consumer_ack_wait_ms: AtomicU64,
+    /// another node changed it: in-progress acks go every third of it, and final acks are sent again for at least
+    /// that long ([`final_ack`]).
+    consumer_ack_wait_ms: Arc<AtomicU64>,
 }
 
 impl JetStreamSpool {
@@ -277,11 +288,17 @@ impl JetStreamSpool {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let (acks, ack_jobs) = tokio::sync::mpsc::unbounded_channel();
         let progress_queued = Arc::new(AtomicU64::new(0));
-        let consumer_ack_wait_ms = AtomicU64::new(duration_ms(options.ack_wait));
+        let consumer_ack_wait_ms = Arc::new(AtomicU64::new(duration_ms(options.ack_wait)));
         tokio::spawn(ack_loop(
             NatsAcks(client.clone()),
             ack_jobs,
             progress_queued.clone(),
+            FinalAckRetry {
+                first_pause: FINAL_ACK_FIRST_PAUSE,
+                max_pause: FINAL_ACK_MAX_PAUSE,
+                min_patience: FINAL_ACK_MIN_PATIENCE,
+                ack_wait_ms: consumer_ack_wait_ms.clone(),
+            },
         ));
         let first_try = options.connect_timeout;
         let spool = Arc::new(JetStreamSpool {
@@ -308,7 +325,7 @@ impl JetStreamSpool {
             publish_permits: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
             started_ms: nodes::unix_ms(),
             beats: Mutex::new(None),
-            beating: AtomicBool::new(false),
+            last_beat: Mutex::new(None),
             serves_lookups: AtomicBool::new(false),
             progress_queued,
             consumer_ack_wait_ms,
@@ -540,14 +557,18 @@ impl JetStreamSpool {
         &self.options.node
     }
 
-    /// Whether this node's last heartbeat was written (the other nodes can see it live); false until the first one
-    /// is, and while they fail.
+    /// Whether the other nodes can see this one live: its last heartbeat was written less than half of
+    /// [`nodes::BEAT_MAX_AGE`] ago (the server removes it at that age). False until the first one is written, once
+    /// one fails, and while one takes long to answer (NATS slow or unreachable), well before the last one written
+    /// expires.
     pub fn beating(&self) -> bool {
-        self.beating.load(Ordering::Relaxed)
+        beat_fresh(*lock(&self.last_beat), Instant::now())
     }
 
     /// Whether `node` has a heartbeat now, read from the server: `false` once it has been silent for
-    /// [`nodes::BEAT_MAX_AGE`] by the server's clock. An error while the heartbeats cannot be read.
+    /// [`nodes::BEAT_MAX_AGE`] by the server's clock. An error while the heartbeats cannot be read, and while the
+    /// heartbeat bucket is younger than [`nodes::BEAT_MAX_AGE`] (NATS lost it, and the live nodes may not have
+    /// written theirs again yet: [`nodes::has_beat`]).
     pub async fn node_alive(&self, node: &str) -> Result<bool, String> {
         let store = lock(&self.beats).clone();
         match store {
@@ -593,11 +614,30 @@ impl JetStreamSpool {
         Duration::from_millis(self.consumer_ack_wait_ms.load(Ordering::Relaxed))
     }
 
-    /// How long a finished notification is remembered: a redelivery after a lost final ack comes one ack wait after
-    /// the last in-progress ack at most (two, for good measure).
+    /// How long a finished notification is remembered ([`finished_for`]).
     fn finished_for(&self) -> Duration {
-        self.consumer_ack_wait() * 2
+        finished_for(self.consumer_ack_wait(), self.options.request_timeout)
     }
+}
+
+/// How long a final ack is sent again at most while the server does not confirm it: the consumer's `ack_wait`, and
+/// never less than [`FINAL_ACK_MIN_PATIENCE`].
+fn final_ack_patience(ack_wait: Duration, min_patience: Duration) -> Duration {
+    ack_wait.max(min_patience)
+}
+
+/// Whether a heartbeat sent at `sent` (and written) still stands at `now`: less than half of
+/// [`nodes::BEAT_MAX_AGE`] ago, leaving the other half for a claim made meanwhile to be seen live.
+fn beat_fresh(sent: Option<Instant>, now: Instant) -> bool {
+    sent.is_some_and(|sent| now.saturating_duration_since(sent) < nodes::BEAT_MAX_AGE / 2)
+}
+
+/// How long a finished notification is remembered, for a consumer's `ack_wait` and the node's `request_timeout`
+/// (the longest an attempt of a final ack waits for its answer): while its final ack is sent again
+/// ([`final_ack_patience`]), its last attempt's wait, then one ack wait (after which an ack that never arrived lets
+/// the message be redelivered), and one more for good measure. A redelivery meanwhile is acked again, not delivered.
+fn finished_for(ack_wait: Duration, request_timeout: Duration) -> Duration {
+    final_ack_patience(ack_wait, FINAL_ACK_MIN_PATIENCE) + request_timeout + ack_wait * 2
 }
 
 /// The notifications a node finished lately (acked or terminated), by the stream sequences of their messages.
@@ -814,18 +854,40 @@ impl AckClient for NatsAcks {
     }
 }
 
+/// How [`final_ack`] sends a final ack again while the server does not confirm it.
+#[derive(Debug, Clone)]
+struct FinalAckRetry {
+    /// The pause after the first attempt; it doubles with each one, up to `max_pause`.
+    first_pause: Duration,
+    max_pause: Duration,
+    /// Attempts go on at least this long, however short the ack wait.
+    min_patience: Duration,
+    /// The consumer's ack wait as the server has it (milliseconds): attempts go on at least this long.
+    ack_wait_ms: Arc<AtomicU64>,
+}
+
+impl FinalAckRetry {
+    fn patience(&self) -> Duration {
+        let ack_wait = Duration::from_millis(self.ack_wait_ms.load(Ordering::Relaxed));
+        final_ack_patience(ack_wait, self.min_patience)
+    }
+}
+
 /// Sends the acks of finished notifications and the in-progress acks of held ones, in the order they were queued.
 /// A final ack (or term) waits for the server's answer ([`final_ack`]), [`MAX_ACKS_IN_FLIGHT`] at once; further
 /// ones wait their turn here, in order, while the loop goes on reading its queue: the in-progress acks and naks
 /// queued behind them go out at once, so that final acks a slow server does not answer (a leader election) never
-/// hold up the in-progress acks that keep this node's held notifications from going to other nodes. No ack is
-/// overtaken that it must follow: a notification leaves `held` before its final ack is queued, so no in-progress
-/// ack or nak of it comes after. A barrier is answered once every final ack queued before it was answered (or
-/// given up).
+/// hold up the in-progress acks that keep this node's held notifications from going to other nodes. A final ack
+/// that has to wait its turn is sent once at once, without waiting for an answer: its notification gets no more
+/// in-progress acks, and the server has its ack before the ack wait runs out however long the turn takes; the
+/// confirmed one follows when its turn comes. No ack is overtaken that it must follow: a notification leaves
+/// `held` before its final ack is queued, so no in-progress ack or nak of it comes after. A barrier is answered
+/// once every final ack queued before it was answered (or given up).
 async fn ack_loop<A: AckClient>(
     client: A,
     mut jobs: tokio::sync::mpsc::UnboundedReceiver<AckJob<A::Message>>,
     progress_queued: Arc<AtomicU64>,
+    retry: FinalAckRetry,
 ) {
     let mut confirming = FuturesUnordered::new();
     // Final acks beyond the room of `confirming`, oldest first.
@@ -835,7 +897,7 @@ async fn ack_loop<A: AckClient>(
         while confirming.len() < MAX_ACKS_IN_FLIGHT
             && let Some((message, kind)) = waiting.pop_front()
         {
-            confirming.push(final_ack(client.clone(), message, kind));
+            confirming.push(final_ack(client.clone(), message, kind, retry.clone()));
         }
     };
     loop {
@@ -871,7 +933,17 @@ async fn ack_loop<A: AckClient>(
                 progress_queued.fetch_sub(1, Ordering::Relaxed);
             }
             AckJob::Ack(message, kind @ (AckKind::Ack | AckKind::Term)) => {
-                waiting.push_back((message, kind));
+                if waiting.is_empty() && confirming.len() < MAX_ACKS_IN_FLIGHT {
+                    confirming.push(final_ack(client.clone(), message, kind, retry.clone()));
+                } else {
+                    // No room to await its answer yet: sent once now, confirmed when its turn comes.
+                    if let Err(e) = client.send(&message, kind).await {
+                        tracing::debug!(
+                            "JetStream ack (its confirmation waits its turn) failed: {e}"
+                        );
+                    }
+                    waiting.push_back((message, kind));
+                }
             }
             AckJob::Ack(message, kind) => {
                 if let Err(e) = client.send(&message, kind).await {
@@ -893,26 +965,45 @@ async fn ack_loop<A: AckClient>(
     }
 }
 
-/// Sends a final ack (or term) and waits for the server to answer that it has it, sending it again when no answer
-/// comes (the connection dropped after it went out), [`FINAL_ACK_ATTEMPTS`] times at most. One that is never
-/// answered leaves the message to be redelivered after the ack wait: to this node, it is acked again
-/// ([`Finished`]); to another, it is delivered a second time.
-async fn final_ack<A: AckClient>(client: A, message: A::Message, kind: AckKind) {
-    let mut pause = Duration::from_millis(500);
-    for attempt in 1..=FINAL_ACK_ATTEMPTS {
-        match client.confirm(&message, kind).await {
-            Ok(()) => return,
-            Err(e) if attempt == FINAL_ACK_ATTEMPTS => {
-                tracing::warn!(
-                    "JetStream ack not confirmed after {attempt} attempts ({e}); the notification may be redelivered"
-                );
+/// Sends a final ack (or term) and waits for the server to answer that it has it, sending it again while no answer
+/// comes (the connection dropped after it went out; "no responders" while NATS elects a new leader for the
+/// consumer), after pauses doubling up to `retry.max_pause`, until it is confirmed or the consumer's ack wait has
+/// passed since the first attempt (never less than `retry.min_patience`). One that is never answered leaves the
+/// message to be redelivered: to this node, it is acked again ([`Finished`] remembers it that long and an ack wait
+/// more); to another, it is delivered a second time.
+async fn final_ack<A: AckClient>(
+    client: A,
+    message: A::Message,
+    kind: AckKind,
+    retry: FinalAckRetry,
+) {
+    let patience = retry.patience();
+    let until = tokio::time::Instant::now() + patience;
+    let mut pause = retry.first_pause;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let e = match client.confirm(&message, kind).await {
+            Ok(()) => {
+                if attempts > 1 {
+                    tracing::debug!("JetStream ack confirmed at attempt {attempts}");
+                }
+                return;
             }
-            Err(e) => {
-                tracing::debug!("JetStream ack not confirmed ({e}); sending it again");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
+            Err(e) => e,
+        };
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            tracing::warn!(
+                "JetStream ack not confirmed after {attempts} attempts over {patience:?} ({e}); the notification \
+                 may be redelivered"
+            );
+            return;
         }
+        tracing::debug!("JetStream ack not confirmed ({e}); sending it again");
+        // The last attempt goes out once the patience has run out, not before.
+        tokio::time::sleep(pause.min(until - now)).await;
+        pause = (pause * 2).min(retry.max_pause);
     }
 }
 
@@ -1191,12 +1282,12 @@ fn duration_ms(d: Duration) -> u64 {
 
 /// Whether a repeated failure is to be reported again: when its text changed, or a minute after it was last.
 #[derive(Debug, Default)]
-struct Reported {
+pub(crate) struct Reported {
     last: Option<(String, Instant)>,
 }
 
 impl Reported {
-    fn due(&mut self, what: &str) -> bool {
+    pub(crate) fn due(&mut self, what: &str) -> bool {
         let now = Instant::now();
         let due = match &self.last {
             Some((text, at)) => text != what || now.duration_since(*at) >= REPORT_EVERY,
@@ -1209,7 +1300,7 @@ impl Reported {
     }
 
     /// The failure is over: the next one is reported at once.
-    fn clear(&mut self) -> bool {
+    pub(crate) fn clear(&mut self) -> bool {
         self.last.take().is_some()
     }
 }
@@ -1479,7 +1570,8 @@ async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
 /// A heartbeat that cannot be written (the bucket was lost: a memory-stored bucket on a single NATS server that
 /// restarted, a whole cluster restarted; or NATS is unreachable) makes the node open the bucket again, creating it
 /// when it is missing, and try again at once. Meanwhile [`JetStreamSpool::beating`] is false (this node claims no
-/// idempotency key: the other nodes cannot see it live) and a warning says so, once a minute at most.
+/// idempotency key: the other nodes cannot see it live) and a warning says so, once a minute at most. A write that
+/// takes long to answer makes it false too, half of [`nodes::BEAT_MAX_AGE`] after the last one written.
 async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
     let mut store: Option<async_nats::jetstream::kv::Store> = None;
     let mut reported = Reported::default();
@@ -1505,6 +1597,7 @@ async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
                 }
             }
             let Some(bucket) = &store else { break };
+            let sent = Instant::now();
             let now = nodes::unix_ms();
             let beat = NodeBeat {
                 node: me.options.node.clone(),
@@ -1516,6 +1609,7 @@ async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
             };
             match bucket.put(&beat.node, beat.encode().into()).await {
                 Ok(_) => {
+                    *lock(&me.last_beat) = Some(sent);
                     failure = None;
                     break;
                 }
@@ -1534,7 +1628,6 @@ async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
         }
         match failure {
             None => {
-                me.beating.store(true, Ordering::Relaxed);
                 if reported.clear() {
                     tracing::info!(
                         "node heartbeat written again: the other nodes see this one live"
@@ -1542,7 +1635,7 @@ async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
                 }
             }
             Some(e) => {
-                me.beating.store(false, Ordering::Relaxed);
+                *lock(&me.last_beat) = None;
                 // Once a minute, whatever the error says this time.
                 if reported.due("heartbeat") {
                     tracing::warn!(
@@ -2074,6 +2167,116 @@ pub(crate) mod tests {
         }
     }
 
+    /// A heartbeat stands for half its lifetime on the server: a node whose writes hang stops counting itself live
+    /// well before the last one it wrote expires.
+    #[test]
+    fn a_heartbeat_stands_for_half_its_lifetime() {
+        let sent = Instant::now();
+        assert!(!beat_fresh(None, sent));
+        assert!(beat_fresh(Some(sent), sent));
+        assert!(beat_fresh(Some(sent), sent + nodes::BEAT_MAX_AGE / 3));
+        assert!(!beat_fresh(Some(sent), sent + nodes::BEAT_MAX_AGE / 2));
+        assert!(!beat_fresh(Some(sent), sent + nodes::BEAT_MAX_AGE));
+    }
+
+    /// Final acks sent again quickly (tests), for the consumer's `ack_wait` (no minimum).
+    fn quick_retry(ack_wait: Duration) -> FinalAckRetry {
+        FinalAckRetry {
+            first_pause: Duration::from_millis(1),
+            max_pause: Duration::from_millis(5),
+            min_patience: Duration::ZERO,
+            ack_wait_ms: Arc::new(AtomicU64::new(duration_ms(ack_wait))),
+        }
+    }
+
+    /// A server that answers "no responders" at once to the first `failures` attempts of final acks (a NATS leader
+    /// election), then confirms them ([`AckClient`] stand-in).
+    #[derive(Clone)]
+    struct ElectingServer {
+        failures: Arc<AtomicU64>,
+        attempts: Arc<AtomicU64>,
+        confirmed: Arc<AtomicU64>,
+    }
+
+    impl ElectingServer {
+        fn new(failures: u64) -> Self {
+            ElectingServer {
+                failures: Arc::new(AtomicU64::new(failures)),
+                attempts: Arc::new(AtomicU64::new(0)),
+                confirmed: Arc::new(AtomicU64::new(0)),
+            }
+        }
+    }
+
+    impl AckClient for ElectingServer {
+        type Message = u64;
+
+        async fn send(&self, _message: &u64, _kind: AckKind) -> Result<(), String> {
+            Ok(())
+        }
+
+        async fn confirm(&self, _message: &u64, _kind: AckKind) -> Result<(), String> {
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+            let left = self.failures.load(Ordering::Relaxed);
+            if left > 0 {
+                self.failures.store(left - 1, Ordering::Relaxed);
+                return Err("nats: no responders".into());
+            }
+            self.confirmed.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// Runs an [`ack_loop`] against `server` for one final ack, and waits until it is confirmed or given up.
+    async fn one_final_ack(server: &ElectingServer, retry: FinalAckRetry) {
+        let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(ack_loop(
+            server.clone(),
+            queue,
+            Arc::new(AtomicU64::new(0)),
+            retry,
+        ));
+        jobs.send(AckJob::Ack(7, AckKind::Ack)).unwrap();
+        let (barrier, passed) = tokio::sync::oneshot::channel();
+        jobs.send(AckJob::Barrier(barrier)).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), passed)
+            .await
+            .expect("the final ack was neither confirmed nor given up")
+            .unwrap();
+    }
+
+    /// A final ack the server answers with fast failures for a while (the server leading the consumer died and a new
+    /// one is being elected) is sent again until it is confirmed, however many attempts that takes within the ack
+    /// wait; one never confirmed is given up once the ack wait has passed.
+    #[tokio::test]
+    async fn a_final_ack_is_sent_again_until_confirmed_within_the_ack_wait() {
+        let server = ElectingServer::new(40);
+        one_final_ack(&server, quick_retry(Duration::from_secs(60))).await;
+        assert_eq!(server.confirmed.load(Ordering::Relaxed), 1, "not confirmed");
+        assert_eq!(server.attempts.load(Ordering::Relaxed), 41);
+
+        let never = ElectingServer::new(u64::MAX);
+        one_final_ack(&never, quick_retry(Duration::from_millis(50))).await;
+        assert_eq!(never.confirmed.load(Ordering::Relaxed), 0);
+        assert!(never.attempts.load(Ordering::Relaxed) >= 2);
+    }
+
+    /// A notification is remembered as finished while its final ack may still be sent again, and one ack wait
+    /// after: a redelivery meanwhile (its ack never confirmed) is acked again rather than delivered.
+    #[test]
+    fn a_finished_notification_is_remembered_past_the_attempts_of_its_final_ack() {
+        let request_timeout = Duration::from_secs(5);
+        for secs in [1, 5, 30, 120, 3600] {
+            let ack_wait = Duration::from_secs(secs);
+            let retries = final_ack_patience(ack_wait, FINAL_ACK_MIN_PATIENCE) + request_timeout;
+            assert!(retries >= ack_wait.max(FINAL_ACK_MIN_PATIENCE));
+            assert!(
+                finished_for(ack_wait, request_timeout) >= retries + ack_wait,
+                "ack wait {ack_wait:?}"
+            );
+        }
+    }
+
     /// More final acks than may await an answer at once, none answered (a server electing a leader): the
     /// in-progress ack and the nak queued after them go out without waiting for those answers, and the final
     /// acks beyond the room go out once answers free it, every one of them before a barrier queued after them.
@@ -2089,7 +2292,12 @@ pub(crate) mod tests {
         };
         let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
         let progress_queued = Arc::new(AtomicU64::new(0));
-        tokio::spawn(ack_loop(server.clone(), queue, progress_queued.clone()));
+        tokio::spawn(ack_loop(
+            server.clone(),
+            queue,
+            progress_queued.clone(),
+            quick_retry(Duration::from_secs(60)),
+        ));
         let finals = 5000u64;
         for message in 0..finals {
             jobs.send(AckJob::Ack(message, AckKind::Ack)).unwrap();
@@ -2099,6 +2307,15 @@ pub(crate) mod tests {
         jobs.send(AckJob::Ack(finals + 1, AckKind::Nak(None)))
             .unwrap();
         let within = Duration::from_secs(20);
+        // The final acks beyond the room for answers are sent at once, each once, without waiting for an answer:
+        // the server has them before the ack wait runs out, however long their turn takes.
+        for message in MAX_ACKS_IN_FLIGHT as u64..finals {
+            let plain = tokio::time::timeout(within, sent.recv())
+                .await
+                .expect("a final ack waiting its turn was not sent")
+                .unwrap();
+            assert_eq!(plain, (message, "Ack".to_owned()));
+        }
         let first = tokio::time::timeout(within, sent.recv())
             .await
             .expect("the in-progress ack waited for the answers to the final acks queued before it")
@@ -2109,6 +2326,11 @@ pub(crate) mod tests {
             .expect("the nak waited for the answers to the final acks")
             .unwrap();
         assert_eq!(second, (finals + 1, "Nak(None)".to_owned()));
+        assert_eq!(
+            server.confirmed.load(Ordering::Relaxed),
+            0,
+            "the server answered no final ack yet"
+        );
         wait_for("the in-progress ack counted out", within, async || {
             progress_queued.load(Ordering::Relaxed) == 0
         })

@@ -189,12 +189,48 @@ pub async fn read_beats(store: &kv::Store) -> Result<Vec<NodeBeat>, String> {
 
 /// Whether `node` has a heartbeat in the bucket now (read from the server, not from the last refreshed view): an
 /// entry is removed by the server once the node has been silent for [`BEAT_MAX_AGE`].
+///
+/// No heartbeat says the node is gone only once the bucket has existed for [`BEAT_MAX_AGE`]: a bucket made less
+/// than that ago (NATS lost it in a restart, and a node made it again) may not hold the heartbeats of live nodes
+/// yet, and the answer is then an error (not known), as while the bucket cannot be read.
 pub async fn has_beat(store: &kv::Store, node: &str) -> Result<bool, String> {
     match store.entry(node).await {
-        Ok(Some(entry)) => Ok(entry.operation == kv::Operation::Put),
-        Ok(None) => Ok(false),
-        Err(e) => Err(format!("reading the heartbeat of {node}: {e}")),
+        Ok(Some(entry)) if entry.operation == kv::Operation::Put => return Ok(true),
+        Ok(_) => {}
+        Err(e) => {
+            return Err(format!(
+                "reading the heartbeat of {node} in {}: {e}",
+                store.name
+            ));
+        }
     }
+    let mut stream = store.stream.clone();
+    let info = stream.info().await.map_err(|e| {
+        format!(
+            "reading when the heartbeat bucket {} was made: {e}",
+            store.name
+        )
+    })?;
+    let age = bucket_age(
+        info.created.unix_timestamp_nanos(),
+        info.state.last_timestamp.unix_timestamp_nanos(),
+    );
+    if age < BEAT_MAX_AGE {
+        return Err(format!(
+            "no heartbeat of {node} in {}, but the bucket was made {age:?} before its latest heartbeat (NATS lost \
+             it): the live nodes may not have written theirs yet",
+            store.name
+        ));
+    }
+    Ok(false)
+}
+
+/// How long a bucket made at `created_ns` has existed when its newest entry was stored at `newest_ns` (Unix
+/// nanoseconds, both by the NATS server's clock, so a node whose clock differs judges alike). Nodes write heartbeats
+/// every [`BEAT_EVERY`], so the newest entry is a few seconds old at most; an empty bucket is new.
+fn bucket_age(created_ns: i128, newest_ns: i128) -> Duration {
+    let nanos = newest_ns.saturating_sub(created_ns).max(0);
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 pub fn unix_ms() -> u64 {
@@ -223,5 +259,19 @@ mod tests {
         assert_eq!(NodeBeat::decode(&newer), Some(beat));
         assert_eq!(NodeBeat::decode("held=3\n"), None);
         assert_eq!(NodeBeat::decode(""), None);
+    }
+
+    /// A bucket's age is read by the server's clock, from its creation to its newest entry; one without any entry
+    /// (the server says the year 1) is new.
+    #[test]
+    fn a_bucket_is_as_old_as_its_newest_entry_says() {
+        let second = 1_000_000_000i128;
+        let created = 1_800_000_000 * second;
+        let later = created + 20 * second;
+        assert_eq!(bucket_age(created, later), Duration::from_secs(20));
+        assert_eq!(bucket_age(later, created), Duration::ZERO);
+        // 0001-01-01T00:00:00Z, the time of the newest entry of a bucket that holds none.
+        let year_one = -62_135_596_800 * second;
+        assert_eq!(bucket_age(created, year_one), Duration::ZERO);
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
+use herald_spool::nodes::BEAT_MAX_AGE;
 use herald_spool::{JetStreamOptions, JetStreamSpool, Spool, SpoolError, SpoolKey};
 use herald_testkit::nats::{self, NatsServer};
 use tokio::sync::mpsc::Receiver;
@@ -242,6 +243,10 @@ async fn a_node_at_its_bound_reads_everything_it_was_delivered() {
 
 /// The heartbeat bucket is stored in memory: a single NATS server that restarts loses it. The node makes it again
 /// and its heartbeat is back, where it used to fail for ever (the node missing from the list of nodes).
+///
+/// A node without a heartbeat counts as gone (its idempotency claims are taken over) only once the bucket has
+/// existed for a heartbeat's lifetime: before that, as after the restart, the live nodes may not have written
+/// theirs yet, and whether it is live is not known (an error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_heartbeat_is_back_after_the_nats_server_restarted() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,6 +266,18 @@ async fn the_heartbeat_is_back_after_the_nats_server_restarted() {
         spool.beating() && beat(&ctx).await
     })
     .await;
+    assert_eq!(spool.node_alive(&node).await, Ok(true));
+    let young = spool
+        .node_alive("another-node")
+        .await
+        .expect_err("a node without a heartbeat in a bucket just made was taken for gone");
+    assert!(young.contains("beats_nodes"), "{young}");
+    wait_for(
+        "another node taken for gone once the bucket is old enough",
+        BEAT_MAX_AGE * 3,
+        async || spool.node_alive("another-node").await == Ok(false),
+    )
+    .await;
 
     server.restart();
     server.wait_healthy(Duration::from_secs(30));
@@ -275,7 +292,40 @@ async fn the_heartbeat_is_back_after_the_nats_server_restarted() {
         spool.beating()
     })
     .await;
+    // The bucket made again holds only the heartbeats written since: another node's is not there yet.
+    let young = spool
+        .node_alive("another-node")
+        .await
+        .expect_err("a node without a heartbeat in the bucket made again was taken for gone");
+    assert!(young.contains("NATS lost it"), "{young}");
     spool.close().await.unwrap();
+}
+
+/// A node whose heartbeat writes hang (NATS unreachable, and a long request timeout) stops counting itself live
+/// (it claims no Idempotency-Key) before the last heartbeat it wrote expires, rather than when the write gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_heartbeat_hangs_is_not_beating_before_its_last_one_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut server) = server(dir.path()) else {
+        return;
+    };
+    let mut options = JetStreamOptions::new(vec![server.url()], "hang");
+    options.request_timeout = Duration::from_secs(120);
+    let (spool, _rx) = start(options).await.unwrap();
+    wait_for("the first heartbeat", Duration::from_secs(20), async || {
+        spool.beating()
+    })
+    .await;
+    // The last heartbeat was written before this: it expires within BEAT_MAX_AGE from here.
+    server.kill();
+    wait_for(
+        "the node not beating before its last heartbeat expires",
+        BEAT_MAX_AGE,
+        async || !spool.beating(),
+    )
+    .await;
+    // Not closed: with NATS gone, a stop waits for the request timeout.
+    drop(spool);
 }
 
 /// A consumer deleted under a running node (by hand, by mistake) is made again by the node, and delivery resumes
