@@ -2,7 +2,8 @@
 //! W3C WebDriver protocol (chromedriver, spoken with reqwest). A wrong key gets the login page and no data; after
 //! logging in the Overview shows zero; 1,000 notifications sent through the REST API show as delivered on the
 //! page without a reload; the domain whose simulator answers 503 shows the reason and its queued count; a
-//! read-only key's flush is refused; an admin's flush makes the simulator receive the notifications again.
+//! read-only key's flush is refused; an admin's flush makes the simulator receive the notifications again; outcomes
+//! arriving while the Outcomes page opens show once; a reload whose new listener cannot start shows as a failure.
 //! A screenshot of every page is saved under `target/dashboard-screenshots/`.
 //!
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian `chromium`, `chromium-driver`): without them the
@@ -275,7 +276,7 @@ impl Browser {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     server: Arc<Server>,
     http: String,
     ok_sim: SimHandle,
@@ -336,7 +337,7 @@ domain "{BUSY}" {{
     let server = Server::start(&config).await.unwrap();
     let http = server.addrs().await.http[0].to_string();
     Setup {
-        _dir: dir,
+        dir,
         server,
         http,
         ok_sim,
@@ -359,6 +360,55 @@ fn tokens(kind: u64, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| format!("{:064x}", (kind << 40) + i as u64))
         .collect()
+}
+
+/// Outcomes keep arriving while the Outcomes page reads its list (between two ticks): the next tick carries
+/// some of those the list had, and each still shows once. Opened a few times, as the moment of the read within the
+/// second decides how many arrive twice.
+async fn outcomes_show_once_while_they_arrive(s: &Setup, b: &Browser, page: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let (http, stop) = (s.http.clone(), stop.clone());
+        tokio::spawn(async move {
+            // About 20 outcomes a second: several between any two ticks.
+            while !stop.load(Ordering::Relaxed) {
+                push(&http, OK, tokens(3, 1)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let newest = "return state.outcomes.reduce((m, o) => Math.max(m, o.seq), 0)";
+    for round in 0..4 {
+        b.goto(&format!("{page}#/overview")).await;
+        b.wait_text("#delivered", "the overview", |t| !t.is_empty())
+            .await;
+        b.goto(&format!("{page}#/outcomes")).await;
+        b.wait_text("#outcomes tbody", "outcomes", |t| t.contains(OK))
+            .await;
+        // The list read, then a few ticks' outcomes after it (the read adds at most a tick's worth).
+        let first = b.js(newest).await.as_u64().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while b.js(newest).await.as_u64().unwrap() < first + 60 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no new outcomes on the page"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seqs: Vec<u64> =
+            serde_json::from_value(b.js("return state.outcomes.map((o) => o.seq)").await).unwrap();
+        let mut unique = seqs.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            seqs.len(),
+            "round {round}: outcomes shown twice: {seqs:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    pusher.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,6 +536,7 @@ async fn an_operator_watches_delivery_and_acts_in_a_browser() {
     })
     .await;
     b.screenshot("outcomes").await;
+    outcomes_show_once_while_they_arrive(&s, &b, &page).await;
     b.goto(&format!("{page}#/config")).await;
     b.wait_text("#disk-status", "the file's validation", |t| {
         t.starts_with("Valid")
@@ -497,6 +548,34 @@ async fn an_operator_watches_delivery_and_acts_in_a_browser() {
         "{running}"
     );
     b.screenshot("config").await;
+
+    // A reload whose new listener cannot bind its address: in force, and the page says the listener failed.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let config = s.dir.path().join("herald.conf");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "http_listener {{ listen \"{taken_addr}\" {{ http_services = ( push ) }} }}\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    b.click("#reload").await;
+    let errors = b
+        .wait_text("#reload-listener-errors", "the listener's failure", |t| {
+            !t.is_empty()
+        })
+        .await;
+    assert!(errors.contains(&taken_addr.to_string()), "{errors}");
+    let toast = b
+        .wait_text("#toast", "the reload's toast", |t| t.contains("Reloaded"))
+        .await;
+    assert!(toast.contains("1 listener failed"), "{toast}");
+    assert_eq!(
+        b.js("return document.querySelector('#toast').className")
+            .await,
+        "bad"
+    );
+    b.screenshot("config-reload-listener-failed").await;
+    drop(taken);
 
     b.close().await;
     let _ = s.ok_sim.stats();

@@ -5,6 +5,7 @@
 //! there is no `Host` header. Secret option values are masked everywhere, key file contents are never read into an
 //! answer, device tokens are shown as a short prefix.
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -393,60 +394,134 @@ async fn overview(State(d): State<Dash>) -> Response {
 /// One row of the Domains page per configured domain (regular-expression stanzas excepted) and per domain with
 /// traffic.
 pub fn domain_rows(server: &dyn ServerHandle, hub: &Hub) -> Vec<serde_json::Value> {
-    let config = server.config();
-    let stats = server.engine().all_stats();
-    let mut names: Vec<String> = config
-        .domains()
-        .into_iter()
-        .filter(|d| !d.starts_with('/'))
-        .map(str::to_owned)
-        .collect();
-    let configured = names.len();
-    for (d, _) in &stats {
-        if !names.iter().any(|n| n.eq_ignore_ascii_case(d)) {
-            names.push(d.to_string());
+    rows(&server.config(), &server.engine().all_stats(), hub, None)
+}
+
+/// What a row shows of a domain's settings.
+#[derive(Debug)]
+struct RowSettings {
+    method: String,
+    protocol: Option<String>,
+    route: Option<String>,
+    connection_limit: i64,
+}
+
+impl RowSettings {
+    fn resolve(config: &Config, domain: &str) -> RowSettings {
+        let settings = config.domain_settings(None, None, domain);
+        let route = settings.routes.first();
+        RowSettings {
+            method: format!("{:?}", settings.delivery_method).to_ascii_lowercase(),
+            protocol: route.map(|r| format!("{:?}", r.protocol).to_ascii_lowercase()),
+            route: route.map(|r| r.to_string()),
+            connection_limit: settings.max_outbound_connections,
         }
     }
-    let configured: std::collections::HashSet<String> = names[..configured]
-        .iter()
-        .map(|n| n.to_ascii_lowercase())
-        .collect();
-    names.sort();
-    names
-        .iter()
-        .map(|name| {
-            let s = stats.iter().find(|(d, _)| **d == **name).map(|(_, s)| s);
-            let settings = config.domain_settings(None, None, name);
-            let route = settings.routes.first();
-            let load =
-                |f: fn(&crate::queue::stats::DomainStats) -> usize| s.map(|s| f(s)).unwrap_or(0);
-            let delivered = s.map(|s| s.delivered.load(Ordering::Relaxed)).unwrap_or(0);
-            let failed = s
-                .map(|s| s.transient.load(Ordering::Relaxed) + s.permanent.load(Ordering::Relaxed))
-                .unwrap_or(0);
-            json!({
-                "domain": name,
-                "configured": configured.contains(&name.to_ascii_lowercase()),
-                "method": format!("{:?}", settings.delivery_method).to_ascii_lowercase(),
-                "protocol": route.map(|r| format!("{:?}", r.protocol).to_ascii_lowercase()),
-                "route": route.map(|r| r.to_string()),
-                "active": load(|s| s.active.load(Ordering::Relaxed)),
-                "delayed": load(|s| s.delayed.load(Ordering::Relaxed)),
-                "in_flight": load(|s| s.in_flight.load(Ordering::Relaxed)),
-                "connections": load(|s| s.connections.load(Ordering::Relaxed)),
-                "connection_limit": settings.max_outbound_connections,
-                "delivered": delivered,
-                "failed": failed,
-                "windows": hub.windows(name, delivered, failed),
-                "last_error": hub.outcomes.last_errors.get(name),
-                "next_retry_secs": s
-                    .map(|s| s.next_retry_ms.load(Ordering::Relaxed))
-                    .filter(|ms| *ms > 0)
-                    .map(|ms| ms.saturating_sub(crate::model::message::unix_now_ms()).div_ceil(1000)),
-                "paused": s.is_some_and(|s| s.paused.load(Ordering::Relaxed)),
+}
+
+/// The [`RowSettings`] of the domains of the last rows built, for the configuration they were resolved from:
+/// the rows are built every second while a page is open, and a domain's settings change only with the
+/// configuration. Holds the domains of the last rows only.
+#[derive(Debug, Default)]
+pub struct RowSettingsCache(std::sync::Mutex<RowSettingsMap>);
+
+#[derive(Debug, Default)]
+struct RowSettingsMap {
+    /// The configuration the entries were resolved from (a weak reference: a configuration no longer in force
+    /// is not kept alive by the cache, and its allocation, so its address, is not reused while this is held).
+    config: Weak<Config>,
+    by_name: HashMap<Arc<str>, Arc<RowSettings>>,
+}
+
+/// The rows of [`domain_rows`] from `config` and the engine's counters `stats` (one entry per domain, by name);
+/// only the row of `only` (any case) when given.
+fn rows(
+    config: &Arc<Config>,
+    stats: &[(Arc<str>, Arc<crate::queue::stats::DomainStats>)],
+    hub: &Hub,
+    only: Option<&str>,
+) -> Vec<serde_json::Value> {
+    // The engine's domains by name, and by lower-cased name for a configured name written in another case.
+    let exact: HashMap<&str, (&Arc<str>, &Arc<crate::queue::stats::DomainStats>)> =
+        stats.iter().map(|(d, s)| (&**d, (d, s))).collect();
+    let mut folded: HashMap<String, (&Arc<str>, &Arc<crate::queue::stats::DomainStats>)> =
+        HashMap::with_capacity(stats.len());
+    for (d, s) in stats {
+        folded.entry(d.to_ascii_lowercase()).or_insert((d, s));
+    }
+    let wanted = |name: &str| only.is_none_or(|o| o.eq_ignore_ascii_case(name));
+    // Configured names first, then the engine's, each name once whatever its case.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut names: Vec<(Arc<str>, bool)> = Vec::new();
+    for name in config.domains() {
+        if !name.starts_with('/') && wanted(name) && seen.insert(name.to_ascii_lowercase()) {
+            names.push((Arc::from(name), true));
+        }
+    }
+    for (d, _) in stats {
+        if wanted(d) && seen.insert(d.to_ascii_lowercase()) {
+            names.push((d.clone(), false));
+        }
+    }
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+
+    // Settings resolved for this configuration are taken from the cache; all rows leave in it their domains only.
+    let mut cache = hub.row_settings.0.lock().unwrap_or_else(|p| p.into_inner());
+    if !std::ptr::eq(cache.config.as_ptr(), Arc::as_ptr(config)) {
+        cache.by_name.clear();
+        cache.config = Arc::downgrade(config);
+    }
+    let mut before = match only {
+        None => std::mem::take(&mut cache.by_name),
+        Some(_) => HashMap::new(),
+    };
+    let mut rows = Vec::with_capacity(names.len());
+    for (name, configured) in &names {
+        let cached = match only {
+            None => before.remove(name),
+            Some(_) => cache.by_name.get(name).cloned(),
+        };
+        let settings = cached.unwrap_or_else(|| Arc::new(RowSettings::resolve(config, name)));
+        cache.by_name.insert(name.clone(), settings.clone());
+        // The engine's own name of the domain: its counters, its windows and its last error are under it.
+        let found = exact
+            .get(&**name)
+            .copied()
+            .or_else(|| folded.get(&name.to_ascii_lowercase()).copied());
+        let key: &str = found.map_or(name, |(d, _)| d);
+        let s = found.map(|(_, s)| s);
+        let load = |f: fn(&crate::queue::stats::DomainStats) -> usize| s.map(|s| f(s)).unwrap_or(0);
+        let delivered = s.map(|s| s.delivered.load(Ordering::Relaxed)).unwrap_or(0);
+        let failed = s
+            .map(|s| {
+                s.transient
+                    .load(Ordering::Relaxed)
+                    .saturating_add(s.permanent.load(Ordering::Relaxed))
             })
-        })
-        .collect()
+            .unwrap_or(0);
+        rows.push(json!({
+            "domain": &**name,
+            "configured": configured,
+            "method": settings.method,
+            "protocol": settings.protocol,
+            "route": settings.route,
+            "active": load(|s| s.active.load(Ordering::Relaxed)),
+            "delayed": load(|s| s.delayed.load(Ordering::Relaxed)),
+            "in_flight": load(|s| s.in_flight.load(Ordering::Relaxed)),
+            "connections": load(|s| s.connections.load(Ordering::Relaxed)),
+            "connection_limit": settings.connection_limit,
+            "delivered": delivered,
+            "failed": failed,
+            "windows": hub.windows(key, delivered, failed),
+            "last_error": hub.outcomes.last_errors.get(key),
+            "next_retry_secs": s
+                .map(|s| s.next_retry_ms.load(Ordering::Relaxed))
+                .filter(|ms| *ms > 0)
+                .map(|ms| ms.saturating_sub(crate::model::message::unix_now_ms()).div_ceil(1000)),
+            "paused": s.is_some_and(|s| s.paused.load(Ordering::Relaxed)),
+        }));
+    }
+    rows
 }
 
 async fn domains(State(d): State<Dash>) -> Response {
@@ -500,14 +575,13 @@ async fn domain_detail(State(d): State<Dash>, UrlPath(domain): UrlPath<String>) 
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let Some(row) = domain_rows(&*server, &d.hub).into_iter().find(|r| {
-        r["domain"]
-            .as_str()
-            .is_some_and(|n| n.eq_ignore_ascii_case(&domain))
-    }) else {
+    let config = server.config();
+    let Some(row) = rows(&config, &server.engine().all_stats(), &d.hub, Some(&domain))
+        .into_iter()
+        .next()
+    else {
         return error(StatusCode::NOT_FOUND, format!("no domain {domain:?}"));
     };
-    let config = server.config();
     let stats = server.engine().stats(&domain);
     let mut failures: Vec<(&'static str, String, u64)> = stats
         .as_ref()
@@ -532,10 +606,8 @@ async fn domain_detail(State(d): State<Dash>, UrlPath(domain): UrlPath<String>) 
         .newest(&domain, DETAIL_INVALID_TOKENS)
         .into_iter()
         .map(|t| {
-            let mut token = t.token;
-            token.truncate(super::outcomes::TOKEN_PREFIX);
             json!({
-                "token": token,
+                "token": super::outcomes::token_prefix(&t.token),
                 "reason": t.reason,
                 "timestamp_ms": t.timestamp_ms,
                 "learnt_ms": t.learnt_ms,
@@ -831,6 +903,87 @@ domain "/[.]example[.]org$/" { max_outbound_connections = 4 idle_timeout = 90 }
             .unwrap();
         assert_eq!(max["value"], "32");
         assert_eq!(max["scope"], "global");
+    }
+
+    fn counters(delivered: u64) -> Arc<crate::queue::stats::DomainStats> {
+        let s = crate::queue::stats::DomainStats::default();
+        s.delivered.store(delivered, Ordering::Relaxed);
+        s.transient.store(1, Ordering::Relaxed);
+        Arc::new(s)
+    }
+
+    /// Many domains, configured or with traffic or both: one row each, sorted, each with its own counters (also
+    /// when the engine writes the configured name in another case) and its own settings; the settings follow a
+    /// new configuration, and the cache of them holds the domains of the last rows only.
+    #[test]
+    fn domain_rows_join_the_configuration_and_the_engine_by_name() {
+        let text: String = (0..300)
+            .map(|i| {
+                format!(
+                    "domain \"c{i:03}.example\" {{ max_outbound_connections = {} }}\n",
+                    i + 1
+                )
+            })
+            .chain(std::iter::once("domain \"/[.]pattern$/\" { }\n".to_owned()))
+            .collect();
+        let config = Arc::new(Config::parse_str("test.conf", &text).unwrap());
+        let default_limit = config
+            .domain_settings(None, None, "other.example")
+            .max_outbound_connections;
+        // Traffic for 200..500: 200..300 configured, the engine naming them in capitals.
+        let stats: Vec<(Arc<str>, Arc<crate::queue::stats::DomainStats>)> = (200..500u64)
+            .map(|i| {
+                let name = if i < 300 {
+                    format!("C{i:03}.EXAMPLE")
+                } else {
+                    format!("c{i:03}.example")
+                };
+                (Arc::from(name), counters(i))
+            })
+            .collect();
+        let hub = Hub::default();
+        let all = rows(&config, &stats, &hub, None);
+        assert_eq!(all.len(), 500);
+        for (i, row) in all.iter().enumerate() {
+            let i = i as u64;
+            let want = json!({
+                "domain": format!("c{i:03}.example"),
+                "configured": i < 300,
+                "delivered": if i >= 200 { i } else { 0 },
+                "failed": u64::from(i >= 200),
+                "connection_limit": if i < 300 { i as i64 + 1 } else { default_limit },
+            });
+            for (field, value) in want.as_object().unwrap() {
+                assert_eq!(&row[field], value, "{field} of row {i}: {row}");
+            }
+        }
+        assert_eq!(hub.row_settings.0.lock().unwrap().by_name.len(), 500);
+
+        // One domain, in any case.
+        let one = rows(&config, &stats, &hub, Some("C250.Example"));
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            (&one[0]["domain"], &one[0]["delivered"]),
+            (&json!("c250.example"), &json!(250))
+        );
+        assert!(rows(&config, &stats, &hub, Some("nowhere.example")).is_empty());
+
+        // A new configuration: its settings, not the cached ones; fewer domains, fewer cached.
+        let config = Arc::new(
+            Config::parse_str(
+                "test.conf",
+                "domain \"c000.example\" { max_outbound_connections = 77 }\n",
+            )
+            .unwrap(),
+        );
+        let all = rows(&config, &stats[100..110], &hub, None);
+        assert_eq!(all.len(), 11);
+        assert_eq!(
+            (&all[0]["domain"], &all[0]["connection_limit"]),
+            (&json!("c000.example"), &json!(77))
+        );
+        assert_eq!(all[1]["connection_limit"], json!(default_limit));
+        assert_eq!(hub.row_settings.0.lock().unwrap().by_name.len(), 11);
     }
 
     #[test]

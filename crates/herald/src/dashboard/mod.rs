@@ -36,6 +36,23 @@ impl LastErrors {
             .insert(domain.clone(), e);
     }
 
+    /// Keeps the last errors of the domains `keep` says yes to, and forgets the others.
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|d, _| keep(d));
+    }
+
+    /// How many domains have a last error kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn get(&self, domain: &str) -> Option<LastError> {
         self.0
             .lock()

@@ -59,6 +59,16 @@ impl Filter {
     }
 }
 
+/// The first [`TOKEN_PREFIX`] bytes of `token`, cut at a character boundary at or before them: a device token
+/// is hex, but one read from elsewhere (another node's store, a store file edited by hand) need not be.
+pub fn token_prefix(token: &str) -> &str {
+    let mut end = token.len().min(TOKEN_PREFIX);
+    while !token.is_char_boundary(end) {
+        end -= 1;
+    }
+    &token[..end]
+}
+
 /// Whether the stored token prefix `token` starts with the filter `prefix` (either case). Only the stored prefix
 /// can match: a longer filter compares on what is kept. Compared as bytes, as the filter is whatever the query
 /// gave: cutting it as text at the stored length could fall inside a multi-byte character (`0000000é`), which
@@ -104,6 +114,7 @@ impl RecentOutcomes {
             );
         }
         let mut token = r.notification.push.token.to_hex();
+        // Hex: one byte per character.
         token.truncate(TOKEN_PREFIX);
         self.push(Outcome {
             seq: 0,
@@ -212,6 +223,18 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(f(by_token), 1);
+    }
+
+    #[test]
+    fn a_token_prefix_is_cut_at_a_character_boundary() {
+        assert_eq!(token_prefix("00112233445566"), "00112233");
+        assert_eq!(token_prefix("0011"), "0011");
+        assert_eq!(token_prefix(""), "");
+        // `é` is two bytes from byte 7: cut before it.
+        assert_eq!(token_prefix("0000000é11"), "0000000");
+        assert_eq!(token_prefix("éééééé"), "éééé");
+        assert_eq!(token_prefix("0€€€"), "0€€");
+        assert_eq!(token_prefix("😀😀😀"), "😀😀");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! 15 minutes and per-domain totals for the last hour, and — only while an event stream is open — builds one
 //! JSON tick that every stream forwards as it is.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 use super::outcomes::{Filter, RecentOutcomes};
 use crate::control::ServerHandle;
+use crate::queue::stats::DomainStats;
 
 /// Seconds of history the Overview charts show.
 pub const HISTORY_SECS: usize = 15 * 60;
@@ -50,7 +51,15 @@ struct Points(VecDeque<(u64, u64, u64)>);
 impl Points {
     /// The totals at `t`: kept when they differ from the last ones kept. Points older than the hour go, except the
     /// last one before it, which holds the totals at the hour's start.
+    ///
+    /// Totals below the last ones kept mean the domain's counters started again from zero (the engine forgot the
+    /// domain and made it again since the last look): the points before are of the old counters and go; the new
+    /// counters count from zero at `t`.
     fn record(&mut self, t: u64, delivered: u64, failed: u64) {
+        if self.restarted(delivered, failed) {
+            self.0.clear();
+            self.0.push_back((t, 0, 0));
+        }
         if self
             .0
             .back()
@@ -67,7 +76,12 @@ impl Points {
     /// Deliveries and failures over the `secs` before `now`, given the totals now: against the totals at the
     /// window's start (the last point at or before it), or the first point kept when the domain was first seen
     /// within the window.
+    /// Totals below the newest point count from a restart of the counters that came after it: all of them are
+    /// newer than any window's start.
     fn since(&self, now: u64, secs: u64, delivered: u64, failed: u64) -> (u64, u64) {
+        if self.restarted(delivered, failed) {
+            return (delivered, failed);
+        }
         let start = now.saturating_sub(secs);
         let base = self
             .0
@@ -78,6 +92,13 @@ impl Points {
         base.map(|&(_, d, f)| (delivered.saturating_sub(d), failed.saturating_sub(f)))
             .unwrap_or((0, 0))
     }
+
+    /// Whether `delivered` or `failed` is below the newest point: the counters went back to zero since.
+    fn restarted(&self, delivered: u64, failed: u64) -> bool {
+        self.0
+            .back()
+            .is_some_and(|&(_, d, f)| delivered < d || failed < f)
+    }
 }
 
 /// What the dashboard keeps for every listener of one server.
@@ -87,6 +108,8 @@ pub struct Hub {
     history: Mutex<VecDeque<Sample>>,
     /// Per domain: (unix seconds, delivered, failed) every [`DOMAIN_STEP`] seconds.
     windows: Mutex<HashMap<Arc<str>, Points>>,
+    /// What the Domains page shows of each domain's settings, resolved once per configuration.
+    pub(super) row_settings: super::api::RowSettingsCache,
     ticks: broadcast::Sender<Arc<str>>,
 }
 
@@ -96,6 +119,7 @@ impl Default for Hub {
             outcomes: Arc::default(),
             history: Mutex::new(VecDeque::with_capacity(HISTORY_SECS)),
             windows: Mutex::default(),
+            row_settings: Default::default(),
             ticks: broadcast::channel(16).0,
         }
     }
@@ -146,6 +170,29 @@ impl Hub {
             delivered_1h,
             failed_1h,
         }
+    }
+
+    /// Records every domain's totals at `t` (`stats`: the engine's counters, one entry per domain it knows) and
+    /// forgets the totals and last error of every domain not among them: the engine forgets idle domains beyond
+    /// its bound of retired queues, and so does the dashboard, whether or not a page is open.
+    fn record_domains(&self, t: u64, stats: &[(Arc<str>, Arc<DomainStats>)]) {
+        let known: HashSet<&str> = stats.iter().map(|(d, _)| &**d).collect();
+        {
+            let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            w.retain(|d, _| known.contains(&**d));
+            for (domain, d) in stats {
+                let failed = d
+                    .permanent
+                    .load(Ordering::Relaxed)
+                    .saturating_add(d.transient.load(Ordering::Relaxed));
+                w.entry(domain.clone()).or_default().record(
+                    t,
+                    d.delivered.load(Ordering::Relaxed),
+                    failed,
+                );
+            }
+        }
+        self.outcomes.last_errors.retain(|d| known.contains(d));
     }
 
     fn record(&self, s: Sample) {
@@ -200,14 +247,7 @@ pub fn spawn_sampler(hub: Arc<Hub>, server: Weak<dyn ServerHandle>) -> tokio::ta
             last = Some(now);
             hub.record(sample);
             if step.is_multiple_of(DOMAIN_STEP) {
-                let mut w = hub.windows.lock().unwrap_or_else(|p| p.into_inner());
-                for (domain, d) in server.engine().all_stats() {
-                    w.entry(domain).or_default().record(
-                        sample.t,
-                        d.delivered.load(Ordering::Relaxed),
-                        d.permanent.load(Ordering::Relaxed) + d.transient.load(Ordering::Relaxed),
-                    );
-                }
+                hub.record_domains(sample.t, &server.engine().all_stats());
             }
             step += 1;
             if hub.listeners() == 0 {
@@ -259,6 +299,72 @@ mod tests {
             p.0.len()
         );
         assert!(p.0[1].0 > 100_000 + 7_200 - DOMAIN_HISTORY_SECS - DOMAIN_STEP);
+    }
+
+    fn stats(delivered: u64, failed: u64) -> Arc<DomainStats> {
+        let s = DomainStats::default();
+        s.delivered.store(delivered, Ordering::Relaxed);
+        s.permanent.store(failed, Ordering::Relaxed);
+        Arc::new(s)
+    }
+
+    /// The engine forgets idle domains beyond its bound: their totals and last errors go from the hub too.
+    #[test]
+    fn domains_the_engine_no_longer_knows_are_forgotten() {
+        let hub = Hub::default();
+        let all: Vec<(Arc<str>, Arc<DomainStats>)> = ["a.example", "b.example", "c.example"]
+            .into_iter()
+            .map(|d| (Arc::from(d), stats(1, 1)))
+            .collect();
+        for (domain, _) in &all {
+            hub.outcomes.last_errors.set(
+                domain,
+                super::super::LastError {
+                    at: 1,
+                    reason: "BadTopic".into(),
+                    status: Some(400),
+                },
+            );
+        }
+        hub.record_domains(1_000, &all);
+        assert_eq!(hub.windows.lock().unwrap().len(), 3);
+        assert_eq!(hub.outcomes.last_errors.len(), 3);
+        hub.record_domains(1_005, &all[1..2]);
+        let windows = hub.windows.lock().unwrap();
+        assert_eq!(
+            windows.keys().map(|d| &**d).collect::<Vec<_>>(),
+            ["b.example"]
+        );
+        drop(windows);
+        assert_eq!(hub.outcomes.last_errors.len(), 1);
+        assert!(hub.outcomes.last_errors.get("b.example").is_some());
+        assert!(hub.outcomes.last_errors.get("a.example").is_none());
+    }
+
+    /// A domain the engine forgot and made again counts from zero: its hour is what it delivered since, not 0
+    /// until the old totals are out of the hour.
+    #[test]
+    fn totals_that_went_back_to_zero_count_from_there() {
+        let mut p = Points::default();
+        p.record(1_000, 500, 20);
+        p.record(1_005, 600, 20);
+        // Counters started again since the last look: all of them are new.
+        assert_eq!(p.since(1_007, 3_600, 3, 0), (3, 0));
+        assert_eq!(p.since(1_007, 60, 3, 0), (3, 0));
+        p.record(1_010, 7, 1);
+        assert_eq!(p.since(1_012, 3_600, 7, 1), (7, 1));
+        assert_eq!(p.since(1_012, 60, 9, 1), (9, 1));
+        p.record(1_100, 9, 1);
+        // The minute from 1,040: from the totals at 1,010; the hour: from the restart.
+        assert_eq!(p.since(1_100, 60, 9, 1), (2, 0));
+        assert_eq!(p.since(1_100, 3_600, 9, 1), (9, 1));
+        // Through the hub: the restart is seen at its next look.
+        let hub = Hub::default();
+        let d: Arc<str> = Arc::from("a.example");
+        hub.record_domains(1_000, &[(d.clone(), stats(500, 20))]);
+        hub.record_domains(1_005, &[(d.clone(), stats(4, 0))]);
+        let w = hub.windows.lock().unwrap();
+        assert_eq!(w[&d].since(1_006, 3_600, 4, 0), (4, 0));
     }
 
     #[test]

@@ -266,6 +266,45 @@ mod tests {
         assert!(a.ask.is_some(), "another node may hold it");
     }
 
+    /// A known status path with another method is `405` with `allow`, as for every other route: `query` is not
+    /// an id, so `GET …/query` is not looked up as one.
+    #[tokio::test]
+    async fn a_status_path_with_another_method_is_405_with_allow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let base = serve(StatusState { book, peers: None }).await;
+        let client = reqwest::Client::new();
+        let id = IdGenerator::new(7).next().to_string().replace('/', "%2F");
+        for (method, path, allow) in [
+            (reqwest::Method::GET, "query".to_owned(), "POST"),
+            (reqwest::Method::PUT, "query".to_owned(), "POST"),
+            (reqwest::Method::POST, id.clone(), "GET,HEAD"),
+            (reqwest::Method::DELETE, id, "GET,HEAD"),
+        ] {
+            let r = client
+                .request(method.clone(), format!("{base}/{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+            let allowed = r
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .replace(' ', "");
+            assert_eq!(allowed, allow, "{method} {path}");
+        }
+        // HEAD of an id is its GET without the body.
+        let r = client
+            .head(format!("{base}/01%2F00-12345-0000002A"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+    }
+
     /// On the JetStream spool a node's prune mark for a run can pass ids it never held: node B stored and pruned
     /// the outcome of the newest id of node A's run, so its book calls A's older ids expired, yet A holds them (one
     /// still queued, one delivered). B asks A about them and answers their states; an id no node holds stays

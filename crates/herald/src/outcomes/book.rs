@@ -443,13 +443,15 @@ impl super::OutcomeWriter for StatusBook {
     }
 }
 
-/// APNs' answers that say the token is dead (docs/apns-protocol.md): HTTP 410, BadDeviceToken, Unregistered,
-/// binary status 8.
+/// APNs' answers that say the token is dead (docs/apns-protocol.md#classification): HTTP 410, the reasons
+/// BadDeviceToken and Unregistered, binary status 8 (`Invalid token`). The reason is compared whole: binary status
+/// 5 (`Invalid token size`) says the notification was malformed, not that the token is dead, and herald's own
+/// reasons may quote APNs' words.
 pub fn is_invalid_token(status: Option<u16>, reason: &str) -> bool {
-    status == Some(410)
-        || reason.contains("BadDeviceToken")
-        || reason.contains("Unregistered")
-        || reason.contains("Invalid token")
+    matches!(
+        (status, reason),
+        (Some(410), _) | (_, "BadDeviceToken" | "Unregistered") | (Some(8), "Invalid token")
+    )
 }
 
 /// Final outcomes stored in one write at most.
@@ -586,6 +588,61 @@ mod tests {
     use super::*;
     use crate::outcomes::fixtures::{delivered, notification};
     use crate::queue::message::IdGenerator;
+
+    /// Only APNs' answers that say the token is dead mark it invalid: binary status 5 (`Invalid token size`)
+    /// and texts that merely contain a reason do not.
+    #[test]
+    fn invalid_token_is_bad_device_token_unregistered_410_and_binary_8() {
+        for (status, reason, invalid) in [
+            (Some(410), "Unregistered", true),
+            (Some(410), "ExpiredToken", true),
+            (Some(400), "BadDeviceToken", true),
+            (Some(8), "Invalid token", true),
+            (Some(5), "Invalid token size", false),
+            (Some(8), "Invalid token size", false),
+            (Some(400), "BadTopic", false),
+            (Some(7), "Invalid payload size", false),
+            (None, "expired after 3 retries: BadDeviceToken", false),
+            (None, "not Unregistered", false),
+            (None, "Invalid token", false),
+        ] {
+            assert_eq!(
+                is_invalid_token(status, reason),
+                invalid,
+                "{status:?} {reason:?}"
+            );
+        }
+    }
+
+    /// The status answer of a notification that failed with binary status 5 does not call its token invalid.
+    #[tokio::test]
+    async fn a_binary_invalid_token_size_is_not_an_invalid_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let ids = IdGenerator::new(0);
+        for (status, reason, invalid) in
+            [(5, "Invalid token size", false), (8, "Invalid token", true)]
+        {
+            let n = notification(ids.next(), "book.example", status);
+            book.queued(&n, 0);
+            book.in_flight(n.id);
+            book.outcome(&OutcomeRecord {
+                kind: OutcomeKind::Permanent,
+                status: Some(u16::from(status)),
+                error: reason,
+                ..delivered(&n)
+            });
+            let Ok(Found::Status(s)) = book.lookup(&key_of(n.id)) else {
+                panic!("{reason}: no status");
+            };
+            assert_eq!(
+                (s.state.as_str(), s.status, s.invalid_token),
+                ("failed", Some(u16::from(status)), invalid),
+                "{reason}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn flush_returns_once_every_final_outcome_handed_over_is_stored() {

@@ -2,7 +2,9 @@
 // from the server-sent event stream /dashboard/api/events (one "tick" a second).
 "use strict";
 
-const state = { session: null, csrf: null, events: null, overview: null, domains: [], outcomes: [],
+// lastSeq: the newest outcome held in state.outcomes (its sequence number); a tick's outcomes at or below it are
+// already there (the Outcomes page's list was read between two ticks).
+const state = { session: null, csrf: null, events: null, overview: null, domains: [], outcomes: [], lastSeq: 0,
   sort: { key: "domain", dir: 1 }, filter: "", outcomeFilter: { domain: "", kind: "", token: "", reason: "" },
   domainTicks: 0 };
 // The Domain page asks for its detail again every this many ticks, not every second: herald resolves the
@@ -88,6 +90,16 @@ function startEvents() {
     onTick(t);
   });
   es.onerror = () => { if (es.readyState === EventSource.CLOSED) { state.events = null; setTimeout(() => state.session && start(), 2000); } };
+  // Connected again (herald restarted, or the listener did): outcomes may be numbered afresh, so those held go, and
+  // the Outcomes page reads its list again.
+  let opened = false;
+  es.addEventListener("open", () => {
+    if (opened) {
+      state.outcomes = []; state.lastSeq = 0;
+      if (currentPage().name === "outcomes") route();
+    }
+    opened = true;
+  });
   state.events = es;
 }
 function stopEvents() { if (state.events) { state.events.close(); state.events = null; } }
@@ -99,7 +111,11 @@ function onTick(t) {
     if (state.overview.history.length > 900) state.overview.history.shift();
   }
   state.domains = t.domains;
-  for (const o of t.outcomes) state.outcomes.push(o);
+  for (const o of t.outcomes) {
+    if (o.seq <= state.lastSeq) continue;
+    state.outcomes.push(o);
+    state.lastSeq = o.seq;
+  }
   if (state.outcomes.length > 500) state.outcomes.splice(0, state.outcomes.length - 500);
   const page = currentPage();
   if (page.name === "overview" && state.overview) renderOverview();
@@ -124,7 +140,11 @@ async function route() {
     if (p.name === "overview") { state.overview = await api("overview"); renderOverview(); }
     else if (p.name === "domains") { state.domains = (await api("domains")).domains; renderDomains(); }
     else if (p.name === "domain") { await refreshDomain(p.arg, false); }
-    else if (p.name === "outcomes") { state.outcomes = (await api("outcomes?limit=500")).outcomes; renderOutcomes(); }
+    else if (p.name === "outcomes") {
+      const r = await api("outcomes?limit=500");
+      state.outcomes = r.outcomes; state.lastSeq = r.last_seq;
+      renderOutcomes();
+    }
     else if (p.name === "config") { await renderConfig(); }
     else { page.innerHTML = "<p>No such page.</p>"; }
   } catch (e) { if (e.message !== "unauthenticated") page.innerHTML = "<p class='error'>" + esc(e.message) + "</p>"; }
@@ -349,8 +369,18 @@ async function renderConfig() {
   $("#reload").addEventListener("click", async () => {
     try {
       const r = await api("config/reload", { method: "POST", body: "{}" });
-      toast("Reloaded: generation " + r.generation);
-      await renderConfig();
+      const failed = r.listener_errors || [], warnings = r.warnings || [], unroutable = r.unroutable || [];
+      try { await renderConfig(); } catch (_) { /* the page as it was; the reload's result goes below */ }
+      // In force, but a listener could not take its new settings (it runs with its previous ones, or is down):
+      // a failure to act on. Warnings and domains the configuration cannot deliver are listed.
+      const parts = [];
+      if (failed.length) parts.push(`<p class="bad">Generation ${fmt(r.generation)} is in force, but listeners failed:</p><pre class="bad" id="reload-listener-errors">${esc(failed.join("\n"))}</pre>`);
+      if (unroutable.length) parts.push(`<p class="warn">Domains this configuration cannot deliver:</p><pre class="warn" id="reload-unroutable">${esc(unroutable.map((u) => Array.isArray(u) ? u[0] + ": " + u[1] : String(u)).join("\n"))}</pre>`);
+      if (warnings.length) parts.push(`<p class="warn">Warnings:</p><pre class="warn" id="reload-warnings">${esc(warnings.join("\n"))}</pre>`);
+      const out = $("#reload-result");
+      if (out) out.innerHTML = parts.join("");
+      if (failed.length) toast("Reloaded (generation " + r.generation + "), but " + failed.length + (failed.length === 1 ? " listener" : " listeners") + " failed", true);
+      else toast("Reloaded: generation " + r.generation + (warnings.length || unroutable.length ? ", with warnings" : ""));
     } catch (e) {
       if (e.message === "unauthenticated") return;
       const text = (e.body && e.body.error) || e.message;
