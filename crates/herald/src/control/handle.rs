@@ -22,7 +22,8 @@ pub trait ServerHandle: Send + Sync {
     /// The file a reload without a path reads: the one herald started with, or the one the last successful reload
     /// from another path read.
     fn config_path(&self) -> std::path::PathBuf;
-    /// How many configurations were put in force since start (1 for the first).
+    /// How many reloads put a new configuration in force since start (0 while the one herald started with is in
+    /// force).
     fn generation(&self) -> u64;
     /// The delivery engine: queues, statistics, flush, fail, message actions.
     fn engine(&self) -> &Engine;
