@@ -2,15 +2,22 @@
 //! a `schedules` partition, keys as 16 big-endian bytes. Every commit is one atomic write batch; a synced one is
 //! persisted with `PersistMode::SyncAll` (fsync) before it returns, the others with `PersistMode::Buffer` (written
 //! to the operating system, which keeps them across a crash of the process).
+//!
+//! fjall's own write stalls are turned off (its write-buffer and journal limits are set out of reach): they sleep in
+//! a loop inside a commit that is already durable until a flush frees memory or journal space, and when that flush
+//! fails (a full disk) the flush worker stops for good, so that commit would never return and the spool would never
+//! learn that the store refuses writes. `Store::admit` does their work before each commit instead: it seals a
+//! memtable where fjall's monitor would have, and waits, for at most [`STALL_WAIT`], while flushes or compactions are
+//! behind, stopping at once with an error when the store has turned to refusing writes.
 
 use std::io::Write;
 use std::ops::{Bound, ControlFlow};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use fjall::{AbstractTree, Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use crate::engine::{CommitBatch, Engine, Table};
 use crate::error::SpoolError;
@@ -47,6 +54,21 @@ const SCAN_REOPEN_WAIT: Duration = Duration::from_secs(30);
 /// commits again, so that a reopen on a disk that is still nearly full does not fail at the next write.
 pub const REOPEN_FREE_BYTES: u64 = 1 << 20;
 
+/// A commit waits (`Store::admit`) while more than this many bytes of memtables wait to be flushed (fjall's
+/// default write-buffer limit); above half of it in memtables still taking writes, the largest is sealed and flushed.
+pub const WRITE_BUFFER_BYTES: u64 = 64 << 20;
+/// A commit waits while the journal holds more than this many bytes (fjall's default journal limit); above half of it,
+/// the memtable that keeps the oldest journal file alive is sealed and flushed, so that the file can be deleted.
+pub const JOURNAL_BYTES: u64 = 512 << 20;
+/// A commit waits while a partition has this many segment runs in its first level, waiting for compaction. fjall
+/// slows writes from 20 runs and halts them at 32, sleeping until compaction catches up; staying below that keeps
+/// its halt out of reach (only the flushes finishing during one commit add runs).
+pub const LEVEL0_RUNS: usize = 24;
+/// The longest a commit waits for flushes or compactions to catch up; then it is written regardless.
+pub const STALL_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting commit looks again.
+const STALL_POLL: Duration = Duration::from_millis(10);
+
 /// A spool store in a fjall keyspace.
 ///
 /// The keyspace sits behind a lock so that [`Engine::reopen`] can replace it: after a failed write or fsync fjall
@@ -66,13 +88,16 @@ struct Store {
     keyspace: Keyspace,
     records: PartitionHandle,
     schedules: PartitionHandle,
+    /// Per partition (records, schedules), the highest sequence number flushed when [`Store::relieve`] last sealed
+    /// its memtable: it seals another only once that has moved (the flush is done), so that a slow flush does not
+    /// make every commit seal one more small memtable.
+    sealed_at: Mutex<[Option<Option<u64>>; 2]>,
 }
 
 impl Store {
     fn open(dir: &Path, options: FjallOptions) -> Result<Store, SpoolError> {
         const CTX: &str = "opening the spool store";
-        let keyspace = Config::new(dir.join(FJALL_DIR))
-            .cache_size(options.cache_bytes)
+        let keyspace = keyspace_config(dir, options)
             .open()
             .map_err(|e| error(CTX, e))?;
         let records = keyspace
@@ -85,6 +110,7 @@ impl Store {
             keyspace,
             records,
             schedules,
+            sealed_at: Mutex::new([None; 2]),
         })
     }
 
@@ -94,6 +120,93 @@ impl Store {
             Table::Schedules => &self.schedules,
         }
     }
+
+    /// Makes room before a commit, as fjall's write stalls would have after the previous one, but never for longer
+    /// than [`STALL_WAIT`]: seals a memtable when needed ([`Store::relieve`]), then waits while the store is behind
+    /// ([`Store::behind`]). Fails at once when the store refuses writes: a flush or compaction that failed (a full
+    /// disk) stops fjall's worker for good, and nothing would catch up.
+    fn admit(&self) -> Result<(), fjall::Error> {
+        self.relieve()?;
+        let Some(mut why) = self.behind() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + STALL_WAIT;
+        loop {
+            // Refused with `Poisoned` once a write, flush or compaction failed; otherwise it only hands the
+            // journal's buffer to the operating system.
+            self.keyspace.persist(PersistMode::Buffer)?;
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "spool: writing although the store is still behind after {STALL_WAIT:?} ({why})"
+                );
+                return Ok(());
+            }
+            std::thread::sleep(STALL_POLL);
+            self.relieve()?;
+            match self.behind() {
+                Some(still) => why = still,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// What the store is behind with, if a commit should wait for it.
+    fn behind(&self) -> Option<&'static str> {
+        if self.keyspace.write_buffer_size() > WRITE_BUFFER_BYTES {
+            return Some("memtables waiting to be flushed");
+        }
+        if self.keyspace.journal_disk_space() > JOURNAL_BYTES {
+            return Some("journal files waiting for their memtables to be flushed");
+        }
+        if [&self.records, &self.schedules]
+            .iter()
+            .any(|p| p.tree.l0_run_count() >= LEVEL0_RUNS)
+        {
+            return Some("segments waiting to be compacted");
+        }
+        None
+    }
+
+    /// Seals a memtable and hands it to the flush worker where fjall's monitor would have: when the journal passed
+    /// half of [`JOURNAL_BYTES`], that of the partition flushed least recently (it keeps the oldest journal file
+    /// alive); when the memtables taking writes hold more than half of [`WRITE_BUFFER_BYTES`], the largest.
+    fn relieve(&self) -> Result<(), fjall::Error> {
+        let partitions = [&self.records, &self.schedules];
+        let active = |i: usize| u64::from(partitions[i].tree.active_memtable_size());
+        let pick = if self.keyspace.journal_disk_space() > JOURNAL_BYTES / 2 {
+            (0..2)
+                .filter(|&i| active(i) > 0)
+                .min_by_key(|&i| partitions[i].tree.get_highest_persisted_seqno())
+        } else if active(0) + active(1) > WRITE_BUFFER_BYTES / 2 {
+            (0..2).filter(|&i| active(i) > 0).max_by_key(|&i| active(i))
+        } else {
+            None
+        };
+        let Some(i) = pick else {
+            return Ok(());
+        };
+        let flushed = partitions[i].tree.get_highest_persisted_seqno();
+        let mut sealed_at = self.sealed_at.lock().unwrap_or_else(|p| p.into_inner());
+        if sealed_at[i] == Some(flushed) {
+            // The memtable sealed last time is not flushed yet.
+            return Ok(());
+        }
+        // An error leaves the store to be reopened (the spool does that once the commit failed): its journal
+        // still holds everything the memtable did.
+        if partitions[i].rotate_memtable()? {
+            sealed_at[i] = Some(flushed);
+        }
+        Ok(())
+    }
+}
+
+/// The keyspace's configuration: fjall's write-buffer and journal limits out of reach, so that its write stalls
+/// never wait inside a commit ([`Store::admit`] waits before one instead, for a bounded time).
+fn keyspace_config(dir: &Path, options: FjallOptions) -> Config {
+    Config::new(dir.join(FJALL_DIR))
+        .cache_size(options.cache_bytes)
+        .max_write_buffer_size(u64::MAX)
+        .max_journaling_size(u64::MAX)
 }
 
 /// Maps a fjall error. After a failed write or fsync fjall refuses every later write ("poisoned") until it is
@@ -272,6 +385,7 @@ impl Engine for FjallEngine {
         let Some(store) = guard.as_ref() else {
             return Err(SpoolError::Closed);
         };
+        store.admit().map_err(|e| self.classify(CTX, e))?;
         let mut b = store.keyspace.batch().durability(Some(mode));
         for (k, v) in &batch.inserts {
             b.insert(&store.records, k.to_be_bytes(), v.as_slice());
@@ -339,11 +453,19 @@ impl Engine for FjallEngine {
         let Some(store) = guard.as_ref() else {
             return Err(SpoolError::Closed);
         };
-        let last = store
-            .partition(table)
-            .last_key_value()
-            .map_err(|e| error("reading the spool", e))?;
-        Ok(last.and_then(|(k, _)| key_of(&k)))
+        // The greatest key of 16 bytes: an entry with a key of another length (which a scan skips) must not hide the
+        // others.
+        for key in store.partition(table).keys().rev() {
+            let key = key.map_err(|e| error(CTX, e))?;
+            match key_of(&key) {
+                Some(key) => return Ok(Some(key)),
+                None => tracing::warn!(
+                    len = key.len(),
+                    "spool: skipping an entry whose key is not 16 bytes"
+                ),
+            }
+        }
+        Ok(None)
     }
 
     fn disk_bytes(&self) -> u64 {

@@ -34,8 +34,10 @@ pub trait Spool: Send + Sync + 'static {
     /// (10 ms by default), so that a crash of the process brings back only the last few.
     fn remove(&self, keys: &[SpoolKey]);
 
-    /// The greatest key the spool held when it was opened (`None` when it was empty). Recovery visits keys up to it;
-    /// every key issued afterwards, by [`Spool::next_key`] or by the caller, must be greater.
+    /// The greatest key the spool held when it was opened, or listed as refused (`spool_dir/refused-keys`), if
+    /// greater (`None` when there is neither). Recovery visits keys up to it; every key issued afterwards, by
+    /// [`Spool::next_key`] or by the caller, must be greater, so that no new notification takes a key whose deletion
+    /// is still due.
     fn recovery_bound(&self) -> Option<SpoolKey>;
 
     /// Visits every notification stored when the spool was opened (keys up to [`Spool::recovery_bound`]) in key

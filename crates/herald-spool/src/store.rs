@@ -11,7 +11,8 @@
 //! although their senders are told to try again. Their keys are deleted with the first commit that succeeds again,
 //! and until then listed in a file of the spool directory ([`REFUSED_FILE`], its room reserved at open so that it
 //! can be rewritten on a full disk): a herald restarted before the store takes writes again does not deliver them
-//! either, and deletes them.
+//! either, and deletes them. A spool stopped while its store refuses writes lists there the removals still waiting
+//! too (as many as there is room for), so that the notifications delivered meanwhile are not sent again either.
 //!
 //! Recovery ([`Spool::recover_each`]) hands every readable record to its visitor, deletes the damaged ones (and the
 //! schedules of records that are gone), and keeps, without delivering them, the records a newer herald wrote
@@ -48,13 +49,17 @@ pub struct SpoolOptions {
     pub maintenance_max_ops: usize,
     /// Pending reschedules kept across failed commits before the oldest are dropped (they would only bring back an
     /// older schedule after a restart). Removals are never dropped: they wait in memory until the store takes writes
-    /// again, so that nothing delivered is sent again after a restart.
+    /// again; a spool stopped before then lists them in [`REFUSED_FILE`] (as many as its room holds, after the keys
+    /// of refused appends), so that the next start neither delivers those notifications again nor keeps them.
     pub maintenance_cap: usize,
     /// After a failed commit the writer refuses appends at once and tries to make the store writable again
     /// ([`Engine::reopen`]) at the next request, then at most this often while it keeps failing.
     pub retry_interval: Duration,
     /// Options of the fjall store ([`DiskSpool::open`]).
     pub store: FjallOptions,
+    /// How long dropping the spool waits for its writer thread to commit what is pending and stop; a writer still
+    /// inside a commit then (a disk that does not answer) is left behind, with an error in the log.
+    pub stop_wait: Duration,
 }
 
 impl Default for SpoolOptions {
@@ -66,6 +71,7 @@ impl Default for SpoolOptions {
             maintenance_cap: 4_000_000,
             retry_interval: Duration::from_secs(1),
             store: FjallOptions::default(),
+            stop_wait: Duration::from_secs(10),
         }
     }
 }
@@ -117,9 +123,13 @@ pub struct DiskSpool<E: Engine = FjallEngine> {
     ops: Sender<Op>,
     counters: Arc<Counters>,
     keys: KeyGenerator,
-    /// The greatest key stored at open (records or schedules): what recovery reads up to.
+    /// The greatest key stored at open (records or schedules) or listed in [`REFUSED_FILE`]: what recovery reads up
+    /// to, and what every key issued afterwards must be above. A listed key may be gone from the store already, but
+    /// it is deleted with the first commit: a new record under it would be deleted with it.
     recovery_bound: Option<SpoolKey>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, and the channel it closes when it returns.
+    writer: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
+    stop_wait: Duration,
     /// The lock on the spool directory, held for the spool's life (released by the kernel if the process dies).
     lock: Option<std::fs::File>,
     /// Keys of appends refused before the last stop ([`REFUSED_FILE`]): recovery does not deliver them.
@@ -231,13 +241,15 @@ impl<E: Engine> DiskSpool<E> {
         (refusals, refused): (Option<RefusalLog>, Vec<SpoolKey>),
     ) -> Result<Self, SpoolError> {
         let engine = Arc::new(engine);
+        // Above the refused keys too: they may be gone from the store but are still listed, to be deleted.
         let recovery_bound = engine
             .last_key(Table::Records)?
-            .max(engine.last_key(Table::Schedules)?);
-        // Above the refused keys too: they may be gone from the store but are still listed, to be deleted.
-        let keys = KeyGenerator::new(recovery_bound.max(refused.iter().max().copied()));
+            .max(engine.last_key(Table::Schedules)?)
+            .max(refused.iter().max().copied());
+        let keys = KeyGenerator::new(recovery_bound);
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel();
+        let (stopped, writer_stopped) = mpsc::channel();
         let writer = Writer {
             engine: Arc::clone(&engine),
             counters: Arc::clone(&counters),
@@ -252,14 +264,15 @@ impl<E: Engine> DiskSpool<E> {
             refused: Vec::new(),
             unpurged: Vec::new(),
             refusals,
+            _stopped: stopped,
         };
         let mut writer = writer;
         let refused_at_open: HashSet<SpoolKey> = refused.iter().copied().collect();
         if !refused.is_empty() {
             tracing::info!(
                 count = refused.len(),
-                "spool: deleting the notifications refused before the last stop (a failed write may have stored part \
-                 of them); they are not delivered"
+                "spool: deleting the notifications listed as refused (a failed write may have stored part of them) \
+                 or delivered while the store refused writes before the last stop; they are not delivered"
             );
             writer.purged += refused.len();
             writer.pending.removes.extend(&refused);
@@ -279,7 +292,8 @@ impl<E: Engine> DiskSpool<E> {
             counters,
             keys,
             recovery_bound,
-            writer: Mutex::new(Some(handle)),
+            writer: Mutex::new(Some((handle, writer_stopped))),
+            stop_wait: options.stop_wait,
             lock: None,
             refused_at_open,
             counted_through: Mutex::new(None),
@@ -409,10 +423,12 @@ impl<E: Engine> Spool for DiskSpool<E> {
             'chunks: for chunk in received.iter() {
                 for (key, value) in chunk {
                     if self.refused_at_open.contains(&key) {
-                        // Refused before the last stop, and being deleted: never delivered.
+                        // Refused, or delivered, before the last stop, and being deleted: never delivered. A schedule
+                        // it has goes with it.
                         refused += 1;
-                        schedules.remove(&key);
-                        unreadable_schedules.remove(&key);
+                        if schedules.remove(&key).is_some() | unreadable_schedules.remove(&key) {
+                            corrupt.push(key);
+                        }
                         continue;
                     }
                     match StoredNotification::decode(key, &value) {
@@ -500,7 +516,7 @@ impl<E: Engine> Spool for DiskSpool<E> {
         if refused > 0 {
             tracing::info!(
                 count = refused,
-                "spool: skipped notifications refused before the last stop"
+                "spool: skipped notifications refused or delivered before the last stop"
             );
         }
         // Delete what cannot be used, so the warnings are not repeated at every start: corrupt records with their
@@ -548,13 +564,27 @@ impl<E: Engine> Spool for DiskSpool<E> {
 }
 
 impl<E: Engine> Drop for DiskSpool<E> {
+    /// Closes the spool (see [`Spool::close`]) and waits for the writer thread, at most
+    /// [`SpoolOptions::stop_wait`].
     fn drop(&mut self) {
         let (reply, _answer) = oneshot::channel();
         let _ = self.ops.send(Op::Close(reply));
-        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some((handle, stopped)) = writer else {
+            return;
+        };
+        if let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(self.stop_wait) {
+            let pending = self.counters.pending_removals.load(Ordering::Relaxed);
+            tracing::error!(
+                pending_removals = pending,
+                "spool: the writer thread did not stop within {:?}: a commit does not return (the disk does not \
+                 answer); leaving it. Notifications whose removal was not written ({pending} waiting) are sent \
+                 again after the restart, appends not yet answered are sent again by their senders",
+                self.stop_wait
+            );
+            return;
+        }
+        if handle.join().is_err() {
             tracing::error!("spool writer thread panicked");
         }
     }
@@ -587,6 +617,8 @@ struct Writer<E: Engine> {
     unpurged: Vec<SpoolKey>,
     /// The file listing `unpurged` (`None` for a spool without a directory, or when it cannot be opened).
     refusals: Option<RefusalLog>,
+    /// Dropped when the writer returns: what [`DiskSpool`]'s drop waits for.
+    _stopped: Sender<()>,
 }
 
 /// One group: the appends and requests answered by the next commit.
@@ -650,6 +682,10 @@ impl<E: Engine> Writer<E> {
                 } else {
                     Ok(())
                 };
+            let stopping = group.close.is_some() || disconnected;
+            if stopping && result.is_err() {
+                self.list_at_stop();
+            }
             if let Some(reply) = group.close.take() {
                 let _ = reply.send(result);
                 return;
@@ -842,24 +878,67 @@ impl<E: Engine> Writer<E> {
 
     /// Writes `unpurged` to [`REFUSED_FILE`]; says what a restart would bring back when it cannot.
     fn record_refusals(&mut self) {
+        if let Err(unlisted) = self.list_unpurged() {
+            tracing::error!(
+                refused = self.unpurged.len(),
+                "spool: the keys of refused notifications cannot all be recorded ({unlisted}): if herald restarts \
+                 before the spool takes writes again, those a failed write stored in part may be delivered although \
+                 their senders were told to try again"
+            );
+        }
+    }
+
+    /// At a stop while the store refuses writes: lists the removals still waiting in [`REFUSED_FILE`] after the keys
+    /// of refused appends, so that the next start neither delivers those notifications again nor keeps them (it
+    /// deletes them with its first commit). Says how many cannot be listed.
+    fn list_at_stop(&mut self) {
+        if self.pending.removes.is_empty() {
+            return;
+        }
+        if self.refusals.is_none() {
+            tracing::error!(
+                removals = self.pending.removes.len(),
+                "spool: stopping while the store refuses writes, with removals of delivered notifications that \
+                 cannot be listed ({REFUSED_FILE} is not open): they are sent again after the restart"
+            );
+            return;
+        }
+        let refused = self.unpurged.len();
+        let mut listed: HashSet<SpoolKey> = self.unpurged.iter().copied().collect();
+        for &key in &self.pending.removes {
+            if listed.insert(key) {
+                self.unpurged.push(key);
+            }
+        }
+        let removals = self.unpurged.len() - refused;
+        match self.list_unpurged() {
+            Ok(()) => tracing::warn!(
+                removals,
+                "spool: stopping while the store refuses writes; the removals of delivered notifications are \
+                 listed in {REFUSED_FILE}, to be made at the next start"
+            ),
+            Err(unlisted) => tracing::error!(
+                removals,
+                "spool: stopping while the store refuses writes, and the removals of delivered notifications \
+                 cannot all be listed ({unlisted}): those not listed are sent again after the restart"
+            ),
+        }
+    }
+
+    /// Writes `unpurged` to [`REFUSED_FILE`]; why not all of it, when it cannot.
+    fn list_unpurged(&mut self) -> Result<(), String> {
         let listed = match &mut self.refusals {
             Some(log) => log
                 .write(&self.unpurged)
                 .map_err(|e| format!("cannot write {}: {e}", log.path.display())),
             // A spool without a directory, or whose file could not be opened (said at open).
-            None => return,
+            None => return Ok(()),
         };
-        let unlisted = match listed {
-            Ok(n) if n == self.unpurged.len() => return,
-            Ok(n) => format!("{} has room for {n} keys", REFUSED_FILE),
-            Err(why) => why,
-        };
-        tracing::error!(
-            refused = self.unpurged.len(),
-            "spool: the keys of refused notifications cannot all be recorded ({unlisted}): if herald restarts before \
-             the spool takes writes again, those a failed write stored in part may be delivered although their \
-             senders were told to try again"
-        );
+        match listed {
+            Ok(n) if n == self.unpurged.len() => Ok(()),
+            Ok(n) => Err(format!("{REFUSED_FILE} has room for {n} keys")),
+            Err(why) => Err(why),
+        }
     }
 
     fn mark_broken(&mut self, error: SpoolError, retry_at: Instant, request_retry: bool) {
@@ -901,21 +980,34 @@ impl<E: Engine> Writer<E> {
 }
 
 /// The file in the spool directory that lists the keys of appends refused by a failed commit, until a commit that
-/// succeeds again deletes them from the store.
+/// succeeds again deletes them from the store (and, at a stop while the store refuses writes, the removals still
+/// waiting).
+///
+/// It has two slots of [`REFUSED_SLOT_BYTES`], each a complete list with a generation number; a write goes to the
+/// slot that does not hold the newest list, so that a write torn by a crash leaves the previous list to be read. A
+/// file of the first format (one list at its start, magic `HRK1`, no generation) is read as generation 0.
 pub const REFUSED_FILE: &str = "refused-keys";
-/// The room [`REFUSED_FILE`] is given at open (written with zeros, so that rewriting it needs no new space on a
-/// full disk): 65,535 keys.
-pub const REFUSED_FILE_BYTES: u64 = 1 << 20;
-const REFUSED_MAGIC: [u8; 4] = *b"HRK1";
-/// Magic, count (u32 LE), CRC-32 of the count and the keys (u32 LE); then the keys, 16 big-endian bytes each.
-const REFUSED_HEADER: usize = 12;
+/// The room of one slot of [`REFUSED_FILE`]: 65,534 keys.
+pub const REFUSED_SLOT_BYTES: u64 = 1 << 20;
+/// The room [`REFUSED_FILE`] is given at open, both slots (written with zeros, so that rewriting it needs no new
+/// space on a full disk).
+pub const REFUSED_FILE_BYTES: u64 = 2 * REFUSED_SLOT_BYTES;
+const REFUSED_MAGIC: [u8; 4] = *b"HRK2";
+/// Magic, generation (u64 LE), count (u32 LE), CRC-32 of the generation, the count and the keys (u32 LE); then the
+/// keys, 16 big-endian bytes each.
+const REFUSED_HEADER: usize = 20;
+/// The first format: magic, count (u32 LE), CRC-32 of the count and the keys (u32 LE); then the keys.
+const REFUSED_MAGIC_V1: [u8; 4] = *b"HRK1";
+const REFUSED_HEADER_V1: usize = 12;
 
-/// [`REFUSED_FILE`], open for rewriting in place.
+/// [`REFUSED_FILE`], open for rewriting its slots in place.
 struct RefusalLog {
     file: std::fs::File,
     path: PathBuf,
-    /// Keys it has room for.
-    capacity: usize,
+    /// Bytes of the file reserved (at most [`REFUSED_FILE_BYTES`]).
+    len: u64,
+    /// The slot holding the newest list and its generation, if one holds a list.
+    newest: Option<(usize, u64)>,
 }
 
 impl RefusalLog {
@@ -923,21 +1015,27 @@ impl RefusalLog {
     /// opened) refused keys are only kept in memory: said once here.
     fn open(dir: &Path) -> (Option<RefusalLog>, Vec<SpoolKey>) {
         let path = dir.join(REFUSED_FILE);
-        let keys = match std::fs::read(&path) {
-            Ok(bytes) => parse_refused(&bytes).unwrap_or_else(|why| {
-                tracing::warn!(
-                    "spool: ignoring {}: {why}; notifications refused before the last stop may be delivered",
-                    path.display()
-                );
-                Vec::new()
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        let (newest, keys) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let read = read_refused(&bytes);
+                if let Some(why) = read.ignored {
+                    let lost = if read.newest.is_some() {
+                        "an older list is read instead; notifications refused just before the last stop may be \
+                         delivered"
+                    } else {
+                        "notifications refused before the last stop may be delivered"
+                    };
+                    tracing::warn!("spool: ignoring part of {}: {why}; {lost}", path.display());
+                }
+                (read.newest, read.keys)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, Vec::new()),
             Err(e) => {
                 tracing::warn!(
                     "spool: cannot read {}: {e}; notifications refused before the last stop may be delivered",
                     path.display()
                 );
-                Vec::new()
+                (None, Vec::new())
             }
         };
         let file = std::fs::OpenOptions::new()
@@ -960,7 +1058,8 @@ impl RefusalLog {
         let mut log = RefusalLog {
             file,
             path,
-            capacity: 0,
+            len: 0,
+            newest,
         };
         if let Err(e) = log.reserve() {
             // A full disk: what room there is serves; more is reserved at the next start.
@@ -985,71 +1084,160 @@ impl RefusalLog {
             }
             self.file.sync_all()
         })();
-        let len = self.file.metadata().map_or(0, |m| m.len());
-        self.capacity = (len.min(REFUSED_FILE_BYTES) as usize).saturating_sub(REFUSED_HEADER) / 16;
+        self.len = self
+            .file
+            .metadata()
+            .map_or(0, |m| m.len())
+            .min(REFUSED_FILE_BYTES);
         result
     }
 
-    /// Lists `keys` (as many as there is room for: their number is returned), durably.
+    /// The slot the next list goes to: not the one holding the newest list.
+    fn next_slot(&self) -> usize {
+        match self.newest {
+            Some((0, _)) => 1,
+            _ => 0,
+        }
+    }
+
+    /// Keys slot `slot` has room for.
+    fn capacity(&self, slot: usize) -> usize {
+        let start = slot as u64 * REFUSED_SLOT_BYTES;
+        let room = self.len.saturating_sub(start).min(REFUSED_SLOT_BYTES) as usize;
+        room.saturating_sub(REFUSED_HEADER) / 16
+    }
+
+    /// Lists `keys` (as many as there is room for: their number is returned), durably, in the slot that does not
+    /// hold the newest list.
     fn write(&mut self, keys: &[SpoolKey]) -> io::Result<usize> {
-        let n = keys.len().min(self.capacity);
-        self.file.write_all_at(&encode_refused(&keys[..n]), 0)?;
+        let mut slot = self.next_slot();
+        let other = 1 - slot;
+        if self.capacity(slot) < keys.len() && self.capacity(slot) < self.capacity(other) {
+            // Only part of the file could be reserved (a full disk): the list is rewritten in place rather than
+            // shortened.
+            slot = other;
+        }
+        let n = keys.len().min(self.capacity(slot));
+        let generation = self.newest.map_or(1, |(_, g)| g + 1);
+        self.file.write_all_at(
+            &encode_refused(generation, &keys[..n]),
+            slot as u64 * REFUSED_SLOT_BYTES,
+        )?;
         self.file.sync_data()?;
+        self.newest = Some((slot, generation));
         Ok(n)
     }
 
     /// Lists no key, durably.
     fn clear(&mut self) -> io::Result<()> {
-        self.file.write_all_at(&encode_refused(&[]), 0)?;
-        self.file.sync_data()
+        self.write(&[]).map(|_| ())
     }
 }
 
-fn encode_refused(keys: &[SpoolKey]) -> Vec<u8> {
+fn encode_refused(generation: u64, keys: &[SpoolKey]) -> Vec<u8> {
     let mut out = Vec::with_capacity(REFUSED_HEADER + 16 * keys.len());
     out.extend_from_slice(&REFUSED_MAGIC);
+    out.extend_from_slice(&generation.to_le_bytes());
     out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     for k in keys {
         out.extend_from_slice(&k.to_be_bytes());
     }
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[4..8]);
+    crc.update(&out[4..16]);
     crc.update(&out[REFUSED_HEADER..]);
-    out[8..REFUSED_HEADER].copy_from_slice(&crc.finalize().to_le_bytes());
+    out[16..REFUSED_HEADER].copy_from_slice(&crc.finalize().to_le_bytes());
     out
 }
 
-/// The keys a [`REFUSED_FILE`] lists; an empty or zeroed file (never written) lists none.
-fn parse_refused(bytes: &[u8]) -> Result<Vec<SpoolKey>, String> {
-    if bytes.len() < REFUSED_HEADER || bytes[..REFUSED_HEADER].iter().all(|&b| b == 0) {
-        return Ok(Vec::new());
+/// What a [`REFUSED_FILE`] lists: the keys of its newest intact slot, which slot that is and its generation, and why
+/// a slot was ignored, if one was.
+#[derive(Debug, PartialEq)]
+struct RefusedList {
+    keys: Vec<SpoolKey>,
+    newest: Option<(usize, u64)>,
+    ignored: Option<String>,
+}
+
+/// Reads both slots of a [`REFUSED_FILE`] (or the one list of a file of the first format) and keeps the newest
+/// intact one. A slot that is empty or zeroed (never written) lists nothing and is no error.
+fn read_refused(bytes: &[u8]) -> RefusedList {
+    let mut list = RefusedList {
+        keys: Vec::new(),
+        newest: None,
+        ignored: None,
+    };
+    for slot in 0..2 {
+        let start = (slot as u64 * REFUSED_SLOT_BYTES) as usize;
+        let end = start
+            .saturating_add(REFUSED_SLOT_BYTES as usize)
+            .min(bytes.len());
+        let Some(bytes) = bytes.get(start..end) else {
+            continue;
+        };
+        match parse_slot(bytes) {
+            Ok(None) => {}
+            Ok(Some((generation, keys))) => {
+                if list.newest.is_none_or(|(_, g)| generation > g) {
+                    list.keys = keys;
+                    list.newest = Some((slot, generation));
+                }
+            }
+            Err(why) => list.ignored = Some(format!("its slot {slot} {why}")),
+        }
     }
-    if bytes[..4] != REFUSED_MAGIC {
-        return Err("it does not start with the expected magic bytes".into());
+    list
+}
+
+/// The generation and keys of one slot; `None` for a slot never written.
+fn parse_slot(bytes: &[u8]) -> Result<Option<(u64, Vec<SpoolKey>)>, String> {
+    if bytes.len() < REFUSED_HEADER_V1 || bytes[..REFUSED_HEADER_V1].iter().all(|&b| b == 0) {
+        return Ok(None);
     }
-    let count = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-    let stored = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let (generation, count, stored, header) = match <[u8; 4]>::try_from(&bytes[..4]) {
+        Ok(REFUSED_MAGIC) if bytes.len() >= REFUSED_HEADER => (
+            u64::from_le_bytes(array(&bytes[4..12])),
+            u32::from_le_bytes(array(&bytes[12..16])),
+            u32::from_le_bytes(array(&bytes[16..20])),
+            REFUSED_HEADER,
+        ),
+        Ok(REFUSED_MAGIC_V1) => (
+            0,
+            u32::from_le_bytes(array(&bytes[4..8])),
+            u32::from_le_bytes(array(&bytes[8..12])),
+            REFUSED_HEADER_V1,
+        ),
+        _ => return Err("does not start with the expected magic bytes".into()),
+    };
+    let count = count as usize;
     let Some(body) = count
         .checked_mul(16)
-        .and_then(|len| bytes.get(REFUSED_HEADER..REFUSED_HEADER + len))
+        .and_then(|len| bytes.get(header..header + len))
     else {
         return Err(format!(
-            "it lists {count} keys but is {} bytes long",
-            bytes.len()
+            "lists {count} keys but has room for {}",
+            bytes.len().saturating_sub(header) / 16
         ));
     };
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&bytes[4..8]);
+    crc.update(&bytes[4..header - 4]);
     crc.update(body);
     if crc.finalize() != stored {
-        return Err("its checksum does not match (a write was torn)".into());
+        return Err("has a checksum that does not match (a write was torn)".into());
     }
-    Ok(body
+    let keys = body
         .chunks_exact(16)
-        .filter_map(|c| <[u8; 16]>::try_from(c).ok())
-        .map(SpoolKey::from_be_bytes)
-        .collect())
+        .map(|c| SpoolKey::from_be_bytes(array(c)))
+        .collect();
+    Ok(Some((generation, keys)))
+}
+
+/// The first N bytes of `bytes`, which has at least N (zeros for what it lacks).
+fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0; N];
+    let n = bytes.len().min(N);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
 }
 
 fn trim_front<T>(v: &mut Vec<T>, cap: usize) {
@@ -1067,26 +1255,103 @@ fn trim_front<T>(v: &mut Vec<T>, cap: usize) {
 mod tests {
     use super::*;
 
+    fn slot(generation: u64, keys: &[SpoolKey]) -> Vec<u8> {
+        let mut bytes = encode_refused(generation, keys);
+        bytes.resize(REFUSED_SLOT_BYTES as usize, 0);
+        bytes
+    }
+
+    fn listed(bytes: &[u8]) -> Vec<SpoolKey> {
+        read_refused(bytes).keys
+    }
+
     #[test]
-    fn the_refusal_file_round_trips_and_a_torn_one_lists_nothing() {
+    fn the_refusal_file_round_trips_and_a_torn_slot_falls_back_to_the_other() {
         let keys = vec![SpoolKey(3), SpoolKey(u128::MAX), SpoolKey(1 << 70)];
-        let encoded = encode_refused(&keys);
-        assert_eq!(parse_refused(&encoded), Ok(keys.clone()));
+        let encoded = encode_refused(1, &keys);
+        assert_eq!(parse_slot(&encoded), Ok(Some((1, keys.clone()))));
         // Room reserved after it, or never written at all: read the same.
-        let mut reserved = encoded.clone();
-        reserved.resize(4096, 0);
-        assert_eq!(parse_refused(&reserved), Ok(keys));
-        assert_eq!(parse_refused(&[]), Ok(Vec::new()));
-        assert_eq!(parse_refused(&[0; 4096]), Ok(Vec::new()));
-        assert_eq!(parse_refused(&encode_refused(&[])), Ok(Vec::new()));
-        // A torn or damaged one is refused with the reason.
-        assert!(parse_refused(&encoded[..encoded.len() - 1]).is_err());
+        assert_eq!(listed(&slot(1, &keys)), keys);
+        assert_eq!(listed(&[]), Vec::<SpoolKey>::new());
+        assert_eq!(read_refused(&[0; 4096]).newest, None);
+        assert_eq!(listed(&slot(1, &[])), Vec::<SpoolKey>::new());
+        // A torn or damaged slot is refused with the reason.
+        assert!(parse_slot(&encoded[..encoded.len() - 1]).is_err());
         let mut flipped = encoded.clone();
         flipped[REFUSED_HEADER + 5] ^= 1;
-        assert!(parse_refused(&flipped).unwrap_err().contains("checksum"));
+        assert!(parse_slot(&flipped).unwrap_err().contains("checksum"));
         let mut magic = encoded;
         magic[0] = b'X';
-        assert!(parse_refused(&magic).unwrap_err().contains("magic"));
+        assert!(parse_slot(&magic).unwrap_err().contains("magic"));
+
+        // Two slots: the newer generation wins, in either slot.
+        let older = vec![SpoolKey(7)];
+        let newer = vec![SpoolKey(7), SpoolKey(8)];
+        let file = [slot(4, &older), slot(5, &newer)].concat();
+        assert_eq!(
+            read_refused(&file),
+            RefusedList {
+                keys: newer.clone(),
+                newest: Some((1, 5)),
+                ignored: None
+            }
+        );
+        let file = [slot(6, &newer), slot(5, &older)].concat();
+        assert_eq!(listed(&file), newer);
+        // The newest slot torn by a crash while it was written: the previous list is read, and the reason said.
+        let mut torn = [slot(4, &older), slot(5, &newer)].concat();
+        torn[REFUSED_SLOT_BYTES as usize + REFUSED_HEADER + 3] ^= 0xff;
+        let read = read_refused(&torn);
+        assert_eq!((read.keys, read.newest), (older.clone(), Some((0, 4))));
+        assert!(read.ignored.unwrap().contains("slot 1"));
+
+        // Written in turn to one slot then the other: tearing the last write leaves the list before it.
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RefusalLog::open(dir.path()).0.unwrap();
+        for keys in [&older, &newer, &older, &newer] {
+            log.write(keys).unwrap();
+        }
+        let Some((last, _)) = log.newest else {
+            panic!("a list was written");
+        };
+        let torn_at = last as u64 * REFUSED_SLOT_BYTES + REFUSED_HEADER as u64 + 20;
+        log.file.write_all_at(&[0xee; 8], torn_at).unwrap();
+        drop(log);
+        assert_eq!(RefusalLog::open(dir.path()).1, older);
+    }
+
+    #[test]
+    fn a_refusal_file_of_the_first_format_is_read_and_kept_until_replaced() {
+        // One list at the start of a 1 MiB file: magic, count, CRC-32 of the count and the keys.
+        let keys = vec![SpoolKey(11), SpoolKey(12)];
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"HRK1");
+        v1.extend_from_slice(&2u32.to_le_bytes());
+        v1.extend_from_slice(&[0; 4]);
+        for k in &keys {
+            v1.extend_from_slice(&k.to_be_bytes());
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&v1[4..8]);
+        crc.update(&v1[12..]);
+        v1[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+        v1.resize(1 << 20, 0);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(REFUSED_FILE), &v1).unwrap();
+
+        let (log, read) = RefusalLog::open(dir.path());
+        assert_eq!(read, keys);
+        let mut log = log.unwrap();
+        // The next list goes to the second slot (reserved now): a write torn there leaves the first one.
+        assert_eq!(log.write(&keys[..1]).unwrap(), 1);
+        drop(log);
+        let bytes = std::fs::read(dir.path().join(REFUSED_FILE)).unwrap();
+        assert!(
+            bytes[..v1.len()] == v1[..],
+            "the first slot is left as it was"
+        );
+        assert_eq!(read_refused(&bytes).newest, Some((1, 1)));
+        assert_eq!(RefusalLog::open(dir.path()).1, keys[..1]);
     }
 
     #[test]
@@ -1101,11 +1366,11 @@ mod tests {
                 .len(),
             REFUSED_FILE_BYTES
         );
-        assert_eq!(log.capacity, 65_535);
+        assert_eq!((log.capacity(0), log.capacity(1)), (65_534, 65_534));
         let many: Vec<SpoolKey> = (0..70_000).map(SpoolKey).collect();
         assert_eq!(
             log.write(&many).unwrap(),
-            65_535,
+            65_534,
             "as many as there is room for"
         );
         assert_eq!(log.write(&many[..2]).unwrap(), 2);

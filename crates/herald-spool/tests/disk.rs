@@ -1,5 +1,5 @@
-//! The disk spool end to end: durability across reopen, removals and reschedules, group commit, failed commits,
-//! corrupt records, and opening errors.
+//! The disk spool end to end: durability across reopen, removals and reschedules, group commit, failed commits, a
+//! commit that never returns, corrupt records, and opening errors.
 
 mod common;
 
@@ -356,6 +356,36 @@ async fn a_failed_commit_refuses_the_append_and_keeps_what_was_accepted() {
     let got = stored_keys(spool.engine(), Table::Records);
     let want: BTreeSet<SpoolKey> = accepted[2..].iter().chain(&later).copied().collect();
     assert_eq!(got, want);
+}
+
+/// A commit that never returns (a disk that does not answer) keeps a dropped spool waiting only for
+/// `stop_wait`: herald's stop does not hang on it.
+#[test]
+fn dropping_a_spool_whose_commit_never_returns_waits_only_so_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new(false);
+    let spool = DiskSpool::with_engine(
+        GatedEngine::open(dir.path(), Arc::clone(&gate)),
+        SpoolOptions {
+            stop_wait: std::time::Duration::from_millis(100),
+            ..SpoolOptions::default()
+        },
+    )
+    .unwrap();
+    // Queued to the writer at once; the answer is not waited for.
+    drop(spool.append(vec![notification(spool.next_key())]));
+    wait_until(10, "the commit to start", || {
+        gate.entered.load(Ordering::SeqCst) == 1
+    });
+    let (dropped, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(spool);
+        let _ = dropped.send(());
+    });
+    let returned = done.recv_timeout(std::time::Duration::from_secs(60));
+    // The writer may finish now.
+    gate.set_open(true);
+    assert!(returned.is_ok(), "dropping the spool returned");
 }
 
 /// Unmounts a test file system when dropped.

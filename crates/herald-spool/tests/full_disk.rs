@@ -1,7 +1,8 @@
 //! The spool on a disk that fills up and empties again, on a small tmpfs the test mounts itself: appends are
 //! refused while it is full, removals wait in memory, the spool takes writes again by itself once there is room,
-//! nothing refused comes back and nothing delivered is found again after a restart. It also opens on a full disk,
-//! and takes writes again while a recovery paced by a slow visitor is still reading it.
+//! nothing refused comes back and nothing delivered is found again after a restart, also when herald stops before
+//! there is room. It also opens on a full disk, takes writes again while a recovery paced by a slow visitor is
+//! still reading it, and a flush of the store that fails for want of room leaves no commit waiting forever.
 //!
 //! Mounting needs root (or CAP_SYS_ADMIN); where it is refused the tests say so and pass, except when `CI` is set.
 
@@ -16,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{notification, wait_until};
-use herald_spool::{DiskSpool, Spool, SpoolKey, SpoolOptions};
+use common::{notification, stored_keys, wait_until};
+use herald_spool::{DiskSpool, Spool, SpoolKey, SpoolOptions, StoredNotification, Table};
 
 use herald_testkit::tmpfs::mount as mount_tmpfs;
 
@@ -272,5 +273,136 @@ async fn a_full_disk_clears_while_a_slow_recovery_waits() {
         .collect();
     assert_eq!(got, want);
     assert!(refused.iter().all(|k| !got.contains(k)));
+    spool.close().await.unwrap();
+}
+
+/// A notification whose payload is `bytes` bytes of noise, which no compression shrinks.
+fn bulky(key: SpoolKey, bytes: usize) -> StoredNotification {
+    let mut state = (key.0 as u64) | 1;
+    let payload = (0..bytes)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    StoredNotification {
+        payload,
+        ..notification(key)
+    }
+}
+
+/// Far longer than any step here takes: only a commit that never returns runs into it.
+const HANG: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_fails_on_a_full_disk_leaves_no_commit_waiting_forever() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("small");
+    let Some(_mount) = mount_tmpfs(&dir, "96m") else {
+        return;
+    };
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    // One commit leaves more in the store's memtables than fjall's default write-buffer limit (64 MiB): it fits in
+    // the journal, but its flush to a segment needs as much again, which the disk does not have.
+    let big: Vec<SpoolKey> = (0..1056).map(|_| spool.next_key()).collect();
+    let appended = tokio::time::timeout(
+        HANG,
+        spool.append(big.iter().map(|&k| bulky(k, 64 << 10)).collect()),
+    )
+    .await
+    .expect("the append of a durable commit is answered");
+    appended.unwrap();
+    // The flush fails and the store refuses writes from then on: the next commit says so, rather than waiting for
+    // memory that no flush will free.
+    let next = spool.next_key();
+    let refused = tokio::time::timeout(HANG, spool.append(vec![notification(next)]))
+        .await
+        .expect("the next append is answered");
+    let err = refused.unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    assert!(spool.stats().unwritable);
+
+    // Room again: the store is reopened, flushes what it holds and takes writes.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=512m"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    wait_until(30, "the store to take writes again", || {
+        !spool.stats().unwritable
+    });
+    let later: Vec<SpoolKey> = (0..10).map(|_| spool.next_key()).collect();
+    spool
+        .append(later.iter().map(|&k| notification(k)).collect())
+        .await
+        .unwrap();
+    tokio::time::timeout(HANG, spool.close())
+        .await
+        .expect("the spool closes")
+        .unwrap();
+    drop(spool);
+
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    let want: BTreeSet<SpoolKey> = big.iter().chain(&later).copied().collect();
+    assert_eq!(recovered_keys(&spool), want);
+    spool.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn removals_waiting_at_a_stop_on_a_full_disk_are_made_at_the_next_start() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("small");
+    let Some(_mount) = mount_tmpfs(&dir, "8m") else {
+        return;
+    };
+    let held: Vec<SpoolKey> = {
+        let spool = DiskSpool::open(&dir, options()).unwrap();
+        let keys: Vec<SpoolKey> = (0..100).map(|_| spool.next_key()).collect();
+        spool
+            .append(keys.iter().map(|&k| notification(k)).collect())
+            .await
+            .unwrap();
+        // One of them rescheduled: its schedule goes with it.
+        spool.reschedule(keys[10], 2, 1_790_000_000_000);
+        spool.close().await.unwrap();
+        keys
+    };
+    let filler = fill(&dir);
+
+    // Delivered while the disk is full, and herald stops before there is room: the removals cannot be written.
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    assert!(spool.stats().unwritable);
+    assert_eq!(recovered_keys(&spool).len(), 100);
+    spool.remove(&held[..60]);
+    wait_until(5, "60 pending removals", || {
+        spool.stats().pending_removals == 60
+    });
+    assert!(spool.close().await.is_err());
+    drop(spool);
+
+    // Started again, still on a full disk: the delivered ones are not delivered again...
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    assert!(spool.stats().unwritable);
+    let rest: BTreeSet<SpoolKey> = held[60..].iter().copied().collect();
+    assert_eq!(recovered_keys(&spool), rest);
+    assert_eq!(spool.stats().records, 40);
+    // ...and are deleted, with their schedules, once there is room.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(10, "the store to take writes again", || {
+        !spool.stats().unwritable
+    });
+    spool.flush().await.unwrap();
+    assert_eq!(stored_keys(spool.engine(), Table::Records), rest);
+    assert_eq!(
+        stored_keys(spool.engine(), Table::Schedules),
+        BTreeSet::new()
+    );
+    spool.close().await.unwrap();
+    drop(spool);
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    assert_eq!(recovered_keys(&spool), rest);
     spool.close().await.unwrap();
 }

@@ -1,7 +1,8 @@
 //! Recovery of the disk spool in the cases that must lose nothing and bring back nothing: records a newer herald
 //! wrote are kept, not delivered; unreadable schedules are deleted with their record; a store that fails a write
-//! becomes writable again while a slow recovery is still under way; and appends refused by a failed write stay
-//! refused across a restart, even when part of them reached the store.
+//! becomes writable again while a slow recovery is still under way; appends refused by a failed write stay refused
+//! across a restart, even when part of them reached the store, and no key issued after it equals theirs; and an
+//! entry whose key is not 16 bytes long hides nothing.
 
 mod common;
 
@@ -14,9 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{notification, stored_keys, wait_until};
+use herald_spool::fjall_engine::FJALL_DIR;
 use herald_spool::{
-    CommitBatch, DiskSpool, Engine, FjallEngine, FjallOptions, RECORD_VERSION, Schedule, Spool,
-    SpoolError, SpoolKey, SpoolOptions, Table,
+    CommitBatch, DiskSpool, Engine, FjallEngine, FjallOptions, KeyGenerator, RECORD_VERSION,
+    Schedule, Spool, SpoolError, SpoolKey, SpoolOptions, Table,
 };
 
 fn options() -> SpoolOptions {
@@ -361,6 +363,116 @@ async fn appends_refused_by_a_failed_write_stay_refused_after_a_restart() {
             "run {run}: the refused ones are deleted"
         );
         assert_eq!(spool.stats().records, 10, "run {run}");
+        spool.close().await.unwrap();
+    }
+}
+
+/// Keys issued after a restart, by the spool or above its recovery bound as herald issues its message ids, stay
+/// above the keys of refused appends still listed: those are deleted with the first commit, which would delete a
+/// new notification under the same key with them, although it was acknowledged.
+#[tokio::test]
+async fn keys_issued_after_a_restart_stay_above_the_refused_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    // Issued while the clock was far ahead: a herald whose clock went back since issues keys just above them.
+    let epoch = u128::from(u64::MAX / 4);
+    let accepted: Vec<SpoolKey> = (0..3).map(|n| SpoolKey(epoch << 64 | n)).collect();
+    let refused: Vec<SpoolKey> = (0..3).map(|n| SpoolKey((epoch + 1) << 64 | n)).collect();
+    {
+        let engine = FaultyEngine {
+            inner: FjallEngine::open(dir.path(), FjallOptions::default()).unwrap(),
+            fail: Arc::clone(&fail),
+            stores: false,
+        };
+        let spool = DiskSpool::with_engine_in(engine, dir.path(), options()).unwrap();
+        spool
+            .append(accepted.iter().map(|&k| notification(k)).collect())
+            .await
+            .unwrap();
+        fail.store(true, Ordering::SeqCst);
+        let err = spool
+            .append(refused.iter().map(|&k| notification(k)).collect())
+            .await
+            .unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        assert!(spool.close().await.is_err());
+    }
+
+    // The first commit after the restart is that of the first append: it deletes the refused keys too.
+    let spool = DiskSpool::open(
+        dir.path(),
+        SpoolOptions {
+            maintenance_interval: Duration::from_secs(3600),
+            ..options()
+        },
+    )
+    .unwrap();
+    let ids = KeyGenerator::new(spool.recovery_bound());
+    let new: Vec<SpoolKey> = (0..3).map(|_| ids.next()).collect();
+    spool
+        .append(new.iter().map(|&k| notification(k)).collect())
+        .await
+        .unwrap();
+    spool.flush().await.unwrap();
+    let want: BTreeSet<SpoolKey> = accepted.iter().chain(&new).copied().collect();
+    assert_eq!(
+        stored_keys(spool.engine(), Table::Records),
+        want,
+        "the acknowledged notifications are kept"
+    );
+    assert_eq!(spool.recovery_bound(), refused.last().copied());
+    assert!(spool.next_key() > *refused.last().unwrap());
+    spool.close().await.unwrap();
+    drop(spool);
+    let spool = DiskSpool::open(dir.path(), options()).unwrap();
+    let got: BTreeSet<SpoolKey> = spool
+        .recover()
+        .unwrap()
+        .notifications
+        .iter()
+        .map(|n| n.key)
+        .collect();
+    assert_eq!(got, want);
+    spool.close().await.unwrap();
+}
+
+/// An entry whose key is not 16 bytes long (not written by herald) is skipped: it neither hides the records
+/// below it from recovery nor lowers the bound new keys are issued above.
+#[tokio::test]
+async fn an_entry_with_a_key_of_another_length_hides_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = {
+        let spool = DiskSpool::open(dir.path(), options()).unwrap();
+        let keys = append(&spool, 3).await;
+        spool.close().await.unwrap();
+        keys
+    };
+    {
+        // Greater than every key of 16 bytes.
+        let keyspace = fjall::Config::new(dir.path().join(FJALL_DIR))
+            .open()
+            .unwrap();
+        for table in ["records", "schedules"] {
+            keyspace
+                .open_partition(table, fjall::PartitionCreateOptions::default())
+                .unwrap()
+                .insert([0xff; 17], b"not a record".as_slice())
+                .unwrap();
+        }
+        keyspace.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    for run in 0..2 {
+        let spool = DiskSpool::open(dir.path(), options()).unwrap();
+        assert_eq!(spool.recovery_bound(), keys.last().copied(), "run {run}");
+        let got: Vec<SpoolKey> = spool
+            .recover()
+            .unwrap()
+            .notifications
+            .iter()
+            .map(|n| n.key)
+            .collect();
+        assert_eq!(got, keys, "run {run}");
+        assert!(spool.next_key() > keys[2], "run {run}");
         spool.close().await.unwrap();
     }
 }

@@ -1196,8 +1196,22 @@ impl Server {
                  they are sent again after the restart"
             );
         }
-        if let Err(e) = self.spool.close().await {
-            tracing::error!("closing the spool: {e}");
+        // A store that does not answer (a disk that hangs) must not keep herald from stopping: the close gets what
+        // is left of the grace period, at least 5 seconds (its last commit is one fsync).
+        match tokio::time::timeout(left().max(Duration::from_secs(5)), self.spool.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("closing the spool: {e}"),
+            Err(_) => {
+                let st = self.spool.stats();
+                tracing::error!(
+                    pending_removals = st.pending_removals,
+                    unwritable = st.unwritable,
+                    "at shutdown: the spool did not close in time (its store does not answer); the removals of \
+                     {} delivered notification(s) may not be written and those are sent again after the restart, \
+                     and notifications not yet acknowledged are sent again by their senders",
+                    st.pending_removals
+                );
+            }
         }
         let _ = tokio::time::timeout(
             deadline
