@@ -1267,3 +1267,50 @@ async fn notifications_submitted_as_their_queue_retires_are_neither_lost_nor_sen
     wait_retired(&engine).await;
     assert!(stats.retired.load(Ordering::Relaxed) >= 1);
 }
+
+/// A paused domain sends nothing beyond what is on the wire (docs/operations.md: it "queues without sending until
+/// resumed"): what its connections had not taken yet waits in the queue, and goes out once it is resumed, each
+/// notification once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_domain_sends_nothing_beyond_what_is_on_the_wire_until_resumed() {
+    const STREAMS: u64 = 2;
+    const N: usize = 60;
+    let h = Harness::start(|c| {
+        c.max_concurrent_streams = STREAMS as u32;
+        c.scenario.latency_ms = 50;
+    })
+    .await;
+    let mut settings = h.h2_token();
+    settings.max_connections = 1;
+    let (engine, _) = h.engine(settings);
+    let tokens: Vec<String> = (0..N).map(token).collect();
+    let ids = submit(&engine, &tokens).await;
+    let stats = engine.stats(DOMAIN).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while h.sim.stats().streams.total < 2 * STREAMS {
+        assert!(Instant::now() < deadline, "delivery never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(engine.set_paused(DOMAIN, true));
+    let sent_at_pause = h.sim.stats().streams.total;
+    // What is on the wire is answered; nothing else is handed to the connection.
+    while stats.dispatched.load(Ordering::Relaxed) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the paused domain never stopped sending"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let sent = h.sim.stats().streams.total;
+    assert!(
+        sent <= sent_at_pause + 2 * STREAMS,
+        "{sent} sent, {sent_at_pause} when paused with at most {STREAMS} on the wire"
+    );
+    assert!(stats.finished() < N as u64);
+    assert!(engine.set_paused(DOMAIN, false));
+    wait_finished(&engine, N as u64).await;
+    let counts = settled_record_counts(&h.sim, N).await;
+    assert_eq!(counts.len(), N, "every notification delivered");
+    assert!(counts.values().all(|&n| n == 1), "none twice: {counts:?}");
+    final_outcomes(&h, &ids);
+}

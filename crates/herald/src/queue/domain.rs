@@ -401,6 +401,10 @@ impl DomainTask {
                 // One more look, so that the figures it publishes (no connection, the sizes, the next retry, the
                 // oldest notification still here) are those the task rests with.
                 self.on_tick();
+                if !self.active.is_empty() {
+                    // A retry came due in this look: it is sent before the task rests.
+                    continue;
+                }
                 self.scan_oldest();
                 self.give_back_memory(0);
                 settled = true;
@@ -414,7 +418,7 @@ impl DomainTask {
             let retire_at = self
                 .shared
                 .idle_queue_timeout()
-                .filter(|_| settled && self.delayed.is_empty())
+                .filter(|_| settled && self.holds_nothing())
                 .and_then(|after| rest_since.checked_add(after));
             tokio::select! {
                 event = self.events.recv() => {
@@ -432,7 +436,7 @@ impl DomainTask {
                 _ = sleep_until(next_retry), if !busy && next_retry.is_some() => self.on_tick(),
                 // Idle for `idle_queue_timeout`: the task and its pool go, unless something came meanwhile.
                 _ = sleep_until(retire_at), if retire_at.is_some() => {
-                    if self.shared.retire(&self.settings.binding, &self.settings.domain, &self.events) {
+                    if self.holds_nothing() && self.shared.retire(&self.settings.binding, &self.settings.domain, &self.events) {
                         break;
                     }
                     rest_since = Instant::now();
@@ -617,6 +621,15 @@ impl DomainTask {
             || !self.retired.is_empty()
     }
 
+    /// Whether the task holds no notification at all (none ready, delayed, handed to the pool, or whose memory
+    /// permit it keeps): only such a task may retire, as retiring drops whatever it holds.
+    fn holds_nothing(&self) -> bool {
+        self.active.is_empty()
+            && self.delayed.is_empty()
+            && self.outstanding.count == 0
+            && self.owned.is_empty()
+    }
+
     /// A notification reached its final outcome: its memory is released now, and the observer (the spool, which
     /// forgets it) hears of it with the others of this turn, in one call ([`DomainTask::report_finished`]).
     fn finished(&mut self, item: &Queued) {
@@ -778,7 +791,19 @@ impl DomainTask {
                 reply,
             } => {
                 let now = Instant::now();
-                let active = self.active.iter().map(|i| self.entry(i, "active", None));
+                // Handed to the pool and not taken by a connection yet: ready, ahead of the active queue. Taken
+                // out to be listed, and handed back in the same order.
+                let waiting = self.pool.take_waiting();
+                let pooled: Vec<QueueEntry> = waiting
+                    .iter()
+                    .map(|j| self.entry(&j.tag, "active", None))
+                    .collect();
+                for job in waiting {
+                    self.pool.submit(job);
+                }
+                let active = pooled
+                    .into_iter()
+                    .chain(self.active.iter().map(|i| self.entry(i, "active", None)));
                 let mut delayed: Vec<&Delayed> = self.delayed.iter().map(|Reverse(d)| d).collect();
                 delayed.sort();
                 let delayed = delayed.into_iter().map(|d| {
@@ -886,9 +911,32 @@ impl DomainTask {
         }
     }
 
-    /// Finds a queued (not in-flight) notification by id and applies `action`.
+    /// Finds a queued (not in-flight) notification by id and applies `action`: in the active queue, among those
+    /// handed to the pool that no connection has taken yet, or in the delayed queue.
     fn message(&mut self, id: &str, action: MessageAction) -> Option<QueueEntry> {
         let is = |i: &Queued| i.notification.id.to_string() == id;
+        // Taken out of the pool to be looked at, and handed back in the same order (but for one failed here).
+        let mut waiting = self.pool.take_waiting();
+        let pooled = waiting.iter().position(|j| is(&j.tag));
+        let found = pooled.map(|pos| {
+            let entry = self.entry(&waiting[pos].tag, "active", None);
+            let failed = match &action {
+                MessageAction::Fail(reason) => Some((waiting.remove(pos), reason.clone())),
+                // Ready already: nothing to make due.
+                MessageAction::Details | MessageAction::Retry => None,
+            };
+            (entry, failed)
+        });
+        for job in waiting {
+            self.pool.submit(job);
+        }
+        if let Some((entry, failed)) = found {
+            if let Some((job, reason)) = failed {
+                self.outstanding.remove(&job.tag);
+                self.finish_permanent(job.tag, Attempt::NONE, &reason, &reason, None);
+            }
+            return Some(entry);
+        }
         if let Some(pos) = self.active.iter().position(|i| is(i)) {
             let entry = self.entry(&self.active[pos], "active", None);
             if let MessageAction::Fail(reason) = action
@@ -1007,10 +1055,13 @@ impl DomainTask {
 
     /// Moves ready notifications to the pool while it has room.
     fn dispatch(&mut self) {
-        if self.shared.is_held()
-            || self.stats.paused.load(Ordering::Relaxed)
-            || self.unroutable.is_some()
-        {
+        if self.stats.paused.load(Ordering::Relaxed) {
+            // Paused: what the pool holds and no connection has taken yet comes back to wait here, so that nothing
+            // more than what is on the wire goes out until the queue is resumed.
+            self.take_back_waiting();
+            return;
+        }
+        if self.shared.is_held() || self.unroutable.is_some() {
             return;
         }
         let limit = self.pool.dispatch_limit();
@@ -1040,20 +1091,49 @@ impl DomainTask {
             .store(self.outstanding.count, Ordering::Relaxed);
     }
 
+    /// Takes back every job the pool holds that no connection has taken yet, to the front of the active queue, in
+    /// the order they were handed over.
+    fn take_back_waiting(&mut self) {
+        let waiting = self.pool.take_waiting();
+        if waiting.is_empty() {
+            return;
+        }
+        for job in waiting.into_iter().rev() {
+            self.outstanding.remove(&job.tag);
+            self.active.push_front(job.tag);
+        }
+        self.stats
+            .dispatched
+            .store(self.outstanding.count, Ordering::Relaxed);
+    }
+
     /// Fixes the APNs expiration at the first attempt (a notification received without one gets
     /// `apn_expiry` after its reception); says why a notification must fail without an attempt.
     fn refuse_before_attempt(&self, item: &mut Queued, now: u64) -> Option<String> {
+        let default = self.default_expiration(item.notification.received_at);
         let n = &mut item.notification;
-        let expiry = *n.push.expiration.get_or_insert_with(|| {
-            let at = n
-                .received_at
-                .saturating_add(self.settings.apn_expiry.as_secs());
-            u32::try_from(at).unwrap_or(u32::MAX)
-        });
+        let expiry = *n.push.expiration.get_or_insert(default);
         self.settings
             .retry
             .not_attempted(Some(u64::from(expiry)), n.received_at, now)
             .map(str::to_owned)
+    }
+
+    /// The APNs expiration of a notification received at `received_at` that names none: `apn_expiry` after its
+    /// reception.
+    fn default_expiration(&self, received_at: u64) -> u32 {
+        let at = received_at.saturating_add(self.settings.apn_expiry.as_secs());
+        u32::try_from(at).unwrap_or(u32::MAX)
+    }
+
+    /// The APNs expiration `item` is (or will be) sent with: its own, else the one its first attempt fixes.
+    fn apns_expiration(&self, item: &Queued) -> u64 {
+        let n = &item.notification;
+        u64::from(
+            n.push
+                .expiration
+                .unwrap_or_else(|| self.default_expiration(n.received_at)),
+        )
     }
 
     fn on_outcome(
@@ -1157,6 +1237,8 @@ impl DomainTask {
                     self.log(&item, OutcomeKind::Transient, attempt, text);
                     self.stats.transient(label);
                     item.retries += 1;
+                    // A counted attempt ends a run of losses in a row.
+                    item.losses = 0;
                     self.active.push_front(item);
                 } else {
                     // The token in force is the one refused (herald's clock and APNs' disagree, or a revoked key):
@@ -1203,9 +1285,36 @@ impl DomainTask {
     /// A transient failure: retried later, or final once retries or time run out. `error` is what the logs say;
     /// `label` is the reason metrics count it under (an APNs reason or a herald class such as `ConnectionFailed`,
     /// never addresses or OS text, so that the number of series stays bounded).
+    ///
+    /// A retry that would fail without an attempt when it comes due is not waited for: a notification whose APNs
+    /// expiration (when not 0) comes before its next attempt, or (with `never_attempt_expired_messages`) that would
+    /// be `message_expiration` old by then, fails now, with the reason it would fail with then. An expiration of 0
+    /// is APNs' "attempt once, do not store"; herald retries such a notification on the domain's schedule like any
+    /// other.
+    ///
+    /// A counted attempt ends a run of losses in a row ([`LOSSES_PER_ATTEMPT`]).
     fn transient(&mut self, mut item: Box<Queued>, attempt: Attempt, error: &str, label: &str) {
-        let age = Duration::from_secs(unix_now().saturating_sub(item.notification.received_at));
-        match self.settings.retry.after_failure(item.retries, age) {
+        item.losses = 0;
+        let now = unix_now();
+        let age = Duration::from_secs(now.saturating_sub(item.notification.received_at));
+        let decision = self.settings.retry.after_failure(item.retries, age);
+        if let RetryDecision::RetryIn(delay) = decision
+            && let Some(reason) = self.settings.retry.not_attempted(
+                Some(self.apns_expiration(&item)),
+                item.notification.received_at,
+                now.saturating_add(delay.as_secs()),
+            )
+        {
+            // The retry would fail without an attempt: it fails now, with the reason it would fail with then.
+            let error = format!("{reason}; last error: {error}");
+            let attempt = Attempt {
+                status: None,
+                ..attempt
+            };
+            self.finish_permanent(item, attempt, &error, reason, None);
+            return;
+        }
+        match decision {
             RetryDecision::RetryIn(delay) => {
                 self.log(&item, OutcomeKind::Transient, attempt, error);
                 self.stats.transient(label);
@@ -1445,6 +1554,14 @@ mod tests {
     /// An engine holding at most `max_resident` notifications, whose queue of `apps.example` delivers to a port
     /// nothing listens on.
     fn engine(max_resident: usize) -> Engine {
+        engine_with(EngineLimits {
+            max_resident,
+            ..EngineLimits::default()
+        })
+    }
+
+    /// [`engine`], with these limits.
+    fn engine_with(limits: EngineLimits) -> Engine {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = closed.local_addr().unwrap().port();
         Engine::new(
@@ -1453,10 +1570,7 @@ mod tests {
             ),
             Logs::default(),
             Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits {
-                max_resident,
-                ..EngineLimits::default()
-            },
+            limits,
         )
     }
 
@@ -1570,6 +1684,206 @@ mod tests {
             Some(&1),
             "{failures:?}"
         );
+    }
+
+    /// A notification with `id`, taking its memory permit from `engine`, as the engine hands one over.
+    fn queued(engine: &Engine, token: u8, id: u64) -> Box<Queued> {
+        engine.shared.resident.try_acquire().unwrap().forget();
+        let mut n = crate::queue::tests::notification(token);
+        n.id = MessageId::from_parts(1, 1_800_000_000_000, id);
+        Queued::new(n)
+    }
+
+    /// Gives `task` new settings, changed by `change` from those it has.
+    fn change_settings(task: &mut DomainTask, change: impl FnOnce(&mut DeliverySettings)) {
+        let mut settings = (*task.settings).clone();
+        change(&mut settings);
+        task.settings = Arc::new(settings);
+    }
+
+    /// A notification whose retry would come after its APNs expiration fails at once, with the reason it would
+    /// fail with at that retry, instead of waiting for a retry that cannot be attempted. One whose expiration comes
+    /// after the retry, or is 0 (APNs' "attempt once, do not store", which herald retries), is retried.
+    #[tokio::test]
+    async fn a_retry_that_would_come_after_the_apns_expiration_fails_now() {
+        let engine = engine(10);
+        let (mut task, _sender) = task_of(&engine);
+        change_settings(&mut task, |s| {
+            s.retry.retry_interval = Duration::from_secs(1200);
+            s.retry.max_retry_interval = Duration::from_secs(1200);
+            s.retry.message_expiration = Duration::from_secs(86400);
+        });
+        let now = unix_now() as u32;
+        for (token, expiration) in [(1, now + 300), (2, now + 5000), (3, 0)] {
+            let mut item = queued(&engine, token, u64::from(token));
+            item.notification.push.expiration = Some(expiration);
+            task.handle(DomainEvent::Outcome {
+                tag: item,
+                result: PushResult::TimedOut { cancelled: None },
+                remote: None,
+            });
+        }
+        let mut delayed: Vec<u8> = task
+            .delayed
+            .iter()
+            .map(|Reverse(d)| d.item.notification.push.token.as_bytes()[0])
+            .collect();
+        delayed.sort();
+        assert_eq!(
+            delayed,
+            vec![2, 3],
+            "retried: those that outlive their retry"
+        );
+        assert_eq!(task.stats.permanent.load(Ordering::Relaxed), 1);
+        assert_eq!(task.stats.transient.load(Ordering::Relaxed), 2);
+        let failures = task.stats.failures();
+        assert_eq!(
+            failures.get(&(
+                super::super::stats::FailureKind::Permanent,
+                "Delivery not attempted (APNs expiration passed)".to_owned()
+            )),
+            Some(&1),
+            "{failures:?}"
+        );
+        assert_eq!(
+            engine.resident_room(),
+            8,
+            "the failed one's memory given back"
+        );
+    }
+
+    /// Losses in a row (connections lost, streams refused) count towards a failed attempt only while no counted
+    /// attempt comes between them: after two losses and a timeout, a third loss sends the notification again at
+    /// once rather than taking a second failed attempt.
+    #[tokio::test]
+    async fn a_counted_attempt_ends_a_run_of_losses() {
+        let engine = engine(10);
+        let (mut task, _sender) = task_of(&engine);
+        enqueue(&engine, &mut task, 4);
+        let answer = |task: &mut DomainTask, result: PushResult| {
+            let item = task
+                .active
+                .pop_front()
+                .or_else(|| task.delayed.pop().map(|Reverse(d)| d.item))
+                .unwrap_or_else(|| panic!("the notification is not queued before {result:?}"));
+            task.handle(DomainEvent::Outcome {
+                tag: item,
+                result,
+                remote: None,
+            });
+        };
+        for _ in 1..LOSSES_PER_ATTEMPT {
+            answer(
+                &mut task,
+                PushResult::NotSent(NotSentReason::ConnectionLost),
+            );
+        }
+        answer(&mut task, PushResult::TimedOut { cancelled: None });
+        answer(
+            &mut task,
+            PushResult::NotSent(NotSentReason::ConnectionLost),
+        );
+        let Some(item) = task.active.front() else {
+            panic!("a loss after a counted attempt took a failed attempt");
+        };
+        assert_eq!((item.retries, item.losses), (1, 1));
+        // The same after an attempt retried at once with a renewed provider token.
+        answer(&mut task, PushResult::NotSent(NotSentReason::Refused));
+        answer(
+            &mut task,
+            PushResult::TokenExpired {
+                rejection: herald_apns::client::Rejection::Http {
+                    status: 403,
+                    reason: "ExpiredProviderToken".to_owned(),
+                    timestamp_ms: None,
+                },
+                renewed: true,
+            },
+        );
+        answer(&mut task, PushResult::NotSent(NotSentReason::Refused));
+        let Some(item) = task.active.front() else {
+            panic!("a refusal after a counted attempt took a failed attempt");
+        };
+        assert_eq!((item.retries, item.losses), (2, 1));
+        assert_eq!(task.stats.transient.load(Ordering::Relaxed), 2);
+    }
+
+    /// A retry that comes due just as the task comes to rest is sent: the task neither rests nor retires with a
+    /// notification ready (retiring would drop it).
+    #[tokio::test]
+    async fn a_retry_due_as_the_task_comes_to_rest_is_sent() {
+        let engine = engine_with(EngineLimits {
+            max_resident: 10,
+            idle_queue_timeout: Some(Duration::from_millis(20)),
+            ..EngineLimits::default()
+        });
+        let (mut task, _sender) = task_of(&engine);
+        task.handle(DomainEvent::EnqueueDelayed(
+            queued(&engine, 5, 5),
+            Duration::ZERO,
+        ));
+        let stats = task.stats.clone();
+        let running = tokio::spawn(task.run());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stats.dispatched.load(Ordering::Relaxed) == 0 {
+            assert!(
+                !running.is_finished(),
+                "the task ended with the notification never sent"
+            );
+            assert!(Instant::now() < deadline, "the notification was never sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!running.is_finished());
+        assert_eq!(engine.resident_room(), 9);
+        running.abort();
+    }
+
+    /// Notifications handed to the pool that no connection has taken yet (a route that cannot be reached) are
+    /// queued as much as those in the active queue: `showqueue` lists them and `message` finds them by id, and
+    /// failing one takes it out of the pool.
+    #[tokio::test]
+    async fn notifications_waiting_in_the_pool_are_listed_and_found_by_id() {
+        let engine = engine(10);
+        let (mut task, _sender) = task_of(&engine);
+        for n in [6, 7] {
+            task.handle(DomainEvent::Enqueue(queued(&engine, n, u64::from(n))));
+        }
+        task.dispatch();
+        assert!(task.active.is_empty());
+        assert_eq!(task.pool.waiting(), 2);
+        let id = |n: u64| MessageId::from_parts(1, 1_800_000_000_000, n);
+        let (reply, listed) = oneshot::channel();
+        task.handle(DomainEvent::List {
+            limit: 10,
+            offset: 0,
+            reply,
+        });
+        let listed = listed.await.expect("the task answers");
+        assert_eq!(
+            listed.iter().map(|e| (e.id, e.queue)).collect::<Vec<_>>(),
+            vec![(id(6), "active"), (id(7), "active")]
+        );
+        assert_eq!(task.pool.waiting(), 2, "handed back to the pool");
+        let message = |task: &mut DomainTask, n: u64, action: MessageAction| {
+            let (reply, answer) = oneshot::channel();
+            task.handle(DomainEvent::Message {
+                id: id(n).to_string(),
+                action,
+                reply,
+            });
+            answer
+        };
+        let details = message(&mut task, 7, MessageAction::Details);
+        assert_eq!(details.await.ok().flatten().map(|e| e.id), Some(id(7)));
+        assert_eq!(task.pool.waiting(), 2);
+        let failed = message(&mut task, 6, MessageAction::Fail("purged".to_owned()));
+        assert_eq!(failed.await.ok().flatten().map(|e| e.id), Some(id(6)));
+        assert_eq!(task.pool.waiting(), 1);
+        assert_eq!(task.outstanding.count, 1);
+        assert_eq!(task.stats.permanent.load(Ordering::Relaxed), 1);
+        assert_eq!(engine.resident_room(), 9);
+        let unknown = message(&mut task, 8, MessageAction::Details);
+        assert_eq!(unknown.await.ok().flatten(), None);
     }
 
     #[test]

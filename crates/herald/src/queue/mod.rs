@@ -225,6 +225,10 @@ pub struct EngineShared {
     look_over_at: std::sync::atomic::AtomicUsize,
     /// Counts the uses of queues, to order them by their last ([`DomainHandle::last_used`]).
     uses: std::sync::atomic::AtomicU64,
+    /// By domain, the counters of its queues that were forgotten while another queue of the domain stayed (see
+    /// [`EngineShared::make_room`]), so that the domain's counters, the sum over its queues, never go down. Kept as
+    /// long as a queue of the domain is: at most one per domain in `queues`. Locked only under the lock of `queues`.
+    carried: Mutex<HashMap<Arc<str>, Arc<DomainStats>>>,
 }
 
 impl EngineShared {
@@ -547,6 +551,11 @@ impl EngineShared {
     /// their next notification starts them with new counters, from 0. Running queues and paused ones (an operator's
     /// mark) are kept. The map is looked over only once it has grown by an eighth since the last look, so that this
     /// costs O(1) per new queue, amortized.
+    ///
+    /// A domain's counters are the sum over its queues (one per binding, [`Engine::all_stats`]): a queue forgotten
+    /// while another queue of its domain stays leaves its counters to the domain's carry-over
+    /// ([`EngineShared::carried`]), so that the domain's counters do not go down (a metrics reader would take the
+    /// drop for a restart); once no queue of a domain is left, its carry-over goes too and the domain is unknown.
     fn make_room(&self, queues: &mut HashMap<QueueKey, DomainHandle>) {
         use std::sync::atomic::Ordering::Relaxed;
         if queues.len() < self.look_over_at.load(Relaxed) {
@@ -561,9 +570,22 @@ impl EngineShared {
             // Room for the one about to be made.
             let excess = retired.len() + 1 - MAX_RETIRED_QUEUES;
             retired.select_nth_unstable_by_key(excess - 1, |(used, _)| *used);
-            for (_, key) in &retired[..excess] {
-                queues.remove(key);
+            let forgotten: Vec<(Arc<str>, Arc<DomainStats>)> = retired[..excess]
+                .iter()
+                .filter_map(|(_, key)| Some((key.domain.clone(), queues.remove(key)?.stats)))
+                .collect();
+            let kept: std::collections::HashSet<&Arc<str>> =
+                queues.keys().map(|k| &k.domain).collect();
+            let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+            for (domain, stats) in forgotten {
+                if kept.contains(&domain) {
+                    carried
+                        .entry(domain)
+                        .or_insert_with(|| Arc::new(DomainStats::carry_over()))
+                        .add_counters(&stats);
+                }
             }
+            carried.retain(|domain, _| kept.contains(domain));
             tracing::debug!(
                 forgotten = excess,
                 "retired queues forgotten: more than {MAX_RETIRED_QUEUES} kept"
@@ -778,6 +800,7 @@ impl Engine {
                 idle_queue_timeout: limits.idle_queue_timeout,
                 reconfigurations: std::sync::atomic::AtomicU64::new(0),
                 look_over_at: std::sync::atomic::AtomicUsize::new(MAX_RETIRED_QUEUES),
+                carried: Mutex::new(HashMap::new()),
                 uses: std::sync::atomic::AtomicU64::new(0),
             }),
         }
@@ -1010,6 +1033,19 @@ impl Engine {
                 .or_default()
                 .push(h.stats.clone());
         }
+        // With what queues of theirs that were forgotten had counted (see `EngineShared::make_room`).
+        let carried = self
+            .shared
+            .carried
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (domain, stats) in carried.iter() {
+            if let Some(parts) = by_domain.get_mut(domain) {
+                parts.push(stats.clone());
+            }
+        }
+        drop(carried);
+        drop(domains);
         by_domain
             .into_iter()
             .map(|(d, mut parts)| {
@@ -1795,6 +1831,62 @@ domain "apps.example" {{
         );
         let last = engine.stats(&format!("d{}.example", seen - 1)).unwrap();
         assert_eq!(last.received.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    /// A domain delivered from two bindings whose queue of one binding is forgotten (beyond
+    /// [`MAX_RETIRED_QUEUES`]) keeps that queue's counts in its counters while its other queue stays, so that they
+    /// never go down (a metrics reader would take the drop for a restart); once both are forgotten the domain is
+    /// unknown, and nothing of it is kept.
+    #[tokio::test]
+    async fn a_domains_counters_keep_what_a_forgotten_queue_of_it_counted() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let engine = test_engine(Arc::new(StaticResolver::default()));
+        let to = |domain: &str, binding: &str| {
+            let mut n = notification(0);
+            n.domain = Arc::from(domain);
+            n.binding = Arc::from(binding);
+            n
+        };
+        engine.count_received(&to("two.example", "a"));
+        engine.count_received(&to("two.example", "b"));
+        engine.count_received(&to("two.example", "b"));
+        engine.shared.queues.lock().unwrap().values().for_each(|h| {
+            h.stats.delivered(std::time::Duration::from_millis(1));
+            h.stats.permanent("BadDeviceToken");
+        });
+        let mut fillers = 0;
+        let mut fill = |until: &dyn Fn() -> bool| {
+            while !until() {
+                engine.count_received(&to(&format!("d{fillers}.example"), "default"));
+                fillers += 1;
+                assert!(fillers <= 2 * MAX_RETIRED_QUEUES, "never forgotten");
+            }
+        };
+        let known = |binding: &str| {
+            engine
+                .shared
+                .queues
+                .lock()
+                .unwrap()
+                .contains_key(&QueueKey {
+                    domain: Arc::from("two.example"),
+                    binding: Arc::from(binding),
+                })
+        };
+        fill(&|| !known("a"));
+        assert!(known("b"), "the more recently used queue is kept");
+        let stats = engine.stats("two.example").expect("the domain is kept");
+        assert_eq!(stats.received.load(Relaxed), 3);
+        assert_eq!(stats.delivered.load(Relaxed), 2);
+        assert_eq!(stats.permanent.load(Relaxed), 2);
+        assert_eq!(stats.latency_cumulative().last(), Some(&2));
+        assert_eq!(
+            stats.failures()[&(stats::FailureKind::Permanent, "BadDeviceToken".to_owned())],
+            2
+        );
+        fill(&|| !known("b"));
+        assert!(engine.stats("two.example").is_none());
+        assert!(engine.shared.carried.lock().unwrap().is_empty());
     }
 
     fn limits(text: &str) -> EngineLimits {

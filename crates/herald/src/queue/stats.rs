@@ -227,6 +227,40 @@ impl DomainStats {
         total
     }
 
+    /// Counters that keep, for a domain, what queues of it no longer kept count (see
+    /// [`DomainStats::add_counters`]): at rest, with nothing queued or connected.
+    pub fn carry_over() -> DomainStats {
+        let carry = DomainStats::default();
+        carry.resting.store(true, Ordering::Relaxed);
+        carry
+    }
+
+    /// Adds `from`'s counters (what only ever grows: receptions, outcomes, latencies, failures by reason, looks,
+    /// retirements, task failures) to these; not its live figures (queue sizes, connections, times, pause).
+    pub fn add_counters(&self, from: &DomainStats) {
+        let add64 = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        add64(&self.received, &from.received);
+        add64(&self.delivered, &from.delivered);
+        add64(&self.transient, &from.transient);
+        add64(&self.permanent, &from.permanent);
+        add64(&self.requeued, &from.requeued);
+        add64(&self.streams_cancelled, &from.streams_cancelled);
+        add64(&self.latency_micros, &from.latency_micros);
+        add64(&self.looks, &from.looks);
+        add64(&self.retired, &from.retired);
+        add64(&self.task_failures, &from.task_failures);
+        for (to, from) in self.latency_buckets.iter().zip(&from.latency_buckets) {
+            add64(to, from);
+        }
+        let theirs = from.failures();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in theirs {
+            *failures.entry(k).or_default() += v;
+        }
+    }
+
     /// Notifications that reached a final outcome.
     pub fn finished(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed) + self.permanent.load(Ordering::Relaxed)
