@@ -52,7 +52,6 @@ printf '{"domain":"live.example","tokens":["%s"],"push_type":"liveactivity","pay
 printf '{"domain":"live.example","channel_id":"%s","payload":%s}' "$CHANNEL" "$UPDATE" > "$WORK/broadcast.json"
 
 stat() { curl -s "http://$ADMIN/stats" | j /dev/stdin "$1"; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 # run PATH BODY STAT_EXPR: prints notifications/s from the first request until the simulator has N more.
 run() {
   local before start end
@@ -60,7 +59,7 @@ run() {
   start=$(date +%s.%N)
   h2load -n "$N" -c 4 -m 16 -t 1 -d "$2" -H 'content-type: application/json' "http://$HTTP$1" > "$WORK/h2load.out" 2>&1
   grep -q "status codes: $N 2xx" "$WORK/h2load.out" || { cat "$WORK/h2load.out" >&2; exit 1; }
-  while [ "$(stat "$3")" -lt $((before + N)) ]; do sleep 0.02; done
+  wait_at_least "the simulator's $3 to reach $((before + N))" $((before + N)) 0.02 stat "$3"
   end=$(date +%s.%N)
   awk -v n="$N" -v a="$start" -v b="$end" 'BEGIN{printf "%.0f\n", n/(b-a)}'
 }

@@ -7,6 +7,7 @@
 #   DOMAINS=50000 RUNS=20 bench/conf/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. "$PWD/bench/lib.sh"
 
 DOMAINS=${DOMAINS:-10000}
 RUNS=${RUNS:-15}
@@ -64,8 +65,6 @@ else
     end=$(date +%s%N)
     times+=($(( (end - start) / 1000 )))
   done
-  sorted=($(printf '%s\n' "${times[@]}" | sort -n))
-  mid=$(( ${#sorted[@]} / 2 ))
-  median=$(awk -v us="${sorted[$mid]}" 'BEGIN { printf "%.1f", us / 1000 }')
+  median=$(awk -v us="$(printf '%s\n' "${times[@]}" | median)" 'BEGIN { printf "%.1f", us / 1000 }')
 fi
 echo "median of $RUNS runs: $median ms (herald check, $DOMAINS domains)"

@@ -53,8 +53,9 @@ import sys
 for i in range(int(sys.argv[1])): print('%064x' % (int(sys.argv[2]) + i))" "$N" "$1" > "$WORK/tokens.csv"
   local t0 t1; t0=$(date +%s.%N)
   HERALD_API_KEY=$KEY "$HERALD" send --url "http://$HTTP" --domain dash.example \
-    --file "$WORK/tokens.csv" --payload '{"aps":{"alert":"dash"}}' --batch 1000 --parallel 8 > /dev/null
-  while [ "$(accepted)" -lt $((base + N)) ]; do sleep 0.02; done
+    --file "$WORK/tokens.csv" --payload '{"aps":{"alert":"dash"}}' --batch 1000 --parallel 8 > "$WORK/send.out" \
+    || { echo "herald send failed:" >&2; cat "$WORK/send.out" >&2; exit 1; }
+  wait_accepted $((base + N)) 0.02
   t1=$(date +%s.%N); c1=$(cpu_ticks "$HERALD_PID")
   awk -v n="$N" -v a="$t0" -v b="$t1" -v c="$((c1 - c0))" -v hz="$TCK" 'BEGIN{printf "%.0f/%.2f", n/(b-a), c*1e6/hz/n}'
 }
@@ -71,17 +72,16 @@ close_clients() { kill "${CLIENT_PIDS[@]}" 2>/dev/null || true; wait "${CLIENT_P
 round $((0xdd0000000000)) > /dev/null   # warm-up
 NONE=(); WITH=(); TICKS=0
 # The order alternates between rounds, so that neither setting always runs on a warmer process.
-with_clients() { open_clients; WITH+=("$(round $((0xdf0000000000 + r * 0x10000000)))"); close_clients; }
-without() { NONE+=("$(round $((0xde0000000000 + r * 0x10000000)))"); }
+with_clients() { open_clients; measure x round $((0xdf0000000000 + r * 0x10000000)); WITH+=("$x"); close_clients; }
+without() { measure x round $((0xde0000000000 + r * 0x10000000)); NONE+=("$x"); }
 for r in $(seq "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then without; with_clients; else with_clients; without; fi
 done
 TICKS=$(cat "$WORK"/events.* | grep -c '^event: tick' || true)
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 rates() { for x in "$@"; do echo "${x%/*}"; done; }
 cpus() { for x in "$@"; do echo "${x#*/}"; done; }
-m0=$(median $(rates "${NONE[@]}")); m1=$(median $(rates "${WITH[@]}"))
-c0=$(median $(cpus "${NONE[@]}")); c1=$(median $(cpus "${WITH[@]}"))
+m0=$(rates "${NONE[@]}" | median); m1=$(rates "${WITH[@]}" | median)
+c0=$(cpus "${NONE[@]}" | median); c1=$(cpus "${WITH[@]}" | median)
 cost=$(awk -v a="$m0" -v b="$m1" 'BEGIN{printf "%.1f", (a-b)*100/a}')
 cpu_cost=$(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.1f", (b-a)*100/a}')
 {

@@ -76,7 +76,7 @@ for i in range(w * n, (w + 1) * n):
     with urllib.request.urlopen(req) as r:
         assert r.status == 202, r.status
 PY
-  while [ "$(accepted)" -lt "$(( ($1 + 1) * DOMAINS ))" ]; do sleep 0.2; done
+  wait_accepted "$(( ($1 + 1) * DOMAINS ))" 0.2
   while [ "$(metric_sum herald_connections_open)" != 0 ]; do sleep 0.2; done
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status"; }

@@ -60,8 +60,9 @@ one_run() {
   before=$(accepted)
   t0=$(date +%s.%N)
   "$bin" send --url "http://$http" --domain e2e.example --file "$WORK/tokens.csv" --payload '{"aps":{"alert":"e2e"}}' \
-    --batch 1000 --parallel 8 > "$WORK/send.out"
-  while [ "$(accepted)" -lt $((before + N)) ]; do sleep 0.05; done
+    --batch 1000 --parallel 8 > "$WORK/send.out" \
+    || { echo "herald send to $bin failed:" >&2; cat "$WORK/send.out" >&2; exit 1; }
+  wait_accepted $((before + N))
   t1=$(date +%s.%N)
   cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat")
   switches=0
@@ -73,13 +74,13 @@ one_run() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
   awk -v n="$N" -v a="$t0" -v b="$t1" -v c="$cpu" -v s="$switches" 'BEGIN{printf "%.0f %s %s", n/(b-a), c, s}'
 }
-median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 declare -A RATES CPUS
 for _ in $(seq "$RUNS"); do
   for which in base new; do
     bin=$BASE; [ "$which" = new ] && bin=$NEW
-    read -r rate cpu switches <<< "$(one_run "$bin")"
+    measure result one_run "$bin"
+    read -r rate cpu switches <<< "$result"
     echo "$which: $rate notifications/s, herald CPU $cpu s, spool writer switches $switches" >&2
     RATES[$which]+="$rate "; CPUS[$which]+="$cpu "
   done

@@ -65,21 +65,21 @@ one_run() {
     before=$(accepted)
     head -n "$count" "$WORK/tokens.csv" > "$WORK/these.csv"
     "$BASE" send --url "http://$http" --domain e2e.example --file "$WORK/these.csv" \
-      --payload '{"aps":{"alert":"e2e"}}' --batch 1000 --parallel 8 > "$WORK/send.out"
-    while [ "$(accepted)" -lt $((before + count)) ]; do sleep 0.2; done
+      --payload '{"aps":{"alert":"e2e"}}' --batch 1000 --parallel 8 > "$WORK/send.out" \
+      || { echo "herald send to $bin failed:" >&2; cat "$WORK/send.out" >&2; exit 1; }
+    wait_accepted $((before + count)) 0.2
   fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
   awk '/^(summary|totals):/ {print $2; exit}' "$file"
 }
-median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 declare -A PER
 for which in base new; do
   bin=$BASE; [ "$which" = new ] && bin=$NEW
-  idle=$(one_run "$bin" 0 "$OUT/$which.idle.callgrind")
+  measure idle one_run "$bin" 0 "$OUT/$which.idle.callgrind"
   echo "$which: idle start and stop $idle instructions" >&2
   for r in $(seq "$RUNS"); do
-    total=$(one_run "$bin" "$N" "$OUT/$which.$r.callgrind")
+    measure total one_run "$bin" "$N" "$OUT/$which.$r.callgrind"
     per=$(( (total - idle) / N ))
     echo "$which: $total instructions, $per per notification" >&2
     PER[$which]+="$per "

@@ -52,7 +52,7 @@ t0=$(date +%s.%N)
 "$HERALD" send --url "http://$HTTP" --domain e2e.example --file "$WORK/tokens.csv" --payload '{"aps":{"alert":"e2e"}}' \
   --batch 1000 --parallel 8 > "$WORK/send.out"
 t1=$(date +%s.%N)
-while [ "$(accepted)" -lt "$N" ]; do sleep 0.05; done
+wait_accepted "$N"
 t2=$(date +%s.%N)
 kill "$HERALD_PID"; wait "$HERALD_PID" 2>/dev/null || true
 accept_rate=$(awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
@@ -71,11 +71,11 @@ kill "$HERALD_PID"; wait "$HERALD_PID" 2>/dev/null || true
 start_sim
 r0=$(date +%s.%N)
 start_herald
-while [ "$(accepted)" -lt 1 ]; do sleep 0.01; done
+wait_accepted 1 0.01
 r1=$(date +%s.%N)
 resume=$(awk -v a="$r0" -v b="$r1" 'BEGIN{printf "%.2f", b-a}')
 # The backlog is queued again in the background while delivery runs: time until all of it reached the simulator.
-while [ "$(accepted)" -lt "$SPOOLED" ]; do sleep 0.1; done
+wait_accepted "$SPOOLED" 0.1
 r2=$(date +%s.%N)
 drained=$(awk -v a="$r0" -v b="$r2" 'BEGIN{printf "%.1f", b-a}')
 backlog_rate=$(awk -v n="$SPOOLED" -v a="$r0" -v b="$r2" 'BEGIN{printf "%.0f", n/(b-a)}')

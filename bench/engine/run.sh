@@ -66,8 +66,6 @@ domain "binary.bench" {
 CONF
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-
 OUT=target/bench-engine.md
 echo "| connections | h2load notifications/s | herald notifications/s | herald / h2load |" > "$OUT"
 echo "|---|---|---|---|" >> "$OUT"

@@ -87,10 +87,6 @@ send() { # URL FILE
     --payload '{"aps":{"alert":"jetstream"}}' --batch 1000 --parallel 8 > "$2.out" 2>&1 \
     || { echo "herald send to $1 failed:" >&2; tail -n 20 "$2.out" >&2; return 1; }
 }
-wait_accepted() { # TARGET
-  while [ "$(accepted)" -lt "$1" ]; do sleep 0.05; done
-}
-median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN{printf "%.0f", n/(b-a)}'; }
 
 tokens "$N" 0x0e1000000000 "$WORK/tokens.csv"
@@ -119,8 +115,8 @@ one_run() { # embedded|jetstream RUN-NUMBER
 }
 EMB=(); JS=()
 for r in $(seq "$RUNS"); do
-  EMB+=("$(one_run embedded "$r")")
-  JS+=("$(one_run jetstream "$r")")
+  measure rate one_run embedded "$r"; EMB+=("$rate")
+  measure rate one_run jetstream "$r"; JS+=("$rate")
 done
 emb_med=$(printf '%s\n' "${EMB[@]}" | median)
 echo "embedded: ${EMB[*]}; jetstream R1: ${JS[*]}" >&2
@@ -142,7 +138,8 @@ send "$NODE_HTTP" "$WORK/many.csv"
 t1=$(date +%s.%N)
 fill_rate=$(rate "$RESTART_N" "$t0" "$t1")
 kill -9 "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true
-[ "$(accepted)" -eq "$before" ] || { echo "the held node delivered: the restart measure is void" >&2; exit 1; }
+held=$(accepted)
+[ "$held" -eq "$before" ] || { echo "the held node delivered: the restart measure is void" >&2; exit 1; }
 t0=$(date +%s.%N)
 start_node restart "$WORK/restart.conf"
 wait_accepted $((before + 1))
@@ -181,7 +178,10 @@ for _ in $(seq "$RUNS"); do
   send "${NODE_URLS[0]}" "$WORK/part00" & s0=$!
   send "${NODE_URLS[1]}" "$WORK/part01" & s1=$!
   send "${NODE_URLS[2]}" "$WORK/part02" & s2=$!
-  wait $s0 $s1 $s2
+  # Each on its own: `wait A B C` would give only the last one's status.
+  sends_failed=0
+  for s in "$s0" "$s1" "$s2"; do wait "$s" || sends_failed=1; done
+  [ "$sends_failed" = 0 ] || { echo "bench: a herald send to the cluster failed (see above)" >&2; exit 1; }
   wait_accepted $((before + N))
   t1=$(date +%s.%N)
   h1=$(cpu_ticks "${NODE_PIDS[@]}"); n1=$(cpu_ticks "${NATS_PIDS[@]}")

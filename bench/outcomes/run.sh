@@ -75,8 +75,9 @@ one_run() {
   hooks_before=$(curl -s "http://$RECEIVER/count")
   t0=$(date +%s.%N)
   "$HERALD" send --url "http://$HTTP" --domain outcomes.example --file "$WORK/tokens.csv" \
-    --payload '{"aps":{"alert":"outcomes"}}' --batch 1000 --parallel 8 > "$WORK/send.out"
-  while [ "$(accepted)" -lt $((before + N)) ]; do sleep 0.05; done
+    --payload '{"aps":{"alert":"outcomes"}}' --batch 1000 --parallel 8 > "$WORK/send.out" \
+    || { echo "herald send failed:" >&2; cat "$WORK/send.out" >&2; exit 1; }
+  wait_accepted $((before + N))
   t1=$(date +%s.%N)
   # Not timed: the webhook trails delivery; wait (up to 120 s) until the receiver has every outcome of the run,
   # so that the count below says whether each one arrived (the next run starts from an empty spool).
@@ -86,12 +87,11 @@ one_run() {
   stop_herald
   awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}'
 }
-median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 OFF=(); ON=()
 for _ in $(seq "$RUNS"); do
-  OFF+=("$(one_run off)")
-  ON+=("$(one_run on)")
+  measure rate one_run off; OFF+=("$rate")
+  measure rate one_run on; ON+=("$rate")
 done
 off_med=$(printf '%s\n' "${OFF[@]}" | median)
 on_med=$(printf '%s\n' "${ON[@]}" | median)
@@ -110,9 +110,10 @@ for i in range(int(sys.argv[1])): print('%064x' % (0x0c0f00000000 + i))" "$SPOOL
 before=$(accepted)
 "$HERALD" send --url "http://$HTTP" --domain outcomes.example --file "$WORK/many.csv" \
   --payload '{"aps":{"alert":"lookups"}}' --batch 1000 --parallel 8 --ids > "$WORK/many.out"
-while [ "$(accepted)" -lt $((before + SPOOL_N)) ]; do sleep 0.1; done
+wait_accepted $((before + SPOOL_N)) 0.1
 # Wait until the store holds them all.
-while [ "$(curl -s "http://$HTTP/metrics" | awk '/^herald_outcomes_stored /{print $2}')" -lt "$SPOOL_N" ]; do sleep 0.1; done
+outcomes_stored() { curl -sf "http://$HTTP/metrics" | awk '/^herald_outcomes_stored /{print $2}'; }
+wait_at_least "herald to store $SPOOL_N outcomes" "$SPOOL_N" 0.1 outcomes_stored
 grep -E '^  [0-9A-F]{2}/' "$WORK/many.out" | shuf -n 100000 --random-source=<(yes) \
   | sed "s|^  \(.*\)|http://$HTTP/api/v1/notifications/\1|" > "$WORK/uris"
 h2load -i "$WORK/uris" -n 100000 -c 8 -m 16 -t 1 > "$WORK/h2load.out" 2>&1

@@ -7,6 +7,7 @@
 # Prints a Markdown table (also written to target/bench-sim.md) plus the exact commands used.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. "$PWD/bench/lib.sh"
 
 RUNS=${1:-5}
 N=${2:-200000}
@@ -45,8 +46,6 @@ H2=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["h2"])' "$WO
 TICKS=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$SIM_PID/stat"; }
-
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 OUT=target/bench-sim.md
 {

@@ -46,8 +46,6 @@ settled() {
   echo "$now"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-
 OUT=target/bench-slow.md
 {
   echo "| simulator | herald notifications/s (median of $RUNS × $N) | duplicates (median, max) | streams herald cancelled (all runs) |"

@@ -48,7 +48,6 @@ X-APNs-Topic: com.example.smtp
 --MCMT_BOUNDARY--
 MSG
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 acks=() ends=()
 for run in $(seq "$RUNS"); do
   rm -rf "$WORK/spool"
@@ -69,7 +68,7 @@ CONF
   smtp-source -d -s "$SESSIONS" -m "$MESSAGES" -f app@backend.example \
     -t "$(printf '%064x' $((0x5a7e0000 + run)))@smtp.example" -F "$WORK/message.eml" "$SMTP"
   t1=$(date +%s.%N)
-  while [ "$(accepted)" -lt $((before + MESSAGES)) ]; do sleep 0.05; done
+  wait_accepted $((before + MESSAGES))
   t2=$(date +%s.%N)
   kill "$HERALD_PID"; wait "$HERALD_PID" 2>/dev/null || true
   acks+=("$(awk -v n="$MESSAGES" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')")

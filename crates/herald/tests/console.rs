@@ -1137,3 +1137,124 @@ async fn config_reload_names_an_undeliverable_domain_and_remembers_its_path() {
     );
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// A TCP relay to the listener at `upstream`, one upstream connection per client, as a network path passes a
+/// connection on: what the server writes before it closes reaches the client, then the client's side is
+/// half-closed, and what the client sends afterwards is taken (and dropped) without a reset. (On loopback the
+/// kernel would answer such a write with a reset at once, which a client then reads instead of what the server
+/// wrote; across a network, the reset comes a round trip later, after that has been read.) Returns the relay's
+/// address and a receiver told each time the server has closed a connection and its end has been passed on.
+async fn relay(upstream: String) -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (closed, closes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut server_r, mut server_w) = server.into_split();
+                let down = async move {
+                    let _ = tokio::io::copy(&mut server_r, &mut client_w).await;
+                    let _ = client_w.shutdown().await;
+                    let _ = closed.send(());
+                };
+                let up = async move {
+                    let mut buf = [0; 4096];
+                    while let Ok(n @ 1..) = client_r.read(&mut buf).await {
+                        let _ = server_w.write_all(&buf[..n]).await;
+                    }
+                };
+                tokio::join!(down, up);
+            });
+        }
+    });
+    (addr, closes)
+}
+
+/// A console session left idle past the listener's `timeout` connects again for its next command, which gets its
+/// own answer (not the `Idle timeout` the listener wrote before it closed the idle connection), and logs in again
+/// with the password of the `auth` the listener accepted earlier in the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_after_the_idle_timeout_gets_its_own_answer() {
+    command_after_the_idle_timeout(false).await;
+}
+
+/// The same over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_after_the_idle_timeout_gets_its_own_answer_over_tls() {
+    command_after_the_idle_timeout(true).await;
+}
+
+async fn command_after_the_idle_timeout(tls: bool) {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let identity = if tls {
+        format!(
+            "tls_certificate = \"{}\" tls_key = \"{}\"",
+            pki.manifest.server_cert.display(),
+            pki.manifest.server_key.display(),
+        )
+    } else {
+        String::new()
+    };
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\ncontrol_listener {{ listen \"127.0.0.1:0\" {{ {identity} control_password = \"pw\" timeout = 1 }} }}\n",
+            dir.path().join("spool").display(),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let (addr, mut closes) = relay(server.addrs().await.control[0].clone()).await;
+    let port = addr.rsplit_once(':').unwrap().1;
+
+    // Batch mode, fed line by line: the first commands, then nothing until the listener has closed the connection.
+    let mut console = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    console.arg("console");
+    if tls {
+        console.arg("--ca").arg(&pki.manifest.ca_cert);
+        console.arg(format!("localhost:{port}"));
+    } else {
+        console.arg(&addr);
+    }
+    let mut child = console
+        .env_remove("HERALD_CONSOLE_PASSWORD")
+        .env_remove("HERALD_CONSOLE_SOCKET")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"auth pw\npid\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    tokio::time::timeout(WAIT, closes.recv())
+        .await
+        .expect("the listener never closed the idle console connection")
+        .unwrap();
+    stdin.write_all(b"pid\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let pid = std::process::id();
+    assert_eq!(
+        stdout,
+        format!("Authenticated.\n{pid}\n{pid}\n"),
+        "stderr: {stderr}"
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    server.shutdown(Duration::from_secs(2)).await;
+}

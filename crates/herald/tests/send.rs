@@ -281,6 +281,14 @@ async fn refusals_exit_non_zero_with_grouped_reasons() {
     assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("accepted: 1\n"), "{}", run.stdout);
     assert!(run.stdout.contains("rejected: 2\n"), "{}", run.stdout);
+    // The one accepted among several is not named by the summary: its id is printed below it.
+    let ids = run
+        .stdout
+        .split_once("ids:\n")
+        .unwrap_or_else(|| panic!("no ids:\n{}", run.stdout))
+        .1;
+    assert_eq!(ids.lines().count(), 1, "{}", run.stdout);
+    assert!(ids.starts_with("  00/"), "{}", run.stdout);
     assert!(
         run.stdout
             .contains("         2  device token: device token has a non-hex character\n"),
@@ -372,7 +380,10 @@ async fn bad_input_is_reported_with_line_numbers_and_nothing_is_sent() {
     let run = send(&s, &["--file", file.to_str().unwrap()], "").await;
     assert_eq!(run.code, Some(1));
     assert!(
-        run.stderr.contains("has no payload of its own"),
+        run.stderr.contains(&format!(
+            "{}:1: this notification has no payload of its own",
+            file.display()
+        )),
         "{}",
         run.stderr
     );

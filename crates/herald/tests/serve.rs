@@ -699,3 +699,114 @@ async fn sighup_reopens_the_mainlog_and_the_feedback_log_after_a_rotation() {
     assert!(!new.contains(&before), "{new}");
     assert!(!read(&mainlog_old).contains(&after));
 }
+
+/// A child process killed when dropped, so that a failed test leaves no server running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A SIGHUP that arrives while herald starts does not end it: the start completes, the ready line appears, and the
+/// signal is acted on (a reload) once the server runs. The start is held at a known point: the invalid-token file
+/// is a FIFO, which herald reads during its start and which gives no end of file until the test closes its end.
+#[test]
+fn a_sighup_during_the_start_is_acted_on_once_herald_runs() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("invalid-tokens.jsonl");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that lives until the call returns.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\ninvalid_tokens_file = \"{}\"\nhttp_listener {{ listen \"127.0.0.1:0\" {{ }} }}\n",
+            dir.path().join("spool").display(),
+            fifo.display()
+        ),
+    )
+    .unwrap();
+    let mut running = Running(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "-c"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut running.0;
+    let (lines, logged) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    // The FIFO's writing end opens without waiting only once a reader has it open: herald is then in its start.
+    let deadline = Instant::now() + WAIT;
+    let writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(w) => break w,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
+            Err(e) => panic!("opening {}: {e}", fifo.display()),
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "herald ended before reading its invalid-token file"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "herald never opened its invalid-token file"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // What opens the path later (to append) finds an ordinary file.
+    let plain = dir.path().join("invalid-tokens.new");
+    std::fs::write(&plain, "").unwrap();
+    std::fs::rename(&plain, &fifo).unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill sends a signal to the child this test started and still holds (not yet waited for).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    drop(writer);
+
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(
+        ready.starts_with('{'),
+        "no ready line ({ready:?}); herald: {:?}",
+        child.wait()
+    );
+    loop {
+        let line = logged
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|e| panic!("no reload after the SIGHUP: {e}"));
+        if line.contains("SIGHUP: configuration reloaded") {
+            break;
+        }
+    }
+    assert!(child.try_wait().unwrap().is_none(), "herald ended");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "herald serve exited with {status}");
+}

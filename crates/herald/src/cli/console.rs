@@ -6,16 +6,22 @@
 //!
 //! SOCKET is a Unix socket path (default `/tmp/2025`, or `$HERALD_CONSOLE_SOCKET`) or `[user@]host:port`. With a
 //! command, or when standard input is not a terminal, it runs in batch mode: it sends the command (or each line of
-//! standard input), prints the answers and exits 1 if any command failed. Otherwise it is interactive, with line
-//! editing, history (`~/.herald_console_history`) and a prompt like `10:47:35 /tmp/2025>` (UTC time); `quit` or
-//! `exit` leaves. A password for a listener with `control_password` comes from `--password-file` or
-//! `$HERALD_CONSOLE_PASSWORD`.
+//! standard input, as it is read), prints the answers and exits 1 if any command failed. Otherwise it is
+//! interactive, with line editing, history (`~/.herald_console_history`, which never keeps an `auth` line) and a
+//! prompt like `10:47:35 /tmp/2025>` (UTC time); `quit` or `exit` leaves. A password for a listener with
+//! `control_password` comes from `--password-file` or `$HERALD_CONSOLE_PASSWORD`, or from an `auth PASSWORD` the
+//! listener accepted; it is sent again on every new connection.
+//!
+//! The listener closes a connection left idle for its `timeout`, with an `Idle timeout` answer nobody asked for.
+//! Before a command goes out on a connection that has been idle, the console looks whether the server has written
+//! anything or closed it meanwhile; if so, it connects again and the command goes out on the new connection.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use herald::control::commands::{self, Command};
 use herald::control::protocol::{self, Reply};
 use tokio::io::{AsyncBufRead, AsyncWrite, BufReader};
 use tokio::runtime::Runtime;
@@ -210,12 +216,31 @@ impl Connection {
         protocol::write_request(&mut self.writer, line).await?;
         protocol::read_reply(&mut self.reader).await
     }
+
+    /// Whether the server wrote something or closed the connection while no command was waiting for an answer
+    /// (what a listener does to a connection idle for its `timeout`): such a connection must not carry the next
+    /// command, whose answer would be read from what is already there. Looks without waiting.
+    async fn is_stale(&mut self) -> bool {
+        // One turn of the runtime first, so that what arrived while the console was idle has been taken in.
+        tokio::task::yield_now().await;
+        let reader = &mut self.reader;
+        std::future::poll_fn(|cx| {
+            // Bytes, the end of the stream and an error all mean the connection is done with.
+            std::task::Poll::Ready(
+                std::pin::Pin::new(&mut *reader)
+                    .poll_fill_buf(cx)
+                    .is_ready(),
+            )
+        })
+        .await
+    }
 }
 
-/// A connection that reconnects once when the server closed it (idle timeout).
+/// A connection that reconnects when the server closed it (idle timeout).
 struct Session {
     runtime: Runtime,
     target: Target,
+    /// Sent on every new connection: from `--password-file` or the environment, or the last `auth` accepted.
     password: Option<String>,
     tls: Option<TlsClient>,
     conn: Option<Connection>,
@@ -223,6 +248,25 @@ struct Session {
 
 impl Session {
     fn run(&mut self, line: &str) -> anyhow::Result<Reply> {
+        let reply = self.exchange(line)?;
+        if reply.ok
+            && let Ok(Some(Command::Auth(password))) = commands::parse(line)
+        {
+            self.password = Some(password);
+        }
+        Ok(reply)
+    }
+
+    fn exchange(&mut self, line: &str) -> anyhow::Result<Reply> {
+        if let Some(conn) = self.conn.as_mut()
+            && self.runtime.block_on(conn.is_stale())
+        {
+            tracing::debug!(
+                "{}: the server closed the idle connection; connecting again",
+                self.target.label()
+            );
+            self.conn = None;
+        }
         for attempt in 0..2 {
             if self.conn.is_none() {
                 let conn = self.runtime.block_on(Connection::open(
@@ -294,23 +338,23 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         conn: None,
     };
     if !command.is_empty() {
-        return batch(&mut session, std::iter::once(command_line(&command)));
+        return batch(&mut session, std::iter::once(Ok(command_line(&command))));
     }
     if !std::io::stdin().is_terminal() {
-        let lines: Vec<String> = std::io::stdin()
-            .lock()
-            .lines()
-            .collect::<Result<_, _>>()
-            .context("reading commands from standard input")?;
-        return batch(&mut session, lines.into_iter());
+        // Line by line as they come: a script may pause between commands, longer than the listener's timeout.
+        return batch(&mut session, std::io::stdin().lock().lines());
     }
     interactive(&mut session)
 }
 
 /// Prints each answer (failures on standard error); exit status 1 if any command failed.
-fn batch(session: &mut Session, lines: impl Iterator<Item = String>) -> anyhow::Result<ExitCode> {
+fn batch(
+    session: &mut Session,
+    lines: impl Iterator<Item = std::io::Result<String>>,
+) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for line in lines {
+        let line = line.context("reading commands from standard input")?;
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
@@ -345,6 +389,14 @@ fn clock() -> String {
     format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
+/// Whether a command line goes into the history file: not `auth PASSWORD`, whose password would stay there in
+/// clear text (the session keeps it in memory, for the connections it opens later).
+fn kept_in_history(line: &str) -> bool {
+    !commands::words(line)
+        .first()
+        .is_some_and(|w| w.eq_ignore_ascii_case("auth"))
+}
+
 fn interactive(session: &mut Session) -> anyhow::Result<ExitCode> {
     use rustyline::error::ReadlineError;
     let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
@@ -363,7 +415,9 @@ fn interactive(session: &mut Session) -> anyhow::Result<ExitCode> {
                 if line.is_empty() {
                     continue;
                 }
-                let _ = editor.add_history_entry(line);
+                if kept_in_history(line) {
+                    let _ = editor.add_history_entry(line);
+                }
                 if matches!(line, "quit" | "exit") {
                     break;
                 }
@@ -457,6 +511,22 @@ mod tests {
         assert_eq!(c, s(&["pid"]));
         let (_, c) = split_args(&s(&["summary", "reset"]));
         assert_eq!(c, s(&["summary", "reset"]));
+    }
+
+    #[test]
+    fn auth_lines_stay_out_of_the_history() {
+        for secret in [
+            "auth s3cret",
+            "AUTH s3cret",
+            "  auth   \"two words\"",
+            "\"auth\" s3cret",
+            "auth",
+        ] {
+            assert!(!kept_in_history(secret), "{secret}");
+        }
+        for kept in ["summary", "showqueue auth.example 10,0", "authors", "mailq"] {
+            assert!(kept_in_history(kept), "{kept}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use herald::queue::stats::FailureKind;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,7 +37,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub smtp_count: u64,
     /// Scratch directory for the PKI, configuration, spool and logs (default: a new temporary directory, kept
-    /// so the logs can be read afterwards).
+    /// so the logs can be read afterwards). The spool and logs an earlier demo left there are cleared first; a
+    /// directory with a spool or logs that no demo wrote is refused.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Keep herald and the simulator running this many seconds after the run (or until Ctrl-C), to look at the
@@ -67,12 +68,77 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.cluster {
         return super::demo_cluster::run(args.count, dir);
     }
+    clear_previous_run(&dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting tokio")?;
     let plan = Plan::new(args.count as usize, args.smtp_count as usize);
     runtime.block_on(demo(dir, plan, args.linger))
+}
+
+/// The first line of the configuration a demo writes: what marks a directory as a demo's own.
+const DEMO_CONFIG_HEADER: &str = "# herald demo:";
+
+/// Whether `config` is a configuration written by `herald demo`.
+fn is_demo_config(config: &Path) -> bool {
+    std::fs::read_to_string(config).is_ok_and(|text| text.starts_with(DEMO_CONFIG_HEADER))
+}
+
+/// Clears what an earlier demo run left in `dir` and a new run would read back: its spool (spooled
+/// notifications, stored outcomes, the invalid-token list) and its logs (which would count twice). The test PKI
+/// and the configuration are written anew by every run. Only a directory whose `herald.conf` a demo wrote is
+/// cleared; one that holds a spool or logs of anything else is refused, untouched. So is one whose spool a
+/// running herald (another demo, still lingering) holds.
+fn clear_previous_run(dir: &Path) -> anyhow::Result<()> {
+    let paths = DemoPaths::new(dir);
+    let left: Vec<&Path> = [&paths.spool, &paths.mainlog, &paths.apnlog]
+        .into_iter()
+        .map(PathBuf::as_path)
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    if !is_demo_config(&paths.config) {
+        anyhow::bail!(
+            "{}: holds {}, and no configuration written by herald demo ({} missing or not a demo's):              refusing to touch it; give --dir an empty directory or one an earlier demo used",
+            dir.display(),
+            left.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            paths.config.display()
+        );
+    }
+    if let Ok(lock) = std::fs::File::open(paths.spool.join("LOCK")) {
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "{}: a running herald holds this spool (another demo in {}?); stop it or use another --dir",
+                paths.spool.display(),
+                dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| {
+                    format!("checking whether herald runs on {}", paths.spool.display())
+                });
+            }
+        }
+    }
+    stage(&format!(
+        "clearing the spool and logs of an earlier run in {}",
+        dir.display()
+    ));
+    for path in left {
+        let removed = if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        removed.with_context(|| format!("removing {} of an earlier demo run", path.display()))?;
+    }
+    Ok(())
 }
 
 fn stage(text: &str) {
@@ -506,4 +572,78 @@ fn summary_table(out: &mut String, plan: &Plan, seen: &Observed) {
         out,
         "refused at the door (malformed tokens): {rest_refused} over REST, {smtp_refused} over SMTP"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_configuration_carries_the_demo_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics: Vec<String> = APPS.iter().map(|a| a.topic.to_string()).collect();
+        let pki = Pki::generate(&dir.path().join("pki"), &topics).unwrap();
+        let paths = DemoPaths::new(dir.path());
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        config::write(&paths, &pki.manifest, addr, addr, API_KEY).unwrap();
+        assert!(is_demo_config(&paths.config));
+    }
+
+    #[test]
+    fn an_earlier_run_s_spool_and_logs_are_cleared_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = DemoPaths::new(dir.path());
+        std::fs::create_dir_all(paths.spool.join("outcomes")).unwrap();
+        std::fs::write(paths.spool.join("invalid-tokens.jsonl"), "{}\n").unwrap();
+        std::fs::create_dir_all(paths.mainlog.parent().unwrap()).unwrap();
+        std::fs::write(&paths.mainlog, "R\n").unwrap();
+        std::fs::write(&paths.apnlog, "D\n").unwrap();
+        std::fs::write(&paths.config, format!("{DEMO_CONFIG_HEADER} …\n")).unwrap();
+        let notes = dir.path().join("logs/notes.txt");
+        std::fs::write(&notes, "mine").unwrap();
+
+        clear_previous_run(dir.path()).unwrap();
+        assert!(!paths.spool.exists());
+        assert!(!paths.mainlog.exists() && !paths.apnlog.exists());
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), "mine");
+        assert!(paths.config.exists());
+        // Nothing left to clear: a second call does nothing.
+        clear_previous_run(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_directory_with_a_spool_no_demo_wrote_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = DemoPaths::new(dir.path());
+        std::fs::create_dir_all(&paths.spool).unwrap();
+        std::fs::write(paths.spool.join("precious"), "keep").unwrap();
+        let err = clear_previous_run(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("no configuration written by herald demo"),
+            "{err}"
+        );
+        assert!(err.contains(&paths.spool.display().to_string()), "{err}");
+        std::fs::write(&paths.config, "spool_dir = \"/elsewhere\"\n").unwrap();
+        assert!(clear_previous_run(dir.path()).is_err());
+        assert_eq!(
+            std::fs::read_to_string(paths.spool.join("precious")).unwrap(),
+            "keep"
+        );
+    }
+
+    #[test]
+    fn a_spool_a_running_herald_holds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = DemoPaths::new(dir.path());
+        std::fs::create_dir_all(&paths.spool).unwrap();
+        std::fs::write(&paths.config, format!("{DEMO_CONFIG_HEADER} …\n")).unwrap();
+        let lock = std::fs::File::create(paths.spool.join("LOCK")).unwrap();
+        lock.lock().unwrap();
+        let err = clear_previous_run(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("a running herald holds this spool"), "{err}");
+        assert!(paths.spool.exists());
+        drop(lock);
+        clear_previous_run(dir.path()).unwrap();
+        assert!(!paths.spool.exists());
+    }
 }

@@ -123,7 +123,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         })
         .collect();
-    if args.ids || (ids.len() > 1 && ids.len() <= 10) {
+    // Up to 10 ids without --ids; a single notification's id is already in the summary's `accepted` line.
+    let in_summary = report.sent == 1 && ids.len() == 1;
+    if args.ids || (!ids.is_empty() && ids.len() <= 10 && !in_summary) {
         writeln!(out, "ids:")?;
         for id in &ids {
             writeln!(out, "  {id}")?;
@@ -286,20 +288,14 @@ fn prepare(args: &SendArgs) -> anyhow::Result<(Request, Vec<Item>, String)> {
                     std::fs::File::open(path).with_context(|| format!("{name}: cannot open"))?;
                 input::read(BufReader::new(file), args.format, &name)?
             };
-            if defaults.payload.is_none()
-                && let Some(i) = items.iter().position(|i| i.payload.is_none())
-            {
-                anyhow::bail!(
-                    "notification {} has no payload of its own: give one for all with --payload JSON or \
-                         --alert TEXT",
-                    i + 1
-                );
-            }
             let what = if path.as_os_str() == "-" {
                 "stdin".to_owned()
             } else {
                 path.display().to_string()
             };
+            if defaults.payload.is_none() {
+                input::check_payloads(&items, &what)?;
+            }
             (items, what)
         }
         (None, None) => anyhow::bail!(

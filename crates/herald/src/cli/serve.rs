@@ -30,9 +30,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting tokio")?;
     runtime.block_on(async {
+        // SIGHUP is caught from here on: one that arrives while the server starts (which can take long while the
+        // spool is read back) must not end the process; it is acted on (reload, reopen logs) once the server runs.
+        // SIGTERM and SIGINT keep their default action until then, so that a start that takes long can be
+        // stopped at once (what was acknowledged is in the spool either way).
+        let hup = Signals::hangup()?;
         let server = Server::start(&args.config).await?;
-        // The handlers are in place before the ready line, so a signal sent as soon as it is read is handled.
-        let signals = Signals::install()?;
+        // The other handlers are in place before the ready line, so a signal sent as soon as it is read is handled.
+        let signals = Signals::install(hup)?;
         // One line on stdout once every listener is bound: scripts and tests read the addresses from it.
         println!("{}", serde_json::to_string(&server.addrs().await)?);
         run_until_stopped(&server, signals).await?;
@@ -81,12 +86,17 @@ struct Signals {
 }
 
 impl Signals {
-    fn install() -> anyhow::Result<Signals> {
+    fn hangup() -> anyhow::Result<tokio::signal::unix::Signal> {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup()).context("installing the SIGHUP handler")
+    }
+
+    fn install(hup: tokio::signal::unix::Signal) -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            hup,
         })
     }
 }

@@ -41,6 +41,8 @@ pub struct Item {
     pub token: String,
     pub payload: Option<Box<RawValue>>,
     pub options: Options,
+    /// The line of the input it was read from (`None` for one not read from a file).
+    pub line: Option<usize>,
 }
 
 impl Item {
@@ -50,8 +52,36 @@ impl Item {
             token: token.into(),
             payload: None,
             options: Options::default(),
+            line: None,
         }
     }
+}
+
+/// With no shared payload (`--payload`, `--alert`), every notification read needs its own: the first one without
+/// is named by its line, with how many more lack one.
+pub fn check_payloads(items: &[Item], source_name: &str) -> Result<(), InputError> {
+    let mut missing = items.iter().filter(|i| i.payload.is_none());
+    let Some(first) = missing.next() else {
+        return Ok(());
+    };
+    let others = missing.count();
+    let message = format!(
+        "this notification has no payload of its own{}: give one for all with --payload JSON or --alert TEXT \
+         (or an `alert` column)",
+        match others {
+            0 => String::new(),
+            1 => " (nor has 1 other)".to_owned(),
+            n => format!(" (nor have {n} others)"),
+        }
+    );
+    Err(match first.line {
+        Some(line) => InputError::Line {
+            source_name: source_name.to_owned(),
+            line,
+            message,
+        },
+        None => InputError::Payload(format!("{source_name}: {message}")),
+    })
 }
 
 /// The input formats of `--file`.
@@ -144,6 +174,9 @@ pub fn read(
     Ok(items)
 }
 
+/// The byte order mark some programs write at the start of a UTF-8 file.
+const BOM: char = '\u{feff}';
+
 /// The columns a CSV header may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Column {
@@ -185,6 +218,12 @@ fn read_csv(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, InputE
             }])
         })?;
         let line = line.trim_end_matches('\r');
+        // A byte order mark (as spreadsheet programs write) is not part of the first field.
+        let line = if number == 1 {
+            line.strip_prefix(BOM).unwrap_or(line)
+        } else {
+            line
+        };
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
@@ -200,7 +239,9 @@ fn read_csv(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, InputE
                 continue;
             }
         };
-        if std::mem::take(&mut first) && fields.iter().any(|f| f.trim() == "token") {
+        // The first row is a header when it names a column (any case; `device_token` for `token`): no device
+        // token reads as a column name.
+        if std::mem::take(&mut first) && fields.iter().any(|f| Column::parse(f).is_some()) {
             let mut parsed = Vec::new();
             for f in &fields {
                 match Column::parse(f) {
@@ -214,11 +255,19 @@ fn read_csv(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, InputE
                     ))),
                 }
             }
+            if !parsed.contains(&Column::Token) {
+                errors.push(fail(
+                    "the header names no token column (`token` or `device_token`)".to_owned(),
+                ));
+            }
             columns = Some(parsed);
             continue;
         }
         match csv_item(&fields, columns.as_deref()) {
-            Ok(item) => items.push(item),
+            Ok(item) => items.push(Item {
+                line: Some(number),
+                ..item
+            }),
             Err(m) => errors.push(fail(m)),
         }
         if errors.len() >= MAX_ERRORS {
@@ -344,11 +393,19 @@ fn read_jsonl(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, Inpu
                 error,
             }])
         })?;
+        let line = if i == 0 {
+            line.strip_prefix(BOM).unwrap_or(&line)
+        } else {
+            &line
+        };
         if line.trim().is_empty() {
             continue;
         }
-        match parse_json_line(&line) {
-            Ok(item) => items.push(item),
+        match parse_json_line(line) {
+            Ok(item) => items.push(Item {
+                line: Some(i + 1),
+                ..item
+            }),
             Err(message) => errors.push(InputError::Line {
                 source_name: source_name.to_owned(),
                 line: i + 1,
@@ -394,6 +451,7 @@ fn parse_json_line(line: &str) -> Result<Item, String> {
         token: parsed.token,
         payload: Some(parsed.payload),
         options: parsed.options,
+        line: None,
     })
 }
 
@@ -443,6 +501,57 @@ mod tests {
         assert!(err.contains("t.csv:2: priority \"high\""), "{err}");
         let err = csv("\n\n").unwrap_err().to_string();
         assert_eq!(err, "t.csv: no notifications in it");
+        let err = csv("alert,topic\nhi,t\n").unwrap_err().to_string();
+        assert!(
+            err.contains("t.csv:1: the header names no token column"),
+            "{err}"
+        );
+
+        // A notification without a payload (and none given for all) is named by its line, not its rank.
+        let items = csv("# tokens\ntoken,alert\naa,Hi\n\nbb,\ncc,\n").unwrap();
+        assert_eq!(
+            items.iter().map(|i| i.line).collect::<Vec<_>>(),
+            [Some(3), Some(5), Some(6)]
+        );
+        let err = check_payloads(&items, "t.csv").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "t.csv:5: this notification has no payload of its own (nor has 1 other)"
+            ),
+            "{err}"
+        );
+        assert!(check_payloads(&items[..1], "t.csv").is_ok());
+    }
+
+    #[test]
+    fn a_header_is_recognised_as_the_columns_are_read() {
+        let tokens = |items: &[Item]| items.iter().map(|i| i.token.clone()).collect::<Vec<_>>();
+        for header in [
+            "token,alert",
+            "Token,Alert",
+            "device_token,alert",
+            "DEVICE_TOKEN , alert",
+            "\u{feff}token,alert",
+            "\u{feff}Device_Token,alert",
+        ] {
+            let items =
+                csv(&format!("{header}\naa,Hi\n")).unwrap_or_else(|e| panic!("{header:?}: {e}"));
+            assert_eq!(tokens(&items), ["aa"], "{header:?}");
+            assert_eq!(
+                items[0].payload.as_ref().map(|p| p.get()),
+                Some(r#"{"aps":{"alert":"Hi"}}"#),
+                "{header:?}"
+            );
+        }
+        // A byte order mark before a plain list of tokens is not part of the first token.
+        assert_eq!(tokens(&csv("\u{feff}aa\nbb\n").unwrap()), ["aa", "bb"]);
+        let items = read(
+            "\u{feff}{\"token\":\"aa\",\"payload\":{}}\n".as_bytes(),
+            Format::Jsonl,
+            "-",
+        )
+        .unwrap();
+        assert_eq!(tokens(&items), ["aa"]);
     }
 
     #[test]
