@@ -99,6 +99,8 @@ impl Harness {
         s.retry.retry_interval = AN_HOUR;
         s.retry.max_retry_interval = AN_HOUR;
         s.retry.message_expiration = 48 * AN_HOUR;
+        // The APNs expiration is past the hour's retry too: a retry it would come after fails at once instead.
+        s.apn_expiry = 48 * AN_HOUR;
         s
     }
 
