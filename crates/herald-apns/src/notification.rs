@@ -129,8 +129,9 @@ fn route_without_token(protocol: Protocol) -> &'static str {
 
 /// Checks every part and returns the parsed device token.
 ///
-/// The binary protocol needs a 32-byte token and a 32-bit expiry; it has no push type, topic, collapse id
-/// or apns-id on the wire, so those are checked only when given and are otherwise ignored there. A push type
+/// The device token is checked against the protocol's sizes (docs/apns-protocol.md#size-limits): 1 to 100 bytes on
+/// HTTP/2, exactly 32 on the binary protocol. The binary protocol also needs a 32-bit expiry; it has no push type,
+/// topic, collapse id or apns-id on the wire, so those are checked only when given and are otherwise ignored there. A push type
 /// that needs token authentication is refused on a certificate route and on every binary route.
 pub fn validate_notification(
     parts: &NotificationParts<'_>,
@@ -145,9 +146,9 @@ pub fn validate_notification(
         });
     }
     let token = DeviceToken::from_hex(parts.token)?;
-    token.check_apns()?;
-    if parts.protocol == Protocol::Binary {
-        token.check_binary()?;
+    match parts.protocol {
+        Protocol::Http2 => token.check_apns()?,
+        Protocol::Binary => token.check_binary()?,
     }
     let headers = parts.headers;
     if let Some(exp) = headers.expiration {
@@ -233,33 +234,61 @@ mod tests {
 
     #[test]
     fn tokens_must_have_the_size_apns_takes_on_both_protocols() {
-        // docs/apns-protocol.md#size-limits: 32 bytes; APNs answers BadDeviceToken to other sizes on HTTP/2 as well.
-        for protocol in [Protocol::Http2, Protocol::Binary] {
-            for bytes in [1, 2, 31, 33, 100, 101] {
-                let hex = "ab".repeat(bytes);
-                let p = NotificationParts {
-                    token: &hex,
-                    protocol,
-                    ..parts()
-                };
-                assert_eq!(
-                    validate_notification(&p),
-                    Err(NotificationError::Token(TokenError::WrongLength {
-                        len: bytes
-                    })),
-                    "{bytes} bytes over {protocol:?}"
-                );
-            }
+        // docs/apns-protocol.md#size-limits: HTTP/2 takes 1 to 100 bytes (Live Activity push tokens are 80), the
+        // binary protocol 32 only.
+        let token = |bytes: usize, protocol| {
+            let hex = "ab".repeat(bytes);
+            validate_notification(&NotificationParts {
+                token: &hex,
+                protocol,
+                ..parts()
+            })
+            .map(|t| t.len())
+        };
+        for bytes in [1, 2, 31, 32, 33, 54, 80, 100] {
+            assert_eq!(
+                token(bytes, Protocol::Http2),
+                Ok(bytes),
+                "{bytes} bytes over HTTP/2"
+            );
         }
-        let short = NotificationParts {
-            token: "abcd",
+        for bytes in [101, 150] {
+            assert_eq!(
+                token(bytes, Protocol::Http2),
+                Err(NotificationError::Token(TokenError::WrongLength {
+                    len: bytes
+                })),
+                "{bytes} bytes over HTTP/2"
+            );
+        }
+        assert_eq!(token(32, Protocol::Binary), Ok(32));
+        for bytes in [1, 2, 31, 33, 54, 80, 100, 101] {
+            assert_eq!(
+                token(bytes, Protocol::Binary),
+                Err(NotificationError::Token(TokenError::WrongBinaryLength {
+                    len: bytes
+                })),
+                "{bytes} bytes over binary"
+            );
+        }
+        let long = "ab".repeat(101);
+        let long = NotificationParts {
+            token: &long,
             ..parts()
         };
-        assert!(
-            validate_notification(&short)
-                .unwrap_err()
-                .to_string()
-                .starts_with("device token: device token is 2 bytes")
+        assert_eq!(
+            validate_notification(&long).unwrap_err().to_string(),
+            "device token: device token is 101 bytes (202 hex digits); APNs over HTTP/2 takes tokens of 1 to 100 \
+             bytes (2 to 200 hex digits)"
+        );
+        let short = NotificationParts {
+            token: "abcd",
+            protocol: Protocol::Binary,
+            ..parts()
+        };
+        assert_eq!(
+            validate_notification(&short).unwrap_err().to_string(),
+            "device token: device token is 2 bytes; the binary protocol needs exactly 32"
         );
         let odd = NotificationParts {
             token: "abc",

@@ -8,7 +8,9 @@
 //!   map lookup per key while parsing.
 //! - `aps` is required for alert, background and liveactivity pushes. Other push types (voip, fileprovider,
 //!   mdm, ...) carry app-defined payloads, so their `aps` is checked only when present.
-//! - Unknown keys inside `aps` and `alert` are accepted (APNs ignores them).
+//! - Unknown keys inside `aps` and `alert` are accepted (APNs ignores them), and so are the Live Activity keys
+//!   (`event`, `timestamp`, `content-state`, ...) in the `aps` of any other push type, which APNs ignores there
+//!   too: they are checked only in `liveactivity` pushes and broadcasts.
 //! - An alert push over HTTP/2 must carry `alert`, `badge` or `sound`; a `content-available`-only payload
 //!   belongs to the background push type, whose `aps` holds nothing but `content-available: 1`. The binary
 //!   protocol has no push type, so neither rule applies there: a payload without `alert`, `badge` or `sound`
@@ -319,10 +321,30 @@ fn check_live_activity(aps: &Object<'_>) -> Result<(), PayloadError> {
     Ok(())
 }
 
-/// Rule 8 and the types of docs/apns-protocol.md#aps-keys, docs/apns-protocol.md#alert-keys.
+/// The `aps` keys only Live Activities use (docs/apns-protocol.md#aps-keys): APNs ignores them in the `aps` of any
+/// other push type, as it ignores every key a push type does not use, so they are checked only for
+/// `liveactivity` pushes and broadcasts.
+const LIVE_ACTIVITY_KEYS: [&str; 9] = [
+    "event",
+    "timestamp",
+    "stale-date",
+    "dismissal-date",
+    "content-state",
+    "attributes",
+    "attributes-type",
+    "input-push-channel",
+    "input-push-token",
+];
+
+/// Rule 8 and the types of docs/apns-protocol.md#aps-keys, docs/apns-protocol.md#alert-keys. The Live Activity keys
+/// ([`LIVE_ACTIVITY_KEYS`]) are checked only when `push_type` is `liveactivity`.
 fn check_aps_types(aps: &Object<'_>, push_type: PushType) -> Result<(), PayloadError> {
+    let live_activity = push_type == PushType::LiveActivity;
     for (key, value) in aps {
         let path = || format!("aps.{key}");
+        if !live_activity && LIVE_ACTIVITY_KEYS.contains(&&**key) {
+            continue;
+        }
         match &**key {
             "alert" => check_alert(value)?,
             "badge" => expect_non_negative_integer(value, path)?,
@@ -701,6 +723,52 @@ mod tests {
             Http2,
             Conserve,
         );
+    }
+
+    /// docs/apns-protocol.md#rule-8: APNs ignores the Live Activity keys in the `aps` of other push types, so an
+    /// alert (or any other push type's `aps`) may carry them with any value; in a `liveactivity` push the same keys
+    /// are still checked, and refused naming the key.
+    #[test]
+    fn live_activity_keys_are_checked_only_for_live_activities() {
+        let cases = [
+            (r#""event":"message""#, "aps.event"),
+            (r#""timestamp":1700000000000"#, "aps.timestamp"),
+            (r#""attributes":"a""#, "aps.attributes"),
+            (r#""attributes-type":3"#, "aps.attributes-type"),
+            (r#""content-state":[1]"#, "aps.content-state"),
+            (r#""stale-date":-1"#, "aps.stale-date"),
+            (r#""dismissal-date":"soon""#, "aps.dismissal-date"),
+            (r#""input-push-token":"yes""#, "aps.input-push-token"),
+            (r#""input-push-channel":7"#, "aps.input-push-channel"),
+        ];
+        for (field, key) in cases {
+            let stray = format!(r#"{{"aps":{{"alert":"x",{field}}}}}"#);
+            ok(&stray, Alert, Http2, Immediate);
+            ok(&stray, Alert, Binary, Immediate);
+            ok(&stray, Voip, Http2, Immediate);
+            ok(&stray, Widgets, Http2, Conserve);
+            // A Live Activity with a valid `event` and `timestamp` beside the key under test, which takes the place
+            // of either when it is that key (a repeated key would be refused for that instead).
+            let base = [
+                (r#""event":"update""#, "event"),
+                (r#""timestamp":1"#, "timestamp"),
+            ];
+            let mut fields: Vec<&str> = base
+                .iter()
+                .filter(|(_, name)| !key.ends_with(name))
+                .map(|(f, _)| *f)
+                .collect();
+            fields.push(field);
+            let live = format!(r#"{{"aps":{{{}}}}}"#, fields.join(","));
+            let e = validate(live.as_bytes(), LiveActivity, Http2, Immediate).expect_err(&live);
+            let named = match &e {
+                PayloadError::WrongType { key, .. }
+                | PayloadError::BadValue { key, .. }
+                | PayloadError::TimeInMilliseconds { key, .. } => key.as_str(),
+                other => panic!("{live}: {other}"),
+            };
+            assert_eq!(named, key, "{live}: {e}");
+        }
     }
 
     #[test]
@@ -1162,6 +1230,62 @@ mod tests {
         );
     }
 
+    /// docs/apns-protocol.md#push-types, docs/apns-protocol.md#rule-9: without a push type, a payload whose `aps` has
+    /// `event` and `timestamp` is a Live Activity, whatever else it holds, and passes as one; with only one of
+    /// them, it is not.
+    #[test]
+    fn live_activity_payloads_are_inferred_as_live_activities() {
+        let update = br#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#;
+        assert_eq!(infer_push_type(update), LiveActivity);
+        assert_eq!(
+            validate(update, infer_push_type(update), Http2, Immediate),
+            Ok(())
+        );
+        assert_eq!(infer_push_type_for(Some("com.x"), update), LiveActivity);
+        assert_eq!(infer_push_type_for(None, update), LiveActivity);
+        for live in [
+            &br#"{"aps":{"timestamp":1,"event":"end","dismissal-date":2}}"#[..],
+            br#"{"aps":{"event":"start","timestamp":1,"alert":"x","attributes-type":"A","attributes":{}}}"#,
+            br#"{"aps":{"event":"update","timestamp":1,"content-available":1}}"#,
+            // A malformed one is still a Live Activity, so that its refusal names the Live Activity rule.
+            br#"{"aps":{"event":"begin","timestamp":"now"}}"#,
+        ] {
+            assert_eq!(
+                infer_push_type(live),
+                LiveActivity,
+                "{}",
+                String::from_utf8_lossy(live)
+            );
+        }
+        assert!(matches!(
+            validate(
+                br#"{"aps":{"event":"begin","timestamp":1}}"#,
+                infer_push_type(br#"{"aps":{"event":"begin","timestamp":1}}"#),
+                Http2,
+                Immediate
+            ),
+            Err(PayloadError::BadValue { key, .. }) if key == "aps.event"
+        ));
+        for not_live in [
+            &br#"{"aps":{"alert":"x","event":"message"}}"#[..],
+            br#"{"aps":{"alert":"x","timestamp":1}}"#,
+            br#"{"aps":{"alert":"x"},"event":"update","timestamp":1}"#,
+            br#"{"aps":{"event":"update","timestamp":1},"aps":{"alert":"x"}}"#,
+        ] {
+            assert_eq!(
+                infer_push_type(not_live),
+                Alert,
+                "{}",
+                String::from_utf8_lossy(not_live)
+            );
+        }
+        // What serde_json refuses is no Live Activity (validate then says what is wrong).
+        assert_eq!(
+            infer_push_type(br#"{"aps":{"event":"update","timestamp":1},"x":1e400}"#),
+            Alert
+        );
+    }
+
     /// docs/apns-protocol.md#push-types: without a push type, the topic's suffix decides before the payload, so a
     /// VoIP payload without `aps` to a `.voip` topic is a voip push (5120 bytes, no `aps` needed).
     #[test]
@@ -1303,9 +1427,15 @@ mod tests {
         #[test]
         fn push_type_inference_reads_what_a_value_reads(v in json_value(), aps in json_value(), extra in json_value()) {
             // The reading through `Value` that inference replaced, as the model: `aps` (the last one when
-            // repeated) must be an object whose content-available is the integer 1, without alert, badge or sound.
+            // repeated) must be an object with `event` and `timestamp` for a Live Activity, or one whose
+            // content-available is the integer 1, without alert, badge or sound, for a background push.
             let model = |bytes: &[u8]| match serde_json::from_slice::<Value>(bytes) {
                 Ok(Value::Object(root)) => match root.get("aps") {
+                    Some(Value::Object(aps))
+                        if aps.contains_key("event") && aps.contains_key("timestamp") =>
+                    {
+                        LiveActivity
+                    }
                     Some(Value::Object(aps))
                         if aps.get("content-available").and_then(Value::as_u64) == Some(1)
                             && !["alert", "badge", "sound"].iter().any(|k| aps.contains_key(*k)) =>
@@ -1326,6 +1456,9 @@ mod tests {
                 format!(r#"{{"aps":{silent},"aps":{aps}}}"#),
                 format!(r#"{{"aps":{{"content-available":1,"content-available":{v}}}}}"#),
                 format!(r#"{{"aps":{silent}}} {extra}"#),
+                serde_json::json!({"aps": {"event": v, "timestamp": extra, "content-available": 1}}).to_string(),
+                serde_json::json!({"aps": {"event": v, "alert": extra}}).to_string(),
+                format!(r#"{{"aps":{{"event":{v},"timestamp":{extra}}},"aps":{aps}}}"#),
             ];
             for text in texts {
                 proptest::prop_assert_eq!(infer_push_type(text.as_bytes()), model(text.as_bytes()), "{}", text);

@@ -66,6 +66,29 @@ pub enum PushError {
         push_type: PushType,
         suffix: &'static str,
     },
+    /// A push type that goes to the bare bundle id (alert, background, mdm) sent to a topic ending in a push-type
+    /// suffix of two labels, which no bundle id ends in: APNs answers `TopicDisallowed`.
+    #[error(
+        "apns-topic {topic:?} ends in {suffix:?}, {}; push type {push_type} goes to the app's bare bundle id \
+         (APNs would refuse it with TopicDisallowed): send it to {bundle:?}, or name the push type the topic is for",
+        suffix_owner(*.named)
+    )]
+    TopicNamesOtherPushType {
+        topic: String,
+        push_type: PushType,
+        suffix: String,
+        /// The push type whose suffix it is, when herald knows it.
+        named: Option<PushType>,
+        bundle: String,
+    },
+}
+
+/// Whose suffix a [`PushError::TopicNamesOtherPushType`] topic ends in.
+fn suffix_owner(named: Option<PushType>) -> String {
+    match named {
+        Some(p) => format!("the topic suffix of push type {p}"),
+        None => "a push-type topic suffix".to_owned(),
+    }
 }
 
 /// Value of the `apns-push-type` header (docs/apns-protocol.md#push-types).
@@ -163,10 +186,12 @@ impl PushType {
         }
     }
 
-    /// Location pushes are accepted only on token-authenticated connections (docs/apns-protocol.md#push-types,
-    /// docs/apns-protocol.md#rule-10).
+    /// Location and Live Activity pushes are accepted only on token-authenticated connections
+    /// (docs/apns-protocol.md#push-types, docs/apns-protocol.md#rule-10, docs/live-activities.md): a client
+    /// certificate covers only the app's own topic and its VoIP and complication topics, so APNs refuses either of
+    /// these over a certificate connection.
     pub fn requires_token_auth(self) -> bool {
-        self == PushType::Location
+        matches!(self, PushType::Location | PushType::LiveActivity)
     }
 }
 
@@ -420,12 +445,29 @@ pub fn derive_topic(base: &str, push_type: PushType) -> String {
     }
 }
 
+/// The labels that begin a push-type suffix of two labels (`.push-type.liveactivity`, `.pushkit.fileprovider`, ...):
+/// Apple's namespaces for push-type topics, which no bundle id ends in.
+const PUSH_TYPE_NAMESPACES: [&str; 2] = ["push-type", "pushkit"];
+
+/// The push-type suffix of two labels that `topic` ends in after a non-empty bundle id, as the topic's own text: one
+/// of the table's (`.push-type.widgets`, `.pushkit.fileprovider`, ...) or any other in the same namespaces
+/// (`.push-type.<word>`, `.pushkit.<word>`).
+fn two_label_suffix(topic: &str) -> Option<&str> {
+    let (rest, last) = topic.rsplit_once('.')?;
+    let (bundle, namespace) = rest.rsplit_once('.')?;
+    (!bundle.is_empty() && !last.is_empty() && PUSH_TYPE_NAMESPACES.contains(&namespace))
+        .then(|| &topic[bundle.len()..])
+}
+
 /// Checks that `topic` fits `push_type`: non-empty printable ASCII, and for push types that have a suffix it
 /// must end with it after a non-empty bundle id (docs/apns-protocol.md#push-types, docs/apns-protocol.md#rule-3).
 /// Returns the bundle id.
 ///
-/// Decision: alert, background and mdm topics are not checked against the other types' suffixes, because a
-/// bundle id may legitimately end in a word such as `.voip`.
+/// Alert, background and mdm pushes go to the bare bundle id: a topic ending in a push-type suffix of two labels
+/// (`.push-type.<word>`, `.pushkit.<word>`), which no bundle id ends in, is refused for them
+/// ([`PushError::TopicNamesOtherPushType`]), as APNs would refuse it (`TopicDisallowed`). Decision: the one-label
+/// suffixes (`.voip`, `.voip-ptt`, `.complication`, `.location-query`) are not refused for them, because a bundle id
+/// may legitimately end in such a word (an app `com.example.voip`).
 pub fn validate_topic(topic: &str, push_type: PushType) -> Result<&str, PushError> {
     if topic.is_empty() {
         return Err(PushError::EmptyTopic);
@@ -436,7 +478,16 @@ pub fn validate_topic(topic: &str, push_type: PushType) -> Result<&str, PushErro
         });
     }
     match push_type.topic_suffix() {
-        None => Ok(topic),
+        None => match two_label_suffix(topic) {
+            Some(suffix) => Err(PushError::TopicNamesOtherPushType {
+                topic: topic.to_owned(),
+                push_type,
+                suffix: suffix.to_owned(),
+                named: PushType::from_topic_suffix(topic),
+                bundle: topic[..topic.len() - suffix.len()].to_owned(),
+            }),
+            None => Ok(topic),
+        },
         Some(suffix) => match topic.strip_suffix(suffix) {
             Some(bundle) if !bundle.is_empty() => Ok(bundle),
             _ => Err(PushError::TopicSuffixMismatch {
@@ -581,6 +632,57 @@ mod tests {
         assert!(validate_topic("com.example app", PushType::Alert).is_err());
         // A voip-ptt topic is not a voip topic.
         assert!(validate_topic("com.example.app.voip-ptt", PushType::Voip).is_err());
+        // A push type that goes to the bare bundle id, to another type's topic of two labels: refused, naming the
+        // type the suffix belongs to and the bundle id to send to.
+        for bare in [PushType::Alert, PushType::Background, PushType::Mdm] {
+            for named in [
+                PushType::LiveActivity,
+                PushType::Widgets,
+                PushType::Controls,
+                PushType::FileProvider,
+            ] {
+                let topic = topic_for("com.x", named);
+                let e = validate_topic(&topic, bare).unwrap_err();
+                assert_eq!(
+                    e,
+                    PushError::TopicNamesOtherPushType {
+                        topic: topic.clone(),
+                        push_type: bare,
+                        suffix: named.topic_suffix().unwrap_or_default().to_owned(),
+                        named: Some(named),
+                        bundle: "com.x".into(),
+                    }
+                );
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("the topic suffix of push type {named}"))
+                        && text.contains(&format!("push type {bare} goes to"))
+                        && text.contains("TopicDisallowed")
+                        && text.contains("\"com.x\"")
+                        && !text.contains("  "),
+                    "{text}"
+                );
+            }
+            // A suffix in the same namespaces that herald does not know is no bundle id either.
+            let e = validate_topic("com.x.push-type.newthing", bare).unwrap_err();
+            assert!(e.to_string().contains("a push-type topic suffix"), "{e}");
+            assert!(validate_topic("com.x.pushkit.other", bare).is_err());
+            // One-label suffixes may end a bundle id: an app `com.x.voip` takes alerts.
+            for topic in [
+                "com.x.voip",
+                "com.x.voip-ptt",
+                "com.x.complication",
+                "com.x.location-query",
+                "com.x.pushkit",
+                "push-type.x",
+                "com.push-type",
+            ] {
+                assert_eq!(validate_topic(topic, bare), Ok(topic), "{bare} {topic}");
+            }
+        }
+        // The push types with a suffix keep their own check.
+        assert!(validate_topic("com.x.push-type.liveactivity", PushType::LiveActivity).is_ok());
+        assert!(validate_topic("com.x.push-type.widgets", PushType::LiveActivity).is_err());
     }
 
     #[test]
@@ -593,6 +695,7 @@ mod tests {
             assert_eq!(p.payload_limit(Protocol::Http2), want);
         }
         assert!(PushType::Location.requires_token_auth());
+        assert!(PushType::LiveActivity.requires_token_auth());
         assert_eq!(PushType::Background.default_priority(), Priority::Conserve);
         assert_eq!(PushType::Alert.default_priority(), Priority::Immediate);
         assert!(!PushType::Alert.requires_token_auth());

@@ -195,12 +195,10 @@ impl ErrorBody {
 /// Why an error body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ErrorBodyError {
-    #[error("APNs error body is not JSON: {0}")]
+    #[error("APNs error body is not a JSON object: {0}")]
     Json(#[from] serde_json::Error),
     #[error("APNs error body has no string \"reason\"")]
     MissingReason,
-    #[error("APNs error body \"timestamp\" is not a non-negative integer")]
-    BadTimestamp,
 }
 
 /// Renders `{"reason":"…"}`, adding `"timestamp"` only for reasons sent with status 410
@@ -214,28 +212,153 @@ pub fn error_body(reason: Reason, timestamp_ms: Option<u64>) -> String {
     }
 }
 
-/// Reads an error body. Unknown reason strings are kept as text; extra fields are ignored. A `timestamp`
-/// that is a float with no fraction (as some servers print) is accepted.
-pub fn parse_error_body(body: &[u8]) -> Result<ErrorBody, ErrorBodyError> {
-    let value: serde_json::Value = serde_json::from_slice(body)?;
-    let reason = value
-        .get("reason")
-        .and_then(|r| r.as_str())
-        .ok_or(ErrorBodyError::MissingReason)?
-        .to_owned();
-    let timestamp = match value.get("timestamp") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(timestamp_value(v).ok_or(ErrorBodyError::BadTimestamp)?),
-    };
-    Ok(ErrorBody { reason, timestamp })
+/// What an error body's two fields hold, each read on its own ([`read_error_body`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorFields {
+    /// `reason`, when it is a string.
+    pub reason: Option<String>,
+    /// `timestamp` in milliseconds since the epoch, when it is one ([`read_error_body`] says which forms count).
+    pub timestamp: Option<u64>,
 }
 
-fn timestamp_value(v: &serde_json::Value) -> Option<u64> {
-    if let Some(n) = v.as_u64() {
-        return Some(n);
+/// Reads `reason` and `timestamp` out of an error body, each independently of the other and of every other field
+/// (docs/apns-protocol.md#http2-response): a `timestamp` herald cannot read leaves the `reason`, and a body without
+/// a string `reason` still gives its `timestamp`, so that a 410 keeps the time APNs gave. Other fields are skipped
+/// unread, whatever they hold, and so is anything after the object. A `timestamp` is taken as a non-negative
+/// integer, a float with no fraction (as some servers print), or either of those as a string (`"1700000000000"`).
+/// Both are `None` for a body that does not begin with a JSON object.
+pub fn read_error_body(body: &[u8]) -> ErrorFields {
+    read_fields(body).unwrap_or_default()
+}
+
+/// Reads an error body whose `reason` is a string ([`read_error_body`]); unknown reason strings are kept as text,
+/// other fields are ignored, and a `timestamp` herald cannot read is left out rather than failing the body.
+pub fn parse_error_body(body: &[u8]) -> Result<ErrorBody, ErrorBodyError> {
+    let fields = read_fields(body)?;
+    let reason = fields.reason.ok_or(ErrorBodyError::MissingReason)?;
+    Ok(ErrorBody {
+        reason,
+        timestamp: fields.timestamp,
+    })
+}
+
+/// The body's leading JSON object as [`ErrorFields`]; for a repeated key the last one counts, as in a serde_json
+/// `Value`.
+fn read_fields(body: &[u8]) -> Result<ErrorFields, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::Deserialize::deserialize(&mut de).map(|RawFields(fields)| fields)
+}
+
+/// An error body's root object, read as [`ErrorFields`].
+struct RawFields(ErrorFields);
+
+impl<'de> serde::Deserialize<'de> for RawFields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RawFields, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, Visitor};
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = RawFields;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFields, A::Error> {
+                let mut fields = ErrorFields::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*key {
+                        "reason" => {
+                            fields.reason = match map.next_value::<Scalar>()? {
+                                Scalar::Text(s) => Some(s),
+                                _ => None,
+                            };
+                        }
+                        "timestamp" => {
+                            fields.timestamp = map.next_value::<Scalar>()?.millis();
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(RawFields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
     }
-    let f = v.as_f64()?;
-    (f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64).then_some(f as u64)
+}
+
+/// The value of `reason` or `timestamp`: text or a number; anything else is skipped unread.
+enum Scalar {
+    Text(String),
+    Unsigned(u64),
+    Float(f64),
+    Other,
+}
+
+impl Scalar {
+    /// Milliseconds since the epoch: a non-negative integer, or a float with no fraction, as a number or as text.
+    fn millis(&self) -> Option<u64> {
+        match self {
+            Scalar::Unsigned(n) => Some(*n),
+            Scalar::Float(f) => whole_number(*f),
+            Scalar::Text(text) => {
+                let text = text.trim();
+                if !text.is_empty() && text.bytes().all(|c| c.is_ascii_digit()) {
+                    text.parse().ok()
+                } else {
+                    text.parse::<f64>().ok().and_then(whole_number)
+                }
+            }
+            Scalar::Other => None,
+        }
+    }
+}
+
+/// A finite float with no fraction, within `u64` and not negative, as an integer.
+fn whole_number(f: f64) -> Option<u64> {
+    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64).then_some(f as u64)
+}
+
+impl<'de> serde::Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Scalar, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct ScalarVisitor;
+        impl<'de> Visitor<'de> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Unsigned(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(u64::try_from(v).map_or(Scalar::Other, Scalar::Unsigned))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
 }
 
 /// The reason carried in a GOAWAY frame's debug data: the `reason` of a JSON body when there is one,
@@ -342,13 +465,69 @@ mod tests {
             Err(ErrorBodyError::MissingReason)
         ));
         assert!(matches!(
-            parse_error_body(br#"{"reason":"Unregistered","timestamp":-1}"#),
-            Err(ErrorBodyError::BadTimestamp)
+            parse_error_body(b"[\"Unregistered\"]"),
+            Err(ErrorBodyError::Json(_))
         ));
-        assert!(matches!(
-            parse_error_body(br#"{"reason":"Unregistered","timestamp":"x"}"#),
-            Err(ErrorBodyError::BadTimestamp)
-        ));
+    }
+
+    /// docs/apns-protocol.md#http2-response: `reason` and `timestamp` are read each on its own, so that neither an
+    /// odd `timestamp` nor an odd other field loses the `reason`, and a 410's time survives a `timestamp` written
+    /// as text.
+    #[test]
+    fn reason_and_timestamp_are_read_independently() {
+        let body = |b: &[u8]| parse_error_body(b).map(|b| (b.reason, b.timestamp)).ok();
+        let unregistered = |ts| Some(("Unregistered".to_owned(), ts));
+        // A timestamp as a numeric string, integral or a float with no fraction.
+        assert_eq!(
+            body(br#"{"reason":"Unregistered","timestamp":"1700000000123"}"#),
+            unregistered(Some(1_700_000_000_123))
+        );
+        assert_eq!(
+            body(br#"{"timestamp":" 1.7e12 ","reason":"Unregistered"}"#),
+            unregistered(Some(1_700_000_000_000))
+        );
+        // A timestamp herald cannot read leaves the reason, without a time.
+        for odd in [
+            &br#"{"reason":"Unregistered","timestamp":-1}"#[..],
+            br#"{"reason":"Unregistered","timestamp":"x"}"#,
+            br#"{"reason":"Unregistered","timestamp":"-5"}"#,
+            br#"{"reason":"Unregistered","timestamp":1.5}"#,
+            br#"{"reason":"Unregistered","timestamp":{"ms":1}}"#,
+            br#"{"reason":"Unregistered","timestamp":[1]}"#,
+            br#"{"reason":"Unregistered","timestamp":true}"#,
+            br#"{"reason":"Unregistered","timestamp":null}"#,
+        ] {
+            assert_eq!(
+                body(odd),
+                unregistered(None),
+                "{}",
+                String::from_utf8_lossy(odd)
+            );
+        }
+        // Odd other fields, and anything after the object, change nothing.
+        for extra in [
+            &br#"{"reason":"Unregistered","timestamp":1700000000123,"x":1e400}"#[..],
+            br#"{"detail":{"a":[1,{"b":null}]},"reason":"Unregistered","timestamp":1700000000123}"#,
+            br#"{"reason":"Unregistered","timestamp":1700000000123} trailing"#,
+            br#"{"reason":"BadTopic","reason":"Unregistered","timestamp":1700000000123}"#,
+        ] {
+            assert_eq!(
+                body(extra),
+                unregistered(Some(1_700_000_000_123)),
+                "{}",
+                String::from_utf8_lossy(extra)
+            );
+        }
+        // Without a string reason, the timestamp is still read.
+        assert_eq!(
+            read_error_body(br#"{"reason":410,"timestamp":"1700000000123"}"#),
+            ErrorFields {
+                reason: None,
+                timestamp: Some(1_700_000_000_123)
+            }
+        );
+        assert_eq!(read_error_body(b"Unregistered"), ErrorFields::default());
+        assert_eq!(read_error_body(b""), ErrorFields::default());
     }
 
     #[test]

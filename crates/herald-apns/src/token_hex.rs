@@ -2,11 +2,13 @@
 //!
 //! HTTP/2 puts the token in the request path as hex (docs/apns-protocol.md#http2-request); the binary protocol carries
 //! raw bytes with a length field (docs/apns-protocol.md#binary-command-0, docs/apns-protocol.md#binary-command-1,
-//! docs/apns-protocol.md#binary-command-2). Either way APNs takes tokens of 32 bytes: that is the size Apple documents
-//! for the binary protocol (docs/apns-protocol.md#size-limits), the one it issues, and the one APNs and pushy's mock
-//! server accept on HTTP/2 (anything else is answered BadDeviceToken). The "up to 100 bytes" of one archived copy of
-//! Apple's text is the outer bound a token could ever have; herald refuses other lengths at the door with
-//! [`DeviceToken::check_apns`].
+//! docs/apns-protocol.md#binary-command-2). The two differ in the sizes they take (docs/apns-protocol.md#size-limits):
+//!
+//! - The binary protocol documents 32-byte tokens, and herald sends it nothing else ([`DeviceToken::check_binary`]).
+//! - On HTTP/2 Apple asks providers to make no assumption about a token's size. Tokens longer than 32 bytes are
+//!   in use (Live Activity push tokens are 80 bytes in practice), and Apple's later text reserves up to 100 bytes, so herald
+//!   takes any token of [`TOKEN_MIN_LEN`] to [`TOKEN_MAX_LEN`] bytes there ([`DeviceToken::check_apns`]) and leaves
+//!   it to APNs to say whether a token of that size is one it knows.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,11 +16,11 @@ use std::sync::Arc;
 
 /// Length in bytes of a device token on the binary protocol (docs/apns-protocol.md#size-limits).
 pub const BINARY_TOKEN_LEN: usize = 32;
-/// Shortest device token APNs accepts, in bytes.
-pub const TOKEN_MIN_LEN: usize = 32;
-/// Longest device token APNs accepts, in bytes (Apple reserves up to 100, docs/apns-protocol.md#binary-command-2, but
-/// issues 32).
-pub const TOKEN_MAX_LEN: usize = 32;
+/// Shortest device token herald sends over HTTP/2, in bytes: any non-empty token.
+pub const TOKEN_MIN_LEN: usize = 1;
+/// Longest device token herald sends over HTTP/2, in bytes: the most Apple's text reserves for a token
+/// (docs/apns-protocol.md#size-limits).
+pub const TOKEN_MAX_LEN: usize = 100;
 
 const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
 
@@ -34,14 +36,16 @@ pub enum TokenError {
     #[error("device token is {len} bytes; the binary protocol needs exactly {BINARY_TOKEN_LEN}")]
     WrongBinaryLength { len: usize },
     #[error(
-        "device token is {len} bytes ({} hex digits); APNs takes tokens of {TOKEN_MIN_LEN} bytes ({} hex digits)",
+        "device token is {len} bytes ({} hex digits); APNs over HTTP/2 takes tokens of {TOKEN_MIN_LEN} to \
+         {TOKEN_MAX_LEN} bytes ({} to {} hex digits)",
         len * 2,
-        TOKEN_MIN_LEN * 2
+        TOKEN_MIN_LEN * 2,
+        TOKEN_MAX_LEN * 2
     )]
     WrongLength { len: usize },
 }
 
-/// Whether a token of `len` bytes is one APNs accepts.
+/// Whether a token of `len` bytes may go over HTTP/2 ([`TOKEN_MIN_LEN`] to [`TOKEN_MAX_LEN`] bytes).
 pub fn apns_length_ok(len: usize) -> bool {
     (TOKEN_MIN_LEN..=TOKEN_MAX_LEN).contains(&len)
 }
@@ -162,7 +166,8 @@ impl DeviceToken {
         Redacted(&self.0)
     }
 
-    /// APNs accepts only tokens of its documented size (see the module documentation).
+    /// Whether the token's size is one HTTP/2 takes: [`TOKEN_MIN_LEN`] to [`TOKEN_MAX_LEN`] bytes (see the module
+    /// documentation). The binary protocol is narrower: see [`DeviceToken::check_binary`].
     pub fn check_apns(&self) -> Result<(), TokenError> {
         if apns_length_ok(self.0.len()) {
             Ok(())
@@ -241,29 +246,49 @@ mod tests {
     }
 
     #[test]
-    fn any_even_length_parses_but_apns_takes_only_its_size() {
+    fn any_even_length_parses_http2_takes_up_to_100_bytes_and_binary_only_32() {
         let t: DeviceToken = "abcd".parse().unwrap();
         assert_eq!(t.as_bytes(), &[0xab, 0xcd]);
         assert_eq!(
             t.check_binary(),
             Err(TokenError::WrongBinaryLength { len: 2 })
         );
-        assert_eq!(t.check_apns(), Err(TokenError::WrongLength { len: 2 }));
-        // 1, 31, 33 and 101 bytes are refused; 32 passes.
-        for (bytes, ok) in [
-            (1, false),
-            (31, false),
-            (32, true),
-            (33, false),
-            (101, false),
+        assert_eq!(t.check_apns(), Ok(()));
+        // HTTP/2: 1 to 100 bytes (54 and 80 are sizes issued beside 32); the binary protocol: 32 only.
+        for (bytes, http2, binary) in [
+            (1, true, false),
+            (31, true, false),
+            (32, true, true),
+            (33, true, false),
+            (54, true, false),
+            (80, true, false),
+            (100, true, false),
+            (101, false, false),
+            (200, false, false),
         ] {
             let t = DeviceToken::from_hex(&"ab".repeat(bytes)).unwrap();
             assert_eq!(t.len(), bytes);
-            assert_eq!(t.check_apns().is_ok(), ok, "{bytes} bytes");
+            assert_eq!(t.check_apns().is_ok(), http2, "{bytes} bytes over HTTP/2");
+            assert_eq!(
+                t.check_binary().is_ok(),
+                binary,
+                "{bytes} bytes over binary"
+            );
         }
         assert_eq!(
+            DeviceToken::from_hex(&"ab".repeat(101))
+                .unwrap()
+                .check_apns(),
+            Err(TokenError::WrongLength { len: 101 })
+        );
+        assert_eq!(
             TokenError::WrongLength { len: 101 }.to_string(),
-            "device token is 101 bytes (202 hex digits); APNs takes tokens of 32 bytes (64 hex digits)"
+            "device token is 101 bytes (202 hex digits); APNs over HTTP/2 takes tokens of 1 to 100 bytes \
+             (2 to 200 hex digits)"
+        );
+        assert_eq!(
+            TokenError::WrongBinaryLength { len: 80 }.to_string(),
+            "device token is 80 bytes; the binary protocol needs exactly 32"
         );
     }
 
@@ -310,7 +335,7 @@ mod tests {
         let mut s = String::from("/3/device/");
         t.write_hex(&mut s);
         assert_eq!(s, "/3/device/00ff10");
-        // Longer than one 32-byte chunk of the buffer, as APNs' 100-byte tokens are.
+        // Longer than one 32-byte chunk of the buffer, as tokens of up to 100 bytes are.
         let bytes: Vec<u8> = (0..=99).collect();
         let mut s = String::new();
         DeviceToken::from_bytes(bytes.clone())

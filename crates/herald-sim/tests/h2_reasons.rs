@@ -367,29 +367,75 @@ async fn every_request_reason_is_provoked() {
                 Some("BadDeviceToken"),
             )
         },
-        // APNs and pushy's mock take 64 hex digits (32 bytes) only: 62, 66 and 202 digits are BadDeviceToken.
+        // HTTP/2 takes hex of 1 to 100 bytes (docs/apns-protocol.md#size-limits): 1, 31, 33, 54 and 80 bytes (a
+        // Live Activity's push token) are delivered, 101 bytes and an odd number of digits are BadDeviceToken.
+        Case {
+            path: "/3/device/ab".into(),
+            ..case(
+                "a 1-byte token",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
         Case {
             path: format!("/3/device/{}", "ab".repeat(31)),
             ..case(
-                "BadDeviceToken (31 bytes)",
+                "a 31-byte token",
                 Conn::Cert(CertVariant::Universal),
-                400,
-                Some("BadDeviceToken"),
+                200,
+                None,
             )
         },
         Case {
             path: format!("/3/device/{}", "ab".repeat(33)),
             ..case(
-                "BadDeviceToken (33 bytes)",
+                "a 33-byte token",
                 Conn::Cert(CertVariant::Universal),
-                400,
-                Some("BadDeviceToken"),
+                200,
+                None,
+            )
+        },
+        Case {
+            path: format!("/3/device/{}", "Ab".repeat(54)),
+            ..case(
+                "a 54-byte token",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
+        Case {
+            path: format!("/3/device/{}", "ab".repeat(80)),
+            ..case(
+                "an 80-byte token",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
+            )
+        },
+        Case {
+            path: format!("/3/device/{}", "AB".repeat(100)),
+            ..case(
+                "a 100-byte token",
+                Conn::Cert(CertVariant::Universal),
+                200,
+                None,
             )
         },
         Case {
             path: format!("/3/device/{}", "AB".repeat(101)),
             ..case(
                 "BadDeviceToken (101 bytes)",
+                Conn::Cert(CertVariant::Universal),
+                400,
+                Some("BadDeviceToken"),
+            )
+        },
+        Case {
+            path: format!("/3/device/{}a", "ab".repeat(40)),
+            ..case(
+                "BadDeviceToken (81 hex digits)",
                 Conn::Cert(CertVariant::Universal),
                 400,
                 Some("BadDeviceToken"),

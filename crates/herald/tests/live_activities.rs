@@ -1,8 +1,9 @@
 //! Live Activities through the REST door (docs/apns-protocol.md §5.3 rule 9, §6.1): start (to a push-to-start
 //! token, which is a device token like any other), update and end are accepted and reach the simulator with the
 //! `.push-type.liveactivity` topic suffix added to the domain's bare topic; a malformed one is refused at the door
-//! with the field named, and so is a Live Activity for a domain routed to the binary protocol. A certificate domain
-//! without `apn_topic` sends its Live Activities with the certificate's bundle id and the suffix.
+//! with the field named, and so is a Live Activity for a domain routed to the binary protocol or authenticated by a
+//! client certificate (Live Activities need token authentication). Live Activity push tokens (80 bytes) are
+//! delivered over HTTP/2 and refused on the binary protocol, which takes 32-byte tokens only.
 
 mod support;
 
@@ -138,6 +139,58 @@ async fn start_update_end_accepted_and_malformed_refused() {
     assert!(records.iter().any(|r| r.token == push_to_start));
 }
 
+/// A Live Activity's push token is 80 bytes (160 hex digits), longer than a device token of the binary era: HTTP/2
+/// takes 1 to 100 bytes (docs/apns-protocol.md#size-limits). Updates to an 80-byte and a 54-byte token go through the
+/// REST door and reach the simulator whole; a 101-byte token is refused at the door, naming the sizes taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_activity_tokens_of_80_bytes_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let resolver =
+        Arc::new(StaticResolver::default().with(token_auth_settings(&pki, &sim, DOMAIN, TOPIC)));
+    let addr = rest_door(resolver).await;
+    let activity = "9f".repeat(80);
+    let reported = "4e".repeat(54);
+    let too_long = "ab".repeat(101);
+    let update = json!({"aps": {"event": "update", "timestamp": 1_700_000_100,
+        "content-state": {"score": "1-0"}}});
+    let body = json!({"domain": DOMAIN, "push_type": "liveactivity", "priority": 10,
+        "tokens": [activity, reported, too_long], "payload": update});
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/push"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    let statuses: Vec<&str> = results
+        .iter()
+        .map(|r| r["status"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(statuses, ["accepted", "accepted", "rejected"], "{answer}");
+    let reason = results[2]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("device token is 101 bytes") && reason.contains("1 to 100 bytes"),
+        "{reason}"
+    );
+
+    assert_eq!(sim.wait_for_records(2, Duration::from_secs(60)).await, 2);
+    let records = sim.record();
+    let mut tokens: Vec<&str> = records.iter().map(|r| r.token.as_str()).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, [reported.as_str(), activity.as_str()]);
+    for r in &records {
+        assert_eq!(r.topic, format!("{TOPIC}.push-type.liveactivity"));
+        assert_eq!(r.push_type.as_deref(), Some("liveactivity"));
+    }
+}
+
 /// A REST listener in front of an engine that delivers what `resolver` knows; its address.
 async fn rest_door(resolver: Arc<StaticResolver>) -> std::net::SocketAddr {
     let engine = Arc::new(Engine::new(
@@ -164,8 +217,10 @@ async fn rest_door(resolver: Arc<StaticResolver>) -> std::net::SocketAddr {
     addr
 }
 
-/// The binary protocol has no push type: a Live Activity for a domain routed to it is refused at the door (rule
-/// 9), naming the push type and what the domain would need, while an alert for the same domain is accepted.
+/// The binary protocol has no push type and only certificate authentication: a Live Activity for a domain routed
+/// to it is refused at the door (rules 9 and 10), naming the push type and what the domain would need, while an
+/// alert for the same domain is accepted. The binary protocol takes 32-byte tokens only, so an alert to an 80-byte
+/// Live Activity token is refused there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_activity_for_a_binary_protocol_domain_is_refused_at_the_door() {
     use herald::outbound::settings::RouteProtocol;
@@ -205,7 +260,9 @@ async fn a_live_activity_for_a_binary_protocol_domain_is_refused_at_the_door() {
     assert_eq!(result["status"], "rejected", "{answer}");
     let reason = result["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("liveactivity pushes need HTTP/2") && reason.contains("binary protocol"),
+        reason.starts_with("push type liveactivity needs token (JWT) authentication")
+            && reason.contains("routed to the binary protocol")
+            && reason.contains("https://"),
         "{reason}"
     );
     let answer: Value = push(json!({"domain": BINARY, "tokens": [token],
@@ -216,13 +273,28 @@ async fn a_live_activity_for_a_binary_protocol_domain_is_refused_at_the_door() {
     .await
     .unwrap();
     assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+    let answer: Value = push(json!({"domain": BINARY, "tokens": ["cd".repeat(80)],
+        "payload": {"aps": {"alert": "hi"}}}))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let result = &answer["results"][0];
+    assert_eq!(result["status"], "rejected", "{answer}");
+    assert_eq!(
+        result["reason"],
+        "device token: device token is 80 bytes; the binary protocol needs exactly 32",
+        "{answer}"
+    );
 }
 
-/// A domain authenticated by a client certificate and configured without `apn_topic`: a Live Activity takes the
-/// certificate's bundle id with the `.push-type.liveactivity` suffix as its topic (without a topic, APNs' default is
-/// the bare bundle id, which a Live Activity cannot use), and reaches the simulator.
+/// A domain authenticated by a client certificate (docs/live-activities.md, docs/apns-protocol.md#rule-10): a Live
+/// Activity is refused at the door, with or without a topic and even when the certificate lists the Live Activity
+/// topic, naming the push type, the route and the signing key it lacks; nothing reaches the simulator, and an alert
+/// for the same domain is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_domain_without_apn_topic_sends_live_activities_with_the_suffixed_topic() {
+async fn a_certificate_domain_refuses_live_activities_at_the_door() {
     use herald_sim::{CertVariant, ClientCertSpec};
     const KEY: &str = "live-activity-test-key";
     let dir = tempfile::tempdir().unwrap();
@@ -260,46 +332,46 @@ domain "{DOMAIN}" {{
     let server = herald::server::Server::start(&config).await.unwrap();
     let http = server.addrs().await.http[0].to_string();
     let client = reqwest::Client::new();
-    let update = json!({"aps": {"event": "update", "timestamp": 1_700_000_100, "content-state": {"score": "1-0"}}});
-    let answer: Value = client
-        .post(format!("http://{http}/api/v1/push"))
-        .bearer_auth(KEY)
-        .json(
-            &json!({"domain": DOMAIN, "push_type": "liveactivity", "priority": 10,
-            "tokens": ["ef".repeat(32)], "payload": update}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
-    let id = answer["results"][0]["id"].as_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let state = loop {
-        let v: Value = client
-            .get(format!("http://{http}/api/v1/notifications/{id}"))
+    let push = |body: Value| {
+        client
+            .post(format!("http://{http}/api/v1/push"))
             .bearer_auth(KEY)
+            .json(&body)
             .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap_or(Value::Null);
-        if v["state"] == "delivered" || v["state"] == "failed" {
-            break v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{id} never finished: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert_eq!(state["state"], "delivered", "{state}");
+    let update = json!({"aps": {"event": "update", "timestamp": 1_700_000_100, "content-state": {"score": "1-0"}}});
+    let live_activities = [
+        json!({"domain": DOMAIN, "push_type": "liveactivity", "priority": 10,
+            "tokens": ["ef".repeat(32)], "payload": update}),
+        json!({"domain": DOMAIN, "push_type": "liveactivity", "priority": 10,
+            "topic": format!("{TOPIC}.push-type.liveactivity"), "tokens": ["ef".repeat(32)], "payload": update}),
+        // Without a push type, the payload makes it a Live Activity.
+        json!({"domain": DOMAIN, "tokens": ["ef".repeat(32)], "payload": update}),
+    ];
+    for body in live_activities {
+        let answer: Value = push(body.clone()).await.unwrap().json().await.unwrap();
+        let result = &answer["results"][0];
+        assert_eq!(result["status"], "rejected", "{body}: {answer}");
+        let reason = result["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("push type liveactivity needs token (JWT) authentication")
+                && reason.contains("HTTP/2 route authenticates with a client certificate")
+                && reason.contains("apn_key"),
+            "{body}: {reason}"
+        );
+    }
+
+    let answer: Value = push(json!({"domain": DOMAIN, "tokens": ["ef".repeat(32)],
+        "payload": {"aps": {"alert": "kick-off"}}}))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+    assert_eq!(sim.wait_for_records(1, Duration::from_secs(60)).await, 1);
     let records = sim.record();
     assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0].topic, format!("{TOPIC}.push-type.liveactivity"));
-    assert_eq!(records[0].push_type.as_deref(), Some("liveactivity"));
+    assert_eq!(records[0].push_type.as_deref(), Some("alert"));
     server.shutdown(Duration::from_secs(5)).await;
 }

@@ -510,13 +510,22 @@ async fn inject_with_two_push_parts_gives_two_notifications() {
     assert_eq!(two.collapse_id.as_deref(), Some("grp"));
 }
 
-/// APNs takes device tokens of 32 bytes (docs/apns-protocol.md#size-limits; 31, 33 or 101 bytes get BadDeviceToken):
-/// the intake refuses every other size, naming the device token, on `/api/v1/push` and `/v1.0/inject` alike.
+/// Over HTTP/2 APNs takes device tokens of 1 to 100 bytes (docs/apns-protocol.md#size-limits): tokens of 1, 31,
+/// 33, 54, 80 (a Live Activity's push token) and 100 bytes are accepted and reach the simulator whole, while 101 and
+/// 150 bytes are refused at the door, naming the device token and the sizes taken, on `/api/v1/push` and
+/// `/v1.0/inject` alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn device_tokens_of_another_size_than_apns_takes_are_refused_at_the_door() {
+async fn device_tokens_of_1_to_100_bytes_are_delivered_and_longer_ones_refused_at_the_door() {
     let h = Harness::start(|_, _| {}).await;
-    let sizes = [1usize, 31, 33, 101];
-    let mut tokens: Vec<String> = sizes.iter().map(|&b| "ab".repeat(b)).collect();
+    let taken = [1usize, 31, 33, 54, 80, 100];
+    let refused = [101usize, 150];
+    let sized = |bytes: usize, i: usize| format!("{:02x}", 0x10 + i).repeat(bytes);
+    let mut tokens: Vec<String> = taken
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| sized(b, i))
+        .collect();
+    tokens.extend(refused.iter().map(|&b| "ab".repeat(b)));
     tokens.push(token(60));
     let (status, answer) = h
         .post(
@@ -526,25 +535,31 @@ async fn device_tokens_of_another_size_than_apns_takes_are_refused_at_the_door()
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     let results = answer["results"].as_array().unwrap();
-    for (i, bytes) in sizes.iter().enumerate() {
-        assert_eq!(results[i]["status"], "rejected", "{bytes} bytes: {answer}");
-        let reason = results[i]["reason"].as_str().unwrap();
+    for (i, bytes) in taken.iter().enumerate() {
+        assert_eq!(results[i]["status"], "accepted", "{bytes} bytes: {answer}");
+    }
+    for (i, bytes) in refused.iter().enumerate() {
+        let result = &results[taken.len() + i];
+        assert_eq!(result["status"], "rejected", "{bytes} bytes: {answer}");
+        let reason = result["reason"].as_str().unwrap();
         assert!(
             reason.starts_with("device token: ")
                 && reason.contains(&format!("is {bytes} bytes"))
-                && reason.contains("32 bytes"),
+                && reason.contains("1 to 100 bytes"),
             "{reason}"
         );
     }
-    assert_eq!(results[4]["status"], "accepted", "{answer}");
+    assert_eq!(results[tokens.len() - 1]["status"], "accepted", "{answer}");
 
     let template = mcmt_template(r#"{"aps":{"alert":"hi"}}"#);
-    for bytes in sizes {
-        let request = json!({"template": template, "recipients": [
+    let inject = |token: String| {
+        json!({"template": template, "recipients": [
             {"to": format!("x@{DOMAIN}"), "from": "s@example.com",
-             "keys": {"token": "cd".repeat(bytes), "subject": "s", "name": "n"}}
-        ]});
-        let (status, answer) = h.post("/v1.0/inject", &request).await;
+             "keys": {"token": token, "subject": "s", "name": "n"}}
+        ]})
+    };
+    for bytes in refused {
+        let (status, answer) = h.post("/v1.0/inject", &inject("cd".repeat(bytes))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bytes} bytes: {answer}");
         let reason = answer["results"][0]["reason"].as_str().unwrap();
         assert!(
@@ -553,10 +568,25 @@ async fn device_tokens_of_another_size_than_apns_takes_are_refused_at_the_door()
             "{reason}"
         );
     }
-    let records = h.records(1).await;
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].token, token(60));
-    assert_eq!(h.received(), 1);
+    let live_activity = "cd".repeat(80);
+    let (status, answer) = h.post("/v1.0/inject", &inject(live_activity.clone())).await;
+    assert_eq!(status, StatusCode::OK, "80 bytes through inject: {answer}");
+    assert_eq!(answer["results"][0]["status"], "success", "{answer}");
+
+    let delivered = taken.len() as u64 + 2;
+    let records = h.records(delivered).await;
+    let mut got: Vec<&str> = records.iter().map(|r| r.token.as_str()).collect();
+    got.sort_unstable();
+    let mut want: Vec<String> = taken
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| sized(b, i))
+        .collect();
+    want.push(token(60));
+    want.push(live_activity);
+    want.sort_unstable();
+    assert_eq!(got, want);
+    assert_eq!(h.received(), delivered);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -687,14 +687,14 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
         "{text}"
     );
 
-    // Tokens of another size than APNs takes (32 bytes): 1 and 101 bytes in X-Device-Token.
-    for bytes in [1usize, 101] {
-        let short_or_long = "ab".repeat(bytes);
+    // Tokens longer than HTTP/2 takes (1 to 100 bytes): 101 and 150 bytes in X-Device-Token.
+    for bytes in [101usize, 150] {
+        let too_long = "ab".repeat(bytes);
         let (code, text) = h
             .send_raw(
                 &rcpt,
                 &mcmt(&[push_part(
-                    &[("X-Device-Token", &short_or_long)],
+                    &[("X-Device-Token", &too_long)],
                     "{\"aps\":{\"alert\":\"x\"}}",
                 )]),
             )
@@ -704,19 +704,19 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
             text.starts_with(&format!(
                 "5.6.0 part 2, recipient <{}>: device token: device token is {bytes} bytes",
                 rcpt[0]
-            )),
+            )) && text.contains("1 to 100 bytes"),
             "{text}"
         );
     }
-    // As the local part (which SMTP keeps within 64 characters): a 1-byte token.
+    // As the local part: a 101-byte token.
     let (code, text) = h
         .send_raw(
-            &[format!("ab@{DOMAIN}")],
+            &[format!("{}@{DOMAIN}", "ab".repeat(101))],
             &mcmt(std::slice::from_ref(&good)),
         )
         .await;
     assert_eq!(code, 550, "{text}");
-    assert!(text.contains("device token is 1 bytes"), "{text}");
+    assert!(text.contains("device token is 101 bytes"), "{text}");
 
     // An oversized payload (docs/apns-protocol.md#payload-limits: 4096 bytes for alerts over HTTP/2).
     let big = format!("{{\"aps\":{{\"alert\":\"{}\"}}}}", "x".repeat(5000));
@@ -904,6 +904,37 @@ async fn parts_mail_readers_accept_are_all_delivered() {
     got.sort();
     assert_eq!(got, [(json(2), 10), (json(3), 5), (json(5), 10)]);
     assert_eq!(h.reception_lines().len(), 3);
+}
+
+// docs/apns-protocol.md#size-limits: over HTTP/2 a device token may be longer than 32 bytes. An 80-byte token (the
+// size of a Live Activity's push token) reaches the simulator whole, as the recipient's local part and in
+// X-Device-Token alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_80_byte_token_is_delivered_from_the_local_part_and_from_x_device_token() {
+    let h = Harness::start(allow_conf).await;
+    let local = "5a".repeat(80);
+    let header = "A5".repeat(80);
+    let (code, text) = h
+        .send_raw(
+            &[format!("{local}@{DOMAIN}")],
+            &mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"local\"}}")]),
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = h
+        .send_raw(
+            &[format!("{}@{DOMAIN}", token(44))],
+            &mcmt(&[push_part(
+                &[("X-Device-Token", &header)],
+                "{\"aps\":{\"alert\":\"header\"}}",
+            )]),
+        )
+        .await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(h.sim.wait_for_records(2, WAIT).await, 2);
+    let mut got: Vec<String> = h.sim.record().iter().map(|r| r.token.clone()).collect();
+    got.sort();
+    assert_eq!(got, [local, header.to_ascii_lowercase()]);
 }
 
 // docs/momentum-compat.md#mcmt-reception: mcmt_reception per listen stanza and per peer.

@@ -50,7 +50,7 @@ use super::{
 use crate::outcome::FailureClass;
 use crate::provider_token::{ConnectionToken, ProviderTokenCache, TokenChoice};
 use crate::push::{Priority, PushType};
-use crate::reason::parse_error_body;
+use crate::reason::read_error_body;
 
 static APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 static APNS_UNIQUE_ID: HeaderName = HeaderName::from_static("apns-unique-id");
@@ -1215,14 +1215,16 @@ async fn read_answer(response: ResponseFuture) -> Result<PushResult, h2::Error> 
         }
         bytes.extend_from_slice(&chunk);
     }
-    let (reason, timestamp_ms) = match parse_error_body(&bytes) {
-        Ok(b) => (b.reason, b.timestamp),
-        Err(_) => (String::from_utf8_lossy(&bytes).trim().to_owned(), None),
-    };
+    // `reason` and `timestamp` are read each on its own: a body whose `reason` cannot be read is kept as text for
+    // the reason, and a 410's time is kept whatever else the body holds (docs/apns-protocol.md#http2-response).
+    let fields = read_error_body(&bytes);
+    let reason = fields
+        .reason
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
     Ok(PushResult::Rejected(Rejection::Http {
         status,
         reason,
-        timestamp_ms,
+        timestamp_ms: fields.timestamp,
     }))
 }
 
@@ -2380,6 +2382,56 @@ mod tests {
         assert!(conn.state.is_draining() && !conn.state.is_proven());
         let (_, fault) = conn.state.fault().expect("a fault is recorded");
         assert_eq!(fault, "503 Shutdown");
+    }
+
+    /// `410 Unregistered` whose `timestamp` is written as text, and a `400` whose body has an odd extra field: the
+    /// reason and the time APNs gave are both kept (docs/apns-protocol.md#http2-response), not the whole body as the
+    /// reason and no time.
+    #[tokio::test]
+    async fn a_rejection_keeps_its_reason_and_timestamp_whatever_else_the_body_holds() {
+        for (code, body, want) in [
+            (
+                &b"410"[..],
+                &br#"{"reason":"Unregistered","timestamp":"1700000000123"}"#[..],
+                Rejection::Http {
+                    status: 410,
+                    reason: "Unregistered".to_owned(),
+                    timestamp_ms: Some(1_700_000_000_123),
+                },
+            ),
+            (
+                b"400",
+                br#"{"reason":"BadDeviceToken","detail":1e400}"#,
+                Rejection::Http {
+                    status: 400,
+                    reason: "BadDeviceToken".to_owned(),
+                    timestamp_ms: None,
+                },
+            ),
+        ] {
+            let conn = scripted_conn(
+                &[],
+                |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+                vec![job(1)],
+                move |kind, flags, stream, _| match kind {
+                    DATA if flags & END_STREAM != 0 => {
+                        // `:status`: a literal with the static table's `:status` name (index 8).
+                        let mut head = vec![0x08, 3];
+                        head.extend_from_slice(code);
+                        let mut out = frame(HEADERS, END_HEADERS, stream, &head);
+                        out.extend(frame(DATA, END_STREAM, stream, body));
+                        out
+                    }
+                    _ => Vec::new(),
+                },
+            )
+            .await;
+            assert_eq!(
+                conn.results.wait_for(1).await,
+                [(1, PushResult::Rejected(want))]
+            );
+            conn.run.abort();
+        }
     }
 
     /// A GOAWAY ends the connection with its code and reason as the fault (h2 itself says nothing of a

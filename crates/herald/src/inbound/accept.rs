@@ -713,12 +713,20 @@ impl Intake {
 /// any HTTP/2 route: when neither `apn_topic` nor a certificate gives a bundle id, the notification is refused here,
 /// naming the two ways to give one, rather than accepted to fail for good at APNs. The binary protocol carries no
 /// topic (the certificate decides), so nothing is refused for it there.
+///
+/// A push type that only token-authenticated connections take (location, liveactivity:
+/// [`PushType::requires_token_auth`]) gets no topic on a certificate route, from `apn_topic` or from the
+/// certificate: no topic makes it deliverable there, and the checks that follow refuse it for its route, naming
+/// the signing key it lacks (docs/apns-protocol.md#rule-10, docs/live-activities.md).
 fn default_topic(
     settings: &DeliverySettings,
     push_type: PushType,
     protocol: Protocol,
     auth: RouteAuth,
 ) -> Result<Option<String>, Refusal> {
+    if auth == RouteAuth::Certificate && push_type.requires_token_auth() {
+        return Ok(None);
+    }
     let apn_topic = settings.default_topic.as_deref();
     let bundle = apn_topic.or(settings.certificate_topic.as_deref());
     let needs_topic = protocol == Protocol::Http2
@@ -891,11 +899,12 @@ mod tests {
         }
     }
 
-    /// docs/apns-protocol.md#rule-10: a location push is refused at the door for a domain whose route authenticates
-    /// with a client certificate (HTTP/2 without a signing key, or any binary route), naming the push type and the
-    /// route, and accepted for a domain that sends provider tokens.
+    /// docs/apns-protocol.md#rule-10, docs/live-activities.md: a location or Live Activity push is refused at the
+    /// door for a domain whose route authenticates with a client certificate (HTTP/2 without a signing key, or any
+    /// binary route), with or without a topic, naming the push type and the route, and accepted for a domain that
+    /// sends provider tokens.
     #[test]
-    fn location_pushes_are_refused_at_the_door_unless_the_domain_uses_token_auth() {
+    fn token_only_pushes_are_refused_at_the_door_unless_the_domain_uses_token_auth() {
         use herald_apns::binary::BinaryFormat;
         use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
         let dir = tempfile::tempdir().unwrap();
@@ -904,46 +913,102 @@ mod tests {
         let signing = SigningKey::from_p8_file(&key.p8, &key.key_id, &key.team_id).unwrap();
         let mut token = settings("token.example");
         token.auth = Some(ProviderTokenCache::new(signing, Duration::from_secs(3000)).unwrap());
+        token.default_topic = Some(Arc::from("com.example.app"));
+        let mut certificate = settings("cert.example");
+        certificate.default_topic = None;
+        certificate.certificate_topic = Some(Arc::from("com.example.app"));
+        let mut bare = settings("bare-cert.example");
+        bare.default_topic = None;
         let mut binary = settings("binary.example");
         binary.protocol = RouteProtocol::Binary(BinaryFormat::Frame);
         let resolver = Arc::new(
             StaticResolver::default()
-                .with(settings("cert.example"))
+                .with(certificate)
+                .with(bare)
                 .with(token)
                 .with(binary),
         );
         let (_, engine) = engine();
         let intake = Intake::new(resolver, Arc::new(NotDurable), engine, IdGenerator::new(1));
-        let submit = |domain: &str| {
-            let mut s = Submission {
-                domain: domain.into(),
-                token: "ab".repeat(32),
-                payload: Bytes::from_static(br#"{"aps":{}}"#),
-                ..Submission::default()
+        let submit =
+            |domain: &str, push_type: PushType, topic: Option<&str>, payload: &'static [u8]| {
+                let mut s = Submission {
+                    domain: domain.into(),
+                    token: "ab".repeat(32),
+                    payload: Bytes::from_static(payload),
+                    ..Submission::default()
+                };
+                s.headers.push_type = Some(push_type.to_string());
+                s.headers.topic = topic.map(str::to_owned);
+                intake.prepare(s, &source(&intake))
             };
-            s.headers.push_type = Some("location".into());
-            s.headers.topic = Some("com.example.app.location-query".into());
-            intake.prepare(s, &source(&intake))
-        };
-        let accepted = submit("token.example").unwrap();
-        assert_eq!(accepted.push.push_type, Some(PushType::Location));
-        for (domain, route) in [
+        let cases: [(PushType, &str, &'static [u8]); 2] = [
             (
-                "cert.example",
-                "HTTP/2 route authenticates with a client certificate",
+                PushType::Location,
+                "com.example.app.location-query",
+                br#"{"aps":{}}"#,
             ),
-            ("binary.example", "routed to the binary protocol"),
-        ] {
-            match submit(domain) {
-                Err(Refusal::Permanent(why)) => assert!(
-                    why.starts_with("push type location needs token (JWT) authentication")
-                        && why.contains(route),
-                    "{domain}: {why}"
-                ),
-                other => panic!("{domain}: {other:?}"),
+            (
+                PushType::LiveActivity,
+                "com.example.app.push-type.liveactivity",
+                br#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#,
+            ),
+        ];
+        let mut refusals = 0;
+        for (push_type, suffixed, payload) in cases {
+            for topic in [Some(suffixed), None] {
+                let accepted = submit("token.example", push_type, topic, payload).unwrap();
+                assert_eq!(accepted.push.push_type, Some(push_type));
+                assert_eq!(accepted.push.topic.as_deref(), Some(suffixed));
+                // A certificate that names a bundle id, one that names none (no topic can be made: the route is
+                // still what is wrong), and a binary route.
+                for (domain, route) in [
+                    (
+                        "cert.example",
+                        "HTTP/2 route authenticates with a client certificate",
+                    ),
+                    (
+                        "bare-cert.example",
+                        "HTTP/2 route authenticates with a client certificate",
+                    ),
+                    ("binary.example", "routed to the binary protocol"),
+                ] {
+                    match submit(domain, push_type, topic, payload) {
+                        Err(Refusal::Permanent(why)) => assert!(
+                            why.starts_with(&format!(
+                                "push type {push_type} needs token (JWT) authentication"
+                            )) && why.contains(route)
+                                && why.contains("apn_key"),
+                            "{domain} {topic:?}: {why}"
+                        ),
+                        other => panic!("{push_type} {domain} {topic:?}: {other:?}"),
+                    }
+                    refusals += 1;
+                }
             }
         }
-        assert_eq!(intake.refused(), 2);
+        assert_eq!(intake.refused(), refusals);
+
+        // Without a push type, a payload whose aps has event and timestamp is a Live Activity
+        // (docs/apns-protocol.md#push-types): the domain's bare topic gains the suffix.
+        let inferred = intake
+            .prepare(
+                Submission {
+                    domain: "token.example".into(),
+                    token: "ab".repeat(32),
+                    payload: Bytes::from_static(
+                        br#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#,
+                    ),
+                    ..Submission::default()
+                },
+                &source(&intake),
+            )
+            .unwrap();
+        assert_eq!(inferred.push.push_type, Some(PushType::LiveActivity));
+        assert_eq!(
+            inferred.push.topic.as_deref(),
+            Some("com.example.app.push-type.liveactivity")
+        );
     }
 
     /// docs/apns-protocol.md#push-types: a notification without a topic takes `apn_topic`, else the certificate's
@@ -966,17 +1031,25 @@ mod tests {
         use RouteAuth::*;
         for p in PushType::ALL {
             let suffixed = herald_apns::push::topic_for("com.x", p);
-            // From apn_topic, on any route.
+            // From apn_topic, on any route; a push type certificates cannot send gets none on a certificate route,
+            // where it is refused for its route instead.
             for (protocol, auth) in [(Http2, Token), (Http2, Certificate), (Binary, Certificate)] {
+                let want = if auth == Certificate && p.requires_token_auth() {
+                    None
+                } else {
+                    Some(suffixed.clone())
+                };
                 assert_eq!(
                     topic(Some("com.x"), None, p, protocol, auth),
-                    Ok(Some(suffixed.clone())),
+                    Ok(want),
                     "{p} {protocol:?} {auth:?}"
                 );
             }
             // From the certificate's bundle id when the type has a suffix or the route sends tokens.
             let from_certificate = topic(None, Some("com.x"), p, Http2, Certificate);
-            if p.topic_suffix().is_some() {
+            if p.requires_token_auth() {
+                assert_eq!(from_certificate, Ok(None), "{p}: refused for its route");
+            } else if p.topic_suffix().is_some() {
                 assert_eq!(from_certificate, Ok(Some(suffixed.clone())), "{p}");
             } else {
                 assert_eq!(
@@ -989,7 +1062,8 @@ mod tests {
                 topic(None, Some("com.x"), p, Http2, Token),
                 Ok(Some(suffixed))
             );
-            // No bundle id at all: a token route refuses every type, a certificate route those with a suffix.
+            // No bundle id at all: a token route refuses every type, a certificate route those with a suffix that
+            // it can send (the others are refused for their route).
             let refused = |auth| match topic(None, None, p, Http2, auth) {
                 Err(why) => {
                     assert!(
@@ -1006,7 +1080,11 @@ mod tests {
                 Ok(t) => panic!("{p} {auth:?}: {t:?}"),
             };
             assert!(refused(Token), "{p}");
-            assert_eq!(refused(Certificate), p.topic_suffix().is_some(), "{p}");
+            assert_eq!(
+                refused(Certificate),
+                p.topic_suffix().is_some() && !p.requires_token_auth(),
+                "{p}"
+            );
             // The binary protocol carries no topic: nothing to refuse.
             assert_eq!(topic(None, None, p, Binary, Certificate), Ok(None), "{p}");
         }

@@ -61,22 +61,68 @@ fn delivery_path(settings: &DeliverySettings, domain: &str) -> ScopePath {
 }
 
 /// Where the feedback service of a domain is, for delivery from `settings`' binding: `apn_feedback_address`,
-/// else the route's `gateway.` host as `feedback.` on port 2196; from the binding's `bind_address`.
+/// else the route's `gateway.` host as `feedback.` on port 2196; from the binding's `bind_address`. An
+/// `apn_feedback_address` that is not `host:port` (`[address]:port` for IPv6) is an error naming the option, its
+/// value and what is wrong with it; a route host without `gateway.` and no `apn_feedback_address` is one too.
 pub fn feedback_endpoint(
     config: &Config,
     domain: &str,
     settings: &DeliverySettings,
-) -> Option<Endpoint> {
+) -> Result<Endpoint, String> {
     let route = &settings.endpoint;
     let path = delivery_path(settings, domain);
     if let Ok(Value::Str(addr)) = config.eval_opt(&path, herald_conf::Opt::ApnFeedbackAddress) {
-        let (host, port) = addr.rsplit_once(':')?;
-        return Some(
-            Endpoint::new(host.trim_matches(['[', ']']), port.parse().ok()?).bound_to(route.bind),
-        );
+        let (host, port) = parse_feedback_address(addr).map_err(|why| {
+            format!(
+                "apn_feedback_address {addr:?} {why}; write it as host:port (e.g. feedback.push.apple.com:{FEEDBACK_PORT}, \
+                 [::1]:{FEEDBACK_PORT} for an IPv6 address)"
+            )
+        })?;
+        return Ok(Endpoint::new(host, port).bound_to(route.bind));
     }
-    let rest = route.host.strip_prefix("gateway.")?;
-    Some(Endpoint::new(format!("feedback.{rest}"), FEEDBACK_PORT).bound_to(route.bind))
+    match route.host.strip_prefix("gateway.") {
+        Some(rest) => {
+            Ok(Endpoint::new(format!("feedback.{rest}"), FEEDBACK_PORT).bound_to(route.bind))
+        }
+        None => Err(format!(
+            "no feedback address: the route host {} does not begin with gateway., from which the feedback host \
+             is made; set apn_feedback_address = \"host:port\"",
+            route.host
+        )),
+    }
+}
+
+/// The host and port of an `apn_feedback_address`, or what is wrong with it.
+fn parse_feedback_address(addr: &str) -> Result<(&str, u16), String> {
+    let (host, port) = match addr.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, rest)) => match rest.strip_prefix(':') {
+                Some(port) => (host, port),
+                None if rest.is_empty() => return Err("has no port".into()),
+                None => return Err(format!("has {rest:?} after the IPv6 address, not :port")),
+            },
+            None => return Err("opens [ for an IPv6 address but never closes it".into()),
+        },
+        None => match addr.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return Err("is an IPv6 address without brackets".into());
+            }
+            Some(parts) => parts,
+            None => return Err("has no port".into()),
+        },
+    };
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    if port.is_empty() {
+        return Err("has no port after the colon".into());
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!(
+            "has port {port:?}, which is not a port number (1 to 65535)"
+        )),
+        Ok(port) => Ok((host, port)),
+    }
 }
 
 /// Connects once from the default binding and records every tuple; returns how many tokens the service listed.
@@ -109,13 +155,10 @@ pub async fn poll_from(
                 .into(),
         });
     }
-    let endpoint = feedback_endpoint(&resolver.config(), domain, settings).ok_or_else(|| {
+    let endpoint = feedback_endpoint(&resolver.config(), domain, settings).map_err(|reason| {
         FeedbackError::Settings {
             domain: domain.to_owned(),
-            reason: format!(
-                "no feedback address: set apn_feedback_address (route host {})",
-                settings.endpoint.host
-            ),
+            reason,
         }
     })?;
     let service = |reason: String| FeedbackError::Service {
@@ -259,6 +302,11 @@ mod tests {
     }
 
     fn resolver(pki: &Pki, feedback: std::net::SocketAddr) -> ConfigResolver {
+        resolver_for(pki, &feedback.to_string())
+    }
+
+    /// A resolver whose domain has `apn_feedback_address = "{feedback}"`.
+    fn resolver_for(pki: &Pki, feedback: &str) -> ConfigResolver {
         let client = pki.client(TOPIC, CertVariant::Universal).unwrap();
         let text = format!(
             r#"
@@ -308,5 +356,44 @@ domain "{DOMAIN}" {{
         let polled = poll_once(&resolver(&pki, service), &store, DOMAIN).await;
         let err = polled.unwrap_err().to_string();
         assert!(err.contains("20 bytes of a cut-off tuple"), "{err}");
+    }
+
+    /// An `apn_feedback_address` that is not host:port is refused by the poll, naming the option, its value and
+    /// what is wrong, rather than reported as missing; a well-formed one (IPv6 in brackets) is used as given.
+    #[tokio::test]
+    async fn a_malformed_feedback_address_is_named_with_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let store = InvalidTokenStore::open(&dir.path().join("tokens"), None).unwrap();
+        for (address, why) in [
+            ("feedback.example", "has no port"),
+            ("feedback.example:", "has no port after the colon"),
+            ("feedback.example:feedback", "has port \"feedback\""),
+            ("feedback.example:70000", "has port \"70000\""),
+            ("feedback.example:0", "has port \"0\""),
+            (":2196", "has no host"),
+            ("::1:2196", "is an IPv6 address without brackets"),
+            ("[::1]", "has no port"),
+            ("[::1", "opens [ for an IPv6 address but never closes it"),
+            ("[::1]2196", "has \"2196\" after the IPv6 address"),
+        ] {
+            let err = poll_once(&resolver_for(&pki, address), &store, DOMAIN)
+                .await
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, FeedbackError::Settings { .. })
+                    && text.starts_with(&format!(
+                        "domain {DOMAIN}: apn_feedback_address {address:?} {why}"
+                    ))
+                    && text.contains("host:port")
+                    && !text.contains("no feedback address"),
+                "{address}: {text}"
+            );
+        }
+        let resolver = resolver_for(&pki, "[::1]:2196");
+        let settings = resolver.build(DOMAIN).unwrap();
+        let endpoint = feedback_endpoint(&resolver.config(), DOMAIN, &settings).unwrap();
+        assert_eq!((endpoint.host.as_str(), endpoint.port), ("::1", 2196));
     }
 }
