@@ -1268,6 +1268,28 @@ async fn notifications_submitted_as_their_queue_retires_are_neither_lost_nor_sen
     assert!(stats.retired.load(Ordering::Relaxed) >= 1);
 }
 
+/// Each notification's state as an outcome listener follows it: in flight or not.
+#[derive(Default)]
+struct States(std::sync::Mutex<HashMap<MessageId, bool>>);
+
+impl States {
+    fn in_flight(&self) -> usize {
+        self.0.lock().unwrap().values().filter(|&&f| f).count()
+    }
+}
+
+impl herald::outcomes::OutcomeListener for States {
+    fn queued(&self, n: &Notification, _retries: u32) {
+        self.0.lock().unwrap().insert(n.id, false);
+    }
+    fn in_flight(&self, id: MessageId) {
+        self.0.lock().unwrap().insert(id, true);
+    }
+    fn outcome(&self, record: &herald::logs::OutcomeRecord<'_>) {
+        self.0.lock().unwrap().remove(&record.notification.id);
+    }
+}
+
 /// A paused domain sends nothing beyond what is on the wire (docs/operations.md: it "queues without sending until
 /// resumed"): what its connections had not taken yet waits in the queue, and goes out once it is resumed, each
 /// notification once.
@@ -1283,6 +1305,8 @@ async fn a_paused_domain_sends_nothing_beyond_what_is_on_the_wire_until_resumed(
     let mut settings = h.h2_token();
     settings.max_connections = 1;
     let (engine, _) = h.engine(settings);
+    let states = Arc::new(States::default());
+    assert!(engine.set_outcome_listener(states.clone()));
     let tokens: Vec<String> = (0..N).map(token).collect();
     let ids = submit(&engine, &tokens).await;
     let stats = engine.stats(DOMAIN).unwrap();
@@ -1307,6 +1331,12 @@ async fn a_paused_domain_sends_nothing_beyond_what_is_on_the_wire_until_resumed(
         "{sent} sent, {sent_at_pause} when paused with at most {STREAMS} on the wire"
     );
     assert!(stats.finished() < N as u64);
+    // What was taken back is told queued again: none is left in flight while the domain is paused.
+    assert_eq!(
+        states.in_flight(),
+        0,
+        "notifications still in flight while paused"
+    );
     assert!(engine.set_paused(DOMAIN, false));
     wait_finished(&engine, N as u64).await;
     let counts = settled_record_counts(&h.sim, N).await;

@@ -333,6 +333,13 @@ impl OutcomeListener for StatusBook {
         if !matches!(entry.phase, Phase::Final(_)) {
             entry.attempts = retries;
         }
+        // Back in its queue from a connection that had not sent it (a pause, a route gone, a connection lost
+        // before sending): it waits again.
+        if matches!(entry.phase, Phase::InFlight) {
+            entry.phase = Phase::Queued {
+                next_attempt_at: None,
+            };
+        }
     }
 
     fn in_flight(&self, id: MessageId) {
@@ -642,6 +649,30 @@ mod tests {
                 "{reason}"
             );
         }
+    }
+
+    /// A notification a connection gave back unsent (a paused domain takes back what its connections had not
+    /// taken) is `queued` again, not `in_flight` for as long as it waits; a queued one that is delayed keeps its
+    /// next attempt time.
+    #[tokio::test]
+    async fn a_notification_given_back_unsent_is_queued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let n = notification(IdGenerator::new(0).next(), "book.example", 1);
+        let state = || match book.lookup(&key_of(n.id)) {
+            Ok(Found::Status(s)) => (s.state, s.next_attempt_at),
+            other => panic!("no status: {other:?}"),
+        };
+        book.queued(&n, 0);
+        book.in_flight(n.id);
+        assert_eq!(state().0, "in_flight");
+        book.queued(&n, 0);
+        assert_eq!(state(), ("queued".to_owned(), None));
+        let due = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        book.rescheduled(n.id, 1, due);
+        book.queued(&n, 1);
+        assert_eq!(state(), ("queued".to_owned(), Some(2_000_000_000)));
     }
 
     #[tokio::test]

@@ -857,6 +857,7 @@ impl DomainTask {
                 // What the pool had not put on a connection yet comes back to wait here.
                 for job in self.pool.take_waiting() {
                     self.outstanding.remove(&job.tag);
+                    self.tell_queued_again(&job.tag);
                     self.active.push_front(job.tag);
                 }
             }
@@ -1100,11 +1101,20 @@ impl DomainTask {
         }
         for job in waiting.into_iter().rev() {
             self.outstanding.remove(&job.tag);
+            self.tell_queued_again(&job.tag);
             self.active.push_front(job.tag);
         }
         self.stats
             .dispatched
             .store(self.outstanding.count, Ordering::Relaxed);
+    }
+
+    /// Tells the outcome listener that `item`, handed to a connection that did not send it, waits in the queue
+    /// again (its status is `queued`, not `in_flight`).
+    fn tell_queued_again(&self, item: &Queued) {
+        if let Some(l) = self.shared.listener() {
+            l.queued(&item.notification, item.retries);
+        }
     }
 
     /// Fixes the APNs expiration at the first attempt (a notification received without one gets
@@ -1195,6 +1205,7 @@ impl DomainTask {
                 if why != NotSentReason::Closing {
                     self.stats.requeued();
                 }
+                self.tell_queued_again(&item);
                 self.active.push_front(item);
             }
             PushResult::TimedOut { cancelled } => {
