@@ -9,11 +9,14 @@
 //! entry never overwrite each other's chunks: the loser's are left to expire). It knows nothing of what the values
 //! mean.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind, KeyValueError};
 use async_nats::jetstream::{self, kv};
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 
 use crate::jetstream::JetStreamSpool;
 
@@ -52,16 +55,43 @@ pub struct Entry {
     pub stored_ms: u64,
 }
 
+/// After an attempt to open the bucket failed, operations fail at once for this long (NATS unreachable, a leader
+/// being elected) rather than each trying again and waiting for NATS's answer in turn.
+pub const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+/// An attempt to open the bucket, shared by the operations that need it while it runs.
+type Opening = Shared<BoxFuture<'static, Result<Arc<kv::Store>, String>>>;
+
 /// The bucket's handle. Cheap to share; the bucket is opened (created when missing) by the first operation, and
 /// opened (or created) again by the next one after an operation failed: a bucket lost meanwhile (a NATS server of a
 /// one-replica bucket restarted on an empty store, the bucket deleted by hand) is made again rather than failing
 /// every operation until herald restarts.
+///
+/// No lock is held while NATS is asked anything: operations that find the bucket not open share one attempt to
+/// open it, and for [`REOPEN_AFTER`] after an attempt failed they fail at once with its error. During an outage
+/// each one waits for at most one attempt, however many arrive together.
 pub struct ClaimBucket {
     spool: Arc<JetStreamSpool>,
     name: String,
     max_age: Duration,
+    /// How long a failed attempt to open the bucket answers for the operations that follow ([`REOPEN_AFTER`]).
+    reopen_after: Duration,
+    /// Shared with the attempt to open the bucket under way, which records its outcome.
+    state: Arc<Mutex<OpenState>>,
+    /// Attempts to open the bucket so far.
+    #[cfg(test)]
+    opens: std::sync::atomic::AtomicU64,
+}
+
+/// Where opening the bucket stands.
+#[derive(Default)]
+struct OpenState {
     /// The bucket as last opened; `None` until the first operation and after a failed one.
-    store: tokio::sync::Mutex<Option<Arc<kv::Store>>>,
+    store: Option<Arc<kv::Store>>,
+    /// The attempt to open it under way.
+    opening: Option<Opening>,
+    /// The last attempt that failed: when it ended, and why. Cleared once one succeeds.
+    failed: Option<(Instant, String)>,
 }
 
 impl ClaimBucket {
@@ -72,7 +102,10 @@ impl ClaimBucket {
             spool,
             name: name.to_owned(),
             max_age,
-            store: tokio::sync::Mutex::new(None),
+            reopen_after: REOPEN_AFTER,
+            state: Arc::new(Mutex::new(OpenState::default())),
+            #[cfg(test)]
+            opens: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -88,40 +121,99 @@ impl ClaimBucket {
         }
     }
 
-    /// The bucket, opened (or created when missing) if it is not open.
+    /// The bucket, opened (or created when missing) if it is not open: the attempt under way when there is one, a
+    /// new one otherwise, or at once the error of an attempt that failed less than `reopen_after` ago.
     async fn store(&self) -> Result<Arc<kv::Store>, ClaimError> {
-        // Held while opening: concurrent operations wait for one opening rather than each making their own.
-        let mut cached = self.store.lock().await;
-        if let Some(store) = &*cached {
-            return Ok(store.clone());
-        }
-        let ctx = self.spool.context();
-        let store = match ctx.get_key_value(&self.name).await {
-            Ok(store) => store,
-            Err(_) => ctx
-                .create_key_value(kv::Config {
-                    bucket: self.name.clone(),
-                    history: 1,
-                    max_age: self.max_age,
-                    num_replicas: self.spool.replicas(),
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| self.unavailable(format!("cannot open or create it: {e}")))?,
+        let opening = {
+            let mut state = lock(&self.state);
+            if let Some(store) = &state.store {
+                return Ok(store.clone());
+            }
+            match &state.opening {
+                Some(opening) => opening.clone(),
+                None => {
+                    if let Some((at, why)) = &state.failed {
+                        let ago = at.elapsed();
+                        if ago < self.reopen_after {
+                            return Err(self.unavailable(format!(
+                                "cannot open or create it: {why} ({} ms ago; not tried again before {} ms)",
+                                ago.as_millis(),
+                                self.reopen_after.as_millis()
+                            )));
+                        }
+                    }
+                    #[cfg(test)]
+                    self.opens
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // A task of its own: the attempt runs to its end and records its outcome even when the
+                    // operations waiting for it are dropped (their requests cancelled). It takes the lock held here
+                    // to record it, so it cannot end before it is recorded as under way.
+                    let open = self.open();
+                    let shared = self.state.clone();
+                    let task = tokio::spawn(async move {
+                        let opened = open.await;
+                        let mut state = lock(&shared);
+                        state.opening = None;
+                        match &opened {
+                            Ok(store) => {
+                                state.failed = None;
+                                if state.store.is_none() {
+                                    state.store = Some(store.clone());
+                                }
+                            }
+                            Err(why) => state.failed = Some((Instant::now(), why.clone())),
+                        }
+                        opened
+                    });
+                    let opening = async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(format!("the attempt to open it stopped: {e}")))
+                    }
+                    .boxed()
+                    .shared();
+                    state.opening = Some(opening.clone());
+                    opening
+                }
+            }
         };
-        let store = Arc::new(store);
-        *cached = Some(store.clone());
-        Ok(store)
+        opening
+            .await
+            .map_err(|why| self.unavailable(format!("cannot open or create it: {why}")))
+    }
+
+    /// Opens the bucket, creating it when NATS says it is missing; the error says what failed.
+    fn open(&self) -> impl Future<Output = Result<Arc<kv::Store>, String>> + Send + 'static {
+        let ctx = self.spool.context().clone();
+        let config = kv::Config {
+            bucket: self.name.clone(),
+            history: 1,
+            max_age: self.max_age,
+            num_replicas: self.spool.replicas(),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        async move {
+            let store = match ctx.get_key_value(&config.bucket).await {
+                Ok(store) => store,
+                // NATS did not answer (unreachable, a leader being elected): creating it would not be answered
+                // either.
+                Err(e) if unanswered(&e) => return Err(format!("opening it: {e}")),
+                Err(_) => ctx
+                    .create_key_value(config)
+                    .await
+                    .map_err(|e| format!("creating it: {e}"))?,
+            };
+            Ok(Arc::new(store))
+        }
     }
 
     /// An operation on `store` failed (NATS unreachable, or the bucket gone: no responders, stream not found): the
     /// next operation opens the bucket again, creating it when it is missing. A handle opened since by another
     /// operation is kept.
-    async fn failed(&self, store: &Arc<kv::Store>, e: ClaimError) -> ClaimError {
-        let mut cached = self.store.lock().await;
-        if cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, store)) {
-            *cached = None;
+    fn failed(&self, store: &Arc<kv::Store>, e: ClaimError) -> ClaimError {
+        let mut state = lock(&self.state);
+        if state.store.as_ref().is_some_and(|c| Arc::ptr_eq(c, store)) {
+            state.store = None;
         }
         e
     }
@@ -144,7 +236,7 @@ impl ClaimBucket {
             Ok(_) => return Ok(None),
             Err(e) => {
                 let e = self.unavailable(format!("reading {key}: {e}"));
-                return Err(self.failed(&store, e).await);
+                return Err(self.failed(&store, e));
             }
         };
         let unreadable = |detail: String| ClaimError::Unreadable {
@@ -172,7 +264,7 @@ impl ClaimBucket {
                         }
                         Err(e) => {
                             let e = self.unavailable(format!("reading {chunk_key}: {e}"));
-                            return Err(self.failed(&store, e).await);
+                            return Err(self.failed(&store, e));
                         }
                     }
                 }
@@ -213,7 +305,7 @@ impl ClaimBucket {
             let chunk_key = chunk_key(key, nonce, count);
             if let Err(e) = store.put(&chunk_key, Bytes::copy_from_slice(chunk)).await {
                 let e = self.unavailable(format!("writing {chunk_key}: {e}"));
-                return Err(self.failed(&store, e).await);
+                return Err(self.failed(&store, e));
             }
             count += 1;
         }
@@ -235,7 +327,7 @@ impl ClaimBucket {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => {
                 let e = self.unavailable(format!("creating {key}: {e}"));
-                Err(self.failed(&store, e).await)
+                Err(self.failed(&store, e))
             }
         }
     }
@@ -255,7 +347,7 @@ impl ClaimBucket {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => {
                 let e = self.unavailable(format!("replacing {key}: {e}"));
-                Err(self.failed(&store, e).await)
+                Err(self.failed(&store, e))
             }
         }
     }
@@ -268,7 +360,7 @@ impl ClaimBucket {
             Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(()),
             Err(e) => {
                 let e = self.unavailable(format!("removing {key}: {e}"));
-                Err(self.failed(&store, e).await)
+                Err(self.failed(&store, e))
             }
         }
     }
@@ -281,6 +373,18 @@ pub fn nonce() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     h.finish()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether opening the bucket failed because NATS did not answer the request (a timeout, no responders, no
+/// connection) rather than with an answer (the bucket missing, say).
+fn unanswered(e: &KeyValueError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<GetStreamError>())
+        .is_some_and(|e| e.kind() == GetStreamErrorKind::Request)
 }
 
 fn chunk_key(key: &str, nonce: u64, i: u32) -> String {
@@ -372,6 +476,64 @@ mod tests {
             ),
         }
         crate::Spool::close(&*spool).await.unwrap();
+    }
+
+    /// NATS unreachable: claims arriving together (idempotent requests during an outage or a leader election)
+    /// share one attempt to open the bucket and fail with it, rather than each opening it in turn behind the
+    /// others; those that come while that failure is fresh fail at once, without asking NATS. However many they
+    /// are, one attempt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn claims_during_an_outage_share_one_attempt_to_open_the_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((mut server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let mut options = crate::JetStreamOptions::new(vec![url], "outage");
+        options.request_timeout = Duration::from_millis(500);
+        let spool = JetStreamSpool::connect(options).await.unwrap();
+        wait_for("the stream set up", Duration::from_secs(20), async || {
+            spool.connected()
+        })
+        .await;
+        server.kill();
+        wait_for("the connection lost", Duration::from_secs(20), async || {
+            !spool.connected()
+        })
+        .await;
+        let mut bucket = ClaimBucket::new(spool.clone(), "outage_claims", Duration::from_secs(60));
+        // The failed attempt stands for the whole test, however slow the machine.
+        bucket.reopen_after = Duration::from_secs(3600);
+        let bucket = Arc::new(bucket);
+        let claims = |first: usize, count: usize| {
+            futures_util::future::join_all((first..first + count).map(|i| {
+                let bucket = bucket.clone();
+                tokio::spawn(async move { bucket.create(&format!("k{i}"), b"claim").await })
+            }))
+        };
+        let opens = || bucket.opens.load(std::sync::atomic::Ordering::Relaxed);
+        for (i, outcome) in claims(0, 16).await.into_iter().enumerate() {
+            match outcome.unwrap() {
+                Err(ClaimError::Unavailable { bucket, detail }) => {
+                    assert_eq!(bucket, "outage_claims");
+                    assert!(detail.contains("cannot open or create it"), "{detail}");
+                }
+                other => panic!("claim {i} with NATS down: {other:?}"),
+            }
+        }
+        assert_eq!(
+            opens(),
+            1,
+            "attempts to open the bucket for 16 claims at once"
+        );
+        for (i, outcome) in claims(16, 64).await.into_iter().enumerate() {
+            match outcome.unwrap() {
+                Err(ClaimError::Unavailable { detail, .. }) => {
+                    assert!(detail.contains("ms ago"), "{detail}")
+                }
+                other => panic!("claim {} with NATS down: {other:?}", 16 + i),
+            }
+        }
+        assert_eq!(opens(), 1, "attempts to open the bucket for 64 more claims");
     }
 
     /// The bucket deleted under a running node (as a one-replica bucket is lost when its NATS server restarts on

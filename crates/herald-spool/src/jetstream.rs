@@ -179,7 +179,7 @@ pub struct JetStreamSpool {
     subject: String,
     /// Pulled notifications this node holds until their final outcome, by their id (the key the accepting node
     /// gave them), each with every message JetStream handed this node for it.
-    held: Mutex<Held<jetstream::Message>>,
+    held: Arc<Mutex<Held<jetstream::Message>>>,
     next_local: AtomicU64,
     deliveries: Mutex<Option<tokio::sync::mpsc::Receiver<StoredNotification>>>,
     /// The stream and the consumer are set up.
@@ -289,8 +289,13 @@ impl JetStreamSpool {
         let (acks, ack_jobs) = tokio::sync::mpsc::unbounded_channel();
         let progress_queued = Arc::new(AtomicU64::new(0));
         let consumer_ack_wait_ms = Arc::new(AtomicU64::new(duration_ms(options.ack_wait)));
+        let held = Arc::new(Mutex::new(Held::default()));
         tokio::spawn(ack_loop(
-            NatsAcks(client.clone()),
+            NatsAcks {
+                client: client.clone(),
+                held: held.clone(),
+                ack_wait_ms: consumer_ack_wait_ms.clone(),
+            },
             ack_jobs,
             progress_queued.clone(),
             FinalAckRetry {
@@ -305,7 +310,7 @@ impl JetStreamSpool {
             client,
             ctx,
             subject,
-            held: Mutex::new(Held::default()),
+            held,
             next_local: AtomicU64::new(1),
             deliveries: Mutex::new(Some(rx)),
             ready: AtomicBool::new(false),
@@ -614,9 +619,10 @@ impl JetStreamSpool {
         Duration::from_millis(self.consumer_ack_wait_ms.load(Ordering::Relaxed))
     }
 
-    /// How long a finished notification is remembered ([`finished_for`]).
+    /// How long a finished notification is remembered once its final ack was confirmed or given up
+    /// ([`finished_for`]).
     fn finished_for(&self) -> Duration {
-        finished_for(self.consumer_ack_wait(), self.options.request_timeout)
+        finished_for(self.consumer_ack_wait())
     }
 }
 
@@ -632,26 +638,45 @@ fn beat_fresh(sent: Option<Instant>, now: Instant) -> bool {
     sent.is_some_and(|sent| now.saturating_duration_since(sent) < nodes::BEAT_MAX_AGE / 2)
 }
 
-/// How long a finished notification is remembered, for a consumer's `ack_wait` and the node's `request_timeout`
-/// (the longest an attempt of a final ack waits for its answer): while its final ack is sent again
-/// ([`final_ack_patience`]), its last attempt's wait, then one ack wait (after which an ack that never arrived lets
-/// the message be redelivered), and one more for good measure. A redelivery meanwhile is acked again, not delivered.
-fn finished_for(ack_wait: Duration, request_timeout: Duration) -> Duration {
-    final_ack_patience(ack_wait, FINAL_ACK_MIN_PATIENCE) + request_timeout + ack_wait * 2
+/// How long a finished notification is remembered once its final ack was confirmed or given up (until then it is
+/// kept whatever the time: [`Finished`]), for a consumer's `ack_wait`: one ack wait (after which an ack that never
+/// arrived lets the message be redelivered), and one more for good measure. A redelivery meanwhile is acked again,
+/// not delivered.
+fn finished_for(ack_wait: Duration) -> Duration {
+    ack_wait * 2
 }
 
 /// The notifications a node finished lately (acked or terminated), by the stream sequences of their messages.
 /// Should a final ack be lost (the connection dropped just after it went out, its confirmation never came),
 /// JetStream delivers the message again once the ack wait has passed: when it comes back to this node, it is
-/// acked again rather than delivered a second time. Each is kept for a while ([`JetStreamSpool::finished_for`]),
-/// [`MAX_RECENTLY_FINISHED`] at most (the oldest forgotten first).
+/// acked again rather than delivered a second time.
+///
+/// Each is kept while its final ack is on its way, however long that takes (it may wait its turn in [`ack_loop`]
+/// for long before it is sent again and confirmed), then for a while once it was confirmed or given up
+/// ([`JetStreamSpool::finished_for`]); [`MAX_RECENTLY_FINISHED`] at most, the oldest recorded forgotten first.
 #[derive(Debug)]
 struct Finished {
-    /// Stream sequence -> notification id.
-    by_seq: HashMap<u64, u128>,
-    /// When each was recorded, oldest first.
-    order: VecDeque<(Instant, u64)>,
+    /// Stream sequence -> what is remembered of it.
+    by_seq: HashMap<u64, Remembered>,
+    /// Stream sequences in the order they were recorded, oldest first, with their entry's stamp: the oldest give way
+    /// first to newer ones. An item whose entry was forgotten, or recorded again since, is skipped.
+    recorded: VecDeque<(u64, u64)>,
+    /// When final acks ended (confirmed or given up), in that order, with their message's stream sequence and entry
+    /// stamp. An item whose entry was forgotten or settled again since is skipped.
+    settled: VecDeque<(Instant, u64, u64)>,
+    /// The stamp of the next entry recorded.
+    next_stamp: u64,
     cap: usize,
+}
+
+/// A finished notification's message, as [`Finished`] remembers it.
+#[derive(Debug, Clone, Copy)]
+struct Remembered {
+    id: u128,
+    /// Tells this entry from an earlier one at the same stream sequence.
+    stamp: u64,
+    /// When its final ack was last confirmed or given up; `None` while it is on its way.
+    settled_at: Option<Instant>,
 }
 
 impl Default for Finished {
@@ -664,38 +689,98 @@ impl Finished {
     fn with_cap(cap: usize) -> Self {
         Finished {
             by_seq: HashMap::new(),
-            order: VecDeque::new(),
+            recorded: VecDeque::new(),
+            settled: VecDeque::new(),
+            next_stamp: 0,
             cap,
         }
     }
 
-    /// The message at stream sequence `seq`, notification `id`, got its final ack at `now`.
+    /// The message at stream sequence `seq`, notification `id`, got its final ack at `now`: remembered until the
+    /// ack is settled ([`Finished::settle`]) and `keep` after, or until `cap` newer ones push it out.
     fn record(&mut self, seq: u64, id: u128, now: Instant, keep: Duration) {
         self.expire(now, keep);
-        if self.by_seq.insert(seq, id).is_none() {
-            self.order.push_back((now, seq));
-        }
-        while self.order.len() > self.cap {
-            if let Some((_, oldest)) = self.order.pop_front() {
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        self.by_seq.insert(
+            seq,
+            Remembered {
+                id,
+                stamp,
+                settled_at: None,
+            },
+        );
+        self.recorded.push_back((seq, stamp));
+        while self.by_seq.len() > self.cap {
+            let Some((oldest, stamp)) = self.recorded.pop_front() else {
+                break;
+            };
+            if self.by_seq.get(&oldest).is_some_and(|r| r.stamp == stamp) {
                 self.by_seq.remove(&oldest);
             }
         }
+        self.compact();
     }
 
-    /// Whether the message at `seq`, of notification `id`, was finished less than `keep` ago. The id must match too:
-    /// a stream deleted and created again numbers its messages from 1 again.
+    /// The final ack of the message at `seq`, notification `id`, was confirmed or given up at `now` (calls come in
+    /// time order): it is forgotten `keep` after, unless settled again meanwhile (acked again on a redelivery).
+    fn settle(&mut self, seq: u64, id: u128, now: Instant, keep: Duration) {
+        self.expire(now, keep);
+        if let Some(r) = self.by_seq.get_mut(&seq)
+            && r.id == id
+        {
+            r.settled_at = Some(now);
+            self.settled.push_back((now, seq, r.stamp));
+        }
+        self.compact();
+    }
+
+    /// Whether the message at `seq`, of notification `id`, is remembered as finished: its final ack is on its way,
+    /// or ended less than `keep` ago. The id must match too: a stream deleted and created again numbers its
+    /// messages from 1 again.
     fn matches(&mut self, seq: u64, id: u128, now: Instant, keep: Duration) -> bool {
         self.expire(now, keep);
-        self.by_seq.get(&seq) == Some(&id)
+        self.by_seq.get(&seq).is_some_and(|r| r.id == id)
     }
 
+    /// Forgets the messages whose final ack ended `keep` ago or more.
     fn expire(&mut self, now: Instant, keep: Duration) {
-        while let Some(&(at, seq)) = self.order.front() {
+        while let Some(&(at, seq, stamp)) = self.settled.front() {
             if now.saturating_duration_since(at) < keep {
                 break;
             }
-            self.order.pop_front();
-            self.by_seq.remove(&seq);
+            self.settled.pop_front();
+            if self
+                .by_seq
+                .get(&seq)
+                .is_some_and(|r| r.stamp == stamp && r.settled_at == Some(at))
+            {
+                self.by_seq.remove(&seq);
+            }
+        }
+        while let Some(&(seq, stamp)) = self.recorded.front() {
+            if self.by_seq.get(&seq).is_some_and(|r| r.stamp == stamp) {
+                break;
+            }
+            self.recorded.pop_front();
+        }
+    }
+
+    /// Drops the items of `recorded` and `settled` that no longer stand for an entry, once they are twice as many
+    /// as the entries can be: they stay bounded however the entries come and go.
+    fn compact(&mut self) {
+        let most = self.cap.max(16) * 2;
+        let by_seq = &self.by_seq;
+        if self.recorded.len() > most {
+            self.recorded
+                .retain(|(seq, stamp)| by_seq.get(seq).is_some_and(|r| r.stamp == *stamp));
+        }
+        if self.settled.len() > most {
+            self.settled.retain(|(at, seq, stamp)| {
+                by_seq
+                    .get(seq)
+                    .is_some_and(|r| r.stamp == *stamp && r.settled_at == Some(*at))
+            });
         }
     }
 
@@ -828,14 +913,39 @@ trait AckClient: Clone + Send + Sync + 'static {
         message: &Self::Message,
         kind: AckKind,
     ) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// The final ack (or term) of `message` was confirmed, or given up ([`final_ack`]): from now on, what the node
+    /// remembers of its notification may be forgotten after a while ([`Finished`]).
+    fn settled(&self, message: &Self::Message);
 }
 
 /// Acks over the node's NATS connection.
 #[derive(Clone)]
-struct NatsAcks(async_nats::Client);
+struct NatsAcks {
+    client: async_nats::Client,
+    /// What the node holds and finished lately ([`JetStreamSpool::held`]).
+    held: Arc<Mutex<Held<jetstream::Message>>>,
+    /// The consumer's ack wait as the server has it (milliseconds).
+    ack_wait_ms: Arc<AtomicU64>,
+}
 
 impl AckClient for NatsAcks {
     type Message = jetstream::Message;
+
+    fn settled(&self, message: &jetstream::Message) {
+        // The notification's id is the message's first 16 bytes ([`encode_message`]): a final ack only goes to a
+        // message read as a notification.
+        let (Ok(info), Some(key)) = (message.info(), message.payload.first_chunk::<16>()) else {
+            return;
+        };
+        let ack_wait = Duration::from_millis(self.ack_wait_ms.load(Ordering::Relaxed));
+        lock(&self.held).finished.settle(
+            info.stream_sequence,
+            u128::from_be_bytes(*key),
+            Instant::now(),
+            finished_for(ack_wait),
+        );
+    }
 
     async fn send(&self, message: &jetstream::Message, kind: AckKind) -> Result<(), String> {
         message.ack_with(kind).await.map_err(|e| e.to_string())
@@ -846,7 +956,7 @@ impl AckClient for NatsAcks {
         let Some(reply) = message.reply.clone() else {
             return Ok(());
         };
-        self.0
+        self.client
             .request(reply, kind.into())
             .await
             .map(drop)
@@ -880,7 +990,8 @@ impl FinalAckRetry {
 /// hold up the in-progress acks that keep this node's held notifications from going to other nodes. A final ack
 /// that has to wait its turn is sent once at once, without waiting for an answer: its notification gets no more
 /// in-progress acks, and the server has its ack before the ack wait runs out however long the turn takes; the
-/// confirmed one follows when its turn comes. No ack is overtaken that it must follow: a notification leaves
+/// confirmed one follows when its turn comes (the server answers the confirmation of an ack it has already, so it
+/// takes its room for a round trip). No ack is overtaken that it must follow: a notification leaves
 /// `held` before its final ack is queued, so no in-progress ack or nak of it comes after. A barrier is answered
 /// once every final ack queued before it was answered (or given up).
 async fn ack_loop<A: AckClient>(
@@ -969,8 +1080,8 @@ async fn ack_loop<A: AckClient>(
 /// comes (the connection dropped after it went out; "no responders" while NATS elects a new leader for the
 /// consumer), after pauses doubling up to `retry.max_pause`, until it is confirmed or the consumer's ack wait has
 /// passed since the first attempt (never less than `retry.min_patience`). One that is never answered leaves the
-/// message to be redelivered: to this node, it is acked again ([`Finished`] remembers it that long and an ack wait
-/// more); to another, it is delivered a second time.
+/// message to be redelivered: to this node, it is acked again ([`Finished`] remembers it until the ack is confirmed
+/// or given up, and a while after); to another, it is delivered a second time.
 async fn final_ack<A: AckClient>(
     client: A,
     message: A::Message,
@@ -988,7 +1099,7 @@ async fn final_ack<A: AckClient>(
                 if attempts > 1 {
                     tracing::debug!("JetStream ack confirmed at attempt {attempts}");
                 }
-                return;
+                break;
             }
             Err(e) => e,
         };
@@ -998,13 +1109,14 @@ async fn final_ack<A: AckClient>(
                 "JetStream ack not confirmed after {attempts} attempts over {patience:?} ({e}); the notification \
                  may be redelivered"
             );
-            return;
+            break;
         }
         tracing::debug!("JetStream ack not confirmed ({e}); sending it again");
         // The last attempt goes out once the patience has run out, not before.
         tokio::time::sleep(pause.min(until - now)).await;
         pause = (pause * 2).min(retry.max_pause);
     }
+    client.settled(&message);
 }
 
 /// Figures of a JetStream spool for `/metrics` and the console.
@@ -1991,7 +2103,8 @@ pub(crate) mod tests {
     }
 
     /// A final ack is remembered by stream sequence and id for a while: a redelivery of that message matches (not
-    /// one of another notification at that sequence), until it expires or the oldest give way to newer ones.
+    /// one of another notification at that sequence), until it expires once the ack ended, or the oldest give way to
+    /// newer ones.
     #[test]
     fn a_finished_notification_is_remembered_for_a_while_and_within_bounds() {
         let keep = Duration::from_secs(60);
@@ -2004,6 +2117,7 @@ pub(crate) mod tests {
             "another notification at that sequence"
         );
         assert!(!f.matches(11, 0xa, t0, keep), "another sequence");
+        f.settle(10, 0xa, t0, keep);
         assert!(!f.matches(10, 0xa, t0 + keep, keep), "kept past its time");
         assert_eq!(f.len(), 0);
         for seq in 1..=5u64 {
@@ -2132,9 +2246,10 @@ pub(crate) mod tests {
     #[derive(Clone)]
     struct SilentServer {
         sent: tokio::sync::mpsc::UnboundedSender<(u64, String)>,
-        /// Final acks sent so far, and those answered.
+        /// Final acks sent so far, those answered, and those that ended (confirmed or given up).
         confirms: Arc<AtomicU64>,
         confirmed: Arc<AtomicU64>,
+        settled: Arc<AtomicU64>,
         /// Whether the server answers the final acks now.
         answers: tokio::sync::watch::Receiver<bool>,
     }
@@ -2164,6 +2279,10 @@ pub(crate) mod tests {
                 confirmed.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
+        }
+
+        fn settled(&self, _message: &u64) {
+            self.settled.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -2196,6 +2315,7 @@ pub(crate) mod tests {
         failures: Arc<AtomicU64>,
         attempts: Arc<AtomicU64>,
         confirmed: Arc<AtomicU64>,
+        settled: Arc<AtomicU64>,
     }
 
     impl ElectingServer {
@@ -2204,6 +2324,7 @@ pub(crate) mod tests {
                 failures: Arc::new(AtomicU64::new(failures)),
                 attempts: Arc::new(AtomicU64::new(0)),
                 confirmed: Arc::new(AtomicU64::new(0)),
+                settled: Arc::new(AtomicU64::new(0)),
             }
         }
     }
@@ -2224,6 +2345,10 @@ pub(crate) mod tests {
             }
             self.confirmed.fetch_add(1, Ordering::Relaxed);
             Ok(())
+        }
+
+        fn settled(&self, _message: &u64) {
+            self.settled.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -2254,27 +2379,78 @@ pub(crate) mod tests {
         one_final_ack(&server, quick_retry(Duration::from_secs(60))).await;
         assert_eq!(server.confirmed.load(Ordering::Relaxed), 1, "not confirmed");
         assert_eq!(server.attempts.load(Ordering::Relaxed), 41);
+        assert_eq!(server.settled.load(Ordering::Relaxed), 1, "its end");
 
         let never = ElectingServer::new(u64::MAX);
         one_final_ack(&never, quick_retry(Duration::from_millis(50))).await;
         assert_eq!(never.confirmed.load(Ordering::Relaxed), 0);
         assert!(never.attempts.load(Ordering::Relaxed) >= 2);
+        assert_eq!(never.settled.load(Ordering::Relaxed), 1, "given up");
     }
 
-    /// A notification is remembered as finished while its final ack may still be sent again, and one ack wait
-    /// after: a redelivery meanwhile (its ack never confirmed) is acked again rather than delivered.
+    /// A notification is remembered as finished while its final ack is on its way, however long it waits its turn
+    /// (a long outage: the plain ack sent at once may have been lost), and one ack wait after the ack was
+    /// confirmed or given up, more when it is acked again meanwhile: a redelivery until then is acked again rather
+    /// than delivered. The count stays bounded, the acks on their way included.
     #[test]
-    fn a_finished_notification_is_remembered_past_the_attempts_of_its_final_ack() {
-        let request_timeout = Duration::from_secs(5);
-        for secs in [1, 5, 30, 120, 3600] {
-            let ack_wait = Duration::from_secs(secs);
-            let retries = final_ack_patience(ack_wait, FINAL_ACK_MIN_PATIENCE) + request_timeout;
-            assert!(retries >= ack_wait.max(FINAL_ACK_MIN_PATIENCE));
-            assert!(
-                finished_for(ack_wait, request_timeout) >= retries + ack_wait,
-                "ack wait {ack_wait:?}"
-            );
+    fn a_finished_notification_is_remembered_until_its_final_ack_ends_and_an_ack_wait_after() {
+        let ack_wait = Duration::from_secs(30);
+        let keep = finished_for(ack_wait);
+        assert!(keep >= ack_wait);
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut f = Finished::with_cap(3);
+        f.record(10, 0xa, t0, keep);
+        // Its final ack waited its turn for an hour: still remembered.
+        assert!(
+            f.matches(10, 0xa, t0 + hour, keep),
+            "forgotten while its final ack is on its way"
+        );
+        // Confirmed (or given up) then: kept an ack wait and more, then forgotten.
+        let t1 = t0 + hour;
+        f.settle(10, 0xa, t1, keep);
+        assert!(f.matches(10, 0xa, t1 + ack_wait, keep));
+        assert!(!f.matches(10, 0xa, t1 + keep, keep), "kept past its time");
+
+        // Acked again on a redelivery: kept from its last ack's end.
+        f.record(11, 0xb, t1, keep);
+        f.settle(11, 0xb, t1, keep);
+        let t2 = t1 + keep / 2;
+        f.settle(11, 0xb, t2, keep);
+        assert!(
+            f.matches(11, 0xb, t1 + keep, keep),
+            "forgotten by its first ack's end"
+        );
+        assert!(!f.matches(11, 0xb, t2 + keep, keep));
+
+        // The end of another notification's ack at that sequence changes nothing.
+        f.record(12, 0xc, t2, keep);
+        f.settle(12, 0xd, t2, keep);
+        assert!(f.matches(12, 0xc, t2 + hour, keep));
+
+        // Bounded, acks on their way included: the oldest recorded give way.
+        let t3 = t2 + hour;
+        for seq in 20..25u64 {
+            f.record(seq, u128::from(seq), t3, keep);
         }
+        assert_eq!(f.len(), 3);
+        assert!(!f.matches(12, 0xc, t3, keep), "the oldest give way");
+        assert!(f.matches(24, 24, t3 + hour, keep));
+
+        // However many come and go, the bookkeeping stays within twice the bound.
+        let mut f = Finished::with_cap(16);
+        let mut now = t0;
+        for seq in 0..10_000u64 {
+            now += Duration::from_millis(10);
+            f.record(seq, u128::from(seq), now, keep);
+            f.settle(seq, u128::from(seq), now, keep);
+            if seq % 3 == 0 {
+                f.settle(seq, u128::from(seq), now, keep);
+            }
+            assert!(f.recorded.len() <= 32 && f.settled.len() <= 32, "at {seq}");
+        }
+        assert_eq!(f.len(), 16);
+        assert!(f.matches(9_999, 9_999, now, keep));
     }
 
     /// More final acks than may await an answer at once, none answered (a server electing a leader): the
@@ -2288,6 +2464,7 @@ pub(crate) mod tests {
             sent: sent_tx,
             confirms: Arc::new(AtomicU64::new(0)),
             confirmed: Arc::new(AtomicU64::new(0)),
+            settled: Arc::new(AtomicU64::new(0)),
             answers,
         };
         let (jobs, queue) = tokio::sync::mpsc::unbounded_channel();
@@ -2339,6 +2516,9 @@ pub(crate) mod tests {
             server.confirms.load(Ordering::Relaxed) == MAX_ACKS_IN_FLIGHT as u64
         })
         .await;
+        // None ended, the final acks sent plainly while they wait their turn included: their notifications are
+        // remembered as finished until their confirmed acks end.
+        assert_eq!(server.settled.load(Ordering::Relaxed), 0);
         // No more than the room awaits an answer; the rest go out as answers come.
         let (barrier, passed) = tokio::sync::oneshot::channel();
         jobs.send(AckJob::Barrier(barrier)).unwrap();
@@ -2349,6 +2529,7 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(server.confirmed.load(Ordering::Relaxed), finals);
         assert_eq!(server.confirms.load(Ordering::Relaxed), finals);
+        assert_eq!(server.settled.load(Ordering::Relaxed), finals);
     }
 
     /// A `nats-server -js` on a loopback port (herald-testkit), or `None` (with a message; a failure under `CI`)
@@ -2558,6 +2739,17 @@ pub(crate) mod tests {
         wait_for("the stream empty", Duration::from_secs(20), async || {
             stream.info().await.unwrap().state.messages == 0
         })
+        .await;
+        // Their final acks confirmed: what the node remembers of them goes after a while from now on.
+        wait_for(
+            "the final acks settled",
+            Duration::from_secs(20),
+            async || {
+                let held = lock(&spool.held);
+                let finished = &held.finished.by_seq;
+                finished.len() == 2 && finished.values().all(|r| r.settled_at.is_some())
+            },
+        )
         .await;
         spool.close().await.unwrap();
     }

@@ -1,6 +1,7 @@
 //! The JetStream spool against what it finds on the NATS servers and what happens to them while it runs
 //! (docs/scale-out.md): a consumer made with other settings, a stream whose limits would delete notifications, a
-//! node at its bound, a heartbeat bucket lost with a server restart, a consumer deleted under a running node.
+//! node at its bound, a heartbeat bucket lost with a server restart, a consumer deleted under a running node, an
+//! ack confirmed after it was sent plainly.
 //!
 //! Each test starts its own `nats-server` on a loopback port (herald-testkit) and kills it at the end; without
 //! `nats-server` on PATH they are skipped with a message (failing under `CI`).
@@ -368,4 +369,126 @@ async fn a_deleted_consumer_is_made_again_and_delivery_resumes() {
     assert!(stream.consumer_info("herald").await.is_ok());
     spool.remove(&[second]);
     spool.close().await.unwrap();
+}
+
+/// What the node's acks rely on: a final ack (or term) that goes out once without waiting for an answer (no room
+/// to await more answers) is confirmed later by the same ack sent as a request; the server answers that request
+/// although the message is no longer pending (the plain ack removed it from the stream), on one server as on a
+/// three-server cluster (the ack replicated). So a confirmation waiting its turn takes its slot for one round trip,
+/// not for the ack wait, and a plain ack and its confirmation never leave the message to be delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_ack_of_a_message_acked_plainly_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    if !nats::available() {
+        return;
+    }
+    for servers in [
+        vec![nats::single(&dir.path().join("single"))],
+        nats::cluster(&dir.path().join("cluster")),
+    ] {
+        let replicas = servers.len();
+        let client = async_nats::connect(servers[0].url()).await.unwrap();
+        let ctx = jetstream::new(client.clone());
+        let mut config = herald_stream("acked");
+        config.num_replicas = replicas;
+        // A cluster just started may not have placed its first stream's replicas yet.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match ctx.create_stream(config.clone()).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "creating an R{replicas} stream: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(herald_consumer("acked", Duration::from_secs(60)))
+            .await
+            .unwrap();
+        for n in 0..3u8 {
+            ctx.publish("acked.notifications", vec![n].into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let mut pulled = consumer
+            .fetch()
+            .max_messages(3)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let mut messages = Vec::new();
+        while let Some(message) = futures_util::StreamExt::next(&mut pulled).await {
+            messages.push(message.unwrap());
+        }
+        assert_eq!(messages.len(), 3, "R{replicas}: pulled");
+        // The ack sent as a request, as the node confirms a final ack: its answer, or why none came.
+        let confirm = async |message: &jetstream::Message, kind: jetstream::AckKind| {
+            let reply = message
+                .reply
+                .clone()
+                .expect("a pulled message has a reply subject");
+            match tokio::time::timeout(Duration::from_secs(10), client.request(reply, kind.into()))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 10 s".to_owned()),
+            }
+        };
+        let kinds = [
+            jetstream::AckKind::Ack,
+            jetstream::AckKind::Term,
+            jetstream::AckKind::Ack,
+        ];
+        // The first two acked plainly, as the acks waiting their turn are, and taken by the server.
+        for (message, kind) in messages.iter().zip(kinds).take(2) {
+            message.ack_with(kind).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        wait_for(
+            "the plain acks taken",
+            Duration::from_secs(20),
+            async || {
+                stream
+                    .consumer_info("herald")
+                    .await
+                    .unwrap()
+                    .num_ack_pending
+                    == 1
+            },
+        )
+        .await;
+        for (message, kind) in messages.iter().zip(kinds).take(2) {
+            assert_eq!(
+                confirm(message, kind).await,
+                Ok(()),
+                "R{replicas}: the confirmation of a {kind:?} sent plainly before"
+            );
+        }
+        // A confirmed ack, then the same confirmation again (sent again when its answer was lost).
+        assert_eq!(confirm(&messages[2], kinds[2]).await, Ok(()), "R{replicas}");
+        assert_eq!(
+            confirm(&messages[2], kinds[2]).await,
+            Ok(()),
+            "R{replicas}: a confirmation sent again"
+        );
+        let mut stream = ctx.get_stream("acked").await.unwrap();
+        wait_for("the stream empty", Duration::from_secs(20), async || {
+            stream.info().await.unwrap().state.messages == 0
+        })
+        .await;
+        let info = stream.consumer_info("herald").await.unwrap();
+        assert_eq!(
+            (info.num_ack_pending, info.num_redelivered),
+            (0, 0),
+            "R{replicas}"
+        );
+    }
 }
