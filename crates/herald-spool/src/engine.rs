@@ -79,6 +79,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Bytes the store occupies on disk.
     fn disk_bytes(&self) -> u64;
 
+    /// The spool is stopping ([`crate::DiskSpool`]'s close or drop; called from another thread than the writer's):
+    /// from now on a commit, and one waiting now, must not wait for the store's background work (flushes,
+    /// compactions) to catch up, so that the last commits take no longer than their writes and herald's stop, which
+    /// waits for them only so long, does not give up on them. The default has nothing to do.
+    fn stop_waiting(&self) {}
+
     /// Makes the store take writes again after a commit failed (disk full, I/O error): checks there is room and
     /// reopens it if it needs that. Fails, changing nothing that was committed, while the condition lasts. Called by
     /// the spool's writer thread only; the default has nothing to do.

@@ -3,17 +3,23 @@
 //! persisted with `PersistMode::SyncAll` (fsync) before it returns, the others with `PersistMode::Buffer` (written
 //! to the operating system, which keeps them across a crash of the process).
 //!
-//! fjall's own write stalls are turned off (its write-buffer and journal limits are set out of reach): they sleep in
-//! a loop inside a commit that is already durable until a flush frees memory or journal space, and when that flush
-//! fails (a full disk) the flush worker stops for good, so that commit would never return and the spool would never
-//! learn that the store refuses writes. `Store::admit` does their work before each commit instead: it seals a
-//! memtable where fjall's monitor would have, and waits, for at most [`STALL_WAIT`], while flushes or compactions are
-//! behind, stopping at once with an error when the store has turned to refusing writes.
+//! fjall's own write stalls are turned off: they sleep in a loop inside a commit that is already durable until a flush
+//! frees memory or journal space, or until compaction has brought level 0 below 32 runs, and when that flush or
+//! compaction fails (a full disk) fjall's worker stops for good, so that commit would never return and the spool
+//! would never learn that the store refuses writes. Its write-buffer and journal limits are set out of reach, and so
+//! is each partition's memtable size ([`UNBOUNDED_MEMTABLE`]): fjall looks at level 0 only in a commit in which it
+//! sealed a memtable itself, which it then never does. That holds for partitions created by an earlier herald too,
+//! whose stored size is raised when the store opens (`lift_memtable_limit`). `Store::admit` does their work before
+//! each commit instead: it seals every memtable that reached [`MEMTABLE_BYTES`], and others where fjall's monitor
+//! would have, and waits, for at most [`STALL_WAIT`], while flushes or compactions are behind, stopping at once with
+//! an error when the store has turned to refusing writes, and not waiting at all once the spool is stopping
+//! ([`Engine::stop_waiting`]).
 
 use std::io::Write;
 use std::ops::{Bound, ControlFlow};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -61,11 +67,29 @@ pub const WRITE_BUFFER_BYTES: u64 = 64 << 20;
 /// the memtable that keeps the oldest journal file alive is sealed and flushed, so that the file can be deleted.
 pub const JOURNAL_BYTES: u64 = 512 << 20;
 /// A commit waits while a partition has this many segment runs in its first level, waiting for compaction. fjall
-/// slows writes from 20 runs and halts them at 32, sleeping until compaction catches up; staying below that keeps
-/// its halt out of reach (only the flushes finishing during one commit add runs).
+/// slows each write by at most half a millisecond from 20 runs; its halt at 32 runs, which sleeps until compaction
+/// catches up however long that takes, is never reached whatever the count ([`UNBOUNDED_MEMTABLE`]). This wait keeps
+/// reads from going through ever more runs while compaction is merely behind.
 pub const LEVEL0_RUNS: usize = 24;
-/// The longest a commit waits for flushes or compactions to catch up; then it is written regardless.
+/// The longest a commit waits for flushes or compactions to catch up; then it is written regardless (nothing in
+/// fjall waits after it: see [`UNBOUNDED_MEMTABLE`]).
 pub const STALL_WAIT: Duration = Duration::from_secs(30);
+/// A partition's memtable is sealed and handed to the flush worker (`Store::relieve`, before the next commit) once it
+/// holds this many bytes, as fjall does with its default memtable size: the memtables taking writes hold at most this
+/// much and one commit each.
+pub const MEMTABLE_BYTES: u64 = 16 << 20;
+/// The memtable size the partitions are given in fjall: one it never reaches, so that fjall never seals a memtable
+/// inside a commit. After doing so it waits, with no end and no look at a failed store, while level 0 has 32 runs or
+/// more (`check_write_halt` in fjall 2): with compaction failed for want of room, that commit would never return.
+/// `Store::relieve` seals them instead, at [`MEMTABLE_BYTES`].
+pub const UNBOUNDED_MEMTABLE: u32 = u32::MAX;
+/// The partitions of the keyspace.
+const PARTITIONS: [&str; 2] = ["records", "schedules"];
+/// Where fjall 2 keeps a partition's options (`fjall/partitions/<name>/config`): `FJL` and format 2, the number of
+/// levels and the tree type (a byte each), then the memtable size (u32, big-endian), then the rest. fjall reads them
+/// when it opens a partition it finds on disk, whatever options the partition is opened with.
+const PARTITION_CONFIG_MAGIC: [u8; 4] = *b"FJL\x02";
+const PARTITION_CONFIG_MEMTABLE_AT: usize = 6;
 /// How often a waiting commit looks again.
 const STALL_POLL: Duration = Duration::from_millis(10);
 
@@ -78,10 +102,32 @@ const STALL_POLL: Duration = Duration::from_millis(10);
 pub struct FjallEngine {
     dir: PathBuf,
     options: FjallOptions,
+    tuning: Tuning,
+    /// Set once the spool is stopping ([`Engine::stop_waiting`]): commits no longer wait for the store to catch up.
+    stopping: AtomicBool,
     /// `None` after a reopen that closed the old keyspace but could not open the new one.
     store: RwLock<Option<Store>>,
     /// The last size measured, for [`Engine::disk_bytes`] while a reopen holds the lock.
     disk_bytes: AtomicU64,
+}
+
+/// How long a commit waits for the store, and what works in its background: [`STALL_WAIT`] and fjall's defaults,
+/// which tests change.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    /// The longest a commit waits for flushes or compactions to catch up.
+    pub(crate) stall_wait: Duration,
+    /// fjall's compaction threads (`None`: its default, one per core). With none, level 0 only grows.
+    pub(crate) compaction_workers: Option<usize>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            stall_wait: STALL_WAIT,
+            compaction_workers: None,
+        }
+    }
 }
 
 struct Store {
@@ -95,17 +141,20 @@ struct Store {
 }
 
 impl Store {
-    fn open(dir: &Path, options: FjallOptions) -> Result<Store, SpoolError> {
+    fn open(dir: &Path, options: FjallOptions, tuning: Tuning) -> Result<Store, SpoolError> {
         const CTX: &str = "opening the spool store";
-        let keyspace = keyspace_config(dir, options)
+        for name in PARTITIONS {
+            lift_memtable_limit(&dir.join(FJALL_DIR), name)?;
+        }
+        let keyspace = keyspace_config(dir, options, tuning)
             .open()
             .map_err(|e| error(CTX, e))?;
-        let records = keyspace
-            .open_partition("records", PartitionCreateOptions::default())
-            .map_err(|e| error(CTX, e))?;
-        let schedules = keyspace
-            .open_partition("schedules", PartitionCreateOptions::default())
-            .map_err(|e| error(CTX, e))?;
+        let [records, schedules] = PARTITIONS.map(|name| {
+            keyspace
+                .open_partition(name, partition_options())
+                .map_err(|e| error(CTX, e))
+        });
+        let (records, schedules) = (records?, schedules?);
         Ok(Store {
             keyspace,
             records,
@@ -122,22 +171,29 @@ impl Store {
     }
 
     /// Makes room before a commit, as fjall's write stalls would have after the previous one, but never for longer
-    /// than [`STALL_WAIT`]: seals a memtable when needed ([`Store::relieve`]), then waits while the store is behind
-    /// ([`Store::behind`]). Fails at once when the store refuses writes: a flush or compaction that failed (a full
-    /// disk) stops fjall's worker for good, and nothing would catch up.
-    fn admit(&self) -> Result<(), fjall::Error> {
+    /// than `stall_wait` ([`STALL_WAIT`]): seals memtables when needed ([`Store::relieve`]), then waits while the
+    /// store is behind ([`Store::behind`]), and not at all once `stopping` is set (the spool is stopping: its last
+    /// commit must not wait longer than herald's stop waits for it). Fails at once when the store refuses writes: a
+    /// flush or compaction that failed (a full disk) stops fjall's worker for good, and nothing would catch up.
+    fn admit(&self, stall_wait: Duration, stopping: &AtomicBool) -> Result<(), fjall::Error> {
         self.relieve()?;
         let Some(mut why) = self.behind() else {
             return Ok(());
         };
-        let deadline = Instant::now() + STALL_WAIT;
+        let deadline = Instant::now() + stall_wait;
         loop {
             // Refused with `Poisoned` once a write, flush or compaction failed; otherwise it only hands the
             // journal's buffer to the operating system.
             self.keyspace.persist(PersistMode::Buffer)?;
+            if stopping.load(Ordering::Relaxed) {
+                tracing::warn!(
+                    "spool: writing although the store is behind ({why}): the spool is stopping"
+                );
+                return Ok(());
+            }
             if Instant::now() >= deadline {
                 tracing::warn!(
-                    "spool: writing although the store is still behind after {STALL_WAIT:?} ({why})"
+                    "spool: writing although the store is still behind after {stall_wait:?} ({why})"
                 );
                 return Ok(());
             }
@@ -167,12 +223,25 @@ impl Store {
         None
     }
 
-    /// Seals a memtable and hands it to the flush worker where fjall's monitor would have: when the journal passed
-    /// half of [`JOURNAL_BYTES`], that of the partition flushed least recently (it keeps the oldest journal file
-    /// alive); when the memtables taking writes hold more than half of [`WRITE_BUFFER_BYTES`], the largest.
+    /// Seals memtables and hands them to the flush worker: every one that holds [`MEMTABLE_BYTES`] or more, whether
+    /// or not earlier ones are flushed yet (fjall would have sealed it within the commit that filled it); then one
+    /// where fjall's monitor would have: when the journal passed half of [`JOURNAL_BYTES`], that of the partition
+    /// flushed least recently (it keeps the oldest journal file alive); when the memtables taking writes hold more
+    /// than half of [`WRITE_BUFFER_BYTES`], the largest.
     fn relieve(&self) -> Result<(), fjall::Error> {
         let partitions = [&self.records, &self.schedules];
         let active = |i: usize| u64::from(partitions[i].tree.active_memtable_size());
+        let mut sealed_at = self.sealed_at.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, partition) in partitions.iter().enumerate() {
+            if active(i) >= MEMTABLE_BYTES {
+                let flushed = partition.tree.get_highest_persisted_seqno();
+                // An error leaves the store to be reopened (the spool does that once the commit failed): its
+                // journal still holds everything the memtable did.
+                if partition.rotate_memtable()? {
+                    sealed_at[i] = Some(flushed);
+                }
+            }
+        }
         let pick = if self.keyspace.journal_disk_space() > JOURNAL_BYTES / 2 {
             (0..2)
                 .filter(|&i| active(i) > 0)
@@ -186,7 +255,6 @@ impl Store {
             return Ok(());
         };
         let flushed = partitions[i].tree.get_highest_persisted_seqno();
-        let mut sealed_at = self.sealed_at.lock().unwrap_or_else(|p| p.into_inner());
         if sealed_at[i] == Some(flushed) {
             // The memtable sealed last time is not flushed yet.
             return Ok(());
@@ -202,11 +270,92 @@ impl Store {
 
 /// The keyspace's configuration: fjall's write-buffer and journal limits out of reach, so that its write stalls
 /// never wait inside a commit ([`Store::admit`] waits before one instead, for a bounded time).
-fn keyspace_config(dir: &Path, options: FjallOptions) -> Config {
-    Config::new(dir.join(FJALL_DIR))
+fn keyspace_config(dir: &Path, options: FjallOptions, tuning: Tuning) -> Config {
+    let config = Config::new(dir.join(FJALL_DIR))
         .cache_size(options.cache_bytes)
         .max_write_buffer_size(u64::MAX)
-        .max_journaling_size(u64::MAX)
+        .max_journaling_size(u64::MAX);
+    match tuning.compaction_workers {
+        Some(n) => config.compaction_workers(n),
+        None => config,
+    }
+}
+
+/// The options of a partition created now: a memtable size fjall never reaches ([`UNBOUNDED_MEMTABLE`]).
+fn partition_options() -> PartitionCreateOptions {
+    PartitionCreateOptions::default().max_memtable_size(UNBOUNDED_MEMTABLE)
+}
+
+/// Raises the memtable size stored for partition `name` of the keyspace in `fjall_dir` to [`UNBOUNDED_MEMTABLE`],
+/// before the keyspace is opened: fjall keeps the size a partition was created with (16 MiB for one created by an
+/// earlier herald) and ignores the options it is opened with. Nothing to do when the partition does not exist yet or
+/// has that size already.
+///
+/// The four bytes of the size are overwritten in place and synced: that takes no new room on a full disk, and a
+/// write torn by a crash still leaves a file fjall reads (any four bytes are a size), raised again at the next open.
+fn lift_memtable_limit(fjall_dir: &Path, name: &str) -> Result<(), SpoolError> {
+    const CTX: &str = "raising the memtable size of the spool store";
+    let path = fjall_dir.join("partitions").join(name).join("config");
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(config_error(CTX, &path, "cannot read", e)),
+    };
+    let at = PARTITION_CONFIG_MEMTABLE_AT..PARTITION_CONFIG_MEMTABLE_AT + 4;
+    let Some(stored) = bytes.get(at.clone()) else {
+        return Err(SpoolError::Storage {
+            context: CTX,
+            detail: format!(
+                "{} holds {} bytes, too few for fjall's partition options",
+                path.display(),
+                bytes.len()
+            ),
+            temporary: false,
+        });
+    };
+    if bytes[..4] != PARTITION_CONFIG_MAGIC {
+        return Err(SpoolError::Storage {
+            context: CTX,
+            detail: format!(
+                "{} does not start with the magic of fjall 2's partition options ({:02x?} instead of {:02x?})",
+                path.display(),
+                &bytes[..4],
+                PARTITION_CONFIG_MAGIC
+            ),
+            temporary: false,
+        });
+    }
+    let unbounded = UNBOUNDED_MEMTABLE.to_be_bytes();
+    if stored == unbounded {
+        return Ok(());
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|file| {
+            file.write_all_at(&unbounded, at.start as u64)?;
+            file.sync_all()
+        });
+    written.map_err(|e| config_error(CTX, &path, "cannot write", e))?;
+    tracing::info!(
+        "spool: raised the memtable size stored in {} (memtables are sealed by herald at {} MiB)",
+        path.display(),
+        MEMTABLE_BYTES >> 20
+    );
+    Ok(())
+}
+
+/// An I/O error on fjall's file `path`: a full disk as such, anything else with the file named.
+fn config_error(context: &'static str, path: &Path, what: &str, e: std::io::Error) -> SpoolError {
+    let detail = format!("{what} {}: {e}", path.display());
+    match SpoolError::from_io(context, e) {
+        full @ SpoolError::DiskFull { .. } => full,
+        _ => SpoolError::Storage {
+            context,
+            detail,
+            temporary: true,
+        },
+    }
 }
 
 /// Maps a fjall error. After a failed write or fsync fjall refuses every later write ("poisoned") until it is
@@ -247,11 +396,22 @@ pub(crate) fn error(context: &'static str, e: fjall::Error) -> SpoolError {
 impl FjallEngine {
     /// Opens (or creates) the keyspace in `dir/fjall`, recovering its journal after a crash.
     pub fn open(dir: &Path, options: FjallOptions) -> Result<FjallEngine, SpoolError> {
-        let store = Store::open(dir, options)?;
+        FjallEngine::open_tuned(dir, options, Tuning::default())
+    }
+
+    /// [`FjallEngine::open`], waiting for the store and working in its background as `tuning` says.
+    pub(crate) fn open_tuned(
+        dir: &Path,
+        options: FjallOptions,
+        tuning: Tuning,
+    ) -> Result<FjallEngine, SpoolError> {
+        let store = Store::open(dir, options, tuning)?;
         let bytes = store.keyspace.disk_space();
         Ok(FjallEngine {
             dir: dir.to_path_buf(),
             options,
+            tuning,
+            stopping: AtomicBool::new(false),
             store: RwLock::new(Some(store)),
             disk_bytes: AtomicU64::new(bytes),
         })
@@ -385,7 +545,9 @@ impl Engine for FjallEngine {
         let Some(store) = guard.as_ref() else {
             return Err(SpoolError::Closed);
         };
-        store.admit().map_err(|e| self.classify(CTX, e))?;
+        store
+            .admit(self.tuning.stall_wait, &self.stopping)
+            .map_err(|e| self.classify(CTX, e))?;
         let mut b = store.keyspace.batch().durability(Some(mode));
         for (k, v) in &batch.inserts {
             b.insert(&store.records, k.to_be_bytes(), v.as_slice());
@@ -479,6 +641,10 @@ impl Engine for FjallEngine {
         self.disk_bytes.load(Ordering::Relaxed)
     }
 
+    fn stop_waiting(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
     fn reopen(&self) -> Result<(), SpoolError> {
         const CTX: &str = "reopening the spool store";
         probe_free_space(&self.dir, REOPEN_FREE_BYTES)?;
@@ -503,10 +669,194 @@ impl Engine for FjallEngine {
         };
         // The old keyspace must be gone (its journal closed) before the directory is opened again.
         *guard = None;
-        let store = Store::open(&self.dir, self.options)?;
+        let store = Store::open(&self.dir, self.options, self.tuning)?;
         self.disk_bytes
             .store(store.keyspace.disk_space(), Ordering::Relaxed);
         *guard = Some(store);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl FjallEngine {
+    /// Gives partition `table` at least `runs` segment runs in level 0 that compaction has to merge: each a flushed
+    /// memtable holding the same two keys (of one byte, which the spool skips), so that no run is apart from the
+    /// others. Only stays so with no compaction threads ([`Tuning::compaction_workers`]).
+    pub(crate) fn pile_up_level0(&self, table: Table, runs: usize) {
+        let guard = self.store.read().unwrap();
+        let partition = guard.as_ref().unwrap().partition(table);
+        while partition.tree.l0_run_count() < runs {
+            // An empty level 0 counts as one run too.
+            let before = partition.segment_count();
+            partition.insert("a", "level 0").unwrap();
+            partition.insert("b", "level 0").unwrap();
+            assert!(partition.rotate_memtable().unwrap());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while partition.segment_count() <= before {
+                assert!(Instant::now() < deadline, "the memtable was not flushed");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    /// Bytes in the memtable of `table` that takes writes.
+    fn active_memtable(&self, table: Table) -> u64 {
+        let guard = self.store.read().unwrap();
+        u64::from(
+            guard
+                .as_ref()
+                .unwrap()
+                .partition(table)
+                .tree
+                .active_memtable_size(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Far longer than any step here takes: only a commit that never returns runs into it.
+    const HANG: Duration = Duration::from_secs(60);
+
+    /// No compaction, so that level 0 only grows; a short wait for it, so that commits go ahead soon.
+    fn no_compaction() -> Tuning {
+        Tuning {
+            stall_wait: Duration::from_millis(100),
+            compaction_workers: Some(0),
+        }
+    }
+
+    /// The memtable size fjall keeps for partition `name` of the store in `dir`.
+    fn stored_memtable_size(dir: &Path, name: &str) -> u32 {
+        let path = dir
+            .join(FJALL_DIR)
+            .join("partitions")
+            .join(name)
+            .join("config");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes[..4], PARTITION_CONFIG_MAGIC, "{}", path.display());
+        let at = PARTITION_CONFIG_MEMTABLE_AT;
+        u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap())
+    }
+
+    /// Level 0 of the records has fjall's halt count (32) and compaction does not come: a commit that fills more
+    /// than fjall's default memtable size returns all the same, and the memtable it filled is sealed before the next.
+    fn a_commit_past_fjalls_halt_returns(dir: &Path) {
+        let engine = Arc::new(
+            FjallEngine::open_tuned(dir, FjallOptions::default(), no_compaction()).unwrap(),
+        );
+        for name in PARTITIONS {
+            assert_eq!(stored_memtable_size(dir, name), UNBOUNDED_MEMTABLE);
+        }
+        engine.pile_up_level0(Table::Records, 32);
+        let big = CommitBatch {
+            inserts: (1..=20)
+                .map(|i| (SpoolKey(i), vec![7u8; 1 << 20]))
+                .collect(),
+            sync: true,
+            ..CommitBatch::default()
+        };
+        let (done, answer) = std::sync::mpsc::channel();
+        let committing = Arc::clone(&engine);
+        std::thread::spawn(move || {
+            let _ = done.send(committing.commit(&big));
+        });
+        answer
+            .recv_timeout(HANG)
+            .expect(
+                "a commit that fills a memtable past 16 MiB returns although level 0 has 32 runs",
+            )
+            .unwrap();
+        assert!(engine.active_memtable(Table::Records) > MEMTABLE_BYTES);
+
+        let small = CommitBatch {
+            inserts: vec![(SpoolKey(21), vec![1u8; 100])],
+            ..CommitBatch::default()
+        };
+        engine.commit(&small).unwrap();
+        assert!(engine.active_memtable(Table::Records) < 1 << 20);
+        let mut keys = Vec::new();
+        engine
+            .scan(Table::Records, SpoolKey(u128::MAX), &mut |k, _| {
+                keys.push(k);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(keys, (1..=21).map(SpoolKey).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_commit_never_waits_for_compaction_in_a_new_store() {
+        let dir = tempfile::tempdir().unwrap();
+        a_commit_past_fjalls_halt_returns(dir.path());
+    }
+
+    #[test]
+    fn a_commit_never_waits_for_compaction_in_a_store_created_with_fjalls_default_memtable_size() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // As an earlier herald created it.
+            let keyspace = Config::new(dir.path().join(FJALL_DIR))
+                .compaction_workers(0)
+                .open()
+                .unwrap();
+            for name in PARTITIONS {
+                let partition = keyspace
+                    .open_partition(name, PartitionCreateOptions::default())
+                    .unwrap();
+                partition.insert("a", "earlier").unwrap();
+            }
+            keyspace.persist(PersistMode::SyncAll).unwrap();
+        }
+        for name in PARTITIONS {
+            assert_eq!(stored_memtable_size(dir.path(), name), 16 << 20);
+        }
+        a_commit_past_fjalls_halt_returns(dir.path());
+    }
+
+    /// Where fjall keeps a partition's memtable size: what [`lift_memtable_limit`] overwrites.
+    #[test]
+    fn fjall_stores_the_memtable_size_where_the_spool_raises_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let keyspace = Config::new(dir.path().join(FJALL_DIR)).open().unwrap();
+            keyspace
+                .open_partition(
+                    "records",
+                    PartitionCreateOptions::default().max_memtable_size(0x0123_4567),
+                )
+                .unwrap();
+        }
+        assert_eq!(stored_memtable_size(dir.path(), "records"), 0x0123_4567);
+        lift_memtable_limit(&dir.path().join(FJALL_DIR), "records").unwrap();
+        assert_eq!(
+            stored_memtable_size(dir.path(), "records"),
+            UNBOUNDED_MEMTABLE
+        );
+        // Raised once only.
+        lift_memtable_limit(&dir.path().join(FJALL_DIR), "records").unwrap();
+        assert_eq!(
+            stored_memtable_size(dir.path(), "records"),
+            UNBOUNDED_MEMTABLE
+        );
+    }
+
+    #[test]
+    fn a_partition_config_of_another_format_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = dir.path().join("partitions").join("records");
+        std::fs::create_dir_all(&partition).unwrap();
+        std::fs::write(partition.join("config"), b"FJL\x03\x07\x00\x01\x00\x00\x00").unwrap();
+        let err = lift_memtable_limit(dir.path(), "records").unwrap_err();
+        assert!(!err.is_temporary(), "{err}");
+        assert!(err.to_string().contains("records/config"), "{err}");
+        std::fs::write(partition.join("config"), b"FJL\x02").unwrap();
+        let err = lift_memtable_limit(dir.path(), "records").unwrap_err();
+        assert!(err.to_string().contains("4 bytes"), "{err}");
+        lift_memtable_limit(dir.path(), "schedules").unwrap();
     }
 }

@@ -558,7 +558,12 @@ impl<E: Engine> Spool for DiskSpool<E> {
         self.request(Op::Flush)
     }
 
+    /// The last commit is written without waiting for the store to catch up with its flushes or compactions
+    /// ([`Engine::stop_waiting`]), and so is one waiting when the close comes: the close takes one write and one
+    /// fsync, within what herald's stop waits for it. Should it fail, the removals still waiting are listed in
+    /// [`REFUSED_FILE`] for the next start.
     fn close(&self) -> SpoolFuture<()> {
+        self.engine.stop_waiting();
         self.request(Op::Close)
     }
 }
@@ -567,6 +572,7 @@ impl<E: Engine> Drop for DiskSpool<E> {
     /// Closes the spool (see [`Spool::close`]) and waits for the writer thread, at most
     /// [`SpoolOptions::stop_wait`].
     fn drop(&mut self) {
+        self.engine.stop_waiting();
         let (reply, _answer) = oneshot::channel();
         let _ = self.ops.send(Op::Close(reply));
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -1254,6 +1260,47 @@ fn trim_front<T>(v: &mut Vec<T>, cap: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fjall_engine::{LEVEL0_RUNS, Tuning};
+    use crate::record::tests::sample;
+
+    /// Far longer than any step here takes: only a close that waits for the store's compactions runs into it.
+    const HANG: Duration = Duration::from_secs(60);
+
+    /// The store is behind with its compactions (none come here, and a commit would wait an hour for them) when
+    /// herald stops: the close does not wait for them, and the removals waiting are written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_while_the_store_is_behind_writes_the_removals_without_waiting_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = Tuning {
+            stall_wait: Duration::from_secs(3600),
+            compaction_workers: Some(0),
+        };
+        let engine = FjallEngine::open_tuned(dir.path(), FjallOptions::default(), tuning).unwrap();
+        let spool = DiskSpool::with_engine_in(engine, dir.path(), SpoolOptions::default()).unwrap();
+        let keys: Vec<SpoolKey> = (0..10).map(|_| spool.next_key()).collect();
+        spool
+            .append(keys.iter().map(|k| sample(k.0)).collect())
+            .await
+            .unwrap();
+        spool.engine().pile_up_level0(Table::Schedules, LEVEL0_RUNS);
+        // Delivered: their removals wait for a commit, which waits for compaction.
+        spool.remove(&keys[..6]);
+        tokio::time::timeout(HANG, spool.close())
+            .await
+            .expect("the close answers while the store is behind")
+            .unwrap();
+        drop(spool);
+
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        let mut stored = Vec::new();
+        engine
+            .scan(Table::Records, SpoolKey(u128::MAX), &mut |key, _| {
+                stored.push(key);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(stored, keys[6..]);
+    }
 
     fn slot(generation: u64, keys: &[SpoolKey]) -> Vec<u8> {
         let mut bytes = encode_refused(generation, keys);

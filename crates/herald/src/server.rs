@@ -1197,7 +1197,9 @@ impl Server {
             );
         }
         // A store that does not answer (a disk that hangs) must not keep herald from stopping: the close gets what
-        // is left of the grace period, at least 5 seconds (its last commit is one fsync).
+        // is left of the grace period, at least 5 seconds. That is enough for a store that is merely behind with its
+        // flushes or compactions too: once closing, the spool no longer waits for them (its last commit is one write
+        // and one fsync), and should that commit fail, it lists the removals still waiting for the next start.
         match tokio::time::timeout(left().max(Duration::from_secs(5)), self.spool.close()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("closing the spool: {e}"),
