@@ -8,7 +8,10 @@
 //! memory a batch needs before the listener builds it ([`Room`]), so concurrent senders cannot all build large
 //! batches on one snapshot of the room left. [`Intake::commit`] (or [`Intake::commit_reserved`] with that room)
 //! makes a batch durable ([`Durable`], group-committed by the spool) and only then logs the receptions and queues
-//! them: the listener acknowledges after `commit` returns `Ok`, so an acknowledged notification is on disk.
+//! them: the listener acknowledges after `commit` returns `Ok`, so an acknowledged notification is on disk. Before
+//! that, a batch for a domain holding more than its share of memory while herald is at least half full is refused
+//! ([`Unavailable::OverShare`]), so that one domain whose deliveries fail cannot fill the memory every other
+//! domain needs.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -25,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
 use crate::queue::message::{DEFAULT_BINDING, IdGenerator, MessageId, Notification, unix_now};
-use crate::queue::{Engine, Reservation, ResolveError, SettingsResolver, SubmitError};
+use crate::queue::{Engine, OverShare, Reservation, ResolveError, SettingsResolver, SubmitError};
 use herald_spool::SpoolError;
 
 /// One notification as a listener received it, before validation.
@@ -52,8 +55,8 @@ pub enum Refusal {
     /// The sender must not retry as is: the text names what was wrong (SMTP 5xx, HTTP 4xx).
     #[error("{0}")]
     Permanent(String),
-    /// herald cannot take it now (spool full or failing, queue full, shutting down): try again later (SMTP 4xx,
-    /// HTTP 503).
+    /// herald cannot take it now (spool full or failing, queue full, its domain over its share of memory, shutting
+    /// down): try again later (SMTP 4xx, HTTP 503).
     #[error("{0}")]
     Temporary(Unavailable),
 }
@@ -94,6 +97,13 @@ pub enum Unavailable {
     /// cannot be read or used): the operator fixes it, the sender retries.
     #[error("{0} (herald's configuration must be fixed; retry later)")]
     Configuration(DomainRefusal),
+    /// herald holds at least half of `max_resident_notifications` in memory and the domain holds more than its
+    /// share of it ([`Engine::over_share`]): its deliveries are not keeping up. Other domains are still taken.
+    #[error(
+        "domain {} holds {} notifications in memory, more than its share ({} of max_resident_notifications = {} while {} domains share it and herald is at least half full): its deliveries are not keeping up; other domains are still accepted; retry later",
+        .0.domain, .0.held, .0.share, .0.max, .0.holding
+    )]
+    OverShare(OverShare),
 }
 
 impl Unavailable {
@@ -101,7 +111,9 @@ impl Unavailable {
     pub fn is_full(&self) -> bool {
         match self {
             Unavailable::Spool(e) => e.is_disk_full(),
-            Unavailable::QueueFull { .. } | Unavailable::Building { .. } => true,
+            Unavailable::QueueFull { .. }
+            | Unavailable::Building { .. }
+            | Unavailable::OverShare(_) => true,
             Unavailable::Queueing(_) | Unavailable::Configuration(_) => false,
         }
     }
@@ -653,6 +665,13 @@ impl Intake {
             }
             return Ok(());
         }
+        // A domain of the batch holding more than its share of memory while herald is at least half full refuses
+        // the batch, before anything is stored or more room is taken.
+        if let Some(over) = self.engine.over_share(distinct_domains(&batch)) {
+            self.refused
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            return Err(Refusal::Temporary(Unavailable::OverShare(over)));
+        }
         // Room for the whole batch is taken before anything is stored: a batch built within less room than it
         // turned out to need (an injection renders a message of several parts into more notifications than it has
         // recipients) takes the rest now or is refused, as once stored it must be queued without waiting.
@@ -699,6 +718,21 @@ impl Intake {
         }
         Ok(())
     }
+}
+
+/// The domains of `batch`, each once: most batches are of one domain, found without sorting.
+fn distinct_domains(batch: &[Notification]) -> Vec<&str> {
+    let mut domains: Vec<&str> = Vec::with_capacity(1);
+    for n in batch {
+        if domains.last() != Some(&&*n.domain) {
+            domains.push(&n.domain);
+        }
+    }
+    if domains.len() > 1 {
+        domains.sort_unstable();
+        domains.dedup();
+    }
+    domains
 }
 
 /// The topic of a notification whose sender named none (docs/apns-protocol.md#http2-request, `apns-topic`), or why
@@ -1405,6 +1439,101 @@ mod tests {
         // Room not used is given back.
         drop(intake.reserve(4).unwrap());
         assert_eq!(engine.resident_room(), 4);
+    }
+
+    /// While herald is at least half full, a batch for a domain holding more than its share (the maximum divided by
+    /// the domains holding notifications or with a running queue) is refused before it is stored, naming the domain, while another domain
+    /// is still taken up to the maximum; a batch of several domains is refused for the one over its share. With one
+    /// domain holding notifications, it fills the engine as before, up to the queue-full refusal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_domain_over_its_share_is_refused_while_others_are_taken() {
+        let resolver = Arc::new(
+            StaticResolver::default()
+                .with(settings("apps.example"))
+                .with(settings("other.example")),
+        );
+        let commit = |intake: Arc<Intake>, domains: Vec<&'static str>| async move {
+            let source = source(&intake);
+            let batch: Vec<_> = domains
+                .iter()
+                .map(|domain| {
+                    let submission = Submission {
+                        domain: (*domain).into(),
+                        token: "ab".repeat(32),
+                        payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+                        ..Submission::default()
+                    };
+                    intake.prepare(submission, &source).unwrap()
+                })
+                .collect();
+            intake.commit(batch, &source).await
+        };
+        // One domain alone fills the engine, then the queue is full.
+        let engine = small_engine(resolver.clone(), 10);
+        engine.set_held(true);
+        let intake = Arc::new(Intake::new(
+            resolver.clone(),
+            Arc::new(NotDurable),
+            engine.clone(),
+            IdGenerator::new(1),
+        ));
+        for _ in 0..10 {
+            commit(intake.clone(), vec!["apps.example"]).await.unwrap();
+        }
+        assert!(matches!(
+            commit(intake.clone(), vec!["apps.example"]).await,
+            Err(Refusal::Temporary(Unavailable::QueueFull { held: 10, .. }))
+        ));
+        // Beside another domain holding one, apps.example stops past its share of 5 (10 / 2).
+        let engine = small_engine(resolver.clone(), 10);
+        engine.set_held(true);
+        let intake = Arc::new(Intake::new(
+            resolver,
+            Arc::new(NotDurable),
+            engine.clone(),
+            IdGenerator::new(1),
+        ));
+        commit(intake.clone(), vec!["other.example"]).await.unwrap();
+        for _ in 0..6 {
+            commit(intake.clone(), vec!["apps.example"]).await.unwrap();
+        }
+        let refused = intake.refused();
+        let over = OverShare {
+            domain: "apps.example".into(),
+            held: 6,
+            share: 5,
+            max: 10,
+            holding: 2,
+        };
+        match commit(intake.clone(), vec!["apps.example"]).await {
+            Err(Refusal::Temporary(why @ Unavailable::OverShare(_))) => {
+                assert!(why.is_full());
+                assert_eq!(
+                    why.to_string(),
+                    "domain apps.example holds 6 notifications in memory, more than its share (5 of \
+                     max_resident_notifications = 10 while 2 domains share it and herald is at least half full): \
+                     its deliveries are not keeping up; other domains are still accepted; retry later"
+                );
+                assert!(matches!(why, Unavailable::OverShare(o) if o == over));
+            }
+            other => panic!("not refused for its share: {other:?}"),
+        }
+        assert_eq!(intake.refused(), refused + 1);
+        assert_eq!(engine.resident_room(), 3, "nothing of it taken");
+        // A batch of both domains is refused for apps.example.
+        match commit(intake.clone(), vec!["other.example", "apps.example"]).await {
+            Err(Refusal::Temporary(Unavailable::OverShare(o))) => assert_eq!(o, over),
+            other => panic!("not refused for apps.example's share: {other:?}"),
+        }
+        // other.example is taken up to the maximum, and then the queue is full.
+        for _ in 0..3 {
+            commit(intake.clone(), vec!["other.example"]).await.unwrap();
+        }
+        assert_eq!(engine.resident_in("other.example"), 4);
+        assert!(matches!(
+            commit(intake.clone(), vec!["other.example"]).await,
+            Err(Refusal::Temporary(Unavailable::QueueFull { held: 10, .. }))
+        ));
     }
 
     /// With a store that queues elsewhere the engine's memory is not taken, but what is built at once is bounded

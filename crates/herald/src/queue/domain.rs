@@ -591,7 +591,9 @@ impl DomainTask {
         }
         if !owned.is_empty() {
             let lost = owned.into_ids();
-            shared.release_many(lost.len());
+            // Every notification of this queue is of its domain (the queue's key, which its settings were
+            // resolved for): the count by domain goes down with the permits.
+            shared.release_many(&settings.domain, lost.len());
             let count = lost.len();
             if abandon(&lost) {
                 tracing::warn!(
@@ -634,7 +636,7 @@ impl DomainTask {
     /// forgets it) hears of it with the others of this turn, in one call ([`DomainTask::report_finished`]).
     fn finished(&mut self, item: &Queued) {
         self.owned.remove(item.notification.id);
-        self.shared.release();
+        self.shared.release(&item.notification.domain);
         self.finished.push(item.notification.id);
     }
 
@@ -1603,7 +1605,7 @@ mod tests {
 
     /// A notification for `task`, with the memory permit it takes, as the engine hands it over.
     fn enqueue(engine: &Engine, task: &mut DomainTask, token: u8) {
-        engine.shared.resident.try_acquire().unwrap().forget();
+        engine.shared.take_permit("apps.example");
         let item = Queued::new(crate::queue::tests::notification(token));
         task.handle(DomainEvent::Enqueue(item));
     }
@@ -1699,7 +1701,7 @@ mod tests {
 
     /// A notification with `id`, taking its memory permit from `engine`, as the engine hands one over.
     fn queued(engine: &Engine, token: u8, id: u64) -> Box<Queued> {
-        engine.shared.resident.try_acquire().unwrap().forget();
+        engine.shared.take_permit("apps.example");
         let mut n = crate::queue::tests::notification(token);
         n.id = MessageId::from_parts(1, 1_800_000_000_000, id);
         Queued::new(n)

@@ -5,6 +5,10 @@
 //! Console commands and counters that name a domain cover every binding it is delivered from. A semaphore bounds the notifications held in memory, so a slow or dead
 //! APNs makes submitters wait instead of growing memory without limit.
 //!
+//! The engine also counts the notifications it holds by domain ([`Residents`]), so that one domain whose deliveries
+//! do not keep up cannot take the memory every other domain needs: while the engine holds at least half of its
+//! maximum, a domain holding more than its share of it is refused new work at the door ([`Engine::over_share`]).
+//!
 //! A queue that has held nothing and had no connection for `idle_queue_timeout` lets its task and pool go
 //! ([`EngineShared::retire`]); its counters stay, and its next notification starts a new task with them. Every
 //! notification is handed to a queue's channel under the engine's lock, so a queue that retires under the same lock
@@ -201,11 +205,105 @@ pub trait QueueObserver: Send + Sync + 'static {
     }
 }
 
+/// Notifications that hold a memory permit, by domain (summed over the bindings it is delivered from), and in all.
+/// A notification is counted when it takes its permit for its domain ([`Engine::hand_over`]) and uncounted where the
+/// permit is given back ([`EngineShared::give_back`]): at its final outcome, when the store takes it back, when no
+/// queue takes it, and when the task that held it failed with it. Beside them, each domain's running queues: a
+/// domain whose queue runs shares the memory even while it holds nothing (its notifications are delivered as they
+/// come), until the queue retires for idleness. A domain with neither has no entry, so that the map's length is the
+/// number of domains the memory is shared among ([`Residents::sharing`]).
+#[derive(Debug, Default)]
+struct Residents {
+    by_domain: HashMap<Arc<str>, Resident>,
+    total: usize,
+}
+
+/// One domain's entry in [`Residents`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Resident {
+    /// Notifications holding a permit.
+    held: usize,
+    /// Queues (one per binding) whose task runs.
+    running: usize,
+}
+
+impl Residents {
+    fn add(&mut self, domain: &Arc<str>, n: usize) {
+        match self.by_domain.get_mut(&**domain) {
+            Some(r) => r.held += n,
+            None => {
+                self.by_domain.insert(
+                    domain.clone(),
+                    Resident {
+                        held: n,
+                        running: 0,
+                    },
+                );
+            }
+        }
+        self.total += n;
+    }
+
+    /// Uncounts `n` of `domain`; never below 0 (what was not counted is not uncounted).
+    fn remove(&mut self, domain: &str, n: usize) {
+        let Some(r) = self.by_domain.get_mut(domain) else {
+            return;
+        };
+        let n = n.min(r.held);
+        r.held -= n;
+        self.total -= n;
+        if r.held == 0 && r.running == 0 {
+            self.by_domain.remove(domain);
+        }
+    }
+
+    /// A queue of `domain` started (`true`) or stopped running (`false`).
+    fn running(&mut self, domain: &Arc<str>, started: bool) {
+        if started {
+            self.by_domain.entry(domain.clone()).or_default().running += 1;
+        } else if let Some(r) = self.by_domain.get_mut(&**domain) {
+            r.running = r.running.saturating_sub(1);
+            if r.held == 0 && r.running == 0 {
+                self.by_domain.remove(&**domain);
+            }
+        }
+    }
+
+    /// Notifications `domain` holds.
+    fn held(&self, domain: &str) -> usize {
+        self.by_domain.get(domain).map_or(0, |r| r.held)
+    }
+
+    /// The domains the memory is shared among: those holding notifications or with a running queue.
+    fn sharing(&self) -> usize {
+        self.by_domain.len()
+    }
+}
+
+/// A domain holding more than its share of the engine's memory while the engine holds at least half of it
+/// ([`Engine::over_share`]): new notifications of that domain are refused until it holds less.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverShare {
+    pub domain: String,
+    /// Notifications the domain holds in memory now.
+    pub held: usize,
+    /// Its share: `max` divided by `holding`.
+    pub share: usize,
+    /// `max_resident_notifications`.
+    pub max: usize,
+    /// Domains the memory is shared among now, this one included: those holding notifications, or those with a
+    /// running queue if more (a queue runs until it has been idle for `idle_queue_timeout`).
+    pub holding: usize,
+}
+
 /// What every domain task shares.
 pub struct EngineShared {
     pub logs: Logs,
     invalid: Arc<dyn InvalidTokenSink>,
     resident: Arc<Semaphore>,
+    /// The notifications holding a permit of `resident`, by domain. A lock of its own, held for a map operation at
+    /// a time (never with the lock of `queues`).
+    residents: Mutex<Residents>,
     observer: OnceLock<Arc<dyn QueueObserver>>,
     /// Told about every notification's states and outcomes (status lookups, webhooks, dashboards).
     listener: OnceLock<Arc<dyn OutcomeListener>>,
@@ -240,9 +338,38 @@ impl EngineShared {
         self.invalid.record(token);
     }
 
-    /// A notification reached its final outcome: it no longer takes memory.
-    pub(crate) fn release(&self) {
-        self.resident.add_permits(1);
+    /// A notification of `domain` reached its final outcome: it no longer takes memory.
+    pub(crate) fn release(&self, domain: &str) {
+        self.give_back(domain, 1);
+    }
+
+    /// A notification of `domain` took its memory permit: counted for its domain until [`EngineShared::give_back`].
+    fn took(&self, domain: &Arc<str>) {
+        self.residents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(domain, 1);
+    }
+
+    /// `n` notifications of `domain` give their memory permits back: every permit a notification took comes back
+    /// here, so that the count by domain follows the permits.
+    fn give_back(&self, domain: &str, n: usize) {
+        self.residents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(domain, n);
+        self.resident.add_permits(n.min(Semaphore::MAX_PERMITS));
+    }
+
+    /// A memory permit taken for a notification of `domain` outside [`Engine::hand_over`] (tests that hand a task
+    /// its notifications themselves), counted as the engine counts it.
+    #[cfg(test)]
+    pub(crate) fn take_permit(&self, domain: &str) {
+        self.resident
+            .try_acquire()
+            .expect("room for the test's notification")
+            .forget();
+        self.took(&Arc::from(domain));
     }
 
     /// Notifications reached their final outcome: the observer forgets them.
@@ -260,7 +387,7 @@ impl EngineShared {
             .get()
             .is_some_and(|o| o.hand_back(item.notification.id, item.retries, delay));
         if taken {
-            self.resident.add_permits(1);
+            self.give_back(&item.notification.domain, 1);
         }
         taken
     }
@@ -330,7 +457,7 @@ impl EngineShared {
             Handed::NoQueue(event) => self.start_queue(key, event, arrival).await,
         };
         if sent.is_err() {
-            self.resident.add_permits(1);
+            self.give_back(domain, 1);
             if let (Some(l), Some(id)) = (self.listener.get(), id) {
                 l.left(id);
             }
@@ -374,6 +501,7 @@ impl EngineShared {
                     "the queue's task is gone; a new task starts"
                 );
                 handle.sender = None;
+                self.queue_running(&key.domain, false);
                 handle
                     .stats
                     .task_failures
@@ -456,6 +584,7 @@ impl EngineShared {
                     );
                     tokio::spawn(task.run());
                     handle.sender = Some(sender.clone());
+                    self.queue_running(&domain, true);
                     sender
                 }
             };
@@ -517,6 +646,7 @@ impl EngineShared {
             .is_some_and(|s| s.0.same_channel(&sender.0))
         {
             handle.sender = None;
+            self.queue_running(domain, false);
         }
         handle
             .stats
@@ -525,9 +655,18 @@ impl EngineShared {
             + 1
     }
 
-    /// `n` notifications no longer take memory (see [`EngineShared::release`]).
-    pub(crate) fn release_many(&self, n: usize) {
-        self.resident.add_permits(n.min(Semaphore::MAX_PERMITS));
+    /// A queue of `domain` started running (`true`) or stopped (`false`): counted for the share of memory
+    /// ([`Residents::running`]). Called under the lock of `queues`, where its sender is set or taken.
+    fn queue_running(&self, domain: &Arc<str>, started: bool) {
+        self.residents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running(domain, started);
+    }
+
+    /// `n` notifications of `domain` no longer take memory (see [`EngineShared::release`]).
+    pub(crate) fn release_many(&self, domain: &str, n: usize) {
+        self.give_back(domain, n);
     }
 
     /// The handle of `key` in `queues` (the engine's map, locked), made with new counters if there is none, and
@@ -614,7 +753,9 @@ impl EngineShared {
                 return false;
             }
             if let Some(handle) = queues.get_mut(&key) {
-                handle.sender = None;
+                if handle.sender.take().is_some() {
+                    self.queue_running(domain, false);
+                }
                 handle.last_used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 handle
                     .stats
@@ -792,6 +933,7 @@ impl Engine {
                 logs,
                 invalid,
                 resident,
+                residents: Mutex::new(Residents::default()),
                 observer: OnceLock::new(),
                 listener: OnceLock::new(),
                 held: std::sync::atomic::AtomicBool::new(false),
@@ -914,6 +1056,48 @@ impl Engine {
         self.max_resident
     }
 
+    /// Notifications of `domain` (from every binding) the engine holds in memory now: queued, delayed, in flight,
+    /// or on their way to its queue.
+    pub fn resident_in(&self, domain: &str) -> usize {
+        let residents = self
+            .shared
+            .residents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        residents.held(domain)
+    }
+
+    /// The first of `domains` that holds more than its share of memory, if the engine is under pressure: while it
+    /// holds at least half of `max_resident_notifications` (M), a domain's share is M / k, k being the number of
+    /// domains holding notifications now, or the number with a running queue if more (a domain whose notifications
+    /// are delivered as they come holds none most of the time, yet shares the memory). A domain over it gets no
+    /// more until it holds less (its deliveries are not keeping up), while the others are still taken up to M.
+    /// Below half of M, or with one domain sharing (k = 1, a share of M), `None`: the global limit alone applies.
+    /// One lock of a small map, for as many lookups as `domains` names.
+    pub fn over_share<'a>(&self, domains: impl IntoIterator<Item = &'a str>) -> Option<OverShare> {
+        let max = self.max_resident;
+        let residents = self
+            .shared
+            .residents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let holding = residents.sharing();
+        if holding < 2 || residents.total.saturating_mul(2) < max {
+            return None;
+        }
+        let share = max / holding;
+        domains.into_iter().find_map(|domain| {
+            let held = residents.held(domain);
+            (held > share).then(|| OverShare {
+                domain: domain.to_owned(),
+                held,
+                share,
+                max,
+                holding,
+            })
+        })
+    }
+
     /// The global `message_expiration` (see [`EngineLimits::message_expiration`]).
     pub fn message_expiration(&self) -> std::time::Duration {
         self.message_expiration
@@ -981,20 +1165,22 @@ impl Engine {
         }
     }
 
-    /// Hands `item`, whose memory permit is taken, to its domain's task; a new one counts as received.
+    /// Hands `item`, whose memory permit is taken, to its domain's task; a new one counts as received. The permit
+    /// is counted for the notification's domain from here ([`Residents`]).
     async fn hand_over(
         &self,
         item: Box<Queued>,
         delay: Option<std::time::Duration>,
         arrival: Arrival,
     ) -> Result<(), SubmitError> {
-        if let Some(l) = self.shared.listener.get() {
-            l.queued(&item.notification, item.retries);
-        }
         let (binding, domain) = (
             item.notification.binding.clone(),
             item.notification.domain.clone(),
         );
+        self.shared.took(&domain);
+        if let Some(l) = self.shared.listener.get() {
+            l.queued(&item.notification, item.retries);
+        }
         let event = match delay {
             Some(d) => DomainEvent::EnqueueDelayed(item, d),
             None => DomainEvent::Enqueue(item),
@@ -1658,6 +1844,7 @@ domain "apps.example" {{
         })
         .await;
         wait_until("the memory given back", || engine.resident_room() == 100).await;
+        assert_eq!(engine.resident_in("apps.example"), 0);
         let mut tokens: Vec<String> = sim.record().into_iter().map(|r| r.token).collect();
         tokens.sort();
         let expected: Vec<String> = (0..5u8).map(|i| format!("{i:02x}").repeat(32)).collect();
@@ -1711,7 +1898,7 @@ domain "apps.example" {{
         let (restored, retries, _) = crate::spool::from_stored(first).unwrap();
         let mut item = Queued::new(restored);
         item.retries = retries;
-        engine.shared.resident.acquire().await.unwrap().forget();
+        engine.shared.take_permit("apps.example");
         let (binding, domain) = (n.binding.clone(), n.domain.clone());
         engine
             .shared
@@ -1740,6 +1927,7 @@ domain "apps.example" {{
         .await;
         wait_until("nothing held by the node", || spool.held() == 0).await;
         wait_until("the memory given back", || engine.resident_room() == 100).await;
+        assert_eq!(engine.resident_in("apps.example"), 0);
         assert_eq!(stats.task_failures.load(Ordering::Relaxed), 1);
         let tokens: Vec<String> = sim.record().into_iter().map(|r| r.token).collect();
         assert_eq!(tokens, vec!["5a".repeat(32)], "delivered once");
@@ -1797,6 +1985,215 @@ domain "apps.example" {{
             vec![(n.id, std::time::Duration::from_secs(1))]
         );
         wait_until("the memory given back", || engine.resident_room() == 10).await;
+        assert_eq!(engine.resident_in("apps.example"), 0);
+    }
+
+    /// While the engine holds at least half of its maximum, a domain holding more than its share (the maximum
+    /// divided by the number of domains holding notifications) is named, and only that one; below half, or with one
+    /// domain holding notifications, none is.
+    #[test]
+    fn a_domain_over_its_share_is_named_only_under_pressure_and_beside_others() {
+        let engine = Engine::new(
+            Arc::new(StaticResolver::default()),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident: 100,
+                ..EngineLimits::default()
+            },
+        );
+        let hold = |domain: &str, n: usize| {
+            for _ in 0..n {
+                engine.shared.take_permit(domain);
+            }
+        };
+        // One domain alone: its share is all of it, however full the engine.
+        hold("a.example", 90);
+        assert_eq!(engine.over_share(["a.example"]), None);
+        engine.shared.give_back("a.example", 80);
+        // Below half: 10 domains hold 20, a.example more than its share of 10, and nothing is refused.
+        for i in 0..9 {
+            hold(&format!("d{i}.example"), 1);
+        }
+        assert_eq!(engine.resident_in("a.example"), 10);
+        hold("a.example", 1);
+        assert_eq!(engine.over_share(["a.example"]), None);
+        // Half full (50 of 100): a.example, holding 41, is over its share of 10; the others are not.
+        hold("a.example", 30);
+        assert_eq!(engine.resident_room(), 50);
+        let over = OverShare {
+            domain: "a.example".into(),
+            held: 41,
+            share: 10,
+            max: 100,
+            holding: 10,
+        };
+        assert_eq!(engine.over_share(["a.example"]), Some(over.clone()));
+        assert_eq!(engine.over_share(["d0.example", "new.example"]), None);
+        // A batch of several domains is named by the one over its share.
+        assert_eq!(engine.over_share(["d0.example", "a.example"]), Some(over));
+        // Holding exactly its share is not over it: with 2 domains holding, a.example's share is 50.
+        for i in 0..9 {
+            engine.shared.give_back(&format!("d{i}.example"), 1);
+        }
+        hold("b.example", 1);
+        hold("a.example", 9);
+        assert_eq!(engine.resident_in("a.example"), 50);
+        assert_eq!(engine.over_share(["a.example"]), None);
+        hold("a.example", 1);
+        assert_eq!(
+            engine.over_share(["a.example", "b.example"]),
+            Some(OverShare {
+                domain: "a.example".into(),
+                held: 51,
+                share: 50,
+                max: 100,
+                holding: 2,
+            })
+        );
+        // b.example gone: a.example alone again, whatever it holds.
+        engine.shared.give_back("b.example", 1);
+        assert_eq!(engine.over_share(["a.example"]), None);
+        // A domain whose queue runs shares the memory even while it holds nothing (its notifications are delivered
+        // as they come), until the queue stops.
+        let b: Arc<str> = Arc::from("b.example");
+        engine.shared.queue_running(&b, true);
+        assert_eq!(
+            engine
+                .over_share(["a.example"])
+                .map(|o| (o.share, o.holding)),
+            Some((50, 2))
+        );
+        engine.shared.queue_running(&b, false);
+        assert_eq!(engine.over_share(["a.example"]), None);
+    }
+
+    /// A store that takes back every notification a queue parks.
+    struct TakesParkedBack;
+
+    impl QueueObserver for TakesParkedBack {
+        fn finished(&self, _: &[MessageId]) {}
+        fn rescheduled(&self, _: MessageId, _: u32, _: SystemTime) {}
+        fn hand_back(&self, _: MessageId, _: u32, _: std::time::Duration) -> bool {
+            true
+        }
+        fn parked(&self, delta: i64) -> usize {
+            usize::try_from(delta).unwrap_or(0)
+        }
+    }
+
+    /// The count by domain follows every notification's memory permit, whichever way it comes back: a final outcome
+    /// (`fail domain`), a notification the store takes back (a parked one), one no queue takes (its domain cannot
+    /// be delivered), and one a failed task took with it; it never counts what is no longer held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_count_by_domain_follows_every_permit() {
+        let port = closed_port();
+        let resolver = StaticResolver::default()
+            .with(DeliverySettings::for_tests("a.example", port))
+            .with(DeliverySettings::for_tests("b.example", port));
+        let engine = Engine::new(
+            Arc::new(resolver),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident: 20,
+                ..EngineLimits::default()
+            },
+        );
+        engine.set_observer(Arc::new(TakesParkedBack));
+        engine.set_held(true);
+        let to = |domain: &str, i: u8| {
+            let mut n = notification(i);
+            n.domain = Arc::from(domain);
+            n.id = MessageId::from_parts(1, 1_800_000_000_000, u64::from(i));
+            n
+        };
+        let counts = || {
+            (
+                engine.resident_in("a.example"),
+                engine.resident_in("b.example"),
+            )
+        };
+        // The two counts, once settled, after checking that the count in all is the permits taken.
+        let counted = || {
+            let total = engine.shared.residents.lock().unwrap().total;
+            assert_eq!(total, 20 - engine.resident_room(), "counted as the permits");
+            counts()
+        };
+        for i in 0..3 {
+            engine.submit(to("a.example", i)).await.unwrap();
+        }
+        let mut reservation = engine.try_reserve(2).unwrap();
+        for i in 3..5 {
+            engine
+                .submit_reserved(to("b.example", i), &mut reservation)
+                .await
+                .unwrap();
+        }
+        assert_eq!(counted(), (3, 2));
+        assert_eq!(engine.resident_room(), 15);
+        // Final outcomes.
+        assert_eq!(engine.fail_domain("b.example", "test").await, Some(2));
+        wait_until("b.example's memory given back", || {
+            engine.resident_room() == 17
+        })
+        .await;
+        assert_eq!(counted(), (3, 0));
+        // No queue takes it: its permit comes straight back.
+        let unknown = engine.submit(to("c.example", 9)).await;
+        assert!(
+            matches!(unknown, Err(SubmitError::Unroutable { .. })),
+            "{unknown:?}"
+        );
+        assert_eq!(engine.resident_in("c.example"), 0);
+        // Parked (paused) ones the store takes back.
+        assert!(engine.set_paused("a.example", true));
+        wait_until("a.example's notifications taken back", || {
+            engine.resident_room() == 20
+        })
+        .await;
+        assert_eq!(counted(), (0, 0));
+        assert!(engine.set_paused("a.example", false));
+        // A failed task took one with it: given back; the two it held go to a new task, still counted, until their
+        // final outcome.
+        for i in 10..12 {
+            engine.submit(to("a.example", i)).await.unwrap();
+        }
+        let item = Queued::new(to("a.example", 12));
+        engine.shared.take_permit("a.example");
+        let (binding, domain) = (
+            item.notification.binding.clone(),
+            item.notification.domain.clone(),
+        );
+        engine
+            .shared
+            .hand_event(
+                &binding,
+                &domain,
+                DomainEvent::Panic(Some(item)),
+                Arrival::Restored,
+            )
+            .await
+            .unwrap();
+        let stats = engine.stats("a.example").unwrap();
+        wait_until("what the panic took given back", || {
+            engine.resident_room() == 18
+        })
+        .await;
+        assert_eq!(
+            stats
+                .task_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(counted(), (2, 0));
+        assert_eq!(engine.fail_domain("a.example", "test").await, Some(2));
+        wait_until("a.example's memory given back", || {
+            engine.resident_room() == 20
+        })
+        .await;
+        assert_eq!(counted(), (0, 0));
+        assert_eq!(engine.over_share(["a.example", "b.example"]), None);
     }
 
     /// Domains seen once each, beyond [`MAX_RETIRED_QUEUES`] (a regex domain stanza serving any recipient

@@ -845,6 +845,20 @@ mod tests {
             wanted: 1,
         });
         assert_eq!((r.code, r.status), (452, "4.3.1"));
+        // One domain holding more than its share of memory: full for that domain, as the queue is for all.
+        let r = temporary(&Unavailable::OverShare(crate::queue::OverShare {
+            domain: "apps.example".into(),
+            held: 6,
+            share: 5,
+            max: 10,
+            holding: 2,
+        }));
+        assert_eq!((r.code, r.status), (452, "4.3.1"));
+        assert!(
+            r.lines.concat().contains("domain apps.example holds 6"),
+            "{:?}",
+            r.lines
+        );
         // Credentials that cannot be read: herald's configuration is at fault (RFC 3463 4.3.5).
         let r = temporary(&Unavailable::Configuration(DomainRefusal::NotPush {
             domain: "apps.example".into(),
