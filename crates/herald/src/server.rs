@@ -250,6 +250,11 @@ impl Server {
                 "# HELP herald_spool_removals_forced_total Removals made without waiting for their outcomes because 1,000,000 already waited (those notifications would not be delivered again after a crash).\n# TYPE herald_spool_removals_forced_total counter\nherald_spool_removals_forced_total {}\n",
                 bridge.forced_removals()
             ));
+            if let Some(dropped) = tokens.share_dropped() {
+                out.push_str(&format!(
+                    "# HELP herald_invalid_tokens_share_dropped_total Invalid tokens not shared with the other nodes because 10,000 waited for NATS already (JetStream spool).\n# TYPE herald_invalid_tokens_share_dropped_total counter\nherald_invalid_tokens_share_dropped_total {dropped}\n"
+                ));
+            }
             hooks.render_metrics(out);
             channels.render_metrics(out);
             broadcasts.render_metrics(out);

@@ -170,6 +170,10 @@ async fn one_node_delivers_through_the_stream_and_an_incompatible_stream_is_refu
         metrics.contains("herald_jetstream_pulled_total 300"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("herald_invalid_tokens_share_dropped_total 0"),
+        "{metrics}"
+    );
     let socket = config.parent().unwrap().join("control.sock");
     let summary = console(&socket, &["summary"]);
     assert!(summary.contains("Stream Connection:"), "{summary}");

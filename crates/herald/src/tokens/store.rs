@@ -345,6 +345,12 @@ impl InvalidTokenStore {
         let _ = self.shared.set(map);
     }
 
+    /// With a JetStream spool: entries not shared with the other nodes because too many waited for NATS already
+    /// ([`herald_spool::SharedMap::dropped_puts`]); `None` when the store is not shared.
+    pub fn share_dropped(&self) -> Option<u64> {
+        self.shared.get().map(herald_spool::SharedMap::dropped_puts)
+    }
+
     /// Records an entry another node learnt (from the shared bucket): no feedback log line (that node wrote it),
     /// and not put back in the bucket. Its `learnt_ms` is when this node learnt it (now), so that a client
     /// polling this node with `since` sees it even when it arrives late.
