@@ -9,7 +9,7 @@
 //! batches on one snapshot of the room left. [`Intake::commit`] (or [`Intake::commit_reserved`] with that room)
 //! makes a batch durable ([`Durable`], group-committed by the spool) and only then logs the receptions and queues
 //! them: the listener acknowledges after `commit` returns `Ok`, so an acknowledged notification is on disk. Before
-//! that, a batch for a domain holding more than its share of memory while herald is at least half full is refused
+//! that, a batch that would take a domain past its share of memory while herald is at least half full is refused
 //! ([`Unavailable::OverShare`]), so that one domain whose deliveries fail cannot fill the memory every other
 //! domain needs.
 
@@ -97,11 +97,11 @@ pub enum Unavailable {
     /// cannot be read or used): the operator fixes it, the sender retries.
     #[error("{0} (herald's configuration must be fixed; retry later)")]
     Configuration(DomainRefusal),
-    /// herald holds at least half of `max_resident_notifications` in memory and the domain holds more than its
-    /// share of it ([`Engine::over_share`]): its deliveries are not keeping up. Other domains are still taken.
+    /// herald holds at least half of `max_resident_notifications` in memory and the batch would take the domain past
+    /// its share of it ([`Engine::over_share`]): its deliveries are not keeping up. Other domains are still taken.
     #[error(
-        "domain {} holds {} notifications in memory, more than its share ({} of max_resident_notifications = {} while {} domains share it and herald is at least half full): its deliveries are not keeping up; other domains are still accepted; retry later",
-        .0.domain, .0.held, .0.share, .0.max, .0.holding
+        "domain {} holds {} notifications in memory, and {} more would pass its share ({} of max_resident_notifications = {}, shared by {} domains while herald is at least half full): its deliveries are not keeping up; other domains are still accepted; retry later",
+        .0.domain, .0.held, .0.wanted, .0.share, .0.max, .0.holding
     )]
     OverShare(OverShare),
 }
@@ -665,8 +665,8 @@ impl Intake {
             }
             return Ok(());
         }
-        // A domain of the batch holding more than its share of memory while herald is at least half full refuses
-        // the batch, before anything is stored or more room is taken.
+        // A domain of the batch that would pass its share of memory while herald is at least half full refuses the
+        // batch, before anything is stored or more room is taken.
         if let Some(over) = self.engine.over_share(distinct_domains(&batch)) {
             self.refused
                 .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -720,18 +720,21 @@ impl Intake {
     }
 }
 
-/// The domains of `batch`, each once: most batches are of one domain, found without sorting.
-fn distinct_domains(batch: &[Notification]) -> Vec<&str> {
-    let mut domains: Vec<&str> = Vec::with_capacity(1);
+/// The domains of `batch`, each once with how many of the batch's notifications it has: most batches are of one
+/// domain, counted without a map.
+fn distinct_domains(batch: &[Notification]) -> Vec<(&str, usize)> {
+    let Some(first) = batch.first() else {
+        return Vec::new();
+    };
+    if batch.iter().all(|n| n.domain == first.domain) {
+        return vec![(&first.domain, batch.len())];
+    }
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for n in batch {
-        if domains.last() != Some(&&*n.domain) {
-            domains.push(&n.domain);
-        }
+        *counts.entry(&n.domain).or_insert(0) += 1;
     }
-    if domains.len() > 1 {
-        domains.sort_unstable();
-        domains.dedup();
-    }
+    let mut domains: Vec<(&str, usize)> = counts.into_iter().collect();
+    domains.sort_unstable();
     domains
 }
 
@@ -1441,10 +1444,10 @@ mod tests {
         assert_eq!(engine.resident_room(), 4);
     }
 
-    /// While herald is at least half full, a batch for a domain holding more than its share (the maximum divided by
-    /// the domains holding notifications or with a running queue) is refused before it is stored, naming the domain, while another domain
-    /// is still taken up to the maximum; a batch of several domains is refused for the one over its share. With one
-    /// domain holding notifications, it fills the engine as before, up to the queue-full refusal.
+    /// While herald is at least half full, a batch that would take a domain past its share (what the domains with a
+    /// running queue need, [`Engine::over_share`]) is refused before it is stored, naming the domain, while another
+    /// domain is still taken up to the maximum; a batch of several domains is refused for the one over its share.
+    /// With one domain running, it fills the engine as before, up to the queue-full refusal.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_domain_over_its_share_is_refused_while_others_are_taken() {
         let resolver = Arc::new(
@@ -1484,7 +1487,8 @@ mod tests {
             commit(intake.clone(), vec!["apps.example"]).await,
             Err(Refusal::Temporary(Unavailable::QueueFull { held: 10, .. }))
         ));
-        // Beside another domain holding one, apps.example stops past its share of 5 (10 / 2).
+        // Beside another domain running and holding one (it needs a reserve of 10 / 4 = 2), apps.example stops at
+        // its share of 8.
         let engine = small_engine(resolver.clone(), 10);
         engine.set_held(true);
         let intake = Arc::new(Intake::new(
@@ -1494,14 +1498,15 @@ mod tests {
             IdGenerator::new(1),
         ));
         commit(intake.clone(), vec!["other.example"]).await.unwrap();
-        for _ in 0..6 {
+        for _ in 0..8 {
             commit(intake.clone(), vec!["apps.example"]).await.unwrap();
         }
         let refused = intake.refused();
         let over = OverShare {
             domain: "apps.example".into(),
-            held: 6,
-            share: 5,
+            held: 8,
+            wanted: 1,
+            share: 8,
             max: 10,
             holding: 2,
         };
@@ -1510,8 +1515,8 @@ mod tests {
                 assert!(why.is_full());
                 assert_eq!(
                     why.to_string(),
-                    "domain apps.example holds 6 notifications in memory, more than its share (5 of \
-                     max_resident_notifications = 10 while 2 domains share it and herald is at least half full): \
+                    "domain apps.example holds 8 notifications in memory, and 1 more would pass its share (8 of \
+                     max_resident_notifications = 10, shared by 2 domains while herald is at least half full): \
                      its deliveries are not keeping up; other domains are still accepted; retry later"
                 );
                 assert!(matches!(why, Unavailable::OverShare(o) if o == over));
@@ -1519,17 +1524,15 @@ mod tests {
             other => panic!("not refused for its share: {other:?}"),
         }
         assert_eq!(intake.refused(), refused + 1);
-        assert_eq!(engine.resident_room(), 3, "nothing of it taken");
+        assert_eq!(engine.resident_room(), 1, "nothing of it taken");
         // A batch of both domains is refused for apps.example.
         match commit(intake.clone(), vec!["other.example", "apps.example"]).await {
             Err(Refusal::Temporary(Unavailable::OverShare(o))) => assert_eq!(o, over),
             other => panic!("not refused for apps.example's share: {other:?}"),
         }
         // other.example is taken up to the maximum, and then the queue is full.
-        for _ in 0..3 {
-            commit(intake.clone(), vec!["other.example"]).await.unwrap();
-        }
-        assert_eq!(engine.resident_in("other.example"), 4);
+        commit(intake.clone(), vec!["other.example"]).await.unwrap();
+        assert_eq!(engine.resident_in("other.example"), 2);
         assert!(matches!(
             commit(intake.clone(), vec!["other.example"]).await,
             Err(Refusal::Temporary(Unavailable::QueueFull { held: 10, .. }))

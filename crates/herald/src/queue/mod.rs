@@ -7,7 +7,8 @@
 //!
 //! The engine also counts the notifications it holds by domain ([`Residents`]), so that one domain whose deliveries
 //! do not keep up cannot take the memory every other domain needs: while the engine holds at least half of its
-//! maximum, a domain holding more than its share of it is refused new work at the door ([`Engine::over_share`]).
+//! maximum, a domain that would pass its (max-min fair) share of it is refused new work at the door
+//! ([`Engine::over_share`]).
 //!
 //! A queue that has held nothing and had no connection for `idle_queue_timeout` lets its task and pool go
 //! ([`EngineShared::retire`]); its counters stay, and its next notification starts a new task with them. Every
@@ -274,9 +275,30 @@ impl Residents {
         self.by_domain.get(domain).map_or(0, |r| r.held)
     }
 
-    /// The domains the memory is shared among: those holding notifications or with a running queue.
+    /// The domains the memory is shared among: those with a running queue (a domain holding notifications has
+    /// one, but for the moment a notification is on its way to a queue not started yet).
     fn sharing(&self) -> usize {
-        self.by_domain.len()
+        self.by_domain.values().filter(|r| r.running > 0).count()
+    }
+
+    /// The most `domain` may hold (its share, see [`Engine::over_share`]) were it to hold `level`: `max` less what
+    /// every other sharing domain needs at that level, the smaller of `level` and what it holds, but at least
+    /// `reserve` while its queue runs.
+    fn share_at(&self, domain: &str, level: usize, reserve: usize, max: usize) -> usize {
+        let others: usize = self
+            .by_domain
+            .iter()
+            .filter(|(d, _)| &***d != domain)
+            .map(|(_, r)| {
+                let need = if r.running > 0 {
+                    r.held.max(reserve)
+                } else {
+                    r.held
+                };
+                need.min(level)
+            })
+            .sum();
+        max.saturating_sub(others)
     }
 }
 
@@ -287,6 +309,8 @@ pub struct OverShare {
     pub domain: String,
     /// Notifications the domain holds in memory now.
     pub held: usize,
+    /// Notifications of the domain the refused request or message carried.
+    pub wanted: usize,
     /// Its share: `max` divided by `holding`.
     pub share: usize,
     /// `max_resident_notifications`.
@@ -1067,33 +1091,48 @@ impl Engine {
         residents.held(domain)
     }
 
-    /// The first of `domains` that holds more than its share of memory, if the engine is under pressure: while it
-    /// holds at least half of `max_resident_notifications` (M), a domain's share is M / k, k being the number of
-    /// domains holding notifications now, or the number with a running queue if more (a domain whose notifications
-    /// are delivered as they come holds none most of the time, yet shares the memory). A domain over it gets no
-    /// more until it holds less (its deliveries are not keeping up), while the others are still taken up to M.
-    /// Below half of M, or with one domain sharing (k = 1, a share of M), `None`: the global limit alone applies.
-    /// One lock of a small map, for as many lookups as `domains` names.
-    pub fn over_share<'a>(&self, domains: impl IntoIterator<Item = &'a str>) -> Option<OverShare> {
+    /// The first of `domains` (each with the notifications of it a batch carries) that would hold more than its
+    /// share of memory with them, if the engine is under pressure. Below half of `max_resident_notifications` (M),
+    /// or while fewer than two domains have a running queue, `None`: the global limit alone applies (a deployment
+    /// serving one app fills M as before).
+    ///
+    /// Under pressure the memory is shared max-min fairly among the k domains with a running queue: each needs what
+    /// it holds, and one holding little or nothing (its notifications delivered as they come) still needs a
+    /// reserve of M / 2k for its next burst. A domain would be over its share when, at the level it would reach,
+    /// it and the others' needs capped at that level come to more than M. So a domain whose deliveries keep up
+    /// (holding little) is never refused while another holds most of the memory, and one whose deliveries fail
+    /// stops where the others' needs begin: it cannot take the room the others need. One lock of a map of the
+    /// domains in use; the others are looked at only for a domain holding more than M / k.
+    pub fn over_share<'a>(
+        &self,
+        domains: impl IntoIterator<Item = (&'a str, usize)>,
+    ) -> Option<OverShare> {
         let max = self.max_resident;
         let residents = self
             .shared
             .residents
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let holding = residents.sharing();
-        if holding < 2 || residents.total.saturating_mul(2) < max {
+        let sharing = residents.sharing();
+        if sharing < 2 || residents.total.saturating_mul(2) < max {
             return None;
         }
-        let share = max / holding;
-        domains.into_iter().find_map(|domain| {
+        let reserve = max / (2 * sharing);
+        domains.into_iter().find_map(|(domain, wanted)| {
             let held = residents.held(domain);
-            (held > share).then(|| OverShare {
+            let level = held.saturating_add(wanted);
+            // At or below an equal share, a domain is within its share whatever the others need.
+            if level <= max / sharing {
+                return None;
+            }
+            let share = residents.share_at(domain, level, reserve, max);
+            (level > share).then(|| OverShare {
                 domain: domain.to_owned(),
                 held,
+                wanted,
                 share,
                 max,
-                holding,
+                holding: sharing,
             })
         })
     }
@@ -1988,11 +2027,12 @@ domain "apps.example" {{
         assert_eq!(engine.resident_in("apps.example"), 0);
     }
 
-    /// While the engine holds at least half of its maximum, a domain holding more than its share (the maximum
-    /// divided by the number of domains holding notifications) is named, and only that one; below half, or with one
-    /// domain holding notifications, none is.
+    /// Under pressure (half of the maximum held), the memory is shared max-min fairly among the domains with a
+    /// running queue, each needing what it holds or at least a reserve of M / 2k: a domain whose deliveries fail is
+    /// stopped where the others' needs begin, a domain holding little is never refused, a batch counts with what
+    /// it would add; below half, or with one domain running, nothing is refused.
     #[test]
-    fn a_domain_over_its_share_is_named_only_under_pressure_and_beside_others() {
+    fn the_memory_is_shared_fairly_under_pressure() {
         let engine = Engine::new(
             Arc::new(StaticResolver::default()),
             Logs::default(),
@@ -2007,65 +2047,66 @@ domain "apps.example" {{
                 engine.shared.take_permit(domain);
             }
         };
-        // One domain alone: its share is all of it, however full the engine.
+        let run = |domain: &str| engine.shared.queue_running(&Arc::from(domain), true);
+        // One domain running: all of it is its share, however full the engine.
+        run("a.example");
         hold("a.example", 90);
-        assert_eq!(engine.over_share(["a.example"]), None);
-        engine.shared.give_back("a.example", 80);
-        // Below half: 10 domains hold 20, a.example more than its share of 10, and nothing is refused.
-        for i in 0..9 {
-            hold(&format!("d{i}.example"), 1);
-        }
-        assert_eq!(engine.resident_in("a.example"), 10);
-        hold("a.example", 1);
-        assert_eq!(engine.over_share(["a.example"]), None);
-        // Half full (50 of 100): a.example, holding 41, is over its share of 10; the others are not.
-        hold("a.example", 30);
-        assert_eq!(engine.resident_room(), 50);
+        assert_eq!(engine.over_share([("a.example", 10)]), None);
+        engine.shared.give_back("a.example", 60);
+        // Two running (b.example holding nothing, its notifications delivered as they come): b.example needs a
+        // reserve of 100 / 4 = 25, so a.example may hold 75. Below half (30 held), nothing is refused.
+        run("b.example");
+        assert_eq!(engine.over_share([("a.example", 45)]), None);
+        hold("a.example", 45);
+        assert_eq!(
+            engine.over_share([("a.example", 0)]),
+            None,
+            "75 is its share"
+        );
         let over = OverShare {
             domain: "a.example".into(),
-            held: 41,
-            share: 10,
+            held: 75,
+            wanted: 1,
+            share: 75,
             max: 100,
-            holding: 10,
+            holding: 2,
         };
-        assert_eq!(engine.over_share(["a.example"]), Some(over.clone()));
-        assert_eq!(engine.over_share(["d0.example", "new.example"]), None);
-        // A batch of several domains is named by the one over its share.
-        assert_eq!(engine.over_share(["d0.example", "a.example"]), Some(over));
-        // Holding exactly its share is not over it: with 2 domains holding, a.example's share is 50.
-        for i in 0..9 {
-            engine.shared.give_back(&format!("d{i}.example"), 1);
-        }
-        hold("b.example", 1);
-        hold("a.example", 9);
-        assert_eq!(engine.resident_in("a.example"), 50);
-        assert_eq!(engine.over_share(["a.example"]), None);
-        hold("a.example", 1);
+        assert_eq!(engine.over_share([("a.example", 1)]), Some(over.clone()));
+        // A batch of several domains is named by the one over its share; b.example, holding nothing, is not.
+        assert_eq!(engine.over_share([("b.example", 20)]), None);
         assert_eq!(
-            engine.over_share(["a.example", "b.example"]),
-            Some(OverShare {
-                domain: "a.example".into(),
-                held: 51,
-                share: 50,
-                max: 100,
-                holding: 2,
-            })
+            engine.over_share([("b.example", 1), ("a.example", 1)]),
+            Some(over)
         );
-        // b.example gone: a.example alone again, whatever it holds.
-        engine.shared.give_back("b.example", 1);
-        assert_eq!(engine.over_share(["a.example"]), None);
-        // A domain whose queue runs shares the memory even while it holds nothing (its notifications are delivered
-        // as they come), until the queue stops.
-        let b: Arc<str> = Arc::from("b.example");
-        engine.shared.queue_running(&b, true);
+        // Twenty more domains running, idle (each needs a reserve of 100 / 44 = 2); a.example holds 40, b.example
+        // 10 (half full). b.example, holding more than an equal share (100 / 22), may still reach 30: there its
+        // level and the others' needs (a.example's 40 capped at 30, the idle ones' 40) come to 100.
+        for i in 0..20 {
+            run(&format!("idle{i}.example"));
+        }
+        engine.shared.give_back("a.example", 35);
+        hold("b.example", 10);
+        assert_eq!(engine.over_share([("b.example", 20)]), None);
         assert_eq!(
             engine
-                .over_share(["a.example"])
-                .map(|o| (o.share, o.holding)),
-            Some((50, 2))
+                .over_share([("b.example", 21)])
+                .map(|o| (o.held, o.share, o.holding)),
+            Some((10, 29, 22))
         );
-        engine.shared.queue_running(&b, false);
-        assert_eq!(engine.over_share(["a.example"]), None);
+        // a.example may reach 50 beside b.example's 10 and the idle ones' 40.
+        assert_eq!(engine.over_share([("a.example", 10)]), None);
+        assert_eq!(
+            engine.over_share([("a.example", 11)]).map(|o| o.share),
+            Some(50)
+        );
+        // Every queue stopped but a.example's: it is alone again.
+        for i in 0..20 {
+            engine
+                .shared
+                .queue_running(&Arc::from(format!("idle{i}.example").as_str()), false);
+        }
+        engine.shared.queue_running(&Arc::from("b.example"), false);
+        assert_eq!(engine.over_share([("a.example", 60)]), None);
     }
 
     /// A store that takes back every notification a queue parks.
@@ -2193,7 +2234,10 @@ domain "apps.example" {{
         })
         .await;
         assert_eq!(counted(), (0, 0));
-        assert_eq!(engine.over_share(["a.example", "b.example"]), None);
+        assert_eq!(
+            engine.over_share([("a.example", 1), ("b.example", 1)]),
+            None
+        );
     }
 
     /// Domains seen once each, beyond [`MAX_RETIRED_QUEUES`] (a regex domain stanza serving any recipient

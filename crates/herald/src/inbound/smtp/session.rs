@@ -849,6 +849,7 @@ mod tests {
         let r = temporary(&Unavailable::OverShare(crate::queue::OverShare {
             domain: "apps.example".into(),
             held: 6,
+            wanted: 1,
             share: 5,
             max: 10,
             holding: 2,
