@@ -12,9 +12,6 @@ use serde_json::Value;
 fn model(bytes: &[u8]) -> PushType {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(root)) => match root.get("aps") {
-            Some(Value::Object(aps)) if aps.contains_key("event") && aps.contains_key("timestamp") => {
-                PushType::LiveActivity
-            }
             Some(Value::Object(aps))
                 if aps.get("content-available").and_then(Value::as_u64) == Some(1)
                     && !["alert", "badge", "sound"]

@@ -129,14 +129,15 @@ fn route_without_token(protocol: Protocol) -> &'static str {
 
 /// Checks every part and returns the parsed device token.
 ///
-/// The device token is checked against the protocol's sizes (docs/apns-protocol.md#size-limits): 1 to 100 bytes on
+/// The device token is checked against the protocol's sizes (docs/apns-protocol.md#size-limits): 32 to 100 bytes on
 /// HTTP/2, exactly 32 on the binary protocol. The binary protocol also needs a 32-bit expiry; it has no push type,
 /// topic, collapse id or apns-id on the wire, so those are checked only when given and are otherwise ignored there. A push type
 /// that needs token authentication is refused on a certificate route and on every binary route.
 pub fn validate_notification(
     parts: &NotificationParts<'_>,
 ) -> Result<DeviceToken, NotificationError> {
-    // Rule 10: location pushes only over token-authenticated connections, which the binary protocol never has.
+    // Rule 10: location and Live Activity pushes only over token-authenticated connections, which the binary
+    // protocol never has.
     if parts.push_type.requires_token_auth()
         && (parts.protocol == Protocol::Binary || parts.auth == RouteAuth::Certificate)
     {
@@ -234,8 +235,8 @@ mod tests {
 
     #[test]
     fn tokens_must_have_the_size_apns_takes_on_both_protocols() {
-        // docs/apns-protocol.md#size-limits: HTTP/2 takes 1 to 100 bytes (Live Activity push tokens are 80), the
-        // binary protocol 32 only.
+        // docs/apns-protocol.md#size-limits: HTTP/2 takes 32 to 100 bytes (Live Activity push tokens are 80), the
+        // binary protocol 32 only. Shorter tokens (one cut short, a hex-looking SMTP local part) are refused on both.
         let token = |bytes: usize, protocol| {
             let hex = "ab".repeat(bytes);
             validate_notification(&NotificationParts {
@@ -245,14 +246,14 @@ mod tests {
             })
             .map(|t| t.len())
         };
-        for bytes in [1, 2, 31, 32, 33, 54, 80, 100] {
+        for bytes in [32, 33, 54, 80, 100] {
             assert_eq!(
                 token(bytes, Protocol::Http2),
                 Ok(bytes),
                 "{bytes} bytes over HTTP/2"
             );
         }
-        for bytes in [101, 150] {
+        for bytes in [1, 2, 31, 101, 150] {
             assert_eq!(
                 token(bytes, Protocol::Http2),
                 Err(NotificationError::Token(TokenError::WrongLength {
@@ -278,8 +279,18 @@ mod tests {
         };
         assert_eq!(
             validate_notification(&long).unwrap_err().to_string(),
-            "device token: device token is 101 bytes (202 hex digits); APNs over HTTP/2 takes tokens of 1 to 100 \
-             bytes (2 to 200 hex digits)"
+            "device token: device token is 101 bytes (202 hex digits); APNs over HTTP/2 takes tokens of 32 to 100 \
+             bytes (64 to 200 hex digits)"
+        );
+        let truncated = "ab".repeat(31);
+        let truncated = NotificationParts {
+            token: &truncated,
+            ..parts()
+        };
+        assert_eq!(
+            validate_notification(&truncated).unwrap_err().to_string(),
+            "device token: device token is 31 bytes (62 hex digits); APNs over HTTP/2 takes tokens of 32 to 100 \
+             bytes (64 to 200 hex digits)"
         );
         let short = NotificationParts {
             token: "abcd",

@@ -86,6 +86,14 @@ pub enum PayloadError {
         "an alert push needs alert, badge or sound in aps (a content-available-only push is a background push)"
     )]
     AlertWithoutContent,
+    /// An alert push (named or inferred) without `alert`, `badge` or `sound` whose `aps` has `event` and
+    /// `timestamp`: a Live Activity sent without its push type, which herald never infers from the payload.
+    #[error(
+        "an alert push needs alert, badge or sound in aps, and this aps has event and timestamp instead: the payload \
+         looks like a Live Activity, which must name push type liveactivity (it is never inferred from the payload) \
+         and go to a domain that sends over HTTP/2 with token authentication"
+    )]
+    AlertLooksLikeLiveActivity,
     #[error("broadcast payload is {size} bytes; broadcast pushes allow at most {limit}")]
     BroadcastTooLarge { size: usize, limit: usize },
     #[error("aps.event is \"start\": a broadcast cannot start a Live Activity (use update or end)")]
@@ -275,6 +283,8 @@ fn check_push_type_rules(
                 .any(|k| aps.contains_key(*k))
             {
                 Ok(())
+            } else if aps.contains_key("event") && aps.contains_key("timestamp") {
+                Err(PayloadError::AlertLooksLikeLiveActivity)
             } else {
                 Err(PayloadError::AlertWithoutContent)
             }
@@ -1230,59 +1240,78 @@ mod tests {
         );
     }
 
-    /// docs/apns-protocol.md#push-types, docs/apns-protocol.md#rule-9: without a push type, a payload whose `aps` has
-    /// `event` and `timestamp` is a Live Activity, whatever else it holds, and passes as one; with only one of
-    /// them, it is not.
+    /// docs/apns-protocol.md#push-types, docs/apns-protocol.md#rule-9: a Live Activity is never inferred from its
+    /// payload (only from a `.push-type.liveactivity` topic): without a push type, an `aps` with `event` and
+    /// `timestamp` is an alert when it shows something, as it always was, and over HTTP/2 one that shows nothing is
+    /// refused with a text that says it looks like a Live Activity and names the push type to give.
     #[test]
-    fn live_activity_payloads_are_inferred_as_live_activities() {
+    fn live_activity_payloads_are_not_inferred() {
         let update = br#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#;
-        assert_eq!(infer_push_type(update), LiveActivity);
+        assert_eq!(infer_push_type(update), Alert);
+        assert_eq!(infer_push_type_for(Some("com.x"), update), Alert);
+        assert_eq!(infer_push_type_for(None, update), Alert);
+        // The topic's suffix still decides first.
         assert_eq!(
-            validate(update, infer_push_type(update), Http2, Immediate),
-            Ok(())
+            infer_push_type_for(Some("com.x.push-type.liveactivity"), update),
+            LiveActivity
         );
-        assert_eq!(infer_push_type_for(Some("com.x"), update), LiveActivity);
-        assert_eq!(infer_push_type_for(None, update), LiveActivity);
-        for live in [
+        assert_eq!(validate(update, LiveActivity, Http2, Immediate), Ok(()));
+        // As an alert over HTTP/2 it is refused, saying what it looks like and what to name.
+        let e = validate(update, infer_push_type(update), Http2, Immediate).unwrap_err();
+        assert_eq!(e, PayloadError::AlertLooksLikeLiveActivity);
+        assert_eq!(
+            e.to_string(),
+            "an alert push needs alert, badge or sound in aps, and this aps has event and timestamp instead: the \
+             payload looks like a Live Activity, which must name push type liveactivity (it is never inferred from \
+             the payload) and go to a domain that sends over HTTP/2 with token authentication"
+        );
+        for looks_live in [
             &br#"{"aps":{"timestamp":1,"event":"end","dismissal-date":2}}"#[..],
-            br#"{"aps":{"event":"start","timestamp":1,"alert":"x","attributes-type":"A","attributes":{}}}"#,
-            br#"{"aps":{"event":"update","timestamp":1,"content-available":1}}"#,
-            // A malformed one is still a Live Activity, so that its refusal names the Live Activity rule.
             br#"{"aps":{"event":"begin","timestamp":"now"}}"#,
         ] {
+            let text = String::from_utf8_lossy(looks_live);
+            assert_eq!(infer_push_type(looks_live), Alert, "{text}");
             assert_eq!(
-                infer_push_type(live),
-                LiveActivity,
-                "{}",
-                String::from_utf8_lossy(live)
+                validate(looks_live, Alert, Http2, Immediate),
+                Err(PayloadError::AlertLooksLikeLiveActivity),
+                "{text}"
             );
         }
-        assert!(matches!(
-            validate(
-                br#"{"aps":{"event":"begin","timestamp":1}}"#,
-                infer_push_type(br#"{"aps":{"event":"begin","timestamp":1}}"#),
-                Http2,
-                Immediate
-            ),
-            Err(PayloadError::BadValue { key, .. }) if key == "aps.event"
-        ));
-        for not_live in [
-            &br#"{"aps":{"alert":"x","event":"message"}}"#[..],
-            br#"{"aps":{"alert":"x","timestamp":1}}"#,
-            br#"{"aps":{"alert":"x"},"event":"update","timestamp":1}"#,
-            br#"{"aps":{"event":"update","timestamp":1},"aps":{"alert":"x"}}"#,
+        // The binary protocol has no push type, and no alert rule: sent as before.
+        assert_eq!(validate(update, Alert, Binary, Immediate), Ok(()));
+        // With only one of the two keys, the refusal is the plain one.
+        for neither in [
+            &br#"{"aps":{"event":"update"}}"#[..],
+            br#"{"aps":{"timestamp":1}}"#,
+            br#"{"aps":{},"event":"update","timestamp":1}"#,
         ] {
             assert_eq!(
-                infer_push_type(not_live),
-                Alert,
+                validate(neither, infer_push_type(neither), Http2, Immediate),
+                Err(PayloadError::AlertWithoutContent),
                 "{}",
-                String::from_utf8_lossy(not_live)
+                String::from_utf8_lossy(neither)
             );
         }
-        // What serde_json refuses is no Live Activity (validate then says what is wrong).
+        // An alert that also carries the Live Activity keys goes as an alert, over either protocol.
+        for alert in [
+            &br#"{"aps":{"alert":"x","event":"update","timestamp":1}}"#[..],
+            br#"{"aps":{"event":"start","timestamp":1,"alert":"x","attributes-type":"A","attributes":{}}}"#,
+            br#"{"aps":{"badge":1,"event":"message","timestamp":"now"}}"#,
+        ] {
+            let text = String::from_utf8_lossy(alert);
+            assert_eq!(infer_push_type(alert), Alert, "{text}");
+            for protocol in [Http2, Binary] {
+                assert_eq!(
+                    validate(alert, Alert, protocol, Immediate),
+                    Ok(()),
+                    "{text} {protocol:?}"
+                );
+            }
+        }
+        // A content-available-only aps is a background push, whatever Live Activity keys it holds.
         assert_eq!(
-            infer_push_type(br#"{"aps":{"event":"update","timestamp":1},"x":1e400}"#),
-            Alert
+            infer_push_type(br#"{"aps":{"event":"update","timestamp":1,"content-available":1}}"#),
+            Background
         );
     }
 
@@ -1427,15 +1456,10 @@ mod tests {
         #[test]
         fn push_type_inference_reads_what_a_value_reads(v in json_value(), aps in json_value(), extra in json_value()) {
             // The reading through `Value` that inference replaced, as the model: `aps` (the last one when
-            // repeated) must be an object with `event` and `timestamp` for a Live Activity, or one whose
-            // content-available is the integer 1, without alert, badge or sound, for a background push.
+            // repeated) must be an object whose content-available is the integer 1, without alert, badge or sound.
+            // The Live Activity keys change nothing: a Live Activity is never inferred from its payload.
             let model = |bytes: &[u8]| match serde_json::from_slice::<Value>(bytes) {
                 Ok(Value::Object(root)) => match root.get("aps") {
-                    Some(Value::Object(aps))
-                        if aps.contains_key("event") && aps.contains_key("timestamp") =>
-                    {
-                        LiveActivity
-                    }
                     Some(Value::Object(aps))
                         if aps.get("content-available").and_then(Value::as_u64) == Some(1)
                             && !["alert", "badge", "sound"].iter().any(|k| aps.contains_key(*k)) =>

@@ -5,10 +5,12 @@
 //! docs/apns-protocol.md#binary-command-2). The two differ in the sizes they take (docs/apns-protocol.md#size-limits):
 //!
 //! - The binary protocol documents 32-byte tokens, and herald sends it nothing else ([`DeviceToken::check_binary`]).
-//! - On HTTP/2 Apple asks providers to make no assumption about a token's size. Tokens longer than 32 bytes are
-//!   in use (Live Activity push tokens are 80 bytes in practice), and Apple's later text reserves up to 100 bytes, so herald
-//!   takes any token of [`TOKEN_MIN_LEN`] to [`TOKEN_MAX_LEN`] bytes there ([`DeviceToken::check_apns`]) and leaves
-//!   it to APNs to say whether a token of that size is one it knows.
+//! - On HTTP/2 Apple asks providers to make no assumption about a token's size. The tokens APNs issues are 32 bytes
+//!   or longer (54-byte tokens are in use, and Live Activity push tokens are 80 bytes in practice), and Apple's later
+//!   text reserves up to 100 bytes, so herald takes tokens of [`TOKEN_MIN_LEN`] to [`TOKEN_MAX_LEN`] bytes there
+//!   ([`DeviceToken::check_apns`]) and leaves it to APNs to say whether a token of such a size is one it knows.
+//!   A shorter one is no token APNs issued (a token cut short, or an SMTP local part such as `cafe` that happens to
+//!   be hex), and is refused at the door rather than sent to be answered `BadDeviceToken`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,8 +18,9 @@ use std::sync::Arc;
 
 /// Length in bytes of a device token on the binary protocol (docs/apns-protocol.md#size-limits).
 pub const BINARY_TOKEN_LEN: usize = 32;
-/// Shortest device token herald sends over HTTP/2, in bytes: any non-empty token.
-pub const TOKEN_MIN_LEN: usize = 1;
+/// Shortest device token herald sends over HTTP/2, in bytes: the size of the shortest tokens APNs issues
+/// (docs/apns-protocol.md#size-limits).
+pub const TOKEN_MIN_LEN: usize = 32;
 /// Longest device token herald sends over HTTP/2, in bytes: the most Apple's text reserves for a token
 /// (docs/apns-protocol.md#size-limits).
 pub const TOKEN_MAX_LEN: usize = 100;
@@ -246,18 +249,19 @@ mod tests {
     }
 
     #[test]
-    fn any_even_length_parses_http2_takes_up_to_100_bytes_and_binary_only_32() {
+    fn any_even_length_parses_http2_takes_32_to_100_bytes_and_binary_only_32() {
         let t: DeviceToken = "abcd".parse().unwrap();
         assert_eq!(t.as_bytes(), &[0xab, 0xcd]);
         assert_eq!(
             t.check_binary(),
             Err(TokenError::WrongBinaryLength { len: 2 })
         );
-        assert_eq!(t.check_apns(), Ok(()));
-        // HTTP/2: 1 to 100 bytes (54 and 80 are sizes issued beside 32); the binary protocol: 32 only.
+        assert_eq!(t.check_apns(), Err(TokenError::WrongLength { len: 2 }));
+        // HTTP/2: 32 to 100 bytes (54 and 80 are sizes issued beside 32); the binary protocol: 32 only.
         for (bytes, http2, binary) in [
-            (1, true, false),
-            (31, true, false),
+            (1, false, false),
+            (2, false, false),
+            (31, false, false),
             (32, true, true),
             (33, true, false),
             (54, true, false),
@@ -275,16 +279,23 @@ mod tests {
                 "{bytes} bytes over binary"
             );
         }
-        assert_eq!(
-            DeviceToken::from_hex(&"ab".repeat(101))
-                .unwrap()
-                .check_apns(),
-            Err(TokenError::WrongLength { len: 101 })
-        );
+        for bytes in [31, 101] {
+            assert_eq!(
+                DeviceToken::from_hex(&"ab".repeat(bytes))
+                    .unwrap()
+                    .check_apns(),
+                Err(TokenError::WrongLength { len: bytes })
+            );
+        }
         assert_eq!(
             TokenError::WrongLength { len: 101 }.to_string(),
-            "device token is 101 bytes (202 hex digits); APNs over HTTP/2 takes tokens of 1 to 100 bytes \
-             (2 to 200 hex digits)"
+            "device token is 101 bytes (202 hex digits); APNs over HTTP/2 takes tokens of 32 to 100 bytes \
+             (64 to 200 hex digits)"
+        );
+        assert_eq!(
+            TokenError::WrongLength { len: 31 }.to_string(),
+            "device token is 31 bytes (62 hex digits); APNs over HTTP/2 takes tokens of 32 to 100 bytes \
+             (64 to 200 hex digits)"
         );
         assert_eq!(
             TokenError::WrongBinaryLength { len: 80 }.to_string(),

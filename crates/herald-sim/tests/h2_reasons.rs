@@ -367,24 +367,25 @@ async fn every_request_reason_is_provoked() {
                 Some("BadDeviceToken"),
             )
         },
-        // HTTP/2 takes hex of 1 to 100 bytes (docs/apns-protocol.md#size-limits): 1, 31, 33, 54 and 80 bytes (a
-        // Live Activity's push token) are delivered, 101 bytes and an odd number of digits are BadDeviceToken.
+        // HTTP/2 takes hex of 32 to 100 bytes (docs/apns-protocol.md#size-limits): 33, 54 and 80 bytes (a Live
+        // Activity's push token) are delivered; 1, 31 (a token cut short) and 101 bytes and an odd number of digits
+        // are BadDeviceToken.
         Case {
             path: "/3/device/ab".into(),
             ..case(
-                "a 1-byte token",
+                "BadDeviceToken (1 byte)",
                 Conn::Cert(CertVariant::Universal),
-                200,
-                None,
+                400,
+                Some("BadDeviceToken"),
             )
         },
         Case {
             path: format!("/3/device/{}", "ab".repeat(31)),
             ..case(
-                "a 31-byte token",
+                "BadDeviceToken (31 bytes)",
                 Conn::Cert(CertVariant::Universal),
-                200,
-                None,
+                400,
+                Some("BadDeviceToken"),
             )
         },
         Case {

@@ -140,8 +140,9 @@ async fn start_update_end_accepted_and_malformed_refused() {
 }
 
 /// A Live Activity's push token is 80 bytes (160 hex digits), longer than a device token of the binary era: HTTP/2
-/// takes 1 to 100 bytes (docs/apns-protocol.md#size-limits). Updates to an 80-byte and a 54-byte token go through the
-/// REST door and reach the simulator whole; a 101-byte token is refused at the door, naming the sizes taken.
+/// takes 32 to 100 bytes (docs/apns-protocol.md#size-limits). Updates to an 80-byte and a 54-byte token go through
+/// the REST door and reach the simulator whole; a 31-byte token (one cut short) and a 101-byte one are refused at the
+/// door, naming the sizes taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_activity_tokens_of_80_bytes_are_delivered() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,11 +155,12 @@ async fn live_activity_tokens_of_80_bytes_are_delivered() {
     let addr = rest_door(resolver).await;
     let activity = "9f".repeat(80);
     let reported = "4e".repeat(54);
+    let truncated = "ab".repeat(31);
     let too_long = "ab".repeat(101);
     let update = json!({"aps": {"event": "update", "timestamp": 1_700_000_100,
         "content-state": {"score": "1-0"}}});
     let body = json!({"domain": DOMAIN, "push_type": "liveactivity", "priority": 10,
-        "tokens": [activity, reported, too_long], "payload": update});
+        "tokens": [activity, reported, truncated, too_long], "payload": update});
     let response = reqwest::Client::new()
         .post(format!("http://{addr}/api/v1/push"))
         .json(&body)
@@ -173,12 +175,19 @@ async fn live_activity_tokens_of_80_bytes_are_delivered() {
         .iter()
         .map(|r| r["status"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(statuses, ["accepted", "accepted", "rejected"], "{answer}");
-    let reason = results[2]["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("device token is 101 bytes") && reason.contains("1 to 100 bytes"),
-        "{reason}"
+    assert_eq!(
+        statuses,
+        ["accepted", "accepted", "rejected", "rejected"],
+        "{answer}"
     );
+    for (result, bytes) in results[2..].iter().zip([31, 101]) {
+        let reason = result["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("device token is {bytes} bytes"))
+                && reason.contains("32 to 100 bytes"),
+            "{reason}"
+        );
+    }
 
     assert_eq!(sim.wait_for_records(2, Duration::from_secs(60)).await, 2);
     let records = sim.record();
@@ -291,8 +300,9 @@ async fn a_live_activity_for_a_binary_protocol_domain_is_refused_at_the_door() {
 
 /// A domain authenticated by a client certificate (docs/live-activities.md, docs/apns-protocol.md#rule-10): a Live
 /// Activity is refused at the door, with or without a topic and even when the certificate lists the Live Activity
-/// topic, naming the push type, the route and the signing key it lacks; nothing reaches the simulator, and an alert
-/// for the same domain is delivered.
+/// topic, naming the push type, the route and the signing key it lacks; a Live Activity payload sent without a push
+/// type is an alert with nothing to show, refused saying it looks like a Live Activity; nothing reaches the
+/// simulator, and an alert for the same domain is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_domain_refuses_live_activities_at_the_door() {
     use herald_sim::{CertVariant, ClientCertSpec};
@@ -345,8 +355,6 @@ domain "{DOMAIN}" {{
             "tokens": ["ef".repeat(32)], "payload": update}),
         json!({"domain": DOMAIN, "push_type": "liveactivity", "priority": 10,
             "topic": format!("{TOPIC}.push-type.liveactivity"), "tokens": ["ef".repeat(32)], "payload": update}),
-        // Without a push type, the payload makes it a Live Activity.
-        json!({"domain": DOMAIN, "tokens": ["ef".repeat(32)], "payload": update}),
     ];
     for body in live_activities {
         let answer: Value = push(body.clone()).await.unwrap().json().await.unwrap();
@@ -360,6 +368,20 @@ domain "{DOMAIN}" {{
             "{body}: {reason}"
         );
     }
+    // Without a push type the payload does not make it a Live Activity (docs/apns-protocol.md#push-types): it is an
+    // alert with nothing to show, refused with a text that says what it looks like and what to name.
+    let body = json!({"domain": DOMAIN, "tokens": ["ef".repeat(32)], "payload": update});
+    let answer: Value = push(body.clone()).await.unwrap().json().await.unwrap();
+    let result = &answer["results"][0];
+    assert_eq!(result["status"], "rejected", "{body}: {answer}");
+    let reason = result["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("an alert push needs alert, badge or sound in aps")
+            && reason.contains("looks like a Live Activity")
+            && reason.contains("push type liveactivity")
+            && reason.contains("token authentication"),
+        "{body}: {reason}"
+    );
 
     let answer: Value = push(json!({"domain": DOMAIN, "tokens": ["ef".repeat(32)],
         "payload": {"aps": {"alert": "kick-off"}}}))

@@ -687,14 +687,15 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
         "{text}"
     );
 
-    // Tokens longer than HTTP/2 takes (1 to 100 bytes): 101 and 150 bytes in X-Device-Token.
-    for bytes in [101usize, 150] {
-        let too_long = "ab".repeat(bytes);
+    // Tokens of another size than HTTP/2 takes (32 to 100 bytes) in X-Device-Token: 1 byte, 31 (a token cut short),
+    // 101 and 150 bytes.
+    for bytes in [1usize, 31, 101, 150] {
+        let wrong_size = "ab".repeat(bytes);
         let (code, text) = h
             .send_raw(
                 &rcpt,
                 &mcmt(&[push_part(
-                    &[("X-Device-Token", &too_long)],
+                    &[("X-Device-Token", &wrong_size)],
                     "{\"aps\":{\"alert\":\"x\"}}",
                 )]),
             )
@@ -704,19 +705,29 @@ async fn content_refusals_name_the_problem_and_nothing_is_accepted() {
             text.starts_with(&format!(
                 "5.6.0 part 2, recipient <{}>: device token: device token is {bytes} bytes",
                 rcpt[0]
-            )) && text.contains("1 to 100 bytes"),
+            )) && text.contains("32 to 100 bytes (64 to 200 hex digits)"),
             "{text}"
         );
     }
-    // As the local part: a 101-byte token.
-    let (code, text) = h
-        .send_raw(
-            &[format!("{}@{DOMAIN}", "ab".repeat(101))],
-            &mcmt(std::slice::from_ref(&good)),
-        )
-        .await;
-    assert_eq!(code, 550, "{text}");
-    assert!(text.contains("device token is 101 bytes"), "{text}");
+    // As the local part: a hex-looking word (`cafe`, 2 bytes), a 31-byte token and a 101-byte one.
+    for (local, bytes) in [
+        ("cafe".to_owned(), 2usize),
+        ("ab".repeat(31), 31),
+        ("ab".repeat(101), 101),
+    ] {
+        let (code, text) = h
+            .send_raw(
+                &[format!("{local}@{DOMAIN}")],
+                &mcmt(std::slice::from_ref(&good)),
+            )
+            .await;
+        assert_eq!(code, 550, "{text}");
+        assert!(
+            text.contains(&format!("device token is {bytes} bytes"))
+                && text.contains("32 to 100 bytes"),
+            "{text}"
+        );
+    }
 
     // An oversized payload (docs/apns-protocol.md#payload-limits: 4096 bytes for alerts over HTTP/2).
     let big = format!("{{\"aps\":{{\"alert\":\"{}\"}}}}", "x".repeat(5000));

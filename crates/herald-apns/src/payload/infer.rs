@@ -36,27 +36,28 @@ fn shows_something(payload: &[u8]) -> bool {
 }
 
 /// The push type a payload implies when the sender named none (Momentum's binary-era submissions have no
-/// push type): `liveactivity` for an `aps` with both `event` and `timestamp` (the two keys every Live Activity
-/// payload carries, docs/apns-protocol.md#rule-9), `background` for a `content-available`-only `aps`, otherwise
-/// `alert`. Unparseable payloads give `alert`, and [`validate`] then says what is wrong with them.
+/// push type): `background` for a `content-available`-only `aps`, otherwise `alert`. Unparseable payloads
+/// give `alert`, and [`validate`] then says what is wrong with them. A Live Activity is never inferred: a sender
+/// names push type `liveactivity` (or sends to a `.push-type.liveactivity` topic, [`infer_push_type_for`]), and an
+/// `aps` that only looks like one (`event` and `timestamp`, nothing to show) is refused as an alert over HTTP/2
+/// with a text that says so ([`PayloadError::AlertLooksLikeLiveActivity`]).
 ///
 /// It answers as a reading into a serde_json `Value` would (a repeated key: the last one counts), without building
 /// one for the usual answer: only `aps`'s keys are looked at and every other value is skipped. Skipping does not
 /// check everything a `Value` reading refuses (invalid UTF-8 or a lone surrogate in a string, a number out of
-/// range, nesting deeper than 128), so a `liveactivity` or `background` answer, the rarer ones, is confirmed by
-/// that reading.
+/// range, nesting deeper than 128), so a `background` answer, the rare one, is confirmed by that reading.
 ///
 /// [`validate`]: crate::payload::validate
+/// [`PayloadError::AlertLooksLikeLiveActivity`]: crate::payload::PayloadError::AlertLooksLikeLiveActivity
 pub fn infer_push_type(payload: &[u8]) -> PushType {
-    let implied = match serde_json::from_slice::<Root>(payload) {
-        Ok(Root(Some(aps))) if aps.is_live_activity() => PushType::LiveActivity,
-        Ok(Root(Some(aps))) if aps.is_content_available_only() => PushType::Background,
-        _ => return PushType::Alert,
-    };
-    if serde_json::from_slice::<serde_json::Value>(payload).is_ok() {
-        implied
-    } else {
-        PushType::Alert
+    match serde_json::from_slice::<Root>(payload) {
+        Ok(Root(Some(aps)))
+            if aps.is_content_available_only()
+                && serde_json::from_slice::<serde_json::Value>(payload).is_ok() =>
+        {
+            PushType::Background
+        }
+        _ => PushType::Alert,
     }
 }
 
@@ -70,19 +71,11 @@ struct ApsKeys {
     content_available: bool,
     /// `alert`, `badge` or `sound` is present.
     visible: bool,
-    /// `event` is present.
-    event: bool,
-    /// `timestamp` is present.
-    timestamp: bool,
 }
 
 impl ApsKeys {
     fn is_content_available_only(&self) -> bool {
         self.content_available && !self.visible
-    }
-
-    fn is_live_activity(&self) -> bool {
-        self.event && self.timestamp
     }
 }
 
@@ -96,10 +89,6 @@ enum Key {
     ContentAvailable,
     #[serde(rename = "alert", alias = "badge", alias = "sound")]
     Visible,
-    #[serde(rename = "event")]
-    Event,
-    #[serde(rename = "timestamp")]
-    Timestamp,
     #[serde(other)]
     Other,
 }
@@ -149,14 +138,6 @@ impl<'de> de::Deserialize<'de> for MaybeAps {
                         }
                         Key::Visible => {
                             keys.visible = true;
-                            map.next_value::<de::IgnoredAny>()?;
-                        }
-                        Key::Event => {
-                            keys.event = true;
-                            map.next_value::<de::IgnoredAny>()?;
-                        }
-                        Key::Timestamp => {
-                            keys.timestamp = true;
                             map.next_value::<de::IgnoredAny>()?;
                         }
                         Key::Aps | Key::Other => {

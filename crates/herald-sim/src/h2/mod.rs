@@ -15,8 +15,8 @@
 //!    together: `background` with `apns-priority: 10`, `liveactivity` with `apns-priority: 1` (it takes 5 or
 //!    10) or `pushtotalk` with another priority -> BadPriority, `pushtotalk` with an expiration other than 0 ->
 //!    BadExpirationDate
-//! 9. `:path` with a query, or not `/3/device/…` -> 404 BadPath; empty token -> MissingDeviceToken; not hex of 1
-//!    to 100 bytes (2 to 200 digits, either case) -> BadDeviceToken
+//! 9. `:path` with a query, or not `/3/device/…` -> 404 BadPath; empty token -> MissingDeviceToken; not hex of 32
+//!    to 100 bytes (64 to 200 digits, either case) -> BadDeviceToken
 //! 10. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,
 //!     InvalidProviderToken, UnrelatedKeyIdInToken, BadEnvironmentKeyIdInToken, ExpiredProviderToken,
 //!     429 TooManyProviderTokenUpdates)

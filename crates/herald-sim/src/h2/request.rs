@@ -226,8 +226,8 @@ pub(crate) fn check(
     if token.contains('/') {
         return Err(Reason::BadPath.into());
     }
-    // Hex of 1 to 100 bytes, the sizes herald sends over HTTP/2 (docs/apns-protocol.md#size-limits: Apple names no
-    // fixed size there, and Live Activity push tokens are 80 bytes); anything else is BadDeviceToken.
+    // Hex of 32 to 100 bytes, the sizes herald sends over HTTP/2 (docs/apns-protocol.md#size-limits: the tokens APNs
+    // issues are 32 bytes or longer, Live Activity push tokens 80); anything else is BadDeviceToken.
     if !validate_hex(token).is_ok_and(apns_length_ok) {
         return Err(Reason::BadDeviceToken.into());
     }

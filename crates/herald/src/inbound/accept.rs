@@ -1026,26 +1026,46 @@ mod tests {
         }
         assert_eq!(intake.refused(), refusals);
 
-        // Without a push type, a payload whose aps has event and timestamp is a Live Activity
-        // (docs/apns-protocol.md#push-types): the domain's bare topic gains the suffix.
-        let inferred = intake
-            .prepare(
-                Submission {
-                    domain: "token.example".into(),
-                    token: "ab".repeat(32),
-                    payload: Bytes::from_static(
-                        br#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#,
-                    ),
-                    ..Submission::default()
-                },
-                &source(&intake),
-            )
-            .unwrap();
-        assert_eq!(inferred.push.push_type, Some(PushType::LiveActivity));
-        assert_eq!(
-            inferred.push.topic.as_deref(),
-            Some("com.example.app.push-type.liveactivity")
-        );
+        // Without a push type, the payload never makes a Live Activity (docs/apns-protocol.md#push-types): an aps
+        // with event and timestamp is an alert. With nothing to show it is refused on an HTTP/2 route, saying it
+        // looks like a Live Activity and naming the push type to give; with an alert it goes as one, to the bare
+        // topic or over the binary protocol, as it always did. Only a `.push-type.liveactivity` topic names the
+        // push type without the sender.
+        let untyped = |domain: &str, topic: Option<&str>, payload: &'static [u8]| {
+            let mut s = Submission {
+                domain: domain.into(),
+                token: "ab".repeat(32),
+                payload: Bytes::from_static(payload),
+                ..Submission::default()
+            };
+            s.headers.topic = topic.map(str::to_owned);
+            intake.prepare(s, &source(&intake))
+        };
+        let update: &[u8] =
+            br#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#;
+        match untyped("token.example", None, update) {
+            Err(Refusal::Permanent(why)) => assert!(
+                why.starts_with("an alert push needs alert, badge or sound in aps")
+                    && why.contains("looks like a Live Activity")
+                    && why.contains("push type liveactivity")
+                    && why.contains("HTTP/2 with token authentication"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let with_alert: &[u8] = br#"{"aps":{"alert":"x","event":"update","timestamp":1700000000}}"#;
+        let alert = untyped("token.example", None, with_alert).unwrap();
+        assert_eq!(alert.push.push_type, Some(PushType::Alert));
+        assert_eq!(alert.push.topic.as_deref(), Some("com.example.app"));
+        let binary_era = untyped("binary.example", None, with_alert).unwrap();
+        assert_eq!(binary_era.push.push_type, Some(PushType::Alert));
+        let suffixed = untyped(
+            "token.example",
+            Some("com.example.app.push-type.liveactivity"),
+            update,
+        )
+        .unwrap();
+        assert_eq!(suffixed.push.push_type, Some(PushType::LiveActivity));
     }
 
     /// docs/apns-protocol.md#push-types: a notification without a topic takes `apn_topic`, else the certificate's
