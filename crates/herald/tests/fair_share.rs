@@ -1,8 +1,8 @@
 //! One app whose deliveries fail does not stop the others, over real sockets: while herald holds at least half of
 //! `max_resident_notifications`, a domain that would pass its share of it (what is left once every other domain
-//! with a running queue has what it holds, or a reserve of the maximum / 2k if more) is refused with a temporary
+//! herald keeps a queue of has what it holds, or a reserve of the maximum / 2k if more) is refused with a temporary
 //! answer naming it (REST 503, ESMTP 452 4.3.1), while another domain is still accepted and delivered
-//! (docs/operations.md#fair-share). With one domain running, nothing changes: it fills the memory up to the
+//! (docs/operations.md#fair-share). With one domain known, nothing changes: it fills the memory up to the
 //! queue-full refusal, as before.
 
 mod support;
@@ -41,6 +41,11 @@ impl Herald {
     /// herald with `max_resident_notifications` = [`MAX`], [`DOWN`] and [`ALSO_DOWN`] routed to a closed port,
     /// [`UP`] to a simulator.
     async fn start() -> Herald {
+        Herald::start_with(600).await
+    }
+
+    /// [`Herald::start`] with `idle_queue_timeout` = `idle` seconds.
+    async fn start_with(idle: u64) -> Herald {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_owned();
         let pki = Pki::generate(&path.join("pki"), &[TOPIC.to_string()]).unwrap();
@@ -56,6 +61,7 @@ impl Herald {
 spool_dir = "{spool}"
 ec_logger "main" {{ mainlog = "{log}" }}
 max_resident_notifications = {MAX}
+idle_queue_timeout = {idle}
 http_listener {{ listen "127.0.0.1:0" {{ api_key = "{KEY}" }} }}
 esmtp_listener {{ listen "127.0.0.1:0" {{ mcmt_reception = allow }} }}
 domain "{DOWN}" {{
@@ -227,7 +233,7 @@ async fn an_app_whose_deliveries_fail_is_refused_past_its_share_while_the_others
     h.stop().await;
 }
 
-/// An app whose notifications are delivered as they come holds none most of the time, yet its running queue keeps
+/// An app whose notifications are delivered as they come holds none most of the time, yet its queue keeps
 /// a reserve for it (40 / 4): [`DOWN`] is refused past its share of 30 all the same, and [`UP`] is still accepted
 /// and delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,6 +267,35 @@ async fn an_app_delivered_as_it_comes_still_takes_part_in_the_share() {
         h.sim.record().len() == 2
     })
     .await;
+    h.stop().await;
+}
+
+/// An app that sends now and then keeps its reserve while its queue, idle, has retired: the engine still knows it,
+/// so [`DOWN`] is refused past its share of 30 as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_whose_idle_queue_retired_keeps_its_reserve() {
+    let h = Herald::start_with(1).await;
+    let (status, _, error) = h.push(UP, 0..1).await;
+    assert_eq!(status, 202, "{error}");
+    let stats = h.server.engine.stats(UP).expect("UP's counters");
+    wait_until(&format!("{UP}'s idle queue retired"), || {
+        stats.retired.load(std::sync::atomic::Ordering::Relaxed) > 0
+    })
+    .await;
+    assert_eq!(h.sim.record().len(), 1);
+    let mut accepted = 0;
+    let (status, _, error) = loop {
+        let answer = h.push(DOWN, accepted..accepted + 1).await;
+        if answer.0 != 202 {
+            break answer;
+        }
+        accepted += 1;
+        assert!(accepted <= MAX, "{DOWN} was never refused");
+    };
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(accepted, 30, "refused once it would pass its share");
+    let (status, _, error) = h.push(UP, 1..2).await;
+    assert_eq!(status, 202, "{UP}: {error}");
     h.stop().await;
 }
 

@@ -1464,10 +1464,10 @@ mod tests {
         assert_eq!(engine.resident_room(), 4);
     }
 
-    /// While herald is at least half full, a batch that would take a domain past its share (what the domains with a
-    /// running queue need, [`Engine::over_share`]) is refused before it is stored, naming the domain, while another
+    /// While herald is at least half full, a batch that would take a domain past its share (what the other known
+    /// domains need leaves, [`Engine::over_share`]) is refused before it is stored, naming the domain, while another
     /// domain is still taken up to the maximum; a batch of several domains is refused for the one over its share.
-    /// With one domain running, it fills the engine as before, up to the queue-full refusal.
+    /// With one domain known, it fills the engine as before, up to the queue-full refusal.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_domain_over_its_share_is_refused_while_others_are_taken() {
         let resolver = Arc::new(
@@ -1507,7 +1507,7 @@ mod tests {
             commit(intake.clone(), vec!["apps.example"]).await,
             Err(Refusal::Temporary(Unavailable::QueueFull { held: 10, .. }))
         ));
-        // Beside another domain running and holding one (it needs a reserve of 10 / 4 = 2), apps.example stops at
+        // Beside another known domain holding one (it needs a reserve of 10 / 4 = 2), apps.example stops at
         // its share of 8.
         let engine = small_engine(resolver.clone(), 10);
         engine.set_held(true);

@@ -209,14 +209,16 @@ pub trait QueueObserver: Send + Sync + 'static {
 /// Notifications that hold a memory permit, by domain (summed over the bindings it is delivered from), and in all.
 /// A notification is counted when it takes its permit for its domain ([`Engine::hand_over`]) and uncounted where the
 /// permit is given back ([`EngineShared::give_back`]): at its final outcome, when the store takes it back, when no
-/// queue takes it, and when the task that held it failed with it. Beside them, each domain's running queues: a
-/// domain whose queue runs shares the memory even while it holds nothing (its notifications are delivered as they
-/// come), until the queue retires for idleness. A domain with neither has no entry, so that the map's length is the
-/// number of domains the memory is shared among ([`Residents::sharing`]).
+/// queue takes it, and when the task that held it failed with it. Beside them, the queues the engine keeps for each
+/// domain (running, or retired for idleness and not yet forgotten): a domain the engine knows shares the memory even
+/// while it holds nothing (its notifications are delivered as they come, or it sends now and then). A domain with
+/// neither has no entry.
 #[derive(Debug, Default)]
 struct Residents {
     by_domain: HashMap<Arc<str>, Resident>,
     total: usize,
+    /// Domains with at least one queue known: those the memory is shared among.
+    sharing: usize,
 }
 
 /// One domain's entry in [`Residents`].
@@ -224,8 +226,8 @@ struct Residents {
 struct Resident {
     /// Notifications holding a permit.
     held: usize,
-    /// Queues (one per binding) whose task runs.
-    running: usize,
+    /// Queues (one per binding) the engine keeps for the domain.
+    queues: usize,
 }
 
 impl Residents {
@@ -233,13 +235,8 @@ impl Residents {
         match self.by_domain.get_mut(&**domain) {
             Some(r) => r.held += n,
             None => {
-                self.by_domain.insert(
-                    domain.clone(),
-                    Resident {
-                        held: n,
-                        running: 0,
-                    },
-                );
+                self.by_domain
+                    .insert(domain.clone(), Resident { held: n, queues: 0 });
             }
         }
         self.total += n;
@@ -253,19 +250,29 @@ impl Residents {
         let n = n.min(r.held);
         r.held -= n;
         self.total -= n;
-        if r.held == 0 && r.running == 0 {
+        if r.held == 0 && r.queues == 0 {
             self.by_domain.remove(domain);
         }
     }
 
-    /// A queue of `domain` started (`true`) or stopped running (`false`).
-    fn running(&mut self, domain: &Arc<str>, started: bool) {
-        if started {
-            self.by_domain.entry(domain.clone()).or_default().running += 1;
+    /// The engine made (`true`) or forgot (`false`) a queue of `domain`.
+    fn known(&mut self, domain: &Arc<str>, made: bool) {
+        if made {
+            let r = self.by_domain.entry(domain.clone()).or_default();
+            r.queues += 1;
+            if r.queues == 1 {
+                self.sharing += 1;
+            }
         } else if let Some(r) = self.by_domain.get_mut(&**domain) {
-            r.running = r.running.saturating_sub(1);
-            if r.held == 0 && r.running == 0 {
-                self.by_domain.remove(&**domain);
+            if r.queues == 0 {
+                return;
+            }
+            r.queues -= 1;
+            if r.queues == 0 {
+                self.sharing -= 1;
+                if r.held == 0 {
+                    self.by_domain.remove(&**domain);
+                }
             }
         }
     }
@@ -275,30 +282,51 @@ impl Residents {
         self.by_domain.get(domain).map_or(0, |r| r.held)
     }
 
-    /// The domains the memory is shared among: those with a running queue (a domain holding notifications has
-    /// one, but for the moment a notification is on its way to a queue not started yet).
-    fn sharing(&self) -> usize {
-        self.by_domain.values().filter(|r| r.running > 0).count()
-    }
-
-    /// The most `domain` may hold (its share, see [`Engine::over_share`]) were it to hold `level`: `max` less what
-    /// every other sharing domain needs at that level, the smaller of `level` and what it holds, but at least
-    /// `reserve` while its queue runs.
-    fn share_at(&self, domain: &str, level: usize, reserve: usize, max: usize) -> usize {
-        let others: usize = self
-            .by_domain
+    /// What each domain but `domain` needs: what it holds, or `reserve` if more while the engine knows a queue of it.
+    fn needs_of_others<'a>(
+        &'a self,
+        domain: &'a str,
+        reserve: usize,
+    ) -> impl Iterator<Item = (usize, usize)> + 'a {
+        self.by_domain
             .iter()
-            .filter(|(d, _)| &***d != domain)
-            .map(|(_, r)| {
-                let need = if r.running > 0 {
+            .filter(move |(d, _)| &***d != domain)
+            .map(move |(_, r)| {
+                let need = if r.queues > 0 {
                     r.held.max(reserve)
                 } else {
                     r.held
                 };
-                need.min(level)
+                (r.held, need)
             })
-            .sum();
-        max.saturating_sub(others)
+    }
+
+    /// The most `domain` may hold: the largest level L at which L and the other domains' needs, each capped at L,
+    /// come to at most `max` (max-min fairness), and at which the memory held by the others and the reserves they
+    /// do not use yet still fit beside it.
+    fn share_of(&self, domain: &str, reserve: usize, max: usize) -> usize {
+        let (mut others_held, mut unused_reserves) = (0usize, 0usize);
+        let mut needs: Vec<usize> = Vec::new();
+        for (h, need) in self.needs_of_others(domain, reserve) {
+            others_held += h;
+            unused_reserves += need - h;
+            needs.push(need);
+        }
+        let room = max.saturating_sub(others_held + unused_reserves);
+        // f(L) = L + sum(min(need, L)) grows with L: the largest L with f(L) <= max, by bisection.
+        let fits = |level: usize| {
+            level.saturating_add(needs.iter().map(|&n| n.min(level)).sum::<usize>()) <= max
+        };
+        let (mut low, mut high) = (0usize, max);
+        while low < high {
+            let mid = low + (high - low).div_ceil(2);
+            if fits(mid) {
+                low = mid;
+            } else {
+                high = mid - 1;
+            }
+        }
+        low.min(room)
     }
 }
 
@@ -311,12 +339,11 @@ pub struct OverShare {
     pub held: usize,
     /// Notifications of the domain the refused request or message carried.
     pub wanted: usize,
-    /// Its share: `max` divided by `holding`.
+    /// The most it may hold now ([`Engine::over_share`]).
     pub share: usize,
     /// `max_resident_notifications`.
     pub max: usize,
-    /// Domains the memory is shared among now, this one included: those holding notifications, or those with a
-    /// running queue if more (a queue runs until it has been idle for `idle_queue_timeout`).
+    /// Domains the memory is shared among now (the engine keeps a queue of them), this one included.
     pub holding: usize,
 }
 
@@ -525,7 +552,6 @@ impl EngineShared {
                     "the queue's task is gone; a new task starts"
                 );
                 handle.sender = None;
-                self.queue_running(&key.domain, false);
                 handle
                     .stats
                     .task_failures
@@ -608,7 +634,6 @@ impl EngineShared {
                     );
                     tokio::spawn(task.run());
                     handle.sender = Some(sender.clone());
-                    self.queue_running(&domain, true);
                     sender
                 }
             };
@@ -670,7 +695,6 @@ impl EngineShared {
             .is_some_and(|s| s.0.same_channel(&sender.0))
         {
             handle.sender = None;
-            self.queue_running(domain, false);
         }
         handle
             .stats
@@ -679,13 +703,13 @@ impl EngineShared {
             + 1
     }
 
-    /// A queue of `domain` started running (`true`) or stopped (`false`): counted for the share of memory
-    /// ([`Residents::running`]). Called under the lock of `queues`, where its sender is set or taken.
-    fn queue_running(&self, domain: &Arc<str>, started: bool) {
+    /// The engine made (`true`) or forgot (`false`) a queue of `domain`: counted for the share of memory
+    /// ([`Residents::known`]). Called under the lock of `queues`, where the queue's handle is made or forgotten.
+    fn queue_known(&self, domain: &Arc<str>, made: bool) {
         self.residents
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .running(domain, started);
+            .known(domain, made);
     }
 
     /// `n` notifications of `domain` no longer take memory (see [`EngineShared::release`]).
@@ -702,6 +726,7 @@ impl EngineShared {
     ) -> &'a mut DomainHandle {
         if !queues.contains_key(&key) {
             self.make_room(queues);
+            self.queue_known(&key.domain, true);
         }
         let handle = queues.entry(key).or_insert_with(DomainHandle::new);
         handle.last_used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -740,6 +765,9 @@ impl EngineShared {
             let kept: std::collections::HashSet<&Arc<str>> =
                 queues.keys().map(|k| &k.domain).collect();
             let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+            for (domain, _) in &forgotten {
+                self.queue_known(domain, false);
+            }
             for (domain, stats) in forgotten {
                 if kept.contains(&domain) {
                     carried
@@ -777,9 +805,7 @@ impl EngineShared {
                 return false;
             }
             if let Some(handle) = queues.get_mut(&key) {
-                if handle.sender.take().is_some() {
-                    self.queue_running(domain, false);
-                }
+                handle.sender = None;
                 handle.last_used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 handle
                     .stats
@@ -1092,17 +1118,18 @@ impl Engine {
     }
 
     /// The first of `domains` (each with the notifications of it a batch carries) that would hold more than its
-    /// share of memory with them, if the engine is under pressure. Below half of `max_resident_notifications` (M),
-    /// or while fewer than two domains have a running queue, `None`: the global limit alone applies (a deployment
-    /// serving one app fills M as before).
+    /// share of memory with them, if the engine is under pressure. While the engine with the batch would hold less
+    /// than half of `max_resident_notifications` (M), or while it knows fewer than two domains, `None`: the global
+    /// limit alone applies (a deployment serving one app fills M as before).
     ///
-    /// Under pressure the memory is shared max-min fairly among the k domains with a running queue: each needs what
-    /// it holds, and one holding little or nothing (its notifications delivered as they come) still needs a
-    /// reserve of M / 2k for its next burst. A domain would be over its share when, at the level it would reach,
-    /// it and the others' needs capped at that level come to more than M. So a domain whose deliveries keep up
-    /// (holding little) is never refused while another holds most of the memory, and one whose deliveries fail
-    /// stops where the others' needs begin: it cannot take the room the others need. One lock of a map of the
-    /// domains in use; the others are looked at only for a domain holding more than M / k.
+    /// Under pressure the memory is shared max-min fairly among the k domains the engine keeps a queue of (running,
+    /// or retired for idleness and not forgotten): each needs what it holds, and one holding little or nothing (its
+    /// notifications delivered as they come, or sent now and then) still needs a reserve of M / 2k (at least 1) for
+    /// its next ones. A domain may reach the largest level at which it and the others' needs, each capped at that
+    /// level, come to at most M, and at which what the others hold and the reserves they do not use yet still fit
+    /// beside it. So a domain whose deliveries keep up is not refused while another holds most of the memory, and
+    /// one whose deliveries fail stops where the others' needs begin. A domain at or below M / k is within its
+    /// share whatever the others need: the others are looked at only above it, on a map of the known domains.
     pub fn over_share<'a>(
         &self,
         domains: impl IntoIterator<Item = (&'a str, usize)>,
@@ -1113,19 +1140,21 @@ impl Engine {
             .residents
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let sharing = residents.sharing();
-        if sharing < 2 || residents.total.saturating_mul(2) < max {
+        let sharing = residents.sharing;
+        if sharing < 2 {
             return None;
         }
-        let reserve = max / (2 * sharing);
+        let reserve = (max / (2 * sharing)).max(1);
         domains.into_iter().find_map(|(domain, wanted)| {
+            if residents.total.saturating_add(wanted).saturating_mul(2) < max {
+                return None;
+            }
             let held = residents.held(domain);
             let level = held.saturating_add(wanted);
-            // At or below an equal share, a domain is within its share whatever the others need.
             if level <= max / sharing {
                 return None;
             }
-            let share = residents.share_at(domain, level, reserve, max);
+            let share = residents.share_of(domain, reserve, max);
             (level > share).then(|| OverShare {
                 domain: domain.to_owned(),
                 held,
@@ -2027,10 +2056,10 @@ domain "apps.example" {{
         assert_eq!(engine.resident_in("apps.example"), 0);
     }
 
-    /// Under pressure (half of the maximum held), the memory is shared max-min fairly among the domains with a
-    /// running queue, each needing what it holds or at least a reserve of M / 2k: a domain whose deliveries fail is
+    /// Under pressure (half of the maximum held), the memory is shared max-min fairly among the domains the engine
+    /// keeps a queue of, each needing what it holds or at least a reserve of M / 2k: a domain whose deliveries fail is
     /// stopped where the others' needs begin, a domain holding little is never refused, a batch counts with what
-    /// it would add; below half, or with one domain running, nothing is refused.
+    /// it would add; below half, or with one domain known, nothing is refused.
     #[test]
     fn the_memory_is_shared_fairly_under_pressure() {
         let engine = Engine::new(
@@ -2047,16 +2076,21 @@ domain "apps.example" {{
                 engine.shared.take_permit(domain);
             }
         };
-        let run = |domain: &str| engine.shared.queue_running(&Arc::from(domain), true);
-        // One domain running: all of it is its share, however full the engine.
+        let run = |domain: &str| engine.shared.queue_known(&Arc::from(domain), true);
+        // One domain known: all of it is its share, however full the engine.
         run("a.example");
         hold("a.example", 90);
         assert_eq!(engine.over_share([("a.example", 10)]), None);
         engine.shared.give_back("a.example", 60);
-        // Two running (b.example holding nothing, its notifications delivered as they come): b.example needs a
+        // Two known (b.example holding nothing, its notifications delivered as they come): b.example needs a
         // reserve of 100 / 4 = 25, so a.example may hold 75. Below half (30 held), nothing is refused.
         run("b.example");
         assert_eq!(engine.over_share([("a.example", 45)]), None);
+        // A batch that itself would bring the engine past half is looked at with what it adds.
+        assert_eq!(
+            engine.over_share([("a.example", 46)]).map(|o| o.share),
+            Some(75)
+        );
         hold("a.example", 45);
         assert_eq!(
             engine.over_share([("a.example", 0)]),
@@ -2078,20 +2112,20 @@ domain "apps.example" {{
             engine.over_share([("b.example", 1), ("a.example", 1)]),
             Some(over)
         );
-        // Twenty more domains running, idle (each needs a reserve of 100 / 44 = 2); a.example holds 40, b.example
-        // 10 (half full). b.example, holding more than an equal share (100 / 22), may still reach 30: there its
-        // level and the others' needs (a.example's 40 capped at 30, the idle ones' 40) come to 100.
+        // Twenty more domains known, idle (each needs a reserve of 100 / 44 = 2); a.example holds 40, b.example
+        // 10 (half full). b.example, holding more than an equal share (100 / 22), may still reach 20: what
+        // a.example holds and the idle ones' reserves (40 + 40) leave.
         for i in 0..20 {
             run(&format!("idle{i}.example"));
         }
         engine.shared.give_back("a.example", 35);
         hold("b.example", 10);
-        assert_eq!(engine.over_share([("b.example", 20)]), None);
+        assert_eq!(engine.over_share([("b.example", 10)]), None);
         assert_eq!(
             engine
-                .over_share([("b.example", 21)])
+                .over_share([("b.example", 11)])
                 .map(|o| (o.held, o.share, o.holding)),
-            Some((10, 29, 22))
+            Some((10, 20, 22))
         );
         // a.example may reach 50 beside b.example's 10 and the idle ones' 40.
         assert_eq!(engine.over_share([("a.example", 10)]), None);
@@ -2099,13 +2133,13 @@ domain "apps.example" {{
             engine.over_share([("a.example", 11)]).map(|o| o.share),
             Some(50)
         );
-        // Every queue stopped but a.example's: it is alone again.
+        // Every queue forgotten but a.example's: it is alone again.
         for i in 0..20 {
             engine
                 .shared
-                .queue_running(&Arc::from(format!("idle{i}.example").as_str()), false);
+                .queue_known(&Arc::from(format!("idle{i}.example").as_str()), false);
         }
-        engine.shared.queue_running(&Arc::from("b.example"), false);
+        engine.shared.queue_known(&Arc::from("b.example"), false);
         assert_eq!(engine.over_share([("a.example", 60)]), None);
     }
 
