@@ -301,32 +301,65 @@ impl Residents {
             })
     }
 
-    /// The most `domain` may hold: the largest level L at which L and the other domains' needs, each capped at L,
-    /// come to at most `max` (max-min fairness), and at which the memory held by the others and the reserves they
-    /// do not use yet still fit beside it.
-    fn share_of(&self, domain: &str, reserve: usize, max: usize) -> usize {
-        let (mut others_held, mut unused_reserves) = (0usize, 0usize);
-        let mut needs: Vec<usize> = Vec::new();
-        for (h, need) in self.needs_of_others(domain, reserve) {
-            others_held += h;
-            unused_reserves += need - h;
-            needs.push(need);
-        }
-        let room = max.saturating_sub(others_held + unused_reserves);
-        // f(L) = L + sum(min(need, L)) grows with L: the largest L with f(L) <= max, by bisection.
-        let fits = |level: usize| {
-            level.saturating_add(needs.iter().map(|&n| n.min(level)).sum::<usize>()) <= max
+    /// What the other domains hold and need (see [`Residents::needs_of_others`]), copied out so that the share is
+    /// worked out without holding the lock every notification takes.
+    fn others(&self, domain: &str, reserve: usize) -> Others {
+        let mut others = Others {
+            held: 0,
+            unused_reserves: 0,
+            needs: Vec::with_capacity(self.by_domain.len()),
         };
-        let (mut low, mut high) = (0usize, max);
-        while low < high {
-            let mid = low + (high - low).div_ceil(2);
-            if fits(mid) {
-                low = mid;
-            } else {
-                high = mid - 1;
+        for (h, need) in self.needs_of_others(domain, reserve) {
+            others.held += h;
+            others.unused_reserves += need - h;
+            others.needs.push(need);
+        }
+        others
+    }
+}
+
+/// The other domains' part in one domain's share ([`Engine::over_share`]).
+struct Others {
+    /// What they hold.
+    held: usize,
+    /// The part of their reserves they do not hold yet.
+    unused_reserves: usize,
+    /// What each needs: what it holds, or its reserve if more.
+    needs: Vec<usize>,
+}
+
+impl Others {
+    /// Whether a domain may reach `level`: with the others' needs each capped at `level` the total stays within
+    /// `max` (max-min fairness), and what the others hold and their unused reserves still fit beside it.
+    fn allow(&self, level: usize, max: usize) -> bool {
+        let capped: usize = self.needs.iter().map(|&n| n.min(level)).sum();
+        level.saturating_add(capped) <= max && level <= self.room(max)
+    }
+
+    /// What the others hold and the reserves they do not use yet leave of `max`.
+    fn room(&self, max: usize) -> usize {
+        max.saturating_sub(self.held + self.unused_reserves)
+    }
+
+    /// The most a domain may hold: the largest level [`Others::allow`] allows. With the needs in order, the largest
+    /// L with `L + sum(min(need, L)) <= max` lies between two of them, where it is (max - the needs below) / (1 + the
+    /// number at or above): the largest such L of the segments it falls in.
+    fn share(mut self, max: usize) -> usize {
+        self.needs.sort_unstable();
+        let count = self.needs.len();
+        let mut below = 0usize;
+        let mut fair = 0usize;
+        for j in 0..=count {
+            let level = max.saturating_sub(below) / (1 + count - j);
+            let lower = if j == 0 { 0 } else { self.needs[j - 1] };
+            if level >= lower && (j == count || level <= self.needs[j]) {
+                fair = fair.max(level);
+            }
+            if j < count {
+                below = below.saturating_add(self.needs[j]);
             }
         }
-        low.min(room)
+        fair.min(self.room(max))
     }
 }
 
@@ -1145,25 +1178,33 @@ impl Engine {
             return None;
         }
         let reserve = (max / (2 * sharing)).max(1);
-        domains.into_iter().find_map(|(domain, wanted)| {
+        // Under the lock only what the cheap tests need, and a copy of the others' needs for a domain above an
+        // equal share.
+        let mut looked: Vec<(&'a str, usize, usize, Others)> = Vec::new();
+        for (domain, wanted) in domains {
             if residents.total.saturating_add(wanted).saturating_mul(2) < max {
-                return None;
+                continue;
             }
             let held = residents.held(domain);
-            let level = held.saturating_add(wanted);
-            if level <= max / sharing {
-                return None;
+            if held.saturating_add(wanted) <= max / sharing {
+                continue;
             }
-            let share = residents.share_of(domain, reserve, max);
-            (level > share).then(|| OverShare {
-                domain: domain.to_owned(),
-                held,
-                wanted,
-                share,
-                max,
-                holding: sharing,
+            looked.push((domain, held, wanted, residents.others(domain, reserve)));
+        }
+        drop(residents);
+        looked
+            .into_iter()
+            .find_map(|(domain, held, wanted, others)| {
+                let level = held.saturating_add(wanted);
+                (!others.allow(level, max)).then(|| OverShare {
+                    domain: domain.to_owned(),
+                    held,
+                    wanted,
+                    share: others.share(max),
+                    max,
+                    holding: sharing,
+                })
             })
-        })
     }
 
     /// The global `message_expiration` (see [`EngineLimits::message_expiration`]).
@@ -2054,6 +2095,45 @@ domain "apps.example" {{
         );
         wait_until("the memory given back", || engine.resident_room() == 10).await;
         assert_eq!(engine.resident_in("apps.example"), 0);
+    }
+
+    /// The share worked out from the needs in order is the largest level the others allow, as a count up from 0
+    /// finds it, for many mixes of needs and held memory.
+    #[test]
+    fn the_share_is_the_largest_level_allowed() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below) as usize
+        };
+        for _ in 0..2000 {
+            let max = 1 + next(200);
+            let count = next(6);
+            let mut others = Others {
+                held: 0,
+                unused_reserves: 0,
+                needs: Vec::new(),
+            };
+            for _ in 0..count {
+                let held = next(max as u64 / 2 + 1);
+                let need = held + next(10);
+                others.held += held;
+                others.unused_reserves += need - held;
+                others.needs.push(need);
+            }
+            let counted = (0..=max).take_while(|&l| others.allow(l, max)).last();
+            let share = Others {
+                needs: others.needs.clone(),
+                ..others
+            }
+            .share(max);
+            match counted {
+                Some(l) => assert_eq!(share, l, "max {max}, needs {:?}", others.needs),
+                None => assert_eq!(share, 0, "max {max}, needs {:?}", others.needs),
+            }
+        }
     }
 
     /// Under pressure (half of the maximum held), the memory is shared max-min fairly among the domains the engine
