@@ -102,7 +102,7 @@ fn clear_previous_run(dir: &Path) -> anyhow::Result<()> {
     }
     if !is_demo_config(&paths.config) {
         anyhow::bail!(
-            "{}: holds {}, and no configuration written by herald demo ({} missing or not a demo's):              refusing to touch it; give --dir an empty directory or one an earlier demo used",
+            "{}: holds {}, and no configuration written by herald demo ({} missing or not a demo's): refusing to touch it; give --dir an empty directory or one an earlier demo used",
             dir.display(),
             left.iter()
                 .map(|p| p.display().to_string())
@@ -623,6 +623,7 @@ mod tests {
             "{err}"
         );
         assert!(err.contains(&paths.spool.display().to_string()), "{err}");
+        assert!(err.contains("not a demo's): refusing to touch it"), "{err}");
         std::fs::write(&paths.config, "spool_dir = \"/elsewhere\"\n").unwrap();
         assert!(clear_previous_run(dir.path()).is_err());
         assert_eq!(
