@@ -121,6 +121,20 @@ domain "{UP}" {{
         (status, retry, error)
     }
 
+    /// Pushes one notification at a time to `domain`, as its senders keep sending, until one is refused: how many
+    /// were accepted, and the refusal (as [`Herald::push`] gives it).
+    async fn fill_until_refused(&self, domain: &str) -> (usize, (u16, Option<String>, String)) {
+        let mut accepted = 0;
+        loop {
+            let answer = self.push(domain, accepted..accepted + 1).await;
+            if answer.0 != 202 {
+                return (accepted, answer);
+            }
+            accepted += 1;
+            assert!(accepted <= MAX, "{domain} was never refused");
+        }
+    }
+
     async fn stop(self) {
         self.server.shutdown(Duration::from_secs(2)).await;
     }
@@ -185,15 +199,7 @@ async fn an_app_whose_deliveries_fail_is_refused_past_its_share_while_the_others
     let (status, _, error) = h.push(ALSO_DOWN, 0..1).await;
     assert_eq!(status, 202, "{error}");
     // One at a time, as its senders keep sending, until refused.
-    let mut accepted = 0;
-    let (status, retry, error) = loop {
-        let answer = h.push(DOWN, accepted..accepted + 1).await;
-        if answer.0 != 202 {
-            break answer;
-        }
-        accepted += 1;
-        assert!(accepted <= MAX, "{DOWN} was never refused");
-    };
+    let (accepted, (status, retry, error)) = h.fill_until_refused(DOWN).await;
     assert_eq!((status, retry.as_deref()), (503, Some("1")), "{error}");
     assert_eq!(accepted, 30, "refused once it would pass its share");
     assert!(
@@ -249,15 +255,7 @@ async fn an_app_delivered_as_it_comes_still_takes_part_in_the_share() {
         h.server.engine.resident_in(UP) == 0
     })
     .await;
-    let mut accepted = 0;
-    let (status, _, error) = loop {
-        let answer = h.push(DOWN, accepted..accepted + 1).await;
-        if answer.0 != 202 {
-            break answer;
-        }
-        accepted += 1;
-        assert!(accepted <= MAX, "{DOWN} was never refused");
-    };
+    let (accepted, (status, _, error)) = h.fill_until_refused(DOWN).await;
     assert_eq!(status, 503, "{error}");
     assert_eq!(accepted, 30, "refused once it would pass its share");
     assert!(error.contains("shared by 2 domains"), "{error}");
@@ -283,15 +281,7 @@ async fn an_app_whose_idle_queue_retired_keeps_its_reserve() {
     })
     .await;
     assert_eq!(h.sim.record().len(), 1);
-    let mut accepted = 0;
-    let (status, _, error) = loop {
-        let answer = h.push(DOWN, accepted..accepted + 1).await;
-        if answer.0 != 202 {
-            break answer;
-        }
-        accepted += 1;
-        assert!(accepted <= MAX, "{DOWN} was never refused");
-    };
+    let (accepted, (status, _, error)) = h.fill_until_refused(DOWN).await;
     assert_eq!(status, 503, "{error}");
     assert_eq!(accepted, 30, "refused once it would pass its share");
     let (status, _, error) = h.push(UP, 1..2).await;
