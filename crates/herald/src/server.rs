@@ -352,6 +352,9 @@ impl Server {
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(crate::outcomes::book::DEFAULT_MAX_ENTRIES);
         let status_book = StatusBook::new(outcome_store.clone(), retention, max_outcomes);
+        if jetstream.is_some() {
+            status_book.follow_the_stream();
+        }
         let webhooks = Webhooks::start(outcome_store.clone(), hook_resolver(resolver.clone()));
         // outcome_retention = 0 turns status lookups off: the book is not told anything.
         let mut listeners: Vec<Arc<dyn crate::outcomes::OutcomeListener>> = vec![webhooks.clone()];

@@ -1011,6 +1011,14 @@ async fn a_domain_whose_apns_answers_503_is_handed_back_to_the_stream_and_does_n
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let slow_ids: Vec<String> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(slow_ids.len(), slow.len(), "{v}");
     // The 503 domain's notifications go back to the stream for their retry in 30 s: this node holds none of them.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -1030,6 +1038,38 @@ async fn a_domain_whose_apns_answers_503_is_handed_back_to_the_stream_and_does_n
             "503 notifications not handed back:\n{m}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Waiting in the stream for their retry, they are `queued` with the failed attempt, its reason and the next
+    // attempt's time (docs/api.md#status-of-a-notification), not unknown.
+    let answer: serde_json::Value = client
+        .post(format!("http://{}/api/v1/notifications/query", daemon.http))
+        .json(&serde_json::json!({ "ids": slow_ids }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let states = answer["notifications"].as_array().unwrap();
+    assert_eq!(states.len(), slow.len(), "{answer}");
+    for s in states {
+        assert_eq!(
+            (&s["state"], &s["domain"]),
+            (
+                &serde_json::json!("queued"),
+                &serde_json::json!("slow.example")
+            ),
+            "{s}"
+        );
+        assert!(s["attempts"].as_u64().unwrap() >= 1, "{s}");
+        assert!(
+            s["last_reason"]
+                .as_str()
+                .unwrap()
+                .contains("ServiceUnavailable"),
+            "{s}"
+        );
+        assert!(s["next_attempt_at"].as_u64().is_some(), "{s}");
     }
     // Meanwhile the other domain on the same node delivers everything.
     let fast: Vec<String> = (0..1000).map(token).collect();

@@ -131,11 +131,16 @@ async fn notification_status(server: &dyn ServerHandle, id: &str) -> Reply {
         Ok(found) => found,
         Err(e) => return Reply::err(format!("{id}: {e}\n")),
     };
-    if let Some(peers) = server.status_peers() {
-        let held = crate::outcomes::peers::ask(peers, &[id.to_owned()]).await;
-        if let Some(s) = held.get(&key) {
-            return Reply::ok(status_lines(s));
-        }
+    let held = match server.status_peers() {
+        Some(peers) => crate::outcomes::peers::ask(peers, &[id.to_owned()]).await,
+        None => Default::default(),
+    };
+    if let Found::InStream(local) = found {
+        let s = crate::outcomes::peers::settle(*local, held.get(&key));
+        return Reply::ok(status_lines(&s));
+    }
+    if let Some(s) = held.get(&key) {
+        return Reply::ok(status_lines(s));
     }
     match found {
         Found::Expired => Reply::err(format!(

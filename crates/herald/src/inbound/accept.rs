@@ -662,6 +662,7 @@ impl Intake {
                     self.binding_group(n).as_deref().unwrap_or(DEFAULT_BINDING),
                 );
                 self.engine.count_received(n);
+                self.engine.entered_stream(n);
             }
             return Ok(());
         }

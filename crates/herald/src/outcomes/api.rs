@@ -3,8 +3,9 @@
 //! the book holds no state for (unknown or expired to it) are asked of the other nodes, once per request
 //! ([`super::peers`]). An id herald does not know is a `404` whose `found` says whether it is unknown or expired
 //! (finished longer ago than `outcome_retention`). Unknown is not final: a notification accepted but held by no
-//! book yet (waiting in the JetStream stream, handed back to it for a retry, in the embedded spool while it is
-//! restored after a start) is unknown until a node queues it, and its `error` says so.
+//! book yet (in the embedded spool while it is restored after a start, in the JetStream stream where no node
+//! remembers it) is unknown until a node queues it, and its `error` says so. What a node put in the stream
+//! ([`super::in_stream`]) is `queued` until a node pulls it, unless a node that pulled it says more.
 //!
 //! An id this node's book calls expired is asked too: the book says expired for an id not stored and at or below
 //! the highest number pruned from its run, but on the JetStream spool any node stores outcomes of another node's
@@ -68,9 +69,25 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
 struct Answer {
     status: StatusCode,
     body: serde_json::Value,
-    /// The id's key when the book holds no state for it (unknown or expired here): another node may. On the
-    /// JetStream spool `expired` is no proof: the book's prune mark for a run can pass ids other nodes hold.
+    /// The id's key when the book holds no state for it (unknown or expired here), or only what it remembers
+    /// having put in the stream: another node may. On the JetStream spool `expired` is no proof: the book's prune
+    /// mark for a run can pass ids other nodes hold.
     ask: Option<OutcomeKey>,
+    /// What this node remembers having put in the stream ([`Found::InStream`]): the answer unless another node
+    /// says more ([`peers::settle`]).
+    in_stream: Option<Box<Status>>,
+}
+
+impl Answer {
+    /// The answer once the other nodes said what they know (`from_peers`).
+    fn settled(self, from_peers: &HashMap<OutcomeKey, Status>) -> (StatusCode, serde_json::Value) {
+        let peer = self.ask.and_then(|key| from_peers.get(&key));
+        match (self.in_stream, peer) {
+            (Some(local), peer) => (StatusCode::OK, status_body(&peers::settle(*local, peer))),
+            (None, Some(s)) => (StatusCode::OK, status_body(s)),
+            (None, None) => (self.status, self.body),
+        }
+    }
 }
 
 fn status_body(s: &Status) -> serde_json::Value {
@@ -82,6 +99,7 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
         status,
         body,
         ask: None,
+        in_stream: None,
     };
     let Some(key) = parse_id(id) else {
         return reply(
@@ -91,6 +109,14 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
     };
     let (found, error) = match book.lookup(&key) {
         Ok(Found::Status(s)) => return reply(StatusCode::OK, status_body(&s)),
+        Ok(Found::InStream(s)) => {
+            return Answer {
+                status: StatusCode::OK,
+                body: serde_json::Value::Null,
+                ask: Some(key),
+                in_stream: Some(s),
+            };
+        }
         Ok(Found::Expired) => (
             "expired",
             format!(
@@ -102,8 +128,8 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
             "unknown",
             format!(
                 "{id}: unknown: herald holds no state for this id now: it was never accepted, or it was accepted and \
-                 waits to be queued (in the JetStream stream, handed back to it for a retry, or in the spool while \
-                 it is restored after a start); ask again later"
+                 waits to be queued (in the spool while it is restored after a start, or in the JetStream stream \
+                 where no node remembers it); ask again later"
             ),
         ),
         Err(e) => {
@@ -134,12 +160,12 @@ async fn ask_peers(state: &StatusState, ids: &[String]) -> HashMap<OutcomeKey, S
 async fn one(State(state): State<StatusState>, Path(id): Path<String>) -> Response {
     let id = id.trim_start_matches('/');
     let local = answer(&state.book, id);
-    if let Some(key) = local.ask
-        && let Some(s) = ask_peers(&state, &[id.to_owned()]).await.get(&key)
-    {
-        return json(StatusCode::OK, status_body(s));
-    }
-    json(local.status, local.body)
+    let from_peers = match local.ask {
+        Some(_) => ask_peers(&state, &[id.to_owned()]).await,
+        None => HashMap::new(),
+    };
+    let (status, body) = local.settled(&from_peers);
+    json(status, body)
 }
 
 #[derive(Deserialize)]
@@ -182,10 +208,9 @@ async fn query(State(state): State<StatusState>, request: Request) -> Response {
     let mut found = Vec::new();
     let mut not_found = Vec::new();
     for a in answers {
-        match a.ask.and_then(|key| from_peers.get(&key)) {
-            Some(s) => found.push(status_body(s)),
-            None if a.status == StatusCode::OK => found.push(a.body),
-            None => not_found.push(a.body),
+        match a.settled(&from_peers) {
+            (StatusCode::OK, body) => found.push(body),
+            (_, body) => not_found.push(body),
         }
     }
     json(
@@ -203,6 +228,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::logs::OutcomeKind;
     use crate::outcomes::fixtures::{delivered, notification};
     use crate::outcomes::{OutcomeListener, key_of};
     use crate::queue::message::IdGenerator;
@@ -399,6 +425,113 @@ mod tests {
         assert_eq!(
             (&not_found[0]["id"], &not_found[0]["found"]),
             (&json!(pruned.id.to_string()), &json!("expired"))
+        );
+    }
+
+    /// On the JetStream spool a notification waiting in the stream is in no node's queue. The node that put it
+    /// there (accepted it, or gave it back for a retry) remembers it, so every node answers it `queued`
+    /// (docs/api.md#status-of-a-notification) instead of `404`; what a node that pulled it since says wins over that memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_notification_waiting_in_the_stream_is_queued_on_every_node() {
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let server = herald_testkit::nats::single(dir.path());
+        let url = server.url();
+        let (_spool_a, _pulled_a, book_a, peers_a) = node(&url, &dir.path().join("a")).await;
+        let (_spool_b, _pulled_b, book_b, peers_b) = node(&url, &dir.path().join("b")).await;
+        book_a.follow_the_stream();
+        book_b.follow_the_stream();
+        wait_for("the nodes to see each other", || {
+            peers_a.live_peers() == 1 && peers_b.live_peers() == 1
+        })
+        .await;
+        let base_a = serve(StatusState {
+            book: book_a.clone(),
+            peers: Some(peers_a),
+        })
+        .await;
+        let base_b = serve(StatusState {
+            book: book_b.clone(),
+            peers: Some(peers_b),
+        })
+        .await;
+        let client = reqwest::Client::new();
+        let n = notification(IdGenerator::new(0x2A).next(), "stream.example", 1);
+        let path = n.id.to_string().replace('/', "%2F");
+        let get = |base: &String| {
+            let request = client.get(format!("{base}/{path}")).send();
+            async move {
+                let r = request.await.unwrap();
+                let status = r.status().as_u16();
+                let v: serde_json::Value = r.json().await.unwrap();
+                (status, v)
+            }
+        };
+        let batch = |base: &String| {
+            let request = client
+                .post(format!("{base}/query"))
+                .json(&json!({"ids": [n.id.to_string()]}))
+                .send();
+            async move {
+                let v: serde_json::Value = request.await.unwrap().json().await.unwrap();
+                v
+            }
+        };
+
+        // Accepted by A into the stream: queued on A, and on B, which asks A.
+        book_a.entered_stream(&n);
+        for base in [&base_a, &base_b] {
+            let (status, v) = get(base).await;
+            assert_eq!(
+                (status, &v["state"], &v["attempts"]),
+                (200, &json!("queued"), &json!(0)),
+                "{v}"
+            );
+            let v = batch(base).await;
+            assert_eq!(v["notifications"][0]["state"], "queued", "{v}");
+        }
+
+        // B pulled it and sends it: A, which still remembers putting it in the stream, answers B's state.
+        book_b.queued(&n, 0);
+        book_b.in_flight(n.id);
+        let (status, v) = get(&base_a).await;
+        assert_eq!((status, &v["state"]), (200, &json!("in_flight")), "{v}");
+        assert_eq!(
+            batch(&base_a).await["notifications"][0]["state"],
+            "in_flight"
+        );
+
+        // B's attempt failed and B gave it back for a retry: A answers with B's attempts and next attempt.
+        let mut failed = delivered(&n);
+        failed.kind = OutcomeKind::Transient;
+        failed.error = "503 ServiceUnavailable";
+        book_b.outcome(&failed);
+        book_b.rescheduled(
+            n.id,
+            1,
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000),
+        );
+        book_b.left(n.id);
+        for base in [&base_a, &base_b] {
+            let (status, v) = get(base).await;
+            assert_eq!(
+                (status, &v["state"], &v["attempts"], &v["next_attempt_at"]),
+                (200, &json!("queued"), &json!(1), &json!(2_000_000_000u64)),
+                "{v}"
+            );
+            assert_eq!(v["last_reason"], "503 ServiceUnavailable", "{v}");
+        }
+
+        // A pulled it for the retry and delivered it: B, which remembers giving it back, answers A's outcome.
+        book_a.queued(&n, 1);
+        book_a.outcome(&delivered(&n));
+        let (status, v) = get(&base_b).await;
+        assert_eq!((status, &v["state"]), (200, &json!("delivered")), "{v}");
+        assert_eq!(
+            batch(&base_b).await["notifications"][0]["state"],
+            "delivered"
         );
     }
 }

@@ -10,7 +10,7 @@
 //! store ([`StatusBook::flush`]). A background task prunes what is older than the retention, or the oldest beyond
 //! `outcome_max_entries`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,10 +19,11 @@ use herald_apns::token_hex::DeviceToken;
 use herald_spool::{Lookup, OutcomeKey, OutcomeStore, SpoolError};
 use serde::{Deserialize, Serialize};
 
+use super::in_stream::{InStream, SHARD_CAPACITY};
 use super::slots::{Deal, Slots, shard_of};
 use super::{OutcomeListener, codec, key_of};
 use crate::logs::{OutcomeKind, OutcomeRecord};
-use crate::queue::message::{MessageId, Notification};
+use crate::queue::message::{MessageId, Notification, unix_now};
 
 /// Default `outcome_retention`.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -167,6 +168,10 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     Status(Box<Status>),
+    /// On the JetStream spool: this node put the notification in the stream (accepted it, or gave it back for a
+    /// retry) and no queue of its own holds it ([`super::in_stream`]). The state is `queued` as far as this node
+    /// knows; another node may have pulled it since, so a lookup asks the others too.
+    InStream(Box<Status>),
     /// Finished longer ago than the retention (or pruned beyond the bound).
     Expired,
     Unknown,
@@ -213,6 +218,10 @@ pub struct StatusBook {
     dropped: AtomicU64,
     pruned: Arc<AtomicU64>,
     retention: Duration,
+    /// By shard, the notifications this node put in the JetStream stream that no queue of its own holds
+    /// ([`super::in_stream`]); kept only once [`StatusBook::follow_the_stream`] was called.
+    in_stream: Vec<Mutex<InStream<Entry>>>,
+    on_stream: AtomicBool,
 }
 
 impl StatusBook {
@@ -232,6 +241,10 @@ impl StatusBook {
             dropped: AtomicU64::new(0),
             pruned: Arc::new(AtomicU64::new(0)),
             retention,
+            in_stream: (0..DEAL.shards)
+                .map(|_| Mutex::new(InStream::new(SHARD_CAPACITY)))
+                .collect(),
+            on_stream: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&book);
         let spawned = std::thread::Builder::new()
@@ -273,6 +286,24 @@ impl StatusBook {
         self.retention
     }
 
+    /// On the JetStream spool: from now on the book remembers the notifications this node puts in the stream
+    /// (accepted here, given back for a retry) until a queue of this node holds them ([`Found::InStream`]).
+    pub fn follow_the_stream(&self) {
+        self.on_stream.store(true, Ordering::Relaxed);
+    }
+
+    fn in_stream_shard(&self, key: &OutcomeKey) -> &Mutex<InStream<Entry>> {
+        &self.in_stream[shard_of(key, DEAL) as usize]
+    }
+
+    /// Remembers `entry` as put in the stream (see [`StatusBook::follow_the_stream`]).
+    fn put_in_stream(&self, key: OutcomeKey, entry: Entry) {
+        self.in_stream_shard(&key)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, entry, unix_now(), self.retention.as_secs());
+    }
+
     fn shard(&self, key: &OutcomeKey) -> &Mutex<Slots<Entry>> {
         &self.shards[shard_of(key, DEAL) as usize]
     }
@@ -295,11 +326,21 @@ impl StatusBook {
         {
             return Ok(Found::Status(Box::new(e.status(key)?)));
         }
-        Ok(match self.store.lookup(key)? {
-            Lookup::Found(bytes) => Found::Status(Box::new(codec::decode(&bytes)?)),
+        let stored = match self.store.lookup(key)? {
+            Lookup::Found(bytes) => return Ok(Found::Status(Box::new(codec::decode(&bytes)?))),
             Lookup::Expired => Found::Expired,
             Lookup::Unknown => Found::Unknown,
-        })
+        };
+        if self.on_stream.load(Ordering::Relaxed)
+            && let Some(e) = self
+                .in_stream_shard(key)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key, unix_now(), self.retention.as_secs())
+        {
+            return Ok(Found::InStream(Box::new(e.status(key)?)));
+        }
+        Ok(stored)
     }
 
     pub fn stats(&self) -> BookStats {
@@ -319,13 +360,24 @@ impl StatusBook {
 impl OutcomeListener for StatusBook {
     fn queued(&self, n: &Notification, retries: u32) {
         let key = key_of(n.id);
+        // Pulled from the stream by this node: the book follows it from here, with the last reason this node
+        // knew of (it gave the notification back after that failure).
+        let last_reason = if self.on_stream.load(Ordering::Relaxed) {
+            self.in_stream_shard(&key)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(&key)
+                .and_then(|e| e.last_reason)
+        } else {
+            None
+        };
         let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
         let entry = shard.get_or_insert_with(key, || Entry {
             domain: n.domain.clone(),
             token: n.push.token.clone(),
             accepted_at: n.received_at,
             attempts: retries,
-            last_reason: None,
+            last_reason,
             phase: Phase::Queued {
                 next_attempt_at: None,
             },
@@ -350,17 +402,42 @@ impl OutcomeListener for StatusBook {
         });
     }
 
-    /// Gone to another node for its retry: that node's book follows it, and this one forgets it (a lookup here
-    /// answers 404, as on any node that does not deliver it), so that entries do not pile up here.
+    /// Gone back to the stream for its retry, for whichever node pulls it then: the book forgets it, and on the
+    /// JetStream spool remembers it as put in the stream, with its attempts, last reason and next attempt, until
+    /// a queue of this node holds it again ([`Found::InStream`]).
     fn left(&self, id: MessageId) {
         let key = key_of(id);
         let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
-        if shard
+        if !shard
             .get_mut(&key)
             .is_some_and(|e| !matches!(e.phase, Phase::Final(_)))
         {
-            shard.remove(&key);
+            return;
         }
+        let entry = shard.remove(&key);
+        drop(shard);
+        if let Some(entry) = entry
+            && self.on_stream.load(Ordering::Relaxed)
+        {
+            self.put_in_stream(key, entry);
+        }
+    }
+
+    fn entered_stream(&self, n: &Notification) {
+        if !self.on_stream.load(Ordering::Relaxed) {
+            return;
+        }
+        let entry = Entry {
+            domain: n.domain.clone(),
+            token: n.push.token.clone(),
+            accepted_at: n.received_at,
+            attempts: 0,
+            last_reason: None,
+            phase: Phase::Queued {
+                next_attempt_at: None,
+            },
+        };
+        self.put_in_stream(key_of(n.id), entry);
     }
 
     fn outcome(&self, r: &OutcomeRecord<'_>) {
@@ -726,6 +803,107 @@ mod tests {
             book.lookup(&key_of(done.id)).unwrap(),
             Found::Status(_)
         ));
+    }
+
+    /// On the JetStream spool the book remembers what this node put in the stream: a notification accepted here is
+    /// `queued` (docs/api.md#status-of-a-notification) until a queue of this node takes it, and one given back for its retry keeps
+    /// its attempts, last reason and next attempt while it waits in the stream; once this node queues it again,
+    /// the book follows it as before, with its last reason.
+    #[tokio::test]
+    async fn on_the_stream_what_this_node_put_there_is_queued_until_it_is_pulled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        book.follow_the_stream();
+        let n = notification(IdGenerator::new(0).next(), "book.example", 1);
+        let key = key_of(n.id);
+        book.entered_stream(&n);
+        let Ok(Found::InStream(s)) = book.lookup(&key) else {
+            panic!("{:?}", book.lookup(&key));
+        };
+        assert_eq!(
+            (
+                s.state.as_str(),
+                s.attempts,
+                s.next_attempt_at,
+                s.domain.as_str()
+            ),
+            ("queued", 0, None, "book.example")
+        );
+        assert_eq!(s.token, n.push.token.to_hex());
+
+        // Pulled by this node: the book follows it.
+        book.queued(&n, 0);
+        book.in_flight(n.id);
+        assert!(matches!(book.lookup(&key), Ok(Found::Status(s)) if s.state == "in_flight"));
+        // A transient failure, given back to the stream for the retry in an hour.
+        let mut failed = delivered(&n);
+        failed.kind = OutcomeKind::Transient;
+        failed.error = "503 ServiceUnavailable";
+        book.outcome(&failed);
+        let due = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        book.rescheduled(n.id, 1, due);
+        book.left(n.id);
+        assert_eq!(book.stats().tracked, 0);
+        let Ok(Found::InStream(s)) = book.lookup(&key) else {
+            panic!("{:?}", book.lookup(&key));
+        };
+        assert_eq!(
+            (s.state.as_str(), s.attempts, s.next_attempt_at),
+            ("queued", 1, Some(2_000_000_000))
+        );
+        assert_eq!(s.last_reason.as_deref(), Some("503 ServiceUnavailable"));
+
+        // Pulled again for the retry: followed by the book, with the reason of the last failure.
+        book.queued(&n, 1);
+        let Ok(Found::Status(s)) = book.lookup(&key) else {
+            panic!("{:?}", book.lookup(&key));
+        };
+        assert_eq!((s.state.as_str(), s.attempts), ("queued", 1));
+        assert_eq!(s.last_reason.as_deref(), Some("503 ServiceUnavailable"));
+        book.outcome(&delivered(&n));
+        assert!(matches!(book.lookup(&key), Ok(Found::Status(s)) if s.state == "delivered"));
+    }
+
+    /// What the book remembers of the stream is bounded by `outcome_retention`: an entry older than it is not
+    /// answered (by then the outcome of the node that delivered it is pruned too).
+    #[tokio::test]
+    async fn what_was_put_in_the_stream_is_not_answered_after_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        book.follow_the_stream();
+        let n = notification(IdGenerator::new(0).next(), "book.example", 1);
+        let key = key_of(n.id);
+        // Put in the stream two hours ago (as the shard's clock says).
+        let entry = Entry {
+            domain: n.domain.clone(),
+            token: n.push.token.clone(),
+            accepted_at: n.received_at,
+            attempts: 0,
+            last_reason: None,
+            phase: Phase::Queued {
+                next_attempt_at: None,
+            },
+        };
+        book.in_stream_shard(&key)
+            .lock()
+            .unwrap()
+            .put(key, entry, unix_now() - 7200, u64::MAX);
+        assert_eq!(book.lookup(&key).unwrap(), Found::Unknown);
+    }
+
+    /// On the embedded spool (the book does not follow a stream) nothing is remembered of notifications that were
+    /// never queued here, and one that left is forgotten.
+    #[tokio::test]
+    async fn without_a_stream_nothing_is_remembered_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let ids = IdGenerator::new(0);
+        let accepted = notification(ids.next(), "book.example", 1);
+        book.entered_stream(&accepted);
+        assert_eq!(book.lookup(&key_of(accepted.id)).unwrap(), Found::Unknown);
     }
 
     #[test]

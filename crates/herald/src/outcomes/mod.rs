@@ -13,6 +13,7 @@
 pub mod api;
 pub mod book;
 pub mod codec;
+pub mod in_stream;
 pub mod peers;
 pub mod slots;
 pub mod webhook;
@@ -42,6 +43,9 @@ pub trait OutcomeListener: Send + Sync + 'static {
     /// After a transient failure: the notification went back to the shared store for its retry (the JetStream
     /// spool), to be delivered by whichever node pulls it; this node hears nothing more of it.
     fn left(&self, _id: MessageId) {}
+    /// The notification was accepted into the shared store (the JetStream spool) and waits there for whichever
+    /// node pulls it; no queue of this node holds it.
+    fn entered_stream(&self, _notification: &Notification) {}
 }
 
 /// A writer of outcome records (the status book's final outcomes, webhook events) that a crash must not lose:
@@ -214,6 +218,9 @@ impl OutcomeListener for Fanout {
     }
     fn left(&self, id: MessageId) {
         self.0.iter().for_each(|l| l.left(id));
+    }
+    fn entered_stream(&self, n: &Notification) {
+        self.0.iter().for_each(|l| l.entered_stream(n));
     }
 }
 

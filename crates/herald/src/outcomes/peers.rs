@@ -53,8 +53,9 @@ pub fn answer(book: &StatusBook, question: &[u8], limit: usize) -> Vec<u8> {
     let mut out = b"{\"found\":[".to_vec();
     let mut first = true;
     for key in ids.iter().take(MAX_BATCH).filter_map(|id| parse_id(id)) {
-        let Ok(Found::Status(status)) = book.lookup(&key) else {
-            continue;
+        let status = match book.lookup(&key) {
+            Ok(Found::Status(status) | Found::InStream(status)) => status,
+            _ => continue,
         };
         let Ok(json) = serde_json::to_vec(&*status) else {
             continue;
@@ -115,20 +116,32 @@ fn gather(answers: &[Vec<u8>], asked: &HashSet<OutcomeKey>) -> HashMap<OutcomeKe
 /// gave it to a second node while the first still worked on it); between equal states, the one with more attempts,
 /// else the first.
 pub fn merge(found: &mut HashMap<OutcomeKey, Status>, key: OutcomeKey, status: Status) {
-    let rank = |s: &Status| {
-        let state = match s.state.as_str() {
-            "delivered" => 3,
-            "failed" => 2,
-            "in_flight" => 1,
-            _ => 0,
-        };
-        (state, s.attempts)
-    };
     match found.get(&key) {
         Some(kept) if rank(kept) >= rank(&status) => {}
         _ => {
             found.insert(key, status);
         }
+    }
+}
+
+/// How much a state says, for [`merge`] and [`settle`].
+fn rank(s: &Status) -> (u8, u32) {
+    let state = match s.state.as_str() {
+        "delivered" => 3,
+        "failed" => 2,
+        "in_flight" => 1,
+        _ => 0,
+    };
+    (state, s.attempts)
+}
+
+/// The answer for a notification this node put in the stream (`local`, what it remembers: [`Found::InStream`])
+/// once the other nodes answered (`peer`): theirs unless this node's says more (more attempts than a node that
+/// pulled it before this node gave it back).
+pub fn settle(local: Status, peer: Option<&Status>) -> Status {
+    match peer {
+        Some(p) if rank(p) >= rank(&local) => p.clone(),
+        _ => local,
     }
 }
 

@@ -648,6 +648,14 @@ impl DomainTask {
             return false;
         }
         self.owned.remove(item.notification.id);
+        // What the status book remembers of it until a node pulls it again: its attempts and when it is due.
+        if let Some(l) = self.shared.listener() {
+            l.rescheduled(
+                item.notification.id,
+                item.retries,
+                std::time::SystemTime::now() + delay,
+            );
+        }
         self.shared.left(item.notification.id);
         true
     }

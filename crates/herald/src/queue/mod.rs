@@ -1074,6 +1074,14 @@ impl Engine {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Tells the outcome listener that `notification` was accepted into a spool other nodes deliver from (the
+    /// JetStream spool): it waits there for whichever node pulls it.
+    pub fn entered_stream(&self, notification: &Notification) {
+        if let Some(l) = self.shared.listener.get() {
+            l.entered_stream(notification);
+        }
+    }
+
     /// Queues a notification recovered from the spool with its retry count and next attempt time. It does not
     /// count as received again (the start that accepted it, or the node that did, counted it).
     pub async fn restore(
