@@ -19,7 +19,7 @@ use herald_apns::token_hex::DeviceToken;
 use herald_spool::{Lookup, OutcomeKey, OutcomeStore, SpoolError};
 use serde::{Deserialize, Serialize};
 
-use super::in_stream::{InStream, SHARD_CAPACITY};
+use super::in_stream::{GRACE, InStream};
 use super::slots::{Deal, Slots, shard_of};
 use super::{OutcomeListener, codec, key_of};
 use crate::logs::{OutcomeKind, OutcomeRecord};
@@ -242,7 +242,7 @@ impl StatusBook {
             pruned: Arc::new(AtomicU64::new(0)),
             retention,
             in_stream: (0..DEAL.shards)
-                .map(|_| Mutex::new(InStream::new(SHARD_CAPACITY)))
+                .map(|_| Mutex::new(InStream::new(DEAL.shards as usize)))
                 .collect(),
             on_stream: AtomicBool::new(false),
         });
@@ -296,12 +296,12 @@ impl StatusBook {
         &self.in_stream[shard_of(key, DEAL) as usize]
     }
 
-    /// Remembers `entry` as put in the stream (see [`StatusBook::follow_the_stream`]).
-    fn put_in_stream(&self, key: OutcomeKey, entry: Entry) {
-        self.in_stream_shard(&key)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(key, entry, unix_now(), self.retention.as_secs());
+    /// When what is remembered of a notification due to be pulled at `due` (Unix seconds) stops being answered:
+    /// [`GRACE`] after that, and never later than `outcome_retention` from `now`.
+    fn in_stream_until(&self, now: u64, due: u64) -> u64 {
+        due.max(now)
+            .saturating_add(GRACE.as_secs())
+            .min(now.saturating_add(self.retention.as_secs()))
     }
 
     fn shard(&self, key: &OutcomeKey) -> &Mutex<Slots<Entry>> {
@@ -336,7 +336,7 @@ impl StatusBook {
                 .in_stream_shard(key)
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(key, unix_now(), self.retention.as_secs())
+                .get(key, unix_now())
         {
             return Ok(Found::InStream(Box::new(e.status(key)?)));
         }
@@ -416,15 +416,37 @@ impl OutcomeListener for StatusBook {
         }
         let entry = shard.remove(&key);
         drop(shard);
-        if let Some(entry) = entry
+        if let Some(mut entry) = entry
             && self.on_stream.load(Ordering::Relaxed)
         {
-            self.put_in_stream(key, entry);
+            // Whatever it was here (in flight when a failed task gave it up), it now waits in the stream.
+            let next_attempt_at = match entry.phase {
+                Phase::Queued { next_attempt_at } => next_attempt_at,
+                _ => None,
+            };
+            entry.phase = Phase::Queued { next_attempt_at };
+            let now = unix_now();
+            let until = self.in_stream_until(now, next_attempt_at.unwrap_or(now));
+            self.in_stream_shard(&key)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .handed_back(key, entry, now, until);
         }
     }
 
     fn entered_stream(&self, n: &Notification) {
         if !self.on_stream.load(Ordering::Relaxed) {
+            return;
+        }
+        let key = key_of(n.id);
+        // Recorded once the stream acknowledged it: this node may have pulled it already, and then follows it.
+        if self
+            .shard(&key)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .is_some()
+        {
             return;
         }
         let entry = Entry {
@@ -437,7 +459,12 @@ impl OutcomeListener for StatusBook {
                 next_attempt_at: None,
             },
         };
-        self.put_in_stream(key_of(n.id), entry);
+        let now = unix_now();
+        let until = self.in_stream_until(now, now);
+        self.in_stream_shard(&key)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accepted(key, entry, now, until);
     }
 
     fn outcome(&self, r: &OutcomeRecord<'_>) {
@@ -865,10 +892,10 @@ mod tests {
         assert!(matches!(book.lookup(&key), Ok(Found::Status(s)) if s.state == "delivered"));
     }
 
-    /// What the book remembers of the stream is bounded by `outcome_retention`: an entry older than it is not
-    /// answered (by then the outcome of the node that delivered it is pruned too).
+    /// What the book remembers of the stream is answered for a while only ([`GRACE`] after it was due to be
+    /// pulled, `outcome_retention` at most): an acceptance two hours old is not.
     #[tokio::test]
-    async fn what_was_put_in_the_stream_is_not_answered_after_the_retention() {
+    async fn what_was_put_in_the_stream_is_not_answered_after_its_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
         let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
@@ -886,11 +913,31 @@ mod tests {
                 next_attempt_at: None,
             },
         };
+        let two_hours_ago = unix_now() - 7200;
+        let until = book.in_stream_until(two_hours_ago, two_hours_ago);
         book.in_stream_shard(&key)
             .lock()
             .unwrap()
-            .put(key, entry, unix_now() - 7200, u64::MAX);
+            .accepted(key, entry, two_hours_ago, until);
         assert_eq!(book.lookup(&key).unwrap(), Found::Unknown);
+    }
+
+    /// A notification a failed queue task gave up while it was in flight goes back to the stream: it is
+    /// remembered `queued`, not `in_flight` (which would outrank what the node that pulls it next says).
+    #[tokio::test]
+    async fn a_notification_given_up_in_flight_is_remembered_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        book.follow_the_stream();
+        let n = notification(IdGenerator::new(0).next(), "book.example", 1);
+        book.queued(&n, 0);
+        book.in_flight(n.id);
+        book.left(n.id);
+        let Ok(Found::InStream(s)) = book.lookup(&key_of(n.id)) else {
+            panic!("{:?}", book.lookup(&key_of(n.id)));
+        };
+        assert_eq!((s.state.as_str(), s.next_attempt_at), ("queued", None));
     }
 
     /// On the embedded spool (the book does not follow a stream) nothing is remembered of notifications that were

@@ -32,7 +32,12 @@ struct Question {
 
 #[derive(Serialize, Deserialize)]
 struct Answer {
+    /// The states the answering node's book holds.
     found: Vec<Status>,
+    /// What the answering node remembers having put in the stream ([`Found::InStream`]): provisional, below a state
+    /// of `found` that says as much (a node of an older herald sends none).
+    #[serde(default)]
+    in_stream: Vec<Status>,
 }
 
 /// Answers the other nodes' status questions from `book`, for as long as the returned handle lives (it asks them
@@ -50,26 +55,31 @@ pub fn answer(book: &StatusBook, question: &[u8], limit: usize) -> Vec<u8> {
     let ids = serde_json::from_slice::<Question>(question)
         .map(|q| q.ids)
         .unwrap_or_default();
-    let mut out = b"{\"found\":[".to_vec();
-    let mut first = true;
+    let mut found = Vec::new();
+    let mut in_stream = Vec::new();
+    // The closing of both lists, and the second list's name.
+    let mut size = "{\"found\":[],\"in_stream\":[]}".len();
     for key in ids.iter().take(MAX_BATCH).filter_map(|id| parse_id(id)) {
-        let status = match book.lookup(&key) {
-            Ok(Found::Status(status) | Found::InStream(status)) => status,
+        let (list, status) = match book.lookup(&key) {
+            Ok(Found::Status(status)) => (&mut found, status),
+            Ok(Found::InStream(status)) => (&mut in_stream, status),
             _ => continue,
         };
         let Ok(json) = serde_json::to_vec(&*status) else {
             continue;
         };
-        if out.len() + json.len() + 3 > limit {
+        if size + json.len() + 1 > limit {
             tracing::debug!("a status answer reached {limit} bytes; the rest is left out");
             break;
         }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.extend_from_slice(&json);
+        size += json.len() + 1;
+        list.push(json);
     }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(b"{\"found\":[");
+    out.extend_from_slice(&found.join(&b','));
+    out.extend_from_slice(b"],\"in_stream\":[");
+    out.extend_from_slice(&in_stream.join(&b','));
     out.extend_from_slice(b"]}");
     out
 }
@@ -98,14 +108,29 @@ pub async fn ask(peers: &PeerLookup, ids: &[String]) -> HashMap<OutcomeKey, Stat
 /// an id not asked, are left out.
 fn gather(answers: &[Vec<u8>], asked: &HashSet<OutcomeKey>) -> HashMap<OutcomeKey, Status> {
     let mut found = HashMap::new();
+    let mut in_stream = HashMap::new();
     for answer in answers {
         let Ok(answer) = serde_json::from_slice::<Answer>(answer) else {
             continue;
         };
-        for status in answer.found {
-            if let Some(key) = parse_id(&status.id).filter(|k| asked.contains(k)) {
-                merge(&mut found, key, status);
+        for (list, into) in [
+            (answer.found, &mut found),
+            (answer.in_stream, &mut in_stream),
+        ] {
+            for status in list {
+                if let Some(key) = parse_id(&status.id).filter(|k| asked.contains(k)) {
+                    merge(into, key, status);
+                }
             }
+        }
+    }
+    // What a node remembers of the stream counts only where it says more than what the books hold.
+    for (key, status) in in_stream {
+        if found
+            .get(&key)
+            .is_none_or(|kept| rank(&status) > rank(kept))
+        {
+            found.insert(key, status);
         }
     }
     found
@@ -211,17 +236,47 @@ mod tests {
         let answers = vec![
             serde_json::to_vec(&Answer {
                 found: vec![status(ID, "queued", 1), status(other, "delivered", 0)],
+                in_stream: vec![],
             })
             .unwrap(),
             b"not json".to_vec(),
-            serde_json::to_vec(&Answer {
-                found: vec![status(ID, "delivered", 1)],
-            })
-            .unwrap(),
+            // A node of an older herald: no `in_stream`.
+            br#"{"found":[{"id":"01/2A-12345-0000002A","state":"delivered","domain":"d.example","token":"ab","accepted_at":1,"attempts":1}]}"#.to_vec(),
         ];
         let found = gather(&answers, &asked);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[&parse_id(ID).unwrap()].state, "delivered");
+    }
+
+    /// What a node remembers having put in the stream is provisional: a state a book holds wins over it unless it
+    /// says more (a retry given back after that node's attempt), in any order of the answers.
+    #[test]
+    fn a_book_state_wins_over_what_a_node_remembers_of_the_stream_unless_it_says_more() {
+        let asked: HashSet<OutcomeKey> = [parse_id(ID).unwrap()].into();
+        let answer = |found: Vec<Status>, in_stream: Vec<Status>| {
+            serde_json::to_vec(&Answer { found, in_stream }).unwrap()
+        };
+        let mut remembered = status(ID, "queued", 1);
+        remembered.next_attempt_at = Some(1);
+        for (book, expected) in [
+            (status(ID, "queued", 1), None),
+            (status(ID, "in_flight", 1), None),
+            (status(ID, "queued", 0), Some(1)),
+        ] {
+            let answers = [
+                answer(vec![], vec![remembered.clone()]),
+                answer(vec![book.clone()], vec![]),
+            ];
+            for order in [answers.to_vec(), answers.iter().rev().cloned().collect()] {
+                let found = gather(&order, &asked);
+                let s = &found[&parse_id(ID).unwrap()];
+                assert_eq!(
+                    (s.state.as_str(), s.next_attempt_at),
+                    (book.state.as_str(), expected).clone(),
+                    "{book:?}"
+                );
+            }
+        }
     }
 
     /// A node answers with what its own book holds: not the ids it does not know, nor text that is no id.
