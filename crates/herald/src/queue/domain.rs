@@ -864,12 +864,8 @@ impl DomainTask {
                     );
                 }
                 self.unroutable = Some(reason);
-                // What the pool had not put on a connection yet comes back to wait here.
-                for job in self.pool.take_waiting() {
-                    self.outstanding.remove(&job.tag);
-                    self.tell_queued_again(&job.tag);
-                    self.active.push_front(job.tag);
-                }
+                // What the pool had not put on a connection yet comes back to wait here, in its order.
+                self.take_back_waiting();
             }
             DomainEvent::Reconfigure { settings, epoch } => {
                 self.epoch = epoch;
@@ -884,17 +880,14 @@ impl DomainTask {
                     self.pool.reconfigure(settings.clone());
                     self.settings = settings;
                 } else {
+                    // What the old pool's connections had not taken yet goes to the new one, in its order.
+                    self.take_back_waiting();
                     self.generation += 1;
                     let sink = Arc::new(self.sender.clone());
-                    let mut old = std::mem::replace(
+                    let old = std::mem::replace(
                         &mut self.pool,
                         Pool::new(settings.clone(), self.generation, sink.clone(), sink),
                     );
-                    // What the old pool's connections had not taken yet goes to the new one.
-                    for job in old.take_waiting() {
-                        self.outstanding.remove(&job.tag);
-                        self.active.push_front(job.tag);
-                    }
                     old.close();
                     // Kept until its connections have finished what they carry, so that they are counted.
                     self.retired.push(old);
@@ -1905,6 +1898,70 @@ mod tests {
         assert_eq!(engine.resident_room(), 9);
         let unknown = message(&mut task, 8, MessageAction::Details);
         assert_eq!(unknown.await.ok().flatten(), None);
+    }
+
+    /// A reload that leaves the queue without a route, or changes its route (a new pool), takes back what the pool
+    /// had not put on a connection yet in the order it was handed over (older first: of two notifications with the
+    /// same collapse id, the newer must arrive last), and their status says `queued` again.
+    #[tokio::test]
+    async fn a_reload_takes_back_what_the_pool_holds_in_its_order() {
+        struct Told(std::sync::Mutex<Vec<MessageId>>);
+        impl OutcomeListener for Told {
+            fn outcome(&self, _: &OutcomeRecord<'_>) {}
+            fn queued(&self, n: &crate::queue::message::Notification, _: u32) {
+                self.0.lock().unwrap().push(n.id);
+            }
+        }
+        let engine = engine(10);
+        let told = Arc::new(Told(std::sync::Mutex::new(Vec::new())));
+        engine.set_outcome_listener(told.clone());
+        let (mut task, _sender) = task_of(&engine);
+        let ids: Vec<MessageId> = (1..=3)
+            .map(|n| MessageId::from_parts(1, 1_800_000_000_000, n))
+            .collect();
+        let active = |task: &DomainTask| {
+            task.active
+                .iter()
+                .map(|q| q.notification.id)
+                .collect::<Vec<_>>()
+        };
+        for n in 1..=3u8 {
+            task.handle(DomainEvent::Enqueue(queued(&engine, n, n.into())));
+        }
+        let first_route = task.settings.clone();
+        for (what, event) in [
+            (
+                "unroutable",
+                DomainEvent::Unroutable {
+                    reason: "no route".into(),
+                    epoch: 1,
+                },
+            ),
+            (
+                "another route",
+                DomainEvent::Reconfigure {
+                    settings: Arc::new(DeliverySettings::for_tests("apps.example", 9)),
+                    epoch: 3,
+                },
+            ),
+        ] {
+            if what == "another route" {
+                // Routable again first, on the route it had.
+                task.handle(DomainEvent::Reconfigure {
+                    settings: first_route.clone(),
+                    epoch: 2,
+                });
+            }
+            task.dispatch();
+            assert_eq!(task.pool.waiting(), 3, "{what}");
+            told.0.lock().unwrap().clear();
+            task.handle(event);
+            assert_eq!(active(&task), ids, "{what}");
+            assert_eq!(task.outstanding.count, 0, "{what}");
+            let mut told = std::mem::take(&mut *told.0.lock().unwrap());
+            told.sort();
+            assert_eq!(told, ids, "{what}");
+        }
     }
 
     #[test]
