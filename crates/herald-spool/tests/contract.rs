@@ -57,7 +57,7 @@ struct Js {
 impl Backend for Js {
     async fn open(&mut self) -> Arc<dyn Spool> {
         let mut o = JetStreamOptions::new(vec![self.url.clone()], &self.stream);
-        o.ack_wait = Duration::from_secs(2);
+        o.ack_wait = Duration::from_secs(5);
         JetStreamSpool::connect(o).await.unwrap()
     }
     async fn pending(
@@ -69,7 +69,7 @@ impl Backend for Js {
         spool.close().await.unwrap();
         drop(spool);
         let mut o = JetStreamOptions::new(vec![self.url.clone()], &self.stream);
-        o.ack_wait = Duration::from_secs(2);
+        o.ack_wait = Duration::from_secs(5);
         let js = JetStreamSpool::connect(o).await.unwrap();
         let mut rx = js.take_deliveries().unwrap();
         let mut found = Vec::new();

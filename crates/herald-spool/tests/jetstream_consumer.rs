@@ -191,7 +191,9 @@ async fn a_node_at_its_bound_reads_everything_it_was_delivered() {
     let mut options = JetStreamOptions::new(vec![server.url()], "bound");
     options.max_held = max_held as usize;
     options.max_parked = 0;
-    options.ack_wait = Duration::from_secs(2);
+    // Long enough that a loaded machine's stalls do not outlast the in-progress acks (every third of it), short
+    // enough that a notification left unread comes back within the 20 s waits below.
+    options.ack_wait = Duration::from_secs(5);
     let (spool, mut rx) = start(options).await.unwrap();
     let count = 200u64;
     let batch: Vec<_> = (1..=count)

@@ -1,6 +1,8 @@
 //! `herald check` diagnoses the credentials a configuration names (TN2265's checklist): certificate and key, topic,
 //! environment against the route, PKCS#12 password, `.p8` key, retired gateway, and with `--connect` the route.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -66,12 +68,9 @@ async fn good_credentials_pass_and_the_route_answers_with_connect() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("error"), "{err}");
 
-    // A route nobody answers is reported with --connect only.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A route nobody answers is reported with --connect only (a port outside the ephemeral range, which no
+    // connection takes meanwhile).
+    let closed = support::free_port();
     let config = write(
         dir.path(),
         &body.replace(
@@ -257,11 +256,8 @@ async fn connect_checks_every_binding_that_changes_the_route_or_the_source() {
     let two: std::net::IpAddr = "127.0.0.2".parse().unwrap();
     assert_eq!(by_source.get(&two).copied(), Some(1), "{by_source:?}");
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens there (outside the ephemeral range, so no connection takes it meanwhile).
+    let closed = support::free_port();
     let body = format!(
         "{body}binding \"elsewhere\" {{ domain \"cert.example\" {{ routes = ( \"https://127.0.0.1:{closed}\" ) }} }}\n"
     );

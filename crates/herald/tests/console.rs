@@ -891,8 +891,10 @@ async fn a_connection_that_does_not_log_in_within_timeout_is_closed_however_busy
     let addr = server.addrs().await.control[0].clone();
     let every = Duration::from_millis(500);
 
-    // Never logged in, never idle: closed with a word, within a few seconds. Answers are read as they come, and
-    // commands go out between the half seconds the deadline falls on, so none is written into a closed socket.
+    // Never logged in, never idle: closed with a word, within a few seconds. Answers are read as they come (first,
+    // before the next command), and commands go out between the half seconds the deadline falls on. A loaded
+    // machine may still write one after the server closed the connection: its failure is no concern, the answers
+    // read tell how the connection ended.
     let connected = Instant::now();
     let (r, mut w) = tokio::net::TcpStream::connect(&addr)
         .await
@@ -910,15 +912,19 @@ async fn a_connection_that_does_not_log_in_within_timeout_is_closed_however_busy
         }
     });
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every / 2, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut refused = 0;
     let last = loop {
         let left = Duration::from_secs(10).saturating_sub(connected.elapsed());
         tokio::select! {
-            _ = tick.tick() => w.write_all(b"version\n").await.unwrap(),
+            biased;
             a = answered.recv() => match a.unwrap() {
                 Some((false, text)) if text.starts_with("Authentication required") => refused += 1,
                 other => break other,
             },
+            _ = tick.tick() => {
+                let _ = w.write_all(b"version\n").await;
+            }
             () = tokio::time::sleep(left) => panic!("still open after {:?}, {refused} commands refused", connected.elapsed()),
         }
     };

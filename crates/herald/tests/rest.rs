@@ -2058,12 +2058,22 @@ async fn refusals_at_connect_beyond_the_cap_are_closed_at_once() {
         s.acl.deny = vec!["127.0.0.1/32".parse::<Cidr>().unwrap()];
     })
     .await;
-    // Each sends half a request head and waits: its refusal waits for the rest (up to a second).
+    // Each sends half a request head and waits: its refusal waits for the rest (up to a second). They connect all
+    // at once rather than one after the other, so that the next one comes while they all still hold their
+    // refusal, however slow the machine.
+    let addr = h.addr;
+    let connecting: Vec<_> = (0..rest::server::MAX_REFUSALS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+                s
+            })
+        })
+        .collect();
     let mut slow = Vec::new();
-    for _ in 0..rest::server::MAX_REFUSALS {
-        let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
-        slow.push(s);
+    for c in connecting {
+        slow.push(c.await.unwrap());
     }
     let mut beyond = tokio::net::TcpStream::connect(h.addr).await.unwrap();
     let mut got = Vec::new();

@@ -1418,11 +1418,12 @@ async fn command_sequence_and_unsupported_commands() {
 }
 
 // The listen stanza's `timeout`: a silent client is told 421 4.4.2 and disconnected. The test reads until the reply
-// arrives (within WAIT).
+// arrives (within WAIT). The timeout is 2 s, so that a loaded machine's pause between MAIL, RCPT and DATA does not
+// end the session before DATA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_client_gets_421() {
     let h = Harness::start(|_| {
-        "esmtp_listener { timeout = 300 listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" timeout = 1 } }".into()
+        "esmtp_listener { timeout = 300 listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" timeout = 2 } }".into()
     })
     .await;
     let mut c = h.greeted().await;
@@ -1430,7 +1431,7 @@ async fn idle_client_gets_421() {
         c.reply().await,
         (
             421,
-            "4.4.2 herald closing: no data from the client for 1s (idle timeout)".into()
+            "4.4.2 herald closing: no data from the client for 2s (idle timeout)".into()
         )
     );
     c.assert_closed().await;
@@ -1447,7 +1448,7 @@ async fn idle_client_gets_421() {
         c.reply().await,
         (
             421,
-            "4.4.2 herald closing: no data from the client for 1s (idle timeout)".into()
+            "4.4.2 herald closing: no data from the client for 2s (idle timeout)".into()
         )
     );
     c.assert_closed().await;

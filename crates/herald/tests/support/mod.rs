@@ -66,7 +66,9 @@ pub fn cert_auth_options(pki: &Pki, port: u16, topic: &str) -> String {
 }
 
 /// Settings for a test domain: default binding, 30 s idle timeout, 5 s answer and connect timeouts, retries after
-/// 20–100 ms without limit, and 2 connections; tests change what they exercise.
+/// 20–100 ms without limit, 2 connections, and a message expiration and APNs expiration of 48 hours (past any retry
+/// a test schedules: a retry that would come at or after the APNs expiration fails at once); tests change what they
+/// exercise.
 pub fn test_settings(
     domain: &str,
     topic: &str,
@@ -96,10 +98,10 @@ pub fn test_settings(
             retry_interval: Duration::from_millis(20),
             max_retry_interval: Duration::from_millis(100),
             max_retries: MaxRetries::Unlimited,
-            message_expiration: Duration::from_secs(3600),
+            message_expiration: Duration::from_secs(48 * 3600),
             never_attempt_expired: false,
         },
-        apn_expiry: Duration::from_secs(3600),
+        apn_expiry: Duration::from_secs(48 * 3600),
         max_window: 10_000,
     }
 }
