@@ -1505,9 +1505,12 @@ async fn pull_loop(
                 Ok(None) => break,
                 Err(_) => {
                     let Some(s) = spool.upgrade() else {
+                        give_back_rest(None, &mut messages).await;
                         return;
                     };
                     if s.closed.load(Ordering::Relaxed) {
+                        drop(s);
+                        give_back_rest(None, &mut messages).await;
                         return;
                     }
                     if s.client.statistics().connects.load(Ordering::Relaxed) != connects {
@@ -1517,9 +1520,12 @@ async fn pull_loop(
                 }
             };
             let Some(spool) = spool.upgrade() else {
+                give_back_rest(next.ok(), &mut messages).await;
                 return;
             };
             if spool.closed.load(Ordering::Relaxed) {
+                drop(spool);
+                give_back_rest(next.ok(), &mut messages).await;
                 return;
             }
             let message = match next {
@@ -1602,6 +1608,7 @@ async fn pull_loop(
                 Arrival::New => {
                     drop(spool);
                     if tx.send(stored).await.is_err() {
+                        give_back_rest(None, &mut messages).await;
                         return;
                     }
                 }
@@ -1628,6 +1635,24 @@ async fn pull_loop(
             failures += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// How long a stopping node waits for the rest of a pull's messages to give them back.
+const GIVE_BACK_WAIT: Duration = Duration::from_millis(250);
+
+/// The node stops with a pull under way: `in_hand` and the messages of the pull still coming go back to the stream
+/// at once (a nak), rather than after the consumer's ack wait, for another node (or this one's next start). Those
+/// that come later than [`GIVE_BACK_WAIT`] after the previous one are left to the ack wait.
+async fn give_back_rest<S, E>(in_hand: Option<jetstream::Message>, messages: &mut S)
+where
+    S: futures_util::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+{
+    if let Some(m) = in_hand {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(GIVE_BACK_WAIT, messages.next()).await {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
     }
 }
 
