@@ -2119,6 +2119,66 @@ mod tests {
             .unwrap();
     }
 
+    /// A GOAWAY that leaves a stream open (its last stream id covers it): the connection takes no more work at once
+    /// (the pool counts it as draining and opens another), opens no stream above it, and carries the open one to its
+    /// end (here the server never answers it: its response timeout), docs/apns-protocol.md#http2-connection. (h2
+    /// refuses new streams once the GOAWAY is in; the connection hears it at its next turn, a tick at most.)
+    #[tokio::test]
+    async fn after_a_goaway_no_new_stream_opens_while_the_covered_ones_finish() {
+        let opened = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = opened.clone();
+        let conn = scripted_conn(
+            &[],
+            |addr| test_opts(addr, Duration::from_secs(3), Duration::from_secs(30)),
+            vec![job(1)],
+            move |kind, _, stream, _| match kind {
+                HEADERS => {
+                    seen.lock().unwrap().push(stream);
+                    // Stream 1 stays open: the server is going away.
+                    if stream == 1 {
+                        goaway(1, NO_ERROR)
+                    } else {
+                        Vec::new()
+                    }
+                }
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !conn.state.is_draining() {
+            assert!(
+                Instant::now() < deadline,
+                "a GOAWAY left the connection taking work"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Work that comes now is not taken: it waits for another connection.
+        conn.jobs.send(job(2)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        let results = conn.results.wait_for(1).await;
+        assert!(
+            matches!(results[..], [(1, PushResult::TimedOut { .. })]),
+            "{results:?}"
+        );
+        assert_eq!(
+            *opened.lock().unwrap(),
+            [1],
+            "a stream opened after the GOAWAY"
+        );
+        assert_eq!(conn.jobs.len(), 1, "the job after the GOAWAY was taken");
+        assert!(
+            conn.state
+                .fault()
+                .is_some_and(|(_, why)| why.contains("GOAWAY")),
+            "{:?}",
+            conn.state.fault()
+        );
+    }
+
     /// APNs may answer a request from its headers alone (`400 BadDeviceToken`) while the body still waits for
     /// flow-control credit, and then stop the body with `RST_STREAM(NO_ERROR)` (RFC 9113 §8.1): that answer is the
     /// outcome (docs/apns-protocol.md#http2-connection), not a lost connection, and the connection goes on.

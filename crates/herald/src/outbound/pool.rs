@@ -332,13 +332,13 @@ impl Pool {
     /// what the open connections' in-flight limits allow, plus a small backlog. When APNs slows down the limits
     /// fall, and the rest waits in the domain's queue.
     pub fn dispatch_limit(&self) -> usize {
-        let open: usize = self
+        // Saturating: a connection's limit is `usize::MAX` for a moment against a server that sets none.
+        let open = self
             .connections
             .iter()
             .filter(|c| !c.is_closed())
-            .map(|c| c.limit())
-            .sum();
-        open + BACKLOG
+            .fold(0usize, |sum, c| sum.saturating_add(c.limit()));
+        open.saturating_add(BACKLOG)
     }
 
     /// Streams in flight and the sum of the in-flight limits, over the open connections.
@@ -346,7 +346,9 @@ impl Pool {
         self.connections
             .iter()
             .filter(|c| !c.is_closed())
-            .fold((0, 0), |(f, l), c| (f + c.in_flight(), l + c.limit()))
+            .fold((0usize, 0usize), |(f, l), c| {
+                (f.saturating_add(c.in_flight()), l.saturating_add(c.limit()))
+            })
     }
 
     /// Connections open or being opened.
@@ -613,6 +615,29 @@ mod tests {
             capacity,
             in_flight,
         }
+    }
+
+    /// Against a server that sets no stream limit, a connection's limit is `usize::MAX` for a moment: the sums over
+    /// connections saturate (a release build would wrap them into a small number, a debug build panic).
+    #[test]
+    fn sums_over_unlimited_connections_saturate() {
+        struct NoEvents;
+        impl PoolEvents for NoEvents {
+            fn connected(&self, _: u64, _: ConnectResult) {}
+        }
+        struct NoSink;
+        impl OutcomeSink<Box<Queued>> for NoSink {
+            fn report(&self, _: Box<Queued>, _: PushResult, _: &ConnectionInfo) {}
+        }
+        let settings = Arc::new(DeliverySettings::for_tests("pool.example", 1));
+        let mut pool = Pool::new(settings, 0, Arc::new(NoSink), Arc::new(NoEvents));
+        for _ in 0..2 {
+            pool.connecting += 1;
+            let unlimited = herald_apns::client::ConnectionState::unsettled(usize::MAX);
+            assert_eq!(pool.on_connected(0, Ok(unlimited)), ConnectOutcome::Opened);
+        }
+        assert_eq!(pool.dispatch_limit(), usize::MAX);
+        assert_eq!(pool.streams(), (0, usize::MAX));
     }
 
     #[test]

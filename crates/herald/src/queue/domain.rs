@@ -999,7 +999,9 @@ impl DomainTask {
             .iter()
             .chain(std::iter::once(&self.pool))
             .map(Pool::streams)
-            .fold((0, 0), |(f, l), (pf, pl)| (f + pf, l + pl));
+            .fold((0usize, 0usize), |(f, l), (pf, pl)| {
+                (f.saturating_add(pf), l.saturating_add(pl))
+            });
         self.stats.set_in_flight(in_flight);
         self.stats.set_stream_limit(limit);
         self.publish_sizes();
