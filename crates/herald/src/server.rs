@@ -170,6 +170,9 @@ pub struct Server {
     logs: Logs,
     listeners: tokio::sync::Mutex<Vec<RunningListener>>,
     config: RwLock<Arc<Config>>,
+    /// The configuration herald started with: the options read at start only (the loggers, the spool, …) run with
+    /// its values until a restart, so each reload compares with it, not with the one last reloaded.
+    start_config: Arc<Config>,
     started: Instant,
     baseline: Mutex<Baseline>,
     generation: AtomicU64,
@@ -440,6 +443,7 @@ impl Server {
             logs,
             listeners: tokio::sync::Mutex::new(Vec::new()),
             config: RwLock::new(config.clone()),
+            start_config: config.clone(),
             started,
             baseline: Mutex::new(Baseline {
                 at: unix_now(),
@@ -722,6 +726,8 @@ impl Server {
         })?;
         crate::logs::stderr::apply(config.log_format());
         let config = Arc::new(config);
+        // Alongside the rest of the reload, which does not wait for it to put the configuration in force.
+        let logs_checked = tokio::spawn(check_logs(config.clone()));
         let old_config = self.config();
         let rest_toggled = injection_off(&self.config()) != injection_off(&config);
         crate::logs::levels::apply(&config);
@@ -731,7 +737,9 @@ impl Server {
             warnings: config.warnings().iter().map(|w| w.to_string()).collect(),
             ..ReloadReport::default()
         };
-        for (option, scope) in Config::start_only_changes(&old_config, &config) {
+        // Against the configuration herald started with: a value a reload did not apply stays pending (and named)
+        // at every later reload, until herald restarts or the file has the running value again.
+        for (option, scope) in Config::start_only_changes(&self.start_config, &config) {
             report.warnings.push(format!(
                 "{option} changed in scope '{scope}': it is read at start only; the running value stays until \
                  herald restarts"
@@ -957,6 +965,13 @@ impl Server {
             }
         }
         *listeners = keep;
+        drop(listeners);
+        match logs_checked.await {
+            Ok(problems) => report.warnings.extend(problems),
+            Err(e) => report
+                .warnings
+                .push(format!("the log files were not checked: {e}")),
+        }
         tracing::info!(path = %path.display(), "configuration reloaded");
         Ok(report)
     }
@@ -1398,6 +1413,43 @@ impl crate::control::ServerHandle for Server {
         Box<dyn std::future::Future<Output = Result<ReloadReport, ReloadError>> + Send + 'a>,
     > {
         Box::pin(Server::reload(self, path))
+    }
+}
+
+/// How long a reload waits for [`check_logs`]: a log file on a hung network file system must not hold the reload
+/// (and every later one) up.
+const LOG_CHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// What `herald check` finds wrong with the loggers of `config` (an apn_logger format that does not parse, a log
+/// file that cannot be written), as reload warnings: the loggers are read at start only, so the running ones keep
+/// their settings and nothing is refused, but the next start would fail. Runs on a thread of its own, waited for at
+/// most [`LOG_CHECK_WAIT`]; a thread stuck on a file is left behind (it holds no lock and does not delay the stop).
+async fn check_logs(config: Arc<Config>) -> Vec<String> {
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("herald-log-check".into())
+        .spawn(move || {
+            let _ = tx.send(crate::logs::inspect(&config).problems);
+        });
+    if let Err(e) = spawned {
+        return vec![format!("the log files were not checked: {e}")];
+    }
+    match tokio::time::timeout(LOG_CHECK_WAIT, rx).await {
+        Ok(Ok(problems)) => problems
+            .into_iter()
+            .map(|p| {
+                format!(
+                    "{p}: herald would not start with it (the loggers are read at start only: the running ones \
+                     keep their settings)"
+                )
+            })
+            .collect(),
+        Ok(Err(_)) => vec!["the log files were not checked: the check ended early".into()],
+        Err(_) => vec![format!(
+            "the log files were not checked: the check took longer than {} s (a log directory on a file system \
+             that does not answer?)",
+            LOG_CHECK_WAIT.as_secs()
+        )],
     }
 }
 

@@ -845,3 +845,165 @@ async fn spooled_notifications_of_a_domain_fixed_by_a_reload_are_delivered() {
     server.shutdown(Duration::from_secs(2)).await;
     sim.shutdown().await;
 }
+
+/// A configuration with an HTTP listener, an `ec_logger` writing `mainlog` and an `apn_logger` writing `apnlog`
+/// with `apn_options` inside its stanza; `global` goes first.
+fn logger_config(dir: &Path, global: &str, mainlog: &Path, apn_options: &str) -> String {
+    format!(
+        "{global}\nspool_dir = \"{spool}\"\nhttp_listener {{ listen \"127.0.0.1:0\" {{ }} }}\n\
+         ec_logger \"main\" {{ mainlog = \"{mainlog}\" }}\n\
+         apn_logger \"push\" {{ logfile = \"{apnlog}\" {apn_options} }}\n",
+        spool = dir.join("spool").display(),
+        mainlog = mainlog.display(),
+        apnlog = dir.join("apnlog.ec").display(),
+    )
+}
+
+/// A reload whose loggers `herald serve` would refuse at its next start — an apn_logger format with an unknown
+/// macro, a mainlog that cannot be created — puts the configuration in force (the loggers are read at start only:
+/// the running ones keep their settings) and names each problem as a warning, as `herald check` does. It used to
+/// say only that the options are read at start only, and the next restart failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_warns_about_loggers_the_next_start_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    let mainlog = dir.path().join("mainlog.ec");
+    std::fs::write(&config, logger_config(dir.path(), "", &mainlog, "")).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let report = server.reload(None).await.unwrap();
+    assert!(report.warnings.is_empty(), "{report:?}");
+
+    let not_a_dir = dir.path().join("plain-file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let unwritable = not_a_dir.join("mainlog.ec");
+    std::fs::write(
+        &config,
+        logger_config(
+            dir.path(),
+            "",
+            &unwritable,
+            "log_delivery_format = \"%t@%q\"",
+        ),
+    )
+    .unwrap();
+    let report = server.reload(None).await.unwrap();
+    let refused = |what: &str| {
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains(what) && w.contains("herald would not start with it"))
+    };
+    assert!(
+        refused("apn_logger \"push\" log_delivery_format: unknown apn_logger macro %q"),
+        "{report:?}"
+    );
+    assert!(
+        refused(&format!(
+            "ec_logger \"main\" mainlog {}",
+            unwritable.display()
+        )),
+        "{report:?}"
+    );
+    assert_eq!(server.generation(), 2, "the configuration is in force");
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+/// An option read at start only is named at every reload while the file's value differs from the one herald started
+/// with, and no longer once the file has it again. The comparison used to be with the last reloaded configuration:
+/// the second reload of the same file said nothing, while the running value was still the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_only_change_is_named_at_every_reload_until_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    let mainlog = dir.path().join("mainlog.ec");
+    std::fs::write(&config, logger_config(dir.path(), "", &mainlog, "")).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let pending = |report: &herald::server::ReloadReport| {
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("outcome_retention changed") && w.contains("read at start only"))
+    };
+    std::fs::write(
+        &config,
+        logger_config(dir.path(), "outcome_retention = 60", &mainlog, ""),
+    )
+    .unwrap();
+    for reload in 1..=2 {
+        let report = server.reload(None).await.unwrap();
+        assert!(pending(&report), "reload {reload}: {report:?}");
+    }
+    std::fs::write(&config, logger_config(dir.path(), "", &mainlog, "")).unwrap();
+    let report = server.reload(None).await.unwrap();
+    assert!(!pending(&report), "{report:?}");
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+/// `herald serve` logs each warning of a SIGHUP reload at warn level (they used to be only in an info-level dump of
+/// the report: at `RUST_LOG=warn` a pending start-only change, or a logger the next start would refuse, went
+/// unsaid).
+#[test]
+fn a_sighup_reload_logs_its_warnings_at_warn_level() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    let mainlog = dir.path().join("mainlog.ec");
+    std::fs::write(&config, logger_config(dir.path(), "", &mainlog, "")).unwrap();
+    let err_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let kill = |signal: &str, pid: u32| {
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let waited = (|| {
+        if !ready.contains("http") {
+            return Err(format!("ready line: {ready:?}"));
+        }
+        std::fs::write(
+            &config,
+            logger_config(
+                dir.path(),
+                "outcome_retention = 60",
+                &mainlog,
+                "log_delivery_format = \"%t@%q\"",
+            ),
+        )
+        .unwrap();
+        kill("-HUP", child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&err_path).unwrap_or_default();
+            let said = |what: &str| {
+                text.lines().any(|l| {
+                    l.contains("WARN") && l.contains("SIGHUP: reload:") && l.contains(what)
+                })
+            };
+            if said("outcome_retention changed") && said("unknown apn_logger macro %q") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no SIGHUP reload warnings at warn level:\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })();
+    kill("-TERM", child.id());
+    let status = child.wait().unwrap();
+    waited.unwrap();
+    assert!(status.success(), "herald serve exited with {status}");
+}

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use herald::server::Server;
+use tokio::task::JoinHandle;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -47,34 +49,75 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Serves until SIGTERM or SIGINT; SIGHUP reloads the configuration (an invalid one is reported and ignored)
-/// and reopens the logs.
-async fn run_until_stopped(server: &Server, signals: Signals) -> anyhow::Result<()> {
+/// Serves until SIGTERM or SIGINT; SIGHUP reopens the logs and reloads the configuration (an invalid one is
+/// reported and ignored). The SIGHUP work runs on a task of its own, so that a stop asked for meanwhile is acted on
+/// at once; SIGHUPs that arrive while it runs are folded into one more round after it.
+async fn run_until_stopped(server: &Arc<Server>, signals: Signals) -> anyhow::Result<()> {
     let Signals {
         mut term,
         mut int,
         mut hup,
     } = signals;
+    let mut hangup: Option<JoinHandle<()>> = None;
+    let mut again = false;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = server.stop_requested() => return Ok(()),
             _ = hup.recv() => {
-                for e in server.reopen_logs() {
-                    tracing::error!("reopening logs: {e}");
-                }
-                match server.reload(None).await {
-                    Ok(report) => {
-                        for e in &report.listener_errors {
-                            tracing::error!("SIGHUP: reload: listener {e}");
-                        }
-                        tracing::info!(?report, "SIGHUP: configuration reloaded");
-                    }
-                    Err(e) => tracing::error!("SIGHUP: {e}"),
+                if hangup.is_some() {
+                    again = true;
+                } else {
+                    hangup = Some(tokio::spawn(on_hangup(server.clone())));
                 }
             }
+            _ = finished(&mut hangup) => {
+                hangup = std::mem::take(&mut again).then(|| tokio::spawn(on_hangup(server.clone())));
+            }
         }
+    }
+}
+
+/// Resolves once `task` ended (never without one); a panic in it goes on here, as it did when the work ran in
+/// this loop.
+async fn finished(task: &mut Option<JoinHandle<()>>) {
+    match task {
+        Some(t) => {
+            if let Err(e) = t.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What SIGHUP does: reopens the logs (off the async threads: a log file whose write blocks is waited for up to a
+/// second), then reloads the configuration, logging what went wrong at error level and the reload's warnings at
+/// warn level.
+async fn on_hangup(server: Arc<Server>) {
+    let reopening = server.clone();
+    match tokio::task::spawn_blocking(move || reopening.reopen_logs()).await {
+        Ok(errors) => {
+            for e in errors {
+                tracing::error!("reopening logs: {e}");
+            }
+        }
+        Err(e) => tracing::error!("reopening logs: {e}"),
+    }
+    match server.reload(None).await {
+        Ok(report) => {
+            for e in &report.listener_errors {
+                tracing::error!("SIGHUP: reload: listener {e}");
+            }
+            for w in &report.warnings {
+                tracing::warn!("SIGHUP: reload: {w}");
+            }
+            tracing::info!(?report, "SIGHUP: configuration reloaded");
+        }
+        Err(e) => tracing::error!("SIGHUP: {e}"),
     }
 }
 

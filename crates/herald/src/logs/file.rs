@@ -640,24 +640,34 @@ impl Writer {
             }
             drop(st);
             let mut result = self.write_out();
+            // Whether this round wrote (or tried to write) everything appended before it began.
+            let mut whole = true;
             if result.is_ok() && !took {
                 let mut st = shared.lock();
-                std::mem::swap(&mut st.front, &mut self.back);
-                st.held = self.held(&st);
-                drop(st);
-                result = self.write_out();
+                if st.reopen.is_none() {
+                    std::mem::swap(&mut st.front, &mut self.back);
+                    st.held = self.held(&st);
+                    drop(st);
+                    result = self.write_out();
+                } else {
+                    // A reopen was asked for while the earlier lines went out: the lines appended since it belong
+                    // to the new file, after those appended before it. The next round (at once) writes both.
+                    whole = false;
+                }
             }
             last_try = Instant::now();
             let mut st = shared.lock();
             self.settle(&mut st, result.err());
-            st.flush_done = st.flush_done.max(flush);
+            if whole {
+                st.flush_done = st.flush_done.max(flush);
+            }
             shared.done.notify_all();
             drop(st);
             if self.back.is_empty() && self.back.capacity() > 2 * shared.fill {
                 // A long outage grew the buffers: give the memory back.
                 self.back.shrink_to(shared.fill);
             }
-            if closing {
+            if closing && whole {
                 return;
             }
         }
@@ -681,7 +691,8 @@ impl Writer {
             self.back.drain(..end);
             self.torn = false;
             st.held = self.held(&st);
-            st.lines -= 1;
+            // Saturating: a shutdown that gave the file up meanwhile already counted every line as dropped.
+            st.lines = st.lines.saturating_sub(1);
             self.shared.drop_lines(&mut st, 1);
         }
         drop(st);
@@ -697,22 +708,25 @@ impl Writer {
         self.back.len() + st.reopen.as_ref().map_or(0, Vec::len)
     }
 
-    /// Records a write's outcome: what is held, and whether the file takes writes.
+    /// Records a write's outcome: what is held, and whether the file takes writes. A write that went through ends
+    /// an outage, whether the writes before it failed (a full disk) or did not return for a while (a blocked
+    /// write, which sets no error): the lines dropped meanwhile are reported, and counting starts again, so that
+    /// the next outage warns when it starts dropping and reports only its own drops.
     fn settle(&self, st: &mut State, error: Option<std::io::Error>) {
         st.held = self.held(st);
         match error {
-            None if st.error.is_some() => {
+            None => {
                 st.error = None;
-                if st.dropped_now > 0 {
+                // Given up at shutdown: its lines were counted as dropped, and nothing more is said about it.
+                if st.dropped_now > 0 && !st.abandoned {
                     tracing::warn!(
                         "log file {} takes writes again; {} line(s) were dropped meanwhile",
                         self.shared.path.display(),
                         st.dropped_now
                     );
+                    st.dropped_now = 0;
                 }
-                st.dropped_now = 0;
             }
-            None => {}
             Some(e) => st.error = Some(e),
         }
     }
@@ -1122,5 +1136,206 @@ mod tests {
             "one\n"
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+    }
+
+    /// What a [`Scripted`] file does with one write.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// Takes the first `n` bytes (a short write).
+        Take(usize),
+        /// Refuses with ENOSPC.
+        Fail,
+        /// Waits until the gate is open, then takes everything.
+        HoldThenTake,
+        /// Waits until the gate is open, then refuses with ENOSPC.
+        HoldThenFail,
+    }
+
+    /// A file whose writes follow a script (then take everything), and that tells when a write waits at its gate.
+    #[derive(Clone, Default)]
+    struct Scripted {
+        state: std::sync::Arc<(Mutex<Script>, Condvar)>,
+    }
+
+    #[derive(Default)]
+    struct Script {
+        steps: std::collections::VecDeque<Step>,
+        open: bool,
+        /// Writes that reached the gate.
+        held: u64,
+        data: Vec<u8>,
+    }
+
+    impl Scripted {
+        fn new(steps: &[Step]) -> Self {
+            let s = Scripted::default();
+            s.state.0.lock().unwrap().steps.extend(steps);
+            s
+        }
+
+        fn then(&self, step: Step) {
+            self.state.0.lock().unwrap().steps.push_back(step);
+        }
+
+        fn set_open(&self, open: bool) {
+            self.state.0.lock().unwrap().open = open;
+            self.state.1.notify_all();
+        }
+
+        /// Waits (at most 10 s) until `n` writes have reached the gate.
+        fn wait_held(&self, n: u64) {
+            let (script, changed) = &*self.state;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut st = script.lock().unwrap();
+            while st.held < n {
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(!left.is_zero(), "no write reached the gate");
+                st = changed.wait_timeout(st, left).unwrap().0;
+            }
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.state.0.lock().unwrap().data.clone()).unwrap()
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (script, changed) = &*self.state;
+            let mut st = script.lock().unwrap();
+            let step = st.steps.pop_front();
+            if matches!(step, Some(Step::HoldThenTake | Step::HoldThenFail)) {
+                st.held += 1;
+                changed.notify_all();
+                while !st.open {
+                    st = changed.wait(st).unwrap();
+                }
+            }
+            let n = match step {
+                Some(Step::Fail | Step::HoldThenFail) => {
+                    return Err(std::io::Error::from_raw_os_error(28));
+                }
+                Some(Step::Take(n)) => n.min(buf.len()),
+                Some(Step::HoldThenTake) | None => buf.len(),
+            };
+            st.data.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The count of lines dropped "since it last took a write", as a flush reports it while the file's write
+    /// does not return (without waiting for it).
+    fn dropped_while_stalled(log: &LogFile) -> u64 {
+        let asked = log.ask_flush();
+        match log.wait_flushed(asked, Instant::now()) {
+            Err(LogFileError::Stalled { dropped, .. }) => dropped,
+            other => panic!("the file is not stalled: {other:?}"),
+        }
+    }
+
+    /// A file whose write blocks for a while (a FIFO whose reader stopped, a hung NFS server) sets no write error;
+    /// once the write returns, the drops of that stall are reported and counting starts again. The count used to be
+    /// reset only after a failed write, so a second stall neither warned when it started dropping nor reported its
+    /// own drops: it reported both stalls' as "since it last took a write".
+    #[test]
+    fn each_stall_of_a_blocked_file_counts_its_own_drops() {
+        let file = Scripted::new(&[Step::HoldThenTake]);
+        let log = LogFile::with_sink(
+            Path::new("stall.log"),
+            0o644,
+            Box::new(file.clone()),
+            64,
+            64,
+        );
+        let fill = "a".repeat(63);
+        log.write_line(&fill);
+        file.wait_held(1);
+        for i in 0..3 {
+            log.write_line(&format!("dropped {i}"));
+        }
+        assert_eq!(dropped_while_stalled(&log), 3);
+        file.set_open(true);
+        log.flush().unwrap();
+
+        file.set_open(false);
+        file.then(Step::HoldThenTake);
+        log.write_line(&fill);
+        file.wait_held(2);
+        for i in 0..2 {
+            log.write_line(&format!("dropped again {i}"));
+        }
+        assert_eq!(
+            dropped_while_stalled(&log),
+            2,
+            "the first stall's drops count again"
+        );
+        file.set_open(true);
+        log.flush().unwrap();
+        assert_eq!(log.dropped_lines(), 5);
+        assert_eq!(file.text(), format!("{fill}\n{fill}\n"));
+    }
+
+    /// A reopen asked for while the writer writes the lines an earlier failed write left (the lock released): the
+    /// lines appended after the reopen request go to the new file, after the old file got every line appended
+    /// before it. They used to be written to the old (rotated) file, ahead of lines appended before them.
+    #[test]
+    fn lines_after_a_reopen_asked_during_a_retry_go_to_the_new_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apnlog.ec");
+        let old = Scripted::new(&[Step::Fail, Step::HoldThenTake]);
+        let log = LogFile::with_sink(&path, 0o644, Box::new(old.clone()), 1024, 1024);
+        log.write_line("before 1");
+        assert!(log.flush().is_err());
+        // The retry (200 ms later) writes "before 1" again, and waits at the gate.
+        old.wait_held(1);
+        log.write_line("before 2");
+        let asked = log.ask_reopen();
+        log.write_line("after 1");
+        old.set_open(true);
+        log.wait_reopened(asked, Instant::now() + Duration::from_secs(10))
+            .unwrap();
+        log.flush().unwrap();
+        assert_eq!(old.text(), "before 1\nbefore 2\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after 1\n");
+    }
+
+    /// A shutdown that gives a file up while its writer reopens it with a torn line pending: the lines were all
+    /// counted as dropped already; dropping the torn line's end then used to underflow the count of lines held (a
+    /// panic on the writer thread in debug builds, which then never finished the reopen).
+    #[test]
+    fn giving_a_file_up_during_a_reopen_with_a_torn_line_does_not_underflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("torn.ec");
+        let old = Scripted::new(&[Step::Take(5), Step::HoldThenFail]);
+        let log = LogFile::with_sink(&path, 0o644, Box::new(old.clone()), 1024, 1024);
+        log.write_line("first line");
+        log.write_line("second line");
+        let asked = log.ask_reopen();
+        // The reopen writes to the old file, which takes "first" and then holds the next write.
+        old.wait_held(1);
+        assert_eq!(log.abandon(), 2);
+        old.set_open(true);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut st = log.shared.lock();
+        while st.reopen_done < asked {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the reopen did not finish");
+            st = log
+                .shared
+                .done
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(st);
+        assert!(
+            !log.shared.state.is_poisoned(),
+            "the writer thread panicked"
+        );
+        assert_eq!(old.text(), "first");
     }
 }

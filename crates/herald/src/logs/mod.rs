@@ -363,12 +363,21 @@ fn apn_formats(a: &herald_conf::ApnLoggerSettings) -> Result<apnlog::ApnLogForma
     })
 }
 
+/// What [`inspect`] finds in a configuration's logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LogCheck {
+    /// What `herald serve` would refuse when opening the logs: each names the logger and option, or the file.
+    pub problems: Vec<String>,
+    /// What is no error but deserves a word (a log file that is a FIFO no process reads yet): `WHAT PATH: NOTE`.
+    pub notes: Vec<String>,
+}
+
 /// What `herald serve` would refuse when opening the logs, found without opening them: every apn_logger format
 /// that does not parse, and every log file (mainlog, apn_logger logfile, feedback_logfile) that cannot be
 /// written. Nothing is created or changed. A log file that is a FIFO no process reads yet is no error (`herald
-/// serve` waits for a reader at start): a note about it goes to standard error.
-pub fn check(config: &herald_conf::Config) -> Vec<String> {
-    let mut problems = Vec::new();
+/// serve` waits for a reader at start): it is a note. `herald check` and every reload run it.
+pub fn inspect(config: &herald_conf::Config) -> LogCheck {
+    let mut found = LogCheck::default();
     let mut files: Vec<(String, std::path::PathBuf)> = Vec::new();
     for ec in config.ec_loggers().iter().filter(|e| e.enabled) {
         if !ec.mainlog.as_os_str().is_empty() {
@@ -380,7 +389,7 @@ pub fn check(config: &herald_conf::Config) -> Vec<String> {
     }
     for a in config.apn_loggers().iter().filter(|a| a.enabled) {
         if let Err(e) = apn_formats(a) {
-            problems.push(e.to_string());
+            found.problems.push(e.to_string());
         }
         files.push((
             format!("apn_logger {:?} logfile", a.name),
@@ -397,11 +406,24 @@ pub fn check(config: &herald_conf::Config) -> Vec<String> {
     for (what, path) in files {
         match file::check_writable(&path) {
             Ok(None) => {}
-            Ok(Some(note)) => eprintln!("note: {what} {}: {note}", path.display()),
-            Err(e) => problems.push(format!("{what} {}: {e}", path.display())),
+            Ok(Some(note)) => found
+                .notes
+                .push(format!("{what} {}: {note}", path.display())),
+            Err(e) => found
+                .problems
+                .push(format!("{what} {}: {e}", path.display())),
         }
     }
-    problems
+    found
+}
+
+/// [`inspect`] for `herald check`: returns the problems; the notes go to standard error (`note: …`).
+pub fn check(config: &herald_conf::Config) -> Vec<String> {
+    let found = inspect(config);
+    for note in &found.notes {
+        eprintln!("note: {note}");
+    }
+    found.problems
 }
 
 fn min_opt(
