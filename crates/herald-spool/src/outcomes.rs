@@ -52,7 +52,7 @@ const INDEX_COMPLETE: u8 = 1;
 /// again.
 const INDEX_INCOMPLETE: u8 = 2;
 
-/// Events of a webhook queue stored as one entry.
+/// Events of a webhook queue read from one stored entry (see [`OutcomeStore::hook_chunks`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookChunk {
     /// The number of its first event; the others follow without gaps.
@@ -806,8 +806,10 @@ impl OutcomeStore {
         })
     }
 
-    /// The chunks of webhook queue `queue` from the one numbered `from_first_seq` on, until they hold `limit`
-    /// events or more.
+    /// The waiting events of webhook queue `queue`, by chunk: from the chunk numbered `from_first_seq` on, the events
+    /// numbered `head` or more, `limit` at most in all. Only those are copied: the events of a chunk before `head`
+    /// are stepped over by their lengths, so reading a batch from a large chunk costs a batch, not the chunk. A
+    /// chunk wholly before `head` is left out.
     ///
     /// Deleted chunks stay in the tree as tombstones until compaction: a reader that always started at the front
     /// would step over every chunk delivered so far, so the caller passes the first chunk that may still be there.
@@ -815,6 +817,7 @@ impl OutcomeStore {
         &self,
         queue: &str,
         from_first_seq: u64,
+        head: u64,
         limit: usize,
     ) -> Result<Vec<HookChunk>, SpoolError> {
         const CTX: &str = "reading webhook outcomes";
@@ -827,14 +830,22 @@ impl OutcomeStore {
                     break;
                 }
                 let (k, v) = kv.map_err(|e| error(CTX, e))?;
-                let (Some(first_seq), Some(chunk)) = (hook_seq(&k), decode_chunk(&v)) else {
+                let Some(first_seq) = hook_seq(&k) else {
+                    tracing::error!("{}: skipped", corrupt_chunk(queue));
+                    continue;
+                };
+                let skip = head.saturating_sub(first_seq);
+                let Some(chunk) = chunk_events(&v, skip, limit - events) else {
                     // Its events cannot be sent; the ones after it still are.
                     tracing::error!("{}: skipped", corrupt_chunk(queue));
                     continue;
                 };
+                if chunk.is_empty() {
+                    continue;
+                }
                 events += chunk.len();
                 out.push(HookChunk {
-                    first_seq,
+                    first_seq: first_seq + skip,
                     events: chunk,
                 });
             }
@@ -1095,16 +1106,33 @@ fn encode_chunk(events: &[impl AsRef<[u8]>]) -> Vec<u8> {
 }
 
 /// The events of a stored chunk; `None` when it is cut short.
+#[cfg(test)]
 fn decode_chunk(value: &[u8]) -> Option<Vec<Vec<u8>>> {
+    chunk_events(value, 0, usize::MAX)
+}
+
+/// Up to `take` events of a stored chunk after its first `skip`, copied; the others are stepped over by their
+/// lengths. `None` when the chunk is cut short (anywhere: it is checked to its end, without copying).
+fn chunk_events(value: &[u8], skip: u64, take: usize) -> Option<Vec<Vec<u8>>> {
     let Some((&CHUNK_TAG, mut rest)) = value.split_first() else {
-        return Some(vec![value.to_vec()]);
+        // One event, as earlier versions stored them.
+        return Some(if skip == 0 && take > 0 {
+            vec![value.to_vec()]
+        } else {
+            Vec::new()
+        });
     };
     let mut out = Vec::new();
+    let mut i = 0u64;
     while !rest.is_empty() {
         let (len, tail) = rest.split_first_chunk::<4>()?;
         let len = u32::from_le_bytes(*len) as usize;
-        out.push(tail.get(..len)?.to_vec());
+        let event = tail.get(..len)?;
+        if i >= skip && out.len() < take {
+            out.push(event.to_vec());
+        }
         rest = &tail[len..];
+        i += 1;
     }
     Some(out)
 }
@@ -1273,7 +1301,7 @@ mod tests {
                 queue("b.example", 0, &[(1, 1)])
             ]
         );
-        let a = store.hook_chunks("a.example", 0, 10).unwrap();
+        let a = store.hook_chunks("a.example", 0, 0, 10).unwrap();
         assert_eq!(
             a,
             vec![
@@ -1288,16 +1316,16 @@ mod tests {
             ]
         );
         // Reading stops at the chunk that reaches the limit; from a chunk on, what is before it is not read.
-        assert_eq!(store.hook_chunks("a.example", 0, 2).unwrap().len(), 1);
-        assert_eq!(store.hook_chunks("a.example", 3, 10).unwrap(), a[1..]);
+        assert_eq!(store.hook_chunks("a.example", 0, 0, 2).unwrap().len(), 1);
+        assert_eq!(store.hook_chunks("a.example", 3, 0, 10).unwrap(), a[1..]);
         // Events 1 and 2 done: their chunk goes, the number stays.
         store.hook_advance("a.example", 3, &[1]).unwrap();
-        assert_eq!(store.hook_chunks("a.example", 0, 10).unwrap(), a[1..]);
+        assert_eq!(store.hook_chunks("a.example", 0, 0, 10).unwrap(), a[1..]);
         assert_eq!(
             store.hook_queues().unwrap()[0],
             queue("a.example", 3, &[(3, 1)])
         );
-        assert_eq!(store.hook_chunks("b.example", 0, 10).unwrap().len(), 1);
+        assert_eq!(store.hook_chunks("b.example", 0, 0, 10).unwrap().len(), 1);
         // A queue with every chunk done is still listed, with its number.
         store.hook_advance("a.example", 4, &[3]).unwrap();
         assert_eq!(store.hook_queues().unwrap()[0], queue("a.example", 4, &[]));
@@ -1310,6 +1338,65 @@ mod tests {
             store.hook_queues().unwrap(),
             vec![queue("b.example", 0, &[(1, 1)])]
         );
+    }
+
+    /// A sender reading from a head inside a large chunk gets the events from the head on, at most its limit, and
+    /// the next chunks' after them; a chunk wholly behind the head gives nothing.
+    #[test]
+    fn webhook_events_are_read_from_the_head_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        let big: Vec<String> = (1..=1000).map(|i| i.to_string()).collect();
+        store
+            .hook_append("a.example", 1, &encode_chunk(&big))
+            .unwrap();
+        store
+            .hook_append("a.example", 1001, &encode_chunk(&[b"1001", b"1002"]))
+            .unwrap();
+        let events = |v: &[&str]| v.iter().map(|e| e.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            store.hook_chunks("a.example", 1, 998, 2).unwrap(),
+            vec![HookChunk {
+                first_seq: 998,
+                events: events(&["998", "999"])
+            }]
+        );
+        assert_eq!(
+            store.hook_chunks("a.example", 1, 999, 10).unwrap(),
+            vec![
+                HookChunk {
+                    first_seq: 999,
+                    events: events(&["999", "1000"])
+                },
+                HookChunk {
+                    first_seq: 1001,
+                    events: events(&["1001", "1002"])
+                }
+            ]
+        );
+        assert_eq!(
+            store.hook_chunks("a.example", 1, 1002, 10).unwrap(),
+            vec![HookChunk {
+                first_seq: 1002,
+                events: events(&["1002"])
+            }]
+        );
+        assert!(
+            store
+                .hook_chunks("a.example", 1, 1003, 10)
+                .unwrap()
+                .is_empty()
+        );
+        // A chunk cut short is skipped whole, even when the events asked for lie before the cut.
+        let mut cut = encode_chunk(&[b"a", b"b", b"c"]);
+        cut.pop();
+        assert_eq!(chunk_events(&cut, 0, 1), None);
+        assert_eq!(
+            chunk_events(&encode_chunk(&[b"a", b"b", b"c"]), 1, 1),
+            Some(events(&["b"]))
+        );
+        // An event stored alone by an earlier version is one event.
+        assert_eq!(chunk_events(br#"{"id":"x"}"#, 1, 10), Some(vec![]));
     }
 
     #[test]
@@ -1330,7 +1417,7 @@ mod tests {
             }]
         );
         assert_eq!(
-            store.hook_chunks("a.example", 0, 10).unwrap()[0].events,
+            store.hook_chunks("a.example", 0, 0, 10).unwrap()[0].events,
             vec![br#"{"id":"x"}"#.to_vec()]
         );
     }
@@ -1377,7 +1464,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.hook_queues().unwrap()[0].chunks, vec![(2, 1)]);
         assert_eq!(
-            store.hook_chunks("a.example", 0, 10).unwrap(),
+            store.hook_chunks("a.example", 0, 0, 10).unwrap(),
             vec![HookChunk {
                 first_seq: 2,
                 events: vec![b"ok".to_vec()]

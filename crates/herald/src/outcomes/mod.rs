@@ -122,16 +122,22 @@ impl StoreRetry {
         match &mut self.failing {
             Some((_, tries)) => *tries += 1,
             None => {
-                tracing::error!(
-                    "storing {held} {}: {error}; kept in memory and tried again until the outcome store takes                      them (the notifications stay spooled meanwhile)",
-                    self.what
-                );
+                tracing::error!("{}", self.refused_line(error, held));
                 self.failing = Some((std::time::Instant::now(), 1));
             }
         }
         let wait = self.wait;
         self.wait = (self.wait * 2).min(STORE_RETRY_MAX);
         wait
+    }
+
+    /// The error line of the first refusal of an episode.
+    fn refused_line(&self, error: &dyn std::fmt::Display, held: usize) -> String {
+        format!(
+            "storing {held} {}: {error}; kept in memory and tried again until the outcome store takes them (the \
+             notifications stay spooled meanwhile)",
+            self.what
+        )
     }
 
     /// After a write that was stored: ends an episode of refusals (logged) and the backoff.
@@ -393,6 +399,16 @@ mod tests {
         assert_eq!(book.stats().dropped, 0);
         assert_eq!(hooks.handoff_dropped(), 0);
         assert_eq!(hooks.stats()[0].dropped, 0);
+    }
+
+    #[test]
+    fn the_refusal_line_reads_as_one_sentence() {
+        let line = StoreRetry::new("webhook outcomes").refused_line(&"disk full", 3);
+        assert!(
+            line.starts_with("storing 3 webhook outcomes: disk full; kept in memory"),
+            "{line}"
+        );
+        assert!(!line.contains("  "), "a run of spaces in {line:?}");
     }
 
     #[test]

@@ -6,26 +6,28 @@
 //! every pass and appends each to its domain's queue in the outcome store (one store write that survives a crash
 //! of the process; a chunk the store refuses is kept and tried again until it is stored, [`super::StoreRetry`],
 //! while the events behind it wait within [`HANDOFF`]), keeping the newest chunks' events in memory; a sender task
-//! per domain (all on the sender thread, away from the delivery workers) POSTs the oldest events (from memory, or
-//! read back from the store after a restart or beyond [`CACHE_BYTES`]), and once the receiver answered 2xx records
-//! how far the queue is done and deletes the chunks wholly behind that point. A receiver that answers `413` gets
-//! smaller batches ([`BatchSize`]); an event it refuses alone is dropped and counted. A receiver that is down keeps
-//! its events in its own queue, bounded by `outcome_webhook_backlog`: beyond it the oldest are dropped with a
-//! counter and a log line. After a crash, the events of a partly delivered chunk that were sent after the last
-//! recorded point are sent again (at least once, never lost). So is a batch whose 2xx comes after
-//! [`REQUEST_TIMEOUT`] or is lost in transit: herald takes it for a failure and retries; receivers deduplicate by
-//! `id`. A queue with nothing waiting for [`RETIRE_AFTER`] retires (its sender ends, its rows leave the store, its
-//! counters stay), so that domains whose names keep changing do not grow memory for good.
+//! per domain (all on the sender thread, away from the delivery workers; their store reads and writes, but for a
+//! retiring queue's last one, on its blocking pool, so that one queue's large read does not hold up the others) POSTs the oldest events (from memory, or read
+//! back from the store after a restart or beyond [`QUEUE_CACHE_BYTES`] and [`CACHE_BYTES`]), and once the receiver
+//! answered 2xx records how far the queue is done and deletes the chunks wholly behind that point. A receiver that
+//! answers `413`, or not within [`REQUEST_TIMEOUT`], gets smaller batches ([`BatchSize`]); an event it refuses alone,
+//! larger than any batch it took, is dropped and counted. A receiver that is down keeps its events in its own
+//! queue, bounded by `outcome_webhook_backlog`: beyond it the oldest are dropped with a counter and a log line. After
+//! a crash, the events of a partly delivered chunk that were sent after the last recorded point are sent again (at
+//! least once, never lost). So is a batch whose 2xx comes after [`REQUEST_TIMEOUT`] or is lost in transit: herald
+//! takes it for a failure and retries; receivers deduplicate by `id`. A queue with nothing waiting for
+//! [`RETIRE_AFTER`] retires (its sender ends, its rows leave the store, its counters stay, those of the
+//! [`RETIRED_KEPT`] most recently retired), so that domains whose names keep changing do not grow memory for good.
 //!
 //! The request: `POST` with `content-type: application/json`, body `{"outcomes": [event, …]}` (docs/openapi.yaml
 //! `WebhookBatch`), headers `herald-timestamp: UNIX_SECONDS` and `herald-signature: v1=HEX` where HEX is
 //! HMAC-SHA256 with the secret over `TIMESTAMP.BODY` (docs/api.md "Outcome webhooks").
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use herald_spool::{ChunkBuilder, HookChunk, OutcomeStore};
@@ -39,10 +41,22 @@ use crate::logs::{OutcomeKind, OutcomeRecord};
 
 /// Events waiting for the writer thread before new ones are dropped.
 pub const HANDOFF: usize = 100_000;
-/// Events per request at most (fewer after a receiver answered `413 Payload Too Large`: see [`BatchSize`]).
+/// Events per request at most (fewer after a receiver answered `413 Payload Too Large` or not in time: see
+/// [`BatchSize`]).
 pub const BATCH: usize = 500;
-/// Bytes of events a queue keeps in memory for its sender; chunks written beyond are read back from the store.
-pub const CACHE_BYTES: usize = 16 << 20;
+/// Bytes of events all queues together keep in memory for their senders; chunks written beyond are read back from
+/// the store. Shared, so that many domains whose receivers are down (a regex domain stanza lets clients choose
+/// domain names) cannot hold more between them.
+pub const CACHE_BYTES: usize = 64 << 20;
+/// Bytes of events one queue keeps in memory at most, within [`CACHE_BYTES`]: one receiver that is down leaves the
+/// rest to the others.
+pub const QUEUE_CACHE_BYTES: usize = 16 << 20;
+/// The retired queues whose counters are kept (the most recently retired); an older one's are forgotten, its
+/// metric series leave `/metrics`, and start again from 0 if the domain comes back.
+pub const RETIRED_KEPT: usize = 1_000;
+/// How often at most the error line for outcomes dropped as too large for the receiver is logged (the line says
+/// how many were dropped since the last one).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a domain's queue stays with nothing waiting before it retires (its sender task ends, its rows leave the
 /// store, its counters stay), and how long a domain's options and open chunk stay unused before they are forgotten
@@ -51,7 +65,7 @@ pub const RETIRE_AFTER: Duration = Duration::from_secs(600);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A domain's webhook options.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct HookSettings {
     pub url: String,
     pub secret: String,
@@ -60,6 +74,21 @@ pub struct HookSettings {
     pub invalid_token: bool,
     pub max_age: Duration,
     pub backlog: u64,
+}
+
+/// Everything but the secret, which shows as `"********"` (as `config show` prints it).
+impl std::fmt::Debug for HookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookSettings")
+            .field("url", &self.url)
+            .field("secret", &"********")
+            .field("delivered", &self.delivered)
+            .field("failed", &self.failed)
+            .field("invalid_token", &self.invalid_token)
+            .field("max_age", &self.max_age)
+            .field("backlog", &self.backlog)
+            .finish()
+    }
 }
 
 /// Resolves a domain's webhook options (`None`: the domain has no webhook).
@@ -92,12 +121,27 @@ struct Chunks {
     live: VecDeque<Chunk>,
     /// Bytes of the events held in memory.
     cached: usize,
+    /// Bytes of events all queues of the webhooks hold in memory ([`CACHE_BYTES`]); this queue's `cached` is part
+    /// of it, given back as its chunks leave (and when the queue goes).
+    budget: Arc<AtomicUsize>,
+    /// The end (first number after) of the batch the sender has in flight, from the head; `None` between requests.
+    sending: Option<u64>,
+    /// Events of the batch in flight that the writer's trim passed meanwhile: they are counted by the receiver's
+    /// answer (delivered on a 2xx, dropped otherwise), not as dropped by the trim.
+    trimmed_in_flight: u64,
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        release(&self.budget, self.cached);
+    }
 }
 
 struct Chunk {
     first_seq: u64,
     count: u64,
-    /// The events, while in memory; `None` for a chunk restored at start or written beyond [`CACHE_BYTES`].
+    /// The events, while in memory; `None` for a chunk restored at start or written beyond [`QUEUE_CACHE_BYTES`] or
+    /// [`CACHE_BYTES`].
     events: Option<Cached>,
 }
 
@@ -147,12 +191,42 @@ enum Next {
     Empty,
 }
 
+/// Takes `bytes` of the shared memory budget ([`CACHE_BYTES`]): false when they do not fit.
+fn reserve(budget: &AtomicUsize, bytes: usize) -> bool {
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            used.checked_add(bytes).filter(|&n| n <= CACHE_BYTES)
+        })
+        .is_ok()
+}
+
+/// Gives `bytes` back to the shared memory budget.
+fn release(budget: &AtomicUsize, bytes: usize) {
+    let _ = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+        Some(used.saturating_sub(bytes))
+    });
+}
+
 impl Chunks {
-    /// A chunk just stored, kept in memory while the queue's events there stay within [`CACHE_BYTES`].
+    /// Chunks whose events in memory count against `budget`, shared by all queues.
+    fn with_budget(budget: Arc<AtomicUsize>) -> Chunks {
+        Chunks {
+            head: 0,
+            live: VecDeque::new(),
+            cached: 0,
+            budget,
+            sending: None,
+            trimmed_in_flight: 0,
+        }
+    }
+
+    /// A chunk just stored, kept in memory while the queue's events there stay within [`QUEUE_CACHE_BYTES`] and all
+    /// queues' within [`CACHE_BYTES`].
     fn push(&mut self, first_seq: u64, chunk: ChunkBuilder) {
         let count = chunk.len() as u64;
         let bytes = chunk.as_bytes().len();
-        let events = (self.cached + bytes <= CACHE_BYTES).then(|| {
+        let fits = self.cached + bytes <= QUEUE_CACHE_BYTES && reserve(&self.budget, bytes);
+        let events = fits.then(|| {
             self.cached += bytes;
             let (data, spans) = chunk.into_parts();
             Cached {
@@ -210,11 +284,44 @@ impl Chunks {
                 break;
             }
             self.cached -= c.bytes();
+            release(&self.budget, c.bytes());
             done.push(c.first_seq);
             self.live.pop_front();
         }
         self.head = to;
         (passed, done)
+    }
+
+    /// The writer's trim beyond the backlog: moves the head to `to` (never back). Returns how many waiting events it
+    /// dropped, how many it passed in all, and the chunks now wholly behind it. Events of the batch in flight that it
+    /// passes are not dropped yet: [`Chunks::sent`] hands them to the sender, which counts them by the answer.
+    fn trim(&mut self, to: u64) -> (u64, u64, Vec<u64>) {
+        let (mut held, mut done) = (0, Vec::new());
+        if let Some(end) = self.sending {
+            (held, done) = self.advance(to.min(end));
+            self.trimmed_in_flight += held;
+        }
+        let (dropped, more) = self.advance(to);
+        done.extend(more);
+        (dropped, held + dropped, done)
+    }
+
+    /// The sender is about to POST the events numbered `first` up to `end`: marks them in flight. False when the
+    /// writer's trim passed some of them since they were read (they are dropped): the sender reads again.
+    fn start_sending(&mut self, first: u64, end: u64) -> bool {
+        if self.head > first {
+            return false;
+        }
+        self.sending = Some(end);
+        self.trimmed_in_flight = 0;
+        true
+    }
+
+    /// The receiver answered (or not) the batch in flight: how many of its events the writer's trim passed
+    /// meanwhile.
+    fn sent(&mut self) -> u64 {
+        self.sending = None;
+        std::mem::take(&mut self.trimmed_in_flight)
     }
 
     /// The head that passes the `n` oldest waiting events.
@@ -246,6 +353,44 @@ pub struct HookStats {
     pub last_error: Option<String>,
 }
 
+/// The counters of retired queues ([`RETIRE_AFTER`]), by domain: those of the [`RETIRED_KEPT`] most recently retired.
+#[derive(Default)]
+struct Retired {
+    /// By domain: when it retired (an order, see `next`) and its counters.
+    by_name: HashMap<String, (u64, HookStats)>,
+    /// The domains by when they retired, oldest first.
+    order: BTreeMap<u64, String>,
+    next: u64,
+}
+
+impl Retired {
+    /// Keeps the counters of a queue that retired, forgetting the least recently retired beyond [`RETIRED_KEPT`].
+    fn insert(&mut self, stats: HookStats) {
+        let at = self.next;
+        self.next += 1;
+        self.order.insert(at, stats.domain.clone());
+        if let Some((before, _)) = self.by_name.insert(stats.domain.clone(), (at, stats)) {
+            self.order.remove(&before);
+        }
+        while self.order.len() > RETIRED_KEPT {
+            if let Some((_, domain)) = self.order.pop_first() {
+                self.by_name.remove(&domain);
+            }
+        }
+    }
+
+    /// Takes back the counters of `domain`, whose queue comes again.
+    fn take(&mut self, domain: &str) -> Option<HookStats> {
+        let (at, stats) = self.by_name.remove(domain)?;
+        self.order.remove(&at);
+        Some(stats)
+    }
+
+    fn stats(&self) -> impl Iterator<Item = &HookStats> {
+        self.by_name.values().map(|(_, s)| s)
+    }
+}
+
 /// The outcome webhooks of a server.
 pub struct Webhooks {
     store: Arc<OutcomeStore>,
@@ -255,9 +400,11 @@ pub struct Webhooks {
     /// The writer thread, woken when the first event of a pass is written.
     writer: std::sync::OnceLock<std::thread::Thread>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
+    /// Bytes of events all queues hold in memory ([`CACHE_BYTES`]).
+    cached: Arc<AtomicUsize>,
     /// The counters of retired queues ([`RETIRE_AFTER`]), by domain: taken back by the queue when the domain's
-    /// events come again.
-    retired: Mutex<HashMap<String, HookStats>>,
+    /// events come again. Locked after `queues` where both are.
+    retired: Mutex<Retired>,
     /// [`RETIRE_AFTER`] (shorter in tests).
     retire_after: Duration,
     /// Events the writer has stored, against [`Domains::written`]: see [`Webhooks::flush`].
@@ -268,7 +415,7 @@ pub struct Webhooks {
     /// The sender thread's runtime, where every domain's sender task runs (see [`sender_thread`]).
     senders: tokio::runtime::Handle,
     /// Ends the sender thread when the webhooks go; `None` when the senders run on the main runtime.
-    stop_senders: Option<tokio::sync::oneshot::Sender<()>>,
+    _stop_senders: Option<tokio::sync::oneshot::Sender<()>>,
     /// The client every webhook is POSTed with, or why it could not be built: then no webhook is sent, and each
     /// domain's queue keeps its events (within its backlog) with this error as its last one.
     http: Result<reqwest::Client, String>,
@@ -322,8 +469,12 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
 /// it is a failure like any other non-2xx, retried). There is no fallback to a client without these: an error
 /// names why it could not be built.
 fn http_client() -> Result<reqwest::Client, String> {
+    http_client_with(REQUEST_TIMEOUT)
+}
+
+fn http_client_with(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| {
@@ -365,13 +516,14 @@ impl Webhooks {
             domains: Mutex::new(Domains::default()),
             writer: std::sync::OnceLock::new(),
             queues: Mutex::new(HashMap::new()),
-            retired: Mutex::new(HashMap::new()),
+            cached: Arc::default(),
+            retired: Mutex::new(Retired::default()),
             retire_after,
             stored: AtomicU64::new(0),
             writer_gone: std::sync::atomic::AtomicBool::new(false),
             handoff_dropped: AtomicU64::new(0),
             senders,
-            stop_senders,
+            _stop_senders: stop_senders,
             http,
         });
         match store.hook_queues() {
@@ -469,17 +621,15 @@ impl Webhooks {
         (settings, &mut d.open)
     }
 
-    /// Runs a store call for a sender: in place on the sender thread, which nothing else waits for (a store write can
-    /// wait for the journal while another thread syncs it), or on the blocking pool when the senders share the main
-    /// runtime.
+    /// Runs a store call for a sender on the blocking pool of the senders' runtime: every domain's sender shares one
+    /// thread, which a read of a large chunk or a write waiting for the journal (while another thread syncs it) would
+    /// hold up for all of them.
     async fn store_call<T: Send + 'static>(
         &self,
         call: impl FnOnce() -> Result<T, herald_spool::SpoolError> + Send + 'static,
     ) -> Result<T, String> {
-        if self.stop_senders.is_some() {
-            return call().map_err(|e| e.to_string());
-        }
-        tokio::task::spawn_blocking(call)
+        self.senders
+            .spawn_blocking(call)
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
@@ -492,13 +642,14 @@ impl Webhooks {
         if let Some(q) = queues.get(domain) {
             return q.clone();
         }
-        let before = lock(&self.retired).remove(domain).unwrap_or_default();
+        let before = lock(&self.retired).take(domain).unwrap_or_default();
         let q = Arc::new(Queue {
             next_seq: AtomicU64::new(1),
             delivered: AtomicU64::new(before.delivered),
             dropped: AtomicU64::new(before.dropped),
             failures: AtomicU64::new(before.failures),
             last_error: Mutex::new(before.last_error),
+            chunks: Mutex::new(Chunks::with_budget(self.cached.clone())),
             ..Queue::default()
         });
         queues.insert(domain.to_owned(), q.clone());
@@ -510,18 +661,13 @@ impl Webhooks {
         q
     }
 
-    /// Every domain's figures, by domain (retired queues' too).
+    /// Every domain's figures, by domain (retired queues' too, the [`RETIRED_KEPT`] most recent).
     pub fn stats(&self) -> Vec<HookStats> {
-        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        // Both locked: a queue that retires or comes back meanwhile is counted once.
+        let queues = lock(&self.queues);
         let mut out: Vec<HookStats> = queues.iter().map(|(d, q)| q.stats(d)).collect();
+        out.extend(lock(&self.retired).stats().cloned());
         drop(queues);
-        out.extend(
-            lock(&self.retired)
-                .values()
-                .filter(|r| !out.iter().any(|s| s.domain == r.domain))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
         out.sort_by(|a, b| a.domain.cmp(&b.domain));
         out
     }
@@ -547,7 +693,7 @@ impl Webhooks {
             return false;
         }
         queues.remove(domain);
-        lock(&self.retired).insert(domain.to_owned(), q.stats(domain));
+        lock(&self.retired).insert(q.stats(domain));
         true
     }
 
@@ -850,14 +996,15 @@ fn queued(hooks: &Arc<Webhooks>, p: Pending) {
     let len = q.len.fetch_add(n, Ordering::Relaxed) + n;
     if len > bound {
         let to = chunks.head_after(len - bound);
-        let (k, done) = chunks.advance(to);
-        q.len.fetch_sub(k, Ordering::Relaxed);
+        // Those of the batch in flight are counted by the receiver's answer (Chunks::trim), not here.
+        let (k, passed, done) = chunks.trim(to);
+        q.len.fetch_sub(passed, Ordering::Relaxed);
         drop(chunks);
         if let Err(e) = record_head(&hooks.store, &q, &domain, to, &done) {
             tracing::error!(%domain, "trimming the webhook backlog: {e}");
         }
         let before = q.dropped.fetch_add(k, Ordering::Relaxed);
-        if before == 0 || (before + k) / 10_000 > before / 10_000 {
+        if k > 0 && (before == 0 || (before + k) / 10_000 > before / 10_000) {
             tracing::warn!(
                 %domain, backlog = bound, dropped_total = before + k,
                 "the webhook receiver falls behind: the oldest outcomes are dropped"
@@ -906,6 +1053,7 @@ fn sender_thread() -> std::io::Result<(tokio::runtime::Handle, tokio::sync::ones
 async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
     let mut backoff = Duration::from_millis(250);
     let mut size = BatchSize::default();
+    let mut too_large_log = Throttle::new(DROP_LOG_EVERY);
     loop {
         let Some(h) = hooks.upgrade() else {
             return;
@@ -914,22 +1062,25 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         let next = lock(&q.chunks).next(limit);
         let events = match next {
             Next::Events(events) => events,
-            Next::Stored(from) => match read_back(&h, &domain, from, limit).await {
-                Ok(chunks) => {
-                    let head = lock(&q.chunks).head;
-                    waiting_events(chunks, head, limit)
+            Next::Stored(from) => {
+                let head = lock(&q.chunks).head;
+                match read_back(&h, &domain, from, head, limit).await {
+                    Ok(chunks) => {
+                        let head = lock(&q.chunks).head;
+                        waiting_events(chunks, head, limit)
+                    }
+                    Err(e) => {
+                        tracing::error!(%domain, "reading the webhook queue: {e}");
+                        drop(h);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    tracing::error!(%domain, "reading the webhook queue: {e}");
-                    drop(h);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            },
+            }
             Next::Empty => Vec::new(),
         };
-        let Some(last_seq) = events.last().map(|(seq, _)| *seq) else {
+        let (Some(&(first_seq, _)), Some(&(last_seq, _))) = (events.first(), events.last()) else {
             let retire_after = h.retire_after;
             drop(h);
             // Idle for that long, the queue retires (unless events came meanwhile) and its sender ends.
@@ -989,6 +1140,10 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         let ts = now_secs();
         let body_len = body.len();
         let sig = signature(settings.secret.as_bytes(), ts, &body);
+        if !lock(&q.chunks).start_sending(first_seq, last_seq + 1) {
+            // The writer dropped some of these events (beyond the backlog) since they were read: read again.
+            continue;
+        }
         let result = http
             .post(&settings.url)
             .header("content-type", "application/json")
@@ -997,39 +1152,49 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             .body(body)
             .send()
             .await;
-        let error = match result {
-            Ok(r) if r.status().is_success() => None,
-            Ok(r) if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
-                // Too large for the receiver: smaller batches, at once; one outcome refused alone is dropped.
-                q.failures.fetch_add(1, Ordering::Relaxed);
-                let e = format!(
-                    "the receiver answered {} to a batch of {sent} outcomes ({body_len} bytes)",
-                    r.status()
-                );
-                *lock(&q.last_error) = Some(e.clone());
-                if size.refused(sent) {
-                    tracing::debug!(%domain, "outcome webhook: {e}; sending {} per batch", size.limit());
-                } else {
-                    let k = done_with(&h, &domain, &q, last_seq + 1).await;
-                    q.dropped.fetch_add(k, Ordering::Relaxed);
-                    tracing::error!(
-                        %domain, dropped = k,
-                        "outcome webhook: {e}: the receiver refuses this outcome alone as too large; dropped \
-                         (see herald_webhook_dropped_total)"
-                    );
+        // Events of the batch the writer's trim passed meanwhile: delivered if it is taken, dropped otherwise.
+        let trimmed = lock(&q.chunks).sent();
+        let error = match answer(result, sent, body_len) {
+            Answer::Taken => None,
+            Answer::TooLarge(e) => match size.refused(sent, body_len) {
+                // Not a matter of size: one event alone no larger than bodies taken before, or nothing taken yet (a
+                // proxy that answers 413 to everything). Retried after a backoff like any failure.
+                Refusal::Failure => Some(e),
+                refusal => {
+                    q.failures.fetch_add(1, Ordering::Relaxed);
+                    *lock(&q.last_error) = Some(e.clone());
+                    if refusal == Refusal::Smaller {
+                        q.dropped.fetch_add(trimmed, Ordering::Relaxed);
+                        tracing::debug!(%domain, "outcome webhook: {e}; sending {} per batch", size.limit());
+                    } else {
+                        let k = done_with(&h, &domain, &q, last_seq + 1).await + trimmed;
+                        q.dropped.fetch_add(k, Ordering::Relaxed);
+                        if let Some(since) = too_large_log.pass(Instant::now(), k) {
+                            tracing::error!(
+                                %domain, dropped = since,
+                                "outcome webhook: {e}: the receiver refuses this outcome alone, larger than any batch \
+                                 it took; dropped (`dropped`: outcomes dropped so since the last such line; \
+                                 herald_webhook_dropped_total counts them all)"
+                            );
+                        }
+                    }
+                    // Smaller batches at once; after a drop, the next events.
+                    continue;
                 }
-                continue;
+            },
+            Answer::TimedOut(e) => {
+                // A receiver that needs longer than the timeout for a batch this large: smaller ones, after the
+                // backoff, until they are answered in time.
+                size.timed_out(sent);
+                Some(e)
             }
-            Ok(r) => Some(format!("the receiver answered {}", r.status())),
-            // Without the URL: its query may carry a secret, and the text reaches the console and the dashboard.
-            Err(e) => Some(format!("request failed: {}", e.without_url())),
+            Answer::Failed(e) => Some(e),
         };
         match error {
             None => {
-                size.taken();
-                let k = done_with(&h, &domain, &q, last_seq + 1).await;
-                // What the head passed: the events sent, and the stale ones left out (fewer when the writer
-                // dropped some of them meanwhile, beyond the backlog).
+                size.taken(body_len);
+                let k = done_with(&h, &domain, &q, last_seq + 1).await + trimmed;
+                // What the head passed (with the trim meanwhile): the events sent, and the stale ones left out.
                 let delivered = k.min(sent);
                 q.delivered.fetch_add(delivered, Ordering::Relaxed);
                 q.dropped.fetch_add(k - delivered, Ordering::Relaxed);
@@ -1043,13 +1208,81 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             }
             Some(e) => {
                 q.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%domain, "outcome webhook: {e}; retrying in {backoff:?}");
+                q.dropped.fetch_add(trimmed, Ordering::Relaxed);
+                tracing::debug!(
+                    %domain,
+                    "outcome webhook: {e}; retrying in {backoff:?}, {} per batch",
+                    size.limit()
+                );
                 *lock(&q.last_error) = Some(e);
                 drop(h);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// What a receiver's answer to a batch means for its sender, with the error it shows otherwise.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// 2xx: the batch is taken.
+    Taken,
+    /// `413 Payload Too Large`.
+    TooLarge(String),
+    /// No answer within the client's timeout ([`REQUEST_TIMEOUT`]).
+    TimedOut(String),
+    /// Anything else: another status, a refused or broken connection.
+    Failed(String),
+}
+
+/// What the answer (or the error) to a batch of `sent` events in `body_len` bytes means.
+fn answer(result: Result<reqwest::Response, reqwest::Error>, sent: u64, body_len: usize) -> Answer {
+    match result {
+        Ok(r) if r.status().is_success() => Answer::Taken,
+        Ok(r) if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => Answer::TooLarge(format!(
+            "the receiver answered {} to a batch of {sent} outcomes ({body_len} bytes)",
+            r.status()
+        )),
+        Ok(r) => Answer::Failed(format!("the receiver answered {}", r.status())),
+        // Without the URL: its query may carry a secret, and the text reaches the console and the dashboard.
+        Err(e) if e.is_timeout() => Answer::TimedOut(format!(
+            "no answer in time to a batch of {sent} outcomes ({body_len} bytes): {}",
+            e.without_url()
+        )),
+        Err(e) => Answer::Failed(format!("request failed: {}", e.without_url())),
+    }
+}
+
+/// Lets a log line through at most once per `every`, adding up what happened meanwhile for the next line.
+struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    /// What the lines held back since the last one counted.
+    held: u64,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Throttle {
+        Throttle {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// A line counting `n` is due at `now`: `Some(n and what the lines held back since the last one counted)` when
+    /// it may be logged, `None` when it is held back.
+    fn pass(&mut self, now: Instant, n: u64) -> Option<u64> {
+        self.held += n;
+        if self
+            .last
+            .is_some_and(|at| now.saturating_duration_since(at) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
     }
 }
 
@@ -1065,7 +1298,8 @@ fn fresh_events(events: &[(u64, Bytes)], oldest_allowed: u64) -> Vec<&Bytes> {
         .collect()
 }
 
-/// The waiting events (numbered `head` or more) of chunks read back from the store, at most `limit`.
+/// The waiting events (numbered `head` or more) of chunks read back from the store, at most `limit` (the store read
+/// from the head the sender knew before the read: this drops only what the writer's trim passed meanwhile).
 fn waiting_events(chunks: Vec<HookChunk>, head: u64, limit: usize) -> Vec<(u64, Bytes)> {
     chunks
         .into_iter()
@@ -1081,23 +1315,27 @@ fn waiting_events(chunks: Vec<HookChunk>, head: u64, limit: usize) -> Vec<(u64, 
         .collect()
 }
 
-/// Reads chunks of `domain`'s queue from the chunk numbered `from` on, until they hold `limit` events, on the
-/// blocking pool.
+/// Reads the events of `domain`'s queue numbered `head` or more, `limit` at most, from the chunk numbered `from`
+/// on, on the blocking pool.
 async fn read_back(
     h: &Webhooks,
     domain: &str,
     from: u64,
+    head: u64,
     limit: usize,
 ) -> Result<Vec<HookChunk>, String> {
     let (store, domain) = (h.store.clone(), domain.to_owned());
-    h.store_call(move || store.hook_chunks(&domain, from, limit))
+    h.store_call(move || store.hook_chunks(&domain, from, head, limit))
         .await
 }
 
-/// How many events a sender puts in one request: [`BATCH`], halved at each `413 Payload Too Large` (down to one
-/// event), and doubled again after [`GROW_AFTER`] batches taken in a row, so that a receiver whose limit was raised
-/// gets full batches again, at the cost of one refused request now and then. After an event refused alone (too
-/// large by itself, dropped), batches go back to the size last taken.
+/// How many events a sender puts in one request: [`BATCH`], halved at each `413 Payload Too Large` and at each
+/// request not answered within [`REQUEST_TIMEOUT`] (down to one event; after a timeout the backoff applies too),
+/// and doubled again after [`GROW_AFTER`] batches taken in a row, so that a receiver whose limit was raised, or that
+/// got faster, gets full batches again, at the cost of one refused or late request now and then. A `413` to one
+/// event is a drop only when its body is larger than every batch the receiver took: then the event is too large by
+/// itself (dropped), and the next batches have the size last taken; otherwise (nothing taken yet, or a body no
+/// larger than one it took) the 413 is not about size and is retried as any failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BatchSize {
     limit: usize,
@@ -1105,10 +1343,23 @@ struct BatchSize {
     taken: u32,
     /// The limit of the last batch taken (0: none yet).
     good: usize,
+    /// Bytes of the largest body taken (0: none yet).
+    largest: usize,
 }
 
-/// Batches a receiver takes in a row before a sender tries batches twice as large again, after a 413.
+/// Batches a receiver takes in a row before a sender tries batches twice as large again, after a 413 or a timeout.
 const GROW_AFTER: u32 = 64;
+
+/// What a `413` to a batch means ([`BatchSize::refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Send smaller batches, at once.
+    Smaller,
+    /// One event larger than any batch the receiver took: dropped.
+    TooLarge,
+    /// One event no larger than a batch taken, or nothing taken yet: a failure, retried after a backoff.
+    Failure,
+}
 
 impl Default for BatchSize {
     fn default() -> Self {
@@ -1116,6 +1367,7 @@ impl Default for BatchSize {
             limit: BATCH,
             taken: 0,
             good: 0,
+            largest: 0,
         }
     }
 }
@@ -1125,21 +1377,35 @@ impl BatchSize {
         self.limit
     }
 
-    /// A batch of `sent` events was answered 413: halves the batches. False when `sent` was one event: no smaller
-    /// batch can carry it (it is dropped, and the next batches have the size last taken).
-    fn refused(&mut self, sent: u64) -> bool {
+    /// A batch of `sent` events in `body_len` bytes was answered 413.
+    fn refused(&mut self, sent: u64, body_len: usize) -> Refusal {
         self.taken = 0;
-        if sent <= 1 {
-            self.limit = self.good.max(1);
-            return false;
+        if sent > 1 {
+            self.halve(sent);
+            return Refusal::Smaller;
         }
-        self.limit = usize::try_from(sent / 2).unwrap_or(BATCH).clamp(1, BATCH);
-        true
+        if self.largest > 0 && body_len > self.largest {
+            self.limit = self.good.max(1);
+            return Refusal::TooLarge;
+        }
+        self.limit = 1;
+        Refusal::Failure
     }
 
-    /// A batch was taken (2xx).
-    fn taken(&mut self) {
+    /// A batch of `sent` events was not answered in time.
+    fn timed_out(&mut self, sent: u64) {
+        self.taken = 0;
+        self.halve(sent);
+    }
+
+    fn halve(&mut self, sent: u64) {
+        self.limit = usize::try_from(sent / 2).unwrap_or(BATCH).clamp(1, BATCH);
+    }
+
+    /// A batch of `body_len` bytes was taken (2xx).
+    fn taken(&mut self, body_len: usize) {
         self.good = self.limit;
+        self.largest = self.largest.max(body_len);
         if self.limit >= BATCH {
             return;
         }
@@ -1255,6 +1521,192 @@ mod tests {
         }
     }
 
+    fn settings(url: &str, backlog: u64) -> Arc<HookSettings> {
+        Arc::new(HookSettings {
+            url: url.to_owned(),
+            secret: "s".into(),
+            delivered: true,
+            failed: true,
+            invalid_token: true,
+            max_age: Duration::from_secs(3600),
+            backlog,
+        })
+    }
+
+    use axum::http::StatusCode;
+
+    /// A scripted receiver's answer to one request.
+    type Reply = std::pin::Pin<Box<dyn std::future::Future<Output = StatusCode> + Send>>;
+
+    /// What a scripted receiver got: the number of outcomes of every request, as they came, and the ids of the
+    /// batches it took (2xx), in order.
+    #[derive(Default)]
+    struct Script {
+        batches: Mutex<Vec<usize>>,
+        took: Mutex<Vec<String>>,
+    }
+
+    /// A webhook receiver on a loopback port that answers each request as `answer` says, given its index among the
+    /// requests and its number of outcomes (the answer may wait, or never come): its URL and what it got.
+    async fn scripted(
+        answer: impl Fn(usize, usize) -> Reply + Clone + Send + Sync + 'static,
+    ) -> (String, Arc<Script>) {
+        let script = Arc::new(Script::default());
+        let kept = script.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (kept, answer) = (kept.clone(), answer.clone());
+                async move {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let ids: Vec<String> = v["outcomes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["id"].as_str().unwrap().to_owned())
+                        .collect();
+                    let index = {
+                        let mut batches = lock(&kept.batches);
+                        batches.push(ids.len());
+                        batches.len() - 1
+                    };
+                    let status = answer(index, ids.len()).await;
+                    if status.is_success() {
+                        lock(&kept.took).extend(ids);
+                    }
+                    status
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/hook"), script)
+    }
+
+    #[test]
+    fn the_secret_does_not_show_in_debug_output() {
+        let mut s = (*settings("https://hooks.example/in", 10)).clone();
+        s.secret = "hunter2-webhook-key".into();
+        let text = format!("{s:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("secret: \"********\""), "{text}");
+        assert!(text.contains("https://hooks.example/in"), "{text}");
+    }
+
+    /// The memory bound is shared by all queues: at the bound, a chunk of any queue is kept by the store only, and
+    /// what a queue gives back (its chunks delivered, the queue gone) is room for the others.
+    #[test]
+    fn all_queues_share_one_memory_bound() {
+        let budget = Arc::new(AtomicUsize::new(0));
+        let mut a = Chunks::with_budget(budget.clone());
+        let mut b = Chunks::with_budget(budget.clone());
+        a.push(1, events(1..3));
+        let used = budget.load(Ordering::Relaxed);
+        assert_eq!(used, a.cached);
+        // The other queues hold the rest.
+        budget.fetch_add(CACHE_BYTES - used, Ordering::Relaxed);
+        b.push(1, events(1..3));
+        assert_eq!((b.next(10), b.cached), (Next::Stored(1), 0));
+        // Queue a's events delivered: their bytes are room for b's next chunk.
+        a.advance(3);
+        assert_eq!(budget.load(Ordering::Relaxed), CACHE_BYTES - used);
+        b.push(3, events(3..5));
+        assert_eq!(budget.load(Ordering::Relaxed), CACHE_BYTES);
+        b.advance(3);
+        assert_eq!(seqs(b.next(10)), vec![3, 4]);
+        drop(b);
+        assert_eq!(budget.load(Ordering::Relaxed), CACHE_BYTES - used);
+        drop(a);
+    }
+
+    #[test]
+    fn the_counters_of_the_most_recently_retired_queues_are_kept() {
+        let stats = |domain: String| HookStats {
+            domain,
+            delivered: 1,
+            ..HookStats::default()
+        };
+        let mut retired = Retired::default();
+        for i in 0..RETIRED_KEPT {
+            retired.insert(stats(format!("d{i}.example")));
+        }
+        // Retired again: the most recent now.
+        retired.insert(stats("d0.example".into()));
+        retired.insert(stats("new.example".into()));
+        assert_eq!(retired.stats().count(), RETIRED_KEPT);
+        assert_eq!(retired.order.len(), RETIRED_KEPT);
+        assert!(retired.take("d1.example").is_none(), "the oldest forgotten");
+        assert!(retired.take("d0.example").is_some());
+        assert!(retired.take("d0.example").is_none(), "taken back once");
+        assert_eq!(retired.stats().count(), RETIRED_KEPT - 1);
+        assert_eq!(retired.order.len(), RETIRED_KEPT - 1);
+    }
+
+    /// Events of the batch in flight that the writer's trim passes are left to the sender, which counts them by the
+    /// answer; a batch read before a trim passed it is not sent.
+    #[test]
+    fn a_trim_leaves_the_events_in_flight_to_the_sender() {
+        let mut c = Chunks::default();
+        c.push(1, events(1..6));
+        assert!(c.start_sending(1, 4));
+        // Four dropped beyond the backlog: three of them in flight, one not.
+        assert_eq!(c.trim(5), (1, 4, vec![]));
+        assert_eq!(c.sent(), 3);
+        assert_eq!(c.sent(), 0);
+        // Nothing in flight: a trim drops what it passes.
+        assert_eq!(c.trim(6), (1, 1, vec![1]));
+        c.push(6, events(6..9));
+        assert!(c.start_sending(6, 9));
+        c.sent();
+        c.trim(7);
+        assert!(!c.start_sending(6, 9), "event 6 was dropped meanwhile");
+        assert!(c.start_sending(7, 9));
+    }
+
+    #[test]
+    fn the_line_for_outcomes_too_large_is_logged_at_most_once_a_minute() {
+        let mut log = Throttle::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(log.pass(t0, 1), Some(1));
+        assert_eq!(log.pass(t0 + Duration::from_secs(1), 1), None);
+        assert_eq!(log.pass(t0 + Duration::from_secs(59), 2), None);
+        // The next line counts those held back.
+        assert_eq!(log.pass(t0 + Duration::from_secs(60), 1), Some(4));
+        assert_eq!(log.pass(t0 + Duration::from_secs(61), 1), None);
+    }
+
+    /// A store call of one sender (a large read, a write waiting for the journal) runs off the thread every sender
+    /// shares: the others go on meanwhile.
+    #[tokio::test]
+    async fn a_store_call_does_not_hold_up_the_other_senders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let hooks = Webhooks::start(store, Box::new(|_| None));
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (started, store_call_started) = tokio::sync::oneshot::channel();
+        let h = hooks.clone();
+        hooks.senders.spawn(async move {
+            h.store_call(move || {
+                let _ = started.send(());
+                let _ = released.recv();
+                Ok(())
+            })
+            .await
+        });
+        store_call_started.await.unwrap();
+        let (ran, other_ran) = tokio::sync::oneshot::channel();
+        hooks.senders.spawn(async move {
+            let _ = ran.send(());
+        });
+        let other = tokio::time::timeout(Duration::from_secs(20), other_ran).await;
+        release.send(()).unwrap();
+        assert!(
+            matches!(other, Ok(Ok(()))),
+            "another sender's task waited for the store call"
+        );
+    }
+
     #[test]
     fn the_sender_takes_the_oldest_waiting_events_across_chunks() {
         let mut c = Chunks::default();
@@ -1289,8 +1741,8 @@ mod tests {
         assert_eq!(c.next(10), Next::Stored(1));
         c.advance(3);
         assert_eq!(seqs(c.next(10)), vec![3, 4]);
-        // Beyond the memory bound a chunk is kept by the store only; the ones before it come first.
-        c.cached = CACHE_BYTES;
+        // Beyond the queue's memory bound a chunk is kept by the store only; the ones before it come first.
+        c.cached = QUEUE_CACHE_BYTES;
         c.push(5, events(5..7));
         assert_eq!(seqs(c.next(10)), vec![3, 4]);
         c.advance(5);
@@ -1470,71 +1922,101 @@ mod tests {
     fn batches_halve_at_each_413_and_grow_back_once_taken_for_a_while() {
         let mut size = BatchSize::default();
         assert_eq!(size.limit(), BATCH);
-        assert!(size.refused(500));
+        assert_eq!(size.refused(500, 150_000), Refusal::Smaller);
         assert_eq!(size.limit(), 250);
         // Fewer sent than the limit (stale events left out): half of what was sent.
-        assert!(size.refused(100));
+        assert_eq!(size.refused(100, 30_000), Refusal::Smaller);
         assert_eq!(size.limit(), 50);
-        size.taken();
-        // An event refused alone: dropped, and the batches go back to the size last taken.
-        assert!(size.refused(50));
-        assert!(size.refused(25));
+        size.taken(20_000);
+        assert_eq!(size.refused(50, 25_000), Refusal::Smaller);
+        assert_eq!(size.refused(25, 25_000), Refusal::Smaller);
         assert_eq!(size.limit(), 12);
         for sent in [12, 6, 3] {
-            assert!(size.refused(sent));
+            assert_eq!(size.refused(sent, 25_000), Refusal::Smaller);
         }
-        assert!(!size.refused(1));
+        assert_eq!(size.limit(), 1);
+        // One event no larger than a body the receiver took: not a matter of size, a failure (retried).
+        assert_eq!(size.refused(1, 20_000), Refusal::Failure);
+        assert_eq!(size.limit(), 1);
+        // One event larger than any body taken: too large by itself (dropped), and the batches go back to the size
+        // last taken.
+        assert_eq!(size.refused(1, 20_001), Refusal::TooLarge);
         assert_eq!(size.limit(), 50);
         for _ in 0..GROW_AFTER {
-            size.taken();
+            size.taken(1_000);
         }
         assert_eq!(size.limit(), 100);
         for _ in 0..4 * GROW_AFTER {
-            size.taken();
+            size.taken(1_000);
         }
         assert_eq!(size.limit(), BATCH);
-        // Never refused: one event refused alone leaves one per batch until one is taken.
+        // Nothing taken yet (a proxy answering 413 to everything): one event refused alone is a failure, however
+        // large, and batches stay at one event until one is taken.
         let mut size = BatchSize::default();
-        assert!(!size.refused(1));
+        assert_eq!(size.refused(1, 1 << 20), Refusal::Failure);
+        assert_eq!(size.limit(), 1);
+        assert_eq!(size.refused(1, 1 << 20), Refusal::Failure);
+        size.taken(300);
         assert_eq!(size.limit(), 1);
     }
 
+    #[test]
+    fn batches_halve_at_each_timeout_and_grow_back_once_answered_in_time() {
+        let mut size = BatchSize::default();
+        size.timed_out(500);
+        assert_eq!(size.limit(), 250);
+        size.timed_out(250);
+        assert_eq!(size.limit(), 125);
+        // Fewer sent than the limit: half of what was sent.
+        size.timed_out(10);
+        assert_eq!(size.limit(), 5);
+        for sent in [5, 2, 1, 1] {
+            size.timed_out(sent);
+        }
+        assert_eq!(size.limit(), 1, "never below one event");
+        // A timeout breaks a run of batches taken: the growth counts again from it.
+        for _ in 0..GROW_AFTER - 1 {
+            size.taken(100);
+        }
+        size.timed_out(1);
+        size.taken(100);
+        assert_eq!(size.limit(), 1);
+        for _ in 0..GROW_AFTER {
+            size.taken(100);
+        }
+        assert_eq!(size.limit(), 2);
+        for _ in 0..9 * GROW_AFTER {
+            size.taken(100);
+        }
+        assert_eq!(size.limit(), BATCH);
+    }
+
     /// A receiver that refuses bodies above 64 KB (413) gets every outcome, in smaller batches; an outcome it refuses
-    /// alone is dropped and counted, and the ones after it still go.
+    /// alone, larger than any batch it took, is dropped and counted, and the ones after it still go.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_receiver_that_refuses_large_bodies_gets_every_outcome_in_smaller_batches() {
         use crate::outcomes::fixtures::{delivered, notification, receiver_refusing, wait_until};
         use crate::queue::message::IdGenerator;
-        // The one outcome refused whatever its batch: its token, in hex.
-        let poison = "ee".repeat(32).into_bytes();
-        let (url, took) = receiver_refusing(move |body| {
-            body.len() > 64 << 10 || body.windows(poison.len()).any(|w| w == poison.as_slice())
-        })
-        .await;
+        let (url, took) = receiver_refusing(move |body| body.len() > 64 << 10).await;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
-        let settings = Arc::new(HookSettings {
-            url,
-            secret: "s".into(),
-            delivered: true,
-            failed: true,
-            invalid_token: true,
-            max_age: Duration::from_secs(3600),
-            backlog: 1_000_000,
-        });
+        let settings = settings(&url, 1_000_000);
         let hooks = Webhooks::start(store, Box::new(move |_| Some(settings.clone())));
         let ids = IdGenerator::new(0);
         let mut sent = Vec::new();
         let total = 3 * BATCH;
+        // The one outcome too large by itself: a failure whose reason is 70 KB long.
+        let reason = "r".repeat(70 << 10);
         for i in 0..total {
-            let token = if i == total / 2 {
-                0xEE
+            let n = notification(ids.next(), "hooks.example", (i % 200) as u8);
+            if i == total / 2 {
+                let mut r = delivered(&n);
+                r.kind = OutcomeKind::Permanent;
+                r.status = Some(400);
+                r.error = &reason;
+                hooks.outcome(&r);
             } else {
-                (i % 200) as u8
-            };
-            let n = notification(ids.next(), "hooks.example", token);
-            hooks.outcome(&delivered(&n));
-            if token != 0xEE {
+                hooks.outcome(&delivered(&n));
                 sent.push(n.id.to_string());
             }
         }
@@ -1556,6 +2038,175 @@ mod tests {
                 .is_some_and(|e| e.contains("413")),
             "{stats:?}"
         );
+    }
+
+    /// A receiver (or a proxy before it) that answers 413 to everything: batches shrink to one outcome, and a 413 to
+    /// one outcome, with no batch ever taken, is a failure retried after a backoff, not a drop. Once the receiver
+    /// takes batches, every outcome arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_that_refuses_everything_as_too_large_loses_nothing() {
+        use crate::outcomes::fixtures::{delivered, notification, wait_until};
+        use crate::queue::message::IdGenerator;
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let refuses = refusing.clone();
+        let (url, script) = scripted(move |_, _| {
+            let refuses = refuses.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if refuses {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::NO_CONTENT
+                }
+            })
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let settings = settings(&url, 1_000_000);
+        let hooks = Webhooks::start(store, Box::new(move |_| Some(settings.clone())));
+        let ids = IdGenerator::new(0);
+        let mut sent = Vec::new();
+        for i in 0..5u8 {
+            let n = notification(ids.next(), "hooks.example", i);
+            hooks.outcome(&delivered(&n));
+            sent.push(n.id.to_string());
+        }
+        wait_until("one outcome alone was refused twice", || {
+            lock(&script.batches).iter().filter(|&&n| n == 1).count() >= 2
+        })
+        .await;
+        let stats = hooks.stats().remove(0);
+        assert_eq!((stats.dropped, stats.backlog), (0, 5), "{stats:?}");
+        refusing.store(false, Ordering::SeqCst);
+        wait_until("every outcome arrived", || {
+            hooks
+                .stats()
+                .first()
+                .is_some_and(|s| s.backlog == 0 && s.delivered == 5)
+        })
+        .await;
+        assert_eq!(*lock(&script.took), sent);
+        assert_eq!(hooks.stats()[0].dropped, 0);
+    }
+
+    /// A receiver that needs longer than the request timeout for a large batch (here it never answers one above 100
+    /// outcomes) gets smaller batches after each timeout, until they are answered in time, and every outcome.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_too_slow_for_large_batches_gets_every_outcome_in_smaller_ones() {
+        use crate::outcomes::fixtures::{delivered, notification, wait_until};
+        use crate::queue::message::IdGenerator;
+        let (url, script) = scripted(|_, events| {
+            Box::pin(async move {
+                if events > 100 {
+                    return std::future::pending().await;
+                }
+                StatusCode::NO_CONTENT
+            })
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let settings = settings(&url, 1_000_000);
+        let hooks = Webhooks::start_with(
+            store,
+            Box::new(move |_| Some(settings.clone())),
+            http_client_with(Duration::from_secs(1)),
+            RETIRE_AFTER,
+        );
+        let ids = IdGenerator::new(0);
+        let mut sent = Vec::new();
+        for i in 0..2 * BATCH {
+            let n = notification(ids.next(), "hooks.example", (i % 200) as u8);
+            hooks.outcome(&delivered(&n));
+            sent.push(n.id.to_string());
+        }
+        wait_until("every outcome arrived", || {
+            hooks
+                .stats()
+                .first()
+                .is_some_and(|s| s.backlog == 0 && s.delivered == sent.len() as u64)
+        })
+        .await;
+        assert_eq!(*lock(&script.took), sent);
+        let stats = hooks.stats().remove(0);
+        assert_eq!(stats.dropped, 0);
+        assert!(stats.failures > 0, "no batch timed out: {stats:?}");
+        assert!(
+            stats
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("no answer in time")),
+            "{stats:?}"
+        );
+    }
+
+    /// The writer drops the oldest events beyond the backlog while the batch holding them is in flight; the receiver
+    /// then takes the batch: those events count as delivered, not dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_trimmed_while_in_flight_and_then_taken_count_as_delivered() {
+        use crate::outcomes::fixtures::{delivered, notification, wait_until};
+        use crate::queue::message::IdGenerator;
+        // The first request waits until the test lets it be answered.
+        let hold = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = hold.clone();
+        let (url, script) = scripted(move |index, _| {
+            let held = held.clone();
+            Box::pin(async move {
+                if index == 0 {
+                    let _ = held.acquire().await;
+                }
+                StatusCode::NO_CONTENT
+            })
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let settings = settings(&url, 10);
+        let hooks = Webhooks::start_with(
+            store,
+            Box::new(move |_| Some(settings.clone())),
+            http_client_with(Duration::from_secs(300)),
+            RETIRE_AFTER,
+        );
+        let ids = IdGenerator::new(0);
+        let mut all = Vec::new();
+        let mut send = |hooks: &Webhooks| {
+            for i in 0..10u8 {
+                let n = notification(ids.next(), "hooks.example", i);
+                hooks.outcome(&delivered(&n));
+                all.push(n.id.to_string());
+            }
+        };
+        send(&hooks);
+        wait_until("the first batch is in flight", || {
+            !lock(&script.batches).is_empty()
+        })
+        .await;
+        let first = lock(&script.batches)[0] as u64;
+        // Ten more: the ten oldest go beyond the backlog of 10, the first batch's among them.
+        send(&hooks);
+        assert!(hooks.flush(Duration::from_secs(30)).await);
+        let stats = hooks.stats().remove(0);
+        assert_eq!(
+            (stats.backlog, stats.dropped),
+            (10, 10 - first),
+            "{stats:?}"
+        );
+        hold.add_permits(1);
+        wait_until("the rest arrived", || {
+            hooks.stats().first().is_some_and(|s| s.backlog == 0)
+                && lock(&script.took).len() as u64 == first + 10
+        })
+        .await;
+        let stats = hooks.stats().remove(0);
+        assert_eq!(
+            (stats.delivered, stats.dropped),
+            (first + 10, 10 - first),
+            "{stats:?}"
+        );
+        let mut expected: Vec<String> = all[..first as usize].to_vec();
+        expected.extend_from_slice(&all[10..]);
+        assert_eq!(*lock(&script.took), expected);
     }
 
     /// A queue with nothing waiting retires after a while: its sender ends, its rows leave the store, its domain's
@@ -1636,8 +2287,6 @@ mod tests {
         assert_eq!(*lock(&took), sent);
     }
 
-    /// The writer's trim and the sender's advance record their heads after releasing the queue's lock, in either
-    /// order: a head computed lower than one already recorded does not move the stored head back.
     /// The domain is a label value of the text exposition format: a backslash, a double quote and a line feed in
     /// it are escaped, so that every family stays one line per domain.
     #[tokio::test]
@@ -1678,6 +2327,8 @@ mod tests {
         );
     }
 
+    /// The writer's trim and the sender's advance record their heads after releasing the queue's lock, in either
+    /// order: a head computed lower than one already recorded does not move the stored head back.
     #[test]
     fn the_stored_head_never_goes_back() {
         let dir = tempfile::tempdir().unwrap();
