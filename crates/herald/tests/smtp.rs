@@ -2286,3 +2286,159 @@ async fn a_session_that_keeps_erring_is_closed() {
     assert_eq!(c.reply().await, closing);
     c.assert_closed().await;
 }
+
+// A domain only a binding delivers (a domain stanza inside `binding "b"`), whose credentials there cannot be read
+// now, is herald's to fix: the default binding does not deliver it at all (permanent), but the recipient is deferred
+// (451 4.3.5) for the binding's reason, not refused for good; once the key is there, it is taken and delivered from
+// the binding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_a_binding_delivers_with_unreadable_credentials_is_deferred() {
+    let key_path: Arc<std::sync::OnceLock<PathBuf>> = Arc::default();
+    let key = key_path.clone();
+    let h = Harness::start_custom(
+        allow_conf,
+        |_| {},
+        Arc::new(NotDurable),
+        EngineLimits::default(),
+        move |pki, sim, dir| {
+            let missing = dir.join("keys").join("binding.p8");
+            let options = support::token_auth_options(pki, sim.addrs.h2.port(), TOPIC).replace(
+                &pki.manifest.token_key.p8.display().to_string(),
+                &missing.display().to_string(),
+            );
+            key.set(missing).unwrap();
+            let text = format!("binding \"b\" {{\n domain \"{DOMAIN}\" {{\n{options}}}\n}}\n");
+            let config = Config::parse_str("binding-credentials.conf", &text).unwrap();
+            Arc::new(herald::delivery::ConfigResolver::new(Arc::new(config)))
+        },
+    )
+    .await;
+    let missing = key_path.get().unwrap().clone();
+    let rcpt = format!("{}@{DOMAIN}", token(820));
+    let mut c = h.greeted().await;
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    let (code, text) = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "4.3.5 <{rcpt}>: domain \"{DOMAIN}\" cannot take push notifications: apn_key {}",
+            missing.display()
+        )),
+        "{text}"
+    );
+    std::fs::create_dir_all(missing.parent().unwrap()).unwrap();
+    std::fs::copy(&h.pki.manifest.token_key.p8, &missing).unwrap();
+    let (code, text) = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    let message = mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"bound\"}}")])
+        .replace("Subject: push\r\n", "Subject: push\r\nX-Binding: b\r\n");
+    c.send(&stuff(&message)).await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(h.sim.wait_for_records(1, WAIT).await, 1);
+    assert_eq!(h.sim.record()[0].token, token(820));
+}
+
+// RFC 5321 §4.5.1: `postmaster` is a valid address (the reserved mailbox), not a syntax error; herald has no
+// mailboxes, so it is refused as an unknown recipient is, and the transaction goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postmaster_is_refused_as_no_mailbox_of_herald() {
+    let h = Harness::start(allow_conf).await;
+    let mut c = h.greeted().await;
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    for postmaster in ["postmaster", "PostMaster"] {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{postmaster}>")).await,
+            (
+                550,
+                format!(
+                    "5.1.1 <{postmaster}>: herald has no mailboxes: it takes only device-token recipients of push domains, <token-or-name@app-domain>"
+                )
+            )
+        );
+    }
+    // Any other address without a domain is still a syntax error.
+    assert_eq!(c.cmd("RCPT TO:<webmaster>").await.0, 501);
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{}@{DOMAIN}>", token(830))).await.0,
+        250
+    );
+}
+
+// An empty header is given, not missing (Momentum falls back only for a header "not specified"): an empty
+// X-Device-Token once sent the push to the recipient's local part, another device, with 250. It refuses the message
+// naming the part and the header, as a repeated top-level X-Binding, a priority with a `+` and a payload larger than
+// any APNs push do; nothing is delivered or logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_repeated_and_oversized_headers_and_payloads_refuse_the_message() {
+    let h = Harness::start(allow_conf).await;
+    let rcpt = vec![format!("{}@{DOMAIN}", token(840))];
+    let json = "{\"aps\":{\"alert\":\"hi\"}}";
+    let (code, text) = h
+        .send_raw(&rcpt, &mcmt(&[push_part(&[("X-Device-Token", "")], json)]))
+        .await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.6.0 part 2: header X-Device-Token is given with an empty value in the inner header block (an empty header is not a missing one: give a value, or leave the header out)"
+        )
+    );
+    let (code, text) = h
+        .send_raw(&rcpt, &mcmt(&[push_part(&[("X-APNs-Topic", " ")], json)]))
+        .await;
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.starts_with(
+            "5.6.0 part 2: header X-APNs-Topic (or apns-topic) is given with an empty value"
+        ),
+        "{text}"
+    );
+    let twice = mcmt(&[push_part(&[], json)]).replace(
+        "Subject: push\r\n",
+        "Subject: push\r\nX-Binding: default\r\nX-Binding: other\r\n",
+    );
+    let (code, text) = h.send_raw(&rcpt, &twice).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.6.0 malformed MCMT message: header X-Binding is given more than once in the message's headers (which one applies would be ambiguous: give it once)"
+        )
+    );
+    let (code, text) = h
+        .send_raw(
+            &rcpt,
+            &mcmt(&[push_part(&[("X-APNs-Priority", "+10")], json)]),
+        )
+        .await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.6.0 part 2: header X-APNs-Priority: \"+10\" is not a priority (5 or 10)"
+        )
+    );
+    // A 7bit payload of 6000 bytes (in lines within max_line_length): refused by its part before any recipient's
+    // route judges it.
+    let pad = format!("\"{}\",\r\n", "x".repeat(96)).repeat(59);
+    let big = format!(
+        "{{\"aps\":{{\"alert\":\"hi\"}},\"pad\":[{pad}\"{}\"]}}",
+        "y".repeat(8)
+    );
+    assert_eq!(big.len(), 6000);
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[push_part(&[], &big)])).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            550,
+            "5.6.0 part 2: payload is 6000 bytes; no APNs push allows more than 5120 (VoIP pushes over HTTP/2; other pushes allow less)"
+        )
+    );
+    assert!(h.reception_lines().is_empty());
+    assert!(h.sim.record().is_empty());
+    let (code, text) = h.send_raw(&rcpt, &mcmt(&[push_part(&[], json)])).await;
+    assert_eq!(code, 250, "{text}");
+    h.sim.wait_for_records(1, WAIT).await;
+}

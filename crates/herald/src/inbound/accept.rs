@@ -373,18 +373,25 @@ impl Intake {
     /// same. Nothing is counted as refused here.
     /// Before the content says which binding delivers it, a domain that only some binding delivers (a domain
     /// stanza inside a binding) is accepted too; [`prepare`](Self::prepare) then checks the binding named.
+    /// When no binding delivers it, the refusal is the first temporary one of any binding (a binding whose
+    /// credentials for the domain cannot be read now: the operator can fix it, so the sender retries), else the
+    /// `default` binding's.
     pub fn check_domain(&self, domain: &str) -> Result<(), DomainRefusal> {
-        let default = self.settings_for(None, domain).map(|_| ());
-        if default.is_ok() {
-            return default;
+        let Err(default) = self.settings_for(None, domain) else {
+            return Ok(());
+        };
+        let mut temporary = default.is_temporary().then(|| default.clone());
+        for binding in self.resolver.bindings() {
+            if binding == DEFAULT_BINDING {
+                continue;
+            }
+            match self.settings_for(Some(&binding), domain) {
+                Ok(_) => return Ok(()),
+                Err(e) if temporary.is_none() && e.is_temporary() => temporary = Some(e),
+                Err(_) => {}
+            }
         }
-        let other_binding = self
-            .resolver
-            .bindings()
-            .iter()
-            .filter(|b| b.as_str() != DEFAULT_BINDING)
-            .any(|b| self.settings_for(Some(b), domain).is_ok());
-        if other_binding { Ok(()) } else { default }
+        Err(temporary.unwrap_or(default))
     }
 
     /// [`check_domain`](Self::check_domain) for delivery from `binding` (`None`: the `default` binding): the
@@ -569,14 +576,20 @@ impl Intake {
     }
 
     /// The binding group `n` is delivered from, for its R line: `None` (`default`) for the default binding, with no
-    /// lookup on the common path; else the group of its binding's settings, which the door checks built already.
+    /// lookup on the common path; else the group of its binding's settings under the configuration in force. The
+    /// door checks built them, but a reload, an idle queue's retirement or the bound on settings kept may have
+    /// dropped them since: then they are built again, so the R line names the group the D line will. `None` only
+    /// when the binding no longer delivers the domain (a reload removed it).
     fn binding_group(&self, n: &Notification) -> Option<Arc<str>> {
         if &*n.binding == DEFAULT_BINDING {
             return None;
         }
-        self.resolver
-            .cached(&n.binding, &n.domain)
-            .map(|s| s.binding_group.clone())
+        let settings = match self.resolver.cached(&n.binding, &n.domain) {
+            Some(settings) => settings,
+            None => crate::queue::in_place(|| self.resolver.resolve_binding(&n.binding, &n.domain))
+                .ok()?,
+        };
+        Some(settings.binding_group.clone())
     }
 
     fn queue_full(&self, n: usize) -> Refusal {
@@ -1596,6 +1609,140 @@ mod tests {
         assert!(intake.reserve(1).is_err());
         drop(all);
         assert!(intake.reserve(0).is_ok());
+    }
+
+    /// A resolver that delivers apps.example from bindings `default` and `b` (of binding group `g`), and keeps
+    /// nothing built: [`SettingsResolver::cached`] never answers, as after a reload, an idle queue's retirement or
+    /// the bound on settings kept.
+    struct NothingKept;
+
+    impl SettingsResolver for NothingKept {
+        fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            self.resolve_binding(DEFAULT_BINDING, domain)
+        }
+
+        fn bindings(&self) -> Vec<String> {
+            vec![DEFAULT_BINDING.to_owned(), "b".to_owned()]
+        }
+
+        fn resolve_binding(
+            &self,
+            binding: &str,
+            domain: &str,
+        ) -> Result<Arc<DeliverySettings>, ResolveError> {
+            if domain != "apps.example" {
+                return Err(ResolveError::UnknownDomain(domain.to_owned()));
+            }
+            let mut built = settings(domain);
+            match binding {
+                DEFAULT_BINDING => {}
+                "b" => {
+                    built.binding = Arc::from("b");
+                    built.binding_group = Arc::from("g");
+                }
+                other => return Err(ResolveError::UnknownBinding(other.to_owned())),
+            }
+            Ok(Arc::new(built))
+        }
+    }
+
+    /// The R line names the binding group from the configuration in force, whether or not the settings the door
+    /// checks built are still kept: it says `g`, as the D line will, not `default`.
+    #[test]
+    fn the_binding_group_of_the_r_line_does_not_depend_on_settings_kept() {
+        let (_, engine) = engine();
+        let intake = Intake::new(
+            Arc::new(NothingKept),
+            Arc::new(NotDurable),
+            engine,
+            IdGenerator::new(1),
+        );
+        let submission = |binding: Option<&str>| Submission {
+            domain: "apps.example".into(),
+            token: "ab".repeat(32),
+            payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+            binding: binding.map(str::to_owned),
+            ..Submission::default()
+        };
+        let from_b = intake
+            .prepare(submission(Some("b")), &source(&intake))
+            .unwrap();
+        assert_eq!(&*from_b.binding, "b");
+        assert_eq!(intake.binding_group(&from_b).as_deref(), Some("g"));
+        let from_default = intake.prepare(submission(None), &source(&intake)).unwrap();
+        assert_eq!(intake.binding_group(&from_default), None);
+    }
+
+    /// Every binding's refusal of one domain, for [`Intake::check_domain`]: `default` does not deliver it by APNs,
+    /// binding `b` does not know it, binding `keyed` cannot read its credentials (when `keyed_ok` is false), and
+    /// binding `later`, after it, delivers it when `later_ok`.
+    struct PerBinding {
+        keyed_ok: bool,
+        later_ok: bool,
+    }
+
+    impl SettingsResolver for PerBinding {
+        fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            self.resolve_binding(DEFAULT_BINDING, domain)
+        }
+
+        fn bindings(&self) -> Vec<String> {
+            [DEFAULT_BINDING, "b", "keyed", "later"]
+                .map(str::to_owned)
+                .to_vec()
+        }
+
+        fn resolve_binding(
+            &self,
+            binding: &str,
+            domain: &str,
+        ) -> Result<Arc<DeliverySettings>, ResolveError> {
+            match binding {
+                DEFAULT_BINDING => Err(ResolveError::NotApn("Smtp".into())),
+                "keyed" if !self.keyed_ok => Err(ResolveError::Credentials(
+                    "apn_key /unreadable.p8: Permission denied (os error 13)".into(),
+                )),
+                "later" if self.later_ok => Ok(Arc::new(settings(domain))),
+                _ => Err(ResolveError::UnknownDomain(domain.to_owned())),
+            }
+        }
+    }
+
+    /// A domain no binding can deliver now is refused for the first temporary reason of any binding (a binding's
+    /// credentials that cannot be read: the sender retries while the operator fixes them), not for the default
+    /// binding's permanent one; without a temporary reason, for the default binding's; and a binding that delivers
+    /// it accepts it whatever the others say.
+    #[test]
+    fn a_domain_no_binding_delivers_is_refused_for_a_temporary_reason_first() {
+        let check = |keyed_ok: bool, later_ok: bool| {
+            let (_, engine) = engine();
+            let intake = Intake::new(
+                Arc::new(PerBinding { keyed_ok, later_ok }),
+                Arc::new(NotDurable),
+                engine,
+                IdGenerator::new(1),
+            );
+            intake.check_domain("apps.example")
+        };
+        let refusal = check(false, false).unwrap_err();
+        assert!(refusal.is_temporary(), "{refusal}");
+        assert_eq!(
+            refusal,
+            DomainRefusal::NotPush {
+                domain: "apps.example".into(),
+                reason: ResolveError::Credentials(
+                    "apn_key /unreadable.p8: Permission denied (os error 13)".into()
+                ),
+            }
+        );
+        assert_eq!(
+            check(true, false),
+            Err(DomainRefusal::NotPush {
+                domain: "apps.example".into(),
+                reason: ResolveError::NotApn("Smtp".into()),
+            })
+        );
+        assert_eq!(check(false, true), Ok(()));
     }
 
     /// A resolver whose domain is configured but whose credentials cannot be read.

@@ -1,10 +1,12 @@
 //! MCMT: `multipart/vnd.msys.mcmt` messages carrying `message/vnd.msys.apn` push parts
 //! (docs/momentum-compat.md#mcmt-push-part, docs/momentum-compat.md#mcmt).
 //!
-//! [`parse`] reads a message received over SMTP and returns its push parts, each with its device token (if the
+//! [`parse_with`] reads a message received over SMTP (or rendered from a REST template, [`parse`]) and returns its push parts, each with its device token (if the
 //! part names one), JSON payload and APNs attributes; [`McmtMessage::submissions`] turns them into one
 //! [`Submission`] per push part per recipient. Parsing never validates the payload or the token: the intake does,
-//! and the caller names the part in the refusal. A refusal repeats at most [`ECHO_LIMIT`] characters of a value
+//! and the caller names the part in the refusal; only a payload larger than any APNs push takes ([`MAX_PAYLOAD`]) is
+//! refused here, before it is copied. A push part header given with an empty value is refused over SMTP, and not
+//! given in a REST template ([`EmptyValue`]). A refusal repeats at most [`ECHO_LIMIT`] characters of a value
 //! taken from the message ([`echo`]).
 //!
 //! A push part is laid out as Momentum documents it: the MIME part headers (`Content-Type: message/vnd.msys.apn`),
@@ -18,6 +20,8 @@
 //! of hiding or shifting parts. The MIME parser reads only single header blocks.
 
 mod mime;
+
+use std::borrow::Cow;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -57,7 +61,13 @@ pub mod headers {
         APNS_ID,
         BINDING,
     ];
+    /// The headers read from the message's own header block, each given at most once.
+    pub const TOP_LEVEL: &[&[&str]] = &[RETURN_PATH, BINDING];
 }
+
+/// The largest payload APNs takes of any push (VoIP pushes over HTTP/2; docs/apns-protocol.md#payload-limits): a push
+/// part whose payload is larger is refused before its payload is copied, whatever route its recipients' domains take.
+pub const MAX_PAYLOAD: usize = herald_apns::push::VOIP_PAYLOAD_LIMIT;
 
 /// The most characters of a value from the message (a boundary, a header value) that a refusal repeats: the
 /// rest is cut and marked `…`, so a refusal stays within a reply line (RFC 5321 §4.5.3.1.5: 512 octets).
@@ -83,7 +93,8 @@ pub enum McmtError {
     /// The message is empty. (A message whose first line is empty has no headers and is [`Parsed::NotMcmt`].)
     #[error("the message has no header block")]
     NoHeaders,
-    #[error("the message's MIME structure cannot be read (its parts and boundaries do not nest)")]
+    /// The MIME parser could not read the message's own header block.
+    #[error("the message's header block cannot be read")]
     Malformed,
     #[error(
         "the MCMT container has no parts (a boundary parameter matching the body's delimiters is required)"
@@ -103,6 +114,12 @@ pub enum McmtError {
     NoPushPart,
     #[error("part {part}: {reason}")]
     Part { part: usize, reason: PartError },
+    /// A header of [`headers::TOP_LEVEL`] is given more than once in the message's own header block.
+    #[error(
+        "header {} is given more than once in the message's headers (which one applies would be ambiguous: give it once)",
+        spelled(names)
+    )]
+    RepeatedHeader { names: &'static [&'static str] },
     /// The top-level header block of a `multipart/vnd.msys.mcmt` message is over the limit. (A message of another
     /// type with such a block is [`Parsed::NotMcmt`].)
     #[error(
@@ -146,7 +163,10 @@ pub enum PartError {
     },
     #[error("Content-Transfer-Encoding {0:?} is not supported (use 7bit, 8bit or base64)")]
     UnsupportedEncoding(String),
-    #[error("the base64 body does not decode: {0}")]
+    /// base64's reason, whose offset counts the base64 characters only.
+    #[error(
+        "the base64 body does not decode: {0} (the offset counts base64 characters, line breaks and other white space excluded)"
+    )]
     BadBase64(String),
     #[error("the inner header block is not terminated by a blank line before the JSON payload")]
     UnterminatedHeaders,
@@ -154,6 +174,20 @@ pub enum PartError {
     BadHeaderLine { line: usize },
     #[error("the JSON payload is empty")]
     EmptyPayload,
+    #[error(
+        "payload is {size} bytes; no APNs push allows more than {limit} (VoIP pushes over HTTP/2; other pushes allow less)"
+    )]
+    PayloadTooLarge { size: usize, limit: usize },
+    /// A header of [`headers::SINGLE`] given with nothing after its colon: given, so not the missing header whose
+    /// default applies (the recipient's local part for `X-Device-Token`).
+    #[error(
+        "header {} is given with an empty value in {block} (an empty header is not a missing one: give a value, or leave the header out)",
+        spelled(names)
+    )]
+    EmptyHeader {
+        names: &'static [&'static str],
+        block: HeaderBlockName,
+    },
     #[error("header {name}: {value:?} is not {expected}")]
     BadHeader {
         name: &'static str,
@@ -281,8 +315,27 @@ fn strip_angle(s: &str) -> &str {
         .unwrap_or(s)
 }
 
-/// Reads a received message (after dot-unstuffing) and finds its push parts.
+/// What a push part header of [`headers::SINGLE`] given with an empty value means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmptyValue {
+    /// The header is given: the message is refused naming the part and the header ([`PartError::EmptyHeader`]).
+    /// Momentum falls back to a default only for a header that is not given, and an empty `X-Device-Token` that
+    /// fell back to the recipient's local part would reach another device. Messages received over SMTP.
+    Refused,
+    /// The header is not given, and what applies without it does: a REST injection template renders a header
+    /// empty for a recipient with no value for its key, whose device token is then the recipient's local part.
+    NotGiven,
+}
+
+/// [`parse_with`] for a REST injection's rendered template: a header rendered empty is not given
+/// ([`EmptyValue::NotGiven`]).
 pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
+    parse_with(raw, EmptyValue::NotGiven)
+}
+
+/// Reads a message (received over SMTP after dot-unstuffing, or rendered from a template) and finds its push parts;
+/// `empty` says what a push part header given with an empty value means.
+pub fn parse_with(raw: &[u8], empty: EmptyValue) -> Result<Parsed, McmtError> {
     // Only the top-level header block goes to the MIME parser; the body is split here, line by line.
     let Some(body_start) = mime::top_block_end(raw) else {
         // The block is over the limit and the MIME parser is not given it. Its Content-Type field alone says whether
@@ -313,6 +366,20 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
     };
     if !root_type.is(MCMT_TYPE) {
         return Ok(Parsed::NotMcmt);
+    }
+    for names in headers::TOP_LEVEL {
+        let given = root
+            .headers()
+            .iter()
+            .filter(|h| {
+                names
+                    .iter()
+                    .any(|n| h.name.as_str().eq_ignore_ascii_case(n))
+            })
+            .count();
+        if given > 1 {
+            return Err(McmtError::RepeatedHeader { names });
+        }
     }
     let Some(boundary) = root_type.boundary.as_deref().filter(|b| !b.is_empty()) else {
         return Err(McmtError::NoParts);
@@ -377,7 +444,7 @@ pub fn parse(raw: &[u8]) -> Result<Parsed, McmtError> {
         }
         let part_body = part.get(block.body..).unwrap_or_default();
         if part_type.is(APN_PART_TYPE) {
-            let push = push_part(number, &block.fields, part_body).map_err(refuse)?;
+            let push = push_part(number, &block.fields, part_body, empty).map_err(refuse)?;
             push_parts.push(push);
         } else if part_type.ctype == "message" || part_type.ctype == "multipart" {
             mime::check_email_part(&part_type, part_body).map_err(refuse)?;
@@ -441,23 +508,38 @@ impl Headers<'_> {
         names: &'static [&'static str],
         expected: &'static str,
     ) -> Result<Option<T>, PartError> {
+        // ASCII digits only, as the REST API takes them: `from_str` would also take a leading `+`.
+        let bad = |v: &str| PartError::BadHeader {
+            name: names[0],
+            value: echo(v).into_owned(),
+            expected,
+        };
         match self.string(names) {
             None => Ok(None),
-            Some(v) => v.parse::<T>().map(Some).map_err(|_| PartError::BadHeader {
-                name: names[0],
-                value: echo(&v).into_owned(),
-                expected,
-            }),
+            Some(v) if !v.bytes().all(|b| b.is_ascii_digit()) => Err(bad(&v)),
+            Some(v) => v.parse::<T>().map(Some).map_err(|_| bad(&v)),
         }
     }
 }
 
-fn push_part(number: usize, mime: &[(String, String)], body: &[u8]) -> Result<PushPart, PartError> {
+fn push_part(
+    number: usize,
+    mime: &[(String, String)],
+    body: &[u8],
+    empty: EmptyValue,
+) -> Result<PushPart, PartError> {
+    let refuse_empty = empty == EmptyValue::Refused;
     no_repeats(mime, HeaderBlockName::Mime)?;
+    if refuse_empty {
+        no_empty_values(mime, HeaderBlockName::Mime)?;
+    }
     let outer = Headers { inner: &[], mime };
     let decoded = decode(outer.string(headers::TRANSFER_ENCODING).as_deref(), body)?;
     let (inner, json) = split_inner_headers(&decoded)?;
     no_repeats(&inner, HeaderBlockName::Inner)?;
+    if refuse_empty {
+        no_empty_values(&inner, HeaderBlockName::Inner)?;
+    }
     // A transfer encoding named in the inner block applies to the JSON after it (docs/momentum-compat.md#mcmt-push-part
     // lists Content-Transfer-Encoding among the push part's own headers).
     let inner_cte = Headers {
@@ -469,6 +551,13 @@ fn push_part(number: usize, mime: &[(String, String)], body: &[u8]) -> Result<Pu
     let payload = trim_ascii(&json);
     if payload.is_empty() {
         return Err(PartError::EmptyPayload);
+    }
+    // Refused before it is copied: the intake would refuse it for every push type and route.
+    if payload.len() > MAX_PAYLOAD {
+        return Err(PartError::PayloadTooLarge {
+            size: payload.len(),
+            limit: MAX_PAYLOAD,
+        });
     }
     let h = Headers {
         inner: &inner,
@@ -491,11 +580,12 @@ fn push_part(number: usize, mime: &[(String, String)], body: &[u8]) -> Result<Pu
     })
 }
 
-/// Applies a `Content-Transfer-Encoding` (its comments aside: `base64 (json)` is base64).
-fn decode(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, PartError> {
+/// Applies a `Content-Transfer-Encoding` (its comments aside: `base64 (json)` is base64). The identity encodings
+/// (none, `7bit`, `8bit`, `binary`) borrow `body`: only base64 makes a copy.
+fn decode<'a>(cte: Option<&str>, body: &'a [u8]) -> Result<Cow<'a, [u8]>, PartError> {
     let cte = cte.map(|c| mime::without_comments(c).to_ascii_lowercase());
     match cte.as_deref() {
-        None | Some("" | "7bit" | "8bit" | "binary") => Ok(body.to_vec()),
+        None | Some("" | "7bit" | "8bit" | "binary") => Ok(Cow::Borrowed(body)),
         Some("base64") => {
             let compact: Vec<u8> = body
                 .iter()
@@ -504,6 +594,7 @@ fn decode(cte: Option<&str>, body: &[u8]) -> Result<Vec<u8>, PartError> {
                 .collect();
             base64::engine::general_purpose::STANDARD
                 .decode(&compact)
+                .map(Cow::Owned)
                 .map_err(|e| PartError::BadBase64(e.to_string()))
         }
         Some(other) => Err(PartError::UnsupportedEncoding(echo(other).into_owned())),
@@ -520,6 +611,21 @@ fn no_repeats(list: &[(String, String)], block: HeaderBlockName) -> Result<(), P
             .count();
         if given > 1 {
             return Err(PartError::RepeatedHeader { names, block });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a header of [`headers::SINGLE`] given with an empty value (spaces and folds aside) in one header block:
+/// Momentum falls back to a default only for a header that is not given, and a push that falls back to the
+/// recipient's local part for an empty `X-Device-Token` would reach another device.
+fn no_empty_values(list: &[(String, String)], block: HeaderBlockName) -> Result<(), PartError> {
+    for names in headers::SINGLE {
+        let empty = list.iter().any(|(n, v)| {
+            names.iter().any(|want| n.eq_ignore_ascii_case(want)) && v.trim().is_empty()
+        });
+        if empty {
+            return Err(PartError::EmptyHeader { names, block });
         }
     }
     Ok(())
@@ -1376,7 +1482,203 @@ Content-Type: message/rfc822\r\n\r\nSuype: m\n\r\xf5--B\r\nContent-Type: message
         assert_eq!(parse(raw.as_bytes()), Err(McmtError::NoPushPart));
         assert_eq!(
             McmtError::Malformed.to_string(),
-            "the message's MIME structure cannot be read (its parts and boundaries do not nest)"
+            "the message's header block cannot be read"
+        );
+    }
+
+    // Momentum falls back to a default only for a header that is not given: an empty `X-Device-Token` once sent the
+    // push to the recipient's local part, another device, answered 250. Every header of `headers::SINGLE` given
+    // empty, in either block, refuses the message naming the part, the header and the block.
+    #[test]
+    fn a_header_given_empty_is_refused_not_defaulted() {
+        let parse = |raw: &[u8]| parse_with(raw, EmptyValue::Refused);
+        for names in headers::SINGLE {
+            for name in names.iter() {
+                let inner = format!(
+                    "Content-Type: message/vnd.msys.apn\r\n\r\n{name}:\r\nX-Pad: 1\r\n\r\n{{}}"
+                );
+                let mime = format!("Content-Type: message/vnd.msys.apn\r\n{name}:  \r\n\r\n{{}}");
+                for (part, block) in [
+                    (inner, HeaderBlockName::Inner),
+                    (mime, HeaderBlockName::Mime),
+                ] {
+                    assert_eq!(
+                        parse(&mcmt(&[APN, &part])).unwrap_err(),
+                        McmtError::Part {
+                            part: 2,
+                            reason: PartError::EmptyHeader { names, block }
+                        },
+                        "{part:?}"
+                    );
+                }
+            }
+        }
+        let part = "Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token:\r\n\r\n{}";
+        assert_eq!(
+            parse(&mcmt(&[part])).unwrap_err().to_string(),
+            "part 1: header X-Device-Token is given with an empty value in the inner header block (an empty header is not a missing one: give a value, or leave the header out)"
+        );
+        // A REST template renders the header empty for a recipient without a token: not given there.
+        assert_eq!(parsed(&mcmt(&[part])).push_parts[0].token, None);
+    }
+
+    // As the REST API, a priority or expiration is ASCII digits: Rust's parsing alone would take a leading `+`.
+    #[test]
+    fn priority_and_expiration_are_digits_only() {
+        for (header, value, expected) in [
+            ("X-APNs-Priority", "+10", "a priority (5 or 10)"),
+            ("apns-priority", "-5", "a priority (5 or 10)"),
+            (
+                "X-APNs-Expiration",
+                "+1700000000",
+                "an epoch time in seconds",
+            ),
+            ("X-APNs-Expiration", "1 700", "an epoch time in seconds"),
+        ] {
+            let part =
+                format!("Content-Type: message/vnd.msys.apn\r\n{header}: {value}\r\n\r\n{{}}");
+            let e = parse(&mcmt(&[&part])).unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    McmtError::Part {
+                        part: 1,
+                        reason: PartError::BadHeader { value: v, expected: x, .. }
+                    } if v == value && *x == expected
+                ),
+                "{header}: {value}: {e:?}"
+            );
+        }
+        let part = "Content-Type: message/vnd.msys.apn\r\nX-APNs-Priority: +10\r\n\r\n{}";
+        assert_eq!(
+            parse(&mcmt(&[part])).unwrap_err().to_string(),
+            "part 1: header X-APNs-Priority: \"+10\" is not a priority (5 or 10)"
+        );
+        let part = "Content-Type: message/vnd.msys.apn\r\nX-APNs-Priority: 05\r\nX-APNs-Expiration: 0\r\n\r\n{}";
+        let p = &parsed(&mcmt(&[part])).push_parts[0];
+        assert_eq!(
+            (p.headers.priority, p.headers.expiration),
+            (Some(5), Some(0))
+        );
+    }
+
+    // The message's own X-Binding and Return-Path apply to every push part: given twice, which one applies would be
+    // ambiguous, so the message is refused naming the header, as a repeat inside a push part is.
+    #[test]
+    fn a_top_level_header_given_twice_is_refused() {
+        let with = |headers: &str| {
+            format!(
+                "{headers}Content-Type: multipart/vnd.msys.mcmt; boundary=B\r\n\r\n--B\r\n{APN}\r\n--B--\r\n"
+            )
+        };
+        for (headers, names) in [
+            ("X-Binding: b1\r\nX-Binding: b2\r\n", headers::BINDING),
+            (
+                "x-binding: b1\r\nSubject: s\r\nX-BINDING: b1\r\n",
+                headers::BINDING,
+            ),
+            (
+                "Return-Path: <a@example.com>\r\nReturn-Path: <b@example.com>\r\n",
+                headers::RETURN_PATH,
+            ),
+        ] {
+            assert_eq!(
+                parse(with(headers).as_bytes()).unwrap_err(),
+                McmtError::RepeatedHeader { names },
+                "{headers:?}"
+            );
+        }
+        assert_eq!(
+            McmtError::RepeatedHeader {
+                names: headers::BINDING
+            }
+            .to_string(),
+            "header X-Binding is given more than once in the message's headers (which one applies would be ambiguous: give it once)"
+        );
+        // Once each is read.
+        let m = parsed(with("X-Binding: b1\r\nReturn-Path: <a@example.com>\r\n").as_bytes());
+        assert_eq!(
+            (m.binding.as_deref(), m.return_path.as_deref()),
+            (Some("b1"), Some("<a@example.com>"))
+        );
+    }
+
+    // No APNs push takes a payload over MAX_PAYLOAD (VoIP over HTTP/2): a larger one is refused by its part before it
+    // is copied; one of exactly that size goes on to the intake, which judges it for its push type and route.
+    #[test]
+    fn a_payload_larger_than_any_apns_push_takes_is_refused_by_its_part() {
+        let payload = |len: usize| {
+            let pad = len - "{\"a\":\"\"}".len();
+            format!("{{\"a\":\"{}\"}}", "x".repeat(pad))
+        };
+        let part = |len| {
+            format!(
+                "Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: ab\r\n\r\n  {}\r\n",
+                payload(len)
+            )
+        };
+        assert_eq!(
+            parsed(&mcmt(&[&part(MAX_PAYLOAD)])).push_parts[0]
+                .payload
+                .len(),
+            MAX_PAYLOAD
+        );
+        let e = parse(&mcmt(&[APN, &part(MAX_PAYLOAD + 1)])).unwrap_err();
+        assert_eq!(
+            e,
+            McmtError::Part {
+                part: 2,
+                reason: PartError::PayloadTooLarge {
+                    size: MAX_PAYLOAD + 1,
+                    limit: MAX_PAYLOAD
+                }
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "part 2: payload is 5121 bytes; no APNs push allows more than 5120 (VoIP pushes over HTTP/2; other pushes allow less)"
+        );
+        // base64 alike, measured decoded.
+        let b64 = base64::engine::general_purpose::STANDARD.encode(payload(MAX_PAYLOAD + 1));
+        let part = format!(
+            "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}"
+        );
+        assert!(matches!(
+            parse(&mcmt(&[&part])).unwrap_err(),
+            McmtError::Part {
+                reason: PartError::PayloadTooLarge { .. },
+                ..
+            }
+        ));
+    }
+
+    // A push part in an identity encoding is read where it lies in the message: only base64 is copied to decode it.
+    #[test]
+    fn identity_encodings_are_borrowed_not_copied() {
+        let body = b"X-Device-Token: ab\r\n\r\n{}";
+        for cte in [
+            None,
+            Some("7bit"),
+            Some("8bit (json)"),
+            Some("binary"),
+            Some(""),
+        ] {
+            assert!(
+                matches!(decode(cte, body), Ok(Cow::Borrowed(b)) if std::ptr::eq(b, &body[..])),
+                "{cte:?}"
+            );
+        }
+        assert!(matches!(decode(Some("base64"), b"e30="), Ok(Cow::Owned(v)) if v == b"{}"));
+    }
+
+    // base64's offset counts the base64 characters of the body, its line breaks and other white space left out: the
+    // refusal says so, as the offset is not a position in the part as sent.
+    #[test]
+    fn a_base64_refusal_says_what_its_offset_counts() {
+        let part = "Content-Type: message/vnd.msys.apn\r\nContent-Transfer-Encoding: base64\r\n\r\ne30=\r\ne3!=";
+        assert_eq!(
+            parse(&mcmt(&[part])).unwrap_err().to_string(),
+            "part 1: the base64 body does not decode: Invalid symbol 61, offset 3. (the offset counts base64 characters, line breaks and other white space excluded)"
         );
     }
 }

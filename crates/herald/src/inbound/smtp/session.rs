@@ -50,6 +50,8 @@ enum Step {
 #[derive(Default)]
 struct Envelope {
     from: Option<String>,
+    /// The message size the client announced (`MAIL … SIZE=`), within the listener's limit.
+    size: Option<u64>,
     recipients: Vec<String>,
 }
 
@@ -348,6 +350,7 @@ impl Session {
         }
         let reply = Reply::new(250, "2.1.0", format!("sender <{}> ok", echo(&from)));
         self.envelope.from = Some(from);
+        self.envelope.size = size;
         reply
     }
 
@@ -381,6 +384,17 @@ impl Session {
         }
         let domain = match to.rsplit_once('@') {
             Some((local, domain)) if !local.is_empty() && !domain.is_empty() => domain,
+            // RFC 5321 §4.5.1: a valid address, the reserved mailbox, which herald has no use for.
+            None if to.eq_ignore_ascii_case("postmaster") => {
+                return Reply::new(
+                    550,
+                    "5.1.1",
+                    format!(
+                        "<{}>: herald has no mailboxes: it takes only device-token recipients of push domains, <token-or-name@app-domain>",
+                        echo(&to)
+                    ),
+                );
+            }
             _ => {
                 return Reply::new(
                     501,
@@ -479,7 +493,7 @@ impl Session {
         let envelope = std::mem::take(&mut self.envelope);
         let limits = self.config.limits.clone();
         let host = limits.hostname.clone();
-        let mut message = Vec::with_capacity(4096);
+        let mut message = Vec::new();
         let (mut too_big, mut long_line, mut bare_lf) = (false, false, false);
         // The DATA command's CRLF precedes the first line.
         let mut after_crlf = true;
@@ -522,6 +536,12 @@ impl Session {
             if message.len() as u64 + body.len() as u64 > limits.max_message_size {
                 too_big = true;
             } else if !too_big {
+                make_room(
+                    &mut message,
+                    body.len(),
+                    envelope.size,
+                    limits.max_message_size,
+                );
                 message.extend_from_slice(body);
             }
         }
@@ -561,7 +581,7 @@ impl Session {
     /// Reads the message as MCMT, prepares one notification per push part per recipient and commits them all, or
     /// refuses the whole message.
     async fn deliver(&mut self, message: &[u8], envelope: Envelope) -> Reply {
-        let parsed = mcmt::parse(message);
+        let parsed = mcmt::parse_with(message, mcmt::EmptyValue::Refused);
         let is_mcmt_container = match &parsed {
             Ok(Parsed::Mcmt(_)) => true,
             Ok(Parsed::NotMcmt) | Err(McmtError::NoHeaders) => false,
@@ -712,6 +732,32 @@ fn ends_data(line: &[u8], after_crlf: bool) -> bool {
     after_crlf && line == b".\r\n"
 }
 
+/// The least a message buffer holds once it holds anything, in bytes.
+const MIN_MESSAGE_BUFFER: usize = 4096;
+
+/// Makes room in `message` for `more` bytes of data: its capacity doubles, as a vector's does, but never past the
+/// size the client announced (`MAIL … SIZE=`, while the message is within it) nor past `max` (the listener's
+/// `max_message_size`, which the caller keeps the message within), so a message of the largest size takes what it
+/// needs and no more.
+fn make_room(message: &mut Vec<u8>, more: usize, announced: Option<u64>, max: u64) {
+    let needed = message.len().saturating_add(more);
+    if needed <= message.capacity() {
+        return;
+    }
+    let bound = match announced {
+        Some(size) if needed as u64 <= size => size.min(max),
+        _ => max,
+    };
+    let bound = usize::try_from(bound).unwrap_or(usize::MAX);
+    let grown = message
+        .capacity()
+        .saturating_mul(2)
+        .max(MIN_MESSAGE_BUFFER)
+        .min(bound)
+        .max(needed);
+    message.reserve_exact(grown - message.len());
+}
+
 /// Tells a client over the listener's session limit to come back later, and closes.
 pub(crate) async fn refuse_busy(
     stream: TcpStream,
@@ -804,6 +850,33 @@ mod tests {
         assert!(same_recipient("ab12@Apps.Example", "ab12@apps.example"));
         assert!(!same_recipient("AB12@apps.example", "ab12@apps.example"));
         assert!(!same_recipient("ab12@apps.example", "ab12@other.example"));
+    }
+
+    /// A message buffer grows as data comes, to the size announced with `MAIL … SIZE=`, else to the size limit,
+    /// never past them: a message of exactly the limit holds that much, not the next power of two.
+    #[test]
+    fn a_message_buffer_never_grows_past_the_announced_size_or_the_limit() {
+        const MAX: u64 = 10 * 1024 * 1024;
+        let line = [b'a'; 998];
+        let fill = |announced: Option<u64>, total: usize| {
+            let mut message = Vec::new();
+            while message.len() < total {
+                let n = line.len().min(total - message.len());
+                make_room(&mut message, n, announced, MAX);
+                message.extend_from_slice(&line[..n]);
+            }
+            message
+        };
+        let full = fill(None, MAX as usize);
+        assert_eq!(full.capacity(), MAX as usize);
+        let announced = fill(Some(MAX), MAX as usize);
+        assert_eq!(announced.capacity(), MAX as usize);
+        // Announced truly: just that. Announced too small: the limit still bounds it. Announced too large: the limit.
+        assert_eq!(fill(Some(600_000), 600_000).capacity(), 600_000);
+        assert!(fill(Some(1000), 600_000).capacity() <= MAX as usize);
+        assert!(fill(Some(u64::MAX), 5000).capacity() <= 8192);
+        // A small message does not take the limit.
+        assert_eq!(fill(None, 100).capacity(), MIN_MESSAGE_BUFFER);
     }
 
     #[test]
