@@ -305,12 +305,13 @@ impl HttpServices {
 }
 
 impl ListenerSettings {
-    /// The most specific peer stanza whose CIDR contains `ip`.
+    /// The most specific peer stanza whose CIDR contains `ip` (prefixes compared as IPv6 ones, see
+    /// [`prefix_as_ipv6`]).
     pub fn peer_for(&self, ip: IpAddr) -> Option<&PeerSettings> {
         self.peers
             .iter()
             .filter(|p| p.cidr.contains(ip))
-            .max_by_key(|p| p.cidr.prefix)
+            .max_by_key(|p| prefix_as_ipv6(&p.cidr))
     }
 
     /// Whether a client at `ip` may connect.
@@ -608,6 +609,15 @@ pub(crate) fn spool(root: &Node) -> SpoolSettings {
     }
 }
 
+/// A block's prefix length on the IPv6 scale, where an IPv4 block is the mapped block it stands for
+/// (`10.0.0.0/8` is `::ffff:10.0.0.0/104`): a client matched by blocks of both families gets the narrower one.
+fn prefix_as_ipv6(cidr: &Cidr) -> u8 {
+    match cidr.addr {
+        IpAddr::V4(_) => cidr.prefix.saturating_add(96),
+        IpAddr::V6(_) => cidr.prefix,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,5 +638,59 @@ mod tests {
             acl.permits(ip("::1")),
             "an IPv6 client is not in an IPv4 deny list"
         );
+    }
+
+    fn peer(cidr: &str) -> PeerSettings {
+        PeerSettings {
+            cidr: cidr.parse().unwrap(),
+            mcmt_reception: McmtReception::Passthru,
+            acl: Acl::default(),
+            api_keys: vec![cidr.to_owned()],
+            admin_keys: vec![],
+            auth_failure_limit: 5,
+        }
+    }
+
+    /// An IPv4 block and a block of mapped IPv6 addresses are compared on one scale: `::ffff:10.0.0.0/104` is a
+    /// /8 and loses to `10.1.0.0/16`, whichever form the client's address takes.
+    #[test]
+    fn the_narrowest_peer_block_wins_across_address_families() {
+        let listener = |peers: &[&str]| ListenerSettings {
+            kind: ListenerKind::Http,
+            address: "127.0.0.1:0".into(),
+            addr: ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+            enabled: true,
+            mcmt_reception: McmtReception::Passthru,
+            tls_certificate: None,
+            tls_key: None,
+            acl: Acl::default(),
+            api_keys: vec![],
+            admin_keys: vec![],
+            dashboard_hosts: vec![],
+            auth_failure_limit: 5,
+            max_request_size: None,
+            http_services: HttpServices::default(),
+            file_mode: 0o644,
+            peers: peers.iter().map(|c| peer(c)).collect(),
+        };
+        let key = |l: &ListenerSettings, ip: &str| {
+            l.peer_for(ip.parse().unwrap())
+                .map(|p| p.api_keys[0].clone())
+        };
+        for peers in [
+            ["::ffff:10.0.0.0/104", "10.1.0.0/16"],
+            ["10.1.0.0/16", "::ffff:10.0.0.0/104"],
+        ] {
+            let l = listener(&peers);
+            for client in ["10.1.2.3", "::ffff:10.1.2.3"] {
+                assert_eq!(key(&l, client).as_deref(), Some("10.1.0.0/16"), "{client}");
+            }
+            assert_eq!(key(&l, "10.2.0.1").as_deref(), Some("::ffff:10.0.0.0/104"));
+        }
+        let l = listener(&["10.0.0.0/8", "::ffff:10.1.0.0/112"]);
+        assert_eq!(key(&l, "10.1.2.3").as_deref(), Some("::ffff:10.1.0.0/112"));
+        let l = listener(&["::/0", "0.0.0.0/0"]);
+        assert_eq!(key(&l, "::ffff:10.1.2.3").as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(key(&l, "2001:db8::1").as_deref(), Some("::/0"));
     }
 }

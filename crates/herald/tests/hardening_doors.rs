@@ -1212,6 +1212,56 @@ async fn a_request_larger_than_the_queue_ever_holds_is_refused_for_good() {
     h.stop().await;
 }
 
+/// A native request of the wrong shape is a `400` naming the field whatever room the queue has: larger than the
+/// queue ever holds, or while it is full, it is not taken for one to split (413) or to retry (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_the_wrong_shape_is_400_whatever_room_the_queue_has() {
+    let h = Herald::start(Opts {
+        global: "max_resident_notifications = 100",
+        ..Opts::default()
+    })
+    .await;
+    // Each with the error it gets: no payload for the tokens, both lists, a payload next to the notifications.
+    let wrong_shapes = |range: std::ops::Range<usize>| {
+        let items: Vec<_> = range
+            .clone()
+            .map(|i| serde_json::json!({"token": token(i), "payload": {}}))
+            .collect();
+        let mut without_payload = tokens_body(range);
+        without_payload.as_object_mut().unwrap().remove("payload");
+        let mut with_both = without_payload.clone();
+        with_both["notifications"] = serde_json::json!(items);
+        let payload_next_to_notifications =
+            serde_json::json!({"domain": DOMAIN, "notifications": items, "payload": {}});
+        [
+            (without_payload, "payload: missing"),
+            (
+                with_both,
+                "tokens, notifications: give one of them, not both",
+            ),
+            (
+                payload_next_to_notifications,
+                "payload: not allowed with \"notifications\"",
+            ),
+        ]
+    };
+    // More than the queue ever holds.
+    for (body, error) in wrong_shapes(0..101) {
+        let (status, _, json) = push(&h, &body).await;
+        assert_eq!(status, 400, "{json}");
+        assert!(error_of(&json).starts_with(error), "{json}");
+    }
+    // The queue full.
+    let (status, _, json) = push(&h, &tokens_body(0..100)).await;
+    assert_eq!(status, 202, "{json}");
+    for (body, error) in wrong_shapes(100..101) {
+        let (status, _, json) = push(&h, &body).await;
+        assert_eq!(status, 400, "{json}");
+        assert!(error_of(&json).starts_with(error), "{json}");
+    }
+    h.stop().await;
+}
+
 /// A domain whose provider key herald cannot read is the operator's to fix: the native API answers 503 (retry), not
 /// 400, naming the key file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2099,3 +2099,201 @@ async fn refusals_at_connect_beyond_the_cap_are_closed_at_once() {
         String::from_utf8_lossy(&answer)
     );
 }
+
+/// A listener with the healthz route and `/conn`, which answers the id of the connection it came on; held to
+/// `limits`.
+async fn conn_id_listener(
+    limits: DoorLimits,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let conn = axum::Router::new().route(
+        "/conn",
+        axum::routing::get(
+            |axum::Extension(id): axum::Extension<rest::ConnId>| async move { id.0.to_string() },
+        ),
+    );
+    let intake = idle_intake();
+    let app = rest::router_with(
+        rest::RestState::new(listener_settings(), intake.clone()),
+        conn,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(rest::serve_limited(
+        listener,
+        app,
+        intake,
+        None,
+        Arc::new(limits),
+        stop.clone(),
+    ));
+    (addr, stop, server)
+}
+
+/// An idle HTTP/2 connection whose client keeps it alive with PINGs is held to `keepalive_timeout`, not to
+/// `header_timeout`: a request after header_timeout has passed goes over the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_sending_pings_outlives_header_timeout() {
+    let second = Duration::from_secs(1);
+    let (addr, stop, server) = conn_id_listener(DoorLimits {
+        first_byte_timeout: second,
+        header_timeout: second,
+        keepalive_timeout: Duration::from_secs(600),
+        ..DoorLimits::default()
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .http2_keep_alive_interval(Duration::from_millis(100))
+        .http2_keep_alive_while_idle(true)
+        .build()
+        .unwrap();
+    let conn = || async {
+        let response = client
+            .get(format!("http://{addr}/conn"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        response.text().await.unwrap()
+    };
+    let first = conn().await;
+    // The client pings meanwhile; header_timeout passes, and the watchdog looks (every 250 ms here) several times.
+    tokio::time::sleep(3 * second).await;
+    assert_eq!(conn().await, first, "the connection was closed while idle");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// A bare HTTP/2 client over plain TCP (prior knowledge): enough to send a GET and PINGs and to see every frame the
+/// server sends. It acknowledges the server's SETTINGS and PINGs.
+struct RawH2 {
+    stream: tokio::net::TcpStream,
+}
+
+/// HTTP/2 frame types.
+const H2_HEADERS: u8 = 1;
+const H2_SETTINGS: u8 = 4;
+const H2_PING: u8 = 6;
+const H2_GOAWAY: u8 = 7;
+
+impl RawH2 {
+    async fn connect(to: SocketAddr) -> RawH2 {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(to).await.unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut h2 = RawH2 { stream };
+        h2.send(H2_SETTINGS, 0, 0, &[]).await;
+        h2
+    }
+
+    async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut frame = vec![len[1], len[2], len[3], kind, flags];
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame the server sends other than a SETTINGS or PING it wants acknowledged (acknowledged here):
+    /// (type, flags, stream, payload); `None` once the connection is closed.
+    async fn frame(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut head = [0u8; 9];
+            let read = tokio::time::timeout(WAIT, self.stream.read_exact(&mut head)).await;
+            if read.expect("the server neither sends nor closes").is_err() {
+                return None;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            self.stream.read_exact(&mut payload).await.ok()?;
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            match (kind, flags & 1) {
+                (H2_SETTINGS, 0) => self.send(H2_SETTINGS, 1, 0, &[]).await,
+                (H2_PING, 0) => self.send(H2_PING, 1, 0, &payload).await,
+                (H2_SETTINGS, _) => {}
+                _ => return Some((kind, flags, stream, payload)),
+            }
+        }
+    }
+
+    /// `GET /healthz` on `stream` (odd, increasing); returns once its answer ended.
+    async fn get_healthz(&mut self, stream: u32) {
+        // HPACK: :method GET, :scheme http (static table), :path /healthz, :authority h (literals, not indexed).
+        let mut block = vec![0x82, 0x86, 0x04, 8];
+        block.extend_from_slice(b"/healthz");
+        block.extend_from_slice(&[0x01, 1, b'h']);
+        // END_STREAM | END_HEADERS.
+        self.send(H2_HEADERS, 0x5, stream, &block).await;
+        loop {
+            let (kind, flags, on, _) = self.frame().await.expect("closed before the answer");
+            assert_ne!(kind, H2_GOAWAY, "GOAWAY before the answer");
+            if on == stream && flags & 1 == 1 {
+                return;
+            }
+        }
+    }
+
+    /// Sends a PING and waits for its acknowledgement.
+    async fn ping(&mut self, n: u64) {
+        self.send(H2_PING, 0, 0, &n.to_be_bytes()).await;
+        loop {
+            let (kind, flags, _, payload) = self.frame().await.expect("closed while pinging");
+            assert_ne!(kind, H2_GOAWAY, "GOAWAY while pinging");
+            if kind == H2_PING && flags & 1 == 1 && payload == n.to_be_bytes() {
+                return;
+            }
+        }
+    }
+}
+
+/// An idle HTTP/2 connection whose client pings it (as clients keep connections alive) is held to
+/// `keepalive_timeout`, not `header_timeout`, and carries another request past header_timeout; once
+/// keepalive_timeout ends it, the server sends GOAWAY before it closes, so that the client knows that a request it
+/// sends meanwhile was not taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_held_to_keepalive_timeout_and_ended_with_goaway() {
+    let second = Duration::from_secs(1);
+    let keepalive = 8 * second;
+    let (addr, stop, server) = conn_id_listener(DoorLimits {
+        first_byte_timeout: second,
+        header_timeout: second,
+        keepalive_timeout: keepalive,
+        ..DoorLimits::default()
+    })
+    .await;
+    let mut h2 = RawH2::connect(addr).await;
+    h2.get_healthz(1).await;
+    // PINGs (one every 100 ms) for longer than header_timeout and the watchdog's look every 250 ms, well within
+    // keepalive_timeout: each is answered.
+    let until = Instant::now() + 3 * second;
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    let mut n = 0;
+    while Instant::now() < until {
+        every.tick().await;
+        h2.ping(n).await;
+        n += 1;
+    }
+    h2.get_healthz(3).await;
+    // Then nothing: keepalive_timeout ends the connection, with GOAWAY first.
+    let mut seen = Vec::new();
+    while let Some((kind, ..)) = h2.frame().await {
+        seen.push(kind);
+    }
+    assert!(
+        seen.contains(&H2_GOAWAY),
+        "closed without GOAWAY; frames seen: {seen:?}"
+    );
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}

@@ -157,6 +157,12 @@ fn body_error(e: &(dyn std::error::Error + 'static)) -> ApiError {
     ApiError::bad_request(format!("could not read the request body: {e}"))
 }
 
+/// `body` without the UTF-8 byte order mark it may start with, which JSON parsers may ignore (RFC 8259, section
+/// 8.1) and some clients write.
+pub fn without_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
+}
+
 /// The error text for a body that did not parse as `T`: `field.path: what was wrong`, or `invalid JSON: …`.
 /// The body is parsed a second time with path tracking, so the common case pays nothing for it.
 pub fn describe_json_error<'a, T: serde::Deserialize<'a>>(

@@ -8,18 +8,24 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::collections::hash_map::Entry;
+use std::fmt::{self, Write as _};
+use std::marker::PhantomData;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::RestState;
-use super::error::{ApiError, describe_json_error, json_response, push_json_string, read_body};
+use super::error::{
+    ApiError, describe_json_error, json_response, push_json_string, read_body, without_bom,
+};
 use super::template::{Template, TemplateError};
+use super::text::Text;
 use crate::inbound::accept::{Intake, Refusal, Source};
 use crate::inbound::mcmt::{self, Parsed, PartSubmission};
 use crate::queue::message::{MessageId, Notification};
@@ -29,34 +35,125 @@ use crate::queue::message::{MessageId, Notification};
 /// otherwise cost minutes of copying; a larger one is refused with `413` before anything is accepted.
 pub const MAX_RENDERED_PER_REQUEST: usize = 256 << 20;
 
-/// The request body. Members Momentum defines that herald has no use for (`site`, `vctx`) are accepted and
-/// ignored, as are unknown ones, so Momentum clients work unchanged.
+/// The request body, borrowed from the request bytes. Members Momentum defines that herald has no use for
+/// (`site`, `vctx`) are accepted and ignored, as are unknown ones, so Momentum clients work unchanged.
 #[derive(Debug, Deserialize)]
-pub struct InjectBody {
+pub struct InjectBody<'a> {
     #[serde(default)]
     pub template: Option<String>,
-    #[serde(default)]
-    pub recipients: Option<Vec<Recipient>>,
+    #[serde(borrow, default)]
+    pub recipients: Option<Vec<Recipient<'a>>>,
 }
 
 /// One entry of `recipients`.
 #[derive(Debug, Deserialize)]
-pub struct Recipient {
+pub struct Recipient<'a> {
     #[serde(default)]
     pub to: Option<String>,
     #[serde(default)]
     pub from: Option<String>,
-    #[serde(default)]
-    pub keys: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    pub keys: Option<Keys<'a>>,
     /// Validation context for policy scripts; herald has none, so it is only checked to be an object.
     #[serde(default)]
-    pub vctx: Option<Map<String, Value>>,
+    pub vctx: Option<Vctx>,
 }
 
-/// Parses the body; on failure, parses it again while tracking the path so the error names the field.
-pub fn parse(body: &[u8]) -> Result<InjectBody, ApiError> {
+/// A recipient's `keys`: the substitution text of each key, under the key folded to lowercase as the template's
+/// markers are (keys match case-insensitively). A string value is its decoded text, `null` nothing, any other value
+/// its JSON text exactly as the request spells it (`19.90` stays `19.90`, an object keeps its members' order).
+/// Values are never parsed into a tree: a large array or object is a slice of the request, borrowed like every
+/// string that needs no unescaping. A key given twice (also in another case, `Name` and `name`) refuses the
+/// request.
+#[derive(Debug, Default)]
+pub struct Keys<'a>(HashMap<Cow<'a, str>, Cow<'a, str>>);
+
+impl Keys<'_> {
+    /// The substitution text of `key` (lowercase), if the recipient gives it.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_ref())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Keys<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeysVisitor<'a>(PhantomData<Keys<'a>>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for KeysVisitor<'a> {
+            type Value = Keys<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys<'a>, A::Error> {
+                let mut keys = HashMap::new();
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    let text = key_text(value).map_err(de::Error::custom)?;
+                    match keys.entry(folded(&key)) {
+                        Entry::Occupied(_) => {
+                            return Err(de::Error::custom(format_args!(
+                                "key {key:?} is given more than once (keys match case-insensitively); give each once"
+                            )));
+                        }
+                        Entry::Vacant(entry) => {
+                            entry.insert(text);
+                        }
+                    }
+                }
+                Ok(Keys(keys))
+            }
+        }
+
+        deserializer.deserialize_map(KeysVisitor(PhantomData))
+    }
+}
+
+/// `key` folded to lowercase as the template folds its markers' keys, borrowed when it already is.
+fn folded<'a>(key: &Cow<'a, str>) -> Cow<'a, str> {
+    if key.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        return key.clone();
+    }
+    let lower = key.to_lowercase();
+    if lower == **key {
+        key.clone()
+    } else {
+        Cow::Owned(lower)
+    }
+}
+
+/// A recipient's `vctx`, checked to be an object; its contents are skipped, never kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vctx;
+
+impl<'de> Deserialize<'de> for Vctx {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct VctxVisitor;
+
+        impl<'de> Visitor<'de> for VctxVisitor {
+            type Value = Vctx;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vctx, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Vctx)
+            }
+        }
+
+        deserializer.deserialize_map(VctxVisitor)
+    }
+}
+
+/// Parses the body (after a UTF-8 byte order mark, if it starts with one); on failure, parses it again while
+/// tracking the path so the error names the field.
+pub fn parse(body: &[u8]) -> Result<InjectBody<'_>, ApiError> {
+    let body = without_bom(body);
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(describe_json_error::<InjectBody>(body, e)))
+        .map_err(|e| ApiError::bad_request(describe_json_error::<InjectBody<'_>>(body, e)))
 }
 
 /// The paths of Momentum's injector: `/v1.0/inject`, and `/v1.0/inject/` as Momentum's examples spell it.
@@ -218,7 +315,7 @@ async fn inject_batch(
 fn recipient_notifications(
     intake: &Intake,
     template: &Template<'_>,
-    recipient: &Recipient,
+    recipient: &Recipient<'_>,
     source: &Source,
     budget: &mut usize,
 ) -> Result<Vec<Notification>, Refusal> {
@@ -242,7 +339,7 @@ fn recipient_notifications(
 /// per push part. The error is the recipient's refusal as the answer shows it.
 pub fn recipient_submissions(
     template: &Template<'_>,
-    recipient: &Recipient,
+    recipient: &Recipient<'_>,
 ) -> Result<Vec<PartSubmission>, String> {
     let mut unbounded = usize::MAX;
     recipient_submissions_within(template, recipient, &mut unbounded)
@@ -253,7 +350,7 @@ pub fn recipient_submissions(
 /// refused as a whole, see [`MAX_RENDERED_PER_REQUEST`]).
 pub fn recipient_submissions_within(
     template: &Template<'_>,
-    recipient: &Recipient,
+    recipient: &Recipient<'_>,
     budget: &mut usize,
 ) -> Result<Vec<PartSubmission>, String> {
     let to = recipient
@@ -266,15 +363,10 @@ pub fn recipient_submissions_within(
             "to: {to:?} is not an address; write TOKEN@DOMAIN, where DOMAIN is the app's domain"
         ));
     }
-    let keys: HashMap<String, Cow<'_, str>> = recipient
-        .keys
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.to_lowercase(), key_text(v)))
-        .collect();
+    let keys = recipient.keys.as_ref();
     let rendered = template.render_at_most(
-        |key| match keys.get(key) {
-            Some(v) => Some(Cow::Borrowed(v.as_ref())),
+        |key| match keys.and_then(|k| k.get(key)) {
+            Some(v) => Some(Cow::Borrowed(v)),
             None if key == "to" => Some(Cow::Borrowed(to)),
             None if key == "from" => Some(Cow::Borrowed(from)),
             None => None,
@@ -304,12 +396,14 @@ pub fn recipient_submissions_within(
     Ok(mcmt.submissions(&[to.to_owned()], from))
 }
 
-/// A key's substitution text: strings as they are, other JSON values as their JSON text, `null` as nothing.
-fn key_text(value: &Value) -> Cow<'_, str> {
-    match value {
-        Value::String(s) => Cow::Borrowed(s),
-        Value::Null => Cow::Borrowed(""),
-        other => Cow::Owned(other.to_string()),
+/// A key's substitution text: a string's decoded text (borrowed when it has no escapes), `null` as nothing, other
+/// JSON values as their JSON text as the request spells it.
+fn key_text(value: &RawValue) -> Result<Cow<'_, str>, serde_json::Error> {
+    let raw = value.get();
+    match raw {
+        "null" => Ok(Cow::Borrowed("")),
+        _ if raw.starts_with('"') => serde_json::from_str::<Text<'_>>(raw).map(|t| t.0),
+        _ => Ok(Cow::Borrowed(raw)),
     }
 }
 
@@ -366,6 +460,7 @@ fn render(outcomes: &[Outcome], error: Option<&str>) -> String {
 mod tests {
     use super::*;
     use axum::response::IntoResponse;
+    use serde_json::Value;
 
     #[test]
     fn success_has_momentums_shape() {
@@ -426,11 +521,151 @@ mod tests {
         );
     }
 
+    /// The keys of the first recipient of `body`.
+    fn keys_of(body: &str) -> Result<HashMap<String, String>, ApiError> {
+        let request = parse(body.as_bytes())?;
+        let recipient = request.recipients.unwrap().into_iter().next().unwrap();
+        Ok(recipient
+            .keys
+            .unwrap_or_default()
+            .0
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect())
+    }
+
     #[test]
     fn key_values_of_any_json_type_substitute() {
-        assert_eq!(key_text(&Value::from("a\"b")), "a\"b");
-        assert_eq!(key_text(&Value::from(9)), "9");
-        assert_eq!(key_text(&Value::Null), "");
-        assert_eq!(key_text(&serde_json::json!({"a": true})), "{\"a\":true}");
+        let keys = keys_of(
+            r#"{"recipients":[{"keys":{"s":"a\"b","n":9,"z":null,"o":{"a":true},"t":true}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(keys["s"], "a\"b");
+        assert_eq!(keys["n"], "9");
+        assert_eq!(keys["z"], "");
+        assert_eq!(keys["o"], "{\"a\":true}");
+        assert_eq!(keys["t"], "true");
+    }
+
+    /// Numbers, arrays and objects go in as the request spells them: no float rounding, no reordering, no
+    /// respacing.
+    #[test]
+    fn key_values_keep_the_requests_json_text() {
+        let keys = keys_of(
+            r#"{"recipients":[{"keys":{"price":19.90,"e":1e2,"big":12345678901234567890123,
+                "neg":-0.0,"o":{"z":1, "a":[2,1]},"a":[ 3 ,"x"]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(keys["price"], "19.90");
+        assert_eq!(keys["e"], "1e2");
+        assert_eq!(keys["big"], "12345678901234567890123");
+        assert_eq!(keys["neg"], "-0.0");
+        assert_eq!(keys["o"], r#"{"z":1, "a":[2,1]}"#);
+        assert_eq!(keys["a"], r#"[ 3 ,"x"]"#);
+    }
+
+    /// Strings without escapes are borrowed from the request, and values are never parsed into a tree.
+    #[test]
+    fn key_values_are_borrowed_from_the_request() {
+        let body = r#"{"recipients":[{"keys":{"Name":"Ann","list":[1,2,3],"esc":"a\nb"}}]}"#;
+        let request = parse(body.as_bytes()).unwrap();
+        let keys = &request.recipients.as_ref().unwrap()[0]
+            .keys
+            .as_ref()
+            .unwrap()
+            .0;
+        assert!(matches!(keys.get("name"), Some(Cow::Borrowed("Ann"))));
+        assert!(matches!(keys.get("list"), Some(Cow::Borrowed("[1,2,3]"))));
+        assert!(matches!(keys.get("esc"), Some(Cow::Owned(s)) if s == "a\nb"));
+    }
+
+    /// A key given twice, exactly or in another case (keys match case-insensitively), refuses the request naming
+    /// the recipient's keys and the key.
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        for (body, key) in [
+            (
+                r#"{"recipients":[{"to":"a@b"},{"keys":{"name":"Ann","Name":"Bob"}}]}"#,
+                "\"Name\"",
+            ),
+            (
+                r#"{"recipients":[{"to":"a@b"},{"keys":{"name":"Ann","name":"Bob"}}]}"#,
+                "\"name\"",
+            ),
+            (
+                r#"{"recipients":[{"to":"a@b"},{"keys":{"ÉTÉ":1,"été":2}}]}"#,
+                "\"été\"",
+            ),
+        ] {
+            let err = parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(
+                err.message.starts_with(&format!(
+                    "recipients[1].keys: key {key} is given more than once"
+                )),
+                "{}",
+                err.message
+            );
+        }
+        let keys = keys_of(r#"{"recipients":[{"keys":{"Name":"Ann","name2":"Bob"}}]}"#).unwrap();
+        assert_eq!(keys["name"], "Ann");
+    }
+
+    /// `vctx` is checked to be an object, with the error naming it; its contents are not kept.
+    #[test]
+    fn vctx_must_be_an_object() {
+        let request =
+            parse(br#"{"recipients":[{"to":"a@b","vctx":{"x":[1,{"y":null}],"x":2}}]}"#).unwrap();
+        assert_eq!(request.recipients.unwrap()[0].vctx, Some(Vctx));
+        let err = parse(br#"{"recipients":[{"to":"a@b","vctx":[1,2]}]}"#).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("recipients[0].vctx: invalid type: sequence, expected a map"),
+            "{}",
+            err.message
+        );
+        let err = parse(br#"{"recipients":[{"vctx":"x"}]}"#).unwrap_err();
+        assert!(
+            err.message.starts_with("recipients[0].vctx: invalid type"),
+            "{}",
+            err.message
+        );
+        let err = parse(br#"{"recipients":[{"keys":[1]}]}"#).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("recipients[0].keys: invalid type: sequence, expected a map"),
+            "{}",
+            err.message
+        );
+    }
+
+    /// A body starting with a UTF-8 byte order mark parses as the same body without it.
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let request =
+            parse(b"\xEF\xBB\xBF{\"template\":\"t\",\"recipients\":[{\"to\":\"a@b\"}]}").unwrap();
+        assert_eq!(request.template.as_deref(), Some("t"));
+        let err = parse(b"\xEF\xBB\xBF").unwrap_err();
+        assert!(err.message.starts_with("invalid JSON: "), "{}", err.message);
+    }
+
+    /// The keys render into the template as the request spells them.
+    #[test]
+    fn rendering_uses_the_keys_text() {
+        let request = parse(
+            br#"{"recipients":[{"to":"7e57@apps.example","keys":{"Price":19.90,"Alert":"Ann"}}]}"#,
+        )
+        .unwrap();
+        let template = Template::parse(
+            "To: <%= :to %>\nMIME-Version: 1.0\nContent-Type: multipart/vnd.msys.mcmt; boundary=B\n\n--B\n\
+             Content-Type: message/vnd.msys.apn\n\n\n{\"aps\":{\"alert\":\"[%= :alert %]\"},\"p\":<%= :price %>}\n--B--\n",
+        );
+        let recipient = &request.recipients.as_ref().unwrap()[0];
+        let parts = recipient_submissions(&template, recipient).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(
+            &parts[0].submission.payload[..],
+            br#"{"aps":{"alert":"Ann"},"p":19.90}"#
+        );
     }
 }

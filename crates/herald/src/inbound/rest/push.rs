@@ -13,7 +13,9 @@ use serde_json::value::RawValue;
 use std::fmt::Write as _;
 
 use super::RestState;
-use super::error::{ApiError, describe_json_error, json_response, push_json_string, read_body};
+use super::error::{
+    ApiError, describe_json_error, json_response, push_json_string, read_body, without_bom,
+};
 use super::text::Text;
 use crate::inbound::accept::{Intake, NoRoom, Refusal, Source, Submission};
 use crate::queue::message::MessageId;
@@ -136,6 +138,8 @@ async fn accept_batch(
                 ApiError::bad_request(message)
             }
         })?;
+    // A request of the wrong shape is refused for that, whatever room the queue has.
+    request.form()?;
     // The room is taken before anything is built, so that concurrent requests cannot together build more than the
     // queue holds.
     let room = intake.reserve(count).map_err(no_room_error)?;
@@ -196,22 +200,9 @@ impl<'a> PushBody<'a> {
         }
     }
 
-    /// The submissions, in request order: each token with the shared payload and options, or each notification
-    /// with its own (and the shared options it leaves out). A request of the wrong shape is refused whole.
-    pub fn submissions(
-        &self,
-        domain: &str,
-        binding: &Option<String>,
-    ) -> Result<Vec<Submission>, ApiError> {
-        let submission = |token: &str, payload: Bytes, headers: PushHeaders| Submission {
-            domain: domain.to_owned(),
-            recipient: recipient(token, domain),
-            token: token.to_owned(),
-            payload,
-            headers,
-            sender: String::new(),
-            binding: binding.clone(),
-        };
+    /// The request's form: `tokens` with the top-level `payload`, or `notifications` each with its own. Neither,
+    /// both, an empty list, a missing `payload` or one next to `notifications` is a `400`.
+    fn form(&self) -> Result<Form<'_, 'a>, ApiError> {
         match (&self.tokens, &self.notifications) {
             (Some(_), Some(_)) => Err(ApiError::bad_request(
                 "tokens, notifications: give one of them, not both",
@@ -230,6 +221,42 @@ impl<'a> PushBody<'a> {
                         "payload: missing; \"tokens\" needs the payload to send to each of them",
                     ));
                 };
+                Ok(Form::Tokens(tokens, payload))
+            }
+            (None, Some(items)) => {
+                if items.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "notifications: empty; list at least one notification",
+                    ));
+                }
+                if self.payload.is_some() {
+                    return Err(ApiError::bad_request(
+                        "payload: not allowed with \"notifications\"; each notification carries its own",
+                    ));
+                }
+                Ok(Form::Notifications(items))
+            }
+        }
+    }
+
+    /// The submissions, in request order: each token with the shared payload and options, or each notification
+    /// with its own (and the shared options it leaves out). A request of the wrong shape is refused whole.
+    pub fn submissions(
+        &self,
+        domain: &str,
+        binding: &Option<String>,
+    ) -> Result<Vec<Submission>, ApiError> {
+        let submission = |token: &str, payload: Bytes, headers: PushHeaders| Submission {
+            domain: domain.to_owned(),
+            recipient: recipient(token, domain),
+            token: token.to_owned(),
+            payload,
+            headers,
+            sender: String::new(),
+            binding: binding.clone(),
+        };
+        match self.form()? {
+            Form::Tokens(tokens, payload) => {
                 let payload = Bytes::copy_from_slice(payload.get().as_bytes());
                 Ok(tokens
                     .iter()
@@ -246,35 +273,31 @@ impl<'a> PushBody<'a> {
                     })
                     .collect())
             }
-            (None, Some(items)) => {
-                if items.is_empty() {
-                    return Err(ApiError::bad_request(
-                        "notifications: empty; list at least one notification",
-                    ));
-                }
-                if self.payload.is_some() {
-                    return Err(ApiError::bad_request(
-                        "payload: not allowed with \"notifications\"; each notification carries its own",
-                    ));
-                }
-                Ok(items
-                    .iter()
-                    .map(|item| {
-                        let headers = PushHeaders {
-                            topic: either(&item.topic, &self.topic),
-                            push_type: either(&item.push_type, &self.push_type),
-                            priority: item.priority.or(self.priority),
-                            expiration: item.expiration.or(self.expiration),
-                            collapse_id: either(&item.collapse_id, &self.collapse_id),
-                            apns_id: item.apns_id.as_deref().map(str::to_owned),
-                        };
-                        let payload = Bytes::copy_from_slice(item.payload.get().as_bytes());
-                        submission(&item.token, payload, headers)
-                    })
-                    .collect())
-            }
+            Form::Notifications(items) => Ok(items
+                .iter()
+                .map(|item| {
+                    let headers = PushHeaders {
+                        topic: either(&item.topic, &self.topic),
+                        push_type: either(&item.push_type, &self.push_type),
+                        priority: item.priority.or(self.priority),
+                        expiration: item.expiration.or(self.expiration),
+                        collapse_id: either(&item.collapse_id, &self.collapse_id),
+                        apns_id: item.apns_id.as_deref().map(str::to_owned),
+                    };
+                    let payload = Bytes::copy_from_slice(item.payload.get().as_bytes());
+                    submission(&item.token, payload, headers)
+                })
+                .collect()),
         }
     }
+}
+
+/// A request's form, checked by [`PushBody::form`].
+enum Form<'r, 'a> {
+    /// One payload to each token.
+    Tokens(&'r [Text<'a>], &'a RawValue),
+    /// Notifications with their own payloads.
+    Notifications(&'r [Item<'a>]),
 }
 
 /// Validates one item: accepted ones join the batch to commit, rejected ones keep their reason.
@@ -327,8 +350,10 @@ fn recipient(token: &str, domain: &str) -> String {
     r
 }
 
-/// Parses the body; on failure, parses it again while tracking the path so the error names the field.
+/// Parses the body (after a UTF-8 byte order mark, if it starts with one); on failure, parses it again while
+/// tracking the path so the error names the field.
 pub fn parse(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
+    let body = without_bom(body);
     match serde_json::from_slice::<PushBody<'_>>(body) {
         Ok(request) => Ok(request),
         Err(first) => Err(ApiError::bad_request(describe_json_error::<PushBody<'_>>(
@@ -396,6 +421,44 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    /// A body starting with a UTF-8 byte order mark parses as the same body without it; the payload's bytes
+    /// are the client's.
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let request =
+            parse(b"\xEF\xBB\xBF{\"domain\":\"d\",\"tokens\":[\"aa\"],\"payload\":{\"k\":1}}")
+                .unwrap();
+        assert_eq!(request.domain().unwrap(), "d");
+        assert_eq!(request.payload.unwrap().get(), r#"{"k":1}"#);
+        // Only one, only at the start.
+        for body in [&b"\xEF\xBB\xBF\xEF\xBB\xBF{}"[..], b" \xEF\xBB\xBF{}"] {
+            let err = parse(body).unwrap_err();
+            assert!(err.message.starts_with("invalid JSON: "), "{}", err.message);
+        }
+    }
+
+    /// The shape of a request is checked on its own, before anything is built or any room taken.
+    #[test]
+    fn the_form_is_checked_on_its_own() {
+        let form = |body: &[u8]| {
+            parse(body)
+                .unwrap()
+                .form()
+                .map(|_| ())
+                .map_err(|e| e.message)
+        };
+        assert_eq!(
+            form(br#"{"domain":"d","tokens":["aa"]}"#).unwrap_err(),
+            "payload: missing; \"tokens\" needs the payload to send to each of them"
+        );
+        assert_eq!(
+            form(br#"{"domain":"d"}"#).unwrap_err(),
+            "tokens, notifications: one of them is required"
+        );
+        assert!(form(br#"{"domain":"d","tokens":["aa"],"payload":{}}"#).is_ok());
+        assert!(form(br#"{"notifications":[{"token":"aa","payload":{}}]}"#).is_ok());
     }
 
     #[test]

@@ -8,23 +8,25 @@
 //! Every other connection is held to the listener's [`DoorLimits`]: it is refused at connect beyond
 //! `max_connections` (in all, or from its client address) with a `503` where the connection is plain HTTP; it is
 //! closed when it sends nothing within `first_byte_timeout`, when a request's headers take longer than
-//! `header_timeout` from its first byte, or when it stays idle between requests for `keepalive_timeout`; a
-//! request body that takes longer than `body_timeout` fails with `408`. A connection with a request open is not
+//! `header_timeout` from its first byte, or when it stays idle between requests for `keepalive_timeout`; a request
+//! body that takes longer than `body_timeout` fails with `408`. A connection with a request open is not idle. An
+//! HTTP/2 connection, once it carried a request, is held to `keepalive_timeout` alone while idle (the PINGs and
+//! WINDOW_UPDATEs an idle client sends are no request's head), and is told with GOAWAY before the watchdog closes it
 //! idle. While the handler works on a request (reading its body, making the notifications durable) nothing is
 //! expected of the connection; once an answer is ready to send, the connection is closed when it has sent nothing
-//! for [`send_timeout`] (the longest of `keepalive_timeout`, `body_timeout` and [`SEND_TIMEOUT_MIN`]) since then:
-//! a client that never takes its answer (an HTTP/2 client that leaves its flow-control window at 0, an HTTP/1
-//! client that does not read) cannot hold the connection for good, while an answer sent slowly, or the
-//! dashboard's event stream (a keep-alive every 15 s), goes on as long as bytes leave. An HTTP/2 connection
-//! carries at most [`HTTP2_MAX_CONCURRENT_STREAMS`] requests at once, so that it holds no more request bodies in
-//! memory than that many HTTP/1 connections would.
+//! for [`send_timeout`] (the longest of `keepalive_timeout`, `body_timeout` and [`SEND_TIMEOUT_MIN`]) since then: a
+//! client that never takes its answer (an HTTP/2 client that leaves its flow-control window at 0, an HTTP/1 client
+//! that does not read) cannot hold the connection for good, while an answer sent slowly, or the dashboard's event
+//! stream (a keep-alive every 15 s), goes on as long as bytes leave. An HTTP/2 connection carries at most
+//! [`HTTP2_MAX_CONCURRENT_STREAMS`] requests at once, so that it holds no more request bodies in memory than that
+//! many HTTP/1 connections would.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,6 @@ use herald_conf::ListenerSettings;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -226,7 +227,9 @@ async fn serve_until(
     closed: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> io::Result<()> {
     let acceptor = tls.map(TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
+    // Tells the connections the listener stops (they finish their requests, then close); every connection holds a
+    // receiver until it ends, so the sender sees when all have.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The connection's watchdog times out slow or idle heads on HTTP/1 and HTTP/2 alike.
     builder
@@ -302,7 +305,7 @@ async fn serve_until(
             peer,
             conn_id: intake.next_id(),
             builder: builder.clone(),
-            watcher: graceful.watcher(),
+            stop: stop.clone(),
             limits: limits.clone(),
             activity,
             _guard: guard,
@@ -329,7 +332,10 @@ async fn serve_until(
     if let Some(closed) = closed {
         let _ = closed.send(());
     }
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
+    drop(stop);
+    // No receiver left (no connection open) is no one to tell.
+    let _ = stopping.send(true);
+    if tokio::time::timeout(DRAIN, stopping.closed())
         .await
         .is_err()
     {
@@ -545,6 +551,8 @@ struct Activity {
     first_byte: AtomicU64,
     /// Milliseconds since `start` of the last write that took bytes, or of the last answer ready if later.
     sent: AtomicU64,
+    /// The connection carried an HTTP/2 request: bytes while idle are not a request's head.
+    http2: AtomicBool,
 }
 
 impl Activity {
@@ -557,6 +565,7 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             first_byte: AtomicU64::new(NONE),
             sent: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
         }
     }
 
@@ -564,8 +573,12 @@ impl Activity {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NONE - 1)
     }
 
+    /// Bytes arrived. On a connection with no request open, they start a request's head (see `header_timeout`),
+    /// except on HTTP/2, where an idle client sends PINGs and WINDOW_UPDATEs as well: there `keepalive_timeout`
+    /// alone bounds the idle time.
     fn read_some(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.http2.load(Ordering::Relaxed)
             && self.first_byte.load(Ordering::Relaxed) == NONE
         {
             let _ = self.first_byte.compare_exchange(
@@ -575,6 +588,16 @@ impl Activity {
                 Ordering::Relaxed,
             );
         }
+    }
+
+    /// The connection speaks HTTP/2 (it carried an HTTP/2 request).
+    fn carries_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// An HTTP/2 connection with no request open.
+    fn is_idle_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Acquire) == 0
     }
 
     /// The connection's socket took bytes to send.
@@ -829,7 +852,8 @@ struct Conn {
     peer: SocketAddr,
     conn_id: crate::queue::message::MessageId,
     builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    /// Turns `true` when the listener stops; held until the connection ends.
+    stop: tokio::sync::watch::Receiver<bool>,
     limits: Arc<DoorLimits>,
     activity: Arc<Activity>,
     _guard: ConnGuard,
@@ -845,7 +869,7 @@ impl Conn {
             peer,
             conn_id,
             builder,
-            watcher,
+            mut stop,
             limits,
             activity,
             _guard,
@@ -853,6 +877,9 @@ impl Conn {
         let body_timeout = limits.body_timeout;
         let requests = activity.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            if request.version() == hyper::Version::HTTP_2 {
+                requests.carries_http2();
+            }
             let open = requests.request_started();
             let mut request = request.map(|inner| TimedBody {
                 inner,
@@ -876,16 +903,47 @@ impl Conn {
         });
         let stream = super::json_errors::JsonErrorIo::new(stream);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        tokio::select! {
-            ended = watcher.watch(connection.into_owned()) => {
-                if let Err(e) = ended {
-                    tracing::debug!(%peer, error = %e, "REST connection ended with an error");
+        let mut connection = std::pin::pin!(connection);
+        let mut stopping = false;
+        let why = loop {
+            tokio::select! {
+                ended = connection.as_mut() => return log_end(peer, ended),
+                // The listener stops: the requests open finish, then the connection closes (HTTP/2: GOAWAY).
+                _ = stop.wait_for(|stop| *stop), if !stopping => {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
                 }
+                why = activity.watchdog(&limits) => break why,
             }
-            why = activity.watchdog(&limits) => {
-                tracing::debug!(%peer, "REST connection closed: {why}");
-            }
+        };
+        if !activity.is_idle_http2() {
+            tracing::debug!(%peer, "REST connection closed: {why}");
+            return;
         }
+        // An idle HTTP/2 connection is told with GOAWAY before it closes, so that its client knows which of the
+        // requests it sends meanwhile were taken (and sends the others again on a new connection).
+        tracing::debug!(%peer, "REST connection closing with GOAWAY: {why}");
+        connection.as_mut().graceful_shutdown();
+        let closed = async {
+            tokio::time::sleep(GOAWAY_GRACE).await;
+            activity.watchdog(&limits).await
+        };
+        tokio::select! {
+            ended = connection.as_mut() => log_end(peer, ended),
+            why = closed => tracing::debug!(%peer, "REST connection closed after GOAWAY: {why}"),
+        }
+    }
+}
+
+/// How long an idle HTTP/2 connection the watchdog ends has after its GOAWAY (the client acknowledging its PING,
+/// as hyper waits for that before it names the last stream it takes) before it is closed, unless it carries a
+/// request by then (which goes on, held to the watchdog's rules).
+const GOAWAY_GRACE: Duration = Duration::from_secs(5);
+
+/// Logs how a connection ended, when it ended with an error.
+fn log_end<E: std::fmt::Display>(peer: SocketAddr, ended: Result<(), E>) {
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "REST connection ended with an error");
     }
 }
 
@@ -981,6 +1039,38 @@ mod tests {
         drop(open);
         assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
         assert_eq!(a.answering.load(Ordering::Relaxed), 0);
+    }
+
+    /// Bytes on an idle HTTP/1 connection are a request's head, held to header_timeout. On an idle HTTP/2
+    /// connection they may be PINGs or WINDOW_UPDATEs: only keepalive_timeout ends it.
+    #[test]
+    fn bytes_on_an_idle_http2_connection_do_not_start_header_timeout() {
+        let limits = DoorLimits {
+            header_timeout: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(60),
+            ..DoorLimits::default()
+        };
+        let http1 = Arc::new(Activity::new());
+        drop(http1.request_started());
+        http1.read_some();
+        let broken = http1.broken(http1.now() + 2_000, &limits).unwrap();
+        assert!(broken.contains("header_timeout"), "{broken}");
+
+        let http2 = Arc::new(Activity::new());
+        http2.carries_http2();
+        drop(http2.request_started());
+        assert!(http2.is_idle_http2());
+        let idle = http2.now();
+        // A PING now, another later.
+        http2.read_some();
+        assert_eq!(http2.broken(idle + 30_000, &limits), None);
+        http2.read_some();
+        assert_eq!(http2.broken(idle + 59_000, &limits), None);
+        let broken = http2.broken(idle + 61_000, &limits).unwrap();
+        assert!(broken.contains("keepalive_timeout"), "{broken}");
+        // A request open is not idle.
+        let _open = http2.request_started();
+        assert!(!http2.is_idle_http2());
     }
 
     #[test]
