@@ -403,12 +403,12 @@ pub(crate) fn first_value<'a>(c: &Candidates<'a>, id: OptId) -> &'a Value {
     options::default_value(id)
 }
 
-/// The prefix length of a `peer` stanza's CIDR (0 when its name is not one).
+/// How narrow a `peer` stanza's CIDR is ([`crate::net::Cidr::specificity`]; 0 when its name is not one).
 fn peer_prefix(peer: &Node) -> u8 {
     peer.name
         .as_deref()
         .and_then(|n| n.parse::<crate::net::Cidr>().ok())
-        .map_or(0, |c| c.prefix)
+        .map_or(0, |c| c.specificity())
 }
 
 #[cfg(test)]

@@ -31,6 +31,16 @@ pub enum NetError {
 }
 
 impl Cidr {
+    /// How narrow the block is, on the IPv6 scale: an IPv4 block counts as the mapped block it stands for
+    /// (`10.0.0.0/8` is `::ffff:10.0.0.0/104`), so that of blocks of both families matching one client, the
+    /// narrower wins.
+    pub fn specificity(&self) -> u8 {
+        match self.addr {
+            IpAddr::V4(_) => self.prefix.saturating_add(96),
+            IpAddr::V6(_) => self.prefix,
+        }
+    }
+
     /// The block with its address's host bits cleared: `10.0.0.1/8` is `10.0.0.0/8`.
     pub fn network(&self) -> Cidr {
         match IpNet::new(self.addr, self.prefix) {

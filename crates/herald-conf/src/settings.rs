@@ -305,13 +305,12 @@ impl HttpServices {
 }
 
 impl ListenerSettings {
-    /// The most specific peer stanza whose CIDR contains `ip` (prefixes compared as IPv6 ones, see
-    /// [`prefix_as_ipv6`]).
+    /// The most specific peer stanza whose CIDR contains `ip` (see [`Cidr::specificity`]).
     pub fn peer_for(&self, ip: IpAddr) -> Option<&PeerSettings> {
         self.peers
             .iter()
             .filter(|p| p.cidr.contains(ip))
-            .max_by_key(|p| prefix_as_ipv6(&p.cidr))
+            .max_by_key(|p| p.cidr.specificity())
     }
 
     /// Whether a client at `ip` may connect.
@@ -606,15 +605,6 @@ pub(crate) fn spool(root: &Node) -> SpoolSettings {
         nats_ack_wait: r.secs(Opt::SpoolNatsAckWait),
         nats_max_ack_pending: r.u32(Opt::SpoolNatsMaxAckPending),
         nats_max_held: r.u32(Opt::SpoolNatsMaxHeld),
-    }
-}
-
-/// A block's prefix length on the IPv6 scale, where an IPv4 block is the mapped block it stands for
-/// (`10.0.0.0/8` is `::ffff:10.0.0.0/104`): a client matched by blocks of both families gets the narrower one.
-fn prefix_as_ipv6(cidr: &Cidr) -> u8 {
-    match cidr.addr {
-        IpAddr::V4(_) => cidr.prefix.saturating_add(96),
-        IpAddr::V6(_) => cidr.prefix,
     }
 }
 

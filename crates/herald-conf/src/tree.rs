@@ -173,7 +173,7 @@ impl Node {
             .filter(|c| c.kind == ScopeKind::Peer)
             .filter_map(|c| Some((c, c.name.as_deref()?.parse::<Cidr>().ok()?)))
             .filter(|(_, cidr)| cidr.contains(ip))
-            .max_by_key(|(_, cidr)| cidr.prefix)
+            .max_by_key(|(_, cidr)| cidr.specificity())
             .map(|(c, _)| c)
     }
 
@@ -342,5 +342,30 @@ mod tests {
         assert_eq!(name("10.2.2.3").as_deref(), Some("10.0.0.0/8"));
         assert_eq!(name("10.0.0.0/8").as_deref(), Some("10.0.0.0/8"));
         assert_eq!(name("11.0.0.1"), None);
+        // A block of mapped IPv6 addresses is as wide as the IPv4 block it stands for: `::ffff:10.0.0.0/104` is a
+        // /8, wider than 10.1.0.0/16, whichever is declared first and whichever form the address takes.
+        l.child_mut(
+            ScopeKind::Peer,
+            Some("::ffff:10.0.0.0/104".into()),
+            None,
+            at(),
+        );
+        let name = |ip: &str| l.find_peer(ip).and_then(|n| n.name.clone());
+        assert_eq!(name("10.1.2.3").as_deref(), Some("10.1.0.0/16"));
+        assert_eq!(name("::ffff:10.1.2.3").as_deref(), Some("10.1.0.0/16"));
+        let mut m = Node::new(ScopeKind::Listen, Some(":25".into()), None);
+        m.child_mut(ScopeKind::Peer, Some("10.1.0.0/16".into()), None, at());
+        m.child_mut(
+            ScopeKind::Peer,
+            Some("::ffff:10.0.0.0/104".into()),
+            None,
+            at(),
+        );
+        assert_eq!(
+            m.find_peer("10.1.2.3")
+                .and_then(|n| n.name.clone())
+                .as_deref(),
+            Some("10.1.0.0/16")
+        );
     }
 }
