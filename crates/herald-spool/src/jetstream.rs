@@ -1505,12 +1505,12 @@ async fn pull_loop(
                 Ok(None) => break,
                 Err(_) => {
                     let Some(s) = spool.upgrade() else {
-                        give_back_rest(None, &mut messages).await;
+                        give_back_rest(None, messages).await;
                         return;
                     };
                     if s.closed.load(Ordering::Relaxed) {
                         drop(s);
-                        give_back_rest(None, &mut messages).await;
+                        give_back_rest(None, messages).await;
                         return;
                     }
                     if s.client.statistics().connects.load(Ordering::Relaxed) != connects {
@@ -1520,12 +1520,12 @@ async fn pull_loop(
                 }
             };
             let Some(spool) = spool.upgrade() else {
-                give_back_rest(next.ok(), &mut messages).await;
+                give_back_rest(next.ok(), messages).await;
                 return;
             };
             if spool.closed.load(Ordering::Relaxed) {
                 drop(spool);
-                give_back_rest(next.ok(), &mut messages).await;
+                give_back_rest(next.ok(), messages).await;
                 return;
             }
             let message = match next {
@@ -1608,7 +1608,7 @@ async fn pull_loop(
                 Arrival::New => {
                     drop(spool);
                     if tx.send(stored).await.is_err() {
-                        give_back_rest(None, &mut messages).await;
+                        give_back_rest(None, messages).await;
                         return;
                     }
                 }
@@ -1643,17 +1643,23 @@ const GIVE_BACK_WAIT: Duration = Duration::from_millis(250);
 
 /// The node stops with a pull under way: `in_hand` and the messages of the pull still coming go back to the stream
 /// at once (a nak), rather than after the consumer's ack wait, for another node (or this one's next start). Those
-/// that come later than [`GIVE_BACK_WAIT`] after the previous one are left to the ack wait.
-async fn give_back_rest<S, E>(in_hand: Option<jetstream::Message>, messages: &mut S)
+/// that come later than [`GIVE_BACK_WAIT`] after the previous one are left to the ack wait. They are gathered first
+/// and given back once the pull is dropped: a message given back while this pull still waits would come straight
+/// back into it (the server redelivers a nak without delay to any waiting pull), and again, each round counting a
+/// delivery, which the next node would take for failed attempts.
+async fn give_back_rest<S, E>(in_hand: Option<jetstream::Message>, mut messages: S)
 where
     S: futures_util::Stream<Item = Result<jetstream::Message, E>> + Unpin,
 {
-    if let Some(m) = in_hand {
-        let _ = m.ack_with(AckKind::Nak(None)).await;
+    let mut rest: Vec<jetstream::Message> = in_hand.into_iter().collect();
+    // A pull brings at most MAX_PULL_BATCH messages; the naks of `close` can bring its held ones back once more.
+    while rest.len() < 4 * MAX_PULL_BATCH
+        && let Ok(Some(Ok(m))) = tokio::time::timeout(GIVE_BACK_WAIT, messages.next()).await
+    {
+        rest.push(m);
     }
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(GIVE_BACK_WAIT, messages.next()).await {
-        let _ = m.ack_with(AckKind::Nak(None)).await;
-    }
+    drop(messages);
+    join_all(rest.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
 }
 
 /// Sends in-progress acks for every held notification, so a slow delivery or a retry wait is not redelivered to

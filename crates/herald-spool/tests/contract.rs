@@ -92,6 +92,15 @@ impl Backend for Js {
                 found.push(n);
             }
         }
+        // Given back at the stop, each came back once or twice (the old node's nak of what it held, and of what its
+        // pull still brought in), not round and round: its delivery count is the retries the next node sees.
+        for n in &found {
+            assert!(
+                n.retries <= 2,
+                "delivered {} times before: {n:?}",
+                n.retries + 1
+            );
+        }
         let spool: Arc<dyn Spool> = js;
         (spool, found)
     }
