@@ -180,6 +180,8 @@ pub struct Server {
     /// Held by a reload from start to end: reloads asked for at once (SIGHUP, the console, the dashboard) run one
     /// after the other, so the configuration in force and the running listeners always come from the same one.
     reloading: tokio::sync::Mutex<()>,
+    /// A reload's check of the log files is running (or stuck on a file system): the next reload starts none.
+    log_check: Arc<std::sync::atomic::AtomicBool>,
     /// Parent of every listener's stop token: cancelled at shutdown.
     stop_listeners: CancellationToken,
     /// The server itself, for listener tasks that call back into it (the control listener).
@@ -453,6 +455,7 @@ impl Server {
             generation: AtomicU64::new(0),
             stop_requested: tokio::sync::Notify::new(),
             reloading: tokio::sync::Mutex::new(()),
+            log_check: Arc::default(),
             stop_listeners: CancellationToken::new(),
         });
         crate::dashboard::spawn_sampler(
@@ -712,6 +715,13 @@ impl Server {
     async fn reload_now(&self, path: Option<PathBuf>) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let path = path.unwrap_or_else(|| self.config_path());
+        // A stop began while this reload waited: it would start listeners and deliveries the stop is ending.
+        if self.stop_listeners.is_cancelled() {
+            return Err(ReloadError::Interrupted {
+                path,
+                why: "a stop began before it could start".to_owned(),
+            });
+        }
         // Read and validated on a blocking thread: a slow disk or a large file never stalls the listeners.
         let load_path = path.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&load_path))
@@ -727,7 +737,7 @@ impl Server {
         crate::logs::stderr::apply(config.log_format());
         let config = Arc::new(config);
         // Alongside the rest of the reload, which does not wait for it to put the configuration in force.
-        let logs_checked = tokio::spawn(check_logs(config.clone()));
+        let logs_checked = tokio::spawn(check_logs(config.clone(), self.log_check.clone()));
         let old_config = self.config();
         let rest_toggled = injection_off(&self.config()) != injection_off(&config);
         crate::logs::levels::apply(&config);
@@ -1124,6 +1134,14 @@ impl Server {
         // still open finish within the grace period while the deliveries on their way do, not before them: a
         // slow client cannot take the time those deliveries are given.
         self.stop_listeners.cancel();
+        // A reload under way (a SIGHUP just before the stop) finishes first, within the grace period, and none starts
+        // after: it would start listeners this stop does not wait for, and release the hold on delivery below.
+        let _no_reload = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            self.reloading.lock(),
+        )
+        .await;
+        self.engine.set_held(true);
         let running: Vec<RunningListener> = self.listeners.lock().await.drain(..).collect();
         let sessions = futures_util::future::join_all(running.into_iter().map(|l| async move {
             let mut task = l.task;
@@ -1423,15 +1441,30 @@ const LOG_CHECK_WAIT: Duration = Duration::from_secs(5);
 /// What `herald check` finds wrong with the loggers of `config` (an apn_logger format that does not parse, a log
 /// file that cannot be written), as reload warnings: the loggers are read at start only, so the running ones keep
 /// their settings and nothing is refused, but the next start would fail. Runs on a thread of its own, waited for at
-/// most [`LOG_CHECK_WAIT`]; a thread stuck on a file is left behind (it holds no lock and does not delay the stop).
-async fn check_logs(config: Arc<Config>) -> Vec<String> {
+/// most [`LOG_CHECK_WAIT`]; a thread stuck on a file is left behind (it holds no lock and does not delay the stop),
+/// and while it is, later reloads do not start another (one stuck thread at most, not one per reload).
+async fn check_logs(
+    config: Arc<Config>,
+    checking: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    if checking.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return vec![
+            "the log files were not checked: the check of an earlier reload has not returned yet (a log directory on \
+             a file system that does not answer?)"
+                .into(),
+        ];
+    }
     let (tx, rx) = oneshot::channel();
+    let done = checking.clone();
     let spawned = std::thread::Builder::new()
         .name("herald-log-check".into())
         .spawn(move || {
-            let _ = tx.send(crate::logs::inspect(&config).problems);
+            let problems = crate::logs::inspect(&config).problems;
+            done.store(false, std::sync::atomic::Ordering::Release);
+            let _ = tx.send(problems);
         });
     if let Err(e) = spawned {
+        checking.store(false, std::sync::atomic::Ordering::Release);
         return vec![format!("the log files were not checked: {e}")];
     }
     match tokio::time::timeout(LOG_CHECK_WAIT, rx).await {
@@ -1501,4 +1534,48 @@ fn share_invalid_tokens(js: &Arc<JetStreamSpool>, store: &Arc<InvalidTokenStore>
             store.record_from_peer(&entry.value);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stop that begins while a reload runs (a SIGHUP just before a SIGTERM) waits for it, then holds delivery:
+    /// the reload's release of the hold (`apn_held` off) cannot undo it, and a reload asked once the stop began is
+    /// refused rather than starting listeners the stop does not wait for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_waits_for_a_running_reload_and_keeps_delivery_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("herald.conf");
+        std::fs::write(
+            &config,
+            format!("spool_dir = \"{}\"\n", dir.path().join("spool").display()),
+        )
+        .unwrap();
+        let server = Server::start(&config).await.unwrap();
+        // A reload under way: it holds the reload lock, and releases delivery as it finishes.
+        let reload = server.reloading.lock().await;
+        let stopping = server.clone();
+        let stop = tokio::spawn(async move { stopping.shutdown(Duration::from_secs(30)).await });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !server.stop_listeners.is_cancelled() {
+            assert!(Instant::now() < deadline, "the stop did not begin");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.engine.set_held(false);
+        drop(reload);
+        tokio::time::timeout(Duration::from_secs(30), stop)
+            .await
+            .expect("the stop ends")
+            .unwrap();
+        assert!(
+            server.engine.is_held(),
+            "the reload released delivery during the stop"
+        );
+        let refused = server.reload(None).await;
+        assert!(
+            matches!(refused, Err(ReloadError::Interrupted { .. })),
+            "{refused:?}"
+        );
+    }
 }
