@@ -420,12 +420,13 @@ impl OutcomeListener for StatusBook {
             && self.on_stream.load(Ordering::Relaxed)
         {
             // Whatever it was here (in flight when a failed task gave it up), it now waits in the stream.
+            let now = unix_now();
+            // A next attempt already past (a queue given up, not a retry handed back) says nothing any more.
             let next_attempt_at = match entry.phase {
-                Phase::Queued { next_attempt_at } => next_attempt_at,
+                Phase::Queued { next_attempt_at } => next_attempt_at.filter(|at| *at > now),
                 _ => None,
             };
             entry.phase = Phase::Queued { next_attempt_at };
-            let now = unix_now();
             let until = self.in_stream_until(now, next_attempt_at.unwrap_or(now));
             self.in_stream_shard(&key)
                 .lock()
