@@ -807,9 +807,9 @@ impl OutcomeStore {
     }
 
     /// The waiting events of webhook queue `queue`, by chunk: from the chunk numbered `from_first_seq` on, the events
-    /// numbered `head` or more, `limit` at most in all. Only those are copied: the events of a chunk before `head`
-    /// are stepped over by their lengths, so reading a batch from a large chunk costs a batch, not the chunk. A
-    /// chunk wholly before `head` is left out.
+    /// numbered `head` or more, `limit` at most in all. Each chunk read is still read from the store whole and
+    /// checked to its end (its events stepped over by their lengths); only the events returned are copied, so a
+    /// batch from a large chunk copies a batch, not the chunk. A chunk wholly before `head` is left out.
     ///
     /// Deleted chunks stay in the tree as tombstones until compaction: a reader that always started at the front
     /// would step over every chunk delivered so far, so the caller passes the first chunk that may still be there.

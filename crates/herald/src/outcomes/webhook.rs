@@ -10,8 +10,9 @@
 //! retiring queue's last one, on its blocking pool, so that one queue's large read does not hold up the others) POSTs the oldest events (from memory, or read
 //! back from the store after a restart or beyond [`QUEUE_CACHE_BYTES`] and [`CACHE_BYTES`]), and once the receiver
 //! answered 2xx records how far the queue is done and deletes the chunks wholly behind that point. A receiver that
-//! answers `413`, or not within [`REQUEST_TIMEOUT`], gets smaller batches ([`BatchSize`]); an event it refuses alone,
-//! larger than any batch it took, is dropped and counted. A receiver that is down keeps its events in its own
+//! answers `413`, or not within [`REQUEST_TIMEOUT`] once connected, gets smaller batches ([`BatchSize`]; a connection
+//! not made within [`CONNECT_TIMEOUT`] is a failure like any other); an event it refuses alone, larger than its
+//! limit as herald knows it, is dropped and counted. A receiver that is down keeps its events in its own
 //! queue, bounded by `outcome_webhook_backlog`: beyond it the oldest are dropped with a counter and a log line. After
 //! a crash, the events of a partly delivered chunk that were sent after the last recorded point are sent again (at
 //! least once, never lost). So is a batch whose 2xx comes after [`REQUEST_TIMEOUT`] or is lost in transit: herald
@@ -58,6 +59,10 @@ pub const RETIRED_KEPT: usize = 1_000;
 /// how many were dropped since the last one).
 const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may take to connect (name lookup, TCP, TLS), within [`REQUEST_TIMEOUT`]: a receiver that
+/// cannot be reached (a firewall that drops the packets) fails as a connection error, retried with the backoff,
+/// never as a request not answered in time, which would shrink the batches.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a domain's queue stays with nothing waiting before it retires (its sender task ends, its rows leave the
 /// store, its counters stay), and how long a domain's options and open chunk stay unused before they are forgotten
 /// (resolved again at its next outcome): a regex domain with ever new names does not grow memory for good.
@@ -221,7 +226,9 @@ impl Chunks {
     }
 
     /// A chunk just stored, kept in memory while the queue's events there stay within [`QUEUE_CACHE_BYTES`] and all
-    /// queues' within [`CACHE_BYTES`].
+    /// queues' within [`CACHE_BYTES`]. Kept in an allocation of its size exactly, so that the bytes counted are the
+    /// bytes held: the writer allocates a domain's open chunk as large as its last (up to 256 KiB), which a chunk of
+    /// a few events after a burst would otherwise keep.
     fn push(&mut self, first_seq: u64, chunk: ChunkBuilder) {
         let count = chunk.len() as u64;
         let bytes = chunk.as_bytes().len();
@@ -230,7 +237,7 @@ impl Chunks {
             self.cached += bytes;
             let (data, spans) = chunk.into_parts();
             Cached {
-                data: Bytes::from(data),
+                data: Bytes::from(data.into_boxed_slice()),
                 spans: spans.into_boxed_slice(),
             }
         });
@@ -464,7 +471,8 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     out
 }
 
-/// The client webhooks are POSTed with: [`REQUEST_TIMEOUT`] per request, and no redirect followed (a
+/// The client webhooks are POSTed with: [`REQUEST_TIMEOUT`] per request ([`CONNECT_TIMEOUT`] of it to connect), and
+/// no redirect followed (a
 /// 301/302/303 would turn the POST into a GET without the outcomes, whose 2xx would take the batch for delivered;
 /// it is a failure like any other non-2xx, retried). There is no fallback to a client without these: an error
 /// names why it could not be built.
@@ -472,9 +480,12 @@ fn http_client() -> Result<reqwest::Client, String> {
     http_client_with(REQUEST_TIMEOUT)
 }
 
+/// The client with `timeout` per request, and [`CONNECT_TIMEOUT`] (half of `timeout` at most) to connect: the
+/// connection fails before the request times out, so that [`answer`] tells the two apart.
 fn http_client_with(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(timeout)
+        .connect_timeout(CONNECT_TIMEOUT.min(timeout / 2))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| {
@@ -748,7 +759,8 @@ impl Webhooks {
             out,
             "herald_webhook_dropped_total",
             "counter",
-            "Outcomes dropped: beyond outcome_webhook_backlog or older than outcome_webhook_max_age.",
+            "Outcomes dropped: beyond outcome_webhook_backlog (those of a batch in flight once it is not taken), older \
+             than outcome_webhook_max_age, or refused alone by the receiver as too large (413).",
             &|s| s.dropped,
         );
         family(
@@ -1157,8 +1169,9 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         let error = match answer(result, sent, body_len) {
             Answer::Taken => None,
             Answer::TooLarge(e) => match size.refused(sent, body_len) {
-                // Not a matter of size: one event alone no larger than bodies taken before, or nothing taken yet (a
-                // proxy that answers 413 to everything). Retried after a backoff like any failure.
+                // One event alone within the receiver's limit as known (now lowered below it: refused alone again,
+                // it is dropped), or nothing taken yet (a proxy that answers 413 to everything). Retried after a
+                // backoff like any failure.
                 Refusal::Failure => Some(e),
                 refusal => {
                     q.failures.fetch_add(1, Ordering::Relaxed);
@@ -1230,9 +1243,9 @@ enum Answer {
     Taken,
     /// `413 Payload Too Large`.
     TooLarge(String),
-    /// No answer within the client's timeout ([`REQUEST_TIMEOUT`]).
+    /// Connected, but no answer within the client's timeout ([`REQUEST_TIMEOUT`]).
     TimedOut(String),
-    /// Anything else: another status, a refused or broken connection.
+    /// Anything else: another status, a connection refused, broken or not made in time ([`CONNECT_TIMEOUT`]).
     Failed(String),
 }
 
@@ -1246,6 +1259,11 @@ fn answer(result: Result<reqwest::Response, reqwest::Error>, sent: u64, body_len
         )),
         Ok(r) => Answer::Failed(format!("the receiver answered {}", r.status())),
         // Without the URL: its query may carry a secret, and the text reaches the console and the dashboard.
+        // A connection not made in time says nothing of the batch (the receiver never saw it): not a reason for
+        // smaller batches.
+        Err(e) if e.is_connect() && e.is_timeout() => {
+            Answer::Failed(format!("no connection in time: {}", e.without_url()))
+        }
         Err(e) if e.is_timeout() => Answer::TimedOut(format!(
             "no answer in time to a batch of {sent} outcomes ({body_len} bytes): {}",
             e.without_url()
@@ -1330,12 +1348,14 @@ async fn read_back(
 }
 
 /// How many events a sender puts in one request: [`BATCH`], halved at each `413 Payload Too Large` and at each
-/// request not answered within [`REQUEST_TIMEOUT`] (down to one event; after a timeout the backoff applies too),
-/// and doubled again after [`GROW_AFTER`] batches taken in a row, so that a receiver whose limit was raised, or that
-/// got faster, gets full batches again, at the cost of one refused or late request now and then. A `413` to one
-/// event is a drop only when its body is larger than every batch the receiver took: then the event is too large by
-/// itself (dropped), and the next batches have the size last taken; otherwise (nothing taken yet, or a body no
-/// larger than one it took) the 413 is not about size and is retried as any failure.
+/// request not answered within [`REQUEST_TIMEOUT`] once connected (down to one event; after a timeout the backoff
+/// applies too), and doubled again after [`GROW_AFTER`] batches taken in a row, so that a receiver whose limit was
+/// raised, or that got faster, gets full batches again, at the cost of one refused or late request now and then.
+///
+/// A `413` to one event is a drop only when its body is larger than every body the receiver took: then the event is
+/// too large by itself (dropped), and the next batches have the size last taken. Otherwise the 413 is not a matter
+/// of this event's size (a proxy that answers 413 to everything, before or after it took batches) and is retried as
+/// any failure, for as long as it lasts: nothing is dropped for a refusal a receiver gives to bodies it took before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BatchSize {
     limit: usize,
@@ -1343,7 +1363,7 @@ struct BatchSize {
     taken: u32,
     /// The limit of the last batch taken (0: none yet).
     good: usize,
-    /// Bytes of the largest body taken (0: none yet).
+    /// Bytes of the largest body taken (0: nothing taken yet).
     largest: usize,
 }
 
@@ -1357,7 +1377,7 @@ enum Refusal {
     Smaller,
     /// One event larger than any batch the receiver took: dropped.
     TooLarge,
-    /// One event no larger than a batch taken, or nothing taken yet: a failure, retried after a backoff.
+    /// One event within the receiver's limit as known, or nothing taken yet: a failure, retried after a backoff.
     Failure,
 }
 
@@ -1392,7 +1412,7 @@ impl BatchSize {
         Refusal::Failure
     }
 
-    /// A batch of `sent` events was not answered in time.
+    /// A batch of `sent` events reached the receiver (a connection was made) but was not answered in time.
     fn timed_out(&mut self, sent: u64) {
         self.taken = 0;
         self.halve(sent);
@@ -1618,6 +1638,22 @@ mod tests {
         drop(b);
         assert_eq!(budget.load(Ordering::Relaxed), CACHE_BYTES - used);
         drop(a);
+    }
+
+    /// A chunk is kept in memory in an allocation of the size it is charged: one event written into an open chunk
+    /// allocated as large as a burst's (the writer sizes it as the domain's last) does not keep the burst's bytes.
+    #[test]
+    fn a_chunk_in_memory_holds_the_bytes_it_is_charged() {
+        let budget = Arc::new(AtomicUsize::new(0));
+        let mut c = Chunks::with_budget(budget.clone());
+        let mut chunk = ChunkBuilder::with_capacity(256 << 10);
+        chunk.push_with(|b| b.extend_from_slice(b"{\"id\":\"1\"}"));
+        c.push(1, chunk);
+        let charged = budget.load(Ordering::Relaxed);
+        assert_eq!(charged, c.cached);
+        let cached = c.live.pop_back().and_then(|c| c.events).unwrap();
+        // The allocation behind the bytes (taken back whole: nothing else refers to it).
+        assert_eq!(Vec::from(cached.data).capacity(), charged);
     }
 
     #[test]
@@ -1935,9 +1971,11 @@ mod tests {
             assert_eq!(size.refused(sent, 25_000), Refusal::Smaller);
         }
         assert_eq!(size.limit(), 1);
-        // One event no larger than a body the receiver took: not a matter of size, a failure (retried).
+        // One event no larger than a body the receiver took: not a matter of size (a proxy refusing everything, say),
+        // a failure retried for as long as it lasts, never dropped.
         assert_eq!(size.refused(1, 20_000), Refusal::Failure);
-        assert_eq!(size.limit(), 1);
+        assert_eq!(size.refused(1, 20_000), Refusal::Failure);
+        assert_eq!((size.limit(), size.largest), (1, 20_000));
         // One event larger than any body taken: too large by itself (dropped), and the batches go back to the size
         // last taken.
         assert_eq!(size.refused(1, 20_001), Refusal::TooLarge);
@@ -1989,6 +2027,66 @@ mod tests {
             size.taken(100);
         }
         assert_eq!(size.limit(), BATCH);
+    }
+
+    /// Only a request that reached the receiver and was not answered in time makes batches smaller: a connection not
+    /// made in time (a firewall that drops the packets; here a listener whose accept queue is full, where Linux drops
+    /// the connection attempts) fails like a refused one, retried with the backoff at the same batch size.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_request_that_reached_the_receiver_times_out() {
+        let http = http_client_with(Duration::from_secs(4)).unwrap();
+        let post = |addr: std::net::SocketAddr| {
+            let http = http.clone();
+            async move {
+                let result = http
+                    .post(format!("http://{addr}/hook"))
+                    .body("{}")
+                    .send()
+                    .await;
+                let reached = result.as_ref().map_or_else(|e| !e.is_connect(), |_| true);
+                (answer(result, 1, 2), reached)
+            }
+        };
+        // Refused: nothing listens there any more.
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // Unreachable: a listener with a backlog of 0 that never accepts, its queue filled by one connection.
+        let full = tokio::net::TcpSocket::new_v4().unwrap();
+        full.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let full = full.listen(0).unwrap();
+        let unreachable = full.local_addr().unwrap();
+        let _queued = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(unreachable),
+        )
+        .await;
+        // Silent: takes the connection and the request, never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let (refused, unreachable, silent) =
+            tokio::join!(post(refused), post(unreachable), post(silent_addr));
+        assert!(
+            matches!(&refused, (Answer::Failed(e), false) if e.starts_with("request failed")),
+            "{refused:?}"
+        );
+        assert!(
+            matches!(&unreachable, (Answer::Failed(e), false) if e.starts_with("no connection in time")),
+            "{unreachable:?}"
+        );
+        assert!(
+            matches!(&silent, (Answer::TimedOut(e), true) if e.starts_with("no answer in time")),
+            "{silent:?}"
+        );
+        drop(full);
     }
 
     /// A receiver that refuses bodies above 64 KB (413) gets every outcome, in smaller batches; an outcome it refuses
@@ -2071,6 +2169,8 @@ mod tests {
             hooks.outcome(&delivered(&n));
             sent.push(n.id.to_string());
         }
+        // All five in the queue before it is looked at (the writer may store them over several passes).
+        assert!(hooks.flush(Duration::from_secs(30)).await);
         wait_until("one outcome alone was refused twice", || {
             lock(&script.batches).iter().filter(|&&n| n == 1).count() >= 2
         })
