@@ -394,6 +394,58 @@ async fn broadcasts_beyond_max_queued_broadcasts_are_refused_with_503() {
     );
 }
 
+/// A domain whose credentials cannot be read now (its key file is missing: the operator's to fix, as for pushes)
+/// refuses broadcasts and channel calls with `503` and `retry-after`, the text naming the file: not `400`, which
+/// tells the sender to drop the request.
+#[tokio::test]
+async fn a_domain_whose_key_cannot_be_read_now_answers_503() {
+    let missing = tempfile::tempdir().unwrap();
+    let key = missing.path().join("AuthKey_LATER.p8");
+    let stanza = format!(
+        r#"domain "nokey.example" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:1" )
+  apn_key = "{key}"
+  apn_key_id = "ABC123DEFG"
+  apn_team_id = "DEF123GHIJ"
+  apn_topic = "{TOPIC}"
+  apn_channel_route = "https://127.0.0.1:1"
+  apn_broadcast_route = "https://127.0.0.1:1"
+}}"#,
+        key = key.display()
+    );
+    let s = setup_with(false, &stanza).await;
+    let client = reqwest::Client::new();
+    for (path, body) in [
+        (
+            "/api/v1/broadcast",
+            json!({"domain": "nokey.example", "channel_id": "dHN0LXNyY2gtY2hubA==", "payload": update(1)}),
+        ),
+        (
+            "/api/v1/channels",
+            json!({"domain": "nokey.example", "message_storage_policy": 1}),
+        ),
+    ] {
+        let response = client
+            .post(format!("http://{}{path}", s.http))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(
+            response.headers().contains_key("retry-after"),
+            "{path}: {:?}",
+            response.headers()
+        );
+        let v: Value = response.json().await.unwrap();
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains("AuthKey_LATER.p8"), "{path}: {error}");
+    }
+    assert_eq!(s.server.broadcasts.queued(), 0);
+}
+
 /// herald does not know a channel's storage policy at the door (docs/api.md "Broadcasts"): a non-zero expiration
 /// to a channel that stores nothing is accepted, then fails permanently at its one attempt with APNs'
 /// `BadExpirationDate`; expiration 0 to the same channel is delivered.

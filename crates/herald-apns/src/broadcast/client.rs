@@ -17,8 +17,8 @@ use http::{HeaderName, HeaderValue, Method, Request, Uri};
 
 use super::reason::classify_broadcast;
 use super::request::{
-    APNS_CHANNEL_ID, APNS_REQUEST_ID, BroadcastSend, ChannelId, ChannelOp, RequestError,
-    StoragePolicy, bundle_for_path,
+    APNS_CHANNEL_ID, APNS_REQUEST_ID, BroadcastSend, ChannelId, ChannelOp, MAX_CHANNEL_ID_LEN,
+    RequestError, StoragePolicy, bundle_for_path,
 };
 use crate::client::connect::{Endpoint, connect_tls};
 use crate::client::{ConnectionError, not_processed, preface};
@@ -26,8 +26,14 @@ use crate::outcome::FailureClass;
 use crate::provider_token::{ConnectionToken, ProviderTokenCache, TokenChoice};
 use crate::reason::parse_error_body;
 
-/// Largest answer body read; channel lists of 10,000 ids fit well within it.
+/// Largest answer body read, but a channel list's ([`MAX_LIST_BODY`]).
 const MAX_BODY: usize = 1024 * 1024;
+/// The most channels an app has in one environment: APNs refuses a create beyond (`CannotCreateChannelConfig`).
+pub const MAX_CHANNELS: usize = 10_000;
+/// Largest channel list read: [`MAX_CHANNELS`] ids of [`MAX_CHANNEL_ID_LEN`] characters (the longest herald takes),
+/// each with its quotes, comma and some whitespace, and room for the object around them. An app's every channel can
+/// be listed, whatever the ids' size.
+const MAX_LIST_BODY: usize = MAX_CHANNELS * (MAX_CHANNEL_ID_LEN + 16) + MAX_BODY;
 /// The reason APNs gives for a provider token too old.
 const EXPIRED_PROVIDER_TOKEN: &str = "ExpiredProviderToken";
 
@@ -291,7 +297,14 @@ impl BroadcastClient {
         let path = send.path()?;
         let headers = send.headers()?;
         let a = self
-            .call(Method::POST, &path, &headers, send.payload.clone(), 200)
+            .call(
+                Method::POST,
+                &path,
+                &headers,
+                send.payload.clone(),
+                200,
+                MAX_BODY,
+            )
             .await?;
         Ok(request_id(&a.headers))
     }
@@ -303,17 +316,22 @@ impl BroadcastClient {
         if let Some(ch) = op.channel_header() {
             headers.push((APNS_CHANNEL_ID.clone(), ch));
         }
+        let max_body = match op {
+            ChannelOp::List => MAX_LIST_BODY,
+            _ => MAX_BODY,
+        };
         self.call(
             op.method(),
             &op.path(bundle),
             &headers,
             op.body(),
             op.success_status(),
+            max_body,
         )
         .await
     }
 
-    /// One call; the answer when it has the `success` status. An `ExpiredProviderToken` answer is never followed by
+    /// One call; the answer when it has the `success` status (its body at most `max_body` bytes). An `ExpiredProviderToken` answer is never followed by
     /// another stream on this connection, which APNs may no longer serve (docs/apns-protocol.md §3.7): the refused
     /// token is renewed when the cache allows, and the rejection returned, [`FailureClass::RefreshTokenAndRetry`]
     /// when it was (the caller sends again on a new connection) and [`FailureClass::Transient`] when the cache kept
@@ -325,6 +343,7 @@ impl BroadcastClient {
         headers: &[(HeaderName, HeaderValue)],
         body: Bytes,
         success: u16,
+        max_body: usize,
     ) -> Result<Answer, BroadcastClientError> {
         let token = match &self.auth {
             None => None,
@@ -349,7 +368,7 @@ impl BroadcastClient {
             }
         };
         let answer = self
-            .once(&method, path, headers, body, token.as_deref())
+            .once(&method, path, headers, body, token.as_deref(), max_body)
             .await?;
         if answer.status == success {
             return Ok(answer);
@@ -380,6 +399,7 @@ impl BroadcastClient {
         headers: &[(HeaderName, HeaderValue)],
         body: Bytes,
         token: Option<&str>,
+        max_body: usize,
     ) -> Result<Answer, BroadcastClientError> {
         let http_err = |source| BroadcastClientError::Http {
             host: self.host.clone(),
@@ -429,10 +449,10 @@ impl BroadcastClient {
             while let Some(chunk) = recv.data().await {
                 let chunk = chunk.map_err(http_err)?;
                 let _ = recv.flow_control().release_capacity(chunk.len());
-                if buf.len() + chunk.len() > MAX_BODY {
-                    return Err(BroadcastClientError::BadAnswer(
-                        "answer body too large".into(),
-                    ));
+                if buf.len() + chunk.len() > max_body {
+                    return Err(BroadcastClientError::BadAnswer(format!(
+                        "answer body over {max_body} bytes"
+                    )));
                 }
                 buf.extend_from_slice(&chunk);
             }
@@ -807,6 +827,55 @@ mod tests {
             .unwrap();
         assert_eq!(created.as_str(), long);
         assert_eq!(c.list_channels("com.example.app").await.unwrap(), [created]);
+    }
+
+    /// An app's every channel can be listed whatever the ids' size: the bound on a list's answer holds
+    /// [`MAX_CHANNELS`] ids of the longest length herald takes, and a list over the 1 MiB of other answers (1,000
+    /// such ids) is read, not taken for an unreadable answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_list_over_a_mebibyte_is_read() {
+        let full = format!(
+            r#"{{"channels":[{}]}}"#,
+            vec![format!("\"{}\"", "A".repeat(MAX_CHANNEL_ID_LEN)); MAX_CHANNELS].join(",")
+        );
+        assert!(full.len() <= MAX_LIST_BODY, "{} bytes", full.len());
+        const LISTED: usize = 1_000;
+        let ids: Vec<String> = (0..LISTED)
+            .map(|n| format!("{n:04}{}", "A".repeat(MAX_CHANNEL_ID_LEN - 4)))
+            .collect();
+        let list = format!(r#"{{"channels":["{}"]}}"#, ids.join("\",\""));
+        assert!(list.len() > MAX_BODY);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(sock).await.unwrap();
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                let body = Bytes::from(list.clone());
+                tokio::spawn(async move {
+                    let answer = http::Response::builder().status(200).body(()).unwrap();
+                    let mut stream = respond.send_response(answer, false).unwrap();
+                    // Within the flow-control window the client grants.
+                    let mut rest = body;
+                    while !rest.is_empty() {
+                        stream.reserve_capacity(rest.len());
+                        let Some(Ok(room)) =
+                            std::future::poll_fn(|cx| stream.poll_capacity(cx)).await
+                        else {
+                            return;
+                        };
+                        let chunk = rest.split_to(room.min(rest.len()));
+                        if stream.send_data(chunk, rest.is_empty()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let c = client(addr).await.unwrap();
+        let listed = c.list_channels("com.example.app").await.unwrap();
+        let listed: Vec<&str> = listed.iter().map(ChannelId::as_str).collect();
+        assert_eq!(listed, ids);
     }
 
     /// A call on a connection that had already ended (the server closed it) was not sent at all: the error says so,

@@ -12,7 +12,7 @@ pub mod reason;
 pub mod request;
 
 pub use client::{BroadcastClient, BroadcastClientError, ChannelInfo};
-pub use reason::{BroadcastReason, classify_broadcast};
+pub use reason::{BroadcastReason, classify_broadcast, reason_label};
 pub use request::{
     BROADCAST_PAYLOAD_LIMIT, BroadcastSend, ChannelId, ChannelOp, RequestError, StoragePolicy,
 };

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::client::UNRECOGNIZED_REASON;
 use crate::outcome::FailureClass;
 
 /// One reason string of the broadcast and channel management APIs.
@@ -215,6 +216,15 @@ impl FromStr for BroadcastReason {
     }
 }
 
+/// The reason as counters name it: one of the broadcast reasons, else [`UNRECOGNIZED_REASON`] (as
+/// [`crate::client::Rejection::label`] does for pushes). The text a host answered may be anything (a proxy's page, a
+/// made-up reason): counting under it would let a misbehaving host add a series per answer; logs keep the text.
+pub fn reason_label(reason: &str) -> &'static str {
+    reason
+        .parse::<BroadcastReason>()
+        .map_or(UNRECOGNIZED_REASON, BroadcastReason::as_str)
+}
+
 /// Class of a broadcast or channel-management answer other than success: a known reason decides, otherwise
 /// the status (408 and 429 temporary, other 4xx permanent, 5xx and anything else temporary). Unlike device
 /// pushes, 410 does not invalidate anything.
@@ -277,6 +287,22 @@ mod tests {
             assert_eq!(classify_broadcast(*status, Some(name)), *class);
         }
         assert!("channelnotregistered".parse::<BroadcastReason>().is_err());
+    }
+
+    /// Counters take a known reason as it is and any other text as one label.
+    #[test]
+    fn only_known_reasons_label_a_counter() {
+        for r in BroadcastReason::ALL {
+            assert_eq!(reason_label(r.as_str()), r.as_str());
+        }
+        for other in [
+            "<html><body>Bad Gateway</body></html>",
+            "SomethingNew",
+            "-",
+            "",
+        ] {
+            assert_eq!(reason_label(other), UNRECOGNIZED_REASON, "{other:?}");
+        }
     }
 
     #[test]

@@ -90,7 +90,11 @@ async fn accept(broadcaster: &Arc<Broadcaster>, body: &[u8]) -> Response {
             StatusCode::ACCEPTED,
             json!({ "id": b.id, "domain": b.domain, "channel_id": b.channel }),
         ),
-        Err(e @ (BroadcastRefusal::NotDurable(_) | BroadcastRefusal::Full { .. })) => (
+        Err(
+            e @ (BroadcastRefusal::NotDurable(_)
+            | BroadcastRefusal::Full { .. }
+            | BroadcastRefusal::Unavailable { .. }),
+        ) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(CONTENT_TYPE, "application/json"), (RETRY_AFTER, "5")],
             json!({ "error": e.to_string() }).to_string(),

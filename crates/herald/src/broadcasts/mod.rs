@@ -14,29 +14,37 @@
 //! `/metrics`. At most `max_queued_broadcasts` broadcasts are held unfinished; beyond, [`Broadcaster::accept`]
 //! refuses new ones ([`BroadcastRefusal::Full`]).
 //!
+//! Broadcasts of one channel are not delivered out of order by a retry: once one is delivered, the older ones of its
+//! channel still unfinished end unsent (`ChannelOrder`, reason `Superseded`). Deletions of finished broadcasts and
+//! retry states the store refuses (a full or failing disk) are kept and written later (`Unwritten`); a stored
+//! broadcast that cannot be read at the start is deleted and counted (reason `Unreadable`).
+//!
 //! With the JetStream spool a broadcast is durable on the node that accepted it (its local outcome store), not in
 //! the shared stream.
 
 pub mod api;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_apns::broadcast::{BroadcastClient, BroadcastClientError, BroadcastSend, ChannelId};
+use herald_apns::broadcast::{
+    BroadcastClient, BroadcastClientError, BroadcastSend, ChannelId, reason_label,
+};
 use herald_apns::outcome::FailureClass;
 use herald_spool::OutcomeStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::channels::{Purpose, Target, resolve_for};
+use crate::channels::{Purpose, Target, Unresolved, resolve_for};
 use crate::delivery::ConfigResolver;
 use crate::logs::Logs;
 use crate::model::retry::RetryDecision;
+use crate::outcomes::{STORE_RETRY_FIRST, STORE_RETRY_MAX};
 
 /// Broadcasts sent at once, over all domains.
 const MAX_IN_FLIGHT: usize = 256;
@@ -93,6 +101,10 @@ pub enum BroadcastRefusal {
     /// The domain cannot send broadcasts as configured.
     #[error("domain {domain:?} cannot send broadcasts: {reason}")]
     Domain { domain: String, reason: String },
+    /// The domain cannot send broadcasts now: its credentials cannot be read (a key or certificate file), or looking
+    /// it up failed. Nothing was accepted; try again later.
+    #[error("domain {domain:?} cannot send broadcasts now: {reason}; retry later")]
+    Unavailable { domain: String, reason: String },
     /// The broadcast could not be made durable: nothing was accepted, try again.
     #[error("the broadcast could not be stored: {0}")]
     NotDurable(String),
@@ -109,6 +121,36 @@ type Resolved = (Arc<herald_conf::Config>, Arc<Target>);
 /// (due time in Unix milliseconds, key) of a stored broadcast.
 type Due = (u64, Vec<u8>);
 
+/// (domain, channel id) of a broadcast.
+type ChannelKey = (String, String);
+
+/// The `reason` of a broadcast ended unsent because a newer one of its channel was delivered first.
+const SUPERSEDED: &str = "Superseded";
+/// The `reason` of a stored broadcast that could not be read at a start (deleted).
+const UNREADABLE: &str = "Unreadable";
+/// The `reason` of an attempt whose domain cannot broadcast now (its credentials cannot be read).
+const DOMAIN_UNAVAILABLE: &str = "DomainUnavailable";
+
+/// An unfinished broadcast, and whether an attempt holds it: such a one is neither started again nor ended but by
+/// that attempt.
+struct Pending {
+    broadcast: Broadcast,
+    sending: bool,
+}
+
+/// The unfinished broadcasts of one channel, and the newest of its broadcasts delivered while any was unfinished.
+/// Keys grow in acceptance order (within a run and across restarts, [`first_seq`]): a broadcast with a smaller key
+/// than the newest delivered is older, and is ended unsent rather than delivered after it (APNs would keep the
+/// stale one for devices that come online on a channel that stores the most recent message). Forgotten once none of
+/// the channel's broadcasts is unfinished, so there is at most one per channel with unfinished broadcasts.
+#[derive(Default)]
+struct ChannelOrder {
+    /// Keys of the channel's unfinished broadcasts.
+    keys: BTreeSet<Vec<u8>>,
+    /// Key and id of the newest broadcast delivered.
+    delivered: Option<(Vec<u8>, String)>,
+}
+
 /// A domain's open broadcast connection and what it was opened for.
 struct Cached {
     target: Arc<Target>,
@@ -123,7 +165,9 @@ pub struct Broadcaster {
     /// Broadcasts waiting for their next attempt, by due time.
     due: Mutex<BinaryHeap<Reverse<Due>>>,
     /// Every stored broadcast not yet finished, by key.
-    pending: Mutex<HashMap<Vec<u8>, Broadcast>>,
+    pending: Mutex<HashMap<Vec<u8>, Pending>>,
+    /// The channels with unfinished broadcasts, for their order.
+    channels: Mutex<HashMap<ChannelKey, ChannelOrder>>,
     /// Broadcasts not finished, counting those being stored: what `max_queued_broadcasts` bounds.
     held: AtomicUsize,
     wake: Notify,
@@ -153,15 +197,157 @@ enum Write {
     Retry { key: Vec<u8>, value: Vec<u8> },
     /// Delete a finished broadcast (with the next write, not synced on its own).
     Finished(Vec<u8>),
-    /// Answer once everything asked before is written.
-    Flush(tokio::sync::oneshot::Sender<()>),
+    /// Answer once everything asked before is written, or with what could not be.
+    Flush(tokio::sync::oneshot::Sender<Result<(), FlushError>>),
+}
+
+/// What [`Broadcaster::flush`] could not write: the broadcasts concerned are sent again at the next start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlushError {
+    /// The outcome store refused the write that carried them (the last try failed with `error`).
+    #[error(
+        "{finished} finished broadcast(s) could not be removed from the store and {retries} retry state(s) could not \
+         be stored ({error}): those broadcasts are sent again at the next start"
+    )]
+    NotWritten {
+        finished: usize,
+        retries: usize,
+        error: String,
+    },
+    /// The writer thread is gone: nothing asked of it since is written.
+    #[error(
+        "the broadcast writer has stopped: finished broadcasts may be sent again at the next start"
+    )]
+    WriterStopped,
+}
+
+/// What the writer thread was asked to write and the store refused: kept and written with the next write (every
+/// later batch, or a try of its own after [`STORE_RETRY_FIRST`], the wait doubling up to [`STORE_RETRY_MAX`]), so
+/// that a broadcast that finished is not sent again at the next start, nor one waiting for a retry sent at once
+/// with its retries counted from 0.
+///
+/// Bounded by the broadcasts held: one retry state per unfinished broadcast (the latest), one deletion per
+/// finished one; and while deletions wait, no new broadcast is stored (a store carries them, and succeeds or fails
+/// with them), so no more than `max_queued_broadcasts` can finish meanwhile.
+#[derive(Default)]
+struct Unwritten {
+    /// The latest retry state of each broadcast, by key.
+    retries: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Keys of finished broadcasts.
+    finished: BTreeSet<Vec<u8>>,
+    /// The error of the last write that failed, while anything is kept.
+    error: Option<String>,
+}
+
+impl Unwritten {
+    fn is_empty(&self) -> bool {
+        self.retries.is_empty() && self.finished.is_empty()
+    }
+
+    /// Takes a batch's retries and deletions: a finished broadcast's retry state is not written any more.
+    fn add(&mut self, retries: Vec<(Vec<u8>, Vec<u8>)>, finished: Vec<Vec<u8>>) {
+        self.retries.extend(retries);
+        for key in finished {
+            self.retries.remove(&key);
+            self.finished.insert(key);
+        }
+    }
+
+    /// Writes `entries` (new broadcasts) and everything kept. With new broadcasts, all goes in one synced write,
+    /// which succeeds or fails as a whole; without, retry states and deletions are buffered writes, as a reschedule
+    /// of the spool. What is written leaves `self`; the error is the last write's.
+    fn write(
+        &mut self,
+        store: &OutcomeStore,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let result = if entries.is_empty() {
+            self.write_buffered(store)
+        } else {
+            self.write_with(store, entries)
+        };
+        self.error = match &result {
+            Err(e) if !self.is_empty() => Some(e.clone()),
+            _ => None,
+        };
+        result
+    }
+
+    /// One synced write of `entries` and everything kept.
+    fn write_with(
+        &mut self,
+        store: &OutcomeStore,
+        mut entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let stores = entries.len();
+        entries.extend(std::mem::take(&mut self.retries));
+        let finished: Vec<Vec<u8>> = std::mem::take(&mut self.finished).into_iter().collect();
+        match store.broadcast_apply(&entries, &finished) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.retries.extend(entries.split_off(stores));
+                self.finished.extend(finished);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// The retry states one by one, then the deletions in one write; stops at the first refusal.
+    fn write_buffered(&mut self, store: &OutcomeStore) -> Result<(), String> {
+        while let Some((key, value)) = self.retries.pop_first() {
+            if let Err(e) = store.broadcast_update(&key, &value) {
+                self.retries.insert(key, value);
+                return Err(e.to_string());
+            }
+        }
+        if self.finished.is_empty() {
+            return Ok(());
+        }
+        let finished: Vec<Vec<u8>> = std::mem::take(&mut self.finished).into_iter().collect();
+        store.broadcast_apply(&[], &finished).map_err(|e| {
+            self.finished.extend(finished);
+            e.to_string()
+        })
+    }
+
+    /// What a flush answers now.
+    fn flushed(&self) -> Result<(), FlushError> {
+        match &self.error {
+            Some(error) if !self.is_empty() => Err(FlushError::NotWritten {
+                finished: self.finished.len(),
+                retries: self.retries.len(),
+                error: error.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Stores broadcasts as they come, every one waiting at the time in one synced batch (group commit) together with
-/// the deletions of finished ones, and answers each.
+/// the retry states and deletions asked since, and answers each. What the store refuses of the retry states and
+/// deletions is kept and written later ([`Unwritten`]); one error is logged per episode of refusals, and one line
+/// when they are written again.
 fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>) {
-    while let Ok(first) = writes.recv() {
-        let mut batch = vec![first];
+    let mut unwritten = Unwritten::default();
+    let mut wait = STORE_RETRY_FIRST;
+    loop {
+        let first = if unwritten.is_empty() {
+            match writes.recv() {
+                Ok(w) => Some(w),
+                Err(_) => return,
+            }
+        } else {
+            match writes.recv_timeout(wait) {
+                Ok(w) => Some(w),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    // The broadcaster is gone: one last try.
+                    let _ = unwritten.write(&store, Vec::new());
+                    return;
+                }
+            }
+        };
+        let mut batch: Vec<Write> = first.into_iter().collect();
         while let Ok(more) = writes.try_recv() {
             batch.push(more);
             if batch.len() >= 1024 {
@@ -184,29 +370,36 @@ fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>
                 Write::Flush(done) => flushes.push(done),
             }
         }
-        // A retry's state is written before anything of this batch is deleted (its own finish comes later).
-        for (key, value) in &retries {
-            if let Err(e) = store.broadcast_update(key, value) {
-                tracing::error!("a broadcast's retry could not be stored: {e}");
+        let was_failing = unwritten.error.is_some();
+        unwritten.add(retries, finished);
+        let result = unwritten.write(&store, entries);
+        match (&unwritten.error, was_failing) {
+            (Some(e), false) => {
+                tracing::error!(
+                    finished = unwritten.finished.len(),
+                    retries = unwritten.retries.len(),
+                    "finished broadcasts could not be removed from the store, or retry states stored: {e}; kept and \
+                     written with the next write (until then, a restart would send them again)"
+                );
             }
+            (None, true) => {
+                tracing::info!(
+                    "the finished broadcasts and retry states kept are written to the store again"
+                );
+            }
+            _ => {}
         }
-        let result = if entries.is_empty() && finished.is_empty() {
-            Ok(())
+        wait = if unwritten.error.is_some() && was_failing {
+            (wait * 2).min(STORE_RETRY_MAX)
         } else {
-            store
-                .broadcast_apply(&entries, &finished)
-                .map_err(|e| e.to_string())
+            STORE_RETRY_FIRST
         };
-        if let Err(e) = &result
-            && !finished.is_empty()
-        {
-            tracing::error!("finished broadcasts could not be removed from the store: {e}");
-        }
         for done in waiting {
             let _ = done.send(result.clone());
         }
+        let flushed = unwritten.flushed();
         for done in flushes {
-            let _ = done.send(());
+            let _ = done.send(flushed.clone());
         }
     }
 }
@@ -227,17 +420,38 @@ impl Broadcaster {
         let stored = store.broadcast_all()?;
         let mut due = BinaryHeap::new();
         let mut pending = HashMap::new();
+        let mut channels: HashMap<ChannelKey, ChannelOrder> = HashMap::new();
+        let mut counts = BTreeMap::new();
+        let mut unreadable = Vec::new();
         let mut last_seq = 0;
         for (key, value) in stored {
+            last_seq = last_seq.max(key_seq(&key));
             match serde_json::from_slice::<Broadcast>(&value) {
                 Ok(b) => {
-                    last_seq = last_seq.max(key_seq(&key));
                     due.push(Reverse((b.due_ms, key.clone())));
-                    pending.insert(key, b);
+                    channels
+                        .entry(channel_of(&b))
+                        .or_default()
+                        .keys
+                        .insert(key.clone());
+                    let p = Pending {
+                        broadcast: b,
+                        sending: false,
+                    };
+                    pending.insert(key, p);
                 }
-                Err(e) => tracing::error!(
-                    "a stored broadcast cannot be read and is left in the store: {e}"
-                ),
+                Err(e) => {
+                    let domain = unreadable_domain(&value);
+                    tracing::error!(
+                        key = %hex(&key),
+                        %domain,
+                        "a stored broadcast cannot be read ({e}): deleted, it is not sent"
+                    );
+                    *counts
+                        .entry((domain, "permanent", UNREADABLE.to_owned()))
+                        .or_default() += 1;
+                    unreadable.push(key);
+                }
             }
         }
         if !pending.is_empty() {
@@ -252,6 +466,9 @@ impl Broadcaster {
             .name("herald-broadcast-writer".into())
             .spawn(move || write_loop(writer_store, queue))
             .map_err(|e| herald_spool::SpoolError::from_io("starting the broadcast writer", e))?;
+        for key in unreadable {
+            let _ = writes.send(Write::Finished(key));
+        }
         let me = Arc::new(Broadcaster {
             targets: Mutex::new(HashMap::new()),
             writes,
@@ -261,11 +478,12 @@ impl Broadcaster {
             due: Mutex::new(due),
             held: AtomicUsize::new(pending.len()),
             pending: Mutex::new(pending),
+            channels: Mutex::new(channels),
             wake: Notify::new(),
             holding: AtomicBool::new(false),
             sending: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             conns: Mutex::new(HashMap::new()),
-            counts: Mutex::new(BTreeMap::new()),
+            counts: Mutex::new(counts),
             seq: AtomicU64::new(first_seq(last_seq, now_ms())),
         });
         tokio::spawn(me.clone().run());
@@ -358,19 +576,25 @@ impl Broadcaster {
             .await
             .map_err(|_| BroadcastRefusal::NotDurable("the broadcast writer has stopped".into()))?
             .map_err(BroadcastRefusal::NotDurable)?;
-        lock(&self.pending).insert(key.clone(), broadcast.clone());
+        self.admit(&key, broadcast.clone());
         lock(&self.due).push(Reverse((0, key)));
         self.wake.notify_one();
         Ok(broadcast)
     }
 
-    /// Waits until every store and deletion asked so far is written (at a stop, so that a broadcast that
-    /// finished is not sent again at the next start).
-    pub async fn flush(&self) {
+    /// Waits until every store, retry state and deletion asked so far is written (at a stop, so that a broadcast
+    /// that finished is not sent again at the next start). Those the store refused before are tried once more
+    /// first; what is still not written is the error, also logged.
+    pub async fn flush(&self) -> Result<(), FlushError> {
         let (done, written) = tokio::sync::oneshot::channel();
-        if self.writes.send(Write::Flush(done)).is_ok() {
-            let _ = written.await;
+        let result = match self.writes.send(Write::Flush(done)) {
+            Ok(()) => written.await.unwrap_or(Err(FlushError::WriterStopped)),
+            Err(_) => Err(FlushError::WriterStopped),
+        };
+        if let Err(e) = &result {
+            tracing::error!("flushing broadcasts: {e}");
         }
+        result
     }
 
     /// At a stop, before [`Broadcaster::flush`]: starts no send any more (neither a new broadcast nor a due retry:
@@ -431,11 +655,21 @@ impl Broadcaster {
         let target =
             tokio::task::spawn_blocking(move || resolve_for(&resolver, &name, Purpose::Broadcast))
                 .await
-                .unwrap_or_else(|e| Err(format!("resolving the domain failed: {e}")))
+                .unwrap_or_else(|e| {
+                    Err(Unresolved::Unavailable(format!(
+                        "resolving the domain failed: {e}"
+                    )))
+                })
                 .map(Arc::new)
-                .map_err(|reason| BroadcastRefusal::Domain {
-                    domain: domain.to_owned(),
-                    reason,
+                .map_err(|e| match e {
+                    Unresolved::Config(reason) => BroadcastRefusal::Domain {
+                        domain: domain.to_owned(),
+                        reason,
+                    },
+                    Unresolved::Unavailable(reason) => BroadcastRefusal::Unavailable {
+                        domain: domain.to_owned(),
+                        reason,
+                    },
                 })?;
         lock(&self.targets).insert(domain.to_owned(), (config, target.clone()));
         Ok(target)
@@ -466,15 +700,18 @@ impl Broadcaster {
                     }
                 };
                 let Some(key) = key else { break None };
-                let Some(b) = lock(&self.pending).get(&key).cloned() else {
+                let Some(b) = self.claim(&key) else {
                     continue;
                 };
                 let Ok(permit) = self.sending.clone().acquire_owned().await else {
+                    self.release(&key, b);
                     return;
                 };
                 if self.holding.load(Ordering::SeqCst) {
                     // Stopping: left due, and stored, for the next start.
-                    lock(&self.due).push(Reverse((b.due_ms, key)));
+                    let at = b.due_ms;
+                    self.release(&key, b);
+                    lock(&self.due).push(Reverse((at, key)));
                     return;
                 }
                 let me = self.clone();
@@ -504,12 +741,19 @@ impl Broadcaster {
             self.finish(&key);
             return;
         }
+        if let Some(newer) = self.superseded(&key, &b) {
+            self.supersede(&key, &b, &newer, None);
+            return;
+        }
         let result = match target {
             Ok(target) => self.send(&target, &b).await.map(|r| (r, target)),
             Err(refusal) => Err(Failure {
                 class: FailureClass::Transient,
                 status: None,
-                reason: "NotConfigured".into(),
+                reason: match refusal {
+                    BroadcastRefusal::Unavailable { .. } => DOMAIN_UNAVAILABLE.into(),
+                    _ => "NotConfigured".into(),
+                },
                 text: refusal.to_string(),
                 retry: None,
             }),
@@ -518,6 +762,7 @@ impl Broadcaster {
             Ok((request_id, _)) => {
                 self.count(&b.domain, "delivered", "");
                 self.log(&b, 'D', secs, None, "", request_id.as_deref());
+                self.delivered(&key, &b);
                 self.finish(&key);
             }
             Err(f) if f.class == FailureClass::Permanent => {
@@ -532,6 +777,13 @@ impl Broadcaster {
                 // defaults bound its retries, so it is not retried for ever.
                 let policy = f.retry.unwrap_or_default();
                 let decision = policy.after_failure(b.retries, Duration::from_secs(secs));
+                // A newer broadcast of the channel delivered meanwhile: this one is not retried to come after it.
+                if matches!(decision, RetryDecision::RetryIn(_))
+                    && let Some(newer) = self.superseded(&key, &b)
+                {
+                    self.supersede(&key, &b, &newer, Some(&f.text));
+                    return;
+                }
                 match decision {
                     RetryDecision::RetryIn(delay) => {
                         self.count(&b.domain, "transient", &f.reason);
@@ -548,7 +800,7 @@ impl Broadcaster {
                         {
                             tracing::error!(id = %b.id, "a broadcast's retry could not be stored: {e}");
                         }
-                        lock(&self.pending).insert(key.clone(), b.clone());
+                        self.release(&key, b.clone());
                         lock(&self.due).push(Reverse((b.due_ms, key)));
                         self.wake.notify_one();
                     }
@@ -620,13 +872,21 @@ impl Broadcaster {
                     Err(failure(&e, retry))
                 }
                 Ok(Err(e)) => {
-                    if !matches!(e, BroadcastClientError::Rejected { .. }) {
-                        self.forget(&b.domain);
+                    // A refusal came over a working connection; a request refused before sending, or an answer
+                    // herald could not read, says nothing against it. Any other failure drops this connection
+                    // (not one another broadcast opened meanwhile).
+                    if !matches!(
+                        e,
+                        BroadcastClientError::Rejected { .. }
+                            | BroadcastClientError::Request(_)
+                            | BroadcastClientError::BadAnswer(_)
+                    ) {
+                        self.forget_connection(&b.domain, &client).await;
                     }
                     Err(failure(&e, retry))
                 }
                 Err(_) => {
-                    self.forget(&b.domain);
+                    self.forget_connection(&b.domain, &client).await;
                     Err(Failure {
                         class: FailureClass::Transient,
                         status: None,
@@ -670,10 +930,6 @@ impl Broadcaster {
         Ok(client)
     }
 
-    fn forget(&self, domain: &str) {
-        lock(&self.conns).remove(domain);
-    }
-
     /// Drops the domain's connection if it is still `failed`'s: of the broadcasts that failed on one connection
     /// together, the first makes a new connection and the others use it rather than drop it in turn.
     async fn forget_connection(&self, domain: &str, failed: &BroadcastClient) {
@@ -689,9 +945,97 @@ impl Broadcaster {
         }
     }
 
+    /// Takes `b`, stored under `key`, into the unfinished broadcasts (stored, about to be queued).
+    fn admit(&self, key: &[u8], b: Broadcast) {
+        lock(&self.channels)
+            .entry(channel_of(&b))
+            .or_default()
+            .keys
+            .insert(key.to_vec());
+        let p = Pending {
+            broadcast: b,
+            sending: false,
+        };
+        lock(&self.pending).insert(key.to_vec(), p);
+    }
+
+    /// Claims an unfinished broadcast for an attempt, or to end it: `None` when it is finished or claimed already.
+    fn claim(&self, key: &[u8]) -> Option<Broadcast> {
+        let mut pending = lock(&self.pending);
+        let p = pending.get_mut(key).filter(|p| !p.sending)?;
+        p.sending = true;
+        Some(p.broadcast.clone())
+    }
+
+    /// Gives back a claimed broadcast, `b` its state now: it waits for its next attempt.
+    fn release(&self, key: &[u8], b: Broadcast) {
+        if let Some(p) = lock(&self.pending).get_mut(key) {
+            p.broadcast = b;
+            p.sending = false;
+        }
+    }
+
+    /// The id of a newer broadcast of `b`'s channel delivered already, if any: `b` (stored under `key`) is then
+    /// superseded.
+    fn superseded(&self, key: &[u8], b: &Broadcast) -> Option<String> {
+        let channels = lock(&self.channels);
+        let (newest, id) = channels.get(&channel_of(b))?.delivered.as_ref()?;
+        (newest.as_slice() > key).then(|| id.clone())
+    }
+
+    /// After `b` (stored under `key`) was delivered: it is its channel's newest delivered broadcast, unless a newer
+    /// one was, and the channel's older broadcasts waiting for an attempt end at once, superseded (those being sent
+    /// now end so when their attempt fails, or at their next one).
+    fn delivered(&self, key: &[u8], b: &Broadcast) {
+        let older: Vec<Vec<u8>> = {
+            let mut channels = lock(&self.channels);
+            let Some(order) = channels.get_mut(&channel_of(b)) else {
+                return;
+            };
+            if order
+                .delivered
+                .as_ref()
+                .is_none_or(|(newest, _)| newest.as_slice() < key)
+            {
+                order.delivered = Some((key.to_vec(), b.id.clone()));
+            }
+            order.keys.range(..key.to_vec()).cloned().collect()
+        };
+        for old in older {
+            if let Some(older) = self.claim(&old) {
+                self.supersede(&old, &older, &b.id, None);
+            }
+        }
+    }
+
+    /// Ends `b` (stored under `key`, claimed) unsent, as a permanent failure: `newer`, a newer broadcast of its
+    /// channel, was delivered first. `after` is the failure of the attempt that just ended, if one did.
+    fn supersede(&self, key: &[u8], b: &Broadcast, newer: &str, after: Option<&str>) {
+        let secs = (now_ms() / 1000).saturating_sub(b.accepted_at);
+        let mut text = format!(
+            "superseded by a newer broadcast on the channel, delivered first ({newer}); not sent after it"
+        );
+        if let Some(failed) = after {
+            let _ = write!(text, " (its last attempt: {failed})");
+        }
+        self.count(&b.domain, "permanent", SUPERSEDED);
+        self.log(b, 'P', secs, None, &text, None);
+        self.finish(key);
+    }
+
+    /// Ends the broadcast stored under `key`: it leaves the unfinished ones, and its deletion goes to the writer.
     fn finish(&self, key: &[u8]) {
-        if lock(&self.pending).remove(key).is_some() {
+        let removed = lock(&self.pending).remove(key);
+        if let Some(p) = removed {
             self.held.fetch_sub(1, Ordering::SeqCst);
+            let channel = channel_of(&p.broadcast);
+            let mut channels = lock(&self.channels);
+            if let Some(order) = channels.get_mut(&channel) {
+                order.keys.remove(key);
+                if order.keys.is_empty() {
+                    channels.remove(&channel);
+                }
+            }
         }
         // Deleted by the writer thread with its next write: no store write on this thread.
         if self.writes.send(Write::Finished(key.to_vec())).is_err()
@@ -746,7 +1090,10 @@ struct Failure {
 
 fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPolicy>) -> Failure {
     let (status, reason) = match e {
-        BroadcastClientError::Rejected { status, reason, .. } => (Some(*status), reason.clone()),
+        // A known reason, or one label for any other text the host sent (the log keeps the text).
+        BroadcastClientError::Rejected { status, reason, .. } => {
+            (Some(*status), reason_label(reason).to_owned())
+        }
         BroadcastClientError::Request(_) => (None, "BadRequest".into()),
         BroadcastClientError::BadAnswer(_) => (None, "BadAnswer".into()),
         BroadcastClientError::Timeout { .. } => (None, "ResponseTimeout".into()),
@@ -757,7 +1104,7 @@ fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPol
     };
     // APNs' reason alone for its refusals (the status has a field of its own), herald's words otherwise.
     let text = match e {
-        BroadcastClientError::Rejected { .. } => reason.clone(),
+        BroadcastClientError::Rejected { reason, .. } => reason.clone(),
         other => other.to_string(),
     };
     Failure {
@@ -791,6 +1138,27 @@ fn encode(b: &Broadcast) -> Vec<u8> {
 fn due_after(now_ms: u64, delay: Duration) -> u64 {
     let delay = u64::try_from(delay.min(MAX_RETRY_DELAY).as_millis()).unwrap_or(u64::MAX);
     now_ms.saturating_add(delay)
+}
+
+/// The (domain, channel id) of `b`.
+fn channel_of(b: &Broadcast) -> ChannelKey {
+    (b.domain.clone(), b.channel.clone())
+}
+
+/// The domain a stored broadcast that cannot be read names, when it is a JSON object with a string `domain`; else
+/// empty.
+fn unreadable_domain(value: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(value)
+        .ok()
+        .and_then(|v| v.get("domain")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 fn key_seq(key: &[u8]) -> u64 {
@@ -1380,11 +1748,11 @@ domain "{DOMAIN}" {{
         assert_eq!(first.hold(grace).await, 0, "a broadcast still being sent");
         assert_eq!(raw.answered.load(Ordering::SeqCst), 1);
         let during_the_stop = first.accept(update(&channel, None)).await.unwrap();
-        first.flush().await;
+        first.flush().await.unwrap();
         let restarted = Broadcaster::start(store, f.resolver.clone(), Logs::default()).unwrap();
         let left: Vec<String> = lock(&restarted.pending)
             .values()
-            .map(|b| b.id.clone())
+            .map(|p| p.broadcast.id.clone())
             .collect();
         assert_eq!(left, [during_the_stop.id], "left for the restart");
         wait_for("the restart to deliver it", || restarted.queued() == 0).await;
@@ -1457,5 +1825,249 @@ domain "{DOMAIN}" {{
         let b = 6u64.to_be_bytes().to_vec();
         assert!(a < b);
         assert_eq!(key_seq(&b), 6);
+    }
+
+    /// A broadcast stored under key `n` for [`DOMAIN`]'s test channel, due at once.
+    fn stored(n: u64, priority: u8) -> (Vec<u8>, Vec<u8>) {
+        let b = Broadcast {
+            id: format!("00000000-0000-4000-8000-{n:012x}"),
+            domain: DOMAIN.into(),
+            channel: "dHN0LXNyY2gtY2hubA==".into(),
+            payload: r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#
+                .into(),
+            priority,
+            expiration: None,
+            accepted_at: now_ms() / 1000,
+            retries: 0,
+            due_ms: 0,
+        };
+        (n.to_be_bytes().to_vec(), encode(&b))
+    }
+
+    /// The broadcasts `store` holds, decoded.
+    fn stored_now(store: &OutcomeStore) -> Vec<Broadcast> {
+        store
+            .broadcast_all()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| serde_json::from_slice(v).unwrap())
+            .collect()
+    }
+
+    /// A delivered broadcast whose deletion the store refused (a failing disk) is not forgotten: a flush meanwhile
+    /// says it is still stored, and once the store takes writes again the deletion is written, so that a restart
+    /// does not send it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deletion_the_store_refused_is_written_later() {
+        let (f, raw) = Fixture::routed("", "", Some(RawOptions::default())).await;
+        let raw = raw.unwrap();
+        let store = f.store();
+        store.broadcast_put(&[stored(1, 10)]).unwrap();
+        store.refuse_writes(true);
+        let broadcaster =
+            Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
+        wait_for("the broadcast to be delivered", || {
+            broadcaster.queued() == 0
+        })
+        .await;
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 1);
+        match broadcaster.flush().await {
+            Err(FlushError::NotWritten {
+                finished: 1,
+                retries: 0,
+                ..
+            }) => {}
+            other => panic!("a flush with the deletion refused: {other:?}"),
+        }
+        store.refuse_writes(false);
+        broadcaster.flush().await.unwrap();
+        assert_eq!(
+            stored_now(&store),
+            [],
+            "the delivered broadcast is still stored"
+        );
+        let restarted = Broadcaster::start(store, f.resolver.clone(), Logs::default()).unwrap();
+        assert_eq!(restarted.queued(), 0, "sent again after a restart");
+    }
+
+    /// A retry state the store refused (a failing disk) is not forgotten: once the store takes writes again it is
+    /// written, so that a restart finds the broadcast with its retry counted and due when the schedule says, not
+    /// due at once with its retries counted from 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_state_the_store_refused_is_written_later() {
+        let options = RawOptions::first(Refuse::Unavailable);
+        let (f, raw) = Fixture::routed("", "  retry_interval = 3600", Some(options)).await;
+        let raw = raw.unwrap();
+        let store = f.store();
+        store.broadcast_put(&[stored(1, 10)]).unwrap();
+        store.refuse_writes(true);
+        let broadcaster =
+            Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
+        wait_for("the attempt to fail", || {
+            !not_delivered(&broadcaster).is_empty()
+        })
+        .await;
+        assert_eq!(raw.requests(), 1);
+        match broadcaster.flush().await {
+            Err(FlushError::NotWritten {
+                finished: 0,
+                retries: 1,
+                ..
+            }) => {}
+            other => panic!("a flush with the retry state refused: {other:?}"),
+        }
+        store.refuse_writes(false);
+        broadcaster.flush().await.unwrap();
+        let left = stored_now(&store);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].retries, 1, "{left:?}");
+        assert!(left[0].due_ms > now_ms() + 3_000_000, "{left:?}");
+    }
+
+    /// A broadcast that waits for its retry while a newer one of its channel is delivered is not sent after it
+    /// (APNs would keep the older one for the devices that come online): it ends at once, a permanent failure with
+    /// its own reason, and its deletion is written. Nothing of the channel stays in memory.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_broadcast_waiting_for_its_retry_is_superseded_by_a_newer_one_delivered() {
+        let options = RawOptions::first(Refuse::Unavailable);
+        let (f, raw) = Fixture::routed("", "  retry_interval = 60", Some(options)).await;
+        let raw = raw.unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let store = f.store();
+        let broadcaster =
+            Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
+        let older = broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the first attempt to fail", || {
+            !not_delivered(&broadcaster).is_empty()
+        })
+        .await;
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("both broadcasts to end", || broadcaster.queued() == 0).await;
+        assert_eq!(raw.requests(), 2, "the older one was sent again");
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            not_delivered(&broadcaster),
+            [
+                format!(
+                    "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"permanent\",reason=\"Superseded\"}} 1"
+                ),
+                format!(
+                    "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"transient\",reason=\"ServiceUnavailable\"}} 1"
+                ),
+            ]
+        );
+        broadcaster.flush().await.unwrap();
+        assert_eq!(stored_now(&store), [], "{} left stored", older.id);
+        assert!(lock(&broadcaster.channels).is_empty());
+    }
+
+    /// A broadcast refused before anything was sent (here one stored with a priority APNs does not take) keeps the
+    /// domain's connection: the next broadcast goes out on it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_refused_before_sending_keeps_the_connection() {
+        let (f, raw) = Fixture::routed("", "", Some(RawOptions::default())).await;
+        let raw = raw.unwrap();
+        let store = f.store();
+        store.broadcast_put(&[stored(1, 7)]).unwrap();
+        let broadcaster = Broadcaster::start(store, f.resolver.clone(), Logs::default()).unwrap();
+        wait_for("the bad broadcast to end", || broadcaster.queued() == 0).await;
+        assert_eq!(
+            not_delivered(&broadcaster),
+            [format!(
+                "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"permanent\",reason=\"BadRequest\"}} 1"
+            )]
+        );
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the next one to be delivered", || broadcaster.queued() == 0).await;
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            raw.connections.load(Ordering::SeqCst),
+            1,
+            "a new connection"
+        );
+    }
+
+    /// A stored broadcast that cannot be read is deleted at the start (not read and logged again at every start),
+    /// and counted; the others are sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_stored_broadcast_is_deleted_and_counted() {
+        let (f, raw) = Fixture::routed("", "", Some(RawOptions::default())).await;
+        let raw = raw.unwrap();
+        let store = f.store();
+        let unreadable = br#"{"domain":"unit.example","payload":7}"#.to_vec();
+        store
+            .broadcast_put(&[(1u64.to_be_bytes().to_vec(), unreadable), stored(2, 10)])
+            .unwrap();
+        let broadcaster =
+            Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
+        wait_for("the readable one to be delivered", || {
+            broadcaster.queued() == 0
+        })
+        .await;
+        broadcaster.flush().await.unwrap();
+        assert_eq!(store.broadcast_all().unwrap(), []);
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            not_delivered(&broadcaster),
+            [format!(
+                "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"permanent\",reason=\"Unreadable\"}} 1"
+            )]
+        );
+    }
+
+    /// The `reason` label of a refusal is APNs' reason when it is one of the broadcast reasons, else one label
+    /// for any other text (a proxy's page): the log keeps the text.
+    #[test]
+    fn an_unknown_reason_is_counted_under_one_label_and_logged_whole() {
+        let rejected = |reason: &str| BroadcastClientError::Rejected {
+            status: 502,
+            reason: reason.into(),
+            class: FailureClass::Transient,
+        };
+        let known = failure(&rejected("TooManyRequests"), None);
+        assert_eq!(
+            (known.reason.as_str(), known.text.as_str()),
+            ("TooManyRequests", "TooManyRequests")
+        );
+        let page = "<html>502 Bad Gateway</html>";
+        let other = failure(&rejected(page), None);
+        assert_eq!(other.reason, herald_apns::client::UNRECOGNIZED_REASON);
+        assert_eq!(other.text, page);
+    }
+
+    /// A domain whose credentials cannot be read now (its key file is missing) refuses a broadcast as a passing
+    /// failure, to be tried again, not as a configuration mistake.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_domain_whose_key_cannot_be_read_refuses_for_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+domain "{DOMAIN}" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:1" )
+  apn_key = "{missing}"
+  apn_key_id = "ABC123DEFG"
+  apn_team_id = "DEF123GHIJ"
+  apn_topic = "{TOPIC}"
+  apn_broadcast_route = "https://127.0.0.1:1"
+}}
+"#,
+            missing = dir.path().join("missing.p8").display()
+        );
+        let config = herald_conf::Config::parse_str("herald.conf", &text).unwrap();
+        let resolver = Arc::new(ConfigResolver::new(Arc::new(config)));
+        let store = Arc::new(OutcomeStore::open(&dir.path().join("spool")).unwrap());
+        let broadcaster = Broadcaster::start(store, resolver, Logs::default()).unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let refusal = broadcaster
+            .accept(update(&channel, None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refusal, BroadcastRefusal::Unavailable { .. }),
+            "{refusal:?}"
+        );
+        assert!(refusal.to_string().contains("missing.p8"), "{refusal}");
     }
 }

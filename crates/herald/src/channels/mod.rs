@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use herald_apns::broadcast::request::bundle_for_path;
 use herald_apns::broadcast::{
-    BroadcastClient, BroadcastClientError, ChannelId, ChannelInfo, StoragePolicy,
+    BroadcastClient, BroadcastClientError, ChannelId, ChannelInfo, StoragePolicy, reason_label,
 };
 use herald_apns::client::connect::Endpoint;
 use herald_apns::outcome::FailureClass;
@@ -58,6 +58,10 @@ pub enum ChannelError {
     /// unusable credentials).
     #[error("domain {domain:?} cannot manage channels: {reason}")]
     Domain { domain: String, reason: String },
+    /// The domain cannot manage channels now: its credentials cannot be read (a key or certificate file), or
+    /// looking it up failed. Nothing was sent; retry later.
+    #[error("domain {domain:?} cannot manage channels now: {reason}; retry later")]
+    Unavailable { domain: String, reason: String },
     /// The management host refused the call, could not be reached, or answered something unusable.
     #[error("channel management of domain {domain} at {endpoint}: {source}")]
     Apns {
@@ -119,12 +123,14 @@ fn try_again(call: &Call, e: &BroadcastClientError, fresh: bool) -> bool {
 impl ChannelError {
     /// The HTTP status of the REST answer: the caller's mistakes are 4xx (an unknown channel 404, the channel
     /// limit 409, broadcast not enabled for the app 403, other APNs 400s 400); APNs refusing herald's own request
-    /// or credentials, or answering nonsense, is 502; APNs unreachable, slow or asking to retry later is 503. A
+    /// or credentials, or answering nonsense, is 502; APNs unreachable, slow or asking to retry later, or the
+    /// domain's credentials unreadable now, is 503. A
     /// create whose outcome is unknown is 504 when no answer came in time, else 502: never 503, which invites a
     /// retry that could make a second channel.
     pub fn http_status(&self) -> u16 {
         let source = match self {
             ChannelError::Domain { .. } => return 400,
+            ChannelError::Unavailable { .. } => return 503,
             ChannelError::CreateUncertain { source, .. } => {
                 return match source {
                     BroadcastClientError::Timeout { .. } => 504,
@@ -179,9 +185,11 @@ impl ChannelError {
     fn result(&self) -> String {
         match self {
             ChannelError::Domain { .. } => "not_configured".into(),
+            ChannelError::Unavailable { .. } => "unavailable".into(),
             ChannelError::Apns { source, .. } | ChannelError::CreateUncertain { source, .. } => {
                 match source {
-                    BroadcastClientError::Rejected { reason, .. } => reason.clone(),
+                    // A known reason, or one label for any other text the host sent (the error keeps the text).
+                    BroadcastClientError::Rejected { reason, .. } => reason_label(reason).into(),
                     BroadcastClientError::Request(_) => "bad_request".into(),
                     BroadcastClientError::BadAnswer(_) => "bad_answer".into(),
                     BroadcastClientError::Timeout { .. } => "timeout".into(),
@@ -272,9 +280,32 @@ impl Purpose {
     }
 }
 
+/// Why a domain's target could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unresolved {
+    /// The configuration does not let the domain do it (unknown, not APNs, no route, no bundle id): the text says
+    /// which option to set.
+    Config(String),
+    /// Its credentials cannot be read or used now (a key or certificate file: the operator's to fix, as for
+    /// pushes), or the lookup itself failed: retry later.
+    Unavailable(String),
+}
+
+impl From<String> for Unresolved {
+    fn from(reason: String) -> Unresolved {
+        Unresolved::Config(reason)
+    }
+}
+
+impl From<&str> for Unresolved {
+    fn from(reason: &str) -> Unresolved {
+        Unresolved::Config(reason.to_owned())
+    }
+}
+
 /// The management target of `domain` under the configuration in force. Reads credential files: call it off async
 /// threads.
-fn resolve(resolver: &ConfigResolver, domain: &str) -> Result<Target, String> {
+fn resolve(resolver: &ConfigResolver, domain: &str) -> Result<Target, Unresolved> {
     resolve_for(resolver, domain, Purpose::Management)
 }
 
@@ -284,10 +315,11 @@ pub(crate) fn resolve_for(
     resolver: &ConfigResolver,
     domain: &str,
     purpose: Purpose,
-) -> Result<Target, String> {
-    let creds = resolver
-        .http2_credentials(domain)
-        .map_err(|e| e.to_string())?;
+) -> Result<Target, Unresolved> {
+    let creds = resolver.http2_credentials(domain).map_err(|e| match e {
+        crate::queue::ResolveError::Credentials(_) => Unresolved::Unavailable(e.to_string()),
+        other => Unresolved::Config(other.to_string()),
+    })?;
     let d = &creds.settings;
     let config = resolver.config();
     let name = purpose.option_name();
@@ -295,9 +327,9 @@ pub(crate) fn resolve_for(
         Ok(Value::Routes(routes)) if !routes.is_empty() => {
             let route = &routes[0];
             if route.protocol != RouteProtocol::Http2 {
-                return Err(format!(
+                return Err(Unresolved::Config(format!(
                     "{name} {route} is not an https:// route (channel management and broadcasts are HTTP/2)"
-                ));
+                )));
             }
             Endpoint::new(route.host.clone(), route.port)
         }
@@ -308,10 +340,10 @@ pub(crate) fn resolve_for(
             // Broadcasts go to the device-push host itself, which must then speak HTTP/2: a binary gateway
             // (`apn://…`) does not serve them. Management hosts are Apple's own, whatever the route speaks.
             if purpose == Purpose::Broadcast && route.protocol != RouteProtocol::Http2 {
-                return Err(format!(
+                return Err(Unresolved::Config(format!(
                     "{name} is not set and the domain's route {route} speaks the binary protocol, which carries no \
                      broadcasts (they are HTTP/2 only); set {name} to an https:// route"
-                ));
+                )));
             }
             let (host, port) = purpose
                 .default_host(&route.host, route.port)
@@ -331,7 +363,9 @@ pub(crate) fn resolve_for(
             let identity = crate::delivery::load_identity(d)
                 .map(|(_, identity)| identity)
                 .ok_or("no apn_topic and no client certificate to take the bundle id from; set apn_topic")?;
-            let info = identity.and_then(|i| i.info().map_err(|e| e.to_string()))?;
+            let info = identity
+                .and_then(|i| i.info().map_err(|e| e.to_string()))
+                .map_err(Unresolved::Unavailable)?;
             info.default_topic().map_err(|e| e.to_string())?.to_owned()
         }
     };
@@ -392,8 +426,17 @@ async fn perform(
 
 /// A domain's open connection and what it was opened for.
 struct Cached {
-    target: Target,
+    target: Arc<Target>,
     client: BroadcastClient,
+}
+
+/// Which connection [`ChannelManager::connection`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connect {
+    /// The kept one when it is open and for the same target, else a new one.
+    Reuse,
+    /// A new one, whatever is kept (a call made again after a failure).
+    New,
 }
 
 /// A created channel.
@@ -406,10 +449,15 @@ pub struct Created {
 /// Channel management for every domain of the configuration in force.
 pub struct ChannelManager {
     resolver: Arc<ConfigResolver>,
-    conns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    /// The kept connection of each domain. Its lock is held only to take the connection or to open a new one,
+    /// never for a call: calls of one domain share the connection (HTTP/2 streams) and run at once.
+    conns: Mutex<HashMap<String, Slot>>,
     /// Operations by (domain, operation, result).
     counts: Mutex<BTreeMap<(String, &'static str, String), u64>>,
 }
+
+/// A domain's kept connection, or none.
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
 impl ChannelManager {
     pub fn new(resolver: Arc<ConfigResolver>) -> Arc<ChannelManager> {
@@ -471,10 +519,20 @@ impl ChannelManager {
         let name = domain.clone();
         let target = tokio::task::spawn_blocking(move || resolve(&resolver, &name))
             .await
-            .unwrap_or_else(|e| Err(format!("resolving the domain failed: {e}")))
-            .map_err(|reason| ChannelError::Domain {
-                domain: domain.clone(),
-                reason,
+            .unwrap_or_else(|e| {
+                Err(Unresolved::Unavailable(format!(
+                    "resolving the domain failed: {e}"
+                )))
+            })
+            .map_err(|e| match e {
+                Unresolved::Config(reason) => ChannelError::Domain {
+                    domain: domain.clone(),
+                    reason,
+                },
+                Unresolved::Unavailable(reason) => ChannelError::Unavailable {
+                    domain: domain.clone(),
+                    reason,
+                },
             })?;
         self.run_on(&domain, target, call).await
     }
@@ -484,7 +542,8 @@ impl ChannelManager {
     /// may have been done (its answer lost with the connection) and which the second try finds gone
     /// (`ChannelNotRegistered`) is done: APNs never reuses a channel id, so the channel the caller named is gone
     /// either way. The connection is dropped after any failure but an answer from APNs, and after an
-    /// `ExpiredProviderToken` answer too.
+    /// `ExpiredProviderToken` answer too. The call runs on the connection shared with the domain's other calls, not
+    /// under its lock ([`ChannelManager::connection`]): a call the host leaves unanswered holds up no other.
     async fn run_on(
         &self,
         domain: &str,
@@ -492,14 +551,7 @@ impl ChannelManager {
         call: Call,
     ) -> Result<(String, Done), ChannelError> {
         let domain = domain.to_owned();
-        let slot = self
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(domain.clone())
-            .or_default()
-            .clone();
-        let mut slot = slot.lock().await;
+        let target = Arc::new(target);
         let bundle = target.bundle_id.clone();
         let endpoint = target.endpoint.to_string();
         let apns_err = |source| ChannelError::Apns {
@@ -508,25 +560,14 @@ impl ChannelManager {
             source,
         };
         let result = async {
-            let reusable = slot
-                .as_ref()
-                .is_some_and(|c| !c.client.is_closed() && c.target.same_connection(&target));
-            let mut fresh = !reusable;
-            if fresh {
-                *slot = None;
-                let client = target.connect().await.map_err(|e| apns_err(e.into()))?;
-                *slot = Some(Cached { target, client });
-            }
+            let (mut client, mut fresh) = self
+                .connection(&domain, &target, Connect::Reuse)
+                .await
+                .map_err(apns_err)?;
             // Whether the call was made again, and whether its first try may have been done at APNs.
             let mut again = false;
             let mut first_may_be_done = false;
             loop {
-                let Some(cached) = slot.as_ref() else {
-                    return Err(apns_err(BroadcastClientError::BadAnswer(
-                        "no connection".into(),
-                    )));
-                };
-                let client = cached.client.clone();
                 let e = match perform(&client, &bundle, &call).await {
                     Ok(done) => return Ok(done),
                     Err(e) => e,
@@ -542,19 +583,17 @@ impl ChannelManager {
                     if !matches!(e, BroadcastClientError::Rejected { .. })
                         || e.token_expired().is_some()
                     {
-                        *slot = None;
+                        self.forget_connection(&domain, &client).await;
                     }
                     return Err(apns_err(e));
                 }
                 let op = call.name();
                 tracing::debug!(%domain, op, "channel operation made again on a new connection: {e}");
                 first_may_be_done = matches!(e, BroadcastClientError::Http { .. }) && !e.not_processed();
-                let Some(Cached { target, .. }) = slot.take() else {
-                    continue;
-                };
-                let client = target.connect().await.map_err(|e| apns_err(e.into()))?;
-                *slot = Some(Cached { target, client });
-                fresh = true;
+                (client, fresh) = self
+                    .connection(&domain, &target, Connect::New)
+                    .await
+                    .map_err(apns_err)?;
                 again = true;
             }
         }
@@ -591,6 +630,62 @@ impl ChannelManager {
             .entry((domain.clone(), call.name(), outcome))
             .or_default() += 1;
         result.map(|done| (bundle, done))
+    }
+
+    /// The domain's connection for a call to `target` (see [`Connect`]), and whether it was opened for it. The
+    /// domain's lock is held while the connection is taken or opened (so that calls at once open one between them),
+    /// and waited for at most [`CALL_TIMEOUT`]: a host that hangs on connecting holds each waiter up once, not once
+    /// per call queued before it. Nothing was sent when this fails.
+    async fn connection(
+        &self,
+        domain: &str,
+        target: &Arc<Target>,
+        connect: Connect,
+    ) -> Result<(BroadcastClient, bool), BroadcastClientError> {
+        let slot = self.slot(domain);
+        let mut slot = tokio::time::timeout(CALL_TIMEOUT, slot.lock())
+            .await
+            .map_err(|_| herald_apns::client::ConnectionError::Timeout {
+                host: target.endpoint.to_string(),
+                secs: CALL_TIMEOUT.as_secs(),
+            })?;
+        if connect == Connect::Reuse
+            && let Some(c) = slot.as_ref()
+            && !c.client.is_closed()
+            && c.target.same_connection(target)
+        {
+            return Ok((c.client.clone(), false));
+        }
+        *slot = None;
+        let client = target.connect().await?;
+        *slot = Some(Cached {
+            target: target.clone(),
+            client: client.clone(),
+        });
+        Ok((client, true))
+    }
+
+    /// Drops the domain's connection if it is still `failed`'s: of the calls that failed on one connection
+    /// together, the first makes a new connection and the others use it rather than drop it in turn.
+    async fn forget_connection(&self, domain: &str, failed: &BroadcastClient) {
+        let slot = self.slot(domain);
+        let mut slot = slot.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.client.same_connection(failed))
+        {
+            *slot = None;
+        }
+    }
+
+    /// The domain's connection slot.
+    fn slot(&self, domain: &str) -> Slot {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(domain.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Operations so far: (domain, operation, result, count), sorted.
@@ -644,6 +739,8 @@ mod tests {
         GoAway(u32),
         /// Closes the connection without an answer: the request may have been done.
         Close,
+        /// Never answers the request; the connection goes on.
+        Hang,
     }
 
     fn answer(status: u16, body: &'static str) -> Act {
@@ -816,6 +913,7 @@ mod tests {
                     return Ok(());
                 }
                 Act::Close => return Ok(()),
+                Act::Hang => {}
             }
         }
     }
@@ -1022,6 +1120,83 @@ domain "{DOMAIN}" {{
             .unwrap()
             .unwrap();
         assert_eq!(info.policy, StoragePolicy::MostRecentMessage);
+    }
+
+    /// A call the host leaves unanswered does not hold up the domain's other calls: they go out at once on the same
+    /// connection and are answered while it waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_left_unanswered_holds_up_no_other_call_of_its_domain() {
+        let f = Fixture::new(vec![Act::Hang, answer(200, r#"{"channels":["YWJj"]}"#)]).await;
+        let manager = f.manager.clone();
+        let unanswered = tokio::spawn(async move { manager.list(DOMAIN).await });
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while f.host.streams() != [1] {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the first call never reached the host"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (_, listed) = tokio::time::timeout(WAIT, f.manager.list(DOMAIN))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(listed, [ChannelId::parse("YWJj").unwrap()]);
+        assert!(
+            !unanswered.is_finished(),
+            "the second call waited for the first"
+        );
+        assert_eq!(f.host.streams(), [2], "both calls on the kept connection");
+        unanswered.abort();
+    }
+
+    /// A reason the host made up (a proxy's page) is counted under one label, and kept whole in the answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unknown_reason_is_counted_under_one_label() {
+        let page = r#"{"reason":"<html>Bad Gateway</html>"}"#;
+        let f = Fixture::new(vec![answer(502, page)]).await;
+        let e = tokio::time::timeout(WAIT, f.manager.list(DOMAIN))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.apns(), Some((502, "<html>Bad Gateway</html>")), "{e}");
+        assert_eq!(
+            f.manager.counts(),
+            [(
+                DOMAIN.to_owned(),
+                "list",
+                herald_apns::client::UNRECOGNIZED_REASON.to_owned(),
+                1
+            )]
+        );
+    }
+
+    /// A domain whose credentials cannot be read now (its key file is missing) is a passing failure (503, retry
+    /// later), not a configuration mistake (400); its text names the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_domain_whose_key_cannot_be_read_is_unavailable_for_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+domain "{DOMAIN}" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:1" )
+  apn_key = "{missing}"
+  apn_key_id = "ABC123DEFG"
+  apn_team_id = "DEF123GHIJ"
+  apn_topic = "{TOPIC}"
+  apn_channel_route = "https://127.0.0.1:1"
+}}
+"#,
+            missing = dir.path().join("missing.p8").display()
+        );
+        let config = herald_conf::Config::parse_str("herald.conf", &text).unwrap();
+        let manager = ChannelManager::new(Arc::new(ConfigResolver::new(Arc::new(config))));
+        let e = manager.list(DOMAIN).await.unwrap_err();
+        assert!(matches!(e, ChannelError::Unavailable { .. }), "{e:?}");
+        assert_eq!(e.http_status(), 503, "{e}");
+        assert!(e.to_string().contains("missing.p8"), "{e}");
+        assert_eq!(e.result(), "unavailable");
     }
 
     #[test]
