@@ -13,6 +13,7 @@
 //! ([`Unavailable::OverShare`]), so that one domain whose deliveries fail cannot fill the memory every other
 //! domain needs.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -578,8 +579,10 @@ impl Intake {
     /// The binding group `n` is delivered from, for its R line: `None` (`default`) for the default binding, with no
     /// lookup on the common path; else the group of its binding's settings under the configuration in force. The
     /// door checks built them, but a reload, an idle queue's retirement or the bound on settings kept may have
-    /// dropped them since: then they are built again, so the R line names the group the D line will. `None` only
-    /// when the binding no longer delivers the domain (a reload removed it).
+    /// dropped them since: then they are built again, so the R line names the group the D line will. `None`
+    /// (`default`, whatever group the configuration declares for the binding) too when they can no longer be built:
+    /// the binding no longer delivers the domain (a reload removed it), or its credentials cannot be read. A batch
+    /// looks each (binding, domain) up once, with [`BindingGroups`].
     fn binding_group(&self, n: &Notification) -> Option<Arc<str>> {
         if &*n.binding == DEFAULT_BINDING {
             return None;
@@ -667,12 +670,13 @@ impl Intake {
                 .await
                 .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
             let logs = self.engine.logs().clone();
+            let mut groups = BindingGroups::new(self);
             for n in &batch {
                 logs.reception(
                     n,
                     source.ip,
                     source.protocol,
-                    self.binding_group(n).as_deref().unwrap_or(DEFAULT_BINDING),
+                    groups.of(n).as_deref().unwrap_or(DEFAULT_BINDING),
                 );
                 self.engine.count_received(n);
                 self.engine.entered_stream(n);
@@ -709,12 +713,13 @@ impl Intake {
             .await
             .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
         let logs = self.engine.logs().clone();
+        let mut groups = BindingGroups::new(self);
         for n in &batch {
             logs.reception(
                 n,
                 source.ip,
                 source.protocol,
-                self.binding_group(n).as_deref().unwrap_or(DEFAULT_BINDING),
+                groups.of(n).as_deref().unwrap_or(DEFAULT_BINDING),
             );
         }
         // The batch is durable and its receptions are logged: from here the sender is told yes whatever happens,
@@ -731,6 +736,46 @@ impl Intake {
             }
         }
         Ok(())
+    }
+}
+
+/// The binding groups of one batch's R lines ([`Intake::binding_group`]), each (binding, domain) looked up at most
+/// once: settings that must be built again (reading credential files), or cannot be, are not built again for every
+/// notification of the batch, between its being stored and its sender's answer.
+struct BindingGroups<'a> {
+    intake: &'a Intake,
+    /// binding → domain → group.
+    known: HashMap<Arc<str>, GroupOfDomain>,
+}
+
+/// The binding group (`None`: `default`) of each domain, under one binding.
+type GroupOfDomain = HashMap<Arc<str>, Option<Arc<str>>>;
+
+impl<'a> BindingGroups<'a> {
+    fn new(intake: &'a Intake) -> Self {
+        BindingGroups {
+            intake,
+            known: HashMap::new(),
+        }
+    }
+
+    fn of(&mut self, n: &Notification) -> Option<Arc<str>> {
+        if &*n.binding == DEFAULT_BINDING {
+            return None;
+        }
+        if let Some(group) = self
+            .known
+            .get(&*n.binding)
+            .and_then(|domains| domains.get(&*n.domain))
+        {
+            return group.clone();
+        }
+        let group = self.intake.binding_group(n);
+        self.known
+            .entry(n.binding.clone())
+            .or_default()
+            .insert(n.domain.clone(), group.clone());
+        group
     }
 }
 
@@ -1671,6 +1716,80 @@ mod tests {
         assert_eq!(intake.binding_group(&from_b).as_deref(), Some("g"));
         let from_default = intake.prepare(submission(None), &source(&intake)).unwrap();
         assert_eq!(intake.binding_group(&from_default), None);
+    }
+
+    /// A resolver that delivers apps.example from binding `b` (of binding group `g`) and keeps nothing built, until
+    /// its credentials can no longer be read (`broken`); it counts the settings it builds or fails to build.
+    #[derive(Default)]
+    struct CountedCredentials {
+        broken: std::sync::atomic::AtomicBool,
+        resolved: std::sync::atomic::AtomicUsize,
+    }
+
+    impl SettingsResolver for CountedCredentials {
+        fn resolve(&self, domain: &str) -> Result<Arc<DeliverySettings>, ResolveError> {
+            self.resolve_binding(DEFAULT_BINDING, domain)
+        }
+
+        fn resolve_binding(
+            &self,
+            binding: &str,
+            domain: &str,
+        ) -> Result<Arc<DeliverySettings>, ResolveError> {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.resolved.fetch_add(1, Relaxed);
+            if self.broken.load(Relaxed) {
+                return Err(ResolveError::Credentials(
+                    "apn_key: cannot read key.p8".into(),
+                ));
+            }
+            let mut built = settings(domain);
+            built.binding = Arc::from(binding);
+            built.binding_group = Arc::from("g");
+            Ok(Arc::new(built))
+        }
+    }
+
+    /// The R lines of a batch look each (binding, domain) up once: settings that cannot be built (credentials that
+    /// can no longer be read) are not tried again, reading the files, for every notification between the batch
+    /// being stored and its answer; such a notification's R line says `default`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_resolves_each_binding_group_once() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (_, engine) = engine();
+        let resolver = Arc::new(CountedCredentials::default());
+        let intake = Arc::new(Intake::new(
+            resolver.clone(),
+            Arc::new(NotDurable),
+            engine,
+            IdGenerator::new(1),
+        ));
+        let source = source(&intake);
+        let batch: Vec<_> = (0..5)
+            .map(|i| {
+                let submission = Submission {
+                    domain: "apps.example".into(),
+                    token: format!("{i:02x}").repeat(32),
+                    payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+                    binding: Some("b".into()),
+                    ..Submission::default()
+                };
+                intake.prepare(submission, &source).unwrap()
+            })
+            .collect();
+        let mut groups = BindingGroups::new(&intake);
+        let before = resolver.resolved.load(Relaxed);
+        for n in &batch {
+            assert_eq!(groups.of(n).as_deref(), Some("g"));
+        }
+        assert_eq!(resolver.resolved.load(Relaxed) - before, 1);
+
+        resolver.broken.store(true, Relaxed);
+        let mut groups = BindingGroups::new(&intake);
+        assert_eq!(groups.of(&batch[0]), None);
+        let before = resolver.resolved.load(Relaxed);
+        assert!(intake.commit(batch, &source).await.is_ok());
+        assert_eq!(resolver.resolved.load(Relaxed) - before, 1);
     }
 
     /// Every binding's refusal of one domain, for [`Intake::check_domain`]: `default` does not deliver it by APNs,

@@ -5,8 +5,8 @@
 //! part names one), JSON payload and APNs attributes; [`McmtMessage::submissions`] turns them into one
 //! [`Submission`] per push part per recipient. Parsing never validates the payload or the token: the intake does,
 //! and the caller names the part in the refusal; only a payload larger than any APNs push takes ([`MAX_PAYLOAD`]) is
-//! refused here, before it is copied. A push part header given with an empty value is refused over SMTP, and not
-//! given in a REST template ([`EmptyValue`]). A refusal repeats at most [`ECHO_LIMIT`] characters of a value
+//! refused here, before it is copied. A push part header, or a top-level `X-Binding` or `Return-Path`, given with an
+//! empty value is refused over SMTP, and not given in a REST template ([`EmptyValue`]). A refusal repeats at most [`ECHO_LIMIT`] characters of a value
 //! taken from the message ([`echo`]).
 //!
 //! A push part is laid out as Momentum documents it: the MIME part headers (`Content-Type: message/vnd.msys.apn`),
@@ -120,6 +120,13 @@ pub enum McmtError {
         spelled(names)
     )]
     RepeatedHeader { names: &'static [&'static str] },
+    /// A header of [`headers::TOP_LEVEL`] is given with an empty value in the message's own header block, where
+    /// empty values are refused ([`EmptyValue::Refused`]): given, so not the missing header whose default applies.
+    #[error(
+        "header {} is given with an empty value in the message's headers (an empty header is not a missing one: give a value, or leave the header out)",
+        spelled(names)
+    )]
+    EmptyHeader { names: &'static [&'static str] },
     /// The top-level header block of a `multipart/vnd.msys.mcmt` message is over the limit. (A message of another
     /// type with such a block is [`Parsed::NotMcmt`].)
     #[error(
@@ -315,15 +322,19 @@ fn strip_angle(s: &str) -> &str {
         .unwrap_or(s)
 }
 
-/// What a push part header of [`headers::SINGLE`] given with an empty value means.
+/// What a push part header of [`headers::SINGLE`], or a message header of [`headers::TOP_LEVEL`], given with an
+/// empty value means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmptyValue {
-    /// The header is given: the message is refused naming the part and the header ([`PartError::EmptyHeader`]).
-    /// Momentum falls back to a default only for a header that is not given, and an empty `X-Device-Token` that
-    /// fell back to the recipient's local part would reach another device. Messages received over SMTP.
+    /// The header is given: the message is refused naming the header, and the part for a push part's
+    /// ([`PartError::EmptyHeader`], [`McmtError::EmptyHeader`]). Momentum falls back to a default only for a header
+    /// that is not given: an empty `X-Device-Token` that fell back to the recipient's local part would reach
+    /// another device, an empty `X-Binding` that fell back to `default` would deliver from another binding.
+    /// Messages received over SMTP.
     Refused,
     /// The header is not given, and what applies without it does: a REST injection template renders a header
-    /// empty for a recipient with no value for its key, whose device token is then the recipient's local part.
+    /// empty for a recipient whose value for its key is empty (`""` or `null`; a recipient without the key is
+    /// refused), and an empty `X-Device-Token` leaves the recipient's local part as device token.
     NotGiven,
 }
 
@@ -379,6 +390,29 @@ pub fn parse_with(raw: &[u8], empty: EmptyValue) -> Result<Parsed, McmtError> {
             .count();
         if given > 1 {
             return Err(McmtError::RepeatedHeader { names });
+        }
+    }
+    // A top-level header's value, unfolded and trimmed (empty when it is given with none).
+    let top_header = |names: &[&str]| {
+        root.headers()
+            .iter()
+            .find(|h| {
+                names
+                    .iter()
+                    .any(|n| h.name.as_str().eq_ignore_ascii_case(n))
+            })
+            .map(|h| {
+                let value = top_block
+                    .get(h.offset_start as usize..h.offset_end as usize)
+                    .unwrap_or_default();
+                unfold(&String::from_utf8_lossy(value)).trim().to_owned()
+            })
+    };
+    if empty == EmptyValue::Refused {
+        for names in headers::TOP_LEVEL {
+            if top_header(names).is_some_and(|v| v.is_empty()) {
+                return Err(McmtError::EmptyHeader { names });
+            }
         }
     }
     let Some(boundary) = root_type.boundary.as_deref().filter(|b| !b.is_empty()) else {
@@ -456,22 +490,11 @@ pub fn parse_with(raw: &[u8], empty: EmptyValue) -> Result<Parsed, McmtError> {
     if push_parts.is_empty() {
         return Err(McmtError::NoPushPart);
     }
-    let top_header = |names: &[&str]| {
-        root.headers()
-            .iter()
-            .find(|h| {
-                names
-                    .iter()
-                    .any(|n| h.name.as_str().eq_ignore_ascii_case(n))
-            })
-            .and_then(|h| top_block.get(h.offset_start as usize..h.offset_end as usize))
-            .map(|v| unfold(&String::from_utf8_lossy(v)).trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
+    let given = |names: &[&str]| top_header(names).filter(|v| !v.is_empty());
     Ok(Parsed::Mcmt(McmtMessage {
         push_parts,
-        return_path: top_header(headers::RETURN_PATH),
-        binding: top_header(headers::BINDING),
+        return_path: given(headers::RETURN_PATH),
+        binding: given(headers::BINDING),
     }))
 }
 
@@ -1518,7 +1541,7 @@ Content-Type: message/rfc822\r\n\r\nSuype: m\n\r\xf5--B\r\nContent-Type: message
             parse(&mcmt(&[part])).unwrap_err().to_string(),
             "part 1: header X-Device-Token is given with an empty value in the inner header block (an empty header is not a missing one: give a value, or leave the header out)"
         );
-        // A REST template renders the header empty for a recipient without a token: not given there.
+        // A REST template renders the header empty for a recipient whose token is "" or null: not given there.
         assert_eq!(parsed(&mcmt(&[part])).push_parts[0].token, None);
     }
 
@@ -1601,6 +1624,40 @@ Content-Type: message/rfc822\r\n\r\nSuype: m\n\r\xf5--B\r\nContent-Type: message
             (m.binding.as_deref(), m.return_path.as_deref()),
             (Some("b1"), Some("<a@example.com>"))
         );
+    }
+
+    // The message's own X-Binding or Return-Path given empty over SMTP is refused as a push part's is: an empty
+    // X-Binding used to fall back to the default binding. A REST template that renders one empty leaves it not given.
+    #[test]
+    fn a_top_level_header_given_empty_is_refused_over_smtp() {
+        let with = |headers: &str| {
+            format!(
+                "{headers}Content-Type: multipart/vnd.msys.mcmt; boundary=B\r\n\r\n--B\r\n{APN}\r\n--B--\r\n"
+            )
+        };
+        for (headers, names) in [
+            ("X-Binding:\r\n", headers::BINDING),
+            ("x-binding: \r\n \r\nSubject: s\r\n", headers::BINDING),
+            ("Return-Path:  \r\n", headers::RETURN_PATH),
+        ] {
+            let raw = with(headers);
+            assert_eq!(
+                parse_with(raw.as_bytes(), EmptyValue::Refused).unwrap_err(),
+                McmtError::EmptyHeader { names },
+                "{headers:?}"
+            );
+            let m = parsed(raw.as_bytes());
+            assert_eq!((m.binding, m.return_path), (None, None), "{headers:?}");
+        }
+        assert_eq!(
+            McmtError::EmptyHeader {
+                names: headers::BINDING
+            }
+            .to_string(),
+            "header X-Binding is given with an empty value in the message's headers (an empty header is not a missing one: give a value, or leave the header out)"
+        );
+        let m = parse_with(with("X-Binding: b1\r\n").as_bytes(), EmptyValue::Refused).unwrap();
+        assert!(matches!(m, Parsed::Mcmt(m) if m.binding.as_deref() == Some("b1")));
     }
 
     // No APNs push takes a payload over MAX_PAYLOAD (VoIP over HTTP/2): a larger one is refused by its part before it

@@ -25,6 +25,10 @@ pub const CAP: usize = 8 * 1024 * 1024;
 /// How often a file whose last write failed is tried again while lines wait for it.
 const RETRY: Duration = Duration::from_millis(200);
 
+/// How long one write to the file may take before it counts as blocked (a hung NFS server, a FIFO whose reader
+/// stopped), an outage like a failed write; a shorter one is a file that takes writes, however slowly.
+const STALL: Duration = Duration::from_secs(1);
+
 /// How long [`LogFile::flush`] waits for the writer thread before it reports the file as stalled.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
@@ -156,6 +160,8 @@ struct Shared {
     fill: usize,
     /// Bytes held in memory at most (see [`CAP`]).
     cap: usize,
+    /// How long a write may take before it counts as blocked (see [`STALL`]).
+    stall: Duration,
     state: Mutex<State>,
     /// Wakes the writer thread.
     work: Condvar,
@@ -187,12 +193,26 @@ struct State {
     reopen_result: Result<(), Failure>,
     /// Why the last write failed, while the file takes no writes.
     error: Option<std::io::Error>,
-    /// Lines dropped since the file last took a write.
+    /// Lines dropped since the last outage ended (or the file was opened).
     dropped_now: u64,
+    /// A write failed, or blocked for longer than [`STALL`], since the last outage ended: the next write that goes
+    /// through ends this one.
+    outage: bool,
     /// The writer thread ends after its next round.
     closing: bool,
     /// Given up at shutdown: nothing more is written, new lines are dropped.
     abandoned: bool,
+    /// The warnings given about the file, in order.
+    #[cfg(test)]
+    warned: Vec<Warned>,
+}
+
+/// A warning about a log file, as tests see it.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Warned {
+    Dropping,
+    TakesWritesAgain,
 }
 
 enum Failure {
@@ -241,7 +261,20 @@ impl LogFile {
         fill: usize,
         cap: usize,
     ) -> Self {
-        Self::start(path, mode, sink, fill, cap).expect("starting a log writer thread")
+        Self::with_sink_and_stall(path, mode, sink, fill, cap, STALL)
+    }
+
+    /// [`LogFile::with_sink`], a write counting as blocked once it took `stall`.
+    #[cfg(test)]
+    fn with_sink_and_stall(
+        path: &Path,
+        mode: u32,
+        sink: Box<dyn Write + Send>,
+        fill: usize,
+        cap: usize,
+        stall: Duration,
+    ) -> Self {
+        Self::start_with(path, mode, sink, fill, cap, stall).expect("starting a log writer thread")
     }
 
     fn start(
@@ -251,11 +284,23 @@ impl LogFile {
         fill: usize,
         cap: usize,
     ) -> std::io::Result<Self> {
+        Self::start_with(path, mode, sink, fill, cap, STALL)
+    }
+
+    fn start_with(
+        path: &Path,
+        mode: u32,
+        sink: Box<dyn Write + Send>,
+        fill: usize,
+        cap: usize,
+        stall: Duration,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             path: path.to_owned(),
             mode,
             fill,
             cap,
+            stall,
             state: Mutex::new(State {
                 front: Vec::with_capacity(fill),
                 held: 0,
@@ -269,8 +314,11 @@ impl LogFile {
                 reopen_result: Ok(()),
                 error: None,
                 dropped_now: 0,
+                outage: false,
                 closing: false,
                 abandoned: false,
+                #[cfg(test)]
+                warned: Vec::new(),
             }),
             work: Condvar::new(),
             done: Condvar::new(),
@@ -556,11 +604,13 @@ impl Shared {
         self.dropped.fetch_add(n, Ordering::Relaxed);
         if st.dropped_now == n && !st.abandoned {
             tracing::warn!(
-                "log file {}: the file takes no writes and {} KiB of lines wait in memory: new lines are dropped \
-                 until it takes writes again",
+                "log file {}: {} KiB of lines wait in memory, the most it holds (the file takes no writes, or takes \
+                 them slower than lines come): new lines are dropped until it takes writes again",
                 self.path.display(),
                 (st.front.len() + st.held) / 1024
             );
+            #[cfg(test)]
+            st.warned.push(Warned::Dropping);
         }
     }
 }
@@ -686,12 +736,21 @@ impl Writer {
         let flushed = self.write_out();
         let mut st = self.shared.lock();
         self.settle(&mut st, flushed.as_ref().err().map(copy_error));
+        if st.abandoned {
+            // Given up at shutdown meanwhile: every line it held, the torn one's end included, was counted as
+            // dropped then; none goes to the new file.
+            self.back.clear();
+            self.torn = false;
+            st.held = self.held(&st);
+            drop(st);
+            self.sink = Box::new(file);
+            return flushed.map_err(Failure::Write);
+        }
         if self.torn {
             let end = memchr::memchr(b'\n', &self.back).map_or(self.back.len(), |i| i + 1);
             self.back.drain(..end);
             self.torn = false;
             st.held = self.held(&st);
-            // Saturating: a shutdown that gave the file up meanwhile already counted every line as dropped.
             st.lines = st.lines.saturating_sub(1);
             self.shared.drop_lines(&mut st, 1);
         }
@@ -709,25 +768,35 @@ impl Writer {
     }
 
     /// Records a write's outcome: what is held, and whether the file takes writes. A write that went through ends
-    /// an outage, whether the writes before it failed (a full disk) or did not return for a while (a blocked
-    /// write, which sets no error): the lines dropped meanwhile are reported, and counting starts again, so that
-    /// the next outage warns when it starts dropping and reports only its own drops.
+    /// an outage, whether the writes before it failed (a full disk) or did not return for a while (a write blocked
+    /// past [`STALL`], which sets no error): the lines dropped meanwhile are reported, and counting starts again,
+    /// so that the next outage warns when it starts dropping and reports only its own drops. Lines dropped while
+    /// the file takes its writes, only slower than lines come, end no outage: nothing is said when a write goes
+    /// through, and they are counted with the next outage's.
     fn settle(&self, st: &mut State, error: Option<std::io::Error>) {
         st.held = self.held(st);
         match error {
             None => {
                 st.error = None;
-                // Given up at shutdown: its lines were counted as dropped, and nothing more is said about it.
-                if st.dropped_now > 0 && !st.abandoned {
-                    tracing::warn!(
-                        "log file {} takes writes again; {} line(s) were dropped meanwhile",
-                        self.shared.path.display(),
-                        st.dropped_now
-                    );
+                if st.outage {
+                    // Given up at shutdown: its lines were counted as dropped, and nothing more is said about it.
+                    if st.dropped_now > 0 && !st.abandoned {
+                        tracing::warn!(
+                            "log file {} takes writes again; {} line(s) were dropped meanwhile",
+                            self.shared.path.display(),
+                            st.dropped_now
+                        );
+                        #[cfg(test)]
+                        st.warned.push(Warned::TakesWritesAgain);
+                    }
                     st.dropped_now = 0;
+                    st.outage = false;
                 }
             }
-            Some(e) => st.error = Some(e),
+            Some(e) => {
+                st.error = Some(e);
+                st.outage = true;
+            }
         }
     }
 
@@ -736,8 +805,12 @@ impl Writer {
     fn write_out(&mut self) -> std::io::Result<()> {
         let mut written = 0;
         let mut result = Ok(());
+        let mut blocked = false;
         while written < self.back.len() {
-            match self.sink.write(&self.back[written..]) {
+            let started = Instant::now();
+            let wrote = self.sink.write(&self.back[written..]);
+            blocked |= started.elapsed() >= self.shared.stall;
+            match wrote {
                 Ok(0) => {
                     result = Err(ErrorKind::WriteZero.into());
                     break;
@@ -757,6 +830,9 @@ impl Writer {
             let mut st = self.shared.lock();
             st.lines = st.lines.saturating_sub(lines);
             st.held = self.held(&st);
+        }
+        if blocked {
+            self.shared.lock().outage = true;
         }
         result.and_then(|_| self.sink.flush())
     }
@@ -1237,6 +1313,11 @@ mod tests {
         }
     }
 
+    /// The warnings given about `log` so far.
+    fn warned(log: &LogFile) -> Vec<Warned> {
+        log.shared.lock().warned.clone()
+    }
+
     /// A file whose write blocks for a while (a FIFO whose reader stopped, a hung NFS server) sets no write error;
     /// once the write returns, the drops of that stall are reported and counting starts again. The count used to be
     /// reset only after a failed write, so a second stall neither warned when it started dropping nor reported its
@@ -1244,12 +1325,14 @@ mod tests {
     #[test]
     fn each_stall_of_a_blocked_file_counts_its_own_drops() {
         let file = Scripted::new(&[Step::HoldThenTake]);
-        let log = LogFile::with_sink(
+        // Every write that waits at the gate counts as blocked, however soon it is opened.
+        let log = LogFile::with_sink_and_stall(
             Path::new("stall.log"),
             0o644,
             Box::new(file.clone()),
             64,
             64,
+            Duration::ZERO,
         );
         let fill = "a".repeat(63);
         log.write_line(&fill);
@@ -1277,6 +1360,54 @@ mod tests {
         log.flush().unwrap();
         assert_eq!(log.dropped_lines(), 5);
         assert_eq!(file.text(), format!("{fill}\n{fill}\n"));
+        use Warned::{Dropping, TakesWritesAgain};
+        assert_eq!(
+            warned(&log),
+            [Dropping, TakesWritesAgain, Dropping, TakesWritesAgain]
+        );
+    }
+
+    /// Lines dropped while the file takes its writes, only slower than lines come (its writes return, neither
+    /// failing nor blocking past the stall threshold), are counted, but end no outage: a write that goes through
+    /// says nothing, and the next round's drops do not warn again. Every round used to warn that the file took
+    /// no writes and then that it took writes again.
+    #[test]
+    fn a_file_slower_than_its_lines_does_not_warn_at_every_round() {
+        let file = Scripted::new(&[Step::HoldThenTake]);
+        // A write waiting at the gate stands for a slow one: it never counts as blocked.
+        let log = LogFile::with_sink_and_stall(
+            Path::new("busy.log"),
+            0o644,
+            Box::new(file.clone()),
+            64,
+            64,
+            Duration::from_secs(24 * 3600),
+        );
+        let fill = "a".repeat(63);
+        for round in 1..=3u64 {
+            file.set_open(false);
+            if round > 1 {
+                file.then(Step::HoldThenTake);
+            }
+            log.write_line(&fill);
+            file.wait_held(round);
+            for i in 0..2 {
+                log.write_line(&format!("dropped {round}.{i}"));
+            }
+            file.set_open(true);
+            log.flush().unwrap();
+        }
+        assert_eq!(log.dropped_lines(), 6);
+        assert_eq!(file.text(), format!("{fill}\n{fill}\n{fill}\n"));
+        assert_eq!(warned(&log), [Warned::Dropping]);
+
+        // A failed write is an outage: the write that goes through after it reports every drop and ends it.
+        file.then(Step::Fail);
+        log.write_line("refused once");
+        assert!(log.flush().is_err());
+        log.flush().unwrap();
+        assert_eq!(warned(&log), [Warned::Dropping, Warned::TakesWritesAgain]);
+        assert!(file.text().ends_with("\nrefused once\n"));
     }
 
     /// A reopen asked for while the writer writes the lines an earlier failed write left (the lock released): the
@@ -1337,5 +1468,8 @@ mod tests {
             "the writer thread panicked"
         );
         assert_eq!(old.text(), "first");
+        // Each line counted once, and neither carried to the new file.
+        assert_eq!(log.dropped_lines(), 2);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
     }
 }

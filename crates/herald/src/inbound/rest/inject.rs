@@ -90,7 +90,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Keys<'a> {
                 let mut keys = HashMap::new();
                 while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
-                    let text = key_text(value).map_err(de::Error::custom)?;
+                    let text = key_text(value).map_err(|e| {
+                        de::Error::custom(format_args!("key {key:?}: {}", without_position(&e)))
+                    })?;
                     match keys.entry(folded(&key)) {
                         Entry::Occupied(_) => {
                             return Err(de::Error::custom(format_args!(
@@ -407,6 +409,18 @@ fn key_text(value: &RawValue) -> Result<Cow<'_, str>, serde_json::Error> {
     }
 }
 
+/// What `e` says, without the position it names: read from a key's value alone, that position is inside the value,
+/// not in the body (and serde_json would take it for the body's, read back from a custom error's message). The
+/// body's deserializer adds the position of the value in the body.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&position) {
+        Some(message) => message.to_owned(),
+        None => text,
+    }
+}
+
 /// Momentum's answer: one entry per recipient, then the overall status.
 fn render(outcomes: &[Outcome], error: Option<&str>) -> String {
     let mut out = String::with_capacity(32 + outcomes.len() * 80);
@@ -609,6 +623,33 @@ mod tests {
         }
         let keys = keys_of(r#"{"recipients":[{"keys":{"Name":"Ann","name2":"Bob"}}]}"#).unwrap();
         assert_eq!(keys["name"], "Ann");
+    }
+
+    /// A string value serde_json takes as a raw value but not as text (a lone surrogate) refuses the request naming
+    /// the recipient, the key and the value's place in the body, not a place inside the value.
+    #[test]
+    fn a_key_value_with_a_lone_surrogate_is_refused_where_it_stands() {
+        let body = "{\"recipients\":[{\"to\":\"a@b\"},\n {\"keys\":{\"name\":\"Ann\",\n   \"token\":\"x\\ud800y\"}}]}";
+        let err = parse(body.as_bytes()).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(
+            err.message
+                .starts_with("recipients[1].keys: key \"token\": "),
+            "{}",
+            err.message
+        );
+        // The value ends at column 22 of line 3.
+        assert!(
+            err.message.ends_with(" at line 3 column 22"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            err.message.matches(" at line ").count(),
+            1,
+            "{}",
+            err.message
+        );
     }
 
     /// `vctx` is checked to be an object, with the error naming it; its contents are not kept.

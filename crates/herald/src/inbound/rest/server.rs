@@ -595,9 +595,12 @@ impl Activity {
         self.http2.store(true, Ordering::Relaxed);
     }
 
-    /// An HTTP/2 connection with no request open.
-    fn is_idle_http2(&self) -> bool {
-        self.http2.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Acquire) == 0
+    /// Whether the connection the watchdog ends for `why` is told with GOAWAY first: an HTTP/2 connection ended
+    /// for idleness. The decision stands on the watchdog's reason, not on a fresh look at the open requests: one
+    /// that arrived since the watchdog found the connection idle is answered under the GOAWAY (whose last stream
+    /// id covers it), not cut off after its notifications were stored.
+    fn goes_away(&self, why: Timeout) -> bool {
+        why == Timeout::Keepalive && self.http2.load(Ordering::Relaxed)
     }
 
     /// The connection's socket took bytes to send.
@@ -615,7 +618,22 @@ impl Activity {
     }
 
     /// Waits until the connection broke one of its timeouts; returns which.
-    async fn watchdog(&self, limits: &DoorLimits) -> &'static str {
+    async fn watchdog(&self, limits: &DoorLimits) -> Timeout {
+        self.watch(limits, Self::broken).await
+    }
+
+    /// Waits, once the connection was told with GOAWAY and its grace passed, until it may close: see
+    /// [`Activity::done_after_goaway`].
+    async fn after_goaway(&self, limits: &DoorLimits) -> Timeout {
+        self.watch(limits, Self::done_after_goaway).await
+    }
+
+    /// Checks `ended` at every tick until it names a timeout.
+    async fn watch(
+        &self,
+        limits: &DoorLimits,
+        ended: impl Fn(&Self, u64, &DoorLimits) -> Option<Timeout>,
+    ) -> Timeout {
         let shortest = limits
             .first_byte_timeout
             .min(limits.header_timeout)
@@ -623,14 +641,23 @@ impl Activity {
         let tick = (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
         loop {
             tokio::time::sleep(tick).await;
-            if let Some(broken) = self.broken(self.now(), limits) {
+            if let Some(broken) = ended(self, self.now(), limits) {
                 return broken;
             }
         }
     }
 
+    /// Whether a connection told with GOAWAY, its grace over, closes at `now`: as soon as no request is open (its
+    /// keepalive_timeout does not start again), while a request open goes on to its answer under the usual rules.
+    fn done_after_goaway(&self, now: u64, limits: &DoorLimits) -> Option<Timeout> {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            return Some(Timeout::GoawayGrace);
+        }
+        self.broken(now, limits)
+    }
+
     /// The timeout the connection broke at `now` (milliseconds since `start`), if any.
-    fn broken(&self, now: u64, limits: &DoorLimits) -> Option<&'static str> {
+    fn broken(&self, now: u64, limits: &DoorLimits) -> Option<Timeout> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NONE - 1);
         if self.in_flight.load(Ordering::Acquire) > 0 {
             // Not idle. While no answer is ready the handler is at work (its body read within body_timeout): the
@@ -640,22 +667,47 @@ impl Activity {
                 return None;
             }
             let silent = now.saturating_sub(self.sent.load(Ordering::Relaxed));
-            return (silent > ms(send_timeout(limits) + SEND_TIMEOUT_GRACE)).then_some(
-                "nothing sent for the longest of keepalive_timeout, body_timeout and 30 s with an answer to send",
-            );
+            return (silent > ms(send_timeout(limits) + SEND_TIMEOUT_GRACE))
+                .then_some(Timeout::Send);
         }
         let first = self.first_byte.load(Ordering::Relaxed);
         if first != NONE {
             return (now.saturating_sub(first) > ms(limits.header_timeout))
-                .then_some("header_timeout passed");
+                .then_some(Timeout::Header);
         }
         let idle = now.saturating_sub(self.idle_since.load(Ordering::Relaxed));
-        let (limit, name) = if self.requests.load(Ordering::Relaxed) == 0 {
-            (limits.first_byte_timeout, "first_byte_timeout passed")
+        let (limit, timeout) = if self.requests.load(Ordering::Relaxed) == 0 {
+            (limits.first_byte_timeout, Timeout::FirstByte)
         } else {
-            (limits.keepalive_timeout, "keepalive_timeout passed")
+            (limits.keepalive_timeout, Timeout::Keepalive)
         };
-        (idle > ms(limit)).then_some(name)
+        (idle > ms(limit)).then_some(timeout)
+    }
+}
+
+/// Why a connection's watchdog ends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timeout {
+    FirstByte,
+    Header,
+    /// Idle between requests: the one an HTTP/2 connection is told with GOAWAY.
+    Keepalive,
+    Send,
+    /// No request open once the grace after a GOAWAY passed.
+    GoawayGrace,
+}
+
+impl std::fmt::Display for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Timeout::FirstByte => "first_byte_timeout passed",
+            Timeout::Header => "header_timeout passed",
+            Timeout::Keepalive => "keepalive_timeout passed",
+            Timeout::Send => {
+                "nothing sent for the longest of keepalive_timeout, body_timeout and 30 s with an answer to send"
+            }
+            Timeout::GoawayGrace => "no request open 5 s after the GOAWAY",
+        })
     }
 }
 
@@ -916,17 +968,18 @@ impl Conn {
                 why = activity.watchdog(&limits) => break why,
             }
         };
-        if !activity.is_idle_http2() {
+        if !activity.goes_away(why) {
             tracing::debug!(%peer, "REST connection closed: {why}");
             return;
         }
         // An idle HTTP/2 connection is told with GOAWAY before it closes, so that its client knows which of the
-        // requests it sends meanwhile were taken (and sends the others again on a new connection).
+        // requests it sends meanwhile were taken (and sends the others again on a new connection); a request that
+        // arrived since the watchdog found it idle is answered.
         tracing::debug!(%peer, "REST connection closing with GOAWAY: {why}");
         connection.as_mut().graceful_shutdown();
         let closed = async {
             tokio::time::sleep(GOAWAY_GRACE).await;
-            activity.watchdog(&limits).await
+            activity.after_goaway(&limits).await
         };
         tokio::select! {
             ended = connection.as_mut() => log_end(peer, ended),
@@ -936,8 +989,8 @@ impl Conn {
 }
 
 /// How long an idle HTTP/2 connection the watchdog ends has after its GOAWAY (the client acknowledging its PING,
-/// as hyper waits for that before it names the last stream it takes) before it is closed, unless it carries a
-/// request by then (which goes on, held to the watchdog's rules).
+/// as hyper waits for that before it names the last stream it takes) before it is closed; the requests it carries
+/// by then go on to their answers (held to the send timeout), and it is closed once none is open.
 const GOAWAY_GRACE: Duration = Duration::from_secs(5);
 
 /// Logs how a connection ended, when it ended with an error.
@@ -989,8 +1042,7 @@ mod tests {
         }
         let last = t0 + 200_000;
         assert_eq!(a.broken(last + 30_000, &limits), None);
-        let broken = a.broken(last + 60_000, &limits).unwrap();
-        assert!(broken.contains("nothing sent"), "{broken}");
+        assert_eq!(a.broken(last + 60_000, &limits), Some(Timeout::Send));
     }
 
     /// The send timeout counts from an answer being ready, not from what the connection sent before it.
@@ -1034,8 +1086,7 @@ mod tests {
         let open = open.answering();
         let ready = a.now();
         assert_eq!(a.broken(ready + cut - 1, &limits), None);
-        let broken = a.broken(ready + cut + 1, &limits).unwrap();
-        assert!(broken.contains("nothing sent"), "{broken}");
+        assert_eq!(a.broken(ready + cut + 1, &limits), Some(Timeout::Send));
         drop(open);
         assert_eq!(a.in_flight.load(Ordering::Relaxed), 0);
         assert_eq!(a.answering.load(Ordering::Relaxed), 0);
@@ -1053,24 +1104,86 @@ mod tests {
         let http1 = Arc::new(Activity::new());
         drop(http1.request_started());
         http1.read_some();
-        let broken = http1.broken(http1.now() + 2_000, &limits).unwrap();
-        assert!(broken.contains("header_timeout"), "{broken}");
+        assert_eq!(
+            http1.broken(http1.now() + 2_000, &limits),
+            Some(Timeout::Header)
+        );
 
         let http2 = Arc::new(Activity::new());
         http2.carries_http2();
         drop(http2.request_started());
-        assert!(http2.is_idle_http2());
         let idle = http2.now();
         // A PING now, another later.
         http2.read_some();
         assert_eq!(http2.broken(idle + 30_000, &limits), None);
         http2.read_some();
         assert_eq!(http2.broken(idle + 59_000, &limits), None);
-        let broken = http2.broken(idle + 61_000, &limits).unwrap();
-        assert!(broken.contains("keepalive_timeout"), "{broken}");
+        assert_eq!(
+            http2.broken(idle + 61_000, &limits),
+            Some(Timeout::Keepalive)
+        );
         // A request open is not idle.
         let _open = http2.request_started();
-        assert!(!http2.is_idle_http2());
+        assert_eq!(http2.broken(idle + 61_000, &limits), None);
+    }
+
+    /// An HTTP/2 connection the watchdog found idle past keepalive_timeout is told with GOAWAY even when a
+    /// request arrived since: that request is answered (its notifications are stored, its client must see the
+    /// 2xx), not cut off. An HTTP/1 connection, or one ended for another timeout, just closes.
+    #[test]
+    fn an_http2_connection_ended_idle_goes_away_even_with_a_request_arrived_since() {
+        let limits = DoorLimits {
+            keepalive_timeout: Duration::from_secs(60),
+            ..DoorLimits::default()
+        };
+        let http2 = Arc::new(Activity::new());
+        http2.carries_http2();
+        drop(http2.request_started());
+        let why = http2.broken(http2.now() + 61_000, &limits).unwrap();
+        assert_eq!(why, Timeout::Keepalive);
+        // A request arrives between the watchdog's verdict and the decision.
+        let _open = http2.request_started();
+        assert!(http2.goes_away(why));
+        assert!(!http2.goes_away(Timeout::Send));
+
+        let http1 = Arc::new(Activity::new());
+        drop(http1.request_started());
+        let why = http1.broken(http1.now() + 61_000, &limits).unwrap();
+        assert_eq!(why, Timeout::Keepalive);
+        assert!(!http1.goes_away(why));
+    }
+
+    /// Once the grace after its GOAWAY passed, a connection closes as soon as no request is open, even one that
+    /// answered a request during the grace (keepalive_timeout does not start again); a request open goes on to its
+    /// answer, held to the send timeout.
+    #[test]
+    fn after_the_goaway_grace_a_connection_closes_once_no_request_is_open() {
+        let limits = DoorLimits::default();
+        let a = Arc::new(Activity::new());
+        a.carries_http2();
+        // A request answered just now, during the grace.
+        drop(a.request_started().answering());
+        let now = a.now();
+        assert_eq!(a.broken(now, &limits), None);
+        assert_eq!(
+            a.done_after_goaway(now, &limits),
+            Some(Timeout::GoawayGrace)
+        );
+        let open = a.request_started();
+        assert_eq!(a.done_after_goaway(now + 600_000, &limits), None);
+        let open = open.answering();
+        let ready = a.now();
+        let cut = u64::try_from((send_timeout(&limits) + SEND_TIMEOUT_GRACE).as_millis()).unwrap();
+        assert_eq!(a.done_after_goaway(ready + cut - 1, &limits), None);
+        assert_eq!(
+            a.done_after_goaway(ready + cut + 1, &limits),
+            Some(Timeout::Send)
+        );
+        drop(open);
+        assert_eq!(
+            a.done_after_goaway(a.now(), &limits),
+            Some(Timeout::GoawayGrace)
+        );
     }
 
     #[test]
