@@ -1578,4 +1578,75 @@ mod tests {
             "{refused:?}"
         );
     }
+
+    /// The console's `reopen logs` waits for each log's writer thread, up to a second for one that cannot open its file (here a
+    /// FIFO no process reads: the open waits for a reader). It used to wait on an async worker thread, so with one
+    /// worker nothing else ran meanwhile (the listeners, the other console clients). The other task must run
+    /// before the reopen gives up on the file (after a second).
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn reopen_logs_does_not_hold_an_async_worker_while_a_log_blocks() {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::AtomicBool;
+        use std::sync::mpsc::channel;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("mainlog.fifo");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+        let read_fifo = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap()
+        };
+        let config = dir.path().join("herald.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "spool_dir = \"{}\"\nec_logger \"main\" {{ mainlog = \"{}\" }}\n",
+                dir.path().join("spool").display(),
+                fifo.display()
+            ),
+        )
+        .unwrap();
+        // A reader while the server starts (its open of the FIFO waits for one), gone before the reopen.
+        let reader = read_fifo();
+        let server = Server::start(&config).await.unwrap();
+        drop(reader);
+
+        let (started, reopening) = channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let (handle, finished) = (server.clone(), done.clone());
+        let reopen = tokio::spawn(async move {
+            let _ = started.send(());
+            let reply = crate::control::commands::execute(
+                &*handle,
+                crate::control::commands::Command::ReopenLogs,
+            )
+            .await;
+            finished.store(true, Ordering::SeqCst);
+            reply
+        });
+        reopening
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the reopen did not start");
+        let (ran, other_ran) = channel();
+        tokio::spawn(async move {
+            let _ = ran.send(());
+        });
+        other_ran
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no other task ran");
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "another task ran only once the reopen was over: it held the only async worker"
+        );
+        let reply = reopen.await.unwrap();
+        assert!(!reply.ok, "{}", reply.text);
+        assert!(reply.text.contains("mainlog.fifo"), "{}", reply.text);
+        // A reader again: the writer thread's open returns, and the stop does not wait for the file.
+        let _reader = read_fifo();
+        server.shutdown(Duration::from_secs(1)).await;
+    }
 }
