@@ -107,6 +107,20 @@ struct Entry {
 }
 
 impl Entry {
+    /// A notification queued after `attempts` failed attempts, the last for `last_reason`.
+    fn queued(n: &Notification, attempts: u32, last_reason: Option<Arc<str>>) -> Entry {
+        Entry {
+            domain: n.domain.clone(),
+            token: n.push.token.clone(),
+            accepted_at: n.received_at,
+            attempts,
+            last_reason,
+            phase: Phase::Queued {
+                next_attempt_at: None,
+            },
+        }
+    }
+
     fn status(&self, key: &OutcomeKey) -> Result<Status, codec::DecodeError> {
         let (state, next) = match &self.phase {
             Phase::Queued { next_attempt_at } => ("queued", *next_attempt_at),
@@ -372,16 +386,7 @@ impl OutcomeListener for StatusBook {
             None
         };
         let mut shard = self.shard(&key).lock().unwrap_or_else(|p| p.into_inner());
-        let entry = shard.get_or_insert_with(key, || Entry {
-            domain: n.domain.clone(),
-            token: n.push.token.clone(),
-            accepted_at: n.received_at,
-            attempts: retries,
-            last_reason,
-            phase: Phase::Queued {
-                next_attempt_at: None,
-            },
-        });
+        let entry = shard.get_or_insert_with(key, || Entry::queued(n, retries, last_reason));
         if !matches!(entry.phase, Phase::Final(_)) {
             entry.attempts = retries;
         }
@@ -450,16 +455,7 @@ impl OutcomeListener for StatusBook {
         {
             return;
         }
-        let entry = Entry {
-            domain: n.domain.clone(),
-            token: n.push.token.clone(),
-            accepted_at: n.received_at,
-            attempts: 0,
-            last_reason: None,
-            phase: Phase::Queued {
-                next_attempt_at: None,
-            },
-        };
+        let entry = Entry::queued(n, 0, None);
         let now = unix_now();
         let until = self.in_stream_until(now, now);
         self.in_stream_shard(&key)
@@ -904,16 +900,7 @@ mod tests {
         let n = notification(IdGenerator::new(0).next(), "book.example", 1);
         let key = key_of(n.id);
         // Put in the stream two hours ago (as the shard's clock says).
-        let entry = Entry {
-            domain: n.domain.clone(),
-            token: n.push.token.clone(),
-            accepted_at: n.received_at,
-            attempts: 0,
-            last_reason: None,
-            phase: Phase::Queued {
-                next_attempt_at: None,
-            },
-        };
+        let entry = Entry::queued(&n, 0, None);
         let two_hours_ago = unix_now() - 7200;
         let until = book.in_stream_until(two_hours_ago, two_hours_ago);
         book.in_stream_shard(&key)
