@@ -147,7 +147,9 @@ fn is_fifo(path: &Path) -> bool {
 /// when the file takes only part of the buffer, the rest (beginning with the end of the torn line) is written before
 /// anything else, and while the file takes nothing, new lines past [`CAP`] bytes are dropped, counted, and reported
 /// (a warning when dropping starts and when the file takes writes again, the count in [`LogFile::flush`]'s error
-/// and [`LogFile::dropped_lines`]). A file whose last write failed is tried again every 200 ms.
+/// and [`LogFile::dropped_lines`]). So are lines past [`CAP`] while the file takes its writes only slower than lines
+/// come, with a warning when dropping starts and a note once the file caught up. A file whose last write failed is
+/// tried again every 200 ms.
 pub struct LogFile {
     shared: Arc<Shared>,
 }
@@ -193,7 +195,8 @@ struct State {
     reopen_result: Result<(), Failure>,
     /// Why the last write failed, while the file takes no writes.
     error: Option<std::io::Error>,
-    /// Lines dropped since the last outage ended (or the file was opened).
+    /// Lines dropped since the last outage ended, or the file caught up after it took its writes slower than lines
+    /// came (or since it was opened).
     dropped_now: u64,
     /// A write failed, or blocked for longer than [`STALL`], since the last outage ended: the next write that goes
     /// through ends this one.
@@ -213,6 +216,8 @@ struct State {
 enum Warned {
     Dropping,
     TakesWritesAgain,
+    /// Not a warning: the note that a file slower than its lines caught up with them.
+    CaughtUp,
 }
 
 enum Failure {
@@ -329,6 +334,7 @@ impl LogFile {
             sink,
             back: Vec::with_capacity(fill),
             torn: false,
+            taken: 0,
         };
         std::thread::Builder::new()
             .name("herald-log".into())
@@ -631,43 +637,53 @@ struct Writer {
     /// with the end of a line whose beginning the file took.
     back: Vec<u8>,
     torn: bool,
+    /// Lines the file took since it was opened.
+    taken: u64,
 }
 
 impl Writer {
     fn run(mut self) {
         let shared = self.shared.clone();
         let mut last_try = Instant::now();
+        // Lines dropped (in all) when the last round ended.
+        let mut dropped_seen = 0;
         loop {
             let mut st = shared.lock();
             loop {
                 if st.abandoned {
                     return;
                 }
-                if st.front.len() >= shared.fill
+                let waiting = !st.front.is_empty() || st.held > 0;
+                let failing = st.error.is_some() && waiting;
+                // A full `front` does not hasten the retry of a file whose last write failed: the round would only
+                // fail again, at once and for as long as the outage lasts.
+                if (st.front.len() >= shared.fill && !failing)
                     || st.flush_asked > st.flush_done
                     || st.reopen.is_some()
                     || st.closing
                 {
                     break;
                 }
-                // Asleep from here: the next line that fills `front` wakes it.
-                st.woken = false;
-                let waiting = !st.front.is_empty() || st.held > 0;
-                if st.error.is_some() && waiting {
+                if failing {
                     // Tried again every RETRY while lines wait for a file whose last write failed.
                     let left = RETRY.saturating_sub(last_try.elapsed());
                     if left.is_zero() {
                         break;
                     }
+                    // Asleep until then; a full `front` wakes it no sooner (nor every line past it).
+                    st.woken = st.front.len() >= shared.fill;
                     st = shared
                         .work
                         .wait_timeout(st, left)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 } else {
+                    // Asleep from here: the next line that fills `front` wakes it.
+                    st.woken = false;
                     st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
                 }
             }
+            let taken = self.taken;
             let flush = st.flush_asked;
             let closing = st.closing;
             if let Some(before) = st.reopen.take() {
@@ -707,7 +723,15 @@ impl Writer {
             }
             last_try = Instant::now();
             let mut st = shared.lock();
+            let wrote = result.is_ok() && self.taken > taken;
             self.settle(&mut st, result.err());
+            // Caught up: this round's writes went through, no line was dropped since the last round ended, and less
+            // than a buffer's fill waits now.
+            let dropped = shared.dropped.load(Ordering::Relaxed);
+            if wrote && dropped == dropped_seen && st.front.len() + st.held < shared.fill {
+                self.caught_up(&mut st);
+            }
+            dropped_seen = dropped;
             if whole {
                 st.flush_done = st.flush_done.max(flush);
             }
@@ -772,7 +796,8 @@ impl Writer {
     /// past [`STALL`], which sets no error): the lines dropped meanwhile are reported, and counting starts again,
     /// so that the next outage warns when it starts dropping and reports only its own drops. Lines dropped while
     /// the file takes its writes, only slower than lines come, end no outage: nothing is said when a write goes
-    /// through, and they are counted with the next outage's.
+    /// through; their episode ends once the file caught up ([`Writer::caught_up`]), else they are counted with the
+    /// outage that follows.
     fn settle(&self, st: &mut State, error: Option<std::io::Error>) {
         st.held = self.held(st);
         match error {
@@ -798,6 +823,26 @@ impl Writer {
                 st.outage = true;
             }
         }
+    }
+
+    /// Ends an episode of lines dropped while the file took its writes, only slower than lines came, once it caught
+    /// up with them (a round wrote lines with none dropped since the round before, and less than a buffer's fill
+    /// waits): a note says how many were dropped, and counting starts again, so that a later episode (a slow one, or
+    /// an outage: a full disk) warns when it starts dropping and reports only its own drops. No `takes writes again`:
+    /// writes never stopped. A slow file that stays behind (its buffer full again before it drained) does not
+    /// catch up, and does not warn at every round.
+    fn caught_up(&self, st: &mut State) {
+        if st.outage || st.abandoned || st.dropped_now == 0 {
+            return;
+        }
+        tracing::info!(
+            "log file {} caught up with its lines; {} line(s) were dropped while it took writes slower than lines came",
+            self.shared.path.display(),
+            st.dropped_now
+        );
+        st.dropped_now = 0;
+        #[cfg(test)]
+        st.warned.push(Warned::CaughtUp);
     }
 
     /// Writes what `back` holds, keeping in it what the file did not take; the lines it took are no longer
@@ -826,6 +871,7 @@ impl Writer {
         if written > 0 {
             self.torn = self.back[written - 1] != b'\n';
             let lines = memchr::memchr_iter(b'\n', &self.back[..written]).count() as u64;
+            self.taken += lines;
             self.back.drain(..written);
             let mut st = self.shared.lock();
             st.lines = st.lines.saturating_sub(lines);
@@ -1408,6 +1454,64 @@ mod tests {
         log.flush().unwrap();
         assert_eq!(warned(&log), [Warned::Dropping, Warned::TakesWritesAgain]);
         assert!(file.text().ends_with("\nrefused once\n"));
+    }
+
+    /// A file slower than its lines drops some, then catches up (a write goes through with nothing dropped since):
+    /// that ends the slow episode, without `takes writes again`. A later outage (a full disk) then warns when it
+    /// starts dropping, and reports only its own drops. The slow episode's drops used to be counted until the next
+    /// outage ended, so the outage's first drops gave no warning and its errors reported the old drops as "dropped
+    /// since it last took a write".
+    #[test]
+    fn an_outage_after_a_slow_file_caught_up_warns_when_it_starts_dropping() {
+        let file = Scripted::new(&[Step::HoldThenTake]);
+        // A write waiting at the gate stands for a slow one: it never counts as blocked.
+        let log = LogFile::with_sink_and_stall(
+            Path::new("later.log"),
+            0o644,
+            Box::new(file.clone()),
+            64,
+            64,
+            Duration::from_secs(24 * 3600),
+        );
+        let fill = "a".repeat(63);
+        log.write_line(&fill);
+        file.wait_held(1);
+        for i in 0..2 {
+            log.write_line(&format!("slow {i}"));
+        }
+        file.set_open(true);
+        log.flush().unwrap();
+        assert_eq!(warned(&log), [Warned::Dropping]);
+
+        // Caught up: a line goes through, nothing dropped meanwhile.
+        log.write_line("caught up");
+        log.flush().unwrap();
+        assert_eq!(warned(&log), [Warned::Dropping, Warned::CaughtUp]);
+
+        // A full disk: the write fails, and its retry waits at the (closed) gate until the disk has room.
+        file.set_open(false);
+        file.then(Step::Fail);
+        file.then(Step::HoldThenTake);
+        log.write_line("refused");
+        assert!(log.flush().is_err());
+        log.write_line(&fill);
+        match log.flush_soon() {
+            Err(LogFileError::Write { dropped, .. }) => {
+                assert_eq!(dropped, 1, "the slow episode's drops count again")
+            }
+            other => panic!("the file takes writes: {other:?}"),
+        }
+        use Warned::{CaughtUp, Dropping, TakesWritesAgain};
+        assert_eq!(warned(&log), [Dropping, CaughtUp, Dropping]);
+
+        file.set_open(true);
+        log.flush().unwrap();
+        assert_eq!(
+            warned(&log),
+            [Dropping, CaughtUp, Dropping, TakesWritesAgain]
+        );
+        assert_eq!(log.dropped_lines(), 3);
+        assert_eq!(file.text(), format!("{fill}\ncaught up\nrefused\n"));
     }
 
     /// A reopen asked for while the writer writes the lines an earlier failed write left (the lock released): the

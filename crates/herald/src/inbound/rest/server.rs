@@ -12,12 +12,14 @@
 //! body that takes longer than `body_timeout` fails with `408`. A connection with a request open is not idle. An
 //! HTTP/2 connection, once it carried a request, is held to `keepalive_timeout` alone while idle (the PINGs and
 //! WINDOW_UPDATEs an idle client sends are no request's head), and is told with GOAWAY before the watchdog closes it
-//! idle. While the handler works on a request (reading its body, making the notifications durable) nothing is
-//! expected of the connection; once an answer is ready to send, the connection is closed when it has sent nothing
-//! for [`send_timeout`] (the longest of `keepalive_timeout`, `body_timeout` and [`SEND_TIMEOUT_MIN`]) since then: a
-//! client that never takes its answer (an HTTP/2 client that leaves its flow-control window at 0, an HTTP/1 client
-//! that does not read) cannot hold the connection for good, while an answer sent slowly, or the dashboard's event
-//! stream (a keep-alive every 15 s), goes on as long as bytes leave. An HTTP/2 connection carries at most
+//! idle; it then closes by itself once its answers are written out, or, with no request open, after the
+//! [`send_timeout`] its client has to take them. While the handler works on a request (reading its body, making the
+//! notifications durable) nothing is expected of the connection; once an answer is ready to send, the connection is
+//! closed when it has sent nothing for [`send_timeout`] (the longest of `keepalive_timeout`, `body_timeout` and
+//! [`SEND_TIMEOUT_MIN`]) since then: a client that never takes its answer (an HTTP/2 client that leaves its
+//! flow-control window at 0, an HTTP/1 client that does not read) cannot hold the connection for good, while an
+//! answer sent slowly, or the dashboard's event stream (a keep-alive every 15 s), goes on as long as bytes leave. An
+//! HTTP/2 connection carries at most
 //! [`HTTP2_MAX_CONCURRENT_STREAMS`] requests at once, so that it holds no more request bodies in memory than that
 //! many HTTP/1 connections would.
 
@@ -622,10 +624,14 @@ impl Activity {
         self.watch(limits, Self::broken).await
     }
 
-    /// Waits, once the connection was told with GOAWAY and its grace passed, until it may close: see
+    /// Waits, once the connection was told with GOAWAY and its grace passed, until it is to be closed: see
     /// [`Activity::done_after_goaway`].
     async fn after_goaway(&self, limits: &DoorLimits) -> Timeout {
-        self.watch(limits, Self::done_after_goaway).await
+        let grace_over = self.now();
+        self.watch(limits, |a, now, limits| {
+            a.done_after_goaway(now, grace_over, limits)
+        })
+        .await
     }
 
     /// Checks `ended` at every tick until it names a timeout.
@@ -647,13 +653,25 @@ impl Activity {
         }
     }
 
-    /// Whether a connection told with GOAWAY, its grace over, closes at `now`: as soon as no request is open (its
-    /// keepalive_timeout does not start again), while a request open goes on to its answer under the usual rules.
-    fn done_after_goaway(&self, now: u64, limits: &DoorLimits) -> Option<Timeout> {
-        if self.in_flight.load(Ordering::Acquire) == 0 {
-            return Some(Timeout::GoawayGrace);
+    /// Whether a connection told with GOAWAY, whose grace was over at `grace_over`, is to be closed at `now`. hyper
+    /// closes it by itself once the client acknowledged the GOAWAY and every stream is done and written out; this
+    /// bounds a client that does not let it. A request open goes on to its answer under the usual rules (the send
+    /// timeout once the answer is ready). With no request open, the answers may not all be written yet: a request
+    /// stops counting as open once its answer's body was handed to h2, which may hold the end of it until the
+    /// client's flow-control window lets it go. So the connection is not closed then (that would cut the end of a
+    /// `2xx` for notifications already stored, which the client would send again): it is given the send timeout
+    /// from the later of the grace's end and its last request's end, as long as a client that does not read has
+    /// to take an answer ready. Bytes leaving do not extend that (the acknowledgements of the PINGs an idle client
+    /// sends would hold it for good), nor does keepalive_timeout start again: a connection with no request open
+    /// is closed in the end.
+    fn done_after_goaway(&self, now: u64, grace_over: u64, limits: &DoorLimits) -> Option<Timeout> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return self.broken(now, limits);
         }
-        self.broken(now, limits)
+        let quiet = grace_over.max(self.idle_since.load(Ordering::Relaxed));
+        let bound = u64::try_from((send_timeout(limits) + SEND_TIMEOUT_GRACE).as_millis())
+            .unwrap_or(NONE - 1);
+        (now.saturating_sub(quiet) > bound).then_some(Timeout::AfterGoaway)
     }
 
     /// The timeout the connection broke at `now` (milliseconds since `start`), if any.
@@ -693,8 +711,9 @@ enum Timeout {
     /// Idle between requests: the one an HTTP/2 connection is told with GOAWAY.
     Keepalive,
     Send,
-    /// No request open once the grace after a GOAWAY passed.
-    GoawayGrace,
+    /// Still open, with no request open, for the send timeout after the grace after a GOAWAY (and after its last
+    /// request).
+    AfterGoaway,
 }
 
 impl std::fmt::Display for Timeout {
@@ -706,7 +725,10 @@ impl std::fmt::Display for Timeout {
             Timeout::Send => {
                 "nothing sent for the longest of keepalive_timeout, body_timeout and 30 s with an answer to send"
             }
-            Timeout::GoawayGrace => "no request open 5 s after the GOAWAY",
+            Timeout::AfterGoaway => {
+                "not closed by its client within the longest of keepalive_timeout, body_timeout and 30 s after the \
+                 GOAWAY's 5 s grace and its last request"
+            }
         })
     }
 }
@@ -738,8 +760,9 @@ impl Drop for RequestGuard {
         if self.answering {
             a.answering.fetch_sub(1, Ordering::Relaxed);
         }
-        if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            a.idle_since.store(a.now(), Ordering::Relaxed);
+        // Before the count (Release): a watchdog that sees no request open (Acquire) sees when the last one ended.
+        a.idle_since.fetch_max(a.now(), Ordering::Relaxed);
+        if a.in_flight.fetch_sub(1, Ordering::Release) == 1 {
             a.first_byte.store(NONE, Ordering::Relaxed);
         }
     }
@@ -974,7 +997,9 @@ impl Conn {
         }
         // An idle HTTP/2 connection is told with GOAWAY before it closes, so that its client knows which of the
         // requests it sends meanwhile were taken (and sends the others again on a new connection); a request that
-        // arrived since the watchdog found it idle is answered.
+        // arrived since the watchdog found it idle is answered. hyper closes the connection once the client
+        // acknowledged the GOAWAY and every answer is written out (h2 may hold the end of one after its request
+        // stopped counting as open); the watchdog closes it only when the client does not let it.
         tracing::debug!(%peer, "REST connection closing with GOAWAY: {why}");
         connection.as_mut().graceful_shutdown();
         let closed = async {
@@ -989,8 +1014,9 @@ impl Conn {
 }
 
 /// How long an idle HTTP/2 connection the watchdog ends has after its GOAWAY (the client acknowledging its PING,
-/// as hyper waits for that before it names the last stream it takes) before it is closed; the requests it carries
-/// by then go on to their answers (held to the send timeout), and it is closed once none is open.
+/// as hyper waits for that before it names the last stream it takes) before the watchdog looks at it again: the
+/// requests it carries by then go on to their answers (held to the send timeout), and once none is open it is
+/// given the send timeout to write what h2 still holds and close by itself ([`Activity::done_after_goaway`]).
 const GOAWAY_GRACE: Duration = Duration::from_secs(5);
 
 /// Logs how a connection ended, when it ended with an error.
@@ -1153,36 +1179,264 @@ mod tests {
         assert!(!http1.goes_away(why));
     }
 
-    /// Once the grace after its GOAWAY passed, a connection closes as soon as no request is open, even one that
-    /// answered a request during the grace (keepalive_timeout does not start again); a request open goes on to its
-    /// answer, held to the send timeout.
+    /// Once the grace after its GOAWAY passed, a connection with no request open is not closed at once: h2 may
+    /// still hold the end of an answer whose request no longer counts as open. It is given the send timeout from
+    /// the later of the grace's end and its last request's end, bytes leaving or not (an idle client's PINGs are
+    /// answered); a request open goes on to its answer, held to the send timeout. It used to be closed at the first
+    /// look with no request open, which could cut the end of a `2xx`.
     #[test]
-    fn after_the_goaway_grace_a_connection_closes_once_no_request_is_open() {
+    fn after_the_goaway_grace_a_connection_is_given_the_send_timeout_to_finish() {
         let limits = DoorLimits::default();
-        let a = Arc::new(Activity::new());
-        a.carries_http2();
-        // A request answered just now, during the grace.
-        drop(a.request_started().answering());
-        let now = a.now();
-        assert_eq!(a.broken(now, &limits), None);
-        assert_eq!(
-            a.done_after_goaway(now, &limits),
-            Some(Timeout::GoawayGrace)
-        );
-        let open = a.request_started();
-        assert_eq!(a.done_after_goaway(now + 600_000, &limits), None);
-        let open = open.answering();
-        let ready = a.now();
         let cut = u64::try_from((send_timeout(&limits) + SEND_TIMEOUT_GRACE).as_millis()).unwrap();
-        assert_eq!(a.done_after_goaway(ready + cut - 1, &limits), None);
+        let a = activity_aged(Duration::from_secs(1000));
+        a.carries_http2();
+        // Idle since long before the GOAWAY; its grace is over now.
+        drop(a.request_started().answering());
+        a.idle_since.store(1_000, Ordering::Relaxed);
+        let grace_over = a.now();
+        assert_eq!(a.done_after_goaway(grace_over, grace_over, &limits), None);
+        // Bytes leave till late (acknowledged PINGs, or the end of an answer): they do not extend the bound.
+        a.sent.store(grace_over + cut - 10, Ordering::Relaxed);
         assert_eq!(
-            a.done_after_goaway(ready + cut + 1, &limits),
+            a.done_after_goaway(grace_over + cut - 1, grace_over, &limits),
+            None
+        );
+        assert_eq!(
+            a.done_after_goaway(grace_over + cut + 1, grace_over, &limits),
+            Some(Timeout::AfterGoaway)
+        );
+
+        // A request open goes on to its answer, held to the send timeout once it is ready.
+        let b = activity_aged(Duration::from_secs(1000));
+        b.carries_http2();
+        let grace_over = b.now();
+        let open = b.request_started();
+        assert_eq!(
+            b.done_after_goaway(grace_over + 10 * cut, grace_over, &limits),
+            None
+        );
+        let open = open.answering();
+        let ready = b.sent.load(Ordering::Relaxed);
+        assert_eq!(
+            b.done_after_goaway(ready + cut - 1, grace_over, &limits),
+            None
+        );
+        assert_eq!(
+            b.done_after_goaway(ready + cut + 1, grace_over, &limits),
             Some(Timeout::Send)
         );
+        // Its answer handed to h2, the request no longer counts as open: the connection has the send timeout from
+        // then to write it out.
         drop(open);
+        let ended = b.idle_since.load(Ordering::Relaxed);
+        assert!(ended >= ready);
+        assert_eq!(b.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(b.done_after_goaway(ended, grace_over, &limits), None);
         assert_eq!(
-            a.done_after_goaway(a.now(), &limits),
-            Some(Timeout::GoawayGrace)
+            b.done_after_goaway(ended + cut - 1, grace_over, &limits),
+            None
+        );
+        assert_eq!(
+            b.done_after_goaway(ended + cut + 1, grace_over, &limits),
+            Some(Timeout::AfterGoaway)
+        );
+    }
+
+    /// Serves one connection, accepted on a fresh port, with `app` and `limits` as [`serve_until`] would; returns
+    /// the address and the connection's [`Activity`].
+    async fn serve_one(app: Router, limits: DoorLimits) -> (SocketAddr, Arc<Activity>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let activity = Arc::new(Activity::new());
+        let served = activity.clone();
+        tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let limits = Arc::new(limits);
+            let guard = ConnLimiter::network().admit(None, &limits).unwrap();
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(None);
+            builder
+                .http2()
+                .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS);
+            // The listener does not stop while the connection runs.
+            let (_running, stop) = tokio::sync::watch::channel(false);
+            let conn = Conn {
+                app,
+                peer,
+                conn_id: crate::queue::message::MessageId(1),
+                builder,
+                stop,
+                limits,
+                activity: served.clone(),
+                _guard: guard,
+            };
+            let stream = Tracked {
+                inner: stream,
+                activity: served,
+            };
+            conn.run(stream).await;
+        });
+        (addr, activity)
+    }
+
+    /// A bare HTTP/2 client over plain TCP (prior knowledge) that acknowledges the server's SETTINGS and leaves the
+    /// rest to the test: PINGs included.
+    struct RawH2 {
+        stream: tokio::net::TcpStream,
+    }
+
+    const H2_DATA: u8 = 0;
+    const H2_HEADERS: u8 = 1;
+    const H2_SETTINGS: u8 = 4;
+    const H2_PING: u8 = 6;
+    const H2_GOAWAY: u8 = 7;
+    const H2_WINDOW_UPDATE: u8 = 8;
+    const END_STREAM: u8 = 1;
+
+    impl RawH2 {
+        /// Connects, with an `SETTINGS_INITIAL_WINDOW_SIZE` of `window` for the server's answers.
+        async fn connect(to: SocketAddr, window: u32) -> RawH2 {
+            use tokio::io::AsyncWriteExt;
+            let mut stream = tokio::net::TcpStream::connect(to).await.unwrap();
+            stream
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            let mut h2 = RawH2 { stream };
+            let mut settings = vec![0, 4];
+            settings.extend_from_slice(&window.to_be_bytes());
+            h2.send(H2_SETTINGS, 0, 0, &settings).await;
+            h2
+        }
+
+        async fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+            use tokio::io::AsyncWriteExt;
+            let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+            let mut frame = vec![len[1], len[2], len[3], kind, flags];
+            frame.extend_from_slice(&stream.to_be_bytes());
+            frame.extend_from_slice(payload);
+            // A connection the server closed shows in `frame`.
+            let _ = self.stream.write_all(&frame).await;
+        }
+
+        /// The next frame the server sends other than SETTINGS (acknowledged here): (type, flags, stream,
+        /// payload); `None` once the connection is closed.
+        async fn frame(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
+            use tokio::io::AsyncReadExt;
+            loop {
+                let mut head = [0u8; 9];
+                let read = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    self.stream.read_exact(&mut head),
+                )
+                .await;
+                if read.expect("the server neither sends nor closes").is_err() {
+                    return None;
+                }
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                self.stream.read_exact(&mut payload).await.ok()?;
+                let (kind, flags) = (head[3], head[4]);
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                match (kind, flags & 1) {
+                    (H2_SETTINGS, 0) => self.send(H2_SETTINGS, 1, 0, &[]).await,
+                    (H2_SETTINGS, _) => {}
+                    _ => return Some((kind, flags, stream, payload)),
+                }
+            }
+        }
+
+        /// Sends `GET path` on `stream` (odd, increasing).
+        async fn get(&mut self, stream: u32, path: &str) {
+            // HPACK: :method GET, :scheme http (static table), :path and :authority h (literals, not indexed).
+            let mut block = vec![0x82, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
+            block.extend_from_slice(path.as_bytes());
+            block.extend_from_slice(&[0x01, 1, b'h']);
+            self.send(H2_HEADERS, 0x4 | END_STREAM, stream, &block)
+                .await;
+        }
+    }
+
+    /// An idle HTTP/2 connection gets its GOAWAY; a request it carries then is answered, and its handler's answer
+    /// handed to h2 whole, while the client has its window open to 1000 bytes only: the request no longer counts
+    /// as open, and h2 holds the rest of the answer. Past the grace after the GOAWAY the connection is not dropped
+    /// at once (the end of a `2xx` for notifications already stored would be lost, and the client would send them
+    /// again): its client, reading again, gets the whole answer, and the connection then closes by itself (GOAWAY
+    /// naming the request's stream), once the client acknowledged the GOAWAY's PING.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_still_being_written_after_the_goaway_grace_reaches_its_client() {
+        const BIG: usize = 100_000;
+        let app = Router::new()
+            .route("/small", axum::routing::get(|| async { "ok" }))
+            .route("/big", axum::routing::get(|| async { "x".repeat(BIG) }));
+        let second = Duration::from_secs(1);
+        let limits = DoorLimits {
+            first_byte_timeout: second,
+            header_timeout: second,
+            keepalive_timeout: second,
+            ..DoorLimits::default()
+        };
+        let (addr, activity) = serve_one(app, limits).await;
+        let mut h2 = RawH2::connect(addr, 1000).await;
+        h2.get(1, "/small").await;
+        let mut pings = Vec::new();
+        let goaway = loop {
+            match h2.frame().await.expect("closed before the GOAWAY") {
+                (H2_GOAWAY, ..) => break tokio::time::Instant::now(),
+                (H2_PING, 0, _, payload) => pings.push(payload),
+                _ => {}
+            }
+        };
+        // Under the GOAWAY (its last stream id still the highest; the PING hyper waits for left unanswered).
+        h2.get(3, "/big").await;
+        let mut got = 0;
+        while got < 1000 {
+            match h2.frame().await.expect("closed before the answer began") {
+                (H2_DATA, _, 3, payload) => got += payload.len(),
+                (H2_PING, 0, _, payload) => pings.push(payload),
+                _ => {}
+            }
+        }
+        assert_eq!(got, 1000, "the stream window is 1000 bytes");
+        // The grace passes, and the watchdog looks several times (every 250 ms here) with no request open: h2 alone
+        // holds the rest of the answer.
+        tokio::time::sleep_until(goaway + GOAWAY_GRACE + 2 * second).await;
+        assert_eq!(activity.in_flight.load(Ordering::Acquire), 0);
+        let more = (1u32 << 20).to_be_bytes();
+        h2.send(H2_WINDOW_UPDATE, 0, 0, &more).await;
+        h2.send(H2_WINDOW_UPDATE, 0, 3, &more).await;
+        loop {
+            match h2.frame().await {
+                Some((H2_DATA, flags, 3, payload)) => {
+                    got += payload.len();
+                    if flags & END_STREAM != 0 {
+                        break;
+                    }
+                }
+                Some((H2_PING, 0, _, payload)) => pings.push(payload),
+                Some(_) => {}
+                None => panic!("closed after {got} of the answer's {BIG} bytes"),
+            }
+        }
+        assert_eq!(got, BIG);
+        assert!(!pings.is_empty(), "no PING with the GOAWAY");
+        for ping in &pings {
+            h2.send(H2_PING, 1, 0, ping).await;
+        }
+        let mut last = None;
+        while let Some((kind, _, _, payload)) = h2.frame().await {
+            if kind == H2_GOAWAY {
+                last = Some(u32::from_be_bytes(payload[..4].try_into().unwrap()) & 0x7fff_ffff);
+            }
+        }
+        assert_eq!(
+            last,
+            Some(3),
+            "the connection did not close with a GOAWAY naming the request"
         );
     }
 
