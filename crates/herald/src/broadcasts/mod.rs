@@ -727,18 +727,19 @@ impl Broadcaster {
         }
     }
 
-    /// One attempt: send, then log, count and finish or reschedule. A broadcast that expired is finished as a
-    /// permanent failure without an attempt ([`not_attempted`]).
-    async fn attempt(&self, key: Vec<u8>, mut b: Broadcast) {
+    /// One attempt: send, then log, finish or reschedule, and count (once the deletion or retry state is queued for
+    /// the writer). A broadcast that expired is finished as a permanent failure without an attempt
+    /// ([`not_attempted`]).
+    async fn attempt(&self, key: Vec<u8>, b: Broadcast) {
         let started = now_ms();
         let target = self.target(&b.domain).await;
         let secs = (started / 1000).saturating_sub(b.accepted_at);
         // A domain that stopped resolving has no schedule of its own: Momentum's defaults apply, as to its retries.
         let policy = target.as_ref().map(|t| t.retry).unwrap_or_default();
         if let Some(why) = policy.not_attempted(b.expiration, b.accepted_at, started / 1000) {
-            self.count(&b.domain, "permanent", why);
             self.log(&b, 'P', secs, None, why, None);
             self.finish(&key);
+            self.count(&b.domain, "permanent", why);
             return;
         }
         if let Some(newer) = self.superseded(&key, &b) {
@@ -760,15 +761,15 @@ impl Broadcaster {
         };
         match result {
             Ok((request_id, _)) => {
-                self.count(&b.domain, "delivered", "");
                 self.log(&b, 'D', secs, None, "", request_id.as_deref());
                 self.delivered(&key, &b);
                 self.finish(&key);
+                self.count(&b.domain, "delivered", "");
             }
             Err(f) if f.class == FailureClass::Permanent => {
-                self.count(&b.domain, "permanent", &f.reason);
                 self.log(&b, 'P', secs, f.status, &f.text, None);
                 self.finish(&key);
+                self.count(&b.domain, "permanent", &f.reason);
             }
             Err(f) => {
                 // Counted once, as the attempt ends: transient when it is retried, permanent when it ends the
@@ -786,23 +787,15 @@ impl Broadcaster {
                 }
                 match decision {
                     RetryDecision::RetryIn(delay) => {
-                        self.count(&b.domain, "transient", &f.reason);
                         self.log(&b, 'T', secs, f.status, &f.text, None);
-                        b.retries += 1;
-                        b.due_ms = due_after(now_ms(), delay);
-                        let retry = Write::Retry {
-                            key: key.clone(),
-                            value: encode(&b),
-                        };
-                        if let Err(std::sync::mpsc::SendError(Write::Retry { key, value })) =
-                            self.writes.send(retry)
-                            && let Err(e) = self.store.broadcast_update(&key, &value)
-                        {
-                            tracing::error!(id = %b.id, "a broadcast's retry could not be stored: {e}");
-                        }
-                        self.release(&key, b.clone());
-                        lock(&self.due).push(Reverse((b.due_ms, key)));
-                        self.wake.notify_one();
+                        let mut next = b.clone();
+                        next.retries += 1;
+                        next.due_ms = due_after(now_ms(), delay);
+                        // Its retry state goes to the writer before the attempt is counted: what the counts show is
+                        // queued to be written (a flush after them writes it).
+                        self.store_retry(&key, &next);
+                        self.count(&b.domain, "transient", &f.reason);
+                        self.retry_later(key, next);
                     }
                     RetryDecision::RetriesExhausted | RetryDecision::Expired => {
                         let why = if decision == RetryDecision::Expired {
@@ -811,9 +804,9 @@ impl Broadcaster {
                             "max_retries used up"
                         };
                         let text = format!("{} ({why})", f.text);
-                        self.count(&b.domain, "permanent", &format!("{}Exhausted", f.reason));
                         self.log(&b, 'P', secs, f.status, &text, None);
                         self.finish(&key);
+                        self.count(&b.domain, "permanent", &format!("{}Exhausted", f.reason));
                     }
                 }
             }
@@ -975,6 +968,37 @@ impl Broadcaster {
         }
     }
 
+    /// Hands `b`'s retry state (stored under `key`) to the writer; stores it here when the writer is gone.
+    fn store_retry(&self, key: &[u8], b: &Broadcast) {
+        let retry = Write::Retry {
+            key: key.to_vec(),
+            value: encode(b),
+        };
+        if let Err(std::sync::mpsc::SendError(Write::Retry { key, value })) =
+            self.writes.send(retry)
+            && let Err(e) = self.store.broadcast_update(&key, &value)
+        {
+            tracing::error!(id = %b.id, "a broadcast's retry could not be stored: {e}");
+        }
+    }
+
+    /// Gives back `b` (stored under `key`, claimed by the attempt that just failed, its retry state stored): it
+    /// waits for its next attempt, due at `b.due_ms`. Unless a newer broadcast of its channel was delivered while it
+    /// was being sent ([`Broadcaster::delivered`] could not end it then): it ends at once, superseded, not at its
+    /// retry. Whichever of this and [`Broadcaster::delivered`] claims it once given back ends it.
+    fn retry_later(&self, key: Vec<u8>, b: Broadcast) {
+        self.release(&key, b.clone());
+        lock(&self.due).push(Reverse((b.due_ms, key.clone())));
+        self.wake.notify_one();
+        // `delivered` marks the newest delivered broadcast before it claims the older ones: either it claimed this
+        // one after the release, or this sees the mark.
+        if let Some(newer) = self.superseded(&key, &b)
+            && let Some(b) = self.claim(&key)
+        {
+            self.supersede(&key, &b, &newer, None);
+        }
+    }
+
     /// The id of a newer broadcast of `b`'s channel delivered already, if any: `b` (stored under `key`) is then
     /// superseded.
     fn superseded(&self, key: &[u8], b: &Broadcast) -> Option<String> {
@@ -985,7 +1009,7 @@ impl Broadcaster {
 
     /// After `b` (stored under `key`) was delivered: it is its channel's newest delivered broadcast, unless a newer
     /// one was, and the channel's older broadcasts waiting for an attempt end at once, superseded (those being sent
-    /// now end so when their attempt fails, or at their next one).
+    /// now end so as their attempt ends: [`Broadcaster::retry_later`]).
     fn delivered(&self, key: &[u8], b: &Broadcast) {
         let older: Vec<Vec<u8>> = {
             let mut channels = lock(&self.channels);
@@ -1018,13 +1042,21 @@ impl Broadcaster {
         if let Some(failed) = after {
             let _ = write!(text, " (its last attempt: {failed})");
         }
-        self.count(&b.domain, "permanent", SUPERSEDED);
         self.log(b, 'P', secs, None, &text, None);
         self.finish(key);
+        self.count(&b.domain, "permanent", SUPERSEDED);
     }
 
-    /// Ends the broadcast stored under `key`: it leaves the unfinished ones, and its deletion goes to the writer.
+    /// Ends the broadcast stored under `key`: its deletion goes to the writer, then it leaves the unfinished ones (so
+    /// that once [`Broadcaster::queued`] no longer counts it, a flush writes its deletion). An entry it left in the
+    /// due-time queue (one ended while waiting for its retry) goes with the next pruning ([`Broadcaster::prune_due`]).
     fn finish(&self, key: &[u8]) {
+        // Deleted by the writer thread with its next write: no store write on this thread.
+        if self.writes.send(Write::Finished(key.to_vec())).is_err()
+            && let Err(e) = self.store.broadcast_remove(key)
+        {
+            tracing::error!("a finished broadcast could not be removed from the store: {e}");
+        }
         let removed = lock(&self.pending).remove(key);
         if let Some(p) = removed {
             self.held.fetch_sub(1, Ordering::SeqCst);
@@ -1037,11 +1069,18 @@ impl Broadcaster {
                 }
             }
         }
-        // Deleted by the writer thread with its next write: no store write on this thread.
-        if self.writes.send(Write::Finished(key.to_vec())).is_err()
-            && let Err(e) = self.store.broadcast_remove(key)
-        {
-            tracing::error!("a finished broadcast could not be removed from the store: {e}");
+        self.prune_due();
+    }
+
+    /// Drops the due-time queue's entries of finished broadcasts (ended while waiting for a retry: superseded) once
+    /// the queue holds more than twice as many entries as there are unfinished broadcasts, each of which has at most
+    /// one: the queue stays bounded by the broadcasts held, and each entry dropped costs O(1) amortized. (The run
+    /// loop also drops such an entry when it comes due.)
+    fn prune_due(&self) {
+        let mut due = lock(&self.due);
+        let pending = lock(&self.pending);
+        if due.len() > 2 * pending.len() {
+            due.retain(|Reverse((_, key))| pending.contains_key(key));
         }
     }
 
@@ -1937,8 +1976,10 @@ domain "{DOMAIN}" {{
         let broadcaster =
             Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
         let older = broadcaster.accept(update(&channel, None)).await.unwrap();
-        wait_for("the first attempt to fail", || {
-            !not_delivered(&broadcaster).is_empty()
+        wait_for("the older one to wait for its retry", || {
+            lock(&broadcaster.pending)
+                .values()
+                .any(|p| !p.sending && p.broadcast.retries == 1)
         })
         .await;
         broadcaster.accept(update(&channel, None)).await.unwrap();
@@ -1959,6 +2000,60 @@ domain "{DOMAIN}" {{
         broadcaster.flush().await.unwrap();
         assert_eq!(stored_now(&store), [], "{} left stored", older.id);
         assert!(lock(&broadcaster.channels).is_empty());
+        assert!(
+            lock(&broadcaster.due).is_empty(),
+            "the older one's retry left queued"
+        );
+    }
+
+    /// A broadcast still being sent when a newer one of its channel is delivered (so that the delivery cannot end
+    /// it) ends superseded as soon as its attempt fails and its retry is scheduled, not at that retry: nothing of
+    /// it is left queued, held, or stored. The attempt's end is played here step by step, as
+    /// [`Broadcaster::attempt`] takes it, to have the delivery come in between for certain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_broadcast_being_sent_when_a_newer_one_is_delivered_ends_as_its_attempt_fails()
+    {
+        let f = Fixture::new("", "  retry_interval = 60").await;
+        let store = f.store();
+        let broadcaster =
+            Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
+        let (older, newer) = (stored(1, 10), stored(2, 10));
+        store
+            .broadcast_put(&[older.clone(), newer.clone()])
+            .unwrap();
+        // Taken in as accepted, but not queued: the run loop leaves them to the test.
+        let decoded = |(key, value): &(Vec<u8>, Vec<u8>)| -> (Vec<u8>, Broadcast) {
+            (key.clone(), serde_json::from_slice(value).unwrap())
+        };
+        let ((older_key, older), (newer_key, newer)) = (decoded(&older), decoded(&newer));
+        for (key, b) in [(&older_key, &older), (&newer_key, &newer)] {
+            broadcaster.held.fetch_add(1, Ordering::SeqCst);
+            broadcaster.admit(key, b.clone());
+        }
+        // Both on their way to APNs; the newer one is delivered first.
+        assert!(broadcaster.claim(&older_key).is_some());
+        assert!(broadcaster.claim(&newer_key).is_some());
+        broadcaster.delivered(&newer_key, &newer);
+        broadcaster.finish(&newer_key);
+        assert_eq!(broadcaster.queued(), 1, "the older one, being sent, ended");
+        // The older one's attempt fails, transiently.
+        let mut next = older.clone();
+        next.retries += 1;
+        next.due_ms = due_after(now_ms(), Duration::from_secs(60));
+        broadcaster.store_retry(&older_key, &next);
+        broadcaster.retry_later(older_key, next);
+        assert_eq!(broadcaster.queued(), 0, "the older one waits for its retry");
+        assert_eq!(broadcaster.held.load(Ordering::SeqCst), 0);
+        assert!(lock(&broadcaster.due).is_empty(), "its retry left queued");
+        assert!(lock(&broadcaster.channels).is_empty());
+        assert_eq!(
+            not_delivered(&broadcaster),
+            [format!(
+                "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"permanent\",reason=\"Superseded\"}} 1"
+            )]
+        );
+        broadcaster.flush().await.unwrap();
+        assert_eq!(stored_now(&store), [], "left stored");
     }
 
     /// A broadcast refused before anything was sent (here one stored with a priority APNs does not take) keeps the

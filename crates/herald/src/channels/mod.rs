@@ -70,6 +70,17 @@ pub enum ChannelError {
         #[source]
         source: BroadcastClientError,
     },
+    /// The call waited [`CALL_TIMEOUT`] for the connection another call of the domain is opening (the host is slow
+    /// to connect, or does not answer). Nothing was sent by this try; retry later.
+    #[error(
+        "channel management of domain {domain} at {endpoint}: waited {secs} s for the connection another call of the \
+         domain is opening; retry later"
+    )]
+    ConnectionWait {
+        domain: String,
+        endpoint: String,
+        secs: u64,
+    },
     /// A create whose request went out and got no usable answer (none within [`CALL_TIMEOUT`], the connection
     /// lost before it came, or an unreadable one): APNs may have created the channel, so it is not to be sent
     /// again blindly (a second channel would be made, the first orphaned, both counting toward Apple's limit).
@@ -130,7 +141,7 @@ impl ChannelError {
     pub fn http_status(&self) -> u16 {
         let source = match self {
             ChannelError::Domain { .. } => return 400,
-            ChannelError::Unavailable { .. } => return 503,
+            ChannelError::Unavailable { .. } | ChannelError::ConnectionWait { .. } => return 503,
             ChannelError::CreateUncertain { source, .. } => {
                 return match source {
                     BroadcastClientError::Timeout { .. } => 504,
@@ -186,6 +197,8 @@ impl ChannelError {
         match self {
             ChannelError::Domain { .. } => "not_configured".into(),
             ChannelError::Unavailable { .. } => "unavailable".into(),
+            // As the call opening the connection would be counted, its host unreachable in time.
+            ChannelError::ConnectionWait { .. } => "unreachable".into(),
             ChannelError::Apns { source, .. } | ChannelError::CreateUncertain { source, .. } => {
                 match source {
                     // A known reason, or one label for any other text the host sent (the error keeps the text).
@@ -431,12 +444,14 @@ struct Cached {
 }
 
 /// Which connection [`ChannelManager::connection`] gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Connect {
+#[derive(Clone, Copy)]
+enum Connect<'a> {
     /// The kept one when it is open and for the same target, else a new one.
     Reuse,
-    /// A new one, whatever is kept (a call made again after a failure).
-    New,
+    /// One other than this connection, which failed a call about to be made again: the kept one when it is another
+    /// (opened since by a call that failed on this one too), open and for the same target, else a new one. Of the
+    /// calls that failed on one connection together, the first opens a new connection and the others use it.
+    Replace(&'a BroadcastClient),
 }
 
 /// A created channel.
@@ -454,6 +469,9 @@ pub struct ChannelManager {
     conns: Mutex<HashMap<String, Slot>>,
     /// Operations by (domain, operation, result).
     counts: Mutex<BTreeMap<(String, &'static str, String), u64>>,
+    /// How long a call waits for its domain's lock, held by a call opening the connection: [`CALL_TIMEOUT`] (less
+    /// in tests).
+    connect_wait: Duration,
 }
 
 /// A domain's kept connection, or none.
@@ -465,6 +483,7 @@ impl ChannelManager {
             resolver,
             conns: Mutex::new(HashMap::new()),
             counts: Mutex::new(BTreeMap::new()),
+            connect_wait: CALL_TIMEOUT,
         })
     }
 
@@ -538,8 +557,9 @@ impl ChannelManager {
     }
 
     /// Runs one call for `domain` (lowercase) on its connection to `target` (opened first if needed) and counts
-    /// it. A failed call is made once more on a new connection when [`try_again`] says so. A delete whose first try
-    /// may have been done (its answer lost with the connection) and which the second try finds gone
+    /// it. A failed call is made once more on a new connection when [`try_again`] says so: one opened since the
+    /// failure, by this call or by another that failed on the same connection ([`Connect::Replace`]). A delete whose
+    /// first try may have been done (its answer lost with the connection) and which the second try finds gone
     /// (`ChannelNotRegistered`) is done: APNs never reuses a channel id, so the channel the caller named is gone
     /// either way. The connection is dropped after any failure but an answer from APNs, and after an
     /// `ExpiredProviderToken` answer too. The call runs on the connection shared with the domain's other calls, not
@@ -562,8 +582,7 @@ impl ChannelManager {
         let result = async {
             let (mut client, mut fresh) = self
                 .connection(&domain, &target, Connect::Reuse)
-                .await
-                .map_err(apns_err)?;
+                .await?;
             // Whether the call was made again, and whether its first try may have been done at APNs.
             let mut again = false;
             let mut first_may_be_done = false;
@@ -591,9 +610,8 @@ impl ChannelManager {
                 tracing::debug!(%domain, op, "channel operation made again on a new connection: {e}");
                 first_may_be_done = matches!(e, BroadcastClientError::Http { .. }) && !e.not_processed();
                 (client, fresh) = self
-                    .connection(&domain, &target, Connect::New)
-                    .await
-                    .map_err(apns_err)?;
+                    .connection(&domain, &target, Connect::Replace(&client))
+                    .await?;
                 again = true;
             }
         }
@@ -634,30 +652,38 @@ impl ChannelManager {
 
     /// The domain's connection for a call to `target` (see [`Connect`]), and whether it was opened for it. The
     /// domain's lock is held while the connection is taken or opened (so that calls at once open one between them),
-    /// and waited for at most [`CALL_TIMEOUT`]: a host that hangs on connecting holds each waiter up once, not once
-    /// per call queued before it. Nothing was sent when this fails.
+    /// and waited for at most [`CALL_TIMEOUT`] ([`ChannelError::ConnectionWait`]): a host that hangs on connecting
+    /// holds each waiter up once, not once per call queued before it. Nothing was sent when this fails.
     async fn connection(
         &self,
         domain: &str,
         target: &Arc<Target>,
-        connect: Connect,
-    ) -> Result<(BroadcastClient, bool), BroadcastClientError> {
+        connect: Connect<'_>,
+    ) -> Result<(BroadcastClient, bool), ChannelError> {
         let slot = self.slot(domain);
-        let mut slot = tokio::time::timeout(CALL_TIMEOUT, slot.lock())
+        let mut slot = tokio::time::timeout(self.connect_wait, slot.lock())
             .await
-            .map_err(|_| herald_apns::client::ConnectionError::Timeout {
-                host: target.endpoint.to_string(),
-                secs: CALL_TIMEOUT.as_secs(),
+            .map_err(|_| ChannelError::ConnectionWait {
+                domain: domain.to_owned(),
+                endpoint: target.endpoint.to_string(),
+                secs: self.connect_wait.as_secs(),
             })?;
-        if connect == Connect::Reuse
-            && let Some(c) = slot.as_ref()
+        if let Some(c) = slot.as_ref()
             && !c.client.is_closed()
             && c.target.same_connection(target)
+            && match connect {
+                Connect::Reuse => true,
+                Connect::Replace(failed) => !c.client.same_connection(failed),
+            }
         {
             return Ok((c.client.clone(), false));
         }
         *slot = None;
-        let client = target.connect().await?;
+        let client = target.connect().await.map_err(|e| ChannelError::Apns {
+            domain: domain.to_owned(),
+            endpoint: target.endpoint.to_string(),
+            source: e.into(),
+        })?;
         *slot = Some(Cached {
             target: target.clone(),
             client: client.clone(),
@@ -1148,6 +1174,71 @@ domain "{DOMAIN}" {{
         );
         assert_eq!(f.host.streams(), [2], "both calls on the kept connection");
         unanswered.abort();
+    }
+
+    /// Calls of a domain that lost their kept connection together (an idle connection APNs closed under them) are
+    /// made again on one new connection between them: the first to get the domain's lock opens it and the others
+    /// use it, rather than each throwing away the one just opened for a connection of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_that_lost_their_connection_together_open_one_new_connection() {
+        const CALLS: usize = 4;
+        let listed = || answer(200, r#"{"channels":[]}"#);
+        // The first call opens the connection; the CALLS after it are left unanswered on it until the last of them
+        // came, whose request closes it under all of them; every request after that is answered.
+        let mut script = vec![listed()];
+        script.extend(std::iter::repeat_n(Act::Hang, CALLS - 1));
+        script.extend([Act::Close, listed()]);
+        let f = Fixture::new(script).await;
+        let within = tokio::time::timeout(WAIT, async {
+            f.manager.list(DOMAIN).await.unwrap();
+            let calls: Vec<_> = (0..CALLS)
+                .map(|_| {
+                    let manager = f.manager.clone();
+                    tokio::spawn(async move { manager.list(DOMAIN).await })
+                })
+                .collect();
+            for call in calls {
+                call.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+            }
+        });
+        within.await.expect("the calls took too long");
+        assert_eq!(
+            f.host.streams(),
+            [1 + CALLS, CALLS],
+            "requests per connection"
+        );
+    }
+
+    /// A call that cannot have its domain's lock in time, held by a call opening the connection, says that it
+    /// waited for that connection (not that connecting timed out), is a passing failure (503), and sent nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_waiting_too_long_for_the_connection_another_opens_says_so() {
+        let f = Fixture::new(vec![answer(200, r#"{"channels":[]}"#)]).await;
+        let manager = ChannelManager {
+            resolver: f.resolver.clone(),
+            conns: Mutex::new(HashMap::new()),
+            counts: Mutex::new(BTreeMap::new()),
+            connect_wait: Duration::from_secs(1),
+        };
+        // As a call opening the connection holds it.
+        let slot = manager.slot(DOMAIN);
+        let opening = slot.lock().await;
+        let e = tokio::time::timeout(WAIT, manager.list(DOMAIN))
+            .await
+            .expect("the call waited past its bound")
+            .unwrap_err();
+        drop(opening);
+        assert!(matches!(e, ChannelError::ConnectionWait { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("waited 1 s for the connection another call of the domain is opening"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("timed out"), "{e}");
+        assert_eq!(e.http_status(), 503, "{e}");
+        assert_eq!(e.result(), "unreachable");
+        assert!(!e.may_exist());
+        assert_eq!(f.host.streams(), Vec::<usize>::new(), "nothing was sent");
     }
 
     /// A reason the host made up (a proxy's page) is counted under one label, and kept whole in the answer.
