@@ -239,22 +239,26 @@ async fn broadcasts_reach_the_simulator_with_token_and_certificate_auth() {
     for f in broadcast_lines(&mainlog, 2) {
         assert_eq!(f[5], "D", "{f:?}");
     }
-    let metrics = reqwest::get(format!("http://{}/metrics", s.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap_or_default();
-    let metrics = if metrics.contains("herald_broadcasts_total") {
-        metrics
-    } else {
-        metrics_text(&reqwest::Client::new(), &s.http).await
-    };
-    for domain in [TOKEN, CERT] {
-        let line = format!(
-            "herald_broadcasts_total{{domain=\"{domain}\",outcome=\"delivered\",reason=\"\"}} 1"
+    // Counted as each attempt ends, right after its log line: read until both show (or fail after 30 s).
+    let lines: Vec<String> = [TOKEN, CERT]
+        .iter()
+        .map(|domain| {
+            format!(
+                "herald_broadcasts_total{{domain=\"{domain}\",outcome=\"delivered\",reason=\"\"}} 1"
+            )
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = metrics_text(&reqwest::Client::new(), &s.http).await;
+        if lines.iter().all(|line| metrics.contains(line.as_str())) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{lines:?} missing from:\n{metrics}"
         );
-        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -738,8 +738,7 @@ impl Broadcaster {
         let policy = target.as_ref().map(|t| t.retry).unwrap_or_default();
         if let Some(why) = policy.not_attempted(b.expiration, b.accepted_at, started / 1000) {
             self.log(&b, 'P', secs, None, why, None);
-            self.finish(&key);
-            self.count(&b.domain, "permanent", why);
+            self.finish_counted(&key, &b.domain, "permanent", why);
             return;
         }
         if let Some(newer) = self.superseded(&key, &b) {
@@ -763,13 +762,11 @@ impl Broadcaster {
             Ok((request_id, _)) => {
                 self.log(&b, 'D', secs, None, "", request_id.as_deref());
                 self.delivered(&key, &b);
-                self.finish(&key);
-                self.count(&b.domain, "delivered", "");
+                self.finish_counted(&key, &b.domain, "delivered", "");
             }
             Err(f) if f.class == FailureClass::Permanent => {
                 self.log(&b, 'P', secs, f.status, &f.text, None);
-                self.finish(&key);
-                self.count(&b.domain, "permanent", &f.reason);
+                self.finish_counted(&key, &b.domain, "permanent", &f.reason);
             }
             Err(f) => {
                 // Counted once, as the attempt ends: transient when it is retried, permanent when it ends the
@@ -805,8 +802,12 @@ impl Broadcaster {
                         };
                         let text = format!("{} ({why})", f.text);
                         self.log(&b, 'P', secs, f.status, &text, None);
-                        self.finish(&key);
-                        self.count(&b.domain, "permanent", &format!("{}Exhausted", f.reason));
+                        self.finish_counted(
+                            &key,
+                            &b.domain,
+                            "permanent",
+                            &format!("{}Exhausted", f.reason),
+                        );
                     }
                 }
             }
@@ -1043,24 +1044,37 @@ impl Broadcaster {
             let _ = write!(text, " (its last attempt: {failed})");
         }
         self.log(b, 'P', secs, None, &text, None);
-        self.finish(key);
-        self.count(&b.domain, "permanent", SUPERSEDED);
+        self.finish_counted(key, &b.domain, "permanent", SUPERSEDED);
     }
 
-    /// Ends the broadcast stored under `key`: its deletion goes to the writer, then it leaves the unfinished ones (so
-    /// that once [`Broadcaster::queued`] no longer counts it, a flush writes its deletion). An entry it left in the
-    /// due-time queue (one ended while waiting for its retry) goes with the next pruning ([`Broadcaster::prune_due`]).
-    fn finish(&self, key: &[u8]) {
-        // Deleted by the writer thread with its next write: no store write on this thread.
+    /// Ends the broadcast stored under `key`: its deletion goes to the writer, then its outcome is counted
+    /// (`domain`, `outcome`, `reason`), then it leaves the unfinished ones: once the counts show it, a flush writes its
+    /// deletion, and once [`Broadcaster::queued`] no longer counts it, the counts show it. An entry it left in the
+    /// due-time queue (one ended while waiting for its retry) goes with a pruning ([`prune`]).
+    fn finish_counted(&self, key: &[u8], domain: &str, outcome: &'static str, reason: &str) {
+        self.hand_deletion(key);
+        self.count(domain, outcome, reason);
+        self.leave(key);
+    }
+
+    /// Hands the deletion of the broadcast stored under `key` to the writer thread (deleted with its next write: no
+    /// store write on this thread).
+    fn hand_deletion(&self, key: &[u8]) {
         if self.writes.send(Write::Finished(key.to_vec())).is_err()
             && let Err(e) = self.store.broadcast_remove(key)
         {
             tracing::error!("a finished broadcast could not be removed from the store: {e}");
         }
-        let removed = lock(&self.pending).remove(key);
-        if let Some(p) = removed {
-            self.held.fetch_sub(1, Ordering::SeqCst);
-            let channel = channel_of(&p.broadcast);
+    }
+
+    /// The broadcast stored under `key` leaves its channel's order, then the unfinished ones, in the same step as the
+    /// due-time queue is pruned ([`prune`]): once [`Broadcaster::queued`] no longer counts it, the
+    /// rest is done.
+    fn leave(&self, key: &[u8]) {
+        let channel = lock(&self.pending)
+            .get(key)
+            .map(|p| channel_of(&p.broadcast));
+        if let Some(channel) = channel {
             let mut channels = lock(&self.channels);
             if let Some(order) = channels.get_mut(&channel) {
                 order.keys.remove(key);
@@ -1069,19 +1083,12 @@ impl Broadcaster {
                 }
             }
         }
-        self.prune_due();
-    }
-
-    /// Drops the due-time queue's entries of finished broadcasts (ended while waiting for a retry: superseded) once
-    /// the queue holds more than twice as many entries as there are unfinished broadcasts, each of which has at most
-    /// one: the queue stays bounded by the broadcasts held, and each entry dropped costs O(1) amortized. (The run
-    /// loop also drops such an entry when it comes due.)
-    fn prune_due(&self) {
         let mut due = lock(&self.due);
-        let pending = lock(&self.pending);
-        if due.len() > 2 * pending.len() {
-            due.retain(|Reverse((_, key))| pending.contains_key(key));
+        let mut pending = lock(&self.pending);
+        if pending.remove(key).is_some() {
+            self.held.fetch_sub(1, Ordering::SeqCst);
         }
+        prune(&mut due, &pending);
     }
 
     fn count(&self, domain: &str, outcome: &'static str, reason: &str) {
@@ -1177,6 +1184,16 @@ fn encode(b: &Broadcast) -> Vec<u8> {
 fn due_after(now_ms: u64, delay: Duration) -> u64 {
     let delay = u64::try_from(delay.min(MAX_RETRY_DELAY).as_millis()).unwrap_or(u64::MAX);
     now_ms.saturating_add(delay)
+}
+
+/// Drops the due-time queue's entries of finished broadcasts (ended while waiting for a retry: superseded) once the
+/// queue holds more than twice as many entries as there are unfinished broadcasts (`pending`), each of which has at
+/// most one: the queue stays bounded by the broadcasts held, and each entry dropped costs O(1) amortized. (The run
+/// loop also drops such an entry when it comes due.)
+fn prune(due: &mut BinaryHeap<Reverse<Due>>, pending: &HashMap<Vec<u8>, Pending>) {
+    if due.len() > 2 * pending.len() {
+        due.retain(|Reverse((_, key))| pending.contains_key(key));
+    }
 }
 
 /// The (domain, channel id) of `b`.
@@ -2034,7 +2051,7 @@ domain "{DOMAIN}" {{
         assert!(broadcaster.claim(&older_key).is_some());
         assert!(broadcaster.claim(&newer_key).is_some());
         broadcaster.delivered(&newer_key, &newer);
-        broadcaster.finish(&newer_key);
+        broadcaster.finish_counted(&newer_key, &newer.domain, "delivered", "");
         assert_eq!(broadcaster.queued(), 1, "the older one, being sent, ended");
         // The older one's attempt fails, transiently.
         let mut next = older.clone();
