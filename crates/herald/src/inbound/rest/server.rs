@@ -664,6 +664,10 @@ impl Activity {
     /// to take an answer ready. Bytes leaving do not extend that (the acknowledgements of the PINGs an idle client
     /// sends would hold it for good), nor does keepalive_timeout start again: a connection with no request open
     /// is closed in the end.
+    ///
+    /// A client that never acknowledges the GOAWAY can go on sending requests (hyper takes them until it names its
+    /// last stream): with no request open, the connection is closed twice the send timeout after the grace at the
+    /// latest, however many requests came since.
     fn done_after_goaway(&self, now: u64, grace_over: u64, limits: &DoorLimits) -> Option<Timeout> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return self.broken(now, limits);
@@ -671,7 +675,9 @@ impl Activity {
         let quiet = grace_over.max(self.idle_since.load(Ordering::Relaxed));
         let bound = u64::try_from((send_timeout(limits) + SEND_TIMEOUT_GRACE).as_millis())
             .unwrap_or(NONE - 1);
-        (now.saturating_sub(quiet) > bound).then_some(Timeout::AfterGoaway)
+        (now.saturating_sub(quiet) > bound
+            || now.saturating_sub(grace_over) > bound.saturating_mul(2))
+        .then_some(Timeout::AfterGoaway)
     }
 
     /// The timeout the connection broke at `now` (milliseconds since `start`), if any.
@@ -1006,9 +1012,27 @@ impl Conn {
             tokio::time::sleep(GOAWAY_GRACE).await;
             activity.after_goaway(&limits).await
         };
-        tokio::select! {
-            ended = connection.as_mut() => log_end(peer, ended),
-            why = closed => tracing::debug!(%peer, "REST connection closed after GOAWAY: {why}"),
+        let mut closed = std::pin::pin!(closed);
+        // The listener stopping meanwhile: the connection closes once no request is open and [`GOAWAY_GRACE`] has
+        // passed since, for what h2 still holds to be written (not after the send timeout: a listener stops within
+        // its drain).
+        let mut stopped_at: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                ended = connection.as_mut() => return log_end(peer, ended),
+                why = &mut closed => {
+                    return tracing::debug!(%peer, "REST connection closed after GOAWAY: {why}");
+                }
+                _ = stop.wait_for(|stop| *stop), if !stopping && stopped_at.is_none() => {
+                    stopped_at = Some(tokio::time::Instant::now());
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)), if stopping || stopped_at.is_some() => {
+                    let since = *stopped_at.get_or_insert_with(tokio::time::Instant::now);
+                    if activity.in_flight.load(Ordering::Acquire) == 0 && since.elapsed() >= GOAWAY_GRACE {
+                        return tracing::debug!(%peer, "REST connection closed after GOAWAY: the listener stops");
+                    }
+                }
+            }
         }
     }
 }
@@ -1238,6 +1262,22 @@ mod tests {
         );
         assert_eq!(
             b.done_after_goaway(ended + cut + 1, grace_over, &limits),
+            Some(Timeout::AfterGoaway)
+        );
+
+        // A client that never acknowledges the GOAWAY and keeps sending requests (each ending moves the quiet time
+        // on): closed with no request open twice the send timeout after the grace at the latest.
+        let c = activity_aged(Duration::from_secs(1000));
+        c.carries_http2();
+        let grace_over = c.now();
+        c.idle_since
+            .store(grace_over + 2 * cut - 10, Ordering::Relaxed);
+        assert_eq!(
+            c.done_after_goaway(grace_over + 2 * cut - 1, grace_over, &limits),
+            None
+        );
+        assert_eq!(
+            c.done_after_goaway(grace_over + 2 * cut + 1, grace_over, &limits),
             Some(Timeout::AfterGoaway)
         );
     }
