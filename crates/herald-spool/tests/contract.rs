@@ -57,7 +57,7 @@ struct Js {
 impl Backend for Js {
     async fn open(&mut self) -> Arc<dyn Spool> {
         let mut o = JetStreamOptions::new(vec![self.url.clone()], &self.stream);
-        o.ack_wait = Duration::from_secs(60);
+        o.ack_wait = Duration::from_secs(5);
         JetStreamSpool::connect(o).await.unwrap()
     }
     async fn pending(
@@ -66,12 +66,12 @@ impl Backend for Js {
         expect: usize,
     ) -> (Arc<dyn Spool>, Vec<StoredNotification>) {
         // A fresh node: what the old one held, and what its pull under way was still bringing in (nobody reads
-        // the old node's deliveries here), goes back to the stream on close, not after the ack wait (a minute,
-        // longer than the 20 s this waits).
+        // the old node's deliveries here), goes back to the stream on close; anything a stop could not give back
+        // comes after the ack wait (5 s, within the 20 s this waits).
         spool.close().await.unwrap();
         drop(spool);
         let mut o = JetStreamOptions::new(vec![self.url.clone()], &self.stream);
-        o.ack_wait = Duration::from_secs(60);
+        o.ack_wait = Duration::from_secs(5);
         let js = JetStreamSpool::connect(o).await.unwrap();
         let mut rx = js.take_deliveries().unwrap();
         let mut found = Vec::new();
