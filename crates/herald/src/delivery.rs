@@ -18,7 +18,7 @@ use herald_conf::{ApnBinaryFormat, Config, DeliveryMethod, DomainSettings, TlsVe
 
 use crate::outbound::hosts::HostBudgets;
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
-use crate::queue::message::DEFAULT_BINDING;
+use crate::queue::message::{DEFAULT_BINDING, DEFAULT_BINDING_GROUP};
 use crate::queue::retry::{MaxRetries, RetryPolicy};
 use crate::queue::{ResolveError, SettingsResolver};
 
@@ -307,7 +307,7 @@ impl ConfigResolver {
         let max_connections = limit(d.max_outbound_connections);
         Ok(DeliverySettings {
             domain: Arc::from(domain),
-            binding_group: Arc::from(d.binding_group.as_deref().unwrap_or("default")),
+            binding_group: Arc::from(d.binding_group.as_deref().unwrap_or(DEFAULT_BINDING_GROUP)),
             binding: Arc::from(binding),
             protocol,
             endpoint: Endpoint::new(route.host.clone(), route.port).bound_to(d.bind_address),

@@ -28,7 +28,9 @@ use herald_apns::push::{ApnsId, Priority, Protocol, PushType, derive_topic, vali
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
-use crate::queue::message::{DEFAULT_BINDING, IdGenerator, MessageId, Notification, unix_now};
+use crate::queue::message::{
+    DEFAULT_BINDING, DEFAULT_BINDING_GROUP, IdGenerator, MessageId, Notification, unix_now,
+};
 use crate::queue::{Engine, OverShare, Reservation, ResolveError, SettingsResolver, SubmitError};
 use herald_spool::SpoolError;
 
@@ -676,7 +678,7 @@ impl Intake {
                     n,
                     source.ip,
                     source.protocol,
-                    groups.of(n).as_deref().unwrap_or(DEFAULT_BINDING),
+                    groups.of(n).as_deref().unwrap_or(DEFAULT_BINDING_GROUP),
                 );
                 self.engine.count_received(n);
                 self.engine.entered_stream(n);
@@ -719,7 +721,7 @@ impl Intake {
                 n,
                 source.ip,
                 source.protocol,
-                groups.of(n).as_deref().unwrap_or(DEFAULT_BINDING),
+                groups.of(n).as_deref().unwrap_or(DEFAULT_BINDING_GROUP),
             );
         }
         // The batch is durable and its receptions are logged: from here the sender is told yes whatever happens,

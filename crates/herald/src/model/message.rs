@@ -140,6 +140,10 @@ impl IdGenerator {
 /// The binding every notification has unless its injection names another (Momentum's `default`).
 pub const DEFAULT_BINDING: &str = "default";
 
+/// The binding group of the default binding, and of any binding whose configuration names none (Momentum's
+/// `default`); mainlog lines name it when no settings say otherwise.
+pub const DEFAULT_BINDING_GROUP: &str = "default";
+
 /// One push notification for one device, validated and routed to a domain.
 #[derive(Debug, Clone)]
 pub struct Notification {

@@ -39,7 +39,7 @@ use crate::outbound::settings::DeliverySettings;
 use crate::outcomes::OutcomeListener;
 use domain::{DomainEvent, DomainSender, DomainTask, Epoch};
 pub use domain::{MessageAction, QueueEntry};
-use message::{MessageId, Notification, Queued};
+use message::{DEFAULT_BINDING_GROUP, MessageId, Notification, Queued};
 use stats::DomainStats;
 
 /// A device token APNs said is no longer valid.
@@ -1222,7 +1222,9 @@ impl Engine {
 
     /// Fails `notification`, which no queue here takes (its domain cannot be delivered), permanently with
     /// `error`: logged and reported (status book, webhooks) as a queue's final failure is, counted under `label`
-    /// in its domain's counters, and forgotten by the observer (the spool removes it).
+    /// in its domain's counters, and forgotten by the observer (the spool removes it). Its P line names the binding
+    /// group `default`: with no settings for the domain there is no group to name, and the R line of a notification
+    /// whose settings cannot be built says `default` too (`inbound::accept`).
     pub fn fail_unqueued(
         &self,
         notification: &Notification,
@@ -1234,7 +1236,7 @@ impl Engine {
         let record = crate::logs::OutcomeRecord {
             kind: crate::logs::OutcomeKind::Permanent,
             notification,
-            binding_group: &notification.binding,
+            binding_group: DEFAULT_BINDING_GROUP,
             binding: &notification.binding,
             retries,
             remote_ip: None,
@@ -1687,6 +1689,47 @@ mod tests {
 
     fn settings_to(port: u16) -> DeliverySettings {
         DeliverySettings::for_tests("apps.example", port)
+    }
+
+    /// A notification no queue here can take fails with a P line, a final outcome and a count of its domain;
+    /// its binding group is `default` (no settings name another), not its binding's name.
+    #[tokio::test]
+    async fn a_notification_failed_unqueued_names_the_default_binding_group() {
+        struct Records(Mutex<Vec<(crate::logs::OutcomeKind, String, String, String)>>);
+        impl OutcomeListener for Records {
+            fn outcome(&self, r: &crate::logs::OutcomeRecord<'_>) {
+                self.0.lock().unwrap().push((
+                    r.kind,
+                    r.binding_group.to_owned(),
+                    r.binding.to_owned(),
+                    r.error.to_owned(),
+                ));
+            }
+        }
+        let resolver = Arc::new(SwitchResolver(Mutex::new(Err(
+            ResolveError::UnknownDomain("apps.example".into()),
+        ))));
+        let engine = test_engine(resolver);
+        let records = Arc::new(Records(Mutex::new(Vec::new())));
+        engine.set_outcome_listener(records.clone());
+        let mut n = notification(1);
+        n.binding = Arc::from("b");
+        engine.fail_unqueued(&n, 2, "554 5.4.7 gone", "Unroutable");
+        let seen = records.0.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![(
+                crate::logs::OutcomeKind::Permanent,
+                "default".to_owned(),
+                "b".to_owned(),
+                "554 5.4.7 gone".to_owned()
+            )]
+        );
+        let stats = engine.stats("apps.example").expect("the domain is counted");
+        assert_eq!(
+            stats.permanent.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 
     /// A resolver whose answer the test changes (a reload).
