@@ -137,6 +137,11 @@ pub enum RouteError {
     Param(String),
     #[error("a route takes no path, and an https:// route no query")]
     Path,
+    #[error(
+        "route host `{0}` is neither a DNS name nor an IP address (an IPv6 address goes in brackets: \
+         https://[2001:db8::1]:443)"
+    )]
+    Host(String),
 }
 
 impl FromStr for Route {
@@ -163,6 +168,7 @@ impl FromStr for Route {
         if host.is_empty() {
             return Err(RouteError::NoHost);
         }
+        check_host(host, authority.starts_with('['))?;
         let mut port = match port {
             Some(p) => Some(parse_port(p)?),
             None => None,
@@ -189,6 +195,24 @@ fn parse_port(p: &str) -> Result<u16, RouteError> {
     match p.parse::<u16>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(RouteError::Port(p.to_string())),
+    }
+}
+
+/// Refuses a host that could not be connected to as written: a bracketed host must be an IPv6 address, and a
+/// bare one a DNS name or an IPv4 address. An IPv6 address without brackets is refused rather than split at its
+/// last colon (`https://fe80::1` would otherwise read as host `fe80:` and port 1), as is anything a URL would
+/// read as something else (`user@host`, `host#fragment`, spaces).
+fn check_host(host: &str, bracketed: bool) -> Result<(), RouteError> {
+    let fits = if bracketed {
+        host.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        host.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(RouteError::Host(host.to_owned()))
     }
 }
 
@@ -481,13 +505,23 @@ pub fn parse_value(kind: Kind, raw: &RawValue) -> Result<Value, ValueError> {
             )),
             _ => Err(whole("expected an array `[ key = value … ]`".into())),
         },
-        Kind::List => Ok(Value::List(
-            items_of(kind, raw)
-                .map_err(whole)?
-                .into_iter()
-                .map(|s| s.text.clone())
-                .collect(),
-        )),
+        Kind::List => {
+            let items = items_of(kind, raw).map_err(whole)?;
+            // Items are separated by blanks, as in Momentum. A comma written between them is not a separator
+            // but part of a word (`( "k1", "k2" )` would read as the three keys `k1`, `,` and `k2`): refused,
+            // since these lists hold API keys and host names a stray one would let in.
+            if let Some(s) = items.iter().find(|s| !s.quoted && s.text.contains(',')) {
+                return Err(item_err(
+                    s,
+                    "a comma in a list: items are separated by blanks, as in `( \"a\" \"b\" )` \
+                     (quote an item that contains a comma)"
+                        .into(),
+                ));
+            }
+            Ok(Value::List(
+                items.into_iter().map(|s| s.text.clone()).collect(),
+            ))
+        }
         Kind::Words(words) => {
             let mut out = Vec::new();
             for s in items_of(kind, raw).map_err(whole)? {
@@ -698,6 +732,28 @@ mod tests {
         let r: Route = "https://api.push.apple.com".parse().unwrap();
         assert_eq!((r.protocol, r.port), (RouteProtocol::Http2, 443));
         assert!("apn://x?port=0".parse::<Route>().is_err());
+        // Hosts: an IPv6 address only in brackets, else a DNS name or an IPv4 address.
+        let host_error = |r: &str| match r.parse::<Route>() {
+            Err(RouteError::Host(h)) => h,
+            other => panic!("{r}: {other:?}"),
+        };
+        assert_eq!(host_error("https://fe80::1"), "fe80:");
+        assert_eq!(host_error("apn://::1?port=2195"), ":");
+        assert_eq!(
+            host_error("https://user@api.push.apple.com"),
+            "user@api.push.apple.com"
+        );
+        assert_eq!(
+            host_error("https://api.push.apple.com#frag"),
+            "api.push.apple.com#frag"
+        );
+        assert_eq!(host_error("https://a b"), "a b");
+        assert_eq!(host_error("https://[not-v6]:443"), "not-v6");
+        let v6: Route = "https://[fe80::1]:8443".parse().unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("fe80::1", 8443));
+        let v4: Route = "apn://127.0.0.1?port=2195".parse().unwrap();
+        assert_eq!((v4.host.as_str(), v4.port), ("127.0.0.1", 2195));
+        assert!("https://api_internal.example:443".parse::<Route>().is_ok());
         assert!("apn://x?pref=10".parse::<Route>().is_err());
     }
 

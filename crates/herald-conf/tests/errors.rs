@@ -436,3 +436,44 @@ fn two_stanzas_naming_one_listen_address_or_peer_block_are_refused() {
     .unwrap_or_else(|d| panic!("{d}"));
     assert_eq!(c.listeners().len(), 1);
 }
+
+/// List items are separated by blanks (docs/momentum-compat.md#configuration-language): a comma between API keys
+/// would otherwise be read as a key of its own that any client could send.
+#[test]
+fn a_comma_between_list_items_is_refused_where_it_stands() {
+    let (l, c, m) = single(
+        "http_listener {\n  listen \"127.0.0.1:8081\" {\n    api_keys = ( \"k1-aaaa\", \"k2-bbbb\" )\n  }\n}\n",
+    );
+    assert_eq!((l, c), (3, 27));
+    assert!(m.contains("a comma in a list"), "{m}");
+    let (l, c, m) = single("http_listener {\n  dashboard_hosts = ( a.example, b.example )\n}\n");
+    assert_eq!((l, c), (2, 23));
+    assert!(m.contains("separated by blanks"), "{m}");
+    // A quoted item may contain one; blanks alone separate items.
+    let config = Config::parse_str(
+        "t.conf",
+        "http_listener {\n  listen \"127.0.0.1:8081\" {\n    api_keys = ( \"k1,aaaa\" \"k2\" )\n  }\n}\n",
+    )
+    .expect("a quoted comma is part of its item");
+    drop(config);
+}
+
+/// A route's host must be one a connection can be opened to as written: an IPv6 address in brackets, else a DNS
+/// name or an IPv4 address.
+#[test]
+fn a_route_host_that_is_no_host_is_refused() {
+    for route in [
+        "https://fe80::1",
+        "https://user@api.example",
+        "apn://::1?port=2195",
+    ] {
+        let (l, _, m) = single(&format!(
+            "domain \"a.example\" {{\n  routes = ( \"{route}\" )\n}}\n"
+        ));
+        assert_eq!(l, 2, "{route}");
+        assert!(
+            m.contains("neither a DNS name nor an IP address"),
+            "{route}: {m}"
+        );
+    }
+}
