@@ -302,6 +302,14 @@ impl Owned {
 pub struct DomainTask {
     settings: Arc<DeliverySettings>,
     active: VecDeque<Box<Queued>>,
+    /// Notifications a batch of outcome events sends again at once ([`DomainTask::to_front`]), in the order they
+    /// were reported, until the batch ends and they go to the front of `active` in that order.
+    front_batch: Vec<Box<Queued>>,
+    /// How many of the notifications at the front of `active` this batch already put there (a listing in the
+    /// middle of the batch moved them from `front_batch`): those kept after it go behind them.
+    front_placed: usize,
+    /// Whether a batch of events is being handled (outcomes then wait in `front_batch`).
+    batching: bool,
     delayed: BinaryHeap<Reverse<Delayed>>,
     seq: u64,
     pool: Pool,
@@ -348,6 +356,9 @@ impl DomainTask {
         DomainTask {
             settings,
             active: VecDeque::new(),
+            front_batch: Vec::new(),
+            front_placed: 0,
+            batching: false,
             delayed: BinaryHeap::new(),
             seq: 0,
             pool,
@@ -423,13 +434,7 @@ impl DomainTask {
             tokio::select! {
                 event = self.events.recv() => {
                     let Some(event) = event else { break };
-                    self.handle(event);
-                    for _ in 0..EVENT_BATCH {
-                        match self.events.try_recv() {
-                            Ok(event) => self.handle(event),
-                            Err(_) => break,
-                        }
-                    }
+                    self.handle_batch(event);
                 }
                 _ = tick.tick(), if busy => self.on_tick(),
                 // At rest, only the first delayed notification's retry time wakes the task.
@@ -456,7 +461,8 @@ impl DomainTask {
     /// engine shutting down), gives its memory back and is told to the observer ([`EngineShared::abandoned`]): the
     /// JetStream spool gives it back to the stream, to be pulled again after the same hold (by this node or
     /// another); the embedded spool keeps it for the next start.
-    async fn failed(self, panic: Box<dyn std::any::Any + Send>) {
+    async fn failed(mut self, panic: Box<dyn std::any::Any + Send>) {
+        self.flush_front();
         let what = panic
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
@@ -727,7 +733,74 @@ impl DomainTask {
         }
     }
 
+    /// Handles `first` and the events already waiting behind it, up to [`EVENT_BATCH`] of them.
+    fn handle_batch(&mut self, first: DomainEvent) {
+        self.batching = true;
+        self.handle(first);
+        for _ in 0..EVENT_BATCH {
+            match self.events.try_recv() {
+                Ok(event) => self.handle(event),
+                Err(_) => break,
+            }
+        }
+        self.batching = false;
+        self.flush_front();
+    }
+
+    /// Puts `item` back at the front of the active queue, to be sent again first. Within a batch of events it
+    /// waits for the batch's end, so that the notifications a connection hands back together (oldest first: its
+    /// window after an error packet, or what was on it when it was lost) keep their order: pushed to the front one
+    /// by one they would go out newest first, while the device shows the last one received (notifications sharing
+    /// an `apns-collapse-id`; and APNs keeps only an app's most recent notification for a device that is offline).
+    fn to_front(&mut self, item: Box<Queued>) {
+        if self.batching {
+            self.front_batch.push(item);
+        } else {
+            self.active.push_front(item);
+        }
+    }
+
+    /// Moves what [`DomainTask::to_front`] kept during a batch to the front of the active queue, in its order,
+    /// behind those the batch put there before.
+    fn flush_front(&mut self) {
+        if !self.front_batch.is_empty() {
+            let placed = self.front_placed.min(self.active.len());
+            let earlier: Vec<Box<Queued>> = self.active.drain(..placed).collect();
+            let added = self.front_batch.len();
+            for item in self
+                .front_batch
+                .drain(..)
+                .rev()
+                .chain(earlier.into_iter().rev())
+            {
+                self.active.push_front(item);
+            }
+            self.front_placed = placed + added;
+        }
+        if !self.batching {
+            self.front_placed = 0;
+        }
+    }
+
     fn handle(&mut self, event: DomainEvent) {
+        // An event that reads or rearranges the active queue sees it as outcomes handled one at a time would have
+        // left it; after one that rearranges it, nothing at its front is known to come from this batch.
+        let (reads, rearranges) = match &event {
+            DomainEvent::Outcome { .. }
+            | DomainEvent::Adopt { .. }
+            | DomainEvent::Enqueue(_)
+            | DomainEvent::EnqueueDelayed(..)
+            | DomainEvent::Wake
+            | DomainEvent::Flush => (false, false),
+            DomainEvent::List { .. } => (true, false),
+            _ => (true, true),
+        };
+        if reads {
+            self.flush_front();
+        }
+        if rearranges {
+            self.front_placed = 0;
+        }
         match event {
             DomainEvent::Enqueue(item) => {
                 self.owned.add(item.notification.id);
@@ -1211,7 +1284,7 @@ impl DomainTask {
                     self.stats.requeued();
                 }
                 self.tell_queued_again(&item);
-                self.active.push_front(item);
+                self.to_front(item);
             }
             PushResult::TimedOut { cancelled } => {
                 // APNs may have accepted it: the retry (after the retry interval, counted as an attempt) can
@@ -1255,7 +1328,7 @@ impl DomainTask {
                     item.retries += 1;
                     // A counted attempt ends a run of losses in a row.
                     item.losses = 0;
-                    self.active.push_front(item);
+                    self.to_front(item);
                 } else {
                     // The token in force is the one refused (herald's clock and APNs' disagree, or a revoked key):
                     // a retry at once would be refused again.
@@ -1657,6 +1730,68 @@ mod tests {
             engine.resident_room(),
             10,
             "the notification's memory given back once"
+        );
+    }
+
+    /// Notifications a connection hands back together (oldest first, as after a binary error packet or a lost
+    /// connection) are sent again in that order, ahead of the rest, and a renewed-token retry among them keeps its
+    /// place; an event other than an outcome in the same batch sees them already queued.
+    #[tokio::test]
+    async fn notifications_handed_back_together_keep_their_order() {
+        let engine = engine(10);
+        let (mut task, sender) = task_of(&engine);
+        for token in 1..=5 {
+            enqueue(&engine, &mut task, token);
+        }
+        let token_of = |item: &Queued| item.notification.push.token.to_hex()[..2].to_owned();
+        // 1, 2 and 3 go out; 4 and 5 wait.
+        let sent: Vec<Box<Queued>> = (0..3).map(|_| task.active.pop_front().unwrap()).collect();
+        let mut outcomes = sent.into_iter().map(|tag| DomainEvent::Outcome {
+            tag,
+            result: PushResult::NotSent(NotSentReason::ConnectionLost),
+            remote: None,
+        });
+        let first = outcomes.next().unwrap();
+        for event in outcomes {
+            sender.0.send(event).unwrap();
+        }
+        task.handle_batch(first);
+        assert_eq!(
+            task.active.iter().map(|i| token_of(i)).collect::<Vec<_>>(),
+            ["01", "02", "03", "04", "05"]
+        );
+        // A listing in the middle of a batch already sees the ones handed back before it, in order.
+        let (a, b) = (
+            task.active.pop_front().unwrap(),
+            task.active.pop_front().unwrap(),
+        );
+        let (reply, listed) = oneshot::channel();
+        sender
+            .0
+            .send(DomainEvent::List {
+                limit: 10,
+                offset: 0,
+                reply,
+            })
+            .unwrap();
+        sender
+            .0
+            .send(DomainEvent::Outcome {
+                tag: b,
+                result: PushResult::NotSent(NotSentReason::ConnectionLost),
+                remote: None,
+            })
+            .unwrap();
+        task.handle_batch(DomainEvent::Outcome {
+            tag: a,
+            result: PushResult::NotSent(NotSentReason::ConnectionLost),
+            remote: None,
+        });
+        let listed = listed.await.expect("the task answers");
+        assert_eq!(listed.len(), 4, "01 back before the listing: {listed:?}");
+        assert_eq!(
+            task.active.iter().map(|i| token_of(i)).collect::<Vec<_>>(),
+            ["01", "02", "03", "04", "05"]
         );
     }
 
