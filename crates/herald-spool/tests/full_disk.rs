@@ -2,7 +2,8 @@
 //! refused while it is full, removals wait in memory, the spool takes writes again by itself once there is room,
 //! nothing refused comes back and nothing delivered is found again after a restart, also when herald stops before
 //! there is room. It also opens on a full disk, takes writes again while a recovery paced by a slow visitor is
-//! still reading it, and a flush of the store that fails for want of room leaves no commit waiting forever.
+//! still reading it, and a flush of the store that fails for want of room leaves no commit waiting forever. A
+//! journal write cut short by the full disk loses nothing acknowledged after it.
 //!
 //! Mounting needs root (or CAP_SYS_ADMIN); where it is refused the tests say so and pass, except when `CI` is set.
 
@@ -404,5 +405,131 @@ async fn removals_waiting_at_a_stop_on_a_full_disk_are_made_at_the_next_start() 
     drop(spool);
     let spool = DiskSpool::open(&dir, options()).unwrap();
     assert_eq!(recovered_keys(&spool), rest);
+    spool.close().await.unwrap();
+}
+
+/// What fjall's journal writer holds in memory before it writes to the file (`JOURNAL_BUFFER_BYTES` in fjall 2, and
+/// `BufWriter`'s default): an item at least this large goes to the file directly, past the buffer.
+const JOURNAL_BUFFER_BYTES: usize = 8 << 10;
+
+/// Appends tried on a full disk. The release of fjall acknowledged one only when the start of its batch still fit
+/// in the journal's last page (allocated already) and its item was then cut short: when the journal ends on a page
+/// boundary, the start is refused, and so is the commit. The appends between attempts move the end of the journal.
+const TORN_ATTEMPTS: usize = 6;
+
+/// A journal write that a full disk cuts short in the middle of a batch must leave the store refusing writes until it
+/// is reopened, which discards that unfinished batch, the last in the journal. fjall 2.11.2 ignored the error
+/// (`Batch::commit`): the commit returned Ok once the persist after it succeeded, with the batch's start and part of
+/// its items in the journal and no end, and every later batch, synced and acknowledged, followed it; recovery stops
+/// at a batch start inside an unfinished batch and truncates the journal there, so a restart lost all of them. herald
+/// builds with a patched copy (vendor/fjall/HERALD-PATCH.md).
+///
+/// In the release, that persist also failed when the batch's failed write left bytes in the writer's buffer (the
+/// removal-only commit below: the store refuses writes, nothing is lost); it succeeded when the buffer was empty: an
+/// item larger than the buffer, written to the file directly and cut short there (the appends below). The spool
+/// takes such records; herald's intake, with payloads of at most 5 KiB, does not.
+#[tokio::test]
+async fn a_journal_write_cut_short_by_a_full_disk_loses_nothing_acknowledged_after_it() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("small");
+    let Some(_mount) = mount_tmpfs(&dir, "8m") else {
+        return;
+    };
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    let held: Vec<SpoolKey> = (0..4000).map(|_| spool.next_key()).collect();
+    for chunk in held.chunks(500) {
+        spool
+            .append(chunk.iter().map(|&k| notification(k)).collect())
+            .await
+            .unwrap();
+    }
+    let mut acknowledged: BTreeSet<SpoolKey> = held.iter().copied().collect();
+    let mut removed = BTreeSet::new();
+    let mut refused = BTreeSet::new();
+    let mut delivered = held.chunks(500);
+
+    // Removals on a full disk, in one commit of 500 (some 16 KiB in the journal, twice its writer's buffer): its
+    // journal write fails part-way, the store refuses writes, and the removals wait until there is room.
+    let filler = fill(&dir);
+    let batch = delivered.next().unwrap();
+    let failed = spool.stats().failed_commits;
+    spool.remove(batch);
+    wait_until(10, "the removal-only commit to fail", || {
+        let st = spool.stats();
+        st.failed_commits > failed && st.unwritable && st.pending_removals == batch.len() as u64
+    });
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(10, "the removals to be written", || {
+        let st = spool.stats();
+        !st.unwritable && st.pending_removals == 0
+    });
+    removed.extend(batch.iter().copied());
+
+    // Appends on a full disk, each of one record larger than the journal writer's buffer.
+    let mut torn_acknowledged = false;
+    for _ in 0..TORN_ATTEMPTS {
+        let filler = fill(&dir);
+        let key = spool.next_key();
+        let appended = spool
+            .append(vec![bulky(key, 4 * JOURNAL_BUFFER_BYTES)])
+            .await;
+        std::fs::remove_file(&filler).unwrap();
+        match appended {
+            // Acknowledged: it must be found after a restart, whatever the disk was like.
+            Ok(()) => {
+                acknowledged.insert(key);
+                torn_acknowledged = true;
+            }
+            Err(e) => {
+                assert!(e.is_temporary() && e.is_disk_full(), "{e}");
+                refused.insert(key);
+                wait_until(10, "the store to take writes again", || {
+                    !spool.stats().unwritable
+                });
+            }
+        }
+        // With room again: synced appends and buffered removals, all acknowledged (the removals once the flush
+        // that follows them returned).
+        let later: Vec<SpoolKey> = (0..20).map(|_| spool.next_key()).collect();
+        spool
+            .append(later.iter().map(|&k| notification(k)).collect())
+            .await
+            .unwrap();
+        acknowledged.extend(later);
+        let batch = delivered.next().unwrap();
+        spool.remove(batch);
+        wait_until(10, "the removals to be written", || {
+            spool.stats().pending_removals == 0
+        });
+        spool.flush().await.unwrap();
+        removed.extend(batch.iter().copied());
+        if torn_acknowledged {
+            break;
+        }
+    }
+    assert!(spool.write_error().is_none());
+    spool.close().await.unwrap();
+    drop(spool);
+
+    let spool = DiskSpool::open(&dir, options()).unwrap();
+    let got = recovered_keys(&spool);
+    let lost: Vec<&SpoolKey> = acknowledged
+        .iter()
+        .filter(|k| !removed.contains(k) && !got.contains(k))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged notifications lost at the restart (a commit cut short by the full disk was acknowledged: \
+         {torn_acknowledged})",
+        lost.len()
+    );
+    let back = got.intersection(&removed).count();
+    assert_eq!(back, 0, "removed notifications came back");
+    assert!(
+        refused.iter().all(|k| !got.contains(k)),
+        "a refused notification is stored"
+    );
+    let want: BTreeSet<SpoolKey> = acknowledged.difference(&removed).copied().collect();
+    assert_eq!(got, want);
     spool.close().await.unwrap();
 }
