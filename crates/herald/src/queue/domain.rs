@@ -302,9 +302,9 @@ impl Owned {
 pub struct DomainTask {
     settings: Arc<DeliverySettings>,
     active: VecDeque<Box<Queued>>,
-    /// Notifications a batch of outcome events sends again at once ([`DomainTask::to_front`]), in the order they
+    /// Notifications a batch of outcome events sends again at once ([`DomainTask::requeue_first`]), in the order they
     /// were reported, until the batch ends and they go to the front of `active` in that order.
-    front_batch: Vec<Box<Queued>>,
+    front_batch: VecDeque<Box<Queued>>,
     /// How many of the notifications at the front of `active` this batch already put there (a listing in the
     /// middle of the batch moved them from `front_batch`): those kept after it go behind them.
     front_placed: usize,
@@ -356,7 +356,7 @@ impl DomainTask {
         DomainTask {
             settings,
             active: VecDeque::new(),
-            front_batch: Vec::new(),
+            front_batch: VecDeque::new(),
             front_placed: 0,
             batching: false,
             delayed: BinaryHeap::new(),
@@ -752,15 +752,15 @@ impl DomainTask {
     /// window after an error packet, or what was on it when it was lost) keep their order: pushed to the front one
     /// by one they would go out newest first, while the device shows the last one received (notifications sharing
     /// an `apns-collapse-id`; and APNs keeps only an app's most recent notification for a device that is offline).
-    fn to_front(&mut self, item: Box<Queued>) {
+    fn requeue_first(&mut self, item: Box<Queued>) {
         if self.batching {
-            self.front_batch.push(item);
+            self.front_batch.push_back(item);
         } else {
             self.active.push_front(item);
         }
     }
 
-    /// Moves what [`DomainTask::to_front`] kept during a batch to the front of the active queue, in its order,
+    /// Moves what [`DomainTask::requeue_first`] kept during a batch to the front of the active queue, in its order,
     /// behind those the batch put there before.
     fn flush_front(&mut self) {
         if !self.front_batch.is_empty() {
@@ -1284,7 +1284,7 @@ impl DomainTask {
                     self.stats.requeued();
                 }
                 self.tell_queued_again(&item);
-                self.to_front(item);
+                self.requeue_first(item);
             }
             PushResult::TimedOut { cancelled } => {
                 // APNs may have accepted it: the retry (after the retry interval, counted as an attempt) can
@@ -1328,7 +1328,7 @@ impl DomainTask {
                     item.retries += 1;
                     // A counted attempt ends a run of losses in a row.
                     item.losses = 0;
-                    self.to_front(item);
+                    self.requeue_first(item);
                 } else {
                     // The token in force is the one refused (herald's clock and APNs' disagree, or a revoked key):
                     // a retry at once would be refused again.
