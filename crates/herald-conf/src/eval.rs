@@ -6,7 +6,8 @@
 //! - host: only the host stanzas (binding_group::binding::host > binding::host > binding_group::host > host); unset
 //!   `max_outbound_connections` is -1 there, other options take their default;
 //! - listeners: listener::listen::peer > listener::listen > listener::peer > listener > default; a peer given as
-//!   an IP address selects the most specific CIDR stanza containing it;
+//!   an IP address selects, in each of the two containers, the most specific CIDR stanza containing it, and the
+//!   narrower of the two is consulted first (the listen stanza's on a tie);
 //! - pathways: pathway_group::pathway > pathway > pathway_group > global > default;
 //! - modules: the module stanza > default.
 
@@ -14,6 +15,7 @@ use std::fmt;
 
 use crate::{
     diag::quote,
+    net::Cidr,
     options::{self, Opt, OptId},
     scopes::{SCOPES, ScopeKind},
     suggest,
@@ -331,14 +333,14 @@ pub(crate) fn candidates<'a>(root: &'a Node, path: &ScopePath) -> Candidates<'a>
             let lap = la.zip(p).and_then(|(la, p)| la.find_peer(p));
             let lp = l.zip(p).and_then(|(l, p)| l.find_peer(p));
             // As the listeners apply them (settings::listeners): the most specific peer stanza containing the
-            // address, the listen stanza's own on a tie, then listen, then listener.
+            // address (the listen stanza's own on a tie), then the rest of the chain (listener_nodes).
             let peer = match (lap, lp) {
                 (Some(a), Some(b)) if peer_prefix(b) > peer_prefix(a) => Some(b),
                 (Some(a), _) => Some(a),
                 (None, b) => b,
             };
             Candidates {
-                nodes: [peer, la, l].into_iter().flatten().collect(),
+                nodes: l.map(|l| listener_nodes(l, la, peer)).unwrap_or_default(),
                 host: false,
             }
         }
@@ -403,12 +405,60 @@ pub(crate) fn first_value<'a>(c: &Candidates<'a>, id: OptId) -> &'a Value {
     options::default_value(id)
 }
 
+/// The scopes a listener consults, most specific first, for a client whose most specific matching `peer` stanza
+/// is `peer` (declared in the listen stanza `la` or in the listener `l`; `None`: no peer matches): that peer, then
+/// listener::listen::peer > listener::listen > listener::peer > listener, where the peer of each container is its
+/// most specific one containing the chosen peer's block (so every stanza that contains the client is consulted).
+/// `config eval` and the listeners' settings ([`crate::settings`]) both take their scopes from here.
+pub(crate) fn listener_nodes<'a>(
+    l: &'a Node,
+    la: Option<&'a Node>,
+    peer: Option<&'a Node>,
+) -> Vec<&'a Node> {
+    let Some(peer) = peer else {
+        return la.into_iter().chain([l]).collect();
+    };
+    let in_listen = la.is_some_and(|la| la.children().iter().any(|c| std::ptr::eq(c, peer)));
+    let block = peer_cidr(peer);
+    let covering = |container: &'a Node| block.and_then(|b| covering_peer(container, &b));
+    let (lap, lp) = if in_listen {
+        (Some(peer), covering(l))
+    } else {
+        (la.and_then(covering), Some(peer))
+    };
+    let mut nodes = vec![peer];
+    for n in [lap, la, lp, Some(l)].into_iter().flatten() {
+        if !nodes.iter().any(|m| std::ptr::eq(*m, n)) {
+            nodes.push(n);
+        }
+    }
+    nodes
+}
+
+/// The most specific `peer` child of `container` whose block holds all of `block`.
+fn covering_peer<'a>(container: &'a Node, block: &Cidr) -> Option<&'a Node> {
+    container
+        .children_of(ScopeKind::Peer)
+        .filter_map(|c| Some((c, peer_cidr(c)?)))
+        .filter(|(_, c)| covers(c, block))
+        .max_by_key(|(_, c)| c.specificity())
+        .map(|(c, _)| c)
+}
+
+/// Whether block `outer` holds every address of `inner` (on the scale of [`Cidr::specificity`]; a wider IPv6
+/// block such as `::/0` holds no IPv4 block, as it holds no IPv4 client).
+pub(crate) fn covers(outer: &Cidr, inner: &Cidr) -> bool {
+    outer.specificity() <= inner.specificity() && outer.contains(inner.network().addr)
+}
+
+/// A `peer` stanza's block, if its name is one.
+fn peer_cidr(peer: &Node) -> Option<Cidr> {
+    peer.name.as_deref().and_then(|n| n.parse::<Cidr>().ok())
+}
+
 /// How narrow a `peer` stanza's CIDR is ([`crate::net::Cidr::specificity`]; 0 when its name is not one).
 fn peer_prefix(peer: &Node) -> u8 {
-    peer.name
-        .as_deref()
-        .and_then(|n| n.parse::<crate::net::Cidr>().ok())
-        .map_or(0, |c| c.specificity())
+    peer_cidr(peer).map_or(0, |c| c.specificity())
 }
 
 #[cfg(test)]

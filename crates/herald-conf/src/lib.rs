@@ -162,13 +162,32 @@ impl Config {
         eval::first_value(&c, id.into())
     }
 
-    /// The scope at `path` exactly as declared (no fallback), if the configuration has it.
+    /// The scope at `path` exactly as declared (no fallback), if the configuration has it. A binding named without
+    /// its group (`binding b`) is found in the group that declares it, as [`Config::eval`] finds it.
     pub fn node(&self, path: &ScopePath) -> Option<&Node> {
-        let mut node = &self.root;
-        for seg in path.segments() {
-            node = node.child(seg.kind, seg.name.as_deref())?;
+        self.chain(path).and_then(|c| c.last().copied())
+    }
+
+    /// The scopes from the global one down to the scope at `path`, as declared; a binding named without its group
+    /// at the top of the path is looked up in the group that declares it, which then stands in the chain too.
+    fn chain(&self, path: &ScopePath) -> Option<Vec<&Node>> {
+        let mut chain = vec![&self.root];
+        for (i, seg) in path.segments().iter().enumerate() {
+            let parent = chain[chain.len() - 1];
+            let name = seg.name.as_deref();
+            let child = match parent.child(seg.kind, name) {
+                Some(c) => c,
+                None if i == 0 && seg.kind == ScopeKind::Binding => {
+                    let group = eval::group_of(&self.root, name?)?;
+                    let group = self.root.child(ScopeKind::BindingGroup, Some(group))?;
+                    chain.push(group);
+                    group.child(seg.kind, name)?
+                }
+                None => return None,
+            };
+            chain.push(child);
         }
-        Some(node)
+        Some(chain)
     }
 
     /// Momentum's `config get`: the value of `option` set in the scope at `path` itself, without fallback;
@@ -215,6 +234,30 @@ impl Config {
             cache.insert(key, settings.clone());
         }
         settings
+    }
+
+    /// Where the configuration decides delivery from (`binding_group`, `binding`) to `domain`, for diagnostics
+    /// about it: with `opt`, the statement that sets the option's effective value (the first along the fallback of
+    /// [`Config::domain_settings`] that sets it); otherwise, or when the option has its default, the most specific
+    /// `domain` stanza on that path, else the first `domain` stanza of that name anywhere. `None` when the
+    /// configuration declares no such stanza.
+    pub fn delivery_location(
+        &self,
+        binding_group: Option<&str>,
+        binding: Option<&str>,
+        domain: &str,
+        opt: Option<Opt>,
+    ) -> Option<Location> {
+        let (group, domain_lc, _) = self.settings_key(binding_group, binding, domain);
+        let nodes = eval::delivery_nodes(&self.root, group, binding, Some(&domain_lc));
+        let set = opt.and_then(|opt| nodes.iter().find_map(|n| n.get(opt.id())));
+        if let Some(s) = set {
+            return Some(s.at.clone());
+        }
+        let stanza = nodes.iter().find(|n| n.kind == ScopeKind::Domain).copied();
+        stanza
+            .or_else(|| find_domain_stanza(&self.root, &domain_lc))
+            .and_then(|n| n.at.clone())
     }
 
     /// Drops the cached [`Config::domain_settings`] of (`binding_group`, `binding`, `domain`): the caller no longer
@@ -439,14 +482,9 @@ impl Config {
     }
 
     fn show_with(&self, path: &ScopePath, mask: bool) -> Result<String, EvalError> {
-        let mut chain = vec![&self.root];
-        for seg in path.segments() {
-            let parent = chain[chain.len() - 1];
-            let child = parent
-                .child(seg.kind, seg.name.as_deref())
-                .ok_or_else(|| EvalError::NotFound(path.to_string()))?;
-            chain.push(child);
-        }
+        let chain = self
+            .chain(path)
+            .ok_or_else(|| EvalError::NotFound(path.to_string()))?;
         let mut out = String::new();
         let depth = chain.len() - 1;
         if depth == 0 {
@@ -553,6 +591,15 @@ fn collect_domains<'a>(
             _ => {}
         }
     }
+}
+
+/// The first `domain` stanza named exactly `name` (lower-cased), at any depth (global, binding group, binding).
+fn find_domain_stanza<'a>(n: &'a Node, name: &str) -> Option<&'a Node> {
+    n.children().iter().find_map(|c| match c.kind {
+        ScopeKind::Domain if c.name.as_deref() == Some(name) => Some(c),
+        ScopeKind::Binding | ScopeKind::BindingGroup => find_domain_stanza(c, name),
+        _ => None,
+    })
 }
 
 /// A `host` stanza's `max_outbound_connections` and where it is set (see [`Config::host_connection_cap`]).

@@ -5,7 +5,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    eval::{Candidates, first_value},
+    eval::{Candidates, covers, first_value, listener_nodes},
     net::{Cidr, ListenAddr},
     options::Opt,
     scopes::ScopeKind,
@@ -219,7 +219,9 @@ impl ListenerKind {
     }
 }
 
-/// What applies to clients matching one `peer` stanza (resolved peer → listen → listener).
+/// What applies to clients matching one `peer` stanza, when it is the most specific that does (resolved peer →
+/// listen::peer → listen → listener::peer → listener, the other container's peer being its most specific one that
+/// holds this block).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSettings {
     pub cidr: Cidr,
@@ -388,18 +390,28 @@ pub(crate) fn listeners(root: &Node) -> Vec<ListenerSettings> {
                 continue;
             };
             let r = Resolver::new(vec![a, l]);
+            // The listen stanza's peers, then the listener's that it does not redeclare (the same block, however
+            // written). A client takes the most specific that contains it ([`ListenerSettings::peer_for`]), which
+            // falls back as `config eval` does: listen::peer > listen > listener::peer > listener
+            // ([`listener_nodes`]).
+            let own: Vec<Cidr> = a
+                .children_of(ScopeKind::Peer)
+                .filter_map(|p| p.name.as_deref()?.parse::<Cidr>().ok())
+                .collect();
+            let redeclared = |p: &Node| {
+                a.child(ScopeKind::Peer, p.name.as_deref()).is_some()
+                    || p.name
+                        .as_deref()
+                        .and_then(|n| n.parse::<Cidr>().ok())
+                        .is_some_and(|c| own.iter().any(|o| covers(o, &c) && covers(&c, o)))
+            };
             let peer_nodes = a
                 .children_of(ScopeKind::Peer)
-                .map(|p| (p, vec![p, a, l]))
-                .chain(
-                    l.children_of(ScopeKind::Peer)
-                        .filter(|p| a.child(ScopeKind::Peer, p.name.as_deref()).is_none())
-                        .map(|p| (p, vec![p, a, l])),
-                );
+                .chain(l.children_of(ScopeKind::Peer).filter(|p| !redeclared(p)));
             let peers = peer_nodes
-                .filter_map(|(p, nodes)| {
+                .filter_map(|p| {
                     let cidr = p.name.as_deref()?.parse::<Cidr>().ok()?;
-                    let r = Resolver::new(nodes);
+                    let r = Resolver::new(listener_nodes(l, Some(a), Some(p)));
                     Some(PeerSettings {
                         cidr,
                         mcmt_reception: r

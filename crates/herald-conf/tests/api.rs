@@ -192,3 +192,70 @@ domain "h2.example" { delivery_method = apn  routes = ( "https://api.push.apple.
     let r = route("h2.example");
     assert_eq!((r.protocol, r.port), (RouteProtocol::Http2, 443));
 }
+
+/// `config get` and `config show` find a binding declared inside a binding group by its name alone, as `config
+/// eval` does (the group that declares it); `show` wraps it in its group, so that the output still parses to the
+/// same stanza.
+#[test]
+fn a_grouped_binding_is_found_by_its_name_alone() {
+    let c = Config::parse_str("api.conf", TEXT).unwrap();
+    let bare: ScopePath = "binding b domain app.example".parse().unwrap();
+    let full: ScopePath = "binding_group g binding b domain app.example"
+        .parse()
+        .unwrap();
+    assert_eq!(
+        c.get(&bare, "apn_binary_format").unwrap(),
+        Some(Value::Str("enhanced".into()))
+    );
+    assert_eq!(
+        c.get(&bare, "apn_binary_format").unwrap(),
+        c.get(&full, "apn_binary_format").unwrap()
+    );
+    assert!(c.node(&ScopePath::binding("b")).is_some());
+    let shown = c.show(&ScopePath::binding("b")).unwrap();
+    assert_eq!(
+        shown,
+        c.show(&"binding_group g binding b".parse().unwrap())
+            .unwrap()
+    );
+    assert!(
+        shown.starts_with("binding_group \"g\" {\n  binding \"b\" {\n"),
+        "{shown}"
+    );
+    assert!(Config::parse_str("shown.conf", &shown).is_ok(), "{shown}");
+    assert_eq!(
+        c.show(&bare).unwrap(),
+        c.show(&full).unwrap(),
+        "a path below the binding too"
+    );
+    // A binding nobody declares is still not found; a group's binding is not found under another group.
+    assert!(c.show(&ScopePath::binding("nope")).is_err());
+    assert!(
+        c.node(&"binding_group other binding b".parse().unwrap())
+            .is_none()
+    );
+}
+
+/// Diagnostics about delivery point at the statement that sets an option's effective value, else at the domain
+/// stanza that applies.
+#[test]
+fn delivery_location_points_at_the_statement_or_the_stanza() {
+    let c = Config::parse_str("api.conf", TEXT).unwrap();
+    let at = |b: Option<&str>, opt| {
+        c.delivery_location(None, b, "APP.example", opt)
+            .map(|l| (l.line, l.col))
+    };
+    // `apn_key = /k.p8` on line 10; the grouped binding's own `apn_binary_format` on line 5.
+    assert_eq!(at(None, Some(herald_conf::Opt::ApnKey)), Some((10, 3)));
+    assert_eq!(
+        at(Some("b"), Some(herald_conf::Opt::ApnBinaryFormat)),
+        Some((5, 54))
+    );
+    // Unset (its default applies), or no option: the most specific domain stanza.
+    assert_eq!(
+        at(None, Some(herald_conf::Opt::TlsCertificate)),
+        Some((6, 1))
+    );
+    assert_eq!(at(Some("b"), None), Some((5, 31)));
+    assert_eq!(c.delivery_location(None, None, "other.example", None), None);
+}

@@ -647,6 +647,113 @@ esmtp_listener {
     }
 }
 
+/// A listener-level `peer` still applies where a listen-level `peer` matches the client too: an option the listen
+/// stanza's peer and the listen stanza leave unset comes from the listener's peer before the listener
+/// (listener::listen::peer > listener::listen > listener::peer > listener), in `config eval` as in the settings the
+/// listeners use.
+#[test]
+fn a_listener_peer_is_consulted_after_the_listen_stanza_when_a_listen_peer_matches() {
+    let c = Config::parse_str(
+        "p.conf",
+        r#"
+esmtp_listener {
+  peer "10.0.0.0/8" { mcmt_reception = allow }
+  listen "127.0.0.1:2525" {
+    peer "10.1.0.0/16" { always_allow = ( 10.1.0.0/16 ) }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let e = |ip: &str, option: &str| {
+        eval(
+            &c,
+            &[
+                "esmtp_listener",
+                "listen",
+                "127.0.0.1:2525",
+                "peer",
+                ip,
+                option,
+            ],
+        )
+    };
+    let listener = &c.listeners()[0];
+    for ip in ["10.1.2.3", "10.2.2.3", "::ffff:10.1.2.3"] {
+        assert_eq!(
+            e(ip, "mcmt_reception"),
+            Value::Str("allow".into()),
+            "eval for {ip}"
+        );
+        assert_eq!(
+            listener.mcmt_reception_for(ip.parse().unwrap()),
+            herald_conf::McmtReception::Allow,
+            "run time for {ip}"
+        );
+    }
+    // The listen stanza's peer still comes first for what it sets.
+    assert_eq!(
+        e("10.1.2.3", "always_allow"),
+        Value::Cidrs(vec!["10.1.0.0/16".parse().unwrap()])
+    );
+    assert!(listener.always_allowed("10.1.2.3".parse().unwrap()));
+    // Outside every peer: the listen stanza, then the listener, then the default.
+    assert_eq!(
+        e("192.0.2.1", "mcmt_reception"),
+        Value::Str("passthru".into())
+    );
+    assert_eq!(
+        listener.mcmt_reception_for("192.0.2.1".parse().unwrap()),
+        herald_conf::McmtReception::Passthru
+    );
+}
+
+/// The mirror case: the listener's peer is the narrower, so it applies first, and what it leaves unset comes from
+/// the listen stanza's peer (then the listen stanza, then the listener), in `config eval` as at run time.
+#[test]
+fn a_listen_peer_is_consulted_after_a_narrower_listener_peer() {
+    let c = Config::parse_str(
+        "p.conf",
+        r#"
+esmtp_listener {
+  mcmt_reception = reject
+  peer "10.1.0.0/16" { always_allow = ( 10.1.0.0/16 ) }
+  listen ":25" {
+    always_deny = ( 0.0.0.0/0 )
+    peer "10.0.0.0/8" { mcmt_reception = allow }
+  }
+}
+"#,
+    )
+    .unwrap();
+    let e =
+        |ip: &str, option: &str| eval(&c, &["esmtp_listener", "listen", ":25", "peer", ip, option]);
+    let listener = &c.listeners()[0];
+    for (ip, want) in [
+        ("10.1.2.3", "allow"),
+        ("10.2.2.3", "allow"),
+        ("8.8.8.8", "reject"),
+    ] {
+        assert_eq!(
+            e(ip, "mcmt_reception"),
+            Value::Str(want.into()),
+            "eval for {ip}"
+        );
+        assert_eq!(
+            listener.mcmt_reception_for(ip.parse().unwrap()).word(),
+            want,
+            "run time for {ip}"
+        );
+    }
+    // The listener's 10.1/16 applies first for what it sets; the listen stanza's deny list comes after it.
+    assert_eq!(
+        e("10.1.2.3", "always_allow"),
+        Value::Cidrs(vec!["10.1.0.0/16".parse().unwrap()])
+    );
+    assert!(listener.permits("10.1.2.3".parse().unwrap()));
+    assert!(!listener.permits("10.2.2.3".parse().unwrap()));
+}
+
 #[test]
 fn scope_path_errors() {
     let c = Config::parse_str("e.conf", "").unwrap();

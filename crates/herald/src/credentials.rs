@@ -9,9 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use herald_apns::identity::CertEnvironment;
 use herald_apns::provider_token::SigningKey;
-use herald_conf::{Config, DeliveryMethod, DomainSettings, RouteProtocol};
+use herald_conf::{
+    Config, DeliveryMethod, DomainSettings, Location, Opt, RouteProtocol, ScopeKind,
+};
 
 use crate::delivery::ConfigResolver;
+use crate::queue::SettingsResolver;
+use crate::queue::message::DEFAULT_BINDING;
 
 /// Certificates expiring sooner than this get a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -27,54 +31,105 @@ pub enum Severity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     pub domain: String,
+    /// The binding whose settings the finding is about; `None` for the `default` binding.
+    pub binding: Option<String>,
     pub severity: Severity,
     pub message: String,
+    /// The statement or stanza of the configuration the finding is about (where the option is set, else the
+    /// domain stanza); `None` when the configuration declares neither.
+    pub at: Option<Location>,
 }
 
+/// `domain D: error: …`, or `binding B domain D: error: …` for another binding than `default` (without the
+/// position: `herald check` writes [`Finding::at`] before it).
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let level = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
+        if let Some(b) = &self.binding {
+            write!(f, "binding {b} ")?;
+        }
         write!(f, "domain {}: {level}: {}", self.domain, self.message)
     }
 }
 
-/// Checks every exactly named domain with `delivery_method = apn` (regex domains have no single route to test).
-/// A domain that passes the checklist then has its delivery settings built exactly as `herald serve` builds them
-/// (client identity, trust, TLS configuration, provider-token signer), so whatever the TLS stack would refuse at
-/// the first notification is an error here.
+/// Whether two (binding, domain) settings deliver with the same route and credentials, so that whatever is wrong
+/// with one is wrong with the other: `check` and the reload's check try a binding only when it changes one of
+/// these.
+pub fn same_credentials(a: &DomainSettings, b: &DomainSettings) -> bool {
+    a.delivery_method == b.delivery_method
+        && a.routes == b.routes
+        && a.tls_verify == b.tls_verify
+        && a.tls_ca == b.tls_ca
+        && a.tls_certificate == b.tls_certificate
+        && a.tls_key == b.tls_key
+        && a.tls_pkcs12 == b.tls_pkcs12
+        && a.tls_pkcs12_password == b.tls_pkcs12_password
+        && a.apn_topic == b.apn_topic
+        && a.apn_key == b.apn_key
+        && a.apn_key_id == b.apn_key_id
+        && a.apn_team_id == b.apn_team_id
+        && a.apn_binary_format == b.apn_binary_format
+}
+
+/// Checks every exactly named domain (regex domains have no single route to test) from every declared binding
+/// (`default` first) that delivers it with `delivery_method = apn`, as notifications naming that binding would be
+/// delivered; a binding with the same route and credentials as one already checked is not checked again, and a
+/// finding the same as one already made for the domain is not repeated. A (binding, domain) that passes the
+/// checklist then has its delivery settings built exactly as `herald serve` builds them (client identity, trust,
+/// TLS configuration, provider-token signer), so whatever the TLS stack would refuse at the first notification is
+/// an error here.
 pub fn check(config: &Arc<Config>, now: SystemTime) -> Vec<Finding> {
-    let mut findings = Vec::new();
+    let mut findings: Vec<Finding> = Vec::new();
     let resolver = ConfigResolver::new(config.clone());
+    let bindings = config.bindings();
     for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
-        let d = config.domain_settings(None, None, domain);
-        if d.delivery_method != DeliveryMethod::Apn {
-            continue;
-        }
-        let before = findings.len();
-        let mut missing_files = false;
-        check_domain(&d, now, &mut |severity, message| {
-            missing_files |= message.ends_with(MISSING_FILE);
-            findings.push(Finding {
-                domain: domain.to_owned(),
-                severity,
-                message,
-            })
-        });
-        let clean = !findings[before..]
-            .iter()
-            .any(|f| f.severity == Severity::Error);
-        if clean
-            && !missing_files
-            && let Err(message) = resolver.build(domain)
-        {
-            findings.push(Finding {
-                domain: domain.to_owned(),
-                severity: Severity::Error,
-                message: message.to_string(),
+        let mut checked: Vec<Arc<DomainSettings>> = Vec::new();
+        let first = findings.len();
+        for &(group, binding) in &bindings {
+            let d = config.domain_settings(group, Some(binding), domain);
+            if d.delivery_method != DeliveryMethod::Apn
+                || checked.iter().any(|c| same_credentials(c, &d))
+            {
+                continue;
+            }
+            checked.push(d.clone());
+            let named = (binding != DEFAULT_BINDING).then(|| binding.to_owned());
+            let mut found = Vec::new();
+            let mut missing_files = false;
+            check_domain(&d, now, &mut |severity, opt, message| {
+                missing_files |= message.ends_with(MISSING_FILE);
+                found.push(Finding {
+                    domain: domain.to_owned(),
+                    binding: named.clone(),
+                    severity,
+                    message,
+                    at: config.delivery_location(group, Some(binding), domain, opt),
+                })
             });
+            let clean = !found.iter().any(|f| f.severity == Severity::Error);
+            if clean
+                && !missing_files
+                && let Err(message) = resolver.resolve_binding(binding, domain)
+            {
+                found.push(Finding {
+                    domain: domain.to_owned(),
+                    binding: named.clone(),
+                    severity: Severity::Error,
+                    message: message.to_string(),
+                    at: config.delivery_location(group, Some(binding), domain, None),
+                });
+            }
+            for f in found {
+                let repeated = findings[first..]
+                    .iter()
+                    .any(|g| g.severity == f.severity && g.message == f.message && g.at == f.at);
+                if !repeated {
+                    findings.push(f);
+                }
+            }
         }
     }
     findings
@@ -87,6 +142,8 @@ pub struct ListenerFinding {
     pub listener: String,
     pub severity: Severity,
     pub message: String,
+    /// Where the file is named (`tls_certificate` or `tls_key`), else the listen stanza.
+    pub at: Option<Location>,
 }
 
 impl std::fmt::Display for ListenerFinding {
@@ -115,6 +172,7 @@ pub fn check_listeners(config: &Config) -> Vec<ListenerFinding> {
             continue;
         };
         let listener = format!("{kind} {}", l.address);
+        let at = |opt: Opt| listener_location(config, kind, &l.address, opt);
         let missing: Vec<_> = [Some(cert), l.tls_key.as_ref()]
             .into_iter()
             .flatten()
@@ -122,10 +180,16 @@ pub fn check_listeners(config: &Config) -> Vec<ListenerFinding> {
             .collect();
         if !missing.is_empty() {
             for p in missing {
+                let opt = if p == cert {
+                    Opt::TlsCertificate
+                } else {
+                    Opt::TlsKey
+                };
                 findings.push(ListenerFinding {
                     listener: listener.clone(),
                     severity: Severity::Warning,
                     message: format!("{} {MISSING_FILE}", p.display()),
+                    at: at(opt),
                 });
             }
             continue;
@@ -143,10 +207,25 @@ pub fn check_listeners(config: &Config) -> Vec<ListenerFinding> {
                 listener,
                 severity: Severity::Error,
                 message,
+                at: at(Opt::TlsCertificate),
             });
         }
     }
     findings
+}
+
+/// Where listener `kind` (its keyword) listening on `address` sets `opt` (its listen stanza, else the listener),
+/// else where the listen stanza opens.
+fn listener_location(config: &Config, kind: &str, address: &str, opt: Opt) -> Option<Location> {
+    let l = config.tree().child(ScopeKind::from_keyword(kind)?, None)?;
+    let a = l.child(ScopeKind::Listen, Some(address));
+    [a, Some(l)]
+        .into_iter()
+        .flatten()
+        .find_map(|n| n.get(opt.id()))
+        .map(|s| s.at.clone())
+        .or_else(|| a.and_then(|a| a.at.clone()))
+        .or_else(|| l.at.clone())
 }
 
 /// The finding about a token-authenticated domain with no topic to give a notification whose sender names none
@@ -159,10 +238,17 @@ const TOKEN_WITHOUT_TOPIC: &str = "apn_key without apn_topic: APNs requires a to
 /// How a finding about a credential file that is not on this machine ends.
 const MISSING_FILE: &str = "does not exist here; the credentials in it were not checked";
 
-fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severity, String)) {
+/// The checklist for one (binding, domain); `say` takes each finding with the option it is about (`None`: the
+/// domain as a whole).
+fn check_domain(
+    d: &DomainSettings,
+    now: SystemTime,
+    say: &mut dyn FnMut(Severity, Option<Opt>, String),
+) {
     let Some(route) = d.routes.first() else {
         say(
             Severity::Error,
+            None,
             "no routes: set routes = ( \"https://api.push.apple.com\" )".into(),
         );
         return;
@@ -173,6 +259,7 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
     if route.protocol == RouteProtocol::Binary && apple_host {
         say(
             Severity::Warning,
+            Some(Opt::Routes),
             format!(
                 "{host} is the legacy binary gateway, which Apple retired on 31 March 2021; use an https:// route"
             ),
@@ -180,30 +267,46 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
     }
 
     // A file missing here may exist on the host that runs herald: say so, but check what can be checked.
-    let missing = [&d.tls_pkcs12, &d.tls_certificate, &d.tls_key, &d.apn_key]
-        .into_iter()
-        .flatten()
-        .filter(|p| !p.exists())
-        .collect::<Vec<_>>();
-    for p in &missing {
-        say(Severity::Warning, format!("{} {MISSING_FILE}", p.display()));
+    let missing = [
+        (&d.tls_pkcs12, Opt::TlsPkcs12),
+        (&d.tls_certificate, Opt::TlsCertificate),
+        (&d.tls_key, Opt::TlsKey),
+        (&d.apn_key, Opt::ApnKey),
+    ]
+    .into_iter()
+    .filter_map(|(p, opt)| Some((p.as_ref()?, opt)))
+    .filter(|(p, _)| !p.exists())
+    .collect::<Vec<_>>();
+    for (p, opt) in &missing {
+        say(
+            Severity::Warning,
+            Some(*opt),
+            format!("{} {MISSING_FILE}", p.display()),
+        );
     }
     if !missing.is_empty() {
         return;
     }
+    // The option that names the client identity: a PKCS#12 file, else the certificate.
+    let cert = Some(if d.tls_pkcs12.is_some() {
+        Opt::TlsPkcs12
+    } else {
+        Opt::TlsCertificate
+    });
     let identity = crate::delivery::load_identity(d).map(|(_, identity)| identity);
     match identity {
-        Some(Err(e)) => say(Severity::Error, e),
+        Some(Err(e)) => say(Severity::Error, cert, e),
         Some(Ok(identity)) => match identity.info() {
-            Err(e) => say(Severity::Error, format!("client certificate: {e}")),
+            Err(e) => say(Severity::Error, cert, format!("client certificate: {e}")),
             Ok(info) => {
                 if let Err(e) = info.check_validity(now) {
-                    say(Severity::Error, format!("client certificate: {e}"));
+                    say(Severity::Error, cert, format!("client certificate: {e}"));
                 } else if let Ok(left) = info.not_after.duration_since(now)
                     && left < EXPIRY_WARNING
                 {
                     say(
                         Severity::Warning,
+                        cert,
                         format!(
                             "client certificate expires in {} days",
                             left.as_secs() / 86_400
@@ -213,6 +316,7 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
                 match &d.apn_topic {
                     Some(topic) if !info.allows_topic(topic) => say(
                         Severity::Error,
+                        Some(Opt::ApnTopic),
                         format!(
                             "apn_topic {topic:?} is not a topic of the client certificate (UID {:?}, topics {:?})",
                             info.uid, info.topics
@@ -221,7 +325,7 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
                     Some(_) => {}
                     None => {
                         if let Err(e) = info.default_topic() {
-                            say(Severity::Error, format!("client certificate: {e}"));
+                            say(Severity::Error, cert, format!("client certificate: {e}"));
                         }
                     }
                 }
@@ -229,12 +333,14 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
                     match (info.environment, sandbox_host) {
                         (CertEnvironment::Production, true) => say(
                             Severity::Error,
+                            Some(Opt::Routes),
                             format!(
                                 "a production certificate cannot push to the sandbox host {host}"
                             ),
                         ),
                         (CertEnvironment::Development, false) => say(
                             Severity::Error,
+                            Some(Opt::Routes),
                             format!(
                                 "a development (sandbox) certificate cannot push to the production host {host}"
                             ),
@@ -251,7 +357,11 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
         match (&d.apn_key_id, &d.apn_team_id) {
             (Some(key_id), Some(team_id)) => {
                 if let Err(e) = SigningKey::from_p8_file(p8, key_id, team_id) {
-                    say(Severity::Error, format!("apn_key {}: {e}", p8.display()));
+                    say(
+                        Severity::Error,
+                        Some(Opt::ApnKey),
+                        format!("apn_key {}: {e}", p8.display()),
+                    );
                 }
                 let stem = p8.file_stem().and_then(|s| s.to_str()).unwrap_or("");
                 if let Some(file_id) = stem.strip_prefix("AuthKey_")
@@ -259,6 +369,7 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
                 {
                     say(
                         Severity::Warning,
+                        Some(Opt::ApnKeyId),
                         format!(
                             "apn_key_id {key_id:?} differs from the key id {file_id:?} in the file name"
                         ),
@@ -267,21 +378,28 @@ fn check_domain(d: &DomainSettings, now: SystemTime, say: &mut dyn FnMut(Severit
             }
             _ => say(
                 Severity::Error,
+                Some(Opt::ApnKey),
                 "apn_key needs apn_key_id and apn_team_id".into(),
             ),
         }
         if route.protocol == RouteProtocol::Binary {
             say(
                 Severity::Error,
+                Some(Opt::Routes),
                 "provider tokens (apn_key) work only over HTTP/2 routes".into(),
             );
         } else if d.apn_topic.is_none() && d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
             // A warning, not an error: senders may name the topic of every notification themselves.
-            say(Severity::Warning, TOKEN_WITHOUT_TOPIC.into());
+            say(
+                Severity::Warning,
+                Some(Opt::ApnKey),
+                TOKEN_WITHOUT_TOPIC.into(),
+            );
         }
     } else if d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
         say(
             Severity::Error,
+            None,
             "no credentials: set apn_key (token auth) or tls_certificate / tls_pkcs12".into(),
         );
     }
@@ -294,10 +412,7 @@ pub async fn check_reachable(resolver: &ConfigResolver, timeout: Duration) -> Ve
     let config = resolver.config();
     let mut findings = Vec::new();
     for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
-        if config.domain_settings(None, None, domain).delivery_method != DeliveryMethod::Apn {
-            continue;
-        }
-        // Settings that cannot be built are already reported by `check`.
+        // Settings that cannot be built (or a domain no binding delivers with `apn`) are reported by `check`.
         for settings in resolver.distinct_bindings(domain) {
             let result = herald_apns::client::connect::connect_tls(
                 &settings.endpoint,
@@ -307,7 +422,7 @@ pub async fn check_reachable(resolver: &ConfigResolver, timeout: Duration) -> Ve
             .await;
             if let Err(e) = result {
                 let from = match &*settings.binding {
-                    crate::queue::message::DEFAULT_BINDING => String::new(),
+                    DEFAULT_BINDING => String::new(),
                     b => format!(" from binding {b}"),
                 };
                 let source = settings
@@ -317,10 +432,18 @@ pub async fn check_reachable(resolver: &ConfigResolver, timeout: Duration) -> Ve
                     .unwrap_or_default();
                 findings.push(Finding {
                     domain: domain.to_owned(),
+                    // Named in the message, as `check --connect` always has.
+                    binding: None,
                     severity: Severity::Error,
                     message: format!(
                         "route {}{from}{source} is not reachable: {e}",
                         settings.endpoint
+                    ),
+                    at: config.delivery_location(
+                        None,
+                        Some(&*settings.binding),
+                        domain,
+                        Some(Opt::Routes),
                     ),
                 });
             }
@@ -357,8 +480,15 @@ mod tests {
             findings,
             vec![Finding {
                 domain: "token.example".into(),
+                binding: None,
                 severity: Severity::Warning,
                 message: TOKEN_WITHOUT_TOPIC.into(),
+                // The statement that sets apn_key: line 6.
+                at: Some(Location {
+                    file: "check.conf".into(),
+                    line: 6,
+                    col: 2,
+                }),
             }]
         );
         assert!(

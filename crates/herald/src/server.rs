@@ -1331,29 +1331,75 @@ fn injection_off(config: &Config) -> Option<&'static str> {
     )
 }
 
-/// The exactly named domains delivered with `delivery_method = apn` (as `herald check` picks them) whose settings
-/// for the `default` binding cannot be resolved under `config`, with why; those named in `skip` (already reported
-/// by their queue) are left out. Blocking: credential files are read.
+/// The (binding, domain) pairs `herald check` checks — every exactly named domain from every declared binding that
+/// delivers it with `delivery_method = apn`, a binding with the same route and credentials as one already tried
+/// not tried again — whose settings cannot be resolved under `config`, each as its queue's name
+/// ([`Engine::queue_name`]: the domain for `default`, `BINDING:DOMAIN` otherwise) with why; queues named in `skip`
+/// (already reported) are left out. Blocking: credential files are read.
 fn undeliverable_domains(
     config: &Config,
     resolver: &ConfigResolver,
     skip: &std::collections::HashSet<String>,
 ) -> Vec<(String, String)> {
-    config
-        .domains()
-        .into_iter()
-        .filter(|d| !d.starts_with('/') && !skip.contains(*d))
-        .filter(|d| {
-            config.domain_settings(None, None, d).delivery_method
-                == herald_conf::DeliveryMethod::Apn
-        })
-        .filter_map(|d| {
-            resolver
-                .resolve(d)
-                .err()
-                .map(|e| (d.to_owned(), e.to_string()))
-        })
-        .collect()
+    let bindings = config.bindings();
+    let mut out = Vec::new();
+    for domain in config.domains().into_iter().filter(|d| !d.starts_with('/')) {
+        let mut tried: Vec<Arc<herald_conf::DomainSettings>> = Vec::new();
+        for &(group, binding) in &bindings {
+            let d = config.domain_settings(group, Some(binding), domain);
+            if d.delivery_method != herald_conf::DeliveryMethod::Apn
+                || tried
+                    .iter()
+                    .any(|t| crate::credentials::same_credentials(t, &d))
+            {
+                continue;
+            }
+            tried.push(d);
+            let queue = Engine::queue_name(binding, domain);
+            if skip.contains(&queue) {
+                continue;
+            }
+            if let Err(e) = resolver.resolve_binding(binding, domain) {
+                out.push((queue, e.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod undeliverable_domains_tests {
+    use super::*;
+
+    /// A binding whose own domain stanza breaks the credentials is named, with its binding, though the `default`
+    /// binding delivers the domain; bindings that change nothing are not reported again.
+    #[test]
+    fn every_binding_that_delivers_a_domain_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = herald_sim::Pki::generate(dir.path(), &[]).unwrap();
+        let key = &pki.manifest.token_key;
+        let text = format!(
+            "domain \"app.example\" {{\n delivery_method = apn\n routes = ( \"https://127.0.0.1:1\" )\n \
+             tls_verify = ca\n tls_ca = \"{ca}\"\n apn_key = \"{p8}\"\n apn_key_id = \"{kid}\"\n \
+             apn_team_id = \"{tid}\"\n apn_topic = \"com.example.app\"\n}}\n\
+             binding \"same\" {{ }}\n\
+             binding_group \"g\" {{ binding \"b2\" {{ domain \"app.example\" {{ apn_key = \"/etc/passwd\" }} }} }}\n",
+            ca = pki.manifest.ca_cert.display(),
+            p8 = key.p8.display(),
+            kid = key.key_id,
+            tid = key.team_id,
+        );
+        let config = Arc::new(Config::parse_str("t.conf", &text).unwrap());
+        let resolver = ConfigResolver::new(config.clone());
+        let none = std::collections::HashSet::new();
+        let found = undeliverable_domains(&config, &resolver, &none);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "b2:app.example");
+        assert!(found[0].1.contains("/etc/passwd"), "{found:?}");
+        // Already reported by its queue: not again.
+        let skip = std::collections::HashSet::from(["b2:app.example".to_owned()]);
+        assert!(undeliverable_domains(&config, &resolver, &skip).is_empty());
+    }
 }
 
 /// The listeners to run: every enabled one, except HTTP listeners when `httpsrv { enabled = false }` turns the

@@ -272,3 +272,53 @@ async fn connect_checks_every_binding_that_changes_the_route_or_the_source() {
     );
     assert_eq!(err.matches("is not reachable").count(), 1, "{err}");
 }
+
+/// `check` checks a domain from every binding that delivers it, not only from `default`: a binding whose own
+/// domain stanza names a key that does not load fails the check (every delivery from it would fail), named with
+/// its binding and at the line that sets the key; a binding that changes nothing is not checked twice.
+#[test]
+fn check_checks_every_binding_that_delivers_a_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let k = &pki.manifest.token_key;
+    let good = format!(
+        "domain \"app.example\" {{\n delivery_method = apn\n routes = ( \"https://127.0.0.1:1\" )\n tls_verify = ca\n \
+         tls_ca = \"{ca}\"\n apn_key = \"{p8}\"\n apn_key_id = \"{kid}\"\n apn_team_id = \"{tid}\"\n apn_topic = \"{TOPIC}\"\n}}\n\
+         binding \"plain\" {{ }}\n",
+        ca = pki.manifest.ca_cert.display(),
+        p8 = k.p8.display(),
+        kid = k.key_id,
+        tid = k.team_id,
+    );
+    let config = write(dir.path(), &good);
+    let (code, err) = check(&config, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("error"), "{err}");
+
+    // `apn_key` on line 13 of the file, after the 11 lines above.
+    let bad = format!(
+        "{good}binding \"b2\" {{\n  domain \"app.example\" {{ apn_key = \"/etc/passwd\" }}\n}}\n"
+    );
+    let config = write(dir.path(), &bad);
+    let (code, err) = check(&config, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:13:26: binding b2 domain app.example: error: apn_key /etc/passwd:",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches(": error: ").count(), 1, "{err}");
+
+    // The same from a binding declared inside a binding group.
+    let bad = format!(
+        "{good}binding_group \"g\" {{ binding \"b3\" {{ domain \"app.example\" {{ apn_key_id = \"\" }} }} }}\n"
+    );
+    let (code, err) = check(&write(dir.path(), &bad), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("binding b3 domain app.example: error:"),
+        "{err}"
+    );
+}

@@ -374,3 +374,115 @@ fn check_loads_the_tls_identity_of_listeners() {
         "{err}"
     );
 }
+
+/// `config show binding NAME` (and `config show binding NAME OPTION`, Momentum's `config get`) find a binding
+/// declared inside a binding group by its name alone, as `config eval binding NAME …` does.
+#[test]
+fn config_show_finds_a_grouped_binding_by_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "f.conf", GROUP_EXAMPLE);
+    let o = herald(&["config", "show", "-c", &p, "binding", "example"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.starts_with("binding_group \"group1\" {\n  binding \"example\" {\n"),
+        "{text}"
+    );
+    assert!(text.contains("max_outbound_connections = 15"), "{text}");
+    let o = herald(&[
+        "config",
+        "show",
+        "-c",
+        &p,
+        "binding",
+        "example",
+        "max_outbound_connections",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "max_outbound_connections = 15\n");
+    let o = herald(&[
+        "config",
+        "show",
+        "-c",
+        &p,
+        "binding",
+        "example",
+        "domain",
+        "example.com",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("domain \"example.com\""),
+        "{}",
+        stdout(&o)
+    );
+    let o = herald(&["config", "show", "-c", &p, "binding", "nobody"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no such scope"), "{}", stderr(&o));
+}
+
+/// `config eval` consults a listener-level `peer` after the listen stanza when a listen-level `peer` matches the
+/// address too (listener::listen::peer > listener::listen > listener::peer > listener).
+#[test]
+fn config_eval_consults_the_listener_peer_after_the_listen_stanza() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "p.conf",
+        "esmtp_listener {\n  peer \"10.0.0.0/8\" { mcmt_reception = allow }\n  listen \"127.0.0.1:2525\" {\n    \
+         peer \"10.1.0.0/16\" { always_allow = ( 10.1.0.0/16 ) }\n  }\n}\n",
+    );
+    for ip in ["10.1.2.3", "10.2.2.3"] {
+        let o = herald(&[
+            "config",
+            "eval",
+            "-c",
+            &p,
+            "esmtp_listener",
+            "listen",
+            "127.0.0.1:2525",
+            "peer",
+            ip,
+            "mcmt_reception",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "mcmt_reception = allow\n", "{ip}");
+    }
+}
+
+/// Every error `herald check` reports carries the position it is about: a domain's credential findings point at
+/// the statement or the domain stanza, a log problem at the logger's option.
+#[test]
+fn check_findings_carry_a_position() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "t.conf",
+        "domain \"x.example\" {\n  delivery_method = apn\n}\n",
+    );
+    let o = herald(&["check", "-c", &p]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{p}:1:1: domain x.example: error: no routes: set routes"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains(&format!("{p}: domain")), "{err}");
+
+    let p = write(
+        tmp.path(),
+        "l.conf",
+        "apn_logger \"a\" {\n  logfile = \"/dev/null\"\n  log_delivery_format = \"%t@%vctx_mess{x}\"\n}\n",
+    );
+    let o = herald(&["check", "-c", &p]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{p}:3:3: error: apn_logger \"a\" log_delivery_format: unknown apn_logger macro"
+        )),
+        "{err}"
+    );
+}

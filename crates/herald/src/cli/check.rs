@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use herald_conf::Config;
+use herald_conf::{Config, Location, Opt, ScopeKind};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -26,7 +26,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             let log_errors = herald::logs::check(&config);
             if !log_errors.is_empty() {
                 for e in &log_errors {
-                    eprintln!("{name}: error: {e}");
+                    match log_problem_location(&config, e) {
+                        Some(at) => eprintln!("{at}: error: {e}"),
+                        None => eprintln!("{name}: error: {e}"),
+                    }
                 }
                 let n = log_errors.len();
                 eprintln!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
@@ -45,12 +48,19 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     std::time::Duration::from_secs(5),
                 )));
             }
+            // Each at the statement or stanza it is about (`FILE:LINE:COL: domain D: error: …`).
             for f in &findings {
-                eprintln!("{name}: {f}");
+                match &f.at {
+                    Some(at) => eprintln!("{at}: {f}"),
+                    None => eprintln!("{name}: {f}"),
+                }
             }
             let listener_findings = herald::credentials::check_listeners(&config);
             for f in &listener_findings {
-                eprintln!("{name}: {f}");
+                match &f.at {
+                    Some(at) => eprintln!("{at}: {f}"),
+                    None => eprintln!("{name}: {f}"),
+                }
             }
             let credential_errors = findings
                 .iter()
@@ -86,4 +96,28 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Where the configuration names what a log problem is about (`herald::logs::check` words each as `ec_logger "N"
+/// mainlog …`, `apn_logger "N" OPTION …` or `feedback_logfile …`): the statement that sets the option, else the
+/// logger's stanza.
+fn log_problem_location(config: &Config, problem: &str) -> Option<Location> {
+    let root = config.tree();
+    if problem.starts_with("feedback_logfile ") {
+        return root.get(Opt::FeedbackLogfile.id()).map(|s| s.at.clone());
+    }
+    for kind in [ScopeKind::EcLogger, ScopeKind::ApnLogger] {
+        for n in root.children_of(kind) {
+            let Some(name) = n.name.as_deref() else {
+                continue;
+            };
+            let Some(rest) = problem.strip_prefix(&format!("{} {name:?} ", kind.keyword())) else {
+                continue;
+            };
+            let option = rest.split([' ', ':']).next().unwrap_or("");
+            let set = herald_conf::options::lookup(option).and_then(|id| n.get(id));
+            return set.map(|s| s.at.clone()).or_else(|| n.at.clone());
+        }
+    }
+    None
 }
