@@ -17,15 +17,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
+use axum::http::HeaderValue;
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use herald_spool::{OutcomeKey, PeerLookup};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::book::{Found, Status, StatusBook};
+use super::book::{Found, LookupError, Status, StatusBook};
 use super::{parse_id, peers};
 use crate::inbound::rest::server::read_request_body;
 
@@ -132,11 +133,14 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
                  where no node remembers it); ask again later"
             ),
         ),
+        // A store that cannot be read for now (being reopened after a failed write, a full disk) is the client's
+        // to ask again; an entry that does not decode will not read better later.
         Err(e) => {
-            return reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"id": id, "error": e.to_string()}),
-            );
+            let status = match &e {
+                LookupError::Store(s) if s.is_temporary() => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return reply(status, json!({"id": id, "error": e.to_string()}));
         }
     };
     // Unknown or expired here: another node may hold it (see the module's notes on `expired`).
@@ -165,7 +169,13 @@ async fn one(State(state): State<StatusState>, Path(id): Path<String>) -> Respon
         None => HashMap::new(),
     };
     let (status, body) = local.settled(&from_peers);
-    json(status, body)
+    let mut response = json(status, body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 #[derive(Deserialize)]
@@ -290,6 +300,34 @@ mod tests {
             "{error}"
         );
         assert!(a.ask.is_some(), "another node may hold it");
+    }
+
+    /// A store that cannot be read for now (closed after a failed reopen, until its next write reopens it) is a
+    /// `503` with `retry-after` the client may retry, not a `500`.
+    #[tokio::test]
+    async fn a_store_that_cannot_be_read_for_now_is_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store.clone(), Duration::from_secs(3600), 1_000_000);
+        let id = IdGenerator::new(7).next();
+        // The keyspace cannot be opened again: a failed write's reopen leaves the store closed.
+        let marker = dir
+            .path()
+            .join(herald_spool::outcomes::OUTCOMES_DIR)
+            .join("version");
+        std::fs::write(&marker, b"not fjall").unwrap();
+        store.refuse_writes(true);
+        let key = parse_id(&id.to_string()).unwrap();
+        assert!(store.put(&[(key, 1_000, b"x")]).is_err());
+        store.refuse_writes(false);
+        assert!(store.put(&[(key, 1_000, b"x")]).is_err(), "closed");
+
+        let a = answer(&book, &id.to_string());
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
+        let base = serve(StatusState { book, peers: None }).await;
+        let r = reqwest::get(format!("{base}/{id}")).await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
     }
 
     /// A known status path with another method is `405` with `allow`, as for every other route: `query` is not
