@@ -76,8 +76,17 @@ pub trait Engine: Send + Sync + 'static {
     /// The greatest key in `table`.
     fn last_key(&self, table: Table) -> Result<Option<SpoolKey>, SpoolError>;
 
-    /// Bytes the store occupies on disk.
+    /// Bytes the store occupies on disk, as last measured: returns at once, whatever the store is doing. It is
+    /// called on async threads (`/readyz`, `/metrics`, the dashboard), where waiting for a lock the store holds
+    /// through a write and its fsync (fjall's journal) would stop a worker thread for as long as a failing disk
+    /// takes to answer. An engine whose measurement may wait measures in [`Engine::commit`] and
+    /// [`Engine::refresh_disk_bytes`], on the writer thread.
     fn disk_bytes(&self) -> u64;
+
+    /// Measures what [`Engine::disk_bytes`] reports, which may wait for the store. Called by the spool's writer
+    /// thread between commits, about every second (also when idle: the store's background work changes its size),
+    /// never on an async thread. The default has nothing to do.
+    fn refresh_disk_bytes(&self) {}
 
     /// The spool is stopping ([`crate::DiskSpool`]'s close or drop; called from another thread than the writer's):
     /// from now on a commit, and one waiting now, must not wait for the store's background work (flushes,

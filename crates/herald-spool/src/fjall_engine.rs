@@ -107,7 +107,8 @@ pub struct FjallEngine {
     stopping: AtomicBool,
     /// `None` after a reopen that closed the old keyspace but could not open the new one.
     store: RwLock<Option<Store>>,
-    /// The last size measured, for [`Engine::disk_bytes`] while a reopen holds the lock.
+    /// The size last measured ([`FjallEngine::measure`]): all [`Engine::disk_bytes`] reads. Measuring takes
+    /// fjall's journal lock, which a commit holds through its write and fsync: only the writer thread measures.
     disk_bytes: AtomicU64,
 }
 
@@ -417,6 +418,13 @@ impl FjallEngine {
         })
     }
 
+    /// Measures the size of `store` for [`Engine::disk_bytes`]. Waits for fjall's journal lock: on the writer
+    /// thread only (in a commit, a reopen, [`Engine::refresh_disk_bytes`]).
+    fn measure(&self, store: &Store) {
+        self.disk_bytes
+            .store(store.keyspace.disk_space(), Ordering::Relaxed);
+    }
+
     fn store(
         &self,
         context: &'static str,
@@ -561,7 +569,9 @@ impl Engine for FjallEngine {
         for k in &batch.unschedules {
             b.remove(&store.schedules, k.to_be_bytes());
         }
-        b.commit().map_err(|e| self.classify(CTX, e))
+        b.commit().map_err(|e| self.classify(CTX, e))?;
+        self.measure(store);
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), SpoolError> {
@@ -630,15 +640,20 @@ impl Engine for FjallEngine {
         Ok(None)
     }
 
+    /// The size measured last, by a commit or [`Engine::refresh_disk_bytes`] on the writer thread: measuring
+    /// takes fjall's journal lock (`Keyspace::journal_disk_space`), which a commit holds through its write and its
+    /// fsync, for as long as a failing disk takes to answer.
     fn disk_bytes(&self) -> u64 {
-        // Never waits: a reopen or a long recovery may hold the lock.
+        self.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    fn refresh_disk_bytes(&self) {
+        // A reopen holding the lock measures itself.
         if let Ok(guard) = self.store.try_read()
             && let Some(store) = guard.as_ref()
         {
-            self.disk_bytes
-                .store(store.keyspace.disk_space(), Ordering::Relaxed);
+            self.measure(store);
         }
-        self.disk_bytes.load(Ordering::Relaxed)
     }
 
     fn stop_waiting(&self) {
@@ -648,8 +663,8 @@ impl Engine for FjallEngine {
     fn reopen(&self) -> Result<(), SpoolError> {
         const CTX: &str = "reopening the spool store";
         probe_free_space(&self.dir, REOPEN_FREE_BYTES)?;
-        // A scan holds the lock for one chunk at most, `last_key` and `disk_bytes` for a moment: never wait here
-        // all the same, the writer thread tries again later.
+        // A scan holds the lock for one chunk at most, `last_key` for a moment: never wait here all the same, the
+        // writer thread tries again later.
         let mut guard = match self.store.try_write() {
             Ok(guard) => guard,
             Err(std::sync::TryLockError::WouldBlock) => {
@@ -670,8 +685,7 @@ impl Engine for FjallEngine {
         // The old keyspace must be gone (its journal closed) before the directory is opened again.
         *guard = None;
         let store = Store::open(&self.dir, self.options, self.tuning)?;
-        self.disk_bytes
-            .store(store.keyspace.disk_space(), Ordering::Relaxed);
+        self.measure(&store);
         *guard = Some(store);
         Ok(())
     }
@@ -697,6 +711,15 @@ impl FjallEngine {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+    }
+
+    /// Runs `f` while measuring the store's size would wait: with the keyspace's list of partitions locked, which
+    /// `Keyspace::disk_space` reads after the journal's size (a lock the test cannot take: a commit holds it
+    /// through its write and its fsync).
+    pub(crate) fn with_measuring_blocked<T>(&self, f: impl FnOnce() -> T) -> T {
+        let guard = self.store.read().unwrap();
+        let _partitions = guard.as_ref().unwrap().keyspace.partitions.write().unwrap();
+        f()
     }
 
     /// Bytes in the memtable of `table` that takes writes.
@@ -787,6 +810,41 @@ mod tests {
             })
             .unwrap();
         assert_eq!(keys, (1..=21).map(SpoolKey).collect::<Vec<_>>());
+    }
+
+    /// Reading the size never waits for the store: a failing disk that keeps a commit in its fsync (holding fjall's
+    /// journal lock, which measuring takes) must not stop the async threads that serve `/readyz` and `/metrics`.
+    #[test]
+    fn the_size_is_read_without_waiting_for_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Arc::new(FjallEngine::open(dir.path(), FjallOptions::default()).unwrap());
+        // Forgotten, to see the commit measure it (the journal file is allocated ahead: its size may not change).
+        engine.disk_bytes.store(0, Ordering::Relaxed);
+        let batch = CommitBatch {
+            inserts: (1..=16)
+                .map(|i| (SpoolKey(i), vec![i as u8; 4096]))
+                .collect(),
+            sync: true,
+            ..CommitBatch::default()
+        };
+        engine.commit(&batch).unwrap();
+        let measured = engine.disk_bytes();
+        assert!(measured > 0, "measured by the commit");
+
+        let read = engine.with_measuring_blocked(|| {
+            let (done, answer) = std::sync::mpsc::channel();
+            let reading = Arc::clone(&engine);
+            std::thread::spawn(move || {
+                let _ = done.send(reading.disk_bytes());
+            });
+            answer.recv_timeout(HANG)
+        });
+        assert_eq!(
+            read.expect("the size is read while measuring it would wait"),
+            measured
+        );
+        engine.refresh_disk_bytes();
+        assert_eq!(engine.disk_bytes(), measured, "nothing changed since");
     }
 
     #[test]

@@ -13,13 +13,16 @@
 //! across a power loss); [`OutcomeStore::sync`] makes them durable (herald calls it at a graceful stop), and
 //! idempotency answers can be written synced. After a failed write (disk full, I/O error) fjall refuses every later
 //! write until the keyspace is opened again: the store reopens it, as the spool does its own, once there is room: at
-//! the next write, then at most every [`REOPEN_INTERVAL`], and at once when a failed write finds room again.
+//! the next write, then at most every [`REOPEN_INTERVAL`], and at once when a failed write finds room again. Only
+//! writes reopen it (they run on writer or blocking threads); reads, some of which run on async threads (status
+//! lookups, `Idempotency-Key` checks), never do, nor wait for a reopen under way: they fail with a temporary error
+//! meanwhile.
 
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use fjall::{Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
@@ -315,7 +318,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn closed(context: &'static str) -> SpoolError {
     SpoolError::Storage {
         context,
-        detail: "the outcome store is closed after a failed reopen; it is reopened once the disk has room again"
+        detail: "the outcome store is closed after a failed reopen; its next write reopens it once the disk has room \
+                 again"
             .into(),
         temporary: true,
     }
@@ -345,17 +349,16 @@ impl OutcomeStore {
         })
     }
 
-    /// The keyspace, for a read or (`writing`) a write. While writes fail, a write first reopens it when that is
-    /// due: at once after the first failure, then at most every `retry_interval`, except that a failed write that
-    /// finds room on a disk found full makes it due at once (see [`OutcomeStore::failed`]). A read reopens it too
-    /// when a failed reopen left it closed.
-    fn parts(
+    /// The keyspace, for a write. While writes fail, a write first reopens it when that is due: at once after the
+    /// first failure, then at most every `retry_interval`, except that a failed write that finds room on a disk found
+    /// full makes it due at once (see [`OutcomeStore::failed`]). Writes run on writer or blocking threads, never on
+    /// async ones: a reopen writes and syncs a probe file and opens the keyspace again, recovering its journal.
+    fn writable(
         &self,
         context: &'static str,
-        writing: bool,
     ) -> Result<RwLockReadGuard<'_, Option<Parts>>, SpoolError> {
         let guard = self.parts.read().unwrap_or_else(|p| p.into_inner());
-        if (writing || guard.is_none()) && self.claim_reopen() {
+        if self.claim_reopen() {
             drop(guard);
             if let Err(e) = self.reopen() {
                 if let Some(b) = lock(&self.broken).as_mut() {
@@ -369,6 +372,30 @@ impl OutcomeStore {
                 None => Err(closed(context)),
             };
         }
+        match *guard {
+            Some(_) => Ok(guard),
+            None => Err(closed(context)),
+        }
+    }
+
+    /// The keyspace, for a read, without waiting: reads also run on async threads (status lookups,
+    /// `Idempotency-Key` checks). A keyspace that a failed reopen left closed is not reopened here (the next write
+    /// does that), and one being reopened is not waited for: both fail with a temporary error.
+    fn readable(
+        &self,
+        context: &'static str,
+    ) -> Result<RwLockReadGuard<'_, Option<Parts>>, SpoolError> {
+        let guard = match self.parts.try_read() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                return Err(SpoolError::Storage {
+                    context,
+                    detail: "the outcome store is being reopened; try again shortly".into(),
+                    temporary: true,
+                });
+            }
+        };
         match *guard {
             Some(_) => Ok(guard),
             None => Err(closed(context)),
@@ -425,7 +452,7 @@ impl OutcomeStore {
         context: &'static str,
         f: impl FnOnce(&Parts) -> Result<(T, bool), fjall::Error>,
     ) -> Result<T, SpoolError> {
-        let guard = self.parts(context, true)?;
+        let guard = self.writable(context)?;
         let Some(parts) = guard.as_ref() else {
             return Err(closed(context));
         };
@@ -512,7 +539,7 @@ impl OutcomeStore {
         context: &'static str,
         f: impl FnOnce(&Parts) -> Result<T, SpoolError>,
     ) -> Result<T, SpoolError> {
-        let guard = self.parts(context, false)?;
+        let guard = self.readable(context)?;
         let Some(parts) = guard.as_ref() else {
             return Err(closed(context));
         };
@@ -1643,6 +1670,82 @@ mod tests {
         );
         assert_eq!(store.len(), 2);
         store.sync().unwrap();
+    }
+
+    /// Far longer than any step here takes: only a read that waits for a reopen runs into it.
+    const HANG: Duration = Duration::from_secs(60);
+
+    /// A reopen that fails after closing the keyspace leaves the store closed: reads (some on async threads) fail
+    /// at once with a temporary error and do not reopen it, however due a reopen is; the next write reopens it.
+    #[test]
+    fn a_read_of_a_closed_store_fails_at_once_and_the_next_write_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every reopen is due at once.
+        let store = OutcomeStore::open_with(dir.path(), Duration::ZERO).unwrap();
+        store.put(&[(key(1, 1), 1_000, b"before")]).unwrap();
+        store
+            .idempotent_put(b"k", u64::MAX, b"answer", false)
+            .unwrap();
+        // The keyspace cannot be opened again for now (fjall refuses a marker it does not know).
+        let marker = dir.path().join(OUTCOMES_DIR).join("version");
+        let intact = std::fs::read(&marker).unwrap();
+        std::fs::write(&marker, b"not fjall").unwrap();
+        store.refuse_writes(true);
+        assert!(store.put(&[(key(1, 2), 1_000, b"refused")]).is_err());
+        store.refuse_writes(false);
+        assert!(store.put(&[(key(1, 2), 1_000, b"closed")]).is_err());
+        assert!(store.parts.read().unwrap().is_none(), "closed");
+
+        // The keyspace could be opened again now: reads still do not do it.
+        std::fs::write(&marker, intact).unwrap();
+        let e = store.lookup(&key(1, 1)).unwrap_err();
+        assert!(e.is_temporary(), "{e}");
+        assert!(e.to_string().contains("closed"), "{e}");
+        let e = store.idempotent_get(b"k", 0).unwrap_err();
+        assert!(e.is_temporary(), "{e}");
+        assert!(store.hook_queues().is_err());
+        assert!(store.parts.read().unwrap().is_none(), "still closed");
+
+        store.put(&[(key(1, 3), 1_000, b"after")]).unwrap();
+        assert_eq!(
+            store.lookup(&key(1, 1)).unwrap(),
+            Lookup::Found(b"before".to_vec())
+        );
+        assert_eq!(
+            store.lookup(&key(1, 3)).unwrap(),
+            Lookup::Found(b"after".to_vec())
+        );
+        assert_eq!(
+            store.idempotent_get(b"k", 0).unwrap(),
+            Some(b"answer".to_vec())
+        );
+        assert_eq!(store.len(), 2);
+    }
+
+    /// A read does not wait for a reopen under way (which holds the keyspace's lock while it opens it, recovering its
+    /// journal): it fails at once with a temporary error.
+    #[test]
+    fn a_read_does_not_wait_for_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        store.put(&[(key(1, 1), 1_000, b"stored")]).unwrap();
+        let reopening = store.parts.write().unwrap();
+        let (done, answer) = std::sync::mpsc::channel();
+        let reader = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || {
+            let _ = done.send(reader.lookup(&key(1, 1)));
+        });
+        let read = answer.recv_timeout(HANG);
+        drop(reopening);
+        let e = read
+            .expect("a read answers while a reopen holds the lock")
+            .unwrap_err();
+        assert!(e.is_temporary(), "{e}");
+        assert!(e.to_string().contains("being reopened"), "{e}");
+        assert_eq!(
+            store.lookup(&key(1, 1)).unwrap(),
+            Lookup::Found(b"stored".to_vec())
+        );
     }
 
     use herald_testkit::tmpfs::mount as tmpfs;

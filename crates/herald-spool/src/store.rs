@@ -35,7 +35,7 @@ use crate::engine::{CommitBatch, Engine, Table};
 use crate::error::SpoolError;
 use crate::fjall_engine::{FjallEngine, FjallOptions, REOPEN_FREE_BYTES, probe_free_space};
 use crate::key::{KeyGenerator, SpoolKey};
-use crate::record::{DecodeError, RECORD_VERSION, Schedule, StoredNotification};
+use crate::record::{DecodeError, RECORD_VERSION, SCHEDULE_LEN, Schedule, StoredNotification};
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 
 /// Tuning of a [`DiskSpool`].
@@ -47,10 +47,15 @@ pub struct SpoolOptions {
     pub maintenance_interval: Duration,
     /// ...or until this many are pending.
     pub maintenance_max_ops: usize,
-    /// Pending reschedules kept across failed commits before the oldest are dropped (they would only bring back an
-    /// older schedule after a restart). Removals are never dropped: they wait in memory until the store takes writes
-    /// again; a spool stopped before then lists them in [`REFUSED_FILE`] (as many as its room holds, after the keys
-    /// of refused appends), so that the next start neither delivers those notifications again nor keeps them.
+    /// Pending reschedules kept while the store refuses writes. They are kept one per notification (the latest; a
+    /// removal drops its notification's), so they never outnumber the notifications held; beyond this many, those
+    /// rescheduled longest ago are dropped (with a warning), at each failed commit or refused retry. A dropped
+    /// reschedule loses no notification: should herald restart before the store takes writes again, that
+    /// notification comes back with the schedule stored before (an earlier next attempt, a lower retry count), so
+    /// it may be tried sooner, and more often, than planned. Removals are never dropped: they wait in memory until
+    /// the store takes writes again; a spool stopped before then lists them in [`REFUSED_FILE`] (as many as its room
+    /// holds, after the keys of refused appends), so that the next start neither delivers those notifications again
+    /// nor keeps them.
     pub maintenance_cap: usize,
     /// After a failed commit the writer refuses appends at once and tries to make the store writable again
     /// ([`Engine::reopen`]) at the next request, then at most this often while it keeps failing.
@@ -80,6 +85,10 @@ type Reply = oneshot::Sender<Result<(), SpoolError>>;
 
 /// Records handed from the reading thread to the decoding one at a time during recovery.
 const RECOVERY_CHUNK: usize = 1024;
+
+/// How often the writer thread measures the store's size ([`Engine::refresh_disk_bytes`]) for
+/// [`Spool::stats`], which only reads what was measured last.
+const DISK_BYTES_REFRESH: Duration = Duration::from_secs(1);
 
 enum Op {
     Append {
@@ -113,6 +122,8 @@ struct Counters {
     disk_full: AtomicBool,
     /// Removals waiting for a commit.
     pending_removals: AtomicU64,
+    /// Reschedules waiting for a commit (one per notification).
+    pending_reschedules: AtomicU64,
     /// The error of the failed commit, while unwritable.
     last_error: Mutex<Option<SpoolError>>,
 }
@@ -256,6 +267,9 @@ impl<E: Engine> DiskSpool<E> {
             options,
             rx,
             pending: CommitBatch::default(),
+            schedules: HashMap::new(),
+            rescheduled: 0,
+            refresh_at: Instant::now(),
             pending_since: None,
             unsynced: false,
             purged: 0,
@@ -303,6 +317,12 @@ impl<E: Engine> DiskSpool<E> {
     /// The engine (for its name and size; tests write to it directly).
     pub fn engine(&self) -> &E {
         &self.engine
+    }
+
+    /// Reschedules waiting for a commit: one per notification (the latest), at most
+    /// [`SpoolOptions::maintenance_cap`] after a commit failed or was refused.
+    pub fn pending_reschedules(&self) -> u64 {
+        self.counters.pending_reschedules.load(Ordering::Relaxed)
     }
 
     fn request(&self, make: impl FnOnce(Reply) -> Op) -> SpoolFuture<()> {
@@ -602,8 +622,15 @@ struct Writer<E: Engine> {
     counters: Arc<Counters>,
     options: SpoolOptions,
     rx: Receiver<Op>,
-    /// Reschedules and removals not yet committed.
+    /// Removals not yet committed (its `schedules` are empty but within [`Writer::commit`]).
     pending: CommitBatch,
+    /// Reschedules not yet committed, one per key: the latest, with its number in `rescheduled` (the order they
+    /// came in, for [`Writer::cap_schedules`]).
+    schedules: HashMap<SpoolKey, (u64, [u8; SCHEDULE_LEN])>,
+    /// Reschedules taken so far.
+    rescheduled: u64,
+    /// When to measure the store's size next ([`DISK_BYTES_REFRESH`]).
+    refresh_at: Instant,
     pending_since: Option<Instant>,
     /// Whether a commit since the last fsync was written without one.
     unsynced: bool,
@@ -642,18 +669,21 @@ impl<E: Engine> Writer<E> {
     fn run(mut self) {
         let mut group = Group::default();
         loop {
+            // Measured here, not where the size is read (async threads): measuring may wait for the store.
+            if Instant::now() >= self.refresh_at {
+                self.engine.refresh_disk_bytes();
+                self.refresh_at = Instant::now() + DISK_BYTES_REFRESH;
+            }
             // While the store refuses writes, pending maintenance waits for the next retry, not for its interval.
             let deadline = match (&self.broken, self.pending_since) {
                 (Some((_, retry_at, _)), _) => Some(*retry_at),
                 (None, Some(since)) => Some(since + self.options.maintenance_interval),
                 (None, None) => None,
             };
-            let first = match deadline {
-                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(deadline) => self
-                    .rx
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
-            };
+            let wake = deadline.map_or(self.refresh_at, |d| d.min(self.refresh_at));
+            let first = self
+                .rx
+                .recv_timeout(wake.saturating_duration_since(Instant::now()));
             let disconnected = match first {
                 Ok(op) => {
                     self.take(op, &mut group);
@@ -666,7 +696,8 @@ impl<E: Engine> Writer<E> {
                     false
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    group.force = true;
+                    // Woken to measure the store's size only, before the deadline: nothing to commit yet.
+                    group.force = deadline.is_some_and(|d| Instant::now() >= d);
                     false
                 }
                 Err(RecvTimeoutError::Disconnected) => true,
@@ -675,7 +706,7 @@ impl<E: Engine> Writer<E> {
                 // Retried in the background even with nothing pending, so the state clears without traffic.
                 Some((_, retry_at, _)) => Instant::now() >= *retry_at,
                 None => {
-                    self.pending.schedules.len() + self.pending.removes.len()
+                    self.schedules.len() + self.pending.removes.len()
                         >= self.options.maintenance_max_ops
                         || self
                             .pending_since
@@ -716,7 +747,13 @@ impl<E: Engine> Writer<E> {
             }
             Op::Reschedule(key, schedule) => {
                 self.scheduled.insert(key);
-                self.pending.schedules.push((key, schedule.encode(key)));
+                self.rescheduled += 1;
+                // The latest replaces one still waiting: the store needs only the last.
+                self.schedules
+                    .insert(key, (self.rescheduled, schedule.encode(key)));
+                self.counters
+                    .pending_reschedules
+                    .store(self.schedules.len() as u64, Ordering::Relaxed);
                 self.pending_since.get_or_insert_with(Instant::now);
             }
             Op::Remove(keys) => {
@@ -724,8 +761,13 @@ impl<E: Engine> Writer<E> {
                     if self.scheduled.remove(&key) {
                         self.pending.unschedules.push(key);
                     }
+                    // Its schedule entry goes with it: a schedule still waiting need not be written.
+                    self.schedules.remove(&key);
                     self.pending.removes.push(key);
                 }
+                self.counters
+                    .pending_reschedules
+                    .store(self.schedules.len() as u64, Ordering::Relaxed);
                 self.counters
                     .pending_removals
                     .store(self.pending.removes.len() as u64, Ordering::Relaxed);
@@ -735,9 +777,13 @@ impl<E: Engine> Writer<E> {
                 self.purged += keys.len();
                 for key in keys {
                     self.scheduled.remove(&key);
+                    self.schedules.remove(&key);
                     self.pending.unschedules.push(key);
                     self.pending.removes.push(key);
                 }
+                self.counters
+                    .pending_reschedules
+                    .store(self.schedules.len() as u64, Ordering::Relaxed);
                 self.pending_since.get_or_insert_with(Instant::now);
             }
             Op::Scheduled(keys) => self.scheduled.extend(keys),
@@ -778,6 +824,7 @@ impl<E: Engine> Writer<E> {
                     *retry_at
                 };
                 self.mark_broken(e.clone(), retry_at, false);
+                self.cap_schedules();
                 return self.answer(group, Err(e));
             }
             // Writable again: the removals that waited are in this commit, with the deletion of refused appends.
@@ -786,6 +833,8 @@ impl<E: Engine> Writer<E> {
         }
         let mut batch = std::mem::take(&mut self.pending);
         batch.inserts = std::mem::take(&mut group.inserts);
+        // Kept in `schedules` until the commit succeeds.
+        batch.schedules = self.schedules.iter().map(|(k, (_, s))| (*k, *s)).collect();
         // Appends are acknowledged only once durable, and a flush or close promises durability; reschedules and
         // removals alone are only written to the operating system (they survive a crash of herald; a crash of the
         // machine before the next fsync can only bring back a delivered notification or an older schedule).
@@ -838,6 +887,7 @@ impl<E: Engine> Writer<E> {
                 }
                 batch.clear();
                 self.pending = batch;
+                self.schedules.clear();
                 self.pending_since = None;
                 if self.broken.take().is_some() {
                     tracing::info!("spool: the store takes writes again; intake resumes");
@@ -866,8 +916,9 @@ impl<E: Engine> Writer<E> {
                     self.refused.extend(keys);
                     self.record_refusals();
                 }
-                trim_front(&mut batch.schedules, self.options.maintenance_cap);
+                batch.schedules.clear();
                 self.pending = batch;
+                self.cap_schedules();
                 self.pending_since = Some(Instant::now());
                 self.mark_broken(
                     e.clone(),
@@ -879,7 +930,36 @@ impl<E: Engine> Writer<E> {
         self.counters
             .pending_removals
             .store(self.pending.removes.len() as u64, Ordering::Relaxed);
+        self.counters
+            .pending_reschedules
+            .store(self.schedules.len() as u64, Ordering::Relaxed);
         self.answer(group, result)
+    }
+
+    /// While the store refuses writes: keeps at most [`SpoolOptions::maintenance_cap`] pending reschedules, dropping
+    /// those that came in first (see there for what that costs).
+    fn cap_schedules(&mut self) {
+        let cap = self.options.maintenance_cap;
+        if self.schedules.len() > cap {
+            let excess = self.schedules.len() - cap;
+            if cap == 0 {
+                self.schedules.clear();
+            } else {
+                let mut order: Vec<u64> = self.schedules.values().map(|(n, _)| *n).collect();
+                // The number of the oldest one kept (numbers are distinct): `excess` came in before it.
+                let (_, &mut first_kept, _) = order.select_nth_unstable(excess);
+                self.schedules.retain(|_, (n, _)| *n >= first_kept);
+            }
+            tracing::warn!(
+                dropped = excess,
+                "spool: dropping the oldest pending reschedules while the store refuses writes (more than {cap}); \
+                 after a restart before it takes writes again, those notifications are tried on their earlier \
+                 schedule"
+            );
+        }
+        self.counters
+            .pending_reschedules
+            .store(self.schedules.len() as u64, Ordering::Relaxed);
     }
 
     /// Writes `unpurged` to [`REFUSED_FILE`]; says what a restart would bring back when it cannot.
@@ -1246,17 +1326,6 @@ fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     out
 }
 
-fn trim_front<T>(v: &mut Vec<T>, cap: usize) {
-    if v.len() > cap {
-        let excess = v.len() - cap;
-        tracing::warn!(
-            dropped = excess,
-            "spool: dropping pending maintenance after failed commits"
-        );
-        v.drain(..excess);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1300,6 +1369,53 @@ mod tests {
             })
             .unwrap();
         assert_eq!(stored, keys[6..]);
+    }
+
+    /// `stats` (which `/readyz`, `/metrics` and the dashboard read on async threads) answers at once while measuring
+    /// the store would wait, as it does while a commit is stuck in its fsync holding fjall's journal lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stats_answer_while_measuring_the_store_would_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), FjallOptions::default()).unwrap();
+        let spool = Arc::new(DiskSpool::with_engine(engine, SpoolOptions::default()).unwrap());
+        let keys: Vec<SpoolKey> = (0..10).map(|_| spool.next_key()).collect();
+        spool
+            .append(keys.iter().map(|k| sample(k.0)).collect())
+            .await
+            .unwrap();
+        let bytes = spool.stats().bytes_on_disk;
+        assert!(bytes > 0);
+        let stats = spool.engine().with_measuring_blocked(|| {
+            let (done, answer) = mpsc::channel();
+            let reading = Arc::clone(&spool);
+            std::thread::spawn(move || {
+                let _ = done.send(reading.stats());
+            });
+            answer.recv_timeout(HANG)
+        });
+        let stats = stats.expect("the stats answer while measuring the store would wait");
+        assert_eq!((stats.records, stats.bytes_on_disk), (10, bytes));
+    }
+
+    /// The size on disk follows what the store's background work writes (flushes, compactions) without a commit:
+    /// the writer thread measures it about every second.
+    #[test]
+    fn the_size_on_disk_is_measured_without_traffic() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = Tuning {
+            stall_wait: Duration::from_millis(100),
+            compaction_workers: Some(0),
+        };
+        let engine = FjallEngine::open_tuned(dir.path(), FjallOptions::default(), tuning).unwrap();
+        let spool = DiskSpool::with_engine(engine, SpoolOptions::default()).unwrap();
+        let before = spool.stats().bytes_on_disk;
+        // Written and flushed beside the spool's writer.
+        spool.engine().pile_up_level0(Table::Records, 4);
+        let deadline = Instant::now() + HANG;
+        while spool.stats().bytes_on_disk <= before {
+            assert!(Instant::now() < deadline, "the size was not measured again");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     fn slot(generation: u64, keys: &[SpoolKey]) -> Vec<u8> {

@@ -1,7 +1,8 @@
 //! Recovery of the disk spool in the cases that must lose nothing and bring back nothing: records a newer herald
 //! wrote are kept, not delivered; unreadable schedules are deleted with their record; a store that fails a write
 //! becomes writable again while a slow recovery is still under way; appends refused by a failed write stay refused
-//! across a restart, even when part of them reached the store, and no key issued after it equals theirs; and an
+//! across a restart, even when part of them reached the store, and no key issued after it equals theirs;
+//! reschedules waiting while the store refuses writes stay bounded and bring back no notification lost; and an
 //! entry whose key is not 16 bytes long hides nothing.
 
 mod common;
@@ -223,12 +224,101 @@ impl Engine for FaultyEngine {
         self.inner.disk_bytes()
     }
 
+    fn refresh_disk_bytes(&self) {
+        self.inner.refresh_disk_bytes()
+    }
+
     fn reopen(&self) -> Result<(), SpoolError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(disk_full());
         }
         self.inner.reopen()
     }
+}
+
+/// While the store refuses writes, the reschedules of held notifications wait in memory: one per notification (the
+/// latest), and at most `maintenance_cap` of them, those rescheduled longest ago dropped first. A notification whose
+/// reschedule was dropped comes back after a restart on the schedule stored before; none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reschedules_waiting_for_a_refusing_store_stay_bounded() {
+    const CAP: usize = 4;
+    const ROUNDS: u32 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let capped = SpoolOptions {
+        maintenance_cap: CAP,
+        ..options()
+    };
+    let keys = {
+        let engine = FaultyEngine {
+            inner: FjallEngine::open(dir.path(), FjallOptions::default()).unwrap(),
+            fail: Arc::clone(&fail),
+            stores: false,
+        };
+        let spool = DiskSpool::with_engine(engine, capped).unwrap();
+        let keys = append(&spool, 8).await;
+        spool.reschedule(keys[0], 1, 1_000);
+        spool.flush().await.unwrap();
+
+        fail.store(true, Ordering::SeqCst);
+        assert!(
+            spool
+                .append(vec![notification(spool.next_key())])
+                .await
+                .is_err()
+        );
+        // Retried again and again while the store refuses writes: one reschedule waits per notification. The
+        // writer has taken them once a request sent after them is answered.
+        for round in 1..=ROUNDS {
+            for &key in &keys[..CAP] {
+                spool.reschedule(key, round + 1, u64::from(round));
+            }
+        }
+        assert!(spool.flush().await.is_err());
+        assert_eq!(
+            spool.pending_reschedules(),
+            CAP as u64,
+            "one per notification"
+        );
+        // One notification more than the cap: the one rescheduled longest ago (keys[0], first of the last round)
+        // is dropped.
+        spool.reschedule(keys[CAP], 7, 7_000);
+        assert!(spool.flush().await.is_err());
+        assert_eq!(spool.pending_reschedules(), CAP as u64, "at the cap");
+        // A delivered notification's reschedule goes with it.
+        spool.remove(&keys[1..2]);
+        assert!(spool.flush().await.is_err());
+        assert_eq!(spool.pending_reschedules(), CAP as u64 - 1);
+
+        fail.store(false, Ordering::SeqCst);
+        wait_until(10, "the store to take writes again", || {
+            !spool.stats().unwritable
+        });
+        spool.flush().await.unwrap();
+        assert_eq!(spool.pending_reschedules(), 0);
+        spool.close().await.unwrap();
+        keys
+    };
+
+    let spool = DiskSpool::open(dir.path(), options()).unwrap();
+    let r = spool.recover().unwrap();
+    assert_eq!(r.report.orphan_schedules, 0);
+    let got: Vec<(SpoolKey, u32, u64)> = r
+        .notifications
+        .iter()
+        .map(|n| (n.key, n.retries, n.next_attempt_ms))
+        .collect();
+    let last = u64::from(ROUNDS);
+    let mut want = vec![
+        // Its later reschedules dropped: the schedule stored before.
+        (keys[0], 1, 1_000),
+        (keys[2], ROUNDS + 1, last),
+        (keys[3], ROUNDS + 1, last),
+        (keys[4], 7, 7_000),
+    ];
+    want.extend(keys[5..].iter().map(|&k| (k, 0, 0)));
+    assert_eq!(got, want);
+    spool.close().await.unwrap();
 }
 
 /// More records than recovery reads ahead of a visitor that waits (ten chunks of 1024), so that the reading side
@@ -531,6 +621,10 @@ impl Engine for ReadFailsOnce {
 
     fn disk_bytes(&self) -> u64 {
         self.inner.disk_bytes()
+    }
+
+    fn refresh_disk_bytes(&self) {
+        self.inner.refresh_disk_bytes()
     }
 
     fn reopen(&self) -> Result<(), SpoolError> {

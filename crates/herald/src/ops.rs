@@ -85,6 +85,7 @@ pub fn routes(
                 let restore = restore.clone();
                 let more = more_metrics.clone();
                 async move {
+                    // Counters and the size last measured: never waits for the disk (see `readiness`).
                     let stats = spool.stats();
                     let extra = metrics::Extra {
                         certificate_expiry: certificate_expiry(&resolver.config()),
@@ -116,7 +117,9 @@ pub fn routes(
 const NOT_READY_RETRY_AFTER: &str = "30";
 
 /// `GET /readyz`: `200 ready` while herald takes new notifications; `503` with the JSON error body while the spool
-/// refuses writes (held notifications are still delivered meanwhile, and intake resumes by itself).
+/// refuses writes (held notifications are still delivered meanwhile, and intake resumes by itself). Runs on an async
+/// thread: `Spool::stats` only reads what the spool's writer measured (it never waits for the disk, which may hold a
+/// write in its fsync for as long as a failing device takes).
 fn readiness(spool: &dyn Spool) -> Response {
     let stats = spool.stats();
     if !stats.unwritable {

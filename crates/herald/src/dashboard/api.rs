@@ -303,6 +303,8 @@ pub fn overview_now(server: &dyn ServerHandle) -> serde_json::Value {
         transient += s.transient.load(Ordering::Relaxed);
         permanent += s.permanent.load(Ordering::Relaxed);
     }
+    // Counters and the size last measured by the spool's writer: never waits for the disk (this runs on an async
+    // thread, for every tick).
     let spool = server.spool().stats();
     let stream = server.spool().stream_stats();
     // With JetStream, the stream's oldest message: the oldest notification no node has finished.
