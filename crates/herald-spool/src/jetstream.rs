@@ -44,8 +44,9 @@ pub const NEWER_FORMAT_DELAY: Duration = Duration::from_secs(60);
 /// A pull asks for this many messages at most (fewer when the node has less room).
 pub const MAX_PULL_BATCH: usize = 512;
 
-/// How long the server keeps a pull open while it has nothing to deliver.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long the server keeps a pull open while it has nothing to deliver. A stopping node waits for the pull under
+/// way to end before it gives back what it holds ([`Spool::close`]): this bounds that wait.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Pulls failing one after the other (no responders: the consumer was deleted) before the node sets the stream and
 /// the consumer up again.
@@ -184,7 +185,14 @@ pub struct JetStreamSpool {
     deliveries: Mutex<Option<tokio::sync::mpsc::Receiver<StoredNotification>>>,
     /// The stream and the consumer are set up.
     ready: AtomicBool,
+    /// The node stops: set under the `held` lock, so that every pulled message is either held (and given back by
+    /// [`Spool::close`]) or kept by the pull loop (and given back once its pull ended).
     closed: AtomicBool,
+    /// Said when the node stops, to a pull loop waiting for room in the deliveries' queue.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Held by the pull loop while a pull is open: a stop waits for the pull under way to end before it gives
+    /// anything back ([`Spool::close`]).
+    pull_open: Arc<tokio::sync::Mutex<()>>,
     figures: StreamFigures,
     append_calls: AtomicU64,
     appended: AtomicU64,
@@ -315,6 +323,8 @@ impl JetStreamSpool {
             deliveries: Mutex::new(Some(rx)),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
+            pull_open: Arc::new(tokio::sync::Mutex::new(())),
             figures: StreamFigures::default(),
             append_calls: AtomicU64::new(0),
             appended: AtomicU64::new(0),
@@ -425,7 +435,13 @@ impl JetStreamSpool {
         tx: tokio::sync::mpsc::Sender<StoredNotification>,
     ) {
         self.ready.store(true, Ordering::Relaxed);
-        tokio::spawn(pull_loop(Arc::downgrade(self), consumer, tx));
+        tokio::spawn(pull_loop(
+            Arc::downgrade(self),
+            consumer,
+            tx,
+            self.pull_open.clone(),
+            self.stopping.subscribe(),
+        ));
         tokio::spawn(keep_alive(Arc::downgrade(self)));
         tokio::spawn(refresh_figures(Arc::downgrade(self), stream));
         tokio::spawn(heartbeat(Arc::downgrade(self)));
@@ -1423,10 +1439,20 @@ impl Reported {
 /// taken in, so none is left unread to come back after the ack wait (counted as one more delivery, hence one more
 /// retry). Should pulls keep failing (the consumer was deleted: no responders), the stream and the consumer are set
 /// up again.
+///
+/// Once the node stops (or nobody takes the deliveries any more), the pull under way is read to its end, not given
+/// up: what it still brings is kept, not handed over, and given back to the stream (a nak) once the server ended
+/// the pull (it delivered all it was asked for, or said the pull expired, within [`PULL_EXPIRES`]), when nothing
+/// more can come for it. Given back earlier, a message would come straight back into the pull still waiting (the
+/// server redelivers a nak at once to any waiting pull), each time counting one more delivery; and a pull given up
+/// on this side (its subscription dropped) loses what the server sent for it before it heard of that, which would
+/// wait for the ack wait.
 async fn pull_loop(
     spool: std::sync::Weak<JetStreamSpool>,
     mut consumer: consumer::PullConsumer,
     tx: tokio::sync::mpsc::Sender<StoredNotification>,
+    pull_open: Arc<tokio::sync::Mutex<()>>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
     let mut reported = Reported::default();
@@ -1477,6 +1503,13 @@ async fn pull_loop(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        // A pull is open only under this lock, and none opens once the node stops: a stop that holds the lock
+        // knows no pull of this node is open.
+        let open = pull_open.clone().lock_owned().await;
+        match spool.upgrade() {
+            Some(s) if !s.closed.load(Ordering::Relaxed) => {}
+            _ => return,
+        }
         let messages = consumer
             .batch()
             .max_messages(batch)
@@ -1486,6 +1519,7 @@ async fn pull_loop(
         let mut messages = match messages {
             Ok(m) => m,
             Err(e) => {
+                drop(open);
                 tracing::warn!("JetStream pull: {e}; retrying");
                 if tx.is_closed() {
                     return;
@@ -1495,6 +1529,9 @@ async fn pull_loop(
                 continue;
             }
         };
+        // Delivered for this pull and not handed over (the node stops, or nobody takes them any more): given back
+        // once the pull ended.
+        let mut kept: Vec<jetstream::Message> = Vec::new();
         let mut failed = false;
         loop {
             // The pull ends when the server delivered all it asked for or said it expired. A reconnection loses
@@ -1504,30 +1541,14 @@ async fn pull_loop(
                 Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(_) => {
-                    let Some(s) = spool.upgrade() else {
-                        give_back_rest(None, messages).await;
-                        return;
-                    };
-                    if s.closed.load(Ordering::Relaxed) {
-                        drop(s);
-                        give_back_rest(None, messages).await;
-                        return;
-                    }
-                    if s.client.statistics().connects.load(Ordering::Relaxed) != connects {
+                    if spool.upgrade().is_some_and(|s| {
+                        s.client.statistics().connects.load(Ordering::Relaxed) != connects
+                    }) {
                         break;
                     }
                     continue;
                 }
             };
-            let Some(spool) = spool.upgrade() else {
-                give_back_rest(next.ok(), messages).await;
-                return;
-            };
-            if spool.closed.load(Ordering::Relaxed) {
-                drop(spool);
-                give_back_rest(next.ok(), messages).await;
-                return;
-            }
             let message = match next {
                 Ok(m) => m,
                 Err(e) => {
@@ -1540,6 +1561,10 @@ async fn pull_loop(
                     failed = true;
                     break;
                 }
+            };
+            let Some(spool) = spool.upgrade() else {
+                kept.push(message);
+                continue;
             };
             failures = 0;
             if reported.clear() {
@@ -1580,23 +1605,30 @@ async fn pull_loop(
             };
             let key = stored.key;
             let (now, keep) = (Instant::now(), spool.finished_for());
-            let arrival = {
+            let taken = {
                 let mut held = lock(&spool.held);
                 if seq.is_some_and(|seq| held.finished_lately(key.0, seq, now, keep)) {
-                    Err(message)
+                    Taken::Finished(message)
+                } else if spool.closed.load(Ordering::Relaxed) || tx.is_closed() {
+                    // Under the held lock, as the stop sets `closed`: held now, or kept here, never neither.
+                    Taken::Kept(message)
                 } else {
-                    Ok(held.arrive(key.0, message, same_message))
+                    Taken::Arrived(held.arrive(key.0, message, same_message))
                 }
             };
-            let arrival = match arrival {
-                Ok(arrival) => arrival,
-                Err(message) => {
+            let arrival = match taken {
+                Taken::Arrived(arrival) => arrival,
+                Taken::Finished(message) => {
                     // Finished here already: its final ack was lost. Acked again, not delivered a second time.
                     tracing::debug!(
                         "{key}: delivered again by JetStream after this node finished it; acked again, not \
                          delivered twice"
                     );
                     let _ = spool.acks.send(AckJob::Ack(message, AckKind::Ack));
+                    continue;
+                }
+                Taken::Kept(message) => {
+                    kept.push(message);
                     continue;
                 }
             };
@@ -1607,9 +1639,12 @@ async fn pull_loop(
             match arrival {
                 Arrival::New => {
                     drop(spool);
-                    if tx.send(stored).await.is_err() {
-                        give_back_rest(None, messages).await;
-                        return;
+                    // Held already: should the node stop first (while the queue has no room), it is not handed
+                    // over, and the stop gives it back.
+                    tokio::select! {
+                        biased;
+                        _ = stopping.wait_for(|stop| *stop) => {}
+                        _ = tx.send(stored) => {}
                     }
                 }
                 Arrival::Again => {
@@ -1631,6 +1666,11 @@ async fn pull_loop(
                 }
             }
         }
+        drop(messages);
+        // The pull is over: nothing more comes for it, and what it brought that was not handed over goes back for
+        // another node (or this one's next start) without coming back into it.
+        join_all(kept.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+        drop(open);
         if failed {
             failures += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1638,28 +1678,14 @@ async fn pull_loop(
     }
 }
 
-/// How long a stopping node waits for the rest of a pull's messages to give them back.
-const GIVE_BACK_WAIT: Duration = Duration::from_millis(250);
-
-/// The node stops with a pull under way: `in_hand` and the messages of the pull still coming go back to the stream
-/// at once (a nak), rather than after the consumer's ack wait, for another node (or this one's next start). Those
-/// that come later than [`GIVE_BACK_WAIT`] after the previous one are left to the ack wait. They are gathered first
-/// and given back once the pull is dropped: a message given back while this pull still waits would come straight
-/// back into it (the server redelivers a nak without delay to any waiting pull), and again, each round counting a
-/// delivery, which the next node would take for failed attempts.
-async fn give_back_rest<S, E>(in_hand: Option<jetstream::Message>, mut messages: S)
-where
-    S: futures_util::Stream<Item = Result<jetstream::Message, E>> + Unpin,
-{
-    let mut rest: Vec<jetstream::Message> = in_hand.into_iter().collect();
-    // A pull brings at most MAX_PULL_BATCH messages; the naks of `close` can bring its held ones back once more.
-    while rest.len() < 4 * MAX_PULL_BATCH
-        && let Ok(Some(Ok(m))) = tokio::time::timeout(GIVE_BACK_WAIT, messages.next()).await
-    {
-        rest.push(m);
-    }
-    drop(messages);
-    join_all(rest.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+/// What the pull loop does with a pulled notification.
+enum Taken {
+    /// Finished here lately: acked again.
+    Finished(jetstream::Message),
+    /// Not handed over (the node stops, or nobody takes the deliveries): given back once the pull ended.
+    Kept(jetstream::Message),
+    /// Taken in ([`Held::arrive`]).
+    Arrived(Arrival<jetstream::Message>),
 }
 
 /// Sends in-progress acks for every held notification, so a slow delivery or a retry wait is not redelivered to
@@ -2020,20 +2046,33 @@ impl Spool for JetStreamSpool {
     }
 
     fn close(&self) -> SpoolFuture<()> {
-        self.closed.store(true, Ordering::Relaxed);
-        // Held notifications go back to the stream at once rather than after the ack wait.
-        let held: Vec<jetstream::Message> = lock(&self.held).drain();
+        // Under the held lock, as the pull loop takes a message in: each pulled message is held now (given back
+        // below) or kept by the pull loop (given back by it once its pull ended).
+        {
+            let _held = lock(&self.held);
+            self.closed.store(true, Ordering::Relaxed);
+        }
+        self.stopping.send_replace(true);
+        let held = self.held.clone();
+        let pull_open = self.pull_open.clone();
+        let acks = self.acks.clone();
         let client = self.client.clone();
         let beats = lock(&self.beats).take();
         let node = self.options.node.clone();
-        // The acks of notifications finished before the stop go out before the flush.
-        let (barrier, acked) = tokio::sync::oneshot::channel();
-        let _ = self.acks.send(AckJob::Barrier(barrier));
-        let limit = self.options.request_timeout;
+        // The pull under way ends within PULL_EXPIRES.
+        let limit = self.options.request_timeout + PULL_EXPIRES;
         // Bounded: with NATS gone, the held notifications are redelivered after the ack wait anyway, and a node
         // asked to stop must stop.
         Box::pin(async move {
             let give_back = async {
+                // The pull under way ends first, and none opens after: a message given back while this node's
+                // pull is open would come straight back into it.
+                let _no_pull = pull_open.lock().await;
+                // Held notifications go back to the stream at once rather than after the ack wait.
+                let held: Vec<jetstream::Message> = lock(&held).drain();
+                // The acks of notifications finished before the stop go out before the flush.
+                let (barrier, acked) = tokio::sync::oneshot::channel();
+                let _ = acks.send(AckJob::Barrier(barrier));
                 let _ = acked.await;
                 join_all(held.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
                 // Gone from the list of nodes at once rather than when its heartbeat expires.

@@ -1,7 +1,7 @@
 //! The JetStream spool against what it finds on the NATS servers and what happens to them while it runs
 //! (docs/scale-out.md): a consumer made with other settings, a stream whose limits would delete notifications, a
-//! node at its bound, a heartbeat bucket lost with a server restart, a consumer deleted under a running node, an
-//! ack confirmed after it was sent plainly.
+//! node at its bound, a node that stops while notifications keep coming, a heartbeat bucket lost with a server
+//! restart, a consumer deleted under a running node, an ack confirmed after it was sent plainly.
 //!
 //! Each test starts its own `nats-server` on a loopback port (herald-testkit) and kills it at the end; without
 //! `nats-server` on PATH they are skipped with a message (failing under `CI`).
@@ -242,6 +242,86 @@ async fn a_node_at_its_bound_reads_everything_it_was_delivered() {
     );
     assert!(rx.try_recv().is_err());
     spool.close().await.unwrap();
+}
+
+/// A node that stops gives back at once everything it pulled and did not finish: what it holds, and what its pull
+/// under way still brings in while another node keeps publishing. The other node gets every one of them well within
+/// the ack wait (a minute here: anything left to it would come too late), once each, counted as delivered once
+/// before at most. Twice: with the stopping node's pull open when the stop comes, and with its pull loop waiting for
+/// room in its deliveries' queue (nobody reads them, and it holds more than the queue takes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_gives_back_at_once_all_it_pulled_while_notifications_keep_coming() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = server(dir.path()) else {
+        return;
+    };
+    stop_while_publishing(&server.url(), "stop_open", 100).await;
+    stop_while_publishing(&server.url(), "stop_full", 1500).await;
+}
+
+/// The node stopped in [`a_stopping_node_gives_back_at_once_all_it_pulled_while_notifications_keep_coming`] is
+/// given `first` notifications before the stop, and another node publishes while it stops.
+async fn stop_while_publishing(url: &str, stream: &str, first: u64) {
+    let ack_wait = Duration::from_secs(60);
+    let options = || {
+        let mut o = JetStreamOptions::new(vec![url.to_owned()], stream);
+        o.ack_wait = ack_wait;
+        o
+    };
+    let key = |n: u64| SpoolKey(0x54u128 << 64 | u128::from(n));
+    let (stopping, _unread) = start(options()).await.unwrap();
+    stopping
+        .append((1..=first).map(|n| common::notification(key(n))).collect())
+        .await
+        .unwrap();
+    // Its deliveries' queue takes 1,024: beyond, its pull loop waits for room.
+    wait_for(
+        "the stopping node holding its first notifications",
+        Duration::from_secs(20),
+        async || stopping.held() >= first.min(1025),
+    )
+    .await;
+    let (other, mut rx) = start(options()).await.unwrap();
+    // Published while the first node stops, in small batches: with its pull open, some reach it.
+    let batches = 40u64;
+    let per_batch = 25u64;
+    let publisher = {
+        let other = other.clone();
+        tokio::spawn(async move {
+            for b in 0..batches {
+                let batch = (0..per_batch)
+                    .map(|i| common::notification(key(first + 1 + b * per_batch + i)))
+                    .collect();
+                other.append(batch).await.unwrap();
+            }
+        })
+    };
+    let stopped = Instant::now();
+    stopping.close().await.unwrap();
+    publisher.await.unwrap();
+    let total = first + batches * per_batch;
+    let within = Duration::from_secs(15);
+    let deadline = stopped + within;
+    let mut seen = BTreeSet::new();
+    while (seen.len() as u64) < total {
+        let n = match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Ok(n) => n.unwrap(),
+            Err(_) => panic!(
+                "{stream}: {} of {total} notifications reached the other node within {within:?} of the stop (ack \
+                 wait {ack_wait:?})",
+                seen.len()
+            ),
+        };
+        assert!(seen.insert(n.key), "{stream}: {} came twice", n.key);
+        assert!(
+            n.retries <= 1,
+            "{stream}: {} delivered {} times before",
+            n.key,
+            n.retries + 1
+        );
+    }
+    assert_eq!(seen, (1..=total).map(key).collect(), "{stream}");
+    other.close().await.unwrap();
 }
 
 /// The heartbeat bucket is stored in memory: a single NATS server that restarts loses it. The node makes it again
