@@ -4,7 +4,9 @@
 //! `ExpiredProviderToken` answer, to a management call or a broadcast alike, is returned at once and the call never
 //! sent again on this connection, which APNs may no longer serve (docs/apns-protocol.md §3.7); the refused token is
 //! renewed when it may be, and [`BroadcastClientError::token_expired`] says whether it was, for a retry on a new
-//! connection. A call the connection could not take is [`BroadcastClientError::NotSent`]: nothing went out.
+//! connection. A call the connection could not take is [`BroadcastClientError::NotSent`]: nothing went out. A call
+//! whose stream the server refused ([`BroadcastClientError::stream_refused`]) was not processed either, and leaves
+//! the connection open for the next call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,16 +91,33 @@ impl BroadcastClientError {
         }
     }
 
-    /// Whether the server did not process the call, so that it can be sent again at once, on a new connection, as
-    /// never sent: it was not sent at all ([`BroadcastClientError::NotSent`]), or its stream was refused
-    /// (`RST_STREAM(REFUSED_STREAM)`) or left above the last stream id of the server's GOAWAY (RFC 9113 §8.7,
-    /// docs/apns-protocol.md §3.7).
+    /// Whether the server did not process the call, so that it can be sent again at once as never sent: it was not
+    /// sent at all ([`BroadcastClientError::NotSent`]), or its stream was left above the last stream id of the
+    /// server's GOAWAY (RFC 9113 §8.7, docs/apns-protocol.md §3.7), which calls for a new connection; or its stream
+    /// was refused (`RST_STREAM(REFUSED_STREAM)`), which does not: the connection is sound
+    /// ([`BroadcastClientError::stream_refused`]).
     pub fn not_processed(&self) -> bool {
         match self {
             BroadcastClientError::NotSent { .. } | BroadcastClientError::TokenRetired { .. } => {
                 true
             }
             BroadcastClientError::Http { source, .. } => not_processed(source),
+            _ => false,
+        }
+    }
+
+    /// Whether the server refused the call's stream (`RST_STREAM(REFUSED_STREAM)`, RFC 9113 §8.7): it did not
+    /// process the call, and said nothing against the connection, which goes on serving other streams (a server
+    /// over its stream limit, or one that lowered it). Unlike the other calls not processed
+    /// ([`BroadcastClientError::not_processed`]: not sent, or above a GOAWAY's last stream id), the call can be made
+    /// again at once on the same connection, while it is open ([`BroadcastClient::is_closed`]).
+    pub fn stream_refused(&self) -> bool {
+        match self {
+            BroadcastClientError::Http { source, .. } => {
+                source.is_reset()
+                    && source.is_remote()
+                    && source.reason() == Some(h2::Reason::REFUSED_STREAM)
+            }
             _ => false,
         }
     }
@@ -910,10 +929,12 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, BroadcastClientError::NotSent { .. }), "{e:?}");
         assert!(e.not_processed(), "{e}");
+        assert!(!e.stream_refused(), "{e}");
         assert_eq!(e.class(), FailureClass::Transient);
     }
 
-    /// A stream the server refused was not processed, and the connection takes the next call.
+    /// A stream the server refused was not processed, is told apart from the other calls not processed (it needs no
+    /// new connection), and the connection, still open, takes the next call.
     #[tokio::test]
     async fn a_refused_stream_is_not_processed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -934,7 +955,9 @@ mod tests {
         let c = client(addr).await.unwrap();
         let e = c.broadcast(&update()).await.unwrap_err();
         assert!(e.not_processed(), "{e}");
+        assert!(e.stream_refused(), "{e}");
         assert_eq!(e.class(), FailureClass::Transient);
+        assert!(!c.is_closed(), "the refusal closed the connection");
         c.broadcast(&update()).await.unwrap();
     }
 
@@ -985,6 +1008,7 @@ mod tests {
             let c = client(addr).await.unwrap();
             let e = c.broadcast(&update()).await.unwrap_err();
             assert_eq!(e.not_processed(), unprocessed, "last stream id {last}: {e}");
+            assert!(!e.stream_refused(), "a GOAWAY is no refused stream: {e}");
         }
     }
 

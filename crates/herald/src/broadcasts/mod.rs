@@ -50,8 +50,8 @@ use crate::outcomes::{STORE_RETRY_FIRST, STORE_RETRY_MAX};
 const MAX_IN_FLIGHT: usize = 256;
 /// Bounds connecting to the broadcast host and each send.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Times one attempt sends a broadcast again, at once and on a new connection, after APNs did not process it (its
-/// stream refused, or above the last stream id of a GOAWAY) before the attempt fails as a transient failure.
+/// Times one attempt sends a broadcast again, at once, after APNs did not process it (its stream refused: on the same
+/// connection; above the last stream id of a GOAWAY: on a new one) before the attempt fails as a transient failure.
 const MAX_UNPROCESSED_RESENDS: u32 = 3;
 /// Default `max_queued_broadcasts`.
 pub const DEFAULT_MAX_QUEUED: usize = 100_000;
@@ -115,8 +115,18 @@ pub enum BroadcastRefusal {
     Full { held: usize, max: usize },
 }
 
-/// A domain's target and the configuration it was resolved under.
-type Resolved = (Arc<herald_conf::Config>, Arc<Target>);
+/// The domains' targets resolved under one configuration, the one in force when they were: dropped together when
+/// another is in force (so that no configuration a reload replaced is kept alive for them), and when
+/// [`TARGETS_LIMIT`] are kept (every domain a client names is resolved, and with APNs options at global scope every
+/// domain resolves). Those in use are resolved again on next use.
+#[derive(Default)]
+struct Targets {
+    config: Option<Arc<herald_conf::Config>>,
+    by_domain: HashMap<String, Arc<Target>>,
+}
+
+/// The most targets kept resolved: as many as the delivery settings the resolver keeps.
+const TARGETS_LIMIT: usize = crate::delivery::SETTINGS_CACHE_LIMIT;
 
 /// (due time in Unix milliseconds, key) of a stored broadcast.
 type Due = (u64, Vec<u8>);
@@ -179,8 +189,10 @@ pub struct Broadcaster {
     /// (domain, outcome, reason) -> count.
     counts: Mutex<BTreeMap<(String, &'static str, String), u64>>,
     seq: AtomicU64,
-    /// Resolved targets by domain, with the configuration they were resolved under.
-    targets: Mutex<HashMap<String, Resolved>>,
+    /// Resolved targets by domain, under the configuration in force.
+    targets: Mutex<Targets>,
+    /// The most targets kept ([`TARGETS_LIMIT`]; less in tests).
+    targets_limit: AtomicUsize,
     /// To the writer thread, which stores what comes in together with one sync (group commit).
     writes: std::sync::mpsc::Sender<Write>,
 }
@@ -470,7 +482,8 @@ impl Broadcaster {
             let _ = writes.send(Write::Finished(key));
         }
         let me = Arc::new(Broadcaster {
-            targets: Mutex::new(HashMap::new()),
+            targets: Mutex::new(Targets::default()),
+            targets_limit: AtomicUsize::new(TARGETS_LIMIT),
             writes,
             store,
             resolver,
@@ -642,13 +655,19 @@ impl Broadcaster {
     }
 
     /// The domain's broadcast target under the configuration in force: resolved (off the async threads: it may
-    /// read credential files) once per domain and configuration.
+    /// read credential files) once per domain and configuration, and kept ([`Targets`]).
     async fn target(&self, domain: &str) -> Result<Arc<Target>, BroadcastRefusal> {
         let config = self.resolver.config();
-        if let Some((c, t)) = lock(&self.targets).get(domain)
-            && Arc::ptr_eq(c, &config)
         {
-            return Ok(t.clone());
+            let targets = lock(&self.targets);
+            if targets
+                .config
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &config))
+                && let Some(t) = targets.by_domain.get(domain)
+            {
+                return Ok(t.clone());
+            }
         }
         let resolver = self.resolver.clone();
         let name = domain.to_owned();
@@ -660,19 +679,35 @@ impl Broadcaster {
                         "resolving the domain failed: {e}"
                     )))
                 })
-                .map(Arc::new)
-                .map_err(|e| match e {
-                    Unresolved::Config(reason) => BroadcastRefusal::Domain {
-                        domain: domain.to_owned(),
-                        reason,
-                    },
-                    Unresolved::Unavailable(reason) => BroadcastRefusal::Unavailable {
-                        domain: domain.to_owned(),
-                        reason,
-                    },
-                })?;
-        lock(&self.targets).insert(domain.to_owned(), (config, target.clone()));
-        Ok(target)
+                .map(Arc::new);
+        // Kept only when resolved under the configuration still in force (a reload meanwhile: used once). The
+        // targets of the configuration it replaced go, resolved or not this one.
+        if Arc::ptr_eq(&self.resolver.config(), &config) {
+            let mut targets = lock(&self.targets);
+            let current = targets
+                .config
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &config));
+            let full = targets.by_domain.len() >= self.targets_limit.load(Ordering::Relaxed)
+                && !targets.by_domain.contains_key(domain);
+            if !current || (target.is_ok() && full) {
+                targets.by_domain.clear();
+                targets.config = Some(config);
+            }
+            if let Ok(target) = &target {
+                targets.by_domain.insert(domain.to_owned(), target.clone());
+            }
+        }
+        target.map_err(|e| match e {
+            Unresolved::Config(reason) => BroadcastRefusal::Domain {
+                domain: domain.to_owned(),
+                reason,
+            },
+            Unresolved::Unavailable(reason) => BroadcastRefusal::Unavailable {
+                domain: domain.to_owned(),
+                reason,
+            },
+        })
     }
 
     fn next_key(&self) -> Vec<u8> {
@@ -734,8 +769,13 @@ impl Broadcaster {
         let started = now_ms();
         let target = self.target(&b.domain).await;
         let secs = (started / 1000).saturating_sub(b.accepted_at);
-        // A domain that stopped resolving has no schedule of its own: Momentum's defaults apply, as to its retries.
-        let policy = target.as_ref().map(|t| t.retry).unwrap_or_default();
+        // The domain's retry schedule, as the device-push queue takes it, whether or not it can be sent to now: its
+        // target's, or, when that cannot be resolved (credentials unreadable, the domain gone), the configuration's
+        // ([`retry_schedule`]).
+        let policy = match &target {
+            Ok(t) => t.retry,
+            Err(_) => retry_schedule(&self.resolver, &b.domain),
+        };
         if let Some(why) = policy.not_attempted(b.expiration, b.accepted_at, started / 1000) {
             self.log(&b, 'P', secs, None, why, None);
             self.finish_counted(&key, &b.domain, "permanent", why);
@@ -755,7 +795,6 @@ impl Broadcaster {
                     _ => "NotConfigured".into(),
                 },
                 text: refusal.to_string(),
-                retry: None,
             }),
         };
         match result {
@@ -770,10 +809,8 @@ impl Broadcaster {
             }
             Err(f) => {
                 // Counted once, as the attempt ends: transient when it is retried, permanent when it ends the
-                // broadcast (retries used up, or `message_expiration` passed).
-                // A domain that stopped resolving (a reload removed it) has no schedule of its own: Momentum's
-                // defaults bound its retries, so it is not retried for ever.
-                let policy = f.retry.unwrap_or_default();
+                // broadcast (retries used up, or `message_expiration` passed), on the domain's schedule even when
+                // it could not be sent to at all.
                 let decision = policy.after_failure(b.retries, Duration::from_secs(secs));
                 // A newer broadcast of the channel delivered meanwhile: this one is not retried to come after it.
                 if matches!(decision, RetryDecision::RetryIn(_))
@@ -816,13 +853,11 @@ impl Broadcaster {
 
     /// Sends `b` on the domain's connection (opened first when needed); the `apns-request-id` APNs answered.
     async fn send(&self, target: &Arc<Target>, b: &Broadcast) -> Result<Option<String>, Failure> {
-        let retry = Some(target.retry);
         let channel = ChannelId::parse(&b.channel).map_err(|e| Failure {
             class: FailureClass::Permanent,
             status: None,
             reason: "BadChannelId".into(),
             text: e.to_string(),
-            retry,
         })?;
         let send = BroadcastSend {
             bundle_id: target.bundle_id.clone(),
@@ -832,9 +867,12 @@ impl Broadcaster {
             request_id: Some(b.id.clone()),
             payload: Bytes::from(b.payload.clone()),
         };
-        // A broadcast the server did not process (its stream refused, or above the last stream id of a GOAWAY) is
-        // sent again at once on a new connection, as never sent: no attempt counted, nothing logged. A server that
-        // keeps refusing it ends the attempt as a transient failure after `MAX_UNPROCESSED_RESENDS` resends.
+        // A broadcast the server did not process is sent again at once, as never sent: no attempt counted, nothing
+        // logged. Its stream refused (`REFUSED_STREAM`: the server over its stream limit, or one it lowered), on
+        // the same connection, which the refusal says nothing against ([`Broadcaster::client`] gives it again while
+        // it is open); above the last stream id of a GOAWAY, or not taken by a connection going away, on a new one.
+        // A server that keeps refusing it ends the attempt as a transient failure after `MAX_UNPROCESSED_RESENDS`
+        // resends, so that a connection refusing everything is not sent the broadcast again and again.
         let mut resends = 0;
         // Whether the broadcast was sent again after `ExpiredProviderToken` (once per attempt).
         let mut token_resent = false;
@@ -842,10 +880,28 @@ impl Broadcaster {
             let client = self
                 .client(&b.domain, target)
                 .await
-                .map_err(|e| failure(&e, retry))?;
+                .map_err(|e| failure(&e))?;
             let answer = tokio::time::timeout(SEND_TIMEOUT, client.broadcast(&send)).await;
             return match answer {
                 Ok(Ok(request_id)) => Ok(request_id),
+                Ok(Err(e)) if e.stream_refused() && resends < MAX_UNPROCESSED_RESENDS => {
+                    resends += 1;
+                    tracing::debug!(id = %b.id, domain = %b.domain, "broadcast's stream refused by APNs, unprocessed: sent again on the same connection: {e}");
+                    continue;
+                }
+                Ok(Err(e)) if e.stream_refused() => {
+                    // Refused every time it was sent: the attempt ends, and the connection that refused it last is
+                    // dropped, so that the next attempt (or broadcast) tries a new one rather than one that may
+                    // refuse everything. Calls on it still under way finish on it.
+                    self.forget_connection(&b.domain, &client).await;
+                    let mut f = failure(&e);
+                    f.text = format!(
+                        "APNs refused the broadcast's stream without processing it (sent {} times in this attempt, \
+                         none processed): {e}",
+                        resends + 1
+                    );
+                    Err(f)
+                }
                 Ok(Err(e)) if e.not_processed() && resends < MAX_UNPROCESSED_RESENDS => {
                     resends += 1;
                     tracing::debug!(id = %b.id, domain = %b.domain, "broadcast not processed by APNs, sent again on a new connection: {e}");
@@ -863,7 +919,7 @@ impl Broadcaster {
                         tracing::debug!(id = %b.id, domain = %b.domain, "provider token renewed after ExpiredProviderToken, broadcast sent again on a new connection");
                         continue;
                     }
-                    Err(failure(&e, retry))
+                    Err(failure(&e))
                 }
                 Ok(Err(e)) => {
                     // A refusal came over a working connection; a request refused before sending, or an answer
@@ -877,7 +933,7 @@ impl Broadcaster {
                     ) {
                         self.forget_connection(&b.domain, &client).await;
                     }
-                    Err(failure(&e, retry))
+                    Err(failure(&e))
                 }
                 Err(_) => {
                     self.forget_connection(&b.domain, &client).await;
@@ -886,7 +942,6 @@ impl Broadcaster {
                         status: None,
                         reason: "ResponseTimeout".into(),
                         text: format!("no answer within {} s", SEND_TIMEOUT.as_secs()),
-                        retry,
                     })
                 }
             };
@@ -1130,11 +1185,9 @@ struct Failure {
     reason: String,
     /// For the logs.
     text: String,
-    /// The domain's retry schedule, when known.
-    retry: Option<crate::model::retry::RetryPolicy>,
 }
 
-fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPolicy>) -> Failure {
+fn failure(e: &BroadcastClientError) -> Failure {
     let (status, reason) = match e {
         // A known reason, or one label for any other text the host sent (the log keeps the text).
         BroadcastClientError::Rejected { status, reason, .. } => {
@@ -1143,6 +1196,8 @@ fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPol
         BroadcastClientError::Request(_) => (None, "BadRequest".into()),
         BroadcastClientError::BadAnswer(_) => (None, "BadAnswer".into()),
         BroadcastClientError::Timeout { .. } => (None, "ResponseTimeout".into()),
+        // Its stream refused unprocessed, as for a notification: the connection was sound.
+        BroadcastClientError::Http { .. } if e.stream_refused() => (None, "StreamRefused".into()),
         BroadcastClientError::Connection(_)
         | BroadcastClientError::NotSent { .. }
         | BroadcastClientError::TokenRetired { .. }
@@ -1158,8 +1213,29 @@ fn failure(e: &BroadcastClientError, retry: Option<crate::model::retry::RetryPol
         status,
         reason,
         text,
-        retry,
     }
+}
+
+/// The retry schedule of `domain` under the configuration in force, from its options alone (no credential file is
+/// read, nothing can fail): the schedule of a broadcast whose domain's target cannot be resolved now, as a
+/// notification's queue keeps its domain's schedule while its credentials cannot be read. The same options as a
+/// resolved target's ([`resolve_for`]: the `default` binding's view of the domain).
+///
+/// A domain the configuration no longer names (a reload removed its stanza, or gave it another delivery method)
+/// gets the schedule of the scopes around it, as any domain the configuration does not name (the `default`
+/// binding's, then the global options; Momentum's defaults for what none sets), not the one it last resolved to.
+/// That one would live in this process's memory only: after a restart, which sends the stored broadcast again, it
+/// would be retried on another schedule than in a run that had resolved the domain before, and on different nodes
+/// differently; and a schedule the operator removed (an unlimited `max_retries`, a long `message_expiration`) would
+/// keep the broadcast on for as long as herald runs. The configuration in force is what every run and node reads
+/// alike, and what the operator said last.
+fn retry_schedule(resolver: &ConfigResolver, domain: &str) -> crate::model::retry::RetryPolicy {
+    let settings = resolver.config().domain_settings(
+        None,
+        Some(crate::queue::message::DEFAULT_BINDING),
+        domain,
+    );
+    crate::delivery::retry_policy(&settings)
 }
 
 /// `max_queued_broadcasts` of `config`.
@@ -1502,6 +1578,8 @@ domain "{DOMAIN}" {{
         first: Option<Refuse>,
         /// How long it takes to answer `200` once a request came in full.
         latency: Duration,
+        /// Every request gets `RST_STREAM(REFUSED_STREAM)` (after the `first` refusal, if any).
+        refuse_all: bool,
     }
 
     impl RawOptions {
@@ -1645,7 +1723,9 @@ domain "{DOMAIN}" {{
             io.read_exact(&mut payload).await?;
             let scripted = if kind == HEADERS {
                 lock(&counters.streams)[conn] += 1;
-                lock(first).take()
+                lock(first)
+                    .take()
+                    .or(options.refuse_all.then_some(Refuse::Stream))
             } else {
                 None
             };
@@ -1709,11 +1789,12 @@ domain "{DOMAIN}" {{
             .collect()
     }
 
-    /// A broadcast APNs did not process (its stream refused, or above the last stream id of a GOAWAY) is sent again
-    /// at once on a new connection and delivered, without an attempt counted: not after `retry_interval`.
+    /// A broadcast APNs did not process is sent again at once and delivered, without an attempt counted: not after
+    /// `retry_interval`. Its stream refused, on the same connection, which the refusal says nothing against (it is
+    /// kept); above the last stream id of a GOAWAY, on a new connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broadcast_apns_did_not_process_is_sent_again_at_once() {
-        for refuse in [Refuse::Stream, Refuse::GoAway] {
+        for (refuse, connections) in [(Refuse::Stream, 1), (Refuse::GoAway, 2)] {
             let (f, raw) = Fixture::routed(
                 "",
                 "  retry_interval = 3600",
@@ -1730,13 +1811,248 @@ domain "{DOMAIN}" {{
             })
             .await;
             assert_eq!(raw.answered.load(Ordering::SeqCst), 1, "{refuse:?}");
-            assert_eq!(raw.connections.load(Ordering::SeqCst), 2, "{refuse:?}");
+            assert_eq!(
+                raw.connections.load(Ordering::SeqCst),
+                connections,
+                "{refuse:?}"
+            );
+            assert_eq!(raw.requests(), 2, "{refuse:?}");
             assert!(
                 not_delivered(&broadcaster).is_empty(),
                 "{refuse:?}: {:?}",
                 not_delivered(&broadcaster)
             );
+            // The connection the broadcast was delivered on serves the next one.
+            broadcaster.accept(update(&channel, None)).await.unwrap();
+            wait_for("the next broadcast to be delivered", || {
+                broadcaster.queued() == 0
+            })
+            .await;
+            assert_eq!(raw.answered.load(Ordering::SeqCst), 2, "{refuse:?}");
+            assert_eq!(
+                raw.connections.load(Ordering::SeqCst),
+                connections,
+                "{refuse:?}"
+            );
         }
+    }
+
+    /// A host that refuses every stream (without a GOAWAY) does not have a broadcast sent to it again and again: the
+    /// attempt sends it `1 + MAX_UNPROCESSED_RESENDS` times, on the one connection, then ends as a transient failure
+    /// (`StreamRefused`) retried on the domain's schedule; and the connection that refused it every time is not kept
+    /// for the next attempt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_host_refusing_every_stream_ends_the_attempt_after_a_bounded_number_of_sends() {
+        let options = RawOptions {
+            refuse_all: true,
+            ..RawOptions::default()
+        };
+        let (f, raw) = Fixture::routed("", "  retry_interval = 3600", Some(options)).await;
+        let raw = raw.unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let broadcaster =
+            Broadcaster::start(f.store(), f.resolver.clone(), Logs::default()).unwrap();
+        let accepted_ms = now_ms();
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the broadcast to wait for its retry", || {
+            lock(&broadcaster.pending)
+                .values()
+                .any(|p| !p.sending && p.broadcast.retries == 1)
+        })
+        .await;
+        assert_eq!(raw.requests(), 1 + MAX_UNPROCESSED_RESENDS as usize);
+        assert_eq!(
+            raw.connections.load(Ordering::SeqCst),
+            1,
+            "the refusals were sent again on the same connection"
+        );
+        assert_eq!(
+            not_delivered(&broadcaster),
+            [format!(
+                "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"transient\",reason=\"StreamRefused\"}} 1"
+            )]
+        );
+        let due = lock(&broadcaster.pending)
+            .values()
+            .map(|p| p.broadcast.due_ms)
+            .next()
+            .unwrap();
+        assert!(due >= accepted_ms + 3_600_000, "due at {due}");
+        let slot = lock(&broadcaster.conns).get(DOMAIN).cloned().unwrap();
+        assert!(
+            slot.lock().await.is_none(),
+            "the connection that refused everything is kept"
+        );
+    }
+
+    /// A broadcast whose domain cannot be sent to now (its provider key cannot be read) is retried on the domain's own
+    /// schedule, as its notifications would be, not on the defaults: its retry is due after the domain's
+    /// `retry_interval`, and one older than the domain's `message_expiration` ends without an attempt under its
+    /// `never_attempt_expired_messages`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_domain_that_cannot_be_sent_to_now_keeps_its_own_retry_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+domain "{DOMAIN}" {{
+  delivery_method = apn
+  routes = ( "https://127.0.0.1:1" )
+  apn_key = "{missing}"
+  apn_key_id = "ABC123DEFG"
+  apn_team_id = "DEF123GHIJ"
+  apn_topic = "{TOPIC}"
+  apn_broadcast_route = "https://127.0.0.1:1"
+  retry_interval = 86400
+  max_retry_interval = 86400
+  message_expiration = 864000
+  never_attempt_expired_messages = true
+}}
+"#,
+            missing = dir.path().join("missing.p8").display()
+        );
+        let config = herald_conf::Config::parse_str("herald.conf", &text).unwrap();
+        let resolver = Arc::new(ConfigResolver::new(Arc::new(config)));
+        let store = Arc::new(OutcomeStore::open(&dir.path().join("spool")).unwrap());
+        let (fresh, old) = (stored(1, 10), stored(2, 10));
+        let mut aged: Broadcast = serde_json::from_slice(&old.1).unwrap();
+        aged.accepted_at -= 11 * 86_400;
+        store
+            .broadcast_put(&[fresh.clone(), (old.0, encode(&aged))])
+            .unwrap();
+        let started_ms = now_ms();
+        let broadcaster = Broadcaster::start(store.clone(), resolver, Logs::default()).unwrap();
+        wait_for(
+            "the fresh one to wait for its retry, the old one to end",
+            || {
+                let pending = lock(&broadcaster.pending);
+                pending.len() == 1
+                    && pending
+                        .values()
+                        .all(|p| !p.sending && p.broadcast.retries == 1)
+            },
+        )
+        .await;
+        assert_eq!(
+            not_delivered(&broadcaster),
+            [
+                format!(
+                    "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"permanent\",reason=\"Delivery not attempted (message expired)\"}} 1"
+                ),
+                format!(
+                    "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"transient\",reason=\"DomainUnavailable\"}} 1"
+                ),
+            ]
+        );
+        broadcaster.flush().await.unwrap();
+        let left = stored_now(&store);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].retries, 1, "{left:?}");
+        assert!(
+            left[0].due_ms >= started_ms + 86_400_000,
+            "due after the domain's retry_interval: {left:?}"
+        );
+    }
+
+    /// A broadcast of a domain a reload removed (it cannot be resolved at all any more) is retried on the schedule the
+    /// configuration in force gives a domain it does not name (here the global options), not on the one the domain
+    /// last resolved to, which a restart would not know, nor on the defaults.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_domain_a_reload_removed_takes_the_configurations_schedule_not_its_last_one() {
+        let global =
+            "retry_interval = 86400\nmax_retry_interval = 86400\nmessage_expiration = 864000";
+        let f = Fixture::new(global, "  retry_interval = 60").await;
+        let store = f.store();
+        let broadcaster =
+            Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
+        let last = broadcaster.target(DOMAIN).await.unwrap();
+        assert_eq!(last.retry.retry_interval, Duration::from_secs(60));
+        // The reload: the domain's stanza is gone.
+        let config = herald_conf::Config::parse_str("herald.conf", global).unwrap();
+        f.resolver.replace(Arc::new(config));
+        // Accepted just before the reload: stored and queued as `accept` does once the domain was checked.
+        let (_, value) = stored(1, 10);
+        let b: Broadcast = serde_json::from_slice(&value).unwrap();
+        let key = broadcaster.next_key();
+        broadcaster.held.fetch_add(1, Ordering::SeqCst);
+        let started_ms = now_ms();
+        broadcaster.store_and_queue(key, b).await.unwrap();
+        wait_for("the broadcast to wait for its retry", || {
+            lock(&broadcaster.pending)
+                .values()
+                .any(|p| !p.sending && p.broadcast.retries == 1)
+        })
+        .await;
+        assert_eq!(
+            not_delivered(&broadcaster),
+            [format!(
+                "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"transient\",reason=\"NotConfigured\"}} 1"
+            )]
+        );
+        let due = lock(&broadcaster.pending)
+            .values()
+            .map(|p| p.broadcast.due_ms)
+            .next()
+            .unwrap();
+        assert!(
+            due >= started_ms + 86_400_000,
+            "due after the global retry_interval, at {due} (started {started_ms})"
+        );
+        assert!(
+            lock(&broadcaster.targets).by_domain.is_empty(),
+            "a target of the replaced configuration is kept"
+        );
+    }
+
+    /// The targets kept are those of the configuration in force, and at most `targets_limit` of them: more domains
+    /// than the limit (with APNs options at global scope every domain name resolves), or a reload, drop the others,
+    /// and no configuration a reload replaced is kept alive by them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resolved_targets_are_bounded_and_of_the_configuration_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let k = &pki.manifest.token_key;
+        let text = format!(
+            r#"
+delivery_method = apn
+routes = ( "https://127.0.0.1:1" )
+apn_key = "{p8}"
+apn_key_id = "{kid}"
+apn_team_id = "{tid}"
+apn_topic = "{TOPIC}"
+apn_broadcast_route = "https://127.0.0.1:1"
+"#,
+            p8 = k.p8.display(),
+            kid = k.key_id,
+            tid = k.team_id,
+        );
+        let parse = || Arc::new(herald_conf::Config::parse_str("herald.conf", &text).unwrap());
+        let first = parse();
+        let resolver = Arc::new(ConfigResolver::new(first.clone()));
+        let store = Arc::new(OutcomeStore::open(&dir.path().join("spool")).unwrap());
+        let broadcaster = Broadcaster::start(store, resolver.clone(), Logs::default()).unwrap();
+        broadcaster.targets_limit.store(2, Ordering::SeqCst);
+        for n in 0..5 {
+            broadcaster
+                .target(&format!("d{n}.example"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(lock(&broadcaster.targets).by_domain.len() <= 2);
+        }
+        resolver.replace(parse());
+        broadcaster.target("d0.example").await.unwrap();
+        let targets = lock(&broadcaster.targets);
+        assert_eq!(targets.by_domain.len(), 1);
+        assert!(
+            targets
+                .config
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &resolver.config()))
+        );
+        assert_eq!(
+            Arc::strong_count(&first),
+            1,
+            "the replaced configuration is kept alive"
+        );
     }
 
     /// Broadcasts due together on a new connection to a host that allows one stream at a time (as APNs does on a
@@ -2137,13 +2453,13 @@ domain "{DOMAIN}" {{
             reason: reason.into(),
             class: FailureClass::Transient,
         };
-        let known = failure(&rejected("TooManyRequests"), None);
+        let known = failure(&rejected("TooManyRequests"));
         assert_eq!(
             (known.reason.as_str(), known.text.as_str()),
             ("TooManyRequests", "TooManyRequests")
         );
         let page = "<html>502 Bad Gateway</html>";
-        let other = failure(&rejected(page), None);
+        let other = failure(&rejected(page));
         assert_eq!(other.reason, herald_apns::client::UNRECOGNIZED_REASON);
         assert_eq!(other.text, page);
     }

@@ -6,9 +6,11 @@
 //!
 //! [`ChannelManager`] keeps one HTTP/2 connection per domain and opens it again when it closed or when the
 //! domain's route or credentials changed (a reload). It counts every operation per domain, operation and result
-//! for the metrics. A call APNs did not process (never sent, or refused unprocessed), one refused for a provider
-//! token that was renewed since, and a read, delete or list whose kept connection died under it are made once more
-//! on a new connection; a create that may have been done is not ([`ChannelError::CreateUncertain`]). The REST
+//! for the metrics. A call whose stream APNs refused unprocessed (`REFUSED_STREAM`) is made again at once on the same
+//! connection, which stays (up to [`MAX_REFUSALS`] times). A call APNs did not process otherwise (never sent, above
+//! a GOAWAY's last stream id, or still refused after those), one refused for a provider token that was renewed
+//! since, and a read, delete or list whose kept connection died under it are made once more on a new connection; a
+//! create that may have been done is not ([`ChannelError::CreateUncertain`]). The REST
 //! routes are in [`api`]; the console's `channels DOMAIN` calls [`ChannelManager::list`].
 
 pub mod api;
@@ -31,6 +33,10 @@ use crate::delivery::ConfigResolver;
 
 /// Bounds connecting to the management host and each call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Times a call whose stream the host refused unprocessed (`REFUSED_STREAM`) is made again at once on the same
+/// connection, before that connection is taken for one that failed it (see [`ChannelManager::run_on`]).
+const MAX_REFUSALS: u32 = 3;
 
 /// Apple's channel management hosts (docs/apns-protocol.md#broadcast).
 pub const SANDBOX_MANAGEMENT: (&str, u16) = ("api-manage-broadcast.sandbox.push.apple.com", 2195);
@@ -206,6 +212,10 @@ impl ChannelError {
                     BroadcastClientError::Request(_) => "bad_request".into(),
                     BroadcastClientError::BadAnswer(_) => "bad_answer".into(),
                     BroadcastClientError::Timeout { .. } => "timeout".into(),
+                    // The host was reached and refused the call's stream, unprocessed, every time it was sent.
+                    BroadcastClientError::Http { .. } if source.stream_refused() => {
+                        "refused".into()
+                    }
                     BroadcastClientError::Connection(_)
                     | BroadcastClientError::NotSent { .. }
                     | BroadcastClientError::TokenRetired { .. }
@@ -557,7 +567,8 @@ impl ChannelManager {
     }
 
     /// Runs one call for `domain` (lowercase) on its connection to `target` (opened first if needed) and counts
-    /// it. A failed call is made once more on a new connection when [`try_again`] says so: one opened since the
+    /// it. A call whose stream was refused is made again on the same connection, at most [`MAX_REFUSALS`] times in a
+    /// row there. A failed call is made once more on a new connection when [`try_again`] says so: one opened since the
     /// failure, by this call or by another that failed on the same connection ([`Connect::Replace`]). A delete whose
     /// first try may have been done (its answer lost with the connection) and which the second try finds gone
     /// (`ChannelNotRegistered`) is done: APNs never reuses a channel id, so the channel the caller named is gone
@@ -586,11 +597,23 @@ impl ChannelManager {
             // Whether the call was made again, and whether its first try may have been done at APNs.
             let mut again = false;
             let mut first_may_be_done = false;
+            // Times in a row the call's stream was refused on the connection it is on.
+            let mut refused = 0;
             loop {
                 let e = match perform(&client, &bundle, &call).await {
                     Ok(done) => return Ok(done),
                     Err(e) => e,
                 };
+                // Its stream refused (`REFUSED_STREAM`: the host over its stream limit, or one it lowered): not
+                // processed, a create included, and nothing said against the connection. Made again at once on it
+                // while it is open, [`MAX_REFUSALS`] times at most; a connection that refuses it still is then
+                // treated as one that failed it ([`try_again`]: one more try on a new connection), so that a host
+                // refusing everything does not have the call sent again and again.
+                if e.stream_refused() && refused < MAX_REFUSALS && !client.is_closed() {
+                    refused += 1;
+                    tracing::debug!(%domain, op = call.name(), "channel operation's stream refused unprocessed, made again on the same connection: {e}");
+                    continue;
+                }
                 if first_may_be_done
                     && matches!(call, Call::Delete(_))
                     && e.reason() == Some("ChannelNotRegistered")
@@ -613,6 +636,7 @@ impl ChannelManager {
                     .connection(&domain, &target, Connect::Replace(&client))
                     .await?;
                 again = true;
+                refused = 0;
             }
         }
         .await;
@@ -727,7 +751,7 @@ impl ChannelManager {
     /// The `herald_channel_operations_total` family in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
         out.push_str(
-            "# HELP herald_channel_operations_total Channel management operations, by domain, operation (create, read, delete, list) and result (ok, an APNs reason, unreachable, timeout, bad_answer).\n\
+            "# HELP herald_channel_operations_total Channel management operations, by domain, operation (create, read, delete, list) and result (ok, an APNs reason, unreachable, refused, timeout, bad_answer, not_configured, unavailable).\n\
              # TYPE herald_channel_operations_total counter\n",
         );
         for (domain, op, result, n) in self.counts() {
@@ -767,6 +791,8 @@ mod tests {
         Close,
         /// Never answers the request; the connection goes on.
         Hang,
+        /// Resets the request's stream with `REFUSED_STREAM` (not processed); the connection goes on.
+        Refuse,
     }
 
     fn answer(status: u16, body: &'static str) -> Act {
@@ -940,6 +966,13 @@ mod tests {
                 }
                 Act::Close => return Ok(()),
                 Act::Hang => {}
+                Act::Refuse => {
+                    const RST_STREAM: u8 = 0x3;
+                    let refused_stream = 0x7u32.to_be_bytes();
+                    io.write_all(&frame(RST_STREAM, 0, stream, &refused_stream))
+                        .await?;
+                    io.flush().await?;
+                }
             }
         }
     }
@@ -1116,6 +1149,62 @@ domain "{DOMAIN}" {{
             ("YWJj", "ZGVm")
         );
         assert_eq!(f.host.streams(), [2, 1]);
+    }
+
+    /// A call whose stream the host refused unprocessed (`REFUSED_STREAM`) on a sound kept connection is made again
+    /// at once on that connection, a create included (it was not done), and the connection is kept for the next
+    /// call: no new connection is opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_stream_is_made_again_on_the_connection_which_is_kept() {
+        let f = Fixture::new(vec![
+            answer(200, r#"{"channels":[]}"#),
+            Act::Refuse,
+            Act::Refuse,
+            created("YWJj"),
+            answer(200, r#"{"channels":["YWJj"]}"#),
+        ])
+        .await;
+        let within = tokio::time::timeout(WAIT, async {
+            f.manager.list(DOMAIN).await.unwrap();
+            let made = f
+                .manager
+                .create(DOMAIN, StoragePolicy::NoStorage)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(made.channel.as_str(), "YWJj");
+            let (_, listed) = f.manager.list(DOMAIN).await.unwrap();
+            assert_eq!(listed, [made.channel]);
+        });
+        within.await.expect("the calls took too long");
+        assert_eq!(f.host.streams(), [5], "every call on the kept connection");
+        assert_eq!(
+            f.manager.counts(),
+            [
+                (DOMAIN.to_owned(), "create", "ok".to_owned(), 1),
+                (DOMAIN.to_owned(), "list", "ok".to_owned(), 2),
+            ]
+        );
+    }
+
+    /// A host that refuses every stream does not have a call sent to it again and again: `MAX_REFUSALS` more times
+    /// on its connection, then once more on a new connection (which refuses it as many times), and the call fails as
+    /// a passing failure (503, retry later; a create certain not to be done).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_host_refusing_every_stream_fails_the_call_after_a_bounded_number_of_tries() {
+        let f = Fixture::new(vec![Act::Refuse]).await;
+        let e = tokio::time::timeout(WAIT, f.manager.create(DOMAIN, StoragePolicy::NoStorage))
+            .await
+            .expect("the call took too long")
+            .unwrap_err();
+        let tries = 1 + MAX_REFUSALS as usize;
+        assert_eq!(f.host.streams(), [tries, tries]);
+        assert_eq!(e.http_status(), 503, "{e}");
+        assert!(!e.may_exist(), "{e}");
+        assert!(e.to_string().contains("refused"), "{e}");
+        assert_eq!(
+            f.manager.counts(),
+            [(DOMAIN.to_owned(), "create", "refused".to_owned(), 1)]
+        );
     }
 
     /// APNs publishes no size for channel ids: a create answered with a 400-character id gives that id (not an
