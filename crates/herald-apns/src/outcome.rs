@@ -53,14 +53,17 @@ impl fmt::Display for FailureClass {
 }
 
 /// Class of a binary error-packet status (docs/apns-protocol.md#binary-error-packet,
-/// docs/apns-protocol.md#classification): processing error, shutdown and unknown are transient; invalid token (8)
-/// invalidates the token; everything else is permanent.
+/// docs/apns-protocol.md#classification): processing error, shutdown and unknown are transient, and so is "no errors
+/// encountered" (0): a packet that names a notification without saying what is wrong with it (Apple lists the code
+/// but never says when it is sent; a proxy or gateway on the way is likelier) is no reason to give the notification
+/// up for good. Invalid token (8) invalidates the token; everything else is permanent.
 pub fn classify_binary(status: Status) -> FailureClass {
     match status {
-        Status::ProcessingError | Status::Shutdown | Status::Unknown => FailureClass::Transient,
+        Status::NoErrors | Status::ProcessingError | Status::Shutdown | Status::Unknown => {
+            FailureClass::Transient
+        }
         Status::InvalidToken => FailureClass::InvalidToken,
-        Status::NoErrors
-        | Status::MissingDeviceToken
+        Status::MissingDeviceToken
         | Status::MissingTopic
         | Status::MissingPayload
         | Status::InvalidTokenSize
@@ -135,7 +138,7 @@ mod tests {
     fn binary_statuses() {
         // docs/apns-protocol.md#binary-error-packet, docs/apns-protocol.md#classification.
         let table: [(u8, FailureClass); 12] = [
-            (0, Permanent),
+            (0, Transient),
             (1, Transient),
             (2, Permanent),
             (3, Permanent),

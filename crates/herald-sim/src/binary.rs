@@ -12,7 +12,8 @@
 //! recorded first, then named. A closing connection reads and discards what the client still sends until the
 //! client closes (5 s and 4 MiB at most), so that the client gets the packet and a clean end rather than a reset.
 //! On a shutdown request (admin `POST /shutdown-binary`) every connection sends status 10 with the identifier of
-//! its last accepted notification and closes.
+//! its last accepted notification and closes; one speaking command 0 (its last notification, or the one being read
+//! when none was yet) just closes, as command 0 never gets a packet.
 //!
 //! Feedback: on connect, the 38-byte tuples of the tokens marked unregistered for the certificate's topic are
 //! written, then the connection closes; what was read is gone.
@@ -151,12 +152,15 @@ async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpSt
     let mut decoder = NotificationDecoder::new(Default::default());
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut last_good = 0u32;
+    // The format of the last notification decoded: on shutdown, command 0 gets no packet.
+    let mut format: Option<BinaryFormat> = None;
     loop {
         // Decode everything buffered.
         loop {
             match decoder.decode(&mut buf) {
                 Ok(None) => break,
                 Ok(Some(d)) => {
+                    format = Some(d.format);
                     let n = d.notification;
                     let token = hex(&n.token);
                     let mut status = match ctx.registry.get(&token) {
@@ -230,7 +234,16 @@ async fn gateway_connection(ctx: Arc<BinaryContext>, mut stream: TlsStream<TcpSt
             changed = shutdown.changed() => {
                 if changed.is_ok() {
                     ctx.stats.reject_binary(Status::Shutdown.code());
-                    close_with(&mut stream, Some(ErrorPacket { status: Status::Shutdown, identifier: last_good })).await;
+                    // Before any notification was decoded, the command byte of the one being read (if any) tells.
+                    let simple = match format {
+                        Some(f) => !f.sends_error_packet(),
+                        None => buf.first() == Some(&BinaryFormat::Simple.command()),
+                    };
+                    let packet = (!simple).then_some(ErrorPacket {
+                        status: Status::Shutdown,
+                        identifier: last_good,
+                    });
+                    close_with(&mut stream, packet).await;
                 }
                 return;
             }

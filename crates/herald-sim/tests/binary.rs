@@ -316,6 +316,54 @@ async fn scenario_statuses_and_shutdown() {
     );
 }
 
+/// A shutdown request (admin `POST /shutdown-binary`) closes a connection speaking command 0 without an error
+/// packet: command 0 never gets one, only the close (docs/apns-protocol.md#binary-command-0), while one speaking
+/// command 1 on the same simulator gets status 10 naming its last accepted notification.
+#[tokio::test]
+async fn shutdown_closes_a_command_zero_connection_without_a_packet() {
+    let t = start().await;
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let cfg = client_config(&t.pki, Some((&cert, &key)), false);
+    let mut simple = tls(t.sim.addrs.binary, cfg.clone()).await;
+    let mut bytes = encoded(&note(0, vec![5; 32], PAYLOAD), BinaryFormat::Simple);
+    bytes.extend(encoded(
+        &note(0, vec![5; 32], PAYLOAD),
+        BinaryFormat::Simple,
+    ));
+    simple.write_all(&bytes).await.unwrap();
+    simple.flush().await.unwrap();
+    let mut enhanced = tls(t.sim.addrs.binary, cfg).await;
+    enhanced
+        .write_all(&encoded(
+            &note(61, vec![6; 32], PAYLOAD),
+            BinaryFormat::Enhanced,
+        ))
+        .await
+        .unwrap();
+    enhanced.flush().await.unwrap();
+    wait_stats(&t.sim, "three binary notifications", |s| {
+        s.accepted.binary == 3
+    })
+    .await;
+    t.sim.shutdown_binary();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), simple.read_to_end(&mut out))
+        .await
+        .expect("the gateway closes the command-0 connection")
+        .unwrap();
+    assert!(
+        out.is_empty(),
+        "command 0: close, no error packet, got {out:?}"
+    );
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), enhanced.read_to_end(&mut out))
+        .await
+        .expect("the gateway closes the command-1 connection")
+        .unwrap();
+    let p = ErrorPacket::decode(&out).unwrap();
+    assert_eq!((p.status, p.identifier), (Status::Shutdown, 61));
+}
+
 #[tokio::test]
 async fn feedback_lists_unregistered_tokens_once() {
     let t = start_with(|c, _| c.scenario.unregistered = vec![token(0xaa)]).await;

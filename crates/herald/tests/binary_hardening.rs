@@ -6,7 +6,9 @@
 //!   one carried comes back unsent at its write timeout, to be delivered once, without an attempt counted;
 //! - a gateway that closes every connection right after the TLS handshake (the simulator refusing a certificate
 //!   for the other environment): each connection is a failed connection attempt, so the attempts back off and the
-//!   queue is delayed after `mx_failures_to_delay`, instead of one new connection per batch.
+//!   queue is delayed after `mx_failures_to_delay`, instead of one new connection per batch;
+//! - an error packet with status 0 ("No errors encountered", which something on the way may send): a transient
+//!   failure, retried, not the notification given up for good.
 
 mod support;
 
@@ -362,4 +364,41 @@ async fn a_gateway_closing_every_connection_after_the_handshake_gets_backoff_and
         lines[0]
     );
     drop(h.dir);
+}
+
+/// An error packet with status 0 ("No errors encountered") names a notification without saying what is wrong with
+/// it; Apple never says when it is sent, so it more likely comes from a proxy or gateway on the way. The notification
+/// is not given up for good: the failure is transient and takes the retry schedule
+/// (docs/apns-protocol.md#binary-error-packet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_packet_with_status_zero_is_a_transient_failure() {
+    let h = Harness::new();
+    let mut config = SimConfig::from_pki(&h.pki.manifest).unwrap();
+    config.record_in_memory = true;
+    config.scenario.binary_errors.insert("0".into(), 1.0);
+    let sim = Simulator::start(config).await.unwrap();
+    let engine = h.engine(h.binary(sim.addrs.binary, CertVariant::Universal));
+    submit(&engine, &[token(0)], 100).await;
+    let stats = engine.stats(DOMAIN).unwrap();
+    wait_until(
+        || format!("an answer; simulator: {:?}", sim.stats()),
+        || stats.transient.load(Ordering::SeqCst) + stats.permanent.load(Ordering::SeqCst) > 0,
+    )
+    .await;
+    assert_eq!(
+        (
+            stats.transient.load(Ordering::SeqCst),
+            stats.permanent.load(Ordering::SeqCst)
+        ),
+        (1, 0),
+        "status 0 gave the notification up"
+    );
+    let lines = h.transient_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0][13].contains("No errors encountered"),
+        "{:?}",
+        lines[0]
+    );
+    assert_eq!(sim.stats().rejected.binary_by_status["0"], 1);
 }

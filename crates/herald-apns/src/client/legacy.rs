@@ -5,8 +5,13 @@
 //! window as delivered when that time passes with no error packet. An error packet names one notification: the
 //! ones written before it were processed and are delivered, it gets its status, and every one written after it
 //! was discarded by APNs and comes back unsent (docs/apns-protocol.md#binary-error-packet). Status 10 (shutdown) names
-//! the last notification processed instead. A connection lost with no error packet hands back unsent what was still
-//! inside the window at the moment it was lost; what had been answered by silence before then is delivered.
+//! the last notification processed instead. A packet naming one that already left the window, answered by silence
+//! (APNs answered later than `response_timeout`), cannot take that delivery back, but identifiers rise on a
+//! connection, so everything still in the window came after it and comes back unsent as after any other; one naming
+//! identifier 0 or one never written says nothing of what APNs processed, and the window comes back as with a lost
+//! connection. A connection lost with no error packet hands back unsent what was still inside the window at the
+//! moment it was lost, once it has closed the connection with a reset; what had been answered by silence before then
+//! is delivered.
 //!
 //! The window is swept (what the peer acknowledged noted, what silence answered delivered) before every batch is
 //! taken and on a timer, also while a write waits, so a connection that always has work waiting keeps delivering
@@ -43,7 +48,6 @@ use super::{
     PushResult, Rejection,
 };
 use crate::binary::{BinaryFormat, BinaryNotification, ErrorPacket, Status, encode};
-use crate::outcome::FailureClass;
 use crate::push::Priority;
 
 /// How many bytes to gather before one write.
@@ -182,7 +186,9 @@ pub async fn open<T: Send + 'static>(
     sink: Arc<dyn OutcomeSink<T>>,
 ) -> Result<Arc<ConnectionState>, ConnectionError> {
     let mut acks = None;
-    let wrap = |tcp| {
+    let mut socket = None;
+    let wrap = |tcp: tokio::net::TcpStream| {
+        socket = Some(SocketHandle::of(&tcp));
         let (tcp, reader) = counted(tcp);
         acks = reader;
         tcp
@@ -194,6 +200,7 @@ pub async fn open<T: Send + 'static>(
     let conn = Connection {
         opts,
         acks,
+        socket,
         sink,
         state: state.clone(),
         info,
@@ -206,6 +213,8 @@ pub async fn open<T: Send + 'static>(
 struct Connection<T> {
     opts: Arc<BinaryOptions>,
     acks: Option<Acknowledged>,
+    /// The TCP socket under the stream `run` is given, to end it with a reset even where `acks` is `None`.
+    socket: Option<SocketHandle>,
     sink: Arc<dyn OutcomeSink<T>>,
     state: Arc<ConnectionState>,
     info: ConnectionInfo,
@@ -258,7 +267,7 @@ impl<T: Send + 'static> Connection<T> {
         }
     }
 
-    async fn run<S>(self, stream: S, jobs: JobReceiver<T>, first_identifier: u32)
+    async fn run<S>(mut self, stream: S, jobs: JobReceiver<T>, first_identifier: u32)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
@@ -386,9 +395,10 @@ impl<T: Send + 'static> Connection<T> {
             }
         };
 
-        let lost = matches!(end, Some(ReadEnd::Lost { .. }));
         match end {
-            Some(ReadEnd::Packet(packet)) => self.settle_error_packet(packet, &mut window),
+            Some(ReadEnd::Packet(packet)) => {
+                self.settle_error_packet(packet, &mut window, first_identifier..next_id)
+            }
             Some(ReadEnd::Lost { why, at }) => {
                 // What silence had answered by the time the connection was lost is delivered; the rest of the
                 // window, still waiting for its answer (or for APNs to acknowledge it), comes back unsent.
@@ -400,28 +410,58 @@ impl<T: Send + 'static> Connection<T> {
                     tracing::info!(conn = self.info.id, remote = %self.info.remote, in_window = window.entries.len(),
                         "connection lost without an error packet ({why}); requeueing the window");
                 }
+                // The rest of the window is about to go out again, on another connection: first this one ends with
+                // a reset, which discards what still waits in its send queue. The order matters. Until the socket
+                // is closed the system keeps sending that queue, and a reset set only after the hand-back (or
+                // never, without a duplicate of the socket to set it through) would let a notification reach APNs
+                // on this connection after the pool had sent it again on another: a duplicate on the device. So the
+                // reset is set on the socket itself (and through the duplicate), and every handle on the socket is
+                // closed (the reader's half, the writer's half, the duplicate), before anything is reported.
+                self.reset_on_close();
+                reader_task.abort();
+                let _ = reader_task.await;
+                drop(writer);
+                self.acks = None;
+                self.hand_back(&mut window, NotSentReason::ConnectionLost);
+                self.state.set_in_flight(0);
+                self.state.set_closed();
+                return;
             }
             None => {}
         }
-        for w in window.entries.drain(..) {
-            self.sink.report(
-                w.tag,
-                PushResult::NotSent(NotSentReason::ConnectionLost),
-                &self.info,
-            );
-        }
+        // An error packet settled the whole window; the loop ends without one only with the window empty.
+        debug_assert!(window.entries.is_empty());
         self.state.set_in_flight(0);
         self.state.set_closed();
-        if lost {
-            // What it carried is on its way again: nothing still queued on this connection may follow it out.
-            if let Some(acks) = &self.acks {
-                acks.abort();
-            }
-        } else {
-            // A peer that stopped reading would keep a close_notify waiting as long as the batch before it.
-            let _ = tokio::time::timeout(opts.response_timeout, writer.shutdown()).await;
-        }
+        // A peer that stopped reading would keep a close_notify waiting as long as the batch before it.
+        let _ = tokio::time::timeout(opts.response_timeout, writer.shutdown()).await;
         reader_task.abort();
+    }
+
+    /// Reports what is left in the window unsent, for `why`.
+    fn hand_back(&self, window: &mut Window<T>, why: NotSentReason) {
+        for w in window.entries.drain(..) {
+            self.sink
+                .report(w.tag, PushResult::NotSent(why), &self.info);
+        }
+        window.acknowledged = 0;
+    }
+
+    /// Makes the connection end with a TCP reset when its socket closes (`SO_LINGER` 0), so that nothing still in
+    /// its send queue goes out after its notifications were handed back: set on the socket under the stream, and
+    /// through the duplicate the acknowledgements are read from (where there is one, it shares the socket).
+    fn reset_on_close(&self) {
+        if let Some(socket) = self.socket {
+            // SAFETY: `socket` is the socket under the stream `run` was given, and this is called only from `run`
+            // before either half of that stream is dropped (the writer's it holds, the reader's goes with the
+            // reader's task, aborted after this): the descriptor is open and still names that socket.
+            if let Err(e) = unsafe { socket.reset_on_close() } {
+                tracing::debug!(conn = self.info.id, error = %e, "SO_LINGER not set on the socket");
+            }
+        }
+        if let Some(acks) = &self.acks {
+            acks.abort();
+        }
     }
 
     /// Writes one batch, flushed (else the TLS layer may keep its tail, and silence would "deliver" it), sweeping
@@ -507,9 +547,20 @@ impl<T: Send + 'static> Connection<T> {
     }
 
     /// Applies docs/apns-protocol.md#binary-error-packet to the window: before the named notification delivered, it
-    /// failed, after it unsent.
-    fn settle_error_packet(&self, packet: ErrorPacket, window: &mut Window<T>) {
+    /// failed, after it unsent. `written` are the identifiers this connection wrote so far.
+    fn settle_error_packet(
+        &self,
+        packet: ErrorPacket,
+        window: &mut Window<T>,
+        written: std::ops::Range<u32>,
+    ) {
         let shutdown = packet.status == Status::Shutdown;
+        let transient = Rejection::Binary {
+            status: packet.status,
+            identifier: None,
+        }
+        .class()
+        .is_retryable();
         let named = || {
             format!(
                 "error packet {}@{} for notification {}",
@@ -523,14 +574,64 @@ impl<T: Send + 'static> Connection<T> {
             .iter()
             .position(|w| w.identifier == packet.identifier)
         else {
-            tracing::warn!(
-                conn = self.info.id,
-                identifier = packet.identifier,
-                status = packet.status.code(),
-                "error packet names a notification outside the response window; requeueing the window"
-            );
-            self.state
-                .set_fault(|| format!("{}, outside the response window", named()));
+            // Identifiers rise on a connection: one this connection wrote before everything still in the window
+            // left it already, answered by silence, and what is still in the window was written after it: APNs
+            // discarded that, so it comes back unsent, as after any rejected notification, and not as a loss.
+            let answered_earlier = written.contains(&packet.identifier)
+                && window
+                    .entries
+                    .front()
+                    .is_none_or(|w| packet.identifier < w.identifier);
+            if answered_earlier {
+                if shutdown {
+                    // Status 10 names the last notification processed: delivered indeed.
+                    tracing::info!(
+                        conn = self.info.id,
+                        remote = %self.info.remote,
+                        identifier = packet.identifier,
+                        requeued = window.entries.len(),
+                        "shutdown after notification {}, answered by silence before; requeueing what followed it",
+                        packet.identifier
+                    );
+                    self.state.set_fault(named);
+                } else {
+                    // APNs refused a notification after its silence had been taken for a delivery: that cannot
+                    // be taken back, but the operator must learn that the response timeout is too short.
+                    tracing::warn!(
+                        conn = self.info.id,
+                        remote = %self.info.remote,
+                        identifier = packet.identifier,
+                        status = packet.status.code(),
+                        response_timeout_ms = self.opts.response_timeout.as_millis() as u64,
+                        requeued = window.entries.len(),
+                        "error packet {}@{} names notification {}, already reported delivered after {} ms of \
+                         silence: delivery_response_timeout is shorter than APNs takes to answer, so refusals are \
+                         reported as deliveries; raise it. What was written after it is sent again",
+                        packet.status.code(),
+                        packet.status.apple_text(),
+                        packet.identifier,
+                        self.opts.response_timeout.as_millis()
+                    );
+                    if transient {
+                        self.state
+                            .set_fault(|| format!("{}, already answered by silence", named()));
+                    }
+                }
+                self.hand_back(window, NotSentReason::AfterRejected);
+            } else {
+                // Identifier 0 (a frame APNs could not read) or one this connection never wrote: which
+                // notifications APNs processed is unknown, so the window comes back as with a lost connection.
+                tracing::warn!(
+                    conn = self.info.id,
+                    remote = %self.info.remote,
+                    identifier = packet.identifier,
+                    status = packet.status.code(),
+                    "error packet names a notification this connection did not write; requeueing the window"
+                );
+                self.state
+                    .set_fault(|| format!("{}, not written on this connection", named()));
+                self.hand_back(window, NotSentReason::ConnectionLost);
+            }
             return;
         };
         // With status 10 the identifier is the last notification APNs processed
@@ -551,25 +652,56 @@ impl<T: Send + 'static> Connection<T> {
             };
             // A refusal of the notification itself shows that APNs processes what the connection carries; a
             // transient status is the server's.
-            if matches!(
-                rejection.class(),
-                FailureClass::Permanent | FailureClass::InvalidToken
-            ) {
-                self.state.set_proven();
-            } else {
+            if transient {
                 self.state.set_fault(named);
+            } else {
+                self.state.set_proven();
             }
             self.sink
                 .report(w.tag, PushResult::Rejected(rejection), &self.info);
         }
-        for w in window.entries.drain(..) {
-            self.sink.report(
-                w.tag,
-                PushResult::NotSent(NotSentReason::AfterRejected),
-                &self.info,
-            );
+        self.hand_back(window, NotSentReason::AfterRejected);
+    }
+}
+
+/// The TCP socket under a connection's stream, by its descriptor: what ends the connection with a reset where the
+/// socket could not be duplicated ([`Acknowledged`] is `None`).
+#[derive(Clone, Copy)]
+struct SocketHandle {
+    #[cfg(unix)]
+    fd: std::os::fd::RawFd,
+}
+
+impl SocketHandle {
+    fn of(tcp: &tokio::net::TcpStream) -> SocketHandle {
+        #[cfg(not(unix))]
+        let _ = tcp;
+        SocketHandle {
+            #[cfg(unix)]
+            fd: std::os::fd::AsRawFd::as_raw_fd(tcp),
         }
-        window.acknowledged = 0;
+    }
+
+    /// Sets `SO_LINGER` 0: the socket ends with a reset when it closes, discarding what waits in its send queue.
+    ///
+    /// # Safety
+    ///
+    /// The stream this handle was taken from must still be open (not dropped), so that the descriptor names its
+    /// socket.
+    unsafe fn reset_on_close(self) -> std::io::Result<()> {
+        #[cfg(unix)]
+        {
+            // SAFETY: the caller keeps the stream, and so the descriptor, open for the length of this call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+            socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO))
+        }
+        #[cfg(not(unix))]
+        {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "no descriptor of the socket on this system",
+            ))
+        }
     }
 }
 
@@ -693,6 +825,7 @@ mod tests {
         let connection = Connection {
             opts,
             acks,
+            socket: None,
             sink: results.clone(),
             state: state.clone(),
             info: ConnectionInfo {
@@ -1186,6 +1319,8 @@ mod tests {
     async fn error_packets_prove_or_fault_the_connection_by_their_status() {
         for (status, proven) in [
             (Status::ProcessingError, false),
+            // "No errors encountered" naming a notification is no refusal of it (outcome::classify_binary).
+            (Status::NoErrors, false),
             (Status::InvalidToken, true),
         ] {
             let (client, mut server) = tokio::io::duplex(1 << 16);
@@ -1266,5 +1401,189 @@ mod tests {
         };
         assert_eq!(end, Some(std::io::ErrorKind::ConnectionReset));
         assert!(got < jobs as usize * encoded_len(), "{got} bytes arrived");
+    }
+
+    /// An error packet naming a notification that already left the window, answered by silence (APNs answered
+    /// later than `delivery_response_timeout`): identifiers rise on a connection, so everything still in the window
+    /// was written after it and was discarded by APNs. It comes back unsent as after any rejected notification
+    /// (`AfterRejected`: sent again at once, no loss counted), not as lost with the connection; the one named stays
+    /// delivered. Identifier 0, or one the connection never wrote, says nothing of what APNs processed: the window
+    /// comes back as with a lost connection (docs/apns-protocol.md#binary-error-packet).
+    #[tokio::test]
+    async fn an_error_packet_for_a_notification_answered_by_silence_requeues_the_rest_as_after_it()
+    {
+        for (identifier, status, rest, fault) in [
+            (1, Status::InvalidToken, NotSentReason::AfterRejected, false),
+            // Status 10 names the last notification processed: the same, the server's doing.
+            (1, Status::Shutdown, NotSentReason::AfterRejected, true),
+            (0, Status::InvalidToken, NotSentReason::ConnectionLost, true),
+            (
+                99,
+                Status::InvalidToken,
+                NotSentReason::ConnectionLost,
+                true,
+            ),
+        ] {
+            let (client, mut server) = loopback_pair().await;
+            let (client, acks) = counted(client);
+            let mut opts = (*options(WRITE_TIMEOUT)).clone();
+            // Room for the server to answer the later notifications within the window.
+            opts.response_timeout = Duration::from_secs(1);
+            let s = start_with(client, acks, 1, Arc::new(opts), FIRST_IDENTIFIER);
+            let one = encoded_len();
+            read_at_least(&mut server, one).await;
+            assert_eq!(s.results.wait_for(1).await, vec![(1, delivered(1))]);
+            // Two more, written after notification 1 left the window; then the late packet.
+            s.tx.try_send(job(2)).unwrap();
+            s.tx.try_send(job(3)).unwrap();
+            read_at_least(&mut server, 2 * one).await;
+            let packet = ErrorPacket { status, identifier };
+            tokio::io::AsyncWriteExt::write_all(&mut server, &packet.encode())
+                .await
+                .unwrap();
+            let reported = s.results.wait_for(3).await;
+            assert_eq!(
+                reported,
+                vec![
+                    (1, delivered(1)),
+                    (2, PushResult::NotSent(rest)),
+                    (3, PushResult::NotSent(rest)),
+                ],
+                "{status:?} for {identifier}"
+            );
+            tokio::time::timeout(Duration::from_secs(20), s.conn)
+                .await
+                .unwrap()
+                .unwrap();
+            // Status 8 for a notification the connection carried refuses it for its own fault; a shutdown, or a
+            // packet naming one it never carried, is the server's.
+            assert_eq!(
+                s.state.fault().is_some(),
+                fault,
+                "{status:?} for {identifier}: {:?}",
+                s.state.fault()
+            );
+        }
+    }
+
+    /// How the server end of a connection sees it end, reading (and discarding) what arrives for 10 s at most:
+    /// `Ok` once a reset came, else what it saw instead.
+    #[cfg(target_os = "linux")]
+    fn read_until_reset(server: &mut std::net::TcpStream) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err("still open 10 s after the hand-back".into());
+            }
+            server.set_read_timeout(Some(left)).unwrap();
+            match std::io::Read::read(server, &mut buf) {
+                Ok(0) => return Err("closed without a reset".into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err("still open 10 s after the hand-back".into());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// A sink that, when the first notification is handed back unsent, looks at how the server end sees the
+    /// connection at that moment ([`read_until_reset`]; the connection's task waits meanwhile).
+    #[cfg(target_os = "linux")]
+    struct ResetWitness {
+        server: std::sync::Mutex<Option<std::net::TcpStream>>,
+        seen: std::sync::Mutex<Option<Result<(), String>>>,
+        results: Results,
+    }
+
+    #[cfg(target_os = "linux")]
+    impl OutcomeSink<u32> for ResetWitness {
+        fn report(&self, tag: u32, result: PushResult, conn: &ConnectionInfo) {
+            if matches!(result, PushResult::NotSent(_))
+                && let Some(mut server) = self.server.lock().unwrap().take()
+            {
+                *self.seen.lock().unwrap() = Some(read_until_reset(&mut server));
+            }
+            self.results.report(tag, result, conn);
+        }
+    }
+
+    /// A connection lost with notifications in its window (here a write the peer never takes, ended at the write
+    /// timeout) ends with a TCP reset before the first of them is handed back, so that nothing still in its send
+    /// queue can reach APNs after the pool sent them again on another connection; also where the socket could not
+    /// be duplicated (no [`Acknowledged`]), the reset being set on the stream's own socket.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_connection_is_reset_before_its_window_is_handed_back() {
+        for duplicated in [true, false] {
+            // Small buffers on both ends, and a server that does not read: the first batch's write waits.
+            let listener = tokio::net::TcpSocket::new_v4().unwrap();
+            listener.set_recv_buffer_size(4096).unwrap();
+            listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = listener.listen(1).unwrap();
+            let client = tokio::net::TcpSocket::new_v4().unwrap();
+            client.set_send_buffer_size(4096).unwrap();
+            let client = client
+                .connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let server = server.into_std().unwrap();
+            server.set_nonblocking(false).unwrap();
+
+            let socket = SocketHandle::of(&client);
+            let (client, acks) = counted(client);
+            let acks = acks.filter(|_| duplicated);
+            let witness = Arc::new(ResetWitness {
+                server: std::sync::Mutex::new(Some(server)),
+                seen: std::sync::Mutex::new(None),
+                results: Results::default(),
+            });
+            let (tx, rx) = async_channel::unbounded();
+            let jobs = 1000;
+            for tag in 1..=jobs {
+                tx.try_send(job(tag)).unwrap();
+            }
+            let opts = options(Duration::from_millis(500));
+            let connection = Connection {
+                state: ConnectionState::new(opts.max_window),
+                opts,
+                acks,
+                socket: Some(socket),
+                sink: witness.clone(),
+                info: ConnectionInfo {
+                    remote: "127.0.0.1:2195".parse().unwrap(),
+                    id: 1,
+                },
+            };
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::spawn(connection.run(client, rx, FIRST_IDENTIFIER)),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            let reported = witness.results.wait_for(1).await;
+            assert!(
+                reported
+                    .iter()
+                    .all(|(_, r)| *r == PushResult::NotSent(NotSentReason::ConnectionLost)),
+                "duplicated {duplicated}: {reported:?}"
+            );
+            let seen = witness.seen.lock().unwrap().take();
+            assert_eq!(
+                seen,
+                Some(Ok(())),
+                "duplicated {duplicated}: the connection was not reset when its window was handed back"
+            );
+        }
     }
 }
