@@ -363,6 +363,25 @@ fn jetstream_view(
     })
 }
 
+/// The overview's `warnings`: each finding of the credential checks with its domain, the binding whose settings it
+/// is about (null for the default binding), its severity and its message.
+fn findings_json(findings: &[crate::credentials::Finding]) -> Vec<serde_json::Value> {
+    findings
+        .iter()
+        .map(|f| {
+            json!({
+                "domain": f.domain,
+                "binding": f.binding,
+                "severity": match f.severity {
+                    crate::credentials::Severity::Error => "error",
+                    crate::credentials::Severity::Warning => "warning",
+                },
+                "message": f.message,
+            })
+        })
+        .collect()
+}
+
 async fn overview(State(d): State<Dash>) -> Response {
     let server = match d.server() {
         Ok(s) => s,
@@ -374,19 +393,7 @@ async fn overview(State(d): State<Dash>) -> Response {
         tokio::task::spawn_blocking(move || crate::credentials::check(&config, SystemTime::now()))
             .await
             .unwrap_or_default();
-    let warnings: Vec<_> = findings
-        .iter()
-        .map(|f| {
-            json!({
-                "domain": f.domain,
-                "severity": match f.severity {
-                    crate::credentials::Severity::Error => "error",
-                    crate::credentials::Severity::Warning => "warning",
-                },
-                "message": f.message,
-            })
-        })
-        .collect();
+    let warnings = findings_json(&findings);
     let mut body = overview_now(&*server);
     body["history"] = json!(d.hub.history());
     body["warnings"] = json!(warnings);
@@ -864,6 +871,28 @@ async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A finding about another binding than `default` names it, so that the overview tells which binding's
+    /// settings are wrong (as `herald check` does).
+    #[test]
+    fn a_finding_names_its_binding() {
+        use crate::credentials::{Finding, Severity};
+        let finding = |binding: Option<&str>| Finding {
+            domain: "apps.example".into(),
+            binding: binding.map(str::to_owned),
+            severity: Severity::Error,
+            message: "apn_key: cannot read".into(),
+            at: None,
+        };
+        let json = findings_json(&[finding(None), finding(Some("b2"))]);
+        assert_eq!(
+            json,
+            vec![
+                json!({"domain": "apps.example", "binding": null, "severity": "error", "message": "apn_key: cannot read"}),
+                json!({"domain": "apps.example", "binding": "b2", "severity": "error", "message": "apn_key: cannot read"}),
+            ]
+        );
+    }
 
     /// The scope shown is the one the value came from: a regular-expression stanza wins over the global scope
     /// (docs/configuration.md, "Regex domains"), and the domain's own stanza over both.

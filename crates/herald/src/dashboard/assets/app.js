@@ -169,7 +169,7 @@ function renderOverview() {
   if (currentPage().name !== "overview") return;
   const hist = o.history || [];
   const series = (k) => hist.map((s) => s[k]);
-  const warnings = (o.warnings || []).map((w) => `<li class="${w.severity === "error" ? "bad" : "warn"}">${esc(w.domain)}: ${esc(w.severity)}: ${esc(w.message)}</li>`).join("");
+  const warnings = (o.warnings || []).map((w) => `<li class="${w.severity === "error" ? "bad" : "warn"}">${w.binding ? `binding ${esc(w.binding)} ` : ""}${esc(w.domain)}: ${esc(w.severity)}: ${esc(w.message)}</li>`).join("");
   $("#page").innerHTML = `<h1>Overview</h1>
     ${o.held ? "<p class='warn'>Delivery is held (apn { enabled = false }).</p>" : ""}
     <div class="cards">
