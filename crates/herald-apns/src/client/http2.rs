@@ -3,12 +3,16 @@
 //! One stream per notification. The server's `SETTINGS_MAX_CONCURRENT_STREAMS` is obeyed as it changes (it starts
 //! at 1 until the connection is treated as not yet authorised, docs/apns-protocol.md#http2-connection), and below it an
 //! adaptive limit ([`super::limit`]) lowers the streams kept open when answers slow down: a job is taken from the
-//! shared queue only while both have room and `h2` says another stream may open, so work above the limit waits in the
-//! queue, where another connection of the pool can take it. The response timeout counts from when a request's body was
-//! written; a stream that times out is cancelled (`RST_STREAM CANCEL`) before it is reported. Answers are matched by stream, never by `apns-id`. After a GOAWAY no
-//! stream opens; streams the server did not process (refused, above the GOAWAY's last stream id, or lost with the
-//! connection before the request was written in full) come back as [`PushResult::NotSent`], and a request written
-//! in full whose stream ends without an answer as [`PushResult::Unanswered`] (APNs may have processed it). An idle connection
+//! shared queue only while both have room, judged against the server's limit as it stands when the job is taken (it
+//! may have just been lowered), and `h2` says another stream may open, so every stream opens at once and work above
+//! the limit waits in the queue, where another connection of the pool can take it (h2 would hold a stream above the
+//! limit until a slot freed, its timers running). The response timeout counts from when a request's body was
+//! written; a stream that times out is cancelled (`RST_STREAM CANCEL`) before it is reported. Answers are matched by
+//! stream, never by `apns-id`. After a GOAWAY no stream opens; streams the server did not process (refused, above
+//! the GOAWAY's last stream id, reset before the request was written in full, or lost with the connection before
+//! then) come back as [`PushResult::NotSent`], and a request written in full whose stream ends without an answer as
+//! [`PushResult::Unanswered`] (APNs may have processed it). A stream reset is an error of that stream alone and the
+//! connection goes on, unless [`MAX_RESETS_IN_A_ROW`] streams are reset without an answer in between. An idle connection
 //! is checked with PING, so a peer that vanished is found before a notification is trusted to it, and it closes
 //! after `idle_timeout`. A job taken when nothing has been heard from the peer for [`LIVENESS_THRESHOLD`] (no answer,
 //! no PONG: a NAT may have dropped the connection between keep-alive PINGs) waits for the answer to a PING; without
@@ -17,12 +21,13 @@
 //! from the peer for half the response timeout, a PING goes out and no work is taken until its PONG; with no PONG
 //! within the response timeout the connection stops taking work for good, tells the pool it is draining (so the
 //! pool opens another), and closes once its open streams have ended with their own timeouts. `503 Shutdown` (the
-//! APNs server is going down) stops the connection taking work as well. Every such stop is recorded as the
-//! connection's fault ([`ConnectionState::fault`]), which the pool weighs against the connection's age; the GOAWAY
-//! that ended a connection is logged with its error code and reason. Request bodies that wait for flow-control
-//! credit take turns for it ([`exchange`]). A token connection sends the provider token it adopted, and takes a
-//! renewed one only 20 minutes after that ([`ConnectionToken`]); one that can keep neither stops taking work (no
-//! fault), so that the pool opens one that adopts the new token.
+//! APNs server is going down) and `429 TooManyProviderTokenUpdates` (APNs finds the provider token changed too soon
+//! on this connection, where a new connection's first token is no update) stop the connection taking work as well.
+//! Every such stop is recorded as the connection's fault ([`ConnectionState::fault`]), which the pool weighs against
+//! the connection's age; the GOAWAY that ended a connection is logged with its error code and reason. Request bodies
+//! that wait for flow-control credit take turns for it ([`exchange`]). A token connection sends the provider token
+//! it adopted, and takes a renewed one only 20 minutes after that ([`ConnectionToken`]); one that can keep neither
+//! stops taking work (no fault), so that the pool opens one that adopts the new token.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -75,6 +80,14 @@ pub const LIVENESS_PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The longest GOAWAY reason put in a log line or a connection's fault; APNs' reasons are a word or a sentence.
 const MAX_GOAWAY_REASON: usize = 200;
+
+/// Streams reset by the server (a code other than `REFUSED_STREAM`) one after another, with no answer in between,
+/// after which the connection takes no more work. One reset is an error of its stream alone and leaves the
+/// connection taking work (RFC 9113 §5.4.2); a server that resets stream after stream and answers none is as good as
+/// broken, and every notification would go round on it (each reset one comes back unsent and is sent again at once)
+/// until the queue's loss cap makes each take a failed attempt. A new connection is tried instead, and when new ones
+/// fare no better, they count as failed connection attempts and back off.
+const MAX_RESETS_IN_A_ROW: u32 = 10;
 
 /// Settings of an HTTP/2 connection.
 #[derive(Clone)]
@@ -335,6 +348,25 @@ struct PingSent {
     suspect: bool,
 }
 
+/// A job taken when nothing had been heard from the peer for a while ([`LIVENESS_THRESHOLD`]), held back until the
+/// peer answers a PING.
+struct Held<T> {
+    job: Job<T>,
+    /// When it was taken: without a PONG within [`Dispatcher::probe_timeout`], the connection is given up.
+    since: Instant,
+    /// The PONG came: the job goes out as soon as the server's stream limit has room for it.
+    answered: bool,
+}
+
+/// Whether `result` is an answer from the server to the request (a response of any status), as opposed to a stream
+/// that ended without one.
+fn is_answer(result: &PushResult) -> bool {
+    matches!(
+        result,
+        PushResult::Delivered { .. } | PushResult::Rejected(_) | PushResult::TokenExpired { .. }
+    )
+}
+
 /// The provider token a request carried, so an `ExpiredProviderToken` answer retires exactly that one.
 type TokenUsed = Option<Arc<str>>;
 
@@ -372,8 +404,10 @@ impl<T: Send + 'static> Dispatcher<T> {
         let mut last_received = last_activity;
         let mut ping_sent: Option<PingSent> = None;
         // A job taken when nothing had been heard from the peer for `liveness`, waiting for the PONG of the PING
-        // that asks whether the peer is still there; and when it was taken.
-        let mut held: Option<(Job<T>, Instant)> = None;
+        // that asks whether the peer is still there, and then for room for its stream.
+        let mut held: Option<Held<T>> = None;
+        // Streams reset by the server without an answer since the last answer (see `MAX_RESETS_IN_A_ROW`).
+        let mut resets_in_a_row = 0u32;
         let mut taking = true;
         let mut conn_auth = ConnectionAuth::default();
         // Streams open right after requests last went out (see the answers below).
@@ -391,7 +425,7 @@ impl<T: Send + 'static> Dispatcher<T> {
             self.state.set_capacity(server_max);
             self.state.set_limit(limit);
             self.state.set_ramping(limiter.in_slow_start());
-            if !taking && let Some((job, _)) = held.take() {
+            if !taking && let Some(Held { job, .. }) = held.take() {
                 // Never written: it goes to another connection, without an attempt counted.
                 self.sink.report(
                     job.tag,
@@ -399,9 +433,31 @@ impl<T: Send + 'static> Dispatcher<T> {
                     &self.info,
                 );
             }
+            // The peer answered the PING the held job waited for: it goes out once the server's limit (which may
+            // have dropped meanwhile) has room for its stream, so that h2 never holds it waiting for one.
+            if taking
+                && held.as_ref().is_some_and(|h| h.answered)
+                && in_flight.len() < server_max
+                && let Some(Held { job, .. }) = held.take()
+            {
+                match self.authorization(&mut conn_auth, &mut taking) {
+                    Some((token_used, auth)) => {
+                        if let Some(exchange) = self.launch(job, token_used, auth, &mut taking) {
+                            in_flight.push(exchange);
+                        }
+                    }
+                    None => self.sink.report(
+                        job.tag,
+                        PushResult::NotSent(NotSentReason::Closing),
+                        &self.info,
+                    ),
+                }
+                filled = in_flight.len();
+            }
             if !taking && in_flight.is_empty() {
                 break;
             }
+            let open = in_flight.len();
             tokio::select! {
                 biased;
                 // First, so that what the other branches queued last turn is written before anything else.
@@ -428,7 +484,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                     // would find the connection half empty).
                     let open = filled.max(in_flight.len() + 1);
                     let mut timed_out = false;
-                    while let Some(Answer { tag, result, token_used, rtt, no_credit }) = next.take() {
+                    while let Some(Answer { tag, result, token_used, rtt, no_credit, reset }) = next.take() {
                         if let Some(rtt) = rtt {
                             limiter.on_sample(rtt, open, last_activity);
                         }
@@ -450,6 +506,19 @@ impl<T: Send + 'static> Dispatcher<T> {
                             last_heard = last_activity;
                             last_received = last_activity;
                         }
+                        if reset {
+                            resets_in_a_row += 1;
+                            if resets_in_a_row == MAX_RESETS_IN_A_ROW && taking {
+                                tracing::info!(conn = self.info.id, remote = %self.info.remote,
+                                    "{MAX_RESETS_IN_A_ROW} streams in a row reset by the server without an answer; the \
+                                     connection takes no more work and closes");
+                                self.give_up(&mut taking, || {
+                                    format!("{MAX_RESETS_IN_A_ROW} streams in a row reset by the server without an answer")
+                                });
+                            }
+                        } else if is_answer(&result) {
+                            resets_in_a_row = 0;
+                        }
                         let (result, stop) = self.on_answer(result, token_used);
                         if let Some(cause) = stop {
                             self.give_up(&mut taking, || cause);
@@ -469,10 +538,23 @@ impl<T: Send + 'static> Dispatcher<T> {
                     }
                 }
                 // A job is taken only while the adaptive limit (itself at most the server's) has room, so the
-                // stream opens at once and the rest waits in the shared queue.
+                // stream opens at once and the rest waits in the shared queue. The server may lower its limit while
+                // this waits (a SETTINGS frame the connection reads above, before this is polled again): the queue is
+                // read only while the limit as it stands has room, since h2 would hold a stream above it, its body
+                // and its timers waiting, until a slot frees, where no other connection can take it.
                 ready = async {
                     poll_fn(|cx| self.send.poll_ready(cx)).await?;
-                    Ok::<_, h2::Error>(self.jobs.recv().await)
+                    let mut recv = std::pin::pin!(self.jobs.recv());
+                    Ok::<_, h2::Error>(poll_fn(|cx| {
+                        // No waker of its own for the room: an answer or a tick ends this wait and the loop looks
+                        // again, and a SETTINGS frame that raises the limit is read by the connection's branch in a
+                        // wake of this task, after which this is polled again.
+                        if open >= self.send.current_max_send_streams() {
+                            return Poll::Pending;
+                        }
+                        recv.as_mut().poll(cx)
+                    })
+                    .await)
                 }, if taking
                     && held.is_none()
                     && !ping_sent.is_some_and(|p| p.suspect)
@@ -489,7 +571,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                                 None => ping_sent = self.send_ping(true),
                             }
                             if ping_sent.is_some() {
-                                held = Some((job, last_activity));
+                                held = Some(Held { job, since: last_activity, answered: false });
                             } else {
                                 self.sink.report(job.tag, PushResult::NotSent(NotSentReason::Closing), &self.info);
                                 self.give_up(&mut taking, || "no PING could be sent".to_owned());
@@ -547,17 +629,10 @@ impl<T: Send + 'static> Dispatcher<T> {
                     last_keepalive = Instant::now();
                     last_heard = last_keepalive;
                     last_received = last_keepalive;
-                    // The peer is there: the job that waited for its answer goes out now.
-                    if taking && let Some((job, _)) = held.take() {
-                        match self.authorization(&mut conn_auth, &mut taking) {
-                            Some((token_used, auth)) => {
-                                if let Some(exchange) = self.launch(job, token_used, auth, &mut taking) {
-                                    in_flight.push(exchange);
-                                }
-                            }
-                            None => self.sink.report(job.tag, PushResult::NotSent(NotSentReason::Closing), &self.info),
-                        }
-                        filled = in_flight.len();
+                    // The peer is there: the job that waited for its answer goes out (at the top of the loop, once
+                    // its stream can open).
+                    if let Some(h) = held.as_mut() {
+                        h.answered = true;
                     }
                 }
                 _ = tick.tick() => {
@@ -566,7 +641,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                         self.close_ourselves(&mut taking);
                     }
                     let idle_for = last_activity.elapsed();
-                    if let Some((_, since)) = &held
+                    if let Some(Held { since, answered: false, .. }) = &held
                         && since.elapsed() >= self.probe_timeout()
                     {
                         let quiet = last_received.elapsed();
@@ -754,6 +829,24 @@ impl<T: Send + 'static> Dispatcher<T> {
                 let cause = format!("{} Shutdown", rejection.code());
                 (PushResult::Rejected(rejection), Some(cause))
             }
+            // APNs finds the provider token changed too soon on this connection (it counts from when the connection
+            // adopted its last one, and has been seen to answer so to renewals 50 minutes apart): every request on
+            // it would be refused the same, while a new connection's first token is never an update
+            // (docs/apns-protocol.md#provider-tokens). The connection takes no more work and the pool opens another
+            // (it hands the notification back unsent once, `outbound::pool` in herald); the token is not renewed,
+            // since nothing is wrong with it.
+            PushResult::Rejected(rejection @ Rejection::Http { .. })
+                if rejection.text() == "TooManyProviderTokenUpdates" =>
+            {
+                if self.state.fault().is_none() {
+                    tracing::info!(conn = self.info.id, remote = %self.info.remote,
+                        "APNs refuses the provider token as updated too often on this connection \
+                         (429 TooManyProviderTokenUpdates); the connection takes no more work and a new one takes \
+                         the token");
+                }
+                let cause = format!("{} TooManyProviderTokenUpdates", rejection.code());
+                (PushResult::Rejected(rejection), Some(cause))
+            }
             PushResult::NotSent(NotSentReason::ConnectionLost) => {
                 (result, Some("the connection was lost".to_owned()))
             }
@@ -908,14 +1001,36 @@ fn build_request(
     Ok(request)
 }
 
-/// Why a stream that ended without an answer was not processed, as far as its error says ([`not_processed`]): a
-/// stream the server refused or left above the last stream id of its GOAWAY was not; any other end says nothing of
-/// the kind, and counts as lost with the connection.
+/// Why a stream that could not open was not processed, as far as its error says ([`not_processed`]): a stream the
+/// server refused or left above the last stream id of its GOAWAY was not; any other end says nothing of the kind,
+/// and counts as lost with the connection.
 fn not_sent_reason(e: &h2::Error) -> NotSentReason {
     if not_processed(e) {
         NotSentReason::Refused
     } else {
         NotSentReason::ConnectionLost
+    }
+}
+
+/// How a stream ended without an answer, as far as its error says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// Refused by the server, or left above the last stream id of its GOAWAY ([`not_processed`]): not processed.
+    Refused,
+    /// Reset with another code (by the server, or by h2 over a fault the server made on this stream): an error of
+    /// this stream alone, which says nothing about the connection (RFC 9113 §5.4.2).
+    Reset,
+    /// The connection failed or closed.
+    Lost,
+}
+
+fn stream_end(e: &h2::Error) -> StreamEnd {
+    if not_processed(e) {
+        StreamEnd::Refused
+    } else if e.is_reset() {
+        StreamEnd::Reset
+    } else {
+        StreamEnd::Lost
     }
 }
 
@@ -929,23 +1044,27 @@ struct Answer<T> {
     rtt: Option<Duration>,
     /// The body was not written in full within the response timeout for want of flow-control credit.
     no_credit: bool,
+    /// The stream was reset (a code other than `REFUSED_STREAM`, [`StreamEnd::Reset`]) before any answer.
+    reset: bool,
 }
 
 /// Writes the body of one request and waits for its answer.
 ///
 /// The body goes out once the stream is open on the wire and flow control has room for it, and the response timeout
-/// counts from when its last byte was written: time spent behind the server's stream limit or an exhausted window
-/// is not the server's. Usually the window has room for the whole body at once, and it goes out in one piece. When
-/// it has not, the stream hands back whatever part of the window it was given and waits its turn at the
-/// connection's `credit` gate (first come, first served): one stream at a time gathers credit, and writes its body
-/// as the credit comes, in pieces if the server's window gives it no more at once (a stream window smaller than the
-/// body), so no credit is ever held by a stream that cannot use it. (Without the gate, h2 spreads returning credit
-/// over every waiting stream in turn; with hundreds of them each would hold part of what its body needs, none could
-/// send, and a server that returns window only as it reads would have nothing to read: the connection would stall.)
+/// counts from when its last byte was written: time spent behind an exhausted window is not the server's. (The
+/// stream itself opens at once: the dispatcher starts one only while the server's stream limit has room. h2 gives no
+/// credit to a stream it holds above the limit, so such a stream would wait for credit below, timed.) Usually the
+/// window has room for the whole body at once, and it goes out in one piece. When it has not, the stream hands back
+/// whatever part of the window it was given and waits its turn at the connection's `credit` gate (first come, first
+/// served): one stream at a time gathers credit, and writes its body as the credit comes, in pieces if the server's
+/// window gives it no more at once (a stream window smaller than the body), so no credit is ever held by a stream
+/// that cannot use it. (Without the gate, h2 spreads returning credit over every waiting stream in turn; with
+/// hundreds of them each would hold part of what its body needs, none could send, and a server that returns window
+/// only as it reads would have nothing to read: the connection would stall.)
 /// A request whose body was not written in full within the timeout is cancelled and comes back unsent (APNs never
 /// had all of it: a request without its last byte is never processed). A stream that ends while its body waits for
-/// credit is reported by what ended it: refused (unsent, the connection unharmed), answered early (that answer), or
-/// lost with its connection. A request written and not answered within the timeout is cancelled with
+/// credit is reported by what ended it: refused or reset (unsent, the connection unharmed), answered early (that
+/// answer), or lost with its connection. A request written and not answered within the timeout is cancelled with
 /// `RST_STREAM(CANCEL)` before it is reported, so it is never sent again while this stream could still be answered;
 /// whether APNs had already accepted it is unknown, and the report says so.
 #[allow(clippy::too_many_arguments)]
@@ -1067,6 +1186,7 @@ async fn exchange<T>(
                     token_used: None,
                     rtt: None,
                     no_credit: false,
+                    reset: false,
                 };
             }
             Err(_) => {
@@ -1086,6 +1206,7 @@ async fn exchange<T>(
                     token_used: None,
                     rtt: None,
                     no_credit: true,
+                    reset: false,
                 };
             }
         }
@@ -1108,14 +1229,16 @@ async fn exchange<T>(
         Some(read) => Ok(read),
         None => tokio::time::timeout_at(deadline, answer).await,
     };
+    let mut reset = false;
     let result = match read {
         Ok(Ok(result)) => result,
-        Ok(Err(e)) => match not_sent_reason(&e) {
+        Ok(Err(e)) => match stream_end(&e) {
             // Refused by the server (REFUSED_STREAM, or above the last stream id of its GOAWAY): not processed.
-            NotSentReason::Refused => PushResult::NotSent(NotSentReason::Refused),
+            StreamEnd::Refused => PushResult::NotSent(NotSentReason::Refused),
             // The whole request went out and the stream ended without an answer (the connection lost, the stream
             // reset): APNs may have processed it (RFC 9113 §6.8), so, as after a timeout, the outcome is unknown.
-            _ if sent => {
+            end if sent => {
+                reset = end == StreamEnd::Reset;
                 let stream_id = u32::from(stream.stream_id());
                 tracing::info!(
                     conn,
@@ -1130,7 +1253,19 @@ async fn exchange<T>(
                     cause: e.to_string(),
                 }
             }
-            why => PushResult::NotSent(why),
+            // Reset before its last byte went out: APNs never had the request in full, so never processed it. A
+            // reset is an error of this stream alone (RFC 9113 §5.4.2): the connection goes on, and the
+            // notification goes out again at once, as after a refusal.
+            StreamEnd::Reset => {
+                reset = true;
+                tracing::debug!(
+                    conn,
+                    stream = u32::from(stream.stream_id()),
+                    "stream reset before the request was written in full ({e}); not processed"
+                );
+                PushResult::NotSent(NotSentReason::Refused)
+            }
+            StreamEnd::Lost => PushResult::NotSent(NotSentReason::ConnectionLost),
         },
         Err(_) => {
             let stream_id = u32::from(stream.stream_id());
@@ -1166,6 +1301,7 @@ async fn exchange<T>(
         token_used,
         rtt,
         no_credit: false,
+        reset,
     }
 }
 
@@ -1254,7 +1390,7 @@ mod tests {
     }
 
     /// Reads the next frame; `None` once the connection ended.
-    async fn read_frame(sock: &mut TcpStream) -> Option<Frame> {
+    async fn read_frame<R: tokio::io::AsyncRead + Unpin>(sock: &mut R) -> Option<Frame> {
         let mut head = [0u8; 9];
         sock.read_exact(&mut head).await.ok()?;
         let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
@@ -1951,6 +2087,16 @@ mod tests {
         frame(WINDOW_UPDATE, 0, stream, &increment.to_be_bytes())
     }
 
+    /// A SETTINGS frame with `settings` (identifier and value pairs).
+    fn settings_frame(settings: &[(u16, u32)]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        for (id, value) in settings {
+            payload.extend_from_slice(&id.to_be_bytes());
+            payload.extend_from_slice(&value.to_be_bytes());
+        }
+        frame(SETTINGS, 0, 0, &payload)
+    }
+
     fn goaway(last_stream_id: u32, code: u32) -> Vec<u8> {
         let mut payload = last_stream_id.to_be_bytes().to_vec();
         payload.extend_from_slice(&code.to_be_bytes());
@@ -1967,14 +2113,7 @@ mod tests {
         let mut preface = [0u8; 24];
         sock.read_exact(&mut preface).await.unwrap();
         assert_eq!(preface, PREFACE);
-        let mut payload = Vec::new();
-        for (id, value) in settings {
-            payload.extend_from_slice(&id.to_be_bytes());
-            payload.extend_from_slice(&value.to_be_bytes());
-        }
-        sock.write_all(&frame(SETTINGS, 0, 0, &payload))
-            .await
-            .unwrap();
+        sock.write_all(&settings_frame(settings)).await.unwrap();
         loop {
             let Some(f) = read_frame(&mut sock).await else {
                 return;
@@ -2821,5 +2960,306 @@ mod tests {
         assert_eq!(next.results.wait_for(1).await, [(4, delivered())]);
         assert_eq!(*seen.lock().unwrap(), [vec![a.clone(), a], vec![b]]);
         next.run.abort();
+    }
+
+    /// A frame-level server the test drives: it sends its SETTINGS (`settings`), acknowledges the client's SETTINGS
+    /// and answers its PINGs by itself, hands every frame the client sends to the test ([`DrivenServer::until`]) and
+    /// writes what the test gives it ([`DrivenServer::send`]), in order.
+    struct DrivenServer {
+        frames: tokio::sync::mpsc::UnboundedReceiver<Frame>,
+        out: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    }
+
+    impl DrivenServer {
+        fn start(listener: TcpListener, settings: &'static [(u16, u32)]) -> DrivenServer {
+            let (frames_tx, frames) = tokio::sync::mpsc::unbounded_channel();
+            let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+            let auto = out.clone();
+            tokio::spawn(async move {
+                let (sock, _) = listener.accept().await.unwrap();
+                let (mut rd, mut wr) = sock.into_split();
+                let mut preface = [0u8; 24];
+                rd.read_exact(&mut preface).await.unwrap();
+                assert_eq!(preface, PREFACE);
+                wr.write_all(&settings_frame(settings)).await.unwrap();
+                tokio::spawn(async move {
+                    while let Some(bytes) = out_rx.recv().await {
+                        if wr.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                while let Some(f) = read_frame(&mut rd).await {
+                    match f.kind {
+                        SETTINGS if f.flags & 1 == 0 => {
+                            let _ = auto.send(frame(SETTINGS, 1, 0, &[]));
+                        }
+                        PING if f.flags & 1 == 0 => {
+                            let _ = auto.send(frame(PING, 1, 0, &f.payload));
+                        }
+                        _ => {}
+                    }
+                    if frames_tx.send(f).is_err() {
+                        return;
+                    }
+                }
+            });
+            DrivenServer { frames, out }
+        }
+
+        /// Reads the client's frames until one `matches` (failing after 20 s, or if the client closes first).
+        async fn until(&mut self, what: &str, mut matches: impl FnMut(&Frame) -> bool) -> Frame {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                match tokio::time::timeout_at(deadline, self.frames.recv()).await {
+                    Ok(Some(f)) if matches(&f) => return f,
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("the client closed the connection before {what}"),
+                    Err(_) => panic!("no {what} within 20 s"),
+                }
+            }
+        }
+
+        fn send(&self, bytes: Vec<u8>) {
+            self.out.send(bytes).unwrap();
+        }
+    }
+
+    fn is_settings_ack(f: &Frame) -> bool {
+        f.kind == SETTINGS && f.flags & 1 == 1
+    }
+
+    fn ends_a_request(f: &Frame) -> bool {
+        f.kind == DATA && f.flags & END_STREAM != 0
+    }
+
+    /// APNs lowers its stream limit while streams are open (to one after a rejected notification,
+    /// docs/apns-protocol.md#http2-connection). A job is taken only while the server's current limit lets its stream
+    /// open at once: with two streams open and the limit lowered to one, the next job stays in the shared queue (where
+    /// another connection can take it) instead of waiting inside h2 for a stream slot, and it goes out once the open
+    /// streams have ended.
+    #[tokio::test]
+    async fn a_job_is_not_taken_while_a_lowered_stream_limit_leaves_no_room_for_its_stream() {
+        const TEN_STREAMS: &[(u16, u32)] = &[(0x3, 10)];
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut server = DrivenServer::start(listener, TEN_STREAMS);
+        let opts = test_opts(addr, Duration::from_secs(10), Duration::from_secs(30));
+        let conn = test_conn_with(addr, opts, [job(1), job(2)]).await;
+        let (mut acks, mut ended) = (0, Vec::new());
+        while ended.len() < 2 {
+            let f = server.until("both requests", |_| true).await;
+            acks += usize::from(is_settings_ack(&f));
+            if ends_a_request(&f) {
+                ended.push(f.stream);
+            }
+        }
+        assert_eq!(ended, [1, 3]);
+        // Both streams stay open; the limit drops to one, and the client says it has applied it.
+        server.send(settings_frame(&[(0x3, 1)]));
+        while acks < 2 {
+            server
+                .until("the lowered limit acknowledged", is_settings_ack)
+                .await;
+            acks += 1;
+        }
+        send_job(&conn.jobs, 3).await;
+        server.send(status(1, 0x88, true));
+        assert_eq!(conn.results.wait_for(1).await, [(1, delivered())]);
+        // One stream open, one allowed: the job is still the shared queue's.
+        assert_eq!(
+            conn.jobs.len(),
+            1,
+            "a job was taken with no room for its stream"
+        );
+        server.send(status(3, 0x88, true));
+        let f = server.until("the third request", ends_a_request).await;
+        assert_eq!(f.stream, 5);
+        server.send(status(5, 0x88, true));
+        let mut results = conn.results.wait_for(3).await;
+        results.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(
+            results,
+            [(1, delivered()), (2, delivered()), (3, delivered())]
+        );
+        assert!(
+            !conn.state.is_draining() && conn.state.fault().is_none(),
+            "{:?}",
+            conn.state.fault()
+        );
+        conn.run.abort();
+    }
+
+    /// A server may forbid new streams altogether (`SETTINGS_MAX_CONCURRENT_STREAMS` = 0). No job is taken meanwhile:
+    /// one handed to h2 then would wait there for a stream with its timers running, and be given up after the
+    /// response timeout as if the server gave no flow-control credit, the connection with it. When the server allows
+    /// streams again, the job goes out and is delivered.
+    #[tokio::test]
+    async fn no_job_is_taken_while_the_server_allows_no_stream() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut server = DrivenServer::start(listener, &[]);
+        let opts = test_opts(addr, Duration::from_millis(300), Duration::from_secs(1));
+        let conn = test_conn_with(addr, opts, [job(1)]).await;
+        let f = server.until("the first request", ends_a_request).await;
+        // The limit drops to zero before the answer comes.
+        let mut out = settings_frame(&[(0x3, 0)]);
+        out.extend(status(f.stream, 0x88, true));
+        server.send(out);
+        assert_eq!(conn.results.wait_for(1).await, [(1, delivered())]);
+        send_job(&conn.jobs, 2).await;
+        // Nothing in flight: the next PING is the keep-alive one, a second after the answer.
+        server
+            .until("a PING", |f| f.kind == PING && f.flags & 1 == 0)
+            .await;
+        assert_eq!(
+            conn.jobs.len(),
+            1,
+            "a job was taken while the server allowed no stream"
+        );
+        server.send(settings_frame(&[(0x3, 5)]));
+        let f = server.until("the second request", ends_a_request).await;
+        server.send(status(f.stream, 0x88, true));
+        assert_eq!(
+            conn.results.wait_for(2).await,
+            [(1, delivered()), (2, delivered())]
+        );
+        assert!(
+            !conn.state.is_draining() && conn.state.fault().is_none(),
+            "{:?}",
+            conn.state.fault()
+        );
+        conn.run.abort();
+    }
+
+    const INTERNAL_ERROR: u32 = 0x2;
+
+    /// A stream reset with another code than `REFUSED_STREAM` is an error of that stream alone (RFC 9113 §5.4.2). Reset
+    /// while its body still waited to go out, the request never reached the server in full: the notification is
+    /// unsent (sent again at once, no duplicate possible). Reset after the body went out, APNs may have processed it:
+    /// its outcome is unknown, as after a timeout. Either way the connection goes on taking work.
+    #[tokio::test]
+    async fn a_stream_reset_is_an_error_of_that_stream_and_the_connection_goes_on() {
+        let conn = scripted_conn(
+            NO_WINDOW,
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            vec![job(1)],
+            |kind, flags, stream, _| match kind {
+                // The first request is reset before its body could go out (no window for it).
+                HEADERS if stream == 1 => rst_stream(stream, INTERNAL_ERROR),
+                HEADERS => window_update(stream, 1024),
+                // The second one is reset once its body is in.
+                DATA if flags & END_STREAM != 0 && stream == 3 => {
+                    rst_stream(stream, INTERNAL_ERROR)
+                }
+                DATA if flags & END_STREAM != 0 => status(stream, 0x88, true),
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        assert_eq!(
+            conn.results.wait_for(1).await,
+            [(1, PushResult::NotSent(NotSentReason::Refused))]
+        );
+        assert!(
+            !conn.state.is_draining() && conn.state.fault().is_none(),
+            "a stream reset made the connection stop taking work: {:?}",
+            conn.state.fault()
+        );
+        send_job(&conn.jobs, 2).await;
+        let results = conn.results.wait_for(2).await;
+        assert!(
+            matches!(&results[1], (2, PushResult::Unanswered { stream, .. }) if stream.stream == 3),
+            "{results:?}"
+        );
+        send_job(&conn.jobs, 3).await;
+        assert_eq!(conn.results.wait_for(3).await[2], (3, delivered()));
+        assert!(!conn.state.is_draining() && conn.state.fault().is_none());
+        conn.run.abort();
+    }
+
+    /// A server that resets every stream and answers none (a broken proxy on the way, say): each notification comes
+    /// back unsent, and after [`MAX_RESETS_IN_A_ROW`] resets in a row the connection takes no more work, with a fault
+    /// that says so, and closes; what waits stays in the shared queue for a new connection.
+    #[tokio::test]
+    async fn streams_reset_again_and_again_without_an_answer_retire_the_connection() {
+        let n = 4 * MAX_RESETS_IN_A_ROW;
+        let jobs = (1..=n).map(job).collect();
+        let conn = scripted_conn(
+            NO_WINDOW,
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            jobs,
+            |kind, _, stream, _| match kind {
+                HEADERS => rst_stream(stream, INTERNAL_ERROR),
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        let results = conn.results.wait_for(MAX_RESETS_IN_A_ROW as usize).await;
+        assert!(
+            results
+                .iter()
+                .all(|(_, r)| *r == PushResult::NotSent(NotSentReason::Refused)),
+            "{results:?}"
+        );
+        assert!(results.len() < n as usize, "{}", results.len());
+        assert_eq!(conn.jobs.len() + results.len(), n as usize);
+        assert!(conn.state.is_draining());
+        let (_, fault) = conn.state.fault().expect("a fault is recorded");
+        assert_eq!(
+            fault,
+            format!("{MAX_RESETS_IN_A_ROW} streams in a row reset by the server without an answer")
+        );
+    }
+
+    /// `429 TooManyProviderTokenUpdates`: APNs refuses the provider token the connection changed to, and would refuse
+    /// every request on it the same, while a new connection's first token is no update
+    /// (docs/apns-protocol.md#provider-tokens). The connection takes no more work (what waits stays in the shared
+    /// queue for another connection), records the fault and closes; the answer is reported as it came.
+    #[tokio::test]
+    async fn too_many_provider_token_updates_stops_the_connection_taking_work() {
+        let conn = scripted_conn(
+            &[],
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            vec![job(1)],
+            |kind, flags, stream, _| match kind {
+                DATA if flags & END_STREAM != 0 => {
+                    // `:status 429`: a literal with the static table's `:status` name (index 8).
+                    let mut out = frame(HEADERS, END_HEADERS, stream, &[0x08, 3, b'4', b'2', b'9']);
+                    out.extend(frame(
+                        DATA,
+                        END_STREAM,
+                        stream,
+                        br#"{"reason":"TooManyProviderTokenUpdates"}"#,
+                    ));
+                    out
+                }
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        assert_eq!(
+            conn.results.wait_for(1).await,
+            [(
+                1,
+                PushResult::Rejected(Rejection::Http {
+                    status: 429,
+                    reason: "TooManyProviderTokenUpdates".to_owned(),
+                    timestamp_ms: None,
+                })
+            )]
+        );
+        // No idle timeout: the connection closes because it takes no more work.
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        assert!(conn.state.is_draining() && !conn.state.is_proven());
+        let (_, fault) = conn.state.fault().expect("a fault is recorded");
+        assert_eq!(fault, "429 TooManyProviderTokenUpdates");
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! A connection pulls [`Job`]s from a queue shared by every connection of its pool (so work spreads by itself
 //! across connections that have room), sends them, and reports each one's [`PushResult`] exactly once to an
-//! [`OutcomeSink`]. A job APNs did not process (stream refused, above the last stream id of a GOAWAY, connection
-//! lost before the request was written in full) comes back as [`PushResult::NotSent`] so the caller can requeue it
-//! without counting an attempt; one written in full whose answer never came may have been processed, and says so
-//! ([`PushResult::TimedOut`], [`PushResult::Unanswered`]). The caller's tag `T` travels with the job and comes back untouched.
+//! [`OutcomeSink`]. A job APNs did not process (stream refused, above the last stream id of a GOAWAY, stream reset
+//! or connection lost before the request was written in full) comes back as [`PushResult::NotSent`] so the caller
+//! can requeue it without counting an attempt; one written in full whose answer never came may have been processed,
+//! and says so ([`PushResult::TimedOut`], [`PushResult::Unanswered`]). The caller's tag `T` travels with the job and
+//! comes back untouched.
 
 mod acked;
 pub mod connect;
@@ -73,9 +74,9 @@ pub enum PushResult {
     /// younger than 20 minutes by herald's clock, which APNs disagrees with), a retry at once would be refused
     /// again.
     TokenExpired { rejection: Rejection, renewed: bool },
-    /// APNs did not process it (refused stream, above the last stream id of a GOAWAY, connection lost before the
-    /// request was written in full; binary: written after a failed notification, or in the window of a connection
-    /// lost without an error packet): send it again without counting an attempt.
+    /// APNs did not process it (refused stream, above the last stream id of a GOAWAY, stream reset or connection
+    /// lost before the request was written in full; binary: written after a failed notification, or in the window
+    /// of a connection lost without an error packet): send it again without counting an attempt.
     NotSent(NotSentReason),
     /// Sent, but no answer came within the response timeout: whether APNs accepted it is unknown. On HTTP/2 the
     /// stream was cancelled (`RST_STREAM CANCEL`) before this report, so it can no longer be answered.
@@ -168,7 +169,8 @@ pub const UNRECOGNIZED_REASON: &str = "UnrecognizedReason";
 /// Why a job was handed back unsent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotSentReason {
-    /// The server refused the stream (RST_STREAM REFUSED_STREAM) or announced GOAWAY before processing it.
+    /// The server refused the stream (RST_STREAM REFUSED_STREAM), reset it with another code before the request
+    /// was written in full (HTTP/2: APNs never had the whole request), or announced GOAWAY before processing it.
     Refused,
     /// The connection failed or closed: on HTTP/2 before the request was written in full; on the binary protocol
     /// with the notification in the response window and no error packet (docs/apns-protocol.md#binary-error-packet).
@@ -331,8 +333,9 @@ impl ConnectionState {
         }
     }
     /// Why, and how long after opening, the connection stopped taking work through a fault of the server or the
-    /// network (a GOAWAY, the connection lost, `ExpiredProviderToken`, `503 Shutdown`, a PING unanswered), if it
-    /// did; an idle close, a drain the pool asked for or a closed queue is no fault. The pool counts a young
+    /// network (a GOAWAY, the connection lost, `ExpiredProviderToken`, `503 Shutdown`,
+    /// `429 TooManyProviderTokenUpdates`, streams reset one after another, a PING unanswered), if it did; an idle
+    /// close, a drain the pool asked for or a closed queue is no fault. The pool counts a young
     /// connection's fault as a failed connection attempt (docs/apns-protocol.md#http2-connection).
     pub fn fault(&self) -> Option<(Duration, String)> {
         let after = self.fault_after_ms.load(Ordering::Acquire);

@@ -225,9 +225,10 @@ pub struct Queued {
     /// Connections lost with it on the wire without an answer, and streams APNs refused for it, since its last
     /// counted attempt (see `queue::domain::LOSSES_PER_ATTEMPT`).
     pub losses: u8,
-    /// Its last answer was `503 Shutdown`, and it was handed back unsent for another connection: a second one in a
-    /// row counts as an attempt (`outbound::pool`'s Shutdown rule).
-    pub shutdown_handed_back: bool,
+    /// Its last answer refused its connection (`503 Shutdown`, `429 TooManyProviderTokenUpdates`), and it was
+    /// handed back unsent for another connection: a second such answer in a row counts as an attempt
+    /// (`outbound::pool`'s rule for connection refusals).
+    pub refusal_handed_back: bool,
 }
 
 impl Queued {
@@ -237,7 +238,7 @@ impl Queued {
             retries: 0,
             enqueued: Instant::now(),
             losses: 0,
-            shutdown_handed_back: false,
+            refusal_handed_back: false,
         })
     }
 
