@@ -1643,6 +1643,9 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
 }
 
 #[cfg(test)]
+mod token_update_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use herald_conf::Config;
