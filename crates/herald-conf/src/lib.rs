@@ -124,6 +124,10 @@ impl Config {
             return Err(diags);
         }
         lint::run(&root, &mut diags);
+        // A whole-configuration check may refuse a file that loaded (an empty `control_password`, see `lint`).
+        if diags.has_errors() {
+            return Err(diags);
+        }
         Ok(Config {
             root,
             warnings: diags.into_warnings(),

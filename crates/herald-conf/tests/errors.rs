@@ -477,3 +477,14 @@ fn a_route_host_that_is_no_host_is_refused() {
         );
     }
 }
+
+/// An empty `control_password` would be taken as a password (`auth ""`) by the console, and as none by a reader:
+/// the configuration is refused at the line that sets it.
+#[test]
+fn an_empty_control_password_refuses_the_configuration() {
+    let (l, c, m) = single(
+        "control_listener {\n  listen \"127.0.0.1:2025\" {\n    control_password = \"\"\n  }\n}\n",
+    );
+    assert_eq!((l, c), (3, 5));
+    assert!(m.contains("control_password is empty"), "{m}");
+}

@@ -496,6 +496,11 @@ async fn queue_commands_list_retry_flush_and_fail_while_apns_is_down() {
             "{listing}"
         );
     }
+    // A domain is found whatever its case, as by `domain` and `mailq -d`; keywords too.
+    assert_eq!(
+        ok(sock, &["SHOWQUEUE", "ALL", "Later.Example"]).await,
+        listing
+    );
     let window = ok(sock, &["showqueue", "later.example", "1,1"]).await;
     assert_eq!(
         window.lines().filter(|l| l.starts_with('[')).count(),
@@ -534,6 +539,19 @@ async fn queue_commands_list_retry_flush_and_fail_while_apns_is_down() {
     assert!(details.contains("Domain: later.example\n"), "{details}");
     assert!(details.contains("Queue: delayed/default\n"), "{details}");
     assert!(details.contains("Retries: 1\n"), "{details}");
+    // docs/momentum-compat.md#console-queue-commands: the token is redacted, in the recipient made of it too.
+    let shown = details
+        .lines()
+        .find_map(|l| l.strip_prefix("Device Token: "))
+        .unwrap_or_else(|| panic!("{details}"));
+    assert!(shown.ends_with('…') && shown.len() < 20, "{details}");
+    assert!(
+        details.contains(&format!("To: <{shown}@later.example>\n")),
+        "{details}"
+    );
+    for t in &later {
+        assert!(!details.contains(t.as_str()), "{t} shown: {details}");
+    }
     let missing = console(sock, &["message", "details", "FF/FF-99999-FFFFFFFF"], None).await;
     assert!(
         !missing.ok && missing.stderr.contains("not in the queue"),
@@ -553,7 +571,7 @@ async fn queue_commands_list_retry_flush_and_fail_while_apns_is_down() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        ok(sock, &["flush", "domain", "later.example"]).await,
+        ok(sock, &["FLUSH", "DOMAIN", "Later.Example"]).await,
         "Domain later.example flushed.\n"
     );
     wait_for_sim(&sim, &later).await;
@@ -574,7 +592,7 @@ async fn queue_commands_list_retry_flush_and_fail_while_apns_is_down() {
         failed.ends_with("failed: 554 Message manually purged.\n"),
         "{failed}"
     );
-    let out = ok(sock, &["fail", "domain", "never.example"]).await;
+    let out = ok(sock, &["fail", "DOMAIN", "Never.Example", "QUIET"]).await;
     assert_eq!(
         out,
         "Failed 1 message(s) of domain never.example: 554 Message manually purged.\n"
@@ -608,6 +626,11 @@ async fn queue_commands_list_retry_flush_and_fail_while_apns_is_down() {
         ok(sock, &["flush", "domain", "all"]).await,
         "2 domain(s) flushed.\n"
     );
+    assert_eq!(
+        ok(sock, &["flush", "domain", "ALL"]).await,
+        "2 domain(s) flushed.\n"
+    );
+    assert_eq!(ok(sock, &["SUMMARY", "RESET"]).await, "Statistics reset.\n");
     s.server.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -1263,4 +1286,287 @@ async fn command_after_the_idle_timeout(tls: bool) {
     );
     assert!(out.status.success(), "{stdout}{stderr}");
     server.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Starts a server with only a spool and `control` (the body of a `control_listener` stanza).
+async fn control_only(dir: &Path, control: &str) -> Arc<Server> {
+    let config = dir.join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\ncontrol_listener {{\n{control}\n}}\n",
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    Server::start(&config).await.unwrap()
+}
+
+/// `config reload PATH` of a file that is no configuration (a private key, here with one line that parses, so
+/// that the parser reports on every other) answers with where each error is and its kind, never with the text
+/// the parser quotes from the file: a console user must not read a key that way. The first line is as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_shows_no_text_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
+    let server = control_only(
+        dir.path(),
+        &format!("listen \"{}\" {{ file_mode = 0600 }}", sock.display()),
+    )
+    .await;
+    let sock = sock.to_str().unwrap();
+    let secret = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgSeCrEtSeCrEt";
+    let key = dir.path().join("AuthKey_X.p8");
+    std::fs::write(
+        &key,
+        format!(
+            "max_retries = 3\n{secret}\n{secret}x = {secret}\nmax_retries = \"{secret}\"\ndomain \"/(?P<{secret}/\" {{ }}\n"
+        ),
+    )
+    .unwrap();
+    let out = console(sock, &["config", "reload", key.to_str().unwrap()], None).await;
+    assert!(!out.ok, "{out:?}");
+    let k = key.display();
+    assert!(
+        out.stderr.starts_with(&format!(
+            "{k}: the new configuration has errors; the running one stays in force:\n"
+        )),
+        "{out:?}"
+    );
+    for line in [2, 3, 4, 5] {
+        assert!(out.stderr.contains(&format!("{k}:{line}:")), "{out:?}");
+    }
+    assert!(out.stderr.contains(": error: invalid value …"), "{out:?}");
+    assert!(out.stderr.contains("herald's log"), "{out:?}");
+    for i in 0..secret.len() - 8 {
+        let piece = &secret[i..i + 8];
+        assert!(!out.stderr.contains(piece), "{piece:?} shown: {out:?}");
+        assert!(!out.stdout.contains(piece), "{piece:?} shown: {out:?}");
+    }
+    // The file herald reads stays its own, and nothing changed.
+    assert_eq!(server.generation(), 0);
+    let again = console(sock, &["config", "reload"], None).await;
+    assert!(again.ok, "{again:?}");
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Opens a TCP connection to `addr` from the loopback address `from` (any of 127.0.0.0/8).
+async fn connect_from(from: std::net::Ipv4Addr, addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Sends `auth PASSWORD` from `from` and returns the answer.
+async fn auth_from(from: std::net::Ipv4Addr, addr: &str, password: &str) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let (r, mut w) = connect_from(from, addr).await.into_split();
+    w.write_all(format!("auth {password}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut r = tokio::io::BufReader::new(r);
+    tokio::time::timeout(WAIT, answer(&mut r))
+        .await
+        .expect("an answer")
+        .expect("an answer before the close")
+}
+
+/// Wrong passwords sent at once on many connections from one address are counted as they are let through, not
+/// once compared: no more than 5 are compared. Across every address, a listener takes at most
+/// `LISTENER_AUTH_FAILURES` wrong passwords a minute: then every `auth` is refused, right password included, from
+/// any address, while another listener of the same server (its Unix socket) still lets the operator in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_are_counted_before_they_are_compared_and_a_listener_has_a_budget() {
+    use std::net::Ipv4Addr;
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
+    let server = control_only(
+        dir.path(),
+        &format!(
+            "control_password = \"pw\"\nlisten \"127.0.0.1:0\" {{ }}\nlisten \"{}\" {{ file_mode = 0600 }}",
+            sock.display()
+        ),
+    )
+    .await;
+    let addr = server
+        .addrs()
+        .await
+        .control
+        .into_iter()
+        .find(|a| a.starts_with("127.0.0.1:"))
+        .unwrap();
+
+    // 30 connections from one address, each with an `auth` sent before any is answered.
+    let guesser = Ipv4Addr::new(127, 0, 0, 2);
+    let mut conns = Vec::new();
+    for _ in 0..30 {
+        conns.push(connect_from(guesser, &addr).await.into_split());
+    }
+    for (_, w) in &mut conns {
+        w.write_all(b"auth wrong\n").await.unwrap();
+    }
+    let mut failed = 0;
+    let mut locked = 0;
+    for (r, _) in conns {
+        let mut r = tokio::io::BufReader::new(r);
+        match tokio::time::timeout(WAIT, answer(&mut r)).await.unwrap() {
+            Some((false, t)) if t == "Authentication failed.\n" => failed += 1,
+            Some((false, t))
+                if t.starts_with("Too many failed authentications from 127.0.0.2;") =>
+            {
+                locked += 1
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        (failed, locked),
+        (
+            herald::control::AUTH_FAILURES,
+            30 - herald::control::AUTH_FAILURES
+        )
+    );
+    let (ok, text) = auth_from(guesser, &addr, "pw").await;
+    assert!(
+        !ok && text.starts_with("Too many failed authentications from 127.0.0.2;"),
+        "{text}"
+    );
+    // Another address is not locked out by it.
+    assert_eq!(
+        auth_from(Ipv4Addr::new(127, 0, 0, 3), &addr, "pw").await,
+        (true, "Authenticated.\n".to_owned())
+    );
+
+    // Guesses spread over many addresses, a few from each, all count against the listener.
+    let budget = herald::control::LISTENER_AUTH_FAILURES;
+    let mut spent = failed;
+    let mut from = 10u8;
+    while spent < budget {
+        for _ in 0..herald::control::AUTH_FAILURES.min(budget - spent) {
+            let (ok, text) = auth_from(Ipv4Addr::new(127, 0, 1, from), &addr, "wrong").await;
+            assert_eq!((ok, text.as_str()), (false, "Authentication failed.\n"));
+            spent += 1;
+        }
+        from += 1;
+    }
+    for from in [Ipv4Addr::new(127, 0, 2, 1), Ipv4Addr::new(127, 0, 0, 3)] {
+        let (ok, text) = auth_from(from, &addr, "pw").await;
+        assert!(
+            !ok && text.starts_with(
+                "Too many failed authentications on this listener; every `auth` is refused for "
+            ),
+            "{from}: {text}"
+        );
+    }
+    // The Unix socket is another listener, with a count of its own.
+    let sock = sock.to_str().unwrap();
+    let unix = {
+        let s = tokio::net::UnixStream::connect(sock).await.unwrap();
+        let (r, mut w) = s.into_split();
+        w.write_all(b"auth pw\npid\n").await.unwrap();
+        let mut r = tokio::io::BufReader::new(r);
+        (answer(&mut r).await, answer(&mut r).await)
+    };
+    assert_eq!(
+        unix,
+        (
+            Some((true, "Authenticated.\n".to_owned())),
+            Some((true, format!("{}\n", std::process::id())))
+        )
+    );
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+/// An empty `control_password` is not a password: herald refuses to start with the configuration, naming where it
+/// sets one (herald-conf's check; a listener given one anyway lets nobody in: `control`'s unit tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_control_password_refuses_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\ncontrol_listener {{\n  listen \"127.0.0.1:0\" {{\n    control_password = \"\"\n  }}\n}}\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let Err(e) = Server::start(&config).await else {
+        panic!("herald started with an empty control_password");
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!(
+            "{}:4:5: error: control_password is empty",
+            config.display()
+        )),
+        "{e}"
+    );
+}
+
+/// The console sends a password over a Unix socket only to one owned by its user or root: a socket another user
+/// put at the path (any local user may create one in `/tmp`, where the default path is) gets nothing, and the
+/// console says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_sends_no_password_to_another_users_socket() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("2025");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    // What each connection received: its first line, or all of it if the console closed it before one.
+    let (received, mut got) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let received = received.clone();
+            tokio::spawn(async move {
+                let mut bytes = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !bytes.contains(&b'\n') {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // Closed without an answer.
+                drop(s);
+                let _ = received.send(String::from_utf8_lossy(&bytes).into_owned());
+            });
+        }
+    });
+    let sock = path.to_str().unwrap();
+    let nobody = 65534;
+    if let Err(e) = std::os::unix::fs::chown(&path, Some(nobody), None) {
+        // Only root may give a file away: as another user, the console's side of it is covered by its unit tests.
+        eprintln!("skipped: chown to uid {nobody}: {e}");
+        return;
+    }
+    let out = console(sock, &["pid"], Some("s3cret")).await;
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("{sock}: refusing to send the console password over this socket: the socket belongs to uid {nobody}")),
+        "{out:?}"
+    );
+    let first = tokio::time::timeout(WAIT, got.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "", "the other user's socket received {first:?}");
+
+    // The user's own socket gets it (the stand-in answers nothing: the console then fails, after sending it).
+    std::os::unix::fs::chown(&path, Some(my_uid()), None).unwrap();
+    let _ = console(sock, &["pid"], Some("s3cret")).await;
+    let sent = tokio::time::timeout(WAIT, got.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(sent.starts_with("auth \"s3cret\"\n"), "{sent:?}");
+}
+
+/// This process's effective user id (the owner of the files it creates).
+fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let probe = tempfile::tempfile().unwrap();
+    probe.metadata().unwrap().uid()
 }

@@ -11,6 +11,10 @@
 //!   `tls_certificate`, on an address other than loopback;
 //! - `tls_certificate` on a control listener's Unix socket (a Unix socket takes no TLS: herald refuses to start);
 //! - an outcome webhook without `outcome_webhook_secret`, or over plain HTTP to another machine.
+//!
+//! One finding is an error, not a warning: an empty `control_password`. herald's console would take it as a
+//! password (`auth ""` logs in), while this module, like a reader of the file, takes it for "no password": which
+//! one was meant cannot be told, so the configuration is refused, at the line that sets it.
 
 use crate::{
     diag::{Diagnostics, Location},
@@ -71,6 +75,7 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
         }
     }
     empty_api_keys(root, diags);
+    empty_control_password(root, diags);
     nats_secrets_in_clear(root, diags);
     webhooks(root, root, diags);
 }
@@ -318,6 +323,25 @@ fn empty_api_keys(node: &Node, diags: &mut Diagnostics) {
     }
 }
 
+/// An empty `control_password` anywhere: an error (see the module's documentation).
+fn empty_control_password(node: &Node, diags: &mut Diagnostics) {
+    for s in node.settings() {
+        if s.id.opt() == Some(Opt::ControlPassword)
+            && matches!(&s.value, Value::Str(v) if v.is_empty())
+        {
+            diags.error(
+                s.at.clone(),
+                "control_password is empty: herald would take it as a password (a console sending `auth \"\"` \
+                 would be let in), not as \"no password\"; remove control_password for a control listener without a \
+                 password, or set a long random one",
+            );
+        }
+    }
+    for c in node.children() {
+        empty_control_password(c, diags);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Config;
@@ -495,6 +519,67 @@ mod tests {
             "outcome_webhook_secret = \"s\"\ndomain \"a.example\" { outcome_webhook_url = \"http://127.0.0.1:9/x\" }",
         ] {
             assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
+        }
+    }
+
+    /// The diagnostics of the whole-configuration checks for `text` (which must load), errors included.
+    fn findings(text: &str) -> Vec<crate::Diagnostic> {
+        let mut loader = crate::loader::Loader::new();
+        let mut root = crate::tree::Node::root();
+        loader.load_bytes(
+            std::sync::Arc::from("t.conf"),
+            ".".into(),
+            text.as_bytes(),
+            &mut root,
+        );
+        assert!(!loader.diags.has_errors(), "{}", loader.diags);
+        let mut diags = crate::Diagnostics::new();
+        super::check(&root, &mut diags);
+        diags.all().to_vec()
+    }
+
+    #[test]
+    fn an_empty_control_password_is_an_error_at_its_line() {
+        for text in [
+            "control_listener {\n  listen \"/tmp/h.sock\" {\n    control_password = \"\"\n  }\n}\n",
+            "control_listener {\n  listen \"127.0.0.1:2025\" {\n    control_password = ''\n  }\n}\n",
+        ] {
+            let found = findings(text);
+            let errors: Vec<_> = found
+                .iter()
+                .filter(|d| d.severity == crate::Severity::Error)
+                .collect();
+            assert_eq!(errors.len(), 1, "{found:?}");
+            let e = errors[0].to_string();
+            for want in [
+                "t.conf:3:5: error: control_password is empty",
+                "remove control_password",
+                "set a long random one",
+            ] {
+                assert!(e.contains(want), "{want:?} not in {e:?}");
+            }
+        }
+        // Set on the listener, for every listen stanza of it.
+        let found = findings(
+            "control_listener {\n control_password = \"\"\n listen \"/tmp/h.sock\" { }\n}\n",
+        );
+        assert!(
+            found
+                .iter()
+                .any(|d| d.severity == crate::Severity::Error && d.location.line == 2),
+            "{found:?}"
+        );
+        // A password, or none at all: no error.
+        for text in [
+            "control_listener { listen \"/tmp/h.sock\" { control_password = \" \" } }",
+            "control_listener { listen \"/tmp/h.sock\" { } }",
+        ] {
+            assert!(
+                findings(text)
+                    .iter()
+                    .all(|d| d.severity != crate::Severity::Error),
+                "{text}"
+            );
         }
     }
 

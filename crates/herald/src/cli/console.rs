@@ -10,7 +10,9 @@
 //! interactive, with line editing, history (`~/.herald_console_history`, which never keeps an `auth` line) and a
 //! prompt like `10:47:35 /tmp/2025>` (UTC time); `quit` or `exit` leaves. A password for a listener with
 //! `control_password` comes from `--password-file` or `$HERALD_CONSOLE_PASSWORD`, or from an `auth PASSWORD` the
-//! listener accepted; it is sent again on every new connection.
+//! listener accepted; it is sent again on every new connection. Over a Unix socket, a password (given, or typed in
+//! an `auth` line) is sent only to a socket owned by the console's user or root, whose listening process runs as
+//! one of them too: the default `/tmp/2025` is a path any local user could have put a socket at, to catch it.
 //!
 //! The listener closes a connection left idle for its `timeout`, with an `Idle timeout` answer nobody asked for.
 //! Before a command goes out on a connection that has been idle, the console looks whether the server has written
@@ -126,6 +128,51 @@ fn command_line(words: &[String]) -> String {
 struct Connection {
     reader: Box<dyn AsyncBufRead + Unpin + Send>,
     writer: Box<dyn AsyncWrite + Unpin + Send>,
+    /// Over a Unix socket another user may have put in place: why no password may be sent on it.
+    distrusted: Option<String>,
+}
+
+/// Whether the console may send a password to the Unix socket at `path`, reached by `stream`: `None` when the
+/// socket file belongs to the console's user or root and the process listening on it runs as one of them,
+/// else why not. Any local user may create a socket in a shared directory such as `/tmp` (the default path):
+/// a password sent there would go to whoever put it there.
+fn distrust(path: &std::path::Path, stream: &tokio::net::UnixStream) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid takes nothing, cannot fail and touches no memory of this process.
+    let me = unsafe { libc::geteuid() };
+    let owner = match std::fs::metadata(path) {
+        Ok(m) => m.uid(),
+        Err(e) => return Some(format!("who owns it cannot be read ({e})")),
+    };
+    let listening = stream.peer_cred().ok().map(|c| c.uid());
+    untrusted(me, owner, listening)
+}
+
+/// [`distrust`]'s verdict, for the console's user `me`, the socket file's owner and the listening process's user.
+fn untrusted(me: u32, owner: u32, listening: Option<u32>) -> Option<String> {
+    let trusted = |uid: u32| uid == me || uid == 0;
+    if !trusted(owner) {
+        return Some(format!(
+            "the socket belongs to uid {owner}, neither you (uid {me}) nor root"
+        ));
+    }
+    match listening {
+        Some(uid) if trusted(uid) => None,
+        Some(uid) => Some(format!(
+            "the process listening on it runs as uid {uid}, neither you (uid {me}) nor root"
+        )),
+        None => Some("the user of the process listening on it cannot be read".to_owned()),
+    }
+}
+
+/// The error for a password not sent to the Unix socket at `path`, because of `why`.
+fn refused_password(path: &std::path::Path, why: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: refusing to send the console password over this socket: {why}. Another local user could have put it \
+         there to catch the password. Name the socket herald listens on (the path of its control_listener), or run \
+         the console as the user herald runs as",
+        path.display()
+    )
 }
 
 /// How the console reaches a TCP control listener over TLS.
@@ -167,10 +214,15 @@ impl Connection {
                 let s = tokio::net::UnixStream::connect(p)
                     .await
                     .with_context(|| format!("connecting to {}", p.display()))?;
+                let distrusted = distrust(p, &s);
+                if let (Some(why), Some(_)) = (&distrusted, password) {
+                    return Err(refused_password(p, why));
+                }
                 let (r, w) = s.into_split();
                 Connection {
                     reader: Box::new(BufReader::new(r)),
                     writer: Box::new(w),
+                    distrusted,
                 }
             }
             Target::Tcp(a) => {
@@ -189,6 +241,7 @@ impl Connection {
                         Connection {
                             reader: Box::new(BufReader::new(r)),
                             writer: Box::new(w),
+                            distrusted: None,
                         }
                     }
                     None => {
@@ -196,6 +249,7 @@ impl Connection {
                         Connection {
                             reader: Box::new(BufReader::new(r)),
                             writer: Box::new(w),
+                            distrusted: None,
                         }
                     }
                 }
@@ -279,6 +333,11 @@ impl Session {
             let Some(conn) = self.conn.as_mut() else {
                 continue;
             };
+            if let (Some(why), Target::Unix(p)) = (&conn.distrusted, &self.target)
+                && matches!(commands::parse(line), Ok(Some(Command::Auth(_))))
+            {
+                return Err(refused_password(p, why));
+            }
             match self.runtime.block_on(conn.send(line)) {
                 Ok(reply) => return Ok(reply),
                 Err(e) if attempt == 0 => {
@@ -511,6 +570,30 @@ mod tests {
         assert_eq!(c, s(&["pid"]));
         let (_, c) = split_args(&s(&["summary", "reset"]));
         assert_eq!(c, s(&["summary", "reset"]));
+    }
+
+    /// A password goes only to a socket of the console's user or root, served by a process of one of them.
+    #[test]
+    fn a_password_goes_only_to_a_socket_of_the_user_or_root() {
+        assert_eq!(untrusted(1000, 1000, Some(1000)), None);
+        assert_eq!(untrusted(1000, 0, Some(0)), None);
+        assert_eq!(untrusted(1000, 1000, Some(0)), None);
+        assert_eq!(untrusted(0, 0, Some(0)), None);
+        let why = untrusted(1000, 1001, Some(1000)).expect("another user's socket");
+        assert!(
+            why.contains("uid 1001") && why.contains("uid 1000"),
+            "{why}"
+        );
+        let why = untrusted(0, 65534, Some(0)).expect("root trusts only its own and its user's");
+        assert!(why.contains("uid 65534"), "{why}");
+        let why = untrusted(1000, 1000, Some(1001)).expect("served by another user");
+        assert!(why.contains("listening on it runs as uid 1001"), "{why}");
+        assert!(untrusted(1000, 1000, None).is_some());
+        let e = refused_password(std::path::Path::new("/tmp/2025"), &why).to_string();
+        assert!(
+            e.starts_with("/tmp/2025: refusing to send the console password"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -273,8 +273,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     let Some(first) = w.first() else {
         return Ok(None);
     };
-    let rest: Vec<&str> = w[1..].iter().map(String::as_str).collect();
-    let cmd = match (first.to_ascii_lowercase().as_str(), rest.as_slice()) {
+    let first = first.to_ascii_lowercase();
+    let rest = keywords(&first, &w[1..]);
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let cmd = match (first.as_str(), rest.as_slice()) {
         ("summary", []) => Command::Summary,
         ("summary", ["reset"]) => Command::SummaryReset,
         ("summary", _) => return Err(ParseError::Usage("summary [reset]")),
@@ -347,6 +349,41 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         _ => return Err(ParseError::Unknown(line.trim().to_string())),
     };
     Ok(Some(cmd))
+}
+
+/// The words after command `first` with its keywords in lower case, in whatever case they were typed (`SUMMARY
+/// RESET`, `flush domain ALL`): a word is taken for a keyword only where the command has one, and only when it is
+/// one. Arguments (paths, ids, binding and scope names) stay as typed; domain names compare without case anyway.
+fn keywords(first: &str, rest: &[String]) -> Vec<String> {
+    let at = |i: usize, rest: &[String]| -> &'static [&'static str] {
+        match (first, i) {
+            ("summary", 0) => &["reset"],
+            ("config", 0) => &["reload", "eval", "show"],
+            ("domain", 0) => &["all"],
+            ("showqueue", 0) => &["binding", "all"],
+            ("flush", 0) | ("fail", 0) => &["domain"],
+            ("flush", 1) => &["all"],
+            ("fail", 1 | 2) => &["quiet"],
+            ("message", 0) => &["details", "retry", "fail"],
+            ("message", 1) if rest[0] == "details" => &["full"],
+            ("message", 1) if rest[0] == "fail" => &["quiet"],
+            ("tokens", 0) => &["invalid"],
+            ("reopen", 0) => &["logs"],
+            // Its options, wherever they stand (a domain or binding name never starts with `-`).
+            ("mailq", _) => &["--domain", "-d", "--binding", "-b", "--limit", "-l"],
+            _ => &[],
+        }
+    };
+    let mut out: Vec<String> = Vec::with_capacity(rest.len());
+    for (i, word) in rest.iter().enumerate() {
+        let lower = word.to_ascii_lowercase();
+        if at(i, &out).contains(&lower.as_str()) {
+            out.push(lower);
+        } else {
+            out.push(word.clone());
+        }
+    }
+    out
 }
 
 fn parse_mailq(args: &[&str]) -> Result<Command, ParseError> {
@@ -463,6 +500,8 @@ pub async fn execute(server: &dyn ServerHandle, cmd: Command) -> Reply {
         },
         Command::FlushDomain(name) => flush(server, name.as_deref()),
         Command::FailDomain { domain, quiet: _ } => {
+            // Named as herald keys its queues (and `domain` prints it), in lower case: found in any case.
+            let domain = domain.to_ascii_lowercase();
             match server
                 .engine()
                 .fail_domain(&domain, MANUAL_FAIL_REASON)
@@ -512,7 +551,10 @@ pub async fn execute(server: &dyn ServerHandle, cmd: Command) -> Reply {
     }
 }
 
+/// The answer for a domain without a queue, naming it in lower case as herald keys its queues (it may be typed in
+/// any case).
 fn no_queue(domain: &str) -> String {
+    let domain = domain.to_ascii_lowercase();
     format!("Domain {domain} has no queue (no traffic since start).\n")
 }
 
@@ -651,7 +693,82 @@ async fn config_reload_inner(server: &dyn ServerHandle, path: Option<PathBuf>) -
                 Reply::err(out)
             }
         }
-        Err(e) => Reply::err(format!("{e}\n")),
+        Err(e) => {
+            // The whole of it, text quoted from the file included, for the operator: in herald's own log.
+            tracing::warn!("console: config reload refused: {e}");
+            Reply::err(refused_reload(&e))
+        }
+    }
+}
+
+/// The console's answer to a reload refused for errors in the file: the usual first line (`PATH: the new
+/// configuration has errors; the running one stays in force:`), then each error's `FILE:LINE:COL: error` and what
+/// kind of error it is, without any text quoted from the file; the full messages go to herald's log (at warn).
+///
+/// The parser quotes the text at each error (up to 60 characters of it, for up to 200 errors), so a reload of a
+/// file that is no configuration at all (`config reload /etc/herald/AuthKey_X.p8`, a TLS key) would show a console
+/// user most of a private key, when the console otherwise keeps secrets from its users (`config show` and
+/// `config eval` mask them). This holds for a reload without a path too: the file it reads is the one herald
+/// started with, or one an earlier `config reload PATH` from the console put in force, and nothing here tells the
+/// two apart. The operator who wrote the file reads every message in the log, or with `herald check --config FILE`.
+pub fn refused_reload(e: &crate::status::ReloadError) -> String {
+    let crate::status::ReloadError::Invalid { path, diagnostics } = e else {
+        // (A reload cut short by a stop: no text of the file in it.)
+        return format!("{e}\n");
+    };
+    let mut out = format!(
+        "{}: the new configuration has errors; the running one stays in force:\n",
+        path.display()
+    );
+    // Each diagnostic is a line `FILE:LINE:COL: SEVERITY: MESSAGE`; a line that is not (a message of several
+    // lines, as a regex error's) is left out whole.
+    let mut shown = 0;
+    for line in diagnostics.lines() {
+        let Some((at, severity, message)) = [": error: ", ": warning: "]
+            .iter()
+            .filter_map(|sep| line.find(sep).map(|i| (i, *sep)))
+            .min()
+            .map(|(i, sep)| {
+                (
+                    &line[..i],
+                    sep.trim_matches([':', ' ']),
+                    &line[i + sep.len()..],
+                )
+            })
+        else {
+            continue;
+        };
+        shown += 1;
+        match error_kind(message) {
+            ("", _) => {
+                let _ = writeln!(out, "{at}: {severity}");
+            }
+            (kind, whole) => {
+                let _ = writeln!(
+                    out,
+                    "{at}: {severity}: {kind}{}",
+                    if whole { "" } else { " …" }
+                );
+            }
+        }
+    }
+    if shown == 0 {
+        out.push_str("(the configuration could not be read)\n");
+    }
+    out.push_str(
+        "The messages, which quote the file, are in herald's log (or run herald check --config FILE).\n",
+    );
+    out
+}
+
+/// What kind of error a configuration message names, without anything it quotes from the file: its first words,
+/// up to the first character that is not a letter or a blank (the backquote that opens a quotation, a digit, a
+/// colon). `unknown option`, `invalid value`, `expected`; empty when the message opens with a quotation. Also
+/// whether that is the whole message.
+fn error_kind(message: &str) -> (&str, bool) {
+    match message.find(|c: char| !(c.is_ascii_alphabetic() || c == ' ')) {
+        Some(end) => (message[..end].trim_end(), false),
+        None => (message.trim_end(), true),
     }
 }
 
@@ -817,7 +934,7 @@ fn showqueue(entries: &[QueueEntry]) -> String {
 }
 
 fn flush(server: &dyn ServerHandle, name: Option<&str>) -> Reply {
-    match name {
+    match name.map(str::to_ascii_lowercase).as_deref() {
         Some(d) => {
             if server.engine().flush(d) {
                 Reply::ok(format!("Domain {d} flushed.\n"))
@@ -855,7 +972,7 @@ async fn message(server: &dyn ServerHandle, id: &str, action: MessageAction) -> 
     let _ = writeln!(out, "Queue: {}/{}", e.queue, e.binding);
     let _ = writeln!(out, "Created: {}", e.received_at);
     let _ = writeln!(out, "From: <{}>", e.sender);
-    let _ = writeln!(out, "To: <{}>", e.recipient);
+    let _ = writeln!(out, "To: <{}>", redacted_recipient(&e.recipient, &e.token));
     let _ = writeln!(out, "Device Token: {}", e.token);
     let _ = writeln!(out, "Retries: {}", e.retries);
     let _ = writeln!(out, "Payload Size: {} bytes", e.payload_len);
@@ -863,6 +980,25 @@ async fn message(server: &dyn ServerHandle, id: &str, action: MessageAction) -> 
         let _ = writeln!(out, "Next Attempt: in {due} s");
     }
     Reply::ok(out)
+}
+
+/// The recipient as `message details` shows it: one whose local part is the device token in hex (the recipient
+/// herald builds from the token and the domain, or one given so, in either case) has it redacted as the token is
+/// (`ab12cd34…@domain`); any other is shown whole. `token` is the token redacted: its first hex digits, then `…`.
+fn redacted_recipient<'a>(recipient: &'a str, token: &str) -> std::borrow::Cow<'a, str> {
+    let shown = token.trim_end_matches('…');
+    if let Some((local, domain)) = recipient.rsplit_once('@')
+        && local.len() >= 2 * herald_apns::token_hex::TOKEN_MIN_LEN
+        && local.len() % 2 == 0
+        && local.bytes().all(|b| b.is_ascii_hexdigit())
+        && !shown.is_empty()
+        && local
+            .get(..shown.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(shown))
+    {
+        return std::borrow::Cow::Owned(format!("{token}@{domain}"));
+    }
+    std::borrow::Cow::Borrowed(recipient)
 }
 
 /// `tokens invalid [DOMAIN] [SINCE]`: one line per token, `TIMESTAMP_MS DOMAIN TOKEN REASON SOURCE` (APNs'
@@ -1020,6 +1156,162 @@ mod tests {
         assert!(parse("channels").is_err());
         assert_eq!(p("exit"), Command::Quit);
         assert_eq!(parse("  ").unwrap(), None);
+    }
+
+    /// Keywords after the command's name are taken in any case, as the name is; arguments stay as typed.
+    #[test]
+    fn keywords_are_taken_in_any_case_and_arguments_as_typed() {
+        let p = |s: &str| parse(s).unwrap_or_else(|e| panic!("{s}: {e}")).unwrap();
+        assert_eq!(p("SUMMARY RESET"), Command::SummaryReset);
+        assert_eq!(p("summary Reset"), Command::SummaryReset);
+        assert_eq!(p("flush domain ALL"), Command::FlushDomain(None));
+        assert_eq!(
+            p("FLUSH DOMAIN Push.Example.com"),
+            Command::FlushDomain(Some("Push.Example.com".into()))
+        );
+        assert_eq!(
+            p("fail DOMAIN a.example QUIET"),
+            Command::FailDomain {
+                domain: "a.example".into(),
+                quiet: true
+            }
+        );
+        assert_eq!(p("Domain ALL"), Command::Domain(None));
+        assert_eq!(
+            p("config RELOAD /etc/Herald/Reset.conf"),
+            Command::ConfigReload(Some("/etc/Herald/Reset.conf".into()))
+        );
+        // A path that reads like a keyword is still a path, as typed.
+        assert_eq!(
+            p("config reload Reset"),
+            Command::ConfigReload(Some("Reset".into()))
+        );
+        assert_eq!(
+            p("config EVAL binding Full max_retries"),
+            Command::ConfigEval(vec!["binding".into(), "Full".into(), "max_retries".into()])
+        );
+        assert_eq!(p("CONFIG SHOW"), Command::ConfigShow(vec![]));
+        assert_eq!(
+            p("message DETAILS FULL 01/00-1-2A"),
+            Command::MessageDetails("01/00-1-2A".into())
+        );
+        assert_eq!(
+            p("message Fail Quiet 01/00-1-2A"),
+            Command::MessageFail {
+                id: "01/00-1-2A".into(),
+                quiet: true
+            }
+        );
+        assert_eq!(
+            p("message retry FULL"),
+            Command::MessageRetry("FULL".into()),
+            "`full` is a keyword of `details` only"
+        );
+        assert_eq!(
+            p("showqueue BINDING Blue A.example 5"),
+            Command::Showqueue {
+                binding: Some("Blue".into()),
+                domain: "A.example".into(),
+                limit: 5,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            p("mailq -D A.example --LIMIT 3 -B Blue"),
+            Command::Mailq {
+                domains: vec!["A.example".into()],
+                bindings: vec!["Blue".into()],
+                limit: 3
+            }
+        );
+        assert_eq!(
+            p("TOKENS INVALID A.example"),
+            Command::TokensInvalid {
+                domain: Some("A.example".into()),
+                since: None
+            }
+        );
+        assert_eq!(p("Reopen LOGS"), Command::ReopenLogs);
+    }
+
+    /// A refused reload answers with where each error is and its kind, never with text quoted from the file.
+    #[test]
+    fn a_refused_reload_quotes_nothing_of_the_file() {
+        let secret = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgSeCrEt";
+        let text = format!(
+            "max_retries = 3\n{secret}\nx`{secret}` = 1\ndomain \"/(?P<{secret}/\" {{ }}\nmax_retries = \"{secret}\"\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("AuthKey_X.p8");
+        std::fs::write(&path, &text).unwrap();
+        let diagnostics = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            diagnostics.contains(&secret[..40]),
+            "the parser quotes it: {diagnostics}"
+        );
+        let e = crate::status::ReloadError::Invalid {
+            path: path.clone(),
+            diagnostics,
+        };
+        let answer = refused_reload(&e);
+        let first = format!(
+            "{}: the new configuration has errors; the running one stays in force:\n",
+            path.display()
+        );
+        assert!(answer.starts_with(&first), "{answer}");
+        // The fewest characters of it that would still say something.
+        for i in 0..secret.len() - 8 {
+            assert!(
+                !answer.contains(&secret[i..i + 8]),
+                "{:?} shown: {answer}",
+                &secret[i..i + 8]
+            );
+        }
+        let p = path.display();
+        for want in [
+            format!("{p}:2:1: error"),
+            format!("{p}:5:15: error: invalid value …"),
+            "herald's log".to_owned(),
+        ] {
+            assert!(answer.contains(&want), "{want:?} not in {answer}");
+        }
+        // Other errors carry no text of a file: as they are.
+        let e = crate::status::ReloadError::Interrupted {
+            path: path.clone(),
+            why: "stopping".into(),
+        };
+        assert_eq!(refused_reload(&e), format!("{e}\n"));
+        assert_eq!(error_kind("unknown option `x`"), ("unknown option", false));
+        assert_eq!(error_kind("`x` has no value"), ("", false));
+        assert_eq!(
+            error_kind("cannot read the file: No such file"),
+            ("cannot read the file", false)
+        );
+        assert_eq!(error_kind("unterminated list"), ("unterminated list", true));
+    }
+
+    #[test]
+    fn a_recipient_made_of_the_token_is_redacted_as_the_token_is() {
+        let hex = "c0ffee01".to_owned() + &"ab".repeat(28);
+        let token = herald_apns::token_hex::DeviceToken::from_hex(&hex).unwrap();
+        let shown = token.redacted().to_string();
+        assert_eq!(
+            redacted_recipient(&format!("{hex}@push.example"), &shown),
+            format!("{shown}@push.example")
+        );
+        assert_eq!(
+            redacted_recipient(
+                &format!("{}@Push.Example", hex.to_ascii_uppercase()),
+                &shown
+            ),
+            format!("{shown}@Push.Example")
+        );
+        for other in ["user@push.example", "c0ffee01@push.example", "no-at-sign"] {
+            assert_eq!(redacted_recipient(other, &shown), other);
+        }
+        let other_hex = "0123456789".repeat(7) + "01";
+        let r = format!("{other_hex}@push.example");
+        assert_eq!(redacted_recipient(&r, &shown), r, "another token's hex");
     }
 
     #[test]

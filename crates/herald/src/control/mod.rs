@@ -15,13 +15,17 @@
 //! client address; a client beyond them is told so (at most [`MAX_REFUSALS`] such answers are being written at
 //! once; beyond, the connection is closed without one). A wrong password is logged with the client's address (a
 //! Unix socket client's user id); after [`AUTH_FAILURES`] of them within [`AUTH_WINDOW`], that address (that local
-//! user) is refused every `auth` (right or wrong) until [`AUTH_WINDOW`] has passed since its last failure.
+//! user) is refused every `auth` (right or wrong) until [`AUTH_WINDOW`] has passed since its last failure, and after
+//! [`LISTENER_AUTH_FAILURES`] from all clients together, every `auth` is refused for [`AUTH_WINDOW`] (see
+//! [`lockout`]). A listener whose `control_password` is empty (an error of herald-conf's checks) lets nobody in.
 
 pub mod commands;
 mod handle;
+mod lockout;
 pub mod protocol;
 
 pub use handle::ServerHandle;
+pub use lockout::LISTENER_AUTH_FAILURES;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -35,9 +39,10 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Client, GuessThrottle, same_secret};
+use crate::access::{Client, same_secret};
 use crate::inbound::doors::{ConnLimiter, DoorLimits};
 use commands::Command;
+use lockout::{AuthGate, Refusal};
 use protocol::Reply;
 
 /// How long a client of a TLS control listener has to complete its handshake.
@@ -199,6 +204,10 @@ const UNIX_PATH_MAX: usize = 108;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlRules {
     password: Option<String>,
+    /// Set when `control_password` is empty: why nobody may use the listener, and where that is set. An empty
+    /// password is no password to guess, and "no password" is said by leaving the option out; herald-conf's checks
+    /// make it an error, and a listener given one anyway answers every command with this.
+    unusable: Option<String>,
     timeout: Duration,
     limits: DoorLimits,
 }
@@ -213,6 +222,20 @@ impl ControlRules {
             .eval_opt(&path, herald_conf::Opt::ControlPassword)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned));
+        let unusable = password.as_deref().filter(|p| p.is_empty()).map(|_| {
+            let scopes = [path.clone(), ScopePath::global().then(ScopeKind::ControlListener, None)];
+            let at = scopes.iter().find_map(|p| {
+                config
+                    .node(p)?
+                    .get(herald_conf::Opt::ControlPassword.id())
+                    .map(|s| format!(" ({})", s.at))
+            });
+            format!(
+                "This control listener takes no commands: its control_password is empty{}. Remove control_password \
+                 for a listener without a password, or set one, then reload the configuration.",
+                at.unwrap_or_default()
+            )
+        });
         let timeout = config
             .eval_opt(&path, herald_conf::Opt::Timeout)
             .ok()
@@ -223,6 +246,7 @@ impl ControlRules {
             .unwrap_or(DEFAULT_TIMEOUT);
         ControlRules {
             password,
+            unusable,
             timeout,
             limits: DoorLimits::from_config(config, settings),
         }
@@ -250,8 +274,18 @@ pub async fn serve(
 ) {
     let settings = Arc::new(settings);
     let conns = ConnLimiter::control();
-    let throttle = Arc::new(GuessThrottle::default());
+    let gate = Arc::new(AuthGate::default());
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    // The rules last said to be unusable (an empty password), so that it is logged once per configuration: at
+    // start, and at the first connection after a reload that gave them.
+    let mut told: Option<Arc<ControlRules>> = None;
+    {
+        let first = rules.borrow().clone();
+        if let Some(why) = &first.unusable {
+            tracing::error!("control listener {}: {why}", settings.address);
+            told = Some(first);
+        }
+    }
     loop {
         let conn_stop = stop.clone();
         tokio::select! {
@@ -262,6 +296,12 @@ pub async fn serve(
                         continue;
                     }
                     let rules = rules.borrow().clone();
+                    if let Some(why) = &rules.unusable
+                        && !told.as_ref().is_some_and(|t| Arc::ptr_eq(t, &rules))
+                    {
+                        tracing::error!("control listener {}: {why}", settings.address);
+                        told = Some(rules.clone());
+                    }
                     let client = match &stream {
                         Stream::Unix(_) => None,
                         Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip().to_canonical()),
@@ -288,13 +328,13 @@ pub async fn serve(
                         ControlSocket::Tcp { tls, .. } => tls.clone(),
                         ControlSocket::Unix { .. } => None,
                     };
-                    let throttle = throttle.clone();
+                    let gate = gate.clone();
                     tokio::spawn(async move {
                         let _slot = guard;
                         match stream {
                             Stream::Unix(s) => {
                                 let (client, who) = unix_client(&s);
-                                let peer = Peer { who, throttle };
+                                let peer = Peer { who, gate };
                                 connection(s, client, server, settings, rules, peer, conn_stop).await
                             }
                             Stream::Tcp(s) => {
@@ -304,7 +344,7 @@ pub async fn serve(
                                 };
                                 let peer = Peer {
                                     who: Client::from(s.peer_addr().ok().map(|a| a.ip().to_canonical())),
-                                    throttle,
+                                    gate,
                                 };
                                 let Some(tls) = tls else {
                                     return connection(s, client, server, settings, rules, peer, conn_stop).await;
@@ -383,7 +423,7 @@ fn unix_client(s: &tokio::net::UnixStream) -> (String, Client) {
 /// wrong passwords.
 struct Peer {
     who: Client,
-    throttle: Arc<GuessThrottle>,
+    gate: Arc<AuthGate>,
 }
 
 enum Stream {
@@ -463,43 +503,24 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(None) => (Reply::ok(""), false),
             Err(e) => (Reply::err(format!("{e}\n")), false),
             Ok(Some(Command::Quit)) => (Reply::ok(""), true),
+            Ok(Some(Command::Auth(_))) if let Some(why) = &rules.unusable => {
+                (Reply::err(format!("{why}\n")), true)
+            }
             Ok(Some(Command::Auth(given))) => match &rules.password {
-                Some(_) if let Some(wait) = peer.throttle.locked(peer.who, AUTH_FAILURES) => {
-                    tracing::warn!(
-                        "control listener {}: auth from {} refused: locked out after {AUTH_FAILURES} wrong passwords",
-                        settings.address,
-                        peer.who
-                    );
-                    (
-                        Reply::err(format!(
-                            "Too many failed authentications from {}; try again in {} s.\n",
-                            peer.who,
-                            wait.as_secs().max(1)
-                        )),
-                        true,
-                    )
-                }
-                Some(p) if same_secret(p.as_bytes(), given.as_bytes()) => {
-                    peer.throttle.succeeded(peer.who);
-                    authenticated = true;
-                    (Reply::ok("Authenticated.\n"), false)
-                }
-                Some(_) => {
-                    let failures = peer.throttle.failed(peer.who, AUTH_FAILURES);
-                    tracing::warn!(
-                        "control listener {}: wrong password from {} ({failures} within {} s)",
-                        settings.address,
-                        peer.who,
-                        AUTH_WINDOW.as_secs()
-                    );
-                    (Reply::err("Authentication failed.\n"), true)
+                Some(p) => {
+                    let (reply, close) = authenticate(p, &given, &peer, &settings.address);
+                    authenticated |= reply.ok;
+                    (reply, close)
                 }
                 None => (Reply::ok("No password is required here.\n"), false),
             },
-            Ok(Some(_)) if !authenticated => (
-                Reply::err("Authentication required: send `auth PASSWORD` first.\n"),
-                false,
-            ),
+            Ok(Some(_)) if !authenticated => match &rules.unusable {
+                Some(why) => (Reply::err(format!("{why}\n")), false),
+                None => (
+                    Reply::err("Authentication required: send `auth PASSWORD` first.\n"),
+                    false,
+                ),
+            },
             Ok(Some(cmd)) => {
                 let Some(server) = server.upgrade() else {
                     return;
@@ -520,6 +541,61 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
+}
+
+/// `auth GIVEN` on a listener whose password is `password`: the answer, and whether to close the connection. The
+/// check of the lockouts and the count of a failure are one step ([`AuthGate::begin`]); the password is compared
+/// only then, and a right one takes its count back.
+fn authenticate(password: &str, given: &str, peer: &Peer, listener: &str) -> (Reply, bool) {
+    let attempt = match peer.gate.begin(peer.who) {
+        Ok(attempt) => attempt,
+        Err(Refusal::Client { wait }) => {
+            tracing::warn!(
+                "control listener {listener}: auth from {} refused: locked out after {AUTH_FAILURES} wrong passwords",
+                peer.who
+            );
+            let text = format!(
+                "Too many failed authentications from {}; try again in {} s.\n",
+                peer.who,
+                wait.as_secs().max(1)
+            );
+            return (Reply::err(text), true);
+        }
+        Err(Refusal::Listener { wait }) => {
+            // Logged at warn when the budget was spent, once; each refusal meanwhile only at debug.
+            tracing::debug!(
+                "control listener {listener}: auth from {} refused: too many wrong passwords from all clients",
+                peer.who
+            );
+            let text = format!(
+                "Too many failed authentications on this listener; every `auth` is refused for {} s.\n",
+                wait.as_secs().max(1)
+            );
+            return (Reply::err(text), true);
+        }
+    };
+    if same_secret(password.as_bytes(), given.as_bytes()) {
+        attempt.succeeded();
+        return (Reply::ok("Authenticated.\n"), false);
+    }
+    let failure = attempt.failed();
+    tracing::warn!(
+        "control listener {listener}: wrong password from {} ({} within {} s)",
+        peer.who,
+        failure.client,
+        AUTH_WINDOW.as_secs()
+    );
+    if let Some(closed) = failure.closed_for {
+        tracing::warn!(
+            "control listener {listener}: {} wrong passwords within {} s from all clients: every `auth` is refused \
+             for {} s (the last from {})",
+            failure.listener,
+            AUTH_WINDOW.as_secs(),
+            closed.as_secs(),
+            peer.who
+        );
+    }
+    (Reply::err("Authentication failed.\n"), true)
 }
 
 /// Writes `reply`; false when it could not be written within `timeout` (a client that does not read its replies
@@ -581,6 +657,38 @@ mod tests {
         let other = Config::parse_str("t.conf", r#"control_listener { listen "/tmp/y.sock" { } }"#)
             .unwrap();
         assert!(!ControlRules::has_stanza(&other, &s));
+    }
+
+    /// An empty `control_password` is refused at load (herald-conf's check); a listener given one anyway lets nobody
+    /// in, and says why and where.
+    #[test]
+    fn an_empty_password_makes_the_listener_unusable() {
+        let text = "control_listener {\n  listen \"127.0.0.1:2025\" {\n    control_password = \"\"\n  }\n}\n";
+        match Config::parse_str("t.conf", text) {
+            Err(d) => assert!(
+                d.to_string()
+                    .contains("t.conf:3:5: error: control_password is empty"),
+                "{d}"
+            ),
+            Ok(c) => {
+                let rules = ControlRules::from_config(&c, &control_settings(&c));
+                let why = rules.unusable.expect("unusable");
+                assert!(
+                    why.contains("control_password is empty (t.conf:3:5)"),
+                    "{why}"
+                );
+                assert!(why.contains("Remove control_password"), "{why}");
+            }
+        }
+        let c = Config::parse_str(
+            "t.conf",
+            r#"control_listener { listen "127.0.0.1:2025" { control_password = "x" } }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ControlRules::from_config(&c, &control_settings(&c)).unusable,
+            None
+        );
     }
 
     #[tokio::test]

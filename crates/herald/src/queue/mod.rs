@@ -1442,13 +1442,15 @@ impl Engine {
         self.senders_of(None, domain)
     }
 
-    /// [`Engine::senders`], of one binding only when `binding` is given.
+    /// [`Engine::senders`], of one binding only when `binding` is given. `domain` is matched without regard to case
+    /// (queues are keyed by the domain in lower case; the console passes it as typed).
     fn senders_of(&self, binding: Option<&str>, domain: Option<&str>) -> Option<Vec<DomainSender>> {
+        let domain = domain.map(str::to_ascii_lowercase);
         let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         let mut known = false;
         let mut keyed: Vec<(&QueueKey, DomainSender)> = domains
             .iter()
-            .filter(|(k, _)| domain.is_none_or(|d| &*k.domain == d))
+            .filter(|(k, _)| domain.as_deref().is_none_or(|d| &*k.domain == d))
             .filter(|(k, _)| binding.is_none_or(|b| &*k.binding == b))
             .inspect(|_| known = true)
             .filter_map(|(k, h)| Some((k, h.sender.clone()?)))
@@ -2523,5 +2525,23 @@ domain "apps.example" {{
             limits("message_expiration = 120\n").message_expiration,
             std::time::Duration::from_secs(120)
         );
+    }
+
+    /// The console passes a domain as typed: its queues are found whatever the case (they are keyed in lower case).
+    #[tokio::test]
+    async fn a_domains_queues_are_found_whatever_the_case_it_is_named_in() {
+        let engine = test_engine(Arc::new(StaticResolver::default()));
+        engine.count_received(&notification(0));
+        for typed in ["apps.example", "Apps.Example", "APPS.EXAMPLE"] {
+            assert!(engine.senders_of(None, Some(typed)).is_some(), "{typed}");
+            assert!(
+                engine.senders_of(Some("default"), Some(typed)).is_some(),
+                "{typed}"
+            );
+            assert!(engine.flush(typed), "{typed}");
+            assert!(engine.showqueue(typed, 10, 0).await.is_some(), "{typed}");
+        }
+        assert!(engine.senders_of(None, Some("other.example")).is_none());
+        assert!(engine.senders_of(Some("b"), Some("Apps.Example")).is_none());
     }
 }
