@@ -224,7 +224,12 @@ impl TlsMaterial {
 /// Everything [`crate::Simulator::start`] needs. Build it with [`SimConfig::from_pki`], then adjust fields.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// The address of the APNs-facing listeners (HTTP/2, binary, feedback, channel management, broadcast).
     pub listen_ip: IpAddr,
+    /// The address of the admin listener only (127.0.0.1 by default, whatever `listen_ip` is): the admin API has no
+    /// authentication, and it records, changes token states, sends GOAWAY and sets the pace, so a simulator serving
+    /// other hosts (`listen_ip` 0.0.0.0 for staging) keeps it local unless this says otherwise.
+    pub admin_ip: IpAddr,
     /// 0 = an ephemeral port (the default for every listener).
     pub h2_port: u16,
     pub binary_port: u16,
@@ -279,7 +284,8 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// A configuration serving the PKI of `manifest` (its server certificate, its CA for client certificates,
-    /// its `.p8` key) with every default: sandbox, authentication required, ephemeral ports on 127.0.0.1.
+    /// its `.p8` key) with every default: sandbox, authentication required, ephemeral ports on 127.0.0.1 (the admin
+    /// port included).
     pub fn from_pki(manifest: &PkiManifest) -> Result<SimConfig, ConfigError> {
         let tls = TlsMaterial::from_files(
             &manifest.server_cert,
@@ -294,6 +300,7 @@ impl SimConfig {
     pub fn new(tls: TlsMaterial, provider_keys: Vec<ProviderKey>) -> SimConfig {
         SimConfig {
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            admin_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             h2_port: 0,
             binary_port: 0,
             feedback_port: 0,

@@ -95,9 +95,11 @@ impl DeliveryRecord {
 pub const QUEUE: usize = 16_384;
 
 /// The in-memory record: the latest `limit` notifications, oldest first, and how many older ones were dropped.
+/// Records are shared (`Arc`), so a reader copies the list under the lock at the cost of a reference count each
+/// ([`MemoryRecord::snapshot`]) and serialises it without holding the lock, which every accepted request takes.
 #[derive(Debug)]
 pub(crate) struct MemoryRecord {
-    records: VecDeque<DeliveryRecord>,
+    records: VecDeque<Arc<DeliveryRecord>>,
     limit: usize,
     dropped: u64,
 }
@@ -112,7 +114,7 @@ impl MemoryRecord {
         }
     }
 
-    fn push(&mut self, rec: DeliveryRecord) {
+    fn push(&mut self, rec: Arc<DeliveryRecord>) {
         if self.records.len() >= self.limit {
             self.records.pop_front();
             self.dropped += 1;
@@ -121,8 +123,15 @@ impl MemoryRecord {
     }
 
     /// The records kept, oldest first.
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &DeliveryRecord> {
-        self.records.iter()
+        self.records.iter().map(|r| &**r)
+    }
+
+    /// The records kept, oldest first, and how many were dropped before them: a copy of the list that shares the
+    /// records, for the caller to read once the lock is released.
+    pub fn snapshot(&self) -> (Vec<Arc<DeliveryRecord>>, u64) {
+        (self.records.iter().cloned().collect(), self.dropped)
     }
 
     #[cfg(test)]
@@ -139,7 +148,7 @@ impl MemoryRecord {
 /// The sending side, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Recorder {
-    tx: Option<mpsc::Sender<DeliveryRecord>>,
+    tx: Option<mpsc::Sender<Arc<DeliveryRecord>>>,
     pub memory: Arc<Mutex<MemoryRecord>>,
     pub written: watch::Receiver<u64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -150,7 +159,7 @@ pub(crate) struct Recorder {
 /// Room for one record in the writer's queue ([`Recorder::slot`]).
 pub(crate) struct Slot<'a> {
     recorder: &'a Recorder,
-    permit: Option<mpsc::Permit<'a, DeliveryRecord>>,
+    permit: Option<mpsc::Permit<'a, Arc<DeliveryRecord>>>,
 }
 
 impl Recorder {
@@ -189,7 +198,7 @@ impl Recorder {
             });
         }
         let mut out = out.map(|o| BufWriter::with_capacity(1 << 16, o));
-        let (tx, mut rx) = mpsc::channel::<DeliveryRecord>(queue.max(1));
+        let (tx, mut rx) = mpsc::channel::<Arc<DeliveryRecord>>(queue.max(1));
         let thread = std::thread::Builder::new()
             .name("herald-sim-record".into())
             .spawn(move || {
@@ -200,7 +209,7 @@ impl Recorder {
                     while let Some(rec) = next {
                         if let Some(w) = out.as_mut() {
                             line.clear();
-                            if serde_json::to_writer(&mut line, &rec).is_ok() {
+                            if serde_json::to_writer(&mut line, &*rec).is_ok() {
                                 line.push(b'\n');
                                 if let Err(e) = w.write_all(&line) {
                                     tracing::error!("delivery record: write failed: {e}");
@@ -253,6 +262,7 @@ impl Slot<'_> {
         if self.recorder.tx.is_none() {
             return;
         }
+        let rec = Arc::new(rec);
         if self.recorder.in_memory {
             self.recorder
                 .memory
@@ -367,8 +377,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
         // A limit of 0 keeps one, as the simulator never keeps none when asked to keep the record in memory.
         let mut m = MemoryRecord::new(0);
-        m.push(rec("aa", b"{}"));
-        m.push(rec("bb", b"{}"));
+        m.push(Arc::new(rec("aa", b"{}")));
+        m.push(Arc::new(rec("bb", b"{}")));
         assert_eq!((m.len(), m.dropped()), (1, 1));
     }
 

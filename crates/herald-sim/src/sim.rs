@@ -127,13 +127,15 @@ impl Simulator {
         let h2_l = bind("h2", SocketAddr::new(ip, config.h2_port)).await?;
         let bin_l = bind("binary", SocketAddr::new(ip, config.binary_port)).await?;
         let fb_l = bind("feedback", SocketAddr::new(ip, config.feedback_port)).await?;
-        let admin_l = bind("admin", SocketAddr::new(ip, config.admin_port)).await?;
+        // The admin API has no authentication: it listens on its own address, local by default.
+        let admin_ip = config.admin_ip;
+        let admin_l = bind("admin", SocketAddr::new(admin_ip, config.admin_port)).await?;
         let manage_l = bind("management", SocketAddr::new(ip, config.management_port)).await?;
         let bcast_l = bind("broadcast", SocketAddr::new(ip, config.broadcast_port)).await?;
         let local = |l: &TcpListener, service, port| {
             l.local_addr().map_err(|source| SimError::Bind {
                 service,
-                addr: SocketAddr::new(ip, port),
+                addr: SocketAddr::new(if service == "admin" { admin_ip } else { ip }, port),
                 source,
             })
         };
@@ -174,6 +176,7 @@ impl Simulator {
             fail_next: Mutex::default(),
             settings,
             body_timeout,
+            goaway_all: goaway_all_rx.clone(),
         });
         let h2_ctx = Arc::new(H2Context {
             stats: stats.clone(),
@@ -279,13 +282,14 @@ impl SimHandle {
     /// (requires `record_in_memory`, the default). A notification is in it before the simulator answers it; the
     /// `--record` file trails slightly ([`SimHandle::wait_for_records`]).
     pub fn record(&self) -> Vec<DeliveryRecord> {
-        self.recorder
+        // Copied out of the lock, which every accepted request takes.
+        let (records, _) = self
+            .recorder
             .memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+            .snapshot();
+        records.iter().map(|r| DeliveryRecord::clone(r)).collect()
     }
 
     /// Notifications dropped from the in-memory record, oldest first, to keep it within

@@ -50,7 +50,7 @@ async fn every_accepted_notification_is_recorded_exactly_once() {
                         &mut c,
                         "POST",
                         &format!("/3/device/{}", token(conn)),
-                        &[("apns-priority", "5")],
+                        &[("apns-topic", TOPIC), ("apns-priority", "5")],
                         payload.as_bytes(),
                     )
                     .await;
@@ -111,7 +111,15 @@ async fn tokens_can_be_invalidated_at_run_time() {
     .await;
     let path = format!("/3/device/{}", token(0x42));
     assert_eq!(
-        send(&mut client, "POST", &path, &[], PAYLOAD).await.status,
+        send(
+            &mut client,
+            "POST",
+            &path,
+            &[("apns-topic", TOPIC)],
+            PAYLOAD
+        )
+        .await
+        .status,
         200
     );
     let body = format!(
@@ -120,7 +128,14 @@ async fn tokens_can_be_invalidated_at_run_time() {
     );
     let (status, _) = http(t.sim.addrs.admin, "POST", "/tokens", &body).await;
     assert_eq!(status, 200);
-    let a = send(&mut client, "POST", &path, &[], PAYLOAD).await;
+    let a = send(
+        &mut client,
+        "POST",
+        &path,
+        &[("apns-topic", TOPIC)],
+        PAYLOAD,
+    )
+    .await;
     assert_eq!(
         (a.status, a.reason().as_deref()),
         (410, Some("Unregistered"))
@@ -173,7 +188,15 @@ async fn pace_refuses_a_latency_beyond_an_hour() {
     .await;
     let path = format!("/3/device/{}", token(1));
     assert_eq!(
-        send(&mut client, "POST", &path, &[], PAYLOAD).await.status,
+        send(
+            &mut client,
+            "POST",
+            &path,
+            &[("apns-topic", TOPIC)],
+            PAYLOAD
+        )
+        .await
+        .status,
         200
     );
     // An hour is allowed.
@@ -203,7 +226,7 @@ async fn the_memory_record_keeps_the_latest_within_its_limit() {
             &mut client,
             "POST",
             &format!("/3/device/{}", token(n)),
-            &[],
+            &[("apns-topic", TOPIC)],
             PAYLOAD,
         )
         .await;

@@ -675,3 +675,175 @@ async fn both_ports_serve_the_device_ports_limits() {
     assert_eq!(s.broadcast.accepted, 0);
     assert_eq!(s.broadcast.channel_ops.get("create"), Some(&1));
 }
+
+/// A raw HTTP/2 connection to `addr` with the universal certificate: the preface and an empty SETTINGS sent.
+async fn raw_h2(
+    t: &TestSim,
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut io = tls(addr, client_config(&t.pki, Some((&cert, &key)), true)).await;
+    io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    io
+}
+
+/// The next frame (type, payload), answering SETTINGS and PING as a client does; `None` once the connection is
+/// closed.
+async fn next_frame(
+    io: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = [0u8; 9];
+    let read = tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut h))
+        .await
+        .expect("a frame, or the end of the connection, in time");
+    read.ok()?;
+    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+    let mut payload = vec![0; len];
+    io.read_exact(&mut payload).await.ok()?;
+    let (kind, ack) = (h[3], h[4] & 1 == 1);
+    let reply = match kind {
+        4 if !ack => Some([&[0, 0, 0, 4, 1, 0, 0, 0, 0][..]].concat()),
+        6 if !ack => Some([&[0, 0, 8, 6, 1, 0, 0, 0, 0][..], &payload].concat()),
+        _ => None,
+    };
+    if let Some(r) = reply {
+        // The server may already have closed its side.
+        let _ = io.write_all(&r).await;
+    }
+    Some((kind, payload))
+}
+
+/// docs/apns-protocol.md#simulator: admin `POST /goaway` and the simulator's shutdown reach every HTTP/2
+/// connection, the management and broadcast ports' too: one GOAWAY with `{"reason":"Shutdown"}` naming the last
+/// stream taken, then the connection closes; a client cannot open another stream on it.
+#[tokio::test]
+async fn goaway_and_shutdown_reach_both_ports() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = start().await;
+    // One exchange on the management port first, so that its GOAWAY names stream 1.
+    let (cert, key) = cert_identity(&t.pki, CertVariant::Universal);
+    let mut client = h2_connect(
+        t.sim.addrs.management,
+        client_config(&t.pki, Some((&cert, &key)), true),
+    )
+    .await;
+    let listed = send(
+        &mut client,
+        "GET",
+        &format!("/1/apps/{TOPIC}/all-channels"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+    let mut raws = Vec::new();
+    for (port, addr) in [
+        ("management", t.sim.addrs.management),
+        ("broadcast", t.sim.addrs.broadcast),
+    ] {
+        let mut io = raw_h2(&t, addr).await;
+        // The server's SETTINGS: the connection is up.
+        loop {
+            let (kind, _) = next_frame(&mut io).await.expect("the server's SETTINGS");
+            if kind == 4 {
+                break;
+            }
+        }
+        raws.push((port, io));
+    }
+    let mut admin = tokio::net::TcpStream::connect(t.sim.addrs.admin)
+        .await
+        .unwrap();
+    admin
+        .write_all(
+            b"POST /goaway HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    admin.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    for (port, io) in &mut raws {
+        let goaway = loop {
+            match next_frame(io).await {
+                Some((7, payload)) => break payload,
+                Some(_) => {}
+                None => panic!("{port}: closed without GOAWAY"),
+            }
+        };
+        assert_eq!(&goaway[..8], &[0; 8], "{port}: no stream taken, NO_ERROR");
+        assert_eq!(
+            herald_apns::reason::goaway_reason(&goaway[8..]).as_deref(),
+            Some("Shutdown"),
+            "{port}"
+        );
+        while let Some((kind, _)) = next_frame(io).await {
+            assert_ne!(kind, 7, "{port}: one GOAWAY");
+        }
+    }
+    // The h2 client's connection got its GOAWAY too: it cannot open another stream.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.clone().ready().await {
+                Err(e) => break e,
+                Ok(mut c) => {
+                    let req = http::Request::get(format!(
+                        "https://localhost/1/apps/{TOPIC}/all-channels"
+                    ))
+                    .body(())
+                    .unwrap();
+                    if let Err(e) = c.send_request(req, true) {
+                        break e;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the management connection goes away in time");
+    assert!(closed.is_go_away() || closed.is_io(), "{closed}");
+    assert!(t.sim.stats().goaways >= 3);
+
+    // Shutdown: the same GOAWAY on a connection of each port.
+    let t = start().await;
+    let mut raws = Vec::new();
+    for (port, addr) in [
+        ("management", t.sim.addrs.management),
+        ("broadcast", t.sim.addrs.broadcast),
+    ] {
+        let mut io = raw_h2(&t, addr).await;
+        loop {
+            let (kind, _) = next_frame(&mut io).await.expect("the server's SETTINGS");
+            if kind == 4 {
+                break;
+            }
+        }
+        raws.push((port, io));
+    }
+    let TestSim { dir, pki, sim } = t;
+    let stopping = tokio::spawn(sim.shutdown());
+    for (port, io) in &mut raws {
+        let goaway = loop {
+            match next_frame(io).await {
+                Some((7, payload)) => break payload,
+                Some(_) => {}
+                None => panic!("{port}: closed without GOAWAY at shutdown"),
+            }
+        };
+        assert_eq!(
+            herald_apns::reason::goaway_reason(&goaway[8..]).as_deref(),
+            Some("Shutdown"),
+            "{port}"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the simulator stops in time")
+        .unwrap();
+    drop((dir, pki));
+}

@@ -56,6 +56,8 @@ async fn curl(t: &TestSim, args: Vec<String>, path: &str, body: Option<&str>) ->
     .unwrap()
 }
 
+/// The client certificate of `v`, and the topic: the test PKI's certificates list several topics, for which APNs
+/// requires `apns-topic` (docs/apns-protocol.md#http2-request).
 fn cert_args(t: &TestSim, v: CertVariant) -> Vec<String> {
     let (cert, key) = cert_identity(&t.pki, v);
     vec![
@@ -63,6 +65,8 @@ fn cert_args(t: &TestSim, v: CertVariant) -> Vec<String> {
         cert.display().to_string(),
         "--key".into(),
         key.display().to_string(),
+        "-H".into(),
+        format!("apns-topic: {TOPIC}"),
     ]
 }
 
@@ -90,6 +94,8 @@ async fn curl_with_a_client_certificate() {
             "P12".into(),
             "--cert".into(),
             format!("{p12}:herald"),
+            "-H".into(),
+            format!("apns-topic: {TOPIC}"),
         ],
         &dev,
         Some(JSON),
@@ -99,6 +105,9 @@ async fn curl_with_a_client_certificate() {
 
     let with = |extra: &[&str]| {
         let mut a = cert_args(&t, CertVariant::Universal);
+        if extra.iter().any(|e| e.starts_with("apns-topic:")) {
+            a.truncate(a.len() - 2);
+        }
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };

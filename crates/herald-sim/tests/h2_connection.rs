@@ -371,7 +371,7 @@ async fn prior_knowledge_without_alpn_is_accepted() {
         &mut client,
         "POST",
         &format!("/3/device/{}", token(1)),
-        &[],
+        &[("apns-topic", TOPIC)],
         PAYLOAD,
     )
     .await;
@@ -403,7 +403,7 @@ async fn dropped_connections_and_latency_follow_the_scenario() {
         &mut client,
         "POST",
         &format!("/3/device/{}", token(1)),
-        &[],
+        &[("apns-topic", TOPIC)],
         PAYLOAD,
     )
     .await;

@@ -125,13 +125,15 @@ async fn every_request_reason_is_provoked() {
             200,
             None,
         ),
+        // The standard certificate lists its app's topic, `.voip` and `.complication`: APNs requires the topic
+        // (docs/apns-protocol.md#http2-request); see `a_certificate_with_several_topics_needs_apns_topic`.
         Case {
             headers: vec![],
             ..case(
-                "topic defaults to the certificate UID",
+                "MissingTopic (a certificate with several topics)",
                 Conn::Cert(CertVariant::Universal),
-                200,
-                None,
+                400,
+                Some("MissingTopic"),
             )
         },
         Case {
@@ -824,7 +826,7 @@ async fn apns_id_is_echoed_and_production_sends_no_unique_id() {
         &mut client,
         "POST",
         &format!("/3/device/{}", token(9)),
-        &[("apns-id", id)],
+        &[("apns-topic", TOPIC), ("apns-id", id)],
         PAYLOAD,
     )
     .await;
@@ -842,7 +844,7 @@ async fn apns_id_is_echoed_and_production_sends_no_unique_id() {
         &mut client,
         "POST",
         &format!("/3/device/{}", token(9)),
-        &[],
+        &[("apns-topic", TOPIC)],
         PAYLOAD,
     )
     .await;
@@ -858,6 +860,50 @@ async fn apns_id_is_echoed_and_production_sends_no_unique_id() {
     assert_eq!(rec.len(), 1);
     assert_eq!(rec[0].apns_id.as_deref(), Some(id));
     assert_eq!(rec[0].payload.as_bytes(), PAYLOAD);
+}
+
+/// docs/apns-protocol.md#http2-request: a request on a certificate connection may leave `apns-topic` out only when
+/// the certificate has no topics extension or a single topic in it (the UID is then the topic); one that lists
+/// several topics, like the standard certificate (app, `.voip`, `.complication`), is answered 400 MissingTopic,
+/// whether its topics are of one app or of several.
+#[tokio::test]
+async fn a_certificate_with_several_topics_needs_apns_topic() {
+    let t = start().await;
+    let pki = &t.pki;
+    let issue = |name: &str, topics: Vec<String>| {
+        let spec = ClientCertSpec {
+            uid: Some(TOPIC.to_owned()),
+            topics,
+            variant: CertVariant::Universal,
+        };
+        pki.issue_client(&spec, name).unwrap()
+    };
+    let standard = ClientCertSpec::for_topic(TOPIC, CertVariant::Universal).topics;
+    let cases = [
+        ("standard", standard, Some("MissingTopic")),
+        (
+            "two-apps",
+            vec![TOPIC.to_owned(), "com.example.other".to_owned()],
+            Some("MissingTopic"),
+        ),
+        ("single-topic", vec![TOPIC.to_owned()], None),
+        ("no-extension", vec![], None),
+    ];
+    let path = format!("/3/device/{}", token(1));
+    for (name, topics, expected) in cases {
+        let files = issue(name, topics);
+        let cfg = client_config(pki, Some((&files.cert, &files.key)), true);
+        let mut c = h2_connect(t.sim.addrs.h2, cfg).await;
+        let a = send(&mut c, "POST", &path, &[], PAYLOAD).await;
+        let want = match expected {
+            Some(reason) => (400, Some(reason)),
+            None => (200, None),
+        };
+        assert_eq!((a.status, a.reason().as_deref()), want, "{name}");
+        // Naming the topic is always fine.
+        let a = send(&mut c, "POST", &path, &[("apns-topic", TOPIC)], PAYLOAD).await;
+        assert_eq!(a.status, 200, "{name} with apns-topic: {:?}", a.reason());
+    }
 }
 
 #[tokio::test]
@@ -928,9 +974,11 @@ async fn token_pinning_and_update_rate() {
         PAYLOAD,
     )
     .await;
+    // docs/apns-protocol.md#key-scoping: APNs answers another team's token on a connection bound to a team with
+    // InvalidProviderToken (the reference's rule 4), not with the reason for an unrelated key of the same team.
     assert_eq!(
-        a.reason().as_deref(),
-        Some("UnrelatedKeyIdInToken"),
+        (a.status, a.reason().as_deref()),
+        (403, Some("InvalidProviderToken")),
         "another team's key on a connection bound to this team"
     );
     let newer = format!("bearer {}", jwt(pki, now() - 1));
@@ -1010,7 +1058,7 @@ async fn scenario_errors_provoke_the_server_side_reasons() {
             &mut client,
             "POST",
             &format!("/3/device/{}", token(1)),
-            &[],
+            &[("apns-topic", TOPIC)],
             PAYLOAD,
         )
         .await;
@@ -1250,7 +1298,7 @@ async fn injected_410s_carry_a_timestamp() {
             &mut client,
             "POST",
             &format!("/3/device/{}", token(1)),
-            &[],
+            &[("apns-topic", TOPIC)],
             PAYLOAD,
         )
         .await;
@@ -1328,14 +1376,20 @@ async fn header_rules_follow_apple() {
         (
             "UTF-8 collapse id of 64 bytes",
             by_cert.clone(),
-            vec![("apns-collapse-id", format!("{}{}", "é".repeat(31), "xy"))],
+            vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-collapse-id", format!("{}{}", "é".repeat(31), "xy")),
+            ],
             200,
             None,
         ),
         (
             "UTF-8 collapse id of 66 bytes",
             by_cert.clone(),
-            vec![("apns-collapse-id", "é".repeat(33))],
+            vec![
+                ("apns-topic", TOPIC.into()),
+                ("apns-collapse-id", "é".repeat(33)),
+            ],
             400,
             Some("BadCollapseId"),
         ),

@@ -191,6 +191,9 @@ fn sim_prints_one_json_line_and_serves() {
             files["cert"].as_str().unwrap(),
             "--key",
             files["key"].as_str().unwrap(),
+            // The test PKI's certificates list several topics, for which APNs requires apns-topic.
+            "-H",
+            "apns-topic: com.example.cli",
         ])
         .args(["--data-binary", payload])
         .arg(format!("https://{h2}/3/device/{}", "ab".repeat(32)))
@@ -257,6 +260,8 @@ fn curl_status(m: &serde_json::Value, variant: &str, h2: &str, token: &str) -> (
             files["cert"].as_str().unwrap(),
             "--key",
             files["key"].as_str().unwrap(),
+            "-H",
+            "apns-topic: com.example.herald",
         ])
         .args(["--data-binary", r#"{"aps":{}}"#])
         .arg(format!("https://{h2}/3/device/{token}"))
@@ -424,6 +429,8 @@ fn curl_with_header(m: &serde_json::Value, h2: &str, header: &str, body: bool) -
             "--key",
             files["key"].as_str().unwrap(),
             "-H",
+            "apns-topic: com.example.herald",
+            "-H",
             header,
         ])
         .args(if body {
@@ -496,4 +503,40 @@ fn settings_and_record_limit_flags_shape_the_simulator() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("connection_window_size 100"), "{err}");
+}
+
+/// `--listen-ip` places the APNs-facing ports, not the admin one, which has no authentication: it stays on
+/// 127.0.0.1 unless `--admin-ip` moves it. The ready line keeps its six addresses. (127.0.0.2 and 127.0.0.3 are
+/// loopback addresses too, so nothing is exposed.)
+#[test]
+fn the_admin_port_stays_local_unless_admin_ip_moves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path(), &[]);
+    let ip_of = |addrs: &serde_json::Value, k: &str| -> SocketAddr {
+        let a: SocketAddr = addrs[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} in {addrs}"))
+            .parse()
+            .unwrap();
+        assert_ne!(a.port(), 0);
+        a
+    };
+    let (sim, addrs) = start_sim(dir.path(), &["--listen-ip", "127.0.0.2"]);
+    assert_eq!(addrs.as_object().unwrap().len(), 6, "{addrs}");
+    for k in ["h2", "binary", "feedback", "management", "broadcast"] {
+        assert_eq!(ip_of(&addrs, k).ip().to_string(), "127.0.0.2", "{k}");
+    }
+    let admin = ip_of(&addrs, "admin");
+    assert_eq!(admin.ip().to_string(), "127.0.0.1");
+    assert_eq!(http_get(admin, "/healthz"), "ok\n");
+    drop(sim);
+
+    let (_sim, addrs) = start_sim(
+        dir.path(),
+        &["--listen-ip", "127.0.0.2", "--admin-ip", "127.0.0.3"],
+    );
+    assert_eq!(ip_of(&addrs, "h2").ip().to_string(), "127.0.0.2");
+    let admin = ip_of(&addrs, "admin");
+    assert_eq!(admin.ip().to_string(), "127.0.0.3");
+    assert_eq!(http_get(admin, "/healthz"), "ok\n");
 }

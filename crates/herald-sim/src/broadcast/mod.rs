@@ -33,7 +33,9 @@
 //! Both ports serve the device port's HTTP/2 limits (stream limit, windows, header list size:
 //! [`crate::SimConfig`]) and its body timeout: a request whose body has not ended in time has its stream reset
 //! (`REFUSED_STREAM`, unprocessed). Of a body, only what a payload may hold (5120 bytes, and one more to tell a
-//! longer one) is kept; the rest is counted up to 64 KiB and not read beyond.
+//! longer one) is kept; the rest is counted up to 64 KiB and not read beyond. Admin `POST /goaway` and the
+//! simulator's shutdown send GOAWAY `{"reason":"Shutdown"}` naming the last stream taken, as on the device port;
+//! the streams taken are finished, later ones refused (`REFUSED_STREAM`), and the connection closes.
 
 mod channels;
 
@@ -59,6 +61,7 @@ pub(crate) use channels::ChannelStore;
 
 use crate::config::{AuthPolicy, Environment};
 use crate::h2::auth::topic_base;
+use crate::h2::io::{FrameControl, FrameIo, Injection};
 use crate::h2::request::ConnAuth;
 use crate::h2::{ConnSettings, KeyRing};
 use crate::record::{DeliveryRecord, RecordProtocol, Recorder};
@@ -97,6 +100,9 @@ pub(crate) struct BroadcastContext {
     pub settings: ConnSettings,
     /// How long a request's body may take to end, from its HEADERS.
     pub body_timeout: Duration,
+    /// Bumped by admin `POST /goaway` and at shutdown: every connection sends GOAWAY `{"reason":"Shutdown"}`,
+    /// as on the device port.
+    pub goaway_all: watch::Receiver<u64>,
 }
 
 impl BroadcastContext {
@@ -167,14 +173,54 @@ async fn serve_connection(
         ctx.token_update_interval,
     );
     let builder = ctx.settings.builder();
-    let mut conn =
-        match tokio::time::timeout(Duration::from_secs(10), builder.handshake::<_, Bytes>(tls))
-            .await
-        {
-            Ok(Ok(c)) => c,
-            _ => return,
+    // The device port's shim, for its GOAWAY with JSON debug data (h2 sends none).
+    let control = Arc::new(FrameControl::new(ctx.settings.max_streams.max(1)));
+    let mut conn = match tokio::time::timeout(
+        Duration::from_secs(10),
+        builder.handshake::<_, Bytes>(FrameIo::new(tls, control.clone())),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        _ => return,
+    };
+    let mut goaway_all = ctx.goaway_all.clone();
+    goaway_all.mark_unchanged();
+    // Set once the connection has sent GOAWAY: the last stream it takes.
+    let mut going_away: Option<u32> = None;
+    let mut last_stream = 0u32;
+    // After GOAWAY, the streams taken have this long to finish (their bodies are bounded by the body timeout)
+    // before the connection is closed.
+    let drain = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(drain);
+    loop {
+        let accepted = tokio::select! {
+            accepted = conn.accept() => match accepted {
+                Some(a) => a,
+                None => break,
+            },
+            changed = goaway_all.changed(), if going_away.is_none() => {
+                if changed.is_err() {
+                    // The simulator is gone: stop at once.
+                    return;
+                }
+                ctx.stats.goaways.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                control.inject(Injection::GoAway {
+                    last_stream_id: last_stream,
+                    error_code: 0,
+                    debug: Bytes::from_static(br#"{"reason":"Shutdown"}"#),
+                });
+                going_away = Some(last_stream);
+                // h2 stops taking new streams and closes the connection once the streams taken are done; its own
+                // GOAWAY frames are dropped by the shim, so the client sees only the one above.
+                conn.graceful_shutdown();
+                drain
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + ctx.body_timeout + Duration::from_secs(2));
+                continue;
+            }
+            _ = &mut drain, if going_away.is_some() => break,
         };
-    while let Some(accepted) = conn.accept().await {
         let body_deadline = tokio::time::Instant::now() + ctx.body_timeout;
         let (req, mut respond) = match accepted {
             Ok(x) => x,
@@ -183,6 +229,13 @@ async fn serve_connection(
                 break;
             }
         };
+        let stream_id = u32::from(respond.stream_id());
+        if going_away.is_some_and(|last| stream_id > last) {
+            // Opened after the GOAWAY that named the last stream taken: unprocessed.
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        }
+        last_stream = last_stream.max(stream_id);
         let (parts, body) = req.into_parts();
         let request_id = parts
             .headers

@@ -97,6 +97,9 @@ pub(crate) struct CertAuth {
     pub allowed: Vec<String>,
     /// Distinct bundle ids among the allowed topics.
     pub bases: Vec<String>,
+    /// Whether the certificate lists several topics in its topics extension, so that a request must name its
+    /// topic (MissingTopic otherwise).
+    pub several_topics: bool,
 }
 
 impl CertAuth {
@@ -110,6 +113,7 @@ impl CertAuth {
                     uid: String::new(),
                     allowed: vec![],
                     bases: vec![],
+                    several_topics: false,
                 };
             }
         };
@@ -119,9 +123,11 @@ impl CertAuth {
                 uid: String::new(),
                 allowed: vec![],
                 bases: vec![],
+                several_topics: false,
             };
         };
         let env_ok = cert_fits_environment(info.environment, env);
+        let several_topics = info.topics.iter().any(|t| *t != info.topics[0]);
         let allowed: Vec<String> = if info.topics.is_empty() {
             vec![
                 uid.clone(),
@@ -143,12 +149,17 @@ impl CertAuth {
             uid,
             allowed,
             bases,
+            several_topics,
         }
     }
 
-    /// The topic when the request names none: the UID, unless the certificate covers several apps.
+    /// The topic when the request names none: the UID (the subject's bundle id), for a certificate without a
+    /// topics extension or with a single topic in it. One that lists several topics (the standard "Sandbox &
+    /// Production" certificate: the app, its `.voip` and its `.complication` topics) needs `apns-topic` on every
+    /// request, even when all its topics are of one app: `None`, which is MissingTopic
+    /// (docs/apns-protocol.md#http2-request).
     pub fn default_topic(&self) -> Option<&str> {
-        (self.bases.len() <= 1).then_some(self.uid.as_str())
+        (!self.several_topics).then_some(self.uid.as_str())
     }
 
     /// BadTopic for a malformed topic, TopicDisallowed for one the certificate does not cover (a push-type
@@ -274,10 +285,11 @@ impl TokenAuth {
         if claims.iss != known.meta.team_id {
             return Err(Reason::InvalidProviderToken);
         }
-        // A connection is bound to the team of its first token (docs/apns-protocol.md#key-scoping): another team's
-        // key is unrelated to it.
+        // A connection is bound to the team of its first token (docs/apns-protocol.md#key-scoping): APNs refuses a
+        // token of another team there as InvalidProviderToken (observed, and the rule of pushy's mock), keeping
+        // UnrelatedKeyIdInToken for another key of the bound team.
         if self.team.as_deref().is_some_and(|t| t != claims.iss) {
-            return Err(Reason::UnrelatedKeyIdInToken);
+            return Err(Reason::InvalidProviderToken);
         }
         if self
             .current

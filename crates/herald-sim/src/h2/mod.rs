@@ -7,7 +7,7 @@
 //! 1. a repeated `apns-*` or `authorization` header -> DuplicateHeaders
 //! 2. `apns-id` not a UUID -> BadMessageId
 //! 3. `:method` not POST -> 405 MethodNotAllowed
-//! 4. no `apns-topic` where one is required (token connections, certificates for several apps) -> MissingTopic
+//! 4. no `apns-topic` where one is required (token connections, certificates listing several topics) -> MissingTopic
 //! 5. `apns-collapse-id` over 64 bytes -> BadCollapseId (only its size: UTF-8 within 64 bytes passes)
 //! 6. `apns-priority` not 10, 5 or 1 -> BadPriority
 //! 7. unknown `apns-push-type` -> InvalidPushType
@@ -18,7 +18,8 @@
 //! 9. `:path` with a query, or not `/3/device/…` -> 404 BadPath; empty token -> MissingDeviceToken; not hex of 32
 //!    to 100 bytes (64 to 200 digits, either case) -> BadDeviceToken
 //! 10. authentication: certificate (BadCertificate, BadCertificateEnvironment) or token (MissingProviderToken,
-//!     InvalidProviderToken, UnrelatedKeyIdInToken, BadEnvironmentKeyIdInToken, ExpiredProviderToken,
+//!     InvalidProviderToken (also another team's token on a connection bound to a team), UnrelatedKeyIdInToken,
+//!     BadEnvironmentKeyIdInToken, ExpiredProviderToken,
 //!     429 TooManyProviderTokenUpdates)
 //! 11. topic: malformed (not printable ASCII, so never before authentication) -> BadTopic; not covered by the
 //!     certificate or key -> TopicDisallowed (topic-specific key: InvalidProviderToken); not matching the push

@@ -3,7 +3,8 @@
 //! `herald sim --pki DIR [flags]` serves HTTP/2, binary, feedback, admin, channel management and broadcast ports
 //! and, once ready, prints exactly one JSON line on stdout — `{"h2":"127.0.0.1:P1","binary":"127.0.0.1:P2",
 //! "feedback":"127.0.0.1:P3","admin":"127.0.0.1:P4","management":"127.0.0.1:P5","broadcast":"127.0.0.1:P6"}` —
-//! then serves until killed. Diagnostics go to stderr.
+//! then serves until killed. Diagnostics go to stderr. `--listen-ip` places every port but the admin one, which
+//! `--admin-ip` places (127.0.0.1 by default: the admin API has no authentication).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -66,8 +67,13 @@ struct ServeArgs {
     /// The PKI directory written by `herald sim pki` (its pki.json is read).
     #[arg(long)]
     pki: Option<PathBuf>,
+    /// The address of the APNs-facing ports (HTTP/2, binary, feedback, management, broadcast).
     #[arg(long, default_value = "127.0.0.1")]
     listen_ip: IpAddr,
+    /// The address of the admin port only. The admin API has no authentication (it serves the record and changes
+    /// token states, GOAWAY and pace), so it stays on 127.0.0.1 unless this says otherwise, whatever --listen-ip is.
+    #[arg(long, default_value = "127.0.0.1")]
+    admin_ip: IpAddr,
     /// 0 = ephemeral.
     #[arg(long, default_value_t = 0)]
     h2_port: u16,
@@ -184,6 +190,7 @@ fn build_config(a: ServeArgs) -> anyhow::Result<SimConfig> {
     let manifest = Pki::load_manifest(&dir)?;
     let mut config = SimConfig::from_pki(&manifest)?;
     config.listen_ip = a.listen_ip;
+    config.admin_ip = a.admin_ip;
     config.h2_port = a.h2_port;
     config.binary_port = a.binary_port;
     config.feedback_port = a.feedback_port;
@@ -379,5 +386,27 @@ mod tests {
             (Some(1000), Some(70000), Some(9000))
         );
         assert_eq!(set.record_memory_limit, 5);
+    }
+
+    /// The admin port stays on 127.0.0.1 when `--listen-ip` opens the other ports to every interface; `--admin-ip`
+    /// moves it.
+    #[test]
+    fn the_admin_port_has_its_own_address() {
+        let dir = tempfile::tempdir().unwrap();
+        Pki::generate(dir.path(), &["com.example.flags".to_owned()]).unwrap();
+        let pki = dir.path().to_str().unwrap();
+        let config = |extra: &[&str]| {
+            let mut argv = vec!["sim", "--pki", pki];
+            argv.extend_from_slice(extra);
+            build_config(Serve::try_parse_from(argv).unwrap().args).unwrap()
+        };
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        let plain = config(&[]);
+        assert_eq!((plain.listen_ip, plain.admin_ip), (local, local));
+        let staging = config(&["--listen-ip", "0.0.0.0"]);
+        assert_eq!((staging.listen_ip, staging.admin_ip), (any, local));
+        let both = config(&["--listen-ip", "0.0.0.0", "--admin-ip", "0.0.0.0"]);
+        assert_eq!((both.listen_ip, both.admin_ip), (any, any));
     }
 }

@@ -804,13 +804,17 @@ fn distinct_domains(batch: &[Notification]) -> Vec<(&str, usize)> {
 ///
 /// The topic is made of the domain's `apn_topic` (usually the bare bundle id), else, on HTTP/2, the bundle id of the
 /// domain's client certificate: a push type with a suffix gets the bundle id plus its suffix ([`derive_topic`]),
-/// alert, background and mdm the topic as it is. On a certificate route alert, background and mdm pushes without
-/// `apn_topic` send none, and APNs takes the certificate's bundle id; that bare bundle id is what APNs would use for
-/// the other types too, which their topic must not be (`TopicDisallowed`), hence the derived one. A token route
-/// must always send a topic (APNs answers `MissingTopic` without one), and a push type with a suffix needs one on
-/// any HTTP/2 route: when neither `apn_topic` nor a certificate gives a bundle id, the notification is refused here,
-/// naming the two ways to give one, rather than accepted to fail for good at APNs. The binary protocol carries no
-/// topic (the certificate decides), so nothing is refused for it there.
+/// alert, background and mdm the topic as it is. So on a certificate route without `apn_topic`, alert, background
+/// and mdm pushes name the certificate's bundle id (its UID) as their topic: APNs takes the certificate's bundle id
+/// for a request without a topic only when the certificate lists at most one topic, and answers `MissingTopic` for
+/// one that lists several (the standard "Sandbox & Production" certificate lists the app, `.voip` and
+/// `.complication`). A token route must always send a topic (APNs answers `MissingTopic` without one), and a push
+/// type with a suffix needs one on any HTTP/2 route (the bare bundle id APNs would otherwise use is
+/// `TopicDisallowed` for it): when neither `apn_topic` nor a certificate gives a bundle id, the notification is
+/// refused here, naming the two ways to give one, rather than accepted to fail for good at APNs. A certificate
+/// route whose certificate names no bundle id sends an alert, background or mdm push without a topic, as APNs is
+/// left to judge the certificate. The binary protocol carries no topic (the certificate decides), so nothing is
+/// refused for it there.
 ///
 /// A push type that only token-authenticated connections take (location, liveactivity:
 /// [`PushType::requires_token_auth`]) gets no topic on a certificate route, from `apn_topic` or from the
@@ -832,7 +836,7 @@ fn default_topic(
     match (push_type.topic_suffix(), bundle) {
         (Some(_), Some(base)) => Ok(Some(derive_topic(base, push_type))),
         (None, _) if apn_topic.is_some() => Ok(apn_topic.map(str::to_owned)),
-        (None, Some(base)) if auth == RouteAuth::Token => Ok(Some(base.to_owned())),
+        (None, Some(base)) => Ok(Some(base.to_owned())),
         _ if needs_topic => Err(Refusal::Permanent(missing_topic(
             &settings.domain,
             push_type,
@@ -1163,18 +1167,17 @@ mod tests {
                     "{p} {protocol:?} {auth:?}"
                 );
             }
-            // From the certificate's bundle id when the type has a suffix or the route sends tokens.
+            // From the certificate's bundle id, for every type the certificate can send: alert, background and
+            // mdm get the bare bundle id, since APNs answers MissingTopic to a request without a topic on a
+            // certificate that lists several topics.
             let from_certificate = topic(None, Some("com.x"), p, Http2, Certificate);
             if p.requires_token_auth() {
                 assert_eq!(from_certificate, Ok(None), "{p}: refused for its route");
-            } else if p.topic_suffix().is_some() {
-                assert_eq!(from_certificate, Ok(Some(suffixed.clone())), "{p}");
             } else {
-                assert_eq!(
-                    from_certificate,
-                    Ok(None),
-                    "{p}: APNs takes the certificate's"
-                );
+                assert_eq!(from_certificate, Ok(Some(suffixed.clone())), "{p}");
+            }
+            if p.topic_suffix().is_none() {
+                assert_eq!(suffixed, "com.x", "{p}: the bare bundle id");
             }
             assert_eq!(
                 topic(None, Some("com.x"), p, Http2, Token),
