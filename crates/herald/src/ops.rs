@@ -24,6 +24,7 @@ use crate::tokens::InvalidTokenStore;
 /// documents (HEAD is implied by GET).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/tokens/invalid"),
+    ("DELETE", "/api/v1/tokens/invalid"),
     // crate::outcomes::api::ROUTES, merged by the server on listeners that serve push or inject.
     ("GET", "/api/v1/notifications/{id}"),
     ("POST", "/api/v1/notifications/query"),
@@ -65,12 +66,16 @@ pub fn routes(
         }),
     );
     if services.tokens {
-        let tokens = invalid.clone();
+        let (tokens, deleting) = (invalid.clone(), invalid.clone());
         router = router.route(
             "/api/v1/tokens/invalid",
             get(move |RawQuery(raw): RawQuery| {
                 let tokens = tokens.clone();
-                async move { invalid_tokens_answer(&tokens, raw.as_deref().unwrap_or("")) }
+                async move { invalid_tokens_answer(tokens, raw.unwrap_or_default()).await }
+            })
+            .delete(move |RawQuery(raw): RawQuery| {
+                let tokens = deleting.clone();
+                async move { delete_invalid_token(&tokens, raw.as_deref().unwrap_or("")) }
             }),
         );
     }
@@ -166,18 +171,30 @@ fn certificate_expiry(config: &Config) -> Vec<(String, String, u64)> {
     out
 }
 
+fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn bad_request(error: String) -> Response {
+    json(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({ "error": error }),
+    )
+}
+
+/// A store holding more entries than this is listed on the blocking pool, not on an async thread (the copy under
+/// the store's lock and the merge of the domains' lists take time in proportion).
+const LIST_INLINE_MAX: usize = 10_000;
+
 /// `GET /api/v1/tokens/invalid?domain=D&since=UNIX_SECONDS`: `{"tokens": [{domain, token, reason, timestamp_ms,
-/// learnt_ms, source}, …]}` in the order herald learnt them, `since` compared with when herald learnt each (not
-/// APNs' timestamp, which may be days older); 400 naming the parameter when one is malformed.
-fn invalid_tokens_answer(store: &InvalidTokenStore, query: &str) -> Response {
-    let json = |status: StatusCode, body: serde_json::Value| {
-        (
-            status,
-            [(CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
-            .into_response()
-    };
+/// learnt_ms, source, timestamp_from_apns}, …]}` in the order herald learnt them, `since` compared with when herald
+/// learnt each (not APNs' timestamp, which may be days older); 400 naming the parameter when one is malformed.
+async fn invalid_tokens_answer(store: Arc<InvalidTokenStore>, query: String) -> Response {
     let mut domain = None;
     let mut since = 0u64;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -189,24 +206,71 @@ fn invalid_tokens_answer(store: &InvalidTokenStore, query: &str) -> Response {
             "since" => match value.parse::<u64>() {
                 Ok(s) => since = s,
                 Err(_) => {
-                    let error = format!("since: {value:?} is not a Unix time in seconds");
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        serde_json::json!({ "error": error }),
-                    );
+                    return bad_request(format!("since: {value:?} is not a Unix time in seconds"));
                 }
             },
             other => {
-                let error = format!("unknown parameter {other:?}; use domain and since");
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({ "error": error }),
-                );
+                return bad_request(format!("unknown parameter {other:?}; use domain and since"));
             }
         }
     }
-    let list = store.list(domain.as_deref(), since.saturating_mul(1000));
-    json(StatusCode::OK, serde_json::json!({ "tokens": list }))
+    let small = store.len() <= LIST_INLINE_MAX;
+    let answer = move || {
+        let list = store.list(domain.as_deref(), since.saturating_mul(1000));
+        json(StatusCode::OK, serde_json::json!({ "tokens": list }))
+    };
+    if small {
+        return answer();
+    }
+    crate::queue::run_blocking(answer)
+        .await
+        .unwrap_or_else(|| StatusCode::SERVICE_UNAVAILABLE.into_response())
+}
+
+/// `DELETE /api/v1/tokens/invalid?domain=D&token=HEX`: removes the entry of that token (hex of either case) of
+/// that domain (lowercased), so that a restart does not bring it back (a later report of the token lists it
+/// again). `200 {"deleted": entry}`; `404` when there is none; `400` naming what is missing or malformed.
+fn delete_invalid_token(store: &InvalidTokenStore, query: &str) -> Response {
+    let mut domain = None;
+    let mut token = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "domain" => domain = Some(value.to_ascii_lowercase()),
+            "token" => token = Some(value),
+            other => {
+                return bad_request(format!("unknown parameter {other:?}; use domain and token"));
+            }
+        }
+    }
+    let Some(domain) = domain.filter(|d| !d.is_empty()) else {
+        return bad_request("domain: missing; name the domain the token is listed under".into());
+    };
+    let Some(token) = token else {
+        return bad_request("token: missing; give the device token in hex".into());
+    };
+    match herald_apns::token_hex::validate_hex(&token) {
+        Err(e) => return bad_request(format!("token: {e}")),
+        Ok(len) if len > herald_apns::token_hex::TOKEN_MAX_LEN => {
+            return bad_request(format!(
+                "token: {len} bytes; no device token is longer than {} bytes ({} hex digits)",
+                herald_apns::token_hex::TOKEN_MAX_LEN,
+                2 * herald_apns::token_hex::TOKEN_MAX_LEN
+            ));
+        }
+        Ok(_) => {}
+    }
+    let token = token.to_ascii_lowercase();
+    match store.delete(&domain, &token) {
+        Some(entry) => json(StatusCode::OK, serde_json::json!({ "deleted": entry })),
+        None => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({
+                "error": format!("no invalid-token entry for token {token} of domain {domain}")
+            }),
+        ),
+    }
 }
 
 /// Decodes `%XX` escapes and `+` of a query value; malformed escapes stay as written.
@@ -237,9 +301,10 @@ mod tests {
     use super::*;
     use crate::tokens::InvalidTokenEntry;
 
-    fn store_with(entries: &[(&str, &str, u64)]) -> (tempfile::TempDir, InvalidTokenStore) {
+    fn store_with(entries: &[(&str, &str, u64)]) -> (tempfile::TempDir, Arc<InvalidTokenStore>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = InvalidTokenStore::open(&dir.path().join("invalid.jsonl"), None).unwrap();
+        let store =
+            Arc::new(InvalidTokenStore::open(&dir.path().join("invalid.jsonl"), None).unwrap());
         // Learnt when APNs invalidated them.
         for (domain, token, ts) in entries {
             let entry = InvalidTokenEntry {
@@ -249,14 +314,22 @@ mod tests {
                 timestamp_ms: *ts,
                 learnt_ms: 0,
                 source: "apns".into(),
+                timestamp_from_apns: true,
             };
             store.record_learnt(entry, true, *ts);
         }
         (dir, store)
     }
 
-    async fn answer(store: &InvalidTokenStore, query: &str) -> (StatusCode, serde_json::Value) {
-        let response = invalid_tokens_answer(store, query);
+    async fn answer(
+        store: &Arc<InvalidTokenStore>,
+        query: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let response = invalid_tokens_answer(store.clone(), query.to_owned()).await;
+        body_of(response).await
+    }
+
+    async fn body_of(response: Response) -> (StatusCode, serde_json::Value) {
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
@@ -304,5 +377,89 @@ mod tests {
         let (status, v) = answer(&store, "domian=x").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(v["error"].as_str().unwrap().contains("\"domian\""), "{v}");
+    }
+
+    /// `DELETE` removes one entry (listed no more, and not back after a restart); a second is a 404, and a
+    /// malformed or missing parameter a 400 saying what is wrong.
+    #[tokio::test]
+    async fn delete_removes_one_entry_404_when_absent_400_when_malformed() {
+        let aa = "aa".repeat(32);
+        let bb = "bb".repeat(32);
+        let (dir, store) = store_with(&[("a.example", &aa, 1_000), ("a.example", &bb, 2_000)]);
+        let delete = |query: String| {
+            let store = store.clone();
+            async move { body_of(delete_invalid_token(&store, &query)).await }
+        };
+        let (status, v) = delete(format!("domain=A.example&token={}", aa.to_uppercase())).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["deleted"]["token"], aa.as_str());
+        assert_eq!(v["deleted"]["timestamp_ms"], 1_000);
+        let (_, all) = answer(&store, "").await;
+        assert_eq!(all["tokens"].as_array().unwrap().len(), 1, "{all}");
+        assert_eq!(all["tokens"][0]["token"], bb.as_str());
+        let (status, v) = delete(format!("domain=a.example&token={aa}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(&aa), "{v}");
+        for (query, why) in [
+            (format!("token={bb}"), "domain: missing"),
+            ("domain=a.example".to_owned(), "token: missing"),
+            (
+                "domain=a.example&token=".to_owned(),
+                "token: device token is empty",
+            ),
+            (
+                "domain=a.example&token=abc".to_owned(),
+                "odd number of hex digits",
+            ),
+            (
+                "domain=a.example&token=zz".to_owned(),
+                "non-hex character 'z'",
+            ),
+            (
+                format!("domain=a.example&token={}", "ab".repeat(101)),
+                "101 bytes",
+            ),
+            (
+                format!("domain=a.example&tokn={bb}"),
+                "unknown parameter \"tokn\"",
+            ),
+        ] {
+            let (status, v) = delete(query.clone()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {v}");
+            assert!(v["error"].as_str().unwrap().contains(why), "{query}: {v}");
+        }
+        // The other entry is untouched, and the removed one stays removed after a restart.
+        let path = store.path().to_owned();
+        drop(store);
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let left: Vec<String> = store.list(None, 0).into_iter().map(|e| e.token).collect();
+        assert_eq!(left, [bb]);
+        drop(dir);
+    }
+
+    /// A store too large to list on an async thread is listed on the blocking pool, with the same answer.
+    #[tokio::test]
+    async fn a_large_store_is_listed_the_same() {
+        let entries: Vec<(String, String, u64)> = (0..LIST_INLINE_MAX as u64 + 5)
+            .map(|i| {
+                let domain = if i % 2 == 0 { "a.example" } else { "b.example" };
+                (domain.to_owned(), format!("{i:064x}"), 1_000 + i)
+            })
+            .collect();
+        let refs: Vec<(&str, &str, u64)> = entries
+            .iter()
+            .map(|(d, t, ts)| (d.as_str(), t.as_str(), *ts))
+            .collect();
+        let (_dir, store) = store_with(&refs);
+        let (status, all) = answer(&store, "").await;
+        assert_eq!(status, StatusCode::OK);
+        let listed = all["tokens"].as_array().unwrap();
+        assert_eq!(listed.len(), entries.len());
+        // In the order herald learnt them, across domains.
+        assert!(
+            listed
+                .windows(2)
+                .all(|w| w[0]["learnt_ms"].as_u64() < w[1]["learnt_ms"].as_u64())
+        );
     }
 }

@@ -1,7 +1,11 @@
 //! Polling the binary feedback service (docs/apns-protocol.md#feedback-service): for each domain with a binary route
 //! and an `apn_feedback_interval`, connect with the domain's client certificate, read the 38-byte tuples until the
 //! service closes (with TLS close_notify or, as some servers do, with the bare TCP close), and record each token in
-//! the invalid-token store. A domain is polled from every binding that
+//! the invalid-token store, synced to disk at the end of the poll (the service forgets a list once read). A record
+//! whose token cannot be one (0 bytes, or more than 100) is skipped with a warning and the list read on; only a
+//! stream out of step ends the poll early. A slow service is waited for as long as bytes keep coming (60 s at most
+//! between two reads, an hour in all); a failed poll is tried again sooner than the interval, after 30 s, then
+//! twice as long after each failure in a row, up to 30 minutes. A domain is polled from every binding that
 //! reaches APNs differently (its own route, `bind_address` or certificate), each with the options that binding
 //! resolves (docs/configuration.md, "Bindings in delivery"): the service lists the tokens of the certificate
 //! that asks.
@@ -10,8 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use herald_apns::binary::FeedbackDecoder;
+use bytes::{Buf, BytesMut};
 use herald_apns::client::connect::{Endpoint, connect_tls};
 use herald_apns::token_hex::DeviceToken;
 use herald_conf::{Config, ScopePath, Value};
@@ -25,8 +28,10 @@ use crate::queue::message::DEFAULT_BINDING;
 
 /// The feedback port of the binary era (docs/apns-protocol.md#feedback-service).
 const FEEDBACK_PORT: u16 = 2196;
-/// Longest a poll may take.
-const POLL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a poll waits for the next bytes of the service (or for its connection, beyond `connect_timeout`).
+const POLL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a poll may take in all: a list read at a few bytes a second still ends within it.
+const POLL_MAX_TIME: Duration = Duration::from_secs(60 * 60);
 
 /// Why a poll failed.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +153,82 @@ pub async fn poll_from(
     domain: &str,
     settings: &DeliverySettings,
 ) -> Result<usize, FeedbackError> {
+    poll_within(resolver, store, domain, settings, PollLimits::default()).await
+}
+
+/// How long a poll may wait for the service: between two reads (a service that went silent), and in all (a
+/// generous cap: a long list over a slow link takes as long as it takes, as long as bytes come).
+#[derive(Debug, Clone, Copy)]
+struct PollLimits {
+    idle: Duration,
+    total: Duration,
+}
+
+impl Default for PollLimits {
+    fn default() -> Self {
+        PollLimits {
+            idle: POLL_IDLE_TIMEOUT,
+            total: POLL_MAX_TIME,
+        }
+    }
+}
+
+/// What the next bytes of the stream hold.
+#[derive(Debug, PartialEq, Eq)]
+enum Tuple {
+    /// Not a whole tuple yet.
+    Partial,
+    /// A tuple: its time (Unix seconds) and token.
+    Token { timestamp: u32, token: Vec<u8> },
+    /// A tuple whose framing is intact but whose token cannot be one (empty, or longer than
+    /// [`MAX_TOKEN_LEN`]): its declared length; it was taken off the stream.
+    Skipped { len: usize },
+}
+
+/// The longest token a tuple may carry (the most Apple's text reserves for a token).
+const MAX_TOKEN_LEN: usize = herald_apns::token_hex::TOKEN_MAX_LEN;
+
+/// A tuple's length past which the stream is taken as out of step (no record of the service is anywhere near
+/// it): the poll ends there rather than read tokens out of whatever follows.
+const MAX_SKIPPABLE_LEN: usize = 1024;
+
+/// Takes the next tuple off the front of `buf` (docs/apns-protocol.md#feedback-service: `timestamp u32 | length
+/// u16 | token`). A tuple whose declared length is 0 or above [`MAX_TOKEN_LEN`] is skipped whole (the next begins
+/// after it); one above [`MAX_SKIPPABLE_LEN`] means the framing is lost: an error, the stream is read no further.
+fn next_tuple(buf: &mut BytesMut) -> Result<Tuple, String> {
+    if buf.len() < 6 {
+        return Ok(Tuple::Partial);
+    }
+    let timestamp = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let len = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
+    if len > MAX_SKIPPABLE_LEN {
+        return Err(format!(
+            "a record declares a {len}-byte token (bytes {:02x?}): the stream is out of step, the rest of it \
+             is not read",
+            &buf[..6]
+        ));
+    }
+    if buf.len() < 6 + len {
+        return Ok(Tuple::Partial);
+    }
+    buf.advance(6);
+    let token = buf.split_to(len).to_vec();
+    if len == 0 || len > MAX_TOKEN_LEN {
+        return Ok(Tuple::Skipped { len });
+    }
+    Ok(Tuple::Token { timestamp, token })
+}
+
+/// Skipped records a poll warns about one by one; the rest are counted in its summary.
+const SKIPPED_WARNED: usize = 10;
+
+async fn poll_within(
+    resolver: &ConfigResolver,
+    store: &InvalidTokenStore,
+    domain: &str,
+    settings: &DeliverySettings,
+    limits: PollLimits,
+) -> Result<usize, FeedbackError> {
     if !matches!(settings.protocol, RouteProtocol::Binary(_)) {
         return Err(FeedbackError::Settings {
             domain: domain.to_owned(),
@@ -165,37 +246,57 @@ pub async fn poll_from(
         endpoint: endpoint.clone(),
         reason,
     };
+    let mut count = 0;
+    let mut skipped = 0;
     let read = async {
         let (mut stream, _) =
             connect_tls(&endpoint, settings.tls.clone(), settings.connect_timeout)
                 .await
                 .map_err(|e| service(e.to_string()))?;
-        let mut decoder = FeedbackDecoder::new();
         let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut count = 0;
         loop {
-            let n = match stream.read_buf(&mut buf).await {
-                Ok(n) => n,
+            let n = match tokio::time::timeout(limits.idle, stream.read_buf(&mut buf)).await {
+                Ok(Ok(n)) => n,
                 // The service closed TCP without TLS close_notify: the end of its list all the same (a tuple cut
                 // off there is reported below, as at any end of stream).
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-                Err(e) => return Err(service(e.to_string())),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Ok(Err(e)) => return Err(service(e.to_string())),
+                Err(_) => {
+                    return Err(service(format!(
+                        "nothing came for {:.0} s (after {count} records)",
+                        limits.idle.as_secs_f64()
+                    )));
+                }
             };
-            while let Some(tuple) = decoder
-                .decode(&mut buf)
-                .map_err(|e| service(e.to_string()))?
-            {
-                let token =
-                    DeviceToken::from_bytes(tuple.token).map_err(|e| service(e.to_string()))?;
-                store.record(InvalidTokenEntry {
-                    domain: domain.to_owned(),
-                    token: token.to_hex(),
-                    reason: "feedback".into(),
-                    timestamp_ms: u64::from(tuple.timestamp) * 1000,
-                    learnt_ms: 0,
-                    source: "feedback".into(),
-                });
-                count += 1;
+            loop {
+                match next_tuple(&mut buf).map_err(&service)? {
+                    Tuple::Partial => break,
+                    Tuple::Token { timestamp, token } => {
+                        let token =
+                            DeviceToken::from_bytes(token).map_err(|e| service(e.to_string()))?;
+                        store.record(InvalidTokenEntry {
+                            domain: domain.to_owned(),
+                            token: token.to_hex(),
+                            reason: "feedback".into(),
+                            timestamp_ms: u64::from(timestamp) * 1000,
+                            learnt_ms: 0,
+                            source: "feedback".into(),
+                            timestamp_from_apns: true,
+                        });
+                        count += 1;
+                    }
+                    Tuple::Skipped { len } => {
+                        skipped += 1;
+                        if skipped <= SKIPPED_WARNED {
+                            tracing::warn!(
+                                domain,
+                                binding = &*settings.binding,
+                                "feedback service {endpoint}: skipping a record with a {len}-byte token (tokens are \
+                                 1 to {MAX_TOKEN_LEN} bytes)"
+                            );
+                        }
+                    }
+                }
             }
             if n == 0 {
                 if !buf.is_empty() {
@@ -208,17 +309,80 @@ pub async fn poll_from(
             }
         }
     };
-    tokio::time::timeout(POLL_TIMEOUT, read)
+    let result = tokio::time::timeout(limits.total, read)
         .await
-        .map_err(|_| service("timed out".into()))?
+        .unwrap_or_else(|_| {
+            Err(service(format!(
+                "the list took longer than {:.0} s (after {count} records)",
+                limits.total.as_secs_f64()
+            )))
+        });
+    if skipped > 0 {
+        tracing::warn!(
+            domain,
+            binding = &*settings.binding,
+            "feedback service {endpoint}: {skipped} records skipped for a token of no possible length"
+        );
+    }
+    // The service forgot what it listed: what was recorded goes to disk before the poll counts as done (on a
+    // failing disk the entries wait in memory and are written once it takes writes again).
+    if count > 0
+        && let Err(e) = store.sync().await
+    {
+        tracing::warn!(domain, binding = &*settings.binding, "feedback poll: {e}");
+    }
+    result
+}
+
+/// When a (binding, domain) is polled next: an interval after the start of its last poll that succeeded; after a
+/// failure sooner, [`RETRY_FIRST`] after it ended, doubling with each failure in a row up to [`RETRY_MAX`] (and
+/// never later than the interval).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Schedule {
+    /// When the last poll began, and when it ended.
+    began: Instant,
+    ended: Instant,
+    /// Failed polls in a row.
+    failures: u32,
+}
+
+/// How long after a failed poll the next is tried, the first time.
+const RETRY_FIRST: Duration = Duration::from_secs(30);
+/// The longest wait after failed polls in a row.
+const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+
+impl Schedule {
+    fn after(began: Instant, ended: Instant, ok: bool, before: Option<&Schedule>) -> Schedule {
+        Schedule {
+            began,
+            ended,
+            failures: if ok {
+                0
+            } else {
+                before.map_or(0, |s| s.failures).saturating_add(1)
+            },
+        }
+    }
+
+    /// Whether the next poll is due at `now`, polling every `interval`.
+    fn due(&self, now: Instant, interval: Duration) -> bool {
+        if self.failures == 0 {
+            return now.saturating_duration_since(self.began) >= interval;
+        }
+        let backoff = RETRY_FIRST
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(RETRY_MAX)
+            .min(interval);
+        now.saturating_duration_since(self.ended) >= backoff
+    }
 }
 
 /// Polls every configured domain whose `apn_feedback_interval` is set, from every binding that reaches APNs
 /// differently ([`ConfigResolver::distinct_bindings`]), each (binding, domain) on its own schedule with the
-/// interval that binding resolves, reading the configuration in force at each round (so a reload takes effect).
-/// Runs until the task is dropped.
+/// interval that binding resolves ([`Schedule`]: a failed poll is tried again sooner), reading the configuration
+/// in force at each round (so a reload takes effect). Runs until the task is dropped.
 pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenStore>) {
-    let mut last: HashMap<(String, String), Instant> = HashMap::new();
+    let mut schedules: HashMap<(String, String), Schedule> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -247,17 +411,21 @@ pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenSt
                     None => continue,
                 };
                 let key = (settings.binding.to_string(), domain.to_owned());
-                if last.get(&key).is_some_and(|t| t.elapsed() < interval) {
+                let began = Instant::now();
+                if schedules.get(&key).is_some_and(|s| !s.due(began, interval)) {
                     continue;
                 }
-                last.insert(key, Instant::now());
                 let binding = &*settings.binding;
-                match poll_from(&resolver, &store, domain, &settings).await {
+                let polled = poll_from(&resolver, &store, domain, &settings).await;
+                match &polled {
                     Ok(n) => {
                         tracing::info!(domain, binding, tokens = n, "feedback service polled")
                     }
                     Err(e) => tracing::warn!(binding, "feedback poll: {e}"),
                 }
+                let next =
+                    Schedule::after(began, Instant::now(), polled.is_ok(), schedules.get(&key));
+                schedules.insert(key, next);
             }
         }
     }
@@ -267,7 +435,7 @@ pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenSt
 mod tests {
     use super::*;
     use herald_sim::{CertVariant, Pki, SimConfig};
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const TOPIC: &str = "com.example.feedback";
     const DOMAIN: &str = "legacy.example";
@@ -395,5 +563,197 @@ domain "{DOMAIN}" {{
         let settings = resolver.build(DOMAIN).unwrap();
         let endpoint = feedback_endpoint(&resolver.config(), DOMAIN, &settings).unwrap();
         assert_eq!((endpoint.host.as_str(), endpoint.port), ("::1", 2196));
+    }
+
+    /// A feedback service on 127.0.0.1 that writes each chunk after its pause to the first connection; then ends
+    /// the list (closing TCP without close_notify), or with `hold` keeps the connection open and silent until the
+    /// client goes away.
+    async fn scripted_service(
+        pki: &Pki,
+        chunks: Vec<(Duration, Vec<u8>)>,
+        hold: bool,
+    ) -> std::net::SocketAddr {
+        let material = SimConfig::from_pki(&pki.manifest).unwrap().tls;
+        let tls = herald_sim::tls::server_config(&material, true, false).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut stream = tokio_rustls::TlsAcceptor::from(tls)
+                .accept(tcp)
+                .await
+                .unwrap();
+            for (pause, bytes) in chunks {
+                // A slow link: the pause is the service's pace, not a wait for the test.
+                tokio::time::sleep(pause).await;
+                if stream.write_all(&bytes).await.is_err() || stream.flush().await.is_err() {
+                    return;
+                }
+            }
+            if hold {
+                let mut sink = [0u8; 64];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+        });
+        addr
+    }
+
+    /// One record with a token of `len` bytes.
+    fn record_of_len(timestamp: u32, len: usize) -> Vec<u8> {
+        let mut t = timestamp.to_be_bytes().to_vec();
+        t.extend_from_slice(&(len as u16).to_be_bytes());
+        t.extend(std::iter::repeat_n(0x5a, len));
+        t
+    }
+
+    /// The tokens of `DOMAIN` in the store's file as it is on disk now (not as the store holds them).
+    fn tokens_on_disk(path: &std::path::Path) -> Vec<String> {
+        let mut tokens: Vec<String> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<InvalidTokenEntry>(l).unwrap().token)
+            .collect();
+        tokens.sort();
+        tokens
+    }
+
+    /// A record whose token cannot be one (0 bytes, or more than 100) is skipped, and the records after it are
+    /// read and recorded: the service forgets the whole list once read. The records are on disk when the poll
+    /// returns.
+    #[tokio::test]
+    async fn a_record_of_no_possible_length_is_skipped_and_the_list_read_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let path = dir.path().join("tokens");
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let list = [
+            tuple(1_700_000_000, 0xaa),
+            record_of_len(1_700_000_001, 0),
+            record_of_len(1_700_000_002, 150),
+            tuple(1_700_000_003, 0xbb),
+        ]
+        .concat();
+        let service = scripted_service(&pki, vec![(Duration::ZERO, list)], false).await;
+        let polled = poll_once(&resolver(&pki, service), &store, DOMAIN).await;
+        assert_eq!(polled.unwrap(), 2);
+        assert_eq!(tokens_on_disk(&path), ["aa".repeat(32), "bb".repeat(32)]);
+    }
+
+    /// A record declaring a length no record comes near means the stream is out of step: the poll ends with an
+    /// error, keeping (on disk) what came before.
+    #[tokio::test]
+    async fn a_stream_out_of_step_ends_the_poll_keeping_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let path = dir.path().join("tokens");
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let list = [
+            tuple(1_700_000_000, 0xaa),
+            record_of_len(1_700_000_001, 5000),
+        ]
+        .concat();
+        let service = scripted_service(&pki, vec![(Duration::ZERO, list)], false).await;
+        let err = poll_once(&resolver(&pki, service), &store, DOMAIN)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("5000-byte token") && err.contains("out of step"),
+            "{err}"
+        );
+        assert_eq!(tokens_on_disk(&path), ["aa".repeat(32)]);
+    }
+
+    /// A long list over a slow link is read to its end however long it takes in all, as long as bytes keep coming
+    /// (here the whole list takes longer than the wait allowed between two reads).
+    #[tokio::test]
+    async fn a_slow_list_is_read_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let store = InvalidTokenStore::open(&dir.path().join("tokens"), None).unwrap();
+        let idle = Duration::from_secs(2);
+        let chunks: Vec<(Duration, Vec<u8>)> = (0..25u8)
+            .map(|i| (Duration::from_millis(100), tuple(1_700_000_000, i)))
+            .collect();
+        let service = scripted_service(&pki, chunks, false).await;
+        let resolver = resolver(&pki, service);
+        let settings = resolver.build(DOMAIN).unwrap();
+        let limits = PollLimits {
+            idle,
+            total: Duration::from_secs(600),
+        };
+        let began = Instant::now();
+        let polled = poll_within(&resolver, &store, DOMAIN, &settings, limits).await;
+        assert_eq!(polled.unwrap(), 25);
+        // The pauses alone add up to more than the idle limit: a limit on the whole poll would have cut it.
+        assert!(began.elapsed() > idle);
+    }
+
+    /// A service that goes silent without closing is given up once nothing came for the idle limit; what it
+    /// listed before is kept, on disk.
+    #[tokio::test]
+    async fn a_silent_service_is_given_up_after_the_idle_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+        let path = dir.path().join("tokens");
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let service = scripted_service(
+            &pki,
+            vec![(Duration::ZERO, tuple(1_700_000_000, 0xaa))],
+            true,
+        )
+        .await;
+        let resolver = resolver(&pki, service);
+        let settings = resolver.build(DOMAIN).unwrap();
+        let limits = PollLimits {
+            idle: Duration::from_millis(300),
+            total: Duration::from_secs(600),
+        };
+        let err = poll_within(&resolver, &store, DOMAIN, &settings, limits)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nothing came for") && err.contains("after 1 records"),
+            "{err}"
+        );
+        assert_eq!(tokens_on_disk(&path), ["aa".repeat(32)]);
+    }
+
+    /// A poll that succeeded is followed by the next one an interval after it began; a failed one is tried again
+    /// sooner, 30 s after it ended, then twice as long after each failure in a row, up to 30 minutes (never later
+    /// than the interval).
+    #[test]
+    fn a_failed_poll_is_tried_again_sooner_with_a_bounded_backoff() {
+        let day = Duration::from_secs(24 * 3600);
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let ok = Schedule::after(t0, at(5), true, None);
+        assert!(!ok.due(at(3600), day));
+        assert!(ok.due(at(24 * 3600), day));
+        let mut s = Schedule::after(t0, at(5), false, Some(&ok));
+        assert_eq!(s.failures, 1);
+        assert!(!s.due(at(34), day));
+        assert!(s.due(at(35), day));
+        let mut waits = Vec::new();
+        let mut ended = at(35);
+        for _ in 0..10 {
+            s = Schedule::after(ended, ended, false, Some(&s));
+            let wait = (1..=day.as_secs())
+                .find(|&w| s.due(ended + Duration::from_secs(w), day))
+                .unwrap();
+            waits.push(wait);
+            ended += Duration::from_secs(wait);
+        }
+        assert_eq!(
+            waits,
+            [60, 120, 240, 480, 960, 1800, 1800, 1800, 1800, 1800]
+        );
+        // Never later than the interval.
+        assert!(s.due(ended + Duration::from_secs(60), Duration::from_secs(60)));
+        // A success starts the interval again.
+        let back = Schedule::after(ended, at(99_999), true, Some(&s));
+        assert_eq!(back.failures, 0);
+        assert!(!back.due(ended + Duration::from_secs(1800), day));
     }
 }

@@ -1,12 +1,27 @@
 //! The durable invalid-token store: an append-only JSON-lines file read back on start, with an in-memory index
-//! that keeps one entry per (domain, token) — the one with the latest invalidation time — and, per domain, the
-//! order in which herald learnt them (for `since` and the dashboard's newest few).
+//! that keeps one entry per (domain, token) — the latest report — and, per domain, the order in which herald learnt
+//! them (for `since` and the dashboard's newest few).
 //!
-//! A report that tells nothing new is not written: the same or an older APNs timestamp for a known token, or a
-//! report without an APNs timestamp (HTTP/2 `BadDeviceToken`, binary status 8) of a token already known for that
-//! reason. So a sender that keeps sending to a bad token adds nothing to the file, the feedback log or the shared
-//! bucket, and the entry keeps the time herald first learnt it. A file that holds more superseded lines than live
-//! entries (past [`COMPACT_MIN_SUPERSEDED`]) is rewritten with the live entries when the store opens.
+//! A report that tells nothing new is not written: the same or an older APNs timestamp for a token known with an
+//! APNs timestamp, or a report without an APNs timestamp (HTTP/2 `BadDeviceToken`, binary status 8) of a token
+//! herald learnt less than [`UNTIMED_REPORT_AGAIN_AFTER`] ago. So a sender that keeps sending to a bad token adds
+//! nothing to the file, the feedback log or the shared bucket, and the entry keeps the time herald first learnt it.
+//! An entry records whether its time is APNs' ([`InvalidTokenEntry::timestamp_from_apns`]): the first report with an
+//! APNs timestamp replaces one timed by herald (whatever the two times), since that is the time a sender compares
+//! with a token's registration.
+//!
+//! Writing: the index changes under the store's lock, and the line goes to the file's writer thread
+//! ([`super::writer`]): no caller waits for the disk. A line the file did not take stays in memory and is written
+//! again until the file takes it; a feedback poll syncs its batch ([`InvalidTokenStore::sync`]), since APNs forgets
+//! a list once read, while an entry from an answer to a notification lost in a crash is reported again by APNs at
+//! the next notification to that token.
+//!
+//! Removing: `DELETE /api/v1/tokens/invalid` ([`InvalidTokenStore::delete`]) writes a tombstone line (and puts it
+//! in the shared bucket, in place of the entry), so a restart does not bring the entry back, nor another node's copy
+//! of it; a later report lists the token again. [`InvalidTokenStore::expire`] drops the entries herald last learnt
+//! before a time. The dead lines (superseded, deleted, expired) leave the file when it is rewritten with its live
+//! entries: at open, or while herald runs, once they are more than [`COMPACT_MIN_SUPERSEDED`] and more than the
+//! entries.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -17,11 +32,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::writer::{Sink, Writer};
 use crate::logs::file::{LogFile, LogFileError, push_escaped};
 use crate::queue::{InvalidToken, InvalidTokenSink};
 
 /// One invalid token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredEntry")]
 pub struct InvalidTokenEntry {
     pub domain: String,
     /// Lowercase hex.
@@ -34,10 +51,67 @@ pub struct InvalidTokenEntry {
     pub timestamp_ms: u64,
     /// When this herald learnt it, ms since the epoch: what `since` compares with and lists are ordered by. An
     /// entry written before herald kept it reads it as `timestamp_ms`. The store sets it when it records an entry.
-    #[serde(default)]
     pub learnt_ms: u64,
     /// `apns` (an answer to a notification) or `feedback` (the binary feedback service).
     pub source: String,
+    /// Whether `timestamp_ms` is APNs' (a 410's timestamp, a feedback tuple's time) rather than when herald learnt
+    /// the token (`BadDeviceToken`, binary status 8). A line written before herald kept it reads it from the
+    /// entry: `feedback` entries are APNs-timed; `apns` ones are unless their reason is `BadDeviceToken` or
+    /// `invalid token`, or their time is the time herald learnt them.
+    pub timestamp_from_apns: bool,
+}
+
+/// An entry as a line holds it: the fields a herald of an earlier version did not write are optional.
+#[derive(Deserialize)]
+struct StoredEntry {
+    domain: String,
+    token: String,
+    reason: String,
+    timestamp_ms: u64,
+    #[serde(default)]
+    learnt_ms: Option<u64>,
+    source: String,
+    #[serde(default)]
+    timestamp_from_apns: Option<bool>,
+}
+
+/// Reasons APNs gives without a timestamp: HTTP/2 `BadDeviceToken`, binary status 8.
+const UNTIMED_REASONS: [&str; 2] = ["BadDeviceToken", "invalid token"];
+
+impl From<StoredEntry> for InvalidTokenEntry {
+    fn from(s: StoredEntry) -> Self {
+        let learnt = s.learnt_ms.filter(|&l| l != 0);
+        let timestamp_from_apns = s.timestamp_from_apns.unwrap_or_else(|| {
+            s.source == "feedback"
+                || !(UNTIMED_REASONS.contains(&s.reason.as_str()) || learnt == Some(s.timestamp_ms))
+        });
+        InvalidTokenEntry {
+            learnt_ms: learnt.unwrap_or(s.timestamp_ms),
+            domain: s.domain,
+            token: s.token,
+            reason: s.reason,
+            timestamp_ms: s.timestamp_ms,
+            source: s.source,
+            timestamp_from_apns,
+        }
+    }
+}
+
+/// A removed entry: a line of the file, and the value of its key in the shared bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Tombstone {
+    domain: String,
+    token: String,
+    /// When it was removed, ms since the epoch.
+    deleted_ms: u64,
+}
+
+/// A line of the file (or a value of the shared bucket).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredLine {
+    Entry(InvalidTokenEntry),
+    Deleted(Tombstone),
 }
 
 /// A report without an APNs timestamp (BadDeviceToken, binary status 8) of a token already listed is written again
@@ -49,9 +123,9 @@ pub const UNTIMED_REPORT_AGAIN_AFTER: std::time::Duration =
 
 /// The key of an entry in the shared bucket: the token, then the domain in hex (a subject token allows no other
 /// characters a domain may hold).
-fn shared_key(entry: &InvalidTokenEntry) -> String {
-    let mut key = format!("{}.", entry.token);
-    for b in entry.domain.bytes() {
+fn shared_key(domain: &str, token: &str) -> String {
+    let mut key = format!("{token}.");
+    for b in domain.bytes() {
         key.push_str(&format!("{b:02x}"));
     }
     key
@@ -60,9 +134,15 @@ fn shared_key(entry: &InvalidTokenEntry) -> String {
 /// How often a feedback log that keeps failing to take writes is warned about (as the other logs are).
 const LOG_ERROR_EVERY: Duration = Duration::from_secs(10);
 
-/// Superseded lines the file may hold beyond its live entries before the store rewrites it at open: it is
-/// rewritten when the superseded lines are more than this and more than the live entries.
+/// Dead lines (superseded, deleted, expired) the file may hold beyond its live entries before the store rewrites
+/// it: it is rewritten when they are more than this and more than the live entries.
 pub const COMPACT_MIN_SUPERSEDED: usize = 1000;
+
+/// How long a feedback poll's [`InvalidTokenStore::sync`] waits for the disk.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
+
+/// How long dropping the store waits for its writer to write what it holds.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why the store could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +160,9 @@ struct DomainEntries {
     by_token: HashMap<String, InvalidTokenEntry>,
     /// (learnt_ms, token) of each entry: the domain's entries in the order herald learnt them.
     by_learnt: BTreeSet<(u64, String)>,
+    /// Tokens removed (a `DELETE`, another node's), with when: a copy of the entry learnt before then (the shared
+    /// bucket's, read again when NATS reconnects) does not bring it back.
+    deleted: HashMap<String, u64>,
 }
 
 /// Every entry, by domain.
@@ -87,6 +170,10 @@ struct DomainEntries {
 struct Index {
     domains: HashMap<String, DomainEntries>,
     len: usize,
+    /// Tombstones held (in `deleted`).
+    tombstones: usize,
+    /// Entries learnt before this were expired: a copy from another node learnt before it is not taken.
+    expired_before: u64,
 }
 
 impl Index {
@@ -94,21 +181,88 @@ impl Index {
         self.domains.get(domain)?.by_token.get(token)
     }
 
-    /// Puts `entry` in, in place of the domain's entry of its token.
-    fn insert(&mut self, entry: InvalidTokenEntry) {
+    /// Puts `entry` in, in place of the domain's entry of its token; returns whether it replaced one.
+    fn insert(&mut self, entry: InvalidTokenEntry) -> bool {
         let d = self.domains.entry(entry.domain.clone()).or_default();
         let learnt = (entry.learnt_ms, entry.token.clone());
-        match d.by_token.insert(entry.token.clone(), entry) {
+        let replaced = match d.by_token.insert(entry.token.clone(), entry) {
             Some(old) => {
                 d.by_learnt.remove(&(old.learnt_ms, old.token));
+                true
             }
-            None => self.len += 1,
-        }
+            None => {
+                self.len += 1;
+                false
+            }
+        };
         d.by_learnt.insert(learnt);
+        replaced
     }
 
-    /// Entries learnt at or after `since_ms`, in the order herald learnt them (then by domain and token).
-    fn list(&self, domain: Option<&str>, since_ms: u64) -> Vec<InvalidTokenEntry> {
+    fn remove(&mut self, domain: &str, token: &str) -> Option<InvalidTokenEntry> {
+        let d = self.domains.get_mut(domain)?;
+        let old = d.by_token.remove(token)?;
+        d.by_learnt.remove(&(old.learnt_ms, old.token.clone()));
+        self.len -= 1;
+        Some(old)
+    }
+
+    /// When `token` of `domain` was removed, if it was.
+    fn deleted_at(&self, domain: &str, token: &str) -> Option<u64> {
+        self.domains.get(domain)?.deleted.get(token).copied()
+    }
+
+    /// Notes that `token` of `domain` was removed at `at`; returns whether that is news (not known as removed then
+    /// or later).
+    fn mark_deleted(&mut self, domain: &str, token: &str, at: u64) -> bool {
+        let d = self.domains.entry(domain.to_owned()).or_default();
+        match d.deleted.get_mut(token) {
+            Some(known) if *known >= at => false,
+            Some(known) => {
+                *known = at;
+                true
+            }
+            None => {
+                d.deleted.insert(token.to_owned(), at);
+                self.tombstones += 1;
+                true
+            }
+        }
+    }
+
+    /// Applies a tombstone: the entry learnt at or before it goes. Returns whether it was news.
+    fn apply_tombstone(&mut self, t: &Tombstone) -> (bool, Option<InvalidTokenEntry>) {
+        let removed = match self.get(&t.domain, &t.token) {
+            Some(e) if e.learnt_ms <= t.deleted_ms => self.remove(&t.domain, &t.token),
+            _ => None,
+        };
+        let news = self.mark_deleted(&t.domain, &t.token, t.deleted_ms);
+        (news || removed.is_some(), removed)
+    }
+
+    /// Drops the entries learnt before `cutoff_ms` and the tombstones older than it; returns how many entries went.
+    fn expire(&mut self, cutoff_ms: u64) -> usize {
+        self.expired_before = self.expired_before.max(cutoff_ms);
+        let mut gone = 0;
+        for d in self.domains.values_mut() {
+            let keep = d.by_learnt.split_off(&(cutoff_ms, String::new()));
+            for (_, token) in std::mem::replace(&mut d.by_learnt, keep) {
+                d.by_token.remove(&token);
+                gone += 1;
+            }
+            let before = d.deleted.len();
+            d.deleted.retain(|_, at| *at >= cutoff_ms);
+            self.tombstones -= before - d.deleted.len();
+        }
+        self.domains
+            .retain(|_, d| !d.by_token.is_empty() || !d.deleted.is_empty());
+        self.len -= gone;
+        gone
+    }
+
+    /// Copies of the entries learnt at or after `since_ms`, one list per domain, each in the order herald learnt
+    /// them: what is done under the store's lock (the merge of the lists is done outside it).
+    fn parts(&self, domain: Option<&str>, since_ms: u64) -> Vec<Vec<InvalidTokenEntry>> {
         let of = |d: &DomainEntries| -> Vec<InvalidTokenEntry> {
             d.by_learnt
                 .range((since_ms, String::new())..)
@@ -116,14 +270,13 @@ impl Index {
                 .collect()
         };
         match domain {
-            Some(name) => self.domains.get(name).map(of).unwrap_or_default(),
-            None => {
-                let mut out: Vec<InvalidTokenEntry> = self.domains.values().flat_map(of).collect();
-                out.sort_by(|a, b| {
-                    (a.learnt_ms, &a.domain, &a.token).cmp(&(b.learnt_ms, &b.domain, &b.token))
-                });
-                out
-            }
+            Some(name) => self.domains.get(name).map(of).into_iter().collect(),
+            None => self
+                .domains
+                .values()
+                .map(of)
+                .filter(|l| !l.is_empty())
+                .collect(),
         }
     }
 
@@ -139,17 +292,46 @@ impl Index {
             .filter_map(|(_, token)| d.by_token.get(token).cloned())
             .collect()
     }
+
+    fn tombstone_list(&self) -> Vec<Tombstone> {
+        let mut out: Vec<Tombstone> = self
+            .domains
+            .iter()
+            .flat_map(|(domain, d)| {
+                d.deleted.iter().map(|(token, &at)| Tombstone {
+                    domain: domain.clone(),
+                    token: token.clone(),
+                    deleted_ms: at,
+                })
+            })
+            .collect();
+        out.sort_by_key(|t| t.deleted_ms);
+        out
+    }
+}
+
+/// The per-domain lists of [`Index::parts`] as one, in the order herald learnt them (then by domain and token).
+fn merge_parts(parts: Vec<Vec<InvalidTokenEntry>>) -> Vec<InvalidTokenEntry> {
+    if parts.len() <= 1 {
+        return parts.into_iter().next().unwrap_or_default();
+    }
+    let mut out = parts.concat();
+    // Each list is sorted already: the stable sort merges the runs.
+    out.sort_by(|a, b| (a.learnt_ms, &a.domain, &a.token).cmp(&(b.learnt_ms, &b.domain, &b.token)));
+    out
 }
 
 struct Inner {
     index: Index,
-    out: BufWriter<File>,
+    /// Dead lines in the file (superseded, deleted, expired entries) since it was last rewritten.
+    dead: usize,
 }
 
-/// The store. Writes are appended and flushed at once (an entry lost in a crash is reported again by APNs).
+/// The store.
 pub struct InvalidTokenStore {
     path: PathBuf,
     inner: Mutex<Inner>,
+    writer: Writer,
     feedback_log: Option<LogFile>,
     /// When a failed write of the feedback log was last warned about (once per [`LOG_ERROR_EVERY`] while it lasts).
     log_warned: Mutex<Option<Instant>>,
@@ -160,7 +342,7 @@ pub struct InvalidTokenStore {
 /// What reading the file found.
 struct Read {
     index: Index,
-    /// Entries read (each line that holds one, superseded or not).
+    /// Lines read that hold an entry or a tombstone (superseded or not).
     lines: usize,
     /// Bytes up to the end of the last whole line.
     whole: u64,
@@ -198,10 +380,10 @@ fn read_file(path: &Path) -> Result<Read, std::io::Error> {
         if line.trim_ascii().is_empty() {
             continue;
         }
-        match serde_json::from_slice::<InvalidTokenEntry>(&line) {
-            Ok(e) => {
+        match serde_json::from_slice::<StoredLine>(&line) {
+            Ok(l) => {
                 read.lines += 1;
-                merge(&mut read.index, e);
+                merge(&mut read.index, l);
             }
             Err(e) => tracing::warn!("{}:{n}: skipping an unreadable entry: {e}", path.display()),
         }
@@ -209,14 +391,18 @@ fn read_file(path: &Path) -> Result<Read, std::io::Error> {
     Ok(read)
 }
 
-/// Writes `index` to a new file beside `path`, then puts it in its place.
+/// Writes `index` (its tombstones, then its entries) to a new file beside `path`, then puts it in its place.
 fn rewrite(path: &Path, index: &Index) -> Result<(), std::io::Error> {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".compact");
     let tmp = path.with_file_name(name);
     let written = (|| {
         let mut out = BufWriter::new(File::create(&tmp)?);
-        for entry in index.list(None, 0) {
+        for t in index.tombstone_list() {
+            serde_json::to_writer(&mut out, &t)?;
+            out.write_all(b"\n")?;
+        }
+        for entry in merge_parts(index.parts(None, 0)) {
             serde_json::to_writer(&mut out, &entry)?;
             out.write_all(b"\n")?;
         }
@@ -233,12 +419,43 @@ fn rewrite(path: &Path, index: &Index) -> Result<(), std::io::Error> {
     written
 }
 
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The writer thread's rewrite ([`super::writer::Compactor`]): the file read back, without the entries learnt
+/// before `cutoff_ms`, written anew. The file holds every line the store handed the
+/// writer before (it writes nothing else meanwhile), so what it keeps is what the index holds.
+fn compact_file(path: &Path, cutoff_ms: u64) -> std::io::Result<()> {
+    let mut read = read_file(path)?;
+    let expired = read.index.expire(cutoff_ms);
+    let dropped = read
+        .lines
+        .saturating_sub(read.index.len + read.index.tombstones);
+    rewrite(path, &read.index)?;
+    tracing::info!(
+        "{}: rewritten with its {} entries ({dropped} dead lines dropped, {expired} of them expired)",
+        path.display(),
+        read.index.len,
+    );
+    Ok(())
+}
+
 impl InvalidTokenStore {
     /// Opens (or creates) the store at `path`, reading every entry back; unreadable lines are skipped with a
     /// warning. A last line cut off (by a crash) is cut from the file, so that the next entry starts a line of its
-    /// own; the file is rewritten with only the live entries when it holds many superseded ones.
-    /// `feedback_log` receives one line per new entry.
+    /// own; the file is rewritten with only the live entries when it holds many dead lines. Starts the file's
+    /// writer thread. `feedback_log` receives one line per new entry.
     pub fn open(path: &Path, feedback_log: Option<LogFile>) -> Result<Self, TokenStoreError> {
+        Self::open_with(path, feedback_log, |file| Box::new(file) as Box<dyn Sink>)
+    }
+
+    /// [`InvalidTokenStore::open`], the writer writing to what `sink` makes of the file (tests).
+    fn open_with(
+        path: &Path,
+        feedback_log: Option<LogFile>,
+        sink: impl FnOnce(File) -> Box<dyn Sink>,
+    ) -> Result<Self, TokenStoreError> {
         let io = |source| TokenStoreError::Io {
             path: path.to_owned(),
             source,
@@ -253,21 +470,22 @@ impl InvalidTokenStore {
             tail,
         } = read_file(path).map_err(io)?;
         // A last line without its newline: kept (with a newline added) if it is a whole entry, else cut off.
-        let tail_entry = (!tail.is_empty())
-            .then(|| serde_json::from_slice::<InvalidTokenEntry>(&tail).ok())
+        let tail_line = (!tail.is_empty())
+            .then(|| serde_json::from_slice::<StoredLine>(&tail).ok())
             .flatten();
-        if !tail.is_empty() && tail_entry.is_none() {
+        if !tail.is_empty() && tail_line.is_none() {
             tracing::warn!(
                 "{}: cutting off a last line that is not a whole entry ({} bytes)",
                 path.display(),
                 tail.len()
             );
         }
-        let lines = lines + usize::from(tail_entry.is_some());
-        if let Some(e) = tail_entry.clone() {
-            merge(&mut index, e);
+        let whole_tail = tail_line.is_some();
+        let lines = lines + usize::from(whole_tail);
+        if let Some(l) = tail_line {
+            merge(&mut index, l);
         }
-        let superseded = lines.saturating_sub(index.len);
+        let mut superseded = lines.saturating_sub(index.len + index.tombstones);
         let mut compacted = false;
         if superseded > COMPACT_MIN_SUPERSEDED && superseded > index.len {
             match rewrite(path, &index) {
@@ -278,6 +496,7 @@ impl InvalidTokenStore {
                         index.len
                     );
                     compacted = true;
+                    superseded = 0;
                 }
                 Err(e) => tracing::warn!(
                     "{}: could not rewrite it without its {superseded} superseded lines: {e}",
@@ -285,24 +504,22 @@ impl InvalidTokenStore {
                 ),
             }
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
+        let mut file = open_append(path).map_err(io)?;
         if !compacted && !tail.is_empty() {
-            if tail_entry.is_some() {
+            if whole_tail {
                 file.write_all(b"\n").map_err(io)?;
             } else {
                 file.set_len(whole).map_err(io)?;
             }
         }
+        let writer = Writer::start(path, sink(file), compact_file).map_err(io)?;
         Ok(InvalidTokenStore {
             path: path.to_owned(),
             inner: Mutex::new(Inner {
                 index,
-                out: BufWriter::new(file),
+                dead: superseded,
             }),
+            writer,
             feedback_log,
             log_warned: Mutex::new(None),
             shared: std::sync::OnceLock::new(),
@@ -313,30 +530,40 @@ impl InvalidTokenStore {
         &self.path
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records an entry whose `timestamp_ms` is APNs' (a 410's, a feedback tuple's) unless the same (domain,
-    /// token) is known with the same or a later time; `learnt_ms` is set to now. Returns whether it was new.
+    /// token) is known with an APNs time the same or later; `learnt_ms` is set to now. Returns whether it was new.
     pub fn record(&self, entry: InvalidTokenEntry) -> bool {
         self.record_learnt(entry, true, now_ms())
     }
 
     /// [`InvalidTokenStore::record`], for an entry learnt at `learnt_ms`; `timed`: whether `timestamp_ms` is
-    /// APNs' (else a report of the token for a reason already known for it adds nothing).
+    /// APNs' (else a report of a token herald learnt less than [`UNTIMED_REPORT_AGAIN_AFTER`] ago adds nothing).
     pub(crate) fn record_learnt(
         &self,
         entry: InvalidTokenEntry,
         timed: bool,
         learnt_ms: u64,
     ) -> bool {
-        let entry = InvalidTokenEntry { learnt_ms, ..entry };
-        let shared = self.shared.get();
-        let copy = shared.map(|_| entry.clone());
-        let new = self.record_here(entry, true, timed);
-        if let (true, Some(map), Some(entry)) = (new, shared, copy)
-            && let Ok(value) = serde_json::to_vec(&entry)
-        {
-            map.put(shared_key(&entry), value.into());
+        let entry = InvalidTokenEntry {
+            learnt_ms,
+            timestamp_from_apns: timed,
+            ..entry
+        };
+        match self.record_here(entry, true, None) {
+            Some(stored) => {
+                if let Some(map) = self.shared.get()
+                    && let Ok(value) = serde_json::to_vec(&stored)
+                {
+                    map.put(shared_key(&stored.domain, &stored.token), value.into());
+                }
+                true
+            }
+            None => false,
         }
-        new
     }
 
     /// Shares the store with the other nodes of a JetStream spool: new entries go to `map` as well. Entries of
@@ -353,17 +580,32 @@ impl InvalidTokenStore {
 
     /// Records an entry another node learnt (from the shared bucket): no feedback log line (that node wrote it),
     /// and not put back in the bucket. Its `learnt_ms` is when this node learnt it (now), so that a client
-    /// polling this node with `since` sees it even when it arrives late.
+    /// polling this node with `since` sees it even when it arrives late. A tombstone (another node's `DELETE`)
+    /// removes the entry that node learnt it after; an entry learnt before a removal or an expiry this node knows
+    /// of is not taken back.
     pub fn record_from_peer(&self, value: &[u8]) -> bool {
-        match serde_json::from_slice::<InvalidTokenEntry>(value) {
-            Ok(entry) => self.record_here(
-                InvalidTokenEntry {
-                    learnt_ms: now_ms(),
-                    ..entry
-                },
-                false,
-                true,
-            ),
+        match serde_json::from_slice::<StoredLine>(value) {
+            Ok(StoredLine::Entry(entry)) => {
+                let origin = entry.learnt_ms;
+                self.record_here(
+                    InvalidTokenEntry {
+                        learnt_ms: now_ms(),
+                        ..entry
+                    },
+                    false,
+                    Some(origin),
+                )
+                .is_some()
+            }
+            Ok(StoredLine::Deleted(t)) => {
+                let mut inner = self.lock();
+                let (news, removed) = inner.index.apply_tombstone(&t);
+                if news {
+                    inner.dead += usize::from(removed.is_some());
+                    self.append(&mut inner, &t);
+                }
+                news
+            }
             Err(e) => {
                 tracing::warn!("an invalid-token entry of the shared bucket is unreadable: {e}");
                 false
@@ -371,31 +613,62 @@ impl InvalidTokenStore {
         }
     }
 
-    fn record_here(&self, entry: InvalidTokenEntry, learnt_here: bool, timed: bool) -> bool {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        // News: a token not known, a later APNs timestamp (invalidated again after it was registered again), or a
-        // report without a timestamp (whatever its reason: two bindings may name one failure differently) once
-        // [`UNTIMED_REPORT_AGAIN_AFTER`] has passed since herald learnt the known one.
-        let news = match inner.index.get(&entry.domain, &entry.token) {
+    /// Hands the line of `value` to the writer (under the store's lock, so that the file has the lines in the
+    /// order the index took them), and has the file rewritten once its dead lines are many.
+    fn append(&self, inner: &mut Inner, value: &impl Serialize) {
+        if let Ok(line) = serde_json::to_string(value) {
+            self.writer.append(&line);
+        }
+        if inner.dead > COMPACT_MIN_SUPERSEDED && inner.dead > inner.index.len {
+            self.writer.compact(inner.index.expired_before);
+            inner.dead = 0;
+        }
+    }
+
+    /// Records `entry` if it is news; returns what was stored. `origin_learnt`: for an entry of another node, when
+    /// that node learnt it.
+    fn record_here(
+        &self,
+        mut entry: InvalidTokenEntry,
+        learnt_here: bool,
+        origin_learnt: Option<u64>,
+    ) -> Option<InvalidTokenEntry> {
+        let mut inner = self.lock();
+        if let Some(origin) = origin_learnt
+            && (origin < inner.index.expired_before
+                || inner
+                    .index
+                    .deleted_at(&entry.domain, &entry.token)
+                    .is_some_and(|at| origin <= at))
+        {
+            return None;
+        }
+        // News: a token not known; an APNs timestamp for a token known with herald's time only (the first time a
+        // sender can compare with a registration) or a later one than known (invalidated again after it was
+        // registered again); a report without a timestamp (whatever its reason: two bindings may name one failure
+        // differently) once [`UNTIMED_REPORT_AGAIN_AFTER`] has passed since herald learnt the known one. That one
+        // renews an entry with APNs' time only in when herald learnt it: APNs' time stays what a sender compares.
+        let old = inner.index.get(&entry.domain, &entry.token);
+        let news = match old {
             None => true,
-            Some(old) if timed => old.timestamp_ms < entry.timestamp_ms,
+            Some(old) if entry.timestamp_from_apns => {
+                !old.timestamp_from_apns || old.timestamp_ms < entry.timestamp_ms
+            }
             Some(old) => {
                 entry.learnt_ms.saturating_sub(old.learnt_ms)
                     >= UNTIMED_REPORT_AGAIN_AFTER.as_millis() as u64
             }
         };
         if !news {
-            return false;
+            return None;
         }
-        if let Ok(line) = serde_json::to_string(&entry) {
-            let written = writeln!(inner.out, "{line}").and_then(|_| inner.out.flush());
-            if let Err(e) = written {
-                tracing::error!(
-                    "writing the invalid-token store {}: {e}",
-                    self.path.display()
-                );
-            }
+        if let Some(old) = old.filter(|old| old.timestamp_from_apns && !entry.timestamp_from_apns) {
+            entry = InvalidTokenEntry {
+                learnt_ms: entry.learnt_ms,
+                ..old.clone()
+            };
         }
+        self.append(&mut inner, &entry);
         if let Some(log) = self.feedback_log.as_ref().filter(|_| learnt_here) {
             // Appended in memory and handed to the log's writer thread at once: no wait for its disk here, under
             // the store's lock.
@@ -404,34 +677,89 @@ impl InvalidTokenStore {
                 self.warn_log_error(&e);
             }
         }
-        inner.index.insert(entry);
-        true
+        if inner.index.insert(entry.clone()) {
+            inner.dead += 1;
+        }
+        Some(entry)
+    }
+
+    /// Removes the entry of `token` (lowercase hex) of `domain`, and returns it; `None` when there is none. A
+    /// tombstone is written (and put in the shared bucket in place of the entry), so that neither a restart nor
+    /// another node's copy brings it back; a later report of the token lists it again.
+    pub fn delete(&self, domain: &str, token: &str) -> Option<InvalidTokenEntry> {
+        let mut inner = self.lock();
+        let removed = inner.index.remove(domain, token)?;
+        // After the entry's learnt time, even should the clock have stepped back.
+        let t = Tombstone {
+            domain: domain.to_owned(),
+            token: token.to_owned(),
+            deleted_ms: now_ms().max(removed.learnt_ms),
+        };
+        inner.index.mark_deleted(domain, token, t.deleted_ms);
+        inner.dead += 1;
+        self.append(&mut inner, &t);
+        drop(inner);
+        if let Some(map) = self.shared.get()
+            && let Ok(value) = serde_json::to_vec(&t)
+        {
+            map.put(shared_key(domain, token), value.into());
+        }
+        Some(removed)
+    }
+
+    /// Drops the entries herald last learnt before `cutoff_ms` (ms since the epoch), and the tombstones older than
+    /// it; an entry another node learnt before it is not taken from the shared bucket either. Their lines leave the
+    /// file when it is next rewritten. Returns how many entries went.
+    pub fn expire(&self, cutoff_ms: u64) -> usize {
+        let mut inner = self.lock();
+        let gone = inner.index.expire(cutoff_ms);
+        inner.dead += gone;
+        if inner.dead > COMPACT_MIN_SUPERSEDED && inner.dead > inner.index.len {
+            self.writer.compact(inner.index.expired_before);
+            inner.dead = 0;
+        }
+        gone
     }
 
     /// Entries of `domain` (all domains when `None`) herald learnt at or after `since_ms`, in the order it learnt
-    /// them.
+    /// them. Only the copy is made under the store's lock; a caller on an async thread runs it on the blocking pool
+    /// when the store is large.
     pub fn list(&self, domain: Option<&str>, since_ms: u64) -> Vec<InvalidTokenEntry> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.index.list(domain, since_ms)
+        let parts = self.lock().index.parts(domain, since_ms);
+        merge_parts(parts)
     }
 
     /// The `n` entries of `domain` herald learnt last, newest first: only those are read and copied, whatever the
     /// size of the store.
     pub fn newest(&self, domain: &str, n: usize) -> Vec<InvalidTokenEntry> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.index.newest(domain, n)
+        self.lock().index.newest(domain, n)
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .index
-            .len
+        self.lock().index.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Entries recorded that the file has not taken yet (its disk is slow, or fails: they are written once it
+    /// takes writes again).
+    pub fn pending_writes(&self) -> u64 {
+        self.writer.pending()
+    }
+
+    /// Waits until the file took every entry recorded before the call (blocking the calling thread), at most
+    /// `wait`; else why not (the entries wait in memory meanwhile).
+    pub fn flush(&self, wait: Duration) -> Result<(), String> {
+        self.writer.flush(wait)
+    }
+
+    /// Has every entry recorded so far written and synced to disk (`fdatasync`), waiting without blocking an async
+    /// thread, at most 10 s; else why not (the entries wait in memory, and are written once the file takes them).
+    /// The feedback poller calls it after each poll: the service forgets what it listed.
+    pub async fn sync(&self) -> Result<(), String> {
+        self.writer.sync(SYNC_WAIT).await
     }
 
     /// Reopens the feedback log (logrotate).
@@ -456,16 +784,39 @@ impl InvalidTokenStore {
     }
 }
 
-/// Adds an entry read from the file: the one with the later invalidation time stays.
-fn merge(index: &mut Index, mut e: InvalidTokenEntry) {
-    if e.learnt_ms == 0 {
-        e.learnt_ms = e.timestamp_ms;
+impl Drop for InvalidTokenStore {
+    /// Has the writer write (and sync) what it holds, waiting for it at most 5 s.
+    fn drop(&mut self) {
+        self.writer.close(CLOSE_WAIT);
     }
-    if index
-        .get(&e.domain, &e.token)
-        .is_none_or(|old| old.timestamp_ms < e.timestamp_ms)
-    {
-        index.insert(e);
+}
+
+/// Whether `e`, read after `old` from the file (which holds lines in the order herald took them), takes its place:
+/// an APNs time over herald's, a later APNs time, or the same entry learnt again later.
+fn replaces_on_read(e: &InvalidTokenEntry, old: &InvalidTokenEntry) -> bool {
+    match (e.timestamp_from_apns, old.timestamp_from_apns) {
+        (true, false) => true,
+        (false, true) => false,
+        (true, true) => (e.timestamp_ms, e.learnt_ms) > (old.timestamp_ms, old.learnt_ms),
+        (false, false) => (e.learnt_ms, e.timestamp_ms) > (old.learnt_ms, old.timestamp_ms),
+    }
+}
+
+/// Adds a line read from the file: an entry as [`replaces_on_read`] says, a tombstone removing the entry learnt
+/// before it.
+fn merge(index: &mut Index, line: StoredLine) {
+    match line {
+        StoredLine::Entry(e) => {
+            if index
+                .get(&e.domain, &e.token)
+                .is_none_or(|old| replaces_on_read(&e, old))
+            {
+                index.insert(e);
+            }
+        }
+        StoredLine::Deleted(t) => {
+            index.apply_tombstone(&t);
+        }
     }
 }
 
@@ -501,6 +852,7 @@ impl InvalidTokenSink for InvalidTokenStore {
                 timestamp_ms: token.timestamp_ms.unwrap_or(now),
                 learnt_ms: now,
                 source: "apns".into(),
+                timestamp_from_apns: token.timestamp_ms.is_some(),
             },
             token.timestamp_ms.is_some(),
             now,
@@ -520,7 +872,16 @@ mod tests {
             timestamp_ms: ts,
             learnt_ms: 0,
             source: "apns".into(),
+            timestamp_from_apns: true,
         }
+    }
+
+    const WAIT: Duration = Duration::from_secs(30);
+
+    /// The lines of the store's file once its writer wrote every entry recorded so far.
+    fn written(store: &InvalidTokenStore) -> Vec<String> {
+        store.flush(WAIT).unwrap();
+        lines(store.path())
     }
 
     fn lines(path: &Path) -> Vec<String> {
@@ -626,19 +987,19 @@ mod tests {
         for _ in 0..1000 {
             sink.record(report(1, "BadDeviceToken", None));
         }
-        assert_eq!(lines(&path).len(), 1);
+        assert_eq!(written(&store).len(), 1);
         // Nor another reason without a timestamp, in turn with the first (a domain with an HTTP/2 binding and a
         // binary one naming the same failure differently).
         for _ in 0..500 {
             sink.record(report(1, "invalid token", None));
             sink.record(report(1, "BadDeviceToken", None));
         }
-        assert_eq!(lines(&path).len(), 1);
+        assert_eq!(written(&store).len(), 1);
         // An APNs timestamp later than what is known is news (the token was registered again, and dropped).
         let later = now_ms() + 60_000;
         sink.record(report(1, "Unregistered", Some(later)));
         sink.record(report(1, "Unregistered", Some(later)));
-        assert_eq!(lines(&path).len(), 2);
+        assert_eq!(written(&store).len(), 2);
         store.feedback_log().unwrap().flush().unwrap();
         assert_eq!(lines(&log_path).len(), 2);
         assert_eq!(store.len(), 1);
@@ -648,7 +1009,7 @@ mod tests {
         let sink: &dyn InvalidTokenSink = &store;
         sink.record(report(2, "BadDeviceToken", None));
         sink.record(report(2, "BadDeviceToken", None));
-        assert_eq!(lines(&path).len(), 3);
+        assert_eq!(written(&store).len(), 3);
         // A day after herald learnt it, a token still reported bad is news again (learnt anew).
         let first = store.list(None, 0)[0].clone();
         let day_later = first.learnt_ms + UNTIMED_REPORT_AGAIN_AFTER.as_millis() as u64;
@@ -658,7 +1019,7 @@ mod tests {
         };
         assert!(!store.record_learnt(again.clone(), false, day_later - 1));
         assert!(store.record_learnt(again, false, day_later));
-        assert_eq!(lines(&path).len(), 4);
+        assert_eq!(written(&store).len(), 4);
         assert_eq!(store.list(None, day_later).len(), 1);
     }
 
@@ -810,5 +1171,341 @@ mod tests {
         assert!(store.record(entry("dd", 4)));
         drop(store);
         assert_eq!(InvalidTokenStore::open(&path, None).unwrap().len(), 2);
+    }
+
+    /// A disk that stalls (a hung NFS server, a device that takes seconds per write).
+    struct Gate {
+        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+        file: File,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, turn) = &*self.open;
+            let mut is_open = open.lock().unwrap();
+            while !*is_open {
+                is_open = turn.wait(is_open).unwrap();
+            }
+            self.file.write(buf)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.file.flush()
+        }
+    }
+
+    impl Sink for Gate {
+        fn sync(&mut self) -> std::io::Result<()> {
+            self.file.sync_data()
+        }
+    }
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Delivery tasks record invalid tokens while the store's disk does not return a write: they neither wait for
+    /// it nor for the store's lock, nor does a listing; the entries are written once the disk takes writes again.
+    #[test]
+    fn recording_does_not_wait_for_a_stalled_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invalid.jsonl");
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let open = gate.clone();
+        let store = Arc::new(
+            InvalidTokenStore::open_with(&path, None, move |file| {
+                Box::new(Gate { open, file }) as Box<dyn Sink>
+            })
+            .unwrap(),
+        );
+        let (done, finished) = std::sync::mpsc::channel();
+        let recording = store.clone();
+        std::thread::spawn(move || {
+            let sink: &dyn InvalidTokenSink = &*recording;
+            for i in 0..100u8 {
+                sink.record(report(i, "Unregistered", Some(1_000 + u64::from(i))));
+            }
+            let _ = done.send(recording.list(None, 0).len());
+        });
+        let listed = finished
+            .recv_timeout(WAIT)
+            .expect("recording waited for a disk that does not take writes");
+        assert_eq!(listed, 100);
+        assert_eq!(store.len(), 100);
+        assert!(store.pending_writes() > 0);
+        let stalled = store.flush(Duration::from_millis(10)).unwrap_err();
+        assert!(stalled.contains("has not returned"), "{stalled}");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        assert_eq!(written(&store).len(), 100);
+        assert_eq!(store.pending_writes(), 0);
+    }
+
+    /// A disk that fails writes for a while (`/dev/full` in place of the file, then the file again).
+    struct Switch {
+        full: Arc<AtomicBool>,
+        dev_full: File,
+        file: File,
+    }
+
+    impl Write for Switch {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.full.load(Ordering::SeqCst) {
+                self.dev_full.write(buf)
+            } else {
+                self.file.write(buf)
+            }
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.file.flush()
+        }
+    }
+
+    impl Sink for Switch {
+        fn sync(&mut self) -> std::io::Result<()> {
+            self.file.sync_data()
+        }
+    }
+
+    /// An entry whose write failed is not lost: it stays pending and is written once the disk takes writes
+    /// again (so it is there after a restart), though a report of it meanwhile is no news; the failure is warned
+    /// about once, not at every retry.
+    #[test]
+    fn a_failed_write_is_retried_until_written_and_warned_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invalid.jsonl");
+        let full = Arc::new(AtomicBool::new(true));
+        let switch = full.clone();
+        let store = InvalidTokenStore::open_with(&path, None, move |file| {
+            Box::new(Switch {
+                full: switch,
+                dev_full: OpenOptions::new().write(true).open("/dev/full").unwrap(),
+                file,
+            }) as Box<dyn Sink>
+        })
+        .unwrap();
+        assert!(store.record(entry("aa", 10)));
+        assert!(!store.record(entry("aa", 10)), "known in memory");
+        let counts = store
+            .writer
+            .wait_for(WAIT, |c| c.failures >= 3)
+            .expect("the failed write is tried again");
+        assert_eq!(counts.warnings, 1, "{counts:?}");
+        assert_eq!(counts.written, 0);
+        let error = store.flush(Duration::ZERO).unwrap_err();
+        assert!(error.contains("1 entries wait in memory"), "{error}");
+        assert!(lines(&path).is_empty());
+        full.store(false, Ordering::SeqCst);
+        assert_eq!(written(&store).len(), 1);
+        drop(store);
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        assert_eq!(store.list(None, 0)[0].token, "aa");
+    }
+
+    /// A 410 (or feedback record) whose APNs time is older than the time herald gave a `BadDeviceToken` of the
+    /// same token replaces it: the list then holds APNs' time, the one a sender compares with the token's
+    /// registration; a restart keeps it so.
+    #[test]
+    fn an_apns_timestamp_replaces_herald_s_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invalid.jsonl");
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let sink: &dyn InvalidTokenSink = &store;
+        sink.record(report(1, "BadDeviceToken", None));
+        let first = store.list(None, 0)[0].clone();
+        assert!(!first.timestamp_from_apns);
+        let day_ago = first.timestamp_ms - 24 * 3600 * 1000;
+        sink.record(report(1, "Unregistered", Some(day_ago)));
+        let check = |store: &InvalidTokenStore| {
+            let e = store.list(None, 0)[0].clone();
+            assert_eq!(
+                (e.timestamp_ms, e.reason.as_str(), e.timestamp_from_apns),
+                (day_ago, "Unregistered", true),
+                "{e:?}"
+            );
+        };
+        check(&store);
+        // An older APNs time, or no time at all, tells nothing new.
+        sink.record(report(1, "Unregistered", Some(day_ago - 1000)));
+        sink.record(report(1, "BadDeviceToken", None));
+        check(&store);
+        assert_eq!(written(&store).len(), 2);
+        drop(store);
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        check(&store);
+        // A feedback record does the same.
+        let store2 = InvalidTokenStore::open(&dir.path().join("two.jsonl"), None).unwrap();
+        let sink: &dyn InvalidTokenSink = &store2;
+        sink.record(report(2, "invalid token", None));
+        assert!(store2.record(InvalidTokenEntry {
+            reason: "feedback".into(),
+            source: "feedback".into(),
+            token: "02".repeat(32),
+            ..entry("", 5_000)
+        }));
+        let e = store2.list(None, 0)[0].clone();
+        assert_eq!((e.timestamp_ms, e.source.as_str()), (5_000, "feedback"));
+    }
+
+    /// Lines of a herald that did not write `timestamp_from_apns` still read, and tell whether their time is
+    /// APNs': a `BadDeviceToken` or `invalid token` entry, or one whose time is when herald learnt it, is
+    /// herald-timed; a 410 with a timestamp or a feedback record is APNs-timed. A `BadDeviceToken` line followed by
+    /// an older 410 reads as the 410.
+    #[test]
+    fn lines_of_an_earlier_herald_read_whether_their_time_is_apns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invalid.jsonl");
+        let line = |token: &str, reason: &str, ts: u64, learnt: Option<u64>, source: &str| {
+            let mut v = serde_json::json!({
+                "domain": "apps.example", "token": token, "reason": reason, "timestamp_ms": ts, "source": source,
+            });
+            if let Some(l) = learnt {
+                v["learnt_ms"] = l.into();
+            }
+            v.to_string()
+        };
+        let text = [
+            line("aa", "BadDeviceToken", 5_000, Some(5_000), "apns"),
+            line("bb", "Unregistered", 3_000, Some(9_000), "apns"),
+            line("cc", "Unregistered", 9_000, Some(9_000), "apns"),
+            line("dd", "feedback", 1_000, None, "feedback"),
+            line("ee", "invalid token", 7_000, None, "apns"),
+            line("ff", "BadDeviceToken", 8_000, Some(8_000), "apns"),
+            line("ff", "Unregistered", 2_000, Some(8_500), "apns"),
+        ]
+        .join("\n")
+            + "\n";
+        std::fs::write(&path, text).unwrap();
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let got: HashMap<String, (bool, u64, String)> = store
+            .list(None, 0)
+            .into_iter()
+            .map(|e| (e.token, (e.timestamp_from_apns, e.timestamp_ms, e.reason)))
+            .collect();
+        let want = |apns: bool, ts: u64, reason: &str| (apns, ts, reason.to_owned());
+        assert_eq!(got["aa"], want(false, 5_000, "BadDeviceToken"));
+        assert_eq!(got["bb"], want(true, 3_000, "Unregistered"));
+        assert_eq!(got["cc"], want(false, 9_000, "Unregistered"));
+        assert_eq!(got["dd"], want(true, 1_000, "feedback"));
+        assert_eq!(got["ee"], want(false, 7_000, "invalid token"));
+        assert_eq!(got["ff"], want(true, 2_000, "Unregistered"));
+        // And an APNs-timed report of `aa` replaces herald's time, as with an entry written now.
+        assert!(store.record(entry("aa", 4_000)));
+    }
+
+    /// `delete` removes an entry for good: not listed, not back after a restart (a tombstone line); a later
+    /// report lists the token again, and that survives a restart too.
+    #[test]
+    fn a_deleted_entry_stays_deleted_until_reported_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invalid.jsonl");
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        assert!(store.record(entry("aa", 10)));
+        assert!(store.record(entry("bb", 11)));
+        let gone = store.delete("apps.example", "aa").unwrap();
+        assert_eq!(gone.timestamp_ms, 10);
+        assert!(store.delete("apps.example", "aa").is_none());
+        assert!(store.delete("other.example", "bb").is_none());
+        assert_eq!(store.len(), 1);
+        let file = written(&store);
+        assert_eq!(file.len(), 3);
+        assert!(file[2].contains("\"deleted_ms\""), "{file:?}");
+        drop(store);
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let tokens = |s: &InvalidTokenStore| {
+            s.list(None, 0)
+                .into_iter()
+                .map(|e| e.token)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(tokens(&store), ["bb"]);
+        // Reported again (the same APNs time): listed again.
+        assert!(store.record(entry("aa", 10)));
+        drop(store);
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        assert_eq!(tokens(&store), ["bb", "aa"]);
+    }
+
+    /// With JetStream: a copy of a deleted entry another node learnt before the delete (the shared bucket read
+    /// again after a reconnection or a restart) does not bring it back, before or after a restart; one learnt after
+    /// it does. Another node's tombstone removes the entry here, once.
+    #[test]
+    fn a_peer_copy_learnt_before_a_delete_does_not_bring_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invalid.jsonl");
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let copy = |token: &str, learnt_ms: u64| {
+            serde_json::to_vec(&InvalidTokenEntry {
+                learnt_ms,
+                ..entry(token, 10)
+            })
+            .unwrap()
+        };
+        assert!(store.record_from_peer(&copy("aa", 1_000)));
+        assert!(store.delete("apps.example", "aa").is_some());
+        assert!(!store.record_from_peer(&copy("aa", 1_000)));
+        drop(store);
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        assert!(!store.record_from_peer(&copy("aa", 1_000)));
+        assert!(store.is_empty());
+        assert!(store.record_from_peer(&copy("aa", now_ms() + 60_000)));
+        assert_eq!(store.len(), 1);
+
+        assert!(store.record_from_peer(&copy("bb", 2_000)));
+        let tombstone = serde_json::to_vec(&Tombstone {
+            domain: "apps.example".into(),
+            token: "bb".into(),
+            deleted_ms: now_ms() + 30_000,
+        })
+        .unwrap();
+        assert!(store.record_from_peer(&tombstone));
+        assert!(!store.record_from_peer(&tombstone), "the echo is no news");
+        assert_eq!(
+            store
+                .list(None, 0)
+                .into_iter()
+                .map(|e| e.token)
+                .collect::<Vec<_>>(),
+            ["aa"]
+        );
+        drop(store);
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        assert_eq!(store.len(), 1);
+        assert!(!store.record_from_peer(&copy("bb", 2_000)));
+    }
+
+    /// `expire` drops the entries herald learnt before a time; once their dead lines are many, the file is
+    /// rewritten without them while herald runs, and a restart does not bring them back. Another node's copy
+    /// learnt before the cutoff is not taken.
+    #[test]
+    fn expired_entries_leave_memory_and_then_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invalid.jsonl");
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        let old = 2 * COMPACT_MIN_SUPERSEDED as u64;
+        for i in 0..old + 10 {
+            assert!(store.record_learnt(entry(&format!("{i:064x}"), 10), true, 1_000 + i));
+        }
+        assert_eq!(written(&store).len() as u64, old + 10);
+        // A few: gone from memory, their lines kept until there are more.
+        assert_eq!(store.expire(1_005), 5);
+        assert_eq!(store.len() as u64, old + 5);
+        assert_eq!(written(&store).len() as u64, old + 10);
+        assert_eq!(store.expire(1_000 + old), old as usize - 5);
+        assert_eq!(store.len(), 10);
+        assert_eq!(written(&store).len(), 10);
+        assert!(
+            !store.record_from_peer(
+                &serde_json::to_vec(&InvalidTokenEntry {
+                    learnt_ms: 1_000,
+                    ..entry(&format!("{:064x}", 0), 10)
+                })
+                .unwrap()
+            )
+        );
+        assert!(store.record(entry("cc", 20)));
+        drop(store);
+        let store = InvalidTokenStore::open(&path, None).unwrap();
+        assert_eq!(store.len(), 11);
     }
 }
