@@ -21,6 +21,15 @@ fn quoted_or_bare(text: String) -> impl Strategy<Value = String> {
     any::<bool>().prop_map(move |q| render_value(&text, q))
 }
 
+/// A value `name` takes: any of its kind, but for an option whose empty value refuses the configuration (an empty
+/// `control_password`, herald-conf's whole-configuration checks).
+fn value_for_option(name: &str, kind: Kind) -> BoxedStrategy<String> {
+    if name == "control_password" {
+        return "[a-zA-Z0-9]{1,16}".prop_flat_map(quoted_or_bare).boxed();
+    }
+    value_for(kind)
+}
+
 fn value_for(kind: Kind) -> BoxedStrategy<String> {
     match kind {
         Kind::Bool => prop::sample::select(vec![
@@ -114,7 +123,7 @@ fn settings_where(scope: ScopeKind, max: usize, top_level: bool) -> BoxedStrateg
         .filter(|d| d.scopes.contains(scope) && (top_level || !d.top_level_domain_only))
         .collect();
     let one = prop::sample::select(defs)
-        .prop_flat_map(|d| (case_variant(d.name), value_for(d.kind)))
+        .prop_flat_map(|d| (case_variant(d.name), value_for_option(d.name, d.kind)))
         .prop_map(|(n, v)| format!("{n} = {v}"));
     prop::collection::vec(one, 0..max).boxed()
 }
