@@ -1185,6 +1185,13 @@ option_table! {
         "File of the invalid-token store (JSON lines); unset: invalid-tokens.jsonl in spool_dir; a herald addition.",
     )
     .read_at_start(),
+    InvalidTokenRetention => opt(
+        "invalid_token_retention",
+        Kind::Seconds,
+        Some("0"),
+        GLOBAL,
+        "Seconds an invalid-token entry is kept after herald last learnt of it (a token still reported is learnt anew, at most once a day); older ones leave the store and, at its next rewrite, its file; checked every minute; 0 = kept until deleted (`DELETE /api/v1/tokens/invalid`); a herald addition.",
+    ),
     FeedbackLogfile => opt(
         "feedback_logfile",
         Kind::Path,
@@ -1490,7 +1497,9 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         | "log_permanent_failures" => {
             "the mainlog writer (ec_logger; `herald check` validates the file)"
         }
-        "invalid_tokens_file" | "feedback_logfile" => "the invalid-token store",
+        "invalid_tokens_file" | "invalid_token_retention" | "feedback_logfile" => {
+            "the invalid-token store"
+        }
         "outcome_retention" | "outcome_max_entries" => "the status book (status lookups)",
         "outcome_webhook_url"
         | "outcome_webhook_secret"

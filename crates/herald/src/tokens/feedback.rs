@@ -381,12 +381,47 @@ impl Schedule {
 /// differently ([`ConfigResolver::distinct_bindings`]), each (binding, domain) on its own schedule with the
 /// interval that binding resolves ([`Schedule`]: a failed poll is tried again sooner), reading the configuration
 /// in force at each round (so a reload takes effect). Runs until the task is dropped.
+/// How often entries past `invalid_token_retention` are dropped.
+const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops the entries herald last learnt of longer ago than `invalid_token_retention` (read at every round, so a
+/// reload applies it; 0 keeps every entry), off the async threads.
+async fn expire_old_entries(config: &herald_conf::Config, store: &Arc<InvalidTokenStore>) {
+    let retention = config
+        .eval_id(
+            &herald_conf::ScopePath::global(),
+            herald_conf::Opt::InvalidTokenRetention,
+        )
+        .as_int()
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(0);
+    if retention == 0 {
+        return;
+    }
+    let cutoff_ms = crate::queue::message::unix_now()
+        .saturating_sub(retention)
+        .saturating_mul(1000);
+    let store = store.clone();
+    let gone = crate::queue::run_blocking(move || store.expire(cutoff_ms)).await;
+    if let Some(gone) = gone.filter(|&n| n > 0) {
+        tracing::info!(
+            "{gone} invalid-token entries left the store: learnt more than {retention} s ago \
+             (invalid_token_retention)"
+        );
+    }
+}
+
 pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenStore>) {
     let mut schedules: HashMap<(String, String), Schedule> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut next_expiry = Instant::now();
     loop {
         tick.tick().await;
         let config = resolver.config();
+        if Instant::now() >= next_expiry {
+            next_expiry = Instant::now() + EXPIRY_EVERY;
+            expire_old_entries(&config, &store).await;
+        }
         for domain in config.domains() {
             if domain.starts_with('/') {
                 continue;
@@ -439,6 +474,37 @@ mod tests {
 
     const TOPIC: &str = "com.example.feedback";
     const DOMAIN: &str = "legacy.example";
+
+    /// `invalid_token_retention` drops the entries herald last learnt of longer ago than it; 0 keeps them all.
+    #[tokio::test]
+    async fn entries_past_the_retention_leave_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InvalidTokenStore::open(&dir.path().join("t.jsonl"), None).unwrap());
+        let entry = |fill: char| crate::tokens::InvalidTokenEntry {
+            domain: "apps.example".into(),
+            token: fill.to_string().repeat(64),
+            reason: "Unregistered".into(),
+            timestamp_ms: 1_000,
+            learnt_ms: 0,
+            source: "apns".into(),
+            timestamp_from_apns: true,
+        };
+        let now_ms = crate::queue::message::unix_now() * 1000;
+        assert!(store.record_learnt(entry('a'), true, 1_000));
+        assert!(store.record_learnt(entry('b'), true, now_ms));
+        let config = |retention: u64| {
+            herald_conf::Config::parse_str(
+                "t.conf",
+                &format!("invalid_token_retention = {retention}\n"),
+            )
+            .unwrap()
+        };
+        expire_old_entries(&config(0), &store).await;
+        assert_eq!(store.len(), 2, "0 keeps every entry");
+        expire_old_entries(&config(3600), &store).await;
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.list(None, 0)[0].token, "b".repeat(64));
+    }
 
     /// One feedback tuple (docs/apns-protocol.md#feedback-service) for a token of 32 bytes `fill`.
     fn tuple(timestamp: u32, fill: u8) -> Vec<u8> {
