@@ -670,7 +670,11 @@ impl DomainTask {
     /// a busy domain hands the spool one removal per batch of answers rather than one per notification.
     fn report_finished(&mut self) {
         if !self.finished.is_empty() {
-            self.shared.finished(&self.finished);
+            // Taken first: should the observer fail, the task's failure does not report them a second time.
+            let finished = std::mem::take(&mut self.finished);
+            self.shared.finished(&finished);
+            // The allocation is kept for the next turn.
+            self.finished = finished;
             self.finished.clear();
         }
     }
@@ -1318,18 +1322,28 @@ impl DomainTask {
             PushResult::TokenExpired { rejection, renewed } => {
                 let attempt = Attempt::on_connection(remote, Some(rejection.code()));
                 let (text, label) = (rejection.text(), rejection.label());
-                if renewed {
+                let age =
+                    Duration::from_secs(unix_now().saturating_sub(item.notification.received_at));
+                let may_retry = matches!(
+                    self.settings.retry.after_failure(item.retries, age),
+                    RetryDecision::RetryIn(_)
+                );
+                if renewed && may_retry {
                     // The connection has retired the stale token and a newer one is in force: try again at once,
-                    // whatever failed before (docs/apns-protocol.md#provider-tokens). Each such retry needs the
-                    // token it was refused with to have been renewed, and a token is renewed once and never within
-                    // 20 minutes of its minting, so a notification is retried at once at most once per token.
+                    // whatever failed before (docs/apns-protocol.md#provider-tokens), as long as `max_retries` and
+                    // `message_expiration` allow a retry at all. Each such retry needs the token it was refused
+                    // with to have been renewed, and a token is renewed once and never within 20 minutes of its
+                    // minting, so a notification is retried at once at most once per token.
                     self.log(&item, OutcomeKind::Transient, attempt, text);
                     self.stats.transient(label);
                     item.retries += 1;
                     // A counted attempt ends a run of losses in a row.
                     item.losses = 0;
+                    // The spool keeps the count, as for any retry.
+                    self.shared.rescheduled(&item, Duration::ZERO);
                     self.requeue_first(item);
                 } else {
+                    // Retries used up (or expired): failed as any transient failure would be then.
                     // The token in force is the one refused (herald's clock and APNs' disagree, or a revoked key):
                     // a retry at once would be refused again.
                     self.transient(item, attempt, text, label);
@@ -1957,6 +1971,48 @@ mod tests {
         };
         assert_eq!((item.retries, item.losses), (2, 1));
         assert_eq!(task.stats.transient.load(Ordering::Relaxed), 2);
+    }
+
+    /// A renewed provider token retries at once only while `max_retries` allows a retry: a notification that
+    /// used its last retry fails for good, as after any other transient failure (Momentum's rule), rather than
+    /// taking one retry more.
+    #[tokio::test]
+    async fn a_renewed_token_does_not_retry_past_max_retries() {
+        let engine = engine(10);
+        let (mut task, _sender) = task_of(&engine);
+        change_settings(&mut task, |s| {
+            s.retry.max_retries = crate::model::retry::MaxRetries::Limit(1);
+        });
+        let expired = || PushResult::TokenExpired {
+            rejection: herald_apns::client::Rejection::Http {
+                status: 403,
+                reason: "ExpiredProviderToken".to_owned(),
+                timestamp_ms: None,
+            },
+            renewed: true,
+        };
+        task.handle(DomainEvent::Enqueue(queued(&engine, 7, 1)));
+        let item = task.active.pop_front().unwrap();
+        task.handle(DomainEvent::Outcome {
+            tag: item,
+            result: expired(),
+            remote: None,
+        });
+        let item = task
+            .active
+            .pop_front()
+            .expect("retried at once: one retry is allowed");
+        assert_eq!(item.retries, 1);
+        task.handle(DomainEvent::Outcome {
+            tag: item,
+            result: expired(),
+            remote: None,
+        });
+        assert!(
+            task.active.is_empty() && task.delayed.is_empty(),
+            "a second retry"
+        );
+        assert_eq!(task.stats.permanent.load(Ordering::Relaxed), 1);
     }
 
     /// A retry that comes due just as the task comes to rest is sent: the task neither rests nor retires with a

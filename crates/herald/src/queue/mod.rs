@@ -641,10 +641,28 @@ impl EngineShared {
                     .received
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            // Another submitter may have started the queue meanwhile: use it.
-            let sender = match &handle.sender {
-                Some(sender) => sender.clone(),
-                None => {
+            // Another submitter may have started the queue meanwhile: it takes the event. Sent under the engine's
+            // lock, as `send_to_queue` does, so that the queue cannot retire in between (it retires only with its
+            // channel empty, looked at under this lock); a task gone without retiring is replaced here.
+            let mut event = Some(event);
+            if let Some(sender) = &handle.sender
+                && let Some(e) = event.take()
+                && let Err(mpsc::error::SendError(e)) = sender.0.send(e)
+            {
+                tracing::error!(
+                    domain = %settings.domain, binding = %settings.binding,
+                    "the queue's task is gone; a new task starts"
+                );
+                handle
+                    .stats
+                    .task_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                handle.sender = None;
+                event = Some(e);
+            }
+            let sender = match (event, &handle.sender) {
+                (None, Some(sender)) => sender.clone(),
+                (event, _) => {
                     tracing::debug!(
                         domain = %settings.domain, binding = %settings.binding,
                         binding_group = %settings.binding_group, endpoint = %settings.endpoint,
@@ -665,6 +683,10 @@ impl EngineShared {
                         self.clone(),
                         handle.stats.clone(),
                     );
+                    if let Some(event) = event {
+                        // The task's receiver is alive: it is in `task`.
+                        let _ = sender.0.send(event);
+                    }
                     tokio::spawn(task.run());
                     handle.sender = Some(sender.clone());
                     sender
@@ -676,10 +698,6 @@ impl EngineShared {
                 != seen;
             (sender, stale)
         };
-        sender
-            .0
-            .send(event)
-            .map_err(|_| SubmitError::ShuttingDown)?;
         if stale {
             // A reload listed the queues while these settings were resolved from the configuration before it.
             // On a task of its own, so that the queue hears the verdict even if this submitter goes away.
@@ -1313,7 +1331,7 @@ impl Engine {
     pub fn stats(&self, domain: &str) -> Option<Arc<DomainStats>> {
         self.all_stats()
             .into_iter()
-            .find(|(d, _)| &**d == domain)
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
             .map(|(_, s)| s)
     }
 
@@ -1322,7 +1340,7 @@ impl Engine {
         let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         domains
             .iter()
-            .find(|(k, _)| &*k.domain == domain && &*k.binding == binding)
+            .find(|(k, _)| k.domain.eq_ignore_ascii_case(domain) && &*k.binding == binding)
             .map(|(_, h)| h.stats.clone())
     }
 
@@ -1424,7 +1442,10 @@ impl Engine {
     pub fn set_paused(&self, domain: &str, paused: bool) -> bool {
         let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
         let mut any = false;
-        for (_, h) in domains.iter().filter(|(k, _)| &*k.domain == domain) {
+        for (_, h) in domains
+            .iter()
+            .filter(|(k, _)| k.domain.eq_ignore_ascii_case(domain))
+        {
             any = true;
             h.stats
                 .paused
@@ -1694,6 +1715,45 @@ mod tests {
 
     fn settings_to(port: u16) -> DeliverySettings {
         DeliverySettings::for_tests("apps.example", port)
+    }
+
+    /// A submitter that resolved a queue's settings while the queue's task went away (it retired in between, or
+    /// ended) starts a new task for its notification instead of sending it into the channel of the gone one (where
+    /// it would be lost, or refused as if herald were stopping).
+    #[tokio::test]
+    async fn a_queue_gone_while_its_settings_were_resolved_is_started_again() {
+        let resolver = Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(settings_to(
+            closed_port(),
+        ))))));
+        let engine = test_engine(resolver);
+        let key = QueueKey {
+            domain: Arc::from("apps.example"),
+            binding: Arc::from("default"),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        drop(rx);
+        {
+            let mut queues = engine.shared.queues.lock().unwrap();
+            engine.shared.handle_of(&mut queues, key.clone()).sender =
+                Some(domain::DomainSender(tx));
+        }
+        engine.shared.take_permit("apps.example");
+        let item = message::Queued::new(notification(1));
+        engine
+            .shared
+            .start_queue(key.clone(), DomainEvent::Enqueue(item), Arrival::New)
+            .await
+            .expect("queued on a new task");
+        let queues = engine.shared.queues.lock().unwrap();
+        let handle = queues.get(&key).unwrap();
+        assert!(handle.sender.as_ref().is_some_and(|s| !s.0.is_closed()));
+        assert_eq!(
+            handle
+                .stats
+                .task_failures
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 
     /// A notification no queue here can take fails with a P line, a final outcome and a count of its domain;
