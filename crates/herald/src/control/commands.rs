@@ -761,11 +761,17 @@ pub fn refused_reload(e: &crate::status::ReloadError) -> String {
     out
 }
 
-/// What kind of error a configuration message names, without anything it quotes from the file: its first words,
-/// up to the first character that is not a letter or a blank (the backquote that opens a quotation, a digit, a
-/// colon). `unknown option`, `invalid value`, `expected`; empty when the message opens with a quotation. Also
-/// whether that is the whole message.
+/// What kind of error a configuration message names, without anything it quotes from the file: herald-conf
+/// quotes the file's text between backquotes (an option name, a value, the word found where another was
+/// expected), and that text may itself hold backquotes, so a message with one is cut before it, at its first
+/// words up to the first character that is not a letter or a blank (`unknown option`, `invalid value`,
+/// `expected`; empty when the message opens with a quotation). A message without a backquote quotes nothing of
+/// the file (what herald says of it: "cannot read the file: not a regular file (a FIFO)") and stays whole. Also
+/// whether the message is whole.
 fn error_kind(message: &str) -> (&str, bool) {
+    if !message.contains('`') {
+        return (message.trim_end(), true);
+    }
     match message.find(|c: char| !(c.is_ascii_alphabetic() || c == ' ')) {
         Some(end) => (message[..end].trim_end(), false),
         None => (message.trim_end(), true),
@@ -1284,8 +1290,8 @@ mod tests {
         assert_eq!(error_kind("unknown option `x`"), ("unknown option", false));
         assert_eq!(error_kind("`x` has no value"), ("", false));
         assert_eq!(
-            error_kind("cannot read the file: No such file"),
-            ("cannot read the file", false)
+            error_kind("cannot read the file: not a regular file (a FIFO)"),
+            ("cannot read the file: not a regular file (a FIFO)", true)
         );
         assert_eq!(error_kind("unterminated list"), ("unterminated list", true));
     }
