@@ -1,11 +1,13 @@
 //! Provider tokens for token-based (JWT) authentication (docs/apns-protocol.md#provider-tokens): signing ES256 JWTs
-//! from a `.p8` key, the cache every connection of a key shares (refreshed every 20-60 minutes, never more often),
-//! the token each connection has adopted from it ([`ConnectionToken`]: never a new one within 20 minutes of the
-//! last on the same connection), and verification for the simulator, which accepts both the JOSE and the DER
-//! signature encodings.
+//! from a `.p8` key, the cache every connection of a key shares (refreshed every 20-55 minutes, never more often),
+//! the token each connection has adopted from it ([`ConnectionToken`]: never a new one within 20 minutes and a
+//! margin of the last on the same connection, and connections that can keep neither retired at points spread over a
+//! few minutes rather than all at once), and verification for the simulator, which accepts both the JOSE and the
+//! DER signature encodings.
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,14 +24,29 @@ use serde::{Deserialize, Serialize};
 
 /// Shortest allowed refresh period: APNs answers `TooManyProviderTokenUpdates` to faster rotation.
 pub const MIN_REFRESH: Duration = Duration::from_secs(20 * 60);
-/// Longest allowed refresh period: a token older than an hour is `ExpiredProviderToken`.
+/// Apple's longest refresh period: a token older than an hour is `ExpiredProviderToken`. herald sends none older than
+/// [`MAX_TOKEN_AGE`], this less [`KEEP_MARGIN`].
 pub const MAX_REFRESH: Duration = Duration::from_secs(60 * 60);
 /// Default refresh period (the one pushy uses).
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(50 * 60);
-/// A connection keeps the token it adopted, after the shared one was renewed, only while that token is younger than
-/// [`MAX_REFRESH`] less this margin (see [`ConnectionToken`]): the clocks of herald and APNs need not agree to the
-/// second, and a token APNs would call expired is worse than a new connection.
+/// The margin herald keeps to a token's hour: no token it sends is [`MAX_TOKEN_AGE`] (the hour less this) old or
+/// older by either clock. The shared token is renewed by then (a configured refresh period is clamped to it) and a
+/// connection keeps the token it adopted, after the shared one was renewed, only while that token is younger (see
+/// [`ConnectionToken`]). The clocks of herald and APNs need not agree to the second, and a token APNs would call
+/// expired is worse than a new connection.
 pub const KEEP_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// [`MAX_REFRESH`] less [`KEEP_MARGIN`]: 55 minutes.
+pub const MAX_TOKEN_AGE: Duration =
+    Duration::from_secs(MAX_REFRESH.as_secs() - KEEP_MARGIN.as_secs());
+/// A connection takes a renewed token only once it adopted its own [`MIN_REFRESH`] and this long ago: herald records
+/// the adoption when it picks the token, before the request reaches APNs, so by APNs' count the 20 minutes start a
+/// little later.
+pub const SWITCH_MARGIN: Duration = Duration::from_secs(30);
+/// A connection that can neither keep its token nor take the renewed one is retired at its own point in the last
+/// this-long before [`MAX_TOKEN_AGE`] of its token (52 to 55 minutes): connections that took the token together
+/// do not all close, and the pool does not open their successors, at the same instant (docs/apns-protocol.md:
+/// don't bring connections up simultaneously).
+pub const RETIRE_SPREAD: Duration = Duration::from_secs(3 * 60);
 
 /// What went wrong with a key or a provider token.
 #[derive(Debug, thiserror::Error)]
@@ -400,7 +417,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The provider token every connection of one key uses. Cloning shares it. A new token is minted when the
-/// current one is `refresh_after` old (clamped to 20-60 minutes) by either clock: the monotonic one, or the wall
+/// current one is `refresh_after` old (clamped to 20-55 minutes: [`MIN_REFRESH`], [`MAX_TOKEN_AGE`]) by either clock: the monotonic one, or the wall
 /// clock its `iat` is read from, which alone moves on while the machine is suspended (a virtual machine paused, a
 /// laptop asleep) and which APNs judges the token by. A wall clock set back leaves the monotonic age in force. So a
 /// token is renewed only once one of the clocks says it is 20 minutes old. On `ExpiredProviderToken` a new one is
@@ -467,7 +484,7 @@ impl ProviderTokenCache {
         Ok(ProviderTokenCache {
             inner: Arc::new(CacheInner {
                 key,
-                refresh_after: refresh_after.clamp(MIN_REFRESH, MAX_REFRESH),
+                refresh_after: refresh_after.clamp(MIN_REFRESH, MAX_TOKEN_AGE),
                 clock,
                 state: Mutex::new(state),
             }),
@@ -557,18 +574,57 @@ impl ProviderTokenCache {
 /// was 45 minutes old) would otherwise switch to the renewal minutes later. So, when the shared token is not the one
 /// the connection adopted ([`ProviderTokenCache::for_connection`]):
 ///
-/// - adopted 20 minutes ago or more: the connection adopts the shared token;
-/// - adopted less than 20 minutes ago, and younger than [`MAX_REFRESH`] less [`KEEP_MARGIN`] (55 minutes, by either
-///   clock as the cache judges age): the connection keeps sending its own token, still valid;
+/// - adopted 20 minutes and [`SWITCH_MARGIN`] (30 s) ago or more: the connection adopts the shared token;
+/// - adopted less long ago, and its token younger than the connection's retirement point (by either clock, as the
+///   cache judges age): the connection keeps sending its own token, still valid;
 /// - else: [`TokenChoice::Retire`]. The connection can neither keep its token nor take a new one, and stops taking
 ///   work; the connection opened in its place adopts the shared token.
 ///
-/// With the default renewal after 50 minutes, a connection that adopted a token when it was 30 to 35 minutes old
-/// switches to the renewal 20 minutes after adopting; one that adopted it when older is retired when it is 55
-/// minutes old.
-#[derive(Default)]
+/// The retirement point is [`MAX_TOKEN_AGE`] (55 minutes) less an offset in [0, [`RETIRE_SPREAD`]) fixed for the
+/// connection from its number ([`ConnectionToken::numbered`]; consecutive numbers are spread evenly over the
+/// window), so it lies between 52 and 55 minutes: connections that took the same token are retired one at a time,
+/// not all at the instant it reaches 55 minutes, and their successors open spread out as well.
+///
+/// With the default renewal after 50 minutes, a connection that adopted a token when it was 29½ to 31½ minutes old
+/// switches to the renewal 20½ minutes after adopting; one that adopted it when older does so too if that comes
+/// before its retirement point, and is else retired at that point.
 pub struct ConnectionToken {
     held: Option<HeldToken>,
+    /// How long before [`MAX_TOKEN_AGE`] this connection's retirement point lies: less than [`RETIRE_SPREAD`].
+    retire_early: Duration,
+}
+
+/// Numbers the connections of the process, for [`ConnectionToken::default`].
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The next connection's number: each connection of the process gets its own offset.
+impl Default for ConnectionToken {
+    fn default() -> Self {
+        ConnectionToken::numbered(CONNECTIONS.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl ConnectionToken {
+    /// The token state of connection number `n`, whose retirement point is fixed by `n`: `n · φ` modulo 1 (φ the
+    /// golden ratio) of [`RETIRE_SPREAD`] before [`MAX_TOKEN_AGE`], so any run of consecutive numbers is spread
+    /// evenly over the window (connection 0 retires at 55 minutes).
+    pub fn numbered(n: u64) -> ConnectionToken {
+        // 2^64 / φ: the fractional part of n·φ in 64-bit fixed point.
+        const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+        let fraction = u128::from(n.wrapping_mul(GOLDEN));
+        let spread_ms = RETIRE_SPREAD.as_millis();
+        let early_ms = (fraction * spread_ms) >> 64;
+        ConnectionToken {
+            held: None,
+            retire_early: Duration::from_millis(early_ms as u64),
+        }
+    }
+
+    /// The age of its token at which this connection is retired when it can neither keep it nor take the renewal:
+    /// between [`MAX_TOKEN_AGE`] less [`RETIRE_SPREAD`] (excluded) and [`MAX_TOKEN_AGE`].
+    pub fn retirement_point(&self) -> Duration {
+        MAX_TOKEN_AGE - self.retire_early
+    }
 }
 
 /// A token a connection adopted, with what its age is judged by.
@@ -586,6 +642,7 @@ impl fmt::Debug for ConnectionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectionToken")
             .field("issued_at", &self.held.as_ref().map(|h| h.issued_at))
+            .field("retirement_point", &self.retirement_point())
             .finish_non_exhaustive()
     }
 }
@@ -596,7 +653,8 @@ pub enum TokenChoice {
     /// Send this token: the one the connection adopted (just now, or earlier and kept).
     Send(Arc<str>),
     /// Stop taking work: the shared token was renewed, the connection adopted its own `adopted_for` ago (less than
-    /// [`MIN_REFRESH`]), and that token is `token_age` old, too close to its hour to keep.
+    /// [`MIN_REFRESH`] and [`SWITCH_MARGIN`]), and that token is `token_age` old, past the connection's retirement
+    /// point ([`ConnectionToken::retirement_point`]), too close to its hour to keep.
     Retire {
         adopted_for: Duration,
         token_age: Duration,
@@ -605,9 +663,9 @@ pub enum TokenChoice {
 
 impl ProviderTokenCache {
     /// The token `conn` sends now, by the rules of [`ConnectionToken`]: the shared token (renewed first when due,
-    /// as [`ProviderTokenCache::current`]), adopted when the connection has none yet or adopted its own 20 minutes
-    /// ago or more; else the connection's own while it is young enough; else retirement. One lock of the cache, as
-    /// [`ProviderTokenCache::current`].
+    /// as [`ProviderTokenCache::current`]), adopted when the connection has none yet or adopted its own 20½ minutes
+    /// ago or more; else the connection's own while it is younger than the connection's retirement point; else
+    /// retirement. One lock of the cache, as [`ProviderTokenCache::current`].
     pub fn for_connection(&self, conn: &mut ConnectionToken) -> TokenChoice {
         let mut state = lock(&self.inner.state);
         let refresh = self.inner.refresh_after;
@@ -621,14 +679,14 @@ impl ProviderTokenCache {
                 return TokenChoice::Send(held.token.clone());
             }
             let adopted_for = now.saturating_sub(held.adopted_at);
-            if adopted_for < MIN_REFRESH {
+            if adopted_for < MIN_REFRESH + SWITCH_MARGIN {
                 let token_age = now.saturating_sub(held.minted_at).max(Duration::from_secs(
                     self.inner
                         .clock
                         .unix_seconds()
                         .saturating_sub(held.issued_at),
                 ));
-                if token_age + KEEP_MARGIN < MAX_REFRESH {
+                if token_age < conn.retirement_point() {
                     return TokenChoice::Send(held.token.clone());
                 }
                 return TokenChoice::Retire {
@@ -915,14 +973,19 @@ mod tests {
         assert_eq!(c.mints(), 2);
     }
 
+    /// docs/apns-protocol.md#provider-tokens: no more than once every 20 minutes, no less than once every 60, and
+    /// herald keeps [`KEEP_MARGIN`] to the hour: a longer period is clamped to 55 minutes, so no token is sent at 55
+    /// minutes or older.
     #[test]
     fn cache_clamps_the_refresh_period() {
-        // docs/apns-protocol.md#provider-tokens: no more than once every 20 minutes, no less than once every 60.
+        assert_eq!(MAX_TOKEN_AGE, MIN * 55);
         assert_eq!(cache(Duration::from_secs(1)).0.refresh_after(), MIN_REFRESH);
         assert_eq!(
             cache(Duration::from_secs(5 * 3600)).0.refresh_after(),
-            MAX_REFRESH
+            MAX_TOKEN_AGE
         );
+        assert_eq!(cache(MAX_REFRESH).0.refresh_after(), MAX_TOKEN_AGE);
+        assert_eq!(cache(MIN * 55).0.refresh_after(), MIN * 55);
         assert_eq!(
             cache(Duration::from_secs(30 * 60)).0.refresh_after(),
             Duration::from_secs(30 * 60)
@@ -935,7 +998,28 @@ mod tests {
         assert_ne!(c.current(), first);
         let (c, clock) = cache(Duration::from_secs(10 * 3600));
         let first = c.current();
-        clock.advance(MIN * 60);
+        let mut conn = ConnectionToken::numbered(0);
+        assert_eq!(
+            c.for_connection(&mut conn),
+            TokenChoice::Send(first.clone())
+        );
+        clock.advance(MIN * 55 - Duration::from_secs(1));
+        assert_eq!(c.current(), first);
+        assert_eq!(
+            c.for_connection(&mut conn),
+            TokenChoice::Send(first.clone())
+        );
+        clock.advance(Duration::from_secs(1));
+        let second = c.current();
+        assert_ne!(second, first);
+        assert_eq!(c.for_connection(&mut conn), TokenChoice::Send(second));
+        assert_eq!(c.mints(), 2);
+        // By the wall clock alone too.
+        let (c, clock) = cache(MAX_REFRESH);
+        let first = c.current();
+        clock.set_unix(1_700_000_000 + 55 * 60 - 1);
+        assert_eq!(c.current(), first);
+        clock.set_unix(1_700_000_000 + 55 * 60);
         assert_ne!(c.current(), first);
     }
 
@@ -1030,7 +1114,9 @@ mod tests {
         let (c, clock) = cache(DEFAULT_REFRESH);
         let first = c.current();
         clock.advance(MIN * 45);
-        let mut conn = ConnectionToken::default();
+        // Connection 0, whose retirement point is the latest, 55 minutes.
+        let mut conn = ConnectionToken::numbered(0);
+        assert_eq!(conn.retirement_point(), MAX_TOKEN_AGE);
         assert_eq!(
             c.for_connection(&mut conn),
             TokenChoice::Send(first.clone())
@@ -1061,10 +1147,12 @@ mod tests {
         assert_eq!(c.for_connection(&mut fresh), TokenChoice::Send(renewed));
     }
 
-    /// A connection takes the renewed token once it adopted its own 20 minutes ago or more: at once when that was
-    /// long before the renewal, else when the 20 minutes are up.
+    /// A connection takes the renewed token once it adopted its own 20 minutes and [`SWITCH_MARGIN`] ago or more:
+    /// at once when that was long before the renewal, else when the 20½ minutes are up, not at 20:00 by herald's
+    /// clock, which recorded the adoption before APNs saw it.
     #[test]
-    fn a_connection_takes_the_renewal_20_minutes_after_it_adopted_its_token() {
+    fn a_connection_takes_the_renewal_20_minutes_and_a_margin_after_it_adopted_its_token() {
+        assert_eq!(SWITCH_MARGIN, Duration::from_secs(30));
         let (c, clock) = cache(DEFAULT_REFRESH);
         let first = c.current();
         clock.advance(MIN * 25);
@@ -1074,7 +1162,8 @@ mod tests {
             TokenChoice::Send(first.clone())
         );
         clock.advance(MIN * 7);
-        let mut later = ConnectionToken::default();
+        // Retired at 55 minutes at the earliest: it keeps its token past 52½ minutes.
+        let mut later = ConnectionToken::numbered(0);
         assert_eq!(
             c.for_connection(&mut later),
             TokenChoice::Send(first.clone())
@@ -1090,7 +1179,19 @@ mod tests {
             c.for_connection(&mut later),
             TokenChoice::Send(first.clone())
         );
+        // 20:00 and 20:29 after `later` adopted its token: it keeps it.
         clock.advance(MIN * 2);
+        assert_eq!(
+            c.for_connection(&mut later),
+            TokenChoice::Send(first.clone())
+        );
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(
+            c.for_connection(&mut later),
+            TokenChoice::Send(first.clone())
+        );
+        // 20:30: it takes the renewal.
+        clock.advance(Duration::from_secs(1));
         assert_eq!(
             c.for_connection(&mut later),
             TokenChoice::Send(renewed.clone())
@@ -1098,6 +1199,95 @@ mod tests {
         // Each has adopted the renewal now, and counts from then.
         assert_eq!(c.for_connection(&mut early), TokenChoice::Send(renewed));
         assert_eq!(c.mints(), 2);
+    }
+
+    /// Connections that took the same token at the same age, and can neither keep it nor take its renewal, are
+    /// retired one at a time over [`RETIRE_SPREAD`], each at its own point, not all at once when the token is 55
+    /// minutes old; none sends it at 55 minutes or older, and each keeps it until its point.
+    #[test]
+    fn connections_that_took_a_token_together_are_retired_one_at_a_time() {
+        const N: u64 = 12;
+        let second = Duration::from_secs(1);
+        let (c, clock) = cache(DEFAULT_REFRESH);
+        let first = c.current();
+        clock.advance(MIN * 45);
+        let mut conns: Vec<ConnectionToken> = (0..N).map(ConnectionToken::numbered).collect();
+        for conn in &mut conns {
+            assert_eq!(c.for_connection(conn), TokenChoice::Send(first.clone()));
+        }
+        // From the renewal at 50 minutes, second by second until past 55 minutes.
+        clock.advance(MIN * 5);
+        let mut retired: Vec<Option<Duration>> = vec![None; N as usize];
+        let mut token_age = MIN * 50;
+        while token_age <= MIN * 56 {
+            for (conn, at) in conns.iter_mut().zip(&mut retired) {
+                match c.for_connection(conn) {
+                    TokenChoice::Send(t) => {
+                        assert!(at.is_none(), "a retired connection sent again");
+                        assert_eq!(t, first, "no new token within 20 minutes");
+                        assert!(token_age < MAX_TOKEN_AGE, "sent at {token_age:?}");
+                    }
+                    TokenChoice::Retire {
+                        adopted_for,
+                        token_age: age,
+                    } => {
+                        assert_eq!(age, token_age);
+                        assert_eq!(adopted_for, token_age - MIN * 45);
+                        at.get_or_insert(token_age);
+                    }
+                }
+            }
+            clock.advance(second);
+            token_age += second;
+        }
+        let mut at: Vec<Duration> = retired.into_iter().map(Option::unwrap).collect();
+        for (conn, at) in conns.iter().zip(&at) {
+            // Retired at the first whole second at or past its point.
+            assert!(*at >= conn.retirement_point() && *at < conn.retirement_point() + second);
+        }
+        at.sort();
+        assert!(at[0] > MAX_TOKEN_AGE - RETIRE_SPREAD, "{at:?}");
+        assert_eq!(at[N as usize - 1], MAX_TOKEN_AGE, "connection 0: {at:?}");
+        assert!(at[N as usize - 1] + KEEP_MARGIN <= MAX_REFRESH);
+        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().all(|g| *g >= second * 5),
+            "retired at distinct, spaced times: {at:?}"
+        );
+        assert!(at[N as usize - 1] - at[0] >= MIN * 2, "{at:?}");
+        // A new connection takes the renewal.
+        let mut fresh = ConnectionToken::default();
+        assert_eq!(c.for_connection(&mut fresh), TokenChoice::Send(c.current()));
+    }
+
+    /// Every connection's retirement point lies in the window, the numbered ones as the golden-ratio sequence puts
+    /// them, and those numbered by default too.
+    #[test]
+    fn retirement_points_lie_in_the_last_minutes_before_55() {
+        let window = (MAX_TOKEN_AGE - RETIRE_SPREAD)..=MAX_TOKEN_AGE;
+        assert_eq!(
+            ConnectionToken::numbered(0).retirement_point(),
+            MAX_TOKEN_AGE
+        );
+        // frac(φ) = 0.618…: 111.2 s of the 180 s early.
+        assert_eq!(
+            ConnectionToken::numbered(1).retirement_point(),
+            MAX_TOKEN_AGE - Duration::from_millis(111_246)
+        );
+        for n in (0..1000).chain([u64::MAX - 1, u64::MAX]) {
+            let point = ConnectionToken::numbered(n).retirement_point();
+            assert!(
+                window.contains(&point) && point != *window.start(),
+                "{n}: {point:?}"
+            );
+        }
+        for _ in 0..10 {
+            let point = ConnectionToken::default().retirement_point();
+            assert!(
+                window.contains(&point) && point != *window.start(),
+                "{point:?}"
+            );
+        }
     }
 
     /// The age of a kept token is judged by either clock, as the cache judges its own: after a suspend (the wall

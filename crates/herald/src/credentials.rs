@@ -238,6 +238,47 @@ const TOKEN_WITHOUT_TOPIC: &str = "apn_key without apn_topic: APNs requires a to
 /// How a finding about a credential file that is not on this machine ends.
 const MISSING_FILE: &str = "does not exist here; the credentials in it were not checked";
 
+/// What is wrong with the Key ID or Team ID `id` of option `name`, if anything: Apple's are 10 upper-case ASCII
+/// letters and digits (docs/apns-protocol.md#provider-tokens), and a token with another is refused only at run time
+/// (`403 InvalidProviderToken`). A character outside ASCII letters and digits (a space, a quote, a line break copied
+/// along) is an error; another length, or lower case, a warning, since test setups may use other ids. An empty one
+/// is left to the key's own check.
+fn apple_id_finding(name: &str, id: &str) -> Option<(Severity, String)> {
+    if id.is_empty() {
+        return None;
+    }
+    if let Some(c) = id.chars().find(|c| !c.is_ascii_alphanumeric()) {
+        let what = if c.is_whitespace() {
+            "white space"
+        } else {
+            "a character other than letters and digits"
+        };
+        return Some((
+            Severity::Error,
+            format!(
+                "{name} {id:?} contains {what} ({c:?}); Apple's ids are 10 letters and digits, and APNs refuses a \
+                 token with another as InvalidProviderToken"
+            ),
+        ));
+    }
+    let len = id.len();
+    if len != 10 || id.chars().any(|c| c.is_ascii_lowercase()) {
+        let shape = if len != 10 {
+            format!("{len} characters long")
+        } else {
+            "in part in lower case".to_owned()
+        };
+        return Some((
+            Severity::Warning,
+            format!(
+                "{name} {id:?} is {shape}; Apple's ids are 10 upper-case letters and digits, and APNs refuses a \
+                 token with another as InvalidProviderToken"
+            ),
+        ));
+    }
+    None
+}
+
 /// The checklist for one (binding, domain); `say` takes each finding with the option it is about (`None`: the
 /// domain as a whole).
 fn check_domain(
@@ -356,6 +397,14 @@ fn check_domain(
     if let Some(p8) = &d.apn_key {
         match (&d.apn_key_id, &d.apn_team_id) {
             (Some(key_id), Some(team_id)) => {
+                for (opt, name, id) in [
+                    (Opt::ApnKeyId, "apn_key_id", key_id),
+                    (Opt::ApnTeamId, "apn_team_id", team_id),
+                ] {
+                    if let Some((severity, message)) = apple_id_finding(name, id) {
+                        say(severity, Some(opt), message);
+                    }
+                }
                 if let Err(e) = SigningKey::from_p8_file(p8, key_id, team_id) {
                     say(
                         Severity::Error,

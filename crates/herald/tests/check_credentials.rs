@@ -322,3 +322,82 @@ fn check_checks_every_binding_that_delivers_a_domain() {
         "{err}"
     );
 }
+
+/// Apple's Key ID and Team ID are 10 upper-case letters and digits (docs/apns-protocol.md#provider-tokens); a token
+/// with another is refused only at run time (`403 InvalidProviderToken`). `check` calls white space or another
+/// character an error, naming the option; another length (or lower case) a warning, since test setups may use other
+/// ids. The simulator's PKI makes ids of Apple's shape, which pass clean.
+#[test]
+fn malformed_key_and_team_ids_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let k = &pki.manifest.token_key;
+    for id in [&k.key_id, &k.team_id] {
+        assert_eq!(id.len(), 10, "{id}");
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()),
+            "{id}"
+        );
+    }
+    let body = |kid: &str, tid: &str| {
+        format!(
+            "domain \"token.example\" {{\n delivery_method = apn\n routes = ( \"https://127.0.0.1:1\" )\n apn_key = \"{}\"\n \
+             apn_key_id = \"{kid}\"\n apn_team_id = \"{tid}\"\n apn_topic = \"{TOPIC}\"\n}}\n",
+            k.p8.display(),
+        )
+    };
+    let (code, err) = check(&write(dir.path(), &body(&k.key_id, &k.team_id)), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning") && !err.contains("error"), "{err}");
+
+    // Trailing white space in the key id: an error, on the line that sets it (line 5).
+    let config = write(dir.path(), &body(&format!("{} ", k.key_id), &k.team_id));
+    let (code, err) = check(&config, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:5:2: domain token.example: error: apn_key_id \"{} \" contains white space (' ')",
+            config.display(),
+            k.key_id
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("apn_team_id"), "{err}");
+
+    // A dash in the team id: an error, on its line (6).
+    let team = format!("{}-1", &k.team_id[..8]);
+    let config = write(dir.path(), &body(&k.key_id, &team));
+    let (code, err) = check(&config, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:6:2: domain token.example: error: apn_team_id \"{team}\" contains a character other than letters \
+             and digits ('-')",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches(": error: ").count(), 1, "{err}");
+
+    // Another length, or lower case: warnings only.
+    let (code, err) = check(&write(dir.path(), &body(&k.key_id, "TEAM1")), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "domain token.example: warning: apn_team_id \"TEAM1\" is 5 characters long; Apple's ids are 10 \
+             upper-case letters and digits"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("error"), "{err}");
+    let lower = k.team_id.to_ascii_lowercase();
+    let (code, err) = check(&write(dir.path(), &body(&k.key_id, &lower)), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: apn_team_id \"{lower}\" is in part in lower case"
+        )),
+        "{err}"
+    );
+}

@@ -26,7 +26,7 @@
 //! Every such stop is recorded as the connection's fault ([`ConnectionState::fault`]), which the pool weighs against
 //! the connection's age; the GOAWAY that ended a connection is logged with its error code and reason. Request bodies
 //! that wait for flow-control credit take turns for it ([`exchange`]). A token connection sends the provider token
-//! it adopted, and takes a renewed one only 20 minutes after that ([`ConnectionToken`]); one that can keep neither
+//! it adopted, and takes a renewed one only 20½ minutes after that ([`ConnectionToken`]); one that can keep neither
 //! stops taking work (no fault), so that the pool opens one that adopts the new token.
 
 use std::future::poll_fn;
