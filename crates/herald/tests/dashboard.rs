@@ -153,6 +153,54 @@ async fn body_of(r: reqwest::Response) -> String {
     text
 }
 
+/// The name of the session cookie of the dashboard at `base` (`http://127.0.0.1:PORT`).
+fn cookie_name(base: &str) -> String {
+    let port = base.rsplit(':').next().unwrap();
+    format!("herald_dashboard_{port}")
+}
+
+/// Logs in with `key` at the dashboard at `base`, from its own origin; returns the session cookie (`NAME=VALUE`)
+/// and the CSRF token.
+async fn login(client: &reqwest::Client, base: &str, key: &str) -> (String, String) {
+    let r = client
+        .post(format!("{base}/dashboard/api/login"))
+        .header(ORIGIN, base)
+        .json(&serde_json::json!({ "key": key }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()[SET_COOKIE].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let body: serde_json::Value = r.json().await.unwrap();
+    (cookie, body["csrf"].as_str().unwrap().to_owned())
+}
+
+/// Reads an event stream until its next tick (true) or its end (false), within 30 s.
+async fn next_tick(stream: &mut reqwest::Response) -> bool {
+    let read = async {
+        let mut text = String::new();
+        while let Some(chunk) = stream.chunk().await.unwrap_or(None) {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("event: tick") && text.ends_with("\n\n") {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("a tick or the end of the stream within 30 s")
+}
+
+/// Reads an event stream to its end, within 30 s (it may carry a tick sent before its end).
+async fn ends(stream: &mut reqwest::Response, what: &str) {
+    let read = async { while stream.chunk().await.unwrap_or(None).is_some() {} };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the event stream went on for 30 s"));
+}
+
 fn assert_no_secrets(what: &str, text: &str, key_lines: &[String]) {
     let fixed = [READER, ADMIN, PKCS12_PASSWORD, CONTROL_PASSWORD];
     for secret in fixed
@@ -199,7 +247,7 @@ async fn every_data_call_needs_a_key() {
         let r = s
             .client
             .get(format!("{}{path}", s.base))
-            .header(COOKIE, "herald_dashboard=forged")
+            .header(COOKIE, format!("{}=forged", cookie_name(&s.base)))
             .send()
             .await
             .unwrap();
@@ -769,4 +817,272 @@ http_listener {{
     }
     assert_eq!(get("127.0.0.2", READER).await.unwrap().status(), 200);
     server.shutdown(std::time::Duration::from_secs(2)).await;
+}
+
+/// A session's event stream ends with its session: at once at its logout, and when logins of its key evict it
+/// (16 sessions a key); another key's logins never evict a session (a read-only key cannot log the admin out),
+/// and a stream opened with a key goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_event_stream_ends_with_its_session() {
+    let s = setup().await;
+    let url = |p: &str| format!("{}{p}", s.base);
+    let (admin, _) = login(&s.client, &s.base, ADMIN).await;
+    let (reader, _) = login(&s.client, &s.base, READER).await;
+    let open = |header: (&'static str, String)| {
+        s.client
+            .get(url("/dashboard/api/events"))
+            .header(header.0, header.1)
+            .send()
+    };
+    let mut by_admin = open(("cookie", admin.clone())).await.unwrap();
+    let mut by_reader = open(("cookie", reader.clone())).await.unwrap();
+    let mut by_key = open(("x-api-key", READER.into())).await.unwrap();
+    for stream in [&mut by_admin, &mut by_reader, &mut by_key] {
+        assert_eq!(stream.status(), 200);
+        assert!(next_tick(stream).await);
+    }
+    let session = |cookie: String| {
+        s.client
+            .get(url("/dashboard/api/session"))
+            .header(COOKIE, cookie)
+            .send()
+    };
+
+    // Logout.
+    let r = s
+        .client
+        .post(url("/dashboard/api/logout"))
+        .header(COOKIE, &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    ends(&mut by_admin, "logged out").await;
+    assert_eq!(session(admin).await.unwrap().status(), 401);
+
+    // The admin logs in again; the reader key logs in 16 more times: its first session goes, not the admin's.
+    let (admin, _) = login(&s.client, &s.base, ADMIN).await;
+    for _ in 0..herald::dashboard::auth::SESSIONS_PER_KEY {
+        login(&s.client, &s.base, READER).await;
+    }
+    ends(&mut by_reader, "evicted").await;
+    assert_eq!(session(reader).await.unwrap().status(), 401);
+    let r = session(admin).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (&body["via"], &body["admin"]),
+        (&"session".into(), &true.into())
+    );
+
+    // The key's stream has no session to end with.
+    assert!(next_tick(&mut by_key).await);
+}
+
+/// A browser sends a host's cookies to every port of it: two dashboards on one host have a cookie each, named with
+/// the port, so that logging in to one neither replaces nor ends the other's session.
+#[tokio::test]
+async fn two_dashboards_on_one_host_keep_a_session_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path());
+    // Two listen stanzas of one address need a port each.
+    let (one, two) = (support::free_port(), support::free_port());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen \"127.0.0.1:0\" { http_services = ( push dashboard ) }",
+        &format!(
+            "listen \"127.0.0.1:{one}\" {{ http_services = ( push dashboard ) }}\n  \
+             listen \"127.0.0.1:{two}\" {{ http_services = ( dashboard ) }}"
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let bases: Vec<String> = server
+        .addrs()
+        .await
+        .http
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect();
+    assert_eq!(bases.len(), 2, "{bases:?}");
+    let client = reqwest::Client::new();
+    // The browser's cookie jar for 127.0.0.1: one value per name.
+    let mut jar = std::collections::BTreeMap::new();
+    for base in &bases {
+        let (cookie, _) = login(&client, base, ADMIN).await;
+        let (name, value) = cookie.split_once('=').unwrap();
+        assert_eq!(name, cookie_name(base));
+        jar.insert(name.to_owned(), value.to_owned());
+    }
+    assert_eq!(jar.len(), 2, "{jar:?}");
+    let sent = |jar: &std::collections::BTreeMap<String, String>| {
+        jar.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    for base in &bases {
+        let r = client
+            .get(format!("{base}/dashboard/api/session"))
+            .header(COOKIE, sent(&jar))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{base}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["via"], "session", "{base}");
+    }
+    // A logout from the first clears its own cookie only; the second's session goes on.
+    let r = client
+        .post(format!("{}/dashboard/api/logout", bases[0]))
+        .header(COOKIE, sent(&jar))
+        .send()
+        .await
+        .unwrap();
+    let cleared = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        cleared.starts_with(&format!("{}=;", cookie_name(&bases[0])))
+            && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    jar.remove(&cookie_name(&bases[0]));
+    let r = client
+        .get(format!("{}/dashboard/api/session", bases[1]))
+        .header(COOKIE, sent(&jar))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// An admin's "fail" runs to its end when its client goes away (hyper then drops the request): the domain's
+/// queue of every binding is failed, not only the first one's. The request is polled once (up to its wait for
+/// the first binding's queue) and dropped, as a disconnect drops it.
+#[tokio::test]
+async fn a_fail_finishes_when_its_client_goes_away() {
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("binding \"two\" { }\n");
+    std::fs::write(&config, text).unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let base = format!("http://{}", server.addrs().await.http[0]);
+    let client = reqwest::Client::new();
+    for binding in ["default", "two"] {
+        let r = client
+            .post(format!("{base}/api/v1/push"))
+            .bearer_auth(READER)
+            .json(&serde_json::json!({
+                "domain": "held.example",
+                "binding": binding,
+                "tokens": [format!("{:064x}", 0xfa11_u64)],
+                "payload": {"aps": {"alert": "x"}},
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    }
+    // Each binding's queue holds its notification (the route is a closed port), none on a connection.
+    let queued = |binding: &str| {
+        use std::sync::atomic::Ordering::Relaxed;
+        server
+            .engine
+            .binding_stats(binding, "held.example")
+            .map_or((0, 0), |s| {
+                (
+                    s.active.load(Relaxed) + s.delayed.load(Relaxed),
+                    s.in_flight.load(Relaxed),
+                )
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while queued("default") != (1, 0) || queued("two") != (1, 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not queued within 30 s: {:?} {:?}",
+            queued("default"),
+            queued("two")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let settings = herald_conf::Config::load(&config)
+        .unwrap()
+        .listeners()
+        .into_iter()
+        .find(|l| l.http_services.dashboard)
+        .unwrap();
+    let mut dashboard = herald::dashboard::routes(
+        server.dashboard.clone(),
+        Arc::downgrade(&server) as std::sync::Weak<dyn herald::control::ServerHandle>,
+        Arc::new(settings),
+        Arc::new(herald::access::GuessThrottle::default()),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let request = axum::http::Request::post("/dashboard/api/domains/held.example/fail")
+        .header("x-api-key", ADMIN)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let answer = tower::Service::call(&mut dashboard, request);
+    // One poll (this runtime has one thread: no queue task runs meanwhile), then the client is gone.
+    assert!(answer.now_or_never().is_none(), "answered at once");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while queued("default").0 != 0 || queued("two").0 != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fail stopped half-way: queued (and in flight) default {:?}, two {:?}",
+            queued("default"),
+            queued("two")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Every answer says it is what its content type says (`nosniff`) and is not to be framed; the page's policy
+/// forbids `<base>`, plug-ins and forms sent elsewhere.
+#[tokio::test]
+async fn answers_carry_the_hardening_headers() {
+    let s = setup().await;
+    let url = |p: &str| format!("{}{p}", s.base);
+    let r = s.client.get(url("/dashboard/")).send().await.unwrap();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for part in [
+        "default-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "object-src 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    let answers = [
+        r,
+        s.client
+            .get(url("/dashboard/api/session"))
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap(),
+        s.client
+            .get(url("/dashboard/api/overview"))
+            .send()
+            .await
+            .unwrap(),
+        s.client
+            .post(url("/dashboard/api/login"))
+            .json(&serde_json::json!({ "key": "wrong" }))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for r in answers {
+        let what = format!("{} {}", r.url().path(), r.status());
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(r.headers()["x-frame-options"], "DENY", "{what}");
+    }
 }

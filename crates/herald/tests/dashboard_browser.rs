@@ -440,6 +440,14 @@ async fn an_operator_watches_delivery_and_acts_in_a_browser() {
     assert_eq!(b.text("#oldest-queued").await, "none");
     assert!(b.text("#who").await.starts_with("read-only"));
 
+    // A malformed link (no percent-encoded text) says so, instead of throwing at every tick; the pages go on.
+    b.goto(&format!("{page}#/domain/%E0")).await;
+    b.wait_text("#bad-link", "the malformed link's note", |t| {
+        t.contains("malformed")
+    })
+    .await;
+    b.goto(&format!("{page}#/overview")).await;
+
     // 1,000 notifications through the REST API: the page counts them without a reload.
     b.js("window.__not_reloaded = true; return null").await;
     push(&s.http, OK, tokens(1, SENT)).await;

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Path as UrlPath, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -22,6 +22,7 @@ use axum::{Extension, Json, Router};
 use herald_conf::{Config, ListenerSettings, OPTIONS, ScopePath, Value};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Access, Refusal, Sessions};
@@ -80,6 +81,8 @@ struct Dash {
     /// it), so that its connections close at once and a client reconnects to what replaced it, and is
     /// authenticated again.
     stop: CancellationToken,
+    /// The reads that go to the disk, one at a time, and their results.
+    slow: Arc<SlowReads>,
 }
 
 impl Dash {
@@ -124,14 +127,18 @@ pub fn routes(
     guesses: Arc<GuessThrottle>,
     stop: CancellationToken,
 ) -> Router {
-    let dash = Dash {
+    router(Dash {
         hub,
         server,
         settings,
         sessions: Arc::default(),
         guesses,
         stop,
-    };
+        slow: Arc::default(),
+    })
+}
+
+fn router(dash: Dash) -> Router {
     let data = Router::new()
         .route("/dashboard/api/session", get(session))
         .route("/dashboard/api/overview", get(overview))
@@ -167,18 +174,32 @@ pub fn routes(
         .route("/dashboard/api/logout", post(logout))
         .merge(data)
         .with_state(dash)
+        .layer(middleware::map_response(hardened))
 }
+
+/// Every answer of the dashboard: not to be read as another type than it says (a JSON answer as a script or a
+/// page), nor shown in a frame.
+async fn hardened(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// The pages' content security policy: herald's own script, style and data only; no `<base>`, no plug-in, no
+/// form sent elsewhere, no frame around them.
+pub const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; \
+                       form-action 'self'; object-src 'none'";
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
         ],
         body,
     )
@@ -216,6 +237,7 @@ async fn login(State(d): State<Dash>, request: Request) -> Response {
     if let Err(r) = auth::same_origin_at(request.headers(), request.uri()) {
         return refused(r);
     }
+    let name = auth::cookie_name(&d.settings, request.headers(), request.uri());
     let ip = crate::inbound::rest::peer_ip(request.extensions());
     let Ok(body) = axum::body::to_bytes(request.into_body(), LOGIN_BODY_LIMIT).await else {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "the login body is too large");
@@ -234,8 +256,8 @@ async fn login(State(d): State<Dash>, request: Request) -> Response {
         tracing::warn!(client = ?ip, failures = n, "dashboard login with a wrong key");
         return refused(Refusal::Unauthenticated);
     };
-    let (id, csrf) = d.sessions.create(admin);
-    let cookie = session_cookie(&id, d.settings.tls_certificate.is_some());
+    let (id, csrf) = d.sessions.create(key.trim(), admin);
+    let cookie = session_cookie(&name, &id, d.settings.tls_certificate.is_some());
     let mut response = Json(json!({ "admin": admin, "csrf": csrf })).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -243,12 +265,12 @@ async fn login(State(d): State<Dash>, request: Request) -> Response {
     response
 }
 
-/// The session cookie `id`: for the dashboard's paths only, out of the page's scripts' reach, never sent by another
-/// site's page, and on a TLS listener never sent over plain HTTP (`Secure`), where it could be read on the way.
-fn session_cookie(id: &str, tls: bool) -> String {
+/// The session cookie `name` = `id` ([`auth::cookie_name`]): for the dashboard's paths only, out of the page's
+/// scripts' reach, never sent by another site's page, and on a TLS listener never sent over plain HTTP (`Secure`),
+/// where it could be read on the way.
+fn session_cookie(name: &str, id: &str, tls: bool) -> String {
     format!(
-        "{}={id}; Path=/dashboard; HttpOnly; SameSite=Strict{}",
-        auth::COOKIE,
+        "{name}={id}; Path=/dashboard; HttpOnly; SameSite=Strict{}",
         if tls { "; Secure" } else { "" }
     )
 }
@@ -257,13 +279,14 @@ async fn logout(State(d): State<Dash>, uri: Uri, headers: HeaderMap) -> Response
     if let Err(r) = auth::same_origin_at(&headers, &uri) {
         return refused(r);
     }
-    if let Some(id) = auth::session_cookie(&headers) {
+    let name = auth::cookie_name(&d.settings, &headers, &uri);
+    // The session ends, and its event streams with it.
+    if let Some(id) = auth::session_cookie(&headers, &name) {
         d.sessions.remove(id);
     }
     let mut response = Json(json!({ "ok": true })).into_response();
     let gone = format!(
-        "{}=; Path=/dashboard; Max-Age=0; HttpOnly; SameSite=Strict{}",
-        auth::COOKIE,
+        "{name}=; Path=/dashboard; Max-Age=0; HttpOnly; SameSite=Strict{}",
         if d.settings.tls_certificate.is_some() {
             "; Secure"
         } else {
@@ -382,21 +405,146 @@ fn findings_json(findings: &[crate::credentials::Finding]) -> Vec<serde_json::Va
         .collect()
 }
 
+/// How long the result of a read that goes to the disk is reused: the credential checks of the Overview (every
+/// domain's key and certificate files) and the include tree and validation of the file on disk of the Configuration
+/// page. A reload puts it out of date at once.
+pub const SLOW_REUSE: Duration = Duration::from_secs(10);
+
+/// The reads of [`SLOW_REUSE`].
+#[derive(Debug, Clone, Copy)]
+enum SlowRead {
+    Credentials,
+    Files,
+}
+
+/// The dashboard's reads that go to the disk: one at a time per dashboard (they run on the blocking threads, which
+/// intake and the spool use too, and readers could otherwise ask for many at once), each result reused for
+/// [`SLOW_REUSE`] by every reader while the configuration in force is the same.
+#[derive(Debug)]
+struct SlowReads {
+    one_at_a_time: Arc<Semaphore>,
+    credentials: Mutex<Option<Kept>>,
+    files: Mutex<Option<Kept>>,
+    #[cfg(test)]
+    counts: SlowCounts,
+}
+
+/// A result kept: when it was read, of what (the configuration's generation and path), and what it was.
+#[derive(Debug)]
+struct Kept {
+    at: Instant,
+    of: String,
+    value: serde_json::Value,
+}
+
+/// Reads made, and most made at once (tests).
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct SlowCounts {
+    made: std::sync::atomic::AtomicUsize,
+    running: std::sync::atomic::AtomicUsize,
+    most_at_once: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for SlowReads {
+    fn default() -> Self {
+        SlowReads {
+            one_at_a_time: Arc::new(Semaphore::new(1)),
+            credentials: Mutex::default(),
+            files: Mutex::default(),
+            #[cfg(test)]
+            counts: SlowCounts::default(),
+        }
+    }
+}
+
+impl SlowReads {
+    fn slot(&self, which: SlowRead) -> std::sync::MutexGuard<'_, Option<Kept>> {
+        match which {
+            SlowRead::Credentials => &self.credentials,
+            SlowRead::Files => &self.files,
+        }
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn kept(&self, which: SlowRead, of: &str) -> Option<serde_json::Value> {
+        self.slot(which)
+            .as_ref()
+            .filter(|k| k.of == of && k.at.elapsed() < SLOW_REUSE)
+            .map(|k| k.value.clone())
+    }
+
+    /// The result of `read` of `of`: the one kept if it is recent enough, else read now on a blocking thread once
+    /// no other read of this dashboard runs (a reader that waited for one of the same takes its result). `None`
+    /// if the read failed.
+    async fn read(
+        self: Arc<Self>,
+        which: SlowRead,
+        of: String,
+        read: impl FnOnce() -> serde_json::Value + Send + 'static,
+    ) -> Option<serde_json::Value> {
+        if let Some(v) = self.kept(which, &of) {
+            return Some(v);
+        }
+        let permit = self.one_at_a_time.clone().acquire_owned().await.ok()?;
+        if let Some(v) = self.kept(which, &of) {
+            return Some(v);
+        }
+        // The permit goes with the read, and the result is kept by it: a reader that goes away meanwhile does not
+        // let another read start beside it, nor lose what it read.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            #[cfg(test)]
+            {
+                let c = &self.counts;
+                let now = c.running.fetch_add(1, Ordering::SeqCst) + 1;
+                c.most_at_once.fetch_max(now, Ordering::SeqCst);
+            }
+            let value = read();
+            #[cfg(test)]
+            {
+                self.counts.running.fetch_sub(1, Ordering::SeqCst);
+                self.counts.made.fetch_add(1, Ordering::SeqCst);
+            }
+            *self.slot(which) = Some(Kept {
+                at: Instant::now(),
+                of,
+                value: value.clone(),
+            });
+            value
+        })
+        .await
+        .ok()
+    }
+}
+
 async fn overview(State(d): State<Dash>) -> Response {
     let server = match d.server() {
         Ok(s) => s,
         Err(r) => return *r,
     };
     let config = server.config();
-    // The same checks as `herald check` (certificate expiry within 30 days, environment, key files).
-    let findings =
-        tokio::task::spawn_blocking(move || crate::credentials::check(&config, SystemTime::now()))
-            .await
-            .unwrap_or_default();
-    let warnings = findings_json(&findings);
+    // The same checks as `herald check` (certificate expiry within 30 days, environment, key files): they read
+    // every domain's key and certificate files.
+    let warnings = d
+        .slow
+        .clone()
+        .read(
+            SlowRead::Credentials,
+            server.generation().to_string(),
+            move || {
+                json!(findings_json(&crate::credentials::check(
+                    &config,
+                    SystemTime::now()
+                )))
+            },
+        )
+        .await
+        .unwrap_or_else(|| json!([]));
     let mut body = overview_now(&*server);
     body["history"] = json!(d.hub.history());
-    body["warnings"] = json!(warnings);
+    body["warnings"] = warnings;
     Json(body).into_response()
 }
 
@@ -656,25 +804,42 @@ async fn domain_action(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let engine = server.engine();
-    let done = match action.as_str() {
-        "flush" => engine
-            .flush(&domain)
-            .then(|| format!("{domain}: delayed notifications are due now")),
-        "fail" => engine
-            .fail_domain(&domain, "failed by an operator (dashboard)")
-            .await
-            .map(|n| format!("{domain}: {n} notifications failed")),
-        "pause" => engine
-            .set_paused(&domain, true)
-            .then(|| format!("{domain}: delivery paused")),
-        "resume" => engine
-            .set_paused(&domain, false)
-            .then(|| format!("{domain}: delivery resumed")),
-        other => {
+    if !["flush", "fail", "pause", "resume"].contains(&action.as_str()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no action {action:?}: flush, fail, pause or resume"),
+        );
+    }
+    // On a task of its own, which finishes even if the client goes away meanwhile (its request is then dropped):
+    // a fail stopped half-way would have failed the queues of some bindings of the domain and not the others.
+    let work = {
+        let (domain, action) = (domain.clone(), action.clone());
+        tokio::spawn(async move {
+            let engine = server.engine();
+            match action.as_str() {
+                "flush" => engine
+                    .flush(&domain)
+                    .then(|| format!("{domain}: delayed notifications are due now")),
+                "fail" => engine
+                    .fail_domain(&domain, "failed by an operator (dashboard)")
+                    .await
+                    .map(|n| format!("{domain}: {n} notifications failed")),
+                "pause" => engine
+                    .set_paused(&domain, true)
+                    .then(|| format!("{domain}: delivery paused")),
+                _ => engine
+                    .set_paused(&domain, false)
+                    .then(|| format!("{domain}: delivery resumed")),
+            }
+        })
+    };
+    let done = match work.await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
             return error(
-                StatusCode::NOT_FOUND,
-                format!("no action {other:?}: flush, fail, pause or resume"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{domain}: {action} interrupted: {e}"),
             );
         }
     };
@@ -797,22 +962,28 @@ async fn config(State(d): State<Dash>) -> Response {
     let path = server.config_path();
     let running = server.config().render_masked();
     let disk_path = path.clone();
-    let (tree, disk) = tokio::task::spawn_blocking(move || {
-        let tree = include_tree(&disk_path, 0, &mut Vec::new());
-        let disk = match Config::load(&disk_path) {
-            Ok(c) => json!({ "ok": true, "errors": [], "warnings": c.warnings().iter().map(|w| w.to_string()).collect::<Vec<_>>() }),
-            Err(diags) => json!({ "ok": false, "errors": diags.to_string().lines().collect::<Vec<_>>(), "warnings": [] }),
-        };
-        (tree, disk)
-    })
-    .await
-    .unwrap_or_else(|_| (json!(null), json!({ "ok": false, "errors": ["validation failed"] })));
+    let generation = server.generation();
+    let read = d
+        .slow
+        .clone()
+        .read(SlowRead::Files, format!("{generation} {}", path.display()), move || {
+            let tree = include_tree(&disk_path, 0, &mut Vec::new());
+            let disk = match Config::load(&disk_path) {
+                Ok(c) => json!({ "ok": true, "errors": [], "warnings": c.warnings().iter().map(|w| w.to_string()).collect::<Vec<_>>() }),
+                Err(diags) => json!({ "ok": false, "errors": diags.to_string().lines().collect::<Vec<_>>(), "warnings": [] }),
+            };
+            json!({ "includes": tree, "disk": disk })
+        })
+        .await
+        .unwrap_or_else(
+            || json!({ "includes": null, "disk": { "ok": false, "errors": ["validation failed"] } }),
+        );
     Json(json!({
         "path": path.display().to_string(),
-        "generation": server.generation(),
+        "generation": generation,
         "running": running,
-        "includes": tree,
-        "disk": disk,
+        "includes": read["includes"],
+        "disk": read["disk"],
     }))
     .into_response()
 }
@@ -850,21 +1021,45 @@ async fn reload(
 
 async fn events(
     State(d): State<Dash>,
+    Extension(a): Extension<Access>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     use futures_util::StreamExt;
     let rx = d.hub.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+    // A session's stream ends with its session: at once at its logout or when a login of its key evicts it, and at
+    // the first tick after its idle time or lifetime is over (asking at each tick does not count as a use). A key's
+    // or an address's stream has no session to end with.
+    let (session, ended) = match a.session {
+        Some(id) => {
+            let ended = d.sessions.ended(&id).unwrap_or_else(|| {
+                let gone = CancellationToken::new();
+                gone.cancel();
+                gone
+            });
+            (Some((d.sessions.clone(), id)), ended)
+        }
+        None => (None, CancellationToken::new()),
+    };
+    let stream = futures_util::stream::unfold((rx, session), |(mut rx, session)| async move {
         loop {
             match rx.recv().await {
-                Ok(tick) => return Some((Ok(Event::default().event("tick").data(&*tick)), rx)),
+                Ok(tick) => {
+                    if let Some((sessions, id)) = &session
+                        && !sessions.alive(id)
+                    {
+                        return None;
+                    }
+                    let event = Event::default().event("tick").data(&*tick);
+                    return Some((Ok(event), (rx, session)));
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
     })
-    // The stream never ends by itself: it ends when its listener stops, so that neither a restart nor a shutdown
-    // waits on it, and a client whose key a reload revoked is not fed any longer.
-    .take_until(d.stop.clone().cancelled_owned());
+    // Otherwise the stream never ends by itself: it ends when its listener stops, so that neither a restart nor a
+    // shutdown waits on it, and a client whose key a reload revoked is not fed any longer.
+    .take_until(d.stop.clone().cancelled_owned())
+    .take_until(ended.cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -1019,13 +1214,13 @@ domain "/[.]example[.]org$/" { max_outbound_connections = 4 idle_timeout = 90 }
 
     #[test]
     fn the_session_cookie_is_secure_on_a_tls_listener() {
-        let plain = session_cookie("abc", false);
+        let plain = session_cookie("herald_dashboard_1", "abc", false);
         assert!(
             plain.contains("HttpOnly") && plain.contains("SameSite=Strict"),
             "{plain}"
         );
         assert!(!plain.contains("Secure"), "{plain}");
-        assert!(session_cookie("abc", true).ends_with("; Secure"));
+        assert!(session_cookie("__Secure-herald_dashboard_1", "abc", true).ends_with("; Secure"));
     }
 
     #[test]
@@ -1076,5 +1271,170 @@ domain "/[.]example[.]org$/" { max_outbound_connections = 4 idle_timeout = 90 }
                 "{query}"
             );
         }
+    }
+
+    /// A dashboard of `server` (none: one without a server, whose data calls answer 503) for the listener with the
+    /// API key `k`, served on 127.0.0.1; returns its address and its state.
+    async fn serve(server: Weak<dyn ServerHandle>) -> (String, Dash) {
+        let settings = Config::parse_str(
+            "t.conf",
+            r#"http_listener { listen "127.0.0.1:0" { api_key = "k" } }"#,
+        )
+        .unwrap()
+        .listeners()
+        .remove(0);
+        let dash = Dash {
+            hub: Arc::default(),
+            server,
+            settings: Arc::new(settings),
+            sessions: Arc::default(),
+            guesses: Arc::default(),
+            stop: CancellationToken::new(),
+            slow: Arc::default(),
+        };
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", socket.local_addr().unwrap());
+        let app = router(dash.clone());
+        tokio::spawn(async move { axum::serve(socket, app).await });
+        (base, dash)
+    }
+
+    fn no_server() -> Weak<dyn ServerHandle> {
+        Weak::<crate::server::Server>::new()
+    }
+
+    /// Reads `stream` until it carries a tick (`Some`) or ends (`None`), within 30 s.
+    async fn next_tick(stream: &mut reqwest::Response) -> Option<String> {
+        let read = async {
+            let mut text = String::new();
+            while let Some(chunk) = stream.chunk().await.ok()? {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                if text.contains("event: tick") && text.ends_with("\n\n") {
+                    return Some(text);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("a tick or the end within 30 s")
+    }
+
+    /// A session's event stream ends when its session expires (idle time or lifetime), at the first tick after:
+    /// checked at every tick without counting as a use. A key's stream goes on.
+    #[tokio::test]
+    async fn an_event_stream_ends_when_its_session_expires() {
+        let (base, dash) = serve(no_server()).await;
+        let client = reqwest::Client::new();
+        let login = |client: &reqwest::Client| {
+            client
+                .post(format!("{base}/dashboard/api/login"))
+                .json(&json!({ "key": "k" }))
+                .send()
+        };
+        let events = |header: (&'static str, String)| {
+            client
+                .get(format!("{base}/dashboard/api/events"))
+                .header(header.0, header.1)
+                .send()
+        };
+        for (what, expire) in [
+            ("idle", auth::SESSION_IDLE),
+            ("lifetime", auth::SESSION_LIFETIME),
+        ] {
+            let r = login(&client).await.unwrap();
+            assert_eq!(r.status(), 200);
+            let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap();
+            let cookie = cookie.split(';').next().unwrap().to_owned();
+            let mut by_session = events(("cookie", cookie.clone())).await.unwrap();
+            let mut by_key = events(("x-api-key", "k".into())).await.unwrap();
+            assert_eq!(
+                (by_session.status().as_u16(), by_key.status().as_u16()),
+                (200, 200)
+            );
+            dash.hub.send_tick("{}");
+            assert!(next_tick(&mut by_session).await.is_some(), "{what}");
+            assert!(next_tick(&mut by_key).await.is_some(), "{what}");
+            if what == "lifetime" {
+                // Used all along: a call every 7 hours, within the idle time, to the end of the lifetime.
+                let mut used = Duration::ZERO;
+                while used + 7 * 3600 * Duration::from_secs(1) < expire {
+                    dash.sessions.advance(Duration::from_secs(7 * 3600));
+                    used += Duration::from_secs(7 * 3600);
+                    let r = client
+                        .get(format!("{base}/dashboard/api/session"))
+                        .header("cookie", &cookie)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200, "{what} at {used:?}");
+                }
+                dash.sessions.advance(expire - used);
+            } else {
+                dash.sessions.advance(expire);
+            }
+            dash.hub.send_tick("{}");
+            if let Some(tick) = next_tick(&mut by_session).await {
+                panic!("{what}: the stream went on after its session ended: {tick}");
+            }
+            assert!(next_tick(&mut by_key).await.is_some(), "{what}");
+            let r = client
+                .get(format!("{base}/dashboard/api/session"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 401, "{what}");
+        }
+    }
+
+    /// The reads that go to the disk run one at a time per dashboard and their result is reused: many readers at
+    /// once make one read of each; a reload (a new generation) makes them read again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_readers_make_one_read_of_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("herald.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "spool_dir = \"{}\"\ndomain \"a.example\" {{ delivery_method = apn apn_key = \"{}\" \
+                 apn_key_id = \"K\" apn_team_id = \"T\" apn_topic = \"t\" }}\n",
+                dir.path().join("spool").display(),
+                dir.path().join("missing.p8").display()
+            ),
+        )
+        .unwrap();
+        let server = crate::server::Server::start(&config).await.unwrap();
+        let (base, dash) = serve(Arc::downgrade(&server) as Weak<dyn ServerHandle>).await;
+        let client = reqwest::Client::new();
+        let read_all = || async {
+            let calls = (0..24).map(|i| {
+                let path = if i % 2 == 0 { "overview" } else { "config" };
+                client
+                    .get(format!("{base}/dashboard/api/{path}"))
+                    .header("x-api-key", "k")
+                    .send()
+            });
+            for r in futures_util::future::join_all(calls).await {
+                let r = r.unwrap();
+                assert_eq!(r.status(), 200);
+                let body: serde_json::Value = r.json().await.unwrap();
+                if body.get("warnings").is_some() {
+                    assert_eq!(body["warnings"][0]["domain"], "a.example", "{body}");
+                    assert!(body["warnings"][0]["severity"] == "error", "{body}");
+                } else {
+                    assert_eq!(body["disk"]["ok"], true, "{body}");
+                }
+            }
+        };
+        read_all().await;
+        let counts = &dash.slow.counts;
+        assert_eq!(counts.made.load(Ordering::SeqCst), 2);
+        assert_eq!(counts.most_at_once.load(Ordering::SeqCst), 1);
+        server.reload(None).await.unwrap();
+        read_all().await;
+        assert_eq!(counts.made.load(Ordering::SeqCst), 4);
+        assert_eq!(counts.most_at_once.load(Ordering::SeqCst), 1);
+        server.shutdown(Duration::from_secs(5)).await;
     }
 }

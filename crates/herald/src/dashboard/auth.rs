@@ -5,6 +5,10 @@
 //! `dashboard_admin_keys` may act. Every state-changing call must come from the dashboard's own origin (`Origin`
 //! and `Sec-Fetch-Site` are checked) and, from a browser session, carry the session's CSRF token.
 //!
+//! A session ends at its logout, after [`SESSION_IDLE`] without a call, [`SESSION_LIFETIME`] after its login
+//! whatever its use, or when its key logs in a [`SESSIONS_PER_KEY`]th + 1 time (the key's session used longest ago
+//! goes); its event streams end with it ([`Sessions::ended`]).
+//!
 //! Reading without a key goes by the client's address, which a browser does not choose: a page of another site
 //! whose name is then rebound to herald's address (DNS rebinding) is the same origin as the dashboard, and its
 //! scripts would read the dashboard through the operator's browser. So a browser's request read by address must
@@ -13,22 +17,25 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Uri, header};
-use herald_conf::ListenerSettings;
+use herald_conf::{ListenAddr, ListenerSettings};
+use tokio_util::sync::CancellationToken;
 
 use crate::access::{GuessThrottle, same_secret};
 
-/// The session cookie's name.
+/// The session cookie's name, before the port (see [`cookie_name`]).
 pub const COOKIE: &str = "herald_dashboard";
 /// The header a browser session sends its CSRF token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a session lives without use.
 pub const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
-/// Sessions kept at most (the oldest are dropped past it).
-const MAX_SESSIONS: usize = 10_000;
+/// How long a session lives at most from its login, however much it is used (a page left open polls and reads).
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Sessions one key has at most: its next login ends its session used longest ago (never another key's).
+pub const SESSIONS_PER_KEY: usize = 16;
 
 /// What a request may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +45,8 @@ pub struct Access {
     pub via: &'static str,
     /// The session's CSRF token, for a cookie session.
     pub csrf: Option<String>,
+    /// The session's id, for a cookie session (its event stream ends with it).
+    pub session: Option<Arc<str>>,
 }
 
 /// Why a request is refused.
@@ -60,17 +69,32 @@ pub enum Refusal {
     UnknownHost { host: String },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Session {
     admin: bool,
     csrf: String,
+    /// A digest of the key it logged in with (the sessions of one key are capped; the key itself is not kept).
+    key: [u8; 32],
+    created: Instant,
     last_used: Instant,
+    /// Cancelled when the session ends, whatever ends it: its event streams end with it.
+    ended: CancellationToken,
+}
+
+impl Session {
+    fn live_at(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_used) < SESSION_IDLE
+            && now.saturating_duration_since(self.created) < SESSION_LIFETIME
+    }
 }
 
 /// The sessions of one listener.
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
+    /// How far the tests moved this clock forward.
+    #[cfg(test)]
+    skew: Mutex<Duration>,
 }
 
 fn random_token() -> String {
@@ -81,61 +105,175 @@ fn random_token() -> String {
     )
 }
 
+fn key_digest(key: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// What a lookup tells of a live session.
+struct Live {
+    admin: bool,
+    csrf: String,
+}
+
 impl Sessions {
-    /// A new session; returns (session id, CSRF token).
-    pub fn create(&self, admin: bool) -> (String, String) {
+    fn now(&self) -> Instant {
+        let now = Instant::now();
+        #[cfg(test)]
+        let now = now + *self.skew.lock().unwrap_or_else(|p| p.into_inner());
+        now
+    }
+
+    /// Moves this clock `by` forward (tests: a session's idle time and lifetime without waiting for them).
+    #[cfg(test)]
+    pub(crate) fn advance(&self, by: Duration) {
+        *self.skew.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new session for a login with `key`; returns (session id, CSRF token). Ended sessions go; past
+    /// [`SESSIONS_PER_KEY`] sessions of `key`, the one of them used longest ago goes (another key's never do).
+    pub fn create(&self, key: &str, admin: bool) -> (String, String) {
         let id = random_token();
         let csrf = random_token();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, s| now.duration_since(s.last_used) < SESSION_IDLE);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
+        let key = key_digest(key);
+        let now = self.now();
+        let mut map = self.map();
+        map.retain(|_, s| {
+            let live = s.live_at(now);
+            if !live {
+                s.ended.cancel();
+            }
+            live
+        });
+        let mut mine: Vec<(Instant, String)> = map
+            .iter()
+            .filter(|(_, s)| s.key == key)
+            .map(|(id, s)| (s.last_used, id.clone()))
+            .collect();
+        if mine.len() >= SESSIONS_PER_KEY {
+            mine.sort();
+            for (_, old) in &mine[..=mine.len() - SESSIONS_PER_KEY] {
+                if let Some(s) = map.remove(old) {
+                    s.ended.cancel();
+                }
+            }
         }
         map.insert(
             id.clone(),
             Session {
                 admin,
                 csrf: csrf.clone(),
+                key,
+                created: now,
                 last_used: now,
+                ended: CancellationToken::new(),
             },
         );
         (id, csrf)
     }
 
-    fn lookup(&self, id: &str) -> Option<Session> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+    /// The live session `id`, now used (its idle time starts again). An ended one goes.
+    fn lookup(&self, id: &str) -> Option<Live> {
+        let now = self.now();
+        let mut map = self.map();
         let s = map.get_mut(id)?;
-        if s.last_used.elapsed() >= SESSION_IDLE {
-            map.remove(id);
+        if !s.live_at(now) {
+            if let Some(s) = map.remove(id) {
+                s.ended.cancel();
+            }
             return None;
         }
-        s.last_used = Instant::now();
-        Some(s.clone())
+        s.last_used = now;
+        Some(Live {
+            admin: s.admin,
+            csrf: s.csrf.clone(),
+        })
     }
 
+    /// Whether the session `id` is still live, without counting as a use (an open event stream asks at every
+    /// tick: it does not keep its session alive). An ended one goes.
+    pub fn alive(&self, id: &str) -> bool {
+        let now = self.now();
+        let mut map = self.map();
+        match map.get(id) {
+            Some(s) if s.live_at(now) => true,
+            Some(_) => {
+                if let Some(s) = map.remove(id) {
+                    s.ended.cancel();
+                }
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Cancelled when the session `id` ends (logout, eviction, or found expired); `None` if it has ended already.
+    pub fn ended(&self, id: &str) -> Option<CancellationToken> {
+        self.map().get(id).map(|s| s.ended.clone())
+    }
+
+    /// Ends the session `id` (a logout).
     pub fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        if let Some(s) = self.map().remove(id) {
+            s.ended.cancel();
+        }
+    }
+
+    /// Sessions kept (live, or ended and not yet found so).
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-/// The session id in the request's cookies.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The name of the session cookie of the dashboard a request was sent to: `herald_dashboard_PORT`, PORT being the
+/// port of the host the request was addressed to (its `Host`, or over HTTP/2 its authority; without a port there,
+/// 443 on a TLS listener and 80 otherwise; without a host at all, the listen stanza's port). A browser sends a
+/// host's cookies to every port of it: two dashboards on one host would otherwise share, and overwrite, one
+/// cookie. On a TLS listener the name starts with `__Secure-`: a browser then accepts it only over HTTPS and with
+/// `Secure`, so a plain-HTTP page of the same host cannot set it. (`__Host-` would need `Path=/`; the cookie is for
+/// `/dashboard` only.)
+pub fn cookie_name(settings: &ListenerSettings, headers: &HeaderMap, uri: &Uri) -> String {
+    let tls = settings.tls_certificate.is_some();
+    let port = match request_host(headers, uri) {
+        Some(host) => host_port(host).unwrap_or(if tls { 443 } else { 80 }),
+        None => match &settings.addr {
+            ListenAddr::Tcp(a) => a.port(),
+            ListenAddr::Unix(_) => 0,
+        },
+    };
+    format!("{}{COOKIE}_{port}", if tls { "__Secure-" } else { "" })
+}
+
+/// The port of a `Host` value, if it names one.
+fn host_port(host: &str) -> Option<u16> {
+    let host = host.trim();
+    let port = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']')?.1.strip_prefix(':')?,
+        None => match host.split_once(':') {
+            Some((_, port)) if !port.contains(':') => port,
+            _ => return None,
+        },
+    };
+    port.parse().ok()
+}
+
+/// The value of the cookie `name` in the request's cookies.
+pub fn session_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
@@ -185,11 +323,13 @@ pub fn access(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> Result<Access, Refusal> {
-    if let Some(s) = session_cookie(headers).and_then(|id| sessions.lookup(id)) {
+    let cookie = session_cookie(headers, &cookie_name(settings, headers, uri));
+    if let Some((id, s)) = cookie.and_then(|id| Some((id, sessions.lookup(id)?))) {
         return Ok(Access {
             admin: s.admin,
             via: "session",
             csrf: Some(s.csrf),
+            session: Some(Arc::from(id)),
         });
     }
     if let Some(key) = presented_key(headers) {
@@ -204,6 +344,7 @@ pub fn access(
                 admin,
                 via: "key",
                 csrf: None,
+                session: None,
             }),
             None => {
                 let failures = guesses.failed(ip, limit);
@@ -232,6 +373,7 @@ pub fn access(
             admin: false,
             via: "address",
             csrf: None,
+            session: None,
         });
     }
     Err(Refusal::Unauthenticated)
@@ -437,6 +579,7 @@ mod tests {
             admin: true,
             via: "key",
             csrf: None,
+            session: None,
         };
         assert!(may_act_at(&admin, &browser, &uri).is_ok());
         assert_eq!(may_act_at(&admin, &evil, &uri), Err(Refusal::CrossSite));
@@ -446,8 +589,7 @@ mod tests {
     fn sessions_need_their_csrf_token_and_the_admin_right() {
         let guesses = GuessThrottle::default();
         let sessions = Sessions::default();
-        let (id, csrf) = sessions.create(true);
-        let cookie = format!("a=b; {COOKIE}={id}");
+        let (id, csrf) = sessions.create("k", true);
         let settings = herald_conf::Config::parse_str(
             "t.conf",
             r#"http_listener { listen "127.0.0.1:0" { api_key = "k" } }"#,
@@ -455,6 +597,12 @@ mod tests {
         .unwrap()
         .listeners()
         .remove(0);
+        // No host: the listen stanza's port.
+        assert_eq!(
+            cookie_name(&settings, &headers(&[]), &path()),
+            "herald_dashboard_0"
+        );
+        let cookie = format!("a=b; herald_dashboard_0={id}");
         let a = access(
             &settings,
             &sessions,
@@ -657,8 +805,8 @@ mod tests {
             ("x-api-key", "k"),
         ];
         assert_eq!(read(&plain, &with_key).unwrap().via, "key");
-        let (id, _) = sessions.create(false);
-        let cookie = format!("{COOKIE}={id}");
+        let (id, _) = sessions.create("k", false);
+        let cookie = format!("{COOKIE}_8082={id}");
         let with_session = [
             ("host", "evil.example:8082"),
             ("sec-fetch-site", "same-origin"),
@@ -711,5 +859,156 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    /// Each dashboard of a host has a cookie of its own (a browser sends a host's cookies to all its ports), and a
+    /// TLS listener's is `__Secure-`.
+    #[test]
+    fn the_cookie_name_carries_the_port() {
+        let listener = |extra: &str| {
+            herald_conf::Config::parse_str(
+                "t.conf",
+                &format!(
+                    r#"http_listener {{ api_key = "k" listen "127.0.0.1:8082" {{ {extra} }} }}"#
+                ),
+            )
+            .unwrap()
+            .listeners()
+            .remove(0)
+        };
+        let plain = listener("");
+        let tls = listener(r#"tls_certificate = "/c.pem" tls_key = "/k.pem""#);
+        let name = |settings: &ListenerSettings, host: Option<&'static str>, uri: &str| {
+            let h = match host {
+                Some(host) => headers(&[("host", host)]),
+                None => headers(&[]),
+            };
+            cookie_name(settings, &h, &uri.parse().unwrap())
+        };
+        assert_eq!(
+            name(&plain, Some("h:8083"), "/dashboard/"),
+            "herald_dashboard_8083"
+        );
+        assert_eq!(
+            name(&plain, Some("[::1]:9000"), "/dashboard/"),
+            "herald_dashboard_9000"
+        );
+        assert_eq!(
+            name(&plain, Some("h"), "/dashboard/"),
+            "herald_dashboard_80"
+        );
+        assert_eq!(
+            name(&plain, Some("::1"), "/dashboard/"),
+            "herald_dashboard_80"
+        );
+        assert_eq!(name(&plain, None, "/dashboard/"), "herald_dashboard_8082");
+        assert_eq!(
+            name(&tls, None, "https://h:8443/dashboard/"),
+            "__Secure-herald_dashboard_8443"
+        );
+        assert_eq!(
+            name(&tls, Some("h"), "/dashboard/"),
+            "__Secure-herald_dashboard_443"
+        );
+        // Another port's cookie is not this dashboard's session.
+        let sessions = Sessions::default();
+        let (id, _) = sessions.create("k", false);
+        let guesses = GuessThrottle::default();
+        let with = |cookie: String| {
+            access(
+                &plain,
+                &sessions,
+                &guesses,
+                None,
+                &headers(&[("host", "h:8083"), ("cookie", &cookie)]),
+                &path(),
+            )
+        };
+        assert_eq!(
+            with(format!("herald_dashboard_8082={id}")),
+            Err(Refusal::Unauthenticated)
+        );
+        assert_eq!(
+            with(format!("{COOKIE}={id}")),
+            Err(Refusal::Unauthenticated)
+        );
+        assert_eq!(
+            with(format!("herald_dashboard_8083={id}")).unwrap().via,
+            "session"
+        );
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A session ends after SESSION_IDLE without use, and SESSION_LIFETIME after its login however much it is
+    /// used; its end cancels its token (its event streams end). `alive` does not count as a use.
+    #[test]
+    fn a_session_ends_when_idle_and_at_the_end_of_its_lifetime() {
+        let sessions = Sessions::default();
+        let (idle, _) = sessions.create("k", false);
+        let (used, _) = sessions.create("k", false);
+        let idle_ended = sessions.ended(&idle).unwrap();
+        let used_ended = sessions.ended(&used).unwrap();
+        // Used every 7 hours: live past SESSION_IDLE, to SESSION_LIFETIME.
+        for _ in 0..3 {
+            sessions.advance(7 * HOUR);
+            assert!(sessions.lookup(&used).is_some());
+            assert!(sessions.alive(&used));
+        }
+        // The other, not used (asked whether alive only): ended at its idle time.
+        assert!(!sessions.alive(&idle));
+        assert!(idle_ended.is_cancelled());
+        assert!(sessions.lookup(&idle).is_none());
+        // 21 hours in; 3 more: the lifetime is over, though the session was used 3 hours ago.
+        assert!(!used_ended.is_cancelled());
+        sessions.advance(3 * HOUR);
+        assert!(sessions.lookup(&used).is_none());
+        assert!(used_ended.is_cancelled());
+        assert!(sessions.is_empty());
+        // Without a stream asking, a login sweeps the ended ones.
+        let (old, _) = sessions.create("k", false);
+        let old_ended = sessions.ended(&old).unwrap();
+        sessions.advance(SESSION_IDLE);
+        sessions.create("k", false);
+        assert!(old_ended.is_cancelled());
+        assert_eq!(sessions.len(), 1);
+        // A logout ends a session at once.
+        let (id, _) = sessions.create("k", false);
+        let ended = sessions.ended(&id).unwrap();
+        sessions.remove(&id);
+        assert!(ended.is_cancelled() && !sessions.alive(&id));
+    }
+
+    /// Logins of one key end that key's sessions used longest ago past SESSIONS_PER_KEY, never another key's: a
+    /// read-only key cannot log the admin out.
+    #[test]
+    fn one_keys_logins_never_end_another_keys_sessions() {
+        let sessions = Sessions::default();
+        let (admin, _) = sessions.create("admin-key", true);
+        let admin_ended = sessions.ended(&admin).unwrap();
+        let mut readers = Vec::new();
+        for _ in 0..SESSIONS_PER_KEY {
+            sessions.advance(Duration::from_secs(1));
+            let (id, _) = sessions.create("reader-key", false);
+            readers.push((sessions.ended(&id).unwrap(), id));
+        }
+        // The first reader session is used: the second is now the one used longest ago.
+        sessions.advance(Duration::from_secs(1));
+        assert!(sessions.lookup(&readers[0].1).is_some());
+        sessions.create("reader-key", false);
+        assert!(!readers[0].0.is_cancelled() && readers[1].0.is_cancelled());
+        assert!(sessions.alive(&readers[0].1) && !sessions.alive(&readers[1].1));
+        for _ in 0..1000 {
+            sessions.create("reader-key", false);
+        }
+        assert!(sessions.alive(&admin) && !admin_ended.is_cancelled());
+        assert_eq!(sessions.len(), 1 + SESSIONS_PER_KEY);
+        assert!(readers.iter().all(|(ended, _)| ended.is_cancelled()));
+        // The admin's own logins end its own oldest.
+        for _ in 0..SESSIONS_PER_KEY {
+            sessions.create("admin-key", true);
+        }
+        assert!(admin_ended.is_cancelled());
+        assert_eq!(sessions.len(), 2 * SESSIONS_PER_KEY);
     }
 }

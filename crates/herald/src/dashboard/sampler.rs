@@ -150,6 +150,12 @@ impl Hub {
         self.ticks.subscribe()
     }
 
+    /// Sends `tick` to every event stream, as the sampler does once a second (tests: a tick when they want one).
+    #[cfg(test)]
+    pub(super) fn send_tick(&self, tick: &str) {
+        let _ = self.ticks.send(Arc::from(tick));
+    }
+
     /// Event streams open now.
     pub fn listeners(&self) -> usize {
         self.ticks.receiver_count()

@@ -124,10 +124,14 @@ function onTick(t) {
   else if (page.name === "domain" && ++state.domainTicks % DOMAIN_REFRESH_TICKS === 0) refreshDomain(page.arg, true);
 }
 
+// The page the link names. A malformed link (such as #/domain/%E0, which is no percent-encoded text) names the
+// "bad-link" page, which says so, instead of throwing at every tick.
 function currentPage() {
   const h = location.hash.replace(/^#\/?/, "");
   const [name, ...rest] = h.split("/");
-  return { name: name || "overview", arg: rest.length ? decodeURIComponent(rest.join("/")) : null };
+  let arg = null;
+  try { arg = rest.length ? decodeURIComponent(rest.join("/")) : null; } catch (_) { return { name: "bad-link", arg: null }; }
+  return { name: name || "overview", arg };
 }
 
 async function route() {
@@ -146,6 +150,7 @@ async function route() {
       renderOutcomes();
     }
     else if (p.name === "config") { await renderConfig(); }
+    else if (p.name === "bad-link") { page.innerHTML = "<p class='error' id='bad-link'>This link is malformed. <a href='#/overview'>Overview</a></p>"; }
     else { page.innerHTML = "<p>No such page.</p>"; }
   } catch (e) { if (e.message !== "unauthenticated") page.innerHTML = "<p class='error'>" + esc(e.message) + "</p>"; }
 }
