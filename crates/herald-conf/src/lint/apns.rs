@@ -8,6 +8,8 @@
 //!   without an error packet; that wait must end before the connection's `idle_timeout` (s) closes it.
 //! - A binary-protocol domain that never polls the feedback service (`apn_feedback_interval = 0`) never learns of
 //!   uninstalled apps; Apple asks providers to poll it regularly.
+//! - `retry_interval = 0` makes every retry due at once: a notification APNs keeps refusing is sent again without a
+//!   pause until `max_retries` or `message_expiration` ends it.
 //!
 //! A warning points at the line that set the effective value (or the domain stanza when the value is the default),
 //! names the option and says what to do. A value set once and inherited by several domains is reported once.
@@ -131,6 +133,23 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
             );
         }
 
+        let (interval, interval_at) = lookup(&nodes, Opt::RetryInterval.id());
+        if interval.as_int() == Some(0) {
+            report(
+                3,
+                where_set(interval_at),
+                domain,
+                Box::new(|domains| {
+                    format!(
+                        "`retry_interval = 0` makes every retry of {domains} due at once: a notification APNs keeps \
+                         refusing (a 429, an APNs outage) is sent again and again without a pause until max_retries \
+                         or message_expiration ends it; set the first retry's wait in seconds (Momentum's default is \
+                         1200)"
+                    )
+                }),
+            );
+        }
+
         let (routes, _) = lookup(&nodes, Opt::Routes.id());
         let binary = matches!(routes, Value::Routes(r) if r.iter().any(|r| r.protocol == RouteProtocol::Binary));
         if !binary {
@@ -211,6 +230,22 @@ mod tests {
         assert!(w[0].contains("idle_timeout = 300"), "{w:#?}");
         // Not an APNs domain: no warning.
         assert!(warnings("idle_timeout = 0\ndomain \"mail.example\" { }\n").is_empty());
+    }
+
+    #[test]
+    fn retry_interval_zero_on_an_apns_domain() {
+        let w = warnings(
+            "domain \"a.example\" {\n  delivery_method = apn\n  routes = ( \"https://h\" )\n  retry_interval = 0\n}\n",
+        );
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].starts_with("t.conf:4:3: warning: `retry_interval = 0` makes every retry of domain `a.example` due at once"),
+            "{w:#?}"
+        );
+        assert!(
+            warnings("domain \"a.example\" { delivery_method = apn routes = ( \"https://h\" ) retry_interval = 1 }\n")
+                .is_empty()
+        );
     }
 
     #[test]
