@@ -232,8 +232,10 @@ async fn a_server_refusing_every_token_gets_backoff_not_a_reconnect_loop() {
     })
     .await;
     let connections = h.connections();
+    // Bounded by the failed attempts after which the queue is delayed (5), plus the one under way: how many are
+    // needed before every notification has had its two refusals depends on how many streams each one carried.
     assert!(
-        (5..=6).contains(&connections),
+        (1..=6).contains(&connections),
         "{connections} connections for {n} notifications"
     );
     // Each notification refused at most twice: once handed back, once counted.
