@@ -43,6 +43,52 @@ use crate::tokens::InvalidTokenStore;
 
 pub use crate::status::{ReloadError, ReloadReport, Summary};
 
+/// The start time the last run's message ids carried, kept in `spool_dir`: printed ids carry only their run's start
+/// second, so a run must not start within an earlier run's second, even when the spool no longer holds anything of
+/// it (its outcomes, status answers and webhook events still name its ids).
+mod id_epoch {
+    use std::path::Path;
+
+    /// The file, in `spool_dir`.
+    pub const FILE: &str = "id-epoch";
+
+    /// The last run's id start time (Unix ms), if recorded and readable.
+    pub fn last(dir: &Path) -> Option<u64> {
+        std::fs::read_to_string(dir.join(FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Records `epoch_ms` (written to a temporary file, synced, then renamed over the old one).
+    pub fn record(dir: &Path, epoch_ms: u64) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let tmp = dir.join(format!("{FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{epoch_ms}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(FILE))?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        /// The start time is read back as written, and a missing or garbled file is no start time.
+        #[test]
+        fn the_last_start_is_read_back() {
+            let dir = tempfile::tempdir().unwrap();
+            assert_eq!(super::last(dir.path()), None);
+            super::record(dir.path(), 1_800_000_000_123).unwrap();
+            assert_eq!(super::last(dir.path()), Some(1_800_000_000_123));
+            super::record(dir.path(), 1_800_000_001_000).unwrap();
+            assert_eq!(super::last(dir.path()), Some(1_800_000_001_000));
+            std::fs::write(dir.path().join(super::FILE), "garbage").unwrap();
+            assert_eq!(super::last(dir.path()), None);
+        }
+    }
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -401,7 +447,24 @@ impl Server {
         let node = jetstream
             .as_ref()
             .map_or(0, |js| IdGenerator::node_of(js.node_name()));
-        let ids = IdGenerator::above(node, spool.recovery_bound().map(|k| MessageId(k.0)));
+        let ids = {
+            let spooled = spool.recovery_bound().map(|k| MessageId(k.0));
+            let earlier_run = id_epoch::last(&dir).map(|ms| MessageId::from_parts(node, ms, 0));
+            let floor = [spooled, earlier_run]
+                .into_iter()
+                .flatten()
+                .max_by_key(|id| id.epoch_ms());
+            let ids = IdGenerator::above(node, floor);
+            // Not recorded (a full disk, at a start that still delivers what the spool holds): the next run may
+            // then start in this run's second only if it starts within it.
+            if let Err(e) = id_epoch::record(&dir, ids.epoch_ms()) {
+                tracing::warn!(
+                    "{}: the start time of this run's message ids is not recorded: {e}",
+                    dir.join(id_epoch::FILE).display()
+                );
+            }
+            ids
+        };
         let restore_progress = Arc::new(RestoreProgress::default());
         let left_in_spool = Arc::new(tokio::sync::Mutex::new(LeftInSpool::default()));
         spawn_restore(

@@ -114,18 +114,29 @@ impl IdGenerator {
         byte.max(1)
     }
 
-    /// A generator whose ids all sort after `floor` (the greatest id already spooled), even if the clock went back.
+    /// A generator whose ids all sort after `floor` (the greatest id already spooled, or issued by an earlier run),
+    /// even if the clock went back. Its ids also print apart from the floor's: printed ids carry the start second
+    /// and restart their counter at 1, so a run starting within the floor's second (a restart in the same second,
+    /// a clock stepped back) starts at the next whole second instead.
     pub fn above(node: u8, floor: Option<MessageId>) -> Self {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let epoch_ms = now.max(floor.map_or(0, |f| f.epoch_ms().saturating_add(1)));
+        let past_floor = floor.map_or(0, |f| {
+            (f.epoch_ms() / 1000).saturating_add(1).saturating_mul(1000)
+        });
+        let epoch_ms = now.max(past_floor);
         IdGenerator {
             node,
             epoch_ms,
             counter: AtomicU64::new(1),
         }
+    }
+
+    /// The start time its ids carry (Unix ms).
+    pub fn epoch_ms(&self) -> u64 {
+        self.epoch_ms
     }
 
     pub fn next(&self) -> MessageId {
@@ -321,6 +332,24 @@ mod tests {
         let far = MessageId::from_parts(0, u64::from(u32::MAX) * 1000, 7);
         let generator = IdGenerator::above(0, Some(far));
         assert!(generator.next() > far);
+    }
+
+    /// A run starting within the floor's second (a restart in the same second, a clock stepped back) starts at the
+    /// next whole second, so that its printed ids (start second and a counter from 1) differ from the floor run's.
+    #[test]
+    fn ids_after_a_floor_print_apart_from_its_run() {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        // An earlier run that started in a second not yet over (the clock went back, or it is this very second).
+        let floor = MessageId::from_parts(0, now_ms + 10_500, 1);
+        let generator = IdGenerator::above(0, Some(floor));
+        assert_eq!(generator.epoch_ms() % 1000, 0);
+        assert_eq!(generator.epoch_ms() / 1000, floor.epoch_ms() / 1000 + 1);
+        let first = generator.next();
+        assert_eq!(first.counter(), 1);
+        assert_ne!(first.to_string(), floor.to_string());
     }
 
     #[test]
