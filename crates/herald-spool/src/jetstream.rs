@@ -2,8 +2,10 @@
 //! their spool (docs/scale-out.md).
 //!
 //! It owns the NATS connection, the creation (or the check) of the stream and of its shared durable pull consumer,
-//! the publishing of accepted notifications (one message each, with a message id for JetStream's duplicate window,
-//! all publishes of a batch in flight at once, the batch acknowledged only once every publish ack came back), the
+//! the publishing of accepted notifications (one message each, with a message id for JetStream's duplicate window:
+//! `<node>.<key>`, or for a request that may be retried after a refusal `<dedup>.<key>`, the same on every node, so
+//! that the copies a retry publishes of the notifications the stream took before the refusal are dropped; all
+//! publishes of a batch in flight at once, the batch acknowledged only once every publish ack came back), the
 //! pulling of notifications for this node ([`JetStreamSpool::take_deliveries`]), the acks on final outcomes, the
 //! in-progress acks that keep a held notification from being redelivered to another node, and the stream's figures.
 //!
@@ -224,6 +226,11 @@ pub struct JetStreamSpool {
     /// another node changed it: in-progress acks go every third of it, and final acks are sent again for at least
     /// that long ([`final_ack`]).
     consumer_ack_wait_ms: Arc<AtomicU64>,
+    /// The stream's duplicate window as the server has it (milliseconds; `options.duplicate_window` until the
+    /// stream is read).
+    duplicate_window_ms: AtomicU64,
+    /// Publishes the stream answered as duplicates of a message it took within its duplicate window (dropped).
+    duplicates: Arc<AtomicU64>,
 }
 
 impl JetStreamSpool {
@@ -344,6 +351,8 @@ impl JetStreamSpool {
             serves_lookups: AtomicBool::new(false),
             progress_queued,
             consumer_ack_wait_ms,
+            duplicate_window_ms: AtomicU64::new(duration_ms(options.duplicate_window)),
+            duplicates: Arc::new(AtomicU64::new(0)),
             options,
         });
         match tokio::time::timeout(first_try, spool.setup()).await {
@@ -425,6 +434,7 @@ impl JetStreamSpool {
             duration_ms(consumer.cached_info().config.ack_wait),
             Ordering::Relaxed,
         );
+        self.note_duplicate_window(stream.cached_info().config.duplicate_window);
         Ok((consumer, stream))
     }
 
@@ -493,6 +503,95 @@ impl JetStreamSpool {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
+    }
+
+    /// Keeps the stream's duplicate window as the server has it (zero: the server's default, 2 minutes).
+    fn note_duplicate_window(&self, window: Duration) {
+        let window = if window.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            window
+        };
+        self.duplicate_window_ms
+            .store(duration_ms(window), Ordering::Relaxed);
+    }
+
+    /// The stream's duplicate window: for this long after the stream took a message published with
+    /// [`Spool::append_deduplicated`], a copy of it (the same `dedup` and key) is dropped rather than stored again.
+    pub fn duplicate_window(&self) -> Duration {
+        Duration::from_millis(self.duplicate_window_ms.load(Ordering::Relaxed))
+    }
+
+    /// Publishes the stream answered as duplicates (dropped, counted as stored) so far.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Publishes `batch`, each message under the message id `message_id` gives it, and waits for every ack.
+    fn publish(
+        &self,
+        batch: Vec<StoredNotification>,
+        message_id: impl Fn(&StoredNotification) -> String + Send + 'static,
+    ) -> SpoolFuture<()> {
+        self.append_calls.fetch_add(1, Ordering::Relaxed);
+        if self.closed.load(Ordering::Relaxed) {
+            return Box::pin(async { Err(SpoolError::Closed) });
+        }
+        if !self.connected() {
+            let e = SpoolError::Unreachable("not connected to NATS".into());
+            self.failed_commits.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.last_error) = Some(e.clone());
+            return Box::pin(async move { Err(e) });
+        }
+        let ctx = self.ctx.clone();
+        let subject = self.subject.clone();
+        let n = batch.len() as u64;
+        let permits = self.publish_permits.clone();
+        let limit = self.options.request_timeout;
+        let duplicates = self.duplicates.clone();
+        let fut = async move {
+            for part in batch.chunks(MAX_PUBLISHES_IN_FLIGHT) {
+                // The part's whole room first, so that no batch waits half-published for another.
+                let _room = tokio::time::timeout(
+                    limit,
+                    permits.acquire_many(part.len() as u32),
+                )
+                .await
+                .map_err(|_| {
+                    nats_error(
+                        "publishing",
+                        format!(
+                            "{MAX_PUBLISHES_IN_FLIGHT} publishes await NATS's ack and none came back within {limit:?}"
+                        ),
+                    )
+                })?
+                .map_err(|e| nats_error("publishing", e))?;
+                // Every publish goes out before the first ack is awaited: one round trip for the part.
+                let mut acks = Vec::with_capacity(part.len());
+                for s in part {
+                    let publish = jetstream::message::PublishMessage::build()
+                        .payload(encode_message(s).into())
+                        .message_id(message_id(s));
+                    let ack = ctx
+                        .send_publish(subject.clone(), publish)
+                        .await
+                        .map_err(|e| nats_error("publishing", e))?;
+                    acks.push(ack);
+                }
+                for r in join_all(acks.into_iter().map(|a| a.into_future())).await {
+                    // A duplicate is a copy of a message the stream took within its duplicate window (a retry of a
+                    // request refused part-way): it is stored.
+                    if r.map_err(|e| nats_error("waiting for the publish ack", e))?
+                        .duplicate
+                    {
+                        duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok::<(), SpoolError>(())
+        };
+        self.appended.fetch_add(n, Ordering::Relaxed);
+        Box::pin(fut)
     }
 
     /// The notifications this node pulls from the stream, each under the key the accepting node gave it (the id its
@@ -1842,6 +1941,7 @@ async fn refresh_figures(
             return;
         }
         if let Ok(info) = stream.info().await {
+            spool.note_duplicate_window(info.config.duplicate_window);
             match check_compatible(&info.config, &spool.options, &spool.subject) {
                 Ok(()) => {
                     reported.clear();
@@ -1900,59 +2000,15 @@ impl Spool for JetStreamSpool {
     }
 
     fn append(&self, batch: Vec<StoredNotification>) -> SpoolFuture<()> {
-        self.append_calls.fetch_add(1, Ordering::Relaxed);
-        if self.closed.load(Ordering::Relaxed) {
-            return Box::pin(async { Err(SpoolError::Closed) });
-        }
-        if !self.connected() {
-            let e = SpoolError::Unreachable("not connected to NATS".into());
-            self.failed_commits.fetch_add(1, Ordering::Relaxed);
-            *lock(&self.last_error) = Some(e.clone());
-            return Box::pin(async move { Err(e) });
-        }
-        let ctx = self.ctx.clone();
-        let subject = self.subject.clone();
         let node = self.options.node.clone();
-        let n = batch.len() as u64;
-        let permits = self.publish_permits.clone();
-        let limit = self.options.request_timeout;
-        let fut = async move {
-            for part in batch.chunks(MAX_PUBLISHES_IN_FLIGHT) {
-                // The part's whole room first, so that no batch waits half-published for another.
-                let _room = tokio::time::timeout(
-                    limit,
-                    permits.acquire_many(part.len() as u32),
-                )
-                .await
-                .map_err(|_| {
-                    nats_error(
-                        "publishing",
-                        format!(
-                            "{MAX_PUBLISHES_IN_FLIGHT} publishes await NATS's ack and none came back within {limit:?}"
-                        ),
-                    )
-                })?
-                .map_err(|e| nats_error("publishing", e))?;
-                // Every publish goes out before the first ack is awaited: one round trip for the part.
-                let mut acks = Vec::with_capacity(part.len());
-                for s in part {
-                    let publish = jetstream::message::PublishMessage::build()
-                        .payload(encode_message(s).into())
-                        .message_id(format!("{node}.{}", s.key.0));
-                    let ack = ctx
-                        .send_publish(subject.clone(), publish)
-                        .await
-                        .map_err(|e| nats_error("publishing", e))?;
-                    acks.push(ack);
-                }
-                for r in join_all(acks.into_iter().map(|a| a.into_future())).await {
-                    r.map_err(|e| nats_error("waiting for the publish ack", e))?;
-                }
-            }
-            Ok::<(), SpoolError>(())
-        };
-        self.appended.fetch_add(n, Ordering::Relaxed);
-        Box::pin(fut)
+        self.publish(batch, move |s| format!("{node}.{}", s.key.0))
+    }
+
+    /// The message id is `<dedup>.<key, 32 hex digits>`, whichever node publishes it: a retry of the request, on
+    /// any node, publishes the notifications the first attempt published under the same ids.
+    fn append_deduplicated(&self, batch: Vec<StoredNotification>, dedup: &str) -> SpoolFuture<()> {
+        let dedup = dedup.to_owned();
+        self.publish(batch, move |s| deduplicated_id(&dedup, s.key))
     }
 
     fn reschedule(&self, _key: SpoolKey, _retries: u32, _next_attempt_ms: u64) {
@@ -2092,6 +2148,11 @@ impl Spool for JetStreamSpool {
             }
         })
     }
+}
+
+/// The message id of a notification published with [`Spool::append_deduplicated`].
+pub fn deduplicated_id(dedup: &str, key: SpoolKey) -> String {
+    format!("{dedup}.{:032x}", key.0)
 }
 
 /// A message's payload: the key the accepting node gave the notification (16 bytes, big-endian; its record's
@@ -2953,6 +3014,111 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(again.key, SpoolKey(id));
         spool.remove(&[SpoolKey(id)]);
+        spool.close().await.unwrap();
+    }
+
+    /// A batch published with [`Spool::append_deduplicated`] that the stream refuses part-way (here its message
+    /// limit, with discard New, as any failure after some publish acks) is refused, the stream keeping what it
+    /// took; the same batch published again under the same `dedup` (a retry, on any node) is acknowledged, the
+    /// stream dropping the copies of what it took (answered as duplicates) and storing the rest: each notification
+    /// is in the stream once. A plain append's messages keep their `<node>.<key>` ids.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_refused_part_way_and_published_again_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let client = async_nats::connect(url.clone()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        js.create_stream(stream::Config {
+            name: "dedup".into(),
+            subjects: vec!["dedup.notifications".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            max_messages: 3,
+            duplicate_window: Duration::from_secs(90),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // What is published, with its message ids, as any subscriber of the subject sees it.
+        let mut published = client.subscribe("dedup.notifications").await.unwrap();
+        client.flush().await.unwrap();
+        let (spool, mut rx) = connected(url, "dedup").await;
+        assert_eq!(spool.duplicate_window(), Duration::from_secs(90));
+        let batch: Vec<StoredNotification> = (1..=5u128)
+            .map(|i| notification(0x2a << 120 | i, i as u8))
+            .collect();
+
+        let refused = spool.append_deduplicated(batch.clone(), "i-k1").await;
+        assert!(refused.is_err(), "five notifications in a stream of three");
+        // The three the stream took are pulled and finished: the stream is empty again.
+        let mut pulled = Vec::new();
+        for _ in 0..3 {
+            let n = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            pulled.push(n.key);
+        }
+        assert_eq!(pulled, batch[..3].iter().map(|n| n.key).collect::<Vec<_>>());
+        spool.remove(&pulled);
+        let mut info = js.get_stream("dedup").await.unwrap();
+        wait_for("the stream emptied", Duration::from_secs(20), async || {
+            info.info().await.unwrap().state.messages == 0
+        })
+        .await;
+
+        // The retry: acknowledged, the three dropped as duplicates, the other two stored.
+        spool
+            .append_deduplicated(batch.clone(), "i-k1")
+            .await
+            .unwrap();
+        assert_eq!(spool.duplicates(), 3);
+        for expected in &batch[3..] {
+            let n = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n.key, expected.key);
+            spool.remove(&[n.key]);
+        }
+        wait_for("the stream emptied", Duration::from_secs(20), async || {
+            info.info().await.unwrap().state.messages == 0
+        })
+        .await;
+        // Five messages stored in all, each notification once.
+        assert_eq!(info.info().await.unwrap().state.last_sequence, 5);
+        assert!(rx.try_recv().is_err(), "a notification came twice");
+
+        // A plain append: the node's message id, not one a retry would repeat.
+        let plain = notification(0x2a << 120 | 6, 6);
+        spool.append(vec![plain.clone()]).await.unwrap();
+        let mut ids = Vec::new();
+        while ids.len() < 11 {
+            let m = tokio::time::timeout(Duration::from_secs(20), published.next())
+                .await
+                .unwrap()
+                .unwrap();
+            let id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_owned());
+            ids.push(id);
+        }
+        let dedup: Vec<Option<String>> = batch
+            .iter()
+            .map(|n| Some(deduplicated_id("i-k1", n.key)))
+            .collect();
+        assert_eq!(ids[..5], dedup[..], "the first attempt");
+        assert_eq!(ids[5..10], dedup[..], "the retry");
+        assert_eq!(
+            ids[10],
+            Some(format!("{}.{}", spool.node_name(), plain.key.0)),
+            "a plain append"
+        );
         spool.close().await.unwrap();
     }
 }

@@ -25,6 +25,15 @@ pub trait Spool: Send + Sync + 'static {
     /// in which case nothing of the batch may be acknowledged. Concurrent appends share one commit.
     fn append(&self, batch: Vec<StoredNotification>) -> SpoolFuture<()>;
 
+    /// [`Spool::append`] for a request that may be retried after a refusal (one with an `Idempotency-Key`): each
+    /// notification is stored under an identity made of `dedup` and its key, the same whichever node stores it, so
+    /// that a spool that can take part of a batch before failing (NATS JetStream) drops, within its duplicate
+    /// window, a copy of one it took already, and counts it as stored. A spool whose appends are all or nothing
+    /// (the embedded one) stores the batch as `append` does.
+    fn append_deduplicated(&self, batch: Vec<StoredNotification>, _dedup: &str) -> SpoolFuture<()> {
+        self.append(batch)
+    }
+
     /// Records the delivery state after a transient failure. Not waited on: after a crash an older state may come
     /// back.
     fn reschedule(&self, key: SpoolKey, retries: u32, next_attempt_ms: u64);

@@ -327,7 +327,12 @@ impl Intake {
 
     /// Validates one submission for its domain and builds the notification; nothing is stored yet.
     pub fn prepare(&self, s: Submission, source: &Source) -> Result<Notification, Refusal> {
-        let result = self.validate(s, source);
+        // A request a retry may repeat reuses the ids a refused attempt gave the same submissions.
+        let fingerprint = crate::spool::retry_ids::fingerprint(&s);
+        let mut result = self.validate(s, source);
+        if let (Some(fingerprint), Ok(n)) = (fingerprint, &mut result) {
+            crate::spool::retry_ids::assign(fingerprint, n);
+        }
         if result.is_err() {
             self.refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -649,7 +654,10 @@ impl Intake {
         }
         let intake = self.clone();
         let source = source.clone();
-        match tokio::spawn(async move { intake.commit_here(batch, &source, room).await }).await {
+        // The request's ids go with the batch to the spool (`retry_ids`).
+        let ids = crate::spool::retry_ids::current();
+        let commit = async move { intake.commit_here(batch, &source, room).await };
+        match tokio::spawn(crate::spool::retry_ids::within(ids, commit)).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(Refusal::Temporary(Unavailable::Queueing(

@@ -89,7 +89,16 @@ impl SpoolBridge {
 impl Durable for SpoolBridge {
     fn persist<'a>(&'a self, batch: &'a [Notification]) -> BoxFuture<'a, Result<(), SpoolError>> {
         let records: Vec<StoredNotification> = batch.iter().map(to_stored).collect();
-        Box::pin(async move { self.spool.append(records).await })
+        // A request a retry may repeat (one with an Idempotency-Key, on the JetStream spool): published so that
+        // the retry's copies of what the stream took are dropped (see `retry_ids`).
+        let stored = match retry_ids::current() {
+            Some(ids) => {
+                ids.storing();
+                self.spool.append_deduplicated(records, ids.dedup())
+            }
+            None => self.spool.append(records),
+        };
+        Box::pin(stored)
     }
 
     fn queues_elsewhere(&self) -> bool {
@@ -791,9 +800,240 @@ impl UnroutedWarnings {
     }
 }
 
+/// The ids of a request with an `Idempotency-Key` on the JetStream spool, which a retry of it after a refusal
+/// reuses (docs/api.md "Idempotent requests").
+///
+/// NATS may take part of a batch before failing (an ack timeout, a connection lost, a full stream): a refused
+/// request then leaves some of its notifications in the stream. A request with a key therefore publishes its
+/// notifications with [`Spool::append_deduplicated`], under message ids made of its key and their ids; once
+/// refused, it records the ids it assigned (each with a fingerprint of its submission), and a retry with the key
+/// gives each notification it repeats the id the refused attempt gave it. The stream then drops the copies of
+/// those it took already (within its duplicate window), and the answer names the ids the first attempt assigned.
+///
+/// The request's [`retry_ids::RequestIds`] travels with it as a task-local value: [`retry_ids::within`] runs the
+/// request with it, [`crate::inbound::accept::Intake::prepare`] takes each notification's id from it
+/// ([`retry_ids::assign`]), and the [`SpoolBridge`] stores a batch of such a request with
+/// [`Spool::append_deduplicated`].
+pub mod retry_ids {
+    use std::collections::{HashMap, VecDeque};
+    use std::future::Future;
+    use std::sync::{Arc, Mutex};
+
+    use sha2::{Digest, Sha256};
+
+    use crate::inbound::accept::Submission;
+    use crate::queue::message::{MessageId, Notification};
+
+    tokio::task_local! {
+        static CURRENT: Arc<RequestIds>;
+    }
+
+    /// The ids of one request (one attempt of it).
+    #[derive(Debug)]
+    pub struct RequestIds {
+        dedup: String,
+        inner: Mutex<Inner>,
+    }
+
+    #[derive(Debug, Default)]
+    struct Inner {
+        /// Ids a refused attempt assigned, by the fingerprint of their submission, in the order it assigned them.
+        earlier: HashMap<u64, VecDeque<MessageId>>,
+        /// Fingerprint and id of each notification this attempt built, in order.
+        assigned: Vec<(u64, MessageId)>,
+        /// This attempt handed a batch to the spool.
+        stored: bool,
+    }
+
+    impl RequestIds {
+        /// A request whose notifications are published under `dedup` (see
+        /// [`herald_spool::Spool::append_deduplicated`]), reusing `earlier` (fingerprint, id) pairs, those of a
+        /// refused attempt, in their order.
+        pub fn new(dedup: String, earlier: Vec<(u64, MessageId)>) -> Arc<RequestIds> {
+            let mut by_fingerprint: HashMap<u64, VecDeque<MessageId>> = HashMap::new();
+            for (fingerprint, id) in earlier {
+                by_fingerprint.entry(fingerprint).or_default().push_back(id);
+            }
+            Arc::new(RequestIds {
+                dedup,
+                inner: Mutex::new(Inner {
+                    earlier: by_fingerprint,
+                    ..Inner::default()
+                }),
+            })
+        }
+
+        /// The prefix of the message ids of the request's notifications.
+        pub fn dedup(&self) -> &str {
+            &self.dedup
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+            self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// The ids a retry must reuse after this attempt was refused, `None` when there are none: this attempt's
+        /// (fingerprint, id) pairs if it handed a batch to the spool (else nothing of it can be in the stream),
+        /// then those of an earlier attempt it did not repeat.
+        pub fn to_reuse(&self) -> Option<Vec<(u64, MessageId)>> {
+            let inner = self.lock();
+            let mut pairs = if inner.stored {
+                inner.assigned.clone()
+            } else {
+                Vec::new()
+            };
+            let mut left: Vec<(u64, MessageId)> = inner
+                .earlier
+                .iter()
+                .flat_map(|(f, ids)| ids.iter().map(move |id| (*f, *id)))
+                .collect();
+            left.sort_unstable_by_key(|(_, id)| *id);
+            pairs.extend(left);
+            (!pairs.is_empty()).then_some(pairs)
+        }
+
+        /// Notes that the request hands a batch to the spool.
+        pub fn storing(&self) {
+            self.lock().stored = true;
+        }
+    }
+
+    /// Runs `f` with `ids` as its request's ids (none: a request without them).
+    pub async fn within<F: Future>(ids: Option<Arc<RequestIds>>, f: F) -> F::Output {
+        match ids {
+            Some(ids) => CURRENT.scope(ids, f).await,
+            None => f.await,
+        }
+    }
+
+    /// The ids of the request the current task runs, if it has them.
+    pub fn current() -> Option<Arc<RequestIds>> {
+        CURRENT.try_with(Arc::clone).ok()
+    }
+
+    /// A submission's fingerprint, when the current request has ids to reuse or record (`None` otherwise: nothing
+    /// is computed). It covers what the sender gave, so a retry of the same request gives the same whatever
+    /// herald's configuration added since.
+    pub fn fingerprint(s: &Submission) -> Option<u64> {
+        CURRENT.try_with(|_| ()).ok()?;
+        let mut h = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        fn opt(v: &Option<String>) -> Option<&[u8]> {
+            v.as_deref().map(str::as_bytes)
+        }
+        field(s.domain.as_bytes());
+        field(s.token.as_bytes());
+        field(&s.payload);
+        field(s.sender.as_bytes());
+        field(s.recipient.as_bytes());
+        for v in [
+            opt(&s.binding),
+            opt(&s.headers.topic),
+            opt(&s.headers.push_type),
+            opt(&s.headers.collapse_id),
+            opt(&s.headers.apns_id),
+        ] {
+            match v {
+                Some(v) => {
+                    field(b"1");
+                    field(v);
+                }
+                None => field(b"0"),
+            }
+        }
+        field(&s.headers.priority.map_or(-1, i64::from).to_be_bytes());
+        field(
+            &s.headers
+                .expiration
+                .map_or(-1, |e| e.min(i64::MAX as u64) as i64)
+                .to_be_bytes(),
+        );
+        let digest = h.finalize();
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&digest[..8]);
+        Some(u64::from_be_bytes(word))
+    }
+
+    /// Gives `n`, built from a submission of fingerprint `fingerprint`, the id a refused attempt gave the same
+    /// submission if one is left, and records its id.
+    pub fn assign(fingerprint: u64, n: &mut Notification) {
+        let Ok(ids) = CURRENT.try_with(Arc::clone) else {
+            return;
+        };
+        let mut inner = ids.lock();
+        if let Some(id) = inner
+            .earlier
+            .get_mut(&fingerprint)
+            .and_then(VecDeque::pop_front)
+        {
+            n.id = id;
+        }
+        inner.assigned.push((fingerprint, n.id));
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A request's ids (`retry_ids`): a submission repeated from a refused attempt takes the id it had there, in
+    /// order when it came several times; another takes a fresh one; only a request that stored something (or
+    /// carries an earlier attempt's ids) leaves ids to reuse; outside such a request nothing is computed.
+    #[tokio::test]
+    async fn a_retry_reuses_the_ids_of_the_submissions_it_repeats() {
+        use crate::inbound::accept::Submission;
+        let submission = |token: &str| Submission {
+            domain: "apps.example".into(),
+            token: token.into(),
+            payload: Bytes::from_static(b"{}"),
+            ..Submission::default()
+        };
+        assert_eq!(retry_ids::fingerprint(&submission("aa")), None);
+        let notification = |id: u128| {
+            let mut n = sample();
+            n.id = MessageId(id);
+            n
+        };
+        let first = retry_ids::RequestIds::new("i0".into(), Vec::new());
+        retry_ids::within(Some(first.clone()), async {
+            for (token, id) in [("aa", 1), ("bb", 2), ("aa", 3)] {
+                let fingerprint = retry_ids::fingerprint(&submission(token)).unwrap();
+                let mut n = notification(id);
+                retry_ids::assign(fingerprint, &mut n);
+                assert_eq!(n.id, MessageId(id));
+            }
+            assert_eq!(retry_ids::current().unwrap().dedup(), "i0");
+        })
+        .await;
+        assert_eq!(first.to_reuse(), None, "nothing stored");
+        first.storing();
+        let pairs = first.to_reuse().unwrap();
+        assert_eq!(pairs.len(), 3);
+        assert_ne!(pairs[0].0, pairs[1].0);
+        assert_eq!(pairs[0].0, pairs[2].0);
+
+        let retry = retry_ids::RequestIds::new("i0".into(), pairs);
+        let ids = retry_ids::within(Some(retry.clone()), async {
+            ["cc", "aa", "aa"]
+                .iter()
+                .enumerate()
+                .map(|(i, token)| {
+                    let fingerprint = retry_ids::fingerprint(&submission(token)).unwrap();
+                    let mut n = notification(10 + i as u128);
+                    retry_ids::assign(fingerprint, &mut n);
+                    n.id.0
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        assert_eq!(ids, [10, 1, 3]);
+        // Refused before storing, the retry still leaves the earlier attempt's id it did not repeat.
+        let left = retry.to_reuse().unwrap();
+        assert_eq!(left.iter().map(|(_, id)| id.0).collect::<Vec<_>>(), [2]);
+    }
 
     /// A stored notification to put in a test spool.
     pub(crate) fn stored_sample() -> StoredNotification {

@@ -12,7 +12,11 @@
 //!   absent); the claim becomes the answer when the request is accepted, and is removed when it is refused. A node
 //!   claims only once its heartbeat is written, so a claim whose node has no heartbeat any more (removed by the
 //!   NATS server after the node's silence: no node's clock is involved) is taken over by the next request, as is
-//!   one older than [`MAX_CLAIM_AGE`].
+//!   one older than [`MAX_CLAIM_AGE`]. NATS may take part of a request's notifications before it fails: such a
+//!   request publishes them under message ids its retries repeat, and once refused after handing them to NATS it
+//!   replaces its claim with the ids it assigned ([`crate::spool::retry_ids`]); a retry with the key within the
+//!   stream's duplicate window (less a quarter, for the clocks) gives the notifications it repeats the same ids,
+//!   and the stream drops the copies of those it took.
 //!
 //! Once claimed, a request runs to its end on a task of its own: a client that hangs up mid-way leaves neither its
 //! key claimed nor its accepted notifications unremembered.
@@ -32,6 +36,8 @@ use sha2::{Digest, Sha256};
 
 use super::auth::ApiCaller;
 use super::error::{ApiError, json_response};
+use crate::queue::message::MessageId;
+use crate::spool::retry_ids::{self, RequestIds};
 
 /// How long an accepted key is remembered.
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -48,6 +54,13 @@ pub const REMEMBER_FOR: Duration = Duration::from_secs(120);
 const ANSWERED: u8 = b'A';
 /// A shared bucket entry that is a claim: digest, claim time (u64 ms), node name follow.
 const CLAIMED: u8 = b'C';
+/// A shared bucket entry left by a request refused after it handed notifications to NATS: how long after the
+/// entry was stored its ids may be reused (u64 ms), then (fingerprint u64, id u128) pairs follow.
+const REFUSED: u8 = b'R';
+/// Of the stream's duplicate window, the part a retry may reuse a refused request's ids in: the rest is room for
+/// the time between a claim and its publishes and for clocks that differ (the age of a refused request's entry is
+/// this node's clock against the NATS server's).
+const REUSE_SHARE: (u32, u32) = (3, 4);
 
 /// The idempotency keys of every REST listener of a server.
 pub struct Idempotency {
@@ -89,6 +102,9 @@ struct SharedClaim {
     key: String,
     revision: u64,
     settled: bool,
+    /// The request's ids ([`crate::spool::retry_ids`]), and until when a retry may reuse them.
+    ids: Arc<RequestIds>,
+    reuse_until: tokio::time::Instant,
 }
 
 impl Drop for SharedClaim {
@@ -177,6 +193,9 @@ enum SharedRecord<'a> {
     /// A running request's claim: the node running it, and a number drawn by that request (so that it knows its
     /// own claim when it reads it back after a write whose answer was lost).
     Claimed { node: &'a str, nonce: u64 },
+    /// A request refused after it handed notifications to NATS: for `reuse_ms` after the entry was stored, a
+    /// retry gives the notifications it repeats the ids of `pairs` (fingerprint, id; 24 bytes each).
+    Refused { reuse_ms: u64, pairs: &'a [u8] },
 }
 
 impl<'a> SharedRecord<'a> {
@@ -189,8 +208,40 @@ impl<'a> SharedRecord<'a> {
         v
     }
 
+    fn refused(reuse_ms: u64, pairs: &[(u64, MessageId)]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + 24 * pairs.len());
+        v.push(REFUSED);
+        v.extend_from_slice(&reuse_ms.to_be_bytes());
+        for (fingerprint, id) in pairs {
+            v.extend_from_slice(&fingerprint.to_be_bytes());
+            v.extend_from_slice(&id.0.to_be_bytes());
+        }
+        v
+    }
+
+    /// The (fingerprint, id) pairs of a [`SharedRecord::Refused`].
+    fn pairs(pairs: &[u8]) -> Vec<(u64, MessageId)> {
+        pairs
+            .chunks_exact(24)
+            .map(|c| {
+                let (fingerprint, id) = c.split_at(8);
+                (
+                    u64::from_be_bytes(fingerprint.try_into().unwrap_or_default()),
+                    MessageId(u128::from_be_bytes(id.try_into().unwrap_or_default())),
+                )
+            })
+            .collect()
+    }
+
     fn decode(value: &'a [u8]) -> Option<SharedRecord<'a>> {
         match value.split_first()? {
+            (&REFUSED, rest) if rest.len() >= 8 && (rest.len() - 8) % 24 == 0 => {
+                let (reuse, pairs) = rest.split_at(8);
+                Some(SharedRecord::Refused {
+                    reuse_ms: u64::from_be_bytes(reuse.try_into().ok()?),
+                    pairs,
+                })
+            }
             (&ANSWERED, rest) if rest.len() >= 34 => Some(SharedRecord::Answered(rest)),
             (&CLAIMED, rest) if rest.len() >= 40 => {
                 let mut nonce = [0u8; 8];
@@ -325,7 +376,11 @@ impl Idempotency {
     where
         F: Future<Output = Result<Response, ApiError>>,
     {
-        let response = match handle.await {
+        let ids = match &claim {
+            Claim::Shared(shared) => Some(shared.ids.clone()),
+            Claim::Local(_) => None,
+        };
+        let response = match retry_ids::within(ids, handle).await {
             Ok(r) if r.status().is_success() => r,
             other => {
                 self.release(claim).await;
@@ -427,10 +482,26 @@ impl Idempotency {
         }
     }
 
-    /// Frees the key of a request that was refused (it may be retried as is).
+    /// Frees the key of a request that was refused (it may be retried as is). On the shared bucket, a request that
+    /// handed notifications to NATS leaves the ids it assigned instead, for a retry to reuse while the stream
+    /// drops copies of what it took (see the module documentation).
     async fn release(&self, mut claim: Claim) {
         if let (Keys::Shared { bucket, .. }, Claim::Shared(claim)) = (&self.keys, &mut claim) {
             claim.settled = true;
+            let left = claim
+                .reuse_until
+                .saturating_duration_since(tokio::time::Instant::now());
+            if let Some(pairs) = claim.ids.to_reuse().filter(|_| !left.is_zero()) {
+                let record = SharedRecord::refused(left.as_millis() as u64, &pairs);
+                match bucket.replace(&claim.key, claim.revision, &record).await {
+                    // Written, or the claim taken over meanwhile (the entry is another request's now).
+                    Ok(_) => return,
+                    Err(e) => tracing::warn!(
+                        "cannot record the ids of a refused request for its retry (one with its idempotency key \
+                         may send what NATS took of it again): {e}"
+                    ),
+                }
+            }
             if let Err(e) = bucket.remove(&claim.key, claim.revision).await {
                 // Left in place, the claim is taken over once it is abandoned (MAX_CLAIM_AGE).
                 tracing::warn!("cannot release an idempotency key after a refused request: {e}");
@@ -485,6 +556,10 @@ async fn claim_shared(
             tokio::time::sleep(Duration::from_millis(10 * u64::from(pass))).await;
         }
         let entry = bucket.read(&key).await.map_err(|e| unavailable(&e))?;
+        // Until when a retry of this request may reuse its ids (from now: its publishes come after), and the ids
+        // of a refused attempt it reuses.
+        let mut reuse_until = tokio::time::Instant::now() + reuse_window(spool.duplicate_window());
+        let mut earlier = Vec::new();
         let written = match &entry {
             None => bucket.create(&key, &claim).await,
             Some(entry) => match SharedRecord::decode(&entry.value) {
@@ -501,6 +576,18 @@ async fn claim_shared(
                     tracing::info!(key = %key_text, "taking over the idempotency key of a request whose node ({node}) is gone");
                     bucket.replace(&key, entry.revision, &claim).await
                 }
+                Some(SharedRecord::Refused { reuse_ms, pairs }) => {
+                    // The ids of a refused attempt, while the stream still drops copies of what it took of it;
+                    // past that, the retry is a new request.
+                    let age = now_ms().saturating_sub(entry.stored_ms);
+                    if age < reuse_ms {
+                        reuse_until = tokio::time::Instant::now()
+                            + Duration::from_millis(reuse_ms - age)
+                                .min(reuse_window(spool.duplicate_window()));
+                        earlier = SharedRecord::pairs(pairs);
+                    }
+                    bucket.replace(&key, entry.revision, &claim).await
+                }
                 None => {
                     return Err(ApiError::unavailable(format!(
                         "Idempotency-Key {key_text:?}: its record in {} is not one this herald reads (written by a newer version?)",
@@ -509,12 +596,15 @@ async fn claim_shared(
                 }
             },
         };
+        let dedup = format!("i{}", &key[..32]);
         let held = |key, revision| {
             Step::Run(Claim::Shared(SharedClaim {
                 owner: owner.clone(),
                 key,
                 revision,
                 settled: false,
+                ids: RequestIds::new(dedup, earlier),
+                reuse_until,
             }))
         };
         match written {
@@ -527,6 +617,11 @@ async fn claim_shared(
         }
     }
     Err(still_running(key_text))
+}
+
+/// How long after its claim a refused request's ids may be reused: [`REUSE_SHARE`] of the stream's duplicate window.
+fn reuse_window(duplicate_window: Duration) -> Duration {
+    duplicate_window * REUSE_SHARE.0 / REUSE_SHARE.1
 }
 
 /// Whether a claim made by `node` (stored at `stored_ms` by the NATS server's clock) belongs to a request that will
@@ -616,6 +711,21 @@ mod tests {
         assert_eq!(
             SharedRecord::decode(&answer),
             Some(SharedRecord::Answered(&answer[1..]))
+        );
+        // A refused request's ids: how long they may be reused, and (fingerprint, id) pairs in order.
+        let pairs = vec![(7u64, MessageId(1 << 120 | 5)), (9, MessageId(3))];
+        let refused = SharedRecord::refused(90_000, &pairs);
+        match SharedRecord::decode(&refused) {
+            Some(SharedRecord::Refused { reuse_ms, pairs: p }) => {
+                assert_eq!(reuse_ms, 90_000);
+                assert_eq!(SharedRecord::pairs(p), pairs);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(SharedRecord::decode(&refused[..20]), None);
+        assert_eq!(
+            reuse_window(Duration::from_secs(120)),
+            Duration::from_secs(90)
         );
         assert_eq!(SharedRecord::decode(b"Z12345"), None);
         assert_eq!(SharedRecord::decode(&claim[..30]), None);
