@@ -38,6 +38,8 @@ pub const MAX_CHANNELS: usize = 10_000;
 const MAX_LIST_BODY: usize = MAX_CHANNELS * (MAX_CHANNEL_ID_LEN + 16) + MAX_BODY;
 /// The reason APNs gives for a provider token too old.
 const EXPIRED_PROVIDER_TOKEN: &str = "ExpiredProviderToken";
+/// The reason APNs gives for a provider token changed too often on a connection.
+const TOO_MANY_TOKEN_UPDATES: &str = "TooManyProviderTokenUpdates";
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,13 @@ impl BroadcastClientError {
             }
             _ => None,
         }
+    }
+
+    /// Whether APNs refused the call's provider token as changed too often on this connection (`429
+    /// TooManyProviderTokenUpdates`): the connection would get the same answer for every call, while a new one's
+    /// first token is no update (docs/apns-protocol.md#provider-tokens), so the caller drops it.
+    pub fn token_updates_refused(&self) -> bool {
+        matches!(self, BroadcastClientError::Rejected { reason, .. } if reason == TOO_MANY_TOKEN_UPDATES)
     }
 
     /// The reason text of a rejection.

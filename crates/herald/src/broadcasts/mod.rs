@@ -925,12 +925,15 @@ impl Broadcaster {
                     // A refusal came over a working connection; a request refused before sending, or an answer
                     // herald could not read, says nothing against it. Any other failure drops this connection
                     // (not one another broadcast opened meanwhile).
+                    // A token refused as changed too often on this connection would be refused on it again: the
+                    // retry goes out on a new connection, whose first token is no update.
                     if !matches!(
                         e,
                         BroadcastClientError::Rejected { .. }
                             | BroadcastClientError::Request(_)
                             | BroadcastClientError::BadAnswer(_)
-                    ) {
+                    ) || e.token_updates_refused()
+                    {
                         self.forget_connection(&b.domain, &client).await;
                     }
                     Err(failure(&e))
@@ -1567,6 +1570,8 @@ domain "{DOMAIN}" {{
         ExpiredToken,
         /// `503 {"reason":"ServiceUnavailable"}`, the connection kept open.
         Unavailable,
+        /// `429 {"reason":"TooManyProviderTokenUpdates"}`, the connection kept open.
+        TokenUpdates,
     }
 
     /// How a [`RawApns`] behaves.
@@ -1748,6 +1753,11 @@ domain "{DOMAIN}" {{
                         stream,
                         b"503",
                         br#"{"reason":"ServiceUnavailable"}"#,
+                    )),
+                    Some(Refuse::TokenUpdates) => Some(refusal(
+                        stream,
+                        b"429",
+                        br#"{"reason":"TooManyProviderTokenUpdates"}"#,
                     )),
                     None if limit.is_some_and(|n| open.len() >= n as usize) => {
                         counters.over_limit.fetch_add(1, Ordering::SeqCst);
@@ -2154,6 +2164,34 @@ apn_broadcast_route = "https://127.0.0.1:1"
                 "herald_broadcasts_total{{domain=\"{DOMAIN}\",outcome=\"transient\",reason=\"ExpiredProviderToken\"}} 1"
             )]
         );
+    }
+
+    /// `429 TooManyProviderTokenUpdates` refuses the connection's token, not the broadcast: the connection is not
+    /// kept (every later call on it would get the same answer) and the next broadcast goes out on a new one, whose
+    /// first token is no update; a `503` on a connection says nothing against it, which is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_token_update_drops_the_connection() {
+        for (refuse, connections) in [(Refuse::TokenUpdates, 2), (Refuse::Unavailable, 1)] {
+            let options = RawOptions::first(refuse);
+            let (f, raw) = Fixture::routed("", "  retry_interval = 3600", Some(options)).await;
+            let raw = raw.unwrap();
+            let broadcaster =
+                Broadcaster::start(f.store(), f.resolver.clone(), Logs::default()).unwrap();
+            let first = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+            broadcaster.accept(update(&first, None)).await.unwrap();
+            wait_for("the refusal", || raw.requests() == 1).await;
+            let second = ChannelId::parse("c2Vjb25kLWNoYW5uZWw=").unwrap();
+            broadcaster.accept(update(&second, None)).await.unwrap();
+            wait_for("the second broadcast to be delivered", || {
+                raw.answered.load(Ordering::SeqCst) == 1
+            })
+            .await;
+            assert_eq!(
+                raw.connections.load(Ordering::SeqCst),
+                connections,
+                "{refuse:?}"
+            );
+        }
     }
 
     /// An attempt is counted once in `herald_broadcasts_total`, by how it ended: a transient failure with no retry

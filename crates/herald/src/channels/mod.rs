@@ -624,6 +624,7 @@ impl ChannelManager {
                 if again || !try_again(&call, &e, fresh) {
                     if !matches!(e, BroadcastClientError::Rejected { .. })
                         || e.token_expired().is_some()
+                        || e.token_updates_refused()
                     {
                         self.forget_connection(&domain, &client).await;
                     }
