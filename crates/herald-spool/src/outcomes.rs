@@ -281,7 +281,13 @@ pub struct OutcomeStore {
     refusing: AtomicBool,
     /// Writes refused while `refusing` was set.
     refused: AtomicU64,
+    /// Called by each prune batch just before its commit (tests).
+    #[cfg(test)]
+    before_prune_commit: Mutex<Option<PruneHook>>,
 }
+
+#[cfg(test)]
+type PruneHook = Box<dyn Fn(&OutcomeStore) + Send>;
 
 /// What [`OutcomeStore::lookup`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +352,8 @@ impl OutcomeStore {
             idempotency_lock: Mutex::new(()),
             refusing: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            #[cfg(test)]
+            before_prune_commit: Mutex::new(None),
         })
     }
 
@@ -668,21 +676,43 @@ impl OutcomeStore {
             return Ok(0);
         }
         let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
-        let mut marks = lock(&self.watermarks);
         for ek in &index_doomed {
             batch.remove(&p.expiry, ek.as_slice());
         }
         if let Some((ek, rest)) = &rewrite {
             batch.insert(&p.expiry, ek.as_slice(), rest.as_slice());
         }
+        // The highest suffix deleted per run (a batch holds few runs).
+        let mut highest: Vec<([u8; 8], u64)> = Vec::new();
         for key in &doomed {
             batch.remove(&p.outcomes, key.as_slice());
             let (run, suffix) = split(key);
-            let mark = marks.entry(run).or_insert(0);
-            if suffix > *mark {
-                *mark = suffix;
-                batch.insert(&p.pruned, run, suffix.to_be_bytes());
+            match highest.iter_mut().find(|(r, _)| *r == run) {
+                Some((_, s)) => *s = (*s).max(suffix),
+                None => highest.push((run, suffix)),
             }
+        }
+        // The marks are raised in memory before the commit and the lock is released before it, so that lookups
+        // (every one that misses the store takes this lock) do not wait for a commit of up to 10,000 deletions.
+        // That is safe: an outcome this commit deletes is missed by a lookup only after the commit, which then finds
+        // its run's mark already raised (expired, as when the lock was held throughout); before the commit the
+        // lookup finds the outcome itself. An id never stored (or not yet) below the new mark reads as expired
+        // a moment early, as it will once the commit is done. Should the commit fail, the marks stay raised (as
+        // they did before) and the outcomes stay found; a mark equal to the one in memory is written again with
+        // the next batch, so that the mark the store keeps is never left behind the deletions.
+        {
+            let mut marks = lock(&self.watermarks);
+            for (run, suffix) in highest {
+                let mark = marks.entry(run).or_insert(0);
+                if suffix >= *mark {
+                    *mark = suffix;
+                    batch.insert(&p.pruned, run, suffix.to_be_bytes());
+                }
+            }
+        }
+        #[cfg(test)]
+        if let Some(hook) = lock(&self.before_prune_commit).as_ref() {
+            hook(self);
         }
         let n = doomed.len() as u64;
         let _counting = lock(&self.count_lock);
@@ -883,25 +913,71 @@ impl OutcomeStore {
     /// Records that every event of webhook queue `queue` numbered below `head` is done with (delivered or
     /// dropped) and deletes the chunks `done` (by their first numbers), in one buffered write.
     pub fn hook_advance(&self, queue: &str, head: u64, done: &[u64]) -> Result<(), SpoolError> {
+        self.hook_advance_over(queue, head, done, &[]).map(drop)
+    }
+
+    /// As [`OutcomeStore::hook_advance`], and deletes too every chunk whose first number lies in one of `ranges`
+    /// (`from..until`) and whose events all lie below `head` (a chunk cut short, whose events cannot be sent, once
+    /// `head` passed its first number): the chunks of a stretch of the queue that its sender keeps no list of, only
+    /// where it starts and ends. Only the chunks of those ranges are read (the one that `head` falls into, to know
+    /// where it ends). Returns, for each range, the first number of the first chunk in it that stays (`until` when
+    /// none does): where the stretch starts now, past the deletions (and their tombstones, which a later read that
+    /// started before them would step over).
+    pub fn hook_advance_over(
+        &self,
+        queue: &str,
+        head: u64,
+        done: &[u64],
+        ranges: &[(u64, u64)],
+    ) -> Result<Vec<u64>, SpoolError> {
         self.write("deleting webhook outcomes", |p| {
             let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
             for first_seq in done {
                 batch.remove(&p.webhook, hook_key(queue, *first_seq));
             }
+            let mut starts = Vec::with_capacity(ranges.len());
+            for &(from, until) in ranges {
+                let mut start = None;
+                if from < until {
+                    for kv in p
+                        .webhook
+                        .range(hook_key(queue, from)..hook_key(queue, until))
+                    {
+                        let (k, v) = kv?;
+                        let Some(first_seq) = hook_seq(&k) else {
+                            continue;
+                        };
+                        let passed = match chunk_len(&v) {
+                            Some(n) => first_seq.saturating_add(n) <= head,
+                            None => first_seq < head,
+                        };
+                        if passed {
+                            batch.remove(&p.webhook, k);
+                        } else if start.is_none() {
+                            start = Some(first_seq);
+                        }
+                    }
+                }
+                starts.push(start.unwrap_or(until));
+            }
             batch.insert(&p.webhook_heads, queue.as_bytes(), head.to_be_bytes());
-            batch.commit()
+            batch.commit()?;
+            Ok(starts)
         })
     }
 
     /// Forgets webhook queue `queue`, whose events are all done with: deletes its recorded number and whatever chunk
-    /// is still stored under its name (one whose deletion failed), in one buffered write. A later queue of that name
-    /// then numbers its events from the start and meets nothing of this one.
-    pub fn hook_forget(&self, queue: &str) -> Result<(), SpoolError> {
+    /// is still stored under its name from number `from` on (one whose deletion failed), in one buffered write. A
+    /// later queue of that name then numbers its events from the start and meets nothing of this one, provided no
+    /// chunk of it is left below `from`: the caller passes its head, or the first number of a chunk whose deletion
+    /// failed if lower. Deleted chunks stay in the tree as tombstones until compaction, so a scan from 0 would step
+    /// over every chunk the queue ever had since.
+    pub fn hook_forget(&self, queue: &str, from: u64) -> Result<(), SpoolError> {
         self.write("forgetting a webhook queue", |p| {
             let mut batch = p.keyspace.batch().durability(Some(PersistMode::Buffer));
             for kv in p
                 .webhook
-                .range(hook_key(queue, 0)..=hook_key(queue, u64::MAX))
+                .range(hook_key(queue, from)..=hook_key(queue, u64::MAX))
             {
                 let (k, _) = kv?;
                 batch.remove(&p.webhook, k);
@@ -1360,11 +1436,103 @@ mod tests {
         store
             .hook_append("a.example", 9, &encode_chunk(&[b"9"]))
             .unwrap();
-        store.hook_forget("a.example").unwrap();
+        store.hook_forget("a.example", 4).unwrap();
         assert_eq!(
             store.hook_queues().unwrap(),
             vec![queue("b.example", 0, &[(1, 1)])]
         );
+    }
+
+    /// A stretch of chunks the sender keeps no list of is deleted by its range: the chunks wholly behind the head
+    /// go, the one the head is in stays (and is where the stretch starts now), those after it stay; a chunk cut
+    /// short goes once the head passed its first number. The other queues are not touched.
+    #[test]
+    fn webhook_chunks_of_a_stretch_are_deleted_by_its_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        for (first, events) in [(1, 2), (3, 3), (6, 1), (7, 2)] {
+            let events: Vec<String> = (first..first + events).map(|i| i.to_string()).collect();
+            store
+                .hook_append("a.example", first, &encode_chunk(&events))
+                .unwrap();
+        }
+        store
+            .hook_append("b.example", 1, &encode_chunk(&[b"x"]))
+            .unwrap();
+        let chunks = |name: &str| {
+            store
+                .hook_queues()
+                .unwrap()
+                .into_iter()
+                .find(|q| q.name == name)
+                .map(|q| (q.head, q.chunks))
+        };
+        // Head 4: the chunk 1..3 goes, 3..6 holds the head.
+        assert_eq!(
+            store
+                .hook_advance_over("a.example", 4, &[], &[(1, 4)])
+                .unwrap(),
+            vec![3]
+        );
+        assert_eq!(chunks("a.example"), Some((4, vec![(3, 3), (6, 1), (7, 2)])));
+        // Head 7, exactly where a chunk starts: nothing before it stays, the stretch starts at the head.
+        assert_eq!(
+            store
+                .hook_advance_over("a.example", 7, &[], &[(3, 7)])
+                .unwrap(),
+            vec![7]
+        );
+        assert_eq!(chunks("a.example"), Some((7, vec![(7, 2)])));
+        // A chunk cut short after it, and the head past both: both go, with a chunk named by its number.
+        let mut cut = encode_chunk(&[b"abc"]);
+        cut.pop();
+        store.raw(|p| p.webhook.insert(hook_key("a.example", 9), cut).unwrap());
+        store
+            .hook_append("a.example", 20, &encode_chunk(&[b"20"]))
+            .unwrap();
+        assert_eq!(
+            store
+                .hook_advance_over("a.example", 21, &[20], &[(7, 10), (10, 20)])
+                .unwrap(),
+            vec![10, 20]
+        );
+        assert_eq!(chunks("a.example"), Some((21, vec![])));
+        assert_eq!(chunks("b.example"), Some((0, vec![(1, 1)])));
+    }
+
+    /// A prune does not hold the marks while it commits its deletions: lookups that miss the store take them. The
+    /// marks are raised before the commit: an id the commit makes expired is never seen unknown.
+    #[test]
+    fn a_prune_does_not_hold_the_marks_through_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        store
+            .put(&[
+                (key(1, 2), 1_000, b"two".to_vec()),
+                (key(1, 3), 1_000, b"three".to_vec()),
+            ])
+            .unwrap();
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let during = seen.clone();
+        *lock(&store.before_prune_commit) = Some(Box::new(move |store: &OutcomeStore| {
+            let free = store.watermarks.try_lock().is_ok();
+            // Not yet deleted: found; never stored, below the mark being raised: expired already.
+            let lookups = (store.lookup(&key(1, 3)), store.lookup(&key(1, 1)));
+            lock(&during).push((free, lookups));
+        }));
+        assert_eq!(store.prune(2_000, u64::MAX).unwrap(), 2);
+        let seen = lock(&seen);
+        assert_eq!(seen.len(), 1);
+        let (free, (found, below)) = &seen[0];
+        assert!(free, "the marks were held through the commit");
+        assert_eq!(found.as_ref().unwrap(), &Lookup::Found(b"three".to_vec()));
+        assert_eq!(below.as_ref().unwrap(), &Lookup::Expired);
+        assert_eq!(store.lookup(&key(1, 3)).unwrap(), Lookup::Expired);
+        assert_eq!(store.lookup(&key(1, 4)).unwrap(), Lookup::Unknown);
+        drop(seen);
+        drop(store);
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        assert_eq!(store.lookup(&key(1, 3)).unwrap(), Lookup::Expired);
     }
 
     /// A sender reading from a head inside a large chunk gets the events from the head on, at most its limit, and

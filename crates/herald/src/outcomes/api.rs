@@ -161,9 +161,32 @@ async fn ask_peers(state: &StatusState, ids: &[String]) -> HashMap<OutcomeKey, S
     }
 }
 
+/// The book's answers for `ids`, looked up on the blocking pool: an id the book does not follow in memory is read
+/// from the outcome store (a read from disk; a batch holds up to [`MAX_BATCH`]), which must not hold up the async
+/// threads that serve every other request. `None` when the lookup task failed (a panic).
+async fn answers(book: &Arc<StatusBook>, ids: Vec<String>) -> Option<Vec<Answer>> {
+    let book = book.clone();
+    tokio::task::spawn_blocking(move || ids.iter().map(|id| answer(&book, id)).collect())
+        .await
+        .inspect_err(|e| tracing::error!("a status lookup failed: {e}"))
+        .ok()
+}
+
+fn lookup_failed() -> Response {
+    json(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"error": "the status lookup failed (see the log)"}),
+    )
+}
+
 async fn one(State(state): State<StatusState>, Path(id): Path<String>) -> Response {
     let id = id.trim_start_matches('/');
-    let local = answer(&state.book, id);
+    let Some(local) = answers(&state.book, vec![id.to_owned()])
+        .await
+        .and_then(|mut a| a.pop())
+    else {
+        return lookup_failed();
+    };
     let from_peers = match local.ask {
         Some(_) => ask_peers(&state, &[id.to_owned()]).await,
         None => HashMap::new(),
@@ -206,7 +229,9 @@ async fn query(State(state): State<StatusState>, request: Request) -> Response {
             json!({"error": format!("ids: {} ids; at most {MAX_BATCH} per request", q.ids.len())}),
         );
     }
-    let answers: Vec<Answer> = q.ids.iter().map(|id| answer(&state.book, id)).collect();
+    let Some(answers) = answers(&state.book, q.ids.clone()).await else {
+        return lookup_failed();
+    };
     let asked: Vec<String> = q
         .ids
         .iter()

@@ -50,7 +50,9 @@ pub fn serve(spool: &Arc<JetStreamSpool>, book: Arc<StatusBook>) -> Arc<PeerLook
 
 /// The answer to another node's question: the states `book` holds for the ids asked (at most [`MAX_BATCH`]; a
 /// question that cannot be read gets an empty answer, so the asker does not wait for it), in at most `limit` bytes
-/// (the states that would not fit are left out: the asker takes them for unknown).
+/// (the states that would not fit are left out: the asker takes them for unknown). It reads the outcome store for
+/// each id the book does not follow in memory, so it runs on the blocking pool, never on an async thread:
+/// [`PeerLookup`] calls it there.
 pub fn answer(book: &StatusBook, question: &[u8], limit: usize) -> Vec<u8> {
     let ids = serde_json::from_slice::<Question>(question)
         .map(|q| q.ids)

@@ -6,19 +6,24 @@
 //! every pass and appends each to its domain's queue in the outcome store (one store write that survives a crash
 //! of the process; a chunk the store refuses is kept and tried again until it is stored, [`super::StoreRetry`],
 //! while the events behind it wait within [`HANDOFF`]), keeping the newest chunks' events in memory; a sender task
-//! per domain (all on the sender thread, away from the delivery workers; their store reads and writes, but for a
-//! retiring queue's last one, on its blocking pool, so that one queue's large read does not hold up the others) POSTs the oldest events (from memory, or read
+//! per domain (all on the sender thread, away from the delivery workers; their store reads and writes on its blocking
+//! pool, so that one queue's large read does not hold up the others) POSTs the oldest events (from memory, or read
 //! back from the store after a restart or beyond [`QUEUE_CACHE_BYTES`] and [`CACHE_BYTES`]), and once the receiver
-//! answered 2xx records how far the queue is done and deletes the chunks wholly behind that point. A receiver that
+//! answered 2xx records how far the queue is done and deletes the chunks wholly behind that point. The chunks kept
+//! by the store only are not listed one by one in memory: a run of them is one stretch (where it starts and ends),
+//! so that a queue's memory is its cached events and a few bytes, however many chunks wait. A receiver that
 //! answers `413`, or not within [`REQUEST_TIMEOUT`] once connected, gets smaller batches ([`BatchSize`]; a connection
 //! not made within [`CONNECT_TIMEOUT`] is a failure like any other); an event it refuses alone, larger than its
 //! limit as herald knows it, is dropped and counted. A receiver that is down keeps its events in its own
-//! queue, bounded by `outcome_webhook_backlog`: beyond it the oldest are dropped with a counter and a log line. After
+//! queue, bounded by `outcome_webhook_backlog`: beyond it the oldest are dropped with a counter and a log line; its
+//! sender retries after a backoff with jitter ([`Backoff`]), so that the queues of a shared receiver that went down
+//! do not all retry at once. After
 //! a crash, the events of a partly delivered chunk that were sent after the last recorded point are sent again (at
 //! least once, never lost). So is a batch whose 2xx comes after [`REQUEST_TIMEOUT`] or is lost in transit: herald
 //! takes it for a failure and retries; receivers deduplicate by `id`. A queue with nothing waiting for
 //! [`RETIRE_AFTER`] retires (its sender ends, its rows leave the store, its counters stay, those of the
-//! [`RETIRED_KEPT`] most recently retired), so that domains whose names keep changing do not grow memory for good.
+//! [`RETIRED_KEPT`] most recently retired), so that domains whose names keep changing do not grow memory for good;
+//! its rows are deleted without holding the map of queues, so `/metrics` and the other senders go on meanwhile.
 //!
 //! The request: `POST` with `content-type: application/json`, body `{"outcomes": [event, …]}` (docs/openapi.yaml
 //! `WebhookBatch`), headers `herald-timestamp: UNIX_SECONDS` and `herald-signature: v1=HEX` where HEX is
@@ -45,9 +50,10 @@ pub const HANDOFF: usize = 100_000;
 /// Events per request at most (fewer after a receiver answered `413 Payload Too Large` or not in time: see
 /// [`BatchSize`]).
 pub const BATCH: usize = 500;
-/// Bytes of events all queues together keep in memory for their senders; chunks written beyond are read back from
-/// the store. Shared, so that many domains whose receivers are down (a regex domain stanza lets clients choose
-/// domain names) cannot hold more between them.
+/// Bytes of events all queues together keep in memory for their senders, with what it takes to keep them (where
+/// each event lies, the chunk's entry); chunks written beyond are read back from the store, and take no memory of
+/// their own but a stretch's entry (a run of them is one entry, [`Chunks::push`]). Shared, so that many domains
+/// whose receivers are down (a regex domain stanza lets clients choose domain names) cannot hold more between them.
 pub const CACHE_BYTES: usize = 64 << 20;
 /// Bytes of events one queue keeps in memory at most, within [`CACHE_BYTES`]: one receiver that is down leaves the
 /// rest to the others.
@@ -67,7 +73,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// store, its counters stay), and how long a domain's options and open chunk stay unused before they are forgotten
 /// (resolved again at its next outcome): a regex domain with ever new names does not grow memory for good.
 pub const RETIRE_AFTER: Duration = Duration::from_secs(600);
+/// The first wait of a sender after a failure ([`Backoff`]), doubled at each failure in a row up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often at most a queue logs the outcomes it dropped as older than `outcome_webhook_max_age` (the line says how
+/// many since the last one): after a long outage every batch read back may be stale.
+const STALE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A domain's webhook options.
 #[derive(Clone, PartialEq, Eq)]
@@ -81,11 +92,13 @@ pub struct HookSettings {
     pub backlog: u64,
 }
 
-/// Everything but the secret, which shows as `"********"` (as `config show` prints it).
+/// Everything but the secrets, as `config show` prints them: the secret shows as `"********"`, and so do the URL's
+/// query and the password of its user information (herald_conf::secrets: `outcome_webhook_url` is a URL option).
 impl std::fmt::Debug for HookSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = herald_conf::secrets::mask_url_credentials(&self.url);
         f.debug_struct("HookSettings")
-            .field("url", &self.url)
+            .field("url", &url.as_deref().unwrap_or(&self.url))
             .field("secret", &"********")
             .field("delivered", &self.delivered)
             .field("failed", &self.failed)
@@ -114,7 +127,17 @@ struct Queue {
     /// `chunks` but record them after releasing it, in either order: each records under this lock, and never a
     /// head below it ([`record_head`]).
     stored_head: Mutex<u64>,
+    /// The lowest first number of a chunk that may be stored still below the head: one whose deletion failed, or
+    /// (0) anything an earlier run left. The queue's retirement deletes its rows from here or from the stored head,
+    /// whichever is lower, not from the start, over the tombstones of every chunk delivered since the last
+    /// compaction. `u64::MAX`: none.
+    forget_from: AtomicU64,
+    /// Its rows are being deleted ([`Webhooks::retire`]): the writer waits for that to end before it stores more
+    /// of the domain's events (changed with [`Webhooks::queues`] locked).
+    retiring: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
+    /// A reload: ends the sender's wait after a failure (its webhook may have changed).
+    reload: tokio::sync::Notify,
 }
 
 /// The stored chunks of a queue that still hold waiting events.
@@ -122,12 +145,15 @@ struct Queue {
 struct Chunks {
     /// Every event numbered below this is done with (delivered or dropped).
     head: u64,
-    /// Oldest first.
+    /// Oldest first: chunks in memory, and between them stretches of chunks kept by the store only. Two stretches
+    /// are never next to each other without a gap in the numbers between them ([`Chunks::push_stored`]), so there
+    /// is at most one more stretch than chunks in memory: the entries are bounded by the memory bound, however many
+    /// chunks wait in the store.
     live: VecDeque<Chunk>,
-    /// Bytes of the events held in memory.
+    /// Bytes charged for the chunks held in memory ([`Chunk::charge`]).
     cached: usize,
-    /// Bytes of events all queues of the webhooks hold in memory ([`CACHE_BYTES`]); this queue's `cached` is part
-    /// of it, given back as its chunks leave (and when the queue goes).
+    /// Bytes all queues of the webhooks hold in memory ([`CACHE_BYTES`]); this queue's `cached` is part of it,
+    /// given back as its chunks leave (and when the queue goes).
     budget: Arc<AtomicUsize>,
     /// The end (first number after) of the batch the sender has in flight, from the head; `None` between requests.
     sending: Option<u64>,
@@ -142,11 +168,16 @@ impl Drop for Chunks {
     }
 }
 
+/// A chunk held in memory, or a stretch of stored chunks numbered without gaps.
 struct Chunk {
+    /// A chunk's first number. A stretch's: at or below the first number of the first of its chunks the store may
+    /// still hold (raised as the chunks before the head are deleted, [`Chunks::stretch_starts`]), so that a read
+    /// from there finds the head's chunk and steps over few deleted ones.
     first_seq: u64,
+    /// Up to the end (first number after) of the chunk or stretch.
     count: u64,
-    /// The events, while in memory; `None` for a chunk restored at start or written beyond [`QUEUE_CACHE_BYTES`] or
-    /// [`CACHE_BYTES`].
+    /// The events, while in memory; `None` for a stretch (chunks restored at start, or written beyond
+    /// [`QUEUE_CACHE_BYTES`] or [`CACHE_BYTES`]).
     events: Option<Cached>,
 }
 
@@ -176,13 +207,51 @@ impl Queue {
     }
 }
 
+/// The memory a chunk of `events` events in `bytes` bytes takes in memory, as charged against [`CACHE_BYTES`]: its
+/// bytes, where each event lies, and its entry.
+fn charge_of(bytes: usize, events: usize) -> usize {
+    bytes + events * std::mem::size_of::<(u32, u32)>() + std::mem::size_of::<Chunk>()
+}
+
 impl Chunk {
     fn end(&self) -> u64 {
         self.first_seq + self.count
     }
 
-    fn bytes(&self) -> usize {
-        self.events.as_ref().map_or(0, |e| e.data.len())
+    /// What the chunk is charged while its events are in memory (0 for a stretch).
+    fn charge(&self) -> usize {
+        self.events
+            .as_ref()
+            .map_or(0, |e| charge_of(e.data.len(), e.spans.len()))
+    }
+}
+
+/// What a move of the head left behind, for the store to delete ([`record_head`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Done {
+    /// The first numbers of the chunks held in memory that are wholly behind the head.
+    chunks: Vec<u64>,
+    /// The stretches the head reached or passed, as (first number, end): their chunks wholly behind the head are
+    /// deleted ([`OutcomeStore::hook_advance_over`]). The one the head is in ends at the head.
+    stretches: Vec<(u64, u64)>,
+}
+
+impl Done {
+    /// Adds what a later move of the head left behind: a stretch reached again is one range, to the later end.
+    fn extend(&mut self, later: Done) {
+        self.chunks.extend(later.chunks);
+        for (from, until) in later.stretches {
+            match self.stretches.last_mut() {
+                Some(last) if last.0 == from => last.1 = last.1.max(until),
+                _ => self.stretches.push((from, until)),
+            }
+        }
+    }
+
+    /// The lowest number of a chunk it names.
+    fn lowest(&self) -> Option<u64> {
+        let chunks = self.chunks.iter().copied();
+        chunks.chain(self.stretches.iter().map(|s| s.0)).min()
     }
 }
 
@@ -191,7 +260,7 @@ impl Chunk {
 enum Next {
     /// In memory: (number, event), oldest first.
     Events(Vec<(u64, Bytes)>),
-    /// In the store, from the chunk with this first number.
+    /// In the store, from this number on (a stretch's first).
     Stored(u64),
     Empty,
 }
@@ -225,26 +294,44 @@ impl Chunks {
         }
     }
 
-    /// A chunk just stored, kept in memory while the queue's events there stay within [`QUEUE_CACHE_BYTES`] and all
-    /// queues' within [`CACHE_BYTES`]. Kept in an allocation of its size exactly, so that the bytes counted are the
-    /// bytes held: the writer allocates a domain's open chunk as large as its last (up to 256 KiB), which a chunk of
-    /// a few events after a burst would otherwise keep.
+    /// A chunk just stored, kept in memory while what the queue's chunks are charged stays within
+    /// [`QUEUE_CACHE_BYTES`] and all queues' within [`CACHE_BYTES`], else left to the store ([`Chunks::push_stored`]).
+    /// Kept in an allocation of its size exactly, so that the bytes counted are the bytes held: the writer
+    /// allocates a domain's open chunk as large as its last (up to 256 KiB), which a chunk of a few events after a
+    /// burst would otherwise keep.
     fn push(&mut self, first_seq: u64, chunk: ChunkBuilder) {
         let count = chunk.len() as u64;
-        let bytes = chunk.as_bytes().len();
-        let fits = self.cached + bytes <= QUEUE_CACHE_BYTES && reserve(&self.budget, bytes);
-        let events = fits.then(|| {
-            self.cached += bytes;
-            let (data, spans) = chunk.into_parts();
-            Cached {
-                data: Bytes::from(data.into_boxed_slice()),
-                spans: spans.into_boxed_slice(),
-            }
-        });
+        let charge = charge_of(chunk.as_bytes().len(), chunk.len());
+        if self.cached + charge > QUEUE_CACHE_BYTES || !reserve(&self.budget, charge) {
+            self.push_stored(first_seq, count);
+            return;
+        }
+        self.cached += charge;
+        let (data, spans) = chunk.into_parts();
         self.live.push_back(Chunk {
             first_seq,
             count,
-            events,
+            events: Some(Cached {
+                data: Bytes::from(data.into_boxed_slice()),
+                spans: spans.into_boxed_slice(),
+            }),
+        });
+    }
+
+    /// A stored chunk of `count` events from `first_seq` kept by the store only: it lengthens the last stretch when
+    /// it follows it without a gap, and starts one otherwise.
+    fn push_stored(&mut self, first_seq: u64, count: u64) {
+        if let Some(last) = self.live.back_mut()
+            && last.events.is_none()
+            && last.end() == first_seq
+        {
+            last.count += count;
+            return;
+        }
+        self.live.push_back(Chunk {
+            first_seq,
+            count,
+            events: None,
         });
     }
 
@@ -277,10 +364,10 @@ impl Chunks {
         }
     }
 
-    /// Moves the head to `to` (never back): returns how many waiting events it passed and the first numbers of the
-    /// chunks now wholly behind it, which leave memory.
-    fn advance(&mut self, to: u64) -> (u64, Vec<u64>) {
-        let (mut passed, mut done) = (0, Vec::new());
+    /// Moves the head to `to` (never back): returns how many waiting events it passed and what it left behind for
+    /// the store to delete (the chunks now wholly behind it leave memory).
+    fn advance(&mut self, to: u64) -> (u64, Done) {
+        let (mut passed, mut done) = (0, Done::default());
         if to <= self.head {
             return (passed, done);
         }
@@ -288,22 +375,49 @@ impl Chunks {
             let from = self.head.max(c.first_seq);
             passed += c.end().min(to).saturating_sub(from);
             if c.end() > to {
+                // A stretch the head is now in: its chunks before the head go.
+                if c.events.is_none() && c.first_seq < to {
+                    done.stretches.push((c.first_seq, to));
+                }
                 break;
             }
-            self.cached -= c.bytes();
-            release(&self.budget, c.bytes());
-            done.push(c.first_seq);
+            match c.events {
+                Some(_) => done.chunks.push(c.first_seq),
+                None => done.stretches.push((c.first_seq, c.end())),
+            }
+            let charge = c.charge();
+            self.cached -= charge;
+            release(&self.budget, charge);
             self.live.pop_front();
         }
         self.head = to;
+        // The entries of a backlog that drained leave no large allocation behind.
+        if self.live.capacity() > 64 && self.live.len() < self.live.capacity() / 4 {
+            self.live.shrink_to(self.live.len() * 2);
+        }
         (passed, done)
     }
 
+    /// The stretch that started at `from` starts at `start` now: the store deleted its chunks before that
+    /// ([`record_head`]). Only the first entry can be that stretch (the head is in it); it has no effect when the
+    /// head passed it meanwhile or another move of the head raised its start further.
+    fn stretch_starts(&mut self, from: u64, start: u64) {
+        if let Some(c) = self.live.front_mut()
+            && c.events.is_none()
+            && c.first_seq == from
+            && start > from
+            && start < c.end()
+        {
+            c.count = c.end() - start;
+            c.first_seq = start;
+        }
+    }
+
     /// The writer's trim beyond the backlog: moves the head to `to` (never back). Returns how many waiting events it
-    /// dropped, how many it passed in all, and the chunks now wholly behind it. Events of the batch in flight that it
-    /// passes are not dropped yet: [`Chunks::sent`] hands them to the sender, which counts them by the answer.
-    fn trim(&mut self, to: u64) -> (u64, u64, Vec<u64>) {
-        let (mut held, mut done) = (0, Vec::new());
+    /// dropped, how many it passed in all, and what it left behind. Events of the batch in flight that it passes are
+    /// not dropped yet: [`Chunks::sent`] hands them to the sender, which counts them by the answer.
+    fn trim(&mut self, to: u64) -> (u64, u64, Done) {
+        let (mut held, mut done) = (0, Done::default());
         if let Some(end) = self.sending {
             (held, done) = self.advance(to.min(end));
             self.trimmed_in_flight += held;
@@ -407,6 +521,9 @@ pub struct Webhooks {
     /// The writer thread, woken when the first event of a pass is written.
     writer: std::sync::OnceLock<std::thread::Thread>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
+    /// Signalled (with `queues`) when a queue's retirement ends: the writer waits for it before it stores more
+    /// events of that domain ([`Webhooks::queue`]).
+    retire_done: std::sync::Condvar,
     /// Bytes of events all queues hold in memory ([`CACHE_BYTES`]).
     cached: Arc<AtomicUsize>,
     /// The counters of retired queues ([`RETIRE_AFTER`]), by domain: taken back by the queue when the domain's
@@ -426,6 +543,9 @@ pub struct Webhooks {
     /// The client every webhook is POSTed with, or why it could not be built: then no webhook is sent, and each
     /// domain's queue keeps its events (within its backlog) with this error as its last one.
     http: Result<reqwest::Client, String>,
+    /// Runs on the blocking pool just before the next retirement deletes its queue's rows (tests).
+    #[cfg(test)]
+    before_forget: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// What the delivery path writes to, behind one lock.
@@ -527,6 +647,7 @@ impl Webhooks {
             domains: Mutex::new(Domains::default()),
             writer: std::sync::OnceLock::new(),
             queues: Mutex::new(HashMap::new()),
+            retire_done: std::sync::Condvar::new(),
             cached: Arc::default(),
             retired: Mutex::new(Retired::default()),
             retire_after,
@@ -536,26 +657,28 @@ impl Webhooks {
             senders,
             _stop_senders: stop_senders,
             http,
+            #[cfg(test)]
+            before_forget: Mutex::new(None),
         });
         match store.hook_queues() {
             Ok(queues) => {
                 for stored in queues {
                     let q = hooks.queue(&stored.name);
+                    // An earlier run may have left chunks below the head (a deletion that failed, a chunk cut
+                    // short, which the listing skips): the queue's retirement deletes its rows from the start.
+                    q.forget_from.store(0, Ordering::Relaxed);
                     let mut chunks = lock(&q.chunks);
                     chunks.head = stored.head;
                     *lock(&q.stored_head) = stored.head;
                     let mut next = stored.head.max(1);
+                    // In stretches: however many chunks wait, a few entries.
                     for (first_seq, count) in stored.chunks {
                         next = next.max(first_seq + count);
                         let waiting =
                             (first_seq + count).saturating_sub(stored.head.max(first_seq));
                         if waiting > 0 {
                             q.len.fetch_add(waiting, Ordering::Relaxed);
-                            chunks.live.push_back(Chunk {
-                                first_seq,
-                                count,
-                                events: None,
-                            });
+                            chunks.push_stored(first_seq, count);
                         }
                     }
                     drop(chunks);
@@ -597,13 +720,16 @@ impl Webhooks {
     }
 
     /// Forgets the options resolved so far (after a configuration reload); events already written stay. Wakes
-    /// every domain's sender: one whose webhook had been removed waits for a wake-up, and its webhook may be back.
+    /// every domain's sender: one whose webhook had been removed waits for a wake-up, and its webhook may be back;
+    /// one waiting after a failure tries again at once (its URL may have been fixed; a new one starts its backoff
+    /// again, [`Backoff::for_url`]).
     pub fn reconfigure(&self) {
         for d in lock(&self.domains).by_name.values_mut() {
             d.settings = None;
         }
         for q in lock(&self.queues).values() {
             q.wake.notify_one();
+            q.reload.notify_one();
         }
     }
 
@@ -647,15 +773,24 @@ impl Webhooks {
     }
 
     /// The queue of `domain`, created (with its sender task) on first use, or again after it retired (with the
-    /// counters it had).
+    /// counters it had). While the domain's queue retires, waits until its rows are gone (a new queue numbers its
+    /// events from the start) or it stays (its retirement failed): only the writer calls this, and its events wait
+    /// meanwhile within [`HANDOFF`]; the lock is not held while it waits.
     fn queue(self: &Arc<Self>, domain: &str) -> Arc<Queue> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(q) = queues.get(domain) {
-            return q.clone();
+        let mut queues = lock(&self.queues);
+        while let Some(q) = queues.get(domain) {
+            if !q.retiring.load(Ordering::Relaxed) {
+                return q.clone();
+            }
+            queues = self
+                .retire_done
+                .wait(queues)
+                .unwrap_or_else(|p| p.into_inner());
         }
         let before = lock(&self.retired).take(domain).unwrap_or_default();
         let q = Arc::new(Queue {
             next_seq: AtomicU64::new(1),
+            forget_from: AtomicU64::new(u64::MAX),
             delivered: AtomicU64::new(before.delivered),
             dropped: AtomicU64::new(before.dropped),
             failures: AtomicU64::new(before.failures),
@@ -687,25 +822,50 @@ impl Webhooks {
     /// writer storing into it holds it too, and takes it from the map under the same lock): forgets it in the
     /// store, keeps its counters, and removes it, so that its sender ends. A later event of the domain makes a new
     /// queue, numbered from the start. False when it stays.
-    fn retire(&self, domain: &str, q: &Arc<Queue>) -> bool {
-        let mut queues = lock(&self.queues);
-        if !queues.get(domain).is_some_and(|x| Arc::ptr_eq(x, q)) || Arc::strong_count(q) != 2 {
-            return false;
-        }
+    ///
+    /// The store's write (a scan of the queue's rows from its head; a reopen first, should the store refuse
+    /// writes) runs on the blocking pool with the map unlocked: `/metrics`, the console and the other senders go on
+    /// meanwhile. The queue is marked retiring under the lock, so that the writer does not store into it nor make
+    /// a new one of the name before its old rows are gone ([`Webhooks::queue`]); it leaves the map after the write.
+    async fn retire(&self, domain: &str, q: &Arc<Queue>) -> bool {
         {
+            let queues = lock(&self.queues);
+            if !queues.get(domain).is_some_and(|x| Arc::ptr_eq(x, q)) || Arc::strong_count(q) != 2 {
+                return false;
+            }
             let chunks = lock(&q.chunks);
             if !chunks.live.is_empty() || q.len.load(Ordering::Relaxed) != 0 {
                 return false;
             }
+            q.retiring.store(true, Ordering::Relaxed);
         }
-        // Under the lock: no new queue of the name numbers events before its old rows are gone.
-        if let Err(e) = self.store.hook_forget(domain) {
-            tracing::debug!(%domain, "an idle webhook queue stays: {e}");
-            return false;
+        let mut retiring = Retiring {
+            hooks: self,
+            domain,
+            q,
+            forgotten: false,
+        };
+        let from = q
+            .forget_from
+            .load(Ordering::Relaxed)
+            .min(*lock(&q.stored_head));
+        let (store, name) = (self.store.clone(), domain.to_owned());
+        #[cfg(test)]
+        let hook = lock(&self.before_forget).take();
+        let forgotten = self
+            .store_call(move || {
+                #[cfg(test)]
+                if let Some(hook) = hook {
+                    hook();
+                }
+                store.hook_forget(&name, from)
+            })
+            .await;
+        match forgotten {
+            Ok(()) => retiring.forgotten = true,
+            Err(e) => tracing::debug!(%domain, "an idle webhook queue stays: {e}"),
         }
-        queues.remove(domain);
-        lock(&self.retired).insert(q.stats(domain));
-        true
+        retiring.forgotten
     }
 
     /// Forgets the options and open chunk of every domain not resolved since the last sweep and with no event
@@ -770,6 +930,34 @@ impl Webhooks {
             "Webhook requests that failed (no answer, timeout, non-2xx).",
             &|s| s.failures,
         );
+    }
+}
+
+/// A queue's retirement under way ([`Webhooks::retire`]): ends it however the retirement ends (its future may be
+/// dropped with the runtime): the queue leaves the map when its rows were forgotten, and stays otherwise; either way
+/// it is no longer retiring, and the writer waiting for it goes on.
+struct Retiring<'a> {
+    hooks: &'a Webhooks,
+    domain: &'a str,
+    q: &'a Arc<Queue>,
+    /// The store forgot the queue's rows.
+    forgotten: bool,
+}
+
+impl Drop for Retiring<'_> {
+    fn drop(&mut self) {
+        let mut queues = lock(&self.hooks.queues);
+        if self.forgotten
+            && queues
+                .get(self.domain)
+                .is_some_and(|x| Arc::ptr_eq(x, self.q))
+        {
+            queues.remove(self.domain);
+            lock(&self.hooks.retired).insert(self.q.stats(self.domain));
+        }
+        self.q.retiring.store(false, Ordering::Relaxed);
+        drop(queues);
+        self.hooks.retire_done.notify_all();
     }
 }
 
@@ -1012,7 +1200,7 @@ fn queued(hooks: &Arc<Webhooks>, p: Pending) {
         let (k, passed, done) = chunks.trim(to);
         q.len.fetch_sub(passed, Ordering::Relaxed);
         drop(chunks);
-        if let Err(e) = record_head(&hooks.store, &q, &domain, to, &done) {
+        if let Err(e) = record_head(&hooks.store, &q, &domain, to, done) {
             tracing::error!(%domain, "trimming the webhook backlog: {e}");
         }
         let before = q.dropped.fetch_add(k, Ordering::Relaxed);
@@ -1063,9 +1251,10 @@ fn sender_thread() -> std::io::Result<(tokio::runtime::Handle, tokio::sync::ones
 /// POSTs the oldest events of `domain`'s queue until it is empty, then waits for more; ends when the queue retires
 /// after [`RETIRE_AFTER`] with nothing waiting.
 async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::default();
     let mut size = BatchSize::default();
     let mut too_large_log = Throttle::new(DROP_LOG_EVERY);
+    let mut stale_log = Throttle::new(STALE_LOG_EVERY);
     loop {
         let Some(h) = hooks.upgrade() else {
             return;
@@ -1084,8 +1273,7 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
                     Err(e) => {
                         tracing::error!(%domain, "reading the webhook queue: {e}");
                         drop(h);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        backoff.wait(&q).await;
                         continue;
                     }
                 }
@@ -1099,7 +1287,8 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             if tokio::time::timeout(retire_after, q.wake.notified())
                 .await
                 .is_err()
-                && hooks.upgrade().is_some_and(|h| h.retire(&domain, &q))
+                && let Some(h) = hooks.upgrade()
+                && h.retire(&domain, &q).await
             {
                 return;
             }
@@ -1112,6 +1301,8 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
             q.wake.notified().await;
             continue;
         };
+        // A reload that changed the URL: a new receiver, whose failures are counted from the first.
+        backoff.for_url(&settings.url);
         // Events older than max_age are dropped, not sent.
         let oldest_allowed = now_secs().saturating_sub(settings.max_age.as_secs());
         let fresh = fresh_events(&events, oldest_allowed);
@@ -1119,7 +1310,7 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
         if fresh.is_empty() {
             let k = done_with(&h, &domain, &q, last_seq + 1).await;
             q.dropped.fetch_add(k, Ordering::Relaxed);
-            tracing::warn!(%domain, dropped = k, "webhook outcomes older than outcome_webhook_max_age dropped");
+            stale_dropped(&mut stale_log, &domain, k);
             continue;
         }
         let mut body = Vec::with_capacity(16 + fresh.iter().map(|e| e.len() + 1).sum::<usize>());
@@ -1144,8 +1335,7 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
                     tracing::error!(%domain, "outcome webhook: {e}; its outcomes wait in its queue");
                 }
                 drop(h);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff.wait(&q).await;
                 continue;
             }
         };
@@ -1212,28 +1402,102 @@ async fn send_loop(hooks: Weak<Webhooks>, domain: String, q: Arc<Queue>) {
                 q.delivered.fetch_add(delivered, Ordering::Relaxed);
                 q.dropped.fetch_add(k - delivered, Ordering::Relaxed);
                 if stale > 0 {
-                    tracing::warn!(
-                        %domain, dropped = stale,
-                        "webhook outcomes older than outcome_webhook_max_age dropped"
-                    );
+                    stale_dropped(&mut stale_log, &domain, stale);
                 }
-                backoff = Duration::from_millis(250);
+                backoff.reset();
             }
             Some(e) => {
                 q.failures.fetch_add(1, Ordering::Relaxed);
                 q.dropped.fetch_add(trimmed, Ordering::Relaxed);
                 tracing::debug!(
                     %domain,
-                    "outcome webhook: {e}; retrying in {backoff:?}, {} per batch",
+                    "outcome webhook: {e}; retrying in {:?} at most, {} per batch",
+                    backoff.delay,
                     size.limit()
                 );
                 *lock(&q.last_error) = Some(e);
                 drop(h);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff.wait(&q).await;
             }
         }
     }
+}
+
+/// Logs the `k` outcomes of `domain` just dropped as older than `outcome_webhook_max_age`, at most once per
+/// [`STALE_LOG_EVERY`] (the line counts those dropped since the last one): after a long outage every batch read back
+/// may be stale, up to `outcome_webhook_backlog` / batch lines otherwise.
+fn stale_dropped(log: &mut Throttle, domain: &str, k: u64) {
+    if let Some(since) = log.pass(Instant::now(), k) {
+        tracing::warn!(
+            %domain, dropped = since,
+            "webhook outcomes older than outcome_webhook_max_age dropped (`dropped`: since the last such line; \
+             herald_webhook_dropped_total counts them all)"
+        );
+    }
+}
+
+/// How long a sender waits after a failure: from [`FIRST_BACKOFF`], doubled at each failure in a row up to
+/// [`MAX_BACKOFF`], each wait drawn at random between half the delay and the delay (jitter), so that the queues of
+/// many domains whose shared receiver went down do not all retry in step. Starts again from [`FIRST_BACKOFF`] after
+/// a batch taken, and when a reload gives the webhook another URL.
+#[derive(Debug)]
+struct Backoff {
+    /// The delay of the next wait, before its jitter.
+    delay: Duration,
+    /// The URL the failures were counted for (`None` before the first batch).
+    url: Option<String>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delay: FIRST_BACKOFF,
+            url: None,
+        }
+    }
+}
+
+impl Backoff {
+    /// The next wait (with its jitter); the delay doubles for the one after.
+    fn next_wait(&mut self) -> Duration {
+        let wait = jittered(self.delay);
+        self.delay = (self.delay * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    /// A batch was taken: the next failure waits [`FIRST_BACKOFF`] again.
+    fn reset(&mut self) {
+        self.delay = FIRST_BACKOFF;
+    }
+
+    /// The batch goes to `url`: another one than the failures were counted for starts the backoff again.
+    fn for_url(&mut self, url: &str) {
+        if self.url.as_deref() != Some(url) {
+            self.url = Some(url.to_owned());
+            self.reset();
+        }
+    }
+
+    /// Waits [`Backoff::next_wait`], or until a reload ([`Webhooks::reconfigure`]), whichever comes first.
+    async fn wait(&mut self, q: &Queue) {
+        let wait = self.next_wait();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = q.reload.notified() => {}
+        }
+    }
+}
+
+/// A random duration between `d / 2` and `d` (both included).
+fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    // std's randomly keyed hasher over a count: random enough to spread retries, without a crate.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+    let half = d / 2;
+    let span = u64::try_from((d - half).as_nanos()).unwrap_or(u64::MAX);
+    half + Duration::from_nanos(h.finish() % span.saturating_add(1))
 }
 
 /// What a receiver's answer to a batch means for its sender, with the error it shows otherwise.
@@ -1444,7 +1708,7 @@ async fn done_with(h: &Webhooks, domain: &str, q: &Arc<Queue>, to: u64) -> u64 {
     q.len.fetch_sub(k, Ordering::Relaxed);
     let (store, d, queue) = (h.store.clone(), domain.to_owned(), q.clone());
     let stored = h
-        .store_call(move || record_head(&store, &queue, &d, to, &done))
+        .store_call(move || record_head(&store, &queue, &d, to, done))
         .await;
     if let Err(e) = stored {
         tracing::error!(%domain, "recording delivered webhook outcomes: {e}");
@@ -1452,20 +1716,36 @@ async fn done_with(h: &Webhooks, domain: &str, q: &Arc<Queue>, to: u64) -> u64 {
     k
 }
 
-/// Records in the store that every event of `domain`'s queue below `to` is done with and deletes the chunks
-/// `done`; the head recorded never goes back (a call that computed a lower head than one already recorded records
-/// that one again: see [`Queue::stored_head`]).
+/// Records in the store that every event of `domain`'s queue below `to` is done with and deletes what `done`
+/// names (the stretches' chunks wholly behind the head), then moves the start of the stretch the head is in past
+/// the deletions; the head recorded never goes back (a call that computed a lower head than one already recorded
+/// records that one again: see [`Queue::stored_head`]). When the write fails, the chunks stay in the store: the
+/// queue's retirement deletes them ([`Queue::forget_from`]), and a stretch the head is in is scanned again from its
+/// start at the next move.
 fn record_head(
     store: &OutcomeStore,
     q: &Queue,
     domain: &str,
     to: u64,
-    done: &[u64],
+    done: Done,
 ) -> Result<(), herald_spool::SpoolError> {
     let mut stored = lock(&q.stored_head);
     let head = to.max(*stored);
-    store.hook_advance(domain, head, done)?;
+    let starts = match store.hook_advance_over(domain, head, &done.chunks, &done.stretches) {
+        Ok(starts) => starts,
+        Err(e) => {
+            if let Some(lowest) = done.lowest() {
+                q.forget_from.fetch_min(lowest, Ordering::Relaxed);
+            }
+            return Err(e);
+        }
+    };
     *stored = head;
+    drop(stored);
+    let mut chunks = lock(&q.chunks);
+    for (&(from, _), start) in done.stretches.iter().zip(starts) {
+        chunks.stretch_starts(from, start);
+    }
     Ok(())
 }
 
@@ -1532,6 +1812,14 @@ mod tests {
             chunk.push_with(|b| b.extend_from_slice(i.to_string().as_bytes()));
         }
         chunk
+    }
+
+    /// What a move of the head leaves behind: the chunks in memory `first` (by their first numbers).
+    fn gone(first: &[u64]) -> Done {
+        Done {
+            chunks: first.to_vec(),
+            stretches: Vec::new(),
+        }
     }
 
     fn seqs(next: Next) -> Vec<u64> {
@@ -1612,6 +1900,17 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("secret: \"********\""), "{text}");
         assert!(text.contains("https://hooks.example/in"), "{text}");
+        // The URL's query and password are secrets too (herald_conf::secrets): masked, the rest kept.
+        s.url = "https://hook:pa55word@hooks.example/in?token=qu3ry-key".into();
+        let text = format!("{s:?}");
+        assert!(
+            !text.contains("qu3ry-key") && !text.contains("pa55word"),
+            "{text}"
+        );
+        assert!(
+            text.contains("https://hook:********@hooks.example/in?********"),
+            "{text}"
+        );
     }
 
     /// The memory bound is shared by all queues: at the bound, a chunk of any queue is kept by the store only, and
@@ -1642,18 +1941,135 @@ mod tests {
 
     /// A chunk is kept in memory in an allocation of the size it is charged: one event written into an open chunk
     /// allocated as large as a burst's (the writer sizes it as the domain's last) does not keep the burst's bytes.
+    /// What it takes besides its bytes (where each event lies, its entry) is charged too.
     #[test]
     fn a_chunk_in_memory_holds_the_bytes_it_is_charged() {
         let budget = Arc::new(AtomicUsize::new(0));
         let mut c = Chunks::with_budget(budget.clone());
         let mut chunk = ChunkBuilder::with_capacity(256 << 10);
         chunk.push_with(|b| b.extend_from_slice(b"{\"id\":\"1\"}"));
+        let bytes = chunk.as_bytes().len();
         c.push(1, chunk);
         let charged = budget.load(Ordering::Relaxed);
         assert_eq!(charged, c.cached);
+        assert_eq!(
+            charged,
+            bytes + std::mem::size_of::<(u32, u32)>() + std::mem::size_of::<Chunk>()
+        );
         let cached = c.live.pop_back().and_then(|c| c.events).unwrap();
         // The allocation behind the bytes (taken back whole: nothing else refers to it).
-        assert_eq!(Vec::from(cached.data).capacity(), charged);
+        assert_eq!(Vec::from(cached.data).capacity(), bytes);
+        assert_eq!(cached.spans.len(), 1);
+    }
+
+    /// Chunks kept by the store only (the memory bound reached, here by the other queues) take one entry however
+    /// many they are: a receiver down for long, with a chunk per writer pass, does not grow the queue's memory. As
+    /// the head moves through the stretch the store deletes the chunks wholly behind it and the stretch starts at
+    /// the one the head is in; a chunk in memory between stretches keeps them apart.
+    #[test]
+    fn chunks_beyond_the_memory_bound_take_one_entry_however_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        let budget = Arc::new(AtomicUsize::new(CACHE_BYTES));
+        let q = Queue {
+            chunks: Mutex::new(Chunks::with_budget(budget.clone())),
+            forget_from: AtomicU64::new(u64::MAX),
+            ..Queue::default()
+        };
+        let stored_chunks = |store: &OutcomeStore| -> Vec<(u64, u64)> {
+            store
+                .hook_queues()
+                .unwrap()
+                .into_iter()
+                .flat_map(|q| q.chunks)
+                .collect()
+        };
+        // 10,000 chunks of 3 events, numbered 1, 4, 7, …
+        const N: u64 = 10_000;
+        for i in 0..N {
+            let first = 1 + 3 * i;
+            let chunk = events(first..first + 3);
+            store
+                .hook_append("a.example", first, chunk.as_bytes())
+                .unwrap();
+            lock(&q.chunks).push(first, chunk);
+        }
+        let end = 1 + 3 * N;
+        {
+            let c = lock(&q.chunks);
+            assert_eq!((c.live.len(), c.cached), (1, 0));
+            assert_eq!((c.live[0].first_seq, c.live[0].end()), (1, end));
+            assert_eq!(c.next(10), Next::Stored(1));
+            assert_eq!(c.head_after(5), 6);
+        }
+        // Delivered up to event 5: the first chunk goes, the second (4..7) stays, and the stretch starts there.
+        let (passed, done) = lock(&q.chunks).advance(5);
+        assert_eq!(
+            (passed, &done.stretches, done.chunks.is_empty()),
+            (4, &vec![(1, 5)], true)
+        );
+        record_head(&store, &q, "a.example", 5, done).unwrap();
+        assert_eq!(lock(&q.chunks).next(10), Next::Stored(4));
+        assert_eq!(stored_chunks(&store)[..2], [(4, 3), (7, 3)]);
+        let read = store.hook_chunks("a.example", 4, 5, 3).unwrap();
+        assert_eq!(waiting_events(read, 5, 3).first().map(|e| e.0), Some(5));
+        // Memory frees up: the next chunk is kept in memory, and the one after starts another stretch.
+        budget.store(0, Ordering::Relaxed);
+        for first in [end, end + 3] {
+            let chunk = events(first..first + 3);
+            store
+                .hook_append("a.example", first, chunk.as_bytes())
+                .unwrap();
+            lock(&q.chunks).push(first, chunk);
+            budget.store(CACHE_BYTES, Ordering::Relaxed);
+        }
+        assert_eq!(lock(&q.chunks).live.len(), 3);
+        // Past the first stretch and into the chunk in memory: the whole stretch is deleted, by its range.
+        let (_, done) = lock(&q.chunks).advance(end + 1);
+        assert_eq!(done.stretches, vec![(4, end)]);
+        record_head(&store, &q, "a.example", end + 1, done).unwrap();
+        assert_eq!(stored_chunks(&store), [(end, 3), (end + 3, 3)]);
+        assert_eq!(seqs(lock(&q.chunks).next(10)), vec![end + 1, end + 2]);
+        // The rest: nothing is left in memory or in the store.
+        let (_, done) = lock(&q.chunks).advance(end + 6);
+        assert_eq!(
+            done,
+            Done {
+                chunks: vec![end],
+                stretches: vec![(end + 3, end + 6)]
+            }
+        );
+        record_head(&store, &q, "a.example", end + 6, done).unwrap();
+        assert!(stored_chunks(&store).is_empty());
+        let c = lock(&q.chunks);
+        assert!(c.live.is_empty() && c.live.capacity() <= 64);
+        assert_eq!(c.cached, 0);
+        assert_eq!(q.forget_from.load(Ordering::Relaxed), u64::MAX);
+    }
+
+    /// A trim that passes a stretch in two moves (the events in flight first, then the rest) names it once, to the
+    /// later end; a failed deletion leaves its chunks to the queue's retirement.
+    #[test]
+    fn a_stretch_trimmed_past_the_batch_in_flight_is_deleted_once() {
+        let mut c = Chunks::with_budget(Arc::new(AtomicUsize::new(CACHE_BYTES)));
+        c.push(1, events(1..4));
+        c.push(4, events(4..7));
+        assert_eq!(c.live.len(), 1);
+        assert!(c.start_sending(1, 3));
+        let (dropped, passed, done) = c.trim(5);
+        assert_eq!((dropped, passed), (2, 4));
+        assert_eq!(done.stretches, vec![(1, 5)]);
+        assert_eq!(done.lowest(), Some(1));
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = OutcomeStore::open(dir.path()).unwrap();
+        let q = Queue {
+            forget_from: AtomicU64::new(u64::MAX),
+            ..Queue::default()
+        };
+        store.refuse_writes(true);
+        assert!(record_head(&store, &q, "a.example", 5, done).is_err());
+        assert_eq!(q.forget_from.load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -1687,11 +2103,11 @@ mod tests {
         c.push(1, events(1..6));
         assert!(c.start_sending(1, 4));
         // Four dropped beyond the backlog: three of them in flight, one not.
-        assert_eq!(c.trim(5), (1, 4, vec![]));
+        assert_eq!(c.trim(5), (1, 4, gone(&[])));
         assert_eq!(c.sent(), 3);
         assert_eq!(c.sent(), 0);
         // Nothing in flight: a trim drops what it passes.
-        assert_eq!(c.trim(6), (1, 1, vec![1]));
+        assert_eq!(c.trim(6), (1, 1, gone(&[1])));
         c.push(6, events(6..9));
         assert!(c.start_sending(6, 9));
         c.sent();
@@ -1756,12 +2172,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Two delivered: the first chunk stays (one event of it waits).
-        assert_eq!(c.advance(3), (2, vec![]));
+        assert_eq!(c.advance(3), (2, gone(&[])));
         assert_eq!(seqs(c.next(10)), vec![3, 4, 5]);
-        assert_eq!(c.advance(5), (2, vec![1]));
-        assert_eq!(c.advance(4), (0, vec![]), "the head never goes back");
+        assert_eq!(c.advance(5), (2, gone(&[1])));
+        assert_eq!(c.advance(4), (0, gone(&[])), "the head never goes back");
         assert_eq!(seqs(c.next(10)), vec![5]);
-        assert_eq!(c.advance(6), (1, vec![4]));
+        assert_eq!(c.advance(6), (1, gone(&[4])));
         assert_eq!((c.next(10), c.cached), (Next::Empty, 0));
     }
 
@@ -1796,7 +2212,7 @@ mod tests {
         assert_eq!(c.head_after(2), 6);
         assert_eq!(c.head_after(3), 7);
         assert_eq!(c.head_after(99), 9);
-        assert_eq!(c.advance(c.head_after(3)), (3, vec![1]));
+        assert_eq!(c.advance(c.head_after(3)), (3, gone(&[1])));
         assert_eq!(seqs(c.next(10)), vec![7, 8]);
     }
 
@@ -2387,6 +2803,209 @@ mod tests {
         assert_eq!(*lock(&took), sent);
     }
 
+    /// A receiver down while a domain's outcomes come one per writer pass, with the memory bound reached (here by
+    /// the other queues): the queue holds one entry for all of its chunks, and the store no more than the backlog
+    /// (the chunks trimmed beyond it are deleted). A reload that gives the webhook a receiver that is up gets the
+    /// queue sending at once, whatever its backoff had grown to: the outcomes within the backlog arrive, in order,
+    /// and nothing is left in the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_down_for_many_chunks_keeps_the_queue_bounded() {
+        use crate::outcomes::fixtures::{delivered, notification, receiver, wait_until};
+        use crate::queue::message::IdGenerator;
+        const BACKLOG: u64 = 150;
+        const SENT: usize = 400;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        // Nothing listens there: every request fails, and the backoff grows.
+        let current = Arc::new(Mutex::new(settings("http://127.0.0.1:9/hook", BACKLOG)));
+        let config = current.clone();
+        let hooks = Webhooks::start(
+            store.clone(),
+            Box::new(move |_| Some(lock(&config).clone())),
+        );
+        hooks.cached.store(CACHE_BYTES, Ordering::Relaxed);
+        let ids = IdGenerator::new(0);
+        let mut sent = Vec::new();
+        for i in 0..SENT {
+            let n = notification(ids.next(), "hooks.example", (i % 200) as u8);
+            hooks.outcome(&delivered(&n));
+            sent.push(n.id.to_string());
+            // One chunk each: the writer stored it before the next comes.
+            let target = i as u64 + 1;
+            wait_until("the writer stored the outcome", || {
+                hooks.stored.load(Ordering::Acquire) >= target
+            })
+            .await;
+        }
+        let q = lock(&hooks.queues)["hooks.example"].clone();
+        {
+            let chunks = lock(&q.chunks);
+            assert_eq!((chunks.live.len(), chunks.cached), (1, 0));
+        }
+        let stats = hooks.stats().remove(0);
+        assert_eq!(
+            (stats.backlog, stats.dropped, stats.delivered),
+            (BACKLOG, SENT as u64 - BACKLOG, 0),
+            "{stats:?}"
+        );
+        assert!(stats.failures > 0, "{stats:?}");
+        let stored: Vec<(u64, u64)> = store
+            .hook_queues()
+            .unwrap()
+            .into_iter()
+            .flat_map(|q| q.chunks)
+            .collect();
+        assert_eq!(stored.len() as u64, BACKLOG, "{stored:?}");
+        // The receiver is up at another URL.
+        let (url, took) = receiver().await;
+        *lock(&current) = settings(&url, BACKLOG);
+        hooks.reconfigure();
+        wait_until("the outcomes within the backlog arrived", || {
+            hooks
+                .stats()
+                .first()
+                .is_some_and(|s| s.backlog == 0 && s.delivered == BACKLOG)
+        })
+        .await;
+        assert_eq!(*lock(&took), sent[SENT - BACKLOG as usize..]);
+        let left: Vec<_> = store
+            .hook_queues()
+            .unwrap()
+            .into_iter()
+            .flat_map(|q| q.chunks)
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(lock(&q.chunks).live.is_empty());
+    }
+
+    /// A queue that retires deletes its rows with the map of queues unlocked: while that write is held up (a test
+    /// hook stalls it), the figures and `/metrics` are answered, and the domain's next outcome waits for it to end,
+    /// then goes into a new queue and arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retiring_queue_holds_up_neither_the_figures_nor_its_next_outcomes() {
+        use crate::outcomes::fixtures::{delivered, notification, receiver, wait_until};
+        use crate::queue::message::IdGenerator;
+        let (url, took) = receiver().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let settings = settings(&url, 1_000_000);
+        let hooks = Webhooks::start_with(
+            store.clone(),
+            Box::new(move |_| Some(settings.clone())),
+            http_client(),
+            Duration::from_millis(200),
+        );
+        let (entered, forget_entered) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        *lock(&hooks.before_forget) = Some(Box::new(move || {
+            let _ = entered.send(());
+            let _ = released.recv();
+        }));
+        let ids = IdGenerator::new(0);
+        let mut sent = Vec::new();
+        for i in 0..3u8 {
+            let n = notification(ids.next(), "a.example", i);
+            hooks.outcome(&delivered(&n));
+            sent.push(n.id.to_string());
+        }
+        wait_until("the outcomes arrived", || lock(&took).len() == 3).await;
+        wait_until("the idle queue's retirement is deleting its rows", || {
+            forget_entered.try_recv().is_ok()
+        })
+        .await;
+        // Asked on a thread of its own: were the figures held up, the test fails after the deadline, not hangs.
+        let (answer, answered) = std::sync::mpsc::channel();
+        let h = hooks.clone();
+        std::thread::spawn(move || {
+            let stats = h.stats();
+            let mut metrics = String::new();
+            h.render_metrics(&mut metrics);
+            let _ = answer.send((stats, metrics));
+        });
+        let (stats, metrics) = answered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the figures waited for the retiring queue's write");
+        assert_eq!(
+            (stats.len(), stats[0].delivered, stats[0].backlog),
+            (1, 3, 0),
+            "{stats:?}"
+        );
+        assert!(
+            metrics.contains("herald_webhook_delivered_total{domain=\"a.example\"} 3"),
+            "{metrics}"
+        );
+        // The next outcome of the domain: the writer waits for the retirement, then makes a new queue.
+        let n = notification(ids.next(), "a.example", 9);
+        hooks.outcome(&delivered(&n));
+        sent.push(n.id.to_string());
+        release.send(()).unwrap();
+        wait_until("the outcome after the retirement arrived", || {
+            lock(&took).len() == 4
+        })
+        .await;
+        assert_eq!(*lock(&took), sent);
+        wait_until("the new queue counted it", || {
+            hooks.stats().first().is_some_and(|s| s.delivered == 4)
+        })
+        .await;
+        // The new queue numbered its events from the start: the old rows were gone before it stored any.
+        wait_until("the new queue recorded its head", || {
+            store
+                .hook_queues()
+                .unwrap()
+                .first()
+                .is_some_and(|q| q.head == 2 && q.chunks.is_empty())
+        })
+        .await;
+    }
+
+    /// Each wait after a failure lies between half the delay and the delay, and the waits spread over that range;
+    /// the delay doubles up to the most, and starts again after a batch taken or with another URL.
+    #[test]
+    fn the_backoff_waits_between_half_the_delay_and_the_delay() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            FIRST_BACKOFF,
+            MAX_BACKOFF,
+        ] {
+            for _ in 0..1_000 {
+                let wait = jittered(d);
+                assert!(d / 2 <= wait && wait <= d, "{wait:?} for {d:?}");
+            }
+        }
+        let waits: Vec<Duration> = (0..1_000).map(|_| jittered(MAX_BACKOFF)).collect();
+        let (low, high) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(
+            *low < MAX_BACKOFF * 6 / 10 && *high > MAX_BACKOFF * 9 / 10,
+            "{low:?}..{high:?}"
+        );
+
+        let mut backoff = Backoff::default();
+        backoff.for_url("https://a.example/hook");
+        let mut delays = Vec::new();
+        for _ in 0..12 {
+            let delay = backoff.delay;
+            let wait = backoff.next_wait();
+            assert!(delay / 2 <= wait && wait <= delay, "{wait:?} for {delay:?}");
+            delays.push(delay);
+        }
+        assert_eq!(
+            delays[..3],
+            [FIRST_BACKOFF, FIRST_BACKOFF * 2, FIRST_BACKOFF * 4]
+        );
+        assert_eq!(delays[11], MAX_BACKOFF);
+        // The same URL again (a reload that changed something else): the backoff goes on.
+        backoff.for_url("https://a.example/hook");
+        assert_eq!(backoff.delay, MAX_BACKOFF);
+        // Another URL: from the first delay again.
+        backoff.for_url("https://b.example/hook");
+        assert_eq!(backoff.delay, FIRST_BACKOFF);
+        backoff.next_wait();
+        backoff.reset();
+        assert_eq!(backoff.delay, FIRST_BACKOFF);
+    }
+
     /// The domain is a label value of the text exposition format: a backslash, a double quote and a line feed in
     /// it are escaped, so that every family stays one line per domain.
     #[tokio::test]
@@ -2442,11 +3061,11 @@ mod tests {
                 .find(|q| q.name == "hooks.example")
                 .map(|q| q.head)
         };
-        record_head(&store, &q, "hooks.example", 10, &[]).unwrap();
+        record_head(&store, &q, "hooks.example", 10, Done::default()).unwrap();
         assert_eq!(head(&store), Some(10));
-        record_head(&store, &q, "hooks.example", 5, &[]).unwrap();
+        record_head(&store, &q, "hooks.example", 5, Done::default()).unwrap();
         assert_eq!(head(&store), Some(10));
-        record_head(&store, &q, "hooks.example", 12, &[]).unwrap();
+        record_head(&store, &q, "hooks.example", 12, Done::default()).unwrap();
         assert_eq!(head(&store), Some(12));
     }
 
