@@ -1308,12 +1308,12 @@ option_table! {
     SpoolNatsMaxAckPending => opt(
         "spool_nats_max_ack_pending",
         Kind::Int {
-            min: 1,
+            min: 0,
             max: 10_000_000,
         },
-        Some("100000"),
+        Some("0"),
         GLOBAL,
-        "Notifications pulled and not yet finished, over all nodes (the shared consumer's limit); a herald addition.",
+        "Notifications pulled and not yet finished, over all nodes (the shared consumer's max_ack_pending); 0, the default: no limit (each node holds at most spool_nats_max_held). Notifications handed back to the stream for a later retry count toward a limit until they are delivered again: once they fill it, no node gets any notification, for any domain, until their delays end (a warning comes at 80 %; scale-out.md); a herald addition.",
     )
     .read_at_start(),
     SpoolNatsMaxHeld => opt(
@@ -1324,7 +1324,7 @@ option_table! {
         },
         Some("10000"),
         GLOBAL,
-        "Notifications one node pulls and holds unfinished at most: the rest of the consumer's room (spool_nats_max_ack_pending) stays for the other nodes, and a node that dies leaves at most this many waiting out the ack wait; never more than max_resident_notifications (a larger value is lowered, with a warning). A domain paused on the node or without a route parks up to as many again besides, within max_resident_notifications (scale-out.md); a herald addition.",
+        "Notifications one node pulls and holds unfinished at most: what the stream holds beyond it stays for the other nodes (within spool_nats_max_ack_pending when one is set), and a node that dies leaves at most this many waiting out the ack wait; never more than max_resident_notifications (a larger value is lowered, with a warning). A domain paused on the node or without a route parks up to as many again besides, within max_resident_notifications (scale-out.md); a herald addition.",
     )
     .read_at_start(),
 }

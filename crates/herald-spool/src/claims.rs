@@ -318,7 +318,10 @@ impl ClaimBucket {
     }
 
     /// Stores `value` under `key` only if the key holds nothing: `Some(revision)`, or `None` when it holds a value
-    /// already (another request got there first).
+    /// already: another request's, that got there first, or this very write's. A write that fails (it timed out)
+    /// is read back by async-nats, and a key the server stored it under all the same is reported as taken. Only
+    /// the caller can tell its own value (herald's claims carry a number each request draws), so it reads the key
+    /// back after a `None`.
     pub async fn create(&self, key: &str, value: &[u8]) -> Result<Option<u64>, ClaimError> {
         let framed = self.frame(key, value).await?;
         let store = self.store().await?;

@@ -99,7 +99,9 @@ pub struct JetStreamOptions {
     pub request_timeout: Duration,
     /// After this long without an ack or an in-progress ack, a pulled notification goes to another node.
     pub ack_wait: Duration,
-    /// Notifications pulled but not yet acked, over all nodes.
+    /// Notifications pulled but not yet acked, over all nodes (the consumer's `max_ack_pending`); 0 (or less): no
+    /// limit. Those handed back with a delay ([`JetStreamSpool::release`]) count toward it until they are delivered
+    /// again: a limit they fill holds up every node's pulls, whatever the domain ([`consumer_max_ack_pending`]).
     pub max_ack_pending: i64,
     /// Notifications this node holds unfinished at most; it stops pulling at this many.
     pub max_held: usize,
@@ -127,7 +129,7 @@ impl JetStreamOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             ack_wait: Duration::from_secs(30),
-            max_ack_pending: 100_000,
+            max_ack_pending: 0,
             max_held: 10_000,
             max_parked: 10_000,
             duplicate_window: Duration::from_secs(120),
@@ -231,6 +233,15 @@ pub struct JetStreamSpool {
     duplicate_window_ms: AtomicU64,
     /// Publishes the stream answered as duplicates of a message it took within its duplicate window (dropped).
     duplicates: Arc<AtomicU64>,
+    /// What the last check of the stream and the consumer found that does not fit herald ([`refresh_figures`]).
+    unfit: Mutex<Unfit>,
+}
+
+/// What does not fit herald in the stream and in the consumer, as last checked; `None` where it fits.
+#[derive(Debug, Default)]
+struct Unfit {
+    stream: Option<String>,
+    consumer: Option<String>,
 }
 
 impl JetStreamSpool {
@@ -353,6 +364,7 @@ impl JetStreamSpool {
             consumer_ack_wait_ms,
             duplicate_window_ms: AtomicU64::new(duration_ms(options.duplicate_window)),
             duplicates: Arc::new(AtomicU64::new(0)),
+            unfit: Mutex::new(Unfit::default()),
             options,
         });
         match tokio::time::timeout(first_try, spool.setup()).await {
@@ -702,8 +714,20 @@ impl JetStreamSpool {
         self.serves_lookups.store(serves, Ordering::Relaxed);
     }
 
+    /// What the last check of the stream and the consumer (every second, while the node runs) found that does not
+    /// fit herald, as the error it logs (once a minute while it lasts) says; `None` when both fit.
+    pub fn unfit(&self) -> Option<String> {
+        let unfit = lock(&self.unfit);
+        match (&unfit.stream, &unfit.consumer) {
+            (None, None) => None,
+            (Some(one), None) | (None, Some(one)) => Some(one.clone()),
+            (Some(stream), Some(consumer)) => Some(format!("{stream}; {consumer}")),
+        }
+    }
+
     /// Gives a pulled notification back to the stream (every message held for it), to be delivered again (by any
-    /// node) after `delay`.
+    /// node) after `delay`. Until then it stays in the consumer's pending set, counted toward its
+    /// `max_ack_pending` (when it has one: [`consumer_max_ack_pending`]).
     pub fn release(&self, key: SpoolKey, delay: Duration) {
         self.ack(key.0, AckKind::Nak(Some(delay)));
     }
@@ -1397,43 +1421,84 @@ pub fn check_compatible(
     Ok(())
 }
 
+/// The consumer's `max_ack_pending` for this node's options: `options.max_ack_pending`, or -1 (no limit) for 0.
+///
+/// A message given back with a nak and a delay (a retry handed back to the stream, one of a domain or format this
+/// node does not deliver, a parked one above the bound) stays in the consumer's pending set until it is delivered
+/// again, and counts toward this limit meanwhile. One failing domain's retries (hours apart) could fill it: the
+/// server would then deliver nothing to any node, for any domain, until their delays run out. Each node bounds
+/// what it holds itself (`max_held`, `max_parked`), so no limit is needed here by default.
+fn consumer_max_ack_pending(options: &JetStreamOptions) -> i64 {
+    if options.max_ack_pending > 0 {
+        options.max_ack_pending
+    } else {
+        -1
+    }
+}
+
+/// Whether `ack_pending` notifications pulled and not acked come near the consumer's `max_ack_pending` (80 % of
+/// it), past which the server delivers nothing more to any node. Never with no limit (-1).
+fn near_ack_pending_limit(ack_pending: u64, limit: i64) -> bool {
+    u64::try_from(limit).is_ok_and(|limit| limit > 0 && ack_pending.saturating_mul(5) >= limit * 4)
+}
+
 /// The consumer this node creates when there is none: a durable pull consumer on the notifications' subject,
-/// explicit acks, redelivered without limit (herald counts the retries itself).
+/// explicit acks, redelivered without limit (herald counts the retries itself), its replica count and storage the
+/// stream's (left to the server).
 fn wanted_consumer(options: &JetStreamOptions, subject: &str) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(options.consumer.clone()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: options.ack_wait,
         max_deliver: -1,
-        max_ack_pending: options.max_ack_pending,
+        max_ack_pending: consumer_max_ack_pending(options),
         filter_subject: subject.to_owned(),
         ..Default::default()
     }
 }
 
-/// What an existing consumer needs to serve this node: `Err` says which of its settings cannot serve herald and
-/// cannot change in place (another ack policy, a delivery limit, another filter, ...); `Ok(Some((config,
-/// changes)))` is its configuration with what may change in place set to this node's options (the ack wait, the
-/// room for unacked messages, and limits that would get in the way of its pulls), with what changed, to update it
-/// with; `Ok(None)` when it fits as it is.
-fn reconcile_consumer(
+/// When an existing consumer is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    /// At this node's start: its ack wait and its room for unacked messages are set to this node's options.
+    AtStart,
+    /// While the nodes run (every figures refresh): only what every node wants alike is put right. The ack wait
+    /// and the room for unacked messages are each node's to set at its start (the last to start wins, the others
+    /// follow what the server has): nodes configured otherwise would undo each other's every second.
+    Running,
+}
+
+/// What a check of an existing consumer found ([`check_consumer`]).
+#[derive(Debug, PartialEq)]
+struct ConsumerCheck {
+    /// Its settings that cannot serve herald and that herald does not change, each saying what it is and what
+    /// herald needs.
+    unfit: Vec<String>,
+    /// Its configuration with what may change in place put right, with what changed; `None` when nothing needs to.
+    update: Option<(consumer::Config, Vec<String>)>,
+}
+
+/// Checks an existing consumer against what herald needs (the same check at start and while the nodes run).
+fn check_consumer(
     existing: &consumer::Config,
     options: &JetStreamOptions,
     subject: &str,
-) -> Result<Option<(consumer::Config, Vec<String>)>, String> {
+    when: Checked,
+) -> ConsumerCheck {
+    let mut unfit = Vec::new();
     if let Some(deliver) = &existing.deliver_subject {
-        return Err(format!(
+        unfit.push(format!(
             "it is a push consumer (deliver_subject {deliver:?}), herald needs a pull consumer"
         ));
     }
     if existing.ack_policy != consumer::AckPolicy::Explicit {
-        return Err(format!(
+        unfit.push(format!(
             "its ack_policy is {:?}, herald needs Explicit",
             existing.ack_policy
         ));
     }
     if existing.max_deliver > 0 {
-        return Err(format!(
+        unfit.push(format!(
             "its max_deliver is {}, herald needs it unlimited (-1): it counts the retries itself, and a \
              notification delivered that many times would stay in the stream undelivered",
             existing.max_deliver
@@ -1449,34 +1514,53 @@ fn reconcile_consumer(
         vec![existing.filter_subject.as_str()]
     };
     if filters != [subject] {
-        return Err(format!(
+        unfit.push(format!(
             "its filter subject is {filters:?}, herald needs {subject:?}"
         ));
     }
     if existing.deliver_policy != consumer::DeliverPolicy::All {
-        return Err(format!(
+        unfit.push(format!(
             "its deliver_policy is {:?}, herald needs All",
             existing.deliver_policy
         ));
     }
     if existing.headers_only {
-        return Err("it delivers headers only, herald needs the messages' content".into());
+        unfit.push("it delivers headers only, herald needs the messages' content".into());
+    }
+    // 0: the stream's. Fewer servers than the stream's would stop delivery when one of them is lost, and NATS
+    // cannot change a work-queue consumer's replicas in place.
+    if existing.num_replicas != 0 && existing.num_replicas != options.replicas {
+        unfit.push(format!(
+            "it has {} replicas, herald needs the stream's {} (spool_nats_replicas)",
+            existing.num_replicas, options.replicas
+        ));
+    }
+    // NATS cannot change a consumer's storage in place.
+    if existing.memory_storage {
+        unfit.push(
+            "its state is stored in memory (mem_storage), herald needs it on file like the stream's: a NATS \
+             restart would lose what it delivered and what waits for a retry"
+                .into(),
+        );
     }
     let mut wanted = existing.clone();
     let mut changes = Vec::new();
-    if wanted.ack_wait != options.ack_wait {
-        changes.push(format!(
-            "ack_wait {:?} -> {:?}",
-            wanted.ack_wait, options.ack_wait
-        ));
-        wanted.ack_wait = options.ack_wait;
-    }
-    if wanted.max_ack_pending != options.max_ack_pending {
-        changes.push(format!(
-            "max_ack_pending {} -> {}",
-            wanted.max_ack_pending, options.max_ack_pending
-        ));
-        wanted.max_ack_pending = options.max_ack_pending;
+    if when == Checked::AtStart {
+        if wanted.ack_wait != options.ack_wait {
+            changes.push(format!(
+                "ack_wait {:?} -> {:?}",
+                wanted.ack_wait, options.ack_wait
+            ));
+            wanted.ack_wait = options.ack_wait;
+        }
+        let max_ack_pending = consumer_max_ack_pending(options);
+        if wanted.max_ack_pending != max_ack_pending {
+            changes.push(format!(
+                "max_ack_pending {} -> {max_ack_pending}",
+                wanted.max_ack_pending
+            ));
+            wanted.max_ack_pending = max_ack_pending;
+        }
     }
     // A backoff list replaces the ack wait of redeliveries: a held notification would go to another node before
     // its in-progress ack.
@@ -1500,7 +1584,28 @@ fn reconcile_consumer(
         changes.push(format!("max_expires {:?} -> none", wanted.max_expires));
         wanted.max_expires = Duration::ZERO;
     }
-    Ok((!changes.is_empty()).then_some((wanted, changes)))
+    ConsumerCheck {
+        unfit,
+        update: (!changes.is_empty()).then_some((wanted, changes)),
+    }
+}
+
+/// What an existing consumer needs to serve this node at its start: `Err` says which of its settings cannot serve
+/// herald and cannot change in place (another ack policy, a delivery limit, another filter, replicas or storage
+/// other than the stream's, ...); `Ok(Some((config, changes)))` is its configuration with what may change in
+/// place set to this node's options (the ack wait, the room for unacked messages, and limits that would get in the
+/// way of its pulls), with what changed, to update it with; `Ok(None)` when it fits as it is.
+fn reconcile_consumer(
+    existing: &consumer::Config,
+    options: &JetStreamOptions,
+    subject: &str,
+) -> Result<Option<(consumer::Config, Vec<String>)>, String> {
+    let check = check_consumer(existing, options, subject, Checked::AtStart);
+    if check.unfit.is_empty() {
+        Ok(check.update)
+    } else {
+        Err(check.unfit.join("; "))
+    }
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -1787,48 +1892,75 @@ enum Taken {
     Arrived(Arrival<jetstream::Message>),
 }
 
+/// How often the keep-alive looks whether a round of in-progress acks is due, at most.
+const KEEP_ALIVE_TICK: Duration = Duration::from_millis(250);
+
+/// What the keep-alive does now ([`keep_alive_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepAlive {
+    /// Look again after this long.
+    Wait(Duration),
+    /// Queue a round of in-progress acks.
+    Round,
+}
+
+/// Whether a round of in-progress acks is due at `now`: a `period` after the last round queued (at `last_round`),
+/// and only once that round went out (`queued`, its in-progress acks not yet sent, is 0). A round due while the last
+/// one is still queued (NATS slow to take them) is looked at again at the next tick, the last round queued staying
+/// the reference: it goes out as soon as the queue drained, not a whole period later (two such skips would bring the
+/// next in-progress ack to the edge of the ack wait, and the server would hand the notification to another node
+/// while this one holds it).
+fn keep_alive_step(last_round: Instant, period: Duration, now: Instant, queued: u64) -> KeepAlive {
+    let due = last_round + period;
+    if now < due {
+        KeepAlive::Wait(due.duration_since(now).min(KEEP_ALIVE_TICK))
+    } else if queued > 0 {
+        KeepAlive::Wait(KEEP_ALIVE_TICK)
+    } else {
+        KeepAlive::Round
+    }
+}
+
 /// Sends in-progress acks for every held notification, so a slow delivery or a retry wait is not redelivered to
 /// another node while this one still has it: a round every third of the consumer's ack wait as the server has it
-/// (another node may have changed it), looked at again at every check.
+/// (another node may have changed it), looked at again at every check ([`keep_alive_step`]).
 async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
     let mut last_round = Instant::now();
     loop {
-        let period = match spool.upgrade() {
-            Some(s) => s.progress_every(),
-            None => return,
-        };
-        let due = last_round + period;
-        let now = Instant::now();
-        if now < due {
-            tokio::time::sleep(due.duration_since(now).min(Duration::from_millis(250))).await;
-            continue;
-        }
-        last_round = now;
         let Some(spool) = spool.upgrade() else {
             return;
         };
         if spool.closed.load(Ordering::Relaxed) {
             return;
         }
+        // A round still queued (NATS unreachable or slow: its acks have not all gone out) is not followed by
+        // another, so the queue holds at most one in-progress ack per held message.
+        let now = Instant::now();
+        let queued = spool.progress_queued.load(Ordering::Relaxed);
+        if let KeepAlive::Wait(pause) =
+            keep_alive_step(last_round, spool.progress_every(), now, queued)
+        {
+            drop(spool);
+            tokio::time::sleep(pause).await;
+            continue;
+        }
+        last_round = now;
         // Every message held, a redelivered one's earlier copies too: whichever the server counts stays alive.
         // They go through the ordered ack queue, queued under the held lock: a notification finished or given back
         // meanwhile has its ack queued after these (its in-progress ack cannot undo a nak's delay), or is no longer
         // held and gets none.
-        // A round still queued (NATS unreachable: nothing goes out) is not followed by another, so the queue holds
-        // at most one in-progress ack per held message.
-        if spool.progress_queued.load(Ordering::Relaxed) == 0 {
-            let held = lock(&spool.held);
-            for message in held.messages() {
-                spool.progress_queued.fetch_add(1, Ordering::Relaxed);
-                if spool
-                    .acks
-                    .send(AckJob::Ack(message.clone(), AckKind::Progress))
-                    .is_err()
-                {
-                    spool.progress_queued.fetch_sub(1, Ordering::Relaxed);
-                }
+        let held = lock(&spool.held);
+        for message in held.messages() {
+            spool.progress_queued.fetch_add(1, Ordering::Relaxed);
+            if spool
+                .acks
+                .send(AckJob::Ack(message.clone(), AckKind::Progress))
+                .is_err()
+            {
+                spool.progress_queued.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        drop(held);
         drop(spool);
     }
 }
@@ -1925,13 +2057,19 @@ async fn heartbeat(spool: std::sync::Weak<JetStreamSpool>) {
     }
 }
 
-/// Reads the stream's and the consumer's figures every second. A stream edited meanwhile so that it would delete
-/// notifications (a limit with discard Old, an age limit) is reported as an error, once a minute while it lasts.
+/// Reads the stream's and the consumer's figures every second, and checks both as at start. A stream edited
+/// meanwhile so that it would delete notifications (a limit with discard Old, an age limit), or a consumer edited so
+/// that it no longer serves herald (a delivery limit, ...), is reported as an error, once a minute while it lasts
+/// ([`JetStreamSpool::unfit`]); what herald may put right on the consumer (a backoff list, an inactivity threshold,
+/// ...: [`Checked::Running`]) it puts right, with a warning. A consumer whose unacked notifications near its
+/// `max_ack_pending` (a finite one) is warned about once a minute.
 async fn refresh_figures(
     spool: std::sync::Weak<JetStreamSpool>,
     mut stream: jetstream::stream::Stream,
 ) {
     let mut reported = Reported::default();
+    let mut consumer_reported = Reported::default();
+    let mut near_limit = Reported::default();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(spool) = spool.upgrade() else {
@@ -1945,11 +2083,14 @@ async fn refresh_figures(
             match check_compatible(&info.config, &spool.options, &spool.subject) {
                 Ok(()) => {
                     reported.clear();
+                    lock(&spool.unfit).stream = None;
                 }
                 Err(e) => {
-                    if reported.due(&e.to_string()) {
+                    let e = e.to_string();
+                    if reported.due(&e) {
                         tracing::error!("{e}");
                     }
+                    lock(&spool.unfit).stream = Some(e);
                 }
             }
             spool
@@ -1990,8 +2131,77 @@ async fn refresh_figures(
                     .consumer_ack_wait_ms
                     .store(duration_ms(info.config.ack_wait), Ordering::Relaxed);
             }
+            let (ack_pending, limit) = (info.num_ack_pending as u64, info.config.max_ack_pending);
+            if near_ack_pending_limit(ack_pending, limit) {
+                if near_limit.due("near max_ack_pending") {
+                    tracing::warn!(
+                        stream = %spool.options.stream,
+                        consumer = %spool.options.consumer,
+                        "{ack_pending} notifications pulled and not acked, {}% of the JetStream consumer's \
+                         max_ack_pending ({limit}): once they reach it NATS delivers nothing more to any node, for \
+                         any domain, until some are acked or their retry delays end (those handed back to the \
+                         stream for a later retry count until they are delivered again); set \
+                         spool_nats_max_ack_pending = 0 (no limit) or raise it",
+                        ack_pending.saturating_mul(100) / limit.max(1) as u64
+                    );
+                }
+            } else {
+                near_limit.clear();
+            }
+            let unfit = check_running_consumer(&spool, &stream, &info.config).await;
+            match &unfit {
+                None => {
+                    consumer_reported.clear();
+                }
+                Some(why) => {
+                    if consumer_reported.due(why) {
+                        tracing::error!("{why}");
+                    }
+                }
+            }
+            lock(&spool.unfit).consumer = unfit;
         }
     }
+}
+
+/// Checks the consumer as the nodes run ([`check_consumer`], [`Checked::Running`]): puts right what herald may (a
+/// backoff list added, ...), with a warning, and says what does not fit herald and stays (a delivery limit, ...).
+async fn check_running_consumer(
+    spool: &JetStreamSpool,
+    stream: &jetstream::stream::Stream,
+    config: &consumer::Config,
+) -> Option<String> {
+    let (name, stream_name) = (&spool.options.consumer, &spool.options.stream);
+    let mut check = check_consumer(config, &spool.options, &spool.subject, Checked::Running);
+    if let Some((wanted, changes)) = check.update {
+        let changes = changes.join(", ");
+        let updated = match consumer::pull::Config::try_from_consumer_config(wanted) {
+            Ok(config) => stream
+                .update_consumer(config)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match updated {
+            Ok(()) => tracing::warn!(
+                stream = %stream_name,
+                consumer = %name,
+                "the JetStream consumer was changed while the nodes run; put back: {changes}"
+            ),
+            Err(e) => check
+                .unfit
+                .push(format!("herald could not put back {changes}: {e}")),
+        }
+    }
+    (!check.unfit.is_empty()).then(|| {
+        format!(
+            "the JetStream consumer {name:?} of stream {stream_name:?} no longer fits herald: {}; put it back \
+             (nats consumer edit {stream_name} {name}) or delete it (nats consumer rm {stream_name} {name}: the \
+             notifications stay in the stream) and herald creates it again",
+            check.unfit.join("; ")
+        )
+    })
 }
 
 impl Spool for JetStreamSpool {
@@ -2313,11 +2523,144 @@ pub(crate) mod tests {
         assert!(why.contains("push consumer"), "{why}");
         let why = refused(&|c| c.headers_only = true);
         assert!(why.contains("headers only"), "{why}");
-        // The same filter given as a list fits.
+        // Replicas or storage other than the stream's: NATS changes neither in place (an R1 consumer left on a
+        // stream made R3 since stops delivery when its one server is lost).
+        let mut three = options.clone();
+        three.replicas = 3;
+        let mut one = fits.clone();
+        one.num_replicas = 1;
+        let why = reconcile_consumer(&one, &three, subject).expect_err("refused");
+        assert!(
+            why.contains("it has 1 replicas, herald needs the stream's 3"),
+            "{why}"
+        );
+        let why = refused(&|c| c.memory_storage = true);
+        assert!(why.contains("mem_storage"), "{why}");
+        // The same filter given as a list fits, and so does the stream's replica count named (0: the stream's).
         let mut listed = fits.clone();
         listed.filter_subject.clear();
         listed.filter_subjects = vec![subject.into()];
         assert_eq!(reconcile_consumer(&listed, &options, subject), Ok(None));
+        listed.num_replicas = 3;
+        assert_eq!(reconcile_consumer(&listed, &three, subject), Ok(None));
+    }
+
+    /// With `spool_nats_max_ack_pending = 0` (the default) the consumer has no limit (-1): notifications handed
+    /// back with a delay stay in its pending set, and a limit they filled would hold up every node. A consumer left
+    /// with a finite limit (an older herald's default) is brought to none; a finite value configured is kept.
+    #[test]
+    fn the_consumer_has_no_ack_pending_limit_unless_one_is_configured() {
+        use consumer::IntoConsumerConfig as _;
+        let subject = "herald.notifications";
+        let mut options = JetStreamOptions::new(vec![], "herald");
+        assert_eq!(options.max_ack_pending, 0);
+        let created = wanted_consumer(&options, subject).into_consumer_config();
+        assert_eq!(created.max_ack_pending, -1);
+        let mut older = created.clone();
+        older.max_ack_pending = 100_000;
+        let (updated, changes) = reconcile_consumer(&older, &options, subject)
+            .unwrap()
+            .expect("an update");
+        assert_eq!(updated.max_ack_pending, -1);
+        assert_eq!(changes, ["max_ack_pending 100000 -> -1"]);
+        options.max_ack_pending = 5000;
+        let (updated, _) = reconcile_consumer(&created, &options, subject)
+            .unwrap()
+            .expect("an update");
+        assert_eq!(updated.max_ack_pending, 5000);
+        // The warning comes at 80 % of a finite limit, never without one.
+        assert!(!near_ack_pending_limit(3999, 5000));
+        assert!(near_ack_pending_limit(4000, 5000));
+        assert!(near_ack_pending_limit(9000, 5000));
+        assert!(!near_ack_pending_limit(u64::MAX, -1));
+        assert!(!near_ack_pending_limit(u64::MAX, 0));
+    }
+
+    /// While the nodes run, the consumer gets the same check as at start: what does not fit is named, what every
+    /// node wants alike is put right (a backoff list would hand a held notification to another node before its
+    /// in-progress ack), and the ack wait and the room for unacked messages are left as they are (each node sets
+    /// its own at its start: nodes configured otherwise would undo each other's every second).
+    #[test]
+    fn a_consumer_changed_while_the_nodes_run_is_checked_as_at_start() {
+        use consumer::IntoConsumerConfig as _;
+        let subject = "herald.notifications";
+        let options = JetStreamOptions::new(vec![], "herald");
+        let fits = wanted_consumer(&options, subject).into_consumer_config();
+        let running = |c: &consumer::Config| check_consumer(c, &options, subject, Checked::Running);
+        assert_eq!(
+            running(&fits),
+            ConsumerCheck {
+                unfit: vec![],
+                update: None
+            }
+        );
+        let mut edited = fits.clone();
+        edited.max_deliver = 5;
+        edited.backoff = vec![Duration::from_secs(1), Duration::from_secs(2)];
+        edited.ack_wait = Duration::from_secs(90);
+        edited.max_ack_pending = 1000;
+        let check = running(&edited);
+        assert_eq!(check.unfit.len(), 1, "{:?}", check.unfit);
+        assert!(
+            check.unfit[0].contains("max_deliver is 5"),
+            "{:?}",
+            check.unfit
+        );
+        let (wanted, changes) = check.update.expect("the backoff list removed");
+        assert_eq!(changes, ["backoff [1s, 2s] -> none"]);
+        assert!(wanted.backoff.is_empty());
+        assert_eq!(
+            (wanted.max_deliver, wanted.ack_wait, wanted.max_ack_pending),
+            (5, Duration::from_secs(90), 1000),
+            "only what herald puts right changed"
+        );
+    }
+
+    /// A round of in-progress acks is due a third of the ack wait after the last one queued. One due while the last
+    /// is still queued (NATS slow to take them) is tried again at the next tick and goes out once the queue drained,
+    /// not a whole period later: however long the queue took, the next round comes no later than a tick after it
+    /// drained (with the old schedule, two skips put the next in-progress ack at the edge of the ack wait).
+    #[test]
+    fn a_keep_alive_round_that_finds_the_last_one_queued_is_tried_again_at_the_next_tick() {
+        let start = Instant::now();
+        let period = Duration::from_secs(10);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(
+            keep_alive_step(start, period, at(1_000), 0),
+            KeepAlive::Wait(KEEP_ALIVE_TICK)
+        );
+        assert_eq!(
+            keep_alive_step(start, period, at(9_900), 0),
+            KeepAlive::Wait(Duration::from_millis(100))
+        );
+        assert_eq!(
+            keep_alive_step(start, period, at(10_000), 0),
+            KeepAlive::Round
+        );
+        assert_eq!(
+            keep_alive_step(start, period, at(10_000), 3),
+            KeepAlive::Wait(KEEP_ALIVE_TICK)
+        );
+        // A keep-alive run against a queue that takes 12.1 s to drain the first round: the second round goes out
+        // within a tick of the queue draining, and the third a period after the second.
+        let drained = at(12_100);
+        let (mut now, mut last_round, mut rounds) = (start, start, vec![]);
+        while rounds.len() < 2 {
+            let queued = u64::from(now < drained);
+            match keep_alive_step(last_round, period, now, queued) {
+                KeepAlive::Wait(pause) => now += pause,
+                KeepAlive::Round => {
+                    rounds.push(now);
+                    last_round = now;
+                }
+            }
+        }
+        assert!(
+            rounds[0] >= drained && rounds[0] <= drained + KEEP_ALIVE_TICK,
+            "{:?} after the queue drained",
+            rounds[0].duration_since(drained)
+        );
+        assert_eq!(rounds[1].duration_since(rounds[0]), period);
     }
 
     /// A stream whose limits would delete accepted notifications is refused, naming the stream, the limit and its

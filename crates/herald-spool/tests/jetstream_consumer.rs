@@ -1,7 +1,8 @@
 //! The JetStream spool against what it finds on the NATS servers and what happens to them while it runs
 //! (docs/scale-out.md): a consumer made with other settings, a stream whose limits would delete notifications, a
 //! node at its bound, a node that stops while notifications keep coming, a heartbeat bucket lost with a server
-//! restart, a consumer deleted under a running node, an ack confirmed after it was sent plainly.
+//! restart, a consumer deleted under a running node, an ack confirmed after it was sent plainly, notifications
+//! handed back with a delay against the consumer's `max_ack_pending`, a consumer edited while a node runs.
 //!
 //! Each test starts its own `nats-server` on a loopback port (herald-testkit) and kills it at the end; without
 //! `nats-server` on PATH they are skipped with a message (failing under `CI`).
@@ -574,5 +575,277 @@ async fn a_confirmed_ack_of_a_message_acked_plainly_is_answered() {
             (0, 0),
             "R{replicas}"
         );
+    }
+}
+
+/// Notifications handed back to the stream with a delay (a retry hours away, a domain no node delivers now) stay in
+/// the consumer's pending set until they are delivered again, and count toward its `max_ack_pending`. A consumer
+/// with a limit they fill delivers nothing more, to any node, for any notification, until their delays run out: a
+/// pull asking for the others ends with nothing while they wait in the stream. herald's consumer has no limit by
+/// default (`spool_nats_max_ack_pending = 0`): a node started on that consumer lifts the limit, the waiting
+/// notifications are delivered, and delayed hand-backs beyond the old limit hold up nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_hand_backs_filling_a_finite_max_ack_pending_hold_up_every_node_and_no_limit_does_not()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = server(dir.path()) else {
+        return;
+    };
+    let ctx = raw(&server.url()).await;
+    let key = |n: u64| SpoolKey(0x55u128 << 64 | u128::from(n));
+    let later = Duration::from_secs(600);
+    let options = || {
+        let mut o = JetStreamOptions::new(vec![server.url()], "hol");
+        o.ack_wait = Duration::from_secs(60);
+        o
+    };
+    let mut limited = options();
+    limited.max_ack_pending = 3;
+    let (node, mut rx) = start(limited).await.unwrap();
+    node.append((1..=5).map(|n| common::notification(key(n))).collect())
+        .await
+        .unwrap();
+    // Three delivered (the limit), and handed back for a retry in ten minutes (a failing domain's).
+    let mut first = BTreeSet::new();
+    for _ in 0..3 {
+        let n = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a notification within the limit")
+            .unwrap();
+        node.release(n.key, later);
+        first.insert(n.key);
+    }
+    let stream = ctx.get_stream("hol").await.unwrap();
+    wait_for(
+        "the handed-back notifications pending on the consumer, two others waiting in the stream",
+        Duration::from_secs(20),
+        async || {
+            let info = stream.consumer_info("herald").await.unwrap();
+            node.held() == 0 && info.num_ack_pending == 3 && info.num_pending == 2
+        },
+    )
+    .await;
+    // Nothing is delivered any more: a pull asking for the two waiting ends with none (the server's own expiry),
+    // and nothing was delivered to the node's pulls meanwhile.
+    let before = stream.consumer_info("herald").await.unwrap();
+    let consumer: consumer::PullConsumer = stream.get_consumer("herald").await.unwrap();
+    let mut pull = consumer
+        .fetch()
+        .max_messages(2)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut got = 0;
+    while let Some(m) = futures_util::StreamExt::next(&mut pull).await {
+        m.unwrap();
+        got += 1;
+    }
+    assert_eq!(got, 0, "a pull was delivered something past the limit");
+    let after = stream.consumer_info("herald").await.unwrap();
+    assert_eq!(
+        (
+            after.delivered.consumer_sequence,
+            after.num_pending,
+            after.num_ack_pending
+        ),
+        (before.delivered.consumer_sequence, 2, 3),
+        "the consumer delivered while the limit was full"
+    );
+    assert!(rx.try_recv().is_err());
+    node.close().await.unwrap();
+
+    // A node with the default: the consumer's limit lifted, the two waiting come at once.
+    let (node, mut rx) = start(options()).await.unwrap();
+    assert_eq!(
+        stream
+            .consumer_info("herald")
+            .await
+            .unwrap()
+            .config
+            .max_ack_pending,
+        -1
+    );
+    let mut rest = BTreeSet::new();
+    for _ in 0..2 {
+        let n = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the notifications held up by the limit")
+            .unwrap();
+        node.release(n.key, later);
+        rest.insert(n.key);
+    }
+    let all: BTreeSet<_> = (1..=5).map(key).collect();
+    assert_eq!(all, first.union(&rest).copied().collect());
+    // Five handed back with a delay, beyond the old limit: more notifications still come.
+    node.append((6..=10).map(|n| common::notification(key(n))).collect())
+        .await
+        .unwrap();
+    let mut more = BTreeSet::new();
+    while more.len() < 5 {
+        let n = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("notifications past the old limit")
+            .unwrap();
+        assert!(more.insert(n.key), "{} came twice", n.key);
+    }
+    assert_eq!(more, (6..=10).map(key).collect());
+    node.remove(&more.iter().copied().collect::<Vec<_>>());
+    wait_for(
+        "only the delayed hand-backs pending",
+        Duration::from_secs(20),
+        async || {
+            stream
+                .consumer_info("herald")
+                .await
+                .unwrap()
+                .num_ack_pending
+                == 5
+        },
+    )
+    .await;
+    node.close().await.unwrap();
+}
+
+/// The consumer edited while the nodes run gets the check it gets at start, every second: a delivery limit
+/// (notifications reaching it would stay in the stream undelivered, with no outcome) is reported, naming the
+/// consumer and the setting, until it is removed; a backoff list (it would hand a held notification to another node
+/// before its in-progress ack) is removed by the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_edited_while_the_nodes_run_is_reported_and_what_herald_may_fix_is_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = server(dir.path()) else {
+        return;
+    };
+    let (spool, _rx) = start(JetStreamOptions::new(vec![server.url()], "live"))
+        .await
+        .unwrap();
+    let ctx = raw(&server.url()).await;
+    let stream = ctx.get_stream("live").await.unwrap();
+    assert_eq!(spool.unfit(), None);
+    let mut edited = stream.consumer_info("herald").await.unwrap().config.clone();
+    // NATS takes a backoff list only with a delivery limit above its length.
+    edited.max_deliver = 5;
+    edited.backoff = vec![Duration::from_secs(1), Duration::from_secs(2)];
+    stream
+        .update_consumer(consumer::pull::Config {
+            durable_name: edited.durable_name.clone(),
+            ack_policy: edited.ack_policy,
+            ack_wait: edited.ack_wait,
+            max_deliver: edited.max_deliver,
+            backoff: edited.backoff.clone(),
+            max_ack_pending: edited.max_ack_pending,
+            filter_subject: edited.filter_subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_for(
+        "the delivery limit reported and the backoff list removed",
+        Duration::from_secs(20),
+        async || {
+            let info = stream.consumer_info("herald").await.unwrap();
+            info.config.backoff.is_empty()
+                && spool
+                    .unfit()
+                    .is_some_and(|why| why.contains("max_deliver is 5"))
+        },
+    )
+    .await;
+    let why = spool.unfit().unwrap();
+    assert!(
+        why.contains("consumer \"herald\" of stream \"live\""),
+        "{why}"
+    );
+    assert!(why.contains("nats consumer rm live herald"), "{why}");
+    assert_eq!(
+        stream
+            .consumer_info("herald")
+            .await
+            .unwrap()
+            .config
+            .max_deliver,
+        5,
+        "a delivery limit is the operator's to remove"
+    );
+
+    let mut fixed = stream.consumer_info("herald").await.unwrap().config.clone();
+    fixed.max_deliver = -1;
+    stream
+        .update_consumer(consumer::pull::Config {
+            durable_name: fixed.durable_name.clone(),
+            ack_policy: fixed.ack_policy,
+            ack_wait: fixed.ack_wait,
+            max_deliver: fixed.max_deliver,
+            max_ack_pending: fixed.max_ack_pending,
+            filter_subject: fixed.filter_subject.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_for(
+        "the report cleared once the limit is removed",
+        Duration::from_secs(20),
+        async || spool.unfit().is_none(),
+    )
+    .await;
+    spool.close().await.unwrap();
+}
+
+/// A consumer whose state NATS keeps in memory (a restart loses what it delivered and what waits for a retry), or
+/// with fewer replicas than the stream (here an R1 consumer left on a stream scaled to R3 since: delivery stops
+/// when its one server is lost), cannot change in place: refused at start, naming the consumer and the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_in_memory_or_with_other_replicas_than_its_stream_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    if !nats::available() {
+        return;
+    }
+    let single = nats::single(&dir.path().join("single"));
+    let ctx = raw(&single.url()).await;
+    let stream = ctx.create_stream(herald_stream("mem")).await.unwrap();
+    let mut config = herald_consumer("mem", Duration::from_secs(30));
+    config.memory_storage = true;
+    stream.create_consumer(config).await.unwrap();
+    match JetStreamSpool::connect(JetStreamOptions::new(vec![single.url()], "mem")).await {
+        Err(SpoolError::Config(why)) => {
+            assert!(why.contains("consumer \"herald\""), "{why}");
+            assert!(why.contains("mem_storage"), "{why}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a consumer kept in memory was accepted"),
+    }
+
+    let cluster = nats::cluster(&dir.path().join("cluster"));
+    let ctx = raw(&cluster[0].url()).await;
+    // A cluster just started may not have placed its first stream yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stream = loop {
+        match ctx.create_stream(herald_stream("scaled")).await {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "creating the stream: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let mut config = herald_consumer("scaled", Duration::from_secs(30));
+    config.num_replicas = 1;
+    stream.create_consumer(config).await.unwrap();
+    let mut scaled = herald_stream("scaled");
+    scaled.num_replicas = 3;
+    ctx.update_stream(scaled).await.unwrap();
+    let mut options = JetStreamOptions::new(cluster.iter().map(|s| s.url()).collect(), "scaled");
+    options.replicas = 3;
+    match JetStreamSpool::connect(options).await {
+        Err(SpoolError::Config(why)) => {
+            assert!(why.contains("consumer \"herald\""), "{why}");
+            assert!(
+                why.contains("it has 1 replicas, herald needs the stream's 3"),
+                "{why}"
+            );
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("an R1 consumer on an R3 stream was accepted"),
     }
 }

@@ -518,9 +518,10 @@ const CLAIM_PASSES: u32 = 5;
 /// Claims `key_text` in the shared bucket, or answers from what the bucket holds for it.
 ///
 /// A node claims keys only once its heartbeat is written, so a claim whose node has no heartbeat any more (the
-/// server removes it after the node's silence) belongs to a node that died or was cut off, and is taken over. An
-/// error of a write whose outcome is unknown (a timeout) is settled by reading the entry back: the claim carries a
-/// number this request drew, so it knows its own.
+/// server removes it after the node's silence) belongs to a node that died or was cut off, and is taken over. A
+/// write whose outcome is unknown (an error, a timeout; or a create that timed out, and reported the key taken once
+/// it read back the claim the server stored all the same) is settled by reading the entry back: the claim carries
+/// a number this request drew, so it knows its own ([`Found::Own`]).
 async fn claim_shared(
     owner: &Arc<Idempotency>,
     bucket: &ClaimBucket,
@@ -544,11 +545,26 @@ async fn claim_shared(
     }
     let nonce = nonce();
     let claim = SharedRecord::claim(digest, spool.node_name(), nonce);
-    // Whether the entry now holds this request's claim (after a write whose answer was lost).
-    let mine = |entry: &herald_spool::ClaimEntry| {
-        matches!(SharedRecord::decode(&entry.value),
-            Some(SharedRecord::Claimed { nonce: n, .. }) if n == nonce)
+    let dedup = format!("i{}", &key[..32]);
+    let held = |key: String, revision, earlier, reuse_until| {
+        Step::Run(Claim::Shared(SharedClaim {
+            owner: owner.clone(),
+            key,
+            revision,
+            settled: false,
+            ids: RequestIds::new(dedup.clone(), earlier),
+            reuse_until,
+        }))
     };
+    // Until when a retry of this request may reuse its ids (from its claim on: its publishes come after), and the
+    // ids of a refused attempt it reuses: those of the claim last written.
+    let fresh = || {
+        (
+            tokio::time::Instant::now() + reuse_window(spool.duplicate_window()),
+            Vec::new(),
+        )
+    };
+    let (mut reuse_until, mut earlier) = fresh();
     for pass in 0..CLAIM_PASSES {
         if pass > 0 {
             // Another request changed the entry between this one's read and write: look again shortly (a
@@ -556,67 +572,125 @@ async fn claim_shared(
             tokio::time::sleep(Duration::from_millis(10 * u64::from(pass))).await;
         }
         let entry = bucket.read(&key).await.map_err(|e| unavailable(&e))?;
-        // Until when a retry of this request may reuse its ids (from now: its publishes come after), and the ids
-        // of a refused attempt it reuses.
-        let mut reuse_until = tokio::time::Instant::now() + reuse_window(spool.duplicate_window());
-        let mut earlier = Vec::new();
-        let written = match &entry {
-            None => bucket.create(&key, &claim).await,
-            Some(entry) => match SharedRecord::decode(&entry.value) {
-                Some(SharedRecord::Answered(stored)) => {
-                    return replay(stored, digest, key_text).map(Step::Answered);
-                }
-                Some(SharedRecord::Claimed { node, .. }) => {
-                    if !abandoned(spool, node, entry.stored_ms, now_ms())
-                        .await
-                        .map_err(|e| unavailable(&e))?
-                    {
-                        return Err(still_running(key_text));
-                    }
-                    tracing::info!(key = %key_text, "taking over the idempotency key of a request whose node ({node}) is gone");
-                    bucket.replace(&key, entry.revision, &claim).await
-                }
-                Some(SharedRecord::Refused { reuse_ms, pairs }) => {
-                    // The ids of a refused attempt, while the stream still drops copies of what it took of it;
-                    // past that, the retry is a new request.
-                    let age = now_ms().saturating_sub(entry.stored_ms);
-                    if age < reuse_ms {
-                        reuse_until = tokio::time::Instant::now()
-                            + Duration::from_millis(reuse_ms - age)
-                                .min(reuse_window(spool.duplicate_window()));
-                        earlier = SharedRecord::pairs(pairs);
-                    }
-                    bucket.replace(&key, entry.revision, &claim).await
-                }
-                None => {
-                    return Err(ApiError::unavailable(format!(
-                        "Idempotency-Key {key_text:?}: its record in {} is not one this herald reads (written by a newer version?)",
-                        bucket.name()
-                    )));
-                }
-            },
-        };
-        let dedup = format!("i{}", &key[..32]);
-        let held = |key, revision| {
-            Step::Run(Claim::Shared(SharedClaim {
-                owner: owner.clone(),
-                key,
+        let written = match found(entry.as_ref(), nonce) {
+            // The claim an earlier pass wrote, although its write said otherwise: held, with the ids it took.
+            Found::Own { revision } => return Ok(held(key, revision, earlier, reuse_until)),
+            Found::Free => {
+                (reuse_until, earlier) = fresh();
+                bucket.create(&key, &claim).await
+            }
+            Found::Answered(stored) => {
+                return replay(stored, digest, key_text).map(Step::Answered);
+            }
+            Found::Claimed {
+                node,
                 revision,
-                settled: false,
-                ids: RequestIds::new(dedup, earlier),
-                reuse_until,
-            }))
+                stored_ms,
+            } => {
+                if !abandoned(spool, node, stored_ms, now_ms())
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                {
+                    return Err(still_running(key_text));
+                }
+                tracing::info!(key = %key_text, "taking over the idempotency key of a request whose node ({node}) is gone");
+                (reuse_until, earlier) = fresh();
+                bucket.replace(&key, revision, &claim).await
+            }
+            Found::Refused {
+                reuse_ms,
+                pairs,
+                revision,
+                stored_ms,
+            } => {
+                (reuse_until, earlier) = fresh();
+                // The ids of a refused attempt, while the stream still drops copies of what it took of it;
+                // past that, the retry is a new request.
+                let age = now_ms().saturating_sub(stored_ms);
+                if age < reuse_ms {
+                    reuse_until = tokio::time::Instant::now()
+                        + Duration::from_millis(reuse_ms - age)
+                            .min(reuse_window(spool.duplicate_window()));
+                    earlier = SharedRecord::pairs(pairs);
+                }
+                bucket.replace(&key, revision, &claim).await
+            }
+            Found::Unknown => {
+                return Err(ApiError::unavailable(format!(
+                    "Idempotency-Key {key_text:?}: its record in {} is not one this herald reads (written by a newer version?)",
+                    bucket.name()
+                )));
+            }
         };
         match written {
-            Ok(Some(revision)) => return Ok(held(key, revision)),
+            Ok(Some(revision)) => return Ok(held(key, revision, earlier, reuse_until)),
+            // Someone else's write came first; or this one's was stored although its answer was lost (a create
+            // that timed out reads the key back and reports it taken): the next pass tells which.
             Ok(None) => continue,
             Err(e) => match bucket.read(&key).await {
-                Ok(Some(entry)) if mine(&entry) => return Ok(held(key, entry.revision)),
+                Ok(Some(entry)) => match found(Some(&entry), nonce) {
+                    Found::Own { revision } => {
+                        return Ok(held(key, revision, earlier, reuse_until));
+                    }
+                    _ => return Err(unavailable(&e)),
+                },
                 _ => return Err(unavailable(&e)),
             },
         }
     }
     Err(still_running(key_text))
+}
+
+/// What a pass of [`claim_shared`] found in the bucket under its key, for the request that drew `nonce`.
+#[derive(Debug, PartialEq, Eq)]
+enum Found<'a> {
+    /// Nothing: the request creates its claim.
+    Free,
+    /// This request's own claim, at `revision`: an earlier write of it was stored although its answer said
+    /// otherwise (async-nats's create, whose write timed out, reads the key back and reports it taken; a replace's
+    /// answer lost). The request holds it: taken for another request's, it would be refused as still running, and
+    /// every retry with the key too until [`MAX_CLAIM_AGE`], since no request would own the claim.
+    Own { revision: u64 },
+    /// Another request's answer.
+    Answered(&'a [u8]),
+    /// Another request's claim, made on `node`.
+    Claimed {
+        node: &'a str,
+        revision: u64,
+        stored_ms: u64,
+    },
+    /// A request refused after it handed notifications to NATS ([`SharedRecord::Refused`]).
+    Refused {
+        reuse_ms: u64,
+        pairs: &'a [u8],
+        revision: u64,
+        stored_ms: u64,
+    },
+    /// A record this herald does not read (a newer version's).
+    Unknown,
+}
+
+fn found(entry: Option<&herald_spool::ClaimEntry>, nonce: u64) -> Found<'_> {
+    let Some(entry) = entry else {
+        return Found::Free;
+    };
+    let (revision, stored_ms) = (entry.revision, entry.stored_ms);
+    match SharedRecord::decode(&entry.value) {
+        Some(SharedRecord::Claimed { nonce: n, .. }) if n == nonce => Found::Own { revision },
+        Some(SharedRecord::Claimed { node, .. }) => Found::Claimed {
+            node,
+            revision,
+            stored_ms,
+        },
+        Some(SharedRecord::Answered(stored)) => Found::Answered(stored),
+        Some(SharedRecord::Refused { reuse_ms, pairs }) => Found::Refused {
+            reuse_ms,
+            pairs,
+            revision,
+            stored_ms,
+        },
+        None => Found::Unknown,
+    }
 }
 
 /// How long after its claim a refused request's ids may be reused: [`REUSE_SHARE`] of the stream's duplicate window.
@@ -748,6 +822,53 @@ mod tests {
         assert_ne!(a, scope("push", Some(&caller(b"secret-b"))));
         assert_ne!(a, scope("inject", Some(&caller(b"secret-a"))));
         assert!(!format!("{:?}", caller(b"secret-a")).contains("secret"));
+    }
+
+    /// A claim read back is this request's own when it carries the number the request drew, whichever node wrote
+    /// it: a create whose write timed out although the server stored it (async-nats then reads the key back and
+    /// reports it taken, `ClaimBucket::create` answers `None`) finds it at the next pass, and holds it rather than
+    /// answering `409` (this node is alive, so the claim would not be taken over either, and every retry with the
+    /// key would get `409` until `MAX_CLAIM_AGE`). Another request's claim, on this node or another, is not.
+    #[test]
+    fn a_claim_the_request_wrote_itself_is_taken_as_created() {
+        let digest = [7u8; 32];
+        let entry = |value: Vec<u8>| herald_spool::ClaimEntry {
+            revision: 41,
+            value: value.into(),
+            stored_ms: 1_800_000_000_000,
+        };
+        assert_eq!(found(None, 5), Found::Free);
+        let own = entry(SharedRecord::claim(&digest, "node-a", 5));
+        assert_eq!(found(Some(&own), 5), Found::Own { revision: 41 });
+        // The same node's claim of another request (another number): still running.
+        assert_eq!(
+            found(Some(&own), 6),
+            Found::Claimed {
+                node: "node-a",
+                revision: 41,
+                stored_ms: 1_800_000_000_000
+            }
+        );
+        let other = entry(SharedRecord::claim(&digest, "node-b", 9));
+        assert!(matches!(
+            found(Some(&other), 5),
+            Found::Claimed { node: "node-b", .. }
+        ));
+        let mut answer = vec![ANSWERED];
+        answer.extend_from_slice(&digest);
+        answer.extend_from_slice(&202u16.to_be_bytes());
+        let answered = entry(answer.clone());
+        assert_eq!(found(Some(&answered), 5), Found::Answered(&answer[1..]));
+        let refused = entry(SharedRecord::refused(1000, &[(3, MessageId(4))]));
+        assert!(matches!(
+            found(Some(&refused), 5),
+            Found::Refused {
+                reuse_ms: 1000,
+                revision: 41,
+                ..
+            }
+        ));
+        assert_eq!(found(Some(&entry(b"Z?".to_vec())), 5), Found::Unknown);
     }
 
     fn headers(key: &str) -> Parts {
