@@ -1190,69 +1190,115 @@ impl Server {
 
     /// Stops accepting and holds delivery (of notifications and broadcasts), waits up to `grace` for sessions and for
     /// the notifications and broadcasts already on their way to APNs, then stores the last final outcomes and
-    /// flushes the spool (which keeps the rest).
+    /// flushes the spool (which keeps the rest). What it leaves undone is logged; [`Server::shutdown_until`] also
+    /// returns it.
     pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown_until(grace, std::future::pending()).await;
+    }
+
+    /// [`Server::shutdown`], with the grace period ended early once `cut` resolves (`herald serve` on a second SIGTERM
+    /// or SIGINT): the sessions and the deliveries and broadcasts still on their way are waited for no longer, and the
+    /// last outcomes, the spool and the logs are closed as when the grace period runs out. Returns what the stop
+    /// left undone (each thing also logged).
+    pub async fn shutdown_until(
+        &self,
+        grace: Duration,
+        cut: impl std::future::Future<Output = ()>,
+    ) -> ShutdownReport {
         let deadline = crate::model::instant_after(grace);
         // Every listener stops accepting at once (the dashboard's event streams end); the sessions and requests
         // still open finish within the grace period while the deliveries on their way do, not before them: a
         // slow client cannot take the time those deliveries are given.
         self.stop_listeners.cancel();
-        // A reload under way (a SIGHUP just before the stop) finishes first, within the grace period, and none starts
-        // after: it would start listeners this stop does not wait for, and release the hold on delivery below.
-        let _no_reload = tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            self.reloading.lock(),
-        )
-        .await;
-        self.engine.set_held(true);
-        let running: Vec<RunningListener> = self.listeners.lock().await.drain(..).collect();
-        let sessions = futures_util::future::join_all(running.into_iter().map(|l| async move {
-            let mut task = l.task;
-            if tokio::time::timeout(
+        let waits = async move {
+            // A reload under way (a SIGHUP just before the stop) finishes first, within the grace period, and none
+            // starts after: it would start listeners this stop does not wait for, and release the hold on delivery
+            // below.
+            let _no_reload = tokio::time::timeout(
                 deadline.saturating_duration_since(Instant::now()),
-                &mut task,
+                self.reloading.lock(),
             )
-            .await
-            .is_err()
-            {
-                task.abort();
-            }
-        }));
-        // Nothing more goes out: what is queued stays in the spool for the next start (or, with JetStream, goes
-        // back to the stream for another node), and only what is already on its way out finishes. Delivering the
-        // backlog meanwhile would send notifications whose outcome may come after the spool closed, to be sent
-        // again after the restart.
-        self.engine.set_held(true);
-        let deliveries = self.wait_for_deliveries(deadline);
-        // Broadcasts alike: none starts any more, and those being sent finish, so that their outcomes are stored
-        // before the last flush (a broadcast answered after it would be sent again at the next start).
-        let broadcasts = async {
-            let left = self.broadcasts.hold(deadline).await;
-            if left > 0 {
-                tracing::warn!(
-                    "at shutdown: {left} broadcast(s) still on their way to APNs after the grace period; they may be \
-                     sent again after the restart"
-                );
+            .await;
+            self.engine.set_held(true);
+            let running: Vec<RunningListener> = self.listeners.lock().await.drain(..).collect();
+            let sessions =
+                futures_util::future::join_all(running.into_iter().map(|l| async move {
+                    let mut task = l.task;
+                    if tokio::time::timeout(
+                        deadline.saturating_duration_since(Instant::now()),
+                        &mut task,
+                    )
+                    .await
+                    .is_err()
+                    {
+                        task.abort();
+                    }
+                }));
+            // Nothing more goes out: what is queued stays in the spool for the next start (or, with JetStream,
+            // goes back to the stream for another node), and only what is already on its way out finishes.
+            // Delivering the backlog meanwhile would send notifications whose outcome may come after the spool
+            // closed, to be sent again after the restart.
+            self.engine.set_held(true);
+            let deliveries = self.wait_for_deliveries(deadline);
+            // Broadcasts alike: none starts any more, and those being sent finish, so that their outcomes are
+            // stored before the last flush (a broadcast answered after it would be sent again at the next start).
+            let broadcasts = self.broadcasts.hold(deadline);
+            let (_, on_the_way, broadcasts_left) = tokio::join!(sessions, deliveries, broadcasts);
+            (deadline, on_the_way, broadcasts_left, _no_reload.ok())
+        };
+        // The guard keeps a reload from starting until the stop is over.
+        let (deadline, on_the_way, broadcasts_left, _no_reload) = tokio::select! {
+            biased;
+            left = waits => left,
+            () = cut => {
+                tracing::warn!("at shutdown: stop asked again: the grace period ends now");
+                // Held, whatever point the wait had reached (a reload still under way is not waited for).
+                let no_reload = self.reloading.try_lock().ok();
+                self.engine.set_held(true);
+                let now = Instant::now();
+                let broadcasts_left = self.broadcasts.hold(now).await;
+                (now, self.notifications_on_the_way(), broadcasts_left, no_reload)
             }
         };
-        tokio::join!(sessions, deliveries, broadcasts);
-        self.finish_shutdown(deadline).await;
+        // Cut off by the end of the grace period: they stay spooled (stored) and go out again after the restart, as
+        // a stop provides for; not something the stop failed to do.
+        if on_the_way > 0 {
+            tracing::warn!(
+                "at shutdown: {on_the_way} notification(s) still on their way to APNs after the grace period; they \
+                 may be sent again after the restart"
+            );
+        }
+        if broadcasts_left > 0 {
+            tracing::warn!(
+                "at shutdown: {broadcasts_left} broadcast(s) still on their way to APNs after the grace period; they \
+                 may be sent again after the restart"
+            );
+        }
+        let undone = self.finish_shutdown(deadline).await;
+        ShutdownReport {
+            undone,
+            on_the_way,
+            broadcasts_on_the_way: broadcasts_left,
+        }
     }
 
-    /// At shutdown: waits until no notification is on its way to APNs any more, or `deadline`.
-    async fn wait_for_deliveries(&self, deadline: Instant) {
-        let on_the_way = || -> usize {
-            self.engine
-                .all_stats()
-                .iter()
-                .map(|(_, s)| s.dispatched.load(Ordering::Relaxed))
-                .sum()
-        };
+    /// Notifications handed to a connection and not answered yet, over every queue.
+    fn notifications_on_the_way(&self) -> usize {
+        self.engine
+            .all_stats()
+            .iter()
+            .map(|(_, s)| s.dispatched.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// At shutdown: waits until no notification is on its way to APNs any more, or `deadline`; returns how many
+    /// still are.
+    async fn wait_for_deliveries(&self, deadline: Instant) -> usize {
         // Quiet twice in a row, a little apart: a queue that was dispatching as delivery was held publishes what
         // it handed out right after.
         let mut quiet_once = false;
         while Instant::now() < deadline {
-            if on_the_way() == 0 {
+            if self.notifications_on_the_way() == 0 {
                 if quiet_once {
                     break;
                 }
@@ -1262,18 +1308,13 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = on_the_way();
-        if left > 0 {
-            tracing::warn!(
-                "at shutdown: {left} notification(s) still on their way to APNs after the grace period; they may be \
-                 sent again after the restart"
-            );
-        }
+        self.notifications_on_the_way()
     }
 
     /// At shutdown, once the listeners and the deliveries are done: stores the last outcomes, closes the spool and
-    /// flushes the logs.
-    async fn finish_shutdown(&self, deadline: Instant) {
+    /// flushes the logs. Returns what it could not do (each also logged).
+    async fn finish_shutdown(&self, deadline: Instant) -> Vec<String> {
+        let mut undone = Vec::new();
         // The outcomes of the last deliveries: stored now, so that status lookups and webhooks have them after the
         // restart.
         // Each step gets what is left of the grace period (at least a second): a store that takes no writes must
@@ -1284,21 +1325,23 @@ impl Server {
                 .max(Duration::from_secs(1))
         };
         if !self.status_book.flush(left()).await {
-            tracing::warn!(
-                "at shutdown: final outcomes still waiting for the outcome store were not stored"
-            );
+            let u = "final outcomes still waiting for the outcome store were not stored".to_owned();
+            tracing::warn!("at shutdown: {u}");
+            undone.push(u);
         }
         if !self.webhooks.flush(left()).await {
-            tracing::warn!(
-                "at shutdown: webhook outcomes still waiting for their queue were not stored"
-            );
+            let u = "webhook outcomes still waiting for their queue were not stored".to_owned();
+            tracing::warn!("at shutdown: {u}");
+            undone.push(u);
         }
         let kept = self.bridge.release_removals();
         if kept > 0 {
-            tracing::warn!(
-                "at shutdown: {kept} delivered notification(s) stay spooled because their outcomes were not stored; \
-                 they are sent again after the restart"
+            let u = format!(
+                "{kept} delivered notification(s) stay spooled because their outcomes were not stored; they are sent \
+                 again after the restart"
             );
+            tracing::warn!("at shutdown: {u}");
+            undone.push(u);
         }
         // A store that does not answer (a disk that hangs) must not keep herald from stopping: the close gets what
         // is left of the grace period, at least 5 seconds. That is enough for a store that is merely behind with its
@@ -1306,9 +1349,17 @@ impl Server {
         // and one fsync), and should that commit fail, it lists the removals still waiting for the next start.
         match tokio::time::timeout(left().max(Duration::from_secs(5)), self.spool.close()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("closing the spool: {e}"),
+            Ok(Err(e)) => {
+                tracing::error!("closing the spool: {e}");
+                undone.push(format!("the spool did not close: {e}"));
+            }
             Err(_) => {
                 let st = self.spool.stats();
+                undone.push(format!(
+                    "the spool did not close in time (its store does not answer); the removals of {} delivered \
+                     notification(s) may not be written",
+                    st.pending_removals
+                ));
                 tracing::error!(
                     pending_removals = st.pending_removals,
                     unwritable = st.unwritable,
@@ -1319,20 +1370,52 @@ impl Server {
                 );
             }
         }
-        let _ = tokio::time::timeout(
+        match tokio::time::timeout(
             deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_secs(1)),
             self.broadcasts.flush(),
         )
-        .await;
+        .await
+        {
+            Ok(Ok(())) => {}
+            // Logged by the flush.
+            Ok(Err(e)) => undone.push(format!("flushing broadcasts: {e}")),
+            Err(_) => {
+                let u = "the broadcasts' last writes were not flushed in time".to_owned();
+                tracing::error!("at shutdown: {u}");
+                undone.push(u);
+            }
+        }
         for e in self
             .logs
             .flush_at_shutdown(self.invalid_tokens.feedback_log())
             .await
         {
             tracing::error!("at shutdown: {e}");
+            undone.push(e.to_string());
         }
+        undone
+    }
+}
+
+/// What a stop left undone ([`Server::shutdown_until`]): nothing after a clean stop.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// One sentence for each thing the stop failed to do (a spool that did not close, a log that did not flush,
+    /// final outcomes or webhook events not stored, delivered notifications left spooled), as logged.
+    pub undone: Vec<String>,
+    /// Notifications still on their way to APNs when the grace period ended (they stay spooled and may be sent
+    /// again after the restart): not a failure of the stop.
+    pub on_the_way: usize,
+    /// Broadcasts still being sent when the grace period ended, likewise.
+    pub broadcasts_on_the_way: usize,
+}
+
+impl ShutdownReport {
+    /// Whether the stop did everything it had to (deliveries cut off by the grace period aside).
+    pub fn is_clean(&self) -> bool {
+        self.undone.is_empty()
     }
 }
 

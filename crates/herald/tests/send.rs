@@ -1,6 +1,7 @@
 //! `herald send` (the built binary) against a herald running in-process from a configuration file, delivering to
 //! the APNs simulator over real TLS: one notification from flags, a CSV file, JSON lines from stdin, refusals and
-//! failed requests (non-zero exit with the summary), and bad input reported with line numbers.
+//! failed requests (non-zero exit with the summary), and bad input reported with line numbers. A scripted REST
+//! server stands in for herald where an answer cannot be provoked (`--wait` on outcomes pruned or unreadable).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -295,6 +296,25 @@ async fn refusals_exit_non_zero_with_grouped_reasons() {
         "{}",
         run.stdout
     );
+    // Each refused notification is named by its line on stderr.
+    let name = file.display().to_string();
+    assert!(
+        run.stderr.contains(&format!(
+            "{name}:2: device token: device token has a non-hex character"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!("{name}:3: device token: ")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains(&format!("{name}:1:")),
+        "{}",
+        run.stderr
+    );
     // The good one is delivered all the same.
     delivered(&s.sim, &[good]).await;
 
@@ -387,8 +407,209 @@ async fn bad_input_is_reported_with_line_numbers_and_nothing_is_sent() {
         "{}",
         run.stderr
     );
+    // A line that is not UTF-8 is named, and the other errors are reported with it.
+    let path = s.dir.path().join("latin1.csv");
+    std::fs::write(&path, b"token,alert\naa,caf\xe9\nbb,ok,extra\n").unwrap();
+    let run = send(&s, &["--file", path.to_str().unwrap()], "").await;
+    assert_eq!(run.code, Some(1));
+    let name = path.display().to_string();
+    assert!(
+        run.stderr
+            .contains(&format!("{name}:2: not UTF-8 (at byte 7 of the line)\n")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("{name}:3: 3 columns where the header names 2")),
+        "{}",
+        run.stderr
+    );
+
+    // 1,000 unclosed quotes: the first 20 are shown, and the rest counted.
+    let file = write(s.dir.path(), "quotes.csv", &"\"x\n".repeat(1000));
+    let run = send(&s, &["--file", file.to_str().unwrap(), "--alert", "x"], "").await;
+    assert_eq!(run.code, Some(1));
+    assert_eq!(run.stderr.lines().count(), 21, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .ends_with("… and 980 more errors not shown (only the first 20 are)\n"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(s.server.summary().received, 0, "nothing reached herald");
     s.server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// After a CSV header, a row whose first value starts with `#` is a notification, not a comment (it used to be
+/// dropped without a word); before the header, and in a list of tokens without one, `#` starts a comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_after_the_header_is_a_row() {
+    let s = setup().await;
+    let (a, b) = (token(70), token(71));
+    let file = write(
+        s.dir.path(),
+        "deals.csv",
+        &format!("# today's deals\nalert,token\n#1 deal,{a}\n#2 deal,{b}\n"),
+    );
+    let run = send(&s, &["--file", file.to_str().unwrap()], "").await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("sent 2 notifications"),
+        "{}",
+        run.stdout
+    );
+    let recs = delivered(&s.sim, &[a, b]).await;
+    assert_eq!(recs[0].payload, r##"{"aps":{"alert":"#1 deal"}}"##);
+    assert_eq!(recs[1].payload, r##"{"aps":{"alert":"#2 deal"}}"##);
+
+    let c = token(72);
+    let file = write(s.dir.path(), "list.csv", &format!("# list\n{c}\n# end\n"));
+    let run = send(&s, &["--file", file.to_str().unwrap(), "--alert", "x"], "").await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("sent 1 notification from"),
+        "{}",
+        run.stdout
+    );
+    delivered(&s.sim, &[c]).await;
+    s.server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A server that cannot be reached: the summary counts the failure, and stderr gives the whole cause (connection
+/// refused) and the URL, which the summary's grouped reason cuts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_named_with_the_cause() {
+    let port = herald_testkit::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["send", "--url", &url, "--domain", DOMAIN])
+        .args(["--token", &token(80), "--alert", "x"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("failed: 1\n"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "herald send: a request failed: POST {url}/api/v1/push: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}
+
+/// What the scripted server answers `--wait` with, and how often it was asked.
+#[derive(Default)]
+struct Script {
+    queries: std::sync::atomic::AtomicUsize,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+/// A REST server on 127.0.0.1 that accepts every token (ids `01/00-1-N`) and answers the status queries: the first
+/// id delivered, the second `expired`, the third an error that its lookup alone answers `500`, the fourth `unknown`
+/// at the first query and delivered from the second on.
+async fn scripted_server() -> (String, Arc<Script>) {
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use serde_json::{Value, json};
+    use std::sync::atomic::Ordering;
+
+    async fn push(body: String) -> (StatusCode, axum::Json<Value>) {
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let n = v["tokens"].as_array().unwrap().len();
+        let results: Vec<Value> = (1..=n)
+            .map(|i| json!({"status": "accepted", "id": format!("01/00-1-{i}")}))
+            .collect();
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "results": results })),
+        )
+    }
+    async fn query(State(script): State<Arc<Script>>, body: String) -> axum::Json<Value> {
+        let round = script.queries.fetch_add(1, Ordering::SeqCst);
+        let asked: Value = serde_json::from_str(&body).unwrap();
+        let (mut found, mut not_found) = (Vec::new(), Vec::new());
+        for id in asked["ids"].as_array().unwrap() {
+            match id.as_str().unwrap() {
+                "01/00-1-1" => found.push(json!({"id": id, "state": "delivered"})),
+                "01/00-1-2" => {
+                    not_found.push(json!({"id": id, "found": "expired", "error": "pruned"}))
+                }
+                "01/00-1-3" => {
+                    not_found.push(json!({"id": id, "error": "the entry does not decode"}))
+                }
+                _ if round == 0 => not_found
+                    .push(json!({"id": id, "found": "unknown", "error": "ask again later"})),
+                _ => found.push(json!({"id": id, "state": "delivered"})),
+            }
+        }
+        axum::Json(json!({"notifications": found, "not_found": not_found}))
+    }
+    async fn one(State(script): State<Arc<Script>>) -> (StatusCode, axum::Json<Value>) {
+        script.lookups.fetch_add(1, Ordering::SeqCst);
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"id": "01/00-1-3", "error": "the entry does not decode"})),
+        )
+    }
+    let script = Arc::new(Script::default());
+    let app = axum::Router::new()
+        .route("/api/v1/push", post(push))
+        .route("/api/v1/notifications/query", post(query))
+        .route("/api/v1/notifications/{*id}", get(one))
+        .with_state(script.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, script)
+}
+
+/// `--wait` counts an `expired` answer as final (outcome unknown) and an error as a failed lookup, and ends as soon
+/// as nothing can change: it used to count both as pending and wait out its whole timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_ends_once_nothing_can_change() {
+    use std::sync::atomic::Ordering;
+    let (url, script) = scripted_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: Vec<String> = (90..94).map(token).collect();
+    let file = write(dir.path(), "four.csv", &(tokens.join("\n") + "\n"));
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["send", "--url", &url, "--domain", DOMAIN])
+            .args(["--file", file.to_str().unwrap(), "--alert", "x"])
+            .args(["--wait", "--wait-timeout", "600"])
+            .output(),
+    )
+    .await
+    .expect("--wait ended before its timeout")
+    .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        started.elapsed() < WAIT,
+        "the wait took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stdout.contains(
+            "outcomes of 4 notifications:\ndelivered: 2\nfailed: 0\n\
+             expired: 1 (outcome unknown: herald kept it for outcome_retention and pruned it)\n\
+             not looked up: 1 (outcome unknown)\n         1  HTTP 500: the entry does not decode\n"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pending"), "{stdout}");
+    // The unknown one was asked about again; the expired and the broken ones were not.
+    assert_eq!(script.queries.load(Ordering::SeqCst), 2);
+    assert_eq!(script.lookups.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

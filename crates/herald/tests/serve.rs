@@ -1,5 +1,6 @@
 //! `herald serve` as a process: REST in, spool, APNs simulator out; a clean stop and a `kill -9` at a random
-//! moment (the crash test) lose nothing that was acknowledged.
+//! moment (the crash test) lose nothing that was acknowledged; a second SIGTERM ends the grace period, and a stop
+//! that leaves something undone exits non-zero. Also `herald bench`'s exit status, against the same simulator.
 
 mod support;
 
@@ -365,7 +366,12 @@ async fn inject(http: String, injection: Arc<Injection>) -> Vec<String> {
 
 /// One unlabelled or single-domain value from `GET /metrics` (`None` when the metric is absent).
 async fn metric(daemon: &Daemon, name: &str) -> Option<u64> {
-    let text = reqwest::get(format!("http://{}/metrics", daemon.http))
+    metric_at(&daemon.http, name).await
+}
+
+/// [`metric`] from the http listener at `http`.
+async fn metric_at(http: &str, name: &str) -> Option<u64> {
+    let text = reqwest::get(format!("http://{http}/metrics"))
         .await
         .unwrap()
         .text()
@@ -809,4 +815,229 @@ fn a_sighup_during_the_start_is_acted_on_once_herald_runs() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
     assert!(status.success(), "herald serve exited with {status}");
+}
+
+/// `herald serve -c CONFIG ARGS…` with RUST_LOG=info: the running child, its http listener's address (from the ready
+/// line), and its stderr lines as they come (the channel ends when the process closes stderr, as it exits).
+fn serve_logged(
+    config: &Path,
+    args: &[&str],
+) -> (Running, String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let mut running = Running(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "-c"])
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines, logged) = std::sync::mpsc::channel();
+    let stderr = running.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut ready = String::new();
+    BufReader::new(running.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ready).unwrap_or_else(|e| panic!("ready line {ready:?}: {e}"));
+    let http = v["http"][0].as_str().unwrap().to_owned();
+    (running, http, logged)
+}
+
+/// Sends `signal` to the child.
+fn kill(child: &std::process::Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill sends a signal to a child this test started and still holds (not yet waited for).
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// Collects stderr lines until one contains `what` (returns them), failing at `deadline`.
+fn wait_for_line(
+    logged: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    deadline: Instant,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        match logged.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let found = line.contains(what);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no {what:?} on stderr ({e}); so far: {seen:#?}"),
+        }
+    }
+}
+
+/// Collects the rest of stderr, which ends as the process exits, failing at `deadline`.
+fn rest_of_stderr(logged: &std::sync::mpsc::Receiver<String>, deadline: Instant) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        match logged.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => seen.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return seen,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("herald is still running; stderr so far: {seen:#?}")
+            }
+        }
+    }
+}
+
+/// A second SIGTERM during the stop ends the grace period at once (it used to be ignored, the whole `--grace` waited
+/// out): with APNs never answering and a grace of 10 minutes, herald stops within seconds of the second signal and
+/// logs the delivery it cut off, which stays spooled for the next start as after any grace period; the spool and
+/// the logs closed, so the stop itself succeeded (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_grace_period_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let mut sim_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    sim_config.h2_port = port;
+    // APNs takes an hour to answer: the notification stays on its way through any grace period.
+    sim_config.scenario.latency_ms = 3_600_000;
+    let _sim = Simulator::start(sim_config).await.unwrap();
+    let config = write_config(dir.path(), &pki, port);
+    let (mut running, http, logged) = serve_logged(&config, &["--grace", "600"]);
+    let acked = post_batches(&http, 0, 1, 1).await.unwrap();
+    assert_eq!(acked.len(), 1);
+    let deadline = Instant::now() + WAIT;
+    while metric_at(&http, "herald_streams_in_flight").await != Some(1) {
+        assert!(Instant::now() < deadline, "the notification never went out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    kill(&running.0, libc::SIGTERM);
+    // The stop has begun (and waits for the delivery): the second signal.
+    wait_for_line(&logged, "shutting down", deadline);
+    let second = Instant::now();
+    kill(&running.0, libc::SIGTERM);
+    let rest = rest_of_stderr(&logged, second + WAIT);
+    let status = running.0.wait().unwrap();
+    assert!(
+        second.elapsed() < Duration::from_secs(60),
+        "the stop took {:?} after the second signal",
+        second.elapsed()
+    );
+    let text = rest.join("\n");
+    assert!(text.contains("the grace period ends now"), "{text}");
+    assert!(
+        text.contains("1 notification(s) still on their way to APNs after the grace period"),
+        "{text}"
+    );
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(!text.contains("the stop left this undone"), "{text}");
+}
+
+/// A stop whose logs cannot be flushed (the mainlog is on a full device) exits non-zero and says why on stderr; it
+/// used to exit 0 with the error in the log only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_cannot_flush_its_logs_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let sim = start_sim(&pki, port).await;
+    let config = write_config(dir.path(), &pki, port);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("mainlog = \"{}\"", dir.path().join("mainlog.ec").display()),
+        "mainlog = \"/dev/full\"",
+    );
+    assert!(text.contains("/dev/full"));
+    std::fs::write(&config, text).unwrap();
+    let (mut running, http, logged) = serve_logged(&config, &[]);
+    let acked = post_batches(&http, 0, 3, 3).await.unwrap();
+    wait_for_tokens(&sim, &acked).await;
+    kill(&running.0, libc::SIGTERM);
+    let rest = rest_of_stderr(&logged, Instant::now() + WAIT);
+    let status = running.0.wait().unwrap();
+    let text = rest.join("\n");
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("herald serve: the stop left this undone: ") && text.contains("/dev/full"),
+        "{text}"
+    );
+}
+
+/// `herald bench` exits non-zero when not every notification was delivered, saying how many of how many (it used to
+/// exit 0 when every one failed), and refuses `--count 0` as a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_fails_unless_every_notification_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let bench = |config: &Path, n: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["bench", "-c"])
+            .arg(config)
+            .args(["--domain", "serve.example", "-n", n, "--timeout", "60"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+
+    // Every one delivered: success.
+    let port = free_port();
+    let _sim = start_sim(&pki, port).await;
+    let good = dir.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    let config = write_config(&good, &pki, port);
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || bench(&config, "5")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("delivered 5, transient 0, permanent 0"),
+        "{stdout}"
+    );
+
+    // `--count 0`: a usage error, before anything starts.
+    let (code, _, stderr) = bench(&config, "0");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("at least 1 notification"), "{stderr}");
+
+    // APNs refuses every one: none delivered, a failure.
+    let port = free_port();
+    let mut sim_config = SimConfig::from_pki(&pki.manifest).unwrap();
+    sim_config.h2_port = port;
+    sim_config
+        .scenario
+        .errors
+        .insert("BadDeviceToken".to_owned(), 1.0);
+    let _refusing = Simulator::start(sim_config).await.unwrap();
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    let config = write_config(&bad, &pki, port);
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || bench(&config, "5"))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("delivered 0, transient 0, permanent 5"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("herald bench: delivered 0 of 5 notifications: 5 failed permanently"),
+        "{stderr}"
+    );
 }

@@ -28,8 +28,8 @@ pub struct BenchArgs {
     /// The domain (app) to send to.
     #[arg(long)]
     pub domain: String,
-    /// How many notifications to send.
-    #[arg(short = 'n', long, default_value_t = 100_000)]
+    /// How many notifications to send (at least 1). The exit status is non-zero unless every one was delivered.
+    #[arg(short = 'n', long, default_value_t = 100_000, value_parser = parse_count)]
     pub count: u64,
     /// Payload size in bytes (a valid alert payload padded to this size).
     #[arg(long, default_value_t = 128)]
@@ -57,6 +57,38 @@ pub struct BenchArgs {
     /// flight, the sum of the connections' in-flight limits and the connections open.
     #[arg(long)]
     pub timeline: bool,
+}
+
+/// `--count`: a whole number of notifications, at least 1.
+fn parse_count(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("at least 1 notification: there is nothing to measure in 0".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a number of notifications: {e}")),
+    }
+}
+
+/// Why a run of `count` notifications fails, one line each (none when every one was delivered): some had not
+/// finished when `--timeout` ran out, and some were not delivered. `transient` counts failed attempts (retried).
+fn shortfall(
+    count: u64,
+    finished: u64,
+    delivered: u64,
+    transient: u64,
+    permanent: u64,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if finished < count {
+        lines.push(format!("timed out with {finished} of {count} finished"));
+    }
+    if delivered < count {
+        lines.push(format!(
+            "delivered {delivered} of {count} notifications: {permanent} failed permanently, {} not finished \
+             ({transient} transient failure(s) on the way)",
+            count.saturating_sub(finished)
+        ));
+    }
+    lines
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -261,15 +293,21 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             println!("  {count:>8}  {kind} {reason}");
         }
     }
-    if stats.finished() < args.count {
-        eprintln!(
-            "herald bench: timed out with {} of {} finished",
-            stats.finished(),
-            args.count
-        );
-        return Ok(ExitCode::FAILURE);
+    let short = shortfall(
+        args.count,
+        stats.finished(),
+        delivered,
+        transient,
+        permanent,
+    );
+    for why in &short {
+        eprintln!("herald bench: {why}");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if short.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// What the stream sampler saw over a run.
@@ -402,6 +440,44 @@ mod tests {
             finished,
             limit,
         }
+    }
+
+    #[test]
+    fn a_run_fails_unless_every_notification_was_delivered() {
+        assert!(shortfall(100, 100, 100, 3, 0).is_empty());
+        // Every one failed: finished, but nothing delivered (this used to exit 0).
+        assert_eq!(
+            shortfall(100, 100, 0, 0, 100),
+            [
+                "delivered 0 of 100 notifications: 100 failed permanently, 0 not finished (0 transient failure(s) on \
+                 the way)"
+            ]
+        );
+        // The timeout keeps its line, and the shortfall follows.
+        assert_eq!(
+            shortfall(100, 60, 50, 7, 10),
+            [
+                "timed out with 60 of 100 finished",
+                "delivered 50 of 100 notifications: 10 failed permanently, 40 not finished (7 transient failure(s) \
+                 on the way)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_count_of_0_is_a_usage_error() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        use clap::Parser;
+        let parse =
+            |n: &str| Cli::try_parse_from(["bench", "-c", "x.conf", "--domain", "d", "-n", n]);
+        let err = parse("0").err().expect("--count 0 is refused").to_string();
+        assert!(err.contains("at least 1 notification"), "{err}");
+        assert!(parse("x").is_err());
+        assert_eq!(parse("1").unwrap().bench.count, 1);
     }
 
     #[test]

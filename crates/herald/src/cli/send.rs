@@ -63,7 +63,8 @@ pub struct SendArgs {
     /// Read notifications from this file (`-` for stdin).
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// The format of --file.
+    /// The format of --file. In a CSV, a line starting with `#` is a comment before the header row, or anywhere in
+    /// a list of tokens without one; after a header row every line is a notification.
     #[arg(long, value_enum, default_value = "csv")]
     pub format: Format,
     /// Notifications per request.
@@ -75,8 +76,10 @@ pub struct SendArgs {
     /// Print the id of every accepted notification, one per line (done anyway for up to 10).
     #[arg(long)]
     pub ids: bool,
-    /// Wait for the final outcomes (GET /api/v1/notifications) and print them grouped by reason; the exit status
-    /// is non-zero when any failed.
+    /// Wait for the final outcomes (POST /api/v1/notifications/query) and print them grouped by reason; the wait
+    /// ends once no answer can change. The exit status is non-zero unless every one was delivered: when any failed,
+    /// is still pending, expired (its outcome was pruned after outcome_retention: unknown), or could not be looked
+    /// up.
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this many seconds (those still pending are counted as such).
@@ -101,6 +104,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting tokio")?;
+    let lines: Vec<Option<usize>> = items.iter().map(|i| i.line).collect();
     let progress = progress_bar(items.len() as u64, "sending");
     let bar = progress.clone();
     let report = runtime.block_on(client::send_all(
@@ -113,6 +117,13 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         move |n| bar.set_position(n as u64),
     ));
     progress.finish_and_clear();
+    {
+        let mut err = std::io::stderr().lock();
+        write_rejections(&mut err, &report, &lines, &what)?;
+        if let Some(failure) = &report.first_failure {
+            writeln!(err, "herald send: a request failed: {failure}")?;
+        }
+    }
     let mut out = std::io::stdout().lock();
     write_summary(&mut out, &report, &args.domain, &what)?;
     let ids: Vec<String> = report
@@ -135,10 +146,10 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     if args.wait && !ids.is_empty() {
         let deadline =
             herald::model::instant_after(std::time::Duration::from_secs(args.wait_timeout));
-        let finals = runtime.block_on(wait_for_outcomes(&client, &ids, deadline))?;
+        let finals = runtime.block_on(wait_for_outcomes(&client, &ids, deadline));
         write_outcomes(&mut out, &finals, ids.len())?;
         out.flush()?;
-        if finals.failed > 0 || finals.pending > 0 {
+        if !finals.all_delivered() {
             return Ok(ExitCode::FAILURE);
         }
     }
@@ -355,6 +366,39 @@ pub fn write_summary(
     )
 }
 
+/// Rejected notifications named one per line on standard error, at most this many (the others are counted).
+const MAX_REJECTIONS_SHOWN: usize = 20;
+
+/// `FILE:LINE: reason` for each rejected notification read from a file or stdin (the first
+/// [`MAX_REJECTIONS_SHOWN`], then how many more); `lines` are the items' lines, in input order.
+pub fn write_rejections(
+    out: &mut impl Write,
+    report: &Report,
+    lines: &[Option<usize>],
+    what: &str,
+) -> std::io::Result<()> {
+    let mut rejected = report
+        .outcomes
+        .iter()
+        .zip(lines)
+        .filter_map(|(o, line)| match (o, line) {
+            (client::Outcome::Rejected(reason), Some(line)) => Some((*line, reason)),
+            _ => None,
+        });
+    for (line, reason) in rejected.by_ref().take(MAX_REJECTIONS_SHOWN) {
+        writeln!(out, "{what}:{line}: {reason}")?;
+    }
+    let more = rejected.count();
+    if more > 0 {
+        writeln!(
+            out,
+            "… and {more} more rejected notification{} not shown",
+            plural(more)
+        )?;
+    }
+    Ok(())
+}
+
 /// Final outcomes of the notifications a run sent.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Finals {
@@ -362,46 +406,151 @@ pub struct Finals {
     pub failed: usize,
     /// Failure reason -> count.
     pub reasons: std::collections::BTreeMap<String, usize>,
-    /// Not final when the wait ended, or not found.
+    /// Not final when the wait ended, or not known to herald yet (`found: unknown`).
     pub pending: usize,
+    /// Final, but the outcome is unknown: herald pruned it after `outcome_retention` (`found: expired`).
+    pub expired: usize,
+    /// Asked about and answered with an error that asking again would not change (a `400`, a `500`, a refused
+    /// request): lookup error -> count.
+    pub not_looked_up: std::collections::BTreeMap<String, usize>,
 }
 
-/// Polls the status of `ids` (1,000 per request) until every one is final or `deadline` passes.
+impl Finals {
+    /// Whether every notification was delivered (nothing failed, pending, expired or not looked up).
+    pub fn all_delivered(&self) -> bool {
+        self.failed == 0 && self.pending == 0 && self.expired == 0 && self.not_looked_up.is_empty()
+    }
+
+    /// Counts `lookup`; `Pending` is the caller's to ask again.
+    fn count(&mut self, lookup: Lookup) {
+        match lookup {
+            Lookup::Delivered => self.delivered += 1,
+            Lookup::Failed(reason) => {
+                self.failed += 1;
+                *self.reasons.entry(reason).or_default() += 1;
+            }
+            Lookup::Expired => self.expired += 1,
+            Lookup::Error(e) => *self.not_looked_up.entry(e).or_default() += 1,
+            Lookup::Pending | Lookup::AskAlone => {}
+        }
+    }
+}
+
+/// What a status answer says of one notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lookup {
+    Delivered,
+    Failed(String),
+    /// Not final yet (queued, in flight, retried), or `found: unknown` (not queued yet): ask again.
+    Pending,
+    /// `found: expired`: final, outcome unknown.
+    Expired,
+    /// An error that asking again will not change.
+    Error(String),
+    /// An error in the batch answer, which does not say whether it is for now (a `503`: ask again) or for good (a
+    /// `400` or `500`): asked again alone, whose HTTP status tells.
+    AskAlone,
+}
+
+/// A state of `notifications` in a query's answer (or the `200` answer for one id).
+fn lookup_of_state(s: &serde_json::Value) -> Lookup {
+    match s["state"].as_str() {
+        Some("delivered") => Lookup::Delivered,
+        Some("failed") => {
+            Lookup::Failed(s["reason"].as_str().unwrap_or("unknown reason").to_owned())
+        }
+        _ => Lookup::Pending,
+    }
+}
+
+/// An entry of `not_found` in a query's answer: `found: unknown` or `expired`, or an error.
+fn lookup_of_missing(v: &serde_json::Value) -> Lookup {
+    match v["found"].as_str() {
+        Some("unknown") => Lookup::Pending,
+        Some("expired") => Lookup::Expired,
+        _ => Lookup::AskAlone,
+    }
+}
+
+/// The answer for one id (`GET /api/v1/notifications/ID`) with its HTTP status.
+fn lookup_of_answer(status: u16, v: &serde_json::Value) -> Lookup {
+    match status {
+        200 => lookup_of_state(v),
+        404 => match lookup_of_missing(v) {
+            Lookup::AskAlone => Lookup::Error(format!("HTTP 404: {}", error_text(v))),
+            l => l,
+        },
+        // The outcome store cannot be read for now (a full disk): herald asks to ask again.
+        503 => Lookup::Pending,
+        _ => Lookup::Error(format!("HTTP {status}: {}", error_text(v))),
+    }
+}
+
+fn error_text(v: &serde_json::Value) -> String {
+    match v["error"].as_str() {
+        Some(e) => e.to_owned(),
+        None => v.to_string(),
+    }
+}
+
+/// Polls the status of `ids` (1,000 per request) until every one is final (delivered, failed, expired, or answered
+/// with an error that asking again would not change) or `deadline` passes. A `503` (the outcome store cannot be
+/// read for now) is asked again; any other failed request ends the wait, the ids not yet final counted as not
+/// looked up.
 async fn wait_for_outcomes(
     client: &PushClient,
     ids: &[String],
     deadline: std::time::Instant,
-) -> anyhow::Result<Finals> {
+) -> Finals {
     let mut finals = Finals::default();
     let mut waiting: Vec<String> = ids.to_vec();
     let mut pause = std::time::Duration::from_millis(50);
     loop {
         let mut still = Vec::new();
+        let mut broken: Option<String> = None;
         for chunk in waiting.chunks(1000) {
-            let (found, not_found) = client.statuses(chunk).await?;
-            for s in found {
-                match s["state"].as_str() {
-                    Some("delivered") => finals.delivered += 1,
-                    Some("failed") => {
-                        finals.failed += 1;
-                        let reason = s["reason"].as_str().unwrap_or("unknown reason").to_owned();
-                        *finals.reasons.entry(reason).or_default() += 1;
-                    }
-                    _ => still.extend(s["id"].as_str().map(str::to_owned)),
+            if let Some(e) = &broken {
+                *finals.not_looked_up.entry(e.clone()).or_default() += chunk.len();
+                continue;
+            }
+            let (found, not_found) = match client.statuses(chunk).await {
+                Ok(answer) => answer,
+                Err(client::RequestError::Status { status: 503, .. }) => {
+                    still.extend_from_slice(chunk);
+                    continue;
+                }
+                Err(e) => {
+                    *finals.not_looked_up.entry(e.to_string()).or_default() += chunk.len();
+                    broken = Some(e.to_string());
+                    continue;
+                }
+            };
+            let answered = found
+                .iter()
+                .map(|s| (s, lookup_of_state(s)))
+                .chain(not_found.iter().map(|v| (v, lookup_of_missing(v))));
+            for (v, mut lookup) in answered {
+                let Some(id) = v["id"].as_str() else { continue };
+                if lookup == Lookup::AskAlone {
+                    lookup = match client.status(id).await {
+                        Ok((status, v)) => lookup_of_answer(status, &v),
+                        Err(e) => Lookup::Error(e.to_string()),
+                    };
+                }
+                if lookup == Lookup::Pending {
+                    still.push(id.to_owned());
+                } else {
+                    finals.count(lookup);
                 }
             }
-            still.extend(
-                not_found
-                    .iter()
-                    .filter_map(|v| v["id"].as_str().map(str::to_owned)),
-            );
         }
         waiting = still;
-        if waiting.is_empty() || std::time::Instant::now() >= deadline {
+        let now = std::time::Instant::now();
+        if waiting.is_empty() || broken.is_some() || now >= deadline {
             finals.pending = waiting.len();
-            return Ok(finals);
+            return finals;
         }
-        tokio::time::sleep(pause).await;
+        tokio::time::sleep(pause.min(deadline - now)).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(2));
     }
 }
@@ -411,9 +560,12 @@ pub fn write_outcomes(out: &mut impl Write, f: &Finals, total: usize) -> std::io
     writeln!(out, "outcomes of {total} notification{}:", plural(total))?;
     writeln!(out, "delivered: {}", f.delivered)?;
     writeln!(out, "failed: {}", f.failed)?;
-    let mut reasons: Vec<_> = f.reasons.iter().collect();
-    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    for (reason, n) in reasons {
+    let by_count = |map: &std::collections::BTreeMap<String, usize>| {
+        let mut v: Vec<(String, usize)> = map.iter().map(|(r, n)| (r.clone(), *n)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    };
+    for (reason, n) in by_count(&f.reasons) {
         writeln!(out, "  {n:>8}  {reason}")?;
     }
     if f.pending > 0 {
@@ -422,6 +574,20 @@ pub fn write_outcomes(out: &mut impl Write, f: &Finals, total: usize) -> std::io
             "pending: {} (no final outcome when the wait ended)",
             f.pending
         )?;
+    }
+    if f.expired > 0 {
+        writeln!(
+            out,
+            "expired: {} (outcome unknown: herald kept it for outcome_retention and pruned it)",
+            f.expired
+        )?;
+    }
+    let not_looked_up: usize = f.not_looked_up.values().sum();
+    if not_looked_up > 0 {
+        writeln!(out, "not looked up: {not_looked_up} (outcome unknown)")?;
+        for (reason, n) in by_count(&f.not_looked_up) {
+            writeln!(out, "  {n:>8}  {reason}")?;
+        }
     }
     Ok(())
 }
@@ -494,6 +660,118 @@ mod tests {
     }
 
     #[test]
+    fn rejected_items_are_named_by_their_line_twenty_at_most() {
+        let mut outcomes = vec![Outcome::Accepted("a".into())];
+        outcomes.extend((0..23).map(|i| Outcome::Rejected(format!("device token: bad {i}"))));
+        outcomes.push(Outcome::Failed("HTTP 500: boom".into()));
+        let lines: Vec<Option<usize>> = (0..outcomes.len()).map(|i| Some(i + 2)).collect();
+        let report = Report {
+            sent: outcomes.len(),
+            outcomes,
+            ..Report::default()
+        };
+        let mut out = Vec::new();
+        write_rejections(&mut out, &report, &lines, "t.csv").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let shown: Vec<&str> = text.lines().collect();
+        assert_eq!(shown.len(), 21, "{text}");
+        assert_eq!(shown[0], "t.csv:3: device token: bad 0");
+        assert_eq!(shown[19], "t.csv:22: device token: bad 19");
+        assert_eq!(shown[20], "… and 3 more rejected notifications not shown");
+
+        // Nothing for an item not read from a file (--token: its reason is in the summary).
+        let report = Report {
+            sent: 1,
+            outcomes: vec![Outcome::Rejected("device token: too short".into())],
+            ..Report::default()
+        };
+        let mut out = Vec::new();
+        write_rejections(&mut out, &report, &[None], "the command line").unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn wait_answers_are_final_pending_or_errors() {
+        use serde_json::json;
+        assert_eq!(
+            lookup_of_state(&json!({"id": "x", "state": "delivered"})),
+            Lookup::Delivered
+        );
+        assert_eq!(
+            lookup_of_state(&json!({"id": "x", "state": "failed", "reason": "Unregistered"})),
+            Lookup::Failed("Unregistered".into())
+        );
+        assert_eq!(
+            lookup_of_state(&json!({"id": "x", "state": "queued"})),
+            Lookup::Pending
+        );
+        assert_eq!(
+            lookup_of_missing(&json!({"id": "x", "found": "unknown", "error": "later"})),
+            Lookup::Pending
+        );
+        // Expired is final: asking again cannot bring the outcome back.
+        assert_eq!(
+            lookup_of_missing(&json!({"id": "x", "found": "expired", "error": "gone"})),
+            Lookup::Expired
+        );
+        // An error in a batch answer does not say whether to ask again: the id is asked alone.
+        assert_eq!(
+            lookup_of_missing(&json!({"id": "x", "error": "store broken"})),
+            Lookup::AskAlone
+        );
+        assert_eq!(
+            lookup_of_answer(503, &json!({"id": "x", "error": "disk full"})),
+            Lookup::Pending
+        );
+        assert_eq!(
+            lookup_of_answer(500, &json!({"id": "x", "error": "does not decode"})),
+            Lookup::Error("HTTP 500: does not decode".into())
+        );
+        assert_eq!(
+            lookup_of_answer(400, &json!({"id": "x", "error": "not an id"})),
+            Lookup::Error("HTTP 400: not an id".into())
+        );
+        assert_eq!(
+            lookup_of_answer(404, &json!({"id": "x", "found": "expired"})),
+            Lookup::Expired
+        );
+        assert_eq!(
+            lookup_of_answer(200, &json!({"id": "x", "state": "delivered"})),
+            Lookup::Delivered
+        );
+    }
+
+    #[test]
+    fn outcomes_name_expired_and_lookup_errors_after_the_old_lines() {
+        let mut f = Finals::default();
+        f.count(Lookup::Delivered);
+        f.count(Lookup::Failed("BadDeviceToken".into()));
+        f.count(Lookup::Expired);
+        f.count(Lookup::Error("HTTP 500: broken".into()));
+        f.count(Lookup::Error("HTTP 500: broken".into()));
+        f.pending = 1;
+        assert!(!f.all_delivered());
+        let mut out = Vec::new();
+        write_outcomes(&mut out, &f, 6).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "outcomes of 6 notifications:\ndelivered: 1\nfailed: 1\n         1  BadDeviceToken\n\
+             pending: 1 (no final outcome when the wait ended)\n\
+             expired: 1 (outcome unknown: herald kept it for outcome_retention and pruned it)\n\
+             not looked up: 2 (outcome unknown)\n         2  HTTP 500: broken\n"
+        );
+        let mut only_delivered = Finals::default();
+        only_delivered.count(Lookup::Delivered);
+        assert!(only_delivered.all_delivered());
+        let mut expired = Finals::default();
+        expired.count(Lookup::Expired);
+        assert!(
+            !expired.all_delivered(),
+            "an unknown outcome is not a success"
+        );
+    }
+
+    #[test]
     fn summary_lists_counts_and_grouped_reasons() {
         let report = Report {
             sent: 3,
@@ -504,6 +782,7 @@ mod tests {
                 Outcome::Rejected("device token: too short (5 hex digits)".into()),
             ],
             elapsed: std::time::Duration::from_millis(10),
+            first_failure: None,
         };
         let mut out = Vec::new();
         write_summary(&mut out, &report, "d.example", "t.csv").unwrap();

@@ -1,4 +1,7 @@
-//! `herald serve -c FILE`: runs the daemon until SIGTERM or SIGINT.
+//! `herald serve -c FILE`: runs the daemon until SIGTERM or SIGINT. A second SIGTERM or SIGINT during the stop ends
+//! its grace period at once. The exit status is non-zero when the stop left something undone (a spool that did not
+//! close, a log that did not flush, outcomes not stored), each named on stderr; deliveries cut off by the end of the
+//! grace period stay spooled for the next start, as a stop provides for, and are only logged.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +17,8 @@ pub struct ServeArgs {
     /// The configuration file.
     #[arg(short = 'c', long = "config")]
     pub config: PathBuf,
-    /// Seconds to let sessions and in-flight deliveries finish on shutdown.
+    /// Seconds to let sessions and in-flight deliveries finish on shutdown; a second SIGTERM or SIGINT ends them at
+    /// once.
     #[arg(long, default_value_t = 10)]
     pub grace: u64,
 }
@@ -42,17 +46,38 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let signals = Signals::install(hup)?;
         // One line on stdout once every listener is bound: scripts and tests read the addresses from it.
         println!("{}", serde_json::to_string(&server.addrs().await)?);
-        run_until_stopped(&server, signals).await?;
+        let (term, int) = run_until_stopped(&server, signals).await?;
         tracing::info!("shutting down");
-        server.shutdown(Duration::from_secs(args.grace)).await;
-        Ok(ExitCode::SUCCESS)
+        let report = server
+            .shutdown_until(Duration::from_secs(args.grace), stop_again(term, int))
+            .await;
+        if report.is_clean() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        for undone in &report.undone {
+            eprintln!("herald serve: the stop left this undone: {undone}");
+        }
+        Ok(ExitCode::FAILURE)
     })
+}
+
+/// Resolves at the next SIGTERM or SIGINT: during the stop, the one that ends its grace period at once.
+async fn stop_again(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::unix::Signal) {
+    tokio::select! {
+        Some(()) = term.recv() => {}
+        Some(()) = int.recv() => {}
+        else => std::future::pending().await,
+    }
 }
 
 /// Serves until SIGTERM or SIGINT; SIGHUP reopens the logs and reloads the configuration (an invalid one is
 /// reported and ignored). The SIGHUP work runs on a task of its own, so that a stop asked for meanwhile is acted on
-/// at once; SIGHUPs that arrive while it runs are folded into one more round after it.
-async fn run_until_stopped(server: &Arc<Server>, signals: Signals) -> anyhow::Result<()> {
+/// at once; SIGHUPs that arrive while it runs are folded into one more round after it. Gives back the SIGTERM and
+/// SIGINT handlers, for the stop to hear a second one.
+async fn run_until_stopped(
+    server: &Arc<Server>,
+    signals: Signals,
+) -> anyhow::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> {
     let Signals {
         mut term,
         mut int,
@@ -62,9 +87,9 @@ async fn run_until_stopped(server: &Arc<Server>, signals: Signals) -> anyhow::Re
     let mut again = false;
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = server.stop_requested() => return Ok(()),
+            _ = term.recv() => return Ok((term, int)),
+            _ = int.recv() => return Ok((term, int)),
+            _ = server.stop_requested() => return Ok((term, int)),
             _ = hup.recv() => {
                 if hangup.is_some() {
                     again = true;

@@ -241,6 +241,31 @@ impl PushClient {
 }
 
 impl PushClient {
+    /// The state of one notification (`GET /api/v1/notifications/ID`): the answer's HTTP status and its JSON (an
+    /// object with `error` when the answer is not JSON).
+    pub async fn status(&self, id: &str) -> Result<(u16, serde_json::Value), RequestError> {
+        let url = self
+            .url
+            .replace("/api/v1/push", &format!("/api/v1/notifications/{id}"));
+        let transport = |e: reqwest::Error| RequestError::Transport {
+            url: url.clone(),
+            message: error_chain(&e),
+        };
+        let mut req = self.http.get(&url);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let answer = req.send().await.map_err(transport)?;
+        let status = answer.status().as_u16();
+        let text = answer.text().await.map_err(transport)?;
+        let v = serde_json::from_str(&text).unwrap_or_else(
+            |_| serde_json::json!({ "error": text.trim().chars().take(300).collect::<String>() }),
+        );
+        Ok((status, v))
+    }
+}
+
+impl PushClient {
     /// Sends one broadcast (`POST /api/v1/broadcast`): the body is the JSON text `body`, byte for byte; the
     /// answer's `id`.
     pub async fn broadcast(&self, body: String) -> Result<String, RequestError> {
@@ -376,6 +401,9 @@ pub struct Report {
     /// Outcome of each item, in input order.
     pub outcomes: Vec<Outcome>,
     pub elapsed: Duration,
+    /// The first failed request in full, with its URL and the whole cause (`connection refused`, a DNS failure):
+    /// the summary groups failures by a shortened reason.
+    pub first_failure: Option<String>,
 }
 
 impl Report {
@@ -450,17 +478,19 @@ pub async fn send_all(
     let requests = chunks.len();
     let queue = Arc::new(std::sync::Mutex::new(chunks.into_iter()));
     let fatal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let first_failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let progress = Arc::new(progress);
     let domain: Arc<str> = Arc::from(domain);
     let defaults = Arc::new(defaults.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..parallel.max(1) {
-        let (client, items, queue, fatal, done, progress, domain, defaults) = (
+        let (client, items, queue, fatal, first_failure, done, progress, domain, defaults) = (
             client.clone(),
             items.clone(),
             queue.clone(),
             fatal.clone(),
+            first_failure.clone(),
             done.clone(),
             progress.clone(),
             domain.clone(),
@@ -477,6 +507,10 @@ pub async fn send_all(
                     None => match client.send(&domain, &defaults, &items[start..end]).await {
                         Ok(o) => o,
                         Err(e) => {
+                            first_failure
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert_with(|| e.to_string());
                             if e.is_fatal() {
                                 *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.reason());
                             }
@@ -500,11 +534,16 @@ pub async fn send_all(
             }
         }
     }
+    let first_failure = first_failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     Report {
         sent: total,
         requests,
         outcomes,
         elapsed: started.elapsed(),
+        first_failure,
     }
 }
 

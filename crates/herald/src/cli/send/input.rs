@@ -88,7 +88,8 @@ pub fn check_payloads(items: &[Item], source_name: &str) -> Result<(), InputErro
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// One device token per line; an optional header row names the columns (`token`, and optionally `alert`,
-    /// `topic`, `push_type`, `priority`, `expiration`, `collapse_id`).
+    /// `topic`, `push_type`, `priority`, `expiration`, `collapse_id`). Lines starting with `#` are comments before
+    /// the header and anywhere in a list of tokens without one; after a header every line is a row.
     Csv,
     /// One JSON object per line, as the items of the native API's `notifications` (`token`, `payload`, options).
     Jsonl,
@@ -114,17 +115,51 @@ pub enum InputError {
     Payload(String),
 }
 
-/// Every problem of an input (reported together, up to a limit).
-#[derive(Debug)]
-pub struct InputErrors(pub Vec<InputError>);
+/// Every problem of an input: the first [`MAX_ERRORS`] of them, and how many more there were.
+#[derive(Debug, Default)]
+pub struct InputErrors {
+    pub errors: Vec<InputError>,
+    /// Errors found beyond the first [`MAX_ERRORS`]: counted, not shown.
+    pub not_shown: usize,
+}
+
+impl InputErrors {
+    fn one(error: InputError) -> InputErrors {
+        InputErrors {
+            errors: vec![error],
+            not_shown: 0,
+        }
+    }
+
+    /// Keeps `error` if fewer than [`MAX_ERRORS`] are kept, else counts it.
+    fn push(&mut self, error: InputError) {
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(error);
+        } else {
+            self.not_shown += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.errors.is_empty() && self.not_shown == 0
+    }
+}
 
 impl std::fmt::Display for InputErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.errors.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "{e}")?;
+        }
+        if self.not_shown > 0 {
+            write!(
+                f,
+                "\n… and {} more error{} not shown (only the first {MAX_ERRORS} are)",
+                self.not_shown,
+                if self.not_shown == 1 { "" } else { "s" }
+            )?;
         }
         Ok(())
     }
@@ -132,7 +167,7 @@ impl std::fmt::Display for InputErrors {
 
 impl std::error::Error for InputErrors {}
 
-/// Stop collecting errors after this many: the file is surely the wrong one.
+/// Show at most this many errors of an input (the others are counted): past them the file is surely the wrong one.
 const MAX_ERRORS: usize = 20;
 
 /// The payload `--alert TEXT` stands for.
@@ -169,9 +204,47 @@ pub fn read(
         Format::Jsonl => read_jsonl(reader, source_name)?,
     };
     if items.is_empty() {
-        return Err(InputErrors(vec![InputError::Empty(source_name.to_owned())]));
+        return Err(InputErrors::one(InputError::Empty(source_name.to_owned())));
     }
     Ok(items)
+}
+
+/// Calls `each` with every line of `reader` (numbered from 1, without its `\n` or `\r\n`) that is UTF-8 text; a line
+/// that is not is an error of its own, named by its number, and the others are read all the same. A read error
+/// ends the input (after the errors found before it).
+fn for_each_line(
+    mut reader: impl BufRead,
+    source_name: &str,
+    errors: &mut InputErrors,
+    mut each: impl FnMut(usize, &str, &mut InputErrors),
+) {
+    let mut buf = Vec::new();
+    let mut number = 0;
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) => {
+                errors.push(InputError::Read {
+                    source_name: source_name.to_owned(),
+                    error,
+                });
+                return;
+            }
+        }
+        number += 1;
+        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        match std::str::from_utf8(bytes) {
+            Ok(line) => each(number, line, errors),
+            Err(e) => errors.push(InputError::Line {
+                source_name: source_name.to_owned(),
+                line: number,
+                message: format!("not UTF-8 (at byte {} of the line)", e.valid_up_to() + 1),
+            }),
+        }
+    }
 }
 
 /// The byte order mark some programs write at the start of a UTF-8 file.
@@ -204,28 +277,23 @@ impl Column {
     }
 }
 
+/// Reads a CSV of tokens. A line starting with `#` is a comment before the header row and anywhere in a list
+/// without one (no device token starts with `#`); after a header every line is a row, so that a value starting with
+/// `#` (an alert `#1 deal`) is sent, not dropped.
 fn read_csv(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, InputErrors> {
     let mut items = Vec::new();
-    let mut errors = Vec::new();
+    let mut errors = InputErrors::default();
     let mut columns: Option<Vec<Column>> = None;
     let mut first = true;
-    for (i, line) in reader.lines().enumerate() {
-        let number = i + 1;
-        let line = line.map_err(|error| {
-            InputErrors(vec![InputError::Read {
-                source_name: source_name.to_owned(),
-                error,
-            }])
-        })?;
-        let line = line.trim_end_matches('\r');
+    for_each_line(reader, source_name, &mut errors, |number, line, errors| {
         // A byte order mark (as spreadsheet programs write) is not part of the first field.
         let line = if number == 1 {
             line.strip_prefix(BOM).unwrap_or(line)
         } else {
             line
         };
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
+        if line.trim().is_empty() || (columns.is_none() && line.starts_with('#')) {
+            return;
         }
         let fail = |message: String| InputError::Line {
             source_name: source_name.to_owned(),
@@ -236,7 +304,7 @@ fn read_csv(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, InputE
             Ok(f) => f,
             Err(m) => {
                 errors.push(fail(m));
-                continue;
+                return;
             }
         };
         // The first row is a header when it names a column (any case; `device_token` for `token`): no device
@@ -261,23 +329,22 @@ fn read_csv(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, InputE
                 ));
             }
             columns = Some(parsed);
-            continue;
+            return;
         }
         match csv_item(&fields, columns.as_deref()) {
+            // Once the input is refused its items are not needed: only its errors are.
+            Ok(_) if !errors.is_empty() => {}
             Ok(item) => items.push(Item {
                 line: Some(number),
                 ..item
             }),
             Err(m) => errors.push(fail(m)),
         }
-        if errors.len() >= MAX_ERRORS {
-            break;
-        }
-    }
+    });
     if errors.is_empty() {
         Ok(items)
     } else {
-        Err(InputErrors(errors))
+        Err(errors)
     }
 }
 
@@ -385,41 +452,33 @@ struct JsonLine {
 
 fn read_jsonl(reader: impl BufRead, source_name: &str) -> Result<Vec<Item>, InputErrors> {
     let mut items = Vec::new();
-    let mut errors = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|error| {
-            InputErrors(vec![InputError::Read {
-                source_name: source_name.to_owned(),
-                error,
-            }])
-        })?;
-        let line = if i == 0 {
-            line.strip_prefix(BOM).unwrap_or(&line)
+    let mut errors = InputErrors::default();
+    for_each_line(reader, source_name, &mut errors, |number, line, errors| {
+        let line = if number == 1 {
+            line.strip_prefix(BOM).unwrap_or(line)
         } else {
-            &line
+            line
         };
         if line.trim().is_empty() {
-            continue;
+            return;
         }
         match parse_json_line(line) {
+            Ok(_) if !errors.is_empty() => {}
             Ok(item) => items.push(Item {
-                line: Some(i + 1),
+                line: Some(number),
                 ..item
             }),
             Err(message) => errors.push(InputError::Line {
                 source_name: source_name.to_owned(),
-                line: i + 1,
+                line: number,
                 message,
             }),
         }
-        if errors.len() >= MAX_ERRORS {
-            break;
-        }
-    }
+    });
     if errors.is_empty() {
         Ok(items)
     } else {
-        Err(InputErrors(errors))
+        Err(errors)
     }
 }
 
@@ -552,6 +611,97 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tokens(&items), ["aa"]);
+    }
+
+    #[test]
+    fn a_hash_is_a_comment_only_before_the_header_or_without_one() {
+        // After a header, a row whose first value starts with `#` is a row (it used to vanish as a comment).
+        let items = csv("# exported today\nalert,token\n#1 deal,aa\n").unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].token, "aa");
+        assert_eq!(items[0].line, Some(3));
+        assert_eq!(
+            items[0].payload.as_ref().unwrap().get(),
+            r##"{"aps":{"alert":"#1 deal"}}"##
+        );
+        // A `#` token after a header is sent (and refused by herald, with its line), not skipped.
+        let items = csv("token\n#aa\nbb\n").unwrap();
+        assert_eq!(
+            items.iter().map(|i| i.token.as_str()).collect::<Vec<_>>(),
+            ["#aa", "bb"]
+        );
+        // Without a header, comments go anywhere.
+        let items = csv("# list\naa\n# more\nbb\n").unwrap();
+        assert_eq!(
+            items
+                .iter()
+                .map(|i| (i.token.as_str(), i.line))
+                .collect::<Vec<_>>(),
+            [("aa", Some(2)), ("bb", Some(4))]
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_named_and_the_other_errors_are_kept() {
+        let err = read(&b"aa\n\xff\xfe\nbb,cc\n\xc3\n"[..], Format::Csv, "bad.csv").unwrap_err();
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            "bad.csv:2: not UTF-8 (at byte 1 of the line)\nbad.csv:3: 2 columns, but without a header row only a \
+             token per line is read (add a header such as `token,alert`)\nbad.csv:4: not UTF-8 (at byte 1 of the line)"
+        );
+        let err = read(
+            &b"{\"token\":\"aa\",\"payload\":{}}\n{\"token\":\"a\xffa\"}\nnope\n"[..],
+            Format::Jsonl,
+            "in.jsonl",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "in.jsonl:2: not UTF-8 (at byte 12 of the line)\nin.jsonl:3: not a JSON object"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn at_most_20_errors_are_shown_of_every_kind_and_the_rest_are_counted() {
+        // Quoting errors used to escape the cap.
+        let err = csv(&"\"x\n".repeat(1000)).unwrap_err();
+        assert_eq!(err.errors.len(), 20);
+        assert_eq!(err.not_shown, 980);
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 21, "{text}");
+        assert!(
+            text.starts_with("t.csv:1: column 1: unclosed quote\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t.csv:20: column 1: unclosed quote\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\n… and 980 more errors not shown (only the first 20 are)"),
+            "{text}"
+        );
+        // Row errors alike, and the count says when it is one.
+        let err = csv(&"a,b\n".repeat(21)).unwrap_err().to_string();
+        assert!(
+            err.ends_with("\n… and 1 more error not shown (only the first 20 are)"),
+            "{err}"
+        );
+        // 20 errors exactly: nothing was left out, nothing says so.
+        let err = csv(&"a,b\n".repeat(20)).unwrap_err().to_string();
+        assert!(!err.contains("not shown"), "{err}");
+        assert_eq!(err.lines().count(), 20);
+        let err = read("x\n".repeat(25).as_bytes(), Format::Jsonl, "-")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("… and 5 more errors not shown (only the first 20 are)"),
+            "{err}"
+        );
     }
 
     #[test]
