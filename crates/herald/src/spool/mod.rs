@@ -841,6 +841,8 @@ pub mod retry_ids {
         earlier: HashMap<u64, VecDeque<MessageId>>,
         /// Fingerprint and id of each notification this attempt built, in order.
         assigned: Vec<(u64, MessageId)>,
+        /// Those of `assigned` whose id came from `earlier`: the stream may hold them whatever this attempt does.
+        reused: Vec<(u64, MessageId)>,
         /// This attempt handed a batch to the spool.
         stored: bool,
     }
@@ -873,14 +875,15 @@ pub mod retry_ids {
         }
 
         /// The ids a retry must reuse after this attempt was refused, `None` when there are none: this attempt's
-        /// (fingerprint, id) pairs if it handed a batch to the spool (else nothing of it can be in the stream),
-        /// then those of an earlier attempt it did not repeat.
+        /// (fingerprint, id) pairs if it handed a batch to the spool, else those it took from an earlier attempt
+        /// (nothing new of it can be in the stream, but what the earlier one published can), then those of an
+        /// earlier attempt it did not repeat.
         pub fn to_reuse(&self) -> Option<Vec<(u64, MessageId)>> {
             let inner = self.lock();
             let mut pairs = if inner.stored {
                 inner.assigned.clone()
             } else {
-                Vec::new()
+                inner.reused.clone()
             };
             let mut left: Vec<(u64, MessageId)> = inner
                 .earlier
@@ -970,6 +973,7 @@ pub mod retry_ids {
             .and_then(VecDeque::pop_front)
         {
             n.id = id;
+            inner.reused.push((fingerprint, id));
         }
         inner.assigned.push((fingerprint, n.id));
     }
@@ -1030,9 +1034,29 @@ pub(crate) mod tests {
         })
         .await;
         assert_eq!(ids, [10, 1, 3]);
-        // Refused before storing, the retry still leaves the earlier attempt's id it did not repeat.
+        // Refused before storing, the retry leaves every id of the earlier attempt, those it repeated too (the
+        // earlier attempt may have published them), but none of its own new ones.
         let left = retry.to_reuse().unwrap();
-        assert_eq!(left.iter().map(|(_, id)| id.0).collect::<Vec<_>>(), [2]);
+        assert_eq!(
+            left.iter().map(|(_, id)| id.0).collect::<Vec<_>>(),
+            [1, 3, 2]
+        );
+        // And a third attempt reuses them all.
+        let third = retry_ids::RequestIds::new("i0".into(), left);
+        let ids = retry_ids::within(Some(third), async {
+            ["aa", "bb", "aa"]
+                .iter()
+                .enumerate()
+                .map(|(i, token)| {
+                    let fingerprint = retry_ids::fingerprint(&submission(token)).unwrap();
+                    let mut n = notification(20 + i as u128);
+                    retry_ids::assign(fingerprint, &mut n);
+                    n.id.0
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        assert_eq!(ids, [1, 2, 3]);
     }
 
     /// A stored notification to put in a test spool.
