@@ -216,7 +216,9 @@ impl Connection {
                     .with_context(|| format!("connecting to {}", p.display()))?;
                 let distrusted = distrust(p, &s);
                 if let (Some(why), Some(_)) = (&distrusted, password) {
-                    return Err(refused_password(p, why));
+                    // Not sent, but not a failure either: a listener without a password (the usual Unix socket,
+                    // reached by an operator of herald's group) still answers; one that needs it says so.
+                    eprintln!("{}", refused_password(p, why));
                 }
                 let (r, w) = s.into_split();
                 Connection {
@@ -255,6 +257,7 @@ impl Connection {
                 }
             }
         };
+        let password = password.filter(|_| conn.distrusted.is_none());
         if let Some(p) = password {
             // Always quoted: the listener takes what is between the quotes as written, so that any password
             // (spaces, double quotes) arrives whole.

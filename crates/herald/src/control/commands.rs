@@ -694,16 +694,19 @@ async fn config_reload_inner(server: &dyn ServerHandle, path: Option<PathBuf>) -
             }
         }
         Err(e) => {
-            // The whole of it, text quoted from the file included, for the operator: in herald's own log.
-            tracing::warn!("console: config reload refused: {e}");
-            Reply::err(refused_reload(&e))
+            // The console's answer in the log at warn; the whole of it, with the text it quotes from the file (which
+            // a console user may have pointed at a key file), only at debug.
+            let reply = refused_reload(&e);
+            tracing::warn!("console: config reload refused: {}", reply.trim_end());
+            tracing::debug!("console: config reload refused: {e}");
+            Reply::err(reply)
         }
     }
 }
 
 /// The console's answer to a reload refused for errors in the file: the usual first line (`PATH: the new
 /// configuration has errors; the running one stays in force:`), then each error's `FILE:LINE:COL: error` and what
-/// kind of error it is, without any text quoted from the file; the full messages go to herald's log (at warn).
+/// kind of error it is, without any text quoted from the file; the full messages go to herald's log at debug level (this answer at warn).
 ///
 /// The parser quotes the text at each error (up to 60 characters of it, for up to 200 errors), so a reload of a
 /// file that is no configuration at all (`config reload /etc/herald/AuthKey_X.p8`, a TLS key) would show a console
@@ -756,7 +759,7 @@ pub fn refused_reload(e: &crate::status::ReloadError) -> String {
         out.push_str("(the configuration could not be read)\n");
     }
     out.push_str(
-        "The messages, which quote the file, are in herald's log (or run herald check --config FILE).\n",
+        "The messages, which quote the file, are in herald's log at debug level (or run herald check --config FILE).\n",
     );
     out
 }
