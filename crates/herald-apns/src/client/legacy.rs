@@ -252,6 +252,9 @@ impl<T: Send + 'static> Connection<T> {
             return;
         }
         let timeout = self.opts.response_timeout;
+        // Tests move the clock silence is measured by forward ([`tests::silence_skew`]).
+        #[cfg(test)]
+        let now = now + tests::silence_skew();
         let answered_by_silence =
             |w: &Written<T>| w.acknowledged && now.saturating_duration_since(w.at) >= timeout;
         let mut delivered_any = false;
@@ -741,6 +744,18 @@ mod tests {
     use crate::identity::{RootSource, client_config};
     use crate::token_hex::DeviceToken;
     use bytes::Bytes;
+
+    thread_local! {
+        /// How far ahead of the real clock a sweep on this thread measures silence: a test moves it instead of
+        /// waiting out a response window (a `#[tokio::test]` runs its runtime, so every connection task it starts,
+        /// on its own thread).
+        static SILENCE_SKEW: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+    }
+
+    /// [`SILENCE_SKEW`] on this thread.
+    pub(super) fn silence_skew() -> Duration {
+        SILENCE_SKEW.with(std::cell::Cell::get)
+    }
 
     fn job(tag: u32) -> Job<u32> {
         Job {
@@ -1427,12 +1442,18 @@ mod tests {
             let (client, mut server) = loopback_pair().await;
             let (client, acks) = counted(client);
             let mut opts = (*options(WRITE_TIMEOUT)).clone();
-            // Room for the server to answer the later notifications within the window.
-            opts.response_timeout = Duration::from_secs(1);
+            // Room for the server to answer the later notifications within the window, however slowly the test
+            // runs: no real wait answers anything by silence here.
+            opts.response_timeout = Duration::from_secs(600);
             let s = start_with(client, acks, 1, Arc::new(opts), FIRST_IDENTIFIER);
             let one = encoded_len();
             read_at_least(&mut server, one).await;
-            assert_eq!(s.results.wait_for(1).await, vec![(1, delivered(1))]);
+            // Notification 1 is answered by silence: the sweeps measure it a response window ahead (the clock
+            // goes back once it left the window, before anything else is written).
+            SILENCE_SKEW.with(|skew| skew.set(Duration::from_secs(600)));
+            let first = s.results.wait_for(1).await;
+            SILENCE_SKEW.with(|skew| skew.set(Duration::ZERO));
+            assert_eq!(first, vec![(1, delivered(1))]);
             // Two more, written after notification 1 left the window; then the late packet.
             s.tx.try_send(job(2)).unwrap();
             s.tx.try_send(job(3)).unwrap();

@@ -2816,8 +2816,16 @@ mod tests {
         const SENT: usize = 400;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
-        // Nothing listens there: every request fails, and the backoff grows.
-        let current = Arc::new(Mutex::new(settings("http://127.0.0.1:9/hook", BACKLOG)));
+        // Nothing listens there (a port just bound and let go): every request fails, and the backoff grows.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let current = Arc::new(Mutex::new(settings(
+            &format!("http://127.0.0.1:{closed}/hook"),
+            BACKLOG,
+        )));
         let config = current.clone();
         let hooks = Webhooks::start(
             store.clone(),
@@ -2842,6 +2850,14 @@ mod tests {
             let chunks = lock(&q.chunks);
             assert_eq!((chunks.live.len(), chunks.cached), (1, 0));
         }
+        // Events of a batch in flight that the trim passed are counted once its answer (a failure) came: every
+        // outcome is counted, and one request failed, before the figures are read.
+        wait_until("the batch in flight was answered", || {
+            hooks.stats().first().is_some_and(|s| {
+                s.backlog + s.dropped + s.delivered == SENT as u64 && s.failures > 0
+            })
+        })
+        .await;
         let stats = hooks.stats().remove(0);
         assert_eq!(
             (stats.backlog, stats.dropped, stats.delivered),
