@@ -1190,7 +1190,7 @@ option_table! {
         Kind::Seconds,
         Some("0"),
         GLOBAL,
-        "Seconds an invalid-token entry is kept after herald last learnt of it (a token still reported is learnt anew, at most once a day); older ones leave the store and, at its next rewrite, its file; checked every minute; 0 = kept until deleted (`DELETE /api/v1/tokens/invalid`); a herald addition.",
+        "Seconds an invalid-token entry is kept after herald last learnt of it (a report that tells something new renews it: a later APNs time, or for a report without one a day after the last; an entry that expired comes back at the token's next report); older ones leave the store and, at its next rewrite, its file; checked every minute; 0 = kept until deleted (`DELETE /api/v1/tokens/invalid`); a herald addition.",
     ),
     FeedbackLogfile => opt(
         "feedback_logfile",

@@ -406,7 +406,19 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 /// Drops the entries herald last learnt of longer ago than `invalid_token_retention` (read at every round, so a
 /// reload applies it; 0 keeps every entry), off the async threads.
-async fn expire_old_entries(config: &herald_conf::Config, store: &Arc<InvalidTokenStore>) {
+/// Drops the entries past `invalid_token_retention` every [`EXPIRY_EVERY`], with the configuration in force.
+async fn run_expiry(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenStore>) {
+    let mut tick = tokio::time::interval(EXPIRY_EVERY);
+    loop {
+        tick.tick().await;
+        if !expire_old_entries(&resolver.config(), &store).await {
+            return;
+        }
+    }
+}
+
+/// Returns false when the runtime is stopping.
+async fn expire_old_entries(config: &herald_conf::Config, store: &Arc<InvalidTokenStore>) -> bool {
     let retention = config
         .eval_id(
             &herald_conf::ScopePath::global(),
@@ -416,32 +428,32 @@ async fn expire_old_entries(config: &herald_conf::Config, store: &Arc<InvalidTok
         .and_then(|s| u64::try_from(s).ok())
         .unwrap_or(0);
     if retention == 0 {
-        return;
+        return true;
     }
     let cutoff_ms = crate::queue::message::unix_now()
         .saturating_sub(retention)
         .saturating_mul(1000);
     let store = store.clone();
-    let gone = crate::queue::run_blocking(move || store.expire(cutoff_ms)).await;
-    if let Some(gone) = gone.filter(|&n| n > 0) {
+    let Some(gone) = crate::queue::run_blocking(move || store.expire(cutoff_ms)).await else {
+        return false;
+    };
+    if gone > 0 {
         tracing::info!(
             "{gone} invalid-token entries left the store: learnt more than {retention} s ago \
              (invalid_token_retention)"
         );
     }
+    true
 }
 
 pub async fn run_poller(resolver: Arc<ConfigResolver>, store: Arc<InvalidTokenStore>) {
     let mut schedules: HashMap<(String, String), Schedule> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut next_expiry = Instant::now();
+    // On a task of its own: a poll may take up to an hour (a slow list), and the retention is checked every minute.
+    tokio::spawn(run_expiry(resolver.clone(), store.clone()));
     loop {
         tick.tick().await;
         let config = resolver.config();
-        if Instant::now() >= next_expiry {
-            next_expiry = Instant::now() + EXPIRY_EVERY;
-            expire_old_entries(&config, &store).await;
-        }
         for domain in config.domains() {
             if domain.starts_with('/') {
                 continue;
