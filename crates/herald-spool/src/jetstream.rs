@@ -639,6 +639,12 @@ impl JetStreamSpool {
             && self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// How long [`Spool::close`] takes at most: the pull under way ends (within [`PULL_EXPIRES`]) and NATS answers
+    /// the give-back (within `request_timeout`). A caller's own limit on the close should not be shorter.
+    pub fn close_limit(&self) -> Duration {
+        self.options.request_timeout + PULL_EXPIRES
+    }
+
     /// Notifications pulled by this node and not yet finished.
     pub fn held(&self) -> u64 {
         lock(&self.held).len() as u64
@@ -1842,13 +1848,20 @@ async fn pull_loop(
             }
             match arrival {
                 Arrival::New => {
+                    let held = spool.held.clone();
                     drop(spool);
                     // Held already: should the node stop first (while the queue has no room), it is not handed
                     // over, and the stop gives it back.
                     tokio::select! {
                         biased;
                         _ = stopping.wait_for(|stop| *stop) => {}
-                        _ = tx.send(stored) => {}
+                        sent = tx.send(stored) => {
+                            if sent.is_err() {
+                                // Nobody takes the deliveries any more (gone since the check above): not held
+                                // until the close, but given back once the pull ended, as when kept above.
+                                kept.extend(lock(&held).take(key.0));
+                            }
+                        }
                     }
                 }
                 Arrival::Again => {
@@ -2326,7 +2339,7 @@ impl Spool for JetStreamSpool {
         let beats = lock(&self.beats).take();
         let node = self.options.node.clone();
         // The pull under way ends within PULL_EXPIRES.
-        let limit = self.options.request_timeout + PULL_EXPIRES;
+        let limit = self.close_limit();
         // Bounded: with NATS gone, the held notifications are redelivered after the ack wait anyway, and a node
         // asked to stop must stop.
         Box::pin(async move {
@@ -3071,6 +3084,58 @@ pub(crate) mod tests {
         })
         .await;
         (spool, rx)
+    }
+
+    /// A pulled notification waiting for room in the queue's channel, whose handing over then fails because nobody
+    /// takes the deliveries any more (the receiver dropped), is not held (with in-progress acks) until the close:
+    /// it goes back to the stream once the pull ended, as one the pull loop kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_notification_nobody_takes_any_more_is_given_back_not_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let (spool, rx) = connected(url.clone(), "gone").await;
+        spool
+            .append((1..=1030u128).map(|k| notification(k, 0xaa)).collect())
+            .await
+            .unwrap();
+        // The channel full (1024 in it), and one more held, waiting for room in it.
+        wait_for(
+            "the pull waiting for room",
+            Duration::from_secs(20),
+            async || spool.held() == 1025,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(spool.held(), 1025);
+        drop(rx);
+        wait_for(
+            "the one being handed over given back",
+            Duration::from_secs(20),
+            async || spool.held() == 1024,
+        )
+        .await;
+        // Back in the stream at once, not at the close: another node pulls what this one did not hand over, the
+        // one whose handing over failed among them, while this one still holds what it handed over.
+        let mut options = JetStreamOptions::new(vec![url], "gone");
+        options.ack_wait = Duration::from_secs(60);
+        options.node = "other".to_owned();
+        let other = JetStreamSpool::connect(options).await.unwrap();
+        let mut other_rx = other.take_deliveries().unwrap();
+        let mut keys = Vec::new();
+        while keys.len() < 6 {
+            let n = tokio::time::timeout(Duration::from_secs(20), other_rx.recv())
+                .await
+                .expect("the other node gets what this one did not hand over")
+                .unwrap();
+            keys.push(n.key.0);
+        }
+        keys.sort_unstable();
+        assert_eq!(keys, (1025..=1030).collect::<Vec<u128>>());
+        assert_eq!(spool.held(), 1024);
+        other.close().await.unwrap();
+        spool.close().await.unwrap();
     }
 
     /// A message in a record format this build does not read (as a newer herald writes during a rolling upgrade)

@@ -230,6 +230,12 @@ pub struct Server {
     log_check: Arc<std::sync::atomic::AtomicBool>,
     /// Parent of every listener's stop token: cancelled at shutdown.
     stop_listeners: CancellationToken,
+    /// Orders a reload's release of the hold on delivery with a stop's hold ([`Server::set_held_unless_stopping`],
+    /// [`Server::hold_for_stop`]): once a stop began, no reload releases it, whether or not the stop waited for it.
+    hold_order: Mutex<()>,
+    /// The spool's close is given at least this long at shutdown: its own limit (the JetStream spool waits for the
+    /// pull under way to end before it gives back what it holds), and no less than 5 seconds.
+    spool_close_limit: Duration,
     /// The server itself, for listener tasks that call back into it (the control listener).
     me: std::sync::Weak<Server>,
 }
@@ -487,6 +493,10 @@ impl Server {
             ids,
         ));
 
+        let spool_close_limit = jetstream
+            .as_ref()
+            .map_or(Duration::ZERO, |js| js.close_limit())
+            .max(Duration::from_secs(5));
         let server = Arc::new_cyclic(|me| Server {
             me: me.clone(),
             engine,
@@ -520,6 +530,8 @@ impl Server {
             reloading: tokio::sync::Mutex::new(()),
             log_check: Arc::default(),
             stop_listeners: CancellationToken::new(),
+            hold_order: Mutex::new(()),
+            spool_close_limit,
         });
         crate::dashboard::spawn_sampler(
             server.dashboard.clone(),
@@ -804,7 +816,7 @@ impl Server {
         let old_config = self.config();
         let rest_toggled = injection_off(&self.config()) != injection_off(&config);
         crate::logs::levels::apply(&config);
-        self.engine.set_held(apn_held(&config));
+        self.set_held_unless_stopping(apn_held(&config));
         let mut report = ReloadReport {
             path: path.clone(),
             warnings: config.warnings().iter().map(|w| w.to_string()).collect(),
@@ -1208,8 +1220,13 @@ impl Server {
         let deadline = crate::model::instant_after(grace);
         // Every listener stops accepting at once (the dashboard's event streams end); the sessions and requests
         // still open finish within the grace period while the deliveries on their way do, not before them: a
-        // slow client cannot take the time those deliveries are given.
-        self.stop_listeners.cancel();
+        // slow client cannot take the time those deliveries are given. Delivery is held from now on: no reload
+        // under way can release it any more (see `hold_for_stop`).
+        self.hold_for_stop();
+        // The listener tasks (and, through them, their sessions) this stop waits for: aborted should a second
+        // signal end the wait, rather than left running detached when the wait is dropped.
+        let waited: Mutex<Vec<tokio::task::AbortHandle>> = Mutex::new(Vec::new());
+        let waited = &waited;
         let waits = async move {
             // A reload under way (a SIGHUP just before the stop) finishes first, within the grace period, and none
             // starts after: it would start listeners this stop does not wait for, and release the hold on delivery
@@ -1221,6 +1238,10 @@ impl Server {
             .await;
             self.engine.set_held(true);
             let running: Vec<RunningListener> = self.listeners.lock().await.drain(..).collect();
+            waited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(running.iter().map(|l| l.task.abort_handle()));
             let sessions =
                 futures_util::future::join_all(running.into_iter().map(|l| async move {
                     let mut task = l.task;
@@ -1252,9 +1273,20 @@ impl Server {
             left = waits => left,
             () = cut => {
                 tracing::warn!("at shutdown: stop asked again: the grace period ends now");
-                // Held, whatever point the wait had reached (a reload still under way is not waited for).
+                // Held, whatever point the wait had reached. A reload still under way is not waited for: it
+                // cannot release the hold any more (`set_held_unless_stopping`), and the listeners it starts stop
+                // at once (their tokens are children of the cancelled `stop_listeners`).
                 let no_reload = self.reloading.try_lock().ok();
                 self.engine.set_held(true);
+                // The listeners and their sessions are waited for no longer: stopped, not left running detached.
+                for task in waited.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                    task.abort();
+                }
+                if let Ok(mut left) = self.listeners.try_lock() {
+                    for l in left.drain(..) {
+                        l.task.abort();
+                    }
+                }
                 let now = Instant::now();
                 let broadcasts_left = self.broadcasts.hold(now).await;
                 (now, self.notifications_on_the_way(), broadcasts_left, no_reload)
@@ -1280,6 +1312,27 @@ impl Server {
             on_the_way,
             broadcasts_on_the_way: broadcasts_left,
         }
+    }
+
+    /// A reload's hold on delivery (`apn { enabled = false }`) or its release, unless a stop began. A reload that
+    /// passed its check of the stop before the stop began (or that the stop no longer waits for, after a second
+    /// signal) must not release the hold: deliveries would start again while the stop stores the last outcomes and
+    /// closes the spool, and be sent again after the restart. The check and the set are one step under
+    /// `hold_order`, which [`Server::hold_for_stop`] takes too: either this comes wholly before the stop's hold
+    /// (which then wins), or it sees the stop and leaves delivery held.
+    fn set_held_unless_stopping(&self, held: bool) {
+        let _order = self.hold_order.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.stop_listeners.is_cancelled() {
+            self.engine.set_held(held);
+        }
+    }
+
+    /// Begins a stop: every listener stops accepting, and delivery is held for good (no reload releases it any more,
+    /// see [`Server::set_held_unless_stopping`]).
+    fn hold_for_stop(&self) {
+        let _order = self.hold_order.lock().unwrap_or_else(|p| p.into_inner());
+        self.stop_listeners.cancel();
+        self.engine.set_held(true);
     }
 
     /// Notifications handed to a connection and not answered yet, over every queue.
@@ -1344,10 +1397,12 @@ impl Server {
             undone.push(u);
         }
         // A store that does not answer (a disk that hangs) must not keep herald from stopping: the close gets what
-        // is left of the grace period, at least 5 seconds. That is enough for a store that is merely behind with its
-        // flushes or compactions too: once closing, the spool no longer waits for them (its last commit is one write
-        // and one fsync), and should that commit fail, it lists the removals still waiting for the next start.
-        match tokio::time::timeout(left().max(Duration::from_secs(5)), self.spool.close()).await {
+        // is left of the grace period, at least the spool's own limit on its close and 5 seconds (the JetStream
+        // spool waits for its pull to end before it gives back what it holds: cut shorter, it gives back nothing).
+        // That is enough for a store that is merely behind with its flushes or compactions too: once closing, the
+        // spool no longer waits for them (its last commit is one write and one fsync), and should that commit fail,
+        // it lists the removals still waiting for the next start.
+        match tokio::time::timeout(left().max(self.spool_close_limit), self.spool.close()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!("closing the spool: {e}");
@@ -1768,6 +1823,83 @@ mod tests {
         assert!(
             matches!(refused, Err(ReloadError::Interrupted { .. })),
             "{refused:?}"
+        );
+    }
+
+    /// A reload that passed its check of the stop before the stop began (or one a second signal no longer waits
+    /// for) releases the hold on delivery through `set_held_unless_stopping`: before the stop it does, once the stop
+    /// began it cannot, and racing the stop it never leaves delivery released.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_racing_a_stop_never_leaves_delivery_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("herald.conf");
+        std::fs::write(
+            &config,
+            format!("spool_dir = \"{}\"\n", dir.path().join("spool").display()),
+        )
+        .unwrap();
+        let server = Server::start(&config).await.unwrap();
+        server.set_held_unless_stopping(true);
+        assert!(server.engine.is_held());
+        server.set_held_unless_stopping(false);
+        assert!(
+            !server.engine.is_held(),
+            "before a stop, a reload releases the hold"
+        );
+
+        // Reloads releasing the hold over and over on other threads while the stop begins: whichever comes first,
+        // delivery is held once the stop began, and stays held.
+        let go = std::sync::Barrier::new(5);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    go.wait();
+                    for _ in 0..2000 {
+                        server.set_held_unless_stopping(false);
+                    }
+                });
+            }
+            go.wait();
+            server.hold_for_stop();
+            assert!(server.engine.is_held(), "the stop did not hold delivery");
+        });
+        assert!(server.stop_listeners.is_cancelled());
+        assert!(
+            server.engine.is_held(),
+            "a reload released delivery after the stop began"
+        );
+        server.set_held_unless_stopping(false);
+        assert!(server.engine.is_held());
+        server.shutdown(Duration::from_secs(1)).await;
+        assert!(server.engine.is_held());
+    }
+
+    /// A second signal while a reload is under way: the stop does not wait for it, and the reload, finishing
+    /// during or after the cut stop, does not release delivery.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_stop_keeps_delivery_held_against_a_reload_it_did_not_wait_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("herald.conf");
+        std::fs::write(
+            &config,
+            format!("spool_dir = \"{}\"\n", dir.path().join("spool").display()),
+        )
+        .unwrap();
+        let server = Server::start(&config).await.unwrap();
+        // A reload under way, past its check of the stop: it holds the reload lock and releases delivery later.
+        let reload = server.reloading.lock().await;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            server.shutdown_until(Duration::from_secs(30), std::future::ready(())),
+        )
+        .await
+        .expect("a cut stop does not wait for the reload");
+        // The reload reaches its release of the hold only now.
+        server.set_held_unless_stopping(false);
+        drop(reload);
+        assert!(
+            server.engine.is_held(),
+            "the reload released delivery after the stop"
         );
     }
 
