@@ -643,6 +643,15 @@ impl InvalidTokenStore {
         {
             return None;
         }
+        // A report of a token deleted within the same millisecond (or while the clock stepped back) is learnt after
+        // the deletion: a tombstone removes what was learnt at or before it, here after a restart and on the other
+        // nodes.
+        if origin_learnt.is_none()
+            && let Some(at) = inner.index.deleted_at(&entry.domain, &entry.token)
+            && entry.learnt_ms <= at
+        {
+            entry.learnt_ms = at + 1;
+        }
         // News: a token not known; an APNs timestamp for a token known with herald's time only (the first time a
         // sender can compare with a registration) or a later one than known (invalidated again after it was
         // registered again); a report without a timestamp (whatever its reason: two bindings may name one failure
@@ -1419,8 +1428,17 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(tokens(&store), ["bb"]);
-        // Reported again (the same APNs time): listed again.
-        assert!(store.record(entry("aa", 10)));
+        // Reported again (the same APNs time): listed again, learnt after the deletion even within its millisecond
+        // (else the tombstone would remove it again on the other nodes).
+        let deleted_ms = store.lock().index.deleted_at("apps.example", "aa").unwrap();
+        assert!(store.record_learnt(entry("aa", 10), true, deleted_ms));
+        let again = store.list(None, 0);
+        assert!(
+            again
+                .iter()
+                .any(|e| e.token == "aa" && e.learnt_ms > deleted_ms),
+            "{again:?}"
+        );
         drop(store);
         let store = InvalidTokenStore::open(&path, None).unwrap();
         assert_eq!(tokens(&store), ["bb", "aa"]);
