@@ -380,6 +380,38 @@ pub struct OverShare {
     pub holding: usize,
 }
 
+/// The memory permit of a notification on its way to its queue, taken and counted for its domain
+/// ([`EngineShared::took`]). The queue keeps it once the notification is sent to it ([`Taken::handed`]); dropped
+/// before that (the hand-off failed, or the future handing the notification over was dropped at an await), it gives
+/// the permit back and tells the outcome listener that the notification left (it is not queued here).
+struct Taken<'a> {
+    shared: &'a EngineShared,
+    domain: &'a Arc<str>,
+    /// The notification the permit is for (`None`: an event that carries none, whose permit is given back all
+    /// the same).
+    id: Option<MessageId>,
+    handed: bool,
+}
+
+impl Taken<'_> {
+    /// The queue took the notification, and its permit with it.
+    fn handed(mut self) {
+        self.handed = true;
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.handed {
+            return;
+        }
+        self.shared.give_back(self.domain, 1);
+        if let (Some(l), Some(id)) = (self.shared.listener.get(), self.id) {
+            l.left(id);
+        }
+    }
+}
+
 /// What every domain task shares.
 pub struct EngineShared {
     pub logs: Logs,
@@ -524,6 +556,10 @@ impl EngineShared {
     /// Hands `event`, which carries a notification and its memory permit, to the queue of (`binding`, `domain`),
     /// starting the queue if no task runs for it (a new notification counts as received). When it cannot, the
     /// permit is given back and the outcome listener hears that the notification left (it is not queued here).
+    ///
+    /// Cancel safety: dropped at its await (a first notification's settings being resolved), the notification is
+    /// not queued, and it is as if the hand-off failed: the permit is given back and the outcome listener hears
+    /// that the notification left.
     async fn hand_event(
         self: &Arc<Self>,
         binding: &Arc<str>,
@@ -531,20 +567,34 @@ impl EngineShared {
         event: DomainEvent,
         arrival: Arrival,
     ) -> Result<(), SubmitError> {
+        let taken = Taken {
+            shared: self,
+            domain,
+            id: event.notification_id(),
+            handed: false,
+        };
+        self.hand_taken(taken, binding, event, arrival).await
+    }
+
+    /// [`EngineShared::hand_event`] with the notification's permit in `taken`: kept by the queue once the event is
+    /// sent to it, given back when `taken` is dropped before (the hand-off failed, or this future was dropped).
+    async fn hand_taken(
+        self: &Arc<Self>,
+        taken: Taken<'_>,
+        binding: &Arc<str>,
+        event: DomainEvent,
+        arrival: Arrival,
+    ) -> Result<(), SubmitError> {
         let key = QueueKey {
-            domain: domain.clone(),
+            domain: taken.domain.clone(),
             binding: binding.clone(),
         };
-        let id = event.notification_id();
         let sent = match self.send_to_queue(&key, event, arrival) {
             Handed::Sent => Ok(()),
             Handed::NoQueue(event) => self.start_queue(key, event, arrival).await,
         };
-        if sent.is_err() {
-            self.give_back(domain, 1);
-            if let (Some(l), Some(id)) = (self.listener.get(), id) {
-                l.left(id);
-            }
+        if sent.is_ok() {
+            taken.handed();
         }
         sent
     }
@@ -1102,6 +1152,9 @@ impl Engine {
 
     /// Queues a notification recovered from the spool with its retry count and next attempt time. It does not
     /// count as received again (the start that accepted it, or the node that did, counted it).
+    ///
+    /// Cancel safety: as [`Engine::submit`]'s. Dropped before it returns, the notification is not queued here (it
+    /// stays in the spool as it was) and the engine's memory and counts are as they were.
     pub async fn restore(
         &self,
         notification: Notification,
@@ -1117,13 +1170,20 @@ impl Engine {
 
     /// Queues a notification for delivery; waits while the engine holds its maximum in memory.
     /// Must run inside a tokio runtime (a domain's first notification starts its task).
+    ///
+    /// Cancel safety: the notification is queued only when this returns `Ok`; it may be dropped at any await (a
+    /// timeout, a `select!`, a client gone) and then the notification is not queued and nothing it took is kept.
+    /// It awaits the memory permit (taking none until it is granted) and, for a queue with no task running, the
+    /// queue's settings; dropped there, the permit is given back, the notification is uncounted from its domain,
+    /// and the outcome listener, told it was queued, hears that it left.
     pub async fn submit(&self, notification: Notification) -> Result<(), SubmitError> {
         self.enqueue(Queued::new(notification), None, Arrival::New)
             .await
     }
 
     /// Takes a memory permit (waiting for one), then hands `item` to its domain's task, due now or after
-    /// `delay`. The permit comes back when the notification reaches its final outcome, or here on failure.
+    /// `delay`. The permit comes back when the notification reaches its final outcome, or here on failure or
+    /// when this future is dropped before the hand-off (see [`Engine::submit`]).
     async fn enqueue(
         &self,
         item: Box<Queued>,
@@ -1136,6 +1196,7 @@ impl Engine {
             .acquire()
             .await
             .map_err(|_| SubmitError::ShuttingDown)?;
+        // The notification's from here: `hand_over` counts it, and guards it before its first await.
         permit.forget();
         self.hand_over(item, delay, arrival).await
     }
@@ -1287,6 +1348,10 @@ impl Engine {
 
     /// [`Engine::submit`] with room taken by [`Engine::try_reserve`]; waits for room only when the reservation
     /// is used up.
+    ///
+    /// Cancel safety: as [`Engine::submit`]'s. Dropped before it returns, the notification is not queued; the room
+    /// it took from `reservation` (one notification's) goes back to the engine, not to the reservation, so that
+    /// the engine's memory is as if the reservation had held one less.
     pub async fn submit_reserved(
         &self,
         notification: Notification,
@@ -1294,6 +1359,7 @@ impl Engine {
     ) -> Result<(), SubmitError> {
         match reservation.0.as_mut().and_then(|p| p.split(1)) {
             Some(one) => {
+                // The notification's from here: `hand_over` counts it, and guards it before its first await.
                 one.forget();
                 self.hand_over(Queued::new(notification), None, Arrival::New)
                     .await
@@ -1303,7 +1369,8 @@ impl Engine {
     }
 
     /// Hands `item`, whose memory permit is taken, to its domain's task; a new one counts as received. The permit
-    /// is counted for the notification's domain from here ([`Residents`]).
+    /// is counted for the notification's domain from here ([`Residents`]), and given back if the notification is
+    /// not handed over, whether the hand-off fails or this future is dropped ([`Taken`]).
     async fn hand_over(
         &self,
         item: Box<Queued>,
@@ -1315,6 +1382,12 @@ impl Engine {
             item.notification.domain.clone(),
         );
         self.shared.took(&domain);
+        let taken = Taken {
+            shared: &self.shared,
+            domain: &domain,
+            id: Some(item.notification.id),
+            handed: false,
+        };
         if let Some(l) = self.shared.listener.get() {
             l.queued(&item.notification, item.retries);
         }
@@ -1323,7 +1396,7 @@ impl Engine {
             None => DomainEvent::Enqueue(item),
         };
         self.shared
-            .hand_event(&binding, &domain, event, arrival)
+            .hand_taken(taken, &binding, event, arrival)
             .await
     }
 
@@ -2603,5 +2676,223 @@ domain "apps.example" {{
         }
         assert!(engine.senders_of(None, Some("other.example")).is_none());
         assert!(engine.senders_of(Some("b"), Some("Apps.Example")).is_none());
+    }
+
+    /// Polls `fut` once, in the test's task.
+    async fn poll_once<F: Future + ?Sized>(
+        mut fut: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await
+    }
+
+    /// Counts what the outcome listener hears of notifications coming and going.
+    #[derive(Default)]
+    struct Arrivals {
+        queued: std::sync::atomic::AtomicUsize,
+        left: std::sync::atomic::AtomicUsize,
+    }
+
+    impl OutcomeListener for Arrivals {
+        fn queued(&self, _: &Notification, _: u32) {
+            self.queued
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn outcome(&self, _: &crate::logs::OutcomeRecord<'_>) {}
+        fn left(&self, _: MessageId) {
+            self.left.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl Arrivals {
+        /// (queued, left) so far.
+        fn heard(&self) -> (usize, usize) {
+            use std::sync::atomic::Ordering::Relaxed;
+            (self.queued.load(Relaxed), self.left.load(Relaxed))
+        }
+    }
+
+    /// The first resolution of a [`GatedResolver`], held until the test lets it go.
+    struct Gate {
+        asked: std::sync::mpsc::Receiver<()>,
+        go: std::sync::mpsc::SyncSender<()>,
+    }
+
+    impl Gate {
+        /// Waits until the resolver is asked (on its blocking thread), and holds it there.
+        fn wait_asked(&self) {
+            self.asked
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the queue's settings were asked for");
+        }
+    }
+
+    /// An engine holding at most `max` notifications, delivery held, whose first resolution of a queue's settings
+    /// waits at the returned gate.
+    fn gated_engine(max: usize) -> (Engine, Gate, Arc<Arrivals>) {
+        let (asked_tx, asked) = std::sync::mpsc::sync_channel(1);
+        let (go, go_rx) = std::sync::mpsc::sync_channel(1);
+        let resolver = Arc::new(GatedResolver {
+            current: Mutex::new(Ok(Arc::new(settings_to(closed_port())))),
+            gate: Mutex::new(Some((asked_tx, go_rx))),
+        });
+        let engine = Engine::new(
+            resolver,
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident: max,
+                ..EngineLimits::default()
+            },
+        );
+        engine.set_held(true);
+        let arrivals = Arc::new(Arrivals::default());
+        engine.set_outcome_listener(arrivals.clone());
+        (engine, Gate { asked, go }, arrivals)
+    }
+
+    fn received(engine: &Engine) -> u64 {
+        engine
+            .stats("apps.example")
+            .map_or(0, |s| s.received.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// A submit dropped while its queue's settings are resolved (the queue's first notification) queues nothing
+    /// and keeps nothing: its memory permit is back, its domain holds nothing, nothing is counted as received, and
+    /// the outcome listener hears that the notification left. The next submit goes through.
+    #[tokio::test]
+    async fn a_submit_dropped_while_its_queue_starts_gives_back_what_it_took() {
+        let (engine, gate, arrivals) = gated_engine(4);
+        {
+            let mut submit = std::pin::pin!(engine.submit(notification(1)));
+            assert!(poll_once(submit.as_mut()).await.is_pending());
+            gate.wait_asked();
+            assert_eq!(engine.resident_room(), 3, "its permit taken");
+            assert_eq!(engine.resident_in("apps.example"), 1);
+        }
+        assert_eq!(engine.resident_room(), 4);
+        assert_eq!(engine.resident_in("apps.example"), 0);
+        assert_eq!(received(&engine), 0);
+        assert_eq!(arrivals.heard(), (1, 1));
+        gate.go.send(()).unwrap();
+        engine.submit(notification(2)).await.unwrap();
+        assert_eq!(engine.resident_room(), 3);
+        assert_eq!(engine.resident_in("apps.example"), 1);
+        assert_eq!(received(&engine), 1);
+        assert_eq!(arrivals.heard(), (2, 1));
+    }
+
+    /// [`Engine::restore`] dropped while its queue's settings are resolved: as a dropped submit, nothing kept.
+    #[tokio::test]
+    async fn a_restore_dropped_while_its_queue_starts_gives_back_what_it_took() {
+        let (engine, gate, arrivals) = gated_engine(4);
+        let later = SystemTime::now() + std::time::Duration::from_secs(3600);
+        {
+            let mut restore = std::pin::pin!(engine.restore(notification(1), 2, Some(later)));
+            assert!(poll_once(restore.as_mut()).await.is_pending());
+            gate.wait_asked();
+            assert_eq!(engine.resident_room(), 3, "its permit taken");
+        }
+        assert_eq!(engine.resident_room(), 4);
+        assert_eq!(engine.resident_in("apps.example"), 0);
+        assert_eq!(arrivals.heard(), (1, 1));
+        gate.go.send(()).unwrap();
+        engine
+            .restore(notification(2), 2, Some(later))
+            .await
+            .unwrap();
+        assert_eq!(engine.resident_room(), 3);
+        assert_eq!(engine.resident_in("apps.example"), 1);
+        assert_eq!(
+            received(&engine),
+            0,
+            "a restored notification is not received again"
+        );
+        assert_eq!(arrivals.heard(), (2, 1));
+    }
+
+    /// [`Engine::submit_reserved`] dropped while its queue's settings are resolved: the room it took from the
+    /// reservation goes back to the engine, and nothing else is kept.
+    #[tokio::test]
+    async fn a_reserved_submit_dropped_while_its_queue_starts_gives_back_what_it_took() {
+        let (engine, gate, arrivals) = gated_engine(4);
+        let mut reservation = engine.try_reserve(2).expect("room for two");
+        {
+            let mut submit =
+                std::pin::pin!(engine.submit_reserved(notification(1), &mut reservation));
+            assert!(poll_once(submit.as_mut()).await.is_pending());
+            gate.wait_asked();
+        }
+        assert_eq!(reservation.len(), 1);
+        assert_eq!(
+            engine.resident_room(),
+            3,
+            "the reservation's other one held"
+        );
+        assert_eq!(engine.resident_in("apps.example"), 0);
+        assert_eq!(arrivals.heard(), (1, 1));
+        gate.go.send(()).unwrap();
+        engine
+            .submit_reserved(notification(2), &mut reservation)
+            .await
+            .unwrap();
+        assert!(reservation.is_empty());
+        assert_eq!(engine.resident_room(), 3);
+        assert_eq!(engine.resident_in("apps.example"), 1);
+        assert_eq!(received(&engine), 1);
+        assert_eq!(arrivals.heard(), (2, 1));
+    }
+
+    /// [`Engine::submit`], [`Engine::restore`] and [`Engine::submit_reserved`] (its reservation used up) dropped
+    /// while they wait for memory take none, whether they are dropped still waiting or with a permit granted and
+    /// not yet taken; a later submit goes through.
+    #[tokio::test]
+    async fn calls_dropped_while_they_wait_for_memory_take_none() {
+        let resolver = Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(settings_to(
+            closed_port(),
+        ))))));
+        let engine = Engine::new(
+            resolver,
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident: 1,
+                ..EngineLimits::default()
+            },
+        );
+        engine.set_held(true);
+        let arrivals = Arc::new(Arrivals::default());
+        engine.set_outcome_listener(arrivals.clone());
+        let mut used_up = engine.try_reserve(0).expect("an empty reservation");
+        for call in ["submit", "restore", "submit_reserved"] {
+            for granted in [false, true] {
+                let mut full = Some(engine.try_reserve(1).expect("the memory free"));
+                {
+                    let mut waiting: std::pin::Pin<
+                        Box<dyn Future<Output = Result<(), SubmitError>> + '_>,
+                    > = match call {
+                        "submit" => Box::pin(engine.submit(notification(1))),
+                        "restore" => Box::pin(engine.restore(notification(1), 1, None)),
+                        _ => Box::pin(engine.submit_reserved(notification(1), &mut used_up)),
+                    };
+                    assert!(poll_once(waiting.as_mut()).await.is_pending(), "{call}");
+                    if granted {
+                        full = None;
+                        assert_eq!(
+                            engine.resident_room(),
+                            0,
+                            "{call}: granted to the waiting call"
+                        );
+                    }
+                }
+                drop(full);
+                assert_eq!(engine.resident_room(), 1, "{call}, granted: {granted}");
+                assert_eq!(engine.resident_in("apps.example"), 0, "{call}");
+            }
+        }
+        assert_eq!(arrivals.heard(), (0, 0));
+        engine.submit(notification(2)).await.unwrap();
+        assert_eq!(engine.resident_room(), 0);
+        assert_eq!(engine.resident_in("apps.example"), 1);
+        assert_eq!(received(&engine), 1);
     }
 }
