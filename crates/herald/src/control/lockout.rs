@@ -1,18 +1,28 @@
-//! The control listener's guard against password guessing: a lockout per client, and a budget of wrong passwords
-//! for the whole listener.
+//! The control listener's guard against password guessing: a lockout per client, and budgets of wrong passwords
+//! for the whole listener, one for its loopback clients and one for all its other clients.
 //!
 //! The check and the count are one step under one lock: an `auth` first reserves a failure ([`AuthGate::begin`]),
-//! which counts against its client and the listener at once, then its password is compared, and a right one
+//! which counts against its client and its budget at once, then its password is compared, and a right one
 //! releases the reservation ([`Attempt::succeeded`]). So `auth` lines sent at once on many connections from one
 //! address cannot all pass the check before any of them counts: at most [`super::AUTH_FAILURES`] are compared.
 //!
 //! A client (an IPv4 address, an IPv6 /64, a local user) with [`super::AUTH_FAILURES`] wrong passwords within
 //! [`super::AUTH_WINDOW`] is refused every `auth` until that window has passed since its last wrong one. Across
-//! all clients, the listener takes at most [`LISTENER_AUTH_FAILURES`] wrong passwords within the window: the one
-//! that reaches it refuses every `auth` of the listener, from anyone, right password included, for a whole window
-//! (a guesser spread over many addresses, say every /64 of a /48, gets no more guesses than that). Clients are
-//! followed up to [`crate::access::MAX_TRACKED_ADDRESSES`] at once; beyond, a new client's wrong passwords are
-//! not counted against it, but still against the listener's budget.
+//! clients, the listener takes at most [`LISTENER_AUTH_FAILURES`] wrong passwords within the window from its
+//! loopback clients (127.0.0.0/8, `::1`, and 127.0.0.0/8 written as IPv4-mapped IPv6), and as many from all its
+//! other clients (every other address, a Unix socket's local users, a TCP client whose address could not be
+//! read). The wrong password that spends a budget refuses every `auth` from the clients that budget counts, right
+//! password included, for a whole window (a guesser spread over many addresses, say every /64 of a /48, gets no
+//! more guesses than that); the clients of the other budget are not affected.
+//!
+//! So guessers elsewhere on the network, however many addresses they use, cannot keep an operator on the machine
+//! itself (connecting to 127.0.0.1 or `::1`) out, and a process on the machine guessing over loopback cannot keep
+//! remote operators out. Loopback clients have a budget of their own rather than none because each address of
+//! 127.0.0.0/8 is a client of its own: without a budget, a local process moving from address to address could
+//! guess without limit.
+//!
+//! Clients are followed up to [`crate::access::MAX_TRACKED_ADDRESSES`] at once; beyond, a new client's wrong
+//! passwords are not counted against it, but still against its budget.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -20,8 +30,9 @@ use std::time::{Duration, Instant};
 
 use crate::access::Client;
 
-/// Wrong passwords one control listener takes within [`super::AUTH_WINDOW`], from all its clients together,
-/// before it refuses every `auth` for a whole window.
+/// Wrong passwords one control listener takes within [`super::AUTH_WINDOW`] from its loopback clients together,
+/// and as many from all its other clients together, before it refuses every `auth` of those clients for a whole
+/// window.
 pub const LISTENER_AUTH_FAILURES: usize = 100;
 /// How often, at most, clients whose wrong passwords all aged out are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
@@ -34,17 +45,29 @@ pub(crate) struct AuthGate {
     window: Duration,
     max_clients: usize,
     inner: Mutex<Inner>,
+    /// The tests' clock: it stands still until they move it.
+    #[cfg(test)]
+    clock: Mutex<Instant>,
 }
 
 #[derive(Debug)]
 struct Inner {
     /// Per client (its block), its recent failures, oldest first (at most `per_client`).
     clients: HashMap<Client, VecDeque<Instant>>,
-    /// The recent failures of every client, oldest first (at most `per_listener`).
-    all: VecDeque<Instant>,
-    /// Until when every `auth` is refused: the listener's budget was spent.
-    closed_until: Option<Instant>,
+    /// The budget of the clients not on loopback.
+    others: Budget,
+    /// The budget of the loopback clients.
+    loopback: Budget,
     pruned: Instant,
+}
+
+/// The recent failures of one group of clients, and whether the group is refused.
+#[derive(Debug, Default)]
+struct Budget {
+    /// Oldest first (at most the listener's `per_listener`).
+    all: VecDeque<Instant>,
+    /// Until when every `auth` of the group is refused: its budget was spent.
+    closed_until: Option<Instant>,
 }
 
 /// Why an `auth` is refused without its password being looked at.
@@ -52,8 +75,9 @@ struct Inner {
 pub(crate) enum Refusal {
     /// The client sent too many wrong passwords; it may try again in `wait`.
     Client { wait: Duration },
-    /// The listener took too many wrong passwords from all its clients; every `auth` is refused for `wait`.
-    Listener { wait: Duration },
+    /// The listener took too many wrong passwords from the clients of the budget this client counts against (the
+    /// loopback clients, or all others); every `auth` of those is refused for `wait`.
+    Listener { wait: Duration, loopback: bool },
 }
 
 /// An `auth` let through: it counts as a failure until [`Attempt::succeeded`] says its password was right.
@@ -62,6 +86,7 @@ pub(crate) enum Refusal {
 pub(crate) struct Attempt<'a> {
     gate: &'a AuthGate,
     client: Client,
+    loopback: bool,
     at: Instant,
 }
 
@@ -69,11 +94,14 @@ pub(crate) struct Attempt<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Failure {
     /// The client's wrong passwords within the window (this one included); 0 when the client is not followed
-    /// (too many clients at once): it then counts against the listener only.
+    /// (too many clients at once): it then counts against its budget only.
     pub client: usize,
-    /// The listener's wrong passwords within the window.
+    /// The wrong passwords within the window against the budget this one counts against (this one included).
     pub listener: usize,
-    /// Set when this one spent the listener's budget: every `auth` is refused from now on for this long.
+    /// Whether that budget is the loopback clients'.
+    pub loopback: bool,
+    /// Set when this one spent its budget: every `auth` of the clients of that budget is refused from now on for
+    /// this long.
     pub closed_for: Option<Duration>,
 }
 
@@ -82,6 +110,15 @@ fn block(client: Client) -> Client {
     match client {
         Client::Address(ip) => Client::from(crate::access::bucket(Some(ip))),
         local => local,
+    }
+}
+
+/// Whether `client` connected from a loopback address: 127.0.0.0/8, `::1`, or an IPv4-mapped 127.0.0.0/8. A
+/// Unix socket client (it has no address) is not.
+pub(crate) fn on_loopback(client: Client) -> bool {
+    match client {
+        Client::Address(ip) => ip.to_canonical().is_loopback(),
+        Client::LocalUser(_) => false,
     }
 }
 
@@ -103,6 +140,7 @@ impl AuthGate {
         window: Duration,
         max_clients: usize,
     ) -> AuthGate {
+        let now = Instant::now();
         AuthGate {
             per_client: per_client.max(1),
             per_listener: per_listener.max(1),
@@ -110,10 +148,12 @@ impl AuthGate {
             max_clients,
             inner: Mutex::new(Inner {
                 clients: HashMap::new(),
-                all: VecDeque::new(),
-                closed_until: None,
-                pruned: Instant::now(),
+                others: Budget::default(),
+                loopback: Budget::default(),
+                pruned: now,
             }),
+            #[cfg(test)]
+            clock: Mutex::new(now),
         }
     }
 
@@ -121,30 +161,52 @@ impl AuthGate {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg(not(test))]
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    #[cfg(test)]
+    fn now(&self) -> Instant {
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves this gate's clock `by` forward (tests: windows pass without waiting for them).
+    #[cfg(test)]
+    pub(crate) fn advance(&self, by: Duration) {
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+
     /// Lets an `auth` from `who` be looked at, counting it as a failure (until it succeeds), or says why not: in
     /// one step, so that no other `auth` passes the check between this one's check and its count.
     pub(crate) fn begin(&self, who: Client) -> Result<Attempt<'_>, Refusal> {
-        let now = Instant::now();
+        let now = self.now();
         let window = self.window;
+        let loopback = on_loopback(who);
         let mut inner = self.lock();
-        if let Some(until) = inner.closed_until {
+        let budget = inner.budget(loopback);
+        if let Some(until) = budget.closed_until {
             if until > now {
-                return Err(Refusal::Listener { wait: until - now });
+                return Err(Refusal::Listener {
+                    wait: until - now,
+                    loopback,
+                });
             }
-            inner.closed_until = None;
+            budget.closed_until = None;
         }
-        while inner
+        while budget
             .all
             .front()
             .is_some_and(|t| now.duration_since(*t) >= window)
         {
-            inner.all.pop_front();
+            budget.all.pop_front();
         }
         // Attempts under way count: they are failures until their password proves right.
-        if inner.all.len() >= self.per_listener {
-            let oldest = inner.all.front().copied().unwrap_or(now);
+        if budget.all.len() >= self.per_listener {
+            let oldest = budget.all.front().copied().unwrap_or(now);
             return Err(Refusal::Listener {
                 wait: window.saturating_sub(now.duration_since(oldest)),
+                loopback,
             });
         }
         let key = block(who);
@@ -167,24 +229,35 @@ impl AuthGate {
         if inner.clients.contains_key(&key) || inner.clients.len() < self.max_clients {
             inner.clients.entry(key).or_default().push_back(now);
         }
-        inner.all.push_back(now);
+        inner.budget(loopback).all.push_back(now);
         inner.prune(now, window, false);
         Ok(Attempt {
             gate: self,
             client: key,
+            loopback,
             at: now,
         })
     }
 
     #[cfg(test)]
     fn followed(&self) -> usize {
+        let now = self.now();
         let mut inner = self.lock();
-        inner.prune(Instant::now(), self.window, true);
+        inner.prune(now, self.window, true);
         inner.clients.len()
     }
 }
 
 impl Inner {
+    /// The budget the clients on loopback (`loopback`) or all others count against.
+    fn budget(&mut self, loopback: bool) -> &mut Budget {
+        if loopback {
+            &mut self.loopback
+        } else {
+            &mut self.others
+        }
+    }
+
     /// Forgets the clients whose failures all aged out, at most every [`PRUNE_EVERY`] (or at once with `now`).
     fn prune(&mut self, now: Instant, window: Duration, at_once: bool) {
         if at_once || now.duration_since(self.pruned) >= PRUNE_EVERY {
@@ -194,10 +267,12 @@ impl Inner {
         }
     }
 
-    /// Takes back one reservation made at `at` from the listener's count (and the client's, `client`).
-    fn release(&mut self, client: Option<&Client>, at: Instant) {
-        if let Some(i) = self.all.iter().rposition(|t| *t == at) {
-            self.all.remove(i);
+    /// Takes back one reservation made at `at` from its budget's count (the loopback one with `loopback`), and
+    /// the client's (`client`).
+    fn release(&mut self, loopback: bool, client: Option<&Client>, at: Instant) {
+        let budget = self.budget(loopback);
+        if let Some(i) = budget.all.iter().rposition(|t| *t == at) {
+            budget.all.remove(i);
         }
         if let Some(c) = client
             && let Some(recent) = self.clients.get_mut(c)
@@ -213,25 +288,27 @@ impl Attempt<'_> {
     /// console's single password proves everything a guess could find).
     pub(crate) fn succeeded(self) {
         let mut inner = self.gate.lock();
-        inner.release(None, self.at);
+        inner.release(self.loopback, None, self.at);
         inner.clients.remove(&self.client);
     }
 
-    /// The password was wrong: the reservation stands as a failure. Reaching the listener's budget refuses every
-    /// `auth` for a window from now.
+    /// The password was wrong: the reservation stands as a failure. Reaching its budget refuses every `auth` of
+    /// the clients of that budget for a window from now.
     pub(crate) fn failed(self) -> Failure {
-        let now = Instant::now();
+        let now = self.gate.now();
         let mut inner = self.gate.lock();
         let client = inner.clients.get(&self.client).map_or(0, VecDeque::len);
-        let listener = inner.all.len();
+        let budget = inner.budget(self.loopback);
+        let listener = budget.all.len();
         let mut closed_for = None;
-        if listener >= self.gate.per_listener && inner.closed_until.is_none_or(|u| u <= now) {
-            inner.closed_until = Some(now + self.gate.window);
+        if listener >= self.gate.per_listener && budget.closed_until.is_none_or(|u| u <= now) {
+            budget.closed_until = Some(now + self.gate.window);
             closed_for = Some(self.gate.window);
         }
         Failure {
             client,
             listener,
+            loopback: self.loopback,
             closed_for,
         }
     }
@@ -241,7 +318,7 @@ impl Attempt<'_> {
     fn abandoned(self) {
         let mut inner = self.gate.lock();
         let client = self.client;
-        inner.release(Some(&client), self.at);
+        inner.release(self.loopback, Some(&client), self.at);
     }
 }
 
@@ -302,7 +379,7 @@ mod tests {
             g.begin(ip("198.51.100.1")).unwrap().succeeded();
         }
         // Three failures in all: the successes took nothing from the listener's budget.
-        assert_eq!(g.lock().all.len(), 3);
+        assert_eq!(g.lock().others.all.len(), 3);
     }
 
     /// Past the listener's budget, every `auth` is refused for a whole window, from any address, whatever its own
@@ -325,11 +402,143 @@ mod tests {
             ip("192.0.2.1"),
             Client::LocalUser(Some(0)),
         ] {
-            let Err(Refusal::Listener { wait }) = g.begin(who) else {
+            let Err(Refusal::Listener {
+                wait,
+                loopback: false,
+            }) = g.begin(who)
+            else {
                 panic!("{who} let through");
             };
-            assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60));
+            assert_eq!(wait, Duration::from_secs(60));
         }
+        // For a whole window from the failure that spent it.
+        g.advance(Duration::from_secs(59));
+        assert!(g.begin(ip("192.0.2.1")).is_err());
+        g.advance(Duration::from_secs(1));
+        g.begin(ip("192.0.2.1")).expect("open again").succeeded();
+    }
+
+    /// Spends the budget of the clients not on loopback: one wrong password from each of `n` /64s.
+    fn spend_from_afar(g: &AuthGate, n: usize) {
+        for i in 0..n {
+            let f = g
+                .begin(ip(&format!("2001:db8:7:{i:x}::1")))
+                .expect("within the budget")
+                .failed();
+            assert!(!f.loopback);
+        }
+    }
+
+    /// Once guessers elsewhere spent the listener's budget, a client on loopback (IPv4, IPv6, IPv4-mapped) with the
+    /// right password still gets in, while every other client, a local user of a Unix socket included, is refused.
+    #[test]
+    fn guessers_elsewhere_do_not_lock_out_a_client_on_loopback() {
+        let g = gate(5, 10, 1000);
+        spend_from_afar(&g, 10);
+        for who in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            g.begin(ip(who))
+                .unwrap_or_else(|r| panic!("{who} refused: {r:?}"))
+                .succeeded();
+        }
+        for who in [
+            ip("2001:db8:8::1"),
+            ip("192.0.2.1"),
+            ip("::ffff:192.0.2.1"),
+            ip("::2"),
+            Client::LocalUser(Some(0)),
+            Client::LocalUser(None),
+        ] {
+            assert!(
+                matches!(
+                    g.begin(who),
+                    Err(Refusal::Listener {
+                        loopback: false,
+                        ..
+                    })
+                ),
+                "{who} let through"
+            );
+        }
+    }
+
+    /// A client on loopback is still locked out by its own wrong passwords, which spend nothing of the budget of the
+    /// clients elsewhere (nor close it, though it is full); other loopback addresses are not locked with it.
+    #[test]
+    fn a_client_on_loopback_is_locked_out_by_its_own_wrong_passwords() {
+        let g = gate(3, 10, 1000);
+        spend_from_afar(&g, 9);
+        let me = ip("127.0.0.1");
+        for n in 1..=3 {
+            let f = g.begin(me).expect("let through").failed();
+            assert_eq!((f.client, f.listener, f.loopback), (n, n, true));
+            assert_eq!(f.closed_for, None);
+        }
+        let Err(Refusal::Client { wait }) = g.begin(me) else {
+            panic!("not locked out");
+        };
+        assert_eq!(wait, Duration::from_secs(60));
+        g.begin(ip("127.0.0.2"))
+            .expect("another address")
+            .succeeded();
+        // The clients elsewhere have one wrong password left.
+        g.begin(ip("192.0.2.1")).expect("one left").failed();
+        assert!(g.begin(ip("192.0.2.2")).is_err());
+        // The lockout ends a window after the last wrong password.
+        g.advance(Duration::from_secs(59));
+        assert!(matches!(g.begin(me), Err(Refusal::Client { .. })));
+        g.advance(Duration::from_secs(1));
+        g.begin(me).expect("lockout over").succeeded();
+    }
+
+    /// Wrong passwords over loopback, spread over its addresses, spend a budget of their own: then every client on
+    /// loopback is refused for a window, and the clients elsewhere are not.
+    #[test]
+    fn loopback_clients_have_a_budget_of_their_own() {
+        let g = gate(5, 10, 1000);
+        let mut closed = Vec::new();
+        for i in 0..10u8 {
+            let f = g
+                .begin(ip(&format!("127.0.1.{i}")))
+                .expect("within the budget")
+                .failed();
+            assert_eq!(
+                (f.client, f.listener, f.loopback),
+                (1, usize::from(i) + 1, true)
+            );
+            closed.extend(f.closed_for);
+        }
+        assert_eq!(closed, [Duration::from_secs(60)]);
+        for who in ["127.0.0.1", "::1", "::ffff:127.0.0.9"] {
+            assert!(
+                matches!(
+                    g.begin(ip(who)),
+                    Err(Refusal::Listener { loopback: true, .. })
+                ),
+                "{who} let through"
+            );
+        }
+        g.begin(ip("192.0.2.1")).expect("elsewhere").succeeded();
+        g.begin(Client::LocalUser(Some(0)))
+            .expect("a local user")
+            .failed();
+        g.advance(Duration::from_secs(60));
+        g.begin(ip("127.0.0.1")).expect("open again").succeeded();
+    }
+
+    /// Beyond the clients it follows, a new client on loopback is not counted on its own, but against the loopback
+    /// budget, so its guesses still run out.
+    #[test]
+    fn loopback_clients_beyond_those_followed_still_count() {
+        let g = gate(5, 20, 4);
+        for i in 0..4 {
+            g.begin(ip(&format!("192.0.2.{i}"))).unwrap().failed();
+        }
+        let mut n = 0;
+        while g.begin(ip("127.0.0.1")).map(Attempt::failed).is_ok() {
+            n += 1;
+            assert!(n <= 20, "never refused");
+        }
+        assert_eq!(n, 20);
     }
 
     /// Attempts under way count against the listener's budget too.
@@ -341,12 +550,19 @@ mod tests {
             .collect();
         assert!(matches!(
             g.begin(ip("192.0.2.200")),
-            Err(Refusal::Listener { .. })
+            Err(Refusal::Listener {
+                loopback: false,
+                ..
+            })
         ));
+        // Attempts under way over loopback count against the loopback budget only.
+        let mine = g.begin(ip("::1")).expect("loopback");
         for a in pending {
             a.abandoned();
         }
         assert!(g.begin(ip("192.0.2.200")).is_ok());
+        mine.abandoned();
+        assert!(g.lock().loopback.all.is_empty());
     }
 
     /// Beyond the clients it follows, a new client is not counted on its own, but its failures still count against

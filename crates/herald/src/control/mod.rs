@@ -15,9 +15,11 @@
 //! client address; a client beyond them is told so (at most [`MAX_REFUSALS`] such answers are being written at
 //! once; beyond, the connection is closed without one). A wrong password is logged with the client's address (a
 //! Unix socket client's user id); after [`AUTH_FAILURES`] of them within [`AUTH_WINDOW`], that address (that local
-//! user) is refused every `auth` (right or wrong) until [`AUTH_WINDOW`] has passed since its last failure, and after
-//! [`LISTENER_AUTH_FAILURES`] from all clients together, every `auth` is refused for [`AUTH_WINDOW`] (see
-//! [`lockout`]). A listener whose `control_password` is empty (an error of herald-conf's checks) lets nobody in.
+//! user) is refused every `auth` (right or wrong) until [`AUTH_WINDOW`] has passed since its last failure. After
+//! [`LISTENER_AUTH_FAILURES`] from all clients not on loopback together, every `auth` from those is refused for
+//! [`AUTH_WINDOW`]; clients on loopback (127.0.0.0/8, `::1`) have a budget of their own, so that neither group
+//! can lock the other out (see [`lockout`]). A listener whose `control_password` is empty (an error of
+//! herald-conf's checks) lets nobody in.
 
 pub mod commands;
 mod handle;
@@ -338,14 +340,8 @@ pub async fn serve(
                                 connection(s, client, server, settings, rules, peer, conn_stop).await
                             }
                             Stream::Tcp(s) => {
-                                let client = match s.peer_addr() {
-                                    Ok(a) => format!("tcp client {a}"),
-                                    Err(_) => "tcp client (address unknown)".to_owned(),
-                                };
-                                let peer = Peer {
-                                    who: Client::from(s.peer_addr().ok().map(|a| a.ip().to_canonical())),
-                                    gate,
-                                };
+                                let (client, who) = tcp_client(&s);
+                                let peer = Peer { who, gate };
                                 let Some(tls) = tls else {
                                     return connection(s, client, server, settings, rules, peer, conn_stop).await;
                                 };
@@ -414,6 +410,21 @@ fn unix_client(s: &tokio::net::UnixStream) -> (String, Client) {
         ),
         Err(_) => (
             "unix client (credentials unknown)".to_owned(),
+            Client::LocalUser(None),
+        ),
+    }
+}
+
+/// A TCP client: how the logs name it, and who its wrong passwords count against: its address (an IPv4-mapped one
+/// as IPv4), or, when it cannot be read, one client for all such (never one on loopback).
+fn tcp_client(s: &tokio::net::TcpStream) -> (String, Client) {
+    match s.peer_addr() {
+        Ok(a) => (
+            format!("tcp client {a}"),
+            Client::Address(a.ip().to_canonical()),
+        ),
+        Err(_) => (
+            "tcp client (address unknown)".to_owned(),
             Client::LocalUser(None),
         ),
     }
@@ -561,16 +572,26 @@ fn authenticate(password: &str, given: &str, peer: &Peer, listener: &str) -> (Re
             );
             return (Reply::err(text), true);
         }
-        Err(Refusal::Listener { wait }) => {
+        Err(Refusal::Listener { wait, loopback }) => {
             // Logged at warn when the budget was spent, once; each refusal meanwhile only at debug.
             tracing::debug!(
-                "control listener {listener}: auth from {} refused: too many wrong passwords from all clients",
-                peer.who
+                "control listener {listener}: auth from {} refused: too many wrong passwords from all {}",
+                peer.who,
+                clients(loopback)
             );
-            let text = format!(
-                "Too many failed authentications on this listener; every `auth` is refused for {} s.\n",
-                wait.as_secs().max(1)
-            );
+            let text = if loopback {
+                format!(
+                    "Too many failed authentications on this listener from loopback; every `auth` from loopback is \
+                     refused for {} s.\n",
+                    wait.as_secs().max(1)
+                )
+            } else {
+                format!(
+                    "Too many failed authentications on this listener; every `auth` not from loopback is refused for \
+                     {} s.\n",
+                    wait.as_secs().max(1)
+                )
+            };
             return (Reply::err(text), true);
         }
     };
@@ -587,15 +608,25 @@ fn authenticate(password: &str, given: &str, peer: &Peer, listener: &str) -> (Re
     );
     if let Some(closed) = failure.closed_for {
         tracing::warn!(
-            "control listener {listener}: {} wrong passwords within {} s from all clients: every `auth` is refused \
-             for {} s (the last from {})",
+            "control listener {listener}: {} wrong passwords within {} s from all {}: every `auth` from them is \
+             refused for {} s (the last from {})",
             failure.listener,
             AUTH_WINDOW.as_secs(),
+            clients(failure.loopback),
             closed.as_secs(),
             peer.who
         );
     }
     (Reply::err("Authentication failed.\n"), true)
+}
+
+/// The clients of a budget of wrong passwords, as the logs name them.
+fn clients(loopback: bool) -> &'static str {
+    if loopback {
+        "clients on loopback"
+    } else {
+        "clients not on loopback"
+    }
 }
 
 /// Writes `reply`; false when it could not be written within `timeout` (a client that does not read its replies
@@ -763,6 +794,148 @@ mod tests {
             name.starts_with(&format!("unix client uid={mine} pid=")),
             "{name}"
         );
+    }
+
+    /// A server that is gone: connections that only authenticate never reach it.
+    struct Gone;
+
+    impl ServerHandle for Gone {
+        fn config(&self) -> Arc<Config> {
+            unreachable!("no command runs")
+        }
+        fn config_path(&self) -> PathBuf {
+            unreachable!("no command runs")
+        }
+        fn generation(&self) -> u64 {
+            unreachable!("no command runs")
+        }
+        fn engine(&self) -> &crate::queue::Engine {
+            unreachable!("no command runs")
+        }
+        fn spool(&self) -> &dyn herald_spool::Spool {
+            unreachable!("no command runs")
+        }
+        fn invalid_tokens(&self) -> &crate::tokens::InvalidTokenStore {
+            unreachable!("no command runs")
+        }
+        fn summary(&self) -> crate::status::Summary {
+            unreachable!("no command runs")
+        }
+        fn reset_summary(&self) {}
+        fn request_stop(&self) {}
+        fn reopen_logs(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn reload<'a>(
+            &'a self,
+            _path: Option<&'a Path>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<crate::status::ReloadReport, crate::status::ReloadError>,
+                    > + Send
+                    + 'a,
+            >,
+        > {
+            unreachable!("no command runs")
+        }
+    }
+
+    /// Runs one connection accepted on `listener` (a real TCP listener on 127.0.0.1), judged as `who` (or as what
+    /// its socket says), and answers one `auth PASSWORD` on it.
+    async fn auth_over_tcp(
+        listener: &TcpListener,
+        gate: &Arc<AuthGate>,
+        who: Option<Client>,
+        password: &str,
+    ) -> Reply {
+        use protocol::{read_reply, write_request};
+        let c = Config::parse_str(
+            "t.conf",
+            r#"control_listener { listen "127.0.0.1:2025" { control_password = "pw" } }"#,
+        )
+        .unwrap();
+        let settings = control_settings(&c);
+        let rules = Arc::new(ControlRules::from_config(&c, &settings));
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (server_side, _) = accepted.unwrap();
+        let (name, seen) = tcp_client(&server_side);
+        assert_eq!(seen, Client::Address([127, 0, 0, 1].into()), "{name}");
+        let peer = Peer {
+            who: who.unwrap_or(seen),
+            gate: gate.clone(),
+        };
+        let gone: Weak<dyn ServerHandle> = Weak::<Gone>::new();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(connection(
+            server_side,
+            name,
+            gone,
+            Arc::new(settings),
+            rules,
+            peer,
+            stop.clone(),
+        ));
+        let (r, mut w) = client.unwrap().into_split();
+        let mut r = BufReader::new(r);
+        write_request(&mut w, &format!("auth {password}"))
+            .await
+            .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(30), read_reply(&mut r))
+            .await
+            .expect("an answer")
+            .unwrap();
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        reply
+    }
+
+    /// Over a TCP control listener: once guessers elsewhere (one wrong password from each of as many /64s as the
+    /// listener's budget) spent it, a client connecting from 127.0.0.1 with the right password still gets in, and
+    /// one from elsewhere is refused; the loopback client is still locked out by its own wrong passwords.
+    #[tokio::test]
+    async fn guessers_elsewhere_do_not_lock_a_loopback_operator_out_of_a_tcp_listener() {
+        let gate = Arc::new(AuthGate::default());
+        for i in 0..LISTENER_AUTH_FAILURES {
+            let who = Client::Address(format!("2001:db8:{i:x}::1").parse().unwrap());
+            let _ = gate.begin(who).expect("within the budget").failed();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let elsewhere = Client::Address([192, 0, 2, 1].into());
+        let refused = auth_over_tcp(&listener, &gate, Some(elsewhere), "pw").await;
+        assert_eq!(
+            (refused.ok, refused.text.as_str()),
+            (
+                false,
+                "Too many failed authentications on this listener; every `auth` not from loopback is refused for \
+                 60 s.\n"
+            )
+        );
+        let mine = auth_over_tcp(&listener, &gate, None, "pw").await;
+        assert_eq!((mine.ok, mine.text.as_str()), (true, "Authenticated.\n"));
+
+        for _ in 0..AUTH_FAILURES {
+            let wrong = auth_over_tcp(&listener, &gate, None, "wrong").await;
+            assert_eq!(
+                (wrong.ok, wrong.text.as_str()),
+                (false, "Authentication failed.\n")
+            );
+        }
+        let locked = auth_over_tcp(&listener, &gate, None, "pw").await;
+        assert_eq!(
+            (locked.ok, locked.text.as_str()),
+            (
+                false,
+                "Too many failed authentications from 127.0.0.1; try again in 60 s.\n"
+            )
+        );
+        gate.advance(AUTH_WINDOW);
+        assert!(auth_over_tcp(&listener, &gate, None, "pw").await.ok);
     }
 
     /// A refused connection is answered on a task holding one of a fixed number of slots; with every slot taken
