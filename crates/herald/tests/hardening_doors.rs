@@ -902,7 +902,7 @@ async fn a_full_resident_queue_refuses_new_work_instead_of_growing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_smtp_message_trickling_line_by_line_is_cut_off() {
     let h = Herald::start(Opts {
-        smtp: "timeout = 1",
+        smtp: "timeout = 2",
         ..Opts::default()
     })
     .await;
@@ -919,19 +919,29 @@ async fn an_smtp_message_trickling_line_by_line_is_cut_off() {
         let reply = smtp_reply(&mut r).await;
         assert!(reply.starts_with(want), "{cmd}: {reply}");
     }
-    // Every line comes well within the 1 s timeout, but the message never ends.
+    // Every line comes well within the 2 s timeout (a stall of the machine short of that does not end the
+    // session early), but the message never ends.
     let writer = tokio::spawn(async move {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + 3 * WAIT;
         while Instant::now() < deadline {
             if w.write_all(b"X-Trickle: more\r\n").await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let reply = smtp_reply(&mut r).await;
+    // The cut comes 20 s (ten timeouts) after DATA: waited for with a deadline of its own, past the 20 s a reply
+    // is otherwise given.
+    let reply = tokio::time::timeout(3 * WAIT, async {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        line.trim_end().to_owned()
+    })
+    .await
+    .expect("the trickling message was not cut off");
     assert!(reply.starts_with("421 4.4.2"), "{reply}");
-    assert!(reply.contains("did not arrive within 10 s"), "{reply}");
+    assert!(reply.contains("did not arrive within 20 s"), "{reply}");
     writer.abort();
     h.stop().await;
 }

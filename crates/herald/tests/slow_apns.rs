@@ -589,13 +589,14 @@ mod direct {
     }
 
     /// The timeout counts from when a request was written, not from when it was queued behind the server's
-    /// stream limit: with one stream allowed and 500 ms per answer, the third of three requests is answered about
-    /// 1,500 ms after it was handed over, and none of them times out at 1,400 ms.
+    /// stream limit: with one stream allowed and 1,000 ms per answer, the third of three requests is answered about
+    /// 3,000 ms after it was handed over, and none of them times out at 2,500 ms (each answer has 1.5 s to spare on
+    /// a loaded machine).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_response_timeout_counts_from_the_write_not_from_the_queue() {
-        let mut c = connect(Duration::from_millis(1400), |s| {
+        let mut c = connect(Duration::from_millis(2500), |s| {
             s.max_concurrent_streams = 1;
-            s.scenario.latency_ms = 500;
+            s.scenario.latency_ms = 1000;
         })
         .await;
         // A first request authenticates the connection (token connections start with one stream anyway).
@@ -617,8 +618,8 @@ mod direct {
         }
         // Longer than the timeout: counted from the hand-over, the third would have timed out.
         assert!(
-            last - handed >= Duration::from_millis(1400),
-            "three answers of 500 ms one at a time took {:?}",
+            last - handed >= Duration::from_millis(2500),
+            "three answers of 1,000 ms one at a time took {:?}",
             last - handed
         );
         assert_eq!(c.sim.stats().streams.cancelled, 0);

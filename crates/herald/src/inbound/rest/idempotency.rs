@@ -894,6 +894,13 @@ mod tests {
             .await
             .unwrap();
         let _pulled = spool.take_deliveries();
+        // A key is claimed only once the node's heartbeat is written (else 503): waited for here, not within
+        // the claim's own few seconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !spool.beating() {
+            assert!(std::time::Instant::now() < deadline, "no heartbeat written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let idem = Arc::new(Idempotency::shared(spool));
         let body = Bytes::from_static(b"{\"tokens\": [\"aa\"]}");
         let failed = idem
