@@ -29,6 +29,7 @@ use crate::error::SpoolError;
 use crate::key::SpoolKey;
 use crate::nodes::{self, ClusterView, NodeBeat};
 use crate::record::{DecodeError, StoredNotification};
+use crate::retry_state::{ReadState, RetryBook, RetryState, retries_at};
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 
 /// Publishes awaiting their ack, over all the batches of a node. A batch takes its share at once (a larger one goes
@@ -76,6 +77,10 @@ pub const MAX_RECENTLY_FINISHED: usize = 100_000;
 
 /// How often at most a failure that lasts (a heartbeat not written, a consumer that does not fit) is reported again.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Before notifications go back to the stream without an attempt at a stop, the retry counts written for them
+/// ([`crate::retry_state`]) are waited for this long at most: the node that pulls them next reads them.
+pub const RETRY_WRITES_WAIT: Duration = Duration::from_secs(2);
 
 /// How to reach NATS and which stream to use.
 #[derive(Debug, Clone)]
@@ -212,6 +217,8 @@ pub struct JetStreamSpool {
     last_error: Mutex<Option<SpoolError>>,
     /// Acks go out in order from one task ([`ack_loop`]), not a task each.
     acks: tokio::sync::mpsc::UnboundedSender<AckJob>,
+    /// The retry counts of the notifications, shared by the nodes ([`crate::retry_state`]).
+    retry_book: RetryBook,
     /// Room for publishes awaiting their ack ([`MAX_PUBLISHES_IN_FLIGHT`]).
     publish_permits: Arc<tokio::sync::Semaphore>,
     started_ms: u64,
@@ -332,6 +339,7 @@ impl JetStreamSpool {
             },
         ));
         let first_try = options.connect_timeout;
+        let retry_book = RetryBook::start(ctx.clone(), &options.stream, options.replicas);
         let spool = Arc::new(JetStreamSpool {
             client,
             ctx,
@@ -355,6 +363,7 @@ impl JetStreamSpool {
             parked: std::sync::atomic::AtomicI64::new(0),
             last_error: Mutex::new(None),
             acks,
+            retry_book,
             publish_permits: Arc::new(tokio::sync::Semaphore::new(MAX_PUBLISHES_IN_FLIGHT)),
             started_ms: nodes::unix_ms(),
             beats: Mutex::new(None),
@@ -639,10 +648,11 @@ impl JetStreamSpool {
             && self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// How long [`Spool::close`] takes at most: the pull under way ends (within [`PULL_EXPIRES`]) and NATS answers
-    /// the give-back (within `request_timeout`). A caller's own limit on the close should not be shorter.
+    /// How long [`Spool::close`] takes at most: the pull under way ends (within [`PULL_EXPIRES`]), the retry counts
+    /// of what goes back are written (within [`RETRY_WRITES_WAIT`], once for the pull's and once for the held
+    /// ones) and NATS answers the give-back (within `request_timeout`). A caller's own limit on the close should not be shorter.
     pub fn close_limit(&self) -> Duration {
-        self.options.request_timeout + PULL_EXPIRES
+        self.options.request_timeout + PULL_EXPIRES + RETRY_WRITES_WAIT * 2
     }
 
     /// Notifications pulled by this node and not yet finished.
@@ -731,22 +741,78 @@ impl JetStreamSpool {
         }
     }
 
-    /// Gives a pulled notification back to the stream (every message held for it), to be delivered again (by any
-    /// node) after `delay`. Until then it stays in the consumer's pending set, counted toward its
-    /// `max_ack_pending` (when it has one: [`consumer_max_ack_pending`]).
+    /// Gives a pulled notification back to the stream (every message held for it) without an attempt (a domain
+    /// this node does not deliver, a record it does not read, the node stopping), to be delivered again (by any
+    /// node) after `delay`. Its retries so far go with it, written to the bucket of retry counts
+    /// ([`crate::retry_state`]): unlike a retry handed back ([`Spool::hand_back`]), the delivery it ends counts as
+    /// no retry. Until then it stays in the consumer's pending set, counted toward its `max_ack_pending` (when it
+    /// has one: [`consumer_max_ack_pending`]).
     pub fn release(&self, key: SpoolKey, delay: Duration) {
-        self.ack(key.0, AckKind::Nak(Some(delay)));
+        self.ack(key.0, AckKind::Nak(Some(delay)), Attempted::No);
+    }
+
+    /// The bucket of retry counts ([`crate::retry_state`]).
+    pub fn retry_book(&self) -> &RetryBook {
+        &self.retry_book
+    }
+
+    /// What the bucket of retry counts says of the message at `seq`, delivered for the `delivered`-th time. A first
+    /// delivery reads nothing.
+    async fn look_up(&self, seq: Option<u64>, delivered: u64) -> Looked {
+        let Some(seq) = seq.filter(|_| delivered > 1) else {
+            return Looked::First;
+        };
+        match self.retry_book.read(seq).await {
+            Ok(Some(ReadState(state))) => Looked::Entry(state),
+            Ok(None) => Looked::NoEntry,
+            Err(e) => {
+                self.retry_book.report_read_failure(&e);
+                Looked::Unknown
+            }
+        }
     }
 
     /// Acks (or naks, or terminates) every message held for the notification `key`, and forgets it. A final
-    /// outcome (ack, term) is remembered for a while by the messages' stream sequences ([`Finished`]).
-    fn ack(&self, key: u128, kind: AckKind) {
+    /// outcome (ack, term) is remembered for a while by the messages' stream sequences ([`Finished`]), and deletes
+    /// the entries of its messages in the bucket of retry counts; a nak without an attempt writes them first.
+    fn ack(&self, key: u128, kind: AckKind, attempted: Attempted) {
         let finished = matches!(kind, AckKind::Ack | AckKind::Term);
         let (now, keep) = (Instant::now(), self.finished_for());
         // Queued under the held lock, as [`keep_alive`] queues its in-progress acks: none of those can follow this
         // ack (a nak's delay would be reset to the ack wait by an in-progress ack arriving after it).
         let mut held = lock(&self.held);
-        for message in held.take(key) {
+        let (messages, known) = held.take_known(key);
+        let mut written = Vec::new();
+        if let Some(known) = known {
+            if finished {
+                if known.entry {
+                    for (seq, _) in states_of(key, &messages, known, true) {
+                        self.retry_book.delete(seq);
+                    }
+                }
+            } else if attempted == Attempted::No {
+                for (seq, state) in states_of(key, &messages, known, true) {
+                    written.push(self.retry_book.put_confirmed(seq, state));
+                }
+            }
+        }
+        if !written.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The nak goes once the node that pulls the notification next can read its retries (or NATS did not
+            // take them within the request timeout). Queued then in the ordered ack queue: the in-progress acks
+            // queued before it go first, and none is queued after it (the notification is no longer held).
+            let acks = self.acks.clone();
+            let limit = self.options.request_timeout;
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(limit, join_all(written)).await;
+                for message in messages {
+                    let _ = acks.send(AckJob::Ack(message, kind));
+                }
+            });
+            return;
+        }
+        for message in messages {
             if finished && let Ok(info) = message.info() {
                 held.finished.record(info.stream_sequence, key, now, keep);
             }
@@ -942,6 +1008,8 @@ impl Finished {
 #[derive(Debug)]
 struct Held<M> {
     by_id: HashMap<u128, Vec<M>>,
+    /// The retry state of each notification held ([`Held::know`]).
+    known: HashMap<u128, Known>,
     /// What the node finished lately, kept here so that an arrival and a final ack never cross unseen.
     finished: Finished,
 }
@@ -950,9 +1018,22 @@ impl<M> Default for Held<M> {
     fn default() -> Self {
         Held {
             by_id: HashMap::new(),
+            known: HashMap::new(),
             finished: Finished::default(),
         }
     }
+}
+
+/// What a node knows of a held notification's retries ([`crate::retry_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Known {
+    /// Transient failures so far, as counted at its arrival and by the reschedules since.
+    retries: u32,
+    /// Unix milliseconds of its next attempt (0: none set).
+    next_attempt_ms: u64,
+    /// The bucket may have an entry for its message (it came again, or this node wrote one): deleted on its final
+    /// outcome.
+    entry: bool,
 }
 
 /// What to do with a pulled message ([`Held::arrive`]).
@@ -993,8 +1074,32 @@ impl<M> Held<M> {
     }
 
     /// Every message held for `id`, forgotten here (none when the id is not held).
+    #[cfg(test)]
     fn take(&mut self, id: u128) -> Vec<M> {
-        self.by_id.remove(&id).unwrap_or_default()
+        self.take_known(id).0
+    }
+
+    /// Every message held for `id` and its retry state, forgotten here.
+    fn take_known(&mut self, id: u128) -> (Vec<M>, Option<Known>) {
+        let known = self.known.remove(&id);
+        (self.by_id.remove(&id).unwrap_or_default(), known)
+    }
+
+    /// Sets the retry state of `id`, when it is held.
+    fn know(&mut self, id: u128, known: Known) {
+        if self.by_id.contains_key(&id) {
+            self.known.insert(id, known);
+        }
+    }
+
+    /// The retry state of `id`, when it is held and known, to change.
+    fn known_mut(&mut self, id: u128) -> Option<&mut Known> {
+        self.known.get_mut(&id)
+    }
+
+    /// The messages held for `id`, when it is.
+    fn messages_for(&self, id: u128) -> &[M] {
+        self.by_id.get(&id).map_or(&[], Vec::as_slice)
     }
 
     fn contains(&self, id: u128) -> bool {
@@ -1017,8 +1122,21 @@ impl<M> Held<M> {
     }
 
     /// Every message held, all forgotten.
+    #[cfg(test)]
     fn drain(&mut self) -> Vec<M> {
-        self.by_id.drain().flat_map(|(_, m)| m).collect()
+        self.drain_known()
+            .into_iter()
+            .flat_map(|(_, m, _)| m)
+            .collect()
+    }
+
+    /// Every notification held, with its messages and retry state, all forgotten.
+    fn drain_known(&mut self) -> Vec<(u128, Vec<M>, Option<Known>)> {
+        let mut known = std::mem::take(&mut self.known);
+        self.by_id
+            .drain()
+            .map(|(id, m)| (id, m, known.remove(&id)))
+            .collect()
     }
 }
 
@@ -1740,8 +1858,8 @@ async fn pull_loop(
             }
         };
         // Delivered for this pull and not handed over (the node stops, or nobody takes them any more): given back
-        // once the pull ended.
-        let mut kept: Vec<jetstream::Message> = Vec::new();
+        // once the pull ended, each with its notification's id and retry state.
+        let mut kept: Vec<(u128, jetstream::Message, Option<Known>)> = Vec::new();
         let mut failed = false;
         loop {
             // The pull ends when the server delivered all it asked for or said it expired. A reconnection loses
@@ -1773,7 +1891,7 @@ async fn pull_loop(
                 }
             };
             let Some(spool) = spool.upgrade() else {
-                kept.push(message);
+                kept.push((0, message, None));
                 continue;
             };
             failures = 0;
@@ -1781,27 +1899,41 @@ async fn pull_loop(
                 tracing::info!("JetStream pulls work again");
             }
             let (delivered, seq) = match message.info() {
-                Ok(i) => (i.delivered, Some(i.stream_sequence)),
+                Ok(i) => (
+                    u64::try_from(i.delivered).unwrap_or(1).max(1),
+                    Some(i.stream_sequence),
+                ),
                 Err(_) => (1, None),
             };
             // The notification keeps the key the accepting node gave it, the id its sender was answered: it is
             // logged, looked up and reported under that id on whichever node delivers it.
-            let stored = match decode_message(&message.payload) {
+            let (stored, known) = match decode_message(&message.payload) {
                 Ok(mut s) => {
-                    // A notification handed back for a retry comes again with its delivery count: its retries
-                    // so far (a redelivery after a node stopped counts as one too).
-                    s.retries = s
-                        .retries
-                        .max(u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX));
-                    s
+                    // A notification delivered before comes with its retries so far, from the bucket of retry
+                    // counts (a first delivery reads nothing), and waits for its next attempt when one is set.
+                    let looked = spool.look_up(seq, delivered).await;
+                    let known =
+                        arrival_known(s.key.0, s.retries, s.next_attempt_ms, delivered, &looked);
+                    s.retries = known.retries;
+                    s.next_attempt_ms = known.next_attempt_ms;
+                    (s, known)
                 }
                 // A record of a newer format (a rolling upgrade: a newer node accepted it) goes back to the
-                // stream for a node that reads it; anything else is not a herald notification.
+                // stream for a node that reads it, its retries so far with it (this delivery is no attempt);
+                // anything else is not a herald notification.
                 Err(e) if e.is_newer_format() => {
                     tracing::warn!(
                         "JetStream message in a record format this build does not read ({e}); back to the stream \
                          for {NEWER_FORMAT_DELAY:?}, for a node that reads it"
                     );
+                    if let (Some(seq), Some(id)) = (seq, message.payload.first_chunk::<16>()) {
+                        let id = u128::from_be_bytes(*id);
+                        let looked = spool.look_up(Some(seq), delivered).await;
+                        let known = arrival_known(id, 0, 0, delivered, &looked);
+                        spool
+                            .retry_book
+                            .put(seq, settled_state(id, known, delivered));
+                    }
                     let _ = message
                         .ack_with(AckKind::Nak(Some(NEWER_FORMAT_DELAY)))
                         .await;
@@ -1823,7 +1955,11 @@ async fn pull_loop(
                     // Under the held lock, as the stop sets `closed`: held now, or kept here, never neither.
                     Taken::Kept(message)
                 } else {
-                    Taken::Arrived(held.arrive(key.0, message, same_message))
+                    let arrival = held.arrive(key.0, message, same_message);
+                    if matches!(arrival, Arrival::New) {
+                        held.know(key.0, known);
+                    }
+                    Taken::Arrived(arrival)
                 }
             };
             let arrival = match taken {
@@ -1838,7 +1974,7 @@ async fn pull_loop(
                     continue;
                 }
                 Taken::Kept(message) => {
-                    kept.push(message);
+                    kept.push((key.0, message, Some(known)));
                     continue;
                 }
             };
@@ -1859,7 +1995,8 @@ async fn pull_loop(
                             if sent.is_err() {
                                 // Nobody takes the deliveries any more (gone since the check above): not held
                                 // until the close, but given back once the pull ended, as when kept above.
-                                kept.extend(lock(&held).take(key.0));
+                                let (messages, known) = lock(&held).take_known(key.0);
+                                kept.extend(messages.into_iter().map(|m| (key.0, m, known)));
                             }
                         }
                     }
@@ -1876,6 +2013,12 @@ async fn pull_loop(
                         "{key}: another notification with this id is held here; this one goes back to the \
                          stream for {SAME_ID_DELAY:?}"
                     );
+                    // Not attempted: its retries so far go back with it.
+                    for (seq, state) in
+                        states_of(key.0, std::slice::from_ref(&message), known, true)
+                    {
+                        spool.retry_book.put(seq, state);
+                    }
                     let _ = spool
                         .acks
                         .send(AckJob::Ack(message, AckKind::Nak(Some(SAME_ID_DELAY))));
@@ -1885,13 +2028,118 @@ async fn pull_loop(
         }
         drop(messages);
         // The pull is over: nothing more comes for it, and what it brought that was not handed over goes back for
-        // another node (or this one's next start) without coming back into it.
-        join_all(kept.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+        // another node (or this one's next start) without coming back into it, its retries so far with it (it was
+        // not attempted): written before it goes, for the node that pulls it next.
+        if !kept.is_empty()
+            && let Some(s) = spool.upgrade()
+        {
+            let mut written = Vec::new();
+            for (id, message, known) in &kept {
+                if let Some(known) = known {
+                    for (seq, state) in states_of(*id, std::slice::from_ref(message), *known, true)
+                    {
+                        written.push(s.retry_book.put_confirmed(seq, state));
+                    }
+                }
+            }
+            drop(s);
+            let _ = tokio::time::timeout(RETRY_WRITES_WAIT, join_all(written)).await;
+        }
+        join_all(kept.iter().map(|(_, m, _)| m.ack_with(AckKind::Nak(None)))).await;
         drop(open);
         if failed {
             failures += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Whether the delivery a nak ends was an attempt ([`JetStreamSpool::ack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempted {
+    /// A retry handed back (or a final outcome): nothing is written, the next node counts the delivery as one.
+    Yes,
+    /// Given back without an attempt: the retries so far are written, settled.
+    No,
+}
+
+/// What the bucket of retry counts says of a pulled message ([`JetStreamSpool::look_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Looked {
+    /// Its first delivery: nothing read.
+    First,
+    /// Delivered before, and no entry.
+    NoEntry,
+    /// Its entry (`None`: in a format this build does not read).
+    Entry(Option<RetryState>),
+    /// The bucket could not be read.
+    Unknown,
+}
+
+/// The retry state of notification `id` arriving for the `delivered`-th time, its record saying `recorded_retries`
+/// and `recorded_next_ms`, by what the bucket says ([`retries_at`]). A next attempt the entry sets later than now
+/// is kept: the notification waits for it (it was given back while waiting for its retry).
+fn arrival_known(
+    id: u128,
+    recorded_retries: u32,
+    recorded_next_ms: u64,
+    delivered: u64,
+    looked: &Looked,
+) -> Known {
+    let state = match looked {
+        Looked::Entry(Some(state)) if state.id == id => Some(state),
+        _ => None,
+    };
+    let next_attempt_ms = match state {
+        Some(s) if s.next_attempt_ms > nodes::unix_ms() => s.next_attempt_ms.max(recorded_next_ms),
+        _ => recorded_next_ms,
+    };
+    Known {
+        retries: retries_at(id, recorded_retries, delivered, state),
+        next_attempt_ms,
+        entry: !matches!(looked, Looked::First | Looked::NoEntry),
+    }
+}
+
+/// The retry state to write for notification `id` held as `messages`: one per message (by stream sequence), as of
+/// its latest delivery.
+fn states_of(
+    id: u128,
+    messages: &[jetstream::Message],
+    known: Known,
+    settled: bool,
+) -> Vec<(u64, RetryState)> {
+    let mut out: Vec<(u64, RetryState)> = Vec::with_capacity(1);
+    for message in messages {
+        let Ok(info) = message.info() else {
+            continue;
+        };
+        let delivered = u64::try_from(info.delivered).unwrap_or(1).max(1);
+        match out.iter_mut().find(|(seq, _)| *seq == info.stream_sequence) {
+            Some((_, state)) => state.delivered = state.delivered.max(delivered),
+            None => out.push((
+                info.stream_sequence,
+                RetryState {
+                    id,
+                    retries: known.retries,
+                    next_attempt_ms: known.next_attempt_ms,
+                    delivered,
+                    settled,
+                },
+            )),
+        }
+    }
+    out
+}
+
+/// The state of a message given back without an attempt during its `delivered`-th delivery.
+fn settled_state(id: u128, known: Known, delivered: u64) -> RetryState {
+    RetryState {
+        id,
+        retries: known.retries,
+        next_attempt_ms: known.next_attempt_ms,
+        delivered,
+        settled: true,
     }
 }
 
@@ -2234,14 +2482,29 @@ impl Spool for JetStreamSpool {
         self.publish(batch, move |s| deduplicated_id(&dedup, s.key))
     }
 
-    fn reschedule(&self, _key: SpoolKey, _retries: u32, _next_attempt_ms: u64) {
+    /// Writes the retries of a held notification, and its next attempt, to the bucket of retry counts
+    /// ([`crate::retry_state`]), in the background: the node that pulls it next (once handed back, or once this
+    /// one stopped or died) goes on from there rather than from its delivery count, which does not count the
+    /// retries made here.
+    fn reschedule(&self, key: SpoolKey, retries: u32, next_attempt_ms: u64) {
         self.rescheduled.fetch_add(1, Ordering::Relaxed);
+        let mut held = lock(&self.held);
+        let Some(known) = held.known_mut(key.0) else {
+            return;
+        };
+        known.retries = retries;
+        known.next_attempt_ms = next_attempt_ms;
+        known.entry = true;
+        let known = *known;
+        for (seq, state) in states_of(key.0, held.messages_for(key.0), known, false) {
+            self.retry_book.put(seq, state);
+        }
     }
 
     fn remove(&self, keys: &[SpoolKey]) {
         for k in keys {
             self.removed.fetch_add(1, Ordering::Relaxed);
-            self.ack(k.0, AckKind::Ack);
+            self.ack(k.0, AckKind::Ack, Attempted::Yes);
         }
     }
 
@@ -2292,10 +2555,13 @@ impl Spool for JetStreamSpool {
             .saturating_sub(self.options.max_parked)
     }
 
+    /// Gives the notification back to the stream as a retry: the delivery it ends counts as one retry for the node
+    /// that pulls it next (on top of those written by [`Spool::reschedule`]), so the caller does not write the one
+    /// that led here. [`JetStreamSpool::release`] gives one back without an attempt.
     fn hand_back(&self, key: SpoolKey, delay: Duration) -> bool {
         if lock(&self.held).contains(key.0) {
             self.handed_back.fetch_add(1, Ordering::Relaxed);
-            self.release(key, delay);
+            self.ack(key.0, AckKind::Nak(Some(delay)), Attempted::Yes);
             true
         } else {
             false
@@ -2335,6 +2601,7 @@ impl Spool for JetStreamSpool {
         let held = self.held.clone();
         let pull_open = self.pull_open.clone();
         let acks = self.acks.clone();
+        let retry_book = self.retry_book.clone();
         let client = self.client.clone();
         let beats = lock(&self.beats).take();
         let node = self.options.node.clone();
@@ -2347,13 +2614,29 @@ impl Spool for JetStreamSpool {
                 // The pull under way ends first, and none opens after: a message given back while this node's
                 // pull is open would come straight back into it.
                 let _no_pull = pull_open.lock().await;
-                // Held notifications go back to the stream at once rather than after the ack wait.
-                let held: Vec<jetstream::Message> = lock(&held).drain();
+                // Held notifications go back to the stream at once rather than after the ack wait, with their
+                // retries so far (the stop is no attempt), written first for the node that pulls them next.
+                let (mut messages, mut written) = (Vec::new(), Vec::new());
+                for (id, held, known) in lock(&held).drain_known() {
+                    if let Some(known) = known {
+                        for (seq, state) in states_of(id, &held, known, true) {
+                            written.push(retry_book.put_confirmed(seq, state));
+                        }
+                    }
+                    messages.extend(held);
+                }
+                let written = tokio::time::timeout(RETRY_WRITES_WAIT, join_all(written));
                 // The acks of notifications finished before the stop go out before the flush.
                 let (barrier, acked) = tokio::sync::oneshot::channel();
                 let _ = acks.send(AckJob::Barrier(barrier));
                 let _ = acked.await;
-                join_all(held.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+                if written.await.is_err() {
+                    tracing::warn!(
+                        "the retry counts of the notifications given back were not all written within \
+                         {RETRY_WRITES_WAIT:?}: the nodes that pull them next may count one retry more"
+                    );
+                }
+                join_all(messages.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
                 // Gone from the list of nodes at once rather than when its heartbeat expires.
                 if let Some(store) = beats {
                     let _ = store.delete(&node).await;
@@ -3528,5 +3811,164 @@ pub(crate) mod tests {
             "a plain append"
         );
         spool.close().await.unwrap();
+    }
+
+    /// A second node on `stream` at `url`, named `node`, set up, and what it pulls.
+    async fn other_node(
+        url: String,
+        stream: &str,
+        node: &str,
+    ) -> (
+        Arc<JetStreamSpool>,
+        tokio::sync::mpsc::Receiver<StoredNotification>,
+    ) {
+        let mut options = JetStreamOptions::new(vec![url], stream);
+        options.ack_wait = Duration::from_secs(60);
+        options.node = node.to_owned();
+        let spool = JetStreamSpool::connect(options).await.unwrap();
+        let rx = spool.take_deliveries().unwrap();
+        wait_for("the stream set up", Duration::from_secs(20), async || {
+            spool.connected()
+        })
+        .await;
+        (spool, rx)
+    }
+
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<StoredNotification>) -> StoredNotification {
+        tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("a notification pulled")
+            .expect("the deliveries go on")
+    }
+
+    /// The stream sequence of the message held for `id`.
+    fn held_seq(spool: &JetStreamSpool, id: u128) -> u64 {
+        lock(&spool.held).by_id[&id][0]
+            .info()
+            .unwrap()
+            .stream_sequence
+    }
+
+    /// The entry of the message at `seq` in the bucket of retry counts, read from the server.
+    async fn retry_entry(spool: &JetStreamSpool, seq: u64) -> Option<RetryState> {
+        let name = crate::retry_state::bucket_name(spool.stream_name());
+        let store = spool.ctx.get_key_value(&name).await.ok()?;
+        let entry = store.entry(seq.to_string()).await.unwrap()?;
+        (entry.operation == jetstream::kv::Operation::Put)
+            .then(|| RetryState::decode(&entry.value))
+            .flatten()
+    }
+
+    /// Retries a node keeps in memory (short retry intervals: no delivery of the message) go with the notification
+    /// to the next node: handed back after one more failed attempt, it comes to another node with every retry made
+    /// on the first counted; and once finished its entry leaves the bucket.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retries_kept_on_a_node_are_counted_on_the_node_a_retry_is_handed_back_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let (a, mut a_rx) = connected(url.clone(), "carry").await;
+        let id = 0x51u128 << 64 | 1;
+        a.append(vec![notification(id, 0xaa)]).await.unwrap();
+        let first = next(&mut a_rx).await;
+        assert_eq!((first.key, first.retries), (SpoolKey(id), 0));
+        let seq = held_seq(&a, id);
+        // Five transient failures, each retried here a second later.
+        for retries in 1..=5 {
+            a.reschedule(SpoolKey(id), retries, nodes::unix_ms() + 1000);
+        }
+        assert!(a.retry_book().written(Duration::from_secs(20)).await);
+        assert_eq!(retry_entry(&a, seq).await.map(|s| s.retries), Some(5));
+        // The sixth attempt fails too, and its retry goes back to the stream; this node stops.
+        assert!(a.hand_back(SpoolKey(id), Duration::from_millis(500)));
+        a.close().await.unwrap();
+        drop(a_rx);
+
+        let (b, mut b_rx) = other_node(url, "carry", "b").await;
+        let again = next(&mut b_rx).await;
+        assert_eq!(again.key, SpoolKey(id));
+        assert_eq!(
+            again.retries, 6,
+            "five retries kept on the first node and the one handed back"
+        );
+        b.remove(&[SpoolKey(id)]);
+        wait_for("the entry deleted", Duration::from_secs(20), async || {
+            retry_entry(&b, seq).await.is_none()
+        })
+        .await;
+        b.close().await.unwrap();
+    }
+
+    /// A node that stops gives back a notification waiting for its retry with its retries and its next attempt:
+    /// the next node neither counts the stop as a retry nor tries it before it is due.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_notification_given_back_at_a_stop_keeps_its_retries_and_next_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let (a, mut a_rx) = connected(url.clone(), "stop").await;
+        let id = 0x52u128 << 64 | 1;
+        a.append(vec![notification(id, 0xaa)]).await.unwrap();
+        next(&mut a_rx).await;
+        let seq = held_seq(&a, id);
+        let due = nodes::unix_ms() + 600_000;
+        for retries in 1..=3 {
+            a.reschedule(SpoolKey(id), retries, due);
+        }
+        a.close().await.unwrap();
+        drop(a_rx);
+
+        let (b, mut b_rx) = other_node(url, "stop", "b").await;
+        let again = next(&mut b_rx).await;
+        assert_eq!(
+            (again.key, again.retries, again.next_attempt_ms),
+            (SpoolKey(id), 3, due)
+        );
+        b.remove(&[SpoolKey(id)]);
+        wait_for("the entry deleted", Duration::from_secs(20), async || {
+            retry_entry(&b, seq).await.is_none()
+        })
+        .await;
+        b.close().await.unwrap();
+    }
+
+    /// Giving a notification back without an attempt (a domain this node does not deliver, a record it does not
+    /// read: [`JetStreamSpool::release`]; a graceful stop) again and again uses up none of its retries, though each
+    /// is one more delivery of its message; once finished its entry leaves the bucket.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_notification_given_back_without_an_attempt_keeps_its_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let (a, mut a_rx) = connected(url.clone(), "noattempt").await;
+        let id = 0x53u128 << 64 | 1;
+        a.append(vec![notification(id, 0xaa)]).await.unwrap();
+        assert_eq!(next(&mut a_rx).await.retries, 0);
+        let seq = held_seq(&a, id);
+        for _ in 0..3 {
+            a.release(SpoolKey(id), Duration::from_millis(100));
+            assert_eq!(next(&mut a_rx).await.retries, 0);
+        }
+        // Stopped, and pulled by another node which stops too, then by a third one.
+        a.close().await.unwrap();
+        drop(a_rx);
+        let (b, mut b_rx) = other_node(url.clone(), "noattempt", "b").await;
+        assert_eq!(next(&mut b_rx).await.retries, 0);
+        b.close().await.unwrap();
+        drop(b_rx);
+        let (c, mut c_rx) = other_node(url, "noattempt", "c").await;
+        let last = next(&mut c_rx).await;
+        assert_eq!((last.key, last.retries), (SpoolKey(id), 0));
+        let delivered = lock(&c.held).by_id[&id][0].info().unwrap().delivered;
+        assert_eq!(delivered, 6, "each give-back was a delivery of the message");
+        c.remove(&[SpoolKey(id)]);
+        wait_for("the entry deleted", Duration::from_secs(20), async || {
+            retry_entry(&c, seq).await.is_none()
+        })
+        .await;
+        c.close().await.unwrap();
     }
 }

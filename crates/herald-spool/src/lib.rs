@@ -5,8 +5,9 @@
 //! the embedded store [`DiskSpool`] (fjall, chosen by measurement: see BENCHMARKS.md "Spool") whose writer thread
 //! gives group commit (concurrent appends share one fsync), recovery after a crash, and [`MemorySpool`], a
 //! non-durable stand-in for tests, and [`JetStreamSpool`], a NATS JetStream stream several herald nodes share
-//! (docs/scale-out.md), with the [`SharedMap`] and [`ClaimBucket`] key-value buckets next to it and
-//! [`PeerLookup`], the questions its nodes ask each other. It knows nothing of herald's queue or protocols: herald
+//! (docs/scale-out.md), with the [`SharedMap`] and [`ClaimBucket`] key-value buckets next to it, the
+//! [`RetryBook`] that carries each notification's retry count from node to node, and [`PeerLookup`], the questions
+//! its nodes ask each other. It knows nothing of herald's queue or protocols: herald
 //! converts its notifications to and from [`StoredNotification`].
 
 pub mod claims;
@@ -20,6 +21,7 @@ pub mod nodes;
 pub mod outcomes;
 pub mod peer_lookup;
 pub mod record;
+pub mod retry_state;
 pub mod shared_map;
 pub mod spool;
 pub mod store;
@@ -35,6 +37,7 @@ pub use nodes::{ClusterView, NodeBeat, StreamReplica};
 pub use outcomes::{ChunkBuilder, HookChunk, HookQueue, Lookup, OutcomeKey, OutcomeStore};
 pub use peer_lookup::{PeerLookup, PeerLookupError};
 pub use record::{DecodeError, RECORD_VERSION, Schedule, StoredNotification};
+pub use retry_state::{RetryBook, RetryState};
 pub use shared_map::{SharedEntry, SharedMap};
 pub use spool::{Recovered, RecoveryReport, Spool, SpoolFuture, SpoolStats};
 pub use store::{DiskSpool, SpoolOptions};
