@@ -3673,7 +3673,8 @@ pub(crate) mod tests {
             return;
         };
         let mut options = JetStreamOptions::new(vec![url], "alive");
-        options.ack_wait = Duration::from_secs(1);
+        // In-progress acks go out every third of it: 3 s leaves a loaded machine 2 s of stall before one is late.
+        options.ack_wait = Duration::from_secs(3);
         let spool = JetStreamSpool::connect(options).await.unwrap();
         let mut rx = spool.take_deliveries().unwrap();
         wait_for("the stream set up", Duration::from_secs(20), async || {
@@ -3688,7 +3689,7 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(first.key, SpoolKey(id));
         // Three ack waits, held: JetStream never delivers it again.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(9)).await;
         assert_eq!(
             lock(&spool.held).messages_of(id),
             1,
