@@ -410,7 +410,7 @@ option_table! {
         Kind::Seconds,
         Some("5"),
         DELIVERY,
-        "Seconds an idle outbound connection stays open; 0 keeps it open forever (never use 0 for APNs).",
+        "Seconds an idle outbound connection stays open (channel management and broadcast connections too); 0 keeps it open forever (never use 0 for APNs).",
     ),
     DeliveryResponseTimeout => opt(
         "delivery_response_timeout",

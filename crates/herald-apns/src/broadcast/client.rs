@@ -6,7 +6,8 @@
 //! renewed when it may be, and [`BroadcastClientError::token_expired`] says whether it was, for a retry on a new
 //! connection. A call the connection could not take is [`BroadcastClientError::NotSent`]: nothing went out. A call
 //! whose stream the server refused ([`BroadcastClientError::stream_refused`]) was not processed either, and leaves
-//! the connection open for the next call.
+//! the connection open for the next call. The connection closes once its last clone is dropped: `GOAWAY(NO_ERROR)`,
+//! sent as soon as its streams have ended, then the socket.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,11 +188,41 @@ pub struct BroadcastClient {
     _driver: Arc<DriverGuard>,
 }
 
-struct DriverGuard(tokio::task::JoinHandle<()>);
+/// How long a connection whose every clone was dropped has to close itself cleanly (GOAWAY, then the socket)
+/// before its task is ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The task driving the connection, shared by the clones. Dropped with the last clone, once every handle that sends
+/// on the connection is gone: h2 then sends `GOAWAY(NO_ERROR)` and closes the connection as soon as its open
+/// streams have ended, which it has [`CLOSE_GRACE`] to do before the task is ended.
+struct DriverGuard(Option<tokio::task::JoinHandle<()>>);
+
+impl DriverGuard {
+    fn is_finished(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(tokio::task::JoinHandle::is_finished)
+    }
+}
 
 impl Drop for DriverGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        let Some(mut driver) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !driver.is_finished() => {
+                runtime.spawn(async move {
+                    if tokio::time::timeout(CLOSE_GRACE, &mut driver)
+                        .await
+                        .is_err()
+                    {
+                        driver.abort();
+                    }
+                });
+            }
+            _ => driver.abort(),
+        }
     }
 }
 
@@ -240,7 +271,7 @@ impl BroadcastClient {
             auth,
             token: Arc::default(),
             timeout,
-            _driver: Arc::new(DriverGuard(driver)),
+            _driver: Arc::new(DriverGuard(Some(driver))),
         })
     }
 
@@ -252,7 +283,7 @@ impl BroadcastClient {
     /// Whether the connection has ended (closed by the server, GOAWAY, an error): a caller that keeps a client
     /// connects again instead of using it.
     pub fn is_closed(&self) -> bool {
-        self._driver.0.is_finished()
+        self._driver.is_finished()
     }
 
     /// Creates a channel; returns its id.
@@ -968,6 +999,60 @@ mod tests {
         assert_eq!(e.class(), FailureClass::Transient);
         assert!(!c.is_closed(), "the refusal closed the connection");
         c.broadcast(&update()).await.unwrap();
+    }
+
+    /// Dropping the last clone of a client (a connection no longer kept) closes the connection cleanly: the server
+    /// gets `GOAWAY(NO_ERROR)`, then the end of the stream; a clone still held keeps it open for its calls.
+    #[tokio::test]
+    async fn dropping_the_last_clone_closes_the_connection_with_goaway() {
+        const GOAWAY: u8 = 0x7;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (report, reported) = tokio::sync::oneshot::channel::<Vec<(u8, u32)>>();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut preface = [0u8; 24];
+            sock.read_exact(&mut preface).await.unwrap();
+            sock.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+                .await
+                .unwrap();
+            // Frames other than SETTINGS and WINDOW_UPDATE: (type, GOAWAY's error code), until the end of stream.
+            let mut frames = Vec::new();
+            loop {
+                let mut head = [0u8; 9];
+                if sock.read_exact(&mut head).await.is_err() {
+                    break;
+                }
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                if sock.read_exact(&mut payload).await.is_err() {
+                    break;
+                }
+                match head[3] {
+                    SETTINGS if head[4] & 1 == 0 => {
+                        let _ = sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0]).await;
+                    }
+                    SETTINGS | 0x8 => {}
+                    GOAWAY if len >= 8 => frames.push((
+                        GOAWAY,
+                        u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]),
+                    )),
+                    kind => frames.push((kind, 0)),
+                }
+            }
+            let _ = report.send(frames);
+        });
+        let c = client(addr).await.unwrap();
+        let kept = c.clone();
+        drop(c);
+        assert!(!kept.is_closed(), "a clone still holds the connection");
+        drop(kept);
+        let frames = tokio::time::timeout(WAIT, reported)
+            .await
+            .expect("the connection was never closed")
+            .unwrap();
+        assert_eq!(frames, [(GOAWAY, 0)], "GOAWAY(NO_ERROR), then the end");
     }
 
     /// A server that answers no request: once a request's HEADERS came it sends GOAWAY with `last_stream_id`

@@ -40,6 +40,7 @@ use herald_spool::OutcomeStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::channels::conns::{Connections, Lease, Unavailable};
 use crate::channels::{Purpose, Target, Unresolved, resolve_for};
 use crate::delivery::ConfigResolver;
 use crate::logs::Logs;
@@ -161,12 +162,6 @@ struct ChannelOrder {
     delivered: Option<(Vec<u8>, String)>,
 }
 
-/// A domain's open broadcast connection and what it was opened for.
-struct Cached {
-    target: Arc<Target>,
-    client: BroadcastClient,
-}
-
 /// See the module documentation.
 pub struct Broadcaster {
     store: Arc<OutcomeStore>,
@@ -185,7 +180,9 @@ pub struct Broadcaster {
     holding: AtomicBool,
     /// One permit per broadcast being sent; all of them free when none is.
     sending: Arc<Semaphore>,
-    conns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    /// The kept broadcast connection of each domain, closed when unused for the domain's `idle_timeout` or when a
+    /// reload removed or changed the domain ([`crate::channels::conns`]).
+    conns: Connections,
     /// (domain, outcome, reason) -> count.
     counts: Mutex<BTreeMap<(String, &'static str, String), u64>>,
     seq: AtomicU64,
@@ -481,6 +478,7 @@ impl Broadcaster {
         for key in unreadable {
             let _ = writes.send(Write::Finished(key));
         }
+        let conns = Connections::new(resolver.clone(), Purpose::Broadcast, SEND_TIMEOUT);
         let me = Arc::new(Broadcaster {
             targets: Mutex::new(Targets::default()),
             targets_limit: AtomicUsize::new(TARGETS_LIMIT),
@@ -495,7 +493,7 @@ impl Broadcaster {
             wake: Notify::new(),
             holding: AtomicBool::new(false),
             sending: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            conns: Mutex::new(HashMap::new()),
+            conns,
             counts: Mutex::new(counts),
             seq: AtomicU64::new(first_seq(last_seq, now_ms())),
         });
@@ -956,45 +954,22 @@ impl Broadcaster {
         &self,
         domain: &str,
         target: &Arc<Target>,
-    ) -> Result<BroadcastClient, BroadcastClientError> {
-        let slot = lock(&self.conns)
-            .entry(domain.to_owned())
-            .or_default()
-            .clone();
-        let mut slot = slot.lock().await;
-        if let Some(c) = slot.as_ref()
-            && !c.client.is_closed()
-            && c.target.same_connection(target)
-        {
-            return Ok(c.client.clone());
-        }
-        *slot = None;
-        let client = tokio::time::timeout(SEND_TIMEOUT, target.connect())
-            .await
-            .map_err(|_| BroadcastClientError::Timeout {
+    ) -> Result<Lease, BroadcastClientError> {
+        match self.conns.get(domain, target, None, None).await {
+            Ok((client, _)) => Ok(client),
+            Err(Unavailable::Connect(e)) => Err(e),
+            // Not waited for with a bound: a call opening the connection is bounded by `SEND_TIMEOUT` itself.
+            Err(Unavailable::Wait { secs }) => Err(BroadcastClientError::Timeout {
                 host: target.endpoint.to_string(),
-                secs: SEND_TIMEOUT.as_secs(),
-            })??;
-        *slot = Some(Cached {
-            target: target.clone(),
-            client: client.clone(),
-        });
-        Ok(client)
+                secs,
+            }),
+        }
     }
 
     /// Drops the domain's connection if it is still `failed`'s: of the broadcasts that failed on one connection
     /// together, the first makes a new connection and the others use it rather than drop it in turn.
     async fn forget_connection(&self, domain: &str, failed: &BroadcastClient) {
-        let slot = lock(&self.conns).get(domain).cloned();
-        if let Some(slot) = slot {
-            let mut slot = slot.lock().await;
-            if slot
-                .as_ref()
-                .is_some_and(|c| c.client.same_connection(failed))
-            {
-                *slot = None;
-            }
-        }
+        self.conns.forget(domain, failed).await;
     }
 
     /// Takes `b`, stored under `key`, into the unfinished broadcasts (stored, about to be queued).
@@ -1607,6 +1582,8 @@ domain "{DOMAIN}" {{
         over_limit: Arc<AtomicUsize>,
         /// Requests (streams opened) per connection, in the order the connections came.
         streams: Arc<Mutex<Vec<usize>>>,
+        /// The connections that ended, in the order they did.
+        ended: Arc<Mutex<Vec<usize>>>,
     }
 
     impl RawApns {
@@ -1624,7 +1601,9 @@ domain "{DOMAIN}" {{
                 answered: Arc::default(),
                 over_limit: Arc::default(),
                 streams: Arc::default(),
+                ended: Arc::default(),
             };
+            let ended = raw.ended.clone();
             let first = Arc::new(Mutex::new(options.first));
             let counters = Counters {
                 answered: raw.answered.clone(),
@@ -1642,9 +1621,11 @@ domain "{DOMAIN}" {{
                     };
                     let acceptor = acceptor.clone();
                     let (first, counters) = (first.clone(), counters.clone());
+                    let ended = ended.clone();
                     tokio::spawn(async move {
                         if let Ok(tls) = acceptor.accept(tcp).await {
                             let _ = serve_raw(tls, options, &first, &counters, conn).await;
+                            lock(&ended).push(conn);
                         }
                     });
                 }
@@ -1888,11 +1869,56 @@ domain "{DOMAIN}" {{
             .next()
             .unwrap();
         assert!(due >= accepted_ms + 3_600_000, "due at {due}");
-        let slot = lock(&broadcaster.conns).get(DOMAIN).cloned().unwrap();
-        assert!(
-            slot.lock().await.is_none(),
+        assert_eq!(
+            broadcaster.conns.domains(),
+            Vec::<String>::new(),
             "the connection that refused everything is kept"
         );
+    }
+
+    /// The domain's broadcast connection, unused for its `idle_timeout`, is closed and forgotten; the next broadcast
+    /// opens a new one and is delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unused_broadcast_connection_closes_and_the_next_broadcast_opens_another() {
+        let (f, raw) = Fixture::routed("", "  idle_timeout = 1", Some(RawOptions::default())).await;
+        let raw = raw.unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let broadcaster =
+            Broadcaster::start(f.store(), f.resolver.clone(), Logs::default()).unwrap();
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the first broadcast", || {
+            raw.answered.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        wait_for("the idle connection to close", || {
+            *lock(&raw.ended) == [0] && broadcaster.conns.domains().is_empty()
+        })
+        .await;
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the second broadcast", || {
+            raw.answered.load(Ordering::SeqCst) == 2 && broadcaster.queued() == 0
+        })
+        .await;
+        assert_eq!(*lock(&raw.streams), [1, 1], "requests per connection");
+    }
+
+    /// A reload that removes the domain closes its broadcast connection, even one `idle_timeout = 0` keeps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_that_removes_the_domain_closes_its_broadcast_connection() {
+        let (f, raw) = Fixture::routed("", "  idle_timeout = 0", Some(RawOptions::default())).await;
+        let raw = raw.unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let broadcaster =
+            Broadcaster::start(f.store(), f.resolver.clone(), Logs::default()).unwrap();
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the broadcast", || raw.answered.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(broadcaster.conns.domains(), [DOMAIN]);
+        let without = herald_conf::Config::parse_str("herald.conf", "").unwrap();
+        f.resolver.replace(Arc::new(without));
+        wait_for("the removed domain's connection to close", || {
+            *lock(&raw.ended) == [0] && broadcaster.conns.domains().is_empty()
+        })
+        .await;
     }
 
     /// A broadcast whose domain cannot be sent to now (its provider key cannot be read) is retried on the domain's own

@@ -4,8 +4,9 @@
 //! domain's credentials (its client certificate or its provider key, the same TLS configuration and token cache
 //! as delivery).
 //!
-//! [`ChannelManager`] keeps one HTTP/2 connection per domain and opens it again when it closed or when the
-//! domain's route or credentials changed (a reload). It counts every operation per domain, operation and result
+//! [`ChannelManager`] keeps one HTTP/2 connection per domain ([`conns`]), opened on demand and again when it closed
+//! or when the domain's route or credentials changed (a reload); a connection unused for the domain's `idle_timeout`
+//! is closed and forgotten, and so is one whose domain a reload removed. It counts every operation per domain, operation and result
 //! for the metrics. A call whose stream APNs refused unprocessed (`REFUSED_STREAM`) is made again at once on the same
 //! connection, which stays (up to [`MAX_REFUSALS`] times). A call APNs did not process otherwise (never sent, above
 //! a GOAWAY's last stream id, or still refused after those), one refused for a provider token that was renewed
@@ -14,8 +15,9 @@
 //! routes are in [`api`]; the console's `channels DOMAIN` calls [`ChannelManager::list`].
 
 pub mod api;
+pub(crate) mod conns;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -234,6 +236,8 @@ pub(crate) struct Target {
     auth: Option<ProviderTokenCache>,
     /// The domain's retry schedule (broadcasts are retried by it).
     pub(crate) retry: crate::model::retry::RetryPolicy,
+    /// The domain's `idle_timeout`: a kept connection unused for this long closes ([`conns`]); `None` for 0 (never).
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl Target {
@@ -401,6 +405,7 @@ pub(crate) fn resolve_for(
         tls: creds.tls,
         auth: creds.auth,
         retry: crate::delivery::retry_policy(d),
+        idle_timeout: (!d.idle_timeout.is_zero()).then_some(d.idle_timeout),
     })
 }
 
@@ -447,12 +452,6 @@ async fn perform(
     })
 }
 
-/// A domain's open connection and what it was opened for.
-struct Cached {
-    target: Arc<Target>,
-    client: BroadcastClient,
-}
-
 /// Which connection [`ChannelManager::connection`] gives.
 #[derive(Clone, Copy)]
 enum Connect<'a> {
@@ -474,9 +473,9 @@ pub struct Created {
 /// Channel management for every domain of the configuration in force.
 pub struct ChannelManager {
     resolver: Arc<ConfigResolver>,
-    /// The kept connection of each domain. Its lock is held only to take the connection or to open a new one,
-    /// never for a call: calls of one domain share the connection (HTTP/2 streams) and run at once.
-    conns: Mutex<HashMap<String, Slot>>,
+    /// The kept connection of each domain ([`conns`]). A domain's lock is held only to take the connection or to
+    /// open a new one, never for a call: calls of one domain share the connection (HTTP/2 streams) and run at once.
+    conns: conns::Connections,
     /// Operations by (domain, operation, result).
     counts: Mutex<BTreeMap<(String, &'static str, String), u64>>,
     /// How long a call waits for its domain's lock, held by a call opening the connection: [`CALL_TIMEOUT`] (less
@@ -484,14 +483,11 @@ pub struct ChannelManager {
     connect_wait: Duration,
 }
 
-/// A domain's kept connection, or none.
-type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
-
 impl ChannelManager {
     pub fn new(resolver: Arc<ConfigResolver>) -> Arc<ChannelManager> {
         Arc::new(ChannelManager {
+            conns: conns::Connections::new(resolver.clone(), Purpose::Management, CALL_TIMEOUT),
             resolver,
-            conns: Mutex::new(HashMap::new()),
             counts: Mutex::new(BTreeMap::new()),
             connect_wait: CALL_TIMEOUT,
         })
@@ -626,7 +622,7 @@ impl ChannelManager {
                         || e.token_expired().is_some()
                         || e.token_updates_refused()
                     {
-                        self.forget_connection(&domain, &client).await;
+                        self.conns.forget(&domain, &client).await;
                     }
                     return Err(apns_err(e));
                 }
@@ -684,59 +680,26 @@ impl ChannelManager {
         domain: &str,
         target: &Arc<Target>,
         connect: Connect<'_>,
-    ) -> Result<(BroadcastClient, bool), ChannelError> {
-        let slot = self.slot(domain);
-        let mut slot = tokio::time::timeout(self.connect_wait, slot.lock())
-            .await
-            .map_err(|_| ChannelError::ConnectionWait {
-                domain: domain.to_owned(),
-                endpoint: target.endpoint.to_string(),
-                secs: self.connect_wait.as_secs(),
-            })?;
-        if let Some(c) = slot.as_ref()
-            && !c.client.is_closed()
-            && c.target.same_connection(target)
-            && match connect {
-                Connect::Reuse => true,
-                Connect::Replace(failed) => !c.client.same_connection(failed),
-            }
-        {
-            return Ok((c.client.clone(), false));
-        }
-        *slot = None;
-        let client = target.connect().await.map_err(|e| ChannelError::Apns {
-            domain: domain.to_owned(),
-            endpoint: target.endpoint.to_string(),
-            source: e.into(),
-        })?;
-        *slot = Some(Cached {
-            target: target.clone(),
-            client: client.clone(),
-        });
-        Ok((client, true))
-    }
-
-    /// Drops the domain's connection if it is still `failed`'s: of the calls that failed on one connection
-    /// together, the first makes a new connection and the others use it rather than drop it in turn.
-    async fn forget_connection(&self, domain: &str, failed: &BroadcastClient) {
-        let slot = self.slot(domain);
-        let mut slot = slot.lock().await;
-        if slot
-            .as_ref()
-            .is_some_and(|c| c.client.same_connection(failed))
-        {
-            *slot = None;
-        }
-    }
-
-    /// The domain's connection slot.
-    fn slot(&self, domain: &str) -> Slot {
+    ) -> Result<(conns::Lease, bool), ChannelError> {
+        let failed = match connect {
+            Connect::Reuse => None,
+            Connect::Replace(failed) => Some(failed),
+        };
         self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(domain.to_owned())
-            .or_default()
-            .clone()
+            .get(domain, target, failed, Some(self.connect_wait))
+            .await
+            .map_err(|e| match e {
+                conns::Unavailable::Wait { secs } => ChannelError::ConnectionWait {
+                    domain: domain.to_owned(),
+                    endpoint: target.endpoint.to_string(),
+                    secs,
+                },
+                conns::Unavailable::Connect(source) => ChannelError::Apns {
+                    domain: domain.to_owned(),
+                    endpoint: target.endpoint.to_string(),
+                    source,
+                },
+            })
     }
 
     /// Operations so far: (domain, operation, result, count), sorted.
@@ -834,6 +797,8 @@ mod tests {
         port: u16,
         /// Requests per connection, in the order the connections came.
         streams: Arc<Mutex<Vec<usize>>>,
+        /// The connections that ended, in the order they did: (which, whether the client sent GOAWAY first).
+        ended: Arc<Mutex<Vec<(usize, bool)>>>,
     }
 
     impl ScriptedHost {
@@ -848,8 +813,10 @@ mod tests {
             let host = ScriptedHost {
                 port: listener.local_addr().unwrap().port(),
                 streams: Arc::default(),
+                ended: Arc::default(),
             };
             let streams = host.streams.clone();
+            let ended = host.ended.clone();
             let script = Arc::new(script);
             let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             tokio::spawn(async move {
@@ -861,9 +828,13 @@ mod tests {
                     };
                     let acceptor = acceptor.clone();
                     let (streams, script, next) = (streams.clone(), script.clone(), next.clone());
+                    let ended = ended.clone();
                     tokio::spawn(async move {
                         if let Ok(tls) = acceptor.accept(tcp).await {
-                            let _ = serve(tls, &script, &next, &streams, conn).await;
+                            let goaway = std::sync::atomic::AtomicBool::new(false);
+                            let _ = serve(tls, &script, &next, &streams, conn, &goaway).await;
+                            let goaway = goaway.load(std::sync::atomic::Ordering::SeqCst);
+                            ended.lock().unwrap().push((conn, goaway));
                         }
                     });
                 }
@@ -874,6 +845,10 @@ mod tests {
         fn streams(&self) -> Vec<usize> {
             self.streams.lock().unwrap().clone()
         }
+
+        fn ended(&self) -> Vec<(usize, bool)> {
+            self.ended.lock().unwrap().clone()
+        }
     }
 
     /// One connection of a [`ScriptedHost`], the `conn`th.
@@ -883,6 +858,7 @@ mod tests {
         next: &std::sync::atomic::AtomicUsize,
         streams: &Mutex<Vec<usize>>,
         conn: usize,
+        goaway: &std::sync::atomic::AtomicBool,
     ) -> std::io::Result<()>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -927,6 +903,10 @@ mod tests {
                     flags & END_STREAM != 0 || !open.insert(stream)
                 }
                 DATA => flags & END_STREAM != 0 && open.remove(&stream),
+                GOAWAY => {
+                    goaway.store(true, std::sync::atomic::Ordering::SeqCst);
+                    false
+                }
                 _ => false,
             };
             if !complete {
@@ -1044,6 +1024,111 @@ domain "{DOMAIN}" {{
 
     fn create() -> Call {
         Call::Create(StoragePolicy::MostRecentMessage)
+    }
+
+    /// Waits until `cond` holds, at most [`WAIT`].
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The domain's own target, with `idle_timeout`.
+    fn idle_after(f: &Fixture, idle_timeout: Option<Duration>) -> Target {
+        Target {
+            idle_timeout,
+            ..resolve(&f.resolver, DOMAIN).unwrap()
+        }
+    }
+
+    const EMPTY_LIST: &str = r#"{"channels":[]}"#;
+
+    /// A kept connection unused for the domain's `idle_timeout` is closed with GOAWAY and leaves the map; the next
+    /// call opens a new one and is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unused_connection_closes_after_idle_timeout_and_the_next_call_opens_another() {
+        let f = Fixture::new(vec![answer(200, EMPTY_LIST)]).await;
+        let idle = Some(Duration::from_millis(200));
+        f.manager
+            .run_on(DOMAIN, idle_after(&f, idle), Call::List)
+            .await
+            .unwrap();
+        assert_eq!(f.manager.conns.domains(), [DOMAIN]);
+        wait_for("the idle connection to close", || {
+            f.host.ended() == [(0, true)] && f.manager.conns.domains().is_empty()
+        })
+        .await;
+        tokio::time::timeout(
+            WAIT,
+            f.manager.run_on(DOMAIN, idle_after(&f, idle), Call::List),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(f.host.streams(), [1, 1], "requests per connection");
+    }
+
+    /// A connection a call holds is not closed for idleness however long the call takes, and one handed out is in
+    /// use at once: a call is never given a connection being closed. Once the last call is done, the idle time
+    /// counts from then.
+    #[tokio::test]
+    async fn a_connection_in_use_is_not_closed_for_idleness() {
+        let f = Fixture::new(vec![answer(200, EMPTY_LIST)]).await;
+        let idle = Duration::from_secs(2);
+        f.manager
+            .run_on(DOMAIN, idle_after(&f, Some(idle)), Call::List)
+            .await
+            .unwrap();
+        let target = Arc::new(idle_after(&f, Some(idle)));
+        let (lease, fresh) = f
+            .manager
+            .conns
+            .get(DOMAIN, &target, None, None)
+            .await
+            .unwrap();
+        assert!(!fresh, "the kept connection is handed out");
+        tokio::time::pause();
+        tokio::time::sleep(idle * 5).await;
+        assert_eq!(f.manager.conns.domains(), [DOMAIN], "closed while in use");
+        assert!(!lease.is_closed());
+        drop(lease);
+        tokio::time::sleep(idle / 2).await;
+        assert_eq!(f.manager.conns.domains(), [DOMAIN], "closed too soon");
+        tokio::time::sleep(idle).await;
+        assert!(f.manager.conns.domains().is_empty(), "kept while unused");
+        tokio::time::resume();
+        tokio::time::timeout(
+            WAIT,
+            f.manager
+                .run_on(DOMAIN, idle_after(&f, Some(idle)), Call::List),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(f.host.streams(), [1, 1], "requests per connection");
+    }
+
+    /// A reload that removes the domain closes its kept connection, even one that would never close for idleness
+    /// (`idle_timeout = 0`), and the domain leaves the map.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_domain_a_reload_removes_loses_its_connection() {
+        let f = Fixture::new(vec![answer(200, EMPTY_LIST)]).await;
+        f.manager
+            .run_on(DOMAIN, idle_after(&f, None), Call::List)
+            .await
+            .unwrap();
+        assert_eq!(f.manager.conns.domains(), [DOMAIN]);
+        let without = herald_conf::Config::parse_str("herald.conf", "").unwrap();
+        f.resolver.replace(Arc::new(without));
+        wait_for("the removed domain's connection to close", || {
+            f.host.ended() == [(0, true)] && f.manager.conns.domains().is_empty()
+        })
+        .await;
     }
 
     /// `ExpiredProviderToken` to a create: with a token old enough to renew, the create is made again on a new
@@ -1306,13 +1391,12 @@ domain "{DOMAIN}" {{
         let f = Fixture::new(vec![answer(200, r#"{"channels":[]}"#)]).await;
         let manager = ChannelManager {
             resolver: f.resolver.clone(),
-            conns: Mutex::new(HashMap::new()),
+            conns: conns::Connections::new(f.resolver.clone(), Purpose::Management, CALL_TIMEOUT),
             counts: Mutex::new(BTreeMap::new()),
             connect_wait: Duration::from_secs(1),
         };
         // As a call opening the connection holds it.
-        let slot = manager.slot(DOMAIN);
-        let opening = slot.lock().await;
+        let opening = manager.conns.hold(DOMAIN).await;
         let e = tokio::time::timeout(WAIT, manager.list(DOMAIN))
             .await
             .expect("the call waited past its bound")

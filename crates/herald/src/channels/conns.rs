@@ -1,0 +1,364 @@
+//! The connections kept for channel management ([`super::ChannelManager`]) and for broadcasts
+//! ([`crate::broadcasts::Broadcaster`]): at most one per domain, opened on demand and shared by the domain's calls
+//! (one HTTP/2 stream each).
+//!
+//! A kept connection does not live for good. It is closed (`GOAWAY(NO_ERROR)`, then the socket) and forgotten, its
+//! domain leaving the map, once it has been unused for the domain's `idle_timeout` (as a delivery connection is;
+//! 0 keeps it), once the server closed it, and once a reload removed the domain or changed its route or credentials.
+//! The next call opens a new one. A connection is in use from the moment a call is handed it ([`Lease`]) until the
+//! call ends, and it is handed out and closed for idleness under the same lock: a call is never handed a connection
+//! being closed for idleness, and one that is in use is not closed for it. A connection a reload made stale while a
+//! call is on it is forgotten at once and closes when that call ends.
+
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use herald_apns::broadcast::{BroadcastClient, BroadcastClientError};
+use tokio::time::Instant;
+
+use super::{Purpose, Target, resolve_for};
+use crate::delivery::ConfigResolver;
+
+/// How often a kept connection looks whether a reload put another configuration in force (the domain may be gone, or
+/// reach APNs otherwise now).
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// A domain's kept connection, or none.
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// The domains' slots. A clone of a slot is made only under this lock, so that a slot whose only holders are the
+/// map and its user can be removed safely ([`remove_if_unused`]).
+type Slots = Mutex<HashMap<String, Slot>>;
+
+/// A kept connection and what it was opened for.
+pub(crate) struct Cached {
+    target: Arc<Target>,
+    client: BroadcastClient,
+    usage: Arc<Usage>,
+    /// The configuration in force when the connection was opened, or when a reload was last found to leave it
+    /// usable.
+    config: Weak<herald_conf::Config>,
+}
+
+impl Cached {
+    /// The connection for one more call (under the slot's lock).
+    fn lease(&self) -> Lease {
+        self.usage.acquire();
+        Lease {
+            client: self.client.clone(),
+            usage: self.usage.clone(),
+        }
+    }
+}
+
+/// How many calls hold a connection, and since when none has.
+struct Usage(Mutex<(usize, Instant)>);
+
+impl Usage {
+    fn new() -> Usage {
+        Usage(Mutex::new((0, Instant::now())))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (usize, Instant)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn acquire(&self) {
+        self.state().0 += 1;
+    }
+
+    fn release(&self) {
+        let mut state = self.state();
+        state.0 = state.0.saturating_sub(1);
+        if state.0 == 0 {
+            state.1 = Instant::now();
+        }
+    }
+
+    /// When the last call holding the connection ended (or it opened); `None` while a call holds it.
+    fn unused_since(&self) -> Option<Instant> {
+        let state = self.state();
+        (state.0 == 0).then_some(state.1)
+    }
+}
+
+/// A kept connection handed to a call: in use until dropped.
+pub(crate) struct Lease {
+    client: BroadcastClient,
+    usage: Arc<Usage>,
+}
+
+impl Deref for Lease {
+    type Target = BroadcastClient;
+
+    fn deref(&self) -> &BroadcastClient {
+        &self.client
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.usage.release();
+    }
+}
+
+/// Why [`Connections::get`] gave no connection. Nothing was sent.
+#[derive(Debug)]
+pub(crate) enum Unavailable {
+    /// The domain's lock, held by a call opening its connection, was not had within the wait given.
+    Wait { secs: u64 },
+    /// Opening a connection failed.
+    Connect(BroadcastClientError),
+}
+
+/// See the module documentation.
+pub(crate) struct Connections {
+    resolver: Arc<ConfigResolver>,
+    purpose: Purpose,
+    /// Bounds opening a connection.
+    connect_timeout: Duration,
+    slots: Arc<Slots>,
+}
+
+impl Connections {
+    pub(crate) fn new(
+        resolver: Arc<ConfigResolver>,
+        purpose: Purpose,
+        connect_timeout: Duration,
+    ) -> Connections {
+        Connections {
+            resolver,
+            purpose,
+            connect_timeout,
+            slots: Arc::default(),
+        }
+    }
+
+    /// The domain's connection for a call to `target`, and whether it was opened for it: the kept one when it is
+    /// open, for the same target, and not `failed` (a connection that failed a call about to be made again), else a
+    /// new one, which is kept. Of the calls that failed on one connection together, the first opens a new connection
+    /// and the others use it. The domain's lock is held while the connection is taken or opened (so that calls at
+    /// once open one between them), and waited for at most `wait` when given.
+    pub(crate) async fn get(
+        &self,
+        domain: &str,
+        target: &Arc<Target>,
+        failed: Option<&BroadcastClient>,
+        wait: Option<Duration>,
+    ) -> Result<(Lease, bool), Unavailable> {
+        let slot = self.slot(domain);
+        let mut kept =
+            match wait {
+                Some(wait) => tokio::time::timeout(wait, slot.lock()).await.map_err(|_| {
+                    Unavailable::Wait {
+                        secs: wait.as_secs(),
+                    }
+                })?,
+                None => slot.lock().await,
+            };
+        if let Some(c) = kept.as_ref()
+            && !c.client.is_closed()
+            && c.target.same_connection(target)
+            && failed.is_none_or(|f| !c.client.same_connection(f))
+        {
+            return Ok((c.lease(), false));
+        }
+        // The connection it held closes once the calls still on it have ended.
+        *kept = None;
+        // Read before connecting: a reload meanwhile is looked at by the new connection's watch.
+        let config = Arc::downgrade(&self.resolver.config());
+        let opened = match tokio::time::timeout(self.connect_timeout, target.connect()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(BroadcastClientError::from(e)),
+            Err(_) => Err(BroadcastClientError::Timeout {
+                host: target.endpoint.to_string(),
+                secs: self.connect_timeout.as_secs(),
+            }),
+        };
+        let client = match opened {
+            Ok(client) => client,
+            Err(e) => {
+                drop(kept);
+                remove_if_unused(&self.slots, domain, &slot);
+                return Err(Unavailable::Connect(e));
+            }
+        };
+        let cached = Cached {
+            target: target.clone(),
+            client,
+            usage: Arc::new(Usage::new()),
+            config,
+        };
+        let lease = cached.lease();
+        let watch = Watch {
+            slots: Arc::downgrade(&self.slots),
+            resolver: self.resolver.clone(),
+            purpose: self.purpose,
+            domain: domain.to_owned(),
+            usage: cached.usage.clone(),
+            idle_timeout: target.idle_timeout,
+        };
+        *kept = Some(cached);
+        tokio::spawn(watch.run());
+        Ok((lease, true))
+    }
+
+    /// Drops the domain's connection if it is still `failed`: a call on it failed in a way that says it should not
+    /// be used again. Calls still on it finish on it.
+    pub(crate) async fn forget(&self, domain: &str, failed: &BroadcastClient) {
+        let Some(slot) = self.existing(domain) else {
+            return;
+        };
+        let mut kept = slot.lock().await;
+        if kept
+            .as_ref()
+            .is_some_and(|c| c.client.same_connection(failed))
+        {
+            *kept = None;
+        }
+        if kept.is_none() {
+            drop(kept);
+            remove_if_unused(&self.slots, domain, &slot);
+        }
+    }
+
+    /// The domains that have a connection kept or a slot for one (tests).
+    #[cfg(test)]
+    pub(crate) fn domains(&self) -> Vec<String> {
+        let mut domains: Vec<String> = lock(&self.slots).keys().cloned().collect();
+        domains.sort();
+        domains
+    }
+
+    /// Holds the domain's lock, as a call opening its connection does (tests).
+    #[cfg(test)]
+    pub(crate) async fn hold(&self, domain: &str) -> tokio::sync::OwnedMutexGuard<Option<Cached>> {
+        self.slot(domain).lock_owned().await
+    }
+
+    /// The domain's slot, made when it has none.
+    fn slot(&self, domain: &str) -> Slot {
+        lock(&self.slots)
+            .entry(domain.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn existing(&self, domain: &str) -> Option<Slot> {
+        lock(&self.slots).get(domain).cloned()
+    }
+}
+
+/// Removes the domain's slot from the map when it is `slot` and nobody but the map and the caller holds it: no
+/// other call is about to use it.
+fn remove_if_unused(slots: &Slots, domain: &str, slot: &Slot) {
+    let mut slots = lock(slots);
+    if slots.get(domain).is_some_and(|s| Arc::ptr_eq(s, slot)) && Arc::strong_count(slot) == 2 {
+        slots.remove(domain);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Watches one kept connection until it is no longer kept: closes it after `idle_timeout` unused, forgets it once it
+/// has closed, and after a reload keeps it only if the domain still reaches APNs the same way. Holds nothing of the
+/// connection but its usage, so that a connection dropped otherwise closes at once.
+struct Watch {
+    slots: Weak<Slots>,
+    resolver: Arc<ConfigResolver>,
+    purpose: Purpose,
+    domain: String,
+    usage: Arc<Usage>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Watch {
+    async fn run(mut self) {
+        loop {
+            let check = Instant::now() + RELOAD_CHECK;
+            let wake = match (self.idle_timeout, self.usage.unused_since()) {
+                (Some(idle), Some(since)) => (since + idle).min(check),
+                _ => check,
+            };
+            tokio::time::sleep_until(wake).await;
+            if !self.step().await {
+                return;
+            }
+        }
+    }
+
+    /// One look at the connection; false once it is no longer kept (closed and forgotten here, or replaced).
+    async fn step(&mut self) -> bool {
+        let Some(slots) = self.slots.upgrade() else {
+            return false;
+        };
+        let Some(slot) = lock(&slots).get(&self.domain).cloned() else {
+            return false;
+        };
+        let current = self.resolver.config();
+        let reloaded = {
+            let kept = slot.lock().await;
+            match kept.as_ref() {
+                Some(c) if Arc::ptr_eq(&c.usage, &self.usage) => {
+                    !std::ptr::eq(c.config.as_ptr(), Arc::as_ptr(&current))
+                }
+                _ => return false,
+            }
+        };
+        // Resolved without the domain's lock: it reads credential files, and calls go on meanwhile.
+        let resolved = if reloaded {
+            let resolver = self.resolver.clone();
+            let (domain, purpose) = (self.domain.clone(), self.purpose);
+            tokio::task::spawn_blocking(move || resolve_for(&resolver, &domain, purpose))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        let mut kept = slot.lock().await;
+        let Some(c) = kept.as_mut().filter(|c| Arc::ptr_eq(&c.usage, &self.usage)) else {
+            return false;
+        };
+        let why = if reloaded {
+            match resolved {
+                Some(target) if target.same_connection(&c.target) => {
+                    self.idle_timeout = target.idle_timeout;
+                    c.target = Arc::new(target);
+                    c.config = Arc::downgrade(&current);
+                    None
+                }
+                _ => {
+                    Some("the configuration reloaded no longer has the domain reach APNs this way")
+                }
+            }
+        } else {
+            None
+        };
+        let why = why.or_else(|| {
+            if c.client.is_closed() {
+                Some("the connection has ended")
+            } else if let (Some(idle), Some(since)) = (self.idle_timeout, self.usage.unused_since())
+                && since.elapsed() >= idle
+            {
+                Some("unused for idle_timeout")
+            } else {
+                None
+            }
+        });
+        let Some(why) = why else {
+            return true;
+        };
+        tracing::debug!(domain = %self.domain, purpose = ?self.purpose, "kept connection closed: {why}");
+        // Dropping the last clone of the connection closes it with GOAWAY; one a call still holds (a reload made it
+        // stale) closes when that call ends.
+        *kept = None;
+        drop(kept);
+        remove_if_unused(&slots, &self.domain, &slot);
+        false
+    }
+}
