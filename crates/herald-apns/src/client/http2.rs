@@ -30,6 +30,7 @@
 //! stops taking work (no fault), so that the pool opens one that adopts the new token.
 
 use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -49,8 +50,9 @@ use super::connect::{Endpoint, connect_tls};
 use super::limit::AdaptiveLimit;
 use super::preface::{self, FrameWatch, GoAwaySeen};
 use super::{
-    CancelledStream, ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver,
-    NotSentReason, OutcomeSink, PushRequest, PushResult, Rejection, not_processed,
+    CancelledStream, ClosedOnDrop, ConnectionError, ConnectionInfo, ConnectionState, Job,
+    JobReceiver, NotSentReason, OutcomeSink, PushRequest, PushResult, Rejection, not_processed,
+    panic_message,
 };
 use crate::outcome::FailureClass;
 use crate::provider_token::{ConnectionToken, ProviderTokenCache, TokenChoice};
@@ -164,6 +166,10 @@ pub async fn open_starting_at<T: Send + 'static>(
         liveness: LIVENESS_THRESHOLD,
         closed_by_us: None,
         credit: Arc::new(Semaphore::new(1)),
+        #[cfg(test)]
+        panic_at: None,
+        #[cfg(test)]
+        launched: 0,
     };
     tokio::spawn(task.run());
     Ok(state)
@@ -229,6 +235,79 @@ struct Dispatcher<T> {
     closed_by_us: Option<Option<GoAwaySeen>>,
     /// The turns of the streams whose body waits for flow-control credit (see [`exchange`]).
     credit: Arc<Semaphore>,
+    /// Makes the task panic at a job (tests of what follows a panic).
+    #[cfg(test)]
+    panic_at: Option<PanicAt>,
+    /// Jobs launched so far (counted for [`Dispatcher::panic_at`]).
+    #[cfg(test)]
+    launched: u32,
+}
+
+/// Where a test makes a connection's task panic: at the `job`th job launched (counting from 1).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+struct PanicAt {
+    job: u32,
+    place: PanicPlace,
+}
+
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PanicPlace {
+    /// The dispatcher's loop, with the job in hand, before its stream opens.
+    Launch,
+    /// The job's own stream, once its exchange with the server has ended (its answer in).
+    Stream,
+}
+
+/// A job the dispatcher's loop holds outside the queue, its held job and its streams while it works on it: where
+/// [`Dispatcher::panicked`] finds it if that work panics.
+enum InHand<T> {
+    Empty,
+    /// Taken from the queue (or out of being held), its stream not open yet.
+    Taken(Job<T>),
+    /// Its stream ended (`sent`: the result was not [`PushResult::NotSent`]); what the end means is being looked
+    /// at before it is reported.
+    Ended {
+        tag: T,
+        stream: u32,
+        sent: bool,
+    },
+}
+
+impl<T> InHand<T> {
+    fn take(&mut self) -> InHand<T> {
+        std::mem::replace(self, InHand::Empty)
+    }
+
+    /// What to report for this job when the task panicked (`message`) with it in hand on connection `conn`, as on
+    /// a lost connection: one never written comes back unsent; one whose stream ended with the request sent may
+    /// have been processed ([`PushResult::Unanswered`]), its end lost with the panic.
+    fn lost(self, conn: u64, message: &str) -> Option<(T, PushResult)> {
+        match self {
+            InHand::Empty => None,
+            InHand::Taken(job) => {
+                Some((job.tag, PushResult::NotSent(NotSentReason::ConnectionLost)))
+            }
+            InHand::Ended {
+                tag, sent: false, ..
+            } => Some((tag, PushResult::NotSent(NotSentReason::ConnectionLost))),
+            InHand::Ended {
+                tag,
+                stream,
+                sent: true,
+            } => Some((
+                tag,
+                PushResult::Unanswered {
+                    stream: CancelledStream {
+                        connection: conn,
+                        stream,
+                    },
+                    cause: format!("the connection's task panicked: {message}"),
+                },
+            )),
+        }
+    }
 }
 
 /// The last topic, expiration and header set sent on a connection: consecutive requests mostly repeat them, and a
@@ -380,6 +459,8 @@ struct ConnectionAuth {
 
 impl<T: Send + 'static> Dispatcher<T> {
     async fn run(mut self) {
+        // However the task ends, the pool learns that the connection is gone.
+        let _closed = ClosedOnDrop(self.state.clone());
         let mut in_flight = FuturesUnordered::new();
         // Streams open and nothing heard from the peer for this long: a PING asks whether it is still there.
         let silence = self.opts.keepalive.min(self.opts.response_timeout / 2);
@@ -417,269 +498,327 @@ impl<T: Send + 'static> Dispatcher<T> {
             None => AdaptiveLimit::new(self.opts.response_timeout, Instant::now()),
         };
 
+        // A job the loop holds outside the queue, `held` and `in_flight` while it works on it (see `InHand`).
+        let mut in_hand = InHand::Empty;
+        // The task panicked: the connection is treated as lost, and nothing more is asked of h2.
+        let mut broken = false;
+        // A panic in the loop (a fault of h2 or of herald) is caught where the task polls it, one catch per poll:
+        // the connection is then treated as lost ([`Dispatcher::panicked`]), and the loop goes round again, taking
+        // no work, until every stream it carries has ended and been reported.
         loop {
-            let server_max = self.send.current_max_send_streams();
-            limiter.set_max(server_max);
-            let limit = limiter.limit();
-            self.state.set_in_flight(in_flight.len());
-            self.state.set_capacity(server_max);
-            self.state.set_limit(limit);
-            self.state.set_ramping(limiter.in_slow_start());
-            if !taking && let Some(Held { job, .. }) = held.take() {
-                // Never written: it goes to another connection, without an attempt counted.
-                self.sink.report(
-                    job.tag,
-                    PushResult::NotSent(NotSentReason::Closing),
-                    &self.info,
-                );
-            }
-            // The peer answered the PING the held job waited for: it goes out once the server's limit (which may
-            // have dropped meanwhile) has room for its stream, so that h2 never holds it waiting for one.
-            if taking
-                && held.as_ref().is_some_and(|h| h.answered)
-                && in_flight.len() < server_max
-                && let Some(Held { job, .. }) = held.take()
-            {
-                match self.authorization(&mut conn_auth, &mut taking) {
-                    Some((token_used, auth)) => {
-                        if let Some(exchange) = self.launch(job, token_used, auth, &mut taking) {
-                            in_flight.push(exchange);
-                        }
+            let turns = AssertUnwindSafe(async {
+                loop {
+                    // Once the task has panicked, h2 may be in any state (its lock poisoned): it is not asked.
+                    let (server_max, limit) = if broken {
+                        (0, 0)
+                    } else {
+                        let server_max = self.send.current_max_send_streams();
+                        limiter.set_max(server_max);
+                        (server_max, limiter.limit())
+                    };
+                    self.state.set_in_flight(in_flight.len());
+                    self.state.set_capacity(server_max);
+                    self.state.set_limit(limit);
+                    self.state.set_ramping(limiter.in_slow_start());
+                    if !taking && let Some(Held { job, .. }) = held.take() {
+                        // Never written: it goes to another connection, without an attempt counted.
+                        self.sink.report(
+                            job.tag,
+                            PushResult::NotSent(NotSentReason::Closing),
+                            &self.info,
+                        );
                     }
-                    None => self.sink.report(
-                        job.tag,
-                        PushResult::NotSent(NotSentReason::Closing),
-                        &self.info,
-                    ),
-                }
-                filled = in_flight.len();
-            }
-            if !taking && in_flight.is_empty() {
-                break;
-            }
-            let open = in_flight.len();
-            tokio::select! {
-                biased;
-                // First, so that what the other branches queued last turn is written before anything else.
-                ended = poll_fn(|cx| match self.driver.as_mut() {
-                    Some(driver) => driver.as_mut().poll(cx),
-                    None => Poll::Pending,
-                }), if self.driver.is_some() => {
-                    if let Err(e) = &ended {
-                        tracing::debug!(conn = self.info.id, error = %e, "connection ended");
-                    }
-                    self.driver = None;
-                    self.give_up(&mut taking, || self.ended_cause(ended.err().as_ref()));
-                }
-                Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                    // Every answer already in is handled in this turn, not one per turn of the loop.
-                    let mut next = Some(answer);
-                    // One clock read for the answers of this turn.
-                    last_activity = Instant::now();
-                    last_keepalive = last_activity;
-                    self.state.set_settled();
-                    // Whether the limit was in use is judged by how full the connection was when requests last
-                    // went out, not by what is left as the answers of a round trip come in (they come together,
-                    // often over several turns before the next requests are sent, and all but the first few
-                    // would find the connection half empty).
-                    let open = filled.max(in_flight.len() + 1);
-                    let mut timed_out = false;
-                    while let Some(Answer { tag, result, token_used, rtt, no_credit, reset }) = next.take() {
-                        if let Some(rtt) = rtt {
-                            limiter.on_sample(rtt, open, last_activity);
-                        }
-                        if no_credit && taking {
-                            // The server gave no window for a whole response timeout: logged once, as the
-                            // connection's fault, before the loss it is reported as.
-                            let timeout = self.opts.response_timeout.as_millis();
-                            tracing::info!(conn = self.info.id, remote = %self.info.remote,
-                                "a request body got no flow-control credit within {timeout} ms; the connection takes \
-                                 no more work and closes, and the notifications waiting for credit go to another \
-                                 connection unsent");
-                            self.give_up(&mut taking, || {
-                                format!("no flow-control credit for a request body within {timeout} ms")
-                            });
-                        }
-                        if matches!(result, PushResult::TimedOut { .. }) {
-                            timed_out = true;
-                        } else {
-                            last_heard = last_activity;
-                            last_received = last_activity;
-                        }
-                        if reset {
-                            resets_in_a_row += 1;
-                            if resets_in_a_row == MAX_RESETS_IN_A_ROW && taking {
-                                tracing::info!(conn = self.info.id, remote = %self.info.remote,
-                                    "{MAX_RESETS_IN_A_ROW} streams in a row reset by the server without an answer; the \
-                                     connection takes no more work and closes");
-                                self.give_up(&mut taking, || {
-                                    format!("{MAX_RESETS_IN_A_ROW} streams in a row reset by the server without an answer")
-                                });
-                            }
-                        } else if is_answer(&result) {
-                            resets_in_a_row = 0;
-                        }
-                        let (result, stop) = self.on_answer(result, token_used);
-                        if let Some(cause) = stop {
-                            self.give_up(&mut taking, || cause);
-                        }
-                        self.sink.report(tag, result, &self.info);
-                        if !in_flight.is_empty() {
-                            next = in_flight.next().now_or_never().flatten();
-                        }
-                    }
-                    // A stream went unanswered: before another notification is trusted to the connection, a PING
-                    // asks whether the peer is still there (a slow server answers it at once, a vanished one never).
-                    if timed_out && taking {
-                        match ping_sent.as_mut() {
-                            Some(sent) => sent.suspect = true,
-                            None => ping_sent = self.send_ping(true),
-                        }
-                    }
-                }
-                // A job is taken only while the adaptive limit (itself at most the server's) has room, so the
-                // stream opens at once and the rest waits in the shared queue. The server may lower its limit while
-                // this waits (a SETTINGS frame the connection reads above, before this is polled again): the queue is
-                // read only while the limit as it stands has room, since h2 would hold a stream above it, its body
-                // and its timers waiting, until a slot frees, where no other connection can take it.
-                ready = async {
-                    poll_fn(|cx| self.send.poll_ready(cx)).await?;
-                    let mut recv = std::pin::pin!(self.jobs.recv());
-                    Ok::<_, h2::Error>(poll_fn(|cx| {
-                        // No waker of its own for the room: an answer or a tick ends this wait and the loop looks
-                        // again, and a SETTINGS frame that raises the limit is read by the connection's branch in a
-                        // wake of this task, after which this is polled again.
-                        if open >= self.send.current_max_send_streams() {
-                            return Poll::Pending;
-                        }
-                        recv.as_mut().poll(cx)
-                    })
-                    .await)
-                }, if taking
-                    && held.is_none()
-                    && !ping_sent.is_some_and(|p| p.suspect)
-                    && in_flight.len() < limit => match ready {
-                    Ok(Ok(job)) => {
-                        last_activity = Instant::now();
-                        last_keepalive = last_activity;
-                        if last_activity.saturating_duration_since(last_received) >= self.liveness {
-                            // Nothing heard from the peer for a while: it may have dropped the connection without a
-                            // word (a NAT that forgot it, a dead route). A PING asks first, and the job waits for
-                            // the PONG; without one it goes to another connection unsent (see the tick below).
-                            match ping_sent.as_mut() {
-                                Some(sent) => sent.suspect = true,
-                                None => ping_sent = self.send_ping(true),
-                            }
-                            if ping_sent.is_some() {
-                                held = Some(Held { job, since: last_activity, answered: false });
-                            } else {
-                                self.sink.report(job.tag, PushResult::NotSent(NotSentReason::Closing), &self.info);
-                                self.give_up(&mut taking, || "no PING could be sent".to_owned());
-                            }
-                        } else {
-                            if in_flight.is_empty() {
-                                // Silence counts from when streams are open (see `silence`).
-                                last_heard = last_activity;
-                            }
-                            // Jobs already waiting are started in this turn while the limit has room and the
-                            // connection can open a stream at once, not one per turn of the loop.
-                            let mut next = Some(job);
-                            // The provider token is looked up once for the jobs started in this turn.
-                            match self.authorization(&mut conn_auth, &mut taking) {
-                                Some((token_used, auth)) => while let Some(job) = next.take() {
-                                    if let Some(exchange) = self.launch(job, token_used.clone(), auth.clone(), &mut taking) {
-                                        in_flight.push(exchange);
-                                    }
-                                    let room = in_flight.len() < limit.min(self.send.current_max_send_streams());
-                                    if taking
-                                        && room
-                                        && matches!(poll_fn(|cx| self.send.poll_ready(cx)).now_or_never(), Some(Ok(())))
-                                    {
-                                        next = self.jobs.try_recv().ok();
-                                    }
-                                },
-                                // No token this connection may send: the job goes to another connection, never
-                                // written.
-                                None => {
-                                    if let Some(job) = next.take() {
-                                        self.sink.report(job.tag, PushResult::NotSent(NotSentReason::Closing), &self.info);
-                                    }
+                    // The peer answered the PING the held job waited for: it goes out once the server's limit (which may
+                    // have dropped meanwhile) has room for its stream, so that h2 never holds it waiting for one.
+                    if taking
+                        && held.as_ref().is_some_and(|h| h.answered)
+                        && in_flight.len() < server_max
+                        && let Some(Held { job, .. }) = held.take()
+                    {
+                        in_hand = InHand::Taken(job);
+                        match self.authorization(&mut conn_auth, &mut taking) {
+                            Some((token_used, auth)) => {
+                                if let Some(exchange) = self.launch(&mut in_hand, token_used, auth, &mut taking) {
+                                    in_flight.push(exchange);
                                 }
                             }
-                            filled = in_flight.len();
+                            None => {
+                                if let InHand::Taken(job) = in_hand.take() {
+                                    self.sink.report(
+                                        job.tag,
+                                        PushResult::NotSent(NotSentReason::Closing),
+                                        &self.info,
+                                    );
+                                }
+                            }
                         }
+                        filled = in_flight.len();
                     }
-                    // The pool closed the queue: finish what is in flight.
-                    Ok(Err(_)) => self.close_ourselves(&mut taking),
-                    Err(e) => {
-                        tracing::debug!(conn = self.info.id, error = %e, "connection no longer accepts streams");
-                        self.give_up(&mut taking, || self.ended_cause(Some(&e)));
+                    if !taking && in_flight.is_empty() {
+                        break;
                     }
-                },
-                pong = poll_fn(|cx| match self.ping.as_mut() {
-                    Some(p) => p.poll_pong(cx).map(Some),
-                    None => Poll::Pending,
-                }), if ping_sent.is_some() => {
-                    if let Some(Err(e)) = pong {
-                        tracing::debug!(conn = self.info.id, error = %e, "PING failed");
-                        self.give_up(&mut taking, || format!("PING failed: {e}"));
-                    }
-                    ping_sent = None;
-                    // A PONG keeps the connection alive but is not work: the idle time goes on counting.
-                    last_keepalive = Instant::now();
-                    last_heard = last_keepalive;
-                    last_received = last_keepalive;
-                    // The peer is there: the job that waited for its answer goes out (at the top of the loop, once
-                    // its stream can open).
-                    if let Some(h) = held.as_mut() {
-                        h.answered = true;
-                    }
-                }
-                _ = tick.tick() => {
-                    if taking && self.state.is_draining() {
-                        // The pool asked (a reload, a lower connection limit): not a fault.
-                        self.close_ourselves(&mut taking);
-                    }
-                    let idle_for = last_activity.elapsed();
-                    if let Some(Held { since, answered: false, .. }) = &held
-                        && since.elapsed() >= self.probe_timeout()
-                    {
-                        let quiet = last_received.elapsed();
-                        tracing::info!(conn = self.info.id, remote = %self.info.remote,
-                            "nothing heard from the peer for {} ms and no PING answer within {} ms; the connection \
-                             closes and the notification waiting for it goes to another connection unsent",
-                            quiet.as_millis(), self.probe_timeout().as_millis());
-                        self.give_up(&mut taking, || {
-                            format!("no PING answer within {} ms after {} ms without a word from the peer",
-                                self.probe_timeout().as_millis(), quiet.as_millis())
-                        });
-                        ping_sent = None;
-                    } else if let Some(sent) = ping_sent {
-                        if sent.at.elapsed() > self.opts.response_timeout {
-                            tracing::info!(conn = self.info.id, remote = %self.info.remote, in_flight = in_flight.len(),
-                                "no PING answer within {:?}; the connection takes no more work and closes",
-                                self.opts.response_timeout);
-                            // The pool no longer counts on it and opens another while work waits. Streams still
-                            // open end with their own response timeout (an attempt APNs may have answered), so
-                            // that none is dropped unreported.
-                            self.give_up(&mut taking, || {
-                                format!("no PING answer within {} ms", self.opts.response_timeout.as_millis())
-                            });
+                    let open = in_flight.len();
+                    tokio::select! {
+                        biased;
+                        // First, so that what the other branches queued last turn is written before anything else.
+                        ended = poll_fn(|cx| match self.driver.as_mut() {
+                            Some(driver) => driver.as_mut().poll(cx),
+                            None => Poll::Pending,
+                        }), if self.driver.is_some() => {
+                            if let Err(e) = &ended {
+                                tracing::debug!(conn = self.info.id, error = %e, "connection ended");
+                            }
+                            self.driver = None;
+                            self.give_up(&mut taking, || self.ended_cause(ended.err().as_ref()));
+                        }
+                        Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                            // Every answer already in is handled in this turn, not one per turn of the loop.
+                            let mut next = Some(answer);
+                            // One clock read for the answers of this turn.
+                            last_activity = Instant::now();
+                            last_keepalive = last_activity;
+                            self.state.set_settled();
+                            // Whether the limit was in use is judged by how full the connection was when requests last
+                            // went out, not by what is left as the answers of a round trip come in (they come together,
+                            // often over several turns before the next requests are sent, and all but the first few
+                            // would find the connection half empty).
+                            let open = filled.max(in_flight.len() + 1);
+                            let mut timed_out = false;
+                            let mut stream_panicked = None;
+                            while let Some(Answer {
+                                tag, result, token_used, rtt, no_credit, reset, stream, panicked,
+                            }) = next.take() {
+                                // Kept where a panic while the answer is looked at leaves it to be reported.
+                                in_hand = InHand::Ended { tag, stream, sent: !matches!(result, PushResult::NotSent(_)) };
+                                if panicked.is_some() {
+                                    stream_panicked = panicked;
+                                }
+                                if let Some(rtt) = rtt {
+                                    limiter.on_sample(rtt, open, last_activity);
+                                }
+                                if no_credit && taking {
+                                    // The server gave no window for a whole response timeout: logged once, as the
+                                    // connection's fault, before the loss it is reported as.
+                                    let timeout = self.opts.response_timeout.as_millis();
+                                    tracing::info!(conn = self.info.id, remote = %self.info.remote,
+                                        "a request body got no flow-control credit within {timeout} ms; the connection takes \
+                                         no more work and closes, and the notifications waiting for credit go to another \
+                                         connection unsent");
+                                    self.give_up(&mut taking, || {
+                                        format!("no flow-control credit for a request body within {timeout} ms")
+                                    });
+                                }
+                                if matches!(result, PushResult::TimedOut { .. }) {
+                                    timed_out = true;
+                                } else {
+                                    last_heard = last_activity;
+                                    last_received = last_activity;
+                                }
+                                if reset {
+                                    resets_in_a_row += 1;
+                                    if resets_in_a_row == MAX_RESETS_IN_A_ROW && taking {
+                                        tracing::info!(conn = self.info.id, remote = %self.info.remote,
+                                            "{MAX_RESETS_IN_A_ROW} streams in a row reset by the server without an answer; the \
+                                             connection takes no more work and closes");
+                                        self.give_up(&mut taking, || {
+                                            format!("{MAX_RESETS_IN_A_ROW} streams in a row reset by the server without an answer")
+                                        });
+                                    }
+                                } else if is_answer(&result) {
+                                    resets_in_a_row = 0;
+                                }
+                                let (result, stop) = self.on_answer(result, token_used);
+                                if let Some(cause) = stop {
+                                    self.give_up(&mut taking, || cause);
+                                }
+                                if let InHand::Ended { tag, .. } = in_hand.take() {
+                                    self.sink.report(tag, result, &self.info);
+                                }
+                                if !in_flight.is_empty() {
+                                    next = in_flight.next().now_or_never().flatten();
+                                }
+                            }
+                            // A stream's own work panicked (its job was reported above): the connection is treated as
+                            // lost, as after a panic of the loop itself.
+                            if let Some(message) = stream_panicked {
+                                self.panicked(
+                                    &message, in_flight.len(), &mut broken, &mut taking, &mut held, &mut in_hand,
+                                    &mut ping_sent,
+                                );
+                            }
+                            // A stream went unanswered: before another notification is trusted to the connection, a PING
+                            // asks whether the peer is still there (a slow server answers it at once, a vanished one never).
+                            if timed_out && taking {
+                                match ping_sent.as_mut() {
+                                    Some(sent) => sent.suspect = true,
+                                    None => ping_sent = self.send_ping(true),
+                                }
+                            }
+                        }
+                        // A job is taken only while the adaptive limit (itself at most the server's) has room, so the
+                        // stream opens at once and the rest waits in the shared queue. The server may lower its limit while
+                        // this waits (a SETTINGS frame the connection reads above, before this is polled again): the queue is
+                        // read only while the limit as it stands has room, since h2 would hold a stream above it, its body
+                        // and its timers waiting, until a slot frees, where no other connection can take it.
+                        ready = async {
+                            poll_fn(|cx| self.send.poll_ready(cx)).await?;
+                            let mut recv = std::pin::pin!(self.jobs.recv());
+                            Ok::<_, h2::Error>(poll_fn(|cx| {
+                                // No waker of its own for the room: an answer or a tick ends this wait and the loop looks
+                                // again, and a SETTINGS frame that raises the limit is read by the connection's branch in a
+                                // wake of this task, after which this is polled again.
+                                if open >= self.send.current_max_send_streams() {
+                                    return Poll::Pending;
+                                }
+                                recv.as_mut().poll(cx)
+                            })
+                            .await)
+                        }, if taking
+                            && held.is_none()
+                            && !ping_sent.is_some_and(|p| p.suspect)
+                            && in_flight.len() < limit => match ready {
+                            Ok(Ok(job)) => {
+                                in_hand = InHand::Taken(job);
+                                last_activity = Instant::now();
+                                last_keepalive = last_activity;
+                                if last_activity.saturating_duration_since(last_received) >= self.liveness {
+                                    // Nothing heard from the peer for a while: it may have dropped the connection without a
+                                    // word (a NAT that forgot it, a dead route). A PING asks first, and the job waits for
+                                    // the PONG; without one it goes to another connection unsent (see the tick below).
+                                    match ping_sent.as_mut() {
+                                        Some(sent) => sent.suspect = true,
+                                        None => ping_sent = self.send_ping(true),
+                                    }
+                                    if let InHand::Taken(job) = in_hand.take() {
+                                        if ping_sent.is_some() {
+                                            held = Some(Held { job, since: last_activity, answered: false });
+                                        } else {
+                                            self.sink.report(job.tag, PushResult::NotSent(NotSentReason::Closing), &self.info);
+                                            self.give_up(&mut taking, || "no PING could be sent".to_owned());
+                                        }
+                                    }
+                                } else {
+                                    if in_flight.is_empty() {
+                                        // Silence counts from when streams are open (see `silence`).
+                                        last_heard = last_activity;
+                                    }
+                                    // Jobs already waiting are started in this turn while the limit has room and the
+                                    // connection can open a stream at once, not one per turn of the loop.
+                                    // The provider token is looked up once for the jobs started in this turn.
+                                    match self.authorization(&mut conn_auth, &mut taking) {
+                                        Some((token_used, auth)) => while matches!(in_hand, InHand::Taken(_)) {
+                                            let launched =
+                                                self.launch(&mut in_hand, token_used.clone(), auth.clone(), &mut taking);
+                                            if let Some(exchange) = launched {
+                                                in_flight.push(exchange);
+                                            }
+                                            let room = in_flight.len() < limit.min(self.send.current_max_send_streams());
+                                            if taking
+                                                && room
+                                                && matches!(poll_fn(|cx| self.send.poll_ready(cx)).now_or_never(), Some(Ok(())))
+                                                && let Ok(job) = self.jobs.try_recv()
+                                            {
+                                                in_hand = InHand::Taken(job);
+                                            }
+                                        },
+                                        // No token this connection may send: the job goes to another connection, never
+                                        // written.
+                                        None => {
+                                            if let InHand::Taken(job) = in_hand.take() {
+                                                self.sink.report(job.tag, PushResult::NotSent(NotSentReason::Closing), &self.info);
+                                            }
+                                        }
+                                    }
+                                    filled = in_flight.len();
+                                }
+                            }
+                            // The pool closed the queue: finish what is in flight.
+                            Ok(Err(_)) => self.close_ourselves(&mut taking),
+                            Err(e) => {
+                                tracing::debug!(conn = self.info.id, error = %e, "connection no longer accepts streams");
+                                self.give_up(&mut taking, || self.ended_cause(Some(&e)));
+                            }
+                        },
+                        pong = poll_fn(|cx| match self.ping.as_mut() {
+                            Some(p) => p.poll_pong(cx).map(Some),
+                            None => Poll::Pending,
+                        }), if ping_sent.is_some() => {
+                            if let Some(Err(e)) = pong {
+                                tracing::debug!(conn = self.info.id, error = %e, "PING failed");
+                                self.give_up(&mut taking, || format!("PING failed: {e}"));
+                            }
                             ping_sent = None;
+                            // A PONG keeps the connection alive but is not work: the idle time goes on counting.
+                            last_keepalive = Instant::now();
+                            last_heard = last_keepalive;
+                            last_received = last_keepalive;
+                            // The peer is there: the job that waited for its answer goes out (at the top of the loop, once
+                            // its stream can open).
+                            if let Some(h) = held.as_mut() {
+                                h.answered = true;
+                            }
                         }
-                    } else if !in_flight.is_empty() {
-                        if taking && last_heard.elapsed() >= silence {
-                            ping_sent = self.send_ping(true);
-                        }
-                    } else if taking {
-                        if self.opts.idle_timeout.is_some_and(|idle| idle_for >= idle) {
-                            tracing::debug!(conn = self.info.id, "idle timeout");
-                            self.close_ourselves(&mut taking);
-                        } else if last_keepalive.elapsed() >= self.opts.keepalive {
-                            ping_sent = self.send_ping(false);
+                        _ = tick.tick() => {
+                            if taking && self.state.is_draining() {
+                                // The pool asked (a reload, a lower connection limit): not a fault.
+                                self.close_ourselves(&mut taking);
+                            }
+                            let idle_for = last_activity.elapsed();
+                            if let Some(Held { since, answered: false, .. }) = &held
+                                && since.elapsed() >= self.probe_timeout()
+                            {
+                                let quiet = last_received.elapsed();
+                                tracing::info!(conn = self.info.id, remote = %self.info.remote,
+                                    "nothing heard from the peer for {} ms and no PING answer within {} ms; the connection \
+                                     closes and the notification waiting for it goes to another connection unsent",
+                                    quiet.as_millis(), self.probe_timeout().as_millis());
+                                self.give_up(&mut taking, || {
+                                    format!("no PING answer within {} ms after {} ms without a word from the peer",
+                                        self.probe_timeout().as_millis(), quiet.as_millis())
+                                });
+                                ping_sent = None;
+                            } else if let Some(sent) = ping_sent {
+                                if sent.at.elapsed() > self.opts.response_timeout {
+                                    tracing::info!(conn = self.info.id, remote = %self.info.remote, in_flight = in_flight.len(),
+                                        "no PING answer within {:?}; the connection takes no more work and closes",
+                                        self.opts.response_timeout);
+                                    // The pool no longer counts on it and opens another while work waits. Streams still
+                                    // open end with their own response timeout (an attempt APNs may have answered), so
+                                    // that none is dropped unreported.
+                                    self.give_up(&mut taking, || {
+                                        format!("no PING answer within {} ms", self.opts.response_timeout.as_millis())
+                                    });
+                                    ping_sent = None;
+                                }
+                            } else if !in_flight.is_empty() {
+                                if taking && last_heard.elapsed() >= silence {
+                                    ping_sent = self.send_ping(true);
+                                }
+                            } else if taking {
+                                if self.opts.idle_timeout.is_some_and(|idle| idle_for >= idle) {
+                                    tracing::debug!(conn = self.info.id, "idle timeout");
+                                    self.close_ourselves(&mut taking);
+                                } else if last_keepalive.elapsed() >= self.opts.keepalive {
+                                    ping_sent = self.send_ping(false);
+                                }
+                            }
                         }
                     }
                 }
+            })
+            .catch_unwind()
+            .await;
+            match turns {
+                Ok(()) => break,
+                Err(panic) => self.panicked(
+                    &panic_message(&*panic),
+                    in_flight.len(),
+                    &mut broken,
+                    &mut taking,
+                    &mut held,
+                    &mut in_hand,
+                    &mut ping_sent,
+                ),
             }
         }
         // The loop ends only with nothing in flight: every stream was reported.
@@ -687,6 +826,13 @@ impl<T: Send + 'static> Dispatcher<T> {
         drop(in_flight);
         self.state.set_in_flight(0);
         self.state.set_closed();
+        if broken {
+            // h2 may panic again as its last handles go (a stream handle finding its lock poisoned): that says
+            // nothing new, and every job has been reported.
+            let send = self.send;
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(send)));
+            return;
+        }
         // Dropping the last SendRequest lets h2 close the connection with GOAWAY(NO_ERROR); it gets a second to
         // say so before the socket is dropped.
         drop(self.send);
@@ -756,27 +902,49 @@ impl<T: Send + 'static> Dispatcher<T> {
         })
     }
 
-    /// Opens the stream of `job` (its HEADERS are queued): returns the exchange to carry in flight, or `None` when
-    /// the job was reported at once (a header value no request can carry; a stream that could not open, after
-    /// which the connection takes no more work).
+    /// Opens the stream of the job in hand, taking it (its HEADERS are queued): returns the exchange to carry in
+    /// flight, or `None` when the job was reported at once (a header value no request can carry; a stream that
+    /// could not open, after which the connection takes no more work).
     fn launch(
         &mut self,
-        job: Job<T>,
+        in_hand: &mut InHand<T>,
         token_used: TokenUsed,
         auth: Option<HeaderValue>,
         taking: &mut bool,
     ) -> Option<impl std::future::Future<Output = Answer<T>> + Send + use<T>> {
-        match self.start(&job.request, auth) {
-            Ok(Ok((response, stream))) => Some(exchange(
-                stream,
-                response,
-                job.request.payload,
-                job.tag,
-                token_used,
-                self.opts.response_timeout,
-                self.info.id,
-                self.credit.clone(),
-            )),
+        #[cfg(test)]
+        let panic_in_stream = self.test_panic_at_launch();
+        // The job stays in hand while h2 opens its stream: a panic there leaves it to be reported.
+        let started = match in_hand {
+            InHand::Taken(job) => self.start(&job.request, auth),
+            _ => return None,
+        };
+        let InHand::Taken(job) = in_hand.take() else {
+            return None;
+        };
+        match started {
+            Ok(Ok((response, stream))) => {
+                let stream_id = u32::from(stream.stream_id());
+                let work = exchange(
+                    stream,
+                    response,
+                    job.request.payload,
+                    token_used,
+                    self.opts.response_timeout,
+                    self.info.id,
+                    stream_id,
+                    self.credit.clone(),
+                );
+                #[cfg(test)]
+                let work = async move {
+                    let answer = work.await;
+                    if panic_in_stream {
+                        panic!("a test made the stream's task panic");
+                    }
+                    answer
+                };
+                Some(caught(work, job.tag, self.info.id, stream_id))
+            }
             // A value no header can carry is refused as APNs would, never sent without it.
             Err(rejection) => {
                 tracing::warn!(
@@ -798,6 +966,80 @@ impl<T: Send + 'static> Dispatcher<T> {
                 self.give_up(taking, || format!("a stream could not open: {e}"));
                 None
             }
+        }
+    }
+
+    /// Counts a job launched and makes the task panic as [`Dispatcher::panic_at`] asks: at once (with the job in
+    /// hand) for [`PanicPlace::Launch`]; true when the job's stream is to panic once its exchange ended
+    /// ([`PanicPlace::Stream`]).
+    #[cfg(test)]
+    fn test_panic_at_launch(&mut self) -> bool {
+        self.launched += 1;
+        match self.panic_at {
+            Some(PanicAt {
+                job,
+                place: PanicPlace::Launch,
+            }) if job == self.launched => panic!("a test made the connection's task panic"),
+            Some(PanicAt {
+                job,
+                place: PanicPlace::Stream,
+            }) => job == self.launched,
+            _ => false,
+        }
+    }
+
+    /// The task panicked (`message`: what it said) where it was polled, in the loop or in the exchange of one of
+    /// its `in_flight` streams (a fault of h2 or of herald): the connection is treated as lost. Logged once, at
+    /// error level; the connection stops taking work, its fault naming the panic, so that the pool opens another
+    /// on demand; the h2 connection is dropped, so every stream still open ends as on a lost connection and is
+    /// reported as such when the loop reads its end: unsent if its request was not written in full,
+    /// [`PushResult::Unanswered`] if it was; bodies waiting for flow-control credit come back unsent. The job
+    /// held for a PING answer comes back unsent ([`NotSentReason::Closing`], never written), and the job in hand
+    /// as [`InHand::lost`] says.
+    #[allow(clippy::too_many_arguments)]
+    fn panicked(
+        &mut self,
+        message: &str,
+        in_flight: usize,
+        broken: &mut bool,
+        taking: &mut bool,
+        held: &mut Option<Held<T>>,
+        in_hand: &mut InHand<T>,
+        ping_sent: &mut Option<PingSent>,
+    ) {
+        if *broken {
+            tracing::debug!(
+                conn = self.info.id,
+                "the connection's task panicked again: {message}"
+            );
+        } else {
+            tracing::error!(conn = self.info.id, host = %self.opts.endpoint.host, remote = %self.info.remote,
+                in_flight, "the connection's task panicked: {message}; the connection closes as if lost, and the \
+                 notifications it carried are handed back or reported as on a lost connection");
+        }
+        *broken = true;
+        self.give_up(taking, || {
+            format!("the connection's task panicked: {message}")
+        });
+        *ping_sent = None;
+        self.credit.close();
+        // h2's connection ends its streams as it goes, as when the socket is lost (it tolerates a poisoned lock).
+        let driver = self.driver.take();
+        if std::panic::catch_unwind(AssertUnwindSafe(move || drop(driver))).is_err() {
+            tracing::debug!(
+                conn = self.info.id,
+                "dropping the h2 connection panicked too"
+            );
+        }
+        if let Some(Held { job, .. }) = held.take() {
+            self.sink.report(
+                job.tag,
+                PushResult::NotSent(NotSentReason::Closing),
+                &self.info,
+            );
+        }
+        if let Some((tag, result)) = in_hand.take().lost(self.info.id, message) {
+            self.sink.report(tag, result, &self.info);
         }
     }
 
@@ -1037,6 +1279,10 @@ fn stream_end(e: &h2::Error) -> StreamEnd {
 /// What one stream ended with, for the dispatcher.
 struct Answer<T> {
     tag: T,
+    /// The stream's id.
+    stream: u32,
+    /// The stream's own work panicked, saying this (see [`caught`]).
+    panicked: Option<String>,
     result: PushResult,
     token_used: TokenUsed,
     /// Time from the request's last frame to its answer (the timeout, when it timed out); `None` when it was not
@@ -1068,16 +1314,16 @@ struct Answer<T> {
 /// `RST_STREAM(CANCEL)` before it is reported, so it is never sent again while this stream could still be answered;
 /// whether APNs had already accepted it is unknown, and the report says so.
 #[allow(clippy::too_many_arguments)]
-async fn exchange<T>(
+async fn exchange(
     mut stream: SendStream<Bytes>,
     response: ResponseFuture,
     mut payload: Bytes,
-    tag: T,
     token_used: TokenUsed,
     timeout: Duration,
     conn: u64,
+    stream_id: u32,
     credit: Arc<Semaphore>,
-) -> Answer<T> {
+) -> Answer<()> {
     let len = payload.len();
     if len > 0 {
         stream.reserve_capacity(len);
@@ -1155,7 +1401,7 @@ async fn exchange<T>(
                 }
                 tracing::debug!(
                     conn,
-                    stream = u32::from(stream.stream_id()),
+                    stream = stream_id,
                     answered = read.is_ok(),
                     "stream ended or answered while its body waited for flow-control credit"
                 );
@@ -1168,7 +1414,7 @@ async fn exchange<T>(
                 // body left counts as a loss (docs/apns-protocol.md#http2-connection).
                 tracing::debug!(
                     conn,
-                    stream = u32::from(stream.stream_id()),
+                    stream = stream_id,
                     "stream ended while its body waited for flow-control credit; reading the answer"
                 );
                 writable = false;
@@ -1177,11 +1423,13 @@ async fn exchange<T>(
                 stream.send_reset(h2::Reason::CANCEL);
                 tracing::debug!(
                     conn,
-                    stream = u32::from(stream.stream_id()),
+                    stream = stream_id,
                     "the connection got no flow-control credit for a body ahead of this one; stream cancelled"
                 );
                 return Answer {
-                    tag,
+                    tag: (),
+                    stream: stream_id,
+                    panicked: None,
                     result: PushResult::NotSent(NotSentReason::ConnectionLost),
                     token_used: None,
                     rtt: None,
@@ -1196,12 +1444,14 @@ async fn exchange<T>(
                 stream.send_reset(h2::Reason::CANCEL);
                 tracing::debug!(
                     conn,
-                    stream = u32::from(stream.stream_id()),
+                    stream = stream_id,
                     "request body not written in full within {timeout:?}: no flow-control credit for it; \
                      stream cancelled"
                 );
                 return Answer {
-                    tag,
+                    tag: (),
+                    stream: stream_id,
+                    panicked: None,
                     result: PushResult::NotSent(NotSentReason::ConnectionLost),
                     token_used: None,
                     rtt: None,
@@ -1239,7 +1489,6 @@ async fn exchange<T>(
             // reset): APNs may have processed it (RFC 9113 §6.8), so, as after a timeout, the outcome is unknown.
             end if sent => {
                 reset = end == StreamEnd::Reset;
-                let stream_id = u32::from(stream.stream_id());
                 tracing::info!(
                     conn,
                     stream = stream_id,
@@ -1260,7 +1509,7 @@ async fn exchange<T>(
                 reset = true;
                 tracing::debug!(
                     conn,
-                    stream = u32::from(stream.stream_id()),
+                    stream = stream_id,
                     "stream reset before the request was written in full ({e}); not processed"
                 );
                 PushResult::NotSent(NotSentReason::Refused)
@@ -1268,7 +1517,6 @@ async fn exchange<T>(
             StreamEnd::Lost => PushResult::NotSent(NotSentReason::ConnectionLost),
         },
         Err(_) => {
-            let stream_id = u32::from(stream.stream_id());
             stream.send_reset(h2::Reason::CANCEL);
             tracing::info!(
                 conn,
@@ -1296,13 +1544,60 @@ async fn exchange<T>(
     // A body never written in full has no last frame to time the answer from.
     let rtt = (sent && timed).then(|| written.elapsed());
     Answer {
-        tag,
+        tag: (),
+        stream: stream_id,
+        panicked: None,
         result,
         token_used,
         rtt,
         no_credit: false,
         reset,
     }
+}
+
+/// The exchange of a stream (`work`), with its job's tag kept outside it: a panic of the exchange (a fault of h2 or
+/// of herald) is caught where it is polled, and the job is reported [`PushResult::Unanswered`] (its request may
+/// have gone out in full, as when a connection is lost), with the panic's message, for the dispatcher to treat the
+/// connection as lost ([`Dispatcher::panicked`]). The catch costs nothing while nothing panics.
+fn caught<T>(
+    work: impl std::future::Future<Output = Answer<()>>,
+    tag: T,
+    conn: u64,
+    stream: u32,
+) -> impl std::future::Future<Output = Answer<T>> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .map(move |ended| match ended {
+            Ok(answer) => Answer {
+                tag,
+                stream: answer.stream,
+                panicked: None,
+                result: answer.result,
+                token_used: answer.token_used,
+                rtt: answer.rtt,
+                no_credit: answer.no_credit,
+                reset: answer.reset,
+            },
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                Answer {
+                    tag,
+                    stream,
+                    result: PushResult::Unanswered {
+                        stream: CancelledStream {
+                            connection: conn,
+                            stream,
+                        },
+                        cause: format!("the connection's task panicked: {message}"),
+                    },
+                    panicked: Some(message),
+                    token_used: None,
+                    rtt: None,
+                    no_credit: false,
+                    reset: false,
+                }
+            }
+        })
 }
 
 /// How the wait for a request body's flow-control credit ended (within the response timeout).
@@ -1740,15 +2035,40 @@ mod tests {
         liveness: Duration,
         start_limit: Option<usize>,
     ) -> TestConn {
-        let opts = Arc::new(opts);
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        // As `open` does: the server's SETTINGS are in before the first request.
-        let (send, ping, driver, watch) = handshake(tcp, &opts).await.unwrap();
         let (jobs_tx, jobs) = async_channel::unbounded();
         for job in queued {
             jobs_tx.send(job).await.unwrap();
         }
         let results = Arc::new(Results::default());
+        let (dispatcher, state) = test_dispatcher(
+            addr,
+            Arc::new(opts),
+            jobs,
+            results.clone(),
+            liveness,
+            start_limit,
+        )
+        .await;
+        TestConn {
+            jobs: jobs_tx,
+            results,
+            state,
+            run: tokio::spawn(dispatcher.run()),
+        }
+    }
+
+    /// A dispatcher on a new connection to `addr`, taking `jobs` and reporting to `results`, and its state.
+    async fn test_dispatcher(
+        addr: std::net::SocketAddr,
+        opts: Arc<Http2Options>,
+        jobs: JobReceiver<u32>,
+        results: Arc<Results>,
+        liveness: Duration,
+        start_limit: Option<usize>,
+    ) -> (Dispatcher<u32>, Arc<ConnectionState>) {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        // As `open` does: the server's SETTINGS are in before the first request.
+        let (send, ping, driver, watch) = handshake(tcp, &opts).await.unwrap();
         let state = ConnectionState::unsettled(1);
         let dispatcher = Dispatcher {
             opts,
@@ -1757,7 +2077,7 @@ mod tests {
             ping,
             driver: Some(driver),
             jobs,
-            sink: results.clone(),
+            sink: results,
             state: state.clone(),
             info: ConnectionInfo {
                 remote: addr,
@@ -1769,13 +2089,10 @@ mod tests {
             liveness,
             closed_by_us: None,
             credit: Arc::new(Semaphore::new(1)),
+            panic_at: None,
+            launched: 0,
         };
-        TestConn {
-            jobs: jobs_tx,
-            results,
-            state,
-            run: tokio::spawn(dispatcher.run()),
-        }
+        (dispatcher, state)
     }
 
     /// A server that reads `requests` whole requests, answers none, and then sends GOAWAY with `last_stream_id`
@@ -3261,5 +3578,213 @@ mod tests {
         assert!(conn.state.is_draining() && !conn.state.is_proven());
         let (_, fault) = conn.state.fault().expect("a fault is recorded");
         assert_eq!(fault, "429 TooManyProviderTokenUpdates");
+    }
+
+    /// An h2 server on `listener`. Its first connection reads every request whole and tells `bodies` so, and
+    /// answers them `200` only with `answer_first`; later connections answer every request `200` once its body is
+    /// in.
+    fn first_connection_holds(
+        listener: TcpListener,
+        answer_first: bool,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<u32> {
+        let (bodies_tx, bodies) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((sock, _)) = listener.accept().await {
+                let answer = answer_first || !first;
+                let bodies_tx = first.then(|| bodies_tx.clone());
+                first = false;
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(sock).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let bodies_tx = bodies_tx.clone();
+                        tokio::spawn(async move {
+                            let stream = u32::from(respond.stream_id());
+                            let mut body = req.into_body();
+                            while let Some(Ok(data)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(data.len());
+                            }
+                            if let Some(tx) = &bodies_tx {
+                                let _ = tx.send(stream);
+                            }
+                            if answer {
+                                let _ = respond.send_response(
+                                    http::Response::builder().status(200).body(()).unwrap(),
+                                    true,
+                                );
+                            } else {
+                                // Held unanswered for as long as the test runs.
+                                std::future::pending::<()>().await;
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        bodies
+    }
+
+    /// A connection's task that panics with jobs in hand and in flight leaves none unreported: the requests
+    /// written in full are reported as on a lost connection (`Unanswered`: APNs may have processed them), the one
+    /// in hand comes back unsent, and what it had not taken stays in the queue, for a new connection that delivers
+    /// it. The connection shows as closed, with nothing in flight and its fault naming the panic.
+    #[tokio::test]
+    async fn a_panic_of_the_connections_task_reports_every_job_it_held() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut bodies = first_connection_holds(listener, false);
+        let opts = Arc::new(test_opts(
+            addr,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ));
+        let (jobs_tx, jobs) = async_channel::unbounded();
+        let results = Arc::new(Results::default());
+        let (mut dispatcher, state) = test_dispatcher(
+            addr,
+            opts.clone(),
+            jobs.clone(),
+            results.clone(),
+            LIVENESS_THRESHOLD,
+            None,
+        )
+        .await;
+        dispatcher.panic_at = Some(PanicAt {
+            job: 3,
+            place: PanicPlace::Launch,
+        });
+        let run = tokio::spawn(dispatcher.run());
+        for tag in 1..=2 {
+            jobs_tx
+                .send(Job {
+                    request: request(tag as u8),
+                    tag,
+                })
+                .await
+                .unwrap();
+        }
+        // Both requests reached the server in full, and stay unanswered.
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(20), bodies.recv())
+                .await
+                .expect("a request reaches the server")
+                .unwrap();
+        }
+        // The third job makes the task panic as it launches it; the other two wait in the queue.
+        for tag in 3..=5 {
+            jobs_tx
+                .send(Job {
+                    request: request(tag as u8),
+                    tag,
+                })
+                .await
+                .unwrap();
+        }
+        let mut reported = results.wait_for(3).await;
+        reported.sort_by_key(|(tag, _)| *tag);
+        assert!(
+            matches!(&reported[0], (1, PushResult::Unanswered { stream, .. }) if stream.stream == 1),
+            "{reported:?}"
+        );
+        assert!(
+            matches!(&reported[1], (2, PushResult::Unanswered { stream, .. }) if stream.stream == 3),
+            "{reported:?}"
+        );
+        assert_eq!(
+            reported[2],
+            (3, PushResult::NotSent(NotSentReason::ConnectionLost))
+        );
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the connection's task ends")
+            .expect("the connection's task ends without a panic");
+        assert!(state.is_closed() && state.is_draining());
+        assert_eq!(state.in_flight(), 0);
+        let (_, fault) = state.fault().expect("a fault is recorded");
+        assert!(fault.contains("panicked"), "{fault}");
+        assert_eq!(jobs.len(), 2, "the jobs not taken stay in the queue");
+        // A new connection takes what waits.
+        let (dispatcher, _) =
+            test_dispatcher(addr, opts, jobs, results.clone(), LIVENESS_THRESHOLD, None).await;
+        let _second = tokio::spawn(dispatcher.run());
+        let mut reported = results.wait_for(5).await;
+        reported.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(reported[3..], [(4, delivered()), (5, delivered())]);
+        assert_eq!(results.wait_for(5).await.len(), 5, "one report per job");
+    }
+
+    /// A panic in one stream's own work (its exchange with the server) is caught there: its job is reported
+    /// `Unanswered` (its request may have gone out), the connection closes as if lost, and the next job goes out on
+    /// a new connection.
+    #[tokio::test]
+    async fn a_panic_of_a_streams_work_reports_its_job_and_closes_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _bodies = first_connection_holds(listener, true);
+        let opts = Arc::new(test_opts(
+            addr,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ));
+        let (jobs_tx, jobs) = async_channel::unbounded();
+        let results = Arc::new(Results::default());
+        let (mut dispatcher, state) = test_dispatcher(
+            addr,
+            opts.clone(),
+            jobs.clone(),
+            results.clone(),
+            LIVENESS_THRESHOLD,
+            None,
+        )
+        .await;
+        dispatcher.panic_at = Some(PanicAt {
+            job: 2,
+            place: PanicPlace::Stream,
+        });
+        let run = tokio::spawn(dispatcher.run());
+        jobs_tx
+            .send(Job {
+                request: request(1),
+                tag: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(results.wait_for(1).await, [(1, delivered())]);
+        jobs_tx
+            .send(Job {
+                request: request(2),
+                tag: 2,
+            })
+            .await
+            .unwrap();
+        let reported = results.wait_for(2).await;
+        assert!(
+            matches!(&reported[1], (2, PushResult::Unanswered { stream, cause })
+                if stream.stream == 3 && cause.contains("a test made the stream's task panic")),
+            "{reported:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the connection's task ends")
+            .expect("the connection's task ends without a panic");
+        assert!(state.is_closed() && state.in_flight() == 0);
+        let (_, fault) = state.fault().expect("a fault is recorded");
+        assert!(
+            fault.contains("a test made the stream's task panic"),
+            "{fault}"
+        );
+        jobs_tx
+            .send(Job {
+                request: request(3),
+                tag: 3,
+            })
+            .await
+            .unwrap();
+        let (dispatcher, _) =
+            test_dispatcher(addr, opts, jobs, results.clone(), LIVENESS_THRESHOLD, None).await;
+        let _second = tokio::spawn(dispatcher.run());
+        assert_eq!(results.wait_for(3).await[2], (3, delivered()));
     }
 }

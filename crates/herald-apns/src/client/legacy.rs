@@ -33,10 +33,12 @@
 //! failed connection attempt while the connection is young and unproven.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -44,8 +46,8 @@ use tokio::time::Instant;
 use super::acked::{Acknowledged, counted};
 use super::connect::{Endpoint, connect_tls_over};
 use super::{
-    ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver, NotSentReason, OutcomeSink,
-    PushResult, Rejection,
+    ClosedOnDrop, ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver,
+    NotSentReason, OutcomeSink, PushRequest, PushResult, Rejection, panic_message,
 };
 use crate::binary::{BinaryFormat, BinaryNotification, ErrorPacket, Status, encode};
 use crate::push::Priority;
@@ -204,6 +206,8 @@ pub async fn open<T: Send + 'static>(
         sink,
         state: state.clone(),
         info,
+        #[cfg(test)]
+        panic_at: None,
     };
     tokio::spawn(conn.run(tls, jobs, FIRST_IDENTIFIER));
     Ok(state)
@@ -218,6 +222,9 @@ struct Connection<T> {
     sink: Arc<dyn OutcomeSink<T>>,
     state: Arc<ConnectionState>,
     info: ConnectionInfo,
+    /// Makes the task panic as it takes its `n`th job, with the job in its window (tests of what follows a panic).
+    #[cfg(test)]
+    panic_at: Option<u32>,
 }
 
 impl<T: Send + 'static> Connection<T> {
@@ -274,6 +281,8 @@ impl<T: Send + 'static> Connection<T> {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
+        // However the task ends, the pool learns that the connection is gone.
+        let _closed = ClosedOnDrop(self.state.clone());
         let opts = self.opts.clone();
         let (mut reader, mut writer) = tokio::io::split(stream);
         let (read_tx, mut read_rx) = oneshot::channel();
@@ -300,101 +309,131 @@ impl<T: Send + 'static> Connection<T> {
         let mut last_activity = Instant::now();
         let mut taking = true;
 
-        let end: Option<ReadEnd> = loop {
-            // An error packet or the end of the connection settles the window as it stands.
-            match read_rx.try_recv() {
-                Ok(got) => break Some(got),
-                Err(oneshot::error::TryRecvError::Closed) => break Some(reader_stopped()),
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-            // Swept before every batch, not only on the timer: with work always waiting the timer's turn would
-            // never come, and nothing would leave the window.
-            let now = Instant::now();
-            self.sweep(&mut window, now);
-            // Written bytes the peer does not acknowledge: it stopped reading, as with a write that waits.
-            if let Some(waited) = window.unacknowledged_for(now) {
-                if waited >= opts.write_timeout {
-                    break Some(ReadEnd::Lost {
-                        why: format!(
-                            "written bytes went unacknowledged for over {} ms; the peer stopped reading",
-                            opts.write_timeout.as_millis()
-                        ),
-                        at: now,
-                    });
-                }
-                if waited >= opts.response_timeout {
-                    self.stop_taking_stalled(&mut taking, "written bytes went unacknowledged");
-                }
-            }
-            if self.state.is_draining() {
-                taking = false;
-            }
-            if window.entries.is_empty() {
-                let idle = opts
-                    .idle_timeout
-                    .is_some_and(|idle| now.saturating_duration_since(last_activity) >= idle);
-                if !taking || idle {
-                    break None;
-                }
-            }
-            self.state.set_in_flight(window.entries.len());
-            tokio::select! {
-                biased;
-                got = &mut read_rx => break Some(got.unwrap_or_else(|_| reader_stopped())),
-                job = jobs.recv(), if taking && window.entries.len() < opts.max_window => {
-                    let Ok(job) = job else { taking = false; continue };
-                    let batch_start = window.entries.len();
-                    let mut job = Some(job);
-                    // Gather what is already queued into one write.
-                    while let Some(j) = job.take() {
-                        match encode_job(&opts, &mut buf, next_id, &j) {
-                            Ok(()) => {
-                                // `at` and `end` are set once the write is done (below).
+        // A panic in the loop (a fault of herald or of a library it uses) is caught where the task polls it, one
+        // catch per poll, and the connection ends as one lost without an error packet: the window stays here, and
+        // comes back as after such a loss.
+        #[cfg(test)]
+        let mut taken = 0u32;
+        let looped = AssertUnwindSafe(async {
+            loop {
+                    // An error packet or the end of the connection settles the window as it stands.
+                    match read_rx.try_recv() {
+                        Ok(got) => break Some(got),
+                        Err(oneshot::error::TryRecvError::Closed) => break Some(reader_stopped()),
+                        Err(oneshot::error::TryRecvError::Empty) => {}
+                    }
+                    // Swept before every batch, not only on the timer: with work always waiting the timer's turn would
+                    // never come, and nothing would leave the window.
+                    let now = Instant::now();
+                    self.sweep(&mut window, now);
+                    // Written bytes the peer does not acknowledge: it stopped reading, as with a write that waits.
+                    if let Some(waited) = window.unacknowledged_for(now) {
+                        if waited >= opts.write_timeout {
+                            break Some(ReadEnd::Lost {
+                                why: format!(
+                                    "written bytes went unacknowledged for over {} ms; the peer stopped reading",
+                                    opts.write_timeout.as_millis()
+                                ),
+                                at: now,
+                            });
+                        }
+                        if waited >= opts.response_timeout {
+                            self.stop_taking_stalled(&mut taking, "written bytes went unacknowledged");
+                        }
+                    }
+                    if self.state.is_draining() {
+                        taking = false;
+                    }
+                    if window.entries.is_empty() {
+                        let idle = opts
+                            .idle_timeout
+                            .is_some_and(|idle| now.saturating_duration_since(last_activity) >= idle);
+                        if !taking || idle {
+                            break None;
+                        }
+                    }
+                    self.state.set_in_flight(window.entries.len());
+                    tokio::select! {
+                        biased;
+                        got = &mut read_rx => break Some(got.unwrap_or_else(|_| reader_stopped())),
+                        job = jobs.recv(), if taking && window.entries.len() < opts.max_window => {
+                            let Ok(job) = job else { taking = false; continue };
+                            let batch_start = window.entries.len();
+                            let mut job = Some(job);
+                            // Gather what is already queued into one write.
+                            while let Some(j) = job.take() {
+                                let Job { request, tag } = j;
+                                // In the window from the start, where a panic leaves it to be handed back; `at` and `end`
+                                // are set once the write is done (below).
                                 window.entries.push_back(Written {
                                     identifier: next_id,
                                     at: last_activity,
                                     end: NOT_WRITTEN,
                                     acknowledged: false,
-                                    tag: j.tag,
+                                    tag,
                                 });
-                                next_id = next_id.wrapping_add(1);
+                                #[cfg(test)]
+                                {
+                                    taken += 1;
+                                    if self.panic_at == Some(taken) {
+                                        panic!("a test made the connection's task panic");
+                                    }
+                                }
+                                match encode_request(&opts, &mut buf, next_id, &request) {
+                                    Ok(()) => next_id = next_id.wrapping_add(1),
+                                    Err(e) => {
+                                        tracing::warn!(conn = self.info.id, error = %e, "notification cannot be encoded");
+                                        if let Some(w) = window.entries.pop_back() {
+                                            let rejected =
+                                                Rejection::Binary { status: Status::ProtocolError, identifier: None };
+                                            self.sink.report(w.tag, PushResult::Rejected(rejected), &self.info);
+                                        }
+                                    }
+                                }
+                                if next_id == u32::MAX {
+                                    // Identifiers would wrap (past 0, which APNs names for a frame it could not read): this
+                                    // connection takes no more, and a fresh one starts over.
+                                    taking = false;
+                                    self.state.drain();
+                                    break;
+                                }
+                                if buf.len() < WRITE_BATCH_BYTES && window.entries.len() < opts.max_window {
+                                    job = jobs.try_recv().ok();
+                                }
                             }
-                            Err(e) => {
-                                tracing::warn!(conn = self.info.id, error = %e, "notification cannot be encoded");
-                                self.sink.report(
-                                    j.tag,
-                                    PushResult::Rejected(Rejection::Binary { status: Status::ProtocolError, identifier: None }),
-                                    &self.info,
-                                );
+                            if let Some(lost) = self.write_batch(&mut writer, &buf, &mut read_rx, &mut window, &mut tick, &mut taking).await {
+                                break Some(lost);
+                            }
+                            buf.clear();
+                            // The response window counts from when the notifications were written, not from when they were
+                            // taken: a write that waited on a slow reader must not make them look answered by silence.
+                            last_activity = Instant::now();
+                            let end = self.acks.as_ref().map_or(0, Acknowledged::written);
+                            for w in window.entries.range_mut(batch_start..) {
+                                w.at = last_activity;
+                                w.end = end;
+                                // Without a way to ask, the write is all the proof there is.
+                                w.acknowledged = self.acks.is_none();
                             }
                         }
-                        if next_id == u32::MAX {
-                            // Identifiers would wrap (past 0, which APNs names for a frame it could not read): this
-                            // connection takes no more, and a fresh one starts over.
-                            taking = false;
-                            self.state.drain();
-                            break;
-                        }
-                        if buf.len() < WRITE_BATCH_BYTES && window.entries.len() < opts.max_window {
-                            job = jobs.try_recv().ok();
-                        }
+                        _ = tick.tick() => {}
                     }
-                    if let Some(lost) = self.write_batch(&mut writer, &buf, &mut read_rx, &mut window, &mut tick, &mut taking).await {
-                        break Some(lost);
-                    }
-                    buf.clear();
-                    // The response window counts from when the notifications were written, not from when they were
-                    // taken: a write that waited on a slow reader must not make them look answered by silence.
-                    last_activity = Instant::now();
-                    let end = self.acks.as_ref().map_or(0, Acknowledged::written);
-                    for w in window.entries.range_mut(batch_start..) {
-                        w.at = last_activity;
-                        w.end = end;
-                        // Without a way to ask, the write is all the proof there is.
-                        w.acknowledged = self.acks.is_none();
-                    }
-                }
-                _ = tick.tick() => {}
+            }
+        })
+        .catch_unwind()
+        .await;
+        let end: Option<ReadEnd> = match looped {
+            Ok(end) => end,
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                tracing::error!(conn = self.info.id, host = %opts.endpoint.host, remote = %self.info.remote,
+                    in_window = window.entries.len(), "the connection's task panicked: {message}; the connection \
+                    closes as if lost, and its window is handed back as on a lost connection");
+                self.state
+                    .set_fault(|| format!("the connection's task panicked: {message}"));
+                Some(ReadEnd::lost(format!(
+                    "the connection's task panicked: {message}"
+                )))
             }
         };
 
@@ -708,13 +747,12 @@ impl SocketHandle {
     }
 }
 
-fn encode_job<T>(
+fn encode_request(
     opts: &BinaryOptions,
     buf: &mut BytesMut,
     identifier: u32,
-    job: &Job<T>,
+    r: &PushRequest,
 ) -> Result<(), String> {
-    let r = &job.request;
     let notification = BinaryNotification {
         identifier,
         expiry: r.expiration.unwrap_or(0),
@@ -790,7 +828,7 @@ mod tests {
     /// The size of one test notification on the wire.
     fn encoded_len() -> usize {
         let mut b = BytesMut::new();
-        encode_job(&options(WRITE_TIMEOUT), &mut b, 1, &job(1)).unwrap();
+        encode_request(&options(WRITE_TIMEOUT), &mut b, 1, &job(1).request).unwrap();
         b.len()
     }
 
@@ -847,6 +885,7 @@ mod tests {
                 remote: "127.0.0.1:2195".parse().unwrap(),
                 id: 1,
             },
+            panic_at: None,
         };
         let conn = tokio::spawn(connection.run(stream, rx, first_identifier));
         Started {
@@ -1584,6 +1623,7 @@ mod tests {
                     remote: "127.0.0.1:2195".parse().unwrap(),
                     id: 1,
                 },
+                panic_at: None,
             };
             tokio::time::timeout(
                 Duration::from_secs(30),
@@ -1606,5 +1646,87 @@ mod tests {
                 "duplicated {duplicated}: the connection was not reset when its window was handed back"
             );
         }
+    }
+
+    /// A connection taking `jobs` over a new loopback TCP connection, reporting to `results`, that panics as it
+    /// takes its `panic_at`th job; its state, its task and the server's end.
+    async fn panicking_connection(
+        opts: Arc<BinaryOptions>,
+        jobs: JobReceiver<u32>,
+        results: Arc<Results>,
+        panic_at: Option<u32>,
+    ) -> (
+        Arc<ConnectionState>,
+        tokio::task::JoinHandle<()>,
+        tokio::net::TcpStream,
+    ) {
+        let (client, server) = loopback_pair().await;
+        let state = ConnectionState::new(opts.max_window);
+        let connection = Connection {
+            opts,
+            acks: None,
+            socket: Some(SocketHandle::of(&client)),
+            sink: results,
+            state: state.clone(),
+            info: ConnectionInfo {
+                remote: "127.0.0.1:2195".parse().unwrap(),
+                id: 1,
+            },
+            panic_at,
+        };
+        let conn = tokio::spawn(connection.run(client, jobs, FIRST_IDENTIFIER));
+        (state, conn, server)
+    }
+
+    /// A connection's task that panics leaves no notification unreported: its window (written, or taken and not
+    /// yet written) comes back unsent as on a connection lost without an error packet, once the connection is
+    /// closed; what it had not taken stays in the queue, and a new connection sends it. The connection shows as
+    /// closed, with nothing in flight and its fault naming the panic.
+    #[tokio::test]
+    async fn a_panic_of_the_connections_task_hands_its_window_back() {
+        let mut opts = (*options(WRITE_TIMEOUT)).clone();
+        // No silence answers anything while the test runs.
+        opts.response_timeout = Duration::from_secs(60);
+        let opts = Arc::new(opts);
+        let (tx, rx) = async_channel::unbounded();
+        let results = Arc::new(Results::default());
+        let (state, conn, mut server) =
+            panicking_connection(opts.clone(), rx.clone(), results.clone(), Some(3)).await;
+        let one = encoded_len();
+        tx.send(job(1)).await.unwrap();
+        tx.send(job(2)).await.unwrap();
+        assert_eq!(
+            identifiers(&read_at_least(&mut server, 2 * one).await),
+            [1, 2]
+        );
+        // The third job makes the task panic as it takes it; the fourth waits in the queue.
+        tx.send(job(3)).await.unwrap();
+        tx.send(job(4)).await.unwrap();
+        let mut reported = results.wait_for(3).await;
+        reported.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(
+            reported,
+            [1, 2, 3].map(|tag| (tag, PushResult::NotSent(NotSentReason::ConnectionLost)))
+        );
+        tokio::time::timeout(Duration::from_secs(20), conn)
+            .await
+            .expect("the connection's task ends")
+            .expect("the connection's task ends without a panic");
+        assert!(state.is_closed());
+        assert_eq!(state.in_flight(), 0);
+        let (_, fault) = state.fault().expect("a fault is recorded");
+        assert!(fault.contains("panicked"), "{fault}");
+        // The connection was closed, with nothing more written.
+        let mut rest = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(20), server.read(&mut rest))
+            .await
+            .expect("the connection closes");
+        assert!(!matches!(read, Ok(n) if n > 0), "{read:?}");
+        assert_eq!(rx.len(), 1, "the job not taken stays in the queue");
+        // A new connection takes what waits.
+        let (_, _second, mut server) = panicking_connection(opts, rx, results.clone(), None).await;
+        assert_eq!(identifiers(&read_at_least(&mut server, one).await), [1]);
+        SILENCE_SKEW.with(|skew| skew.set(Duration::from_secs(120)));
+        assert_eq!(results.wait_for(4).await[3], (4, delivered(1)));
     }
 }

@@ -400,6 +400,40 @@ pub enum ConnectionError {
         "the connection stopped taking work {after_ms} ms after it opened, before APNs accepted a notification on it: {cause}"
     )]
     EndedEarly { after_ms: u64, cause: String },
+    /// The attempt to connect panicked (a defect, in herald or a library it uses): it counts as a failed attempt.
+    #[error("connecting to {host}: the attempt panicked: {message}")]
+    Panicked { host: String, message: String },
+}
+
+/// What a caught panic said: its message when it carried one (`panic!` with text), else a word that it had none.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// Runs `work`, catching a panic of any of its polls: `Err` with the panic's message ([`panic_message`]) when it
+/// panicked; the future is dropped then, not polled again. The catch costs nothing while nothing panics.
+pub async fn catch_panic<F: std::future::Future>(work: F) -> Result<F::Output, String> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| panic_message(&*panic))
+}
+
+/// Marks a connection's state closed, with nothing in flight, when dropped: a connection's task holds one, so that
+/// its pool learns that the connection is gone however the task ends (a panic no guard caught, the runtime
+/// shutting down), and opens another on demand.
+pub(crate) struct ClosedOnDrop(pub(crate) Arc<ConnectionState>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.set_in_flight(0);
+        self.0.set_closed();
+    }
 }
 
 /// What the connection tests collect: every result reported, by tag.

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use herald_apns::client::{
     ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver, JobSender, NotSentReason,
-    OutcomeSink, PushResult, Rejection, http2, legacy,
+    OutcomeSink, PushResult, Rejection, catch_panic, http2, legacy,
 };
 
 use super::hosts::{HostSlot, HostWaiter};
@@ -107,6 +107,9 @@ pub struct Pool {
     h2: Arc<http2::Http2Options>,
     binary: Arc<legacy::BinaryOptions>,
     opened_total: u64,
+    /// Makes the next connection attempt panic (tests of what follows a panic).
+    #[cfg(test)]
+    connect_panics: bool,
 }
 
 impl Pool {
@@ -161,6 +164,8 @@ impl Pool {
             h2,
             binary,
             opened_total: 0,
+            #[cfg(test)]
+            connect_panics: false,
         }
     }
 
@@ -450,6 +455,10 @@ impl Pool {
         let events = self.events.clone();
         let jobs = self.jobs_rx.clone();
         let sink = self.sink.clone();
+        let domain = self.settings.domain.clone();
+        let host = self.settings.endpoint.host.clone();
+        #[cfg(test)]
+        let panics = std::mem::take(&mut self.connect_panics);
         match self.settings.protocol {
             RouteProtocol::Http2 => {
                 let opts = self.h2.clone();
@@ -462,14 +471,29 @@ impl Pool {
                     .map(|c| c.limit())
                     .min();
                 tokio::spawn(async move {
-                    let opened = http2::open_starting_at(opts, id, jobs, sink, proven).await;
-                    events.connected(generation, opened);
+                    let opened = catch_panic(async {
+                        #[cfg(test)]
+                        if panics {
+                            panic!("a test made the connection attempt panic");
+                        }
+                        http2::open_starting_at(opts, id, jobs, sink, proven).await
+                    })
+                    .await;
+                    events.connected(generation, attempted(opened, &domain, host));
                 });
             }
             RouteProtocol::Binary(_) => {
                 let opts = self.binary.clone();
                 tokio::spawn(async move {
-                    events.connected(generation, legacy::open(opts, id, jobs, sink).await);
+                    let opened = catch_panic(async {
+                        #[cfg(test)]
+                        if panics {
+                            panic!("a test made the connection attempt panic");
+                        }
+                        legacy::open(opts, id, jobs, sink).await
+                    })
+                    .await;
+                    events.connected(generation, attempted(opened, &domain, host));
                 });
             }
         }
@@ -549,6 +573,16 @@ impl Drop for Pool {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// The result of a connection attempt whose task caught a panic of its work (`Err` with the panic's message): a
+/// panic is logged at error level and is a failed attempt ([`ConnectionError::Panicked`]), so the pool always hears
+/// back about an attempt, no longer counts it as under way, gives its host slot back, and backs off before the next.
+fn attempted(opened: Result<ConnectResult, String>, domain: &str, host: String) -> ConnectResult {
+    opened.unwrap_or_else(|message| {
+        tracing::error!(%domain, %host, "a connection attempt panicked: {message}");
+        Err(ConnectionError::Panicked { host, message })
+    })
 }
 
 /// The answers that refuse a notification for the state of the connection that carried it, not for anything in
@@ -682,5 +716,78 @@ mod tests {
             room_to_grow([unlimited, load(usize::MAX, 0)].into_iter(), 3),
             Some(usize::MAX)
         );
+    }
+
+    /// A connection attempt whose task panics is reported to the owner as a failed attempt naming the panic: the
+    /// pool no longer counts it as under way, and the next attempt opens a connection (against the simulator,
+    /// over TLS).
+    #[tokio::test]
+    async fn a_panicking_connection_attempt_is_a_failed_attempt_and_the_next_one_opens() {
+        use herald_apns::client::connect::Endpoint;
+        use herald_apns::identity::{RootSource, client_config};
+        use herald_sim::{Pki, SimConfig, Simulator};
+
+        struct Events(tokio::sync::mpsc::UnboundedSender<(u64, ConnectResult)>);
+        impl PoolEvents for Events {
+            fn connected(&self, generation: u64, result: ConnectResult) {
+                let _ = self.0.send((generation, result));
+            }
+        }
+        struct NoSink;
+        impl OutcomeSink<Box<Queued>> for NoSink {
+            fn report(&self, _: Box<Queued>, _: PushResult, _: &ConnectionInfo) {}
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki"), &["com.example.app".to_string()]).unwrap();
+        let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+            .await
+            .unwrap();
+        let h2 = sim.addrs.h2;
+        let mut settings = DeliverySettings::for_tests("pool.example", h2.port());
+        settings.endpoint = Endpoint::new(h2.ip().to_string(), h2.port());
+        settings.tls =
+            client_config(None, RootSource::CaFile(pki.manifest.ca_cert.clone()), true).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut pool = Pool::new(
+            Arc::new(settings),
+            0,
+            Arc::new(NoSink),
+            Arc::new(Events(tx)),
+        );
+        let mut next_report = async || {
+            tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("the attempt is reported")
+                .unwrap()
+        };
+        pool.connect_panics = true;
+        assert!(pool.open_one());
+        assert_eq!(pool.open_connections(), 1, "the attempt is under way");
+        let (generation, result) = next_report().await;
+        assert!(
+            matches!(&result, Err(ConnectionError::Panicked { message, .. })
+                if message == "a test made the connection attempt panic"),
+            "{result:?}"
+        );
+        assert_eq!(
+            pool.on_connected(generation, result),
+            ConnectOutcome::Failed {
+                delay_domain: false
+            }
+        );
+        assert_eq!(pool.open_connections(), 0);
+        assert!(
+            pool.last_error().is_some_and(|e| e.contains("panicked")),
+            "{:?}",
+            pool.last_error()
+        );
+        assert!(pool.open_one());
+        let (generation, result) = next_report().await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(
+            pool.on_connected(generation, result),
+            ConnectOutcome::Opened
+        );
+        assert_eq!(pool.open_connections(), 1);
     }
 }
