@@ -2333,7 +2333,7 @@ mod tests {
             mut seen,
             run,
             ..
-        } = silent_peer(Duration::from_millis(400), Duration::from_millis(100)).await;
+        } = silent_peer(Duration::from_secs(3), Duration::from_millis(100)).await;
         send_job(&jobs_tx, 1).await;
         let first = results.wait_for(1).await;
         assert!(
@@ -2348,9 +2348,10 @@ mod tests {
                 other => panic!("no PING came: {other:?}"),
             }
         }
-        // The job comes half a response time after the PING: its own timeout would end after the connection
-        // gives up on the PING.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The job comes a third of a response time after the PING (a stall of the machine shorter than two
+        // seconds still finds the connection open): its own timeout would end after the connection gives up on the
+        // PING.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         jobs_tx
             .send(Job {
                 request: request(2),

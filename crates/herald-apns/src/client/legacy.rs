@@ -813,12 +813,18 @@ mod tests {
 
     /// Options with a 200 ms response window.
     fn options(write_timeout: Duration) -> Arc<BinaryOptions> {
+        options_window(write_timeout, Duration::from_millis(200))
+    }
+
+    /// Options with a response window of `window` (a test whose error packet must come within it after a wait
+    /// of its own: a loaded machine's stall must not make that wait the longer).
+    fn options_window(write_timeout: Duration, window: Duration) -> Arc<BinaryOptions> {
         Arc::new(BinaryOptions {
             endpoint: Endpoint::new("127.0.0.1", 2195),
             tls: client_config(None, RootSource::NoVerify, false).unwrap(),
             format: BinaryFormat::Frame,
             connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_millis(200),
+            response_timeout: window,
             write_timeout,
             idle_timeout: None,
             max_window: 10_000,
@@ -920,10 +926,19 @@ mod tests {
     #[tokio::test]
     async fn a_write_held_up_by_a_slow_reader_does_not_count_as_answered_silence() {
         let (client, mut server) = tokio::io::duplex(64);
-        let (tx, results, conn) = start(client, None, 3, WRITE_TIMEOUT);
-        // The server reads nothing for three response times (the write waits meanwhile), then reads what was
-        // written and, 50 ms later (within the response time), refuses the first notification.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let window = Duration::from_secs(2);
+        let Started {
+            tx, results, conn, ..
+        } = start_with(
+            client,
+            None,
+            3,
+            options_window(WRITE_TIMEOUT, window),
+            FIRST_IDENTIFIER,
+        );
+        // The server reads nothing for one and a half response times (the write waits meanwhile), then reads what
+        // was written and, 50 ms later (well within the response time), refuses the first notification.
+        tokio::time::sleep(window * 3 / 2).await;
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         while got.len() < 3 * 150 {
@@ -1017,10 +1032,22 @@ mod tests {
         let (client, mut server) = tight_pair().await;
         let (client, acks) = counted(client);
         let jobs = 200;
-        let (_tx, results, conn) = start(client, acks, jobs, WRITE_TIMEOUT);
+        let window = Duration::from_secs(2);
+        let Started {
+            tx: _tx,
+            results,
+            conn,
+            ..
+        } = start_with(
+            client,
+            acks,
+            jobs,
+            options_window(WRITE_TIMEOUT, window),
+            FIRST_IDENTIFIER,
+        );
         let one = encoded_len();
-        // Three response windows of silence with the bytes unacknowledged: nothing is delivered.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // One and a half response windows of silence with the bytes unacknowledged: nothing is delivered.
+        tokio::time::sleep(window * 3 / 2).await;
         assert_eq!(
             results.wait_for(0).await,
             vec![],
