@@ -8,9 +8,18 @@
 //! whose stream the server refused ([`BroadcastClientError::stream_refused`]) was not processed either, and leaves
 //! the connection open for the next call. The connection closes once its last clone is dropped: `GOAWAY(NO_ERROR)`,
 //! sent as soon as its streams have ended, then the socket.
+//!
+//! A connection keeps track of when it last heard from the server (any bytes read: an answer, a PING's answer,
+//! SETTINGS; [`BroadcastClient::silent_for`]) and can ask whether the server is still there with an HTTP/2 PING
+//! ([`BroadcastClient::ping`]). A caller that keeps a connection between calls asks before it hands out one it has
+//! not heard from for a while: a NAT or a middlebox may have dropped it without a word, and a call sent on it would
+//! wait its whole timeout for nothing (docs/apns-protocol.md §6.2.1).
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
@@ -185,7 +194,95 @@ pub struct BroadcastClient {
     /// a connection takes a renewed token only 20 minutes after adopting its own.
     token: Arc<std::sync::Mutex<ConnectionToken>>,
     timeout: Duration,
+    /// When something was last read from the server (shared by the clones, which share the connection).
+    heard: Arc<LastHeard>,
+    /// The connection's PINGs (shared by the clones): one out at a time.
+    pinger: Arc<tokio::sync::Mutex<Pinger>>,
     _driver: Arc<DriverGuard>,
+}
+
+/// When something was last read from a connection's server. On the real clock: the silence of a real socket.
+struct LastHeard(std::sync::Mutex<Instant>);
+
+impl LastHeard {
+    fn new() -> LastHeard {
+        LastHeard(std::sync::Mutex::new(Instant::now()))
+    }
+
+    fn get(&self) -> Instant {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    }
+}
+
+/// The transport of a connection, noting when something was read from it ([`LastHeard`]).
+struct Heard<S> {
+    io: S,
+    heard: Arc<LastHeard>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Heard<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.heard.now();
+        }
+        read
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Heard<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A connection's PINGs: h2 lets one be out at a time.
+struct Pinger {
+    /// `None` when h2 gave none (it gives them once, to the connection's opener).
+    pong: Option<h2::PingPong>,
+    /// A PING is out and its answer not yet taken (a caller stopped waiting for it): the next caller waits for that
+    /// answer instead of sending another.
+    out: bool,
 }
 
 /// How long a connection whose every clone was dropped has to close itself cleanly (GOAWAY, then the socket)
@@ -254,7 +351,16 @@ impl BroadcastClient {
         // made at once on a new connection wait for the server's limit instead of opening streams it refuses.
         let mut builder = h2::client::Builder::new();
         builder.enable_push(false);
-        let (send, connection) = preface::open(io, builder, &endpoint.host, timeout).await?;
+        let heard = Arc::new(LastHeard::new());
+        let io = Heard {
+            io,
+            heard: heard.clone(),
+        };
+        let (send, mut connection) = preface::open(io, builder, &endpoint.host, timeout).await?;
+        let pinger = Pinger {
+            pong: connection.ping_pong(),
+            out: false,
+        };
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("broadcast connection ended: {e}");
@@ -271,8 +377,49 @@ impl BroadcastClient {
             auth,
             token: Arc::default(),
             timeout,
+            heard,
+            pinger: Arc::new(tokio::sync::Mutex::new(pinger)),
             _driver: Arc::new(DriverGuard(Some(driver))),
         })
+    }
+
+    /// How long since something was last read from the server (an answer, a PING's answer, any frame), or since the
+    /// connection opened.
+    pub fn silent_for(&self) -> Duration {
+        self.heard.get().elapsed()
+    }
+
+    /// Asks the server with an HTTP/2 PING whether it is still there, and waits for its answer at most `limit`
+    /// (never longer than the call timeout). An error (no answer in time, the connection ended) says the
+    /// connection should not be given another call. Nothing of any call is sent; a PING already out, whose answer
+    /// a caller stopped waiting for, is waited for rather than another sent.
+    pub async fn ping(&self, limit: Duration) -> Result<(), BroadcastClientError> {
+        let limit = limit.min(self.timeout);
+        let http_err = |source| BroadcastClientError::Http {
+            host: self.host.clone(),
+            source,
+        };
+        let asked = async {
+            let mut pinger = self.pinger.lock().await;
+            let Pinger { pong, out } = &mut *pinger;
+            // h2 gives the PINGs to the connection's opener, which took them: never without.
+            let Some(pong) = pong.as_mut() else {
+                return Ok(());
+            };
+            if !*out {
+                pong.send_ping(h2::Ping::opaque()).map_err(http_err)?;
+                *out = true;
+            }
+            poll_fn(|cx| pong.poll_pong(cx)).await.map_err(http_err)?;
+            *out = false;
+            Ok(())
+        };
+        tokio::time::timeout(limit, asked)
+            .await
+            .map_err(|_| BroadcastClientError::Timeout {
+                host: self.host.clone(),
+                secs: limit.as_secs(),
+            })?
     }
 
     /// Whether `other` is a clone of this client (calls on both share one connection).
@@ -1104,6 +1251,96 @@ mod tests {
             assert_eq!(e.not_processed(), unprocessed, "last stream id {last}: {e}");
             assert!(!e.stream_refused(), "a GOAWAY is no refused stream: {e}");
         }
+    }
+
+    /// A live server answers a PING, and its answer counts as hearing from it.
+    #[tokio::test]
+    async fn a_live_server_answers_a_ping_which_counts_as_hearing_from_it() {
+        let (addr, streams) = recording_server().await;
+        let c = client(addr).await.unwrap();
+        let asked = std::time::Instant::now();
+        c.ping(WAIT).await.unwrap();
+        assert!(
+            c.silent_for() <= asked.elapsed(),
+            "the PING's answer was heard"
+        );
+        c.broadcast(&update()).await.unwrap();
+        assert_eq!(streams.lock().unwrap().len(), 1, "one connection");
+    }
+
+    /// A server that answers the first request, then reads everything and answers nothing, PINGs included, while
+    /// keeping the connection open: a peer a NAT dropped without a word. Counts the PINGs it gets.
+    async fn silent_after_first(mut sock: TcpStream, pings: Arc<AtomicUsize>) {
+        const HEADERS: u8 = 0x1;
+        const DATA: u8 = 0x0;
+        const PING: u8 = 0x6;
+        let mut preface = [0u8; 24];
+        if sock.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        let _ = sock.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await;
+        let mut answered = false;
+        loop {
+            let mut head = [0u8; 9];
+            if sock.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if sock.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            match head[3] {
+                SETTINGS if head[4] & 1 == 0 && !answered => {
+                    let _ = sock.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0]).await;
+                }
+                // The end of the first request's body: `:status 200` (static table index 8), ending the stream.
+                DATA if head[4] & 1 == 1 && !answered => {
+                    answered = true;
+                    let s = &head[5..9];
+                    let frame = [0, 0, 1, HEADERS, 0x5, s[0], s[1], s[2], s[3], 0x88];
+                    let _ = sock.write_all(&frame).await;
+                }
+                PING if head[4] & 1 == 0 => {
+                    pings.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A PING to a server gone silent goes unanswered: the check fails within its limit, and a second check while
+    /// the first PING is still out waits for that one rather than sending another.
+    #[tokio::test]
+    async fn a_ping_to_a_server_gone_silent_is_not_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pings = Arc::new(AtomicUsize::new(0));
+        let counted = pings.clone();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            silent_after_first(sock, counted).await;
+        });
+        let c = client(addr).await.unwrap();
+        c.broadcast(&update()).await.unwrap();
+        let limit = Duration::from_millis(300);
+        for _ in 0..2 {
+            let e = tokio::time::timeout(WAIT, c.ping(limit))
+                .await
+                .expect("the check outlived its limit")
+                .unwrap_err();
+            assert!(matches!(e, BroadcastClientError::Timeout { .. }), "{e}");
+        }
+        assert!(!c.is_closed(), "the connection itself is still open");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while pings.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no PING reached the server"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pings.load(Ordering::SeqCst), 1, "one PING out at a time");
     }
 
     /// A connection is open only once the server's SETTINGS came: a server that sends something else first, closes,

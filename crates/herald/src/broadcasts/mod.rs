@@ -1560,6 +1560,9 @@ domain "{DOMAIN}" {{
         latency: Duration,
         /// Every request gets `RST_STREAM(REFUSED_STREAM)` (after the `first` refusal, if any).
         refuse_all: bool,
+        /// The first connection, once it answered its first request, reads everything and answers nothing more,
+        /// PINGs included, and stays open: a connection a NAT dropped without a word.
+        silent_after_first: bool,
     }
 
     impl RawOptions {
@@ -1574,7 +1577,7 @@ domain "{DOMAIN}" {{
     /// A broadcast host on 127.0.0.1 (TLS with the fixture's server certificate, ALPN `h2`) that speaks HTTP/2 frame
     /// by frame: its SETTINGS first (with `SETTINGS_MAX_CONCURRENT_STREAMS` when it has a limit), then `200` to every
     /// request once its body came and the latency passed; the first request of all gets the `first` refusal instead,
-    /// and a stream opened while `limit` others are open is refused and counted.
+    /// and a stream opened while `limit` others are open is refused and counted. It answers PINGs.
     struct RawApns {
         port: u16,
         connections: Arc<AtomicUsize>,
@@ -1663,11 +1666,14 @@ domain "{DOMAIN}" {{
         const HEADERS: u8 = 0x1;
         const RST_STREAM: u8 = 0x3;
         const SETTINGS: u8 = 0x4;
+        const PING: u8 = 0x6;
         const GOAWAY: u8 = 0x7;
         const END_STREAM: u8 = 0x1;
         const ACK: u8 = 0x1;
         const END_HEADERS: u8 = 0x4;
         let limit = options.limit;
+        // Set once the connection answers nothing more (`silent_after_first`).
+        let mut silent = false;
         let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
             let len = (payload.len() as u32).to_be_bytes();
             let mut f = vec![len[1], len[2], len[3], kind, flags];
@@ -1707,6 +1713,12 @@ domain "{DOMAIN}" {{
             let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
             let mut payload = vec![0u8; len];
             io.read_exact(&mut payload).await?;
+            if silent {
+                if kind == HEADERS {
+                    lock(&counters.streams)[conn] += 1;
+                }
+                continue;
+            }
             let scripted = if kind == HEADERS {
                 lock(&counters.streams)[conn] += 1;
                 lock(first)
@@ -1717,6 +1729,7 @@ domain "{DOMAIN}" {{
             };
             let answer = match kind {
                 SETTINGS if flags & ACK == 0 => Some(frame(SETTINGS, ACK, 0, &[])),
+                PING if flags & ACK == 0 => Some(frame(PING, ACK, 0, &payload)),
                 HEADERS => match scripted {
                     Some(Refuse::GoAway) => {
                         let goaway = frame(GOAWAY, 0, 0, &[0; 8]);
@@ -1761,6 +1774,7 @@ domain "{DOMAIN}" {{
                         tokio::time::sleep(options.latency).await;
                     }
                     counters.answered.fetch_add(1, Ordering::SeqCst);
+                    silent = options.silent_after_first && conn == 0;
                     ok(stream)
                 }
             };
@@ -1900,6 +1914,61 @@ domain "{DOMAIN}" {{
         })
         .await;
         assert_eq!(*lock(&raw.streams), [1, 1], "requests per connection");
+    }
+
+    /// A kept broadcast connection that died without a word (the host reads everything and answers nothing, PINGs
+    /// included, and keeps the socket open), long before its `idle_timeout`, does not take the next broadcast:
+    /// nothing heard from it for the liveness threshold, its PING goes unanswered and it is closed and forgotten; the
+    /// broadcast goes out on a new connection and is delivered at once, no failure counted, no retry waited for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_broadcast_connection_gone_silent_is_dropped_and_the_broadcast_goes_out_on_a_new_one()
+     {
+        let options = RawOptions {
+            silent_after_first: true,
+            ..RawOptions::default()
+        };
+        let (f, raw) = Fixture::routed(
+            "",
+            "  idle_timeout = 3600\n  retry_interval = 3600",
+            Some(options),
+        )
+        .await;
+        let raw = raw.unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let broadcaster =
+            Broadcaster::start(f.store(), f.resolver.clone(), Logs::default()).unwrap();
+        let silence = Duration::from_millis(300);
+        broadcaster
+            .conns
+            .set_liveness(silence, Duration::from_millis(500));
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the first broadcast", || {
+            raw.answered.load(Ordering::SeqCst) == 1 && broadcaster.queued() == 0
+        })
+        .await;
+        wait_for("the kept connection to be silent for the threshold", || {
+            broadcaster
+                .conns
+                .silent_for(DOMAIN)
+                .is_some_and(|s| s >= silence)
+        })
+        .await;
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the second broadcast", || {
+            raw.answered.load(Ordering::SeqCst) == 2 && broadcaster.queued() == 0
+        })
+        .await;
+        assert_eq!(
+            *lock(&raw.streams),
+            [1, 1],
+            "nothing sent on the silent connection"
+        );
+        assert_eq!(not_delivered(&broadcaster), Vec::<String>::new());
+        wait_for("the silent connection to be closed", || {
+            *lock(&raw.ended) == [0]
+        })
+        .await;
+        assert_eq!(broadcaster.conns.domains(), [DOMAIN]);
     }
 
     /// A reload that removes the domain closes its broadcast connection, even one `idle_timeout = 0` keeps.

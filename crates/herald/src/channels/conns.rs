@@ -9,6 +9,15 @@
 //! call ends, and it is handed out and closed for idleness under the same lock: a call is never handed a connection
 //! being closed for idleness, and one that is in use is not closed for it. A connection a reload made stale while a
 //! call is on it is forgotten at once and closes when that call ends.
+//!
+//! A kept connection may have died without a word (a NAT or a middlebox that forgot it, a server gone without a
+//! FIN), which a long `idle_timeout` leaves plenty of time for; a call sent on it would wait its whole timeout for
+//! nothing. So a kept connection from which nothing has been heard for [`LIVENESS_THRESHOLD`] (no answer, no PING
+//! answer, no frame at all) is asked with an HTTP/2 PING before it is handed out, as a device-push connection is
+//! (docs/apns-protocol.md §3.7). Without an answer within [`LIVENESS_PING_TIMEOUT`] (never longer than the call
+//! timeout) it is closed and forgotten, and the call goes out on a new connection: it was not sent on the dead one,
+//! so it is sent once. The PING is sent and waited for under the domain's lock only, as a connection is opened:
+//! calls of the domain wait for it (they would be handed the same connection), calls of other domains do not.
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -16,6 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use herald_apns::broadcast::{BroadcastClient, BroadcastClientError};
+use herald_apns::client::http2::{LIVENESS_PING_TIMEOUT, LIVENESS_THRESHOLD};
 use tokio::time::Instant;
 
 use super::{Purpose, Target, resolve_for};
@@ -107,7 +117,8 @@ impl Drop for Lease {
 /// Why [`Connections::get`] gave no connection. Nothing was sent.
 #[derive(Debug)]
 pub(crate) enum Unavailable {
-    /// The domain's lock, held by a call opening its connection, was not had within the wait given.
+    /// The domain's lock, held by a call opening its connection (or asking the kept one with a PING), was not had
+    /// within the wait given.
     Wait { secs: u64 },
     /// Opening a connection failed.
     Connect(BroadcastClientError),
@@ -120,6 +131,17 @@ pub(crate) struct Connections {
     /// Bounds opening a connection.
     connect_timeout: Duration,
     slots: Arc<Slots>,
+    /// When a kept connection is asked with a PING before it is handed out, and how long its answer may take.
+    liveness: Mutex<Liveness>,
+}
+
+/// See [`Connections::liveness`].
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    /// A kept connection nothing has been heard from for this long is asked with a PING before it is handed out.
+    silence: Duration,
+    /// How long the PING's answer may take (never longer than the call timeout).
+    answer: Duration,
 }
 
 impl Connections {
@@ -133,14 +155,25 @@ impl Connections {
             purpose,
             connect_timeout,
             slots: Arc::default(),
+            liveness: Mutex::new(Liveness {
+                silence: LIVENESS_THRESHOLD,
+                answer: LIVENESS_PING_TIMEOUT,
+            }),
         }
     }
 
+    /// Asks kept connections silent for `silence` with a PING answered within `answer` (tests).
+    #[cfg(test)]
+    pub(crate) fn set_liveness(&self, silence: Duration, answer: Duration) {
+        *lock(&self.liveness) = Liveness { silence, answer };
+    }
+
     /// The domain's connection for a call to `target`, and whether it was opened for it: the kept one when it is
-    /// open, for the same target, and not `failed` (a connection that failed a call about to be made again), else a
-    /// new one, which is kept. Of the calls that failed on one connection together, the first opens a new connection
-    /// and the others use it. The domain's lock is held while the connection is taken or opened (so that calls at
-    /// once open one between them), and waited for at most `wait` when given.
+    /// open, for the same target, not `failed` (a connection that failed a call about to be made again), and heard
+    /// from lately or answering a PING (see the module documentation), else a new one, which is kept. Of the calls
+    /// that failed on one connection together, the first opens a new connection and the others use it. The domain's
+    /// lock is held while the connection is taken, checked or opened (so that calls at once open one between them),
+    /// and waited for at most `wait` when given.
     pub(crate) async fn get(
         &self,
         domain: &str,
@@ -163,7 +196,20 @@ impl Connections {
             && c.target.same_connection(target)
             && failed.is_none_or(|f| !c.client.same_connection(f))
         {
-            return Ok((c.lease(), false));
+            let liveness = *lock(&self.liveness);
+            let silent = c.client.silent_for();
+            if silent < liveness.silence {
+                return Ok((c.lease(), false));
+            }
+            match c.client.ping(liveness.answer).await {
+                Ok(()) => return Ok((c.lease(), false)),
+                Err(e) => tracing::debug!(
+                    %domain,
+                    purpose = ?self.purpose,
+                    "kept connection closed: nothing heard from it for {} ms and its PING went unanswered ({e})",
+                    silent.as_millis()
+                ),
+            }
         }
         // The connection it held closes once the calls still on it have ended.
         *kept = None;
@@ -230,6 +276,15 @@ impl Connections {
         let mut domains: Vec<String> = lock(&self.slots).keys().cloned().collect();
         domains.sort();
         domains
+    }
+
+    /// How long nothing has been heard from the domain's kept connection; `None` without one, or while its lock is
+    /// held (tests).
+    #[cfg(test)]
+    pub(crate) fn silent_for(&self, domain: &str) -> Option<Duration> {
+        let slot = self.existing(domain)?;
+        let kept = slot.try_lock().ok()?;
+        kept.as_ref().map(|c| c.client.silent_for())
     }
 
     /// Holds the domain's lock, as a call opening its connection does (tests).

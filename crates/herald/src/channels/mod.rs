@@ -6,8 +6,9 @@
 //!
 //! [`ChannelManager`] keeps one HTTP/2 connection per domain ([`conns`]), opened on demand and again when it closed
 //! or when the domain's route or credentials changed (a reload); a connection unused for the domain's `idle_timeout`
-//! is closed and forgotten, and so is one whose domain a reload removed. It counts every operation per domain, operation and result
-//! for the metrics. A call whose stream APNs refused unprocessed (`REFUSED_STREAM`) is made again at once on the same
+//! is closed and forgotten, and so is one whose domain a reload removed, and one that, not heard from for a while,
+//! leaves the PING it is asked with before a call unanswered (the call goes out on a new one). It counts every
+//! operation per domain, operation and result for the metrics. A call whose stream APNs refused unprocessed (`REFUSED_STREAM`) is made again at once on the same
 //! connection, which stays (up to [`MAX_REFUSALS`] times). A call APNs did not process otherwise (never sent, above
 //! a GOAWAY's last stream id, or still refused after those), one refused for a provider token that was renewed
 //! since, and a read, delete or list whose kept connection died under it are made once more on a new connection; a
@@ -799,6 +800,9 @@ mod tests {
         streams: Arc<Mutex<Vec<usize>>>,
         /// The connections that ended, in the order they did: (which, whether the client sent GOAWAY first).
         ended: Arc<Mutex<Vec<(usize, bool)>>>,
+        /// PINGs answered per connection, and the connections told to answer nothing more ([`ScriptedHost::silence`]).
+        pings: Arc<Mutex<Vec<usize>>>,
+        silenced: Arc<Mutex<Vec<usize>>>,
     }
 
     impl ScriptedHost {
@@ -814,9 +818,12 @@ mod tests {
                 port: listener.local_addr().unwrap().port(),
                 streams: Arc::default(),
                 ended: Arc::default(),
+                pings: Arc::default(),
+                silenced: Arc::default(),
             };
             let streams = host.streams.clone();
             let ended = host.ended.clone();
+            let (pings, silenced) = (host.pings.clone(), host.silenced.clone());
             let script = Arc::new(script);
             let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             tokio::spawn(async move {
@@ -824,15 +831,23 @@ mod tests {
                     let conn = {
                         let mut streams = streams.lock().unwrap();
                         streams.push(0);
+                        pings.lock().unwrap().push(0);
                         streams.len() - 1
                     };
                     let acceptor = acceptor.clone();
                     let (streams, script, next) = (streams.clone(), script.clone(), next.clone());
                     let ended = ended.clone();
+                    let (pings, silenced) = (pings.clone(), silenced.clone());
                     tokio::spawn(async move {
                         if let Ok(tls) = acceptor.accept(tcp).await {
                             let goaway = std::sync::atomic::AtomicBool::new(false);
-                            let _ = serve(tls, &script, &next, &streams, conn, &goaway).await;
+                            let watched = Watched {
+                                streams: &streams,
+                                pings: &pings,
+                                silenced: &silenced,
+                                goaway: &goaway,
+                            };
+                            let _ = serve(tls, &script, &next, conn, watched).await;
                             let goaway = goaway.load(std::sync::atomic::Ordering::SeqCst);
                             ended.lock().unwrap().push((conn, goaway));
                         }
@@ -849,6 +864,28 @@ mod tests {
         fn ended(&self) -> Vec<(usize, bool)> {
             self.ended.lock().unwrap().clone()
         }
+
+        fn pings(&self) -> Vec<usize> {
+            self.pings.lock().unwrap().clone()
+        }
+
+        /// From now on, the `conn`th connection reads everything and answers nothing, PINGs included, and stays
+        /// open: a connection a NAT dropped without a word.
+        fn silence(&self, conn: usize) {
+            self.silenced.lock().unwrap().push(conn);
+        }
+    }
+
+    /// What a [`ScriptedHost`] connection reports, and is told.
+    struct Watched<'a> {
+        /// Requests per connection.
+        streams: &'a Mutex<Vec<usize>>,
+        /// PINGs answered per connection.
+        pings: &'a Mutex<Vec<usize>>,
+        /// The connections that answer nothing.
+        silenced: &'a Mutex<Vec<usize>>,
+        /// Set when the client sent GOAWAY.
+        goaway: &'a std::sync::atomic::AtomicBool,
     }
 
     /// One connection of a [`ScriptedHost`], the `conn`th.
@@ -856,9 +893,8 @@ mod tests {
         mut io: S,
         script: &[Act],
         next: &std::sync::atomic::AtomicUsize,
-        streams: &Mutex<Vec<usize>>,
         conn: usize,
-        goaway: &std::sync::atomic::AtomicBool,
+        watched: Watched<'_>,
     ) -> std::io::Result<()>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -867,10 +903,17 @@ mod tests {
         const DATA: u8 = 0x0;
         const HEADERS: u8 = 0x1;
         const SETTINGS: u8 = 0x4;
+        const PING: u8 = 0x6;
         const GOAWAY: u8 = 0x7;
         const END_STREAM: u8 = 0x1;
         const ACK: u8 = 0x1;
         const END_HEADERS: u8 = 0x4;
+        let Watched {
+            streams,
+            pings,
+            silenced,
+            goaway,
+        } = watched;
         let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
             let len = (payload.len() as u32).to_be_bytes();
             let mut f = vec![len[1], len[2], len[3], kind, flags];
@@ -892,7 +935,22 @@ mod tests {
             let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
             let mut payload = vec![0u8; len];
             io.read_exact(&mut payload).await?;
+            if silenced.lock().unwrap().contains(&conn) {
+                if kind == HEADERS {
+                    streams.lock().unwrap()[conn] += 1;
+                }
+                if kind == GOAWAY {
+                    goaway.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                continue;
+            }
             let complete = match kind {
+                PING if flags & ACK == 0 => {
+                    io.write_all(&frame(PING, ACK, 0, &payload)).await?;
+                    io.flush().await?;
+                    pings.lock().unwrap()[conn] += 1;
+                    false
+                }
                 SETTINGS if flags & ACK == 0 => {
                     io.write_all(&frame(SETTINGS, ACK, 0, &[])).await?;
                     io.flush().await?;
@@ -1111,6 +1169,89 @@ domain "{DOMAIN}" {{
         .unwrap()
         .unwrap();
         assert_eq!(f.host.streams(), [1, 1], "requests per connection");
+    }
+
+    /// A kept connection that died without a word (the host reads everything and answers nothing, PINGs included,
+    /// and keeps the socket open), long before its `idle_timeout`, does not take the next call: nothing heard from
+    /// it for the liveness threshold, it is asked with a PING, which goes unanswered, and it is closed and forgotten;
+    /// the call goes out on a new connection, which is kept, and is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_connection_gone_silent_is_dropped_and_the_call_goes_out_on_a_new_one() {
+        let f = Fixture::new(vec![answer(200, EMPTY_LIST)]).await;
+        let silence = Duration::from_millis(300);
+        f.manager
+            .conns
+            .set_liveness(silence, Duration::from_millis(500));
+        let idle = Some(Duration::from_secs(3600));
+        let within = tokio::time::timeout(WAIT, async {
+            f.manager
+                .run_on(DOMAIN, idle_after(&f, idle), Call::List)
+                .await
+                .unwrap();
+            f.host.silence(0);
+            wait_for("the kept connection to be silent for the threshold", || {
+                f.manager
+                    .conns
+                    .silent_for(DOMAIN)
+                    .is_some_and(|s| s >= silence)
+            })
+            .await;
+            f.manager
+                .run_on(DOMAIN, idle_after(&f, idle), Call::List)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        });
+        within.await.expect("the calls took too long");
+        assert_eq!(
+            f.host.streams(),
+            [1, 1],
+            "nothing sent on the silent connection"
+        );
+        wait_for("the silent connection to be closed", || {
+            f.host.ended() == [(0, true)]
+        })
+        .await;
+        assert_eq!(
+            f.manager.conns.domains(),
+            [DOMAIN],
+            "the new connection is kept"
+        );
+        assert_eq!(
+            f.manager.counts(),
+            [(DOMAIN.to_owned(), "list", "ok".to_owned(), 2)]
+        );
+    }
+
+    /// A kept connection not heard from for the liveness threshold whose host answers the PING is handed out: the
+    /// call goes out on it, and no connection is opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_connection_answering_its_ping_is_kept() {
+        let f = Fixture::new(vec![answer(200, EMPTY_LIST)]).await;
+        let silence = Duration::from_millis(300);
+        f.manager.conns.set_liveness(silence, CALL_TIMEOUT);
+        let idle = Some(Duration::from_secs(3600));
+        let within = tokio::time::timeout(WAIT, async {
+            f.manager
+                .run_on(DOMAIN, idle_after(&f, idle), Call::List)
+                .await
+                .unwrap();
+            wait_for("the kept connection to be silent for the threshold", || {
+                f.manager
+                    .conns
+                    .silent_for(DOMAIN)
+                    .is_some_and(|s| s >= silence)
+            })
+            .await;
+            f.manager
+                .run_on(DOMAIN, idle_after(&f, idle), Call::List)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        });
+        within.await.expect("the calls took too long");
+        assert_eq!(f.host.pings(), [1], "the connection was asked first");
+        assert_eq!(f.host.streams(), [2], "both calls on the kept connection");
+        assert_eq!(f.host.ended(), [], "no connection closed");
+        assert_eq!(f.manager.conns.domains(), [DOMAIN]);
     }
 
     /// A reload that removes the domain closes its kept connection, even one that would never close for idleness
