@@ -23,13 +23,13 @@ use async_nats::jetstream::consumer::FromConsumer;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 
 use crate::error::SpoolError;
 use crate::key::SpoolKey;
 use crate::nodes::{self, ClusterView, NodeBeat};
 use crate::record::{DecodeError, StoredNotification};
-use crate::retry_state::{ReadState, RetryBook, RetryState, retries_at};
+use crate::retry_state::{ReadState, RetryBook, RetryState, Slot, retries_at};
 use crate::spool::{RecoveryReport, Spool, SpoolFuture, SpoolStats};
 
 /// Publishes awaiting their ack, over all the batches of a node. A batch takes its share at once (a larger one goes
@@ -79,8 +79,19 @@ pub const MAX_RECENTLY_FINISHED: usize = 100_000;
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Before notifications go back to the stream without an attempt at a stop, the retry counts written for them
-/// ([`crate::retry_state`]) are waited for this long at most: the node that pulls them next reads them.
+/// ([`crate::retry_state`]) are waited for this long at most by default ([`JetStreamOptions::retry_writes_wait`]):
+/// the node that pulls them next reads them.
 pub const RETRY_WRITES_WAIT: Duration = Duration::from_secs(2);
+
+/// Reads of the bucket of retry counts under way at once for the messages of a pull; the messages are handed over
+/// in the order they came.
+pub const READS_AT_ONCE: usize = 64;
+
+/// The reads of the bucket of retry counts for the messages of a pull take this long at most, and never more than
+/// a third of the consumer's ack wait: the messages not read by then are counted from their
+/// delivery count (with a warning), so that the end of a large batch is held, its in-progress acks going, well
+/// before the ack wait hands it to another node.
+pub const READS_BUDGET: Duration = Duration::from_secs(10);
 
 /// How to reach NATS and which stream to use.
 #[derive(Debug, Clone)]
@@ -117,6 +128,10 @@ pub struct JetStreamOptions {
     pub duplicate_window: Duration,
     /// Name of this node in the message ids it publishes and in the connection name.
     pub node: String,
+    /// How long notifications given back without an attempt at a stop (or pulled and not handed over) wait at most
+    /// for the writes of their retry counts ([`crate::retry_state`]) before they go; one given back while the node
+    /// runs ([`JetStreamSpool::release`]) waits at most this or `request_timeout`, whichever is longer.
+    pub retry_writes_wait: Duration,
 }
 
 impl JetStreamOptions {
@@ -139,6 +154,7 @@ impl JetStreamOptions {
             max_parked: 10_000,
             duplicate_window: Duration::from_secs(120),
             node: default_node_name(),
+            retry_writes_wait: RETRY_WRITES_WAIT,
         }
     }
 
@@ -199,6 +215,9 @@ pub struct JetStreamSpool {
     closed: AtomicBool,
     /// Said when the node stops, to a pull loop waiting for room in the deliveries' queue.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Once the node stops: until when the pull under way may read the bucket of retry counts for what it gives
+    /// back (one read's limit after the stop began), so that the stop is not held up by them.
+    stop_reads_until: Mutex<Option<tokio::time::Instant>>,
     /// Held by the pull loop while a pull is open: a stop waits for the pull under way to end before it gives
     /// anything back ([`Spool::close`]).
     pull_open: Arc<tokio::sync::Mutex<()>>,
@@ -350,6 +369,7 @@ impl JetStreamSpool {
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             stopping: tokio::sync::watch::Sender::new(false),
+            stop_reads_until: Mutex::new(None),
             pull_open: Arc::new(tokio::sync::Mutex::new(())),
             figures: StreamFigures::default(),
             append_calls: AtomicU64::new(0),
@@ -648,11 +668,23 @@ impl JetStreamSpool {
             && self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// How long [`Spool::close`] takes at most: the pull under way ends (within [`PULL_EXPIRES`]), the retry counts
-    /// of what goes back are written (within [`RETRY_WRITES_WAIT`], once for the pull's and once for the held
-    /// ones) and NATS answers the give-back (within `request_timeout`). A caller's own limit on the close should not be shorter.
+    /// How long [`Spool::close`] takes at most: the pull under way ends (within [`PULL_EXPIRES`], its reads of the
+    /// bucket of retry counts under way within [`crate::retry_state::READ_LIMIT`]), the retry counts of what goes back are written
+    /// (within `retry_writes_wait`, once for the pull's and once for the held ones) and NATS answers the give-back
+    /// (within `request_timeout`). A caller's own limit on the close should not be shorter.
     pub fn close_limit(&self) -> Duration {
-        self.options.request_timeout + PULL_EXPIRES + RETRY_WRITES_WAIT * 2
+        self.options.request_timeout
+            + PULL_EXPIRES
+            + self.retry_book.read_limit()
+            + self.options.retry_writes_wait * 2
+    }
+
+    /// How long a notification given back without an attempt while the node runs waits at most for the writes of
+    /// its retry counts ([`JetStreamSpool::release`]).
+    fn release_wait(&self) -> Duration {
+        self.options
+            .request_timeout
+            .max(self.options.retry_writes_wait)
     }
 
     /// Notifications pulled by this node and not yet finished.
@@ -745,8 +777,10 @@ impl JetStreamSpool {
     /// this node does not deliver, a record it does not read, the node stopping), to be delivered again (by any
     /// node) after `delay`. Its retries so far go with it, written to the bucket of retry counts
     /// ([`crate::retry_state`]): unlike a retry handed back ([`Spool::hand_back`]), the delivery it ends counts as
-    /// no retry. Until then it stays in the consumer's pending set, counted toward its `max_ack_pending` (when it
-    /// has one: [`consumer_max_ack_pending`]).
+    /// no retry. The node keeps holding it (its in-progress acks go on) until NATS confirmed those writes, or for
+    /// `request_timeout` (or `retry_writes_wait` when longer) at most, then gives it back; a stop meanwhile gives it
+    /// back at once, with the same delay. Until it is delivered again it stays in the consumer's pending set,
+    /// counted toward its `max_ack_pending` (when it has one: [`consumer_max_ack_pending`]).
     pub fn release(&self, key: SpoolKey, delay: Duration) {
         self.ack(key.0, AckKind::Nak(Some(delay)), Attempted::No);
     }
@@ -756,61 +790,166 @@ impl JetStreamSpool {
         &self.retry_book
     }
 
-    /// What the bucket of retry counts says of the message at `seq`, delivered for the `delivered`-th time. A first
-    /// delivery reads nothing.
-    async fn look_up(&self, seq: Option<u64>, delivered: u64) -> Looked {
-        let Some(seq) = seq.filter(|_| delivered > 1) else {
-            return Looked::First;
-        };
-        match self.retry_book.read(seq).await {
-            Ok(Some(ReadState(state))) => Looked::Entry(state),
-            Ok(None) => Looked::NoEntry,
-            Err(e) => {
-                self.retry_book.report_read_failure(&e);
-                Looked::Unknown
+    /// A pulled message on its way to [`JetStreamSpool::take_in`], with what the bucket of retry counts says of
+    /// it. The bucket is read only where it may say something this node does not know and there is time for it:
+    /// not for a first delivery (nothing to read), nor for a message this node holds already or finished lately
+    /// (it is not handed over again), nor past `read_until` (the delivery count stands in), nor once the node has
+    /// been stopping for one read's limit (the message goes back with its entry as it is). The read goes on in its
+    /// own task.
+    fn prepare(&self, pulled: Pulled, read_until: tokio::time::Instant) -> Preparing {
+        let (delivered, seq) = delivery_of(pulled.message());
+        let stop = *lock(&self.stop_reads_until);
+        let now = tokio::time::Instant::now();
+        let skip = match seq {
+            Some(seq) if delivered > 1 => {
+                if stop.is_some_and(|until| now >= until)
+                    || pulled.id().is_some_and(|id| self.known_here(id, seq))
+                {
+                    Some(Looked::Skipped)
+                } else if now >= read_until {
+                    Some(Looked::OverBudget)
+                } else {
+                    None
+                }
             }
+            _ => Some(Looked::First),
+        };
+        let (Some(seq), None) = (seq, skip) else {
+            let looked = skip.unwrap_or(Looked::First);
+            return Box::pin(std::future::ready((pulled, looked)));
+        };
+        let book = self.retry_book.clone();
+        let (until, late) = match stop {
+            Some(stop) if stop < read_until => (stop, Looked::Skipped),
+            _ => (read_until, Looked::OverBudget),
+        };
+        let read = tokio::spawn(async move {
+            match tokio::time::timeout_at(until, book.read(seq)).await {
+                Ok(Ok(Some(ReadState(state)))) => Looked::Entry(state),
+                Ok(Ok(None)) => Looked::NoEntry,
+                Ok(Err(e)) => {
+                    book.report_read_failure(&e);
+                    Looked::Unknown
+                }
+                Err(_) => late,
+            }
+        });
+        Box::pin(async move { (pulled, read.await.unwrap_or(Looked::Unknown)) })
+    }
+
+    /// Whether the message at `seq` of notification `id` is held here already, or was finished here lately.
+    fn known_here(&self, id: u128, seq: u64) -> bool {
+        let (now, keep) = (Instant::now(), self.finished_for());
+        let mut held = lock(&self.held);
+        held.finished_lately(id, seq, now, keep)
+            || held.holds(id, |m| m.info().is_ok_and(|i| i.stream_sequence == seq))
+    }
+
+    /// Takes in a pulled `message` (stream sequence `seq`) of notification `id`, whose retry state on arrival is
+    /// `known`. A message of a notification held here already is kept with it; when that is the message held
+    /// (JetStream delivered it again, its in-progress acks came late), its entry in the bucket of retry counts is
+    /// written again with the new delivery count: the delivery that ended was no attempt.
+    fn take_in(
+        &self,
+        id: u128,
+        seq: Option<u64>,
+        message: jetstream::Message,
+        known: Known,
+        tx_closed: bool,
+    ) -> Taken {
+        let (now, keep) = (Instant::now(), self.finished_for());
+        let mut held = lock(&self.held);
+        if seq.is_some_and(|seq| held.finished_lately(id, seq, now, keep)) {
+            return Taken::Finished(message);
         }
+        if self.closed.load(Ordering::Relaxed) || tx_closed {
+            // Under the held lock, as the stop sets `closed`: held now, or kept here, never neither.
+            return Taken::Kept(message);
+        }
+        let arrival = held.arrive(id, message, same_message);
+        match arrival {
+            Arrival::New => held.know(id, known),
+            Arrival::Again => {
+                if let Some(known) = held.known_mut(id) {
+                    known.entry = true;
+                    let known = *known;
+                    // Settled when it is being given back without an attempt.
+                    let settled = held.is_releasing(id);
+                    for (slot, state) in states_of(id, held.messages_for(id), known, settled) {
+                        self.retry_book.put(slot, state);
+                    }
+                }
+            }
+            Arrival::Conflict(_) => {}
+        }
+        Taken::Arrived(arrival)
     }
 
     /// Acks (or naks, or terminates) every message held for the notification `key`, and forgets it. A final
     /// outcome (ack, term) is remembered for a while by the messages' stream sequences ([`Finished`]), and deletes
-    /// the entries of its messages in the bucket of retry counts; a nak without an attempt writes them first.
+    /// the entries of its messages in the bucket of retry counts. A nak without an attempt writes them first, and
+    /// goes once they are written ([`JetStreamSpool::release`]).
     fn ack(&self, key: u128, kind: AckKind, attempted: Attempted) {
         let finished = matches!(kind, AckKind::Ack | AckKind::Term);
         let (now, keep) = (Instant::now(), self.finished_for());
         // Queued under the held lock, as [`keep_alive`] queues its in-progress acks: none of those can follow this
         // ack (a nak's delay would be reset to the ack wait by an in-progress ack arriving after it).
         let mut held = lock(&self.held);
+        if !finished
+            && attempted == Attempted::No
+            && let Some(known) = held.known_of(key)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let states = states_of(key, held.messages_for(key), known, true);
+            if !states.is_empty() {
+                let wait = self.release_wait();
+                let deadline = Instant::now() + wait;
+                let written: Vec<_> = states
+                    .into_iter()
+                    .map(|(slot, state)| self.retry_book.put_confirmed(slot, state, deadline))
+                    .collect();
+                // Still held (its in-progress acks go on) until the node that pulls it next can read its retries,
+                // or NATS did not take them in time; then taken, and its nak queued under the held lock. A stop
+                // meanwhile gives it back itself, and nothing is left to take here.
+                let token = held.release_later(key, kind);
+                drop(held);
+                let (held, acks, book) = (
+                    self.held.clone(),
+                    self.acks.clone(),
+                    self.retry_book.clone(),
+                );
+                runtime.spawn(async move {
+                    let until = tokio::time::Instant::from_std(deadline);
+                    if tokio::time::timeout_at(until, join_all(written))
+                        .await
+                        .is_err()
+                    {
+                        book.report_unconfirmed(
+                            "a notification given back without an attempt",
+                            wait,
+                        );
+                    }
+                    let mut held = lock(&held);
+                    for message in held.take_released(key, token) {
+                        let _ = acks.send(AckJob::Ack(message, kind));
+                    }
+                });
+                return;
+            }
+        }
         let (messages, known) = held.take_known(key);
-        let mut written = Vec::new();
         if let Some(known) = known {
             if finished {
                 if known.entry {
-                    for (seq, _) in states_of(key, &messages, known, true) {
-                        self.retry_book.delete(seq);
+                    for (slot, _) in states_of(key, &messages, known, true) {
+                        self.retry_book.delete(slot.seq);
                     }
                 }
             } else if attempted == Attempted::No {
-                for (seq, state) in states_of(key, &messages, known, true) {
-                    written.push(self.retry_book.put_confirmed(seq, state));
+                for (slot, state) in states_of(key, &messages, known, true) {
+                    self.retry_book.put(slot, state);
                 }
             }
-        }
-        if !written.is_empty()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            // The nak goes once the node that pulls the notification next can read its retries (or NATS did not
-            // take them within the request timeout). Queued then in the ordered ack queue: the in-progress acks
-            // queued before it go first, and none is queued after it (the notification is no longer held).
-            let acks = self.acks.clone();
-            let limit = self.options.request_timeout;
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(limit, join_all(written)).await;
-                for message in messages {
-                    let _ = acks.send(AckJob::Ack(message, kind));
-                }
-            });
-            return;
         }
         for message in messages {
             if finished && let Ok(info) = message.info() {
@@ -1010,6 +1149,11 @@ struct Held<M> {
     by_id: HashMap<u128, Vec<M>>,
     /// The retry state of each notification held ([`Held::know`]).
     known: HashMap<u128, Known>,
+    /// Notifications given back without an attempt, held until the writes of their retry counts are confirmed
+    /// ([`JetStreamSpool::release`]): the token of that give-back (a later one of the same id is another) and its
+    /// nak.
+    releasing: HashMap<u128, (u64, AckKind)>,
+    next_token: u64,
     /// What the node finished lately, kept here so that an arrival and a final ack never cross unseen.
     finished: Finished,
 }
@@ -1019,6 +1163,8 @@ impl<M> Default for Held<M> {
         Held {
             by_id: HashMap::new(),
             known: HashMap::new(),
+            releasing: HashMap::new(),
+            next_token: 0,
             finished: Finished::default(),
         }
     }
@@ -1035,6 +1181,10 @@ struct Known {
     /// outcome.
     entry: bool,
 }
+
+/// A notification as [`Held::drain_known`] gives it: its id, its messages, its retry state, and the nak it was being
+/// given back with.
+type Drained<M> = (u128, Vec<M>, Option<Known>, Option<AckKind>);
 
 /// What to do with a pulled message ([`Held::arrive`]).
 #[derive(Debug, PartialEq, Eq)]
@@ -1082,7 +1232,42 @@ impl<M> Held<M> {
     /// Every message held for `id` and its retry state, forgotten here.
     fn take_known(&mut self, id: u128) -> (Vec<M>, Option<Known>) {
         let known = self.known.remove(&id);
+        self.releasing.remove(&id);
         (self.by_id.remove(&id).unwrap_or_default(), known)
+    }
+
+    /// Marks `id` as given back with `nak` once the writes of its retry counts are confirmed; what
+    /// [`Held::take_released`] takes it with.
+    fn release_later(&mut self, id: u128, nak: AckKind) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.releasing.insert(id, (token, nak));
+        token
+    }
+
+    /// Every message held for `id`, forgotten here, when it is still held for the give-back of `token` (nothing
+    /// when it went back otherwise meanwhile, and when a later give-back, or a new delivery, took its place).
+    fn take_released(&mut self, id: u128, token: u64) -> Vec<M> {
+        if self.releasing.get(&id).is_some_and(|(t, _)| *t == token) {
+            self.take_known(id).0
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether `id` is held until it is given back ([`Held::release_later`]).
+    fn is_releasing(&self, id: u128) -> bool {
+        self.releasing.contains_key(&id)
+    }
+
+    /// The retry state of `id`, when it is held and known.
+    fn known_of(&self, id: u128) -> Option<Known> {
+        self.known.get(&id).copied()
+    }
+
+    /// Whether a message for which `is` holds is held for `id`.
+    fn holds(&self, id: u128, is: impl Fn(&M) -> bool) -> bool {
+        self.by_id.get(&id).is_some_and(|m| m.iter().any(is))
     }
 
     /// Sets the retry state of `id`, when it is held.
@@ -1126,16 +1311,21 @@ impl<M> Held<M> {
     fn drain(&mut self) -> Vec<M> {
         self.drain_known()
             .into_iter()
-            .flat_map(|(_, m, _)| m)
+            .flat_map(|(_, m, _, _)| m)
             .collect()
     }
 
-    /// Every notification held, with its messages and retry state, all forgotten.
-    fn drain_known(&mut self) -> Vec<(u128, Vec<M>, Option<Known>)> {
+    /// Every notification held, with its messages, its retry state and the nak it was being given back with
+    /// ([`Held::release_later`]), all forgotten.
+    fn drain_known(&mut self) -> Vec<Drained<M>> {
         let mut known = std::mem::take(&mut self.known);
+        let mut releasing = std::mem::take(&mut self.releasing);
         self.by_id
             .drain()
-            .map(|(id, m)| (id, m, known.remove(&id)))
+            .map(|(id, m)| {
+                let nak = releasing.remove(&id).map(|(_, nak)| nak);
+                (id, m, known.remove(&id), nak)
+            })
             .collect()
     }
 }
@@ -1784,6 +1974,7 @@ async fn pull_loop(
 ) {
     let mut failures = 0u32;
     let mut reported = Reported::default();
+    let mut budget_reported = Reported::default();
     loop {
         if failures >= PULL_FAILURES_BEFORE_SETUP {
             let Some(s) = spool.upgrade() else {
@@ -1816,7 +2007,7 @@ async fn pull_loop(
         }
         // Room first: a node pulls no more than it holds at most (`max_held`), so that the consumer's room is
         // shared among the nodes and a node that dies leaves at most that many to the ack wait.
-        let (batch, connects) = loop {
+        let (batch, connects, read_budget) = loop {
             let Some(s) = spool.upgrade() else {
                 return;
             };
@@ -1825,9 +2016,10 @@ async fn pull_loop(
             }
             let room = s.room();
             let connects = s.client.statistics().connects.load(Ordering::Relaxed);
+            let budget = read_budget(s.consumer_ack_wait());
             drop(s);
             if room > 0 {
-                break (room.min(MAX_PULL_BATCH), connects);
+                break (room.min(MAX_PULL_BATCH), connects, budget);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
@@ -1858,111 +2050,134 @@ async fn pull_loop(
             }
         };
         // Delivered for this pull and not handed over (the node stops, or nobody takes them any more): given back
-        // once the pull ended, each with its notification's id and retry state.
+        // once the pull ended, each with its notification's id and, when it is known, its retry state.
         let mut kept: Vec<(u128, jetstream::Message, Option<Known>)> = Vec::new();
         let mut failed = false;
+        // The messages of the pull, in the order they came, each once what the bucket of retry counts says of it
+        // is read ([`JetStreamSpool::prepare`]): up to READS_AT_ONCE of them at once, none past the read budget.
+        let mut ready: FuturesOrdered<Preparing> = FuturesOrdered::new();
+        let read_until = tokio::time::Instant::now() + read_budget;
+        let (mut pull_ended, mut over_budget) = (false, 0u64);
         loop {
-            // The pull ends when the server delivered all it asked for or said it expired. A reconnection loses
-            // the server's answer: a pull that is idle after one is given up (nothing delivered for it is left in
-            // the subscription) and asked again.
-            let next = match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
-                Ok(Some(next)) => next,
-                Ok(None) => break,
-                Err(_) => {
-                    if spool.upgrade().is_some_and(|s| {
-                        s.client.statistics().connects.load(Ordering::Relaxed) != connects
-                    }) {
-                        break;
+            if pull_ended && ready.is_empty() {
+                break;
+            }
+            let event = tokio::select! {
+                biased;
+                Some(prepared) = ready.next(), if !ready.is_empty() => Event::Ready(prepared),
+                next = tokio::time::timeout(Duration::from_secs(1), messages.next()),
+                    if !pull_ended && ready.len() < READS_AT_ONCE => Event::Pulled(next),
+            };
+            let (pulled, looked) = match event {
+                Event::Pulled(next) => {
+                    // The pull ends when the server delivered all it asked for or said it expired. A reconnection
+                    // loses the server's answer: a pull that is idle after one is given up (nothing delivered for
+                    // it is left in the subscription) and asked again.
+                    let next = match next {
+                        Ok(Some(next)) => next,
+                        Ok(None) => {
+                            pull_ended = true;
+                            continue;
+                        }
+                        Err(_) => {
+                            pull_ended = spool.upgrade().is_some_and(|s| {
+                                s.client.statistics().connects.load(Ordering::Relaxed) != connects
+                            });
+                            continue;
+                        }
+                    };
+                    let message = match next {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // No responders (the consumer is gone), the consumer deleted, a leader change: the
+                            // pull ends.
+                            if failures + 1 >= PULL_FAILURES_BEFORE_SETUP {
+                                tracing::warn!(
+                                    "JetStream pull: {e}; setting the consumer up again"
+                                );
+                            } else {
+                                tracing::debug!("JetStream pull: {e}");
+                            }
+                            failed = true;
+                            pull_ended = true;
+                            continue;
+                        }
+                    };
+                    let Some(spool) = spool.upgrade() else {
+                        kept.push((0, message, None));
+                        continue;
+                    };
+                    failures = 0;
+                    if reported.clear() {
+                        tracing::info!("JetStream pulls work again");
                     }
+                    // The notification keeps the key the accepting node gave it, the id its sender was answered:
+                    // it is logged, looked up and reported under that id on whichever node delivers it.
+                    let pulled = match decode_message(&message.payload) {
+                        Ok(stored) => Pulled::Notification(message, stored),
+                        // A record of a newer format (a rolling upgrade: a newer node accepted it) goes back to
+                        // the stream for a node that reads it; anything else is not a herald notification.
+                        Err(e) if e.is_newer_format() => Pulled::Newer(message, e.to_string()),
+                        Err(e) => {
+                            drop(spool);
+                            tracing::warn!(
+                                "JetStream message is not a herald notification ({e}); dropped"
+                            );
+                            let _ = message.ack_with(AckKind::Term).await;
+                            continue;
+                        }
+                    };
+                    ready.push_back(spool.prepare(pulled, read_until));
                     continue;
                 }
-            };
-            let message = match next {
-                Ok(m) => m,
-                Err(e) => {
-                    // No responders (the consumer is gone), the consumer deleted, a leader change: the pull ends.
-                    if failures + 1 >= PULL_FAILURES_BEFORE_SETUP {
-                        tracing::warn!("JetStream pull: {e}; setting the consumer up again");
-                    } else {
-                        tracing::debug!("JetStream pull: {e}");
-                    }
-                    failed = true;
-                    break;
-                }
+                Event::Ready(prepared) => prepared,
             };
             let Some(spool) = spool.upgrade() else {
-                kept.push((0, message, None));
+                kept.push((0, pulled.into_message(), None));
                 continue;
             };
-            failures = 0;
-            if reported.clear() {
-                tracing::info!("JetStream pulls work again");
+            if looked == Looked::OverBudget {
+                over_budget += 1;
             }
-            let (delivered, seq) = match message.info() {
-                Ok(i) => (
-                    u64::try_from(i.delivered).unwrap_or(1).max(1),
-                    Some(i.stream_sequence),
-                ),
-                Err(_) => (1, None),
-            };
-            // The notification keeps the key the accepting node gave it, the id its sender was answered: it is
-            // logged, looked up and reported under that id on whichever node delivers it.
-            let (stored, known) = match decode_message(&message.payload) {
-                Ok(mut s) => {
-                    // A notification delivered before comes with its retries so far, from the bucket of retry
-                    // counts (a first delivery reads nothing), and waits for its next attempt when one is set.
-                    let looked = spool.look_up(seq, delivered).await;
-                    let known =
-                        arrival_known(s.key.0, s.retries, s.next_attempt_ms, delivered, &looked);
-                    s.retries = known.retries;
-                    s.next_attempt_ms = known.next_attempt_ms;
-                    (s, known)
-                }
-                // A record of a newer format (a rolling upgrade: a newer node accepted it) goes back to the
-                // stream for a node that reads it, its retries so far with it (this delivery is no attempt);
-                // anything else is not a herald notification.
-                Err(e) if e.is_newer_format() => {
+            let (delivered, seq) = delivery_of(pulled.message());
+            let (message, mut stored) = match pulled {
+                Pulled::Notification(message, stored) => (message, stored),
+                Pulled::Newer(message, e) => {
                     tracing::warn!(
                         "JetStream message in a record format this build does not read ({e}); back to the stream \
                          for {NEWER_FORMAT_DELAY:?}, for a node that reads it"
                     );
-                    if let (Some(seq), Some(id)) = (seq, message.payload.first_chunk::<16>()) {
+                    // Its retries so far go back with it (this delivery is no attempt), when they are known.
+                    if looked.known()
+                        && let (Some(slot), Some(id)) =
+                            (slot_of(&message), message.payload.first_chunk::<16>())
+                    {
                         let id = u128::from_be_bytes(*id);
-                        let looked = spool.look_up(Some(seq), delivered).await;
                         let known = arrival_known(id, 0, 0, delivered, &looked);
                         spool
                             .retry_book
-                            .put(seq, settled_state(id, known, delivered));
+                            .put(slot, settled_state(id, known, delivered));
                     }
+                    drop(spool);
                     let _ = message
                         .ack_with(AckKind::Nak(Some(NEWER_FORMAT_DELAY)))
                         .await;
                     continue;
                 }
-                Err(e) => {
-                    tracing::warn!("JetStream message is not a herald notification ({e}); dropped");
-                    let _ = message.ack_with(AckKind::Term).await;
-                    continue;
-                }
             };
+            // A notification delivered before comes with its retries so far, from the bucket of retry counts (a
+            // first delivery reads nothing), and waits for its next attempt when one is set.
+            let known = arrival_known(
+                stored.key.0,
+                stored.retries,
+                stored.next_attempt_ms,
+                delivered,
+                &looked,
+            );
+            stored.retries = known.retries;
+            stored.next_attempt_ms = known.next_attempt_ms;
             let key = stored.key;
-            let (now, keep) = (Instant::now(), spool.finished_for());
-            let taken = {
-                let mut held = lock(&spool.held);
-                if seq.is_some_and(|seq| held.finished_lately(key.0, seq, now, keep)) {
-                    Taken::Finished(message)
-                } else if spool.closed.load(Ordering::Relaxed) || tx.is_closed() {
-                    // Under the held lock, as the stop sets `closed`: held now, or kept here, never neither.
-                    Taken::Kept(message)
-                } else {
-                    let arrival = held.arrive(key.0, message, same_message);
-                    if matches!(arrival, Arrival::New) {
-                        held.know(key.0, known);
-                    }
-                    Taken::Arrived(arrival)
-                }
-            };
-            let arrival = match taken {
+            let arrival = match spool.take_in(key.0, seq, message, known, tx.is_closed()) {
                 Taken::Arrived(arrival) => arrival,
                 Taken::Finished(message) => {
                     // Finished here already: its final ack was lost. Acked again, not delivered a second time.
@@ -1974,7 +2189,7 @@ async fn pull_loop(
                     continue;
                 }
                 Taken::Kept(message) => {
-                    kept.push((key.0, message, Some(known)));
+                    kept.push((key.0, message, looked.known().then_some(known)));
                     continue;
                 }
             };
@@ -2013,11 +2228,13 @@ async fn pull_loop(
                         "{key}: another notification with this id is held here; this one goes back to the \
                          stream for {SAME_ID_DELAY:?}"
                     );
-                    // Not attempted: its retries so far go back with it.
-                    for (seq, state) in
-                        states_of(key.0, std::slice::from_ref(&message), known, true)
-                    {
-                        spool.retry_book.put(seq, state);
+                    // Not attempted: its retries so far go back with it, when they are known.
+                    if looked.known() {
+                        for (slot, state) in
+                            states_of(key.0, std::slice::from_ref(&message), known, true)
+                        {
+                            spool.retry_book.put(slot, state);
+                        }
                     }
                     let _ = spool
                         .acks
@@ -2027,23 +2244,39 @@ async fn pull_loop(
             }
         }
         drop(messages);
+        if over_budget > 0 && budget_reported.due("budget") {
+            tracing::warn!(
+                "reading the retry counts of a pull's notifications took longer than {read_budget:?}: the retries \
+                 of the {over_budget} not read by then are counted from their delivery count (every earlier \
+                 delivery counts as one)"
+            );
+        }
         // The pull is over: nothing more comes for it, and what it brought that was not handed over goes back for
         // another node (or this one's next start) without coming back into it, its retries so far with it (it was
         // not attempted): written before it goes, for the node that pulls it next.
         if !kept.is_empty()
             && let Some(s) = spool.upgrade()
         {
+            let wait = s.options.retry_writes_wait;
+            let deadline = Instant::now() + wait;
             let mut written = Vec::new();
             for (id, message, known) in &kept {
                 if let Some(known) = known {
-                    for (seq, state) in states_of(*id, std::slice::from_ref(message), *known, true)
+                    for (slot, state) in states_of(*id, std::slice::from_ref(message), *known, true)
                     {
-                        written.push(s.retry_book.put_confirmed(seq, state));
+                        written.push(s.retry_book.put_confirmed(slot, state, deadline));
                     }
                 }
             }
+            let book = s.retry_book.clone();
             drop(s);
-            let _ = tokio::time::timeout(RETRY_WRITES_WAIT, join_all(written)).await;
+            let until = tokio::time::Instant::from_std(deadline);
+            if tokio::time::timeout_at(until, join_all(written))
+                .await
+                .is_err()
+            {
+                book.report_unconfirmed("notifications pulled and not handed over", wait);
+            }
         }
         join_all(kept.iter().map(|(_, m, _)| m.ack_with(AckKind::Nak(None)))).await;
         drop(open);
@@ -2074,6 +2307,91 @@ enum Looked {
     Entry(Option<RetryState>),
     /// The bucket could not be read.
     Unknown,
+    /// Not read: not needed (the node stops, the message is held here already or was finished here lately).
+    Skipped,
+    /// Not read: the pull's read budget was spent ([`read_budget`]).
+    OverBudget,
+}
+
+impl Looked {
+    /// Whether the retries counted from it are known, not guessed from the delivery count: a give-back without an
+    /// attempt writes them for the next node only then (a guess would replace a state the bucket has).
+    fn known(&self) -> bool {
+        matches!(self, Looked::First | Looked::NoEntry | Looked::Entry(_))
+    }
+}
+
+/// How long the reads of the bucket of retry counts for the messages of a pull may take, for a consumer's ack
+/// wait: [`READS_BUDGET`], and never more than a third of it.
+fn read_budget(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).min(READS_BUDGET)
+}
+
+/// A pulled message's delivery count (from 1) and stream sequence.
+fn delivery_of(message: &jetstream::Message) -> (u64, Option<u64>) {
+    match message.info() {
+        Ok(i) => (
+            u64::try_from(i.delivered).unwrap_or(1).max(1),
+            Some(i.stream_sequence),
+        ),
+        Err(_) => (1, None),
+    }
+}
+
+/// Where the retry state of a pulled message goes in the bucket of retry counts.
+fn slot_of(message: &jetstream::Message) -> Option<Slot> {
+    let info = message.info().ok()?;
+    let published_ms = info.published.unix_timestamp_nanos() / 1_000_000;
+    Some(Slot {
+        seq: info.stream_sequence,
+        published_ms: i64::try_from(published_ms).unwrap_or(i64::MAX),
+    })
+}
+
+/// A pulled message, read as far as the pull loop reads it before its turn ([`JetStreamSpool::prepare`]). Nearly
+/// every one is a notification: boxing it to shrink the rare other kind would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Pulled {
+    /// A herald notification.
+    Notification(jetstream::Message, StoredNotification),
+    /// A record of a newer format, and why it is not read.
+    Newer(jetstream::Message, String),
+}
+
+impl Pulled {
+    fn message(&self) -> &jetstream::Message {
+        match self {
+            Pulled::Notification(m, _) | Pulled::Newer(m, _) => m,
+        }
+    }
+
+    fn into_message(self) -> jetstream::Message {
+        match self {
+            Pulled::Notification(m, _) | Pulled::Newer(m, _) => m,
+        }
+    }
+
+    /// The notification's id: its message's first 16 bytes ([`encode_message`]).
+    fn id(&self) -> Option<u128> {
+        match self {
+            Pulled::Notification(_, s) => Some(s.key.0),
+            Pulled::Newer(m, _) => m
+                .payload
+                .first_chunk::<16>()
+                .map(|id| u128::from_be_bytes(*id)),
+        }
+    }
+}
+
+/// A pulled message and what the bucket of retry counts says of it, once read.
+type Preparing = std::pin::Pin<Box<dyn Future<Output = (Pulled, Looked)> + Send>>;
+
+/// What the pull loop goes on with: a message of the pull (`N`: what the pull's stream gave, within a second), or
+/// the next one in order, prepared. Short-lived, on the pull loop's stack.
+#[allow(clippy::large_enum_variant)]
+enum Event<N> {
+    Pulled(N),
+    Ready((Pulled, Looked)),
 }
 
 /// The retry state of notification `id` arriving for the `delivered`-th time, its record saying `recorded_retries`
@@ -2108,17 +2426,16 @@ fn states_of(
     messages: &[jetstream::Message],
     known: Known,
     settled: bool,
-) -> Vec<(u64, RetryState)> {
-    let mut out: Vec<(u64, RetryState)> = Vec::with_capacity(1);
+) -> Vec<(Slot, RetryState)> {
+    let mut out: Vec<(Slot, RetryState)> = Vec::with_capacity(1);
     for message in messages {
-        let Ok(info) = message.info() else {
+        let (Some(slot), (delivered, _)) = (slot_of(message), delivery_of(message)) else {
             continue;
         };
-        let delivered = u64::try_from(info.delivered).unwrap_or(1).max(1);
-        match out.iter_mut().find(|(seq, _)| *seq == info.stream_sequence) {
+        match out.iter_mut().find(|(s, _)| s.seq == slot.seq) {
             Some((_, state)) => state.delivered = state.delivered.max(delivered),
             None => out.push((
-                info.stream_sequence,
+                slot,
                 RetryState {
                     id,
                     retries: known.retries,
@@ -2496,8 +2813,8 @@ impl Spool for JetStreamSpool {
         known.next_attempt_ms = next_attempt_ms;
         known.entry = true;
         let known = *known;
-        for (seq, state) in states_of(key.0, held.messages_for(key.0), known, false) {
-            self.retry_book.put(seq, state);
+        for (slot, state) in states_of(key.0, held.messages_for(key.0), known, false) {
+            self.retry_book.put(slot, state);
         }
     }
 
@@ -2596,12 +2913,15 @@ impl Spool for JetStreamSpool {
         {
             let _held = lock(&self.held);
             self.closed.store(true, Ordering::Relaxed);
+            *lock(&self.stop_reads_until) =
+                Some(tokio::time::Instant::now() + self.retry_book.read_limit());
         }
         self.stopping.send_replace(true);
         let held = self.held.clone();
         let pull_open = self.pull_open.clone();
         let acks = self.acks.clone();
         let retry_book = self.retry_book.clone();
+        let retry_writes_wait = self.options.retry_writes_wait;
         let client = self.client.clone();
         let beats = lock(&self.beats).take();
         let node = self.options.node.clone();
@@ -2615,28 +2935,35 @@ impl Spool for JetStreamSpool {
                 // pull is open would come straight back into it.
                 let _no_pull = pull_open.lock().await;
                 // Held notifications go back to the stream at once rather than after the ack wait, with their
-                // retries so far (the stop is no attempt), written first for the node that pulls them next.
+                // retries so far (the stop is no attempt), written first for the node that pulls them next. Those
+                // being given back already, waiting for the same writes ([`JetStreamSpool::release`]), go with
+                // the delay they were given back with.
+                let deadline = Instant::now() + retry_writes_wait;
                 let (mut messages, mut written) = (Vec::new(), Vec::new());
-                for (id, held, known) in lock(&held).drain_known() {
+                for (id, held, known, nak) in lock(&held).drain_known() {
                     if let Some(known) = known {
-                        for (seq, state) in states_of(id, &held, known, true) {
-                            written.push(retry_book.put_confirmed(seq, state));
+                        for (slot, state) in states_of(id, &held, known, true) {
+                            written.push(retry_book.put_confirmed(slot, state, deadline));
                         }
                     }
-                    messages.extend(held);
+                    let nak = nak.unwrap_or(AckKind::Nak(None));
+                    messages.extend(held.into_iter().map(|m| (m, nak)));
                 }
-                let written = tokio::time::timeout(RETRY_WRITES_WAIT, join_all(written));
+                let written = tokio::time::timeout_at(
+                    tokio::time::Instant::from_std(deadline),
+                    join_all(written),
+                );
                 // The acks of notifications finished before the stop go out before the flush.
                 let (barrier, acked) = tokio::sync::oneshot::channel();
                 let _ = acks.send(AckJob::Barrier(barrier));
                 let _ = acked.await;
                 if written.await.is_err() {
-                    tracing::warn!(
-                        "the retry counts of the notifications given back were not all written within \
-                         {RETRY_WRITES_WAIT:?}: the nodes that pull them next may count one retry more"
+                    retry_book.report_unconfirmed(
+                        "the notifications held at the stop",
+                        retry_writes_wait,
                     );
                 }
-                join_all(messages.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+                join_all(messages.iter().map(|(m, nak)| m.ack_with(*nak))).await;
                 // Gone from the list of nodes at once rather than when its heartbeat expires.
                 if let Some(store) = beats {
                     let _ = store.delete(&node).await;
@@ -3360,12 +3687,29 @@ pub(crate) mod tests {
     ) {
         let mut options = JetStreamOptions::new(vec![url], stream);
         options.ack_wait = Duration::from_secs(60);
+        set_up(options).await
+    }
+
+    /// A spool with `options`, set up, its bucket of retry counts open, and what it pulls. Writes and reads of
+    /// retry counts have room for a loaded machine.
+    async fn set_up(
+        mut options: JetStreamOptions,
+    ) -> (
+        Arc<JetStreamSpool>,
+        tokio::sync::mpsc::Receiver<StoredNotification>,
+    ) {
+        options.retry_writes_wait = Duration::from_secs(20);
         let spool = JetStreamSpool::connect(options).await.unwrap();
+        spool.retry_book().set_read_limit(Duration::from_secs(20));
         let rx = spool.take_deliveries().unwrap();
         wait_for("the stream set up", Duration::from_secs(20), async || {
             spool.connected()
         })
         .await;
+        assert!(
+            spool.retry_book().ready(Duration::from_secs(20)).await,
+            "the bucket of retry counts open"
+        );
         (spool, rx)
     }
 
@@ -3699,7 +4043,13 @@ pub(crate) mod tests {
         // Given back for 300 ms: it comes again (to this node, the only one), long before another ack wait
         // would have passed many times over.
         spool.release(SpoolKey(id), Duration::from_millis(300));
-        assert_eq!(spool.held(), 0);
+        // Held (its in-progress acks going) until its retry count is written, then given back.
+        wait_for(
+            "the notification given back",
+            Duration::from_secs(20),
+            async || spool.held() == 0,
+        )
+        .await;
         let again = tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await
             .expect("the given-back notification came again")
@@ -3826,13 +4176,7 @@ pub(crate) mod tests {
         let mut options = JetStreamOptions::new(vec![url], stream);
         options.ack_wait = Duration::from_secs(60);
         options.node = node.to_owned();
-        let spool = JetStreamSpool::connect(options).await.unwrap();
-        let rx = spool.take_deliveries().unwrap();
-        wait_for("the stream set up", Duration::from_secs(20), async || {
-            spool.connected()
-        })
-        .await;
-        (spool, rx)
+        set_up(options).await
     }
 
     async fn next(rx: &mut tokio::sync::mpsc::Receiver<StoredNotification>) -> StoredNotification {
@@ -3918,6 +4262,7 @@ pub(crate) mod tests {
         for retries in 1..=3 {
             a.reschedule(SpoolKey(id), retries, due);
         }
+        assert!(a.retry_book().written(Duration::from_secs(20)).await);
         a.close().await.unwrap();
         drop(a_rx);
 
@@ -3971,5 +4316,140 @@ pub(crate) mod tests {
         })
         .await;
         c.close().await.unwrap();
+    }
+
+    /// A copy of `message` as JetStream would hand it over for its `delivered`-th time.
+    fn delivered_again(message: &jetstream::Message, delivered: u64) -> jetstream::Message {
+        let mut again = message.clone();
+        let reply = again.message.reply.as_ref().unwrap().to_string();
+        let mut tokens: Vec<&str> = reply.split('.').collect();
+        // `$JS.ACK.<stream>.<consumer>.<delivered>...`, or with a domain and an account first.
+        let at = if tokens.len() == 9 { 4 } else { 6 };
+        let count = delivered.to_string();
+        tokens[at] = &count;
+        again.message.reply = Some(tokens.join(".").into());
+        assert_eq!(again.info().unwrap().delivered, delivered as i64);
+        again
+    }
+
+    /// JetStream delivers a held notification again to the node holding it (its in-progress acks came late): the
+    /// bucket is not read for it, and its entry is written again with the new delivery count, so that a retry
+    /// handed back after it counts as one, not two; another message delivered again is read, unless the pull's
+    /// read budget is spent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_notification_delivered_again_to_its_node_has_its_entry_written_for_that_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let (a, mut a_rx) = connected(url, "again").await;
+        let id = 0x54u128 << 64 | 1;
+        a.append(vec![notification(id, 0xaa)]).await.unwrap();
+        let stored = next(&mut a_rx).await;
+        let seq = held_seq(&a, id);
+        let due = nodes::unix_ms() + 600_000;
+        a.reschedule(SpoolKey(id), 3, due);
+        let within = Duration::from_secs(20);
+        assert!(a.retry_book().written(within).await);
+        let written = retry_entry(&a, seq).await.unwrap();
+        assert_eq!(
+            (written.retries, written.delivered, written.settled),
+            (3, 1, false)
+        );
+
+        let held = lock(&a.held).by_id[&id][0].clone();
+        let again = delivered_again(&held, 2);
+        let far = tokio::time::Instant::now() + within;
+        let pulled = Pulled::Notification(again.clone(), stored.clone());
+        let (pulled, looked) = a.prepare(pulled, far).await;
+        assert_eq!(looked, Looked::Skipped, "held here: not read");
+        // Another notification's message delivered again is read; past the budget it is not.
+        let other = StoredNotification {
+            key: SpoolKey(id + 1),
+            ..stored.clone()
+        };
+        let (_, looked) = a
+            .prepare(Pulled::Notification(again.clone(), other.clone()), far)
+            .await;
+        assert_eq!(looked, Looked::Entry(Some(written)));
+        let spent = tokio::time::Instant::now();
+        let (_, looked) = a
+            .prepare(Pulled::Notification(again.clone(), other), spent)
+            .await;
+        assert_eq!(looked, Looked::OverBudget);
+
+        let known = arrival_known(id, 0, 0, 2, &looked);
+        let taken = a.take_in(id, Some(seq), pulled.into_message(), known, false);
+        assert!(matches!(taken, Taken::Arrived(Arrival::Again)));
+        assert!(a.retry_book().written(within).await);
+        assert_eq!(
+            retry_entry(&a, seq).await,
+            Some(RetryState {
+                delivered: 2,
+                ..written
+            }),
+            "its retries so far, as of its second delivery"
+        );
+        a.remove(&[SpoolKey(id)]);
+        wait_for("the entry deleted", within, async || {
+            retry_entry(&a, seq).await.is_none()
+        })
+        .await;
+        a.close().await.unwrap();
+    }
+
+    /// A notification given back without an attempt stays held (its in-progress acks go on) until the writes of its
+    /// retry counts are confirmed; then it is taken for its nak, unless a stop gave it back meanwhile (with the same
+    /// delay) or it went back otherwise and came again.
+    #[test]
+    fn a_notification_being_given_back_stays_held_until_its_nak_is_queued() {
+        let mut held: Held<Handle> = Held::default();
+        let id = 0x42u128 << 64 | 9;
+        let known = Known {
+            retries: 2,
+            next_attempt_ms: 0,
+            entry: true,
+        };
+        let nak = AckKind::Nak(Some(Duration::from_secs(60)));
+        assert_eq!(held.arrive(id, (10, 1), same), Arrival::New);
+        held.know(id, known);
+        let token = held.release_later(id, nak);
+        assert!(held.contains(id) && held.is_releasing(id));
+        assert_eq!(held.messages().count(), 1, "in-progress acks go on");
+        assert_eq!(held.take_released(id, token), vec![(10, 1)]);
+        assert!(!held.contains(id) && !held.is_releasing(id));
+
+        // A later give-back of the same notification takes the place of the first.
+        held.arrive(id, (10, 2), same);
+        held.know(id, known);
+        let first = held.release_later(id, nak);
+        let second = held.release_later(id, nak);
+        assert!(held.take_released(id, first).is_empty());
+        assert_eq!(held.take_released(id, second), vec![(10, 2)]);
+
+        // Gone back otherwise (handed back), then delivered again: the old give-back takes nothing.
+        held.arrive(id, (10, 3), same);
+        let old = held.release_later(id, nak);
+        assert_eq!(held.take_known(id).0, vec![(10, 3)]);
+        held.arrive(id, (10, 4), same);
+        assert!(held.take_released(id, old).is_empty());
+        assert!(held.contains(id) && !held.is_releasing(id));
+
+        // A stop gives it back with the delay it was being given back with.
+        held.release_later(id, nak);
+        let drained = held.drain_known();
+        assert_eq!(drained.len(), 1);
+        let (drained_id, messages, _, given_back) = &drained[0];
+        assert_eq!((*drained_id, messages.as_slice()), (id, &[(10, 4)][..]));
+        assert!(
+            matches!(given_back, Some(AckKind::Nak(Some(d))) if *d == Duration::from_secs(60)),
+            "{given_back:?}"
+        );
+    }
+
+    #[test]
+    fn a_pulls_reads_take_a_third_of_the_ack_wait_at_most() {
+        assert_eq!(read_budget(Duration::from_secs(3)), Duration::from_secs(1));
+        assert_eq!(read_budget(Duration::from_secs(30)), READS_BUDGET);
     }
 }

@@ -21,11 +21,21 @@
 //! have died during one, and a retry handed back to the stream is one. The entry goes on the notification's final
 //! outcome.
 //!
+//! An older state never replaces a newer one: a write expects the entry's revision as its node last read or wrote
+//! it, and when another node wrote meanwhile, it reads the entry and goes on only over the state of an earlier
+//! delivery (or of another notification). It is not written over a state of a later delivery (the node that holds
+//! the message now wrote it), over the delete marker of the notification's final outcome (written after the message
+//! was published: the entry is not brought back), nor over an entry in a newer format (a newer herald wrote it).
+//! A node that gives a notification back waits for its write until a deadline; a write still waiting then is not
+//! sent. (A consumer made again counts deliveries from 1 again: until the final outcome deletes it, an entry left
+//! from before with a higher delivery count then stands, and is read as such: see [`retries_at`].)
+//!
 //! Writes go out in the background, at most [`WRITES_IN_FLIGHT`] at once and [`MAX_PENDING_WRITES`] waiting (the
 //! oldest dropped past that); a newer write for a message replaces its waiting one, and writes for one message go
-//! out one after the other. A read that fails (NATS unreachable, the bucket not open yet) falls back to the delivery
-//! count, with a warning, and for [`READ_PAUSE`] after it no read is tried: delivery never waits on the bucket for
-//! more than [`READ_LIMIT`].
+//! out one after the other. One that fails is tried again, [`WRITE_ATTEMPTS`] times in all, then dropped with a
+//! warning. A read that fails (NATS unreachable, the bucket not open yet) falls back to the delivery count, with a
+//! warning, and for [`READ_PAUSE`] after it no read is tried: delivery never waits on the bucket for more than
+//! [`READ_LIMIT`]. An entry this build cannot read (a newer format) is said, and the delivery count stands in.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +53,10 @@ pub const MAX_PENDING_WRITES: usize = 10_000;
 
 /// Writes awaiting NATS's answer at once.
 pub const WRITES_IN_FLIGHT: usize = 64;
+
+/// Attempts of one write before it is dropped, with a warning: one that NATS keeps refusing does not hold up the
+/// others for ever (each failure pauses the writes for a while).
+pub const WRITE_ATTEMPTS: u32 = 5;
 
 /// How long a read of an entry may take before the delivery goes on without it.
 pub const READ_LIMIT: Duration = Duration::from_secs(1);
@@ -95,6 +109,12 @@ impl RetryState {
         out.extend_from_slice(&self.next_attempt_ms.to_be_bytes());
         out.extend_from_slice(&self.delivered.to_be_bytes());
         out
+    }
+
+    /// Whether `value` is in a newer format than this build writes (a newer herald wrote it): it is not written
+    /// over.
+    pub fn is_newer_format(value: &[u8]) -> bool {
+        value.first().is_some_and(|v| *v > STATE_VERSION)
     }
 
     /// `None` for a value this build does not read (another format, written by another herald).
@@ -165,22 +185,112 @@ pub enum ReadError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadState(pub Option<RetryState>);
 
+/// Where a write goes: the message's stream sequence (the entry's key), and when the stream took the message (Unix
+/// milliseconds, the server's clock): a delete marker written after that says the notification was finished, and
+/// a late write does not bring its entry back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub seq: u64,
+    pub published_ms: i64,
+}
+
 /// A write waiting to go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
-    Put(RetryState),
+    Put {
+        state: RetryState,
+        published_ms: i64,
+        /// Not sent once this has passed (its notification went back to the stream without waiting for it any
+        /// longer); one already sent is let finish.
+        deadline: Option<Instant>,
+    },
     Delete,
+}
+
+/// A write and the attempts it had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Queued {
+    op: Op,
+    attempts: u32,
+}
+
+impl Queued {
+    fn expired(&self, now: Instant) -> bool {
+        matches!(self.op, Op::Put { deadline: Some(d), .. } if now >= d)
+    }
+}
+
+/// How a write that NATS answered ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// Written; the entry's revision now.
+    Put(u64),
+    /// The entry is gone.
+    Deleted,
+    /// Not written: the bucket has a newer state (see [`newer_there`]), said here.
+    Superseded(Superseded),
+    /// Its deadline passed before it could go out.
+    Expired,
+}
+
+/// What in the bucket keeps a write from going out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Superseded {
+    /// A state of a later delivery of the message.
+    LaterDelivery(u64),
+    /// A delete marker written after the message was published: its notification was finished.
+    Finished,
+    /// A value in a newer format than this build writes (a newer herald): left as it is.
+    NewerFormat,
+}
+
+/// Whether what the bucket holds for a message (`entry`) is newer than `ours`, written for the message published
+/// at `published_ms`: then `ours` is not written. A state of the same notification wins when it was written during
+/// a later delivery (the node that holds the message now wrote it); a delete marker wins when it was written after
+/// the message was published (the notification was finished; one written before is of another message at the same
+/// sequence, in a stream made again); a value in a newer format is never replaced by this build. Anything else
+/// (an entry of another notification, a value that is no state at all) is replaced.
+fn newer_there(ours: &RetryState, published_ms: i64, entry: &kv::Entry) -> Option<Superseded> {
+    match entry.operation {
+        kv::Operation::Delete | kv::Operation::Purge => {
+            let written_ms = entry.created.unix_timestamp_nanos() / 1_000_000;
+            (written_ms >= i128::from(published_ms)).then_some(Superseded::Finished)
+        }
+        kv::Operation::Put => match RetryState::decode(&entry.value) {
+            Some(theirs) if theirs.id == ours.id && theirs.delivered > ours.delivered => {
+                Some(Superseded::LaterDelivery(theirs.delivered))
+            }
+            Some(_) => None,
+            None => RetryState::is_newer_format(&entry.value).then_some(Superseded::NewerFormat),
+        },
+    }
+}
+
+/// How a write ended ([`Pending::ended`]).
+#[derive(Debug)]
+enum Ended {
+    /// Done: written, deleted, or not needed (a newer state is there, its deadline passed).
+    Done,
+    /// Failed: tried again, unless it had [`WRITE_ATTEMPTS`] already.
+    Failed(Queued),
+}
+
+/// What [`Pending::ended`] gave up.
+#[derive(Debug, PartialEq, Eq)]
+struct GaveUp {
+    seq: u64,
+    attempts: u32,
 }
 
 /// The writes waiting to go out, by message (stream sequence), oldest first; one per message, the newest.
 #[derive(Default)]
 struct Queue {
     order: VecDeque<u64>,
-    ops: HashMap<u64, Op>,
+    ops: HashMap<u64, Queued>,
     /// Messages whose write awaits NATS's answer: their next write waits for it.
     in_flight: HashSet<u64>,
-    /// Told once a write of their message made after they asked went out ([`RetryBook::put_confirmed`]); dropped
-    /// (their receiver sees an error) when it is dropped.
+    /// Told once a write of their message made after they asked went out, or was not needed (a newer state is in
+    /// the bucket) ([`RetryBook::put_confirmed`]); dropped (their receiver sees an error) when it was dropped.
     waiters: HashMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>,
 }
 
@@ -192,9 +302,25 @@ struct Pending {
     reported: Mutex<Reported>,
     /// True while nothing waits and nothing is in flight.
     idle: tokio::sync::watch::Sender<bool>,
+    /// The revision of each entry as this node last read or wrote it: the next write expects it (and learns of a
+    /// write by another node when it is not the entry's revision any more). Only a shortcut: without it, a write
+    /// reads the entry first.
+    revisions: Mutex<HashMap<u64, u64>>,
 }
 
 impl Pending {
+    fn new(name: String, cap: usize) -> Pending {
+        Pending {
+            name,
+            cap,
+            queue: Mutex::new(Queue::default()),
+            dropped: AtomicU64::new(0),
+            reported: Mutex::new(Reported::default()),
+            idle: tokio::sync::watch::Sender::new(true),
+            revisions: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn push(&self, seq: u64, op: Op, waiter: Option<tokio::sync::oneshot::Sender<()>>) {
         let dropped = {
             let mut queue = lock(&self.queue);
@@ -202,13 +328,15 @@ impl Pending {
             if let Some(waiter) = waiter {
                 queue.waiters.entry(seq).or_default().push(waiter);
             }
-            if queue.ops.insert(seq, op).is_none() {
+            if queue.ops.insert(seq, Queued { op, attempts: 0 }).is_none() {
                 queue.order.push_back(seq);
                 if queue.ops.len() > self.cap
                     && let Some(oldest) = queue.order.pop_front()
                 {
                     queue.ops.remove(&oldest);
-                    queue.waiters.remove(&oldest);
+                    if !queue.in_flight.contains(&oldest) {
+                        queue.waiters.remove(&oldest);
+                    }
                     dropped = Some(oldest);
                 }
             }
@@ -229,37 +357,61 @@ impl Pending {
         }
     }
 
-    /// The oldest waiting write of a message with none in flight, now in flight.
-    fn next(&self) -> Option<(u64, Op)> {
+    /// The oldest waiting write of a message with none in flight, now in flight. A put whose deadline passed is
+    /// dropped on the way (its notification went back without it).
+    fn next(&self, now: Instant) -> Option<(u64, Queued)> {
         let mut queue = lock(&self.queue);
-        let at = queue
-            .order
-            .iter()
-            .position(|seq| !queue.in_flight.contains(seq))?;
-        let seq = queue.order.remove(at)?;
-        let op = queue.ops.remove(&seq)?;
-        queue.in_flight.insert(seq);
-        Some((seq, op))
+        loop {
+            let at = queue
+                .order
+                .iter()
+                .position(|seq| !queue.in_flight.contains(seq))?;
+            let seq = queue.order.remove(at)?;
+            let queued = queue.ops.remove(&seq)?;
+            if queued.expired(now) {
+                queue.waiters.remove(&seq);
+                self.idle_if_done(&queue);
+                continue;
+            }
+            queue.in_flight.insert(seq);
+            return Some((seq, queued));
+        }
     }
 
-    /// The write of `seq` in flight ended; a failed one waits again, first, unless a newer one is waiting. Once
-    /// nothing more waits for `seq`, those waiting for its writes are told.
-    fn ended(&self, seq: u64, failed: Option<Op>) {
+    /// The write of `seq` in flight ended; a failed one waits again, first, unless a newer one is waiting or it had
+    /// [`WRITE_ATTEMPTS`] (then it is dropped: said in what is returned). Once nothing more waits for `seq`, those
+    /// waiting for its writes are told (dropped when the last one was dropped).
+    fn ended(&self, seq: u64, ended: Ended) -> Option<GaveUp> {
         let mut queue = lock(&self.queue);
         queue.in_flight.remove(&seq);
-        if let Some(op) = failed
+        let mut gave_up = None;
+        if let Ended::Failed(mut failed) = ended
             && !queue.ops.contains_key(&seq)
         {
-            queue.ops.insert(seq, op);
-            queue.order.push_front(seq);
+            failed.attempts += 1;
+            if failed.attempts < WRITE_ATTEMPTS {
+                queue.ops.insert(seq, failed);
+                queue.order.push_front(seq);
+            } else {
+                gave_up = Some(GaveUp {
+                    seq,
+                    attempts: failed.attempts,
+                });
+            }
         }
         if !queue.ops.contains_key(&seq)
             && let Some(waiters) = queue.waiters.remove(&seq)
+            && gave_up.is_none()
         {
             for waiter in waiters {
                 let _ = waiter.send(());
             }
         }
+        self.idle_if_done(&queue);
+        gave_up
+    }
+
+    fn idle_if_done(&self, queue: &Queue) {
         if queue.ops.is_empty() && queue.in_flight.is_empty() {
             self.idle.send_replace(true);
         }
@@ -269,6 +421,27 @@ impl Pending {
         let queue = lock(&self.queue);
         queue.order.iter().any(|seq| !queue.in_flight.contains(seq))
     }
+
+    fn revision(&self, seq: u64) -> Option<u64> {
+        lock(&self.revisions).get(&seq).copied()
+    }
+
+    /// Notes (or forgets) the revision of the entry of `seq`; bounded: past [`MAX_PENDING_WRITES`] entries, all are
+    /// forgotten (the next writes read their entry first).
+    fn note_revision(&self, seq: u64, revision: Option<u64>) {
+        let mut revisions = lock(&self.revisions);
+        match revision {
+            Some(revision) => {
+                if revisions.len() >= MAX_PENDING_WRITES && !revisions.contains_key(&seq) {
+                    revisions.clear();
+                }
+                revisions.insert(seq, revision);
+            }
+            None => {
+                revisions.remove(&seq);
+            }
+        }
+    }
 }
 
 /// The handle of the bucket: reads, and writes that go out in the background. Cheap to clone.
@@ -276,11 +449,14 @@ impl Pending {
 pub struct RetryBook {
     name: String,
     store: Arc<Mutex<Option<kv::Store>>>,
+    /// True once the bucket is open.
+    opened: tokio::sync::watch::Sender<bool>,
     pending: Arc<Pending>,
     wake: tokio::sync::mpsc::Sender<()>,
     /// When the last read failed.
     read_failed: Arc<Mutex<Option<Instant>>>,
-    read_limit: Duration,
+    /// How long a read may take ([`READ_LIMIT`]), milliseconds.
+    read_limit_ms: Arc<AtomicU64>,
     reported: Arc<Mutex<Reported>>,
 }
 
@@ -289,31 +465,44 @@ impl RetryBook {
     /// answers; the writer task ends once the handle is dropped and what waits went out. Needs a Tokio runtime.
     pub fn start(ctx: jetstream::Context, stream: &str, replicas: usize) -> RetryBook {
         let name = bucket_name(stream);
-        let pending = Arc::new(Pending {
-            name: name.clone(),
-            cap: MAX_PENDING_WRITES,
-            queue: Mutex::new(Queue::default()),
-            dropped: AtomicU64::new(0),
-            reported: Mutex::new(Reported::default()),
-            idle: tokio::sync::watch::Sender::new(true),
-        });
+        let pending = Arc::new(Pending::new(name.clone(), MAX_PENDING_WRITES));
         let store = Arc::new(Mutex::new(None));
+        let opened = tokio::sync::watch::Sender::new(false);
         let (wake, woken) = tokio::sync::mpsc::channel(1);
         let bucket = Bucket {
             ctx,
             name: name.clone(),
             replicas,
         };
-        tokio::spawn(run(bucket, store.clone(), pending.clone(), woken));
+        tokio::spawn(run(
+            bucket,
+            store.clone(),
+            opened.clone(),
+            pending.clone(),
+            woken,
+        ));
         RetryBook {
             name,
             store,
+            opened,
             pending,
             wake,
             read_failed: Arc::new(Mutex::new(None)),
-            read_limit: READ_LIMIT,
+            read_limit_ms: Arc::new(AtomicU64::new(READ_LIMIT.as_millis() as u64)),
             reported: Arc::new(Mutex::new(Reported::default())),
         }
+    }
+
+    /// Lets a read take this long (tests on a loaded machine).
+    #[cfg(test)]
+    pub(crate) fn set_read_limit(&self, limit: Duration) {
+        self.read_limit_ms
+            .store(limit.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long a read may take at most ([`READ_LIMIT`]).
+    pub fn read_limit(&self) -> Duration {
+        Duration::from_millis(self.read_limit_ms.load(Ordering::Relaxed))
     }
 
     /// The bucket's name.
@@ -321,22 +510,54 @@ impl RetryBook {
         &self.name
     }
 
-    /// Writes `state` for the message at stream sequence `seq` (in the background).
-    pub fn put(&self, seq: u64, state: RetryState) {
-        self.pending.push(seq, Op::Put(state), None);
-        let _ = self.wake.try_send(());
+    /// Resolves once the bucket is open (true), or `limit` passed first (false).
+    pub fn ready(&self, limit: Duration) -> impl Future<Output = bool> + Send + 'static {
+        let mut opened = self.opened.subscribe();
+        async move {
+            tokio::time::timeout(limit, opened.wait_for(|open| *open))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
     }
 
-    /// [`RetryBook::put`], and what resolves once it went out (an error when it was dropped: see
-    /// [`MAX_PENDING_WRITES`]).
-    pub fn put_confirmed(&self, seq: u64, state: RetryState) -> tokio::sync::oneshot::Receiver<()> {
+    /// Writes `state` for the message at `slot` (in the background), unless the bucket holds a newer one then
+    /// (written during a later delivery, a delete marker of its final outcome, a newer format).
+    pub fn put(&self, slot: Slot, state: RetryState) {
+        self.push_put(slot, state, None, None);
+    }
+
+    /// [`RetryBook::put`], not sent once `deadline` passed, and what resolves once it went out or was not needed (a
+    /// newer state is there); an error when it was dropped (its deadline passed, NATS refused it
+    /// [`WRITE_ATTEMPTS`] times, [`MAX_PENDING_WRITES`] waited).
+    pub fn put_confirmed(
+        &self,
+        slot: Slot,
+        state: RetryState,
+        deadline: Instant,
+    ) -> tokio::sync::oneshot::Receiver<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending.push(seq, Op::Put(state), Some(tx));
-        let _ = self.wake.try_send(());
+        self.push_put(slot, state, Some(deadline), Some(tx));
         rx
     }
 
-    /// Deletes the entry of the message at `seq` (in the background).
+    fn push_put(
+        &self,
+        slot: Slot,
+        state: RetryState,
+        deadline: Option<Instant>,
+        waiter: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        let op = Op::Put {
+            state,
+            published_ms: slot.published_ms,
+            deadline,
+        };
+        self.pending.push(slot.seq, op, waiter);
+        let _ = self.wake.try_send(());
+    }
+
+    /// Deletes the entry of the message at `seq` (in the background), leaving a small marker that expires with the
+    /// bucket's age limit.
     pub fn delete(&self, seq: u64) {
         self.pending.push(seq, Op::Delete, None);
         let _ = self.wake.try_send(());
@@ -358,7 +579,8 @@ impl RetryBook {
         self.pending.dropped.load(Ordering::Relaxed)
     }
 
-    /// The entry of the message at `seq`: `Ok(None)` when there is none.
+    /// The entry of the message at `seq`: `Ok(None)` when there is none. One in a format this build does not
+    /// read is said (once a minute at most) and read as `ReadState(None)`.
     pub async fn read(&self, seq: u64) -> Result<Option<ReadState>, ReadError> {
         if let Some(at) = *lock(&self.read_failed) {
             let ago = at.elapsed();
@@ -375,21 +597,50 @@ impl RetryBook {
                 bucket: self.name.clone(),
             });
         };
-        let read = match tokio::time::timeout(self.read_limit, store.entry(seq.to_string())).await {
+        let read_limit = self.read_limit();
+        let read = match tokio::time::timeout(read_limit, store.entry(seq.to_string())).await {
             Ok(Ok(entry)) => Ok(entry
                 .filter(|e| e.operation == kv::Operation::Put)
-                .map(|e| ReadState(RetryState::decode(&e.value)))),
+                .map(|e| {
+                    let state = RetryState::decode(&e.value);
+                    match state {
+                        // The next write of this node expects this revision.
+                        Some(_) => self.pending.note_revision(seq, Some(e.revision)),
+                        None => self.report_unreadable(seq, &e.value),
+                    }
+                    ReadState(state)
+                })),
             Ok(Err(e)) => Err(ReadError::Failed {
                 bucket: self.name.clone(),
                 detail: e.to_string(),
             }),
             Err(_) => Err(ReadError::TimedOut {
                 bucket: self.name.clone(),
-                limit_ms: self.read_limit.as_millis(),
+                limit_ms: read_limit.as_millis(),
             }),
         };
         *lock(&self.read_failed) = read.is_err().then(Instant::now);
         read
+    }
+
+    fn report_unreadable(&self, seq: u64, value: &[u8]) {
+        let what = if RetryState::is_newer_format(value) {
+            "in a newer format than this build reads (a newer herald wrote it); it is left as it is"
+        } else {
+            "not a retry state"
+        };
+        if lock(&self.reported).due("unreadable") {
+            tracing::warn!(
+                "key-value bucket {}: the entry of message {seq} is {what}: the notification's retries are \
+                 counted from its delivery count",
+                self.name
+            );
+        } else {
+            tracing::debug!(
+                "key-value bucket {}: message {seq}: entry {what}",
+                self.name
+            );
+        }
     }
 
     /// Says (once a minute at most) that a read failed and the delivery count stands in.
@@ -401,6 +652,23 @@ impl RetryBook {
             );
         } else {
             tracing::debug!("{e}");
+        }
+    }
+
+    /// Says (once a minute at most) that notifications went back to the stream before the writes of their retry
+    /// counts were confirmed, within `waited`.
+    pub fn report_unconfirmed(&self, what: &str, waited: Duration) {
+        if lock(&self.reported).due("unconfirmed") {
+            tracing::warn!(
+                "key-value bucket {}: {what} went back to the stream before NATS confirmed the writes of their \
+                 retry counts (waited {waited:?}): the nodes that pull them next may count one retry more",
+                self.name
+            );
+        } else {
+            tracing::debug!(
+                "key-value bucket {}: {what}: retry counts not confirmed within {waited:?}",
+                self.name
+            );
         }
     }
 }
@@ -462,30 +730,76 @@ impl Bucket {
     }
 }
 
-/// One write: a put, or a delete that removes the entry's message from the bucket's stream (a purge of its
-/// subject, leaving no delete marker behind).
-async fn write(store: kv::Store, seq: u64, op: Op) -> (u64, Op, Result<(), String>) {
+/// Rounds of a put that finds another revision than it expected (another node wrote meanwhile) before it counts as
+/// one failed attempt.
+const PUT_ROUNDS: u32 = 3;
+
+/// One write. A put expects the entry's revision (as this node last read or wrote it; none: no entry): when the
+/// entry changed meanwhile, it is read, and the put goes on only over an older state ([`newer_there`]). A delete
+/// purges the key through the bucket (a marker stays, as small as can be, until the bucket's age limit).
+async fn write(
+    store: kv::Store,
+    seq: u64,
+    queued: Queued,
+    revision: Option<u64>,
+) -> (u64, Queued, Result<Outcome, String>) {
     let key = seq.to_string();
-    let result = match op {
-        Op::Put(state) => store
-            .put(&key, state.encode().into())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string()),
+    let result = match queued.op {
+        Op::Put {
+            state,
+            published_ms,
+            deadline,
+        } => put(&store, &key, state, published_ms, deadline, revision).await,
         Op::Delete => store
-            .stream
-            .purge()
-            .filter(format!("{}{key}", store.prefix))
+            .purge(&key)
             .await
-            .map(drop)
+            .map(|()| Outcome::Deleted)
             .map_err(|e| e.to_string()),
     };
-    (seq, op, result)
+    (seq, queued, result)
+}
+
+async fn put(
+    store: &kv::Store,
+    key: &str,
+    state: RetryState,
+    published_ms: i64,
+    deadline: Option<Instant>,
+    revision: Option<u64>,
+) -> Result<Outcome, String> {
+    let value = bytes::Bytes::from(state.encode());
+    let mut expected = revision;
+    for _ in 0..PUT_ROUNDS {
+        if let Some(expected) = expected {
+            match store.update(key, value.clone(), expected).await {
+                Ok(revision) => return Ok(Outcome::Put(revision)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        // The entry changed since (or was never read): what is there now decides.
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Outcome::Expired);
+        }
+        match store.entry(key).await.map_err(|e| e.to_string())? {
+            None => expected = Some(0),
+            Some(entry) => {
+                if let Some(newer) = newer_there(&state, published_ms, &entry) {
+                    return Ok(Outcome::Superseded(newer));
+                }
+                expected = Some(entry.revision);
+            }
+        }
+    }
+    Err(format!(
+        "the entry changed {PUT_ROUNDS} times while it was being written"
+    ))
 }
 
 async fn run(
     bucket: Bucket,
     shared: Arc<Mutex<Option<kv::Store>>>,
+    opened: tokio::sync::watch::Sender<bool>,
     pending: Arc<Pending>,
     mut woken: tokio::sync::mpsc::Receiver<()>,
 ) {
@@ -505,14 +819,15 @@ async fn run(
         }
     };
     *lock(&shared) = Some(store.clone());
+    opened.send_replace(true);
     let mut in_flight = FuturesUnordered::new();
     let mut delay = Duration::from_millis(100);
     let mut handles_gone = false;
     loop {
         while in_flight.len() < WRITES_IN_FLIGHT
-            && let Some((seq, op)) = pending.next()
+            && let Some((seq, queued)) = pending.next(Instant::now())
         {
-            in_flight.push(write(store.clone(), seq, op));
+            in_flight.push(write(store.clone(), seq, queued, pending.revision(seq)));
         }
         if in_flight.is_empty() {
             if handles_gone {
@@ -535,31 +850,25 @@ async fn run(
                 continue;
             }
         };
-        let Some((seq, op, result)) = next else {
+        let Some((seq, queued, result)) = next else {
             continue;
         };
         match result {
-            Ok(()) => {
-                pending.ended(seq, None);
+            Ok(outcome) => {
+                done(&bucket.name, &pending, seq, outcome);
                 if reported.clear() {
                     tracing::info!("key-value bucket {}: writes go through again", bucket.name);
                 }
                 delay = Duration::from_millis(100);
             }
             Err(e) => {
-                pending.ended(seq, Some(op));
-                if reported.due("write") {
-                    tracing::warn!(
-                        "key-value bucket {}: writing the retries of message {seq} failed ({e}); opening the \
-                         bucket again (creating it when it is missing) and retrying",
-                        bucket.name
-                    );
-                } else {
-                    tracing::debug!("key-value bucket {}: message {seq}: {e}", bucket.name);
-                }
+                failed(&bucket.name, &pending, seq, queued, &e, &mut reported);
                 // The writes in flight end first; then a pause, and the bucket opened again (it may be gone).
-                while let Some((seq, op, result)) = in_flight.next().await {
-                    pending.ended(seq, result.err().map(|_| op));
+                while let Some((seq, queued, result)) = in_flight.next().await {
+                    match result {
+                        Ok(outcome) => done(&bucket.name, &pending, seq, outcome),
+                        Err(e) => failed(&bucket.name, &pending, seq, queued, &e, &mut reported),
+                    }
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -572,6 +881,73 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// A write NATS answered.
+fn done(name: &str, pending: &Pending, seq: u64, outcome: Outcome) {
+    match outcome {
+        Outcome::Put(revision) => pending.note_revision(seq, Some(revision)),
+        Outcome::Deleted => pending.note_revision(seq, None),
+        Outcome::Superseded(why) => {
+            pending.note_revision(seq, None);
+            match why {
+                Superseded::NewerFormat => {
+                    if lock(&pending.reported).due("newer") {
+                        tracing::warn!(
+                            "key-value bucket {name}: the entry of message {seq} is in a newer format than this \
+                             build writes (a newer herald wrote it); left as it is, this node's retry count for it \
+                             not written"
+                        );
+                    }
+                }
+                Superseded::LaterDelivery(delivered) => tracing::debug!(
+                    "key-value bucket {name}: message {seq}: a state of its delivery {delivered} is there \
+                     already; an older one is not written over it"
+                ),
+                Superseded::Finished => tracing::debug!(
+                    "key-value bucket {name}: message {seq}: its notification was finished; its entry is not \
+                     written again"
+                ),
+            }
+        }
+        Outcome::Expired => tracing::debug!(
+            "key-value bucket {name}: message {seq}: went back to the stream before its retry count was written; \
+             not written"
+        ),
+    }
+    pending.ended(seq, Ended::Done);
+}
+
+/// A write that failed: tried again, up to [`WRITE_ATTEMPTS`] in all.
+fn failed(
+    name: &str,
+    pending: &Pending,
+    seq: u64,
+    queued: Queued,
+    e: &str,
+    reported: &mut Reported,
+) {
+    // The revision it expected may be wrong: the next attempt reads the entry first.
+    pending.note_revision(seq, None);
+    if let Some(gave_up) = pending.ended(seq, Ended::Failed(queued)) {
+        let total = pending.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if lock(&pending.reported).due("gave up") {
+            tracing::warn!(
+                "key-value bucket {name}: writing the retries of message {} failed {} times ({e}); dropped \
+                 ({total} dropped so far): its next node counts its retries from an older state or from its \
+                 delivery count",
+                gave_up.seq,
+                gave_up.attempts
+            );
+        }
+    } else if reported.due("write") {
+        tracing::warn!(
+            "key-value bucket {name}: writing the retries of message {seq} failed ({e}); opening the bucket again \
+             (creating it when it is missing) and retrying"
+        );
+    } else {
+        tracing::debug!("key-value bucket {name}: message {seq}: {e}");
     }
 }
 
@@ -628,45 +1004,203 @@ mod tests {
         assert_eq!(retries_at(7, 9, 3, Some(&state(5, 2, true))), 9);
     }
 
+    fn put(retries: u32, delivered: u64) -> Op {
+        Op::Put {
+            state: state(retries, delivered, false),
+            published_ms: 0,
+            deadline: None,
+        }
+    }
+
+    fn queued(op: Op) -> Queued {
+        Queued { op, attempts: 0 }
+    }
+
     #[test]
     fn waiting_writes_keep_the_newest_per_message_within_bounds_one_in_flight_per_message() {
-        let pending = Pending {
-            name: "bounded".into(),
-            cap: 3,
-            queue: Mutex::new(Queue::default()),
-            dropped: AtomicU64::new(0),
-            reported: Mutex::new(Reported::default()),
-            idle: tokio::sync::watch::Sender::new(true),
-        };
-        pending.push(1, Op::Put(state(1, 1, false)), None);
-        pending.push(2, Op::Put(state(1, 1, false)), None);
+        let pending = Pending::new("bounded".into(), 3);
+        let now = Instant::now();
+        pending.push(1, put(1, 1), None);
+        pending.push(2, put(1, 1), None);
         let (tx, mut told) = tokio::sync::oneshot::channel();
-        pending.push(1, Op::Put(state(2, 1, false)), Some(tx));
+        pending.push(1, put(2, 1), Some(tx));
         assert!(!*pending.idle.borrow());
-        assert_eq!(pending.next(), Some((1, Op::Put(state(2, 1, false)))));
+        assert_eq!(pending.next(now), Some((1, queued(put(2, 1)))));
         // 1 in flight: its next write waits for it.
         pending.push(1, Op::Delete, None);
-        assert_eq!(pending.next(), Some((2, Op::Put(state(1, 1, false)))));
-        assert_eq!(pending.next(), None);
+        assert_eq!(pending.next(now), Some((2, queued(put(1, 1)))));
+        assert_eq!(pending.next(now), None);
         // A failed write does not come back over a newer one.
-        pending.ended(1, Some(Op::Put(state(2, 1, false))));
+        pending.ended(1, Ended::Failed(queued(put(2, 1))));
         assert!(
             told.try_recv().is_err(),
             "told while a write of its message waits"
         );
-        assert_eq!(pending.next(), Some((1, Op::Delete)));
-        pending.ended(2, Some(Op::Put(state(1, 1, false))));
-        assert_eq!(pending.next(), Some((2, Op::Put(state(1, 1, false)))));
-        pending.ended(1, None);
+        assert_eq!(pending.next(now), Some((1, queued(Op::Delete))));
+        pending.ended(2, Ended::Failed(queued(put(1, 1))));
+        assert_eq!(
+            pending.next(now),
+            Some((
+                2,
+                Queued {
+                    op: put(1, 1),
+                    attempts: 1
+                }
+            ))
+        );
+        pending.ended(1, Ended::Done);
         assert_eq!(told.try_recv(), Ok(()));
         assert!(!*pending.idle.borrow());
-        pending.ended(2, None);
+        pending.ended(2, Ended::Done);
         assert!(*pending.idle.borrow());
         // Bounded: the oldest dropped.
         for seq in 10..15 {
             pending.push(seq, Op::Delete, None);
         }
         assert_eq!(pending.dropped.load(Ordering::Relaxed), 2);
-        assert_eq!(pending.next(), Some((12, Op::Delete)));
+        assert_eq!(pending.next(now), Some((12, queued(Op::Delete))));
+    }
+
+    /// A write NATS keeps refusing is dropped after [`WRITE_ATTEMPTS`], and whoever waits for it is told it was
+    /// dropped: it does not hold up the others for ever.
+    #[test]
+    fn a_write_that_keeps_failing_is_dropped_after_its_attempts() {
+        let pending = Pending::new("failing".into(), 10);
+        let now = Instant::now();
+        let (tx, mut told) = tokio::sync::oneshot::channel();
+        pending.push(1, Op::Delete, Some(tx));
+        for attempt in 1..WRITE_ATTEMPTS {
+            let (seq, q) = pending.next(now).expect("tried again");
+            assert_eq!((seq, q.attempts), (1, attempt - 1));
+            assert_eq!(pending.ended(1, Ended::Failed(q)), None);
+        }
+        let (_, q) = pending.next(now).expect("its last attempt");
+        assert_eq!(
+            pending.ended(1, Ended::Failed(q)),
+            Some(GaveUp {
+                seq: 1,
+                attempts: WRITE_ATTEMPTS
+            })
+        );
+        assert_eq!(pending.next(now), None);
+        assert_eq!(
+            told.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        );
+        assert!(*pending.idle.borrow());
+    }
+
+    /// A put whose notification went back to the stream without waiting for it any longer (its deadline passed) is
+    /// not sent: a late write could land after the node that pulled the notification next wrote a newer state.
+    #[test]
+    fn a_put_past_its_deadline_is_not_sent() {
+        let pending = Pending::new("late".into(), 10);
+        let now = Instant::now();
+        let (tx, mut told) = tokio::sync::oneshot::channel();
+        let late = Op::Put {
+            state: state(1, 1, true),
+            published_ms: 0,
+            deadline: Some(now),
+        };
+        pending.push(1, late, Some(tx));
+        pending.push(2, Op::Delete, None);
+        assert_eq!(pending.next(now), Some((2, queued(Op::Delete))));
+        assert_eq!(pending.next(now), None);
+        assert_eq!(
+            told.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        );
+        pending.ended(2, Ended::Done);
+        assert!(*pending.idle.borrow());
+    }
+
+    async fn entry(store: &kv::Store, seq: u64) -> Option<kv::Entry> {
+        store.entry(seq.to_string()).await.unwrap()
+    }
+
+    /// Two nodes write the state of one message: an older state (an earlier delivery) never replaces a newer one,
+    /// a put that lands after the final outcome deleted the entry does not bring it back, an entry in a newer format
+    /// is left as it is; a marker older than the message (a stream made again) is written over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_state_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = crate::jetstream::tests::nats(dir.path()) else {
+            return;
+        };
+        let client = async_nats::connect(url).await.unwrap();
+        let ctx = jetstream::new(client);
+        let (a, b) = (
+            RetryBook::start(ctx.clone(), "cas", 1),
+            RetryBook::start(ctx.clone(), "cas", 1),
+        );
+        let within = Duration::from_secs(20);
+        assert!(a.ready(within).await && b.ready(within).await);
+        let store = ctx.get_key_value(bucket_name("cas")).await.unwrap();
+        let now_ms = i64::try_from(crate::nodes::unix_ms()).unwrap();
+        let slot = Slot {
+            seq: 1,
+            published_ms: now_ms - 60_000,
+        };
+        let read = async |seq| {
+            entry(&store, seq)
+                .await
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| RetryState::decode(&e.value))
+        };
+
+        a.put(slot, state(2, 1, false));
+        assert!(a.written(within).await);
+        assert_eq!(read(1).await, Some(state(2, 1, false)));
+        // The message went to b (delivery 2), which writes its state.
+        b.put(slot, state(3, 2, false));
+        assert!(b.written(within).await);
+        assert_eq!(read(1).await, Some(state(3, 2, false)));
+        // a's late write, of delivery 1 (its revision is not the entry's any more), is not written over it.
+        a.put(slot, state(5, 1, true));
+        assert!(a.written(within).await);
+        assert_eq!(read(1).await, Some(state(3, 2, false)));
+        // Finished on b: the entry goes, and a put landing after does not bring it back.
+        b.delete(1);
+        assert!(b.written(within).await);
+        a.put(slot, state(6, 2, true));
+        assert!(a.written(within).await);
+        assert_eq!(read(1).await, None);
+        assert_eq!(
+            entry(&store, 1).await.map(|e| e.operation),
+            Some(kv::Operation::Purge)
+        );
+        // The stream made again: a message published after the marker at its sequence is written.
+        let again = Slot {
+            seq: 1,
+            published_ms: now_ms + 60_000,
+        };
+        let other = RetryState {
+            id: 9,
+            ..state(1, 1, false)
+        };
+        b.put(again, other);
+        assert!(b.written(within).await);
+        assert_eq!(read(1).await, Some(other));
+
+        // An entry in a newer format is read as nothing this build knows, and not written over.
+        let mut newer = state(4, 3, false).encode();
+        newer[0] = STATE_VERSION + 1;
+        store.put("2", newer.clone().into()).await.unwrap();
+        assert_eq!(a.read(2).await, Ok(Some(ReadState(None))));
+        let slot = Slot { seq: 2, ..slot };
+        assert!(
+            tokio::time::timeout(
+                within,
+                a.put_confirmed(slot, state(1, 4, true), Instant::now() + within)
+            )
+            .await
+            .unwrap()
+            .is_ok(),
+            "not needed: said as done"
+        );
+        assert_eq!(
+            entry(&store, 2).await.map(|e| e.value.to_vec()),
+            Some(newer)
+        );
     }
 }
