@@ -993,15 +993,51 @@ async fn denied_peer_gets_554_at_connect() {
         "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" always_deny = ( 127.0.0.0/8 ) } }".into()
     })
     .await;
+    let refused =
+        "herald: connections from 127.0.0.1 are not allowed on this listener (always_deny)";
     let mut c = h.raw().await;
+    assert_eq!(c.reply().await, (554, format!("5.7.1 {refused}")));
+    // RFC 5321 §3.1: after a 554 instead of the greeting, herald waits for QUIT and answers anything else 503.
+    let only_quit = (503, format!("5.5.1 {refused}; only QUIT is accepted"));
+    assert_eq!(c.cmd("EHLO client.example").await, only_quit);
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await, only_quit);
+    assert_eq!(c.cmd("XYZZY").await, only_quit);
+    assert_eq!(c.cmd("QUIT").await, (221, "2.0.0 herald closing".into()));
+    c.assert_closed().await;
+
+    // A refused client gets 10 answers, then 421 and the connection closes.
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 554);
+    for _ in 0..9 {
+        assert_eq!(c.cmd("NOOP").await, only_quit);
+    }
+    assert_eq!(c.cmd("NOOP").await, only_quit);
     assert_eq!(
         c.reply().await,
         (
-            554,
-            "5.7.1 herald: connections from 127.0.0.1 are not allowed on this listener (always_deny)"
-                .into()
+            421,
+            "4.7.0 herald: too many commands from a refused client; closing".into()
         )
     );
+    c.assert_closed().await;
+}
+
+// A refused client that says nothing is disconnected after the listener's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_refused_client_is_closed_after_the_timeout() {
+    let h = Harness::start_with(
+        |_| {
+            "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" always_deny = ( 127.0.0.0/8 ) } }"
+                .into()
+        },
+        |l| l.idle_timeout = Duration::from_secs(1),
+    )
+    .await;
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 554);
+    let (code, text) = c.reply().await;
+    assert_eq!(code, 421, "{text}");
+    assert!(text.starts_with("4.4.2 "), "{text}");
     c.assert_closed().await;
 }
 
@@ -2441,4 +2477,174 @@ async fn empty_repeated_and_oversized_headers_and_payloads_refuse_the_message() 
     let (code, text) = h.send_raw(&rcpt, &mcmt(&[push_part(&[], json)])).await;
     assert_eq!(code, 250, "{text}");
     h.sim.wait_for_records(1, WAIT).await;
+}
+
+// A recipient given again does nothing (the device gets one notification per push part): it counts as a command
+// that does nothing, so repeating it cannot hold the session open for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_recipient_counts_as_a_command_that_does_nothing() {
+    let h = Harness::start_with(allow_conf, |l| {
+        l.max_junk = 5;
+        l.max_errors = 3;
+    })
+    .await;
+    // EHLO is the first command that does nothing.
+    let mut c = h.greeted().await;
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    let rcpt = format!("RCPT TO:<{}@{DOMAIN}>", token(950));
+    assert_eq!(c.cmd(&rcpt).await.0, 250);
+    // Four more are free; the three after them are errors, the third closes the session.
+    for _ in 0..6 {
+        let (code, text) = c.cmd(&rcpt).await;
+        assert_eq!(code, 250, "{text}");
+        assert!(text.contains("already given"), "{text}");
+    }
+    assert_eq!(c.cmd(&rcpt).await.0, 250);
+    assert_eq!(
+        c.reply().await,
+        (
+            421,
+            "4.7.0 herald: too many errors (3 refused commands or messages without a message accepted); closing"
+                .into()
+        )
+    );
+    c.assert_closed().await;
+}
+
+// A device token in the local part names one device in any case: the same token given again in another case is
+// the same recipient, and the device gets one notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_recipient_given_again_in_another_case_is_the_same_recipient() {
+    let h = Harness::start(allow_conf).await;
+    let lower = format!("{}@{DOMAIN}", "ab".repeat(32));
+    let upper = format!("{}@{}", "AB".repeat(32), DOMAIN.to_ascii_uppercase());
+    let mut c = h.greeted().await;
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    assert_eq!(c.cmd(&format!("RCPT TO:<{upper}>")).await.0, 250);
+    let (code, text) = c.cmd(&format!("RCPT TO:<{lower}>")).await;
+    assert_eq!(code, 250, "{text}");
+    assert!(text.contains("already given"), "{text}");
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&stuff(&mcmt(&[push_part(
+        &[],
+        "{\"aps\":{\"alert\":\"once\"}}",
+    )])))
+    .await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        text.starts_with("2.0.0 accepted 1 notification as batch "),
+        "{text}"
+    );
+    assert_eq!(h.sim.wait_for_records(1, WAIT).await, 1);
+    assert_eq!(h.sim.record()[0].token, "ab".repeat(32));
+}
+
+// Refusals for herald's own state are not the client's errors: a client that retries on its connection while
+// the spool cannot store (452 4.3.1 at the end of DATA) is not closed after `max_errors` of them. They count as
+// commands that do nothing, so such retries cannot hold the session for good either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_herald_cannot_store_is_not_the_clients_error() {
+    let h = Harness::start_full(
+        allow_conf,
+        |l| {
+            l.max_errors = 3;
+            l.max_junk = 6;
+        },
+        Arc::new(FailingSpool(|| std::io::Error::from_raw_os_error(28))),
+    )
+    .await;
+    let rcpt = vec![format!("{}@{DOMAIN}", token(960))];
+    let message = mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}")]);
+    // The EHLO and five deferred messages: six commands that do nothing, no error.
+    let mut c = h.greeted().await;
+    for _ in 0..5 {
+        send_message(&mut c, &rcpt, &message).await;
+        let (code, text) = c.reply().await;
+        assert_eq!(code, 452, "{text}");
+    }
+    // Past the junk limit each is an error: the third closes the session.
+    assert_eq!(c.cmd("NOOP").await, (250, "2.0.0 ok".into()));
+    send_message(&mut c, &rcpt, &message).await;
+    assert_eq!(c.reply().await.0, 452);
+    send_message(&mut c, &rcpt, &message).await;
+    assert_eq!(c.reply().await.0, 452);
+    assert_eq!(
+        c.reply().await,
+        (
+            421,
+            "4.7.0 herald: too many errors (3 refused commands or messages without a message accepted); closing"
+                .into()
+        )
+    );
+    c.assert_closed().await;
+}
+
+// While herald's queue is full, MAIL gets 452 4.3.1, and the RCPTs and DATA a client pipelined after it get 503
+// through no fault of its own: none of it is the client's error, and the session stays open for its retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_at_mail_is_not_the_clients_error() {
+    let gate: Arc<std::sync::OnceLock<Arc<GatedResolver>>> = Arc::default();
+    let made = gate.clone();
+    let h = Harness::start_custom(
+        allow_conf,
+        |l| l.max_errors = 3,
+        Arc::new(NotDurable),
+        resident(10),
+        move |pki, sim, _| {
+            let mut gated = token_auth_settings(pki, sim, DOMAIN, TOPIC);
+            gated.binding = Arc::from("gated");
+            let resolver = Arc::new(GatedResolver {
+                fast: StaticResolver::default().with(token_auth_settings(pki, sim, DOMAIN, TOPIC)),
+                gated: Arc::new(gated),
+                open: std::sync::Mutex::new(false),
+                opened: std::sync::Condvar::new(),
+                entered: tokio::sync::Notify::new(),
+            });
+            made.set(resolver.clone()).ok().unwrap();
+            resolver
+        },
+    )
+    .await;
+    let gate = gate.get().unwrap().clone();
+    // A takes all the room: 10 notifications from binding `gated`, held while their settings are built.
+    let rcpts: Vec<String> = (970..980)
+        .map(|i| format!("{}@{DOMAIN}", token(i)))
+        .collect();
+    let mut a = h.greeted().await;
+    let gated = mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"a\"}}")]).replacen(
+        "MIME-Version: 1.0\r\n",
+        "MIME-Version: 1.0\r\nX-Binding: gated\r\n",
+        1,
+    );
+    send_message(&mut a, &rcpts, &gated).await;
+    tokio::time::timeout(WAIT, gate.entered.notified())
+        .await
+        .expect("session A never started building its message");
+    // B pipelines its transaction four times; with max_errors = 3 it would be closed if any of it counted.
+    let mut b = h.greeted().await;
+    for _ in 0..4 {
+        b.send(&format!(
+            "MAIL FROM:<app@backend.example>\r\nRCPT TO:<{}>\r\nRCPT TO:<{}>\r\nDATA\r\n",
+            rcpts[0], rcpts[1]
+        ))
+        .await;
+        let (code, text) = b.reply().await;
+        assert_eq!(code, 452, "{text}");
+        assert!(text.starts_with("4.3.1 queue full: "), "{text}");
+        assert_eq!(b.reply().await, (503, "5.5.1 RCPT before MAIL".into()));
+        assert_eq!(b.reply().await, (503, "5.5.1 RCPT before MAIL".into()));
+        assert_eq!(b.reply().await, (503, "5.5.1 DATA before MAIL".into()));
+    }
+    assert_eq!(b.cmd("NOOP").await, (250, "2.0.0 ok".into()));
+    // Errors of its own still count.
+    for _ in 0..2 {
+        assert_eq!(b.cmd("DATA").await, (503, "5.5.1 DATA before MAIL".into()));
+    }
+    assert_eq!(b.cmd("DATA").await.0, 503);
+    assert_eq!(b.reply().await.0, 421);
+    b.assert_closed().await;
+    gate.open();
+    let (code, text) = a.reply().await;
+    assert_eq!(code, 250, "{text}");
 }

@@ -10,7 +10,10 @@
 //! message needs is taken before its notifications are built ([`Intake::reserve`]); the transaction is
 //! all-or-nothing: one refused notification refuses the message. Text of the client's echoed in a reply is cut
 //! to [`mcmt::echo`]'s length, and a session that makes `max_errors` errors without a message accepted is closed
-//! ([`SmtpLimits`](super::SmtpLimits)).
+//! ([`SmtpLimits`](super::SmtpLimits)); herald's own temporary refusals (queue full, storage failing) are not the
+//! client's errors. A client that `always_deny` refuses gets `554` instead of the greeting and `503` to anything but
+//! `QUIT` (RFC 5321 §3.1), a few times at most. Reading a message and building its notifications is CPU work: it
+//! runs with the runtime's other tasks moved off the thread ([`crate::queue::in_place`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,10 +81,43 @@ struct Strikes {
     /// Refusals of commands and messages (4xx, 5xx), refused recipients past the listener's recipient limit, and
     /// junk commands past `max_junk`.
     errors: usize,
+    /// Commands that did nothing: `NOOP`, `RSET`, `VRFY`, `HELP`, `EHLO`, `HELO`, a recipient given again, and
+    /// commands and messages herald deferred for its own state (queue full, storage failing, its configuration).
     junk: usize,
     /// Recipients refused: as many as one transaction may give are not held against the client (a message to
     /// many recipients, some of them unknown, is no misbehaviour).
     refused_recipients: usize,
+    /// Set when herald deferred the last `MAIL` for its own state: the `RCPT`s and the `DATA` a client pipelined
+    /// after it are answered `503` through no fault of its own. Holds how many such `RCPT`s came since; as many
+    /// as one transaction may give are not held against the client.
+    deferred_mail: Option<usize>,
+}
+
+impl Strikes {
+    /// Counts a command that did nothing; each one past `max_junk` is an error.
+    fn junk(&mut self, max_junk: usize) {
+        self.junk += 1;
+        if self.junk > max_junk {
+            self.errors += 1;
+        }
+    }
+}
+
+/// What kind of command a reply answers, for [`Strikes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A command that does nothing (`NOOP`, `RSET`, `VRFY`, `HELP`, `EHLO`, `HELO`).
+    Junk,
+    Mail,
+    Rcpt,
+    Data,
+    Other,
+}
+
+/// Whether a reply tells of herald's own temporary state rather than of anything the client did: RFC 3463's mail
+/// system status (`4.3.x`: queue or storage full, storage failing, herald's configuration at fault).
+fn herald_side(reply: &Reply) -> bool {
+    (400..500).contains(&reply.code) && reply.status.starts_with("4.3.")
 }
 
 impl Session {
@@ -115,16 +151,7 @@ impl Session {
         let host = self.config.limits.hostname.clone();
         if !self.config.listener.permits(self.peer.ip()) {
             tracing::info!(peer = %self.peer, "ESMTP connection refused by always_deny");
-            Reply::new(
-                554,
-                "5.7.1",
-                format!(
-                    "{host}: connections from {} are not allowed on this listener (always_deny)",
-                    self.peer.ip()
-                ),
-            )
-            .write_to(self.io.queue());
-            let _ = self.io.close().await;
+            self.refused(&host).await;
             return;
         }
         Reply::new(220, "", format!("{host} ESMTP herald ready")).write_to(self.io.queue());
@@ -190,6 +217,54 @@ impl Session {
         }
     }
 
+    /// A client that `always_deny` refuses: `554 5.7.1` instead of the greeting, then, as RFC 5321 §3.1 asks of a
+    /// server that does so, the connection stays open until the client sends `QUIT` (`221`), every other command
+    /// answered `503 5.5.1`. A refused client gets at most [`MAX_REFUSED_COMMANDS`] answers, then `421 4.7.0`; one
+    /// that stays silent for `timeout` gets `421 4.4.2`; either way the connection closes.
+    async fn refused(&mut self, host: &str) {
+        let why = format!(
+            "{host}: connections from {} are not allowed on this listener (always_deny)",
+            self.peer.ip()
+        );
+        Reply::new(554, "5.7.1", why.clone()).write_to(self.io.queue());
+        if !self.flush().await {
+            return;
+        }
+        let mut answered = 0;
+        let last = loop {
+            let limit = self.config.limits.max_command_line;
+            let quit = match self.next(limit).await {
+                Err(_) | Ok(Event::Read(ReadLine::Eof)) => return,
+                Ok(Event::Shutdown) => break shutting_down(host),
+                Ok(Event::Idle) => break idle(host, &self.config),
+                Ok(Event::Read(ReadLine::TooLong { .. })) => false,
+                Ok(Event::Read(ReadLine::Line(line))) => line
+                    .strip_suffix(b"\r\n")
+                    .is_some_and(|text| command::parse(text) == Ok(Command::Quit)),
+            };
+            if quit {
+                break Reply::new(221, "2.0.0", format!("{host} closing"));
+            }
+            Reply::new(503, "5.5.1", format!("{why}; only QUIT is accepted"))
+                .write_to(self.io.queue());
+            answered += 1;
+            if answered >= MAX_REFUSED_COMMANDS {
+                break Reply::new(
+                    421,
+                    "4.7.0",
+                    format!("{host}: too many commands from a refused client; closing"),
+                );
+            }
+            if self.io.flush_due() && !self.flush().await {
+                return;
+            }
+        };
+        last.write_to(self.io.queue());
+        if let Err(e) = self.io.close().await {
+            tracing::debug!(peer = %self.peer, error = %e, "ESMTP last reply not sent");
+        }
+    }
+
     /// Sends the queued replies; `false` when they could not be sent, the client having left or read nothing for
     /// `timeout` (the session then ends).
     async fn flush(&mut self) -> bool {
@@ -233,31 +308,35 @@ impl Session {
                 Step::Reply(Reply::new(code, status, e.to_string()))
             }
             Ok(cmd) => {
-                let junk = matches!(
-                    cmd,
+                let kind = match cmd {
                     Command::Noop
-                        | Command::Rset
-                        | Command::Vrfy
-                        | Command::Help
-                        | Command::Ehlo(_)
-                        | Command::Helo(_)
-                );
-                let rcpt = matches!(cmd, Command::Rcpt { .. });
+                    | Command::Rset
+                    | Command::Vrfy
+                    | Command::Help
+                    | Command::Ehlo(_)
+                    | Command::Helo(_) => Kind::Junk,
+                    Command::Mail { .. } => Kind::Mail,
+                    Command::Rcpt { .. } => Kind::Rcpt,
+                    Command::Data => Kind::Data,
+                    _ => Kind::Other,
+                };
                 let step = self.command(cmd).await;
-                self.tally(&step, junk, rcpt);
+                self.tally(&step, kind);
                 step
             }
         }
     }
 
-    /// Counts what a command's answer holds against the client ([`Strikes`]).
-    fn tally(&mut self, step: &Step, junk: bool, rcpt: bool) {
+    /// Counts what a command's answer holds against the client ([`Strikes`]). A refusal for herald's own
+    /// temporary state ([`herald_side`]) is no error of the client's: it counts as a command that did nothing, so
+    /// a client retrying on its connection while herald is full is not closed for it after `max_errors`, yet
+    /// cannot hold the session for good either.
+    fn tally(&mut self, step: &Step, kind: Kind) {
+        let limits = &self.config.limits;
         let s = &mut self.strikes;
-        if junk {
-            s.junk += 1;
-            if s.junk > self.config.limits.max_junk {
-                s.errors += 1;
-            }
+        let deferred_mail = s.deferred_mail.take();
+        if kind == Kind::Junk {
+            s.junk(limits.max_junk);
         }
         let Step::Reply(reply) = step else {
             return;
@@ -265,13 +344,30 @@ impl Session {
         if reply.code < 400 {
             return;
         }
-        if rcpt {
-            s.refused_recipients += 1;
-            if s.refused_recipients > self.config.limits.max_recipients {
-                s.errors += 1;
+        match (kind, deferred_mail) {
+            // Pipelined after a MAIL that herald deferred: the client could not know.
+            (Kind::Rcpt, Some(n)) if reply.code == 503 => {
+                s.deferred_mail = Some(n + 1);
+                if n + 1 > limits.max_recipients {
+                    s.errors += 1;
+                }
             }
-        } else {
-            s.errors += 1;
+            (Kind::Data, Some(_)) if reply.code == 503 => {}
+            (Kind::Rcpt, _) => {
+                s.refused_recipients += 1;
+                if s.refused_recipients > limits.max_recipients {
+                    s.errors += 1;
+                }
+            }
+            _ if herald_side(reply) => {
+                if kind == Kind::Mail {
+                    s.deferred_mail = Some(0);
+                }
+                if kind != Kind::Junk {
+                    s.junk(limits.max_junk);
+                }
+            }
+            _ => s.errors += 1,
         }
     }
 
@@ -365,6 +461,8 @@ impl Session {
             .iter()
             .any(|r| same_recipient(r, &to))
         {
+            // It does nothing: counted so that repeating it cannot hold the session for good.
+            self.strikes.junk(self.config.limits.max_junk);
             return Reply::new(
                 250,
                 "2.1.5",
@@ -581,7 +679,14 @@ impl Session {
     /// Reads the message as MCMT, prepares one notification per push part per recipient and commits them all, or
     /// refuses the whole message.
     async fn deliver(&mut self, message: &[u8], envelope: Envelope) -> Reply {
-        let parsed = mcmt::parse_with(message, mcmt::EmptyValue::Refused);
+        // Reading the message, and below building its notifications, is CPU work that grows with the message (up
+        // to `max_notifications_per_message` notifications): the runtime moves its other tasks off this thread
+        // meanwhile.
+        let parsed = crate::queue::in_place(|| {
+            #[cfg(test)]
+            tests::parse_gate::pass(message);
+            mcmt::parse_with(message, mcmt::EmptyValue::Refused)
+        });
         let is_mcmt_container = match &parsed {
             Ok(Parsed::Mcmt(_)) => true,
             Ok(Parsed::NotMcmt) | Err(McmtError::NoHeaders) => false,
@@ -666,7 +771,7 @@ impl Session {
             }
             Err(NoRoom::Now(why)) => return temporary(&why),
         };
-        let subs = message.submissions(&envelope.recipients, &from);
+        let subs = crate::queue::in_place(|| message.submissions(&envelope.recipients, &from));
         // Parts may name a binding of their own (X-Binding): build those settings off the async threads too.
         let mut pairs: Vec<(Option<&str>, &str)> = subs
             .iter()
@@ -683,24 +788,33 @@ impl Session {
         for (binding, domain) in pairs {
             self.intake.warm(binding, domain).await;
         }
-        let mut batch = Vec::with_capacity(subs.len());
-        for s in subs {
-            match self.intake.prepare(s.submission, &source) {
-                Ok(n) => batch.push(n),
-                Err(Refusal::Permanent(text)) => {
-                    return Reply::new(
-                        550,
-                        "5.6.0",
-                        format!(
-                            "part {}, recipient <{}>: {text}",
-                            s.part,
-                            echo(&s.recipient)
-                        ),
-                    );
+        // Each notification's payload is read again as it is prepared: CPU work too.
+        let intake = &self.intake;
+        let batch = crate::queue::in_place(|| {
+            let mut batch = Vec::with_capacity(subs.len());
+            for s in subs {
+                match intake.prepare(s.submission, &source) {
+                    Ok(n) => batch.push(n),
+                    Err(Refusal::Permanent(text)) => {
+                        return Err(Reply::new(
+                            550,
+                            "5.6.0",
+                            format!(
+                                "part {}, recipient <{}>: {text}",
+                                s.part,
+                                echo(&s.recipient)
+                            ),
+                        ));
+                    }
+                    Err(Refusal::Temporary(why)) => return Err(temporary(&why)),
                 }
-                Err(Refusal::Temporary(why)) => return temporary(&why),
             }
-        }
+            Ok(batch)
+        });
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(reply) => return reply,
+        };
         let count = batch.len();
         match self.intake.commit_reserved(batch, &source, room).await {
             Ok(()) => Reply::new(
@@ -717,6 +831,9 @@ impl Session {
         }
     }
 }
+
+/// How many commands a client that `always_deny` refuses gets answered (`503`) before it is disconnected.
+pub const MAX_REFUSED_COMMANDS: usize = 10;
 
 /// The longest domain (RFC 5321 §4.5.3.1.2), in octets.
 const MAX_DOMAIN: usize = 255;
@@ -777,11 +894,19 @@ pub(crate) async fn refuse_busy(
     let _ = io.close().await;
 }
 
-/// Whether two recipient addresses are one: the local part as written (RFC 5321 §2.4: it may be case-sensitive),
-/// the domain in any case.
+/// Whether two recipient addresses are one: the domain in any case; the local part as written (RFC 5321 §2.4: it
+/// may be case-sensitive), unless both are hex digits, device tokens that name one device in any case.
 fn same_recipient(a: &str, b: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_hexdigit());
     match (a.rsplit_once('@'), b.rsplit_once('@')) {
-        (Some((la, da)), Some((lb, db))) => la == lb && da.eq_ignore_ascii_case(db),
+        (Some((la, da)), Some((lb, db))) => {
+            let same_local = if hex(la) && hex(lb) {
+                la.eq_ignore_ascii_case(lb)
+            } else {
+                la == lb
+            };
+            same_local && da.eq_ignore_ascii_case(db)
+        }
         _ => a == b,
     }
 }
@@ -845,11 +970,215 @@ fn idle(host: &str, config: &SmtpConfig) -> Reply {
 mod tests {
     use super::*;
 
+    /// Holds the reading of a message that contains [`MARKER`](parse_gate::MARKER) until the test lets it go, or
+    /// until a deadline passes.
+    pub(super) mod parse_gate {
+        use std::sync::{Condvar, Mutex, MutexGuard};
+        use std::time::{Duration, Instant};
+
+        /// A message containing this is held.
+        pub const MARKER: &[u8] = b"parse-gate-holds-this-message";
+        /// How long a held message waits for the test at most.
+        const HOLD: Duration = Duration::from_secs(60);
+
+        struct State {
+            entered: bool,
+            released: bool,
+            expired: bool,
+        }
+
+        static STATE: Mutex<State> = Mutex::new(State {
+            entered: false,
+            released: false,
+            expired: false,
+        });
+        static CHANGED: Condvar = Condvar::new();
+
+        fn state() -> MutexGuard<'static, State> {
+            STATE.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// Called where the message is read: holds a marked one.
+        pub fn pass(message: &[u8]) {
+            if !message.windows(MARKER.len()).any(|w| w == MARKER) {
+                return;
+            }
+            let mut s = state();
+            s.entered = true;
+            CHANGED.notify_all();
+            let deadline = Instant::now() + HOLD;
+            while !s.released {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    s.expired = true;
+                    return;
+                }
+                s = CHANGED
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+
+        /// Waits until a marked message is being read; `false` if none is within `wait`.
+        pub fn wait_entered(wait: Duration) -> bool {
+            let deadline = Instant::now() + wait;
+            let mut s = state();
+            while !s.entered {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                s = CHANGED
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            true
+        }
+
+        /// Lets the held message go; `true` when it was still held (its deadline had not passed).
+        pub fn release() -> bool {
+            let mut s = state();
+            s.released = true;
+            CHANGED.notify_all();
+            !s.expired
+        }
+    }
+
+    /// Reads one reply; returns its last line.
+    async fn reply(r: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            let mut line = String::new();
+            let read = tokio::time::timeout(WAIT, r.read_line(&mut line)).await;
+            assert!(matches!(read, Ok(Ok(n)) if n > 0), "no reply: {read:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line;
+            }
+        }
+    }
+
+    async fn cmd(
+        c: &mut (
+            tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+            tokio::net::tcp::OwnedWriteHalf,
+        ),
+        line: &str,
+    ) -> String {
+        use tokio::io::AsyncWriteExt;
+        c.1.write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        reply(&mut c.0).await
+    }
+
+    async fn connect(
+        port: u16,
+    ) -> (
+        tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (r, w) = stream.into_split();
+        let mut c = (tokio::io::BufReader::new(r), w);
+        assert!(reply(&mut c.0).await.starts_with("220 "));
+        c
+    }
+
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// While one session reads a message (held there), a runtime of one worker thread still serves another
+    /// session: the reading runs with the runtime's tasks moved off the thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn another_session_is_served_while_a_message_is_read() {
+        use crate::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
+        let resolver = Arc::new(StaticResolver::default().with(
+            crate::outbound::settings::DeliverySettings::for_tests("apps.example", 1),
+        ));
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        let intake = Arc::new(Intake::new(
+            resolver,
+            Arc::new(crate::inbound::accept::NotDurable),
+            engine,
+            crate::queue::message::IdGenerator::new(1),
+        ));
+        let conf = herald_conf::Config::parse_str(
+            "t.conf",
+            r#"esmtp_listener { listen "127.0.0.1:0" { mcmt_reception = "allow" } }"#,
+        )
+        .unwrap();
+        let settings = conf.listeners().into_iter().next().unwrap();
+        let listener = super::super::bind(&settings).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config =
+            Arc::new(SmtpConfig::new(settings, super::super::SmtpLimits::default()).unwrap());
+        let (_config_tx, config_rx) = watch::channel(config);
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(super::super::serve(
+            listener,
+            config_rx,
+            intake,
+            stop.clone(),
+        ));
+
+        let mut a = connect(port).await;
+        assert!(cmd(&mut a, "EHLO a.example").await.starts_with("250 "));
+        assert!(
+            cmd(&mut a, "MAIL FROM:<app@backend.example>")
+                .await
+                .starts_with("250 ")
+        );
+        let rcpt = format!("RCPT TO:<{}@apps.example>", "ab".repeat(32));
+        assert!(cmd(&mut a, &rcpt).await.starts_with("250 "));
+        assert!(cmd(&mut a, "DATA").await.starts_with("354 "));
+        let marker = String::from_utf8_lossy(parse_gate::MARKER);
+        let message = format!(
+            "MIME-Version: 1.0\r\nContent-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n\r\n\
+             --B\r\nContent-Type: message/vnd.msys.apn\r\n\r\n{{\"aps\":{{\"alert\":\"{marker}\"}}}}\r\n--B--\r\n."
+        );
+        // The end of the data is sent; its reply waits while the message is held.
+        {
+            use tokio::io::AsyncWriteExt;
+            a.1.write_all(format!("{message}\r\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        assert!(parse_gate::wait_entered(WAIT), "the message was never read");
+
+        // Another session, on the runtime's one worker thread.
+        let mut b = connect(port).await;
+        assert!(cmd(&mut b, "NOOP").await.starts_with("250 "));
+        assert!(
+            parse_gate::release(),
+            "the other session was served only after the message being read let the thread go"
+        );
+        let accepted = reply(&mut a.0).await;
+        assert!(
+            accepted.starts_with("250 2.0.0 accepted 1 notification"),
+            "{accepted}"
+        );
+        stop.cancel();
+        let _ = tokio::time::timeout(WAIT, server).await;
+    }
+
     #[test]
-    fn a_recipient_is_the_same_whatever_the_case_of_its_domain_not_of_its_local_part() {
+    fn a_recipient_is_the_same_whatever_the_case_of_its_domain_and_of_a_hex_local_part() {
         assert!(same_recipient("ab12@Apps.Example", "ab12@apps.example"));
-        assert!(!same_recipient("AB12@apps.example", "ab12@apps.example"));
+        // A device token names one device in any case.
+        assert!(same_recipient("AB12@apps.example", "ab12@apps.example"));
         assert!(!same_recipient("ab12@apps.example", "ab12@other.example"));
+        assert!(!same_recipient("ab12@apps.example", "ab13@apps.example"));
+        // Any other local part is compared as written.
+        assert!(!same_recipient("Alice@apps.example", "alice@apps.example"));
+        assert!(!same_recipient("AB1G@apps.example", "ab1g@apps.example"));
     }
 
     /// A message buffer grows as data comes, to the size announced with `MAIL … SIZE=`, else to the size limit,
