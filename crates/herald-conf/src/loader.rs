@@ -702,23 +702,38 @@ impl Loader {
 
     /// For Momentum's authentication options, which herald does not implement, what to write instead.
     fn momentum_auth_note(&self, name: &str) -> Option<String> {
-        let known = ["Enable_Authentication", "AuthDigestMD5Parameters"]
-            .into_iter()
-            .any(|o| o.eq_ignore_ascii_case(name));
-        if !known {
+        let is = |options: &[&str]| options.iter().any(|o| o.eq_ignore_ascii_case(name));
+        if is(&[
+            "TLS_Client_CA",
+            "TLS_Verify_Mode",
+            "TLS_Verified_Peer_Is_Authorized",
+        ]) {
+            // Not a near miss of herald's `tls_verify`, which is about the certificates of APNs' hosts.
+            return Some(
+                "; herald does not implement Momentum's client certificate options (`TLS_Client_CA`, \
+                 `TLS_Verify_Mode`, `TLS_Verified_Peer_Is_Authorized`): restrict a listener by address \
+                 (`always_allow`, `always_deny`) and, on an HTTP listener, by API key (`api_key`, `api_keys`)"
+                    .to_string(),
+            );
+        }
+        if !is(&[
+            "Enable_Authentication",
+            "AuthDigestMD5Parameters",
+            "AuthPlainParameters",
+        ]) {
             return None;
         }
         let control = self.scopes.first() == Some(&ScopeKind::ControlListener);
         Some(if control {
             "; herald does not implement Momentum's console authentication (`Enable_Authentication`, \
-             `AuthDigestMD5Parameters`): to require a password on this control listener, set \
-             `control_password = \"…\"` in its `control_listener` or `listen` stanza (a console then sends \
+             `AuthPlainParameters`, `AuthDigestMD5Parameters`): to require a password on this control listener, \
+             set `control_password = \"…\"` in its `control_listener` or `listen` stanza (a console then sends \
              `auth PASSWORD` first)"
                 .to_string()
         } else {
             "; herald does not implement Momentum's authentication options (`Enable_Authentication`, \
-             `AuthDigestMD5Parameters`): a control listener requires a password with `control_password`, an HTTP \
-             listener an API key with `api_key`"
+             `AuthPlainParameters`, `AuthDigestMD5Parameters`): a control listener requires a password with \
+             `control_password`, an HTTP listener an API key with `api_key`"
                 .to_string()
         })
     }

@@ -406,6 +406,33 @@ fn momentum_console_authentication_points_to_control_password() {
     );
 }
 
+/// Momentum's HTTP listener options for client authentication and client certificates are refused, each named
+/// with what herald offers instead, and never taken for a misspelling of an option of herald's.
+#[test]
+fn momentum_http_listener_authentication_and_client_certificates_name_herald_s_ways() {
+    let (_, _, m) =
+        single("http_listener { AuthPlainParameters = [ uri = \"file:///etc/passwd\" ] }\n");
+    assert!(m.starts_with("unknown option `AuthPlainParameters`"), "{m}");
+    assert!(
+        m.contains("an HTTP listener an API key with `api_key`"),
+        "{m}"
+    );
+    for option in [
+        "TLS_Client_CA = \"/etc/ca.pem\"",
+        "TLS_Verify_Mode = \"require\"",
+        "TLS_Verified_Peer_Is_Authorized = true",
+    ] {
+        let (_, _, m) = single(&format!("http_listener {{ {option} }}\n"));
+        assert!(m.starts_with("unknown option `TLS_"), "{m}");
+        assert!(m.contains("client certificate options"), "{m}");
+        assert!(
+            m.contains("`always_deny`") && m.contains("`api_key`"),
+            "{m}"
+        );
+        assert!(!m.contains("did you mean"), "{m}");
+    }
+}
+
 #[test]
 fn two_stanzas_naming_one_listen_address_or_peer_block_are_refused() {
     let (l, c, m) = single("esmtp_listener {\n  listen \":25\" { }\n  listen \"*:25\" { }\n}\n");
