@@ -1304,7 +1304,8 @@ async fn a_domain_whose_key_cannot_be_read_is_a_temporary_refusal() {
 
 /// An injection whose template has two push parts renders two notifications per recipient: the room it takes
 /// before rendering (one per recipient) is topped up before anything is stored, or the request is refused with
-/// nothing stored (503) — never stored and then left waiting for room unanswered.
+/// nothing stored — for now (503) when the queue holds too much to take it, for good (413) when it is larger than the
+/// queue ever holds — never stored and then left waiting for room unanswered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injection_rendering_more_than_the_room_left_is_refused_before_it_is_stored() {
     let h = Herald::start(Opts {
@@ -1326,9 +1327,9 @@ async fn an_injection_rendering_more_than_the_room_left_is_refused_before_it_is_
             .json(&serde_json::json!({"template": template, "recipients": recipients}))
             .send()
     };
-    // 60 recipients, 120 notifications: more than the 100 the queue holds.
+    // 60 recipients, 120 notifications: more than the 100 the queue ever holds.
     let answer = inject(0..60).await.expect("answered, not left waiting");
-    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.status(), 413);
     let json: serde_json::Value = answer.json().await.unwrap();
     assert!(
         error_of(&json).contains("max_resident_notifications = 100"),
@@ -1339,9 +1340,22 @@ async fn an_injection_rendering_more_than_the_room_left_is_refused_before_it_is_
         100,
         "nothing was taken or stored"
     );
-    // 40 recipients, 80 notifications: accepted.
+    // 40 recipients, 80 notifications: accepted (and held: no APNs answers here).
     let answer = inject(100..140).await.unwrap();
     assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
     assert_eq!(h.server.engine.resident_room(), 20);
+    // 15 recipients, 30 notifications: room for 15 is there before rendering, not for 30 after.
+    let answer = inject(200..215).await.expect("answered, not left waiting");
+    assert_eq!(answer.status(), 503);
+    let json: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        error_of(&json).contains("max_resident_notifications = 100"),
+        "{json}"
+    );
+    assert_eq!(
+        h.server.engine.resident_room(),
+        20,
+        "nothing more was taken or stored"
+    );
     h.stop().await;
 }

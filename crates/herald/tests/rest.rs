@@ -96,6 +96,16 @@ impl Harness {
         durable: Arc<dyn Durable>,
         limits: Option<DoorLimits>,
     ) -> Harness {
+        Harness::start_engine(adjust, durable, limits, EngineLimits::default()).await
+    }
+
+    /// [`Harness::start_limited`] with an engine held to `engine_limits`.
+    async fn start_engine(
+        adjust: impl FnOnce(&mut ListenerSettings, &Pki),
+        durable: Arc<dyn Durable>,
+        limits: Option<DoorLimits>,
+        engine_limits: EngineLimits,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
         let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
@@ -116,7 +126,7 @@ impl Harness {
             resolver.clone(),
             logs.clone(),
             Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits::default(),
+            engine_limits,
         ));
         let intake = Arc::new(Intake::new(
             resolver,
@@ -2296,4 +2306,283 @@ async fn an_idle_http2_connection_is_held_to_keepalive_timeout_and_ended_with_go
     );
     stop.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// A `tokens` request whose one payload is larger than APNs takes for any push type is refused whole (`400`, in
+/// the words each token's refusal would use), before any token is checked; in the `notifications` form such a
+/// payload refuses only its own item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_payload_too_large_for_any_push_type_refuses_the_request() {
+    let h = Harness::start(|_, _| {}).await;
+    let big = json!({"aps": {"alert": "x".repeat(6000 - 20)}});
+    assert_eq!(big.to_string().len(), 6000);
+    let tokens: Vec<_> = (0..3).map(token).chain(["zz".into()]).collect();
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "tokens": tokens, "payload": big}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let text = "payload is 6000 bytes; alert pushes over HTTP/2 allow at most 4096";
+    assert_eq!(error_text(&answer), text);
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "tokens": [token(1)], "payload": big, "push_type": "voip",
+                    "topic": format!("{TOPIC}.voip")}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        error_text(&answer),
+        "payload is 6000 bytes; voip pushes over HTTP/2 allow at most 5120"
+    );
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "notifications": [
+                {"token": token(4), "payload": {"aps": {"alert": "fits"}}},
+                {"token": token(5), "payload": big},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+    assert_eq!(
+        answer["results"][1],
+        json!({"status": "rejected", "reason": text})
+    );
+    assert_eq!(h.records(1).await.len(), 1);
+    assert_eq!(h.received(), 1);
+}
+
+/// `priority` and `expiration` are read per notification: a number out of their range (too large for the field,
+/// negative, fractional, in exponent notation) refuses only the notifications it applies to, naming the field
+/// and where the request gives it, as a value in range that APNs does not take does; another JSON type is a `400`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_range_option_refuses_only_its_notification() {
+    let h = Harness::start(|_, _| {}).await;
+    let body = format!(
+        r#"{{"domain":"{DOMAIN}","notifications":[
+            {{"token":"{t0}","payload":{{"aps":{{"alert":"a"}}}},"priority":10}},
+            {{"token":"{t1}","payload":{{"aps":{{"alert":"b"}}}},"priority":300}},
+            {{"token":"{t2}","payload":{{"aps":{{"alert":"c"}}}},"expiration":1e20}},
+            {{"token":"{t3}","payload":{{"aps":{{"alert":"d"}}}},"expiration":100000000000000000000}},
+            {{"token":"{t4}","payload":{{"aps":{{"alert":"e"}}}},"priority":-1}},
+            {{"token":"{t5}","payload":{{"aps":{{"alert":"f"}}}},"priority":7}},
+            {{"token":"{t6}","payload":{{"aps":{{"alert":"g"}}}},"expiration":4294967296}},
+            {{"token":"{t7}","payload":{{"aps":{{"alert":"h"}}}},"priority":5.0}}
+        ]}}"#,
+        t0 = token(0),
+        t1 = token(1),
+        t2 = token(2),
+        t3 = token(3),
+        t4 = token(4),
+        t5 = token(5),
+        t6 = token(6),
+        t7 = token(7),
+    );
+    let response = h
+        .client()
+        .post(h.url("/api/v1/push"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.unwrap();
+    let reasons: Vec<_> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or("accepted").to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "accepted",
+            "notifications[1].priority: apns-priority must be 10, 5 or 1, not \"300\"",
+            "notifications[2].expiration: apns-expiration \"1e20\" is not a decimal count of seconds since the epoch",
+            "notifications[3].expiration: apns-expiration 100000000000000000000 is out of range: at most 4294967295 \
+             (seconds since the epoch, 32 bits)",
+            "notifications[4].priority: apns-priority must be 10, 5 or 1, not \"-1\"",
+            "priority: apns-priority must be 10, 5 or 1, not \"7\"",
+            "apns-expiration 4294967296 is out of range: at most 4294967295 (seconds since the epoch, \
+             32 bits)",
+            "notifications[7].priority: apns-priority must be 10, 5 or 1, not \"5.0\"",
+        ]
+    );
+    assert_eq!(h.records(1).await[0].token, token(0));
+
+    // A shared value out of range refuses the notifications that do not set their own.
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "priority": 1000, "notifications": [
+                {"token": token(8), "payload": {"aps": {"alert": "i"}}},
+                {"token": token(9), "payload": {"aps": {"alert": "j"}}, "priority": 10},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(
+        answer["results"][0]["reason"],
+        "priority: apns-priority must be 10, 5 or 1, not \"1000\""
+    );
+    assert_eq!(answer["results"][1]["status"], "accepted");
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "expiration": -5, "tokens": [token(10), token(11)],
+                    "payload": {"aps": {"alert": "k"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    for r in answer["results"].as_array().unwrap() {
+        assert_eq!(
+            r["reason"],
+            "expiration: apns-expiration \"-5\" is not a decimal count of seconds since the epoch"
+        );
+    }
+    assert_eq!(h.records(2).await.len(), 2);
+
+    // Not a number at all: the request is wrong.
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "notifications": [
+                {"token": token(12), "payload": {"aps": {"alert": "l"}}, "priority": "10"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        error_text(&answer)
+            .starts_with("notifications[0].priority: invalid type: string, expected a number"),
+        "{answer}"
+    );
+    assert_eq!(h.received(), 2);
+}
+
+/// A recipient whose rendering fails counts what it produced against the request's budget: recipients each
+/// rendering past the limit for one message (10 MiB) spend the 256 MiB together, and the request is refused whole
+/// with `413` at the recipient that spends it, not rendered on to its last recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_renderings_count_against_the_request_budget() {
+    let h = Harness::start(|_, _| {}).await;
+    let value = "x".repeat(200);
+    let recipients: Vec<_> = (0..40)
+        .map(|i| json!({"to": format!("r{i}@{DOMAIN}"), "keys": {"a": value}}))
+        .collect();
+    let request = json!({"template": "<%=:a%>".repeat(100_000), "recipients": recipients});
+    let (status, answer) = h.post("/v1.0/inject", &request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(answer["status"], "failure");
+    // Each refused recipient produced 10485600 bytes: the 26th (recipients[25]) spends the budget.
+    assert_eq!(
+        error_text(&answer),
+        "recipients[25]: the messages rendered for this request exceed 268435456 bytes together; send the \
+         recipients in several requests"
+    );
+    assert_eq!(h.received(), 0);
+}
+
+/// A recipient that lacks a key the template uses is refused before anything is rendered, at no cost to the
+/// request's budget: a large template and many such recipients are a `400` naming the key, not a `413`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_refuses_its_recipient_before_rendering() {
+    let h = Harness::start(|_, _| {}).await;
+    let template = "x".repeat(5 << 20) + "<%= :Nope %>";
+    let recipients: Vec<_> = (0..60)
+        .map(|i| json!({"to": format!("r{i}@{DOMAIN}"), "keys": {"a": "1"}}))
+        .collect();
+    let (status, answer) = h
+        .post(
+            "/v1.0/inject",
+            &json!({"template": template, "recipients": recipients}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        error_text(&answer),
+        "recipients[0]: template: the template uses the key \"nope\", which this recipient's keys do not give"
+    );
+    assert_eq!(answer["results"].as_array().unwrap().len(), 60);
+    assert_eq!(h.received(), 0);
+}
+
+/// Rendering walks the whole template whatever it produces: each recipient counts at least the template's length
+/// against the request's budget, so markers whose values are empty cannot make herald walk a large template for
+/// every recipient of a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rendering_counts_at_least_the_template() {
+    let h = Harness::start(|_, _| {}).await;
+    let key = "k".repeat(1000);
+    let template = format!("<%=:{key}%>").repeat(2000);
+    assert_eq!(template.len(), 2_012_000);
+    let recipients: Vec<_> = (0..140)
+        .map(|i| json!({"to": format!("r{i}@{DOMAIN}"), "keys": {key.clone(): ""}}))
+        .collect();
+    let (status, answer) = h
+        .post(
+            "/v1.0/inject",
+            &json!({"template": template, "recipients": recipients}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    // 268435456 / 2012000 = 133.4: the 134th rendering (recipients[133]) cannot be paid for.
+    assert!(
+        error_text(&answer)
+            .starts_with("recipients[133]: the messages rendered for this request exceed"),
+        "{answer}"
+    );
+}
+
+/// An injection whose recipients' messages make more notifications than herald ever holds in memory at once
+/// (several push parts each) is refused for good with `413` naming `max_resident_notifications`, not told to
+/// retry: no retry would take it. As many as herald holds are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injection_larger_than_the_queue_ever_holds_is_refused_for_good() {
+    let h = Harness::start_engine(
+        |_, _| {},
+        Arc::new(herald::inbound::accept::NotDurable),
+        None,
+        EngineLimits {
+            max_resident: 10,
+            ..EngineLimits::default()
+        },
+    )
+    .await;
+    let template = "To: <%= :to %>\nContent-Type: multipart/vnd.msys.mcmt; boundary=B\n\n\
+        --B\nContent-Type: message/vnd.msys.apn\n\n{\"aps\":{\"alert\":\"one\"}}\n\
+        --B\nContent-Type: message/vnd.msys.apn\n\n{\"aps\":{\"alert\":\"two\"}}\n--B--\n";
+    let recipients = |range: std::ops::Range<usize>| -> Vec<Value> {
+        range
+            .map(|i| json!({"to": format!("{}@{DOMAIN}", token(i))}))
+            .collect()
+    };
+    let (status, answer) = h
+        .post(
+            "/v1.0/inject",
+            &json!({"template": template, "recipients": recipients(0..6)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(answer["status"], "failure");
+    assert_eq!(
+        error_text(&answer),
+        "12 notifications are more than herald ever holds in memory at once (max_resident_notifications = 10): \
+         split the request into smaller ones"
+    );
+    assert_eq!(h.received(), 0);
+    let (status, answer) = h
+        .post(
+            "/v1.0/inject",
+            &json!({"template": template, "recipients": recipients(0..5)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(h.records(10).await.len(), 10);
 }

@@ -22,8 +22,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_apns::client::PushRequest;
 use herald_apns::notification::{NotificationParts, PushHeaders, RouteAuth, validate_notification};
-use herald_apns::payload::infer_push_type_for;
-use herald_apns::push::{ApnsId, Priority, Protocol, PushType, derive_topic, validate_expiration};
+use herald_apns::payload::{PayloadError, infer_push_type_for};
+use herald_apns::push::{
+    ApnsId, BINARY_PAYLOAD_LIMIT, HTTP2_PAYLOAD_LIMIT, Priority, Protocol, PushType,
+    VOIP_PAYLOAD_LIMIT, derive_topic, validate_expiration,
+};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -33,6 +36,19 @@ use crate::queue::message::{
 };
 use crate::queue::{Engine, OverShare, Reservation, ResolveError, SettingsResolver, SubmitError};
 use herald_spool::SpoolError;
+
+/// The largest payload APNs takes for any push type over either protocol (a VoIP push over HTTP/2). A larger payload
+/// is refused by its size alone, before anything reads it.
+pub const MAX_PAYLOAD_SIZE: usize = {
+    let mut max = BINARY_PAYLOAD_LIMIT;
+    if HTTP2_PAYLOAD_LIMIT > max {
+        max = HTTP2_PAYLOAD_LIMIT;
+    }
+    if VOIP_PAYLOAD_LIMIT > max {
+        max = VOIP_PAYLOAD_LIMIT;
+    }
+    max
+};
 
 /// One notification as a listener received it, before validation.
 #[derive(Debug, Clone, Default)]
@@ -432,25 +448,66 @@ impl Intake {
             .map_err(|reason| DomainRefusal::NotPush { domain, reason })
     }
 
+    /// Refuses a payload larger than APNs takes for any push type, with the text [`prepare`](Self::prepare) refuses
+    /// each notification carrying it with, for a listener that gives one payload to many notifications and refuses
+    /// the request once instead. `headers` are the notifications' shared options; a payload within
+    /// [`MAX_PAYLOAD_SIZE`] (or options [`prepare`](Self::prepare) refuses first) passes, to be checked per
+    /// notification.
+    pub fn check_payload_size(
+        &self,
+        binding: Option<&str>,
+        domain: &str,
+        headers: &PushHeaders,
+        size: usize,
+    ) -> Result<(), Refusal> {
+        if size <= MAX_PAYLOAD_SIZE {
+            return Ok(());
+        }
+        let settings = self.settings_for(binding, domain)?;
+        let given = match headers.push_type.as_deref().map(str::parse::<PushType>) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return Ok(()),
+            None => None,
+        };
+        let topic = headers
+            .topic
+            .as_deref()
+            .or(settings.default_topic.as_deref());
+        match payload_too_large(given, topic, route_protocol(&settings), size) {
+            Some(e) => Err(Refusal::Permanent(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
     fn validate(&self, s: Submission, source: &Source) -> Result<Notification, Refusal> {
         let settings = self.settings_for(s.binding.as_deref(), &s.domain)?;
-        let protocol = match settings.protocol {
-            RouteProtocol::Http2 => Protocol::Http2,
-            RouteProtocol::Binary(_) => Protocol::Binary,
+        let protocol = route_protocol(&settings);
+        let given = match s.headers.push_type.as_deref() {
+            Some(t) => Some(
+                t.parse::<PushType>()
+                    .map_err(|e| Refusal::Permanent(format!("push_type: {e}")))?,
+            ),
+            None => None,
         };
+        let topic = s
+            .headers
+            .topic
+            .as_deref()
+            .or(settings.default_topic.as_deref());
+        // A payload larger than any push type allows is refused before it is read: inferring the push type reads
+        // all of it, and one request may give the same payload to many notifications.
+        if let Some(e) = payload_too_large(given, topic, protocol, s.payload.len()) {
+            return Err(Refusal::Permanent(e.to_string()));
+        }
         // Without a push type, the topic's suffix names it (the sender's topic, else the domain's), and only a bare
         // bundle id leaves it to the payload (docs/apns-protocol.md#push-types).
-        let push_type = match s.headers.push_type.as_deref() {
-            Some(t) => t
-                .parse::<PushType>()
-                .map_err(|e| Refusal::Permanent(format!("push_type: {e}")))?,
-            None => infer_push_type_for(
-                s.headers
-                    .topic
-                    .as_deref()
-                    .or(settings.default_topic.as_deref()),
-                &s.payload,
-            ),
+        let push_type = match given {
+            Some(t) => t,
+            None => {
+                #[cfg(test)]
+                tests::PAYLOADS_READ.with(|n| n.set(n.get() + 1));
+                infer_push_type_for(topic, &s.payload)
+            }
         };
         let priority = match s.headers.priority {
             Some(p) => {
@@ -573,13 +630,23 @@ impl Intake {
                     })
                 });
         }
-        let max = self.engine.max_resident();
-        if n > max {
-            return Err(NoRoom::Never { wanted: n, max });
-        }
+        self.can_ever_hold(n)?;
         match self.engine.try_reserve(n) {
             Some(r) => Ok(Room(RoomKind::Resident(r))),
             None => Err(NoRoom::Now(self.queue_full_now(n))),
+        }
+    }
+
+    /// [`NoRoom::Never`] when a batch of `n` notifications is larger than the engine ever holds in memory at once
+    /// (`max_resident_notifications`): no retry takes it. A listener whose batch turns out larger than the room it
+    /// reserved (a message of several push parts) asks this before building more. With a store that queues
+    /// elsewhere accepted notifications take none of this engine's memory: any batch can be held.
+    pub fn can_ever_hold(&self, n: usize) -> Result<(), NoRoom> {
+        let max = self.engine.max_resident();
+        if self.durable.queues_elsewhere() || n <= max {
+            Ok(())
+        } else {
+            Err(NoRoom::Never { wanted: n, max })
         }
     }
 
@@ -693,6 +760,12 @@ impl Intake {
             }
             return Ok(());
         }
+        // A batch larger than the engine ever holds is refused for good: no retry would find room for it.
+        if let Err(never) = self.can_ever_hold(batch.len()) {
+            self.refused
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            return Err(never.into());
+        }
         // A domain of the batch that would pass its share of memory while herald is at least half full refuses the
         // batch, before anything is stored or more room is taken.
         if let Some(over) = self.engine.over_share(distinct_domains(&batch)) {
@@ -747,6 +820,38 @@ impl Intake {
         }
         Ok(())
     }
+}
+
+/// The protocol a domain's route speaks to APNs.
+fn route_protocol(settings: &DeliverySettings) -> Protocol {
+    match settings.protocol {
+        RouteProtocol::Http2 => Protocol::Http2,
+        RouteProtocol::Binary(_) => Protocol::Binary,
+    }
+}
+
+/// The refusal of a payload of `size` bytes when it is larger than any push type allows ([`MAX_PAYLOAD_SIZE`]),
+/// found without reading it: it names the push type given, else the one `topic`'s suffix names, else `alert` (the
+/// payload alone tells `alert` from `background`, which have the same limit), and that type's limit over
+/// `protocol`, in the words of the payload checks.
+fn payload_too_large(
+    given: Option<PushType>,
+    topic: Option<&str>,
+    protocol: Protocol,
+    size: usize,
+) -> Option<PayloadError> {
+    if size <= MAX_PAYLOAD_SIZE {
+        return None;
+    }
+    let push_type = given
+        .or_else(|| topic.and_then(PushType::from_topic_suffix))
+        .unwrap_or(PushType::Alert);
+    Some(PayloadError::TooLarge {
+        size,
+        limit: push_type.payload_limit(protocol),
+        push_type,
+        protocol,
+    })
 }
 
 /// The binding groups of one batch's R lines ([`Intake::binding_group`]), each (binding, domain) looked up at most
@@ -903,6 +1008,102 @@ mod tests {
 
     use super::*;
     use crate::queue::{EngineLimits, MemoryInvalidTokens, StaticResolver};
+
+    thread_local! {
+        /// Payloads [`Intake::prepare`] has read to infer a push type, on this thread.
+        pub(super) static PAYLOADS_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A payload larger than any push type allows is refused by its size, in the payload checks' words, without
+    /// being read to infer its push type; one within the limits is read as before. A listener giving one payload
+    /// to many notifications gets the same refusal once.
+    #[test]
+    fn a_payload_too_large_for_any_push_type_is_refused_unread() {
+        let intake = intake();
+        let source = source(&intake);
+        let submission = |payload: Vec<u8>, headers: PushHeaders| Submission {
+            domain: "apps.example".into(),
+            token: "ab".repeat(32),
+            payload: Bytes::from(payload),
+            headers,
+            ..Submission::default()
+        };
+        let background = |size: usize| {
+            let mut p = br#"{"aps":{"content-available":1},"pad":""#.to_vec();
+            p.resize(size - 2, b'x');
+            p.extend_from_slice(b"\"}");
+            p
+        };
+        let read = || PAYLOADS_READ.with(|n| n.get());
+        let before = read();
+        let refused = intake
+            .prepare(
+                submission(background(MAX_PAYLOAD_SIZE + 1), PushHeaders::default()),
+                &source,
+            )
+            .unwrap_err();
+        let text = "payload is 5121 bytes; alert pushes over HTTP/2 allow at most 4096";
+        assert!(
+            matches!(&refused, Refusal::Permanent(t) if t == text),
+            "{refused:?}"
+        );
+        assert_eq!(read(), before, "the payload was read");
+        // The push type given, or the topic's suffix, names the limit.
+        let voip = PushHeaders {
+            topic: Some("com.example.app.voip".into()),
+            ..PushHeaders::default()
+        };
+        let refused = intake
+            .prepare(submission(vec![b' '; 6000], voip.clone()), &source)
+            .unwrap_err();
+        assert!(
+            matches!(&refused, Refusal::Permanent(t)
+                if t == "payload is 6000 bytes; voip pushes over HTTP/2 allow at most 5120"),
+            "{refused:?}"
+        );
+        assert_eq!(read(), before, "the payload was read");
+        assert_eq!(
+            intake
+                .check_payload_size(None, "apps.example", &voip, 6000)
+                .map_err(|r| r.to_string()),
+            Err("payload is 6000 bytes; voip pushes over HTTP/2 allow at most 5120".into())
+        );
+        let given = PushHeaders {
+            push_type: Some("background".into()),
+            ..PushHeaders::default()
+        };
+        assert_eq!(
+            intake
+                .check_payload_size(None, "apps.example", &given, 5121)
+                .map_err(|r| r.to_string()),
+            Err("payload is 5121 bytes; background pushes over HTTP/2 allow at most 4096".into())
+        );
+        assert!(
+            intake
+                .check_payload_size(None, "apps.example", &given, MAX_PAYLOAD_SIZE)
+                .is_ok()
+        );
+        // Within the limit of some push type, the payload decides as before.
+        let n = intake
+            .prepare(
+                submission(background(1000), PushHeaders::default()),
+                &source,
+            )
+            .unwrap();
+        assert_eq!(n.push.push_type, Some(PushType::Background));
+        assert_eq!(read(), before + 1);
+        let refused = intake
+            .prepare(
+                submission(background(MAX_PAYLOAD_SIZE), PushHeaders::default()),
+                &source,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&refused, Refusal::Permanent(t)
+                if t == "payload is 5120 bytes; background pushes over HTTP/2 allow at most 4096"),
+            "{refused:?}"
+        );
+    }
 
     fn settings(domain: &str) -> DeliverySettings {
         DeliverySettings::for_tests(domain, 1)
@@ -1481,6 +1682,49 @@ mod tests {
                 ..EngineLimits::default()
             },
         ))
+    }
+
+    /// A batch larger than the engine ever holds is refused for good at its commit, whatever room was reserved
+    /// for it, and nothing of it is stored: no retry would take it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_larger_than_the_engine_ever_holds_is_refused_for_good() {
+        let (resolver, _) = engine();
+        let engine = small_engine(resolver.clone(), 10);
+        engine.set_held(true);
+        let intake = Arc::new(Intake::new(
+            resolver,
+            Arc::new(NotDurable),
+            engine.clone(),
+            IdGenerator::new(1),
+        ));
+        assert!(intake.can_ever_hold(10).is_ok());
+        assert!(matches!(
+            intake.can_ever_hold(11),
+            Err(NoRoom::Never {
+                wanted: 11,
+                max: 10
+            })
+        ));
+        let source = source(&intake);
+        let batch: Vec<_> = (0..11)
+            .map(|i| {
+                let submission = Submission {
+                    domain: "apps.example".into(),
+                    token: format!("{i:02x}").repeat(32),
+                    payload: Bytes::from_static(b"{\"aps\":{\"alert\":\"hi\"}}"),
+                    ..Submission::default()
+                };
+                intake.prepare(submission, &source).unwrap()
+            })
+            .collect();
+        let room = intake.reserve(5).unwrap();
+        let refused = intake.commit_reserved(batch, &source, room).await;
+        assert!(
+            matches!(&refused, Err(Refusal::Permanent(t)) if t == "11 notifications are more than herald ever \
+                holds in memory at once (max_resident_notifications = 10)"),
+            "{refused:?}"
+        );
+        assert_eq!(engine.resident_room(), 10, "nothing taken");
     }
 
     /// The room a batch needs is taken before it is built: a second batch finds it taken; one larger than the

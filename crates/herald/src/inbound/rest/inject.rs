@@ -24,7 +24,7 @@ use super::RestState;
 use super::error::{
     ApiError, describe_json_error, json_response, push_json_string, read_body, without_bom,
 };
-use super::template::{Template, TemplateError};
+use super::template::{RenderError, Template, TemplateError};
 use super::text::Text;
 use crate::inbound::accept::{Intake, Refusal, Source};
 use crate::inbound::mcmt::{self, Parsed, PartSubmission};
@@ -32,7 +32,10 @@ use crate::queue::message::{MessageId, Notification};
 
 /// The most bytes the messages of one request may render to together (each recipient's within
 /// [`super::template::MAX_RENDERED`]): a request of many recipients, each rendering a large message, would
-/// otherwise cost minutes of copying; a larger one is refused with `413` before anything is accepted.
+/// otherwise cost minutes of copying; a larger one is refused with `413` before anything is accepted. Every
+/// rendering counts, also one that fails (what it produced before it stopped), and each at least the template's
+/// length, which rendering walks through whatever it produces. A recipient that lacks a key the template uses is
+/// refused before rendering, and counts nothing.
 pub const MAX_RENDERED_PER_REQUEST: usize = 256 << 20;
 
 /// The request body, borrowed from the request bytes. Members Momentum defines that herald has no use for
@@ -66,12 +69,19 @@ pub struct Recipient<'a> {
 /// string that needs no unescaping. A key given twice (also in another case, `Name` and `name`) refuses the
 /// request.
 #[derive(Debug, Default)]
-pub struct Keys<'a>(HashMap<Cow<'a, str>, Cow<'a, str>>);
+pub struct Keys<'a> {
+    values: HashMap<Cow<'a, str>, Cow<'a, str>>,
+    /// The length of the longest key: a longer one is not given, known without hashing it.
+    longest: usize,
+}
 
 impl Keys<'_> {
     /// The substitution text of `key` (lowercase), if the recipient gives it.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(|v| v.as_ref())
+        if key.len() > self.longest {
+            return None;
+        }
+        self.values.get(key).map(|v| v.as_ref())
     }
 }
 
@@ -88,12 +98,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for Keys<'a> {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys<'a>, A::Error> {
                 let mut keys = HashMap::new();
+                let mut longest = 0;
                 while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
                     let text = key_text(value).map_err(|e| {
                         de::Error::custom(format_args!("key {key:?}: {}", without_position(&e)))
                     })?;
-                    match keys.entry(folded(&key)) {
+                    let lower = folded(&key);
+                    longest = longest.max(lower.len());
+                    match keys.entry(lower) {
                         Entry::Occupied(_) => {
                             return Err(de::Error::custom(format_args!(
                                 "key {key:?} is given more than once (keys match case-insensitively); give each once"
@@ -104,7 +117,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Keys<'a> {
                         }
                     }
                 }
-                Ok(Keys(keys))
+                Ok(Keys {
+                    values: keys,
+                    longest,
+                })
             }
         }
 
@@ -248,11 +264,13 @@ async fn inject_batch(
     }
     // The room is taken before anything is rendered; a message of several parts renders more notifications than
     // it has recipients, and the commit takes room for those too before it stores anything (or refuses the
-    // request: 503, nothing stored).
+    // request: 503, nothing stored). Rendering stops once the notifications are more than herald ever holds
+    // (413: no retry would take them).
     let room = intake
         .reserve(recipients.len())
         .map_err(super::push::no_room_error)?;
     let template = Template::parse(template);
+    let template_keys = template.distinct_keys();
     let mut domains: Vec<&str> = recipients
         .iter()
         .filter_map(|r| r.to.as_deref()?.rsplit_once('@').map(|(_, d)| d))
@@ -270,8 +288,14 @@ async fn inject_batch(
         let mut first_failure = None;
         let mut budget = MAX_RENDERED_PER_REQUEST;
         for (i, recipient) in recipients.iter().enumerate() {
-            let notifications =
-                recipient_notifications(intake, &template, recipient, source, &mut budget);
+            let notifications = recipient_notifications(
+                intake,
+                &template,
+                &template_keys,
+                recipient,
+                source,
+                &mut budget,
+            );
             if budget == 0 {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -290,6 +314,9 @@ async fn inject_batch(
                     if batch.len() > max_notifications {
                         return Err(super::push::too_many(batch.len(), max_notifications));
                     }
+                    intake
+                        .can_ever_hold(batch.len())
+                        .map_err(super::push::no_room_error)?;
                 }
                 Err(Refusal::Temporary(m)) => return Err(ApiError::unavailable(m)),
                 Err(Refusal::Permanent(m)) => {
@@ -317,12 +344,13 @@ async fn inject_batch(
 fn recipient_notifications(
     intake: &Intake,
     template: &Template<'_>,
+    template_keys: &[&str],
     recipient: &Recipient<'_>,
     source: &Source,
     budget: &mut usize,
 ) -> Result<Vec<Notification>, Refusal> {
-    let parts =
-        recipient_submissions_within(template, recipient, budget).map_err(Refusal::Permanent)?;
+    let parts = recipient_submissions_within(template, template_keys, recipient, budget)
+        .map_err(Refusal::Permanent)?;
     let many = parts.len() > 1;
     parts
         .into_iter()
@@ -344,14 +372,22 @@ pub fn recipient_submissions(
     recipient: &Recipient<'_>,
 ) -> Result<Vec<PartSubmission>, String> {
     let mut unbounded = usize::MAX;
-    recipient_submissions_within(template, recipient, &mut unbounded)
+    recipient_submissions_within(
+        template,
+        &template.distinct_keys(),
+        recipient,
+        &mut unbounded,
+    )
 }
 
 /// [`recipient_submissions`] within what is left of a request's rendering budget (`budget` bytes), which the
-/// rendered message's size is taken from; a message the budget cannot hold empties it (the request is then
+/// rendering's cost is taken from, whether it succeeds or not: the bytes it produced, at least the template's
+/// length. A recipient without one of `template_keys` (the template's [`Template::distinct_keys`]) is refused
+/// before rendering and costs nothing. A rendering the budget cannot pay for empties it (the request is then
 /// refused as a whole, see [`MAX_RENDERED_PER_REQUEST`]).
 pub fn recipient_submissions_within(
     template: &Template<'_>,
+    template_keys: &[&str],
     recipient: &Recipient<'_>,
     budget: &mut usize,
 ) -> Result<Vec<PartSubmission>, String> {
@@ -366,26 +402,41 @@ pub fn recipient_submissions_within(
         ));
     }
     let keys = recipient.keys.as_ref();
-    let rendered = template.render_at_most(
-        |key| match keys.and_then(|k| k.get(key)) {
-            Some(v) => Some(Cow::Borrowed(v)),
-            None if key == "to" => Some(Cow::Borrowed(to)),
-            None if key == "from" => Some(Cow::Borrowed(from)),
-            None => None,
-        },
-        *budget,
-    );
+    let lookup = |key: &str| match keys.and_then(|k| k.get(key)) {
+        Some(v) => Some(Cow::Borrowed(v)),
+        None if key == "to" => Some(Cow::Borrowed(to)),
+        None if key == "from" => Some(Cow::Borrowed(from)),
+        None => None,
+    };
+    if let Some(missing) = template_keys.iter().find(|k| lookup(k).is_none()) {
+        let e = TemplateError::MissingKey((*missing).to_owned());
+        return Err(format!("template: {e}"));
+    }
+    let rendered = template.render_at_most(lookup, *budget);
+    // What the rendering cost: the bytes it produced, and at least the template it walked through.
+    let cost = |rendered: usize| rendered.max(template.len());
     let message = match rendered {
-        Ok(message) => {
-            // Never down to 0, which stands for "used up" (a request rendering exactly the budget is accepted).
-            *budget = budget.saturating_sub(message.len()).max(1);
+        // Never down to 0, which stands for "used up" (a request rendering exactly the budget is accepted).
+        Ok(message) if cost(message.len()) <= *budget => {
+            *budget = (*budget - cost(message.len())).max(1);
             message
         }
-        Err(e @ TemplateError::TooLarge { limit }) if limit == *budget => {
+        Ok(_) => {
+            let e = TemplateError::TooLarge { limit: *budget };
             *budget = 0;
             return Err(format!("template: {e}"));
         }
-        Err(e) => return Err(format!("template: {e}")),
+        Err(RenderError {
+            error: e @ TemplateError::TooLarge { limit },
+            ..
+        }) if limit == *budget => {
+            *budget = 0;
+            return Err(format!("template: {e}"));
+        }
+        Err(RenderError { error, rendered }) => {
+            *budget = budget.saturating_sub(cost(rendered));
+            return Err(format!("template: {error}"));
+        }
     };
     let parsed = mcmt::parse(message.as_bytes()).map_err(|e| e.to_string())?;
     let Parsed::Mcmt(mcmt) = parsed else {
@@ -542,7 +593,7 @@ mod tests {
         Ok(recipient
             .keys
             .unwrap_or_default()
-            .0
+            .values
             .into_iter()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect())
@@ -587,7 +638,7 @@ mod tests {
             .keys
             .as_ref()
             .unwrap()
-            .0;
+            .values;
         assert!(matches!(keys.get("name"), Some(Cow::Borrowed("Ann"))));
         assert!(matches!(keys.get("list"), Some(Cow::Borrowed("[1,2,3]"))));
         assert!(matches!(keys.get("esc"), Some(Cow::Owned(s)) if s == "a\nb"));

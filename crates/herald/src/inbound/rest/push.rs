@@ -1,14 +1,16 @@
 //! `POST /api/v1/push`: herald's native batch API. One payload to many tokens (`tokens`), or many complete
 //! notifications (`notifications`), for one domain. Every item is validated in one pass; the accepted ones are
 //! made durable with a single [`Intake::commit`] (one group-committed write), and the answer, `202` with one
-//! result per item in request order, is sent only after that. A rejected item does not fail the others; a
-//! problem with the request itself is a `400` naming the field.
+//! result per item in request order, is sent only after that. A rejected item (also one whose option is a number
+//! out of range) does not fail the others; a problem with the request itself is a `400` naming the field, as is a
+//! shared `payload` larger than APNs takes for any push type.
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
+use serde::de::{Deserializer, Error as _, Unexpected};
 use serde_json::value::RawValue;
 use std::fmt::Write as _;
 
@@ -20,6 +22,7 @@ use super::text::Text;
 use crate::inbound::accept::{Intake, NoRoom, Refusal, Source, Submission};
 use crate::queue::message::MessageId;
 use herald_apns::notification::PushHeaders;
+use herald_apns::push::{MAX_EXPIRATION, PushError};
 
 /// The request body. Borrowed from the request bytes: payloads stay the exact text the client sent.
 #[derive(Debug, Deserialize)]
@@ -38,10 +41,10 @@ pub struct PushBody<'a> {
     topic: Option<Text<'a>>,
     #[serde(borrow, default)]
     push_type: Option<Text<'a>>,
-    #[serde(default)]
-    priority: Option<u8>,
-    #[serde(default)]
-    expiration: Option<u64>,
+    #[serde(borrow, default)]
+    priority: Option<Number<'a>>,
+    #[serde(borrow, default)]
+    expiration: Option<Number<'a>>,
     #[serde(borrow, default)]
     collapse_id: Option<Text<'a>>,
     /// The binding every notification is delivered from; absent: `default`.
@@ -63,12 +66,83 @@ struct Item<'a> {
     topic: Option<Text<'a>>,
     #[serde(borrow, default)]
     push_type: Option<Text<'a>>,
-    #[serde(default)]
-    priority: Option<u8>,
-    #[serde(default)]
-    expiration: Option<u64>,
+    #[serde(borrow, default)]
+    priority: Option<Number<'a>>,
+    #[serde(borrow, default)]
+    expiration: Option<Number<'a>>,
     #[serde(borrow, default)]
     collapse_id: Option<Text<'a>>,
+}
+
+/// A JSON number as the request spells it (`priority`, `expiration`). It is read into the option's range per
+/// notification, so that a number out of range refuses only the notifications it applies to; any other JSON type
+/// refuses the request, naming the field.
+#[derive(Debug, Clone, Copy)]
+struct Number<'a>(&'a str);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Number<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <&'de RawValue>::deserialize(deserializer)?;
+        let text = raw.get();
+        let unexpected = match text.as_bytes().first() {
+            Some(b'-' | b'0'..=b'9') => return Ok(Number(text)),
+            Some(b'"') => Unexpected::Other("string"),
+            Some(b't') => Unexpected::Bool(true),
+            Some(b'f') => Unexpected::Bool(false),
+            Some(b'[') => Unexpected::Seq,
+            Some(b'{') => Unexpected::Map,
+            _ => Unexpected::Other(text),
+        };
+        Err(D::Error::invalid_type(unexpected, &"a number"))
+    }
+}
+
+/// One notification's option: its own value (`notifications[i].name`), else the shared one (`name`).
+struct NumberOption<'r, 'a> {
+    name: &'static str,
+    own: Option<(usize, Number<'a>)>,
+    shared: Option<&'r Number<'a>>,
+}
+
+impl NumberOption<'_, '_> {
+    /// The value that applies and where the request gives it, for a refusal's text.
+    fn value(&self) -> Option<(String, &str)> {
+        match (self.own, self.shared) {
+            (Some((i, n)), _) => Some((format!("notifications[{i}].{}", self.name), n.0)),
+            (None, Some(n)) => Some((self.name.to_owned(), n.0)),
+            (None, None) => None,
+        }
+    }
+
+    /// `priority`: a number from 0 to 255 goes on to the door's checks (which take 10, 5 and 1); any other refuses
+    /// the notification in their words, naming where it is given.
+    fn priority(&self) -> Result<Option<u8>, String> {
+        let Some((field, text)) = self.value() else {
+            return Ok(None);
+        };
+        text.parse::<u8>()
+            .map(Some)
+            .map_err(|_| format!("{field}: {}", PushError::BadPriority(text.to_owned())))
+    }
+
+    /// `expiration`: a whole number that fits 64 bits goes on to the door's checks (which take 0 to
+    /// [`MAX_EXPIRATION`]); a larger one, a negative, fractional or exponent one refuses the notification in their
+    /// words, naming where it is given.
+    fn expiration(&self) -> Result<Option<u64>, String> {
+        let Some((field, text)) = self.value() else {
+            return Ok(None);
+        };
+        match text.parse::<u64>() {
+            Ok(e) => Ok(Some(e)),
+            Err(_) if text.bytes().all(|b| b.is_ascii_digit()) => Err(format!(
+                "{field}: apns-expiration {text} is out of range: at most {MAX_EXPIRATION} (seconds since the epoch, 32 bits)"
+            )),
+            Err(_) => Err(format!(
+                "{field}: {}",
+                PushError::BadExpiration(text.to_owned())
+            )),
+        }
+    }
 }
 
 /// The outcome of one item, in request order.
@@ -138,17 +212,35 @@ async fn accept_batch(
                 ApiError::bad_request(message)
             }
         })?;
-    // A request of the wrong shape is refused for that, whatever room the queue has.
-    request.form()?;
+    // A request of the wrong shape is refused for that, whatever room the queue has; so is one payload for every
+    // token that APNs takes for no push type, as each token would be refused for it.
+    if let Form::Tokens(_, payload) = request.form()? {
+        let headers = PushHeaders {
+            topic: request.topic.as_deref().map(str::to_owned),
+            push_type: request.push_type.as_deref().map(str::to_owned),
+            ..PushHeaders::default()
+        };
+        intake
+            .check_payload_size(binding.as_deref(), domain, &headers, payload.get().len())
+            .map_err(refusal_error)?;
+    }
     // The room is taken before anything is built, so that concurrent requests cannot together build more than the
     // queue holds.
     let room = intake.reserve(count).map_err(no_room_error)?;
-    let submissions = request.submissions(domain, &binding)?;
-    let mut results = Vec::with_capacity(submissions.len());
-    let mut accepted = Vec::with_capacity(submissions.len());
-    for submission in submissions {
-        take(intake, submission, source, &mut results, &mut accepted)?;
-    }
+    // Building and checking every notification is CPU work: the runtime moves its other tasks off this thread
+    // meanwhile.
+    let (results, accepted) = crate::queue::in_place(|| {
+        let submissions = request.submissions(domain, &binding)?;
+        let mut results = Vec::with_capacity(submissions.len());
+        let mut accepted = Vec::with_capacity(submissions.len());
+        for submission in submissions {
+            match submission {
+                Ok(submission) => take(intake, submission, source, &mut results, &mut accepted)?,
+                Err(reason) => results.push(ItemResult::Rejected(reason)),
+            }
+        }
+        Ok::<_, ApiError>((results, accepted))
+    })?;
     intake
         .commit_reserved(accepted, source, room)
         .await
@@ -240,12 +332,13 @@ impl<'a> PushBody<'a> {
     }
 
     /// The submissions, in request order: each token with the shared payload and options, or each notification
-    /// with its own (and the shared options it leaves out). A request of the wrong shape is refused whole.
+    /// with its own (and the shared options it leaves out). A request of the wrong shape is refused whole; a
+    /// notification whose `priority` or `expiration` is a number out of range is refused alone (`Err`, the reason).
     pub fn submissions(
         &self,
         domain: &str,
         binding: &Option<String>,
-    ) -> Result<Vec<Submission>, ApiError> {
+    ) -> Result<Vec<Result<Submission, String>>, ApiError> {
         let submission = |token: &str, payload: Bytes, headers: PushHeaders| Submission {
             domain: domain.to_owned(),
             recipient: recipient(token, domain),
@@ -258,37 +351,66 @@ impl<'a> PushBody<'a> {
         match self.form()? {
             Form::Tokens(tokens, payload) => {
                 let payload = Bytes::copy_from_slice(payload.get().as_bytes());
+                let (priority, expiration) = self.numbers(None);
+                let (priority, expiration) = (priority.priority(), expiration.expiration());
                 Ok(tokens
                     .iter()
                     .map(|token| {
                         let headers = PushHeaders {
                             topic: self.topic.as_deref().map(str::to_owned),
                             push_type: self.push_type.as_deref().map(str::to_owned),
-                            priority: self.priority,
-                            expiration: self.expiration,
+                            priority: priority.clone()?,
+                            expiration: expiration.clone()?,
                             collapse_id: self.collapse_id.as_deref().map(str::to_owned),
                             apns_id: None,
                         };
-                        submission(token, payload.clone(), headers)
+                        Ok(submission(token, payload.clone(), headers))
                     })
                     .collect())
             }
             Form::Notifications(items) => Ok(items
                 .iter()
-                .map(|item| {
+                .enumerate()
+                .map(|(i, item)| {
+                    let (priority, expiration) = self.numbers(Some((i, item)));
                     let headers = PushHeaders {
                         topic: either(&item.topic, &self.topic),
                         push_type: either(&item.push_type, &self.push_type),
-                        priority: item.priority.or(self.priority),
-                        expiration: item.expiration.or(self.expiration),
+                        priority: priority.priority()?,
+                        expiration: expiration.expiration()?,
                         collapse_id: either(&item.collapse_id, &self.collapse_id),
                         apns_id: item.apns_id.as_deref().map(str::to_owned),
                     };
                     let payload = Bytes::copy_from_slice(item.payload.get().as_bytes());
-                    submission(&item.token, payload, headers)
+                    Ok(submission(&item.token, payload, headers))
                 })
                 .collect()),
         }
+    }
+}
+
+impl<'a> PushBody<'a> {
+    /// The `priority` and `expiration` of notification `item` (index and entry; `None` for the `tokens` form,
+    /// which has only the shared ones).
+    fn numbers(
+        &self,
+        item: Option<(usize, &Item<'a>)>,
+    ) -> (NumberOption<'_, 'a>, NumberOption<'_, 'a>) {
+        let own = |pick: fn(&Item<'a>) -> Option<Number<'a>>| {
+            item.and_then(|(i, it)| Some((i, pick(it)?)))
+        };
+        (
+            NumberOption {
+                name: "priority",
+                own: own(|it| it.priority),
+                shared: self.priority.as_ref(),
+            },
+            NumberOption {
+                name: "expiration",
+                own: own(|it| it.expiration),
+                shared: self.expiration.as_ref(),
+            },
+        )
     }
 }
 
@@ -459,6 +581,36 @@ mod tests {
         );
         assert!(form(br#"{"domain":"d","tokens":["aa"],"payload":{}}"#).is_ok());
         assert!(form(br#"{"notifications":[{"token":"aa","payload":{}}]}"#).is_ok());
+    }
+
+    /// `priority` and `expiration` take any JSON number (read per notification) or `null` (absent); another type
+    /// refuses the request naming the field.
+    #[test]
+    fn numeric_options_take_any_number_and_only_numbers() {
+        let request = parse(
+            br#"{"domain":"d","tokens":["aa"],"payload":{},"priority":null,"expiration":-1.5e300}"#,
+        )
+        .unwrap();
+        assert!(request.priority.is_none());
+        assert_eq!(request.expiration.map(|n| n.0), Some("-1.5e300"));
+        for (value, found) in [
+            (r#""10""#, "string"),
+            ("true", "boolean `true`"),
+            ("[10]", "sequence"),
+            ("{}", "map"),
+        ] {
+            let body = format!(
+                r#"{{"domain":"d","notifications":[{{"token":"aa","payload":{{}},"priority":{value}}}]}}"#
+            );
+            let err = parse(body.as_bytes()).unwrap_err();
+            assert!(
+                err.message.starts_with(&format!(
+                    "notifications[0].priority: invalid type: {found}, expected a number"
+                )),
+                "{}",
+                err.message
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! or JSON encoding, and keys match case-insensitively. After substitution every line ending becomes CRLF.
 //!
 //! A template is parsed once per request ([`Template::parse`]) and rendered once per recipient, each rendering
-//! bounded by [`MAX_RENDERED`].
+//! bounded by [`MAX_RENDERED`]. A rendering that fails says how much it had produced ([`RenderError`]), so that a
+//! request's budget counts the work of every recipient.
 
 use std::borrow::Cow;
 
@@ -16,6 +17,8 @@ pub const MAX_RENDERED: usize = crate::inbound::smtp::DEFAULT_MAX_MESSAGE_SIZE a
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template<'a> {
     parts: Vec<Part<'a>>,
+    /// The length of the template's text.
+    len: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +37,13 @@ pub enum TemplateError {
         "the message rendered for this recipient exceeds {limit} bytes, the most herald renders for one recipient"
     )]
     TooLarge { limit: usize },
+}
+
+/// A rendering that failed: why, and how many bytes of the message it had produced when it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderError {
+    pub error: TemplateError,
+    pub rendered: usize,
 }
 
 impl<'a> Template<'a> {
@@ -66,7 +76,26 @@ impl<'a> Template<'a> {
         if literal_start < source.len() {
             parts.push(Part::Literal(&source[literal_start..]));
         }
-        Template { parts }
+        Template {
+            parts,
+            len: source.len(),
+        }
+    }
+
+    /// The length of the template's text, in bytes: what rendering it walks through, whatever it produces.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the template's text is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The keys the template uses (lowercase), each once, in the order of their first marker.
+    pub fn distinct_keys(&self) -> Vec<&str> {
+        let mut seen = std::collections::HashSet::new();
+        self.keys().filter(|k| seen.insert(*k)).collect()
     }
 
     /// The keys the template uses (lowercase), in order, with repeats.
@@ -85,24 +114,31 @@ impl<'a> Template<'a> {
         lookup: impl FnMut(&str) -> Option<Cow<'v, str>>,
     ) -> Result<String, TemplateError> {
         self.render_at_most(lookup, MAX_RENDERED)
+            .map_err(|e| e.error)
     }
 
     /// [`Template::render`] within `limit` bytes when that is less than [`MAX_RENDERED`] (what is left of a
-    /// request's rendering budget).
+    /// request's rendering budget). A failure says how many bytes had been produced.
     pub fn render_at_most<'v>(
         &self,
         mut lookup: impl FnMut(&str) -> Option<Cow<'v, str>>,
         limit: usize,
-    ) -> Result<String, TemplateError> {
+    ) -> Result<String, RenderError> {
         let limit = limit.min(MAX_RENDERED);
         let mut out = String::new();
         for part in &self.parts {
-            match part {
-                Part::Literal(text) => push_within(&mut out, text, limit)?,
+            let pushed = match part {
+                Part::Literal(text) => push_within(&mut out, text, limit),
                 Part::Key(key) => match lookup(key) {
-                    Some(value) => push_within(&mut out, &value, limit)?,
-                    None => return Err(TemplateError::MissingKey(key.clone())),
+                    Some(value) => push_within(&mut out, &value, limit),
+                    None => Err(TemplateError::MissingKey(key.clone())),
                 },
+            };
+            if let Err(error) = pushed {
+                return Err(RenderError {
+                    error,
+                    rendered: out.len(),
+                });
             }
         }
         Ok(out)
@@ -247,19 +283,35 @@ mod tests {
     fn a_rendering_stops_at_the_limit() {
         let t = Template::parse("ab<%=:v%>");
         let value = |v: &'static str| move |_: &str| Some(Cow::Borrowed(v));
+        let too_large = |rendered| RenderError {
+            error: TemplateError::TooLarge { limit: 5 },
+            rendered,
+        };
         assert_eq!(t.render_at_most(value("cde"), 5).unwrap(), "abcde");
-        assert_eq!(
-            t.render_at_most(value("cdef"), 5),
-            Err(TemplateError::TooLarge { limit: 5 })
-        );
-        // Line endings written as CRLF count: "ab" + "c\r\nd" is 6 bytes.
-        assert_eq!(
-            t.render_at_most(value("c\nd"), 5),
-            Err(TemplateError::TooLarge { limit: 5 })
-        );
+        // Refused before it is copied: only "ab" was produced.
+        assert_eq!(t.render_at_most(value("cdef"), 5), Err(too_large(2)));
+        // Line endings written as CRLF count: "ab" + "c\r\nd" is 6 bytes, all produced.
+        assert_eq!(t.render_at_most(value("c\nd"), 5), Err(too_large(6)));
         assert_eq!(
             Template::parse("abcdef").render_at_most(value(""), 5),
-            Err(TemplateError::TooLarge { limit: 5 })
+            Err(too_large(0))
+        );
+    }
+
+    /// A failed rendering says how much it produced before it stopped; the template's length and its keys, each
+    /// once, are known before any rendering.
+    #[test]
+    fn a_failed_rendering_says_what_it_produced() {
+        let t = Template::parse("abc<%=:A%>[%= :b %]<%=:a%>");
+        assert_eq!(t.len(), 26);
+        assert_eq!(t.distinct_keys(), ["a", "b"]);
+        let only_a = |k: &str| (k == "a").then_some(Cow::Borrowed("xy"));
+        assert_eq!(
+            t.render_at_most(only_a, 100),
+            Err(RenderError {
+                error: TemplateError::MissingKey("b".into()),
+                rendered: 5,
+            })
         );
     }
 
