@@ -407,7 +407,13 @@ impl Drop for Taken<'_> {
         }
         self.shared.give_back(self.domain, 1);
         if let (Some(l), Some(id)) = (self.shared.listener.get(), self.id) {
-            l.left(id);
+            if std::thread::panicking() {
+                // Dropped while a panic unwinds (the listener's `queued` or the settings' resolution failed): a
+                // second panic here would abort the process, so one of the listener is caught and dropped.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.left(id)));
+            } else {
+                l.left(id);
+            }
         }
     }
 }
@@ -2779,6 +2785,46 @@ domain "apps.example" {{
         assert_eq!(engine.resident_in("apps.example"), 1);
         assert_eq!(received(&engine), 1);
         assert_eq!(arrivals.heard(), (2, 1));
+    }
+
+    /// An outcome listener that fails as a notification arrives, and again as it leaves.
+    struct FailsOnArrival;
+
+    impl OutcomeListener for FailsOnArrival {
+        fn queued(&self, _: &Notification, _: u32) {
+            panic!("a listener failing on arrival");
+        }
+        fn outcome(&self, _: &crate::logs::OutcomeRecord<'_>) {}
+        fn left(&self, _: MessageId) {
+            panic!("a listener failing on leaving");
+        }
+    }
+
+    /// A listener failing as a notification arrives fails that submit alone: the memory permit is given back while
+    /// the panic unwinds, and the listener failing again as it is told the notification left does not abort the
+    /// process (a panic during a panic would).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listener_failing_on_arrival_and_on_leaving_fails_only_its_submit() {
+        let resolver = Arc::new(GatedResolver {
+            current: Mutex::new(Ok(Arc::new(settings_to(closed_port())))),
+            gate: Mutex::new(None),
+        });
+        let engine = Arc::new(Engine::new(
+            resolver,
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits {
+                max_resident: 4,
+                ..EngineLimits::default()
+            },
+        ));
+        engine.set_held(true);
+        engine.set_outcome_listener(Arc::new(FailsOnArrival));
+        let submitting = engine.clone();
+        let failed = tokio::spawn(async move { submitting.submit(notification(1)).await }).await;
+        assert!(failed.is_err_and(|e| e.is_panic()));
+        assert_eq!(engine.resident_room(), 4, "its permit given back");
+        assert_eq!(engine.resident_in("apps.example"), 0);
     }
 
     /// [`Engine::restore`] dropped while its queue's settings are resolved: as a dropped submit, nothing kept.
