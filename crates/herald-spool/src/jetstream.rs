@@ -816,7 +816,7 @@ impl JetStreamSpool {
         };
         let (Some(seq), None) = (seq, skip) else {
             let looked = skip.unwrap_or(Looked::First);
-            return Box::pin(std::future::ready((pulled, looked)));
+            return Preparing::Ready(Some((pulled, looked)));
         };
         let book = self.retry_book.clone();
         let (until, late) = match stop {
@@ -834,7 +834,7 @@ impl JetStreamSpool {
                 Err(_) => late,
             }
         });
-        Box::pin(async move { (pulled, read.await.unwrap_or(Looked::Unknown)) })
+        Preparing::Reading(Some(pulled), read)
     }
 
     /// Whether the message at `seq` of notification `id` is held here already, or was finished here lately.
@@ -919,16 +919,14 @@ impl JetStreamSpool {
                     self.retry_book.clone(),
                 );
                 runtime.spawn(async move {
-                    let until = tokio::time::Instant::from_std(deadline);
-                    if tokio::time::timeout_at(until, join_all(written))
-                        .await
-                        .is_err()
-                    {
-                        book.report_unconfirmed(
-                            "a notification given back without an attempt",
-                            wait,
-                        );
-                    }
+                    confirmed(
+                        &book,
+                        written,
+                        deadline,
+                        wait,
+                        "a notification given back without an attempt",
+                    )
+                    .await;
                     let mut held = lock(&held);
                     for message in held.take_released(key, token) {
                         let _ = acks.send(AckJob::Ack(message, kind));
@@ -941,8 +939,13 @@ impl JetStreamSpool {
         if let Some(known) = known {
             if finished {
                 if known.entry {
-                    for (slot, _) in states_of(key, &messages, known, true) {
-                        self.retry_book.delete(slot.seq);
+                    let mut seqs: Vec<u64> = messages
+                        .iter()
+                        .filter_map(|m| m.info().ok().map(|i| i.stream_sequence))
+                        .collect();
+                    seqs.dedup();
+                    for seq in seqs {
+                        self.retry_book.delete(seq);
                     }
                 }
             } else if attempted == Attempted::No {
@@ -1180,6 +1183,11 @@ struct Known {
     /// The bucket may have an entry for its message (it came again, or this node wrote one): deleted on its final
     /// outcome.
     entry: bool,
+    /// `retries` is a guess from the delivery count: the bucket was not read at its arrival (the read failed or
+    /// took too long, the pull's read budget was spent, it was skipped). Nothing is written from a guess
+    /// ([`states_of`]): it would replace the state the bucket has, which may say more or fewer retries. Once this
+    /// node reschedules it (an attempt made here), its count is this node's own and is written from then on.
+    guessed: bool,
 }
 
 /// A notification as [`Held::drain_known`] gives it: its id, its messages, its retry state, and the nak it was being
@@ -2127,8 +2135,14 @@ async fn pull_loop(
                             continue;
                         }
                     };
-                    ready.push_back(spool.prepare(pulled, read_until));
-                    continue;
+                    // Nothing to read and nothing before it in order: on at once, without the queue.
+                    match spool.prepare(pulled, read_until) {
+                        Preparing::Ready(Some(prepared)) if ready.is_empty() => prepared,
+                        preparing => {
+                            ready.push_back(preparing);
+                            continue;
+                        }
+                    }
                 }
                 Event::Ready(prepared) => prepared,
             };
@@ -2270,13 +2284,14 @@ async fn pull_loop(
             }
             let book = s.retry_book.clone();
             drop(s);
-            let until = tokio::time::Instant::from_std(deadline);
-            if tokio::time::timeout_at(until, join_all(written))
-                .await
-                .is_err()
-            {
-                book.report_unconfirmed("notifications pulled and not handed over", wait);
-            }
+            confirmed(
+                &book,
+                written,
+                deadline,
+                wait,
+                "notifications pulled and not handed over",
+            )
+            .await;
         }
         join_all(kept.iter().map(|(_, m, _)| m.ack_with(AckKind::Nak(None)))).await;
         drop(open);
@@ -2383,8 +2398,41 @@ impl Pulled {
     }
 }
 
-/// A pulled message and what the bucket of retry counts says of it, once read.
-type Preparing = std::pin::Pin<Box<dyn Future<Output = (Pulled, Looked)> + Send>>;
+/// A pulled message and what the bucket of retry counts says of it, once read: at once when there is nothing to
+/// read (nearly every message: no allocation for it), or once the read's task ended.
+enum Preparing {
+    /// Nothing to read (`None` once taken).
+    Ready(Option<(Pulled, Looked)>),
+    /// The message, and the task reading its entry (`None` once taken).
+    Reading(Option<Pulled>, tokio::task::JoinHandle<Looked>),
+}
+
+impl Future for Preparing {
+    type Output = (Pulled, Looked);
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let done = match this {
+            Preparing::Ready(done) => done.take(),
+            Preparing::Reading(pulled, read) => {
+                let looked = match std::pin::Pin::new(read).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(looked) => looked.unwrap_or(Looked::Unknown),
+                };
+                pulled.take().map(|pulled| (pulled, looked))
+            }
+        };
+        match done {
+            Some(done) => Poll::Ready(done),
+            // Polled again once it gave its message: never in the pull loop (a FuturesOrdered drops what ended).
+            None => Poll::Pending,
+        }
+    }
+}
 
 /// What the pull loop goes on with: a message of the pull (`N`: what the pull's stream gave, within a second), or
 /// the next one in order, prepared. Short-lived, on the pull loop's stack.
@@ -2416,11 +2464,12 @@ fn arrival_known(
         retries: retries_at(id, recorded_retries, delivered, state),
         next_attempt_ms,
         entry: !matches!(looked, Looked::First | Looked::NoEntry),
+        guessed: !looked.known(),
     }
 }
 
 /// The retry state to write for notification `id` held as `messages`: one per message (by stream sequence), as of
-/// its latest delivery.
+/// its latest delivery. None while its retries are a guess ([`Known::guessed`]).
 fn states_of(
     id: u128,
     messages: &[jetstream::Message],
@@ -2428,6 +2477,9 @@ fn states_of(
     settled: bool,
 ) -> Vec<(Slot, RetryState)> {
     let mut out: Vec<(Slot, RetryState)> = Vec::with_capacity(1);
+    if known.guessed {
+        return out;
+    }
     for message in messages {
         let (Some(slot), (delivered, _)) = (slot_of(message), delivery_of(message)) else {
             continue;
@@ -2447,6 +2499,23 @@ fn states_of(
         }
     }
     out
+}
+
+/// Waits for the writes of the retry counts of `what`, going back to the stream, until `deadline` (`wait` after they
+/// were queued), and says when they were not confirmed by then, or were dropped.
+async fn confirmed(
+    book: &RetryBook,
+    written: Vec<tokio::sync::oneshot::Receiver<()>>,
+    deadline: Instant,
+    wait: Duration,
+    what: &str,
+) {
+    let until = tokio::time::Instant::from_std(deadline);
+    match tokio::time::timeout_at(until, join_all(written)).await {
+        Err(_) => book.report_unconfirmed(what, wait),
+        Ok(results) if results.iter().any(Result::is_err) => book.report_unwritten(what),
+        Ok(_) => {}
+    }
 }
 
 /// The state of a message given back without an attempt during its `delivered`-th delivery.
@@ -2812,6 +2881,9 @@ impl Spool for JetStreamSpool {
         known.retries = retries;
         known.next_attempt_ms = next_attempt_ms;
         known.entry = true;
+        // An attempt made here: written even when the count on arrival was a guess (the attempt would be lost
+        // otherwise), and from then on this node's count is the notification's.
+        known.guessed = false;
         let known = *known;
         for (slot, state) in states_of(key.0, held.messages_for(key.0), known, false) {
             self.retry_book.put(slot, state);
@@ -2949,20 +3021,18 @@ impl Spool for JetStreamSpool {
                     let nak = nak.unwrap_or(AckKind::Nak(None));
                     messages.extend(held.into_iter().map(|m| (m, nak)));
                 }
-                let written = tokio::time::timeout_at(
-                    tokio::time::Instant::from_std(deadline),
-                    join_all(written),
+                let written = confirmed(
+                    &retry_book,
+                    written,
+                    deadline,
+                    retry_writes_wait,
+                    "the notifications held at the stop",
                 );
                 // The acks of notifications finished before the stop go out before the flush.
                 let (barrier, acked) = tokio::sync::oneshot::channel();
                 let _ = acks.send(AckJob::Barrier(barrier));
                 let _ = acked.await;
-                if written.await.is_err() {
-                    retry_book.report_unconfirmed(
-                        "the notifications held at the stop",
-                        retry_writes_wait,
-                    );
-                }
+                written.await;
                 join_all(messages.iter().map(|(m, nak)| m.ack_with(*nak))).await;
                 // Gone from the list of nodes at once rather than when its heartbeat expires.
                 if let Some(store) = beats {
@@ -4318,6 +4388,48 @@ pub(crate) mod tests {
         c.close().await.unwrap();
     }
 
+    /// A node whose read of a notification's entry failed counts its retries from the delivery count, a guess:
+    /// giving it back without an attempt writes nothing, and the entry keeps the state the node before wrote
+    /// (written, the guess would have replaced it: it is of a later delivery).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_count_guessed_from_the_delivery_count_is_not_written_over_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = nats(dir.path()) else {
+            return;
+        };
+        let (a, mut a_rx) = connected(url.clone(), "guess").await;
+        let id = 0x55u128 << 64 | 1;
+        a.append(vec![notification(id, 0xaa)]).await.unwrap();
+        next(&mut a_rx).await;
+        let seq = held_seq(&a, id);
+        a.reschedule(SpoolKey(id), 4, nodes::unix_ms() + 1000);
+        // Stopped: given back with its four retries, settled.
+        a.close().await.unwrap();
+        drop(a_rx);
+
+        let bucket = crate::retry_state::bucket_name("guess");
+        lock(&crate::retry_state::FAILING_READS).push(bucket.clone());
+        let (b, mut b_rx) = other_node(url, "guess", "b").await;
+        let before = retry_entry(&b, seq).await.expect("written at a's stop");
+        assert_eq!(
+            (before.retries, before.delivered, before.settled),
+            (4, 1, true)
+        );
+        let again = next(&mut b_rx).await;
+        assert_eq!(
+            (again.key, again.retries),
+            (SpoolKey(id), 1),
+            "the read failed: every earlier delivery counts as one"
+        );
+        assert!(lock(&b.held).known_of(id).is_some_and(|k| k.guessed));
+        b.release(SpoolKey(id), Duration::from_secs(600));
+        assert!(b.retry_book().written(Duration::from_secs(20)).await);
+        assert_eq!(b.held(), 0, "given back");
+        assert_eq!(retry_entry(&b, seq).await, Some(before));
+        lock(&crate::retry_state::FAILING_READS).retain(|b| *b != bucket);
+        b.close().await.unwrap();
+    }
+
     /// A copy of `message` as JetStream would hand it over for its `delivered`-th time.
     fn delivered_again(message: &jetstream::Message, delivered: u64) -> jetstream::Message {
         let mut again = message.clone();
@@ -4409,6 +4521,7 @@ pub(crate) mod tests {
             retries: 2,
             next_attempt_ms: 0,
             entry: true,
+            guessed: false,
         };
         let nak = AckKind::Nak(Some(Duration::from_secs(60)));
         assert_eq!(held.arrive(id, (10, 1), same), Arrival::New);

@@ -32,10 +32,14 @@
 //!
 //! Writes go out in the background, at most [`WRITES_IN_FLIGHT`] at once and [`MAX_PENDING_WRITES`] waiting (the
 //! oldest dropped past that); a newer write for a message replaces its waiting one, and writes for one message go
-//! out one after the other. One that fails is tried again, [`WRITE_ATTEMPTS`] times in all, then dropped with a
-//! warning. A read that fails (NATS unreachable, the bucket not open yet) falls back to the delivery count, with a
-//! warning, and for [`READ_PAUSE`] after it no read is tried: delivery never waits on the bucket for more than
-//! [`READ_LIMIT`]. An entry this build cannot read (a newer format) is said, and the delivery count stands in.
+//! out one after the other. A write that fails for a reason of its own (the entry kept changing while it was
+//! written) is tried again at once, [`WRITE_ATTEMPTS`] times in all, then dropped with a warning. One that NATS did
+//! not answer (unreachable, the bucket's leader changing) is no attempt of its own: it waits, with every other
+//! write, while the writes pause and the bucket is opened again, until NATS answers, its deadline passes, or
+//! [`MAX_PENDING_WRITES`] newer ones push it out. A read made before the bucket is open waits for it, within
+//! [`READ_LIMIT`]; a read that fails (NATS unreachable, the bucket still not open) falls back to the delivery count,
+//! with a warning, and for [`READ_PAUSE`] after it no read is tried: delivery never waits on the bucket for more
+//! than [`READ_LIMIT`]. An entry this build cannot read (a newer format) is said, and the delivery count stands in.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,9 +58,19 @@ pub const MAX_PENDING_WRITES: usize = 10_000;
 /// Writes awaiting NATS's answer at once.
 pub const WRITES_IN_FLIGHT: usize = 64;
 
-/// Attempts of one write before it is dropped, with a warning: one that NATS keeps refusing does not hold up the
-/// others for ever (each failure pauses the writes for a while).
+/// Attempts of one write before it is dropped, with a warning: one whose entry keeps changing while it is written
+/// does not go round for ever. Only such failures of the write itself count; a write NATS did not answer (a failure
+/// of the whole bucket) is tried again without counting.
 pub const WRITE_ATTEMPTS: u32 = 5;
+
+/// How far apart the clocks of the NATS servers may be when the time a delete marker was written (the bucket's
+/// server) is set against the time the stream took a message (the stream's server): a marker counts as the
+/// message's final outcome only when written at least this long after the message was published. Without it, a
+/// marker left from a stream made again, on a server whose clock is ahead, could refuse every write for the new
+/// message at that sequence. The cost: a late write landing after a final outcome that came less than this long after
+/// the notification was published may bring its entry back; nobody reads it (its message is gone, and a message at
+/// the same sequence in a stream made again is another notification), and it goes with the bucket's age limit.
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(60);
 
 /// How long a read of an entry may take before the delivery goes on without it.
 pub const READ_LIMIT: Duration = Duration::from_secs(1);
@@ -165,8 +179,8 @@ pub fn retries_at(id: u128, recorded: u32, delivered: u64, state: Option<&RetryS
 /// Why a read of the bucket gave nothing to go by.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
-    #[error("key-value bucket {bucket}: not open yet")]
-    NotOpen { bucket: String },
+    #[error("key-value bucket {bucket}: not open yet (waited {waited_ms} ms)")]
+    NotOpen { bucket: String, waited_ms: u128 },
     #[error(
         "key-value bucket {bucket}: a read failed {ago_ms} ms ago; not tried again before {pause_ms} ms"
     )]
@@ -249,12 +263,13 @@ enum Superseded {
 /// a later delivery (the node that holds the message now wrote it); a delete marker wins when it was written after
 /// the message was published (the notification was finished; one written before is of another message at the same
 /// sequence, in a stream made again); a value in a newer format is never replaced by this build. Anything else
-/// (an entry of another notification, a value that is no state at all) is replaced.
+/// (an entry of another notification, a value that is no state at all) is replaced. The two times come from two
+/// servers' clocks: a marker wins only when written [`CLOCK_MARGIN`] or more after the message was published.
 fn newer_there(ours: &RetryState, published_ms: i64, entry: &kv::Entry) -> Option<Superseded> {
     match entry.operation {
         kv::Operation::Delete | kv::Operation::Purge => {
             let written_ms = entry.created.unix_timestamp_nanos() / 1_000_000;
-            (written_ms >= i128::from(published_ms)).then_some(Superseded::Finished)
+            finished_by(written_ms, published_ms).then_some(Superseded::Finished)
         }
         kv::Operation::Put => match RetryState::decode(&entry.value) {
             Some(theirs) if theirs.id == ours.id && theirs.delivered > ours.delivered => {
@@ -266,13 +281,23 @@ fn newer_there(ours: &RetryState, published_ms: i64, entry: &kv::Entry) -> Optio
     }
 }
 
+/// Whether a delete marker written at `written_ms` (Unix milliseconds, the bucket's server) is the final outcome of
+/// the message published at `published_ms` (the stream's server): written [`CLOCK_MARGIN`] or more after it.
+fn finished_by(written_ms: i128, published_ms: i64) -> bool {
+    let margin_ms = i128::try_from(CLOCK_MARGIN.as_millis()).unwrap_or(i128::MAX);
+    written_ms >= i128::from(published_ms).saturating_add(margin_ms)
+}
+
 /// How a write ended ([`Pending::ended`]).
 #[derive(Debug)]
 enum Ended {
     /// Done: written, deleted, or not needed (a newer state is there, its deadline passed).
     Done,
-    /// Failed: tried again, unless it had [`WRITE_ATTEMPTS`] already.
+    /// Failed for a reason of its own (the entry kept changing): tried again, unless it had [`WRITE_ATTEMPTS`]
+    /// already.
     Failed(Queued),
+    /// Not answered (NATS unreachable, the bucket's leader changing): tried again, the attempt not counted.
+    Interrupted(Queued),
 }
 
 /// What [`Pending::ended`] gave up.
@@ -292,6 +317,9 @@ struct Queue {
     /// Told once a write of their message made after they asked went out, or was not needed (a newer state is in
     /// the bucket) ([`RetryBook::put_confirmed`]); dropped (their receiver sees an error) when it was dropped.
     waiters: HashMap<u64, Vec<tokio::sync::oneshot::Sender<()>>>,
+    /// Messages whose write in flight is older than one dropped (too many waited): should it fail, it is not put
+    /// back (it would stand where the newer one was).
+    abandoned: HashSet<u64>,
 }
 
 struct Pending {
@@ -334,8 +362,12 @@ impl Pending {
                     && let Some(oldest) = queue.order.pop_front()
                 {
                     queue.ops.remove(&oldest);
-                    if !queue.in_flight.contains(&oldest) {
-                        queue.waiters.remove(&oldest);
+                    // Those waiting for it are told it was dropped (their senders go), even while an older write
+                    // of the message is in flight: that one is not what they wait for, and should it fail it is
+                    // not put back.
+                    queue.waiters.remove(&oldest);
+                    if queue.in_flight.contains(&oldest) {
+                        queue.abandoned.insert(oldest);
                     }
                     dropped = Some(oldest);
                 }
@@ -378,17 +410,27 @@ impl Pending {
         }
     }
 
-    /// The write of `seq` in flight ended; a failed one waits again, first, unless a newer one is waiting or it had
-    /// [`WRITE_ATTEMPTS`] (then it is dropped: said in what is returned). Once nothing more waits for `seq`, those
-    /// waiting for its writes are told (dropped when the last one was dropped).
+    /// The write of `seq` in flight ended; a failed or interrupted one waits again, first, unless a newer one is
+    /// waiting, a newer one was dropped meanwhile, or it failed [`WRITE_ATTEMPTS`] times (then it is dropped: said in
+    /// what is returned). Once nothing more waits for `seq`, those waiting for its writes are told (dropped when the
+    /// last one was dropped).
     fn ended(&self, seq: u64, ended: Ended) -> Option<GaveUp> {
         let mut queue = lock(&self.queue);
         queue.in_flight.remove(&seq);
+        let abandoned = queue.abandoned.remove(&seq);
         let mut gave_up = None;
-        if let Ended::Failed(mut failed) = ended
+        let again = match ended {
+            Ended::Done => None,
+            Ended::Failed(mut failed) => {
+                failed.attempts += 1;
+                Some(failed)
+            }
+            Ended::Interrupted(interrupted) => Some(interrupted),
+        };
+        if let Some(failed) = again
+            && !abandoned
             && !queue.ops.contains_key(&seq)
         {
-            failed.attempts += 1;
             if failed.attempts < WRITE_ATTEMPTS {
                 queue.ops.insert(seq, failed);
                 queue.order.push_front(seq);
@@ -574,7 +616,8 @@ impl RetryBook {
         }
     }
 
-    /// Writes dropped since start because [`MAX_PENDING_WRITES`] waited already.
+    /// Writes dropped since start: [`MAX_PENDING_WRITES`] waited already, or the write failed [`WRITE_ATTEMPTS`]
+    /// times (its entry kept changing). Those whose deadline passed before they could go out are not counted.
     pub fn dropped_writes(&self) -> u64 {
         self.pending.dropped.load(Ordering::Relaxed)
     }
@@ -592,13 +635,37 @@ impl RetryBook {
                 });
             }
         }
-        let Some(store) = lock(&self.store).clone() else {
-            return Err(ReadError::NotOpen {
+        #[cfg(test)]
+        if lock(&FAILING_READS).contains(&self.name) {
+            return Err(ReadError::Failed {
                 bucket: self.name.clone(),
+                detail: "made to fail by a test".into(),
             });
-        };
+        }
         let read_limit = self.read_limit();
-        let read = match tokio::time::timeout(read_limit, store.entry(seq.to_string())).await {
+        let started = tokio::time::Instant::now();
+        let open = lock(&self.store).clone();
+        let store = match open {
+            Some(store) => store,
+            // Right after a start the pulls begin before the bucket is open, and bring the notifications other
+            // nodes gave back at their stop: the read waits for it, within its limit.
+            None => {
+                let opened = self.ready(read_limit).await;
+                let open = lock(&self.store).clone();
+                match open {
+                    Some(store) if opened => store,
+                    _ => {
+                        *lock(&self.read_failed) = Some(Instant::now());
+                        return Err(ReadError::NotOpen {
+                            bucket: self.name.clone(),
+                            waited_ms: read_limit.as_millis(),
+                        });
+                    }
+                }
+            }
+        };
+        let left = read_limit.saturating_sub(started.elapsed());
+        let read = match tokio::time::timeout(left, store.entry(seq.to_string())).await {
             Ok(Ok(entry)) => Ok(entry
                 .filter(|e| e.operation == kv::Operation::Put)
                 .map(|e| {
@@ -655,6 +722,25 @@ impl RetryBook {
         }
     }
 
+    /// Says (once a minute at most) that notifications went back to the stream though the writes of their retry
+    /// counts were dropped (their deadline passed before they could go out, they failed [`WRITE_ATTEMPTS`] times,
+    /// [`MAX_PENDING_WRITES`] waited).
+    pub fn report_unwritten(&self, what: &str) {
+        if lock(&self.reported).due("unwritten") {
+            tracing::warn!(
+                "key-value bucket {}: {what} went back to the stream though the writes of their retry counts were \
+                 dropped (not sent in time, or NATS kept refusing them): the nodes that pull them next may count \
+                 one retry more",
+                self.name
+            );
+        } else {
+            tracing::debug!(
+                "key-value bucket {}: {what}: retry counts dropped",
+                self.name
+            );
+        }
+    }
+
     /// Says (once a minute at most) that notifications went back to the stream before the writes of their retry
     /// counts were confirmed, within `waited`.
     pub fn report_unconfirmed(&self, what: &str, waited: Duration) {
@@ -672,6 +758,10 @@ impl RetryBook {
         }
     }
 }
+
+/// Buckets whose reads fail, as if NATS did not answer (tests).
+#[cfg(test)]
+pub(crate) static FAILING_READS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -734,15 +824,35 @@ impl Bucket {
 /// one failed attempt.
 const PUT_ROUNDS: u32 = 3;
 
-/// One write. A put expects the entry's revision (as this node last read or wrote it; none: no entry): when the
-/// entry changed meanwhile, it is read, and the put goes on only over an older state ([`newer_there`]). A delete
-/// purges the key through the bucket (a marker stays, as small as can be, until the bucket's age limit).
+/// Why a write NATS answered was not done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WriteError {
+    /// A failure of this write alone (its entry kept changing while it was written): counts as one of its
+    /// [`WRITE_ATTEMPTS`], and does not pause the other writes.
+    Own(String),
+    /// A failure of the bucket, not of this write (NATS unreachable or not answering, the bucket's leader changing,
+    /// the bucket gone): the writes pause, the bucket is opened again, and this one is tried again without counting.
+    Bucket(String),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Own(e) | WriteError::Bucket(e) => f.write_str(e),
+        }
+    }
+}
+
+/// One write. A put expects the entry's revision (as this node last read or wrote it; none known: no entry, which
+/// is the usual case for a message whose entry this node never read): when the entry changed meanwhile, it is read,
+/// and the put goes on only over an older state ([`newer_there`]). A delete purges the key through the bucket (a
+/// marker stays, as small as can be, until the bucket's age limit).
 async fn write(
     store: kv::Store,
     seq: u64,
     queued: Queued,
     revision: Option<u64>,
-) -> (u64, Queued, Result<Outcome, String>) {
+) -> (u64, Queued, Result<Outcome, WriteError>) {
     let key = seq.to_string();
     let result = match queued.op {
         Op::Put {
@@ -754,7 +864,10 @@ async fn write(
             .purge(&key)
             .await
             .map(|()| Outcome::Deleted)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| match e.kind() {
+                kv::PurgeErrorKind::InvalidKey => WriteError::Own(e.to_string()),
+                _ => WriteError::Bucket(e.to_string()),
+            }),
     };
     (seq, queued, result)
 }
@@ -766,34 +879,80 @@ async fn put(
     published_ms: i64,
     deadline: Option<Instant>,
     revision: Option<u64>,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, WriteError> {
     let value = bytes::Bytes::from(state.encode());
-    let mut expected = revision;
+    // No revision known: no entry is expected (revision 0 creates it); when there is one, NATS says so, and it is
+    // read below.
+    let mut expected = revision.unwrap_or(0);
     for _ in 0..PUT_ROUNDS {
-        if let Some(expected) = expected {
-            match store.update(key, value.clone(), expected).await {
-                Ok(revision) => return Ok(Outcome::Put(revision)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-                Err(e) => return Err(e.to_string()),
-            }
+        match store.update(key, value.clone(), expected).await {
+            Ok(revision) => return Ok(Outcome::Put(revision)),
+            Err(e) => match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => {}
+                kv::UpdateErrorKind::InvalidKey => return Err(WriteError::Own(e.to_string())),
+                _ => return Err(WriteError::Bucket(e.to_string())),
+            },
         }
-        // The entry changed since (or was never read): what is there now decides.
+        // The entry changed since (or was there unknown): what is there now decides.
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(Outcome::Expired);
         }
-        match store.entry(key).await.map_err(|e| e.to_string())? {
-            None => expected = Some(0),
+        match entry_from_leader(store, key).await? {
+            None => expected = 0,
             Some(entry) => {
                 if let Some(newer) = newer_there(&state, published_ms, &entry) {
                     return Ok(Outcome::Superseded(newer));
                 }
-                expected = Some(entry.revision);
+                expected = entry.revision;
             }
         }
     }
-    Err(format!(
+    Err(WriteError::Own(format!(
         "the entry changed {PUT_ROUNDS} times while it was being written"
-    ))
+    )))
+}
+
+/// The entry of `key` as the bucket's leader has it. A direct get (what [`kv::Store::entry`] does when the bucket
+/// allows it) may be answered by a replica that has not caught up yet, and a put expecting the revision it says would
+/// be refused again.
+async fn entry_from_leader(store: &kv::Store, key: &str) -> Result<Option<kv::Entry>, WriteError> {
+    let subject = format!("{}{key}", store.prefix);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => Ok(Some(kv::Entry {
+            bucket: store.name.clone(),
+            key: key.to_owned(),
+            operation: operation_of(&message.headers),
+            value: message.payload,
+            revision: message.sequence,
+            delta: 0,
+            created: message.time,
+            seen_current: false,
+        })),
+        Err(e) => match e.kind() {
+            jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            jetstream::stream::LastRawMessageErrorKind::InvalidSubject => {
+                Err(WriteError::Own(e.to_string()))
+            }
+            _ => Err(WriteError::Bucket(e.to_string())),
+        },
+    }
+}
+
+/// What a message of the bucket's stream is, as the key-value API tells it: a delete or purge by its
+/// `KV-Operation` header, a marker the server left by its `Nats-Marker-Reason`; anything else is a value.
+fn operation_of(headers: &async_nats::HeaderMap) -> kv::Operation {
+    if let Some(op) = headers.get("KV-Operation") {
+        return match op.as_str() {
+            "DEL" => kv::Operation::Delete,
+            "PURGE" => kv::Operation::Purge,
+            _ => kv::Operation::Put,
+        };
+    }
+    match headers.get("Nats-Marker-Reason").map(|r| r.as_str()) {
+        Some("MaxAge" | "Purge") => kv::Operation::Purge,
+        Some("Remove") => kv::Operation::Delete,
+        _ => kv::Operation::Put,
+    }
 }
 
 async fn run(
@@ -861,7 +1020,11 @@ async fn run(
                 }
                 delay = Duration::from_millis(100);
             }
-            Err(e) => {
+            // This write's own trouble: tried again (counted), the others go on.
+            Err(e @ WriteError::Own(_)) => {
+                failed(&bucket.name, &pending, seq, queued, &e, &mut reported);
+            }
+            Err(e @ WriteError::Bucket(_)) => {
                 failed(&bucket.name, &pending, seq, queued, &e, &mut reported);
                 // The writes in flight end first; then a pause, and the bucket opened again (it may be gone).
                 while let Some((seq, queued, result)) = in_flight.next().await {
@@ -919,18 +1082,23 @@ fn done(name: &str, pending: &Pending, seq: u64, outcome: Outcome) {
     pending.ended(seq, Ended::Done);
 }
 
-/// A write that failed: tried again, up to [`WRITE_ATTEMPTS`] in all.
+/// A write that failed: tried again, up to [`WRITE_ATTEMPTS`] in all when it failed for a reason of its own, without
+/// counting when the bucket failed.
 fn failed(
     name: &str,
     pending: &Pending,
     seq: u64,
     queued: Queued,
-    e: &str,
+    e: &WriteError,
     reported: &mut Reported,
 ) {
     // The revision it expected may be wrong: the next attempt reads the entry first.
     pending.note_revision(seq, None);
-    if let Some(gave_up) = pending.ended(seq, Ended::Failed(queued)) {
+    let ended = match e {
+        WriteError::Own(_) => Ended::Failed(queued),
+        WriteError::Bucket(_) => Ended::Interrupted(queued),
+    };
+    if let Some(gave_up) = pending.ended(seq, ended) {
         let total = pending.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         if lock(&pending.reported).due("gave up") {
             tracing::warn!(
@@ -941,6 +1109,8 @@ fn failed(
                 gave_up.attempts
             );
         }
+    } else if let WriteError::Own(_) = e {
+        tracing::debug!("key-value bucket {name}: message {seq}: {e}; tried again");
     } else if reported.due("write") {
         tracing::warn!(
             "key-value bucket {name}: writing the retries of message {seq} failed ({e}); opening the bucket again \
@@ -1090,6 +1260,91 @@ mod tests {
         assert!(*pending.idle.borrow());
     }
 
+    /// A write NATS did not answer (the bucket unreachable, its leader changing) is no attempt of its own: however
+    /// long the outage, it is tried again, not dropped; one whose entry kept changing is counted.
+    #[test]
+    fn a_write_the_bucket_did_not_answer_is_kept_whatever_the_outage() {
+        let pending = Pending::new("outage".into(), 10);
+        let now = Instant::now();
+        let (tx, mut told) = tokio::sync::oneshot::channel();
+        pending.push(1, Op::Delete, Some(tx));
+        for _ in 0..WRITE_ATTEMPTS * 4 {
+            let (seq, q) = pending.next(now).expect("kept");
+            assert_eq!((seq, q.attempts), (1, 0));
+            assert_eq!(pending.ended(1, Ended::Interrupted(q)), None);
+        }
+        let (_, q) = pending.next(now).expect("kept");
+        assert_eq!(pending.ended(1, Ended::Failed(q)), None);
+        let (_, q) = pending.next(now).expect("tried again");
+        assert_eq!(q.attempts, 1, "its own failure counted");
+        pending.ended(1, Ended::Done);
+        assert_eq!(told.try_recv(), Ok(()));
+        assert!(*pending.idle.borrow());
+    }
+
+    /// A waiting write dropped (too many waited) while an older write of its message is in flight: those waiting
+    /// for it are told it was dropped at once, and the older write, should it fail, is not put back in its place.
+    #[test]
+    fn a_dropped_write_is_not_replaced_by_an_older_one_of_its_message() {
+        let pending = Pending::new("dropped".into(), 1);
+        let now = Instant::now();
+        let (tx_old, mut told_old) = tokio::sync::oneshot::channel();
+        pending.push(1, put(1, 1), Some(tx_old));
+        let (seq, older) = pending.next(now).expect("in flight");
+        assert_eq!(seq, 1);
+        let (tx_new, mut told_new) = tokio::sync::oneshot::channel();
+        pending.push(1, put(2, 1), Some(tx_new));
+        // One more message: the newer write of 1 is the oldest waiting, and goes.
+        pending.push(2, Op::Delete, None);
+        assert_eq!(pending.dropped.load(Ordering::Relaxed), 1);
+        let closed = Err(tokio::sync::oneshot::error::TryRecvError::Closed);
+        assert_eq!(told_new.try_recv(), closed, "told at once");
+        assert_eq!(told_old.try_recv(), closed, "told at once");
+        // The older write fails: not put back.
+        assert_eq!(pending.ended(1, Ended::Interrupted(older)), None);
+        assert_eq!(pending.next(now), Some((2, queued(Op::Delete))));
+        assert_eq!(pending.next(now), None);
+        pending.ended(2, Ended::Done);
+        assert!(*pending.idle.borrow());
+        // The mark went with it: a later write of 1 that fails is tried again.
+        pending.push(1, put(3, 1), None);
+        let (_, q) = pending.next(now).expect("sent");
+        pending.ended(1, Ended::Interrupted(q));
+        assert_eq!(pending.next(now), Some((1, queued(put(3, 1)))));
+    }
+
+    /// A delete marker is the final outcome of a message only when written a clock margin after it was published:
+    /// a marker left from a stream made again, by a server whose clock is ahead, does not refuse the new message's
+    /// writes.
+    #[test]
+    fn a_marker_is_a_final_outcome_only_past_the_clock_margin() {
+        let published = 1_800_000_000_000i64;
+        let margin = i128::try_from(CLOCK_MARGIN.as_millis()).unwrap();
+        assert!(finished_by(i128::from(published) + margin, published));
+        assert!(finished_by(i128::from(published) + 3_600_000, published));
+        assert!(
+            !finished_by(i128::from(published) + 30_000, published),
+            "skew"
+        );
+        assert!(!finished_by(i128::from(published) - 1, published));
+    }
+
+    /// A read made right after the start, before the bucket is open, waits for it (within its limit) rather than
+    /// failing: the notifications other nodes gave back at their stop arrive just then. (One thread: the bucket is
+    /// opened only once the test awaits, after the read began.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_read_before_the_bucket_is_open_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some((_server, url)) = crate::jetstream::tests::nats(dir.path()) else {
+            return;
+        };
+        let client = async_nats::connect(url).await.unwrap();
+        let book = RetryBook::start(jetstream::new(client), "early", 1);
+        book.set_read_limit(Duration::from_secs(20));
+        assert!(lock(&book.store).is_none(), "not open yet");
+        assert_eq!(book.read(1).await, Ok(None));
+    }
+
     /// A put whose notification went back to the stream without waiting for it any longer (its deadline passed) is
     /// not sent: a late write could land after the node that pulled the notification next wrote a newer state.
     #[test]
@@ -1137,9 +1392,10 @@ mod tests {
         assert!(a.ready(within).await && b.ready(within).await);
         let store = ctx.get_key_value(bucket_name("cas")).await.unwrap();
         let now_ms = i64::try_from(crate::nodes::unix_ms()).unwrap();
+        // Published well before the marker below, beyond the clock margin.
         let slot = Slot {
             seq: 1,
-            published_ms: now_ms - 60_000,
+            published_ms: now_ms - 600_000,
         };
         let read = async |seq| {
             entry(&store, seq)
