@@ -987,12 +987,13 @@ async fn mcmt_reception_reject_passthru_and_peer_override() {
     assert_eq!(h.sim.record()[0].token, token(30));
 }
 
+fn deny_conf(_: &Pki) -> String {
+    "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" always_deny = ( 127.0.0.0/8 ) } }".into()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_peer_gets_554_at_connect() {
-    let h = Harness::start(|_| {
-        "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" always_deny = ( 127.0.0.0/8 ) } }".into()
-    })
-    .await;
+    let h = Harness::start(deny_conf).await;
     let refused =
         "herald: connections from 127.0.0.1 are not allowed on this listener (always_deny)";
     let mut c = h.raw().await;
@@ -1001,16 +1002,14 @@ async fn denied_peer_gets_554_at_connect() {
     let only_quit = (503, format!("5.5.1 {refused}; only QUIT is accepted"));
     assert_eq!(c.cmd("EHLO client.example").await, only_quit);
     assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await, only_quit);
-    assert_eq!(c.cmd("XYZZY").await, only_quit);
     assert_eq!(c.cmd("QUIT").await, (221, "2.0.0 herald closing".into()));
     c.assert_closed().await;
 
-    // A refused client gets 10 answers, then 421 and the connection closes.
+    // A refused client gets 3 answers, then 421 and the connection closes: it holds a connection slot briefly.
     let mut c = h.raw().await;
     assert_eq!(c.reply().await.0, 554);
-    for _ in 0..9 {
-        assert_eq!(c.cmd("NOOP").await, only_quit);
-    }
+    assert_eq!(c.cmd("NOOP").await, only_quit);
+    assert_eq!(c.cmd("XYZZY").await, only_quit);
     assert_eq!(c.cmd("NOOP").await, only_quit);
     assert_eq!(
         c.reply().await,
@@ -1022,22 +1021,57 @@ async fn denied_peer_gets_554_at_connect() {
     c.assert_closed().await;
 }
 
-// A refused client that says nothing is disconnected after the listener's timeout.
+// A refused client that says nothing is disconnected after the listener's timeout, or after 10 s when the
+// timeout is longer: a refused client holds one of the listener's connection slots while it stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_refused_client_is_closed_after_the_timeout() {
-    let h = Harness::start_with(
-        |_| {
-            "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" always_deny = ( 127.0.0.0/8 ) } }"
-                .into()
-        },
-        |l| l.idle_timeout = Duration::from_secs(1),
-    )
-    .await;
+    let h = Harness::start_with(deny_conf, |l| l.idle_timeout = Duration::from_secs(1)).await;
     let mut c = h.raw().await;
     assert_eq!(c.reply().await.0, 554);
     let (code, text) = c.reply().await;
     assert_eq!(code, 421, "{text}");
-    assert!(text.starts_with("4.4.2 "), "{text}");
+    assert_eq!(
+        text,
+        "4.4.2 herald closing: no data from the client for 1s (idle timeout)"
+    );
+    c.assert_closed().await;
+
+    let h = Harness::start_with(deny_conf, |l| l.idle_timeout = Duration::from_secs(3600)).await;
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 554);
+    assert_eq!(
+        c.reply().await,
+        (
+            421,
+            "4.4.2 herald closing: no data from the client for 10s (idle timeout)".into()
+        )
+    );
+    c.assert_closed().await;
+}
+
+// However it spaces its commands, a refused client stays at most `refused_stay` (30 s unless a program sets it)
+// from the 554.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_is_closed_when_its_stay_is_over() {
+    assert_eq!(SmtpLimits::default().refused_stay, Duration::from_secs(30));
+    assert_eq!(SmtpLimits::default().refused_wait, Duration::from_secs(10));
+    assert_eq!(SmtpLimits::default().refused_answers, 3);
+    let h = Harness::start_with(deny_conf, |l| {
+        l.idle_timeout = Duration::from_secs(3600);
+        l.refused_wait = Duration::from_secs(3600);
+        l.refused_stay = Duration::from_secs(2);
+    })
+    .await;
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 554);
+    assert_eq!(c.cmd("NOOP").await.0, 503);
+    assert_eq!(
+        c.reply().await,
+        (
+            421,
+            "4.7.0 herald: a refused client may stay 2s at most; closing".into()
+        )
+    );
     c.assert_closed().await;
 }
 
@@ -2216,6 +2250,73 @@ async fn a_domain_whose_credentials_cannot_be_read_is_deferred_not_refused() {
     assert_eq!(h.sim.record()[0].token, token(800));
 }
 
+// When every RCPT of a transaction is deferred for herald's own state (451 4.3.5: the domain's credentials cannot
+// be read), the DATA the client pipelined after them is refused (503) through no fault of its own: it counts as a
+// command that does nothing, so a client retrying its message is not closed after `max_errors` transactions. A DATA
+// after a recipient refused for good is still the client's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_after_recipients_herald_deferred_is_not_the_clients_error() {
+    let h = Harness::start_custom(
+        allow_conf,
+        |l| l.max_errors = 3,
+        Arc::new(NotDurable),
+        EngineLimits::default(),
+        move |pki, sim, dir| {
+            let missing = dir.join("keys").join("never.p8");
+            let options = support::token_auth_options(pki, sim.addrs.h2.port(), TOPIC).replace(
+                &pki.manifest.token_key.p8.display().to_string(),
+                &missing.display().to_string(),
+            );
+            let text = format!("domain \"{DOMAIN}\" {{\n{options}}}\n");
+            let config = Config::parse_str("credentials.conf", &text).unwrap();
+            Arc::new(herald::delivery::ConfigResolver::new(Arc::new(config)))
+        },
+    )
+    .await;
+    let deferred = format!("{}@{DOMAIN}", token(820));
+    let unknown = format!("{}@unknown.example", token(821));
+    let mut c = h.greeted().await;
+    // Five pipelined retries; with max_errors = 3 the session would be closed if their DATA counted.
+    for _ in 0..5 {
+        c.send(&format!(
+            "MAIL FROM:<app@backend.example>\r\nRCPT TO:<{deferred}>\r\nDATA\r\nRSET\r\n"
+        ))
+        .await;
+        assert_eq!(c.reply().await.0, 250);
+        let (code, text) = c.reply().await;
+        assert_eq!(code, 451, "{text}");
+        assert!(text.starts_with("4.3.5 "), "{text}");
+        assert_eq!(
+            c.reply().await,
+            (
+                503,
+                "5.5.1 DATA needs at least one accepted RCPT (every RCPT was deferred: retry later)"
+                    .into()
+            )
+        );
+        assert_eq!(c.reply().await, (250, "2.0.0 reset".into()));
+    }
+    // A recipient refused for good among them: each DATA is an error, the third closes the session.
+    for round in 0..3 {
+        c.send(&format!(
+            "MAIL FROM:<app@backend.example>\r\nRCPT TO:<{unknown}>\r\nRCPT TO:<{deferred}>\r\nDATA\r\n"
+        ))
+        .await;
+        assert_eq!(c.reply().await.0, 250);
+        assert_eq!(c.reply().await.0, 550);
+        assert_eq!(c.reply().await.0, 451);
+        assert_eq!(
+            c.reply().await,
+            (503, "5.5.1 DATA needs at least one accepted RCPT".into())
+        );
+        if round < 2 {
+            assert_eq!(c.cmd("RSET").await, (250, "2.0.0 reset".into()));
+        }
+    }
+    assert_eq!(c.reply().await.0, 421);
+    c.assert_closed().await;
+}
+
 // RFC 5321 §4.5.3.1.5: no reply line is longer than 512 octets, whatever the client sent: text of its own that a
 // reply repeats (a greeting name, addresses, an MCMT boundary) is cut and marked with an ellipsis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2479,35 +2580,60 @@ async fn empty_repeated_and_oversized_headers_and_payloads_refuse_the_message() 
     h.sim.wait_for_records(1, WAIT).await;
 }
 
-// A recipient given again does nothing (the device gets one notification per push part): it counts as a command
-// that does nothing, so repeating it cannot hold the session open for good.
+// A recipient given again does nothing (the device gets one notification per push part). A transaction may give
+// as many repeats as it may give recipients without it being held against the client, so a message listing devices
+// more than once is delivered; past them each repeat counts as a command that does nothing, so repeating one
+// cannot hold the session open for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_recipient_counts_as_a_command_that_does_nothing() {
     let h = Harness::start_with(allow_conf, |l| {
         l.max_junk = 5;
         l.max_errors = 3;
+        l.max_recipients = 20;
     })
     .await;
+    let closing = (
+        421,
+        "4.7.0 herald: too many errors (3 refused commands or messages without a message accepted); closing"
+            .to_owned(),
+    );
+    let rcpt = |i: usize| format!("RCPT TO:<{}@{DOMAIN}>", token(i));
     // EHLO is the first command that does nothing.
     let mut c = h.greeted().await;
     assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
-    let rcpt = format!("RCPT TO:<{}@{DOMAIN}>", token(950));
-    assert_eq!(c.cmd(&rcpt).await.0, 250);
-    // Four more are free; the three after them are errors, the third closes the session.
-    for _ in 0..6 {
-        let (code, text) = c.cmd(&rcpt).await;
+    assert_eq!(c.cmd(&rcpt(950)).await.0, 250);
+    assert_eq!(c.cmd(&rcpt(951)).await.0, 250);
+    // 20 repeats, far more than max_junk + max_errors: the message is delivered all the same.
+    for i in 0..20 {
+        let (code, text) = c.cmd(&rcpt(950 + i % 2)).await;
         assert_eq!(code, 250, "{text}");
         assert!(text.contains("already given"), "{text}");
     }
-    assert_eq!(c.cmd(&rcpt).await.0, 250);
-    assert_eq!(
-        c.reply().await,
-        (
-            421,
-            "4.7.0 herald: too many errors (3 refused commands or messages without a message accepted); closing"
-                .into()
-        )
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    c.send(&stuff(&mcmt(&[push_part(
+        &[],
+        "{\"aps\":{\"alert\":\"twice listed\"}}",
+    )])))
+    .await;
+    let (code, text) = c.cmd(".").await;
+    assert_eq!(code, 250, "{text}");
+    assert!(
+        text.starts_with("2.0.0 accepted 2 notifications as batch "),
+        "{text}"
     );
+    assert_eq!(h.sim.wait_for_records(2, WAIT).await, 2);
+
+    // A recipient repeated without end: 20 repeats are free, the 5 after them are commands that do nothing (the
+    // accepted message started the counts over), the 3 after those are errors, and the third closes the session.
+    assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+    assert_eq!(c.cmd(&rcpt(952)).await.0, 250);
+    for _ in 0..27 {
+        let (code, text) = c.cmd(&rcpt(952)).await;
+        assert_eq!(code, 250, "{text}");
+        assert!(text.contains("already given"), "{text}");
+    }
+    assert_eq!(c.cmd(&rcpt(952)).await.0, 250);
+    assert_eq!(c.reply().await, closing);
     c.assert_closed().await;
 }
 

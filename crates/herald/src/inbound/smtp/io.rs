@@ -111,6 +111,11 @@ impl LineIo {
         }
     }
 
+    /// How long a write waits for the client to take the replies from now on.
+    pub fn set_write_timeout(&mut self, write_timeout: Duration) {
+        self.write_timeout = write_timeout;
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self.conn, Some(Conn::Tls(_)))
     }

@@ -1,7 +1,8 @@
 //! The limits an ESMTP session is held to, and how they are read from a `listen` stanza (falling back to its
 //! `esmtp_listener`, then to the option table's default): `max_message_size`, `max_recipients_per_message`,
 //! `max_line_length`, `timeout`, `max_connections`, `max_connections_per_client` and
-//! `max_notifications_per_message`. The server name and the error limits are not configuration options.
+//! `max_notifications_per_message`. The server name, the error limits and the limits of a refused client are not
+//! configuration options.
 
 use std::time::Duration;
 
@@ -38,6 +39,16 @@ pub struct SmtpLimits {
     /// message accepted; each one past it is an error (as Postfix's `smtpd_junk_command_limit`), so a client
     /// cannot hold a session open for good with a `NOOP` now and then.
     pub max_junk: usize,
+    /// Commands other than `QUIT` a client that `always_deny` refuses gets answered (`503`); after the last one
+    /// the session gets `421 4.7.0` and is closed.
+    pub refused_answers: usize,
+    /// The longest herald waits for each command of a refused client: this or `timeout`, whichever is shorter;
+    /// then `421 4.4.2` and the connection closes.
+    pub refused_wait: Duration,
+    /// The longest a refused client may keep its connection, from the `554`: then `421 4.7.0` and the connection
+    /// closes. Together with the two limits above, it bounds how long refused clients hold the listener's
+    /// connection slots (`max_connections`).
+    pub refused_stay: Duration,
 }
 
 /// Default `SIZE` (`max_message_size`): 10 MiB.
@@ -52,6 +63,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = crate::inbound::doors::DEFAULT_MAX_CO
 pub const DEFAULT_MAX_ERRORS: usize = 20;
 /// Default [`SmtpLimits::max_junk`].
 pub const DEFAULT_MAX_JUNK: usize = 100;
+/// Default [`SmtpLimits::refused_answers`].
+pub const DEFAULT_REFUSED_ANSWERS: usize = 3;
+/// Default [`SmtpLimits::refused_wait`].
+pub const DEFAULT_REFUSED_WAIT: Duration = Duration::from_secs(10);
+/// Default [`SmtpLimits::refused_stay`].
+pub const DEFAULT_REFUSED_STAY: Duration = Duration::from_secs(30);
 /// Default idle timeout: Momentum's documented `timeout` default, which herald applies to every listener it reads
 /// `timeout` for (docs/smtp.md explains why not RFC 5321's 5 minutes).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -70,6 +87,9 @@ impl Default for SmtpLimits {
             max_notifications: crate::inbound::doors::DEFAULT_MAX_NOTIFICATIONS,
             max_errors: DEFAULT_MAX_ERRORS,
             max_junk: DEFAULT_MAX_JUNK,
+            refused_answers: DEFAULT_REFUSED_ANSWERS,
+            refused_wait: DEFAULT_REFUSED_WAIT,
+            refused_stay: DEFAULT_REFUSED_STAY,
         }
     }
 }

@@ -12,9 +12,10 @@
 //! to [`mcmt::echo`]'s length, and a session that makes `max_errors` errors without a message accepted is closed
 //! ([`SmtpLimits`](super::SmtpLimits)); herald's own temporary refusals (queue full, storage failing) are not the
 //! client's errors. A client that `always_deny` refuses gets `554` instead of the greeting and `503` to anything but
-//! `QUIT` (RFC 5321 §3.1), a few times at most. Reading a message and building its notifications is CPU work: it
-//! runs with the runtime's other tasks moved off the thread ([`crate::queue::in_place`]).
+//! `QUIT` (RFC 5321 §3.1), for a short while at most. Reading a message and building its notifications is CPU
+//! work: it runs with the runtime's other tasks moved off the thread ([`crate::queue::in_place`]).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -55,7 +56,30 @@ struct Envelope {
     from: Option<String>,
     /// The message size the client announced (`MAIL … SIZE=`), within the listener's limit.
     size: Option<u64>,
+    /// The accepted recipients, as written.
     recipients: Vec<String>,
+    /// The [`recipient_key`] of each accepted recipient: a recipient given again is found in one look-up,
+    /// however many came before it.
+    keys: HashSet<String>,
+    /// Recipients given again in this transaction: as many as one transaction may give recipients are not held
+    /// against the client (a message may list a device more than once), each one past them is a command that does
+    /// nothing.
+    repeats: usize,
+    /// `RCPT`s of this transaction that herald deferred for its own state (`4.3.x`, [`herald_side`]).
+    deferred_recipients: usize,
+    /// Whether an `RCPT` of this transaction was refused for anything else.
+    other_refusal: bool,
+}
+
+impl Envelope {
+    /// Whether every `RCPT` of the open transaction was deferred for herald's own state (and there was one): a
+    /// `DATA` the client pipelined after them is refused through no fault of its own.
+    fn all_recipients_deferred(&self) -> bool {
+        self.from.is_some()
+            && self.recipients.is_empty()
+            && self.deferred_recipients > 0
+            && !self.other_refusal
+    }
 }
 
 pub(crate) struct Session {
@@ -81,8 +105,9 @@ struct Strikes {
     /// Refusals of commands and messages (4xx, 5xx), refused recipients past the listener's recipient limit, and
     /// junk commands past `max_junk`.
     errors: usize,
-    /// Commands that did nothing: `NOOP`, `RSET`, `VRFY`, `HELP`, `EHLO`, `HELO`, a recipient given again, and
-    /// commands and messages herald deferred for its own state (queue full, storage failing, its configuration).
+    /// Commands that did nothing: `NOOP`, `RSET`, `VRFY`, `HELP`, `EHLO`, `HELO`, a recipient given again past
+    /// the transaction's allowance ([`Envelope::repeats`]), and commands and messages herald deferred for its own
+    /// state (queue full, storage failing, its configuration), a `DATA` after `RCPT`s all so deferred included.
     junk: usize,
     /// Recipients refused: as many as one transaction may give are not held against the client (a message to
     /// many recipients, some of them unknown, is no misbehaviour).
@@ -166,7 +191,7 @@ impl Session {
                     Step::Gone
                 }
                 Ok(Event::Shutdown) => Step::Close(shutting_down(&host)),
-                Ok(Event::Idle) => Step::Close(idle(&host, &self.config)),
+                Ok(Event::Idle) => Step::Close(idle(&host, self.config.limits.idle_timeout)),
                 Ok(Event::Read(ReadLine::Eof)) => Step::Gone,
                 Ok(Event::Read(ReadLine::TooLong { .. })) => {
                     self.strikes.errors += 1;
@@ -219,9 +244,15 @@ impl Session {
 
     /// A client that `always_deny` refuses: `554 5.7.1` instead of the greeting, then, as RFC 5321 §3.1 asks of a
     /// server that does so, the connection stays open until the client sends `QUIT` (`221`), every other command
-    /// answered `503 5.5.1`. A refused client gets at most [`MAX_REFUSED_COMMANDS`] answers, then `421 4.7.0`; one
-    /// that stays silent for `timeout` gets `421 4.4.2`; either way the connection closes.
+    /// answered `503 5.5.1`. The session holds one of the listener's connection slots meanwhile, so it is short:
+    /// at most `refused_answers` answers, then `421 4.7.0`; each command waited for at most `refused_wait` (or
+    /// `timeout`, when shorter), then `421 4.4.2`; the whole at most `refused_stay`, then `421 4.7.0`
+    /// ([`SmtpLimits`](super::SmtpLimits)). Writes wait no longer than reads. Either way the connection closes.
     async fn refused(&mut self, host: &str) {
+        let limits = self.config.limits.clone();
+        let wait = limits.idle_timeout.min(limits.refused_wait);
+        let deadline = crate::model::instant_after(limits.refused_stay);
+        self.io.set_write_timeout(wait);
         let why = format!(
             "{host}: connections from {} are not allowed on this listener (always_deny)",
             self.peer.ip()
@@ -230,13 +261,30 @@ impl Session {
         if !self.flush().await {
             return;
         }
+        let stayed_too_long = || {
+            Reply::new(
+                421,
+                "4.7.0",
+                format!(
+                    "{host}: a refused client may stay {:?} at most; closing",
+                    limits.refused_stay
+                ),
+            )
+        };
         let mut answered = 0;
         let last = loop {
-            let limit = self.config.limits.max_command_line;
-            let quit = match self.next(limit).await {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break stayed_too_long();
+            }
+            let quit = match self
+                .next_within(limits.max_command_line, wait.min(left))
+                .await
+            {
                 Err(_) | Ok(Event::Read(ReadLine::Eof)) => return,
                 Ok(Event::Shutdown) => break shutting_down(host),
-                Ok(Event::Idle) => break idle(host, &self.config),
+                Ok(Event::Idle) if left <= wait => break stayed_too_long(),
+                Ok(Event::Idle) => break idle(host, wait),
                 Ok(Event::Read(ReadLine::TooLong { .. })) => false,
                 Ok(Event::Read(ReadLine::Line(line))) => line
                     .strip_suffix(b"\r\n")
@@ -248,7 +296,7 @@ impl Session {
             Reply::new(503, "5.5.1", format!("{why}; only QUIT is accepted"))
                 .write_to(self.io.queue());
             answered += 1;
-            if answered >= MAX_REFUSED_COMMANDS {
+            if answered >= limits.refused_answers {
                 break Reply::new(
                     421,
                     "4.7.0",
@@ -277,12 +325,21 @@ impl Session {
         }
     }
 
-    /// The next line, unless the client stays silent too long or herald shuts down first.
+    /// The next line, unless the client stays silent for `timeout` or herald shuts down first.
     async fn next(&mut self, limit: usize) -> std::io::Result<Event> {
+        self.next_within(limit, self.config.limits.idle_timeout)
+            .await
+    }
+
+    /// The next line, unless the client stays silent for `idle` or herald shuts down first.
+    async fn next_within(
+        &mut self,
+        limit: usize,
+        idle: std::time::Duration,
+    ) -> std::io::Result<Event> {
         if self.shutdown.is_cancelled() {
             return Ok(Event::Shutdown);
         }
-        let idle = self.config.limits.idle_timeout;
         tokio::select! {
             () = self.shutdown.cancelled() => Ok(Event::Shutdown),
             read = tokio::time::timeout(idle, self.io.read_line(limit)) => match read {
@@ -353,6 +410,10 @@ impl Session {
                 }
             }
             (Kind::Data, Some(_)) if reply.code == 503 => {}
+            // Every RCPT before it was deferred for herald's own state: back-pressure, as those RCPTs were.
+            (Kind::Data, None) if reply.code == 503 && self.envelope.all_recipients_deferred() => {
+                s.junk(limits.max_junk);
+            }
             (Kind::Rcpt, _) => {
                 s.refused_recipients += 1;
                 if s.refused_recipients > limits.max_recipients {
@@ -454,15 +515,26 @@ impl Session {
         if self.envelope.from.is_none() {
             return Reply::new(503, "5.5.1", "RCPT before MAIL");
         }
+        let reply = self.recipient(to).await;
+        if herald_side(&reply) {
+            self.envelope.deferred_recipients += 1;
+        } else if reply.code >= 400 {
+            self.envelope.other_refusal = true;
+        }
+        reply
+    }
+
+    /// `RCPT` within a transaction.
+    async fn recipient(&mut self, to: String) -> Reply {
         // The same recipient again would send the same notification to the same device twice.
-        if self
-            .envelope
-            .recipients
-            .iter()
-            .any(|r| same_recipient(r, &to))
-        {
-            // It does nothing: counted so that repeating it cannot hold the session for good.
-            self.strikes.junk(self.config.limits.max_junk);
+        let key = recipient_key(&to);
+        if self.envelope.keys.contains(&key) {
+            // It does nothing. A transaction may give as many repeats as recipients; past them each counts as a
+            // command that does nothing, so that repeating it cannot hold the session for good.
+            self.envelope.repeats += 1;
+            if self.envelope.repeats > self.config.limits.max_recipients {
+                self.strikes.junk(self.config.limits.max_junk);
+            }
             return Reply::new(
                 250,
                 "2.1.5",
@@ -521,6 +593,7 @@ impl Session {
         }
         let reply = Reply::new(250, "2.1.5", format!("recipient <{}> ok", echo(&to)));
         self.envelope.recipients.push(to);
+        self.envelope.keys.insert(key);
         reply
     }
 
@@ -576,6 +649,13 @@ impl Session {
         if self.envelope.from.is_none() {
             return Step::Reply(Reply::new(503, "5.5.1", "DATA before MAIL"));
         }
+        if self.envelope.all_recipients_deferred() {
+            return Step::Reply(Reply::new(
+                503,
+                "5.5.1",
+                "DATA needs at least one accepted RCPT (every RCPT was deferred: retry later)",
+            ));
+        }
         if self.envelope.recipients.is_empty() {
             return Step::Reply(Reply::new(
                 503,
@@ -615,7 +695,9 @@ impl Session {
             let line = match self.next(limits.max_text_line).await {
                 Err(_) | Ok(Event::Read(ReadLine::Eof)) => return Step::Gone,
                 Ok(Event::Shutdown) => return Step::Close(shutting_down(&host)),
-                Ok(Event::Idle) => return Step::Close(idle(&host, &self.config)),
+                Ok(Event::Idle) => {
+                    return Step::Close(idle(&host, self.config.limits.idle_timeout));
+                }
                 Ok(Event::Read(ReadLine::TooLong { crlf })) => {
                     long_line = true;
                     after_crlf = crlf;
@@ -832,9 +914,6 @@ impl Session {
     }
 }
 
-/// How many commands a client that `always_deny` refuses gets answered (`503`) before it is disconnected.
-pub const MAX_REFUSED_COMMANDS: usize = 10;
-
 /// The longest domain (RFC 5321 §4.5.3.1.2), in octets.
 const MAX_DOMAIN: usize = 255;
 
@@ -894,21 +973,24 @@ pub(crate) async fn refuse_busy(
     let _ = io.close().await;
 }
 
-/// Whether two recipient addresses are one: the domain in any case; the local part as written (RFC 5321 §2.4: it
-/// may be case-sensitive), unless both are hex digits, device tokens that name one device in any case.
-fn same_recipient(a: &str, b: &str) -> bool {
-    let hex = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_hexdigit());
-    match (a.rsplit_once('@'), b.rsplit_once('@')) {
-        (Some((la, da)), Some((lb, db))) => {
-            let same_local = if hex(la) && hex(lb) {
-                la.eq_ignore_ascii_case(lb)
-            } else {
-                la == lb
-            };
-            same_local && da.eq_ignore_ascii_case(db)
-        }
-        _ => a == b,
+/// What tells a recipient from another: the domain in lower case; the local part as written (RFC 5321 §2.4: it
+/// may be case-sensitive), unless it is hex digits, a device token that names one device in any case: then in
+/// lower case too. Two addresses are one recipient when their keys are equal.
+fn recipient_key(address: &str) -> String {
+    #[cfg(test)]
+    tests::KEYS_MADE.with(|n| n.set(n.get() + 1));
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return address.to_owned();
+    };
+    let mut key = String::with_capacity(address.len());
+    if !local.is_empty() && local.bytes().all(|c| c.is_ascii_hexdigit()) {
+        key.extend(local.chars().map(|c| c.to_ascii_lowercase()));
+    } else {
+        key.push_str(local);
     }
+    key.push('@');
+    key.push_str(&domain.to_ascii_lowercase());
+    key
 }
 
 /// A temporary refusal: `452 4.3.1` when storage or memory is full (RFC 3463 "mail system full"), `451 4.3.5`
@@ -955,14 +1037,11 @@ fn shutting_down(host: &str) -> Reply {
     )
 }
 
-fn idle(host: &str, config: &SmtpConfig) -> Reply {
+fn idle(host: &str, waited: std::time::Duration) -> Reply {
     Reply::new(
         421,
         "4.4.2",
-        format!(
-            "{host} closing: no data from the client for {:?} (idle timeout)",
-            config.limits.idle_timeout
-        ),
+        format!("{host} closing: no data from the client for {waited:?} (idle timeout)"),
     )
 }
 
@@ -1169,16 +1248,86 @@ mod tests {
         let _ = tokio::time::timeout(WAIT, server).await;
     }
 
+    thread_local! {
+        /// How many recipient keys this thread has made.
+        pub(super) static KEYS_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     #[test]
     fn a_recipient_is_the_same_whatever_the_case_of_its_domain_and_of_a_hex_local_part() {
-        assert!(same_recipient("ab12@Apps.Example", "ab12@apps.example"));
+        let same = |a: &str, b: &str| recipient_key(a) == recipient_key(b);
+        assert!(same("ab12@Apps.Example", "ab12@apps.example"));
         // A device token names one device in any case.
-        assert!(same_recipient("AB12@apps.example", "ab12@apps.example"));
-        assert!(!same_recipient("ab12@apps.example", "ab12@other.example"));
-        assert!(!same_recipient("ab12@apps.example", "ab13@apps.example"));
+        assert!(same("AB12@apps.example", "ab12@apps.example"));
+        assert!(!same("ab12@apps.example", "ab12@other.example"));
+        assert!(!same("ab12@apps.example", "ab13@apps.example"));
         // Any other local part is compared as written.
-        assert!(!same_recipient("Alice@apps.example", "alice@apps.example"));
-        assert!(!same_recipient("AB1G@apps.example", "ab1g@apps.example"));
+        assert!(!same("Alice@apps.example", "alice@apps.example"));
+        assert!(!same("AB1G@apps.example", "ab1g@apps.example"));
+        // The domain is what follows the last `@`.
+        assert!(same("\"a@b\"@Apps.Example", "\"a@b\"@apps.example"));
+        assert!(!same("a@b@apps.example", "a@B@apps.example"));
+        assert_eq!(recipient_key("AB12@Apps.Example"), "ab12@apps.example");
+        assert_eq!(recipient_key("Alice@Apps.Example"), "Alice@apps.example");
+    }
+
+    /// An `RCPT` makes its recipient's key once, however many recipients came before it: the work of checking
+    /// for a repeat does not grow with the transaction (1000 recipients of the longest token a command line
+    /// holds would otherwise be a billion byte comparisons).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_repeated_recipient_is_found_without_comparing_it_to_each_earlier_one() {
+        use crate::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
+        let resolver = Arc::new(StaticResolver::default().with(
+            crate::outbound::settings::DeliverySettings::for_tests("apps.example", 1),
+        ));
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        let intake = Arc::new(Intake::new(
+            resolver,
+            Arc::new(crate::inbound::accept::NotDurable),
+            engine,
+            crate::queue::message::IdGenerator::new(1),
+        ));
+        let conf = herald_conf::Config::parse_str(
+            "t.conf",
+            r#"esmtp_listener { listen "127.0.0.1:0" { mcmt_reception = "allow" } }"#,
+        )
+        .unwrap();
+        let settings = conf.listeners().into_iter().next().unwrap();
+        let config =
+            Arc::new(SmtpConfig::new(settings, super::super::SmtpLimits::default()).unwrap());
+        let (_config_tx, config_rx) = watch::channel(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let mut session = Session::new(stream, peer, config_rx, intake, CancellationToken::new());
+        session.envelope.from = Some("app@backend.example".into());
+        const N: usize = 1000;
+        let address = |i: usize| format!("{i:0975x}@apps.example");
+        let before = KEYS_MADE.with(|n| n.get());
+        for i in 0..N {
+            let reply = session.rcpt(address(i)).await;
+            assert_eq!(reply.code, 250, "{:?}", reply.lines);
+        }
+        // Each given again, in upper case: the same recipients.
+        for i in 0..N {
+            let reply = session.rcpt(address(i).to_ascii_uppercase()).await;
+            assert!(
+                reply.lines.concat().contains("already given"),
+                "{:?}",
+                reply.lines
+            );
+        }
+        assert_eq!(KEYS_MADE.with(|n| n.get()) - before, 2 * N);
+        assert_eq!(session.envelope.recipients.len(), N);
+        assert_eq!(session.envelope.recipients[7], address(7));
+        drop(client);
     }
 
     /// A message buffer grows as data comes, to the size announced with `MAIL … SIZE=`, else to the size limit,
