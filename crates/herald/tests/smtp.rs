@@ -991,6 +991,41 @@ fn deny_conf(_: &Pki) -> String {
     "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" always_deny = ( 127.0.0.0/8 ) } }".into()
 }
 
+/// Refused clients take none of the listener's connection slots: however many stay in their 554 phase, a client
+/// the listener serves still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_clients_take_no_connection_slot() {
+    let h = Harness::start_with(
+        |_| {
+            "esmtp_listener { listen \"127.0.0.1:0\" { mcmt_reception = \"allow\" always_deny = ( 127.0.0.2/32 ) } }"
+                .into()
+        },
+        |l| l.max_connections = 1,
+    )
+    .await;
+    let mut refused = Vec::new();
+    for _ in 0..3 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let s = socket
+            .connect(format!("127.0.0.1:{}", h.port).parse().unwrap())
+            .await
+            .unwrap();
+        let (r, w) = s.into_split();
+        let mut c = Raw {
+            r: BufReader::new(r),
+            w,
+        };
+        assert_eq!(c.reply().await.0, 554);
+        refused.push(c);
+    }
+    // The one slot is free for a client the listener serves.
+    let mut c = h.raw().await;
+    assert_eq!(c.reply().await.0, 220);
+    assert_eq!(c.cmd("QUIT").await.0, 221);
+    drop(refused);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_peer_gets_554_at_connect() {
     let h = Harness::start(deny_conf).await;
@@ -1005,7 +1040,7 @@ async fn denied_peer_gets_554_at_connect() {
     assert_eq!(c.cmd("QUIT").await, (221, "2.0.0 herald closing".into()));
     c.assert_closed().await;
 
-    // A refused client gets 3 answers, then 421 and the connection closes: it holds a connection slot briefly.
+    // A refused client gets 3 answers, then 421 and the connection closes.
     let mut c = h.raw().await;
     assert_eq!(c.reply().await.0, 554);
     assert_eq!(c.cmd("NOOP").await, only_quit);
@@ -1022,7 +1057,7 @@ async fn denied_peer_gets_554_at_connect() {
 }
 
 // A refused client that says nothing is disconnected after the listener's timeout, or after 10 s when the
-// timeout is longer: a refused client holds one of the listener's connection slots while it stays.
+// timeout is longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_refused_client_is_closed_after_the_timeout() {
     let h = Harness::start_with(deny_conf, |l| l.idle_timeout = Duration::from_secs(1)).await;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use herald_conf::{Config, ListenAddr, ListenerSettings};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +95,11 @@ pub async fn bind(settings: &ListenerSettings) -> Result<TcpListener, BindError>
     }
 }
 
+/// Clients refused by `always_deny` being answered at once (`554`, then `503` until `QUIT`, for 30 s at most). They
+/// take none of the listener's connection slots, which stay for the clients it serves; beyond this many, a refused
+/// client's connection is closed without a word.
+pub const MAX_REFUSED_SESSIONS: usize = 64;
+
 /// Accepts connections until `shutdown` is cancelled, then waits for the open sessions (each answers `421`) and
 /// returns.
 pub async fn serve(
@@ -105,6 +110,7 @@ pub async fn serve(
 ) {
     let mut sessions = JoinSet::new();
     let conns = ConnLimiter::network();
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSED_SESSIONS));
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -115,6 +121,26 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    // A client `always_deny` refuses is answered without one of the slots (the session checks the
+                    // lists again, and answers it 554).
+                    if !config.borrow().listener.permits(peer.ip().to_canonical()) {
+                        let Ok(permit) = refusals.clone().try_acquire_owned() else {
+                            tracing::debug!(%peer, "ESMTP connection refused by always_deny, closed unanswered");
+                            continue;
+                        };
+                        let session = session::Session::new(
+                            stream,
+                            peer,
+                            config.clone(),
+                            intake.clone(),
+                            shutdown.clone(),
+                        );
+                        sessions.spawn(async move {
+                            let _permit = permit;
+                            session.run().await
+                        });
+                        continue;
+                    }
                     let limits = config.borrow().limits.clone();
                     let caps = DoorLimits {
                         max_connections: limits.max_connections,
