@@ -2310,22 +2310,32 @@ async fn an_idle_http2_connection_is_held_to_keepalive_timeout_and_ended_with_go
 
 /// A `tokens` request whose one payload is larger than APNs takes for any push type is refused whole (`400`, in
 /// the words each token's refusal would use), before any token is checked; in the `notifications` form such a
-/// payload refuses only its own item.
+/// payload refuses only its own item. Unless the push type is given or named by the topic, the refusal names no
+/// push type, as only reading the payload would tell it (an alert on a VoIP topic is an alert push).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_payload_too_large_for_any_push_type_refuses_the_request() {
     let h = Harness::start(|_, _| {}).await;
     let big = json!({"aps": {"alert": "x".repeat(6000 - 20)}});
     assert_eq!(big.to_string().len(), 6000);
+    let silent = json!({"aps": {"content-available": 1}, "pad": "x".repeat(6000 - 40)});
+    assert_eq!(silent.to_string().len(), 6000);
+    let text = "payload is 6000 bytes; no APNs push allows more than 5120 (VoIP pushes over HTTP/2; other pushes \
+                allow less)";
     let tokens: Vec<_> = (0..3).map(token).chain(["zz".into()]).collect();
-    let (status, answer) = h
-        .post(
-            "/api/v1/push",
-            &json!({"domain": DOMAIN, "tokens": tokens, "payload": big}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-    let text = "payload is 6000 bytes; alert pushes over HTTP/2 allow at most 4096";
-    assert_eq!(error_text(&answer), text);
+    for (payload, topic) in [
+        (&big, None),
+        (&silent, None),
+        (&big, Some(format!("{TOPIC}.voip"))),
+    ] {
+        let (status, answer) = h
+            .post(
+                "/api/v1/push",
+                &json!({"domain": DOMAIN, "tokens": tokens, "payload": payload, "topic": topic}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(error_text(&answer), text, "{topic:?}");
+    }
     let (status, answer) = h
         .post(
             "/api/v1/push",
@@ -2344,6 +2354,7 @@ async fn a_shared_payload_too_large_for_any_push_type_refuses_the_request() {
             &json!({"domain": DOMAIN, "notifications": [
                 {"token": token(4), "payload": {"aps": {"alert": "fits"}}},
                 {"token": token(5), "payload": big},
+                {"token": token(6), "payload": big, "push_type": "background"},
             ]}),
         )
         .await;
@@ -2353,13 +2364,18 @@ async fn a_shared_payload_too_large_for_any_push_type_refuses_the_request() {
         answer["results"][1],
         json!({"status": "rejected", "reason": text})
     );
+    assert_eq!(
+        answer["results"][2],
+        json!({"status": "rejected",
+               "reason": "payload is 6000 bytes; background pushes over HTTP/2 allow at most 4096"})
+    );
     assert_eq!(h.records(1).await.len(), 1);
     assert_eq!(h.received(), 1);
 }
 
-/// `priority` and `expiration` are read per notification: a number out of their range (too large for the field,
-/// negative, fractional, in exponent notation) refuses only the notifications it applies to, naming the field
-/// and where the request gives it, as a value in range that APNs does not take does; another JSON type is a `400`.
+/// `priority` and `expiration` are read per notification: a notification's own value that APNs does not take (out
+/// of range, too large for the field, negative, fractional, in exponent notation) refuses only that notification,
+/// named `notifications[i].FIELD` whichever check refuses it; another JSON type is a `400`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_out_of_range_option_refuses_only_its_notification() {
     let h = Harness::start(|_, _| {}).await;
@@ -2372,7 +2388,9 @@ async fn an_out_of_range_option_refuses_only_its_notification() {
             {{"token":"{t4}","payload":{{"aps":{{"alert":"e"}}}},"priority":-1}},
             {{"token":"{t5}","payload":{{"aps":{{"alert":"f"}}}},"priority":7}},
             {{"token":"{t6}","payload":{{"aps":{{"alert":"g"}}}},"expiration":4294967296}},
-            {{"token":"{t7}","payload":{{"aps":{{"alert":"h"}}}},"priority":5.0}}
+            {{"token":"{t7}","payload":{{"aps":{{"alert":"h"}}}},"priority":5.0}},
+            {{"token":"{t8}","payload":{{"aps":{{"content-available":1}}}},"priority":10}},
+            {{"token":"{t9}","payload":{{"aps":{{}}}},"push_type":"pushtotalk","expiration":5}}
         ]}}"#,
         t0 = token(0),
         t1 = token(1),
@@ -2382,6 +2400,8 @@ async fn an_out_of_range_option_refuses_only_its_notification() {
         t5 = token(5),
         t6 = token(6),
         t7 = token(7),
+        t8 = token(8),
+        t9 = token(9),
     );
     let response = h
         .client()
@@ -2408,47 +2428,17 @@ async fn an_out_of_range_option_refuses_only_its_notification() {
             "notifications[3].expiration: apns-expiration 100000000000000000000 is out of range: at most 4294967295 \
              (seconds since the epoch, 32 bits)",
             "notifications[4].priority: apns-priority must be 10, 5 or 1, not \"-1\"",
-            "priority: apns-priority must be 10, 5 or 1, not \"7\"",
-            "apns-expiration 4294967296 is out of range: at most 4294967295 (seconds since the epoch, \
-             32 bits)",
+            "notifications[5].priority: apns-priority must be 10, 5 or 1, not \"7\"",
+            "notifications[6].expiration: apns-expiration 4294967296 is out of range: at most 4294967295 (seconds \
+             since the epoch, 32 bits)",
             "notifications[7].priority: apns-priority must be 10, 5 or 1, not \"5.0\"",
+            "notifications[8].priority: priority 10 is not allowed here: background pushes must use priority 5",
+            "notifications[9].expiration: push-to-talk pushes must use expiration 0, not 5",
         ]
     );
     assert_eq!(h.records(1).await[0].token, token(0));
 
-    // A shared value out of range refuses the notifications that do not set their own.
-    let (status, answer) = h
-        .post(
-            "/api/v1/push",
-            &json!({"domain": DOMAIN, "priority": 1000, "notifications": [
-                {"token": token(8), "payload": {"aps": {"alert": "i"}}},
-                {"token": token(9), "payload": {"aps": {"alert": "j"}}, "priority": 10},
-            ]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!(
-        answer["results"][0]["reason"],
-        "priority: apns-priority must be 10, 5 or 1, not \"1000\""
-    );
-    assert_eq!(answer["results"][1]["status"], "accepted");
-    let (status, answer) = h
-        .post(
-            "/api/v1/push",
-            &json!({"domain": DOMAIN, "expiration": -5, "tokens": [token(10), token(11)],
-                    "payload": {"aps": {"alert": "k"}}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    for r in answer["results"].as_array().unwrap() {
-        assert_eq!(
-            r["reason"],
-            "expiration: apns-expiration \"-5\" is not a decimal count of seconds since the epoch"
-        );
-    }
-    assert_eq!(h.records(2).await.len(), 2);
-
-    // Not a number at all: the request is wrong.
+    // Not a number at all: the request is wrong, and the refusal shows the value.
     let (status, answer) = h
         .post(
             "/api/v1/push",
@@ -2459,11 +2449,100 @@ async fn an_out_of_range_option_refuses_only_its_notification() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(
-        error_text(&answer)
-            .starts_with("notifications[0].priority: invalid type: string, expected a number"),
+        error_text(&answer).starts_with(
+            "notifications[0].priority: invalid type: string \"10\", expected a number"
+        ),
         "{answer}"
     );
-    assert_eq!(h.received(), 2);
+    assert_eq!(h.received(), 1);
+}
+
+/// A shared `priority` or `expiration` that APNs does not take is checked once and refuses the request (`400`,
+/// naming the top-level field), in either form, as every notification that does not set its own would be refused
+/// for it; a string is refused naming its value. A shared value the door refuses only with the push type (a
+/// background push at priority 10) refuses the notifications it applies to, named by the top-level field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_option_apns_does_not_take_refuses_the_request() {
+    let h = Harness::start(|_, _| {}).await;
+    let alert = json!({"aps": {"alert": "hi"}});
+    for (field, value, text) in [
+        (
+            "priority",
+            json!(10.0),
+            "priority: apns-priority must be 10, 5 or 1, not \"10.0\"",
+        ),
+        (
+            "priority",
+            json!(300),
+            "priority: apns-priority must be 10, 5 or 1, not \"300\"",
+        ),
+        (
+            "priority",
+            json!(-1),
+            "priority: apns-priority must be 10, 5 or 1, not \"-1\"",
+        ),
+        (
+            "priority",
+            json!(7),
+            "priority: apns-priority must be 10, 5 or 1, not \"7\"",
+        ),
+        (
+            "expiration",
+            json!(-5),
+            "expiration: apns-expiration \"-5\" is not a decimal count of seconds since the epoch",
+        ),
+        (
+            "expiration",
+            json!(4294967296_u64),
+            "expiration: apns-expiration 4294967296 is out of range: at most 4294967295 (seconds since the epoch, \
+             32 bits)",
+        ),
+        (
+            "priority",
+            json!("10"),
+            "priority: invalid type: string \"10\", expected a number",
+        ),
+    ] {
+        let mut tokens =
+            json!({"domain": DOMAIN, "tokens": [token(0), token(1)], "payload": alert});
+        tokens[field] = value.clone();
+        let mut items = json!({"domain": DOMAIN, "notifications": [
+            {"token": token(2), "payload": alert},
+            {"token": token(3), "payload": alert, "priority": 10, "expiration": 0},
+        ]});
+        items[field] = value.clone();
+        for body in [tokens, items] {
+            let (status, answer) = h.post("/api/v1/push", &body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{value}: {answer}");
+            assert!(error_text(&answer).starts_with(text), "{value}: {answer}");
+        }
+    }
+    // `1e1` as written in the body (serde_json would write it 10.0).
+    let (status, answer) = h
+        .post_raw(
+            "/api/v1/push",
+            r#"{"domain":"apps.example","tokens":["00000000000000000000000000000000000000000000000000000000000000aa"],
+                "payload":{"aps":{"alert":"hi"}},"priority":1e1}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        error_text(&answer),
+        "priority: apns-priority must be 10, 5 or 1, not \"1e1\""
+    );
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "tokens": [token(4)], "priority": 10,
+                    "payload": {"aps": {"content-available": 1}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(
+        answer["results"][0]["reason"],
+        "priority: priority 10 is not allowed here: background pushes must use priority 5"
+    );
+    assert_eq!(h.received(), 0);
 }
 
 /// A recipient whose rendering fails counts what it produced against the request's budget: recipients each
@@ -2585,4 +2664,18 @@ async fn an_injection_larger_than_the_queue_ever_holds_is_refused_for_good() {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(h.records(10).await.len(), 10);
+    // Refused before its last recipient is rendered (16 notifications in all): the count is what the request
+    // makes at least, not all of it.
+    let (status, answer) = h
+        .post(
+            "/v1.0/inject",
+            &json!({"template": template, "recipients": recipients(10..18)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(
+        error_text(&answer),
+        "at least 12 notifications (those of the first 6 of the request's 8 recipients) are more than herald \
+         ever holds in memory at once (max_resident_notifications = 10): split the request into smaller ones"
+    );
 }

@@ -450,9 +450,11 @@ impl Intake {
 
     /// Refuses a payload larger than APNs takes for any push type, with the text [`prepare`](Self::prepare) refuses
     /// each notification carrying it with, for a listener that gives one payload to many notifications and refuses
-    /// the request once instead. `headers` are the notifications' shared options; a payload within
-    /// [`MAX_PAYLOAD_SIZE`] (or options [`prepare`](Self::prepare) refuses first) passes, to be checked per
-    /// notification.
+    /// the request once instead. `headers` are the notifications' shared options. A payload within
+    /// [`MAX_PAYLOAD_SIZE`] passes, to be checked per notification; so does one whose push type is given or named by
+    /// the topic and is refused first for the route (a push type that needs token authentication, on a route
+    /// without it), or whose push type [`prepare`](Self::prepare) refuses: each notification is then refused for
+    /// that, without its payload being read.
     pub fn check_payload_size(
         &self,
         binding: Option<&str>,
@@ -473,8 +475,10 @@ impl Intake {
             .topic
             .as_deref()
             .or(settings.default_topic.as_deref());
-        match payload_too_large(given, topic, route_protocol(&settings), size) {
-            Some(e) => Err(Refusal::Permanent(e.to_string())),
+        let protocol = route_protocol(&settings);
+        let known = push_type_unread(given, topic);
+        match payload_too_large(known, protocol, route_auth(protocol, &settings), size) {
+            Some(text) => Err(Refusal::Permanent(text)),
             None => Ok(()),
         }
     }
@@ -494,16 +498,19 @@ impl Intake {
             .topic
             .as_deref()
             .or(settings.default_topic.as_deref());
-        // A payload larger than any push type allows is refused before it is read: inferring the push type reads
-        // all of it, and one request may give the same payload to many notifications.
-        if let Some(e) = payload_too_large(given, topic, protocol, s.payload.len()) {
-            return Err(Refusal::Permanent(e.to_string()));
-        }
         // Without a push type, the topic's suffix names it (the sender's topic, else the domain's), and only a bare
-        // bundle id leaves it to the payload (docs/apns-protocol.md#push-types).
-        let push_type = match given {
+        // bundle id, or a suffix whose push type a payload that shows something overrides, leaves it to the payload
+        // (docs/apns-protocol.md#push-types).
+        let push_type = match push_type_unread(given, topic) {
             Some(t) => t,
             None => {
+                // A payload larger than any push type allows is refused before it is read: inferring the push type
+                // reads all of it, and one request may give the same payload to many notifications.
+                if let Some(text) =
+                    payload_too_large(None, protocol, RouteAuth::Token, s.payload.len())
+                {
+                    return Err(Refusal::Permanent(text));
+                }
                 #[cfg(test)]
                 tests::PAYLOADS_READ.with(|n| n.set(n.get() + 1));
                 infer_push_type_for(topic, &s.payload)
@@ -515,12 +522,7 @@ impl Intake {
             }
             None => push_type.default_priority(),
         };
-        // A domain with a signing key sends provider tokens (HTTP/2 only); any other route proves itself with its
-        // client certificate, which some push types do not take (docs/apns-protocol.md#rule-10).
-        let auth = match (protocol, &settings.auth) {
-            (Protocol::Http2, Some(_)) => RouteAuth::Token,
-            _ => RouteAuth::Certificate,
-        };
+        let auth = route_auth(protocol, &settings);
         let default_topic = match s.headers.topic {
             Some(_) => None,
             None => default_topic(&settings, push_type, protocol, auth)?,
@@ -686,7 +688,8 @@ impl Intake {
 
     /// Makes `batch` durable, then logs and queues it. When this returns `Ok`, the sender may be told yes. A
     /// batch the engine has no room for in memory is refused ([`Refusal::Temporary`], back-pressure) before
-    /// anything is stored.
+    /// anything is stored; one larger than the engine ever holds is a [`Refusal::Permanent`] (no retry takes it):
+    /// a listener that answers that one differently asks [`Intake::commit_within`].
     ///
     /// Once started, a commit runs to its end on a task of its own, even when the caller stops waiting for it (a
     /// client that hangs up mid-request drops its handler): a batch the spool has taken is always queued as well,
@@ -696,7 +699,9 @@ impl Intake {
         batch: Vec<Notification>,
         source: &Source,
     ) -> Result<(), Refusal> {
-        self.commit_with(batch, source, None).await
+        self.commit_with(batch, source, None)
+            .await
+            .map_err(Refusal::from)
     }
 
     /// [`Intake::commit`] of a batch built within `room`, taken by [`Intake::reserve`] before it was built: the
@@ -707,6 +712,20 @@ impl Intake {
         source: &Source,
         room: Room,
     ) -> Result<(), Refusal> {
+        self.commit_within(batch, source, room)
+            .await
+            .map_err(Refusal::from)
+    }
+
+    /// [`Intake::commit_reserved`], telling the two refusals apart as [`Intake::reserve`] does: [`NoRoom::Never`]
+    /// when the batch is larger than the engine ever holds (it turned out larger than the room taken for it: a
+    /// message of several push parts), [`NoRoom::Now`] when herald cannot take it now.
+    pub async fn commit_within(
+        self: &Arc<Self>,
+        batch: Vec<Notification>,
+        source: &Source,
+        room: Room,
+    ) -> Result<(), NoRoom> {
         self.commit_with(batch, source, Some(room)).await
     }
 
@@ -715,7 +734,7 @@ impl Intake {
         batch: Vec<Notification>,
         source: &Source,
         room: Option<Room>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), NoRoom> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -727,7 +746,7 @@ impl Intake {
         match tokio::spawn(crate::spool::retry_ids::within(ids, commit)).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(Refusal::Temporary(Unavailable::Queueing(
+            Err(_) => Err(NoRoom::Now(Unavailable::Queueing(
                 SubmitError::ShuttingDown,
             ))),
         }
@@ -740,12 +759,12 @@ impl Intake {
         batch: Vec<Notification>,
         source: &Source,
         room: Option<Room>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), NoRoom> {
         if self.durable.queues_elsewhere() {
             self.durable
                 .persist(&batch)
                 .await
-                .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
+                .map_err(|e| NoRoom::Now(Unavailable::Spool(e)))?;
             let logs = self.engine.logs().clone();
             let mut groups = BindingGroups::new(self);
             for n in &batch {
@@ -764,14 +783,14 @@ impl Intake {
         if let Err(never) = self.can_ever_hold(batch.len()) {
             self.refused
                 .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            return Err(never.into());
+            return Err(never);
         }
         // A domain of the batch that would pass its share of memory while herald is at least half full refuses the
         // batch, before anything is stored or more room is taken.
         if let Some(over) = self.engine.over_share(distinct_domains(&batch)) {
             self.refused
                 .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            return Err(Refusal::Temporary(Unavailable::OverShare(over)));
+            return Err(NoRoom::Now(Unavailable::OverShare(over)));
         }
         // Room for the whole batch is taken before anything is stored: a batch built within less room than it
         // turned out to need (an injection renders a message of several parts into more notifications than it has
@@ -789,12 +808,12 @@ impl Intake {
         let Some(mut room) = reserved else {
             self.refused
                 .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            return Err(self.queue_full(batch.len()));
+            return Err(NoRoom::Now(self.queue_full_now(batch.len())));
         };
         self.durable
             .persist(&batch)
             .await
-            .map_err(|e| Refusal::Temporary(Unavailable::Spool(e)))?;
+            .map_err(|e| NoRoom::Now(Unavailable::Spool(e)))?;
         let logs = self.engine.logs().clone();
         let mut groups = BindingGroups::new(self);
         for n in &batch {
@@ -830,28 +849,63 @@ fn route_protocol(settings: &DeliverySettings) -> Protocol {
     }
 }
 
+/// How a domain's route proves itself to APNs: a domain with a signing key sends provider tokens (HTTP/2 only); any
+/// other route its client certificate, which some push types do not take (docs/apns-protocol.md#rule-10).
+fn route_auth(protocol: Protocol, settings: &DeliverySettings) -> RouteAuth {
+    match (protocol, &settings.auth) {
+        (Protocol::Http2, Some(_)) => RouteAuth::Token,
+        _ => RouteAuth::Certificate,
+    }
+}
+
+/// The push type of a notification when it is known without reading its payload: the one given, else the one
+/// `topic`'s suffix names, unless that is a suffix ([`infer_push_type_for`]) whose push type a payload that shows
+/// something (`alert`, `badge`, `sound`) turns into an alert or background push. `None`: the payload decides.
+fn push_type_unread(given: Option<PushType>, topic: Option<&str>) -> Option<PushType> {
+    match given.or_else(|| topic.and_then(PushType::from_topic_suffix)) {
+        Some(PushType::Voip | PushType::PushToTalk | PushType::Complication) if given.is_none() => {
+            None
+        }
+        known => known,
+    }
+}
+
 /// The refusal of a payload of `size` bytes when it is larger than any push type allows ([`MAX_PAYLOAD_SIZE`]),
-/// found without reading it: it names the push type given, else the one `topic`'s suffix names, else `alert` (the
-/// payload alone tells `alert` from `background`, which have the same limit), and that type's limit over
-/// `protocol`, in the words of the payload checks.
+/// found without reading it. `known` is the push type when it is known without reading the payload
+/// ([`push_type_unread`]): the refusal then names it and its limit over `protocol`, in the words of the payload
+/// checks, or there is none here when the push type is refused first for a route authenticated by `auth` (one that
+/// needs token authentication: the binary protocol never has it). Without a known push type, the refusal names
+/// none, in the words the MCMT reader uses for the same size.
 fn payload_too_large(
-    given: Option<PushType>,
-    topic: Option<&str>,
+    known: Option<PushType>,
     protocol: Protocol,
+    auth: RouteAuth,
     size: usize,
-) -> Option<PayloadError> {
+) -> Option<String> {
     if size <= MAX_PAYLOAD_SIZE {
         return None;
     }
-    let push_type = given
-        .or_else(|| topic.and_then(PushType::from_topic_suffix))
-        .unwrap_or(PushType::Alert);
-    Some(PayloadError::TooLarge {
-        size,
-        limit: push_type.payload_limit(protocol),
-        push_type,
-        protocol,
-    })
+    match known {
+        Some(push_type)
+            if push_type.requires_token_auth()
+                && (protocol == Protocol::Binary || auth == RouteAuth::Certificate) =>
+        {
+            None
+        }
+        Some(push_type) => Some(
+            PayloadError::TooLarge {
+                size,
+                limit: push_type.payload_limit(protocol),
+                push_type,
+                protocol,
+            }
+            .to_string(),
+        ),
+        None => Some(format!(
+            "payload is {size} bytes; no APNs push allows more than {MAX_PAYLOAD_SIZE} (VoIP pushes over HTTP/2; \
+             other pushes allow less)"
+        )),
+    }
 }
 
 /// The binding groups of one batch's R lines ([`Intake::binding_group`]), each (binding, domain) looked up at most
@@ -1014,9 +1068,11 @@ mod tests {
         pub(super) static PAYLOADS_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
-    /// A payload larger than any push type allows is refused by its size, in the payload checks' words, without
-    /// being read to infer its push type; one within the limits is read as before. A listener giving one payload
-    /// to many notifications gets the same refusal once.
+    /// A payload larger than any push type allows is refused by its size, without being read to infer its push
+    /// type: when the push type is not known without reading the payload, in words that name none (the MCMT
+    /// reader's, for the same size); when it is given or named by the topic, in the payload checks' words for it.
+    /// One within the limits is read as before. A listener giving one payload to many notifications gets the same
+    /// refusal once.
     #[test]
     fn a_payload_too_large_for_any_push_type_is_refused_unread() {
         let intake = intake();
@@ -1028,61 +1084,97 @@ mod tests {
             headers,
             ..Submission::default()
         };
-        let background = |size: usize| {
-            let mut p = br#"{"aps":{"content-available":1},"pad":""#.to_vec();
+        let padded = |aps: &str, size: usize| {
+            let mut p = format!(r#"{{"aps":{aps},"pad":""#).into_bytes();
             p.resize(size - 2, b'x');
             p.extend_from_slice(b"\"}");
             p
         };
+        let background = |size: usize| padded(r#"{"content-available":1}"#, size);
+        let alert = |size: usize| padded(r#"{"alert":"hi"}"#, size);
+        let unnamed = |size: usize| {
+            crate::inbound::mcmt::PartError::PayloadTooLarge {
+                size,
+                limit: crate::inbound::mcmt::MAX_PAYLOAD,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            unnamed(5121),
+            "payload is 5121 bytes; no APNs push allows more than 5120 (VoIP pushes over HTTP/2; other pushes \
+             allow less)"
+        );
         let read = || PAYLOADS_READ.with(|n| n.get());
         let before = read();
-        let refused = intake
-            .prepare(
-                submission(background(MAX_PAYLOAD_SIZE + 1), PushHeaders::default()),
-                &source,
-            )
-            .unwrap_err();
-        let text = "payload is 5121 bytes; alert pushes over HTTP/2 allow at most 4096";
-        assert!(
-            matches!(&refused, Refusal::Permanent(t) if t == text),
-            "{refused:?}"
-        );
-        assert_eq!(read(), before, "the payload was read");
-        // The push type given, or the topic's suffix, names the limit.
-        let voip = PushHeaders {
+        let voip_topic = PushHeaders {
             topic: Some("com.example.app.voip".into()),
             ..PushHeaders::default()
         };
-        let refused = intake
-            .prepare(submission(vec![b' '; 6000], voip.clone()), &source)
-            .unwrap_err();
-        assert!(
-            matches!(&refused, Refusal::Permanent(t)
-                if t == "payload is 6000 bytes; voip pushes over HTTP/2 allow at most 5120"),
-            "{refused:?}"
-        );
+        // Neither a bare bundle id nor a VoIP topic names the push type of a payload that could show something (or
+        // not): the refusal names none, whatever the payload turns out to hold.
+        for (payload, headers) in [
+            (background(MAX_PAYLOAD_SIZE + 1), PushHeaders::default()),
+            (alert(MAX_PAYLOAD_SIZE + 1), PushHeaders::default()),
+            (alert(MAX_PAYLOAD_SIZE + 1), voip_topic.clone()),
+            (background(MAX_PAYLOAD_SIZE + 1), voip_topic.clone()),
+        ] {
+            let refused = intake
+                .prepare(submission(payload, headers.clone()), &source)
+                .unwrap_err();
+            assert!(
+                matches!(&refused, Refusal::Permanent(t) if *t == unnamed(5121)),
+                "{refused:?}"
+            );
+            assert_eq!(
+                intake
+                    .check_payload_size(None, "apps.example", &headers, 5121)
+                    .map_err(|r| r.to_string()),
+                Err(unnamed(5121))
+            );
+        }
         assert_eq!(read(), before, "the payload was read");
-        assert_eq!(
-            intake
-                .check_payload_size(None, "apps.example", &voip, 6000)
-                .map_err(|r| r.to_string()),
-            Err("payload is 6000 bytes; voip pushes over HTTP/2 allow at most 5120".into())
-        );
-        let given = PushHeaders {
-            push_type: Some("background".into()),
+        // The push type given, or named by a topic whose suffix the payload cannot override, names the limit.
+        let given = |push_type: &str, topic: &str| PushHeaders {
+            push_type: Some(push_type.into()),
+            topic: Some(topic.into()),
             ..PushHeaders::default()
         };
-        assert_eq!(
-            intake
-                .check_payload_size(None, "apps.example", &given, 5121)
-                .map_err(|r| r.to_string()),
-            Err("payload is 5121 bytes; background pushes over HTTP/2 allow at most 4096".into())
-        );
-        assert!(
-            intake
-                .check_payload_size(None, "apps.example", &given, MAX_PAYLOAD_SIZE)
-                .is_ok()
-        );
+        for (headers, push_type, limit) in [
+            (given("voip", "com.example.app.voip"), "voip", 5120),
+            (given("alert", "com.example.app.voip"), "alert", 4096),
+            (given("background", "com.example.app"), "background", 4096),
+            (
+                PushHeaders {
+                    topic: Some("com.example.app.push-type.widgets".into()),
+                    ..PushHeaders::default()
+                },
+                "widgets",
+                4096,
+            ),
+        ] {
+            let text = format!(
+                "payload is 6000 bytes; {push_type} pushes over HTTP/2 allow at most {limit}"
+            );
+            let refused = intake
+                .prepare(submission(alert(6000), headers.clone()), &source)
+                .unwrap_err();
+            assert!(
+                matches!(&refused, Refusal::Permanent(t) if *t == text),
+                "{refused:?}"
+            );
+            assert_eq!(
+                intake
+                    .check_payload_size(None, "apps.example", &headers, 6000)
+                    .map_err(|r| r.to_string()),
+                Err(text)
+            );
+            assert!(
+                intake
+                    .check_payload_size(None, "apps.example", &headers, MAX_PAYLOAD_SIZE)
+                    .is_ok()
+            );
+        }
+        assert_eq!(read(), before, "the payload was read");
         // Within the limit of some push type, the payload decides as before.
         let n = intake
             .prepare(
@@ -1103,6 +1195,81 @@ mod tests {
                 if t == "payload is 5120 bytes; background pushes over HTTP/2 allow at most 4096"),
             "{refused:?}"
         );
+    }
+
+    /// A push type refused for its route before its payload's size (one that needs token authentication, on a
+    /// certificate or binary route) is refused for that whatever the payload's size, as a small payload is: the
+    /// size check steps aside, and the payload is not read.
+    #[test]
+    fn a_push_type_its_route_refuses_is_refused_for_that_at_any_size() {
+        use herald_apns::binary::BinaryFormat;
+        let mut binary = settings("binary.example");
+        binary.protocol = RouteProtocol::Binary(BinaryFormat::Frame);
+        let resolver = Arc::new(
+            StaticResolver::default()
+                .with(binary)
+                .with(settings("cert.example")),
+        );
+        let (_, engine) = engine();
+        let intake = Intake::new(resolver, Arc::new(NotDurable), engine, IdGenerator::new(1));
+        let source = source(&intake);
+        let read = || PAYLOADS_READ.with(|n| n.get());
+        let before = read();
+        for (domain, headers) in [
+            (
+                "binary.example",
+                PushHeaders {
+                    push_type: Some("liveactivity".into()),
+                    ..PushHeaders::default()
+                },
+            ),
+            (
+                "binary.example",
+                PushHeaders {
+                    topic: Some("com.example.app.push-type.liveactivity".into()),
+                    ..PushHeaders::default()
+                },
+            ),
+            (
+                "cert.example",
+                PushHeaders {
+                    push_type: Some("location".into()),
+                    ..PushHeaders::default()
+                },
+            ),
+        ] {
+            let refuse = |size: usize| {
+                let s = Submission {
+                    domain: domain.into(),
+                    token: "ab".repeat(32),
+                    payload: Bytes::from(vec![b' '; size]),
+                    headers: headers.clone(),
+                    ..Submission::default()
+                };
+                match intake.prepare(s, &source) {
+                    Err(Refusal::Permanent(t)) => t,
+                    other => panic!("{other:?}"),
+                }
+            };
+            let small = refuse(100);
+            assert!(
+                small.contains("needs token (JWT) authentication"),
+                "{small}"
+            );
+            if domain == "binary.example" {
+                assert!(
+                    small.contains("route the domain to an https:// host"),
+                    "{small}"
+                );
+            }
+            assert_eq!(refuse(6000), small, "{headers:?}");
+            assert!(
+                intake
+                    .check_payload_size(None, domain, &headers, 6000)
+                    .is_ok()
+            );
+        }
+        assert_eq!(read(), before, "the payload was read");
     }
 
     fn settings(domain: &str) -> DeliverySettings {
@@ -1717,6 +1884,21 @@ mod tests {
                 intake.prepare(submission, &source).unwrap()
             })
             .collect();
+        // Told apart from a refusal for now, as at the reservation: listeners answer it as they answer that.
+        let room = intake.reserve(5).unwrap();
+        let refused = intake.commit_within(batch.clone(), &source, room).await;
+        assert!(
+            matches!(
+                &refused,
+                Err(NoRoom::Never {
+                    wanted: 11,
+                    max: 10
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(engine.resident_room(), 10, "nothing taken");
+        // For a listener that answers it as any other permanent refusal, the same text.
         let room = intake.reserve(5).unwrap();
         let refused = intake.commit_reserved(batch, &source, room).await;
         assert!(

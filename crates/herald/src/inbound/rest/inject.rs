@@ -26,7 +26,7 @@ use super::error::{
 };
 use super::template::{RenderError, Template, TemplateError};
 use super::text::Text;
-use crate::inbound::accept::{Intake, Refusal, Source};
+use crate::inbound::accept::{Intake, NoRoom, Refusal, Source};
 use crate::inbound::mcmt::{self, Parsed, PartSubmission};
 use crate::queue::message::{MessageId, Notification};
 
@@ -314,9 +314,9 @@ async fn inject_batch(
                     if batch.len() > max_notifications {
                         return Err(super::push::too_many(batch.len(), max_notifications));
                     }
-                    intake
-                        .can_ever_hold(batch.len())
-                        .map_err(super::push::no_room_error)?;
+                    if let Err(never) = intake.can_ever_hold(batch.len()) {
+                        return Err(never_fits(never, i, recipients.len()));
+                    }
                 }
                 Err(Refusal::Temporary(m)) => return Err(ApiError::unavailable(m)),
                 Err(Refusal::Permanent(m)) => {
@@ -334,10 +334,32 @@ async fn inject_batch(
         ));
     }
     intake
-        .commit_reserved(batch, source, room)
+        .commit_within(batch, source, room)
         .await
-        .map_err(super::push::refusal_error)?;
+        .map_err(super::push::no_room_error)?;
     Ok(json_response(StatusCode::OK, render(&outcomes, None)))
+}
+
+/// The `413` of a request whose notifications are more than herald ever holds, found once the messages of its
+/// recipients up to `recipients[i]` make that many. How many the whole request makes is known only by rendering
+/// every recipient's message, which is not done: after its last recipient the count is the request's, before it
+/// the request makes at least that many.
+fn never_fits(never: NoRoom, i: usize, recipients: usize) -> ApiError {
+    let NoRoom::Never { wanted, max } = never else {
+        return super::push::no_room_error(never);
+    };
+    if i + 1 >= recipients {
+        return super::push::no_room_error(never);
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "at least {wanted} notifications (those of the first {} of the request's {recipients} recipients) are \
+             more than herald ever holds in memory at once (max_resident_notifications = {max}): split the request \
+             into smaller ones",
+            i + 1
+        ),
+    )
 }
 
 /// The notifications of one recipient: one per push part of its rendered message.

@@ -1,9 +1,10 @@
 //! `POST /api/v1/push`: herald's native batch API. One payload to many tokens (`tokens`), or many complete
 //! notifications (`notifications`), for one domain. Every item is validated in one pass; the accepted ones are
 //! made durable with a single [`Intake::commit`] (one group-committed write), and the answer, `202` with one
-//! result per item in request order, is sent only after that. A rejected item (also one whose option is a number
-//! out of range) does not fail the others; a problem with the request itself is a `400` naming the field, as is a
-//! shared `payload` larger than APNs takes for any push type.
+//! result per item in request order, is sent only after that. A rejected item (also one whose own option is a
+//! number APNs does not take) does not fail the others; a problem with the request itself is a `400` naming the
+//! field, as is a shared `priority` or `expiration` APNs does not take, or a shared `payload` larger than APNs takes
+//! for any push type.
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -12,6 +13,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde::de::{Deserializer, Error as _, Unexpected};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use super::RestState;
@@ -22,7 +24,7 @@ use super::text::Text;
 use crate::inbound::accept::{Intake, NoRoom, Refusal, Source, Submission};
 use crate::queue::message::MessageId;
 use herald_apns::notification::PushHeaders;
-use herald_apns::push::{MAX_EXPIRATION, PushError};
+use herald_apns::push::{MAX_EXPIRATION, Priority, PushError, validate_expiration};
 
 /// The request body. Borrowed from the request bytes: payloads stay the exact text the client sent.
 #[derive(Debug, Deserialize)]
@@ -74,9 +76,10 @@ struct Item<'a> {
     collapse_id: Option<Text<'a>>,
 }
 
-/// A JSON number as the request spells it (`priority`, `expiration`). It is read into the option's range per
-/// notification, so that a number out of range refuses only the notifications it applies to; any other JSON type
-/// refuses the request, naming the field.
+/// A JSON number as the request spells it (`priority`, `expiration`). A notification's own is read into the
+/// option's range with that notification, so that a number out of range refuses only it; the shared one is read
+/// once for the request ([`PushBody::check_shared_options`]). Any other JSON type refuses the request, naming the
+/// field and the value.
 #[derive(Debug, Clone, Copy)]
 struct Number<'a>(&'a str);
 
@@ -84,9 +87,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for Number<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = <&'de RawValue>::deserialize(deserializer)?;
         let text = raw.get();
+        let string;
         let unexpected = match text.as_bytes().first() {
             Some(b'-' | b'0'..=b'9') => return Ok(Number(text)),
-            Some(b'"') => Unexpected::Other("string"),
+            // Named with its value, as a number written as a string ("10") is the usual mistake.
+            Some(b'"') => {
+                string = serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_owned());
+                Unexpected::Str(&string)
+            }
             Some(b't') => Unexpected::Bool(true),
             Some(b'f') => Unexpected::Bool(false),
             Some(b'[') => Unexpected::Seq,
@@ -106,34 +114,47 @@ struct NumberOption<'r, 'a> {
 
 impl NumberOption<'_, '_> {
     /// The value that applies and where the request gives it, for a refusal's text.
-    fn value(&self) -> Option<(String, &str)> {
+    fn value(&self) -> Option<(Cow<'static, str>, &str)> {
+        Some((self.field()?, self.text()?))
+    }
+
+    /// Where the request gives the value that applies: `notifications[i].name` for a notification's own, `name`
+    /// for the shared one; `None` when neither is given.
+    fn field(&self) -> Option<Cow<'static, str>> {
         match (self.own, self.shared) {
-            (Some((i, n)), _) => Some((format!("notifications[{i}].{}", self.name), n.0)),
-            (None, Some(n)) => Some((self.name.to_owned(), n.0)),
+            (Some((i, _)), _) => Some(Cow::Owned(format!("notifications[{i}].{}", self.name))),
+            (None, Some(_)) => Some(Cow::Borrowed(self.name)),
             (None, None) => None,
         }
     }
 
-    /// `priority`: a number from 0 to 255 goes on to the door's checks (which take 10, 5 and 1); any other refuses
-    /// the notification in their words, naming where it is given.
+    fn text(&self) -> Option<&str> {
+        self.own.map(|(_, n)| n.0).or(self.shared.map(|n| n.0))
+    }
+
+    /// `priority`: 10, 5 or 1 (what APNs takes); any other number refuses the notification in the words of the
+    /// header checks, naming where it is given. Whether the push type and route take it is the door's to check.
     fn priority(&self) -> Result<Option<u8>, String> {
         let Some((field, text)) = self.value() else {
             return Ok(None);
         };
-        text.parse::<u8>()
-            .map(Some)
-            .map_err(|_| format!("{field}: {}", PushError::BadPriority(text.to_owned())))
+        let bad = || format!("{field}: {}", PushError::BadPriority(text.to_owned()));
+        let p = text.parse::<u8>().map_err(|_| bad())?;
+        Priority::from_u8(p).map_err(|_| bad())?;
+        Ok(Some(p))
     }
 
-    /// `expiration`: a whole number that fits 64 bits goes on to the door's checks (which take 0 to
-    /// [`MAX_EXPIRATION`]); a larger one, a negative, fractional or exponent one refuses the notification in their
-    /// words, naming where it is given.
+    /// `expiration`: a whole number from 0 to [`MAX_EXPIRATION`]; any other (larger, negative, fractional, in
+    /// exponent notation) refuses the notification in the words of the header checks, naming where it is given.
+    /// Whether the push type takes it (push-to-talk takes only 0) is the door's to check.
     fn expiration(&self) -> Result<Option<u64>, String> {
         let Some((field, text)) = self.value() else {
             return Ok(None);
         };
         match text.parse::<u64>() {
-            Ok(e) => Ok(Some(e)),
+            Ok(e) => validate_expiration(e)
+                .map(|_| Some(e))
+                .map_err(|why| format!("{field}: {why}")),
             Err(_) if text.bytes().all(|b| b.is_ascii_digit()) => Err(format!(
                 "{field}: apns-expiration {text} is out of range: at most {MAX_EXPIRATION} (seconds since the epoch, 32 bits)"
             )),
@@ -144,6 +165,36 @@ impl NumberOption<'_, '_> {
         }
     }
 }
+
+/// Where a notification's `priority` and `expiration` come from, for its refusals ([`named_options`]).
+struct OptionFields {
+    priority: Option<(Cow<'static, str>, u8)>,
+    expiration: Option<Cow<'static, str>>,
+}
+
+/// The door's refusal of a notification, with the option it is about named by where the request gives it
+/// (`notifications[i].priority: …` for a notification's own value, `priority: …` for the shared one): the door
+/// knows the option only by its name, and the payload checks name the priority by its value alone.
+fn named_options(reason: String, fields: &OptionFields) -> String {
+    if let Some(field) = &fields.expiration
+        && let Some(why) = reason.strip_prefix("expiration: ")
+    {
+        return format!("{field}: {why}");
+    }
+    if let Some((field, p)) = &fields.priority {
+        if let Some(why) = reason.strip_prefix("priority: ") {
+            return format!("{field}: {why}");
+        }
+        // The payload checks' refusal of a priority the push type or route does not take.
+        if reason.starts_with(&format!("priority {p} is not allowed here: ")) {
+            return format!("{field}: {reason}");
+        }
+    }
+    reason
+}
+
+/// One item's submission and where its options come from, or why the item is refused before it reaches the door.
+type ItemSubmission = Result<(Submission, OptionFields), String>;
 
 /// The outcome of one item, in request order.
 enum ItemResult {
@@ -212,9 +263,12 @@ async fn accept_batch(
                 ApiError::bad_request(message)
             }
         })?;
-    // A request of the wrong shape is refused for that, whatever room the queue has; so is one payload for every
-    // token that APNs takes for no push type, as each token would be refused for it.
-    if let Form::Tokens(_, payload) = request.form()? {
+    // A request of the wrong shape is refused for that, whatever room the queue has; so is a shared `priority` or
+    // `expiration` APNs does not take, and one payload for every token that APNs takes for no push type, as each
+    // notification would be refused for them.
+    let form = request.form()?;
+    request.check_shared_options()?;
+    if let Form::Tokens(_, payload) = form {
         let headers = PushHeaders {
             topic: request.topic.as_deref().map(str::to_owned),
             push_type: request.push_type.as_deref().map(str::to_owned),
@@ -227,29 +281,53 @@ async fn accept_batch(
     // The room is taken before anything is built, so that concurrent requests cannot together build more than the
     // queue holds.
     let room = intake.reserve(count).map_err(no_room_error)?;
-    // Building and checking every notification is CPU work: the runtime moves its other tasks off this thread
-    // meanwhile.
-    let (results, accepted) = crate::queue::in_place(|| {
+    let build = || {
         let submissions = request.submissions(domain, &binding)?;
         let mut results = Vec::with_capacity(submissions.len());
         let mut accepted = Vec::with_capacity(submissions.len());
         for submission in submissions {
             match submission {
-                Ok(submission) => take(intake, submission, source, &mut results, &mut accepted)?,
+                Ok((submission, fields)) => take(
+                    intake,
+                    submission,
+                    &fields,
+                    source,
+                    &mut results,
+                    &mut accepted,
+                )?,
                 Err(reason) => results.push(ItemResult::Rejected(reason)),
             }
         }
         Ok::<_, ApiError>((results, accepted))
-    })?;
+    };
+    let (results, accepted) = build_in_place_above(count, build)?;
     intake
-        .commit_reserved(accepted, source, room)
+        .commit_within(accepted, source, room)
         .await
-        .map_err(refusal_error)?;
+        .map_err(no_room_error)?;
     Ok(results)
 }
 
-/// A request the queue has no room for: 413 when it never will (more notifications than
-/// `max_resident_notifications`: split it), else 503 (retry later).
+/// Requests of more notifications than this are built and checked with the runtime's other tasks moved off the
+/// thread ([`crate::queue::in_place`]), as that is CPU work long enough to hold them up. Moving them has a cost of
+/// its own (the thread is handed off and another takes its place), which a request of a few notifications, the
+/// common case at high rates, does not repay: those are built on the spot.
+const IN_PLACE_ABOVE: usize = 64;
+
+/// Runs `build`, the building and checking of a request's `count` notifications: in place of the runtime's other
+/// tasks when they are more than [`IN_PLACE_ABOVE`], on the spot otherwise.
+fn build_in_place_above<T>(count: usize, build: impl FnOnce() -> T) -> T {
+    if count > IN_PLACE_ABOVE {
+        #[cfg(test)]
+        tests::BUILT_IN_PLACE.with(|n| n.set(n.get() + 1));
+        crate::queue::in_place(build)
+    } else {
+        build()
+    }
+}
+
+/// A request the queue has no room for, at its reservation or its commit: 413 when it never will (more
+/// notifications than `max_resident_notifications`: split it), else 503 (retry later).
 pub(super) fn no_room_error(no_room: NoRoom) -> ApiError {
     match no_room {
         NoRoom::Never { .. } => ApiError::new(
@@ -331,14 +409,24 @@ impl<'a> PushBody<'a> {
         }
     }
 
+    /// Refuses the request (`400`) for a shared `priority` or `expiration` APNs does not take: every notification
+    /// that does not set its own would be refused for it.
+    fn check_shared_options(&self) -> Result<(), ApiError> {
+        let (priority, expiration) = self.numbers(None);
+        priority.priority().map_err(ApiError::bad_request)?;
+        expiration.expiration().map_err(ApiError::bad_request)?;
+        Ok(())
+    }
+
     /// The submissions, in request order: each token with the shared payload and options, or each notification
-    /// with its own (and the shared options it leaves out). A request of the wrong shape is refused whole; a
-    /// notification whose `priority` or `expiration` is a number out of range is refused alone (`Err`, the reason).
-    pub fn submissions(
+    /// with its own (and the shared options it leaves out), with where its `priority` and `expiration` come from.
+    /// A request of the wrong shape is refused whole; a notification whose own `priority` or `expiration` APNs
+    /// does not take is refused alone (`Err`, the reason).
+    fn submissions(
         &self,
         domain: &str,
         binding: &Option<String>,
-    ) -> Result<Vec<Result<Submission, String>>, ApiError> {
+    ) -> Result<Vec<ItemSubmission>, ApiError> {
         let submission = |token: &str, payload: Bytes, headers: PushHeaders| Submission {
             domain: domain.to_owned(),
             recipient: recipient(token, domain),
@@ -348,23 +436,35 @@ impl<'a> PushBody<'a> {
             sender: String::new(),
             binding: binding.clone(),
         };
+        let fields =
+            |priority: &NumberOption<'_, '_>, p: Option<u8>, expiration: &NumberOption<'_, '_>| {
+                OptionFields {
+                    priority: priority.field().zip(p),
+                    expiration: expiration.field(),
+                }
+            };
         match self.form()? {
             Form::Tokens(tokens, payload) => {
                 let payload = Bytes::copy_from_slice(payload.get().as_bytes());
                 let (priority, expiration) = self.numbers(None);
-                let (priority, expiration) = (priority.priority(), expiration.expiration());
+                // Checked once for the request ([`PushBody::check_shared_options`]).
+                let p = priority.priority().map_err(ApiError::bad_request)?;
+                let e = expiration.expiration().map_err(ApiError::bad_request)?;
                 Ok(tokens
                     .iter()
                     .map(|token| {
                         let headers = PushHeaders {
                             topic: self.topic.as_deref().map(str::to_owned),
                             push_type: self.push_type.as_deref().map(str::to_owned),
-                            priority: priority.clone()?,
-                            expiration: expiration.clone()?,
+                            priority: p,
+                            expiration: e,
                             collapse_id: self.collapse_id.as_deref().map(str::to_owned),
                             apns_id: None,
                         };
-                        Ok(submission(token, payload.clone(), headers))
+                        Ok((
+                            submission(token, payload.clone(), headers),
+                            fields(&priority, p, &expiration),
+                        ))
                     })
                     .collect())
             }
@@ -373,16 +473,20 @@ impl<'a> PushBody<'a> {
                 .enumerate()
                 .map(|(i, item)| {
                     let (priority, expiration) = self.numbers(Some((i, item)));
+                    let p = priority.priority()?;
                     let headers = PushHeaders {
                         topic: either(&item.topic, &self.topic),
                         push_type: either(&item.push_type, &self.push_type),
-                        priority: priority.priority()?,
+                        priority: p,
                         expiration: expiration.expiration()?,
                         collapse_id: either(&item.collapse_id, &self.collapse_id),
                         apns_id: item.apns_id.as_deref().map(str::to_owned),
                     };
                     let payload = Bytes::copy_from_slice(item.payload.get().as_bytes());
-                    Ok(submission(&item.token, payload, headers))
+                    Ok((
+                        submission(&item.token, payload, headers),
+                        fields(&priority, p, &expiration),
+                    ))
                 })
                 .collect()),
         }
@@ -422,10 +526,12 @@ enum Form<'r, 'a> {
     Notifications(&'r [Item<'a>]),
 }
 
-/// Validates one item: accepted ones join the batch to commit, rejected ones keep their reason.
+/// Validates one item: accepted ones join the batch to commit, rejected ones keep their reason, which names the
+/// option it is about by where the request gives it (`fields`).
 fn take(
     intake: &Intake,
     submission: Submission,
+    fields: &OptionFields,
     source: &Source,
     results: &mut Vec<ItemResult>,
     accepted: &mut Vec<crate::queue::message::Notification>,
@@ -435,7 +541,9 @@ fn take(
             results.push(ItemResult::Accepted(n.id));
             accepted.push(n);
         }
-        Err(Refusal::Permanent(reason)) => results.push(ItemResult::Rejected(reason)),
+        Err(Refusal::Permanent(reason)) => {
+            results.push(ItemResult::Rejected(named_options(reason, fields)))
+        }
         Err(Refusal::Temporary(reason)) => return Err(ApiError::unavailable(reason)),
     }
     Ok(())
@@ -510,6 +618,67 @@ fn render_results(results: &[ItemResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Requests built with the runtime's other tasks moved off the thread ([`build_in_place_above`]), on this
+        /// thread.
+        pub(super) static BUILT_IN_PLACE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A request of a few notifications is built on the spot; only one of more than [`IN_PLACE_ABOVE`] has the
+    /// runtime's other tasks moved off the thread meanwhile.
+    #[tokio::test]
+    async fn only_large_requests_are_built_in_place() {
+        use crate::outbound::settings::DeliverySettings;
+        use crate::queue::message::IdGenerator;
+        use crate::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
+        use std::sync::Arc;
+        let resolver = Arc::new(
+            StaticResolver::default().with(DeliverySettings::for_tests("apps.example", 1)),
+        );
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        engine.set_held(true);
+        let intake = Arc::new(Intake::new(
+            resolver,
+            Arc::new(crate::inbound::accept::NotDurable),
+            engine,
+            IdGenerator::new(1),
+        ));
+        let source = Source {
+            ip: None,
+            protocol: "rest",
+            batch_id: intake.next_id(),
+            conn_id: intake.next_id(),
+        };
+        let body = |n: usize| {
+            let tokens: Vec<String> = (0..n).map(|i| format!("{i:064x}")).collect();
+            Bytes::from(
+                serde_json::json!({"domain": "apps.example", "tokens": tokens,
+                                   "payload": {"aps": {"alert": "hi"}}})
+                .to_string(),
+            )
+        };
+        let built_in_place = || BUILT_IN_PLACE.with(|n| n.get());
+        let before = built_in_place();
+        for n in [1, IN_PLACE_ABOVE] {
+            let results = accept_batch(&intake, &body(n), &source, 1000)
+                .await
+                .unwrap();
+            assert_eq!(results.len(), n);
+            assert!(results.iter().all(|r| matches!(r, ItemResult::Accepted(_))));
+        }
+        assert_eq!(built_in_place(), before, "built in place");
+        let results = accept_batch(&intake, &body(IN_PLACE_ABOVE + 1), &source, 1000)
+            .await
+            .unwrap();
+        assert!(results.iter().all(|r| matches!(r, ItemResult::Accepted(_))));
+        assert_eq!(built_in_place(), before + 1);
+    }
 
     #[test]
     fn payloads_keep_the_clients_bytes() {
@@ -594,7 +763,8 @@ mod tests {
         assert!(request.priority.is_none());
         assert_eq!(request.expiration.map(|n| n.0), Some("-1.5e300"));
         for (value, found) in [
-            (r#""10""#, "string"),
+            (r#""10""#, "string \"10\""),
+            (r#""1\u0030""#, "string \"10\""),
             ("true", "boolean `true`"),
             ("[10]", "sequence"),
             ("{}", "map"),
