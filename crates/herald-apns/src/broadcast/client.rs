@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use h2::client::SendRequest;
 use http::header::AUTHORIZATION;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -392,7 +393,9 @@ impl BroadcastClient {
     /// Asks the server with an HTTP/2 PING whether it is still there, and waits for its answer at most `limit`
     /// (never longer than the call timeout). An error (no answer in time, the connection ended) says the
     /// connection should not be given another call. Nothing of any call is sent; a PING already out, whose answer
-    /// a caller stopped waiting for, is waited for rather than another sent.
+    /// a caller stopped waiting for, is waited for rather than another sent. An answer to such a PING that came
+    /// before this check is no answer to it (the server may have gone since): it is set aside, and a new PING
+    /// goes out.
     pub async fn ping(&self, limit: Duration) -> Result<(), BroadcastClientError> {
         let limit = limit.min(self.timeout);
         let http_err = |source| BroadcastClientError::Http {
@@ -406,6 +409,11 @@ impl BroadcastClient {
             let Some(pong) = pong.as_mut() else {
                 return Ok(());
             };
+            // The answer to a PING a caller stopped waiting for may have come since, and waits in h2 to be taken.
+            if *out && let Some(stale) = poll_fn(|cx| pong.poll_pong(cx)).now_or_never() {
+                stale.map_err(http_err)?;
+                *out = false;
+            }
             if !*out {
                 pong.send_ping(h2::Ping::opaque()).map_err(http_err)?;
                 *out = true;
@@ -1341,6 +1349,110 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(pings.load(Ordering::SeqCst), 1, "one PING out at a time");
+    }
+
+    /// A server that answers nothing but its SETTINGS and the first PING, and that one only once `answer` says so,
+    /// while keeping the connection open. Counts the PINGs it gets.
+    async fn answers_first_ping_when_told(
+        sock: TcpStream,
+        pings: Arc<AtomicUsize>,
+        answer: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        const PING: u8 = 0x6;
+        let (mut rd, mut wr) = sock.into_split();
+        let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Some(bytes) = out_rx.recv().await {
+                if wr.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            // The connection stays open (silent) for as long as the test runs.
+            std::future::pending::<()>().await;
+            drop(wr);
+        });
+        let mut preface = [0u8; 24];
+        if rd.read_exact(&mut preface).await.is_err() {
+            return;
+        }
+        let _ = out.send(vec![0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]);
+        let mut answer = Some(answer);
+        loop {
+            let mut head = [0u8; 9];
+            if rd.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if rd.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            match head[3] {
+                SETTINGS if head[4] & 1 == 0 => {
+                    let _ = out.send(vec![0, 0, 0, SETTINGS, 1, 0, 0, 0, 0]);
+                }
+                PING if head[4] & 1 == 0 => {
+                    pings.fetch_add(1, Ordering::SeqCst);
+                    if let Some(answer) = answer.take() {
+                        let out = out.clone();
+                        tokio::spawn(async move {
+                            if answer.await.is_ok() {
+                                let mut ack = vec![0, 0, 8, PING, 1, 0, 0, 0, 0];
+                                ack.extend_from_slice(&payload);
+                                let _ = out.send(ack);
+                            }
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The answer to a PING whose caller stopped waiting for it, come before the next check, is no answer to that
+    /// check: the server may have gone silent since. The check sends a new PING and fails when that one goes
+    /// unanswered.
+    #[tokio::test]
+    async fn a_late_answer_to_an_abandoned_ping_does_not_pass_the_next_check() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pings = Arc::new(AtomicUsize::new(0));
+        let counted = pings.clone();
+        let (answer, told) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            answers_first_ping_when_told(sock, counted, told).await;
+        });
+        let c = client(addr).await.unwrap();
+        let limit = Duration::from_millis(300);
+        // The first check gives up on its PING, which stays out.
+        let e = c.ping(limit).await.unwrap_err();
+        assert!(matches!(e, BroadcastClientError::Timeout { .. }), "{e}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while pings.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no PING reached the server"
+            );
+            tokio::task::yield_now().await;
+        }
+        // Its answer comes late, and is read by the connection.
+        let told_at = Instant::now();
+        answer.send(()).unwrap();
+        while c.heard.get() <= told_at {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the PING's answer was not read"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The server answers nothing more: the next check fails.
+        let e = tokio::time::timeout(WAIT, c.ping(limit))
+            .await
+            .expect("the check outlived its limit")
+            .unwrap_err();
+        assert!(matches!(e, BroadcastClientError::Timeout { .. }), "{e}");
+        assert_eq!(pings.load(Ordering::SeqCst), 2, "a new PING went out");
     }
 
     /// A connection is open only once the server's SETTINGS came: a server that sends something else first, closes,

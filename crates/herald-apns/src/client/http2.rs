@@ -32,7 +32,8 @@
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -258,6 +259,13 @@ enum PanicPlace {
     Launch,
     /// The job's own stream, once its exchange with the server has ended (its answer in).
     Stream,
+    /// The dispatcher's loop, with the job's answer in hand, before it is reported.
+    Answer,
+    /// The job's own stream, when its body has to wait for flow-control credit (never written in full).
+    CreditWait,
+    /// The job's own stream once its exchange has ended, as the stream's work is dropped: a panic outside any
+    /// unwinding, as h2 panics when a stream handle is dropped after its lock was poisoned.
+    Drop,
 }
 
 /// A job the dispatcher's loop holds outside the queue, its held job and its streams while it works on it: where
@@ -266,12 +274,11 @@ enum InHand<T> {
     Empty,
     /// Taken from the queue (or out of being held), its stream not open yet.
     Taken(Job<T>),
-    /// Its stream ended (`sent`: the result was not [`PushResult::NotSent`]); what the end means is being looked
-    /// at before it is reported.
+    /// Its stream ended with `result`; what the end means is being looked at before it is reported (the result
+    /// is replaced in place by what is to be reported, [`Dispatcher::on_answer`]).
     Ended {
         tag: T,
-        stream: u32,
-        sent: bool,
+        result: PushResult,
     },
 }
 
@@ -280,32 +287,17 @@ impl<T> InHand<T> {
         std::mem::replace(self, InHand::Empty)
     }
 
-    /// What to report for this job when the task panicked (`message`) with it in hand on connection `conn`, as on
-    /// a lost connection: one never written comes back unsent; one whose stream ended with the request sent may
-    /// have been processed ([`PushResult::Unanswered`]), its end lost with the panic.
-    fn lost(self, conn: u64, message: &str) -> Option<(T, PushResult)> {
+    /// What to report for this job when the task panicked with it in hand, as on a lost connection: one never
+    /// written comes back unsent; one whose stream ended is reported with what its stream ended with (an answer
+    /// read before the panic is the outcome: reported as anything else, a delivered notification would be sent
+    /// again).
+    fn lost(self) -> Option<(T, PushResult)> {
         match self {
             InHand::Empty => None,
             InHand::Taken(job) => {
                 Some((job.tag, PushResult::NotSent(NotSentReason::ConnectionLost)))
             }
-            InHand::Ended {
-                tag, sent: false, ..
-            } => Some((tag, PushResult::NotSent(NotSentReason::ConnectionLost))),
-            InHand::Ended {
-                tag,
-                stream,
-                sent: true,
-            } => Some((
-                tag,
-                PushResult::Unanswered {
-                    stream: CancelledStream {
-                        connection: conn,
-                        stream,
-                    },
-                    cause: format!("the connection's task panicked: {message}"),
-                },
-            )),
+            InHand::Ended { tag, result } => Some((tag, result)),
         }
     }
 }
@@ -586,12 +578,23 @@ impl<T: Send + 'static> Dispatcher<T> {
                             let mut timed_out = false;
                             let mut stream_panicked = None;
                             while let Some(Answer {
-                                tag, result, token_used, rtt, no_credit, reset, stream, panicked,
+                                tag, result, token_used, rtt, no_credit, reset, panicked, stream,
                             }) = next.take() {
+                                let unanswered = matches!(result, PushResult::TimedOut { .. });
+                                let answered = is_answer(&result);
                                 // Kept where a panic while the answer is looked at leaves it to be reported.
-                                in_hand = InHand::Ended { tag, stream, sent: !matches!(result, PushResult::NotSent(_)) };
-                                if panicked.is_some() {
-                                    stream_panicked = panicked;
+                                in_hand = InHand::Ended { tag, result };
+                                #[cfg(test)]
+                                self.test_panic_at_answer(stream);
+                                #[cfg(not(test))]
+                                let _ = stream;
+                                if let Some(message) = panicked {
+                                    // The connection's fault names the panic, not the loss its job may be
+                                    // reported as.
+                                    self.give_up(&mut taking, || {
+                                        format!("the connection's task panicked: {message}")
+                                    });
+                                    stream_panicked = Some(message);
                                 }
                                 if let Some(rtt) = rtt {
                                     limiter.on_sample(rtt, open, last_activity);
@@ -608,7 +611,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                                         format!("no flow-control credit for a request body within {timeout} ms")
                                     });
                                 }
-                                if matches!(result, PushResult::TimedOut { .. }) {
+                                if unanswered {
                                     timed_out = true;
                                 } else {
                                     last_heard = last_activity;
@@ -624,14 +627,17 @@ impl<T: Send + 'static> Dispatcher<T> {
                                             format!("{MAX_RESETS_IN_A_ROW} streams in a row reset by the server without an answer")
                                         });
                                     }
-                                } else if is_answer(&result) {
+                                } else if answered {
                                     resets_in_a_row = 0;
                                 }
-                                let (result, stop) = self.on_answer(result, token_used);
+                                let stop = match &mut in_hand {
+                                    InHand::Ended { result, .. } => self.on_answer(result, token_used),
+                                    _ => None,
+                                };
                                 if let Some(cause) = stop {
                                     self.give_up(&mut taking, || cause);
                                 }
-                                if let InHand::Ended { tag, .. } = in_hand.take() {
+                                if let InHand::Ended { tag, result } = in_hand.take() {
                                     self.sink.report(tag, result, &self.info);
                                 }
                                 if !in_flight.is_empty() {
@@ -914,6 +920,13 @@ impl<T: Send + 'static> Dispatcher<T> {
     ) -> Option<impl std::future::Future<Output = Answer<T>> + Send + use<T>> {
         #[cfg(test)]
         let panic_in_stream = self.test_panic_at_launch();
+        #[cfg(test)]
+        let note = Arc::new(StreamNote {
+            panic_waiting_for_credit: panic_in_stream == Some(PanicPlace::CreditWait),
+            ..StreamNote::default()
+        });
+        #[cfg(not(test))]
+        let note = Arc::new(StreamNote::default());
         // The job stays in hand while h2 opens its stream: a panic there leaves it to be reported.
         let started = match in_hand {
             InHand::Taken(job) => self.start(&job.request, auth),
@@ -934,16 +947,19 @@ impl<T: Send + 'static> Dispatcher<T> {
                     self.info.id,
                     stream_id,
                     self.credit.clone(),
+                    note.clone(),
                 );
                 #[cfg(test)]
-                let work = async move {
-                    let answer = work.await;
-                    if panic_in_stream {
-                        panic!("a test made the stream's task panic");
-                    }
-                    answer
-                };
-                Some(caught(work, job.tag, self.info.id, stream_id))
+                let work = tests::PanicsOnDrop::new(
+                    async move {
+                        work.await;
+                        if panic_in_stream == Some(PanicPlace::Stream) {
+                            panic!("a test made the stream's task panic");
+                        }
+                    },
+                    panic_in_stream == Some(PanicPlace::Drop),
+                );
+                Some(caught(work, note, job.tag, self.info.id, stream_id))
             }
             // A value no header can carry is refused as APNs would, never sent without it.
             Err(rejection) => {
@@ -970,21 +986,30 @@ impl<T: Send + 'static> Dispatcher<T> {
     }
 
     /// Counts a job launched and makes the task panic as [`Dispatcher::panic_at`] asks: at once (with the job in
-    /// hand) for [`PanicPlace::Launch`]; true when the job's stream is to panic once its exchange ended
-    /// ([`PanicPlace::Stream`]).
+    /// hand) for [`PanicPlace::Launch`]; for the other places, where the job's stream is to panic.
     #[cfg(test)]
-    fn test_panic_at_launch(&mut self) -> bool {
+    fn test_panic_at_launch(&mut self) -> Option<PanicPlace> {
         self.launched += 1;
         match self.panic_at {
-            Some(PanicAt {
-                job,
-                place: PanicPlace::Launch,
-            }) if job == self.launched => panic!("a test made the connection's task panic"),
-            Some(PanicAt {
-                job,
-                place: PanicPlace::Stream,
-            }) => job == self.launched,
-            _ => false,
+            Some(PanicAt { job, place }) if job == self.launched => match place {
+                PanicPlace::Launch => panic!("a test made the connection's task panic"),
+                place => Some(place),
+            },
+            _ => None,
+        }
+    }
+
+    /// Makes the task panic as [`Dispatcher::panic_at`] asks for [`PanicPlace::Answer`], at the end of `stream`
+    /// (the `job`th job's stream is `2 × job − 1` on a connection whose streams all opened).
+    #[cfg(test)]
+    fn test_panic_at_answer(&self, stream: u32) {
+        if let Some(PanicAt {
+            job,
+            place: PanicPlace::Answer,
+        }) = self.panic_at
+            && stream == 2 * job - 1
+        {
+            panic!("a test made the connection's task panic at an answer");
         }
     }
 
@@ -1038,15 +1063,16 @@ impl<T: Send + 'static> Dispatcher<T> {
                 &self.info,
             );
         }
-        if let Some((tag, result)) = in_hand.take().lost(self.info.id, message) {
+        if let Some((tag, result)) = in_hand.take().lost() {
             self.sink.report(tag, result, &self.info);
         }
     }
 
-    /// Handles what an answer means for the connection itself: returns the result to report, and why the
-    /// connection should stop taking work, if it should. An answer that shows APNs processes what the connection
-    /// carries proves the connection ([`ConnectionState::is_proven`]).
-    fn on_answer(&self, result: PushResult, token_used: TokenUsed) -> (PushResult, Option<String>) {
+    /// Handles what an answer means for the connection itself: turns `result` in place into the result to
+    /// report, and returns why the connection should stop taking work, if it should. An answer that shows APNs
+    /// processes what the connection carries proves the connection ([`ConnectionState::is_proven`]). Nothing is
+    /// taken out of `result` before what replaces it is ready, so a panic here leaves the answer as it came.
+    fn on_answer(&self, result: &mut PushResult, token_used: TokenUsed) -> Option<String> {
         match result {
             PushResult::Rejected(rejection @ Rejection::Http { .. })
                 if rejection.text() == "ExpiredProviderToken" =>
@@ -1060,7 +1086,16 @@ impl<T: Send + 'static> Dispatcher<T> {
                 // APNs wedges a connection after this answer (docs/apns-protocol.md#http2-connection); a fresh one gets
                 // the new token without tripping TooManyProviderTokenUpdates.
                 let cause = format!("{} ExpiredProviderToken", rejection.code());
-                (PushResult::TokenExpired { rejection, renewed }, Some(cause))
+                let rejection = std::mem::replace(
+                    rejection,
+                    Rejection::Http {
+                        status: 0,
+                        reason: String::new(),
+                        timestamp_ms: None,
+                    },
+                );
+                *result = PushResult::TokenExpired { rejection, renewed };
+                Some(cause)
             }
             // The APNs server is going down: every stream opened on this connection until its GOAWAY would get the
             // same answer. The connection takes no more work, and the pool opens another for what waits (it hands
@@ -1068,8 +1103,7 @@ impl<T: Send + 'static> Dispatcher<T> {
             PushResult::Rejected(rejection @ Rejection::Http { .. })
                 if rejection.text() == "Shutdown" =>
             {
-                let cause = format!("{} Shutdown", rejection.code());
-                (PushResult::Rejected(rejection), Some(cause))
+                Some(format!("{} Shutdown", rejection.code()))
             }
             // APNs finds the provider token changed too soon on this connection (it counts from when the connection
             // adopted its last one, and has been seen to answer so to renewals 50 minutes apart): every request on
@@ -1086,26 +1120,25 @@ impl<T: Send + 'static> Dispatcher<T> {
                          (429 TooManyProviderTokenUpdates); the connection takes no more work and a new one takes \
                          the token");
                 }
-                let cause = format!("{} TooManyProviderTokenUpdates", rejection.code());
-                (PushResult::Rejected(rejection), Some(cause))
+                Some(format!("{} TooManyProviderTokenUpdates", rejection.code()))
             }
             PushResult::NotSent(NotSentReason::ConnectionLost) => {
-                (result, Some("the connection was lost".to_owned()))
+                Some("the connection was lost".to_owned())
             }
             PushResult::Delivered { .. } => {
                 self.state.set_proven();
-                (result, None)
+                None
             }
-            PushResult::Rejected(ref rejection)
+            PushResult::Rejected(rejection)
                 if matches!(
                     rejection.class(),
                     FailureClass::Permanent | FailureClass::InvalidToken
                 ) =>
             {
                 self.state.set_proven();
-                (result, None)
+                None
             }
-            other => (other, None),
+            _ => None,
         }
     }
 
@@ -1323,7 +1356,8 @@ async fn exchange(
     conn: u64,
     stream_id: u32,
     credit: Arc<Semaphore>,
-) -> Answer<()> {
+    note: Arc<StreamNote>,
+) {
     let len = payload.len();
     if len > 0 {
         stream.reserve_capacity(len);
@@ -1337,6 +1371,10 @@ async fn exchange(
     let mut early = None;
     // Usually the window has room at once: no timer is armed and the gate is not touched then.
     if len > 0 && stream.capacity() < len {
+        #[cfg(test)]
+        if note.panic_waiting_for_credit {
+            panic!("a test made the stream's task panic while its body waited for credit");
+        }
         // Part of the window held while waiting for the rest would be missing from every other stream: it goes
         // back to the connection (to the stream whose turn it is) before this one waits for its own turn.
         stream.reserve_capacity(0);
@@ -1426,7 +1464,7 @@ async fn exchange(
                     stream = stream_id,
                     "the connection got no flow-control credit for a body ahead of this one; stream cancelled"
                 );
-                return Answer {
+                note.keep(Answer {
                     tag: (),
                     stream: stream_id,
                     panicked: None,
@@ -1435,7 +1473,8 @@ async fn exchange(
                     rtt: None,
                     no_credit: false,
                     reset: false,
-                };
+                });
+                return;
             }
             Err(_) => {
                 // No stream behind this one waits for a turn that would get no more credit than it did: they all
@@ -1448,7 +1487,7 @@ async fn exchange(
                     "request body not written in full within {timeout:?}: no flow-control credit for it; \
                      stream cancelled"
                 );
-                return Answer {
+                note.keep(Answer {
                     tag: (),
                     stream: stream_id,
                     panicked: None,
@@ -1457,21 +1496,27 @@ async fn exchange(
                     rtt: None,
                     no_credit: true,
                     reset: false,
-                };
+                });
+                return;
             }
         }
     }
     // The server may answer, and close the stream, before the body is written (a refusal of the headers, under
     // load on either side): that answer is the outcome, so it is read whether or not the body went out. A stream
     // reset or a lost connection fails the read with the same cause.
-    let sent = writable
-        && match stream.send_data(payload, true) {
+    // Noted before the last byte is handed to h2: should anything panic from here on, APNs may have had the
+    // whole request.
+    let sent = writable && {
+        note.written.store(true, Ordering::Release);
+        match stream.send_data(payload, true) {
             Ok(()) => true,
             Err(e) => {
+                note.written.store(false, Ordering::Release);
                 tracing::debug!(conn, "request body not written ({e}); reading the answer");
                 false
             }
-        };
+        }
+    };
     let written = Instant::now();
     // The deadline from the clock read just taken (a plain `timeout` would read the clock again).
     let deadline = tokio::time::Instant::from_std(written + timeout);
@@ -1543,7 +1588,8 @@ async fn exchange(
     };
     // A body never written in full has no last frame to time the answer from.
     let rtt = (sent && timed).then(|| written.elapsed());
-    Answer {
+    // Kept before the stream's handles are dropped (as this returns): dropping them may panic.
+    note.keep(Answer {
         tag: (),
         stream: stream_id,
         panicked: None,
@@ -1552,52 +1598,104 @@ async fn exchange(
         rtt,
         no_credit: false,
         reset,
+    });
+}
+
+/// What a stream's exchange ([`exchange`]) leaves for [`caught`], outside the exchange itself: whether its request
+/// may have gone out in full, and how it ended, kept as soon as that is known (before the stream's h2 handles are
+/// dropped). A panic after that leaves the answer to be reported as it came.
+#[derive(Default)]
+struct StreamNote {
+    /// Set just before the request's last byte is handed to h2 (and cleared if h2 did not take it): from then on
+    /// APNs may have the whole request.
+    written: AtomicBool,
+    /// How the exchange ended.
+    ended: std::sync::Mutex<Option<Answer<()>>>,
+    /// Makes the exchange panic when its body has to wait for flow-control credit (tests of what follows a panic).
+    #[cfg(test)]
+    panic_waiting_for_credit: bool,
+}
+
+impl StreamNote {
+    fn keep(&self, answer: Answer<()>) {
+        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(answer);
+    }
+
+    fn take(&self) -> Option<Answer<()>> {
+        self.ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
-/// The exchange of a stream (`work`), with its job's tag kept outside it: a panic of the exchange (a fault of h2 or
-/// of herald) is caught where it is polled, and the job is reported [`PushResult::Unanswered`] (its request may
-/// have gone out in full, as when a connection is lost), with the panic's message, for the dispatcher to treat the
-/// connection as lost ([`Dispatcher::panicked`]). The catch costs nothing while nothing panics.
-fn caught<T>(
-    work: impl std::future::Future<Output = Answer<()>>,
+/// The exchange of a stream (`work`, which leaves its end in `note`), with its job's tag kept outside it: a panic
+/// of the exchange (a fault of h2 or of herald) is caught where it is polled, and the exchange is dropped inside a
+/// catch as well, as soon as it has ended or panicked (dropping an h2 handle after h2's lock was poisoned by a
+/// panic panics again). The job is then reported with what the note holds: the answer, when it was read before
+/// the panic; else [`PushResult::Unanswered`] if its request may have gone out in full, as when a connection is
+/// lost, and [`PushResult::NotSent`] if not. The panic's message goes with it, for the dispatcher to treat the
+/// connection as lost ([`Dispatcher::panicked`]). The catches cost nothing while nothing panics.
+async fn caught<T>(
+    work: impl std::future::Future<Output = ()>,
+    note: Arc<StreamNote>,
     tag: T,
     conn: u64,
     stream: u32,
-) -> impl std::future::Future<Output = Answer<T>> {
-    AssertUnwindSafe(work)
-        .catch_unwind()
-        .map(move |ended| match ended {
-            Ok(answer) => Answer {
-                tag,
-                stream: answer.stream,
-                panicked: None,
-                result: answer.result,
-                token_used: answer.token_used,
-                rtt: answer.rtt,
-                no_credit: answer.no_credit,
-                reset: answer.reset,
+) -> Answer<T> {
+    let mut work = std::pin::pin!(Some(work));
+    let mut panicked = poll_fn(|cx| {
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| match work.as_mut().as_pin_mut() {
+                Some(work) => work.poll(cx),
+                None => Poll::Ready(()),
+            }));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => Poll::Ready(None),
+            Err(panic) => Poll::Ready(Some(panic_message(&*panic))),
+        }
+    })
+    .await;
+    if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| work.set(None))) {
+        panicked.get_or_insert_with(|| panic_message(&*panic));
+    }
+    if let Some(answer) = note.take() {
+        return Answer {
+            tag,
+            stream: answer.stream,
+            panicked,
+            result: answer.result,
+            token_used: answer.token_used,
+            rtt: answer.rtt,
+            no_credit: answer.no_credit,
+            reset: answer.reset,
+        };
+    }
+    // Not reached without a panic: the exchange keeps its end before it returns.
+    let message =
+        panicked.unwrap_or_else(|| "the stream's exchange ended without its answer".to_owned());
+    let result = if note.written.load(Ordering::Acquire) {
+        PushResult::Unanswered {
+            stream: CancelledStream {
+                connection: conn,
+                stream,
             },
-            Err(panic) => {
-                let message = panic_message(&*panic);
-                Answer {
-                    tag,
-                    stream,
-                    result: PushResult::Unanswered {
-                        stream: CancelledStream {
-                            connection: conn,
-                            stream,
-                        },
-                        cause: format!("the connection's task panicked: {message}"),
-                    },
-                    panicked: Some(message),
-                    token_used: None,
-                    rtt: None,
-                    no_credit: false,
-                    reset: false,
-                }
-            }
-        })
+            cause: format!("the connection's task panicked: {message}"),
+        }
+    } else {
+        PushResult::NotSent(NotSentReason::ConnectionLost)
+    };
+    Answer {
+        tag,
+        stream,
+        result,
+        panicked: Some(message),
+        token_used: None,
+        rtt: None,
+        no_credit: false,
+        reset: false,
+    }
 }
 
 /// How the wait for a request body's flow-control credit ended (within the response timeout).
@@ -1671,6 +1769,39 @@ mod tests {
     use crate::token_hex::DeviceToken;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
+
+    /// A stream's work for tests: `work`, kept after it has ended (as a future holding h2 stream handles keeps
+    /// them), whose drop panics when `armed` unless a panic is already unwinding, as h2's stream handles do once
+    /// its lock is poisoned.
+    pub(super) struct PanicsOnDrop<F> {
+        work: Pin<Box<F>>,
+        armed: bool,
+    }
+
+    impl<F> PanicsOnDrop<F> {
+        pub(super) fn new(work: F, armed: bool) -> Self {
+            PanicsOnDrop {
+                work: Box::pin(work),
+                armed,
+            }
+        }
+    }
+
+    impl<F: std::future::Future> std::future::Future for PanicsOnDrop<F> {
+        type Output = F::Output;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+            self.work.as_mut().poll(cx)
+        }
+    }
+
+    impl<F> Drop for PanicsOnDrop<F> {
+        fn drop(&mut self) {
+            if self.armed && !std::thread::panicking() {
+                panic!("a test made dropping the stream's work panic");
+            }
+        }
+    }
 
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     const HEADERS: u8 = 0x1;
@@ -3716,9 +3847,9 @@ mod tests {
         assert_eq!(results.wait_for(5).await.len(), 5, "one report per job");
     }
 
-    /// A panic in one stream's own work (its exchange with the server) is caught there: its job is reported
-    /// `Unanswered` (its request may have gone out), the connection closes as if lost, and the next job goes out on
-    /// a new connection.
+    /// A panic in one stream's own work (its exchange with the server) after its answer came is caught there: its
+    /// job is reported with that answer (reported as unanswered, a delivered notification would be sent again), the
+    /// connection closes as if lost, and the next job goes out on a new connection.
     #[tokio::test]
     async fn a_panic_of_a_streams_work_reports_its_job_and_closes_the_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -3760,12 +3891,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let reported = results.wait_for(2).await;
-        assert!(
-            matches!(&reported[1], (2, PushResult::Unanswered { stream, cause })
-                if stream.stream == 3 && cause.contains("a test made the stream's task panic")),
-            "{reported:?}"
-        );
+        assert_eq!(results.wait_for(2).await[1], (2, delivered()));
         tokio::time::timeout(Duration::from_secs(20), run)
             .await
             .expect("the connection's task ends")
@@ -3787,5 +3913,150 @@ mod tests {
             test_dispatcher(addr, opts, jobs, results.clone(), LIVENESS_THRESHOLD, None).await;
         let _second = tokio::spawn(dispatcher.run());
         assert_eq!(results.wait_for(3).await[2], (3, delivered()));
+    }
+
+    /// A connection's dispatcher on a new connection to `addr`, which panics as `panic_at` says: the sender of
+    /// its queue, its reports, its state and its task.
+    async fn panicking_conn(
+        addr: std::net::SocketAddr,
+        panic_at: PanicAt,
+    ) -> (
+        async_channel::Sender<Job<u32>>,
+        Arc<Results>,
+        Arc<ConnectionState>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let opts = Arc::new(test_opts(
+            addr,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ));
+        let (jobs_tx, jobs) = async_channel::unbounded();
+        let results = Arc::new(Results::default());
+        let (mut dispatcher, state) =
+            test_dispatcher(addr, opts, jobs, results.clone(), LIVENESS_THRESHOLD, None).await;
+        dispatcher.panic_at = Some(panic_at);
+        (jobs_tx, results, state, tokio::spawn(dispatcher.run()))
+    }
+
+    /// Sends the jobs `tags` to a connection's queue, one after another, each once the one before was reported.
+    async fn one_by_one(jobs: &async_channel::Sender<Job<u32>>, results: &Results, tags: &[u32]) {
+        for (n, &tag) in tags.iter().enumerate() {
+            jobs.send(Job {
+                request: request(tag as u8),
+                tag,
+            })
+            .await
+            .unwrap();
+            results.wait_for(n + 1).await;
+        }
+    }
+
+    /// The connection's task ended without a panic, its fault naming `panic`.
+    async fn closed_after(run: tokio::task::JoinHandle<()>, state: &ConnectionState, panic: &str) {
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the connection's task ends")
+            .expect("the connection's task ends without a panic");
+        assert!(state.is_closed() && state.in_flight() == 0);
+        let (_, fault) = state.fault().expect("a fault is recorded");
+        assert!(fault.contains(panic), "{fault}");
+    }
+
+    /// A panic of the connection's task after a stream's answer came and before it was reported leaves the answer
+    /// to be reported as it came: a delivered notification is reported delivered (as unanswered, it would be
+    /// sent again), and the connection closes as if lost.
+    #[tokio::test]
+    async fn an_answer_in_hand_when_the_connections_task_panics_is_reported_as_it_came() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _bodies = first_connection_holds(listener, true);
+        let (jobs, results, state, run) = panicking_conn(
+            addr,
+            PanicAt {
+                job: 2,
+                place: PanicPlace::Answer,
+            },
+        )
+        .await;
+        one_by_one(&jobs, &results, &[1, 2]).await;
+        assert_eq!(
+            results.wait_for(2).await,
+            [(1, delivered()), (2, delivered())]
+        );
+        closed_after(
+            run,
+            &state,
+            "a test made the connection's task panic at an answer",
+        )
+        .await;
+        assert_eq!(results.wait_for(2).await.len(), 2, "one report per job");
+    }
+
+    /// A stream's work whose drop panics once it has ended (as h2's stream handles panic when dropped after a
+    /// panic poisoned h2's lock, unless a panic is unwinding) is dropped inside a catch: its job is reported with
+    /// the answer it got, never lost with the panic, and the connection closes as if lost without its task
+    /// panicking.
+    #[tokio::test]
+    async fn a_panic_dropping_a_streams_work_still_reports_its_job() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _bodies = first_connection_holds(listener, true);
+        let (jobs, results, state, run) = panicking_conn(
+            addr,
+            PanicAt {
+                job: 2,
+                place: PanicPlace::Drop,
+            },
+        )
+        .await;
+        one_by_one(&jobs, &results, &[1, 2]).await;
+        assert_eq!(
+            results.wait_for(2).await,
+            [(1, delivered()), (2, delivered())]
+        );
+        closed_after(run, &state, "a test made dropping the stream's work panic").await;
+    }
+
+    /// A stream whose work panics while its body waits for flow-control credit never had its request written in
+    /// full: its job comes back unsent (lost with the connection), not as a request APNs may have processed.
+    #[tokio::test]
+    async fn a_panic_while_a_body_waits_for_credit_hands_its_job_back_unsent() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            // No window for any request body.
+            let Ok(mut conn) = h2::server::Builder::new()
+                .initial_window_size(0)
+                .handshake::<_, Bytes>(sock)
+                .await
+            else {
+                return;
+            };
+            let mut held = Vec::new();
+            while let Some(Ok(stream)) = conn.accept().await {
+                held.push(stream);
+            }
+        });
+        let (jobs, results, state, run) = panicking_conn(
+            addr,
+            PanicAt {
+                job: 1,
+                place: PanicPlace::CreditWait,
+            },
+        )
+        .await;
+        one_by_one(&jobs, &results, &[1]).await;
+        assert_eq!(
+            results.wait_for(1).await,
+            [(1, PushResult::NotSent(NotSentReason::ConnectionLost))]
+        );
+        closed_after(
+            run,
+            &state,
+            "a test made the stream's task panic while its body waited for credit",
+        )
+        .await;
     }
 }

@@ -38,9 +38,57 @@ const RELOAD_CHECK: Duration = Duration::from_secs(1);
 /// A domain's kept connection, or none.
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
-/// The domains' slots. A clone of a slot is made only under this lock, so that a slot whose only holders are the
-/// map and its user can be removed safely ([`remove_if_unused`]).
+/// The domains' slots. A clone of a slot is made only under this lock, and given up under it ([`SlotHold`]), so that
+/// an empty slot is removed by the last of its users, whichever that is ([`release`]).
 type Slots = Mutex<HashMap<String, Slot>>;
+
+/// A clone of a domain's slot, held while it is used: given up under the map's lock, and the slot removed from the
+/// map then if it is empty and nobody else holds it (however the use ended, a failed connection attempt or a
+/// watch finding its connection gone, and whichever of them ends last).
+struct SlotHold<'a> {
+    slots: &'a Slots,
+    domain: &'a str,
+    slot: Option<Slot>,
+}
+
+impl<'a> SlotHold<'a> {
+    /// The domain's slot, made when it has none.
+    fn new(slots: &'a Slots, domain: &'a str) -> SlotHold<'a> {
+        let slot = lock(slots).entry(domain.to_owned()).or_default().clone();
+        SlotHold {
+            slots,
+            domain,
+            slot: Some(slot),
+        }
+    }
+
+    /// The domain's slot, if it has one.
+    fn existing(slots: &'a Slots, domain: &'a str) -> Option<SlotHold<'a>> {
+        let slot = lock(slots).get(domain).cloned()?;
+        Some(SlotHold {
+            slots,
+            domain,
+            slot: Some(slot),
+        })
+    }
+}
+
+impl Deref for SlotHold<'_> {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        // Set until dropped.
+        self.slot.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for SlotHold<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            release(self.slots, self.domain, slot);
+        }
+    }
+}
 
 /// A kept connection and what it was opened for.
 pub(crate) struct Cached {
@@ -181,7 +229,7 @@ impl Connections {
         failed: Option<&BroadcastClient>,
         wait: Option<Duration>,
     ) -> Result<(Lease, bool), Unavailable> {
-        let slot = self.slot(domain);
+        let slot = SlotHold::new(&self.slots, domain);
         let mut kept =
             match wait {
                 Some(wait) => tokio::time::timeout(wait, slot.lock()).await.map_err(|_| {
@@ -213,8 +261,6 @@ impl Connections {
         }
         // The connection it held closes once the calls still on it have ended.
         *kept = None;
-        // Read before connecting: a reload meanwhile is looked at by the new connection's watch.
-        let config = Arc::downgrade(&self.resolver.config());
         let opened = match tokio::time::timeout(self.connect_timeout, target.connect()).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) => Err(BroadcastClientError::from(e)),
@@ -225,17 +271,16 @@ impl Connections {
         };
         let client = match opened {
             Ok(client) => client,
-            Err(e) => {
-                drop(kept);
-                remove_if_unused(&self.slots, domain, &slot);
-                return Err(Unavailable::Connect(e));
-            }
+            // The slot, left empty, goes with the last of its holders (`SlotHold`).
+            Err(e) => return Err(Unavailable::Connect(e)),
         };
         let cached = Cached {
             target: target.clone(),
             client,
             usage: Arc::new(Usage::new()),
-            config,
+            // The configuration the target was resolved under: a reload since (even one before this call took the
+            // domain's lock) is looked at by the new connection's watch.
+            config: target.config.clone(),
         };
         let lease = cached.lease();
         let watch = Watch {
@@ -254,7 +299,7 @@ impl Connections {
     /// Drops the domain's connection if it is still `failed`: a call on it failed in a way that says it should not
     /// be used again. Calls still on it finish on it.
     pub(crate) async fn forget(&self, domain: &str, failed: &BroadcastClient) {
-        let Some(slot) = self.existing(domain) else {
+        let Some(slot) = SlotHold::existing(&self.slots, domain) else {
             return;
         };
         let mut kept = slot.lock().await;
@@ -263,10 +308,6 @@ impl Connections {
             .is_some_and(|c| c.client.same_connection(failed))
         {
             *kept = None;
-        }
-        if kept.is_none() {
-            drop(kept);
-            remove_if_unused(&self.slots, domain, &slot);
         }
     }
 
@@ -278,11 +319,17 @@ impl Connections {
         domains
     }
 
+    /// How many hold the domain's slot, the map included; `None` without one (tests).
+    #[cfg(test)]
+    pub(crate) fn slot_holders(&self, domain: &str) -> Option<usize> {
+        lock(&self.slots).get(domain).map(Arc::strong_count)
+    }
+
     /// How long nothing has been heard from the domain's kept connection; `None` without one, or while its lock is
     /// held (tests).
     #[cfg(test)]
     pub(crate) fn silent_for(&self, domain: &str) -> Option<Duration> {
-        let slot = self.existing(domain)?;
+        let slot = SlotHold::existing(&self.slots, domain)?;
         let kept = slot.try_lock().ok()?;
         kept.as_ref().map(|c| c.client.silent_for())
     }
@@ -290,29 +337,28 @@ impl Connections {
     /// Holds the domain's lock, as a call opening its connection does (tests).
     #[cfg(test)]
     pub(crate) async fn hold(&self, domain: &str) -> tokio::sync::OwnedMutexGuard<Option<Cached>> {
-        self.slot(domain).lock_owned().await
-    }
-
-    /// The domain's slot, made when it has none.
-    fn slot(&self, domain: &str) -> Slot {
-        lock(&self.slots)
+        let slot = lock(&self.slots)
             .entry(domain.to_owned())
             .or_default()
-            .clone()
-    }
-
-    fn existing(&self, domain: &str) -> Option<Slot> {
-        lock(&self.slots).get(domain).cloned()
+            .clone();
+        slot.lock_owned().await
     }
 }
 
-/// Removes the domain's slot from the map when it is `slot` and nobody but the map and the caller holds it: no
-/// other call is about to use it.
-fn remove_if_unused(slots: &Slots, domain: &str, slot: &Slot) {
-    let mut slots = lock(slots);
-    if slots.get(domain).is_some_and(|s| Arc::ptr_eq(s, slot)) && Arc::strong_count(slot) == 2 {
-        slots.remove(domain);
+/// Gives up a clone of the domain's slot (`slot`), under the map's lock: the slot leaves the map when it is the
+/// domain's, empty, and held by nobody but the map and the caller. Every holder that gives its clone up this way
+/// looks, the last one with no other holder left, so an empty slot never stays behind.
+fn release(slots: &Slots, domain: &str, slot: Slot) {
+    let mut map = lock(slots);
+    if map.get(domain).is_some_and(|s| Arc::ptr_eq(s, &slot))
+        && Arc::strong_count(&slot) == 2
+        && slot.try_lock().is_ok_and(|kept| kept.is_none())
+    {
+        map.remove(domain);
     }
+    // Given up while the map is locked, so that the next holder to look counts it gone.
+    drop(slot);
+    drop(map);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -351,7 +397,7 @@ impl Watch {
         let Some(slots) = self.slots.upgrade() else {
             return false;
         };
-        let Some(slot) = lock(&slots).get(&self.domain).cloned() else {
+        let Some(slot) = SlotHold::existing(&slots, &self.domain) else {
             return false;
         };
         let current = self.resolver.config();
@@ -410,10 +456,8 @@ impl Watch {
         };
         tracing::debug!(domain = %self.domain, purpose = ?self.purpose, "kept connection closed: {why}");
         // Dropping the last clone of the connection closes it with GOAWAY; one a call still holds (a reload made it
-        // stale) closes when that call ends.
+        // stale) closes when that call ends. The slot, left empty, goes with the last of its holders (`SlotHold`).
         *kept = None;
-        drop(kept);
-        remove_if_unused(&slots, &self.domain, &slot);
         false
     }
 }

@@ -239,6 +239,9 @@ pub(crate) struct Target {
     pub(crate) retry: crate::model::retry::RetryPolicy,
     /// The domain's `idle_timeout`: a kept connection unused for this long closes ([`conns`]); `None` for 0 (never).
     pub(crate) idle_timeout: Option<Duration>,
+    /// The configuration in force when the target was resolved, read before anything of it: a connection opened
+    /// for the target is checked against it ([`conns`]), so that a reload that came meanwhile is looked at.
+    pub(crate) config: std::sync::Weak<herald_conf::Config>,
 }
 
 impl Target {
@@ -344,12 +347,13 @@ pub(crate) fn resolve_for(
     domain: &str,
     purpose: Purpose,
 ) -> Result<Target, Unresolved> {
+    // Read first: what follows may come from a configuration a reload put in force meanwhile, never an older one.
+    let config = resolver.config();
     let creds = resolver.http2_credentials(domain).map_err(|e| match e {
         crate::queue::ResolveError::Credentials(_) => Unresolved::Unavailable(e.to_string()),
         other => Unresolved::Config(other.to_string()),
     })?;
     let d = &creds.settings;
-    let config = resolver.config();
     let name = purpose.option_name();
     let endpoint = match config.eval_opt(&ScopePath::domain(domain), purpose.option()) {
         Ok(Value::Routes(routes)) if !routes.is_empty() => {
@@ -407,6 +411,7 @@ pub(crate) fn resolve_for(
         auth: creds.auth,
         retry: crate::delivery::retry_policy(d),
         idle_timeout: (!d.idle_timeout.is_zero()).then_some(d.idle_timeout),
+        config: Arc::downgrade(&config),
     })
 }
 
@@ -1268,6 +1273,76 @@ domain "{DOMAIN}" {{
         f.resolver.replace(Arc::new(without));
         wait_for("the removed domain's connection to close", || {
             f.host.ended() == [(0, true)] && f.manager.conns.domains().is_empty()
+        })
+        .await;
+    }
+
+    /// A call whose target was resolved before a reload removed the domain, and that opens the domain's connection
+    /// after it, does not keep that connection for good: the connection is checked against the configuration the
+    /// target was resolved under, which the reload replaced, so its watch finds the domain gone and closes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_for_a_target_resolved_before_a_reload_is_checked_against_that_reload() {
+        let f = Fixture::new(vec![answer(200, EMPTY_LIST)]).await;
+        let target = idle_after(&f, None);
+        let without = herald_conf::Config::parse_str("herald.conf", "").unwrap();
+        f.resolver.replace(Arc::new(without));
+        f.manager.run_on(DOMAIN, target, Call::List).await.unwrap();
+        wait_for("the removed domain's connection to close", || {
+            f.host.ended() == [(0, true)] && f.manager.conns.domains().is_empty()
+        })
+        .await;
+    }
+
+    /// A connection attempt that fails while the kept connection's watch waits for the domain's lock (holding the
+    /// domain's slot) leaves no empty slot in the map: the watch, finding its connection gone, removes it as the
+    /// slot's last holder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_connection_attempt_racing_the_watch_leaves_no_empty_slot() {
+        let f = Fixture::new(vec![answer(200, EMPTY_LIST)]).await;
+        f.manager
+            .run_on(DOMAIN, idle_after(&f, None), Call::List)
+            .await
+            .unwrap();
+        // A host that takes the connection and says nothing until told to close it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (close, closed) = tokio::sync::oneshot::channel::<()>();
+        let accepted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepting = accepted.clone();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            accepting.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = closed.await;
+            drop(sock);
+        });
+        let elsewhere = Arc::new(Target {
+            endpoint: Endpoint::new("127.0.0.1", port),
+            ..idle_after(&f, None)
+        });
+        let conns = &f.manager.conns;
+        let attempt = conns.get(DOMAIN, &elsewhere, None, None);
+        let fail_it = async {
+            // The attempt connecting (under the domain's lock), and three holding the slot: the map, the attempt
+            // and the watch, waiting for that lock.
+            let deadline = std::time::Instant::now() + WAIT;
+            while !accepted.load(std::sync::atomic::Ordering::SeqCst)
+                || conns.slot_holders(DOMAIN) != Some(3)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the watch never waited for the domain's lock"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            close.send(()).unwrap();
+        };
+        let (attempted, ()) = tokio::join!(attempt, fail_it);
+        assert!(
+            matches!(attempted, Err(conns::Unavailable::Connect(_))),
+            "the attempt fails"
+        );
+        wait_for("the empty slot to leave the map", || {
+            conns.domains().is_empty()
         })
         .await;
     }
