@@ -898,7 +898,7 @@ impl Session {
             Err(reply) => return reply,
         };
         let count = batch.len();
-        match self.intake.commit_reserved(batch, &source, room).await {
+        match self.intake.commit_within(batch, &source, room).await {
             Ok(()) => Reply::new(
                 250,
                 "2.0.0",
@@ -908,8 +908,14 @@ impl Session {
                     source.batch_id
                 ),
             ),
-            Err(Refusal::Temporary(why)) => temporary(&why),
-            Err(Refusal::Permanent(text)) => Reply::new(554, "5.3.0", text),
+            // The room taken above covers every notification of the message, so this is for a batch that grew
+            // past it: refused as the reservation refuses one.
+            Err(never @ NoRoom::Never { .. }) => Reply::new(
+                552,
+                "5.3.4",
+                format!("{never}; send it as smaller messages"),
+            ),
+            Err(NoRoom::Now(why)) => temporary(&why),
         }
     }
 }
