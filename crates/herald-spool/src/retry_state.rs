@@ -51,6 +51,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use crate::jetstream::Reported;
+use crate::shared_map::Bucket;
 
 /// Writes waiting to go out at most; past it the oldest is dropped, with a warning, and counted.
 pub const MAX_PENDING_WRITES: usize = 10_000;
@@ -515,6 +516,9 @@ impl RetryBook {
             ctx,
             name: name.clone(),
             replicas,
+            max_age: Some(STATE_MAX_AGE),
+            meanwhile: " (meanwhile the retries of notifications delivered again are counted from their delivery \
+                        count)",
         };
         tokio::spawn(run(
             bucket,
@@ -765,59 +769,6 @@ pub(crate) static FAILING_READS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Where the bucket is, to open it (or make it) again.
-struct Bucket {
-    ctx: jetstream::Context,
-    name: String,
-    replicas: usize,
-}
-
-impl Bucket {
-    async fn open(&self) -> Result<kv::Store, String> {
-        if let Ok(store) = self.ctx.get_key_value(&self.name).await {
-            return Ok(store);
-        }
-        let config = kv::Config {
-            bucket: self.name.clone(),
-            history: 1,
-            max_age: STATE_MAX_AGE,
-            num_replicas: self.replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        };
-        self.ctx.create_key_value(config).await.map_err(|e| {
-            format!(
-                "key-value bucket {}: cannot open or create it: {e}",
-                self.name
-            )
-        })
-    }
-
-    async fn open_until_done(&self, reported: &mut Reported) -> kv::Store {
-        loop {
-            match self.open().await {
-                Ok(store) => {
-                    if reported.clear() {
-                        tracing::info!("key-value bucket {}: open again", self.name);
-                    }
-                    return store;
-                }
-                Err(e) => {
-                    if reported.due("open") {
-                        tracing::warn!(
-                            "{e}; retrying every second (meanwhile the retries of notifications delivered again \
-                             are counted from their delivery count)"
-                        );
-                    } else {
-                        tracing::debug!("{e}; retrying");
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
 }
 
 /// Rounds of a put that finds another revision than it expected (another node wrote meanwhile) before it counts as

@@ -106,6 +106,8 @@ impl SharedMap {
             ctx: spool.context().clone(),
             name: name.to_owned(),
             replicas: spool.replicas(),
+            max_age: None,
+            meanwhile: "",
         };
         tokio::spawn(run(bucket, pending.clone(), woken, watch));
         SharedMap { pending, wake }
@@ -128,23 +130,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Where the bucket is, to open it (or make it) again.
+/// Where a key-value bucket of the spool is, to open it (or make it) again: the invalid-token map's, the retry
+/// states' ([`crate::retry_state`]).
 #[derive(Clone)]
-struct Bucket {
-    ctx: jetstream::Context,
-    name: String,
-    replicas: usize,
+pub(crate) struct Bucket {
+    pub(crate) ctx: jetstream::Context,
+    pub(crate) name: String,
+    pub(crate) replicas: usize,
+    /// How long an entry is kept (`None`: for good).
+    pub(crate) max_age: Option<Duration>,
+    /// What the warning of a bucket that cannot be opened adds about the meantime (empty: nothing).
+    pub(crate) meanwhile: &'static str,
 }
 
 impl Bucket {
     /// Opens the bucket, creating it when it is missing.
-    async fn open(&self) -> Result<kv::Store, String> {
+    pub(crate) async fn open(&self) -> Result<kv::Store, String> {
         if let Ok(store) = self.ctx.get_key_value(&self.name).await {
             return Ok(store);
         }
         let config = kv::Config {
             bucket: self.name.clone(),
             history: 1,
+            max_age: self.max_age.unwrap_or_default(),
             num_replicas: self.replicas,
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
@@ -159,7 +167,7 @@ impl Bucket {
 
     /// Opens the bucket, trying again every second until NATS answers; a failure that lasts is warned about once a
     /// minute.
-    async fn open_until_done(&self, reported: &mut Reported) -> kv::Store {
+    pub(crate) async fn open_until_done(&self, reported: &mut Reported) -> kv::Store {
         loop {
             match self.open().await {
                 Ok(store) => {
@@ -170,7 +178,7 @@ impl Bucket {
                 }
                 Err(e) => {
                     if reported.due("open") {
-                        tracing::warn!("{e}; retrying every second");
+                        tracing::warn!("{e}; retrying every second{}", self.meanwhile);
                     } else {
                         tracing::debug!("{e}; retrying");
                     }
