@@ -917,16 +917,9 @@ impl<T: Send + 'static> Dispatcher<T> {
         token_used: TokenUsed,
         auth: Option<HeaderValue>,
         taking: &mut bool,
-    ) -> Option<impl std::future::Future<Output = Answer<T>> + Send + use<T>> {
+    ) -> Option<Pin<Box<impl std::future::Future<Output = Answer<T>> + Send + use<T>>>> {
         #[cfg(test)]
         let panic_in_stream = self.test_panic_at_launch();
-        #[cfg(test)]
-        let note = Arc::new(StreamNote {
-            panic_waiting_for_credit: panic_in_stream == Some(PanicPlace::CreditWait),
-            ..StreamNote::default()
-        });
-        #[cfg(not(test))]
-        let note = Arc::new(StreamNote::default());
         // The job stays in hand while h2 opens its stream: a panic there leaves it to be reported.
         let started = match in_hand {
             InHand::Taken(job) => self.start(&job.request, auth),
@@ -938,28 +931,20 @@ impl<T: Send + 'static> Dispatcher<T> {
         match started {
             Ok(Ok((response, stream))) => {
                 let stream_id = u32::from(stream.stream_id());
-                let work = exchange(
+                let exchange = Exchange {
                     stream,
                     response,
-                    job.request.payload,
+                    payload: job.request.payload,
                     token_used,
-                    self.opts.response_timeout,
-                    self.info.id,
+                    timeout: self.opts.response_timeout,
+                    conn: self.info.id,
                     stream_id,
-                    self.credit.clone(),
-                    note.clone(),
-                );
-                #[cfg(test)]
-                let work = tests::PanicsOnDrop::new(
-                    async move {
-                        work.await;
-                        if panic_in_stream == Some(PanicPlace::Stream) {
-                            panic!("a test made the stream's task panic");
-                        }
-                    },
-                    panic_in_stream == Some(PanicPlace::Drop),
-                );
-                Some(caught(work, note, job.tag, self.info.id, stream_id))
+                    credit: self.credit.clone(),
+                    #[cfg(test)]
+                    panic_in_stream,
+                };
+                // Boxed once here: the in-flight set then moves a pointer, not the whole exchange.
+                Some(Box::pin(caught(exchange, job.tag)))
             }
             // A value no header can carry is refused as APNs would, never sent without it.
             Err(rejection) => {
@@ -1356,7 +1341,7 @@ async fn exchange(
     conn: u64,
     stream_id: u32,
     credit: Arc<Semaphore>,
-    note: Arc<StreamNote>,
+    note: &StreamNote,
 ) {
     let len = payload.len();
     if len > 0 {
@@ -1620,29 +1605,83 @@ impl StreamNote {
     fn keep(&self, answer: Answer<()>) {
         *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(answer);
     }
-
-    fn take(&self) -> Option<Answer<()>> {
-        self.ended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
 }
 
-/// The exchange of a stream (`work`, which leaves its end in `note`), with its job's tag kept outside it: a panic
-/// of the exchange (a fault of h2 or of herald) is caught where it is polled, and the exchange is dropped inside a
-/// catch as well, as soon as it has ended or panicked (dropping an h2 handle after h2's lock was poisoned by a
-/// panic panics again). The job is then reported with what the note holds: the answer, when it was read before
-/// the panic; else [`PushResult::Unanswered`] if its request may have gone out in full, as when a connection is
-/// lost, and [`PushResult::NotSent`] if not. The panic's message goes with it, for the dispatcher to treat the
-/// connection as lost ([`Dispatcher::panicked`]). The catches cost nothing while nothing panics.
-async fn caught<T>(
-    work: impl std::future::Future<Output = ()>,
-    note: Arc<StreamNote>,
-    tag: T,
+/// A stream's exchange ([`exchange`]) not yet started: [`caught`] starts it with the note it keeps for it.
+struct Exchange {
+    stream: SendStream<Bytes>,
+    response: ResponseFuture,
+    payload: Bytes,
+    token_used: TokenUsed,
+    timeout: Duration,
     conn: u64,
-    stream: u32,
-) -> Answer<T> {
+    stream_id: u32,
+    credit: Arc<Semaphore>,
+    /// Where a test makes the stream's work panic.
+    #[cfg(test)]
+    panic_in_stream: Option<PanicPlace>,
+}
+
+/// The exchange of a stream (started here from `ex`; it leaves its end in a note this future holds alongside it,
+/// with no allocation of its own), with its job's tag kept outside it: a panic of the exchange (a fault of h2 or of
+/// herald) is caught where it is polled, and the exchange is dropped inside a catch as well, as soon as it has ended
+/// or panicked (dropping an h2 handle after h2's lock was poisoned by a panic panics again). The job is then reported
+/// with what the note holds: the answer, when it was read before the panic; else [`PushResult::Unanswered`] if its
+/// request may have gone out in full, as when a connection is lost, and [`PushResult::NotSent`] if not. The panic's
+/// message goes with it, for the dispatcher to treat the connection as lost ([`Dispatcher::panicked`]). The catches
+/// cost nothing while nothing panics.
+async fn caught<T>(ex: Exchange, tag: T) -> Answer<T> {
+    let (conn, stream) = (ex.conn, ex.stream_id);
+    // The note lives in the same future as the exchange that borrows it: no allocation of its own.
+    #[cfg(test)]
+    let note = StreamNote {
+        panic_waiting_for_credit: ex.panic_in_stream == Some(PanicPlace::CreditWait),
+        ..StreamNote::default()
+    };
+    #[cfg(not(test))]
+    let note = StreamNote::default();
+    let panicked = {
+        #[cfg(test)]
+        let panic_in_stream = ex.panic_in_stream;
+        let work = exchange(
+            ex.stream,
+            ex.response,
+            ex.payload,
+            ex.token_used,
+            ex.timeout,
+            conn,
+            stream,
+            ex.credit,
+            &note,
+        );
+        #[cfg(test)]
+        let work = tests::PanicsOnDrop::new(
+            async move {
+                work.await;
+                if panic_in_stream == Some(PanicPlace::Stream) {
+                    panic!("a test made the stream's task panic");
+                }
+            },
+            panic_in_stream == Some(PanicPlace::Drop),
+        );
+        caught_work(work).await
+    };
+    let ended = note
+        .ended
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    finish(
+        ended,
+        note.written.into_inner(),
+        panicked,
+        tag,
+        conn,
+        stream,
+    )
+}
+
+/// Polls `work` to its end inside a catch, then drops it inside one: the panic's message, if it panicked.
+async fn caught_work(work: impl std::future::Future<Output = ()>) -> Option<String> {
     let mut work = std::pin::pin!(Some(work));
     let mut panicked = poll_fn(|cx| {
         let polled =
@@ -1660,7 +1699,19 @@ async fn caught<T>(
     if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| work.set(None))) {
         panicked.get_or_insert_with(|| panic_message(&*panic));
     }
-    if let Some(answer) = note.take() {
+    panicked
+}
+
+/// The stream's report, from what its note held once its work was dropped (see [`caught`]).
+fn finish<T>(
+    ended: Option<Answer<()>>,
+    written: bool,
+    panicked: Option<String>,
+    tag: T,
+    conn: u64,
+    stream: u32,
+) -> Answer<T> {
+    if let Some(answer) = ended {
         return Answer {
             tag,
             stream: answer.stream,
@@ -1675,7 +1726,7 @@ async fn caught<T>(
     // Not reached without a panic: the exchange keeps its end before it returns.
     let message =
         panicked.unwrap_or_else(|| "the stream's exchange ended without its answer".to_owned());
-    let result = if note.written.load(Ordering::Acquire) {
+    let result = if written {
         PushResult::Unanswered {
             stream: CancelledStream {
                 connection: conn,
