@@ -992,7 +992,8 @@ fn deny_conf(_: &Pki) -> String {
 }
 
 /// Refused clients take none of the listener's connection slots: however many stay in their 554 phase, a client
-/// the listener serves still gets in.
+/// the listener serves still gets in; beyond `MAX_REFUSED_SESSIONS` answered at once, a refused client is closed
+/// without a word.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_clients_take_no_connection_slot() {
     let h = Harness::start_with(
@@ -1004,7 +1005,7 @@ async fn refused_clients_take_no_connection_slot() {
     )
     .await;
     let mut refused = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..smtp::MAX_REFUSED_SESSIONS {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         let s = socket
@@ -1019,6 +1020,19 @@ async fn refused_clients_take_no_connection_slot() {
         assert_eq!(c.reply().await.0, 554);
         refused.push(c);
     }
+    // One refused client more than are answered at once is closed without a word.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let s = socket
+        .connect(format!("127.0.0.1:{}", h.port).parse().unwrap())
+        .await
+        .unwrap();
+    let (r, w) = s.into_split();
+    let mut beyond = Raw {
+        r: BufReader::new(r),
+        w,
+    };
+    beyond.assert_closed().await;
     // The one slot is free for a client the listener serves.
     let mut c = h.raw().await;
     assert_eq!(c.reply().await.0, 220);
