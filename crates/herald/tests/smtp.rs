@@ -2603,7 +2603,7 @@ async fn empty_repeated_and_oversized_headers_and_payloads_refuse_the_message() 
         (code, text.as_str()),
         (
             550,
-            "5.6.0 part 2: header X-APNs-Priority: \"+10\" is not a priority (5 or 10)"
+            "5.6.0 part 2: header X-APNs-Priority: \"+10\" is not a priority (10, 5 or 1)"
         )
     );
     // A 7bit payload of 6000 bytes (in lines within max_line_length): refused by its part before any recipient's

@@ -593,7 +593,7 @@ fn push_part(
         headers: PushHeaders {
             topic: h.string(headers::TOPIC),
             push_type: h.string(headers::PUSH_TYPE),
-            priority: h.number(headers::PRIORITY, "a priority (5 or 10)")?,
+            priority: h.number(headers::PRIORITY, "a priority (10, 5 or 1)")?,
             expiration: h.number(headers::EXPIRATION, "an epoch time in seconds")?,
             collapse_id: h.string(headers::COLLAPSE_ID),
             apns_id: h.string(headers::APNS_ID),
@@ -810,7 +810,7 @@ mod tests {
         let raw = mcmt(&["Content-Type: message/vnd.msys.apn\r\nX-APNs-Priority: high\r\n\r\n{}"]);
         assert_eq!(
             parse(&raw).unwrap_err().to_string(),
-            "part 1: header X-APNs-Priority: \"high\" is not a priority (5 or 10)"
+            "part 1: header X-APNs-Priority: \"high\" is not a priority (10, 5 or 1)"
         );
         let raw = mcmt(&["Content-Type: message/vnd.msys.apn\r\n\r\nX-Device-Token: ab\r\n\r\n  "]);
         assert_eq!(
@@ -1549,8 +1549,8 @@ Content-Type: message/rfc822\r\n\r\nSuype: m\n\r\xf5--B\r\nContent-Type: message
     #[test]
     fn priority_and_expiration_are_digits_only() {
         for (header, value, expected) in [
-            ("X-APNs-Priority", "+10", "a priority (5 or 10)"),
-            ("apns-priority", "-5", "a priority (5 or 10)"),
+            ("X-APNs-Priority", "+10", "a priority (10, 5 or 1)"),
+            ("apns-priority", "-5", "a priority (10, 5 or 1)"),
             (
                 "X-APNs-Expiration",
                 "+1700000000",
@@ -1575,7 +1575,7 @@ Content-Type: message/rfc822\r\n\r\nSuype: m\n\r\xf5--B\r\nContent-Type: message
         let part = "Content-Type: message/vnd.msys.apn\r\nX-APNs-Priority: +10\r\n\r\n{}";
         assert_eq!(
             parse(&mcmt(&[part])).unwrap_err().to_string(),
-            "part 1: header X-APNs-Priority: \"+10\" is not a priority (5 or 10)"
+            "part 1: header X-APNs-Priority: \"+10\" is not a priority (10, 5 or 1)"
         );
         let part = "Content-Type: message/vnd.msys.apn\r\nX-APNs-Priority: 05\r\nX-APNs-Expiration: 0\r\n\r\n{}";
         let p = &parsed(&mcmt(&[part])).push_parts[0];
