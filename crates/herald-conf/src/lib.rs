@@ -120,11 +120,11 @@ impl Config {
     }
 
     fn finish(mut diags: Diagnostics, root: Node) -> Result<Config, Diagnostics> {
-        if diags.has_errors() {
-            return Err(diags);
-        }
-        lint::run(&root, &mut diags);
-        // A whole-configuration check may refuse a file that loaded (an empty `control_password`, see `lint`).
+        // The whole-configuration checks that refuse a file (an empty `control_password`, see `lint`) run on what
+        // loaded even when the load found errors, so that one run reports every error; their warnings only run on
+        // a file that loaded without errors (on a partial tree they could name what is only missing for an error).
+        let loaded_clean = !diags.has_errors();
+        lint::run(&root, &mut diags, loaded_clean);
         if diags.has_errors() {
             return Err(diags);
         }

@@ -114,6 +114,56 @@ fn check_fails_with_every_error_on_stderr() {
     assert!(err.contains("3 errors"), "{err}");
 }
 
+/// An empty `control_password` (an error of the whole-configuration checks) is reported with the other errors of
+/// the file, not only once they are fixed; the warnings of those checks wait for a file without errors.
+#[test]
+fn check_reports_an_empty_control_password_with_the_other_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "bad.conf",
+        "bogus_opt = 1\ncontrol_listener {\n  listen \"0.0.0.0:2025\" {\n    control_password = \"\"\n  }\n}\n",
+    );
+    let o = herald(&["check", "-c", &p]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{p}:1:1: error: unknown option `bogus_opt`")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{p}:4:5: error: control_password is empty")),
+        "{err}"
+    );
+    assert!(err.contains("2 errors"), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+/// A log problem and a domain's credential error of one file are reported together: neither waits for the other
+/// to be fixed.
+#[test]
+fn check_reports_log_and_credential_errors_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "t.conf",
+        "apn_logger \"a\" {\n  logfile = \"/dev/null\"\n  log_delivery_format = \"%t@%vctx_mess{x}\"\n}\n\
+         domain \"x.example\" {\n  delivery_method = apn\n}\n",
+    );
+    let o = herald(&["check", "-c", &p]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    let err = stderr(&o);
+    for want in [
+        format!("{p}:3:3: error: apn_logger \"a\" log_delivery_format: unknown apn_logger macro"),
+        format!("{p}:5:1: domain x.example: error: no routes: set routes"),
+        format!("{p}: 1 error\n"),
+        format!("{p}: 1 credential error(s)\n"),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in {err}");
+    }
+}
+
 #[test]
 fn check_missing_file_fails() {
     let o = herald(&["check", "-c", "/nonexistent/herald.conf"]);

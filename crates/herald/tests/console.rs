@@ -998,6 +998,71 @@ async fn a_connection_that_does_not_log_in_within_timeout_is_closed_however_busy
     server.shutdown(Duration::from_secs(2)).await;
 }
 
+/// A client of a listener with `control_password` that sends nothing at all is closed when its `timeout` runs out
+/// with the word for not having logged in (its login deadline and its idle time end at the same instant), never
+/// with the idle one; a client that logged in and then fell silent gets the idle one. Several silent clients at
+/// once, since which of the two ends came first was a toss-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_that_never_logged_in_is_told_it_did_not_log_in() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = control_only(
+        dir.path(),
+        "listen \"127.0.0.1:0\" { control_password = \"pw\" timeout = 1 }",
+    )
+    .await;
+    let addr = server.addrs().await.control[0].clone();
+    let silent: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                let mut r = tokio::io::BufReader::new(stream);
+                let first = tokio::time::timeout(WAIT, answer(&mut r))
+                    .await
+                    .expect("an answer in time");
+                let then = tokio::time::timeout(WAIT, answer(&mut r))
+                    .await
+                    .expect("the connection closed in time");
+                (first, then)
+            })
+        })
+        .collect();
+    for client in silent {
+        assert_eq!(
+            client.await.unwrap(),
+            (
+                Some((
+                    false,
+                    "Not authenticated within 1 s of connecting (timeout); closing.\n".to_owned()
+                )),
+                None
+            )
+        );
+    }
+
+    // Logged in, then silent: idle.
+    let (r, mut w) = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap()
+        .into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    w.write_all(b"auth pw\n").await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, answer(&mut r)).await.unwrap(),
+        Some((true, "Authenticated.\n".to_owned()))
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, answer(&mut r)).await.unwrap(),
+        Some((false, "Idle timeout; closing.\n".to_owned()))
+    );
+    assert_eq!(
+        tokio::time::timeout(WAIT, answer(&mut r)).await.unwrap(),
+        None
+    );
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
 /// Sends `lines` on a new connection to the control listener at `addr`, one at a time, and returns each answer
 /// (`None` once the server closed the connection).
 async fn session(addr: &str, lines: &[&str]) -> Vec<Option<(bool, String)>> {

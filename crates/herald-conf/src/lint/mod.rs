@@ -1,7 +1,9 @@
-//! Whole-configuration checks that run after a file loaded without errors: combinations of options that are valid
-//! one by one but risky or without effect together. Each finding is a warning naming the option, where it is set
-//! and what to do; `herald check` and `herald serve` print them. The one exception, an empty `control_password`
-//! ([`security`]), is an error: the configuration is refused.
+//! Whole-configuration checks: combinations of options that are valid one by one but risky or without effect
+//! together. Each finding is a warning naming the option, where it is set and what to do; `herald check` and
+//! `herald serve` print them. The warnings are looked for only once a file loaded without errors. The one
+//! exception, an empty `control_password` ([`security`]), is an error: the configuration is refused. It is looked
+//! for whatever else the file has wrong, so that it is reported with the other errors of the file, not only once
+//! they are fixed.
 //!
 //! One module per concern: [`apns`] (delivery options that misbehave with APNs), [`security`] (listeners and
 //! console open wider than their protection), [`inert`] (options accepted but not acted on).
@@ -12,8 +14,14 @@ mod security;
 
 use crate::{diag::Diagnostics, tree::Node};
 
-/// Runs every check over the loaded tree and records the findings in `diags` (warnings, but for the one error).
-pub(crate) fn run(root: &Node, diags: &mut Diagnostics) {
+/// Runs the checks over the loaded tree and records the findings in `diags` (warnings, but for the one error):
+/// every check when `warnings` is set (a file that loaded without errors), otherwise only those that find errors
+/// (the tree then holds what loaded of a file with errors).
+pub(crate) fn run(root: &Node, diags: &mut Diagnostics, warnings: bool) {
+    if !warnings {
+        security::errors(root, diags);
+        return;
+    }
     apns::check(root, diags);
     security::check(root, diags);
     inert::check(root, diags);

@@ -14,7 +14,8 @@
 //!
 //! One finding is an error, not a warning: an empty `control_password`. herald's console would take it as a
 //! password (`auth ""` logs in), while this module, like a reader of the file, takes it for "no password": which
-//! one was meant cannot be told, so the configuration is refused, at the line that sets it.
+//! one was meant cannot be told, so the configuration is refused, at the line that sets it. It is looked for in a
+//! file with other errors too ([`errors`]).
 
 use crate::{
     diag::{Diagnostics, Location},
@@ -323,6 +324,12 @@ fn empty_api_keys(node: &Node, diags: &mut Diagnostics) {
     }
 }
 
+/// The checks of this module that find errors, alone: what [`check`] reports as errors, for the tree of a file
+/// that has other errors (its warnings are looked for only in a file without errors).
+pub(super) fn errors(root: &Node, diags: &mut Diagnostics) {
+    empty_control_password(root, diags);
+}
+
 /// An empty `control_password` anywhere: an error (see the module's documentation).
 fn empty_control_password(node: &Node, diags: &mut Diagnostics) {
     for s in node.settings() {
@@ -581,6 +588,31 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// An empty `control_password` is refused with the other errors of the file (one run reports every error),
+    /// wherever it stands; the warnings of these checks are left for a file without errors.
+    #[test]
+    fn an_empty_control_password_is_reported_with_the_other_errors() {
+        let text = "bogus_opt = 1\ncontrol_listener {\n  listen \"0.0.0.0:2025\" {\n    control_password = \"\"\n  }\n}\n\
+                    max_retries = many\n";
+        let Err(diags) = crate::Config::parse_str("t.conf", text) else {
+            panic!("loaded");
+        };
+        let all: Vec<String> = diags.all().iter().map(|d| d.to_string()).collect();
+        assert_eq!(diags.error_count(), 3, "{all:?}");
+        for want in [
+            "t.conf:1:1: error: unknown option `bogus_opt`",
+            "t.conf:4:5: error: control_password is empty",
+            "t.conf:7:15: error: invalid value `many`",
+        ] {
+            assert!(
+                all.iter().any(|d| d.starts_with(want)),
+                "{want:?} not in {all:?}"
+            );
+        }
+        // The listener on every address without a password would be warned about in a file without errors.
+        assert!(diags.warnings().next().is_none(), "{all:?}");
     }
 
     #[test]

@@ -22,19 +22,14 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             for w in config.warnings() {
                 eprintln!("{w}");
             }
-            // What `herald serve` would refuse when it opens the logs.
+            // What `herald serve` would refuse when it opens the logs. Reported with the credential findings
+            // below, not instead of them: one run names every error.
             let log_errors = herald::logs::check(&config);
-            if !log_errors.is_empty() {
-                for e in &log_errors {
-                    match log_problem_location(&config, e) {
-                        Some(at) => eprintln!("{at}: error: {e}"),
-                        None => eprintln!("{name}: error: {e}"),
-                    }
+            for e in &log_errors {
+                match log_problem_location(&config, e) {
+                    Some(at) => eprintln!("{at}: error: {e}"),
+                    None => eprintln!("{name}: error: {e}"),
                 }
-                let n = log_errors.len();
-                eprintln!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
-                std::mem::forget(config);
-                return Ok(ExitCode::FAILURE);
             }
             let config = std::sync::Arc::new(config);
             let mut findings = herald::credentials::check(&config, std::time::SystemTime::now());
@@ -70,8 +65,14 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     .iter()
                     .filter(|f| f.severity == herald::credentials::Severity::Error)
                     .count();
-            if credential_errors > 0 {
-                eprintln!("{name}: {credential_errors} credential error(s)");
+            if !log_errors.is_empty() || credential_errors > 0 {
+                let n = log_errors.len();
+                if n > 0 {
+                    eprintln!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
+                }
+                if credential_errors > 0 {
+                    eprintln!("{name}: {credential_errors} credential error(s)");
+                }
                 std::mem::forget(config);
                 return Ok(ExitCode::FAILURE);
             }

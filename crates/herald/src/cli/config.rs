@@ -10,7 +10,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use herald_conf::secrets::render_option_value;
+use herald_conf::secrets::{self, render_option_value};
 use herald_conf::{Config, EvalError, ScopePath, Value, options};
 
 #[derive(Debug, clap::Subcommand)]
@@ -28,8 +28,8 @@ pub enum ConfigCommand {
     Show {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
-        /// Print the values of secret options (api_key, api_keys, control_password, tls_pkcs12_password) in clear.
-        #[arg(long)]
+        // The help names every option `config show` masks, from the lists it masks with (`secrets_help`).
+        #[arg(long, help = secrets_help())]
         secrets: bool,
         /// `[SCOPE [NAME]]… [OPTION]`
         #[arg(allow_hyphen_values = true)]
@@ -38,6 +38,16 @@ pub enum ConfigCommand {
 }
 
 const USAGE_ERROR: u8 = 2;
+
+/// The help of `config show --secrets`: every secret option, and every option whose URLs' credentials are masked,
+/// named from the lists herald-conf masks with, so that the help cannot leave one out.
+fn secrets_help() -> String {
+    format!(
+        "Print the values of secret options ({}) and the credentials in the URLs of {} in clear",
+        secrets::SECRET_OPTIONS.join(", "),
+        secrets::URL_OPTIONS.join(" and ")
+    )
+}
 
 pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -114,6 +124,54 @@ fn show(config: &Config, words: &[String], secrets: bool) -> Result<String, Eval
                 Some(v) => format!("{name} = {}\n", render_option_value(name, &v, !secrets)),
                 None => format!("Option '{name}' is not set in scope '{path}'.\n"),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// A command line with `config`'s subcommands, as `herald config` has them.
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        config: ConfigCommand,
+    }
+
+    /// `herald config show --help` names every option whose value `config show` masks.
+    #[test]
+    fn the_help_of_secrets_names_every_masked_option() {
+        let mut cmd = Cli::command();
+        let show = cmd.find_subcommand_mut("show").expect("a show subcommand");
+        let help = show.render_long_help().to_string();
+        for name in secrets::SECRET_OPTIONS.iter().chain(secrets::URL_OPTIONS) {
+            assert!(help.contains(name), "{name} not in {help}");
+        }
+    }
+
+    /// The docs' sentences on what `config show` masks (operations.md's `config show` row of the console's
+    /// commands, configuration.md's paragraph on secret options) name every secret option.
+    #[test]
+    fn the_docs_name_every_masked_option() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+        // The file, where the passage opens, and what ends it.
+        for (file, opening, end) in [
+            ("operations.md", "| `config show ", "\n"),
+            ("configuration.md", "The values of secret options (", "\n\n"),
+        ] {
+            let text = std::fs::read_to_string(docs.join(file)).unwrap();
+            let at = text
+                .find(opening)
+                .unwrap_or_else(|| panic!("{opening:?} not in {file}"));
+            let passage = text[at..].split(end).next().unwrap_or_default();
+            for name in secrets::SECRET_OPTIONS {
+                assert!(
+                    passage.contains(&format!("`{name}`")),
+                    "{file}: {name} not in {passage}"
+                );
+            }
         }
     }
 }

@@ -482,22 +482,21 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     // meanwhile: commands refused for want of `auth` must not keep it (and its slot) open for good.
     let login_deadline = tokio::time::Instant::now() + rules.timeout;
     loop {
+        // The login deadline is never later than the idle one (`timeout` from the last request, which came after
+        // the connection's arrival), and often the same instant (a client silent since it connected): until the
+        // client has logged in, the end of its time is told as the login deadline, whichever timer fires.
         let line = tokio::select! {
+            biased;
             () = stop.cancelled() => return,
             () = tokio::time::sleep_until(login_deadline), if !authenticated => {
-                tracing::info!(
-                    "control listener {}: closed {client}: no `auth` within {} s of connecting",
-                    settings.address,
-                    rules.timeout.as_secs()
-                );
-                let text = format!(
-                    "Not authenticated within {} s of connecting (timeout); closing.\n",
-                    rules.timeout.as_secs()
-                );
-                send(&mut w, &Reply::err(text), rules.timeout, &stop).await;
+                not_authenticated(&mut w, &client, &settings, &rules, &stop).await;
                 return;
             }
             read = tokio::time::timeout(rules.timeout, protocol::read_request(&mut r)) => match read {
+                Err(_) if !authenticated => {
+                    not_authenticated(&mut w, &client, &settings, &rules, &stop).await;
+                    return;
+                }
                 Err(_) => {
                     send(&mut w, &Reply::err("Idle timeout; closing.\n"), rules.timeout, &stop).await;
                     return;
@@ -552,6 +551,26 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
+}
+
+/// Closes a connection that has not logged in within `timeout` of connecting, with a word saying so.
+async fn not_authenticated<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    client: &str,
+    settings: &ListenerSettings,
+    rules: &ControlRules,
+    stop: &CancellationToken,
+) {
+    tracing::info!(
+        "control listener {}: closed {client}: no `auth` within {} s of connecting",
+        settings.address,
+        rules.timeout.as_secs()
+    );
+    let text = format!(
+        "Not authenticated within {} s of connecting (timeout); closing.\n",
+        rules.timeout.as_secs()
+    );
+    send(w, &Reply::err(text), rules.timeout, stop).await;
 }
 
 /// `auth GIVEN` on a listener whose password is `password`: the answer, and whether to close the connection. The
