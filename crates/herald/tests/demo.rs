@@ -132,6 +132,33 @@ fn a_tiny_demo_still_checks_every_outcome() {
     assert_eq!(total[0] + total[5], 5);
 }
 
+/// The cluster demo sends over REST only and its nodes serve no dashboard: `--smtp-count` and `--linger` with
+/// `--cluster` are refused as a usage error (exit 2) rather than silently ignored, before anything starts.
+#[test]
+fn the_cluster_demo_refuses_the_options_it_does_not_use() {
+    for extra in [["--linger", "5"], ["--smtp-count", "3"]] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["demo", "--cluster"])
+            .args(extra)
+            .arg("--dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(extra[0]) && stderr.contains("--cluster"),
+            "{extra:?}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{extra:?}"
+        );
+    }
+}
+
 /// `--dir` used again: the second run starts from a clean spool and logs (the first run's invalid tokens and
 /// notifications are not read back), so both runs check out, each with its own numbers. Files of the directory
 /// that the demo does not write stay.
@@ -171,4 +198,138 @@ fn a_second_run_in_the_same_directory_checks_out_too() {
         );
     }
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "kept");
+}
+
+/// `--linger`: the table and the result line come as soon as the outcomes are checked, with the time the run
+/// took; then the demo says how long it lingers and how to stop it, and Ctrl-C (SIGINT) ends it with the run's
+/// exit code. (The table used to come only after the linger, its time including it.)
+#[cfg(unix)]
+#[test]
+fn with_linger_the_result_comes_before_the_lingering_and_ctrl_c_ends_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    enum Line {
+        Out(String),
+        Err(String),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "demo",
+            "--count",
+            "4",
+            "--smtp-count",
+            "1",
+            "--linger",
+            "3600",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let (tx, lines) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx_err = tx.clone();
+    let read_out = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(Line::Out(line));
+        }
+    });
+    let read_err = std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx_err.send(Line::Err(line));
+        }
+    });
+
+    // The result line and the lingering notice, long before the linger could end. The result is written (and
+    // flushed) before the notice: once the notice is read, the result line is at most a moment behind on its pipe.
+    let mut deadline = started + Duration::from_secs(180);
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let mut result = None;
+    let mut lingering = false;
+    while result.is_none() || !lingering {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(Line::Out(l)) => {
+                if l.starts_with("result: ") {
+                    result = Some((l.clone(), started.elapsed()));
+                }
+                stdout.push_str(&l);
+                stdout.push('\n');
+            }
+            Ok(Line::Err(l)) => {
+                // The notice of the lingering, saying for how long.
+                if l.contains("3600 s") && !lingering {
+                    lingering = true;
+                    deadline = deadline.min(Instant::now() + Duration::from_secs(10));
+                }
+                stderr.push_str(&l);
+                stderr.push('\n');
+            }
+            Err(e) => {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = child.wait();
+                panic!(
+                    "no result line or no lingering notice while the demo lingered ({e}):\n{stdout}\n{stderr}"
+                );
+            }
+        }
+    }
+    let (result, seen_after) = result.unwrap();
+    assert!(
+        result.starts_with("result: every outcome is the expected one (5 notifications, "),
+        "{stdout}"
+    );
+    // The time in the result line is the run's, not more than the test saw pass.
+    let secs: f64 = result
+        .rsplit_once(", ")
+        .and_then(|(_, t)| t.strip_suffix(" s)"))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{result}"));
+    assert!(secs <= seen_after.as_secs_f64() + 0.1, "{result}");
+    let total = row(&stdout, "total");
+    assert_eq!(total[0] + total[5], 5, "{stdout}");
+    assert!(stderr.contains("lingering for 3600 s"), "{stderr}");
+    assert!(stderr.contains("/dashboard/"), "{stderr}");
+    assert!(stderr.contains("Ctrl-C"), "{stderr}");
+    assert!(child.try_wait().unwrap().is_none(), "it should linger");
+
+    // Ctrl-C ends the lingering; the exit code is the run's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let (done, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait());
+    });
+    let status = match exited.recv_timeout(Duration::from_secs(60)) {
+        Ok(status) => status.unwrap(),
+        Err(e) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the demo did not stop within 60 s of SIGINT ({e}):\n{stdout}\n{stderr}");
+        }
+    };
+    assert!(status.success(), "{status:?}\n{stdout}\n{stderr}");
+    // Nothing more of the run is printed after the linger (the readers end at the end of the output).
+    read_out.join().unwrap();
+    read_err.join().unwrap();
+    let after: Vec<String> = lines
+        .try_iter()
+        .filter_map(|l| match l {
+            Line::Out(l) => Some(l),
+            Line::Err(_) => None,
+        })
+        .collect();
+    assert!(
+        after.iter().all(|l| !l.starts_with("result: ")),
+        "{after:?}"
+    );
 }

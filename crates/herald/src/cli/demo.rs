@@ -34,19 +34,26 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     pub count: u64,
     /// MCMT messages to send over SMTP.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    #[arg(
+        long,
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(0..=1_000_000),
+        conflicts_with = "cluster"
+    )]
     pub smtp_count: u64,
     /// Scratch directory for the PKI, configuration, spool and logs (default: a new temporary directory, kept
     /// so the logs can be read afterwards). The spool and logs an earlier demo left there are cleared first; a
     /// directory with a spool or logs that no demo wrote is refused.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Keep herald and the simulator running this many seconds after the run (or until Ctrl-C), to look at the
-    /// web dashboard.
-    #[arg(long, default_value_t = 0)]
+    /// Keep herald and the simulator running this many seconds after the run has been checked and its table and
+    /// result printed (Ctrl-C ends it early), to look at the web dashboard; the exit code is the run's. Not with
+    /// `--cluster`, whose nodes serve no dashboard.
+    #[arg(long, default_value_t = 0, conflicts_with = "cluster")]
     pub linger: u64,
     /// Scale-out instead: a three-server NATS cluster, three herald nodes sharing one JetStream stream and the
-    /// simulator; one node is killed with SIGKILL halfway (docs/scale-out.md). Needs `nats-server` on PATH.
+    /// simulator; one node is killed with SIGKILL halfway (docs/scale-out.md). Needs `nats-server` on PATH. Sends
+    /// over REST only (`--count`), so `--smtp-count` and `--linger` are refused with it.
     #[arg(long)]
     pub cluster: bool,
 }
@@ -187,23 +194,27 @@ async fn demo(dir: PathBuf, plan: Plan, linger: u64) -> anyhow::Result<ExitCode>
     ));
 
     let result = drive(&server, &sim, &plan, http, esmtp).await;
+    // The run ends here: lingering is not part of it.
+    let elapsed = started.elapsed();
+    let code = result.map(|seen| report(&plan, &seen, &paths, elapsed));
     if linger > 0 {
-        stage(&format!(
-            "run finished; the dashboard stays up for {} s (Ctrl-C to stop)",
-            linger
-        ));
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(linger)) => {}
-            _ = tokio::signal::ctrl_c() => {}
+        if let Err(e) = &code {
+            stage(&format!("the run failed: {e:#}"));
         }
+        linger_for(Duration::from_secs(linger), http).await;
     }
     server.shutdown(Duration::from_secs(5)).await;
     sim.shutdown().await;
-    let seen = result?;
+    code
+}
 
-    let problems = verify(&plan, &seen);
+/// Prints the outcome table, where the logs are and the result line (with `elapsed`, the time the run took); the
+/// exit code says whether every outcome is the expected one.
+fn report(plan: &Plan, seen: &Observed, paths: &DemoPaths, elapsed: Duration) -> ExitCode {
+    use std::io::Write as _;
+    let problems = verify(plan, seen);
     let mut out = String::new();
-    summary_table(&mut out, &plan, &seen);
+    summary_table(&mut out, plan, seen);
     print!("{out}");
     println!(
         "logs: mainlog {}, apn_logger {}; configuration {}; spool {}",
@@ -213,19 +224,60 @@ async fn demo(dir: PathBuf, plan: Plan, linger: u64) -> anyhow::Result<ExitCode>
         paths.spool.display()
     );
     let total = plan.rest.len() + plan.smtp.len();
-    let elapsed = started.elapsed().as_secs_f64();
-    if problems.is_empty() {
+    let elapsed = elapsed.as_secs_f64();
+    let code = if problems.is_empty() {
         println!(
             "result: every outcome is the expected one ({total} notifications, {elapsed:.1} s)"
         );
-        Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
     } else {
         println!("result: {} unexpected outcomes:", problems.len());
         for p in problems.iter().take(50) {
             println!("  {p}");
         }
-        Ok(ExitCode::FAILURE)
+        ExitCode::FAILURE
+    };
+    // Shown now, not when the demo exits after lingering.
+    let _ = std::io::stdout().flush();
+    code
+}
+
+/// Keeps herald and the simulator up for `linger` after the run was reported, to look at the web dashboard on
+/// `http`; Ctrl-C (or SIGTERM) ends it early.
+async fn linger_for(linger: Duration, http: std::net::SocketAddr) {
+    // Installed before saying how to stop: a Ctrl-C from then on ends the lingering rather than the process.
+    let stop = stop_signal();
+    stage(&format!(
+        "lingering for {} s: herald and the simulator stay up, web dashboard http://{http}/dashboard/; Ctrl-C stops them sooner",
+        linger.as_secs()
+    ));
+    tokio::select! {
+        _ = tokio::time::sleep(linger) => {}
+        _ = stop => {}
     }
+    stage("stopping herald and the simulator");
+}
+
+/// Completes at Ctrl-C (SIGINT) or SIGTERM. The handlers are installed by this call, not at the first poll.
+fn stop_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            return Box::pin(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
+        }
+    }
+    Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// Sends everything, waits for the outcomes and collects what herald and the simulator report.
