@@ -208,6 +208,10 @@ struct Delayed {
     due: Instant,
     seq: u64,
     item: Box<Queued>,
+    /// Set when this queue's retry schedule set `due` (a transient failure here): a reload that changes the schedule
+    /// decides it again ([`DomainTask::retime_delayed`]). Notifications held back for other reasons (taken over
+    /// from a failed task, restored from the spool) keep the time they were given.
+    retry: bool,
 }
 
 impl PartialEq for Delayed {
@@ -817,6 +821,7 @@ impl DomainTask {
                     due: crate::model::instant_after(delay),
                     seq: self.seq,
                     item,
+                    retry: false,
                 }));
             }
             DomainEvent::Outcome {
@@ -946,6 +951,7 @@ impl DomainTask {
             }
             DomainEvent::Reconfigure { settings, epoch } => {
                 self.epoch = epoch;
+                let old_retry = self.settings.retry;
                 if self.unroutable.take().is_some() {
                     tracing::info!(
                         domain = %settings.domain, binding = %settings.binding,
@@ -970,9 +976,88 @@ impl DomainTask {
                     self.retired.push(old);
                     self.settings = settings;
                 }
+                if self.settings.retry != old_retry {
+                    self.retime_delayed(&old_retry);
+                }
             }
         }
         self.publish_sizes();
+    }
+
+    /// A reload changed the retry schedule: every notification waiting here for a retry this queue scheduled is
+    /// decided again under the new one, as if its last failure were judged now with the time it has waited, so
+    /// that the schedule in force applies to it at once (docs/operations.md, "Live reload"). Its wait started at
+    /// `due` less the interval that set `due` (under `old`, the schedule in force until now); it is now due that
+    /// interval of the new schedule after that start (sooner or later than before). One that the new schedule no
+    /// longer retries (`max_retries` or `message_expiration` lowered), or that would fail without an attempt when
+    /// due, fails now, its reason naming the reload's option; its last error was logged with its last attempt.
+    fn retime_delayed(&mut self, old: &crate::queue::retry::RetryPolicy) {
+        let waiting = std::mem::take(&mut self.delayed).into_vec();
+        let now = Instant::now();
+        let now_s = unix_now();
+        for Reverse(mut d) in waiting {
+            if !d.retry || d.item.retries == 0 {
+                self.delayed.push(Reverse(d));
+                continue;
+            }
+            let retries = d.item.retries;
+            let started = d
+                .due
+                .checked_sub(old.interval(retries))
+                .unwrap_or(d.due)
+                .min(now);
+            let waited = now.duration_since(started);
+            let age = Duration::from_secs(now_s.saturating_sub(d.item.notification.received_at));
+            // Its age when the wait started: `after_failure` adds the interval to it.
+            let age_then = age.saturating_sub(waited);
+            let policy = self.settings.retry;
+            // Due again (when, and how long from now), or failed now (reason, label).
+            let verdict = match policy.after_failure(retries - 1, age_then) {
+                RetryDecision::RetryIn(delay) => {
+                    let left = delay.saturating_sub(waited);
+                    match policy.not_attempted(
+                        Some(self.apns_expiration(&d.item)),
+                        d.item.notification.received_at,
+                        now_s.saturating_add(left.as_secs()),
+                    ) {
+                        Some(reason) => Err((
+                            format!(
+                                "{reason}; last error: a configuration reload changed the retry schedule"
+                            ),
+                            reason.to_owned(),
+                        )),
+                        None => Ok((started + delay, left)),
+                    }
+                }
+                RetryDecision::RetriesExhausted => Err((
+                    format!(
+                        "exceeded max retries; last error: a configuration reload lowered max_retries below its \
+                         {retries} retries"
+                    ),
+                    "exceeded max retries; last error: Reload".to_owned(),
+                )),
+                RetryDecision::Expired => Err((
+                    format!(
+                        "554 5.4.7 [internal] exceeded max time without delivery; last error: a configuration reload \
+                         set message_expiration to {} s",
+                        policy.message_expiration.as_secs()
+                    ),
+                    "exceeded max time without delivery; last error: Reload".to_owned(),
+                )),
+            };
+            match verdict {
+                Ok((due, left)) => {
+                    if due != d.due {
+                        d.due = due;
+                        self.shared.rescheduled(&d.item, left);
+                    }
+                    self.delayed.push(Reverse(d));
+                }
+                Err((reason, label)) => {
+                    self.finish_permanent(d.item, Attempt::NONE, &reason, &label, None);
+                }
+            }
+        }
     }
 
     fn entry(&self, item: &Queued, queue: &'static str, due_in_secs: Option<u64>) -> QueueEntry {
@@ -1431,6 +1516,7 @@ impl DomainTask {
                     due: crate::model::instant_after(delay),
                     seq: self.seq,
                     item,
+                    retry: true,
                 }));
             }
             RetryDecision::RetriesExhausted => {
@@ -2091,6 +2177,128 @@ mod tests {
         assert_eq!(engine.resident_room(), 9);
         let unknown = message(&mut task, 8, MessageAction::Details);
         assert_eq!(unknown.await.ok().flatten(), None);
+    }
+
+    /// A reload that changes the retry schedule applies to the notifications already waiting for a retry, at once
+    /// (docs/operations.md, "Live reload"): a shorter `retry_interval` brings their retry forward, a longer one puts
+    /// it back (counted from when each wait started), and a `max_retries` or `message_expiration` that no longer
+    /// allows the retry fails them now, the reason naming the reload. A notification held back for another reason
+    /// (taken over from a failed task, restored from the spool) keeps its time.
+    #[tokio::test]
+    async fn a_reload_applies_the_new_retry_schedule_to_notifications_waiting_for_a_retry() {
+        use crate::model::retry::MaxRetries;
+        let engine = engine(10);
+        let (mut task, _sender) = task_of(&engine);
+        let mut epoch = 0;
+        let mut reload = |task: &mut DomainTask, change: &dyn Fn(&mut DeliverySettings)| {
+            let mut settings = (*task.settings).clone();
+            change(&mut settings);
+            epoch += 1;
+            task.handle(DomainEvent::Reconfigure {
+                settings: Arc::new(settings),
+                epoch,
+            });
+        };
+        reload(&mut task, &|s| {
+            s.retry.retry_interval = Duration::from_secs(600);
+            s.retry.max_retry_interval = Duration::from_secs(600);
+            s.retry.max_retries = MaxRetries::Limit(5);
+            s.retry.message_expiration = Duration::from_secs(86_400);
+        });
+        let held = Duration::from_secs(300);
+        task.handle(DomainEvent::EnqueueDelayed(queued(&engine, 9, 9), held));
+        for n in 1..=3u8 {
+            task.handle(DomainEvent::Enqueue(queued(&engine, n, n.into())));
+            let item = task.active.pop_front().unwrap();
+            task.handle(DomainEvent::Outcome {
+                tag: item,
+                result: PushResult::TimedOut { cancelled: None },
+                remote: None,
+            });
+        }
+        // Due times from now, in whole seconds (rounded up), held one last.
+        let due_in = |task: &DomainTask| {
+            let now = Instant::now();
+            let mut d: Vec<(u8, u64)> = task
+                .delayed
+                .iter()
+                .map(|Reverse(d)| {
+                    let wait = d.due.saturating_duration_since(now);
+                    let token =
+                        u8::from_str_radix(&d.item.notification.push.token.to_hex()[..2], 16)
+                            .unwrap();
+                    (token, wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+                })
+                .collect();
+            d.sort();
+            d
+        };
+        assert_eq!(due_in(&task), [(1, 600), (2, 600), (3, 600), (9, 300)]);
+        let held_due = task
+            .delayed
+            .iter()
+            .find(|Reverse(d)| !d.retry)
+            .map(|Reverse(d)| d.due)
+            .unwrap();
+
+        // Shorter: due a second after each wait started (now, give or take the test's run time).
+        reload(&mut task, &|s| {
+            s.retry.retry_interval = Duration::from_secs(1)
+        });
+        let due = due_in(&task);
+        assert!(due[..3].iter().all(|(_, s)| *s <= 1), "{due:?}");
+        // Longer again: back where they were.
+        reload(&mut task, &|s| {
+            s.retry.retry_interval = Duration::from_secs(600)
+        });
+        let due = due_in(&task);
+        assert!(
+            due[..3].iter().all(|(_, s)| (599..=600).contains(s)),
+            "{due:?}"
+        );
+        assert_eq!(task.stats.permanent.load(Ordering::Relaxed), 0);
+
+        // An expiration the wait no longer fits in: failed now; the held one stays, with its time.
+        reload(&mut task, &|s| {
+            s.retry.message_expiration = Duration::from_secs(100);
+        });
+        assert_eq!(task.delayed.len(), 1);
+        assert_eq!(task.delayed.peek().map(|Reverse(d)| d.due), Some(held_due));
+        assert_eq!(task.stats.permanent.load(Ordering::Relaxed), 3);
+        let failures = task.stats.failures();
+        assert_eq!(
+            failures.get(&(
+                super::super::stats::FailureKind::Permanent,
+                "exceeded max time without delivery; last error: Reload".to_owned()
+            )),
+            Some(&3),
+            "{failures:?}"
+        );
+        assert_eq!(engine.resident_room(), 9, "their memory given back");
+
+        // Fewer retries than a waiting notification has made: failed now.
+        reload(&mut task, &|s| {
+            s.retry.message_expiration = Duration::from_secs(86_400);
+        });
+        task.handle(DomainEvent::Enqueue(queued(&engine, 4, 4)));
+        let item = task.active.pop_front().unwrap();
+        task.handle(DomainEvent::Outcome {
+            tag: item,
+            result: PushResult::TimedOut { cancelled: None },
+            remote: None,
+        });
+        assert_eq!(task.delayed.len(), 2);
+        reload(&mut task, &|s| s.retry.max_retries = MaxRetries::Limit(0));
+        assert_eq!(task.delayed.len(), 1, "only the held one waits");
+        let failures = task.stats.failures();
+        assert_eq!(
+            failures.get(&(
+                super::super::stats::FailureKind::Permanent,
+                "exceeded max retries; last error: Reload".to_owned()
+            )),
+            Some(&1),
+            "{failures:?}"
+        );
     }
 
     /// A reload that leaves the queue without a route, or changes its route (a new pool), takes back what the pool
