@@ -369,6 +369,62 @@ async fn bad_input_and_unusable_domains_are_refused_naming_what_is_wrong() {
     assert!(s.sim.channels(TOPIC).is_empty());
 }
 
+/// Every error of the channel routes carries the domain the request named (docs/api.md "Channels": `{"error",
+/// "domain"}`), also a field or parameter herald refuses before any call; a request that names no readable domain
+/// gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_fields_and_parameters_answer_with_the_domain_named() {
+    let s = setup(false).await;
+    let post = |body: Value| call(&s, reqwest::Method::POST, "/api/v1/channels", Some(body));
+    for (body, field) in [
+        (json!({"domain": TOKEN}), "message_storage_policy: missing"),
+        (
+            json!({"domain": TOKEN.to_uppercase(), "message_storage_policy": 3}),
+            "message_storage_policy: 3",
+        ),
+        (
+            json!({"domain": TOKEN, "message_storage_policy": 1, "push_type": "alert"}),
+            "push_type: \"alert\"",
+        ),
+        (
+            json!({"domain": TOKEN, "message_storage_policy": 1, "ttl": 5}),
+            "unknown field \"ttl\"",
+        ),
+    ] {
+        let (status, v) = post(body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} {v}");
+        assert!(
+            v["error"].as_str().unwrap().starts_with(field),
+            "{body} {v}"
+        );
+        assert_eq!(v["domain"], TOKEN, "{body} {v}");
+    }
+    for path in [
+        format!("/api/v1/channels?domain={TOKEN}&limit=5"),
+        format!("/api/v1/channels/not%20base64?domain={TOKEN}"),
+        format!("/api/v1/channels/dHN0LXNyY2gtY2hubA%3D%3D?x=1&domain={TOKEN}"),
+    ] {
+        let (status, v) = call(&s, reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {v}");
+        assert_eq!(v["domain"], TOKEN, "{path} {v}");
+    }
+    // No readable domain: none in the answer.
+    for body in [
+        json!({"message_storage_policy": 1}),
+        json!({"domain": " ", "message_storage_policy": 1}),
+        json!({"domain": 5, "message_storage_policy": 1}),
+        json!([TOKEN]),
+    ] {
+        let (status, v) = post(body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} {v}");
+        assert!(v.get("domain").is_none(), "{body} {v}");
+    }
+    let (status, v) = call(&s, reqwest::Method::GET, "/api/v1/channels?x=1", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.get("domain").is_none(), "{v}");
+    assert!(s.sim.stats().broadcast.channel_ops.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_the_api_key_or_from_a_denied_address_are_refused() {
     let s = setup(false).await;

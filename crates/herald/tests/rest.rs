@@ -2679,3 +2679,200 @@ async fn an_injection_larger_than_the_queue_ever_holds_is_refused_for_good() {
          ever holds in memory at once (max_resident_notifications = 10): split the request into smaller ones"
     );
 }
+
+/// Every option of a notification follows one rule, the text options as the numbers (docs/api.md "POST
+/// /api/v1/push"): a shared `collapse_id`, `topic` or `push_type` APNs refuses whatever the push type refuses the
+/// request (`400`), in either form, named by the field; a notification's own bad value (`apns_id` included)
+/// refuses only it, named `notifications[i].FIELD`; a shared value only some push types refuse refuses the
+/// notifications it applies to, named by the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_option_is_named_by_its_field_where_the_request_gives_it() {
+    let h = Harness::start(|_, _| {}).await;
+    let alert = json!({"aps": {"alert": "hi"}});
+    let not_printable = "apns-collapse-id \" x\" must be printable ASCII without leading or trailing spaces (no \
+                         control characters), which an HTTP/2 header carries unchanged";
+    for (field, value, text) in [
+        (
+            "collapse_id",
+            json!(" x"),
+            format!("collapse_id: {not_printable}"),
+        ),
+        (
+            "collapse_id",
+            json!("c".repeat(65)),
+            "collapse_id: apns-collapse-id is 65 bytes; at most 64 are allowed".to_owned(),
+        ),
+        ("topic", json!(""), "topic: apns-topic is empty".to_owned()),
+        (
+            "topic",
+            json!(format!("{TOPIC} x")),
+            format!("topic: apns-topic \"{TOPIC} x\" has characters outside printable ASCII"),
+        ),
+        (
+            "push_type",
+            json!("bogus"),
+            "push_type: unknown apns-push-type \"bogus\"".to_owned(),
+        ),
+    ] {
+        let mut tokens =
+            json!({"domain": DOMAIN, "tokens": [token(0), token(1)], "payload": alert});
+        tokens[field] = value.clone();
+        let mut items = json!({"domain": DOMAIN, "notifications": [
+            {"token": token(2), "payload": alert},
+            {"token": token(3), "payload": alert},
+        ]});
+        items[field] = value.clone();
+        for body in [tokens, items] {
+            let (status, answer) = h.post("/api/v1/push", &body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+            assert_eq!(error_text(&answer), text, "{body}");
+        }
+    }
+
+    // Each notification's own value: only it is refused, named where it is given.
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "notifications": [
+                {"token": token(4), "payload": alert, "collapse_id": " x"},
+                {"token": token(5), "payload": alert, "topic": ""},
+                {"token": token(6), "payload": alert, "push_type": "bogus"},
+                {"token": token(7), "payload": alert, "apns_id": "nope"},
+                {"token": token(8), "payload": alert, "collapse_id": "c".repeat(65)},
+                {"token": token(9), "payload": alert, "push_type": "voip", "topic": TOPIC},
+                {"token": token(10), "payload": alert, "collapse_id": "fine"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let reasons: Vec<_> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or("accepted").to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            format!("notifications[0].collapse_id: {not_printable}"),
+            "notifications[1].topic: apns-topic is empty".to_owned(),
+            "notifications[2].push_type: unknown apns-push-type \"bogus\"".to_owned(),
+            "notifications[3].apns_id: apns-id \"nope\" is not a canonical 8-4-4-4-12 UUID"
+                .to_owned(),
+            "notifications[4].collapse_id: apns-collapse-id is 65 bytes; at most 64 are allowed"
+                .to_owned(),
+            format!(
+                "notifications[5].topic: apns-topic \"{TOPIC}\" does not end in \".voip\", which push type voip \
+                 needs"
+            ),
+            "accepted".to_owned(),
+        ]
+    );
+    assert_eq!(h.records(1).await[0].collapse_id.as_deref(), Some("fine"));
+
+    // A shared topic only some push types refuse: the notifications it applies to are refused, named by the
+    // field; a notification with its own topic, or a push type that takes it, is not.
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "topic": TOPIC, "notifications": [
+                {"token": token(11), "payload": alert, "push_type": "voip"},
+                {"token": token(12), "payload": alert, "push_type": "voip", "topic": format!("{TOPIC}.voip")},
+                {"token": token(13), "payload": alert},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(
+        answer["results"][0]["reason"],
+        format!(
+            "topic: apns-topic \"{TOPIC}\" does not end in \".voip\", which push type voip needs"
+        ),
+        "{answer}"
+    );
+    assert_eq!(answer["results"][1]["status"], "accepted", "{answer}");
+    assert_eq!(answer["results"][2]["status"], "accepted", "{answer}");
+    let (status, answer) = h
+        .post(
+            "/api/v1/push",
+            &json!({"domain": DOMAIN, "topic": TOPIC, "push_type": "voip", "tokens": [token(14)],
+                    "payload": alert}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(
+        answer["results"][0]["reason"],
+        format!(
+            "topic: apns-topic \"{TOPIC}\" does not end in \".voip\", which push type voip needs"
+        ),
+        "{answer}"
+    );
+    assert_eq!(h.records(3).await.len(), 3);
+    assert_eq!(h.received(), 3);
+}
+
+/// A body that is JSON but not an object (an array, a string, a number, `true`, `false`, `null`) is a `400` that
+/// says the body must be a JSON object, on every route that reads a JSON body: the derived readers would take
+/// `[]` for an object without fields (and answer that `domain` is missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_json_route_refuses_a_body_that_is_not_an_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\nhttp_listener {{ listen \"127.0.0.1:0\" {{ http_services = ( inject push ) }} }}\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let server = herald::server::Server::start(&config).await.unwrap();
+    let addr = server.addrs().await.http[0];
+    let client = reqwest::Client::new();
+    for path in [
+        "/api/v1/push",
+        "/v1.0/inject",
+        "/api/v1/broadcast",
+        "/api/v1/channels",
+        "/api/v1/notifications/query",
+    ] {
+        for body in [
+            "[]",
+            "[\"apps.example\"]",
+            "[{\"domain\": \"apps.example\"}]",
+            "\"str\"",
+            "12",
+            "true",
+            "false",
+            "null",
+        ] {
+            let response = client
+                .post(format!("http://{addr}{path}"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+            assert!(
+                error_text(&answer).contains("the body must be a JSON object"),
+                "{path} {body}: {answer}"
+            );
+        }
+    }
+    // A `[` is not JSON: that is what the answer says.
+    let response = client
+        .post(format!("http://{addr}/api/v1/push"))
+        .body("[")
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = response.json().await.unwrap();
+    assert!(
+        error_text(&answer).starts_with("invalid JSON: "),
+        "{answer}"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}

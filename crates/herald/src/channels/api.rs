@@ -43,8 +43,29 @@ fn answer(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-fn bad_request(message: String) -> Response {
-    answer(StatusCode::BAD_REQUEST, json!({ "error": message }))
+/// A request herald refuses before any call (`400`): the text names the field or parameter, and `domain` is the
+/// domain the request named, when it named one (readable, not empty), as in every error of these routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BadRequest {
+    message: String,
+    domain: Option<String>,
+}
+
+impl BadRequest {
+    fn new(message: impl Into<String>, domain: Option<&str>) -> Self {
+        BadRequest {
+            message: message.into(),
+            domain: domain.map(str::to_owned),
+        }
+    }
+}
+
+fn bad_request(e: BadRequest) -> Response {
+    let mut body = json!({ "error": e.message });
+    if let Some(domain) = e.domain {
+        body["domain"] = json!(domain);
+    }
+    answer(StatusCode::BAD_REQUEST, body)
 }
 
 /// An operation's failure: the mapped status, the text, and APNs' status and reason when APNs answered. A create
@@ -69,26 +90,37 @@ fn failure(e: &ChannelError, domain: &str) -> Response {
     response
 }
 
-/// The `domain` query parameter, the only one these routes take.
-/// Errors are the 400 answer's text.
-fn domain_param(raw: Option<&str>) -> Result<String, String> {
+/// The `domain` query parameter, the only one these routes take (trimmed, in lower case).
+fn domain_param(raw: Option<&str>) -> Result<String, BadRequest> {
     let mut domain = None;
+    let mut unknown = None;
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "domain" => domain = Some(crate::ops::percent_decode(value)),
             other => {
-                return Err(format!(
-                    "unknown parameter {:?}; these routes take only domain",
-                    crate::ops::percent_decode(other)
-                ));
+                unknown.get_or_insert_with(|| crate::ops::percent_decode(other));
             }
         }
     }
-    match domain.map(|d| d.trim().to_ascii_lowercase()) {
+    let domain = domain.map(|d| d.trim().to_ascii_lowercase());
+    let named = domain.as_deref().filter(|d| !d.is_empty());
+    if let Some(other) = unknown {
+        return Err(BadRequest::new(
+            format!("unknown parameter {other:?}; these routes take only domain"),
+            named,
+        ));
+    }
+    match domain {
         Some(d) if !d.is_empty() => Ok(d),
-        Some(_) => Err("domain: empty; name the app's domain".into()),
-        None => Err("domain: missing; add ?domain=D naming the app's domain".into()),
+        Some(_) => Err(BadRequest::new(
+            "domain: empty; name the app's domain",
+            None,
+        )),
+        None => Err(BadRequest::new(
+            "domain: missing; add ?domain=D naming the app's domain",
+            None,
+        )),
     }
 }
 
@@ -119,48 +151,59 @@ struct CreateRequest {
 }
 
 /// Reads a create body: `{"domain": D, "message_storage_policy": 0|1, "push_type": "liveactivity"}` (push type
-/// optional; the only one APNs takes). Every error names the field.
-fn parse_create(body: &[u8]) -> Result<CreateRequest, String> {
+/// optional; the only one APNs takes). Every error names the field, and carries the domain when the body names one.
+fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        format!(
-            "invalid JSON: {e}; send {{\"domain\": \"…\", \"message_storage_policy\": 0 or 1, \"push_type\": \"liveactivity\"}}"
+        BadRequest::new(
+            format!(
+                "invalid JSON: {e}; send {{\"domain\": \"…\", \"message_storage_policy\": 0 or 1, \"push_type\": \"liveactivity\"}}"
+            ),
+            None,
         )
     })?;
     let Value::Object(fields) = v else {
-        return Err("the body must be a JSON object".into());
+        return Err(BadRequest::new("the body must be a JSON object", None));
     };
+    // The domain as the request names it, for every error that follows.
+    let named = match fields.get("domain") {
+        Some(Value::String(d)) if !d.trim().is_empty() => Some(d.trim().to_ascii_lowercase()),
+        _ => None,
+    };
+    let refuse = |message: String| Err(BadRequest::new(message, named.as_deref()));
     for key in fields.keys() {
         if !matches!(
             key.as_str(),
             "domain" | "message_storage_policy" | "push_type"
         ) {
-            return Err(format!(
+            return refuse(format!(
                 "unknown field {key:?}; use domain, message_storage_policy and push_type"
             ));
         }
     }
-    let domain = match fields.get("domain") {
-        Some(Value::String(d)) if !d.trim().is_empty() => d.trim().to_ascii_lowercase(),
-        Some(Value::String(_)) => return Err("domain: empty; name the app's domain".into()),
-        Some(other) => return Err(format!("domain: {other} is not a string")),
-        None => return Err("domain: missing; name the app's domain".into()),
+    let domain = match (fields.get("domain"), &named) {
+        (_, Some(d)) => d.clone(),
+        (Some(Value::String(_)), None) => {
+            return refuse("domain: empty; name the app's domain".into());
+        }
+        (Some(other), None) => return refuse(format!("domain: {other} is not a string")),
+        (None, None) => return refuse("domain: missing; name the app's domain".into()),
     };
     let policy = match fields.get("message_storage_policy") {
         Some(Value::Number(n)) => match n.as_i64().map(StoragePolicy::try_from) {
             Some(Ok(p)) => p,
             _ => {
-                return Err(format!(
+                return refuse(format!(
                     "message_storage_policy: {n} is not 0 (no message stored) or 1 (the most recent message stored)"
                 ));
             }
         },
         Some(other) => {
-            return Err(format!(
+            return refuse(format!(
                 "message_storage_policy: {other} is not 0 (no message stored) or 1 (the most recent message stored)"
             ));
         }
         None => {
-            return Err(
+            return refuse(
                 "message_storage_policy: missing; 0 (no message stored) or 1 (the most recent message stored)"
                     .into(),
             );
@@ -170,7 +213,7 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, String> {
         None => {}
         Some(Value::String(t)) if t.eq_ignore_ascii_case("liveactivity") => {}
         Some(other) => {
-            return Err(format!(
+            return refuse(format!(
                 "push_type: {other} is not allowed; channels carry only liveactivity"
             ));
         }
@@ -229,8 +272,12 @@ async fn list(State(manager): State<Arc<ChannelManager>>, RawQuery(raw): RawQuer
 }
 
 /// The `domain` query parameter and the channel id of the path, or what is wrong with the first bad one.
-fn domain_and_channel(raw: Option<&str>, id: &str) -> Result<(String, ChannelId), String> {
-    Ok((domain_param(raw)?, channel_param(id)?))
+fn domain_and_channel(raw: Option<&str>, id: &str) -> Result<(String, ChannelId), BadRequest> {
+    let domain = domain_param(raw)?;
+    match channel_param(id) {
+        Ok(id) => Ok((domain, id)),
+        Err(message) => Err(BadRequest::new(message, Some(&domain))),
+    }
 }
 
 async fn read(
@@ -318,8 +365,36 @@ mod tests {
             (br#"{"domain":"a","#, "invalid JSON"),
             (br#"[1]"#, "JSON object"),
         ] {
-            let err = parse_create(body).err().unwrap_or_default();
+            let err = parse_create(body)
+                .err()
+                .map(|e| e.message)
+                .unwrap_or_default();
             assert!(err.starts_with(field) || err.contains(field), "{err}");
+        }
+    }
+
+    /// A refused create carries the domain its body names (trimmed, in lower case), whatever field is wrong; a
+    /// body that names no readable domain gives none.
+    #[test]
+    fn refused_creates_carry_the_domain_they_name() {
+        for body in [
+            &br#"{"domain":" Apps.Example "}"#[..],
+            br#"{"domain":"apps.example","message_storage_policy":2}"#,
+            br#"{"domain":"apps.example","message_storage_policy":1,"push_type":"alert"}"#,
+            br#"{"message_storage_policy":1,"storage":1,"domain":"apps.example"}"#,
+        ] {
+            let err = parse_create(body).err().unwrap();
+            assert_eq!(err.domain.as_deref(), Some("apps.example"), "{err:?}");
+        }
+        for body in [
+            &br#"{"message_storage_policy":1}"#[..],
+            br#"{"domain":" ","message_storage_policy":1}"#,
+            br#"{"domain":7,"message_storage_policy":1}"#,
+            br#"{"domain":"a","#,
+            br#"["apps.example"]"#,
+        ] {
+            let err = parse_create(body).err().unwrap();
+            assert_eq!(err.domain, None, "{err:?}");
         }
     }
 
@@ -329,6 +404,18 @@ mod tests {
         assert!(domain_param(None).is_err());
         assert!(domain_param(Some("domain=")).is_err());
         assert!(domain_param(Some("domain=a&x=1")).is_err());
+        // A refusal carries the domain the query names, wherever it stands.
+        for query in ["domain=A.example&x=1", "x=1&domain=a.example"] {
+            let err = domain_param(Some(query)).unwrap_err();
+            assert_eq!(err.domain.as_deref(), Some("a.example"), "{query}: {err:?}");
+            assert!(
+                err.message.starts_with("unknown parameter \"x\""),
+                "{err:?}"
+            );
+        }
+        assert_eq!(domain_param(Some("domain=&x=1")).unwrap_err().domain, None);
+        let err = domain_and_channel(Some("domain=a.example"), "a b").unwrap_err();
+        assert_eq!(err.domain.as_deref(), Some("a.example"), "{err:?}");
     }
 
     #[test]

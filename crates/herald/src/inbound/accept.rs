@@ -21,11 +21,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_apns::client::PushRequest;
-use herald_apns::notification::{NotificationParts, PushHeaders, RouteAuth, validate_notification};
+use herald_apns::notification::{
+    NotificationError, NotificationParts, PushHeaders, RouteAuth, validate_notification,
+};
 use herald_apns::payload::{PayloadError, infer_push_type_for};
 use herald_apns::push::{
-    ApnsId, BINARY_PAYLOAD_LIMIT, HTTP2_PAYLOAD_LIMIT, Priority, Protocol, PushType,
-    VOIP_PAYLOAD_LIMIT, derive_topic, validate_expiration,
+    ApnsId, BINARY_PAYLOAD_LIMIT, HTTP2_PAYLOAD_LIMIT, Priority, Protocol, PushError, PushType,
+    VOIP_PAYLOAD_LIMIT, derive_topic, validate_canonical_apns_id, validate_collapse_id,
+    validate_expiration, validate_topic,
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -78,6 +81,168 @@ pub enum Refusal {
     /// down): try again later (SMTP 4xx, HTTP 503).
     #[error("{0}")]
     Temporary(Unavailable),
+}
+
+/// An option of a notification: an APNs request header its sender sets (REST names it by its field, MCMT by its
+/// `X-APNs-…` header), which the door checks ([`OptionRefusal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApnsOption {
+    /// `apns-topic`.
+    Topic,
+    /// `apns-push-type`.
+    PushType,
+    /// `apns-priority`.
+    Priority,
+    /// `apns-expiration`.
+    Expiration,
+    /// `apns-collapse-id`.
+    CollapseId,
+    /// `apns-id`.
+    ApnsId,
+}
+
+impl ApnsOption {
+    /// Every option.
+    pub const ALL: [ApnsOption; 6] = [
+        ApnsOption::Topic,
+        ApnsOption::PushType,
+        ApnsOption::Priority,
+        ApnsOption::Expiration,
+        ApnsOption::CollapseId,
+        ApnsOption::ApnsId,
+    ];
+
+    /// The option's field in a REST request (`collapse_id`, …).
+    pub fn field(self) -> &'static str {
+        match self {
+            ApnsOption::Topic => "topic",
+            ApnsOption::PushType => "push_type",
+            ApnsOption::Priority => "priority",
+            ApnsOption::Expiration => "expiration",
+            ApnsOption::CollapseId => "collapse_id",
+            ApnsOption::ApnsId => "apns_id",
+        }
+    }
+
+    /// The option a header check's refusal is about.
+    fn of(e: &PushError) -> ApnsOption {
+        match e {
+            PushError::UnknownPushType(_) => ApnsOption::PushType,
+            PushError::BadPriority(_) => ApnsOption::Priority,
+            PushError::CollapseIdTooLong { .. } | PushError::BadCollapseIdCharacters { .. } => {
+                ApnsOption::CollapseId
+            }
+            PushError::BadApnsId(_) | PushError::ApnsIdNotLowercase(_) => ApnsOption::ApnsId,
+            PushError::BadExpiration(_) | PushError::ExpirationOutOfRange(_) => {
+                ApnsOption::Expiration
+            }
+            PushError::EmptyTopic
+            | PushError::BadTopicCharacters { .. }
+            | PushError::TopicSuffixMismatch { .. }
+            | PushError::TopicNamesOtherPushType { .. } => ApnsOption::Topic,
+        }
+    }
+
+    /// Why APNs refuses `value` given as this option whatever the push type, route and payload of the notification
+    /// that carries it, in words that do not name the option; `None` when it may be taken (it can still be refused
+    /// with the rest of a notification). For a listener that gives one value to many notifications and refuses the
+    /// request once instead of each of them ([`Intake::prepare_detailed`] refuses each with the same words): an
+    /// unknown push type, a priority other than 10, 5 or 1, an expiration that is not a count of seconds in 32 bits,
+    /// a collapse id too long or not printable ASCII, an apns-id that is not a canonical lowercase UUID, a topic that
+    /// is empty or not printable ASCII. A value refused only for some push types (a topic whose suffix is another
+    /// push type's, priority 10 for a background push) passes, to be refused with the notifications it applies to.
+    pub fn refused_alone(self, value: &str) -> Option<String> {
+        let refused = match self {
+            ApnsOption::PushType => value.parse::<PushType>().err(),
+            ApnsOption::Priority => match value.parse::<u8>() {
+                Ok(p) => Priority::from_u8(p).err(),
+                Err(_) => Some(PushError::BadPriority(value.to_owned())),
+            },
+            ApnsOption::Expiration => match value.parse::<u64>() {
+                Ok(e) => validate_expiration(e).err(),
+                Err(_) => Some(PushError::BadExpiration(value.to_owned())),
+            },
+            ApnsOption::CollapseId => validate_collapse_id(value).err(),
+            ApnsOption::ApnsId => validate_canonical_apns_id(value).err(),
+            // The checks of any topic before its push type's: the push type that is sent checks its suffix.
+            ApnsOption::Topic => match validate_topic(value, PushType::Alert) {
+                Err(e @ (PushError::EmptyTopic | PushError::BadTopicCharacters { .. })) => Some(e),
+                _ => None,
+            },
+        };
+        refused.map(|e| e.to_string())
+    }
+}
+
+/// The door's refusal of an option's value ([`DoorRefusal::option`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionRefusal {
+    pub option: ApnsOption,
+    /// Why, in words that do not name the option (`apns-collapse-id is 65 bytes; at most 64 are allowed`), for a
+    /// listener that names it the way its sender gave it (REST: `notifications[2].collapse_id: …`).
+    pub why: String,
+}
+
+/// Why [`Intake::prepare_detailed`] refused a submission: the refusal every listener gives, and the option it is
+/// about when it is one option's value.
+#[derive(Debug, Clone)]
+pub struct DoorRefusal {
+    /// What [`Intake::prepare`] answers: a [`Refusal::Permanent`] names the option as the door's texts always have
+    /// (`priority: …`, `apns-collapse-id …`).
+    pub refusal: Refusal,
+    /// The option whose value was refused; `None` for anything else (the token, the payload, the domain, the route,
+    /// a topic missing, a temporary refusal).
+    pub option: Option<OptionRefusal>,
+}
+
+impl DoorRefusal {
+    /// The refusal of `option`'s value for `why`; the text [`Intake::prepare`] gives starts with the option's field
+    /// when `named` (`priority: apns-priority must be …`), else is `why` alone, whose words name it
+    /// (`apns-collapse-id …`).
+    fn option(option: ApnsOption, why: impl ToString, named: bool) -> DoorRefusal {
+        let why = why.to_string();
+        let text = if named {
+            format!("{}: {why}", option.field())
+        } else {
+            why.clone()
+        };
+        DoorRefusal {
+            refusal: Refusal::Permanent(text),
+            option: Some(OptionRefusal { option, why }),
+        }
+    }
+
+    /// The refusal of a header check, about the option it names.
+    fn header(e: PushError) -> DoorRefusal {
+        DoorRefusal::option(ApnsOption::of(&e), e, false)
+    }
+
+    /// The refusal of a notification's checks ([`validate_notification`]): a header's, or a priority its push type
+    /// or route does not take, is about that option.
+    fn notification(e: NotificationError) -> DoorRefusal {
+        match e {
+            NotificationError::Attribute(e) => DoorRefusal::header(e),
+            NotificationError::Payload(e @ PayloadError::PriorityNotAllowed { .. }) => {
+                DoorRefusal::option(ApnsOption::Priority, e, false)
+            }
+            other => Refusal::Permanent(other.to_string()).into(),
+        }
+    }
+}
+
+impl From<Refusal> for DoorRefusal {
+    fn from(refusal: Refusal) -> DoorRefusal {
+        DoorRefusal {
+            refusal,
+            option: None,
+        }
+    }
+}
+
+impl From<DomainRefusal> for DoorRefusal {
+    fn from(d: DomainRefusal) -> DoorRefusal {
+        Refusal::from(d).into()
+    }
 }
 
 /// Why herald cannot take notifications now ([`Refusal::Temporary`]). Listeners choose their answer by the
@@ -343,6 +508,16 @@ impl Intake {
 
     /// Validates one submission for its domain and builds the notification; nothing is stored yet.
     pub fn prepare(&self, s: Submission, source: &Source) -> Result<Notification, Refusal> {
+        self.prepare_detailed(s, source).map_err(|r| r.refusal)
+    }
+
+    /// [`prepare`](Self::prepare), saying which option a refusal is about when it is one option's value
+    /// ([`DoorRefusal::option`]), so that a listener can name it the way its sender gave it.
+    pub fn prepare_detailed(
+        &self,
+        s: Submission,
+        source: &Source,
+    ) -> Result<Notification, DoorRefusal> {
         // A request a retry may repeat reuses the ids a refused attempt gave the same submissions.
         let fingerprint = crate::spool::retry_ids::fingerprint(&s);
         let mut result = self.validate(s, source);
@@ -483,13 +658,13 @@ impl Intake {
         }
     }
 
-    fn validate(&self, s: Submission, source: &Source) -> Result<Notification, Refusal> {
+    fn validate(&self, s: Submission, source: &Source) -> Result<Notification, DoorRefusal> {
         let settings = self.settings_for(s.binding.as_deref(), &s.domain)?;
         let protocol = route_protocol(&settings);
         let given = match s.headers.push_type.as_deref() {
             Some(t) => Some(
                 t.parse::<PushType>()
-                    .map_err(|e| Refusal::Permanent(format!("push_type: {e}")))?,
+                    .map_err(|e| DoorRefusal::option(ApnsOption::PushType, e, true))?,
             ),
             None => None,
         };
@@ -509,7 +684,7 @@ impl Intake {
                 if let Some(text) =
                     payload_too_large(None, protocol, RouteAuth::Token, s.payload.len())
                 {
-                    return Err(Refusal::Permanent(text));
+                    return Err(Refusal::Permanent(text).into());
                 }
                 #[cfg(test)]
                 tests::PAYLOADS_READ.with(|n| n.set(n.get() + 1));
@@ -517,9 +692,8 @@ impl Intake {
             }
         };
         let priority = match s.headers.priority {
-            Some(p) => {
-                Priority::from_u8(p).map_err(|e| Refusal::Permanent(format!("priority: {e}")))?
-            }
+            Some(p) => Priority::from_u8(p)
+                .map_err(|e| DoorRefusal::option(ApnsOption::Priority, e, true))?,
             None => push_type.default_priority(),
         };
         let auth = route_auth(protocol, &settings);
@@ -538,12 +712,12 @@ impl Intake {
             payload: &s.payload,
         };
         let topic = parts.topic().map(|t| self.strings.intern(t));
-        let token = validate_notification(&parts).map_err(|e| Refusal::Permanent(e.to_string()))?;
+        let token = validate_notification(&parts).map_err(DoorRefusal::notification)?;
         // Every field is kept exactly as accepted: what APNs receives is what the sender gave.
         let expiration = match s.headers.expiration {
             Some(e) => Some(
                 validate_expiration(e)
-                    .map_err(|e| Refusal::Permanent(format!("expiration: {e}")))?,
+                    .map_err(|e| DoorRefusal::option(ApnsOption::Expiration, e, true))?,
             ),
             None => None,
         };
@@ -551,18 +725,17 @@ impl Intake {
         // what it gets when the sender gives none (not the reception time + apn_expiry of the other types).
         let expiration = match (push_type, expiration) {
             (PushType::PushToTalk, Some(e)) if e != 0 => {
-                return Err(Refusal::Permanent(format!(
-                    "expiration: push-to-talk pushes must use expiration 0, not {e}"
-                )));
+                return Err(DoorRefusal::option(
+                    ApnsOption::Expiration,
+                    format!("push-to-talk pushes must use expiration 0, not {e}"),
+                    true,
+                ));
             }
             (PushType::PushToTalk, None) => Some(0),
             (_, e) => e,
         };
         let apns_id = match s.headers.apns_id.as_deref() {
-            Some(id) => Some(
-                id.parse::<ApnsId>()
-                    .map_err(|e| Refusal::Permanent(e.to_string()))?,
-            ),
+            Some(id) => Some(id.parse::<ApnsId>().map_err(DoorRefusal::header)?),
             None if protocol == Protocol::Http2 => {
                 Some(ApnsId::from_bytes(uuid::Uuid::new_v4().into_bytes()))
             }
@@ -1321,6 +1494,234 @@ mod tests {
             "domain \"unknown.example\" cannot take push notifications: domain \"unknown.example\" is not configured"
         );
         assert_eq!(intake.refused(), 0, "a check is not a refusal");
+    }
+
+    /// A refusal of one option's value says which option it is about, with the reason in words that do not name
+    /// the option's field, for a listener to name it as its sender gave it; the text every listener gives is the
+    /// door's own, unchanged. A refusal of anything else is about no option.
+    #[test]
+    fn a_refused_options_value_is_named_by_its_option() {
+        let intake = intake();
+        let alert = r#"{"aps":{"alert":"x"}}"#;
+        let submit = |payload: &'static str, headers: PushHeaders| {
+            let s = Submission {
+                domain: "apps.example".into(),
+                token: "ab".repeat(32),
+                payload: Bytes::from_static(payload.as_bytes()),
+                headers,
+                ..Submission::default()
+            };
+            intake.prepare_detailed(s, &source(&intake))
+        };
+        let given = |set: fn(&mut PushHeaders)| {
+            let mut h = PushHeaders::default();
+            set(&mut h);
+            h
+        };
+        let cases: [(&str, PushHeaders, ApnsOption, &str, &str); 11] = [
+            (
+                alert,
+                given(|h| h.collapse_id = Some(" x".into())),
+                ApnsOption::CollapseId,
+                "",
+                "apns-collapse-id \" x\" must be printable ASCII without leading or trailing spaces (no control \
+                 characters), which an HTTP/2 header carries unchanged",
+            ),
+            (
+                alert,
+                given(|h| h.collapse_id = Some("c".repeat(65))),
+                ApnsOption::CollapseId,
+                "",
+                "apns-collapse-id is 65 bytes; at most 64 are allowed",
+            ),
+            (
+                alert,
+                given(|h| h.topic = Some(String::new())),
+                ApnsOption::Topic,
+                "",
+                "apns-topic is empty",
+            ),
+            (
+                alert,
+                given(|h| {
+                    h.topic = Some("com.example.app".into());
+                    h.push_type = Some("voip".into());
+                }),
+                ApnsOption::Topic,
+                "",
+                "apns-topic \"com.example.app\" does not end in \".voip\", which push type voip needs",
+            ),
+            (
+                alert,
+                given(|h| h.push_type = Some("bogus".into())),
+                ApnsOption::PushType,
+                "push_type: ",
+                "unknown apns-push-type \"bogus\"",
+            ),
+            (
+                alert,
+                given(|h| h.priority = Some(7)),
+                ApnsOption::Priority,
+                "priority: ",
+                "apns-priority must be 10, 5 or 1, not \"7\"",
+            ),
+            (
+                r#"{"aps":{"content-available":1}}"#,
+                given(|h| h.priority = Some(10)),
+                ApnsOption::Priority,
+                "",
+                "priority 10 is not allowed here: background pushes must use priority 5",
+            ),
+            (
+                alert,
+                given(|h| h.expiration = Some(1 << 32)),
+                ApnsOption::Expiration,
+                "",
+                "apns-expiration 4294967296 is out of range: at most 4294967295 (seconds since the epoch, 32 bits)",
+            ),
+            (
+                r#"{"aps":{}}"#,
+                given(|h| {
+                    h.push_type = Some("pushtotalk".into());
+                    h.topic = Some("com.example.app.voip-ptt".into());
+                    h.expiration = Some(5);
+                }),
+                ApnsOption::Expiration,
+                "expiration: ",
+                "push-to-talk pushes must use expiration 0, not 5",
+            ),
+            (
+                alert,
+                given(|h| h.apns_id = Some("nope".into())),
+                ApnsOption::ApnsId,
+                "",
+                "apns-id \"nope\" is not a canonical 8-4-4-4-12 UUID",
+            ),
+            (
+                alert,
+                given(|h| h.apns_id = Some("123E4567-E89B-12D3-A456-426614174000".into())),
+                ApnsOption::ApnsId,
+                "",
+                "apns-id \"123E4567-E89B-12D3-A456-426614174000\" has uppercase hex digits; APNs takes the \
+                 canonical lowercase form",
+            ),
+        ];
+        for (payload, headers, option, named, why) in cases {
+            let refused = submit(payload, headers.clone()).unwrap_err();
+            assert_eq!(
+                refused.option,
+                Some(OptionRefusal {
+                    option,
+                    why: why.to_owned()
+                }),
+                "{headers:?}"
+            );
+            match (
+                &refused.refusal,
+                intake.prepare(
+                    Submission {
+                        domain: "apps.example".into(),
+                        token: "ab".repeat(32),
+                        payload: Bytes::from_static(payload.as_bytes()),
+                        headers: headers.clone(),
+                        ..Submission::default()
+                    },
+                    &source(&intake),
+                ),
+            ) {
+                (Refusal::Permanent(text), Err(Refusal::Permanent(same))) => {
+                    assert_eq!(*text, format!("{named}{why}"), "{headers:?}");
+                    assert_eq!(same, *text, "{headers:?}");
+                }
+                other => panic!("{headers:?}: {other:?}"),
+            }
+        }
+        // The token, the payload: no option.
+        let mut bad_token = Submission {
+            domain: "apps.example".into(),
+            token: "zz".repeat(32),
+            payload: Bytes::from_static(alert.as_bytes()),
+            ..Submission::default()
+        };
+        let refused = intake
+            .prepare_detailed(bad_token.clone(), &source(&intake))
+            .unwrap_err();
+        assert!(refused.option.is_none(), "{refused:?}");
+        bad_token.token = "ab".repeat(32);
+        bad_token.payload = Bytes::from_static(b"[]");
+        let refused = intake
+            .prepare_detailed(bad_token, &source(&intake))
+            .unwrap_err();
+        assert!(refused.option.is_none(), "{refused:?}");
+    }
+
+    /// What an option's value alone tells: a value refused whatever the push type, in the door's words for it;
+    /// one refused only with some push types passes.
+    #[test]
+    fn an_options_value_is_refused_alone_only_when_no_push_type_takes_it() {
+        for (option, value, why) in [
+            (ApnsOption::Topic, "", "apns-topic is empty"),
+            (
+                ApnsOption::Topic,
+                "com.example app",
+                "apns-topic \"com.example app\" has characters outside printable ASCII",
+            ),
+            (
+                ApnsOption::PushType,
+                "Alert",
+                "unknown apns-push-type \"Alert\"",
+            ),
+            (
+                ApnsOption::CollapseId,
+                "trail ",
+                "apns-collapse-id \"trail \" must be printable ASCII without leading or trailing spaces (no \
+                 control characters), which an HTTP/2 header carries unchanged",
+            ),
+            (
+                ApnsOption::Priority,
+                "300",
+                "apns-priority must be 10, 5 or 1, not \"300\"",
+            ),
+            (
+                ApnsOption::Expiration,
+                "1e3",
+                "apns-expiration \"1e3\" is not a decimal count of seconds since the epoch",
+            ),
+            (
+                ApnsOption::ApnsId,
+                "x",
+                "apns-id \"x\" is not a canonical 8-4-4-4-12 UUID",
+            ),
+        ] {
+            assert_eq!(
+                option.refused_alone(value).as_deref(),
+                Some(why),
+                "{option:?} {value:?}"
+            );
+        }
+        for (option, value) in [
+            (ApnsOption::Topic, "com.example.app.voip"),
+            (ApnsOption::Topic, "com.example.app.push-type.liveactivity"),
+            (ApnsOption::PushType, "liveactivity"),
+            (ApnsOption::CollapseId, "c"),
+            (ApnsOption::Priority, "10"),
+            (ApnsOption::Expiration, "4294967295"),
+            (ApnsOption::ApnsId, "123e4567-e89b-12d3-a456-426614174000"),
+        ] {
+            assert_eq!(option.refused_alone(value), None, "{option:?} {value:?}");
+        }
+        let fields: Vec<_> = ApnsOption::ALL.iter().map(|o| o.field()).collect();
+        assert_eq!(
+            fields,
+            [
+                "topic",
+                "push_type",
+                "priority",
+                "expiration",
+                "collapse_id",
+                "apns_id"
+            ]
+        );
     }
 
     /// docs/apns-protocol.md §3.2.1: a background push goes out at priority 5 also when its sender gave none (APNs

@@ -28,6 +28,7 @@ use serde_json::json;
 
 use super::book::{Found, LookupError, Status, StatusBook};
 use super::{parse_id, peers};
+use crate::inbound::rest::error::{NOT_AN_OBJECT, json_but_not_an_object};
 use crate::inbound::rest::server::read_request_body;
 
 /// Most ids one batch lookup takes.
@@ -105,7 +106,7 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
     let Some(key) = parse_id(id) else {
         return reply(
             StatusCode::BAD_REQUEST,
-            json!({"id": id, "error": format!("{id:?} is not a notification id (they look like 01/00-12345-0000002A)")}),
+            json!({"id": id, "found": false, "error": format!("{id:?} is not a notification id (they look like 01/00-12345-0000002A)")}),
         );
     };
     let (found, error) = match book.lookup(&key) {
@@ -214,12 +215,20 @@ async fn query(State(state): State<StatusState>, request: Request) -> Response {
         Ok((_, body)) => body,
         Err(e) => return e.into_response(),
     };
+    let send = "send {\"ids\": [\"01/00-12345-0000002A\", …]}";
+    // A JSON value other than an object is refused as such: the reader would take an array for the fields in order.
+    if json_but_not_an_object(&body) {
+        return json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("{NOT_AN_OBJECT}; {send}")}),
+        );
+    }
     let q: Query = match serde_json::from_slice(&body) {
         Ok(q) => q,
         Err(e) => {
             return json(
                 StatusCode::BAD_REQUEST,
-                json!({"error": format!("invalid request: {e}; send {{\"ids\": [\"01/00-12345-0000002A\", …]}}")}),
+                json!({"error": format!("invalid request: {e}; {send}")}),
             );
         }
     };
@@ -353,6 +362,64 @@ mod tests {
         let r = reqwest::get(format!("{base}/{id}")).await.unwrap();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["retry-after"], "1");
+    }
+
+    /// Every entry of `not_found` has `id`, `found` and `error` (docs/api.md "Status of a notification"): `found`
+    /// is `unknown` or `expired` for an id herald does not hold, `false` for text that is not an id (also in the
+    /// `400` of the single lookup). A body that is JSON but not an object is refused as such.
+    #[tokio::test]
+    async fn every_id_not_found_says_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let base = serve(StatusState { book, peers: None }).await;
+        let client = reqwest::Client::new();
+        let id = IdGenerator::new(7).next().to_string();
+        let r = client
+            .post(format!("{base}/query"))
+            .json(&json!({"ids": [id, "garbage"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["notifications"], json!([]), "{v}");
+        let found: Vec<_> = v["not_found"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["id"].clone(), e["found"].clone(), e["error"].is_string()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (json!(id), json!("unknown"), true),
+                (json!("garbage"), json!(false), true)
+            ],
+            "{v}"
+        );
+        let r = client.get(format!("{base}/garbage")).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!((&v["id"], &v["found"]), (&json!("garbage"), &json!(false)));
+
+        for body in ["[]", "[[\"01/00-12345-0000002A\"]]", "\"ids\"", "1", "null"] {
+            let r = client
+                .post(format!("{base}/query"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{body}");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert!(
+                v["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("invalid request: the body must be a JSON object"),
+                "{body}: {v}"
+            );
+        }
     }
 
     /// A known status path with another method is `405` with `allow`, as for every other route: `query` is not

@@ -163,6 +163,19 @@ pub fn without_bom(body: &[u8]) -> &[u8] {
     body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
+/// The answer to a request body that is JSON but not an object (an array, a string, a number, `true`, `false`,
+/// `null`): every JSON route takes an object.
+pub const NOT_AN_OBJECT: &str = "invalid request: the body must be a JSON object";
+
+/// Whether `body` (after any byte order mark) is well-formed JSON whose value is not an object: [`NOT_AN_OBJECT`]
+/// is its answer, which the derived readers would not give (they read an array as the object's fields in order,
+/// and `[]` as an object with none of them). A body that is not JSON at all is left to the route's parser, which
+/// says where it fails.
+pub fn json_but_not_an_object(body: &[u8]) -> bool {
+    !matches!(body.trim_ascii_start().first(), None | Some(b'{'))
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
 /// The error text for a body that did not parse as `T`: `field.path: what was wrong`, or `invalid JSON: …`.
 /// The body is parsed a second time with path tracking, so the common case pays nothing for it.
 pub fn describe_json_error<'a, T: serde::Deserialize<'a>>(
@@ -173,7 +186,7 @@ pub fn describe_json_error<'a, T: serde::Deserialize<'a>>(
         return format!("invalid JSON: {first}");
     }
     if !body.trim_ascii_start().starts_with(b"{") {
-        return "invalid request: the body must be a JSON object".into();
+        return NOT_AN_OBJECT.into();
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
@@ -193,6 +206,42 @@ mod tests {
         assert_eq!(out, r#""a\"b\\c\nd\u0001é""#);
         let back: String = serde_json::from_str(&out).unwrap();
         assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+
+    /// Any JSON value but an object is told apart; an object, and text that is not JSON, are left to the parser.
+    #[test]
+    fn json_values_other_than_objects_are_told_apart() {
+        for body in [
+            &b"[]"[..],
+            b" [1, {}]\n",
+            b"\"str\"",
+            b"12",
+            b"-1.5e3",
+            b"true",
+            b"false",
+            b"null",
+        ] {
+            assert!(
+                json_but_not_an_object(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for body in [
+            &b"{}"[..],
+            b" {\"a\":1}",
+            b"",
+            b"  ",
+            b"[",
+            b"nul",
+            b"{\"a\":",
+        ] {
+            assert!(
+                !json_but_not_an_object(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[tokio::test]

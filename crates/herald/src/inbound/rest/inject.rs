@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 
 use super::RestState;
 use super::error::{
-    ApiError, describe_json_error, json_response, push_json_string, read_body, without_bom,
+    ApiError, NOT_AN_OBJECT, describe_json_error, json_but_not_an_object, json_response,
+    push_json_string, read_body, without_bom,
 };
 use super::template::{RenderError, Template, TemplateError};
 use super::text::Text;
@@ -170,6 +171,9 @@ impl<'de> Deserialize<'de> for Vctx {
 /// tracking the path so the error names the field.
 pub fn parse(body: &[u8]) -> Result<InjectBody<'_>, ApiError> {
     let body = without_bom(body);
+    if json_but_not_an_object(body) {
+        return Err(ApiError::bad_request(NOT_AN_OBJECT));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(describe_json_error::<InjectBody<'_>>(body, e)))
 }

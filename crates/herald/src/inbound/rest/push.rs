@@ -1,10 +1,11 @@
 //! `POST /api/v1/push`: herald's native batch API. One payload to many tokens (`tokens`), or many complete
 //! notifications (`notifications`), for one domain. Every item is validated in one pass; the accepted ones are
 //! made durable with a single [`Intake::commit`] (one group-committed write), and the answer, `202` with one
-//! result per item in request order, is sent only after that. A rejected item (also one whose own option is a
-//! number APNs does not take) does not fail the others; a problem with the request itself is a `400` naming the
-//! field, as is a shared `priority` or `expiration` APNs does not take, or a shared `payload` larger than APNs takes
-//! for any push type.
+//! result per item in request order, is sent only after that. A rejected item (also one whose own option APNs does
+//! not take, named `notifications[i].FIELD`) does not fail the others; a problem with the request itself is a `400`
+//! naming the field, as is a shared option APNs does not take whatever the push type, or a shared `payload` larger
+//! than APNs takes for any push type. The door says which option a refusal is about ([`DoorRefusal`]), and the
+//! item's reason names it where the request gives it ([`OptionFields`]).
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -18,10 +19,13 @@ use std::fmt::Write as _;
 
 use super::RestState;
 use super::error::{
-    ApiError, describe_json_error, json_response, push_json_string, read_body, without_bom,
+    ApiError, NOT_AN_OBJECT, describe_json_error, json_but_not_an_object, json_response,
+    push_json_string, read_body, without_bom,
 };
 use super::text::Text;
-use crate::inbound::accept::{Intake, NoRoom, Refusal, Source, Submission};
+use crate::inbound::accept::{
+    ApnsOption, DoorRefusal, Intake, NoRoom, OptionRefusal, Refusal, Source, Submission,
+};
 use crate::queue::message::MessageId;
 use herald_apns::notification::PushHeaders;
 use herald_apns::push::{MAX_EXPIRATION, Priority, PushError, validate_expiration};
@@ -166,31 +170,66 @@ impl NumberOption<'_, '_> {
     }
 }
 
-/// Where a notification's `priority` and `expiration` come from, for its refusals ([`named_options`]).
+/// Where the request gives a notification's options, to name the option a refusal is about the way the request
+/// gives it: `notifications[i].FIELD` for the notification's own value, `FIELD` for the shared one.
+#[derive(Debug, Clone, Copy)]
 struct OptionFields {
-    priority: Option<(Cow<'static, str>, u8)>,
-    expiration: Option<Cow<'static, str>>,
+    /// The notification's place in `notifications`; `None` in the `tokens` form.
+    item: Option<usize>,
+    /// The options the notification sets itself.
+    own: Options,
+    /// The options the request sets for every notification that does not set its own.
+    shared: Options,
 }
 
-/// The door's refusal of a notification, with the option it is about named by where the request gives it
-/// (`notifications[i].priority: …` for a notification's own value, `priority: …` for the shared one): the door
-/// knows the option only by its name, and the payload checks name the priority by its value alone.
-fn named_options(reason: String, fields: &OptionFields) -> String {
-    if let Some(field) = &fields.expiration
-        && let Some(why) = reason.strip_prefix("expiration: ")
-    {
-        return format!("{field}: {why}");
-    }
-    if let Some((field, p)) = &fields.priority {
-        if let Some(why) = reason.strip_prefix("priority: ") {
-            return format!("{field}: {why}");
-        }
-        // The payload checks' refusal of a priority the push type or route does not take.
-        if reason.starts_with(&format!("priority {p} is not allowed here: ")) {
-            return format!("{field}: {reason}");
+impl OptionFields {
+    /// Where the request gives the value of `option` that applies; `None` when it gives none (herald chose it).
+    fn field(&self, option: ApnsOption) -> Option<Cow<'static, str>> {
+        match self.item {
+            Some(i) if self.own.has(option) => {
+                Some(Cow::Owned(format!("notifications[{i}].{}", option.field())))
+            }
+            _ if self.shared.has(option) => Some(Cow::Borrowed(option.field())),
+            _ => None,
         }
     }
-    reason
+
+    /// The reason for the door's refusal of a notification: one of an option's value names the option where the
+    /// request gives it (`notifications[2].collapse_id: apns-collapse-id is 65 bytes; …`, `topic: apns-topic is
+    /// empty`); any other, or one of a value herald chose, is the door's text.
+    fn reason(&self, refused: Option<OptionRefusal>, text: String) -> String {
+        match refused {
+            Some(o) => match self.field(o.option) {
+                Some(field) => format!("{field}: {}", o.why),
+                None => text,
+            },
+            None => text,
+        }
+    }
+}
+
+/// A set of [`ApnsOption`]s.
+#[derive(Debug, Clone, Copy, Default)]
+struct Options(u8);
+
+impl Options {
+    /// The options of `given` whose value is given.
+    fn given(given: [(ApnsOption, bool); 6]) -> Options {
+        Options(
+            given
+                .into_iter()
+                .filter(|(_, is)| *is)
+                .fold(0, |set, (o, _)| set | Options::bit(o)),
+        )
+    }
+
+    fn bit(option: ApnsOption) -> u8 {
+        1 << (option as u8)
+    }
+
+    fn has(self, option: ApnsOption) -> bool {
+        self.0 & Options::bit(option) != 0
+    }
 }
 
 /// One item's submission and where its options come from, or why the item is refused before it reaches the door.
@@ -263,8 +302,8 @@ async fn accept_batch(
                 ApiError::bad_request(message)
             }
         })?;
-    // A request of the wrong shape is refused for that, whatever room the queue has; so is a shared `priority` or
-    // `expiration` APNs does not take, and one payload for every token that APNs takes for no push type, as each
+    // A request of the wrong shape is refused for that, whatever room the queue has; so is a shared option APNs does
+    // not take whatever the push type, and one payload for every token that APNs takes for no push type, as each
     // notification would be refused for them.
     let form = request.form()?;
     request.check_shared_options()?;
@@ -409,17 +448,38 @@ impl<'a> PushBody<'a> {
         }
     }
 
-    /// Refuses the request (`400`) for a shared `priority` or `expiration` APNs does not take: every notification
-    /// that does not set its own would be refused for it.
+    /// Refuses the request (`400`, naming the field) for a shared option APNs does not take whatever the push
+    /// type ([`ApnsOption::refused_alone`]): every notification that does not set its own would be refused for it.
     fn check_shared_options(&self) -> Result<(), ApiError> {
         let (priority, expiration) = self.numbers(None);
         priority.priority().map_err(ApiError::bad_request)?;
         expiration.expiration().map_err(ApiError::bad_request)?;
+        for (option, value) in [
+            (ApnsOption::Topic, &self.topic),
+            (ApnsOption::PushType, &self.push_type),
+            (ApnsOption::CollapseId, &self.collapse_id),
+        ] {
+            if let Some(why) = value.as_deref().and_then(|v| option.refused_alone(v)) {
+                return Err(ApiError::bad_request(format!("{}: {why}", option.field())));
+            }
+        }
         Ok(())
     }
 
+    /// The options the request sets for every notification that does not set its own.
+    fn shared_options(&self) -> Options {
+        Options::given([
+            (ApnsOption::Topic, self.topic.is_some()),
+            (ApnsOption::PushType, self.push_type.is_some()),
+            (ApnsOption::Priority, self.priority.is_some()),
+            (ApnsOption::Expiration, self.expiration.is_some()),
+            (ApnsOption::CollapseId, self.collapse_id.is_some()),
+            (ApnsOption::ApnsId, false),
+        ])
+    }
+
     /// The submissions, in request order: each token with the shared payload and options, or each notification
-    /// with its own (and the shared options it leaves out), with where its `priority` and `expiration` come from.
+    /// with its own (and the shared options it leaves out), with where the request gives its options.
     /// A request of the wrong shape is refused whole; a notification whose own `priority` or `expiration` APNs
     /// does not take is refused alone (`Err`, the reason).
     fn submissions(
@@ -436,13 +496,7 @@ impl<'a> PushBody<'a> {
             sender: String::new(),
             binding: binding.clone(),
         };
-        let fields =
-            |priority: &NumberOption<'_, '_>, p: Option<u8>, expiration: &NumberOption<'_, '_>| {
-                OptionFields {
-                    priority: priority.field().zip(p),
-                    expiration: expiration.field(),
-                }
-            };
+        let shared = self.shared_options();
         match self.form()? {
             Form::Tokens(tokens, payload) => {
                 let payload = Bytes::copy_from_slice(payload.get().as_bytes());
@@ -450,6 +504,11 @@ impl<'a> PushBody<'a> {
                 // Checked once for the request ([`PushBody::check_shared_options`]).
                 let p = priority.priority().map_err(ApiError::bad_request)?;
                 let e = expiration.expiration().map_err(ApiError::bad_request)?;
+                let fields = OptionFields {
+                    item: None,
+                    own: Options::default(),
+                    shared,
+                };
                 Ok(tokens
                     .iter()
                     .map(|token| {
@@ -461,10 +520,7 @@ impl<'a> PushBody<'a> {
                             collapse_id: self.collapse_id.as_deref().map(str::to_owned),
                             apns_id: None,
                         };
-                        Ok((
-                            submission(token, payload.clone(), headers),
-                            fields(&priority, p, &expiration),
-                        ))
+                        Ok((submission(token, payload.clone(), headers), fields))
                     })
                     .collect())
             }
@@ -483,10 +539,12 @@ impl<'a> PushBody<'a> {
                         apns_id: item.apns_id.as_deref().map(str::to_owned),
                     };
                     let payload = Bytes::copy_from_slice(item.payload.get().as_bytes());
-                    Ok((
-                        submission(&item.token, payload, headers),
-                        fields(&priority, p, &expiration),
-                    ))
+                    let fields = OptionFields {
+                        item: Some(i),
+                        own: item.options(),
+                        shared,
+                    };
+                    Ok((submission(&item.token, payload, headers), fields))
                 })
                 .collect()),
         }
@@ -518,6 +576,20 @@ impl<'a> PushBody<'a> {
     }
 }
 
+impl Item<'_> {
+    /// The options the notification sets itself.
+    fn options(&self) -> Options {
+        Options::given([
+            (ApnsOption::Topic, self.topic.is_some()),
+            (ApnsOption::PushType, self.push_type.is_some()),
+            (ApnsOption::Priority, self.priority.is_some()),
+            (ApnsOption::Expiration, self.expiration.is_some()),
+            (ApnsOption::CollapseId, self.collapse_id.is_some()),
+            (ApnsOption::ApnsId, self.apns_id.is_some()),
+        ])
+    }
+}
+
 /// A request's form, checked by [`PushBody::form`].
 enum Form<'r, 'a> {
     /// One payload to each token.
@@ -536,15 +608,19 @@ fn take(
     results: &mut Vec<ItemResult>,
     accepted: &mut Vec<crate::queue::message::Notification>,
 ) -> Result<(), ApiError> {
-    match intake.prepare(submission, source) {
+    match intake.prepare_detailed(submission, source) {
         Ok(n) => {
             results.push(ItemResult::Accepted(n.id));
             accepted.push(n);
         }
-        Err(Refusal::Permanent(reason)) => {
-            results.push(ItemResult::Rejected(named_options(reason, fields)))
-        }
-        Err(Refusal::Temporary(reason)) => return Err(ApiError::unavailable(reason)),
+        Err(DoorRefusal {
+            refusal: Refusal::Permanent(text),
+            option,
+        }) => results.push(ItemResult::Rejected(fields.reason(option, text))),
+        Err(DoorRefusal {
+            refusal: Refusal::Temporary(reason),
+            ..
+        }) => return Err(ApiError::unavailable(reason)),
     }
     Ok(())
 }
@@ -584,6 +660,9 @@ fn recipient(token: &str, domain: &str) -> String {
 /// tracking the path so the error names the field.
 pub fn parse(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
     let body = without_bom(body);
+    if json_but_not_an_object(body) {
+        return Err(ApiError::bad_request(NOT_AN_OBJECT));
+    }
     match serde_json::from_slice::<PushBody<'_>>(body) {
         Ok(request) => Ok(request),
         Err(first) => Err(ApiError::bad_request(describe_json_error::<PushBody<'_>>(
@@ -779,6 +858,28 @@ mod tests {
                 )),
                 "{}",
                 err.message
+            );
+        }
+    }
+
+    /// A body that is JSON but not an object is refused as such, not read as an object without fields.
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused_as_such() {
+        for body in [
+            &b"[]"[..],
+            b"[\"d\"]",
+            b"\xEF\xBB\xBF[]",
+            b"\"str\"",
+            b"1",
+            b"null",
+            b"true",
+        ] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(
+                err.message,
+                "invalid request: the body must be a JSON object",
+                "{}",
+                String::from_utf8_lossy(body)
             );
         }
     }
