@@ -1,6 +1,7 @@
 //! Prometheus text exposition of herald's counters (`GET /metrics`): receptions, deliveries, transient and
 //! permanent failures by domain and reason, queue sizes, open connections and streams, the delivery-latency
-//! histogram, certificate expiry times, the spool's size and the progress of its restore at start.
+//! histogram, certificate expiry times, the spool's size and the progress of its restore at start, and the size of the
+//! invalid-token store. docs/api.md's metrics table documents every family (the tests below hold them in step).
 //!
 //! The text is written here from snapshots of the engine's counters rather than through `prometheus-client`:
 //! that crate encodes OpenMetrics (its own content type, `# EOF`, `_total` and unit naming rules), which would change
@@ -338,11 +339,22 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
         let _ = writeln!(out, "herald_spool_restored_total {queued}");
     }
     if let Some(n) = extra.invalid_tokens {
+        // The store's size goes down when an entry is deleted, so it is a gauge: typed `counter`, `rate()` would
+        // read each deletion as a reset. `herald_invalid_tokens_total` is the name dashboards read already.
+        header(
+            &mut out,
+            "herald_invalid_tokens",
+            "Entries in the invalid-token store: device tokens APNs or its feedback service reported invalid, one \
+             per domain and token; goes down when an entry is deleted.",
+            "gauge",
+        );
+        let _ = writeln!(out, "herald_invalid_tokens {n}");
         header(
             &mut out,
             "herald_invalid_tokens_total",
-            "Device tokens APNs or its feedback service reported invalid, one per domain and token.",
-            "counter",
+            "The size of the invalid-token store, as herald_invalid_tokens (a gauge: it goes down when an entry is \
+             deleted; the name is kept for the dashboards that read it).",
+            "gauge",
         );
         let _ = writeln!(out, "herald_invalid_tokens_total {n}");
     }
@@ -371,9 +383,162 @@ pub fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    use crate::logs::Logs;
+    use crate::queue::{EngineLimits, MemoryInvalidTokens, StaticResolver};
 
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    fn engine() -> Engine {
+        Engine::new(
+            Arc::new(StaticResolver::default()),
+            Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        )
+    }
+
+    /// Every optional part present, so that the exposition holds every family this module writes.
+    fn everything() -> Extra {
+        Extra {
+            certificate_expiry: vec![(
+                "apps.example".into(),
+                "/etc/herald/apps.pem".into(),
+                1_900_000_000,
+            )],
+            spool: Some((3, 4096)),
+            spool_health: Some(SpoolHealth {
+                writable: true,
+                disk_full: false,
+                pending_removals: 0,
+            }),
+            stream: Some(herald_spool::JetStreamStats::default()),
+            restore: Some((false, 0)),
+            invalid_tokens: Some(3),
+        }
+    }
+
+    /// Family name -> (TYPE, the label names of its samples, `le` of a histogram's buckets left out).
+    fn families(text: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
+        let mut out: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                out.insert(name.to_owned(), (kind.to_owned(), BTreeSet::new()));
+            }
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let series = line.split([' ', '{']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| series.strip_suffix(s))
+                .filter(|f| out.get(*f).is_some_and(|(k, _)| k == "histogram"))
+                .unwrap_or(series);
+            let (_, labels) = out
+                .get_mut(family)
+                .unwrap_or_else(|| panic!("a sample of no declared family: {line}"));
+            if let Some((_, rest)) = line.split_once('{') {
+                for pair in rest.split("\",") {
+                    let label = pair.split_once('=').unwrap().0;
+                    if label != "le" {
+                        labels.insert(label.to_owned());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The metrics table of docs/api.md: family -> (type, labels).
+    fn documented() -> BTreeMap<String, (String, BTreeSet<String>)> {
+        let api = include_str!("../../../docs/api.md");
+        api.lines()
+            .filter(|l| l.trim_start().starts_with("| `herald_"))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let name = cells[1].trim_matches('`').to_owned();
+                let labels = cells[3]
+                    .split(',')
+                    .map(|l| l.trim().trim_matches('`'))
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                (name, (cells[2].to_owned(), labels))
+            })
+            .collect()
+    }
+
+    /// The store's size goes down when an entry is deleted: both of its series are gauges with its size, the
+    /// `_total` one kept for the dashboards that read it (typed `counter`, `rate()` read each deletion as a reset).
+    #[test]
+    fn the_invalid_token_store_s_size_is_a_gauge_under_both_names() {
+        let engine = engine();
+        for n in [3, 2] {
+            let text = render(
+                &engine,
+                &Extra {
+                    invalid_tokens: Some(n),
+                    ..Extra::default()
+                },
+            );
+            for name in ["herald_invalid_tokens", "herald_invalid_tokens_total"] {
+                assert!(
+                    text.contains(&format!("\n# TYPE {name} gauge\n{name} {n}\n")),
+                    "{text}"
+                );
+                let help = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("# HELP {name} ")))
+                    .unwrap_or_else(|| panic!("no HELP of {name}: {text}"));
+                assert!(help.contains("invalid-token store"), "{help}");
+            }
+            assert!(!text.contains(" counter\nherald_invalid_tokens"), "{text}");
+        }
+        // Without a store, neither.
+        assert!(!render(&engine, &Extra::default()).contains("herald_invalid_tokens"));
+    }
+
+    /// Every family this module writes is in docs/api.md's metrics table with its type and labels, and named in
+    /// the `/metrics` description of docs/openapi.yaml: a family added without its documentation fails here.
+    /// (The families the server adds after these are checked against the table by tests/metrics.rs.)
+    #[test]
+    fn every_family_written_is_documented_with_its_type_and_labels() {
+        let text = render(&engine(), &everything());
+        let written = families(&text);
+        assert!(written.len() > 30, "{text}");
+        let documented = documented();
+        let openapi = include_str!("../../../docs/openapi.yaml");
+        let metrics_route = openapi
+            .split_once("\n  /metrics:\n")
+            .and_then(|(_, rest)| rest.split_once("operationId: metrics"))
+            .map(|(description, _)| description)
+            .unwrap_or_else(|| panic!("no /metrics route in docs/openapi.yaml"));
+        let mut missing = Vec::new();
+        for (name, (kind, labels)) in &written {
+            match documented.get(name) {
+                None => missing.push(format!("{name}: not in docs/api.md's metrics table")),
+                Some((k, _)) if k != kind => {
+                    missing.push(format!("{name}: a {kind}, documented as a {k}"))
+                }
+                // Per-domain families have no sample without traffic; the others show their labels here.
+                Some((_, l)) if !labels.is_empty() || !l.contains("domain") => {
+                    if l != labels {
+                        missing.push(format!("{name}: labels {labels:?}, documented as {l:?}"));
+                    }
+                }
+                Some(_) => {}
+            }
+            if !metrics_route.contains(&format!("`{name}`")) {
+                missing.push(format!(
+                    "{name}: not named in docs/openapi.yaml's /metrics description"
+                ));
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 }

@@ -569,11 +569,98 @@ fn expected(s: &Setup) -> BTreeMap<&'static str, BTreeMap<Labels, f64>> {
             "herald_spool_removals_forced_total",
             BTreeMap::from([(Labels::new(), 0.0)]),
         ),
+        // The invalid-token store's size, under both names.
+        (
+            "herald_invalid_tokens",
+            BTreeMap::from([(Labels::new(), (BAD + UNREGISTERED + EXPIRED) as f64)]),
+        ),
         (
             "herald_invalid_tokens_total",
             BTreeMap::from([(Labels::new(), (BAD + UNREGISTERED + EXPIRED) as f64)]),
         ),
     ])
+}
+
+/// docs/api.md's metrics table: family -> (type, labels).
+fn documented_families() -> BTreeMap<String, (String, BTreeSet<String>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api.md");
+    let api = std::fs::read_to_string(&path).unwrap();
+    api.lines()
+        .filter(|l| l.trim_start().starts_with("| `herald_"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let labels = cells[3]
+                .split(',')
+                .map(|l| l.trim().trim_matches('`'))
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (
+                cells[1].trim_matches('`').to_owned(),
+                (cells[2].to_owned(), labels),
+            )
+        })
+        .collect()
+}
+
+/// The `/metrics` route's description in docs/openapi.yaml.
+fn openapi_metrics_description() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.yaml");
+    let openapi = std::fs::read_to_string(&path).unwrap();
+    let (_, route) = openapi.split_once("\n  /metrics:\n").unwrap();
+    let (description, _) = route.split_once("operationId: metrics").unwrap();
+    description.to_owned()
+}
+
+/// Families served only with the JetStream spool (this test's server has a local spool).
+fn jetstream_only(family: &str) -> bool {
+    family.starts_with("herald_jetstream_") || family == "herald_invalid_tokens_share_dropped_total"
+}
+
+/// What docs/api.md's metrics table and docs/openapi.yaml's `/metrics` description get wrong about `e`: a family
+/// served and not documented (or with another type, or other labels than its samples carry), or documented and
+/// not served.
+fn undocumented(e: &Exposition) -> Vec<String> {
+    let documented = documented_families();
+    let description = openapi_metrics_description();
+    let mut out = Vec::new();
+    for (family, kind) in &e.kinds {
+        let mut labels = BTreeSet::new();
+        for sample in e
+            .samples
+            .iter()
+            .filter(|s| family_of(&s.name, &e.kinds) == family)
+        {
+            labels.extend(sample.labels.keys().filter(|l| *l != "le").cloned());
+        }
+        let sampled = e
+            .samples
+            .iter()
+            .any(|s| family_of(&s.name, &e.kinds) == family);
+        match documented.get(family) {
+            None => out.push(format!("{family}: not in docs/api.md's metrics table")),
+            Some((k, _)) if k != kind => {
+                out.push(format!("{family}: a {kind}, docs/api.md says {k}"))
+            }
+            Some((_, l)) if sampled && *l != labels => out.push(format!(
+                "{family}: labels {labels:?}, docs/api.md says {l:?}"
+            )),
+            Some(_) => {}
+        }
+        if !description.contains(&format!("`{family}`")) {
+            out.push(format!(
+                "{family}: not named in docs/openapi.yaml's /metrics description"
+            ));
+        }
+    }
+    for family in documented.keys() {
+        if !e.kinds.contains_key(family) && !jetstream_only(family) {
+            out.push(format!(
+                "{family}: in docs/api.md's metrics table, not served"
+            ));
+        }
+    }
+    out
 }
 
 fn differences(
@@ -667,7 +754,8 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
             ("herald_spool_writable", "gauge"),
             ("herald_spool_disk_full", "gauge"),
             ("herald_spool_pending_removals", "gauge"),
-            ("herald_invalid_tokens_total", "counter"),
+            ("herald_invalid_tokens", "gauge"),
+            ("herald_invalid_tokens_total", "gauge"),
             ("herald_log_lines_dropped_total", "counter"),
             ("herald_outcomes_stored", "gauge"),
             ("herald_outcomes_tracked", "gauge"),
@@ -763,7 +851,11 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
         )])
     );
 
-    // The invalid tokens the counter counts are the ones the list shows.
+    // Every family served is documented, with its type and the labels its samples carry.
+    let wrong = undocumented(&e);
+    assert!(wrong.is_empty(), "{}\n\n{text}", wrong.join("\n"));
+
+    // The invalid tokens the store's size counts are the ones the list shows.
     let listed: Value = reqwest::get(format!("http://{}/api/v1/tokens/invalid", s.http))
         .await
         .unwrap()
@@ -791,6 +883,29 @@ async fn metrics_after_known_traffic_show_exactly_the_counts_sent() {
         invalid.extend(tokens(kind, n).into_iter().map(|t| (t, reason.to_owned())));
     }
     assert_eq!(listed, invalid);
+
+    // Deleting an entry makes the store smaller: both series go down, and they are gauges (a counter that goes
+    // down reads as a reset to `rate()`).
+    let (gone, _) = invalid.first().unwrap();
+    let response = reqwest::Client::new()
+        .delete(format!(
+            "http://{}/api/v1/tokens/invalid?domain={OK}&token={gone}",
+            s.http
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (_, text) = scrape(&s.http).await;
+    let e = parse_exposition(&text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+    for name in ["herald_invalid_tokens", "herald_invalid_tokens_total"] {
+        assert_eq!(e.kinds[name], "gauge", "{text}");
+        assert_eq!(
+            e.series(name),
+            BTreeMap::from([(Labels::new(), (invalid.len() - 1) as f64)]),
+            "{name}: {text}"
+        );
+    }
 
     s.server.shutdown(Duration::from_secs(2)).await;
 }
