@@ -243,8 +243,11 @@ pub struct Restored {
     pub report: RecoveryReport,
     /// Queued again.
     pub queued: u64,
-    /// Dropped: unreadable fields, or a domain that is no longer configured (left in the spool).
+    /// Not queued because a field could not be read.
     pub dropped: u64,
+    /// Not queued because their domain cannot be delivered now (no longer configured, its credentials failing):
+    /// left in the spool for a reload that delivers them ([`LeftInSpool`]).
+    pub left_in_spool: u64,
     /// The restore stopped early because the queue is shutting down (the rest stays spooled).
     pub interrupted: bool,
 }
@@ -521,7 +524,7 @@ async fn restore_pass(
                             domain: name,
                             reason,
                         }) => {
-                            pass.restored.dropped += 1;
+                            pass.restored.left_in_spool += 1;
                             pass.left.left(&binding, &domain, key);
                             // Once per domain: a domain removed from the configuration may hold many.
                             if !pass.unroutable.contains(&name) {
@@ -594,7 +597,8 @@ pub fn spawn_restore(
             {
                 tracing::info!(
                     queued = r.queued,
-                    dropped = r.dropped,
+                    left_in_spool = r.left_in_spool,
+                    unreadable = r.dropped,
                     skipped = r.report.skipped,
                     kept_for_a_newer_herald = r.report.newer_format,
                     "restored the spool in {:?}",
@@ -658,7 +662,8 @@ pub fn spawn_requeue(
                 left.merge(still);
                 tracing::info!(
                     queued = restored.queued,
-                    left = restored.dropped,
+                    left = restored.left_in_spool,
+                    unreadable = restored.dropped,
                     "queued spooled notifications of {domains} left in the spool at start, now that the \
                      configuration delivers them, in {:?}",
                     started.elapsed()
@@ -1406,8 +1411,14 @@ pub(crate) mod tests {
         ));
         assert_eq!(progress.queued(), 0);
         assert_eq!(
-            (restored.report.recovered, restored.queued, restored.dropped),
-            (3, 0, 3)
+            (
+                restored.report.recovered,
+                restored.queued,
+                restored.left_in_spool,
+                restored.dropped
+            ),
+            (3, 0, 3, 0),
+            "left in the spool, not dropped"
         );
         assert!(!restored.interrupted);
         assert_eq!(spool.stats().records, 3);
