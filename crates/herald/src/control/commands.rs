@@ -767,15 +767,16 @@ pub fn refused_reload(e: &crate::status::ReloadError) -> String {
 /// What kind of error a configuration message names, without anything it quotes from the file: herald-conf
 /// quotes the file's text between backquotes (an option name, a value, the word found where another was
 /// expected), and that text may itself hold backquotes, so a message with one is cut before it, at its first
-/// words up to the first character that is not a letter or a blank (`unknown option`, `invalid value`,
-/// `expected`; empty when the message opens with a quotation). A message without a backquote quotes nothing of
+/// words up to the first character that is not a letter, an underscore or a blank (`unknown option`, `invalid
+/// value`, `expected`, `control_password is empty`; empty when the message opens with a quotation). Underscores are
+/// kept for herald's option names; what a file's text could show through them it could show through letters. A message without a backquote quotes nothing of
 /// the file (what herald says of it: "cannot read the file: not a regular file (a FIFO)") and stays whole. Also
 /// whether the message is whole.
 fn error_kind(message: &str) -> (&str, bool) {
     if !message.contains('`') {
         return (message.trim_end(), true);
     }
-    match message.find(|c: char| !(c.is_ascii_alphabetic() || c == ' ')) {
+    match message.find(|c: char| !(c.is_ascii_alphabetic() || c == ' ' || c == '_')) {
         Some(end) => (message[..end].trim_end(), false),
         None => (message.trim_end(), true),
     }
@@ -1291,6 +1292,11 @@ mod tests {
         };
         assert_eq!(refused_reload(&e), format!("{e}\n"));
         assert_eq!(error_kind("unknown option `x`"), ("unknown option", false));
+        // An option name herald's message opens with is shown whole.
+        assert_eq!(
+            error_kind("control_password is empty: `auth \"\"` would log in; set a password"),
+            ("control_password is empty", false)
+        );
         assert_eq!(error_kind("`x` has no value"), ("", false));
         assert_eq!(
             error_kind("cannot read the file: not a regular file (a FIFO)"),
