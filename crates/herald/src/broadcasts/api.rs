@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{BroadcastRefusal, Broadcaster, NewBroadcast};
-use crate::inbound::rest::error::ApiError;
+use crate::inbound::rest::error::{ApiError, without_bom};
 use crate::inbound::rest::idempotency::Idempotency;
 use crate::inbound::rest::server::read_request_body;
 
@@ -144,7 +144,7 @@ impl Fields<'_> {
 
 /// Reads a broadcast request; every error names the field.
 pub fn parse(body: &[u8]) -> Result<NewBroadcast, String> {
-    let raw: &RawValue = serde_json::from_slice(body).map_err(|e| {
+    let raw: &RawValue = serde_json::from_slice(without_bom(body)).map_err(|e| {
         format!(
             "invalid JSON: {e}; send {{\"domain\": \"…\", \"channel_id\": \"…\", \"payload\": {{\"aps\": {{…}}}}}}"
         )

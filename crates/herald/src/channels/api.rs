@@ -15,6 +15,7 @@ use herald_apns::broadcast::{ChannelId, StoragePolicy};
 use serde_json::{Value, json};
 
 use super::{ChannelError, ChannelManager};
+use crate::inbound::rest::error::without_bom;
 use crate::inbound::rest::server::read_request_body;
 
 /// Every (method, path) [`routes`] answers, as `docs/openapi.yaml` documents them.
@@ -153,7 +154,7 @@ struct CreateRequest {
 /// Reads a create body: `{"domain": D, "message_storage_policy": 0|1, "push_type": "liveactivity"}` (push type
 /// optional; the only one APNs takes). Every error names the field, and carries the domain when the body names one.
 fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
+    let v: Value = serde_json::from_slice(without_bom(body)).map_err(|e| {
         BadRequest::new(
             format!(
                 "invalid JSON: {e}; send {{\"domain\": \"…\", \"message_storage_policy\": 0 or 1, \"push_type\": \"liveactivity\"}}"

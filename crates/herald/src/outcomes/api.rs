@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::book::{Found, LookupError, Status, StatusBook};
 use super::{parse_id, peers};
-use crate::inbound::rest::error::{NOT_AN_OBJECT, json_but_not_an_object};
+use crate::inbound::rest::error::{NOT_AN_OBJECT, json_but_not_an_object, without_bom};
 use crate::inbound::rest::server::read_request_body;
 
 /// Most ids one batch lookup takes.
@@ -223,7 +223,7 @@ async fn query(State(state): State<StatusState>, request: Request) -> Response {
             json!({"error": format!("{NOT_AN_OBJECT}; {send}")}),
         );
     }
-    let q: Query = match serde_json::from_slice(&body) {
+    let q: Query = match serde_json::from_slice(without_bom(&body)) {
         Ok(q) => q,
         Err(e) => {
             return json(
