@@ -7,7 +7,9 @@
 //! may have just been lowered), and `h2` says another stream may open, so every stream opens at once and work above
 //! the limit waits in the queue, where another connection of the pool can take it (h2 would hold a stream above the
 //! limit until a slot freed, its timers running). The response timeout counts from when a request's body was
-//! written; a stream that times out is cancelled (`RST_STREAM CANCEL`) before it is reported. Answers are matched by
+//! written; a stream that times out is cancelled (`RST_STREAM CANCEL`) before it is reported, and a deadline that
+//! passes is looked at once more first, so that an answer left unread while herald itself stalled is not taken for
+//! a timeout ([`super::stall`]). Answers are matched by
 //! stream, never by `apns-id`. After a GOAWAY no stream opens; streams the server did not process (refused, above
 //! the GOAWAY's last stream id, reset before the request was written in full, or lost with the connection before
 //! then) come back as [`PushResult::NotSent`], and a request written in full whose stream ends without an answer as
@@ -50,6 +52,7 @@ use tokio::sync::Semaphore;
 use super::connect::{Endpoint, connect_tls};
 use super::limit::AdaptiveLimit;
 use super::preface::{self, FrameWatch, GoAwaySeen};
+use super::stall::{self, Turns};
 use super::{
     CancelledStream, ClosedOnDrop, ConnectionError, ConnectionInfo, ConnectionState, Job,
     JobReceiver, NotSentReason, OutcomeSink, PushRequest, PushResult, Rejection, not_processed,
@@ -460,10 +463,11 @@ impl<T: Send + 'static> Dispatcher<T> {
             .min(self.opts.idle_timeout.unwrap_or(Duration::MAX))
             .min(self.probe_timeout())
             / 4;
-        let mut tick = tokio::time::interval(
-            tick_every.clamp(Duration::from_millis(50), Duration::from_secs(1)),
-        );
+        let tick_every = tick_every.clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Tells the first tick after herald itself stalled, which passes no verdict on the peer's silence.
+        let mut turns = Turns::new(tick_every, tokio::time::Instant::now());
         // The last request taken or answer in: `idle_timeout` counts from it, and a PING does not reset it (with
         // `keepalive` shorter than `idle_timeout`, PONGs would otherwise keep an idle connection open for good).
         let mut last_activity = Instant::now();
@@ -768,6 +772,12 @@ impl<T: Send + 'static> Dispatcher<T> {
                             if taking && self.state.is_draining() {
                                 // The pool asked (a reload, a lower connection limit): not a fault.
                                 self.close_ourselves(&mut taking);
+                            }
+                            // Herald itself stalled since the last tick (the process stopped, a machine too loaded to
+                            // run it): what the peer sent meanwhile (a PONG, answers) may wait unread, and is read
+                            // before the next tick, which judges the silence (docs/apns-protocol.md#herald-stalls).
+                            if turns.after_stall(tokio::time::Instant::now()) {
+                                continue;
                             }
                             let idle_for = last_activity.elapsed();
                             if let Some(Held { since, answered: false, .. }) = &held
@@ -1377,12 +1387,13 @@ async fn exchange(
                 Err(_) => Err(Credit::NoTurn),
             },
         };
-        let waited =
-            match turn {
-                Err(ended) => Ok(ended),
-                // The turn ends when this arm does, whatever ends it (the body written, an answer, the stream ended,
-                // the timeout, the connection's task dropping the future): the next stream's turn never waits on it.
-                Ok(_turn) => tokio::time::timeout(timeout, async {
+        let waited = match turn {
+            Err(ended) => Ok(ended),
+            // The turn ends when this arm does, whatever ends it (the body written, an answer, the stream ended,
+            // the timeout, the connection's task dropping the future): the next stream's turn never waits on it.
+            Ok(_turn) => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                let mut gathering = std::pin::pin!(async {
                     // h2 assigns credit to the streams that asked, in order: now only this one asks.
                     stream.reserve_capacity(payload.len());
                     loop {
@@ -1411,9 +1422,17 @@ async fn exchange(
                             },
                         }
                     }
-                })
-                .await,
-            };
+                });
+                match tokio::time::timeout_at(deadline, &mut gathering).await {
+                    Ok(got) => Ok(got),
+                    // Credit the server gave in time may wait unread when herald itself stalled (see the answer's
+                    // timeout below).
+                    Err(elapsed) => stall::look_again(&mut gathering, deadline)
+                        .await
+                        .ok_or(elapsed),
+                }
+            }
+        };
         match waited {
             Ok(Credit::Granted) => {}
             Ok(Credit::Answered(read)) => {
@@ -1507,7 +1526,14 @@ async fn exchange(
     let deadline = tokio::time::Instant::from_std(written + timeout);
     let read = match early {
         Some(read) => Ok(read),
-        None => tokio::time::timeout_at(deadline, answer).await,
+        None => match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(read) => Ok(read),
+            // The deadline passed: an answer that came in time may still wait unread in the socket when herald
+            // itself stalled, so it is looked for once more before the stream counts as timed out.
+            Err(elapsed) => stall::look_again(&mut answer, deadline)
+                .await
+                .ok_or(elapsed),
+        },
     };
     let mut reset = false;
     let result = match read {
@@ -2628,6 +2654,130 @@ mod tests {
                 return;
             }
         }
+    }
+
+    /// What a [`freezing_server`] answers only once it has frozen the client's thread.
+    #[cfg(target_os = "linux")]
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum FrozenBefore {
+        /// The answer to the first request.
+        Answer,
+        /// The answer to the first PING.
+        Pong,
+    }
+
+    /// A frame-level server on a thread of its own, for the connection accepted on `listener`: it acknowledges
+    /// the client's SETTINGS, answers every request `200` and every PING at once, except that the first answer
+    /// `what` names is written only once it has frozen `client` (the thread of the client's runtime, idle and
+    /// waiting for the answer) as a stop of the process would ([`stall::freeze`]): the answer then waits in the
+    /// socket while the client's deadline passes.
+    #[cfg(target_os = "linux")]
+    fn freezing_server(
+        listener: std::net::TcpListener,
+        client: libc::pthread_t,
+        what: FrozenBefore,
+    ) {
+        use std::io::{Read, Write};
+        std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut preface = [0u8; 24];
+            sock.read_exact(&mut preface).unwrap();
+            sock.write_all(&settings_frame(&[])).unwrap();
+            let mut frozen = false;
+            loop {
+                let mut head = [0u8; 9];
+                if sock.read_exact(&mut head).is_err() {
+                    return;
+                }
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                if sock.read_exact(&mut payload).is_err() {
+                    return;
+                }
+                let (kind, flags) = (head[3], head[4]);
+                let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                let (answer, of) = match kind {
+                    SETTINGS if flags & 1 == 0 => (frame(SETTINGS, 1, 0, &[]), None),
+                    PING if flags & 1 == 0 => {
+                        (frame(PING, 1, 0, &payload), Some(FrozenBefore::Pong))
+                    }
+                    DATA if flags & END_STREAM != 0 => {
+                        (status(stream, 0x88, true), Some(FrozenBefore::Answer))
+                    }
+                    _ => continue,
+                };
+                if !frozen && of == Some(what) {
+                    frozen = true;
+                    // The client's runtime has gone back to waiting for socket events by now.
+                    std::thread::sleep(Duration::from_millis(30));
+                    stall::freeze::freeze(client);
+                }
+                if sock.write_all(&answer).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// An answer APNs sent in time that waits in the socket while herald is frozen (SIGSTOP, a virtual machine
+    /// paused) past the response timeout is the outcome when herald runs again: the notification is delivered, not
+    /// reported as timed out (and sent again later as a duplicate), though the stream's timer and the socket
+    /// become ready together, the timer first (docs/apns-protocol.md#herald-stalls).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_answer_that_came_while_herald_was_frozen_is_not_a_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        freezing_server(listener, stall::freeze::this_thread(), FrozenBefore::Answer);
+        let started = Instant::now();
+        let conn = test_conn(
+            addr,
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+            &[1],
+        )
+        .await;
+        let results = conn.results.wait_for(1).await;
+        assert!(
+            started.elapsed() >= stall::freeze::FROZEN_FOR,
+            "the client was not frozen"
+        );
+        assert_eq!(results, [(1, delivered())]);
+        assert!(!conn.state.is_draining() && conn.state.fault().is_none());
+        conn.run.abort();
+    }
+
+    /// A PING's answer that waits in the socket while herald is frozen past the PING's timeout does not make the
+    /// connection count as dead when herald runs again: it is read before the PING is judged unanswered.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_pong_that_came_while_herald_was_frozen_keeps_the_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        freezing_server(listener, stall::freeze::this_thread(), FrozenBefore::Pong);
+        let started = Instant::now();
+        // Idle: a keep-alive PING goes out after 100 ms, and without its answer within 200 ms the connection
+        // would close.
+        let conn = test_conn(
+            addr,
+            Duration::from_millis(200),
+            Duration::from_millis(100),
+            &[],
+        )
+        .await;
+        while started.elapsed() < stall::freeze::FROZEN_FOR + Duration::from_millis(500) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !conn.state.is_draining() && conn.state.fault().is_none(),
+            "{:?}",
+            conn.state.fault()
+        );
+        // And it still works.
+        send_job(&conn.jobs, 1).await;
+        assert_eq!(conn.results.wait_for(1).await, [(1, delivered())]);
+        conn.run.abort();
     }
 
     /// A dispatcher on a connection to a [`scripted_server`], with `jobs` queued when it starts.

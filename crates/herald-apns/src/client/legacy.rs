@@ -15,7 +15,8 @@
 //!
 //! The window is swept (what the peer acknowledged noted, what silence answered delivered) before every batch is
 //! taken and on a timer, also while a write waits, so a connection that always has work waiting keeps delivering
-//! and its window holds only the last `response_timeout` of writes.
+//! and its window holds only the last `response_timeout` of writes. A sweep right after herald itself stalled
+//! delivers nothing by silence: an error packet that came meanwhile may still wait unread ([`super::stall`]).
 //!
 //! Silence proves nothing while the bytes have not reached APNs: a write counts once it has left the process (the
 //! TLS layer flushed), and where the system tells (Linux), a notification's silence counts only from when APNs'
@@ -45,6 +46,7 @@ use tokio::time::Instant;
 
 use super::acked::{Acknowledged, counted};
 use super::connect::{Endpoint, connect_tls_over};
+use super::stall::{self, Turns};
 use super::{
     ClosedOnDrop, ConnectionError, ConnectionInfo, ConnectionState, Job, JobReceiver,
     NotSentReason, OutcomeSink, PushRequest, PushResult, Rejection, panic_message,
@@ -134,15 +136,21 @@ struct Window<T> {
     /// waited for it (or since when none waited).
     acked_bytes: u64,
     progress_at: Instant,
+    /// The sweeps, which tell those that follow a stall of herald itself: they deliver nothing by silence, since
+    /// an error packet that came meanwhile may still wait unread (docs/apns-protocol.md#herald-stalls).
+    sweeps: Turns,
 }
 
 impl<T> Window<T> {
-    fn new() -> Window<T> {
+    /// An empty window, swept at least every `sweep_every`.
+    fn new(sweep_every: Duration) -> Window<T> {
+        let now = Instant::now();
         Window {
             entries: VecDeque::new(),
             acknowledged: 0,
             acked_bytes: 0,
-            progress_at: Instant::now(),
+            progress_at: now,
+            sweeps: Turns::new(sweep_every, now),
         }
     }
 
@@ -228,9 +236,9 @@ struct Connection<T> {
 }
 
 impl<T: Send + 'static> Connection<T> {
-    /// Notes what the peer acknowledged since the last look (its silence counts from `now` on), then reports
-    /// delivered every notification acknowledged and silent for the response timeout at `now`.
-    fn sweep(&self, window: &mut Window<T>, now: Instant) {
+    /// Notes what the peer acknowledged since the last look (its silence counts from `now` on), then, with
+    /// `deliver`, reports delivered every notification acknowledged and silent for the response timeout at `now`.
+    fn sweep(&self, window: &mut Window<T>, now: Instant, deliver: bool) {
         match self
             .acks
             .as_ref()
@@ -255,7 +263,7 @@ impl<T: Send + 'static> Connection<T> {
                 }
             }
         }
-        if window.entries.is_empty() {
+        if !deliver || window.entries.is_empty() {
             return;
         }
         let timeout = self.opts.response_timeout;
@@ -299,11 +307,11 @@ impl<T: Send + 'static> Connection<T> {
         });
         let reader_stopped = || ReadEnd::lost("reader stopped");
 
-        let mut window = Window::new();
         let mut next_id = first_identifier;
         let mut buf = BytesMut::with_capacity(WRITE_BATCH_BYTES + 4096);
         let tick_every =
             (opts.response_timeout / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+        let mut window = Window::new(tick_every);
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_activity = Instant::now();
@@ -325,7 +333,8 @@ impl<T: Send + 'static> Connection<T> {
                     // Swept before every batch, not only on the timer: with work always waiting the timer's turn would
                     // never come, and nothing would leave the window.
                     let now = Instant::now();
-                    self.sweep(&mut window, now);
+                    let resumed = window.sweeps.after_stall(now);
+                    self.sweep(&mut window, now, !resumed);
                     // Written bytes the peer does not acknowledge: it stopped reading, as with a write that waits.
                     if let Some(waited) = window.unacknowledged_for(now) {
                         if waited >= opts.write_timeout {
@@ -444,7 +453,8 @@ impl<T: Send + 'static> Connection<T> {
             Some(ReadEnd::Lost { why, at }) => {
                 // What silence had answered by the time the connection was lost is delivered; the rest of the
                 // window, still waiting for its answer (or for APNs to acknowledge it), comes back unsent.
-                self.sweep(&mut window, at);
+                // The reader took everything up to the loss, so silence until then is an answer, stall or not.
+                self.sweep(&mut window, at, true);
                 self.state.set_fault(|| {
                     format!("the connection was lost without an error packet: {why}")
                 });
@@ -525,8 +535,11 @@ impl<T: Send + 'static> Connection<T> {
     {
         let opts = &self.opts;
         let started = Instant::now();
-        let stalled_at = started + opts.response_timeout;
-        let give_up_at = started + opts.write_timeout;
+        let mut stalled_at = started + opts.response_timeout;
+        let mut give_up_at = started + opts.write_timeout;
+        // Each deadline is looked at once more before it counts: the peer may have taken the write while herald
+        // itself stalled, and the runtime not have seen the socket yet (docs/apns-protocol.md#herald-stalls).
+        let (mut stalled_looked, mut give_up_looked) = (false, false);
         let written = async {
             writer.write_all(buf).await?;
             writer.flush().await
@@ -544,16 +557,30 @@ impl<T: Send + 'static> Connection<T> {
                     Err(e) => break e,
                 },
                 _ = tokio::time::sleep_until(give_up_at) => {
+                    if !give_up_looked {
+                        give_up_looked = true;
+                        give_up_at = stall::look_again_until(give_up_at);
+                        continue;
+                    }
                     break std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("a write took over {} ms; the peer stopped reading", opts.write_timeout.as_millis()),
                     );
                 }
                 _ = tokio::time::sleep_until(stalled_at), if !stalled => {
+                    if !stalled_looked {
+                        stalled_looked = true;
+                        stalled_at = stall::look_again_until(stalled_at);
+                        continue;
+                    }
                     stalled = true;
                     self.stop_taking_stalled(taking, "a write waited");
                 }
-                _ = tick.tick() => self.sweep(window, Instant::now()),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let resumed = window.sweeps.after_stall(now);
+                    self.sweep(window, now, !resumed);
+                }
             }
         };
         let at = Instant::now();
@@ -1551,6 +1578,64 @@ mod tests {
                 s.state.fault()
             );
         }
+    }
+
+    /// An error packet APNs sent in time that waits in the socket while herald is frozen (SIGSTOP, a virtual
+    /// machine paused) past the response window is read before silence is taken for an answer when herald runs
+    /// again: the notification it names fails and the one after it comes back unsent, instead of all of them being
+    /// reported delivered (docs/apns-protocol.md#herald-stalls).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_error_packet_that_came_while_herald_was_frozen_is_read_before_silence_delivers() {
+        use crate::client::stall::freeze;
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client_thread = freeze::this_thread();
+        let three = 3 * encoded_len();
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut got = vec![0u8; three];
+            sock.read_exact(&mut got).unwrap();
+            // The client's runtime has gone back to waiting for socket events by now.
+            std::thread::sleep(Duration::from_millis(30));
+            freeze::freeze(client_thread);
+            let packet = ErrorPacket {
+                status: Status::InvalidToken,
+                identifier: 2,
+            };
+            sock.write_all(&packet.encode()).unwrap();
+            // Held open until the client closes it.
+            let _ = sock.read(&mut [0u8; 64]);
+        });
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, acks) = counted(client);
+        let started = std::time::Instant::now();
+        let s = start_with(client, acks, 3, options(WRITE_TIMEOUT), FIRST_IDENTIFIER);
+        let reported = s.results.wait_for(3).await;
+        assert!(
+            started.elapsed() >= freeze::FROZEN_FOR,
+            "the client was not frozen"
+        );
+        assert_eq!(
+            reported,
+            vec![
+                (1, delivered(1)),
+                (
+                    2,
+                    PushResult::Rejected(Rejection::Binary {
+                        status: Status::InvalidToken,
+                        identifier: Some(2),
+                    })
+                ),
+                (3, PushResult::NotSent(NotSentReason::AfterRejected)),
+            ]
+        );
+        tokio::time::timeout(Duration::from_secs(20), s.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        server.join().unwrap();
     }
 
     /// How the server end of a connection sees it end, reading (and discarding) what arrives for 10 s at most:

@@ -15,6 +15,7 @@ pub mod http2;
 pub mod legacy;
 pub mod limit;
 pub(crate) mod preface;
+mod stall;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
