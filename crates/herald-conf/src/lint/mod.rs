@@ -6,11 +6,13 @@
 //! they are fixed.
 //!
 //! One module per concern: [`apns`] (delivery options that misbehave with APNs), [`security`] (listeners and
-//! console open wider than their protection), [`inert`] (options accepted but not acted on).
+//! console open wider than their protection), [`inert`] (options accepted but not acted on), [`spool`] (spool
+//! options risky for the `jetstream` spool).
 
 mod apns;
 mod inert;
 mod security;
+mod spool;
 
 use crate::{diag::Diagnostics, tree::Node};
 
@@ -25,4 +27,5 @@ pub(crate) fn run(root: &Node, diags: &mut Diagnostics, warnings: bool) {
     apns::check(root, diags);
     security::check(root, diags);
     inert::check(root, diags);
+    spool::check(root, diags);
 }

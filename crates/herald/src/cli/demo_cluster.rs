@@ -137,6 +137,10 @@ fn try_start_nats(
     Ok(Ok((children, urls)))
 }
 
+/// A node's configuration. Its ack wait is 5 s, so that the notifications of the node the demo kills come back to
+/// the others in seconds. Below 20 s a configuration warning says that the loss of a NATS server (a leader election
+/// of the consumer) would make duplicates; the demo loses no NATS server, and its nodes log errors only
+/// ([`start_node`]), so that warning, which its user has no say over, is not shown.
 fn write_config(
     dir: &Path,
     node: &str,
