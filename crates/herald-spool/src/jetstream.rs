@@ -289,6 +289,10 @@ impl JetStreamSpool {
             .name(format!("herald {}", options.node))
             .connection_timeout(options.connect_timeout)
             .request_timeout(Some(options.request_timeout))
+            // The client's own pings (two unanswered, and the third ends the connection) go out only after this
+            // long without a command, so they find a hung server in about 30 s on a connection too blocked to take
+            // commands; a busy one is watched by the liveness probe (`crate::liveness`) instead.
+            .ping_interval(Duration::from_secs(10))
             .max_reconnects(None::<usize>);
         if let Some(token) = &options.token {
             connect = connect.token(token.clone());
@@ -396,6 +400,19 @@ impl JetStreamSpool {
             unfit: Mutex::new(Unfit::default()),
             options,
         });
+        // From the start, set up or not: a server that hangs is left for another one of the cluster.
+        tokio::spawn(crate::liveness::probe(
+            {
+                let me = Arc::downgrade(&spool);
+                move || {
+                    me.upgrade()
+                        .filter(|s| !s.closed.load(Ordering::Relaxed))
+                        .map(|s| s.client.clone())
+                }
+            },
+            spool.stopping.subscribe(),
+            crate::liveness::silence_limit(spool.options.request_timeout),
+        ));
         match tokio::time::timeout(first_try, spool.setup()).await {
             Ok(Ok((consumer, stream))) => spool.start_tasks(consumer, stream, tx),
             // An incompatible stream is the operator's to fix: refuse to start.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod fjall_engine;
 pub mod jetstream;
 pub mod key;
+pub mod liveness;
 pub mod memory;
 pub mod nodes;
 pub mod outcomes;

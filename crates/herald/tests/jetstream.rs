@@ -1409,3 +1409,121 @@ domain "paused.example" {{
     assert_eq!(metric(&metrics().await, "herald_jetstream_parked"), 0);
     daemon.terminate();
 }
+
+/// The process id of the `nats-server` listening for clients on `port` (read from `/proc`).
+fn nats_server_pid(port: u16) -> Option<String> {
+    let port = port.to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_nats = args.first().is_some_and(|a| a.ends_with(b"nats-server"));
+        if is_nats
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"-p" && w[1] == port.as_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// A process stopped with SIGSTOP, continued (SIGCONT) when dropped, the test failed or not.
+struct Stopped(String);
+
+impl Stopped {
+    fn stop(pid: String) -> Stopped {
+        assert!(
+            Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_nats_server_hangs_reconnects_to_another_and_delivers_again() {
+    if !nats::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let servers = nats::cluster(dir.path());
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let (sim, port) = start_sim(&pki).await;
+    // The node is given the first server only: it connects to it, and learns the others from it.
+    let config = write_config(
+        dir.path(),
+        "a",
+        &pki,
+        port,
+        &servers[0].url(),
+        "spool_nats_replicas = 3",
+    );
+    let daemon = Daemon::start(&config);
+    let client = reqwest::Client::new();
+    let accept = |tokens: Vec<String>, within: Duration| {
+        let client = client.clone();
+        let http = daemon.http.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                let (status, text) = post(&client, &http, &tokens)
+                    .await
+                    .unwrap_or((0, String::new()));
+                if status == 202 {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("last answer {status}: {text}"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let before = vec![token(950_000)];
+    accept(before.clone(), WAIT).await.unwrap();
+    assert_eq!(wait_all_delivered(&sim, &before, WAIT).await.0, 0);
+
+    // The node's server hangs: no reset, no close, its port still takes connections.
+    let pid = nats_server_pid(servers[0].port).expect("the first nats-server's process id");
+    let stopped = Stopped::stop(pid);
+    let frozen = Instant::now();
+    // Without the liveness probe, the client would not notice for as long as the server hangs; with it, the node
+    // leaves the server after the probes failed for its request timeout (2 s) and 5 s more, and the other two
+    // servers (a quorum) carry the stream.
+    let within = Duration::from_secs(40);
+    let after = vec![token(950_001)];
+    let accepted = accept(after.clone(), within).await;
+    let accepted_in = frozen.elapsed();
+    let (lost, _) = wait_all_delivered(&sim, &after, within.saturating_sub(frozen.elapsed())).await;
+    let delivered_in = frozen.elapsed();
+    drop(stopped);
+    println!(
+        "server hung: accepted again after {:.1} s, delivered after {:.1} s",
+        accepted_in.as_secs_f64(),
+        delivered_in.as_secs_f64()
+    );
+    if let Err(why) = accepted {
+        panic!("not accepted within {within:?} of the server's hang: {why}");
+    }
+    assert_eq!(
+        lost, 0,
+        "not delivered within {within:?} of the server's hang"
+    );
+    daemon.terminate();
+}

@@ -1,0 +1,297 @@
+//! A liveness probe of the NATS connection of a [`crate::JetStreamSpool`], so that a NATS server that hangs (a
+//! stopped process, a network path that drops everything without a reset) does not cut its node off.
+//!
+//! The NATS client pings the server only after its `ping_interval` (10 s, set by
+//! [`crate::JetStreamSpool::connect`]) without any command: every publish, ack or request it sends resets that
+//! timer, so a busy node never pings, and a hung server, which closes nothing, is never noticed: the node's requests time out one after the other for as long as the server hangs,
+//! though the other servers of the cluster answer. The probe makes a round trip through the server the node is
+//! connected to every [`PROBE_EVERY`]: it publishes a small message to an inbox subject of its own
+//! (`_INBOX.<unique>`, which the node may publish and subscribe to anyway: docs/scale-out.md) and waits
+//! [`PROBE_TIMEOUT`] for it to come back. That goes through that one server only: neither a JetStream leader
+//! election nor another server of the cluster is needed for the answer. Any echo received counts, a late one of an
+//! earlier probe too: the server answered, however slowly.
+//!
+//! Once the probes have failed for [`silence_limit`] (the node's `request_timeout`, the longest herald waits for a
+//! JetStream answer before refusing a sender, plus [`SILENCE_MARGIN`]) and at least [`MIN_FAILED_PROBES`] times in
+//! a row ([`should_reconnect`]), the probe says so in a warning naming the server and makes the client reconnect,
+//! to another server of the cluster (it picks at random; should it pick the hung server again, whose port still
+//! takes the connection, herald's build of async-nats gives up waiting for that server's greeting after the
+//! connection timeout, `spool_nats_timeout`, and tries the next: vendor/async-nats/HERALD-PATCH.md). It goes on
+//! probing the new connection. While the
+//! client is not connected (it is reconnecting by itself), nothing is counted. It stops with the spool.
+
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use futures_util::StreamExt;
+
+/// How often the connection is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How long one probe waits for its echo.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// What the probes may fail for beyond `request_timeout` before the client is made to reconnect: a healthy server
+/// answers a round trip in milliseconds, a busy one (a leader election, a disk that stalls the server's writes)
+/// within `request_timeout` or a little more; a second or two more would be margin enough, five keep a server
+/// that is slow for a moment from being left.
+pub const SILENCE_MARGIN: Duration = Duration::from_secs(5);
+/// Failed probes in a row needed before the client is made to reconnect, however long they span: a single slow
+/// probe (a pause of the node's own process) is not enough.
+pub const MIN_FAILED_PROBES: u32 = 3;
+
+/// How long the probes may fail before the client is made to reconnect: `request_timeout` plus [`SILENCE_MARGIN`].
+pub fn silence_limit(request_timeout: Duration) -> Duration {
+    request_timeout + SILENCE_MARGIN
+}
+
+/// Failed probes in a row, since the first of them was sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Streak {
+    /// When the first failed probe of the streak was sent; `None` while the probes are answered.
+    pub since: Option<Instant>,
+    /// Failed probes since then.
+    pub failures: u32,
+}
+
+impl Streak {
+    /// A probe sent at `sent` got no echo in time.
+    pub fn failed(&mut self, sent: Instant) {
+        self.since.get_or_insert(sent);
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    /// A probe was answered, or the connection is a new one: the count starts again.
+    pub fn reset(&mut self) {
+        *self = Streak::default();
+    }
+}
+
+/// Whether the server has been silent long enough to be left: at least [`MIN_FAILED_PROBES`] failed probes in a
+/// row, the first of them sent `limit` or more before `now`.
+pub fn should_reconnect(streak: Streak, now: Instant, limit: Duration) -> bool {
+    match streak.since {
+        Some(since) => {
+            streak.failures >= MIN_FAILED_PROBES && now.saturating_duration_since(since) >= limit
+        }
+        None => false,
+    }
+}
+
+/// The server the client is connected to (or was, last), as a warning names it.
+fn server_of(client: &async_nats::Client) -> String {
+    let info = client.server_info();
+    let name = if info.server_name.is_empty() {
+        info.server_id.as_str()
+    } else {
+        info.server_name.as_str()
+    };
+    format!("{name} (port {})", info.port)
+}
+
+/// Probes the connection of the client `client_of` gives (none: the spool is gone or closed, and the probe ends)
+/// every [`PROBE_EVERY`], and makes it reconnect once [`should_reconnect`] says so with `limit`
+/// ([`silence_limit`]). Ends at once when `stopping` turns true or its sender is dropped (the spool stops or is
+/// gone), so its subscription does not keep the connection open.
+pub async fn probe<F>(
+    client_of: F,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    limit: Duration,
+) where
+    F: Fn() -> Option<async_nats::Client>,
+{
+    let mut streak = Streak::default();
+    let mut echoes: Option<async_nats::Subscriber> = None;
+    let mut subject = String::new();
+    // The server left after the last warning, until a probe is answered again.
+    let mut left: Option<String> = None;
+    let mut sequence: u64 = 0;
+    loop {
+        let Some(client) = client_of() else {
+            return;
+        };
+        let sent = Instant::now();
+        if client.connection_state() != State::Connected {
+            // The client is reconnecting by itself: nothing to count until it is connected.
+            streak.reset();
+        } else {
+            sequence = sequence.wrapping_add(1);
+            let round = tokio::select! {
+                answered = round_trip(&client, &mut echoes, &mut subject, sequence) => answered,
+                _ = stopping.wait_for(|stop| *stop) => return,
+            };
+            if round {
+                if let Some(server) = left.take() {
+                    tracing::info!(
+                        "the NATS connection answers again, through server {}, after leaving server {server}",
+                        server_of(&client)
+                    );
+                }
+                streak.reset();
+            } else {
+                streak.failed(sent);
+                let now = Instant::now();
+                if should_reconnect(streak, now, limit) {
+                    let server = server_of(&client);
+                    let silent = streak
+                        .since
+                        .map_or(Duration::ZERO, |since| now.saturating_duration_since(since));
+                    tracing::warn!(
+                        server = %server,
+                        "NATS server {server} has answered none of this node's last {} probes ({:.0} s): \
+                         reconnecting, to another server of the cluster if one answers",
+                        streak.failures,
+                        silent.as_secs_f64()
+                    );
+                    // The client takes the request once it reads its commands again; should it not within a
+                    // probe's time (it is stuck writing to the silent server), its own pings end that connection.
+                    let _ = tokio::time::timeout(PROBE_TIMEOUT, client.force_reconnect()).await;
+                    left = Some(server);
+                    streak.reset();
+                }
+            }
+        }
+        drop(client);
+        let pause = PROBE_EVERY.saturating_sub(sent.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// One probe: publishes to the probe's own inbox subject (subscribed to at the first probe, and again should the
+/// subscription be gone) and waits [`PROBE_TIMEOUT`] for any message there. Echoes already waiting (late ones of
+/// earlier probes) are dropped first: they say nothing of the server now.
+async fn round_trip(
+    client: &async_nats::Client,
+    echoes: &mut Option<async_nats::Subscriber>,
+    subject: &mut String,
+    sequence: u64,
+) -> bool {
+    let attempt = async {
+        if echoes.is_none() {
+            let inbox = client.new_inbox();
+            match client.subscribe(inbox.clone()).await {
+                Ok(subscriber) => {
+                    *echoes = Some(subscriber);
+                    *subject = inbox;
+                }
+                Err(_) => return false,
+            }
+        }
+        let Some(subscriber) = echoes.as_mut() else {
+            return false;
+        };
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, subscriber.next()).await {}
+        if client
+            .publish(subject.clone(), sequence.to_string().into())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        match subscriber.next().await {
+            Some(_) => true,
+            None => {
+                // The subscription ended (the client dropped it): subscribe again at the next probe.
+                *echoes = None;
+                false
+            }
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt)
+        .await
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    fn streak(since: Option<Instant>, failures: u32) -> Streak {
+        Streak { since, failures }
+    }
+
+    #[test]
+    fn the_limit_is_the_request_timeout_and_a_margin() {
+        assert_eq!(
+            silence_limit(Duration::from_secs(5)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            silence_limit(Duration::from_secs(2)),
+            Duration::from_secs(7)
+        );
+    }
+
+    #[test]
+    fn answered_probes_never_make_the_client_reconnect() {
+        let now = Instant::now();
+        assert!(!should_reconnect(Streak::default(), now, LIMIT));
+        assert!(!should_reconnect(
+            Streak::default(),
+            now + Duration::from_secs(3600),
+            LIMIT
+        ));
+    }
+
+    #[test]
+    fn failures_spanning_less_than_the_limit_are_waited_out() {
+        let t0 = Instant::now();
+        let s = streak(Some(t0), 4);
+        assert!(!should_reconnect(s, t0, LIMIT));
+        assert!(!should_reconnect(
+            s,
+            t0 + Duration::from_millis(9_999),
+            LIMIT
+        ));
+        assert!(should_reconnect(s, t0 + LIMIT, LIMIT));
+        assert!(should_reconnect(s, t0 + Duration::from_secs(60), LIMIT));
+    }
+
+    #[test]
+    fn too_few_failures_are_waited_out_however_long_they_span() {
+        // Two probes failed, the node's process paused in between: not yet.
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(30);
+        assert!(!should_reconnect(streak(Some(t0), 1), later, LIMIT));
+        assert!(!should_reconnect(
+            streak(Some(t0), MIN_FAILED_PROBES - 1),
+            later,
+            LIMIT
+        ));
+        assert!(should_reconnect(
+            streak(Some(t0), MIN_FAILED_PROBES),
+            later,
+            LIMIT
+        ));
+    }
+
+    #[test]
+    fn a_streak_counts_from_its_first_failure_and_an_answer_starts_it_again() {
+        let t0 = Instant::now();
+        let mut s = Streak::default();
+        for i in 0..5 {
+            s.failed(t0 + PROBE_EVERY * i);
+        }
+        assert_eq!(s, streak(Some(t0), 5));
+        // Five probes from t0 to t0 + 8 s, the limit not reached; at t0 + 10 s it is.
+        assert!(!should_reconnect(s, t0 + PROBE_EVERY * 4, LIMIT));
+        assert!(should_reconnect(s, t0 + PROBE_EVERY * 5, LIMIT));
+        s.reset();
+        assert!(!should_reconnect(s, t0 + PROBE_EVERY * 5, LIMIT));
+        s.failed(t0 + PROBE_EVERY * 6);
+        assert_eq!(s, streak(Some(t0 + PROBE_EVERY * 6), 1));
+    }
+
+    #[test]
+    fn an_instant_before_the_streak_began_does_not_count_as_a_long_silence() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        assert!(!should_reconnect(
+            streak(Some(t0), 10),
+            t0 - Duration::from_secs(50),
+            LIMIT
+        ));
+    }
+}
