@@ -195,6 +195,48 @@ struct StreamFigures {
     oldest_ms: AtomicU64,
     /// The stream's servers and the nodes' heartbeats.
     view: Mutex<ClusterView>,
+    /// Whether the claims on what this node holds are alive, read without a lock (kept beside the figures, which
+    /// are built with the spool).
+    claims: Claims,
+}
+
+/// What the delivery path reads, without a lock, to know that this node still owns what it holds
+/// ([`Spool::lapsed`]); and how many notifications it found it no longer owned.
+#[derive(Debug)]
+struct Claims {
+    /// The instant `alive_until_ms` counts from.
+    epoch: Instant,
+    /// Milliseconds after `epoch` until which the claim on every held notification is alive ([`Held::alive_until`]);
+    /// written under the `held` lock. 0 while some lapsed notifications are not yet forgotten.
+    alive_until_ms: AtomicU64,
+    /// Held notifications whose claim lapsed, since start.
+    lapsed: AtomicU64,
+}
+
+impl Default for Claims {
+    fn default() -> Self {
+        Claims {
+            epoch: Instant::now(),
+            alive_until_ms: AtomicU64::new(0),
+            lapsed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Claims {
+    /// Publishes what `held` says now; called under its lock.
+    fn publish<M>(&self, held: &Held<M>, span: Duration, now: Instant) {
+        let ms = match held.alive_until(span, now) {
+            None => u64::MAX,
+            Some(until) => duration_ms(until.saturating_duration_since(self.epoch)),
+        };
+        self.alive_until_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether every held claim is alive now, as last published: one load and a clock read.
+    fn all_alive(&self) -> bool {
+        duration_ms(self.epoch.elapsed()) < self.alive_until_ms.load(Ordering::Relaxed)
+    }
 }
 
 /// The spool on a JetStream stream shared by several nodes.
@@ -739,6 +781,7 @@ impl JetStreamSpool {
             pulled: self.pulled.load(Ordering::Relaxed),
             redelivered_here: self.redelivered_here.load(Ordering::Relaxed),
             handed_back: self.handed_back.load(Ordering::Relaxed),
+            lapsed: self.figures.claims.lapsed.load(Ordering::Relaxed),
         }
     }
 
@@ -884,6 +927,10 @@ impl JetStreamSpool {
             return Taken::Kept(message);
         }
         let arrival = held.arrive(id, message, same_message);
+        // The arrival may lower the floor of the renewals.
+        self.figures
+            .claims
+            .publish(&held, self.claim_span(), Instant::now());
         match arrival {
             Arrival::New => held.know(id, known),
             Arrival::Again => {
@@ -912,6 +959,14 @@ impl JetStreamSpool {
         // Queued under the held lock, as [`keep_alive`] queues its in-progress acks: none of those can follow this
         // ack (a nak's delay would be reset to the ack wait by an in-progress ack arriving after it).
         let mut held = lock(&self.held);
+        // A nak (or any but a final ack) of a notification whose claim lapsed would hit the delivery another node
+        // may have now: it is forgotten without one. A final outcome reached meanwhile is acked all the same.
+        if !finished {
+            self.sweep(&mut held, now);
+            if held.forget_lapsed(key) {
+                return;
+            }
+        }
         if !finished
             && attempted == Attempted::No
             && let Some(known) = held.known_of(key)
@@ -979,6 +1034,40 @@ impl JetStreamSpool {
         }
     }
 
+    /// How long after its last renewal a held notification counts as this node's: [`claim_span`] of the consumer's
+    /// ack wait as the server has it.
+    fn claim_span(&self) -> Duration {
+        claim_span(self.consumer_ack_wait())
+    }
+
+    /// Marks lapsed, at `now`, the held notifications whose claims JetStream may have let go of ([`Held::lapse`]),
+    /// says so, and publishes what the delivery path reads. Called under the `held` lock, by whichever runs first
+    /// after the node was stopped or NATS unreachable: the keep-alive, the delivery path, a give-back, the stop.
+    fn sweep(&self, held: &mut Held<jetstream::Message>, now: Instant) {
+        let span = self.claim_span();
+        let lapse = held.lapse(now, span);
+        self.figures.claims.publish(held, span, now);
+        if let Some(lapse) = lapse {
+            self.figures
+                .claims
+                .lapsed
+                .fetch_add(lapse.count as u64, Ordering::Relaxed);
+            tracing::warn!(
+                "{} held notification(s) lapsed: their claims were not renewed for {:.1} s (the consumer's ack                  wait is {:?}; this node was stopped, or its in-progress acks could not go out), so JetStream gives                  them to other nodes; this node does not send them",
+                lapse.count,
+                now.saturating_duration_since(lapse.renewed).as_secs_f64(),
+                self.consumer_ack_wait(),
+            );
+        }
+    }
+
+    /// [`Spool::lapsed`] past its fast answer: under the `held` lock.
+    fn lapsed_now(&self, id: u128) -> bool {
+        let mut held = lock(&self.held);
+        self.sweep(&mut held, Instant::now());
+        held.forget_lapsed(id)
+    }
+
     /// How often held notifications get an in-progress ack: a third of the consumer's ack wait.
     fn progress_every(&self) -> Duration {
         (self.consumer_ack_wait() / 3).max(Duration::from_millis(100))
@@ -1014,6 +1103,31 @@ fn beat_fresh(sent: Option<Instant>, now: Instant) -> bool {
 /// not delivered.
 fn finished_for(ack_wait: Duration) -> Duration {
     ack_wait * 2
+}
+
+/// How long after JetStream last renewed its claim (delivered it, or took an in-progress ack for it) a held
+/// notification still counts as this node's, for a consumer's `ack_wait`: the ack wait less a sixth of it. The
+/// sixth covers what the node's own bound does not see: the way from the NATS client to the server leading the
+/// consumer, and from the check to the notification's write on its APNs connection. A live node renews its claims
+/// every third of the ack wait, so that it is never that near the end unless its in-progress acks stopped going
+/// out (the process was stopped, NATS was unreachable) for half the ack wait or more.
+fn claim_span(ack_wait: Duration) -> Duration {
+    ack_wait.saturating_sub(ack_wait / 6)
+}
+
+/// Whether the claim on a held notification is still this node's at `now`: JetStream renewed it no earlier than
+/// `renewal`, less than `span` ([`claim_span`]) ago. Once it is not, JetStream may have given the notification to
+/// another node (after the ack wait it redelivers it), and in-progress acks sent now do not win it back.
+fn claim_alive(renewal: Instant, now: Instant, span: Duration) -> bool {
+    now < renewal + span
+}
+
+/// How long a pull stays open while the server has nothing to deliver: [`PULL_EXPIRES`], and no more than a sixth
+/// of the ack wait, as a message it brings counts as delivered when the pull was asked for ([`Held::arrive`]).
+fn pull_expires(ack_wait: Duration) -> Duration {
+    PULL_EXPIRES
+        .min(ack_wait / 6)
+        .max(Duration::from_millis(100))
 }
 
 /// The notifications a node finished lately (acked or terminated), by the stream sequences of their messages.
@@ -1166,7 +1280,7 @@ impl Finished {
 /// time, and its final ack, nak or term goes to every message held for it.
 #[derive(Debug)]
 struct Held<M> {
-    by_id: HashMap<u128, Vec<M>>,
+    by_id: HashMap<u128, HeldEntry<M>>,
     /// The retry state of each notification held ([`Held::know`]).
     known: HashMap<u128, Known>,
     /// Notifications given back without an attempt, held until the writes of their retry counts are confirmed
@@ -1176,6 +1290,22 @@ struct Held<M> {
     next_token: u64,
     /// What the node finished lately, kept here so that an arrival and a final ack never cross unseen.
     finished: Finished,
+    /// Rounds of in-progress acks queued so far ([`keep_alive`]): the number of the last one.
+    rounds: u64,
+    /// The last round whose in-progress acks all went out to the NATS client: its number and when it began. Every
+    /// notification held (and not lapsed) when it began had its claim renewed no earlier than that.
+    renewed: (u64, Instant),
+    /// The earliest `since` of the notifications taken in (or claimed again) since the last round began: not
+    /// renewed by it.
+    since_round: Option<Instant>,
+    /// No held notification that has not lapsed was renewed (or delivered) before this, as far as the node knows
+    /// ([`Held::renewal`]); `None` when none is held. Lowered by each arrival, raised when a round went out and by a
+    /// lapse sweep.
+    floor: Option<Instant>,
+    /// Notifications marked lapsed and not yet forgotten.
+    lapsed: usize,
+    /// When the pull under way was asked for: JetStream delivered none of its messages before.
+    pull_since: Option<Instant>,
 }
 
 impl<M> Default for Held<M> {
@@ -1186,8 +1316,38 @@ impl<M> Default for Held<M> {
             releasing: HashMap::new(),
             next_token: 0,
             finished: Finished::default(),
+            rounds: 0,
+            renewed: (0, Instant::now()),
+            since_round: None,
+            floor: None,
+            lapsed: 0,
+            pull_since: None,
         }
     }
+}
+
+/// A notification held: its messages, and what bounds when JetStream last renewed its claim.
+#[derive(Debug)]
+struct HeldEntry<M> {
+    /// Every message JetStream handed this node for it, not yet acked.
+    messages: Vec<M>,
+    /// When the pull that brought it (its latest delivery) was asked for: JetStream delivered it no earlier.
+    since: Instant,
+    /// The round of in-progress acks last queued when it was taken in: it had none of that round, and has those
+    /// of every later one.
+    round: u64,
+    /// Its claim lapsed: JetStream may have given it to another node. It gets no more in-progress acks, nor a nak;
+    /// the queue forgets it before sending it ([`Spool::lapsed`]), and a final outcome reached meanwhile (it was on
+    /// its way to APNs) is still acked.
+    lapsed: bool,
+}
+
+/// Held notifications a lapse sweep found lapsed ([`Held::lapse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lapse {
+    count: usize,
+    /// The oldest renewal bound among them.
+    renewed: Instant,
 }
 
 /// What a node knows of a held notification's retries ([`crate::retry_state`]).
@@ -1224,22 +1384,134 @@ enum Arrival<M> {
 
 impl<M> Held<M> {
     /// Takes in a pulled `message` of notification `id`; `same` tells whether two messages carry the same
-    /// notification.
+    /// notification. It came with the pull under way (now, when none is: tests).
     fn arrive(&mut self, id: u128, message: M, same: impl Fn(&M, &M) -> bool) -> Arrival<M> {
-        match self.by_id.entry(id) {
+        let since = self.pull_since.unwrap_or_else(Instant::now);
+        self.arrive_at(id, message, same, since)
+    }
+
+    /// [`Held::arrive`] for a message JetStream delivered no earlier than `since`. Another delivery of a
+    /// notification whose claim lapsed claims it again: this node owns it once more, and the queue, which still has
+    /// it, sends it.
+    fn arrive_at(
+        &mut self,
+        id: u128,
+        message: M,
+        same: impl Fn(&M, &M) -> bool,
+        since: Instant,
+    ) -> Arrival<M> {
+        let rounds = self.rounds;
+        let arrival = match self.by_id.entry(id) {
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(vec![message]);
+                v.insert(HeldEntry {
+                    messages: vec![message],
+                    since,
+                    round: rounds,
+                    lapsed: false,
+                });
                 Arrival::New
             }
             std::collections::hash_map::Entry::Occupied(mut o) => {
-                if o.get().iter().any(|m| same(m, &message)) {
-                    o.get_mut().push(message);
+                let entry = o.get_mut();
+                if entry.messages.iter().any(|m| same(m, &message)) {
+                    entry.messages.push(message);
+                    if entry.lapsed {
+                        entry.lapsed = false;
+                        entry.round = rounds;
+                        self.lapsed -= 1;
+                    }
+                    entry.since = entry.since.max(since);
                     Arrival::Again
                 } else {
-                    Arrival::Conflict(message)
+                    return Arrival::Conflict(message);
                 }
             }
+        };
+        self.floor = Some(self.floor.map_or(since, |f| f.min(since)));
+        self.since_round = Some(self.since_round.map_or(since, |f| f.min(since)));
+        arrival
+    }
+
+    /// No earlier than this did JetStream last renew the claim on `entry` (deliver it, or take an in-progress ack
+    /// for it), as far as the node knows: the start of the last round that went out, when `entry` was held at that
+    /// start; else the pull that brought it.
+    fn renewal(renewed: (u64, Instant), entry: &HeldEntry<M>) -> Instant {
+        if entry.round < renewed.0 {
+            entry.since.max(renewed.1)
+        } else {
+            entry.since
         }
+    }
+
+    /// A round of in-progress acks begins at `now`, for every message held (those of lapsed notifications
+    /// excepted: [`Held::messages`]); returns its number.
+    fn start_round(&mut self) -> u64 {
+        self.rounds += 1;
+        self.since_round = None;
+        self.rounds
+    }
+
+    /// Every in-progress ack of round `number`, begun at `start`, went out to the NATS client: the claims it
+    /// covered were renewed no earlier than `start`.
+    fn round_out(&mut self, number: u64, start: Instant) {
+        if number <= self.renewed.0 {
+            return;
+        }
+        self.renewed = (number, start);
+        // Those held when it began are renewed; those taken in since came no earlier than `since_round`.
+        let bound = self.since_round.map_or(start, |s| s.min(start));
+        self.floor = self.floor.map(|f| f.max(bound));
+    }
+
+    /// Marks lapsed every held notification whose claim JetStream may have let go of at `now` ([`claim_alive`],
+    /// `span` being the part of the ack wait a claim is counted on): it was not renewed for that long. Only looks
+    /// at each when one may have lapsed (the floor is that old). Returns what lapsed, if any.
+    fn lapse(&mut self, now: Instant, span: Duration) -> Option<Lapse> {
+        let floor = self.floor?;
+        if claim_alive(floor, now, span) {
+            return None;
+        }
+        let renewed = self.renewed;
+        let (mut count, mut oldest, mut floor) = (0, now, None::<Instant>);
+        for entry in self.by_id.values_mut().filter(|e| !e.lapsed) {
+            let renewal = Self::renewal(renewed, entry);
+            if claim_alive(renewal, now, span) {
+                floor = Some(floor.map_or(renewal, |f| f.min(renewal)));
+            } else {
+                entry.lapsed = true;
+                count += 1;
+                oldest = oldest.min(renewal);
+            }
+        }
+        self.floor = floor;
+        self.lapsed += count;
+        (count > 0).then_some(Lapse {
+            count,
+            renewed: oldest,
+        })
+    }
+
+    /// Until when every held notification's claim is alive, as far as the node knows (`None`: nothing held, no
+    /// limit); now (no fast answer) while some lapsed ones are not yet forgotten.
+    fn alive_until(&self, span: Duration, now: Instant) -> Option<Instant> {
+        if self.lapsed > 0 {
+            return Some(now);
+        }
+        self.floor.map(|f| f + span)
+    }
+
+    /// Whether `id` is held and its claim lapsed.
+    fn is_lapsed(&self, id: u128) -> bool {
+        self.by_id.get(&id).is_some_and(|e| e.lapsed)
+    }
+
+    /// Forgets `id` without any ack when its claim lapsed; true when it did.
+    fn forget_lapsed(&mut self, id: u128) -> bool {
+        if !self.is_lapsed(id) {
+            return false;
+        }
+        self.take_known(id);
+        true
     }
 
     /// Whether a pulled message (stream sequence `seq`) is a notification this node finished lately and does not
@@ -1258,7 +1530,15 @@ impl<M> Held<M> {
     fn take_known(&mut self, id: u128) -> (Vec<M>, Option<Known>) {
         let known = self.known.remove(&id);
         self.releasing.remove(&id);
-        (self.by_id.remove(&id).unwrap_or_default(), known)
+        match self.by_id.remove(&id) {
+            Some(entry) => {
+                if entry.lapsed {
+                    self.lapsed -= 1;
+                }
+                (entry.messages, known)
+            }
+            None => (Vec::new(), known),
+        }
     }
 
     /// Marks `id` as given back with `nak` once the writes of its retry counts are confirmed; what
@@ -1274,7 +1554,10 @@ impl<M> Held<M> {
     /// when it went back otherwise meanwhile, and when a later give-back, or a new delivery, took its place).
     fn take_released(&mut self, id: u128, token: u64) -> Vec<M> {
         if self.releasing.get(&id).is_some_and(|(t, _)| *t == token) {
-            self.take_known(id).0
+            // Lapsed meanwhile: forgotten without its nak (another node may hold it now).
+            let lapsed = self.is_lapsed(id);
+            let messages = self.take_known(id).0;
+            if lapsed { Vec::new() } else { messages }
         } else {
             Vec::new()
         }
@@ -1292,12 +1575,14 @@ impl<M> Held<M> {
 
     /// Whether a message for which `is` holds is held for `id`.
     fn holds(&self, id: u128, is: impl Fn(&M) -> bool) -> bool {
-        self.by_id.get(&id).is_some_and(|m| m.iter().any(is))
+        self.by_id
+            .get(&id)
+            .is_some_and(|e| e.messages.iter().any(is))
     }
 
     /// Sets the retry state of `id`, when it is held.
     fn know(&mut self, id: u128, known: Known) {
-        if self.by_id.contains_key(&id) {
+        if self.by_id.get(&id).is_some_and(|e| !e.lapsed) {
             self.known.insert(id, known);
         }
     }
@@ -1309,7 +1594,7 @@ impl<M> Held<M> {
 
     /// The messages held for `id`, when it is.
     fn messages_for(&self, id: u128) -> &[M] {
-        self.by_id.get(&id).map_or(&[], Vec::as_slice)
+        self.by_id.get(&id).map_or(&[], |e| e.messages.as_slice())
     }
 
     fn contains(&self, id: u128) -> bool {
@@ -1323,12 +1608,15 @@ impl<M> Held<M> {
 
     #[cfg(test)]
     fn messages_of(&self, id: u128) -> usize {
-        self.by_id.get(&id).map_or(0, Vec::len)
+        self.by_id.get(&id).map_or(0, |e| e.messages.len())
     }
 
-    /// Every message held, of every notification.
+    /// Every message held, of every notification whose claim has not lapsed.
     fn messages(&self) -> impl Iterator<Item = &M> {
-        self.by_id.values().flatten()
+        self.by_id
+            .values()
+            .filter(|e| !e.lapsed)
+            .flat_map(|e| e.messages.iter())
     }
 
     /// Every message held, all forgotten.
@@ -1341,15 +1629,18 @@ impl<M> Held<M> {
     }
 
     /// Every notification held, with its messages, its retry state and the nak it was being given back with
-    /// ([`Held::release_later`]), all forgotten.
+    /// ([`Held::release_later`]), all forgotten; those whose claim lapsed are forgotten without being given.
     fn drain_known(&mut self) -> Vec<Drained<M>> {
         let mut known = std::mem::take(&mut self.known);
         let mut releasing = std::mem::take(&mut self.releasing);
+        self.lapsed = 0;
+        self.floor = None;
         self.by_id
             .drain()
-            .map(|(id, m)| {
+            .filter(|(_, e)| !e.lapsed)
+            .map(|(id, e)| {
                 let nak = releasing.remove(&id).map(|(_, nak)| nak);
-                (id, m, known.remove(&id), nak)
+                (id, e.messages, known.remove(&id), nak)
             })
             .collect()
     }
@@ -1624,6 +1915,9 @@ pub struct JetStreamStats {
     /// Notifications this node gave back to the stream for a later retry, or that a failed queue task left (nak
     /// with delay).
     pub handed_back: u64,
+    /// Held notifications whose claim lapsed (this node was stopped, or could not renew its claims, for about the
+    /// ack wait): forgotten without being sent, as JetStream gives them to other nodes.
+    pub lapsed: u64,
 }
 
 /// The server URLs for a log line or an error: without their user information (a password or token may be in it).
@@ -2032,7 +2326,7 @@ async fn pull_loop(
         }
         // Room first: a node pulls no more than it holds at most (`max_held`), so that the consumer's room is
         // shared among the nodes and a node that dies leaves at most that many to the ack wait.
-        let (batch, connects, read_budget) = loop {
+        let (batch, connects, read_budget, expires) = loop {
             let Some(s) = spool.upgrade() else {
                 return;
             };
@@ -2042,9 +2336,10 @@ async fn pull_loop(
             let room = s.room();
             let connects = s.client.statistics().connects.load(Ordering::Relaxed);
             let budget = read_budget(s.consumer_ack_wait());
+            let expires = pull_expires(s.consumer_ack_wait());
             drop(s);
             if room > 0 {
-                break (room.min(MAX_PULL_BATCH), connects, budget);
+                break (room.min(MAX_PULL_BATCH), connects, budget, expires);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
@@ -2052,18 +2347,22 @@ async fn pull_loop(
         // knows no pull of this node is open.
         let open = pull_open.clone().lock_owned().await;
         match spool.upgrade() {
-            Some(s) if !s.closed.load(Ordering::Relaxed) => {}
+            // What this pull brings was delivered no earlier than now ([`Held::arrive`]).
+            Some(s) if !s.closed.load(Ordering::Relaxed) => {
+                lock(&s.held).pull_since = Some(Instant::now());
+            }
             _ => return,
         }
         let messages = consumer
             .batch()
             .max_messages(batch)
-            .expires(PULL_EXPIRES)
+            .expires(expires)
             .messages()
             .await;
         let mut messages = match messages {
             Ok(m) => m,
             Err(e) => {
+                pull_over(&spool);
                 drop(open);
                 tracing::warn!("JetStream pull: {e}; retrying");
                 if tx.is_closed() {
@@ -2311,11 +2610,19 @@ async fn pull_loop(
             .await;
         }
         join_all(kept.iter().map(|(_, m, _)| m.ack_with(AckKind::Nak(None)))).await;
+        pull_over(&spool);
         drop(open);
         if failed {
             failures += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// The pull under way ended: nothing more is taken in from it.
+fn pull_over(spool: &std::sync::Weak<JetStreamSpool>) {
+    if let Some(s) = spool.upgrade() {
+        lock(&s.held).pull_since = None;
     }
 }
 
@@ -2587,9 +2894,14 @@ fn keep_alive_step(last_round: Instant, period: Duration, now: Instant, queued: 
 
 /// Sends in-progress acks for every held notification, so a slow delivery or a retry wait is not redelivered to
 /// another node while this one still has it: a round every third of the consumer's ack wait as the server has it
-/// (another node may have changed it), looked at again at every check ([`keep_alive_step`]).
+/// (another node may have changed it), looked at again at every check ([`keep_alive_step`]). Once every in-progress
+/// ack of a round went out, the claims it covered count as renewed at its start ([`Held::round_out`]); at every
+/// look, and before a round, the claims not renewed for about the ack wait are marked lapsed ([`JetStreamSpool::sweep`])
+/// and get no more in-progress acks.
 async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
     let mut last_round = Instant::now();
+    // The round queued last whose in-progress acks have not all gone out yet: its number and start.
+    let mut going: Option<(u64, Instant)> = None;
     loop {
         let Some(spool) = spool.upgrade() else {
             return;
@@ -2601,31 +2913,41 @@ async fn keep_alive(spool: std::sync::Weak<JetStreamSpool>) {
         // another, so the queue holds at most one in-progress ack per held message.
         let now = Instant::now();
         let queued = spool.progress_queued.load(Ordering::Relaxed);
-        if let KeepAlive::Wait(pause) =
-            keep_alive_step(last_round, spool.progress_every(), now, queued)
-        {
-            drop(spool);
-            tokio::time::sleep(pause).await;
-            continue;
-        }
-        last_round = now;
+        let step = keep_alive_step(last_round, spool.progress_every(), now, queued);
         // Every message held, a redelivered one's earlier copies too: whichever the server counts stays alive.
         // They go through the ordered ack queue, queued under the held lock: a notification finished or given back
         // meanwhile has its ack queued after these (its in-progress ack cannot undo a nak's delay), or is no longer
         // held and gets none.
-        let held = lock(&spool.held);
-        for message in held.messages() {
-            spool.progress_queued.fetch_add(1, Ordering::Relaxed);
-            if spool
-                .acks
-                .send(AckJob::Ack(message.clone(), AckKind::Progress))
-                .is_err()
+        {
+            let mut held = lock(&spool.held);
+            if queued == 0
+                && let Some((number, start)) = going.take()
             {
-                spool.progress_queued.fetch_sub(1, Ordering::Relaxed);
+                held.round_out(number, start);
+            }
+            // Before a round, and at every look: a claim not renewed for about the ack wait has lapsed, and an
+            // in-progress ack sent now would not win it back (JetStream may have given it to another node).
+            spool.sweep(&mut held, now);
+            if step == KeepAlive::Round {
+                let number = held.start_round();
+                going = Some((number, now));
+                for message in held.messages() {
+                    spool.progress_queued.fetch_add(1, Ordering::Relaxed);
+                    if spool
+                        .acks
+                        .send(AckJob::Ack(message.clone(), AckKind::Progress))
+                        .is_err()
+                    {
+                        spool.progress_queued.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
             }
         }
-        drop(held);
         drop(spool);
+        match step {
+            KeepAlive::Wait(pause) => tokio::time::sleep(pause).await,
+            KeepAlive::Round => last_round = now,
+        }
     }
 }
 
@@ -2892,6 +3214,9 @@ impl Spool for JetStreamSpool {
     fn reschedule(&self, key: SpoolKey, retries: u32, next_attempt_ms: u64) {
         self.rescheduled.fetch_add(1, Ordering::Relaxed);
         let mut held = lock(&self.held);
+        if held.is_lapsed(key.0) {
+            return;
+        }
         let Some(known) = held.known_mut(key.0) else {
             return;
         };
@@ -2964,14 +3289,31 @@ impl Spool for JetStreamSpool {
     /// Gives the notification back to the stream as a retry: the delivery it ends counts as one retry for the node
     /// that pulls it next (on top of those written by [`Spool::reschedule`]), so the caller does not write the one
     /// that led here. [`JetStreamSpool::release`] gives one back without an attempt.
+    /// One whose claim lapsed is taken too (the caller forgets it), without a nak: JetStream gives it to whichever
+    /// node pulls it.
     fn hand_back(&self, key: SpoolKey, delay: Duration) -> bool {
-        if lock(&self.held).contains(key.0) {
-            self.handed_back.fetch_add(1, Ordering::Relaxed);
-            self.ack(key.0, AckKind::Nak(Some(delay)), Attempted::Yes);
-            true
-        } else {
-            false
+        {
+            let mut held = lock(&self.held);
+            if !held.contains(key.0) {
+                return false;
+            }
+            self.sweep(&mut held, Instant::now());
+            if held.forget_lapsed(key.0) {
+                return true;
+            }
         }
+        self.handed_back.fetch_add(1, Ordering::Relaxed);
+        self.ack(key.0, AckKind::Nak(Some(delay)), Attempted::Yes);
+        true
+    }
+
+    /// The fast answer: every held claim is alive (one load and a clock read). Else, under the `held` lock, the
+    /// claims that lapsed are marked ([`Held::lapse`]), and `key`, when one of them, is forgotten without an ack.
+    fn lapsed(&self, key: SpoolKey) -> bool {
+        if self.figures.claims.all_alive() {
+            return false;
+        }
+        self.lapsed_now(key.0)
     }
 
     fn stream_stats(&self) -> Option<JetStreamStats> {
@@ -3000,7 +3342,10 @@ impl Spool for JetStreamSpool {
         // Under the held lock, as the pull loop takes a message in: each pulled message is held now (given back
         // below) or kept by the pull loop (given back by it once its pull ended).
         {
-            let _held = lock(&self.held);
+            let mut held = lock(&self.held);
+            // What lapsed (the node was stopped or cut off from NATS just before) is not given back: another node
+            // may hold it now.
+            self.sweep(&mut held, Instant::now());
             self.closed.store(true, Ordering::Relaxed);
             *lock(&self.stop_reads_until) =
                 Some(tokio::time::Instant::now() + self.retry_book.read_limit());
@@ -3938,7 +4283,7 @@ pub(crate) mod tests {
         assert_eq!(first.token, vec![0xaa; 32]);
 
         // JetStream delivers the message again (as after in-progress acks that came too late) to this node.
-        let message = lock(&spool.held).by_id[&id][0].clone();
+        let message = lock(&spool.held).by_id[&id].messages[0].clone();
         message.ack_with(AckKind::Nak(None)).await.unwrap();
         wait_for(
             "the redelivery pulled",
@@ -4275,7 +4620,7 @@ pub(crate) mod tests {
 
     /// The stream sequence of the message held for `id`.
     fn held_seq(spool: &JetStreamSpool, id: u128) -> u64 {
-        lock(&spool.held).by_id[&id][0]
+        lock(&spool.held).by_id[&id].messages[0]
             .info()
             .unwrap()
             .stream_sequence
@@ -4395,7 +4740,10 @@ pub(crate) mod tests {
         let (c, mut c_rx) = other_node(url, "noattempt", "c").await;
         let last = next(&mut c_rx).await;
         assert_eq!((last.key, last.retries), (SpoolKey(id), 0));
-        let delivered = lock(&c.held).by_id[&id][0].info().unwrap().delivered;
+        let delivered = lock(&c.held).by_id[&id].messages[0]
+            .info()
+            .unwrap()
+            .delivered;
         assert_eq!(delivered, 6, "each give-back was a delivery of the message");
         c.remove(&[SpoolKey(id)]);
         wait_for("the entry deleted", Duration::from_secs(20), async || {
@@ -4486,7 +4834,7 @@ pub(crate) mod tests {
             (3, 1, false)
         );
 
-        let held = lock(&a.held).by_id[&id][0].clone();
+        let held = lock(&a.held).by_id[&id].messages[0].clone();
         let again = delivered_again(&held, 2);
         let far = tokio::time::Instant::now() + within;
         let pulled = Pulled::Notification(again.clone(), stored.clone());
@@ -4581,5 +4929,154 @@ pub(crate) mod tests {
     fn a_pulls_reads_take_a_third_of_the_ack_wait_at_most() {
         assert_eq!(read_budget(Duration::from_secs(3)), Duration::from_secs(1));
         assert_eq!(read_budget(Duration::from_secs(30)), READS_BUDGET);
+    }
+
+    /// A claim counts as the node's for the ack wait less a sixth of it after its last renewal, and a pull asked
+    /// for stays open a sixth of the ack wait at most.
+    #[test]
+    fn a_claim_counts_until_the_ack_wait_less_its_margin() {
+        let ack_wait = Duration::from_secs(30);
+        let span = claim_span(ack_wait);
+        assert_eq!(span, Duration::from_secs(25));
+        let t0 = Instant::now();
+        assert!(claim_alive(t0, t0 + Duration::from_secs(24), span));
+        assert!(!claim_alive(t0, t0 + span, span));
+        assert!(!claim_alive(t0, t0 + Duration::from_secs(45), span));
+        assert_eq!(pull_expires(ack_wait), PULL_EXPIRES);
+        assert_eq!(
+            pull_expires(Duration::from_secs(3)),
+            Duration::from_millis(500)
+        );
+    }
+
+    /// A node stopped for longer than the ack wait while it holds notifications (the chaos test: 45 s with an ack
+    /// wait of 30 s) finds, once it runs again, their claims lapsed: marked so, given no in-progress ack, naked
+    /// neither at a give-back nor at the stop, and forgotten when the queue asks. One pulled after the last round
+    /// that went out counts from its pull; a stop shorter than the ack wait lapses nothing.
+    #[test]
+    fn claims_not_renewed_for_the_ack_wait_lapse() {
+        let span = claim_span(Duration::from_secs(30));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut held: Held<Handle> = Held::default();
+        for id in 1..=3u128 {
+            assert_eq!(
+                held.arrive_at(id, (id as u64, 1), same, at(0)),
+                Arrival::New
+            );
+        }
+        // A round begins at 10 s and all its acks go out; another notification's pull was asked for at 12 s.
+        let round = held.start_round();
+        held.round_out(round, at(10));
+        assert_eq!(held.arrive_at(4, (4, 1), same, at(12)), Arrival::New);
+        // Id 3 is being given back, waiting for its retry counts to be written.
+        let token = held.release_later(3, AckKind::Nak(Some(Duration::from_secs(60))));
+        // Stopped from 12 s to 30 s (less than the ack wait): nothing lapsed.
+        assert_eq!(held.lapse(at(30), span), None);
+        assert_eq!(held.alive_until(span, at(30)), Some(at(35)));
+        // Stopped until 57 s: the three renewed at 10 s lapsed, the one pulled at 12 s too.
+        let lapse = held.lapse(at(57), span).expect("lapsed");
+        assert_eq!(
+            lapse,
+            Lapse {
+                count: 4,
+                renewed: at(10)
+            }
+        );
+        assert_eq!(held.messages().count(), 0, "no in-progress ack for them");
+        assert_eq!(
+            held.alive_until(span, at(57)),
+            Some(at(57)),
+            "no fast answer while some lapsed ones are not forgotten"
+        );
+        assert_eq!(held.len(), 4, "still counted until forgotten");
+        // The give-back under way sends no nak; the queue asking forgets them without an ack.
+        assert!(held.take_released(3, token).is_empty());
+        assert!(held.forget_lapsed(1));
+        assert!(!held.forget_lapsed(1), "forgotten once");
+        assert!(!held.contains(1));
+        // A final outcome reached meanwhile is still acked: its messages are taken.
+        assert_eq!(held.take_known(2).0, vec![(2, 1)]);
+        // The stop gives back nothing of what lapsed.
+        assert!(held.drain_known().is_empty());
+        assert_eq!(held.alive_until(span, at(57)), None);
+    }
+
+    /// A notification taken in after a round began (its pull asked for before) is not renewed by that round: it
+    /// counts from its pull; those held when the round began count from the round.
+    #[test]
+    fn a_round_renews_only_what_was_held_when_it_began() {
+        let span = claim_span(Duration::from_secs(30));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut held: Held<Handle> = Held::default();
+        held.arrive_at(1, (1, 1), same, at(0));
+        let round = held.start_round();
+        held.arrive_at(2, (2, 1), same, at(5));
+        held.round_out(round, at(10));
+        assert_eq!(held.alive_until(span, at(10)), Some(at(30)));
+        let lapse = held
+            .lapse(at(31), span)
+            .expect("the one pulled at 5 s lapsed");
+        assert_eq!(
+            lapse,
+            Lapse {
+                count: 1,
+                renewed: at(5)
+            }
+        );
+        assert!(held.is_lapsed(2) && !held.is_lapsed(1));
+        assert!(held.forget_lapsed(2));
+        assert_eq!(held.alive_until(span, at(31)), Some(at(35)));
+        // A round that never went out (its acks stuck) renews nothing: at 35 s the first one lapses too.
+        held.start_round();
+        assert!(held.lapse(at(34), span).is_none());
+        assert_eq!(held.lapse(at(35), span).map(|l| l.count), Some(1));
+    }
+
+    /// JetStream delivering a lapsed notification again to this node, which still has it queued, makes it this
+    /// node's again: not lapsed, kept with its earlier message (its final ack goes to both), renewed from then on.
+    #[test]
+    fn a_lapsed_notification_delivered_here_again_is_owned_again() {
+        let span = claim_span(Duration::from_secs(6));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut held: Held<Handle> = Held::default();
+        held.arrive_at(7, (7, 1), same, at(0));
+        assert_eq!(held.lapse(at(25), span).map(|l| l.count), Some(1));
+        assert_eq!(held.arrive_at(7, (7, 2), same, at(26)), Arrival::Again);
+        assert!(!held.is_lapsed(7));
+        assert_eq!(held.messages().count(), 2);
+        assert_eq!(held.alive_until(span, at(26)), Some(at(31)));
+        assert!(!held.forget_lapsed(7));
+        // Forgotten once lapsed, it comes back as new.
+        assert_eq!(held.lapse(at(40), span).map(|l| l.count), Some(1));
+        assert!(held.forget_lapsed(7));
+        assert_eq!(held.arrive_at(7, (7, 3), same, at(41)), Arrival::New);
+    }
+
+    /// The delivery path's fast answer: yes while every claim is alive, no once one may have lapsed and while
+    /// lapsed ones are not forgotten.
+    #[test]
+    fn the_fast_answer_follows_the_oldest_renewal() {
+        let claims = Claims::default();
+        let span = claim_span(Duration::from_secs(30));
+        let now = Instant::now();
+        let mut held: Held<Handle> = Held::default();
+        claims.publish(&held, span, now);
+        assert!(claims.all_alive(), "nothing held");
+        held.arrive_at(1, (1, 1), same, now);
+        claims.publish(&held, span, now);
+        assert!(claims.all_alive());
+        let old = now.checked_sub(Duration::from_secs(40)).unwrap();
+        held.arrive_at(2, (2, 1), same, old);
+        claims.publish(&held, span, now);
+        assert!(!claims.all_alive(), "one pulled 40 s ago");
+        assert!(held.lapse(now, span).is_some());
+        claims.publish(&held, span, now);
+        assert!(!claims.all_alive(), "a lapsed one is not forgotten yet");
+        assert!(held.forget_lapsed(2));
+        claims.publish(&held, span, now);
+        assert!(claims.all_alive());
     }
 }

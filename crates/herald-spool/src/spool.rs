@@ -87,6 +87,16 @@ pub trait Spool: Send + Sync + 'static {
         false
     }
 
+    /// Asked right before a held notification is sent (a first attempt or a later one): true when this node no
+    /// longer owns it, and the spool forgot it without an ack, so that the caller forgets it too and does not send
+    /// it. The JetStream spool: its claim on the notification was not renewed for about the consumer's ack wait
+    /// (the node was stopped, or NATS unreachable), and JetStream gives it, or has given it, to another node. A
+    /// spool that does not share its notifications always owns them (false). Cheap while every claim is alive:
+    /// called for every notification sent.
+    fn lapsed(&self, _key: SpoolKey) -> bool {
+        false
+    }
+
     /// The caller now parks `delta` more notifications (fewer when negative): it holds them without sending
     /// them for now, their queue paused or without a route. Returns how many of all parked ones are above what
     /// the spool lets the node park, for the caller to hand back. A spool that does not share its work with

@@ -255,7 +255,7 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
         let _ = writeln!(out, "herald_spool_pending_removals {}", h.pending_removals);
     }
     if let Some(j) = extra.stream {
-        let rows: [(&str, &str, &str, u64); 10] = [
+        let rows: [(&str, &str, &str, u64); 11] = [
             (
                 "herald_jetstream_connected",
                 "1 while this node is connected to NATS and the stream is set up, else 0 (notifications are refused meanwhile).",
@@ -315,6 +315,12 @@ pub fn render(engine: &Engine, extra: &Extra) -> String {
                 "Notifications this node gave back to the stream for a retry later (nak with delay) instead of holding them.",
                 "counter",
                 j.handed_back,
+            ),
+            (
+                "herald_jetstream_lapsed_total",
+                "Held notifications this node did not send because its claim on them lapsed (it was stopped, or its in-progress acks could not go out, for about the ack wait): JetStream gives them to other nodes.",
+                "counter",
+                j.lapsed,
             ),
         ];
         for (name, help, kind, value) in rows {

@@ -670,6 +670,14 @@ impl DomainTask {
         true
     }
 
+    /// Forgets `item`, which this node no longer owns ([`EngineShared::lapsed`]: the store forgot it, and another
+    /// node delivers it): no outcome, its memory given back (by [`EngineShared::lapsed`]), the outcome listener told
+    /// that it left.
+    fn forget_lapsed(&mut self, item: &Queued) {
+        self.owned.remove(item.notification.id);
+        self.shared.left(item.notification.id);
+    }
+
     /// Tells the observer of the notifications finished since the last call: once per turn of the task's loop, so
     /// a busy domain hands the spool one removal per batch of answers rather than one per notification.
     fn report_finished(&mut self) {
@@ -1238,6 +1246,11 @@ impl DomainTask {
             let Some(mut item) = self.active.pop_front() else {
                 break;
             };
+            // Checked first: a node that no longer owns the notification decides nothing about it.
+            if self.shared.lapsed(&item) {
+                self.forget_lapsed(&item);
+                continue;
+            }
             if let Some(reason) = self.refuse_before_attempt(&mut item, now) {
                 self.finish_permanent(item, Attempt::NONE, &reason, &reason, None);
                 continue;
@@ -1798,6 +1811,69 @@ mod tests {
         fn parked(&self, delta: i64) -> usize {
             usize::try_from(delta).unwrap_or(0)
         }
+    }
+
+    /// A store whose claim on every notification lapsed (the JetStream spool after the node was stopped for longer
+    /// than the ack wait): this node owns none of them any more.
+    struct LapsedEverything;
+
+    impl QueueObserver for LapsedEverything {
+        fn finished(&self, _: &[MessageId]) {}
+        fn rescheduled(&self, _: MessageId, _: u32, _: std::time::SystemTime) {}
+        fn lapsed(&self, _: MessageId) -> bool {
+            true
+        }
+    }
+
+    /// Counts the notifications it is told left the node, and those it is told are in flight.
+    #[derive(Default)]
+    struct CountsLeft {
+        left: std::sync::atomic::AtomicUsize,
+        in_flight: std::sync::atomic::AtomicUsize,
+    }
+
+    impl OutcomeListener for CountsLeft {
+        fn outcome(&self, _: &OutcomeRecord<'_>) {}
+        fn in_flight(&self, _: MessageId) {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        fn left(&self, _: MessageId) {
+            self.left.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A notification this node no longer owns (its claim lapsed) is not handed to a connection, neither when it is
+    /// first sent nor when its retry comes due: it is forgotten without an outcome, its memory given back, and the
+    /// outcome listener hears that it left.
+    #[tokio::test]
+    async fn a_notification_this_node_no_longer_owns_is_forgotten_not_sent() {
+        let engine = engine(10);
+        engine.set_observer(Arc::new(LapsedEverything));
+        let listener = Arc::new(CountsLeft::default());
+        engine.set_outcome_listener(listener.clone());
+        let (mut task, _sender) = task_of(&engine);
+        enqueue(&engine, &mut task, 1);
+        // The other waits for its retry, due now.
+        let delayed = queued(&engine, 2, 2);
+        task.owned.add(delayed.notification.id);
+        task.delayed.push(Reverse(Delayed {
+            due: Instant::now(),
+            seq: 0,
+            item: delayed,
+            retry: true,
+        }));
+        assert_eq!(engine.resident_room(), 8);
+        task.dispatch();
+        task.on_tick();
+        task.dispatch();
+        assert_eq!(task.outstanding.count, 0, "nothing handed to the pool");
+        assert!(task.pool.take_waiting().is_empty());
+        assert!(task.active.is_empty() && task.delayed.is_empty());
+        assert!(task.owned.is_empty());
+        assert_eq!(engine.resident_room(), 10, "their memory given back");
+        assert_eq!(listener.left.load(Ordering::Relaxed), 2);
+        assert_eq!(listener.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(task.stats.delivered.load(Ordering::Relaxed), 0);
     }
 
     /// An outcome listener that fails (panics) when told that a notification left.

@@ -204,6 +204,14 @@ pub trait QueueObserver: Send + Sync + 'static {
     fn abandoned(&self, _ids: &[MessageId], _hold: std::time::Duration) -> bool {
         false
     }
+    /// Asked right before a notification is handed to a connection (its first attempt or a later one): true when
+    /// this node no longer owns it, and the store forgot it without an outcome (the JetStream spool: its claim
+    /// lapsed while the node was stopped or cut off from NATS, and JetStream gives it to another node). The queue
+    /// then forgets it too, without sending it. Called for every notification sent: cheap. False by default (the
+    /// embedded spool owns what it holds).
+    fn lapsed(&self, _id: MessageId) -> bool {
+        false
+    }
 }
 
 /// Notifications that hold a memory permit, by domain (summed over the bindings it is delivered from), and in all.
@@ -512,6 +520,19 @@ impl EngineShared {
             self.give_back(&item.notification.domain, 1);
         }
         taken
+    }
+
+    /// True when this node no longer owns `item` ([`QueueObserver::lapsed`]): the store forgot it, and its memory is
+    /// given back here. The caller forgets it, then tells the outcome listener ([`EngineShared::left`]).
+    pub(crate) fn lapsed(&self, item: &Queued) -> bool {
+        let lapsed = self
+            .observer
+            .get()
+            .is_some_and(|o| o.lapsed(item.notification.id));
+        if lapsed {
+            self.give_back(&item.notification.domain, 1);
+        }
+        lapsed
     }
 
     /// Tells the outcome listener that notification `id` left this node (the store took it back).

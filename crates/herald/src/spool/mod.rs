@@ -119,6 +119,12 @@ impl QueueObserver for SpoolBridge {
         self.shared && delay >= HAND_BACK_AFTER && self.spool.hand_back(SpoolKey(id.0), delay)
     }
 
+    /// The JetStream spool's claim on the notification lapsed: JetStream gives it to another node, and this one
+    /// does not send it ([`Spool::lapsed`]).
+    fn lapsed(&self, id: MessageId) -> bool {
+        self.shared && self.spool.lapsed(SpoolKey(id.0))
+    }
+
     fn parked(&self, delta: i64) -> usize {
         if self.shared {
             self.spool.park(delta)
