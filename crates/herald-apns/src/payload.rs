@@ -21,6 +21,7 @@
 mod infer;
 mod strict;
 
+use crate::binary::BinaryFormat;
 use crate::push::{Priority, Protocol, PushType};
 pub use infer::{infer_push_type, infer_push_type_for};
 use strict::{Json, Object};
@@ -81,6 +82,18 @@ pub enum PayloadError {
     PriorityNotAllowed {
         priority: Priority,
         why: &'static str,
+    },
+    /// A priority other than 10, or a background push, for a domain whose binary format has no priority field
+    /// (`apn_binary_format = enhanced`): APNs would take the notification as priority 10
+    /// ([`check_binary_format`]).
+    #[error("priority {priority} is not allowed here: {}", priority_not_carried(.format, *.background))]
+    PriorityNotCarried {
+        priority: Priority,
+        /// The format as [`BinaryFormat::describe`] names it.
+        format: &'static str,
+        /// Whether the notification is a background push (only `content-available` in `aps`), which needs
+        /// priority 5.
+        background: bool,
     },
     #[error(
         "an alert push needs alert, badge or sound in aps (a content-available-only push is a background push)"
@@ -237,6 +250,44 @@ fn check_priority(
         _ => return Ok(()),
     };
     Err(PayloadError::PriorityNotAllowed { priority, why })
+}
+
+/// Checks a notification's priority against the binary `format` of its domain's route
+/// (docs/apns-protocol.md#binary-command-1): a format without a priority field (enhanced, simple) makes APNs take
+/// every notification as priority 10, so one that asks for another priority (given, or a background push's
+/// default of 5) is refused rather than sent at 10. A background push is refused at any priority, since it may not
+/// use 10: `background` says the notification is one (its push type, or a payload with only `content-available`
+/// in `aps`).
+pub fn check_binary_format(
+    format: BinaryFormat,
+    priority: Priority,
+    background: bool,
+) -> Result<(), PayloadError> {
+    if format.carries_priority() || (priority == Priority::Immediate && !background) {
+        return Ok(());
+    }
+    Err(PayloadError::PriorityNotCarried {
+        priority,
+        format: format.describe(),
+        background,
+    })
+}
+
+/// Why [`PayloadError::PriorityNotCarried`] refuses, with the way out.
+fn priority_not_carried(format: &str, background: bool) -> String {
+    if background {
+        format!(
+            "a background push (only content-available in aps) must use priority 5, and this domain sends the \
+             {format} binary format, which has no priority field: APNs would take it as priority 10. Background \
+             pushes need the frame format: set apn_binary_format = frame for the domain"
+        )
+    } else {
+        format!(
+            "this domain sends the {format} binary format, which has no priority field: APNs would take the \
+             notification as priority 10. Send priority 10 (or none), or set apn_binary_format = frame for the \
+             domain, whose format carries the priority"
+        )
+    }
 }
 
 /// Whether `aps` is a silent push: content-available set and nothing for the user to see.
@@ -1065,6 +1116,44 @@ mod tests {
             err(r#"{"aps":{"alert":"x"}}"#, Alert, Binary, Low),
             PayloadError::PriorityNotAllowed { .. }
         ));
+    }
+
+    /// A binary format without a priority field (enhanced, simple) takes only priority 10, and no background push;
+    /// the frame format takes both priorities (docs/apns-protocol.md#binary-command-1).
+    #[test]
+    fn a_binary_format_without_priority_takes_only_priority_10() {
+        for format in [BinaryFormat::Enhanced, BinaryFormat::Simple] {
+            assert_eq!(check_binary_format(format, Immediate, false), Ok(()));
+            let text = check_binary_format(format, Conserve, false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.starts_with("priority 5 is not allowed here: this domain sends the ")
+                    && text.contains(format.describe())
+                    && text.contains("no priority field")
+                    && text.contains("apn_binary_format = frame"),
+                "{text}"
+            );
+            for priority in [Immediate, Conserve] {
+                let text = check_binary_format(format, priority, true)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    text.starts_with(&format!(
+                        "priority {priority} is not allowed here: a background push"
+                    )) && text.contains(format.describe())
+                        && text.contains("Background pushes need the frame format")
+                        && text.contains("apn_binary_format = frame"),
+                    "{text}"
+                );
+            }
+        }
+        for (priority, background) in [(Immediate, false), (Conserve, false), (Conserve, true)] {
+            assert_eq!(
+                check_binary_format(BinaryFormat::Frame, priority, background),
+                Ok(())
+            );
+        }
     }
 
     #[test]

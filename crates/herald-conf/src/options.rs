@@ -417,7 +417,7 @@ option_table! {
         Kind::Millis,
         Some("5000"),
         NO_GROUP,
-        "Milliseconds to wait for a response; on the binary protocol a notification counts as delivered when no error arrives in this time. On HTTP/2 it counts from when the request was written, a stream without an answer in time is cancelled before the notification is retried, and the adaptive in-flight limit aims at answers within a quarter of it (operations.md, \"A slow APNs\").",
+        "Milliseconds to wait for a response; on the binary protocol a notification counts as delivered when no error arrives in this time, so keep it longer than the gateway's round trip and stalls: an error that comes later reports the failed notification delivered, and every later one on that connection already reported delivered is lost (apns-protocol.md §1.5). On HTTP/2 it counts from when the request was written, a stream without an answer in time is cancelled before the notification is retried, and the adaptive in-flight limit aims at answers within a quarter of it (operations.md, \"A slow APNs\").",
     ),
     MaxOutboundConnections => opt(
         "max_outbound_connections",
@@ -534,7 +534,7 @@ option_table! {
         Kind::Enum(ApnBinaryFormat::WORDS),
         Some("frame"),
         DELIVERY,
-        "Binary protocol notification format: `frame` (command 2) or `enhanced` (command 1); a herald addition.",
+        "Binary protocol notification format: `frame` (command 2) or `enhanced` (command 1, which has no priority: such a domain takes only priority 10 and no background push); a herald addition.",
     ),
     ApnFeedbackAddress => opt(
         "apn_feedback_address",

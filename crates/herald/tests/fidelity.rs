@@ -396,3 +396,122 @@ async fn apn_debug_level_sets_the_level_of_delivery_diagnostics() {
     let quiet = serve_stderr("apn { }").await;
     assert!(!quiet.contains("queue started"), "{quiet}");
 }
+
+/// A domain stanza that delivers to the simulator's binary gateway at `port` with the universal client certificate
+/// of [`TOPIC`], in `format` (`apn_binary_format`).
+fn binary_domain(pki: &Pki, domain: &str, port: u16, format: &str) -> String {
+    let client = pki
+        .client(TOPIC, herald_sim::CertVariant::Universal)
+        .unwrap();
+    format!(
+        r#"
+domain "{domain}" {{
+  delivery_method = apn
+  routes = ( "apn://127.0.0.1?port={port}" )
+  tls_verify = ca
+  tls_ca = "{ca}"
+  tls_certificate = "{cert}"
+  tls_key = "{key}"
+  apn_binary_format = {format}
+}}
+"#,
+        ca = pki.manifest.ca_cert.display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+    )
+}
+
+/// What a binary domain's format cannot carry is refused at the door, never accepted and then dropped
+/// (docs/apns-protocol.md#binary-options): with `apn_binary_format = enhanced` (command 1, no priority field, which
+/// APNs takes as priority 10) a priority 5 and a background push (default priority 5) are refused naming the
+/// priority and the frame format; on any binary domain a collapse id is refused naming it. The frame format takes
+/// and sends priority 5, and what the enhanced format takes goes out as command 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_domain_refuses_the_options_its_format_cannot_carry() {
+    let rig = rig("").await;
+    let port = rig.sim.addrs.binary.port();
+    rig.rewrite(&format!(
+        "{}{}",
+        binary_domain(&rig.pki, "enhanced.example", port, "enhanced"),
+        binary_domain(&rig.pki, "frame.example", port, "frame"),
+    ));
+    rig.server.reload(None).await.unwrap();
+    let http = rig.server.addrs().await.http[0];
+    let token = |i: u64| format!("{:064x}", 0xb1_0000 + i);
+    let push = |domain: &'static str, notifications: serde_json::Value| async move {
+        let response = reqwest::Client::new()
+            .post(format!("http://{http}/api/v1/push"))
+            .json(&serde_json::json!({"domain": domain, "notifications": notifications}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 202, "{domain}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        answer["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["reason"].as_str().unwrap_or("accepted").to_owned())
+            .collect::<Vec<_>>()
+    };
+    let notifications = |first: u64, collapse_id: bool| {
+        let mut n = vec![
+            serde_json::json!({"token": token(first), "payload": {"aps": {"alert": "five"}}, "priority": 5}),
+            serde_json::json!({"token": token(first + 1), "payload": {"aps": {"content-available": 1}}}),
+            serde_json::json!({"token": token(first + 2), "payload": {"aps": {"alert": "ten"}}}),
+        ];
+        if collapse_id {
+            n.push(serde_json::json!({"token": token(first + 3), "payload": {"aps": {"alert": "c"}}, "collapse_id": "c"}));
+        }
+        serde_json::Value::Array(n)
+    };
+
+    let reasons = push("enhanced.example", notifications(0, true)).await;
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with(
+            "notifications[0].priority: priority 5 is not allowed here: this domain sends the enhanced (command 1) \
+             binary format, which has no priority field"
+        ) && reasons[0].contains("apn_binary_format = frame"),
+        "{reasons:?}"
+    );
+    // The priority is the background push's default, which the request does not give: the door's text.
+    assert!(
+        reasons[1].starts_with("priority 5 is not allowed here: a background push")
+            && reasons[1]
+                .contains("Background pushes need the frame format: set apn_binary_format = frame"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[2], "accepted");
+    assert!(
+        reasons[3].starts_with(
+            "notifications[3].collapse_id: apns-collapse-id cannot be sent over the binary protocol"
+        ),
+        "{reasons:?}"
+    );
+    let reasons = push("frame.example", notifications(10, true)).await;
+    assert_eq!(reasons[..3], ["accepted", "accepted", "accepted"]);
+    assert!(
+        reasons[3].starts_with("notifications[3].collapse_id: "),
+        "{reasons:?}"
+    );
+
+    wait_until("the deliveries", || rig.sim.counters().accepted() == 4).await;
+    let mut sent: Vec<_> = rig
+        .sim
+        .record()
+        .into_iter()
+        .map(|r| (r.token, r.format, r.priority))
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            (token(2), Some(1), 10),
+            (token(10), Some(2), 5),
+            (token(11), Some(2), 5),
+            (token(12), Some(2), 10),
+        ]
+    );
+    rig.server.shutdown(Duration::from_secs(5)).await;
+}

@@ -51,6 +51,22 @@ impl BinaryFormat {
         }
     }
 
+    /// Whether the format has a priority field: only the frame format (item 5). APNs takes a notification in the
+    /// simple or enhanced format as priority 10 (docs/apns-protocol.md#binary-command-1), so a domain that sends
+    /// one of them cannot send priority 5, and with it no background push.
+    pub fn carries_priority(self) -> bool {
+        self == BinaryFormat::Frame
+    }
+
+    /// The format's name in `apn_binary_format` and its command, as refusals name it (`enhanced (command 1)`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            BinaryFormat::Simple => "simple (command 0)",
+            BinaryFormat::Enhanced => "enhanced (command 1)",
+            BinaryFormat::Frame => "frame (command 2)",
+        }
+    }
+
     /// APNs answers errors in commands 1 and 2 with an error packet; for command 0 it only closes the
     /// connection (docs/apns-protocol.md#binary-command-0, docs/apns-protocol.md#binary-error-packet).
     pub fn sends_error_packet(self) -> bool {

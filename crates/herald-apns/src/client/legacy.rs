@@ -652,36 +652,36 @@ impl<T: Send + 'static> Connection<T> {
                     .front()
                     .is_none_or(|w| packet.identifier < w.identifier);
             if answered_earlier {
-                if shutdown {
+                let late = LateAnswer::of(packet, window, written.end);
+                if shutdown && late.lost == 0 {
                     // Status 10 names the last notification processed: delivered indeed.
                     tracing::info!(
                         conn = self.info.id,
                         remote = %self.info.remote,
                         identifier = packet.identifier,
-                        requeued = window.entries.len(),
+                        requeued = late.requeued,
                         "shutdown after notification {}, answered by silence before; requeueing what followed it",
                         packet.identifier
                     );
                     self.state.set_fault(named);
                 } else {
-                    // APNs refused a notification after its silence had been taken for a delivery: that cannot
-                    // be taken back, but the operator must learn that the response timeout is too short.
+                    // APNs refused a notification (or, with status 10, stopped after it) after its silence, and that
+                    // of what followed it, had been taken for deliveries: that cannot be taken back, but the
+                    // operator must learn what was lost and that the response timeout is too short.
                     tracing::warn!(
                         conn = self.info.id,
                         remote = %self.info.remote,
                         identifier = packet.identifier,
                         status = packet.status.code(),
                         response_timeout_ms = self.opts.response_timeout.as_millis() as u64,
-                        requeued = window.entries.len(),
-                        "error packet {}@{} names notification {}, already reported delivered after {} ms of \
-                         silence: delivery_response_timeout is shorter than APNs takes to answer, so refusals are \
-                         reported as deliveries; raise it. What was written after it is sent again",
-                        packet.status.code(),
-                        packet.status.apple_text(),
-                        packet.identifier,
-                        self.opts.response_timeout.as_millis()
+                        lost = late.lost,
+                        requeued = late.requeued,
+                        "{}",
+                        late.warning(self.opts.response_timeout)
                     );
-                    if transient {
+                    if shutdown {
+                        self.state.set_fault(named);
+                    } else if transient {
                         self.state
                             .set_fault(|| format!("{}, already answered by silence", named()));
                     }
@@ -730,6 +730,71 @@ impl<T: Send + 'static> Connection<T> {
                 .report(w.tag, PushResult::Rejected(rejection), &self.info);
         }
         self.hand_back(window, NotSentReason::AfterRejected);
+    }
+}
+
+/// An error packet naming a notification that silence had already answered (it left the window reported
+/// delivered): APNs answered later than `delivery_response_timeout` (docs/apns-protocol.md#binary-error-packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LateAnswer {
+    packet: ErrorPacket,
+    /// Notifications written after the named one that had left the window too, reported delivered by silence:
+    /// APNs discarded them with the rest of the connection, so they are lost.
+    lost: u64,
+    /// Notifications written after it still in the window: sent again.
+    requeued: usize,
+}
+
+impl LateAnswer {
+    /// The late answer `packet` for the connection whose `window` is as it stands, `next` being the identifier it
+    /// would have written next. Identifiers rise by one per notification written on a connection, and a live
+    /// connection reports a notification delivered only by its leaving the window in silence, so those between the
+    /// named one and the first still in the window (or `next`) are the ones already reported delivered.
+    fn of<T>(packet: ErrorPacket, window: &Window<T>, next: u32) -> LateAnswer {
+        let first_waiting = window.entries.front().map_or(next, |w| w.identifier);
+        LateAnswer {
+            packet,
+            lost: u64::from(
+                first_waiting
+                    .saturating_sub(packet.identifier)
+                    .saturating_sub(1),
+            ),
+            requeued: window.entries.len(),
+        }
+    }
+
+    /// The operator's warning: what the packet names, what it cost, and what to do.
+    fn warning(&self, response_timeout: Duration) -> String {
+        let p = &self.packet;
+        let timeout = response_timeout.as_millis();
+        let named = if p.status == Status::Shutdown {
+            format!(
+                "error packet {}@{} says APNs stopped after notification {}, whose silence ({timeout} ms) had \
+                 already been reported as a delivery",
+                p.status.code(),
+                p.status.apple_text(),
+                p.identifier
+            )
+        } else {
+            format!(
+                "error packet {}@{} names notification {}, already reported delivered after {timeout} ms of \
+                 silence: delivery_response_timeout is shorter than APNs takes to answer, so refusals are reported \
+                 as deliveries",
+                p.status.code(),
+                p.status.apple_text(),
+                p.identifier
+            )
+        };
+        format!(
+            "{named}. APNs discarded everything written after it on this connection: {} already reported delivered \
+             the same way {} lost (not sent again), and {} still waiting for {} answer {} sent again. Set \
+             delivery_response_timeout longer than the gateway's round trip and its stalls",
+            self.lost,
+            if self.lost == 1 { "is" } else { "are" },
+            self.requeued,
+            if self.requeued == 1 { "its" } else { "their" },
+            if self.requeued == 1 { "is" } else { "are" },
+        )
     }
 }
 
@@ -1578,6 +1643,50 @@ mod tests {
                 s.state.fault()
             );
         }
+    }
+
+    /// An error packet naming a notification already answered by silence counts what it cost: those written after
+    /// it that had left the window too (reported delivered, discarded by APNs: lost), and those still in the window
+    /// (sent again); the warning says both and what to do.
+    #[test]
+    fn a_late_error_packet_counts_the_deliveries_it_makes_lost_and_what_is_sent_again() {
+        let packet = |status, identifier| ErrorPacket { status, identifier };
+        let mut window: Window<u32> = Window::new(Duration::from_millis(50));
+        // Nothing in the window: everything written after notification 18, up to 1269 (the next would be 1270).
+        let late = LateAnswer::of(packet(Status::InvalidToken, 18), &window, 1270);
+        assert_eq!((late.lost, late.requeued), (1251, 0));
+        for identifier in [1270, 1271, 1272] {
+            window.entries.push_back(Written {
+                identifier,
+                at: Instant::now(),
+                end: NOT_WRITTEN,
+                acknowledged: false,
+                tag: identifier,
+            });
+        }
+        let late = LateAnswer::of(packet(Status::InvalidToken, 18), &window, 1273);
+        assert_eq!((late.lost, late.requeued), (1251, 3));
+        let text = late.warning(Duration::from_millis(2000));
+        assert_eq!(
+            text,
+            "error packet 8@Invalid token names notification 18, already reported delivered after 2000 ms of \
+             silence: delivery_response_timeout is shorter than APNs takes to answer, so refusals are reported as \
+             deliveries. APNs discarded everything written after it on this connection: 1251 already reported \
+             delivered the same way are lost (not sent again), and 3 still waiting for their answer are sent again. \
+             Set delivery_response_timeout longer than the gateway's round trip and its stalls"
+        );
+        // The one just before the window: nothing reported after it is lost.
+        let late = LateAnswer::of(packet(Status::Shutdown, 1269), &window, 1273);
+        assert_eq!((late.lost, late.requeued), (0, 3));
+        let late = LateAnswer::of(packet(Status::Shutdown, 1268), &window, 1273);
+        assert_eq!((late.lost, late.requeued), (1, 3));
+        let text = late.warning(Duration::from_millis(500));
+        assert!(
+            text.starts_with(
+                "error packet 10@Shutdown says APNs stopped after notification 1268, whose silence (500 ms)"
+            ) && text.contains(": 1 already reported delivered the same way is lost (not sent again), and 3 still"),
+            "{text}"
+        );
     }
 
     /// An error packet APNs sent in time that waits in the socket while herald is frozen (SIGSTOP, a virtual

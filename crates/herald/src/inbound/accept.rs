@@ -20,11 +20,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use herald_apns::binary::BinaryFormat;
 use herald_apns::client::PushRequest;
 use herald_apns::notification::{
     NotificationError, NotificationParts, PushHeaders, RouteAuth, validate_notification,
 };
-use herald_apns::payload::{PayloadError, infer_push_type_for};
+use herald_apns::payload::{PayloadError, check_binary_format, infer_push_type_for};
 use herald_apns::push::{
     ApnsId, BINARY_PAYLOAD_LIMIT, HTTP2_PAYLOAD_LIMIT, Priority, Protocol, PushError, PushType,
     VOIP_PAYLOAD_LIMIT, derive_topic, validate_canonical_apns_id, validate_collapse_id,
@@ -228,7 +229,30 @@ impl DoorRefusal {
             other => Refusal::Permanent(other.to_string()).into(),
         }
     }
+
+    /// [`notification`](Self::notification) for a domain routed to the binary protocol in `format`: where the
+    /// format has no priority field, a content-available-only payload refused priority 10 is refused as a background
+    /// push that format cannot send at all, since priority 5, which it needs, would not reach APNs either.
+    fn binary_notification(e: NotificationError, format: BinaryFormat) -> DoorRefusal {
+        match e {
+            NotificationError::Payload(PayloadError::PriorityNotAllowed {
+                priority: Priority::Immediate,
+                ..
+            }) if !format.carries_priority() => {
+                match check_binary_format(format, Priority::Immediate, true) {
+                    Err(why) => DoorRefusal::option(ApnsOption::Priority, why, false),
+                    Ok(()) => DoorRefusal::notification(e),
+                }
+            }
+            e => DoorRefusal::notification(e),
+        }
+    }
 }
+
+/// Why a collapse id is refused for a domain routed to the binary protocol, which has no field for it.
+const BINARY_COLLAPSE_ID: &str = "apns-collapse-id cannot be sent over the binary protocol, which has no collapse \
+     id: the notification would not replace the ones that share it. Leave it out, or route the domain to an https:// \
+     host";
 
 impl From<Refusal> for DoorRefusal {
     fn from(refusal: Refusal) -> DoorRefusal {
@@ -712,7 +736,23 @@ impl Intake {
             payload: &s.payload,
         };
         let topic = parts.topic().map(|t| self.strings.intern(t));
-        let token = validate_notification(&parts).map_err(DoorRefusal::notification)?;
+        let token = validate_notification(&parts).map_err(|e| match settings.protocol {
+            RouteProtocol::Binary(format) => DoorRefusal::binary_notification(e, format),
+            RouteProtocol::Http2 => DoorRefusal::notification(e),
+        })?;
+        if let RouteProtocol::Binary(format) = settings.protocol {
+            // What the binary protocol cannot carry is refused rather than dropped (docs/apns-protocol.md#binary-options):
+            // a priority its format has no field for (APNs would take 10), and a collapse id.
+            check_binary_format(format, priority, push_type == PushType::Background)
+                .map_err(|e| DoorRefusal::option(ApnsOption::Priority, e, false))?;
+            if s.headers.collapse_id.is_some() {
+                return Err(DoorRefusal::option(
+                    ApnsOption::CollapseId,
+                    BINARY_COLLAPSE_ID,
+                    false,
+                ));
+            }
+        }
         // Every field is kept exactly as accepted: what APNs receives is what the sender gave.
         let expiration = match s.headers.expiration {
             Some(e) => Some(
@@ -1368,6 +1408,107 @@ mod tests {
                 if t == "payload is 5120 bytes; background pushes over HTTP/2 allow at most 4096"),
             "{refused:?}"
         );
+    }
+
+    /// What the binary protocol cannot carry is refused at the door as a refusal of its option, never dropped
+    /// (docs/apns-protocol.md#binary-options): on a domain whose binary format has no priority field (enhanced), a
+    /// priority other than 10 and a background push (its default priority 5, or 10 asked for); on any binary domain
+    /// a collapse id. The frame format takes priority 5 and background pushes.
+    #[test]
+    fn what_the_binary_format_cannot_carry_is_refused_as_its_option() {
+        let mut enhanced = settings("enhanced.example");
+        enhanced.protocol = RouteProtocol::Binary(BinaryFormat::Enhanced);
+        let mut frame = settings("frame.example");
+        frame.protocol = RouteProtocol::Binary(BinaryFormat::Frame);
+        let resolver = Arc::new(StaticResolver::default().with(enhanced).with(frame));
+        let (_, engine) = engine();
+        let intake = Intake::new(resolver, Arc::new(NotDurable), engine, IdGenerator::new(1));
+        let alert = r#"{"aps":{"alert":"x"}}"#;
+        let silent = r#"{"aps":{"content-available":1}}"#;
+        let submit = |domain: &str, payload: &'static str, headers: PushHeaders| {
+            let s = Submission {
+                domain: domain.into(),
+                token: "ab".repeat(32),
+                payload: Bytes::from_static(payload.as_bytes()),
+                headers,
+                ..Submission::default()
+            };
+            intake.prepare_detailed(s, &source(&intake))
+        };
+        let priority = |p: Option<u8>| PushHeaders {
+            priority: p,
+            ..PushHeaders::default()
+        };
+        let no_priority = "priority 5 is not allowed here: this domain sends the enhanced (command 1) binary format, \
+                           which has no priority field: APNs would take the notification as priority 10. Send \
+                           priority 10 (or none), or set apn_binary_format = frame for the domain, whose format \
+                           carries the priority";
+        let background = |p: u8| {
+            format!(
+                "priority {p} is not allowed here: a background push (only content-available in aps) must use \
+                 priority 5, and this domain sends the enhanced (command 1) binary format, which has no priority \
+                 field: APNs would take it as priority 10. Background pushes need the frame format: set \
+                 apn_binary_format = frame for the domain"
+            )
+        };
+        let background_typed = PushHeaders {
+            push_type: Some("background".into()),
+            ..PushHeaders::default()
+        };
+        for (payload, headers, why) in [
+            (alert, priority(Some(5)), no_priority.to_owned()),
+            (silent, priority(None), background(5)),
+            (silent, priority(Some(5)), background(5)),
+            (silent, priority(Some(10)), background(10)),
+            (alert, background_typed, background(5)),
+        ] {
+            let refused = submit("enhanced.example", payload, headers.clone()).unwrap_err();
+            assert_eq!(
+                refused.option,
+                Some(OptionRefusal {
+                    option: ApnsOption::Priority,
+                    why: why.clone()
+                }),
+                "{payload} {headers:?}"
+            );
+            assert!(
+                matches!(&refused.refusal, Refusal::Permanent(t) if *t == why),
+                "{refused:?}"
+            );
+            // The frame format carries the priority: the same notification is taken, with its priority.
+            let n = submit("frame.example", payload, headers.clone());
+            if headers.priority == Some(10) {
+                // Priority 10 for a content-available-only push breaks rule 4 in any format.
+                assert!(n.is_err(), "{payload} {headers:?}");
+            } else {
+                assert_eq!(
+                    n.map(|n| n.push.priority).ok(),
+                    Some(Some(Priority::Conserve)),
+                    "{payload} {headers:?}"
+                );
+            }
+        }
+        // Priority 10, given or by default, is what the enhanced format sends.
+        for p in [None, Some(10)] {
+            let n = submit("enhanced.example", alert, priority(p)).unwrap();
+            assert_eq!(n.push.priority, p.map(|_| Priority::Immediate));
+        }
+        // A collapse id, in either format.
+        for domain in ["enhanced.example", "frame.example"] {
+            let headers = PushHeaders {
+                collapse_id: Some("c".into()),
+                ..PushHeaders::default()
+            };
+            let refused = submit(domain, alert, headers).unwrap_err();
+            assert_eq!(
+                refused.option,
+                Some(OptionRefusal {
+                    option: ApnsOption::CollapseId,
+                    why: BINARY_COLLAPSE_ID.to_owned()
+                }),
+                "{domain}"
+            );
+        }
     }
 
     /// A push type refused for its route before its payload's size (one that needs token authentication, on a
