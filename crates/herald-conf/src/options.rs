@@ -410,7 +410,7 @@ option_table! {
         Kind::Seconds,
         Some("5"),
         DELIVERY,
-        "Seconds an idle outbound connection stays open (channel management and broadcast connections too); 0 keeps it open forever (never use 0 for APNs).",
+        "Seconds an idle outbound connection stays open (channel management and broadcast connections too); 0 keeps it open forever (never use 0 for APNs). Each domain has connections of its own: with many apps that each push only now and then, the default closes an app's connection between its bursts and opens a new one for the next, many connections a second for one team, which Apple may take for an attack; give such apps minutes.",
     ),
     DeliveryResponseTimeout => opt(
         "delivery_response_timeout",
