@@ -2154,7 +2154,7 @@ async fn a_message_larger_than_the_queue_ever_holds_is_refused_for_good() {
     assert_eq!(code, 552, "{text}");
     assert_eq!(
         text,
-        "5.3.4 the message would make 12 notifications (2 push parts × 6 recipients), more than herald ever holds \
+        "5.3.4 the message would make 12 notifications (2 push parts times 6 recipients), more than herald ever holds \
          in memory at once (max_resident_notifications = 10); send it as smaller messages (this listener's \
          max_notifications_per_message is 100000, above max_resident_notifications)"
     );
@@ -2385,18 +2385,19 @@ async fn replies_never_repeat_client_text_past_a_reply_line() {
     let long = "é".repeat(2500);
     let lines = c.cmd_lines(&format!("EHLO {long}")).await;
     within(&lines);
-    assert!(lines[0].contains("…"), "{lines:?}");
+    assert!(lines[0].contains("?..."), "{lines:?}");
+    assert!(lines.iter().all(|l| l.is_ascii()), "{lines:?}");
     let lines = c
         .cmd_lines(&format!("MAIL FROM:<{long}@backend.example>"))
         .await;
     within(&lines);
-    assert!(lines[0].starts_with("250 2.1.0 sender <é"), "{lines:?}");
+    assert!(lines[0].starts_with("250 2.1.0 sender <??"), "{lines:?}");
     let lines = c.cmd_lines(&format!("RCPT TO:<{long}@{DOMAIN}>")).await;
     within(&lines);
-    assert!(lines[0].starts_with("250 2.1.5 recipient <é"), "{lines:?}");
+    assert!(lines[0].starts_with("250 2.1.5 recipient <??"), "{lines:?}");
     let lines = c.cmd_lines(&format!("RCPT TO:<{long}@x.{long}>")).await;
     within(&lines);
-    assert!(lines[0].starts_with("501 5.1.3 recipient <é"), "{lines:?}");
+    assert!(lines[0].starts_with("501 5.1.3 recipient <??"), "{lines:?}");
     // A boundary of 5000 bytes that is never closed.
     let boundary = "b".repeat(5000);
     let message = format!(
@@ -2411,7 +2412,7 @@ async fn replies_never_repeat_client_text_past_a_reply_line() {
     assert_eq!(
         lines[0],
         format!(
-            "550 5.6.0 malformed MCMT message: the MCMT container is not closed: no --{}…-- line follows its last \
+            "550 5.6.0 malformed MCMT message: the MCMT container is not closed: no --{}...-- line follows its last \
              part (is the message truncated?)\r\n",
             "b".repeat(100)
         )

@@ -1,13 +1,14 @@
 //! SMTP replies: a code, an enhanced status code (RFC 3463) and a text naming what happened, rendered one or
 //! several lines long. No line on the wire is longer than RFC 5321's 512 octets (§4.5.3.1.5): a longer text goes
-//! on as further lines of the reply, and a text is cut at [`MAX_TEXT`] bytes.
+//! on as further lines of the reply, and a text is cut at [`MAX_TEXT`] bytes. A reply's text is US-ASCII on the
+//! wire, as RFC 5321 §4.2 has it without SMTPUTF8, which herald does not offer ([`ascii`]).
 
 use std::fmt;
 
 /// The longest reply line, code and CRLF included (RFC 5321 §4.5.3.1.5).
 pub const MAX_LINE: usize = 512;
 /// The most bytes of one text a reply carries (over as many lines as it takes); beyond it the text is cut and
-/// marked `…`. Texts that repeat the client's own are cut shorter where they are made.
+/// marked `...`. Texts that repeat the client's own are cut shorter where they are made.
 pub const MAX_TEXT: usize = 2048;
 
 /// One SMTP reply.
@@ -55,8 +56,11 @@ impl Reply {
                 self.status.len() + 1
             }
             - 2;
-        let texts: Vec<std::borrow::Cow<'_, str>> =
-            self.lines.iter().map(|l| clip(l, MAX_TEXT)).collect();
+        let texts: Vec<String> = self
+            .lines
+            .iter()
+            .map(|l| clip(&ascii(l), MAX_TEXT).into_owned())
+            .collect();
         let lines: Vec<&str> = texts
             .iter()
             .flat_map(|l| l.split(['\r', '\n']))
@@ -78,16 +82,39 @@ impl Reply {
     }
 }
 
-/// `text` cut to at most `max` bytes on a character boundary, `…` marking the cut.
+/// `text` in US-ASCII, as a reply's text must be without SMTPUTF8 (RFC 5321 §4.2): the few other characters
+/// herald's own texts use become their ASCII spelling (`…` `...`, `§` `section `, `×` `x`, dashes and quotes), and
+/// any other (a client's own text that a reply repeats, such as an EHLO name or an address) `?`.
+fn ascii(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.is_ascii() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            c if c.is_ascii() => out.push(c),
+            '…' => out.push_str("..."),
+            '§' => out.push_str("section "),
+            '×' => out.push('x'),
+            '–' | '—' | '−' => out.push('-'),
+            '‘' | '’' => out.push('\''),
+            '“' | '”' => out.push('"'),
+            _ => out.push('?'),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `text` (ASCII) cut to at most `max` bytes, `...` marking the cut.
 fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max {
         return std::borrow::Cow::Borrowed(text);
     }
-    let mut cut = max - '…'.len_utf8();
+    let mut cut = max - "...".len();
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    std::borrow::Cow::Owned(format!("{}…", &text[..cut]))
+    std::borrow::Cow::Owned(format!("{}...", &text[..cut]))
 }
 
 /// `line` in pieces of at most `room` bytes, each cut after its last space where it has one, else on a character
@@ -156,10 +183,28 @@ mod tests {
         let one_word = "é".repeat(3000);
         let mut out = Vec::new();
         Reply::new(550, "5.6.0", one_word).write_to(&mut out);
-        let text = String::from_utf8(out).expect("cut on character boundaries");
+        assert!(out.is_ascii());
+        let text = String::from_utf8(out).unwrap();
         assert!(text.len() < MAX_TEXT + 5 * 20, "{}", text.len());
-        assert!(text.trim_end().ends_with('…'));
+        assert!(text.trim_end().ends_with("?..."));
         assert!(text.split_inclusive("\r\n").all(|l| l.len() <= MAX_LINE));
+    }
+
+    /// RFC 5321 §4.2: without SMTPUTF8 a reply's text is US-ASCII. herald's own texts spell their few other
+    /// characters in ASCII; a client's text a reply repeats has each other character as `?`.
+    #[test]
+    fn replies_are_ascii_on_the_wire() {
+        let mut out = Vec::new();
+        Reply::new(
+            550,
+            "5.1.3",
+            "<é@x> is cut… (RFC 5321 §4.5.3.1.2; 2 push parts × 3 recipients — “quoted”)",
+        )
+        .write_to(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "550 5.1.3 <?@x> is cut... (RFC 5321 section 4.5.3.1.2; 2 push parts x 3 recipients - \"quoted\")\r\n"
+        );
     }
 
     #[test]

@@ -687,7 +687,7 @@ impl Session {
                     421,
                     "4.4.2",
                     format!(
-                        "{host}: the message did not arrive within {} s ({DATA_TIMEOUTS} × this listener's timeout); closing",
+                        "{host}: the message did not arrive within {} s ({DATA_TIMEOUTS} times this listener's timeout); closing",
                         data_limit.as_secs()
                     ),
                 ));
@@ -829,7 +829,7 @@ impl Session {
                 552,
                 "5.3.4",
                 format!(
-                    "the message would make {count} notifications ({} push parts × {} recipients); this listener's max_notifications_per_message is {}",
+                    "the message would make {count} notifications ({} push parts times {} recipients); this listener's max_notifications_per_message is {}",
                     message.push_parts.len(),
                     envelope.recipients.len(),
                     self.config.limits.max_notifications
@@ -844,7 +844,7 @@ impl Session {
                     552,
                     "5.3.4",
                     format!(
-                        "the message would make {count} notifications ({} push parts × {} recipients), more than herald ever holds in memory at once (max_resident_notifications = {max}); send it as smaller messages (this listener's max_notifications_per_message is {}, above max_resident_notifications)",
+                        "the message would make {count} notifications ({} push parts times {} recipients), more than herald ever holds in memory at once (max_resident_notifications = {max}); send it as smaller messages (this listener's max_notifications_per_message is {}, above max_resident_notifications)",
                         message.push_parts.len(),
                         envelope.recipients.len(),
                         self.config.limits.max_notifications
