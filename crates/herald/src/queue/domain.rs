@@ -1597,6 +1597,72 @@ impl DomainTask {
         for job in waiting {
             self.pool.submit(job);
         }
+        self.expire_unsent(&error);
+    }
+
+    /// While no connection can be opened, notifications wait here and in the pool without an attempt, and no
+    /// failure of theirs would judge their age (`mx_failures_to_delay` failed attempts in a row may take minutes):
+    /// those `message_expiration` old fail now, as after a failed attempt (`exceeded max time without delivery`,
+    /// with the connection's error), rather than wait on past the time they may stay undelivered. Looked at once a
+    /// second at most, with each failed connection attempt's line ([`DomainTask::log_connect_failure`]); a pass
+    /// that finds none reads the queue without changing it.
+    fn expire_unsent(&mut self, error: &str) {
+        let now = unix_now();
+        let policy = self.settings.retry;
+        let expired = |item: &Queued| {
+            policy.is_expired(Duration::from_secs(
+                now.saturating_sub(item.notification.received_at),
+            ))
+        };
+        let mut failed = Vec::new();
+        let waiting = self.pool.take_waiting();
+        if waiting.iter().any(|j| expired(&j.tag)) {
+            for job in waiting {
+                if expired(&job.tag) {
+                    self.outstanding.remove(&job.tag);
+                    failed.push(job.tag);
+                } else {
+                    self.pool.submit(job);
+                }
+            }
+            self.stats
+                .dispatched
+                .store(self.outstanding.count, Ordering::Relaxed);
+        } else {
+            for job in waiting {
+                self.pool.submit(job);
+            }
+        }
+        if self.active.iter().any(|i| expired(i)) {
+            let active = std::mem::take(&mut self.active);
+            self.active.reserve(active.len());
+            let placed = self.front_placed;
+            for (i, item) in active.into_iter().enumerate() {
+                if expired(&item) {
+                    // One of those a batch of events put at the front: they are one fewer.
+                    if i < placed {
+                        self.front_placed -= 1;
+                    }
+                    failed.push(item);
+                } else {
+                    self.active.push_back(item);
+                }
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        let reason =
+            format!("554 5.4.7 [internal] exceeded max time without delivery; last error: {error}");
+        for item in failed {
+            self.finish_permanent(
+                item,
+                Attempt::NONE,
+                &reason,
+                "exceeded max time without delivery; last error: ConnectionFailed",
+                None,
+            );
+        }
     }
 
     /// `mx_failures_to_delay` connection attempts failed in a row: every waiting notification is retried later.
@@ -2253,6 +2319,50 @@ mod tests {
         assert_eq!(engine.resident_room(), 9);
         let unknown = message(&mut task, 8, MessageAction::Details);
         assert_eq!(unknown.await.ok().flatten(), None);
+    }
+
+    /// While no connection can be opened, a notification that waits unsent (in the pool or in the active queue)
+    /// fails once it is `message_expiration` old, with the connection's error, instead of waiting on until
+    /// `mx_failures_to_delay` failed attempts judge it; younger ones keep waiting where they were.
+    #[tokio::test]
+    async fn notifications_unsent_past_message_expiration_fail_while_connections_fail() {
+        let engine = engine(10);
+        let (mut task, _sender) = task_of(&engine);
+        change_settings(&mut task, |s| {
+            s.retry.message_expiration = Duration::from_secs(60);
+        });
+        let old = |engine: &Engine, token: u8, id: u64| {
+            let mut item = queued(engine, token, id);
+            item.notification.received_at = unix_now() - 120;
+            item
+        };
+        // One old and one young handed to the pool, then one old and one young left in the active queue.
+        task.handle(DomainEvent::Enqueue(old(&engine, 1, 1)));
+        task.handle(DomainEvent::Enqueue(queued(&engine, 2, 2)));
+        task.dispatch();
+        assert_eq!(task.pool.waiting(), 2);
+        task.handle(DomainEvent::Enqueue(old(&engine, 3, 3)));
+        task.handle(DomainEvent::Enqueue(queued(&engine, 4, 4)));
+        assert_eq!(engine.resident_room(), 6);
+
+        task.expire_unsent("connection to 127.0.0.1:1 failed: refused");
+        assert_eq!(task.pool.waiting(), 1);
+        assert_eq!(task.outstanding.count, 1);
+        assert_eq!(task.active.len(), 1);
+        assert_eq!(task.stats.permanent.load(Ordering::Relaxed), 2);
+        let failures = task.stats.failures();
+        assert_eq!(
+            failures.get(&(
+                super::super::stats::FailureKind::Permanent,
+                "exceeded max time without delivery; last error: ConnectionFailed".to_owned()
+            )),
+            Some(&2),
+            "{failures:?}"
+        );
+        assert_eq!(engine.resident_room(), 8, "their memory given back");
+        // Nothing more to fail: the young ones stay.
+        task.expire_unsent("connection to 127.0.0.1:1 failed: refused");
+        assert_eq!((task.pool.waiting(), task.active.len()), (1, 1));
     }
 
     /// A reload that changes the retry schedule applies to the notifications already waiting for a retry, at once
