@@ -126,6 +126,14 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
                 book.retention().as_secs()
             ),
         ),
+        // With `outcome_retention = 0` no outcome is kept: "ask again later" would have the client ask for good.
+        Ok(Found::Unknown) if book.retention().is_zero() => (
+            "unknown",
+            format!(
+                "{id}: unknown: status lookups are off on this herald (outcome_retention = 0): it keeps no outcome \
+                 to look up"
+            ),
+        ),
         Ok(Found::Unknown) => (
             "unknown",
             format!(
@@ -362,6 +370,30 @@ mod tests {
         let r = reqwest::get(format!("{base}/{id}")).await.unwrap();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["retry-after"], "1");
+    }
+
+    /// With `outcome_retention = 0` nothing is kept: an id's answer says lookups are off, not "ask again later".
+    #[tokio::test]
+    async fn with_outcome_retention_0_an_unknown_id_says_lookups_are_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::ZERO, 1_000_000);
+        let base = serve(StatusState { book, peers: None }).await;
+        let id = IdGenerator::new(7).next().to_string();
+        let r = reqwest::Client::new()
+            .get(format!("{base}/{}", id.replace('/', "%2F")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["found"], json!("unknown"), "{v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains("status lookups are off on this herald (outcome_retention = 0)")
+                && !error.contains("ask again later"),
+            "{v}"
+        );
     }
 
     /// Every entry of `not_found` has `id`, `found` and `error` (docs/api.md "Status of a notification"): `found`
