@@ -1242,6 +1242,7 @@ impl DomainTask {
         }
         let limit = self.pool.dispatch_limit();
         let now = unix_now();
+        let mut took_back = false;
         while self.outstanding.count < limit {
             let Some(mut item) = self.active.pop_front() else {
                 break;
@@ -1249,6 +1250,12 @@ impl DomainTask {
             // Checked first: a node that no longer owns the notification decides nothing about it.
             if self.shared.lapsed(&item) {
                 self.forget_lapsed(&item);
+                // Claims lapse together (the node was stopped, or NATS out of reach): what the pool holds and no
+                // connection has taken yet comes back to be looked at the same way before it goes out.
+                if !took_back {
+                    took_back = true;
+                    self.take_back_waiting();
+                }
                 continue;
             }
             if let Some(reason) = self.refuse_before_attempt(&mut item, now) {
@@ -1906,6 +1913,40 @@ mod tests {
         fn left(&self, _: MessageId) {
             self.left.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Lapses only once told to, as claims do when the node was stopped for longer than the ack wait.
+    #[derive(Default)]
+    struct LapsesLater(std::sync::atomic::AtomicBool);
+
+    impl QueueObserver for LapsesLater {
+        fn finished(&self, _: &[MessageId]) {}
+        fn rescheduled(&self, _: MessageId, _: u32, _: std::time::SystemTime) {}
+        fn lapsed(&self, _: MessageId) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Once a notification is found lapsed, those handed to the pool that no connection has taken yet come back
+    /// and are looked at too: none of them goes out.
+    #[tokio::test]
+    async fn a_lapse_takes_back_what_the_pool_holds_to_look_at_it() {
+        let engine = engine(10);
+        let observer = Arc::new(LapsesLater::default());
+        engine.set_observer(observer.clone());
+        let (mut task, _sender) = task_of(&engine);
+        for token in 1..=3 {
+            enqueue(&engine, &mut task, token);
+        }
+        task.dispatch();
+        assert_eq!(task.pool.waiting(), 3);
+        observer.0.store(true, Ordering::Relaxed);
+        enqueue(&engine, &mut task, 4);
+        task.dispatch();
+        assert_eq!(task.pool.waiting(), 0, "nothing waits to go out");
+        assert_eq!(task.outstanding.count, 0);
+        assert!(task.active.is_empty() && task.owned.is_empty());
+        assert_eq!(engine.resident_room(), 10);
     }
 
     /// A notification this node no longer owns (its claim lapsed) is not handed to a connection, neither when it is
