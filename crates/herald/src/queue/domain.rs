@@ -231,6 +231,31 @@ impl Ord for Delayed {
     }
 }
 
+/// What a notification ran out of, failing for good: its retries (`max_retries`) or its time
+/// (`message_expiration`).
+#[derive(Debug, Clone, Copy)]
+enum OutOf {
+    Retries,
+    Time,
+}
+
+/// The logs' reason and the metrics' label of a notification that ran out of retries or time, after its last
+/// error `error` (counted under `label`): `exceeded max retries; last error: …`, `554 5.4.7 [internal] exceeded
+/// max time without delivery; last error: …`.
+fn out_of(what: OutOf, error: &str, label: &str) -> (String, String) {
+    let (code, why) = match what {
+        OutOf::Retries => ("", "exceeded max retries"),
+        OutOf::Time => (
+            "554 5.4.7 [internal] ",
+            "exceeded max time without delivery",
+        ),
+    };
+    (
+        format!("{code}{why}; last error: {error}"),
+        format!("{why}; last error: {label}"),
+    )
+}
+
 /// Notifications handed to the pool and not yet reported back: how many, and how many by reception second (few
 /// distinct seconds at a time), so that the oldest of them is known without visiting them.
 #[derive(Debug, Default)]
@@ -1037,20 +1062,20 @@ impl DomainTask {
                         None => Ok((started + delay, left)),
                     }
                 }
-                RetryDecision::RetriesExhausted => Err((
-                    format!(
-                        "exceeded max retries; last error: a configuration reload lowered max_retries below its \
-                         {retries} retries"
+                RetryDecision::RetriesExhausted => Err(out_of(
+                    OutOf::Retries,
+                    &format!(
+                        "a configuration reload lowered max_retries below its {retries} retries"
                     ),
-                    "exceeded max retries; last error: Reload".to_owned(),
+                    "Reload",
                 )),
-                RetryDecision::Expired => Err((
-                    format!(
-                        "554 5.4.7 [internal] exceeded max time without delivery; last error: a configuration reload \
-                         set message_expiration to {} s",
+                RetryDecision::Expired => Err(out_of(
+                    OutOf::Time,
+                    &format!(
+                        "a configuration reload set message_expiration to {} s",
                         policy.message_expiration.as_secs()
                     ),
-                    "exceeded max time without delivery; last error: Reload".to_owned(),
+                    "Reload",
                 )),
             };
             match verdict {
@@ -1540,15 +1565,11 @@ impl DomainTask {
                 }));
             }
             RetryDecision::RetriesExhausted => {
-                let reason = format!("exceeded max retries; last error: {error}");
-                let label = format!("exceeded max retries; last error: {label}");
+                let (reason, label) = out_of(OutOf::Retries, error, label);
                 self.finish_permanent(item, attempt, &reason, &label, None);
             }
             RetryDecision::Expired => {
-                let reason = format!(
-                    "554 5.4.7 [internal] exceeded max time without delivery; last error: {error}"
-                );
-                let label = format!("exceeded max time without delivery; last error: {label}");
+                let (reason, label) = out_of(OutOf::Time, error, label);
                 let attempt = Attempt {
                     status: None,
                     ..attempt
@@ -1659,16 +1680,9 @@ impl DomainTask {
         if failed.is_empty() {
             return;
         }
-        let reason =
-            format!("554 5.4.7 [internal] exceeded max time without delivery; last error: {error}");
+        let (reason, label) = out_of(OutOf::Time, error, "ConnectionFailed");
         for item in failed {
-            self.finish_permanent(
-                item,
-                Attempt::NONE,
-                &reason,
-                "exceeded max time without delivery; last error: ConnectionFailed",
-                None,
-            );
+            self.finish_permanent(item, Attempt::NONE, &reason, &label, None);
         }
     }
 
