@@ -656,6 +656,38 @@ binding "b" { }
     let all = run("showqueue bindings.example 1000,0").await;
     assert_eq!(count(&all, "[active/b]"), COUNT);
     assert_eq!(count(&all, "[active/default]"), COUNT);
+    // Momentum's spelling of every binding (docs/momentum-compat.md, console queue commands): `binding all`.
+    let all_bindings = run("showqueue binding all bindings.example 1000,0").await;
+    assert_eq!(all_bindings, all);
+    // A binding named as mailq prints a grouped one (`group/binding`) selects that binding's queue.
+    let grouped = run("showqueue binding grp/b bindings.example 1000,0").await;
+    assert_eq!(grouped, only_b);
+    // A binding without a queue for a domain that has queues is told apart from a domain without any.
+    let unknown = execute(
+        rig.server.as_ref(),
+        parse("showqueue binding nosuch bindings.example")
+            .unwrap()
+            .unwrap(),
+    )
+    .await;
+    assert!(!unknown.ok);
+    assert_eq!(
+        unknown.text,
+        "Binding nosuch has no queue for domain bindings.example (no traffic from it since start).\n"
+    );
+    let no_domain = execute(
+        rig.server.as_ref(),
+        parse("showqueue binding b other.example").unwrap().unwrap(),
+    )
+    .await;
+    assert!(!no_domain.ok);
+    assert!(
+        no_domain
+            .text
+            .starts_with("Domain other.example has no queue"),
+        "{}",
+        no_domain.text
+    );
     rig.server.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -433,9 +433,15 @@ fn parse_tokens(args: &[&str]) -> Result<Command, ParseError> {
 
 fn parse_showqueue(args: &[&str]) -> Result<Command, ParseError> {
     const USAGE: &str = "showqueue [binding NAME|all] DOMAIN [LIMIT,OFFSET]";
-    // Momentum's binding selector: one binding's queue of the domain, or every binding's (`all`, the default).
+    // Momentum's binding selector: one binding's queue of the domain (by its name or mailq's `group/binding`), or
+    // every binding's (`binding all`, `all`, or no selector).
     let (binding, args) = match args {
-        ["binding", name, rest @ ..] => (Some(name.to_string()), rest),
+        ["binding", name, rest @ ..] if name.eq_ignore_ascii_case("all") => (None, rest),
+        ["binding", name, rest @ ..] => {
+            // mailq prints a grouped binding as `group/binding`; the queue is the binding's.
+            let name = name.rsplit_once('/').map_or(*name, |(_, b)| b);
+            (Some(name.to_string()), rest)
+        }
         ["all", rest @ ..] => (None, rest),
         _ => (None, args),
     };
@@ -496,7 +502,22 @@ pub async fn execute(server: &dyn ServerHandle, cmd: Command) -> Reply {
             .await
         {
             Some(entries) => Reply::ok(showqueue(&entries)),
-            None => Reply::err(no_queue(&domain)),
+            None => match binding {
+                // The domain has queues, just none from this binding: say which of the two is missing.
+                Some(binding)
+                    if server
+                        .engine()
+                        .showqueue_binding(None, &domain, 0, 0)
+                        .await
+                        .is_some() =>
+                {
+                    Reply::err(format!(
+                        "Binding {binding} has no queue for domain {} (no traffic from it since start).\n",
+                        domain.to_ascii_lowercase()
+                    ))
+                }
+                _ => Reply::err(no_queue(&domain)),
+            },
         },
         Command::FlushDomain(name) => flush(server, name.as_deref()),
         Command::FailDomain { domain, quiet: _ } => {
