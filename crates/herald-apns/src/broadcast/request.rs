@@ -8,7 +8,7 @@ use http::header::HeaderName;
 use http::{HeaderValue, Method};
 
 use crate::payload::{PayloadError, validate_broadcast};
-use crate::push::{PushType, validate_apns_id};
+use crate::push::{PushType, bundle_id, validate_apns_id};
 
 pub use crate::payload::BROADCAST_PAYLOAD_LIMIT;
 
@@ -135,14 +135,18 @@ impl fmt::Display for StoragePolicy {
     }
 }
 
-/// The bundle id of a management or broadcast path: the topic without the `.push-type.liveactivity` suffix
-/// (the path carries the app's bundle id only, §6.2).
+/// The bundle id of a management or broadcast path: the topic without the push-type suffix it ends in
+/// (`.push-type.liveactivity`, `.push-type.widgets`, `.voip`, …), as [`bundle_id`] gives it for device pushes, so
+/// that a Live Activity's device pushes and its channels name the same app (the path carries the app's bundle id
+/// only, §6.2).
 pub fn bundle_for_path(topic: &str) -> Result<&str, RequestError> {
-    let suffix = PushType::LiveActivity
-        .topic_suffix()
-        .unwrap_or(".push-type.liveactivity");
-    let bundle = topic.strip_suffix(suffix).unwrap_or(topic);
-    if bundle.is_empty() {
+    let bundle = bundle_id(topic);
+    // A suffix alone names no app.
+    if bundle.is_empty()
+        || PushType::ALL
+            .into_iter()
+            .any(|p| p.topic_suffix() == Some(bundle))
+    {
         return Err(RequestError::EmptyBundleId);
     }
     if !bundle
@@ -226,7 +230,7 @@ impl ChannelOp {
 /// One broadcast send: `POST /4/broadcasts/apps/<bundle>` with `apns-channel-id`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BroadcastSend {
-    /// The app's bundle id (a `.push-type.liveactivity` suffix is removed).
+    /// The app's bundle id (a push-type suffix is removed, as by [`bundle_for_path`]).
     pub bundle_id: String,
     pub channel: ChannelId,
     /// 10, 5 or 1.
@@ -357,6 +361,38 @@ mod tests {
             Err(RequestError::EmptyBundleId)
         );
         assert!(bundle_for_path("com/x").is_err());
+    }
+
+    /// The path names the app that device pushes of any push type go to (docs/apns-protocol.md#push-types): a topic
+    /// ending in another push type's suffix (`.push-type.widgets`, `.voip`, …) loses it as the device path's
+    /// `bundle_id` removes it, and each suffix alone is no bundle id.
+    #[test]
+    fn bundle_ids_lose_any_push_type_suffix_as_device_pushes_do() {
+        let b = "com.example.demo.token";
+        for p in PushType::ALL {
+            let topic = crate::push::topic_for(b, p);
+            assert_eq!(bundle_for_path(&topic), Ok(b), "{topic}");
+            assert_eq!(bundle_for_path(&topic), Ok(bundle_id(&topic)), "{topic}");
+            // The Live Activity topic a device push derives from this domain topic has that same bundle id.
+            let live = crate::push::derive_topic(&topic, PushType::LiveActivity);
+            assert_eq!(live, format!("{b}.push-type.liveactivity"), "{topic}");
+            if let Some(suffix) = p.topic_suffix() {
+                assert_eq!(
+                    bundle_for_path(suffix),
+                    Err(RequestError::EmptyBundleId),
+                    "{suffix}"
+                );
+            }
+        }
+        let send = BroadcastSend {
+            bundle_id: format!("{b}.push-type.widgets"),
+            ..send(r#"{"aps":{"event":"update","timestamp":1,"content-state":{}}}"#)
+        };
+        assert_eq!(send.path(), Ok(format!("/4/broadcasts/apps/{b}")));
+        assert_eq!(
+            ChannelOp::List.path(bundle_for_path(&send.bundle_id).unwrap()),
+            format!("/1/apps/{b}/all-channels")
+        );
     }
 
     #[test]

@@ -12,13 +12,16 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use herald_apns::broadcast::{ChannelId, StoragePolicy};
-use serde_json::{Value, json};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
 
 use super::{ChannelError, ChannelManager};
 use crate::inbound::rest::error::without_bom;
 use crate::inbound::rest::server::read_request_body;
 
-/// Every (method, path) [`routes`] answers, as `docs/openapi.yaml` documents them.
+/// Every (method, path) [`routes`] answers, as `docs/openapi.yaml` documents them (besides `/api/v1/channels/`
+/// without an id, which [`routes`] answers only with a `400` saying the id is missing).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/channels"),
     ("POST", "/api/v1/channels"),
@@ -32,6 +35,10 @@ pub fn routes(manager: Arc<ChannelManager>) -> Router {
     Router::new()
         .route("/api/v1/channels", post(create).get(list))
         .route("/api/v1/channels/{*id}", get(read).delete(delete))
+        .route(
+            "/api/v1/channels/",
+            get(missing_channel).delete(missing_channel),
+        )
         .with_state(manager)
 }
 
@@ -125,8 +132,15 @@ fn domain_param(raw: Option<&str>) -> Result<String, BadRequest> {
     }
 }
 
+/// The refusal of a read or delete whose path names no channel.
+const MISSING_CHANNEL: &str =
+    "channel id: missing; name the channel in the path: /api/v1/channels/ID?domain=D";
+
 /// The channel id of the path.
 fn channel_param(id: &str) -> Result<ChannelId, String> {
+    if id.is_empty() {
+        return Err(MISSING_CHANNEL.into());
+    }
     // The capture is the id itself: a base64 id may start with `/` (sent raw or as `%2F`), so nothing is trimmed.
     ChannelId::parse(id).map_err(|e| format!("channel id: {e}"))
 }
@@ -145,6 +159,29 @@ fn encode(id: &str) -> String {
     out
 }
 
+/// The members of a JSON object in the order sent, a key sent twice appearing twice.
+struct Members(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    members.push((key, map.next_value()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
 /// What a create asks for.
 struct CreateRequest {
     domain: String,
@@ -154,7 +191,7 @@ struct CreateRequest {
 /// Reads a create body: `{"domain": D, "message_storage_policy": 0|1, "push_type": "liveactivity"}` (push type
 /// optional; the only one APNs takes). Every error names the field, and carries the domain when the body names one.
 fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
-    let v: Value = serde_json::from_slice(without_bom(body)).map_err(|e| {
+    let raw: &RawValue = serde_json::from_slice(without_bom(body)).map_err(|e| {
         BadRequest::new(
             format!(
                 "invalid JSON: {e}; send {{\"domain\": \"…\", \"message_storage_policy\": 0 or 1, \"push_type\": \"liveactivity\"}}"
@@ -162,16 +199,28 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
             None,
         )
     })?;
-    let Value::Object(fields) = v else {
+    if !raw.get().starts_with('{') {
         return Err(BadRequest::new("the body must be a JSON object", None));
-    };
-    // The domain as the request names it, for every error that follows.
-    let named = match fields.get("domain") {
-        Some(Value::String(d)) if !d.trim().is_empty() => Some(d.trim().to_ascii_lowercase()),
+    }
+    let Members(members) = serde_json::from_str(raw.get()).map_err(|e| {
+        BadRequest::new(
+            format!("invalid JSON: {e}; the body must be a JSON object"),
+            None,
+        )
+    })?;
+    // The domain as the request names it, for every error that follows (none when it is named twice).
+    let mut domains = members.iter().filter(|(key, _)| key == "domain");
+    let named = match (domains.next(), domains.next()) {
+        (Some((_, Value::String(d))), None) if !d.trim().is_empty() => {
+            Some(d.trim().to_ascii_lowercase())
+        }
         _ => None,
     };
     let refuse = |message: String| Err(BadRequest::new(message, named.as_deref()));
-    for key in fields.keys() {
+    // In the order sent, as `POST /api/v1/broadcast` reads its fields: a field the route does not take, or one
+    // given twice (which one would apply is ambiguous; a channel's policy can never be changed afterwards).
+    let mut fields = Map::new();
+    for (key, value) in members {
         if !matches!(
             key.as_str(),
             "domain" | "message_storage_policy" | "push_type"
@@ -180,6 +229,10 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
                 "unknown field {key:?}; use domain, message_storage_policy and push_type"
             ));
         }
+        if fields.contains_key(&key) {
+            return refuse(format!("{key}: given more than once; send each field once"));
+        }
+        fields.insert(key, value);
     }
     let domain = match (fields.get("domain"), &named) {
         (_, Some(d)) => d.clone(),
@@ -279,6 +332,15 @@ fn domain_and_channel(raw: Option<&str>, id: &str) -> Result<(String, ChannelId)
         Ok(id) => Ok((domain, id)),
         Err(message) => Err(BadRequest::new(message, Some(&domain))),
     }
+}
+
+/// `GET` or `DELETE /api/v1/channels/` with no id: the id is missing (after the `domain` parameter's own checks,
+/// as for a bad id).
+async fn missing_channel(RawQuery(raw): RawQuery) -> Response {
+    bad_request(match domain_param(raw.as_deref()) {
+        Ok(domain) => BadRequest::new(MISSING_CHANNEL, Some(&domain)),
+        Err(e) => e,
+    })
 }
 
 async fn read(
@@ -417,6 +479,59 @@ mod tests {
         assert_eq!(domain_param(Some("domain=&x=1")).unwrap_err().domain, None);
         let err = domain_and_channel(Some("domain=a.example"), "a b").unwrap_err();
         assert_eq!(err.domain.as_deref(), Some("a.example"), "{err:?}");
+    }
+
+    /// A field given twice is refused, as `POST /api/v1/broadcast` and the push routes refuse one, rather than the
+    /// last one applying (a channel's storage policy cannot be changed once it is created, docs/apns-protocol.md
+    /// §6.2); the refusal carries the domain when the body names one once.
+    #[test]
+    fn a_field_given_twice_is_refused() {
+        for (body, field, domain) in [
+            (
+                &br#"{"domain":"Cert.Example","message_storage_policy":1,"message_storage_policy":0}"#[..],
+                "message_storage_policy",
+                Some("cert.example"),
+            ),
+            (
+                br#"{"message_storage_policy":1,"push_type":"liveactivity","domain":"a","push_type":"LiveActivity"}"#,
+                "push_type",
+                Some("a"),
+            ),
+            (
+                br#"{"domain":"a","message_storage_policy":1,"domain":"b"}"#,
+                "domain",
+                None,
+            ),
+            // Spelled differently, the same key once decoded.
+            (
+                br#"{"domain":"a","message_storage_policy":1,"message_storage_polic\u0079":1}"#,
+                "message_storage_policy",
+                Some("a"),
+            ),
+        ] {
+            let err = parse_create(body).err().unwrap();
+            assert_eq!(
+                err.message,
+                format!("{field}: given more than once; send each field once")
+            );
+            assert_eq!(err.domain.as_deref(), domain, "{err:?}");
+        }
+        // A key repeated inside a value is not the request's: the value is refused for its kind.
+        let err = parse_create(br#"{"domain":"a","message_storage_policy":{"x":1,"x":2}}"#)
+            .err()
+            .unwrap();
+        assert!(
+            err.message.starts_with("message_storage_policy: {"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_path_without_a_channel_id_says_it_is_missing() {
+        let err = domain_and_channel(Some("domain=a.example"), "").unwrap_err();
+        assert_eq!(err.message, MISSING_CHANNEL);
+        assert!(err.message.starts_with("channel id: missing"), "{err:?}");
+        assert_eq!(err.domain.as_deref(), Some("a.example"));
     }
 
     #[test]

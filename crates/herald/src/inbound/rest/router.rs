@@ -92,7 +92,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 fn service_of(path: &str) -> Option<&'static str> {
     match path {
         "/v1.0/inject" | "/v1.0/inject/" => Some("inject"),
-        "/api/v1/push" | "/api/v1/channels" => Some("push"),
+        "/api/v1/push" | "/api/v1/channels" | "/api/v1/broadcast" => Some("push"),
         p if p.starts_with("/api/v1/channels/") => Some("push"),
         "/api/v1/tokens/invalid" => Some("tokens"),
         "/metrics" => Some("metrics"),
@@ -108,4 +108,26 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         format!("{path} does not accept {method}"),
     );
     inject::error_for_path(path, error).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route a listener serves only with `push` in its `http_services` is named by its service when the
+    /// listener lacks it (crate::ops::ROUTES: channels and broadcast are merged on listeners that serve push).
+    #[test]
+    fn the_push_service_routes_name_their_service() {
+        for path in [
+            "/api/v1/push",
+            "/api/v1/channels",
+            "/api/v1/channels/",
+            "/api/v1/channels/dHN0LXNyY2gtY2hubA==",
+            "/api/v1/broadcast",
+        ] {
+            assert_eq!(service_of(path), Some("push"), "{path}");
+        }
+        assert_eq!(service_of("/api/v1/broadcasts"), None);
+        assert_eq!(service_of("/v1.0/inject"), Some("inject"));
+    }
 }
