@@ -513,6 +513,9 @@ impl Loader {
                  impostor APNs server (use `host`, herald's default, or `ca` with `tls_ca`)",
             );
         }
+        if let Some(warning) = value_warning(id, node, &value) {
+            self.diags.warning(ctx.loc(value_pos), warning);
+        }
         node.set(Setting {
             id,
             value,
@@ -931,6 +934,65 @@ fn starts_like_a_configuration(text: &str) -> bool {
     }
 }
 
+/// A warning about a valid value that herald does not take as written or that makes a faulty reply:
+/// `max_outbound_connections = 0` (no connection at all, to which Momentum gives no meaning: herald opens one), an
+/// empty `reconfig_message` (the default is sent) and one that does not begin with a class 4 enhanced status code,
+/// which the `421` it follows needs (RFC 3463).
+fn value_warning(id: options::OptId, node: &Node, value: &Value) -> Option<String> {
+    let scope = match &node.name {
+        Some(name) => format!("{} {}", node.kind, crate::lexer::render_value(name, true)),
+        None if node.kind == ScopeKind::Global => "the global scope".to_string(),
+        None => node.kind.to_string(),
+    };
+    match (id.opt()?, value) {
+        (options::Opt::MaxOutboundConnections, Value::Int(0)) => Some(format!(
+            "`max_outbound_connections = 0` in {scope} would allow no connection at all (Momentum gives 0 no \
+             meaning): herald takes it as 1 ({}); write 1 for one connection, a larger cap, or -1 for no limit",
+            if node.kind == ScopeKind::Host {
+                "one connection to the host at a time, over every binding and domain"
+            } else {
+                "one connection per binding and domain at a time"
+            }
+        )),
+        (options::Opt::ReconfigMessage, Value::Str(text)) if text.trim().is_empty() => {
+            let default = options::Opt::ReconfigMessage.def().default;
+            Some(format!(
+                "`reconfig_message` in {scope} is empty: sessions opened before a reload are answered with the \
+                 default, `421 {}`",
+                default.unwrap_or_default()
+            ))
+        }
+        (options::Opt::ReconfigMessage, Value::Str(text)) if !starts_with_class4_status(text) => {
+            Some(format!(
+                "`reconfig_message` in {scope} does not begin with an enhanced status code of class 4 (`4.X.Y`, as \
+                 Momentum's default `4.3.2 Reconfiguration in progress`): herald sends `421` and the text as \
+                 written, so a client that reads enhanced status codes (herald offers ENHANCEDSTATUSCODES) finds \
+                 none of the reply's class (RFC 2034, RFC 3463)"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `text` begins with an RFC 3463 status code of class 4 (`4.X.Y`, X and Y of one to three digits),
+/// followed by a space (or a control character, which herald sends as one) or nothing.
+fn starts_with_class4_status(text: &str) -> bool {
+    let code = text
+        .trim_start()
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .next()
+        .unwrap_or_default();
+    let mut parts = code.split('.');
+    parts.next() == Some("4")
+        && parts
+            .by_ref()
+            .take(2)
+            .filter(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+            .count()
+            == 2
+        && parts.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -1032,5 +1094,34 @@ mod tests {
             .to_string();
         assert!(m.contains("U+200B"), "{m}");
         assert!(m.contains("did you mean `idle_timeout`?"), "{m}");
+    }
+
+    /// RFC 3463 status codes of class 4, as `reconfig_message` should begin with (its `421`'s class).
+    #[test]
+    fn class4_status_codes() {
+        for good in [
+            "4.3.2 Reconfiguration in progress",
+            "4.3.2",
+            "  4.7.0 later",
+            "4.3.2\tx",
+            "4.999.999 x",
+        ] {
+            assert!(super::starts_with_class4_status(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "Reconfiguration in progress",
+            "5.3.2 x",
+            "2.0.0 x",
+            "4.3 x",
+            "4.3.2.1 x",
+            "4.3.2x",
+            "4.1000.2 x",
+            "4..2 x",
+            "44.3.2 x",
+            "4.a.2 x",
+        ] {
+            assert!(!super::starts_with_class4_status(bad), "{bad:?}");
+        }
     }
 }

@@ -377,6 +377,7 @@ const ESMTP_CONTROL: Scopes = Scopes::of(&[EsmtpListener, ControlListener, Liste
 const DOORS: Scopes = Scopes::of(&[EsmtpListener, HttpListener, ControlListener, Listen]);
 const MODULES: Scopes = Scopes::of(&[Apn, ApnLogger, EcLogger, Httpsrv, Restinjector]);
 const APNLOG: Scopes = Scopes::of(&[ApnLogger]);
+const RESTINJ: Scopes = Scopes::of(&[Restinjector]);
 const LOGGERS: Scopes = Scopes::of(&[ApnLogger, EcLogger]);
 const ECLOG: Scopes = Scopes::of(&[EcLogger]);
 
@@ -427,7 +428,7 @@ option_table! {
         },
         Some("32"),
         DELIVERY_AND_HOST,
-        "Most connections per binding and domain (-1 = unlimited); in a `host` stanza an unset value means -1 and does not fall back. A cap: another HTTP/2 connection opens only when the open ones carry all the streams APNs allows, never because APNs is slow.",
+        "Most connections per binding and domain (-1 = unlimited); in a `host` stanza an unset value means -1 and does not fall back. A cap: another HTTP/2 connection opens only when the open ones carry all the streams APNs allows, never because APNs is slow. 0, to which Momentum gives no meaning, would stop delivery: herald takes it as 1, and `herald check` warns.",
     ),
     Tls => inert(
         "tls",
@@ -609,6 +610,14 @@ option_table! {
         "Send a bounce to the sender's address on a permanent failure of an SMTP-injected notification.",
         "herald sends no bounce messages: a permanent failure is written to the logs (P lines) and an invalid token to the invalid-token list",
     ),
+    HttpUri => inert(
+        "http_uri",
+        Kind::Str,
+        Some(""),
+        DELIVERY,
+        "The request URI of a push delivered over HTTP (Momentum uses it for GCM and MM7; its APNs chapter never sets it).",
+        "herald delivers to APNs only, whose binary protocol has no URI and whose HTTP/2 path is Apple's `/3/device/TOKEN`",
+    ),
     BindAddress => opt(
         "bind_address",
         Kind::Ip,
@@ -727,6 +736,22 @@ option_table! {
         Some("60"),
         HTTP,
         "Seconds an HTTP connection may stay idle between requests before herald closes it; 0 means the default; a herald addition.",
+    ),
+    LogRequestsToPaniclog => inert(
+        "log_requests_to_paniclog",
+        Kind::Bool,
+        Some("false"),
+        HTTP,
+        "Write a line per HTTP request to the paniclog (Momentum).",
+        "herald has no paniclog and writes no line per HTTP request",
+    ),
+    DisableChunked => inert(
+        "disable_chunked",
+        Kind::Bool,
+        Some("false"),
+        HTTP,
+        "Turn off chunked transfer encoding on an HTTP listener (Momentum).",
+        "herald's HTTP server frames its answers itself: an answer of known length carries `content-length`, and only a streamed one (the dashboard's event stream) is chunked on HTTP/1.1",
     ),
     MaxConnections => opt(
         "max_connections",
@@ -862,6 +887,13 @@ option_table! {
         ESMTP,
         "Longest command or message line an ESMTP listener reads, in bytes including CRLF (RFC 5321: 512 for commands, 1000 for text); a herald addition.",
     ),
+    ReconfigMessage => opt(
+        "reconfig_message",
+        Kind::Str,
+        Some("4.3.2 Reconfiguration in progress"),
+        ESMTP,
+        "What follows `421` in the reply an ESMTP session opened before a reload gets at its next command, enhanced status code first (Momentum's default); the value of the configuration the reload published applies. Control characters (such as a tab) are sent as spaces, an empty value as the default; `herald check` warns about a value that does not begin with a class 4 enhanced status code (`4.X.Y`).",
+    ),
     // --- modules (docs/momentum-compat.md#modules, docs/momentum-compat.md#rest-injector,
     // docs/momentum-compat.md#lexical-rules) ---
     Enabled => opt(
@@ -872,6 +904,14 @@ option_table! {
         "Whether the module is active: `apn` off holds delivery (notifications are accepted and spooled, not sent), `httpsrv` off starts no http_listener, `restinjector` off answers REST injection with 403, a logger off writes nothing.",
     )
     .read_at_start_in(LOGGERS),
+    DotStuff => inert(
+        "dot_stuff",
+        Kind::Bool,
+        Some("false"),
+        RESTINJ,
+        "Dot-stuff REST-injected messages (Momentum 3.5.4, MO-520).",
+        "herald never relays an injected message as SMTP data: it reads the rendered template's push parts as written, so a line beginning with `.` keeps its dot, as with `dot_stuff = true`",
+    ),
     DebugLevel => opt(
         "debug_level",
         Kind::Enum(DEBUG_LEVELS),
@@ -1459,7 +1499,7 @@ pub fn read_by(name: &str) -> Option<&'static str> {
         "max_connections" | "max_connections_per_client" => {
             "the ESMTP, REST and control listeners (connection caps)"
         }
-        "max_notifications_per_message" => "the ESMTP listener",
+        "max_notifications_per_message" | "reconfig_message" => "the ESMTP listener",
         "max_resident_notifications" => {
             "intake (REST and ESMTP refuse new work while the resident queue is full)"
         }

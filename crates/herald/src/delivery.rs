@@ -291,6 +291,7 @@ impl ConfigResolver {
             _ => None,
         };
         let retry = retry_policy(&d);
+        // A negative cap is none; 0, which would stop delivery, is taken as 1 (`herald check` warns about it).
         let limit = |n: i64| {
             if n < 0 {
                 usize::MAX
@@ -491,6 +492,28 @@ domain "token.example" {{
             tid = m.token_key.team_id,
         );
         Arc::new(Config::parse_str("herald.conf", &text).unwrap())
+    }
+
+    /// `max_outbound_connections = 0` (no meaning in Momentum; `herald check` warns) delivers over one connection
+    /// instead of none.
+    #[test]
+    fn zero_outbound_connections_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(dir.path(), &[TOPIC.to_string()]).unwrap();
+        let zero = config(&pki, 2195, 0);
+        assert!(
+            zero.warnings()
+                .iter()
+                .any(|w| w.message.contains("`max_outbound_connections = 0`")),
+            "{:?}",
+            zero.warnings()
+        );
+        let resolver = ConfigResolver::new(zero);
+        assert_eq!(resolver.resolve("cert.example").unwrap().max_connections, 1);
+        assert_eq!(
+            resolver.resolve("token.example").unwrap().max_connections,
+            1
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
 fn other_listeners_options(listener: ScopeKind, n: &Node, diags: &mut Diagnostics) {
     for s in n.settings() {
         let def = s.id.def();
-        if def.scopes.contains(listener) {
+        // An option no listener reads is already a warning of its own.
+        if def.scopes.contains(listener) || def.inert.is_some() {
             continue;
         }
         let readers: Vec<&str> = def

@@ -1,8 +1,9 @@
 //! The limits an ESMTP session is held to, and how they are read from a `listen` stanza (falling back to its
 //! `esmtp_listener`, then to the option table's default): `max_message_size`, `max_recipients_per_message`,
 //! `max_line_length`, `timeout`, `max_connections`, `max_connections_per_client` and
-//! `max_notifications_per_message`. The server name, the error limits and the limits of a refused client are not
-//! configuration options.
+//! `max_notifications_per_message`, and the text of the reply to sessions opened before a reload,
+//! `reconfig_message`. The server name, the error limits and the limits of a refused client are not configuration
+//! options.
 
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub struct SmtpLimits {
     /// closes. Together with the two limits above, it bounds how long refused clients hold the listener's
     /// connection slots (`max_connections`).
     pub refused_stay: Duration,
+    /// What follows `421` in the reply a session opened before a reload gets at its next command: the enhanced
+    /// status code, then the text, on one line. `reconfig_message`.
+    pub reconfig_message: String,
 }
 
 /// Default `SIZE` (`max_message_size`): 10 MiB.
@@ -69,6 +73,8 @@ pub const DEFAULT_REFUSED_ANSWERS: usize = 3;
 pub const DEFAULT_REFUSED_WAIT: Duration = Duration::from_secs(10);
 /// Default [`SmtpLimits::refused_stay`].
 pub const DEFAULT_REFUSED_STAY: Duration = Duration::from_secs(30);
+/// Default [`SmtpLimits::reconfig_message`]: Momentum's `Reconfig_Message`.
+pub const DEFAULT_RECONFIG_MESSAGE: &str = "4.3.2 Reconfiguration in progress";
 /// Default idle timeout: Momentum's documented `timeout` default, which herald applies to every listener it reads
 /// `timeout` for (docs/smtp.md explains why not RFC 5321's 5 minutes).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -90,6 +96,7 @@ impl Default for SmtpLimits {
             refused_answers: DEFAULT_REFUSED_ANSWERS,
             refused_wait: DEFAULT_REFUSED_WAIT,
             refused_stay: DEFAULT_REFUSED_STAY,
+            reconfig_message: DEFAULT_RECONFIG_MESSAGE.to_string(),
         }
     }
 }
@@ -135,8 +142,26 @@ impl SmtpLimits {
         if let Some(s) = int(Opt::Timeout).filter(|s| *s > 0) {
             limits.idle_timeout = Duration::from_secs(s);
         }
+        if let Some(text) = config
+            .eval_opt(&path, Opt::ReconfigMessage)
+            .ok()
+            .and_then(|v| v.as_str().and_then(reply_text))
+        {
+            limits.reconfig_message = text;
+        }
         limits
     }
+}
+
+/// A configured reply text as one line: control characters (line breaks included) become spaces, and the ends
+/// are trimmed; `None` when nothing is left.
+fn reply_text(text: &str) -> Option<String> {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let line = line.trim();
+    (!line.is_empty()).then(|| line.to_string())
 }
 
 #[cfg(test)]
@@ -181,6 +206,37 @@ mod tests {
         assert_eq!(
             b.idle_timeout, DEFAULT_IDLE_TIMEOUT,
             "timeout = 0 means the default"
+        );
+    }
+
+    /// `reconfig_message` (Momentum's `Reconfig_Message`, docs/momentum-compat.md#console-config): the listen
+    /// stanza's, else the listener's, else Momentum's default; one line, whatever the configuration holds.
+    #[test]
+    fn reconfig_message_falls_back_and_is_one_line() {
+        let text = "esmtp_listener {\n  reconfig_message = \"4.3.2 Reloading, come back\"\n  \
+                    listen \":25\" { reconfig_message = \"4.7.0 Be right back\" }\n  listen \":26\" { }\n  \
+                    listen \":27\" { reconfig_message = \"  \" }\n  \
+                    listen \":28\" { reconfig_message = \"4.3.2 one\ttwo\u{7}three\u{1b}\" }\n}\n";
+        assert_eq!(
+            limits_of(text, ":25").reconfig_message,
+            "4.7.0 Be right back"
+        );
+        assert_eq!(
+            limits_of(text, ":26").reconfig_message,
+            "4.3.2 Reloading, come back"
+        );
+        assert_eq!(
+            limits_of(text, ":27").reconfig_message,
+            DEFAULT_RECONFIG_MESSAGE,
+            "an empty value is the default"
+        );
+        assert_eq!(
+            limits_of(text, ":28").reconfig_message,
+            "4.3.2 one two three"
+        );
+        assert_eq!(
+            limits_of(r#"esmtp_listener { listen ":25" { } }"#, ":25").reconfig_message,
+            "4.3.2 Reconfiguration in progress"
         );
     }
 }

@@ -5,8 +5,9 @@
 //! Entry points for `herald serve`: [`bind`] a `listen` stanza, build an [`SmtpConfig`] with
 //! [`SmtpConfig::from_config`] (reads the stanza's [`limits`], loads the STARTTLS identity), then [`serve`] it.
 //! Configuration reload: send a new `Arc<SmtpConfig>` on the watch channel; new connections use it (its limits
-//! included) and sessions opened before it keep theirs and answer their next command
-//! `421 4.3.2 Reconfiguration in progress` (docs/momentum-compat.md#console-config). Shutdown: cancel the shutdown token;
+//! included) and sessions opened before it keep theirs and answer their next command `421` with the new
+//! configuration's `reconfig_message`, by default `4.3.2 Reconfiguration in progress`
+//! (docs/momentum-compat.md#console-config). Shutdown: cancel the shutdown token;
 //! sessions answer `421` and [`serve`] returns once every session has ended.
 
 pub mod command;

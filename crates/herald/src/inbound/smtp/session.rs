@@ -203,7 +203,7 @@ impl Session {
                 }
                 Ok(Event::Read(ReadLine::Line(line))) => {
                     if self.config_rx.has_changed().unwrap_or(false) {
-                        Step::Close(Reply::new(421, "4.3.2", "Reconfiguration in progress"))
+                        Step::Close(reconfiguration(&self.config_rx))
                     } else {
                         self.line(&line).await
                     }
@@ -1043,6 +1043,12 @@ fn shutting_down(host: &str) -> Reply {
     )
 }
 
+/// The reply to a session opened before a reload: `421` and the `reconfig_message` (status code and text, one
+/// line) of the configuration the reload published.
+fn reconfiguration(config: &watch::Receiver<Arc<SmtpConfig>>) -> Reply {
+    Reply::new(421, "", config.borrow().limits.reconfig_message.clone())
+}
+
 fn idle(host: &str, waited: std::time::Duration) -> Reply {
     Reply::new(
         421,
@@ -1249,6 +1255,70 @@ mod tests {
         assert!(
             accepted.starts_with("250 2.0.0 accepted 1 notification"),
             "{accepted}"
+        );
+        stop.cancel();
+        let _ = tokio::time::timeout(WAIT, server).await;
+    }
+
+    /// After a reload, a session opened before it is answered `421` and the published configuration's
+    /// `reconfig_message` (Momentum's `Reconfig_Message`, docs/momentum-compat.md#console-config); unset, Momentum's
+    /// default, `4.3.2 Reconfiguration in progress`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_opened_before_a_reload_gets_the_reconfig_message() {
+        use crate::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
+        let resolver = Arc::new(StaticResolver::default().with(
+            crate::outbound::settings::DeliverySettings::for_tests("apps.example", 1),
+        ));
+        let engine = Arc::new(Engine::new(
+            resolver.clone(),
+            crate::logs::Logs::default(),
+            Arc::new(MemoryInvalidTokens::default()),
+            EngineLimits::default(),
+        ));
+        let intake = Arc::new(Intake::new(
+            resolver,
+            Arc::new(crate::inbound::accept::NotDurable),
+            engine,
+            crate::queue::message::IdGenerator::new(1),
+        ));
+        let smtp_config = |text: &str| {
+            let conf = herald_conf::Config::parse_str("t.conf", text).unwrap();
+            let settings = conf.listeners().into_iter().next().unwrap();
+            Arc::new(SmtpConfig::from_config(&conf, settings).unwrap())
+        };
+        let first = smtp_config(r#"esmtp_listener { listen "127.0.0.1:0" { } }"#);
+        let listener = super::super::bind(&first.listener).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (config_tx, config_rx) = watch::channel(first);
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(super::super::serve(
+            listener,
+            config_rx,
+            intake,
+            stop.clone(),
+        ));
+
+        let mut a = connect(port).await;
+        assert!(cmd(&mut a, "NOOP").await.starts_with("250 "));
+        config_tx
+            .send(smtp_config(
+                "esmtp_listener {\n  reconfig_message = \"4.3.2 Reloading, come back\"\n  \
+                 listen \"127.0.0.1:0\" { reconfig_message = \"4.7.0 Back in a moment\" }\n}\n",
+            ))
+            .unwrap();
+        assert_eq!(cmd(&mut a, "NOOP").await, "421 4.7.0 Back in a moment\r\n");
+
+        // Opened under that configuration, and reloaded to one without the option: the default.
+        let mut b = connect(port).await;
+        assert!(cmd(&mut b, "NOOP").await.starts_with("250 "));
+        config_tx
+            .send(smtp_config(
+                r#"esmtp_listener { listen "127.0.0.1:0" { } }"#,
+            ))
+            .unwrap();
+        assert_eq!(
+            cmd(&mut b, "NOOP").await,
+            "421 4.3.2 Reconfiguration in progress\r\n"
         );
         stop.cancel();
         let _ = tokio::time::timeout(WAIT, server).await;
