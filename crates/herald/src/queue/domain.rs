@@ -84,7 +84,7 @@ pub enum DomainEvent {
     },
     /// Make every delayed notification due now (`flush domain`).
     Flush,
-    /// Look at the queue again (after a pause ends).
+    /// Look at the queue again (a pause or a hold on delivery set or lifted).
     Wake,
     /// List queued notifications (`showqueue`), active first, skipping `offset`.
     List {
@@ -1256,13 +1256,15 @@ impl DomainTask {
 
     /// Moves ready notifications to the pool while it has room.
     fn dispatch(&mut self) {
-        if self.stats.paused.load(Ordering::Relaxed) {
-            // Paused: what the pool holds and no connection has taken yet comes back to wait here, so that nothing
-            // more than what is on the wire goes out until the queue is resumed.
+        if self.stats.paused.load(Ordering::Relaxed) || self.shared.is_held() {
+            // Paused, or delivery held (`apn { enabled = false }`, a stop): what the pool holds and no connection has
+            // taken yet comes back to wait here, so that nothing more than what is on the wire goes out until the
+            // queue is resumed or the hold lifted, and the pool opens no connection for it meanwhile. At a stop,
+            // what is then still counted as dispatched is only what connections carry (`Server::shutdown`).
             self.take_back_waiting();
             return;
         }
-        if self.shared.is_held() || self.unroutable.is_some() {
+        if self.unroutable.is_some() {
             return;
         }
         let limit = self.pool.dispatch_limit();

@@ -1131,11 +1131,21 @@ impl Engine {
     }
 
     /// Holds delivery (true) or lets it go on (false): held notifications stay queued, nothing is sent. The apn
-    /// module's `enabled = false` holds delivery.
+    /// module's `enabled = false` holds delivery, and so does a stop. As with a pause, what is on the wire is
+    /// answered, and what the connections had not taken yet goes back to its queue (the pools open no connection
+    /// for it while held): every running queue is woken to act on the change at once, not at its next look.
     pub fn set_held(&self, held: bool) {
-        self.shared
+        let was = self
+            .shared
             .held
-            .store(held, std::sync::atomic::Ordering::Relaxed);
+            .swap(held, std::sync::atomic::Ordering::Relaxed);
+        if was == held {
+            return;
+        }
+        let domains = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        for sender in domains.values().filter_map(|h| h.sender.as_ref()) {
+            let _ = sender.0.send(DomainEvent::Wake);
+        }
     }
 
     /// Whether delivery is held (see [`Engine::set_held`]).
@@ -2961,5 +2971,244 @@ domain "apps.example" {{
         assert_eq!(engine.resident_room(), 0);
         assert_eq!(engine.resident_in("apps.example"), 1);
         assert_eq!(received(&engine), 1);
+    }
+
+    /// The PKI of a simulator that takes the client certificate of `com.example.app`.
+    fn sim_pki(dir: &std::path::Path) -> herald_sim::Pki {
+        herald_sim::Pki::generate(&dir.join("pki"), &["com.example.app".to_owned()]).unwrap()
+    }
+
+    /// Settings delivering `apps.example` over `protocol` to `port` (a simulator made from `pki`), with the client
+    /// certificate of `pki`.
+    fn sim_settings(
+        pki: &herald_sim::Pki,
+        protocol: crate::outbound::settings::RouteProtocol,
+        port: u16,
+    ) -> DeliverySettings {
+        use crate::outbound::settings::RouteProtocol;
+        use herald_apns::identity::{ClientIdentity, RootSource, client_config};
+        let files = pki
+            .client("com.example.app", herald_sim::CertVariant::Universal)
+            .unwrap();
+        let identity = ClientIdentity::from_pem_files(&files.cert, Some(&files.key)).unwrap();
+        let roots = RootSource::CaFile(pki.manifest.ca_cert.clone());
+        let h2 = protocol == RouteProtocol::Http2;
+        DeliverySettings {
+            protocol,
+            tls: client_config(Some(&identity), roots, h2).unwrap(),
+            ..settings_to(port)
+        }
+    }
+
+    /// What the spool hears of the notifications: (finished, rescheduled, abandoned).
+    #[derive(Default)]
+    struct SpoolCalls(Mutex<(usize, usize, usize)>);
+
+    impl QueueObserver for SpoolCalls {
+        fn finished(&self, ids: &[MessageId]) {
+            self.0.lock().unwrap().0 += ids.len();
+        }
+        fn rescheduled(&self, _id: MessageId, _retries: u32, _next_attempt: SystemTime) {
+            self.0.lock().unwrap().1 += 1;
+        }
+        fn abandoned(&self, ids: &[MessageId], _hold: std::time::Duration) -> bool {
+            self.0.lock().unwrap().2 += ids.len();
+            false
+        }
+    }
+
+    /// The tokens the simulator recorded, sorted.
+    fn recorded_tokens(sim: &herald_sim::SimHandle) -> Vec<String> {
+        let mut tokens: Vec<String> = sim.record().into_iter().map(|r| r.token).collect();
+        tokens.sort();
+        tokens
+    }
+
+    /// Delivery held (`apn { enabled = false }`) while notifications wait in the pool for a connection that cannot
+    /// be opened (nothing listens on the route; `mx_failures_to_delay = 0`, so the queue is never delayed): they
+    /// come back to the queue at once, the pool stops trying to connect, and nothing reaches APNs once it listens,
+    /// until the hold is lifted; then each is delivered once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hold_takes_back_what_waits_for_a_connection_and_sends_it_only_once_lifted() {
+        use std::sync::atomic::Ordering;
+        const N: u8 = 5;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = sim_pki(dir.path());
+        let port = closed_port();
+        let mut settings =
+            sim_settings(&pki, crate::outbound::settings::RouteProtocol::Http2, port);
+        settings.mx_failures_to_delay = 0;
+        let engine = test_engine(Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(settings))))));
+        for i in 0..N {
+            engine.submit(notification(i)).await.unwrap();
+        }
+        let stats = engine.stats("apps.example").unwrap();
+        wait_until("every notification handed to the pool", || {
+            stats.dispatched.load(Ordering::Relaxed) == usize::from(N)
+        })
+        .await;
+        engine.set_held(true);
+        wait_until("what waits for a connection taken back by the hold", || {
+            stats.dispatched.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        let queued = engine.showqueue("apps.example", 100, 0).await.unwrap();
+        assert_eq!(queued.len(), usize::from(N));
+        assert!(queued.iter().all(|e| e.queue == "active" && e.retries == 0));
+        // The simulator now listens on the route; the held queue takes many more looks (one every 50 ms while it
+        // holds notifications), long enough for a pool still trying to connect to reach it.
+        let mut config = herald_sim::SimConfig::from_pki(&pki.manifest).unwrap();
+        config.h2_port = port;
+        let sim = herald_sim::Simulator::start(config).await.unwrap();
+        let looks = stats.looks.load(Ordering::Relaxed);
+        wait_until("the held queue looked at its pool again", || {
+            stats.looks.load(Ordering::Relaxed) >= looks + 20
+        })
+        .await;
+        let counters = sim.counters();
+        assert_eq!(
+            counters.h2_connections.total.load(Ordering::Relaxed),
+            0,
+            "the pool of a held queue connected"
+        );
+        assert_eq!(counters.streams_total.load(Ordering::Relaxed), 0);
+        engine.set_held(false);
+        wait_until(
+            "every notification delivered once the hold is lifted",
+            || stats.delivered.load(Ordering::Relaxed) == u64::from(N),
+        )
+        .await;
+        let expected: Vec<String> = (0..N).map(|i| format!("{i:02x}").repeat(32)).collect();
+        assert_eq!(
+            recorded_tokens(&sim),
+            expected,
+            "each notification delivered once"
+        );
+    }
+
+    /// Delivery held while a backlog goes out to a slow server over `protocol`: only what the connection had
+    /// taken (its streams, or its binary window) is still sent, as after a pause; what waited in the pool comes
+    /// back to the queue; once the hold is lifted the rest goes out, each notification once.
+    async fn a_hold_sends_nothing_beyond_what_the_connections_took(
+        protocol: crate::outbound::settings::RouteProtocol,
+    ) {
+        use crate::outbound::settings::RouteProtocol;
+        use std::sync::atomic::Ordering;
+        const N: u8 = 40;
+        // HTTP/2: two streams, each answered after 200 ms. Binary: a window of one notification, settled by 100 ms
+        // of silence.
+        const TAKEN: u64 = 2;
+        // What may still go out after the hold: what the connection had taken, and what it takes in the rounds
+        // before the queue acts on the hold (a loaded machine may take a few hundred milliseconds to run it).
+        const SLACK: u64 = 4 * TAKEN;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = sim_pki(dir.path());
+        let mut config = herald_sim::SimConfig::from_pki(&pki.manifest).unwrap();
+        config.max_concurrent_streams = TAKEN as u32;
+        config.scenario.latency_ms = 200;
+        let sim = herald_sim::Simulator::start(config).await.unwrap();
+        let counters = sim.counters();
+        let (port, sent): (u16, &std::sync::atomic::AtomicU64) = match protocol {
+            RouteProtocol::Http2 => (sim.addrs.h2.port(), &counters.streams_total),
+            RouteProtocol::Binary(_) => (sim.addrs.binary.port(), &counters.accepted_binary),
+        };
+        let mut settings = sim_settings(&pki, protocol, port);
+        // HTTP/2: answers come in time; binary: 100 ms of silence settles what was written.
+        settings.response_timeout = match protocol {
+            RouteProtocol::Http2 => std::time::Duration::from_secs(5),
+            RouteProtocol::Binary(_) => std::time::Duration::from_millis(100),
+        };
+        let engine = test_engine(Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(settings))))));
+        let spool = Arc::new(SpoolCalls::default());
+        assert!(engine.set_observer(spool.clone()));
+        for i in 0..N {
+            engine.submit(notification(i)).await.unwrap();
+        }
+        let stats = engine.stats("apps.example").unwrap();
+        wait_until("delivery started", || sent.load(Ordering::Relaxed) >= 1).await;
+        engine.set_held(true);
+        let sent_at_hold = sent.load(Ordering::Relaxed);
+        wait_until("the held queue stopped sending", || {
+            stats.dispatched.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        let sent_held = sent.load(Ordering::Relaxed);
+        assert!(
+            sent_held <= sent_at_hold + SLACK,
+            "{sent_held} sent, {sent_at_hold} when held with at most {TAKEN} taken by the connection"
+        );
+        let finished = stats.finished();
+        assert!(finished < u64::from(N));
+        let queued = engine.showqueue("apps.example", 100, 0).await.unwrap();
+        assert_eq!(queued.len() as u64, u64::from(N) - finished);
+        assert_eq!(
+            spool.0.lock().unwrap().0 as u64,
+            finished,
+            "only final outcomes told"
+        );
+        engine.set_held(false);
+        wait_until(
+            "every notification delivered once the hold is lifted",
+            || stats.delivered.load(Ordering::Relaxed) == u64::from(N),
+        )
+        .await;
+        let expected: Vec<String> = (0..N).map(|i| format!("{i:02x}").repeat(32)).collect();
+        assert_eq!(
+            recorded_tokens(&sim),
+            expected,
+            "each notification delivered once"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hold_sends_nothing_beyond_the_streams_taken_over_http2() {
+        a_hold_sends_nothing_beyond_what_the_connections_took(
+            crate::outbound::settings::RouteProtocol::Http2,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hold_sends_nothing_beyond_the_window_taken_over_binary() {
+        a_hold_sends_nothing_beyond_what_the_connections_took(
+            crate::outbound::settings::RouteProtocol::Binary(
+                herald_apns::binary::BinaryFormat::Frame,
+            ),
+        )
+        .await;
+    }
+
+    /// A stop holds delivery and waits for what is counted as dispatched (`Server::shutdown`): a notification
+    /// waiting for a connection that cannot be opened is not on its way to APNs, so the hold takes it back at once
+    /// and it is no longer counted; the spool hears nothing of it (it keeps it for the next start), and it is not
+    /// charged an attempt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stops_hold_leaves_dispatched_only_what_a_connection_took() {
+        use std::sync::atomic::Ordering;
+        let mut settings = settings_to(closed_port());
+        settings.mx_failures_to_delay = 0;
+        let engine = test_engine(Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(settings))))));
+        let spool = Arc::new(SpoolCalls::default());
+        assert!(engine.set_observer(spool.clone()));
+        engine.submit(notification(1)).await.unwrap();
+        let stats = engine.stats("apps.example").unwrap();
+        wait_until("the notification handed to the pool", || {
+            stats.dispatched.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        engine.set_held(true);
+        wait_until("the notification no longer counted as on its way", || {
+            stats.dispatched.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        let queued = engine.showqueue("apps.example", 10, 0).await.unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!((queued[0].queue, queued[0].retries), ("active", 0));
+        assert_eq!(
+            *spool.0.lock().unwrap(),
+            (0, 0, 0),
+            "the spool was told of it"
+        );
+        assert_eq!(stats.finished(), 0);
     }
 }
