@@ -845,7 +845,7 @@ option_table! {
         Kind::Seconds,
         Some("60"),
         ESMTP_CONTROL,
-        "Seconds a control or ESMTP client may stay silent before herald closes the connection (ESMTP first answers `421 4.4.2`); 0 means the default.",
+        "Seconds herald waits for each command or line from a control or ESMTP client before it closes the connection (ESMTP first answers `421 4.4.2`); 0 means the default.",
     ),
     MaxMessageSize => opt(
         "max_message_size",

@@ -7,8 +7,8 @@
 //! - an empty `api_key` or `api_keys` entry;
 //! - a control socket `file_mode` wider than 0660;
 //! - a NATS token, credentials file or password in `spool_nats_url` sent without TLS to a server on another
-//!   machine; likewise API keys on an HTTP listener, or `control_password` on a TCP control listener, without
-//!   `tls_certificate`, on an address other than loopback;
+//!   machine; likewise API keys on an HTTP listener (in its listen stanza, itself or a `peer` stanza of either),
+//!   or `control_password` on a TCP control listener, without `tls_certificate`, on an address other than loopback;
 //! - `tls_certificate` on a control listener's Unix socket (a Unix socket takes no TLS: herald refuses to start);
 //! - an outcome webhook without `outcome_webhook_secret`, or over plain HTTP to another machine.
 //!
@@ -19,7 +19,7 @@
 
 use crate::{
     diag::{Diagnostics, Location},
-    net::ListenAddr,
+    net::{Cidr, ListenAddr},
     options::Opt,
     scopes::ScopeKind,
     tree::{Node, Setting},
@@ -212,9 +212,7 @@ fn check_listen(
                 if resolved(listen, listener, Opt::TlsCertificate).is_none() =>
             {
                 (
-                    [Opt::ApiKey, Opt::ApiKeys, Opt::DashboardAdminKeys]
-                        .into_iter()
-                        .find(|o| resolved(listen, listener, *o).is_some()),
+                    api_key_in_force(listen, listener),
                     "set tls_certificate and tls_key in this listener, or listen on loopback behind a TLS proxy",
                 )
             }
@@ -223,20 +221,25 @@ fn check_listen(
             {
                 (
                     Some(Opt::ControlPassword)
-                        .filter(|o| non_empty_str(resolved(listen, listener, *o))),
+                        .filter(|o| non_empty_str(resolved(listen, listener, *o)))
+                        .map(|o| (o, None)),
                     "set tls_certificate and tls_key in this listener (and use herald console --tls), or listen \
                      on 127.0.0.1 or a Unix socket and reach it over SSH",
                 )
             }
             _ => (None, ""),
         };
-        if let Some(opt) = secret {
+        if let Some((opt, peer)) = secret {
+            let name = opt.id().def().name;
+            let what = match peer {
+                Some(block) => format!("{name} (of its peer {block:?})"),
+                None => name.to_owned(),
+            };
             diags.warning(
                 at.clone(),
                 format!(
-                    "{keyword} listen {address:?} takes {} from other machines in clear: nothing encrypts the \
-                     connection; {advice}",
-                    opt.id().def().name
+                    "{keyword} listen {address:?} takes {what} from other machines in clear: nothing encrypts the \
+                     connection; {advice}"
                 ),
             );
         }
@@ -298,6 +301,40 @@ fn check_listen(
         }
         _ => {}
     }
+}
+
+/// The first API key option (`api_key`, `api_keys`, `dashboard_admin_keys`) an HTTP listen stanza takes from some
+/// client: set in the listen stanza or its listener, or else in a `peer` stanza of either (keys for the clients of
+/// that block), with the peer's block. A peer of loopback addresses only is left out: its keys never cross the
+/// network.
+fn api_key_in_force<'a>(listen: &'a Node, listener: &'a Node) -> Option<(Opt, Option<&'a str>)> {
+    const KEYS: [Opt; 3] = [Opt::ApiKey, Opt::ApiKeys, Opt::DashboardAdminKeys];
+    if let Some(opt) = KEYS
+        .into_iter()
+        .find(|o| resolved(listen, listener, *o).is_some())
+    {
+        return Some((opt, None));
+    }
+    listen
+        .children_of(ScopeKind::Peer)
+        .chain(listener.children_of(ScopeKind::Peer))
+        .filter(|peer| !loopback_only(peer))
+        .find_map(|peer| {
+            KEYS.into_iter()
+                .find(|o| peer.get(o.id()).is_some_and(|s| !s.value.is_unset()))
+                .map(|o| (o, peer.name.as_deref()))
+        })
+}
+
+/// Whether a `peer` stanza's block holds loopback addresses only (`127.0.0.1`, `127.0.0.0/8`, `::1`).
+fn loopback_only(peer: &Node) -> bool {
+    peer.name
+        .as_deref()
+        .and_then(|n| n.parse::<Cidr>().ok())
+        .is_some_and(|c| {
+            let min = if c.addr.is_ipv4() { 8 } else { 128 };
+            c.prefix >= min && c.network().addr.is_loopback()
+        })
 }
 
 /// An empty `api_key` (or `api_keys` entry) anywhere: a key nobody has to know.
@@ -506,6 +543,37 @@ mod tests {
             "http_listener { api_key = \"k\"\n listen \"127.0.0.1:8080\" { } }",
             "http_listener { api_key = \"k\"\n tls_certificate = \"/c.pem\"\n tls_key = \"/k.pem\"\n listen \"10.0.0.5:8080\" { } }",
             "control_listener { listen \"127.0.0.1:2025\" { control_password = \"s3\" } }",
+        ] {
+            assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
+        }
+    }
+
+    /// Keys set for the clients of a `peer` block travel as the listener's own do (docs/configuration.md: the
+    /// peer stanza falls back listen::peer > listen > listener::peer > listener).
+    #[test]
+    fn api_keys_of_a_peer_taken_in_clear_are_named() {
+        one(
+            "http_listener {\n  peer \"10.0.0.0/8\" { api_key = \"x\" }\n  listen \"192.0.2.2:1\" { }\n}\n",
+            &[
+                "t.conf:3",
+                "api_key (of its peer \"10.0.0.0/8\")",
+                "in clear",
+                "tls_certificate",
+            ],
+        );
+        one(
+            "http_listener {\n  listen \"192.0.2.2:1\" {\n    peer \"2001:db8::/32\" { api_keys = ( \"x\" ) }\n  }\n}\n",
+            &["t.conf:2", "api_keys", "2001:db8::/32", "in clear"],
+        );
+        for quiet in [
+            // The listener's certificate encrypts the peer's clients' connections too.
+            "http_listener { tls_certificate = \"/c.pem\"\n tls_key = \"/k.pem\"\n peer \"10.0.0.0/8\" { api_key = \"x\" }\n \
+             listen \"192.0.2.2:1\" { } }",
+            // A peer of this machine's own addresses: the key never crosses the network.
+            "http_listener { peer \"127.0.0.0/8\" { api_key = \"x\" }\n listen \"192.0.2.2:1\" { } }",
+            "http_listener { listen \"[::]:1\" { always_deny = ( 0.0.0.0/0 ::/0 )\n peer \"::1\" { api_key = \"x\" } } }",
+            // A loopback listen stanza.
+            "http_listener { peer \"10.0.0.0/8\" { api_key = \"x\" }\n listen \"127.0.0.1:1\" { } }",
         ] {
             assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
         }

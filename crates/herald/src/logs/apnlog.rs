@@ -105,8 +105,12 @@ impl LogFormat {
 
     /// Writes the line of `r`. A field between double quotes (an odd number of `"` in the literals before it, as
     /// `"%sa"` in the default formats) has its `"` escaped as `\"`, so that it cannot end the quotes early.
+    ///
+    /// `%B` and `%ti` describe what went to APNs: for an outcome that reached no connection (nothing was sent) they
+    /// are `0` and empty, as the mainlog's bytes are and as the binary protocol's identifier is.
     fn render(&self, r: &OutcomeRecord<'_>, line: &mut String) {
         let n = r.notification;
+        let sent = r.kind == OutcomeKind::Delivered || r.connected;
         let mut quoted = false;
         for segment in &self.0 {
             let push_escaped = if quoted {
@@ -138,9 +142,13 @@ impl LogFormat {
                         }
                     }
                     Macro::Bytes => {
-                        let _ = write!(line, "{}", r.bytes);
+                        let _ = write!(line, "{}", if sent { r.bytes } else { 0 });
                     }
-                    Macro::TransactionId => push_escaped(line, r.transaction_id.unwrap_or("")),
+                    Macro::TransactionId => {
+                        if sent {
+                            push_escaped(line, r.transaction_id.unwrap_or(""));
+                        }
+                    }
                     Macro::Status => {
                         if let Some(s) = r.status {
                             let _ = write!(line, "{s}");
@@ -308,6 +316,52 @@ mod tests {
         // Quotes in the literals open and close: only the fields between them are escaped.
         let line = render(r#"%sa "%da" %sa"#, &delivered);
         assert_eq!(line, r#"x" y\@a\@b "\"r\"\@quotes.example" x" y\@a\@b"#);
+    }
+
+    /// An outcome that reached no connection (a route whose connection never opened) sent nothing: `%B` is 0 and
+    /// `%ti` empty, although the notification has the `apns-id` it would have been sent with
+    /// (docs/operations.md, apn_logger fields). Once on a connection, both say what was sent.
+    #[test]
+    fn nothing_sent_is_0_bytes_and_no_transaction_id() {
+        let n = crate::outcomes::fixtures::notification(
+            crate::model::message::MessageId::from_parts(0, 1_800_000_000_000, 1),
+            "unsent.example",
+            1,
+        );
+        let format = LogFormat::parse("%B@%ti").unwrap();
+        let render = |r: &OutcomeRecord<'_>| {
+            let mut line = String::new();
+            format.render(r, &mut line);
+            line
+        };
+        let delivered = crate::outcomes::fixtures::delivered(&n);
+        for kind in [OutcomeKind::Transient, OutcomeKind::Permanent] {
+            let unsent = OutcomeRecord {
+                kind,
+                connected: false,
+                remote_ip: None,
+                bytes: 256,
+                transaction_id: Some("7C1B0B2E-9A51-4F5B-8E1C-2D6A4B3F0001"),
+                error: "connection to 127.0.0.1:9 failed: connection refused",
+                ..delivered
+            };
+            assert_eq!(render(&unsent), "0@", "{kind:?}");
+            let on_a_connection = OutcomeRecord {
+                connected: true,
+                ..unsent
+            };
+            assert_eq!(
+                render(&on_a_connection),
+                "256@7C1B0B2E-9A51-4F5B-8E1C-2D6A4B3F0001",
+                "{kind:?}"
+            );
+        }
+        let sent = OutcomeRecord {
+            bytes: 300,
+            transaction_id: Some("id"),
+            ..delivered
+        };
+        assert_eq!(render(&sent), "300@id");
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub struct OutcomeRecord<'a> {
     /// Retries made before this attempt (0 = first attempt).
     pub retries: u32,
     pub remote_ip: Option<IpAddr>,
-    /// APNs' transaction id: the `apns-id` (HTTP/2) or the notification identifier (binary).
+    /// APNs' transaction id: the `apns-id` (HTTP/2) or the notification identifier (binary). The apn_logger's
+    /// `%ti` leaves it out of an outcome that reached no connection (`connected` false: nothing was sent).
     pub transaction_id: Option<&'a str>,
     /// APNs status (HTTP status or binary status byte) for failures.
     pub status: Option<u16>,
@@ -44,6 +45,7 @@ pub struct OutcomeRecord<'a> {
     /// Whether the failure happened with a connection (mainlog connection stage 9) or without one (stage 0).
     pub connected: bool,
     /// The notification's size as sent, headers included (apn_logger `%B`; see `DeliverySettings::wire_bytes`).
+    /// The apn_logger writes 0 for an outcome that reached no connection (`connected` false), as the mainlog does.
     pub bytes: usize,
     /// Unix time of the event.
     pub at: u64,

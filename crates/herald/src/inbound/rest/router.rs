@@ -10,6 +10,8 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use herald_conf::HttpServices;
+
 use super::error::ApiError;
 use super::{RestState, auth, inject, push};
 
@@ -54,7 +56,7 @@ pub fn router_with(state: RestState, extra: Router) -> Router {
     router
         .with_state(state.clone())
         .merge(extra)
-        .fallback(not_found)
+        .fallback(move |method: Method, uri: Uri| not_found(services, method, uri))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(super::server::MaxRequestSize(
             state.settings.max_request_size,
@@ -77,15 +79,30 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn not_found(method: Method, uri: Uri) -> Response {
+/// A path no route of this listener answers: when the path belongs to a service the listener does not serve, the
+/// text names that service; else (the service is served, the path is none of its routes, or the path is no
+/// service's) it is no such endpoint.
+async fn not_found(services: HttpServices, method: Method, uri: Uri) -> Response {
     let path = uri.path();
     let text = match service_of(path) {
-        Some(service) => format!(
+        Some(service) if !serves(services, service) => format!(
             "{method} {path}: this listener does not serve {service:?} (see http_services in its listen stanza)"
         ),
-        None => format!("no such endpoint: {method} {path}"),
+        _ => format!("no such endpoint: {method} {path}"),
     };
     inject::error_for_path(path, ApiError::new(StatusCode::NOT_FOUND, text)).into_response()
+}
+
+/// Whether `services` includes the `http_services` word `service` (one [`service_of`] gives).
+fn serves(services: HttpServices, service: &str) -> bool {
+    match service {
+        "inject" => services.inject,
+        "push" => services.push,
+        "tokens" => services.tokens,
+        "metrics" => services.metrics,
+        "dashboard" => services.dashboard,
+        _ => false,
+    }
 }
 
 /// The `http_services` word of a path herald can serve, for a listener that does not.
@@ -129,5 +146,36 @@ mod tests {
         }
         assert_eq!(service_of("/api/v1/broadcasts"), None);
         assert_eq!(service_of("/v1.0/inject"), Some("inject"));
+    }
+
+    /// Every service word a path names is one `serves` knows: a listener serving everything serves each of them,
+    /// one serving nothing none.
+    #[test]
+    fn every_service_of_a_path_is_known_to_serves() {
+        let all = HttpServices {
+            inject: true,
+            push: true,
+            tokens: true,
+            metrics: true,
+            dashboard: true,
+        };
+        let none = HttpServices {
+            inject: false,
+            push: false,
+            tokens: false,
+            metrics: false,
+            dashboard: false,
+        };
+        for path in [
+            "/v1.0/inject",
+            "/api/v1/push",
+            "/api/v1/tokens/invalid",
+            "/metrics",
+            "/dashboard/x",
+        ] {
+            let service = service_of(path).unwrap_or_else(|| panic!("{path}"));
+            assert!(serves(all, service), "{service}");
+            assert!(!serves(none, service), "{service}");
+        }
     }
 }

@@ -191,7 +191,9 @@ impl Session {
                     Step::Gone
                 }
                 Ok(Event::Shutdown) => Step::Close(shutting_down(&host)),
-                Ok(Event::Idle) => Step::Close(idle(&host, self.config.limits.idle_timeout)),
+                Ok(Event::Idle) => {
+                    Step::Close(self.timed_out(&host, self.config.limits.idle_timeout))
+                }
                 Ok(Event::Read(ReadLine::Eof)) => Step::Gone,
                 Ok(Event::Read(ReadLine::TooLong { .. })) => {
                     self.strikes.errors += 1;
@@ -284,7 +286,7 @@ impl Session {
                 Err(_) | Ok(Event::Read(ReadLine::Eof)) => return,
                 Ok(Event::Shutdown) => break shutting_down(host),
                 Ok(Event::Idle) if left <= wait => break stayed_too_long(),
-                Ok(Event::Idle) => break idle(host, wait),
+                Ok(Event::Idle) => break self.timed_out(host, wait),
                 Ok(Event::Read(ReadLine::TooLong { .. })) => false,
                 Ok(Event::Read(ReadLine::Line(line))) => line
                     .strip_suffix(b"\r\n")
@@ -323,6 +325,14 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// The `421 4.4.2` after a wait of `waited` for a line ([`Event::Idle`]). The timeout is per line: the text
+    /// says whether nothing came or a line was begun and not finished within it (a client trickling bytes without
+    /// an end of line). The session ends, so the unfinished line is dropped.
+    fn timed_out(&mut self, host: &str, waited: std::time::Duration) -> Reply {
+        let unfinished = self.io.discard_buffered_input();
+        idle(host, waited, unfinished)
     }
 
     /// The next line, unless the client stays silent for `timeout` or herald shuts down first.
@@ -696,7 +706,7 @@ impl Session {
                 Err(_) | Ok(Event::Read(ReadLine::Eof)) => return Step::Gone,
                 Ok(Event::Shutdown) => return Step::Close(shutting_down(&host)),
                 Ok(Event::Idle) => {
-                    return Step::Close(idle(&host, self.config.limits.idle_timeout));
+                    return Step::Close(self.timed_out(&host, self.config.limits.idle_timeout));
                 }
                 Ok(Event::Read(ReadLine::TooLong { crlf })) => {
                     long_line = true;
@@ -1049,12 +1059,17 @@ fn reconfiguration(config: &watch::Receiver<Arc<SmtpConfig>>) -> Reply {
     Reply::new(421, "", config.borrow().limits.reconfig_message.clone())
 }
 
-fn idle(host: &str, waited: std::time::Duration) -> Reply {
-    Reply::new(
-        421,
-        "4.4.2",
-        format!("{host} closing: no data from the client for {waited:?} (idle timeout)"),
-    )
+/// The `421 4.4.2` of a line not received within `waited`: nothing came, or `unfinished` bytes of a line came
+/// without its end.
+fn idle(host: &str, waited: std::time::Duration, unfinished: usize) -> Reply {
+    let text = match unfinished {
+        0 => format!("{host} closing: no data from the client for {waited:?} (idle timeout)"),
+        n => format!(
+            "{host} closing: the client's line was not finished within {waited:?} ({n} bytes without an end of \
+             line; each line must end within the idle timeout)"
+        ),
+    };
+    Reply::new(421, "4.4.2", text)
 }
 
 #[cfg(test)]
