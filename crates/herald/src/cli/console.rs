@@ -13,6 +13,8 @@
 //! listener accepted; it is sent again on every new connection. Over a Unix socket, a password (given, or typed in
 //! an `auth` line) is sent only to a socket owned by the console's user or root, whose listening process runs as
 //! one of them too: the default `/tmp/2025` is a path any local user could have put a socket at, to catch it.
+//! Without `--tls`, no password (given, or typed in an `auth` line) goes to a TCP host other than loopback unless
+//! `--plain` says so: anyone on the way could read it.
 //!
 //! The listener closes a connection left idle for its `timeout`, with an `Idle timeout` answer nobody asked for.
 //! Before a command goes out on a connection that has been idle, the console looks whether the server has written
@@ -175,6 +177,22 @@ fn refused_password(path: &std::path::Path, why: &str) -> anyhow::Error {
     )
 }
 
+/// The error for a password not sent in clear to `address`, a host other than loopback.
+fn refused_in_clear(address: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{address}: refusing to send the console password in clear to another machine: use --tls (the control \
+         listener needs tls_certificate), or --plain to send it anyway"
+    )
+}
+
+/// Whether `line` is an `auth` command (its first word, in any case, quoted or not): a line that carries a
+/// password.
+fn is_auth_line(line: &str) -> bool {
+    commands::words(line)
+        .first()
+        .is_some_and(|w| w.eq_ignore_ascii_case("auth"))
+}
+
 /// How the console reaches a TCP control listener over TLS.
 #[derive(Clone)]
 struct TlsClient {
@@ -300,6 +318,9 @@ struct Session {
     /// Sent on every new connection: from `--password-file` or the environment, or the last `auth` accepted.
     password: Option<String>,
     tls: Option<TlsClient>,
+    /// Set to the address when the target is a TCP host other than loopback reached without TLS and without
+    /// `--plain`: no password may go there, neither in an `auth` line nor on a new connection.
+    in_clear: Option<String>,
     conn: Option<Connection>,
 }
 
@@ -315,6 +336,11 @@ impl Session {
     }
 
     fn exchange(&mut self, line: &str) -> anyhow::Result<Reply> {
+        if let Some(address) = &self.in_clear
+            && is_auth_line(line)
+        {
+            return Err(refused_in_clear(address));
+        }
         if let Some(conn) = self.conn.as_mut()
             && self.runtime.block_on(conn.is_stale())
         {
@@ -326,6 +352,9 @@ impl Session {
         }
         for attempt in 0..2 {
             if self.conn.is_none() {
+                if let (Some(address), Some(_)) = (&self.in_clear, &self.password) {
+                    return Err(refused_in_clear(address));
+                }
                 let conn = self.runtime.block_on(Connection::open(
                     &self.target,
                     self.password.as_deref(),
@@ -381,22 +410,21 @@ pub fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         (_, false) => None,
     };
     let password = password(&args)?;
-    if let Target::Tcp(address) = &target
-        && tls.is_none()
-        && password.is_some()
-        && !args.plain
-        && !is_loopback(address)
-    {
-        bail!(
-            "{address}: refusing to send the console password in clear to another machine: use --tls (the control \
-             listener needs tls_certificate), or --plain to send it anyway"
-        );
+    let in_clear = match &target {
+        Target::Tcp(address) if tls.is_none() && !args.plain && !is_loopback(address) => {
+            Some(address.clone())
+        }
+        _ => None,
+    };
+    if let (Some(address), Some(_)) = (&in_clear, &password) {
+        return Err(refused_in_clear(address));
     }
     let mut session = Session {
         runtime,
         target,
         password,
         tls,
+        in_clear,
         conn: None,
     };
     if !command.is_empty() {
@@ -454,9 +482,7 @@ fn clock() -> String {
 /// Whether a command line goes into the history file: not `auth PASSWORD`, whose password would stay there in
 /// clear text (the session keeps it in memory, for the connections it opens later).
 fn kept_in_history(line: &str) -> bool {
-    !commands::words(line)
-        .first()
-        .is_some_and(|w| w.eq_ignore_ascii_case("auth"))
+    !is_auth_line(line)
 }
 
 fn interactive(session: &mut Session) -> anyhow::Result<ExitCode> {
@@ -597,6 +623,33 @@ mod tests {
             e.starts_with("/tmp/2025: refusing to send the console password"),
             "{e}"
         );
+    }
+
+    /// A session with a TCP host other than loopback, reached without TLS or `--plain`: an `auth` line is refused
+    /// before any connection, and so is a new connection that would log in with a password (a reconnection).
+    #[test]
+    fn no_password_goes_in_clear_to_another_machine() {
+        let session = |password: Option<&str>| Session {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            target: Target::Tcp("192.0.2.1:2025".into()),
+            password: password.map(str::to_owned),
+            tls: None,
+            in_clear: Some("192.0.2.1:2025".into()),
+            conn: None,
+        };
+        let refused =
+            "192.0.2.1:2025: refusing to send the console password in clear to another machine";
+        for line in ["auth s3cret", "AUTH s3cret", "\"auth\" s3cret", "auth"] {
+            let e = session(None).run(line).unwrap_err().to_string();
+            assert!(e.starts_with(refused), "{line}: {e}");
+        }
+        let mut with_password = session(Some("s3cret"));
+        let e = with_password.run("version").unwrap_err().to_string();
+        assert!(e.starts_with(refused), "{e}");
+        assert!(with_password.conn.is_none());
     }
 
     #[test]
