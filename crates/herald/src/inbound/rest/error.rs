@@ -116,33 +116,94 @@ pub async fn read_body(
     body: Body,
     limit: Option<u64>,
 ) -> Result<Bytes, ApiError> {
-    let too_large = |size: String, limit: u64| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is {size} bytes; this listener's max_request_size is {limit}"),
-        )
-    };
-    if let Some(limit) = limit {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(declared) = declared.filter(|&d| d > limit) {
-            return Err(too_large(declared.to_string(), limit));
-        }
-        let max = usize::try_from(limit).unwrap_or(usize::MAX);
-        return match http_body_util::Limited::new(body, max).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(too_large(format!("more than {limit}"), limit))
-            }
-            Err(e) => Err(body_error(&*e)),
-        };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some((declared, limit)) = declared.zip(limit).filter(|&(d, l)| d > l) {
+        return Err(too_large(&declared.to_string(), limit));
     }
-    body.collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| body_error(&e))
+    let max = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
+    // Without a limit, a declared size is no measure of what may be reserved.
+    let expected = declared
+        .filter(|_| limit.is_some())
+        .and_then(|d| usize::try_from(d).ok());
+    match collect(body, max, expected).await {
+        Ok(bytes) => Ok(bytes),
+        Err(Unread::TooLarge) => {
+            let limit = limit.unwrap_or(u64::MAX);
+            Err(too_large(&format!("more than {limit}"), limit))
+        }
+        Err(Unread::Body(e)) => Err(body_error(&e)),
+    }
+}
+
+/// The 413 answer for a body of `size` bytes over the listener's `limit`.
+fn too_large(size: &str, limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is {size} bytes; this listener's max_request_size is {limit}"),
+    )
+}
+
+/// Why [`collect`] returned no body.
+#[derive(Debug)]
+enum Unread {
+    /// The body went past the limit.
+    TooLarge,
+    /// The body could not be read (the connection failed, or the body took longer than `body_timeout`).
+    Body(axum::Error),
+}
+
+/// Reads `body` into one buffer, stopping with [`Unread::TooLarge`] as soon as it exceeds `max` bytes.
+///
+/// A body that arrives as one frame is returned as that frame. Otherwise each frame is copied into one growing
+/// buffer and dropped: a frame of a chunked HTTP/1 body is a slice of the connection's read buffer, so keeping the
+/// frames (as a list of them) would keep a per-frame record and a read buffer alive for every few bytes of a body
+/// sent in tiny chunks, many times its size. The buffer is sized by `expected` (the declared `content-length`) when
+/// that is within `max`; else it doubles as needed, never beyond `max`. With no `max`, `expected` must be `None`.
+async fn collect(
+    mut body: Body,
+    max: Option<usize>,
+    expected: Option<usize>,
+) -> Result<Bytes, Unread> {
+    let max = max.unwrap_or(usize::MAX);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(Unread::Body)?.into_data() else {
+            continue; // trailers: not part of the body
+        };
+        if data.is_empty() {
+            continue;
+        }
+        len = len.saturating_add(data.len());
+        if len > max {
+            return Err(Unread::TooLarge);
+        }
+        if joined.capacity() == 0 {
+            let Some(earlier) = first.take() else {
+                first = Some(data);
+                continue;
+            };
+            // The declared size at once when it is possible; else (or when that much memory is not to be had)
+            // what has arrived, grown as more does.
+            let hint = expected.filter(|&e| e > len && e <= max);
+            if hint.is_none_or(|e| joined.try_reserve_exact(e).is_err()) {
+                joined.reserve_exact(len);
+            }
+            joined.extend_from_slice(&earlier);
+        } else if joined.capacity() - joined.len() < data.len() {
+            let doubled = joined.capacity().saturating_mul(2).min(max);
+            joined.reserve_exact(doubled.max(len) - joined.len());
+        }
+        joined.extend_from_slice(&data);
+    }
+    Ok(match first {
+        Some(only) => only,
+        None => Bytes::from(joined),
+    })
 }
 
 /// A body that could not be read: `408` when it took longer than the listener's `body_timeout`, else `400`.
@@ -265,5 +326,120 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(&ok[..], b"0123456789");
+    }
+
+    /// A request body that yields `frames`, then waits (as a client holding its last chunk) until `open` is
+    /// cleared, then ends.
+    struct Dribble {
+        frames: std::collections::VecDeque<Bytes>,
+        open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl hyper::body::Body for Dribble {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            use std::task::Poll;
+            match self.frames.pop_front() {
+                Some(data) => Poll::Ready(Some(Ok(hyper::body::Frame::data(data)))),
+                None if self.open.load(std::sync::atomic::Ordering::SeqCst) => Poll::Pending,
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    /// `data` cut into frames of `size` bytes, each a slice of `data` (as hyper hands out the chunks of a chunked
+    /// body: slices of its read buffer).
+    fn dribble(data: &Bytes, size: usize) -> (Body, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let frames = (0..data.len())
+            .step_by(size)
+            .map(|at| data.slice(at..data.len().min(at + size)))
+            .collect();
+        let body = Dribble {
+            frames,
+            open: open.clone(),
+        };
+        (Body::new(body), open)
+    }
+
+    /// A body of many one-byte frames arrives whole; while the last one is awaited, the frames already read are
+    /// not kept (each would hold its share of the connection's read buffer): the buffer they were cut from is
+    /// referenced by nothing else again.
+    #[test]
+    fn a_body_of_tiny_chunks_is_copied_into_one_buffer_as_it_arrives() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let text: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let read_buffer = Bytes::from(text.clone());
+        for limit in [None, Some(5000)] {
+            let (body, open) = dribble(&read_buffer, 1);
+            let headers = HeaderMap::new();
+            let mut reading = std::pin::pin!(read_body(&headers, body, limit));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(reading.as_mut().poll(&mut cx).is_pending());
+            assert!(
+                read_buffer.is_unique(),
+                "{limit:?}: the frames read so far are kept while the body is awaited"
+            );
+            open.store(false, std::sync::atomic::Ordering::SeqCst);
+            let Poll::Ready(Ok(got)) = reading.as_mut().poll(&mut cx) else {
+                panic!("{limit:?}: the body did not end with its last frame");
+            };
+            assert_eq!(&got[..], &text[..], "{limit:?}");
+        }
+    }
+
+    /// A body of one frame is that frame, not a copy; a body declared by `content-length` is collected whole
+    /// whatever its frames; a body without frames is empty.
+    #[tokio::test]
+    async fn frames_are_joined_whatever_their_sizes() {
+        let data = Bytes::from_static(&[7u8; 3000]);
+        let one = read_body(&HeaderMap::new(), Body::from(data.clone()), Some(3000))
+            .await
+            .unwrap();
+        assert_eq!(one.as_ptr(), data.as_ptr(), "a single frame is copied");
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3000"));
+        for size in [1, 7, 1000, 2999, 3000] {
+            for limit in [None, Some(3000), Some(u64::MAX)] {
+                let (body, open) = dribble(&data, size);
+                open.store(false, std::sync::atomic::Ordering::SeqCst);
+                let got = read_body(&headers, body, limit).await.unwrap();
+                assert_eq!(got, data, "frames of {size}, limit {limit:?}");
+            }
+        }
+        let empty = read_body(&HeaderMap::new(), Body::empty(), Some(10))
+            .await
+            .unwrap();
+        assert!(empty.is_empty());
+    }
+
+    /// A body of many frames over the limit is refused as soon as it passes it, with the same answer as one
+    /// large frame: the size is not known, only that it is over.
+    #[tokio::test]
+    async fn a_chunked_body_over_the_limit_is_413_once_past_it() {
+        let data = Bytes::from(vec![b'x'; 101]);
+        for size in [1, 10, 100, 101] {
+            let (body, _open) = dribble(&data, size);
+            // The body never ends: the answer comes from the frames past the limit.
+            let err = read_body(&HeaderMap::new(), body, Some(100))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.status,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "frames of {size}"
+            );
+            assert_eq!(
+                err.message,
+                "request body is more than 100 bytes; this listener's max_request_size is 100",
+                "frames of {size}"
+            );
+        }
     }
 }
