@@ -45,6 +45,9 @@ const FAILED_TASK_HOLD: Duration = Duration::from_secs(1);
 const FAILED_TASK_HOLD_MAX: Duration = Duration::from_secs(64);
 /// How often, at most, the oldest queued notification is looked for.
 const OLDEST_SCAN_EVERY: Duration = Duration::from_secs(1);
+/// How often, at most, what waits in the pool for a free stream is looked at for notifications that expired
+/// meanwhile (see [`DomainTask::expire_waiting`]).
+const WAITING_LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Events handled per loop before work is dispatched again.
 const EVENT_BATCH: usize = 512;
 /// At most one transient-failure line per queue this often for failed connection attempts.
@@ -347,6 +350,12 @@ pub struct DomainTask {
     generation: u64,
     /// Handed to the pool and not yet reported back.
     outstanding: Outstanding,
+    /// When what waits in the pool is looked at next (see [`DomainTask::expire_waiting`]).
+    next_waiting_look: Instant,
+    /// The first Unix second at which a notification handed to the pool since its last look could fail without an
+    /// attempt ([`DomainTask::refused_from`]); `u64::MAX` for none. It stays when a connection takes the
+    /// notification it came from, so it may come early, never late.
+    waiting_deadline: u64,
     /// When a failed connection attempt was last logged (see [`CONNECT_FAILURE_LOG_EVERY`]).
     connect_failure_logged: Option<Instant>,
     sender: DomainSender,
@@ -394,6 +403,8 @@ impl DomainTask {
             retired: Vec::new(),
             generation: 0,
             outstanding: Outstanding::default(),
+            next_waiting_look: Instant::now(),
+            waiting_deadline: u64::MAX,
             connect_failure_logged: None,
             sender,
             events,
@@ -984,6 +995,9 @@ impl DomainTask {
             }
             DomainEvent::Reconfigure { settings, epoch } => {
                 self.epoch = epoch;
+                // What waits in the pool is looked at again under the new settings (`message_expiration`,
+                // `never_attempt_expired_messages`).
+                self.waiting_deadline = 0;
                 let old_retry = self.settings.retry;
                 if self.unroutable.take().is_some() {
                     tracing::info!(
@@ -1183,6 +1197,10 @@ impl DomainTask {
                 self.active.push_back(d.item);
             }
         }
+        if now >= self.next_waiting_look {
+            self.next_waiting_look = now + WAITING_LOOK_EVERY;
+            self.expire_waiting();
+        }
         self.pool.maintain(self.active.len());
         self.retired.iter_mut().for_each(Pool::prune);
         self.retired.retain(Pool::is_active);
@@ -1294,6 +1312,7 @@ impl DomainTask {
                 request.topic = self.settings.default_topic.clone();
             }
             self.outstanding.add(&item);
+            self.waiting_deadline = self.waiting_deadline.min(self.refused_from(&item));
             if let Some(l) = self.shared.listener() {
                 l.in_flight(item.notification.id);
             }
@@ -1341,6 +1360,75 @@ impl DomainTask {
             .retry
             .not_attempted(Some(u64::from(expiry)), n.received_at, now)
             .map(str::to_owned)
+    }
+
+    /// The first Unix second at which `item` would fail without an attempt ([`DomainTask::refuse_before_attempt`]):
+    /// the second after its APNs expiration (when not 0), or, with `never_attempt_expired_messages`, the one it is
+    /// `message_expiration` old; `u64::MAX` for never. Never later than the refusal itself.
+    fn refused_from(&self, item: &Queued) -> u64 {
+        let policy = &self.settings.retry;
+        let by_expiration = match self.apns_expiration(item) {
+            0 => u64::MAX,
+            expiry => expiry.saturating_add(1),
+        };
+        let by_age = if policy.never_attempt_expired {
+            item.notification
+                .received_at
+                .saturating_add(policy.message_expiration.as_secs())
+        } else {
+            u64::MAX
+        };
+        by_expiration.min(by_age)
+    }
+
+    /// Notifications handed to the pool wait there for a free stream while the connections carry all the server
+    /// allows (a low `SETTINGS_MAX_CONCURRENT_STREAMS`, slow answers, `max_outbound_connections` reached), and
+    /// nothing else looks at them before a connection sends them. Those that would now be refused before an attempt
+    /// ([`DomainTask::refuse_before_attempt`]: their APNs expiration passed, or, with
+    /// `never_attempt_expired_messages`, they are `message_expiration` old) fail as they would have at dispatch,
+    /// without an attempt, with the same outcome; one this node no longer owns is forgotten instead, as at dispatch.
+    /// The others go back to the pool in their order, their status unchanged (`in_flight`). Called at most once per
+    /// [`WAITING_LOOK_EVERY`]; the pool is read only once a notification it was handed may have expired
+    /// (`waiting_deadline`), so a queue whose notifications do not expire soon pays a comparison.
+    fn expire_waiting(&mut self) {
+        if self.pool.waiting() == 0 {
+            // Every notification handed over was taken by a connection (or taken back).
+            self.waiting_deadline = u64::MAX;
+            return;
+        }
+        let now = unix_now();
+        if now < self.waiting_deadline {
+            return;
+        }
+        let mut deadline = u64::MAX;
+        let mut refused = Vec::new();
+        for mut job in self.pool.take_waiting() {
+            match self.refuse_before_attempt(&mut job.tag, now) {
+                Some(reason) => refused.push((job.tag, reason)),
+                None => {
+                    deadline = deadline.min(self.refused_from(&job.tag));
+                    self.pool.submit(job);
+                }
+            }
+        }
+        self.waiting_deadline = deadline;
+        if refused.is_empty() {
+            return;
+        }
+        for (item, _) in &refused {
+            self.outstanding.remove(item);
+        }
+        self.stats
+            .dispatched
+            .store(self.outstanding.count, Ordering::Relaxed);
+        for (item, reason) in refused {
+            // Checked first, as at dispatch: a node that no longer owns the notification decides nothing about it.
+            if self.shared.lapsed(&item) {
+                self.forget_lapsed(&item);
+                continue;
+            }
+            self.finish_permanent(item, Attempt::NONE, &reason, &reason, None);
+        }
     }
 
     /// The APNs expiration of a notification received at `received_at` that names none: `apn_expiry` after its

@@ -3211,4 +3211,186 @@ domain "apps.example" {{
         );
         assert_eq!(stats.finished(), 0);
     }
+
+    /// What the outcome listener heard of one notification (numbered by the byte its token is made of).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Heard {
+        Queued(u8),
+        InFlight(u8),
+        /// Its kind, error, retries, and whether it reached a connection.
+        Outcome(u8, crate::logs::OutcomeKind, String, u32, bool),
+    }
+
+    /// An outcome listener that keeps what it hears, in order.
+    #[derive(Default)]
+    struct HeardAll(Mutex<Vec<Heard>>);
+
+    impl HeardAll {
+        /// The notification an id was given to (see [`deliver_through_one_stream`]).
+        fn number(id: MessageId) -> u8 {
+            u8::try_from(id.0 - 1).unwrap()
+        }
+
+        fn push(&self, heard: Heard) {
+            self.0.lock().unwrap().push(heard);
+        }
+    }
+
+    impl OutcomeListener for HeardAll {
+        fn queued(&self, n: &Notification, _retries: u32) {
+            self.push(Heard::Queued(Self::number(n.id)));
+        }
+        fn in_flight(&self, id: MessageId) {
+            self.push(Heard::InFlight(Self::number(id)));
+        }
+        fn outcome(&self, r: &crate::logs::OutcomeRecord<'_>) {
+            self.push(Heard::Outcome(
+                Self::number(r.notification.id),
+                r.kind,
+                r.error.to_owned(),
+                r.retries,
+                r.connected,
+            ));
+        }
+    }
+
+    /// Submits notifications `0..expirations.len()`, in order, each with its APNs expiration (`None`: the default
+    /// `apn_expiry`), to a simulator that allows one stream per connection and answers each notification after
+    /// `latency_ms`, over at most one connection: the others wait in the pool for the stream. Once every one has its
+    /// final outcome, returns what the outcome listener heard and the tokens the simulator received, in order.
+    async fn deliver_through_one_stream(
+        latency_ms: u64,
+        expirations: &[Option<u32>],
+    ) -> (Vec<Heard>, Vec<String>) {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = sim_pki(dir.path());
+        let mut config = herald_sim::SimConfig::from_pki(&pki.manifest).unwrap();
+        config.max_concurrent_streams = 1;
+        config.scenario.latency_ms = latency_ms;
+        let sim = herald_sim::Simulator::start(config).await.unwrap();
+        let mut settings = sim_settings(
+            &pki,
+            crate::outbound::settings::RouteProtocol::Http2,
+            sim.addrs.h2.port(),
+        );
+        settings.max_connections = 1;
+        settings.response_timeout = std::time::Duration::from_secs(30);
+        let engine = test_engine(Arc::new(SwitchResolver(Mutex::new(Ok(Arc::new(settings))))));
+        let heard = Arc::new(HeardAll::default());
+        assert!(engine.set_outcome_listener(heard.clone()));
+        for (i, expiration) in expirations.iter().enumerate() {
+            let i = u8::try_from(i).unwrap();
+            let mut n = notification(i);
+            n.id = MessageId(u128::from(i) + 1);
+            n.push.expiration = *expiration;
+            engine.submit(n).await.unwrap();
+        }
+        let stats = engine.stats("apps.example").unwrap();
+        wait_until("every notification finished", || {
+            stats.finished() == expirations.len() as u64
+        })
+        .await;
+        assert_eq!(stats.dispatched.load(Ordering::Relaxed), 0);
+        let heard = heard.0.lock().unwrap().clone();
+        let sent = sim.record().into_iter().map(|r| r.token).collect();
+        (heard, sent)
+    }
+
+    /// The token of notification `i` (see [`notification`]).
+    fn token_of(i: u8) -> String {
+        format!("{i:02x}").repeat(32)
+    }
+
+    /// What each notification's outcome was, by number: `Some(error)` for a permanent failure without an attempt
+    /// (retries 0, no connection), `None` for delivered. Checks that each was queued once, handed to the pool once
+    /// (so it was not refused at dispatch: it expired while it waited there, and its status did not change while it
+    /// did), and had one outcome.
+    fn outcomes(heard: &[Heard], n: u8) -> Vec<Option<String>> {
+        use crate::logs::OutcomeKind;
+        (0..n)
+            .map(|i| {
+                let of: Vec<&Heard> = heard
+                    .iter()
+                    .filter(|h| {
+                        matches!(h, Heard::Queued(j) | Heard::InFlight(j) | Heard::Outcome(j, ..)
+                            if *j == i)
+                    })
+                    .collect();
+                match of.as_slice() {
+                    [
+                        Heard::Queued(_),
+                        Heard::InFlight(_),
+                        Heard::Outcome(_, kind, error, 0, connected),
+                    ] => match kind {
+                        OutcomeKind::Delivered => {
+                            assert!(*connected, "{i}: {of:?}");
+                            None
+                        }
+                        OutcomeKind::Permanent => {
+                            assert!(!*connected, "{i}: {of:?}");
+                            Some(error.clone())
+                        }
+                        _ => panic!("{i}: {of:?}"),
+                    },
+                    _ => panic!("notification {i}: {of:?}"),
+                }
+            })
+            .collect()
+    }
+
+    const EXPIRED: &str = "Delivery not attempted (APNs expiration passed)";
+
+    /// Notifications waiting in the pool for a free stream (the one stream the server allows is taken by a
+    /// notification it answers only after 5 s) whose APNs expiration passes meanwhile fail as they would have at
+    /// dispatch, without an attempt, and never reach APNs: the header's date bounds how long APNs may store a
+    /// notification (/work/shared/reference/apns.md §3.2; docs/apns-protocol.md#classification).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notifications_whose_expiration_passes_while_they_wait_for_a_stream_fail_unsent() {
+        const N: u8 = 5;
+        let expiration = u32::try_from(message::unix_now() + 1).unwrap();
+        let (heard, sent) = deliver_through_one_stream(5000, &[Some(expiration); N as usize]).await;
+        let outcomes = outcomes(&heard, N);
+        // The first one is on the stream if the connection opened before its expiration; none other can be.
+        let delivered: Vec<String> = (0..N)
+            .filter(|&i| outcomes[usize::from(i)].is_none())
+            .map(token_of)
+            .collect();
+        assert!(delivered.len() <= 1, "{outcomes:?}");
+        assert_eq!(sent, delivered, "only what was delivered reached APNs");
+        assert!(
+            outcomes.iter().flatten().all(|e| e == EXPIRED),
+            "{outcomes:?}"
+        );
+    }
+
+    /// Streams freeing one at a time (one stream, answers after 1 s): of the notifications waiting in the pool,
+    /// those whose APNs expiration passed fail without an attempt once it passed; the others go out, all in the
+    /// order they were submitted, each handed to the pool once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_expired_of_what_waits_for_a_stream_fail_and_the_rest_keeps_its_order() {
+        const N: u8 = 12;
+        let soon = u32::try_from(message::unix_now() + 2).unwrap();
+        // Even ones expire in 2 s; odd ones have the default `apn_expiry`.
+        let expirations: Vec<Option<u32>> = (0..N).map(|i| (i % 2 == 0).then_some(soon)).collect();
+        let (heard, sent) = deliver_through_one_stream(1000, &expirations).await;
+        let outcomes = outcomes(&heard, N);
+        let delivered: Vec<String> = (0..N)
+            .filter(|&i| outcomes[usize::from(i)].is_none())
+            .map(token_of)
+            .collect();
+        assert_eq!(sent, delivered, "delivered in the order submitted");
+        assert!(
+            (0..N)
+                .filter(|i| i % 2 == 1)
+                .all(|i| outcomes[usize::from(i)].is_none()),
+            "{outcomes:?}"
+        );
+        let failed = outcomes.iter().flatten().count();
+        assert!(failed >= 1, "{outcomes:?}");
+        assert!(
+            outcomes.iter().flatten().all(|e| e == EXPIRED),
+            "{outcomes:?}"
+        );
+    }
 }
