@@ -1086,3 +1086,186 @@ async fn answers_carry_the_hardening_headers() {
         assert_eq!(r.headers()["x-frame-options"], "DENY", "{what}");
     }
 }
+
+/// `dashboard_admin_keys` names which of the keys the listener accepts may act (docs/configuration.md): a key
+/// listed there that the listener does not take from the client — replaced by the listen stanza's `api_keys`, by
+/// a `peer` stanza's, or taken out of `api_keys` and left in `dashboard_admin_keys` — is refused (401) as the REST
+/// API refuses it, for a read, a login and an action alike.
+#[tokio::test]
+async fn an_admin_key_the_listener_does_not_accept_is_refused() {
+    const READER2: &str = "reader2-key-5e0b";
+    const REMOVED: &str = "removed-admin-key-91fc";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    // Two listen stanzas of one address need a port each.
+    let (replaced, own) = (support::free_port(), support::free_port());
+    std::fs::write(
+        &config,
+        format!(
+            r#"spool_dir = "{}"
+http_listener {{
+  api_keys = ( "{READER}" "{ADMIN}" ) dashboard_admin_keys = ( "{ADMIN}" "{REMOVED}" ) auth_failure_limit = 0
+  listen "127.0.0.1:{replaced}" {{ http_services = ( push metrics dashboard ) api_keys = ( "{READER2}" ) }}
+  listen "127.0.0.1:{own}" {{
+    http_services = ( push metrics dashboard )
+    peer "127.0.0.2/32" {{ api_keys = ( "{READER}" ) }}
+  }}
+}}
+"#,
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&config).await.unwrap();
+    let client = |from: &str| {
+        reqwest::Client::builder()
+            .local_address(Some(from.parse().unwrap()))
+            .build()
+            .unwrap()
+    };
+    // What `key` gets from `from` at the listen stanza on `port`: /metrics (the REST API's check), the dashboard's
+    // session, a login and an action.
+    let statuses = |from: &'static str, port: u16, key: &'static str| {
+        let c = client(from);
+        let base = format!("http://127.0.0.1:{port}");
+        async move {
+            let metrics = c
+                .get(format!("{base}/metrics"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            let session = c
+                .get(format!("{base}/dashboard/api/session"))
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap();
+            let session_status = session.status();
+            let admin = session.json::<serde_json::Value>().await.unwrap()["admin"].clone();
+            let login = c
+                .post(format!("{base}/dashboard/api/login"))
+                .header(ORIGIN, &base)
+                .json(&serde_json::json!({ "key": key }))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            let act = c
+                .post(format!("{base}/dashboard/api/config/reload"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            (
+                metrics.as_u16(),
+                session_status.as_u16(),
+                admin,
+                login.as_u16(),
+                act.as_u16(),
+            )
+        }
+    };
+    let refused = (401, 401, serde_json::Value::Null, 401, 401);
+    // The listen stanza's api_keys replace the listener's: the admin key is no key of it.
+    assert_eq!(
+        statuses("127.0.0.1", replaced, ADMIN).await,
+        refused,
+        "replaced by the listen stanza's api_keys"
+    );
+    assert_eq!(
+        statuses("127.0.0.1", replaced, READER2).await,
+        (200, 200, false.into(), 200, 403)
+    );
+    // Taken out of api_keys, left in dashboard_admin_keys.
+    assert_eq!(
+        statuses("127.0.0.1", own, REMOVED).await,
+        refused,
+        "not in api_keys"
+    );
+    // A peer stanza's api_keys replace them for its clients.
+    assert_eq!(
+        statuses("127.0.0.2", own, ADMIN).await,
+        refused,
+        "replaced by the peer's api_keys"
+    );
+    assert_eq!(
+        statuses("127.0.0.2", own, READER).await,
+        (200, 200, false.into(), 200, 403)
+    );
+    // Where the listener accepts it, the admin key acts.
+    assert_eq!(
+        statuses("127.0.0.1", own, ADMIN).await,
+        (200, 200, true.into(), 200, 200)
+    );
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The dashboard's "fail the queue" fails each notification with the reason of the console's `fail domain`,
+/// Momentum's (reference/momentum.md §6.2): one action, one reason in the logs, the metrics and the outcomes.
+#[tokio::test]
+async fn the_dashboards_fail_gives_the_consoles_reason() {
+    let s = setup().await;
+    let url = |p: &str| format!("{}{p}", s.base);
+    // The notification setup() sent waits in its queue (its route is a closed port), on no connection.
+    let queued = || {
+        use std::sync::atomic::Ordering::Relaxed;
+        s._server
+            .engine
+            .binding_stats("default", "held.example")
+            .map_or((0, 0), |q| {
+                (
+                    q.active.load(Relaxed) + q.delayed.load(Relaxed),
+                    q.in_flight.load(Relaxed),
+                )
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while queued() != (1, 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not queued within 30 s: {:?}",
+            queued()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = s
+        .client
+        .post(url("/dashboard/api/domains/held.example/fail"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let body: serde_json::Value = s
+            .client
+            .get(url(
+                "/dashboard/api/outcomes?domain=held.example&kind=permanent",
+            ))
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(list) = body["outcomes"].as_array().filter(|l| !l.is_empty()) {
+            break list.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no permanent outcome within 30 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        failed[0]["reason"],
+        herald::control::commands::MANUAL_FAIL_REASON
+    );
+    assert_eq!(failed[0]["reason"], "554 Message manually purged.");
+}

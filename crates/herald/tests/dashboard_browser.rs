@@ -589,3 +589,65 @@ async fn an_operator_watches_delivery_and_acts_in_a_browser() {
     let _ = s.ok_sim.stats();
     drop(s.server);
 }
+
+/// A time no date can show (APNs answered 410 with a timestamp far out of range) shows as its number and the
+/// Domain page still renders; during a lockout the login page says what the server says (429, and the wait), not
+/// that the key is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_show_an_out_of_range_time_and_a_lockouts_message() {
+    if !browser_available() {
+        return;
+    }
+    let s = setup().await;
+    let b = Browser::start().await;
+    let page = format!("http://{}/dashboard/", s.http);
+
+    // A 410 whose timestamp (ms since the epoch, reference/apns.md) is past any date a browser can show.
+    const FAR: u64 = 9_000_000_000_000_000;
+    let token = tokens(4, 1);
+    s.ok_sim.set_token(
+        &token[0],
+        herald_sim::TokenState::Unregistered,
+        Some(TOPIC.into()),
+        Some(FAR),
+    );
+    push(&s.http, OK, token.clone()).await;
+    b.goto(&page).await;
+    b.login(READER).await;
+    b.wait_text("#who", "a session", |t| t.starts_with("read-only"))
+        .await;
+    b.goto(&format!("{page}#/domain/{OK}")).await;
+    let invalid = b
+        .wait_text("#invalid tbody", "the invalid token", |t| {
+            t.contains(&token[0][..8])
+        })
+        .await;
+    assert!(invalid.contains(&FAR.to_string()), "{invalid}");
+    b.screenshot("domain-time-out-of-range").await;
+
+    // Wrong keys up to auth_failure_limit (5): each "not accepted"; then the right key is refused for the wait,
+    // and the page says so.
+    b.click("#logout").await;
+    let clear = "document.querySelector('#login-error').textContent = ''; return null";
+    for _ in 0..5 {
+        b.js(clear).await;
+        b.login("not-a-key").await;
+        let said = b
+            .wait_text("#login-error", "the refusal", |t| !t.is_empty())
+            .await;
+        assert_eq!(said, "That key is not accepted here.");
+    }
+    b.js(clear).await;
+    b.login(READER).await;
+    let said = b
+        .wait_text("#login-error", "the lockout", |t| !t.is_empty())
+        .await;
+    assert!(
+        said.contains("too many wrong keys") && said.contains("try again in"),
+        "{said}"
+    );
+    b.screenshot("login-locked-out").await;
+
+    b.close().await;
+    drop(s.server);
+}

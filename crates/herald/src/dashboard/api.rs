@@ -829,8 +829,9 @@ async fn domain_action(
                 "flush" => engine
                     .flush(&domain)
                     .then(|| format!("{domain}: delayed notifications are due now")),
+                // The console's `fail domain` reason: one action, one reason in the logs and the metrics.
                 "fail" => engine
-                    .fail_domain(&domain, "failed by an operator (dashboard)")
+                    .fail_domain(&domain, crate::control::commands::MANUAL_FAIL_REASON)
                     .await
                     .map(|n| format!("{domain}: {n} notifications failed")),
                 "pause" => engine

@@ -2,8 +2,9 @@
 //! (`POST /dashboard/api/login`) and gets a session cookie (`HttpOnly`, `SameSite=Strict`) plus a CSRF token; a
 //! script may send the key itself (`authorization: Bearer KEY` or `x-api-key`); a client in the listener's
 //! `always_allow` list (or any client of a listener without keys) reads without one. Only a key listed in
-//! `dashboard_admin_keys` may act. Every state-changing call must come from the dashboard's own origin (`Origin`
-//! and `Sec-Fetch-Site` are checked) and, from a browser session, carry the session's CSRF token.
+//! `dashboard_admin_keys` may act, and only where the listener accepts it from that client ([`key_rights`]).
+//! Every state-changing call must come from the dashboard's own origin (`Origin` and `Sec-Fetch-Site` are
+//! checked) and, from a browser session, carry the session's CSRF token.
 //!
 //! A session ends at its logout, after [`SESSION_IDLE`] without a call, [`SESSION_LIFETIME`] after its login
 //! whatever its use, or when its key logs in a [`SESSIONS_PER_KEY`]th + 1 time (the key's session used longest ago
@@ -295,20 +296,21 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-/// Whether `key` is accepted from `ip`, and with the admin right. `None` if it is not accepted.
+/// Whether `key` is accepted from `ip`, and with the admin right. `None` if it is not accepted: a key is accepted
+/// when it is one of the API keys the listener takes from `ip` (its `peer` stanza's, else the listen stanza's), as
+/// the REST API accepts it; `dashboard_admin_keys` only says which of those act. A key listed there and not among
+/// them (left there when it was taken out of `api_keys`, or replaced for this client by a listen or `peer`
+/// stanza's `api_keys`) is a wrong key.
 pub fn key_rights(settings: &ListenerSettings, ip: Option<IpAddr>, key: &str) -> Option<bool> {
     let (keys, admin_keys) = match ip {
         Some(ip) => (settings.api_keys_for(ip), settings.admin_keys_for(ip)),
         None => (settings.api_keys.as_slice(), settings.admin_keys.as_slice()),
     };
-    let admin = admin_keys
-        .iter()
-        .any(|k| same_secret(k.as_bytes(), key.as_bytes()));
-    let known = admin
-        || keys
-            .iter()
-            .any(|k| same_secret(k.as_bytes(), key.as_bytes()));
-    known.then_some(admin)
+    let listed = |list: &[String]| {
+        list.iter()
+            .any(|k| same_secret(k.as_bytes(), key.as_bytes()))
+    };
+    listed(keys).then(|| listed(admin_keys))
 }
 
 /// What the request may do, from its session cookie, its key, or its address. A wrong key counts in `guesses`
@@ -664,6 +666,53 @@ mod tests {
             ),
             Err(Refusal::TooManyGuesses { .. })
         ));
+    }
+
+    /// `dashboard_admin_keys` names which of the accepted keys act: a key listed there that the listener does not
+    /// take from the client (its listen or `peer` stanza's `api_keys` replace the listener's, or the key is no
+    /// longer in `api_keys`) is a wrong key, not an admin.
+    #[test]
+    fn an_admin_key_the_listener_does_not_accept_is_a_wrong_key() {
+        let listener = herald_conf::Config::parse_str(
+            "t.conf",
+            r#"http_listener {
+                 api_keys = ( "reader" "admin" ) dashboard_admin_keys = ( "admin" "gone" )
+                 listen "127.0.0.1:0" { peer "192.0.2.0/24" { api_keys = ( "reader" ) } }
+                 listen "127.0.0.1:1" { api_keys = ( "reader2" ) }
+               }"#,
+        )
+        .unwrap()
+        .listeners();
+        let (own, replaced) = (&listener[0], &listener[1]);
+        let local = Some(IpAddr::from([127, 0, 0, 1]));
+        let peer = Some(IpAddr::from([192, 0, 2, 7]));
+        for ip in [local, None] {
+            assert_eq!(key_rights(own, ip, "admin"), Some(true));
+            assert_eq!(key_rights(own, ip, "reader"), Some(false));
+            assert_eq!(key_rights(own, ip, "gone"), None, "taken out of api_keys");
+            assert_eq!(key_rights(replaced, ip, "admin"), None, "listen api_keys");
+            assert_eq!(key_rights(replaced, ip, "reader2"), Some(false));
+        }
+        assert_eq!(key_rights(own, peer, "admin"), None, "peer api_keys");
+        assert_eq!(key_rights(own, peer, "reader"), Some(false));
+        // Through `access`: refused, and counted as a wrong key.
+        let guesses = GuessThrottle::default();
+        let sessions = Sessions::default();
+        let limit = own.auth_failure_limit_for(peer) as usize;
+        for _ in 0..limit {
+            assert_eq!(
+                access(
+                    own,
+                    &sessions,
+                    &guesses,
+                    peer,
+                    &headers(&[("x-api-key", "admin")]),
+                    &path()
+                ),
+                Err(Refusal::Unauthenticated)
+            );
+        }
+        assert!(guesses.locked(peer, limit).is_some());
     }
 
     #[test]

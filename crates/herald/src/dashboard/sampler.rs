@@ -52,11 +52,13 @@ impl Points {
     /// The totals at `t`: kept when they differ from the last ones kept. Points older than the hour go, except the
     /// last one before it, which holds the totals at the hour's start.
     ///
-    /// Totals below the last ones kept mean the domain's counters started again from zero (the engine forgot the
-    /// domain and made it again since the last look): the points before are of the old counters and go; the new
-    /// counters count from zero at `t`.
+    /// A domain's counters start at zero when the engine makes it: the first look at a domain keeps (t, 0, 0)
+    /// before its totals, so that what it delivered before that look (up to [`DOMAIN_STEP`] seconds of traffic,
+    /// or a restored spool's first deliveries) counts in its windows. Totals below the last ones kept mean the
+    /// counters started again from zero (the engine forgot the domain and made it again since the last look): the
+    /// points before are of the old counters and go; the new counters count from zero at `t` too.
     fn record(&mut self, t: u64, delivered: u64, failed: u64) {
-        if self.restarted(delivered, failed) {
+        if self.0.is_empty() || self.restarted(delivered, failed) {
             self.0.clear();
             self.0.push_back((t, 0, 0));
         }
@@ -74,8 +76,8 @@ impl Points {
     }
 
     /// Deliveries and failures over the `secs` before `now`, given the totals now: against the totals at the
-    /// window's start (the last point at or before it), or the first point kept when the domain was first seen
-    /// within the window.
+    /// window's start (the last point at or before it), or the first point kept — zero, when the domain was first
+    /// seen within the window.
     /// Totals below the newest point count from a restart of the counters that came after it: all of them are
     /// newer than any window's start.
     fn since(&self, now: u64, secs: u64, delivered: u64, failed: u64) -> (u64, u64) {
@@ -292,7 +294,8 @@ mod tests {
         let mut p = Points::default();
         let mut total = 0;
         run(&mut p, 1_000, 60, 10, &mut total);
-        assert_eq!(p.0.len(), 12);
+        // The zero the counters started from, and 12 looks.
+        assert_eq!(p.0.len(), 13);
         // Quiet for a day: the totals do not change, nothing is added, the hour's start is kept.
         run(&mut p, 1_060, 86_400, 0, &mut total);
         assert_eq!(p.0.len(), 1);
@@ -373,23 +376,42 @@ mod tests {
         assert_eq!(w[&d].since(1_006, 3_600, 4, 0), (4, 0));
     }
 
+    /// A new domain's first deliveries (before the first look at it) count in its minute and hour, through the
+    /// hub as the Domains page reads them.
+    #[test]
+    fn a_new_domains_first_deliveries_count() {
+        let hub = Hub::default();
+        let d: Arc<str> = Arc::from("new.example");
+        hub.record_domains(1_000, &[(d.clone(), stats(285, 15))]);
+        hub.record_domains(1_005, &[(d.clone(), stats(300, 15))]);
+        let w = hub.windows.lock().unwrap();
+        assert_eq!(w[&d].since(1_007, 60, 300, 15), (300, 15));
+        assert_eq!(w[&d].since(1_007, 3_600, 300, 15), (300, 15));
+        // A minute after the first look: the first 285 are out of the minute, still in the hour.
+        assert_eq!(w[&d].since(1_061, 60, 300, 15), (15, 0));
+        assert_eq!(w[&d].since(1_061, 3_600, 300, 15), (300, 15));
+    }
+
     #[test]
     fn windows_count_from_the_totals_at_their_start() {
         let mut p = Points::default();
-        // First seen at t=1000 with 50 delivered and 2 failed.
+        // First seen at t=1000 with 50 delivered and 2 failed: all of them within the minute (the counters started
+        // at zero when the domain was made, since the look before).
         p.record(1_000, 50, 2);
         assert_eq!(
             p.since(1_030, 60, 70, 3),
-            (20, 1),
+            (70, 3),
             "first seen within the window"
         );
+        // A minute after the first look, those seen at it are out of the minute.
+        assert_eq!(p.since(1_060, 60, 70, 3), (20, 1));
         p.record(1_005, 60, 2);
         p.record(1_010, 60, 2);
         p.record(2_000, 90, 4);
         // At 2,030: the minute starts at 1,970, when the totals were those of 1,005 (unchanged until 2,000).
         assert_eq!(p.since(2_030, 60, 100, 4), (40, 2));
-        // The hour starts before the first point: counted from it.
-        assert_eq!(p.since(2_030, 3_600, 100, 4), (50, 2));
+        // The hour starts before the first point: counted from it, zero.
+        assert_eq!(p.since(2_030, 3_600, 100, 4), (100, 4));
         // Nothing kept: nothing to count from.
         assert_eq!(Points::default().since(2_030, 60, 5, 5), (0, 0));
     }

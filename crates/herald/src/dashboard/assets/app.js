@@ -16,7 +16,14 @@ const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "
 const fmt = (n) => (n === null || n === undefined) ? "—" : Number(n).toLocaleString("en-US");
 const bytes = (n) => n > 1e9 ? (n / 1e9).toFixed(1) + " GB" : n > 1e6 ? (n / 1e6).toFixed(1) + " MB" : n > 1e3 ? (n / 1e3).toFixed(1) + " kB" : n + " B";
 const age = (secs) => secs < 90 ? secs + " s" : secs < 5400 ? Math.round(secs / 60) + " min" : secs < 172800 ? (secs / 3600).toFixed(1) + " h" : (secs / 86400).toFixed(1) + " d";
-const when = (t) => t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) : "—";
+// Unix seconds as "YYYY-MM-DD HH:MM:SS" (UTC); a time no such date can show (an APNs timestamp far out of range)
+// as the number itself, `raw` if given.
+const when = (t, raw = t) => {
+  if (!t) return "—";
+  const d = new Date(t * 1000);
+  const y = d.getUTCFullYear();
+  return Number.isNaN(y) || y < 0 || y > 9999 ? esc(raw) : d.toISOString().replace("T", " ").slice(0, 19);
+};
 
 async function api(path, opts = {}) {
   const headers = Object.assign({ "accept": "application/json" }, opts.headers || {});
@@ -70,7 +77,14 @@ $("#login-form").addEventListener("submit", async (ev) => {
   try {
     const r = await fetch("/dashboard/api/login", { method: "POST", credentials: "same-origin",
       headers: { "content-type": "application/json" }, body: JSON.stringify({ key }) });
-    if (!r.ok) { $("#login-error").textContent = "That key is not accepted here."; return; }
+    if (!r.ok) {
+      // 401: a wrong key; anything else (429 during a lockout, with its wait) in the server's words.
+      let body = null;
+      try { body = await r.json(); } catch (_) { body = null; }
+      $("#login-error").textContent = r.status === 401 ? "That key is not accepted here."
+        : (body && body.error) || ("HTTP " + r.status);
+      return;
+    }
     $("#key").value = "";
     const s = await api("session");
     loggedIn(s);
@@ -307,7 +321,7 @@ function renderDomain(d, live) {
         ${d.failures.map((f) => `<tr><td>${esc(f.reason)}</td><td class="${f.kind === "permanent" ? "bad" : "warn"}">${esc(f.kind)}</td><td class="num">${fmt(f.count)}</td></tr>`).join("") || "<tr><td colspan=3>None</td></tr>"}</tbody></table>
         <h2>Recent invalid tokens</h2>
         <table id="invalid"><thead><tr><th>Token</th><th>Reason</th><th>When</th></tr></thead><tbody>
-        ${d.invalid_tokens.map((t) => `<tr><td><code>${esc(t.token)}…</code></td><td>${esc(t.reason)}</td><td>${when(Math.floor(t.timestamp_ms / 1000))}</td></tr>`).join("") || "<tr><td colspan=3>None</td></tr>"}</tbody></table>
+        ${d.invalid_tokens.map((t) => `<tr><td><code>${esc(t.token)}…</code></td><td>${esc(t.reason)}</td><td>${when(Math.floor(t.timestamp_ms / 1000), t.timestamp_ms)}</td></tr>`).join("") || "<tr><td colspan=3>None</td></tr>"}</tbody></table>
       </div>
       <div><h2>Effective options</h2>
         <table id="options"><thead><tr><th>Option</th><th>Value</th><th>From</th></tr></thead><tbody>
