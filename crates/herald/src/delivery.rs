@@ -239,8 +239,10 @@ impl ConfigResolver {
         let identity = load_identity(d).map(|(_, identity)| identity).transpose()?;
         let roots = match (d.tls_verify, &d.tls_ca) {
             (TlsVerify::No, _) => RootSource::NoVerify,
-            (_, Some(ca)) => RootSource::CaFile(ca.clone()),
-            (_, None) => RootSource::System,
+            // The chain only: a route by IP address or through a proxy reaches a certificate for another name.
+            (TlsVerify::Ca, ca) => RootSource::ChainOnly(ca.clone()),
+            (TlsVerify::Host, Some(ca)) => RootSource::CaFile(ca.clone()),
+            (TlsVerify::Host, None) => RootSource::System,
         };
         let config = client_config(identity.as_ref(), roots, h2).map_err(|e| e.to_string())?;
         cache.insert(key, config.clone());
