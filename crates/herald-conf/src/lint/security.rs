@@ -4,7 +4,8 @@
 //! - an ESMTP or HTTP listener on every address (`0.0.0.0`, `::`, `:PORT`) with no address restriction and, for
 //!   HTTP, no API key. An `always_allow` list alone restricts nothing (an address outside it is refused only when
 //!   it matches `always_deny`): the restriction is an `always_deny` list (with `always_allow` for the clients);
-//! - an empty `api_key` or `api_keys` entry;
+//! - an empty `api_key` or `api_keys` entry; a `dashboard_admin_keys` key an HTTP listen or peer stanza does not
+//!   accept (it gives no right there);
 //! - a control socket `file_mode` wider than 0660;
 //! - a NATS token, credentials file or password in `spool_nats_url` sent without TLS to a server on another
 //!   machine; likewise API keys on an HTTP listener (in its listen stanza, itself or a `peer` stanza of either),
@@ -76,6 +77,7 @@ pub(super) fn check(root: &Node, diags: &mut Diagnostics) {
         }
     }
     empty_api_keys(root, diags);
+    admin_keys_not_accepted(root, diags);
     empty_control_password(root, diags);
     nats_secrets_in_clear(root, diags);
     webhooks(root, root, diags);
@@ -361,6 +363,71 @@ fn empty_api_keys(node: &Node, diags: &mut Diagnostics) {
     }
 }
 
+/// A key of `dashboard_admin_keys` that an HTTP listen stanza (or a `peer` stanza of it) does not accept: the
+/// dashboard takes only the listener's API keys, so it gives no right there (it was left when the key was taken
+/// out of `api_keys`, or a listen or peer stanza's `api_keys` replace the listener's). Named by position, not
+/// value: keys are secrets.
+fn admin_keys_not_accepted(root: &Node, diags: &mut Diagnostics) {
+    use crate::settings::ListenerKind;
+    let listeners = crate::settings::listeners(root);
+    for listener in root
+        .children()
+        .iter()
+        .filter(|c| c.kind == ScopeKind::HttpListener)
+    {
+        for listen in listener.children_of(ScopeKind::Listen) {
+            let Some(address) = listen.name.as_deref() else {
+                continue;
+            };
+            let Some(settings) = listeners
+                .iter()
+                .find(|s| s.kind == ListenerKind::Http && s.address == address)
+            else {
+                continue;
+            };
+            let Some(at) = listen.at.clone().or_else(|| listener.at.clone()) else {
+                continue;
+            };
+            let stray = |admin: &[String], keys: &[String]| -> Vec<usize> {
+                admin
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, k)| !keys.contains(k))
+                    .map(|(i, _)| i + 1)
+                    .collect()
+            };
+            let mut report = |whom: String, positions: Vec<usize>| {
+                if positions.is_empty() {
+                    return;
+                }
+                let which = positions
+                    .iter()
+                    .map(|p| format!("#{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                diags.warning(
+                    at.clone(),
+                    format!(
+                        "dashboard_admin_keys of http_listener listen {address:?}{whom}: key {which} (by position) \
+                         is not one of the API keys accepted there (api_key, api_keys), so it gives no right on the \
+                         dashboard; add it to api_keys or remove it"
+                    ),
+                );
+            };
+            report(
+                String::new(),
+                stray(&settings.admin_keys, &settings.api_keys),
+            );
+            for peer in &settings.peers {
+                report(
+                    format!(" (for its peer {})", peer.cidr),
+                    stray(&peer.admin_keys, &peer.api_keys),
+                );
+            }
+        }
+    }
+}
+
 /// The checks of this module that find errors, alone: what [`check`] reports as errors, for the tree of a file
 /// that has other errors (its warnings are looked for only in a file without errors).
 pub(super) fn errors(root: &Node, diags: &mut Diagnostics) {
@@ -574,6 +641,41 @@ mod tests {
             "http_listener { listen \"[::]:1\" { always_deny = ( 0.0.0.0/0 ::/0 )\n peer \"::1\" { api_key = \"x\" } } }",
             // A loopback listen stanza.
             "http_listener { peer \"10.0.0.0/8\" { api_key = \"x\" }\n listen \"127.0.0.1:1\" { } }",
+        ] {
+            assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
+        }
+    }
+
+    /// The dashboard takes only keys the listener accepts from the client (docs/operations.md, web dashboard): a
+    /// `dashboard_admin_keys` key outside them gives no right, and is named by position, never by value.
+    #[test]
+    fn admin_keys_the_listener_does_not_accept_are_named() {
+        one(
+            "http_listener {\n  api_keys = ( \"r\" \"a\" )\n  dashboard_admin_keys = ( \"a\" \"gone\" )\n  \
+             listen \"127.0.0.1:1\" { }\n}\n",
+            &[
+                "t.conf:4",
+                "listen \"127.0.0.1:1\"",
+                "key #2 (by position)",
+                "gives no right",
+            ],
+        );
+        one(
+            "http_listener {\n  api_keys = ( \"r\" \"a\" )\n  dashboard_admin_keys = ( \"a\" )\n  \
+             listen \"127.0.0.1:1\" {\n    peer \"10.0.0.0/8\" { api_keys = ( \"r2\" ) }\n  }\n}\n",
+            &["t.conf:4", "for its peer 10.0.0.0/8", "key #1"],
+        );
+        let listen_keys = "http_listener {\n  api_keys = ( \"a\" )\n  dashboard_admin_keys = ( \"a\" )\n  \
+                           listen \"127.0.0.1:1\" { api_keys = ( \"b\" ) }\n}\n";
+        one(listen_keys, &["t.conf:4", "key #1"]);
+        assert!(
+            warnings(listen_keys).iter().all(|w| !w.contains("\"a\"")),
+            "a key's value is never shown"
+        );
+        for quiet in [
+            "http_listener { api_keys = ( \"r\" \"a\" ) dashboard_admin_keys = ( \"a\" )\n listen \"127.0.0.1:1\" { } }",
+            "http_listener { api_key = \"a\" dashboard_admin_keys = ( \"a\" )\n listen \"127.0.0.1:1\" { \
+             peer \"10.0.0.0/8\" { always_allow = ( 10.0.0.0/8 ) } } }",
         ] {
             assert!(warnings(quiet).is_empty(), "{quiet}: {:?}", warnings(quiet));
         }
