@@ -1159,7 +1159,7 @@ option_table! {
         Kind::Seconds,
         Some("86400"),
         GLOBAL,
-        "Seconds a notification's final outcome stays available to `GET /api/v1/notifications/{id}` (kept in spool_dir/outcomes, pruned in the background); 0 turns status lookups off (every lookup answers 404 `unknown`, saying that lookups are off); a herald addition.",
+        "Seconds a notification's or broadcast's final outcome stays available to `GET /api/v1/notifications/{id}` (kept in spool_dir/outcomes, pruned in the background); 0 turns status lookups off (every lookup answers 404 `unknown`, saying that lookups are off); a herald addition.",
     )
     .read_at_start(),
     OutcomeMaxEntries => opt(

@@ -441,6 +441,7 @@ impl Server {
             dir: dir.clone(),
             error,
         })?;
+        status_book.attach_broadcasts(&broadcasts);
         // With JetStream, every node reads and writes the keys in one shared bucket: a retry may reach another node.
         let idempotency = Arc::new(match &jetstream {
             Some(js) => Idempotency::shared(js.clone()),

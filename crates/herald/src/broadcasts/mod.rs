@@ -11,8 +11,16 @@
 //! APNs answered is not sent again at the next start. Before each attempt, a broadcast whose APNs expiration passed, or (with `never_attempt_expired_messages`)
 //! that is `message_expiration` old, is failed permanently without one, as a notification is and with its reasons. Each outcome is logged once, in the
 //! mainlog and every apn_logger, in the broadcast forms docs/operations.md describes, and counted per domain for
-//! `/metrics`. At most `max_queued_broadcasts` broadcasts are held unfinished; beyond, [`Broadcaster::accept`]
-//! refuses new ones ([`BroadcastRefusal::Full`]).
+//! `/metrics`.
+//!
+//! A broadcast's final outcome ([`BroadcastStatus`]) is stored in the outcome store, under its id's
+//! [`broadcast_key`] and for `outcome_retention` as a notification's, before its deletion is written: the deletion
+//! waits for it ([`Unwritten`]), so that a crash leaves the broadcast (sent again) or its outcome, never neither. The
+//! status book looks a broadcast id up here first ([`Broadcaster::held_status`]: queued or in flight while held, then the final
+//! outcome until the store has it), then in the store.
+//!
+//! At most `max_queued_broadcasts` broadcasts are held unfinished; beyond, [`Broadcaster::accept`] refuses new ones
+//! ([`BroadcastRefusal::Full`]).
 //!
 //! Broadcasts of one channel are not delivered out of order by a retry: once one is delivered, the older ones of its
 //! channel still unfinished end unsent (`ChannelOrder`, reason `Superseded`). Deletions of finished broadcasts and
@@ -36,7 +44,7 @@ use herald_apns::broadcast::{
     BroadcastClient, BroadcastClientError, BroadcastSend, ChannelId, reason_label,
 };
 use herald_apns::outcome::FailureClass;
-use herald_spool::OutcomeStore;
+use herald_spool::{OutcomeKey, OutcomeStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
@@ -45,6 +53,7 @@ use crate::channels::{Purpose, Target, Unresolved, resolve_for};
 use crate::delivery::ConfigResolver;
 use crate::logs::Logs;
 use crate::model::retry::RetryDecision;
+use crate::outcomes::book::{BroadcastStatus, broadcast_id, broadcast_key};
 use crate::outcomes::{STORE_RETRY_FIRST, STORE_RETRY_MAX};
 
 /// Broadcasts sent at once, over all domains.
@@ -58,6 +67,9 @@ const MAX_UNPROCESSED_RESENDS: u32 = 3;
 pub const DEFAULT_MAX_QUEUED: usize = 100_000;
 /// The furthest ahead a retry is scheduled: a retry option can take any number of seconds.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// The most of a failure's text a broadcast's state keeps (`last_reason`, `reason`): a host may answer with a whole
+/// page, which the log keeps.
+const MAX_REASON: usize = 512;
 
 /// A stored broadcast: what was accepted and how far its delivery got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +91,9 @@ pub struct Broadcast {
     /// When the next attempt is due, Unix milliseconds.
     #[serde(default)]
     pub due_ms: u64,
+    /// Why the last attempt failed, when one failed transiently (at most [`MAX_REASON`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reason: Option<String>,
 }
 
 /// What [`Broadcaster::accept`] is given.
@@ -192,6 +207,48 @@ pub struct Broadcaster {
     targets_limit: AtomicUsize,
     /// To the writer thread, which stores what comes in together with one sync (group commit).
     writes: std::sync::mpsc::Sender<Write>,
+    /// The keys of the unfinished broadcasts by id ([`broadcast_id`]; a sender may give two broadcasts one id), for
+    /// status lookups ([`Broadcaster::held_status`]).
+    by_id: Mutex<HashMap<u128, BTreeSet<Vec<u8>>>>,
+    /// Final outcomes handed to the writer and not stored yet: lookups read them here meanwhile.
+    finishing: Arc<Finishing>,
+    /// Whether final outcomes are stored: `outcome_retention` is not 0 (read at start, as the status book reads it).
+    keep_outcomes: bool,
+}
+
+/// Final outcomes handed to the writer thread and not stored yet, by outcome key ([`broadcast_key`]): the key of the
+/// broadcast that ended, and its state.
+type Finishing = Mutex<HashMap<OutcomeKey, (Vec<u8>, BroadcastStatus)>>;
+
+/// A final outcome for the outcome store ([`OutcomeStore::put`]).
+struct Outcome {
+    key: OutcomeKey,
+    /// When the broadcast ended, Unix milliseconds (when the outcome expires counts from here).
+    finished_ms: u64,
+    /// [`BroadcastStatus`] as JSON.
+    record: Vec<u8>,
+}
+
+/// How a broadcast ended, for its final outcome.
+struct Ending<'a> {
+    delivered: bool,
+    /// APNs' HTTP status of a failure it answered.
+    status: Option<u16>,
+    /// Why it failed (its log line's text); empty when delivered.
+    text: &'a str,
+    /// The `apns-request-id` APNs answered for a delivery.
+    apns_id: Option<&'a str>,
+}
+
+impl Ending<'_> {
+    fn failed(status: Option<u16>, text: &str) -> Ending<'_> {
+        Ending {
+            delivered: false,
+            status,
+            text,
+            apns_id: None,
+        }
+    }
 }
 
 /// What the writer thread is asked to do.
@@ -204,8 +261,12 @@ enum Write {
     },
     /// Replace a stored broadcast with its retry state (with the next write, not synced on its own).
     Retry { key: Vec<u8>, value: Vec<u8> },
-    /// Delete a finished broadcast (with the next write, not synced on its own).
-    Finished(Vec<u8>),
+    /// Delete a finished broadcast (with the next write, not synced on its own), once its final outcome, if it has
+    /// one to keep, is stored.
+    Finished {
+        key: Vec<u8>,
+        outcome: Option<Outcome>,
+    },
     /// Answer once everything asked before is written, or with what could not be.
     Flush(tokio::sync::oneshot::Sender<Result<(), FlushError>>),
 }
@@ -215,8 +276,9 @@ enum Write {
 pub enum FlushError {
     /// The outcome store refused the write that carried them (the last try failed with `error`).
     #[error(
-        "{finished} finished broadcast(s) could not be removed from the store and {retries} retry state(s) could not \
-         be stored ({error}): those broadcasts are sent again at the next start"
+        "{finished} finished broadcast(s) could not be removed from the store (each after its final outcome is \
+         stored) and {retries} retry state(s) could not be stored ({error}): those broadcasts are sent again at the \
+         next start"
     )]
     NotWritten {
         finished: usize,
@@ -235,15 +297,21 @@ pub enum FlushError {
 /// that a broadcast that finished is not sent again at the next start, nor one waiting for a retry sent at once
 /// with its retries counted from 0.
 ///
-/// Bounded by the broadcasts held: one retry state per unfinished broadcast (the latest), one deletion per
-/// finished one; and while deletions wait, no new broadcast is stored (a store carries them, and succeeds or fails
-/// with them), so no more than `max_queued_broadcasts` can finish meanwhile.
+/// A finished broadcast's deletion is written only once its final outcome is stored (in a write before it, in the
+/// same keyspace journal): a crash between the two finds the broadcast still stored, and sends it again, rather
+/// than losing its outcome.
+///
+/// Bounded by the broadcasts held: one retry state per unfinished broadcast (the latest), one deletion and outcome
+/// per finished one; and while deletions wait, no new broadcast is stored (a store carries them, and succeeds or
+/// fails with them), so no more than `max_queued_broadcasts` can finish meanwhile.
 #[derive(Default)]
 struct Unwritten {
     /// The latest retry state of each broadcast, by key.
     retries: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Keys of finished broadcasts.
     finished: BTreeSet<Vec<u8>>,
+    /// The final outcomes of finished broadcasts not stored yet, by the broadcast's key.
+    outcomes: BTreeMap<Vec<u8>, Outcome>,
     /// The error of the last write that failed, while anything is kept.
     error: Option<String>,
 }
@@ -253,27 +321,58 @@ impl Unwritten {
         self.retries.is_empty() && self.finished.is_empty()
     }
 
-    /// Takes a batch's retries and deletions: a finished broadcast's retry state is not written any more.
-    fn add(&mut self, retries: Vec<(Vec<u8>, Vec<u8>)>, finished: Vec<Vec<u8>>) {
+    /// Takes a batch's retries and deletions with their outcomes: a finished broadcast's retry state is not written
+    /// any more.
+    fn add(&mut self, retries: Vec<(Vec<u8>, Vec<u8>)>, finished: Vec<(Vec<u8>, Option<Outcome>)>) {
         self.retries.extend(retries);
-        for key in finished {
+        for (key, outcome) in finished {
             self.retries.remove(&key);
+            if let Some(outcome) = outcome {
+                self.outcomes.insert(key.clone(), outcome);
+            }
             self.finished.insert(key);
         }
     }
 
-    /// Writes `entries` (new broadcasts) and everything kept. With new broadcasts, all goes in one synced write,
-    /// which succeeds or fails as a whole; without, retry states and deletions are buffered writes, as a reschedule
-    /// of the spool. What is written leaves `self`; the error is the last write's.
+    /// Stores the final outcomes kept, in one buffered write, and lets go of them in `finishing` (lookups read them
+    /// from the store from then on).
+    fn store_outcomes(
+        &mut self,
+        store: &OutcomeStore,
+        finishing: &Finishing,
+    ) -> Result<(), String> {
+        if self.outcomes.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<(OutcomeKey, u64, &[u8])> = self
+            .outcomes
+            .values()
+            .map(|o| (o.key, o.finished_ms, o.record.as_slice()))
+            .collect();
+        store.put(&entries).map_err(|e| e.to_string())?;
+        let mut held = lock(finishing);
+        for (key, outcome) in std::mem::take(&mut self.outcomes) {
+            // Not one of another broadcast with the same id, ended since.
+            if held.get(&outcome.key).is_some_and(|(k, _)| *k == key) {
+                held.remove(&outcome.key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `entries` (new broadcasts) and everything kept, the final outcomes first. With new broadcasts, all
+    /// else goes in one synced write, which succeeds or fails as a whole; without, retry states and deletions are
+    /// buffered writes, as a reschedule of the spool. What is written leaves `self`; the error is the last write's.
     fn write(
         &mut self,
         store: &OutcomeStore,
+        finishing: &Finishing,
         entries: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), String> {
         let result = if entries.is_empty() {
-            self.write_buffered(store)
+            self.write_buffered(store, finishing)
         } else {
-            self.write_with(store, entries)
+            self.write_with(store, finishing, entries)
         };
         self.error = match &result {
             Err(e) if !self.is_empty() => Some(e.clone()),
@@ -282,12 +381,15 @@ impl Unwritten {
         result
     }
 
-    /// One synced write of `entries` and everything kept.
+    /// One synced write of `entries` and everything kept, after the final outcomes are stored (without them, none
+    /// of it is written: the store refuses every write after a failed one until it is reopened).
     fn write_with(
         &mut self,
         store: &OutcomeStore,
+        finishing: &Finishing,
         mut entries: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), String> {
+        self.store_outcomes(store, finishing)?;
         let stores = entries.len();
         entries.extend(std::mem::take(&mut self.retries));
         let finished: Vec<Vec<u8>> = std::mem::take(&mut self.finished).into_iter().collect();
@@ -301,14 +403,20 @@ impl Unwritten {
         }
     }
 
-    /// The retry states one by one, then the deletions in one write; stops at the first refusal.
-    fn write_buffered(&mut self, store: &OutcomeStore) -> Result<(), String> {
+    /// The retry states one by one, then the final outcomes, then the deletions in one write; stops at the first
+    /// refusal.
+    fn write_buffered(
+        &mut self,
+        store: &OutcomeStore,
+        finishing: &Finishing,
+    ) -> Result<(), String> {
         while let Some((key, value)) = self.retries.pop_first() {
             if let Err(e) = store.broadcast_update(&key, &value) {
                 self.retries.insert(key, value);
                 return Err(e.to_string());
             }
         }
+        self.store_outcomes(store, finishing)?;
         if self.finished.is_empty() {
             return Ok(());
         }
@@ -336,7 +444,11 @@ impl Unwritten {
 /// the retry states and deletions asked since, and answers each. What the store refuses of the retry states and
 /// deletions is kept and written later ([`Unwritten`]); one error is logged per episode of refusals, and one line
 /// when they are written again.
-fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>) {
+fn write_loop(
+    store: Arc<OutcomeStore>,
+    finishing: Arc<Finishing>,
+    writes: std::sync::mpsc::Receiver<Write>,
+) {
     let mut unwritten = Unwritten::default();
     let mut wait = STORE_RETRY_FIRST;
     loop {
@@ -351,7 +463,7 @@ fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     // The broadcaster is gone: one last try.
-                    let _ = unwritten.write(&store, Vec::new());
+                    let _ = unwritten.write(&store, &finishing, Vec::new());
                     return;
                 }
             }
@@ -375,20 +487,21 @@ fn write_loop(store: Arc<OutcomeStore>, writes: std::sync::mpsc::Receiver<Write>
                     waiting.push(done);
                 }
                 Write::Retry { key, value } => retries.push((key, value)),
-                Write::Finished(key) => finished.push(key),
+                Write::Finished { key, outcome } => finished.push((key, outcome)),
                 Write::Flush(done) => flushes.push(done),
             }
         }
         let was_failing = unwritten.error.is_some();
         unwritten.add(retries, finished);
-        let result = unwritten.write(&store, entries);
+        let result = unwritten.write(&store, &finishing, entries);
         match (&unwritten.error, was_failing) {
             (Some(e), false) => {
                 tracing::error!(
                     finished = unwritten.finished.len(),
                     retries = unwritten.retries.len(),
-                    "finished broadcasts could not be removed from the store, or retry states stored: {e}; kept and \
-                     written with the next write (until then, a restart would send them again)"
+                    "finished broadcasts could not be removed from the store (each after its final outcome is \
+                     stored), or retry states stored: {e}; kept and written with the next write (until then, a \
+                     restart would send them again)"
                 );
             }
             (None, true) => {
@@ -432,11 +545,15 @@ impl Broadcaster {
         let mut channels: HashMap<ChannelKey, ChannelOrder> = HashMap::new();
         let mut counts = BTreeMap::new();
         let mut unreadable = Vec::new();
+        let mut by_id: HashMap<u128, BTreeSet<Vec<u8>>> = HashMap::new();
         let mut last_seq = 0;
         for (key, value) in stored {
             last_seq = last_seq.max(key_seq(&key));
             match serde_json::from_slice::<Broadcast>(&value) {
                 Ok(b) => {
+                    if let Some(id) = broadcast_id(&b.id) {
+                        by_id.entry(id).or_default().insert(key.clone());
+                    }
                     due.push(Reverse((b.due_ms, key.clone())));
                     channels
                         .entry(channel_of(&b))
@@ -471,13 +588,16 @@ impl Broadcaster {
         }
         let (writes, queue) = std::sync::mpsc::channel();
         let writer_store = store.clone();
+        let finishing = Arc::new(Finishing::default());
+        let writer_finishing = finishing.clone();
         std::thread::Builder::new()
             .name("herald-broadcast-writer".into())
-            .spawn(move || write_loop(writer_store, queue))
+            .spawn(move || write_loop(writer_store, writer_finishing, queue))
             .map_err(|e| herald_spool::SpoolError::from_io("starting the broadcast writer", e))?;
         for key in unreadable {
-            let _ = writes.send(Write::Finished(key));
+            let _ = writes.send(Write::Finished { key, outcome: None });
         }
+        let keep_outcomes = !outcome_retention(&resolver.config()).is_zero();
         let conns = Connections::new(resolver.clone(), Purpose::Broadcast, SEND_TIMEOUT);
         let me = Arc::new(Broadcaster {
             targets: Mutex::new(Targets::default()),
@@ -496,6 +616,9 @@ impl Broadcaster {
             conns,
             counts: Mutex::new(counts),
             seq: AtomicU64::new(first_seq(last_seq, now_ms())),
+            by_id: Mutex::new(by_id),
+            finishing,
+            keep_outcomes,
         });
         tokio::spawn(me.clone().run());
         Ok(me)
@@ -538,6 +661,7 @@ impl Broadcaster {
             accepted_at: now_ms() / 1000,
             retries: 0,
             due_ms: 0,
+            last_reason: None,
         };
         let max = max_queued(&self.resolver.config());
         if let Err(held) = self
@@ -776,7 +900,7 @@ impl Broadcaster {
         };
         if let Some(why) = policy.not_attempted(b.expiration, b.accepted_at, started / 1000) {
             self.log(&b, 'P', secs, None, why, None);
-            self.finish_counted(&key, &b.domain, "permanent", why);
+            self.finish_counted(&key, &b, &Ending::failed(None, why), "permanent", why);
             return;
         }
         if let Some(newer) = self.superseded(&key, &b) {
@@ -799,11 +923,18 @@ impl Broadcaster {
             Ok((request_id, _)) => {
                 self.log(&b, 'D', secs, None, "", request_id.as_deref());
                 self.delivered(&key, &b);
-                self.finish_counted(&key, &b.domain, "delivered", "");
+                let ending = Ending {
+                    delivered: true,
+                    status: None,
+                    text: "",
+                    apns_id: Some(request_id.as_deref().unwrap_or(&b.id)),
+                };
+                self.finish_counted(&key, &b, &ending, "delivered", "");
             }
             Err(f) if f.class == FailureClass::Permanent => {
                 self.log(&b, 'P', secs, f.status, &f.text, None);
-                self.finish_counted(&key, &b.domain, "permanent", &f.reason);
+                let ending = Ending::failed(f.status, &f.text);
+                self.finish_counted(&key, &b, &ending, "permanent", &f.reason);
             }
             Err(f) => {
                 // Counted once, as the attempt ends: transient when it is retried, permanent when it ends the
@@ -823,6 +954,7 @@ impl Broadcaster {
                         let mut next = b.clone();
                         next.retries += 1;
                         next.due_ms = due_after(now_ms(), delay);
+                        next.last_reason = Some(bounded(&f.text));
                         // Its retry state goes to the writer before the attempt is counted: what the counts show is
                         // queued to be written (a flush after them writes it).
                         self.store_retry(&key, &next);
@@ -839,7 +971,8 @@ impl Broadcaster {
                         self.log(&b, 'P', secs, f.status, &text, None);
                         self.finish_counted(
                             &key,
-                            &b.domain,
+                            &b,
+                            &Ending::failed(f.status, &text),
                             "permanent",
                             &format!("{}Exhausted", f.reason),
                         );
@@ -979,11 +1112,35 @@ impl Broadcaster {
             .or_default()
             .keys
             .insert(key.to_vec());
+        let id = broadcast_id(&b.id);
         let p = Pending {
             broadcast: b,
             sending: false,
         };
         lock(&self.pending).insert(key.to_vec(), p);
+        if let Some(id) = id {
+            lock(&self.by_id)
+                .entry(id)
+                .or_default()
+                .insert(key.to_vec());
+        }
+    }
+
+    /// The state of broadcast `id` while this broadcaster holds it (the newest of that id: queued or in flight), or
+    /// its final outcome until the store has it.
+    pub(crate) fn held_status(&self, id: u128) -> Option<BroadcastStatus> {
+        let key = lock(&self.by_id)
+            .get(&id)
+            .and_then(|keys| keys.last().cloned());
+        // Ended since: its outcome was in `finishing` before it left `pending`.
+        if let Some(key) = key
+            && let Some(p) = lock(&self.pending).get(&key)
+        {
+            return Some(pending_status(p));
+        }
+        lock(&self.finishing)
+            .get(&broadcast_key(id))
+            .map(|(_, s)| s.clone())
     }
 
     /// Claims an unfinished broadcast for an attempt, or to end it: `None` when it is finished or claimed already.
@@ -1077,26 +1234,88 @@ impl Broadcaster {
             let _ = write!(text, " (its last attempt: {failed})");
         }
         self.log(b, 'P', secs, None, &text, None);
-        self.finish_counted(key, &b.domain, "permanent", SUPERSEDED);
+        self.finish_counted(
+            key,
+            b,
+            &Ending::failed(None, &text),
+            "permanent",
+            SUPERSEDED,
+        );
     }
 
-    /// Ends the broadcast stored under `key`: its deletion goes to the writer, then its outcome is counted
-    /// (`domain`, `outcome`, `reason`), then it leaves the unfinished ones: once the counts show it, a flush writes its
-    /// deletion, and once [`Broadcaster::queued`] no longer counts it, the counts show it. An entry it left in the
-    /// due-time queue (one ended while waiting for its retry) goes with a pruning ([`prune`]).
-    fn finish_counted(&self, key: &[u8], domain: &str, outcome: &'static str, reason: &str) {
-        self.hand_deletion(key);
-        self.count(domain, outcome, reason);
+    /// Ends `b`, stored under `key`, as `ending` says: its final outcome and deletion go to the writer (the outcome
+    /// readable by lookups from then on), then it is counted (`outcome`, `reason`), then it leaves the unfinished
+    /// ones: once the counts show it, a flush writes its outcome and deletion, and once [`Broadcaster::queued`] no
+    /// longer counts it, the counts show it. An entry it left in the due-time queue (one ended while waiting for its
+    /// retry) goes with a pruning ([`prune`]).
+    fn finish_counted(
+        &self,
+        key: &[u8],
+        b: &Broadcast,
+        ending: &Ending<'_>,
+        outcome: &'static str,
+        reason: &str,
+    ) {
+        let record = self.final_outcome(key, b, ending);
+        self.hand_deletion(key, record);
+        self.count(&b.domain, outcome, reason);
         self.leave(key);
     }
 
-    /// Hands the deletion of the broadcast stored under `key` to the writer thread (deleted with its next write: no
-    /// store write on this thread).
-    fn hand_deletion(&self, key: &[u8]) {
-        if self.writes.send(Write::Finished(key.to_vec())).is_err()
-            && let Err(e) = self.store.broadcast_remove(key)
-        {
-            tracing::error!("a finished broadcast could not be removed from the store: {e}");
+    /// `b`'s final outcome (stored under `key`, ended as `ending` says) for the outcome store, now readable by lookups
+    /// ([`Finishing`]); `None` when outcomes are not kept (`outcome_retention = 0`) or its id is no UUID.
+    fn final_outcome(&self, key: &[u8], b: &Broadcast, ending: &Ending<'_>) -> Option<Outcome> {
+        let id = broadcast_id(&b.id).filter(|_| self.keep_outcomes)?;
+        let finished_ms = now_ms();
+        let status = BroadcastStatus {
+            id: b.id.clone(),
+            kind: BroadcastStatus::KIND.to_owned(),
+            state: if ending.delivered {
+                "delivered"
+            } else {
+                "failed"
+            }
+            .to_owned(),
+            domain: b.domain.clone(),
+            channel_id: b.channel.clone(),
+            accepted_at: b.accepted_at,
+            attempts: b.retries,
+            last_reason: b.last_reason.clone(),
+            next_attempt_at: None,
+            finished_at: Some(finished_ms / 1000),
+            apns_id: ending.apns_id.map(str::to_owned),
+            reason: (!ending.delivered).then(|| bounded(ending.text)),
+            status: ending.status,
+        };
+        let record = serde_json::to_vec(&status).ok()?;
+        let outcome_key = broadcast_key(id);
+        lock(&self.finishing).insert(outcome_key, (key.to_vec(), status));
+        Some(Outcome {
+            key: outcome_key,
+            finished_ms,
+            record,
+        })
+    }
+
+    /// Hands the deletion of the broadcast stored under `key`, and its final outcome, to the writer thread (written
+    /// with its next write: no store write on this thread). Written here when the writer is gone: the outcome first,
+    /// and the deletion only once it is stored.
+    fn hand_deletion(&self, key: &[u8], outcome: Option<Outcome>) {
+        let finished = Write::Finished {
+            key: key.to_vec(),
+            outcome,
+        };
+        let Err(std::sync::mpsc::SendError(Write::Finished { key, outcome })) =
+            self.writes.send(finished)
+        else {
+            return;
+        };
+        let mut unwritten = Unwritten::default();
+        unwritten.add(Vec::new(), vec![(key, outcome)]);
+        if let Err(e) = unwritten.write(&self.store, &self.finishing, Vec::new()) {
+            tracing::error!(
+                "a finished broadcast could not be removed from the store (after its final outcome is stored): {e}"
+            );
         }
     }
 
@@ -1116,12 +1335,25 @@ impl Broadcaster {
                 }
             }
         }
-        let mut due = lock(&self.due);
-        let mut pending = lock(&self.pending);
-        if pending.remove(key).is_some() {
-            self.held.fetch_sub(1, Ordering::SeqCst);
+        let left = {
+            let mut due = lock(&self.due);
+            let mut pending = lock(&self.pending);
+            let left = pending.remove(key);
+            if left.is_some() {
+                self.held.fetch_sub(1, Ordering::SeqCst);
+            }
+            prune(&mut due, &pending);
+            left
+        };
+        if let Some(id) = left.and_then(|p| broadcast_id(&p.broadcast.id)) {
+            let mut by_id = lock(&self.by_id);
+            if let Some(keys) = by_id.get_mut(&id) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    by_id.remove(&id);
+                }
+            }
         }
-        prune(&mut due, &pending);
     }
 
     fn count(&self, domain: &str, outcome: &'static str, reason: &str) {
@@ -1228,6 +1460,54 @@ fn max_queued(config: &herald_conf::Config) -> usize {
         .and_then(|n| usize::try_from(n).ok())
         .filter(|n| *n > 0)
         .unwrap_or(DEFAULT_MAX_QUEUED)
+}
+
+/// The state of an unfinished broadcast: in flight while an attempt holds it, else queued.
+fn pending_status(p: &Pending) -> BroadcastStatus {
+    let b = &p.broadcast;
+    BroadcastStatus {
+        id: b.id.clone(),
+        kind: BroadcastStatus::KIND.to_owned(),
+        state: if p.sending { "in_flight" } else { "queued" }.to_owned(),
+        domain: b.domain.clone(),
+        channel_id: b.channel.clone(),
+        accepted_at: b.accepted_at,
+        attempts: b.retries,
+        last_reason: b.last_reason.clone(),
+        next_attempt_at: (!p.sending && b.retries > 0).then(|| b.due_ms.div_ceil(1000)),
+        finished_at: None,
+        apns_id: None,
+        reason: None,
+        status: None,
+    }
+}
+
+/// `outcome_retention` of `config`, as the status book takes it (read at start only).
+fn outcome_retention(config: &herald_conf::Config) -> Duration {
+    config
+        .eval_opt(
+            &herald_conf::ScopePath::global(),
+            herald_conf::Opt::OutcomeRetention,
+        )
+        .ok()
+        .and_then(|v| v.as_int())
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(
+            crate::outcomes::book::DEFAULT_RETENTION,
+            Duration::from_secs,
+        )
+}
+
+/// `text` cut to at most [`MAX_REASON`] bytes (at a character boundary, marked with `…`).
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_REASON {
+        return text.to_owned();
+    }
+    let mut end = MAX_REASON - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 fn encode(b: &Broadcast) -> Vec<u8> {
@@ -1460,6 +1740,7 @@ domain "{DOMAIN}" {{
             accepted_at: 1_700_000_000,
             retries: 2,
             due_ms: 1_700_000_100_000,
+            last_reason: Some("TooManyRequests".into()),
         };
         let back: Broadcast = serde_json::from_slice(&encode(&b)).unwrap();
         assert_eq!(back, b);
@@ -1499,6 +1780,7 @@ domain "{DOMAIN}" {{
                 accepted_at,
                 retries: 0,
                 due_ms: 0,
+                last_reason: None,
             };
             (n.to_be_bytes().to_vec(), encode(&b))
         };
@@ -2186,6 +2468,7 @@ apn_broadcast_route = "https://127.0.0.1:1"
                     accepted_at: now_ms() / 1000,
                     retries: 0,
                     due_ms: 0,
+                    last_reason: None,
                 };
                 (n.to_be_bytes().to_vec(), encode(&b))
             })
@@ -2345,6 +2628,7 @@ apn_broadcast_route = "https://127.0.0.1:1"
             accepted_at: now_ms() / 1000,
             retries: 0,
             due_ms: 0,
+            last_reason: None,
         };
         (n.to_be_bytes().to_vec(), encode(&b))
     }
@@ -2393,6 +2677,175 @@ apn_broadcast_route = "https://127.0.0.1:1"
         );
         let restarted = Broadcaster::start(store, f.resolver.clone(), Logs::default()).unwrap();
         assert_eq!(restarted.queued(), 0, "sent again after a restart");
+    }
+
+    /// A broadcast's final outcome is stored before the broadcast leaves the store: while the store refuses writes
+    /// (a failing disk) the delivered broadcast stays stored, its outcome is looked up from memory, and once the
+    /// store takes writes again the outcome is stored and only then the broadcast deleted; a status book on the
+    /// same store, and one after a restart, finds it there (delivered, with the `apns-request-id` APNs answered).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_final_outcome_is_stored_before_the_broadcast_leaves_the_store() {
+        use crate::outcomes::book::{LookupError, StatusBook};
+        use herald_spool::Lookup;
+        // A store that refused writes reopens its keyspace at a later write (a pruning's, a writer's), and a read
+        // meanwhile fails for now: such a read is made again, as a client would.
+        let lookup = |book: &StatusBook, id| {
+            book.lookup_broadcast(id).map_err(|e| match e {
+                LookupError::Store(e) => e,
+                other => panic!("{other}"),
+            })
+        };
+        let (f, raw) = Fixture::routed("", "", Some(RawOptions::default())).await;
+        let raw = raw.unwrap();
+        let store = f.store();
+        let (key, value) = stored(1, 10);
+        let b: Broadcast = serde_json::from_slice(&value).unwrap();
+        let id = broadcast_id(&b.id).unwrap();
+        store.broadcast_put(&[(key, value)]).unwrap();
+        store.refuse_writes(true);
+        let book = StatusBook::new(store.clone(), Duration::from_secs(3600), 1_000_000);
+        let broadcaster =
+            readable(|| Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()))
+                .await;
+        book.attach_broadcasts(&broadcaster);
+        wait_for("the broadcast to be delivered", || {
+            broadcaster.queued() == 0
+        })
+        .await;
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 1);
+        assert!(
+            broadcaster.flush().await.is_err(),
+            "written to a refusing store"
+        );
+        assert_eq!(
+            readable(|| store.broadcast_all()).await.len(),
+            1,
+            "deleted with its outcome not stored"
+        );
+        assert_eq!(
+            readable(|| store.lookup(&broadcast_key(id))).await,
+            Lookup::Unknown
+        );
+        let held = readable(|| lookup(&book, id))
+            .await
+            .expect("found from memory");
+        assert_eq!(
+            (
+                held.state.as_str(),
+                held.kind.as_str(),
+                held.channel_id.as_str()
+            ),
+            ("delivered", "broadcast", b.channel.as_str())
+        );
+        store.refuse_writes(false);
+        broadcaster.flush().await.unwrap();
+        assert_eq!(
+            readable(|| store.broadcast_all()).await,
+            [],
+            "the delivered broadcast is still stored"
+        );
+        assert!(lock(&broadcaster.finishing).is_empty());
+        assert!(lock(&broadcaster.by_id).is_empty());
+        let Lookup::Found(record) = readable(|| store.lookup(&broadcast_key(id))).await else {
+            panic!("the outcome is not stored");
+        };
+        let stored: BroadcastStatus = serde_json::from_slice(&record).unwrap();
+        assert_eq!(stored, held);
+        assert_eq!(stored.apns_id.as_deref(), Some(b.id.as_str()));
+        assert!(stored.finished_at.is_some() && stored.reason.is_none());
+        let restarted =
+            readable(|| Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()))
+                .await;
+        assert_eq!(restarted.queued(), 0, "sent again after a restart");
+        let again = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        assert_eq!(readable(|| lookup(&again, id)).await, Some(stored));
+    }
+
+    /// What `read` answers once the store does not fail it for now (a temporary error: its keyspace being reopened).
+    async fn readable<T>(mut read: impl FnMut() -> Result<T, herald_spool::SpoolError>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match read() {
+                Ok(t) => return t,
+                Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// A broadcast is looked up from memory once accepted (queued, or in flight while it is sent); one waiting for
+    /// its retry is `queued` with its attempts, the failure of the last one and when the next is due.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broadcast_waiting_for_its_retry_is_queued_with_its_last_failure() {
+        let options = RawOptions::first(Refuse::Unavailable);
+        let (f, raw) = Fixture::routed("", "  retry_interval = 3600", Some(options)).await;
+        let raw = raw.unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        let store = f.store();
+        let broadcaster =
+            Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
+        let b = broadcaster.accept(update(&channel, None)).await.unwrap();
+        let id = broadcast_id(&b.id).unwrap();
+        let first = broadcaster.held_status(id).expect("held once accepted");
+        assert!(
+            matches!(first.state.as_str(), "queued" | "in_flight"),
+            "{first:?}"
+        );
+        wait_for("the first attempt to fail", || {
+            broadcaster
+                .held_status(id)
+                .is_some_and(|s| s.state == "queued" && s.attempts == 1)
+        })
+        .await;
+        let waiting = broadcaster.held_status(id).unwrap();
+        assert_eq!(
+            waiting.last_reason.as_deref(),
+            Some("ServiceUnavailable"),
+            "{waiting:?}"
+        );
+        assert!(
+            waiting
+                .next_attempt_at
+                .is_some_and(|at| at > now_ms() / 1000 + 3000),
+            "{waiting:?}"
+        );
+        assert_eq!(raw.requests(), 1);
+    }
+
+    /// With `outcome_retention = 0` no broadcast outcome is stored (status lookups are off).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_outcome_is_stored_when_outcome_retention_is_0() {
+        let (f, raw) =
+            Fixture::routed("outcome_retention = 0", "", Some(RawOptions::default())).await;
+        let raw = raw.unwrap();
+        let store = f.store();
+        let broadcaster =
+            Broadcaster::start(store.clone(), f.resolver.clone(), Logs::default()).unwrap();
+        let channel = ChannelId::parse("dHN0LXNyY2gtY2hubA==").unwrap();
+        broadcaster.accept(update(&channel, None)).await.unwrap();
+        wait_for("the broadcast to be delivered", || {
+            broadcaster.queued() == 0
+        })
+        .await;
+        broadcaster.flush().await.unwrap();
+        assert_eq!(raw.answered.load(Ordering::SeqCst), 1);
+        assert_eq!(stored_now(&store), []);
+        assert_eq!(store.len(), 0, "an outcome stored");
+    }
+
+    /// A failure's text kept in a broadcast's state is bounded, cut at a character boundary.
+    #[test]
+    fn a_long_failure_text_is_cut_at_a_character_boundary() {
+        assert_eq!(bounded("TooManyRequests"), "TooManyRequests");
+        let page = "é".repeat(MAX_REASON);
+        let cut = bounded(&page);
+        assert!(
+            cut.len() <= MAX_REASON && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
     }
 
     /// A retry state the store refused (a failing disk) is not forgotten: once the store takes writes again it is
@@ -2500,7 +2953,13 @@ apn_broadcast_route = "https://127.0.0.1:1"
         assert!(broadcaster.claim(&older_key).is_some());
         assert!(broadcaster.claim(&newer_key).is_some());
         broadcaster.delivered(&newer_key, &newer);
-        broadcaster.finish_counted(&newer_key, &newer.domain, "delivered", "");
+        let ending = Ending {
+            delivered: true,
+            status: None,
+            text: "",
+            apns_id: None,
+        };
+        broadcaster.finish_counted(&newer_key, &newer, &ending, "delivered", "");
         assert_eq!(broadcaster.queued(), 1, "the older one, being sent, ended");
         // The older one's attempt fails, transiently.
         let mut next = older.clone();

@@ -61,7 +61,7 @@ pub enum Command {
         domain: Option<String>,
         since: Option<u64>,
     },
-    /// `status ID`: one notification's state or final outcome.
+    /// `status ID`: one notification's or broadcast's state or final outcome.
     Status(String),
     /// `webhooks`: each domain's outcome webhook backlog and counters.
     Webhooks,
@@ -102,7 +102,7 @@ Commands:
   message retry ID                      make one queued notification due now
   message fail [quiet] ID               fail one queued notification
   tokens invalid [DOMAIN] [SINCE]       device tokens APNs reported invalid (SINCE: Unix seconds)
-  status ID                             one notification's state or final outcome (queued, delivered, failed)
+  status ID                             a notification's or broadcast's state or final outcome
   webhooks                              each domain's outcome webhook: backlog, delivered, dropped, failures
   channels DOMAIN                       the domain's Live Activity broadcast channels (asked of APNs)
   reopen logs                           reopen every log file (after logrotate)
@@ -115,15 +115,20 @@ Commands:
 ";
 
 /// `status ID`. On the JetStream spool, an id this node's book does not hold (unknown, or taken for pruned: any
-/// node stores outcomes of another node's run) is asked of the other nodes, as the status routes do.
+/// node stores outcomes of another node's run) is asked of the other nodes, as the status routes do. A broadcast's
+/// id (a UUID) is answered by this node alone, which holds the broadcasts it accepted and their outcomes.
 async fn notification_status(server: &dyn ServerHandle, id: &str) -> Reply {
     use crate::outcomes::book::Found;
     let Some(book) = server.status_book() else {
         return Reply::err("this server keeps no notification status\n");
     };
     let Some(key) = crate::outcomes::parse_id(id) else {
+        if let Some(value) = crate::outcomes::book::broadcast_id(id) {
+            return broadcast_status(book, id, value);
+        }
         return Reply::err(format!(
-            "{id:?} is not a notification id (they look like 01/00-12345-0000002A)\n"
+            "{id:?} is not a notification id (they look like 01/00-12345-0000002A) nor a broadcast id (a UUID, as \
+             POST /api/v1/broadcast answered it)\n"
         ));
     };
     let found = match book.lookup(&key) {
@@ -151,8 +156,24 @@ async fn notification_status(server: &dyn ServerHandle, id: &str) -> Reply {
     }
 }
 
-/// A notification's state, a `name: value` line per field.
-fn status_lines(status: &crate::outcomes::book::Status) -> String {
+/// `status ID` for broadcast `id` (its value `value`).
+fn broadcast_status(book: &crate::outcomes::book::StatusBook, id: &str, value: u128) -> Reply {
+    match book.lookup_broadcast(value) {
+        Ok(Some(s)) => Reply::ok(status_lines(&s)),
+        Ok(None) if book.retention().is_zero() => Reply::err(format!(
+            "{id}: unknown (status lookups are off: outcome_retention = 0)\n"
+        )),
+        Ok(None) => Reply::err(format!(
+            "{id}: unknown (no broadcast with this id is held here, nor its outcome kept: never accepted by this \
+             node, or finished longer than outcome_retention, {} s, ago)\n",
+            book.retention().as_secs()
+        )),
+        Err(e) => Reply::err(format!("{id}: {e}\n")),
+    }
+}
+
+/// A notification's or broadcast's state, a `name: value` line per field.
+fn status_lines(status: &impl serde::Serialize) -> String {
     let mut out = String::new();
     if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(status) {
         for (k, v) in fields {

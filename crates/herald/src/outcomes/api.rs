@@ -11,6 +11,11 @@
 //! the highest number pruned from its run, but on the JetStream spool any node stores outcomes of another node's
 //! run, so that mark can pass an id this node never held and another node still holds (queued, retried, or
 //! finished later). It is answered expired only when no other node holds it.
+//!
+//! A broadcast's id (the UUID `POST /api/v1/broadcast` answered) is looked up the same way, and answered with its
+//! state ([`super::book::BroadcastStatus`], `"kind": "broadcast"`) from the node that accepted it: other nodes are
+//! not asked. One no broadcast has here is `404` `unknown` (never accepted here, or finished longer than
+//! `outcome_retention` ago: the two are not told apart for broadcasts).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +31,7 @@ use herald_spool::{OutcomeKey, PeerLookup};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::book::{Found, LookupError, Status, StatusBook};
+use super::book::{Found, LookupError, Status, StatusBook, broadcast_id};
 use super::{parse_id, peers};
 use crate::inbound::rest::error::{NOT_AN_OBJECT, json_but_not_an_object, without_bom};
 use crate::inbound::rest::server::read_request_body;
@@ -96,17 +101,65 @@ fn status_body(s: &Status) -> serde_json::Value {
     serde_json::to_value(s).unwrap_or_else(|_| json!({}))
 }
 
-fn answer(book: &StatusBook, id: &str) -> Answer {
-    let reply = |status, body| Answer {
+/// An answer of this node's alone (no other node is asked).
+fn reply(status: StatusCode, body: serde_json::Value) -> Answer {
+    Answer {
         status,
         body,
         ask: None,
         in_stream: None,
+    }
+}
+
+/// The answer for a store that could not be read: the client's to ask again when it cannot be read for now (being
+/// reopened after a failed write, a full disk); an entry that does not decode will not read better later.
+fn unreadable(id: &str, e: &LookupError) -> Answer {
+    let status = match e {
+        LookupError::Store(s) if s.is_temporary() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    reply(status, json!({"id": id, "error": e.to_string()}))
+}
+
+/// The answer for broadcast `id` (its value `value`), from this node alone: a broadcast is held, and its outcome
+/// kept, by the node that accepted it.
+fn broadcast_answer(book: &StatusBook, id: &str, value: u128) -> Answer {
+    match book.lookup_broadcast(value) {
+        Ok(Some(s)) => reply(
+            StatusCode::OK,
+            serde_json::to_value(&s).unwrap_or_else(|_| json!({})),
+        ),
+        Ok(None) => {
+            let error = if book.retention().is_zero() {
+                format!(
+                    "{id}: unknown: status lookups are off on this herald (outcome_retention = 0): it keeps no \
+                     outcome to look up"
+                )
+            } else {
+                format!(
+                    "{id}: unknown: no broadcast with this id is held here, nor its outcome kept: it was never \
+                     accepted by this herald (with the JetStream spool, by this node: ask the node that accepted \
+                     it), or it finished longer than outcome_retention ({} s) ago",
+                    book.retention().as_secs()
+                )
+            };
+            reply(
+                StatusCode::NOT_FOUND,
+                json!({"id": id, "found": "unknown", "error": error}),
+            )
+        }
+        Err(e) => unreadable(id, &e),
+    }
+}
+
+fn answer(book: &StatusBook, id: &str) -> Answer {
     let Some(key) = parse_id(id) else {
+        if let Some(value) = broadcast_id(id) {
+            return broadcast_answer(book, id, value);
+        }
         return reply(
             StatusCode::BAD_REQUEST,
-            json!({"id": id, "found": false, "error": format!("{id:?} is not a notification id (they look like 01/00-12345-0000002A)")}),
+            json!({"id": id, "found": false, "error": format!("{id:?} is not a notification id (they look like 01/00-12345-0000002A) nor a broadcast id (a UUID, as POST /api/v1/broadcast answered it)")}),
         );
     };
     let (found, error) = match book.lookup(&key) {
@@ -142,15 +195,7 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
                  where no node remembers it); ask again later"
             ),
         ),
-        // A store that cannot be read for now (being reopened after a failed write, a full disk) is the client's
-        // to ask again; an entry that does not decode will not read better later.
-        Err(e) => {
-            let status = match &e {
-                LookupError::Store(s) if s.is_temporary() => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            return reply(status, json!({"id": id, "error": e.to_string()}));
-        }
+        Err(e) => return unreadable(id, &e),
     };
     // Unknown or expired here: another node may hold it (see the module's notes on `expired`).
     Answer {

@@ -83,6 +83,74 @@ impl Status {
     }
 }
 
+/// A broadcast's state as the status API answers it (JSON: docs/openapi.yaml `BroadcastStatus`): the fields a
+/// notification's state has, but the device token, with `kind` and `channel_id`. A final one is also what the
+/// outcome store keeps (as this JSON) under the broadcast's [`broadcast_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastStatus {
+    /// The broadcast's id (its `apns-request-id`), as `POST /api/v1/broadcast` answered it.
+    pub id: String,
+    /// Always [`BroadcastStatus::KIND`]: what tells it from a notification's state.
+    pub kind: String,
+    /// `queued`, `in_flight`, `delivered` or `failed`.
+    pub state: String,
+    pub domain: String,
+    pub channel_id: String,
+    /// When herald accepted it, Unix seconds.
+    pub accepted_at: u64,
+    /// Attempts that ended in a transient failure so far.
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reason: Option<String>,
+    /// When the next attempt is due (queued after a transient failure), Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<u64>,
+    /// When it was delivered or failed for good, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
+    /// The `apns-request-id` APNs answered for a delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apns_id: Option<String>,
+    /// Why it failed for good: APNs' reason or herald's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// APNs' HTTP status for a failure it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+impl BroadcastStatus {
+    /// The `kind` of every broadcast's state.
+    pub const KIND: &str = "broadcast";
+}
+
+/// The run (first 8 bytes) of every broadcast's outcome key. No notification's key has it: theirs end in three zero
+/// bytes ([`super::key_of`]).
+const BROADCAST_RUN: [u8; 8] = *b"broadcst";
+
+/// The value of a broadcast id: text in a UUID's 36-character form (either case, as `apns_id` is taken), else
+/// `None`.
+pub fn broadcast_id(text: &str) -> Option<u128> {
+    herald_apns::push::validate_apns_id(text).ok()?;
+    uuid::Uuid::try_parse(text).ok().map(|u| u.as_u128())
+}
+
+/// The outcome store key of broadcast `id` ([`broadcast_id`]): [`BROADCAST_RUN`], then the id's 128 bits folded
+/// into 64 (a fixed function: stored keys must be found again by later versions). Two ids can share a key; a
+/// lookup checks the id the stored outcome names.
+pub fn broadcast_key(id: u128) -> OutcomeKey {
+    let (high, low) = ((id >> 64) as u64, id as u64);
+    // splitmix64's finalizer on the high half: ids that differ in one half only never share a key.
+    let mut z = high.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&BROADCAST_RUN);
+    key[8..].copy_from_slice(&(z ^ low).to_be_bytes());
+    key
+}
+
 /// Where a notification is, as the book keeps it in memory.
 #[derive(Debug, Clone)]
 enum Phase {
@@ -198,6 +266,8 @@ pub enum LookupError {
     Store(#[from] SpoolError),
     #[error("a stored outcome cannot be read: {0}")]
     Corrupt(#[from] codec::DecodeError),
+    #[error("a stored broadcast outcome cannot be read: {0}")]
+    CorruptBroadcast(String),
 }
 
 /// Figures for `/metrics` and the console.
@@ -236,6 +306,8 @@ pub struct StatusBook {
     /// ([`super::in_stream`]); kept only once [`StatusBook::follow_the_stream`] was called.
     in_stream: Vec<Mutex<InStream<Entry>>>,
     on_stream: AtomicBool,
+    /// The broadcaster sharing the store, looked at first for a broadcast id ([`StatusBook::attach_broadcasts`]).
+    broadcasts: std::sync::OnceLock<std::sync::Weak<crate::broadcasts::Broadcaster>>,
 }
 
 impl StatusBook {
@@ -259,6 +331,7 @@ impl StatusBook {
                 .map(|_| Mutex::new(InStream::new(DEAL.shards as usize)))
                 .collect(),
             on_stream: AtomicBool::new(false),
+            broadcasts: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&book);
         let spawned = std::thread::Builder::new()
@@ -355,6 +428,41 @@ impl StatusBook {
             return Ok(Found::InStream(Box::new(e.status(key)?)));
         }
         Ok(stored)
+    }
+
+    /// Gives broadcast lookups the broadcaster that shares this book's store: a broadcast it holds (queued, in
+    /// flight, or finished with its outcome not yet stored) is found there. Kept weakly; the first one given stays.
+    pub fn attach_broadcasts(&self, broadcaster: &Arc<crate::broadcasts::Broadcaster>) {
+        let _ = self.broadcasts.set(Arc::downgrade(broadcaster));
+    }
+
+    /// The state of broadcast `id` ([`broadcast_id`]): while its broadcaster holds it, or holds its final outcome
+    /// until the store has it, from there ([`StatusBook::attach_broadcasts`]); then its outcome as stored. `None`
+    /// for an id no broadcast has here: never accepted by this herald (on the JetStream spool, by this node), or
+    /// finished longer than `outcome_retention` ago; always `None` with `outcome_retention = 0` (lookups are off).
+    /// Unknown and expired are not told apart: a broadcast's key keeps no order that a pruning mark could pass.
+    pub fn lookup_broadcast(&self, id: u128) -> Result<Option<BroadcastStatus>, LookupError> {
+        if self.retention.is_zero() {
+            return Ok(None);
+        }
+        // The broadcaster hands a final outcome to its writer before the broadcast leaves its memory, and the
+        // writer lets go of it only once it is stored: read in this order, a broadcast is always found.
+        if let Some(s) = self
+            .broadcasts
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .and_then(|b| b.held_status(id))
+        {
+            return Ok(Some(s));
+        }
+        match self.store.lookup(&broadcast_key(id))? {
+            Lookup::Found(bytes) => {
+                let s: BroadcastStatus = serde_json::from_slice(&bytes)
+                    .map_err(|e| LookupError::CorruptBroadcast(e.to_string()))?;
+                Ok((broadcast_id(&s.id) == Some(id)).then_some(s))
+            }
+            Lookup::Expired | Lookup::Unknown => Ok(None),
+        }
     }
 
     pub fn stats(&self) -> BookStats {
@@ -696,6 +804,76 @@ mod tests {
     use super::*;
     use crate::outcomes::fixtures::{delivered, notification};
     use crate::queue::message::IdGenerator;
+
+    /// A broadcast id is a UUID in its 36-character form, either case; its outcome key is never a notification's
+    /// (whatever its node, run and counter), the same for both cases, and differs for ids that differ in either half.
+    #[test]
+    fn broadcast_keys_are_their_own() {
+        let id = "5b6f7c3e-1d2a-4b8c-9e0f-a1b2c3d4e5f6";
+        let value = broadcast_id(id).unwrap();
+        assert_eq!(broadcast_id(&id.to_ascii_uppercase()), Some(value));
+        for bad in [
+            "",
+            "5b6f7c3e1d2a4b8c9e0fa1b2c3d4e5f6",
+            "{5b6f7c3e-1d2a-4b8c-9e0f-a1b2c3d4e5f6}",
+            "5b6f7c3e-1d2a-4b8c-9e0f-a1b2c3d4e5fg",
+            "01/00-12345-0000002A",
+        ] {
+            assert_eq!(broadcast_id(bad), None, "{bad}");
+        }
+        let key = broadcast_key(value);
+        let ids = IdGenerator::new(0);
+        for node in [0u8, 7, 255] {
+            let n = crate::queue::message::MessageId::from_parts(node, ids.epoch_ms(), u64::MAX);
+            assert_ne!(key[..8], super::super::key_of(n)[..8]);
+        }
+        let high = 1u128 << 64;
+        assert_ne!(broadcast_key(value), broadcast_key(value ^ 1));
+        assert_ne!(broadcast_key(value), broadcast_key(value ^ high));
+    }
+
+    fn store_put(book: &StatusBook, key: OutcomeKey, record: &[u8]) {
+        book.store()
+            .put(&[(key, unix_now() * 1000, record)])
+            .unwrap();
+    }
+
+    /// With `outcome_retention = 0` no broadcast is looked up (status lookups are off), even one whose outcome is in
+    /// the store.
+    #[test]
+    fn no_broadcast_is_looked_up_with_a_retention_of_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let id = "5b6f7c3e-1d2a-4b8c-9e0f-a1b2c3d4e5f6";
+        let value = broadcast_id(id).unwrap();
+        let status = BroadcastStatus {
+            id: id.into(),
+            kind: BroadcastStatus::KIND.into(),
+            state: "delivered".into(),
+            domain: "d.example".into(),
+            channel_id: "dHN0LXNyY2gtY2hubA==".into(),
+            accepted_at: 1,
+            attempts: 0,
+            last_reason: None,
+            next_attempt_at: None,
+            finished_at: Some(2),
+            apns_id: Some(id.into()),
+            reason: None,
+            status: None,
+        };
+        let record = serde_json::to_vec(&status).unwrap();
+        store
+            .put(&[(broadcast_key(value), unix_now() * 1000, record.as_slice())])
+            .unwrap();
+        let book = StatusBook::new(store.clone(), Duration::from_secs(3600), 1_000_000);
+        assert_eq!(book.lookup_broadcast(value).unwrap(), Some(status));
+        let off = StatusBook::new(store.clone(), Duration::ZERO, 1_000_000);
+        assert_eq!(off.lookup_broadcast(value).unwrap(), None);
+        // An outcome found under another id's key (two ids can share one) is not taken for that id's.
+        let other = broadcast_id("5b6f7c3e-1d2a-4b8c-9e0f-a1b2c3d4e5f7").unwrap();
+        store_put(&book, broadcast_key(other), &record);
+        assert_eq!(book.lookup_broadcast(other).unwrap(), None);
+    }
 
     /// Only APNs' answers that say the token is dead mark it invalid: binary status 5 (`Invalid token size`)
     /// and texts that merely contain a reason do not.
