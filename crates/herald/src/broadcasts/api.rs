@@ -106,8 +106,9 @@ async fn accept(broadcaster: &Arc<Broadcaster>, body: &[u8]) -> Response {
 
 const FIELDS: &str = "domain, channel_id, payload, priority, expiration and apns_id";
 
-/// The members of a JSON object in order, each value as the text sent (a key sent twice appears twice).
-struct Members<'a>(Vec<(String, &'a RawValue)>);
+/// The members of a JSON object in order, each value as the text sent (a key sent twice appears twice): how the
+/// broadcast and channel routes find a field given twice.
+pub(crate) struct Members<'a>(pub(crate) Vec<(String, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

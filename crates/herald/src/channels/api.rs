@@ -12,11 +12,11 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use herald_apns::broadcast::{ChannelId, StoragePolicy};
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{ChannelError, ChannelManager};
+use crate::broadcasts::api::Members;
 use crate::inbound::rest::error::without_bom;
 use crate::inbound::rest::server::read_request_body;
 
@@ -159,29 +159,6 @@ fn encode(id: &str) -> String {
     out
 }
 
-/// The members of a JSON object in the order sent, a key sent twice appearing twice.
-struct Members(Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Members {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = Members;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
-                let mut members = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    members.push((key, map.next_value()?));
-                }
-                Ok(Members(members))
-            }
-        }
-        deserializer.deserialize_map(MembersVisitor)
-    }
-}
-
 /// What a create asks for.
 struct CreateRequest {
     domain: String,
@@ -202,12 +179,20 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
     if !raw.get().starts_with('{') {
         return Err(BadRequest::new("the body must be a JSON object", None));
     }
-    let Members(members) = serde_json::from_str(raw.get()).map_err(|e| {
+    let Members(raw_members) = serde_json::from_str(raw.get()).map_err(|e| {
         BadRequest::new(
             format!("invalid JSON: {e}; the body must be a JSON object"),
             None,
         )
     })?;
+    // Each value was parsed as JSON with the body: read again as a value, it cannot fail.
+    let members: Vec<(String, Value)> = raw_members
+        .into_iter()
+        .map(|(key, value)| {
+            let value = serde_json::from_str(value.get()).unwrap_or(Value::Null);
+            (key, value)
+        })
+        .collect();
     // The domain as the request names it, for every error that follows (none when it is named twice).
     let mut domains = members.iter().filter(|(key, _)| key == "domain");
     let named = match (domains.next(), domains.next()) {
