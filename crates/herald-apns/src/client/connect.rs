@@ -120,8 +120,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let fut = async {
-        let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
+    let secs = timeout.as_secs();
+    let host = endpoint.host.trim_start_matches('[').trim_end_matches(']');
+    let connected = async {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, endpoint.port))
             .await
             .map_err(|source| ConnectionError::Resolve {
@@ -169,26 +170,67 @@ where
                 });
             }
         };
-        // Nagle would hold small frames back; both protocols batch their own writes.
-        let _ = tcp.set_nodelay(true);
-        set_liveness(&tcp);
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|_| ConnectionError::ServerName(endpoint.host.clone()))?;
-        let tls_stream = TlsConnector::from(tls)
-            .connect(name, wrap(tcp))
+        Ok((tcp, remote))
+    };
+    let (tcp, remote) = tokio::time::timeout_at(deadline, connected)
+        .await
+        .map_err(|_| ConnectionError::Timeout {
+            host: endpoint.host.clone(),
+            secs,
+        })??;
+    // Nagle would hold small frames back; both protocols batch their own writes.
+    let _ = tcp.set_nodelay(true);
+    set_liveness(&tcp);
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| ConnectionError::ServerName(endpoint.host.clone()))?;
+    // What is left of the connect timeout: a server that takes the TCP connection and never completes TLS is told
+    // apart from one that cannot be reached.
+    let tls_stream =
+        tokio::time::timeout_at(deadline, TlsConnector::from(tls).connect(name, wrap(tcp)))
             .await
+            .map_err(|_| ConnectionError::TlsTimeout {
+                host: endpoint.host.clone(),
+                secs,
+            })?
             .map_err(|source| ConnectionError::Tls {
                 host: endpoint.host.clone(),
                 source,
             })?;
-        Ok((tls_stream, remote))
-    };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(ConnectionError::Timeout {
-            host: endpoint.host.clone(),
-            secs: timeout.as_secs(),
+    Ok((tls_stream, remote))
+}
+
+/// Whether the TLS handshake of `tls` agreed on ALPN `h2` (`Ok(true)`) or on no protocol (`Ok(false)`: the server
+/// may still speak HTTP/2 by prior knowledge); a server that chose another protocol (`http/1.1`) does not speak
+/// HTTP/2, and `host` names it in the error.
+pub fn alpn_h2<S>(tls: &TlsStream<S>, host: &str) -> Result<bool, ConnectionError> {
+    match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Ok(true),
+        None => Ok(false),
+        Some(other) => Err(ConnectionError::NotHttp2 {
+            host: host.to_owned(),
+            detail: format!(
+                "it chose the ALPN protocol {:?}, not h2",
+                String::from_utf8_lossy(other)
+            ),
         }),
+    }
+}
+
+/// A failed HTTP/2 handshake with a server that agreed on no ALPN protocol (herald offers `h2`): a server that
+/// answers the connection preface with something other than HTTP/2 is one that does not speak it, and is
+/// reported so. Timeouts and TLS failures are left as they are.
+pub fn without_alpn(error: ConnectionError, host: &str) -> ConnectionError {
+    let why = match error {
+        ConnectionError::NotHttp2 { detail, .. } => detail,
+        ConnectionError::Handshake { source, .. } => {
+            format!("its answer to the HTTP/2 connection preface is not HTTP/2 ({source})")
+        }
+        ConnectionError::Preface { detail, .. } => detail,
+        other => return other,
+    };
+    ConnectionError::NotHttp2 {
+        host: host.to_owned(),
+        detail: format!("it agreed on no ALPN protocol (herald offers h2), and {why}"),
     }
 }
 
@@ -374,6 +416,64 @@ mod tests {
         assert!(matches!(
             connect_any(&[], tokio::time::Instant::now(), |_| async { Ok(()) }).await,
             Err(None)
+        ));
+    }
+
+    /// A server that accepts the TCP connection and never answers the TLS handshake: the attempt times out, and
+    /// says it was the TLS handshake that did, not the connection.
+    #[tokio::test]
+    async fn a_server_that_never_completes_tls_is_a_tls_handshake_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (held_tx, held) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            // Held open, unanswered, until the test has its error.
+            let (sock, _) = listener.accept().await.unwrap();
+            let _ = held.await;
+            drop(sock);
+        });
+        let tls = crate::identity::client_config(None, crate::identity::RootSource::NoVerify, true)
+            .unwrap();
+        let e = connect_tls(
+            &Endpoint::new("127.0.0.1", port),
+            tls,
+            Duration::from_millis(300),
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
+        let _ = held_tx.send(());
+        assert!(
+            matches!(&e, ConnectionError::TlsTimeout { host, .. } if host == "127.0.0.1"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("TLS handshake with 127.0.0.1 timed out"),
+            "{e}"
+        );
+    }
+
+    /// The ALPN protocol a TLS handshake agreed on: `h2`, none (prior knowledge may still work), or another one,
+    /// which means the server does not speak HTTP/2; a failed HTTP/2 handshake without ALPN says so too.
+    #[test]
+    fn a_server_without_h2_is_named_as_not_speaking_http2() {
+        let preface = ConnectionError::Preface {
+            host: "h".to_owned(),
+            detail: "the server's first frame is not SETTINGS".to_owned(),
+        };
+        assert_eq!(
+            without_alpn(preface, "h").to_string(),
+            "h does not speak HTTP/2: it agreed on no ALPN protocol (herald offers h2), and the server's first \
+             frame is not SETTINGS"
+        );
+        let timeout = ConnectionError::Timeout {
+            host: "h".to_owned(),
+            secs: 10,
+        };
+        assert!(matches!(
+            without_alpn(timeout, "h"),
+            ConnectionError::Timeout { .. }
         ));
     }
 }

@@ -9,11 +9,15 @@
 //! limit until a slot freed, its timers running). The response timeout counts from when a request's body was
 //! written; a stream that times out is cancelled (`RST_STREAM CANCEL`) before it is reported, and a deadline that
 //! passes is looked at once more first, so that an answer left unread while herald itself stalled is not taken for
-//! a timeout ([`super::stall`]). Answers are matched by
-//! stream, never by `apns-id`. After a GOAWAY no stream opens; streams the server did not process (refused, above
-//! the GOAWAY's last stream id, reset before the request was written in full, or lost with the connection before
-//! then) come back as [`PushResult::NotSent`], and a request written in full whose stream ends without an answer as
-//! [`PushResult::Unanswered`] (APNs may have processed it). A stream reset is an error of that stream alone and the
+//! a timeout ([`super::stall`]). Answers are matched by stream, never by `apns-id`. After a GOAWAY no stream opens:
+//! the connection stops taking work as soon as the GOAWAY's frame is read, however many streams it carries, and
+//! those the GOAWAY covers go on to their answers (until they have, the pool does not judge the connection,
+//! [`ConnectionState::awaits_covered_answers`]). Streams the server did not process (refused, above the GOAWAY's
+//! last stream id, reset before the request was written in full, or lost with the connection before then) come
+//! back as [`PushResult::NotSent`], and a request written in full whose stream ends without an answer as
+//! [`PushResult::Unanswered`] (APNs may have processed it). An answer with a status alone gets the reason
+//! `HTTP <status> without a reason`. A server that agreed on no ALPN protocol and then fails the HTTP/2 handshake
+//! is reported as not speaking HTTP/2 ([`ConnectionError::NotHttp2`]). A stream reset is an error of that stream alone and the
 //! connection goes on, unless [`MAX_RESETS_IN_A_ROW`] streams are reset without an answer in between. An idle connection
 //! is checked with PING, so a peer that vanished is found before a notification is trusted to it, and it closes
 //! after `idle_timeout`. A job taken when nothing has been heard from the peer for [`LIVENESS_THRESHOLD`] (no answer,
@@ -49,7 +53,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri};
 use tokio::sync::Semaphore;
 
-use super::connect::{Endpoint, connect_tls};
+use super::connect::{Endpoint, alpn_h2, connect_tls, without_alpn};
 use super::limit::AdaptiveLimit;
 use super::preface::{self, FrameWatch, GoAwaySeen};
 use super::stall::{self, Turns};
@@ -146,7 +150,16 @@ pub async fn open_starting_at<T: Send + 'static>(
     start_limit: Option<usize>,
 ) -> Result<Arc<ConnectionState>, ConnectionError> {
     let (tls, remote) = connect_tls(&opts.endpoint, opts.tls.clone(), opts.connect_timeout).await?;
-    let (send, ping, driver, watch) = handshake(tls, &opts).await?;
+    // A server that agreed on no ALPN protocol may still speak HTTP/2 (prior knowledge); one that fails the HTTP/2
+    // handshake then is reported as not speaking it.
+    let h2_agreed = alpn_h2(&tls, &opts.endpoint.host)?;
+    let (send, ping, driver, watch) = handshake(tls, &opts).await.map_err(|e| {
+        if h2_agreed {
+            e
+        } else {
+            without_alpn(e, &opts.endpoint.host)
+        }
+    })?;
     let authority: Authority = opts
         .endpoint
         .authority()
@@ -432,6 +445,27 @@ struct Held<T> {
     answered: bool,
 }
 
+/// A stream in flight: its work (boxed once, so the in-flight set moves a pointer) and its stream id, which a
+/// GOAWAY's last stream id is compared with ([`covers_any`]).
+struct InFlight<F> {
+    stream: u32,
+    work: Pin<Box<F>>,
+}
+
+impl<F: std::future::Future> std::future::Future for InFlight<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        self.work.as_mut().poll(cx)
+    }
+}
+
+/// Whether a stream of `in_flight` is one the server's GOAWAY (with `last_stream_id`) covers: one the server
+/// processes, whose answer may still come (RFC 9113 §6.8).
+fn covers_any<F>(in_flight: &FuturesUnordered<InFlight<F>>, last_stream_id: u32) -> bool {
+    in_flight.iter().any(|f| f.stream <= last_stream_id)
+}
+
 /// Whether `result` is an answer from the server to the request (a response of any status), as opposed to a stream
 /// that ended without one.
 fn is_answer(result: &PushResult) -> bool {
@@ -565,7 +599,19 @@ impl<T: Send + 'static> Dispatcher<T> {
                                 tracing::debug!(conn = self.info.id, error = %e, "connection ended");
                             }
                             self.driver = None;
+                            self.note_covered(&in_flight);
                             self.give_up(&mut taking, || self.ended_cause(ended.err().as_ref()));
+                        }
+                        // The server sent GOAWAY (its frame read just now, by the branch above): no stream opens any
+                        // more. Noticed here whatever the streams in flight (h2 would tell only when asked for room for
+                        // another, which a connection at its limit does not ask): the connection stops taking work at
+                        // once, so that the pool opens another for what waits, while the streams the GOAWAY covers go on
+                        // to their answers and those above it come back unsent.
+                        _ = poll_fn(|_| if self.watch.has_goaway() { Poll::Ready(()) } else { Poll::Pending }), if taking => {
+                            tracing::debug!(conn = self.info.id, in_flight = in_flight.len(),
+                                "GOAWAY from the server: the connection takes no more work");
+                            self.note_covered(&in_flight);
+                            self.give_up(&mut taking, || self.ended_cause(None));
                         }
                         Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                             // Every answer already in is handled in this turn, not one per turn of the loop.
@@ -746,6 +792,7 @@ impl<T: Send + 'static> Dispatcher<T> {
                             Ok(Err(_)) => self.close_ourselves(&mut taking),
                             Err(e) => {
                                 tracing::debug!(conn = self.info.id, error = %e, "connection no longer accepts streams");
+                                self.note_covered(&in_flight);
                                 self.give_up(&mut taking, || self.ended_cause(Some(&e)));
                             }
                         },
@@ -896,6 +943,17 @@ impl<T: Send + 'static> Dispatcher<T> {
         self.stop_taking(taking);
     }
 
+    /// Notes, before the fault a GOAWAY from the server causes is recorded, whether it covers streams still in
+    /// flight: the server processes those, and an accepted answer among them proves the connection, so the pool
+    /// judges the connection only once they have ended ([`ConnectionState::awaits_covered_answers`]).
+    fn note_covered<F>(&self, in_flight: &FuturesUnordered<InFlight<F>>) {
+        if let Some(goaway) = self.watch.goaway()
+            && covers_any(in_flight, goaway.last_stream_id)
+        {
+            self.state.set_awaits_covered_answers();
+        }
+    }
+
     /// What ended the connection, for its fault: the server's GOAWAY when it sent one, else `error`.
     fn ended_cause(&self, error: Option<&h2::Error>) -> String {
         match (self.watch.goaway(), error) {
@@ -927,7 +985,7 @@ impl<T: Send + 'static> Dispatcher<T> {
         token_used: TokenUsed,
         auth: Option<HeaderValue>,
         taking: &mut bool,
-    ) -> Option<Pin<Box<impl std::future::Future<Output = Answer<T>> + Send + use<T>>>> {
+    ) -> Option<InFlight<impl std::future::Future<Output = Answer<T>> + Send + use<T>>> {
         #[cfg(test)]
         let panic_in_stream = self.test_panic_at_launch();
         // The job stays in hand while h2 opens its stream: a panic there leaves it to be reported.
@@ -954,7 +1012,10 @@ impl<T: Send + 'static> Dispatcher<T> {
                     panic_in_stream,
                 };
                 // Boxed once here: the in-flight set then moves a pointer, not the whole exchange.
-                Some(Box::pin(caught(exchange, job.tag)))
+                Some(InFlight {
+                    stream: stream_id,
+                    work: Box::pin(caught(exchange, job.tag)),
+                })
             }
             // A value no header can carry is refused as APNs would, never sent without it.
             Err(rejection) => {
@@ -1827,6 +1888,13 @@ async fn read_answer(response: ResponseFuture) -> Result<PushResult, h2::Error> 
     let reason = fields
         .reason
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+    // An answer with a status alone (no body, or only blanks) still says what it was, in the logs and in a
+    // notification's last error.
+    let reason = if reason.is_empty() {
+        format!("HTTP {status} without a reason")
+    } else {
+        reason
+    };
     Ok(PushResult::Rejected(Rejection::Http {
         status,
         reason,
@@ -2910,8 +2978,7 @@ mod tests {
 
     /// A GOAWAY that leaves a stream open (its last stream id covers it): the connection takes no more work at once
     /// (the pool counts it as draining and opens another), opens no stream above it, and carries the open one to its
-    /// end (here the server never answers it: its response timeout), docs/apns-protocol.md#http2-connection. (h2
-    /// refuses new streams once the GOAWAY is in; the connection hears it at its next turn, a tick at most.)
+    /// end (here the server never answers it: its response timeout), docs/apns-protocol.md#http2-connection.
     #[tokio::test]
     async fn after_a_goaway_no_new_stream_opens_while_the_covered_ones_finish() {
         let opened = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -2965,6 +3032,196 @@ mod tests {
                 .is_some_and(|(_, why)| why.contains("GOAWAY")),
             "{:?}",
             conn.state.fault()
+        );
+    }
+
+    /// A GOAWAY that covers every stream (last stream id 2^31−1) while the connection carries all the streams the
+    /// server allows, so that it asks h2 for no room for another: the connection still stops taking work as soon
+    /// as the GOAWAY is read, long before any of its streams could end, so that the pool opens another for what
+    /// waits; the streams go on to their answers, and, since they may still be accepted, the connection's verdict
+    /// waits for them (docs/apns-protocol.md#http2-connection, RFC 9113 §6.8).
+    #[tokio::test]
+    async fn a_goaway_at_the_stream_limit_stops_the_connection_taking_work_at_once() {
+        const TWO_STREAMS: &[(u16, u32)] = &[(0x3, 2)];
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut server = DrivenServer::start(listener, TWO_STREAMS);
+        // Response timeout and keep-alive far beyond the test: the streams end with their answers, and no timer of
+        // the connection's notices the GOAWAY for it.
+        let long = Duration::from_secs(3600);
+        let conn = test_conn_with(addr, test_opts(addr, long, long), [job(1), job(2)]).await;
+        let mut ended = Vec::new();
+        while ended.len() < 2 {
+            ended.push(server.until("both requests", ends_a_request).await.stream);
+        }
+        assert_eq!(ended, [1, 3]);
+        server.send(goaway(0x7fff_ffff, NO_ERROR));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !conn.state.is_draining() {
+            assert!(
+                Instant::now() < deadline,
+                "a GOAWAY read at the stream limit left the connection taking work"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            conn.state
+                .fault()
+                .is_some_and(|(_, why)| why == "GOAWAY NO_ERROR"),
+            "{:?}",
+            conn.state.fault()
+        );
+        assert!(conn.state.awaits_covered_answers());
+        assert_eq!(conn.state.in_flight(), 2, "a covered stream ended");
+        // Work that comes now waits for another connection.
+        conn.jobs.send(job(3)).await.unwrap();
+        let mut out = status(1, 0x88, true);
+        out.extend(status(3, 0x88, true));
+        server.send(out);
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        let mut results = conn.results.wait_for(2).await;
+        results.sort_by_key(|(tag, _)| *tag);
+        assert_eq!(results, [(1, delivered()), (2, delivered())]);
+        assert!(conn.state.is_proven());
+        assert_eq!(conn.jobs.len(), 1, "the job after the GOAWAY was taken");
+    }
+
+    /// A GOAWAY that covers no stream in flight (last stream id 0: nothing processed): the stream comes back unsent,
+    /// and nothing is left that could prove the connection, so its fault stands as it is.
+    #[tokio::test]
+    async fn a_goaway_that_covers_no_stream_in_flight_leaves_nothing_to_wait_for() {
+        let conn = scripted_conn(
+            &[],
+            |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+            vec![job(1)],
+            |kind, _, _, _| match kind {
+                HEADERS => goaway(0, NO_ERROR),
+                _ => Vec::new(),
+            },
+        )
+        .await;
+        assert_eq!(
+            conn.results.wait_for(1).await,
+            [(1, PushResult::NotSent(NotSentReason::Refused))]
+        );
+        tokio::time::timeout(Duration::from_secs(20), conn.run)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        assert!(
+            conn.state
+                .fault()
+                .is_some_and(|(_, why)| why.contains("GOAWAY"))
+        );
+        assert!(!conn.state.awaits_covered_answers() && !conn.state.is_proven());
+    }
+
+    /// Answers that carry a status and nothing else (no body, an empty one, or blanks) are rejections that say
+    /// which status they had, so that a notification's last error is never empty.
+    #[tokio::test]
+    async fn an_answer_without_a_body_names_its_status() {
+        for (code, body) in [
+            (&b"500"[..], None),
+            (b"500", Some(&b""[..])),
+            (b"503", Some(b" \r\n")),
+            (b"204", None),
+            (b"301", None),
+            (b"600", None),
+        ] {
+            let conn = scripted_conn(
+                &[],
+                |addr| test_opts(addr, Duration::from_secs(10), Duration::from_secs(30)),
+                vec![job(1)],
+                move |kind, flags, stream, _| match kind {
+                    DATA if flags & END_STREAM != 0 => {
+                        // `:status`: a literal with the static table's `:status` name (index 8).
+                        let mut head = vec![0x08, 3];
+                        head.extend_from_slice(code);
+                        match body {
+                            None => frame(HEADERS, END_HEADERS | END_STREAM, stream, &head),
+                            Some(body) => {
+                                let mut out = frame(HEADERS, END_HEADERS, stream, &head);
+                                out.extend(frame(DATA, END_STREAM, stream, body));
+                                out
+                            }
+                        }
+                    }
+                    _ => Vec::new(),
+                },
+            )
+            .await;
+            let status: u16 = std::str::from_utf8(code).unwrap().parse().unwrap();
+            assert_eq!(
+                conn.results.wait_for(1).await,
+                [(
+                    1,
+                    PushResult::Rejected(Rejection::Http {
+                        status,
+                        reason: format!("HTTP {status} without a reason"),
+                        timestamp_ms: None,
+                    })
+                )]
+            );
+            conn.run.abort();
+        }
+    }
+
+    /// A self-signed certificate for 127.0.0.1 and its key, for test servers (the client does not verify).
+    fn test_server_tls(alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// A server that speaks HTTP/1.1 only, over TLS without ALPN: the connection attempt fails, saying the server
+    /// does not speak HTTP/2 (not a frame-size error from reading its HTTP/1 answer as frames).
+    #[tokio::test]
+    async fn a_server_that_answers_in_http1_does_not_speak_http2() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(test_server_tls(&[]));
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(sock).await.unwrap();
+            let mut request = [0u8; 24];
+            tls.read_exact(&mut request).await.unwrap();
+            tls.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            let _ = tls.shutdown().await;
+        });
+        let (_jobs_tx, jobs) = async_channel::unbounded::<Job<u32>>();
+        let opts = Arc::new(test_opts(
+            addr,
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+        ));
+        let e = open(opts, 1, jobs, Arc::new(Results::default()))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(e, ConnectionError::NotHttp2 { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "127.0.0.1 does not speak HTTP/2: it agreed on no ALPN protocol (herald offers h2), and it answered \
+             the HTTP/2 connection preface in HTTP/1"
         );
     }
 

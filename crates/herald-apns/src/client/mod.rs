@@ -224,6 +224,9 @@ pub struct ConnectionState {
     fault_after_ms: AtomicU64,
     /// What that fault was.
     fault: Mutex<Option<String>>,
+    /// Streams a GOAWAY from the server covers were in flight at the fault (see
+    /// [`ConnectionState::awaits_covered_answers`]).
+    awaits_covered: AtomicBool,
 }
 
 impl Default for ConnectionState {
@@ -240,6 +243,7 @@ impl Default for ConnectionState {
             proven: AtomicBool::new(false),
             fault_after_ms: AtomicU64::new(0),
             fault: Mutex::new(None),
+            awaits_covered: AtomicBool::new(false),
         }
     }
 }
@@ -337,7 +341,9 @@ impl ConnectionState {
     /// network (a GOAWAY, the connection lost, `ExpiredProviderToken`, `503 Shutdown`,
     /// `429 TooManyProviderTokenUpdates`, streams reset one after another, a PING unanswered), if it did; an idle
     /// close, a drain the pool asked for or a closed queue is no fault. The pool counts a young
-    /// connection's fault as a failed connection attempt (docs/apns-protocol.md#http2-connection).
+    /// connection's fault as a failed connection attempt unless APNs accepts a notification on it, waiting for the
+    /// answers of the streams a GOAWAY covers first ([`ConnectionState::awaits_covered_answers`],
+    /// docs/apns-protocol.md#http2-connection).
     pub fn fault(&self) -> Option<(Duration, String)> {
         let after = self.fault_after_ms.load(Ordering::Acquire);
         if after == 0 {
@@ -345,6 +351,16 @@ impl ConnectionState {
         }
         let why = lock(&self.fault).clone().unwrap_or_default();
         Some((Duration::from_millis(after - 1), why))
+    }
+    /// True when the connection's fault was a GOAWAY from the server while streams its last stream id covers
+    /// were in flight: the server processes those, and an accepted one proves the connection, so whether the
+    /// connection failed is known only once they have ended (the connection has closed). Set before the fault,
+    /// so read after [`ConnectionState::fault`] it is never behind it.
+    pub fn awaits_covered_answers(&self) -> bool {
+        self.awaits_covered.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_awaits_covered_answers(&self) {
+        self.awaits_covered.store(true, Ordering::Relaxed);
     }
     /// Records the connection's first fault (later ones are consequences of it).
     pub(crate) fn set_fault(&self, why: impl FnOnce() -> String) {
@@ -394,6 +410,16 @@ pub enum ConnectionError {
     Preface { host: String, detail: String },
     #[error("connection to {host} timed out after {secs} s")]
     Timeout { host: String, secs: u64 },
+    /// The server accepted the TCP connection but did not complete the TLS handshake within the connect timeout.
+    #[error(
+        "TLS handshake with {host} timed out ({secs} s connect timeout): the server accepted the TCP connection \
+         but did not complete the handshake"
+    )]
+    TlsTimeout { host: String, secs: u64 },
+    /// The server does not speak HTTP/2: it chose another ALPN protocol than `h2`, or chose none and did not
+    /// answer the HTTP/2 connection preface as HTTP/2 (an HTTP/1 answer, say).
+    #[error("{host} does not speak HTTP/2: {detail}")]
+    NotHttp2 { host: String, detail: String },
     /// A connection that opened and then stopped taking work through a fault within its first seconds, before
     /// APNs had accepted a notification on it ([`ConnectionState::fault`]): the pool counts it as a failed
     /// connection attempt (docs/apns-protocol.md#http2-connection).

@@ -12,7 +12,7 @@
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -67,7 +67,16 @@ where
             .map_err(|e| handshake_error(e, &preface, host()))?;
         poll_fn(|cx| {
             // Driving the connection reads what the server sent, the preface first.
-            if let Poll::Ready(ended) = Pin::new(&mut connection).poll(cx) {
+            let ended = Pin::new(&mut connection).poll(cx);
+            // An HTTP/1 server answers the client's preface with an HTTP/1 response, which h2 reads as a frame
+            // of an impossible size: what matters is that the server does not speak HTTP/2.
+            if preface.first_frame.load(Ordering::Acquire) == PREFACE_HTTP1 {
+                return Poll::Ready(Err(ConnectionError::NotHttp2 {
+                    host: host(),
+                    detail: "it answered the HTTP/2 connection preface in HTTP/1".to_owned(),
+                }));
+            }
+            if let Poll::Ready(ended) = ended {
                 return Poll::Ready(Err(match ended {
                     Err(e) => handshake_error(e, &preface, host()),
                     Ok(()) => ConnectionError::Preface {
@@ -102,6 +111,8 @@ const PREFACE_WAITING: u8 = 0;
 const PREFACE_SETTINGS: u8 = 1;
 /// [`FirstFrame`]: the server's first frame is something else, which breaks the protocol.
 const PREFACE_OTHER: u8 = 2;
+/// [`FirstFrame`]: the server's first bytes are an HTTP/1 response (`HTTP/`): it does not speak HTTP/2.
+const PREFACE_HTTP1: u8 = 3;
 
 /// What [`FirstFrame`] saw of the server's frames: its preface, and the last GOAWAY it sent.
 #[derive(Debug, Default)]
@@ -112,6 +123,8 @@ pub(crate) struct Preface {
     tls_error: std::sync::Mutex<Option<rustls::Error>>,
     /// The last GOAWAY frame the server sent.
     goaway: std::sync::Mutex<Option<GoAwaySeen>>,
+    /// Whether the server has sent a GOAWAY: read on every turn of a connection's task, without a lock.
+    goaway_seen: AtomicBool,
 }
 
 /// What the connection's reader saw: see [`Preface`].
@@ -134,6 +147,12 @@ impl Preface {
     /// The last GOAWAY the server sent, if it sent one.
     pub(crate) fn goaway(&self) -> Option<GoAwaySeen> {
         self.goaway.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Whether the server has sent a GOAWAY ([`Preface::goaway`] has it), known as soon as its frame has been
+    /// read: the connection learns of it whether or not it asks h2 for another stream.
+    pub(crate) fn has_goaway(&self) -> bool {
+        self.goaway_seen.load(Ordering::Acquire)
     }
 }
 
@@ -186,6 +205,8 @@ impl<S> FirstFrame<S> {
                     self.preface.first_frame.store(
                         if settings {
                             PREFACE_SETTINGS
+                        } else if self.head.starts_with(b"HTTP/") {
+                            PREFACE_HTTP1
                         } else {
                             PREFACE_OTHER
                         },
@@ -225,6 +246,7 @@ impl<S> FirstFrame<S> {
                         error_code: word(4),
                         debug: payload[8..].to_vec(),
                     });
+                    self.preface.goaway_seen.store(true, Ordering::Release);
                 }
             }
         }
@@ -404,6 +426,23 @@ mod tests {
                 ConnectionError::Handshake { .. } | ConnectionError::Preface { .. }
             ),
             "{e}"
+        );
+    }
+
+    /// A server that answers the connection preface in HTTP/1 (an HTTP/1.1-only server) does not speak HTTP/2,
+    /// and the error says so rather than what h2 makes of the answer read as frames (a frame of an impossible size).
+    #[tokio::test]
+    async fn a_server_answering_in_http1_does_not_speak_http2() {
+        let http1 = |mut sock: TcpStream| async move {
+            sock.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
+        let e = open_with(Duration::from_secs(5), http1).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "127.0.0.1 does not speak HTTP/2: it answered the HTTP/2 connection preface in HTTP/1"
         );
     }
 

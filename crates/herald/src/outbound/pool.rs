@@ -20,9 +20,10 @@
 //! `ExpiredProviderToken` for a token the host's clock thinks young, `503 Shutdown`,
 //! `429 TooManyProviderTokenUpdates`, streams reset one after another; on the binary protocol a
 //! connection closed before any answer (a certificate for the other environment is refused right after the TLS
-//! handshake), a transient error packet before anything was processed, a stalled write. Opening alone does not end
-//! a run of failures, so a server that takes connections and refuses all work on them gets backoff, not a
-//! reconnect per notification. A notification answered `503 Shutdown` or `429 TooManyProviderTokenUpdates` (answers
+//! handshake), a transient error packet before anything was processed, a stalled write. A GOAWAY that covers streams
+//! in flight leaves them to be answered, and the connection is judged only once they have ended: an accepted one
+//! among them proves it. Opening alone does not end a run of failures, so a server that takes connections and
+//! refuses all work on them gets backoff, not a reconnect per notification. A notification answered `503 Shutdown` or `429 TooManyProviderTokenUpdates` (answers
 //! about the connection, which takes no more work after them) comes back unsent once, for another connection
 //! ([`HandBackOnce`]).
 //! When a `host` stanza caps the route's host, every connection also takes a slot of that host's budget, shared
@@ -209,17 +210,26 @@ impl Pool {
     }
 
     /// Settles the attempts of young connections: one that carried an accepted notification, or lived
-    /// [`PROBATION`], ends the run of failed attempts; one that stopped on a fault sooner is a failed attempt.
+    /// [`PROBATION`], ends the run of failed attempts; one that stopped on a fault sooner is a failed attempt. A
+    /// GOAWAY that covers streams in flight leaves them to be answered, and an accepted one proves the connection:
+    /// such a connection is judged once it has closed, all its streams ended.
     fn judge_young(&mut self) {
         let mut i = 0;
         while i < self.young.len() {
             let c = &self.young[i];
+            // Read first: all a closed connection did (its answers, its fault) is seen after it.
+            let closed = c.is_closed();
             let fault = c.fault();
             let failed = match &fault {
                 _ if c.is_proven() => Some(false),
+                // Read after the fault, which it is set before: never behind it.
+                Some(_) if c.awaits_covered_answers() && !closed => {
+                    i += 1;
+                    continue;
+                }
                 Some((after, _)) => Some(*after < PROBATION),
                 // Closed without a fault (idle, drained by the pool): it says nothing either way.
-                None if c.is_closed() => None,
+                None if closed => None,
                 None if c.age() >= PROBATION => Some(false),
                 None => {
                     i += 1;
@@ -716,6 +726,128 @@ mod tests {
             room_to_grow([unlimited, load(usize::MAX, 0)].into_iter(), 3),
             Some(usize::MAX)
         );
+    }
+
+    /// A young connection whose server sends GOAWAY right after the first request and then accepts the stream its
+    /// GOAWAY covers (`herald sim` with `goaway_every` 1, each answer a second late) is no failed connection
+    /// attempt: the pool waits for the covered stream before it judges the connection, so the GOAWAY costs no
+    /// backoff (docs/apns-protocol.md#http2-connection). A GOAWAY that covers nothing (the simulator's
+    /// `goaway_first_request`) is judged at once, a failed attempt as before.
+    #[tokio::test]
+    async fn a_young_connection_whose_covered_stream_is_accepted_after_its_goaway_has_not_failed() {
+        use crate::model::message::{MessageId, Notification};
+        use herald_apns::client::PushRequest;
+        use herald_apns::client::connect::Endpoint;
+        use herald_apns::identity::{ClientIdentity, RootSource, client_config};
+        use herald_sim::{CertVariant, Pki, SimConfig, Simulator};
+
+        const TOPIC: &str = "com.example.app";
+        struct Events;
+        impl PoolEvents for Events {
+            fn connected(&self, _: u64, _: ConnectResult) {}
+        }
+        struct Sink(tokio::sync::mpsc::UnboundedSender<PushResult>);
+        impl OutcomeSink<Box<Queued>> for Sink {
+            fn report(&self, _: Box<Queued>, result: PushResult, _: &ConnectionInfo) {
+                let _ = self.0.send(result);
+            }
+        }
+        async fn wait_until(what: &str, done: impl Fn() -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !done() {
+                assert!(Instant::now() < deadline, "{what} within 20 s");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let job = || PoolJob {
+            request: PushRequest {
+                token: herald_apns::token_hex::DeviceToken::from_hex(&"ab".repeat(32)).unwrap(),
+                topic: Some(Arc::from(TOPIC)),
+                push_type: None,
+                priority: None,
+                expiration: None,
+                collapse_id: None,
+                apns_id: None,
+                payload: bytes::Bytes::from_static(br#"{"aps":{}}"#),
+            },
+            tag: Queued::new(Notification {
+                id: MessageId::NONE,
+                batch_id: MessageId::NONE,
+                conn_id: MessageId::NONE,
+                domain: Arc::from("pool.example"),
+                binding: Arc::from("default"),
+                push: PushRequest {
+                    token: herald_apns::token_hex::DeviceToken::from_hex(&"ab".repeat(32)).unwrap(),
+                    topic: None,
+                    push_type: None,
+                    priority: None,
+                    expiration: None,
+                    collapse_id: None,
+                    apns_id: None,
+                    payload: bytes::Bytes::new(),
+                },
+                sender: Arc::from(""),
+                recipient_given: None,
+                received_at: 0,
+            }),
+        };
+        for covering in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+            let mut config = SimConfig::from_pki(&pki.manifest).unwrap();
+            if covering {
+                config.scenario.goaway_every = Some(1);
+                config.scenario.latency_ms = 1000;
+            } else {
+                config.scenario.goaway_first_request = true;
+            }
+            let sim = Simulator::start(config).await.unwrap();
+            let h2 = sim.addrs.h2;
+            let files = pki.client(TOPIC, CertVariant::Universal).unwrap();
+            let identity = ClientIdentity::from_pem_files(&files.cert, Some(&files.key)).unwrap();
+            let mut settings = DeliverySettings::for_tests("pool.example", h2.port());
+            settings.endpoint = Endpoint::new(h2.ip().to_string(), h2.port());
+            settings.tls = client_config(
+                Some(&identity),
+                RootSource::CaFile(pki.manifest.ca_cert.clone()),
+                true,
+            )
+            .unwrap();
+            settings.response_timeout = Duration::from_secs(10);
+            let (tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+            let mut pool = Pool::new(Arc::new(settings), 0, Arc::new(Sink(tx)), Arc::new(Events));
+            // The attempt, as `open_one` makes it, reported to the pool directly.
+            pool.connecting += 1;
+            let opened =
+                http2::open(pool.h2.clone(), 1, pool.jobs_rx.clone(), pool.sink.clone()).await;
+            let state = opened.as_ref().unwrap().clone();
+            assert_eq!(pool.on_connected(0, opened), ConnectOutcome::Opened);
+            pool.submit(job());
+            // The pool looks at the connection as soon as its GOAWAY is known, and again once it has closed.
+            wait_until("the GOAWAY", || state.fault().is_some()).await;
+            pool.prune();
+            let result = tokio::time::timeout(Duration::from_secs(20), results.recv())
+                .await
+                .expect("the notification's result")
+                .unwrap();
+            wait_until("the connection closed", || state.is_closed()).await;
+            pool.prune();
+            assert!(pool.young.is_empty(), "the connection was not judged");
+            if covering {
+                assert!(matches!(result, PushResult::Delivered { .. }), "{result:?}");
+                assert_eq!(pool.consecutive_failures, 0, "{:?}", pool.last_error());
+                assert!(pool.last_error().is_none(), "{:?}", pool.last_error());
+            } else {
+                assert_eq!(result, PushResult::NotSent(NotSentReason::Refused));
+                assert_eq!(pool.consecutive_failures, 1);
+                assert!(
+                    pool.last_error()
+                        .is_some_and(|e| e.contains("before APNs accepted a notification")),
+                    "{:?}",
+                    pool.last_error()
+                );
+            }
+        }
     }
 
     /// A connection attempt whose task panics is reported to the owner as a failed attempt naming the panic: the
