@@ -10,14 +10,15 @@
 //! An id this node's book calls expired is asked too: the book says expired for an id not stored and at or below
 //! the highest number pruned from its run, but on the JetStream spool any node stores outcomes of another node's
 //! run, so that mark can pass an id this node never held and another node still holds (queued, retried, or
-//! finished later). It is answered expired only when no other node holds it.
+//! finished later). It is answered expired only when no other node holds it. An id unknown here is answered expired
+//! when no node holds it and another node's book takes it for expired (that node delivered it and pruned its
+//! outcome).
 //!
 //! A broadcast's id (the UUID `POST /api/v1/broadcast` answered) is looked up the same way, and answered with its
 //! state ([`super::book::BroadcastStatus`], `"kind": "broadcast"`) from the node that accepted it: other nodes are
 //! not asked. One no broadcast has here is `404` `unknown` (never accepted here, or finished longer than
 //! `outcome_retention` ago: the two are not told apart for broadcasts).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -32,7 +33,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::book::{Found, LookupError, Status, StatusBook, broadcast_id};
-use super::{parse_id, peers};
+use super::parse_id;
+use super::peers::{self, PeerAnswers};
 use crate::inbound::rest::error::{NOT_AN_OBJECT, json_but_not_an_object, without_bom};
 use crate::inbound::rest::server::read_request_body;
 
@@ -83,16 +85,28 @@ struct Answer {
     /// What this node remembers having put in the stream ([`Found::InStream`]): the answer unless another node
     /// says more ([`peers::settle`]).
     in_stream: Option<Box<Status>>,
+    /// For an id unknown here, the `404` `expired` answer, given when no node holds a state for it and another
+    /// node's book takes it for expired (that node delivered it, and pruned its outcome).
+    expired_elsewhere: Option<serde_json::Value>,
 }
 
 impl Answer {
     /// The answer once the other nodes said what they know (`from_peers`).
-    fn settled(self, from_peers: &HashMap<OutcomeKey, Status>) -> (StatusCode, serde_json::Value) {
-        let peer = self.ask.and_then(|key| from_peers.get(&key));
+    fn settled(self, from_peers: &PeerAnswers) -> (StatusCode, serde_json::Value) {
+        let peer = self.ask.and_then(|key| from_peers.found.get(&key));
         match (self.in_stream, peer) {
             (Some(local), peer) => (StatusCode::OK, status_body(&peers::settle(*local, peer))),
             (None, Some(s)) => (StatusCode::OK, status_body(s)),
-            (None, None) => (self.status, self.body),
+            (None, None) => match self.expired_elsewhere {
+                Some(body)
+                    if self
+                        .ask
+                        .is_some_and(|key| from_peers.expired.contains(&key)) =>
+                {
+                    (StatusCode::NOT_FOUND, body)
+                }
+                _ => (self.status, self.body),
+            },
         }
     }
 }
@@ -108,7 +122,20 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Answer {
         body,
         ask: None,
         in_stream: None,
+        expired_elsewhere: None,
     }
+}
+
+/// The `404` body of an id whose outcome is gone, past `outcome_retention`.
+fn expired_body(book: &StatusBook, id: &str) -> serde_json::Value {
+    json!({
+        "id": id,
+        "found": "expired",
+        "error": format!(
+            "{id}: expired: its outcome was kept for outcome_retention ({} s) and is gone",
+            book.retention().as_secs()
+        ),
+    })
 }
 
 /// The answer for a store that could not be read: the client's to ask again when it cannot be read for now (being
@@ -170,15 +197,16 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
                 body: serde_json::Value::Null,
                 ask: Some(key),
                 in_stream: Some(s),
+                expired_elsewhere: None,
             };
         }
-        Ok(Found::Expired) => (
-            "expired",
-            format!(
-                "{id}: expired: its outcome was kept for outcome_retention ({} s) and is gone",
-                book.retention().as_secs()
-            ),
-        ),
+        // Expired here: another node may hold it all the same (see the module's notes on `expired`).
+        Ok(Found::Expired) => {
+            return Answer {
+                ask: Some(key),
+                ..reply(StatusCode::NOT_FOUND, expired_body(book, id))
+            };
+        }
         // With `outcome_retention = 0` no outcome is kept: "ask again later" would have the client ask for good.
         Ok(Found::Unknown) if book.retention().is_zero() => (
             "unknown",
@@ -197,9 +225,10 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
         ),
         Err(e) => return unreadable(id, &e),
     };
-    // Unknown or expired here: another node may hold it (see the module's notes on `expired`).
+    // Unknown here: another node may hold it, or have delivered it and pruned its outcome.
     Answer {
         ask: Some(key),
+        expired_elsewhere: (!book.retention().is_zero()).then(|| expired_body(book, id)),
         ..reply(
             StatusCode::NOT_FOUND,
             json!({"id": id, "found": found, "error": error}),
@@ -208,10 +237,10 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
 }
 
 /// What the other nodes know of `ids`, ids this node's book holds no state for (one question for all of them).
-async fn ask_peers(state: &StatusState, ids: &[String]) -> HashMap<OutcomeKey, Status> {
+async fn ask_peers(state: &StatusState, ids: &[String]) -> PeerAnswers {
     match &state.peers {
-        Some(peers) if !ids.is_empty() => peers::ask(peers, ids).await,
-        _ => HashMap::new(),
+        Some(peers) if !ids.is_empty() => peers::ask_all(peers, ids).await,
+        _ => PeerAnswers::default(),
     }
 }
 
@@ -243,7 +272,7 @@ async fn one(State(state): State<StatusState>, Path(id): Path<String>) -> Respon
     };
     let from_peers = match local.ask {
         Some(_) => ask_peers(&state, &[id.to_owned()]).await,
-        None => HashMap::new(),
+        None => PeerAnswers::default(),
     };
     let (status, body) = local.settled(&from_peers);
     let mut response = json(status, body);
@@ -632,6 +661,72 @@ mod tests {
         assert_eq!(
             (&not_found[0]["id"], &not_found[0]["found"]),
             (&json!(pruned.id.to_string()), &json!("expired"))
+        );
+    }
+
+    /// On the JetStream spool the node that delivered a notification keeps its outcome and prunes it after
+    /// `outcome_retention`: asked through another node, whose book never held it, the id is `404` `expired` too
+    /// (not `unknown`, which says to ask again later), in both forms of the lookup; an id no node knows stays
+    /// `unknown`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_id_another_node_pruned_is_expired_on_every_node() {
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let server = herald_testkit::nats::single(dir.path());
+        let url = server.url();
+        let (_spool_a, _pulled_a, book_a, _peers_a) = node(&url, &dir.path().join("a")).await;
+        let (_spool_b, _pulled_b, book_b, peers_b) = node(&url, &dir.path().join("b")).await;
+        // Node B's run; A delivered the notification and pruned its outcome.
+        let pruned = notification(IdGenerator::new(0x2A).next(), "status.example", 1);
+        book_a.queued(&pruned, 0);
+        book_a.outcome(&delivered(&pruned));
+        assert!(book_a.flush(Duration::from_secs(30)).await);
+        assert_eq!(book_a.store().prune(u64::MAX, u64::MAX).unwrap(), 1);
+        let unknown = IdGenerator::new(0x2B).next().to_string();
+        wait_for("node B to see node A", || peers_b.live_peers() == 1).await;
+        let base = serve(StatusState {
+            book: book_b,
+            peers: Some(peers_b),
+        })
+        .await;
+        let client = reqwest::Client::new();
+        let id = pruned.id.to_string();
+        let r = client
+            .get(format!("{base}/{}", id.replace('/', "%2F")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["found"], "expired", "{v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{id}: expired: ")),
+            "{v}"
+        );
+        let v: serde_json::Value = client
+            .post(format!("{base}/query"))
+            .json(&json!({"ids": [id, unknown]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let not_found: Vec<(&str, &str)> = v["not_found"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["id"].as_str().unwrap(), s["found"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            not_found,
+            [(id.as_str(), "expired"), (unknown.as_str(), "unknown")],
+            "{v}"
         );
     }
 

@@ -4,10 +4,13 @@
 //! nodes delivered later or still hold, see [`super::api`]).
 //!
 //! It owns the questions and answers of those lookups (JSON carried by [`PeerLookup`]): a question is
-//! `{"ids": ["01/2A-12345-0000002A", …]}`, an answer `{"found": [status, …]}` with the ids the answering node's book
-//! holds a state for, from that book only (a node never asks further, so questions cannot loop); and the merging of
-//! the answers ([`merge`]). A node asks at most [`PEER_WAIT`] per lookup; when no answer comes (NATS unreachable,
-//! nodes gone), the lookup answers as the book alone does.
+//! `{"ids": ["01/2A-12345-0000002A", …]}`, an answer `{"found": [status, …], "in_stream": [status, …], "expired":
+//! [id, …]}` with the ids the answering node's book holds a state for, and those it takes for expired (their
+//! outcomes pruned there), from that book only (a node never asks further, so questions cannot loop); and the
+//! merging of the answers ([`merge`]): a state any node holds wins, and an id no node holds a state for is expired
+//! when a node says so (the node that delivered a notification is the one that prunes its outcome), unknown
+//! otherwise. A node asks at most [`PEER_WAIT`] per lookup; when no answer comes (NATS unreachable, nodes gone),
+//! the lookup answers as the book alone does.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,6 +41,20 @@ struct Answer {
     /// of `found` that says as much (a node of an older herald sends none).
     #[serde(default)]
     in_stream: Vec<Status>,
+    /// The ids asked that the answering node's book takes for expired ([`Found::Expired`]; a node of an older
+    /// herald sends none).
+    #[serde(default)]
+    expired: Vec<String>,
+}
+
+/// What the other nodes said of the ids asked ([`ask_all`]).
+#[derive(Debug, Default)]
+pub struct PeerAnswers {
+    /// The states they hold, merged ([`merge`]).
+    pub found: HashMap<OutcomeKey, Status>,
+    /// The ids none of them holds a state for and one at least takes for expired: the outcome was kept for
+    /// `outcome_retention` and is gone.
+    pub expired: HashSet<OutcomeKey>,
 }
 
 /// Answers the other nodes' status questions from `book`, for as long as the returned handle lives (it asks them
@@ -49,25 +66,31 @@ pub fn serve(spool: &Arc<JetStreamSpool>, book: Arc<StatusBook>) -> Arc<PeerLook
 }
 
 /// The answer to another node's question: the states `book` holds for the ids asked (at most [`MAX_BATCH`]; a
-/// question that cannot be read gets an empty answer, so the asker does not wait for it), in at most `limit` bytes
-/// (the states that would not fit are left out: the asker takes them for unknown). It reads the outcome store for
-/// each id the book does not follow in memory, so it runs on the blocking pool, never on an async thread:
-/// [`PeerLookup`] calls it there.
+/// question that cannot be read gets an empty answer, so the asker does not wait for it), and the ids it takes for
+/// expired, in at most `limit` bytes (the states and ids that would not fit are left out: the asker takes them for
+/// unknown). It reads the outcome store for each id the book does not follow in memory, so it runs on the blocking
+/// pool, never on an async thread: [`PeerLookup`] calls it there.
 pub fn answer(book: &StatusBook, question: &[u8], limit: usize) -> Vec<u8> {
     let ids = serde_json::from_slice::<Question>(question)
         .map(|q| q.ids)
         .unwrap_or_default();
     let mut found = Vec::new();
     let mut in_stream = Vec::new();
-    // The closing of both lists, and the second list's name.
-    let mut size = "{\"found\":[],\"in_stream\":[]}".len();
-    for key in ids.iter().take(MAX_BATCH).filter_map(|id| parse_id(id)) {
-        let (list, status) = match book.lookup(&key) {
-            Ok(Found::Status(status)) => (&mut found, status),
-            Ok(Found::InStream(status)) => (&mut in_stream, status),
+    let mut expired = Vec::new();
+    // The closing of the lists, and the names of the second and third.
+    let mut size = "{\"found\":[],\"in_stream\":[],\"expired\":[]}".len();
+    for (id, key) in ids
+        .iter()
+        .take(MAX_BATCH)
+        .filter_map(|id| parse_id(id).map(|key| (id, key)))
+    {
+        let (list, json) = match book.lookup(&key) {
+            Ok(Found::Status(status)) => (&mut found, serde_json::to_vec(&*status)),
+            Ok(Found::InStream(status)) => (&mut in_stream, serde_json::to_vec(&*status)),
+            Ok(Found::Expired) => (&mut expired, serde_json::to_vec(id)),
             _ => continue,
         };
-        let Ok(json) = serde_json::to_vec(&*status) else {
+        let Ok(json) = json else {
             continue;
         };
         if size + json.len() + 1 > limit {
@@ -82,39 +105,56 @@ pub fn answer(book: &StatusBook, question: &[u8], limit: usize) -> Vec<u8> {
     out.extend_from_slice(&found.join(&b','));
     out.extend_from_slice(b"],\"in_stream\":[");
     out.extend_from_slice(&in_stream.join(&b','));
+    out.extend_from_slice(b"],\"expired\":[");
+    out.extend_from_slice(&expired.join(&b','));
     out.extend_from_slice(b"]}");
     out
 }
 
-/// What the other nodes know of `ids` (printed ids this node's book holds no state for), by key; empty when no other
-/// node is live, when NATS does not answer, or when nobody knows them.
+/// The states the other nodes hold for `ids` (printed ids this node's book holds no state for), by key ([`ask_all`]
+/// without the expired ones).
 pub async fn ask(peers: &PeerLookup, ids: &[String]) -> HashMap<OutcomeKey, Status> {
+    ask_all(peers, ids).await.found
+}
+
+/// What the other nodes know of `ids` (printed ids this node's book holds no state for): the states they hold, by
+/// key, and the ids they take for expired; empty when no other node is live, when NATS does not answer, or when
+/// nobody knows them.
+pub async fn ask_all(peers: &PeerLookup, ids: &[String]) -> PeerAnswers {
     let asked: HashSet<OutcomeKey> = ids.iter().filter_map(|id| parse_id(id)).collect();
     let expect = peers.live_peers();
     if asked.is_empty() || expect == 0 {
-        return HashMap::new();
+        return PeerAnswers::default();
     }
     let Ok(question) = serde_json::to_vec(&Question { ids: ids.to_vec() }) else {
-        return HashMap::new();
+        return PeerAnswers::default();
     };
     match peers.ask(question, expect, PEER_WAIT).await {
         Ok(answers) => gather(&answers, &asked),
         Err(e) => {
             tracing::debug!("asking the other nodes for {} ids: {e}", ids.len());
-            HashMap::new()
+            PeerAnswers::default()
         }
     }
 }
 
-/// The states of the `asked` keys in `answers`, merged ([`merge`]); an answer that cannot be read, and a state of
-/// an id not asked, are left out.
-fn gather(answers: &[Vec<u8>], asked: &HashSet<OutcomeKey>) -> HashMap<OutcomeKey, Status> {
+/// The states of the `asked` keys in `answers`, merged ([`merge`]), and those of them no answer holds a state for
+/// and one takes for expired; an answer that cannot be read, and a state or id not asked, are left out.
+fn gather(answers: &[Vec<u8>], asked: &HashSet<OutcomeKey>) -> PeerAnswers {
     let mut found = HashMap::new();
     let mut in_stream = HashMap::new();
+    let mut expired = HashSet::new();
     for answer in answers {
         let Ok(answer) = serde_json::from_slice::<Answer>(answer) else {
             continue;
         };
+        expired.extend(
+            answer
+                .expired
+                .iter()
+                .filter_map(|id| parse_id(id))
+                .filter(|k| asked.contains(k)),
+        );
         for (list, into) in [
             (answer.found, &mut found),
             (answer.in_stream, &mut in_stream),
@@ -135,7 +175,8 @@ fn gather(answers: &[Vec<u8>], asked: &HashSet<OutcomeKey>) -> HashMap<OutcomeKe
             found.insert(key, status);
         }
     }
-    found
+    expired.retain(|key| !found.contains_key(key));
+    PeerAnswers { found, expired }
 }
 
 /// Puts `status` in `found` unless the state there says more: a final state (delivered, failed) wins over
@@ -177,6 +218,7 @@ mod tests {
     use super::*;
     use crate::outcomes::OutcomeListener;
     use crate::outcomes::fixtures::{delivered, notification};
+    use crate::outcomes::key_of;
     use crate::queue::message::IdGenerator;
     use herald_spool::OutcomeStore;
 
@@ -239,13 +281,14 @@ mod tests {
             serde_json::to_vec(&Answer {
                 found: vec![status(ID, "queued", 1), status(other, "delivered", 0)],
                 in_stream: vec![],
+                expired: vec![],
             })
             .unwrap(),
             b"not json".to_vec(),
             // A node of an older herald: no `in_stream`.
             br#"{"found":[{"id":"01/2A-12345-0000002A","state":"delivered","domain":"d.example","token":"ab","accepted_at":1,"attempts":1}]}"#.to_vec(),
         ];
-        let found = gather(&answers, &asked);
+        let found = gather(&answers, &asked).found;
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[&parse_id(ID).unwrap()].state, "delivered");
     }
@@ -256,7 +299,12 @@ mod tests {
     fn a_book_state_wins_over_what_a_node_remembers_of_the_stream_unless_it_says_more() {
         let asked: HashSet<OutcomeKey> = [parse_id(ID).unwrap()].into();
         let answer = |found: Vec<Status>, in_stream: Vec<Status>| {
-            serde_json::to_vec(&Answer { found, in_stream }).unwrap()
+            serde_json::to_vec(&Answer {
+                found,
+                in_stream,
+                expired: vec![],
+            })
+            .unwrap()
         };
         let mut remembered = status(ID, "queued", 1);
         remembered.next_attempt_at = Some(1);
@@ -270,7 +318,7 @@ mod tests {
                 answer(vec![book.clone()], vec![]),
             ];
             for order in [answers.to_vec(), answers.iter().rev().cloned().collect()] {
-                let found = gather(&order, &asked);
+                let found = gather(&order, &asked).found;
                 let s = &found[&parse_id(ID).unwrap()];
                 assert_eq!(
                     (s.state.as_str(), s.next_attempt_at),
@@ -324,5 +372,60 @@ mod tests {
             serde_json::from_slice(&answer(&book, &question, whole.len() - 10)).unwrap();
         assert_eq!(cut.found.len(), 1);
         assert_eq!(cut.found[0].id, queued.id.to_string());
+    }
+
+    /// A node whose book pruned an outcome (it delivered the notification: docs/api.md "Status of a notification",
+    /// kept for `outcome_retention`) says so when asked, and the asking node answers expired instead of unknown; a
+    /// state any node holds wins over another node's expired, in any order of the answers.
+    #[tokio::test]
+    async fn an_id_another_node_pruned_is_expired_unless_a_node_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(30), 1_000_000);
+        let ids = IdGenerator::new(0x2A);
+        let pruned = notification(ids.next(), "peer.example", 1);
+        book.queued(&pruned, 0);
+        book.outcome(&delivered(&pruned));
+        assert!(book.flush(Duration::from_secs(30)).await);
+        assert_eq!(book.store().prune(u64::MAX, u64::MAX).unwrap(), 1);
+        let held = notification(ids.next(), "peer.example", 2);
+        book.queued(&held, 0);
+        let unknown = IdGenerator::new(0x2B).next();
+        let asked_ids = [held.id, pruned.id, unknown].map(|id| id.to_string());
+        let question = serde_json::to_vec(&Question {
+            ids: asked_ids.to_vec(),
+        })
+        .unwrap();
+        let said = answer(&book, &question, 1 << 20);
+        let answered: Answer = serde_json::from_slice(&said).unwrap();
+        assert_eq!(answered.expired, vec![pruned.id.to_string()]);
+        assert_eq!(answered.found.len(), 1);
+        // Within a limit that leaves no room for the expired id: left out, still JSON.
+        let cut: Answer =
+            serde_json::from_slice(&answer(&book, &question, said.len() - 5)).unwrap();
+        assert!(cut.expired.is_empty() && cut.found.len() == 1);
+
+        let asked: HashSet<OutcomeKey> = asked_ids.iter().filter_map(|id| parse_id(id)).collect();
+        let gathered = gather(std::slice::from_ref(&said), &asked);
+        assert_eq!(gathered.expired, [key_of(pruned.id)].into(), "{gathered:?}");
+        assert!(gathered.found.contains_key(&key_of(held.id)));
+        // Another node holds the pruned id (an older herald's answer too, without `expired`): its state wins.
+        let holder = br#"{"found":[{"id":"ID","state":"queued","domain":"d.example","token":"ab","accepted_at":1,"attempts":0}]}"#
+            .to_vec();
+        let holder = String::from_utf8(holder)
+            .unwrap()
+            .replace("ID", &pruned.id.to_string())
+            .into_bytes();
+        for answers in [
+            vec![said.clone(), holder.clone()],
+            vec![holder.clone(), said.clone()],
+        ] {
+            let gathered = gather(&answers, &asked);
+            assert!(gathered.expired.is_empty(), "{gathered:?}");
+            assert_eq!(gathered.found[&key_of(pruned.id)].state, "queued");
+        }
+        // An expired id not asked is left out.
+        let only_held: HashSet<OutcomeKey> = [key_of(held.id)].into();
+        assert!(gather(&[said], &only_held).expired.is_empty());
     }
 }

@@ -1873,10 +1873,16 @@ impl PublishAckFuture {
                             PublishErrorKind::WrongLastMessageId,
                             error,
                         )),
-                        ErrorCode::STREAM_WRONG_LAST_SEQUENCE => Err(PublishError::with_source(
-                            PublishErrorKind::WrongLastSequence,
-                            error,
-                        )),
+                        // NATS 2.12 and newer answer 10164 (the expected last sequence
+                        // refused while another write of the subject is in flight) where older ones answered
+                        // 10071: both are a failed expected-sequence check.
+                        ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                        | ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT => {
+                            Err(PublishError::with_source(
+                                PublishErrorKind::WrongLastSequence,
+                                error,
+                            ))
+                        }
                         _ => Err(PublishError::with_source(PublishErrorKind::Other, error)),
                     },
                     Response::Ok(publish_ack) => Ok(publish_ack),

@@ -9,7 +9,10 @@
 //! - the embedded spool: this node's [`OutcomeStore`] (synced writes), with the requests still running in memory;
 //! - the JetStream spool: a key-value bucket every node shares (`<stream>_idempotency`, a [`ClaimBucket`]), so that a
 //!   retry through another node finds the first request. A request first *claims* its key there (created only if
-//!   absent); the claim becomes the answer when the request is accepted, and is removed when it is refused. A node
+//!   absent); the claim becomes the answer when the request is accepted, and is removed when it is refused (a
+//!   removal, or a replacement by ids as below, that NATS does not take at once is tried again in the background
+//!   until it is taken or the claim reaches [`MAX_CLAIM_AGE`]; a retry meanwhile is told the request still runs,
+//!   rather than given new ids for what NATS may have taken). A node
 //!   claims only once its heartbeat is written, so a claim whose node has no heartbeat any more (removed by the
 //!   NATS server after the node's silence: no node's clock is involved) is taken over by the next request, as is
 //!   one older than [`MAX_CLAIM_AGE`]. NATS may take part of a request's notifications before it fails: such a
@@ -31,7 +34,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use herald_spool::claims::nonce;
-use herald_spool::{ClaimBucket, JetStreamSpool, OutcomeStore};
+use herald_spool::{ClaimBucket, ClaimError, JetStreamSpool, OutcomeStore};
 use sha2::{Digest, Sha256};
 
 use super::auth::ApiCaller;
@@ -49,6 +52,11 @@ pub const MAX_KEY_LEN: usize = 255;
 pub const MAX_CLAIM_AGE: Duration = Duration::from_secs(600);
 /// How long an answer the shared bucket did not take at once is written again in the background.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(120);
+/// The first pause before a refused request's claim the shared bucket did not release at once is released again
+/// in the background ([`Idempotency::release_later`]); it doubles up to [`RELEASE_MAX_PAUSE`].
+const RELEASE_FIRST_PAUSE: Duration = Duration::from_millis(200);
+/// The longest pause between two attempts at releasing a refused request's claim.
+const RELEASE_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// A shared bucket entry that is an answer: digest, status, body follow.
 const ANSWERED: u8 = b'A';
@@ -95,8 +103,9 @@ enum Claim {
 }
 
 /// A claim in the shared bucket, at the revision this request wrote. Settled by the request (its answer stored,
-/// or the claim removed after a refusal); dropped unsettled (the request panicked, or its runtime stopped), it is
-/// removed in the background, so that a retry is not told for up to [`MAX_CLAIM_AGE`] that the request still runs.
+/// or the claim released after a refusal: [`Release`]); dropped unsettled (the request panicked, or its runtime
+/// stopped), it is released in the background the same way, so that a retry is not told for up to
+/// [`MAX_CLAIM_AGE`] that the request still runs.
 struct SharedClaim {
     owner: Arc<Idempotency>,
     key: String,
@@ -105,6 +114,22 @@ struct SharedClaim {
     /// The request's ids ([`crate::spool::retry_ids`]), and until when a retry may reuse them.
     ids: Arc<RequestIds>,
     reuse_until: tokio::time::Instant,
+    /// When the claim was made (about: read back after the bucket took it).
+    claimed_at: tokio::time::Instant,
+}
+
+impl SharedClaim {
+    /// Settles the claim as refused: what releasing it takes.
+    fn refused(&mut self) -> Release {
+        self.settled = true;
+        Release {
+            key: std::mem::take(&mut self.key),
+            revision: self.revision,
+            ids: self.ids.clone(),
+            reuse_until: self.reuse_until,
+            until: self.claimed_at + MAX_CLAIM_AGE,
+        }
+    }
 }
 
 impl Drop for SharedClaim {
@@ -116,20 +141,40 @@ impl Drop for SharedClaim {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (owner, key, revision) = (
-            self.owner.clone(),
-            std::mem::take(&mut self.key),
-            self.revision,
-        );
-        runtime.spawn(async move {
-            if let Keys::Shared { bucket, .. } = &owner.keys
-                && let Err(e) = bucket.remove(&key, revision).await
-            {
-                tracing::warn!(
-                    "cannot release the idempotency key of a request that failed before its answer: {e}"
-                );
+        let release = self.refused();
+        runtime.spawn(self.owner.clone().release_shared(release));
+    }
+}
+
+/// The release of a refused request's claim in the shared bucket: replaced by the ids a retry must reuse
+/// ([`SharedRecord::Refused`]) while a retry may still reuse them, else removed.
+struct Release {
+    key: String,
+    revision: u64,
+    ids: Arc<RequestIds>,
+    reuse_until: tokio::time::Instant,
+    /// When the claim may be taken over whatever its node ([`MAX_CLAIM_AGE`] after it was made): the release is
+    /// tried until then.
+    until: tokio::time::Instant,
+}
+
+impl Release {
+    /// One attempt; `Ok` once done, or once the entry moved past the claim (whatever wrote it: this release, whose
+    /// answer was lost, or a request that took the claim over).
+    async fn attempt(&self, bucket: &ClaimBucket) -> Result<(), ClaimError> {
+        let left = self
+            .reuse_until
+            .saturating_duration_since(tokio::time::Instant::now());
+        match self.ids.to_reuse().filter(|_| !left.is_zero()) {
+            Some(pairs) => {
+                let record = SharedRecord::refused(left.as_millis() as u64, &pairs);
+                bucket
+                    .replace(&self.key, self.revision, &record)
+                    .await
+                    .map(drop)
             }
-        });
+            None => bucket.remove(&self.key, self.revision).await,
+        }
     }
 }
 
@@ -484,27 +529,63 @@ impl Idempotency {
 
     /// Frees the key of a request that was refused (it may be retried as is). On the shared bucket, a request that
     /// handed notifications to NATS leaves the ids it assigned instead, for a retry to reuse while the stream
-    /// drops copies of what it took (see the module documentation).
-    async fn release(&self, mut claim: Claim) {
-        if let (Keys::Shared { bucket, .. }, Claim::Shared(claim)) = (&self.keys, &mut claim) {
-            claim.settled = true;
-            let left = claim
-                .reuse_until
-                .saturating_duration_since(tokio::time::Instant::now());
-            if let Some(pairs) = claim.ids.to_reuse().filter(|_| !left.is_zero()) {
-                let record = SharedRecord::refused(left.as_millis() as u64, &pairs);
-                match bucket.replace(&claim.key, claim.revision, &record).await {
-                    // Written, or the claim taken over meanwhile (the entry is another request's now).
-                    Ok(_) => return,
-                    Err(e) => tracing::warn!(
-                        "cannot record the ids of a refused request for its retry (one with its idempotency key \
-                         may send what NATS took of it again): {e}"
-                    ),
+    /// drops copies of what it took (see the module documentation); a release NATS does not take at once is tried
+    /// again in the background ([`Self::release_shared`]).
+    async fn release(self: &Arc<Self>, mut claim: Claim) {
+        if let Claim::Shared(claim) = &mut claim {
+            let release = claim.refused();
+            self.clone().release_shared(release).await;
+        }
+    }
+
+    /// Releases a refused request's shared claim, or when NATS does not take it at once (a server lost, a leader
+    /// being elected), goes on in the background ([`Self::release_later`]): meanwhile a retry with the key is
+    /// answered `409`, as the claim stands. Removing the claim instead of the ids would have the retry give the
+    /// notifications new ids, and send again what NATS took of the refused request.
+    async fn release_shared(self: Arc<Self>, release: Release) {
+        let Keys::Shared { bucket, .. } = &self.keys else {
+            return;
+        };
+        if let Err(e) = release.attempt(bucket).await {
+            tracing::warn!(
+                "cannot release the idempotency key of a refused request at once, trying again in the background \
+                 (a retry with the key is answered 409 until then): {e}"
+            );
+            tokio::spawn(self.clone().release_later(release));
+        }
+    }
+
+    /// Tries a release again, with pauses from [`RELEASE_FIRST_PAUSE`] doubling up to [`RELEASE_MAX_PAUSE`], until
+    /// it is done or the claim may be taken over anyway ([`MAX_CLAIM_AGE`] after it was made).
+    async fn release_later(self: Arc<Self>, release: Release) {
+        let Keys::Shared { bucket, .. } = &self.keys else {
+            return;
+        };
+        let mut pause = RELEASE_FIRST_PAUSE;
+        for attempt in 2u32.. {
+            tokio::time::sleep(pause).await;
+            match release.attempt(bucket).await {
+                Ok(()) => {
+                    tracing::info!(
+                        "released the idempotency key of a refused request at attempt {attempt}"
+                    );
+                    return;
                 }
-            }
-            if let Err(e) = bucket.remove(&claim.key, claim.revision).await {
-                // Left in place, the claim is taken over once it is abandoned (MAX_CLAIM_AGE).
-                tracing::warn!("cannot release an idempotency key after a refused request: {e}");
+                Err(e) if tokio::time::Instant::now() >= release.until => {
+                    tracing::warn!(
+                        "cannot release the idempotency key of a refused request after {attempt} attempts; its \
+                         claim is {} s old and the next request with the key takes it over: {e}",
+                        MAX_CLAIM_AGE.as_secs()
+                    );
+                    return;
+                }
+                Err(_) => {
+                    pause = (pause * 2).min(RELEASE_MAX_PAUSE).min(
+                        release
+                            .until
+                            .saturating_duration_since(tokio::time::Instant::now()),
+                    );
+                }
             }
         }
     }
@@ -554,6 +635,7 @@ async fn claim_shared(
             settled: false,
             ids: RequestIds::new(dedup.clone(), earlier),
             reuse_until,
+            claimed_at: tokio::time::Instant::now(),
         }))
     };
     // Until when a retry of this request may reuse its ids (from its claim on: its publishes come after), and the
@@ -572,6 +654,8 @@ async fn claim_shared(
             tokio::time::sleep(Duration::from_millis(10 * u64::from(pass))).await;
         }
         let entry = bucket.read(&key).await.map_err(|e| unavailable(&e))?;
+        // The revision this pass found, to tell after a failed write whether another request wrote meanwhile.
+        let seen = entry.as_ref().map(|e| e.revision);
         let written = match found(entry.as_ref(), nonce) {
             // The claim an earlier pass wrote, although its write said otherwise: held, with the ids it took.
             Found::Own { revision } => return Ok(held(key, revision, earlier, reuse_until)),
@@ -627,18 +711,47 @@ async fn claim_shared(
             // Someone else's write came first; or this one's was stored although its answer was lost (a create
             // that timed out reads the key back and reports it taken): the next pass tells which.
             Ok(None) => continue,
+            // The write failed: stored all the same (its answer lost), or refused because another request wrote
+            // the entry meanwhile (a failure NATS may report as an error of its own rather than as a changed
+            // entry), or NATS did not take it.
             Err(e) => match bucket.read(&key).await {
-                Ok(Some(entry)) => match found(Some(&entry), nonce) {
-                    Found::Own { revision } => {
+                Ok(entry) => match after_failed_write(entry.as_ref(), seen, nonce) {
+                    AfterFailedWrite::Own { revision } => {
                         return Ok(held(key, revision, earlier, reuse_until));
                     }
-                    _ => return Err(unavailable(&e)),
+                    AfterFailedWrite::Changed => continue,
+                    AfterFailedWrite::Unchanged => return Err(unavailable(&e)),
                 },
-                _ => return Err(unavailable(&e)),
+                Err(_) => return Err(unavailable(&e)),
             },
         }
     }
     Err(still_running(key_text))
+}
+
+/// What a write of [`claim_shared`] that failed left in the bucket, read back.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterFailedWrite {
+    /// This request's claim: the write was stored although its answer said otherwise.
+    Own { revision: u64 },
+    /// Another request's write (or removal) came in since the pass read the entry: the next pass reads it.
+    Changed,
+    /// The entry as the pass read it: NATS did not take the write.
+    Unchanged,
+}
+
+/// What a write that failed left under the key, read back as `entry`, for the request that drew `nonce` and whose
+/// pass had read the entry at revision `seen` (`None`: absent).
+fn after_failed_write(
+    entry: Option<&herald_spool::ClaimEntry>,
+    seen: Option<u64>,
+    nonce: u64,
+) -> AfterFailedWrite {
+    match found(entry, nonce) {
+        Found::Own { revision } => AfterFailedWrite::Own { revision },
+        _ if entry.map(|e| e.revision) != seen => AfterFailedWrite::Changed,
+        _ => AfterFailedWrite::Unchanged,
+    }
 }
 
 /// What a pass of [`claim_shared`] found in the bucket under its key, for the request that drew `nonce`.
@@ -871,6 +984,134 @@ mod tests {
         assert_eq!(found(Some(&entry(b"Z?".to_vec())), 5), Found::Unknown);
     }
 
+    /// A claim write that failed is settled by reading the entry back: its own claim is held (the write was
+    /// stored, its answer lost); an entry another request wrote or removed since the pass read it is read again by
+    /// another pass (NATS 2.12 and newer refuse a write racing another one still being replicated with an error of
+    /// their own, not as a changed entry: answering `503` there would refuse a request that is to get `409` or the
+    /// first answer); the entry as the pass read it means NATS took nothing, `503`.
+    #[test]
+    fn a_claim_write_that_failed_is_settled_by_what_the_entry_holds_then() {
+        let digest = [7u8; 32];
+        let entry = |revision: u64, value: Vec<u8>| herald_spool::ClaimEntry {
+            revision,
+            value: value.into(),
+            stored_ms: 1_800_000_000_000,
+        };
+        let own = entry(42, SharedRecord::claim(&digest, "node-a", 5));
+        let other = entry(42, SharedRecord::claim(&digest, "node-b", 9));
+        assert_eq!(
+            after_failed_write(Some(&own), None, 5),
+            AfterFailedWrite::Own { revision: 42 }
+        );
+        assert_eq!(
+            after_failed_write(Some(&own), Some(41), 5),
+            AfterFailedWrite::Own { revision: 42 }
+        );
+        // Created by another request while this one created it; replaced or removed by another since.
+        assert_eq!(
+            after_failed_write(Some(&other), None, 5),
+            AfterFailedWrite::Changed
+        );
+        assert_eq!(
+            after_failed_write(Some(&other), Some(41), 5),
+            AfterFailedWrite::Changed
+        );
+        assert_eq!(
+            after_failed_write(None, Some(41), 5),
+            AfterFailedWrite::Changed
+        );
+        // As it was.
+        assert_eq!(
+            after_failed_write(None, None, 5),
+            AfterFailedWrite::Unchanged
+        );
+        assert_eq!(
+            after_failed_write(Some(&other), Some(42), 5),
+            AfterFailedWrite::Unchanged
+        );
+    }
+
+    /// docs/scale-out.md "Idempotency keys": requests with one key reaching three nodes at once on a three-server
+    /// cluster. One runs; every other gets `409` (still running) or the first answer again, never `503`, although
+    /// NATS refuses the losing writes of such races in more than one way (see
+    /// `a_claim_write_that_failed_is_settled_by_what_the_entry_holds_then`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn one_key_sent_to_three_nodes_at_once_runs_once_and_is_never_refused() {
+        use herald_spool::JetStreamOptions;
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let servers = herald_testkit::nats::cluster(dir.path());
+        let mut nodes = Vec::new();
+        for (i, server) in servers.iter().enumerate() {
+            let mut options = JetStreamOptions::new(vec![server.url()], "idem");
+            options.replicas = 3;
+            options.node = format!("node-{i}");
+            let spool = JetStreamSpool::connect(options).await.unwrap();
+            let _pulled = spool.take_deliveries();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !spool.beating() {
+                assert!(std::time::Instant::now() < deadline, "no heartbeat written");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            nodes.push(Arc::new(Idempotency::shared(spool)));
+        }
+        let body = Bytes::from_static(b"{\"tokens\": [\"aa\"]}");
+        // The bucket is made by the first request with a key; until every server serves it, a read can find no
+        // one to answer it (503): each node's first request waits for that.
+        for (i, idem) in nodes.iter().enumerate() {
+            retry_until_it_runs(
+                idem,
+                &format!("k-first-{i}"),
+                &body,
+                Duration::from_secs(30),
+                || async { Ok(json_response(StatusCode::ACCEPTED, "{}".into())) },
+            )
+            .await;
+        }
+        let mut answers: std::collections::BTreeMap<String, usize> = Default::default();
+        for round in 0..40 {
+            let key = format!("k-race-{round}");
+            let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let requests: Vec<_> = (0..6)
+                .map(|i| {
+                    let (idem, body, key, ran) =
+                        (nodes[i % 3].clone(), body.clone(), key.clone(), ran.clone());
+                    tokio::spawn(async move {
+                        let handler = async move {
+                            ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            Ok(json_response(StatusCode::ACCEPTED, "{\"id\": 1}".into()))
+                        };
+                        idem.run("push", &headers(&key), &body, false, handler)
+                            .await
+                    })
+                })
+                .collect();
+            for request in requests {
+                let said = match request.await.unwrap() {
+                    Ok(r) if r.headers().contains_key("idempotent-replayed") => {
+                        format!("{} replayed", r.status())
+                    }
+                    Ok(r) => format!("{} ran", r.status()),
+                    Err(e) if e.status == StatusCode::CONFLICT => "409".into(),
+                    Err(e) => format!("{e}"),
+                };
+                *answers.entry(said).or_default() += 1;
+            }
+            assert_eq!(
+                ran.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{key}: {answers:#?}"
+            );
+        }
+        let others: Vec<_> = answers
+            .keys()
+            .filter(|a| !a.ends_with("ran") && !a.ends_with("replayed") && *a != "409")
+            .collect();
+        assert!(others.is_empty(), "{answers:#?}");
+    }
+
     fn headers(key: &str) -> Parts {
         axum::http::Request::builder()
             .header(HEADER, key)
@@ -935,6 +1176,203 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A JetStream spool of `replicas` on the NATS server `server` alone, connected, with its heartbeat written
+    /// (a key is claimed only then).
+    async fn beating_spool(
+        server: &herald_testkit::nats::NatsServer,
+        replicas: usize,
+    ) -> Arc<JetStreamSpool> {
+        use herald_spool::JetStreamOptions;
+        let mut options = JetStreamOptions::new(vec![server.url()], "idem");
+        options.replicas = replicas;
+        options.request_timeout = Duration::from_secs(2);
+        let spool = JetStreamSpool::connect(options).await.unwrap();
+        let _pulled = spool.take_deliveries();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !spool.beating() {
+            assert!(std::time::Instant::now() < deadline, "no heartbeat written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        spool
+    }
+
+    /// Has the stream `stream` led by another server than `name` (reached through `server`), asking its leader to
+    /// step down if need be.
+    async fn leader_elsewhere(server: &herald_testkit::nats::NatsServer, stream: &str, name: &str) {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = match js.get_stream(stream).await {
+                Ok(mut s) => s
+                    .info()
+                    .await
+                    .ok()
+                    .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone())),
+                Err(_) => None,
+            };
+            match leader.as_deref() {
+                Some(l) if l != name => return,
+                Some(_) => {
+                    let _ = client
+                        .request(
+                            format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}"),
+                            "".into(),
+                        )
+                        .await;
+                }
+                None => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{stream} is still led by {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs `request` with `key` until its handler runs (a `409` or `503` is answered while the first request's
+    /// claim stands or NATS is coming back), within `within`: the handler's answer.
+    async fn retry_until_it_runs<F, Fut>(
+        idem: &Arc<Idempotency>,
+        key: &str,
+        body: &Bytes,
+        within: Duration,
+        handler: F,
+    ) -> Response
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Response, ApiError>> + Send + 'static,
+    {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match idem
+                .run("push", &headers(key), body, false, handler())
+                .await
+            {
+                Ok(r) => return r,
+                Err(e) => {
+                    assert!(
+                        matches!(
+                            e.status,
+                            StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE
+                        ),
+                        "{e}"
+                    );
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "a retry with key {key} still refused after {within:?}: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// docs/api.md "Idempotent requests": a refused request may be retried with its key, and with the JetStream
+    /// spool a retry gives what the refused one handed to NATS the same ids, so that the stream drops the copies.
+    /// Here the NATS cluster has lost its quorum (two servers of three gone: the buckets have no leader, NATS
+    /// answers no write) when two requests are refused, so neither can release its claim then: one that handed a
+    /// notification to NATS (its ids to be recorded) and one refused before (its claim to be removed). Once the
+    /// servers are back, both are released in the background: the retries run, well before the claims would be
+    /// taken over as abandoned (`MAX_CLAIM_AGE`), and the first one's retry gives its notification the id the
+    /// refused attempt gave it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_released_while_nats_is_down_is_released_once_it_is_back() {
+        use crate::outcomes::fixtures::notification;
+        use crate::queue::message::IdGenerator;
+        if !herald_testkit::nats::available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut servers = herald_testkit::nats::cluster(dir.path());
+        let idem = Arc::new(Idempotency::shared(beating_spool(&servers[0], 3).await));
+        let body = Bytes::from_static(b"{\"tokens\": [\"aa\"]}");
+        let ids = IdGenerator::new(0x2A);
+        const FINGERPRINT: u64 = 7;
+        // Both requests hold their claims (their handlers run) before NATS goes, and are refused after.
+        let claimed = Arc::new(tokio::sync::Barrier::new(3));
+        let gone = Arc::new(tokio::sync::Barrier::new(3));
+        let first_id = ids.next();
+        let handed = {
+            let (claimed, gone) = (claimed.clone(), gone.clone());
+            async move {
+                // The notification is built and handed to the spool, which NATS may have taken.
+                let mut n = notification(first_id, "idem.example", 1);
+                retry_ids::assign(FINGERPRINT, &mut n);
+                retry_ids::current().unwrap().storing();
+                claimed.wait().await;
+                gone.wait().await;
+                Err(ApiError::unavailable("NATS did not acknowledge in time"))
+            }
+        };
+        let not_handed = {
+            let (claimed, gone) = (claimed.clone(), gone.clone());
+            async move {
+                claimed.wait().await;
+                gone.wait().await;
+                Err(ApiError::bad_request("refused before anything was stored"))
+            }
+        };
+        let a = {
+            let (idem, body) = (idem.clone(), body.clone());
+            tokio::spawn(async move {
+                idem.run("push", &headers("k-ids"), &body, false, handed)
+                    .await
+            })
+        };
+        let b = {
+            let (idem, body) = (idem.clone(), body.clone());
+            tokio::spawn(async move {
+                idem.run("push", &headers("k-none"), &body, false, not_handed)
+                    .await
+            })
+        };
+        claimed.wait().await;
+        // The servers lost are the bucket's leader and another: the server left is a follower without a quorum,
+        // which has no one to take a write (a lost leader's write could still be committed once it is back).
+        leader_elsewhere(&servers[0], "KV_idem_idempotency", "n0").await;
+        tokio::task::block_in_place(|| servers[1..].iter_mut().for_each(|s| s.kill()));
+        gone.wait().await;
+        let refused = a.await.unwrap().unwrap_err();
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+        assert_eq!(
+            b.await.unwrap().unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+        tokio::task::block_in_place(|| {
+            for s in &mut servers[1..] {
+                s.restart();
+            }
+            for s in &mut servers {
+                s.wait_healthy(Duration::from_secs(60));
+            }
+        });
+        let within = Duration::from_secs(60);
+        let retried_id = Arc::new(Mutex::new(None));
+        let reused = retry_until_it_runs(&idem, "k-ids", &body, within, || {
+            let (retried_id, fresh) = (retried_id.clone(), ids.next());
+            async move {
+                let mut n = notification(fresh, "idem.example", 1);
+                retry_ids::assign(FINGERPRINT, &mut n);
+                *retried_id.lock().unwrap() = Some(n.id);
+                Ok(json_response(StatusCode::ACCEPTED, "{}".into()))
+            }
+        })
+        .await;
+        assert_eq!(reused.status(), StatusCode::ACCEPTED);
+        assert_eq!(
+            *retried_id.lock().unwrap(),
+            Some(first_id),
+            "the retry gave the notification a new id: what NATS took of the refused request would be sent again"
+        );
+        let fresh = retry_until_it_runs(&idem, "k-none", &body, within, || async {
+            Ok(json_response(StatusCode::ACCEPTED, "{}".into()))
+        })
+        .await;
+        assert_eq!(fresh.status(), StatusCode::ACCEPTED);
     }
 
     /// A client that hangs up while its request is being made durable: the request runs on, and its answer is
