@@ -188,6 +188,27 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     })
 }
 
+/// Writes a private key (or a file holding one) readable by its owner only (0600 on Unix), made so before the key
+/// is written: a test PKI's keys are still keys.
+fn write_secret(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+    use std::io::Write;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let write = || -> std::io::Result<()> {
+        let mut file = options.open(path)?;
+        // A file that existed keeps its mode at open: narrow it too.
+        #[cfg(unix)]
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        file.write_all(data)
+    };
+    write().map_err(|source| PkiError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn validity(params: &mut CertificateParams) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(1);
@@ -296,7 +317,7 @@ impl Pki {
         let ca_cert_path = dir.join("ca.pem");
         let ca_key_path = dir.join("ca-key.pem");
         write_file(&ca_cert_path, ca_cert.pem().as_bytes())?;
-        write_file(&ca_key_path, ca_key.serialize_pem().as_bytes())?;
+        write_secret(&ca_key_path, ca_key.serialize_pem().as_bytes())?;
 
         let mut pki = Pki {
             manifest: PkiManifest {
@@ -338,7 +359,7 @@ impl Pki {
             .signed_by(&server_key, &pki.issuer())
             .map_err(gen_err("the server certificate"))?;
         write_file(&pki.manifest.server_cert, server_cert.pem().as_bytes())?;
-        write_file(
+        write_secret(
             &pki.manifest.server_key,
             server_key.serialize_pem().as_bytes(),
         )?;
@@ -364,7 +385,7 @@ impl Pki {
         let team_id = random_id(10);
         let p8 = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err("the .p8 key"))?;
         let p8_path = dir.join(format!("AuthKey_{key_id}.p8"));
-        write_file(&p8_path, p8.serialize_pem().as_bytes())?;
+        write_secret(&p8_path, p8.serialize_pem().as_bytes())?;
         pki.manifest.token_key = TokenKeyFiles {
             p8: p8_path,
             key_id: key_id.clone(),
@@ -447,10 +468,10 @@ impl Pki {
             p12: dir.join(format!("{name}.p12")),
         };
         write_file(&files.cert, cert.pem().as_bytes())?;
-        write_file(&files.key, key.serialize_pem().as_bytes())?;
+        write_secret(&files.key, key.serialize_pem().as_bytes())?;
 
         let p12 = self.pkcs12(name, cert.der(), key.serialized_der())?;
-        write_file(&files.p12, &p12)?;
+        write_secret(&files.p12, &p12)?;
         Ok(files)
     }
 
@@ -540,6 +561,38 @@ mod tests {
         assert!(
             id.bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        );
+    }
+
+    /// The keys of a generated PKI (CA, server, .p8, each client's key and PKCS#12 file) are readable by their
+    /// owner only; certificates and the manifest stay readable; a key file that existed is narrowed too.
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_written_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let ca_key = dir.path().join("ca-key.pem");
+        fs::write(&ca_key, b"old").unwrap();
+        fs::set_permissions(&ca_key, fs::Permissions::from_mode(0o644)).unwrap();
+        let pki = Pki::generate(dir.path(), &["com.example.app".to_owned()]).unwrap();
+        let m = &pki.manifest;
+        let client = pki
+            .client("com.example.app", CertVariant::Universal)
+            .unwrap();
+        for key in [
+            &ca_key,
+            &m.server_key,
+            &m.token_key.p8,
+            &client.key,
+            &client.p12,
+        ] {
+            assert_eq!(mode(key), 0o600, "{}", key.display());
+        }
+        assert_eq!(
+            mode(&m.ca_cert) & 0o044,
+            0o044,
+            "certificates stay readable"
         );
     }
 
