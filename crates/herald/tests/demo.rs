@@ -333,3 +333,42 @@ fn with_linger_the_result_comes_before_the_lingering_and_ctrl_c_ends_it() {
         "{after:?}"
     );
 }
+
+/// `--dir` holding an operator's `herald.conf` and `pki/`: refused as a usage error (exit 2) naming the file,
+/// before anything is written, and both are left as they were.
+#[test]
+fn a_directory_with_an_operator_s_configuration_and_pki_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    let ca = dir.path().join("pki/ca.pem");
+    std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+    std::fs::write(&config, "my production config\n").unwrap();
+    std::fs::write(&ca, "mine\n").unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["demo", "--count", "3", "--dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("herald.conf"), "{stderr}");
+    assert!(stderr.contains("did not write"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "my production config\n"
+    );
+    assert_eq!(std::fs::read_to_string(&ca).unwrap(), "mine\n");
+
+    // Without the configuration, the PKI alone is refused.
+    std::fs::remove_file(&config).unwrap();
+    let out = run();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pki"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&ca).unwrap(), "mine\n");
+    assert!(!config.exists());
+}

@@ -43,7 +43,7 @@ pub struct DemoArgs {
     pub smtp_count: u64,
     /// Scratch directory for the PKI, configuration, spool and logs (default: a new temporary directory, kept
     /// so the logs can be read afterwards). The spool and logs an earlier demo left there are cleared first; a
-    /// directory with a spool or logs that no demo wrote is refused.
+    /// directory with a herald.conf, pki/, spool or logs that no demo wrote is refused (exit 2).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Keep herald and the simulator running this many seconds after the run has been checked and its table and
@@ -75,7 +75,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.cluster {
         return super::demo_cluster::run(args.count, dir);
     }
-    clear_previous_run(&dir)?;
+    if let Err(e) = clear_previous_run(&dir) {
+        if let Some(refused) = e.downcast_ref::<DirRefused>() {
+            eprintln!("herald: error: {refused}");
+            return Ok(ExitCode::from(2));
+        }
+        return Err(e);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,13 +98,59 @@ fn is_demo_config(config: &Path) -> bool {
     std::fs::read_to_string(config).is_ok_and(|text| text.starts_with(DEMO_CONFIG_HEADER))
 }
 
+/// Whether `pki` is a test PKI a demo wrote: its `pki.json` manifest (which every generated PKI has) names a
+/// client certificate for each demo app's topic and for nothing else.
+fn is_demo_pki(pki: &Path) -> bool {
+    herald_sim::Pki::load_manifest(pki).is_ok_and(|m| {
+        m.clients.keys().map(String::as_str).collect::<HashSet<_>>()
+            == APPS.iter().map(|a| a.topic).collect::<HashSet<_>>()
+    })
+}
+
+/// Why the demo will not use a `--dir`: it holds files the demo would overwrite or remove and did not write.
+#[derive(Debug, thiserror::Error)]
+enum DirRefused {
+    #[error(
+        "{config}: a configuration herald demo did not write (its first line is not {DEMO_CONFIG_HEADER:?}): refusing to overwrite it; give --dir an empty directory or one an earlier demo used"
+    )]
+    ForeignConfig { config: PathBuf },
+    #[error(
+        "{pki}: not a test PKI herald demo wrote (no pki.json naming the demo apps' certificates): refusing to overwrite it; give --dir an empty directory or one an earlier demo used"
+    )]
+    ForeignPki { pki: PathBuf },
+    #[error(
+        "{dir}: holds {left}, and no configuration written by herald demo ({config} missing or not a demo's): refusing to touch it; give --dir an empty directory or one an earlier demo used"
+    )]
+    ForeignState {
+        dir: PathBuf,
+        left: String,
+        config: PathBuf,
+    },
+    #[error(
+        "{spool}: a running herald holds this spool (another demo in {dir}?); stop it or use another --dir"
+    )]
+    Running { spool: PathBuf, dir: PathBuf },
+}
+
 /// Clears what an earlier demo run left in `dir` and a new run would read back: its spool (spooled
 /// notifications, stored outcomes, the invalid-token list) and its logs (which would count twice). The test PKI
-/// and the configuration are written anew by every run. Only a directory whose `herald.conf` a demo wrote is
-/// cleared; one that holds a spool or logs of anything else is refused, untouched. So is one whose spool a
-/// running herald (another demo, still lingering) holds.
+/// and the configuration are written anew by every run. A `dir` holding a `herald.conf` or a `pki/` that no demo
+/// wrote is refused ([`DirRefused`]), untouched, since the run would overwrite them; so is one that holds a spool
+/// or logs but no demo's `herald.conf`, and one whose spool a running herald (another demo, still lingering)
+/// holds.
 fn clear_previous_run(dir: &Path) -> anyhow::Result<()> {
     let paths = DemoPaths::new(dir);
+    if paths.config.symlink_metadata().is_ok() && !is_demo_config(&paths.config) {
+        return Err(DirRefused::ForeignConfig {
+            config: paths.config,
+        }
+        .into());
+    }
+    let pki = dir.join("pki");
+    let pki_is_empty = std::fs::read_dir(&pki).is_ok_and(|mut d| d.next().is_none());
+    if pki.symlink_metadata().is_ok() && !pki_is_empty && !is_demo_pki(&pki) {
+        return Err(DirRefused::ForeignPki { pki }.into());
+    }
     let left: Vec<&Path> = [&paths.spool, &paths.mainlog, &paths.apnlog]
         .into_iter()
         .map(PathBuf::as_path)
@@ -108,24 +160,27 @@ fn clear_previous_run(dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     if !is_demo_config(&paths.config) {
-        anyhow::bail!(
-            "{}: holds {}, and no configuration written by herald demo ({} missing or not a demo's): refusing to touch it; give --dir an empty directory or one an earlier demo used",
-            dir.display(),
-            left.iter()
+        return Err(DirRefused::ForeignState {
+            dir: dir.to_owned(),
+            left: left
+                .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(" and "),
-            paths.config.display()
-        );
+            config: paths.config.clone(),
+        }
+        .into());
     }
     if let Ok(lock) = std::fs::File::open(paths.spool.join("LOCK")) {
         match lock.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-                "{}: a running herald holds this spool (another demo in {}?); stop it or use another --dir",
-                paths.spool.display(),
-                dir.display()
-            ),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(DirRefused::Running {
+                    spool: paths.spool.clone(),
+                    dir: dir.to_owned(),
+                }
+                .into());
+            }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| {
                     format!("checking whether herald runs on {}", paths.spool.display())
@@ -161,6 +216,7 @@ async fn demo(dir: PathBuf, plan: Plan, linger: u64) -> anyhow::Result<ExitCode>
     let mut sim_config = SimConfig::from_pki(&pki.manifest).context("configuring the simulator")?;
     sim_config.scenario.unregistered = plan.unregistered();
     sim_config.scenario.bad = plan.bad();
+    sim_config.record_memory_limit = record_limit(&plan);
     let sim = Simulator::start(sim_config)
         .await
         .context("starting the APNs simulator")?;
@@ -206,6 +262,16 @@ async fn demo(dir: PathBuf, plan: Plan, linger: u64) -> anyhow::Result<ExitCode>
     server.shutdown(Duration::from_secs(5)).await;
     sim.shutdown().await;
     code
+}
+
+/// How many delivered notifications the simulator keeps in memory for the check: twice what the plan sends
+/// (its default at the least), so that every deliverable notification is still there to be checked, even in a run
+/// that delivers each one twice. Each kept notification costs about half a kilobyte while the simulator runs, and
+/// as much again while the check reads them: some 10 GB at the largest `--count`.
+fn record_limit(plan: &Plan) -> usize {
+    (plan.rest.len() + plan.smtp.len())
+        .saturating_mul(2)
+        .max(herald_sim::config::DEFAULT_RECORD_MEMORY_LIMIT)
 }
 
 /// Prints the outcome table, where the logs are and the result line (with `elapsed`, the time the run took); the
@@ -542,21 +608,18 @@ async fn wait_for_outcomes(server: &Server, accepted: &[u64]) {
     bar.finish_and_clear();
 }
 
-/// The simulator's delivery record by token: how often, and with which topic. It is written on its own
-/// thread, so wait (with a deadline) until it holds as many tokens as were deliverable.
+/// The simulator's delivery record by token: how often, and with which topic. Read once the simulator has
+/// recorded as many notifications as were deliverable (or after a deadline), since a copy of the record is
+/// costly in a large run.
 async fn wait_for_record(sim: &SimHandle, deliverable: usize) -> HashMap<String, (usize, String)> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut by_token: HashMap<String, (usize, String)> = HashMap::new();
-        for r in sim.record() {
-            let e = by_token.entry(r.token).or_insert((0, r.topic));
-            e.0 += 1;
-        }
-        if by_token.len() >= deliverable || Instant::now() >= deadline {
-            return by_token;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    sim.wait_for_records(deliverable as u64, Duration::from_secs(10))
+        .await;
+    let mut by_token: HashMap<String, (usize, String)> = HashMap::new();
+    for r in sim.record() {
+        let e = by_token.entry(r.token).or_insert((0, r.topic));
+        e.0 += 1;
     }
+    by_token
 }
 
 /// The per-app table: accepted, delivered, transient, permanent (by reason), invalid tokens, refused at the door.
@@ -682,6 +745,85 @@ mod tests {
             std::fs::read_to_string(paths.spool.join("precious")).unwrap(),
             "keep"
         );
+    }
+
+    #[test]
+    fn the_simulator_keeps_every_notification_of_a_large_run() {
+        for (count, smtp) in [(120_000, 0), (1_000_000, 100), (10_000_000, 1_000_000)] {
+            let plan = Plan::new(count, smtp);
+            assert!(
+                record_limit(&plan) >= 2 * (count + smtp),
+                "{count} + {smtp}"
+            );
+        }
+        assert_eq!(
+            record_limit(&Plan::new(3, 0)),
+            herald_sim::config::DEFAULT_RECORD_MEMORY_LIMIT
+        );
+    }
+
+    #[test]
+    fn a_configuration_no_demo_wrote_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = DemoPaths::new(dir.path());
+        std::fs::write(&paths.config, "my production config\n").unwrap();
+        let err = clear_previous_run(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<DirRefused>(),
+                Some(DirRefused::ForeignConfig { .. })
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&paths.config.display().to_string()), "{text}");
+        assert!(text.contains("refusing to overwrite it"), "{text}");
+        assert_eq!(
+            std::fs::read_to_string(&paths.config).unwrap(),
+            "my production config\n"
+        );
+    }
+
+    #[test]
+    fn a_pki_no_demo_wrote_is_refused_and_a_demo_s_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        // Empty: nothing to overwrite.
+        std::fs::create_dir_all(&pki).unwrap();
+        clear_previous_run(dir.path()).unwrap();
+        std::fs::write(pki.join("ca.pem"), "mine").unwrap();
+        let err = clear_previous_run(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<DirRefused>(),
+                Some(DirRefused::ForeignPki { .. })
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&pki.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(pki.join("ca.pem")).unwrap(), "mine");
+        // A PKI of other topics is not the demo's either.
+        let other = dir.path().join("other");
+        Pki::generate(&other.join("pki"), &["com.example.mine".to_owned()]).unwrap();
+        assert!(clear_previous_run(&other).is_err());
+        // The PKI and configuration a demo writes.
+        let ours = dir.path().join("ours");
+        let topics: Vec<String> = APPS.iter().map(|a| a.topic.to_string()).collect();
+        let generated = Pki::generate(&ours.join("pki"), &topics).unwrap();
+        clear_previous_run(&ours).unwrap();
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        config::write(
+            &DemoPaths::new(&ours),
+            &generated.manifest,
+            addr,
+            addr,
+            API_KEY,
+        )
+        .unwrap();
+        clear_previous_run(&ours).unwrap();
     }
 
     #[test]

@@ -102,11 +102,13 @@ pub fn render(
             }
             AppKind::Binary => {
                 let c = client()?;
-                // No per-notification answer in the binary protocol: silence for this long means accepted.
+                // No per-notification answer in the binary protocol: silence for this long means accepted. Long
+                // enough for a machine loaded by a large run to send an error packet in time; the idle timeout
+                // (seconds) must outlast it.
                 let _ = writeln!(
                     text,
                     "  routes = ( \"apn://{}?port={}\" )\n  tls_certificate = {}\n  tls_key = {}\n  \
-                     delivery_response_timeout = 1000",
+                     delivery_response_timeout = 3000\n  idle_timeout = 10",
                     binary.ip(),
                     binary.port(),
                     q(&c.cert),
@@ -153,8 +155,9 @@ mod tests {
         assert_eq!(binary.routes[0].to_string(), "apn://127.0.0.1?port=2195");
         assert_eq!(
             binary.delivery_response_timeout,
-            std::time::Duration::from_millis(1000)
+            std::time::Duration::from_millis(3000)
         );
+        assert!(binary.idle_timeout > binary.delivery_response_timeout);
         let token = config.domain_settings(None, None, "token.demo.example");
         assert_eq!(token.apn_topic.as_deref(), Some("com.example.demo.token"));
         assert!(token.apn_key.is_some());
