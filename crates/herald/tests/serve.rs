@@ -1041,3 +1041,55 @@ async fn bench_fails_unless_every_notification_is_delivered() {
         "{stderr}"
     );
 }
+
+/// `herald bench` leaves the configuration's logs alone unless `--logs` asks for them (its generated deliveries
+/// are no part of the accounting of the configuration it borrows), and its report into a closed pipe ends quietly
+/// with the run's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_writes_the_configured_logs_only_with_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let port = free_port();
+    let _sim = start_sim(&pki, port).await;
+    let config = write_config(dir.path(), &pki, port);
+    let mainlog = dir.path().join("mainlog.ec");
+    let bench = move |extra: &[&str], stdout: std::process::Stdio| {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["bench", "-c"])
+            .arg(&config)
+            .args(["--domain", "serve.example", "-n", "3", "--timeout", "60"])
+            .args(extra)
+            .stdout(stdout)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let run = {
+        let bench = bench.clone();
+        move || bench(&[], std::process::Stdio::null())
+    };
+    let (code, stderr) = tokio::task::spawn_blocking(run).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!mainlog.exists(), "bench wrote {}", mainlog.display());
+
+    // Into a pipe whose reader is gone: no panic, the run's status.
+    let closed = {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills the two descriptors of the array it is given.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just opened by pipe and are owned by nothing else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read);
+        std::process::Stdio::from(write)
+    };
+    let run = {
+        let bench = bench.clone();
+        move || bench(&["--logs"], closed)
+    };
+    let (code, stderr) = tokio::task::spawn_blocking(run).await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let text = std::fs::read_to_string(&mainlog).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+}

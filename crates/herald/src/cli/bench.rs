@@ -1,6 +1,8 @@
 //! `herald bench -c FILE --domain D -n N`: drives the delivery engine with generated notifications, without a
-//! spool or a listener, and reports throughput and outcomes. Same engine, pools and connections as `serve`.
+//! spool or a listener, and reports throughput and outcomes. Same engine, pools and connections as `serve`; the
+//! configuration's log files are written only with `--logs`.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,6 +52,11 @@ pub struct BenchArgs {
     /// generated `apns-id`, the domain's topic, shared strings), so that memory and speed compare like for like.
     #[arg(long)]
     pub serve_fields: bool,
+    /// Also write the deliveries to the configuration's logs (each ec_logger's mainlog and each apn_logger's file).
+    /// Without it, bench writes no log: its generated deliveries stay out of the accounting of the configuration it
+    /// borrows.
+    #[arg(long)]
+    pub logs: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -95,7 +102,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = match herald_conf::Config::load(&args.config) {
         Ok(c) => c,
         Err(diags) => {
-            eprint!("{diags}");
+            for d in diags.all() {
+                eprintln!("{d}");
+            }
             bail!("{} is not a valid configuration", args.config.display());
         }
     };
@@ -107,8 +116,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Result<ExitCode> {
-    let (logs, heartbeat) = Logs::open(&config).context("opening logs")?;
-    logs.spawn_maintenance(Duration::from_millis(200), heartbeat);
+    let logs = if args.logs {
+        let (logs, heartbeat) = Logs::open(&config).context("opening logs")?;
+        logs.spawn_maintenance(Duration::from_millis(200), heartbeat);
+        logs
+    } else {
+        Logs::default()
+    };
     let resolver = Arc::new(ConfigResolver::new(config));
     resolver
         .build(&args.domain)
@@ -251,8 +265,10 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
     let invalid_count = invalid.0.lock().map(|v| v.len()).unwrap_or(0);
     let peak_rss_kib = peak_rss_kib();
     let queued = stats.active.load(Ordering::Relaxed) + stats.delayed.load(Ordering::Relaxed);
+    let mut out = String::new();
     if args.json {
-        println!(
+        let _ = writeln!(
+            out,
             "{{\"domain\":{:?},\"count\":{},\"seconds\":{:.3},\"per_second\":{:.0},\"delivered\":{},\"transient\":{},\"permanent\":{},\"invalid_tokens\":{},\"queued\":{},\"peak_rss_kib\":{},\"mean_in_flight\":{:.0},\"max_stream_limit\":{},\"at_full_limit_per_second\":{}}}",
             args.domain,
             args.count,
@@ -271,7 +287,8 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
                 .map_or_else(|| "null".to_string(), |r| format!("{r:.0}"))
         );
     } else {
-        println!(
+        let _ = writeln!(
+            out,
             "{} notifications to {} in {:.3} s: {:.0} notifications/s",
             args.count,
             args.domain,
@@ -279,20 +296,23 @@ async fn bench(args: BenchArgs, config: Arc<herald_conf::Config>) -> anyhow::Res
             rate
         );
         if let Some(r) = samples.at_full_limit_per_second {
-            println!(
+            let _ = writeln!(
+                out,
                 "{r:.0} notifications/s while the connections carried their full {} streams",
                 samples.max_stream_limit
             );
         }
-        println!(
+        let _ = writeln!(
+            out,
             "delivered {delivered}, transient {transient}, permanent {permanent}, invalid tokens {invalid_count}"
         );
         let mut failures: Vec<_> = stats.failures().into_iter().collect();
         failures.sort();
         for ((kind, reason), count) in failures {
-            println!("  {count:>8}  {kind} {reason}");
+            let _ = writeln!(out, "  {count:>8}  {kind} {reason}");
         }
     }
+    super::print_stdout(&out)?;
     let short = shortfall(
         args.count,
         stats.finished(),

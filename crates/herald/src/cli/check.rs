@@ -78,12 +78,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
             // Every warning printed above: the configuration's and the credential findings'.
             let warnings = config.warnings().len() + findings.len() + listener_findings.len();
-            println!(
-                "{name}: ok: {} domains, {} listeners, {} warnings",
+            super::print_stdout(&format!(
+                "{name}: ok: {} domains, {} listeners, {} warnings\n",
                 config.domains().len(),
                 config.listeners().len(),
                 warnings
-            );
+            ))?;
             // The process ends here: freeing a large tree node by node would only add to the run time.
             std::mem::forget(config);
             Ok(ExitCode::SUCCESS)

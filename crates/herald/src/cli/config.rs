@@ -19,8 +19,9 @@ pub enum ConfigCommand {
     Eval {
         #[arg(short = 'c', long = "config")]
         config: PathBuf,
-        /// `[SCOPE [NAME]]… OPTION`, e.g. `binding_group g binding b domain example.com max_outbound_connections`
-        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        /// `[SCOPE [NAME]]… OPTION`, e.g. `binding_group g binding b domain example.com max_outbound_connections`.
+        /// Flags may come before or after the words; a word that begins with `-` goes after `--`.
+        #[arg(required = true, num_args = 1..)]
         words: Vec<String>,
     },
     /// Print the configuration as parsed, or the scope `[SCOPE [NAME]]…`, or one option set in it. Secret values
@@ -31,8 +32,8 @@ pub enum ConfigCommand {
         // The help names every option `config show` masks, from the lists it masks with (`secrets_help`).
         #[arg(long, help = secrets_help())]
         secrets: bool,
-        /// `[SCOPE [NAME]]… [OPTION]`
-        #[arg(allow_hyphen_values = true)]
+        /// `[SCOPE [NAME]]… [OPTION]`. Flags may come before or after the words; a word that begins with `-` goes
+        /// after `--`.
         words: Vec<String>,
     },
 }
@@ -80,7 +81,7 @@ fn with_config(
     };
     match f(&config) {
         Ok(out) => {
-            print!("{out}");
+            super::print_stdout(&out)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -138,6 +139,59 @@ mod tests {
     struct Cli {
         #[command(subcommand)]
         config: ConfigCommand,
+    }
+
+    /// Flags after the words are flags, not words: `--secrets` and `-c` after a scope path are parsed as such.
+    #[test]
+    fn flags_after_the_words_are_parsed_as_flags() {
+        use clap::Parser;
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cli = Cli::try_parse_from([
+            "config",
+            "show",
+            "domain",
+            "d.example",
+            "outcome_webhook_url",
+            "--secrets",
+            "-c",
+            "f.conf",
+        ])
+        .unwrap();
+        match cli.config {
+            ConfigCommand::Show {
+                config,
+                secrets,
+                words: w,
+            } => {
+                assert!(secrets);
+                assert_eq!(config, PathBuf::from("f.conf"));
+                assert_eq!(w, words(&["domain", "d.example", "outcome_webhook_url"]));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "config",
+            "eval",
+            "domain",
+            "d.example",
+            "retry_interval",
+            "-c",
+            "f.conf",
+        ])
+        .unwrap();
+        match cli.config {
+            ConfigCommand::Eval { config, words: w } => {
+                assert_eq!(config, PathBuf::from("f.conf"));
+                assert_eq!(w, words(&["domain", "d.example", "retry_interval"]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // `eval` has no --secrets: clap names the flag, instead of it being taken for a scope.
+        let err = Cli::try_parse_from(["config", "eval", "-c", "f", "retry_interval", "--secrets"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--secrets"), "{err}");
+        assert!(!err.contains("scope"), "{err}");
     }
 
     /// `herald config show --help` names every option whose value `config show` masks.

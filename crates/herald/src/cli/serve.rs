@@ -24,6 +24,18 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    // SIGHUP is caught from here on, before anything reads the configuration: one that arrives while herald starts
+    // (reading a large configuration, the spool read back) must not end the process; it is acted on (reload,
+    // reopen logs) once the server runs. SIGTERM and SIGINT keep their default action until then, so that a start
+    // that takes long can be stopped at once (what was acknowledged is in the spool either way).
+    let hup = {
+        let _context = runtime.enter();
+        Signals::hangup()?
+    };
     // The module stanzas' debug_level set the level of their part (a reload applies them again); RUST_LOG, when
     // set, overrides them for the life of the process. A configuration that does not load is reported by
     // Server::start below.
@@ -31,21 +43,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .map(|c| herald::logs::levels::directives(&c, "info"))
         .unwrap_or_else(|_| "info".to_owned());
     herald::logs::stderr::init_with_levels(&levels);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting tokio")?;
     runtime.block_on(async {
-        // SIGHUP is caught from here on: one that arrives while the server starts (which can take long while the
-        // spool is read back) must not end the process; it is acted on (reload, reopen logs) once the server runs.
-        // SIGTERM and SIGINT keep their default action until then, so that a start that takes long can be
-        // stopped at once (what was acknowledged is in the spool either way).
-        let hup = Signals::hangup()?;
         let server = Server::start(&args.config).await?;
         // The other handlers are in place before the ready line, so a signal sent as soon as it is read is handled.
         let signals = Signals::install(hup)?;
-        // One line on stdout once every listener is bound: scripts and tests read the addresses from it.
-        println!("{}", serde_json::to_string(&server.addrs().await)?);
+        // One line on stdout once every listener is bound: scripts and tests read the addresses from it. Nobody
+        // reading it (a closed pipe) does not stop the server.
+        super::print_stdout(&format!(
+            "{}\n",
+            serde_json::to_string(&server.addrs().await)?
+        ))?;
         let (term, int) = run_until_stopped(&server, signals).await?;
         tracing::info!("shutting down");
         let report = server

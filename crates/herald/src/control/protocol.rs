@@ -46,6 +46,11 @@ pub enum ProtocolError {
     NotUtf8,
     #[error("malformed status line from the server: {0:?}")]
     BadStatus(String),
+    #[error(
+        "the server answered with a TLS record instead of a status line: this control listener speaks TLS; use \
+         --tls (or --ca FILE)"
+    )]
+    TlsAnswer,
     #[error("answer of {0} bytes is larger than {MAX_REPLY}")]
     ReplyTooLong(usize),
     #[error("the server closed the connection")]
@@ -102,11 +107,15 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
 
 /// Reads one answer.
 pub async fn read_reply<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Reply, ProtocolError> {
-    let mut status = String::new();
-    let n = (&mut *r).take(64).read_line(&mut status).await?;
+    let mut status = Vec::new();
+    let n = (&mut *r).take(64).read_until(b'\n', &mut status).await?;
     if n == 0 {
         return Err(ProtocolError::Closed);
     }
+    if is_tls_record(&status) {
+        return Err(ProtocolError::TlsAnswer);
+    }
+    let status = String::from_utf8_lossy(&status);
     let line = status.trim_end();
     let (ok, len) = match line.split_once(' ') {
         Some(("OK", len)) => (true, len),
@@ -125,6 +134,12 @@ pub async fn read_reply<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Reply, Pro
         ok,
         text: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// Whether `bytes` open like a TLS record of the kind a TLS server sends to a client that does not speak TLS: an
+/// alert (content type 21) or a handshake (22), with a TLS major version of 3.
+fn is_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, ..])
 }
 
 #[cfg(test)]
@@ -170,6 +185,25 @@ mod tests {
             read_request(&mut r).await,
             Err(ProtocolError::RequestTooLong)
         ));
+    }
+
+    /// A TLS listener answers a plain-text request with a TLS alert record (RFC 8446 §5.1 record layout: content
+    /// type, then version 3.x); the error says the listener speaks TLS and which flag to use.
+    #[tokio::test]
+    async fn a_tls_answer_says_to_use_tls() {
+        for wire in [
+            &b"\x15\x03\x03\x00\x02\x02\x32"[..],
+            &b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03\xff\xfe"[..],
+        ] {
+            let mut r = BufReader::new(wire);
+            let err = read_reply(&mut r).await.unwrap_err();
+            assert!(matches!(err, ProtocolError::TlsAnswer), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("speaks TLS") && text.contains("--tls"),
+                "{text}"
+            );
+        }
     }
 
     #[tokio::test]
