@@ -675,3 +675,301 @@ async fn wait_prints_the_ids_and_the_final_outcomes() {
     );
     delivered(&s.sim, &tokens).await;
 }
+
+/// A fake herald for the retry tests: `POST /api/v1/push` answers as `answer` says for the request's number (from
+/// 0), remembering each request's `Idempotency-Key`; the status query says lookups are off; a broadcast is `400`.
+struct Fake {
+    url: String,
+    keys: Keys,
+}
+
+/// Each push request's `Idempotency-Key` and when it came.
+type Keys = Arc<std::sync::Mutex<Vec<(Option<String>, Instant)>>>;
+
+async fn fake_server(answer: fn(usize) -> (u16, Option<u64>)) -> Fake {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use serde_json::{Value, json};
+    let keys: Keys = Arc::default();
+    let seen = keys.clone();
+    let push = move |headers: HeaderMap, body: String| {
+        let seen = seen.clone();
+        async move {
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                seen.push((key, Instant::now()));
+                seen.len() - 1
+            };
+            let (status, retry_after) = answer(n);
+            if status != 202 {
+                let mut r = (
+                    StatusCode::from_u16(status).unwrap(),
+                    axum::Json(json!({"error": "queue full: retry later"})),
+                )
+                    .into_response();
+                if let Some(s) = retry_after {
+                    r.headers_mut()
+                        .insert("retry-after", s.to_string().parse().unwrap());
+                }
+                return r;
+            }
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let results: Vec<Value> = (0..v["tokens"].as_array().unwrap().len())
+                .map(|i| json!({"status": "accepted", "id": format!("01/00-{n}-{i}")}))
+                .collect();
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "results": results })),
+            )
+                .into_response()
+        }
+    };
+    async fn query(body: String) -> axum::Json<Value> {
+        let asked: Value = serde_json::from_str(&body).unwrap();
+        let not_found: Vec<Value> = asked["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| json!({"id": id, "found": "unknown", "error": format!("{}: unknown: status lookups are off on this herald (outcome_retention = 0): it keeps no outcome to look up", id.as_str().unwrap())}))
+            .collect();
+        axum::Json(json!({"notifications": [], "not_found": not_found}))
+    }
+    async fn broadcast() -> (StatusCode, axum::Json<Value>) {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "channel_id: not base64"})),
+        )
+    }
+    let app = axum::Router::new()
+        .route("/api/v1/push", post(push))
+        .route("/api/v1/notifications/query", post(query))
+        .route("/api/v1/broadcast", post(broadcast));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Fake { url, keys }
+}
+
+/// Runs the built binary `herald send --url URL --domain DOMAIN ARGS…` with a deadline.
+async fn run_send(url: &str, args: &[&str]) -> Run {
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["send", "--url", url, "--domain", DOMAIN])
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("herald send ended within its deadline")
+    .unwrap();
+    Run {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// A batch answered `503` is tried again with the same `Idempotency-Key`, so that the server answers a repeat of
+/// an accepted try again rather than queueing it twice (docs/api.md "Idempotent requests"); the summary counts
+/// the requests made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_tried_again_with_the_same_idempotency_key() {
+    let fake = fake_server(|n| if n == 0 { (503, Some(0)) } else { (202, None) }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "two.csv",
+        &format!("{}\n{}\n", token(1), token(2)),
+    );
+    let run = run_send(
+        &fake.url,
+        &["--file", file.to_str().unwrap(), "--alert", "x"],
+    )
+    .await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.starts_with(&format!(
+            "sent 2 notifications from {} to {DOMAIN} in 2 requests (1 batch, 1 tried again)\naccepted: 2\n",
+            file.display()
+        )),
+        "{}",
+        run.stdout
+    );
+    let keys = fake.keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    let key = keys[0]
+        .0
+        .clone()
+        .expect("the request carries an Idempotency-Key");
+    assert!(key.ends_with("-0"), "{key}");
+    assert_eq!(
+        keys[1].0.as_deref(),
+        Some(key.as_str()),
+        "the same key again"
+    );
+}
+
+/// A server that answers `503` for as long as `--retry-for` lasts: the batch tried counts as failed, the batches
+/// never sent as not sent, named by their lines with the key prefix to resend them with; the counts are those of
+/// the requests made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_never_sent_are_named_apart_from_failed_ones() {
+    let fake = fake_server(|_| (503, Some(0))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: Vec<String> = (0..6).map(token).collect();
+    let file = write(dir.path(), "six.csv", &(tokens.join("\n") + "\n"));
+    let f = file.to_str().unwrap();
+    let run = run_send(
+        &fake.url,
+        &[
+            "--file",
+            f,
+            "--alert",
+            "x",
+            "--batch",
+            "2",
+            "--parallel",
+            "1",
+            "--retry-for",
+            "1",
+            "--idempotency-key",
+            "run7",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    let keys = fake.keys.lock().unwrap().clone();
+    assert!(keys.len() >= 2, "tried again: {keys:?}");
+    assert!(
+        keys.iter().all(|(k, _)| k.as_deref() == Some("run7-0")),
+        "{keys:?}"
+    );
+    assert!(
+        run.stdout.starts_with(&format!(
+            "sent 2 notifications from {f} to {DOMAIN} in {} requests (1 batch, {} tried again)\n",
+            keys.len(),
+            keys.len() - 1
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(
+            "failed: 2\n         2  HTTP 503: queue full: retry later\nnot sent: 4 (in 2 batches never sent"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "herald send: failed (sent; herald's answer unknown or a refusal): {f} lines 1-2\n"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("herald send: not sent: {f} lines 3-6\n")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("rerun with --idempotency-key run7 --batch 2"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A `429` with `retry-after` is tried again no sooner than it asks, with the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_tried_again_after_its_retry_after() {
+    let fake = fake_server(|n| if n == 0 { (429, Some(1)) } else { (202, None) }).await;
+    let run = run_send(&fake.url, &["--token", &token(3), "--alert", "x"]).await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    let keys = fake.keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0].0, keys[1].0);
+    assert!(keys[0].0.is_some());
+    assert!(
+        keys[1].1 - keys[0].1 >= Duration::from_millis(900),
+        "retry-after: 1 honoured"
+    );
+}
+
+/// A herald with `outcome_retention = 0` answers every id `unknown` because it keeps no outcomes: `--wait` ends at
+/// once, the ids not looked up, rather than waiting out `--wait-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_ends_at_once_when_lookups_are_off() {
+    let fake = fake_server(|_| (202, None)).await;
+    let run = run_send(
+        &fake.url,
+        &[
+            "--token",
+            &token(4),
+            "--alert",
+            "x",
+            "--wait",
+            "--wait-timeout",
+            "600",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(
+            "not looked up: 1 (outcome unknown)\n         1  status lookups are off on this herald (outcome_retention = 0)\n"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("pending"), "{}", run.stdout);
+}
+
+/// `--ca` with a file holding no certificate, or with a plain http:// URL, is a usage error (exit 2) naming it,
+/// not a TLS failure at the first request nor silently ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_without_a_certificate_or_for_http_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "tokens.csv", &format!("{}\n", token(5)));
+    let c = csv.to_str().unwrap();
+    let run = run_send(
+        "https://127.0.0.1:9",
+        &["--ca", c, "--token", &token(5), "--alert", "x"],
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("--ca {c}: no CA certificate found")),
+        "{}",
+        run.stderr
+    );
+    let run = run_send(
+        "http://127.0.0.1:9",
+        &["--ca", c, "--token", &token(5), "--alert", "x"],
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("is not https://"), "{}", run.stderr);
+}
+
+/// A refused broadcast is reported on standard error, as the other refusals of `herald send`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_broadcast_is_reported_on_stderr() {
+    let fake = fake_server(|_| (202, None)).await;
+    let run = run_send(
+        &fake.url,
+        &["--channel", "abc", "--payload", "{\"aps\":{}}"],
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(run.stderr.contains("refused: POST "), "{}", run.stderr);
+}

@@ -78,13 +78,71 @@ pub struct SendArgs {
     pub ids: bool,
     /// Wait for the final outcomes (POST /api/v1/notifications/query) and print them grouped by reason; the wait
     /// ends once no answer can change. The exit status is non-zero unless every one was delivered: when any failed,
-    /// is still pending, expired (its outcome was pruned after outcome_retention: unknown), or could not be looked
-    /// up.
+    /// is still pending, expired (its outcome was pruned after outcome_retention: unknown), unknown to herald for
+    /// 60 s on end, or could not be looked up (as when status lookups are off: the wait ends at once).
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this many seconds (those still pending are counted as such).
     #[arg(long, default_value_t = 600)]
     pub wait_timeout: u64,
+    /// The prefix of each request's Idempotency-Key (`PREFIX-N`, N the batch's number from 0); default: a random
+    /// one, printed when anything was not accepted. A rerun with the same prefix, input and --batch within 24 hours
+    /// sends only the batches herald did not accept: those it did are answered again, not queued again.
+    #[arg(long, value_parser = parse_key_prefix)]
+    pub idempotency_key: Option<String>,
+    /// How long a batch answered 503 (spool or queue full) or 429 is tried again (with its Idempotency-Key,
+    /// honouring retry-after, else pauses doubling from 0.5 s to 30 s), counted from its first such answer; 0: not
+    /// tried again.
+    #[arg(long, default_value_t = 60)]
+    pub retry_for: u64,
+}
+
+/// `--idempotency-key`: 1 to 200 visible ASCII characters (the batch number follows, within the server's 255).
+fn parse_key_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > client::MAX_KEY_PREFIX_LEN {
+        return Err(format!(
+            "the prefix has {} characters; give 1 to {}",
+            s.len(),
+            client::MAX_KEY_PREFIX_LEN
+        ));
+    }
+    if let Some((at, c)) = s.char_indices().find(|(_, c)| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{c:?} at position {at} is not a visible ASCII character"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// An error in the arguments: printed, exit status 2.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("herald send: {message}");
+    ExitCode::from(2)
+}
+
+/// The PEM text of --ca, checked against the URL: an error for a usage mistake (a file without a certificate, a
+/// CA for a plain http:// URL).
+fn read_ca(args: &SendArgs) -> anyhow::Result<Result<Option<Vec<u8>>, String>> {
+    let Some(path) = &args.ca else {
+        return Ok(Ok(None));
+    };
+    if !args.url.to_ascii_lowercase().starts_with("https://") {
+        return Ok(Err(format!(
+            "--ca {}: the URL {} is not https://, so no certificate is checked; drop --ca or use https://",
+            path.display(),
+            args.url
+        )));
+    }
+    let pem =
+        std::fs::read(path).with_context(|| format!("--ca {}: cannot read", path.display()))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(Ok(Some(pem))),
+        Ok(_) => Ok(Err(format!(
+            "--ca {}: no CA certificate found (the file holds no PEM CERTIFICATE block)",
+            path.display()
+        ))),
+        Err(e) => Ok(Err(format!("--ca {}: {e}", path.display()))),
+    }
 }
 
 pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -92,11 +150,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         return broadcast(&args, channel);
     }
     let (defaults, items, what) = prepare(&args)?;
-    let ca = match &args.ca {
-        Some(path) => Some(
-            std::fs::read(path).with_context(|| format!("--ca {}: cannot read", path.display()))?,
-        ),
-        None => None,
+    let ca = match read_ca(&args)? {
+        Ok(ca) => ca,
+        Err(e) => return Ok(usage_error(&e)),
     };
     let api_key = api_key(&args, std::env::var_os(API_KEY_ENV))?;
     let client = PushClient::with_ca(&args.url, api_key, ca.as_deref())?;
@@ -107,13 +163,22 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let lines: Vec<Option<usize>> = items.iter().map(|i| i.line).collect();
     let progress = progress_bar(items.len() as u64, "sending");
     let bar = progress.clone();
-    let report = runtime.block_on(client::send_all(
+    let retry = client::Retry {
+        key_prefix: Some(
+            args.idempotency_key
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+        ),
+        retry_for: std::time::Duration::from_secs(args.retry_for),
+    };
+    let report = runtime.block_on(client::send_all_with(
         &client,
         &args.domain,
         &defaults,
         items,
         args.batch as usize,
         args.parallel as usize,
+        &retry,
         move |n| bar.set_position(n as u64),
     ));
     progress.finish_and_clear();
@@ -123,6 +188,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         if let Some(failure) = &report.first_failure {
             writeln!(err, "herald send: a request failed: {failure}")?;
         }
+        write_unsent(&mut err, &report, &lines, &what, args.batch)?;
     }
     let mut out = std::io::stdout().lock();
     write_summary(&mut out, &report, &args.domain, &what)?;
@@ -170,11 +236,9 @@ fn broadcast(args: &SendArgs, channel: &str) -> anyhow::Result<ExitCode> {
     // (the server refuses it), reorder the keys and round big numbers.
     let payload = input::parse_payload(payload)?;
     let body = broadcast_body(args, channel, &payload)?;
-    let ca = match &args.ca {
-        Some(path) => Some(
-            std::fs::read(path).with_context(|| format!("--ca {}: cannot read", path.display()))?,
-        ),
-        None => None,
+    let ca = match read_ca(args)? {
+        Ok(ca) => ca,
+        Err(e) => return Ok(usage_error(&e)),
     };
     let api_key = api_key(args, std::env::var_os(API_KEY_ENV))?;
     let client = PushClient::with_ca(&args.url, api_key, ca.as_deref())?;
@@ -194,7 +258,7 @@ fn broadcast(args: &SendArgs, channel: &str) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             writeln!(
-                out,
+                std::io::stderr().lock(),
                 "broadcast to channel {channel} of {}: refused: {e}",
                 args.domain
             )?;
@@ -338,7 +402,7 @@ pub fn write_summary(
     domain: &str,
     what: &str,
 ) -> std::io::Result<()> {
-    writeln!(
+    write!(
         out,
         "sent {} notification{} from {what} to {domain} in {} request{}",
         report.sent,
@@ -346,6 +410,16 @@ pub fn write_summary(
         report.requests,
         plural(report.requests)
     )?;
+    let again = report.requests.saturating_sub(report.batches_sent);
+    if again > 0 {
+        write!(
+            out,
+            " ({} batch{}, {again} tried again)",
+            report.batches_sent,
+            if report.batches_sent == 1 { "" } else { "es" }
+        )?;
+    }
+    writeln!(out)?;
     match (report.sent, report.outcomes.first()) {
         (1, Some(client::Outcome::Accepted(id))) => writeln!(out, "accepted: 1 (id {id})")?,
         _ => writeln!(out, "accepted: {}", report.accepted())?,
@@ -357,6 +431,19 @@ pub fn write_summary(
     writeln!(out, "failed: {}", report.failed())?;
     for (reason, n) in report.grouped(true) {
         writeln!(out, "  {n:>8}  {reason}")?;
+    }
+    if !report.not_sent.is_empty() {
+        writeln!(
+            out,
+            "not sent: {} (in {} batch{} never sent: sending stopped after a request failed)",
+            report.not_sent.len(),
+            report.batches_not_sent,
+            if report.batches_not_sent == 1 {
+                ""
+            } else {
+                "es"
+            }
+        )?;
     }
     let secs = report.elapsed.as_secs_f64();
     writeln!(
@@ -399,6 +486,78 @@ pub fn write_rejections(
     Ok(())
 }
 
+/// On standard error, for notifications read from a file or stdin, the lines whose request failed and those never
+/// sent, as ranges (`FILE lines 1002-1501, 2002-2501`), and the Idempotency-Key prefix to resend them with.
+pub fn write_unsent(
+    out: &mut impl Write,
+    report: &Report,
+    lines: &[Option<usize>],
+    what: &str,
+    batch: u32,
+) -> std::io::Result<()> {
+    let mut unsent = report.not_sent.iter().copied().peekable();
+    let mut failed = Vec::new();
+    for (i, o) in report.outcomes.iter().enumerate() {
+        if unsent.next_if(|&u| u == i).is_some() {
+            continue;
+        }
+        if matches!(o, client::Outcome::Failed(_)) {
+            failed.push(i);
+        }
+    }
+    let mut any = false;
+    for (label, indexes) in [
+        (
+            "failed (sent; herald's answer unknown or a refusal)",
+            &failed,
+        ),
+        ("not sent", &report.not_sent),
+    ] {
+        if indexes.is_empty() {
+            continue;
+        }
+        any = true;
+        let ranges = line_ranges(indexes, lines);
+        if !ranges.is_empty() {
+            writeln!(out, "herald send: {label}: {what} lines {ranges}")?;
+        }
+    }
+    if let (true, Some(prefix)) = (any, &report.key_prefix) {
+        writeln!(
+            out,
+            "herald send: Idempotency-Key prefix {prefix}: rerun with --idempotency-key {prefix} --batch {batch} and \
+             the same input within 24 hours to send only what herald did not accept"
+        )?;
+    }
+    Ok(())
+}
+
+/// The input lines of the items `indexes` (ascending), runs of consecutive items as `FIRST-LAST`.
+fn line_ranges(indexes: &[usize], lines: &[Option<usize>]) -> String {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut prev: Option<usize> = None;
+    for &i in indexes {
+        let Some(Some(line)) = lines.get(i) else {
+            continue;
+        };
+        match (runs.last_mut(), prev) {
+            (Some(run), Some(p)) if p + 1 == i => run.1 = *line,
+            _ => runs.push((*line, *line)),
+        }
+        prev = Some(i);
+    }
+    runs.iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Final outcomes of the notifications a run sent.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Finals {
@@ -413,12 +572,18 @@ pub struct Finals {
     /// Asked about and answered with an error that asking again would not change (a `400`, a `500`, a refused
     /// request): lookup error -> count.
     pub not_looked_up: std::collections::BTreeMap<String, usize>,
+    /// Answered `found: unknown` for [`UNKNOWN_FOR`] on end after it was accepted: not queued yet, or lost.
+    pub unknown: usize,
 }
 
 impl Finals {
     /// Whether every notification was delivered (nothing failed, pending, expired or not looked up).
     pub fn all_delivered(&self) -> bool {
-        self.failed == 0 && self.pending == 0 && self.expired == 0 && self.not_looked_up.is_empty()
+        self.failed == 0
+            && self.pending == 0
+            && self.expired == 0
+            && self.unknown == 0
+            && self.not_looked_up.is_empty()
     }
 
     /// Counts `lookup`; `Pending` is the caller's to ask again.
@@ -431,10 +596,22 @@ impl Finals {
             }
             Lookup::Expired => self.expired += 1,
             Lookup::Error(e) => *self.not_looked_up.entry(e).or_default() += 1,
+            Lookup::Off => {
+                *self
+                    .not_looked_up
+                    .entry(LOOKUPS_OFF.to_owned())
+                    .or_default() += 1
+            }
             Lookup::Pending | Lookup::AskAlone => {}
         }
     }
 }
+
+/// The text of a `found: unknown` answer from a herald that keeps no outcomes (crates/herald/src/outcomes/api.rs).
+const LOOKUPS_OFF: &str = "status lookups are off on this herald (outcome_retention = 0)";
+
+/// How long an id may stay `found: unknown` (no state held for it) before the wait stops asking about it.
+const UNKNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a status answer says of one notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -447,6 +624,8 @@ enum Lookup {
     Expired,
     /// An error that asking again will not change.
     Error(String),
+    /// `found: unknown` because the server keeps no outcomes (`outcome_retention = 0`): no id can be looked up.
+    Off,
     /// An error in the batch answer, which does not say whether it is for now (a `503`: ask again) or for good (a
     /// `400` or `500`): asked again alone, whose HTTP status tells.
     AskAlone,
@@ -466,6 +645,7 @@ fn lookup_of_state(s: &serde_json::Value) -> Lookup {
 /// An entry of `not_found` in a query's answer: `found: unknown` or `expired`, or an error.
 fn lookup_of_missing(v: &serde_json::Value) -> Lookup {
     match v["found"].as_str() {
+        Some("unknown") if error_text(v).contains(LOOKUPS_OFF) => Lookup::Off,
         Some("unknown") => Lookup::Pending,
         Some("expired") => Lookup::Expired,
         _ => Lookup::AskAlone,
@@ -505,9 +685,13 @@ async fn wait_for_outcomes(
     let mut finals = Finals::default();
     let mut waiting: Vec<String> = ids.to_vec();
     let mut pause = std::time::Duration::from_millis(50);
+    // Since when each id has been answered `unknown`, without a break.
+    let mut unknown_since: std::collections::HashMap<String, std::time::Instant> =
+        std::collections::HashMap::new();
     loop {
         let mut still = Vec::new();
         let mut broken: Option<String> = None;
+        let mut off = false;
         for chunk in waiting.chunks(1000) {
             if let Some(e) = &broken {
                 *finals.not_looked_up.entry(e.clone()).or_default() += chunk.len();
@@ -531,6 +715,21 @@ async fn wait_for_outcomes(
                 .chain(not_found.iter().map(|v| (v, lookup_of_missing(v))));
             for (v, mut lookup) in answered {
                 let Some(id) = v["id"].as_str() else { continue };
+                let unknown = v["found"].as_str() == Some("unknown");
+                if lookup == Lookup::Off {
+                    off = true;
+                }
+                if lookup == Lookup::Pending && unknown {
+                    let since = *unknown_since
+                        .entry(id.to_owned())
+                        .or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= UNKNOWN_FOR {
+                        finals.unknown += 1;
+                        continue;
+                    }
+                } else {
+                    unknown_since.remove(id);
+                }
                 if lookup == Lookup::AskAlone {
                     lookup = match client.status(id).await {
                         Ok((status, v)) => lookup_of_answer(status, &v),
@@ -545,6 +744,15 @@ async fn wait_for_outcomes(
             }
         }
         waiting = still;
+        if off {
+            // No id can be looked up on this server: those not final are not looked up either.
+            *finals
+                .not_looked_up
+                .entry(LOOKUPS_OFF.to_owned())
+                .or_default() += waiting.len();
+            finals.pending = 0;
+            return finals;
+        }
         let now = std::time::Instant::now();
         if waiting.is_empty() || broken.is_some() || now >= deadline {
             finals.pending = waiting.len();
@@ -580,6 +788,15 @@ pub fn write_outcomes(out: &mut impl Write, f: &Finals, total: usize) -> std::io
             out,
             "expired: {} (outcome unknown: herald kept it for outcome_retention and pruned it)",
             f.expired
+        )?;
+    }
+    if f.unknown > 0 {
+        writeln!(
+            out,
+            "unknown: {} (outcome unknown: herald held no state for it for {} s on end after it was accepted: not \
+             queued yet, or lost)",
+            f.unknown,
+            UNKNOWN_FOR.as_secs()
         )?;
     }
     let not_looked_up: usize = f.not_looked_up.values().sum();
@@ -709,6 +926,13 @@ mod tests {
             lookup_of_missing(&json!({"id": "x", "found": "unknown", "error": "later"})),
             Lookup::Pending
         );
+        // A herald that keeps no outcomes: nothing can be looked up, asking again will not change that.
+        assert_eq!(
+            lookup_of_missing(
+                &json!({"id": "x", "found": "unknown", "error": format!("x: unknown: {LOOKUPS_OFF}: it keeps no outcome to look up")})
+            ),
+            Lookup::Off
+        );
         // Expired is final: asking again cannot bring the outcome back.
         assert_eq!(
             lookup_of_missing(&json!({"id": "x", "found": "expired", "error": "gone"})),
@@ -776,13 +1000,14 @@ mod tests {
         let report = Report {
             sent: 3,
             requests: 1,
+            batches_sent: 1,
             outcomes: vec![
                 Outcome::Accepted("a".into()),
                 Outcome::Rejected("device token: too short (3 hex digits)".into()),
                 Outcome::Rejected("device token: too short (5 hex digits)".into()),
             ],
             elapsed: std::time::Duration::from_millis(10),
-            first_failure: None,
+            ..Report::default()
         };
         let mut out = Vec::new();
         write_summary(&mut out, &report, "d.example", "t.csv").unwrap();

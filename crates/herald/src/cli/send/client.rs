@@ -11,8 +11,39 @@ use super::input::{Item, Options};
 
 /// How long one request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often a `503` (spool full or failing) is tried again before the batch counts as failed.
-const RETRIES_ON_503: u32 = 5;
+/// The first pause before a `503`/`429` without `retry-after` is tried again; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause between two tries of a batch herald answered `503`/`429`.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// Longest `--idempotency-key` prefix: with `-` and a batch number the key stays within the server's 255.
+pub const MAX_KEY_PREFIX_LEN: usize = 200;
+
+/// How batches are sent again: each carries the `Idempotency-Key` `PREFIX-N` (N its number from 0), so that a try
+/// of a batch after a `503` or `429` (or a rerun with the same prefix, batch size and input) is answered as the
+/// first accepted try was and queues nothing again.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// The keys' prefix; `None`: no `Idempotency-Key` (and no try again, which could send a batch twice).
+    pub key_prefix: Option<String>,
+    /// How long after its first `503`/`429` a batch is tried again (after pauses doubling from 0.5 s up to 30 s,
+    /// or the answer's `retry-after` when longer); zero: not tried again.
+    pub retry_for: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            key_prefix: Some(uuid::Uuid::new_v4().simple().to_string()),
+            retry_for: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What one batch's requests came to: the outcomes (or the last request's failure) and how many requests it made.
+pub struct Sent {
+    pub result: Result<Vec<Outcome>, RequestError>,
+    pub requests: usize,
+}
 
 /// Why a whole request failed (every item in it counts as failed).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,7 +69,7 @@ impl RequestError {
     fn is_fatal(&self) -> bool {
         match self {
             RequestError::Transport { .. } | RequestError::Mismatch { .. } => true,
-            RequestError::Status { status, .. } => !matches!(status, 400 | 413),
+            RequestError::Status { status, .. } => !matches!(status, 400 | 409 | 413),
         }
     }
 
@@ -114,6 +145,14 @@ impl PushClient {
                     message: format!("--ca: {}", error_chain(&e)),
                 }
             })?;
+            if certs.is_empty() {
+                return Err(RequestError::Transport {
+                    url,
+                    message:
+                        "--ca: no CA certificate found (the file holds no PEM CERTIFICATE block)"
+                            .into(),
+                });
+            }
             builder = builder.tls_certs_only(certs);
         }
         let http = builder.build().map_err(|e| RequestError::Transport {
@@ -123,17 +162,23 @@ impl PushClient {
         Ok(PushClient { http, url, api_key })
     }
 
-    /// Sends one batch; the outcomes are in item order.
-    pub async fn send(
+    /// Sends one batch with `Idempotency-Key` `key` (if any); a `503` or `429` is tried again, with the same key,
+    /// for up to `retry.retry_for` after the first (only with a key: without one a try again could queue the batch
+    /// twice). The outcomes are in item order.
+    pub async fn send_batch(
         &self,
         domain: &str,
         defaults: &Request,
         items: &[Item],
-    ) -> Result<Vec<Outcome>, RequestError> {
+        key: Option<&str>,
+        retry: &Retry,
+    ) -> Sent {
         let body = request_body(domain, defaults, items);
-        let mut attempt = 0;
+        let mut requests = 0;
+        let mut pause = FIRST_PAUSE;
+        let mut give_up: Option<Instant> = None;
         loop {
-            attempt += 1;
+            requests += 1;
             let mut req = self
                 .http
                 .post(&self.url)
@@ -142,58 +187,105 @@ impl PushClient {
             if let Some(key) = &self.api_key {
                 req = req.bearer_auth(key);
             }
-            let transport = |e: reqwest::Error| RequestError::Transport {
-                url: self.url.clone(),
-                message: error_chain(&e),
-            };
-            let answer = req.send().await.map_err(transport)?;
-            let status = answer.status().as_u16();
-            let retry_after = answer
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let text = answer.text().await.map_err(transport)?;
-            if status == 503 && attempt <= RETRIES_ON_503 {
-                // The spool is full or failing: herald asks to try again later.
-                let wait = Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 10));
-                tokio::time::sleep(wait).await;
-                continue;
+            if let Some(key) = key {
+                req = req.header("idempotency-key", key);
             }
-            if status != 202 {
-                let message = serde_json::from_str::<ErrorAnswer>(&text)
-                    .map(|e| e.error)
-                    .unwrap_or_else(|_| text.trim().chars().take(300).collect());
-                return Err(RequestError::Status {
+            let result = self.answer(req, items.len()).await;
+            let retry_after = match &result {
+                Err((
+                    RequestError::Status {
+                        status: 503 | 429, ..
+                    },
+                    retry_after,
+                )) if key.is_some() => *retry_after,
+                _ => {
+                    return Sent {
+                        result: result.map_err(|(e, _)| e),
+                        requests,
+                    };
+                }
+            };
+            // The spool or the queue is full, or herald asks to slow down: the same batch again, same key.
+            let now = Instant::now();
+            let deadline = *give_up.get_or_insert(now + retry.retry_for);
+            let wait = retry_after.map_or(pause, |s| Duration::from_secs(s).max(pause));
+            pause = (pause * 2).min(MAX_PAUSE);
+            if now + wait > deadline {
+                return Sent {
+                    result: result.map_err(|(e, _)| e),
+                    requests,
+                };
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One request's answer: the outcomes, or the failure with the answer's `retry-after` (seconds).
+    async fn answer(
+        &self,
+        req: reqwest::RequestBuilder,
+        sent: usize,
+    ) -> Result<Vec<Outcome>, (RequestError, Option<u64>)> {
+        let transport = |e: reqwest::Error| {
+            (
+                RequestError::Transport {
+                    url: self.url.clone(),
+                    message: error_chain(&e),
+                },
+                None,
+            )
+        };
+        let answer = req.send().await.map_err(transport)?;
+        let status = answer.status().as_u16();
+        let retry_after = answer
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let text = answer.text().await.map_err(transport)?;
+        if status != 202 {
+            let message = serde_json::from_str::<ErrorAnswer>(&text)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| text.trim().chars().take(300).collect());
+            return Err((
+                RequestError::Status {
                     url: self.url.clone(),
                     status,
                     message,
-                });
-            }
-            let parsed: Answer =
-                serde_json::from_str(&text).map_err(|e| RequestError::Transport {
+                },
+                retry_after,
+            ));
+        }
+        let parsed: Answer = serde_json::from_str(&text).map_err(|e| {
+            (
+                RequestError::Transport {
                     url: self.url.clone(),
                     message: format!("the 202 answer is not the expected JSON: {e}"),
-                })?;
-            if parsed.results.len() != items.len() {
-                return Err(RequestError::Mismatch {
+                },
+                None,
+            )
+        })?;
+        if parsed.results.len() != sent {
+            return Err((
+                RequestError::Mismatch {
                     url: self.url.clone(),
                     got: parsed.results.len(),
-                    sent: items.len(),
-                });
-            }
-            return Ok(parsed
-                .results
-                .into_iter()
-                .map(|r| match r.status.as_str() {
-                    "accepted" => Outcome::Accepted(r.id.unwrap_or_default()),
-                    _ => Outcome::Rejected(
-                        r.reason
-                            .unwrap_or_else(|| format!("status {:?} without a reason", r.status)),
-                    ),
-                })
-                .collect());
+                    sent,
+                },
+                None,
+            ));
         }
+        Ok(parsed
+            .results
+            .into_iter()
+            .map(|r| match r.status.as_str() {
+                "accepted" => Outcome::Accepted(r.id.unwrap_or_default()),
+                _ => Outcome::Rejected(
+                    r.reason
+                        .unwrap_or_else(|| format!("status {:?} without a reason", r.status)),
+                ),
+            })
+            .collect())
     }
 }
 
@@ -396,8 +488,18 @@ fn push_options(out: &mut String, o: &Options) {
 /// The outcome of a whole run.
 #[derive(Debug, Default, Clone)]
 pub struct Report {
+    /// Notifications in the batches that were sent (whatever came of them).
     pub sent: usize,
+    /// HTTP requests made, tries again included.
     pub requests: usize,
+    /// Batches sent, and batches never sent (after a failure that made sending more pointless).
+    pub batches_sent: usize,
+    pub batches_not_sent: usize,
+    /// The items (indexes, in input order) that were never sent: their outcome is `Failed` with the reason sending
+    /// stopped, but the server never saw them.
+    pub not_sent: Vec<usize>,
+    /// The `Idempotency-Key` prefix the batches carried.
+    pub key_prefix: Option<String>,
     /// Outcome of each item, in input order.
     pub outcomes: Vec<Outcome>,
     pub elapsed: Duration,
@@ -415,8 +517,9 @@ impl Report {
         self.count(|o| matches!(o, Outcome::Rejected(_)))
     }
 
+    /// Items whose request failed (sent, but not answered with their outcome); those never sent are not counted.
     pub fn failed(&self) -> usize {
-        self.count(|o| matches!(o, Outcome::Failed(_)))
+        self.count(|o| matches!(o, Outcome::Failed(_))) - self.not_sent.len()
     }
 
     fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
@@ -426,7 +529,11 @@ impl Report {
     /// Reasons of refused (or failed) items and how many had each, most frequent first.
     pub fn grouped(&self, failed: bool) -> Vec<(String, usize)> {
         let mut map: BTreeMap<&str, usize> = BTreeMap::new();
-        for o in &self.outcomes {
+        let mut unsent = self.not_sent.iter().peekable();
+        for (i, o) in self.outcomes.iter().enumerate() {
+            if unsent.next_if(|&&u| u == i).is_some() {
+                continue;
+            }
             match (o, failed) {
                 (Outcome::Rejected(r), false) | (Outcome::Failed(r), true) => {
                     *map.entry(general_reason(r)).or_default() += 1
@@ -456,8 +563,9 @@ fn general_reason(reason: &str) -> &str {
 }
 
 /// Sends `items` in batches of `batch`, `parallel` requests at a time; `progress` is called with the number
-/// of items finished so far. A fatal request failure (connection refused, wrong key, unknown path) stops the
-/// run: the remaining items count as failed with the same reason.
+/// of items finished so far. A fatal request failure (connection refused, wrong key, unknown path, a `503` still
+/// answered when its tries ran out) stops the run: the remaining items are not sent, and count as failed with
+/// the same reason.
 pub async fn send_all(
     client: &PushClient,
     domain: &str,
@@ -467,15 +575,34 @@ pub async fn send_all(
     parallel: usize,
     progress: impl Fn(usize) + Send + Sync + 'static,
 ) -> Report {
+    let retry = Retry::default();
+    send_all_with(
+        client, domain, defaults, items, batch, parallel, &retry, progress,
+    )
+    .await
+}
+
+/// As [`send_all`], the batches carrying the keys and tried again as `retry` says.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_all_with(
+    client: &PushClient,
+    domain: &str,
+    defaults: &Request,
+    items: Vec<Item>,
+    batch: usize,
+    parallel: usize,
+    retry: &Retry,
+    progress: impl Fn(usize) + Send + Sync + 'static,
+) -> Report {
     let started = Instant::now();
     let batch = batch.max(1);
     let total = items.len();
     let items = Arc::new(items);
-    let chunks: Vec<(usize, usize)> = (0..total)
+    let chunks: Vec<(usize, (usize, usize))> = (0..total)
         .step_by(batch)
         .map(|s| (s, (s + batch).min(total)))
+        .enumerate()
         .collect();
-    let requests = chunks.len();
     let queue = Arc::new(std::sync::Mutex::new(chunks.into_iter()));
     let fatal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let first_failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
@@ -483,9 +610,10 @@ pub async fn send_all(
     let progress = Arc::new(progress);
     let domain: Arc<str> = Arc::from(domain);
     let defaults = Arc::new(defaults.clone());
+    let retry = Arc::new(retry.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..parallel.max(1) {
-        let (client, items, queue, fatal, first_failure, done, progress, domain, defaults) = (
+        let (client, items, queue, fatal, first_failure, done, progress, domain, defaults, retry) = (
             client.clone(),
             items.clone(),
             queue.clone(),
@@ -495,52 +623,85 @@ pub async fn send_all(
             progress.clone(),
             domain.clone(),
             defaults.clone(),
+            retry.clone(),
         );
         tasks.spawn(async move {
+            // (start, outcomes, sent, requests)
             let mut results = Vec::new();
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
-                let Some((start, end)) = next else { break };
+                let Some((n, (start, end))) = next else { break };
                 let stopped = fatal.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let outcomes = match stopped {
-                    Some(reason) => vec![Outcome::Failed(reason); end - start],
-                    None => match client.send(&domain, &defaults, &items[start..end]).await {
-                        Ok(o) => o,
-                        Err(e) => {
-                            first_failure
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert_with(|| e.to_string());
-                            if e.is_fatal() {
-                                *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.reason());
+                let (outcomes, sent, requests) = match stopped {
+                    Some(reason) => (vec![Outcome::Failed(reason); end - start], false, 0),
+                    None => {
+                        let key = retry.key_prefix.as_ref().map(|p| format!("{p}-{n}"));
+                        let sent = client
+                            .send_batch(
+                                &domain,
+                                &defaults,
+                                &items[start..end],
+                                key.as_deref(),
+                                &retry,
+                            )
+                            .await;
+                        match sent.result {
+                            Ok(o) => (o, true, sent.requests),
+                            Err(e) => {
+                                first_failure
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert_with(|| e.to_string());
+                                if e.is_fatal() {
+                                    *fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+                                        Some(e.reason());
+                                }
+                                (
+                                    vec![Outcome::Failed(e.reason()); end - start],
+                                    true,
+                                    sent.requests,
+                                )
                             }
-                            vec![Outcome::Failed(e.reason()); end - start]
                         }
-                    },
+                    }
                 };
                 let n = done.fetch_add(end - start, std::sync::atomic::Ordering::Relaxed);
                 progress(n + end - start);
-                results.push((start, outcomes));
+                results.push((start, outcomes, sent, requests));
             }
             results
         });
     }
     let mut outcomes = vec![Outcome::Failed("not sent".into()); total];
+    let mut was_sent = vec![false; total];
+    let (mut requests, mut batches_sent, mut batches_not_sent) = (0, 0, 0);
     while let Some(joined) = tasks.join_next().await {
         let Ok(results) = joined else { continue };
-        for (start, batch_outcomes) in results {
+        for (start, batch_outcomes, sent, made) in results {
+            requests += made;
+            if sent {
+                batches_sent += 1;
+            } else {
+                batches_not_sent += 1;
+            }
             for (i, o) in batch_outcomes.into_iter().enumerate() {
                 outcomes[start + i] = o;
+                was_sent[start + i] = sent;
             }
         }
     }
+    let not_sent: Vec<usize> = (0..total).filter(|&i| !was_sent[i]).collect();
     let first_failure = first_failure
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
     Report {
-        sent: total,
+        sent: total - not_sent.len(),
         requests,
+        batches_sent,
+        batches_not_sent,
+        not_sent,
+        key_prefix: retry.key_prefix.clone(),
         outcomes,
         elapsed: started.elapsed(),
         first_failure,
