@@ -82,6 +82,9 @@ async fn good_credentials_pass_and_the_route_answers_with_connect() {
     let (code, err) = check(&config, &["--connect"]);
     assert_eq!(code, 1);
     assert!(err.contains("is not reachable"), "{err}");
+    // Counted as what --connect found (one per domain), not as errors of the credential files.
+    assert!(err.contains("2 connection error(s) (--connect)"), "{err}");
+    assert!(!err.contains("credential error"), "{err}");
 }
 
 #[test]

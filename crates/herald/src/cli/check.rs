@@ -33,6 +33,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
             let config = std::sync::Arc::new(config);
             let mut findings = herald::credentials::check(&config, std::time::SystemTime::now());
+            let checked_offline = findings.len();
             if args.connect {
                 let resolver = herald::delivery::ConfigResolver::new(config.clone());
                 let runtime = tokio::runtime::Builder::new_current_thread()
@@ -57,21 +58,31 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     None => eprintln!("{name}: {f}"),
                 }
             }
-            let credential_errors = findings
-                .iter()
-                .filter(|f| f.severity == herald::credentials::Severity::Error)
-                .count()
+            let errors = |found: &[herald::credentials::Finding]| {
+                found
+                    .iter()
+                    .filter(|f| f.severity == herald::credentials::Severity::Error)
+                    .count()
+            };
+            // What `--connect` found (a route that cannot be reached, a handshake refused) is counted apart from
+            // what the files themselves hold.
+            let (offline, online) = findings.split_at(checked_offline);
+            let credential_errors = errors(offline)
                 + listener_findings
                     .iter()
                     .filter(|f| f.severity == herald::credentials::Severity::Error)
                     .count();
-            if !log_errors.is_empty() || credential_errors > 0 {
+            let connection_errors = errors(online);
+            if !log_errors.is_empty() || credential_errors > 0 || connection_errors > 0 {
                 let n = log_errors.len();
                 if n > 0 {
                     eprintln!("{name}: {n} error{}", if n == 1 { "" } else { "s" });
                 }
                 if credential_errors > 0 {
                     eprintln!("{name}: {credential_errors} credential error(s)");
+                }
+                if connection_errors > 0 {
+                    eprintln!("{name}: {connection_errors} connection error(s) (--connect)");
                 }
                 std::mem::forget(config);
                 return Ok(ExitCode::FAILURE);
