@@ -410,6 +410,10 @@ impl<T: Send + 'static> Connection<T> {
                                     job = jobs.try_recv().ok();
                                 }
                             }
+                            // The batch is the window's tail: while its write waits, the sweep may deliver earlier
+                            // notifications from the front (never one of the batch, which is not acknowledged before its
+                            // write), so the batch is found from the back afterwards, not at `batch_start`.
+                            let batch_len = window.entries.len() - batch_start;
                             if let Some(lost) = self.write_batch(&mut writer, &buf, &mut read_rx, &mut window, &mut tick, &mut taking).await {
                                 break Some(lost);
                             }
@@ -418,6 +422,7 @@ impl<T: Send + 'static> Connection<T> {
                             // taken: a write that waited on a slow reader must not make them look answered by silence.
                             last_activity = Instant::now();
                             let end = self.acks.as_ref().map_or(0, Acknowledged::written);
+                            let batch_start = window.entries.len().saturating_sub(batch_len);
                             for w in window.entries.range_mut(batch_start..) {
                                 w.at = last_activity;
                                 w.end = end;
@@ -1207,6 +1212,63 @@ mod tests {
                 .all(|(_, r)| matches!(r, PushResult::Delivered { .. })),
             "{reported:?}"
         );
+    }
+
+    /// A batch whose write waits on a peer that is not reading, while the sweep delivers earlier notifications by
+    /// silence from the window's front, is marked written whole once the write is done: found from the window's
+    /// back, not at the index it started at. With that stale index, part of the batch stayed unwritten for good
+    /// (`earlier` ≤ `batch`: the connection stuck behind it) or, with more delivered meanwhile than the batch held,
+    /// the task panicked and handed back a window the gateway had taken, to be sent again
+    /// (docs/apns-protocol.md#binary-error-packet: what silence answered is delivered).
+    async fn a_batch_written_while_silence_delivers_earlier_ones(earlier: u32, batch: u32) {
+        let one = encoded_len();
+        // Room for the earlier notifications only: the batch's write waits until the server reads.
+        let (client, mut server) = tokio::io::duplex(earlier as usize * one);
+        let s = start_with(
+            client,
+            None,
+            earlier,
+            options(WRITE_TIMEOUT),
+            FIRST_IDENTIFIER,
+        );
+        // Back at the top of its loop after their write, the connection counts them in flight.
+        wait_until("the earlier notifications written", || {
+            s.state.in_flight() == earlier as usize
+        })
+        .await;
+        // Queued together (the test's runtime runs the connection only when this task waits): one batch.
+        for tag in earlier + 1..=earlier + batch {
+            s.tx.try_send(job(tag)).unwrap();
+        }
+        let reported = s.results.wait_for(earlier as usize).await;
+        assert!(
+            reported
+                .iter()
+                .all(|(tag, r)| *tag <= earlier && matches!(r, PushResult::Delivered { .. })),
+            "{reported:?}"
+        );
+        // Everything written reaches the server once it reads; then silence delivers the batch too.
+        read_at_least(&mut server, (earlier + batch) as usize * one).await;
+        let mut reported = s.results.wait_for((earlier + batch) as usize).await;
+        reported.sort_by_key(|(tag, _)| *tag);
+        let tags: Vec<u32> = reported.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags, (1..=earlier + batch).collect::<Vec<_>>());
+        assert!(
+            reported
+                .iter()
+                .all(|(_, r)| matches!(r, PushResult::Delivered { .. })),
+            "{reported:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_smaller_than_what_silence_delivered_during_its_write_is_delivered() {
+        a_batch_written_while_silence_delivers_earlier_ones(3, 1).await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_what_silence_delivered_during_its_write_is_delivered() {
+        a_batch_written_while_silence_delivers_earlier_ones(1, 3).await;
     }
 
     /// A loopback TCP connection with the system's usual buffers.
