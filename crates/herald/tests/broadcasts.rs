@@ -758,11 +758,12 @@ async fn herald_send_channel_sends_one_broadcast() {
     )
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&repeated.stdout);
-    assert!(!repeated.status.success(), "{stdout}");
+    // A refusal is reported on stderr, as the other refusals of `herald send` (docs/api.md, broadcasts).
+    let stderr = String::from_utf8_lossy(&repeated.stderr);
+    assert!(!repeated.status.success(), "{stderr}");
     assert!(
-        stdout.contains("refused") && stdout.contains("repeats the key \"event\""),
-        "{stdout}"
+        stderr.contains("refused") && stderr.contains("repeats the key \"event\""),
+        "{stderr}"
     );
     let refused = send(
         channel,
@@ -770,11 +771,11 @@ async fn herald_send_channel_sends_one_broadcast() {
     )
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&refused.stdout);
-    assert!(!refused.status.success(), "{stdout}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
     assert!(
-        stdout.contains("refused") && stdout.contains("start"),
-        "{stdout}"
+        stderr.contains("refused") && stderr.contains("start"),
+        "{stderr}"
     );
     assert_eq!(broadcasts_in(&s.sim).len(), 1, "only the first was sent");
 }
