@@ -1196,10 +1196,8 @@ mod tests {
 
     const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-    /// While one session reads a message (held there), a runtime of one worker thread still serves another
-    /// session: the reading runs with the runtime's tasks moved off the thread.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn another_session_is_served_while_a_message_is_read() {
+    /// An intake for `apps.example` that keeps nothing durable, over an engine of its own.
+    fn test_intake() -> Arc<Intake> {
         use crate::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
         let resolver = Arc::new(StaticResolver::default().with(
             crate::outbound::settings::DeliverySettings::for_tests("apps.example", 1),
@@ -1210,12 +1208,19 @@ mod tests {
             Arc::new(MemoryInvalidTokens::default()),
             EngineLimits::default(),
         ));
-        let intake = Arc::new(Intake::new(
+        Arc::new(Intake::new(
             resolver,
             Arc::new(crate::inbound::accept::NotDurable),
             engine,
             crate::queue::message::IdGenerator::new(1),
-        ));
+        ))
+    }
+
+    /// While one session reads a message (held there), a runtime of one worker thread still serves another
+    /// session: the reading runs with the runtime's tasks moved off the thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn another_session_is_served_while_a_message_is_read() {
+        let intake = test_intake();
         let conf = herald_conf::Config::parse_str(
             "t.conf",
             r#"esmtp_listener { listen "127.0.0.1:0" { mcmt_reception = "allow" } }"#,
@@ -1280,22 +1285,7 @@ mod tests {
     /// default, `4.3.2 Reconfiguration in progress`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_session_opened_before_a_reload_gets_the_reconfig_message() {
-        use crate::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
-        let resolver = Arc::new(StaticResolver::default().with(
-            crate::outbound::settings::DeliverySettings::for_tests("apps.example", 1),
-        ));
-        let engine = Arc::new(Engine::new(
-            resolver.clone(),
-            crate::logs::Logs::default(),
-            Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits::default(),
-        ));
-        let intake = Arc::new(Intake::new(
-            resolver,
-            Arc::new(crate::inbound::accept::NotDurable),
-            engine,
-            crate::queue::message::IdGenerator::new(1),
-        ));
+        let intake = test_intake();
         let smtp_config = |text: &str| {
             let conf = herald_conf::Config::parse_str("t.conf", text).unwrap();
             let settings = conf.listeners().into_iter().next().unwrap();
@@ -1367,22 +1357,7 @@ mod tests {
     /// holds would otherwise be a billion byte comparisons).
     #[tokio::test(flavor = "current_thread")]
     async fn a_repeated_recipient_is_found_without_comparing_it_to_each_earlier_one() {
-        use crate::queue::{Engine, EngineLimits, MemoryInvalidTokens, StaticResolver};
-        let resolver = Arc::new(StaticResolver::default().with(
-            crate::outbound::settings::DeliverySettings::for_tests("apps.example", 1),
-        ));
-        let engine = Arc::new(Engine::new(
-            resolver.clone(),
-            crate::logs::Logs::default(),
-            Arc::new(MemoryInvalidTokens::default()),
-            EngineLimits::default(),
-        ));
-        let intake = Arc::new(Intake::new(
-            resolver,
-            Arc::new(crate::inbound::accept::NotDurable),
-            engine,
-            crate::queue::message::IdGenerator::new(1),
-        ));
+        let intake = test_intake();
         let conf = herald_conf::Config::parse_str(
             "t.conf",
             r#"esmtp_listener { listen "127.0.0.1:0" { mcmt_reception = "allow" } }"#,
