@@ -1,6 +1,6 @@
 //! Edges of the command-line tools run as processes: a SIGHUP while `herald serve` reads its configuration, the
-//! subcommands' output into a pipe closed early, flags after `config show`'s and `config eval`'s words, and `herald
-//! bench` leaving the configuration's log files alone.
+//! subcommands' output into a pipe closed early (check, config, demo, sim pki), flags after `config show`'s and
+//! `config eval`'s words, and `herald bench` leaving the configuration's log files alone.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -152,6 +152,36 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
+}
+
+/// `herald demo` and `herald sim pki` whose reader went away end with their usual status too: the demo's verdict
+/// does not change because nobody reads its table, and neither panics.
+#[test]
+fn the_demo_and_the_simulator_s_pki_into_a_closed_pipe_end_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herald()
+        .args(["demo", "--count", "4", "--smtp-count", "1", "--dir"])
+        .arg(dir.path().join("demo"))
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+
+    let out = herald()
+        .args(["sim", "pki"])
+        .arg(dir.path().join("pki"))
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(dir.path().join("pki").join("pki.json").is_file());
 }
 
 /// Flags after `config show`'s words are flags: `--secrets` there prints the secret in clear, and `-c` there names

@@ -1416,6 +1416,38 @@ async fn a_refused_reload_shows_no_text_of_the_file() {
     server.shutdown(Duration::from_secs(2)).await;
 }
 
+/// A console whose reader went away (`herald console SOCKET summary | head -0`) ends with the command's status,
+/// quietly: it neither panics nor reports the closed pipe as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_answer_into_a_closed_pipe_ends_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
+    let server = control_only(
+        dir.path(),
+        &format!("listen \"{}\" {{ file_mode = 0600 }}", sock.display()),
+    )
+    .await;
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills the two descriptors of the array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just opened by pipe and are owned by nothing else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.arg("console").arg(&sock).arg("summary");
+    cmd.env_remove("HERALD_CONSOLE_PASSWORD");
+    cmd.stdout(std::process::Stdio::from(write));
+    cmd.stderr(std::process::Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
 /// Opens a TCP connection to `addr` from the loopback address `from` (any of 127.0.0.0/8).
 async fn connect_from(from: std::net::Ipv4Addr, addr: &str) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

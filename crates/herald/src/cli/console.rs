@@ -20,7 +20,7 @@
 //! Before a command goes out on a connection that has been idle, the console looks whether the server has written
 //! anything or closed it meanwhile; if so, it connects again and the command goes out on the new connection.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -454,10 +454,7 @@ fn batch(
         }
         let reply = session.run(trimmed)?;
         if reply.ok {
-            print!("{}", reply.text);
-            std::io::stdout()
-                .flush()
-                .context("writing to standard output")?;
+            super::print_stdout(&reply.text)?;
         } else {
             failed = true;
             eprint!("{}", reply.text);
@@ -510,7 +507,7 @@ fn interactive(session: &mut Session) -> anyhow::Result<ExitCode> {
                     break;
                 }
                 match session.run(line) {
-                    Ok(reply) => print!("{}", reply.text),
+                    Ok(reply) => super::print_stdout(&reply.text)?,
                     Err(e) => eprintln!("herald: error: {e:#}"),
                 }
                 if line == "shutdown" {

@@ -277,12 +277,12 @@ fn record_limit(plan: &Plan) -> usize {
 /// Prints the outcome table, where the logs are and the result line (with `elapsed`, the time the run took); the
 /// exit code says whether every outcome is the expected one.
 fn report(plan: &Plan, seen: &Observed, paths: &DemoPaths, elapsed: Duration) -> ExitCode {
-    use std::io::Write as _;
+    use std::fmt::Write as _;
     let problems = verify(plan, seen);
     let mut out = String::new();
     summary_table(&mut out, plan, seen);
-    print!("{out}");
-    println!(
+    let _ = writeln!(
+        out,
         "logs: mainlog {}, apn_logger {}; configuration {}; spool {}",
         paths.mainlog.display(),
         paths.apnlog.display(),
@@ -292,19 +292,23 @@ fn report(plan: &Plan, seen: &Observed, paths: &DemoPaths, elapsed: Duration) ->
     let total = plan.rest.len() + plan.smtp.len();
     let elapsed = elapsed.as_secs_f64();
     let code = if problems.is_empty() {
-        println!(
+        let _ = writeln!(
+            out,
             "result: every outcome is the expected one ({total} notifications, {elapsed:.1} s)"
         );
         ExitCode::SUCCESS
     } else {
-        println!("result: {} unexpected outcomes:", problems.len());
+        let _ = writeln!(out, "result: {} unexpected outcomes:", problems.len());
         for p in problems.iter().take(50) {
-            println!("  {p}");
+            let _ = writeln!(out, "  {p}");
         }
         ExitCode::FAILURE
     };
-    // Shown now, not when the demo exits after lingering.
-    let _ = std::io::stdout().flush();
+    // Shown now, not when the demo exits after lingering. A reader that went away is no reason to change the
+    // verdict; any other failure to write is said on standard error.
+    if let Err(e) = super::print_stdout(&out) {
+        eprintln!("herald demo: {e:#}");
+    }
     code
 }
 

@@ -266,21 +266,29 @@ pub fn run(count: u64, dir: PathBuf) -> anyhow::Result<ExitCode> {
     runtime.block_on(demo(count, dir))
 }
 
+/// Prints one line of the demo's progress to standard output: quietly nothing once its reader went away
+/// (`| head -3`), as [`super::print_stdout`] does.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        super::print_stdout(&format!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 async fn demo(count: u64, dir: PathBuf) -> anyhow::Result<ExitCode> {
-    println!("herald demo --cluster in {}", dir.display());
-    println!("  starting a three-server NATS cluster (JetStream, R3)");
+    say!("herald demo --cluster in {}", dir.display());
+    say!("  starting a three-server NATS cluster (JetStream, R3)");
     let (_nats, urls) = start_nats(&dir)?;
     let pki = Pki::generate(&dir.join("pki"), &[TOPIC.to_string()])?;
     let mut sim_config = SimConfig::from_pki(&pki.manifest)?;
     sim_config.h2_port = 0;
     let sim: SimHandle = Simulator::start(sim_config).await?;
-    println!("  APNs simulator on {}", sim.addrs.h2);
+    say!("  APNs simulator on {}", sim.addrs.h2);
     let mut nodes = Children(Vec::new());
     let mut http = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
         let config = write_config(&dir, name, &pki, sim.addrs.h2.port(), &urls.join(","))?;
         let (child, addr) = start_node(&config)?;
-        println!("  herald {name}: REST on {addr}");
+        say!("  herald {name}: REST on {addr}");
         nodes.0.push(child);
         http.push(addr);
     }
@@ -291,10 +299,10 @@ async fn demo(count: u64, dir: PathBuf) -> anyhow::Result<ExitCode> {
     let mut live = vec![true; 3];
     let mut acked: Vec<&String> = Vec::new();
     let started = Instant::now();
-    println!("  sending {count} notifications over REST to all nodes");
+    say!("  sending {count} notifications over REST to all nodes");
     for (i, batch) in batches.iter().enumerate() {
         if i == half && count > 0 {
-            println!("  halfway: SIGKILL herald node-a");
+            say!("  halfway: SIGKILL herald node-a");
             let _ = nodes.0[0].kill();
             let _ = nodes.0[0].wait();
             live[0] = false;
@@ -302,7 +310,7 @@ async fn demo(count: u64, dir: PathBuf) -> anyhow::Result<ExitCode> {
         send_batch(&client, &http, &live, i, batch).await?;
         acked.extend(batch.iter());
     }
-    println!(
+    say!(
         "  {} acknowledged; waiting for every one to reach the simulator",
         acked.len()
     );
@@ -318,17 +326,17 @@ async fn demo(count: u64, dir: PathBuf) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    println!(
+    say!(
         "  done in {:.1} s: acknowledged {}, lost {lost}, duplicates {duplicates} (bounded by what node-a had in flight)",
         started.elapsed().as_secs_f64(),
         acked.len()
     );
     drop(nodes);
     if lost == 0 {
-        println!("OK: every acknowledged notification was delivered");
+        say!("OK: every acknowledged notification was delivered");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("FAILED: {lost} acknowledged notifications were not delivered");
+        say!("FAILED: {lost} acknowledged notifications were not delivered");
         Ok(ExitCode::FAILURE)
     }
 }

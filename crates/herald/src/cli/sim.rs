@@ -176,7 +176,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         Some(SimCommand::Pki(p)) => {
             let pki = Pki::generate(&p.dir, &p.topics)
                 .with_context(|| format!("writing a PKI to {}", p.dir.display()))?;
-            println!("{}", pki.manifest.dir.join("pki.json").display());
+            super::print_stdout(&format!(
+                "{}\n",
+                pki.manifest.dir.join("pki.json").display()
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         None => serve(args.serve),
