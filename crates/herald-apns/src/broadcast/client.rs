@@ -33,7 +33,7 @@ use super::request::{
     APNS_CHANNEL_ID, APNS_REQUEST_ID, BroadcastSend, ChannelId, ChannelOp, MAX_CHANNEL_ID_LEN,
     RequestError, StoragePolicy, bundle_for_path,
 };
-use crate::client::connect::{Endpoint, connect_tls};
+use crate::client::connect::{Endpoint, alpn_h2, connect_tls, without_alpn};
 use crate::client::{ConnectionError, not_processed, preface};
 use crate::outcome::FailureClass;
 use crate::provider_token::{ConnectionToken, ProviderTokenCache, TokenChoice};
@@ -306,7 +306,18 @@ impl BroadcastClient {
         timeout: Duration,
     ) -> Result<BroadcastClient, ConnectionError> {
         let (stream, _remote) = connect_tls(endpoint, tls, timeout).await?;
-        BroadcastClient::over(stream, endpoint, auth, timeout).await
+        // As the notification client does: a server that chose another ALPN protocol does not speak HTTP/2, and one
+        // that agreed on none and then fails the HTTP/2 handshake is reported as not speaking it.
+        let h2_agreed = alpn_h2(&stream, &endpoint.host)?;
+        BroadcastClient::over(stream, endpoint, auth, timeout)
+            .await
+            .map_err(|e| {
+                if h2_agreed {
+                    e
+                } else {
+                    without_alpn(e, &endpoint.host)
+                }
+            })
     }
 
     /// [`BroadcastClient::connect`] on an established transport: the HTTP/2 handshake, complete once the server's
@@ -692,6 +703,55 @@ mod tests {
     async fn client(addr: std::net::SocketAddr) -> Result<BroadcastClient, ConnectionError> {
         let tcp = TcpStream::connect(addr).await.unwrap();
         BroadcastClient::over(tcp, &Endpoint::new("127.0.0.1", addr.port()), None, WAIT).await
+    }
+
+    /// A TLS server answering the HTTP/2 connection preface in HTTP/1, whose handshake chose `alpn` (none when
+    /// empty); returns the error of a connect to it.
+    async fn connect_to_http1_server(alpn: &[&[u8]]) -> ConnectionError {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(crate::client::http2::tests::test_server_tls(alpn));
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(sock).await else {
+                return;
+            };
+            let mut request = [0u8; 24];
+            if tls.read_exact(&mut request).await.is_ok() {
+                let _ = tls
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let mut tls =
+            crate::identity::client_config(None, crate::identity::RootSource::NoVerify, true)
+                .unwrap();
+        Arc::make_mut(&mut tls).alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        BroadcastClient::connect(&Endpoint::new("127.0.0.1", addr.port()), tls, None, WAIT)
+            .await
+            .map(|_| ())
+            .unwrap_err()
+    }
+
+    /// A channel or broadcast host that chose another ALPN protocol than `h2`, or none and answered in HTTP/1,
+    /// does not speak HTTP/2, and the error says so, as for the notification client (not a frame error from
+    /// reading its HTTP/1 answer as frames, nor a timeout).
+    #[tokio::test]
+    async fn a_host_that_does_not_speak_http2_is_named_so() {
+        let e = connect_to_http1_server(&[b"http/1.1"]).await;
+        assert!(matches!(e, ConnectionError::NotHttp2 { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "127.0.0.1 does not speak HTTP/2: it chose the ALPN protocol \"http/1.1\", not h2"
+        );
+        let e = connect_to_http1_server(&[]).await;
+        assert_eq!(
+            e.to_string(),
+            "127.0.0.1 does not speak HTTP/2: it agreed on no ALPN protocol (herald offers h2), and it answered \
+             the HTTP/2 connection preface in HTTP/1"
+        );
     }
 
     /// An h2 server allowing one stream at a time (as APNs does on a token connection not yet authenticated)
@@ -1469,6 +1529,6 @@ mod tests {
         let e = with(Duration::from_millis(300), &[0, 0, 0])
             .await
             .unwrap_err();
-        assert!(matches!(e, ConnectionError::Timeout { .. }), "{e}");
+        assert!(matches!(e, ConnectionError::PrefaceTimeout { .. }), "{e}");
     }
 }

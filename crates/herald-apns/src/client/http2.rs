@@ -1903,7 +1903,7 @@ async fn read_answer(response: ResponseFuture) -> Result<PushResult, h2::Error> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The request headers as they go on the wire: what HPACK makes of them on one connection
     //! (docs/apns-protocol.md#hpack).
 
@@ -3170,7 +3170,7 @@ mod tests {
     }
 
     /// A self-signed certificate for 127.0.0.1 and its key, for test servers (the client does not verify).
-    fn test_server_tls(alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn test_server_tls(alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
             .unwrap()

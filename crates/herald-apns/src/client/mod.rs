@@ -416,6 +416,13 @@ pub enum ConnectionError {
          but did not complete the handshake"
     )]
     TlsTimeout { host: String, secs: u64 },
+    /// The transport (TLS) was up, but the server's HTTP/2 connection preface (its first SETTINGS frame) did not
+    /// come within the timeout.
+    #[error(
+        "HTTP/2 handshake with {host} timed out after {after:?}: the connection is up but the server sent no \
+         HTTP/2 SETTINGS"
+    )]
+    PrefaceTimeout { host: String, after: Duration },
     /// The server does not speak HTTP/2: it chose another ALPN protocol than `h2`, or chose none and did not
     /// answer the HTTP/2 connection preface as HTTP/2 (an HTTP/1 answer, say).
     #[error("{host} does not speak HTTP/2: {detail}")]

@@ -99,9 +99,9 @@ where
     };
     tokio::time::timeout(timeout, opened)
         .await
-        .map_err(|_| ConnectionError::Timeout {
+        .map_err(|_| ConnectionError::PrefaceTimeout {
             host: host(),
-            secs: timeout.as_secs(),
+            after: timeout,
         })?
 }
 
@@ -408,7 +408,12 @@ mod tests {
         let e = open_with(Duration::from_millis(300), silent)
             .await
             .unwrap_err();
-        assert!(matches!(e, ConnectionError::Timeout { .. }), "{e}");
+        assert!(matches!(e, ConnectionError::PrefaceTimeout { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "HTTP/2 handshake with 127.0.0.1 timed out after 300ms: the connection is up but the server sent no \
+             HTTP/2 SETTINGS"
+        );
         assert!(started.elapsed() < Duration::from_secs(3));
         // A PING before any SETTINGS breaks the protocol.
         let ping_first = |mut sock: TcpStream| async move {
