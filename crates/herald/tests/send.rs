@@ -903,6 +903,140 @@ async fn a_429_is_tried_again_after_its_retry_after() {
     );
 }
 
+/// A REST server on 127.0.0.1 speaking just enough HTTP/1.1: each push request's `Idempotency-Key` is recorded,
+/// and request `drop_at` (counted from 0) gets no answer: its connection is closed once the request was read, as
+/// a herald killed or restarted mid-request would. Every other request is accepted.
+async fn dropping_server(drop_at: usize) -> Fake {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let keys: Keys = Arc::default();
+    let seen = keys.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: its head, then as many body bytes as it says.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let header = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                    };
+                    let length: usize = header("content-length:").unwrap().parse().unwrap();
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
+                    buf.drain(..head_end + length);
+                    let n = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push((header("idempotency-key:"), Instant::now()));
+                        seen.len() - 1
+                    };
+                    if n == drop_at {
+                        return;
+                    }
+                    let results: Vec<serde_json::Value> = (0..body["tokens"].as_array().unwrap().len())
+                        .map(|i| serde_json::json!({"status": "accepted", "id": format!("01/00-{n}-{i}")}))
+                        .collect();
+                    let answer = serde_json::json!({ "results": results }).to_string();
+                    let reply = format!(
+                        "HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if sock.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Fake { url, keys }
+}
+
+/// A request that gets no answer (its connection closed, as when herald is restarted mid-request) after herald has
+/// answered an earlier one is tried again with the same key, which makes it safe whether or not the lost try was
+/// accepted (docs/api.md "Idempotent requests"); nothing is counted failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lost_in_transit_is_tried_again_with_the_same_key() {
+    let fake = dropping_server(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "two.csv",
+        &format!("{}\n{}\n", token(1), token(2)),
+    );
+    let run = run_send(
+        &fake.url,
+        &[
+            "--file",
+            file.to_str().unwrap(),
+            "--alert",
+            "x",
+            "--batch",
+            "1",
+            "--parallel",
+            "1",
+        ],
+    )
+    .await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.starts_with(&format!(
+            "sent 2 notifications from {} to {DOMAIN} in 3 requests (2 batches, 1 tried again)\naccepted: 2\n",
+            file.display()
+        )),
+        "{}",
+        run.stdout
+    );
+    let keys: Vec<Option<String>> = fake
+        .keys
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|k| k.0.clone())
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys[0].as_deref().is_some_and(|k| k.ends_with("-0")),
+        "{keys:?}"
+    );
+    assert!(
+        keys[1].as_deref().is_some_and(|k| k.ends_with("-1")),
+        "{keys:?}"
+    );
+    assert_eq!(keys[1], keys[2], "the same key again");
+}
+
+/// A request lost before herald answered any (a wrong URL, a herald not running yet) is not tried again: the run
+/// fails at once, naming the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_request_lost_in_transit_fails_at_once() {
+    let fake = dropping_server(0).await;
+    let run = run_send(&fake.url, &["--token", &token(4), "--alert", "x"]).await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("failed: 1\n"), "{}", run.stdout);
+    assert_eq!(fake.keys.lock().unwrap().len(), 1, "not tried again");
+}
+
 /// A herald with `outcome_retention = 0` answers every id `unknown` because it keeps no outcomes: `--wait` ends at
 /// once, the ids not looked up, rather than waiting out `--wait-timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

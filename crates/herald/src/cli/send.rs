@@ -90,8 +90,9 @@ pub struct SendArgs {
     /// sends only the batches herald did not accept: those it did are answered again, not queued again.
     #[arg(long, value_parser = parse_key_prefix)]
     pub idempotency_key: Option<String>,
-    /// How long a batch answered 503 (spool or queue full) or 429 is tried again (with its Idempotency-Key,
-    /// honouring retry-after, else pauses doubling from 0.5 s to 30 s), counted from its first such answer; 0: not
+    /// How long a batch answered 503 (spool or queue full) or 429, or whose request got no answer once herald had
+    /// answered an earlier one (connection refused, reset or timed out), is tried again (with its Idempotency-Key,
+    /// honouring retry-after, else pauses doubling from 0.5 s to 30 s), counted from its first such failure; 0: not
     /// tried again.
     #[arg(long, default_value_t = 60)]
     pub retry_for: u64,

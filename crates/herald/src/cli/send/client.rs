@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -102,6 +103,21 @@ pub struct PushClient {
     http: reqwest::Client,
     url: String,
     api_key: Option<String>,
+    /// Whether herald has answered any request of this client (shared by its clones): once it has, a request lost
+    /// in transit is a passing fault (a restart, a dropped connection) worth trying again with its key; before,
+    /// it is a wrong URL or a herald not running, reported at once.
+    answered: Arc<AtomicBool>,
+}
+
+/// Whether a failed request may be tried again with its `Idempotency-Key`.
+enum TryAgain {
+    /// The answer says what it will say again (a refusal, an answer herald should not give).
+    Never,
+    /// `503` or `429`: herald is busy; its `retry-after` in seconds, if any.
+    Busy { retry_after: Option<u64> },
+    /// No answer: the connection was refused, reset or timed out. The batch may or may not have been accepted;
+    /// its key makes a try again safe either way.
+    Lost,
 }
 
 #[derive(Deserialize)]
@@ -159,12 +175,18 @@ impl PushClient {
             url: url.clone(),
             message: error_chain(&e),
         })?;
-        Ok(PushClient { http, url, api_key })
+        Ok(PushClient {
+            http,
+            url,
+            api_key,
+            answered: Arc::default(),
+        })
     }
 
-    /// Sends one batch with `Idempotency-Key` `key` (if any); a `503` or `429` is tried again, with the same key,
-    /// for up to `retry.retry_for` after the first (only with a key: without one a try again could queue the batch
-    /// twice). The outcomes are in item order.
+    /// Sends one batch with `Idempotency-Key` `key` (if any); a `503` or `429`, or a request lost in transit once
+    /// herald has answered an earlier one, is tried again, with the same key, for up to `retry.retry_for` after the
+    /// first (only with a key: without one a try again could queue the batch twice). The outcomes are in item
+    /// order.
     pub async fn send_batch(
         &self,
         domain: &str,
@@ -192,12 +214,12 @@ impl PushClient {
             }
             let result = self.answer(req, items.len()).await;
             let retry_after = match &result {
-                Err((
-                    RequestError::Status {
-                        status: 503 | 429, ..
-                    },
-                    retry_after,
-                )) if key.is_some() => *retry_after,
+                Err((_, TryAgain::Busy { retry_after })) if key.is_some() => *retry_after,
+                Err((_, TryAgain::Lost))
+                    if key.is_some() && self.answered.load(Ordering::Relaxed) =>
+                {
+                    None
+                }
                 _ => {
                     return Sent {
                         result: result.map_err(|(e, _)| e),
@@ -205,7 +227,8 @@ impl PushClient {
                     };
                 }
             };
-            // The spool or the queue is full, or herald asks to slow down: the same batch again, same key.
+            // The spool or the queue is full, herald asks to slow down, or the request got no answer: the same
+            // batch again, same key.
             let now = Instant::now();
             let deadline = *give_up.get_or_insert(now + retry.retry_for);
             let wait = retry_after.map_or(pause, |s| Duration::from_secs(s).max(pause));
@@ -220,22 +243,23 @@ impl PushClient {
         }
     }
 
-    /// One request's answer: the outcomes, or the failure with the answer's `retry-after` (seconds).
+    /// One request's answer: the outcomes, or the failure with whether to try again.
     async fn answer(
         &self,
         req: reqwest::RequestBuilder,
         sent: usize,
-    ) -> Result<Vec<Outcome>, (RequestError, Option<u64>)> {
+    ) -> Result<Vec<Outcome>, (RequestError, TryAgain)> {
         let transport = |e: reqwest::Error| {
             (
                 RequestError::Transport {
                     url: self.url.clone(),
                     message: error_chain(&e),
                 },
-                None,
+                TryAgain::Lost,
             )
         };
         let answer = req.send().await.map_err(transport)?;
+        self.answered.store(true, Ordering::Relaxed);
         let status = answer.status().as_u16();
         let retry_after = answer
             .headers()
@@ -247,13 +271,17 @@ impl PushClient {
             let message = serde_json::from_str::<ErrorAnswer>(&text)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| text.trim().chars().take(300).collect());
+            let again = match status {
+                503 | 429 => TryAgain::Busy { retry_after },
+                _ => TryAgain::Never,
+            };
             return Err((
                 RequestError::Status {
                     url: self.url.clone(),
                     status,
                     message,
                 },
-                retry_after,
+                again,
             ));
         }
         let parsed: Answer = serde_json::from_str(&text).map_err(|e| {
@@ -262,7 +290,7 @@ impl PushClient {
                     url: self.url.clone(),
                     message: format!("the 202 answer is not the expected JSON: {e}"),
                 },
-                None,
+                TryAgain::Never,
             )
         })?;
         if parsed.results.len() != sent {
@@ -272,7 +300,7 @@ impl PushClient {
                     got: parsed.results.len(),
                     sent,
                 },
-                None,
+                TryAgain::Never,
             ));
         }
         Ok(parsed
