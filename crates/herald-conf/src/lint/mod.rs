@@ -1,9 +1,9 @@
 //! Whole-configuration checks: combinations of options that are valid one by one but risky or without effect
 //! together. Each finding is a warning naming the option, where it is set and what to do; `herald check` and
-//! `herald serve` print them. The warnings are looked for only once a file loaded without errors. The one
-//! exception, an empty `control_password` ([`security`]), is an error: the configuration is refused. It is looked
-//! for whatever else the file has wrong, so that it is reported with the other errors of the file, not only once
-//! they are fixed.
+//! `herald serve` print them. The warnings are looked for only once a file loaded without errors. Two exceptions
+//! are errors, and the configuration is refused: an empty `control_password` ([`security`]) and two listen stanzas
+//! that take one socket ([`listeners`]). They are looked for whatever else the file has wrong, so that they are
+//! reported with the other errors of the file, not only once those are fixed.
 //!
 //! One module per concern: [`apns`] (delivery options that misbehave with APNs), [`security`] (listeners and
 //! console open wider than their protection), [`inert`] (options accepted but not acted on), [`spool`] (spool
@@ -11,6 +11,7 @@
 
 mod apns;
 mod inert;
+pub(crate) mod listeners;
 mod security;
 mod spool;
 
@@ -20,6 +21,7 @@ use crate::{diag::Diagnostics, tree::Node};
 /// every check when `warnings` is set (a file that loaded without errors), otherwise only those that find errors
 /// (the tree then holds what loaded of a file with errors).
 pub(crate) fn run(root: &Node, diags: &mut Diagnostics, warnings: bool) {
+    listeners::errors(root, diags);
     if !warnings {
         security::errors(root, diags);
         return;
