@@ -425,12 +425,14 @@ impl Loader {
             let mut msg = format!("unknown option {}", quote(name));
             if let Some(note) = self.momentum_auth_note(name) {
                 msg.push_str(&note);
-            } else if ScopeKind::from_keyword(name).is_some() {
-                msg.push_str(&format!(
-                    "; {} is a scope: write `{} NAME {{ … }}`",
-                    quote(name),
-                    name.to_ascii_lowercase()
-                ));
+            } else if let Some(kind) = ScopeKind::from_keyword(name) {
+                let keyword = name.to_ascii_lowercase();
+                let form = if kind.is_named() {
+                    format!("{keyword} NAME {{ … }}")
+                } else {
+                    format!("{keyword} {{ … }}")
+                };
+                msg.push_str(&format!("; {} is a scope: write `{form}`", quote(name)));
             } else {
                 if let Some(note) = suggest::invisible_note(name, |w| options::lookup(w).is_some())
                 {
@@ -1064,6 +1066,24 @@ mod tests {
         assert!(d.to_string().starts_with("t.conf:1:18: error:"), "{d}");
         let d = Config::parse_bytes("t.conf", b"\xef\xbb\xbfab\xff").unwrap_err();
         assert!(d.to_string().starts_with("t.conf:1:3: error:"), "{d}");
+    }
+
+    /// A scope's keyword written as an option is told the scope's own form: with a name for a named scope, without
+    /// one for a scope that takes none (the form the hint gives must load).
+    #[test]
+    fn a_scope_written_as_an_option_is_told_the_scope_s_form() {
+        let m = Config::parse_str("t.conf", "apn = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("`apn` is a scope: write `apn { … }`"), "{m}");
+        assert!(Config::parse_str("t.conf", "apn { }\n").is_ok());
+        let m = Config::parse_str("t.conf", "domain = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("`domain` is a scope: write `domain NAME { … }`"),
+            "{m}"
+        );
     }
 
     #[test]

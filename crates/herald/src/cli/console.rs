@@ -112,8 +112,12 @@ fn split_args(args: &[String]) -> (Target, Vec<String>) {
     }
 }
 
-/// Joins command words into one line, quoting words with blanks so the server splits them back the same way.
+/// Joins command words into one line, quoting words with blanks so the server splits them back the same way. A
+/// command given as one argument (`herald console SOCKET 'config reload'`, as scripts write it) is that line as is.
 fn command_line(words: &[String]) -> String {
+    if let [line] = words {
+        return line.clone();
+    }
     words
         .iter()
         .map(|w| {
@@ -675,5 +679,17 @@ mod tests {
             herald::control::commands::words(&command_line(&s(&["x", "a b", ""]))),
             s(&["x", "a b", ""])
         );
+    }
+
+    /// A whole command in one argument (`herald console SOCKET 'config reload'`) is sent as the line it is, as
+    /// Momentum's console takes `ec_console /tmp/2025 "showqueue example.com"`.
+    #[test]
+    fn a_command_in_one_argument_is_sent_as_its_line() {
+        assert_eq!(command_line(&s(&["config reload"])), "config reload");
+        assert_eq!(
+            command_line(&s(&[r#"config eval domain "a b" max_retries"#])),
+            r#"config eval domain "a b" max_retries"#
+        );
+        assert_eq!(command_line(&s(&["summary"])), "summary");
     }
 }
