@@ -29,6 +29,10 @@ pub struct SendArgs {
     /// Read the API key from this file (its first line; surrounding whitespace is ignored).
     #[arg(long)]
     pub api_key_file: Option<PathBuf>,
+    /// Send the API key over plain http:// to a host other than loopback (refused without it: anyone on the way
+    /// could read the key and the tokens).
+    #[arg(long)]
+    pub plain: bool,
     /// The app's domain (a `domain` stanza of the configuration).
     #[arg(long)]
     pub domain: String,
@@ -121,6 +125,33 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Why the API key may not go to `url`: a plain `http://` URL whose host is not this machine (`localhost` or a
+/// loopback address), without `--plain`. `None` when it may (https, loopback, `--plain`, no key, or a URL the
+/// client itself will refuse).
+fn key_in_clear(url: &str, has_key: bool, plain: bool) -> Option<String> {
+    if !has_key || plain {
+        return None;
+    }
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if parsed.scheme() != "http" {
+        return None;
+    }
+    let host = parsed.host_str()?;
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!local).then(|| {
+        format!(
+            "refusing to send the API key in clear to {} over http://: anyone on the way could read it; use an \
+             https:// URL (the listener needs tls_certificate), or --plain to send it anyway",
+            parsed.host_str().unwrap_or_default()
+        )
+    })
+}
+
 /// The PEM text of --ca, checked against the URL: an error for a usage mistake (a file without a certificate, a
 /// CA for a plain http:// URL).
 fn read_ca(args: &SendArgs) -> anyhow::Result<Result<Option<Vec<u8>>, String>> {
@@ -156,6 +187,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(usage_error(&e)),
     };
     let api_key = api_key(&args, std::env::var_os(API_KEY_ENV))?;
+    if let Some(why) = key_in_clear(&args.url, api_key.is_some(), args.plain) {
+        return Ok(usage_error(&why));
+    }
     let client = PushClient::with_ca(&args.url, api_key, ca.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -242,6 +276,9 @@ fn broadcast(args: &SendArgs, channel: &str) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(usage_error(&e)),
     };
     let api_key = api_key(args, std::env::var_os(API_KEY_ENV))?;
+    if let Some(why) = key_in_clear(&args.url, api_key.is_some(), args.plain) {
+        return Ok(usage_error(&why));
+    }
     let client = PushClient::with_ca(&args.url, api_key, ca.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -830,6 +867,36 @@ mod tests {
         let mut argv = vec!["send", "--domain", "d.example", "--token", "00"];
         argv.extend_from_slice(extra);
         Cli::try_parse_from(argv).unwrap().send
+    }
+
+    /// The API key goes in clear only to this machine, or with --plain; https and a request without a key are
+    /// never held back.
+    #[test]
+    fn an_api_key_goes_in_clear_only_to_loopback_or_with_plain() {
+        for url in [
+            "http://127.0.0.1:2081",
+            "http://localhost:2081",
+            "HTTP://LOCALHOST:2081",
+            "http://[::1]:2081",
+            "http://127.0.0.2:2081",
+            "https://push.example:2081",
+        ] {
+            assert_eq!(key_in_clear(url, true, false), None, "{url}");
+        }
+        for url in [
+            "http://push.example:2081",
+            "HTTP://10.0.0.1",
+            "http://[2001:db8::1]:80",
+        ] {
+            let why = key_in_clear(url, true, false).expect(url);
+            assert!(
+                why.contains("refusing to send the API key in clear to"),
+                "{why}"
+            );
+            assert!(why.contains("--plain"), "{why}");
+            assert_eq!(key_in_clear(url, true, true), None, "{url}");
+            assert_eq!(key_in_clear(url, false, false), None, "{url}");
+        }
     }
 
     #[test]
