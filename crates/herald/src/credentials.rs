@@ -449,7 +449,7 @@ fn check_domain(
         say(
             Severity::Error,
             None,
-            "no credentials: set apn_key (token auth) or tls_certificate / tls_pkcs12".into(),
+            crate::delivery::NO_CREDENTIALS.into(),
         );
     }
 }

@@ -14,7 +14,9 @@ use herald_apns::binary::BinaryFormat;
 use herald_apns::client::connect::Endpoint;
 use herald_apns::identity::{ClientIdentity, RootSource, client_config};
 use herald_apns::provider_token::{ProviderTokenCache, SigningKey};
-use herald_conf::{ApnBinaryFormat, Config, DeliveryMethod, DomainSettings, TlsVerify};
+use herald_conf::{
+    ApnBinaryFormat, Config, DeliveryMethod, DomainSettings, Node, Opt, ScopeKind, TlsVerify,
+};
 
 use crate::outbound::hosts::HostBudgets;
 use crate::outbound::settings::{DeliverySettings, RouteProtocol};
@@ -31,6 +33,85 @@ const MAX_WINDOW: usize = 100_000;
 /// resolved options: every domain a client names is resolved (an SMTP `RCPT` is enough), and with APNs options at
 /// global scope every domain resolves. Past it the kept settings are dropped and built again on next use.
 pub const SETTINGS_CACHE_LIMIT: usize = 100_000;
+
+/// Why an APNs domain with an HTTP/2 route that names neither a provider key nor a client certificate is not
+/// delivered: APNs would refuse every notification (`403 MissingProviderToken`). `herald check` reports it in the
+/// same words.
+pub(crate) const NO_CREDENTIALS: &str = "no credentials: set apn_key (token auth) or tls_certificate / tls_pkcs12 \
+     (certificate auth); APNs refuses every notification sent without either";
+
+/// The scopes that may hold `domain` stanzas applying to delivery from `binding`, innermost first: the binding in
+/// its group, the binding at top level, its group, the global scope (herald-conf's fallback order).
+fn stanza_containers<'a>(config: &'a Config, binding: &str) -> Vec<&'a Node> {
+    let root = config.tree();
+    let group = config
+        .bindings()
+        .into_iter()
+        .find(|(_, b)| *b == binding)
+        .and_then(|(g, _)| g);
+    let g = group.and_then(|g| root.child(ScopeKind::BindingGroup, Some(g)));
+    let gb = g.and_then(|g| g.child(ScopeKind::Binding, Some(binding)));
+    let b = root.child(ScopeKind::Binding, Some(binding));
+    [gb, b, g, Some(root)].into_iter().flatten().collect()
+}
+
+/// The `domain` stanzas (exact or regex) that apply to `domain` delivered from `binding`, innermost first.
+fn domain_stanzas<'a>(config: &'a Config, binding: &str, domain: &str) -> Vec<&'a Node> {
+    stanza_containers(config, binding)
+        .into_iter()
+        .flat_map(|c| c.matching_named(ScopeKind::Domain, domain))
+        .collect()
+}
+
+/// Why `domain`, which no `domain` stanza on `binding`'s path names, is not delivered from `binding`: the other
+/// bindings whose own stanzas deliver it with `apn` ([`ResolveError::OnlyInBindings`]), else it is unknown.
+fn undeclared(config: &Config, binding: &str, domain: &str) -> ResolveError {
+    let others: Vec<String> = config
+        .bindings()
+        .into_iter()
+        .filter(|&(_, b)| b != binding && !domain_stanzas(config, b, domain).is_empty())
+        .filter(|&(g, b)| {
+            config.domain_settings(g, Some(b), domain).delivery_method == DeliveryMethod::Apn
+        })
+        .map(|(_, b)| b.to_owned())
+        .collect();
+    if others.is_empty() {
+        ResolveError::UnknownDomain(domain.to_ascii_lowercase())
+    } else {
+        ResolveError::OnlyInBindings(others)
+    }
+}
+
+/// Why (`binding`, `domain`), whose options give `method` instead of `apn`, is not delivered: no stanza for the
+/// domain on the binding's path ([`undeclared`]), else the method in the configuration's words, marked as the
+/// default when no scope on the path sets it (never the Rust name of the value).
+fn not_apn(config: &Config, binding: &str, domain: &str, method: DeliveryMethod) -> ResolveError {
+    let stanzas = domain_stanzas(config, binding, domain);
+    if stanzas.is_empty() {
+        return undeclared(config, binding, domain);
+    }
+    let set = stanzas
+        .into_iter()
+        .chain(stanza_containers(config, binding))
+        .any(|n| n.get(Opt::DeliveryMethod.id()).is_some());
+    let word = method.word().to_ascii_lowercase();
+    ResolveError::NotApn(if set {
+        word
+    } else {
+        format!("{word} (the default)")
+    })
+}
+
+/// Why (`binding`, `domain`) with an HTTP/2 route and neither `apn_key` nor a client certificate is not delivered:
+/// the credentials are missing ([`NO_CREDENTIALS`], a refusal the operator can fix, as an unreadable key file is);
+/// or, when no stanza names the domain (APNs options at an outer scope without credentials), the domain is unknown.
+fn no_credentials(config: &Config, binding: &str, domain: &str) -> ResolveError {
+    if domain_stanzas(config, binding, domain).is_empty() {
+        undeclared(config, binding, domain)
+    } else {
+        ResolveError::Credentials(NO_CREDENTIALS.to_owned())
+    }
+}
 
 /// The client identity a domain names: `tls_pkcs12` (with its password) first, else `tls_certificate` with
 /// `tls_key`. Returns the file it came from; `None` when the domain names neither. Errors name the option and file.
@@ -270,7 +351,7 @@ impl ConfigResolver {
         // name no binding.
         let d = config.domain_settings(None, Some(binding), domain);
         if d.delivery_method != DeliveryMethod::Apn {
-            return Err(ResolveError::NotApn(format!("{:?}", d.delivery_method)));
+            return Err(not_apn(config, binding, domain, d.delivery_method));
         }
         let route = d.routes.first().ok_or(ResolveError::NoRoutes)?;
         let protocol = match route.protocol {
@@ -284,6 +365,11 @@ impl ConfigResolver {
         };
         let h2 = protocol == RouteProtocol::Http2;
         let auth = if h2 { self.token_cache(&d)? } else { None };
+        // Certificate authentication is the TLS client identity: without it and without a key, APNs answers every
+        // notification `403 MissingProviderToken`. Refused here, so the doors refuse them and a reload names it.
+        if h2 && auth.is_none() && d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
+            return Err(no_credentials(config, binding, domain));
+        }
         if !h2 && d.tls_certificate.is_none() && d.tls_pkcs12.is_none() {
             return Err(ResolveError::BinaryNeedsCertificate);
         }
@@ -348,7 +434,7 @@ impl ConfigResolver {
         let config = self.config();
         let d = config.domain_settings(None, Some(DEFAULT_BINDING), domain);
         if d.delivery_method != DeliveryMethod::Apn {
-            return Err(ResolveError::NotApn(format!("{:?}", d.delivery_method)));
+            return Err(not_apn(&config, DEFAULT_BINDING, domain, d.delivery_method));
         }
         let auth = self.token_cache(&d)?;
         let tls = self.tls_config(&d, true)?;
@@ -606,6 +692,83 @@ domain "bare.example" { delivery_method = apn  routes = ( "apn://127.0.0.1?port=
         assert_eq!(
             resolver.resolve("bare.example").unwrap_err(),
             ResolveError::BinaryNeedsCertificate
+        );
+    }
+
+    /// An APNs domain with an HTTP/2 route and neither `apn_key` nor a client certificate is refused as one whose
+    /// credentials cannot be used (APNs would answer every notification `403 MissingProviderToken`); a domain no
+    /// stanza names is unknown, even where APNs options at global scope name no credentials; one declared only in a
+    /// binding names that binding; another delivery method is named by its configuration word.
+    #[test]
+    fn undeliverable_domains_say_why_in_the_configurations_words() {
+        let text = r#"
+routes = ( "https://127.0.0.1:2195" )
+domain "z.example" { delivery_method = apn  apn_topic = "com.example.z" }
+domain "smtp.example" { delivery_method = smtp }
+domain "plain.example" { max_outbound_connections = 2 }
+binding "b1" { domain "inb.example" { delivery_method = apn  apn_key = "/k.p8" } }
+binding_group "g" { binding "b2" { } domain "grp.example" { delivery_method = apn } }
+"#;
+        let resolver =
+            ConfigResolver::new(Arc::new(Config::parse_str("herald.conf", text).unwrap()));
+        assert_eq!(
+            resolver.resolve("z.example").unwrap_err(),
+            ResolveError::Credentials(NO_CREDENTIALS.into())
+        );
+        assert_eq!(
+            resolver.resolve("Tokne.example").unwrap_err(),
+            ResolveError::UnknownDomain("tokne.example".into())
+        );
+        assert_eq!(
+            resolver.resolve("inb.example").unwrap_err(),
+            ResolveError::OnlyInBindings(vec!["b1".into()])
+        );
+        assert_eq!(
+            resolver.resolve("grp.example").unwrap_err(),
+            ResolveError::OnlyInBindings(vec!["b2".into()])
+        );
+        assert_eq!(
+            resolver.resolve("smtp.example").unwrap_err(),
+            ResolveError::NotApn("smtp".into())
+        );
+        assert_eq!(
+            resolver.resolve("plain.example").unwrap_err(),
+            ResolveError::NotApn("esmtp (the default)".into())
+        );
+        // From the binding that declares it, the domain resolves as far as its credentials.
+        assert!(matches!(
+            resolver.resolve_binding("b1", "inb.example"),
+            Err(ResolveError::Credentials(e)) if e.starts_with("apn_key")
+        ));
+        assert_eq!(
+            resolver.resolve_binding("b1", "z.example").unwrap_err(),
+            ResolveError::Credentials(NO_CREDENTIALS.into())
+        );
+
+        // APNs options at global scope deliver every domain: without credentials there, a domain no stanza names
+        // is unknown, not one whose credentials are missing.
+        let text = "delivery_method = apn\nroutes = ( \"https://127.0.0.1:2195\" )\n\
+                    domain \"z.example\" { apn_topic = \"com.example.z\" }\n";
+        resolver.replace(Arc::new(Config::parse_str("herald.conf", text).unwrap()));
+        assert_eq!(
+            resolver.resolve("other.example").unwrap_err(),
+            ResolveError::UnknownDomain("other.example".into())
+        );
+        assert_eq!(
+            resolver.resolve("z.example").unwrap_err(),
+            ResolveError::Credentials(NO_CREDENTIALS.into())
+        );
+        for e in [
+            ResolveError::NotApn("smtp".into()),
+            ResolveError::UnknownDomain("x".into()),
+            ResolveError::OnlyInBindings(vec!["b1".into(), "b2".into()]),
+        ] {
+            assert!(!e.to_string().contains("Smtp"), "{e}");
+        }
+        assert_eq!(
+            ResolveError::OnlyInBindings(vec!["b1".into(), "b2".into()]).to_string(),
+            "it is declared only for bindings \"b1\", \"b2\": name one of them with the notification (REST \
+             \"binding\" field, MCMT X-Binding header)"
         );
     }
 

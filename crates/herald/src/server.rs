@@ -35,7 +35,7 @@ use crate::inbound::doors::DoorLimits;
 use crate::inbound::{rest, smtp};
 use crate::logs::Logs;
 use crate::queue::message::{IdGenerator, MessageId};
-use crate::queue::{Engine, EngineLimits, SettingsResolver};
+use crate::queue::{Engine, EngineLimits, ResolveError, SettingsResolver};
 use crate::spool::{
     LeftInSpool, RestoreProgress, SpoolBridge, spawn_pull, spawn_requeue, spawn_restore,
 };
@@ -364,6 +364,7 @@ impl Server {
             };
 
         let resolver = Arc::new(ConfigResolver::new(config.clone()));
+        warn_undeliverable(&config, &resolver).await;
         let global = herald_conf::ScopePath::global();
         let path_option = |opt: herald_conf::Opt| match config.eval_opt(&global, opt) {
             Ok(herald_conf::Value::Str(p)) if !p.is_empty() => Some(PathBuf::from(p)),
@@ -835,22 +836,20 @@ impl Server {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
         *self.path.write().unwrap_or_else(|p| p.into_inner()) = path.clone();
         self.generation.fetch_add(1, Ordering::Relaxed);
-        report.unroutable = self
-            .engine
-            .reconfigure()
-            .await
-            .into_iter()
-            .map(|(queue, why)| (queue, why.to_string()))
-            .collect();
+        let failed = self.engine.reconfigure().await;
+        // Every queue the new configuration cannot deliver, named or not in the report.
+        let mut not_in_force: std::collections::HashSet<String> =
+            failed.iter().map(|(q, _)| q.clone()).collect();
+        report.unroutable = unroutable_queues(&self.engine, failed);
         // Domains without a queue now (idle, or not used since the start) are checked as well: a reload that
         // breaks one says so now, not at its next notification.
-        let named: std::collections::HashSet<String> =
-            report.unroutable.iter().map(|(q, _)| q.clone()).collect();
+        let named = not_in_force.clone();
         let (checked, resolver) = (config.clone(), self.resolver.clone());
         let idle =
             tokio::task::spawn_blocking(move || undeliverable_domains(&checked, &resolver, &named))
                 .await
                 .unwrap_or_default();
+        not_in_force.extend(idle.iter().map(|(q, _)| q.clone()));
         report.unroutable.extend(idle);
         for (queue, why) in &report.unroutable {
             tracing::warn!("reload: domain {queue} cannot be delivered: {why}");
@@ -865,16 +864,11 @@ impl Server {
         );
         self.webhooks.reconfigure();
         // A domain's new settings are in force when at least one of its (binding, domain) queues took them.
-        let unroutable: std::collections::HashSet<&str> = report
-            .unroutable
-            .iter()
-            .map(|(name, _)| name.as_str())
-            .collect();
         let in_force: std::collections::HashSet<Arc<str>> = self
             .engine
             .queues()
             .into_iter()
-            .filter(|(b, d)| !unroutable.contains(Engine::queue_name(b, d).as_str()))
+            .filter(|(b, d)| !not_in_force.contains(&Engine::queue_name(b, d)))
             .map(|(_, d)| d)
             .collect();
         report.domains = in_force.len();
@@ -1533,6 +1527,20 @@ fn injection_off(config: &Config) -> Option<&'static str> {
     )
 }
 
+/// Logs at start, as a reload does, every domain the configuration cannot deliver (a provider key or certificate
+/// file that cannot be read, no credentials at all, …): said at once, not at the domain's first notification.
+async fn warn_undeliverable(config: &Arc<Config>, resolver: &Arc<ConfigResolver>) {
+    let (checked, resolver) = (config.clone(), resolver.clone());
+    let none = std::collections::HashSet::new();
+    let found =
+        tokio::task::spawn_blocking(move || undeliverable_domains(&checked, &resolver, &none))
+            .await
+            .unwrap_or_default();
+    for (queue, why) in found {
+        tracing::warn!("domain {queue} cannot be delivered: {why}");
+    }
+}
+
 /// The (binding, domain) pairs `herald check` checks — every exactly named domain from every declared binding that
 /// delivers it with `delivery_method = apn`, a binding with the same route and credentials as one already tried
 /// not tried again — whose settings cannot be resolved under `config`, each as its queue's name
@@ -1567,6 +1575,79 @@ fn undeliverable_domains(
         }
     }
     out
+}
+
+/// The queues a reload left without settings ([`Engine::reconfigure`]'s verdicts) that the reload's report names,
+/// each with why. A queue of a domain the configuration no longer declares for its binding (removed, or left only
+/// inside other bindings) is named only while the engine holds notifications of the domain, as removed from the
+/// configuration: an idle queue of a removed domain lingers until `idle_queue_timeout`, and naming it at every
+/// reload until then would only be noise.
+fn unroutable_queues(
+    engine: &Engine,
+    failed: Vec<(String, ResolveError)>,
+) -> Vec<(String, String)> {
+    let keys: std::collections::HashMap<String, Arc<str>> = engine
+        .queues()
+        .into_iter()
+        .map(|(b, d)| (Engine::queue_name(&b, &d), d))
+        .collect();
+    failed
+        .into_iter()
+        .filter_map(|(queue, why)| {
+            let removed = matches!(
+                why,
+                ResolveError::UnknownDomain(_) | ResolveError::OnlyInBindings(_)
+            );
+            if !removed {
+                return Some((queue, why.to_string()));
+            }
+            let held = keys.get(&queue).map_or(0, |d| engine.resident_in(d));
+            (held > 0).then(|| (queue, removed_domain(&why, held)))
+        })
+        .collect()
+}
+
+/// What a reload says of a queue whose domain the configuration no longer declares for its binding (`why`, an
+/// [`ResolveError::UnknownDomain`] or [`ResolveError::OnlyInBindings`]) while `held` notifications of the domain wait.
+fn removed_domain(why: &ResolveError, held: usize) -> String {
+    let waiting = if held == 1 {
+        "1 notification of it waits".to_owned()
+    } else {
+        format!("{held} notifications of it wait")
+    };
+    let now = match why {
+        ResolveError::OnlyInBindings(bindings) => format!(
+            " for this binding (it is declared only for {})",
+            crate::queue::binding_list(bindings)
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "it was removed from the configuration{now}; {waiting} until a reload declares it again (or \
+         herald restarts)"
+    )
+}
+
+#[cfg(test)]
+mod removed_domain_tests {
+    use super::*;
+
+    /// A removed domain is said to be removed, with what waits, never with a delivery method's Rust name.
+    #[test]
+    fn a_removed_domain_is_named_as_removed() {
+        let unknown = ResolveError::UnknownDomain("k.example".into());
+        assert_eq!(
+            removed_domain(&unknown, 2),
+            "it was removed from the configuration; 2 notifications of it wait until a reload declares \
+             it again (or herald restarts)"
+        );
+        let moved = ResolveError::OnlyInBindings(vec!["b1".into()]);
+        assert_eq!(
+            removed_domain(&moved, 1),
+            "it was removed from the configuration for this binding (it is declared only for binding \"b1\"); 1 \
+             notification of it waits until a reload declares it again (or herald restarts)"
+        );
+    }
 }
 
 #[cfg(test)]

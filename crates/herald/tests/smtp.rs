@@ -1423,7 +1423,7 @@ async fn unknown_domain_is_refused_at_rcpt() {
         (
             550,
             format!(
-                "5.1.2 <{unknown}>: domain \"unknown.example\" cannot take push notifications: domain \"unknown.example\" is not configured"
+                "5.1.2 <{unknown}>: domain \"unknown.example\" cannot take push notifications: no domain stanza for \"unknown.example\" in the configuration"
             )
         )
     );

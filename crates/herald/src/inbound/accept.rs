@@ -1632,7 +1632,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "domain \"unknown.example\" cannot take push notifications: domain \"unknown.example\" is not configured"
+            "domain \"unknown.example\" cannot take push notifications: no domain stanza for \"unknown.example\" in the configuration"
         );
         assert_eq!(intake.refused(), 0, "a check is not a refusal");
     }

@@ -70,13 +70,24 @@ impl InvalidTokenSink for MemoryInvalidTokens {
 /// Why a (binding, domain) has no delivery settings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
-    /// No configuration names the domain (resolvers with a fixed list of domains).
-    #[error("domain {0:?} is not configured")]
+    /// No configuration names the domain: no `domain` stanza on the binding's path names or matches it, and the
+    /// outer scopes do not deliver every domain to APNs.
+    #[error("no domain stanza for {0:?} in the configuration")]
     UnknownDomain(String),
+    /// The domain is delivered to APNs only from other bindings (its `domain` stanzas are inside them), and the
+    /// notification names none of them.
+    #[error(
+        "it is declared only for {}: name {} with the notification (REST \"binding\" field, MCMT X-Binding \
+         header)",
+        binding_list(.0),
+        if .0.len() == 1 { "that binding" } else { "one of them" }
+    )]
+    OnlyInBindings(Vec<String>),
     /// The notification names a binding the configuration does not declare.
     #[error("binding {0:?} is not declared (declare it with binding \"{0}\" {{ … }})")]
     UnknownBinding(String),
-    /// The domain is delivered by another method than APNs.
+    /// The domain is delivered by another method than APNs: the method's configuration word (`esmtp`, `smtp`, …),
+    /// with `(the default)` when nothing sets it.
     #[error("delivery_method is {0}; herald delivers only with delivery_method = apn")]
     NotApn(String),
     #[error("no routes are configured")]
@@ -86,6 +97,17 @@ pub enum ResolveError {
     /// The credentials the domain names cannot be used (the text names the option and the file).
     #[error("{0}")]
     Credentials(String),
+}
+
+/// `binding "b1"`, or `bindings "b1", "b2"`: the bindings [`ResolveError::OnlyInBindings`] names.
+pub(crate) fn binding_list(bindings: &[String]) -> String {
+    let names: Vec<String> = bindings.iter().map(|b| format!("{b:?}")).collect();
+    let word = if names.len() == 1 {
+        "binding"
+    } else {
+        "bindings"
+    };
+    format!("{word} {}", names.join(", "))
 }
 
 /// Resolves the delivery settings of a (binding, domain) from the configuration.

@@ -1,0 +1,405 @@
+//! Domains herald cannot deliver are said so at the door, at start and at a reload, with what to do and in the
+//! configuration's own words: an APNs domain that names no credentials at all is refused as one whose key cannot
+//! be read (REST 503, SMTP 451) instead of being accepted for APNs to refuse every notification; a domain no stanza
+//! names, or one declared only inside a binding, is refused with that reason (never a delivery method's Rust name);
+//! `herald serve` names its undeliverable domains at start, as a reload does; and a reload names a removed domain
+//! only while notifications of it wait.
+//!
+//! The tests run herald in-process against an APNs simulator, except the one about start, which reads the
+//! standard error of `herald serve`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::server::Server;
+use herald_sim::{Pki, SimConfig, SimHandle, Simulator};
+use support::{cert_auth_options, free_port, token_auth_options};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+const TOPIC: &str = "com.example.undeliverable";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn token(i: u64) -> String {
+    format!("{i:064x}")
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    sim: SimHandle,
+    server: Arc<Server>,
+    http: SocketAddr,
+    esmtp: SocketAddr,
+}
+
+/// The configuration around `domains`: a spool, a mainlog, an HTTP and an ESMTP listener (MCMT allowed), fast
+/// retries.
+fn config_text(dir: &Path, domains: &str) -> String {
+    format!(
+        r#"
+spool_dir = "{spool}"
+ec_logger "main" {{ mainlog = "{log}" }}
+http_listener {{ listen "127.0.0.1:0" {{ }} }}
+esmtp_listener {{ listen "127.0.0.1:0" {{ mcmt_reception = "allow" }} }}
+retry_interval = 1
+max_retry_interval = 1
+{domains}
+"#,
+        spool = dir.join("spool").display(),
+        log = dir.join("mainlog.ec").display(),
+    )
+}
+
+/// herald with the domains `domains(pki, simulator port)` gives, and a simulator.
+async fn rig(domains: impl FnOnce(&Pki, u16) -> String) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let sim = Simulator::start(SimConfig::from_pki(&pki.manifest).unwrap())
+        .await
+        .unwrap();
+    let text = config_text(dir.path(), &domains(&pki, sim.addrs.h2.port()));
+    let path = dir.path().join("herald.conf");
+    std::fs::write(&path, text).unwrap();
+    let server = Server::start(&path).await.unwrap();
+    let addrs = server.addrs().await;
+    Rig {
+        http: addrs.http[0],
+        esmtp: addrs.esmtp[0],
+        dir,
+        pki,
+        sim,
+        server,
+    }
+}
+
+impl Rig {
+    /// Posts one notification for `domain` (from `binding`, if given); returns the status and the answer.
+    async fn push(&self, domain: &str, binding: Option<&str>, i: u64) -> (u16, serde_json::Value) {
+        let mut body = serde_json::json!({
+            "domain": domain,
+            "tokens": [token(i)],
+            "payload": {"aps": {"alert": "undeliverable"}},
+        });
+        if let Some(b) = binding {
+            body["binding"] = serde_json::Value::from(b);
+        }
+        let response = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/push", self.http))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// An SMTP session past EHLO and `MAIL FROM`.
+    async fn smtp(&self) -> Smtp {
+        let stream = TcpStream::connect(self.esmtp).await.unwrap();
+        let (r, w) = stream.into_split();
+        let mut c = Smtp {
+            r: tokio::io::BufReader::new(r),
+            w,
+        };
+        assert_eq!(c.reply().await.0, 220);
+        assert_eq!(c.cmd("EHLO client.example").await.0, 250);
+        assert_eq!(c.cmd("MAIL FROM:<app@backend.example>").await.0, 250);
+        c
+    }
+
+    /// Writes `domains` as the new configuration and reloads it; returns what the reload names as undeliverable.
+    async fn reload(&self, domains: &str) -> Vec<(String, String)> {
+        let path = self.dir.path().join("herald.conf");
+        std::fs::write(&path, config_text(self.dir.path(), domains)).unwrap();
+        self.server.reload(None).await.unwrap().unroutable
+    }
+}
+
+/// The text of a JSON error answer.
+fn error_text(body: &serde_json::Value) -> &str {
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error text in {body}"))
+}
+
+/// A raw SMTP client.
+struct Smtp {
+    r: tokio::io::BufReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+}
+
+impl Smtp {
+    /// The next reply: its code and the text of its last line.
+    async fn reply(&mut self) -> (u16, String) {
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(WAIT, self.r.read_line(&mut line))
+                .await
+                .expect("no SMTP reply in time")
+                .unwrap();
+            assert!(n > 0, "the connection closed before a reply");
+            let line = line.trim_end();
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return (line[..3].parse().unwrap(), line[4..].to_owned());
+            }
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.w
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+}
+
+/// An MCMT message with one push part for its recipients, without X-Binding.
+const MCMT: &str = "From: app@backend.example\r\nTo: push@inb.example\r\nSubject: push\r\nMIME-Version: 1.0\r\n\
+     Content-Type: multipart/vnd.msys.mcmt; boundary=\"B\"\r\n\r\n\
+     --B\r\nContent-Type: message/rfc822\r\n\r\nSubject: the email\r\n\r\nNot delivered by herald.\r\n\
+     --B\r\nContent-Type: message/vnd.msys.apn\r\n\r\n\r\n{\"aps\":{\"alert\":\"x\"}}\r\n--B--\r\n.";
+
+/// The lines of a domain that reaches the simulator at `port` over HTTP/2 with no credentials at all: no
+/// `apn_key`, no client certificate.
+fn no_credentials(pki: &Pki, port: u16) -> String {
+    format!(
+        "  delivery_method = apn\n  routes = ( \"https://127.0.0.1:{port}\" )\n  tls_verify = ca\n  \
+         tls_ca = \"{ca}\"\n  apn_topic = \"{TOPIC}\"\n",
+        ca = pki.manifest.ca_cert.display()
+    )
+}
+
+/// An APNs domain without credentials is refused at the door as one whose key cannot be read (REST 503, SMTP
+/// 451 4.3.5: the operator can fix it), and a reload names it; a domain with certificate authentication (the TLS
+/// client identity, no `apn_key`) is delivered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_without_credentials_is_refused_at_the_door_and_named_by_a_reload() {
+    let domains = |pki: &Pki, port: u16| {
+        format!(
+            "domain \"cert.example\" {{\n{}}}\ndomain \"z.example\" {{\n{}}}\n",
+            cert_auth_options(pki, port, TOPIC),
+            no_credentials(pki, port)
+        )
+    };
+    let rig = rig(domains).await;
+
+    let (status, body) = rig.push("cert.example", None, 1).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(rig.sim.wait_for_records(1, WAIT).await, 1);
+
+    let (status, body) = rig.push("z.example", None, 2).await;
+    assert_eq!(status, 503, "{body}");
+    let error = error_text(&body);
+    assert!(
+        error.contains(
+            "domain \"z.example\" cannot take push notifications: no credentials: set apn_key"
+        ),
+        "{body}"
+    );
+
+    let mut c = rig.smtp().await;
+    let rcpt = format!("{}@z.example", token(3));
+    let (code, text) = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "4.3.5 <{rcpt}>: domain \"z.example\" cannot take push notifications: no credentials"
+        )),
+        "{text}"
+    );
+
+    let again = domains(&rig.pki, rig.sim.addrs.h2.port());
+    let unroutable = rig.reload(&again).await;
+    assert_eq!(unroutable.len(), 1, "{unroutable:?}");
+    assert_eq!(unroutable[0].0, "z.example");
+    assert!(
+        unroutable[0].1.starts_with("no credentials"),
+        "{unroutable:?}"
+    );
+    // Nothing of z.example reached APNs.
+    assert_eq!(rig.sim.counters().accepted(), 1);
+}
+
+/// A domain no stanza names, one declared only inside a binding, and one delivered by another method are each
+/// refused with their own reason, in the configuration's words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_binding_only_domains_are_refused_with_what_to_do() {
+    let rig = rig(|pki, port| {
+        format!(
+            "domain \"smtp.example\" {{ delivery_method = smtp }}\n\
+             domain \"plain.example\" {{ max_outbound_connections = 2 }}\n\
+             binding \"b1\" {{ domain \"inb.example\" {{\n{}}} }}\n",
+            token_auth_options(pki, port, TOPIC)
+        )
+    })
+    .await;
+
+    let refusal = |status: u16, body: &serde_json::Value| {
+        assert_eq!(status, 400, "{body}");
+        let text = error_text(body).to_owned();
+        assert!(!text.contains("Esmtp") && !text.contains("Smtp"), "{text}");
+        text
+    };
+    let (status, body) = rig.push("tokne.example", None, 1).await;
+    assert_eq!(
+        refusal(status, &body),
+        "domain: domain \"tokne.example\" cannot take push notifications: no domain stanza for \
+         \"tokne.example\" in the configuration"
+    );
+    let (status, body) = rig.push("inb.example", None, 2).await;
+    assert_eq!(
+        refusal(status, &body),
+        "domain: domain \"inb.example\" cannot take push notifications: it is declared only for binding \"b1\": \
+         name that binding with the notification (REST \"binding\" field, MCMT X-Binding header)"
+    );
+    let (status, body) = rig.push("inb.example", Some("b1"), 3).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = rig.push("smtp.example", None, 4).await;
+    assert!(
+        refusal(status, &body).ends_with(
+            "cannot take push notifications: delivery_method is smtp; herald delivers only with \
+             delivery_method = apn"
+        ),
+        "{body}"
+    );
+    let (status, body) = rig.push("plain.example", None, 5).await;
+    assert!(
+        refusal(status, &body).ends_with(
+            "cannot take push notifications: delivery_method is esmtp (the default); herald delivers only with \
+             delivery_method = apn"
+        ),
+        "{body}"
+    );
+
+    let mut c = rig.smtp().await;
+    let unknown = format!("{}@tokne.example", token(6));
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{unknown}>")).await,
+        (
+            550,
+            format!(
+                "5.1.2 <{unknown}>: domain \"tokne.example\" cannot take push notifications: no domain stanza \
+                 for \"tokne.example\" in the configuration"
+            )
+        )
+    );
+    // Declared in a binding: accepted at RCPT (the message may name the binding), refused at the end of DATA
+    // when it does not.
+    let inb = format!("{}@inb.example", token(7));
+    assert_eq!(c.cmd(&format!("RCPT TO:<{inb}>")).await.0, 250);
+    assert_eq!(c.cmd("DATA").await.0, 354);
+    let (code, text) = c.cmd(MCMT).await;
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.contains(
+            "domain \"inb.example\" cannot take push notifications: it is declared only for binding \"b1\""
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("Esmtp"), "{text}");
+    assert_eq!(rig.sim.wait_for_records(1, WAIT).await, 1);
+}
+
+/// A reload that removes a domain names it only while notifications of it wait, saying it was removed; a removed
+/// domain whose queue is empty (it lingers until `idle_queue_timeout`) is not named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_names_a_removed_domain_only_while_notifications_of_it_wait() {
+    let closed = free_port();
+    let rig = rig(|pki, port| {
+        format!(
+            "domain \"idle.example\" {{\n{}}}\ndomain \"stuck.example\" {{\n{}}}\n",
+            token_auth_options(pki, port, TOPIC),
+            token_auth_options(pki, closed, TOPIC)
+        )
+    })
+    .await;
+    let (status, body) = rig.push("idle.example", None, 1).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = rig.push("stuck.example", None, 2).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(rig.sim.wait_for_records(1, WAIT).await, 1);
+
+    let unroutable = rig.reload("").await;
+    assert_eq!(
+        unroutable,
+        vec![(
+            "stuck.example".to_owned(),
+            "it was removed from the configuration; 1 notification of it waits until a reload \
+             declares it again (or herald restarts)"
+                .to_owned()
+        )]
+    );
+    // Still so at the next reload.
+    assert_eq!(rig.reload("").await, unroutable);
+}
+
+/// `herald serve` names at start, as a reload does, each APNs domain it cannot deliver: a provider key file that
+/// is missing, a certificate without its key, no credentials at all.
+#[test]
+fn serve_names_the_domains_it_cannot_deliver_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let client = pki
+        .client(TOPIC, herald_sim::CertVariant::Universal)
+        .unwrap();
+    let port = free_port();
+    let missing_key = dir.path().join("AuthKey_ABCDEFGHIJ.p8");
+    let domains = format!(
+        "domain \"m.example\" {{\n{no_creds}  apn_key = \"{key}\"\n  apn_key_id = \"ABCDEFGHIJ\"\n  \
+         apn_team_id = \"TEAM123456\"\n}}\n\
+         domain \"c.example\" {{\n{no_creds}  tls_certificate = \"{cert}\"\n}}\n\
+         domain \"z.example\" {{\n{no_creds}}}\n",
+        no_creds = no_credentials(&pki, port),
+        key = missing_key.display(),
+        cert = client.cert.display(),
+    );
+    let config = dir.path().join("herald.conf");
+    std::fs::write(&config, config_text(dir.path(), &domains)).unwrap();
+    let err_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let expected = [
+        format!(
+            "domain m.example cannot be delivered: apn_key {}",
+            missing_key.display()
+        ),
+        format!(
+            "domain c.example cannot be delivered: tls_certificate {}",
+            client.cert.display()
+        ),
+        "domain z.example cannot be delivered: no credentials: set apn_key".to_owned(),
+    ];
+    let deadline = Instant::now() + WAIT;
+    let err = loop {
+        let err = std::fs::read_to_string(&err_path).unwrap();
+        if expected.iter().all(|e| err.contains(e.as_str())) || Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("http"), "ready line: {line:?}\n{err}");
+    for e in &expected {
+        assert!(err.contains(e.as_str()), "{e:?} is not in:\n{err}");
+    }
+}
