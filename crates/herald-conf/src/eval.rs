@@ -2,7 +2,9 @@
 //! path (docs/momentum-compat.md#fallback, docs/architecture.md#configuration):
 //!
 //! - delivery: binding_group::binding::domain > binding::domain > binding_group::domain > binding > binding_group >
-//!   global domain > global > default; a binding named without its group is looked up in the group that declares it;
+//!   global domain > global > default; a binding named without its group is looked up in the group that declares it,
+//!   and a path that names neither a binding nor a binding group (`domain D`, `host H`) is the default binding's, as
+//!   delivery resolves a notification that names no binding;
 //! - host: only the host stanzas (binding_group::binding::host > binding::host > binding_group::host > host); unset
 //!   `max_outbound_connections` is -1 there, other options take their default;
 //! - listeners: listener::listen::peer > listener::listen > listener::peer > listener > default; a peer given as
@@ -257,13 +259,31 @@ pub(crate) fn group_of<'a>(root: &'a Node, binding: &str) -> Option<&'a str> {
         .and_then(|g| g.name.as_deref())
 }
 
-/// Delivery candidates for (group, binding, domain), in precedence order.
+/// The binding of notifications that name none (docs/configuration.md#bindings-in-delivery).
+pub const DEFAULT_BINDING: &str = "default";
+
+/// The binding a delivery lookup for (`group`, `binding`) resolves in: `binding`; when neither a binding nor a
+/// binding group is given, the default binding, as delivery resolves a notification that names no binding, so that
+/// a `binding "default"` stanza (and its group) applies to it. A group given alone stays a group without binding.
+pub(crate) fn delivery_binding<'a>(
+    group: Option<&str>,
+    binding: Option<&'a str>,
+) -> Option<&'a str> {
+    match (group, binding) {
+        (None, None) => Some(DEFAULT_BINDING),
+        (_, b) => b,
+    }
+}
+
+/// Delivery candidates for (group, binding, domain), in precedence order; neither group nor binding is the default
+/// binding ([`delivery_binding`]).
 pub(crate) fn delivery_nodes<'a>(
     root: &'a Node,
     group: Option<&str>,
     binding: Option<&str>,
     domain: Option<&str>,
 ) -> Vec<&'a Node> {
+    let binding = delivery_binding(group, binding);
     let group = group.or_else(|| binding.and_then(|b| group_of(root, b)));
     let g = group.and_then(|g| root.child(ScopeKind::BindingGroup, Some(g)));
     let gb = g
@@ -304,6 +324,8 @@ pub(crate) fn candidates<'a>(root: &'a Node, path: &ScopePath) -> Candidates<'a>
             let binding = path.name_of(ScopeKind::Binding);
             if path.has(ScopeKind::Host) {
                 let host = path.name_of(ScopeKind::Host).unwrap_or_default();
+                // `host H` alone is the host as the default binding reaches it, as for a domain.
+                let binding = delivery_binding(group, binding);
                 let group = group.or_else(|| binding.and_then(|b| group_of(root, b)));
                 let g = group.and_then(|g| root.child(ScopeKind::BindingGroup, Some(g)));
                 let gb = g
@@ -512,6 +534,93 @@ mod tests {
             ScopePath::parse_words(&["domain"]),
             Err(EvalError::MissingName(ScopeKind::Domain))
         ));
+    }
+
+    /// A path that names neither a binding nor a binding group is the default binding's, as delivery resolves a
+    /// notification that names no binding: a `binding "default"` stanza, its domain stanzas and its group apply to
+    /// `domain D` and `host H`, to [`crate::Config::domain_settings`] without a binding, and to where
+    /// [`crate::Config::eval_scopes`] says a value came from. A group named alone stays that group.
+    #[test]
+    fn a_path_without_a_binding_is_the_default_binding_s() {
+        let c = crate::Config::parse_str(
+            "t.conf",
+            r#"
+max_retries = 5
+apn_topic = "com.example.a"
+domain "ok.example" { retry_interval = 60 }
+binding_group "gdef" {
+  idle_timeout = 7
+  binding "default" {
+    max_retries = 0
+    apn_topic = "com.example.b"
+    domain "ok.example" { retry_interval = 30 }
+    host "h" { max_outbound_connections = 2 }
+  }
+}
+"#,
+        )
+        .unwrap();
+        let eval = |words: &[&str]| c.eval_words(words).unwrap().1;
+        let retries = |n| Value::MaxRetries(crate::value::MaxRetries::Count(n));
+        assert_eq!(eval(&["domain", "ok.example", "max_retries"]), retries(0));
+        assert_eq!(
+            eval(&["domain", "ok.example", "apn_topic"]),
+            Value::Str("com.example.b".into())
+        );
+        assert_eq!(
+            eval(&["domain", "ok.example", "retry_interval"]),
+            Value::Int(30)
+        );
+        assert_eq!(
+            eval(&["domain", "ok.example", "idle_timeout"]),
+            Value::Int(7)
+        );
+        assert_eq!(
+            eval(&["domain", "other.example", "max_retries"]),
+            retries(0)
+        );
+        assert_eq!(
+            eval(&["domain", "ok.example", "max_retries"]),
+            eval(&["binding", "default", "domain", "ok.example", "max_retries"])
+        );
+        assert_eq!(
+            eval(&["host", "h", "max_outbound_connections"]),
+            Value::Int(2)
+        );
+        // The group alone, and the global scope, are not the binding.
+        assert_eq!(
+            eval(&[
+                "binding_group",
+                "gdef",
+                "domain",
+                "ok.example",
+                "max_retries"
+            ]),
+            retries(5)
+        );
+        assert_eq!(eval(&["max_retries"]), retries(5));
+
+        let d = c.domain_settings(None, None, "ok.example");
+        assert_eq!(d, c.domain_settings(None, Some("default"), "ok.example"));
+        assert_eq!(d.apn_topic.as_deref(), Some("com.example.b"));
+        assert_eq!(d.binding_group.as_deref(), Some("gdef"));
+        assert_eq!(d.binding.as_deref(), Some("default"));
+
+        let scopes: Vec<String> = c
+            .eval_scopes(&ScopePath::domain("ok.example"))
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(
+            scopes,
+            [
+                "binding_group gdef binding default domain ok.example",
+                "binding_group gdef binding default",
+                "binding_group gdef",
+                "domain ok.example",
+                "global",
+            ]
+        );
     }
 
     #[test]

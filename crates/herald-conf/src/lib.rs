@@ -166,6 +166,17 @@ impl Config {
         eval::first_value(&c, id.into())
     }
 
+    /// The scopes [`Config::eval`] consults at `path`, most specific first (the first that sets an option gives its
+    /// value), each with the path it is declared at: a regular-expression `domain` stanza's path names it as
+    /// written (`domain /…/`), the global scope's path is empty. What shows where an effective value came from.
+    pub fn eval_scopes(&self, path: &ScopePath) -> Vec<(ScopePath, &Node)> {
+        eval::candidates(&self.root, path)
+            .nodes
+            .into_iter()
+            .map(|n| (declared_path(&self.root, n).unwrap_or_default(), n))
+            .collect()
+    }
+
     /// The scope at `path` exactly as declared (no fallback), if the configuration has it. A binding named without
     /// its group (`binding b`) is found in the group that declares it, as [`Config::eval`] finds it.
     pub fn node(&self, path: &ScopePath) -> Option<&Node> {
@@ -216,14 +227,16 @@ impl Config {
     }
 
     /// Every delivery option for mail from (`binding_group`, `binding`) to `domain`, resolved with fallback. A
-    /// binding given without its group is looked up in the group that declares it. Resolved once per key, then
-    /// served from a cache.
+    /// binding given without its group is looked up in the group that declares it; neither a binding nor a group
+    /// is the default binding (and its group), as delivery resolves a notification that names no binding.
+    /// Resolved once per key, then served from a cache.
     pub fn domain_settings(
         &self,
         binding_group: Option<&str>,
         binding: Option<&str>,
         domain: &str,
     ) -> Arc<DomainSettings> {
+        let binding = eval::delivery_binding(binding_group, binding);
         let (group, domain_lc, key) = self.settings_key(binding_group, binding, domain);
         if let Ok(cache) = self.cache.read()
             && let Some(hit) = cache.get(&key)
@@ -252,6 +265,7 @@ impl Config {
         domain: &str,
         opt: Option<Opt>,
     ) -> Option<Location> {
+        let binding = eval::delivery_binding(binding_group, binding);
         let (group, domain_lc, _) = self.settings_key(binding_group, binding, domain);
         let nodes = eval::delivery_nodes(&self.root, group, binding, Some(&domain_lc));
         let set = opt.and_then(|opt| nodes.iter().find_map(|n| n.get(opt.id())));
@@ -272,6 +286,7 @@ impl Config {
         binding: Option<&str>,
         domain: &str,
     ) {
+        let binding = eval::delivery_binding(binding_group, binding);
         let (_, _, key) = self.settings_key(binding_group, binding, domain);
         if let Ok(mut cache) = self.cache.write() {
             cache.remove(&key);
@@ -595,6 +610,22 @@ fn collect_domains<'a>(
             _ => {}
         }
     }
+}
+
+/// The path from `root` down to the scope `target` (the very node, not one of the same name), if `target` is in
+/// the tree; the empty path for `root` itself.
+fn declared_path(root: &Node, target: &Node) -> Option<ScopePath> {
+    if std::ptr::eq(root, target) {
+        return Some(ScopePath::global());
+    }
+    root.children().iter().find_map(|c| {
+        let inner = declared_path(c, target)?;
+        let mut path = ScopePath::global().then(c.kind, c.name.as_deref());
+        for s in inner.segments() {
+            path = path.then(s.kind, s.name.as_deref());
+        }
+        Some(path)
+    })
 }
 
 /// The first `domain` stanza named exactly `name` (lower-cased), at any depth (global, binding group, binding).

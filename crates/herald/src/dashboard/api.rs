@@ -573,8 +573,11 @@ struct RowSettings {
 }
 
 impl RowSettings {
+    /// The settings of `domain` as delivery resolves them for a notification that names no binding: from the
+    /// default binding (a `binding "default"` stanza and its group apply).
     fn resolve(config: &Config, domain: &str) -> RowSettings {
-        let settings = config.domain_settings(None, None, domain);
+        let settings =
+            config.domain_settings(None, Some(crate::model::message::DEFAULT_BINDING), domain);
         let route = settings.routes.first();
         RowSettings {
             method: format!("{:?}", settings.delivery_method).to_ascii_lowercase(),
@@ -698,32 +701,21 @@ async fn domains(State(d): State<Dash>) -> Response {
 }
 
 /// Every option that applies to a domain, its value as `config eval domain NAME OPTION` resolves it (secrets
-/// masked) and where it came from.
+/// masked) and where it came from: the value delivery applies to a notification that names no binding, so a
+/// `binding "default"` stanza (and its binding group) counts.
 pub fn effective_options(config: &Config, domain: &str) -> Vec<serde_json::Value> {
     let path = ScopePath::domain(domain);
-    let root = config.tree();
-    let exact = config.node(&path);
-    // The scopes `config eval domain NAME OPTION` looks in, in its order: the domain's own stanza, each matching
-    // regular-expression stanza in declaration order, then the global scope. The value comes from the first that
-    // sets the option, and that one is its scope.
-    let nodes: Vec<&herald_conf::Node> = root
-        .matching_named(herald_conf::ScopeKind::Domain, domain)
-        .chain(std::iter::once(root))
-        .collect();
+    // The scopes `config eval domain NAME OPTION` looks in, in its order (the default binding's domain stanzas,
+    // the binding, its group, the top-level domain stanzas, then the global scope); the value comes from the first
+    // that sets the option, and that one is its scope.
+    let scopes = config.eval_scopes(&path);
     OPTIONS
         .iter()
         .filter_map(|def| {
             let value = config.eval(&path, def.name).ok()?;
             let from = herald_conf::options::lookup(def.name)
-                .and_then(|id| nodes.iter().copied().find(|n| n.get(id).is_some()));
-            let scope = match from {
-                None => "default".to_owned(),
-                Some(n) if std::ptr::eq(n, root) => "global".to_owned(),
-                Some(n) if exact.is_some_and(|e| std::ptr::eq(n, e)) => {
-                    format!("domain \"{domain}\"")
-                }
-                Some(_) => "domain pattern".to_owned(),
-            };
+                .and_then(|id| scopes.iter().find(|(_, n)| n.get(id).is_some()));
+            let scope = from.map_or_else(|| "default".to_owned(), |(at, _)| scope_label(at));
             let shown = match value {
                 Value::Unset => "(unset)".to_owned(),
                 v => herald_conf::secrets::render_option_value(def.name, &v, true),
@@ -731,6 +723,28 @@ pub fn effective_options(config: &Config, domain: &str) -> Vec<serde_json::Value
             Some(json!({ "name": def.name, "value": shown, "scope": scope }))
         })
         .collect()
+}
+
+/// How the Domain page names the scope at `path`: `global`, or its stanzas from the outermost
+/// (`binding_group "G" binding "B" domain "NAME"`), a regular-expression domain stanza as `domain pattern`.
+fn scope_label(path: &ScopePath) -> String {
+    if path.segments().is_empty() {
+        return "global".to_owned();
+    }
+    path.segments()
+        .iter()
+        .map(|s| match s.name.as_deref() {
+            Some(n)
+                if s.kind == herald_conf::ScopeKind::Domain
+                    && herald_conf::scopes::is_regex_name(n) =>
+            {
+                "domain pattern".to_owned()
+            }
+            Some(n) => format!("{} \"{n}\"", s.kind),
+            None => s.kind.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Invalid tokens the Domain page shows, the newest.
@@ -1139,6 +1153,62 @@ domain "/[.]example[.]org$/" { max_outbound_connections = 4 idle_timeout = 90 }
             .unwrap();
         assert_eq!(max["value"], "32");
         assert_eq!(max["scope"], "global");
+    }
+
+    /// A domain's page and row show what delivery applies to a notification that names no binding: a
+    /// `binding "default"` stanza (in its binding group) wins over the global scope and the top-level domain
+    /// stanza, and is named as the scope its values came from (docs/configuration.md, "Bindings in delivery").
+    #[test]
+    fn the_default_binding_gives_a_domains_options_and_its_connection_limit() {
+        let config = Arc::new(
+            Config::parse_str(
+                "test.conf",
+                r#"
+max_retries = 5
+apn_topic = "com.example.a"
+domain "ok.example" { delivery_method = apn routes = ( "https://127.0.0.1:9" ) retry_interval = 60 }
+domain "/[.]example$/" { idle_timeout = 90 }
+binding_group "gdef" {
+  message_expiration = 600
+  binding "default" {
+    max_retries = 0
+    apn_topic = "com.example.b"
+    max_outbound_connections = 3
+    domain "/^ok[.]/" { delivery_response_timeout = 9 }
+  }
+}
+"#,
+            )
+            .unwrap(),
+        );
+        let options = effective_options(&config, "ok.example");
+        let option = |name: &str| {
+            options
+                .iter()
+                .find(|o| o["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {options:?}"))
+                .clone()
+        };
+        let binding = "binding_group \"gdef\" binding \"default\"";
+        assert_eq!(option("max_retries")["value"], "0");
+        assert_eq!(option("max_retries")["scope"], binding);
+        assert_eq!(option("apn_topic")["value"], "com.example.b");
+        assert_eq!(option("apn_topic")["scope"], binding);
+        assert_eq!(option("max_outbound_connections")["value"], "3");
+        assert_eq!(option("max_outbound_connections")["scope"], binding);
+        assert_eq!(
+            option("delivery_response_timeout")["scope"],
+            format!("{binding} domain pattern")
+        );
+        assert_eq!(
+            option("message_expiration")["scope"],
+            "binding_group \"gdef\""
+        );
+        assert_eq!(option("retry_interval")["scope"], "domain \"ok.example\"");
+        assert_eq!(option("idle_timeout")["scope"], "domain pattern");
+        assert_eq!(option("tls_verify")["scope"], "default");
+        let row = rows(&config, &[], &Hub::default(), Some("ok.example"));
+        assert_eq!(row[0]["connection_limit"], 3, "{row:?}");
     }
 
     fn counters(delivered: u64) -> Arc<crate::queue::stats::DomainStats> {

@@ -865,17 +865,15 @@ impl Intake {
         }
     }
 
-    /// The binding group `n` is delivered from, for its R line: `None` (`default`) for the default binding, with no
-    /// lookup on the common path; else the group of its binding's settings under the configuration in force. The
-    /// door checks built them, but a reload, an idle queue's retirement or the bound on settings kept may have
-    /// dropped them since: then they are built again, so the R line names the group the D line will. `None`
-    /// (`default`, whatever group the configuration declares for the binding) too when they can no longer be built:
-    /// the binding no longer delivers the domain (a reload removed it), or its credentials cannot be read. A batch
-    /// looks each (binding, domain) up once, with [`BindingGroups`].
+    /// The binding group `n` is delivered from, for its R line: the group of its binding's settings under the
+    /// configuration in force, for the default binding as for any other (a `binding_group` may declare
+    /// `binding "default"`, and the D line names that group). The door checks built them, but a reload, an idle
+    /// queue's retirement or the bound on settings kept may have dropped them since: then they are built again,
+    /// so the R line names the group the D line will. `None` (`default`, whatever group the configuration declares
+    /// for the binding) when they can no longer be built: the binding no longer delivers the domain (a reload
+    /// removed it), or its credentials cannot be read. A batch looks each (binding, domain) up once, with
+    /// [`BindingGroups`].
     fn binding_group(&self, n: &Notification) -> Option<Arc<str>> {
-        if &*n.binding == DEFAULT_BINDING {
-            return None;
-        }
         let settings = match self.resolver.cached(&n.binding, &n.domain) {
             Some(settings) => settings,
             None => crate::queue::in_place(|| self.resolver.resolve_binding(&n.binding, &n.domain))
@@ -1142,9 +1140,6 @@ impl<'a> BindingGroups<'a> {
     }
 
     fn of(&mut self, n: &Notification) -> Option<Arc<str>> {
-        if &*n.binding == DEFAULT_BINDING {
-            return None;
-        }
         if let Some(group) = self
             .known
             .get(&*n.binding)
@@ -2637,9 +2632,9 @@ mod tests {
         assert!(intake.reserve(0).is_ok());
     }
 
-    /// A resolver that delivers apps.example from bindings `default` and `b` (of binding group `g`), and keeps
-    /// nothing built: [`SettingsResolver::cached`] never answers, as after a reload, an idle queue's retirement or
-    /// the bound on settings kept.
+    /// A resolver that delivers apps.example from bindings `default` (of binding group `gdef`) and `b` (of binding
+    /// group `g`), and keeps nothing built: [`SettingsResolver::cached`] never answers, as after a reload, an idle
+    /// queue's retirement or the bound on settings kept.
     struct NothingKept;
 
     impl SettingsResolver for NothingKept {
@@ -2661,7 +2656,7 @@ mod tests {
             }
             let mut built = settings(domain);
             match binding {
-                DEFAULT_BINDING => {}
+                DEFAULT_BINDING => built.binding_group = Arc::from("gdef"),
                 "b" => {
                     built.binding = Arc::from("b");
                     built.binding_group = Arc::from("g");
@@ -2673,7 +2668,8 @@ mod tests {
     }
 
     /// The R line names the binding group from the configuration in force, whether or not the settings the door
-    /// checks built are still kept: it says `g`, as the D line will, not `default`.
+    /// checks built are still kept: it says `g`, as the D line will, not `default`; and the group that declares
+    /// the default binding (`gdef`) for a notification that names no binding.
     #[test]
     fn the_binding_group_of_the_r_line_does_not_depend_on_settings_kept() {
         let (_, engine) = engine();
@@ -2696,7 +2692,10 @@ mod tests {
         assert_eq!(&*from_b.binding, "b");
         assert_eq!(intake.binding_group(&from_b).as_deref(), Some("g"));
         let from_default = intake.prepare(submission(None), &source(&intake)).unwrap();
-        assert_eq!(intake.binding_group(&from_default), None);
+        assert_eq!(&*from_default.binding, DEFAULT_BINDING);
+        assert_eq!(intake.binding_group(&from_default).as_deref(), Some("gdef"));
+        let mut groups = BindingGroups::new(&intake);
+        assert_eq!(groups.of(&from_default).as_deref(), Some("gdef"));
     }
 
     /// A resolver that delivers apps.example from binding `b` (of binding group `g`) and keeps nothing built, until
