@@ -1300,6 +1300,99 @@ async fn a_bare_lf_before_the_dot_does_not_end_the_data() {
     assert!(h.sim.record().is_empty());
 }
 
+// RFC 5321 §4.5.3.1.6: the 1000 octets of a text line do not count the dot a client doubles for transparency. A
+// line of 998 characters starting with `.` (1001 bytes on the wire) is taken, as the same line starting with `d`
+// is; a line one byte longer is refused either way, and the lone dot still ends the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dot_stuffed_line_is_measured_without_its_transparency_dot() {
+    let h = Harness::start(allow_conf).await;
+    let rcpt = vec![format!("{}@{DOMAIN}", token(70))];
+    let with_line = |line: &str| {
+        mcmt(&[
+            format!("Content-Type: text/plain\r\n\r\n{line}"),
+            push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}"),
+        ])
+    };
+    let long_line = "5.6.0 a message line is longer than 1000 bytes including CRLF; send long payloads base64-encoded";
+    let mut accepted = 0u64;
+    for (line, refused) in [
+        (format!(".{}", "d".repeat(997)), false),
+        (format!("..{}", "d".repeat(996)), false),
+        ("d".repeat(998), false),
+        (format!(".{}", "d".repeat(998)), true),
+        ("d".repeat(999), true),
+    ] {
+        let (code, text) = h.send_raw(&rcpt, &with_line(&line)).await;
+        if refused {
+            assert_eq!(
+                (code, text.as_str()),
+                (550, long_line),
+                "{} bytes with CRLF",
+                line.len() + 2
+            );
+        } else {
+            assert_eq!(code, 250, "{} bytes with CRLF: {text}", line.len() + 2);
+            accepted += 1;
+        }
+    }
+    assert_eq!(h.sim.wait_for_records(accepted, WAIT).await, accepted);
+    assert_eq!(h.reception_lines().len() as u64, accepted);
+}
+
+// docs/smtp.md#refusals: the message's own Content-Type given twice, one of them MCMT, refuses it in either order:
+// which one applies decides whether the message is MCMT and which boundary splits it (herald's MIME parser read
+// the last, Python's email reads the first), as a part's repeated Content-Type decides whether it is a push part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_top_level_content_type_refuses_the_message() {
+    let h = Harness::start(allow_conf).await;
+    let rcpt = vec![format!("{}@{DOMAIN}", token(71))];
+    let message = mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}")]);
+    let mcmt_type = "Content-Type: multipart/vnd.msys.mcmt; boundary=\"MCMT_BOUNDARY\"\r\n";
+    assert!(message.contains(mcmt_type));
+    for repeated in [
+        format!("Content-Type: text/plain\r\n{mcmt_type}"),
+        format!("{mcmt_type}Content-Type: text/plain\r\n"),
+    ] {
+        let (code, text) = h
+            .send_raw(&rcpt, &message.replacen(mcmt_type, &repeated, 1))
+            .await;
+        assert_eq!(
+            (code, text.as_str()),
+            (
+                550,
+                "5.6.0 malformed MCMT message: Content-Type is given more than once in the message's headers: whether the message is MCMT (multipart/vnd.msys.mcmt), and which boundary splits it, would be ambiguous (give it once)"
+            ),
+            "{repeated:?}"
+        );
+    }
+    assert!(h.reception_lines().is_empty());
+    assert!(h.sim.record().is_empty());
+    // Given once, the message is delivered.
+    let (code, text) = h.send_raw(&rcpt, &message).await;
+    assert_eq!(code, 250, "{text}");
+    assert_eq!(h.sim.wait_for_records(1, WAIT).await, 1);
+}
+
+// The refusal of a message over max_notifications_per_message counts its push parts and recipients in words that
+// agree with the numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notification_limit_counts_one_push_part_in_the_singular() {
+    let h = Harness::start_with(allow_conf, |l| l.max_notifications = 1).await;
+    let two: Vec<String> = (0..2)
+        .map(|i| format!("{}@{DOMAIN}", token(72 + i)))
+        .collect();
+    let one_part = mcmt(&[push_part(&[], "{\"aps\":{\"alert\":\"hi\"}}")]);
+    let (code, text) = h.send_raw(&two, &one_part).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            552,
+            "5.3.4 the message would make 2 notifications (1 push part times 2 recipients); this listener's max_notifications_per_message is 1"
+        )
+    );
+    assert!(h.reception_lines().is_empty());
+}
+
 // Replies wait while pipelined input is unread (RFC 2920), but not without bound: a client that always leaves a
 // partial command unread gets its replies once more than MAX_PENDING_OUTPUT bytes wait, before its last byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@
 //! The container is split at its delimiter lines by [`mime`], not by the MIME parser, so every `--BOUNDARY` line
 //! is a part and refusals name parts by that ordinal: a part whose headers run into its body (no empty line), a
 //! part that gives `Content-Type` twice, or more than [`MAX_MIME_DEPTH`] nested levels refuse the message instead
-//! of hiding or shifting parts. The MIME parser reads only single header blocks.
+//! of hiding or shifting parts. The MIME parser reads only single header blocks. The message's own `Content-Type`
+//! given twice, one of them MCMT, refuses it too: which one applies decides whether it is MCMT and its boundary.
 
 mod mime;
 
@@ -114,6 +115,14 @@ pub enum McmtError {
     NoPushPart,
     #[error("part {part}: {reason}")]
     Part { part: usize, reason: PartError },
+    /// The message's own header block gives `Content-Type` more than once, one of them `multipart/vnd.msys.mcmt`:
+    /// mail readers differ on which one applies (the MIME parser reads the last, others the first), and it decides
+    /// whether the message is MCMT at all and which boundary splits it. (Ordinary mail that repeats it, none of
+    /// them MCMT, is [`Parsed::NotMcmt`] whichever applies.)
+    #[error(
+        "Content-Type is given more than once in the message's headers: whether the message is MCMT (multipart/vnd.msys.mcmt), and which boundary splits it, would be ambiguous (give it once)"
+    )]
+    RepeatedContentType,
     /// A header of [`headers::TOP_LEVEL`] is given more than once in the message's own header block.
     #[error(
         "header {} is given more than once in the message's headers (which one applies would be ambiguous: give it once)",
@@ -370,6 +379,9 @@ pub fn parse_with(raw: &[u8], empty: EmptyValue) -> Result<Parsed, McmtError> {
         Ok(None) => return Ok(Parsed::NotMcmt),
     };
     let root = message.root_part();
+    if repeats_an_mcmt_type(root, top_block) {
+        return Err(McmtError::RepeatedContentType);
+    }
     // Read from the block with its folds joined, as a part's type is: the MIME parser alone reads a type folded
     // after its `/` as having no subtype.
     let Some(root_type) = mime::mime_type(top_block) else {
@@ -496,6 +508,30 @@ pub fn parse_with(raw: &[u8], empty: EmptyValue) -> Result<Parsed, McmtError> {
         return_path: given(headers::RETURN_PATH),
         binding: given(headers::BINDING),
     }))
+}
+
+/// Whether the message's own header block (`top_block`, as the MIME parser read it into `root`) gives
+/// `Content-Type` more than once with any of them `multipart/vnd.msys.mcmt`. Each field is read on its own, its folds
+/// joined, as the one field of a block is.
+fn repeats_an_mcmt_type(root: &mail_parser::MessagePart<'_>, top_block: &[u8]) -> bool {
+    let fields: Vec<_> = root
+        .headers()
+        .iter()
+        .filter(|h| h.name.as_str().eq_ignore_ascii_case("Content-Type"))
+        .collect();
+    fields.len() > 1
+        && fields.iter().any(|h| {
+            let mut field = top_block
+                .get(h.offset_field as usize..h.offset_end as usize)
+                .unwrap_or_default()
+                .to_vec();
+            // The MIME parser reads a field up to its line ending: the last field of a message that is all header
+            // block may have none.
+            if !field.ends_with(b"\n") {
+                field.extend_from_slice(b"\r\n");
+            }
+            mime::mime_type(&field).is_some_and(|t| t.is(MCMT_TYPE))
+        })
 }
 
 /// Header fields as (name, unfolded value), in order.
@@ -1623,6 +1659,53 @@ Content-Type: message/rfc822\r\n\r\nSuype: m\n\r\xf5--B\r\nContent-Type: message
         assert_eq!(
             (m.binding.as_deref(), m.return_path.as_deref()),
             (Some("b1"), Some("<a@example.com>"))
+        );
+    }
+
+    // The message's own Content-Type decides whether it is MCMT and which boundary splits it: given twice, one of
+    // them MCMT, mail readers differ on which applies (the MIME parser reads the last, Python's email the first), so
+    // the message is refused naming it, in either order, as a part repeating it is. Ordinary mail repeating it is
+    // not MCMT whichever applies.
+    #[test]
+    fn a_top_level_content_type_given_twice_is_refused() {
+        let body = format!("\r\n--B\r\n{APN}\r\n--B--\r\n");
+        let mcmt_type = "Content-Type: multipart/vnd.msys.mcmt; boundary=B\r\n";
+        for headers in [
+            format!("Content-Type: text/plain\r\n{mcmt_type}"),
+            format!("{mcmt_type}Subject: s\r\ncontent-type: text/plain\r\n"),
+            format!("{mcmt_type}CONTENT-TYPE: multipart/vnd.msys.mcmt; boundary=C\r\n"),
+            // Folded after its `/`, as a part's type may be.
+            "Content-Type: multipart/\r\n vnd.msys.mcmt; boundary=B\r\nContent-Type: text/plain\r\n".into(),
+        ] {
+            let raw = format!("{headers}{body}");
+            assert_eq!(
+                parse(raw.as_bytes()).unwrap_err(),
+                McmtError::RepeatedContentType,
+                "{headers:?}"
+            );
+        }
+        // A message that is all header block, its last field without a line ending.
+        assert_eq!(
+            parse(format!("Content-Type: text/plain\r\n{}", mcmt_type.trim_end()).as_bytes())
+                .unwrap_err(),
+            McmtError::RepeatedContentType
+        );
+        assert_eq!(
+            parse(
+                format!("Content-Type: text/plain\r\nContent-Type: text/html\r\n{body}").as_bytes()
+            ),
+            Ok(Parsed::NotMcmt)
+        );
+        assert_eq!(
+            McmtError::RepeatedContentType.to_string(),
+            "Content-Type is given more than once in the message's headers: whether the message is MCMT (multipart/vnd.msys.mcmt), and which boundary splits it, would be ambiguous (give it once)"
+        );
+        // Once is read.
+        assert_eq!(
+            parsed(format!("{mcmt_type}{body}").as_bytes())
+                .push_parts
+                .len(),
+            1
         );
     }
 

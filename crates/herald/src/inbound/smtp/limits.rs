@@ -19,7 +19,8 @@ pub struct SmtpLimits {
     /// Longest command line, including CRLF (RFC 5321 §4.5.3.1.4: 512; herald allows the text-line limit).
     /// `max_line_length`.
     pub max_command_line: usize,
-    /// Longest message line, including CRLF (RFC 5321 §4.5.3.1.6: 1000). `max_line_length`.
+    /// Longest message line, including CRLF and not counting a leading dot the client doubled for transparency
+    /// (RFC 5321 §4.5.3.1.6: 1000): such a line may be one byte longer on the wire. `max_line_length`.
     pub max_text_line: usize,
     /// How long a client may stay silent while herald waits for a command, message data or the STARTTLS
     /// handshake. `timeout`.

@@ -702,7 +702,9 @@ impl Session {
                     ),
                 ));
             }
-            let line = match self.next(limits.max_text_line).await {
+            // A line the client dot-stuffed may be one byte longer on the wire: read up to that, then hold every
+            // line to the limit without its transparency dot (below).
+            let line = match self.next(limits.max_text_line.saturating_add(1)).await {
                 Err(_) | Ok(Event::Read(ReadLine::Eof)) => return Step::Gone,
                 Ok(Event::Shutdown) => return Step::Close(shutting_down(&host)),
                 Ok(Event::Idle) => {
@@ -719,10 +721,14 @@ impl Session {
                 break;
             }
             after_crlf = line.ends_with(b"\r\n");
+            let body = line.strip_prefix(b".").unwrap_or(&line);
+            if body.len() > limits.max_text_line {
+                long_line = true;
+                continue;
+            }
             if !after_crlf {
                 bare_lf = true;
             }
-            let body = line.strip_prefix(b".").unwrap_or(&line);
             if message.len() as u64 + body.len() as u64 > limits.max_message_size {
                 too_big = true;
             } else if !too_big {
@@ -839,9 +845,10 @@ impl Session {
                 552,
                 "5.3.4",
                 format!(
-                    "the message would make {count} notifications ({} push parts times {} recipients); this listener's max_notifications_per_message is {}",
-                    message.push_parts.len(),
-                    envelope.recipients.len(),
+                    "the message would make {} ({} times {}); this listener's max_notifications_per_message is {}",
+                    counted(count, "notification"),
+                    counted(message.push_parts.len(), "push part"),
+                    counted(envelope.recipients.len(), "recipient"),
                     self.config.limits.max_notifications
                 ),
             );
@@ -854,9 +861,10 @@ impl Session {
                     552,
                     "5.3.4",
                     format!(
-                        "the message would make {count} notifications ({} push parts times {} recipients), more than herald ever holds in memory at once (max_resident_notifications = {max}); send it as smaller messages (this listener's max_notifications_per_message is {}, above max_resident_notifications)",
-                        message.push_parts.len(),
-                        envelope.recipients.len(),
+                        "the message would make {} ({} times {}), more than herald ever holds in memory at once (max_resident_notifications = {max}); send it as smaller messages (this listener's max_notifications_per_message is {}, above max_resident_notifications)",
+                        counted(count, "notification"),
+                        counted(message.push_parts.len(), "push part"),
+                        counted(envelope.recipients.len(), "recipient"),
                         self.config.limits.max_notifications
                     ),
                 );
@@ -1035,6 +1043,11 @@ fn unknown_domain(recipient: &str, refusal: &DomainRefusal) -> Reply {
     } else {
         Reply::new(550, "5.1.2", format!("<{recipient}>: {refusal}"))
     }
+}
+
+/// `n` and `noun`, plural unless `n` is 1: `1 push part`, `2 push parts`.
+fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn not_mcmt() -> Reply {
