@@ -252,3 +252,82 @@ async fn a_missing_channel_id_and_an_unserved_broadcast_are_named() {
     assert!(s.sim.record().is_empty());
     s.server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Requests at the edges are refused in the channel errors' shape (docs/api.md "Channels"), naming what is wrong
+/// and carrying the domain whenever the request names one, and nothing is created: a string escaping half a
+/// surrogate pair alone is said to be no valid Unicode, as `POST /api/v1/push` says it (never taken for `null`); a
+/// member name holding one is named as such; a channel id that is no UTF-8 text once percent-decoded is named as
+/// sent; a query parameter given twice is named rather than one of its values applying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_requests_are_refused_naming_what_is_wrong() {
+    let s = setup().await;
+    let unpaired = "the string holds an unpaired surrogate escape (one of \\ud800 to \\udfff without its pair), which is not valid Unicode";
+    let cases = [
+        (
+            r#"{"domain":"\ud800","message_storage_policy":1}"#.to_owned(),
+            format!("domain: {unpaired}"),
+            None,
+        ),
+        (
+            format!(r#"{{"domain":"{WIDGETS}","message_storage_policy":1,"push_type":"\ud800"}}"#),
+            format!("push_type: {unpaired}"),
+            Some(WIDGETS),
+        ),
+    ];
+    for (body, error, domain) in cases {
+        let (status, v) = call(&s.http, Method::POST, "/api/v1/channels", Some(&body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["error"], error.as_str(), "{body}");
+        assert_eq!(v["domain"].as_str(), domain, "{body}: {v}");
+    }
+    let body = format!(r#"{{"domain":"{WIDGETS}","message_storage_policy":1,"\ud800":1}}"#);
+    let (status, v) = call(&s.http, Method::POST, "/api/v1/channels", Some(&body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("a member name holds an unpaired surrogate escape"),
+        "{v}"
+    );
+    // The push route says the same of the same string.
+    let push = r#"{"domain":"\ud800","tokens":["aa"],"payload":{}}"#;
+    let (status, v) = call(&s.http, Method::POST, "/api/v1/push", Some(push)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!("domain: {unpaired} at line 1 column ")),
+        "{v}"
+    );
+
+    for method in [Method::GET, Method::DELETE] {
+        let (status, v) = call(
+            &s.http,
+            method.clone(),
+            &format!("/api/v1/channels/%ff?domain={WIDGETS}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method}: {v}");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with(
+                "channel id: \"%ff\" (as sent) is not UTF-8 text once percent-decoded"
+            ),
+            "{method}: {v}"
+        );
+        assert_eq!(v["domain"], WIDGETS, "{method}: {v}");
+    }
+    for path in [
+        format!("/api/v1/channels?domain={WIDGETS}&domain=other.example"),
+        format!("/api/v1/channels/dHN0LXNyY2gtY2hubA%3D%3D?domain={WIDGETS}&domain={WIDGETS}"),
+    ] {
+        let (status, v) = call(&s.http, Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert_eq!(
+            v["error"], "domain: given more than once; give each parameter once",
+            "{path}"
+        );
+        assert!(v.get("domain").is_none(), "{path}: {v}");
+    }
+    assert!(s.sim.channels(BUNDLE).is_empty(), "nothing was created");
+    s.server.shutdown(Duration::from_secs(1)).await;
+}

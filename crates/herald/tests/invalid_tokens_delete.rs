@@ -121,3 +121,55 @@ async fn a_deleted_invalid_token_stays_deleted_across_a_restart() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// A query parameter given twice is refused naming it (docs/api.md "Operator endpoints"), on the `GET` and the
+/// `DELETE` alike, rather than the last one applying: a delete naming two tokens deletes neither. The API key is
+/// checked first, as for any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parameter_given_twice_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = "ab".repeat(32);
+    let two = "cd".repeat(32);
+    let server = Server::start(&config(dir.path(), "one")).await.unwrap();
+    assert!(server.invalid_tokens.record(entry(&one, 1_000)));
+    assert!(server.invalid_tokens.record(entry(&two, 2_000)));
+    let base = format!("http://{}", server.addrs().await.http[0]);
+    let client = reqwest::Client::new();
+    for (method, query, name) in [
+        (
+            reqwest::Method::DELETE,
+            format!("domain=apps.example&token={one}&token={two}"),
+            "token",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("domain=apps.example&token={one}&domain=apps.example"),
+            "domain",
+        ),
+        (
+            reqwest::Method::GET,
+            "domain=apps.example&domain=other.example".into(),
+            "domain",
+        ),
+        (reqwest::Method::GET, "since=0&s%69nce=5".into(), "since"),
+    ] {
+        let url = format!("{base}/api/v1/tokens/invalid?{query}");
+        let r = client.request(method.clone(), &url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {query}");
+        let r = client
+            .request(method.clone(), &url)
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{method} {query}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error"],
+            format!("{name}: given more than once; give each parameter once"),
+            "{method} {query}"
+        );
+    }
+    assert_eq!(listed(&client, &base).await, [one.as_str(), two.as_str()]);
+    server.shutdown(Duration::from_secs(2)).await;
+}

@@ -449,3 +449,50 @@ async fn idempotency_keys_of_two_api_keys_do_not_meet() {
     assert_eq!(code, 409, "{conflict}");
     daemon.terminate();
 }
+
+/// Requests that cannot be answered as asked are refused in the shapes docs/api.md and docs/openapi.yaml give: two
+/// `Idempotency-Key` headers are a `400` naming the header, with nothing queued and neither key taken; an id that
+/// is not UTF-8 text once percent-decoded is a `400` `StatusNotFound` (`id` as sent, `found` false).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_idempotency_keys_and_an_id_that_is_no_text_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(&dir.path().join("pki"), &[TOPIC.to_string()]).unwrap();
+    let config = write_config(dir.path(), &pki, free_port(), 3600);
+    let daemon = Daemon::start(&config);
+    let body = serde_json::json!({
+        "domain": "outcomes.example",
+        "tokens": [token(50)],
+        "payload": {"aps": {"alert": "twice"}},
+    });
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/push", daemon.http))
+        .header("Idempotency-Key", "k-1")
+        .header("Idempotency-Key", "k-2")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["error"], "Idempotency-Key: given more than once; send one key per request",
+        "{answer}"
+    );
+    // Neither key was taken: each alone runs as a first request.
+    for key in ["k-1", "k-2"] {
+        let (code, answer, replayed) = push(&daemon.http, &[token(50)], Some(key), "twice").await;
+        assert_eq!((code, replayed), (202, false), "{key}: {answer}");
+    }
+
+    let (code, answer) = status(&daemon.http, "%ff").await;
+    assert_eq!(code, 400, "{answer}");
+    assert_eq!(answer["id"], "%ff", "{answer}");
+    assert_eq!(answer["found"], false, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is not UTF-8 text once percent-decoded")),
+        "{answer}"
+    );
+    daemon.terminate();
+}

@@ -295,6 +295,70 @@ async fn one_payload_to_many_tokens_is_delivered_byte_for_byte() {
     }
 }
 
+/// An option given as `null` is taken as not given (docs/api.md "POST /api/v1/push"), at the top level and per
+/// notification: the notification is accepted and sent exactly as one that leaves the option out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_options_are_taken_as_not_given() {
+    let h = Harness::start(|_, _| {}).await;
+    let payload = r#"{"aps":{"alert":"null options"}}"#;
+    let nulls =
+        r#""topic":null,"push_type":null,"priority":null,"expiration":null,"collapse_id":null"#;
+    let bodies = [
+        // Left out: what the others are compared with.
+        format!(
+            r#"{{"domain":"{DOMAIN}","tokens":["{t}"],"payload":{payload}}}"#,
+            t = token(0)
+        ),
+        format!(
+            r#"{{"domain":"{DOMAIN}","tokens":["{t}"],"payload":{payload},{nulls},"binding":null}}"#,
+            t = token(1)
+        ),
+        format!(
+            r#"{{"domain":"{DOMAIN}","notifications":[{{"token":"{t}","payload":{payload},{nulls},"apns_id":null}}]}}"#,
+            t = token(2)
+        ),
+        format!(
+            r#"{{"domain":"{DOMAIN}",{nulls},"notifications":[{{"token":"{t}","payload":{payload}}}]}}"#,
+            t = token(3)
+        ),
+    ];
+    for body in &bodies {
+        let response = h
+            .client()
+            .post(h.url("/api/v1/push"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(
+            answer["results"][0]["status"], "accepted",
+            "{body}: {answer}"
+        );
+    }
+    let records = h.records(4).await;
+    let sent = |i: usize| {
+        let r = records
+            .iter()
+            .find(|r| r.token == token(i))
+            .unwrap_or_else(|| panic!("notification {i} was not sent"));
+        (
+            r.topic.clone(),
+            r.push_type.clone(),
+            r.priority,
+            r.expiration,
+            r.collapse_id.clone(),
+            r.payload.clone(),
+        )
+    };
+    assert_eq!(sent(0).0, TOPIC);
+    for (i, body) in bodies.iter().enumerate().skip(1) {
+        assert_eq!(sent(i), sent(0), "{body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_notifications_get_results_in_request_order() {
     let h = Harness::start(|_, _| {}).await;
@@ -403,6 +467,15 @@ async fn request_level_problems_are_400_naming_the_field() {
         (
             format!(r#"{{"domain":"{DOMAIN}","tokens":["{t}"],"payload":{{}},"prioritty":5}}"#),
             "prioritty: unknown field",
+        ),
+        // A string escaping half a surrogate pair alone is no text: named, and said so (as the channel routes do).
+        (
+            format!(r#"{{"domain":"\ud800","tokens":["{t}"],"payload":{{}}}}"#),
+            "domain: the string holds an unpaired surrogate escape (one of \\ud800 to \\udfff without its pair), which is not valid Unicode at line 1 column ",
+        ),
+        (
+            format!(r#"{{"domain":"{DOMAIN}","tokens":["{t}"],"payload":{{}},"\ud800":1}}"#),
+            "a member name holds an unpaired surrogate escape",
         ),
     ];
     for (body, expected) in cases {
@@ -1297,6 +1370,17 @@ fn openapi_documents_the_answers_the_routes_give() {
         }
     }
     assert!(of("GET", "/api/v1/notifications/{id}").contains("500"));
+    // A store that cannot be read for now (crate::outcomes::api: `503` with `retry-after: 1`).
+    assert!(of("GET", "/api/v1/notifications/{id}").contains("503"));
+    // The login reads a body of its own; a path segment that is no UTF-8 text is refused before a handler runs.
+    for status in ["408", "413"] {
+        assert!(
+            of("POST", "/dashboard/api/login").contains(status),
+            "{status}"
+        );
+    }
+    assert!(of("GET", "/dashboard/api/domains/{domain}").contains("400"));
+    assert!(of("POST", "/dashboard/api/domains/{domain}/{action}").contains("400"));
     for ((method, path), codes) in &answers {
         assert_eq!(
             codes.contains("401"),

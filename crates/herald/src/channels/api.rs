@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use herald_apns::broadcast::{ChannelId, StoragePolicy};
@@ -17,7 +18,10 @@ use serde_json::{Map, Value, json};
 
 use super::{ChannelError, ChannelManager};
 use crate::broadcasts::api::Members;
-use crate::inbound::rest::error::without_bom;
+use crate::inbound::rest::error::{
+    UNPAIRED_SURROGATE, is_unpaired_surrogate, unpaired_surrogate_in, without_bom,
+};
+use crate::inbound::rest::query::Query;
 use crate::inbound::rest::server::read_request_body;
 
 /// Every (method, path) [`routes`] answers, as `docs/openapi.yaml` documents them (besides `/api/v1/channels/`
@@ -98,26 +102,20 @@ fn failure(e: &ChannelError, domain: &str) -> Response {
     response
 }
 
-/// The `domain` query parameter, the only one these routes take (trimmed, in lower case).
+/// The `domain` query parameter, the only one these routes take (trimmed, in lower case). A parameter given more
+/// than once is refused naming it (the domain given twice is no domain the refusal could carry).
 fn domain_param(raw: Option<&str>) -> Result<String, BadRequest> {
-    let mut domain = None;
-    let mut unknown = None;
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "domain" => domain = Some(crate::ops::percent_decode(value)),
-            other => {
-                unknown.get_or_insert_with(|| crate::ops::percent_decode(other));
-            }
-        }
-    }
-    let domain = domain.map(|d| d.trim().to_ascii_lowercase());
+    let query = Query::parse(raw);
+    let domain = query.get("domain").map(|d| d.trim().to_ascii_lowercase());
     let named = domain.as_deref().filter(|d| !d.is_empty());
-    if let Some(other) = unknown {
+    if let Some(other) = query.names().find(|name| *name != "domain") {
         return Err(BadRequest::new(
             format!("unknown parameter {other:?}; these routes take only domain"),
             named,
         ));
+    }
+    if let Err(e) = query.once_each() {
+        return Err(BadRequest::new(e.to_string(), named));
     }
     match domain {
         Some(d) if !d.is_empty() => Ok(d),
@@ -135,6 +133,23 @@ fn domain_param(raw: Option<&str>) -> Result<String, BadRequest> {
 /// The refusal of a read or delete whose path names no channel.
 const MISSING_CHANNEL: &str =
     "channel id: missing; name the channel in the path: /api/v1/channels/ID?domain=D";
+
+/// The channel id the path captured, or what is wrong with it: a capture that is not UTF-8 text once
+/// percent-decoded (`%FF`) is refused naming the path's last segment as sent.
+fn captured_id(id: Result<Path<String>, PathRejection>, uri: &Uri) -> Result<String, String> {
+    match id {
+        Ok(Path(id)) => Ok(id),
+        Err(_) => {
+            let path = uri.path();
+            let sent = path
+                .split_once("/api/v1/channels/")
+                .map_or(path, |(_, rest)| rest);
+            Err(format!(
+                "channel id: {sent:?} (as sent) is not UTF-8 text once percent-decoded, so not base64 (A-Z a-z 0-9 + / =)"
+            ))
+        }
+    }
+}
 
 /// The channel id of the path.
 fn channel_param(id: &str) -> Result<ChannelId, String> {
@@ -168,7 +183,8 @@ struct CreateRequest {
 /// Reads a create body: `{"domain": D, "message_storage_policy": 0|1, "push_type": "liveactivity"}` (push type
 /// optional; the only one APNs takes). Every error names the field, and carries the domain when the body names one.
 fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
-    let raw: &RawValue = serde_json::from_slice(without_bom(body)).map_err(|e| {
+    let body = without_bom(body);
+    let raw: &RawValue = serde_json::from_slice(body).map_err(|e| {
         BadRequest::new(
             format!(
                 "invalid JSON: {e}; send {{\"domain\": \"…\", \"message_storage_policy\": 0 or 1, \"push_type\": \"liveactivity\"}}"
@@ -179,24 +195,27 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
     if !raw.get().starts_with('{') {
         return Err(BadRequest::new("the body must be a JSON object", None));
     }
-    let Members(raw_members) = serde_json::from_str(raw.get()).map_err(|e| {
-        BadRequest::new(
-            format!("invalid JSON: {e}; the body must be a JSON object"),
-            None,
-        )
+    // Read from the body itself, so that a position is the body's.
+    let Members(raw_members) = serde_json::from_slice(body).map_err(|e| {
+        let message = if is_unpaired_surrogate(&e) {
+            format!(
+                "a member name {UNPAIRED_SURROGATE} at line {} column {}",
+                e.line(),
+                e.column()
+            )
+        } else {
+            format!("invalid JSON: {e}")
+        };
+        BadRequest::new(message, None)
     })?;
-    // Each value was parsed as JSON with the body: read again as a value, it cannot fail.
-    let members: Vec<(String, Value)> = raw_members
+    let members: Vec<(String, Result<Value, String>)> = raw_members
         .into_iter()
-        .map(|(key, value)| {
-            let value = serde_json::from_str(value.get()).unwrap_or(Value::Null);
-            (key, value)
-        })
+        .map(|(key, value)| (key, member_value(value)))
         .collect();
     // The domain as the request names it, for every error that follows (none when it is named twice).
     let mut domains = members.iter().filter(|(key, _)| key == "domain");
     let named = match (domains.next(), domains.next()) {
-        (Some((_, Value::String(d))), None) if !d.trim().is_empty() => {
+        (Some((_, Ok(Value::String(d)))), None) if !d.trim().is_empty() => {
             Some(d.trim().to_ascii_lowercase())
         }
         _ => None,
@@ -217,7 +236,10 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
         if fields.contains_key(&key) {
             return refuse(format!("{key}: given more than once; send each field once"));
         }
-        fields.insert(key, value);
+        match value {
+            Ok(value) => fields.insert(key, value),
+            Err(why) => return refuse(format!("{key}: {why}")),
+        };
     }
     let domain = match (fields.get("domain"), &named) {
         (_, Some(d)) => d.clone(),
@@ -258,6 +280,18 @@ fn parse_create(body: &[u8]) -> Result<CreateRequest, BadRequest> {
         }
     }
     Ok(CreateRequest { domain, policy })
+}
+
+/// A member's value read as a JSON value, or why it cannot be: the body's grammar lets a string escape half a
+/// surrogate pair alone (`"\ud800"`), which is no text.
+fn member_value(raw: &RawValue) -> Result<Value, String> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        if is_unpaired_surrogate(&e) {
+            unpaired_surrogate_in(raw.get())
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 async fn create(State(manager): State<Arc<ChannelManager>>, request: Request) -> Response {
@@ -310,10 +344,14 @@ async fn list(State(manager): State<Arc<ChannelManager>>, RawQuery(raw): RawQuer
     }
 }
 
-/// The `domain` query parameter and the channel id of the path, or what is wrong with the first bad one.
-fn domain_and_channel(raw: Option<&str>, id: &str) -> Result<(String, ChannelId), BadRequest> {
+/// The `domain` query parameter and the channel id of the path (as [`captured_id`] gives it), or what is wrong
+/// with the first bad one.
+fn domain_and_channel(
+    raw: Option<&str>,
+    id: Result<String, String>,
+) -> Result<(String, ChannelId), BadRequest> {
     let domain = domain_param(raw)?;
-    match channel_param(id) {
+    match id.and_then(|id| channel_param(&id)) {
         Ok(id) => Ok((domain, id)),
         Err(message) => Err(BadRequest::new(message, Some(&domain))),
     }
@@ -330,10 +368,11 @@ async fn missing_channel(RawQuery(raw): RawQuery) -> Response {
 
 async fn read(
     State(manager): State<Arc<ChannelManager>>,
-    Path(id): Path<String>,
+    uri: Uri,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let (domain, id) = match domain_and_channel(raw.as_deref(), &id) {
+    let (domain, id) = match domain_and_channel(raw.as_deref(), captured_id(id, &uri)) {
         Ok(both) => both,
         Err(message) => return bad_request(message),
     };
@@ -353,10 +392,11 @@ async fn read(
 
 async fn delete(
     State(manager): State<Arc<ChannelManager>>,
-    Path(id): Path<String>,
+    uri: Uri,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let (domain, id) = match domain_and_channel(raw.as_deref(), &id) {
+    let (domain, id) = match domain_and_channel(raw.as_deref(), captured_id(id, &uri)) {
         Ok(both) => both,
         Err(message) => return bad_request(message),
     };
@@ -462,7 +502,7 @@ mod tests {
             );
         }
         assert_eq!(domain_param(Some("domain=&x=1")).unwrap_err().domain, None);
-        let err = domain_and_channel(Some("domain=a.example"), "a b").unwrap_err();
+        let err = domain_and_channel(Some("domain=a.example"), Ok("a b".into())).unwrap_err();
         assert_eq!(err.domain.as_deref(), Some("a.example"), "{err:?}");
     }
 
@@ -511,9 +551,87 @@ mod tests {
         );
     }
 
+    /// A string that escapes half a surrogate pair alone is no text: the create is refused naming the field and
+    /// saying so, as `POST /api/v1/push` says it, never as if the value were `null`; the refusal carries the domain
+    /// when that is not the field at fault. One in a member name is refused as such, with its place in the body.
+    #[test]
+    fn an_unpaired_surrogate_is_refused_naming_the_field() {
+        for (body, field, domain) in [
+            (
+                &br#"{"domain":"\ud800","message_storage_policy":1}"#[..],
+                "domain",
+                None,
+            ),
+            (
+                br#"{"domain":"a.example","message_storage_policy":1,"push_type":"\ud800"}"#,
+                "push_type",
+                Some("a.example"),
+            ),
+            (
+                br#"{"domain":"a.example","message_storage_policy":1,"push_type":"live\udc00"}"#,
+                "push_type",
+                Some("a.example"),
+            ),
+        ] {
+            let err = parse_create(body).err().unwrap();
+            assert_eq!(
+                err.message,
+                format!("{field}: the string {UNPAIRED_SURROGATE}"),
+                "{err:?}"
+            );
+            assert!(!err.message.contains("null"), "{err:?}");
+            assert_eq!(err.domain.as_deref(), domain, "{err:?}");
+        }
+        let err = parse_create(br#"{"domain":"a.example","message_storage_policy":["\ud800"]}"#)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.message,
+            format!("message_storage_policy: a string in the value {UNPAIRED_SURROGATE}")
+        );
+        let err = parse_create(b"\xEF\xBB\xBF{\"domain\":\"a\",\n \"\\ud800\":1}")
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.message,
+            format!("a member name {UNPAIRED_SURROGATE} at line 2 column 9")
+        );
+    }
+
+    /// A query parameter given twice is refused naming it, rather than one of its values applying; the refusal
+    /// carries the domain only when the domain is given once.
+    #[test]
+    fn a_parameter_given_twice_is_refused() {
+        let err = domain_param(Some("domain=a.example&domain=b.example")).unwrap_err();
+        assert_eq!(
+            err,
+            BadRequest::new(
+                "domain: given more than once; give each parameter once",
+                None
+            )
+        );
+        let err = domain_param(Some("domain=a.example&d%6Fmain=a.example")).unwrap_err();
+        assert!(
+            err.message.starts_with("domain: given more than once"),
+            "{err:?}"
+        );
+        // An unknown parameter is named as such first, given once or more.
+        let err = domain_param(Some("domain=a.example&x=1&x=2")).unwrap_err();
+        assert!(
+            err.message.starts_with("unknown parameter \"x\""),
+            "{err:?}"
+        );
+        assert_eq!(err.domain.as_deref(), Some("a.example"));
+        let err = domain_and_channel(Some("domain=a&domain=a"), Ok("abc=".into())).unwrap_err();
+        assert!(
+            err.message.starts_with("domain: given more than once"),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn a_path_without_a_channel_id_says_it_is_missing() {
-        let err = domain_and_channel(Some("domain=a.example"), "").unwrap_err();
+        let err = domain_and_channel(Some("domain=a.example"), Ok(String::new())).unwrap_err();
         assert_eq!(err.message, MISSING_CHANNEL);
         assert!(err.message.starts_with("channel id: missing"), "{err:?}");
         assert_eq!(err.domain.as_deref(), Some("a.example"));

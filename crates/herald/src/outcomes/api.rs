@@ -22,10 +22,11 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use herald_spool::{OutcomeKey, PeerLookup};
@@ -179,6 +180,10 @@ fn broadcast_answer(book: &StatusBook, id: &str, value: u128) -> Answer {
     }
 }
 
+/// What a text that is no id is told: what the two kinds of id look like.
+const NOT_AN_ID: &str = "is not a notification id (they look like 01/00-12345-0000002A) nor a broadcast id (a UUID, \
+                         as POST /api/v1/broadcast answered it)";
+
 fn answer(book: &StatusBook, id: &str) -> Answer {
     let Some(key) = parse_id(id) else {
         if let Some(value) = broadcast_id(id) {
@@ -186,7 +191,7 @@ fn answer(book: &StatusBook, id: &str) -> Answer {
         }
         return reply(
             StatusCode::BAD_REQUEST,
-            json!({"id": id, "found": false, "error": format!("{id:?} is not a notification id (they look like 01/00-12345-0000002A) nor a broadcast id (a UUID, as POST /api/v1/broadcast answered it)")}),
+            json!({"id": id, "found": false, "error": format!("{id:?} {NOT_AN_ID}")}),
         );
     };
     let (found, error) = match book.lookup(&key) {
@@ -262,7 +267,31 @@ fn lookup_failed() -> Response {
     )
 }
 
-async fn one(State(state): State<StatusState>, Path(id): Path<String>) -> Response {
+/// The `400` for a path whose id is not UTF-8 text once percent-decoded (`%FF`): the `StatusNotFound` shape of any
+/// text that is no id, its `id` the path's id as sent.
+fn not_text(uri: &Uri) -> Response {
+    let path = uri.path();
+    let sent = path
+        .split_once("/api/v1/notifications/")
+        .map_or(path, |(_, rest)| rest);
+    json(
+        StatusCode::BAD_REQUEST,
+        json!({
+            "id": sent,
+            "found": false,
+            "error": format!("{sent:?} (as sent) is not UTF-8 text once percent-decoded, so it {NOT_AN_ID}"),
+        }),
+    )
+}
+
+async fn one(
+    State(state): State<StatusState>,
+    uri: Uri,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Ok(Path(id)) = id else {
+        return not_text(&uri);
+    };
     let id = id.trim_start_matches('/');
     let Some(local) = answers(&state.book, vec![id.to_owned()])
         .await
@@ -468,6 +497,30 @@ mod tests {
                 && !error.contains("ask again later"),
             "{v}"
         );
+    }
+
+    /// A path whose id is not UTF-8 text once percent-decoded is answered in the `StatusNotFound` shape
+    /// (docs/openapi.yaml) of any text that is no id: `id` the id as sent, `found` false, and an `error` saying why.
+    #[tokio::test]
+    async fn an_id_that_is_not_utf8_is_answered_as_text_that_is_no_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let book = StatusBook::new(store, Duration::from_secs(3600), 1_000_000);
+        let base = serve(StatusState { book, peers: None }).await;
+        for sent in ["%ff", "00%2F00-12345-%FE%FF"] {
+            let r = reqwest::get(format!("{base}/{sent}")).await.unwrap();
+            assert_eq!(r.status(), 400, "{sent}");
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["id"], json!(sent), "{v}");
+            assert_eq!(v["found"], json!(false), "{v}");
+            let error = v["error"].as_str().unwrap();
+            assert!(
+                error.starts_with(&format!(
+                    "{sent:?} (as sent) is not UTF-8 text once percent-decoded"
+                )),
+                "{v}"
+            );
+        }
     }
 
     /// Every entry of `not_found` has `id`, `found` and `error` (docs/api.md "Status of a notification"): `found`

@@ -237,12 +237,40 @@ pub fn json_but_not_an_object(body: &[u8]) -> bool {
         && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
+/// What is wrong with a JSON string that escapes half of a UTF-16 surrogate pair alone (`"\ud800"`): JSON's grammar
+/// lets it be written, but it is no Unicode text, so no text field can take it.
+pub const UNPAIRED_SURROGATE: &str = "holds an unpaired surrogate escape (one of \\ud800 to \\udfff without its pair), which is not valid Unicode";
+
+/// Whether serde_json refused a string for an unpaired surrogate escape. serde_json tells it only by its text:
+/// "lone leading surrogate in hex escape" (a trailing half alone, or a leading half followed by another escape) or
+/// "unexpected end of hex escape" (a leading half not followed by an escape), which it gives for nothing else. Its
+/// grammar checks (a whole body read as a raw value or skipped) let such a string pass: only reading it as text
+/// refuses it.
+pub fn is_unpaired_surrogate(e: &serde_json::Error) -> bool {
+    let text = e.to_string();
+    text.starts_with("lone leading surrogate in hex escape")
+        || text.starts_with("unexpected end of hex escape")
+}
+
+/// The text of a JSON value that did not read because a string in it has an unpaired surrogate escape (`raw` is
+/// the value as the request spells it): `the string holds …`, or `a string in the value holds …`.
+pub fn unpaired_surrogate_in(raw: &str) -> String {
+    if raw.starts_with('"') {
+        format!("the string {UNPAIRED_SURROGATE}")
+    } else {
+        format!("a string in the value {UNPAIRED_SURROGATE}")
+    }
+}
+
 /// The error text for a body that did not parse as `T`: `field.path: what was wrong`, or `invalid JSON: …`.
 /// The body is parsed a second time with path tracking, so the common case pays nothing for it.
 pub fn describe_json_error<'a, T: serde::Deserialize<'a>>(
     body: &'a [u8],
     first: serde_json::Error,
 ) -> String {
+    if is_unpaired_surrogate(&first) {
+        return describe_unpaired_surrogate::<T>(body, &first);
+    }
     if first.is_syntax() || first.is_eof() {
         return format!("invalid JSON: {first}");
     }
@@ -256,9 +284,111 @@ pub fn describe_json_error<'a, T: serde::Deserialize<'a>>(
     }
 }
 
+/// The error text for a body refused for an unpaired surrogate escape (`first`, the error of the first parse): the
+/// member whose value holds it (`notifications[2].topic: the string holds …`), or the object one of whose member
+/// names holds it (`notifications[2]: a member name holds …`; the body's own: `a member name holds …`), with the
+/// place in the body.
+fn describe_unpaired_surrogate<'a, T: serde::Deserialize<'a>>(
+    body: &'a [u8],
+    first: &serde_json::Error,
+) -> String {
+    let position = format!("at line {} column {}", first.line(), first.column());
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let path = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(e) => e.path().clone(),
+        Ok(_) => return format!("invalid JSON: {first}"),
+    };
+    let segments: Vec<&serde_path_to_error::Segment> = path.iter().collect();
+    match segments.split_last() {
+        Some((serde_path_to_error::Segment::Unknown, parent)) => {
+            let mut place = String::new();
+            for segment in parent {
+                if !place.is_empty() && !matches!(segment, serde_path_to_error::Segment::Seq { .. })
+                {
+                    place.push('.');
+                }
+                place.push_str(&segment.to_string());
+            }
+            if place.is_empty() {
+                format!("a member name {UNPAIRED_SURROGATE} {position}")
+            } else {
+                format!("{place}: a member name {UNPAIRED_SURROGATE} {position}")
+            }
+        }
+        Some(_) => format!("{path}: the string {UNPAIRED_SURROGATE} {position}"),
+        None => format!("the string {UNPAIRED_SURROGATE} {position}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A string escaping half a surrogate pair alone is refused naming the member whose value holds it, or the
+    /// object one of whose member names does, and saying why, whichever half it is and whatever follows it; a
+    /// whole pair reads.
+    #[test]
+    fn an_unpaired_surrogate_is_named_where_it_stands() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Item {
+            #[serde(default)]
+            topic: Option<String>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Body {
+            #[serde(default)]
+            domain: Option<String>,
+            #[serde(default)]
+            items: Vec<Item>,
+        }
+        let describe = |body: &str| {
+            let first = serde_json::from_str::<Body>(body).unwrap_err();
+            assert!(is_unpaired_surrogate(&first), "{body}: {first}");
+            describe_json_error::<Body>(body.as_bytes(), first)
+        };
+        for (body, wanted) in [
+            (
+                r#"{"domain":"\ud800"}"#,
+                "domain: the string holds an unpaired surrogate escape",
+            ),
+            (r#"{"domain":"a\udfffb"}"#, "domain: the string holds"),
+            (r#"{"domain":"\ud800\n"}"#, "domain: the string holds"),
+            (r#"{"domain":"\ud800\u0041"}"#, "domain: the string holds"),
+            (
+                r#"{"items":[{},{"topic":"\udc00"}]}"#,
+                "items[1].topic: the string holds",
+            ),
+            (
+                r#"{"\ud800":1}"#,
+                "a member name holds an unpaired surrogate escape",
+            ),
+            (
+                r#"{"items":[{"\ud800":1}]}"#,
+                "items[0]: a member name holds",
+            ),
+        ] {
+            let text = describe(body);
+            assert!(text.starts_with(wanted), "{body}: {text}");
+            assert!(
+                text.contains("which is not valid Unicode at line 1 column "),
+                "{body}: {text}"
+            );
+        }
+        assert!(serde_json::from_str::<Body>(r#"{"domain":"\ud800\udc00"}"#).is_ok());
+        let other = serde_json::from_str::<Body>(r#"{"domain":"\u00zz"}"#).unwrap_err();
+        assert!(!is_unpaired_surrogate(&other), "{other}");
+        assert_eq!(
+            unpaired_surrogate_in("\"x\""),
+            format!("the string {UNPAIRED_SURROGATE}")
+        );
+        assert_eq!(
+            unpaired_surrogate_in("[1]"),
+            format!("a string in the value {UNPAIRED_SURROGATE}")
+        );
+    }
 
     #[test]
     fn json_strings_escape_quotes_backslashes_and_controls() {

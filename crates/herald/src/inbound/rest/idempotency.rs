@@ -337,9 +337,16 @@ impl Idempotency {
         F: Future<Output = Result<Response, ApiError>> + Send + 'static,
     {
         let err = |e: ApiError| if momentum { e.momentum() } else { e };
-        let Some(value) = request.headers.get(HEADER) else {
+        let mut values = request.headers.get_all(HEADER).iter();
+        let Some(value) = values.next() else {
             return handle.await;
         };
+        // Which of two keys would apply is not for herald to guess: either could be the one a retry sends.
+        if values.next().is_some() {
+            return Err(err(ApiError::bad_request(
+                "Idempotency-Key: given more than once; send one key per request",
+            )));
+        }
         let Some(key_text) = key_text(value) else {
             return Err(err(ApiError::bad_request(format!(
                 "Idempotency-Key: must be 1 to {MAX_KEY_LEN} visible ASCII characters"
@@ -877,6 +884,47 @@ mod tests {
         assert_eq!(key(b"a b"), None);
         assert_eq!(key(b"a\tb"), None);
         assert_eq!(key("caf\u{e9}".as_bytes()), None);
+    }
+
+    /// Two `Idempotency-Key` headers are refused (400, in the route's shape) before anything runs or is
+    /// remembered: neither key is taken for the other.
+    #[tokio::test]
+    async fn a_key_given_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OutcomeStore::open(dir.path()).unwrap());
+        let idem = Arc::new(Idempotency::local(store));
+        let body = Bytes::from_static(b"{}");
+        let twice = axum::http::Request::builder()
+            .header(HEADER, "k-one")
+            .header(HEADER, "k-two")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        for momentum in [false, true] {
+            let err = idem
+                .run("push", &twice, &body, momentum, async {
+                    panic!("a request with two keys ran")
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(
+                err.message,
+                "Idempotency-Key: given more than once; send one key per request"
+            );
+            assert_eq!(err.momentum, momentum);
+        }
+        // Neither key was taken: each alone runs.
+        for key in ["k-one", "k-two"] {
+            let ran = idem
+                .run("push", &headers(key), &body, false, async {
+                    Ok(json_response(StatusCode::ACCEPTED, "{}".into()))
+                })
+                .await
+                .unwrap();
+            assert!(!ran.headers().contains_key("idempotent-replayed"), "{key}");
+        }
     }
 
     #[test]

@@ -22,8 +22,8 @@ use serde_json::value::RawValue;
 
 use super::RestState;
 use super::error::{
-    ApiError, NOT_AN_OBJECT, describe_json_error, json_but_not_an_object, json_response,
-    push_json_string, read_body, without_bom,
+    ApiError, NOT_AN_OBJECT, describe_json_error, is_unpaired_surrogate, json_but_not_an_object,
+    json_response, push_json_string, read_body, unpaired_surrogate_in, without_bom,
 };
 use super::template::{RenderError, Template, TemplateError};
 use super::text::Text;
@@ -103,7 +103,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Keys<'a> {
                 while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
                     let text = key_text(value).map_err(|e| {
-                        de::Error::custom(format_args!("key {key:?}: {}", without_position(&e)))
+                        let why = if is_unpaired_surrogate(&e) {
+                            unpaired_surrogate_in(value.get())
+                        } else {
+                            without_position(&e)
+                        };
+                        de::Error::custom(format_args!("key {key:?}: {why}"))
                     })?;
                     let lower = folded(&key);
                     longest = longest.max(lower.len());
@@ -710,8 +715,9 @@ mod tests {
         let err = parse(body.as_bytes()).unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
         assert!(
-            err.message
-                .starts_with("recipients[1].keys: key \"token\": "),
+            err.message.starts_with(
+                "recipients[1].keys: key \"token\": the string holds an unpaired surrogate escape"
+            ),
             "{}",
             err.message
         );

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod inject;
 pub mod json_errors;
 pub mod push;
+pub mod query;
 pub mod router;
 pub mod server;
 pub mod template;

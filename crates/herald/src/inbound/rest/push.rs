@@ -884,6 +884,66 @@ mod tests {
         }
     }
 
+    /// A string escaping half a surrogate pair alone is refused naming the field and saying it is no valid Unicode
+    /// (serde_json's own words, "unexpected end of hex escape", say neither), as the channel routes say it.
+    #[test]
+    fn an_unpaired_surrogate_is_refused_naming_the_field() {
+        use super::super::error::UNPAIRED_SURROGATE;
+        for (body, field) in [
+            (
+                r#"{"domain":"\ud800","tokens":["aa"],"payload":{}}"#,
+                "domain",
+            ),
+            (
+                r#"{"domain":"d","tokens":["aa"],"payload":{},"push_type":"\ud800"}"#,
+                "push_type",
+            ),
+            (
+                r#"{"domain":"d","notifications":[{"token":"aa","payload":{}},{"token":"aa","payload":{},"topic":"x\udc00"}]}"#,
+                "notifications[1].topic",
+            ),
+        ] {
+            let err = parse(body.as_bytes()).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(
+                err.message.starts_with(&format!(
+                    "{field}: the string {UNPAIRED_SURROGATE} at line 1 column "
+                )),
+                "{body}: {}",
+                err.message
+            );
+        }
+        let err = parse(br#"{"domain":"d","\ud800":1}"#).unwrap_err();
+        assert!(
+            err.message.starts_with(&format!(
+                "a member name {UNPAIRED_SURROGATE} at line 1 column "
+            )),
+            "{}",
+            err.message
+        );
+    }
+
+    /// An option given as `null` is taken as not given, at the top level and per notification (docs/api.md):
+    /// many JSON clients write an absent option so.
+    #[test]
+    fn null_options_are_not_given() {
+        let request = parse(
+            br#"{"domain":"d","tokens":["aa"],"payload":{},"topic":null,"push_type":null,"priority":null,
+                 "expiration":null,"collapse_id":null,"binding":null}"#,
+        )
+        .unwrap();
+        assert_eq!(request.shared_options().0, 0);
+        assert!(request.binding.is_none());
+        let request = parse(
+            br#"{"domain":"d","notifications":[{"token":"aa","payload":{},"apns_id":null,"topic":null,
+                 "push_type":null,"priority":null,"expiration":null,"collapse_id":null}]}"#,
+        )
+        .unwrap();
+        let item = &request.notifications.as_ref().unwrap()[0];
+        assert!(item.apns_id.is_none() && item.topic.is_none() && item.push_type.is_none());
+        assert!(item.priority.is_none() && item.expiration.is_none() && item.collapse_id.is_none());
+    }
+
     #[test]
     fn syntax_errors_say_where() {
         let err = parse(br#"{"domain":"d","#).unwrap_err();
