@@ -2032,6 +2032,43 @@ async fn every_route_reading_a_body_holds_it_to_max_request_size_and_body_timeou
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// The dashboard's login reads its body as the API routes do: one slower than `body_timeout` is `408`, one that
+/// could not be read is not called too large, and one over its 4 KiB limit is `413` naming that limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_login_holds_its_body_to_body_timeout_and_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "spool_dir = \"{}\"\nhttp_listener {{ listen \"127.0.0.1:0\" {{ http_services = ( dashboard ) api_key = \"k\" body_timeout = 1 }} }}\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let server = herald::server::Server::start(&config).await.unwrap();
+    let addr = server.addrs().await.http[0];
+    let head = |length: usize| {
+        format!(
+            "POST /dashboard/api/login HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+        )
+    };
+    let (status, answer) = raw_answer(addr, format!("{}{{\"key\"", head(100)).as_bytes()).await;
+    assert_eq!(status, 408, "{answer}");
+    assert!(
+        error_text(&answer).contains("(this listener's body_timeout)"),
+        "{answer}"
+    );
+    let big = format!("{{\"key\":\"{}\"}}", "k".repeat(5000));
+    let (status, answer) = raw_answer(addr, format!("{}{big}", head(big.len())).as_bytes()).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(
+        error_text(&answer),
+        "the login body is too large (at most 4096 bytes)"
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
 /// A spool slow to make a batch durable (a group commit's fsync on a slow disk): it takes `delay` per batch.
 struct SlowDisk {
     delay: Duration,

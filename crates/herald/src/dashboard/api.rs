@@ -239,8 +239,23 @@ async fn login(State(d): State<Dash>, request: Request) -> Response {
     }
     let name = auth::cookie_name(&d.settings, request.headers(), request.uri());
     let ip = crate::inbound::rest::peer_ip(request.extensions());
-    let Ok(body) = axum::body::to_bytes(request.into_body(), LOGIN_BODY_LIMIT).await else {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "the login body is too large");
+    let (parts, body) = request.into_parts();
+    // As the API routes read a body: 408 for one slower than body_timeout, 400 for one that could not be read.
+    let body = match crate::inbound::rest::error::read_body(
+        &parts.headers,
+        body,
+        Some(LOGIN_BODY_LIMIT as u64),
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(e) if e.status == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the login body is too large (at most {LOGIN_BODY_LIMIT} bytes)"),
+            );
+        }
+        Err(e) => return error(e.status, e.message),
     };
     let Ok(LoginBody { key }) = serde_json::from_slice(&body) else {
         return error(StatusCode::BAD_REQUEST, "send {\"key\": \"API KEY\"}");
