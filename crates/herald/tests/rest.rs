@@ -1180,6 +1180,53 @@ async fn https_with_the_listeners_certificate() {
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
 
+/// A TLS handshake is held to `header_timeout` from its first byte (docs/api.md, the listener's timeouts), as a
+/// request's head is, not to `first_byte_timeout` and `header_timeout` together from the connect: a hello whose
+/// first byte comes at once and its rest 3 s later is closed unanswered with `header_timeout = 2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_is_held_to_header_timeout_from_its_first_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let two = Duration::from_secs(2);
+    let limits = DoorLimits {
+        first_byte_timeout: two,
+        header_timeout: two,
+        ..DoorLimits::default()
+    };
+    let h = Harness::start_limited(
+        |s, pki| {
+            s.tls_certificate = Some(pki.manifest.server_cert.clone());
+            s.tls_key = Some(pki.manifest.server_key.clone());
+        },
+        Arc::new(NotDurable),
+        Some(limits),
+    )
+    .await;
+    // A client's hello, as bytes: the handshake is never finished, so no certificate is checked.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut client =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    stream.write_all(&hello[..1]).await.unwrap();
+    // The rest of the hello after the handshake's bound from the first byte (but within both bounds together).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stream.write_all(&hello[1..]).await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("the connection is closed or answered within the deadline");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the server answered a hello finished past header_timeout: {read:?}"
+    );
+}
+
 /// A spool that cannot write.
 struct FullDisk;
 

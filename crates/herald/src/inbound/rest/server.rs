@@ -318,9 +318,19 @@ async fn serve_until(
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                // The hello is the first byte, the rest of the handshake counts as the request's head.
-                let handshake = limits.first_byte_timeout + limits.header_timeout;
+                // The hello's first byte within first_byte_timeout, then the whole handshake within header_timeout
+                // of it, as a request's head.
+                let (first_byte, handshake) = (limits.first_byte_timeout, limits.header_timeout);
                 tokio::spawn(async move {
+                    let mut byte = [0u8; 1];
+                    match tokio::time::timeout(first_byte, stream.inner.peek(&mut byte)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return,
+                        Err(_) => {
+                            tracing::debug!(%peer, "no TLS hello within first_byte_timeout");
+                            return;
+                        }
+                    }
                     match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => conn.run(tls).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
